@@ -51,12 +51,13 @@ async def _round(client: Any, module: Any, cluster: str, n: int) -> tuple[float,
     """Redis CPU seconds and wall seconds for `n` tasks through their whole life."""
     s = module.Scripts(client)
     k = Keys(cluster)
-    stream = k.stream("w", 0)
+    stream = k.stream("acme", "w", 0)
     ids = [new_id() for _ in range(n)]
     cpu0, t0 = await _cpu(client), time.perf_counter()
     for i in range(0, n, PIPE):
-        await s.run([(s.submit, [k.task(t), stream, k.priorities("w"), k.agents, k.live],
-                      [t, "w", b"null", 0, "", "", repr(time.time()), "n", 0, "0"])
+        await s.run([(s.submit, [k.task(t), stream, k.priorities("acme", "w"), k.agents, k.live],
+                      [t, "w", b"null", 0, "", "", repr(time.time()), "n", 0, "0", "",
+                       "acme", "mac"])
                      for t in ids[i:i + PIPE]])
     held: list[tuple[str, bytes, int]] = []
     while len(held) < n:
@@ -64,7 +65,7 @@ async def _round(client: Any, module: Any, cluster: str, n: int) -> tuple[float,
         entries = [(f[b"task"].decode(), e) for _, es in got for e, f in es]
         claimed = await s.run([(s.claim, [k.task(t), k.attempts(t), k.fence, stream],
                                 ["n/1", "n", repr(time.time()), e,
-                                 records.claimed_attempt("n", time.time()), 0, "30.0"])
+                                 records.claimed_attempt("n", time.time()), 0, "30.0", "acme"])
                                for t, e in entries])
         held += [(t, e, c[0]) for (t, e), c in zip(entries, claimed, strict=True)]
     attempt = b'{"replica":0,"pid":1,"started":1.0,"node":"n","outcome":"succeeded"}'

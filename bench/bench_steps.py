@@ -262,16 +262,16 @@ async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
                                      node="n"), "n")
     keys, s = Keys("b"), Scripts(client)
     tid = "0190a5c0-0000-7000-8000-000000000001"
-    await s.submit(keys=[keys.task(tid), keys.stream("w", 0), keys.priorities("w"),
+    await s.submit(keys=[keys.task(tid), keys.stream("acme", "w", 0), keys.priorities("acme", "w"),
                          keys.agents, keys.live],
-                   args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0"])
+                   args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme", "mac"])
     entry = await client.hget(keys.task(tid), "entry")
     token, *_ = await s.claim(keys=[keys.task(tid), keys.attempts(tid), keys.fence,
-                                    keys.stream("w", 0)],
+                                    keys.stream("acme", "w", 0)],
                               args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0"])
+                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
     task = ClusterTask(tid, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=int(token),
-                       base=0, entry=entry.decode(), stream=keys.stream("w", 0),
+                       base=0, entry=entry.decode(), stream=keys.stream("acme", "w", 0),
                        consumer="n/1")
     steps = ClusterSteps(client, s, keys, Trust(os.urandom(32), "b", print),
                          {tid: task}.get)

@@ -35,13 +35,14 @@ class Backlog:
             del elastic.backlog[gone]
         if not names:
             return
+        # (an agent's streams are its tenant's: decision 439)
+        tenants = {n: self.agents[n].spec.tenant for n in names}
         pipe = self.redis.pipeline(transaction=False)
         for n in names:
-            pipe.zrange(self.keys.priorities(n), 0, -1)
+            pipe.zrange(self.keys.priorities(tenants[n], n), 0, -1)
         prios = await pipe.execute()
-        streams = [(n, self.keys.stream(n, int(p))) for n, ps in zip(names, prios,
-                                                                      strict=True)
-                   for p in ps]
+        streams = [(n, self.keys.stream(tenants[n], n, int(p)))
+                   for n, ps in zip(names, prios, strict=True) for p in ps]
         waiting = dict.fromkeys(names, 0)
         if streams:
             pipe = self.redis.pipeline(transaction=False)
@@ -55,7 +56,7 @@ class Backlog:
                     waiting[n] += max(0, length - int(pending.get("pending", 0)))
         for n in names:
             # shared between the live nodes that run it: each scales for its part
-            runners = max(1, sum(1 for v in view if v.alive and n in v.agents))
+            runners = max(1, sum(1 for v in view if v.runs(tenants[n], n)))
             elastic.backlog[n] = math.ceil(waiting[n] / runners)
             agent = self.agents[n]
             if waiting[n] and not agent.replicas:

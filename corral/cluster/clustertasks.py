@@ -73,17 +73,36 @@ class ClusterTasks:
     async def refresh_view(self) -> None:
         self.view = await self.membership.nodes()
 
-    async def _check_served(self, agent: str) -> None:
-        """Refused at once when no live node runs the agent: it would wait forever."""
-        def served() -> bool:
-            return any(n.alive and agent in n.agents for n in self.view)
-        if not served():
-            await self.refresh_view()
-            # a cluster agent's tasks wait for its replicas while it is (re)placed
-            if not served() and not await self.redis.hexists(self.keys.cluster_agents,
-                                                             agent):
-                raise RpcError(jsonrpc.REFUSED, f"no live node of cluster "
-                                                f"{self.settings.name} runs agent {agent}")
+    async def _route(self, agent: str) -> str:
+        """The tenant whose agent of this name a task of `agent` is for (its stream's and
+        its record's, decision 439): this node's agent's when it runs one, else that of
+        the live nodes' agents of the name, else the cluster agent's table's (its tasks
+        wait for its replicas while it is (re)placed). Refused at once when no live
+        node runs that tenant's agent (it would wait forever), and on a node that runs
+        none when the live nodes' agents of the name are of several tenants (which is
+        meant cannot be told here)."""
+        local = self.host.agents.get(agent)
+        mine = local.spec.tenant if local is not None else None
+        for fresh in (False, True):
+            if fresh:
+                await self.refresh_view()
+            tenants = {n.tenants.get(agent, DEFAULT_TENANT) for n in self.view
+                       if n.alive and agent in n.agents}
+            if mine is not None and mine in tenants:
+                return mine
+            if mine is None and len(tenants) == 1:
+                return tenants.pop()
+            if mine is None and len(tenants) > 1:
+                raise RpcError(jsonrpc.REFUSED, (
+                    f"agent {agent} is run by nodes of cluster {self.settings.name} as "
+                    f"agents of {len(tenants)} tenants ({', '.join(sorted(tenants))}), "
+                    "and not by this node: submit the task on a node that runs the one "
+                    "meant"))
+        table = await self._table_tenant(agent)
+        if table is not None and mine in (None, table):
+            return table
+        raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
+                                        f"runs agent {agent}")
 
     async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> None:
         """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
@@ -91,20 +110,20 @@ class ClusterTasks:
         `watched`: a client follows its progress, which the node running it then sends
         on the outcomes stream."""
         raw = bytes(p.input)
+        try:
+            tenant = await self._route(p.agent)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, "the task was not accepted"
+                              ) from None
         local = self.host.agents.get(p.agent)
+        # (this node's agent, when it runs one, is the tenant's the task is routed to)
         max_queue = local.spec.max_queue if local is not None else 0
-        keys = [self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
-                self.keys.priorities(p.agent), self.keys.agents, self.keys.live]
+        keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),
+                self.keys.priorities(tenant, p.agent), self.keys.agents, self.keys.live]
         args = [task_id, p.agent, raw, p.priority,
                 "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
                 self.membership.node, max_queue, "1" if watched else "0",
                 records.trace_field(p.traceparent, p.tracestate)]
-        try:
-            await self._check_served(p.agent)
-            tenant = await self.tenant_of(p.agent)
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, "the task was not accepted"
-                              ) from None
         submit = self.scripts.submit
         if p.session is not None:
             args += self.sessions.submit_args(p.agent, p.session, tenant)
@@ -133,19 +152,14 @@ class ClusterTasks:
         if refused is not None:
             raise refused
 
-    async def tenant_of(self, agent: str) -> str:
-        """Whose a task (and its session) of `agent` is: the tenant of the agent as this
-        node runs it, else as the cluster's table of it says (signed); "" (the
-        operator's alone) when this node knows neither (an agent only another node's
-        file declares: decision 436)."""
-        local = self.host.agents.get(agent)
-        if local is not None:
-            return local.spec.tenant
+    async def _table_tenant(self, agent: str) -> str | None:
+        """The tenant the cluster's table of `agent` names, when Redis holds one that
+        verifies with the cluster key (a table without one is the default tenant's)."""
         table, mac = await read(lambda: self._table_of(agent))
         if table is None or not self.trust.valid(mac, AGENT, agent, table):
-            return ""
+            return None
         tenant = msgspec.json.decode(table).get("tenant", DEFAULT_TENANT)
-        return tenant if isinstance(tenant, str) else ""
+        return tenant if isinstance(tenant, str) else None
 
     async def _table_of(self, agent: str) -> tuple[bytes | None, bytes | None]:
         pipe = self.redis.pipeline(transaction=True)

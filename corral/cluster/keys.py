@@ -23,6 +23,16 @@ def split_consumer(name: str) -> tuple[str, int]:
     return node, int(inc)
 
 
+def route(tenant: str, agent: str) -> str:
+    """A tenant's agent as a member of Keys.agents (as the submit scripts write it)."""
+    return f"{tenant}:{agent}"
+
+
+def split_route(member: str) -> tuple[str, str]:
+    tenant, _, agent = member.partition(":")
+    return tenant, agent
+
+
 CHECKPOINT_FIELD = "cp"  # a task's checkpoint in its steps' hash (Keys.steps)
 
 
@@ -47,17 +57,21 @@ class Keys:
         """Counter: a node's incarnations (INCR at each join)."""
         return f"{self.prefix}inc:{node}"
 
-    # -- tasks --------------------------------------------------------------------------
-    def stream(self, agent: str, priority: int) -> str:
-        return f"{self.prefix}q:{agent}:{priority}"
+    # -- tasks: queued by route, the tenant of the agent they are for and its name (no
+    # ':' in either), so that another tenant's agent of the name, on any node, has
+    # streams of its own and never reads them (decision 439) ---------------------------
+    def stream(self, tenant: str, agent: str, priority: int) -> str:
+        return f"{self.prefix}q:{tenant}:{agent}:{priority}"
 
-    def priorities(self, agent: str) -> str:
-        """Sorted set: the priorities an agent's streams exist for (scored by priority)."""
-        return f"{self.prefix}prio:{agent}"
+    def priorities(self, tenant: str, agent: str) -> str:
+        """Sorted set: the priorities a tenant's agent's streams exist for (scored by
+        priority)."""
+        return f"{self.prefix}prio:{tenant}:{agent}"
 
     @property
     def agents(self) -> str:
-        """Set: the agents that have task streams (what a reaper looks through)."""
+        """Set: the routes (`route(tenant, agent)`) that have task streams (what a reaper
+        looks through)."""
         return f"{self.prefix}agents"
 
     def task(self, task_id: str) -> str:

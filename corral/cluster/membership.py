@@ -27,7 +27,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 from redis.exceptions import RedisError
 
-from ..supervisor.config import ClusterSettings
+from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.stream import Stream
 from ..timeouts import within
 from ..views import NodeInfo
@@ -55,6 +55,9 @@ class Beat(msgspec.Struct):
     pid: int = 0
     host: str = ""
     key: str = ""  # its cluster key's fingerprint ("": it has none, trust.py)
+    # agent -> the tenant it is of: whose streams the node reads (decision 439); an
+    # agent not named is the default tenant's (a beat of a node from before it)
+    tenants: dict[str, str] = {}
 
 
 _DAEMON = uuid.uuid4().hex  # this process's id in its beats
@@ -69,14 +72,27 @@ def holder_text(b: Beat, cluster: str) -> str:
 
 
 class NodeView(NodeInfo):
-    """One line of `corral nodes`, and its consumer name in the cluster's groups."""
+    """One line of `corral nodes`, its consumer name in the cluster's groups, and the
+    tenant of each agent it runs (not shown: ClusterNode.nodes)."""
+
+    tenants: dict[str, str] = {}
 
     @property
     def consumer(self) -> str:
         return consumer(self.node, self.incarnation)
 
+    def runs(self, tenant: str, agent: str) -> bool:
+        """Whether it is alive and runs `tenant`'s agent `agent`."""
+        return (self.alive and agent in self.agents
+                and self.tenants.get(agent, DEFAULT_TENANT) == tenant)
 
-Offer = Callable[[], tuple[int, int, list[str]]]  # -> capacity, load, agents
+    def info(self) -> NodeInfo:
+        """What `corral nodes` shows of it: its agents' tenants are not a caller's to
+        read (a tenant's token lists the nodes too)."""
+        return NodeInfo(**{f: getattr(self, f) for f in NodeInfo.__struct_fields__})
+
+
+Offer = Callable[[], tuple[int, int, dict[str, str]]]  # -> capacity, load, agent -> tenant
 Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
 
 _beat = msgspec.json.Decoder(Beat)
@@ -139,9 +155,10 @@ class Membership:
     def _beat_json(self) -> bytes:
         capacity, load, agents = self.offer()
         room, placed, draining = self.places() if self.places is not None else (0, [], False)
-        return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load, agents,
-                                        time.time(), room, placed, draining, self.daemon,
-                                        os.getpid(), socket.gethostname(), self.key))
+        return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load,
+                                        sorted(agents), time.time(), room, placed,
+                                        draining, self.daemon, os.getpid(),
+                                        socket.gethostname(), self.key, agents))
 
     def _one_daemon(self) -> list[Any]:
         """What JOIN and BEAT need to tell another daemon of this node name."""
@@ -304,7 +321,7 @@ class Membership:
         alive = await self.alive([consumer(b.node, b.incarnation) for b in beats])
         return [NodeView(b.node, consumer(b.node, b.incarnation) in alive, b.incarnation,
                          b.load, b.agents, b.last_beat, b.capacity, b.room, b.placed,
-                         b.draining, b.pid, b.host, b.key) for b in beats]
+                         b.draining, b.pid, b.host, b.key, b.tenants) for b in beats]
 
     async def alive(self, consumers: list[str]) -> set[str]:
         """Which of these consumers' liveness keys exist now."""

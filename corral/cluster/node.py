@@ -28,8 +28,9 @@ from ..supervisor.tasks import (
     TaskStatus,
     is_task_id,
 )
-from ..supervisor.tasks.host import TaskHost
+from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
+from ..views import NodeInfo
 from . import records, redischeck
 from .backlog import Backlog
 from .clustertasks import ClusterTasks
@@ -125,10 +126,11 @@ class ClusterNode:
         if e.kind == "agent" and began_serving(e.previous, e.state):
             self.queue.wake(e.name)
 
-    def _serving_nodes(self, agent: str) -> int:
-        """The live nodes running `agent` as last read (at least this one): how many
-        share a burst (submitclaim.py, READ_CLAIM)."""
-        return max(1, sum(1 for n in self.desk.view if n.alive and agent in n.agents))
+    def _serving_nodes(self, agent: AgentLike) -> int:
+        """The live nodes running `agent` (its tenant's of its name) as last read (at
+        least this one): how many share a burst (submitclaim.py, READ_CLAIM)."""
+        return max(1, sum(1 for n in self.desk.view if n.runs(agent.spec.tenant,
+                                                              agent.name)))
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
@@ -136,11 +138,12 @@ class ClusterNode:
 
     outbox_watch = _watch  # (a claim handed over by an upgrade: handover.py)
 
-    def _offer(self) -> tuple[int, int, list[str]]:
+    def _offer(self) -> tuple[int, int, dict[str, str]]:
         agents = self.host.agents
         capacity = sum(free_slots(a) + sum(r.tasks_running for r in a.replicas)
                        for a in agents.values())
-        return capacity, len(self.tasks.active), sorted(agents)
+        return capacity, len(self.tasks.active), {n: a.spec.tenant
+                                                  for n, a in agents.items()}
 
     def _fenced(self, e: Fenced) -> None:
         """What was taken from this incarnation is the cluster's now: its outcomes are
@@ -243,7 +246,7 @@ class ClusterNode:
         self.report(f"cluster: node {self.node} drained: it left cluster "
                     f"{self.settings.name}")
 
-    async def drain(self, node: str) -> NodeView:
+    async def drain(self, node: str) -> NodeInfo:
         """Ask `node` (any live node, this one too) to drain; it does at its next beat."""
         views = {v.node: v for v in await self.nodes()}
         view = views.get(node)
@@ -464,9 +467,9 @@ class ClusterNode:
                         "at the next beat")
             return {}
 
-    async def nodes(self) -> list[NodeView]:
+    async def nodes(self) -> list[NodeInfo]:
         with self._said("the nodes cannot be listed"):
-            return await self.membership.nodes()
+            return [n.info() for n in await self.membership.nodes()]
 
     async def task(self, task_id: str, *, wait: bool = False) -> m.TaskInfo | None:
         """A cluster task's record (after its end, with `wait`), or None when the cluster

@@ -24,11 +24,11 @@ import msgspec
 from redis.exceptions import RedisError, ResponseError
 
 from ..supervisor.tasks import TaskManager
-from ..supervisor.tasks.host import TaskHost
+from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
 from .connection import why
-from .keys import GROUP, Keys
+from .keys import GROUP, Keys, route
 from .membership import Membership
 from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
@@ -48,15 +48,17 @@ class Puller:
         self.beat = beat
         self.report = report
         self.loops: dict[str, asyncio.Task[None]] = {}
-        self._prios: dict[str, tuple[float, list[str]]] = {}  # agent -> (when, streams)
+        # the route (keys.route) -> (when, streams)
+        self._prios: dict[str, tuple[float, list[str]]] = {}
         self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
         # told of each task claimed, before the engine has it (the node watches its progress)
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
         # a retried claim, given the checkpoint its CLAIM read (steps.py)
         self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
-        # the live nodes running an agent, as this node last read them (node.py)
-        self.serving: Callable[[str], int] = lambda agent: 1
+        # the live nodes running an agent (its tenant's), as this node last read them
+        # (node.py)
+        self.serving: Callable[[AgentLike], int] = lambda agent: 1
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
@@ -99,8 +101,8 @@ class Puller:
                 continue
             consumer = self.membership.consumer
             try:
-                streams = await self._streams(name)
-                got = await self._read_claim(name, consumer, streams, want)
+                streams = await self._streams(agent)
+                got = await self._read_claim(agent, consumer, streams, want)
                 if got is not None and got[0] < want and not got[2]:
                     # drained: wait for what comes after the newest entries it saw. The
                     # wait takes nothing (XREAD, not the group's read): the next call
@@ -111,7 +113,7 @@ class Puller:
                     if not reply:
                         # a blocking read that came back empty may have missed a priority
                         # that appeared meanwhile: look again before the next one
-                        self._prios.pop(name, None)
+                        self._prios.pop(route(agent.spec.tenant, name), None)
             except RedisError as exc:
                 self.errors += 1
                 if self.errors == 1 or self.membership.error is None:
@@ -126,48 +128,49 @@ class Puller:
         """Every stream this node has read."""
         return sorted(self._read)
 
-    async def _streams(self, name: str) -> list[str]:
-        """The agent's streams, highest priority first; read again at most every beat
+    async def _streams(self, agent: AgentLike) -> list[str]:
+        """The agent's streams (its tenant's: another tenant's agent of the name has its
+        own, decision 439), highest priority first; read again at most every beat
         (or after a blocking read found nothing). The default priority's is always
         among them, made here with its group if no task has gone to it yet: the blocking
         read then waits on it, and the first task submitted to an idle cluster wakes it
         (with no stream to wait on, a node slept a beat, and a burst waited for it)."""
         now = time.monotonic()
-        known = self._prios.get(name)
+        tenant, name = agent.spec.tenant, agent.name
+        known = self._prios.get(route(tenant, name))
         if known is None or now - known[0] > self.beat:
-            prios = {int(p) for p in await self.redis.zrange(self.keys.priorities(name),
-                                                              0, -1)}
+            prios = {int(p) for p in await self.redis.zrange(
+                self.keys.priorities(tenant, name), 0, -1)}
             if 0 not in prios:
-                await self._make_default(name)
-            known = self._prios[name] = (now, [self.keys.stream(name, p)
-                                               for p in sorted(prios | {0}, reverse=True)])
+                await self._make_default(self.keys.stream(tenant, name, 0))
+            known = self._prios[route(tenant, name)] = (now, [
+                self.keys.stream(tenant, name, p) for p in sorted(prios | {0}, reverse=True)])
             self._read.update(known[1])
         return known[1]
 
-    async def _make_default(self, name: str) -> None:
+    async def _make_default(self, stream: str) -> None:
         """The default priority's stream and its group (as the submit script makes them:
         from the stream's start), unless they exist."""
         try:
-            await self.redis.xgroup_create(self.keys.stream(name, 0), GROUP, "0",
-                                           mkstream=True)
+            await self.redis.xgroup_create(stream, GROUP, "0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _read_claim(self, name: str, consumer: str, streams: list[str], want: int
-                          ) -> tuple[int, list[bytes], bool] | None:
+    async def _read_claim(self, agent: AgentLike, consumer: str, streams: list[str],
+                          want: int) -> tuple[int, list[bytes], bool] | None:
         """Read and claim up to `want` entries in one script call, at most this node's
         share of what waits; each task claimed handed to the engine. -> entries read,
         each stream's newest entry id, and whether the share held it back from more; or
         None when this node was fenced or lost the agent meanwhile."""
-        agent = self.host.agents.get(name)
-        if agent is None or consumer != self.membership.consumer:
+        name = agent.name
+        if self.host.agents.get(name) is not agent or consumer != self.membership.consumer:
             return None
         node = self.membership.node
         now = time.time()
         args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
                            agent.spec.retries, repr(agent.spec.task_timeout),
-                           want, self.keys.prefix, self.serving(name)]
+                           want, self.keys.prefix, self.serving(agent), agent.spec.tenant]
         [reply] = await self.scripts.run([(self.scripts.read_claim,
                                            [self.keys.fence, *streams], args)])
         if isinstance(reply, Exception):

@@ -24,7 +24,7 @@ from .. import jsonrpc
 from ..supervisor.tasks import Task, TaskError
 from . import records
 from .connection import why
-from .keys import GROUP, Keys, split_consumer
+from .keys import GROUP, Keys, split_consumer, split_route
 from .membership import Membership
 from .queue import ClusterTask
 from .scripts import Scripts
@@ -52,16 +52,20 @@ class Reaper:
         self.beat = membership.beat
 
     async def streams(self) -> list[str]:
-        """Every task stream of the cluster (an agent's, a priority each), in two round
-        trips however many agents there are."""
-        names = sorted(a.decode() for a in await self.redis.smembers(self.keys.agents))
-        if not names:
+        """Every task stream of the cluster (a tenant's agent's, a priority each), in two
+        round trips however many agents there are. (What a takeover queues again goes
+        back to the stream it was in: its tenant's.)"""
+        routes = sorted(split_route(a.decode())
+                        for a in await self.redis.smembers(self.keys.agents))
+        # (a member without a tenant is a name from before streams had one: not read)
+        routes = [(tenant, name) for tenant, name in routes if name]
+        if not routes:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.zrange(self.keys.priorities(name), 0, -1)
-        return [self.keys.stream(name, int(p))
-                for name, prios in zip(names, await pipe.execute(), strict=True)
+        for tenant, name in routes:
+            pipe.zrange(self.keys.priorities(tenant, name), 0, -1)
+        return [self.keys.stream(tenant, name, int(p))
+                for (tenant, name), prios in zip(routes, await pipe.execute(), strict=True)
                 for p in prios]
 
     async def reap(self, streams: list[str]) -> None:

@@ -38,7 +38,8 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""
 
 
-# KEYS: task, stream, priorities, agents, live tasks (listed)
+# KEYS: task, stream, priorities (the tenant's agent's: Keys.stream, Keys.priorities),
+#       agents (routes), live tasks (listed)
 # ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
 #       the claiming node's), created, submitted_on, max_queue (0: unbounded), '1' when
 #       a client waits for its progress (it goes on the outcomes stream, see PROGRESS),
@@ -65,7 +66,7 @@ redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV
   'watched', ARGV[10], 'trace', ARGV[11] or '', 'tenant', ARGV[#ARGV - 1],
   'tenant_mac', ARGV[#ARGV])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[#ARGV - 1] .. ':' .. ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
 {then}
 return 1
@@ -76,18 +77,20 @@ SUBMIT = submit_script()
 
 # A node that read an entry takes its task: a new fence token, the node as owner, an
 # attempt begun. A task no longer queued (finished meanwhile, or taken over and queued
-# again under a new entry) is not taken, and the stale entry leaves the stream. One Lua
-# function for CLAIM and READ_CLAIM; `c`: consumer, node, now, attempt (JSON), the
-# claiming node's retries and task_timeout. A task's keys named from the cluster's prefix
-# (as TRIM names them: the hash slot of every key of the cluster).
+# again under a new entry) is not taken, and the stale entry leaves the stream; nor is a
+# task of another tenant than the claiming node's agent (its entry is in no stream of
+# this tenant's but by a Redis writer's hand: decision 439). One Lua function for CLAIM,
+# READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the claiming
+# node's retries and task_timeout, the tenant of its agent. A task's keys named from the
+# cluster's prefix (as TRIM names them: the hash slot of every key of the cluster).
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created, the task's checkpoint step (steps.py) or false, its session or false, the
 #    session's state or false, the caller's trace context or false}
 _CLAIM_FN = f"""
 local function claim(fence, stream, entry, id, prefix, c)
   local task = prefix .. 'task:' .. id
-  local rec = redis.call('HMGET', task, 'status', 'entry')
-  if rec[1] ~= 'queued' or rec[2] ~= entry then
+  local rec = redis.call('HMGET', task, 'status', 'entry', 'tenant')
+  if rec[1] ~= 'queued' or rec[2] ~= entry or rec[3] ~= c[7] then
     redis.call('XACK', stream, '{GROUP}', entry)
     redis.call('XDEL', stream, entry)
     return nil
@@ -114,13 +117,13 @@ end
 
 # One entry read: KEYS: task, attempts, fence, stream
 # ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
-#       task_timeout (for a task submitted without them)
+#       task_timeout (for a task submitted without them), the tenant of its agent
 # -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
 CLAIM = _CLAIM_FN + """
 local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
 local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
-  {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7]})
+  {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]})
 if not got then return false end
 if not got[11] or got[11] == '' then
   got[11] = nil
@@ -138,9 +141,10 @@ return got
 # nodes serving the agent, at most its share of what waits unread (one in as many as
 # there are such nodes, rounded up): a node woken with another by a burst leaves the
 # other its part, and reads again at once for what is left.
-# KEYS: fence, the agent's streams (highest priority first)
+# KEYS: fence, the tenant's agent's streams (highest priority first)
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
-#       count, the cluster's key prefix, the live nodes running the agent
+#       count, the cluster's key prefix, the live nodes running the tenant's agent, the
+#       tenant of its agent
 # -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
 #    input, timeout, retries_left, priority, created, checkpoint or false, session or
 #    false, its state or false, trace context or false}, ...}, each
@@ -150,7 +154,7 @@ return got
 #    can start by then
 READ_CLAIM = _CLAIM_FN + """
 local prefix = ARGV[8]
-local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10]}
 local out = {}
 local want = tonumber(ARGV[7])
 local serving = tonumber(ARGV[9])
@@ -203,8 +207,10 @@ return {read, out, lasts, held}
 # SUBMIT does (the record, the stream entry: a cluster task like any other, taken over by
 # the reaper if this node dies) and claims for itself, as READ_CLAIM claims, the first
 # entry its group has not yet given out, highest priority first (on an idle cluster the
-# one just added; behind a backlog, the oldest waiting: no task jumps the queue). The
-# claim is fenced by its own token and the consumer (this incarnation), as any claim.
+# one just added; behind a backlog, the oldest waiting: no task jumps the queue), in the
+# streams of the task's tenant's agent alone (the submitting node's agent's: it claims
+# only a task of its own agent). The claim is fenced by its own token and the consumer
+# (this incarnation), as any claim.
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix; then SUBMIT's last two
@@ -214,8 +220,9 @@ SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_scr
 local got = submit()
 if got ~= 1 then return {got} end
 local prefix = ARGV[18]
-local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]}
-local stream_of = prefix .. 'q:' .. ARGV[2] .. ':'
+local tenant = ARGV[#ARGV - 1]
+local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], tenant}
+local stream_of = prefix .. 'q:' .. tenant .. ':' .. ARGV[2] .. ':'
 -- The entry just added, claimed without re-reading what submit() wrote: its record is
 -- queued under that entry, with no attempt, no start and no session (a session's turn
 -- has its own submit); the same writes as claim()'s, the same fence token.

@@ -71,7 +71,7 @@ class ClusterSessions:
     def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
         """What SUBMIT takes after the plain submit's arguments: the session, the
         bounds of its agent as this node knows them (none, when it does not run it), and
-        its owner: the task's tenant (ClusterTasks.tenant_of)."""
+        its owner: the task's tenant (ClusterTasks._route)."""
         local = self.host.agents.get(agent)
         if local is None:
             return [session, 0, 0, tenant]
@@ -149,13 +149,14 @@ class ClusterSessions:
     async def end_agent(self, agent: str, tenant: str) -> None:
         """This node's agent `agent` of `tenant` was removed: the cluster's sessions of it
         end (their states, lines and histories deleted), unless another live node still
-        runs an agent of the name (the sessions are its too)."""
+        runs the tenant's agent of the name (the sessions are its too; another tenant's
+        of the name never had them)."""
         try:
             nodes = await self.membership.nodes()
         except (RedisError, OSError) as exc:
             self._not_ended(agent, tenant, exc)
             return
-        if not any(n.alive and n.node != self.membership.node and agent in n.agents
+        if not any(n.node != self.membership.node and n.runs(tenant, agent)
                    for n in nodes):
             await self._end(agent, tenant)
 

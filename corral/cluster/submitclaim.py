@@ -42,7 +42,7 @@ class SubmitClaims(Batcher):
         if (a is None or not self.membership.member or self.puller.paused
                 or self.puller.closed):
             return 0
-        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.serving(agent)))
+        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.serving(a)))
 
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
         by_agent: dict[str, int] = {}

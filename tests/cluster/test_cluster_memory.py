@@ -77,7 +77,7 @@ def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
         burst([a, b], 1)
         base = settled(r)
         base_used = r.info("memory")["used_memory"]
-        stream = K.stream("w", 0)
+        stream = K.stream("default", "w", 0)
         assert stream in base and K.done not in base  # an empty set is no key
         node_bytes = int(r.config_get("stream-node-max-bytes")["stream-node-max-bytes"])
 
@@ -120,7 +120,7 @@ def test_the_consumers_of_dead_incarnations_are_deleted(
         wait_until(lambda: sum(v["alive"] for v in a.json("nodes")["nodes"]) == 2,
                    what="two nodes alive")
         burst([a, b], 6)
-        stream = K.stream("w", 0)
+        stream = K.stream("default", "w", 0)
 
         def consumers() -> set[str]:
             return {c["name"].decode() for c in r.xinfo_consumers(stream, GROUP)}

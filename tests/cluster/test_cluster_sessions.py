@@ -255,24 +255,26 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     submit_turn = client.register_script(sessions.SUBMIT)
     for tid in IDS:
         assert await submit_turn(
-            keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1"]) == 1
+            keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1", "t1",
+                  "mac"]) == 1
     first, second = IDS
-    assert await client.xlen(T.stream("w", 0)) == 1  # the second waits in the line
+    assert await client.xlen(T.stream("t1", "w", 0)) == 1  # the second waits in the line
     assert await client.hget(T.task(second), "entry") == b"0-0"
     assert await client.lrange(T.session_line(W), 0, -1) == [second.encode()]
     third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
     assert await submit_turn(
-        keys=[T.task(third), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0, "t1"]) == -1
+        keys=[T.task(third), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
+        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0, "t1", "t1",
+              "mac"]) == -1
     assert await client.exists(T.task(third)) == 0
 
     async def claim(tid: str) -> Any:
         entry = await client.hget(T.task(tid), "entry")
         return await s.claim(keys=[T.task(tid), T.attempts(tid), T.fence,
-                                   T.stream("w", 0)],
+                                   T.stream("t1", "w", 0)],
                              args=["n/1", "n", "2.0", entry,
-                                   records.claimed_attempt("n", 2.0), 2, "30.0"])
+                                   records.claimed_attempt("n", 2.0), 2, "30.0", "t1"])
 
     token, *_, cp, name, state = await claim(first)
     assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
@@ -287,7 +289,7 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
 
     async def finish(tid: str, fence: int) -> Any:
         return await s.finish(
-            keys=[T.task(tid), T.attempts(tid), T.stream("w", 0), T.outcomes, *T.listed],
+            keys=[T.task(tid), T.attempts(tid), T.stream("t1", "w", 0), T.outcomes, *T.listed],
             args=[fence, tid, "succeeded", b"{}", b"", "3.0",
                   await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
 
@@ -311,19 +313,20 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     first, second = IDS
     for tid in IDS:
         assert await submit_turn(
-            keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0, "t1"]) == 1
+            keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0, "t1", "t1",
+                  "mac"]) == 1
     entry = await client.hget(T.task(first), "entry")
-    await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("w", 0)],
+    await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("t1", "w", 0)],
                   args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
-                        "30.0"])
+                        "30.0", "t1"])
     assert await s.takeover(
-        keys=[T.task(first), T.attempts(first), T.stream("w", 0), T.outcomes,
+        keys=[T.task(first), T.attempts(first), T.stream("t1", "w", 0), T.outcomes,
               T.alive("b/1"), *T.listed],
         args=[first, entry, "b/1", "5.0", "node b lost", 60,
               b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"lost"
     assert await client.hget(T.session(W), "cur") == second.encode()
     assert await client.exists(T.session_line(W)) == 0
-    [(moved, fields)] = await client.xrange(T.stream("w", 0))
+    [(moved, fields)] = await client.xrange(T.stream("t1", "w", 0))
     assert fields == {b"task": second.encode()}
     assert await client.hget(T.task(second), "entry") == moved

@@ -113,14 +113,16 @@ async def client(redis: RedisServer) -> AsyncIterator[Any]:
 
 async def test_only_the_claim_writes_steps_and_they_go_with_the_task(client: Any) -> None:
     s = Scripts(client)
-    assert await s.submit(keys=[K.task(TID), K.stream("w", 0), K.priorities("w"), K.agents,
+    assert await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0),
+                                K.priorities("acme", "w"), K.agents,
                                 K.live],
-                          args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0"]) == 1
+                          args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme",
+                                "mac"]) == 1
     entry = await client.hget(K.task(TID), "entry")
     token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
-                                    K.stream("w", 0)],
+                                    K.stream("acme", "w", 0)],
                               args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0"])
+                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
 
     async def step(fence: int, drop: str, *fields: str) -> Any:
         return await s.step(keys=[K.task(TID), K.steps(TID)], args=[fence, drop, *fields])
@@ -129,7 +131,7 @@ async def test_only_the_claim_writes_steps_and_they_go_with_the_task(client: Any
     assert await step(token + 1, "", "4", "x") == 0  # not this claim's token: refused
     assert await step(token, "2", "2", "B") == 1  # diverged at 2: 2 and 3 go, 2 again
     assert await client.hgetall(K.steps(TID)) == {b"1": b"a", b"2": b"B", b"0:n": b"d"}
-    assert await s.finish(keys=[K.task(TID), K.attempts(TID), K.stream("w", 0), K.outcomes,
+    assert await s.finish(keys=[K.task(TID), K.attempts(TID), K.stream("acme", "w", 0), K.outcomes,
                                 *K.listed],
                           args=[token, TID, "succeeded", b"{}", b"", "3.0", entry, 0, 60, 0,
                                 "0", ""]) == 1
@@ -189,16 +191,17 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
     from corral.supervisor.tasks.steps import Step
 
     s = Scripts(client)
-    await s.submit(keys=[K.task(TID), K.stream("w", 0), K.priorities("w"), K.agents, K.live],
-                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0"])
+    await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0),
+                         K.priorities("acme", "w"), K.agents, K.live],
+                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme", "mac"])
     entry = await client.hget(K.task(TID), "entry")
     token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
-                                    K.stream("w", 0)],
+                                    K.stream("acme", "w", 0)],
                               args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0"])
+                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
     def task(fence: int) -> ClusterTask:
         return ClusterTask(TID, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=fence,
-                           base=0, entry=entry.decode(), stream=K.stream("w", 0),
+                           base=0, entry=entry.decode(), stream=K.stream("acme", "w", 0),
                            consumer="n/1")
 
     held = {TID: task(token)}

@@ -260,7 +260,7 @@ def test_the_first_task_on_an_idle_cluster_starts_without_waiting_for_a_beat(
     from .proxy import Proxy
 
     proxy = Proxy(redis.port)
-    waiting = proxy.watch(b"XREAD", b"BLOCK", b"5000", b"corral:{test}:q:greeter:0")
+    waiting = proxy.watch(b"XREAD", b"BLOCK", b"5000", b"corral:{test}:q:default:greeter:0")
     b = Node(tmp / "b", "b", redis, hello("greeter"), beat=5.0, ttl=15.0)
     b.config.write_text(b.config.read_text().replace(redis.url, proxy.url))
     try:

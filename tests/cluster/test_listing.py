@@ -37,9 +37,11 @@ async def submit_many(s: Scripts, agents: list[str]) -> list[str]:
     as a node makes them)."""
     clock = IdClock()
     ids = [clock.make(int((T0 + i / 1000) * 1e9)) for i in range(len(agents))]
-    got = await s.run([(s.submit, [K.task(t), K.stream(a, 0), K.priorities(a), K.agents,
+    got = await s.run([(s.submit, [K.task(t), K.stream("acme", a, 0),
+                                   K.priorities("acme", a), K.agents,
                                    K.live],
-                        [t, a, b"null", 0, "", "", repr(T0 + i / 1000), "n", 0, "0"])
+                        [t, a, b"null", 0, "", "", repr(T0 + i / 1000), "n", 0, "0", "",
+                         "acme", "mac"])
                        for i, (t, a) in enumerate(zip(ids, agents, strict=True))])
     assert got == [1] * len(ids)
     return ids
@@ -47,13 +49,13 @@ async def submit_many(s: Scripts, agents: list[str]) -> list[str]:
 
 async def finish(s: Scripts, c: Any, tid: str, agent: str, status: str) -> None:
     entry = await c.hget(K.task(tid), "entry")
-    got = await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream(agent, 0)],
+    got = await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", agent, 0)],
                         args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0),
-                              0, "30.0"])
+                              0, "30.0", "acme"])
     if status == "running":
         return
     assert await s.finish(
-        keys=[K.task(tid), K.attempts(tid), K.stream(agent, 0), K.outcomes, *K.listed],
+        keys=[K.task(tid), K.attempts(tid), K.stream("acme", agent, 0), K.outcomes, *K.listed],
         args=[got[0], tid, status, b"1", b"", "3.0", entry, 0, 60, 0, "0", "mac",
               b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"%s"}'
               % status.encode()]) == 1

@@ -37,7 +37,8 @@ TENANT = ("acme", "mac")
 
 async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
     tid = TID.format(i)
-    return await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"), K.agents,
+    return await s.submit(keys=[K.task(tid), K.stream("acme", "w", 0),
+                                K.priorities("acme", "w"), K.agents,
                                 K.live],
                           args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue, "0",
                                 "", *TENANT])
@@ -46,15 +47,15 @@ async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
 async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
     tid = TID.format(i)
     entry = await c.hget(K.task(tid), "entry")
-    return await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("w", 0)],
+    return await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", "w", 0)],
                          args=[consumer, consumer.split("/")[0], "2.0", entry,
-                               records.claimed_attempt("n", 2.0), 2, "30.0"])
+                               records.claimed_attempt("n", 2.0), 2, "30.0", TENANT[0]])
 
 
 async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
     tid = TID.format(i)
     entry = await c.hget(K.task(tid), "entry")
-    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
                                 *K.listed],
                           args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
                                 0, 60, 2, "1", "mac", ATTEMPT])
@@ -64,12 +65,42 @@ async def test_submit_is_idempotent_on_the_id_and_bounded(client: Any) -> None:
     s = Scripts(client)
     assert await submit(s, 1, max_queue=2) == 1
     assert await submit(s, 1, max_queue=2) == 0  # a retried submit: no second entry
-    assert await client.xlen(K.stream("w", 0)) == 1
+    assert await client.xlen(K.stream("acme", "w", 0)) == 1
     assert await submit(s, 2, max_queue=2) == 1
     assert await submit(s, 3, max_queue=2) == -1  # full: refused, nothing written
     assert await client.exists(K.task(TID.format(3))) == 0
     rec = await client.hgetall(K.task(TID.format(1)))
     assert (rec[b"status"], rec[b"fence"], rec[b"input"]) == (b"queued", b"0", b'{"x":1}')
+
+
+async def test_a_task_is_queued_in_its_tenants_stream_and_claimed_by_its_tenant_alone(
+        client: Any) -> None:
+    """The stream is the tenant's agent's (decision 439): another tenant's agent of the
+    name reads a stream of its own and finds nothing. An entry naming acme's task put in
+    globex's stream by a Redis writer (the same entry id, so that it matches the record)
+    is not claimed by globex's reader: it leaves globex's stream, and acme's task waits
+    in acme's, unclaimed, for acme's agent."""
+    s = Scripts(client)
+    assert await submit(s, 1) == 1
+    tid, acme, globex = TID.format(1), K.stream("acme", "w", 0), K.stream("globex", "w", 0)
+    assert await client.smembers(K.agents) == {b"acme:w"}
+    entry = await client.hget(K.task(tid), "entry")
+    await client.xgroup_create(globex, "corral", "0", mkstream=True)
+    await client.xadd(globex, {"task": tid}, id=entry)
+
+    async def read_claim(stream: str, tenant: str) -> Any:
+        [got] = await s.run([(s.read_claim, [K.fence, stream],
+                              ["n/1", "n", "2.0", records.claimed_attempt("n", 2.0), 2,
+                               "30.0", 10, K.prefix, 1, tenant])])
+        return got
+
+    read, claims, *_ = await read_claim(globex, "globex")
+    assert (read, claims) == (1, [])  # read, not claimed
+    assert await client.xlen(globex) == 0
+    rec = await client.hgetall(K.task(tid))
+    assert (rec[b"status"], rec[b"fence"], rec[b"tenant"]) == (b"queued", b"0", b"acme")
+    read, claims, *_ = await read_claim(acme, "acme")
+    assert (read, [c[2] for c in claims]) == (1, [tid.encode()])
 
 
 async def test_one_call_reads_and_claims_by_priority_its_share_of_what_waits(
@@ -79,20 +110,21 @@ async def test_one_call_reads_and_claims_by_priority_its_share_of_what_waits(
     read is counted, not claimed, and leaves its stream; each claim its own token, as
     CLAIM's; each stream's newest entry answered (where a wait for more starts)."""
     s = Scripts(client)
-    high, low = K.stream("w", 5), K.stream("w", 0)
+    high, low = K.stream("acme", "w", 5), K.stream("acme", "w", 0)
     for i in range(1, 7):  # 1, 2, 5 and 6 at priority 0, 3 and 4 at 5
         tid = TID.format(i)
         prio = 5 if i in (3, 4) else 0
-        assert await s.submit(keys=[K.task(tid), K.stream("w", prio), K.priorities("w"),
+        assert await s.submit(keys=[K.task(tid), K.stream("acme", "w", prio),
+                                    K.priorities("acme", "w"),
                                     K.agents, K.live],
                               args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0,
-                                    "0"]) == 1
+                                    "0", "", *TENANT]) == 1
     await client.hset(K.task(TID.format(3)), "status", "cancelled")  # 3 is stale
 
     async def read_claim(count: int, serving: int = 1) -> Any:
         [got] = await s.run([(s.read_claim, [K.fence, high, low],
                               ["n/1", "n", "2.0", records.claimed_attempt("n", 2.0), 2,
-                               "30.0", count, K.prefix, serving])])
+                               "30.0", count, K.prefix, serving, TENANT[0]])])
         return got
 
     async def newest() -> list[Any]:
@@ -139,7 +171,7 @@ async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:
     assert 0 < await client.ttl(K.task(tid)) <= 60
     info = records.info(tid, rec, await client.lrange(K.attempts(tid), 0, -1))
     assert [(a.node, a.outcome) for a in info.attempts] == [("n", "succeeded")]
-    assert await client.xlen(K.stream("w", 0)) == 1  # its entry deleted (task 2 waits)
+    assert await client.xlen(K.stream("acme", "w", 0)) == 1  # its entry deleted (task 2 waits)
     # the outcome rides along on the outcomes stream: a waiting client reads no record
     [(_, fields)] = await client.xrange(K.outcomes)
     assert fields == {b"task": tid.encode(), b"status": b"succeeded",
@@ -157,7 +189,7 @@ async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
     token, *_ = await claim(s, client, 1, consumer="b/1")
     tid = TID.format(1)
     entry = await client.hget(K.task(tid), "entry")
-    keys = [K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1"),
+    keys = [K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes, K.alive("b/1"),
             *K.listed]
     args = [tid, entry, "b/1", "5.0", "node b lost", 60,
             msgspec.json.encode({"code": -32001, "message": "node b lost"})]
@@ -186,13 +218,13 @@ async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longe
     tid = TID.format(1)
     entry = await client.hget(K.task(tid), "entry")
     assert await s.takeover(
-        keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1"),
+        keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes, K.alive("b/1"),
               *K.listed],
         args=[tid, entry, "b/1", "5.0", "node b lost", 60,
               b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"requeued"
     assert await client.llen(K.attempts(tid)) == 1
     assert await client.ttl(K.attempts(tid)) == -1  # waiting: kept while it waits
-    assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+    assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
                                 *K.listed],
                           args=[tid, "6.0", b'{"code":-32800,"message":"c"}', 60]
                           ) == b"cancelled"
@@ -201,7 +233,7 @@ async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longe
     assert 0 < await client.ttl(K.task(tid)) <= 60
     assert 0 < await client.ttl(K.attempts(tid)) <= 60
     assert await client.zrange(K.done, 0, -1) == [tid.encode()]
-    assert await client.xlen(K.stream("w", 0)) == 0  # its entry gone with it
+    assert await client.xlen(K.stream("acme", "w", 0)) == 0  # its entry gone with it
 
 
 async def test_a_task_asked_to_cancel_whose_node_died_is_not_run_again(client: Any) -> None:
@@ -214,12 +246,12 @@ async def test_a_task_asked_to_cancel_whose_node_died_is_not_run_again(client: A
         await submit(s, i)
         await claim(s, client, i, consumer="b/1")
         tid = TID.format(i)
-        assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0),
+        assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0),
                                     K.outcomes, *K.listed],
                               args=[tid, "4.0", b"{}", 60]) == b"asked"
         entry = await client.hget(K.task(tid), "entry")
         assert await s.takeover(
-            keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+            keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
                   K.alive("b/1"), *K.listed],
             args=[tid, entry, "b/1", "5.0", "node b lost", 60,
                   b'{"code":-32001,"message":"node b lost"}', kind, cancelled]
@@ -231,7 +263,7 @@ async def test_a_task_asked_to_cancel_whose_node_died_is_not_run_again(client: A
         assert msgspec.json.decode(attempt)["outcome"] == "lost"
         assert 0 < await client.ttl(K.task(tid)) <= 60
         assert 0 < await client.ttl(K.attempts(tid)) <= 60
-    assert await client.xlen(K.stream("w", 0)) == 0  # neither waits to run again
+    assert await client.xlen(K.stream("acme", "w", 0)) == 0  # neither waits to run again
     assert await client.zrange(K.done, 0, -1) == [TID.format(i).encode() for i in (1, 2)]
     assert await client.exists(K.live) == 0
 
@@ -243,12 +275,12 @@ async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None
     await submit(s, 1)
     await client.script_flush()
     tid = TID.format(2)
-    got = await s.run([(s.submit, [K.task(tid), K.stream("w", 0), K.priorities("w"),
+    got = await s.run([(s.submit, [K.task(tid), K.stream("acme", "w", 0), K.priorities("acme", "w"),
                                    K.agents, K.live],
-                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0, "0"]),
+                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0, "0", "", *TENANT]),
                        (s.progress, [K.task(tid), K.outcomes], [7, b"{}", tid])])
     assert got == [1, 0]  # submitted once; the progress refused (no such claim)
-    assert await client.xlen(K.stream("w", 0)) == 2
+    assert await client.xlen(K.stream("acme", "w", 0)) == 2
 
 
 async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
@@ -266,7 +298,7 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
     token, *_ = await claim(s, client, 1)
     assert await finish(s, client, 1, token) == 1
     entry = await client.hget(K.task(ids[1]), "entry")
-    assert await s.cancel(keys=[K.task(ids[1]), K.attempts(ids[1]), K.stream("w", 0),
+    assert await s.cancel(keys=[K.task(ids[1]), K.attempts(ids[1]), K.stream("acme", "w", 0),
                                 K.outcomes, *K.listed],
                           args=[ids[1], "4.0", b'{"code":-32800,"message":"c"}', 60]
                           ) == b"cancelled"
@@ -274,7 +306,7 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
     await claim(s, client, 3, consumer="b/1")
     entry = await client.hget(K.task(ids[2]), "entry")
     assert await s.takeover(
-        keys=[K.task(ids[2]), K.attempts(ids[2]), K.stream("w", 0), K.outcomes,
+        keys=[K.task(ids[2]), K.attempts(ids[2]), K.stream("acme", "w", 0), K.outcomes,
               K.alive("b/1"), *K.listed],
         args=[ids[2], entry, "b/1", "5.0", "node b lost", 60, b'{"code":-32001,"message":'
               b'"node b lost"}', "dead"]) == b"lost"
@@ -306,10 +338,11 @@ async def test_progress_goes_on_the_outcomes_stream_only_when_a_client_waits(
     s = Scripts(client)
     waited, alone = TID.format(1), TID.format(2)
     for tid, watched in ((waited, "1"), (alone, "0")):
-        assert await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"),
+        assert await s.submit(keys=[K.task(tid), K.stream("acme", "w", 0),
+                                    K.priorities("acme", "w"),
                                     K.agents, K.live],
-                              args=[tid, "w", b"null", 0, "", "", "1.0", "n", 0, watched]
-                              ) == 1
+                              args=[tid, "w", b"null", 0, "", "", "1.0", "n", 0, watched,
+                                    "", *TENANT]) == 1
     t1, *_ = await claim(s, client, 1)
     t2, *_ = await claim(s, client, 2)
     for tid, token in ((waited, t1), (alone, t2)):

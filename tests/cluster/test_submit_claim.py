@@ -42,7 +42,7 @@ async def client(redis: RedisServer) -> AsyncIterator[Any]:
 async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1") -> Any:
     tid = TID.format(i)
     return await s.submit_claim(
-        keys=[K.task(tid), K.stream("w", prio), K.priorities("w"), K.agents, K.live,
+        keys=[K.task(tid), K.stream("acme", "w", prio), K.priorities("acme", "w"), K.agents, K.live,
               K.fence],
         args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0, "0", "", consumer,
               consumer.split("/")[0], "2.0", records.claimed_attempt("n", 2.0), 2, "30.0",
@@ -52,7 +52,7 @@ async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1")
 async def test_one_call_submits_and_claims_a_task_fenced_as_any_claim(client: Any) -> None:
     s = Scripts(client)
     got = await submit_claim(s, 1)
-    tid, stream = TID.format(1), K.stream("w", 0)
+    tid, stream = TID.format(1), K.stream("acme", "w", 0)
     entry = await client.hget(K.task(tid), "entry")
     assert got == [1, [stream.encode(), entry, tid.encode(), 1, 0, b'{"x":1}', b"30.0", b"2",
                        b"0", b"1.0", None, None, None, b""]]
@@ -74,9 +74,11 @@ async def test_no_task_jumps_a_backlog_or_a_higher_priority(client: Any) -> None
     s = Scripts(client)
     assert await submit(s, 1) == 1  # waiting, unread, at priority 0
     tid2 = TID.format(2)
-    assert await s.submit(keys=[K.task(tid2), K.stream("w", 5), K.priorities("w"), K.agents,
+    assert await s.submit(keys=[K.task(tid2), K.stream("acme", "w", 5),
+                                K.priorities("acme", "w"), K.agents,
                                 K.live],
-                          args=[tid2, "w", b"{}", 5, "", "", "1.0", "n", 0, "0"]) == 1
+                          args=[tid2, "w", b"{}", 5, "", "", "1.0", "n", 0, "0", "",
+                                    *TENANT]) == 1
     first = await submit_claim(s, 3)
     assert first[1][2] == tid2.encode()  # the higher priority's first
     second = await submit_claim(s, 4)

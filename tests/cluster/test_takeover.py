@@ -45,10 +45,11 @@ def claim_unknown_to_b(redis: RedisServer, task_id: str) -> None:
     k = Keys("test")
     r = redis_py.Redis(port=redis.port)
     try:
-        [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
-                                               count=1)
+        [[stream, [(entry, _)]]] = r.xreadgroup(
+            GROUP, "b/1", {k.stream("default", "sleepy", 0): ">"}, count=1)
         assert r.eval(CLAIM, 4, k.task(task_id), k.attempts(task_id), k.fence, stream,
-                      "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0, "30.0")
+                      "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0, "30.0",
+                      "default")
     finally:
         r.close()
 
