@@ -85,8 +85,9 @@ def test_a_removed_agents_cluster_sessions_end_and_the_next_tenant_starts_afresh
 
 def test_a_state_signed_for_another_tenants_session_is_refused(
         tmp: Path, redis: RedisServer) -> None:
-    """A Redis writer without the key copies acme's signed state (its MAC and its JSON)
-    into globex's session of the same agent and session name: its MAC names acme, so
+    """A Redis writer without the key keeps acme's signed state (its MAC and its JSON)
+    and writes it into globex's session of the same agent and session name once globex
+    holds the name: its MAC names acme, so
     globex's turn is refused it (said, counted) and starts without it."""
     r = redis_py.Redis(port=redis.port)
     with nodes(tmp, redis, {"a": TENANTS}, extra=keyed(tmp)) as ns:
@@ -95,9 +96,11 @@ def test_a_state_signed_for_another_tenants_session_is_refused(
         add(a, "acme")
         assert turn(a, SECRET)["output"]["turns"] == [SECRET]
         signed = r.hget(K.session(ACME), "state")
-        # acme's session outlives what the writer does next: the agent is taken over
-        # by globex without a removal (the operator changes its tenant in place)
-        a.call("agents.update", {"name": "chat", "set": {"tenant": "globex"}})
+        # the writer keeps what it read: acme's `chat` is removed (its sessions end) and
+        # globex's added under the name
+        assert a.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
+        assert r.hget(K.session(ACME), "state") is None
+        add(a, "globex")
         assert turn(a, "globex's first")["output"]["given"] is False
         r.hset(K.session(GLOBEX), "state", signed)
         forged = turn(a, "globex's second")
