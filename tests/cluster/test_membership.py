@@ -26,7 +26,7 @@ def member(redis: RedisServer, node: str, said: list[str]) -> Membership:
     settings = ClusterSettings(redis=redis.url, name="t", node=node, node_ttl=TTL, beat=BEAT)
     client = connect(settings, node)
     return Membership(client, Scripts(client), Keys("t"), settings, node,
-                      lambda: (4, 1, ["greeter"]), said.append)
+                      lambda: (4, 1, {"greeter": "default"}), said.append)
 
 
 async def joined_watching_fences(redis: RedisServer) -> tuple[Membership, list[str],
