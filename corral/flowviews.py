@@ -137,6 +137,9 @@ class ScheduleEntry(Result):
     last_started: str | None  # the task or run its last fire started
     agents: list[str]  # whose tasks it starts: a limited caller sees it when it sees all
     description: str = ""
+    # the tenant the file gives its agents (None: several, or none known): whose it is,
+    # whoever holds their names now (DESIGN 20)
+    tenant: str | None = None
 
 
 class ScheduleList(Result):

@@ -5,12 +5,19 @@ surface (the gateway's HTTP, the control socket, the CLI)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from .daemon_harness import Daemon
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, in_process
 from .test_gateway_stateless import META, daemon, request, url
+from .test_http_api import SOCKET, Api
+from .test_identity import CONFIG as IDENTITY_CONFIG
+from .test_identity import SCOPES, SECRET, add_chat
+from .test_tokens import cli
 
 __all__ = ["daemon"]  # the gateway's module fixture, shared
 
@@ -50,3 +57,59 @@ async def test_a_2025_session_holds_no_listen_stream_not_even_in_a_batch(
         async with http.post(url(daemon), headers=h, json=request(
                 201, "tools/list", {})) as resp:
             assert "sc__echo" in [t["name"] for t in (await resp.json())["result"]["tools"]]
+
+
+SCHEDULED = f"""
+[agents.chat]
+command = ["{PY}", "{EXAMPLES / 'misbehave.py'}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+stop_timeout = 10.0
+tenant = "acme"
+
+[schedules.tick]
+agent = "chat"
+every = "1s"
+input = {{ do = "echo", secret = "{SECRET}" }}
+"""
+
+
+@pytest.mark.deadline(120)
+async def test_a_schedule_of_a_removed_agent_is_not_the_next_tenants(
+        tmp_path: Path) -> None:
+    """The file's schedule `tick` sends acme's `chat` its input (a secret) every second;
+    acme removes `chat` and globex adds its own. Before decision 472 globex's `chat` was
+    sent the schedule's input at each fire, and globex listed, paused and resumed
+    `tick`: a schedule asked who holds its agent's name now. Its fires are refused, said
+    in its last error, and it stays acme's: shown to acme, to globex as none there is."""
+    async with in_process(tmp_path, SCHEDULED, IDENTITY_CONFIG) as d, \
+            aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        for tenant in ("acme", "globex"):
+            made = await d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": tenant, "scopes": SCOPES, "tenant": tenant})
+            api.tokens[tenant] = made.token
+        status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
+        assert status == 200, body
+        await add_chat(api, "globex")
+        async def fires() -> int:
+            listed = await d.dispatcher.call(SOCKET, "schedules.list", {})
+            return int(listed.schedules[0].fires)
+
+        fired = await fires()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while await fires() < fired + 2:
+            assert loop.time() < deadline, "tick never fired"
+            await asyncio.sleep(0.1)
+        status, body, _ = await api.ask("GET", "/tasks?agent=chat", "globex")
+        assert (status, body["tasks"]) == (200, []), body
+        status, body, _ = await api.ask("GET", "/schedules", "globex")
+        assert (status, body["schedules"]) == (200, [])
+        status, body, _ = await api.ask("POST", "/schedules/tick/pause", "globex")
+        assert (status, body["detail"]) == (404, "no such schedule: tick"), body
+        status, body, _ = await api.ask("GET", "/schedules", "acme")
+        assert [(s["name"], s["tenant"]) for s in body["schedules"]] == [("tick", "acme")]
+        rc, out, err = await cli(d, "logs", "corral", "--lines", "200")
+        assert rc == 0, err
+        assert ("schedule tick: agent chat refused the fire: no such agent: chat (tenant "
+                "acme's was removed; the name is another tenant's now)") in out, out

@@ -434,7 +434,7 @@ class Daemon:
         s.fleet.gateway = cfg.gateway
         s.workflows.configure(cfg.workflows)
         s.teams.configure(cfg.teams)
-        s.schedules.configure(cfg.schedules)
+        s.schedules.configure(cfg)
         before, self.applied = self.applied, cfg
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)

@@ -16,8 +16,10 @@ async def schedules_list(d: Services, p: m.SchedulesList, caller: Caller, c: Cha
 
 
 async def _pause(d: Services, name: str, caller: Caller, paused: bool) -> m.ScheduleEntry:
-    live = d.schedules.get(name)
-    if caller.limited and not all(caller.sees(a) for a in d.schedules.entry(live).agents):
+    entry = d.schedules.entry(d.schedules.get(name))
+    # whose it is, is whose its agents were in the file, not who holds their names now
+    if caller.limited and not (entry.agents and all(
+            caller.sees_record(a, entry.tenant) for a in entry.agents)):
         raise jsonrpc.not_found("schedule", name)
     return d.schedules.entry(await d.schedules.pause(name, paused))
 

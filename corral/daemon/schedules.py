@@ -10,6 +10,10 @@ start-up the fires missed while the daemon was down are `skip`ped, run `once`, o
 up (`catch_up`, the latest `max_catch_up` of them). A paused schedule fires nothing, and
 resumes from the time it is resumed (what it would have fired while paused is not caught
 up). A fire is an event on the Stream (ScheduleFired).
+
+A schedule naming an agent is of the tenant the file gives that agent (DESIGN 20): should
+that agent be removed and another tenant take its name, the schedule neither fires into
+the new agent (its input was written for the old one) nor is shown to its tenant.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..supervisor.config import Config
 from ..supervisor.schedule import Schedule, ScheduleSpec, compile_schedule
 from ..supervisor.schedule import ScheduleRow as Row
 from ..supervisor.stream import Stream
@@ -122,9 +127,13 @@ class _Live:
 class ScheduleService:
     def __init__(self, ledger: Ledger, start: Starter, stream: Stream,
                  report: Callable[[str], None],
-                 agents_of: Callable[[ScheduleSpec], list[str]]) -> None:
+                 agents_of: Callable[[ScheduleSpec], list[str]],
+                 agents: Mapping[str, Any]) -> None:
         self.ledger = ledger
         self.agents_of = agents_of
+        self.agents = agents  # the supervisor's, as they are now
+        # each schedule's agents' tenants, as the file gives them
+        self.owners: dict[str, dict[str, str]] = {}
         self._start = start
         self.stream = stream
         self.report = report
@@ -135,10 +144,13 @@ class ScheduleService:
         self._syncing: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one change of the schedules at a time
 
-    def configure(self, specs: Mapping[str, ScheduleSpec]) -> None:
+    def configure(self, cfg: Config) -> None:
         """The config's schedules (a reload replaces them: a schedule kept keeps its
         last fire time, a new one starts from now)."""
-        self.specs = dict(specs)
+        self.specs = dict(cfg.schedules)
+        self.owners = {name: {a: cfg.agents[a].tenant for a in self.agents_of(spec)
+                              if a in cfg.agents}
+                       for name, spec in self.specs.items()}
         if self._started:
             self._syncing = self._spawn(self._sync())
 
@@ -259,6 +271,7 @@ class ScheduleService:
         if not fired:  # another node's to fire
             return
         try:
+            self._same_agents(name)
             started: str | None = await self._start(live.sched)
             error = None
         except RpcError as exc:
@@ -270,6 +283,22 @@ class ScheduleService:
                 await self.ledger.save(name, live.row)
         if self.stream.wants(ScheduleFired):
             self.stream.emit(ScheduleFired(name, at, started, error))
+
+    def _same_agents(self, name: str) -> None:
+        """Refuses a fire into an agent of another tenant than the file gave it: its
+        agent was removed and the name taken by another."""
+        for agent, tenant in self.owners.get(name, {}).items():
+            now = self.agents.get(agent)
+            if now is not None and now.spec.tenant != tenant:
+                raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {agent} (tenant "
+                                                  f"{tenant}'s was removed; the name is "
+                                                  f"another tenant's now)")
+
+    def tenant(self, name: str) -> str | None:
+        """Whose a schedule is: its agents' one tenant, None (the operator's) when they
+        are of several or none is known."""
+        tenants = set(self.owners.get(name, {}).values())
+        return tenants.pop() if len(tenants) == 1 else None
 
     # -- the operator's -------------------------------------------------------------------
     def get(self, name: str) -> _Live:
@@ -303,7 +332,8 @@ class ScheduleService:
             every=spec.every, cron=spec.cron, missed=spec.missed, paused=self._paused(live),
             last_fire=live.row.last_fire, next_fire=live.next_fire if here else None,
             fires=live.row.fires, last_started=live.row.last_started,
-            agents=self.agents_of(spec), description=spec.description)
+            agents=self.agents_of(spec), description=spec.description,
+            tenant=self.tenant(live.sched.name))
 
     async def close(self) -> None:
         for live in self.live.values():

@@ -488,8 +488,8 @@ async def schedules(conf: Conf, parts: Parts, store: StateStore, tasks: TaskFron
         ledger = ClusterLedger(node.redis, node.keys.prefix, node.membership,
                                node.settings.node_ttl, hub.daemon)
     service = ScheduleService(ledger, starter(tasks, workflows), parts.stream, hub.daemon,
-                              schedule_agents(workflows))
-    service.configure(conf.cfg.schedules)
+                              schedule_agents(workflows), parts.agents)
+    service.configure(conf.cfg)
     try:
         yield service
     finally:

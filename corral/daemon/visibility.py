@@ -274,12 +274,6 @@ def _task_filter(result: Any, caller: Caller) -> Any:
     return result
 
 
-def _sees_all(caller: Caller, agents: list[str]) -> bool:
-    # no agent known (a workflow whose nested one a reload took away) is no agent the
-    # caller sees: such a thing is the operator's alone
-    return bool(agents) and all(caller.sees(a) for a in agents)
-
-
 def _owns_all(caller: Caller, agents: list[str], tenant: str | None) -> bool:
     # a record (a definition, a run) of a tenant is that tenant's callers', whoever holds
     # its agents' names now (DESIGN 20); one of no agent known, the operator's alone
@@ -319,7 +313,7 @@ def _runs_filter(result: Any, caller: Caller) -> Any:
 
 def _schedules_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, schedules=[s for s in result.schedules
-                                       if _sees_all(caller, s.agents)])
+                                       if _owns_all(caller, s.agents, s.tenant)])
 
 
 def _sessions_filter(result: Any, caller: Caller) -> Any:
