@@ -281,7 +281,7 @@ async def test_a_tenants_user_makes_the_daemon_write_no_file_but_its_log(
     import pwd
     import stat
 
-    from corral.daemon.logs import NOT_A_LOG
+    from corral.daemon.logfiles import NOT_A_LOG
 
     from .test_gateway_stdio import wait_until_async
 
