@@ -264,18 +264,20 @@ def test_keys_lists_the_other_tools_names_for_corrals() -> None:
 
 def test_units_imported_together_keep_their_order(tmp_path: Path) -> None:
     """agent-runner's After=/Requires=redis.service is an order among the units imported
-    with it: its agent's `after`; a target, or a unit not imported, is said."""
+    with it: its agent's `after` and `requires`; a target, or a unit not imported, is
+    said."""
     r = corral("import", "redis.service", "agent-runner@.service")
     assert r.returncode == 0
     assert 'after = ["redis"]' in r.stdout.splitlines()
+    assert 'requires = ["redis"]' in r.stdout.splitlines()
     assert r.stderr.splitlines()[-3:] == [
         "corral import: agent-runner@.service: [Service]: MemoryMax: 2G: not carried: "
         "corral's limits.memory_mb is the address space (RLIMIT_AS) and limits.rss_mb a "
         "soft restart, not a cgroup's memory.max",
         "corral import: agent-runner@.service: [Unit]: After: network-online.target: not "
         "carried: not a unit imported with it (corral orders its own agents only)",
-        "corral import: agent-runner@.service: [Unit]: Requires: redis.service: after = "
-        "[redis] (started once it is up; not stopped with it, as Requires= would)"]
+        "corral import: agent-runner@.service: [Unit]: Requires: redis.service: requires "
+        "= [redis] (started once it serves, stopped if it fails for good)"]
     out = tmp_path / "corral.toml"
     out.write_text(r.stdout)
     checked = corral("check-config", "--no-check", str(out))

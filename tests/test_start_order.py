@@ -28,10 +28,10 @@ def specs(**after: list[str]) -> dict[str, AgentSpec]:
 
 def test_an_order_that_cannot_hold_is_named() -> None:
     assert order_problem(specs(a=[], b=["a"], c=["b", "a"])) is None
-    assert order_problem(specs(a=["a"])) == ("a", "names the agent itself")
-    assert order_problem(specs(a=["nope"])) == ("a", "no agent nope is declared")
+    assert order_problem(specs(a=["a"])) == ("a", "after", "names the agent itself")
+    assert order_problem(specs(a=["nope"])) == ("a", "after", "no agent nope is declared")
     assert order_problem(specs(a=["c"], b=["a"], c=["b"])) == (
-        "a", "a cycle: a -> c -> b -> a")
+        "a", "after", "a cycle: a -> c -> b -> a")
 
 
 def test_a_stop_of_all_takes_the_start_in_reverse_layer_by_layer() -> None:

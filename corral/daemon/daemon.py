@@ -44,6 +44,7 @@ from .audit import Audit
 from .caller import Caller
 from .clusterpeer import NotANode
 from .control import ControlServer
+from .dependents import Dependents
 from .drain import Drain
 from .extras import Extras
 from .filewatch import FileWatches
@@ -115,6 +116,7 @@ class Daemon:
         self.up: Up | None = None
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
+        self.failed: str | None = None  # why an agent stopped the daemon (fatal = true)
         self.drain_timeout = 0.0  # [supervisor] drain_timeout (set from the config)
         self.start_config: Config | None = None  # what the tables read at start said
         self.applied: Config | None = None  # the config the last start or reload applied
@@ -191,7 +193,7 @@ class Daemon:
                 return 1
             self.set_up.set()
             await self._arbiter(up.services)
-        return 0
+        return 0 if self.failed is None else 1
 
     async def _arbiter(self, s: Services) -> None:
         """The daemon's loop: what the kernel and the operator ask for, one at a time."""
@@ -276,6 +278,13 @@ class Daemon:
     def request_stop(self, now: bool = False) -> None:
         self._signals.put_nowait(STOP_NOW if now else STOP)
 
+    def fail(self, hub: LogHub, why: str) -> None:
+        """Stop, the exit status 1 (an agent with `fatal = true` failed for good)."""
+        if self.failed is None:
+            self.failed = why
+            hub.daemon(why, priority=3)
+            self.request_stop()
+
     # -- set-up: the parts, in order; the stack tears them down in reverse ---------------------
     async def _setup(self, stack: contextlib.AsyncExitStack) -> tuple[Up, list[TaskRecord]]:
         """To add a part: one line here, where what it needs exists and where its
@@ -328,6 +337,9 @@ class Daemon:
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
         parts.stream.subscribe(watches.on_transition, Transition)
         await enter(part.closed(watches.close))
+        dependents = Dependents(parts.agents, hub.daemon, lambda why: self.fail(hub, why))
+        parts.stream.subscribe(dependents.on_transition, Transition)
+        await enter(part.closed(dependents.close))
         services = Services(
             **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
             fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,

@@ -53,7 +53,7 @@ def agent_name(wanted: str, taken: dict[str, Any] | set[str]) -> str:
 
 def link(imports: list[Imported]) -> None:
     """Each unit's `After=`/`Requires=` on a unit imported with it, as its agent's
-    `after`; on any other (a target, a unit not imported), said and not carried."""
+    `after`/`requires`; on any other (a target, a unit not imported), said and not carried."""
     units = {Path(imp.source).name: name for imp in imports if imp.kind == "systemd"
              for name in imp.agents}
     for imp in imports:
@@ -64,9 +64,10 @@ def link(imports: list[Imported]) -> None:
                     imp.note(where, key, f"{unit}: not carried: not a unit imported with "
                                          "it (corral orders its own agents only)")
                     continue
-                after = imp.agents[agent].setdefault("after", [])
-                if other not in after:
-                    after.append(other)
-                if key.lower() != "after":
-                    imp.note(where, key, f"{unit}: after = [{other}] (started once it is "
-                                         f"up; not stopped with it, as {key}= would)")
+                key_to = "after" if key.lower() == "after" else "requires"
+                names = imp.agents[agent].setdefault(key_to, [])
+                if other not in names:
+                    names.append(other)
+                if key_to == "requires":
+                    imp.note(where, key, f"{unit}: requires = [{other}] (started once it "
+                                         "serves, stopped if it fails for good)")

@@ -68,6 +68,7 @@ def read(path: Path, env: dict[str, str]) -> Imported:
     common_env = _daemon_section(parser, imp, base)
     groups = _groups(parser, imp, base)
     priorities: dict[str, tuple[int, str]] = {}
+    listeners: list[str] = []
     for section in parser.sections():
         kind, _, name = section.partition(":")
         if kind == "program" and name:
@@ -76,6 +77,8 @@ def read(path: Path, env: dict[str, str]) -> Imported:
                          groups.get(name, name), priorities)
             except ConfigError as exc:
                 raise ConfigError(f"{imp.source}: {exc}") from None
+        elif kind == "eventlistener" and _on_fatal(parser, section):
+            listeners.append(section)
         elif kind in ("eventlistener", "fcgi-program"):
             imp.note(f"[{section}]", "(section)", _SECTIONS_NOT_CARRIED[kind])
         elif kind not in ("program", "group", "supervisord", "include", "unix_http_server",
@@ -84,7 +87,27 @@ def read(path: Path, env: dict[str, str]) -> Imported:
             imp.note(f"[{section}]", "(section)", "not a section supervisord knows: "
                                                   "not carried")
     _chain(priorities, imp)
+    for section in listeners:
+        _fatal(section, imp)
     return imp
+
+
+def _on_fatal(parser: configparser.RawConfigParser, section: str) -> bool:
+    """Whether an event listener hears a program's PROCESS_STATE_FATAL: the listener a
+    container plants to stop supervisord when a program fails for good."""
+    events = parser.get(section, "events", fallback="").replace(",", " ").split()
+    return "PROCESS_STATE_FATAL" in events or "PROCESS_STATE" in events
+
+
+def _fatal(section: str, imp: Imported) -> None:
+    """A listener of PROCESS_STATE_FATAL as `fatal = true` on every program (the event
+    is any program's: the listener's own code says what it does with it)."""
+    for table in imp.agents.values():
+        table["fatal"] = True
+    imp.note(f"[{section}]", "events", "PROCESS_STATE_FATAL: fatal = true on every "
+             "program (the daemon stops, exit status 1, when one fails for good): as a "
+             "listener that stops supervisord does; its command is not run, check that is "
+             "what it did")
 
 
 def _chain(priorities: dict[str, tuple[int, str]], imp: Imported) -> None:
@@ -103,8 +126,7 @@ def _chain(priorities: dict[str, tuple[int, str]], imp: Imported) -> None:
 
 _SECTIONS_NOT_CARRIED = {
     "eventlistener": "not carried: corral sends no supervisor events to a listener (one "
-                     "that stops the container when a program dies has no equivalent: "
-                     "corral restarts the program, then marks it failed)",
+                     "of PROCESS_STATE_FATAL is carried as fatal = true)",
     "fcgi-program": "not carried: corral does not hold a FastCGI socket for its programs",
 }
 

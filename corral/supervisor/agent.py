@@ -15,6 +15,7 @@ from .errors import SupervisorError
 from .lifecycle import Cause
 from .process_replica import ResumeFailed
 from .replica import Replica
+from .startorder import before
 from .startstop import Starter, start_all, stop_all
 
 __all__ = ["Agent", "AgentOwner"]
@@ -43,6 +44,9 @@ class AgentOwner(Protocol):
 
     def up(self, names: Iterable[str]) -> bool:
         """Whether the agents named are there and up, none waiting to start."""
+
+    def serving(self, names: Iterable[str]) -> bool:
+        """Whether the agents named are up and serving (a replica ready)."""
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
         """Until `cond()` holds; TimeoutError after `timeout`."""
@@ -76,15 +80,21 @@ class Agent:
     def start(self) -> None:
         if self.waiting is not None:
             return  # its start is due once `after`'s agents are up
-        if self.host.up(self.spec.after):
+        if self._may_start():
             self._starter = start_all(self.replicas)
         else:
             self.waiting = asyncio.ensure_future(self._start_after())
 
+    def _may_start(self) -> bool:
+        """Every agent of `after` is up (startorder.py), and every one of `requires`
+        serves: one down, failed or a one-shot that ended is waited for (one that fails
+        for good stops this one: daemon/dependents.py)."""
+        return self.host.up(before(self.spec)) and self.host.serving(self.spec.requires)
+
     async def _start_after(self) -> None:
-        """Start once every agent of `after` is up (startorder.py)."""
+        """Start once it may (_may_start)."""
         try:
-            await self.host.wait_for(lambda: self.host.up(self.spec.after), None)
+            await self.host.wait_for(self._may_start, None)
         finally:
             self.waiting = None
         self._starter = start_all(self.replicas)

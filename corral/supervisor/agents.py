@@ -227,6 +227,16 @@ class Agents(Mapping[str, Agent]):
         return all(a is not None and a.waiting is None and startorder.up(a.replicas)
                    for a in (self._agents.get(n) for n in names))
 
+    def serving(self, names: Iterable[str]) -> bool:
+        return all(a is not None and a.waiting is None and startorder.up(a.replicas)
+                   and any(r.machine.takes_work for r in a.replicas)
+                   for a in (self._agents.get(n) for n in names))
+
+    def failed(self, names: Iterable[str]) -> list[str]:
+        """Those of the agents named that are down for good (startorder.failed_for_good)."""
+        return [n for n in names if (a := self._agents.get(n)) is not None
+                and startorder.failed_for_good(a.replicas)]
+
     def stop_layers(self) -> list[list[Replica]]:
         """Every agent's replicas in the order a stop of all takes them (`after` in
         reverse, startorder.py), the processes of rollouts under way first."""

@@ -240,6 +240,12 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # start order (startorder.py): agents whose replicas are up before this one starts,
     # and which stop after it
     after: list[str] = []
+    # as `after`, and this agent is stopped when one of them fails for good (restarts
+    # given up), and not started once one has (systemd's Requires=, dependents.py)
+    requires: list[str] = []
+    # the daemon stops (exit status 1) when this agent fails for good: a container's
+    # main program (supervisord's event listener that kills it, dependents.py)
+    fatal: bool = False
     max_concurrent_tasks: PositiveInt = 1
     max_queue: NonNegInt = 1000
     task_timeout: Positive = 300.0

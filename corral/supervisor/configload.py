@@ -464,8 +464,8 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
             problems.append(f"{where}: mcp_servers.{name}: needs a command or a url")
     order = order_problem(agents)
     if order is not None:
-        problems.append(f"{origin[f'agents.{order[0]}']}: agents.{order[0]}.after: "
-                        f"{order[1]}")
+        problems.append(f"{origin[f'agents.{order[0]}']}: agents.{order[0]}.{order[1]}: "
+                        f"{order[2]}")
     for name, aspec in agents.items():
         problem = isolation_problem(aspec, gateway, tenants.get(aspec.tenant)) or \
             cluster_problem(aspec, cluster is not None)

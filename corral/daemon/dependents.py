@@ -1,0 +1,52 @@
+"""What follows an agent's failure for good (its restarts given up): the agents that
+require it (`requires`) are stopped, and when it is `fatal` the daemon stops, exit status
+1, as a container's supervisor should when its main program is gone (supervisord's users
+plant an event listener that kills it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..supervisor.lifecycle import State
+from ..supervisor.process_replica import Transition
+
+if TYPE_CHECKING:
+    from ..supervisor.agents import Agents
+
+
+class Dependents:
+    def __init__(self, agents: Agents, report: Callable[[str], None],
+                 fail_daemon: Callable[[str], None]) -> None:
+        self.agents = agents
+        self.report = report  # a line of the daemon's log
+        self.fail_daemon = fail_daemon  # stops the daemon, saying why (exit status 1)
+        self.stopping: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def on_transition(self, event: Transition) -> None:
+        if (self.closed or event.kind != "agent" or event.state is not State.FAILED
+                or not self.agents.failed([event.name])):
+            return
+        failed = self.agents.get(event.name)
+        if failed is not None and failed.spec.fatal:
+            self.fail_daemon(f"agent {event.name} failed for good and is fatal = true: "
+                             f"stopping the daemon ({event.reason})")
+        for agent in list(self.agents.values()):
+            if event.name in agent.spec.requires:
+                if agent.waiting is not None:  # never started: no transition says it
+                    self.report(f"agent {agent.name} is not started: it requires "
+                                f"{event.name}, which failed (`corral start {agent.name}` "
+                                "once it is up)")
+                task = asyncio.ensure_future(agent.stop(
+                    f"requires {event.name}, which failed"))
+                self.stopping.add(task)
+                task.add_done_callback(self.stopping.discard)
+
+    async def close(self) -> None:
+        self.closed = True
+        for t in list(self.stopping):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
