@@ -10,6 +10,7 @@ knows what runs is not what it asked for:
 - `tenant` (another tenant's user, quotas and directory), `user`, `group` (who);
 - `sandbox`, `network`, `sandbox_paths` (what the process sees of the host);
 - `log_file` (a file the daemon appends the agent's lines to, as root);
+- `env_file` (files the daemon reads, as root, into the agent's environment);
 - `cwd` (the directory a sandbox binds writable): inside the tenant's `dir`, else where
   the tenant's agents run when they name none;
 - `warm`, `preload` (a zygote: what it imports, shared by the agents of one user);
@@ -84,6 +85,8 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
         return "sandbox_paths", _differs(spec.sandbox_paths, tenant, None, "none")
     if spec.log_file is not None:  # root appends to it: a file anywhere, its lines the agent's
         return "log_file", _differs(spec.log_file, tenant, None, "none: its log directory")
+    if spec.env_file:  # root reads it: /etc/shadow's lines in the agent's environment
+        return "env_file", _differs(spec.env_file, tenant, None, "none")
     cwd = os.path.realpath(spec.cwd or default_cwd)
     if t.dir is not None:
         if not _inside(cwd, os.path.realpath(t.dir)):

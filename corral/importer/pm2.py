@@ -49,7 +49,6 @@ NOT_CARRIED = {
     "ignore_watch": "corral's watch takes globs of what to watch only",
     "instance_var": "corral gives each replica its number as $CORRAL_REPLICA",
     "increment_var": "corral gives each replica its number as $CORRAL_REPLICA",
-    "env_file": "corral has no environment files: put the variables in env",
     "vizion": None, "automation": None, "pmx": None, "namespace": None, "time": None,
     "source_map_support": None, "disable_source_map_support": None, "filter_env": None,
     "autodump": None, "treekill": None, "combine_logs": None, "force": None,
@@ -59,7 +58,8 @@ NOT_CARRIED = {
 CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
            "stop_exit_codes", "min_uptime", "max_restarts", "restart_delay",
            "exp_backoff_restart_delay", "kill_timeout", "max_memory_restart", "watch",
-           "listen_timeout", "uid", "user", "gid", "autostart", "out_file", "log_file"}
+           "listen_timeout", "uid", "user", "gid", "autostart", "out_file", "log_file",
+           "env_file"}
 
 
 def read(path: Path, env: dict[str, str]) -> Imported:
@@ -212,6 +212,10 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path) -> None:
     env = app.get("env")
     if isinstance(env, dict):
         table["env"] = {str(k): _text(v) for k, v in env.items()}
+    if isinstance(app.get("env_file"), str):
+        # PM2 reads it from the app's directory (its cwd, else the file's)
+        table["env_file"] = [str(base.resolve() / table.get("cwd", ".") / app["env_file"])
+                             if not app["env_file"].startswith("/") else app["env_file"]]
     for k in app:
         if k in CARRIED:
             continue

@@ -19,7 +19,8 @@ CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "res
            "restartsec", "timeoutstopsec", "timeoutstartsec", "timeoutsec", "killsignal",
            "successexitstatus", "startlimitburst", "startlimitintervalsec",
            "startlimitinterval", "type", "watchdogsec", "limitnofile", "nice",
-           "description", "documentation", "wantedby", "alias", "killmode"}
+           "description", "documentation", "wantedby", "alias", "killmode",
+           "environmentfile"}
 # an order on other units: an agent's `after` where the unit is imported with it (link)
 ORDER = {"after", "requires"}
 LISTS = {"environment", "execstartpre", "execstartpost", "execstop", "execstoppost",
@@ -29,8 +30,6 @@ NOT_CARRIED = {
     "wants": "not carried: corral starts its agents together, with no dependencies",
     "bindsto": "not carried: corral starts its agents together, with no dependencies",
     "partof": "not carried: corral stops each agent on its own",
-    "environmentfile": "not carried: corral has no environment files: put the variables "
-                       "in env",
     "execstartpre": "not carried: corral runs one command per agent",
     "execstartpost": "not carried: corral runs one command per agent",
     "execstop": "not carried: corral stops a program by a signal (stop_signal)",
@@ -151,6 +150,12 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
                 env[k] = _specifiers(v, name)
     if env:
         table["env"] = env
+    files = [_specifiers(v, name) for v in given.get("environmentfile", ("", "", []))[2]]
+    if files:
+        table["env_file"] = files
+        if env:
+            imp.note(where, "EnvironmentFile", "env_file: a variable set in both is env's "
+                                               "(systemd's file won over Environment=)")
     restart = (one("restart") or "no").lower()
     if restart in _RESTART:
         if restart != "no" or kind != "oneshot":

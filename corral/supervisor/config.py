@@ -107,11 +107,18 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     # 86400 at midnight UTC) and its rotated copies gzipped (None: [supervisor]'s)
     log_rotate_every: NonNeg | None = None
     log_compress: bool | None = None
+    # files of KEY=VALUE lines read as each process starts, under `env` (envfiles.py):
+    # absolute paths, `-/path` one that may be absent; the operator's to name
+    env_file: list[str] = []
 
     def __post_init__(self) -> None:
         if self.log_file is not None and not self.log_file.startswith("/"):
             raise ValueError(f"log_file {self.log_file!r} is not an absolute path (or "
                              "/dev/stdout, /dev/stderr)")
+        relative = next((p for p in self.env_file
+                         if not os.path.isabs(p.removeprefix("-"))), None)
+        if relative is not None:
+            raise ValueError(f"env_file {relative!r} is not an absolute path")
 
     @property
     def stop_signum(self) -> signal.Signals:

@@ -22,6 +22,7 @@ from ..timeouts import within
 from . import procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits
+from .envfiles import read_env_files
 from .executor import Executor, LifeEnd
 from .lifecycle import Cause
 from .process import ChildProcess, Launch, as_user, resolve_user
@@ -121,6 +122,7 @@ class Life(ReplicaParts):
 
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(read_env_files(self.spec.env_file))  # a file not read fails the start
         env.update(self.spec.env)
         env[self.name_variable] = self.name
         env["CORRAL_REPLICA"] = str(self.index)

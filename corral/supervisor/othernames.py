@@ -50,7 +50,7 @@ _TABLE = [
     ("SuccessExitStatus", "exit_codes", (_D,)), ("KillSignal", "stop_signal", (_D,)),
     ("LimitNOFILE", "limits.open_files", (_D,)), ("WatchdogSec", "watchdog_sec", (_D,)),
     ("Nice", "limits.nice", (_D,)), ("After", "after", (_D,)),
-    ("Requires", "requires", (_D,)),
+    ("Requires", "requires", (_D,)), ("EnvironmentFile", "env_file", (_D,)),
 ]
 # keyed by the other tool's spelling folded to lower case (systemd's directives are
 # CamelCase, and a person who types one into a TOML file may not keep the case); a name
