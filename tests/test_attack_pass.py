@@ -174,3 +174,38 @@ async def test_a_running_workflows_later_step_is_not_sent_to_the_next_holder_of_
             await asyncio.sleep(0.1)
         status, body, _ = await api.ask("GET", "/tasks?agent=chat", "globex")
         assert (status, body["tasks"]) == (200, []), body
+
+
+@pytest.mark.deadline(180)
+async def test_removed_definitions_keep_a_bounded_history_per_tenant(tmp_path: Path) -> None:
+    """A tenant's definitions are bounded while they exist (max_per_tenant), but a removed
+    one's revisions were kept forever: adding and removing workflows under ever new names
+    grew the state database by a revision of up to max_definition_bytes each, without
+    bound (decision 473). A tenant keeps the history of its newest max_per_tenant removed
+    names; an older one's goes, as if it had never been."""
+    from corral.daemon.defcatalog import MAX_PER_TENANT
+
+    from .deflife import tenant_tokens
+    from .test_http_api import serving
+    from .test_workflow_defs import step, tenant_agent
+
+    fleet = (tenant_agent(tmp_path, "wa", "a") + tenant_agent(tmp_path, "wb", "b")
+             + "[tenants.a]\n[tenants.b]\n")
+    async with serving(tmp_path, fleet) as api:
+        ask = await tenant_tokens(api)
+        assert await ask("POST", "/workflows", "tb", {"workflows": {"theirs": step("wb", 1)}}
+                         ) == (200, {"added": ["theirs"]})
+        assert (await ask("DELETE", "/workflows/theirs", "tb"))[0] == 200
+        for i in range(MAX_PER_TENANT + 2):
+            assert await ask("POST", "/workflows", "ta", {"workflows": {
+                f"w{i}": step("wa", i)}}) == (200, {"added": [f"w{i}"]})
+            assert (await ask("DELETE", f"/workflows/w{i}", "ta"))[0] == 200
+        for i in (0, 1):
+            status, body = await ask("GET", f"/workflows/w{i}/history", "ta")
+            assert (status, body["detail"]) == (404, f"no such workflow: w{i}")
+        status, body = await ask("GET", "/workflows/w2/history", "ta")
+        assert (status, [r["change"] for r in body["revisions"]]) == (
+            200, ["created", "removed"]), body
+        # another tenant's removed history is not its to lose
+        status, body = await ask("GET", "/workflows/theirs/history", "tb")
+        assert status == 200, body

@@ -190,10 +190,16 @@ class RuntimeCatalog(Generic[S]):
                       who: str, why: str | None, unchanged: str) -> dict[str, DefRevision]:
         """Each (name, table or None for a removal, its tenant) a revision, committed."""
         made: dict[str, list[DefRevision]] = {n: [] for n, _, _ in writes}
+        # a removed name holds no quota: the histories its owner keeps of such are bounded
+        # as its definitions are (its most recently removed), in the same transaction
+        forgotten = {owner for _, t, owner in writes if t is None}
         try:
             await self.revisions.store.commit(
                 [self.revisions.recording(n, t, who, owner, why, made[n], KEEP_REVISIONS)
-                 for n, t, owner in writes])
+                 for n, t, owner in writes]
+                + [self.revisions.forgetting(o, MAX_PER_TENANT if o is not None
+                                             else MAX_RUNTIME) for o in sorted(
+                                                 forgotten, key=lambda o: o or "")])
         except StoreError as exc:
             raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
         return {n: revs[0] for n, revs in made.items() if revs}

@@ -133,6 +133,20 @@ class Definitions:
                                                 for r, t in owners])
         return write
 
+    def forgetting(self, tenant: str | None, keep: int) -> Write:
+        """The write that deletes the revisions of a tenant's removed names (those whose
+        newest revision is its removal) past its `keep` most recently removed: a removed
+        name holds no quota, so its history is what bounds it."""
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM definitions WHERE kind = ? AND tenant IS ? AND name IN ("
+                " SELECT name FROM definitions AS d WHERE kind = ? AND tenant IS ?"
+                " AND spec IS NULL AND revision = (SELECT MAX(revision) FROM definitions"
+                " WHERE kind = d.kind AND name = d.name)"
+                " ORDER BY time DESC, name LIMIT -1 OFFSET ?)",
+                (self.kind, tenant, self.kind, tenant, keep))
+        return write
+
     def recording(self, name: str, spec: dict[str, Any] | None, who: str,
                   tenant: str | None, why: str | None, out: list[DefRevision],
                   keep: int | None = None) -> Write:
