@@ -26,13 +26,14 @@ HERE = Path(__file__).parent.parent
 TENANTS = "[tenants.acme]\n[tenants.globex]\n"
 
 
-def chat(tenant: str, record: Path) -> str:
+def chat(tenant: str, record: Path, retries: int = 0) -> str:
     return TENANTS + textwrap.dedent(f"""
         [agents.chat]
         command = ["{PY}", "{HERE}/recording_agent.py"]
         env = {{ PYTHONPATH = "{HERE.parent}", RECORD = "{record}", WHO = "{tenant}" }}
         tenant = "{tenant}"
         max_concurrent_tasks = 1
+        retries = {retries}
         stop_timeout = 5.0
     """)
 
@@ -105,3 +106,31 @@ def test_a_tenants_cluster_task_never_reaches_another_tenants_agent_of_its_name(
             {"by": "acme"}, "acme", "a"), info
         assert got(acme_got)[-1] == {"secret": "from-c"}
         assert len(got(globex_got)) == 8
+
+
+def test_a_task_taken_over_runs_again_on_its_own_tenants_agent_alone(
+        tmp: Path, redis: RedisServer) -> None:
+    """acme's `chat` on a1 and a2, globex's on b: a1 runs acme's task x, a2 another; a1
+    is killed, x is queued again in acme's stream, and waits for a2 (busy) rather than
+    go to b (idle), which is never given it."""
+    acme_got, globex_got = tmp / "acme.jsonl", tmp / "globex.jsonl"
+    with nodes(tmp, redis, {"a1": chat("acme", acme_got, retries=1),
+                            "a2": chat("acme", acme_got, retries=1),
+                            "b": chat("globex", globex_got)}) as ns:
+        a1, a2, b = ns["a1"], ns["a2"], ns["b"]
+        serving(b, 3)
+        x = a1.call("tasks.submit", {"agent": "chat",
+                                     "input": {"secret": "x", "hold": 3}})["task_id"]
+        y = a2.call("tasks.submit", {"agent": "chat",
+                                     "input": {"secret": "y", "hold": 3}})["task_id"]
+        wait_until(lambda: len(got(acme_got)) == 2, what="both tasks running")
+        assert [b.call("tasks.get", {"task_id": t})["attempts"][0]["node"]
+                for t in (x, y)] == ["a1", "a2"]  # each claimed where submitted
+        a1.kill9()
+        info = ended(a2, x)
+        assert (info["status"], info["output"], info["tenant"],
+                [n["node"] for n in info["attempts"]]) == (
+            "succeeded", {"by": "acme"}, "acme", ["a1", "a2"]), info
+        assert ended(a2, y)["output"] == {"by": "acme"}
+        assert [n["secret"] for n in got(acme_got)] == ["x", "y", "x"]
+        assert got(globex_got) == []
