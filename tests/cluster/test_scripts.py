@@ -103,6 +103,19 @@ async def test_a_task_is_queued_in_its_tenants_stream_and_claimed_by_its_tenant_
     assert (read, [c[2] for c in claims]) == (1, [tid.encode()])
 
 
+async def test_max_queue_counts_the_tenants_agent_alone(client: Any) -> None:
+    """acme's `w` has max_queue waiting: globex's `w` of the same name is not full."""
+    s = Scripts(client)
+    assert await submit(s, 1, max_queue=1) == 1
+    assert await submit(s, 2, max_queue=1) == -1  # acme's is full
+    tid = TID.format(3)
+    assert await s.submit(keys=[K.task(tid), K.stream("globex", "w", 0),
+                                K.priorities("globex", "w"), K.agents, K.live],
+                          args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "",
+                                "globex", "mac"]) == 1
+    assert await client.smembers(K.agents) == {b"acme:w", b"globex:w"}
+
+
 async def test_one_call_reads_and_claims_by_priority_its_share_of_what_waits(
         client: Any) -> None:
     """READ_CLAIM: the streams read highest priority first up to the count, at most the
