@@ -303,3 +303,24 @@ def test_a_js_file_reaches_no_network(tmp_path: Path) -> None:
         assert '[agents.a]\ncommand = ["sleep", "9"]' in r.stdout
         with pytest.raises(BlockingIOError):
             listener.accept()
+
+
+def test_a_pm2_profile_is_picked_by_env_as_pm2_start_env_picks_it(tmp_path: Path) -> None:
+    eco = tmp_path / "ecosystem.json"
+    eco.write_text(json.dumps({"apps": [{
+        "name": "api", "script": "/srv/api/server.js",
+        "env": {"NODE_ENV": "development", "PORT": 3000},
+        "env_production": {"NODE_ENV": "production", "WORKERS": 4},
+        "env_staging": {"NODE_ENV": "staging"}}]}))
+    r = corral("import", "--env", "production", str(eco))
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stdout.splitlines() if ln.startswith(("NODE_ENV", "PORT", "WORK"))]
+    assert said == ['NODE_ENV = "production"', 'PORT = "3000"', 'WORKERS = "4"']
+    assert r.stderr == (
+        f"corral import: {eco}: apps[0] (api): env_staging: not carried: another profile "
+        "(`corral import --env staging` sets it over env, as `pm2 start --env staging` "
+        "does)\n")
+    # without it, env alone, as `pm2 start` without --env
+    r = corral("import", str(eco))
+    assert 'NODE_ENV = "development"' in r.stdout.splitlines()
+    assert r.stderr.count("not carried: another profile") == 2

@@ -27,16 +27,20 @@ _MAPPING = ("\b\ncorral's key       the other tools' names for it (what has no e
               help="Write the config here instead of printing it.")
 @click.option("--force", is_flag=True,
               help="With -o, replace a file that exists (its diff is printed first).")
+@click.option("--env", "profile", metavar="NAME", default=None,
+              help="PM2: the profile of `pm2 start --env NAME`: each app's env_NAME set "
+                   "over its env.")
 @click.option("--keys", is_flag=True,
               help="Print corral's agent keys beside the other tools' names for them.")
 def import_(files: tuple[str, ...], kind: str | None, output: str | None,
-            force: bool, keys: bool) -> None:
+            force: bool, profile: str | None, keys: bool) -> None:
     """Turn supervisord .conf files, PM2 ecosystem files (.json; .js/.cjs run by node),
     Procfiles and systemd .service units into corral's config (TOML, printed, or written
     with -o). Each setting that could not be carried over is named on stderr with the
     reason; the exit status is 0 when every file was read (docs/migrating.md). `--keys`
     lists the other tools' names for corral's keys."""
     from ..importer.formats import read_all
+    from ..importer.model import How
     from ..importer.toml import render
     from ..supervisor.config import ConfigError
 
@@ -47,7 +51,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         raise click.UsageError("give the files to import (or --keys)")
 
     try:
-        imports = read_all([Path(f) for f in files], dict(os.environ), kind)
+        imports = read_all([Path(f) for f in files], How(dict(os.environ), profile), kind)
     except ConfigError as exc:
         click.echo(f"corral: {exc}", err=True)
         sys.exit(EXIT_FAILED)

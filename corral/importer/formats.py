@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..supervisor.config import ConfigError
 from . import pm2, procfile, supervisord, systemd
-from .model import Imported, link
+from .model import How, Imported, link
 
-Reader = Callable[[Path, dict[str, str]], Imported]
+Reader = Callable[[Path, How], Imported]
 READERS: dict[str, Reader] = {
     "supervisord": supervisord.read,
     "pm2": pm2.read,
@@ -44,13 +44,12 @@ def kind_of(path: Path) -> str:
                       "--from")
 
 
-def read(path: Path, env: dict[str, str], kind: str | None = None) -> Imported:
-    return READERS[kind or kind_of(path)](path, env)
+def read(path: Path, how: How, kind: str | None = None) -> Imported:
+    return READERS[kind or kind_of(path)](path, how)
 
 
-def read_all(paths: list[Path], env: dict[str, str], kind: str | None = None
-             ) -> list[Imported]:
+def read_all(paths: list[Path], how: How, kind: str | None = None) -> list[Imported]:
     """The files, each read, and the order between them linked (model.link)."""
-    imports = [read(p, env, kind) for p in paths]
+    imports = [read(p, how, kind) for p in paths]
     link(imports)
     return imports

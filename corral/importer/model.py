@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..supervisor.names import NAME_RE, RESERVED
+
+
+class How(NamedTuple):
+    """What an import reads its files with: the environment `%(ENV_X)s` and the like
+    read, and the PM2 profile (`--env NAME`: an app's `env_NAME` over its `env`)."""
+
+    env: dict[str, str]
+    profile: str | None = None
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..supervisor.config import ConfigError
 from ..supervisor.othernames import target
-from .model import Imported
+from .model import How, Imported
 
 EVAL_TIMEOUT = 10.0
 _CLONE_NEWNET = 0x40000000
@@ -62,7 +62,8 @@ CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
            "env_file"}
 
 
-def read(path: Path, env: dict[str, str]) -> Imported:
+def read(path: Path, how: How) -> Imported:
+    env = how.env
     data = _load(path, env)
     apps = data.get("apps") if isinstance(data, dict) else data
     if not isinstance(apps, list):
@@ -74,7 +75,7 @@ def read(path: Path, env: dict[str, str]) -> Imported:
         if not isinstance(app, dict):
             raise ConfigError(f"{path}: {where}: expected an object")
         try:
-            _app(app, where, imp, path.parent)
+            _app(app, where, imp, path.parent, how.profile)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     if isinstance(data, dict):
@@ -158,7 +159,8 @@ def _permission_flag(node: str, path: Path) -> str:
     return "--permission" if major >= 23 else "--experimental-permission"
 
 
-def _app(app: dict[str, Any], where: str, imp: Imported, base: Path) -> None:
+def _app(app: dict[str, Any], where: str, imp: Imported, base: Path,
+         profile: str | None) -> None:
     script = app.get("script")
     if not isinstance(script, str) or not script:
         raise ConfigError(f"{where}: script: is required (a string)")
@@ -212,6 +214,10 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path) -> None:
     env = app.get("env")
     if isinstance(env, dict):
         table["env"] = {str(k): _text(v) for k, v in env.items()}
+    chosen = app.get(f"env_{profile}") if profile else None
+    if isinstance(chosen, dict):  # as `pm2 start --env NAME` sets it over env
+        table["env"] = {**table.get("env", {}), **{str(k): _text(v)
+                                                   for k, v in chosen.items()}}
     if isinstance(app.get("env_file"), str):
         # PM2 reads it from the app's directory (its cwd, else the file's)
         table["env_file"] = [str(base.resolve() / table.get("cwd", ".") / app["env_file"])
@@ -220,8 +226,10 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path) -> None:
         if k in CARRIED:
             continue
         if k.startswith("env_"):
-            imp.note(where, k, f"not carried: corral has no profiles (PM2's --env "
-                               f"{k[4:]}): merge its variables into env to use them")
+            if k[4:] != profile:
+                imp.note(where, k, f"not carried: another profile (`corral import --env "
+                                   f"{k[4:]}` sets it over env, as `pm2 start --env "
+                                   f"{k[4:]}` does)")
             continue
         if k == "exec_mode" and str(app[k]).startswith("fork"):
             continue  # a process per replica: as corral runs them

@@ -8,13 +8,13 @@ import re
 from pathlib import Path
 
 from ..supervisor.config import ConfigError
-from .model import Imported
+from .model import How, Imported
 
 BASE_PORT = 5000  # foreman's and honcho's
 _LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.*)$")
 
 
-def read(path: Path, env: dict[str, str]) -> Imported:
+def read(path: Path, how: How) -> Imported:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:

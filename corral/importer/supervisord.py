@@ -20,7 +20,7 @@ from typing import Any
 
 from ..supervisor.config import ConfigError
 from ..supervisor.othernames import target
-from .model import Imported
+from .model import How, Imported
 
 PROGRAM_KEYS_CARRIED = (
     "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
@@ -58,7 +58,8 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def read(path: Path, env: dict[str, str]) -> Imported:
+def read(path: Path, how: How) -> Imported:
+    env = how.env
     """The programs of a supervisord config file and the files it includes."""
     parser = _parse(path)
     imp = Imported(str(path), "supervisord")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..supervisor.config import ConfigError
 from ..supervisor.othernames import target
-from .model import Imported
+from .model import How, Imported
 
 # directives read below (lower case)
 CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "restart",
@@ -89,7 +89,7 @@ def parse(text: str, where: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def read(path: Path, env: dict[str, str]) -> Imported:
+def read(path: Path, how: How) -> Imported:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
