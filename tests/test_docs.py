@@ -241,3 +241,19 @@ def test_docs_architecture_md_names_every_module() -> None:
     assert not (missing := sorted(modules - named)), (
         f"docs/architecture.md does not name: {missing}")
     assert not (gone := sorted(named - modules)), f"docs/architecture.md names gone: {gone}"
+
+
+def test_the_readme_names_only_files_that_exist() -> None:
+    """A module or file the README names in backquotes (`core.py`, `corral/methods.py`,
+    `supervisor/remote.py`) is one of the repository's: by its path from the root or from
+    corral/, or, a bare name, a file of that name somewhere in it (issue 57 item 4)."""
+    text = (ROOT / "README.md").read_text()
+    names = set(re.findall(r"`([\w./-]+\.(?:py|md|toml|sh|png))`", text))
+    have = {p.name for p in ROOT.rglob("*") if not {".git", ".venv"} & set(p.parts)}
+    # what the README shows a reader writing (its walkthrough's file), not the repo's
+    written = {"my_agent.py"}
+    missing = sorted(
+        n for n in names - written
+        if not ((ROOT / n).exists() or (ROOT / "corral" / n).exists()
+                or ("/" not in n and n in have)))
+    assert missing == []
