@@ -5,6 +5,8 @@ surface (the gateway's HTTP, the control socket, the CLI)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, in_process
+from .daemon_harness import PY, Daemon, in_process, running_daemon, shared_tmpdir
 from .test_gateway_stateless import META, daemon, request, url
 from .test_http_api import SOCKET, Api
 from .test_identity import CONFIG as IDENTITY_CONFIG
@@ -209,3 +211,29 @@ async def test_removed_definitions_keep_a_bounded_history_per_tenant(tmp_path: P
         # another tenant's removed history is not its to lose
         status, body = await ask("GET", "/workflows/theirs/history", "tb")
         assert status == 200, body
+
+
+def test_a_rotated_copy_is_gzipped_through_no_link_planted_beside_it() -> None:
+    """A tenant's user owns its log directory: a link it plants where a rotated copy is
+    gzipped (NAME.log.1.gz.part) made the daemon (root) write the gzip over the file it
+    names (decision 474). The link is taken away, not followed: the copy is gzipped, the
+    file the link named untouched."""
+    from .test_agent_log_files import TICKER
+    from .test_daemon_cli import wait_until
+
+    tmp = shared_tmpdir()
+    victim = tmp / "victim"
+    victim.write_text("precious\n")
+    agents = (f'[agents.ticker]\ncommand = ["sh", "-c", {json.dumps(TICKER)}]\n'
+              'protocol = "none"\n')
+    with running_daemon(tmp, agents, extra="log_compress = true") as d:
+        logs = d.state / "logs"
+        wait_until(lambda: "tick 1" in (logs / "ticker.log").read_text(), what="ticks")
+        (logs / "ticker.log.1.gz.part").symlink_to(victim)
+        r = d.cli("logs", "--rotate", "ticker")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: (logs / "ticker.log.1.gz").is_file()
+                   and not (logs / "ticker.log.1").exists(), what="the gzipped copy")
+        assert "tick 1" in gzip.decompress((logs / "ticker.log.1.gz").read_bytes()).decode()
+        assert not (logs / "ticker.log.1.gz").is_symlink()
+        assert victim.read_text() == "precious\n"

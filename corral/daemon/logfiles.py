@@ -51,9 +51,13 @@ def _open_log(path: Path) -> int:
     """A log file opened for appending, if it is a file of its own: a tenant's user owns
     its log directory (tenantdirs.py) and may put a symlink there (root would append to
     what it names), a FIFO (root would wait on it) or a hard link in a log's place."""
+    return _own_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
+def _own_file(path: Path, flags: int) -> int:
+    """`path` opened with `flags`, if it is a file of its own (_open_log)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_NONBLOCK, 0o640)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO none reads
             raise OSError(exc.errno, NOT_A_LOG, str(path)) from None
@@ -76,7 +80,15 @@ def compress(plain: Path) -> None:
     done = plain.with_name(plain.name + GZ)
     part = plain.with_name(plain.name + GZ + ".part")
     try:
-        with open(plain, "rb") as src, gzip.open(part, "wb", compresslevel=6) as dst:
+        # the directory may be a tenant's user's: what is in these places is theirs to
+        # put, so neither is followed (root would gzip the file a link names into the
+        # tenant's directory, or write over it)
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        with os.fdopen(_own_file(plain, os.O_RDONLY), "rb") as src, \
+                os.fdopen(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, 0o640), "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst, 1024 * 1024)
         part.replace(done)
         plain.unlink()
