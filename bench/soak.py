@@ -18,8 +18,9 @@ least-squares slope per hour, past the first minutes, is set against its bound. 
 each of its rounds a tenant reads its views (tasks, runs, team calls, sessions, traces,
 steps, definitions and their history, schedules, logs) and asks for some of the other
 tenant's ids directly: bench/soak_views.py notes every record of the other tenant seen.
-The stores are bounded small (`journal_max_tasks`, `keep_spans`: --kept) so that minutes
-of churn take them to their bound, as days would with the defaults.
+The stores are bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`:
+--kept) so that minutes of churn take them to their bound, as days would with the
+defaults.
 
     .venv/bin/python -m bench.soak [--minutes 20] [--warmup 120] [--interval 2]
         [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--pause 0.25]
@@ -482,6 +483,7 @@ def supervisor_extra(port: int, kept: int) -> str:
         journal_max_tasks = {kept}
         tasks_kept = {kept}
         log_tail_lines = {kept}
+        audit_max_rows = {kept * 10}
 
         [http]
         listen = "127.0.0.1:{port}"

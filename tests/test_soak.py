@@ -109,10 +109,6 @@ def test_the_daemons_gauges_stay_flat(soaked: tuple[int, dict[str, Any], str]) -
         assert g["slope_per_hour"] <= SUITE_BOUNDS[key], (key, g, table)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the audit table is never pruned, and a tenant's refused reads are audited: the "
-    "soak's churn grows it by 60-120 MiB/h (bench/RESULTS.md, issue 52 item 5); "
-    "remove this mark with the audit's bound"))
 @pytest.mark.timeout(700)
 def test_the_state_database_stays_flat(soaked: tuple[int, dict[str, Any], str]) -> None:
     _, rep, _ = soaked

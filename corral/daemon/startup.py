@@ -281,7 +281,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
             # opening (and migrating) the database is a few commits with their fsyncs: in
             # a thread, as the control socket already answers
             store = await asyncio.to_thread(StateStore, conf.paths.state_dir / "corral.db",
-                                            sync=sc.journal_sync, stream=parts.stream)
+                                            sync=sc.journal_sync, stream=parts.stream,
+                                            audit_max_rows=sc.audit_max_rows)
             own.callback(store.close)
             parts.checkpoints.update(await asyncio.to_thread(store.states))
             # every write (records, checkpoints, audit, revisions, commands' records) and

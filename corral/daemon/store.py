@@ -48,8 +48,12 @@ class StateStore:
       and kept and tried again while the database cannot be written."""
 
     def __init__(self, path: Path, *, sync: str = "normal",
-                 stream: Stream | None = None) -> None:
+                 stream: Stream | None = None, audit_max_rows: int = 0) -> None:
         self.path = path
+        # each party's audit rows (a tenant's callers, the operator's: tenant None) past
+        # this are pruned, the oldest first, in the write of every tenth of it; 0: none
+        self.audit_max_rows = audit_max_rows
+        self._audited: dict[str | None, int] = {}  # rows of each party since its prune
         self.stream = stream if stream is not None else Stream()  # the daemon's: the engine's
         self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
@@ -130,10 +134,15 @@ class StateStore:
     def audit_row(self, row: tuple[float, int, int, str, str, str],
                   who: str | None = None, tenant: str | None = None) -> None:
         full = (*row, who, tenant)
+        prune = self._audit_prune_due(tenant)
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome, who, "
                        "tenant) VALUES (?,?,?,?,?,?,?,?)", full)
+            if prune:
+                db.execute("DELETE FROM audit WHERE tenant IS ? AND id <= (SELECT id FROM "
+                           "audit WHERE tenant IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                           (tenant, tenant, self.audit_max_rows))
 
         if self.writer is not None:
             self.writer.submit(write, "audit row", size=len(row[4]))
@@ -144,6 +153,16 @@ class StateStore:
         except sqlite3.Error as exc:
             log.error("state database %s: an audit row could not be written (%s): %s",
                       self.path, exc, full)
+
+    def _audit_prune_due(self, tenant: str | None) -> bool:
+        """Whether this row's write prunes its party's past `audit_max_rows`: once in
+        every tenth of the bound, so that a party holds at most 1.1 times it."""
+        if not self.audit_max_rows:
+            return False
+        seen = self._audited.get(tenant, 0) + 1
+        due = seen >= max(1, self.audit_max_rows // 10)
+        self._audited[tenant] = 0 if due else seen
+        return due
 
     def _audit_gap(self, e: CaughtUp) -> None:
         """After a catch-up that lost audit rows: a row that says so, where they would be."""

@@ -473,6 +473,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     journal_sync: Literal["normal", "full"] = "normal"  # full: survives power loss too
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000  # finished tasks kept in the journal
+    # audit rows kept of each tenant's callers, and of the operator's apart: the oldest
+    # of the same party go (a tenant's refused calls never push out another's); 0: all
+    audit_max_rows: NonNegInt = 100_000
     # finished tasks kept in memory, and the bytes of their outputs (past it the oldest
     # outputs leave memory: read back from the journal, or gone without one)
     tasks_kept: NonNegInt = 10_000
