@@ -618,6 +618,7 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
                          {"name": GHOST, "replicas": 2}),
         "logs.tail": ("missing", names(B), names(GHOST)),
         "logs.follow": ("missing", names(B), names(GHOST)),
+        "logs.rotate": ("forbidden", {}, None),  # every agent's files: the operator's
         "stats.get": ("listing", {}, None),
         "tasks.run": ("missing", run(B), run(GHOST)),
         "tasks.submit": ("missing", run(B), run(GHOST)),
