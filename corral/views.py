@@ -36,6 +36,9 @@ class ReplicaStatus(ProcessStatus):
     health: str | None = None
     # a plain program's last STATUS= on its $NOTIFY_SOCKET (plain.py)
     status_text: str | None = None
+    # down after a clean exit (a status of exit_codes, of its own accord) it is not
+    # restarted from: a one-shot that did its work, not a failure
+    done: bool = False
 
 
 class Revision(msgspec.Struct):

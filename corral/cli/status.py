@@ -37,7 +37,8 @@ percent = average
 
 
 @cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
-             "any listed replica is failed or not running, so scripts can check health.")
+             "any listed replica is failed or not running, so scripts can check health; a "
+             "one-shot that exited cleanly is `done`, not counted.")
 @names_arg
 @click.option("--watch", is_flag=True,
               help="Then a line per replica state change as it happens (agents.watch), "
@@ -60,7 +61,8 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
     st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names),
                                                                          tenant=tenant))
     nodes: m.NodesResult | None = obj.call("nodes.list", m.NodesList()) if cluster else None
-    down = any(a.state not in RUNNING_STATES for a in st.agents)
+    # a one-shot that exited cleanly (done) did its work: not down as a failure is
+    down = any(a.state not in RUNNING_STATES and not a.done for a in st.agents)
     if as_json:
         if nodes is None:
             print_json(st)
@@ -121,7 +123,8 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         unready = serving and a.ready is False
         rows.append([
             f"{a.name}#{a.replica}",
-            f"{a.state} (unready)" if unready else a.state, str(a.pid or "-"),
+            f"{a.state} (unready)" if unready else "done" if a.done else a.state,
+            str(a.pid or "-"),
             human_time(a.uptime), str(a.restarts), percent(a.cpu_percent),
             human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if not serving else (

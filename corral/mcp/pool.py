@@ -397,8 +397,9 @@ class McpPool(Generic[Spec, Inst]):
             for i in entry.all():
                 row = msgspec.structs.asdict(i.status())
                 row["instance"] = row.pop("replica")
-                # an agent's health checks and a plain program's STATUS=: none here
-                del row["ready"], row["health"], row["status_text"]
+                # an agent's health checks, a plain program's STATUS= and a one-shot's
+                # clean end: none here
+                del row["ready"], row["health"], row["status_text"], row["done"]
                 row.update({
                     "owner": i.owner, "scope": entry.spec.scope,
                     "protocol_version": i.client.version, "tools": len(i.client.tools),

@@ -272,6 +272,7 @@ class Life(ReplicaParts):
         self._life_over()
         self.last_exit = reason
         self.host.stats.spawn_failures += 1
+        self.exited_clean = False
         self._life_ended(clean=False, uptime=0.0, reason=reason)
 
     def _spawn_failed_for_want_of(self, exc: OSError) -> None:
@@ -280,6 +281,7 @@ class Life(ReplicaParts):
         reason = f"spawn failed for want of corral's own resources: {exc}"
         self._life_over()
         self.last_exit = reason
+        self.exited_clean = False
         self.host.stats.spawn_failures += 1
         self.executor.fire(self.machine.exit_cause, reason,
                            end=LifeEnd(clean=False, uptime=0.0, retry=True))
@@ -372,6 +374,7 @@ class Life(ReplicaParts):
         self.tasks_running = 0
         self.sample = Sample()
         self.last_exit = reason
+        self.exited_clean = clean
         self._life_over()
         self._life_ended(clean=clean, uptime=uptime, reason=reason, gone=gone)
 

@@ -98,6 +98,7 @@ class ProcessReplica(Life, Monitor):
         self.machine = Machine(self._make_policy(spec))
         self.executor = Executor(self, self.machine)
         self.last_exit = None
+        self.exited_clean = False
         self.process = None
         self.peer = None
         self.pid = None
@@ -257,6 +258,7 @@ class ProcessReplica(Life, Monitor):
             rss_bytes=self.sample.rss_bytes,
             open_fds=self.sample.open_fds,
             tasks_running=self.tasks_running,
+            done=self.exited_clean and self.state is State.TERMINATED,
         )
 
     # -- start and stop -------------------------------------------------------------------

@@ -87,6 +87,7 @@ class ReplicaParts:
     sample: Sample
     tasks_running: int
     last_exit: str | None
+    exited_clean: bool  # the last life ended in a clean exit
     _init: asyncio.Task[None] | None
 
     @property
