@@ -58,7 +58,8 @@ async def test_a_start_up_that_fails_half_way_tears_down_what_it_set_up(
     d = Daemon(config)
     assert await d.run() == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"corral: state database {state}/corral.db cannot be created (Is a directory): "
+        f"corral: state database {state}/corral.db cannot be created ({state}/corral.db is "
+        "a directory, not a file of corral's own: refused (remove it)): "
         f"set [supervisor] state_dir to a directory uid {os.geteuid()} may write")
     assert not sock.exists()
     assert d.up is None and not d.set_up.is_set()
