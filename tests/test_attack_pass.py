@@ -126,8 +126,6 @@ tenant = "acme"
 """ for name in ("gate", "chat"))
 
 
-@pytest.mark.xfail(strict=True, reason="open: a run's later step is submitted to whoever "
-                   "holds its agent's name then (the flows stream's runner.py)")
 @pytest.mark.deadline(120)
 async def test_a_running_workflows_later_step_is_not_sent_to_the_next_holder_of_its_agent(
         tmp_path: Path) -> None:
@@ -174,6 +172,84 @@ async def test_a_running_workflows_later_step_is_not_sent_to_the_next_holder_of_
                 break
             assert loop.time() < deadline, body
             await asyncio.sleep(0.1)
+        # refused as acme's caller would be, and the run failed as by any failed step
+        assert (body["status"], body["error"]) == ("failed", "step b: no such agent: chat")
+        assert [(s["step"], s["status"], s["error"]) for s in body["steps"]] == [
+            ("a", "succeeded", None), ("b", "failed", "no such agent: chat")]
+        status, body, _ = await api.ask("GET", "/tasks?agent=chat", "globex")
+        assert (status, body["tasks"]) == (200, []), body
+
+
+# a router that names `chat` once the file the call's input names is there
+ROUTER = """
+import os, time
+from corral.worker import run
+
+def handle(task, ctx):
+    while not os.path.exists(task["input"]["path"]):
+        ctx.check_cancelled()
+        time.sleep(0.01)
+    return "chat"
+
+run(handle)
+"""
+
+
+@pytest.mark.deadline(120)
+async def test_a_team_calls_later_member_task_is_not_sent_to_the_next_holder_of_its_agent(
+        tmp_path: Path) -> None:
+    """acme's route team `tm` waits on its router, then sends its member `chat` the
+    call's input (a secret). While the router waits, acme removes `chat` and globex adds
+    its own: the member's task must not run on globex's `chat` (decision 481). A call
+    checked its agents' tenants when it started only (TeamCalls._checked); each later
+    step's task was submitted to whoever held the name then (teams/runner.py)."""
+    gate = tmp_path / "open"
+    router = tmp_path / "router.py"
+    router.write_text(ROUTER)
+    agents = RUN_AGENTS + f"""
+[agents.router]
+command = ["{PY}", "{router}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+stop_timeout = 10.0
+tenant = "acme"
+"""
+    async with in_process(tmp_path, agents, IDENTITY_CONFIG) as d, \
+            aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        for tenant in ("acme", "globex"):
+            made = await d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": tenant, "scopes": SCOPES, "tenant": tenant})
+            api.tokens[tenant] = made.token
+        status, body, _ = await api.ask("POST", "/teams", "acme", {"teams": {"tm": {
+            "mode": "route", "router": "router", "members": ["chat"]}}})
+        assert (status, body) == (200, {"added": ["tm"]}), body
+        status, body, _ = await api.ask("POST", "/tasks", "acme", {
+            "agent": "tm", "input": {"path": str(gate), "secret": SECRET}})
+        assert status in (200, 202), body
+        call_id = body["task_id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            status, body, _ = await api.ask("GET", "/tasks?agent=router", "acme")
+            if any(t["status"] == "running" for t in body["tasks"]):
+                break
+            assert loop.time() < deadline, body
+            await asyncio.sleep(0.1)
+        status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
+        assert status == 200, body
+        await add_chat(api, "globex")
+        gate.write_text("")
+        while True:
+            status, body, _ = await api.ask("GET", f"/tasks/{call_id}", "acme")
+            if body["status"] != "running":
+                break
+            assert loop.time() < deadline, body
+            await asyncio.sleep(0.1)
+        # refused as acme's caller would be, and the call failed as by any failed member
+        steps = [(s["step"], s["status"], s.get("error")) for s in body["progress"]["steps"]]
+        assert (body["status"], steps) == ("failed", [
+            ("router", "succeeded", None), ("member:chat", "failed", "no such agent: chat")]
+            ), body
         status, body, _ = await api.ask("GET", "/tasks?agent=chat", "globex")
         assert (status, body["tasks"]) == (200, []), body
 

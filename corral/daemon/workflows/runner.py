@@ -19,7 +19,7 @@ import msgspec
 from ...jsonrpc import RpcError
 from ...supervisor.tasks import TERMINAL, TaskManager
 from ...supervisor.tasks.ids import new_id
-from ...supervisor.tasks.recorded import outcome
+from ...supervisor.tasks.recorded import RecordedTask, outcome
 from ...supervisor.workflows import Step, WorkflowError
 from ...supervisor.workflows.plan import items, runs, step_input
 from ...supervisor.workflows.refs import Missing, Scope
@@ -152,7 +152,7 @@ class Runner:
                 what = f"run {row.task_id}"
             else:
                 info = await self._outcome(
-                    st, row.task_id, task_input, None if self.traced is None
+                    run, st, row.task_id, task_input, None if self.traced is None
                     else self.traced.step_context(run, st.name, item))
                 status = str(info.status)
                 output = (msgspec.json.decode(info.output)
@@ -175,15 +175,17 @@ class Runner:
             if child.status == "succeeded" else None
         return child.status, output, child.error
 
-    async def _outcome(self, st: Step, task_id: str, task_input: Any,
+    async def _outcome(self, run: Run, st: Step, task_id: str, task_input: Any,
                        parent: tuple[str, str | None] | None) -> TaskInfo:
         """The step's task to its end (recorded.outcome): waited for where the engine has
-        it, else submitted under the id the run recorded (`parent`: its step's trace
-        context, `traceparent` and `tracestate`)."""
+        it, else submitted under the id the run recorded, to its agent only while that is
+        of the run's tenant (`parent`: its step's trace context, `traceparent` and
+        `tracestate`)."""
         agent = st.spec.agent
         assert agent is not None  # (a nested step's is a run)
         tp, ts = parent if parent is not None else (None, None)
-        return await outcome(self.engine, task_id, lambda: self.engine.submit(
+        recorded = RecordedTask(task_id, agent, run.tenant)
+        return await outcome(self.engine, recorded, lambda: self.engine.submit(
             agent, task_input, timeout=st.spec.timeout, retries=st.spec.retries,
             task_id=task_id, traceparent=tp, tracestate=ts))
 

@@ -18,7 +18,7 @@ from ...jsonrpc import RpcError
 from ...taskviews import TaskInfo
 from ..tasks import TERMINAL, TaskManager
 from ..tasks.ids import new_id
-from ..tasks.recorded import outcome
+from ..tasks.recorded import RecordedTask, outcome
 from .call import STEP_ENDED, CallStep, CallStore, TeamCall
 from .definition import TeamError
 from .route import by_rules, named, router_input
@@ -125,10 +125,12 @@ class TeamRunner:
     async def _outcome(self, agent: str, call: TeamCall, task_id: str, task_input: Any,
                        context: dict[str, str] | None) -> TaskInfo:
         """A step's task to its end (recorded.outcome), submitted under the id the call
-        recorded as a child of the caller's trace context."""
+        recorded as a child of the caller's trace context, to its agent only while that
+        is of the call's tenant."""
         parent = context if context is not None else {
             "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
-        return await outcome(self.engine, task_id, lambda: self.engine.submit(
+        recorded = RecordedTask(task_id, agent, call.tenant)
+        return await outcome(self.engine, recorded, lambda: self.engine.submit(
             agent, task_input, timeout=call.spec.timeout, retries=call.spec.retries,
             task_id=task_id, traceparent=parent.get("traceparent") or None,
             tracestate=parent.get("tracestate") or None))
