@@ -180,6 +180,65 @@ async def test_a_running_workflows_later_step_is_not_sent_to_the_next_holder_of_
         assert (status, body["tasks"]) == (200, []), body
 
 
+@pytest.mark.deadline(150)
+async def test_a_run_resumed_after_a_restart_sends_no_step_to_the_next_holder_of_its_agent(
+        tmp_path: Path) -> None:
+    """As above, with the daemon stopped while the run waits at step `a` (after the name
+    changed hands) and started again: the run resumed from its rows submits `b` for its
+    tenant too, and fails it rather than send globex's `chat` the secret (decision 481)."""
+    gate = tmp_path / "open"
+    tokens: dict[str, str] = {}
+    agents = RUN_AGENTS.split("[agents.chat]")[0]  # gate; chat is added, so not restored
+    async with in_process(tmp_path, agents, IDENTITY_CONFIG) as d, \
+            aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        for tenant in ("acme", "globex"):
+            made = await d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": tenant, "scopes": SCOPES, "tenant": tenant})
+            api.tokens[tenant] = tokens[tenant] = made.token
+        await add_chat(api, "acme")
+        status, body, _ = await api.ask("POST", "/workflows", "acme", {"workflows": {"wf": {
+            "steps": [{"name": "a", "agent": "gate", "retries": 1,
+                       "input": {"do": "await", "path": str(gate)}},
+                      {"name": "b", "agent": "chat", "input": {
+                          "do": "echo", "secret": "$input.secret",
+                          "after": "$steps.a.output"}}]}}})
+        assert status == 200, body
+        status, body, _ = await api.ask("POST", "/workflows/wf/runs", "acme", {
+            "input": {"secret": SECRET}})
+        assert status in (200, 202), body
+        run_id = body["run_id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            status, body, _ = await api.ask("GET", "/tasks?agent=gate", "acme")
+            if any(t["status"] == "running" for t in body["tasks"]):
+                break
+            assert loop.time() < deadline, body
+            await asyncio.sleep(0.1)
+        status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
+        assert status == 200, body
+        await add_chat(api, "globex")
+    async with in_process(tmp_path, agents, IDENTITY_CONFIG) as d, \
+            aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        api.tokens.update(tokens)
+        status, body, _ = await api.ask("GET", "/agents/chat", "globex")
+        assert status == 200, body  # globex's, kept across the restart
+        gate.write_text("")
+        deadline = loop.time() + 30
+        while True:
+            status, body, _ = await api.ask("GET", f"/runs/{run_id}", "acme")
+            if body["status"] != "running":
+                break
+            assert loop.time() < deadline, body
+            await asyncio.sleep(0.1)
+        assert (body["status"], body["error"]) == ("failed", "step b: no such agent: chat"
+                                                   ), body
+        status, body, _ = await api.ask("GET", "/tasks?agent=chat", "globex")
+        assert (status, body["tasks"]) == (200, []), body
+
+
 # a router that names `chat` once the file the call's input names is there
 ROUTER = """
 import os, time
