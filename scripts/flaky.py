@@ -10,6 +10,7 @@ files that wait on time by their nature (TIMING below).
     .venv/bin/python scripts/flaky.py                  # 3 rounds of the slowest 12 files
     .venv/bin/python scripts/flaky.py -n 5 --load tests/test_pause.py tests/chaos
     .venv/bin/python scripts/flaky.py --seed 1234 tests/test_stop.py   # replay a round
+    .venv/bin/python scripts/flaky.py -j 3 --load tests/cluster  # files side by side
 
 Each round prints its seed: `-p randomly --randomly-seed=SEED -o addopts=` on a pytest
 command line replays its order. Exit 1 when any round failed, with the failures of each round.
@@ -63,6 +64,9 @@ def main() -> int:
     p.add_argument("--load", action="store_true", help="a busy loop on every core meanwhile")
     p.add_argument("--seed", type=int, help="one round in this order (replays a failure)")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at a failed round")
+    p.add_argument("-j", "--workers", type=int, default=0, metavar="N",
+                   help="run the files in N pytest-xdist workers side by side, as ./test.sh "
+                   "does with CORRAL_TEST_WORKERS (default 0: one process)")
     args = p.parse_args()
     try:
         import pytest  # noqa: F401
@@ -83,6 +87,8 @@ def main() -> int:
             t0 = time.monotonic()
             cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "randomly",
                    f"--randomly-seed={seed}", *paths]
+            if args.workers:
+                cmd[3:3] = ["-n", str(args.workers), "--dist", "loadfile"]
             run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             tail = run.stdout.strip().splitlines()[-1:] or ["(no output)"]
             print(f"round {n} seed {seed}: exit {run.returncode} in "
