@@ -20,7 +20,6 @@ from ..supervisor.configload import check_command, cluster_problem, parse_agents
 from ..supervisor.errors import NoSuchAgent
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..supervisor.startstop import start_each, stop_all
-from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
 from ..text import plural
 from .api import Handlers
 from .caller import SHARED, Caller, Channel
@@ -29,6 +28,7 @@ from .gatewayhandlers import TABLE as GATEWAY_HANDLERS
 from .history import has_rows
 from .schedulehandlers import TABLE as SCHEDULE_HANDLERS
 from .services import Services
+from .sessionhandlers import TABLE as SESSION_HANDLERS
 from .store import row_limit
 from .teams.handlers import TABLE as TEAM_HANDLERS
 from .teams.service import seen_team
@@ -44,6 +44,8 @@ implements = HANDLERS.implements
 for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.py
     implements(_name)(_handler)
 for _name, _handler in SCHEDULE_HANDLERS.items():  # daemon/schedulehandlers.py
+    implements(_name)(_handler)
+for _name, _handler in SESSION_HANDLERS.items():  # daemon/sessionhandlers.py
     implements(_name)(_handler)
 for _name, _handler in GATEWAY_HANDLERS.items():  # daemon/gatewayhandlers.py
     implements(_name)(_handler)
@@ -645,62 +647,6 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
 async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
                        ) -> m.TaskInfo:
     return await d.tasks.cancel(p.task_id)
-
-
-# -- sessions (docs/durable.md#sessions): looked up by name, whether their agent runs or
-# not, and by whose they are (decision 440): a tenant's caller asks for its tenant's; the
-# operator for those of the tenant that holds the agent's name now, else (its agent gone)
-# for the one of that name most recently used
-def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
-    return m.SessionView(
-        agent=s.agent, session=s.name, tasks=s.tasks, created=s.created,
-        last_used=s.last_used, holder=s.holder,
-        state_bytes=s.state_bytes,
-        running=s.current.id if s.current is not None else None, waiting=len(s.line),
-        expires=sessions.expires(s), tenant=s.tenant)
-
-
-def _session(d: Services, caller: Caller, agent: str, name: str) -> Session:
-    """The session a caller names: under its tenant (a tenant's caller), else under the
-    tenant that holds the agent's name now, else (the agent gone) the most recently used
-    of the name; one that is not the caller's record reads as absent."""
-    if caller.tenant is not None:
-        key = SessionKey(caller.tenant, agent, name)
-    elif agent in d.agents:
-        key = d.sessions.key_of(agent, name)
-    else:
-        kept = [s for s in d.sessions.listing(agent) if s.name == name]
-        key = max(kept, key=lambda s: s.last_used).ident if kept else d.sessions.key_of(
-            agent, name)
-    s = d.sessions.get(key)
-    if not caller.sees_record(s.agent, s.tenant):
-        raise RpcError(jsonrpc.NOT_FOUND, f"no such session: {jsonrpc.visible(name)} of "
-                                          f"agent {agent}")
-    return s
-
-
-@implements("sessions.list")
-async def sessions_list(d: Services, p: m.SessionsList, caller: Caller, c: Channel
-                        ) -> m.SessionList:
-    return m.SessionList(sessions=[_session_view(d.sessions, s)
-                                   for s in d.sessions.listing(p.agent)])
-
-
-@implements("sessions.get")
-async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
-                       ) -> m.SessionInfo:
-    s = _session(d, caller, p.agent, p.session)
-    return m.SessionInfo(session=_session_view(d.sessions, s), history=[
-        m.SessionTask(task_id=tid, status=status, created=created)
-        for tid, status, created in await d.sessions.history(s)])
-
-
-@implements("sessions.end")
-async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
-                       ) -> m.SessionView:
-    s = d.sessions.end(_session(d, caller, p.agent, p.session).ident)
-    await d.sessions.committed()
-    return _session_view(d.sessions, s)
 
 
 @implements("traces.get")

@@ -176,8 +176,7 @@ class Supervisor:
         """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
         self.closing = True
         await self.elastic.close()
-        # agents in `after`'s reverse (each layer together), tool servers last: agents may
-        # use them while stopping
+        # agents in `after`'s reverse, a layer at a time; tool servers last (agents use them)
         groups: list[Iterable[ProcessReplica]] = [*self.agents.stop_layers(),
                                                   list(self.mcp.instances())]
         for group in groups:
