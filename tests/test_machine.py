@@ -325,8 +325,14 @@ STATE_NAMES = frozenset(s.value for s in State)
 ALLOWED: dict[tuple[str, str], str] = {
     # the CLI sees the wire's strings, never a replica: what `corral status` shows and
     # its exit status (as systemctl's) are status display
-    ("cli/status.py", "down = any(a.state not in RUNNING_STATES for a in st.agents)"):
+    ("cli/status.py",
+     "down = any(a.state not in RUNNING_STATES and not a.done for a in st.agents)"):
         "status display",
+    # a transition's news, as the event stream carries it: that the replica was given up
+    # on (the dependents' own decision then asks the machines: Agents.failed)
+    ("daemon/dependents.py",
+     'if (self.closed or event.kind != "agent" or event.state is not State.FAILED'):
+        "an event's news",
     ("cli/status.py", "serving = a.state in SERVING_STATES"): "status display",
 }
 

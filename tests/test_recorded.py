@@ -14,10 +14,15 @@ import pytest
 from corral.jsonrpc import RpcError
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tasks.model import Task
-from corral.supervisor.tasks.recorded import outcome
+from corral.supervisor.tasks.recorded import RecordedTask, outcome
 
 from .daemon_harness import in_process
 from .test_workflows import agent_toml
+
+
+def rec(task_id: str, agent: str = "wf") -> RecordedTask:
+    """A step's record of its task, of no one tenant (the operator's run)."""
+    return RecordedTask(task_id, agent, None)
 
 
 def never() -> Task:
@@ -37,37 +42,38 @@ async def test_a_recorded_task_is_waited_for_read_or_made_once(tmp_path: Path) -
         engine = d.services.task_engine
         # waited for: the engine runs it
         running = engine.submit("wf", {"op": "echo", "v": 1, "sleep": 0.3})
-        info = await outcome(engine, running.id, never)
+        info = await outcome(engine, rec(running.id), never)
         assert (info.task_id, str(info.status), output(info)) == (
             running.id, "succeeded", {"op": "echo", "v": 1, "sleep": 0.3})
         # read: it ended
-        again = await outcome(engine, running.id, never)
+        again = await outcome(engine, rec(running.id), never)
         assert (again.task_id, str(again.status)) == (running.id, "succeeded")
 
         # made: the engine never heard of it; made once, under the recorded id
         def submit() -> Task:
             made.append(task_id)
             return engine.submit("wf", {"op": "echo", "v": 2}, task_id=task_id)
-        info = await outcome(engine, task_id, submit)
+        info = await outcome(engine, rec(task_id), submit)
         assert (made, info.task_id, str(info.status), output(info)) == (
             [task_id], task_id, "succeeded", {"op": "echo", "v": 2})
-        assert str((await outcome(engine, task_id, never)).status) == "succeeded"
+        assert str((await outcome(engine, rec(task_id), never)).status) == "succeeded"
         # one that fails is read as failed, with the worker's error
         failing = engine.submit("wf", {"op": "square", "x": "two"}, retries=0)
-        info = await outcome(engine, failing.id, never)
+        info = await outcome(engine, rec(failing.id), never)
         assert (str(info.status), info.error is not None) == ("failed", True), info
         assert "can't multiply sequence" in info.error.message  # type: ignore[union-attr]
         # a submission the engine refuses: its refusal, nothing made
         ghost = new_id()
         with pytest.raises(RpcError) as refused:
-            await outcome(engine, ghost, lambda: engine.submit("nope", 1, task_id=ghost))
+            await outcome(engine, rec(ghost, "nope"),
+                          lambda: engine.submit("nope", 1, task_id=ghost))
         assert refused.value.message == "no such agent: nope (agents: wf)"
         assert ghost not in engine.active
     # read where it ended: the next daemon has it in its task journal only
     async with in_process(tmp_path, agent_toml(tmp_path, replicas=1)) as d:
         engine = d.services.task_engine
         assert task_id not in engine.active and task_id not in engine.finished
-        info = await outcome(engine, task_id, never)
+        info = await outcome(engine, rec(task_id), never)
         assert (info.task_id, str(info.status), output(info)) == (
             task_id, "succeeded", {"op": "echo", "v": 2})
         assert made == [task_id]

@@ -360,6 +360,12 @@ class Machine:
         return self.state is State.INITIAL or self.state is State.TERMINATED
 
     @property
+    def ended(self) -> bool:
+        """Its process ended and the policy starts no other (a stop, a one-shot's exit):
+        down, and not given up on."""
+        return self.state is State.TERMINATED
+
+    @property
     def never_started(self) -> bool:
         """Not started, or given up on: nothing brings it up but a start."""
         return self.state is State.INITIAL or self.state is State.FAILED

@@ -258,7 +258,7 @@ class ProcessReplica(Life, Monitor):
             rss_bytes=self.sample.rss_bytes,
             open_fds=self.sample.open_fds,
             tasks_running=self.tasks_running,
-            done=self.exited_clean and self.state is State.TERMINATED,
+            done=self.exited_clean and self.machine.ended,
         )
 
     # -- start and stop -------------------------------------------------------------------
