@@ -92,7 +92,7 @@ class ClusterTasks:
                 return mine
             if mine is None and len(tenants) == 1:
                 return tenants.pop()
-            if mine is None and len(tenants) > 1:
+            if mine is None and len(tenants) > 1 and fresh:  # a stale view is read again
                 raise RpcError(jsonrpc.REFUSED, (
                     f"agent {agent} is run by nodes of cluster {self.settings.name} as "
                     f"agents of {len(tenants)} tenants ({', '.join(sorted(tenants))}), "
