@@ -99,7 +99,8 @@ def test_a_state_signed_for_another_tenants_session_is_refused(
         # the writer keeps what it read: acme's `chat` is removed (its sessions end) and
         # globex's added under the name
         assert a.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
-        assert r.hget(K.session(ACME), "state") is None
+        wait_until(lambda: r.hget(K.session(ACME), "state") is None,
+                   what="acme's session gone from Redis")
         add(a, "globex")
         assert turn(a, "globex's first")["output"]["given"] is False
         r.hset(K.session(GLOBEX), "state", signed)
