@@ -82,24 +82,26 @@ class ClusterTasks:
         none when the live nodes' agents of the name are of several tenants (which is
         meant cannot be told here)."""
         local = self.host.agents.get(agent)
-        mine = local.spec.tenant if local is not None else None
+        if local is not None:
+            # this node runs it, and claims its share as it submits: its own beat may
+            # still name the agent the name had before (a removal and an add between
+            # two beats), which must not refuse the task
+            return local.spec.tenant
         for fresh in (False, True):
             if fresh:
                 await self.refresh_view()
             tenants = {n.tenants.get(agent, DEFAULT_TENANT) for n in self.view
                        if n.alive and agent in n.agents}
-            if mine is not None and mine in tenants:
-                return mine
-            if mine is None and len(tenants) == 1:
+            if len(tenants) == 1:
                 return tenants.pop()
-            if mine is None and len(tenants) > 1 and fresh:  # a stale view is read again
+            if len(tenants) > 1 and fresh:  # a stale view is read again
                 raise RpcError(jsonrpc.REFUSED, (
                     f"agent {agent} is run by nodes of cluster {self.settings.name} as "
                     f"agents of {len(tenants)} tenants ({', '.join(sorted(tenants))}), "
                     "and not by this node: submit the task on a node that runs the one "
                     "meant"))
         table = await self._table_tenant(agent)
-        if table is not None and mine in (None, table):
+        if table is not None:
             return table
         raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
                                         f"runs agent {agent}")
