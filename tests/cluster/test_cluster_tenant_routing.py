@@ -132,5 +132,7 @@ def test_a_task_taken_over_runs_again_on_its_own_tenants_agent_alone(
                 [n["node"] for n in info["attempts"]]) == (
             "succeeded", {"by": "acme"}, "acme", ["a1", "a2"]), info
         assert ended(a2, y)["output"] == {"by": "acme"}
-        assert [n["secret"] for n in got(acme_got)] == ["x", "y", "x"]
+        secrets = [n["secret"] for n in got(acme_got)]
+        # x and y start side by side on a1 and a2 (either first); x again on a2 last
+        assert (sorted(secrets[:2]), secrets[2:]) == (["x", "y"], ["x"]), secrets
         assert got(globex_got) == []
