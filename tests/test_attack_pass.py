@@ -18,7 +18,7 @@ from .daemon_harness import PY, Daemon, in_process, running_daemon, shared_tmpdi
 from .test_gateway_stateless import META, daemon, request, url
 from .test_http_api import SOCKET, Api
 from .test_identity import CONFIG as IDENTITY_CONFIG
-from .test_identity import SCOPES, SECRET, add_chat
+from .test_identity import SECRET, add_chat, running, tenants_api, until
 from .test_tokens import cli
 
 __all__ = ["daemon"]  # the gateway's module fixture, shared
@@ -85,11 +85,7 @@ async def test_a_schedule_of_a_removed_agent_is_not_the_next_tenants(
     in its last error, and it stays acme's: shown to acme, to globex as none there is."""
     async with in_process(tmp_path, SCHEDULED, IDENTITY_CONFIG) as d, \
             aiohttp.ClientSession() as http:
-        api = Api(d, http)
-        for tenant in ("acme", "globex"):
-            made = await d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": tenant, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[tenant] = made.token
+        api = await tenants_api(d, http)
         status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
         assert status == 200, body
         await add_chat(api, "globex")
@@ -126,6 +122,29 @@ tenant = "acme"
 """ for name in ("gate", "chat"))
 
 
+async def secret_run(api: Api, gate: Path, first: dict[str, Any]) -> str:
+    """acme's run of workflow `wf`: step `a` (agent `gate`, with `first`'s keys) waits
+    for the file gate; step `b` then sends `chat` the run's input, a secret. Its id, once
+    `a` runs."""
+    status, body, _ = await api.ask("POST", "/workflows", "acme", {"workflows": {"wf": {
+        "steps": [{"name": "a", "agent": "gate", **first,
+                   "input": {"do": "await", "path": str(gate)}},
+                  {"name": "b", "agent": "chat", "input": {
+                      "do": "echo", "secret": "$input.secret",
+                      "after": "$steps.a.output"}}]}}})
+    assert status == 200, body
+    status, body, _ = await api.ask("POST", "/workflows/wf/runs", "acme", {
+        "input": {"secret": SECRET}})
+    assert status in (200, 202), body
+    await until(api, "/tasks?agent=gate", "acme", running)
+    return str(body["run_id"])
+
+
+def ended(body: Any) -> bool:
+    """A run's or task's record once it is no longer running."""
+    return bool(body["status"] != "running")
+
+
 @pytest.mark.deadline(120)
 async def test_a_running_workflows_later_step_is_not_sent_to_the_next_holder_of_its_agent(
         tmp_path: Path) -> None:
@@ -137,41 +156,13 @@ async def test_a_running_workflows_later_step_is_not_sent_to_the_next_holder_of_
     gate = tmp_path / "open"
     async with in_process(tmp_path, RUN_AGENTS, IDENTITY_CONFIG) as d, \
             aiohttp.ClientSession() as http:
-        api = Api(d, http)
-        for tenant in ("acme", "globex"):
-            made = await d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": tenant, "scopes": SCOPES,
-                "tenant": tenant})
-            api.tokens[tenant] = made.token
-        status, body, _ = await api.ask("POST", "/workflows", "acme", {"workflows": {"wf": {
-            "steps": [{"name": "a", "agent": "gate",
-                       "input": {"do": "await", "path": str(gate)}},
-                      {"name": "b", "agent": "chat", "input": {
-                          "do": "echo", "secret": "$input.secret",
-                          "after": "$steps.a.output"}}]}}})
-        assert status == 200, body
-        status, body, _ = await api.ask("POST", "/workflows/wf/runs", "acme", {
-            "input": {"secret": SECRET}})
-        assert status in (200, 202), body
-        run_id = body["run_id"]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while True:
-            status, body, _ = await api.ask("GET", "/tasks?agent=gate", "acme")
-            if any(t["status"] == "running" for t in body["tasks"]):
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.1)
+        api = await tenants_api(d, http)
+        run_id = await secret_run(api, gate, {})
         status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
         assert status == 200, body
         await add_chat(api, "globex")
         gate.write_text("")
-        while True:
-            status, body, _ = await api.ask("GET", f"/runs/{run_id}", "acme")
-            if body["status"] != "running":
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.1)
+        body = await until(api, f"/runs/{run_id}", "acme", ended)
         # refused as acme's caller would be, and the run failed as by any failed step
         assert (body["status"], body["error"]) == ("failed", "step b: no such agent: chat")
         assert [(s["step"], s["status"], s["error"]) for s in body["steps"]] == [
@@ -191,31 +182,10 @@ async def test_a_run_resumed_after_a_restart_sends_no_step_to_the_next_holder_of
     agents = RUN_AGENTS.split("[agents.chat]")[0]  # gate; chat is added, so not restored
     async with in_process(tmp_path, agents, IDENTITY_CONFIG) as d, \
             aiohttp.ClientSession() as http:
-        api = Api(d, http)
-        for tenant in ("acme", "globex"):
-            made = await d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": tenant, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[tenant] = tokens[tenant] = made.token
+        api = await tenants_api(d, http)
+        tokens.update(api.tokens)
         await add_chat(api, "acme")
-        status, body, _ = await api.ask("POST", "/workflows", "acme", {"workflows": {"wf": {
-            "steps": [{"name": "a", "agent": "gate", "retries": 1,
-                       "input": {"do": "await", "path": str(gate)}},
-                      {"name": "b", "agent": "chat", "input": {
-                          "do": "echo", "secret": "$input.secret",
-                          "after": "$steps.a.output"}}]}}})
-        assert status == 200, body
-        status, body, _ = await api.ask("POST", "/workflows/wf/runs", "acme", {
-            "input": {"secret": SECRET}})
-        assert status in (200, 202), body
-        run_id = body["run_id"]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while True:
-            status, body, _ = await api.ask("GET", "/tasks?agent=gate", "acme")
-            if any(t["status"] == "running" for t in body["tasks"]):
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.1)
+        run_id = await secret_run(api, gate, {"retries": 1})
         status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
         assert status == 200, body
         await add_chat(api, "globex")
@@ -226,13 +196,7 @@ async def test_a_run_resumed_after_a_restart_sends_no_step_to_the_next_holder_of
         status, body, _ = await api.ask("GET", "/agents/chat", "globex")
         assert status == 200, body  # globex's, kept across the restart
         gate.write_text("")
-        deadline = loop.time() + 30
-        while True:
-            status, body, _ = await api.ask("GET", f"/runs/{run_id}", "acme")
-            if body["status"] != "running":
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.1)
+        body = await until(api, f"/runs/{run_id}", "acme", ended)
         assert (body["status"], body["error"]) == ("failed", "step b: no such agent: chat"
                                                    ), body
         status, body, _ = await api.ask("GET", "/tasks?agent=chat", "globex")
@@ -274,11 +238,7 @@ tenant = "acme"
 """
     async with in_process(tmp_path, agents, IDENTITY_CONFIG) as d, \
             aiohttp.ClientSession() as http:
-        api = Api(d, http)
-        for tenant in ("acme", "globex"):
-            made = await d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": tenant, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[tenant] = made.token
+        api = await tenants_api(d, http)
         status, body, _ = await api.ask("POST", "/teams", "acme", {"teams": {"tm": {
             "mode": "route", "router": "router", "members": ["chat"]}}})
         assert (status, body) == (200, {"added": ["tm"]}), body
@@ -286,24 +246,12 @@ tenant = "acme"
             "agent": "tm", "input": {"path": str(gate), "secret": SECRET}})
         assert status in (200, 202), body
         call_id = body["task_id"]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while True:
-            status, body, _ = await api.ask("GET", "/tasks?agent=router", "acme")
-            if any(t["status"] == "running" for t in body["tasks"]):
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.1)
+        await until(api, "/tasks?agent=router", "acme", running)
         status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
         assert status == 200, body
         await add_chat(api, "globex")
         gate.write_text("")
-        while True:
-            status, body, _ = await api.ask("GET", f"/tasks/{call_id}", "acme")
-            if body["status"] != "running":
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.1)
+        body = await until(api, f"/tasks/{call_id}", "acme", ended)
         # refused as acme's caller would be, and the call failed as by any failed member
         steps = [(s["step"], s["status"], s.get("error")) for s in body["progress"]["steps"]]
         assert (body["status"], steps) == ("failed", [

@@ -18,7 +18,7 @@ import json
 import shutil
 import subprocess
 import sysconfig
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +60,39 @@ async def daemon(tmp: Path) -> AsyncIterator[Api]:
     """The daemon of the two tenants (the same state across restarts), and an HTTP client
     holding acme's and globex's tokens (made once, kept in the state database)."""
     async with in_process(tmp, "", CONFIG) as d, aiohttp.ClientSession() as http:
-        api = Api(d, http)
         made = (tmp / "tokens.json")
         if not made.exists():
-            tokens = {}
-            for tenant in ("acme", "globex"):
-                got = await d.dispatcher.call(SOCKET, "tokens.create", {
-                    "name": tenant, "scopes": SCOPES, "tenant": tenant})
-                tokens[tenant] = got.token
-            made.write_text(json.dumps(tokens))
+            made.write_text(json.dumps((await tenants_api(d, http)).tokens))
+        api = Api(d, http)
         api.tokens = json.loads(made.read_text())
         yield api
+
+
+async def tenants_api(d: Daemon, http: aiohttp.ClientSession) -> Api:
+    """An HTTP client of d holding a new token of acme's and one of globex's."""
+    api = Api(d, http)
+    for tenant in ("acme", "globex"):
+        got = await d.dispatcher.call(SOCKET, "tokens.create", {
+            "name": tenant, "scopes": SCOPES, "tenant": tenant})
+        api.tokens[tenant] = got.token
+    return api
+
+
+async def until(api: Api, path: str, tenant: str, done: Callable[[Any], bool]) -> Any:
+    """GET path as tenant until done(body) (30 s at most); that body."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        status, body, _ = await api.ask("GET", path, tenant)
+        if status == 200 and done(body):
+            return body
+        assert loop.time() < deadline, (path, status, body)
+        await asyncio.sleep(0.1)
+
+
+def running(body: Any) -> bool:
+    """A task list with a running task."""
+    return any(t["status"] == "running" for t in body["tasks"])
 
 
 async def add_chat(api: Api, tenant: str) -> None:
@@ -298,11 +320,7 @@ async def test_an_agent_given_another_tenant_is_another_agent(tmp_path: Path) ->
     refused, naming the key, and nothing changes."""
     async with in_process(tmp_path, CHAT_FILE, CONFIG) as d, \
             aiohttp.ClientSession() as http:
-        api = Api(d, http)
-        for tenant in ("acme", "globex"):
-            got = await d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": tenant, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[tenant] = got.token
+        api = await tenants_api(d, http)
         status, body, _ = await api.ask("POST", "/tasks", "acme", {
             "agent": "chat", "input": {"do": "echo", "secret": SECRET}, "delay": 3600})
         assert status == 202, body
