@@ -127,17 +127,9 @@ def test_a_daemon_does_not_start_on_a_link_in_a_state_files_place(tmp: Path,
     planted = d.state / name
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.symlink_to(v)
-    try:
-        d.start(wait_ready=False)
-        assert d.proc is not None
-        assert d.proc.wait(30) == 1
-        assert d.proc.stderr is not None
-        err = d.proc.stderr.read().decode()
-        assert refusal(planted, "a symbolic link") in err, err
-        untouched(v, tmp / "ghost")
-        assert planted.is_symlink()
-    finally:
-        d.close()
+    assert refused_at_start(d, planted)
+    untouched(v, tmp / "ghost")
+    assert planted.is_symlink()
 
 
 def test_a_daemon_does_not_start_on_a_link_in_its_socket_locks_place(tmp: Path) -> None:
@@ -146,6 +138,12 @@ def test_a_daemon_does_not_start_on_a_link_in_its_socket_locks_place(tmp: Path) 
     ghost.parent.mkdir()
     planted = d.sock.with_name(d.sock.name + ".lock")
     planted.symlink_to(ghost)
+    assert refused_at_start(d, planted)
+    assert not ghost.exists()
+
+
+def refused_at_start(d: Daemon, planted: Path) -> bool:
+    """d, started, exits 1 saying it refuses the link planted; closed either way."""
     try:
         d.start(wait_ready=False)
         assert d.proc is not None
@@ -153,6 +151,6 @@ def test_a_daemon_does_not_start_on_a_link_in_its_socket_locks_place(tmp: Path) 
         assert d.proc.stderr is not None
         err = d.proc.stderr.read().decode()
         assert refusal(planted, "a symbolic link") in err, err
-        assert not ghost.exists()
+        return True
     finally:
         d.close()
