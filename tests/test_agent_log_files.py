@@ -3,6 +3,7 @@ daemon's stdout for a container's `docker logs`; the operator's to name."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
@@ -26,21 +28,24 @@ TALKER = ("i=0; while [ $i -lt 200 ]; do echo \"line $i of the talker\"; i=$((i+
           "[ $((i % 20)) = 0 ] && sleep 0.1; done; exec sleep 1000")
 
 
+@contextlib.contextmanager
+def talked(tmp: Path, own: Path, keys: str) -> Iterator[Daemon]:
+    """A daemon whose agent `talker` (TALKER) logs to own/talker.log, rotated at 4000
+    bytes, with the agent's keys `keys` besides; once every line is said."""
+    agents = (f'[agents.talker]\ncommand = ["sh", "-c", {json.dumps(TALKER)}]\n'
+              f'protocol = "none"\nlog_file = "{own}/talker.log"\n'
+              f"log_max_bytes = 4000\n{keys}\n")
+    with running_daemon(tmp, agents) as d:
+        wait_until(lambda: "line 199 of the talker" in d.cli("logs", "talker", "-n", "5")
+                   .stdout, what="every line said")
+        yield d
+
+
 def test_a_log_file_of_its_own_is_written_and_rotated_by_its_size() -> None:
     tmp = shared_tmpdir()
     own = tmp / "own"
     own.mkdir()
-    agents = textwrap.dedent(f"""
-        [agents.talker]
-        command = ["sh", "-c", {json.dumps(TALKER)}]
-        protocol = "none"
-        log_file = "{own}/talker.log"
-        log_max_bytes = 4000
-        log_backups = 2
-    """)
-    with running_daemon(tmp, agents) as d:
-        wait_until(lambda: "line 199 of the talker" in d.cli("logs", "talker", "-n", "5")
-                   .stdout, what="every line said")
+    with talked(tmp, own, "log_backups = 2") as d:
         files = sorted(p.name for p in own.iterdir())
         # rotated at 4000 bytes, a write never split; two kept, as log_backups says
         assert files == ["talker.log", "talker.log.1", "talker.log.2"], files
@@ -106,18 +111,7 @@ def test_rotated_copies_are_gzipped_and_hold_every_line_in_order() -> None:
     tmp = shared_tmpdir()
     own = tmp / "own"
     own.mkdir()
-    agents = textwrap.dedent(f"""
-        [agents.talker]
-        command = ["sh", "-c", {json.dumps(TALKER)}]
-        protocol = "none"
-        log_file = "{own}/talker.log"
-        log_max_bytes = 4000
-        log_backups = 9
-        log_compress = true
-    """)
-    with running_daemon(tmp, agents) as d:
-        wait_until(lambda: "line 199 of the talker" in d.cli("logs", "talker", "-n", "5")
-                   .stdout, what="every line said")
+    with talked(tmp, own, "log_backups = 9\nlog_compress = true"):
         # compressed on a thread of its own: done once no plain copy (or part) is left
         wait_until(lambda: sorted(p.name for p in own.iterdir()) == [
             "talker.log", "talker.log.1.gz", "talker.log.2.gz", "talker.log.3.gz"],
@@ -147,7 +141,8 @@ def test_a_log_file_is_rotated_at_each_period_of_the_clock() -> None:
                                default=0) >= 25, what="more ticks")
         copies = sorted((p for p in own.iterdir() if p.name != "ticker.log"),
                         key=lambda p: -int(p.name.rsplit(".", 1)[1]))
-        seconds, numbers = [], []
+        seconds: list[str] = []
+        numbers: list[int] = []
         for p in [*copies, own / "ticker.log"]:
             stamps = {ln.split(" ", 1)[0][:19] for ln in p.read_text().splitlines()}
             # each file's lines are of one second of the clock, each file another's
