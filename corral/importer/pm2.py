@@ -46,6 +46,9 @@ NOT_CARRIED = {
     "wait_ready": "PM2's process.send('ready') has no equivalent: corral takes "
                   "sd_notify's READY=1 (ready = \"notify\") or a readiness check",
     "shutdown_with_message": "corral stops a program by a signal (stop_signal)",
+    "pid_file": "corral writes no pid file of an app (`corral status` shows its pid)",
+    "pid": "corral writes no pid file of an app (`corral status` shows its pid)",
+    "error": "corral writes an app's stderr with its stdout, to one log",
     "ignore_watch": "corral's watch takes globs of what to watch only",
     "instance_var": "corral gives each replica its number as $CORRAL_REPLICA",
     "increment_var": "corral gives each replica its number as $CORRAL_REPLICA",
@@ -59,7 +62,8 @@ CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
            "stop_exit_codes", "min_uptime", "max_restarts", "restart_delay",
            "exp_backoff_restart_delay", "kill_timeout", "max_memory_restart", "watch",
            "listen_timeout", "uid", "user", "gid", "autostart", "out_file", "log_file",
-           "env_file"}
+           "env_file", "exec", "cmd", "exec_interpreter", "output", "log"}
+SCRIPT_KEYS = ("script", "exec", "cmd")
 
 
 def read(path: Path, how: How) -> Imported:
@@ -87,7 +91,7 @@ def read(path: Path, how: How) -> Imported:
 
 def _load(path: Path, env: dict[str, str]) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as node passes over it
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
     if path.suffix.lower() == ".json":
@@ -161,7 +165,8 @@ def _permission_flag(node: str, path: Path) -> str:
 
 def _app(app: dict[str, Any], where: str, imp: Imported, base: Path,
          profile: str | None) -> None:
-    script = app.get("script")
+    # `exec` is PM2's alias of script, and `cmd` the one its Python page shows
+    script = next((app[k] for k in SCRIPT_KEYS if app.get(k)), None)
     if not isinstance(script, str) or not script:
         raise ConfigError(f"{where}: script: is required (a string)")
     name = str(app.get("name") or Path(script).stem)
@@ -184,9 +189,7 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path,
     if app.get("autorestart", True) is False:
         table["restart"] = "never"
     elif codes is not None:
-        codes = [codes] if isinstance(codes, int) else codes
-        if not (isinstance(codes, list) and all(isinstance(c, int) for c in codes)):
-            raise ConfigError(f"{where}: stop_exit_codes: expected exit statuses")
+        codes = _statuses(codes, where)
         table["restart"] = "on-failure"  # restarted after any status but these
         if codes != [0]:
             table[target("stop_exit_codes")] = codes
@@ -253,6 +256,18 @@ def _command(app: dict[str, Any], script: str, where: str, imp: Imported) -> lis
     if interpreter in (None, "", "none"):
         return [script, *argv]
     return [str(interpreter), *extra, script, *argv]
+
+
+def _statuses(v: Any, where: str) -> list[int]:
+    """stop_exit_codes: a status, a list of them, or their text ("0", "0 2", "0,2")."""
+    items = v if isinstance(v, list) else [v]
+    words = [w for x in items for w in
+             (re.split(r"[\s,]+", x.strip()) if isinstance(x, str) else [x])]
+    if not words or not all((isinstance(w, int) and not isinstance(w, bool))
+                            or (isinstance(w, str) and w.isdigit()) for w in words):
+        raise ConfigError(f"{where}: stop_exit_codes: {json.dumps(v)} is not exit "
+                          "statuses")
+    return [int(w) for w in words]
 
 
 def _words(v: Any, where: str, key: str) -> list[str]:
@@ -322,7 +337,9 @@ def _text(v: Any) -> str:
 def _log_file(app: dict[str, Any], table: dict[str, Any], where: str,
               imp: Imported) -> None:
     """PM2's log_file (both streams), else its out_file, as the agent's log_file."""
-    key = "log_file" if app.get("log_file") else "out_file"
+    # `log` and `output` are PM2's aliases of log_file and out_file
+    key = next((k for k in ("log_file", "log", "out_file", "output") if app.get(k)),
+               "out_file")
     path = app.get(key)
     if not path:
         return

@@ -25,7 +25,11 @@ def read(path: Path, how: How) -> Imported:
             continue
         m = _LINE.match(line.strip())
         if m is None or not m[2].strip():
-            raise ConfigError(f"{path}: line {number}: not `TYPE: command`")
+            # foreman and honcho pass over a line that is not one: so does corral, saying so
+            imp.note(f"line {number}", "(line)", f"{line.strip()[:60]!r}: not carried: not "
+                                                 "`TYPE: command` (foreman and honcho "
+                                                 "pass over it too)")
+            continue
         kind, command = m[1], m[2].strip()
         table: dict[str, object] = {"command": ["sh", "-c", f"exec {command}"],
                                     "protocol": "none"}

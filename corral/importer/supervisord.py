@@ -27,8 +27,10 @@ PROGRAM_KEYS_CARRIED = (
     "user", "autostart", "autorestart", "exitcodes", "startsecs", "startretries",
     "stopsignal", "stopwaitsecs", "priority", "stopasgroup", "killasgroup",
     "stdout_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
-    "redirect_stderr",
+    "redirect_stderr", "depends_on", "dependent_startup_wait_for", "dependent_startup",
 )
+# not supervisord's own: the start order its plugins (and many images' files) give
+DEPENDS = ("depends_on", "dependent_startup_wait_for")
 _SIZE = re.compile(r"\s*(\d+)\s*(KB|MB|GB)?\s*", re.IGNORECASE)
 _SIZES = {"": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
 ONE_LOG = "corral writes a program's stderr with its stdout, to one log"
@@ -61,14 +63,18 @@ _FALSE = {"false", "no", "off", "0"}
 def read(path: Path, how: How) -> Imported:
     env = how.env
     """The programs of a supervisord config file and the files it includes."""
-    parser = _parse(path)
+    missing: list[str] = []
+    parser = _parse(path, missing)
     imp = Imported(str(path), "supervisord")
+    for pattern in missing:
+        imp.note("[include]", "files", f"{pattern}: no file here matches it: not read "
+                                       "(its programs are not imported; give them too)")
     here = str(path.parent.resolve())
     base = {f"ENV_{k}": v for k, v in env.items()} | {
         "here": here, "host_node_name": platform.node()}
     common_env = _daemon_section(parser, imp, base)
     groups = _groups(parser, imp, base)
-    priorities: dict[str, tuple[int, str]] = {}
+    priorities: dict[str, tuple[int, str, list[str]]] = {}
     listeners: list[str] = []
     for section in parser.sections():
         kind, _, name = section.partition(":")
@@ -111,18 +117,31 @@ def _fatal(section: str, imp: Imported) -> None:
              "what it did")
 
 
-def _chain(priorities: dict[str, tuple[int, str]], imp: Imported) -> None:
+def _chain(priorities: dict[str, tuple[int, str, list[str]]], imp: Imported) -> None:
     """supervisord's priorities as start order: an agent starts after those of the
     priority just below its own are up (supervisord only started them first)."""
-    levels = sorted({p for p, _ in priorities.values()})
-    for name, (prio, where) in priorities.items():
+    levels = sorted({p for p, _, _ in priorities.values()})
+    programs = {where.removeprefix("[program:").removesuffix("]"): n
+                for n, (_, where, _) in priorities.items()}
+    for name, (prio, where, needs) in priorities.items():
         below = levels.index(prio)
-        if below == 0:
-            continue
-        before = sorted(n for n, (p, _) in priorities.items() if p == levels[below - 1])
-        imp.agents[name]["after"] = before
-        imp.note(where, "priority", f"{prio}: after = [{', '.join(before)}] (started once "
-                                    "they are up; supervisord only started them first)")
+        before = [] if below == 0 else sorted(
+            n for n, (p, _, _) in priorities.items() if p == levels[below - 1])
+        if before:
+            imp.note(where, "priority", f"{prio}: after = [{', '.join(before)}] (started "
+                                        "once they are up; supervisord only started them "
+                                        "first)")
+        for program in needs:
+            other = programs.get(program)
+            if other is None or other == name:
+                imp.note(where, "depends_on", f"{program}: not carried: not a program of "
+                                              "this file")
+            else:
+                before += [] if other in before else [other]
+                imp.note(where, "depends_on", f"{program}: after = [{other}] (a plugin's "
+                                              "key, which supervisord alone passes over)")
+        if before:
+            imp.agents[name]["after"] = before
 
 
 _SECTIONS_NOT_CARRIED = {
@@ -132,16 +151,18 @@ _SECTIONS_NOT_CARRIED = {
 }
 
 
-def _parse(path: Path) -> configparser.RawConfigParser:
+def _parse(path: Path, missing: list[str]) -> configparser.RawConfigParser:
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
                                           strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys as written
-    _read(parser, path, set())
+    _read(parser, path, set(), missing)
     return parser
 
 
-def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path]) -> None:
-    """`path` into `parser`, then the files its [include] names (relative to it)."""
+def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path],
+          missing: list[str]) -> None:
+    """`path` into `parser`, then the files its [include] names (relative to it); a
+    pattern that matches none put in `missing`."""
     real = path.resolve()
     if real in seen:
         return
@@ -169,8 +190,11 @@ def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path]) -> 
             parser.set(section, k, v.replace("%(here)s", str(path.parent.resolve())))
     for pattern in files.split():
         full = pattern if pattern.startswith("/") else str(path.parent / pattern)
-        for inc in sorted(glob.glob(full)):
-            _read(parser, Path(inc), seen)
+        found = sorted(glob.glob(full))
+        if not found:
+            missing.append(pattern)
+        for inc in found:
+            _read(parser, Path(inc), seen, missing)
 
 
 def expand(text: str, expansions: dict[str, Any], where: str) -> str:
@@ -242,7 +266,7 @@ def env_pairs(text: str, where: str) -> dict[str, str]:
 
 def _program(parser: configparser.RawConfigParser, section: str, name: str, imp: Imported,
              base: dict[str, Any], common_env: dict[str, str], group: str,
-             priorities: dict[str, tuple[int, str]]) -> None:
+             priorities: dict[str, tuple[int, str, list[str]]]) -> None:
     where = f"[{section}]"
     raw = dict(parser[section])
     ex = base | {"program_name": name, "group_name": group}
@@ -283,13 +307,16 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         table[target("startretries")] = _int(get("startretries", "3"), where, "startretries")
     signal = get("stopsignal", "TERM").upper().removeprefix("SIG")
     if signal not in SIGNALS:
-        raise ConfigError(f"{where}: stopsignal: {signal!r} is not one of "
-                          f"{', '.join(SIGNALS)}")
-    if signal != "TERM":
+        imp.note(where, "stopsignal", f"{signal}: not carried: corral's stop_signal is "
+                                      f"one of {', '.join(SIGNALS)} (TERM is sent)")
+    elif signal != "TERM":
         table[target("stopsignal")] = signal
     if "stopwaitsecs" in raw:
         table[target("stopwaitsecs")] = _int(get("stopwaitsecs", "10"), where, "stopwaitsecs")
     prio = _int(get("priority", "999"), where, "priority")
+    # what a program waits for, as the plugins that give supervisord an order spell it
+    needs = [w.split(":")[0] for k in DEPENDS for w in re.split(r"[\s,]+", get(k, ""))
+             if w]
     for k in ("stopasgroup", "killasgroup"):
         if k in raw and not _bool(get(k, "false"), where, k):
             imp.note(where, k, "false: not carried: corral signals the program's whole "
@@ -303,7 +330,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         why = NOT_CARRIED.get(k)
         imp.note(where, k, f"{raw[k]!r}: not carried: {why}" if why else
                  f"{raw[k]!r}: not carried: not a key of supervisord's [program:x]")
-    priorities[imp.add(where, name, table)] = (prio, where)
+    priorities[imp.add(where, name, table)] = (prio, where, needs)
 
 
 def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Imported) -> Any:
@@ -331,7 +358,18 @@ def expand_here(text: str, ex: dict[str, Any], where: str, key: str, imp: Import
         imp.note(where, key, f"{names} not set where corral import ran: left empty (set "
                              "it in env)")
         ex = ex | {f"ENV_{v}": "" for v in unset}
-    return expand(text, ex, f"{where} {key}")
+    try:
+        return expand(text, ex, f"{where} {key}")
+    except ConfigError as exc:  # a template's placeholder (`%HOME%`), filled in elsewhere
+        imp.note(where, key, f"not carried: {_unexpandable(exc)}")
+        return None
+
+
+def _unexpandable(exc: ConfigError) -> str:
+    """Why a value supervisord would refuse is taken as it is, or left out: files in
+    images are often templates a start script fills in before supervisord reads them."""
+    return (f"{str(exc).split(': ', 1)[-1]} (supervisord refuses it: a template filled "
+            "in before supervisord starts?)")
 
 
 def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
@@ -346,7 +384,11 @@ def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
     text = _PROCESS_NUM.sub(lambda m: f"\0R{m[1]}\0", text)
     text = re.sub(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)s", lambda m: f"\0E{m[1]}\0", text)
     # continuation lines are words of the command, as supervisord splits it
-    expanded = " ".join(expand(text, ex, f"{where} command").split("\n"))
+    try:
+        expanded = " ".join(expand(text, ex, f"{where} command").split("\n"))
+    except ConfigError as exc:
+        imp.note(where, "command", f"taken as written: {_unexpandable(exc)}")
+        expanded = " ".join(raw["command"].split("\n"))
     if "\0" not in expanded:
         return expanded
     try:

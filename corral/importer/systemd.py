@@ -59,8 +59,11 @@ QUIET = {"description", "documentation", "wantedby", "alias", "defaultdependenci
          "remainafterexit", "guessmainpid"}
 
 
-def parse(text: str, where: str) -> dict[str, dict[str, list[str]]]:
-    """section -> directive (as written) -> its values in order (an empty one resets)."""
+def parse(text: str, where: str, skipped: list[int] | None = None
+          ) -> dict[str, dict[str, list[str]]]:
+    """section -> directive (as written) -> its values in order (an empty one resets).
+    A line that is not `Key=value` in a section is passed over, as systemd passes over it
+    (with a warning), its number put in `skipped`; refused where no list is given."""
     out: dict[str, dict[str, list[str]]] = {}
     section: dict[str, list[str]] | None = None
     lines = iter(text.splitlines())
@@ -80,7 +83,11 @@ def parse(text: str, where: str) -> dict[str, dict[str, list[str]]]:
             continue
         key, eq, value = s.partition("=")
         if not eq or section is None:
-            raise ConfigError(f"{where}: line {number}: not `Key=value` in a [Section]")
+            if skipped is None:
+                raise ConfigError(f"{where}: line {number}: not `Key=value` in a "
+                                  "[Section]")
+            skipped.append(number)
+            continue
         values = section.setdefault(key.strip(), [])
         if value.strip() == "":
             values.clear()  # an empty assignment resets the list
@@ -89,16 +96,42 @@ def parse(text: str, where: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def read(path: Path, how: How) -> Imported:
+def _text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        return path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    sections = parse(text, str(path))
+
+
+def _unit_files(path: Path) -> tuple[Path | None, list[Path]]:
+    """The unit and its drop-ins (`NAME.service.d/*.conf`, read after it, by name), as
+    systemd reads them: a unit given finds its drop-ins beside it, a drop-in given finds
+    its unit beside its directory (or stands alone)."""
+    if path.parent.name.endswith(".service.d") and path.suffix == ".conf":
+        unit = path.parent.parent / path.parent.name.removesuffix(".d")
+        if not unit.is_file():
+            return None, [path]
+        return unit, sorted(path.parent.glob("*.conf"))
+    return path, sorted(path.parent.joinpath(path.name + ".d").glob("*.conf"))
+
+
+def read(path: Path, how: How) -> Imported:
+    skipped: list[int] = []
+    unit, dropins = _unit_files(path)
+    texts = [_text(f) for f in ([unit] if unit else []) + dropins]
+    sections = parse("\n".join(texts), str(path), skipped)
     if "Service" not in sections:
         raise ConfigError(f"{path}: no [Service] section: not a service unit")
     imp = Imported(str(path), "systemd")
-    name = path.name.removesuffix(".in").removesuffix(".service")
+    for number in skipped:
+        imp.note(f"line {number}", "(line)", "not carried: not `Key=value` in a "
+                                             "[Section] (systemd passes over it too)")
+    for f in dropins if unit else dropins[1:]:
+        imp.note("[Service]", "(drop-in)", f"{f}: read over the unit, as systemd reads "
+                                           "its drop-ins")
+    name = (unit or path).name.removesuffix(".in").removesuffix(".service")
+    if path.parent.name.endswith(".service.d") and unit is None:
+        name = path.parent.name.removesuffix(".service.d")
     where = "[Service]"
     if name.endswith("@"):
         name = name[:-1]
@@ -125,10 +158,10 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
         got = given.get(key)
         return _specifiers(got[2][-1], name) if got and got[2] else None
 
-    start = one("execstart")
-    if start is None:
+    starts = [_specifiers(v, name) for v in given.get("execstart", ("", "", []))[2]]
+    if not starts:
         raise ConfigError(f"{where}: ExecStart: is required")
-    table: dict[str, Any] = {"command": _command(start, where, imp), "protocol": "none"}
+    table: dict[str, Any] = {"command": _command(starts, where, imp), "protocol": "none"}
     kind = (one("type") or "simple").lower()
     if kind == "notify":
         table["ready"] = "notify"
@@ -144,7 +177,12 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
             table[key] = one(key)
     env: dict[str, str] = {}
     for assignment in (given.get("environment", ("", "", []))[2]):
-        for word in shlex.split(assignment):
+        try:
+            words = shlex.split(assignment)
+        except ValueError as exc:  # systemd passes over such a line too
+            imp.note(where, "Environment", f"{assignment}: not carried: {exc}")
+            continue
+        for word in words:
             k, eq, v = word.partition("=")
             if eq:
                 env[k] = _specifiers(v, name)
@@ -180,9 +218,9 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
     if one("killsignal"):
         sig = (one("killsignal") or "").upper().removeprefix("SIG")
         if sig not in _SIGNALS:
-            raise ConfigError(f"{where}: KillSignal: {sig!r} is not one of "
-                              f"{', '.join(_SIGNALS)}")
-        if sig != "TERM":
+            imp.note(where, "KillSignal", f"{sig}: not carried: corral's stop_signal is "
+                                          f"one of {', '.join(_SIGNALS)} (TERM is sent)")
+        elif sig != "TERM":
             table[target("killsignal")] = sig
     codes = _exit_codes(given.get("successexitstatus", ("", "", []))[2], where, imp)
     if codes != [0]:
@@ -190,6 +228,10 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
     if one("watchdogsec") and kind == "notify":
         table[target("watchdogsec")] = seconds(one("watchdogsec") or "", where,
                                                "WatchdogSec")
+    mode = (one("killmode") or "control-group").lower()
+    if mode != "control-group":
+        imp.note(where, "KillMode", f"{mode}: not carried: corral signals the program's "
+                                    "whole process group (control-group)")
     limits = _limits(one, where, imp)
     if limits:
         table["limits"] = limits
@@ -221,12 +263,22 @@ def _limits(one: Any, where: str, imp: Imported) -> dict[str, int]:
     return out
 
 
-def _command(text: str, where: str, imp: Imported) -> str | list[str]:
+def _command(starts: list[str], where: str, imp: Imported) -> str | list[str]:
     """ExecStart= less its prefixes (`-`, `@`, `+`, `!`, `:`); a command that reads
     variables ($X, ${X}) runs under `sh -c`, as systemd expands them from the
-    environment it gives."""
-    prefixes = re.match(r"^[-@+!:]*", text)
-    text = text[prefixes.end() if prefixes else 0:]
+    environment it gives. Several (a oneshot's) run in turn under `sh -c`, each once the
+    one before succeeded (or failed, with `-`), as systemd runs them."""
+    words = []
+    for start in starts:
+        prefixes = re.match(r"^[-@+!:]*", start)
+        cut = prefixes.end() if prefixes else 0
+        words.append((start[cut:], "-" in start[:cut]))
+    if len(words) > 1:
+        imp.note(where, "ExecStart", f"{len(words)} commands: run in turn by `sh -c`, "
+                                     "each once the one before succeeded")
+        return ["sh", "-c", " && ".join(f"{{ {cmd} || true; }}" if failing_ok else cmd
+                                        for cmd, failing_ok in words)]
+    text = words[0][0]
     if re.search(r"\$\{?[A-Za-z_]", text):
         imp.note(where, "ExecStart", "run by `sh -c` so that its $VARIABLES are read as "
                                      "the process starts")
