@@ -81,7 +81,7 @@ from corral.daemon.traces import start as start_traces
 from corral.daemon.tracestore import TraceStore
 from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import TracingSettings
-from corral.supervisor.tasks.model import Task, TaskStatus
+from corral.supervisor.tasks import Task, TaskStatus
 from corral.supervisor.tracing import TOOL, Span, Tracer, expand
 from corral.taskviews import Attempt
 from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id

@@ -139,7 +139,7 @@ def test_a_tasks_spans_from_a_template_carry_its_task_id_whole() -> None:
     otlprecords = pytest.importorskip("corral.daemon.otlprecords")
     from corral.daemon.otlp import encode as encode_spans
     from corral.daemon.traceexport import _RAWS
-    from corral.supervisor.tasks.model import Task, TaskStatus
+    from corral.supervisor.tasks import Task, TaskStatus
     from corral.supervisor.tracing import TEXT_MAX, Tracer, expand
     from corral.taskviews import Attempt
     from corral.tracecontext import TaskTrace, new_trace_id

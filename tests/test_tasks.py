@@ -15,8 +15,7 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
-from corral.supervisor.tasks import TaskFinished, TaskProgress
-from corral.supervisor.tasks.model import TaskStatus
+from corral.supervisor.tasks import TaskFinished, TaskProgress, TaskStatus
 
 from .conftest import agent, all_ready
 

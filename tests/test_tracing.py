@@ -31,7 +31,7 @@ from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
-from corral.supervisor.tasks.model import TaskStatus
+from corral.supervisor.tasks import TaskStatus
 from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
 from corral.taskviews import Attempt
 

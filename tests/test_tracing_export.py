@@ -24,8 +24,8 @@ from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
 from corral.daemon.traceexport import _RAWS, Collector, Config, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
+from corral.supervisor.tasks import Task, TaskError, TaskStatus
 from corral.supervisor.tasks.ids import new_id
-from corral.supervisor.tasks.model import Task, TaskError, TaskStatus
 from corral.supervisor.tracing import TEXT_MAX, TOOL, Tracer, expand, spans_of
 from corral.taskviews import Attempt, ModelUsage
 from corral.tracecontext import FROM_ID, MASK64, TaskTrace, new_span_id, new_trace_id

@@ -41,7 +41,8 @@ from ..tracecontext import (
     parse_or_refuse,
 )
 from .process_replica import Exited
-from .tasks.model import Task, TaskStatus
+from .tasks.model import Task
+from .tasks.taskmachine import TaskStatus
 
 if TYPE_CHECKING:
     from .replica import Replica

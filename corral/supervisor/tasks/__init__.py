@@ -1,6 +1,6 @@
 """Tasks: work given to agents, each ending in exactly one terminal outcome.
 
-model.py      Task, TaskStatus, TaskRecord (the structs that show a task, and usage
+model.py      Task (a TaskMachine), TaskRecord (the structs that show a task, and usage
               reported: corral.taskviews, shared with the CLI), and the tasks' events on
               the stream (TaskProgress, TaskFinished, AttemptEnded)
 ids.py        task ids (UUIDv7: unique, sortable by creation)
@@ -11,7 +11,9 @@ admission.py  refusals: an agent that cannot run it, input size, rate, a full qu
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
 dispatch.py   to a replica's free slot, deadlines, an attempt's end
 sessions.py   a session's tasks one at a time, on the replica that holds it, its state
-retry.py      the retry policy: which outcomes, how many times, the backoff
+taskmachine.py a task's lifecycle, without I/O: TaskStatus, the table (status, cause)
+              -> next status, the retry rule, how an attempt ended
+retry.py      the retry policy's backoff
 delays.py     tasks not to start before a time (a delay, a backoff), behind one timer
 budget.py     usage agents report, token and cost budgets, the gate dispatch asks
 deadlines.py  the running attempts' deadlines, behind one timer
@@ -29,19 +31,11 @@ from .dispatch import CANCEL_GRACE, TaskDispatch
 from .durable import TaskJournal, unknown_cursor
 from .ids import is_task_id, new_id
 from .manager import TaskManager
-from .model import (
-    LOST_IN_RESTART,
-    TERMINAL,
-    AttemptEnded,
-    Task,
-    TaskFinished,
-    TaskProgress,
-    TaskRecord,
-    TaskStatus,
-)
+from .model import LOST_IN_RESTART, AttemptEnded, Task, TaskFinished, TaskProgress, TaskRecord
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .taskmachine import TERMINAL, TaskStatus
 from .worker import ToolRouter
 
 __all__ = [

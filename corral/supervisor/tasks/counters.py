@@ -10,7 +10,7 @@ import msgspec
 
 from ...percentile import percentile_ms
 from ...ratelimit import TokenBucket
-from .model import TERMINAL
+from .taskmachine import TERMINAL
 
 LATENCY_WINDOW = 1000
 COUNTED = ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost", "retried",

@@ -1,7 +1,8 @@
 """Dispatch: a waiting task goes to the least-loaded serving replica of its agent with a
 free slot (`max_concurrent_tasks`), taken from the Queue only then; each attempt has its
 deadline, and a task whose attempt ends lost, failed or timed out runs again when its
-retry policy says so (the decision is the task manager's: retry.py).
+retry policy says so (how the attempt ended, and whether the task runs again, are the
+task's machine's: taskmachine.py).
 
 Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
 that has not answered within `cancel_grace` is treated as hung and restarted. A paused
@@ -24,17 +25,17 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
-from ...jsonrpc import RpcError
-from ...taskviews import Attempt, TaskError
+from ...taskviews import Attempt
 from ...text import iso_time
 from ...tracecontext import FromId
 from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
-from .model import TERMINAL, AttemptEnded, Task, TaskStatus
+from .model import AttemptEnded, Task
 from .payload import Output, output_of, read_raw, read_values
 from .queue import Queue
+from .taskmachine import AttemptOutcome, TaskCause, TaskStep, attempt_end, timed_out
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -53,13 +54,10 @@ class Outcomes(Protocol):
     def record(self, task: Task) -> None:
         """The task changed: its journal hears of it."""
 
-    def finish(self, task: Task, status: TaskStatus, *, result: Output | None = None,
-               error: TaskError | None = None) -> None:
-        """The task's one outcome (a second one is ignored)."""
-
-    def retry(self, task: Task, outcome: TaskStatus) -> bool:
-        """Its last attempt ended `outcome` (its error on the attempt): whether the task
-        runs again (then it waits again, for its backoff), else the caller finishes it."""
+    def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
+        """Its running attempt ended as `end` says (`result`: the output it answered):
+        the task's machine moves it (a retry waits again for its backoff; an end is its
+        one outcome). Returns the step taken."""
 
     def again(self, task: Task) -> None:
         """A retry that waited for its timed-out attempt to stop waits for its time."""
@@ -155,7 +153,7 @@ class TaskDispatch:
     def _start(self, task: Task, r: Replica, q: AgentTasks) -> None:
         assert r.peer is not None
         now = time.time()
-        task.status = TaskStatus.RUNNING
+        task.fire(TaskCause.START)
         task.started = task.started or now
         task.replica = r
         attempt = Attempt(r.index, r.pid, now)
@@ -189,7 +187,7 @@ class TaskDispatch:
 
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,
                   exc: BaseException | None) -> None:
-        if task.status == TaskStatus.RUNNING:
+        if task.running:
             self.deadlines.discard(task, task.timeout)
         self.requests.pop(task.id, None)
         attempt.finished = time.time()
@@ -197,45 +195,17 @@ class TaskDispatch:
         if q is not None:
             q.running -= 1
         r.task_finished(task.id)
-        # timed out or cancelled before the worker answered (the task ended, or waits to
-        # be retried)
-        late = task.status in TERMINAL or attempt.outcome != TaskStatus.RUNNING
-        outcomes = self.outcomes
-        finish = outcomes.finish
-        handed = self.handed.pop(task.id, None)
-        if late:
-            attempt.error = attempt.error or (
-                "answered after the task ended" if exc is None else getattr(exc, "message",
-                                                                             str(exc)))
-            if task.status == TaskStatus.QUEUED and attempt is task.attempts[-1]:
-                outcomes.again(task)  # its retry waited for this attempt to stop
-        elif exc is None:
-            attempt.outcome = TaskStatus.SUCCEEDED
-            # the result is kept as its bytes, not looked into here: a 10 MB output costs
+        # the attempt's end and what the task does are the machine's (taskmachine.py)
+        end = attempt_end(task, attempt, task.attempts[-1], exc,
+                          self.handed.pop(task.id, None))
+        if end.cause is not None:
+            # an output is kept as its bytes, not looked into here: a 10 MB output costs
             # one decode for a Python caller, or a scan and a copy for a socket client
-            finish(task, TaskStatus.SUCCEEDED, result=output_of(result))
-        elif handed is not None or (isinstance(exc, RpcError)
-                                    and exc.code == jsonrpc.PEER_CLOSED):
-            # lost with its worker, or to a stop (whatever the cancelled worker answered)
-            lost = handed if handed is not None else getattr(exc, "message", str(exc))
-            attempt.outcome, attempt.error = TaskStatus.LOST, lost
-            if not outcomes.retry(task, TaskStatus.LOST):
-                finish(task, TaskStatus.LOST, error=TaskError(jsonrpc.PEER_CLOSED, lost))
-        elif not isinstance(exc, RpcError):
-            attempt.outcome, attempt.error = TaskStatus.FAILED, str(exc)
-            if not outcomes.retry(task, TaskStatus.FAILED):
-                finish(task, TaskStatus.FAILED,
-                       error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
-        elif exc.code == jsonrpc.REQUEST_CANCELLED:
-            attempt.outcome = TaskStatus.CANCELLED
-            finish(task, TaskStatus.CANCELLED, error=TaskError(exc.code, exc.message))
-        else:
-            attempt.outcome, attempt.error = TaskStatus.FAILED, exc.message
-            if not outcomes.retry(task, TaskStatus.FAILED):
-                finish(task, TaskStatus.FAILED,
-                       error=TaskError(exc.code, exc.message, exc.data))
-        if late:
-            self.outcomes.record(task)  # the attempt's end, on a task already finished
+            self.outcomes.ended(task, end, None if exc is not None else output_of(result))
+        else:  # timed out or cancelled before the worker answered
+            if end.again:
+                self.outcomes.again(task)  # its retry waited for this attempt to stop
+            self.outcomes.record(task)  # the attempt's end, on a task already moved on
         self.pump(task.agent)
         if self.freed is not None:
             self.freed(task.agent)
@@ -249,7 +219,7 @@ class TaskDispatch:
         own, absolute, with the task)."""
         assert r.peer is not None
         attempt = task.attempts[-1]
-        task.status = TaskStatus.RUNNING
+        task.fire(TaskCause.START)
         task.replica = r
         q = self.by_agent.get(task.agent)
         if q is not None:
@@ -261,20 +231,16 @@ class TaskDispatch:
         self.deadlines.add(task, task.timeout)
 
     def _on_timeout(self, task: Task) -> None:
-        if task.status != TaskStatus.RUNNING:
+        if not task.running:
             return
         # a running task's replica and its last attempt are the ones the deadline is for
         # (its one attempt at a time; a new one is added only after this one's end)
         r, attempt = task.replica, task.attempts[-1]
         assert r is not None
-        attempt.outcome = TaskStatus.TIMED_OUT
-        why = f"task timed out after {task.timeout:g} s"
-        if self.outcomes.retry(task, TaskStatus.TIMED_OUT):
+        end = timed_out(attempt, task.timeout)
+        if self.outcomes.ended(task, end).retried and end.error is not None:
             # retried once the worker has stopped this attempt (its slot is busy until)
-            attempt.error = why
-        else:
-            self.outcomes.finish(task, TaskStatus.TIMED_OUT, error=TaskError(
-                jsonrpc.REQUEST_TIMEOUT, why))
+            attempt.error = end.error.message
         self.stop_attempt(task, r, attempt, "timed out")
 
     def hand_over(self, task: Task, why: str) -> None:
@@ -282,7 +248,7 @@ class TaskDispatch:
         (task/cancel), and its attempt's end, unless a success, hands it over (`why` is
         the attempt's error). A worker that does not stop is the stop's to end."""
         r = task.replica
-        if task.status != TaskStatus.RUNNING or r is None or task.id in self.handed:
+        if not task.running or r is None or task.id in self.handed:
             return
         self.handed[task.id] = why
         if r.peer is not None:

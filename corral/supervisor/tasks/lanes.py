@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from ...jsonrpc import RpcError
 from ...taskviews import TaskError, TaskResult
 from .durable import TaskJournal
-from .model import TERMINAL, Task
+from .model import Task
+from .taskmachine import TERMINAL
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable

@@ -52,13 +52,14 @@ from .dispatch import TaskDispatch, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .ids import new_ids
 from .lanes import Lanes
-from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
+from .model import LOST_IN_RESTART, Task, TaskFinished, TaskRecord
 from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .retry import backoff, retried
+from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
+from .taskmachine import AttemptOutcome, TaskCause, TaskStatus, TaskStep, cancelled
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ class TaskManager:
         return self.dispatch.held
 
     def running_tasks(self) -> list[Task]:
-        return [t for t in self.active.values() if t.status == TaskStatus.RUNNING]
+        return [t for t in self.active.values() if t.running]
 
     def waiting(self) -> int:
         """Tasks waiting in this engine's queue, every agent's."""
@@ -382,17 +383,34 @@ class TaskManager:
         self.dispatch.pump(agent.name)
 
     # -- a task's end ---------------------------------------------------------------------
-    def finish(self, task: Task, status: TaskStatus, *, result: Output | None = None,
-               error: TaskError | None = None) -> None:
-        if task.status in TERMINAL:
-            return  # never twice
-        task.status = status
+    def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
+        """Dispatch's news of an attempt's end (Outcomes.ended): the task's machine moves
+        it, its policy (the task's own, else its agent's) asked where the attempt ended
+        badly; a retry waits for its backoff (`not_before`), and a timed-out attempt's
+        retry for that attempt to stop too (dispatch calls `again`)."""
+        assert end.cause is not None
+        step = task.fire(end.cause, self)
+        if step.retried:
+            self._retry(task)
+        elif step.ends:
+            self._conclude(task, result, end.error)
+        return step
+
+    def finish(self, task: Task, cause: TaskCause, error: TaskError) -> None:
+        """A task ended by `cause` other than its attempt's end (a cancel, its agent
+        down, a restart): its one outcome (a second one is ignored)."""
+        if task.fire(cause).ends:
+            self._conclude(task, None, error)
+
+    def _conclude(self, task: Task, result: Output | None, error: TaskError | None) -> None:
+        """The task's machine has ended it: its outcome kept, counted, journaled and
+        told."""
         task.out = result
         task.error = error
         task.finished = time.time()
         q = self.by_agent.get(task.agent)
         if q is not None:
-            q.counts[status] += 1
+            q.counts[task.status] += 1
             q.latencies.append(task.finished - task.due)
         self.record(task)
         self.active.pop(task.id, None)
@@ -421,29 +439,28 @@ class TaskManager:
         task.attempts = tuple(task.attempts)
 
     # -- a retry ----------------------------------------------------------------------
-    def retry(self, task: Task, outcome: TaskStatus) -> bool:
-        """Dispatch's question at an attempt's bad end (Outcomes.retry): the task's
-        policy (retry.py) decides. A retry waits for its backoff (`not_before`), and a
-        timed-out attempt's retry for that attempt to stop too (dispatch calls `again`)."""
+    def retried_on(self, task: Task) -> tuple[str, ...] | None:
+        """The outcomes of an attempt the task's policy retries (RetryPolicy): its own,
+        else its agent's (retry.py); None (no retry) when its agent is gone."""
         agent = self.sup.agents.get(task.agent)
-        q = self.by_agent.get(task.agent)
-        if agent is None or q is None or not retried(outcome, task.retries_left,
-                                                     agent.spec, task.retry_on):
-            return False
-        task.retries_left -= 1
-        q.counts["retried"] += 1
+        if agent is None or task.agent not in self.by_agent:
+            return None
+        return task.retry_on if task.retry_on is not None else agent.spec.retry_on
+
+    def _retry(self, task: Task) -> None:
+        """The machine retries the task (one retry spent): it waits for its backoff."""
+        agent = self.sup.agent(task.agent)  # (there is one: retried_on said so)
+        self.by_agent[task.agent].counts["retried"] += 1
         attempt = task.attempts[-1]
         delay = backoff(agent.spec, len(task.attempts))
         if delay or agent.spec.retry_backoff:
             attempt.backoff = delay
-        task.status = TaskStatus.QUEUED
         task.replica = None
         task.not_before = time.time() + delay if delay else None
         if attempt.finished is None:  # timed out: its worker has yet to stop it
             self.record(task)
         else:
             self.again(task)
-        return True
 
     def again(self, task: Task) -> None:
         """A task to retry waits for its time, or at once for a replica."""
@@ -507,20 +524,20 @@ class TaskManager:
             q = self._agent_tasks(agent) if agent is not None else None
             if q is not None:
                 q.counts["accepted"] += 1
-            if rec.status == TaskStatus.RUNNING:
+            task.restored(rec.status)
+            if task.running:  # its attempt was lost to the restart: retried, or lost
                 for a in task.attempts:
                     if a.outcome == TaskStatus.RUNNING:
                         a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
-                if agent is None or q is None or not retried(
-                        TaskStatus.LOST, task.retries_left, agent.spec, task.retry_on):
-                    self.finish(task, TaskStatus.LOST, error=TaskError(jsonrpc.PEER_CLOSED,
-                                                                       LOST_IN_RESTART))
+                if task.fire(TaskCause.LOST, self).ends:
+                    self._conclude(task, None, TaskError(jsonrpc.PEER_CLOSED,
+                                                         LOST_IN_RESTART))
                     continue
-                task.retries_left -= 1
+                assert q is not None  # (a retry is of an agent that exists)
                 q.counts["retried"] += 1
                 task.not_before = None  # the restart was its wait
             if q is None:
-                self.finish(task, TaskStatus.LOST, error=TaskError(
+                self.finish(task, TaskCause.DROPPED, TaskError(
                     jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
                                          "exists"))
                 continue
@@ -581,7 +598,7 @@ class TaskManager:
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)
             await self.journal.committed()
-        if task.status not in TERMINAL:
+        if not task.ended:
             # its own future, not the shared `done` (no shield, one wake-up fewer); a
             # cancelled run() cancels only this
             task.waiter = waiter = self._loop().create_future()
@@ -646,7 +663,7 @@ class TaskManager:
             await asyncio.shield(task.done)
         if task is not None and not (task.output_dropped and self.journal is not None):
             shown = task.info()
-            if task.status == TaskStatus.QUEUED:
+            if task.queued:
                 shown.waiting = self.why_waiting(task)
             return shown
         info = await self.journal.load(task_id) if self.journal is not None else None
@@ -683,20 +700,20 @@ class TaskManager:
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)
-        if task.status in TERMINAL:
+        if task.ended:
             raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
-        if task.status == TaskStatus.QUEUED:
+        if task.queued:
             self.queue.remove(task) or self.delays.remove(task)
-            self.finish(task, TaskStatus.CANCELLED, error=TaskError(
+            self.finish(task, TaskCause.CANCEL, TaskError(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
             return task
         attempt = task.attempts[-1]
-        attempt.outcome = TaskStatus.CANCELLED
+        cancelled(attempt)
         self.dispatch.deadlines.discard(task, task.timeout)
         replica = task.replica
         assert replica is not None
-        self.finish(task, TaskStatus.CANCELLED, error=TaskError(jsonrpc.REQUEST_CANCELLED,
-                                                               "cancelled while running"))
+        self.finish(task, TaskCause.CANCEL, TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                      "cancelled while running"))
         self.dispatch.stop_attempt(task, replica, attempt, "was cancelled")
         return task
 
@@ -716,20 +733,20 @@ class TaskManager:
             return
         if self.sup.closing and self.journal is not None:
             return  # they stay queued in the journal, for the next daemon
-        status: TaskStatus
+        cause: TaskCause
         if any(x.machine.failed for x in agent.replicas):
-            status, error = TaskStatus.LOST, TaskError(jsonrpc.PEER_CLOSED,
-                                                       refusal(agent) or "")
+            cause, error = TaskCause.DROPPED, TaskError(jsonrpc.PEER_CLOSED,
+                                                        refusal(agent) or "")
         elif all(x.machine.stays_down for x in agent.replicas):
-            status, error = TaskStatus.CANCELLED, TaskError(jsonrpc.REQUEST_CANCELLED,
-                                                            f"agent {name} was stopped")
+            cause, error = TaskCause.CANCEL, TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                       f"agent {name} was stopped")
         else:
             last = next((x.last_exit for x in agent.replicas if x.last_exit), "unknown")
-            status, error = TaskStatus.LOST, TaskError(jsonrpc.PEER_CLOSED,
-                                                       f"agent {name} is down: {last}")
-        self._drain(name, status, error)
+            cause, error = TaskCause.DROPPED, TaskError(jsonrpc.PEER_CLOSED,
+                                                        f"agent {name} is down: {last}")
+        self._drain(name, cause, error)
 
-    def _drain(self, name: str, status: TaskStatus, error: TaskError) -> None:
+    def _drain(self, name: str, cause: TaskCause, error: TaskError) -> None:
         """End every task still waiting for agent `name`."""
         waiting = self.delays.of(name)
         for delayed in waiting:
@@ -738,13 +755,13 @@ class TaskManager:
         while (task := self.queue.take(name)) is not None:
             waiting.append(task)
         for task in waiting:
-            self.finish(task, status, error=error)
+            self.finish(task, cause, error)
 
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""
         self.budgets.forget(name)
         if self.by_agent.pop(name, None) is not None:
-            self._drain(name, TaskStatus.CANCELLED, TaskError(
+            self._drain(name, TaskCause.CANCEL, TaskError(
                 jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
 
     # -- from workers ---------------------------------------------------------------------
@@ -756,7 +773,7 @@ class TaskManager:
         task's journal row carries it from the task's next change (its end, as progress
         does); a report after the end is written at once."""
         task = self.budgets.on_report(r, params)
-        if task is not None and task.status in TERMINAL:
+        if task is not None and task.ended:
             self.record(task)
 
     def report_progress(self, task: Task, progress: dict[str, Any]) -> None:

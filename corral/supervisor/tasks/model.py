@@ -5,7 +5,6 @@ shared with the CLI."""
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -24,26 +23,13 @@ from ...taskviews import (
 from ..stream import Subscription
 from .ids import new_id
 from .payload import Output
+from .taskmachine import TaskMachine
 
 if TYPE_CHECKING:
     from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
 
 
-class TaskStatus(enum.StrEnum):
-    """A task's status; the values are the wire's and the journal's."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-    LOST = "lost"
-
-
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT,
-                      TaskStatus.CANCELLED, TaskStatus.LOST})
 LOST_IN_RESTART = "daemon restarted"
 
 
@@ -77,13 +63,15 @@ class Waiter(Protocol):
     def set_result(self, result: None, /) -> None: ...
 
 
-class Task:
+class Task(TaskMachine):
+    """A task: its status and retries left are its machine's (taskmachine.py), which
+    alone moves them."""
+
     __slots__ = (
         "_done", "agent", "attempts", "checkpoint", "created", "decoded", "due", "error",
-        "finished",
-        "id", "input", "journaled", "not_before", "out", "output_dropped", "priority",
-        "progress", "replica", "retries_left", "retry_on", "seq", "session", "started",
-        "status", "tenant", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
+        "finished", "id", "input", "journaled", "not_before", "out", "output_dropped",
+        "priority", "progress", "replica", "retry_on", "seq", "session", "started",
+        "tenant", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -95,12 +83,12 @@ class Task:
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int, task_id: str | None = None,
                  now: float | None = None) -> None:
+        TaskMachine.__init__(self, retries)
         self.id = new_id() if task_id is None else task_id
         self.agent = agent
         self.input = raw_input
         self.priority = priority
         self.timeout = timeout
-        self.retries_left = retries
         self.retry_on: tuple[str, ...] | None = None  # its own policy (None: its agent's)
         self.session: str | None = None  # the session of its agent it is a turn of
         # the tenant its agent was of when it was accepted: whose record it stays, whoever
@@ -115,7 +103,6 @@ class Task:
         self.due = self.created
         self.started: float | None = None
         self.finished: float | None = None
-        self.status: TaskStatus = TaskStatus.QUEUED
         # the output, read from the worker's answer in one pass and kept as its bytes
         # (forwarded as they came; decoded for a Python caller when it asks)
         self.out: Output | None = None
@@ -202,8 +189,8 @@ class Task:
                         self.started, self.finished, self.tool_calls, self.progress,
                         self.raw_output, self.error, list(self.attempts), self.output_dropped,
                         self.usage, queue_wait=queue_wait(self.due, self.started),
-                        not_before=self.not_before if self.status == TaskStatus.QUEUED
-                        else None, tenant=self.tenant)
+                        not_before=self.not_before if self.queued else None,
+                        tenant=self.tenant)
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,

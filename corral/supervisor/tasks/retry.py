@@ -8,13 +8,14 @@ worker died or the daemon stopped under it; "failed": the agent answered an erro
 `retries` and `retry_on` from its submission. The n-th retry waits `retry_backoff * 2**(n-1)`
 seconds, at most `retry_backoff_max`; with `retry_jitter` a random time between 0 and that
 (full jitter, Celery's: retries of many tasks that failed together spread out rather than
-return together). A cancelled task is never retried.
+return together). A cancelled task is never retried. Whether an attempt is retried is the
+task's machine's rule (taskmachine.py); the backoff is here.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,14 +23,6 @@ if TYPE_CHECKING:
 
 # beyond this many doublings the backoff is retry_backoff_max whatever it is
 _DOUBLINGS = 64
-
-
-def retried(outcome: str, retries_left: int, spec: AgentSpec,
-            retry_on: Sequence[str] | None) -> bool:
-    """Whether an attempt that ended `outcome` is retried: the task has retries left
-    and its policy (its own `retry_on`, else its agent's) names the outcome."""
-    return retries_left > 0 and outcome in (retry_on if retry_on is not None
-                                            else spec.retry_on)
 
 
 def backoff(spec: AgentSpec, retry: int, rand: Callable[[], float] = random.random

@@ -32,8 +32,9 @@ from ..stream import Stream
 from ..workercalls import on_request
 from .host import TaskHost
 from .ids import ANY, new_id
-from .model import TERMINAL, Task, TaskFinished
+from .model import Task, TaskFinished
 from .steps import NAMED_SEQ, RESERVED, Step, TaskSteps
+from .taskmachine import TERMINAL
 from .worker import WorkerMethods
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from ...workerproto import (
     ToolsListParams,
 )
 from ..stream import Stream
-from .model import Task, TaskProgress, TaskStatus
+from .model import Task, TaskProgress
 from .steps import TaskSteps
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class WorkerMethods:
 
     def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
         task = self.active.get(task_id) if task_id is not None else None
-        if task is None or task.replica is not r or task.status != TaskStatus.RUNNING:
+        if task is None or task.replica is not r or not task.running:
             return None
         return task
 

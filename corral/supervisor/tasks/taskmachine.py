@@ -1,0 +1,242 @@
+"""A task's lifecycle: the machine, as pure data and code without I/O.
+
+A table keyed by (status, cause) gives a task's next status and what follows (an end:
+the outcome kept and told; a retry: one spent, the task waits again); a pair not in the
+table is a bug in corral and raises. `TaskMachine` holds the status and the retries left
+and applies the table to them: every task is one (Task is a TaskMachine), and no other
+module assigns a task's status (tests/test_task_machine.py walks corral for that). The
+cluster's Lua (cluster/scripts.py) keeps the same table for a task's record in Redis,
+held to it by tests/cluster/test_task_machine_lua.py. It reads:
+
+    queued -start-> running -answered-> succeeded
+    running -failed / timed out / lost-> queued: a retry, when the task's policy names
+        the outcome and a retry is left (one is spent)
+    running -failed / timed out / lost-> failed / timed_out / lost: no retry
+    queued / running -cancel-> cancelled
+    queued -dropped (its agent will not run it: failed, down, gone)-> lost
+    running -released (a cluster node hands its claim back, or an orphaned claim is
+        taken back: nothing it ran failed, no retry spent)-> queued
+    succeeded / failed / timed_out / cancelled / lost -(any but start)-> no change: a
+        task has one outcome, and what comes after it (a late answer, a second cancel) is
+        not another
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...taskviews import TaskError
+from ..lifecycle import IllegalTransition
+
+if TYPE_CHECKING:
+    from ...taskviews import Attempt
+
+
+class TaskStatus(enum.StrEnum):
+    """A task's status; the values are the wire's, the journal's and Redis's."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT,
+                      TaskStatus.CANCELLED, TaskStatus.LOST})
+# the statuses a journal gives back after a restart (a finished task is not restored)
+UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+
+
+class TaskCause(enum.StrEnum):
+    """What moves a task."""
+
+    START = "start"  # a worker takes its attempt
+    ANSWERED = "answered"  # the worker answered the attempt with its output
+    FAILED = "failed"  # the agent answered an error, or the attempt could not be made
+    TIMED_OUT = "timed out"  # its deadline passed
+    LOST = "lost"  # its worker died, the daemon stopped under it or handed it over
+    CANCEL = "cancel"  # someone cancelled it (or its worker answered that it did)
+    DROPPED = "dropped"  # its agent will not run it (failed, down, gone)
+    RELEASED = "released"  # a cluster node gave its claim back: nothing of it failed
+
+
+S = TaskStatus
+C = TaskCause
+
+
+class TaskStep(NamedTuple):
+    """A row of the table: the next status (None: stay, nothing changes) and what
+    follows it."""
+
+    target: TaskStatus | None
+    # the attempt ended badly: the task's retry policy is asked, and a retry (RETRY)
+    # taken instead of this row when it names the outcome (`target`) and one is left
+    retry: bool = False
+    retried: bool = False  # a retry: one spent, the task waits again (for its backoff)
+    ends: bool = False  # the task's one outcome: kept, journaled, its waiters told
+
+
+IGNORE = TaskStep(None)
+RETRY = TaskStep(S.QUEUED, retried=True)
+
+
+def _table() -> dict[tuple[TaskStatus, TaskCause], TaskStep]:
+    t: dict[tuple[TaskStatus, TaskCause], TaskStep] = {}
+
+    def rows(statuses: Iterable[TaskStatus], causes: Iterable[TaskCause],
+             step: TaskStep) -> None:
+        for s in statuses:
+            for c in causes:
+                assert (s, c) not in t, (s, c)
+                t[s, c] = step
+
+    rows([S.QUEUED], [C.START], TaskStep(S.RUNNING))
+    rows([S.RUNNING], [C.ANSWERED], TaskStep(S.SUCCEEDED, ends=True))
+    rows([S.RUNNING], [C.FAILED], TaskStep(S.FAILED, retry=True, ends=True))
+    rows([S.RUNNING], [C.TIMED_OUT], TaskStep(S.TIMED_OUT, retry=True, ends=True))
+    rows([S.RUNNING], [C.LOST], TaskStep(S.LOST, retry=True, ends=True))
+    rows([S.QUEUED, S.RUNNING], [C.CANCEL], TaskStep(S.CANCELLED, ends=True))
+    rows([S.QUEUED], [C.DROPPED], TaskStep(S.LOST, ends=True))
+    rows([S.RUNNING], [C.RELEASED], TaskStep(S.QUEUED))
+    # a task has one outcome: what comes after it changes nothing (never a start: a
+    # finished task is in no queue)
+    rows(sorted(TERMINAL), sorted(set(TaskCause) - {C.START}), IGNORE)
+    return t
+
+
+TABLE = _table()
+# the same rows by status, then cause: a lookup per event without a key built for it
+_ROWS: dict[TaskStatus, dict[TaskCause, TaskStep]] = {s: {} for s in TaskStatus}
+for (_s, _c), _step in TABLE.items():
+    _ROWS[_s][_c] = _step
+
+
+M = TypeVar("M", bound="TaskMachine")
+T = TypeVar("T", bound="TaskMachine", contravariant=True)
+
+
+class RetryPolicy(Protocol[T]):
+    """Whose retry policy a task has (the task manager's answer: the task's own, else its
+    agent's), asked only when an attempt ended in an outcome a policy may retry."""
+
+    def retried_on(self, task: T, /) -> Collection[str] | None:
+        """The outcomes the task's policy retries; None: none (its agent is gone)."""
+
+
+class TaskMachine:
+    """A task's status and retries left, and the table applied to them; nothing here
+    does I/O. A Task is one: `fire` moves it and says what follows, for its manager and
+    dispatch to do; what the rest of corral decides from a task's status it asks here
+    (`queued`, `running`, `ended`)."""
+
+    __slots__ = ("retries_left", "status")
+
+    def __init__(self, retries: int) -> None:
+        self.status = TaskStatus.QUEUED
+        self.retries_left = retries
+
+    def fire(self: M, cause: TaskCause, policy: RetryPolicy[M] | None = None) -> TaskStep:
+        """Apply the row of (status, cause), and the retry rule where the row asks it: a
+        retry is left and the task's `policy` names the outcome (no policy: no retry).
+        Returns the step taken (RETRY for a retry)."""
+        try:
+            step = _ROWS[self.status][cause]
+        except KeyError:
+            raise IllegalTransition(
+                f"no task transition from {self.status.value} on {cause.value}") from None
+        if step.retry and policy is not None and self.retries_left > 0:
+            retried_on = policy.retried_on(self)
+            if retried_on is not None and step.target in retried_on:
+                self.retries_left -= 1
+                step = RETRY
+        if step.target is not None:
+            self.status = step.target
+        return step
+
+    def restored(self, status: str) -> None:
+        """A journal's unfinished task, made again after a restart, takes the status its
+        record had (a running one's attempt is then lost to the restart: `fire(LOST)`)."""
+        if status not in UNFINISHED:
+            raise IllegalTransition(f"a task restored from a journal is queued or running, "
+                                    f"not {status}")
+        self.status = TaskStatus(status)
+
+    # -- what the rest of corral asks ------------------------------------------------------
+    @property
+    def queued(self) -> bool:
+        """Waiting: for a replica, for its time (a delay, a retry's backoff), or for its
+        timed-out attempt to stop before its retry."""
+        return self.status is TaskStatus.QUEUED
+
+    @property
+    def running(self) -> bool:
+        """An attempt of it runs on a worker."""
+        return self.status is TaskStatus.RUNNING
+
+    @property
+    def ended(self) -> bool:
+        """It has its one outcome."""
+        return self.status in TERMINAL
+
+
+class AttemptOutcome(NamedTuple):
+    """How an attempt ended, as `attempt_end` decides it: the cause to fire, the error the
+    task ends with should it end on it; cause None: the attempt ended late (after a
+    timeout or a cancel had moved the task on), and `again` when the task's retry waited
+    for it to stop."""
+
+    cause: TaskCause | None
+    error: TaskError | None = None
+    again: bool = False
+
+
+ANSWERED = AttemptOutcome(C.ANSWERED)
+LATE = AttemptOutcome(None)
+LATE_AGAIN = AttemptOutcome(None, again=True)
+
+
+def attempt_end(task: TaskMachine, attempt: Attempt, latest: Attempt,
+                exc: BaseException | None, handed: str | None) -> AttemptOutcome:
+    """The worker answered `attempt` (`exc` None: with its output; else the error its
+    request raised), or its request ended without an answer; `latest` is the task's last
+    attempt, `handed` why the attempt was handed over (a drain's deadline) when it was.
+    Records the attempt's outcome and error, and says what the task does."""
+    if attempt.outcome != S.RUNNING or task.status in TERMINAL:
+        attempt.error = attempt.error or ("answered after the task ended" if exc is None
+                                          else getattr(exc, "message", str(exc)))
+        return LATE_AGAIN if task.status is S.QUEUED and attempt is latest else LATE
+    if exc is None:
+        attempt.outcome = S.SUCCEEDED
+        return ANSWERED
+    if handed is not None or (isinstance(exc, RpcError) and exc.code == jsonrpc.PEER_CLOSED):
+        # lost with its worker, or to a stop (whatever the cancelled worker answered)
+        lost = handed if handed is not None else getattr(exc, "message", str(exc))
+        attempt.outcome, attempt.error = S.LOST, lost
+        return AttemptOutcome(C.LOST, TaskError(jsonrpc.PEER_CLOSED, lost))
+    if not isinstance(exc, RpcError):
+        attempt.outcome, attempt.error = S.FAILED, str(exc)
+        return AttemptOutcome(C.FAILED, TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
+    if exc.code == jsonrpc.REQUEST_CANCELLED:
+        attempt.outcome = S.CANCELLED
+        return AttemptOutcome(C.CANCEL, TaskError(exc.code, exc.message))
+    attempt.outcome, attempt.error = S.FAILED, exc.message
+    return AttemptOutcome(C.FAILED, TaskError(exc.code, exc.message, exc.data))
+
+
+def timed_out(attempt: Attempt, timeout: float) -> AttemptOutcome:
+    """A running attempt's deadline passed (its worker is then asked to stop it)."""
+    attempt.outcome = S.TIMED_OUT
+    return AttemptOutcome(C.TIMED_OUT, TaskError(jsonrpc.REQUEST_TIMEOUT,
+                                             f"task timed out after {timeout:g} s"))
+
+
+def cancelled(attempt: Attempt) -> None:
+    """A running task's last attempt ends with its cancel."""
+    attempt.outcome = S.CANCELLED

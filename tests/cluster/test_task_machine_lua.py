@@ -1,0 +1,245 @@
+"""The cluster's Lua held to the task's machine: each case runs the scripts of
+cluster/scripts.py against a real redis-server and fires the same causes on a
+TaskMachine, and both must leave the task in the same status with the same retries left.
+
+Where the Lua differs from the table, on purpose:
+- a claim of a task no longer queued is refused without an error and changes nothing
+  (a stale stream entry is the normal case in Redis: the task was queued again under a
+  new entry); the machine refuses a start of a running or finished task as a bug;
+- a cancel of a running task marks it (CANCEL answers 'asked') and the node running it
+  cancels it at its next beat, its outcome written by FINISH: the end is the table's,
+  one beat later;
+- the takeover of a dead node's task retries it whatever its agent's `retry_on` says:
+  the record does not carry the agent's policy (a cluster refuses a task's own, and an
+  agent's default, ("lost",), is what the Lua keeps). The cases here use that default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from corral.cluster import records
+from corral.cluster.connection import connect
+from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
+from corral.supervisor.lifecycle import IllegalTransition
+from corral.supervisor.tasks.taskmachine import TaskCause, TaskMachine, TaskStatus
+
+from ..redis_harness import RedisServer
+
+K = Keys("m")
+TID = "0190a5c0-0000-7000-8000-0000000000{:02d}"
+STREAM = K.stream("acme", "w", 0)
+LOST_ERR = b'{"code":-32001,"message":"node b lost"}'
+CANCEL_ERR = b'{"code":-32003,"message":"cancelled while running"}'
+C = TaskCause
+
+
+class LuaRetryPolicy:
+    """The policy the Lua keeps for a lost attempt: an agent's default retry_on."""
+
+    def retried_on(self, task: TaskMachine) -> tuple[str, ...]:
+        return ("lost",)
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:
+    c = connect(ClusterSettings(redis=redis.url, name="m", node="n"), "n")
+    yield c
+    await c.aclose()
+
+
+class Record:
+    """One cluster task's record, moved by the scripts as a node would."""
+
+    def __init__(self, s: Scripts, c: Any, i: int) -> None:
+        self.s, self.c, self.tid = s, c, TID.format(i)
+        self.token = 0
+
+    async def entry(self) -> Any:
+        return await self.c.hget(K.task(self.tid), "entry")
+
+    async def submit(self) -> None:
+        assert await self.s.submit(
+            keys=[K.task(self.tid), STREAM, K.priorities("acme", "w"), K.agents, K.live],
+            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme", "mac"]
+        ) == 1
+
+    async def claim(self, retries: int | None = None) -> bool:
+        got = await self.s.claim(
+            keys=[K.task(self.tid), K.attempts(self.tid), K.fence, STREAM],
+            args=["b/1", "b", "2.0", await self.entry(), records.claimed_attempt("b", 2.0),
+                  2, "30.0", "acme"])
+        if got is None:
+            return False
+        self.token = got[0]
+        if retries is not None:
+            await self.c.hset(K.task(self.tid), "retries_left", retries)
+        return True
+
+    async def finish(self, status: str) -> int:
+        return int(await self.s.finish(
+            keys=[K.task(self.tid), K.attempts(self.tid), STREAM, K.outcomes, *K.listed],
+            args=[self.token, self.tid, status, b"", b"", "3.0", await self.entry(), 0, 60,
+                  await self.retries(), "0", "mac"]))
+
+    async def takeover(self, kind: str) -> Any:
+        return await self.s.takeover(
+            keys=[K.task(self.tid), K.attempts(self.tid), STREAM, K.outcomes,
+                  K.alive("b/1"), *K.listed],
+            args=[self.tid, await self.entry(), "b/1", "5.0", "node b lost", 60, LOST_ERR,
+                  kind, CANCEL_ERR, "mac", "mac"])
+
+    async def release(self) -> Any:
+        return await self.s.release(keys=[K.task(self.tid), K.attempts(self.tid), STREAM],
+                                    args=[self.token, self.tid, await self.entry(), "4.0",
+                                          "node b stopping"])
+
+    async def cancel(self) -> Any:
+        return await self.s.cancel(
+            keys=[K.task(self.tid), K.attempts(self.tid), STREAM, K.outcomes, *K.listed],
+            args=[self.tid, "4.0", CANCEL_ERR, 60, "mac"])
+
+    async def retries(self) -> int:
+        return int(await self.c.hget(K.task(self.tid), "retries_left") or 0)
+
+    async def state(self) -> tuple[str, int]:
+        status = await self.c.hget(K.task(self.tid), "status")
+        return status.decode(), await self.retries()
+
+
+Lua = Callable[[Record], Awaitable[Any]]
+
+
+def finishes(status: TaskStatus) -> Lua:
+    async def lua(r: Record) -> Any:
+        return await r.finish(status.value)
+    return lua
+
+
+def takes_over(kind: str) -> Lua:
+    async def lua(r: Record) -> Any:
+        return await r.takeover(kind)
+    return lua
+
+
+async def released(r: Record) -> Any:
+    return await r.release()
+
+
+async def cancels(r: Record) -> Any:
+    return await r.cancel()
+
+
+async def cancels_running(r: Record) -> Any:
+    """CANCEL marks it; the node running it ends it at its next beat, through FINISH."""
+    assert await r.cancel() == b"asked"
+    return await r.finish("cancelled")
+
+
+async def claims(r: Record) -> Any:
+    return await r.claim()
+
+
+# (case, retries left at the claim (None: not claimed), what the Lua does, the cause
+# fired on the machine, the Lua's answer)
+CASES: list[tuple[str, int | None, Lua, TaskCause, Any]] = [
+    ("an answer ends it succeeded", 1, finishes(TaskStatus.SUCCEEDED), C.ANSWERED, 1),
+    ("an error with no retry ends it failed", 0, finishes(TaskStatus.FAILED), C.FAILED, 1),
+    ("a timeout with no retry ends it timed out", 0, finishes(TaskStatus.TIMED_OUT),
+     C.TIMED_OUT, 1),
+    ("a dead node's task with retries left waits again, one spent", 2, takes_over("dead"),
+     C.LOST, b"requeued"),
+    ("a dead node's task with one retry left waits again", 1, takes_over("dead"), C.LOST,
+     b"requeued"),
+    ("a dead node's task with no retry left is lost", 0, takes_over("dead"), C.LOST,
+     b"lost"),
+    ("an orphaned claim waits again, no retry spent", 0, takes_over("orphan"), C.RELEASED,
+     b"requeued"),
+    ("an orphaned claim with retries keeps them", 2, takes_over("orphan"), C.RELEASED,
+     b"requeued"),
+    ("a node that stops hands its claim back, no retry spent", 1, released, C.RELEASED, 1),
+    ("a cancel of a waiting task ends it cancelled", None, cancels, C.CANCEL,
+     b"cancelled"),
+    ("a cancel of a running task ends it cancelled, at its node's beat", 1,
+     cancels_running, C.CANCEL, 1),
+]
+
+
+def machine(retries: int | None) -> TaskMachine:
+    """A task as the record is: not claimed, its retries are not set (the claiming
+    node's: read as 0)."""
+    m = TaskMachine(0 if retries is None else retries)
+    if retries is not None:
+        m.fire(C.START)
+    return m
+
+
+@pytest.mark.parametrize(("case", "retries", "lua", "cause", "answer"), CASES,
+                         ids=[c[0] for c in CASES])
+async def test_the_lua_moves_a_record_as_the_machine_moves_a_task(
+        client: Any, case: str, retries: int | None, lua: Lua, cause: TaskCause,
+        answer: Any) -> None:
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    if retries is not None:
+        assert await r.claim(retries)
+    m = machine(retries)
+    assert await r.state() == (m.status.value, m.retries_left)  # the same start
+    assert await lua(r) == answer
+    m.fire(cause, LuaRetryPolicy())
+    assert await r.state() == (m.status.value, m.retries_left), case
+
+
+async def test_a_task_asked_to_cancel_whose_node_died_ends_cancelled_as_the_machine(
+        client: Any) -> None:
+    """The cancel's mark outlives its node: the takeover ends the task cancelled, dead
+    or orphaned, retries left or not; the machine's cancel of a running task."""
+    for i, (kind, retries) in enumerate([("dead", 2), ("dead", 0), ("orphan", 1)]):
+        r = Record(Scripts(client), client, i)
+        await r.submit()
+        await r.claim(retries)
+        assert await r.cancel() == b"asked"
+        assert await r.takeover(kind) == b"cancelled"
+        m = machine(retries)
+        m.fire(C.CANCEL, LuaRetryPolicy())
+        assert await r.state() == (m.status.value, m.retries_left) == ("cancelled", retries)
+
+
+async def test_a_finished_record_moves_no_more_as_a_finished_task(client: Any) -> None:
+    """An outcome is written once: a second FINISH, a cancel, a release, a takeover of
+    a finished record change nothing, as every cause but a start is ignored by a finished
+    task's machine; a claim is refused (the machine raises: a start of a finished task
+    is a bug)."""
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    await r.claim(1)
+    assert await r.finish("failed") == 1
+    m = machine(1)
+    m.fire(C.FAILED)
+    answers = [await r.finish("succeeded"), await r.cancel(), await r.release(),
+               await r.takeover("dead")]
+    assert answers == [0, b"ended:failed", 0, None]
+    for cause in (C.ANSWERED, C.CANCEL, C.RELEASED, C.LOST):
+        assert m.fire(cause, LuaRetryPolicy()).target is None
+    assert await r.state() == (m.status.value, m.retries_left) == ("failed", 1)
+    with pytest.raises(IllegalTransition, match="no task transition from failed on start"):
+        m.fire(C.START)
+
+
+async def test_a_claim_takes_a_queued_task_alone(client: Any) -> None:
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    m = machine(None)
+    assert await r.claim()
+    m.fire(C.START)
+    assert (await r.state())[0] == m.status.value == "running"
+    # its entry read again (a claim's reply lost, say): refused, nothing changes
+    assert not await claims(r)
+    with pytest.raises(IllegalTransition, match="no task transition from running on start"):
+        m.fire(C.START)
+    assert (await r.state())[0] == m.status.value == "running"

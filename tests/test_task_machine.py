@@ -1,0 +1,314 @@
+"""A task's machine without processes: every row of its table, every pair it refuses,
+the retry rule, how an attempt ended, and that nothing else in corral assigns a task's
+status."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Collection
+from pathlib import Path
+
+import pytest
+
+from corral import jsonrpc
+from corral.jsonrpc import RpcError
+from corral.supervisor.lifecycle import IllegalTransition
+from corral.supervisor.tasks.taskmachine import (
+    ANSWERED,
+    IGNORE,
+    LATE,
+    LATE_AGAIN,
+    RETRY,
+    TABLE,
+    TERMINAL,
+    AttemptOutcome,
+    TaskCause,
+    TaskMachine,
+    TaskStatus,
+    TaskStep,
+    attempt_end,
+    cancelled,
+    timed_out,
+)
+from corral.taskviews import Attempt, TaskError
+
+S, C = TaskStatus, TaskCause
+
+
+class Policy:
+    """A task's retry policy as its manager answers it, and how often it was asked."""
+
+    def __init__(self, retried_on: Collection[str] | None) -> None:
+        self.on = retried_on
+        self.asked = 0
+
+    def retried_on(self, task: TaskMachine) -> Collection[str] | None:
+        self.asked += 1
+        return self.on
+
+
+NEVER = Policy(())
+
+
+def at(status: TaskStatus, retries: int = 0) -> TaskMachine:
+    m = TaskMachine(retries)
+    if status is not S.QUEUED:
+        m.restored("running")
+        if status is not S.RUNNING:
+            m.fire({S.SUCCEEDED: C.ANSWERED, S.FAILED: C.FAILED, S.TIMED_OUT: C.TIMED_OUT,
+                    S.LOST: C.LOST, S.CANCELLED: C.CANCEL}[status])
+    assert m.status is status
+    return m
+
+
+# The table as the design says it (the module's docstring): every pair not here refused.
+ROWS: dict[tuple[TaskStatus, TaskCause], TaskStep] = {
+    (S.QUEUED, C.START): TaskStep(S.RUNNING),
+    (S.RUNNING, C.ANSWERED): TaskStep(S.SUCCEEDED, ends=True),
+    (S.RUNNING, C.FAILED): TaskStep(S.FAILED, retry=True, ends=True),
+    (S.RUNNING, C.TIMED_OUT): TaskStep(S.TIMED_OUT, retry=True, ends=True),
+    (S.RUNNING, C.LOST): TaskStep(S.LOST, retry=True, ends=True),
+    (S.QUEUED, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
+    (S.RUNNING, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
+    (S.QUEUED, C.DROPPED): TaskStep(S.LOST, ends=True),
+    (S.RUNNING, C.RELEASED): TaskStep(S.QUEUED),
+    **{(s, c): IGNORE for s in TERMINAL for c in TaskCause if c is not C.START},
+}
+REFUSED = sorted({(s, c) for s in TaskStatus for c in TaskCause} - set(ROWS))
+
+
+def test_the_table_is_the_designs() -> None:
+    assert TABLE == ROWS
+    assert len(REFUSED) == 12
+
+
+@pytest.mark.parametrize(("status", "cause"), sorted(ROWS))
+def test_every_row_moves_a_task_as_it_says(status: TaskStatus, cause: TaskCause) -> None:
+    m = at(status, retries=3)
+    step = m.fire(cause, NEVER)  # a policy that retries nothing: the row itself
+    row = ROWS[status, cause]
+    assert step == row
+    assert m.status is (row.target or status)
+    assert m.retries_left == 3  # only a retry spends one
+    assert (m.queued, m.running, m.ended) == (
+        m.status is S.QUEUED, m.status is S.RUNNING, m.status in TERMINAL)
+
+
+@pytest.mark.parametrize(("status", "cause"), REFUSED)
+def test_every_pair_not_in_the_table_is_refused_and_changes_nothing(
+        status: TaskStatus, cause: TaskCause) -> None:
+    m = at(status, retries=1)
+    with pytest.raises(IllegalTransition) as err:
+        m.fire(cause, Policy(("failed", "timed_out", "lost")))
+    assert str(err.value) == f"no task transition from {status.value} on {cause.value}"
+    assert (m.status, m.retries_left) == (status, 1)
+
+
+def test_the_refused_pairs_are_the_bugs() -> None:
+    """An attempt's end on a task with none running, a start of a running or finished
+    task, a drop of a running one (a drop is of waiting tasks): each a bug in corral."""
+    assert set(REFUSED) == {
+        *((S.QUEUED, c) for c in (C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST, C.RELEASED)),
+        (S.RUNNING, C.START), (S.RUNNING, C.DROPPED),
+        *((s, C.START) for s in TERMINAL)}
+
+
+# -- the retry rule ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cause", [C.FAILED, C.TIMED_OUT, C.LOST])
+@pytest.mark.parametrize(("retries", "on", "retried"), [
+    (1, ("failed", "timed_out", "lost"), True),  # named, one left: retried
+    (2, ("failed", "timed_out", "lost"), True),
+    (0, ("failed", "timed_out", "lost"), False),  # none left
+    (3, (), False),  # the policy names nothing
+    (3, None, False),  # no policy (its agent is gone)
+])
+def test_a_bad_end_is_retried_while_the_policy_names_it_and_retries_last(
+        cause: TaskCause, retries: int, on: tuple[str, ...] | None, retried: bool) -> None:
+    m = at(S.RUNNING, retries)
+    step = m.fire(cause, Policy(on))
+    if retried:
+        assert step is RETRY and step.retried and not step.ends
+        assert (m.status, m.retries_left) == (S.QUEUED, retries - 1)
+    else:
+        assert step == ROWS[S.RUNNING, cause] and step.ends and not step.retried
+        assert (m.status, m.retries_left) == (ROWS[S.RUNNING, cause].target, retries)
+
+
+@pytest.mark.parametrize("cause", [C.FAILED, C.TIMED_OUT, C.LOST])
+def test_the_policy_names_the_outcome_retried(cause: TaskCause) -> None:
+    """An agent retrying only lost attempts does not retry a failed one, and so on."""
+    target = ROWS[S.RUNNING, cause].target
+    assert target is not None
+    for outcome in ("failed", "timed_out", "lost"):
+        m = at(S.RUNNING, 1)
+        assert m.fire(cause, Policy((outcome,))).retried == (outcome == target.value)
+
+
+def test_a_retry_runs_again_until_its_retries_are_spent() -> None:
+    m, policy = TaskMachine(2), Policy(("lost",))
+    outcomes = []
+    for _ in range(3):
+        m.fire(C.START)
+        outcomes.append(m.fire(C.LOST, policy).target)
+    assert outcomes == [S.QUEUED, S.QUEUED, S.LOST] and m.retries_left == 0
+    assert m.ended and policy.asked == 2  # not asked once none was left
+
+
+def test_the_policy_is_asked_only_of_a_bad_end_with_a_retry_left() -> None:
+    policy = Policy(("failed", "timed_out", "lost", "cancelled", "succeeded"))
+    for cause in (C.ANSWERED, C.CANCEL, C.RELEASED):
+        m = at(S.RUNNING, 5)
+        assert not m.fire(cause, policy).retried and m.retries_left == 5
+    assert policy.asked == 0  # a success, a cancel, a hand-back are never retried
+    at(S.RUNNING, 0).fire(C.FAILED, policy)
+    assert policy.asked == 0
+
+
+def test_a_release_waits_again_and_spends_no_retry() -> None:
+    m = at(S.RUNNING, 0)
+    step = m.fire(C.RELEASED, NEVER)
+    assert (step.target, step.retried, m.status, m.retries_left) == (
+        S.QUEUED, False, S.QUEUED, 0)
+
+
+def test_a_finished_task_has_one_outcome() -> None:
+    m = at(S.RUNNING, 1)
+    assert m.fire(C.ANSWERED).ends
+    for cause in (C.CANCEL, C.FAILED, C.LOST, C.ANSWERED, C.DROPPED, C.TIMED_OUT):
+        assert m.fire(cause, Policy(("failed", "lost"))) is IGNORE
+    assert (m.status, m.retries_left) == (S.SUCCEEDED, 1)
+
+
+# -- a restart ------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_a_restored_task_takes_its_records_status(status: str) -> None:
+    m = TaskMachine(1)
+    m.restored(status)
+    assert m.status == status
+
+
+@pytest.mark.parametrize("status", [*sorted(TERMINAL), "refused", ""])
+def test_a_finished_or_unknown_status_is_not_restored(status: str) -> None:
+    m = TaskMachine(1)
+    with pytest.raises(IllegalTransition) as err:
+        m.restored(status)
+    assert str(err.value) == (f"a task restored from a journal is queued or running, "
+                              f"not {status}")
+    assert m.status is S.QUEUED
+
+
+def test_a_running_record_after_a_restart_is_retried_or_lost_by_the_same_rule() -> None:
+    for retries, end in ((1, S.QUEUED), (0, S.LOST)):
+        m = TaskMachine(retries)
+        m.restored("running")
+        m.fire(C.LOST, Policy(("lost",)))
+        assert (m.status, m.retries_left) == (end, 0)
+
+
+# -- how an attempt ended -------------------------------------------------------------------
+def running(retries: int = 0) -> tuple[TaskMachine, Attempt]:
+    return at(S.RUNNING, retries), Attempt(0, 1, 1.0)
+
+
+def test_an_answer_succeeds() -> None:
+    m, a = running()
+    assert attempt_end(m, a, a, None, None) is ANSWERED
+    assert (a.outcome, a.error) == ("succeeded", None)
+
+
+@pytest.mark.parametrize(("exc", "handed", "end", "outcome", "error"), [
+    (RpcError(jsonrpc.PEER_CLOSED, "worker exited"), None,
+     AttemptOutcome(C.LOST, TaskError(jsonrpc.PEER_CLOSED, "worker exited")), "lost",
+     "worker exited"),
+    # handed over: lost to the stop, whatever the cancelled worker answered
+    (RpcError(jsonrpc.REQUEST_CANCELLED, "stopped"), "daemon stopping",
+     AttemptOutcome(C.LOST, TaskError(jsonrpc.PEER_CLOSED, "daemon stopping")), "lost",
+     "daemon stopping"),
+    (ValueError("bad answer"), None,
+     AttemptOutcome(C.FAILED, TaskError(jsonrpc.INTERNAL_ERROR, "bad answer")), "failed",
+     "bad answer"),
+    (RpcError(jsonrpc.REQUEST_CANCELLED, "it cancelled"), None,
+     AttemptOutcome(C.CANCEL, TaskError(jsonrpc.REQUEST_CANCELLED, "it cancelled")),
+     "cancelled", None),
+    (RpcError(-1, "agent error", {"x": 1}), None,
+     AttemptOutcome(C.FAILED, TaskError(-1, "agent error", {"x": 1})), "failed",
+     "agent error"),
+])
+def test_an_error_is_the_attempts_end(exc: BaseException, handed: str | None,
+                                      end: AttemptOutcome, outcome: str,
+                                      error: str | None) -> None:
+    m, a = running()
+    assert attempt_end(m, a, a, exc, handed) == end
+    assert (a.outcome, a.error) == (outcome, error)
+    assert m.status is S.RUNNING  # deciding moves nothing: firing does
+
+
+def test_an_answer_after_a_timeout_or_a_cancel_is_late() -> None:
+    m, a = running(retries=1)
+    end = timed_out(a, 2.5)
+    assert end == AttemptOutcome(C.TIMED_OUT, TaskError(jsonrpc.REQUEST_TIMEOUT,
+                                                        "task timed out after 2.5 s"))
+    assert m.fire(C.TIMED_OUT, Policy(("timed_out",))).retried
+    # its retry waits for this attempt to stop: its answer is late, and lets the retry go
+    assert attempt_end(m, a, a, None, None) is LATE_AGAIN
+    assert (a.outcome, a.error) == ("timed_out", "answered after the task ended")
+    # an older attempt's answer does not
+    assert attempt_end(m, Attempt(0, 1, 0.0, outcome="lost"), a, None, None) is LATE
+    m2, b = running()
+    cancelled(b)
+    m2.fire(C.CANCEL)
+    assert attempt_end(m2, b, b, RpcError(jsonrpc.REQUEST_CANCELLED, "ok"), None) is LATE
+    assert (b.outcome, b.error) == ("cancelled", "ok")
+
+
+# -- nothing outside the machine assigns a task's status ------------------------------------
+CORRAL = Path(__file__).resolve().parent.parent / "corral"
+MACHINE = CORRAL / "supervisor" / "tasks" / "taskmachine.py"
+FIELDS = frozenset(TaskMachine.__slots__)
+# receivers whose `status` is not a task's, and whose it is
+NOT_TASKS = {
+    "run": "a workflow run's status (daemon/workflows)",
+    "call": "a team call's status (supervisor/teams)",
+}
+
+
+def _assigned(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every assignment to an attribute named as a task machine's field: (line,
+    receiver)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        for t in flat:
+            if isinstance(t, ast.Attribute) and t.attr in FIELDS:
+                receiver = t.value.id if isinstance(t.value, ast.Name) else ast.unparse(t.value)
+                found.append((node.lineno, receiver))
+    return found
+
+
+def status_assignments() -> list[str]:
+    out = []
+    for path in sorted(CORRAL.rglob("*.py")):
+        for line, receiver in _assigned(ast.parse(path.read_text())):
+            if receiver not in NOT_TASKS:
+                out.append(f"{path.relative_to(CORRAL)}:{line}: {receiver}")
+    return out
+
+
+def test_one_place_assigns_a_tasks_status() -> None:
+    found = status_assignments()
+    assert found and all(f.startswith("supervisor/tasks/taskmachine.py:") for f in found), found
+    assert {f.rsplit(": ", 1)[1] for f in found} == {"self"}
+
+
+def test_the_walk_sees_an_assignment() -> None:
+    """The guard can fail: each form it looks for."""
+    tree = ast.parse("task.status = TaskStatus.QUEUED\nt.status, t.error = 'failed', e\n"
+                     "self.tasks[0].retries_left -= 1\nrun.status = 'succeeded'\n"
+                     "x.state = 1\n")
+    assert _assigned(tree) == [(1, "task"), (2, "t"), (3, "self.tasks[0]"), (4, "run")]
