@@ -53,6 +53,7 @@ async def _round(client: Any, module: Any, cluster: str, n: int) -> tuple[float,
     k = Keys(cluster)
     stream = k.stream("acme", "w", 0)
     ids = [new_id() for _ in range(n)]
+    await client.set(k.alive("n/1"), b"{}")  # a claim is a live incarnation's
     cpu0, t0 = await _cpu(client), time.perf_counter()
     for i in range(0, n, PIPE):
         await s.run([(s.submit, [k.task(t), stream, k.priorities("acme", "w"), k.agents, k.live],

@@ -266,6 +266,7 @@ async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
                          keys.agents, keys.live],
                    args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme", "mac"])
     entry = await client.hget(keys.task(tid), "entry")
+    await client.set(keys.alive("n/1"), b"{}")  # a claim is a live incarnation's
     token, *_ = await s.claim(keys=[keys.task(tid), keys.attempts(tid), keys.fence,
                                     keys.stream("acme", "w", 0)],
                               args=["n/1", "n", "2.0", entry,

@@ -70,12 +70,11 @@ class Retention:
         dead = [(s, c) for s, c in idle if c not in alive]
         if not dead:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for s, c in dead:
-            # a consumer that holds nothing loses nothing; one dead cannot read again
-            pipe.xgroup_delconsumer(s, GROUP, c)
-        await pipe.execute()
-        self.consumers_removed += len(dead)
+        # a consumer that holds nothing loses nothing; one dead cannot read again (each
+        # checked again where it is removed)
+        removed = await self.scripts.run([
+            (self.scripts.drop_consumer, [s, self.keys.alive(c)], [c]) for s, c in dead])
+        self.consumers_removed += sum(1 for r in removed if r == 1)
 
     def status(self) -> dict[str, Any]:
         return {"tasks_kept": self.settings.tasks_kept,

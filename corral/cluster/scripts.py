@@ -87,6 +87,13 @@ SUBMIT = submit_script()
 #    created, the task's checkpoint step (steps.py) or false, its session or false, the
 #    session's state or false, the caller's trace context or false}
 _CLAIM_FN = f"""
+-- A claim is a live incarnation's: one whose liveness key has lapsed (its node is to fence
+-- itself at its next beat) takes nothing, and reads nothing it would then hold. A claim
+-- delayed in Redis past its node's lapse would otherwise hold a task for a consumer
+-- already dead, which retention may have let go (decision 515).
+local function alive(prefix, consumer)
+  return redis.call('EXISTS', prefix .. 'alive:' .. consumer) == 1
+end
 local function claim(fence, stream, entry, id, prefix, c)
   local task = prefix .. 'task:' .. id
   local rec = redis.call('HMGET', task, 'status', 'entry', 'tenant')
@@ -122,6 +129,7 @@ end
 #    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
 CLAIM = _CLAIM_FN + """
 local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
+if not alive(prefix, ARGV[1]) then return false end
 local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
   {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]})
 if not got then return false end
@@ -157,9 +165,10 @@ local prefix = ARGV[8]
 local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10]}
 local out = {}
 local want = tonumber(ARGV[7])
+if not alive(prefix, ARGV[1]) then want = 0 end
 local serving = tonumber(ARGV[9])
 local held = 0
-if serving > 1 then
+if want > 0 and serving > 1 then
   -- what waits unread: every entry but those given out and not yet acknowledged (an
   -- acknowledgement deletes its entry in the same script)
   local waiting = 0
@@ -220,6 +229,7 @@ SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_scr
 local got = submit()
 if got ~= 1 then return {got} end
 local prefix = ARGV[18]
+if not alive(prefix, ARGV[12]) then return {1} end
 local tenant = ARGV[#ARGV - 1]
 local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], tenant}
 local stream_of = prefix .. 'q:' .. tenant .. ':' .. ARGV[2] .. ':'
@@ -574,6 +584,18 @@ return revision
 """
 
 
+# A dead consumer that holds nothing leaves its stream's group, checked and done in one
+# step: a claim or read that reached Redis after the caller's look (delayed past its
+# node's lapse) would otherwise have its entry forgotten with the consumer, its task
+# running forever for nobody (decision 515).
+# KEYS: stream, the consumer's liveness key; ARGV: consumer -> 1 removed, 0 kept
+DROP_CONSUMER = f"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if #redis.call('XPENDING', KEYS[1], '{GROUP}', '-', '+', 1, ARGV[1]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], '{GROUP}', ARGV[1])
+return 1
+"""
+
 # TRIM: the finished tasks (keys.done, every score 0, ordered by id and so by the time
 # each was made) beyond the newest `kept` taken out of the set and their records (task,
 # attempts) deleted in the same step, exactly those however many nodes trim at once: one
@@ -623,6 +645,7 @@ class Scripts:
         self.add_agents = redis.register_script(ADD_AGENTS)
         self.set_agent = redis.register_script(SET_AGENT)
         self.trim = redis.register_script(TRIM)
+        self.drop_consumer = redis.register_script(DROP_CONSUMER)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from corral.cluster.connection import connect
+from corral.cluster.keys import Keys
+from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import REDIS_SERVER, RedisServer, redis_server
 
@@ -30,3 +35,13 @@ def redis(tmp: Path) -> Iterator[RedisServer]:
     assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
     with redis_server(tmp / "redis") as server:
         yield server
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:
+    """A client of the test's Redis as a node of cluster `t` connects, its incarnation
+    n/1 alive (its liveness key set, as a member's is: a claim is a live incarnation's)."""
+    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
+    await c.set(Keys("t").alive("n/1"), b"{}")
+    yield c
+    await c.aclose()

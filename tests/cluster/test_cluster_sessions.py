@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,8 @@ import pytest
 import redis as redis_py
 
 from corral.cluster import records, sessions, sessionscripts
-from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
-from corral.supervisor.config import ClusterSettings
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
@@ -242,13 +239,6 @@ W = SessionKey("t1", "w", "s")  # tenant t1's agent w's session s
 IDS = [f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2)]
 
 
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[Any]:
-    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield c
-    await c.aclose()
-
-
 async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
         client: Any) -> None:
     s = Scripts(client)
@@ -317,9 +307,11 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
             args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0, "t1", "t1",
                   "mac"]) == 1
     entry = await client.hget(T.task(first), "entry")
+    await client.set(T.alive("b/1"), b"{}")  # b claims it alive, then dies
     await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("t1", "w", 0)],
                   args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
                         "30.0", "t1"])
+    await client.delete(T.alive("b/1"))
     assert await s.takeover(
         keys=[T.task(first), T.attempts(first), T.stream("t1", "w", 0), T.outcomes,
               T.alive("b/1"), *T.listed],

@@ -9,7 +9,6 @@ one the fence or Redis refuses fails its call with the reason."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +101,6 @@ def test_a_retry_on_another_node_that_diverges_is_marked_and_goes_live(
 
 K = Keys("t")
 TID = "0190a5c0-0000-7000-8000-000000000001"
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[Any]:
-    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield c
-    await c.aclose()
 
 
 async def test_only_the_claim_writes_steps_and_they_go_with_the_task(client: Any) -> None:

@@ -4,32 +4,20 @@ sets (past a batch of ids), the filters, the cursor, and members whose records e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
 
 from corral.cluster import listing, records
-from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.cluster.trust import Trust
 from corral.jsonrpc import RpcError
-from corral.supervisor.config import ClusterSettings
 from corral.supervisor.tasks.ids import IdClock
-
-from ..redis_harness import RedisServer
 
 K = Keys("t")
 T0 = 1_750_000_000.0  # the first task's time; each next one a millisecond later
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[Any]:
-    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield c
-    await c.aclose()
 
 
 async def submit_many(s: Scripts, agents: list[str]) -> list[str]:

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as sync_redis
 
-from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.membership import NodeView
 from corral.cluster.placement import plan
 from corral.cluster.scripts import Scripts
-from corral.supervisor.config import ClusterSettings
 
 from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY, running_daemon
@@ -32,13 +29,6 @@ pytestmark = pytest.mark.timeout(60)
 K = Keys("t")
 KEEPER = {"command": [PY, f"{EXAMPLES}/misbehave.py"], "env": {"PYTHONPATH": str(ROOT)},
           "retries": 1, "stop_timeout": 5.0}
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[Any]:
-    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield c
-    await c.aclose()
 
 
 async def test_two_nodes_placing_from_one_epoch_one_wins(client: Any) -> None:

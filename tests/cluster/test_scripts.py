@@ -5,30 +5,17 @@ current token; a takeover acts only on a consumer whose liveness key is gone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import pytest
 
 from corral.cluster import records
-from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
-from corral.supervisor.config import ClusterSettings
-
-from ..redis_harness import RedisServer
 
 K = Keys("t")
 TID = "0190a5c0-0000-7000-8000-00000000000{}"
 ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}'
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[Any]:
-    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield c
-    await c.aclose()
 
 
 # SUBMIT's last two arguments: the task's tenant and its MAC (not checked by Redis)
@@ -45,11 +32,20 @@ async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
 
 
 async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
+    """Task i claimed by `consumer`, alive while it claims (dead after it, unless it was
+    alive before: a takeover's tests find it dead)."""
     tid = TID.format(i)
     entry = await c.hget(K.task(tid), "entry")
-    return await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", "w", 0)],
-                         args=[consumer, consumer.split("/")[0], "2.0", entry,
-                               records.claimed_attempt("n", 2.0), 2, "30.0", TENANT[0]])
+    was = await c.exists(K.alive(consumer))
+    await c.set(K.alive(consumer), b"{}")
+    try:
+        return await s.claim(
+            keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", "w", 0)],
+            args=[consumer, consumer.split("/")[0], "2.0", entry,
+                  records.claimed_attempt("n", 2.0), 2, "30.0", TENANT[0]])
+    finally:
+        if not was:
+            await c.delete(K.alive(consumer))
 
 
 async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
@@ -366,3 +362,61 @@ async def test_progress_goes_on_the_outcomes_stream_only_when_a_client_waits(
     [(_, fields)] = await client.xrange(K.outcomes)
     assert fields == {b"task": waited.encode(), b"progress": b'{"progress":1}'}
     assert records.inline_result(waited, fields) is None  # not an outcome
+
+
+async def test_an_incarnation_whose_key_lapsed_claims_nothing_and_reads_nothing(
+        client: Any) -> None:
+    """A claim that reaches Redis after its node's liveness key lapsed (the node is yet to
+    fence itself, or its call was delayed past the lapse) takes nothing and holds no entry:
+    CLAIM, READ_CLAIM and SUBMIT_CLAIM alike. Before decision 515 it claimed the task for
+    the dead consumer, which retention then removed with its pending entry: the task stayed
+    running for nobody (found by bench_cluster_capacity, 50 nodes on a loaded machine)."""
+    from .test_submit_claim import submit_claim
+
+    s = Scripts(client)
+    stream = K.stream("acme", "w", 0)
+    assert await submit(s, 1) == 1
+    entry = await client.hget(K.task(TID.format(1)), "entry")
+    assert await s.claim(keys=[K.task(TID.format(1)), K.attempts(TID.format(1)), K.fence,
+                               stream],
+                         args=["gone/1", "gone", "2.0", entry,
+                               records.claimed_attempt("gone", 2.0), 2, "30.0", "acme"]
+                         ) is None
+    [got] = await s.run([(s.read_claim, [K.fence, stream],
+                          ["gone/1", "gone", "2.0", records.claimed_attempt("gone", 2.0), 2,
+                           "30.0", 10, K.prefix, 1, "acme"])])
+    assert got[:2] == [0, []]
+    assert await submit_claim(s, 2, consumer="gone/1") == [1]  # submitted, not claimed
+    for i in (1, 2):
+        rec = await client.hgetall(K.task(TID.format(i)))
+        assert (rec[b"status"], rec.get(b"owner")) == (b"queued", None)
+    assert (await client.xpending(stream, "corral"))["pending"] == 0  # held by nobody
+    # a live node reads and claims both
+    [got] = await s.run([(s.read_claim, [K.fence, stream],
+                          ["n/1", "n", "2.0", records.claimed_attempt("n", 2.0), 2,
+                           "30.0", 10, K.prefix, 1, "acme"])])
+    assert [c[2].decode() for c in got[1]] == [TID.format(1), TID.format(2)]
+
+
+async def test_a_dead_consumer_leaves_its_group_only_while_it_holds_nothing(
+        client: Any) -> None:
+    """DROP_CONSUMER checks and removes in one step: a consumer alive, or holding an entry,
+    stays (what it holds is a reaper's to take over); a dead one holding nothing goes."""
+    s = Scripts(client)
+    stream = K.stream("acme", "w", 0)
+    assert await submit(s, 1) == 1
+    await client.xgroup_createconsumer(stream, "corral", "idle/1")
+    await client.set(K.alive("b/1"), b"{}")
+    [got] = await s.run([(s.read_claim, [K.fence, stream],
+                          ["b/1", "b", "2.0", records.claimed_attempt("b", 2.0), 2,
+                           "30.0", 10, K.prefix, 1, "acme"])])
+    assert got[0] == 1
+    await client.delete(K.alive("b/1"))  # b/1 holds task 1's entry, and dies
+
+    async def drop(consumer: str) -> Any:
+        return await s.drop_consumer(keys=[stream, K.alive(consumer)], args=[consumer])
+
+    assert await drop("n/1") == 0  # alive (the fixture's)
+    assert await drop("b/1") == 0  # dead, but holds task 1's entry
+    assert await drop("idle/1") == 1
+    assert [c["name"] for c in await client.xinfo_consumers(stream, "corral")] == [b"b/1"]

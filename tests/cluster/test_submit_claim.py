@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,8 @@ import msgspec
 import pytest
 
 from corral.cluster import records
-from corral.cluster.connection import connect
 from corral.cluster.keys import GROUP, Keys
 from corral.cluster.scripts import Scripts
-from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
@@ -30,13 +27,6 @@ from .test_scripts import TENANT, TID, finish, submit
 
 pytestmark = pytest.mark.timeout(60)
 K = Keys("t")
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[Any]:
-    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield c
-    await c.aclose()
 
 
 async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1") -> Any:
