@@ -36,7 +36,7 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
 
 class RedisServer:
     def __init__(self, directory: Path, port: int | None = None,
-                 appendfsync: str = "everysec") -> None:
+                 appendfsync: str = "everysec", args: tuple[str, ...] = ()) -> None:
         self.dir = directory
         # "always" where a test asserts that no acknowledged write is lost to a kill -9:
         # with everysec Redis holds its AOF writes back while a background fsync is slow
@@ -44,6 +44,7 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.args = args  # more of redis-server's options (a replica's --replicaof)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +58,8 @@ class RedisServer:
                 "--appendfsync", self.appendfsync, "--maxmemory-policy", "noeviction",
                 # no RDB snapshots: the AOF is what a restart loads, and nothing is
                 # written outside this directory
-                "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
+                "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+                *self.args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + START_TIMEOUT

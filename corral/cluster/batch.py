@@ -45,7 +45,7 @@ class Batcher:
                     ) -> None:
         planned = self.plan([(keys, args) for keys, args, _ in calls])
         try:
-            results = await self.scripts.run(planned)
+            results = await self.scripts.acknowledged(planned)
         except (RedisError, OSError) as exc:
             for _, _, fut in calls:
                 if not fut.done():

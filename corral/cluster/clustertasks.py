@@ -31,9 +31,10 @@ from ..supervisor.tasks.host import TaskHost
 from ..timeouts import within
 from . import listing, records
 from .batch import Batcher
-from .connection import never_sent, read, unavailable, why
+from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
+from .replicas import Unreplicated
 from .scripts import Scripts
 from .sessions import ClusterSessions
 from .trust import AGENT, OUTCOME, TENANT, Trust
@@ -115,7 +116,7 @@ class ClusterTasks:
         try:
             tenant = await self._route(p.agent)
         except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, "the task was not accepted"
+            raise unavailable(self.settings, exc, "the task was not accepted"
                               ) from None
         local = self.host.agents.get(p.agent)
         # (this node's agent, when it runs one, is the tenant's the task is routed to)
@@ -136,23 +137,36 @@ class ClusterTasks:
                 keys=keys, args=args)
         except RedisError as exc:
             if never_sent(exc):
-                raise unavailable(self.settings.redis, exc, "the task was not accepted"
+                raise unavailable(self.settings, exc, "the task was not accepted"
                                   ) from None
-            # the answer was lost, not necessarily the submit: once more, the same id (a
-            # submit Redis already holds answers 0, and counts as accepted)
-            try:
-                got = await submit(keys=keys, args=args)
-            except RedisError as again:
-                raise unavailable(
-                    self.settings.redis, again,
-                    f"the task was not accepted, unless Redis took it before it stopped "
-                    f"answering (`corral task {task_id}` tells once it answers)") from None
+            got = await self._again(submit, keys, args, task_id)
         if got == -1:
             raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
                                             f"({max_queue} waiting, max_queue)")
         refused = self.sessions.refusal(p.agent, got)
         if refused is not None:
             raise refused
+
+    async def _again(self, submit: Any, keys: list[Any], args: list[Any], task_id: str
+                     ) -> Any:
+        """A submit whose answer was lost (not necessarily the submit), or that the
+        replicas did not confirm in time, once more with the same id: a submit Redis
+        already holds answers 0, and counts as accepted once confirmed."""
+        try:
+            [got] = await self.scripts.acknowledged([(submit, keys, args)])
+            if isinstance(got, RedisError):
+                raise got
+        except Unreplicated as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, (
+                f"the task was not acknowledged: the cluster's Redis at "
+                f"{place(self.settings)} took it, but {exc}: a failover could lose it. It "
+                f"may yet run: `corral task {task_id}` tells")) from None
+        except RedisError as again:
+            raise unavailable(
+                self.settings, again,
+                f"the task was not accepted, unless Redis took it before it stopped "
+                f"answering (`corral task {task_id}` tells once it answers)") from None
+        return got
 
     async def _table_tenant(self, agent: str) -> str | None:
         """The tenant the cluster's table of `agent` names, when Redis holds one that
@@ -181,7 +195,7 @@ class ClusterTasks:
                                       status=p.status, since=since, limit=limit,
                                       before=p.before, sees=sees)
         except RedisError as exc:
-            raise unavailable(self.settings.redis, exc,
+            raise unavailable(self.settings, exc,
                               "the cluster's tasks cannot be listed (`corral tasks --local` "
                               "lists this node's own)") from None
 

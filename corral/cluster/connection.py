@@ -1,7 +1,8 @@
 """The node's Redis client: redis-py's asyncio client (hiredis parses its replies where
 installed), one pool per node. It reconnects by itself on the next command after a lost
 connection; only reads are tried again here (`read`): the callers know whether a write
-may be."""
+may be. With [cluster] `sentinels`, each new connection asks the Sentinels which Redis
+is the primary, so that a node follows a failover without a restart."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -47,8 +59,18 @@ class _Unix(_PackedByHiredis, UnixDomainSocketConnection):
     pass
 
 
+class _SentinelTcp(_PackedByHiredis, SentinelManagedConnection):
+    pass
+
+
+class _SentinelTls(_PackedByHiredis, SentinelManagedSSLConnection):
+    pass
+
+
 _PACKED: dict[type, type] = {Connection: _Tcp, SSLConnection: _Tls,
-                             UnixDomainSocketConnection: _Unix}
+                             UnixDomainSocketConnection: _Unix,
+                             SentinelManagedConnection: _SentinelTcp,
+                             SentinelManagedSSLConnection: _SentinelTls}
 
 
 def connect(settings: ClusterSettings, node: str) -> Any:
@@ -56,18 +78,44 @@ def connect(settings: ClusterSettings, node: str) -> Any:
     awaitable or not)."""
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
     # call waits for a Redis that does not answer
-    client = Redis.from_url(
-        settings.redis, decode_responses=False, retry=Retry(NoBackoff(), 0),
-        socket_timeout=settings.node_ttl + settings.beat,
-        socket_connect_timeout=settings.beat, client_name=f"corral:{node}")
+    options: dict[str, Any] = {
+        "decode_responses": False, "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": settings.node_ttl + settings.beat,
+        "socket_connect_timeout": settings.beat, "client_name": f"corral:{node}"}
+    client = (_primary_of(settings, options) if settings.sentinels
+              else Redis.from_url(settings.redis, **options))
     # the URL chose the kind of connection (tcp, TLS, unix); its packing is hiredis's
     pool = client.connection_pool
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return client
 
 
+def _primary_of(settings: ClusterSettings, options: dict[str, Any]) -> Any:
+    """A client of the primary the Sentinels name: every connection it makes asks them
+    first, and one to a primary since demoted is dropped (redis-py's sentinel pool).
+    The URL gives the password, the database and TLS; the Sentinels, host and port."""
+    parsed: dict[str, Any] = dict(parse_url(settings.redis))
+    tls = parsed.pop("connection_class", None) is SSLConnection
+    url = {k: v for k, v in parsed.items() if k not in ("host", "port", "path")}
+    sentinels = [(host, int(port)) for host, _, port in
+                 (a.rpartition(":") for a in settings.sentinels)]
+    asked = Sentinel(sentinels, sentinel_kwargs={  # type: ignore[no-untyped-call]
+        "socket_timeout": settings.beat, "socket_connect_timeout": settings.beat})
+    assert settings.sentinel_master is not None  # (ClusterSettings.check)
+    return asked.master_for(settings.sentinel_master, **url, **options, ssl=tls)
+
+
+def place(settings: ClusterSettings) -> str:
+    """Where the cluster's Redis is, as messages and `corral nodes` say it (never with
+    its password)."""
+    if settings.sentinels:
+        return (f"{settings.sentinel_master} (the primary Sentinel "
+                f"{', '.join(settings.sentinels)} names)")
+    return shown(settings.redis)
+
+
 def shown(url: str) -> str:
-    """The URL without a password, as messages and `corral nodes` say it."""
+    """The URL without a password."""
     return redact.url(url)
 
 
@@ -87,11 +135,13 @@ async def read(call: Callable[[], Awaitable[T]]) -> T:
 
 
 def never_sent(exc: RedisError) -> bool:
-    """The command cannot have reached Redis: no connection could be made."""
-    return isinstance(exc, RedisConnectionError) and "connecting to" in str(exc)
+    """The command cannot have reached Redis: no connection could be made (nor a primary
+    found: the Sentinels name none while one fails over)."""
+    return isinstance(exc, MasterNotFoundError) or (
+        isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
 
 
-def unavailable(url: str, exc: RedisError, what: str) -> RpcError:
-    return RpcError(jsonrpc.UNAVAILABLE,
-                    f"the cluster's Redis at {shown(url)} is unreachable ({why(exc)}): {what}")
+def unavailable(settings: ClusterSettings, exc: RedisError, what: str) -> RpcError:
+    return RpcError(jsonrpc.UNAVAILABLE, f"the cluster's Redis at {place(settings)} is "
+                                         f"unreachable ({why(exc)}): {what}")
 

@@ -116,6 +116,11 @@ class Keys:
         return f"{self.prefix}fence"
 
     @property
+    def acks(self) -> str:
+        """Counter: written before each WAIT that acknowledges a write (replicas.py)."""
+        return f"{self.prefix}acks"
+
+    @property
     def live(self) -> str:
         """Sorted set (every score 0, so ordered by id, which is by time): the tasks
         queued or running, for `corral tasks`; bounded by the queues."""

@@ -34,7 +34,7 @@ from ..views import NodeInfo
 from . import records, redischeck
 from .backlog import Backlog
 from .clustertasks import ClusterTasks
-from .connection import connect, shown, unavailable, why
+from .connection import connect, place, unavailable, why
 from .declared import Declared
 from .events import EventRelay
 from .keys import Keys
@@ -44,6 +44,7 @@ from .placement import Placement
 from .puller import Puller
 from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
+from .replicas import acks_of
 from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
@@ -72,7 +73,7 @@ class ClusterNode:
         self.node = node_name(settings)
         self.redis = connect(settings, self.node)
         self.keys = Keys(settings.name)
-        self.scripts = scripts = Scripts(self.redis)
+        self.scripts = scripts = Scripts(self.redis, acks_of(settings, self.keys.acks))
         # `key`: [cluster] key_file's (trust.load_key), None without one
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
@@ -169,7 +170,7 @@ class ClusterNode:
 
     def start(self) -> None:
         self.report(f"cluster {self.settings.name}: node {self.node} on Redis "
-                    f"{shown(self.settings.redis)}")
+                    f"{place(self.settings)}")
         for name, loop in (("membership", self.membership.run), ("beat", self._beat),
                            ("outbox", self.outbox.run), ("outcomes", self.desk.tail),
                            ("placement", self.placement.run),
@@ -369,7 +370,7 @@ class ClusterNode:
         try:
             yield
         except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, what) from None
+            raise unavailable(self.settings, exc, what) from None
 
     async def add_agents(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
         with self._said("nothing was added"):
@@ -413,7 +414,7 @@ class ClusterNode:
         except RedisError as exc:
             what = (f"{name} is the cluster's agent" if name in self.host.agents else
                     f"no agent {name} on this node, and the cluster's cannot be read")
-            raise unavailable(self.settings.redis, exc, f"{what}: nothing changed"
+            raise unavailable(self.settings, exc, f"{what}: nothing changed"
                               ) from None
 
     async def refuse_deploy(self, name: str) -> None:
@@ -481,7 +482,7 @@ class ClusterNode:
         except RedisError as exc:
             if task_id in self.tasks.active or task_id in self.tasks.finished:
                 return None  # this node's engine still knows it
-            raise unavailable(self.settings.redis, exc, f"task {task_id} cannot be read"
+            raise unavailable(self.settings, exc, f"task {task_id} cannot be read"
                               ) from None
         return info
 
@@ -501,14 +502,16 @@ class ClusterNode:
                 rec = await self.redis.hmget(self.keys.task(task_id), "stream")
                 if rec[0] is None:
                     return None
-                got = await self.scripts.cancel(
-                    keys=[self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
-                          self.keys.outcomes, *self.keys.listed],
-                    args=[task_id, repr(time.time()), error,
-                          int(self.settings.tasks_kept_for),
-                          self.trust.outcome(task_id, "0", "cancelled", b"", error)])
+                [got] = await self.scripts.acknowledged([(
+                    self.scripts.cancel,
+                    [self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
+                     self.keys.outcomes, *self.keys.listed],
+                    [task_id, repr(time.time()), error, int(self.settings.tasks_kept_for),
+                     self.trust.outcome(task_id, "0", "cancelled", b"", error)])])
+                if isinstance(got, RedisError):
+                    raise got
             except RedisError as exc:
-                raise unavailable(self.settings.redis, exc,
+                raise unavailable(self.settings, exc,
                                   f"task {task_id} was not cancelled") from None
             if got is None:
                 return None
@@ -538,7 +541,7 @@ class ClusterNode:
         m = self.membership
         return {"node": self.node, "cluster": self.settings.name, "state": m.state,
                 "draining": self.draining,
-                "incarnation": m.incarnation, "redis": shown(self.settings.redis),
+                "incarnation": m.incarnation, "redis": place(self.settings),
                 "redis_error": m.error, "fences": m.fences,
                 "claimed": self.puller.claimed,
                 "claimed_at_submit": self.submit_claims.claimed, "reads": self.puller.reads,

@@ -118,7 +118,7 @@ class Outbox:
                                              self.keys.outcomes, *self.keys.listed], args)
                       for task, args in batch]
             try:
-                written = await self.scripts.run(calls) if calls else []
+                written = await self.scripts.acknowledged(calls) if calls else []
             except RedisError as exc:
                 self.report(f"cluster: {len(self.pending)} outcomes wait for Redis "
                             f"({why(exc)})")
@@ -134,13 +134,27 @@ class Outbox:
         if again:
             self.report(f"cluster: {len(again)} outcomes wait: Redis refused them "
                         f"({why(again[0][1])})")
-        for (task, _args), ok in zip(batch, written, strict=True):
-            if isinstance(ok, Exception):
-                continue
-            if ok:
-                self.published += 1
-            else:
-                self.refused += 1
-                self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
-                            "refused: the task was taken over from this node")
+        landed = [t for (t, _args), ok in zip(batch, written, strict=True) if ok == 1]
+        turned = [t for (t, _args), ok in zip(batch, written, strict=True) if ok == 0]
+        with contextlib.suppress(RedisError):
+            landed += await self._sent_before(turned)
+            turned = [t for t in turned if t not in landed]
+        self.published += len(landed)
+        for task in turned:
+            self.refused += 1
+            self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
+                        "refused: the task was taken over from this node")
         return not again
+
+    async def _sent_before(self, refused: list[ClusterTask]) -> list[ClusterTask]:
+        """Of the outcomes FINISH refused, those it refused for being there already: sent
+        before, their answer lost (a connection dropped, or the replicas had not yet
+        confirmed them), and so written under this claim's token."""
+        if not refused:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for task in refused:
+            pipe.hmget(self.keys.task(task.id), "fence", "status")
+        return [task for task, (fence, status) in zip(refused, await pipe.execute(),
+                                                      strict=True)
+                if fence == str(task.token).encode() and status == str(task.status).encode()]

@@ -13,6 +13,7 @@ from redis.exceptions import NoScriptError
 
 from . import sessionscripts
 from .keys import CHECKPOINT_FIELD, GROUP, OUTCOMES_KEPT
+from .replicas import Acks
 
 
 def _steps_key(task: str) -> str:
@@ -626,8 +627,9 @@ class Scripts:
     """The scripts registered with a client: called by their SHA (EVALSHA), loaded again
     where a restarted Redis has forgotten them."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, acks: Acks | None = None) -> None:
         self.redis = redis
+        self.acks = acks  # what acknowledges a write (replicas.py); None: Redis's answer
         self.submit = redis.register_script(SUBMIT)
         self.claim = redis.register_script(CLAIM)
         self.read_claim = redis.register_script(READ_CLAIM)
@@ -652,18 +654,30 @@ class Scripts:
         order. Not redis-py's own way of piping scripts, which asks SCRIPT EXISTS before
         every pipeline (a round trip more each time): a script Redis does not know
         answers NOSCRIPT, having done nothing, and those calls go again once loaded."""
-        results = await self._pipe(calls)
+        return await self._run(calls, None)
+
+    async def acknowledged(self, calls: list[Call]) -> list[Any]:
+        """`run`, for writes a client or a worker is told were kept: with the replicas'
+        confirmation where [cluster] ack_replicas asks for it (replicas.Unreplicated, a
+        RedisError, when they do not give it in time: the calls did run)."""
+        return await self._run(calls, self.acks)
+
+    async def _run(self, calls: list[Call], acks: Acks | None) -> list[Any]:
+        results = await self._pipe(calls, acks)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
-            again = await self._pipe([calls[i] for i in missing])
+            again = await self._pipe([calls[i] for i in missing], acks)
             for i, r in zip(missing, again, strict=True):
                 results[i] = r
         return results
 
-    async def _pipe(self, calls: list[Call]) -> list[Any]:
+    async def _pipe(self, calls: list[Call], acks: Acks | None) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        if acks is not None:
+            acks.ask(pipe)
+        answers = list(await pipe.execute(raise_on_error=False))
+        return answers if acks is None else acks.check(answers)

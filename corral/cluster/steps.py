@@ -161,7 +161,7 @@ class ClusterSteps:
                     calls.append((self.scripts.step,
                                   [self.keys.task(task_id), self.keys.steps(task_id)], args))
                 try:
-                    results: list[Any] = await self.scripts.run(calls)
+                    results: list[Any] = await self.scripts.acknowledged(calls)
                 except Exception as exc:  # whatever it is, the calls waiting are told
                     # (Redis away, or a bug): none may wait for an answer never coming
                     results = [exc] * len(calls)

@@ -627,12 +627,28 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # `insecure` says so (records are then taken unchecked)
     key_file: str | None = None
     insecure: bool = False
+    # Redis with Sentinel (docs/cluster.md#redis-that-fails-over): the Sentinels
+    # ("host:port" each) name the primary of `sentinel_master`, and a node follows a
+    # failover without a restart; `redis` then gives the scheme, password and database
+    sentinels: list[str] = []
+    sentinel_master: str | None = None
+    # a task, outcome or step is acknowledged once this many replicas have it too
+    # (WAIT): absent, 1 with `sentinels`, else 0 (the primary's word alone)
+    ack_replicas: NonNegInt | None = None
+    ack_timeout: Positive = 1.0  # seconds the replicas have to confirm a write
+
+    @property
+    def replicas_acked(self) -> int:
+        if self.ack_replicas is not None:
+            return self.ack_replicas
+        return 1 if self.sentinels else 0
 
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""
         if not self.redis.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"{where}: cluster.redis: {redact.url(self.redis)!r} is not a "
                               "redis://, rediss:// or unix:// URL")
+        self._check_sentinels(where)
         for key, value in (("name", self.name), ("node", self.node)):
             if value is not None and CLUSTER_NAME.fullmatch(value) is None:
                 raise ConfigError(f"{where}: cluster.{key}: {value!r} is not 1-64 "
@@ -652,6 +668,29 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.key_file is not None and self.insecure:
             raise ConfigError(f"{where}: cluster.insecure: true, and a key_file is given: "
                               "remove one of them")
+
+    def _check_sentinels(self, where: str) -> None:
+        if not self.sentinels:
+            if self.sentinel_master is not None:
+                raise ConfigError(f"{where}: cluster.sentinel_master: given without "
+                                  "sentinels (the Sentinels that name its primary)")
+            return
+        for address in self.sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{where}: cluster.sentinels: {address!r} is not "
+                                  "HOST:PORT")
+        if self.sentinel_master is None:
+            raise ConfigError(f"{where}: cluster.sentinel_master: the name the Sentinels "
+                              "monitor the cluster's Redis as is needed with sentinels")
+        if CLUSTER_NAME.fullmatch(self.sentinel_master) is None:
+            raise ConfigError(f"{where}: cluster.sentinel_master: {self.sentinel_master!r} "
+                              "is not 1-64 characters of letters, digits, '_', '-' and '.' "
+                              "starting with a letter or digit")
+        if self.redis.startswith("unix://"):
+            raise ConfigError(f"{where}: cluster.redis: a unix:// URL with sentinels (the "
+                              "Sentinels name a primary by host and port): use redis:// "
+                              "or rediss://")
 
 
 class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -1,0 +1,57 @@
+"""A write acknowledged once the replicas have it too: where [cluster] `ack_replicas`
+asks for N (1 by default with Sentinels), every write a client or a worker is told was
+kept (a submit, an outcome, a step, a session's checkpoint, a cancel) ends its pipeline
+with WAIT N, and is acknowledged only when N replicas confirm it within `ack_timeout`.
+Replication is asynchronous: without this, a primary killed before its replica had a
+write loses it in the failover that follows, though its client was told it was kept.
+
+WAIT counts the replication offset of the connection's own last write. A batch whose
+scripts all answered "already there" (a submit retried with its id, an outcome sent
+again) wrote nothing, and its WAIT would confirm nothing, so each batch also bumps a
+marker key first: what the batch read was written before the marker in the primary's
+one replication stream, so a replica that has the marker has it too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ..supervisor.config import ClusterSettings
+
+
+class Unreplicated(RedisError):
+    """The primary took the write and fewer replicas than `ack_replicas` confirmed it
+    in time: not acknowledged (a failover now could lose it). A RedisError, so that
+    each caller does what it does when Redis does not answer: a submit is refused, an
+    outcome waits in the outbox and goes again, a step is not kept."""
+
+
+class Acks:
+    def __init__(self, replicas: int, timeout: float, marker: str) -> None:
+        self.replicas = replicas
+        self.timeout = timeout
+        self.marker = marker  # Keys.acks
+
+    def ask(self, pipe: Any) -> None:
+        """The pipeline's last two commands: the marker's write, then WAIT."""
+        pipe.incr(self.marker)
+        pipe.execute_command("WAIT", self.replicas, int(self.timeout * 1000))
+
+    def check(self, answers: list[Any]) -> list[Any]:
+        """The pipeline's answers but the last two; Unreplicated when WAIT's (the
+        replicas that confirmed) falls short, or the marker's write failed."""
+        *calls, marked, confirmed = answers
+        if isinstance(marked, Exception):
+            raise Unreplicated(f"the write that WAIT confirms was refused ({marked})")
+        if isinstance(confirmed, Exception) or int(confirmed) < self.replicas:
+            got = confirmed if not isinstance(confirmed, Exception) else 0
+            raise Unreplicated(f"{got} of the {self.replicas} replicas ack_replicas asks "
+                               f"for confirmed it within {self.timeout:g} s (ack_timeout)")
+        return calls
+
+
+def acks_of(settings: ClusterSettings, marker: str) -> Acks | None:
+    """What acknowledges a write on this cluster; None: Redis's own answer."""
+    n = settings.replicas_acked
+    return Acks(n, settings.ack_timeout, marker) if n else None
