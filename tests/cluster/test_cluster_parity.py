@@ -1,0 +1,234 @@
+"""docs/cluster.md's parity table held (issue 56 item 2, decision 514): every task option
+(the fields of the submit params' Struct) and every agent key (AgentSpec's) has its row,
+and no row names what the code does not have; walked against two nodes, each option's
+verdict is what its probe sees, each refused agent key is refused in the row's words, the
+other keys together make a cluster agent that runs a task, and each feature's row names
+a test that exists."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+import pytest
+
+from corral import methods as m
+from corral.supervisor.config import AgentSpec
+
+from ..conftest import EXAMPLES, ROOT
+from ..daemon_harness import PY
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import Node, nodes, sleeper
+from .test_failover import answer_of, error_of
+
+pytestmark = pytest.mark.timeout(180)
+
+DOC = ROOT / "docs" / "cluster.md"
+_ROW = re.compile(r"\| (option|agent key|feature) \| `?([^`|]+?)`? \| (cluster|local|refused)"
+                  r" \| (.*) \|")
+_QUOTED = re.compile(r'"(.+)"')
+_AS = re.compile(r"^as `([^`]+)`")
+_HELD_BY = re.compile(r"tests/[\w/]+\.py(?:::\w+)?")
+
+
+class Row(NamedTuple):
+    kind: str
+    name: str
+    verdict: str
+    how: str
+
+
+def table() -> list[Row]:
+    text = DOC.read_text()
+    section = text[text.index("## Parity: one node and the cluster"):]
+    section = section[:section.index("\n## ", 1)]
+    return [Row(*found.groups()) for line in section.splitlines()
+            if (found := _ROW.fullmatch(line)) is not None]
+
+
+def said(rows: list[Row], row: Row) -> str:
+    """The refusal a row quotes (its own, or the row it says it is as)."""
+    by_name = {(r.kind, r.name): r for r in rows}
+    while (same := _AS.match(row.how)) is not None:
+        row = by_name[(row.kind, same.group(1))]
+    quoted = _QUOTED.search(row.how)
+    assert quoted is not None, f"refused row {row.name} quotes no reason"
+    return quoted.group(1).replace(" …", "")
+
+
+def test_every_task_option_and_agent_key_has_one_row_and_no_row_more() -> None:
+    rows = table()
+    options = [r.name for r in rows if r.kind == "option"]
+    keys = [r.name for r in rows if r.kind == "agent key"]
+    assert len(options) == len(set(options)) and len(keys) == len(set(keys))
+    # the code's own definitions: what a submit may say, and an agent's table
+    submit = {f.name for f in msgspec.structs.fields(m.TasksSubmit)}
+    submit |= {f.name for f in msgspec.structs.fields(m.TasksRun)}
+    assert set(options) == submit, (
+        f"options without a row: {sorted(submit - set(options))}; rows of no option: "
+        f"{sorted(set(options) - submit)}")
+    spec = {f.name for f in msgspec.structs.fields(AgentSpec)}
+    assert set(keys) == spec, (
+        f"agent keys without a row: {sorted(spec - set(keys))}; rows of no key: "
+        f"{sorted(set(keys) - spec)}")
+
+
+def test_each_feature_row_names_the_test_that_holds_it() -> None:
+    """(or is walked here: FEATURE_PROBES)"""
+    for row in (r for r in table() if r.kind == "feature"):
+        held = _HELD_BY.findall(row.how)
+        assert held or row.name in FEATURE_PROBES, f"feature {row.name}: no test named"
+        for ref in held:
+            path, _, name = ref.partition("::")
+            source = (ROOT / path).read_text()
+            assert not name or f"def {name}(" in source, f"feature {row.name}: {ref}"
+
+
+# -- the walk: two nodes, a running no agent, b running w and chat -----------------------
+def session_chat() -> str:
+    return textwrap.dedent(f"""
+        [agents.chat]
+        command = ["{PY}", "{ROOT}/tests/session_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+
+        [teams.all]
+        mode = "broadcast"
+        members = ["w"]
+    """)
+
+
+def ran_on_b(got: dict[str, Any]) -> str:
+    """A submit's answer with its outcome (wait): its verdict."""
+    if "error" in got:
+        return f"refused: {got['error']['message']}"
+    result = got["result"]
+    assert result["attempts"][0]["node"] == "b", result
+    return "cluster"
+
+
+def echo(a: Node, b: Node, **params: Any) -> str:
+    task_input = {"do": "echo", "x": 1}
+    got = answer_of(a, "tasks.submit", {"agent": "w", "input": task_input, "wait": 60,
+                                        **params})
+    if "result" in got:
+        assert got["result"]["output"] == task_input, got
+    return ran_on_b(got)
+
+
+def timeout(a: Node, b: Node) -> str:
+    got = answer_of(a, "tasks.submit", {"agent": "w", "input": {"do": "sleep", "seconds": 60},
+                                        "timeout": 0.5, "wait": 60})
+    assert got["result"]["status"] == "timed_out", got
+    return ran_on_b(got)
+
+
+def priority(a: Node, b: Node) -> str:
+    got = answer_of(a, "tasks.submit", {"agent": "w", "input": {"do": "echo"},
+                                        "priority": 7, "wait": 60})
+    assert a.call("tasks.get", {"task_id": got["result"]["task_id"]})["priority"] == 7
+    return ran_on_b(got)
+
+
+def local(a: Node, b: Node) -> str:
+    assert "no such agent: w" in (error_of(a, "tasks.submit", {
+        "agent": "w", "input": {}, "local": True}) or "")
+    got = b.call("tasks.submit", {"agent": "w", "input": {}, "local": True, "wait": 60})
+    assert got["status"] == "succeeded" and "node" not in got["attempts"][0], got
+    return "local"
+
+
+def policy(name: str, value: Any) -> Callable[[Node, Node], str]:
+    def probe(a: Node, b: Node) -> str:
+        refused = error_of(a, "tasks.submit", {"agent": "w", "input": {}, name: value})
+        assert refused is not None, name
+        # the way the refusal points to: the same option, on b's own agent
+        got = b.call("tasks.submit", {"agent": "w", "input": {}, name: value,
+                                      "local": True, "wait": 60})
+        assert got["status"] == "succeeded", got
+        return f"refused: {refused}"
+    return probe
+
+
+def session(a: Node, b: Node) -> str:
+    first = answer_of(a, "tasks.submit", {"agent": "chat", "input": {"turn": 1},
+                                          "session": "p", "wait": 60})
+    got = answer_of(a, "tasks.submit", {"agent": "chat", "input": {"turn": 2},
+                                        "session": "p", "wait": 60})
+    assert got["result"]["output"]["turns"] == [1, 2], got  # the state went on
+    return ran_on_b(first)
+
+
+def team_call(a: Node, b: Node) -> str:
+    """A call of b's team: b's to take, its steps b's tasks; a, which has no such team,
+    has nothing to route it to."""
+    assert error_of(a, "tasks.submit", {"agent": "all", "input": {"do": "echo"}}) == (
+        "no live node of cluster test runs agent all")
+    got = b.call("tasks.submit", {"agent": "all", "input": {"do": "echo"}, "wait": 60})
+    assert got["status"] == "succeeded", got
+    return "local"
+
+
+FEATURE_PROBES: dict[str, Callable[[Node, Node], str]] = {"team calls": team_call}
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
+    "agent": echo, "input": echo, "wait": echo, "timeout": timeout, "priority": priority,
+    "local": local, "session": session,
+    "traceparent": lambda a, b: echo(a, b, traceparent=TRACE),
+    "tracestate": lambda a, b: echo(a, b, traceparent=TRACE, tracestate="k=v"),
+    "delay": policy("delay", 0.1), "not_before": policy("not_before", time.time() + 0.1),
+    "retries": policy("retries", 1), "retry_on": policy("retry_on", ["failed"]),
+}
+# a value that a cluster agent's table refuses, for each key the table says is refused
+REFUSED_KEYS: dict[str, Any] = {
+    "protocol": "none", "ready": "notify", "watchdog_sec": 5.0,
+    "autoscale": {"min_replicas": 1, "max_replicas": 2}, "hibernate_after": 60.0,
+}
+
+
+def every_key(rows: list[Row]) -> dict[str, Any]:
+    """One cluster agent's table giving every key the table does not say is refused,
+    each at its default (the process's own where the default cannot run misbehave.py)."""
+    default = AgentSpec(command=["x"])
+    table = {r.name: msgspec.to_builtins(getattr(default, r.name)) for r in rows
+             if r.kind == "agent key" and r.verdict != "refused" and r.name != "name"}
+    return {**table, "command": [PY, str(EXAMPLES / "misbehave.py")],
+            "env": {"PYTHONPATH": str(ROOT)}, "placement": "cluster"}
+
+
+def test_the_table_walked_against_two_nodes(tmp: Path, redis: RedisServer) -> None:
+    rows = table()
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w", concurrency=2) + session_chat()}
+               ) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="both nodes alive")
+        for row in (r for r in rows if r.kind == "option"):
+            probe = OPTION_PROBES.get(row.name)
+            assert probe is not None, f"option {row.name}: no probe walks its row"
+            seen = probe(a, b)
+            if row.verdict == "refused":
+                assert seen == f"refused: {said(rows, row)}", (row, seen)
+            else:
+                assert seen == row.verdict, (row, seen)
+        for row in (r for r in rows if r.kind == "agent key" and r.verdict == "refused"):
+            assert row.name in REFUSED_KEYS, f"agent key {row.name}: no refused value"
+            refused = error_of(a, "agents.add", {
+                "agents": {"probe": {"command": [PY, str(EXAMPLES / "misbehave.py")],
+                                     row.name: REFUSED_KEYS[row.name]}},
+                "cluster": True, "check": False})
+            assert refused is not None and said(rows, row) in refused, (row, refused)
+        for row in (r for r in rows if r.kind == "feature" and r.name in FEATURE_PROBES):
+            assert FEATURE_PROBES[row.name](a, b) == row.verdict, row
+        # the rest, all at once: the cluster takes the table and runs its task
+        a.call("agents.add", {"agents": {"every": every_key(rows)}, "cluster": True})
+        got = wait_until(lambda: (lambda got: got if "error" not in got else None)(
+            answer_of(a, "tasks.submit", {"agent": "every", "input": {"do": "echo"},
+                                          "wait": 30})),
+            timeout=60, what="the agent of every key placed and running a task")
+        assert got["result"]["status"] == "succeeded", got
