@@ -23,11 +23,15 @@ import aiohttp
 from corral.jsonrpc import RpcError
 from corral.mcp.client import McpClient
 from corral.mcp.http import Auth, HttpTransport
+from corral.mcp.oauth import Redirect
 
-TIMEOUT = 20.0
+TIMEOUT = 60.0  # a loaded machine starts the suite's many clients slowly
 # the suite's fixed client id metadata document URL (SEP-991), and a redirect URI
 CIMD_URL = "https://conformance-test.local/client-metadata.json"
 REDIRECT = "http://localhost:3000/callback"
+# scenarios that watch how each of their tools is called (input_required rounds, a tool
+# left out for its malformed header marks while the others are still called)
+CALL_EVERY_TOOL = ("sep-2322-client-request-state", "http-invalid-tool-headers")
 
 
 async def run(url: str, scenario: str, context: dict[str, Any]) -> None:
@@ -35,7 +39,7 @@ async def run(url: str, scenario: str, context: dict[str, Any]) -> None:
     client = McpClient("conformance")
     transport = HttpTransport("conformance", url, feed=lambda b: peer.feed_line(b),
                               on_lost=lambda why: print(f"lost: {why}", file=sys.stderr),
-                              auth=auth)
+                              auth=auth, param_headers=client.param_headers)
     peer = client.make_peer(transport.send)
     client.on_version = transport.set_protocol_version
     try:
@@ -52,6 +56,18 @@ async def run(url: str, scenario: str, context: dict[str, Any]) -> None:
             print(await client.call_tool(names[0], {}, timeout=TIMEOUT))
         elif scenario.startswith("auth/") and "test-tool" in names:
             print(await client.call_tool("test-tool", {}, timeout=TIMEOUT))
+        elif context.get("toolCalls"):  # the calls the scenario names, as it names them
+            for call in context["toolCalls"]:
+                print(await client.call_tool(call["name"], call.get("arguments") or {},
+                                             timeout=TIMEOUT))
+        elif scenario == "json-schema-2020-12-preservation":
+            # the schema of the focal tool, as corral's client keeps it, sent back
+            focal = next(t for t in tools if t["name"] != "json_schema_echo")
+            print(await client.call_tool("json_schema_echo",
+                                         {"schema": focal["inputSchema"]}, timeout=TIMEOUT))
+        elif scenario in CALL_EVERY_TOOL:
+            for name in names:
+                print(await client.call_tool(name, {}, timeout=TIMEOUT))
     finally:
         await transport.close()
 
@@ -69,12 +85,13 @@ def make_auth(url: str, scenario: str, context: dict[str, Any]) -> Auth | None:
         idp_token_endpoint=context.get("idp_token_endpoint"),
         idp_id_token=context.get("idp_id_token"), idp_client_id=context.get("idp_client_id"),
         grant="client_credentials" if "client-credentials" in scenario else
-        "id_jag" if "cross-app-access" in scenario else "authorization_code")
+        "id_jag" if "cross-app-access" in scenario
+        or "enterprise-managed-authorization" in scenario else "authorization_code")
     tokens = Path(tempfile.mkdtemp(prefix="corral-conformance-")) / "tokens.json"
     return OAuth("conformance", url, settings, tokens, authorize=follow_redirect)
 
 
-async def follow_redirect(url: str, redirect_uri: str, state: str) -> str:
+async def follow_redirect(url: str, redirect_uri: str, state: str) -> Redirect:
     """The test authorization servers approve at once and redirect to `redirect_uri`: the
     code is read off that redirect (where `corral mcp login` has a browser and a loopback
     listener)."""
@@ -84,7 +101,7 @@ async def follow_redirect(url: str, redirect_uri: str, state: str) -> str:
     query = parse_qs(urlsplit(location).query)
     if not location.startswith(redirect_uri) or query.get("state") != [state]:
         raise RpcError(-32000, f"unexpected authorization redirect: {location!r}")
-    return query["code"][0]
+    return Redirect(query["code"][0], (query.get("iss") or [None])[0])
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 (optionally with an event store, so streams resume) or the legacy HTTP+SSE transport.
 
     python http_mcp_server.py streamable-http|sse [--resumable] [--json] [--token T]
-                              [--idle-timeout S] [--port P]
+                              [--idle-timeout S] [--port P] [--legacy]
 
 Binds 127.0.0.1 (port 0 unless --port), prints `port N` on stdout, then serves.
 """
@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import json
 import secrets
 import socket
 import sys
@@ -93,6 +94,43 @@ class MemoryEvents(EventStore):
             if sid == stream and msg is not None:
                 await send_callback(EventMessage(msg, eid))
         return stream
+
+
+class LegacyOnly:
+    """ASGI middleware: a 2025-11-25 server, as the SDK 1.x ones are: `server/discover` is
+    a method it does not have (the SDK 2.x below would answer it with 2026-07-28)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        parts = []
+        while True:  # the body, read whole, then handed on as it came
+            msg = await receive()
+            parts.append(msg)
+            if msg["type"] != "http.request" or not msg.get("more_body"):
+                break
+        body = b"".join(m.get("body", b"") for m in parts)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and request.get("method") == "server/discover":
+            answer = json.dumps({"jsonrpc": "2.0", "id": request.get("id"), "error": {
+                "code": -32601, "message": "Method not found"}}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": answer})
+            return
+        replay = iter(parts)
+
+        async def again() -> Any:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, again, send)
 
 
 class BearerOnly:
@@ -218,6 +256,7 @@ def main() -> None:
                    "live this many seconds")
     p.add_argument("--idle-timeout", type=float)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--legacy", action="store_true", help="speak 2025-11-25 only")
     args = p.parse_args()
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if args.transport == "sse":
@@ -232,6 +271,8 @@ def main() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(128)  # before the port is told: a client may connect at once
+    if args.legacy:
+        app = LegacyOnly(app)
     if args.token:
         app = BearerOnly(app, args.token)
     if args.oauth_lifetime:

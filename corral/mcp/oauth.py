@@ -45,8 +45,18 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFRESH_MARGIN = 60.0  # seconds before expiry at which a token is refreshed
 JSON_ACCEPT = {"Accept": "application/json"}
 
-# given the authorization URL, the redirect URI and the state: the code from the redirect
-Authorize = Callable[[str, str, str], Awaitable[str]]
+
+
+class Redirect(msgspec.Struct, frozen=True):
+    """What the authorization server's redirect carried back: the code, and the issuer
+    it names itself by (RFC 9207's `iss`), when it names one."""
+
+    code: str
+    iss: str | None = None
+
+
+# given the authorization URL, the redirect URI and the state: what the redirect carried
+Authorize = Callable[[str, str, str], Awaitable[Redirect]]
 
 
 class OAuthSettings(msgspec.Struct, kw_only=True):
@@ -220,8 +230,9 @@ class OAuth(Auth):
                 resource = None
                 issuer = _origin(self.server_url)
             meta = await _as_metadata(http, issuer, legacy=prm is None)
+            issuer = str(meta.setdefault("issuer", issuer))
             scopes = self._scopes(challenge, prm, meta)
-            client = await self._client(http, meta)
+            client = await self._client(http, meta, issuer)
             if self.settings.grant == "client_credentials":
                 form = {"grant_type": "client_credentials"}
             elif self.settings.grant == "id_jag":
@@ -235,7 +246,6 @@ class OAuth(Auth):
             if resource:
                 form["resource"] = resource
             token_endpoint = str(meta["token_endpoint"])
-            issuer = str(meta.get("issuer") or issuer)
             tokens = await _token_request(http, token_endpoint, client, form,
                                           self.settings, issuer)
         self._requested = set(scopes)
@@ -326,7 +336,8 @@ class OAuth(Auth):
             scopes.append("offline_access")  # so that a refresh token is issued
         return scopes
 
-    async def _client(self, http: aiohttp.ClientSession, meta: dict[str, Any]) -> Client:
+    async def _client(self, http: aiohttp.ClientSession, meta: dict[str, Any], issuer: str
+                      ) -> Client:
         s = self.settings
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         if s.client_id is not None:  # pre-registered
@@ -344,8 +355,10 @@ class OAuth(Auth):
             return Client(client_id=s.client_metadata_url, auth_method="none",
                           redirect_uri=s.redirect_uri)
         old = self.stored.client
+        # a registration is the authorization server's that made it: a server whose
+        # metadata now names another one gets a registration there (SEP-2352)
         if old is not None and old.redirect_uri == s.redirect_uri \
-                and self.stored.issuer is not None:
+                and self.stored.issuer == issuer:
             return old
         endpoint = meta.get("registration_endpoint")
         if not endpoint:
@@ -354,6 +367,7 @@ class OAuth(Auth):
         method = next((m for m in ("none", "client_secret_basic", "client_secret_post")
                        if m in methods), "client_secret_basic")
         body = {"client_name": "corral", "redirect_uris": [s.redirect_uri],
+                "application_type": application_type(s.redirect_uri),
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"], "token_endpoint_auth_method": method}
         async with http.post(str(endpoint), json=body, headers=JSON_ACCEPT) as resp:
@@ -388,9 +402,33 @@ class OAuth(Auth):
             query["resource"] = resource
         endpoint = str(meta["authorization_endpoint"])
         sep = "&" if "?" in endpoint else "?"
-        code = await self.authorize(f"{endpoint}{sep}{urlencode(query)}", redirect, state)
-        return {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
+        got = await self.authorize(f"{endpoint}{sep}{urlencode(query)}", redirect, state)
+        self._check_iss(meta, got)
+        return {"grant_type": "authorization_code", "code": got.code, "redirect_uri": redirect,
                 "code_verifier": verifier}
+
+
+    def _check_iss(self, meta: dict[str, Any], got: Redirect) -> None:
+        """RFC 9207: a redirect that names an issuer must name the one asked, as it is
+        (no case folding, no trailing slash dropped); one that names none is refused where
+        the server said it always names itself. Else a code from another authorization
+        server (a mix-up attack) would be redeemed here."""
+        issuer = meta.get("issuer")
+        if got.iss is not None and got.iss != issuer:
+            raise HttpError(f"{self.name}: the authorization response names issuer "
+                            f"{got.iss!r}, not {issuer!r}: the code is refused")
+        if got.iss is None and meta.get("authorization_response_iss_parameter_supported"):
+            raise HttpError(f"{self.name}: the authorization response names no issuer, "
+                            f"although {issuer} says it always does: the code is refused")
+
+
+def application_type(redirect_uri: str) -> str:
+    """OpenID registration's application_type (SEP-837): "native" for a redirect to this
+    machine's loopback or to a private scheme (corral mcp login's listener), else "web"."""
+    parts = urlsplit(redirect_uri)
+    if parts.scheme not in ("http", "https"):
+        return "native"
+    return "native" if parts.hostname in ("localhost", "127.0.0.1", "::1") else "web"
 
 
 def token_path(state_dir: Path, name: str) -> Path:
@@ -442,6 +480,11 @@ async def _as_metadata(http: aiohttp.ClientSession, issuer: str, *, legacy: bool
     for url in candidates:
         found = await _get_json(http, url)
         if found is not None and found.get("token_endpoint"):
+            named = found.get("issuer")
+            if named is not None and named != issuer and not legacy:
+                # RFC 8414 3.3: metadata of another issuer than the one asked is not used
+                raise HttpError(f"the authorization server metadata at {url} names issuer "
+                                f"{named!r}, not {issuer!r}: refusing to use it")
             return found
     if legacy:  # 2025-03-26: default endpoints at the server's origin
         return {"authorization_endpoint": f"{origin}/authorize",

@@ -87,7 +87,8 @@ class RemoteMcpServer(McpServerReplica):
                                   headers=headers, auth=auth,
                                   connect_timeout=spec.start_timeout,
                                   sse_only=spec.transport == "sse",
-                                  max_message=spec.max_message_mb * MIB)
+                                  max_message=spec.max_message_mb * MIB,
+                                  param_headers=client.param_headers)
         self.transport = transport
         self.peer = client.make_peer(transport.send)
         client.on_version = transport.set_protocol_version

@@ -1,0 +1,98 @@
+"""Tool arguments said again as HTTP headers (SEP-2243, revision 2026-07-28).
+
+A tool's `inputSchema` may mark a property with `x-mcp-header: NAME`; a Streamable HTTP
+client then sends that argument's value as the header `Mcp-Param-NAME` with every call of
+the tool, so that a gateway or load balancer can route on it without reading the body.
+The rules a definition must keep (else the client leaves that one tool out, and keeps the
+others): the name is a non-empty HTTP token, unique within the tool whatever its case,
+and the property is a string, an integer or a boolean. A value is sent as it is when it is
+printable ASCII without whitespace at its ends, else as `=?base64?…?=`; a null or missing
+argument sends no header.
+
+The transport (mcp/http.py) asks `ParamHeaders.headers` for each `tools/call`; the client
+(mcp/client.py) fills it from every `tools/list` it reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import msgspec
+
+PREFIX = "Mcp-Param-"
+MARK = "x-mcp-header"
+PRIMITIVE = ("string", "integer", "boolean")
+# RFC 9110's token: the characters a header's name may have
+TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def header_value(text: str) -> str:
+    """A value as a header carries it: base64-wrapped when it is not printable ASCII or
+    has whitespace at either end (a header would lose it)."""
+    if text.isascii() and text.isprintable() and text == text.strip():
+        return text
+    return "=?base64?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+def designations(tool: dict[str, Any]) -> dict[str, str]:
+    """The tool's argument -> header name marks; ValueError saying which rule a mark
+    breaks."""
+    schema = tool.get("inputSchema")
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        return {}
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for arg, prop in props.items():
+        if not isinstance(prop, dict) or MARK not in prop:
+            continue
+        name = prop[MARK]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"property {arg!r}: {MARK} is empty")
+        if not TOKEN.match(name):
+            raise ValueError(f"property {arg!r}: {MARK} {name!r} is not an HTTP token")
+        if name.lower() in seen:
+            raise ValueError(f"property {arg!r}: {MARK} {name!r} is used twice")
+        if prop.get("type") not in PRIMITIVE:
+            raise ValueError(f"property {arg!r}: {MARK} on a {prop.get('type')!r} value "
+                             f"(only {', '.join(PRIMITIVE)} may be mirrored)")
+        seen.add(name.lower())
+        found[arg] = name
+    return found
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return str(value)
+    return None  # null, or a value of another type than its schema's: no header
+
+
+class ParamHeaders:
+    """The header marks of one server's tools, as its last `tools/list` gave them."""
+
+    def __init__(self) -> None:
+        self._marks: dict[str, dict[str, str]] = {}
+
+    def learn(self, marks: dict[str, dict[str, str]]) -> None:
+        self._marks = {tool: m for tool, m in marks.items() if m}
+
+    def headers(self, tool: str | None, arguments: msgspec.Raw) -> dict[str, str]:
+        marks = self._marks.get(tool or "")
+        if not marks or not arguments:
+            return {}
+        try:
+            args = msgspec.json.decode(arguments)
+        except msgspec.DecodeError:
+            return {}
+        if not isinstance(args, dict):
+            return {}
+        out = {}
+        for arg, name in marks.items():
+            text = _text(args.get(arg))
+            if text is not None:
+                out[PREFIX + name] = header_value(text)
+        return out
