@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -263,13 +264,44 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 
 # Each file's time in the last run that ran it, kept in pytest's cache: scripts/flaky.py
 # repeats the slowest files (those that wait on processes, beats and deadlines, where a
-# race shows first) without a list kept by hand.
+# race shows first) without a list kept by hand. Beside it, the CPU the file's tests
+# spent (this process and every child it reaped, and theirs): a file whose time is mostly
+# not CPU waits on beats, deadlines and backoffs, and so can share a core with others
+# (bench/RESULTS.md, the suite's section).
 _FILE_SECONDS: dict[str, float] = {}
+_FILE_CPU: dict[str, float] = {}
+_CPU_MARK = "cpu_seconds"
+_cpu_since = 0.0
+
+
+def _cpu_now() -> float:
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+
+def pytest_runtest_logstart(nodeid: str, location: object) -> None:
+    global _cpu_since
+    del nodeid, location
+    _cpu_since = _cpu_now()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: object) -> Iterator[None]:
+    """Each phase's report carries the CPU spent since the last, so that a worker's reach
+    the controller (pytest-xdist sends a report's user_properties)."""
+    global _cpu_since
+    outcome = yield
+    now = _cpu_now()
+    outcome.get_result().user_properties.append((_CPU_MARK, round(now - _cpu_since, 4)))
+    _cpu_since = now
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     path = report.nodeid.split("::", 1)[0]
     _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+    cpu = sum(float(v) for k, v in report.user_properties if k == _CPU_MARK)  # type: ignore[arg-type]
+    _FILE_CPU[path] = _FILE_CPU.get(path, 0.0) + cpu
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -277,6 +309,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # a worker's reports reach the controller too, which keeps the times of all of them
     if cache is None or not _FILE_SECONDS or hasattr(session.config, "workerinput"):
         return
-    known = cache.get("corral/durations", {})
-    known.update({f: round(s, 2) for f, s in _FILE_SECONDS.items()})
-    cache.set("corral/durations", known)
+    for key, seconds in (("corral/durations", _FILE_SECONDS), ("corral/cpu", _FILE_CPU)):
+        known = cache.get(key, {})
+        known.update({f: round(s, 2) for f, s in seconds.items()})
+        cache.set(key, known)
