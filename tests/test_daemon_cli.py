@@ -783,6 +783,15 @@ def test_daemon_start_failures_are_clear(tmp: Path) -> None:
                            env=env, timeout=20)
         assert r.returncode == 1
         assert r.stderr.startswith("corral: cannot listen on /dev/null/corral.sock: ")
+        # a path past a unix socket's bound: the bound named, not the OS's reason (it has
+        # none: Python refuses the path before the kernel sees it)
+        far = tmp / ("x" * (108 - len(str(tmp)))) / "corral.sock"
+        r = subprocess.run([PY, "-m", "corral", "--socket", str(far), "daemon",
+                            "--config", str(d.config)], capture_output=True, text=True,
+                           env=env, timeout=20)
+        assert (r.returncode, r.stderr.splitlines()[-1]) == (1, (
+            f"corral: cannot listen on {far}: its path is {len(str(far))} bytes, over "
+            "SOCKET_PATH_MAX (107)"))
     finally:
         d.close()
 

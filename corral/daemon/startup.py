@@ -225,6 +225,19 @@ def dispatcher(audit: Audit) -> Dispatcher[Services]:
     return Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
 
 
+# a unix socket's path is at most this many bytes (sun_path's 108, its last a NUL)
+SOCKET_PATH_MAX = 107
+
+
+def unheard(exc: OSError, path: str | Path) -> str:
+    """Why the control socket could not listen: a path too long for a unix socket has no
+    errno (Python's own check), so its reason names the bound."""
+    size = len(os.fsencode(path))
+    if exc.strerror is None and size > SOCKET_PATH_MAX:
+        return f"its path is {size} bytes, over SOCKET_PATH_MAX ({SOCKET_PATH_MAX})"
+    return str(exc.strerror or exc)
+
+
 @contextlib.asynccontextmanager
 async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
                          taken: Taken | None, graceful: Callable[[], bool]
@@ -244,7 +257,8 @@ async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
     except AlreadyRunning as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
-        raise StartupError(f"cannot listen on {conf.paths.socket}: {exc.strerror}") from None
+        path = conf.paths.socket
+        raise StartupError(f"cannot listen on {path}: {unheard(exc, path)}") from None
     try:
         yield control
     finally:

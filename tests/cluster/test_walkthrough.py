@@ -11,6 +11,8 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -37,9 +39,22 @@ def answers(sock: Path) -> bool:
                            "info"], capture_output=True).returncode == 0
 
 
-def test_two_nodes_on_one_machine_as_the_docs_say(tmp_path: Path) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory of a short path: the nodes' sockets lie four levels under the repository,
+    and a pytest-xdist worker's tmp_path (popen-gwN/...) took them past a unix socket's 107
+    bytes (each daemon refused to listen, and the walkthrough waited for nodes that never
+    answered)."""
+    d = Path(tempfile.mkdtemp(prefix="corral-walk-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_two_nodes_on_one_machine_as_the_docs_say(short_dir: Path) -> None:
     port = str(free_port())
-    here = tmp_path / "repo"
+    here = short_dir / "repo"
     (here / "examples" / "cluster").mkdir(parents=True)
     shutil.copy(ROOT / "examples" / "hello.py", here / "examples" / "hello.py")
     for n in ("a", "b"):
