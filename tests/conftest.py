@@ -182,9 +182,21 @@ def world_readable_tree() -> Iterator[Path]:
 
 # -- hangs fail fast ----------------------------------------------------------------------
 # pytest-timeout's SIGALRM cannot interrupt a loop parked in uvloop's C code, so every
-# async test also runs under an asyncio deadline that fails just that test; pytest-timeout
-# (thread method, see pyproject) stays as the backstop for hangs outside the loop.
+# async test also runs under an asyncio deadline that fails just that test, and keeps
+# pytest-timeout's thread method as the backstop (it ends the whole process: in a
+# pytest-xdist worker, the crash took the run with it, as xdist could not give a
+# replaced worker its file). A sync test's timeout is SIGALRM's (pyproject), which fails
+# that test alone, its processes killed by its own teardown.
 ASYNC_TEST_TIMEOUT = 45.0
+
+
+def backstop(item: pytest.Item) -> pytest.MarkDecorator:
+    """An async test's pytest-timeout marker: its own seconds, if it gave some, by the
+    thread method."""
+    given = item.get_closest_marker("timeout")
+    seconds = given.kwargs.get("timeout", given.args[0] if given.args else None) if given \
+        else None
+    return pytest.mark.timeout(seconds, method="thread")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -214,6 +226,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             return with_deadline
 
         item.obj = wrap(fn)  # type: ignore[attr-defined]
+        item.add_marker(backstop(item), append=False)
 
 
 # -- beside other tests (pytest-xdist, `./test.sh` runs files in parallel) ----------------
