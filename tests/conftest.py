@@ -32,9 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
     inherits SIGINT ignored, and so would every CLI it starts: the tests that press Ctrl-C
     on `corral tail` would wait for an exit that cannot come. Give SIGINT back its
     terminal meaning in this process; its children then start with the default."""
-    del config
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    in_collection_order(config)
 
 
 def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:
@@ -199,7 +199,9 @@ def backstop(item: pytest.Item) -> pytest.MarkDecorator:
     return pytest.mark.timeout(seconds, method="thread")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):
+        items[:] = longest_first(config, items)
     import asyncio
     import functools
     import inspect
@@ -230,6 +232,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # -- beside other tests (pytest-xdist, `./test.sh` runs files in parallel) ----------------
+def in_collection_order(config: pytest.Config) -> None:
+    """The files go to the workers in the order the workers collected them (pytest-xdist
+    would reorder them by their count of tests, which put the soak's four tests, three
+    minutes of one process, at the end of the run, where nothing else ran beside it)."""
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def longest_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytest.Item]:
+    """A worker's collection, its files longest first: a file's time in the last run
+    (pytest's cache), else a file marked `long` (minutes by design: a fresh clone has no
+    cache) before the rest, and then the files with more tests first. Each file's tests
+    keep their order. Every worker reads the same cache, so each collects in one order."""
+    cache = getattr(config, "cache", None)
+    seconds: dict[str, float] = cache.get("corral/durations", {}) if cache else {}
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def rank(path: str) -> tuple[bool, float, int]:
+        long = any(i.get_closest_marker("long") for i in files[path])
+        return (not long, -seconds.get(path, 0.0), -len(files[path]))
+
+    return [item for path in sorted(files, key=rank) for item in files[path]]
+
+
 class Turns:
     """Whose turn it is across the workers of one run: every test holds a shared lock
     while it runs, a test marked `alone` the exclusive one, so it runs with no other test

@@ -28,6 +28,9 @@ from bench.soak_views import Ledger, Watch
 
 from .conftest import ROOT
 
+# three minutes of one process: in a parallel run it starts first, beside everything else
+pytestmark = pytest.mark.long
+
 GAUGE = {g.key: g for g in GAUGES}
 
 # Bounds per hour of the 3-minute soak's slopes: a gauge of the process fitted over the
