@@ -46,10 +46,10 @@ def defined_privates(package: Path) -> set[str]:
 class Reach:
     """One test file's imports of internal modules and touches of corral's private names."""
 
-    def __init__(self, path: Path, privates: set[str]) -> None:
+    def __init__(self, path: Path, root: Path, privates: set[str]) -> None:
         self.modules: set[str] = set()
         self.touches: Counter[str] = Counter()
-        package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+        package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
         tree = ast.parse(path.read_text(), str(path))
         # os._exit, sys._getframe: another library's underscore, not corral's
         others = {(a.asname or a.name).split(".")[0] for node in ast.walk(tree)
@@ -80,9 +80,12 @@ def absolute(node: ast.ImportFrom, package: str) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", action="store_true", help="each test file's own counts")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="a checkout: its corral/ and tests/ (default: this one)")
     args = ap.parse_args(argv)
-    privates = defined_privates(ROOT / "corral")
-    reaches = {p: Reach(p, privates) for p in sorted((ROOT / "tests").rglob("*.py"))}
+    root: Path = args.root
+    privates = defined_privates(root / "corral")
+    reaches = {p: Reach(p, root, privates) for p in sorted((root / "tests").rglob("*.py"))}
     modules = set().union(*(r.modules for r in reaches.values()))
     touches: Counter[str] = sum((r.touches for r in reaches.values()), Counter())
     print(f"test files: {len(reaches)}; importing an internal module: "
@@ -94,7 +97,7 @@ def main(argv: list[str]) -> int:
         for path, r in sorted(reaches.items(), key=lambda kv: -sum(kv[1].touches.values())):
             if r.touches or r.modules:
                 print(f"{sum(r.touches.values()):5} touches {len(r.modules):3} modules  "
-                      f"{path.relative_to(ROOT)}  {' '.join(sorted(r.touches))}")
+                      f"{path.relative_to(root)}  {' '.join(sorted(r.touches))}")
     return 0
 
 

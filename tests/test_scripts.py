@@ -108,3 +108,50 @@ def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
     # rounds: each its own seed, all reported
     many = flaky("-n", "3")
     assert many.stdout.count("round ") >= 3, many.stdout
+
+
+def test_suite_times_tells_a_files_waiting_from_its_cpu(tmp_path: Path) -> None:
+    def times(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
+                               "--cache", str(tmp_path), *args], capture_output=True,
+                              text=True, timeout=60)
+
+    # no run yet: said, not a traceback
+    r = times()
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"no durations in {tmp_path}: run the suite (./test.sh) first\n")
+    kept = tmp_path / "v" / "corral"
+    kept.mkdir(parents=True)
+    (kept / "durations").write_text('{"tests/a.py": 40.0, "tests/b.py": 10.0}')
+    (kept / "cpu").write_text('{"tests/a.py": 4.0, "tests/b.py": 9.0}')
+    r = times("--top", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "files: 2; time 50 s, CPU 13 s (26%), waiting 37 s; the CPU's floor on 2 cores 6 s,"
+        " the longest file 40 s",
+        "  time s   CPU s  CPU %  file",
+        "    40.0     4.0     10  tests/a.py"]
+
+
+def test_reach_counts_the_internals_a_test_holds(tmp_path: Path) -> None:
+    (tmp_path / "corral" / "worker").mkdir(parents=True)
+    (tmp_path / "corral" / "inner.py").write_text(
+        "class Box:\n    def __init__(self):\n        self._held = 1\n\n"
+        "def _helper():\n    pass\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_inside.py").write_text(
+        "import os\nfrom corral.inner import Box, _helper\n\n"
+        "def test_it():\n    assert Box()._held == Box()._held\n    os._exit\n")
+    (tmp_path / "tests" / "test_outside.py").write_text(
+        "from corral.worker import run\n\nclass Own:\n    def f(self):\n"
+        "        return self._held\n")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "reach.py"), "--files",
+                        "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # the SDK is public and a test's own self is its own: test_outside reaches nothing;
+    # os._exit is not corral's
+    assert r.stdout.splitlines() == [
+        "test files: 2; importing an internal module: 1; touching a private name: 1",
+        "internal modules imported: 1",
+        "private names touched: 2 (3 touches)",
+        "    3 touches   1 modules  tests/test_inside.py  _held _helper"]
