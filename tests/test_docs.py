@@ -257,3 +257,71 @@ def test_the_readme_names_only_files_that_exist() -> None:
         if not ((ROOT / n).exists() or (ROOT / "corral" / n).exists()
                 or ("/" not in n and n in have)))
     assert missing == []
+
+
+README_ROOTS = ("docs", "tests", "examples", "scripts", "bench", "corral", "systemd", ".ci")
+
+
+def _ignored(path: str) -> bool:
+    """A path under a directory .gitignore names (`examples/.corral/`, made by a run)."""
+    dirs = [line.strip().rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+            if line.strip().endswith("/") and "*" not in line]
+    return any(path == d or path.startswith(d + "/") for d in dirs)
+
+
+def readme_paths(text: str) -> set[str]:
+    """The repository paths a text names anywhere (prose, code blocks, links): those under
+    one of the repository's top directories, and its scripts at the root (`./test.sh`)."""
+    roots = "|".join(re.escape(r) for r in README_ROOTS)
+    found = {m.group(1).rstrip(".,;:") for m in re.finditer(
+        rf"(?<![\w/.$-])(?:\./)?((?:{roots})/[\w./-]*)", text)}
+    found |= set(re.findall(r"(?<![\w/])\./([\w.-]+\.sh)\b", text))
+    return found
+
+
+def test_every_repository_path_the_readme_names_exists() -> None:
+    """Beyond the backquoted names above: every path under the repository's top
+    directories the README names, in its prose, its commands and its links, is there (a
+    directory a run makes, ignored by git, aside)."""
+    paths = readme_paths((ROOT / "README.md").read_text())
+    assert len(paths) > 40
+    missing = sorted(p for p in paths if not _ignored(p) and not (ROOT / p).exists())
+    assert missing == []
+
+
+def test_the_path_walk_sees_a_path_that_is_gone() -> None:
+    paths = readme_paths("run `./gone.sh`, then see docs/gone.md and corral/cli/gone.py.\n"
+                         "state stays in examples/.corral/corral.sock")
+    assert paths == {"gone.sh", "docs/gone.md", "corral/cli/gone.py",
+                     "examples/.corral/corral.sock"}
+    assert [p for p in sorted(paths) if not _ignored(p) and not (ROOT / p).exists()] == [
+        "corral/cli/gone.py", "docs/gone.md", "gone.sh"]
+
+
+def layout_names(section: str) -> list[tuple[str, str]]:
+    """(the package a name is read in, the name) for each backquoted file or directory of
+    the README's Layout: a bare `x.py` or `sub/` is the last named package's
+    (`corral/daemon/`), as the section writes them."""
+    package = ""
+    out = []
+    for name in re.findall(r"`([\w./-]+(?:\.py|/))`", section):
+        if name.startswith("corral/") and name.endswith("/"):
+            package = name
+        out.append((package, name))
+    return out
+
+
+def test_the_readmes_layout_names_each_file_in_the_package_it_is_listed_under() -> None:
+    """`corral/daemon/` ... `tasks.py` is corral/daemon/tasks.py, not any tasks.py: a
+    module moved to another package (or into a package of its own) is caught."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    names = layout_names(section)
+    assert len(names) > 40
+    # a bare file's name is its package's alone; a path or a directory is the package's,
+    # the root's or corral's
+    missing = [f"{name} (under {package or 'the root'})" for package, name in names
+               if not any((ROOT / base / name).exists() for base in (
+                   [package] if package and "/" not in name and name.endswith(".py")
+                   else [package, "", "corral"]))]
+    assert missing == []
