@@ -251,7 +251,9 @@ def test_keys_lists_the_other_tools_names_for_corrals() -> None:
     assert "restart            autorestart (supervisord, PM2)" in lines
     assert ("exit_codes         exitcodes (supervisord), stop_exit_codes (PM2), "
             "SuccessExitStatus (systemd)") in lines
-    assert "after              priority (supervisord), After (systemd)" in lines
+    assert ("after              priority (supervisord), depends_on (supervisord), "
+            "After (systemd)") in lines
+    assert "restart_cron       cron_restart (PM2)" in lines
     r = corral("import")
     assert (r.returncode, r.stderr.splitlines()[-1]) == (
         2, "Error: give the files to import (or --keys)")

@@ -44,6 +44,7 @@ from .audit import Audit
 from .caller import Caller
 from .clusterpeer import NotANode
 from .control import ControlServer
+from .cronrestart import ScheduledRestarts
 from .dependents import Dependents
 from .drain import Drain
 from .extras import Extras
@@ -337,6 +338,9 @@ class Daemon:
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
         parts.stream.subscribe(watches.on_transition, Transition)
         await enter(part.closed(watches.close))
+        scheduled = ScheduledRestarts(parts.agents, fleet, hub.daemon)
+        parts.stream.subscribe(scheduled.on_transition, Transition)
+        await enter(part.closed(scheduled.close))
         dependents = Dependents(parts.agents, hub.daemon, lambda why: self.fail(hub, why))
         parts.stream.subscribe(dependents.on_transition, Transition)
         await enter(part.closed(dependents.close))

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..supervisor.config import ConfigError
 from ..supervisor.othernames import target
+from ..supervisor.schedule import Cron, ScheduleError
 from .model import How, Imported
 
 EVAL_TIMEOUT = 10.0
@@ -39,7 +40,6 @@ _SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
 NOT_CARRIED = {
     "exec_mode": "corral runs each replica as a process of its own: PM2's cluster mode "
                  "(replicas sharing one listening socket) has no equivalent",
-    "cron_restart": "corral has no restart on a schedule",
     "error_file": "corral writes an app's stderr with its stdout, to one log",
     "merge_logs": "corral writes one log per agent, its replicas' lines tagged",
     "log_date_format": "corral's log lines carry an ISO 8601 time (log_format = \"tagged\")",
@@ -62,7 +62,8 @@ CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
            "stop_exit_codes", "min_uptime", "max_restarts", "restart_delay",
            "exp_backoff_restart_delay", "kill_timeout", "max_memory_restart", "watch",
            "listen_timeout", "uid", "user", "gid", "autostart", "out_file", "log_file",
-           "env_file", "exec", "cmd", "exec_interpreter", "output", "log"}
+           "env_file", "exec", "cmd", "exec_interpreter", "output", "log",
+           "cron_restart"}
 SCRIPT_KEYS = ("script", "exec", "cmd")
 
 
@@ -214,6 +215,7 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path,
                           [f"{w.rstrip('/')}/**/*" for w in
                            ([watch] if isinstance(watch, str) else watch)])
     _log_file(app, table, where, imp)
+    _cron(app.get("cron_restart"), table, where, imp)
     env = app.get("env")
     if isinstance(env, dict):
         table["env"] = {str(k): _text(v) for k, v in env.items()}
@@ -256,6 +258,20 @@ def _command(app: dict[str, Any], script: str, where: str, imp: Imported) -> lis
     if interpreter in (None, "", "none"):
         return [script, *argv]
     return [str(interpreter), *extra, script, *argv]
+
+
+def _cron(v: Any, table: dict[str, Any], where: str, imp: Imported) -> None:
+    """cron_restart as restart_cron: five fields; PM2's seconds field (six) has no place
+    in corral's cron, nor has a cron its parser refuses, each said."""
+    if v is None:
+        return
+    try:
+        Cron(str(v))
+    except ScheduleError as exc:
+        imp.note(where, "cron_restart", f"{json.dumps(v)}: not carried: {exc} (corral's "
+                                        "restart_cron is five fields, minutes first)")
+        return
+    table["restart_cron"] = str(v)
 
 
 def _statuses(v: Any, where: str) -> list[int]:

@@ -20,7 +20,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from .. import redact
-from .schedule import ScheduleSpec
+from .schedule import Cron, ScheduleError, ScheduleSpec
 from .teams.definition import TeamSpec
 from .workflows.definition import WorkflowSpec
 
@@ -312,6 +312,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # development mode: restart (rolling) when a file matching one of these globs, under
     # the agent's cwd, changes
     watch: list[str] = []
+    # a restart on a schedule (daemon/cronrestart.py), five cron fields (UTC), as PM2's
+    # cron_restart: graceful, as `corral restart` is; None: none
+    restart_cron: str | None = None
     # elastic fleets (docs/elastic.md): the replica count follows the load; an idle agent
     # hibernates (checkpoint, then stop) after hibernate_after seconds; 0: never
     autoscale: Autoscale | None = None
@@ -337,6 +340,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
         if self.retry_backoff_max < self.retry_backoff:
             raise ValueError(f"retry_backoff_max ({self.retry_backoff_max:g}) is below "
                              f"retry_backoff ({self.retry_backoff:g})")
+        if self.restart_cron is not None:
+            try:
+                Cron(self.restart_cron)
+            except ScheduleError as exc:
+                raise ValueError(f"restart_cron: {exc}") from None
 
     @property
     def elastic(self) -> bool:

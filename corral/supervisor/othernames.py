@@ -41,6 +41,7 @@ _TABLE = [
     ("exp_backoff_restart_delay", "backoff_initial", (_P,)),
     ("max_memory_restart", "limits.rss_mb", (_P,)),
     ("listen_timeout", "start_timeout", (_P,)),
+    ("cron_restart", "restart_cron", (_P,)), ("depends_on", "after", (_S,)),
     ("ExecStart", "command", (_D,)), ("WorkingDirectory", "cwd", (_D,)),
     ("RestartSec", "backoff_initial", (_D,)), ("TimeoutStopSec", "stop_timeout", (_D,)),
     ("TimeoutStartSec", "start_timeout", (_D,)),

@@ -1,0 +1,78 @@
+"""A restart on a schedule (issue 57): `restart_cron` restarts an agent at each minute
+its cron fields match, gracefully (a protocol agent rolling, a plain program stopped and
+started), a replica stopped by hand left stopped; a cron corral cannot read is refused at
+load; PM2's cron_restart is imported as it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from .daemon_harness import hello, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+EVERY_MINUTE = 'restart_cron = "* * * * *"\n'
+PLAIN = textwrap.dedent("""
+    [agents.plain]
+    command = ["sleep", "600"]
+    protocol = "none"
+    restart_cron = "* * * * *"
+
+    [agents.held]
+    command = ["sleep", "600"]
+    protocol = "none"
+    restart_cron = "* * * * *"
+""")
+
+
+def test_each_matching_minute_restarts_the_agent_gracefully_but_one_stopped_by_hand(
+        ) -> None:
+    with running_daemon(shared_tmpdir(), hello("chat", extra=EVERY_MINUTE) + PLAIN) as d:
+        wait_until(lambda: all(s["state"] == "ready" for s in d.status().values()),
+                   what="all ready")
+        assert d.cli("stop", "held").returncode == 0
+        before = {k: s["pid"] for k, s in d.status().items()}
+        # the next minute's restart: up to a minute away, and the pair's own time
+        wait_until(lambda: all((s := d.status()[k])["state"] == "ready"
+                               and s["pid"] not in (None, before[k])
+                               for k in ("chat#0", "plain#0")),
+                   timeout=90, what="chat and plain restarted on their schedule")
+        st = d.status()
+        assert (st["held#0"]["state"], st["held#0"]["pid"]) == ("terminated", None)
+        said = (d.state / "logs" / "corral.log").read_text()
+        for name in ("chat", "plain"):
+            assert f"{name}: restarting on its schedule (restart_cron * * * * *)" in said
+        assert "held: restarting on its schedule" not in said
+        # not a failure: the restart policy's count is untouched
+        assert (st["chat#0"]["restarts"], st["plain#0"]["restarts"]) == (0, 0)
+
+
+def test_a_cron_corral_cannot_read_is_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(
+        '[agents.a]\ncommand = "sleep 1"\nprotocol = "none"\nrestart_cron = "0 3 * *"\n')
+    r = subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check",
+                        "c.toml"], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == ('corral: invalid config: c.toml: agents.a: restart_cron: cron '
+                        '"0 3 * *": expected 5 fields (minute hour day month weekday), '
+                        "got 4\n")
+
+
+def test_pm2s_cron_restart_is_imported_as_restart_cron(tmp_path: Path) -> None:
+    (tmp_path / "eco.json").write_text(
+        '{"apps": [{"name": "nightly", "script": "job.sh", "cron_restart": "0 3 * * *"},'
+        ' {"name": "secs", "script": "job.sh", "cron_restart": "*/30 * * * * *"}]}')
+    r = subprocess.run([sys.executable, "-m", "corral", "import", "eco.json"],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert 'restart_cron = "0 3 * * *"' in r.stdout.split("[agents.secs]")[0]
+    assert "restart_cron" not in r.stdout.split("[agents.secs]")[1]
+    assert r.stderr == (
+        'corral import: eco.json: apps[1] (secs): cron_restart: "*/30 * * * * *": not '
+        'carried: cron "*/30 * * * * *": expected 5 fields (minute hour day month '
+        "weekday), got 6 (corral's restart_cron is five fields, minutes first)\n")
