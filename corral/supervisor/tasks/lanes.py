@@ -22,7 +22,6 @@ from ...jsonrpc import RpcError
 from ...taskviews import TaskError, TaskResult
 from .durable import TaskJournal
 from .model import Task
-from .taskmachine import TERMINAL
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -110,7 +109,7 @@ class Lanes:
                 if isinstance(task, RpcError):
                     results[i] = TaskResult("", "refused", None,
                                             TaskError(task.code, task.message), [])
-                elif task.status in TERMINAL:
+                elif task.ended:
                     self._keep(i, task)
                 else:
                     lane = lanes.pop()

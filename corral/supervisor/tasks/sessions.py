@@ -583,7 +583,7 @@ class Sessions:
         ahead = s.line.index(task)
         more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
         return (f"session {task.session}: task {s.current.id} "
-                f"{'runs' if s.current.status == 'running' else 'waits before it'}{more}")
+                f"{'runs' if s.current.running else 'waits before it'}{more}")
 
     def _finished(self, e: TaskFinished) -> None:
         task = e.task
