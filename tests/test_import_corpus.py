@@ -277,3 +277,24 @@ def test_every_file_of_the_corpus_imports_whole(row: dict[str, str], tmp_path: P
                      for k in keys - carried - quiet
                      if not k.startswith("env_") and f": {k}:" not in said})
     assert unsaid == [], "keys neither carried nor said"
+
+
+def test_a_profile_no_app_has_is_said_with_those_there_are(tmp_path: Path) -> None:
+    """`--env prod` where the apps say env_production: pm2 would run them on env alone,
+    silently; corral says so, naming the profiles there are. On a file that is not PM2's
+    the flag is said not read."""
+    apps = {"apps": [{"name": "a", "script": "a.sh", "env": {"X": "1"},
+                      "env_production": {"X": "2"}},
+                     {"name": "b", "script": "b.sh", "env_staging": {"Y": "1"}}]}
+    (tmp_path / "eco.json").write_text(json.dumps(apps))
+    (tmp_path / "Procfile").write_text("web: serve\n")
+    r = corral("import", "--env", "prod", "eco.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "corral import: eco.json: --env: prod: no app has env_prod: each has its env alone "
+        "(the profiles here: production, staging)")
+    assert 'X = "1"' in r.stdout
+    r = corral("import", "--env", "production", "Procfile", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "corral import: --env production: not read: a "
+                                           "PM2 profile, and no file here is a PM2 "
+                                           "ecosystem file\n")

@@ -58,6 +58,9 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     for imp in imports:
         for line in imp.notes:
             click.echo(f"corral import: {line}", err=True)
+    if profile is not None and all(imp.kind != "pm2" for imp in imports):
+        click.echo(f"corral import: --env {profile}: not read: a PM2 profile, and no file "
+                   "here is a PM2 ecosystem file", err=True)
     text = render(imports)
     if output is None:
         click.echo(text, nl=False)

@@ -83,6 +83,12 @@ def read(path: Path, how: How) -> Imported:
             _app(app, where, imp, path.parent, how.profile)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    profiles = sorted({k[4:] for app in apps if isinstance(app, dict) for k in app
+                       if k.startswith("env_") and k != "env_file"})
+    if how.profile is not None and how.profile not in profiles:
+        # pm2 start --env NAME would run each app on its env alone: a misspelt NAME too
+        imp.note("--env", how.profile, f"no app has env_{how.profile}: each has its env "
+                 f"alone (the profiles here: {', '.join(profiles) or 'none'})")
     if isinstance(data, dict):
         for k in sorted(set(data) - {"apps"}):
             imp.note(k, "(top level)", "not carried: only apps become agents "
