@@ -194,7 +194,8 @@ class TenantRegistry:
         old = self.tables[name]
         new = {**old}
         for key, value in changes.items():
-            if value is None or value == 0:
+            # None or a number 0 resets the key (false is no number: refused as a type)
+            if value is None or (value == 0 and type(value) in (int, float)):
                 new.pop(key, None)
             else:
                 new[key] = value
