@@ -72,17 +72,27 @@ def _window(r: redis_py.Redis, window: float) -> tuple[float, int, float]:
     return cpu1 - cpu0, cmds1 - cmds0, time.monotonic() - t0
 
 
+def _calls(r: redis_py.Redis) -> dict[str, int]:
+    """Calls so far of each command (and script, by EVALSHA), from INFO commandstats."""
+    return {name.removeprefix("cmdstat_"): int(v["calls"])
+            for name, v in r.info("commandstats").items()}
+
+
 def _idle(r: redis_py.Redis, nodes: int, window: float, beat: float,
           alone: float) -> dict[str, Any]:
     """The nodes' share of Redis's CPU while they idle: beyond `alone`, Redis's own CPU a
-    second with no client (its cron)."""
+    second with no client (its cron); and the commands a node sends a beat, most first."""
+    before = _calls(r)
     cpu, cmds, wall = _window(r, window)
+    after = _calls(r)
     cpu -= alone * wall
     beats = nodes * wall / beat
+    by = sorted(((after[c] - before.get(c, 0)) / beats, c) for c in after)
     return {"nodes": nodes, "window_s": round(wall, 2),
             "redis_cpu_percent": round(cpu / wall * 100, 2),
             "redis_cpu_us_per_node_beat": round(cpu / beats * 1e6, 1),
-            "commands_per_node_beat": round(cmds / beats, 1)}
+            "commands_per_node_beat": round(cmds / beats, 1),
+            "most_per_node_beat": {c: round(n, 2) for n, c in reversed(by[-6:])}}
 
 
 def _tasks(r: redis_py.Redis, ds: list[CorralDaemon], n: int) -> dict[str, Any]:

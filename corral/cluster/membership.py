@@ -329,10 +329,8 @@ class Membership:
             return set()
 
         async def exist() -> list[int]:
-            pipe = self.redis.pipeline(transaction=False)
-            for c in consumers:
-                pipe.exists(self.keys.alive(c))
-            return list(await pipe.execute())
+            return list(await self.scripts.alive(keys=[self.keys.alive(c)
+                                                       for c in consumers]))
 
         found = await read(exist)
         return {c for c, n in zip(consumers, found, strict=True) if n}

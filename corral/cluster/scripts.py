@@ -585,6 +585,15 @@ return revision
 """
 
 
+# Which of the given liveness keys exist, in one call: a command each made every node's
+# beat send as many commands as there are nodes (bench_cluster_capacity).
+# KEYS: liveness keys -> 1 or 0 each, in order
+ALIVE = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('EXISTS', k) end
+return out
+"""
+
 # A dead consumer that holds nothing leaves its stream's group, checked and done in one
 # step: a claim or read that reached Redis after the caller's look (delayed past its
 # node's lapse) would otherwise have its entry forgotten with the consumer, its task
@@ -648,6 +657,7 @@ class Scripts:
         self.set_agent = redis.register_script(SET_AGENT)
         self.trim = redis.register_script(TRIM)
         self.drop_consumer = redis.register_script(DROP_CONSUMER)
+        self.alive = redis.register_script(ALIVE)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in
