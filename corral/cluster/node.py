@@ -218,7 +218,7 @@ class ClusterNode:
 
     async def _check_redis(self) -> None:
         """Said in the log when what Redis risks changes (at the first beat: at all)."""
-        now = await redischeck.warnings(self.redis)
+        now = await redischeck.warnings(self.redis, self.settings.replicas_acked)
         if now != self.redis_warnings:
             for line in now:
                 self.report(f"cluster: warning: {line}")

@@ -1,8 +1,9 @@
 """What the cluster's Redis is configured to do against what docs/cluster.md asks of it:
-AOF on, `appendfsync` everysec or always, `maxmemory-policy noeviction`. A Redis that
-loses or evicts writes loses acknowledged tasks, outcomes or a node's liveness without a
-word; a node says so when it joins and whenever the answer changes (CONFIG is read again
-every CHECK_BEATS beats: an operator may change it live)."""
+AOF on, `appendfsync` everysec or always, `maxmemory-policy noeviction`, and the replicas
+`ack_replicas` counts on. A Redis that loses or evicts writes loses acknowledged tasks,
+outcomes or a node's liveness without a word, and one short of replicas acknowledges
+nothing; a node says so when it joins and whenever the answer changes (CONFIG and INFO
+are read again every CHECK_BEATS beats: an operator may change them live)."""
 
 from __future__ import annotations
 
@@ -28,18 +29,41 @@ def judged(config: dict[str, str]) -> list[str]:
     return out
 
 
-async def warnings(redis: Any) -> list[str]:
-    """The warnings for the Redis `redis` talks to; one saying so when it refuses CONFIG
-    (an ACL user without it, a renamed command: then the operator checks by hand).
-    RedisError otherwise (Redis away: nothing is known)."""
+def replicas_short(connected: int, wanted: int) -> str | None:
+    """The warning when the primary has fewer replicas than [cluster] ack_replicas asks
+    to confirm each acknowledged write (replicas.py), or None."""
+    if connected >= wanted:
+        return None
+    return (f"Redis's primary has {connected} replicas connected, and ack_replicas asks "
+            f"for {wanted}: no task, outcome or step is acknowledged until "
+            f"{'one is' if wanted - connected == 1 else 'they are'} back (submissions "
+            "are refused, outcomes wait)")
+
+
+async def warnings(redis: Any, wanted: int) -> list[str]:
+    """The warnings for the Redis `redis` talks to, whose writes `wanted` replicas are
+    to confirm; one saying so when it refuses CONFIG (an ACL user without it, a renamed
+    command: then the operator checks by hand). RedisError otherwise (Redis away:
+    nothing is known)."""
     from redis.exceptions import ResponseError
 
     try:
         got = await redis.config_get("appendonly", "appendfsync", "maxmemory-policy")
     except ResponseError as exc:
-        return [f"cannot read Redis's configuration ({exc}): check by hand that it runs "
-                "with appendonly yes, appendfsync everysec and maxmemory-policy noeviction"]
-    return judged({_text(k): _text(v) for k, v in got.items()})
+        out = [f"cannot read Redis's configuration ({exc}): check by hand that it runs "
+               "with appendonly yes, appendfsync everysec and maxmemory-policy noeviction"]
+    else:
+        out = judged({_text(k): _text(v) for k, v in got.items()})
+    if wanted:
+        try:
+            info = await redis.info("replication")
+        except ResponseError as exc:
+            out.append(f"cannot read Redis's replicas ({exc}): check by hand that its "
+                       f"primary has the {wanted} ack_replicas asks for")
+        else:
+            short = replicas_short(int(info.get("connected_slaves", 0)), wanted)
+            out += [short] if short is not None else []
+    return out
 
 
 def _text(v: Any) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis as redispy
 
+from corral.cluster.redischeck import replicas_short
 from corral.supervisor.config import ClusterSettings, ConfigError
 from corral.supervisor.configload import load_config
 
@@ -269,6 +270,12 @@ def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) ->
         # goes again until a replica has it
         wait_until(lambda: a.json("stats", "--json")["cluster"]["outbox"] == 1,
                    what="the outcome waiting for a replica")
+        # and the node says why, where it says what Redis's settings risk
+        short = ("Redis's primary has 0 replicas connected, and ack_replicas asks for 1: "
+                 "no task, outcome or step is acknowledged until one is back (submissions "
+                 "are refused, outcomes wait)")
+        wait_until(lambda: short in a.json("stats", "--json")["cluster"]["redis_warnings"],
+                   timeout=30, what="the warning that no replica confirms")
         replica.start()
         wait_until(lambda: a.json("stats", "--json")["cluster"]["outbox"] == 0,
                    timeout=30, what="the outcome confirmed once the replica is back")
@@ -280,6 +287,15 @@ def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) ->
         kept = a.call("tasks.get", {"task_id": unconfirmed.group(1), "wait": True})
         assert outcomes_of(kept).count("succeeded") == 1, kept
         assert run(a, "sleepy", {"do": "sleep", "seconds": 0})["status"] == "succeeded"
+
+
+def test_a_primary_short_of_replicas_is_said_with_what_it_stops() -> None:
+    assert replicas_short(1, 1) is None and replicas_short(2, 1) is None
+    assert replicas_short(1, 2) == (
+        "Redis's primary has 1 replicas connected, and ack_replicas asks for 2: no task, "
+        "outcome or step is acknowledged until one is back (submissions are refused, "
+        "outcomes wait)")
+    assert "until they are back" in (replicas_short(0, 2) or "")
 
 
 # -- [cluster]'s keys for a Redis that fails over ------------------------------------------
