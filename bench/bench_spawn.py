@@ -73,6 +73,7 @@ def pct(xs: list[float], q: float) -> float:
 async def measure(rounds: int, fan: int, pending: int) -> dict[str, Any]:
     from corral.daemon.daemon import Daemon
     from corral.supervisor import State
+    from corral.taskoptions import TaskOptions
 
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-spawn-"))
     try:
@@ -90,11 +91,12 @@ async def measure(rounds: int, fan: int, pending: int) -> dict[str, Any]:
         fan_s, map_s, ctx_map_s = [], [], []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            res = await tasks.run("orch", {"children": fan, "map": True}, timeout=600)
+            res = await tasks.run("orch", {"children": fan, "map": True},
+                                  TaskOptions(timeout=600))
             ctx_map_s.append(time.perf_counter() - t0)
             assert res.status == "succeeded", res.error
             t0 = time.perf_counter()
-            res = await tasks.run("orch", {"children": fan}, timeout=600)
+            res = await tasks.run("orch", {"children": fan}, TaskOptions(timeout=600))
             fan_s.append(time.perf_counter() - t0)
             assert res.status == "succeeded", res.error
             spawn_ms += res.output["spawn_ms"]

@@ -131,7 +131,9 @@ class TimedPut:
 
 async def per_step(sup: Any, agent: str, task: dict[str, Any]) -> float:
     """µs per step of one task's last attempt."""
-    res = await sup.tasks.run(agent, task, timeout=120)
+    from corral.taskoptions import TaskOptions
+
+    res = await sup.tasks.run(agent, task, TaskOptions(timeout=120))
     assert res.status == "succeeded", res.error
     return float(res.output["seconds"]) / task["calls"] * 1e6
 

@@ -25,6 +25,7 @@ import msgspec
 
 # what the daemon answers (each method names its result): corral.results, all of it
 from .results import *  # noqa: F403
+from .taskoptions import TaskFilters, TaskOptions
 
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
@@ -305,54 +306,21 @@ class StatsGet(Params):
 
 
 # -- tasks and events -----------------------------------------------------------------------
-MAX_DELAY = 366 * 86400.0  # the furthest a task may be delayed (a year and a day)
-MAX_TASK_RETRIES = 100  # retries a task may ask for (its agent's `retries` is not bounded)
-SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
-RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec.retry_on
-
-
-class TaskParams(Params):
-    """What to run, on which agent: tasks.run's and tasks.submit's."""
+class TaskParams(Params, TaskOptions):
+    """What to run, on which agent, and how (its options: taskoptions.py): tasks.run's
+    and tasks.submit's."""
 
     agent: str
     # kept as its JSON bytes: the daemon forwards the input to the worker without a
     # decode and an encode (a 10 MB document is checked once, by the scan that reads it);
     # a factory, as a Raw default cannot be written into the JSON Schema
     input: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
-    timeout: float | None = None
-    priority: int = 0
     # with [cluster]: run it on this node, not on whichever node has room
     local: bool = False
     # W3C trace context of the caller: the task's trace is a child of it (with
     # [tracing]; docs/tracing.md)
     traceparent: str | None = None
     tracestate: str | None = None
-    # it starts no sooner than this: `delay` seconds from now, or at `not_before` (unix
-    # time); one or the other
-    delay: Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)] | None = None
-    not_before: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    # its own retry policy, instead of its agent's `retries` and `retry_on`
-    retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASK_RETRIES)] | None = None
-    retry_on: list[RetryOutcome] | None = None
-    # a turn of this session of the agent: its tasks run one at a time, in the order
-    # submitted, each given the session's state (docs/durable.md#sessions)
-    session: SessionName | None = None
-
-    def start_at(self, now: float) -> float | None:
-        """The wall time it may start at (None: at once); raises ValueError for a time
-        past MAX_DELAY from now, or both `delay` and `not_before`."""
-        if self.delay is not None and self.not_before is not None:
-            raise ValueError("give delay or not_before, not both")
-        at = now + self.delay if self.delay is not None else self.not_before
-        if at is not None and at > now + MAX_DELAY:
-            raise ValueError(f"not_before is more than {MAX_DELAY / 86400:g} days from now")
-        return at if at is not None and at > now else None
-
-    @property
-    def policy(self) -> bool:
-        """Whether it asks for a start time or a retry policy of its own."""
-        return not (self.delay is None and self.not_before is None and self.retries is None
-                    and self.retry_on is None)
 
 
 MAX_WAIT = 3600.0  # seconds a tasks.submit may hold its answer for the outcome
@@ -385,7 +353,7 @@ class TasksGet(Params):
 
 
 @method("tasks.list", result=TaskList, scope="tasks:read")
-class TasksList(Params):
+class TasksList(Params, TaskFilters):
     """Recent tasks, newest last (from the task journal: every task until it is pruned;
     with [cluster], the cluster's tasks on every node), a page of `limit` at a time:
     `next`, when there are older tasks, is the `before` that lists them."""

@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from .taskoptions import NO_OPTIONS, TaskOptions
+
 
 # gc=False: scalars, and a dict of names to scalars, can be in no cycle; a finished task
 # that reported usage then adds nothing for the cyclic collector to walk (manager.finish)
@@ -131,6 +133,8 @@ class TaskInfo(_TaskHead):
     # the tenant its agent was of when it was accepted: whose record it is, whoever holds
     # the agent's name now (DESIGN 20); None: not recorded
     tenant: str | None = None
+    # as its submitter asked (taskoptions.py; the one shared value when none was given)
+    options: TaskOptions = msgspec.field(default_factory=lambda: NO_OPTIONS)
 
 
 def queue_wait(created: float, started: float | None) -> float | None:
@@ -145,3 +149,4 @@ class TaskSummary(_TaskHead):
     # a cluster task's node: the one running it, or that ran its last attempt
     node: str | UnsetType = UNSET
     tenant: str | None = None  # as TaskInfo.tenant
+    options: TaskOptions = msgspec.field(default_factory=lambda: NO_OPTIONS)

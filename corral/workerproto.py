@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 import msgspec
 from msgspec import UNSET
 
-from .methods import MAX_TASK_RETRIES
+from .taskoptions import MAX_TASK_RETRIES
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Number = int | float  # an int stays an int on the way back out

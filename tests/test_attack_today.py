@@ -250,7 +250,7 @@ async def test_a_tenants_delays_and_retries_are_bounded_and_a_delayed_flood_is_m
         for kw, words in (({"not_before": 1e12}, "not_before is more than 366 days from "
                                                  "now"),
                           ({"delay": 366 * 86400.0 + 1}, "Expected `float` <= 31622400.0"),
-                          ({"retries": 10 ** 9}, "Expected `int` <= 100")):
+                          ({"retry": {"retries": 10 ** 9}}, "Expected `int` <= 100")):
             with pytest.raises(RpcError) as e:
                 await submit(**kw)
             assert e.value.code == jsonrpc.INVALID_PARAMS, kw

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
@@ -43,7 +44,7 @@ def lines(path: Path) -> list[str]:
 
 
 async def run_task(d: Any, task_input: dict[str, Any]) -> Any:
-    return await d.sup.tasks.run("durable", task_input, timeout=60)
+    return await d.sup.tasks.run("durable", task_input, TaskOptions(timeout=60))
 
 
 @pytest.mark.parametrize("k", [1, 5, 9])
@@ -122,7 +123,7 @@ async def test_a_task_checkpoint_is_given_back_on_retry(tmp_path: Path) -> None:
 
 async def test_past_max_step_bytes_a_tool_call_is_refused(tmp_path: Path) -> None:
     async with in_process(tmp_path, fleet(tmp_path, "max_step_bytes = 120")) as d:
-        res = await d.sup.tasks.run("durable", {"calls": 3}, timeout=30)
+        res = await d.sup.tasks.run("durable", {"calls": 3}, TaskOptions(timeout=30))
         assert res.status == "failed"
         # each result is 63 bytes of JSON: the third call finds the budget spent
         assert res.error.code == jsonrpc.TASK_FAILED
@@ -135,7 +136,7 @@ async def test_past_max_step_bytes_a_tool_call_is_refused(tmp_path: Path) -> Non
 async def test_a_task_with_no_retry_left_journals_nothing(tmp_path: Path) -> None:
     async with in_process(tmp_path, fleet(tmp_path).replace("retries = 1",
                                                             "retries = 0")) as d:
-        res = await d.sup.tasks.run("durable", {"calls": 3}, timeout=30)
+        res = await d.sup.tasks.run("durable", {"calls": 3}, TaskOptions(timeout=30))
         assert res.status == "succeeded"
         assert d.sup.tasks.stats()["steps"]["journaled"] == 0
 
@@ -155,7 +156,7 @@ async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None
                           supervisor="journal_max_tasks = 1") as d:
         ids = []
         for _ in range(3):
-            res = await d.sup.tasks.run("durable", {"calls": 2}, timeout=30)
+            res = await d.sup.tasks.run("durable", {"calls": 2}, TaskOptions(timeout=30))
             assert res.status == "succeeded"
             ids.append(res.task_id)
         journal = d.sup.tasks.journal
@@ -434,7 +435,7 @@ async def test_a_named_step_asked_for_again_is_one_replay_and_corrals_own_are_re
         backoff_initial = 0.05
     """)
     async with in_process(tmp_path, fleet_text, "[tracing]\nexport_interval = 0.05\n") as d:
-        res = await d.sup.tasks.run("asks", {"asks": 1000}, timeout=60)
+        res = await d.sup.tasks.run("asks", {"asks": 1000}, TaskOptions(timeout=60))
         assert res.status == "succeeded", res
         assert res.output == {"got": [{"found": True, "result": 42}] * 1000, "own": {
             "code": jsonrpc.INVALID_PARAMS,

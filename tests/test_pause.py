@@ -23,6 +23,7 @@ from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import NoSuchAgent, State, Supervisor, Transition
 from corral.supervisor.containment import cgroup_pids, read_stat
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT, agent
 from .daemon_harness import PY, Daemon, free_port, problem, running_daemon, shared_tmpdir
@@ -147,7 +148,7 @@ async def test_a_task_running_at_the_pause_finishes_after_the_resume(
     sup.add(worker("b", mb=1))
     r = await sup.wait_state("b", State.READY)
     flag = tmp_path / "go"
-    task = sup.tasks.submit("b", {"do": "await", "path": str(flag)}, timeout=60)
+    task = sup.tasks.submit("b", {"do": "await", "path": str(flag)}, TaskOptions(timeout=60))
     await sup.wait_state("b", State.BUSY)
     await sup.pause("b")
     flag.touch()  # it cannot see it: it is stopped
@@ -168,7 +169,7 @@ async def test_a_deadline_passing_while_paused_times_out_on_time_and_kills_nothi
     r = await sup.wait_state("d", State.READY)
     pid = r.pid
     task = sup.tasks.submit("d", {"do": "await", "path": str(tmp_path / "never")},
-                            timeout=0.5)
+                            TaskOptions(timeout=0.5))
     await sup.wait_state("d", State.BUSY)
     await sup.pause("d")
     t0 = time.monotonic()
@@ -701,7 +702,7 @@ async def test_a_rolling_restart_resumes_a_paused_replica_to_finish_its_task(
     sup.add(worker("r", mb=1))
     old = await sup.wait_state("r", State.READY)
     flag = tmp_path / "go"
-    task = sup.tasks.submit("r", {"do": "await", "path": str(flag)}, timeout=60)
+    task = sup.tasks.submit("r", {"do": "await", "path": str(flag)}, TaskOptions(timeout=60))
     await sup.wait_state("r", State.BUSY)
     await sup.pause("r")
     flag.touch()

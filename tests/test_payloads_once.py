@@ -13,6 +13,7 @@ import pytest
 
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks.payload import Output, read_raw, read_values
+from corral.taskoptions import TaskOptions
 
 from .conftest import PY, agent
 
@@ -129,7 +130,7 @@ async def test_python_callers_and_socket_callers_get_the_same_outcomes(
     # a socket client's way: the answer read as bytes, decoded afterwards (read_raw)
     usual = []
     for x in inputs:
-        task = sup.tasks.submit("raw", x, timeout=30)
+        task = sup.tasks.submit("raw", x, TaskOptions(timeout=30))
         await asyncio.shield(task.done)
         assert not task.decoded
         try:
@@ -138,12 +139,13 @@ async def test_python_callers_and_socket_callers_get_the_same_outcomes(
             value = ("UnicodeDecodeError", str(exc))
         usual.append((outcome(task.result()), value, task.raw_output))
     # the Python caller's ways: run and map (read_values)
-    for results in ([await sup.tasks.run("raw", x, timeout=30) for x in inputs[:-2]],
-                    await sup.tasks.map("raw", inputs[:-2], concurrency=4, timeout=30)):
+    for results in ([await sup.tasks.run("raw", x, TaskOptions(timeout=30)) for x in inputs[:-2]],
+                    await sup.tasks.map("raw", inputs[:-2],
+                                        TaskOptions(timeout=30), concurrency=4)):
         assert [(outcome(r), ("output", r.output)) for r in results] == [
             u[:2] for u in usual[:-2]]
     for x in inputs[-2:]:  # (run raises nothing; its output's decode is where UTF-8 fails)
-        task = sup.tasks.submit("raw", x, timeout=30)
+        task = sup.tasks.submit("raw", x, TaskOptions(timeout=30))
         task.decoded = True  # as run and map mark theirs
         await asyncio.shield(task.done)
         assert outcome(task.result()) == usual[len(inputs) - 2 + inputs[-2:].index(x)][0]

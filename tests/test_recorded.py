@@ -15,6 +15,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tasks.model import Task
 from corral.supervisor.tasks.recorded import RecordedTask, outcome
+from corral.taskoptions import RetryOptions, TaskOptions
 
 from .daemon_harness import in_process
 from .test_workflows import agent_toml
@@ -58,7 +59,8 @@ async def test_a_recorded_task_is_waited_for_read_or_made_once(tmp_path: Path) -
             [task_id], task_id, "succeeded", {"op": "echo", "v": 2})
         assert str((await outcome(engine, rec(task_id), never)).status) == "succeeded"
         # one that fails is read as failed, with the worker's error
-        failing = engine.submit("wf", {"op": "square", "x": "two"}, retries=0)
+        failing = engine.submit("wf", {"op": "square", "x": "two"},
+                                TaskOptions(retry=RetryOptions(retries=0)))
         info = await outcome(engine, rec(failing.id), never)
         assert (str(info.status), info.error is not None) == ("failed", True), info
         assert "can't multiply sequence" in info.error.message  # type: ignore[union-attr]

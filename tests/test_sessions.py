@@ -27,6 +27,7 @@ from corral.daemon.caller import Caller
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor.tasks.sessions import SessionKey
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
@@ -154,7 +155,7 @@ async def release(path: str) -> None:
 async def test_two_sessions_interleaved_keep_their_order_each(tmp_path: Path) -> None:
     async with in_process(tmp_path, chat()) as d:
         tasks = d.sup.tasks
-        submitted = [tasks.submit("chat", {"turn": n}, session=s)
+        submitted = [tasks.submit("chat", {"turn": n}, TaskOptions(session=s))
                      for n in range(1, 9) for s in ("a", "b")]
         for t in submitted:
             await asyncio.wait_for(asyncio.shield(t.done), 30)
@@ -176,10 +177,10 @@ async def test_a_task_of_a_busy_session_waits_and_says_why(tmp_path: Path) -> No
         tasks = d.sup.tasks
         # replica 0 busy with a task of another session: the first turn of s goes to 1
         other = tasks.submit("chat", {"turn": 0, "hold": fifo(tmp_path / "f0")},
-                             session="other")
+                             TaskOptions(session="other"))
         first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f1")},
-                             session="s")
-        second = tasks.submit("chat", {"turn": 2}, session="s")
+                             TaskOptions(session="s"))
+        second = tasks.submit("chat", {"turn": 2}, TaskOptions(session="s"))
         assert (other.replica.index, first.replica.index) == (0, 1)  # type: ignore[union-attr]
         info = await tasks.info(second.id)
         assert info.status == "queued"
@@ -197,7 +198,7 @@ async def test_a_task_of_a_busy_session_waits_and_says_why(tmp_path: Path) -> No
         assert second.output["turns"] == [1, 2]
         # both replicas were free: the session's turn went to the one that holds it
         assert second.attempts[-1].replica == 1
-        third = await tasks.run("chat", {"turn": 3}, session="s")
+        third = await tasks.run("chat", {"turn": 3}, TaskOptions(session="s"))
         assert third.output["pid"] == second.output["pid"]
         assert (await call(d, "sessions.get", {"agent": "chat", "session": "s"})
                 ).session.holder == "chat#1"
@@ -206,13 +207,15 @@ async def test_a_task_of_a_busy_session_waits_and_says_why(tmp_path: Path) -> No
 async def test_an_expired_session_starts_afresh(tmp_path: Path) -> None:
     async with in_process(tmp_path, chat(extra="session_ttl = 0.3\n")) as d:
         tasks = d.sup.tasks
-        assert (await tasks.run("chat", {"turn": 1}, session="e")).output["turns"] == [1]
-        assert (await tasks.run("chat", {"turn": 2}, session="e")).output["turns"] == [1, 2]
+        assert (await tasks.run("chat", {"turn": 1},
+                                TaskOptions(session="e"))).output["turns"] == [1]
+        assert (await tasks.run("chat", {"turn": 2},
+                                TaskOptions(session="e"))).output["turns"] == [1, 2]
         listed = await call(d, "sessions.list", {})
         assert listed.sessions[0].expires == pytest.approx(
             listed.sessions[0].last_used + 0.3)
         await asyncio.sleep(0.4)  # the session's ttl passes (time itself is the point)
-        out = (await tasks.run("chat", {"turn": 3}, session="e")).output
+        out = (await tasks.run("chat", {"turn": 3}, TaskOptions(session="e"))).output
         assert out["turns"] == [3] and out["given"] is False
         assert tasks.sessions.expired == 1
         stats = (await call(d, "stats.get")).tasks["sessions"]
@@ -228,8 +231,8 @@ async def test_an_expired_session_starts_afresh(tmp_path: Path) -> None:
 async def test_a_tenant_sees_only_its_own_agents_sessions(tmp_path: Path) -> None:
     fleet = chat("a1", 'tenant = "a"\n') + chat("b1", 'tenant = "b"\n')
     async with in_process(tmp_path, fleet, "[tenants.a]\n[tenants.b]\n") as d:
-        await d.sup.tasks.run("a1", {"turn": 1}, session="mine")
-        await d.sup.tasks.run("b1", {"turn": 1}, session="theirs")
+        await d.sup.tasks.run("a1", {"turn": 1}, TaskOptions(session="mine"))
+        await d.sup.tasks.run("b1", {"turn": 1}, TaskOptions(session="theirs"))
         _, token = await tokens_of(d.services.store).create(
             "ta", ["tasks:read", "tasks:run"], None, None, "a")
         a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
@@ -270,13 +273,13 @@ async def test_session_checkpoint_of_a_task_without_a_session_is_refused(
 
 async def test_the_session_is_durable_in_the_state_database(tmp_path: Path) -> None:
     async with in_process(tmp_path, chat()) as d:
-        await d.sup.tasks.run("chat", {"turn": 1}, session="kept")
+        await d.sup.tasks.run("chat", {"turn": 1}, TaskOptions(session="kept"))
     # a restarted daemon has it, state and history
     async with in_process(tmp_path, chat()) as d:
         shown = await call(d, "sessions.get", {"agent": "chat", "session": "kept"})
         assert (shown.session.tasks, len(shown.history)) == (1, 1)
         assert shown.history[0].status == "succeeded"
-        res = await d.sup.tasks.run("chat", {"turn": 2}, session="kept")
+        res = await d.sup.tasks.run("chat", {"turn": 2}, TaskOptions(session="kept"))
         assert res.output["turns"] == [1, 2]
         kept = d.sup.tasks.sessions.table[SessionKey("default", "chat", "kept")]
         assert msgspec.json.decode(d.sup.tasks.sessions.hot.get(kept.key)  # type: ignore[arg-type]
@@ -303,7 +306,7 @@ async def test_a_coroutine_handler_awaits_its_session_checkpoint(tmp_path: Path)
     fleet = chat().replace(f"{HERE}/session_agent.py", str(program))
     async with in_process(tmp_path, fleet) as d:
         for n in (1, 2, 3):
-            res = await d.sup.tasks.run("chat", {"turn": n}, session="co")
+            res = await d.sup.tasks.run("chat", {"turn": n}, TaskOptions(session="co"))
             assert res.output == {"turns": list(range(1, n + 1)), "session": "co"}
 
 
@@ -338,10 +341,11 @@ def test_a_session_keeps_its_turns_in_order_across_an_upgrade(tmp: Path) -> None
 async def test_a_cancelled_turn_leaves_the_line_and_the_next_one_runs(tmp_path: Path) -> None:
     async with in_process(tmp_path, chat()) as d:
         tasks = d.sup.tasks
-        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f1")}, session="c")
-        second = tasks.submit("chat", {"turn": 2}, session="c")
-        third = tasks.submit("chat", {"turn": 3}, session="c")
-        fourth = tasks.submit("chat", {"turn": 4}, session="c")
+        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f1")},
+                             TaskOptions(session="c"))
+        second = tasks.submit("chat", {"turn": 2}, TaskOptions(session="c"))
+        third = tasks.submit("chat", {"turn": 3}, TaskOptions(session="c"))
+        fourth = tasks.submit("chat", {"turn": 4}, TaskOptions(session="c"))
         assert tasks.queue.depth("chat") == 3  # the parked turns count as waiting
         assert (await tasks.info(third.id)).waiting == (
             f"session c: task {first.id} runs (1 task of it ahead)")
@@ -365,8 +369,8 @@ async def test_a_retry_waiting_for_its_backoff_keeps_its_sessions_turn(
     async with in_process(tmp_path, fleet) as d:
         tasks = d.sup.tasks
         first = tasks.submit("chat", {"turn": 1, "how": "die",
-                                      "marker": str(tmp_path / "m")}, session="r")
-        second = tasks.submit("chat", {"turn": 2}, session="r")
+                                      "marker": str(tmp_path / "m")}, TaskOptions(session="r"))
+        second = tasks.submit("chat", {"turn": 2}, TaskOptions(session="r"))
         await asyncio.wait_for(asyncio.shield(second.done), 30)
         assert [a.outcome for a in first.attempts] == ["lost", "succeeded"]
         assert first.output["turns"] == [1] and second.output["turns"] == [1, 2]
@@ -377,8 +381,9 @@ async def test_turns_waiting_for_their_session_are_no_load_for_the_autoscaler(
         tmp_path: Path) -> None:
     async with in_process(tmp_path, chat()) as d:
         tasks = d.sup.tasks
-        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f")}, session="l")
-        later = [tasks.submit("chat", {"turn": n}, session="l") for n in range(2, 6)]
+        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f")},
+                             TaskOptions(session="l"))
+        later = [tasks.submit("chat", {"turn": n}, TaskOptions(session="l")) for n in range(2, 6)]
         assert (tasks.queue.depth("chat"), tasks.sessions.parked("chat")) == (4, 4)
         assert d.sup.elastic._queued("chat", d.sup.agents["chat"]) == 0
         await release(str(tmp_path / "f"))
@@ -413,8 +418,10 @@ async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) 
 async def test_a_delayed_turn_keeps_its_session_from_expiring(tmp_path: Path) -> None:
     async with in_process(tmp_path, chat(extra="session_ttl = 0.2\n")) as d:
         tasks = d.sup.tasks
-        assert (await tasks.run("chat", {"turn": 1}, session="d")).output["turns"] == [1]
-        later = tasks.submit("chat", {"turn": 2}, session="d", not_before=time.time() + 0.6)
+        assert (await tasks.run("chat", {"turn": 1},
+                                TaskOptions(session="d"))).output["turns"] == [1]
+        later = tasks.submit("chat", {"turn": 2},
+                             TaskOptions(session="d", not_before=time.time() + 0.6))
         await asyncio.sleep(0.3)  # past the ttl, while the turn waits for its time
         listed = (await call(d, "sessions.list", {})).sessions
         assert [(s.session, s.tasks, s.expires) for s in listed] == [("d", 2, None)]
@@ -430,7 +437,7 @@ async def test_a_sessions_turns_are_traced_as_its_conversation(tmp_path: Path) -
     (the session), read back from the local store; a task of no session has none."""
     async with in_process(tmp_path, chat(), "[tracing]\nexport_interval = 0.05\n") as d:
         tasks = d.sup.tasks
-        turns = [await tasks.run("chat", {"turn": n}, session="s1") for n in (1, 2)]
+        turns = [await tasks.run("chat", {"turn": n}, TaskOptions(session="s1")) for n in (1, 2)]
         alone = await tasks.run("chat", {"turn": 1})
         for res, conversation in ((turns[0], "s1"), (turns[1], "s1"), (alone, None)):
             view = await call(d, "traces.get", {"task_id": res.task_id})

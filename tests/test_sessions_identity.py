@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from corral import jsonrpc
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
 from .daemon_harness import PY, free_port, in_process
@@ -266,7 +267,7 @@ async def test_a_reload_that_drops_an_agent_ends_its_sessions(tmp_path: Path) ->
     """A reload of a file that no longer declares acme's `chat` removes it: its sessions
     end with it (the reload answers once their rows are deleted)."""
     async with in_process(tmp_path, chat_toml("acme"), TENANTS) as d:
-        await d.sup.tasks.run("chat", {"turn": SECRET}, session="s1")
+        await d.sup.tasks.run("chat", {"turn": SECRET}, TaskOptions(session="s1"))
         rc, out, err = await cli(d, "sessions", "--json")
         assert listed(json.loads(out)) == [("acme", "chat", "s1")]
         config = tmp_path / "corral.toml"

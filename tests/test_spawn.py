@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
@@ -50,7 +51,7 @@ def counted(path: Path) -> list[int]:
 
 
 async def run(d: Any, task_input: dict[str, Any]) -> Any:
-    return await d.sup.tasks.run("orch", task_input, timeout=120)
+    return await d.sup.tasks.run("orch", task_input, TaskOptions(timeout=120))
 
 
 async def test_an_orchestrator_spawns_50_children_and_gets_their_outputs(
@@ -199,7 +200,8 @@ async def test_another_tenants_agent_is_no_agent_to_a_spawn(tmp_path: Path) -> N
     """)
     async with in_process(tmp_path, tenants) as d:
         res = await d.sup.tasks.run("orch-a", {"children": 1, "agent": "leaf-b",
-                                               "count": "x", "catch": True}, timeout=60)
+                                               "count": "x", "catch": True},
+                                                   TaskOptions(timeout=60))
         assert res.output == {"refused": "no such agent: leaf-b", "code": jsonrpc.NOT_FOUND}
 
 
@@ -225,7 +227,7 @@ async def test_a_worker_cannot_write_corrals_own_steps_nor_spawn_through_them(
     """)
     out = tmp_path / "answers.json"
     async with in_process(tmp_path, fleet_text) as d:
-        res = await d.sup.tasks.run("orch", {"out": str(out)}, timeout=60)
+        res = await d.sup.tasks.run("orch", {"out": str(out)}, TaskOptions(timeout=60))
         put_spawn, put_lineage = json.loads(out.read_text())
         assert put_spawn["error"] == {
             "code": jsonrpc.INVALID_PARAMS,

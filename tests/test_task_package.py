@@ -21,6 +21,7 @@ from corral.supervisor import Supervisor
 from corral.supervisor.tasks import LocalQueue, Queue, Task, TaskRecord, TaskStatus, new_id
 from corral.supervisor.tasks.deadlines import RESOLUTION, Deadlines
 from corral.supervisor.tasks.ids import FORMAT, IdClock, id_time
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT, agent, all_ready
 
@@ -141,7 +142,7 @@ async def test_a_restart_queues_the_journal_tasks_again_in_their_order(db_path: 
         sup.add(agent("q", "misbehave.py", max_concurrent_tasks=1))
         await all_ready(sup, "q")
         busy = sup.tasks.submit("q", {"do": "sleep", "seconds": 60})
-        waiting = [sup.tasks.submit("q", {"do": "echo", "n": i}, priority=p)
+        waiting = [sup.tasks.submit("q", {"do": "echo", "n": i}, TaskOptions(priority=p))
                    for i, p in enumerate([0, 3, 0, 3, 1])]
         await sup.wait_for(lambda: busy.status == TaskStatus.RUNNING, 10.0)
         await sup.tasks.committed()

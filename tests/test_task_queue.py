@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from corral.supervisor import Supervisor
+from corral.taskoptions import TaskOptions
 
 from .conftest import EXAMPLES, PY, ROOT, agent, all_ready
 from .daemon_harness import running_daemon, shared_tmpdir
@@ -51,7 +52,7 @@ async def test_equal_priorities_run_in_arrival_order_and_a_retry_keeps_its_place
     await all_ready(sup, "one")
     marker = tmp_path / "crashed"
     first = sup.tasks.submit("one", {"do": "crash-once", "marker": str(marker)})
-    waiting = [sup.tasks.submit("one", {"do": "echo", "n": i}, priority=p)
+    waiting = [sup.tasks.submit("one", {"do": "echo", "n": i}, TaskOptions(priority=p))
                for i, p in enumerate([0, 0, 5, 0])]
     assert sup.tasks.stats()["agents"]["one"]["queue_depth"] == 4
     for t in [first, *waiting]:

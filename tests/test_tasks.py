@@ -16,6 +16,7 @@ from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
 from corral.supervisor.tasks import TaskFinished, TaskProgress, TaskStatus
+from corral.taskoptions import TaskOptions
 
 from .conftest import agent, all_ready
 
@@ -44,7 +45,7 @@ async def test_a_task_whose_message_cannot_be_encoded_fails_and_frees_its_slot(
     replica takes the next task: it was accepted, then held its slot running for good."""
     sup.add(mb("a", max_concurrent_tasks=1))
     await sup.wait_state("a", State.READY)
-    bad = sup.tasks.submit("a", {"do": "echo", "n": 1}, session="s\udcff")
+    bad = sup.tasks.submit("a", {"do": "echo", "n": 1}, TaskOptions(session="s\udcff"))
     await asyncio.wait_for(bad.done, 10)
     assert bad.status == TaskStatus.FAILED
     assert bad.error is not None and bad.error.message.startswith(
@@ -118,7 +119,7 @@ async def test_timeout_sends_cancel_and_a_stuck_worker_is_restarted(sup: Supervi
     sup.add(mb("stuck", cancel_grace=0.3))
     r = await sup.wait_state("stuck", State.READY)
     pid = r.pid
-    res = await sup.tasks.run("stuck", {"do": "block", "seconds": 60}, timeout=0.2)
+    res = await sup.tasks.run("stuck", {"do": "block", "seconds": 60}, TaskOptions(timeout=0.2))
     assert res.status == "timed_out"
     assert res.error is not None and res.error.message == "task timed out after 0.2 s"
     await sup.wait_state("stuck", State.BACKOFF)
@@ -132,7 +133,7 @@ async def test_timeout_honoured_by_a_cooperative_worker_keeps_it(sup: Supervisor
     sup.add(mb("coop", cancel_grace=2.0))
     r = await sup.wait_state("coop", State.READY)
     pid = r.pid
-    res = await sup.tasks.run("coop", {"do": "sleep", "seconds": 30}, timeout=0.2)
+    res = await sup.tasks.run("coop", {"do": "sleep", "seconds": 30}, TaskOptions(timeout=0.2))
     assert res.status == "timed_out"
     task = sup.tasks.get(res.task_id)
     while task.attempts[0].finished is None:  # the worker answers the cancel
@@ -184,9 +185,9 @@ async def test_priority_then_arrival_order(sup: Supervisor) -> None:
     sup.add(mb("order"))
     await sup.wait_state("order", State.READY)
     blocker = sup.tasks.submit("order", {"do": "sleep", "seconds": 0.3})
-    low = sup.tasks.submit("order", {"do": "echo", "n": "low"}, priority=0)
-    high1 = sup.tasks.submit("order", {"do": "echo", "n": "high1"}, priority=5)
-    high2 = sup.tasks.submit("order", {"do": "echo", "n": "high2"}, priority=5)
+    low = sup.tasks.submit("order", {"do": "echo", "n": "low"}, TaskOptions(priority=0))
+    high1 = sup.tasks.submit("order", {"do": "echo", "n": "high1"}, TaskOptions(priority=5))
+    high2 = sup.tasks.submit("order", {"do": "echo", "n": "high2"}, TaskOptions(priority=5))
     await asyncio.gather(*(t.done for t in (blocker, low, high1, high2)))
     starts = sorted((t.attempts[0].started, t.output["n"]) for t in (low, high1, high2))
     assert [n for _, n in starts] == ["high1", "high2", "low"]
@@ -504,7 +505,7 @@ async def test_bad_params_from_workers_and_callers_are_refused(sup: Supervisor) 
     assert "ignored events/publish: topic must be a non-empty string" in logs
     # and from the Python API
     with pytest.raises(RpcError) as err:
-        sup.tasks.submit("raw", {"do": "echo"}, timeout=0)
+        sup.tasks.submit("raw", {"do": "echo"}, TaskOptions(timeout=0))
     assert (err.value.code, err.value.message) == (jsonrpc.INVALID_PARAMS,
                                                    "timeout must be > 0")
     with pytest.raises(RpcError) as err:

@@ -10,6 +10,7 @@ from typing import Any
 from corral import jsonrpc
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks import TaskFinished, TaskStatus
+from corral.taskoptions import TaskOptions
 
 from .conftest import agent
 
@@ -47,7 +48,7 @@ async def test_one_input_times_out_and_one_is_retried(sup: Supervisor, tmp_path:
     await sup.wait_state("bt", State.READY)
     inputs: list[Any] = [{"do": "echo", "i": i} for i in range(10)]
     inputs[3] = {"do": "sleep", "seconds": 60}
-    out = await sup.tasks.map("bt", inputs, concurrency=4, timeout=1.0)
+    out = await sup.tasks.map("bt", inputs, TaskOptions(timeout=1.0), concurrency=4)
     assert out[3].status == "timed_out"
     assert out[3].error is not None and out[3].error.message == "task timed out after 1 s"
     assert {a.outcome for a in out[3].attempts} == {"timed_out"}
@@ -107,7 +108,7 @@ async def test_a_map_beside_single_submissions_keeps_the_queue_order(sup: Superv
         "bo", [{"do": "echo", "k": f"m{i}"} for i in range(6)], concurrency=3))
     await _until(lambda: sup.tasks.waiting() == 4)  # s1 and the map's first batch
     names[sup.tasks.submit("bo", {"do": "echo", "k": "s2"}).id] = "s2"
-    names[sup.tasks.submit("bo", {"do": "echo", "k": "hi"}, priority=5).id] = "hi"
+    names[sup.tasks.submit("bo", {"do": "echo", "k": "hi"}, TaskOptions(priority=5)).id] = "hi"
     gate.touch()
     out = await job
     assert [r.output["k"] for r in out] == [f"m{i}" for i in range(6)]

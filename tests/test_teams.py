@@ -293,7 +293,7 @@ def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
             (["--delay", "5s"], "delay (its members' tasks run at once)"),
             (["--session", "s1"], "session (a session is one agent's)"),
             (["--timeout", "3"], "timeout (its tasks' timeout is the team's `timeout`)"),
-            (["--retries", "1"], "retries (its tasks' retries are the team's `retries`)"),
+            (["--retries", "1"], "retry (its tasks' retries are the team's `retries`)"),
             (["--priority", "2"], "priority (its tasks run at their agents' order)")):
         r = daemon.cli("run", "pick", "--input", "{}", *flags)
         assert (r.returncode, r.stderr.strip()) == (

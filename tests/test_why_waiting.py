@@ -9,6 +9,7 @@ import asyncio
 from corral.supervisor import State, Supervisor
 from corral.supervisor.config import Autoscale, TenantSpec
 from corral.supervisor.tasks import TaskStatus
+from corral.taskoptions import TaskOptions
 
 from .conftest import agent
 
@@ -22,7 +23,7 @@ async def test_a_queued_task_says_what_holds_it_and_its_place(sup: Supervisor) -
     await sup.wait_state("w", State.READY)
     running = sup.tasks.submit("w", {"do": "sleep", "seconds": 60})
     low = sup.tasks.submit("w", {"do": "echo"})
-    high = sup.tasks.submit("w", {"do": "echo"}, priority=5)
+    high = sup.tasks.submit("w", {"do": "echo"}, TaskOptions(priority=5))
     assert (running.status, low.status, high.status) == ("running", "queued", "queued")
     busy = "every replica that takes tasks is busy (1 at max_concurrent_tasks 1)"
     assert await waiting(sup, high.id) == f"1st of 2 waiting for w: {busy}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,12 @@ import click
 import msgspec
 
 from .. import methods as m
+from ..taskoptions import TaskFilters, TaskOptions
 from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
 from .render import human_time, millis, print_json, stamp, table
+from .taskflags import given, with_flags
 
 MAX_INPUT = 16 * 1024 * 1024 - 4096
 
@@ -72,80 +73,33 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
             sys.exit(EXIT_FAILED)
 
 
-def _delay(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    try:
-        return duration(value)
-    except click.BadParameter as exc:
-        raise click.BadParameter(exc.message, ctx, param) from None
-
-
-def _outcomes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-              ) -> list[str] | None:
-    """--retry-on failed,timed_out (or the option given again): the outcomes, checked."""
-    if not value:
-        return None
-    named = [o.strip() for v in value for o in v.split(",") if o.strip()]
-    bad = [o for o in named if o not in RETRY_OUTCOMES]
-    if bad or not named:
-        raise click.BadParameter(f"{', '.join(bad) or 'nothing'}: each outcome is one of "
-                                 f"{', '.join(RETRY_OUTCOMES)}", ctx, param)
-    return named
-
-
-RETRY_OUTCOMES = typing.get_args(m.RetryOutcome)
-
-
 def task_options(fn: Any) -> Any:
-    """What `run` and `submit` both take."""
-    for option in reversed((
-        click.argument("agent", shell_complete=complete_agents),
-        click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
-                     help="The task's input: JSON, @file with JSON, or - for stdin "
-                          "(default: null, for an agent that takes none)."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Seconds the task may run once started (default: the agent's "
-                          "task_timeout); time waiting in the queue is not counted, and "
-                          "`run` waits for the task's end however long it waits."),
-        click.option("--priority", type=int, default=0, show_default=True,
-                     help="Higher runs first among waiting tasks."),
-        click.option("--delay", default=None, metavar="DURATION", callback=_delay,
-                     help="Start it no sooner than this from now: 90s, 15m, 1h, 2d (it "
-                          "waits, queued, and a daemon restart keeps it)."),
-        click.option("--retries", type=click.IntRange(0, m.MAX_TASK_RETRIES), default=None,
-                     help="Times to run it again after an attempt ends in a --retry-on "
-                          "outcome (default: the agent's retries)."),
-        click.option("--retry-on", multiple=True, callback=_outcomes,
-                     metavar="OUTCOME[,OUTCOME]",
-                     help="Outcomes of an attempt that are retried: lost, failed, "
-                          "timed_out (default: the agent's retry_on)."),
-        click.option("--local", is_flag=True,
-                     help="With [cluster]: run it on this node, not on whichever node "
-                          "has room."),
-        click.option("--session", default=None, metavar="NAME",
-                     help="A turn of this session of the agent: its tasks run one at a "
-                          "time, in order, each given the session's state "
-                          "(docs/durable.md#sessions)."),
-        click.option("--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
-                     help="The caller's W3C trace context (00-TRACE-SPAN-FLAGS; default "
-                          "$TRACEPARENT): the task's trace is its child (with [tracing])."),
-        click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True),
-    )):
-        fn = option(fn)
-    return fn
+    """What `run` and `submit` both take: the agent, the input, the task's options (read
+    off their definition: taskflags.py) and where it runs."""
+    fn = click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True)(fn)
+    fn = click.option(
+        "--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
+        help="The caller's W3C trace context (00-TRACE-SPAN-FLAGS; default $TRACEPARENT): "
+             "the task's trace is its child (with [tracing]).")(fn)
+    fn = click.option("--local", is_flag=True,
+                      help="With [cluster]: run it on this node, not on whichever node "
+                           "has room.")(fn)
+    fn = with_flags(TaskOptions)(fn)
+    fn = click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+                      help="The task's input: JSON, @file with JSON, or - for stdin "
+                           "(default: null, for an agent that takes none).")(fn)
+    return click.argument("agent", shell_complete=complete_agents)(fn)
 
 
 @cli.command("submit", help=doc("tasks.submit"))
 @task_options
 @json_option
 @pass_ctx
-def submit_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
-                delay: float | None, retries: int | None, retry_on: list[str] | None,
-                local: bool, session: str | None, traceparent: str | None,
-                tracestate: str | None, as_json: bool) -> None:
+def submit_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
+                tracestate: str | None, as_json: bool, **flags: Any) -> None:
     got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
-        agent=agent, input=_read_input(input_), timeout=timeout, priority=priority,
-        local=local, delay=delay, retries=retries, retry_on=retry_on,  # type: ignore[arg-type]
-        session=session, traceparent=traceparent, tracestate=tracestate))
+        agent=agent, input=_read_input(input_), local=local, traceparent=traceparent,
+        tracestate=tracestate, **given(TaskOptions, flags)))
     click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
 
 
@@ -156,15 +110,14 @@ def submit_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priori
 @reconnect_option
 @json_option
 @pass_ctx
-def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
-             delay: float | None, retries: int | None, retry_on: list[str] | None,
-             local: bool, session: str | None, traceparent: str | None,
-             tracestate: str | None, detach: bool, reconnect: float, as_json: bool) -> None:
+def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
+             tracestate: str | None, detach: bool, reconnect: float, as_json: bool,
+             **flags: Any) -> None:
     task_input = _read_input(input_)
     accepted: list[str] = []
-    policy: dict[str, Any] = {"delay": delay, "retries": retries, "retry_on": retry_on,
-                              "session": session, "traceparent": traceparent,
-                              "tracestate": tracestate}
+    asked: dict[str, Any] = {"agent": agent, "input": task_input, "local": local,
+                             "traceparent": traceparent, "tracestate": tracestate,
+                             **given(TaskOptions, flags)}
 
     def on_note(method: str, params: Any) -> None:
         if method == "task.accepted":
@@ -175,13 +128,10 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
             click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
 
     if detach:  # answered at once, with the id of the task that runs on
-        got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
-            agent=agent, input=task_input, timeout=timeout, priority=priority, local=local,
-            **policy))
+        got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(**asked))
         click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
-    params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
-                        local=local, **policy)
+    params = m.TasksRun(**asked)
     res: m.TaskResult
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
@@ -221,13 +171,15 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
 @click.option("--local", is_flag=True,
               help="With [cluster]: this node's own tasks (run with --local), not the "
                    "cluster's.")
+@with_flags(TaskFilters)
 @json_option
 @pass_ctx
-def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
-               status: str | None, before: str | None, local: bool, as_json: bool) -> None:
+def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
+               status: str | None, before: str | None, local: bool, as_json: bool,
+               **flags: Any) -> None:
     res: m.TaskList = obj.call("tasks.list", m.TasksList(
         agent=agent, limit=limit, status=status, since=duration(since), before=before,
-        local=local))
+        local=local, **given(TaskFilters, flags)))
     if as_json:
         print_json(res)
         return
@@ -274,6 +226,10 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
     if res.waiting is not None:
         click.echo(f"waiting: {res.waiting}")
+    for key, val in msgspec.to_builtins(res.options).items():  # as its submitter asked
+        if key in m.TaskInfo.__struct_fields__:
+            continue  # (shown above, as the task has it)
+        click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
     if res.usage is not None:
         u = res.usage
         click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "

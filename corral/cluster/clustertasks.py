@@ -28,6 +28,7 @@ from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.tasks import is_task_id, new_id
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
+from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
 from .batch import Batcher
@@ -131,7 +132,9 @@ class ClusterTasks:
         if p.session is not None:
             args += self.sessions.submit_args(p.agent, p.session, tenant)
             submit = self.sessions.submit
-        args += [tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]  # last (SUBMIT)
+        # last (SUBMIT): the options the cluster keeps (ClusterFront refused the others)
+        args += [encoded(options_of(p)) or b"", tenant,
+                 self.trust.sign(TENANT, task_id, p.agent, tenant)]
         try:
             got = await (self.submit_batch if p.session is None else self._submit_turn)(
                 keys=keys, args=args)
@@ -193,7 +196,7 @@ class ClusterTasks:
         try:
             return await listing.page(self.redis, self.keys, self.trust, agent=p.agent,
                                       status=p.status, since=since, limit=limit,
-                                      before=p.before, sees=sees)
+                                      before=p.before, sees=sees, filters=p)
         except RedisError as exc:
             raise unavailable(self.settings, exc,
                               "the cluster's tasks cannot be listed (`corral tasks --local` "

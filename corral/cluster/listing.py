@@ -4,11 +4,11 @@ task scripts keep (scripts.py), never by scanning the cluster's keys.
 `live` holds the tasks queued or running, `done` the newest finished ones
 (`tasks_kept`, retention.py); every score is 0, so each set is ordered by member, and task ids
 (UUIDv7) sort by the time they were made: a page is a range by id, newest first, its
-cursor (`before`) an id, and `since` (nearly) the id prefix of a time. Filters other than time
-(agent, status, a limited caller's agents) are applied to the records, read a batch at a
-time, until a page is full or the sets are exhausted: at most what the sets hold, which
-the queues and `tasks_kept` bound. A member whose record has expired is dropped as it
-is met.
+cursor (`before`) an id, and `since` (nearly) the id prefix of a time. Filters other than
+time (agent, status, a limited caller's agents, the options' filters) are applied to the
+records, read a batch at a time, until a page is full or the sets are exhausted: at most
+what the sets hold, which the queues and `tasks_kept` bound. A member whose record has
+expired is dropped as it is met.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import msgspec
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL, TaskStatus
 from ..supervisor.tasks.durable import Sees, unknown_cursor
+from ..taskoptions import NO_FILTERS, TaskFilters, admits
 from .connection import read
 from .keys import Keys
+from .records import options_in
 from .trust import Trust
 
 BATCH = 256  # ids read from each set, and records then read, per round trip
@@ -29,7 +31,7 @@ BATCH = 256  # ids read from each set, and records then read, per round trip
 # much earlier, and `created` itself decides
 ID_SLACK = 1.0
 _FIELDS = ("agent", "status", "priority", "created", "started", "finished", "node", "tenant",
-           "tenant_mac")
+           "tenant_mac", "options")
 _UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 
 
@@ -47,7 +49,8 @@ def _f(v: bytes | None) -> float | None:
 async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
                status: str | None,
                since: float | None, limit: int, before: str | None,
-               sees: Sees | None) -> tuple[list[m.TaskSummary], str | None]:
+               sees: Sees | None, filters: TaskFilters = NO_FILTERS
+               ) -> tuple[list[m.TaskSummary], str | None]:
     """Up to `limit` tasks, newest last, and the cursor of the older ones (None: none
     left). RedisError when Redis does not answer; `unknown_cursor` for a `before` that
     names no task of the cluster (or one `sees` does not admit). A record's tenant is
@@ -79,7 +82,8 @@ async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
             elif ((agent is None or summary.agent == agent)
                   and (status is None or summary.status == status)
                   and (since is None or summary.created >= since)
-                  and (sees is None or sees(summary.agent, summary.tenant))):
+                  and (sees is None or sees(summary.agent, summary.tenant))
+                  and admits(filters, summary.options)):
                 found.append(summary)
         high = f"({ids[-1].decode()}"
         if not more:
@@ -128,7 +132,8 @@ async def _records(redis: Any, keys: Keys, ids: list[bytes]) -> list[list[Any]]:
 
 
 def _summary(tid: bytes, rec: list[Any], trust: Trust) -> m.TaskSummary | None:
-    agent, status, priority, created, started, finished, node, tenant, mac, attempts = rec
+    agent, status, priority, created, started, finished, node, tenant, mac, options, \
+        attempts = rec
     if agent is None or status is None:
         return None
     st = status.decode()
@@ -138,4 +143,5 @@ def _summary(tid: bytes, rec: list[Any], trust: Trust) -> m.TaskSummary | None:
         attempts=attempts,
         # the node running it, or that ran it last; none while it waits
         node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,
-        tenant=trust.tenant_of(tid.decode(), agent, tenant, mac))
+        tenant=trust.tenant_of(tid.decode(), agent, tenant, mac),
+        options=options_in({b"options": options} if options else {}))

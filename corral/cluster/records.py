@@ -15,6 +15,7 @@ from msgspec import UNSET, UnsetType
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskError
+from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
 from ..tracecontext import parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
 
@@ -102,7 +103,17 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
         started=_f(rec, b"started"), finished=_f(rec, b"finished"), tool_calls=0,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
-        attempts=[_attempt.decode(a) for a in attempts])
+        attempts=[_attempt.decode(a) for a in attempts], options=options_in(rec))
+
+
+def options_in(rec: dict[bytes, bytes]) -> TaskOptions:
+    """A record's options (taskoptions.py): none when it has none, or ones that do not
+    decode (written by a Redis writer, not by a node: shown as none, never a failure of
+    the read)."""
+    try:
+        return decoded(rec.get(b"options"))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return NO_OPTIONS
 
 
 def result(i: m.TaskInfo) -> m.TaskResult:

@@ -46,8 +46,9 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 #       a client waits for its progress (it goes on the outcomes stream, see PROGRESS),
 #       else '0' (the record keeps either: one HSET per submit, not a second one for
 #       each `corral run`), the caller's trace context ('' none; records.trace_field);
-#       LAST, after whatever a variant's own arguments are, the task's tenant and its MAC
-#       (trust.TENANT; decision 436), so that no variant's arguments move
+#       LAST, after whatever a variant's own arguments are, the task's options (JSON, ''
+#       none: taskoptions.py), its tenant and its MAC (trust.TENANT; decision 436), so
+#       that no variant's arguments move
 # -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
 # (`submit_script`: the same around a session's, sessionscripts.py)
 def submit_script(first: str = "", entry: str = "local entry = {xadd}",
@@ -64,8 +65,8 @@ end
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
   'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2],
-  'watched', ARGV[10], 'trace', ARGV[11] or '', 'tenant', ARGV[#ARGV - 1],
-  'tenant_mac', ARGV[#ARGV])
+  'watched', ARGV[10], 'trace', ARGV[11] or '', 'options', ARGV[#ARGV - 2],
+  'tenant', ARGV[#ARGV - 1], 'tenant_mac', ARGV[#ARGV])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[#ARGV - 1] .. ':' .. ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
@@ -223,7 +224,7 @@ return {read, out, lasts, held}
 # (this incarnation), as any claim.
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
-#       retries and task_timeout, the cluster's key prefix; then SUBMIT's last two
+#       retries and task_timeout, the cluster's key prefix; then SUBMIT's last three
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
 SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_script(
     entry="local entry = {xadd}\n  added = entry") + """end

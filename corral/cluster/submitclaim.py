@@ -63,10 +63,11 @@ class SubmitClaims(Batcher):
                 continue
             self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
             spec = self.puller.host.agents[agent].spec
-            # (SUBMIT's last two, the tenant and its MAC, stay last: scripts.py)
+            # (SUBMIT's last three, the options, the tenant and its MAC, stay last:
+            # scripts.py)
             out.append((self.scripts.submit_claim, [*keys, self.puller.keys.fence],
-                        [*args[:-2], consumer, node, repr(now), attempt, spec.retries,
-                         repr(spec.task_timeout), self.prefix, *args[-2:]]))
+                        [*args[:-3], consumer, node, repr(now), attempt, spec.retries,
+                         repr(spec.task_timeout), self.prefix, *args[-3:]]))
         return out
 
     def sent(self, planned: list[Call]) -> None:

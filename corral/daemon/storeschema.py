@@ -399,6 +399,16 @@ MIGRATIONS: list[Migration] = [
     UPDATE metrics_history SET tenant = {HOLDER.format(agent="metrics_history.agent")}
         WHERE agent != '';
     """,
+    # 22: a task's options as its submitter asked, one JSON value (taskoptions.py) in
+    # place of the one column each option had: a row's own retry outcomes become its
+    # retry policy's (its retries were never kept apart from retries_left)
+    """
+    ALTER TABLE tasks ADD COLUMN options BLOB;
+    UPDATE tasks SET options = json_object('retry', json_object(
+        'retry_on', json(CAST(retry_on AS TEXT))))
+        WHERE retry_on IS NOT NULL AND json_valid(CAST(retry_on AS TEXT));
+    ALTER TABLE tasks DROP COLUMN retry_on;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -69,6 +69,7 @@ from ..supervisor.tasks import (
 from ..supervisor.tasks.budget import MINUTE
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.steps import CHECKPOINT_SEQ
+from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
 from .sqlfilters import given
@@ -95,7 +96,7 @@ BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 UPSERT = """
 INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, started,
                    finished, status, tool_calls, input, output, error, attempts, progress,
-                   usage, not_before, retry_on, tenant)
+                   usage, not_before, options, tenant)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     not_before = excluded.not_before,
@@ -131,7 +132,6 @@ _encode = msgspec.json.encode
 _attempts = msgspec.json.Decoder(list[Attempt])
 _error = msgspec.json.Decoder(TaskError | None)
 _usage = msgspec.json.Decoder(ModelUsage)
-_retry_on = msgspec.json.Decoder(tuple[str, ...])
 
 Row = tuple[Any, ...]
 
@@ -179,7 +179,7 @@ class TaskJournalDB:
         with errors_named(self.path):
             rows = self._reader.execute(
                 "SELECT id, agent, input, priority, timeout, retries_left, created, "
-                "started, status, tool_calls, attempts, usage, not_before, retry_on, tenant, "
+                "started, status, tool_calls, attempts, usage, not_before, options, tenant, "
                 "(SELECT r.body FROM steps s JOIN step_results r ON r.hash = s.result "
                 f"WHERE s.task_id = tasks.id AND s.seq = {CHECKPOINT_SEQ}) FROM tasks "
                 "WHERE finished IS NULL ORDER BY arrival").fetchall()
@@ -191,12 +191,12 @@ class TaskJournalDB:
                        attempts=_attempts.decode(attempts),
                        usage=None if usage is None else _usage.decode(usage),
                        not_before=not_before,
-                       retry_on=None if retry_on is None else _retry_on.decode(retry_on),
+                       options=decoded(options),
                        tenant=tenant,
                        # the task's checkpoint (steps.py; one past REF_ABOVE is not given)
                        checkpoint=None if state is None else msgspec.Raw(bytes(state)))
             for (tid, agent, raw, prio, timeout, retries, created, started, status,
-                 calls, attempts, usage, not_before, retry_on, tenant, state) in rows]
+                 calls, attempts, usage, not_before, options, tenant, state) in rows]
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -286,11 +286,12 @@ class TaskJournalDB:
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
-                    sees: Sees | None = None) -> list[TaskSummary]:
+                    sees: Sees | None = None, filters: TaskFilters = NO_FILTERS
+                    ) -> list[TaskSummary]:
         with contextlib.suppress(TaskJournalError):
             await self.committed()
         page = await asyncio.to_thread(self._query, agent, status, since, limit, before,
-                                       sees)
+                                       sees, filters)
         if page is None:
             assert before is not None
             raise unknown_cursor(before)
@@ -358,13 +359,14 @@ class TaskJournalDB:
         with self._read_lock:
             row = self._reader.execute(
                 "SELECT id, agent, status, priority, created, started, finished, tool_calls, "
-                "progress, output, error, attempts, usage, not_before, tenant FROM tasks "
+                "progress, output, error, attempts, usage, not_before, tenant, options "
+                "FROM tasks "
                 "WHERE id = ?",
                 (task_id,)).fetchone()
         if row is None:
             return None
         (tid, agent, status, prio, created, started, finished, calls, progress, output,
-         error, attempts, usage, not_before, tenant) = row
+         error, attempts, usage, not_before, tenant, options) = row
         return TaskInfo(tid, agent, status, prio, created, started, finished, calls,
                         None if progress is None else msgspec.json.decode(progress),
                         raw_output_of(msgspec.Raw(output)) if output is not None else None,
@@ -373,7 +375,7 @@ class TaskJournalDB:
                         usage=None if usage is None else _usage.decode(usage),
                         queue_wait=queue_wait(created, started),
                         not_before=not_before if status == "queued" else None,
-                        tenant=tenant)
+                        tenant=tenant, options=decoded(options))
 
     def _load_input(self, task_id: str) -> msgspec.Raw | None:
         with self._read_lock:
@@ -382,11 +384,11 @@ class TaskJournalDB:
         return None if row is None or row[0] is None else msgspec.Raw(bytes(row[0]))
 
     def _query(self, agent: str | None, status: str | None, since: float | None,
-               limit: int, before: str | None, sees: Sees | None
+               limit: int, before: str | None, sees: Sees | None, filters: TaskFilters
                ) -> list[TaskSummary] | None:
         """The page, or None when `before` names no task (that `sees` admits)."""
         where, args = given(("agent = ?", agent), ("status = ?", status),
-                            ("created >= ?", since))
+                            ("created >= ?", since), *filter_sql(filters, "options"))
         seen = ""
         if sees is not None:
             # the caller's own test of a record (its agent, its tenant), in the query
@@ -408,15 +410,16 @@ class TaskJournalDB:
                     where.append("arrival < ?")
                     args.append(found[0])
                 sql = ("SELECT id, agent, status, priority, created, started, finished, "
-                       "attempts, tenant FROM tasks"
+                       "attempts, tenant, options FROM tasks"
                        + (" WHERE " + " AND ".join(where) if where else "")
                        + " ORDER BY arrival DESC LIMIT ?")
                 rows = self._reader.execute(sql, (*args, limit)).fetchall()
             finally:
                 self._reader.create_function("sees", 2, None)
         return [TaskSummary(tid, a, st, prio, created, started, finished,
-                            len(_attempts.decode(attempts)), tenant=tenant)
-                for tid, a, st, prio, created, started, finished, attempts, tenant
+                            len(_attempts.decode(attempts)), tenant=tenant,
+                            options=decoded(options))
+                for tid, a, st, prio, created, started, finished, attempts, tenant, options
                 in reversed(rows)]
 
     # -- shutdown -------------------------------------------------------------------------
@@ -458,7 +461,7 @@ def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
         None if task.progress is None else _encode(task.progress),
         None if task.usage is None else _encode(task.usage),
         task.not_before,
-        None if task.retry_on is None else _encode(task.retry_on),
+        encoded(task.options),
         task.tenant)
 
 

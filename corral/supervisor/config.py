@@ -20,6 +20,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from .. import redact
+from ..taskoptions import RetryOutcome
 from .schedule import Cron, ScheduleError, ScheduleSpec
 from .teams.definition import TeamSpec
 from .workflows.definition import WorkflowSpec
@@ -42,8 +43,6 @@ ExitCode = Annotated[int, Meta(ge=0, le=255)]
 # the signals a stop may send first (supervisord's stopsignal takes these)
 StopSignal = Literal["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"]
 
-# the outcomes of an attempt `retry_on` may name (a task's statuses: tasks/model.py)
-RetryOutcome = Literal["lost", "failed", "timed_out"]
 
 
 class ConfigError(Exception):

@@ -38,14 +38,16 @@ def test_a_failed_cluster_task_is_retried_on_its_node_and_a_delay_refused(
         assert [x["error"] for x in res["attempts"]] == [
             "attempt 1 failed on request", "attempt 2 failed on request"]
         # a delay, or a policy of its own, is refused for a cluster task, with the reason
-        for extra in (("--delay", "5s"), ("--retries", "2")):
+        for extra, said in ((("--delay", "5s"), "delay is"),
+                            (("--retries", "2"), "retry is"),
+                            (("--delay", "5s", "--retry-on", "failed"), "delay and retry are")):
             r = a.cli("run", "w", "--input", "1", *extra)
             assert r.returncode == 1
             assert r.stderr == (
-                "corral: invalid params: delay, not_before, retries and retry_on are not "
-                "kept by the cluster's queue (a cluster task runs at once, retried by the "
-                "policy of its agent on the node that runs it): submit it with local = true "
-                "(corral run --local) to delay it or give it a policy on this node\n")
+                f"corral: invalid params: {said} not kept by the cluster's queue (a cluster "
+                "task runs at once, retried by the policy of its agent on the node that runs "
+                "it): submit it with local = true (corral run --local) to delay it or give "
+                "it a policy on this node\n")
         # on the node that runs the agent, --local delays it there
         b = ns["b"]
         r = b.cli("submit", "w", "--input", '{"do": "echo"}', "--delay", "1s", "--local")

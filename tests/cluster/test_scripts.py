@@ -20,6 +20,8 @@ ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}
 
 # SUBMIT's last two arguments: the task's tenant and its MAC (not checked by Redis)
 TENANT = ("acme", "mac")
+# what every SUBMIT takes last: the task's options (none), its tenant and that one's MAC
+LAST = ("", *TENANT)
 
 
 async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
@@ -28,7 +30,7 @@ async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
                                 K.priorities("acme", "w"), K.agents,
                                 K.live],
                           args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue, "0",
-                                "", *TENANT])
+                                "", *LAST])
 
 
 async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
@@ -107,7 +109,7 @@ async def test_max_queue_counts_the_tenants_agent_alone(client: Any) -> None:
     tid = TID.format(3)
     assert await s.submit(keys=[K.task(tid), K.stream("globex", "w", 0),
                                 K.priorities("globex", "w"), K.agents, K.live],
-                          args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "",
+                          args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "",
                                 "globex", "mac"]) == 1
     assert await client.smembers(K.agents) == {b"acme:w", b"globex:w"}
 
@@ -127,7 +129,7 @@ async def test_one_call_reads_and_claims_by_priority_its_share_of_what_waits(
                                     K.priorities("acme", "w"),
                                     K.agents, K.live],
                               args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0,
-                                    "0", "", *TENANT]) == 1
+                                    "0", "", *LAST]) == 1
     await client.hset(K.task(TID.format(3)), "status", "cancelled")  # 3 is stale
 
     async def read_claim(count: int, serving: int = 1) -> Any:
@@ -286,7 +288,7 @@ async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None
     tid = TID.format(2)
     got = await s.run([(s.submit, [K.task(tid), K.stream("acme", "w", 0), K.priorities("acme", "w"),
                                    K.agents, K.live],
-                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0, "0", "", *TENANT]),
+                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0, "0", "", *LAST]),
                        (s.progress, [K.task(tid), K.outcomes], [7, b"{}", tid])])
     assert got == [1, 0]  # submitted once; the progress refused (no such claim)
     assert await client.xlen(K.stream("acme", "w", 0)) == 2
@@ -351,7 +353,7 @@ async def test_progress_goes_on_the_outcomes_stream_only_when_a_client_waits(
                                     K.priorities("acme", "w"),
                                     K.agents, K.live],
                               args=[tid, "w", b"null", 0, "", "", "1.0", "n", 0, watched,
-                                    "", *TENANT]) == 1
+                                    "", *LAST]) == 1
     t1, *_ = await claim(s, client, 1)
     t2, *_ = await claim(s, client, 2)
     for tid, token in ((waited, t1), (alone, t2)):

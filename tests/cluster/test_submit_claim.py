@@ -23,7 +23,7 @@ from corral.cluster.scripts import Scripts
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, nodes, sleeper
-from .test_scripts import TENANT, TID, finish, submit
+from .test_scripts import LAST, TID, finish, submit
 
 pytestmark = pytest.mark.timeout(60)
 K = Keys("t")
@@ -36,7 +36,7 @@ async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1")
               K.fence],
         args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0, "0", "", consumer,
               consumer.split("/")[0], "2.0", records.claimed_attempt("n", 2.0), 2, "30.0",
-              K.prefix, *TENANT])
+              K.prefix, *LAST])
 
 
 async def test_one_call_submits_and_claims_a_task_fenced_as_any_claim(client: Any) -> None:
@@ -68,7 +68,7 @@ async def test_no_task_jumps_a_backlog_or_a_higher_priority(client: Any) -> None
                                 K.priorities("acme", "w"), K.agents,
                                 K.live],
                           args=[tid2, "w", b"{}", 5, "", "", "1.0", "n", 0, "0", "",
-                                    *TENANT]) == 1
+                                    *LAST]) == 1
     first = await submit_claim(s, 3)
     assert first[1][2] == tid2.encode()  # the higher priority's first
     second = await submit_claim(s, 4)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...taskoptions import FILTER_NAMES, OPTION_NAMES
+
 PREFIX = "/api/v1"
 
 
@@ -87,8 +89,7 @@ RESOURCES: list[Resource] = [
     _r("POST", "/tasks", "tasks.submit", "Submit a task: 202 and its Location at once; "
        "with `wait`, its outcome (as `corral run --json` prints it) if it ends within that "
        "many seconds, else 202", query=("wait",),
-       body=("agent", "input", "timeout", "priority", "local", "delay", "not_before",
-             "retries", "retry_on", "session"), idempotent=True,
+       body=("agent", "input", "local", *OPTION_NAMES), idempotent=True,
        location="/tasks/{task_id}", done_when="attempts"),
     _r("GET", "/workflows", "workflows.list", "The workflows: the config's and those "
        "added at runtime"),
@@ -131,7 +132,8 @@ RESOURCES: list[Resource] = [
     _r("POST", "/teams/{name}/rollback", "teams.rollback", "Go back to an earlier revision "
        "of a runtime team", body=("revision",)),
     _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
-       query=("agent", "status", "since", "limit", "before", "local"), cursor="before"),
+       query=("agent", "status", "since", "limit", "before", "local", *FILTER_NAMES),
+       cursor="before"),
     _r("GET", "/tasks/{task_id}", "tasks.get", "One task (with ?input=true, its input)",
        path_params={"task_id": "task_id"}, query=("input",)),
     _r("POST", "/tasks/{task_id}/cancel", "tasks.cancel", "Cancel a task",

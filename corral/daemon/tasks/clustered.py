@@ -24,10 +24,10 @@ from .front import Page, Sees, accepted, listing_window
 from .local import LocalFront
 
 P = TypeVar("P", m.TasksRun, m.TasksSubmit)
-CLUSTER_POLICY = ("invalid params: delay, not_before, retries and retry_on are not kept by "
-                  "the cluster's queue (a cluster task runs at once, retried by the "
-                  "policy of its agent on the node that runs it): submit it with local = "
-                  "true (corral run --local) to delay it or give it a policy on this node")
+# the options (taskoptions.py) a cluster's queue does not keep: a cluster task runs at
+# once, retried by the policy of its agent on the node that runs it; every other option is
+# kept with its record (ClusterTasks)
+NOT_KEPT = frozenset({"delay", "not_before", "retry"})
 
 
 class ClusterFront:
@@ -48,10 +48,16 @@ class ClusterFront:
         self.local.recover(records)
 
     def _admitted(self, p: P) -> P:
-        """(A cluster task's start time and retry policy are not kept by the cluster's
-        queue: one that asks for either is refused, pointing to `local`.)"""
-        if p.policy:
-            raise RpcError(jsonrpc.INVALID_PARAMS, CLUSTER_POLICY)
+        """(An option the cluster's queue does not keep is refused by its name, pointing
+        to `local`.)"""
+        refused = [name for name in p.given() if name in NOT_KEPT]
+        if refused:
+            raise RpcError(jsonrpc.INVALID_PARAMS, (
+                f"invalid params: {' and '.join(refused)} "
+                f"{'is' if len(refused) == 1 else 'are'} not kept by the cluster's queue (a "
+                "cluster task runs at once, retried by the policy of its agent on the node "
+                "that runs it): submit it with local = true (corral run --local) to delay "
+                "it or give it a policy on this node"))
         return self._admit(p)
 
     def _admit(self, p: P) -> P:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -81,14 +80,8 @@ class LocalFront:
                                             "journal (task_journal = false) a task accepted "
                                             "now would be lost: submit it again once the "
                                             "daemon is back")
-        try:
-            at = p.start_at(time.time())
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
-        return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority,
-                            not_before=at, retries=p.retries, retry_on=p.retry_on,
-                            traceparent=p.traceparent, tracestate=p.tracestate,
-                            session=p.session)
+        return tasks.submit(p.agent, p.input, p, traceparent=p.traceparent,
+                            tracestate=p.tracestate)
 
     async def _committed(self, task: Task) -> None:
         """In the journal before it is acknowledged. The failure is known only when the
@@ -167,7 +160,8 @@ class LocalFront:
             return [], None
         # one more than the page: whether older tasks are left, without counting them
         page = await self.engine.query(agent=p.agent, status=p.status, since=since,
-                                          limit=limit + 1, before=p.before, sees=sees)
+                                       limit=limit + 1, before=p.before, sees=sees,
+                                       filters=p)
         if len(page) <= limit:
             return page, None
         page = page[1:]

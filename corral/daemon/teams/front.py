@@ -21,26 +21,25 @@ from ..caller import Channel
 from ..tasks.front import Page, Sees, TaskFront, accepted, listing_window
 from .service import TeamService, call_info
 
-# what a team's call does not take, and why: it is no one agent's task
-_NOT_TAKEN = (
-    ("delay", "its members' tasks run at once"),
-    ("not_before", "its members' tasks run at once"),
-    ("session", "a session is one agent's"),
-    ("timeout", "its tasks' timeout is the team's `timeout`"),
-    ("retries", "its tasks' retries are the team's `retries`"),
-    ("retry_on", "its tasks' retries are the team's `retries`"),
-)
+# a team's call takes no option of a task (taskoptions.py): why, for those a caller may
+# look for (any other: it is no one agent's task)
+_WHY_NOT = {
+    "delay": "its members' tasks run at once",
+    "not_before": "its members' tasks run at once",
+    "session": "a session is one agent's",
+    "timeout": "its tasks' timeout is the team's `timeout`",
+    "retry": "its tasks' retries are the team's `retries`",
+    "priority": "its tasks run at their agents' order",
+}
 
 
 def _refused(p: m.TaskParams) -> None:
-    for key, why in _NOT_TAKEN:
-        if getattr(p, key) is not None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: "
-                                                   f"a team's call takes no {key} ({why})")
-    if p.priority:
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: a "
-                                               "team's call takes no priority (its tasks "
-                                               "run at their agents' order)")
+    given = p.given()
+    if given:
+        key = given[0]
+        why = _WHY_NOT.get(key, "a team's call is no one agent's task")
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: "
+                                               f"a team's call takes no {key} ({why})")
 
 
 class TeamFront:

@@ -23,6 +23,7 @@ from ...supervisor.tasks.recorded import RecordedTask, outcome
 from ...supervisor.workflows import Step, WorkflowError
 from ...supervisor.workflows.plan import items, runs, step_input
 from ...supervisor.workflows.refs import Missing, Scope
+from ...taskoptions import step_options
 from ...taskviews import TaskInfo
 from .runevents import StepEnded, StepStarted
 from .runstore import STEP_ENDED, WHOLE, Run, RunStore, StepRow
@@ -186,7 +187,7 @@ class Runner:
         tp, ts = parent if parent is not None else (None, None)
         recorded = RecordedTask(task_id, agent, run.tenant)
         return await outcome(self.engine, recorded, lambda: self.engine.submit(
-            agent, task_input, timeout=st.spec.timeout, retries=st.spec.retries,
+            agent, task_input, step_options(st.spec.timeout, st.spec.retries),
             task_id=task_id, traceparent=tp, tracestate=ts))
 
     async def _end(self, run: Run, step: str, item: int, status: str, output: Any,

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...taskoptions import NO_FILTERS, TaskFilters
 from ...taskviews import TaskInfo, TaskSummary
 from .model import Task
 
@@ -46,9 +47,11 @@ class TaskJournal(Protocol):
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
-                    sees: Sees | None = None) -> list[TaskSummary]:
+                    sees: Sees | None = None, filters: TaskFilters = NO_FILTERS
+                    ) -> list[TaskSummary]:
         """Tasks created at or after `since` (wall time), oldest first, the newest `limit`;
         with `before` (a task id), only those that arrived before that task; with `sees`,
         only the tasks it admits by agent and tenant (another reads as absent, the cursor
-        too). Raises `unknown_cursor(before)` when it names no task."""
+        too); only those whose options pass `filters`. Raises `unknown_cursor(before)`
+        when it names no task."""
 

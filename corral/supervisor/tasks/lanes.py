@@ -19,6 +19,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ...jsonrpc import RpcError
+from ...taskoptions import TaskOptions
 from ...taskviews import TaskError, TaskResult
 from .durable import TaskJournal
 from .model import Task
@@ -33,8 +34,8 @@ class Submits(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def submit_many(self, agent_name: str, inputs: Sequence[Any], *,
-                    timeout: float | None = None) -> list[Task | RpcError]: ...
+    def submit_many(self, agent_name: str, inputs: Sequence[Any],
+                    options: TaskOptions = ...) -> list[Task | RpcError]: ...
 
     def outcome(self, task: Task, *, decode: bool = False) -> Awaitable[TaskResult]: ...
 
@@ -63,11 +64,11 @@ class Lanes:
     """One `map` (module doc)."""
 
     def __init__(self, tasks: Submits, agent: str, inputs: Iterator[Any], *,
-                 concurrency: int, timeout: float | None) -> None:
+                 concurrency: int, options: TaskOptions) -> None:
         self.tasks = tasks
         self.agent = agent
         self.todo = inputs
-        self.timeout = timeout
+        self.options = options
         self.concurrency = max(1, concurrency)
         self.results: list[TaskResult | None] = []
         self.dropped: list[tuple[int, Task]] = []  # outputs read back from the journal
@@ -101,7 +102,7 @@ class Lanes:
             base = len(results)
             results.extend([None] * len(batch))
             try:
-                made = tasks.submit_many(self.agent, batch, timeout=self.timeout)
+                made = tasks.submit_many(self.agent, batch, self.options)
             except RpcError as exc:
                 made = [exc] * len(batch)
             for k, task in enumerate(made):

@@ -4,7 +4,7 @@ A task goes to the least-loaded serving replica with a free slot (`max_concurren
 otherwise it waits in the agent's bounded queue, ordered by priority then arrival
 (queue.py; dispatch.py starts it). Outcomes: succeeded, failed (the agent's error),
 timed_out, cancelled, lost (with its worker). A task is finished once. An attempt that
-ends in an outcome its policy retries (`retries`, `retry_on`: retry.py) runs again, after
+ends in an outcome its retry policy names (retry.py) runs again, after
 its backoff; every attempt is recorded. A task submitted with a delay, or a retry's
 backoff, waits for its time out of the queue (delays.py).
 
@@ -29,6 +29,15 @@ import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...taskoptions import (
+    AGENTS_RETRY,
+    NO_FILTERS,
+    NO_OPTIONS,
+    TaskFilters,
+    TaskOptions,
+    admits,
+    options_of,
+)
 from ...taskviews import TaskError, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import (
@@ -66,6 +75,10 @@ if TYPE_CHECKING:
     from ..quotas import Tenancy
     from ..replica import Replica
     from .host import AgentLike, TaskHost
+
+
+# the options a map's tasks do not take (submit_many)
+_NOT_MAPPED = frozenset({"delay", "not_before", "session"})
 
 
 def _note_first(agent: AgentLike, text: str) -> None:
@@ -234,16 +247,19 @@ class TaskManager:
         return q.running if q is not None else 0
 
     # -- admission ------------------------------------------------------------------------
-    def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0, not_before: float | None = None,
-               retries: int | None = None, retry_on: Sequence[str] | None = None,
-               traceparent: str | None = None, tracestate: str | None = None,
-               task_id: str | None = None, session: str | None = None) -> Task:
-        """Accept a task or refuse it at once with the reason. `not_before` (wall
-        time): it waits until then; `retries` and `retry_on`: its own retry policy
-        instead of its agent's; `traceparent`: the caller's trace context; `task_id`: an
-        id made and recorded by the caller before (a workflow's step); `session`: the
-        session of the agent it is a turn of (sessions.py)."""
+    def submit(self, agent_name: str, task_input: Any, options: TaskOptions = NO_OPTIONS,
+               *, traceparent: str | None = None, tracestate: str | None = None,
+               task_id: str | None = None) -> Task:
+        """Accept a task or refuse it at once with the reason. `options`: how it is to
+        run, as its submitter asked (taskoptions.py: its timeout, priority, start time,
+        retry policy, session...); `traceparent`: the caller's trace context; `task_id`:
+        an id made and recorded by the caller before (a workflow's step)."""
+        try:
+            not_before = options.start_at(time.time())
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+        options = options_of(options)
+        timeout, session = options.timeout, options.session
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         try:
@@ -265,7 +281,7 @@ class TaskManager:
             raise
         # the tasks that wait for their time count against max_queue too
         depth = self.queue.depth(agent.name) + self.delays.count(agent.name)
-        later = not_before is not None and not_before > time.time()
+        later = not_before is not None
         if depth >= agent.spec.max_queue and (later or self.dispatch.free_replica(agent) is None
                                               or self.dispatch.held is not None
                                               or self.budgets.holds(agent)):
@@ -274,15 +290,15 @@ class TaskManager:
         if session is not None and (full := self.sessions.refusal(agent.name, session)):
             q.counts["refused"] += 1
             raise full
-        task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
+        retries = options.retry.retries if options.retry is not None else None
+        task = Task(agent.name, raw, options.priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries if retries is None else retries, next(self._seq))
+        task.options = options
         if task_id is not None:
             task.id = task_id
         reach = REACH.get()
         if reach is not None and getattr(agent.spec, "spawns", None):
             self.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
-        if retry_on is not None:
-            task.retry_on = tuple(retry_on)
         if session is not None:
             task.session = session
         task.tenant = agent.spec.tenant
@@ -292,7 +308,7 @@ class TaskManager:
         self.active[task.id] = task
         if session is not None:
             self.sessions.accept(task)
-        if not_before is not None and later:
+        if not_before is not None:
             task.not_before = task.due = not_before
             self.record(task)
             self.delays.add(task)
@@ -302,13 +318,19 @@ class TaskManager:
         self.dispatch.pump(agent.name)
         return task
 
-    def submit_many(self, agent_name: str, inputs: Sequence[Any], *,
-                    timeout: float | None = None) -> list[Task | RpcError]:
+    def submit_many(self, agent_name: str, inputs: Sequence[Any],
+                    options: TaskOptions = NO_OPTIONS) -> list[Task | RpcError]:
         """`submit` of a map's turn of inputs (lanes.py), each accepted or refused as
-        `submit` would, in order: what is the agent's is looked at once (its refusal, its
-        counters, its queue's free room), the ids are made in one call, and the agent's
-        queue is pumped once at the end, so that a worker is written the turn's tasks in
-        one write."""
+        `submit` would, in order, every one with `options` (a map's tasks start at once,
+        outside any session: options that say otherwise refuse the turn): what is the
+        agent's is looked at once (its refusal, its counters, its queue's free room), the
+        ids are made in one call, and the agent's queue is pumped once at the end, so that
+        a worker is written the turn's tasks in one write."""
+        unmapped = [n for n in options.given() if n in _NOT_MAPPED]
+        if unmapped:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: a map's tasks take no "
+                                                   f"{', '.join(unmapped)} (they start at "
+                                                   "once, outside any session)")
         agent = self.sup.agent(agent_name)
         name, spec = agent.name, agent.spec
         q = self._agent_tasks(agent)
@@ -329,6 +351,11 @@ class TaskManager:
                                             queue.put)
         seq, tenancy, bucket = self._seq, self.tenancy, q.bucket
         ids, now = new_ids(len(inputs)), time.time()
+        options = options_of(options)
+        timeout, priority = options.timeout, options.priority
+        retries = options.retry.retries if options.retry is not None else None
+        if retries is None:
+            retries = spec.retries
         out: list[Task | RpcError] = []
         for x, task_id in zip(inputs, ids, strict=True):
             try:
@@ -342,9 +369,9 @@ class TaskManager:
                             dispatch.free_replica(agent) is None
                             or dispatch.held is not None or self.budgets.holds(agent)):
                         raise queue_full(agent, waiting)
-                task = Task(name, raw, 0, t or spec.task_timeout, spec.retries, next(seq),
+                task = Task(name, raw, priority, t or spec.task_timeout, retries, next(seq),
                             task_id, now)
-                task.tenant = spec.tenant
+                task.tenant, task.options = spec.tenant, options
                 if reach is not None:
                     self.spawns.limit(task, *reach)
                 if trace_begin is not None:
@@ -445,7 +472,7 @@ class TaskManager:
         agent = self.sup.agents.get(task.agent)
         if agent is None or task.agent not in self.by_agent:
             return None
-        return task.retry_on if task.retry_on is not None else agent.spec.retry_on
+        return (task.options.retry or AGENTS_RETRY).outcomes(agent.spec)
 
     def _retry(self, task: Task) -> None:
         """The machine retries the task (one retry spent): it waits for its backoff."""
@@ -513,7 +540,7 @@ class TaskManager:
             task.id, task.created, task.started = rec.task_id, rec.created, rec.started
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
             task.usage, task.checkpoint = rec.usage, rec.checkpoint
-            task.retry_on, task.not_before = rec.retry_on, rec.not_before
+            task.options, task.not_before = rec.options, rec.not_before
             task.tenant = rec.tenant
             task.due = max(rec.created, rec.not_before or rec.created)
             task.session = self.sessions.member(task.id)
@@ -574,6 +601,7 @@ class TaskManager:
         task.id, task.created, task.started = rec.task_id, rec.created, rec.started
         task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
         task.usage, task.checkpoint, task.tenant = rec.usage, rec.checkpoint, rec.tenant
+        task.options = rec.options
         task.session = self.sessions.member(task.id)
         self.sessions.claim(task)
         self.traced_again(task)
@@ -585,14 +613,11 @@ class TaskManager:
         return task
 
     # -- the API --------------------------------------------------------------------------
-    async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
-                  priority: int = 0, not_before: float | None = None,
-                  retries: int | None = None, retry_on: Sequence[str] | None = None,
-                  traceparent: str | None = None, tracestate: str | None = None,
-                  session: str | None = None) -> TaskResult:
-        task = self.submit(agent, task_input, timeout=timeout, priority=priority,
-                           not_before=not_before, retries=retries, retry_on=retry_on,
-                           traceparent=traceparent, tracestate=tracestate, session=session)
+    async def run(self, agent: str, task_input: Any, options: TaskOptions = NO_OPTIONS, *,
+                  traceparent: str | None = None, tracestate: str | None = None
+                  ) -> TaskResult:
+        task = self.submit(agent, task_input, options, traceparent=traceparent,
+                           tracestate=tracestate)
         task.decoded = True  # (before its answer can be read: that is on a later turn)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
@@ -622,8 +647,8 @@ class TaskManager:
         if self.journal is not None:
             await self.journal.committed()
 
-    async def map(self, agent: str, inputs: Iterable[Any], *, concurrency: int = 8,
-                  timeout: float | None = None) -> list[TaskResult]:
+    async def map(self, agent: str, inputs: Iterable[Any], options: TaskOptions = NO_OPTIONS,
+                  *, concurrency: int = 8) -> list[TaskResult]:
         """Run many tasks with at most `concurrency` at once; results in input order.
         A refused task is a result with status "refused" rather than an exception.
 
@@ -631,7 +656,7 @@ class TaskManager:
         next input submitted when its task ends (lanes.py): nothing is made per input but
         its Task."""
         return await Lanes(self, agent, iter(inputs), concurrency=concurrency,
-                           timeout=timeout).run()
+                           options=options).run()
 
     def get(self, task_id: str) -> Task:
         """A task in memory (every unfinished one, the last `kept` finished ones)."""
@@ -673,17 +698,19 @@ class TaskManager:
 
     async def query(self, *, agent: str | None = None, status: str | None = None,
                     since: float | None = None, limit: int = 100,
-                    before: str | None = None, sees: Sees | None = None
-                    ) -> list[TaskSummary]:
+                    before: str | None = None, sees: Sees | None = None,
+                    filters: TaskFilters = NO_FILTERS) -> list[TaskSummary]:
         """Tasks created since `since` (wall time), newest last: from the journal when
         there is one (every task until pruned), else from memory, in the order they were
         accepted; with `before` (a task id), those accepted before it (a page's cursor);
-        with `sees`, those it admits (TaskJournal.query)."""
+        with `sees`, those it admits; those whose options pass `filters`
+        (TaskJournal.query)."""
         if limit <= 0:
             return []
         if self.journal is not None:
             return await self.journal.query(agent=agent, status=status, since=since,
-                                            limit=limit, before=before, sees=sees)
+                                            limit=limit, before=before, sees=sees,
+                                            filters=filters)
         last = None
         if before is not None:
             cursor = self.active.get(before) or self.finished.get(before)
@@ -696,7 +723,7 @@ class TaskManager:
                 and (since is None or t.created >= since)
                 and (last is None or t.seq < last)
                 and (sees is None or sees(t.agent, t.tenant))
-                ][-limit:]
+                and admits(filters, t.options)][-limit:]
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)

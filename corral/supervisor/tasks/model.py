@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
+from ...taskoptions import NO_OPTIONS, TaskOptions
 from ...taskviews import (
     Attempt,
     ModelUsage,
@@ -51,7 +52,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     usage: ModelUsage | None = None
     checkpoint: msgspec.Raw | None = None  # its last task/checkpoint (tasks/steps.py)
     not_before: float | None = None
-    retry_on: tuple[str, ...] | None = None
+    options: TaskOptions = msgspec.field(default_factory=lambda: NO_OPTIONS)
     tenant: str | None = None  # its agent's when it was accepted (Task.tenant)
 
 
@@ -68,10 +69,35 @@ class Task(TaskMachine):
     alone moves them."""
 
     __slots__ = (
-        "_done", "agent", "attempts", "checkpoint", "created", "decoded", "due", "error",
-        "finished", "id", "input", "journaled", "not_before", "out", "output_dropped",
-        "priority", "progress", "replica", "retry_on", "seq", "session", "started",
-        "tenant", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
+        "_done",
+        "agent",
+        "attempts",
+        "checkpoint",
+        "created",
+        "decoded",
+        "due",
+        "error",
+        "finished",
+        "id",
+        "input",
+        "journaled",
+        "not_before",
+        "options",
+        "out",
+        "output_dropped",
+        "priority",
+        "progress",
+        "replica",
+        "seq",
+        "session",
+        "started",
+        "tenant",
+        "timeout",
+        "tool_calls",
+        "trace",
+        "usage",
+        "waiter",
+        "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -89,7 +115,7 @@ class Task(TaskMachine):
         self.input = raw_input
         self.priority = priority
         self.timeout = timeout
-        self.retry_on: tuple[str, ...] | None = None  # its own policy (None: its agent's)
+        self.options = NO_OPTIONS  # as its submitter asked (its retry policy among them)
         self.session: str | None = None  # the session of its agent it is a turn of
         # the tenant its agent was of when it was accepted: whose record it stays, whoever
         # holds the agent's name later (DESIGN 20); None: not known (an engine's own)
@@ -190,12 +216,12 @@ class Task(TaskMachine):
                         self.raw_output, self.error, list(self.attempts), self.output_dropped,
                         self.usage, queue_wait=queue_wait(self.due, self.started),
                         not_before=self.not_before if self.queued else None,
-                        tenant=self.tenant)
+                        tenant=self.tenant, options=self.options)
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,
                            self.started, self.finished, len(self.attempts),
-                           tenant=self.tenant)
+                           tenant=self.tenant, options=self.options)
 
 
 

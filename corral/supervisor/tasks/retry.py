@@ -2,10 +2,10 @@
 long (as Celery's `autoretry_for`, `max_retries`, `retry_backoff`, `retry_backoff_max` and
 `retry_jitter` say it).
 
-An agent's `retry_on` names the outcomes of an attempt that are retried ("lost": its
-worker died or the daemon stopped under it; "failed": the agent answered an error;
-"timed_out": past its deadline), `retries` how many times. A task may carry its own
-`retries` and `retry_on` from its submission. The n-th retry waits `retry_backoff * 2**(n-1)`
+An agent's policy names the outcomes of an attempt that are retried ("lost": its worker
+died or the daemon stopped under it; "failed": the agent answered an error; "timed_out":
+past its deadline), `retries` how many times. A task may carry its own policy from its
+submission (taskoptions.RetryOptions). The n-th retry waits `retry_backoff * 2**(n-1)`
 seconds, at most `retry_backoff_max`; with `retry_jitter` a random time between 0 and that
 (full jitter, Celery's: retries of many tasks that failed together spread out rather than
 return together). A cancelled task is never retried. Whether an attempt is retried is the

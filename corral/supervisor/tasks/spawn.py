@@ -25,6 +25,7 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
+from ...taskoptions import TaskOptions, step_options
 from ...taskviews import TaskInfo
 from ...text import plural
 from ...workerproto import TaskSpawnParams, TaskWaitParams
@@ -67,8 +68,8 @@ class Engine(Protocol):
     steps: TaskSteps
     worker: WorkerMethods
 
-    def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               retries: int | None = None, task_id: str | None = None) -> Task: ...
+    def submit(self, agent_name: str, task_input: Any, options: TaskOptions = ..., *,
+               task_id: str | None = None) -> Task: ...
 
     async def committed(self) -> None: ...
 
@@ -214,7 +215,7 @@ class Spawns:
 
     async def _submit(self, child_id: str, p: TaskSpawnParams, child: Lineage) -> None:
         engine = self.engine
-        engine.submit(p.agent, p.input, timeout=p.timeout, retries=p.retries,
+        engine.submit(p.agent, p.input, step_options(p.timeout, p.retries),
                       task_id=child_id)
         self._keep(child_id, child)
         await engine.committed()

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ...jsonrpc import RpcError
+from ...taskoptions import step_options
 from ...taskviews import TaskInfo
 from ..tasks import TERMINAL, TaskManager
 from ..tasks.ids import new_id
@@ -131,7 +132,7 @@ class TeamRunner:
             "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
         recorded = RecordedTask(task_id, agent, call.tenant)
         return await outcome(self.engine, recorded, lambda: self.engine.submit(
-            agent, task_input, timeout=call.spec.timeout, retries=call.spec.retries,
+            agent, task_input, step_options(call.spec.timeout, call.spec.retries),
             task_id=task_id, traceparent=parent.get("traceparent") or None,
             tracestate=parent.get("tracestate") or None))
 

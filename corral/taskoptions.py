@@ -1,0 +1,188 @@
+"""A task's submission options: one typed value, defined here once, that travels whole
+from the CLI and the REST API (their fields derived from it) through the fronts, the task
+manager (`submit`, `submit_many`, `run`), the journal (one column) and a cluster's record
+(Temporal's start options are the model).
+
+Adding an option is adding a field here: the control methods' params inherit it
+(methods.TaskParams), the CLI's options and the REST body are read off these fields, the
+journal and the cluster keep the value whole, and `corral task` shows it. An option a
+transport does not carry (a cluster's queue, a team's call) is refused there by its name.
+A filter on an option (`TaskFilters`) is a field of the listings' params, applied alike by
+the journal (SQL over the stored value) and by a cluster's listing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Protocol
+
+import msgspec
+
+MAX_DELAY = 366 * 86400.0  # the furthest a task may be delayed (a year and a day)
+MAX_TASK_RETRIES = 100  # retries a task may ask for (its agent's `retries` is not bounded)
+MAX_TAGS = 16  # tags a task may carry (max_tags)
+MAX_TAG_LENGTH = 64  # characters of one tag (max_tag_length)
+SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
+RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec's
+# a tag as a shell, a URL's query and a log line take it without quoting
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=/@+-]*")
+
+
+def _cli(flag: str | None = None, *, parse: str | None = None, metavar: str | None = None,
+         hidden: bool = False) -> dict[str, Any]:
+    """How the CLI spells a field (cli/tasks.py reads it): its flag when not the field's
+    name, a parser of its text (`duration`), its metavar; or no flag at all."""
+    return {"cli": {"flag": flag, "parse": parse, "metavar": metavar, "hidden": hidden}}
+
+
+class AgentRetries(Protocol):
+    """What a task's retry options fall back on: its agent's spec (config.AgentSpec)."""
+
+    @property
+    def retry_on(self) -> tuple[str, ...]: ...
+
+
+class RetryOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+                  omit_defaults=True):
+    """A task's own retry policy, in place of its agent's (a field left out: the
+    agent's)."""
+
+    retries: Annotated[int, msgspec.Meta(
+        ge=0, le=MAX_TASK_RETRIES,
+        description="Times to run it again after an attempt ends in a retried outcome "
+                    "(default: the agent's retries).")] | None = None
+    retry_on: Annotated[tuple[RetryOutcome, ...], msgspec.Meta(
+        description="Outcomes of an attempt that are retried: lost, failed, timed_out "
+                    "(default: the agent's retry_on).",
+        extra=_cli(metavar="OUTCOME[,OUTCOME]"))] | None = None
+
+    def outcomes(self, spec: AgentRetries) -> tuple[str, ...]:
+        """The outcomes of an attempt this policy retries: its own, else its agent's."""
+        return self.retry_on if self.retry_on is not None else spec.retry_on
+
+
+AGENTS_RETRY = RetryOptions()  # a task that gave none: its agent's, whole
+
+
+def step_options(timeout: float | None, retries: int | None) -> TaskOptions:
+    """The options of a task a workflow's step or a team's call submits (what a step's
+    definition may say of its task)."""
+    if timeout is None and retries is None:
+        return NO_OPTIONS
+    return TaskOptions(timeout=timeout, retry=None if retries is None
+                       else RetryOptions(retries=retries))
+
+
+class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
+                  omit_defaults=True):
+    """How a task is to run, as its submitter asked."""
+
+    timeout: Annotated[float, msgspec.Meta(
+        gt=0, description="Seconds the task may run once started (default: the agent's "
+                          "task_timeout); time waiting in the queue is not counted.")
+                       ] | None = None
+    priority: Annotated[int, msgspec.Meta(
+        description="Higher runs first among waiting tasks.")] = 0
+    delay: Annotated[float, msgspec.Meta(
+        ge=0, le=MAX_DELAY,
+        description="Start it no sooner than this many seconds from now (it waits, queued, "
+                    "and a daemon restart keeps it); the CLI takes 90s, 15m, 1h, 2d.",
+        extra=_cli(parse="duration", metavar="DURATION"))] | None = None
+    not_before: Annotated[float, msgspec.Meta(
+        ge=0, description="Start it no sooner than this unix time (not with delay).",
+        extra=_cli(metavar="UNIX_TIME"))] | None = None
+    retry: RetryOptions | None = None
+    session: Annotated[SessionName, msgspec.Meta(
+        description="A turn of this session of the agent: its tasks run one at a time, "
+                    "in order, each given the session's state (docs/durable.md#sessions).",
+        extra=_cli(metavar="NAME"))] | None = None
+
+    def start_at(self, now: float) -> float | None:
+        """The wall time it may start at (None: at once); raises ValueError for a time
+        past MAX_DELAY from now, or both `delay` and `not_before`."""
+        if self.delay is not None and self.not_before is not None:
+            raise ValueError("give delay or not_before, not both")
+        at = now + self.delay if self.delay is not None else self.not_before
+        if at is not None and at > now + MAX_DELAY:
+            raise ValueError(f"not_before is more than {MAX_DELAY / 86400:g} days from now")
+        return at if at is not None and at > now else None
+
+    def given(self) -> list[str]:
+        """The options given a value other than their default, by name, in order."""
+        return [name for name, default in _DEFAULTS if getattr(self, name) != default]
+
+
+OPTION_FIELDS = msgspec.structs.fields(TaskOptions)
+OPTION_NAMES = tuple(f.name for f in OPTION_FIELDS)
+_DEFAULTS = tuple((f.name, f.default_factory() if f.default is msgspec.NODEFAULT
+                   else f.default) for f in OPTION_FIELDS)
+NO_OPTIONS = TaskOptions()  # every option its default (a task's agent decides)
+_options = msgspec.json.Decoder(TaskOptions)
+
+
+def options_of(value: TaskOptions) -> TaskOptions:
+    """The options alone of a value that carries them (a method's params inherit them):
+    what a task keeps, and a journal and a cluster's record store."""
+    if type(value) is TaskOptions:
+        return value
+    given = value.given()
+    if not given:
+        return NO_OPTIONS
+    return TaskOptions(**{name: getattr(value, name) for name in given})
+
+
+def encoded(options: TaskOptions) -> bytes | None:
+    """The options as a journal's column and a cluster's record keep them (None: all
+    their defaults)."""
+    return None if options is NO_OPTIONS else msgspec.json.encode(options)
+
+
+def decoded(stored: bytes | str | None) -> TaskOptions:
+    """Stored options back (`encoded`'s)."""
+    return NO_OPTIONS if not stored else _options.decode(stored)
+
+
+class TaskFilters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
+                  omit_defaults=True):
+    """The listings' filters on tasks' options (tasks.list): each field names, in
+    FILTERED, the option it filters on; a task passes when the option holds the value
+    (one of its items, for a list)."""
+
+
+NO_FILTERS = TaskFilters()
+FILTERED: dict[str, str] = {}  # a TaskFilters field -> the TaskOptions field it tests
+FILTER_NAMES = tuple(f.name for f in msgspec.structs.fields(TaskFilters))
+
+
+def admits(filters: TaskFilters, options: TaskOptions) -> bool:
+    """Whether a task with `options` passes `filters` (as the journal's SQL does)."""
+    for name in FILTER_NAMES:
+        wanted = getattr(filters, name)
+        if wanted is None:
+            continue
+        held = getattr(options, FILTERED[name])
+        if not (wanted in held if isinstance(held, list | tuple) else wanted == held):
+            return False
+    return True
+
+
+def filter_sql(filters: TaskFilters, column: str) -> list[tuple[str, Any]]:
+    """`filters` as SQL conditions on a column holding `encoded` options, each with its
+    one argument (the journal's listing)."""
+    conditions = []
+    for name in FILTER_NAMES:
+        wanted = getattr(filters, name)
+        if wanted is None:
+            continue
+        path = f"'$.{FILTERED[name]}'"
+        many = _is_list(FILTERED[name])
+        conditions.append((
+            f"EXISTS (SELECT 1 FROM json_each(CAST({column} AS TEXT), {path}) "
+            "WHERE value = ?)" if many
+            else f"json_extract(CAST({column} AS TEXT), {path}) = ?", wanted))
+    return conditions
+
+
+def _is_list(option: str) -> bool:
+    default = next(f for f in OPTION_FIELDS if f.name == option).default_factory
+    return default is list
