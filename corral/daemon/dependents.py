@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..supervisor.lifecycle import State
+from ..supervisor.lifecycle import RESTARTED, State
 from ..supervisor.process_replica import Transition
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ class Dependents:
         self.closed = False
 
     def on_transition(self, event: Transition) -> None:
+        if not self.closed and event.kind == "agent" and event.reason != RESTARTED:
+            self._stopped(event.name)
         if (self.closed or event.kind != "agent" or event.state is not State.FAILED
                 or not self.agents.failed([event.name])):
             return
@@ -42,6 +44,20 @@ class Dependents:
                                 "once it is up)")
                 task = asyncio.ensure_future(agent.stop(
                     f"requires {event.name}, which failed"))
+                self.stopping.add(task)
+                task.add_done_callback(self.stopping.discard)
+
+    def _stopped(self, name: str) -> None:
+        """An agent stopped by hand stops those that require it, as systemd's Requires=
+        does (they stay stopped when it is started again: `corral start` them)."""
+        if not self.agents.stopped_by_hand([name]):
+            return
+        for agent in list(self.agents.values()):
+            if name in agent.spec.requires and not self.agents.stopped_by_hand([agent.name]):
+                self.report(f"agent {agent.name} is stopped: it requires {name}, which "
+                            f"was stopped (`corral start {name} {agent.name}` starts both)")
+                task = asyncio.ensure_future(agent.stop(f"requires {name}, which was "
+                                                        "stopped"))
                 self.stopping.add(task)
                 task.add_done_callback(self.stopping.discard)
 

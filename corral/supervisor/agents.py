@@ -237,6 +237,13 @@ class Agents(Mapping[str, Agent]):
         return [n for n in names if (a := self._agents.get(n)) is not None
                 and startorder.failed_for_good(a.replicas)]
 
+    def stopped_by_hand(self, names: Iterable[str]) -> list[str]:
+        """Those of the agents named that an operator stopped: every replica down until
+        one starts it (an agent not there is none of them)."""
+        return [n for n in names if (a := self._agents.get(n)) is not None and a.replicas
+                and all(r.machine.stopped_by_hand and r.machine.stays_down
+                        for r in a.replicas)]
+
     def stop_layers(self) -> list[list[Replica]]:
         """Every agent's replicas in the order a stop of all takes them (`after` in
         reverse, startorder.py), the processes of rollouts under way first."""

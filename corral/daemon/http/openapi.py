@@ -16,8 +16,10 @@ from ...methods import REGISTRY, SCOPES
 from ...supervisor.config import AgentSpec, TenantSpec
 from ...supervisor.names import NAME_RE
 from ...supervisor.tasks import ids
+from ...supervisor.tasks.admission import MAX_INPUT_BYTES
 from ...supervisor.teams import TeamSpec
 from ...supervisor.workflows import WorkflowSpec
+from ...supervisor.workflows.plan import STEP_NAME
 from ..tasks.front import STATUSES
 from ..workflows.runstore import RUN_STATUSES
 from . import route, sse
@@ -70,6 +72,15 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
     ("tokens.create", "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},
     ("tokens.create", "expires_in"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                 {"type": "null"}]},
+    # a glob of no characters matches no agent: refused (tokens.py)
+    ("tokens.create", "agents"): {"anyOf": [{"type": "string", "minLength": 1},
+                                            {"type": "null"}]},
+    # a task's own timeout is positive, its input at most MAX_INPUT_BYTES of JSON
+    # (supervisor/tasks/admission.py)
+    ("tasks.submit", "timeout"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                            {"type": "null"}]},
+    ("tasks.submit", "input"): {"description": "any JSON, at most "
+                                               f"{MAX_INPUT_BYTES} bytes of it"},
     # a name (HUP, SIGUSR1; any case is taken) or a number
     ("agents.signal", "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
         s.name[3:] for s in signal.Signals) + "))$"},
@@ -119,6 +130,10 @@ def _tables() -> dict[str, Any]:
     tables["AgentTable"], tables["TenantTable"] = agent, tenant
     team = tables.pop("ConfigTeamSpec")
     tables["WorkflowTable"], tables["TeamTable"] = workflow, team
+    # a step's name is a reference's ($steps.NAME.output: workflows/plan.py), one a step
+    tables["ConfigStepSpec"]["properties"]["name"] = {
+        "type": "string", "pattern": f"^{STEP_NAME.pattern}$",
+        "description": "unique among the workflow's steps"}
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant),
                         ("WorkflowPatch", workflow), ("TeamPatch", team)):
         tables[name] = {
