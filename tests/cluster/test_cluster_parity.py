@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from corral import methods as m
+from corral.daemon.tasks.clustered import NOT_KEPT
 from corral.supervisor.config import AgentSpec
 
 from ..conftest import EXAMPLES, ROOT
@@ -79,6 +80,9 @@ def test_every_task_option_and_agent_key_has_one_row_and_no_row_more() -> None:
     assert set(options) == submit, (
         f"options without a row: {sorted(submit - set(options))}; rows of no option: "
         f"{sorted(set(options) - submit)}")
+    # the options the cluster's front refuses by name are the rows that say refused
+    assert {r.name for r in rows if r.kind == "option" and r.verdict == "refused"} == (
+        NOT_KEPT)
     spec = {f.name for f in msgspec.structs.fields(AgentSpec)}
     assert set(keys) == spec, (
         f"agent keys without a row: {sorted(spec - set(keys))}; rows of no key: "
@@ -188,8 +192,6 @@ OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
     "traceparent": lambda a, b: echo(a, b, traceparent=TRACE),
     "tracestate": lambda a, b: echo(a, b, traceparent=TRACE, tracestate="k=v"),
     "delay": policy("delay", 0.1), "not_before": policy("not_before", time.time() + 0.1),
-    "retries": policy("retries", 1), "retry_on": policy("retry_on", ["failed"]),
-    # (the retry policy as one option, as the typed options of issue 53 give it)
     "retry": policy("retry", {"retries": 1}),
 }
 # a value that a cluster agent's table refuses, for each key the table says is refused
