@@ -19,7 +19,7 @@ from typing import Any
 
 import uvloop
 
-from corral.supervisor import AgentSpec, LogLines, Supervisor
+from corral.supervisor import AgentSpec, LogBatch, Supervisor
 from corral.supervisor.lifecycle import SERVING
 
 from .bench_payload import p99, records
@@ -37,7 +37,7 @@ async def main() -> dict[str, Any]:
     worker: list[str] = []
     async with Supervisor() as sup:
         sup.stream.subscribe(lambda e: worker.extend(
-            x.decode() for x in e.lines if x.startswith(b"gc: ")), LogLines)
+            x.decode() for x in e.lines if x.startswith(b"gc: ")), LogBatch)
         sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "gc_echo_agent.py")],
                           env={"PYTHONPATH": str(ROOT), "GC_REPORT_EVERY": str(TASKS)}))
         await sup.wait_state("echo", SERVING)

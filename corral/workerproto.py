@@ -24,12 +24,12 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Number = int | float  # an int stays an int on the way back out
 
 
-class Params(msgspec.Struct, omit_defaults=True):
+class WorkerParams(msgspec.Struct, omit_defaults=True):
     """The params of one method (each method's own subclass below)."""
 
 
 # -- corral -> worker ----------------------------------------------------------------------
-class InitializeParams(Params):
+class InitializeParams(WorkerParams):
     agent: str
     replica: int
     protocol_version: str
@@ -37,11 +37,11 @@ class InitializeParams(Params):
     state: Any = None
 
 
-class PingParams(Params):
+class PingParams(WorkerParams):
     pass
 
 
-class TaskRunParams(Params):
+class TaskRunParams(WorkerParams):
     task_id: str
     input: Any
     attempt: int = 1  # an older corral does not send it
@@ -58,40 +58,40 @@ class TaskRunParams(Params):
     session_state: Any = None
 
 
-class TaskCancelParams(Params):
+class TaskCancelParams(WorkerParams):
     task_id: str
 
 
-class EventParams(Params):
+class EventParams(WorkerParams):
     topic: str
     data: Any = None
     source: str = ""
     time: float = 0.0
 
 
-class ShutdownParams(Params):
+class ShutdownParams(WorkerParams):
     pass
 
 
-class HealthCheckParams(Params):
+class HealthCheckParams(WorkerParams):
     name: str | None = None
 
 
-class HibernateParams(Params):
+class HibernateParams(WorkerParams):
     pass
 
 
-class ResourcesUpdatedParams(Params):
+class ResourcesUpdatedParams(WorkerParams):
     server: str
     uri: str
 
 
 # -- worker -> corral ----------------------------------------------------------------------
-class ToolsListParams(Params):
+class ToolsListParams(WorkerParams):
     pass
 
 
-class ToolsCallParams(Params):
+class ToolsCallParams(WorkerParams):
     name: str
     arguments: dict[str, Any] | None = None
     task_id: str | None = None  # the task the call is for: counted against its budget
@@ -99,46 +99,46 @@ class ToolsCallParams(Params):
     meta: dict[str, Any] | None = msgspec.field(default=None, name="_meta")
 
 
-class ResourcesListParams(Params):
+class ResourcesListParams(WorkerParams):
     server: str | None = None
 
 
-class ResourceTemplatesListParams(Params):
+class ResourceTemplatesListParams(WorkerParams):
     server: str | None = None
 
 
-class ResourcesReadParams(Params):
+class ResourcesReadParams(WorkerParams):
     server: str
     uri: str
 
 
-class ResourcesSubscribeParams(Params):
+class ResourcesSubscribeParams(WorkerParams):
     server: str
     uri: str
 
 
-class ResourcesUnsubscribeParams(Params):
+class ResourcesUnsubscribeParams(WorkerParams):
     server: str
     uri: str
 
 
-class PromptsListParams(Params):
+class PromptsListParams(WorkerParams):
     server: str | None = None
 
 
-class PromptsGetParams(Params):
+class PromptsGetParams(WorkerParams):
     name: str
     arguments: dict[str, str] | None = None
 
 
-class TaskProgressParams(Params):
+class TaskProgressParams(WorkerParams):
     task_id: str
     progress: Number
     total: Number | None = None
     message: str | None = None
 
 
-class UsageReportParams(Params):
+class UsageReportParams(WorkerParams):
     """Amounts are checked for range where they are counted (tasks/budget.py): a report
     out of range is counted as ignored, as one of the wrong shape is."""
 
@@ -149,20 +149,20 @@ class UsageReportParams(Params):
     model: str | None = None
 
 
-class EventsPublishParams(Params):
+class EventsPublishParams(WorkerParams):
     topic: NonEmpty
     data: Any = None
 
 
-class EventsSubscribeParams(Params):
+class EventsSubscribeParams(WorkerParams):
     topic: NonEmpty
 
 
-class StateCheckpointParams(Params):
+class StateCheckpointParams(WorkerParams):
     state: Any = UNSET  # absent: nothing to keep
 
 
-class StepGetParams(Params):
+class StepGetParams(WorkerParams):
     """A step the agent names (`ctx.step`): its journaled result, if an earlier attempt of
     the task made it (docs/durable.md)."""
 
@@ -170,20 +170,20 @@ class StepGetParams(Params):
     name: NonEmpty
 
 
-class StepPutParams(Params):
+class StepPutParams(WorkerParams):
     task_id: NonEmpty
     name: NonEmpty
     result: Any = None
 
 
-class TaskCheckpointParams(Params):
+class TaskCheckpointParams(WorkerParams):
     """The task's state, given back to its retried attempt (`task/run`'s `task_state`)."""
 
     task_id: NonEmpty
     state: Any = None
 
 
-class SessionCheckpointParams(Params):
+class SessionCheckpointParams(WorkerParams):
     """The state of the running task's session, given to the session's next tasks
     (`task/run`'s `session_state`)."""
 
@@ -191,7 +191,7 @@ class SessionCheckpointParams(Params):
     state: Any = None
 
 
-class TaskSpawnParams(Params):
+class TaskSpawnParams(WorkerParams):
     """A task of another agent, started by the running task `task_id` (its child): `key`
     names the spawn within the task, so that a retried attempt spawning under the same key
     gets the same child back (docs/protocol.md#spawn)."""
@@ -205,7 +205,7 @@ class TaskSpawnParams(Params):
     retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASK_RETRIES)] | None = None
 
 
-class TaskWaitParams(Params):
+class TaskWaitParams(WorkerParams):
     """The outcomes of the running task's children, once every one has ended."""
 
     task_id: NonEmpty
@@ -213,46 +213,46 @@ class TaskWaitParams(Params):
 
 
 # -- the registry --------------------------------------------------------------------------
-class Method(NamedTuple):
+class WorkerMethod(NamedTuple):
     name: str
     sender: Literal["corral", "worker"]
     notification: bool  # never answered
-    params: type[Params]
+    params: type[WorkerParams]
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("initialize", "corral", False, InitializeParams),
-    Method("ping", "corral", False, PingParams),
-    Method("task/run", "corral", False, TaskRunParams),
-    Method("task/cancel", "corral", True, TaskCancelParams),
-    Method("event", "corral", True, EventParams),
-    Method("shutdown", "corral", False, ShutdownParams),
-    Method("health/check", "corral", False, HealthCheckParams),
-    Method("hibernate", "corral", False, HibernateParams),
-    Method("resources/updated", "corral", True, ResourcesUpdatedParams),
-    Method("tools/list", "worker", False, ToolsListParams),
-    Method("tools/call", "worker", False, ToolsCallParams),
-    Method("resources/list", "worker", False, ResourcesListParams),
-    Method("resources/templates/list", "worker", False, ResourceTemplatesListParams),
-    Method("resources/read", "worker", False, ResourcesReadParams),
-    Method("resources/subscribe", "worker", False, ResourcesSubscribeParams),
-    Method("resources/unsubscribe", "worker", False, ResourcesUnsubscribeParams),
-    Method("prompts/list", "worker", False, PromptsListParams),
-    Method("prompts/get", "worker", False, PromptsGetParams),
-    Method("task/progress", "worker", True, TaskProgressParams),
-    Method("usage/report", "worker", True, UsageReportParams),
-    Method("events/publish", "worker", True, EventsPublishParams),
-    Method("events/subscribe", "worker", False, EventsSubscribeParams),
-    Method("state/checkpoint", "worker", True, StateCheckpointParams),
-    Method("step/get", "worker", False, StepGetParams),
-    Method("step/put", "worker", False, StepPutParams),
-    Method("task/checkpoint", "worker", False, TaskCheckpointParams),
-    Method("session/checkpoint", "worker", False, SessionCheckpointParams),
-    Method("task/spawn", "worker", False, TaskSpawnParams),
-    Method("task/wait", "worker", False, TaskWaitParams),
+METHODS: dict[str, WorkerMethod] = {m.name: m for m in (
+    WorkerMethod("initialize", "corral", False, InitializeParams),
+    WorkerMethod("ping", "corral", False, PingParams),
+    WorkerMethod("task/run", "corral", False, TaskRunParams),
+    WorkerMethod("task/cancel", "corral", True, TaskCancelParams),
+    WorkerMethod("event", "corral", True, EventParams),
+    WorkerMethod("shutdown", "corral", False, ShutdownParams),
+    WorkerMethod("health/check", "corral", False, HealthCheckParams),
+    WorkerMethod("hibernate", "corral", False, HibernateParams),
+    WorkerMethod("resources/updated", "corral", True, ResourcesUpdatedParams),
+    WorkerMethod("tools/list", "worker", False, ToolsListParams),
+    WorkerMethod("tools/call", "worker", False, ToolsCallParams),
+    WorkerMethod("resources/list", "worker", False, ResourcesListParams),
+    WorkerMethod("resources/templates/list", "worker", False, ResourceTemplatesListParams),
+    WorkerMethod("resources/read", "worker", False, ResourcesReadParams),
+    WorkerMethod("resources/subscribe", "worker", False, ResourcesSubscribeParams),
+    WorkerMethod("resources/unsubscribe", "worker", False, ResourcesUnsubscribeParams),
+    WorkerMethod("prompts/list", "worker", False, PromptsListParams),
+    WorkerMethod("prompts/get", "worker", False, PromptsGetParams),
+    WorkerMethod("task/progress", "worker", True, TaskProgressParams),
+    WorkerMethod("usage/report", "worker", True, UsageReportParams),
+    WorkerMethod("events/publish", "worker", True, EventsPublishParams),
+    WorkerMethod("events/subscribe", "worker", False, EventsSubscribeParams),
+    WorkerMethod("state/checkpoint", "worker", True, StateCheckpointParams),
+    WorkerMethod("step/get", "worker", False, StepGetParams),
+    WorkerMethod("step/put", "worker", False, StepPutParams),
+    WorkerMethod("task/checkpoint", "worker", False, TaskCheckpointParams),
+    WorkerMethod("session/checkpoint", "worker", False, SessionCheckpointParams),
+    WorkerMethod("task/spawn", "worker", False, TaskSpawnParams),
+    WorkerMethod("task/wait", "worker", False, TaskWaitParams),
 )}
 
-METHOD_OF: dict[type[Params], str] = {m.params: m.name for m in METHODS.values()}
+METHOD_OF: dict[type[WorkerParams], str] = {m.params: m.name for m in METHODS.values()}
 FROM_WORKER = frozenset(m.name for m in METHODS.values() if m.sender == "worker")
 TO_WORKER = frozenset(m.name for m in METHODS.values() if m.sender == "corral")
 
@@ -266,7 +266,7 @@ class BadParams(ValueError):
         self.detail = detail
 
 
-P = TypeVar("P", bound=Params)
+P = TypeVar("P", bound=WorkerParams)
 
 _AT = re.compile(r" - at `\$\.(\w+)")
 _MISSING = re.compile(r"^Object missing required field `(\w+)`$")
@@ -280,7 +280,7 @@ def params_of(method: str, cls: type[P], params: Any) -> P:
         raise BadParams(method, _detail(cls, str(exc))) from None
 
 
-def _detail(cls: type[Params], said: str) -> str:
+def _detail(cls: type[WorkerParams], said: str) -> str:
     """msgspec's complaint in the protocol's words: which field, and what it must be."""
     m = _AT.search(said) or _MISSING.match(said)
     if m is None:  # the params themselves (not an object)

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 
-from corral.worker import RpcError, run
+from corral.worker import RequestError, run
 
 
 def leaf(task_input):
@@ -39,7 +39,7 @@ def orchestrate(task_input, ctx):
             if "then" in task_input:  # the deepest does this (refusals its output)
                 try:
                     return orchestrate(task_input["then"], ctx)
-                except RpcError as exc:
+                except RequestError as exc:
                     return {"refused": exc.message, "code": exc.code}
             return 0
         me = task_input.get("self", "orch")
@@ -79,7 +79,7 @@ def handle(task_input, ctx):
         return leaf(task_input)
     try:
         return orchestrate(task_input, ctx)
-    except RpcError as exc:
+    except RequestError as exc:
         if task_input.get("catch"):
             return {"refused": exc.message, "code": exc.code}
         raise

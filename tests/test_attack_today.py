@@ -158,7 +158,7 @@ async def test_a_trace_is_read_only_by_who_sees_its_task_and_a_bad_context_is_bo
 
 PEEKER = '''
 import os, sys
-from corral.worker import RpcError, TaskError, run
+from corral.worker import RequestError, TaskError, run
 
 def handle(task, ctx):
     if task["do"] == "fail":  # a message as long as the caller asks
@@ -168,7 +168,7 @@ def handle(task, ctx):
             try:
                 ctx._call("step/put", {"task_id": ctx.task_id, "name": f"{i}" + "n" * (1 << 20),
                                        "result": None})
-            except RpcError as exc:
+            except RequestError as exc:
                 return [i, exc.code, exc.message]
         return "all kept"
     if task["do"] == "hold":  # a step of its own, then wait to be let go
@@ -186,7 +186,7 @@ def handle(task, ctx):
         try:
             said[method] = ["answered", ctx._call(method, {"task_id": task["other"],
                                                            **params})]
-        except RpcError as exc:
+        except RequestError as exc:
             said[method] = [exc.code, exc.message]
     return said
 

@@ -24,7 +24,7 @@ def said(output: Any) -> Any:
     return msgspec.json.decode(output) if isinstance(output, msgspec.Raw) else output
 
 WAITER = '''
-from corral.worker import RpcError, run
+from corral.worker import RequestError, run
 
 def handle(task, ctx):
     if task.get("leaf"):
@@ -35,13 +35,13 @@ def handle(task, ctx):
                                                         "agent": "leaf", "key": "k",
                                                         "input": {"leaf": True, "size": 1},
                                                         **task["spawn"]})]
-        except RpcError as exc:
+        except RequestError as exc:
             return [exc.code, exc.message]
     child = ctx.spawn("leaf", {"leaf": True, "size": task["size"]})
     try:
         got = ctx._call("task/wait", {"task_id": ctx.task_id,
                                       "children": [child] * task["times"]})
-    except RpcError as exc:
+    except RequestError as exc:
         return [child, exc.code, exc.message]
     return [child, len(got["results"])]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from corral import jsonrpc
 from corral.supervisor import State, Supervisor, SupervisorError
-from corral.supervisor.autoscale import Decider, Decision, Policy, Window
+from corral.supervisor.autoscale import Decider, ExtremumWindow, Policy, ScaleDecision
 from corral.supervisor.config import Autoscale, ConfigError, TenantSpec
 from corral.supervisor.configload import load_config
 from corral.supervisor.elastic import Scaling
@@ -27,17 +27,17 @@ P = Policy(min_replicas=1, max_replicas=6, target_load=2.0, upscale_delay=2.0,
            downscale_delay=10.0)
 
 
-def run(policy: Policy, steps: list[tuple[float, int, int, float]]) -> list[Decision]:
+def run(policy: Policy, steps: list[tuple[float, int, int, float]]) -> list[ScaleDecision]:
     """Feed (now, load, current, idle_for) in order; the decisions."""
     d = Decider(policy)
     return [d.decide(*s) for s in steps]
 
 
 def test_window_least_and_greatest_over_the_span() -> None:
-    least = Window(2.0, greatest=False)
+    least = ExtremumWindow(2.0, greatest=False)
     assert [least.add(t, v) for t, v in [(0, 1), (1, 3), (2, 3), (3, 3), (4, 1)]] == [
         1, 1, 1, 3, 1]
-    greatest = Window(3.0, greatest=True)
+    greatest = ExtremumWindow(3.0, greatest=True)
     # 5 holds from 1 until 2; at 5 the window (2..5] no longer holds it
     assert [greatest.add(t, v) for t, v in [(0, 1), (1, 5), (2, 2), (4, 2), (5, 2), (6, 1)]
             ] == [1, 5, 5, 5, 2, 2]
@@ -77,29 +77,29 @@ def test_max_step_up_bounds_one_decision() -> None:
 
 def test_bounds_outside_the_count_are_applied_first() -> None:
     p = P._replace(min_replicas=2)
-    assert run(p, [(0, 0, 1, 0.0)])[-1] == Decision(2, "below min_replicas 2")
-    assert run(P, [(0, 0, 9, 0.0)])[-1] == Decision(6, "above max_replicas 6")
+    assert run(p, [(0, 0, 1, 0.0)])[-1] == ScaleDecision(2, "below min_replicas 2")
+    assert run(P, [(0, 0, 9, 0.0)])[-1] == ScaleDecision(6, "above max_replicas 6")
 
 
 def test_scale_to_zero_after_idle_after_and_wake_at_once() -> None:
     p = P._replace(min_replicas=0, idle_after=30.0)
     d = Decider(p)
     assert d.decide(0, 0, 1, 29.0).desired == 1
-    assert d.decide(1, 0, 1, 30.0) == Decision(0, "no work for idle_after (30 s): to zero")
-    assert d.decide(2, 0, 0, 31.0) == Decision(0, "asleep")
+    assert d.decide(1, 0, 1, 30.0) == ScaleDecision(0, "no work for idle_after (30 s): to zero")
+    assert d.decide(2, 0, 0, 31.0) == ScaleDecision(0, "asleep")
     # a task wakes it at once, whatever upscale_delay says
-    assert d.decide(3, 1, 0, 0.0) == Decision(1, "woken by 1 task")
-    assert d.decide(3, 9, 0, 0.0) == Decision(5, "woken by 9 tasks")
+    assert d.decide(3, 1, 0, 0.0) == ScaleDecision(1, "woken by 1 task")
+    assert d.decide(3, 9, 0, 0.0) == ScaleDecision(5, "woken by 9 tasks")
 
 
 def test_hibernate_after_goes_to_zero_with_a_checkpoint_asked() -> None:
     fixed = Policy(2, 2, upscale_delay=0.0, downscale_delay=0.0, hibernate_after=5.0)
     d = Decider(fixed)
     assert d.decide(0, 0, 2, 4.0).desired == 2
-    assert d.decide(1, 0, 2, 5.0) == Decision(
+    assert d.decide(1, 0, 2, 5.0) == ScaleDecision(
         0, "no work for hibernate_after (5 s): to zero", hibernate=True)
     # it wakes to its count
-    assert d.decide(2, 1, 0, 0.0) == Decision(2, "woken by 1 task")
+    assert d.decide(2, 1, 0, 0.0) == ScaleDecision(2, "woken by 1 task")
 
 
 def test_a_load_falling_in_steps_falls_once_per_stable_window() -> None:
@@ -110,12 +110,12 @@ def test_a_load_falling_in_steps_falls_once_per_stable_window() -> None:
     # the 6 of t=0 leaves the window at 11: down to what the rest asks (3); the wish of
     # t=1 (a 3) leaves it at 12, but the count moved at 11: it waits a whole window
     assert wants == [(1, 6), (2, 6), (11, 3), (12, 6), (13, 6)]
-    assert d.decide(21.0, 2, 3, 0.0) == Decision(1, "load at most 2 for 10 s (target_load 2)")
+    assert d.decide(21.0, 2, 3, 0.0) == ScaleDecision(1, "load at most 2 for 10 s (target_load 2)")
 
 
 def test_min_zero_without_idle_stays_at_one() -> None:
     p = P._replace(min_replicas=0, idle_after=0.0)
-    assert run(p, [(0, 0, 1, 1e9), (20, 0, 1, 1e9)])[-1] == Decision(1, "steady")
+    assert run(p, [(0, 0, 1, 1e9), (20, 0, 1, 1e9)])[-1] == ScaleDecision(1, "steady")
 
 
 @settings(max_examples=200, deadline=None)

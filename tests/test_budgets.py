@@ -21,11 +21,11 @@ import pytest
 from corral import jsonrpc
 from corral.daemon.caller import Caller
 from corral.jsonrpc import RpcError
-from corral.supervisor import LogLines, State, Supervisor
+from corral.supervisor import LogBatch, State, Supervisor
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config
 from corral.supervisor.tasks import Budget, Budgets, ModelUsage, Task, TaskStatus, Usage
-from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, Window, parse_report
+from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, SumWindow, parse_report
 from corral.text import iso_time, ordinal
 from corral.workerproto import BadParams, UsageReportParams, params_of
 
@@ -54,7 +54,7 @@ async def done(*tasks: Task, timeout: float = 30.0) -> None:
 
 # -- the windows, as pure code --------------------------------------------------------------
 def test_a_window_slides_in_buckets_and_says_when_it_falls_below_a_limit() -> None:
-    w = Window(MINUTE, 1.0)
+    w = SumWindow(MINUTE, 1.0)
     w.add(10_000, 1000.2)
     w.add(10_000, 1000.9)  # the same bucket
     w.add(10_000, 1002.5)
@@ -177,7 +177,7 @@ async def test_10000_tokens_a_task_at_25000_a_minute_runs_3_and_the_rest_wait(
     is under the limit: 0, 10,000, 20,000), the rest wait queued, with the reason and the
     moment the window has room again; one timer is armed for it."""
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(mb("tpm", tokens_per_minute=25_000))
     await sup.wait_state("tpm", State.READY)
     before = time.time()
@@ -214,7 +214,7 @@ async def test_the_gate_reopens_by_its_timer_at_the_windows_edge(sup: Supervisor
     """Usage of 59.5 s ago (restored, as after a restart) holds new tasks until its
     bucket leaves the minute; then the timer starts them, none lost."""
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(mb("edge", tokens_per_minute=25_000))
     await sup.wait_state("edge", State.READY)
     budgets = sup.tasks.budgets
@@ -299,7 +299,7 @@ async def test_running_tasks_are_never_stopped_by_a_budget(sup: Supervisor) -> N
 async def test_bad_reports_are_counted_and_logged_and_change_nothing(
         sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(mb("bad", tokens_per_minute=100))
     sup.add(mb("other"))
     r = await sup.wait_state("bad", State.READY)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.supervisor import Limits, LogLines, ProcessEnded, ProcessStarted, State, Supervisor
+from corral.supervisor import Limits, LogBatch, ProcessEnded, ProcessStarted, State, Supervisor
 from corral.supervisor.caps import wrap_argv
 from corral.supervisor.containment import (
     TOKEN_VARIABLE,
@@ -59,7 +59,7 @@ def escaped_pids(sup: Supervisor) -> asyncio.Queue[int]:
             if m:
                 q.put_nowait(int(m.group(1)))
 
-    sup.stream.subscribe(lambda e: on_log(*e), LogLines)
+    sup.stream.subscribe(lambda e: on_log(*e), LogBatch)
     return q
 
 

@@ -23,8 +23,8 @@ from corral.supervisor.lifecycle import (
     Cause,
     IllegalTransition,
     Machine,
+    MachineStep,
     State,
-    Step,
 )
 from corral.supervisor.restart import RestartPolicy
 
@@ -45,7 +45,7 @@ class Recorder:
         self.stays = 0
         self.counted: list[Cause] = []
 
-    def fire(self, cause: Cause, reason: str) -> Step:
+    def fire(self, cause: Cause, reason: str) -> MachineStep:
         previous = self.m.state
         step = self.m.fire(cause, reason)
         self.fresh_lives += step.fresh

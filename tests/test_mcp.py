@@ -15,7 +15,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import LogLines, McpServerSpec, State, Supervisor
+from corral.supervisor import LogBatch, McpServerSpec, State, Supervisor
 from corral.supervisor.mcpserver import McpServerReplica
 from corral.supervisor.process_replica import MAX_IN_FLIGHT
 
@@ -102,7 +102,7 @@ async def test_never_answers_initialize(sup: Supervisor) -> None:
 
 async def test_pagination_and_bad_tool_names(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     inst = await up(sup, scripted("p", "pages,bad-names"))
     assert [t["name"] for t in inst.client.tools] == ["echo", "slow", "die", "progress", "grow"]
     assert inst.client.rejected_tools == ["'bad__name'", "'has space'"]
@@ -122,7 +122,7 @@ async def test_list_changed_is_followed(sup: Supervisor) -> None:
 # -- faults ---------------------------------------------------------------------------------
 async def test_timeout_sends_cancelled(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     inst = await up(sup, scripted("t", "v2025-11", timeout=0.3))
     with pytest.raises(RpcError) as err:
         await sup.mcp.call("t__slow", {"seconds": 30})
@@ -130,7 +130,7 @@ async def test_timeout_sends_cancelled(sup: Supervisor) -> None:
     assert err.value.message == "tools/call: no answer from MCP server t#0 within 0.3 s"
     got = asyncio.get_running_loop().create_future()
     sup.stream.subscribe(lambda e: got.done() or (any(
-        x.startswith(b"cancelled ") for x in e.lines) and got.set_result(True)), LogLines)
+        x.startswith(b"cancelled ") for x in e.lines) and got.set_result(True)), LogBatch)
     if not any(x.startswith("cancelled ") for x in logs):
         await asyncio.wait_for(got, 5)
     assert inst.client.errors == 1

@@ -11,7 +11,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import LineBlock, RpcError
-from corral.supervisor import ListChanged, LogLines, Supervisor
+from corral.supervisor import ListChanged, LogBatch, Supervisor
 from corral.supervisor.replica import Replica
 
 from .test_mcp import scripted, up, wait_mcp
@@ -24,7 +24,7 @@ def capture_logs(sup: Supervisor, name: str) -> list[str]:
         if r.name == name:
             lines.extend(b.decode() for b in block)
 
-    sup.stream.subscribe(lambda e: listen(*e), LogLines)
+    sup.stream.subscribe(lambda e: listen(*e), LogBatch)
     return lines
 
 
@@ -274,7 +274,7 @@ async def test_task_augmented_tools_are_polled_to_their_result_and_cancelled_on_
         if r.name == "tk" and b"task t2 cancelled" in block.block and not cancelled.done():
             cancelled.set_result(True)
 
-    sup.stream.subscribe(lambda e: listen(*e), LogLines)
+    sup.stream.subscribe(lambda e: listen(*e), LogBatch)
     await up(sup, scripted("tk", "v2025-11,tasks", timeout=1.0))
     assert await sup.mcp.call("tk__quick", {}) == {
         "content": [{"type": "text", "text": "done after 2 polls"}]}

@@ -485,17 +485,17 @@ def test_the_checked_reader_refuses_what_is_not_a_regular_file(tmp_path: Path) -
             "dir/f/..": "dir/f/..: not a path inside the package",
         }
         for rel, why in cases.items():
-            with pytest.raises(checked.Refused) as err:
+            with pytest.raises(checked.PathRefusal) as err:
                 checked.read_small(root, rel, 100)
             assert str(err.value) == why
-        with pytest.raises(checked.Refused) as err:
+        with pytest.raises(checked.PathRefusal) as err:
             checked.read_small(root, "dir/f", 5)
         assert str(err.value) == "dir/f: 10 bytes, more than the 5 corral reads of such a file"
         fd, st = checked.open_file(root, "dir/f")
         try:
             with open(tmp_path / "dir" / "f", "ab") as f:
                 f.write(b"more")
-            with pytest.raises(checked.Refused) as err:
+            with pytest.raises(checked.PathRefusal) as err:
                 b"".join(checked.chunks(fd, st.st_size, "dir/f"))
             assert str(err.value) == "dir/f: changed while it was read (longer than 10 bytes)"
         finally:
@@ -532,7 +532,7 @@ def test_a_requirements_file_may_make_uv_read_only_the_package(
     (tmp_path / "reqs" / "base-link.txt").symlink_to("/etc/passwd")
     root = checked.open_root(str(tmp_path))
     try:
-        with pytest.raises(checked.Refused) as err:
+        with pytest.raises(checked.PathRefusal) as err:
             check_file(root, "reqs/r.txt")
         if "base" in text:
             assert str(err.value) == (f"reqs/base-link.txt: {REGULAR_ONLY.split(' (')[0]}")
@@ -540,7 +540,7 @@ def test_a_requirements_file_may_make_uv_read_only_the_package(
             assert str(err.value) == f"reqs/r.txt: {why}"
         # what uv export makes of a uv.lock is held to the same
         if "base" not in text:
-            with pytest.raises(checked.Refused):
+            with pytest.raises(checked.PathRefusal):
                 check_text(root, "reqs/r.txt", text)
     finally:
         os.close(root)

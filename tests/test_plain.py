@@ -27,7 +27,7 @@ from corral.supervisor.config import ConfigError, HealthSpec, Limits
 from corral.supervisor.configload import cluster_problem, load_config, parse_agents
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.plain import PlainReplica
-from corral.supervisor.process_replica import LogLines, Transition
+from corral.supervisor.process_replica import LogBatch, Transition
 from corral.supervisor.sandbox import host_refusal
 
 from .conftest import NOBODY_PY, agent, nobody_reason
@@ -113,11 +113,11 @@ def notes_of(sup: Supervisor, name: str, index: int = 0) -> list[str]:
     """corral's own lines about replica `index` of `name`, as they come."""
     seen: list[str] = []
 
-    def take(e: LogLines) -> None:
+    def take(e: LogBatch) -> None:
         if e.replica.name == name and e.replica.index == index and e.stream == "corral":
             seen.extend(b.decode() for b in e.lines)
 
-    sup.stream.subscribe(take, LogLines)
+    sup.stream.subscribe(take, LogBatch)
     return seen
 
 
@@ -528,7 +528,7 @@ async def test_as_its_user_under_its_caps_it_is_heard_on_a_socket_of_its_own(
         (home / "notify.py").chmod(0o644)
         lines: list[str] = []
         sup.stream.subscribe(lambda e: lines.extend(b.decode() for b in e.lines)
-                             if e.stream == "stdout" else None, LogLines)
+                             if e.stream == "stdout" else None, LogBatch)
         sup.add(plain("plain", ["sh", "-c", f'ulimit -n; exec {NOBODY_PY} "$@"', "sh", prog,
                                 str(go), "once"], ready="notify", user="nobody",
                       cwd=str(home), limits=Limits(open_files=77)))

@@ -20,7 +20,7 @@ from corral.cli.status import print_status
 from corral.daemon.caller import Caller
 from corral.daemon.http.metrics import autoscale_families, take
 from corral.jsonrpc import RpcError
-from corral.supervisor import LogLines, State, Supervisor
+from corral.supervisor import LogBatch, State, Supervisor
 from corral.supervisor.config import Autoscale
 from corral.supervisor.elastic import ASLEEP, AWAKE, Scaling
 
@@ -108,7 +108,7 @@ async def test_a_worker_that_does_not_answer_hibernate_is_stopped_anyway(
     sup.add(agent("mute", "misbehave.py", hibernate_after=0.2, stop_timeout=1.0,
                   env={"MISBEHAVE": "no-hibernate"}))
     lines: list[bytes] = []
-    sup.stream.subscribe(lambda e: lines.extend(e.lines), LogLines)
+    sup.stream.subscribe(lambda e: lines.extend(e.lines), LogBatch)
     r = await sup.wait_state("mute", State.READY)
     hib = await got.until(lambda s: s.direction == "hibernate", 20.0)
     assert hib.replicas == 0 and r.state == State.TERMINATED
@@ -132,7 +132,7 @@ async def test_a_worker_whose_hibernate_fails_is_stopped_anyway_and_says_why(
     got = decisions(sup)
     sup.add(agent("bad", command=[PY, str(script)], hibernate_after=0.2))
     lines: list[bytes] = []
-    sup.stream.subscribe(lambda e: lines.extend(e.lines), LogLines)
+    sup.stream.subscribe(lambda e: lines.extend(e.lines), LogBatch)
     r = await sup.wait_state("bad", State.READY)
     hib = await got.until(lambda s: s.direction == "hibernate", 20.0)
     assert (hib.previous, hib.replicas) == (1, 0) and r.state == State.TERMINATED

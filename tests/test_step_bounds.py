@@ -28,7 +28,7 @@ from .test_gateway_stdio import wait_until_async
 # message]) or all are kept ([count]); with `wait`, it then waits for that file to exist
 JOURNALER = '''
 import os, time
-from corral.worker import RpcError, run
+from corral.worker import RequestError, run
 
 def handle(task, ctx):
     kept = 0
@@ -36,7 +36,7 @@ def handle(task, ctx):
         try:
             ctx._call("step/put", {"task_id": ctx.task_id, "name": f"s{i}",
                                    "result": "x" * task["size"]})
-        except RpcError as exc:
+        except RequestError as exc:
             return [kept, exc.code, exc.message]
         kept += 1
     if task.get("wait"):

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from corral.supervisor import LogLines, State, Supervisor, executor
+from corral.supervisor import LogBatch, State, Supervisor, executor
 from corral.supervisor.process import ChildProcess
 
 from .conftest import agent
@@ -26,12 +26,12 @@ async def test_a_process_that_outlives_sigkill_does_not_hang_stop(
     logs: list[str] = []
     reaped = asyncio.get_running_loop().create_future()
 
-    def on_log(e: LogLines) -> None:
+    def on_log(e: LogBatch) -> None:
         logs.extend(x.decode() for x in e.lines)
         if any("after SIGKILL, is reaped" in x for x in logs) and not reaped.done():
             reaped.set_result(None)
 
-    sup.stream.subscribe(on_log, LogLines)
+    sup.stream.subscribe(on_log, LogBatch)
     monkeypatch.setattr(ChildProcess, "kill_group", lambda self, sig: None)
     try:
         await asyncio.wait_for(r.stop("stopped", graceful=False), 5)

@@ -18,7 +18,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import Limits, LogLines, State, Supervisor
+from corral.supervisor import Limits, LogBatch, State, Supervisor
 from corral.supervisor.replica import Transition
 from corral.supervisor.stream import Roster
 
@@ -81,7 +81,7 @@ async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> N
 async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor) -> None:
     logs: list[str] = []
     sup.stream.subscribe(
-        lambda e: logs.extend(f"{e.stream}: {t.decode()}" for t in e.lines), LogLines)
+        lambda e: logs.extend(f"{e.stream}: {t.decode()}" for t in e.lines), LogBatch)
     sup.add(agent("noisy", "misbehave.py", env={"MISBEHAVE": "garbage"}))
     r = await sup.wait_state("noisy", State.READY)
     assert await run_task(sup, "noisy", {"do": "echo", "x": 1}) == {
@@ -95,7 +95,7 @@ async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor
 
 async def test_100mb_line_is_discarded_without_buffering_it(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogBatch)
     rss_before = psutil.Process().memory_info().rss
     sup.add(agent("huge", "misbehave.py", env={"MISBEHAVE": "hugeline"}))
     r = await sup.wait_state("huge", State.READY, timeout=20)
@@ -147,7 +147,7 @@ async def test_a_slow_reader_is_waited_for_not_taken_for_hung(sup: Supervisor) -
     # first MB: past the budget its requests wait, for longer than its heartbeat timeout,
     # and as long as it reads some of what is waiting it is not hung
     logs: list[bytes] = []
-    sup.stream.subscribe(lambda e: logs.extend(e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(e.lines), LogBatch)
     n, topic = 2600, "t" * 1000  # answers of ~1 KB: 2.6 MB in all, past pipe and budget
     sup.add(agent("slowpoke", command=[PY, str(ROOT / "tests" / "flood_worker.py")],
                   heartbeat_timeout=1.0, env={
@@ -273,7 +273,7 @@ async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
             if m and not found.done():
                 found.set_result(int(m.group(1)))
 
-    sup.stream.subscribe(lambda e: on_log(*e), LogLines)
+    sup.stream.subscribe(lambda e: on_log(*e), LogBatch)
     sup.add(agent("parent", "misbehave.py", env={"MISBEHAVE": "grandchild"}))
     await sup.wait_state("parent", State.READY)
     gc = await asyncio.wait_for(found, 5)
@@ -286,7 +286,7 @@ async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
 
 async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogBatch)
     sup.add(agent("crashy", "misbehave.py"))
     r = await sup.wait_state("crashy", State.READY)
     with pytest.raises(RpcError) as err:

@@ -14,7 +14,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import LogLines, State, Supervisor
+from corral.supervisor import LogBatch, State, Supervisor
 from corral.supervisor.tasks import TaskFinished, TaskProgress, TaskStatus
 from corral.taskoptions import TaskOptions
 
@@ -352,7 +352,7 @@ async def test_a_queued_task_is_one_object_for_the_garbage_collector(
 
 async def test_answers_for_tasks_never_given_are_ignored(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(mb("stray"))
     r = await sup.wait_state("stray", State.READY)
     res = await sup.tasks.run("stray", {"do": "stray"})
@@ -386,7 +386,7 @@ async def test_many_concurrent_runs_and_fan_out_in_order(sup: Supervisor) -> Non
 
 async def test_event_bus_between_workers(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(mb("sub"))
     sup.add(mb("pub"))
     await sup.wait_state("sub", State.READY)
@@ -395,7 +395,7 @@ async def test_event_bus_between_workers(sup: Supervisor) -> None:
         "subscribed": "orders.*"}
     got = asyncio.get_running_loop().create_future()
     sup.stream.subscribe(lambda e: got.done() or (any(
-        b"event orders.new" in x for x in e.lines) and got.set_result(True)), LogLines)
+        b"event orders.new" in x for x in e.lines) and got.set_result(True)), LogBatch)
     await sup.tasks.run("pub", {"do": "publish", "topic": "orders.new", "data": {"id": 7}})
     await asyncio.wait_for(got, 5)
     assert "event orders.new {'id': 7}" in logs
@@ -479,7 +479,7 @@ async def test_queued_tasks_end_when_a_never_restarted_agent_dies(sup: Superviso
 
 async def test_bad_params_from_workers_and_callers_are_refused(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(mb("raw", tools=["x__*"]))
     await sup.wait_state("raw", State.READY)
 

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
-from corral.daemon.traceexport import _RAWS, Collector, Config, Exporter
+from corral.daemon.traceexport import _RAWS, Collector, ExportConfig, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
 from corral.supervisor.tasks import Task, TaskError, TaskStatus
 from corral.supervisor.tasks.ids import new_id
@@ -375,7 +375,7 @@ def test_a_batch_that_cannot_be_encoded_is_dropped_and_counted_not_the_sender(
     try:
         _Answers.seen.clear()
         out = io.BytesIO()
-        exporter = Exporter(Config(store=str(tmp_path / "t.db"), endpoint=(
+        exporter = Exporter(ExportConfig(store=str(tmp_path / "t.db"), endpoint=(
             f"http://127.0.0.1:{server.server_address[1]}/v1/traces")), out)
         bad = task()
         bad.id = "zzzzzzzz-zzzz-7zzz-8zzz-zzzzzzzzzzzz"

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from corral.supervisor import Limits, LogLines, State, Supervisor
+from corral.supervisor import Limits, LogBatch, State, Supervisor
 from corral.supervisor.containment import TOKEN_VARIABLE
 from corral.supervisor.replica import Replica
 from corral.supervisor.zygote import Key, ZygoteUnavailable
@@ -58,7 +58,7 @@ def notes(sup: Supervisor) -> list[str]:
         if stream == "corral":
             got.extend(bytes(line).decode() for line in lines)  # type: ignore[attr-defined]
 
-    sup.stream.subscribe(lambda e: on_log(*e), LogLines)
+    sup.stream.subscribe(lambda e: on_log(*e), LogBatch)
     return got
 
 

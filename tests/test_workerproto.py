@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
-from corral.supervisor import LogLines, State, Supervisor
+from corral.supervisor import LogBatch, State, Supervisor
 from corral.workerproto import (
     FROM_WORKER,
     METHODS,
@@ -93,7 +93,7 @@ def test_params_that_fit_are_typed_and_extra_keys_are_ignored() -> None:
 
 async def test_the_engine_refuses_each_workers_bad_params_as_said(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     sup.add(agent("proto", "misbehave.py", tools=["x__*"]))
     await sup.wait_state("proto", State.READY)
     for method, params, said in REFUSED:

@@ -22,7 +22,7 @@ FULL_STOP: str | None = None
 committed = False  # this image has taken the handoff (BOOT falls back before only)
 
 
-class Refused(Exception):
+class HandoffRefusal(Exception):
     """This image does not take the handoff; the text says why."""
 
 
@@ -65,7 +65,7 @@ def resume() -> int:
     path = Path(os.environ[VARIABLE])
     h = handoff.read(path)
     if FULL_STOP:
-        raise Refused(f"this corral needs a full stop: {FULL_STOP}")
+        raise HandoffRefusal(f"this corral needs a full stop: {FULL_STOP}")
     from ..supervisor.configload import load_config
 
     config = load_config(Path(h.config))  # a config this image refuses: back to the old one

@@ -9,7 +9,7 @@ import asyncio
 from ..jsonrpc import LineBlock
 from ..supervisor.elastic import Scaling
 from ..supervisor.health import AgentReadiness, HealthChange
-from ..supervisor.process_replica import LogLines, Transition
+from ..supervisor.process_replica import LogBatch, Transition
 from ..supervisor.stream import Stall, Stream
 from ..supervisor.tenantcgroups import TenantOomKill
 from .journald import JournalSender
@@ -24,7 +24,7 @@ class EngineLog:
     def subscribe(self, stream: Stream) -> None:
         """Every kind but the lifecycle's transitions, which the pump writes (`pump`:
         a queue, so that a burst of them is written a turn later, never dropped)."""
-        stream.subscribe(self.on_worker_log, LogLines)
+        stream.subscribe(self.on_worker_log, LogBatch)
         stream.subscribe(self.on_stall, Stall)
         stream.subscribe(self.on_tenant_oom, TenantOomKill)
         stream.subscribe(self.on_health, HealthChange)
@@ -67,7 +67,7 @@ class EngineLog:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "
                         f"worker's heartbeat)", priority=4)
 
-    def on_worker_log(self, e: LogLines) -> None:
+    def on_worker_log(self, e: LogBatch) -> None:
         replica, stream, lines = e
         self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)
         if self.sender is not None:

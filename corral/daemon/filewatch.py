@@ -40,7 +40,7 @@ WHO = "watch"
 Report = Callable[..., None]
 
 
-class Key(msgspec.Struct, frozen=True):
+class WatchKey(msgspec.Struct, frozen=True):
     globs: tuple[str, ...]
     directory: str
     package: bool  # the directory is a package's source: deploy it again
@@ -53,7 +53,7 @@ class FileWatches:
         self.fleet = fleet
         self.packages = packages
         self.report = report
-        self.watching: dict[str, tuple[Key, asyncio.Task[None]]] = {}
+        self.watching: dict[str, tuple[WatchKey, asyncio.Task[None]]] = {}
         self.restarts = 0
         self.closed = False
 
@@ -78,15 +78,15 @@ class FileWatches:
         if key is not None and not self.closed:
             self.watching[name] = (key, asyncio.ensure_future(self._watch(name, key)))
 
-    def _key(self, spec: Any) -> Key | None:
+    def _key(self, spec: Any) -> WatchKey | None:
         if spec.release is not None:
             source = self.packages.source_of(spec.release)
             if source is None:
                 return None
-            return Key(tuple(spec.watch), source, True)
-        return Key(tuple(spec.watch), os.path.abspath(spec.cwd or "."), False)
+            return WatchKey(tuple(spec.watch), source, True)
+        return WatchKey(tuple(spec.watch), os.path.abspath(spec.cwd or "."), False)
 
-    async def _watch(self, name: str, key: Key) -> None:
+    async def _watch(self, name: str, key: WatchKey) -> None:
         try:
             from watchfiles import DefaultFilter, awatch
         except ImportError:
@@ -126,7 +126,7 @@ class FileWatches:
         except Exception as exc:  # the watcher's own failure: told, never the daemon's
             self.report(f"{name}: watch stopped: {type(exc).__name__}: {exc}", priority=3)
 
-    async def _changed(self, name: str, key: Key, paths: list[str]) -> None:
+    async def _changed(self, name: str, key: WatchKey, paths: list[str]) -> None:
         shown = listing(paths, most=5)
         self.restarts += 1
         try:

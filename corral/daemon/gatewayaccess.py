@@ -145,7 +145,7 @@ class Identity(msgspec.Struct, kw_only=True):
     server: str | None = None
 
 
-class CallStats:
+class CallCounter:
     __slots__ = ("calls", "errors", "latencies")
 
     def __init__(self) -> None:
@@ -214,8 +214,8 @@ class GatewayService:
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
         self.url: str | None = None  # the HTTP gateway's, for agents' environment
         self.socket_path: str | None = None  # when it listens on a unix socket
-        self.by_client: dict[str, CallStats] = {}
-        self.by_tool: dict[str, CallStats] = {}
+        self.by_client: dict[str, CallCounter] = {}
+        self.by_tool: dict[str, CallCounter] = {}
         self.limiters: dict[str, Limiter] = {}
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
@@ -500,8 +500,8 @@ class GatewayService:
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
                 who: tuple[int, int]) -> None:
         error = outcome != "ok"
-        self.by_client.setdefault(ident.name, CallStats()).add(seconds, error)
-        self.by_tool.setdefault(tool, CallStats()).add(seconds, error)
+        self.by_client.setdefault(ident.name, CallCounter()).add(seconds, error)
+        self.by_tool.setdefault(tool, CallCounter()).add(seconds, error)
         # the row every command's is, by the Dispatcher's audit (api.Audit)
         self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
                           name=f"gateway client {ident.name}"),
@@ -510,7 +510,7 @@ class GatewayService:
     def stats(self) -> dict[str, Any]:
         clients = {}
         for n in sorted({*self.by_client, *self.limiters}):
-            row = (self.by_client.get(n) or CallStats()).summary()
+            row = (self.by_client.get(n) or CallCounter()).summary()
             row["in_flight"] = self.limiters[n].in_flight if n in self.limiters else 0
             clients[n] = row
         return {"clients": clients,

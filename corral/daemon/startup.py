@@ -629,9 +629,9 @@ def dashboard_sessions(conf: Conf) -> Any:
     """The dashboard's logins, where [http] serves it."""
     if not conf.cfg.http.listen:
         return None
-    from .http.ui import Sessions  # with aiohttp: only where [http] is configured
+    from .http.ui import LoginSessions  # with aiohttp: only where [http] is configured
 
-    return Sessions()
+    return LoginSessions()
 
 
 def freeze_heap(*, collect: bool = True) -> None:

@@ -50,7 +50,7 @@ QUEUED_BATCHES = 64  # batches waiting for the collector; past it, dropped
 _RAWS = msgspec.msgpack.Decoder(list[msgspec.Raw])  # a batch's records, each its bytes
 
 
-class Config(msgspec.Struct, kw_only=True):
+class ExportConfig(msgspec.Struct, kw_only=True):
     store: str
     endpoint: str | None = None
     headers: dict[str, str] = {}
@@ -113,7 +113,7 @@ class Exporter:
     """The store written as batches arrive (the main thread); the collector sent to by a
     thread of its own, so that a slow collector never holds the store back."""
 
-    def __init__(self, cfg: Config, out: IO[bytes]) -> None:
+    def __init__(self, cfg: ExportConfig, out: IO[bytes]) -> None:
         self.cfg = cfg
         self.out = out
         self.store = TraceStore(Path(cfg.store), cfg.keep_days, cfg.keep_spans)
@@ -268,7 +268,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     idle()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    cfg = msgspec.json.decode(argv[1], type=Config)
+    cfg = msgspec.json.decode(argv[1], type=ExportConfig)
     exporter = Exporter(cfg, sys.stdout.buffer)
     exporter.say({"ready": True})
     source = sys.stdin.buffer

@@ -198,12 +198,12 @@ class Traces:
 
     async def _spawn(self) -> None:
         from .. import __version__
-        from .traceexport import Config
+        from .traceexport import ExportConfig
 
-        cfg = Config(store=str(self.path), endpoint=self.settings.endpoint,
-                     headers=self.settings.headers, service=self.settings.service,
-                     node=self.node, version=__version__, keep_days=self.cfg.keep_days,
-                     keep_spans=self.cfg.keep_spans, timeout=self.cfg.export_timeout)
+        cfg = ExportConfig(store=str(self.path), endpoint=self.settings.endpoint,
+                           headers=self.settings.headers, service=self.settings.service,
+                           node=self.node, version=__version__, keep_days=self.cfg.keep_days,
+                           keep_spans=self.cfg.keep_spans, timeout=self.cfg.export_timeout)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "corral.daemon.traceexport",

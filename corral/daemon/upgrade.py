@@ -149,7 +149,7 @@ except BaseException as exc:
 sys.exit(rc)
 '''
 
-class Refused(Exception):
+class UpgradeRefusal(Exception):
     """Nothing was handed over; the text says why."""
 
 
@@ -190,41 +190,41 @@ class Target:
             self.env["PYTHONPATH"] = self.env[IMPORT_VARIABLE] = pythonpath
 
     async def check(self, config: Path) -> str:
-        """The new install's version; Refused if it cannot run the daemon here."""
+        """The new install's version; UpgradeRefusal if it cannot run the daemon here."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.python, "-c", PREFLIGHT, str(config), env=self.env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
-            raise Refused(f"{self.python} cannot be run: {exc.strerror}") from None
+            raise UpgradeRefusal(f"{self.python} cannot be run: {exc.strerror}") from None
         self.spared.add(proc.pid)  # its status is its own waiter's, not the subreaper's tick's
         try:
             out, err = await within(proc.communicate(), PREFLIGHT_TIMEOUT)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise Refused(f"the new install's check did not answer within "
-                          f"{PREFLIGHT_TIMEOUT:g} s") from None
+            raise UpgradeRefusal(f"the new install's check did not answer within "
+                                 f"{PREFLIGHT_TIMEOUT:g} s") from None
         finally:
             self.spared.discard(proc.pid)
         if proc.returncode != 0:
             lines = err.decode(errors="replace").strip().splitlines()
-            raise Refused(f"the new install does not start: {lines[-1] if lines else ''}"
-                          f" (exit status {proc.returncode})")
+            raise UpgradeRefusal(f"the new install does not start: {lines[-1] if lines else ''}"
+                                 f" (exit status {proc.returncode})")
         try:
             said = json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise Refused(f"the new install's check said nothing readable: {out[:200]!r}"
-                          ) from None
+            raise UpgradeRefusal(f"the new install's check said nothing readable: {out[:200]!r}"
+                                 ) from None
         if said.get("full_stop"):
-            raise Refused(f"corral {said.get('version')} needs a full stop, not a live "
-                          f"upgrade: {said['full_stop']} (systemctl restart corral)")
+            raise UpgradeRefusal(f"corral {said.get('version')} needs a full stop, not a live "
+                                 f"upgrade: {said['full_stop']} (systemctl restart corral)")
         self.compiled = said.get("compiled") is not False  # (an older check: unsaid)
         if said.get("handoff") != handoff.HANDOFF_VERSION:
-            raise Refused(f"corral {said.get('version')} takes handoff layout "
-                          f"{said.get('handoff')}, this daemon writes "
-                          f"{handoff.HANDOFF_VERSION}: stop and start it instead")
+            raise UpgradeRefusal(f"corral {said.get('version')} takes handoff layout "
+                                 f"{said.get('handoff')}, this daemon writes "
+                                 f"{handoff.HANDOFF_VERSION}: stop and start it instead")
         return str(said.get("version"))
 
 
@@ -272,7 +272,7 @@ class Upgrades:
                                     pid=os.getpid(), from_version=__version__)
         try:
             version = await target.check(self.host.config_path)
-        except Refused as exc:
+        except UpgradeRefusal as exc:
             self._refused(str(exc))
             raise RpcError(jsonrpc.REFUSED, f"upgrade refused, nothing changed: {exc}"
                            ) from None
@@ -302,7 +302,7 @@ class Upgrades:
             target = Target(None, None, self.host.notifier, self.host.spared)
             try:
                 self.report.to_version = await target.check(self.host.config_path)
-            except Refused as exc:
+            except UpgradeRefusal as exc:
                 self._refused(str(exc))
                 return
         host = self.host
@@ -317,7 +317,7 @@ class Upgrades:
         # its worker), half the time at most: dispatch is held only across the last
         # looks and the exec (a fleet never quiet all at once under its load is held
         # for the rest of the time, as before)
-        with contextlib.suppress(Refused):
+        with contextlib.suppress(UpgradeRefusal):
             await self._quiet(time.monotonic() + QUIESCE_TIMEOUT / 2)
         tasks.hold("the daemon is upgrading")
         host.hub.daemon(f"upgrading to corral {self.report.to_version} "
@@ -331,12 +331,12 @@ class Upgrades:
             # the channels looked at again: the exec follows the last look with no await
             while node is not None and (left := handover.unsettled(node)):
                 if time.monotonic() >= deadline:
-                    raise Refused(f"{left} within {QUIESCE_TIMEOUT:g} s")
+                    raise UpgradeRefusal(f"{left} within {QUIESCE_TIMEOUT:g} s")
                 await asyncio.sleep(QUIET_LOOK)
                 await handover.settle(node)
                 kept, ended = await self._quiet(deadline)
             self._exec(target, asked, kept, ended)
-        except Refused as exc:
+        except UpgradeRefusal as exc:
             tasks.release()
             if node is not None:
                 handover.resume_taking(node)
@@ -370,9 +370,9 @@ class Upgrades:
                 now = time.monotonic()
                 if now >= deadline:
                     labels = ", ".join(r.label for r in waiting[:5])
-                    raise Refused(f"{labels} could not be handed over within "
-                                  f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
-                                  "of its own still being answered)")
+                    raise UpgradeRefusal(f"{labels} could not be handed over within "
+                                         f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
+                                         "of its own still being answered)")
                 for peer in hooked:
                     peer.on_ended = None
                 hooked = [r.peer for r in waiting if r.peer is not None]
@@ -421,7 +421,7 @@ class Upgrades:
 
     def _exec(self, target: Target, asked: float, kept: list[HandedProcess],
               ended: list[ProcessRecord]) -> None:
-        """Write the state file and exec; returns (Refused) only if the exec failed."""
+        """Write the state file and exec; returns (UpgradeRefusal) only if the exec failed."""
         host = self.host
         containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
         control = host.control.fds()
@@ -448,8 +448,8 @@ class Upgrades:
         try:
             handoff.write(path, h)
         except OSError as exc:
-            raise Refused(f"the state file {path} cannot be written: {exc.strerror}"
-                          ) from None
+            raise UpgradeRefusal(f"the state file {path} cannot be written: {exc.strerror}"
+                                 ) from None
         host.hub.daemon(f"upgrading: handing {kept_text(kept)} and "
                         f"{plural(running, 'running task')} to corral "
                         f"{self.report.to_version} (exec of {target.python}, pid "
@@ -462,7 +462,7 @@ class Upgrades:
             close_on_exec(fds)
             with contextlib.suppress(OSError):
                 path.unlink()
-            raise Refused(f"exec of {target.python} failed: {exc.strerror}") from None
+            raise UpgradeRefusal(f"exec of {target.python} failed: {exc.strerror}") from None
 
 
 def handed_fds(h: Handoff) -> list[int]:

@@ -7,7 +7,7 @@ from .core import Agent, NoSuchAgent, Supervisor, SupervisorError
 from .lifecycle import Cause, State
 from .process_replica import (
     Exited,
-    LogLines,
+    LogBatch,
     ProcessReplica,
     ReplicaHost,
     ReplicaStatus,
@@ -37,7 +37,7 @@ __all__ = [
     "Exited",
     "Limits",
     "ListChanged",
-    "LogLines",
+    "LogBatch",
     "McpServerSpec",
     "NoSuchAgent",
     "ProcessEnded",

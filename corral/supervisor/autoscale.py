@@ -52,13 +52,13 @@ class Policy(NamedTuple):
         return max(1, self.min_replicas)
 
 
-class Decision(NamedTuple):
+class ScaleDecision(NamedTuple):
     desired: int
     reason: str
     hibernate: bool = False  # going to zero by hibernate_after: checkpoint first
 
 
-class Window:
+class ExtremumWindow:
     """The least (or greatest) of the values seen in the last `span` seconds; a value
     holds from its time until the next one's.
 
@@ -103,12 +103,12 @@ class Decider:
         self.policy = policy
         self.awake = policy.awake  # (the policy's derived figures, made once)
         self.sleep_after = policy.sleep_after
-        self.panic = Window(policy.upscale_delay, greatest=False)
-        self.stable = Window(policy.downscale_delay, greatest=True)
+        self.panic = ExtremumWindow(policy.upscale_delay, greatest=False)
+        self.stable = ExtremumWindow(policy.downscale_delay, greatest=True)
         self.first: float | None = None  # the first wish's time: is the panic window full?
         self.changed = float("-inf")  # when it last decided a change of the count
 
-    def decide(self, now: float, load: int, current: int, idle_for: float) -> Decision:
+    def decide(self, now: float, load: int, current: int, idle_for: float) -> ScaleDecision:
         """`load`: tasks running + queued; `current`: replicas now; `idle_for`: seconds
         since the agent last had work (0 while it has some)."""
         p = self.policy
@@ -127,30 +127,30 @@ class Decider:
         if current == 0:
             if load:
                 self.restart(now, wish)
-                return Decision(max(1, min(wish, self._step(0))),
-                                f"woken by {plural(load, 'task')}")
-            return Decision(0, "asleep")
+                return ScaleDecision(max(1, min(wish, self._step(0))),
+                                     f"woken by {plural(load, 'task')}")
+            return ScaleDecision(0, "asleep")
         sleep = self.sleep_after
         if sleep and not load and idle_for >= sleep:
             hib = p.hibernate_after > 0 and idle_for >= p.hibernate_after
             why = "hibernate_after" if hib else "idle_after"
-            return Decision(0, f"no work for {why} ({sleep:g} s): to zero", hibernate=hib)
+            return ScaleDecision(0, f"no work for {why} ({sleep:g} s): to zero", hibernate=hib)
         if current < p.min_replicas:
-            return Decision(p.min_replicas, f"below min_replicas {p.min_replicas}")
+            return ScaleDecision(p.min_replicas, f"below min_replicas {p.min_replicas}")
         if current > p.max_replicas:
-            return Decision(p.max_replicas, f"above max_replicas {p.max_replicas}")
+            return ScaleDecision(p.max_replicas, f"above max_replicas {p.max_replicas}")
         if low > current and now - self.first >= p.upscale_delay:
             up = min(low, self._step(current))
             self.changed = now
-            return Decision(up, f"load {load} over {plural(current, 'replica')} "
+            return ScaleDecision(up, f"load {load} over {plural(current, 'replica')} "
                                 f"(target_load {p.target_load:g}) for {p.upscale_delay:g} s")
         # a fall only a whole stable window after the last change: a load that falls in
         # steps (or swings) moves the count down at most once per window
         if high < current and now - self.changed >= p.downscale_delay:
             self.changed = now
-            return Decision(high, f"load at most {p.target_load * high:g} for "
+            return ScaleDecision(high, f"load at most {p.target_load * high:g} for "
                                   f"{p.downscale_delay:g} s (target_load {p.target_load:g})")
-        return Decision(current, "steady")
+        return ScaleDecision(current, "steady")
 
     def _step(self, current: int) -> int:
         step = self.policy.max_step_up

@@ -40,7 +40,7 @@ from .mcproutes import AgentMcp
 from .notifysock import NotifyDir
 from .parts import Parts
 from .plain import make_replica
-from .process_replica import Exited, LogLines, ProcessReplica, ReplicaStatus, Transition
+from .process_replica import Exited, LogBatch, ProcessReplica, ReplicaStatus, Transition
 from .quotas import QuotasChanged, Tenancy
 from .replica import Replica
 from .startstop import stop_all
@@ -351,8 +351,8 @@ class Supervisor:
 
     # -- the ReplicaHost protocol, continued ----------------------------------------------
     def replica_log(self, r: ProcessReplica, stream: str, lines: LineBlock) -> None:
-        if self.stream.wants(LogLines):  # nothing made for lines nobody reads
-            self.stream.emit(LogLines(r, stream, lines))
+        if self.stream.wants(LogBatch):  # nothing made for lines nobody reads
+            self.stream.emit(LogBatch(r, stream, lines))
 
     def replica_exited(self, r: ProcessReplica, reason: str) -> None:
         self.stats.exits += 1

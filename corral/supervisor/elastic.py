@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..timeouts import cancel_all
-from .autoscale import Decider, Decision, Policy
+from .autoscale import Decider, Policy, ScaleDecision
 from .config import AgentSpec
 from .tasks.host import AgentLike
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .tuning import Tuning
 
 
-class Agent(AgentLike, Protocol):
+class ElasticAgent(AgentLike, Protocol):
     """What the loop needs of an agent besides what tasks do (core.Agent implements it)."""
 
     @property
@@ -82,7 +82,7 @@ def policy_of(spec: AgentSpec, awake: int) -> Policy:
                   a.downscale_delay, a.max_step_up, a.idle_after, spec.hibernate_after)
 
 
-class Entry:
+class ElasticEntry:
     """An elastic agent's autoscaling state."""
 
     __slots__ = ("accepted", "applying", "count", "decider", "desired", "last",
@@ -103,14 +103,14 @@ class Entry:
 
 
 class Elastic:
-    def __init__(self, agents: Mapping[str, Agent], tasks: TaskManager, stream: Stream,
+    def __init__(self, agents: Mapping[str, ElasticAgent], tasks: TaskManager, stream: Stream,
                  tenancy: Tenancy, tuning: Tuning) -> None:
         self.agents = agents
         self.tasks = tasks
         self.stream = stream
         self.tenancy = tenancy
         self.tuning = tuning  # the loop's interval, the fleet's max_replicas
-        self.entries: dict[str, Entry] = {}
+        self.entries: dict[str, ElasticEntry] = {}
         self.decisions: dict[str, deque[Scaling]] = {}
         # decisions by (agent, direction), for /metrics
         self.counts: dict[tuple[str, str], int] = {}
@@ -122,13 +122,13 @@ class Elastic:
         self.backlog: dict[str, int] = {}
 
     # -- agents -----------------------------------------------------------------------------
-    def track(self, agent: Agent) -> None:
+    def track(self, agent: ElasticAgent) -> None:
         """An agent added, or its spec changed (a reload, a rollback): elastic or not."""
         e = self.entries.get(agent.name)
         if not agent.spec.elastic:
             self.entries.pop(agent.name, None)
         elif e is None:
-            self.entries[agent.name] = Entry(agent.spec, time.monotonic())
+            self.entries[agent.name] = ElasticEntry(agent.spec, time.monotonic())
         elif e.spec is not agent.spec:
             self._respec(e, agent)
 
@@ -143,7 +143,7 @@ class Elastic:
         """The agent's last decisions, oldest first (`corral history`)."""
         return self.decisions.get(name, ())
 
-    def status(self, name: str) -> Entry | None:
+    def status(self, name: str) -> ElasticEntry | None:
         e = self.entries.get(name)
         agent = self.agents.get(name)
         if e is not None and agent is not None and agent.spec is not e.spec:
@@ -223,7 +223,7 @@ class Elastic:
         for name in gone:
             del self.entries[name]
 
-    def _respec(self, e: Entry, agent: Agent) -> None:
+    def _respec(self, e: ElasticEntry, agent: ElasticAgent) -> None:
         e.spec = agent.spec
         awake = max(1, len(agent.replicas) or e.decider.policy.awake)
         was = e.decider
@@ -247,7 +247,7 @@ class Elastic:
         e.last_work = now
         self._apply(agent, e, 0, e.decider.decide(now, load, 0, 0.0))
 
-    def _queued(self, name: str, agent: Agent) -> int:
+    def _queued(self, name: str, agent: ElasticAgent) -> int:
         """The agent's tasks waiting (here, and its share of the cluster's), as load: 0
         while a budget holds them, and not those waiting for their session's turn (more
         replicas would not start them)."""
@@ -258,13 +258,14 @@ class Elastic:
             return 0
         return queued
 
-    def _apply(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:
+    def _apply(self, agent: ElasticAgent, e: ElasticEntry, current: int, d: ScaleDecision) -> None:
         e.applying = True
         change = asyncio.ensure_future(self._change(agent, e, current, d))
         self._changes.add(change)
         change.add_done_callback(self._changes.discard)
 
-    async def _change(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:
+    async def _change(self, agent: ElasticAgent, e: ElasticEntry, current: int,
+                      d: ScaleDecision) -> None:
         up = d.desired > current
         direction = ("wake" if current == 0 else "up") if up else (
             "sleep" if d.desired == 0 else "down")
@@ -306,7 +307,7 @@ class Elastic:
         if reached == 0 and direction != "held" and self.tasks.queue.depth(agent.name):
             self.wake(agent.name)  # a task came while it went to sleep
 
-    def _bounds(self, agent: Agent) -> list[tuple[int, str]]:
+    def _bounds(self, agent: ElasticAgent) -> list[tuple[int, str]]:
         """The replicas the agent may still add under each bound on the whole fleet's
         count (the supervisor's max_replicas, its tenant's: quotas.py), and the bound."""
         used = sum(len(a.replicas) for a in self.agents.values())
@@ -359,5 +360,5 @@ def scale_refusal(spec: AgentSpec, n: int) -> str | None:
             "to go further)")
 
 
-def _stopped_by_hand(agent: Agent) -> bool:
+def _stopped_by_hand(agent: ElasticAgent) -> bool:
     return all(r.machine.stopped_by_hand for r in agent.replicas)

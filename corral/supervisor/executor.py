@@ -18,7 +18,7 @@ import time
 from typing import NamedTuple
 
 from .containment import set_frozen
-from .lifecycle import Cause, Decision, Machine, Step
+from .lifecycle import Cause, ExitDecision, Machine, MachineStep
 from .process import ChildProcess
 from .replicaparts import ReplicaParts
 
@@ -54,7 +54,7 @@ class Executor:
         self.frozen: str | bool = False
 
     def fire(self, cause: Cause, reason: str, *, graceful: bool = False,
-             end: LifeEnd | None = None) -> Step:
+             end: LifeEnd | None = None) -> MachineStep:
         """Fire `cause` and run the step's actions. `graceful`: how a take-down goes
         (ask first, or SIGKILL now); `end`: the life that ended, for the restart
         decision of an exit."""
@@ -94,7 +94,7 @@ class Executor:
     # -- the restart decision and its timer ------------------------------------------------
     def _decide(self, reason: str, end: LifeEnd) -> None:
         m, host = self.machine, self.r.host
-        d: Decision | None
+        d: ExitDecision | None
         if end.retry:
             d = m.retry(closing=host.closing, reason=reason)
         else:

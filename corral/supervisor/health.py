@@ -154,7 +154,7 @@ def worker_verdict(fut: asyncio.Future[Any]) -> Verdict:
     return Verdict(value["ok"], text)
 
 
-async def run_command(argv: list[str], r: Checked, env: dict[str, str], *,
+async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *,
                       containment: Containment, timeout: float) -> Verdict:
     """Run `argv` for replica `r` as `r`'s own process runs (its user, caps and sandbox:
     Checked.beside) to its end or `timeout`, then kill its process group (and cgroup)
@@ -205,7 +205,7 @@ async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
     return fut.done()
 
 
-class Checked(Protocol):
+class CheckedReplica(Protocol):
     """The replica a ReplicaHealth checks (replica.Replica)."""
 
     name: str
@@ -290,7 +290,7 @@ class CheckState(msgspec.Struct, frozen=True):
 class ReplicaHealth:
     """The checks of one life of one replica."""
 
-    def __init__(self, r: Checked, spec: HealthSpec, board: HealthBoard,
+    def __init__(self, r: CheckedReplica, spec: HealthSpec, board: HealthBoard,
                  carried: Sequence[CheckState] = ()) -> None:
         self.r = r
         self.board = board
@@ -426,7 +426,7 @@ class ReplicaHealth:
                                                               run)
 
 
-class Placed(Protocol):
+class BoardAgent(Protocol):
     """An agent as the board sees it: the replicas holding its places now."""
 
     @property
@@ -437,7 +437,7 @@ class HealthBoard:
     """The supervisor's side of health: actions, counts, the agent-wide event."""
 
     def __init__(self, stream: Stream, containment: Containment,
-                 agents: Mapping[str, Placed], readiness_changed: Callable[[Any], None],
+                 agents: Mapping[str, BoardAgent], readiness_changed: Callable[[Any], None],
                  publish: Callable[[str, Any], None]) -> None:
         self.stream = stream
         self._containment = containment

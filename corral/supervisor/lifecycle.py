@@ -95,7 +95,7 @@ RESTARTED = "restarted on request"
 TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNREAD, C.UNHEALTHY, C.ERROR})
 
 
-class Step(NamedTuple):
+class MachineStep(NamedTuple):
     """A row of the table: the next state (None: stay, emit nothing) and what follows."""
 
     target: State | None
@@ -121,69 +121,70 @@ class Step(NamedTuple):
     behind: bool = False
 
 
-IGNORE = Step(None)
+IGNORE = MachineStep(None)
 
 
-def _table() -> dict[tuple[State, Cause], Step]:
-    t: dict[tuple[State, Cause], Step] = {}
+def _table() -> dict[tuple[State, Cause], MachineStep]:
+    t: dict[tuple[State, Cause], MachineStep] = {}
 
-    def rows(states: Iterable[State], causes: Iterable[Cause], step: Step) -> None:
+    def rows(states: Iterable[State], causes: Iterable[Cause], step: MachineStep) -> None:
         for s in states:
             for c in causes:
                 assert (s, c) not in t, (s, c)
                 t[s, c] = step
 
     stopped_or_waiting = (S.INITIAL, S.TERMINATED, S.FAILED, S.BACKOFF)
-    rows(stopped_or_waiting, [C.SPAWN], Step(S.STARTING, spawn=True, forgive=True, fresh=True))
-    rows([S.BACKOFF], [C.BACKOFF_OVER], Step(S.STARTING, spawn=True, fresh=True))
+    rows(stopped_or_waiting, [C.SPAWN],
+         MachineStep(S.STARTING, spawn=True, forgive=True, fresh=True))
+    rows([S.BACKOFF], [C.BACKOFF_OVER], MachineStep(S.STARTING, spawn=True, fresh=True))
     rows(LIVE, [C.SPAWN, C.BACKOFF_OVER], IGNORE)  # it runs already
     rows(STOPPED, [C.BACKOFF_OVER], IGNORE)  # a timer outlived its backoff
-    rows([S.STARTING], [C.READY], Step(S.READY, serving=True))
-    rows([S.STARTING], [C.ADOPTED_IDLE], Step(S.IDLE, serving=True))
+    rows([S.STARTING], [C.READY], MachineStep(S.READY, serving=True))
+    rows([S.STARTING], [C.ADOPTED_IDLE], MachineStep(S.IDLE, serving=True))
     rows(sorted(set(State) - {S.STARTING}), [C.ADOPTED_IDLE], IGNORE)
-    rows([S.READY, S.IDLE], [C.TASK], Step(S.BUSY))
+    rows([S.READY, S.IDLE], [C.TASK], MachineStep(S.BUSY))
     # busy, or on its way out (paused: below)
     rows(sorted(set(State) - {S.READY, S.IDLE, S.PAUSED}), [C.TASK], IGNORE)
-    rows([S.BUSY], [C.DONE], Step(S.IDLE))
+    rows([S.BUSY], [C.DONE], MachineStep(S.IDLE))
     rows(sorted(set(State) - {S.BUSY, S.PAUSED}), [C.DONE], IGNORE)
-    rows(RUNNING, TAKE_DOWN - {C.STOP}, Step(S.SHUTTING_DOWN, shutdown=True, remember=True))
-    rows(RUNNING, [C.STOP], Step(S.SHUTTING_DOWN, shutdown=True, remember=True,
-                                 stay_down=True))
+    rows(RUNNING, TAKE_DOWN - {C.STOP}, MachineStep(S.SHUTTING_DOWN, shutdown=True, remember=True))
+    rows(RUNNING, [C.STOP], MachineStep(S.SHUTTING_DOWN, shutdown=True, remember=True,
+                                        stay_down=True))
     # a stop while it waits to restart: no process to take down
-    rows([S.BACKOFF], [C.STOP], Step(S.TERMINATED, stay_down=True, down=True))
-    rows(STOPPED | {S.SHUTTING_DOWN}, [C.STOP], Step(None, stay_down=True))
+    rows([S.BACKOFF], [C.STOP], MachineStep(S.TERMINATED, stay_down=True, down=True))
+    rows(STOPPED | {S.SHUTTING_DOWN}, [C.STOP], MachineStep(None, stay_down=True))
     # on its way out already: the first reason stands; corral's own error replaces it
     rows([S.SHUTTING_DOWN], TAKE_DOWN - {C.STOP, C.ERROR}, IGNORE)
-    rows([S.SHUTTING_DOWN], [C.ERROR], Step(None, remember=True))
+    rows([S.SHUTTING_DOWN], [C.ERROR], MachineStep(None, remember=True))
     rows(stopped_or_waiting, TAKE_DOWN - {C.STOP}, IGNORE)  # no process
-    rows([S.SHUTTING_DOWN], [C.EXIT], Step(S.TERMINATED, decide=True, down=True))
-    rows(RUNNING, [C.CRASH], Step(S.TERMINATED, decide=True, down=True))
-    rows([S.TERMINATED], [C.POLICY_RESTART], Step(S.BACKOFF, arm=True, tally=True))
-    rows([S.TERMINATED], [C.SPAWN_RETRY], Step(S.BACKOFF, arm=True))
-    rows([S.TERMINATED], [C.GIVE_UP], Step(S.FAILED, down=True))
+    rows([S.SHUTTING_DOWN], [C.EXIT], MachineStep(S.TERMINATED, decide=True, down=True))
+    rows(RUNNING, [C.CRASH], MachineStep(S.TERMINATED, decide=True, down=True))
+    rows([S.TERMINATED], [C.POLICY_RESTART], MachineStep(S.BACKOFF, arm=True, tally=True))
+    rows([S.TERMINATED], [C.SPAWN_RETRY], MachineStep(S.BACKOFF, arm=True))
+    rows([S.TERMINATED], [C.GIVE_UP], MachineStep(S.FAILED, down=True))
     # pause: a serving replica freezes; resume thaws it and it serves again as it was. A
     # replica on its way up or down, or without a process, is not paused (the command
     # says why); a paused one paused again stays as it is
-    rows(SERVING, [C.PAUSE], Step(S.PAUSED, freeze=True))
+    rows(SERVING, [C.PAUSE], MachineStep(S.PAUSED, freeze=True))
     rows(sorted(set(State) - SERVING), [C.PAUSE], IGNORE)
-    rows([S.PAUSED], [C.RESUME], Step(None, back=True, thaw=True, serving=True))
+    rows([S.PAUSED], [C.RESUME], MachineStep(None, back=True, thaw=True, serving=True))
     rows(sorted(set(State) - {S.PAUSED}), [C.RESUME], IGNORE)
     # while paused: no task is started on it (it is not serving), but an answer read after
     # the freeze ends one
-    rows([S.PAUSED], [C.TASK, C.DONE], Step(None, behind=True))
+    rows([S.PAUSED], [C.TASK, C.DONE], MachineStep(None, behind=True))
     # taken down while paused: thawed first, so that it can be asked to stop and handle
     # SIGTERM; a crash (killed from outside, the OOM killer) is a crash
     rows([S.PAUSED], TAKE_DOWN - {C.STOP},
-         Step(S.SHUTTING_DOWN, shutdown=True, remember=True, thaw=True))
-    rows([S.PAUSED], [C.STOP], Step(S.SHUTTING_DOWN, shutdown=True, remember=True,
-                                    stay_down=True, thaw=True))
-    rows([S.PAUSED], [C.CRASH], Step(S.TERMINATED, decide=True, down=True, thaw=True))
+         MachineStep(S.SHUTTING_DOWN, shutdown=True, remember=True, thaw=True))
+    rows([S.PAUSED], [C.STOP], MachineStep(S.SHUTTING_DOWN, shutdown=True, remember=True,
+                                           stay_down=True, thaw=True))
+    rows([S.PAUSED], [C.CRASH], MachineStep(S.TERMINATED, decide=True, down=True, thaw=True))
     return t
 
 
 TABLE = _table()
 # the same rows by state, then cause: a lookup per event without a key built for it
-_ROWS: dict[State, dict[Cause, Step]] = {s: {} for s in State}
+_ROWS: dict[State, dict[Cause, MachineStep]] = {s: {} for s in State}
 for (_s, _c), _step in TABLE.items():
     _ROWS[_s][_c] = _step
 
@@ -205,7 +206,7 @@ def check(current: State, target: State) -> None:
         raise IllegalTransition(f"illegal transition {current.value} -> {target.value}")
 
 
-class Decision(NamedTuple):
+class ExitDecision(NamedTuple):
     """The answer to an exit: the cause to fire, its reason, the delay, and the reason of
     the start at the delay's end."""
 
@@ -244,7 +245,7 @@ class Machine:
         self._paused_in: State | None = None  # the state a paused replica goes back to
         self._spawn_retries = 0  # consecutive spawns failed for corral's own resources
 
-    def row(self, cause: Cause) -> Step:
+    def row(self, cause: Cause) -> MachineStep:
         """The step `cause` would take now."""
         try:
             return _ROWS[self.state][cause]
@@ -252,7 +253,7 @@ class Machine:
             raise IllegalTransition(
                 f"no transition from {self.state.value} on {cause.value}") from None
 
-    def fire(self, cause: Cause, reason: str) -> Step:
+    def fire(self, cause: Cause, reason: str) -> MachineStep:
         """Apply the row of (state, cause): the extra bits, then the state. Returns the
         step, whose actions the executor runs (the state changed when it is not the one
         before: no row leads a state to itself)."""
@@ -430,7 +431,7 @@ class Machine:
         """A spawn succeeded: corral's resources are back."""
         self._spawn_retries = 0
 
-    def retry(self, *, closing: bool, reason: str) -> Decision | None:
+    def retry(self, *, closing: bool, reason: str) -> ExitDecision | None:
         """The decision after a spawn that failed for want of corral's own resources: the
         process never ran, so no restart of it; tried again once corral may have
         recovered (None: stopped by hand, or the supervisor closing)."""
@@ -438,12 +439,12 @@ class Machine:
             return None
         delay = min(self.policy.backoff(self._spawn_retries), RESOURCE_RETRY_MAX)
         self._spawn_retries += 1
-        return Decision(Cause.SPAWN_RETRY, f"retrying in {delay:.2f} s (not counted as a "
-                        f"restart) after: {reason}", delay,
-                        f"spawn retry #{self._spawn_retries}")
+        return ExitDecision(Cause.SPAWN_RETRY, f"retrying in {delay:.2f} s (not counted as a "
+                            f"restart) after: {reason}", delay,
+                            f"spawn retry #{self._spawn_retries}")
 
     def decide(self, *, clean: bool, uptime: float, now: float, closing: bool,
-               reason: str, gone: Cause = Cause.CRASH) -> Decision | None:
+               reason: str, gone: Cause = Cause.CRASH) -> ExitDecision | None:
         """The restart decision after an exit (`reason`): None when the replica stays down
         (stopped by hand, the supervisor closing, or the policy wants no restart).
         `gone`: what ended a life corral did not take down, as restarts are counted
@@ -453,22 +454,22 @@ class Machine:
         d = self.policy.on_exit(clean_exit=clean, uptime=uptime, now=now)
         window = self.policy.start
         if d.failed_start and d.give_up:
-            return Decision(Cause.GIVE_UP,
-                            f"failed to start: exited within start_secs ({window.secs:g} s) "
-                            f"{d.failed_start} times in a row (start_retries = "
-                            f"{window.retries}); last exit: {reason}")
+            return ExitDecision(Cause.GIVE_UP,
+                                f"failed to start: exited within start_secs ({window.secs:g} s) "
+                                f"{d.failed_start} times in a row (start_retries = "
+                                f"{window.retries}); last exit: {reason}")
         if d.failed_start:
             reason = (f"failed start {d.failed_start} of {window.retries + 1} (up "
                       f"{uptime:.2f} s, under start_secs = {window.secs:g}): {reason}")
         if d.restart:
             self._restart_cause = self._down_cause or gone
-            return Decision(Cause.POLICY_RESTART,
-                            f"restarting in {d.delay:.2f} s after: {reason}", d.delay,
-                            f"restart #{self.restarts + 1}")
+            return ExitDecision(Cause.POLICY_RESTART,
+                                f"restarting in {d.delay:.2f} s after: {reason}", d.delay,
+                                f"restart #{self.restarts + 1}")
         if d.give_up:
-            return Decision(Cause.GIVE_UP,
-                            f"too many restarts ({self.policy.max_restarts} within "
-                            f"{self.policy.window:g} s); last exit: {reason}")
+            return ExitDecision(Cause.GIVE_UP,
+                                f"too many restarts ({self.policy.max_restarts} within "
+                                f"{self.policy.window:g} s); last exit: {reason}")
         return None
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .replica import Replica
 
 
-class Agent(Protocol):
+class PausableAgent(Protocol):
     """An agent as a pause sees it (core.Agent)."""
 
     @property
@@ -31,7 +31,7 @@ class PauseRefused(jsonrpc.RpcError):
         super().__init__(jsonrpc.CONFLICT, message)
 
 
-def selected(agent: Agent, index: int | None) -> list[Replica]:
+def selected(agent: PausableAgent, index: int | None) -> list[Replica]:
     """Every replica of `agent`, or replica `index` (NOT_FOUND if it has none such)."""
     if index is None:
         return list(agent.replicas)
@@ -42,7 +42,7 @@ def selected(agent: Agent, index: int | None) -> list[Replica]:
     return [agent.replicas[index]]
 
 
-def to_pause(agent: Agent, index: int | None) -> list[Replica]:
+def to_pause(agent: PausableAgent, index: int | None) -> list[Replica]:
     """The replicas a pause freezes: every one named must be serving or paused already
     (a second pause changes nothing), or none is paused: an agent paused but for a
     replica in backoff would serve again once that one started."""
@@ -56,7 +56,7 @@ def to_pause(agent: Agent, index: int | None) -> list[Replica]:
     return [r for r in reps if r.machine.moves(Cause.PAUSE)]
 
 
-def to_resume(agent: Agent, index: int | None) -> list[Replica]:
+def to_resume(agent: PausableAgent, index: int | None) -> list[Replica]:
     """The paused replicas among those named; refused when there is none."""
     reps = selected(agent, index)
     paused = [r for r in reps if r.machine.moves(Cause.RESUME)]

@@ -44,7 +44,7 @@ class ResumeFailed(RpcError):
         super().__init__(jsonrpc.SERVER_ERROR, message)
 
 
-class LogLines(NamedTuple):
+class LogBatch(NamedTuple):
     """Lines of a replica's log that arrived together: `stream` is "stdout", "stderr" or
     "corral" (corral's own notes about it)."""
 

@@ -27,7 +27,7 @@ _JITTER = random.Random()
 
 
 @dataclass(frozen=True)
-class Decision:
+class RestartDecision:
     restart: bool
     delay: float = 0.0
     give_up: bool = False  # restart was wanted but the intensity limit is reached
@@ -85,32 +85,32 @@ class RestartPolicy:
         ceiling = min(self.backoff_max, self.backoff_initial * (2.0**attempt))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    def on_exit(self, *, clean_exit: bool, uptime: float, now: float) -> Decision:
+    def on_exit(self, *, clean_exit: bool, uptime: float, now: float) -> RestartDecision:
         if uptime >= self.stable_after:
             self._attempt = 0
         if uptime < self.start.secs:
             return self._failed_start()
         self._failed_starts = 0
         if not self.wants_restart(clean_exit):
-            return Decision(restart=False)
+            return RestartDecision(restart=False)
         if self._restarts is None:
             self._restarts = deque()
         while self._restarts and now - self._restarts[0] > self.window:
             self._restarts.popleft()
         if len(self._restarts) >= self.max_restarts:
-            return Decision(restart=False, give_up=True)
+            return RestartDecision(restart=False, give_up=True)
         self._restarts.append(now)
         delay = self.backoff(self._attempt)
         self._attempt += 1
-        return Decision(restart=True, delay=delay)
+        return RestartDecision(restart=True, delay=delay)
 
-    def _failed_start(self) -> Decision:
+    def _failed_start(self) -> RestartDecision:
         self._failed_starts += 1
         if self._failed_starts > self.start.retries:
-            return Decision(restart=False, give_up=True, failed_start=self._failed_starts)
+            return RestartDecision(restart=False, give_up=True, failed_start=self._failed_starts)
         delay = self.backoff(self._attempt)
         self._attempt += 1
-        return Decision(restart=True, delay=delay, failed_start=self._failed_starts)
+        return RestartDecision(restart=True, delay=delay, failed_start=self._failed_starts)
 
     def reset(self) -> None:
         """A start by hand forgives the past."""

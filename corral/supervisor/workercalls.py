@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..workerproto import FROM_WORKER, METHOD_OF, METHODS, BadParams, Params, params_of
+from ..workerproto import FROM_WORKER, METHOD_OF, METHODS, BadParams, WorkerParams, params_of
 
 if TYPE_CHECKING:
     from .replica import Replica
 
-P = TypeVar("P", bound=Params)
+P = TypeVar("P", bound=WorkerParams)
 
 
-def _method(cls: type[Params], notification: bool) -> str:
+def _method(cls: type[WorkerParams], notification: bool) -> str:
     method = METHOD_OF[cls]
     if method not in FROM_WORKER or METHODS[method].notification != notification:
         kind = "notification" if notification else "request"

@@ -175,7 +175,7 @@ def _try_fast_json() -> None:
 _FATAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ENOMEM, errno.EAGAIN}
 FATAL_EXIT_STATUS = 70
 
-__all__ = ["Context", "RpcError", "TaskCancelled", "TaskError", "Worker", "health_check",
+__all__ = ["Context", "RequestError", "TaskCancelled", "TaskError", "Worker", "health_check",
            "run"]
 
 # -- health checks -------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class TaskCancelled(Exception):
     """Raised by `ctx.check_cancelled()` once the supervisor has cancelled the task."""
 
 
-class RpcError(Exception):
+class RequestError(Exception):
     """An error answer from the supervisor to a request the worker made."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -539,7 +539,7 @@ class Worker:
         """Ask the supervisor something and block this thread for the answer."""
         waiter = self._new_request(method, params)
         if not waiter.event.wait(timeout):
-            raise RpcError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
+            raise RequestError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
         ok, value = waiter.value
         if not ok:
             raise value
@@ -622,7 +622,7 @@ class Worker:
         for ctx in list(self._tasks.values()):
             ctx._cancelled = True
         for w in list(self._waiters.values()):
-            w.resolve(False, RpcError(PEER_CLOSED, "supervisor went away"))
+            w.resolve(False, RequestError(PEER_CLOSED, "supervisor went away"))
         try:
             sys.stderr.flush()
         finally:
@@ -673,8 +673,8 @@ class Worker:
             return
         if "error" in msg:
             e = msg["error"] or {}
-            waiter.resolve(False, RpcError(e.get("code", INTERNAL_ERROR), e.get("message", ""),
-                                           e.get("data")))
+            waiter.resolve(False, RequestError(e.get("code", INTERNAL_ERROR), e.get("message", ""),
+                                               e.get("data")))
         else:
             waiter.resolve(True, msg.get("result"))
 

@@ -28,7 +28,7 @@ class Pending:
     """A key whose first request is still running."""
 
 
-class Keys:
+class IdempotencyKeys:
     def __init__(self, max_keys: int = MAX_KEYS, keep: float = KEEP_SECONDS) -> None:
         self.max_keys = max_keys
         self.keep = keep

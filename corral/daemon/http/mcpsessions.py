@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 EVICTED_KEPT = 1024  # evicted sessions whose id is still told why
 
 
-class Held(Protocol):
+class SessionEntry(Protocol):
     """What the table reads of a session."""
 
     @property
@@ -44,7 +44,7 @@ class SessionsFull(Exception):
     """Every session under a bound is busy: the message names the bound."""
 
 
-S = TypeVar("S", bound=Held)
+S = TypeVar("S", bound=SessionEntry)
 
 
 class SessionTable(Generic[S]):

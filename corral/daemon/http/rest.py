@@ -34,7 +34,7 @@ from ..tokens import TokenRevoked, tokens_of
 from . import bodies, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
-from .idempotency import MAX_KEY_LENGTH, Answer, Keys, Pending
+from .idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKeys, Pending
 from .resources import PREFIX, RESOURCES, Resource
 
 JSON = "application/json"
@@ -58,7 +58,7 @@ class Api:
         self.ctx = ctx
         self.dispatcher: Dispatcher[Any] = ctx.dispatcher
         self.limiter = PerKey(ctx.settings.rate_per_minute)
-        self.keys = Keys()
+        self.keys = IdempotencyKeys()
         self.ring = sse.EventRing(ctx.dispatcher)
         self.streams = sse.Streams(ctx.settings.max_streams,
                                    ctx.settings.max_streams_per_token)
@@ -264,8 +264,8 @@ class Api:
             return route.problem(400, "an Idempotency-Key is 1 to "
                                  f"{MAX_KEY_LENGTH} characters", jsonrpc.INVALID_REQUEST)
         who = caller.who
-        fingerprint = Keys.fingerprint(request.method, request.path, request.query_string,
-                                       body)
+        fingerprint = IdempotencyKeys.fingerprint(request.method, request.path,
+                                                  request.query_string, body)
         try:
             first = self.keys.begin(who, key, fingerprint)
         except ValueError as exc:

@@ -91,7 +91,7 @@ class LoginRefused(Exception):
 
 
 @dataclass(kw_only=True)
-class Session:
+class LoginSession:
     id: str
     csrf: str
     caller: Caller
@@ -109,7 +109,7 @@ class _Grant:
 
 
 @dataclass(kw_only=True)
-class Sessions:
+class LoginSessions:
     """The one-time login codes and the sessions they became, in memory: a daemon restart
     logs every page out, which a new `corral ui` link mends."""
 
@@ -117,7 +117,7 @@ class Sessions:
     session_ttl: float = SESSION_TTL
     clock: Callable[[], float] = time.time
     codes: dict[str, _Grant] = field(default_factory=dict)
-    sessions: dict[str, Session] = field(default_factory=dict)
+    sessions: dict[str, LoginSession] = field(default_factory=dict)
     # the HTTP server's context, once ui.setup has mounted the dashboard on it
     context: HttpContext | None = None
     # whether the token a session came from still holds what it held (ui.setup: the
@@ -142,7 +142,7 @@ class Sessions:
         self.codes[code] = _Grant(caller=caller, expires=expires, token=token)
         return code, expires
 
-    def redeem(self, code: str) -> Session:
+    def redeem(self, code: str) -> LoginSession:
         """The code's new session; the code is gone whatever the outcome."""
         now = self.clock()
         grant = self.codes.pop(code, None)
@@ -154,13 +154,13 @@ class Sessions:
             raise LoginRefused("this login link has expired; run `corral ui` for a new one")
         while len(self.sessions) >= MAX_SESSIONS:
             del self.sessions[next(iter(self.sessions))]
-        session = Session(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
-                          caller=grant.caller, expires=now + self.session_ttl,
-                          token=grant.token)
+        session = LoginSession(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
+                               caller=grant.caller, expires=now + self.session_ttl,
+                               token=grant.token)
         self.sessions[session.id] = session
         return session
 
-    def find(self, sid: str | None) -> Session | None:
+    def find(self, sid: str | None) -> LoginSession | None:
         if sid is None:
             return None
         session = self.sessions.get(sid)
@@ -198,7 +198,7 @@ class Guard:
     """The rules every `/ui` request meets: Host, then (for a call) session, Origin and
     CSRF token."""
 
-    def __init__(self, ctx: HttpContext, sessions: Sessions) -> None:
+    def __init__(self, ctx: HttpContext, sessions: LoginSessions) -> None:
         self.ctx = ctx
         self.sessions = sessions
         self._hostnames: set[str] | None = None
@@ -249,7 +249,7 @@ class Guard:
             self.check_write(request, session)
         return session.caller
 
-    def check_write(self, request: web.Request, session: Session) -> None:
+    def check_write(self, request: web.Request, session: LoginSession) -> None:
         if not self.origin_ok(request):
             origin = request.headers.get("Origin")
             raise RpcError(jsonrpc.FORBIDDEN, "forbidden: a write needs this dashboard's "
@@ -345,7 +345,7 @@ async def _rules_of(guard: Guard, request: web.Request,
 class Pages:
     """The dashboard's routes over one server's sessions and Dispatcher."""
 
-    def __init__(self, ctx: HttpContext, sessions: Sessions) -> None:
+    def __init__(self, ctx: HttpContext, sessions: LoginSessions) -> None:
         self.ctx = ctx
         self.sessions = sessions
         self.guard = Guard(ctx, sessions)
@@ -471,7 +471,7 @@ class Pages:
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
     sessions = ctx.services.ui
-    if not isinstance(sessions, Sessions):  # no [http], or logins of another kind
+    if not isinstance(sessions, LoginSessions):  # no [http], or logins of another kind
         return
     sessions.context = ctx
     tokens = tokens_of(ctx.services.store)

@@ -130,7 +130,7 @@ def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None
         for rel, st in found:
             _hash_entry(root, rel, st, known, digest, None, stop)
         return files, total, digest.hexdigest()
-    except checked.Refused as exc:
+    except checked.PathRefusal as exc:
         raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
     finally:
         os.close(root)
@@ -147,7 +147,7 @@ def _walk(root: int, manifest: Manifest, stop: threading.Event | None
     seen = 0  # directories too: a tree of empty ones is no cheaper to walk
     while pending:
         if stop is not None and stop.is_set():
-            raise checked.Cancelled()
+            raise checked.ReadCancellation()
         rel_dir = pending.pop()
         for name, st in checked.entries(root, rel_dir):
             seen += 1
@@ -157,7 +157,7 @@ def _walk(root: int, manifest: Manifest, stop: threading.Event | None
                 if name in SKIP_DIRS or _excluded(rel, exclude) or _is_venv(root, rel):
                     continue
                 if checked.depth(rel) > checked.MAX_DEPTH:
-                    raise checked.Refused(rel, f"more than {checked.MAX_DEPTH} directories "
+                    raise checked.PathRefusal(rel, f"more than {checked.MAX_DEPTH} directories "
                                                "deep")
                 pending.append(rel)
                 continue
@@ -166,11 +166,11 @@ def _walk(root: int, manifest: Manifest, stop: threading.Event | None
             if stat.S_ISREG(mode) and st.st_nlink > 1 and st.st_uid != owner:
                 # a hard link the package's writer made to a file they do not own: the
                 # release would publish what they may not read
-                raise checked.Refused(rel, f"a hard link to a file of uid {st.st_uid} (the "
+                raise checked.PathRefusal(rel, f"a hard link to a file of uid {st.st_uid} (the "
                                            f"package's directory is uid {owner}'s): not "
                                            "copied")
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                raise checked.Refused(rel, f"{checked.kind(mode)}: a package holds regular "
+                raise checked.PathRefusal(rel, f"{checked.kind(mode)}: a package holds regular "
                                            "files, directories and links (leave it out "
                                            "with exclude = [...])")
             out.append((rel, st))
@@ -186,7 +186,7 @@ def _is_venv(root: int, rel: str) -> bool:
     """A directory holding a pyvenv.cfg: an environment, never a package's source."""
     try:
         fd = checked.open_dir(root, rel)
-    except checked.Refused:
+    except checked.PathRefusal:
         return False
     try:
         os.stat("pyvenv.cfg", dir_fd=fd, follow_symlinks=False)
@@ -207,10 +207,10 @@ def _hash_entry(root: int, rel: str, st: os.stat_result, files: set[str],
         target = checked.read_link(root, rel)
         inside = checked.link_target(rel, target)
         if inside is None:
-            raise checked.Refused(rel, f"a link to {target!r}, outside the package: not "
+            raise checked.PathRefusal(rel, f"a link to {target!r}, outside the package: not "
                                        "followed (copy the file in, or exclude the link)")
         if inside not in files:
-            raise checked.Refused(rel, f"a link to {target!r}, which is not a file of the "
+            raise checked.PathRefusal(rel, f"a link to {target!r}, which is not a file of the "
                                        "package's source: not followed (copy the file in, "
                                        "or exclude the link)")
         data = target.encode()
@@ -222,7 +222,7 @@ def _hash_entry(root: int, rel: str, st: os.stat_result, files: set[str],
     fd, opened = checked.open_file(root, rel)
     try:
         if opened.st_size != st.st_size:
-            raise checked.Refused(rel, "changed while it was read (its size)")
+            raise checked.PathRefusal(rel, "changed while it was read (its size)")
         executable = bool(opened.st_mode & stat.S_IXUSR)
         digest.update(rel.encode() + b"\0" + (b"x" if executable else b"-")
                       + opened.st_size.to_bytes(8, "big"))
@@ -265,7 +265,7 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
         known = set(files)
         for rel in files:
             if stop is not None and stop.is_set():
-                raise checked.Cancelled()
+                raise checked.ReadCancellation()
             parent, _, name = rel.rpartition("/")
             fd = checked.open_dir(root, parent)
             try:
@@ -277,7 +277,7 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
                 os.close(fd)
             (dest / parent).mkdir(parents=True, exist_ok=True)
             _hash_entry(root, rel, st, known, digest, dest, stop)
-    except checked.Refused as exc:
+    except checked.PathRefusal as exc:
         raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
     finally:
         os.close(root)
@@ -537,7 +537,7 @@ def _check_lock(src: Path, rel: str, kind: str | None, exported: Path | None,
             check_pylock(root, rel)
         else:
             check_file(root, rel)
-    except checked.Refused as exc:
+    except checked.PathRefusal as exc:
         raise BuildError(f"{shown / exc.rel}: {exc.reason}") from None
     finally:
         os.close(root)

@@ -36,7 +36,7 @@ GRACE = 1.0  # seconds a cancelled read has to stop before its caller goes on
 T = TypeVar("T")
 
 
-class Refused(Exception):
+class PathRefusal(Exception):
     """A path of the package that is not read, and why (its contents are never said)."""
 
     def __init__(self, rel: str, reason: str) -> None:
@@ -45,7 +45,7 @@ class Refused(Exception):
         self.reason = reason
 
 
-class Cancelled(Exception):
+class ReadCancellation(Exception):
     """The deploy that asked for the read went away."""
 
 
@@ -76,8 +76,8 @@ def open_dir(root: int, rel: str, shown: str | None = None) -> int:
             nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
             os.close(fd)
-            raise Refused(shown, f"{part} is not a directory of the package "
-                          f"({_why(exc)})") from None
+            raise PathRefusal(shown, f"{part} is not a directory of the package "
+                              f"({_why(exc)})") from None
         os.close(fd)
         fd = nxt
     return fd
@@ -91,37 +91,37 @@ def open_file(root: int, rel: str) -> tuple[int, os.stat_result]:
         try:
             seen = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except OSError as exc:
-            raise Refused(rel, _why(exc)) from None
+            raise PathRefusal(rel, _why(exc)) from None
         if not stat.S_ISREG(seen.st_mode):
-            raise Refused(rel, f"{kind(seen.st_mode)}, not a regular file")
+            raise PathRefusal(rel, f"{kind(seen.st_mode)}, not a regular file")
         try:
             fd = os.open(name, FILE_FLAGS, dir_fd=dfd)
         except OSError as exc:
-            raise Refused(rel, _why(exc)) from None
+            raise PathRefusal(rel, _why(exc)) from None
     finally:
         os.close(dfd)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
         os.close(fd)
-        raise Refused(rel, f"changed while it was read (now {kind(st.st_mode)})")
+        raise PathRefusal(rel, f"changed while it was read (now {kind(st.st_mode)})")
     return fd, st
 
 
 def chunks(fd: int, size: int, rel: str, stop: threading.Event | None = None
            ) -> Iterator[bytes]:
     """The file's bytes, CHUNK at a time: exactly `size` of them (its size when it was
-    opened), or Refused: it changed."""
+    opened), or PathRefusal: it changed."""
     left = size
     while left > 0:
         if stop is not None and stop.is_set():
-            raise Cancelled()
+            raise ReadCancellation()
         data = os.read(fd, min(CHUNK, left))
         if not data:
-            raise Refused(rel, f"changed while it was read (shorter than {size} bytes)")
+            raise PathRefusal(rel, f"changed while it was read (shorter than {size} bytes)")
         left -= len(data)
         yield data
     if os.read(fd, 1):
-        raise Refused(rel, f"changed while it was read (longer than {size} bytes)")
+        raise PathRefusal(rel, f"changed while it was read (longer than {size} bytes)")
 
 
 def read_small(root: int, rel: str, limit: int) -> bytes:
@@ -130,7 +130,7 @@ def read_small(root: int, rel: str, limit: int) -> bytes:
     fd, st = open_file(root, rel)
     try:
         if st.st_size > limit:
-            raise Refused(rel, f"{st.st_size} bytes, more than the {limit} corral reads of "
+            raise PathRefusal(rel, f"{st.st_size} bytes, more than the {limit} corral reads of "
                                "such a file")
         return b"".join(chunks(fd, st.st_size, rel))
     finally:
@@ -141,7 +141,7 @@ def is_regular(root: int, rel: str) -> bool:
     """Whether `rel` is a regular file of the package (not a link to one)."""
     try:
         dfd = open_dir(root, rel.rpartition("/")[0])
-    except Refused:
+    except PathRefusal:
         return False
     try:
         return stat.S_ISREG(os.stat(rel.rpartition("/")[2], dir_fd=dfd,
@@ -183,7 +183,7 @@ def read_link(root: int, rel: str) -> str:
     try:
         return os.readlink(name, dir_fd=dfd)
     except OSError as exc:
-        raise Refused(rel, _why(exc)) from None
+        raise PathRefusal(rel, _why(exc)) from None
     finally:
         os.close(dfd)
 
@@ -195,7 +195,7 @@ def depth(rel: str) -> int:
 def _parts(rel: str) -> list[str]:
     parts = [p for p in PurePosixPath(rel).parts if p not in ("", ".")]
     if any(p == ".." or "/" in p for p in parts):
-        raise Refused(rel, "not a path inside the package")
+        raise PathRefusal(rel, "not a path inside the package")
     return parts
 
 

@@ -126,7 +126,7 @@ def _present(directory: Path, root: int, rel: str) -> bool:
 def _toml(directory: Path, root: int, rel: str) -> dict[str, Any]:
     try:
         return tomllib.loads(checked.read_small(root, rel, MAX_MANIFEST).decode())
-    except checked.Refused as exc:
+    except checked.PathRefusal as exc:
         raise ConfigError(f"{directory / exc.rel}: {exc.reason}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{directory / rel}: not UTF-8 text") from None
@@ -198,7 +198,7 @@ def _lock(directory: Path, root: int, given: Any, bad: Any) -> Path | None:
             raise bad("lock", f"{given}: not inside the package")
         if not checked.is_regular(root, rel):
             what = "no such file"
-            with contextlib.suppress(OSError, checked.Refused):
+            with contextlib.suppress(OSError, checked.PathRefusal):
                 fd = checked.open_dir(root, os.path.dirname(rel))
                 try:
                     mode = os.stat(os.path.basename(rel), dir_fd=fd,

@@ -30,7 +30,7 @@ PER_LINE = ("--hash",)  # what may follow a requirement on its line
 
 def check_file(root: int, rel: str) -> None:
     """A requirements file of the package (`rel`, inside `root`) and what it includes.
-    checked.Refused when uv would read something outside the package."""
+    checked.PathRefusal when uv would read something outside the package."""
     _check(root, rel, _read(root, rel), [0])
 
 
@@ -48,16 +48,16 @@ def check_pylock(root: int, rel: str) -> None:
     try:
         data = tomllib.loads(_read(root, rel))
     except tomllib.TOMLDecodeError as exc:
-        raise checked.Refused(rel, f"syntax error: {exc}") from None
+        raise checked.PathRefusal(rel, f"syntax error: {exc}") from None
 
     def walk(value: object, where: str) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 here = f"{where}.{key}" if where else str(key)
                 if key == "path" and isinstance(item, str) and _inside(rel, item) is None:
-                    raise checked.Refused(rel, f"{here}: a path outside the package")
+                    raise checked.PathRefusal(rel, f"{here}: a path outside the package")
                 if key == "url" and isinstance(item, str) and not _remote(item):
-                    raise checked.Refused(rel, f"{here}: not an http(s) URL (a local file "
+                    raise checked.PathRefusal(rel, f"{here}: not an http(s) URL (a local file "
                                                "is read as the daemon's user)")
                 walk(item, here)
         elif isinstance(value, list):
@@ -71,13 +71,13 @@ def _read(root: int, rel: str) -> str:
     try:
         return checked.read_small(root, rel, MAX_REQUIREMENTS).decode()
     except UnicodeDecodeError:
-        raise checked.Refused(rel, "not UTF-8 text") from None
+        raise checked.PathRefusal(rel, "not UTF-8 text") from None
 
 
 def _check(root: int, rel: str, text: str, included: list[int]) -> None:
     for number, line in _lines(text):
-        def bad(why: str, number: int = number) -> checked.Refused:
-            return checked.Refused(rel, f"line {number}: {why}")
+        def bad(why: str, number: int = number) -> checked.PathRefusal:
+            return checked.PathRefusal(rel, f"line {number}: {why}")
 
         try:
             tokens = shlex.split(line, comments=True)

@@ -20,7 +20,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.tasks import TERMINAL, TaskManager
 from ...supervisor.tasks.ids import new_id
 from ...supervisor.tasks.recorded import RecordedTask, outcome
-from ...supervisor.workflows import Step, WorkflowError
+from ...supervisor.workflows import PlanStep, WorkflowError
 from ...supervisor.workflows.plan import items, runs, step_input
 from ...supervisor.workflows.refs import Missing, Scope
 from ...taskoptions import step_options
@@ -77,7 +77,7 @@ class Runner:
                 await asyncio.gather(*pending, return_exceptions=True)
         run.status = "succeeded"
 
-    async def _step(self, run: Run, st: Step) -> None:
+    async def _step(self, run: Run, st: PlanStep) -> None:
         whole = run.rows.get((st.name, WHOLE))
         scope = Scope(run.input, self.rows.outputs(run))
         if whole is None:
@@ -104,7 +104,7 @@ class Runner:
             raise
         await self._end(run, st.name, WHOLE, "succeeded", None, None)
 
-    async def _map(self, run: Run, st: Step, scope: Scope, listed: list[Any]) -> None:
+    async def _map(self, run: Run, st: PlanStep, scope: Scope, listed: list[Any]) -> None:
         """One task per item, `concurrency` at a time, in their order."""
         todo = iter(range(len(listed)))
 
@@ -123,7 +123,7 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
 
-    async def _task(self, run: Run, st: Step, item: int, scope: Scope) -> None:
+    async def _task(self, run: Run, st: PlanStep, item: int, scope: Scope) -> None:
         key = (st.name, item)
         at = st.name if item == WHOLE else f"{st.name}[{item}]"
         row = run.rows.get(key)
@@ -176,7 +176,7 @@ class Runner:
             if child.status == "succeeded" else None
         return child.status, output, child.error
 
-    async def _outcome(self, run: Run, st: Step, task_id: str, task_input: Any,
+    async def _outcome(self, run: Run, st: PlanStep, task_id: str, task_input: Any,
                        parent: tuple[str, str | None] | None) -> TaskInfo:
         """The step's task to its end (recorded.outcome): waited for where the engine has
         it, else submitted under the id the run recorded, to its agent only while that is

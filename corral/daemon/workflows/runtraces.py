@@ -39,7 +39,7 @@ from .runstore import WHOLE, Run
 KEPT = ("succeeded", "skipped")  # ends that are kept only when sampled
 
 
-class Context(NamedTuple):
+class RunTraceContext(NamedTuple):
     trace_id: int
     span_id: int  # the run's span
     parent_id: int  # its parent's (a nested step's, a caller's), or 0
@@ -69,15 +69,15 @@ class RunTraces:
 
     def __init__(self, tracer: Tracer, stream: Stream) -> None:
         self.tracer = tracer
-        self._runs: dict[str, Context] = {}  # the contexts of runs that have not ended
+        self._runs: dict[str, RunTraceContext] = {}  # the contexts of runs that have not ended
         # a run's parent, named before the run is made (its caller's context, a nested
         # run's step), taken by the run's context as the run is made (`context`), or
         # forgotten when it is not (`forget`)
-        self._parents: dict[str, Context] = {}
+        self._parents: dict[str, RunTraceContext] = {}
         stream.subscribe(self._step_ended, StepEnded)
         stream.subscribe(self._run_ended, RunEnded)
 
-    def context(self, run: Run) -> Context:
+    def context(self, run: Run) -> RunTraceContext:
         """The run's (made when it is first asked for: the service asks as it makes the
         run, with its parent named just before)."""
         ctx = self._runs.get(run.run_id)
@@ -91,10 +91,10 @@ class RunTraces:
                 run.tracestate = parent.tracestate
             elif (p := parse_or_none(run.traceparent, run.tracestate)) is not None:
                 # resumed by this daemon: its parent and decision as it was started with
-                ctx = Context(p.trace_id, span_id, p.span_id, p.sampled, p.tracestate)
+                ctx = RunTraceContext(p.trace_id, span_id, p.span_id, p.sampled, p.tracestate)
             else:
-                ctx = Context(trace_id, span_id, 0,
-                              self.tracer.sampling.head(trace_id, None))
+                ctx = RunTraceContext(trace_id, span_id, 0,
+                                      self.tracer.sampling.head(trace_id, None))
             self._runs[run.run_id] = ctx
         return ctx
 
@@ -120,16 +120,16 @@ class RunTraces:
         sampling decided as a caller's task's is (RpcError when it is not the format, as
         a task's is refused)."""
         p = parse_or_refuse(traceparent, tracestate)
-        self._parents[run_id] = Context(p.trace_id, 0, p.span_id,
-                                        self.tracer.sampling.head(p.trace_id, p.sampled),
-                                        p.tracestate)
+        self._parents[run_id] = RunTraceContext(p.trace_id, 0, p.span_id,
+                                                self.tracer.sampling.head(p.trace_id, p.sampled),
+                                                p.tracestate)
 
     def nested(self, child_run_id: str, run: Run, step: str, item: int) -> None:
         """A nested step's run (made next, under this id) is a child of its step."""
         ctx = self.context(run)
-        self._parents[child_run_id] = Context(ctx.trace_id, 0,
-                                              step_span(ctx.span_id, step, item),
-                                              ctx.sampled, ctx.tracestate)
+        self._parents[child_run_id] = RunTraceContext(ctx.trace_id, 0,
+                                                      step_span(ctx.span_id, step, item),
+                                                      ctx.sampled, ctx.tracestate)
 
     def _step_ended(self, e: StepEnded) -> None:
         run, row = e.run, e.row

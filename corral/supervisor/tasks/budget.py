@@ -49,7 +49,7 @@ MIN_WAIT = 0.005
 BUDGET_PREFIX = "tenant "
 
 
-class Window:
+class SumWindow:
     """A sum over the last `length` seconds, kept in buckets of `step` seconds."""
 
     __slots__ = ("buckets", "length", "step", "total")
@@ -96,7 +96,7 @@ class Window:
         return now
 
 
-class Held(msgspec.Struct):
+class BudgetHold(msgspec.Struct):
     """Why an agent's waiting tasks are held, and until when."""
 
     budget: str  # the key: tokens_per_minute, tokens_per_day, max_cost_usd_per_day
@@ -115,9 +115,9 @@ class Budget:
     __slots__ = ("day_cost", "day_tokens", "minute_tokens")
 
     def __init__(self) -> None:
-        self.minute_tokens = Window(MINUTE, 1.0)
-        self.day_tokens = Window(DAY, MINUTE)
-        self.day_cost = Window(DAY, MINUTE)
+        self.minute_tokens = SumWindow(MINUTE, 1.0)
+        self.day_tokens = SumWindow(DAY, MINUTE)
+        self.day_cost = SumWindow(DAY, MINUTE)
 
     def add(self, tokens: int, cost_usd: float, when: float, *, day_only: bool = False
             ) -> None:
@@ -131,10 +131,10 @@ class Budget:
             self.day_cost.add(cost_usd, when)
 
     def held(self, tokens_per_minute: float, tokens_per_day: float,
-             max_cost_usd_per_day: float, now: float) -> Held | None:
+             max_cost_usd_per_day: float, now: float) -> BudgetHold | None:
         """The limit that holds new work longest, or None when none is reached (0: no
         limit). A limit is reached when what is used is at it or over."""
-        worst: Held | None = None
+        worst: BudgetHold | None = None
         for key, limit, window in (("tokens_per_minute", tokens_per_minute,
                                     self.minute_tokens),
                                    ("tokens_per_day", tokens_per_day, self.day_tokens),
@@ -147,7 +147,7 @@ class Budget:
                 continue
             until = window.below_at(limit, now)
             if worst is None or until > worst.until:
-                worst = Held(key, limit, round(used, 6), until)
+                worst = BudgetHold(key, limit, round(used, 6), until)
         return worst
 
     def figures(self, now: float) -> dict[str, float]:
@@ -219,7 +219,7 @@ class Budgets:
         self.tell = tell
         self.usage: dict[str, ModelUsage] = {}  # since the daemon started
         self.windows: dict[str, Budget] = {}
-        self.holding: dict[str, Held] = {}  # agents held now, as last judged
+        self.holding: dict[str, BudgetHold] = {}  # agents held now, as last judged
         self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.bad_reports = 0
         # the budget an agent shares with others (its tenant's): (the shared window's
@@ -310,7 +310,7 @@ class Budgets:
             held.budget = f"{key} {held.budget}"  # "tenant acme tokens_per_minute"
         return self._hold(agent, key, held, now)
 
-    def _hold(self, agent: AgentLike, name: str, held: Held | None, now: float) -> bool:
+    def _hold(self, agent: AgentLike, name: str, held: BudgetHold | None, now: float) -> bool:
         if held is None:
             self.holding.pop(name, None)
             return False

@@ -18,7 +18,7 @@ STEP_NAME = re.compile(NAME)
 
 
 @dataclass
-class Step:
+class PlanStep:
     spec: StepSpec
     index: int  # its place in the definition
     input: Any  # what it is sent, with references (the default filled in)
@@ -37,7 +37,7 @@ class Step:
 class Workflow:
     name: str
     spec: WorkflowSpec
-    steps: list[Step]
+    steps: list[PlanStep]
     # the agents its nested workflows run, theirs too (compiled with the workflows there
     # are; a run keeps those it started with)
     nested_agents: frozenset[str] = frozenset()
@@ -52,10 +52,10 @@ class Workflow:
     def nested(self) -> list[str]:
         return sorted({s.spec.workflow for s in self.steps if s.spec.workflow is not None})
 
-    def step(self, name: str) -> Step:
+    def step(self, name: str) -> PlanStep:
         return next(s for s in self.steps if s.name == name)
 
-    def ready(self, ended: Collection[str], started: Collection[str]) -> list[Step]:
+    def ready(self, ended: Collection[str], started: Collection[str]) -> list[PlanStep]:
         """The steps not started whose dependencies have all ended, in definition order."""
         return [s for s in self.steps
                 if s.name not in started and s.name not in ended and s.deps <= set(ended)]
@@ -136,7 +136,7 @@ def _nested_agents(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSp
     return frozenset(agents)
 
 
-def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> Step:
+def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> PlanStep:
     s = spec.steps[i]
     at = f"{where}, step {s.name}"
     value = _default_input(spec, i)
@@ -167,10 +167,10 @@ def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> S
             if ref.step == s.name:
                 raise WorkflowError(f"{where}: a cycle of steps: {s.name} -> {s.name}")
             deps.add(ref.step)
-    return Step(s, i, value, frozenset(deps))
+    return PlanStep(s, i, value, frozenset(deps))
 
 
-def _check_cycles(where: str, steps: list[Step]) -> None:
+def _check_cycles(where: str, steps: list[PlanStep]) -> None:
     by_name = {s.name: s for s in steps}
     state: dict[str, int] = {}  # 1: on the path, 2: done
 
@@ -190,7 +190,7 @@ def _check_cycles(where: str, steps: list[Step]) -> None:
 
 
 # -- evaluation (the runner's questions) ----------------------------------------------------
-def runs(step: Step, scope: Scope) -> bool:
+def runs(step: PlanStep, scope: Scope) -> bool:
     """Whether a step's `when` holds (a step without one always runs)."""
     cond = step.spec.when
     if cond is None:
@@ -208,7 +208,7 @@ def runs(step: Step, scope: Scope) -> bool:
     return bool(value == cond.value) == (cond.op == "==")
 
 
-def items(step: Step, scope: Scope) -> list[Any]:
+def items(step: PlanStep, scope: Scope) -> list[Any]:
     """A map step's list (Missing, or WorkflowError when it is not a list)."""
     assert step.spec.map is not None
     ref = parse(step.spec.map)
@@ -224,7 +224,7 @@ def items(step: Step, scope: Scope) -> list[Any]:
     return value
 
 
-def step_input(step: Step, scope: Scope) -> Any:
+def step_input(step: PlanStep, scope: Scope) -> Any:
     """What a step (or a map's item, with scope.item) is sent (Missing when a reference
     is not there)."""
     return build(step.input, scope)
@@ -261,5 +261,14 @@ def plan_text(wf: Workflow) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Ref", "Scope", "Step", "Workflow", "compile_workflow", "items", "plan_text",
-           "runs", "step_input"]
+__all__ = [
+    "PlanStep",
+    "Ref",
+    "Scope",
+    "Workflow",
+    "compile_workflow",
+    "items",
+    "plan_text",
+    "runs",
+    "step_input",
+]
