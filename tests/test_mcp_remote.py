@@ -173,6 +173,21 @@ def test_a_remote_server_that_goes_down_backs_off_and_comes_back_when_reachable(
     assert (r.returncode, r.stdout) == (0, "back\n")
 
 
+def test_a_stateless_remote_server_that_goes_down_is_seen_without_a_call(
+        daemon: Daemon, servers: dict[str, RemoteServer]) -> None:
+    # 2026-07-28 has no ping: server/discover asks in its place, so a server that went
+    # away shows in `corral status` before any call fails on it
+    modern = servers["modern"]
+    r = daemon.cli("tools", "call", "modern__echo", "--args", '{"text": "up"}')
+    assert (r.returncode, r.stdout) == (0, "up\n")
+    assert "MCP 2026-07-28" in status(daemon)["modern"]["reason"]
+    modern.stop()
+    down = wait_until(lambda: (s := status(daemon)["modern"])["state"] != "ready"
+                      and "unreachable" in (s["last_exit"] or "") and s,
+                      what="the stateless server seen unreachable")
+    assert down["last_exit"].startswith("unreachable: Cannot connect to host 127.0.0.1:")
+
+
 def test_a_wrong_token_fails_the_handshake_with_the_servers_answer(
         servers: dict[str, RemoteServer], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_TOKEN", "wrong")

@@ -413,11 +413,13 @@ class McpClient:
             except RpcError as exc:
                 self._note(f"logging/setLevel {self.log_level} failed: {exc.message}")
 
-    async def ping(self, timeout: float) -> None:
+    def liveness_request(self) -> tuple[str, dict[str, Any]]:
+        """The request that asks whether the server is there: `ping`; the stateless
+        revision has none, and `server/discover` (which a client may send at any time)
+        stands for it."""
         if self.stateless:
-            return  # the stateless revision has no ping
-        assert self.peer is not None
-        await self.peer.request("ping", timeout=timeout)
+            return "server/discover", {"_meta": self._meta()}
+        return "ping", {}
 
     def _note(self, text: str) -> None:
         if self.on_log is not None:

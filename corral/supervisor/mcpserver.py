@@ -100,6 +100,9 @@ class McpServerReplica(ProcessReplica):
     def pings(self) -> bool:
         return not self.client.stateless
 
+    def liveness_request(self) -> tuple[str, dict[str, Any]]:
+        return self.client.liveness_request()
+
     async def _handshake(self) -> str:
         version = await self.client.connect(self.spec.start_timeout)
         await self.client.list_tools(self.mcp_spec.timeout)

@@ -177,7 +177,7 @@ class Monitor(ReplicaParts):
                 else:
                     self._ping_out = True
                     self.host.heartbeat_work.pings += 1
-                    _, fut = self.peer.request_future("ping", {})
+                    _, fut = self.peer.request_future(*self.liveness_request())
                     fut.add_done_callback(self._pong)
         elif self.peer.silent_timeouts >= HUNG_AFTER_TIMEOUTS:  # no ping (stateless MCP)
             self.take_down(f"hung: {self.peer.silent_timeouts} requests in a row timed out "
@@ -196,6 +196,10 @@ class Monitor(ReplicaParts):
     @property
     def pings(self) -> bool:
         return True
+
+    def liveness_request(self) -> tuple[str, dict[str, Any]]:
+        """What a silent process is pinged with."""
+        return "ping", {}
 
     @property
     def silence_excused(self) -> bool:

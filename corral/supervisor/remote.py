@@ -108,6 +108,12 @@ class RemoteMcpServer(McpServerReplica):
     def exit_message(self, reason: str) -> str:
         return f"MCP server {self.label} disconnected: {reason}"
 
+    @property
+    def pings(self) -> bool:
+        # a stateless server is asked too (server/discover): a remote one that went away
+        # is otherwise seen only at the next call, and `corral status` would say ready
+        return True
+
     async def _handshake(self) -> str:
         await super()._handshake()
         t = self.transport
