@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
-from .test_gateway_stdio import listed, pool, text, wait_until_async
+from .test_gateway_stdio import SCRIPTED, listed, pool, text, wait_until_async
 from .test_mcp import everything_reason
 
 mcp = pytest.importorskip("mcp")
@@ -35,6 +35,10 @@ def sha(token: str) -> str:
 
 def config() -> str:
     return pool("v2025-11") + f"""
+[mcp_servers.big]  # its tool big answers as many MiB as asked
+command = ["{PY}", "{SCRIPTED}", "v2025-11,resources"]
+start_timeout = 30.0
+
 [agents.gwagent]
 command = ["{PY}", "{EXAMPLES}/gateway_agent.py"]
 env = {{ PYTHONPATH = "{ROOT}" }}
@@ -161,6 +165,24 @@ async def test_no_token_or_an_unknown_one_is_401(daemon: Daemon) -> None:
         assert meta["bearer_methods_supported"] == ["header"]
 
 
+async def test_an_api_token_without_mcp_call_is_403_naming_the_scope(daemon: Daemon
+                                                                    ) -> None:
+    """A token the daemon knows, refused for its scopes, is told so (403), not sent to
+    authenticate again as an unknown one is (401); `corral mcp serve --token` says it."""
+    secret = daemon.json("token", "create", "reader", "--scope", "tasks:read")["token"]
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    said = "forbidden: token reader lacks the mcp:call scope the gateway needs"
+    async with httpx2.AsyncClient() as c:
+        r = await c.post(url(daemon), json=body, headers={
+            "Authorization": f"Bearer {secret}",
+            "Accept": "application/json, text/event-stream"})
+    assert r.status_code == 403 and r.json()["error"]["message"] == said, r.text
+    served = daemon.cli("mcp", "serve", "--token", secret, input="")
+    assert served.returncode == 1 and served.stderr == f"corral mcp serve: {said}\n", served
+
+
 async def test_http_progress_and_cancellation_reach_upstream(daemon: Daemon) -> None:
     steps: list[float] = []
 
@@ -175,6 +197,33 @@ async def test_http_progress_and_cancellation_reach_upstream(daemon: Daemon) -> 
         call.cancel()
         await wait_until_async(lambda: "cancelled" in daemon.cli("logs", "sc").stdout)
         assert text(await s.call_tool("sc__echo", {"text": "after"})) == "after"
+
+
+async def test_a_call_that_asked_for_progress_and_got_none_is_answered_as_json(
+        daemon: Daemon) -> None:
+    """The official SDK refuses an SSE event over 1 MiB: a 2 MiB result of a call that
+    asked for progress (and got none) comes as one JSON body, which it reads; one whose
+    progress came first is still a stream (issue 57 item 4)."""
+    steps: list[float] = []
+
+    async def progress(p: float, total: float | None, message: str | None) -> None:
+        steps.append(p)
+
+    async with http_session(daemon, FULL) as s:
+        res = await s.call_tool("big__big", {"mb": 2}, progress_callback=progress)
+        assert len(text(res)) == 2 * 1048576 and steps == []
+        assert text(await s.call_tool("sc__progress", {"steps": 2},
+                                      progress_callback=progress)) == "done"
+        assert steps == [1, 2]
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "sc__echo", "arguments": {"text": "x"}, "_meta": {
+            "progressToken": 1, "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}}
+    r = httpx2.post(url(daemon), json=body, headers={
+        "Authorization": f"Bearer {FULL}", "Accept": "application/json, text/event-stream",
+        "Mcp-Method": "tools/call", "Mcp-Name": "sc__echo"})
+    assert r.headers["Content-Type"] == "application/json", r.headers
+    assert r.json()["result"]["content"] == [{"type": "text", "text": "x"}]
 
 
 def in_flight(d: Daemon, name: str) -> int:
@@ -219,7 +268,7 @@ async def test_an_api_token_with_mcp_call_opens_the_gateway_narrowed_by_its_glob
         daemon: Daemon) -> None:
     """One token for every door (issue 36): `corral token create --scope mcp:call` opens
     /mcp; its agent glob narrows the tools to what those agents may call; a token without
-    the scope is refused as an unknown one."""
+    the scope is refused for it (403), not as an unknown one (401)."""
     def made(*args: str) -> str:
         r = daemon.cli("token", "create", *args, "--json")
         assert r.returncode == 0, r.stderr
@@ -248,7 +297,7 @@ async def test_an_api_token_with_mcp_call_opens_the_gateway_narrowed_by_its_glob
                        "clientInfo": {"name": "t", "version": "1"}}},
             headers={"Authorization": f"Bearer {reader}",
                      "Accept": "application/json, text/event-stream"})
-        assert r.status_code == 401
+        assert r.status_code == 403, r.text
     # revoked: refused at once
     assert daemon.cli("token", "revoke", "mcp-all").returncode == 0
     with pytest.raises(Exception):  # noqa: B017 - the SDK's client raises its own group

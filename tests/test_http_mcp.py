@@ -121,20 +121,23 @@ async def test_mcp_is_served_by_the_http_server_beside_the_rest_api(tmp_path: Pa
         assert st["clients"]["full"]["calls"] == 3 and st["clients"]["full"]["errors"] == 1
 
         # one token for every door: a REST token holding mcp:call opens /mcp (issue 36);
-        # one without it, or none, is refused; a gateway file token is no REST token
+        # one without it is refused for its scope (403), none as unauthenticated (401); a
+        # gateway file token is no REST token
         await api.token("rest-only", "agents:read")
         async with aiohttp.ClientSession() as http:
             headers = {**ACCEPT, "Authorization": f"Bearer {api.tokens['reader']}"}
             async with http.post(url, json=INIT, headers=headers) as r:
                 assert r.status == 200
-            for token in (api.tokens["rest-only"], None):
-                headers = {**ACCEPT, **({"Authorization": f"Bearer {token}"}
-                                        if token else {})}
-                async with http.post(url, json=INIT, headers=headers) as r:
-                    assert r.status == 401
-                    assert r.headers["WWW-Authenticate"] == (
-                        f'Bearer resource_metadata="{base}/.well-known/'
-                        'oauth-protected-resource/mcp"')
+            headers = {**ACCEPT, "Authorization": f"Bearer {api.tokens['rest-only']}"}
+            async with http.post(url, json=INIT, headers=headers) as r:
+                assert r.status == 403
+                assert (await r.json())["error"]["message"] == (
+                    "forbidden: token rest-only lacks the mcp:call scope the gateway needs")
+            async with http.post(url, json=INIT, headers=ACCEPT) as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"] == (
+                    f'Bearer resource_metadata="{base}/.well-known/'
+                    'oauth-protected-resource/mcp"')
             async with http.get(base + "/.well-known/oauth-protected-resource/mcp") as r:
                 meta = await r.json()
             assert (meta["resource"], meta["bearer_methods_supported"]) == (

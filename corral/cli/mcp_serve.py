@@ -110,6 +110,10 @@ class DaemonLink:
             "gateway.list", {**self.who, "kind": kind}, type=GatewayItems)
         return res.items
 
+    async def task(self, method: str, params: dict[str, Any]) -> Any:
+        """Not offered over stdio (its features have no "tasks"): the HTTP gateway's."""
+        raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+
     async def forward(self, method: str, params: dict[str, Any],
                       on_progress: Progress | None) -> Any:
         pid = next(self._ids)

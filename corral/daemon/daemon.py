@@ -305,13 +305,13 @@ class Daemon:
         sup, queue = part.engine(conf, self.spared, self.taken)
         parts = sup.parts
         audit = Audit(hub)
-        gateway = part.gateway_service(conf, parts, audit)
+        dispatcher = part.dispatcher(audit)
+        gateway = part.gateway_service(conf, parts, audit, dispatcher)
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)
         heard = part.hear(parts, hub, sender, gateway)
         # closed after the agents stop (entered before `running`): their last spans kept
         traces = await enter(part.tracing(conf, parts, self.spared, gateway))
-        dispatcher = part.dispatcher(audit)
         control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
                                                   lambda: self._graceful))
         opened = await enter(part.state_store(conf, parts, hub))

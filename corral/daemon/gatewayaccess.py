@@ -33,6 +33,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
+from ..mcp.server import needs_tasks
 from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings, PositiveInt
@@ -42,8 +43,9 @@ from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
-from .api import Audit
+from .api import Audit, Dispatcher
 from .caller import Caller
+from .mcptasks import AGENTS_VIEW, AgentTools, Follows, TaskHandles
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -201,7 +203,8 @@ class GatewayChanged(NamedTuple):
 
 class GatewayService:
     def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
-                 settings: GatewaySettings | None = None) -> None:
+                 settings: GatewaySettings | None = None,
+                 calls: Dispatcher[Any] | None = None) -> None:
         self.agents = agents
         self.stream = stream  # GatewayChanged goes on it
         self.tools = tools  # the pool it serves
@@ -223,6 +226,10 @@ class GatewayService:
         # `admin`) opens /mcp too, its agent glob and tenant narrowing the tools it sees
         self.api_tokens: Callable[[str], ApiToken | None] | None = None
         self.tracer: Tracer | None = None  # with [tracing]: a call's span (its client's)
+        # the tasks extension: handles, and the agents as tools (through `calls`, the
+        # daemon's Dispatcher: a call is a task submitted as the client)
+        self.handles = TaskHandles(lambda: self.settings)
+        self.agent_tools = AgentTools(calls, lambda: list(agents.values()))
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
@@ -309,12 +316,17 @@ class GatewayService:
                         **self._limits(entry))
 
     def _api_identity(self, secret: str) -> Identity | None:
-        """An API token's identity at /mcp: it needs `mcp:call` (or `admin`); the tools it
+        """An API token's identity at /mcp: it needs `mcp:call` (or `admin`: one without
+        is refused, FORBIDDEN, naming the scope); the tools it
         sees are its tenant's servers', and with an agent glob those the matching agents'
         allowlists admit (none: nothing)."""
         token = self.api_tokens(secret) if self.api_tokens is not None else None
-        if token is None or not token.scopes & {"mcp:call", "admin"}:
+        if token is None:
             return None
+        if not token.scopes & {"mcp:call", "admin"}:
+            # a token that is one, refused for its scopes: 403, not an unknown token's 401
+            raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: token {token.name} lacks the "
+                                              "mcp:call scope the gateway needs")
         return Identity(name=f"token {token.name}", owner=f"token:{token.name}",
                         allow=self._token_allow(token.agents, token.tenant),
                         tenant=token.tenant, **self._limits())
@@ -376,6 +388,8 @@ class GatewayService:
         lister = listers.get(kind)
         if lister is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no such list: {kind}")
+        if ident.server == AGENTS_VIEW:
+            return self.agent_tools.listed(ident) if kind == "tools" else []
         with self._slot(ident):
             items = await lister(owner=ident.owner, allow=ident.allow)
         if ident.server is not None:
@@ -384,26 +398,106 @@ class GatewayService:
 
     def sees_server(self, ident: Identity, server: str) -> bool:
         """Whether `server` is one the client may see as itself: it exists and is its
-        tenant's or shared (what it may call of it, its allowlist says at each call)."""
+        tenant's or shared (what it may call of it, its allowlist says at each call); or
+        the agents' view, /mcp/corral."""
+        if server == AGENTS_VIEW:
+            return True
         return server in self.tools.servers and self._tenant_sees(ident, f"{server}__")
 
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,
                       who: tuple[int, int] = (-1, -1)) -> Any:
+        if ident.server == AGENTS_VIEW:
+            return await self._agent_call(ident, method, params, None)
         if ident.server is not None:
             params = _qualified(ident.server, method, params)
         if method == "tools/call":
             name = params.get("name")
-            arguments = params.get("arguments") or {}
-            if not isinstance(name, str) or not isinstance(arguments, dict):
-                raise RpcError(jsonrpc.INVALID_PARAMS,
-                               "invalid params: tools/call needs a name and object arguments")
-            said = params.get("_meta")
-            context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
-                if isinstance(said, dict) else None
-            return await self.call(ident, name, arguments, on_progress, who, context)
+            if isinstance(name, str) and self._task_tool(name) == "required":
+                raise needs_tasks(f"tool {name}")  # a call made no task: refused
+            return await self._tool_call(ident, params, on_progress, who)
         with self._slot(ident):
             return await self._other(ident, method, params)
+
+    async def _tool_call(self, ident: Identity, params: dict[str, Any],
+                         on_progress: Callable[[dict[str, Any]], None] | None,
+                         who: tuple[int, int] = (-1, -1)) -> Any:
+        """tools/call of the pool's tool `params.name`, as `call` makes it."""
+        name = params.get("name")
+        arguments = params.get("arguments") or {}
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           "invalid params: tools/call needs a name and object arguments")
+        said = params.get("_meta")
+        context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
+            if isinstance(said, dict) else None
+        return await self.call(ident, name, arguments, on_progress, who, context)
+
+    async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
+        """A request of the tasks extension (mcptasks.py): tools/call of a client that
+        declared it, tasks/get, tasks/update, tasks/cancel."""
+        if method == "tasks/get":
+            return self.handles.get(ident, params)
+        if method == "tasks/cancel":
+            return self.handles.cancel(ident, params)
+        if method == "tasks/update":
+            return self.handles.update(ident, params)
+        if ident.server == AGENTS_VIEW:
+            return await self._agent_call(ident, method, params, self.handles)
+        if ident.server is not None:
+            params = _qualified(ident.server, method, params)
+        if not await self._supports_tasks(ident, params.get("name")):
+            return await self._tool_call(ident, params, None)
+        return self.handles.open(ident, None, self._tool_call(ident, params, None))
+
+    async def _supports_tasks(self, ident: Identity, name: Any) -> bool:
+        """Whether the pool's tool `name` runs as a task: its server's `task_tools` name
+        it, or it says so itself (`execution.taskSupport` optional or required); a tool
+        the client may not see does not (its call is refused as any)."""
+        if not isinstance(name, str) or "__" not in name:
+            return False
+        if (ident.allow is not None and not allowed(name, ident.allow)) or \
+                not self._tenant_sees(ident, name):
+            return False
+        if self._task_tool(name) is not None:
+            return True
+        server = name.partition("__")[0]
+        with self._slot(ident):
+            tools = await self.tools.list_tools(owner=ident.owner, allow=ident.allow,
+                                                server=server)
+        tool = next((t for t in tools if t.get("name") == name), None)
+        execution = tool.get("execution") if tool is not None else None
+        return isinstance(execution, dict) and \
+            execution.get("taskSupport") in ("optional", "required")
+
+    def _task_tool(self, name: str) -> str | None:
+        """What the server's `task_tools` say of the pool's tool `name`: "optional",
+        "required", or None (not a task)."""
+        server, _, own = name.partition("__")
+        entry = self.tools.servers.get(server)
+        if entry is None:
+            return None
+        return next((how for glob, how in entry.spec.task_tools.items()
+                     if fnmatchcase(own, glob)), None)
+
+    async def _agent_call(self, ident: Identity, method: str, params: dict[str, Any],
+                          handles: TaskHandles | None) -> Any:
+        """A call of an agent's tool (/mcp/corral): its corral task, followed by a handle
+        (`handles`) or waited for."""
+        name, arguments = params.get("name"), params.get("arguments") or {}
+        if method != "tools/call":
+            raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
+                                                     "agents' view has tools alone)")
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           "invalid params: tools/call needs a name and object arguments")
+        if handles is not None:
+            handles.room(ident)  # before the task exists: a refusal leaves nothing behind
+        task_id = await self.agent_tools.submit(ident, name, arguments)
+        if handles is None:
+            return await self.agent_tools.outcome(ident, task_id)
+        return handles.open(ident, Follows(name, task_id),
+                            self.agent_tools.outcome(ident, task_id))
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         pool = self.tools

@@ -192,9 +192,11 @@ def engine(conf: Conf, spared: set[int], taken: Taken | None
     return sup, queue
 
 
-def gateway_service(conf: Conf, parts: Parts, audit: Audit) -> GatewayService:
-    """The MCP gateway's service, configured (its tokens file read)."""
-    gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit)
+def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services]
+                    ) -> GatewayService:
+    """The MCP gateway's service, configured (its tokens file read); its agents' tools
+    submit their tasks through `calls`."""
+    gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit, calls=calls)
     try:
         gateway.configure(conf.cfg.gateway, conf.dir)
     except ConfigError as exc:

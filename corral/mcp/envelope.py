@@ -8,7 +8,7 @@ refused here, with its own id, and with the HTTP status the revision gives each 
 (`Refusal.status`; stdio ignores it):
 - no `_meta`, or one without the version or the client's capabilities: -32602, 400;
 - a header that does not say what the body says (or a missing `Mcp-Method`, or a missing
-  `Mcp-Name` where the body names a tool, prompt or resource): -32020, 400;
+  `Mcp-Name` where the body names a tool, prompt, resource or task): -32020, 400;
 - a version corral does not speak: -32022, 400, with `data.supported` and
   `data.requested`;
 - a method the revision removed (`initialize`, `ping`, `logging/setLevel`,
@@ -42,7 +42,9 @@ REMOVED = frozenset({"initialize", "ping", "logging/setLevel", "resources/subscr
 # what a 2025-11-25 client may send before it has a session
 LEGACY_FIRST = frozenset({"initialize", "ping"})
 # the body's field each method's Mcp-Name mirrors
-NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri",
+         # the tasks extension's (SEP-2663: Mcp-Name is the taskId)
+         "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
 _B64 = ("=?base64?", "?=")  # SEP-2243's form of a value that is not printable ASCII
 
 

@@ -40,7 +40,7 @@ from msgspec import UNSET
 from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
 from . import envelope
-from .client import LEGACY, META_CLIENT, META_VERSION, SUPPORTED
+from .client import LEGACY, META_CAPABILITIES, META_CLIENT, META_VERSION, SUPPORTED
 from .envelope import Mirror, Refusal
 
 log = logging.getLogger("corral.gateway")
@@ -63,6 +63,11 @@ CACHEABLE = frozenset({"resources/read"})
 # what corral says of a result's freshness: nothing kept (the servers behind may change
 # it at any time), and for this client alone (it is filtered by the client's allowlist)
 CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
+# the tasks extension (SEP-2663, daemon/mcptasks.py): a backend with the feature "tasks"
+# serves it to a client that declares it
+TASKS = "io.modelcontextprotocol/tasks"
+TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+MISSING_CAPABILITY = -32021  # MissingRequiredClientCapability (SEP-2575)
 
 _one = msgspec.json.Decoder(Envelope)
 _batch = msgspec.json.Decoder(list[Envelope])
@@ -90,6 +95,12 @@ class Backend(Protocol):
         completion/complete), checked against the client's allowlist."""
         ...
 
+    async def task(self, method: str, params: dict[str, Any]) -> Any:
+        """A request of the tasks extension (with the feature "tasks"): a tools/call of a
+        client that declared it (a CreateTaskResult for a tool that supports tasks, else
+        the tool's result), or tasks/get, tasks/update, tasks/cancel."""
+        ...
+
 
 class GatewaySession:
     def __init__(self, backend: Backend, *, push: Reply | None = None) -> None:
@@ -98,6 +109,7 @@ class GatewaySession:
         self.version: str | None = None  # negotiated by initialize (legacy revisions)
         self.client_info: dict[str, Any] = {}
         self.initialized = False
+        self.extensions: dict[str, Any] = {}  # a 2025-11-25 client's, from initialize
         self.inflight: dict[Id, asyncio.Task[Any]] = {}
         self._cancelled: set[Id] = set()
         # subscriptions/listen streams: the listen request's id -> (the list kinds it
@@ -219,6 +231,15 @@ class GatewaySession:
             caps["completions"] = {}
         return caps
 
+    def _extensions(self, caps: dict[str, Any]) -> dict[str, Any]:
+        """`caps` with the tasks extension, when the backend serves it (to a 2025-11-25
+        client only if it declared it in initialize: an older client's schema has no
+        `extensions`)."""
+        if "tasks" not in self.backend.features or \
+                (self.version is not None and TASKS not in self.extensions):
+            return caps
+        return {**caps, "extensions": {TASKS: {}}}
+
     def _listen(self, rid: Id, params: dict[str, Any], reply: Reply) -> Awaitable[Any]:
         """subscriptions/listen: acknowledged with the kinds corral will send of those
         asked (the ones it serves), then each list_changed of them until cancelled."""
@@ -265,6 +286,11 @@ class GatewaySession:
         kind = LIST_KINDS.get(method)
         if kind is not None:
             return self._list(kind, params, stateless)
+        tasks = "tasks" in self.backend.features
+        if method in TASK_METHODS and tasks:
+            if not self._declares_tasks(meta):
+                raise needs_tasks(method)
+            return self._tasks(method, params, stateless)
         need = FORWARDED.get(method)
         if need is None or need not in self.backend.features:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
@@ -283,7 +309,20 @@ class GatewaySession:
             # the client's W3C context (the keys MCP 2026-07-28 reserves): the call's span
             # is its child, and the upstream server's spans join its trace (tracing.md)
             upstream["_meta"] = {k: meta[k] for k in TRACE_KEYS if k in meta}
+        if method == "tools/call" and tasks and self._declares_tasks(meta):
+            return self._tasks(method, upstream, stateless)
         return self._forward(method, upstream, on_progress, stateless)
+
+    def _declares_tasks(self, meta: dict[str, Any] | None) -> bool:
+        """Whether the client declared the tasks extension: in this request's client
+        capabilities, or in its session's initialize."""
+        said = meta.get(META_CAPABILITIES) if meta else None
+        extensions = said.get("extensions") if isinstance(said, dict) else None
+        return TASKS in self.extensions or (isinstance(extensions, dict)
+                                            and TASKS in extensions)
+
+    async def _tasks(self, method: str, params: dict[str, Any], stateless: bool) -> Any:
+        return _complete(await self.backend.task(method, params), stateless)
 
     async def _forward(self, method: str, params: dict[str, Any],
                        on_progress: Progress | None, stateless: bool) -> Any:
@@ -299,13 +338,18 @@ class GatewaySession:
         self.version = asked if asked in LEGACY else LEGACY[0]
         info = params.get("clientInfo")
         self.client_info = info if isinstance(info, dict) else {}
-        return {"protocolVersion": self.version, "capabilities": self.capabilities(),
+        caps = params.get("capabilities")
+        extensions = caps.get("extensions") if isinstance(caps, dict) else None
+        self.extensions = extensions if isinstance(extensions, dict) else {}
+        return {"protocolVersion": self.version,
+                "capabilities": self._extensions(self.capabilities()),
                 "serverInfo": SERVER_INFO,
                 "instructions": "corral's supervised MCP servers, as one server: tools, "
                                 "resources and prompts are named SERVER__NAME."}
 
     def _discover(self) -> dict[str, Any]:
-        return {"supportedVersions": list(SUPPORTED), "capabilities": self.capabilities(),
+        return {"supportedVersions": list(SUPPORTED),
+                "capabilities": self._extensions(self.capabilities()),
                 "serverInfo": SERVER_INFO,
                 "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
                 "resultType": "complete", **CACHE_HINTS}
@@ -321,6 +365,14 @@ class GatewaySession:
         if stateless:
             result.update(CACHE_HINTS, resultType="complete")
         return result
+
+
+def needs_tasks(what: str) -> RpcError:
+    """MissingRequiredClientCapability for a request only a client of the tasks extension
+    may make."""
+    return RpcError(MISSING_CAPABILITY, f"missing required client capability: {what} needs "
+                                        f"the {TASKS} extension",
+                    {"requiredCapabilities": {"extensions": {TASKS: {}}}})
 
 
 def _feature(kind: str) -> str:

@@ -389,6 +389,11 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_message_mb: PositiveInt = 64
     tenant: str = DEFAULT_TENANT  # whose agents may use it (tenants.md)
     shared: bool = False  # usable by every tenant's agents, not only its own
+    # its tools (globs of their own names) whose calls the gateway runs as tasks for a
+    # client of the tasks extension (daemon/mcptasks.py), beside those the server says
+    # support them (`execution.taskSupport`, 2025-11-25): "optional", or "required" (a
+    # client without the extension is refused, -32021)
+    task_tools: dict[str, Literal["optional", "required"]] = {}
 
     @property
     def remote(self) -> bool:
@@ -512,6 +517,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # set: a request with no token is served as client "anonymous" with this allowlist
     # (for a unix socket whose mode already says who may connect); absent: 401
     anonymous_tools: list[str] | None = None
+    # the tasks extension (daemon/mcptasks.py): a client's handles not ended at once, and
+    # the seconds an ended one is kept for tasks/get
+    max_tasks_per_client: PositiveInt = 64
+    task_ttl: Positive = 3600.0
 
 
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

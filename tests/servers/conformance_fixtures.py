@@ -13,6 +13,7 @@ from typing import Any
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
+from mcp.shared.exceptions import MCPError
 from mcp.types import (
     AudioContent,
     CallToolResult,
@@ -21,10 +22,23 @@ from mcp.types import (
     ImageContent,
     TextContent,
     TextResourceContents,
+    Tool,
+    ToolExecution,
 )
 from pydantic import BaseModel
 
-server = MCPServer("fixtures")
+# the tasks extension's fixtures (conformance 0.2.0-alpha.12's tasks-* scenarios) that say
+# they run as tasks: the gateway holds their calls as its tasks (corral/daemon/mcptasks.py)
+TASKED = frozenset({"slow_compute", "failing_job", "protocol_error_job"})
+
+
+class _Fixtures(MCPServer):
+    async def list_tools(self) -> list[Tool]:
+        return [t.model_copy(update={"execution": ToolExecution(task_support="optional")})
+                if t.name in TASKED else t for t in await super().list_tools()]
+
+
+server = _Fixtures("fixtures")
 # a 1x1 red pixel PNG, and a WAV header of no samples: the smallest of each kind
 PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAAB"
        "JRU5ErkJggg==")
@@ -138,6 +152,34 @@ async def test_trigger_prompt_change(ctx: Context) -> str:
                                            description="Added."))
     await ctx.session.send_prompt_list_changed()
     return "Prompt list changed"
+
+
+@server.tool()
+def greet(name: str) -> str:
+    """Says hello, at once (a tool that never runs as a task)."""
+    return f"Hello, {name}!"
+
+
+@server.tool()
+async def slow_compute(seconds: float, label: str = "") -> str:
+    """Sleeps `seconds`, then says so (a task when the client declares the extension)."""
+    await asyncio.sleep(seconds)
+    return f"Computed {label} after {seconds}s"
+
+
+@server.tool()
+async def failing_job() -> CallToolResult:
+    """Ran, and reports an error after a while (its task completes with isError)."""
+    await asyncio.sleep(0.5)
+    return CallToolResult(isError=True, content=[TextContent(
+        type="text", text="the job failed")])
+
+
+@server.tool()
+async def protocol_error_job() -> str:
+    """Fails as a protocol error (its task is failed, with the error)."""
+    await asyncio.sleep(0.2)
+    raise MCPError(-32603, "the job broke")
 
 
 @server.completion()

@@ -6,7 +6,8 @@ routes are mounted on its application) and, with `[gateway] listen = "unix:PATH"
 with the gateway's own tokens. One endpoint, `/mcp`:
 - POST: one JSON-RPC message (or a batch, for 2025-03-26 clients). Notifications and
   responses get 202. A request gets its answer as JSON, or — when it asked for progress
-  — as an SSE stream: its progress notifications, then the answer. Each event has an id;
+  and progress came before the answer — as an SSE stream: its progress notifications,
+  then the answer. Each event has an id;
   a client that lost the stream resumes it with GET and `Last-Event-ID` (the last
   `REPLAY` events of a session are kept). A stream lost mid-call and not resumed within
   `RESUME_GRACE` seconds cancels the call upstream, as a client gone away should.
@@ -86,7 +87,7 @@ class PoolBackend:
 
     @property
     def features(self) -> frozenset[str]:
-        return self.service.features()
+        return self.service.features() | {"tasks"}  # its handles are the daemon's
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         return await self.service.list_items(self.ident, kind)
@@ -94,6 +95,9 @@ class PoolBackend:
     async def forward(self, method: str, params: dict[str, Any],
                       on_progress: Progress | None) -> Any:
         return await self.service.forward(self.ident, method, params, on_progress)
+
+    async def task(self, method: str, params: dict[str, Any]) -> Any:
+        return await self.service.task(self.ident, method, params)
 
 
 class Stream:
@@ -329,8 +333,11 @@ class HttpGateway:
         if not auth:
             ident = self.service.anonymous()
         else:
-            ident = self.service.by_token(token.strip()) if scheme.lower() == "bearer" \
-                else None
+            try:
+                ident = self.service.by_token(token.strip()) if scheme.lower() == "bearer" \
+                    else None
+            except RpcError as exc:  # a token it knows, without the scope: 403
+                raise _http(403, exc.message) from None
         if ident is None:
             raise web.HTTPUnauthorized(
                 text="a valid bearer token is required" if auth else "no bearer token",
@@ -473,14 +480,32 @@ class HttpGateway:
 
     async def _stream_answer(self, request: web.Request, sess: HttpSession, env: Envelope,
                              headers: dict[str, str]) -> web.StreamResponse:
+        """A request that may say things before its answer (progress, a listen's ack): an
+        SSE stream once it says one, else its answer as JSON — a call whose result comes
+        with no progress before it is one body, which clients that refuse an SSE event
+        over 1 MiB (the official SDK, fastmcp) read whatever its size."""
         stream = Stream(f"post-{secrets.token_hex(6)}")
+        first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def reply(msg: Any) -> None:
-            sess.emit(stream, msg, last=isinstance(msg, Response | ErrorResponse))
+            answer = isinstance(msg, Response | ErrorResponse)
+            if not first.done():
+                first.set_result(msg if answer else None)
+                if answer:
+                    return
+            sess.emit(stream, msg, last=answer)
 
         stream.call = sess.mcp.receive(env, reply)
-        if stream.call is None and not stream.pending:  # pragma: no cover - defensive
+        if stream.call is None and not first.done():  # pragma: no cover - defensive
             return web.Response(status=202, headers=headers)
+        try:
+            answered = await first
+        except asyncio.CancelledError:  # the client went away before a word: no stream
+            if stream.call is not None:
+                stream.call.cancel()
+            raise
+        if answered is not None:
+            return _json(answered, 200, headers)
         if sess.id is not None:
             sess.streams[stream.key] = stream
         return await self._pump(request, sess, stream, headers)

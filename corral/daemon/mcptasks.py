@@ -1,0 +1,293 @@
+"""The gateway's tasks: the MCP tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663
+as the conformance suite 0.2.0-alpha.12 reads it) over the pool and over corral's agents.
+
+A client that declares the extension (in a request's `_meta` client capabilities, or in a
+2025-11-25 session's `initialize`) and calls a task-supporting tool gets a handle at once
+(a CreateTaskResult: `resultType: "task"`, `taskId`, `status`, `ttlMs`, ...) while the call
+runs on; `tasks/get` reads it (the tool's result inlined once `completed`, a protocol
+error once `failed`), `tasks/cancel` cancels it (an empty ack), `tasks/update` is acked
+(no call through the gateway waits for input yet). Two kinds of call are tasks:
+- a tool of a server behind that says it supports them (`execution.taskSupport` optional
+  or required): the gateway holds the call and the handle follows it;
+- an agent's, at `/mcp/corral` (a name no server may have): each agent is a tool, its
+  arguments the task's input, and a call is a corral task (durable in the task journal,
+  retried and budgeted as its agent says, refused at once by its agent's queue bound),
+  submitted through the Dispatcher as the client (its tenant: it runs only its tenant's
+  agents); the handle waits for it, and cancelling the handle cancels the task.
+
+Handles are in the daemon's memory: a restart loses them (an agent's corral task lives on,
+`corral task ID` shows it). A client holds at most `max_tasks_per_client` that have not
+ended (one more is refused naming the bound); an ended one is kept `task_ttl` seconds.
+Who sees a handle: its client, and a tenant's clients their tenant's
+(`Caller.sees_record`); any other taskId is unknown (-32602, the same words).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import ErrorObject, RpcError
+from ..mcp.pool import allowed
+from ..text import plural
+from .caller import Caller
+
+if TYPE_CHECKING:
+    from ..supervisor.config import GatewaySettings
+    from .api import Dispatcher
+
+AGENTS_VIEW = "corral"  # /mcp/corral: the agents as tools (RESERVED: no server has it)
+POLL_MS = 500  # what a client is told to wait between two tasks/get
+TASK_SCOPES = frozenset({"tasks:run", "tasks:read"})
+ENDED = frozenset({"completed", "failed", "cancelled"})
+# a corral task's end as the extension says it: ran and answered, ran and failed (a tool
+# error: completed with isError, as SEP-2663 reserves `failed` for protocol errors)
+SUCCEEDED = "succeeded"
+
+
+class TaskClient(Protocol):
+    """A gateway client, as a handle needs it (gatewayaccess.Identity is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tenant(self) -> str | None: ...
+
+    @property
+    def allow(self) -> list[str] | None: ...
+
+
+def stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Follows(NamedTuple):
+    """The corral task a handle follows: its agent and id."""
+
+    agent: str
+    task_id: str
+
+
+class GatewayTask:
+    """One handle: whose it is, and where its call is."""
+
+    def __init__(self, client: str, tenant: str | None, follows: Follows | None) -> None:
+        self.id = secrets.token_urlsafe(12)
+        self.client = client
+        self.tenant = tenant
+        self.follows = follows  # None: a call of the pool's the gateway holds
+        self.created = self.updated = time.time()
+        self.status = "working"
+        self.result: Any = None
+        self.error: ErrorObject | None = None
+        self.runner: asyncio.Task[Any] | None = None
+
+    def view(self, ttl: float) -> dict[str, Any]:
+        """The Task fields (CreateTaskResult's and tasks/get's), with the result or error
+        once it ended."""
+        out: dict[str, Any] = {"taskId": self.id, "status": self.status,
+                               "createdAt": stamp(self.created),
+                               "lastUpdatedAt": stamp(self.updated),
+                               "ttlMs": int(ttl * 1000), "pollIntervalMs": POLL_MS}
+        if self.follows is not None:
+            out["_meta"] = {"corral/task": self.follows.task_id}
+        if self.status == "completed":
+            out["result"] = self.result
+        elif self.status == "failed":
+            out["error"] = self.error
+        return out
+
+    def settle(self, runner: asyncio.Task[Any]) -> None:
+        """Its call ended: how, as the extension says it."""
+        self.updated = time.time()
+        if runner.cancelled():
+            self.status = "cancelled"
+            return
+        exc = runner.exception()
+        if exc is None:
+            self.status, self.result = "completed", _plain(runner.result())
+        elif isinstance(exc, RpcError):
+            self.status, self.error = "failed", exc.to_object()
+        else:
+            self.status, self.error = "failed", RpcError(
+                jsonrpc.INTERNAL_ERROR, f"internal error: {exc}").to_object()
+
+
+class TaskHandles:
+    """Every client's handles, bounded per client and kept a while once ended."""
+
+    def __init__(self, settings: Callable[[], GatewaySettings]) -> None:
+        self.settings = settings  # read at each use: a reload changes the bounds
+        self.handles: dict[str, GatewayTask] = {}
+
+    def open(self, ident: TaskClient, follows: Follows | None,
+             work: Coroutine[Any, Any, Any]) -> dict[str, Any]:
+        """A handle for `work`, running from now on: its CreateTaskResult. Refused (and
+        `work` never run) at the client's bound."""
+        try:
+            self.room(ident)
+        except RpcError:
+            work.close()
+            raise
+        handle = GatewayTask(ident.name, ident.tenant, follows)
+        handle.runner = asyncio.ensure_future(work)
+        handle.runner.add_done_callback(handle.settle)
+        self.handles[handle.id] = handle
+        return {**handle.view(self.settings().task_ttl), "resultType": "task"}
+
+    def room(self, ident: TaskClient) -> None:
+        """Refuses at the client's bound on handles not ended (before anything of a new
+        one is done)."""
+        self._expire()
+        bound = self.settings().max_tasks_per_client
+        live = sum(1 for h in self.handles.values()
+                   if h.client == ident.name and h.status not in ENDED)
+        if live >= bound:
+            raise RpcError(jsonrpc.REFUSED,
+                           f"gateway client {ident.name} has {plural(live, 'task')} not "
+                           f"ended, its max_tasks_per_client {bound}: wait for one to end "
+                           "or cancel one")
+
+    def find(self, ident: TaskClient, params: dict[str, Any]) -> GatewayTask:
+        """The handle `params.taskId` names, if the client may see it."""
+        self._expire()
+        tid = params.get("taskId")
+        if not isinstance(tid, str):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: a taskId is needed")
+        handle = self.handles.get(tid)
+        if handle is None or not _sees(ident, handle):
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: no task {tid} of this "
+                                                   "client", {"taskId": tid})
+        return handle
+
+    def get(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self.find(ident, params).view(self.settings().task_ttl),
+                "resultType": "complete"}
+
+    def cancel(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
+        """An empty ack, whether it was running (now cancelled) or had ended."""
+        handle = self.find(ident, params)
+        if handle.runner is not None and not handle.runner.done():
+            handle.runner.cancel()
+        return {"resultType": "complete"}
+
+    def update(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
+        """An ack: no call through the gateway waits for input, so there is nothing to
+        pass on (a client's responses that no request asked for are ignored, as the
+        extension asks)."""
+        self.find(ident, params)
+        return {"resultType": "complete"}
+
+    def close(self) -> None:
+        """The daemon stops: calls the gateway holds end (an agent's task is journaled
+        and lives on)."""
+        for h in self.handles.values():
+            if h.runner is not None:
+                h.runner.cancel()
+
+    def _expire(self) -> None:
+        gone = time.time() - self.settings().task_ttl
+        for tid in [t for t, h in self.handles.items()
+                    if h.status in ENDED and h.updated < gone]:
+            del self.handles[tid]
+
+
+def _sees(ident: TaskClient, handle: GatewayTask) -> bool:
+    """Its own client's, or for a tenant's client its tenant's (a client of no tenant
+    sees its own handles alone)."""
+    if handle.client == ident.name:
+        return True
+    agent = handle.follows.agent if handle.follows is not None else ""
+    return ident.tenant is not None and caller_of(ident).sees_record(agent, handle.tenant)
+
+
+def caller_of(ident: TaskClient) -> Caller:
+    """The client as the Dispatcher sees it: its tenant's, holding what running and
+    reading tasks needs."""
+    return Caller(via="gateway", name=f"gateway client {ident.name}", tenant=ident.tenant,
+                  scopes=TASK_SCOPES)
+
+
+def _plain(result: Any) -> Any:
+    if isinstance(result, msgspec.Raw):
+        result = msgspec.json.decode(result)
+    if isinstance(result, dict):
+        # a result the gateway inlines: the task's id is the handle's own
+        meta = result.get("_meta")
+        if isinstance(meta, dict) and "io.modelcontextprotocol/related-task" in meta:
+            result = {**result, "_meta": {k: v for k, v in meta.items()
+                                          if k != "io.modelcontextprotocol/related-task"}}
+        result.pop("resultType", None)
+    return result
+
+
+def _admits(ident: TaskClient, agent: str) -> bool:
+    """Whether the client's allowlist names the agent's tool (`corral__AGENT`)."""
+    return ident.allow is None or allowed(f"{AGENTS_VIEW}__{agent}", ident.allow)
+
+
+class AgentTools:
+    """corral's agents as tools (at /mcp/corral), each call a corral task."""
+
+    def __init__(self, calls: Dispatcher[Any] | None, agents: Callable[[], list[Any]]
+                 ) -> None:
+        self.calls = calls  # None: a gateway without the daemon's methods (a test's)
+        self.agents = agents
+
+    def listed(self, ident: TaskClient) -> list[dict[str, Any]]:
+        """The agents the client's tenant has, as tools."""
+        if self.calls is None or ident.name == "anonymous":
+            return []
+        caller = self.calls.bind(caller_of(ident))
+        return [{"name": a.name,
+                 "description": f"corral agent {a.name}: the arguments are its task's "
+                 "input",
+                 "inputSchema": {"type": "object"},
+                 "execution": {"taskSupport": "optional"}}
+                for a in self.agents() if caller.sees(a.name) and _admits(ident, a.name)]
+
+    async def submit(self, ident: TaskClient, agent: str, arguments: dict[str, Any]) -> str:
+        """The corral task of a call, accepted (durable) before the handle is given."""
+        if self.calls is None or ident.name == "anonymous" or not _admits(ident, agent):
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
+                           f"{ident.name} may call")
+        accepted = await self.calls.call(caller_of(ident), "tasks.submit",
+                                         msgspec.json.encode({"agent": agent,
+                                                              "input": arguments}))
+        return str(accepted.task_id)
+
+    async def outcome(self, ident: TaskClient, task_id: str) -> dict[str, Any]:
+        """The task's end as a tool result; cancelled, it cancels the task."""
+        assert self.calls is not None
+        caller = caller_of(ident)
+        try:
+            info = await self.calls.call(caller, "tasks.get",
+                                         {"task_id": task_id, "wait": True})
+        except asyncio.CancelledError:
+            with contextlib.suppress(RpcError):
+                await asyncio.shield(self.calls.call(caller, "tasks.cancel",
+                                                     {"task_id": task_id}))
+            raise
+        if info.status == "cancelled":
+            raise asyncio.CancelledError
+        output = msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw) \
+            else info.output
+        text = msgspec.json.encode(output).decode() if info.status == SUCCEEDED \
+            else f"task {task_id} {info.status}: " + \
+            (info.error.message if info.error is not None else "no output")
+        out: dict[str, Any] = {"content": [{"type": "text", "text": text}],
+                               "isError": info.status != SUCCEEDED,
+                               "_meta": {"corral/task": task_id}}
+        if info.status == SUCCEEDED and isinstance(output, dict):
+            out["structuredContent"] = output
+        return out

@@ -1,0 +1,152 @@
+"""corral's agents as MCP tools whose calls are corral tasks (the tasks extension, issue 58
+item 3; corral/daemon/mcptasks.py): through the real daemon's HTTP gateway at
+/mcp/corral, a 2026-07-28 client that declares `io.modelcontextprotocol/tasks` gets a
+handle, polls it, cancels it (which cancels the corral task) and reads its result; a
+tenant's token sees and touches only its tenant's agents and handles, and a client's
+handles not ended are bounded (max_tasks_per_client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import httpx2
+import pytest
+
+from .daemon_harness import Daemon, free_port, running_daemon, shared_tmpdir, sleeper
+from .test_daemon_cli import wait_until
+
+TASKS = "io.modelcontextprotocol/tasks"
+BOUND = 2
+
+
+class Gateway(NamedTuple):
+    daemon: Daemon
+    origin: str
+    tokens: dict[str, str]  # tenant -> its API token (mcp:call)
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    tmp = shared_tmpdir()
+    port = free_port()
+    agents = sleeper("chat") + 'tenant = "acme"\n' + sleeper("w") + 'tenant = "globex"\n'
+    with running_daemon(tmp, agents, extra=f"""
+[tenants.acme]
+[tenants.globex]
+[gateway]
+listen = "127.0.0.1:{port}"
+max_tasks_per_client = {BOUND}
+""") as d:
+        tokens = {t: d.json("token", "create", f"mcp-{t}", "--scope", "mcp:call",
+                            "--tenant", t)["token"] for t in ("acme", "globex")}
+        yield Gateway(d, f"http://127.0.0.1:{port}", tokens)
+
+
+def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any],
+        tasks: bool = True) -> dict[str, Any]:
+    """One 2026-07-28 request at /mcp/corral as `tenant`'s token: its JSON-RPC answer."""
+    caps: dict[str, Any] = {"extensions": {TASKS: {}}} if tasks else {}
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {
+        **params, "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                            "io.modelcontextprotocol/clientCapabilities": caps}}}
+    named = params.get("name", params.get("taskId"))
+    headers = {"Authorization": f"Bearer {g.tokens[tenant]}",
+               "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method,
+               **({"Mcp-Name": named} if isinstance(named, str) else {})}
+    r = httpx2.post(f"{g.origin}/mcp/corral", json=body, headers=headers, timeout=60)
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def corral_task(g: Gateway, task_id: str) -> dict[str, Any]:
+    info: dict[str, Any] = g.daemon.json("task", task_id)
+    return info
+
+
+def ended(g: Gateway, tenant: str, task_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        got = rpc(g, tenant, "tasks/get", {"taskId": task_id})["result"]
+        return got if got["status"] in ("completed", "failed", "cancelled") else None
+    result: dict[str, Any] = wait_until(done, timeout=30, what=f"task {task_id} ended")
+    return result
+
+
+def test_an_agent_called_as_a_task_runs_as_its_corral_task_and_answers_its_output(
+        gateway: Gateway) -> None:
+    g = gateway
+    listed = rpc(g, "acme", "tools/list", {})["result"]["tools"]
+    assert [(t["name"], t["execution"]) for t in listed] == \
+        [("chat", {"taskSupport": "optional"})]
+    made = rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {"do": "echo",
+                                                                       "say": "hi"}})
+    handle = made["result"]
+    assert handle["resultType"] == "task" and handle["status"] == "working", made
+    task_id = handle["_meta"]["corral/task"]
+    done = ended(g, "acme", handle["taskId"])
+    assert done["status"] == "completed"
+    assert done["result"]["structuredContent"] == {"do": "echo", "say": "hi"}
+    assert done["result"]["isError"] is False
+    assert corral_task(g, task_id)["status"] == "succeeded"
+    # without the extension the call waits for the task and answers its result
+    sync = rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {"do": "fail"}},
+               tasks=False)["result"]
+    assert sync["isError"] is True and "failed" in sync["content"][0]["text"], sync
+    assert "taskId" not in sync
+
+
+def test_cancelling_the_handle_cancels_the_corral_task_and_globex_touches_none_of_acmes(
+        gateway: Gateway) -> None:
+    g = gateway
+    assert [t["name"] for t in rpc(g, "globex", "tools/list", {})["result"]["tools"]] == \
+        ["w"]
+    handle = rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {
+        "do": "sleep", "seconds": 60}})["result"]
+    tid, task_id = handle["taskId"], handle["_meta"]["corral/task"]
+    wait_until(lambda: corral_task(g, task_id)["status"] == "running", what="running")
+    for method in ("tasks/get", "tasks/cancel"):
+        refused = rpc(g, "globex", method, {"taskId": tid})["error"]
+        assert refused == {"code": -32602, "message": f"invalid params: no task {tid} of "
+                           "this client", "data": {"taskId": tid}}, (method, refused)
+    assert rpc(g, "acme", "tasks/get", {"taskId": tid})["result"]["status"] == "working"
+    assert corral_task(g, task_id)["status"] == "running"
+    # globex cannot run acme's agent either: no handle, no task
+    before = len(g.daemon.json("tasks")["tasks"])
+    err = rpc(g, "globex", "tools/call", {"name": "chat", "arguments": {}})["error"]
+    assert "no such agent: chat" in err["message"], err
+    assert len(g.daemon.json("tasks")["tasks"]) == before
+    # acme's cancel: an empty ack, the handle cancelled, and so is the corral task
+    assert rpc(g, "acme", "tasks/cancel", {"taskId": tid}) == \
+        {"jsonrpc": "2.0", "id": 7, "result": {"resultType": "complete"}}
+    assert ended(g, "acme", tid)["status"] == "cancelled"
+    wait_until(lambda: corral_task(g, task_id)["status"] == "cancelled", what="cancelled")
+
+
+def test_a_clients_handles_not_ended_are_bounded_and_one_past_submits_no_task(
+        gateway: Gateway) -> None:
+    g = gateway
+    held = [rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {
+        "do": "sleep", "seconds": 60}})["result"] for _ in range(BOUND)]
+    assert all(h["status"] == "working" for h in held)
+    before = len(g.daemon.json("tasks")["tasks"])
+    refused = rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {}})["error"]
+    assert refused["code"] == -32012 and refused["message"] == (
+        f"gateway client token mcp-acme has {BOUND} tasks not ended, its "
+        f"max_tasks_per_client {BOUND}: wait for one to end or cancel one"), refused
+    assert len(g.daemon.json("tasks")["tasks"]) == before  # nothing was submitted
+    # another tenant's client has its own bound
+    other = rpc(g, "globex", "tools/call", {"name": "w", "arguments": {"do": "echo"}})
+    assert other["result"]["resultType"] == "task", other
+    rpc(g, "acme", "tasks/cancel", {"taskId": held[0]["taskId"]})
+    ended(g, "acme", held[0]["taskId"])
+    again = rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {"do": "echo"}})
+    assert again["result"]["resultType"] == "task", again
+
+
+def test_tasks_methods_of_a_client_that_did_not_declare_the_extension_are_refused(
+        gateway: Gateway) -> None:
+    err = rpc(gateway, "acme", "tasks/get", {"taskId": "x"}, tasks=False)["error"]
+    assert err == {"code": -32021, "message": "missing required client capability: "
+                   f"tasks/get needs the {TASKS} extension",
+                   "data": {"requiredCapabilities": {"extensions": {TASKS: {}}}}}
