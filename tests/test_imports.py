@@ -176,3 +176,20 @@ def test_the_walk_sees_a_type_checking_back_reference(tmp_path: Path) -> None:
     finally:
         for n in names:
             del MODULES[n]
+
+
+def test_the_clis_start_imports_no_engine() -> None:
+    """Every `corral` command starts by importing the CLI: the engine (supervisor), the
+    daemon, the cluster, the MCP client and the importer are imported where a command
+    needs them, not at its start. The engine alone was two thirds of a start's CPU (the
+    suite runs the CLI a few thousand times: bench/RESULTS.md, the suite's section)."""
+    import subprocess
+    import sys
+
+    heavy = ("corral.supervisor", "corral.daemon", "corral.cluster", "corral.mcp",
+             "corral.importer")
+    r = subprocess.run([sys.executable, "-c", "import sys, corral.cli.main; print(*sorted("
+                        f"m for m in sys.modules if m.startswith({heavy!r})))"],
+                       capture_output=True, text=True, timeout=60,
+                       cwd=ROOT.parent)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "\n", "")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.importer.keys import known
-from corral.supervisor.othernames import OTHER_NAMES, listing
+from corral.othernames import OTHER_NAMES, listing
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "migrating.md").read_text()

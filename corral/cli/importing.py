@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..supervisor.othernames import listing
+from ..othernames import listing
 from .app import cli
 from .client import EXIT_FAILED
 

@@ -10,11 +10,12 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from ..supervisor.config import AgentSpec, Config, ConfigError, McpServerSpec
-from ..supervisor.configload import load_config
+if TYPE_CHECKING:
+    from ..supervisor.config import Config
 
 SHIPPED_BIN = "/opt/corral/bin"  # what the unit in the repository assumes
 SHIPPED_CONFIG = "/etc/corral/corral.toml"
@@ -51,6 +52,8 @@ def stop_timeout_sec(cfg: Config) -> int:
     agents' stop and the tool servers' (each a grace after the shutdown request and one
     after SIGTERM), and STOP_MARGIN; the shipped unit's is this for a config of
     defaults (tests/test_drain.py holds it)."""
+    from ..supervisor.config import AgentSpec, McpServerSpec  # the engine, at need: below
+
     default = cfg.supervisor.drain_timeout
     agents = list(cfg.agents.values())
     drain = max((default if a.drain_timeout is None else a.drain_timeout for a in agents),
@@ -83,6 +86,11 @@ def unit_text(config: Path) -> str:
                          f"{quoted(f'{bindir}/corral')} daemon --config {quoted(str(config))}")
                 .replace(path, "Environment=" + quoted(path.removeprefix("Environment=")
                                                         .replace(SHIPPED_BIN, bindir, 1))))
+    # the engine's config, at need: every CLI command imports this module, and the engine
+    # is most of a start's imports
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import load_config
+
     try:
         cfg = load_config(config) if config.exists() else None
     except ConfigError:

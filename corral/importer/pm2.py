@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ..othernames import target
 from ..supervisor.config import ConfigError
-from ..supervisor.othernames import target
 from ..supervisor.schedule import Cron, ScheduleError
 from .model import How, Imported
 

@@ -18,8 +18,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..othernames import target
 from ..supervisor.config import ConfigError
-from ..supervisor.othernames import target
 from .model import How, Imported
 
 PROGRAM_KEYS_CARRIED = (

@@ -10,8 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..othernames import target
 from ..supervisor.config import ConfigError
-from ..supervisor.othernames import target
 from .model import How, Imported
 
 # directives read below (lower case)

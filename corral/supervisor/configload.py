@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import msgspec.inspect
 
+from ..othernames import hint
 from ..text import did_you_mean
 from .config import (
     DEFAULT_TENANT,
@@ -42,7 +43,6 @@ from .config import (
     isolation,
 )
 from .names import name_problem, shown
-from .othernames import hint
 from .sandbox import exposed, host_refusal
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .startorder import order_problem
