@@ -273,15 +273,19 @@ function Tenants({ tenants, error }) {
   </section>`;
 }
 
+// A replica's state as shown: a one-shot that exited cleanly (`done`, as `corral status`
+// says it) is no failure, whatever its machine's state word
+const shown = (a) => (a.done ? "done" : a.state);
+
 const ReplicaRow = ({ a, tenant, act, busy }) => html`<tr data-agent=${a.name} data-replica=${a.replica}
     data-tenant=${tenant ?? ""}>
-  <td class="replica-of">${a.name}</td>
-  <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
+  <td class="replica-of wrap">${a.name}</td>
+  <td class="num">${a.replica}</td><td><${State} s=${shown(a)} /></td>
   <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
   <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
   <td class="num">${bytes(a.rss_bytes)}</td><td class="num">${a.tasks_running}</td>
-  <td>${a.last_exit ?? ""}</td>
-  <td><${Lifecycle} target=${`${a.name}#${a.replica}`} act=${act} busy=${busy} /></td></tr>`;
+  <td class="wrap">${a.last_exit ?? ""}</td>
+  <td class="acts"><${Lifecycle} target=${`${a.name}#${a.replica}`} act=${act} busy=${busy} /></td></tr>`;
 
 // What an agent's replicas are doing, in a few words: "2 ready", "1 ready, 1 starting";
 // with none, the elastic state the stats.watch sample gives (asleep: scaled to zero, a
@@ -289,7 +293,7 @@ const ReplicaRow = ({ a, tenant, act, busy }) => html`<tr data-agent=${a.name} d
 function stateOf(replicas, stats) {
   if (!replicas.length) return stats?.elastic && stats.elastic !== "awake" ? stats.elastic : "no replicas";
   const counts = new Map();
-  for (const r of replicas) counts.set(r.state, (counts.get(r.state) || 0) + 1);
+  for (const r of replicas) counts.set(shown(r), (counts.get(shown(r)) || 0) + 1);
   return [...counts].map(([st, n]) => `${n} ${st}`).join(", ");
 }
 
@@ -300,18 +304,18 @@ function SummaryRow({ name, replicas, stats, tenant, act, busy }) {
   const words = stateOf(replicas, stats);
   // a single state colours the badge as a replica's would; replicas that all serve (one
   // idle after a task, one ready) are a serving agent, coloured so, not as a warning
-  const one = replicas.length ? new Set(replicas.map((r) => r.state)) : null;
+  const one = replicas.length ? new Set(replicas.map(shown)) : null;
   const badge = one === null ? words : one.size === 1 ? [...one][0]
     : [...one].every((s) => SERVING.has(s)) ? "serving" : "mixed";
   return html`<tr class="summary" data-summary=${name} data-tenant=${tenant ?? ""}>
-    <td><a href=${`#/agent/${name}`}>${name}</a></td>
+    <td class="wrap"><a href=${`#/agent/${name}`}>${name}</a></td>
     <td class="num">${replicas.length}</td>
     <td><span class=${`state state-${badge.replace(/ /g, "_")}`}>${
       badge === "serving" ? `${replicas.length} serving (${words})` : words}</span></td>
     <td></td><td></td><td class="num">${sum("restarts")}</td>
     <td class="num">${sum("cpu_percent").toFixed(1)} %</td>
     <td class="num">${bytes(sum("rss_bytes"))}</td><td class="num">${sum("tasks_running")}</td>
-    <td></td><td><${Lifecycle} target=${name} act=${act} busy=${busy} /></td></tr>`;
+    <td></td><td class="acts"><${Lifecycle} target=${name} act=${act} busy=${busy} /></td></tr>`;
 }
 
 // Every agent the page knows of: those with replicas (the fleet's stream) and those
@@ -551,7 +555,7 @@ class Agent extends Component {
           <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
           <th class="num">RSS</th><th>Last exit</th><th></th></tr></thead>
         <tbody>${replicas.map((a) => html`<tr data-replica=${a.replica}>
-          <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
+          <td class="num">${a.replica}</td><td><${State} s=${shown(a)} /></td>
           <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
           <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
           <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td>
