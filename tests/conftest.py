@@ -312,6 +312,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 _FILE_SECONDS: dict[str, float] = {}
 _FILE_CPU: dict[str, float] = {}
 _CPU_MARK = "cpu_seconds"
+HELD_ALARM = 0.1  # seconds after the report: in the phase that follows it
 _cpu_since = 0.0
 
 
@@ -327,12 +328,22 @@ def pytest_runtest_logstart(nodeid: str, location: object) -> None:
     _cpu_since = _cpu_now()
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: object) -> Iterator[None]:
     """Each phase's report carries the CPU spent since the last, so that a worker's reach
-    the controller (pytest-xdist sends a report's user_properties)."""
+    the controller (pytest-xdist sends a report's user_properties). A test's SIGALRM
+    (pytest-timeout) that comes while pytest makes the report is held until it is made:
+    raised in pytest's own formatting of a failure, it was an INTERNALERROR that ended a
+    parallel run. Held, it comes at once after, in the next phase."""
     global _cpu_since
-    outcome = yield
+    held: list[int] = []
+    alarm = signal.signal(signal.SIGALRM, lambda signum, frame: held.append(signum))
+    try:
+        outcome = yield
+    finally:
+        signal.signal(signal.SIGALRM, alarm)
+        if held:
+            signal.setitimer(signal.ITIMER_REAL, HELD_ALARM)
     now = _cpu_now()
     outcome.get_result().user_properties.append((_CPU_MARK, round(now - _cpu_since, 4)))
     _cpu_since = now
