@@ -35,6 +35,10 @@ INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".py": "python",
 # prints the file's export (module.exports, or an ES module's default) as JSON
 _PRINT = ("const m = await import(process.argv[1]); "
           "process.stdout.write(JSON.stringify(m.default ?? m))")
+# prints a .json file read as pm2 reads it: a JavaScript expression, run by node alone
+_EXPRESSION = ("const fs = await import('node:fs'); const t = fs.readFileSync(new "
+               "URL(process.argv[1]), 'utf8').replace(/^\\uFEFF/, ''); "
+               "process.stdout.write(JSON.stringify((0, eval)('(' + t + ')')))")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
 NOT_CARRIED = {
@@ -101,15 +105,19 @@ def _load(path: Path, env: dict[str, str]) -> Any:
         text = path.read_text(encoding="utf-8-sig")  # a BOM, as node passes over it
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
-    if path.suffix.lower() == ".json":
+    if path.suffix.lower() in (".json", ".json5"):
         try:
             return json.loads(text)
         except ValueError as exc:
-            raise ConfigError(f"{path}: not JSON: {exc}") from None
+            # pm2 reads a .json as a JavaScript expression (comments, trailing commas,
+            # unquoted keys): node reads it so where it is there
+            if shutil.which("node", path=env.get("PATH", os.defpath)) is None:
+                raise ConfigError(f"{path}: not JSON: {exc}") from None
+            return evaluate(path, env, _EXPRESSION)
     return evaluate(path, env)
 
 
-def evaluate(path: Path, env: dict[str, str]) -> Any:
+def evaluate(path: Path, env: dict[str, str], script: str = _PRINT) -> Any:
     """A JavaScript ecosystem file's export, as node evaluates it (see the docstring)."""
     node = shutil.which("node", path=env.get("PATH", os.defpath))
     if node is None:
@@ -119,7 +127,7 @@ def evaluate(path: Path, env: dict[str, str]) -> Any:
                           "ecosystem.json`)")
     real = path.resolve()
     argv = [node, _permission_flag(node, path), f"--allow-fs-read={real.parent}/*",
-            "--input-type=module", "-e", _PRINT, real.as_uri()]
+            "--input-type=module", "-e", script, real.as_uri()]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=env,
                               cwd=real.parent, timeout=EVAL_TIMEOUT,
