@@ -66,14 +66,20 @@ class Record:
     async def submit(self) -> None:
         assert await self.s.submit(
             keys=[K.task(self.tid), STREAM, K.priorities("acme", "w"), K.agents, K.live],
-            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme", "mac"]
-        ) == 1
+            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "acme",
+                  "mac"]) == 1
 
     async def claim(self, retries: int | None = None) -> bool:
-        got = await self.s.claim(
-            keys=[K.task(self.tid), K.attempts(self.tid), K.fence, STREAM],
-            args=["b/1", "b", "2.0", await self.entry(), records.claimed_attempt("b", 2.0),
-                  2, "30.0", "acme"])
+        """Claimed by node b's incarnation 1, alive while it claims (dead after it: a
+        takeover finds it so)."""
+        await self.c.set(K.alive("b/1"), b"{}")
+        try:
+            got = await self.s.claim(
+                keys=[K.task(self.tid), K.attempts(self.tid), K.fence, STREAM],
+                args=["b/1", "b", "2.0", await self.entry(),
+                      records.claimed_attempt("b", 2.0), 2, "30.0", "acme"])
+        finally:
+            await self.c.delete(K.alive("b/1"))
         if got is None:
             return False
         self.token = got[0]

@@ -56,8 +56,11 @@ class Outcomes(Protocol):
 
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
         """Its running attempt ended as `end` says (`result`: the output it answered):
-        the task's machine moves it (a retry waits again for its backoff; an end is its
-        one outcome). Returns the step taken."""
+        the task's machine moves it (an end is its one outcome). Returns the step taken:
+        a retry (`retried`) is then told to `retry`."""
+
+    def retry(self, task: Task) -> None:
+        """The machine retried the task: it waits again, for its backoff."""
 
     def again(self, task: Task) -> None:
         """A retry that waited for its timed-out attempt to stop waits for its time."""
@@ -187,8 +190,9 @@ class TaskDispatch:
 
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,
                   exc: BaseException | None) -> None:
-        if task.running:
-            self.deadlines.discard(task, task.timeout)
+        # (a timed-out or cancelled attempt's deadline is gone already: no other is there,
+        # a task's next attempt starting only once this one has ended)
+        self.deadlines.discard(task, task.timeout)
         self.requests.pop(task.id, None)
         attempt.finished = time.time()
         q = self.by_agent.get(task.agent)
@@ -201,7 +205,9 @@ class TaskDispatch:
         if end.cause is not None:
             # an output is kept as its bytes, not looked into here: a 10 MB output costs
             # one decode for a Python caller, or a scan and a copy for a socket client
-            self.outcomes.ended(task, end, None if exc is not None else output_of(result))
+            if self.outcomes.ended(task, end, None if exc is not None
+                                   else output_of(result)).retried:
+                self.outcomes.retry(task)
         else:  # timed out or cancelled before the worker answered
             if end.again:
                 self.outcomes.again(task)  # its retry waited for this attempt to stop
@@ -238,9 +244,10 @@ class TaskDispatch:
         r, attempt = task.replica, task.attempts[-1]
         assert r is not None
         end = timed_out(attempt, task.timeout)
-        if self.outcomes.ended(task, end).retried and end.error is not None:
+        if self.outcomes.ended(task, end).retried:
+            self.outcomes.retry(task)
             # retried once the worker has stopped this attempt (its slot is busy until)
-            attempt.error = end.error.message
+            attempt.error = end.error.message if end.error is not None else None
         self.stop_attempt(task, r, attempt, "timed out")
 
     def hand_over(self, task: Task, why: str) -> None:

@@ -411,29 +411,17 @@ class TaskManager:
 
     # -- a task's end ---------------------------------------------------------------------
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
-        """Dispatch's news of an attempt's end (Outcomes.ended): the task's machine moves
-        it, its policy (the task's own, else its agent's) asked where the attempt ended
-        badly; a retry waits for its backoff (`not_before`), and a timed-out attempt's
-        retry for that attempt to stop too (dispatch calls `again`)."""
+        """The task's machine moves it by `end` (Outcomes.ended: an attempt's end, its
+        `result` the output answered; or a cancel, its agent down), its policy (the task's
+        own, else its agent's) asked where the attempt ended badly. An end is its one
+        outcome (a second is ignored), kept, counted, journaled and told here; a retry
+        (`step.retried`) is the caller's to follow (`retry`, or a restart's own)."""
         assert end.cause is not None
         step = task.fire(end.cause, self)
-        if step.retried:
-            self._retry(task)
-        elif step.ends:
-            self._conclude(task, result, end.error)
-        return step
-
-    def finish(self, task: Task, cause: TaskCause, error: TaskError) -> None:
-        """A task ended by `cause` other than its attempt's end (a cancel, its agent
-        down, a restart): its one outcome (a second one is ignored)."""
-        if task.fire(cause).ends:
-            self._conclude(task, None, error)
-
-    def _conclude(self, task: Task, result: Output | None, error: TaskError | None) -> None:
-        """The task's machine has ended it: its outcome kept, counted, journaled and
-        told."""
+        if not step.ends:
+            return step
         task.out = result
-        task.error = error
+        task.error = end.error
         task.finished = time.time()
         q = self.by_agent.get(task.agent)
         if q is not None:
@@ -464,6 +452,12 @@ class TaskManager:
         # tracked; `done` is one future shared by all): 10,000 finished tasks made a full
         # collection of the supervisor take 28 ms, a stall of its loop
         task.attempts = tuple(task.attempts)
+        return step
+
+    def finish(self, task: Task, cause: TaskCause, error: TaskError) -> None:
+        """A task ended by `cause` other than its attempt's end (a cancel, its agent down
+        or gone): its one outcome (a second one is ignored)."""
+        self.ended(task, AttemptOutcome(cause, error))
 
     # -- a retry ----------------------------------------------------------------------
     def retried_on(self, task: Task) -> tuple[str, ...] | None:
@@ -474,8 +468,10 @@ class TaskManager:
             return None
         return (task.options.retry or AGENTS_RETRY).outcomes(agent.spec)
 
-    def _retry(self, task: Task) -> None:
-        """The machine retries the task (one retry spent): it waits for its backoff."""
+    def retry(self, task: Task) -> None:
+        """The machine retried the task (one retry spent: Outcomes.retry): it waits for its
+        backoff (`not_before`), and a timed-out attempt's retry for that attempt to stop
+        too (dispatch calls `again`)."""
         agent = self.sup.agent(task.agent)  # (there is one: retried_on said so)
         self.by_agent[task.agent].counts["retried"] += 1
         attempt = task.attempts[-1]
@@ -556,9 +552,8 @@ class TaskManager:
                 for a in task.attempts:
                     if a.outcome == TaskStatus.RUNNING:
                         a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
-                if task.fire(TaskCause.LOST, self).ends:
-                    self._conclude(task, None, TaskError(jsonrpc.PEER_CLOSED,
-                                                         LOST_IN_RESTART))
+                if self.ended(task, AttemptOutcome(TaskCause.LOST, TaskError(
+                        jsonrpc.PEER_CLOSED, LOST_IN_RESTART))).ends:
                     continue
                 assert q is not None  # (a retry is of an agent that exists)
                 q.counts["retried"] += 1
