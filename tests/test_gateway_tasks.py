@@ -7,6 +7,7 @@ handles not ended are bounded (max_tasks_per_client)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -150,3 +151,47 @@ def test_tasks_methods_of_a_client_that_did_not_declare_the_extension_are_refuse
     assert err == {"code": -32021, "message": "missing required client capability: "
                    f"tasks/get needs the {TASKS} extension",
                    "data": {"requiredCapabilities": {"extensions": {TASKS: {}}}}}
+
+
+def test_a_2025_11_25_session_that_declared_the_extension_is_offered_it_and_no_other_is(
+        gateway: Gateway) -> None:
+    """The extension is advertised to a 2025-11-25 client only if it declared it in
+    initialize (an older schema has no `extensions`); its session's calls are tasks."""
+    g = gateway
+
+    def session(declared: bool) -> tuple[httpx2.Client, dict[str, Any]]:
+        c = httpx2.Client(base_url=g.origin, timeout=60, headers={
+            "Authorization": f"Bearer {g.tokens['acme']}",
+            "Accept": "application/json, text/event-stream"})
+        r = c.post("/mcp/corral", json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "clientInfo": {"name": "t", "version": "1"},
+                "capabilities": {"extensions": {TASKS: {}}} if declared else {}}})
+        c.headers["Mcp-Session-Id"] = r.headers["Mcp-Session-Id"]
+        caps: dict[str, Any] = r.json()["result"]["capabilities"]
+        return c, caps
+
+    plain, caps = session(False)
+    with contextlib.closing(plain):
+        assert "extensions" not in caps
+        refused = plain.post("/mcp/corral", json={"jsonrpc": "2.0", "id": 2,
+                                                  "method": "tasks/get",
+                                                  "params": {"taskId": "x"}}).json()
+        assert refused["error"]["code"] == -32021, refused
+    declared, caps = session(True)
+    with contextlib.closing(declared):
+        assert caps["extensions"] == {TASKS: {}}
+
+        def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            got: dict[str, Any] = declared.post("/mcp/corral", json={
+                "jsonrpc": "2.0", "id": 3, "method": method, "params": params}).json()
+            return got
+
+        handle = ask("tools/call", {"name": "chat", "arguments": {"do": "echo"}})["result"]
+        assert handle["resultType"] == "task", handle
+        assert ask("tasks/update", {"taskId": handle["taskId"], "inputResponses": {}}) == \
+            {"jsonrpc": "2.0", "id": 3, "result": {"resultType": "complete"}}
+        assert ask("tasks/get", {})["error"] == {
+            "code": -32602, "message": "invalid params: a taskId is needed"}
+        assert ask("tasks/get", {"taskId": handle["taskId"]})["result"]["taskId"] == \
+            handle["taskId"]
