@@ -100,7 +100,7 @@ def root_uri(root: str) -> str:
     return Path(root).resolve().as_uri()
 
 
-class Session(msgspec.Struct, frozen=True):
+class ServerSession(msgspec.Struct, frozen=True):
     """What a client knows of its server's session, handed to the next daemon image with
     the server's process (`corral upgrade`): it goes on without `initialize` again."""
 
@@ -239,15 +239,15 @@ class McpClient:
             span.transport = self.network
         return await self.peer.request(method, self._with_meta(params), timeout=timeout)
 
-    def session(self) -> Session | None:
+    def session(self) -> ServerSession | None:
         """The session to hand over; None before one was negotiated."""
         if self.version is None:
             return None
-        return Session(self.version, self.capabilities, self.server_info, self.instructions,
-                       self.tools, self.rejected_tools, self.log_level, self.calls,
-                       self.errors)
+        return ServerSession(self.version, self.capabilities, self.server_info, self.instructions,
+                             self.tools, self.rejected_tools, self.log_level, self.calls,
+                             self.errors)
 
-    def resume(self, s: Session) -> None:
+    def resume(self, s: ServerSession) -> None:
         """Go on with a session another client negotiated over the same channel."""
         self._negotiated(s.version)
         self.capabilities, self.server_info = s.capabilities, s.server_info

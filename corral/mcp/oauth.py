@@ -77,14 +77,14 @@ class OAuthSettings(msgspec.Struct, kw_only=True):
     redirect_uri: str = "http://127.0.0.1/callback"
 
 
-class Client(msgspec.Struct, kw_only=True):
+class OAuthClient(msgspec.Struct, kw_only=True):
     client_id: str
     client_secret: str | None = None
     auth_method: str = "none"  # token endpoint auth: none | client_secret_basic | _post
     redirect_uri: str | None = None
 
 
-class Tokens(msgspec.Struct, kw_only=True):
+class OAuthTokens(msgspec.Struct, kw_only=True):
     access_token: str
     token_type: str = "Bearer"
     refresh_token: str | None = None
@@ -92,15 +92,15 @@ class Tokens(msgspec.Struct, kw_only=True):
     scope: str | None = None
 
 
-class Stored(msgspec.Struct, kw_only=True):
+class TokenFile(msgspec.Struct, kw_only=True):
     """The token file: what a daemon needs to use and refresh the tokens."""
 
     server_url: str
     resource: str | None = None
     issuer: str | None = None
     token_endpoint: str | None = None
-    client: Client | None = None
-    tokens: Tokens | None = None
+    client: OAuthClient | None = None
+    tokens: OAuthTokens | None = None
 
 
 class Challenge(msgspec.Struct):
@@ -133,7 +133,7 @@ class OAuth(Auth):
         self.path = path
         self.authorize = authorize  # None in the daemon: there, login is an operator's act
         self._mtime: float | None = None
-        self.stored = Stored(server_url=server_url)
+        self.stored = TokenFile(server_url=server_url)
         self._lock = asyncio.Lock()
         self._requested: set[str] | None = None  # the scopes of the last authorization
         self.load()
@@ -149,7 +149,7 @@ class OAuth(Auth):
             st = self.path.stat()
             if st.st_mtime == self._mtime:
                 return
-            stored = msgspec.json.decode(self.path.read_bytes(), type=Stored)
+            stored = msgspec.json.decode(self.path.read_bytes(), type=TokenFile)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return
         self._mtime = st.st_mtime
@@ -249,8 +249,8 @@ class OAuth(Auth):
             tokens = await _token_request(http, token_endpoint, client, form,
                                           self.settings, issuer)
         self._requested = set(scopes)
-        self.stored = Stored(server_url=self.server_url, resource=resource, issuer=issuer,
-                             token_endpoint=token_endpoint, client=client, tokens=tokens)
+        self.stored = TokenFile(server_url=self.server_url, resource=resource, issuer=issuer,
+                                token_endpoint=token_endpoint, client=client, tokens=tokens)
         self.save()
 
     async def _id_jag(self, http: aiohttp.ClientSession, meta: dict[str, Any], issuer: str,
@@ -273,7 +273,7 @@ class OAuth(Auth):
                                 "token exchange")
         return str(data["access_token"])
 
-    async def _refresh(self, tokens: Tokens) -> None:
+    async def _refresh(self, tokens: OAuthTokens) -> None:
         st = self.stored
         if not tokens.refresh_token or st.token_endpoint is None or st.client is None:
             raise HttpError(f"{self.name}: nothing to refresh the token with")
@@ -337,7 +337,7 @@ class OAuth(Auth):
         return scopes
 
     async def _client(self, http: aiohttp.ClientSession, meta: dict[str, Any], issuer: str
-                      ) -> Client:
+                      ) -> OAuthClient:
         s = self.settings
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         if s.client_id is not None:  # pre-registered
@@ -349,11 +349,11 @@ class OAuth(Auth):
                 method = "client_secret_post"
             else:
                 method = "client_secret_basic"
-            return Client(client_id=s.client_id, client_secret=s.client_secret,
-                          auth_method=method, redirect_uri=s.redirect_uri)
+            return OAuthClient(client_id=s.client_id, client_secret=s.client_secret,
+                               auth_method=method, redirect_uri=s.redirect_uri)
         if meta.get("client_id_metadata_document_supported") and s.client_metadata_url:
-            return Client(client_id=s.client_metadata_url, auth_method="none",
-                          redirect_uri=s.redirect_uri)
+            return OAuthClient(client_id=s.client_metadata_url, auth_method="none",
+                               redirect_uri=s.redirect_uri)
         old = self.stored.client
         # a registration is the authorization server's that made it: a server whose
         # metadata now names another one gets a registration there (SEP-2352)
@@ -376,12 +376,12 @@ class OAuth(Auth):
                                 f"HTTP {resp.status}: {await _snippet(resp)}")
             reg = await resp.json(content_type=None)
         secret = reg.get("client_secret")
-        return Client(client_id=str(reg["client_id"]), client_secret=secret,
-                      auth_method=str(reg.get("token_endpoint_auth_method")
+        return OAuthClient(client_id=str(reg["client_id"]), client_secret=secret,
+                           auth_method=str(reg.get("token_endpoint_auth_method")
                                       or ("client_secret_basic" if secret else "none")),
                       redirect_uri=s.redirect_uri)
 
-    async def _authorization_code(self, meta: dict[str, Any], client: Client,
+    async def _authorization_code(self, meta: dict[str, Any], client: OAuthClient,
                                   scopes: list[str], resource: str | None
                                   ) -> dict[str, str]:
         assert self.authorize is not None
@@ -494,9 +494,9 @@ async def _as_metadata(http: aiohttp.ClientSession, issuer: str, *, legacy: bool
                     f"{', '.join(candidates)})")
 
 
-async def _token_request(http: aiohttp.ClientSession, endpoint: str, client: Client,
+async def _token_request(http: aiohttp.ClientSession, endpoint: str, client: OAuthClient,
                          form: dict[str, str], settings: OAuthSettings, issuer: str
-                         ) -> Tokens:
+                         ) -> OAuthTokens:
     headers = dict(JSON_ACCEPT)
     form = dict(form)
     method = client.auth_method
@@ -517,12 +517,12 @@ async def _token_request(http: aiohttp.ClientSession, endpoint: str, client: Cli
         form["client_id"] = client.client_id
     data = await _post_form(http, endpoint, form, headers, "token request")
     expires_in = data.get("expires_in")
-    return Tokens(access_token=data["access_token"],
-                  token_type=str(data.get("token_type") or "Bearer"),
-                  refresh_token=data.get("refresh_token"),
-                  expires_at=time.time() + float(expires_in)
-                  if isinstance(expires_in, int | float) else None,
-                  scope=data.get("scope"))
+    return OAuthTokens(access_token=data["access_token"],
+                       token_type=str(data.get("token_type") or "Bearer"),
+                       refresh_token=data.get("refresh_token"),
+                       expires_at=time.time() + float(expires_in)
+                       if isinstance(expires_in, int | float) else None,
+                       scope=data.get("scope"))
 
 
 async def _post_form(http: aiohttp.ClientSession, endpoint: str, form: dict[str, str],

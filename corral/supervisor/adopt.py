@@ -13,7 +13,7 @@ running tasks go on (the daemon re-attaches them: `Adoptions.on_adopted`).
 Only what can be handed whole is: a worker mid-handshake, mid-stop, or with a request of
 its own being answered is waited for by the daemon before it hands over
 (daemon/upgrade.py). An MCP server is handed the same way, with its client's session
-(`mcp.client.Session`: the negotiated revision, the server's capabilities and tools), once
+(`mcp.client.ServerSession`: the negotiated revision, the server's capabilities and tools), once
 no request is in flight to it: the new image's client goes on with it, no `initialize`
 again. Zygotes are not adopted: they are ended by the new image and started again on
 demand (their children are adopted: once the zygote is gone they are corral's own, by the
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..mcp.client import Session
+from ..mcp.client import ServerSession
 from .containment import ProcessRecord, read_stat
 from .health import CheckState
 from .launch import MAX_IN_FLIGHT
@@ -68,7 +68,7 @@ class HandedProcess(msgspec.Struct, frozen=True):
     restarts: int = 0
     zygote_child: bool = False  # forked by a zygote: reaped by us once the zygote is gone
     argv0: str = ""
-    session: Session | None = None  # an MCP server's: what its client negotiated
+    session: ServerSession | None = None  # an MCP server's: what its client negotiated
     owner: str | None = None  # a per-agent MCP server's agent replica
     idle: bool = False  # it had run a task and was idle: idle again, not "ready"
     plain: PlainHanded | None = None  # a plain program's: fds are stdout and stderr

@@ -100,7 +100,7 @@ class PoolBackend:
         return await self.service.task(self.ident, method, params)
 
 
-class Stream:
+class SseStream:
     """One SSE stream of a session: a POST's answer, or the session's GET stream."""
 
     def __init__(self, key: str) -> None:
@@ -120,12 +120,12 @@ class HttpSession:
         self.mcp = GatewaySession(backend, push=self._push)
         self.last_seen = time.monotonic()
         self.history: deque[tuple[int, str, bytes]] = deque(maxlen=REPLAY)
-        self.streams: dict[str, Stream] = {}
-        self.standalone: Stream | None = None
+        self.streams: dict[str, SseStream] = {}
+        self.standalone: SseStream | None = None
         self.watching: Subscription | None = None  # to the gateway's changes
         self._seq = itertools.count(1)
 
-    def emit(self, stream: Stream, msg: Any, *, last: bool = False) -> None:
+    def emit(self, stream: SseStream, msg: Any, *, last: bool = False) -> None:
         payload = msgspec.json.encode(msg)
         seq = next(self._seq)
         self.history.append((seq, stream.key, payload))
@@ -484,7 +484,7 @@ class HttpGateway:
         SSE stream once it says one, else its answer as JSON — a call whose result comes
         with no progress before it is one body, which clients that refuse an SSE event
         over 1 MiB (the official SDK, fastmcp) read whatever its size."""
-        stream = Stream(f"post-{secrets.token_hex(6)}")
+        stream = SseStream(f"post-{secrets.token_hex(6)}")
         first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def reply(msg: Any) -> None:
@@ -510,7 +510,7 @@ class HttpGateway:
             sess.streams[stream.key] = stream
         return await self._pump(request, sess, stream, headers)
 
-    async def _pump(self, request: web.Request, sess: HttpSession, stream: Stream,
+    async def _pump(self, request: web.Request, sess: HttpSession, stream: SseStream,
                     headers: dict[str, str]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -547,7 +547,7 @@ class HttpGateway:
             return await self._resume(request, sess, last)
         if sess.standalone is not None and sess.standalone.readers:
             raise _http(409, "this session already has its GET stream open")
-        sess.standalone = sess.standalone or Stream("get")
+        sess.standalone = sess.standalone or SseStream("get")
         return await self._pump(request, sess, sess.standalone, {})
 
     async def _resume(self, request: web.Request, sess: HttpSession, last: str
@@ -561,7 +561,7 @@ class HttpGateway:
             raise _http(404, f"event {last} is no longer kept: call again")
         stream = sess.streams.get(key) or (sess.standalone if key == "get" else None)
         if stream is None:  # finished and delivered before: replay what followed
-            stream = Stream(key)
+            stream = SseStream(key)
             stream.finished = True
         stream.pending = deque(sse.format_event(p, event="message", id=str(s))
                                for s, k, p in sess.history if k == key and s > seq)
@@ -594,7 +594,7 @@ def _path(server: str | None) -> str:
     return ENDPOINT if server is None else f"{ENDPOINT}/{server}"
 
 
-def _give_up(sess: HttpSession, stream: Stream) -> None:
+def _give_up(sess: HttpSession, stream: SseStream) -> None:
     stream.orphaned = None
     if not stream.readers and stream.call is not None and not stream.call.done():
         stream.call.cancel()
