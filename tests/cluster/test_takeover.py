@@ -246,9 +246,13 @@ def test_a_node_cut_off_from_redis_loses_its_tasks_and_comes_back(
             assert b.call("stats.get")["cluster"]["redis_error"] is not None
             proxy.restore()
             wait_until(lambda: all_alive(a), what="b back")
+            # (its last error is cleared at the beat after it joined again)
+            wait_until(lambda: b.call("stats.get")["cluster"]["redis_error"] is None,
+                       what="b's Redis error cleared")
             stats = b.call("stats.get")["cluster"]
-            assert (stats["incarnation"], stats["published"], stats["redis_error"]) == (
-                2, 0, None)
+            # a new incarnation (a loaded machine may lapse its 1 s TTL once more after),
+            # and nothing it ran cut off was written late
+            assert (stats["incarnation"] >= 2, stats["published"]) == (True, 0), stats
             assert outcomes(c, [task_id]) == [done]
             r = a.run("sleepy", '{"do": "echo"}')
             assert r.returncode == 0, r.stderr
