@@ -229,7 +229,7 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
     for key, val in msgspec.to_builtins(res.options).items():  # as its submitter asked
         if key in m.TaskInfo.__struct_fields__:
             continue  # (shown above, as the task has it)
-        click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+        click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list | tuple) else val}")
     if res.usage is not None:
         u = res.usage
         click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "

@@ -749,8 +749,8 @@ class Task extends Polled {
       <h2>Task ${t.task_id} <${State} s=${t.status} /></h2>
       <p>Agent <a href=${`#/agent/${t.agent}`}>${t.agent}</a>, priority ${t.priority},
         created ${stamp(t.created)}, ${t.tool_calls} tool calls</p>
-      ${Object.keys(t.options ?? {}).length > 0 && html`<p id="task-options">Options as submitted:
-        ${Object.entries(t.options).map(([k, v]) => html`<code>${k} = ${JSON.stringify(v)}</code> `)}</p>`}
+      ${Object.keys(t.options ?? {}).length > 0 && html`<p id="task-options">Options as submitted: ${
+        Object.entries(t.options).map(([k, v]) => html`<code>${k} = ${JSON.stringify(v)}</code> `)}</p>`}
       <h2>Attempts</h2>
       <table id="attempts">
         <thead><tr><th class="num">Replica</th><th class="num">PID</th><th>Started</th>
