@@ -17,6 +17,7 @@ import re
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
+import msgspec.inspect as mi
 
 MAX_DELAY = 366 * 86400.0  # the furthest a task may be delayed (a year and a day)
 MAX_TASK_RETRIES = 100  # retries a task may ask for (its agent's `retries` is not bounded)
@@ -96,6 +97,22 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
         description="A turn of this session of the agent: its tasks run one at a time, "
                     "in order, each given the session's state (docs/durable.md#sessions).",
         extra=_cli(metavar="NAME"))] | None = None
+    tags: Annotated[tuple[str, ...], msgspec.Meta(
+        description=f"Labels to find the task by (`corral tasks --tag TAG`): at most "
+                    f"{MAX_TAGS}, each at most {MAX_TAG_LENGTH} letters, digits and "
+                    ". _ : = / @ + - (a letter or a digit first).",
+        extra=_cli(flag="tag", metavar="TAG"))] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.tags) > MAX_TAGS:
+            raise ValueError(f"{len(self.tags)} tags, more than max_tags ({MAX_TAGS})")
+        for tag in self.tags:
+            if len(tag) > MAX_TAG_LENGTH:
+                raise ValueError(f"a tag of {len(tag)} characters, more than "
+                                 f"max_tag_length ({MAX_TAG_LENGTH})")
+            if not _TAG.fullmatch(tag):
+                raise ValueError(f"tag {tag!r} is not one: letters, digits and "
+                                 ". _ : = / @ + - (a letter or a digit first)")
 
     def start_at(self, now: float) -> float | None:
         """The wall time it may start at (None: at once); raises ValueError for a time
@@ -144,14 +161,22 @@ def decoded(stored: bytes | str | None) -> TaskOptions:
 
 class TaskFilters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                   omit_defaults=True):
-    """The listings' filters on tasks' options (tasks.list): each field names, in
-    FILTERED, the option it filters on; a task passes when the option holds the value
-    (one of its items, for a list)."""
+    """The listings' filters on tasks' options (tasks.list): each field names, in its
+    metadata's `filters`, the option it filters on; a task passes when the option holds
+    the value (one of its items, for a list)."""
+
+    tag: Annotated[str, msgspec.Meta(description="Only the tasks carrying this tag.",
+                                     extra={"filters": "tags", **_cli(metavar="TAG")})
+                   ] | None = None
 
 
 NO_FILTERS = TaskFilters()
-FILTERED: dict[str, str] = {}  # a TaskFilters field -> the TaskOptions field it tests
-FILTER_NAMES = tuple(f.name for f in msgspec.structs.fields(TaskFilters))
+# a TaskFilters field -> the TaskOptions field it tests (its metadata's `filters`)
+FILTERED: dict[str, str] = {
+    f.name: next(t.extra["filters"] for t in f.type.types
+                 if isinstance(t, mi.Metadata) and t.extra)
+    for f in mi.type_info(TaskFilters).fields}  # type: ignore[attr-defined]
+FILTER_NAMES = tuple(FILTERED)
 
 
 def admits(filters: TaskFilters, options: TaskOptions) -> bool:
@@ -184,5 +209,4 @@ def filter_sql(filters: TaskFilters, column: str) -> list[tuple[str, Any]]:
 
 
 def _is_list(option: str) -> bool:
-    default = next(f for f in OPTION_FIELDS if f.name == option).default_factory
-    return default is list
+    return isinstance(dict(_DEFAULTS)[option], tuple | list)

@@ -167,7 +167,7 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
              "invalid params: unknown query parameter `verbose` (known: names, tenant)"),
             ("POST", "/tasks", b'{"agent": "web-1", "inputs": 1}', 400,
              "invalid params: unknown field `inputs` (known: agent, input, local, timeout, "
-             "priority, delay, not_before, retry, session)"),
+             "priority, delay, not_before, retry, session, tags)"),
             ("POST", "/tasks?wait=forever", b'{"agent": "web-1"}', 400,
              "invalid params: Expected `float | null`, got `str` - at `$.wait`"),
             ("POST", "/tasks?wait=3601", b'{"agent": "web-1"}', 400,

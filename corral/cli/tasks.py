@@ -191,6 +191,10 @@ def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
         for row, t in zip(rows, res.tasks, strict=True):
             row.insert(3, t.node if isinstance(t.node, str) else "-")
         head.insert(3, "NODE")
+    if any(t.options.tags for t in res.tasks):
+        for row, t in zip(rows, res.tasks, strict=True):
+            row.append(",".join(t.options.tags) or "-")
+        head.append("TAGS")
     table(rows, head)
     if isinstance(res.next, str):
         click.echo(f"older tasks: the same with --before {res.next}", err=True)
