@@ -78,10 +78,10 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                   omit_defaults=True):
     """How a task is to run, as its submitter asked."""
 
+    # (positive: admission.py refuses another, as the OpenAPI document says)
     timeout: Annotated[float, msgspec.Meta(
-        gt=0, description="Seconds the task may run once started (default: the agent's "
-                          "task_timeout); time waiting in the queue is not counted.")
-                       ] | None = None
+        description="Seconds the task may run once started (default: the agent's "
+                    "task_timeout); time waiting in the queue is not counted.")] | None = None
     priority: Annotated[int, msgspec.Meta(
         description="Higher runs first among waiting tasks.")] = 0
     delay: Annotated[float, msgspec.Meta(
