@@ -310,3 +310,19 @@ def test_a_profile_no_app_has_is_said_with_those_there_are(tmp_path: Path) -> No
     assert (r.returncode, r.stderr) == (0, "corral import: --env production: not read: a "
                                            "PM2 profile, and no file here is a PM2 "
                                            "ecosystem file\n")
+
+
+def test_an_unset_variable_in_an_environment_and_a_comment_in_a_continued_line(
+        tmp_path: Path) -> None:
+    """`C=%(ENV_X)s` with X unset where corral import runs is an empty value (it was an
+    environment refused as cut short); a comment line inside a continued ExecStart= is
+    read past, as systemd reads past it (the line after it was passed over)."""
+    agents, said = imported(tmp_path, {
+        "w.conf": b"[program:w]\ncommand=/bin/w\nenvironment=A=\"1\",C=%(ENV_UNSET_HERE)s\n",
+        "app.service": (b"[Service]\nExecStart=/usr/bin/app \\\n  --port 8000 \\\n"
+                        b"  # the port the proxy expects\n  --debug\n")},
+        "w.conf", "app.service")
+    assert (agents["w"]["env"], agents["app"]["command"]) == (
+        {"A": "1", "C": ""}, "/usr/bin/app --port 8000 --debug")
+    assert said == ["w.conf: [program:w]: environment: $UNSET_HERE not set where corral "
+                    "import ran: left empty (set it in env)"]

@@ -250,17 +250,26 @@ def _groups(parser: configparser.RawConfigParser, imp: Imported,
 
 
 def env_pairs(text: str, where: str) -> dict[str, str]:
-    """supervisord's KEY=val,KEY2="val, with a comma" (its dict_of_key_value_pairs)."""
+    """supervisord's KEY=val,KEY2="val, with a comma" (its dict_of_key_value_pairs); a
+    value left empty (`C=`: a variable not set where corral import runs) is empty."""
     lexer = shlex.shlex(text)
     lexer.wordchars += "/.+-():"
     tokens = list(lexer)
     out: dict[str, str] = {}
-    for i in range(0, len(tokens), 4):
-        k_eq_v = tokens[i:i + 3]
-        if len(k_eq_v) != 3 or k_eq_v[1] != "=":
+    i = 0
+    while i < len(tokens):
+        if i + 1 >= len(tokens) or tokens[i + 1] != "=":
             raise ConfigError(f"{where}: environment: unexpected end of "
                               f"KEY=value pairs in {text!r}")
-        out[k_eq_v[0]] = k_eq_v[2].strip("'\"")
+        key, i = tokens[i], i + 2
+        value = ""
+        if i < len(tokens) and tokens[i] != ",":
+            value, i = tokens[i].strip("'\""), i + 1
+        if i < len(tokens) and tokens[i] != ",":
+            raise ConfigError(f"{where}: environment: unexpected end of "
+                              f"KEY=value pairs in {text!r}")
+        out[key] = value
+        i += 1
     return out
 
 

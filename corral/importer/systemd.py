@@ -71,10 +71,14 @@ def parse(text: str, where: str, skipped: list[int] | None = None
     for line in lines:
         number += 1
         while line.endswith("\\"):
-            nxt = next(lines, "")
+            nxt = next(lines, None)
+            if nxt is None:
+                line = line[:-1].rstrip()
+                break
             number += 1
-            nxt = "" if nxt.lstrip().startswith(("#", ";")) else nxt.strip()
-            line = line[:-1].rstrip() + " " + nxt
+            if nxt.lstrip().startswith(("#", ";")):
+                continue  # a comment inside a continued line: systemd reads past it
+            line = line[:-1].rstrip() + " " + nxt.strip()
         s = line.strip()
         if not s or s.startswith(("#", ";")):
             continue
