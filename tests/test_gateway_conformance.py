@@ -63,10 +63,6 @@ STATELESS_FIXTURE_CHECKS = {
 }
 # of those, what still does not pass at /mcp/fx, against the fixture server
 STATELESS_UNSERVED = {
-    # a server's MissingRequiredClientCapability (-32021) is not relayed with its 400
-    # yet: corral's own -32021 (a tool budget) shares the number
-    "sep-2575-server-rejects-undeclared-capability": "tool test_missing_capability",
-    "sep-2575-missing-capability-http-400": "tool test_missing_capability",
     # a 2026-07-28 server behind says list_changed only on a listen stream of its own,
     # which corral's client does not open yet
     "sep-2575-server-sends-prompts-list-changed-on-subscription": "upstream listen",

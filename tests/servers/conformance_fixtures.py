@@ -155,6 +155,14 @@ async def test_trigger_prompt_change(ctx: Context) -> str:
 
 
 @server.tool()
+def test_missing_capability() -> str:
+    """Needs the client's sampling, which its client (corral's, which declines sampling:
+    decision 22) never declares: refused as MissingRequiredClientCapability, always."""
+    raise MCPError(-32021, "missing required client capability: sampling",
+                   {"requiredCapabilities": {"sampling": {}}})
+
+
+@server.tool()
 def greet(name: str) -> str:
     """Says hello, at once (a tool that never runs as a task)."""
     return f"Hello, {name}!"

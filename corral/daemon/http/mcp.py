@@ -50,7 +50,7 @@ from ...jsonrpc import Envelope, ErrorResponse, Id, Response, RpcError
 from ...mcp import envelope, sse
 from ...mcp.client import LEGACY, META_VERSION, STATELESS
 from ...mcp.envelope import Mirror
-from ...mcp.server import GatewaySession, Progress
+from ...mcp.server import MISSING_CAPABILITY, GatewaySession, Progress
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
 from ..addresses import loopback
@@ -74,6 +74,9 @@ SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 METHOD_HEADER = "Mcp-Method"  # 2026-07-28: the body's method and target, said again
 NAME_HEADER = "Mcp-Name"
+# a 2026-07-28 error's own HTTP status: a method corral does not have (404), a
+# capability the client did not declare, corral's or a server's behind (400, SEP-2575)
+STATELESS_STATUS = {jsonrpc.METHOD_NOT_FOUND: 404, MISSING_CAPABILITY: 400}
 _single = msgspec.json.Decoder(Envelope)
 _batch = msgspec.json.Decoder(list[Envelope])
 
@@ -431,8 +434,9 @@ class HttpGateway:
     async def _stateless(self, request: web.Request, ident: Identity, env: Envelope,
                          mirror: Mirror) -> web.StreamResponse:
         """A 2026-07-28 request: it stands alone, answered on its own POST. An error keeps
-        its id; one of the envelope has its own status (envelope.py), and a method corral
-        does not have is 404, so that a client tells a 2026-07-28 server apart unread."""
+        its id; one of the envelope has its own status (envelope.py), a method corral
+        does not have is 404, so that a client tells a 2026-07-28 server apart unread, and
+        a capability the client did not declare 400 (STATELESS_STATUS)."""
         sess = HttpSession(None, ident, PoolBackend(self.service, ident))
         refusal = sess.mcp.screen(env, mirror)
         if refusal is not None:
@@ -449,9 +453,8 @@ class HttpGateway:
         answer = next((a for a in answers if isinstance(a, Response | ErrorResponse)), None)
         if answer is None:  # cancelled meanwhile: nothing to say
             return web.Response(status=202)
-        missing = isinstance(answer, ErrorResponse) and \
-            answer.error.code == jsonrpc.METHOD_NOT_FOUND
-        return _json(answer, 404 if missing else 200)
+        code = answer.error.code if isinstance(answer, ErrorResponse) else None
+        return _json(answer, STATELESS_STATUS.get(code, 200) if code is not None else 200)
 
     async def _listen(self, request: web.Request, ident: Identity, env: Envelope
                       ) -> web.StreamResponse:
