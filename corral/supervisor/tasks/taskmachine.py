@@ -187,10 +187,11 @@ class TaskMachine:
 
 
 class AttemptOutcome(NamedTuple):
-    """How an attempt ended, as `attempt_end` decides it: the cause to fire, the error the
-    task ends with should it end on it; cause None: the attempt ended late (after a
-    timeout or a cancel had moved the task on), and `again` when the task's retry waited
-    for it to stop."""
+    """What moves a task, with the error it ends with should it end: how an attempt
+    ended, as `attempt_end` decides it, or a cause from outside its attempt (a cancel, its
+    agent down: TaskManager.finish). Cause None: the attempt ended late (after a timeout
+    or a cancel had moved the task on), and `again` when the task's retry waited for it
+    to stop."""
 
     cause: TaskCause | None
     error: TaskError | None = None
