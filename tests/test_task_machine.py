@@ -270,13 +270,21 @@ NOT_TASKS = {
     "run": "a workflow run's status (daemon/workflows)",
     "call": "a team call's status (supervisor/teams)",
 }
+# the classes that are tasks: a `self.status` in one of them is a task's (in any other
+# class, its own: a gateway's task handle, say)
+TASK_CLASSES = frozenset({"TaskMachine", "Task", "ClusterTask"})
 
 
-def _assigned(tree: ast.AST) -> list[tuple[int, str]]:
-    """Every assignment to an attribute named as a task machine's field: (line,
-    receiver)."""
+def _assigned(tree: ast.AST, in_task: bool = False) -> list[tuple[int, str]]:
+    """Every assignment to an attribute named as a task machine's field, of a task:
+    (line, receiver); `self`'s only inside a task's class (`in_task`)."""
     found = []
-    for node in ast.walk(tree):
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.ClassDef):
+            bases = {b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in node.bases}
+            found += _assigned(node, node.name in TASK_CLASSES or bool(bases & TASK_CLASSES))
+            continue
+        found += _assigned(node, in_task)
         if isinstance(node, ast.Assign):
             targets = node.targets
         elif isinstance(node, ast.AugAssign | ast.AnnAssign):
@@ -287,8 +295,9 @@ def _assigned(tree: ast.AST) -> list[tuple[int, str]]:
         for t in flat:
             if isinstance(t, ast.Attribute) and t.attr in FIELDS:
                 receiver = t.value.id if isinstance(t.value, ast.Name) else ast.unparse(t.value)
-                found.append((node.lineno, receiver))
-    return found
+                if receiver != "self" or in_task:
+                    found.append((node.lineno, receiver))
+    return sorted(found)
 
 
 def status_assignments() -> list[str]:
@@ -310,5 +319,8 @@ def test_the_walk_sees_an_assignment() -> None:
     """The guard can fail: each form it looks for."""
     tree = ast.parse("task.status = TaskStatus.QUEUED\nt.status, t.error = 'failed', e\n"
                      "self.tasks[0].retries_left -= 1\nrun.status = 'succeeded'\n"
-                     "x.state = 1\n")
-    assert _assigned(tree) == [(1, "task"), (2, "t"), (3, "self.tasks[0]"), (4, "run")]
+                     "x.state = 1\n"
+                     "class Handle:\n    def f(self):\n        self.status = 'working'\n"
+                     "class Mine(Task):\n    def f(self):\n        self.status = 'lost'\n")
+    assert _assigned(tree) == [(1, "task"), (2, "t"), (3, "self.tasks[0]"), (4, "run"),
+                               (11, "self")]
