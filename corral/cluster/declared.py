@@ -50,7 +50,7 @@ def merged(cluster: Table, before: Table, now: Table) -> Table:
     return out
 
 
-class Declared:
+class Declarations:
     def __init__(self, redis: Any, keys: Keys, specs: ClusterSpecs, node: str,
                  describe: Describe, report: Callable[[str], None]) -> None:
         self.redis = redis

@@ -5,7 +5,7 @@ Joining takes a new incarnation (a counter per node name) and sets the key with 
 offers (capacity, load, agents). A key found expired means the cluster may already have
 taken this incarnation's tasks, and a node that could not renew for 2 x TTL must assume
 so too: either way the node fences itself (takes nothing new, cancels what was taken from
-it; `Fenced` on the stream) and joins again as a new incarnation. Redis being away kills
+it; `NodeFence` on the stream) and joins again as a new incarnation. Redis being away kills
 no node: the beat keeps trying, and the view says why it is not a member.
 
 One daemon per node name (decision 163): each beat carries its daemon's id, pid and host,
@@ -98,13 +98,13 @@ Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
 _beat = msgspec.json.Decoder(Beat)
 
 
-class Joined(NamedTuple):
+class NodeJoin(NamedTuple):
     """This node joined the cluster as a new incarnation (`consumer`)."""
 
     consumer: str
 
 
-class Fenced(NamedTuple):
+class NodeFence(NamedTuple):
     """This node's incarnation `consumer` fenced itself: what was taken from it is the
     cluster's again (the node gives it up and cancels it here)."""
 
@@ -116,7 +116,7 @@ class Membership:
                  node: str, offer: Offer, report: Callable[[str], None],
                  key: str = "", stream: Stream | None = None) -> None:
         self.redis = redis
-        # Joined and Fenced go on it (the engine's, in a daemon)
+        # NodeJoin and NodeFence go on it (the engine's, in a daemon)
         self.stream = stream if stream is not None else Stream()
         self.daemon = _DAEMON  # this process's id in its beats
         self.cluster = settings.name
@@ -236,7 +236,7 @@ class Membership:
         self.renewed = time.monotonic()
         self.state = "member"
         self.report(f"cluster: joined as {name}")
-        self.stream.emit(Joined(name))
+        self.stream.emit(NodeJoin(name))
         self.changed.set()
         self.changed.clear()
 
@@ -266,7 +266,7 @@ class Membership:
         self.fences += 1
         self.report(f"cluster: {old} fenced itself: {why_}; its tasks are the cluster's "
                     "again")
-        self.stream.emit(Fenced(old))
+        self.stream.emit(NodeFence(old))
         self.changed.set()
         self.changed.clear()
 

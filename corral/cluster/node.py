@@ -35,17 +35,17 @@ from . import records, redischeck
 from .backlog import Backlog
 from .clustertasks import ClusterTasks
 from .connection import connect, place, unavailable, why
-from .declared import Declared
+from .declared import Declarations
 from .events import EventRelay
 from .keys import Keys
-from .membership import Fenced, Membership, NodeView
+from .membership import Membership, NodeFence, NodeView
 from .outbox import Outbox
 from .placement import Placement
 from .puller import Puller
 from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
 from .replicas import acks_of
-from .retention import Retention
+from .retention import ClusterRetention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
 from .steps import ClusterSteps
@@ -90,14 +90,14 @@ class ClusterNode:
                              report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
                              settings.tasks_kept_for, trust)
-        self.retention = Retention(self.redis, scripts, self.keys, self.membership,
-                                   settings)
+        self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
+                                          settings)
         self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)
         self.events = EventRelay(self.redis, self.keys, self.node, parts.bus,
                                  settings.beat, report)
         self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe, trust)
-        self.declared = Declared(self.redis, self.keys, self.specs, self.node, describe,
-                                 report)
+        self.declared = Declarations(self.redis, self.keys, self.specs, self.node, describe,
+                                     report)
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
@@ -108,7 +108,7 @@ class ClusterNode:
         tasks.sessions.elsewhere = self.desk.sessions  # turns of cluster sessions
         host.stream.subscribe(self.outbox.finished, TaskFinished)
         self.puller.on_claim = self._watch
-        host.stream.subscribe(self._fenced, Fenced)
+        host.stream.subscribe(self._fenced, NodeFence)
         # a replica that starts serving has free slots: its agent's pull loop reads now,
         # not at its next beat (it waits while the agent has none)
         self._serving = host.stream.subscribe(self._on_transition, Transition)
@@ -146,7 +146,7 @@ class ClusterNode:
         return capacity, len(self.tasks.active), {n: a.spec.tenant
                                                   for n, a in agents.items()}
 
-    def _fenced(self, e: Fenced) -> None:
+    def _fenced(self, e: NodeFence) -> None:
         """What was taken from this incarnation is the cluster's now: its outcomes are
         not sent, and it stops here."""
         consumer = e.consumer

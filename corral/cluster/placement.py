@@ -35,19 +35,19 @@ from ..supervisor.errors import SupervisorError
 from ..supervisor.parts import Parts
 from ..supervisor.stream import Checkpoint
 from .connection import read, why
-from .declared import Declared
+from .declared import Declarations
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
 from .trust import AGENT
 
 
-class Placed(msgspec.Struct):
+class SlotMap(msgspec.Struct):
     epoch: int = 0
     slots: list[str | None] = []
 
 
-_placed = msgspec.json.Decoder(Placed)
+_placed = msgspec.json.Decoder(SlotMap)
 
 
 def wanted(table: dict[str, Any]) -> int:
@@ -92,7 +92,7 @@ class Placement:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
                  parts: Parts, prepare: Callable[[AgentSpec], None],
                  apply: Callable[[str, AgentSpec], Awaitable[None]],
-                 declared: Declared, beat: float, report: Callable[[str], None]) -> None:
+                 declared: Declarations, beat: float, report: Callable[[str], None]) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
@@ -166,7 +166,7 @@ class Placement:
             settled = m.settled()
             room = {n.consumer: n.room for n in nodes if n.alive}
             for name in sorted(tables):
-                cur = places.get(name, Placed())
+                cur = places.get(name, SlotMap())
                 slots = plan(name, cur.slots, wanted(msgspec.json.decode(tables[name])),
                              nodes, settled, room)
                 if slots == cur.slots:
@@ -176,12 +176,12 @@ class Placement:
                     args=[name, cur.epoch, msgspec.json.encode(slots)])
                 if epoch > 0:
                     self.placements += 1
-                    places[name] = Placed(int(epoch), slots)
+                    places[name] = SlotMap(int(epoch), slots)
                     self.report(f"cluster: placed {name} (epoch {epoch}): "
                                 f"{', '.join(s or '-' for s in slots)}")
                 elif epoch == 0:
                     self.lost_races += 1  # read again at the next beat
-        self.slots = {n: places.get(n, Placed()).slots for n in sorted(tables)}
+        self.slots = {n: places.get(n, SlotMap()).slots for n in sorted(tables)}
         await self._reconcile(tables, places)
 
     def _verified(self, tables: dict[str, bytes], macs: dict[str, bytes]
@@ -205,13 +205,13 @@ class Placement:
                 out[name] = last
         return out
 
-    async def _reconcile(self, tables: dict[str, bytes], places: dict[str, Placed]
+    async def _reconcile(self, tables: dict[str, bytes], places: dict[str, SlotMap]
                          ) -> None:
         """Run here exactly the slots placed on this incarnation, each by its agent's
         table now."""
         me = self.membership.consumer if self.membership.member else None
         for name in sorted(set(tables) | set(self.placed)):
-            p = places.get(name, Placed())
+            p = places.get(name, SlotMap())
             mine = [i for i, s in enumerate(p.slots) if me is not None and s == me] \
                 if name in tables else []
             have = self.placed.get(name)

@@ -24,7 +24,7 @@ from .membership import Membership
 from .scripts import Scripts
 
 
-class Retention:
+class ClusterRetention:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
                  settings: ClusterSettings) -> None:
         self.redis = redis

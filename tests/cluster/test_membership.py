@@ -12,7 +12,7 @@ import time
 
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
-from corral.cluster.membership import Fenced, Membership
+from corral.cluster.membership import Membership, NodeFence
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
@@ -35,7 +35,7 @@ async def joined_watching_fences(redis: RedisServer) -> tuple[Membership, list[s
     said: list[str] = []
     fenced: list[str] = []
     a = member(redis, "a", said)
-    a.stream.subscribe(lambda e: fenced.append(e.consumer), Fenced)
+    a.stream.subscribe(lambda e: fenced.append(e.consumer), NodeFence)
     await a.join()
     return a, said, fenced
 
@@ -128,7 +128,7 @@ async def test_two_daemons_as_one_node_one_yields(redis: RedisServer) -> None:
     assert (b.state, b.consumer) == ("member", "n/2")
     await a.redis.set(alive_a, value, px=int(TTL * 1000))
     fenced: list[str] = []
-    a.stream.subscribe(lambda e: fenced.append(e.consumer), Fenced)
+    a.stream.subscribe(lambda e: fenced.append(e.consumer), NodeFence)
     await a.step()
     assert (a.state, fenced) == ("duplicate", ["n/1"])
     assert not await a.redis.exists(alive_a)  # its tasks are the cluster's at once
