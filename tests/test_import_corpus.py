@@ -152,6 +152,26 @@ def test_a_pm2_json_with_comments_and_trailing_commas_is_read_as_pm2_reads_it(
                                        "restart": "always"}}, [])
 
 
+@pytest.mark.skipif(NODE is None, reason="node runs a .js ecosystem file")
+def test_a_js_file_requiring_packages_not_installed_here_still_says_its_apps(
+        tmp_path: Path) -> None:
+    """An ecosystem file read away from its project's node_modules (`require('dotenv')
+    .config()`, a date library for its log's name): each such package is an empty module,
+    said; what the file takes from it is left out, the apps are read."""
+    agents, said = imported(tmp_path, {"ecosystem.config.js": (
+        b"require('dotenv').config();\nconst moment = require('moment');\n"
+        b"module.exports = {apps: [{name: 'api', script: 'server.js', "
+        b"out_file: `/var/log/api-${moment().format('YYYY')}.log`, "
+        b"env: {PORT: process.env.PORT_UNSET_HERE || 3000}}]};\n")})
+    assert agents == {"api": {"command": ["node", "server.js"], "protocol": "none",
+                              "restart": "always", "log_file": "/var/log/api-.log",
+                              "env": {"PORT": "3000"}}}
+    why = "not installed beside the file: read as an empty module (what the file takes " \
+          "from it is left out)"
+    assert said == [f"ecosystem.config.js: require: dotenv: {why}",
+                    f"ecosystem.config.js: require: moment: {why}"]
+
+
 @pytest.mark.parametrize("codes", ['"two"', "[0, true]", '""'])
 def test_pm2_exit_codes_that_are_not_statuses_are_refused_saying_so(
         tmp_path: Path, codes: str) -> None:

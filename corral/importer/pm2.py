@@ -33,12 +33,27 @@ INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".py": "python",
                 ".sh": "bash", ".rb": "ruby", ".php": "php", ".pl": "perl",
                 ".coffee": "coffee", ".ts": "ts-node", ".tsx": "ts-node"}
 # prints the file's export (module.exports, or an ES module's default) as JSON
-_PRINT = ("const m = await import(process.argv[1]); "
-          "process.stdout.write(JSON.stringify(m.default ?? m))")
+# prints the file's export (module.exports, or an ES module's default) as JSON, and the
+# packages it requires that are not installed beside it: each stood in by an empty module
+# (any property, call or text of it is one again), as an ecosystem file read away from
+# its project's node_modules (`require('dotenv').config()`) still says its apps
+_PRINT = (
+    "import Module from 'node:module'; const missing = []; "
+    "const stub = new Proxy(function () {}, {get: (t, k) => (k === Symbol.toPrimitive ? "
+    "() => '' : k === 'then' ? undefined : stub), apply: () => stub, construct: () => "
+    "stub}); const resolve = Module._resolveFilename; "
+    "Module._resolveFilename = function (request, ...rest) { try { return resolve.call("
+    "this, request, ...rest); } catch (e) { if (e.code !== 'MODULE_NOT_FOUND' || "
+    "/^[./]/.test(request)) throw e; const fake = '/corral-import-missing/' + request; "
+    "if (!missing.includes(request)) missing.push(request); Module._cache[fake] = {id: "
+    "fake, filename: fake, loaded: true, exports: stub, children: [], paths: []}; "
+    "return fake; } }; const m = await import(process.argv[1]); "
+    "process.stdout.write(JSON.stringify({exported: m.default ?? m, missing}))")
 # prints a .json file read as pm2 reads it: a JavaScript expression, run by node alone
 _EXPRESSION = ("const fs = await import('node:fs'); const t = fs.readFileSync(new "
                "URL(process.argv[1]), 'utf8').replace(/^\\uFEFF/, ''); "
-               "process.stdout.write(JSON.stringify((0, eval)('(' + t + ')')))")
+               "process.stdout.write(JSON.stringify({exported: (0, eval)('(' + t + ')'), "
+               "missing: []}))")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
 NOT_CARRIED = {
@@ -73,12 +88,15 @@ SCRIPT_KEYS = ("script", "exec", "cmd")
 
 def read(path: Path, how: How) -> Imported:
     env = how.env
-    data = _load(path, env)
+    data, missing = _load(path, env)
     apps = data.get("apps") if isinstance(data, dict) else data
     if not isinstance(apps, list):
         raise ConfigError(f"{path}: apps: expected a list of apps (PM2's "
                           '{"apps": [...]})')
     imp = Imported(str(path), "pm2")
+    for package in missing:
+        imp.note("require", package, "not installed beside the file: read as an empty "
+                                     "module (what the file takes from it is left out)")
     for i, app in enumerate(apps):
         where = f"apps[{i}]"
         if not isinstance(app, dict):
@@ -100,14 +118,16 @@ def read(path: Path, how: How) -> Imported:
     return imp
 
 
-def _load(path: Path, env: dict[str, str]) -> Any:
+def _load(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
+    """The file's apps as PM2 reads them, and the packages it requires that are not
+    installed beside it."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM, as node passes over it
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
     if path.suffix.lower() in (".json", ".json5"):
         try:
-            return json.loads(text)
+            return json.loads(text), []
         except ValueError as exc:
             # pm2 reads a .json as a JavaScript expression (comments, trailing commas,
             # unquoted keys): node reads it so where it is there
@@ -117,7 +137,8 @@ def _load(path: Path, env: dict[str, str]) -> Any:
     return evaluate(path, env)
 
 
-def evaluate(path: Path, env: dict[str, str], script: str = _PRINT) -> Any:
+def evaluate(path: Path, env: dict[str, str], script: str = _PRINT
+             ) -> tuple[Any, list[str]]:
     """A JavaScript ecosystem file's export, as node evaluates it (see the docstring)."""
     node = shutil.which("node", path=env.get("PATH", os.defpath))
     if node is None:
@@ -146,8 +167,9 @@ def evaluate(path: Path, env: dict[str, str], script: str = _PRINT) -> Any:
         raise ConfigError(f"{path}: node could not evaluate it (exit status "
                           f"{done.returncode}): {said.strip()}")
     try:
-        return json.loads(done.stdout)
-    except ValueError:
+        said = json.loads(done.stdout)
+        return said["exported"], [str(p) for p in said["missing"]]
+    except (ValueError, KeyError, AttributeError, TypeError):
         raise ConfigError(f"{path}: its export is not JSON (a function or undefined)") \
             from None
 
