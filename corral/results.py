@@ -29,7 +29,7 @@ from .flowviews import (
     WorkflowPlan,
     WorkflowRevision,
 )
-from .taskviews import Attempt, ModelUsage, TaskError, TaskInfo, TaskResult, TaskSummary, Usage
+from .taskviews import Attempt, ModelUsage, TaskFailure, TaskInfo, TaskResult, TaskSummary, Usage
 from .views import NodeInfo, ProcessStatus, ReplicaStatus, Result, Revision, TenantUse
 
 __all__ = [
@@ -112,7 +112,7 @@ __all__ = [
     "SupervisorStats",
     "TaskAccepted",
     "TaskCounts",
-    "TaskError",
+    "TaskFailure",
     "TaskInfo",
     "TaskList",
     "TaskResult",
@@ -571,7 +571,7 @@ class TaskAccepted(Result):
     task_id: str
     status: str
     output: Any | UnsetType = UNSET
-    error: TaskError | UnsetType | None = UNSET
+    error: TaskFailure | UnsetType | None = UNSET
     attempts: list[Attempt] | UnsetType = UNSET
 
 

@@ -80,7 +80,7 @@ class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
     backoff: float | UnsetType = UNSET
 
 
-class TaskError(msgspec.Struct, omit_defaults=True):
+class TaskFailure(msgspec.Struct, omit_defaults=True):
     code: int
     message: str
     data: Any = None
@@ -92,7 +92,7 @@ class TaskResult(msgspec.Struct):
     task_id: str
     status: str
     output: Any  # whatever the agent answered
-    error: TaskError | None
+    error: TaskFailure | None
     attempts: list[Attempt]
 
 
@@ -114,7 +114,7 @@ class TaskInfo(_TaskHead):
     tool_calls: int
     progress: Any  # as the agent reported it
     output: Any
-    error: TaskError | None
+    error: TaskFailure | None
     attempts: list[Attempt]
     # the output was dropped from memory to bound it (no journal to read it back from)
     output_dropped: bool = False

@@ -30,7 +30,7 @@ from corral.supervisor.tasks.taskmachine import (
     cancelled,
     timed_out,
 )
-from corral.taskviews import Attempt, TaskError
+from corral.taskviews import Attempt, TaskFailure
 
 S, C = TaskStatus, TaskCause
 
@@ -218,20 +218,20 @@ def test_an_answer_succeeds() -> None:
 
 @pytest.mark.parametrize(("exc", "handed", "end", "outcome", "error"), [
     (RpcError(jsonrpc.PEER_CLOSED, "worker exited"), None,
-     AttemptOutcome(C.LOST, TaskError(jsonrpc.PEER_CLOSED, "worker exited")), "lost",
+     AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED, "worker exited")), "lost",
      "worker exited"),
     # handed over: lost to the stop, whatever the cancelled worker answered
     (RpcError(jsonrpc.REQUEST_CANCELLED, "stopped"), "daemon stopping",
-     AttemptOutcome(C.LOST, TaskError(jsonrpc.PEER_CLOSED, "daemon stopping")), "lost",
+     AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED, "daemon stopping")), "lost",
      "daemon stopping"),
     (ValueError("bad answer"), None,
-     AttemptOutcome(C.FAILED, TaskError(jsonrpc.INTERNAL_ERROR, "bad answer")), "failed",
+     AttemptOutcome(C.FAILED, TaskFailure(jsonrpc.INTERNAL_ERROR, "bad answer")), "failed",
      "bad answer"),
     (RpcError(jsonrpc.REQUEST_CANCELLED, "it cancelled"), None,
-     AttemptOutcome(C.CANCEL, TaskError(jsonrpc.REQUEST_CANCELLED, "it cancelled")),
+     AttemptOutcome(C.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED, "it cancelled")),
      "cancelled", None),
     (RpcError(-1, "agent error", {"x": 1}), None,
-     AttemptOutcome(C.FAILED, TaskError(-1, "agent error", {"x": 1})), "failed",
+     AttemptOutcome(C.FAILED, TaskFailure(-1, "agent error", {"x": 1})), "failed",
      "agent error"),
 ])
 def test_an_error_is_the_attempts_end(exc: BaseException, handed: str | None,
@@ -246,8 +246,8 @@ def test_an_error_is_the_attempts_end(exc: BaseException, handed: str | None,
 def test_an_answer_after_a_timeout_or_a_cancel_is_late() -> None:
     m, a = running(retries=1)
     end = timed_out(a, 2.5)
-    assert end == AttemptOutcome(C.TIMED_OUT, TaskError(jsonrpc.REQUEST_TIMEOUT,
-                                                        "task timed out after 2.5 s"))
+    assert end == AttemptOutcome(C.TIMED_OUT, TaskFailure(jsonrpc.REQUEST_TIMEOUT,
+                                                          "task timed out after 2.5 s"))
     assert m.fire(C.TIMED_OUT, Policy(("timed_out",))).retried
     # its retry waits for this attempt to stop: its answer is late, and lets the retry go
     assert attempt_end(m, a, a, None, None) is LATE_AGAIN

@@ -24,7 +24,7 @@ from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
 from corral.daemon.traceexport import _RAWS, Collector, ExportConfig, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
-from corral.supervisor.tasks import Task, TaskError, TaskStatus
+from corral.supervisor.tasks import Task, TaskFailure, TaskStatus
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tracing import TEXT_MAX, TOOL, Tracer, expand, spans_of
 from corral.taskviews import Attempt, ModelUsage
@@ -51,7 +51,7 @@ def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =
     t.started, t.finished, t.status = now, now + attempts, status
     t.tool_calls = tool_calls
     if error is not None:
-        t.error = TaskError(1, error)
+        t.error = TaskFailure(1, error)
     if usage:
         u = ModelUsage()
         u.add_model("m1", 10, 20, 0.5)

@@ -23,7 +23,7 @@ from ..supervisor.parts import Parts
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import (
     TERMINAL,
-    TaskError,
+    TaskFailure,
     TaskFinished,
     TaskStatus,
     is_task_id,
@@ -496,8 +496,8 @@ class ClusterNode:
             with contextlib.suppress(RedisError, TimeoutError):
                 await within(self.outbox.flush(), self.settings.node_ttl)
         elif is_task_id(task_id):
-            error = records.error_json(TaskError(jsonrpc.REQUEST_CANCELLED,
-                                                 "cancelled while queued"))
+            error = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
+                                                   "cancelled while queued"))
             try:
                 rec = await self.redis.hmget(self.keys.task(task_id), "stream")
                 if rec[0] is None:

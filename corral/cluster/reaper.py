@@ -21,7 +21,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
-from ..supervisor.tasks import Task, TaskError
+from ..supervisor.tasks import Task, TaskFailure
 from . import records
 from .connection import why
 from .keys import GROUP, Keys, split_consumer, split_route
@@ -100,10 +100,10 @@ class Reaper:
         orphans = idle is not None
         reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
                             if orphans else f"node {node} lost")
-        error = records.error_json(TaskError(jsonrpc.PEER_CLOSED, reason))
+        error = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED, reason))
         # (as the engine cancels a running task)
-        cancelled = records.error_json(TaskError(jsonrpc.REQUEST_CANCELLED,
-                                                 "cancelled while running"))
+        cancelled = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
+                                                   "cancelled while running"))
         for p in pending:
             entry = p["message_id"]
             if entry in held:

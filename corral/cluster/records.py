@@ -14,7 +14,7 @@ from msgspec import UNSET, UnsetType
 
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
-from ..supervisor.tasks import Attempt, TaskError
+from ..supervisor.tasks import Attempt, TaskFailure
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
 from ..tracecontext import parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
@@ -24,7 +24,7 @@ TERMINAL = frozenset(s.encode() for s in TASK_TERMINAL)
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
 _attempt = msgspec.json.Decoder(m.Attempt)
-_error = msgspec.json.Decoder(m.TaskError)
+_error = msgspec.json.Decoder(m.TaskFailure)
 
 
 class ClusterAttempt(msgspec.Struct, omit_defaults=True):
@@ -76,7 +76,7 @@ def trace_of(field: Any) -> tuple[str | None, str | None]:
     return traceparent, tracestate or None
 
 
-def error_json(error: TaskError) -> bytes:
+def error_json(error: TaskFailure) -> bytes:
     return _encode(error)
 
 

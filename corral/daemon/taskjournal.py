@@ -59,7 +59,7 @@ from ..supervisor.tasks import (
     Attempt,
     ModelUsage,
     Task,
-    TaskError,
+    TaskFailure,
     TaskInfo,
     TaskRecord,
     TaskSummary,
@@ -130,7 +130,7 @@ WHERE t IS """ + HOLDER.format(agent="used.agent")
 
 _encode = msgspec.json.encode
 _attempts = msgspec.json.Decoder(list[Attempt])
-_error = msgspec.json.Decoder(TaskError | None)
+_error = msgspec.json.Decoder(TaskFailure | None)
 _usage = msgspec.json.Decoder(ModelUsage)
 
 Row = tuple[Any, ...]

@@ -23,7 +23,7 @@ worker.py     task/progress, tools/call and tools/list from workers
 manager.py    TaskManager, composing them
 """
 
-from ...taskviews import Attempt, ModelUsage, TaskError, TaskInfo, TaskResult, TaskSummary, Usage
+from ...taskviews import Attempt, ModelUsage, TaskFailure, TaskInfo, TaskResult, TaskSummary, Usage
 from .admission import MAX_INPUT_BYTES
 from .budget import Budget, Budgets
 from .counters import LATENCY_WINDOW, AgentTasks
@@ -58,7 +58,7 @@ __all__ = [
     "Retention",
     "Task",
     "TaskDispatch",
-    "TaskError",
+    "TaskFailure",
     "TaskFinished",
     "TaskInfo",
     "TaskJournal",

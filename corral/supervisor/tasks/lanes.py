@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ...jsonrpc import RpcError
 from ...taskoptions import TaskOptions
-from ...taskviews import TaskError, TaskResult
+from ...taskviews import TaskFailure, TaskResult
 from .durable import TaskJournal
 from .model import Task
 
@@ -109,7 +109,7 @@ class Lanes:
                 i = base + k
                 if isinstance(task, RpcError):
                     results[i] = TaskResult("", "refused", None,
-                                            TaskError(task.code, task.message), [])
+                                            TaskFailure(task.code, task.message), [])
                 elif task.ended:
                     self._keep(i, task)
                 else:

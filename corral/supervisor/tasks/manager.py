@@ -38,7 +38,7 @@ from ...taskoptions import (
     admits,
     options_of,
 )
-from ...taskviews import TaskError, TaskInfo, TaskResult, TaskSummary
+from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import (
     SessionCheckpointParams,
@@ -454,7 +454,7 @@ class TaskManager:
         task.attempts = tuple(task.attempts)
         return step
 
-    def finish(self, task: Task, cause: TaskCause, error: TaskError) -> None:
+    def finish(self, task: Task, cause: TaskCause, error: TaskFailure) -> None:
         """A task ended by `cause` other than its attempt's end (a cancel, its agent down
         or gone): its one outcome (a second one is ignored)."""
         self.ended(task, AttemptOutcome(cause, error))
@@ -552,14 +552,14 @@ class TaskManager:
                 for a in task.attempts:
                     if a.outcome == TaskStatus.RUNNING:
                         a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
-                if self.ended(task, AttemptOutcome(TaskCause.LOST, TaskError(
+                if self.ended(task, AttemptOutcome(TaskCause.LOST, TaskFailure(
                         jsonrpc.PEER_CLOSED, LOST_IN_RESTART))).ends:
                     continue
                 assert q is not None  # (a retry is of an agent that exists)
                 q.counts["retried"] += 1
                 task.not_before = None  # the restart was its wait
             if q is None:
-                self.finish(task, TaskCause.DROPPED, TaskError(
+                self.finish(task, TaskCause.DROPPED, TaskFailure(
                     jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
                                          "exists"))
                 continue
@@ -726,7 +726,7 @@ class TaskManager:
             raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
         if task.queued:
             self.queue.remove(task) or self.delays.remove(task)
-            self.finish(task, TaskCause.CANCEL, TaskError(
+            self.finish(task, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
             return task
         attempt = task.attempts[-1]
@@ -734,8 +734,8 @@ class TaskManager:
         self.dispatch.deadlines.discard(task, task.timeout)
         replica = task.replica
         assert replica is not None
-        self.finish(task, TaskCause.CANCEL, TaskError(jsonrpc.REQUEST_CANCELLED,
-                                                      "cancelled while running"))
+        self.finish(task, TaskCause.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED,
+                                                        "cancelled while running"))
         self.dispatch.stop_attempt(task, replica, attempt, "was cancelled")
         return task
 
@@ -757,18 +757,18 @@ class TaskManager:
             return  # they stay queued in the journal, for the next daemon
         cause: TaskCause
         if any(x.machine.failed for x in agent.replicas):
-            cause, error = TaskCause.DROPPED, TaskError(jsonrpc.PEER_CLOSED,
-                                                        refusal(agent) or "")
+            cause, error = TaskCause.DROPPED, TaskFailure(jsonrpc.PEER_CLOSED,
+                                                          refusal(agent) or "")
         elif all(x.machine.stays_down for x in agent.replicas):
-            cause, error = TaskCause.CANCEL, TaskError(jsonrpc.REQUEST_CANCELLED,
-                                                       f"agent {name} was stopped")
+            cause, error = TaskCause.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED,
+                                                         f"agent {name} was stopped")
         else:
             last = next((x.last_exit for x in agent.replicas if x.last_exit), "unknown")
-            cause, error = TaskCause.DROPPED, TaskError(jsonrpc.PEER_CLOSED,
-                                                        f"agent {name} is down: {last}")
+            cause, error = TaskCause.DROPPED, TaskFailure(jsonrpc.PEER_CLOSED,
+                                                          f"agent {name} is down: {last}")
         self._drain(name, cause, error)
 
-    def _drain(self, name: str, cause: TaskCause, error: TaskError) -> None:
+    def _drain(self, name: str, cause: TaskCause, error: TaskFailure) -> None:
         """End every task still waiting for agent `name`."""
         waiting = self.delays.of(name)
         for delayed in waiting:
@@ -783,7 +783,7 @@ class TaskManager:
         """An agent was removed: its queued tasks are cancelled."""
         self.budgets.forget(name)
         if self.by_agent.pop(name, None) is not None:
-            self._drain(name, TaskCause.CANCEL, TaskError(
+            self._drain(name, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
 
     # -- from workers ---------------------------------------------------------------------

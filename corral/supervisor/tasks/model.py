@@ -15,7 +15,7 @@ from ...taskoptions import NO_OPTIONS, TaskOptions
 from ...taskviews import (
     Attempt,
     ModelUsage,
-    TaskError,
+    TaskFailure,
     TaskInfo,
     TaskResult,
     TaskSummary,
@@ -137,7 +137,7 @@ class Task(TaskMachine):
         self.decoded = False
         self.output_dropped = False  # left in the journal, or dropped to bound memory
         self.journaled = False  # handed to a journal, input and all (its first row may wait)
-        self.error: TaskError | None = None
+        self.error: TaskFailure | None = None
         # a tuple, never a list kept (dispatch makes a new one per attempt, a finished task
         # a tuple): a queued task is then one object the garbage collector looks into, not
         # three, and a flood of queued tasks makes its full passes fewer and shorter

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...taskviews import TaskError
+from ...taskviews import TaskFailure
 from ..lifecycle import IllegalTransition
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class AttemptOutcome(NamedTuple):
     to stop."""
 
     cause: TaskCause | None
-    error: TaskError | None = None
+    error: TaskFailure | None = None
     again: bool = False
 
 
@@ -220,21 +220,21 @@ def attempt_end(task: TaskMachine, attempt: Attempt, latest: Attempt,
         # lost with its worker, or to a stop (whatever the cancelled worker answered)
         lost = handed if handed is not None else getattr(exc, "message", str(exc))
         attempt.outcome, attempt.error = S.LOST, lost
-        return AttemptOutcome(C.LOST, TaskError(jsonrpc.PEER_CLOSED, lost))
+        return AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED, lost))
     if not isinstance(exc, RpcError):
         attempt.outcome, attempt.error = S.FAILED, str(exc)
-        return AttemptOutcome(C.FAILED, TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
+        return AttemptOutcome(C.FAILED, TaskFailure(jsonrpc.INTERNAL_ERROR, str(exc)))
     if exc.code == jsonrpc.REQUEST_CANCELLED:
         attempt.outcome = S.CANCELLED
-        return AttemptOutcome(C.CANCEL, TaskError(exc.code, exc.message))
+        return AttemptOutcome(C.CANCEL, TaskFailure(exc.code, exc.message))
     attempt.outcome, attempt.error = S.FAILED, exc.message
-    return AttemptOutcome(C.FAILED, TaskError(exc.code, exc.message, exc.data))
+    return AttemptOutcome(C.FAILED, TaskFailure(exc.code, exc.message, exc.data))
 
 
 def timed_out(attempt: Attempt, timeout: float) -> AttemptOutcome:
     """A running attempt's deadline passed (its worker is then asked to stop it)."""
     attempt.outcome = S.TIMED_OUT
-    return AttemptOutcome(C.TIMED_OUT, TaskError(jsonrpc.REQUEST_TIMEOUT,
+    return AttemptOutcome(C.TIMED_OUT, TaskFailure(jsonrpc.REQUEST_TIMEOUT,
                                              f"task timed out after {timeout:g} s"))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...taskviews import TaskError, TaskResult
+from ...taskviews import TaskFailure, TaskResult
 from ...timeouts import within
 from ...tracecontext import parse_or_refuse
 from ..tasks import TaskManager
@@ -147,11 +147,11 @@ class Teams:
         await asyncio.gather(*drivers, return_exceptions=True)
 
 
-def error_of(call: TeamCall) -> TaskError | None:
+def error_of(call: TeamCall) -> TaskFailure | None:
     if call.error is None:
         return None
     code = jsonrpc.REQUEST_CANCELLED if call.status == "cancelled" else jsonrpc.TASK_FAILED
-    return TaskError(code=code, message=call.error)
+    return TaskFailure(code=code, message=call.error)
 
 
 def result(call: TeamCall) -> TaskResult:
