@@ -20,6 +20,7 @@ from corral.daemon.daemon import Daemon
 from corral.daemon.http import route, sse
 from corral.daemon.http.rest import API_KEY
 from corral.supervisor import State
+from corral.supervisor.tasks.admission import MAX_INPUT_BYTES
 
 from .daemon_harness import hello, in_process, problem, sleeper
 from .test_gateway_stdio import wait_until_async
@@ -410,8 +411,8 @@ async def test_the_openapi_document_is_made_from_the_methods(tmp_path: Path) -> 
             "properties": {"replicas": {"type": "integer"}}, "required": ["replicas"]}
         post = doc["paths"]["/api/v1/tasks"]["post"]
         submit = post["requestBody"]["content"]["application/json"]["schema"]
-        assert submit["properties"]["input"] == {
-            "description": "any JSON value: the agent's input"}
+        assert submit["properties"]["input"] == {"description": (
+            f"any JSON, at most {MAX_INPUT_BYTES} bytes of it")}
         assert submit["required"] == ["agent"]
         assert set(post["responses"]) >= {"200", "202", "400", "401", "429"}
         assert post["responses"]["202"]["headers"]["Location"]

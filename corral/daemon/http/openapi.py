@@ -53,6 +53,8 @@ ERRORS = {
 NAME = f"^{NAME_RE.pattern}$"
 # an agent where the method takes targets: NAME or NAME#N (one replica)
 TARGET = f"^{NAME_RE.pattern}(#[0-9]+)?$"
+# a task's input, as the REST body and the control method take it (tasks/admission.py)
+INPUT = f"any JSON, at most {MAX_INPUT_BYTES} bytes of it"
 # What the command layer checks with messages of its own, beyond the params' types: said
 # in the document too (from the same constants), so a value it shows as valid is one the
 # API accepts. Keyed by (method, param); merged into that param's schema.
@@ -79,8 +81,7 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
     # (supervisor/tasks/admission.py)
     ("tasks.submit", "timeout"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                             {"type": "null"}]},
-    ("tasks.submit", "input"): {"description": "any JSON, at most "
-                                               f"{MAX_INPUT_BYTES} bytes of it"},
+    ("tasks.submit", "input"): {"description": INPUT},
     # a name (HUP, SIGUSR1; any case is taken) or a number
     ("agents.signal", "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
         s.name[3:] for s in signal.Signals) + "))$"},
@@ -160,8 +161,7 @@ def document() -> dict[str, Any]:
             types.append(spec.result)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     # msgspec.Raw reads as the empty schema (any value); say what it is
-    components["TasksSubmit"]["properties"]["input"] = {
-        "description": "any JSON value: the agent's input"}
+    components["TasksSubmit"]["properties"]["input"] = {"description": INPUT}
     by_type = dict(zip(types, schemas, strict=True))
     components["Problem"] = PROBLEM_SCHEMA
     tables = _tables()
