@@ -346,3 +346,19 @@ def test_an_unset_variable_in_an_environment_and_a_comment_in_a_continued_line(
         {"A": "1", "C": ""}, "/usr/bin/app --port 8000 --debug")
     assert said == ["w.conf: [program:w]: environment: $UNSET_HERE not set where corral "
                     "import ran: left empty (set it in env)"]
+
+
+def test_a_byte_order_mark_and_utf_16_are_read_as_their_text(tmp_path: Path) -> None:
+    """Files saved by Windows editors: UTF-8 with a BOM (whose first section or line was
+    not seen), UTF-16 with CRLF lines."""
+    agents, said = imported(tmp_path, {
+        "bom.conf": b"\xef\xbb\xbf[program:bom]\ncommand=/bin/bom\nstartsecs=0\n",
+        "Procfile.windows": "web: serve\r\nworker: work\r\n".encode("utf-16"),
+        "bom.service": b"\xef\xbb\xbf[Unit]\nDescription=x\n[Service]\nExecStart=/bin/x\n"},
+        "bom.conf", "Procfile.windows", "bom.service")
+    assert {n: t["command"] for n, t in agents.items()} == {
+        "bom": "/bin/bom", "web": ["sh", "-c", "exec serve"],
+        "worker": ["sh", "-c", "exec work"], "bom-2": "/bin/x"}
+    # two files' agents of one name: the later one's renamed
+    assert said == ["bom.service: (file): name: 'bom' is agent bom-2 (a file imported "
+                    "before it has an agent of that name)"]

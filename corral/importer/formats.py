@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..supervisor.config import ConfigError
 from . import pm2, procfile, supervisord, systemd
-from .model import How, Imported, link
+from .model import How, Imported, link, text_of, unique
 
 Reader = Callable[[Path, How], Imported]
 READERS: dict[str, Reader] = {
@@ -30,7 +30,7 @@ def kind_of(path: Path) -> str:
     if name.endswith((".json", ".js", ".cjs", ".mjs", ".json5")):
         return "pm2"
     try:
-        head = path.read_text(encoding="utf-8", errors="replace")[:65536]
+        head = text_of(path)[:65536]
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     if re.search(r"(?m)^\s*\[(program|group|supervisord|include|eventlistener):?", head):
@@ -51,5 +51,6 @@ def read(path: Path, how: How, kind: str | None = None) -> Imported:
 def read_all(paths: list[Path], how: How, kind: str | None = None) -> list[Imported]:
     """The files, each read, and the order between them linked (model.link)."""
     imports = [read(p, how, kind) for p in paths]
+    unique(imports)
     link(imports)
     return imports

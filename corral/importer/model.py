@@ -10,6 +10,16 @@ from typing import Any, NamedTuple
 from ..supervisor.names import NAME_RE, RESERVED
 
 
+def text_of(path: Path) -> str:
+    """A file's text as its tool would make it out: UTF-8, less a byte-order mark; UTF-16
+    where its mark says so (a file saved on Windows); a byte that is no character is
+    U+FFFD. Raises OSError."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
 class How(NamedTuple):
     """What an import reads its files with: the environment `%(ENV_X)s` and the like
     read, and the PM2 profile (`--env NAME`: an app's `env_NAME` over its `env`)."""
@@ -79,3 +89,25 @@ def link(imports: list[Imported]) -> None:
                 if key_to == "requires":
                     imp.note(where, key, f"{unit}: requires = [{other}] (started once it "
                                          "serves, stopped if it fails for good)")
+
+
+def unique(imports: list[Imported]) -> None:
+    """Agent names unique across the files imported together: a later file's agent of a
+    name an earlier one took is renamed (its own file's `after`/`requires` following),
+    said."""
+    taken: set[str] = set()
+    for imp in imports:
+        renamed: dict[str, str] = {}
+        for name in list(imp.agents):
+            if name in taken:
+                renamed[name] = agent_name(name, taken | set(imp.agents))
+                imp.note("(file)", "name", f"{name!r} is agent {renamed[name]} (a file "
+                                           "imported before it has an agent of that name)")
+            taken.add(renamed.get(name, name))
+        if renamed:
+            imp.agents = {renamed.get(n, n): t for n, t in imp.agents.items()}
+            imp.ordered = {renamed.get(n, n): o for n, o in imp.ordered.items()}
+            for table in imp.agents.values():
+                for key in ("after", "requires"):
+                    if key in table:
+                        table[key] = [renamed.get(n, n) for n in table[key]]

@@ -23,7 +23,7 @@ from typing import Any
 from ..othernames import target
 from ..supervisor.config import ConfigError
 from ..supervisor.schedule import Cron, ScheduleError
-from .model import How, Imported
+from .model import How, Imported, text_of
 
 EVAL_TIMEOUT = 10.0
 _CLONE_NEWNET = 0x40000000
@@ -122,8 +122,8 @@ def _load(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
     """The file's apps as PM2 reads them, and the packages it requires that are not
     installed beside it."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM, as node passes over it
-    except (OSError, UnicodeDecodeError) as exc:
+        text = text_of(path)  # a BOM, as node passes over it
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
     if path.suffix.lower() in (".json", ".json5"):
         try:

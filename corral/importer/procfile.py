@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..supervisor.config import ConfigError
-from .model import How, Imported
+from .model import How, Imported, text_of
 
 BASE_PORT = 5000  # foreman's and honcho's
 _LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.*)$")
@@ -16,7 +16,7 @@ _LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.*)$")
 
 def read(path: Path, how: How) -> Imported:
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = text_of(path).splitlines()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     imp = Imported(str(path), "procfile")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import How, Imported
+from .model import How, Imported, text_of
 
 PROGRAM_KEYS_CARRIED = (
     "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
@@ -168,7 +168,7 @@ def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path],
         return
     seen.add(real)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = text_of(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     included = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),

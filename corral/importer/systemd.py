@@ -12,7 +12,7 @@ from typing import Any
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import How, Imported
+from .model import How, Imported, text_of
 
 # directives read below (lower case)
 CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "restart",
@@ -102,7 +102,7 @@ def parse(text: str, where: str, skipped: list[int] | None = None
 
 def _text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        return text_of(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
