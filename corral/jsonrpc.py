@@ -162,7 +162,7 @@ class Envelope(msgspec.Struct):
     error: ErrorObject | UnsetType = UNSET
 
 
-class _Decoded:
+class _DecodedValue:
     """A result decoded with its answer's line (`Peer.request`)."""
 
     __slots__ = ("value",)
@@ -171,10 +171,10 @@ class _Decoded:
         self.value = value
 
 
-_answer_decoders: dict[Any, Callable[[bytes], tuple[int, _Decoded]]] = {}
+_answer_decoders: dict[Any, Callable[[bytes], tuple[int, _DecodedValue]]] = {}
 
 
-def _answer_decoder(type: Any) -> Callable[[bytes], tuple[int, _Decoded]]:
+def _answer_decoder(type: Any) -> Callable[[bytes], tuple[int, _DecodedValue]]:
     """A decoder of a whole success answer whose result is `type`, in one pass (made once
     per type: a Struct of the answer's three members, nothing else allowed)."""
     decode = _answer_decoders.get(type)
@@ -183,9 +183,9 @@ def _answer_decoder(type: Any) -> Callable[[bytes], tuple[int, _Decoded]]:
                                    forbid_unknown_fields=True)
         decoder = msgspec.json.Decoder(answer)
 
-        def decode(line: bytes) -> tuple[int, _Decoded]:
+        def decode(line: bytes) -> tuple[int, _DecodedValue]:
             answer: Any = decoder.decode(line)
-            return answer.id, _Decoded(answer.result)
+            return answer.id, _DecodedValue(answer.result)
 
         _answer_decoders[type] = decode
     return decode
@@ -546,7 +546,7 @@ class ChunkLines(asyncio.Protocol):
 
 # -- the peer -------------------------------------------------------------------------------
 class _Pending(Protocol):
-    """What a pending request's answer settles: a future, or an `_Answered`."""
+    """What a pending request's answer settles: a future, or a `_Relay`."""
 
     def done(self) -> bool: ...
 
@@ -558,7 +558,7 @@ class _Pending(Protocol):
 Answered = Callable[[Any, BaseException | None], None]
 
 
-class _Answered:
+class _Relay:
     """A pending request whose answer goes straight to a function `(result, error)`: a
     success at once, as it is read (no future, no turn of the loop in between); a failure
     on the next turn (a closing peer fails every pending request while its owner is still
@@ -690,7 +690,7 @@ class Peer:
     ) -> Id:
         """`request_future` for a caller that would only add a done callback: `answered`
         gets `(result, None)` as the answer is read, or `(None, RpcError)` a turn later."""
-        return self._request(method, params, _Answered(answered), decode, piece)
+        return self._request(method, params, _Relay(answered), decode, piece)
 
     def _request(self, method: str, params: Any, pending: _Pending,
                  decode: Callable[[bytes], tuple[int, Any]] | None, piece: Raw | None) -> Id:
@@ -759,7 +759,7 @@ class Peer:
         except asyncio.CancelledError:
             self._abandon(rid)
             raise
-        if isinstance(raw, _Decoded):  # the answer's line, read in one pass
+        if isinstance(raw, _DecodedValue):  # the answer's line, read in one pass
             return raw.value
         if type is Any:
             return msgspec.json.decode(raw)
@@ -1054,7 +1054,7 @@ class Peer:
                decode: Callable[[bytes], tuple[int, Any]] | None = None) -> None:
         """The answer to request `rid`, sent by the Peer before this one, goes to
         `answered` as `request_callback`'s would."""
-        self._pending[rid] = _Answered(answered)
+        self._pending[rid] = _Relay(answered)
         if decode is not None:
             self._decoders[rid] = decode
 

@@ -145,17 +145,17 @@ class Selection(Params):
     all: bool = False
 
 
-@method("agents.start", result=Started, scope="agents:write", mutating=True)
+@method("agents.start", result=StartResult, scope="agents:write", mutating=True)
 class AgentsStart(Selection):
     """Start agents (all their replicas, or NAME#N); a Failed agent is given a fresh start."""
 
 
-@method("agents.stop", result=Stopped, scope="agents:write", mutating=True)
+@method("agents.stop", result=StopResult, scope="agents:write", mutating=True)
 class AgentsStop(Selection):
     """Stop agents gracefully: shutdown request, SIGTERM after the grace, then SIGKILL."""
 
 
-@method("agents.restart", result=Restarted, scope="agents:write", mutating=True)
+@method("agents.restart", result=RestartResult, scope="agents:write", mutating=True)
 class AgentsRestart(Selection):
     """Restart agents: stop then start every replica, or with rolling, replace replicas one
     at a time, each new one ready before the old one stops."""
@@ -205,7 +205,7 @@ class AgentsHistory(Params):
     limit: int = 100
 
 
-@method("agents.update", result=Updated, scope="agents:write", mutating=True)
+@method("agents.update", result=UpdateResult, scope="agents:write", mutating=True)
 class AgentsUpdate(Params):
     """Change an agent added at runtime in place: `set` is merged into its table as a JSON
     merge patch (a table key by key, null takes a key away), kept as a new revision and
@@ -236,7 +236,7 @@ class AuditList(Params):
     limit: int = 100
 
 
-@method("agents.add", result=Added, scope="agents:write", mutating=True)
+@method("agents.add", result=AddResult, scope="agents:write", mutating=True)
 class AgentsAdd(Params):
     """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
     A command that is not an executable on PATH or a file is refused, unless --no-check
@@ -255,14 +255,14 @@ class AgentsAdd(Params):
                                    for t in self.agents.values())
 
 
-@method("agents.remove", result=Removed, scope="agents:write", mutating=True)
+@method("agents.remove", result=RemoveResult, scope="agents:write", mutating=True)
 class AgentsRemove(Params):
     """Stop and remove agents."""
 
     names: list[str]
 
 
-@method("agents.scale", result=Scaled, scope="agents:write", mutating=True)
+@method("agents.scale", result=ScaleResult, scope="agents:write", mutating=True)
 class AgentsScale(Params):
     """Set the number of replicas of an agent."""
 
@@ -407,7 +407,7 @@ class TracesGet(Params):
     task_id: str
 
 
-@method("events.publish", result=Delivered, scope="events", mutating=True)
+@method("events.publish", result=PublishResult, scope="events", mutating=True)
 class EventsPublish(Params):
     """Publish an event to the workers (and followers) subscribed to its topic."""
 
@@ -678,7 +678,7 @@ class TenantsList(Params):
     """The tenants, each with its quotas beside its use (a tenant's caller: its own)."""
 
 
-@method("tenants.add", result=Added, scope="admin", mutating=True)
+@method("tenants.add", result=AddResult, scope="admin", mutating=True)
 class TenantsAdd(Params):
     """Add tenants at runtime from [tenants.NAME] tables; they survive a daemon restart."""
 
@@ -694,7 +694,7 @@ class TenantsSet(Params):
     set: dict[str, Any]
 
 
-@method("tenants.remove", result=Removed, scope="admin", mutating=True)
+@method("tenants.remove", result=RemoveResult, scope="admin", mutating=True)
 class TenantsRemove(Params):
     """Remove tenants added at runtime; refused while an agent or MCP server is in one."""
 
@@ -751,7 +751,7 @@ class WorkflowsRun(Params):
     tracestate: str | None = None
 
 
-@method("workflows.add", result=Added, scope="agents:write", mutating=True)
+@method("workflows.add", result=AddResult, scope="agents:write", mutating=True)
 class WorkflowsAdd(Params):
     """Add workflows at runtime from [workflows.NAME] tables (all or nothing, each
     checked whole); they survive a daemon restart, each change a revision."""
@@ -764,13 +764,13 @@ class WorkflowsDescribe(DefinitionNamed):
     """A workflow's definition, where it comes from and its revision."""
 
 
-@method("workflows.update", result=Updated, scope="agents:write", mutating=True)
+@method("workflows.update", result=UpdateResult, scope="agents:write", mutating=True)
 class WorkflowsUpdate(DefinitionUpdate):
     """Change a workflow added at runtime: `set` merged into its table (a JSON merge
     patch; a list, such as steps, replaced whole); runs under way keep their revision."""
 
 
-@method("workflows.remove", result=Removed, scope="agents:write", mutating=True)
+@method("workflows.remove", result=RemoveResult, scope="agents:write", mutating=True)
 class WorkflowsRemove(DefinitionsRemove):
     """Remove workflows added at runtime (runs under way end on their revision)."""
 
@@ -842,7 +842,7 @@ class TeamsList(Params):
     """The teams (the config file's and those added at runtime), with their members."""
 
 
-@method("teams.add", result=Added, scope="agents:write", mutating=True)
+@method("teams.add", result=AddResult, scope="agents:write", mutating=True)
 class TeamsAdd(Params):
     """Add teams at runtime from [teams.NAME] tables (all or nothing, each checked
     whole); they survive a daemon restart, each change a revision."""
@@ -863,13 +863,13 @@ class SchedulesResume(Params):
     name: str
 
 
-@method("teams.update", result=Updated, scope="agents:write", mutating=True)
+@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True)
 class TeamsUpdate(DefinitionUpdate):
     """Change a team added at runtime: `set` merged into its table (a JSON merge patch;
     a list, such as members, replaced whole); calls under way keep their definition."""
 
 
-@method("teams.remove", result=Removed, scope="agents:write", mutating=True)
+@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True)
 class TeamsRemove(DefinitionsRemove):
     """Remove teams added at runtime (calls under way end on their definition)."""
 

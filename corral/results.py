@@ -33,7 +33,7 @@ from .taskviews import Attempt, ModelUsage, TaskFailure, TaskInfo, TaskResult, T
 from .views import NodeInfo, ProcessStatus, ReplicaStatus, Result, Revision, TenantUse
 
 __all__ = [
-    "Added",
+    "AddResult",
     "AgentRoster",
     "AgentStats",
     "AgentTaskStats",
@@ -45,11 +45,10 @@ __all__ = [
     "CallStats",
     "ClientCallStats",
     "DaemonInfoResult",
-    "Delivered",
     "DeployResult",
     "DescribeResult",
+    "DrainReport",
     "DrainResult",
-    "Drained",
     "DrainedTask",
     "ElasticStatus",
     "ExtraStatus",
@@ -74,17 +73,18 @@ __all__ = [
     "NodesResult",
     "PauseResult",
     "PromptList",
+    "PublishResult",
     "ReleaseEntry",
     "ReleasesResult",
     "ReloadResult",
-    "Removed",
+    "RemoveResult",
     "ReplicaBrief",
     "ReplicaChange",
     "ReplicaSample",
     "ReplicaSamples",
     "ReplicaStatus",
     "ResourceList",
-    "Restarted",
+    "RestartResult",
     "Result",
     "Revision",
     "RollbackResult",
@@ -92,7 +92,7 @@ __all__ = [
     "RunList",
     "RunStepView",
     "RunView",
-    "Scaled",
+    "ScaleResult",
     "ScalingDecision",
     "ScheduleEntry",
     "ScheduleList",
@@ -102,12 +102,12 @@ __all__ = [
     "SessionTask",
     "SessionView",
     "SignalResult",
-    "Signalled",
+    "SignalTarget",
     "SpanView",
-    "Started",
+    "StartResult",
     "StatsResult",
     "StepStats",
-    "Stopped",
+    "StopResult",
     "Stopping",
     "SupervisorStats",
     "TaskAccepted",
@@ -132,7 +132,7 @@ __all__ = [
     "ToolList",
     "TraceView",
     "UiLoginResult",
-    "Updated",
+    "UpdateResult",
     "UpgradeReport",
     "Usage",
     "WorkflowDescription",
@@ -183,7 +183,7 @@ class DrainedTask(msgspec.Struct):
     status: str
 
 
-class Drained(Result):
+class DrainReport(Result):
     """What a stop's drain did (docs/operations.md, "Stopping")."""
 
     seconds: float
@@ -213,7 +213,7 @@ class Drained(Result):
 class Stopping(Result):
     stopping: bool
     # with wait: what the drain did, answered once it is over
-    drained: Drained | None = None
+    drained: DrainReport | None = None
 
 
 class ReloadResult(msgspec.Struct):
@@ -316,7 +316,7 @@ class AgentsStatusResult(Result):
     notices: list[str] = []
 
 
-class Started(Result):
+class StartResult(Result):
     started: list[str]
     # named, but with no replica to start: scaled to zero (a task wakes them)
     asleep: list[str] = []
@@ -324,22 +324,22 @@ class Started(Result):
     running: list[str] = []
 
 
-class Stopped(Result):
+class StopResult(Result):
     stopped: list[str]
 
 
-class Restarted(Result):
+class RestartResult(Result):
     restarted: list[str]
 
 
-class Signalled(Result):
+class SignalTarget(Result):
     replica: str  # NAME#N
     pid: int | None
 
 
 class SignalResult(Result):
     signal: str
-    signalled: list[Signalled]
+    signalled: list[SignalTarget]
 
 
 class ReplicaBrief(Result):
@@ -407,15 +407,15 @@ class AuditResult(Result):
     entries: list[AuditEntry]
 
 
-class Added(Result):
+class AddResult(Result):
     added: list[str]
 
 
-class Removed(Result):
+class RemoveResult(Result):
     removed: list[str]
 
 
-class Scaled(Result):
+class ScaleResult(Result):
     name: str
     replicas: int
 
@@ -582,7 +582,7 @@ class TaskList(Result):
     next: str | UnsetType = UNSET
 
 
-class Delivered(Result):
+class PublishResult(Result):
     delivered: int
 
 
@@ -686,7 +686,7 @@ class UpgradeReport(Result):
     error: str | None = None
 
 
-class Updated(Result):
+class UpdateResult(Result):
     name: str
     revision: int | None  # the new revision (None: nothing changed)
     change: str  # what it changed, key by key (`command changed, env.V changed`)

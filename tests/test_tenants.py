@@ -425,7 +425,7 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
     toml = "[tenants.acme]\nmax_replicas = 4\n"
     async with in_process(tmp_path, hello("a1"), toml) as d:
         assert await call(d, "tenants.add", {"tenants": {"beta": {"max_agents": 1}}}) \
-            == m.Added(added=["beta"])
+            == m.AddResult(added=["beta"])
         code, text = await refused(d, OPERATOR, "tenants.add",
                                    {"tenants": {"beta": {"max_agents": 1}}})
         assert (code, text) == (jsonrpc.CONFLICT, "tenant beta already exists")
@@ -475,7 +475,7 @@ async def test_tenant_changes_at_once_each_hold_as_answered(tmp_path: Path) -> N
             call(d, "tenants.add", {"tenants": {"beta": {"max_agents": 1}}}),
             call(d, "tenants.add", {"tenants": {"beta": {"max_agents": 5}}}),
             return_exceptions=True)
-        assert adds[0] == m.Added(added=["beta"])
+        assert adds[0] == m.AddResult(added=["beta"])
         assert isinstance(adds[1], RpcError)
         assert (adds[1].code, adds[1].message) == (jsonrpc.CONFLICT,
                                                    "tenant beta already exists")

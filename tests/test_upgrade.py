@@ -30,7 +30,7 @@ import psutil
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
 from corral.daemon.logs import LogHub
-from corral.daemon.upgrade import IMPORT_VARIABLE, PREFLIGHT, Taken, firsts_first
+from corral.daemon.upgrade import IMPORT_VARIABLE, PREFLIGHT, Takeover, firsts_first
 from corral.supervisor.adopt import Adoptions, HandedProcess
 from corral.supervisor.config import Config
 from corral.supervisor.configload import load_config
@@ -377,7 +377,7 @@ class Steady:
         self._thread.start()
 
     def _run(self) -> None:
-        from corral.cli.client import CallFailed, Client, Disconnected, Unreachable
+        from corral.cli.client import CallFailed, Client, Disconnection, Unreachable
 
         c: Client | None = None
         n = 0
@@ -388,7 +388,7 @@ class Steady:
                     c = Client(self.sock, timeout=60)
                 self.answers.append(c.ask(self.method, self.params(n)))
                 n += 1
-            except (Disconnected, ConnectionError):
+            except (Disconnection, ConnectionError):
                 self.cut += 1
                 c = _closed(c)
             except Unreachable as exc:
@@ -726,12 +726,12 @@ async def test_the_gateways_address_goes_on_only_where_its_sockets_are_inherited
         path.write_text(f'[http]\nlisten = "{listen}"\n')
         return load_config(path)
 
-    def taken(url: str, listen: str) -> Taken:
+    def taken(url: str, listen: str) -> Takeover:
         h = Handoff(attempt=1, from_version="0", pid=os.getpid(), asked_at=0.0,
                     started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
                     owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""),
                     listeners=[Listener("http", listen, -1)], gateway=(url, None))
-        return Taken(h, tmp_path / "upgrade-handoff.json", None)
+        return Takeover(h, tmp_path / "upgrade-handoff.json", None)
 
     url = "http://127.0.0.1:7070/mcp"
     cases = [(url, "127.0.0.1:7070", "127.0.0.1:7070", url),  # the same address
@@ -813,11 +813,11 @@ async def test_the_collector_is_on_again_once_the_adoptions_are_over(
         sup: Supervisor, tmp_path: Path) -> None:
     """BOOT turns the collector off until the handed processes are adopted; `settle`
     turns it on again, and so does an adoption that fails (the image goes on)."""
-    def taken() -> Taken:
+    def taken() -> Takeover:
         h = Handoff(attempt=1, from_version="0", pid=os.getpid(), asked_at=0.0,
                     started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
                     owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""))
-        t = Taken(h, tmp_path / "upgrade-handoff.json", None)
+        t = Takeover(h, tmp_path / "upgrade-handoff.json", None)
         t.sup = sup
         return t
 

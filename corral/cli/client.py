@@ -28,7 +28,7 @@ class Unreachable(Exception):
     """The daemon cannot be reached; the message says how to start it."""
 
 
-class Disconnected(Unreachable):
+class Disconnection(Unreachable):
     """The daemon closed a connection it had accepted (it stopped, or restarts)."""
 
 
@@ -103,7 +103,7 @@ class Client:
                 except (ConnectionResetError, BrokenPipeError):
                     chunk = b""  # the daemon went away, as with a clean close
                 if not chunk:
-                    raise Disconnected(
+                    raise Disconnection(
                         f"the corral daemon at {self.path} closed the connection")
                 chunks.append(chunk)
                 nl = chunk.find(b"\n")

@@ -29,8 +29,8 @@ def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
         value = msgspec.json.decode(data.encode())
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
-    res: m.Delivered = obj.call("events.publish", m.EventsPublish(topic=topic, data=value,
-                                                                  tenant=tenant))
+    res: m.PublishResult = obj.call("events.publish", m.EventsPublish(topic=topic, data=value,
+                                                                      tenant=tenant))
     click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 

@@ -127,7 +127,7 @@ def pid(obj: Ctx, target: str) -> None:
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
 @pass_ctx
 def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.Removed = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
+    res: m.RemoveResult = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
     click.echo(f"removed: {', '.join(res.removed)}")
 
 
@@ -140,5 +140,5 @@ def remove(obj: Ctx, names: tuple[str, ...]) -> None:
 def scale(obj: Ctx, name: str, replicas: str) -> None:
     if not (replicas.isascii() and replicas.isdigit()):
         raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")
-    res: m.Scaled = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
+    res: m.ScaleResult = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
     click.echo(f"{res.name}: {plural(res.replicas, 'replica')}")

@@ -15,7 +15,7 @@ from .. import methods as m
 from ..methods import LogLine
 from ..text import plural
 from .app import Ctx, cli, doc, json_option, names_arg, pass_ctx
-from .client import EXIT_UNREACHABLE, Disconnected
+from .client import EXIT_UNREACHABLE, Disconnection
 from .durations import parse_since
 
 
@@ -131,7 +131,7 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
             obj.call("logs.follow", params, on_notification=on_note, reachable=False,
                      wait_forever=True)
             return
-        except Disconnected:
+        except Disconnection:
             pass
         # the daemon went away (a restart, an upgrade): wait for it, then go on from the
         # newest line shown (the new daemon's tail reads it back from the log files), as

@@ -49,8 +49,8 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
     @click.argument("file", type=click.Path(dir_okay=False))
     @pass_ctx
     def add(obj: Ctx, file: str) -> None:
-        res: m.Added = obj.call(f"{section}.add",
-                                params["add"](**{section: read_tables(file, section)}))
+        res: m.AddResult = obj.call(f"{section}.add",
+                                    params["add"](**{section: read_tables(file, section)}))
         click.echo(f"added: {', '.join(res.added)}")
 
     @group.command("update", help=doc(f"{section}.update"))
@@ -62,7 +62,7 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
         patch = msgspec.json.decode(_read_input(changes))
         if not isinstance(patch, dict):
             raise click.BadParameter("a JSON object", param_hint="--set")
-        res: m.Updated = obj.call(f"{section}.update", params["update"](name=name, set=patch))
+        res: m.UpdateResult = obj.call(f"{section}.update", params["update"](name=name, set=patch))
         click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                                   if res.revision is not None else "no change"))
 
@@ -70,7 +70,7 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
     @click.argument("names", nargs=-1, required=True)
     @pass_ctx
     def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-        res: m.Removed = obj.call(f"{section}.remove", params["remove"](names=list(names)))
+        res: m.RemoveResult = obj.call(f"{section}.remove", params["remove"](names=list(names)))
         click.echo(f"removed: {', '.join(res.removed)}")
 
     @group.command("describe", help=doc(f"{section}.describe"))

@@ -157,8 +157,8 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
                 raise click.BadParameter("use KEY=VALUE", param_hint="--env")
             table["env"] = dict(pairs)
         agents = {name: table}
-    res: m.Added = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check,
-                                                      cluster=cluster))
+    res: m.AddResult = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check,
+                                                          cluster=cluster))
     click.echo(f"added: {', '.join(res.added)}")
 add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
@@ -209,7 +209,7 @@ def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
     if not patch:
         raise click.UsageError("nothing to change: give --command, --replicas, --env, "
                                "--unset-env or --set")
-    res: m.Updated = obj.call("agents.update", m.AgentsUpdate(name=name, set=patch,
-                                                              check=not no_check))
+    res: m.UpdateResult = obj.call("agents.update", m.AgentsUpdate(name=name, set=patch,
+                                                                   check=not no_check))
     click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                               if res.revision is not None else res.change))

@@ -58,7 +58,7 @@ def tenants_add(obj: Ctx, file: str) -> None:
     tables = data.get("tenants")
     if not isinstance(tables, dict) or not tables:
         raise click.UsageError(f"{file}: no [tenants.NAME] tables")
-    res: m.Added = obj.call("tenants.add", m.TenantsAdd(tenants=tables))
+    res: m.AddResult = obj.call("tenants.add", m.TenantsAdd(tenants=tables))
     click.echo(f"added: {', '.join(res.added)}")
 
 
@@ -87,5 +87,5 @@ def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True)
 @pass_ctx
 def tenants_remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.Removed = obj.call("tenants.remove", m.TenantsRemove(names=list(names)))
+    res: m.RemoveResult = obj.call("tenants.remove", m.TenantsRemove(names=list(names)))
     click.echo(f"removed: {', '.join(res.removed)}")

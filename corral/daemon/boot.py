@@ -73,8 +73,8 @@ def resume() -> int:
     os.environ.pop(VARIABLE)
     committed = True
     from .daemon import run_daemon
-    from .upgrade import Taken
+    from .upgrade import Takeover
 
-    return run_daemon(Path(h.config), h.socket, taken=Taken(h, path, failed, config))
+    return run_daemon(Path(h.config), h.socket, taken=Takeover(h, path, failed, config))
 
 

@@ -219,30 +219,30 @@ def _wire(value: Any) -> Any:
 
 
 @implements("agents.start")
-async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
+async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.StartResult:
     targets = _targets(d, p.names, p.all)
     asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
     running = [(a, i) for a, i in targets if (a, i) not in asleep
                and all(r.machine.running for r in _replicas([(a, i)]))]
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
-    return m.Started(started=[_label(a, i) for a, i in targets
-                              if (a, i) not in asleep and (a, i) not in running],
+    return m.StartResult(started=[_label(a, i) for a, i in targets
+                                  if (a, i) not in asleep and (a, i) not in running],
                      asleep=[_label(a, i) for a, i in asleep],
                      running=[_label(a, i) for a, i in running])
 
 
 @implements("agents.stop")
-async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.Stopped:
+async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.StopResult:
     targets = _targets(d, p.names, p.all)
     # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
     await stop_all(_replicas(targets), "stopped")
-    return m.Stopped(stopped=[_label(a, i) for a, i in targets])
+    return m.StopResult(stopped=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.restart")
 async def agents_restart(d: Services, p: m.AgentsRestart,
-                         caller: Caller, c: Channel) -> m.Restarted:
+                         caller: Caller, c: Channel) -> m.RestartResult:
     targets = _targets(d, p.names, p.all)
     if p.rolling:
         await asyncio.gather(*(a.roll(replicas=None if i is None else [i])
@@ -251,7 +251,7 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
         reps = _replicas(targets)
         await stop_all(reps, RESTARTED)
         await start_each(reps)
-    return m.Restarted(restarted=[_label(a, i) for a, i in targets])
+    return m.RestartResult(restarted=[_label(a, i) for a, i in targets])
 
 
 def _signal_number(name: str) -> int:
@@ -275,7 +275,7 @@ async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Chann
     for r in _replicas(targets):
         if r.process is not None and r.process.alive:
             r.process.signal(sig)
-            sent.append(m.Signalled(replica=r.label, pid=r.pid))
+            sent.append(m.SignalTarget(replica=r.label, pid=r.pid))
     if not sent:
         raise RpcError(jsonrpc.REFUSED, "no running process to signal among "
                                         + ", ".join(_label(a, i) for a, i in targets))
@@ -335,16 +335,16 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 
 
 @implements("agents.add")
-async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
+async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.AddResult:
     # a task names an agent or a team: an agent of a team's name would take its calls
     teams = sorted(n for n in p.agents if n in d.teams.specs)
     if teams:
         raise RpcError(jsonrpc.CONFLICT, f"agent {teams[0]}: a team has its name (a task "
                                          "names one or the other)")
     if p.for_cluster:
-        return m.Added(added=await add_cluster_agents(d, p, caller.who))
-    return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check,
-                                           tenant=caller.tenant))
+        return m.AddResult(added=await add_cluster_agents(d, p, caller.who))
+    return m.AddResult(added=await d.fleet.add(p.agents, caller.who, check=p.check,
+                                               tenant=caller.tenant))
 
 
 async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
@@ -382,22 +382,22 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
 
 @implements("agents.remove")
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
-                        ) -> m.Removed:
+                        ) -> m.RemoveResult:
     # cluster agents go from Redis (each node stops its replicas at its next beat)
     gone = await d.cluster.remove_agents(p.names)
     rest = [n for n in p.names if n not in gone]
-    return m.Removed(removed=[*gone, *(await d.fleet.remove(rest) if rest else [])])
+    return m.RemoveResult(removed=[*gone, *(await d.fleet.remove(rest) if rest else [])])
 
 
 @implements("agents.scale")
 async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
-                       ) -> m.Scaled:
+                       ) -> m.ScaleResult:
     node = await d.cluster.node_for(p.name)
     if node is not None:  # the cluster's table in Redis; every node brings its slots to it
         await node.scale_agent(p.name, p.replicas, caller.who)
     else:
         await d.fleet.scale(p.name, p.replicas, caller.who)
-    return m.Scaled(name=p.name, replicas=p.replicas)
+    return m.ScaleResult(name=p.name, replicas=p.replicas)
 
 
 @implements("agents.history")
@@ -425,11 +425,11 @@ async def agents_history(d: Services, p: m.AgentsHistory,
 
 @implements("agents.update")
 async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Channel
-                        ) -> m.Updated:
+                        ) -> m.UpdateResult:
     change = await d.fleet.update(p.name, p.set, caller.who, check=p.check,
                                   tenant=caller.tenant)
-    return m.Updated(name=p.name, change=change, revision=None if change == "no change"
-                     else d.fleet.revision_of(p.name))
+    return m.UpdateResult(name=p.name, change=change, revision=None if change == "no change"
+                          else d.fleet.revision_of(p.name))
 
 
 @implements("agents.rollback")
@@ -675,8 +675,8 @@ async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
 
 @implements("events.publish")
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
-                         ) -> m.Delivered:
-    return m.Delivered(delivered=d.bus.publish(p.topic, p.data, _user(caller),
+                         ) -> m.PublishResult:
+    return m.PublishResult(delivered=d.bus.publish(p.topic, p.data, _user(caller),
                                                       event_tenant(d, p.tenant, caller),
                                                       caller.agents))
 
@@ -933,8 +933,8 @@ async def tenants_list(d: Services, p: m.TenantsList, caller: Caller, c: Channel
 
 
 @implements("tenants.add")
-async def tenants_add(d: Services, p: m.TenantsAdd, caller: Caller, c: Channel) -> m.Added:
-    return m.Added(added=await d.tenants.add(p.tenants, caller.who))
+async def tenants_add(d: Services, p: m.TenantsAdd, caller: Caller, c: Channel) -> m.AddResult:
+    return m.AddResult(added=await d.tenants.add(p.tenants, caller.who))
 
 
 @implements("tenants.set")
@@ -945,8 +945,8 @@ async def tenants_set(d: Services, p: m.TenantsSet, caller: Caller, c: Channel
 
 @implements("tenants.remove")
 async def tenants_remove(d: Services, p: m.TenantsRemove, caller: Caller, c: Channel
-                         ) -> m.Removed:
-    return m.Removed(removed=await d.tenants.remove(p.names))
+                         ) -> m.RemoveResult:
+    return m.RemoveResult(removed=await d.tenants.remove(p.names))
 
 
 def _or_unset(value: Any) -> Any:

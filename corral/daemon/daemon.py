@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..jsonrpc import RpcError
-from ..methods import Drained, ReloadResult
+from ..methods import DrainReport, ReloadResult
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
@@ -64,7 +64,7 @@ from .taskjournal import TaskJournalDB
 from .teams import TeamFront
 from .tenantregistry import TenantRegistry
 from .tokens import tokens_of
-from .upgrade import Taken, Upgrades
+from .upgrade import Takeover, Upgrades
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -78,7 +78,7 @@ UPGRADE = -3  # `daemon.upgrade`, checked: hand over and exec (upgrade.py)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Up:
+class Assembly:
     """What the set-up made that the daemon itself uses once it runs."""
 
     conf: part.Conf  # the config as it was at start-up
@@ -98,7 +98,7 @@ class Daemon:
     def __init__(self, config_path: Path, *, socket: str | None = None,
                  notifier: Notifier | None = None, freeze_heap: bool = False,
                  spared: set[int] | None = None,
-                 taken: Taken | None = None) -> None:
+                 taken: Takeover | None = None) -> None:
         self.config_path = config_path.resolve()
         # an embedding program's own children, left to it (containment.Containment), and
         # the daemon's own it waits for itself (an upgrade's check of the new install)
@@ -114,14 +114,14 @@ class Daemon:
         # test running the daemon in its own loop) waits for before it uses `services`
         self.set_up = asyncio.Event()
         # what the set-up made, once it has (the one attribute bound late: `_setup`'s)
-        self.up: Up | None = None
+        self.up: Assembly | None = None
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
         self.failed: str | None = None  # why an agent stopped the daemon (fatal = true)
         self.drain_timeout = 0.0  # [supervisor] drain_timeout (set from the config)
         self.start_config: Config | None = None  # what the tables read at start said
         self.applied: Config | None = None  # the config the last start or reload applied
-        self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
+        self._drained: asyncio.Future[DrainReport] | None = None  # what it did, once over
         # corral upgrade (upgrade.py): asked, handed over; `taken`: this image took one
         self.taken = taken
         if taken is not None:
@@ -129,7 +129,7 @@ class Daemon:
         self.upgrades = Upgrades(self, lambda: self._signals.put_nowait(UPGRADE), taken)
 
     # -- what the set-up made -------------------------------------------------------------
-    def _up(self) -> Up:
+    def _up(self) -> Assembly:
         if self.up is None:
             raise RuntimeError("the daemon is not set up")
         return self.up
@@ -224,7 +224,7 @@ class Daemon:
         s.hub.daemon("shutting down: stopping all agents")
         self._stopped_drain().set_result(drained)
 
-    async def _drain(self, s: Services, *, now: bool) -> Drained:
+    async def _drain(self, s: Services, *, now: bool) -> DrainReport:
         """Before the agents stop: no new task to a worker, and the running ones finish
         within their drain_timeout (drain.py). Signals are still heard meanwhile: a
         second SIGTERM or SIGINT, or `shutdown --now`, cuts it short."""
@@ -265,14 +265,14 @@ class Daemon:
             return run.result()
         except Exception as exc:  # a bug must not keep the daemon from stopping
             s.hub.daemon(f"the drain failed: {type(exc).__name__}: {exc}", priority=3)
-            return Drained(seconds=0.0, tasks=[], waiting=0, cut_short=True)
+            return DrainReport(seconds=0.0, tasks=[], waiting=0, cut_short=True)
 
-    def _stopped_drain(self) -> asyncio.Future[Drained]:
+    def _stopped_drain(self) -> asyncio.Future[DrainReport]:
         if self._drained is None:
             self._drained = asyncio.get_running_loop().create_future()
         return self._drained
 
-    async def drained(self) -> Drained:
+    async def drained(self) -> DrainReport:
         """What the stop's drain did: waits for a stop to be asked for and drained."""
         return await asyncio.shield(self._stopped_drain())
 
@@ -287,7 +287,7 @@ class Daemon:
             self.request_stop()
 
     # -- set-up: the parts, in order; the stack tears them down in reverse ---------------------
-    async def _setup(self, stack: contextlib.AsyncExitStack) -> tuple[Up, list[TaskRecord]]:
+    async def _setup(self, stack: contextlib.AsyncExitStack) -> tuple[Assembly, list[TaskRecord]]:
         """To add a part: one line here, where what it needs exists and where its
         teardown is to come (the reverse of this order)."""
         enter, keep = stack.enter_async_context, stack.enter_context
@@ -362,9 +362,9 @@ class Daemon:
         await enter(part.closed(history.close))
         if self.freeze_heap:
             part.freeze_heap(collect=self.taken is None)
-        return Up(conf=conf, sup=sup, hub=hub, control=control, dispatcher=dispatcher,
-                  store=store, journal=opened.journal, cluster=node, status=status,
-                  extras=extras, services=services), opened.unfinished
+        return Assembly(conf=conf, sup=sup, hub=hub, control=control, dispatcher=dispatcher,
+                        store=store, journal=opened.journal, cluster=node, status=status,
+                        extras=extras, services=services), opened.unfinished
 
     async def _web(self, stack: contextlib.AsyncExitStack, conf: part.Conf, s: Services,
                    dispatcher: Dispatcher[Services], extras: Extras) -> None:
@@ -373,7 +373,7 @@ class Daemon:
         gateway's address), but in an upgrade's new image once its agents are adopted
         and dispatch goes on: their listening sockets are inherited, so a client waits
         in the backlog meanwhile, and the address is the old image's
-        (Taken.gateway_address)."""
+        (Takeover.gateway_address)."""
         enter, listeners, web = stack.enter_async_context, self.upgrades.listeners, s.web
         web.gateway = await enter(part.http_gateway(conf, s.gateway, s.hub, extras,
                                                     listeners))
@@ -383,7 +383,7 @@ class Daemon:
         # servers close)
         await enter(part.closed(extras.close))
 
-    async def _begin(self, up: Up, unfinished: list[TaskRecord],
+    async def _begin(self, up: Assembly, unfinished: list[TaskRecord],
                      stack: contextlib.AsyncExitStack) -> None:
         """Once every part is set up: the services served, the agents added, the
         journal's tasks recovered, the cluster's loops started; in an upgrade's new
@@ -504,7 +504,7 @@ def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
             "cluster": cluster if cluster is not None else NotANode()}
 
 
-def run_daemon(config: Path, socket: str | None, taken: Taken | None = None) -> int:
+def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) -> int:
     import uvloop
 
     try:

@@ -374,9 +374,9 @@ class RuntimeCatalog(Generic[S]):
 
 
 # -- the answers of the changes, alike for every kind ---------------------------------------
-def updated(name: str, rev: DefRevision | None) -> m.Updated:
-    return m.Updated(name=name, revision=rev.revision if rev is not None else None,
-                     change=rev.change if rev is not None else "no change")
+def updated(name: str, rev: DefRevision | None) -> m.UpdateResult:
+    return m.UpdateResult(name=name, revision=rev.revision if rev is not None else None,
+                          change=rev.change if rev is not None else "no change")
 
 
 def rolled_back(name: str, restored: int, made: DefRevision | None) -> m.RollbackResult:

@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from ..methods import Drained, DrainedTask
+from ..methods import DrainedTask, DrainReport
 from ..supervisor.tasks import AttemptEnded, TaskStatus
 from ..supervisor.tasks.dispatch import CANCEL_GRACE
 from ..text import plural
@@ -72,7 +72,7 @@ class Drain:
         if e.task.id in self.left:
             self._wake.set()
 
-    async def run(self) -> Drained:
+    async def run(self) -> DrainReport:
         tasks = self.tasks
         tasks.hold(HELD)
         loop = asyncio.get_running_loop()
@@ -112,8 +112,8 @@ class Drain:
             tasks.stream.unsubscribe(ended)
             self.left = {}
         handed = sum(1 for t in running if t.status == TaskStatus.QUEUED)
-        drained = Drained(seconds=round(loop.time() - start, 3),
-                          tasks=[DrainedTask(task_id=t.id, agent=t.agent,
+        drained = DrainReport(seconds=round(loop.time() - start, 3),
+                              tasks=[DrainedTask(task_id=t.id, agent=t.agent,
                                              status=str(t.status)) for t in running],
                           # the others waiting (accepted before the drain, or during it)
                           waiting=tasks.waiting() - handed if tasks.journal is not None

@@ -41,7 +41,7 @@ RING = 16_384  # replica rows kept for watchers behind and clients that reconnec
 BATCH = 256  # changes sent to one watcher before it looks at its transport again
 
 
-class Kept(NamedTuple):
+class Notice(NamedTuple):
     seq: int
     agent: str
     method: str  # the notification: agents.transition, agents.roster or agents.health
@@ -70,7 +70,7 @@ class FleetWatch:
         self.stream = stream
         self.ring = ring
         self.epoch = secrets.token_hex(4)
-        self.items: deque[Kept] = deque()
+        self.items: deque[Notice] = deque()
         self.weight = 0
         self.last = 0  # the number of the newest change
         self.watchers: set[Watcher] = set()
@@ -107,7 +107,7 @@ class FleetWatch:
         # its state and pid are the event's); not so for a rollout's other process
         row = r.status() if r is not None and r.state == e.state and r.pid == e.pid else None
         seq = self.last + 1
-        self._keep(Kept(seq, e.name, "agents.transition", m.ReplicaChange(
+        self._keep(Notice(seq, e.name, "agents.transition", m.ReplicaChange(
             id=self.id_of(seq), time=e.time, agent=e.name, replica=e.replica,
             state=e.state, previous=e.previous, pid=e.pid, cause=e.cause, reason=e.reason,
             row=_wire(row)), 1))
@@ -116,7 +116,7 @@ class FleetWatch:
         agent = self.agents.get(e.agent)
         rows = [r.status() for r in agent.replicas] if agent is not None else []
         seq = self.last + 1
-        self._keep(Kept(seq, e.agent, "agents.roster", m.AgentRoster(
+        self._keep(Notice(seq, e.agent, "agents.roster", m.AgentRoster(
             id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=_wire(rows),
             removed=agent is None),
             max(1, len(rows))))
@@ -126,11 +126,11 @@ class FleetWatch:
         r = agent.replicas[e.replica] if agent and e.replica < len(agent.replicas) else None
         row = r.status() if r is not None and r.pid == e.pid else None
         seq = self.last + 1
-        self._keep(Kept(seq, e.agent, "agents.health", m.HealthNote(
+        self._keep(Notice(seq, e.agent, "agents.health", m.HealthNote(
             id=self.id_of(seq), time=e.time, agent=e.agent, replica=e.replica,
             check=e.check, ok=e.ok, action=e.action, text=e.text, row=_wire(row)), 1))
 
-    def _keep(self, kept: Kept) -> None:
+    def _keep(self, kept: Notice) -> None:
         self.last = kept.seq
         self.items.append(kept)
         self.weight += kept.weight
@@ -145,7 +145,7 @@ class FleetWatch:
                 w.wake.set()
 
     # -- what a watcher is sent -----------------------------------------------------------
-    def since(self, cursor: int, limit: int = BATCH) -> list[Kept]:
+    def since(self, cursor: int, limit: int = BATCH) -> list[Notice]:
         if not self.items or cursor > self.last:
             return []
         start = max(0, cursor - self.items[0].seq)

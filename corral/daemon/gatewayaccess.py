@@ -49,7 +49,7 @@ from .mcptasks import AGENTS_VIEW, AgentTools, Follows, TaskHandles
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
-    from ..supervisor.process_replica import Exited, ProcessReplica, Transition
+    from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
     from ..supervisor.tools import Tools
     from ..supervisor.tracing import Tracer
 
@@ -358,7 +358,7 @@ class GatewayService:
             env["CORRAL_MCP_SOCKET"] = self.socket_path
         return env
 
-    def forget_replica(self, e: Exited) -> None:
+    def forget_replica(self, e: ReplicaExit) -> None:
         digest = self._replica_hash.pop(e.replica.label, None)
         if digest is not None:
             self.replica_tokens.pop(digest, None)

@@ -26,7 +26,7 @@ from ..statefiles import open_file
 from ..supervisor.adopt import HandedProcess
 from ..supervisor.containment import ProcessRecord
 from ..supervisor.stats import Stats
-from ..supervisor.tasks.counters import Carried
+from ..supervisor.tasks.counters import CounterSnapshot
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
 # then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
@@ -56,7 +56,7 @@ class Listener(msgspec.Struct, frozen=True):
     fd: int
 
 
-class Subscribed(msgspec.Struct, frozen=True):
+class ResourceSubscription(msgspec.Struct, frozen=True):
     """An agent's resource subscription on a kept MCP server (the server holds it)."""
 
     server: str
@@ -122,8 +122,8 @@ class Handoff(msgspec.Struct, frozen=True):
     # the gateway's address the agents were given (its URL, its unix socket): the next
     # image gives it on before its HTTP parts start (they start after the adoptions)
     gateway: tuple[str, str | None] = ("", None)
-    subscriptions: list[Subscribed] = []
-    counters: dict[str, Carried] = {}  # each agent's (`corral stats`)
+    subscriptions: list[ResourceSubscription] = []
+    counters: dict[str, CounterSnapshot] = {}  # each agent's (`corral stats`)
     engine: Stats | None = None  # the supervisor's counts (spawned, restarts, ...)
     steps: dict[str, int] = {}  # the step journal's counters
     sessions_expired: int = 0

@@ -194,7 +194,7 @@ class TaskTimes:
 
 
 @dataclass(slots=True)
-class Counted:
+class OutcomeCounts:
     finished: int
     errors: int
 
@@ -262,7 +262,7 @@ class History:
                      MINUTE: settings.history_minute_days * 86400,
                      HOUR: settings.history_hour_days * 86400}
         self.times = TaskTimes(tasks.finished)
-        self.counted: dict[str, Counted] = {}
+        self.counted: dict[str, OutcomeCounts] = {}
         self.last_time: float | None = None
         self.samples = 0
         self.skipped = 0  # ticks not written: the database could not be written then
@@ -334,7 +334,7 @@ class History:
                 fin = err = 0
             before = counted.get(name)
             if before is None:  # counted from zero when the agent was added
-                counted[name] = Counted(fin, err)
+                counted[name] = OutcomeCounts(fin, err)
                 d_fin, d_err = fin, err
             else:
                 # a counter below its last value: the agent was removed and added again

@@ -136,7 +136,7 @@ class Batch(msgspec.Struct, gc=False):
 
 
 @dataclass(slots=True)
-class _Broken:
+class _Outage:
     """A log file that could not be written: since when, why, and what it missed."""
 
     since: float
@@ -219,7 +219,7 @@ class LogHub:
         self.tail_bytes = tail_bytes
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile | StreamFile] = {}
-        self.broken: dict[str, _Broken] = {}  # by file source: files that cannot be written
+        self.broken: dict[str, _Outage] = {}  # by file source: files that cannot be written
         # by file source: a file that fails, comes back and fails again is not told every
         # time (one throttle per file: another file's failure is its own news)
         self.file_errors: dict[str, Throttle] = {}
@@ -324,7 +324,7 @@ class LogHub:
                         f"{iso_time(broken.since)} ({broken.why})",
                         priority=5)
 
-    def _failed(self, source: str, exc: OSError, count: int, broken: _Broken | None) -> None:
+    def _failed(self, source: str, exc: OSError, count: int, broken: _Outage | None) -> None:
         self.lines_dropped += count
         now = time.monotonic()
         if broken is not None:  # still failing: the next attempt waits again
@@ -333,7 +333,7 @@ class LogHub:
             return
         assert self.log_dir is not None
         why = exc.strerror or str(exc)
-        self.broken[source] = _Broken(time.time(), why, now + RETRY_EVERY, count)
+        self.broken[source] = _Outage(time.time(), why, now + RETRY_EVERY, count)
         # told after the file is marked broken: when it is corral.log, this line is
         # dropped from it (counted), not a second failure
         throttle = self.file_errors.get(source)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..methods import DaemonUpgrade, Drained, ExtraStatus, ReloadResult, UpgradeReport
+from ..methods import DaemonUpgrade, DrainReport, ExtraStatus, ReloadResult, UpgradeReport
 from ..supervisor.agents import Agents
 from ..supervisor.containment import Containment
 from ..supervisor.elastic import Elastic
@@ -101,7 +101,7 @@ class Services:
     started_at: float
     reload: Callable[[str], Awaitable[ReloadResult]]  # who asked -> what changed
     request_stop: Callable[[bool], None]  # now: no drain (or cut the one under way)
-    drained: Callable[[], Awaitable[Drained]]  # what the stop's drain did, once it is over
+    drained: Callable[[], Awaitable[DrainReport]]  # what the stop's drain did, once it is over
     status_line: Callable[[], str]
     notices: Callable[[], list[str]]  # the daemon's own: a drain, an extra not serving
     extras: Callable[[], list[ExtraStatus]]  # the HTTP server's, the gateway's (extras.py)

@@ -28,7 +28,7 @@ from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
-from ..supervisor.process_replica import Exited, Transition
+from ..supervisor.process_replica import ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
@@ -63,7 +63,7 @@ from .tenantdirs import TenantDirs
 from .tenantregistry import groups_of
 from .traces import Traces
 from .traces import start as start_traces
-from .upgrade import Taken
+from .upgrade import Takeover
 from .workflows import WorkflowService
 from .workflows.runevents import publish_runs
 
@@ -121,7 +121,7 @@ def read_config(config_path: Path, socket: str | None, loaded: Config | None = N
                 ) -> Conf:
     """The config, checked whole (its sandboxes too) before anything is set up.
     `loaded`: the file's, read a moment ago (an upgrade's new image reads it before it
-    takes the handoff: upgrade.Taken)."""
+    takes the handoff: upgrade.Takeover)."""
     try:
         cfg = loaded if loaded is not None else load_config(config_path)
         paths = paths_of(cfg, config_path, socket)
@@ -170,7 +170,7 @@ def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
         yield sender
 
 
-def engine(conf: Conf, spared: set[int], taken: Taken | None
+def engine(conf: Conf, spared: set[int], taken: Takeover | None
            ) -> tuple[Supervisor, ClusterQueue | None]:
     """The engine, made and not yet open (`running` opens it), and with [cluster] the
     queue its tasks wait on (no Redis in it: the node that pulls into it is made later)."""
@@ -212,7 +212,7 @@ def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
     heard.subscribe(parts.stream)
     parts.stream.subscribe(gateway.on_transition, Transition)
     parts.stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
-    parts.stream.subscribe(gateway.forget_replica, Exited)
+    parts.stream.subscribe(gateway.forget_replica, ReplicaExit)
     # a removed agent's log is no next owner's of its name (LogHub.forget)
     parts.stream.subscribe(lambda e: None if e.agent in parts.agents else hub.forget(e.agent),
                            Roster)
@@ -242,7 +242,7 @@ def unheard(exc: OSError, path: str | Path) -> str:
 
 @contextlib.asynccontextmanager
 async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
-                         taken: Taken | None, graceful: Callable[[], bool]
+                         taken: Takeover | None, graceful: Callable[[], bool]
                          ) -> AsyncIterator[ControlServer]:
     """The control socket (inherited across an upgrade): it answers from here on. Its
     teardown says `stopped` last, when a stop was asked for (a start-up that failed has
@@ -272,7 +272,7 @@ async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
 
 
 @dataclass(frozen=True)
-class Opened:
+class Stores:
     store: StateStore
     writer: StoreWriter  # every write goes through its thread, off the loop
     revisions: RevisionLog
@@ -281,7 +281,7 @@ class Opened:
 
 
 @contextlib.asynccontextmanager
-async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Opened]:
+async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Stores]:
     """The state database, its writer thread and the task journal on it; the engine's
     checkpoints and budgets as they left them."""
     sc = conf.cfg.supervisor
@@ -338,7 +338,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
             raise StartupError(str(exc)) from None
         parts.stream.subscribe(
             lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
-        yield Opened(store, writer, RevisionLog(store.db), journal, unfinished)
+        yield Stores(store, writer, RevisionLog(store.db), journal, unfinished)
 
 
 @contextlib.contextmanager
@@ -370,7 +370,7 @@ async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
-                       fleet: Fleet, hub: LogHub, taken: Taken | None = None
+                       fleet: Fleet, hub: LogHub, taken: Takeover | None = None
                        ) -> AsyncIterator[ClusterNode | None]:
     """With [cluster], this node, refused at start while another daemon is it; it
     leaves its cluster after the agents have stopped (their last outcomes are in its
@@ -425,7 +425,7 @@ async def one_node(node: ClusterNode, hub: LogHub) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(sup: Supervisor, conf: Conf, opened: Opened, hub: LogHub,
+async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
                   graceful: Callable[[], bool]) -> AsyncIterator[None]:
     """The engine open: what a crashed incarnation left running is stopped before
     anything starts, and this one's processes are recorded. Its teardown stops every
@@ -523,7 +523,7 @@ def task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | 
     from .tasks.clustered import ClusterFront
     return ClusterFront(local, node, parts.quotas)
 
-async def packages(conf: Conf, parts: Parts, opened: Opened, fleet: Fleet,
+async def packages(conf: Conf, parts: Parts, opened: Stores, fleet: Fleet,
                     node: ClusterNode | None, hub: LogHub) -> Packages:
     """Agent packages, their interrupted builds and switches dealt with before any
     agent starts."""

@@ -433,7 +433,7 @@ class GroupCommit(Generic[V]):
                 self._schedule()
 
 
-class _Kept(NamedTuple):
+class _QueuedWrite(NamedTuple):
     """One write waiting in StoreWriter: what it is (for the counts an operator reads),
     what runs after its commit, and the row it replaces whole (or None)."""
     write: Write
@@ -480,8 +480,8 @@ class StoreWriter:
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_kept = max_kept
-        self._group: GroupCommit[_Kept] = GroupCommit(thread, self._job, self._settle,
-                                                      size=_kept_size)
+        self._group: GroupCommit[_QueuedWrite] = GroupCommit(thread, self._job, self._settle,
+                                                             size=_kept_size)
         self.outage = self._group.outage
         self._unkeyed = itertools.count()  # keys for writes that replace nothing
         self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
@@ -500,7 +500,7 @@ class StoreWriter:
         supersede each other do not fill what is kept during an outage. `size`: the bytes
         it writes, where they may be many (a batch of many is not committed on the loop:
         WriterThread.run_here)."""
-        kept = _Kept(write, kind, then, key, size)
+        kept = _QueuedWrite(write, kind, then, key, size)
         slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
         if (self.outage.failing and len(self._group.pending) >= self.max_kept
                 and slot not in self._group.pending):
@@ -524,7 +524,7 @@ class StoreWriter:
             raise StoreError(f"state database {self.thread.path} cannot be written "
                              f"({self.outage.error})")
 
-    def _job(self, db: sqlite3.Connection, batch: list[_Kept]) -> None:
+    def _job(self, db: sqlite3.Connection, batch: list[_QueuedWrite]) -> None:
         wrong = self._wrong
         wrong.clear()
         db.execute("BEGIN")
@@ -549,7 +549,7 @@ class StoreWriter:
         except Exception:
             log.exception("state database %s: %s failed", self.thread.path, what)
 
-    def _settle(self, batch: list[_Kept], error: str | None) -> None:
+    def _settle(self, batch: list[_QueuedWrite], error: str | None) -> None:
         if error is None:
             wrong, self._wrong = self._wrong, []
             self.batches += 1
@@ -584,7 +584,7 @@ class StoreWriter:
         return {"failing_since": None if since is None else iso_time(since),
                 "waiting": self.pending(), "lost": self.lost}
 
-    def _caught_up(self, batch: list[_Kept]) -> None:
+    def _caught_up(self, batch: list[_QueuedWrite]) -> None:
         since = self.outage.recovered()
         if since is None:
             return
@@ -607,11 +607,11 @@ class StoreWriter:
         self._group.cancel_retry()
 
 
-def _kept_size(kept: _Kept) -> int:
+def _kept_size(kept: _QueuedWrite) -> int:
     return kept.size
 
 
-def _kinds(batch: list[_Kept]) -> dict[str, int]:
+def _kinds(batch: list[_QueuedWrite]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for kept in batch:
         counts[kept.kind] = counts.get(kept.kind, 0) + 1

@@ -96,7 +96,7 @@ BACKOFF = (0.5, 30.0)  # a dead exporter's restart: first delay, longest
 STEADY = 60.0  # seconds an exporter lives for its restart delay to start over
 
 
-class Said(msgspec.Struct, frozen=True):
+class ExporterLine(msgspec.Struct, frozen=True):
     """A line of the exporter's (traceexport.py): ready; a flush answered; its counts,
     in spans since it started."""
 
@@ -109,7 +109,7 @@ class Said(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
-_SAID = msgspec.json.Decoder(Said)
+_SAID = msgspec.json.Decoder(ExporterLine)
 
 
 class Counts:

@@ -74,7 +74,7 @@ from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import within
 from . import handoff
-from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, Subscribed
+from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -120,7 +120,7 @@ PREFLIGHT = ("import gc, os, sys; gc.disable(); sys.path[0:0] = [p for p in os.e
 
 BOOT = r'''
 import gc, os, sys
-gc.disable()  # until the handed processes are adopted (Taken.settle): dispatch waits
+gc.disable()  # until the handed processes are adopted (Takeover.settle): dispatch waits
 sys.path[0:0] = [p for p in os.environ.pop("CORRAL_IMPORT_FROM", "").split(os.pathsep) if p]
 def fall_back(why):
     import json
@@ -245,10 +245,10 @@ def environment(notifier: Notifier) -> dict[str, str]:
 # -- the daemon's side ---------------------------------------------------------------------
 class Upgrades:
     """A daemon's upgrades: asked for (`ask`), handed over by the arbiter (`hand_over`),
-    and, in the image that took a handoff, adopted (`Taken`)."""
+    and, in the image that took a handoff, adopted (`Takeover`)."""
 
     def __init__(self, host: Host, queue: Callable[[], None],
-                 taken: Taken | None = None) -> None:
+                 taken: Takeover | None = None) -> None:
         self.host = host
         self._queue = queue  # puts the hand-over in the arbiter's queue
         self.taken = taken
@@ -436,7 +436,7 @@ class Upgrades:
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
             processes=kept, ended=ended, listeners=self.listeners.held(),
             gateway=(host.services.gateway.url or "", host.services.gateway.socket_path),
-            subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()],
+            subscriptions=[ResourceSubscription(*s) for s in host.sup.parts.tools.subscribed()],
             counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
             steps=tasks.steps.stats(),
             sessions_expired=tasks.sessions.expired,
@@ -473,7 +473,7 @@ def handed_fds(h: Handoff) -> list[int]:
 
 
 # -- the image that takes a handoff --------------------------------------------------------
-class Taken:
+class Takeover:
     """A handoff being taken: the new image's set-up asks it at each of its steps."""
 
     def __init__(self, h: Handoff, path: Path, failed: str | None,

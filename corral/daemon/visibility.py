@@ -331,7 +331,7 @@ def _new_lines(params: Any, caller: Caller) -> Any:
     return seen if _get(seen, "lines") else None
 
 
-class _Seen:
+class _CallerChannel:
     """A stream's channel that passes on only what the caller sees: each notification of
     a method in `filters` through its filter (None: not sent at all)."""
 
@@ -356,7 +356,7 @@ class _Seen:
 
 def _seen(filters: Mapping[str, Callable[[Any, Caller], Any]]
           ) -> Callable[[Channel, Caller], Channel]:
-    return lambda inner, caller: _Seen(inner, caller, filters)
+    return lambda inner, caller: _CallerChannel(inner, caller, filters)
 
 
 def _event_seen(params: Any, caller: Caller) -> Any:

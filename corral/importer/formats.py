@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..supervisor.config import ConfigError
 from . import pm2, procfile, supervisord, systemd
-from .model import How, Imported, link, text_of, unique
+from .model import Conversion, How, link, text_of, unique
 
-Reader = Callable[[Path, How], Imported]
+Reader = Callable[[Path, How], Conversion]
 READERS: dict[str, Reader] = {
     "supervisord": supervisord.read,
     "pm2": pm2.read,
@@ -44,11 +44,11 @@ def kind_of(path: Path) -> str:
                       "--from")
 
 
-def read(path: Path, how: How, kind: str | None = None) -> Imported:
+def read(path: Path, how: How, kind: str | None = None) -> Conversion:
     return READERS[kind or kind_of(path)](path, how)
 
 
-def read_all(paths: list[Path], how: How, kind: str | None = None) -> list[Imported]:
+def read_all(paths: list[Path], how: How, kind: str | None = None) -> list[Conversion]:
     """The files, each read, and the order between them linked (model.link)."""
     imports = [read(p, how, kind) for p in paths]
     unique(imports)

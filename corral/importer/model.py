@@ -29,7 +29,7 @@ class How(NamedTuple):
 
 
 @dataclass
-class Imported:
+class Conversion:
     """One file (with what it includes) as corral's agents; `notes` are what stderr says:
     each setting not carried over, or carried with a change, and why."""
 
@@ -69,7 +69,7 @@ def agent_name(wanted: str, taken: dict[str, Any] | set[str]) -> str:
     return name
 
 
-def link(imports: list[Imported]) -> None:
+def link(imports: list[Conversion]) -> None:
     """Each unit's `After=`/`Requires=` on a unit imported with it, as its agent's
     `after`/`requires`; on any other (a target, a unit not imported), said and not carried."""
     units = {Path(imp.source).name: name for imp in imports if imp.kind == "systemd"
@@ -91,7 +91,7 @@ def link(imports: list[Imported]) -> None:
                                          "serves, stopped if it fails for good)")
 
 
-def unique(imports: list[Imported]) -> None:
+def unique(imports: list[Conversion]) -> None:
     """Agent names unique across the files imported together: a later file's agent of a
     name an earlier one took is renamed (its own file's `after`/`requires` following),
     said."""

@@ -23,7 +23,7 @@ from typing import Any
 from ..othernames import target
 from ..supervisor.config import ConfigError
 from ..supervisor.schedule import Cron, ScheduleError
-from .model import How, Imported, text_of
+from .model import Conversion, How, text_of
 
 EVAL_TIMEOUT = 10.0
 _CLONE_NEWNET = 0x40000000
@@ -86,14 +86,14 @@ CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
 SCRIPT_KEYS = ("script", "exec", "cmd")
 
 
-def read(path: Path, how: How) -> Imported:
+def read(path: Path, how: How) -> Conversion:
     env = how.env
     data, missing = _load(path, env)
     apps = data.get("apps") if isinstance(data, dict) else data
     if not isinstance(apps, list):
         raise ConfigError(f"{path}: apps: expected a list of apps (PM2's "
                           '{"apps": [...]})')
-    imp = Imported(str(path), "pm2")
+    imp = Conversion(str(path), "pm2")
     for package in missing:
         imp.note("require", package, "not installed beside the file: read as an empty "
                                      "module (what the file takes from it is left out)")
@@ -200,7 +200,7 @@ def _permission_flag(node: str, path: Path) -> str:
     return "--permission" if major >= 23 else "--experimental-permission"
 
 
-def _app(app: dict[str, Any], where: str, imp: Imported, base: Path,
+def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
          profile: str | None) -> None:
     # `exec` is PM2's alias of script, and `cmd` the one its Python page shows
     script = next((app[k] for k in SCRIPT_KEYS if app.get(k)), None)
@@ -283,7 +283,7 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path,
     imp.add(where, name, table)
 
 
-def _command(app: dict[str, Any], script: str, where: str, imp: Imported) -> list[str]:
+def _command(app: dict[str, Any], script: str, where: str, imp: Conversion) -> list[str]:
     args = app.get("args", [])
     argv = _words(args, where, "args")
     interpreter = app.get("interpreter") or app.get("exec_interpreter")
@@ -296,7 +296,7 @@ def _command(app: dict[str, Any], script: str, where: str, imp: Imported) -> lis
     return [str(interpreter), *extra, script, *argv]
 
 
-def _cron(v: Any, table: dict[str, Any], where: str, imp: Imported) -> None:
+def _cron(v: Any, table: dict[str, Any], where: str, imp: Conversion) -> None:
     """cron_restart as restart_cron: five fields; PM2's seconds field (six) has no place
     in corral's cron, nor has a cron its parser refuses, each said."""
     if v is None:
@@ -335,7 +335,7 @@ def _words(v: Any, where: str, key: str) -> list[str]:
     raise ConfigError(f"{where}: {key}: expected a string or a list")
 
 
-def _instances(v: Any, where: str, imp: Imported) -> int:
+def _instances(v: Any, where: str, imp: Conversion) -> int:
     if v in ("max", 0, -1, "0", "-1"):
         n = os.cpu_count() or 1
         imp.note(where, "instances", f"{json.dumps(v)}: {n} replicas, the CPUs of this "
@@ -387,7 +387,7 @@ def _text(v: Any) -> str:
 
 
 def _log_file(app: dict[str, Any], table: dict[str, Any], where: str,
-              imp: Imported) -> None:
+              imp: Conversion) -> None:
     """PM2's log_file (both streams), else its out_file, as the agent's log_file."""
     # `log` and `output` are PM2's aliases of log_file and out_file
     key = next((k for k in ("log_file", "log", "out_file", "output") if app.get(k)),

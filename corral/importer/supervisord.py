@@ -20,7 +20,7 @@ from typing import Any
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import How, Imported, text_of
+from .model import Conversion, How, text_of
 
 PROGRAM_KEYS_CARRIED = (
     "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
@@ -60,12 +60,12 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def read(path: Path, how: How) -> Imported:
+def read(path: Path, how: How) -> Conversion:
     env = how.env
     """The programs of a supervisord config file and the files it includes."""
     missing: list[str] = []
     parser = _parse(path, missing)
-    imp = Imported(str(path), "supervisord")
+    imp = Conversion(str(path), "supervisord")
     for pattern in missing:
         imp.note("[include]", "files", f"{pattern}: no file here matches it: not read "
                                        "(its programs are not imported; give them too)")
@@ -106,7 +106,7 @@ def _on_fatal(parser: configparser.RawConfigParser, section: str) -> bool:
     return "PROCESS_STATE_FATAL" in events or "PROCESS_STATE" in events
 
 
-def _fatal(section: str, imp: Imported) -> None:
+def _fatal(section: str, imp: Conversion) -> None:
     """A listener of PROCESS_STATE_FATAL as `fatal = true` on every program (the event
     is any program's: the listener's own code says what it does with it)."""
     for table in imp.agents.values():
@@ -117,7 +117,7 @@ def _fatal(section: str, imp: Imported) -> None:
              "what it did")
 
 
-def _chain(priorities: dict[str, tuple[int, str, list[str]]], imp: Imported) -> None:
+def _chain(priorities: dict[str, tuple[int, str, list[str]]], imp: Conversion) -> None:
     """supervisord's priorities as start order: an agent starts after those of the
     priority just below its own are up (supervisord only started them first)."""
     levels = sorted({p for p, _, _ in priorities.values()})
@@ -209,7 +209,7 @@ def expand(text: str, expansions: dict[str, Any], where: str) -> str:
         raise ConfigError(f"{where}: {text!r} is badly formatted: {exc}") from None
 
 
-def _daemon_section(parser: configparser.RawConfigParser, imp: Imported,
+def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
                     base: dict[str, Any]) -> dict[str, str]:
     """[supervisord]'s environment (every program's), and a note for each setting of it
     that changes what its programs do."""
@@ -229,7 +229,7 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Imported,
     return env
 
 
-def _groups(parser: configparser.RawConfigParser, imp: Imported,
+def _groups(parser: configparser.RawConfigParser, imp: Conversion,
             base: dict[str, Any]) -> dict[str, str]:
     """Each grouped program's group."""
     out: dict[str, str] = {}
@@ -273,7 +273,7 @@ def env_pairs(text: str, where: str) -> dict[str, str]:
     return out
 
 
-def _program(parser: configparser.RawConfigParser, section: str, name: str, imp: Imported,
+def _program(parser: configparser.RawConfigParser, section: str, name: str, imp: Conversion,
              base: dict[str, Any], common_env: dict[str, str], group: str,
              priorities: dict[str, tuple[int, str, list[str]]]) -> None:
     where = f"[{section}]"
@@ -342,7 +342,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     priorities[imp.add(where, name, table)] = (prio, where, needs)
 
 
-def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Imported) -> Any:
+def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Conversion) -> Any:
     def get(k: str, default: str) -> str:
         if k not in raw:
             return default
@@ -351,7 +351,7 @@ def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Imported) 
     return get
 
 
-def expand_here(text: str, ex: dict[str, Any], where: str, key: str, imp: Imported
+def expand_here(text: str, ex: dict[str, Any], where: str, key: str, imp: Conversion
                 ) -> str | None:
     """A value expanded with the environment corral import runs in. A variable not set
     there (a container's, set where it runs) leaves an environment's value empty, and any
@@ -382,7 +382,7 @@ def _unexpandable(exc: ConfigError) -> str:
 
 
 def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
-             imp: Imported) -> str | list[str]:
+             imp: Conversion) -> str | list[str]:
     """The command: expanded now, but for the replica's number and the environment's
     variables, which a shell reads as the process starts. Its words are supervisord's
     (shlex's), each quoted for `sh -c` around what the shell is to read, so that the
@@ -439,7 +439,7 @@ def _bool(text: str, where: str, key: str) -> bool:
 
 
 def _logs(raw: dict[str, str], get: Any, table: dict[str, Any], where: str,
-          imp: Imported) -> None:
+          imp: Conversion) -> None:
     """stdout_logfile as the agent's log_file (/dev/stdout as the daemon's stdout), its
     size and backups as its rotation; stderr goes with it (`redirect_stderr` or not)."""
     out = get("stdout_logfile", "AUTO")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import How, Imported, text_of
+from .model import Conversion, How, text_of
 
 # directives read below (lower case)
 CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "restart",
@@ -119,14 +119,14 @@ def _unit_files(path: Path) -> tuple[Path | None, list[Path]]:
     return path, sorted(path.parent.joinpath(path.name + ".d").glob("*.conf"))
 
 
-def read(path: Path, how: How) -> Imported:
+def read(path: Path, how: How) -> Conversion:
     skipped: list[int] = []
     unit, dropins = _unit_files(path)
     texts = [_text(f) for f in ([unit] if unit else []) + dropins]
     sections = parse("\n".join(texts), str(path), skipped)
     if "Service" not in sections:
         raise ConfigError(f"{path}: no [Service] section: not a service unit")
-    imp = Imported(str(path), "systemd")
+    imp = Conversion(str(path), "systemd")
     for number in skipped:
         imp.note(f"line {number}", "(line)", "not carried: not `Key=value` in a "
                                              "[Section] (systemd passes over it too)")
@@ -151,7 +151,7 @@ def read(path: Path, how: How) -> Imported:
     return imp
 
 
-def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Imported,
+def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Conversion,
              name: str) -> dict[str, Any]:
     given: dict[str, tuple[str, str, list[str]]] = {}  # lower -> (section, key, values)
     for sec, keys in sections.items():
@@ -249,7 +249,7 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
     return table
 
 
-def _limits(one: Any, where: str, imp: Imported) -> dict[str, int]:
+def _limits(one: Any, where: str, imp: Conversion) -> dict[str, int]:
     out: dict[str, int] = {}
     nofile = one("limitnofile")
     if nofile:
@@ -267,7 +267,7 @@ def _limits(one: Any, where: str, imp: Imported) -> dict[str, int]:
     return out
 
 
-def _command(starts: list[str], where: str, imp: Imported) -> str | list[str]:
+def _command(starts: list[str], where: str, imp: Conversion) -> str | list[str]:
     """ExecStart= less its prefixes (`-`, `@`, `+`, `!`, `:`); a command that reads
     variables ($X, ${X}) runs under `sh -c`, as systemd expands them from the
     environment it gives. Several (a oneshot's) run in turn under `sh -c`, each once the
@@ -296,7 +296,7 @@ def _specifiers(text: str, name: str) -> str:
     return re.sub(r"%([nNpiI%])", lambda m: subs[m[1]], text)
 
 
-def _exit_codes(values: list[str], where: str, imp: Imported) -> list[int]:
+def _exit_codes(values: list[str], where: str, imp: Conversion) -> list[int]:
     codes = [0]
     for v in values:
         for word in v.split():

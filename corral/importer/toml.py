@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from .model import Imported
+from .model import Conversion
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -29,7 +29,7 @@ def value(v: Any) -> str:
     raise TypeError(f"no TOML for {type(v).__name__}")  # pragma: no cover - ours only
 
 
-def render(imports: list[Imported]) -> str:
+def render(imports: list[Conversion]) -> str:
     """The agent tables of every import, in order; a nested table (limits, env) after
     its agent's keys."""
     out: list[str] = []

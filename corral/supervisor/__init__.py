@@ -6,9 +6,9 @@ from .containment import ProcessEnded, ProcessStarted
 from .core import Agent, NoSuchAgent, Supervisor, SupervisorError
 from .lifecycle import Cause, State
 from .process_replica import (
-    Exited,
     LogBatch,
     ProcessReplica,
+    ReplicaExit,
     ReplicaHost,
     ReplicaStatus,
     Transition,
@@ -34,7 +34,6 @@ __all__ = [
     "Checkpoint",
     "Config",
     "ConfigError",
-    "Exited",
     "Limits",
     "ListChanged",
     "LogBatch",
@@ -44,6 +43,7 @@ __all__ = [
     "ProcessReplica",
     "ProcessStarted",
     "Replica",
+    "ReplicaExit",
     "ReplicaHost",
     "ReplicaStatus",
     "Stall",

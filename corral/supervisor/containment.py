@@ -470,7 +470,7 @@ class ProcessEnded(NamedTuple):
 
 
 @dataclass
-class Tracked:
+class ProcessWatch:
     record: ProcessRecord
     oom_before: int = 0
     # re-parented descendants attributed to this process: pid -> start time
@@ -535,8 +535,8 @@ class Containment:
         self.tree: CgroupTree | None = None
         self.notice = "containment not started"
         self.subreaper = False
-        self.live: dict[str, Tracked] = {}  # token -> tracked
-        self._by_pid: dict[int, Tracked] = {}
+        self.live: dict[str, ProcessWatch] = {}  # token -> tracked
+        self._by_pid: dict[int, ProcessWatch] = {}
         self._seq = 0
         # tokens issued, process not yet started -> their cgroup
         self._pending: dict[str, str | None] = {}
@@ -639,7 +639,7 @@ class Containment:
             token=ticket.token, kind=kind, name=name, replica=index, pid=pid,
             start_time=st.start_time if st else 0, pgid=st.pgid if st else pid,
             sid=st.sid if st else pid, cgroup=ticket.cgroup, stop_timeout=stop_timeout)
-        t = Tracked(rec, oom_kills(ticket.cgroup) if ticket.cgroup else 0)
+        t = ProcessWatch(rec, oom_kills(ticket.cgroup) if ticket.cgroup else 0)
         self._pending.pop(ticket.token, None)
         self.live[rec.token] = t
         self._by_pid[pid] = t
@@ -658,7 +658,7 @@ class Containment:
 
     def adopted(self, rec: ProcessRecord) -> None:
         """A process the previous image started (and recorded) is tracked again."""
-        t = Tracked(rec, oom_kills(rec.cgroup) if rec.cgroup else 0)
+        t = ProcessWatch(rec, oom_kills(rec.cgroup) if rec.cgroup else 0)
         self.live[rec.token] = t
         self._by_pid[rec.pid] = t
 
@@ -710,7 +710,7 @@ class Containment:
             self._maybe_sweep()
         self.stream.emit(ProcessEnded(t.record))
 
-    def _kill_escapees(self, t: Tracked) -> None:
+    def _kill_escapees(self, t: ProcessWatch) -> None:
         for pid, start in t.escapees.items():
             self._kill_orphan(pid, start)
         t.escapees.clear()

@@ -40,7 +40,7 @@ from .mcproutes import AgentMcp
 from .notifysock import NotifyDir
 from .parts import Parts
 from .plain import make_replica
-from .process_replica import Exited, LogBatch, ProcessReplica, ReplicaStatus, Transition
+from .process_replica import LogBatch, ProcessReplica, ReplicaExit, ReplicaStatus, Transition
 from .quotas import QuotasChanged, Tenancy
 from .replica import Replica
 from .startstop import stop_all
@@ -356,7 +356,7 @@ class Supervisor:
 
     def replica_exited(self, r: ProcessReplica, reason: str) -> None:
         self.stats.exits += 1
-        self.stream.emit(Exited(r, reason))
+        self.stream.emit(ReplicaExit(r, reason))
 
     def replica_ready(self, r: Replica) -> None:
         self.tasks.replica_ready(r)

@@ -25,7 +25,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..workerproto import EventsPublishParams, EventsSubscribeParams
 from .followers import Follower
-from .process_replica import Exited
+from .process_replica import ReplicaExit
 from .stream import Stream
 from .workercalls import on_notification, on_request
 
@@ -142,7 +142,7 @@ class EventBus:
         self.relay: Callable[[Delivery], None] | None = None
         on_notification(worker_notifications, EventsPublishParams, self._on_publish)
         on_request(worker_methods, EventsSubscribeParams, self._on_subscribe)
-        stream.subscribe(self._on_exit, Exited)
+        stream.subscribe(self._on_exit, ReplicaExit)
 
     def publish(self, topic: str, data: Any, source: str, tenant: str | None = None,
                 glob: str | None = None) -> int:
@@ -207,7 +207,7 @@ class EventBus:
     def unfollow(self, f: EventFollower) -> None:
         self.followers.discard(f)
 
-    def _on_exit(self, e: Exited) -> None:
+    def _on_exit(self, e: ReplicaExit) -> None:
         self.subscriptions.pop(e.replica, None)  # type: ignore[call-overload]
 
     def _on_publish(self, r: Replica, p: EventsPublishParams) -> None:

@@ -29,7 +29,7 @@ from ..workerproto import (
     ResourcesUnsubscribeParams,
     ResourceTemplatesListParams,
 )
-from .process_replica import Exited
+from .process_replica import ReplicaExit
 from .stream import Stream
 from .workercalls import on_request
 
@@ -64,9 +64,9 @@ class AgentMcp:
         on_request(worker_methods, ResourcesUnsubscribeParams, self.unsubscribe)
         on_request(worker_methods, PromptsListParams, self.list_prompts)
         on_request(worker_methods, PromptsGetParams, self.get_prompt)
-        stream.subscribe(self._on_exit, Exited)
+        stream.subscribe(self._on_exit, ReplicaExit)
 
-    def _on_exit(self, e: Exited) -> None:
+    def _on_exit(self, e: ReplicaExit) -> None:
         self.pool.drop_subscriber(e.replica.label)
 
     async def list_resources(self, r: Replica, p: ResourcesListParams) -> Any:

@@ -53,7 +53,7 @@ class LogBatch(NamedTuple):
     lines: LineBlock
 
 
-class Exited(NamedTuple):
+class ReplicaExit(NamedTuple):
     """A replica's process is gone (reaped, or its session over), with the reason."""
 
     replica: ProcessReplica

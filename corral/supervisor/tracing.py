@@ -40,7 +40,7 @@ from ..tracecontext import (
     parse_or_none,
     parse_or_refuse,
 )
-from .process_replica import Exited
+from .process_replica import ReplicaExit
 from .tasks.model import Task
 from .tasks.taskmachine import TaskStatus
 
@@ -169,7 +169,7 @@ class Tracer:
         tasks.trace_end = self.finished
         tasks.worker.tool_router = self.traced(tasks.worker.tool_router)
         tasks.steps.on_replay = self.replayed
-        tasks.stream.subscribe(self._exited, Exited)
+        tasks.stream.subscribe(self._exited, ReplicaExit)
 
     # -- the context in -----------------------------------------------------------------------
     def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
@@ -375,7 +375,7 @@ class Tracer:
                           span.transport, span.request_id, start, time.time(), error))
 
     # -- a worker's exit ----------------------------------------------------------------------
-    def _exited(self, e: Exited) -> None:
+    def _exited(self, e: ReplicaExit) -> None:
         r = e.replica
         if self._tasks is None or getattr(r, "kind", None) != "agent":
             return

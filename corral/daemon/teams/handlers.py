@@ -56,8 +56,8 @@ async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) ->
         for name, spec in sorted(d.teams.specs.items())])
 
 
-async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.Added:
-    return m.Added(added=await d.teams.catalog.add_checked(
+async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
+    return m.AddResult(added=await d.teams.catalog.add_checked(
         p.teams, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
@@ -73,20 +73,20 @@ async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Cha
 
 
 async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
-                       ) -> m.Updated:
+                       ) -> m.UpdateResult:
     _there(d, caller, p.name)
     return updated(p.name, await d.teams.catalog.update_checked(
         p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
 async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
-                       ) -> m.Removed:
+                       ) -> m.RemoveResult:
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the teams to remove")
     for name in p.names:
         _there(d, caller, name)
-    return m.Removed(removed=await d.teams.catalog.remove(p.names, caller.who,
-                                                          caller.tenant))
+    return m.RemoveResult(removed=await d.teams.catalog.remove(p.names, caller.who,
+                                                               caller.tenant))
 
 
 async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Channel

@@ -156,10 +156,10 @@ def _known(d: Services, caller: Caller
 
 
 async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Channel
-                        ) -> m.Added:
+                        ) -> m.AddResult:
     agent, specs = _known(d, caller)
-    return m.Added(added=await d.workflows.catalog.add(p.workflows, caller.who,
-                                                       caller.tenant, agent, specs))
+    return m.AddResult(added=await d.workflows.catalog.add(p.workflows, caller.who,
+                                                           caller.tenant, agent, specs))
 
 
 async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller,
@@ -175,7 +175,7 @@ async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller
 
 
 async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c: Channel
-                           ) -> m.Updated:
+                           ) -> m.UpdateResult:
     _seen(d, caller, p.name)
     agent, specs = _known(d, caller)
     return updated(p.name, await d.workflows.catalog.update(
@@ -183,13 +183,13 @@ async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c:
 
 
 async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c: Channel
-                           ) -> m.Removed:
+                           ) -> m.RemoveResult:
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
     for name in p.names:
         _seen(d, caller, name)
-    return m.Removed(removed=await d.workflows.catalog.remove(p.names, caller.who,
-                                                              caller.tenant))
+    return m.RemoveResult(removed=await d.workflows.catalog.remove(p.names, caller.who,
+                                                                   caller.tenant))
 
 
 def _seen_past(d: Services, caller: Caller, name: str) -> None:

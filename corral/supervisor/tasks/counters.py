@@ -54,7 +54,7 @@ def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return total
 
 
-class Carried(msgspec.Struct, frozen=True):
+class CounterSnapshot(msgspec.Struct, frozen=True):
     """An agent's counters handed to the next daemon image (`corral upgrade`): `corral
     stats` goes on from them rather than from zero."""
 
@@ -62,11 +62,12 @@ class Carried(msgspec.Struct, frozen=True):
     latencies: list[float] = []
 
 
-def carry(by_agent: Mapping[str, AgentTasks]) -> dict[str, Carried]:
-    return {name: Carried(dict(q.counts), list(q.latencies)) for name, q in by_agent.items()}
+def carry(by_agent: Mapping[str, AgentTasks]) -> dict[str, CounterSnapshot]:
+    return {name: CounterSnapshot(dict(q.counts), list(q.latencies))
+            for name, q in by_agent.items()}
 
 
-def carry_on(q: AgentTasks, c: Carried, counted_again: int) -> None:
+def carry_on(q: AgentTasks, c: CounterSnapshot, counted_again: int) -> None:
     """`q` (made by the new image, nothing counted yet) takes `c`'s counts and latencies.
     `counted_again`: the agent's tasks the new image accepts once more as it takes them
     back (recovered from the journal, or re-attached to a kept worker): accepted once."""
