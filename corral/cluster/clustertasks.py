@@ -35,7 +35,7 @@ from .batch import Batcher
 from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
-from .replicas import Unreplicated
+from .replicas import UnconfirmedWrite
 from .scripts import Scripts
 from .sessions import ClusterSessions
 from .trust import AGENT, OUTCOME, TENANT, Trust
@@ -159,7 +159,7 @@ class ClusterTasks:
             [got] = await self.scripts.acknowledged([(submit, keys, args)])
             if isinstance(got, RedisError):
                 raise got
-        except Unreplicated as exc:
+        except UnconfirmedWrite as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, (
                 f"the task was not acknowledged: the cluster's Redis at "
                 f"{place(self.settings)} took it, but {exc}: a failover could lose it. It "

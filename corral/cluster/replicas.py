@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from ..supervisor.config import ClusterSettings
 
 
-class Unreplicated(RedisError):
+class UnconfirmedWrite(RedisError):
     """The primary took the write and fewer replicas than `ack_replicas` confirmed it
     in time: not acknowledged (a failover now could lose it). A RedisError, so that
     each caller does what it does when Redis does not answer: a submit is refused, an
@@ -39,15 +39,15 @@ class Acks:
         pipe.execute_command("WAIT", self.replicas, int(self.timeout * 1000))
 
     def check(self, answers: list[Any]) -> list[Any]:
-        """The pipeline's answers but the last two; Unreplicated when WAIT's (the
+        """The pipeline's answers but the last two; UnconfirmedWrite when WAIT's (the
         replicas that confirmed) falls short, or the marker's write failed."""
         *calls, marked, confirmed = answers
         if isinstance(marked, Exception):
-            raise Unreplicated(f"the write that WAIT confirms was refused ({marked})")
+            raise UnconfirmedWrite(f"the write that WAIT confirms was refused ({marked})")
         if isinstance(confirmed, Exception) or int(confirmed) < self.replicas:
             got = confirmed if not isinstance(confirmed, Exception) else 0
-            raise Unreplicated(f"{got} of the {self.replicas} replicas ack_replicas asks "
-                               f"for confirmed it within {self.timeout:g} s (ack_timeout)")
+            raise UnconfirmedWrite(f"{got} of the {self.replicas} replicas ack_replicas asks "
+                                   f"for confirmed it within {self.timeout:g} s (ack_timeout)")
         return calls
 
 

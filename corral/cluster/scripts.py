@@ -669,7 +669,7 @@ class Scripts:
 
     async def acknowledged(self, calls: list[Call]) -> list[Any]:
         """`run`, for writes a client or a worker is told were kept: with the replicas'
-        confirmation where [cluster] ack_replicas asks for it (replicas.Unreplicated, a
+        confirmation where [cluster] ack_replicas asks for it (replicas.UnconfirmedWrite, a
         RedisError, when they do not give it in time: the calls did run)."""
         return await self._run(calls, self.acks)
 
