@@ -7,6 +7,7 @@ small, no function in corral/ is over 100 lines and no module over 1,000 but two
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +169,51 @@ def test_no_handler_or_task_front_asks_whether_this_daemon_is_a_node() -> None:
                     for o in (node.left, *node.comparators)):
                 found.append(f"{path.name}:{node.lineno}")
     assert found == []
+
+
+def _class_names() -> dict[str, list[str]]:
+    """Each class name defined in corral/ -> where (file:line), every definition."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(CORRAL.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                found.setdefault(node.name, []).append(
+                    f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_no_class_name_is_defined_twice_in_corral() -> None:
+    """One name, one class: `Step` was a replica machine's row, a journaled step and a
+    workflow's step; each says what it is (MachineStep, Step, PlanStep)."""
+    twice = {name: where for name, where in _class_names().items() if len(where) > 1}
+    assert twice == {}
+
+
+# past participles a class name may be whole (`Taken`, `_Kept`): it says what happened,
+# not what the thing is; -ed and -en words besides these nouns are participles too
+IRREGULAR = {"Up", "Said", "Kept", "Held", "Taken", "Seen", "Broken", "Done", "Sent", "Made",
+             "Set", "Left", "Lost", "Built", "Found", "Told", "Bound", "Shut", "Cut", "Put",
+             "Given", "Gone", "Known", "Shown", "Written", "Read"}
+NOUNS = {"Children", "Token", "Screen", "Seed", "Speed", "Feed", "Need", "Run"}
+
+
+def participle(name: str) -> bool:
+    word = name.lstrip("_")
+    if not re.fullmatch(r"[A-Z][a-z]+", word) or word in NOUNS:
+        return False
+    return word in IRREGULAR or word.endswith(("ed", "en"))
+
+
+def test_no_class_name_is_a_past_participle() -> None:
+    """A class is named for its role (`Takeover`, `ExporterLine`, `StartResult`), not for
+    what happened to it (`Taken`, `Said`, `Started`)."""
+    named = sorted(f"{name} ({where[0]})" for name, where in _class_names().items()
+                   if participle(name))
+    assert named == []
+
+
+def test_the_participle_rule_tells_a_participle_from_a_role_noun() -> None:
+    assert [n for n in ("Up", "Taken", "_Kept", "Started", "Said", "Refused")
+            if not participle(n)] == []
+    assert [n for n in ("Children", "Token", "Run", "StartResult", "TaskFinished",
+                        "Takeover", "Step") if participle(n)] == []
