@@ -166,7 +166,7 @@ DEFERRABLE = ("corral.daemon.workflows", "corral.daemon.teams", "corral.daemon.s
               "corral.daemon.schedulehandlers", "corral.daemon.definitions",
               "corral.daemon.defcatalog", "corral.daemon.packages.service",
               "corral.daemon.traces", "corral.supervisor.tracing", "corral.daemon.history",
-              "corral.daemon.sessions", "corral.daemon.gatewayaccess",
+              "corral.daemon.sessionjournal", "corral.daemon.gatewayaccess",
               "corral.daemon.filewatch", "corral.daemon.fleetwatch")
 BOOT_IMPORTS = ("uvloop", "corral.daemon.boot", "corral.supervisor.configload",
                 "corral.daemon.daemon", "corral.daemon.upgrade")

@@ -32,12 +32,12 @@ from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
 from .batch import Batcher
+from .clustersessions import ClusterSessions
 from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .replicas import UnconfirmedWrite
 from .scripts import Scripts
-from .sessions import ClusterSessions
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)

@@ -1,4 +1,4 @@
-"""The Lua of sessions on a cluster (cluster/sessions.py, docs/durable.md#sessions): a
+"""The Lua of sessions on a cluster (cluster/clustersessions.py, docs/durable.md#sessions): a
 session's turns kept in order by Redis itself, with no polling.
 
 A session is a hash (Keys.session) whose `cur` is the one task of it in the agent's stream

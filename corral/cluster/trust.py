@@ -38,7 +38,7 @@ REVISION = b"revision"  # a kept revision's table (keys.history), by agent name
 DECLARED = b"declared"  # a table a node's file declared (keys.declared), by node, agent
 OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task and fence
 STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
-SESSION = b"session"  # a session's state (keys.session, cluster/sessions.py), by agent, name
+SESSION = b"session"  # a session's state (keys.session, cluster/clustersessions.py), by agent, name
 # whose a task is (its record's `tenant`, its agent's where it was submitted), by task and
 # agent: a Redis writer does not move a task into another tenant's sight (decision 436)
 TENANT = b"tenant"

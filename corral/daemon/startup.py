@@ -51,7 +51,7 @@ from .packages.service import Packages
 from .revisions import RevisionLog, describe_change
 from .schedules import Ledger, LocalLedger, ScheduleService, schedule_agents, starter
 from .services import Services
-from .sessions import SessionsDB
+from .sessionjournal import SessionsDB
 from .steps import StepsDB
 from .store import StateStore
 from .storeschema import StoreError

@@ -1,4 +1,4 @@
-"""Sessions on a cluster (issue 39 item 4, corral/cluster/sessions.py,
+"""Sessions on a cluster (issue 39 item 4, corral/cluster/clustersessions.py,
 docs/durable.md#sessions-on-a-cluster): twenty turns of a session submitted at once on
 two nodes run one at a time, in order, each once, each given the state the last one
 checkpointed, on whichever node; a node SIGKILLed mid-turn: the turn is retried on the
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from corral.cluster import records, sessions, sessionscripts
+from corral.cluster import clustersessions, records, sessionscripts
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.supervisor.tasks.sessions import SessionKey
@@ -243,7 +243,7 @@ IDS = [f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2)]
 async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
         client: Any) -> None:
     s = Scripts(client)
-    submit_turn = client.register_script(sessions.SUBMIT)
+    submit_turn = client.register_script(clustersessions.SUBMIT)
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
@@ -300,7 +300,7 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     """The end every end shares: a takeover with no retry left ends the turn `lost`, and
     the next turn of the session goes into the stream, its state the last checkpoint's."""
     s = Scripts(client)
-    submit_turn = client.register_script(sessions.SUBMIT)
+    submit_turn = client.register_script(clustersessions.SUBMIT)
     first, second = IDS
     for tid in IDS:
         assert await submit_turn(

@@ -23,7 +23,7 @@ the turns are kept elsewhere).
 
 A session idle (no task of it unfinished) for its agent's `session_ttl` is
 dropped, state and history; its next task starts it afresh, told so by no state.
-The engine works without a journal; the daemon's is SQLite (corral.daemon.sessions).
+The engine works without a journal; the daemon's is SQLite (corral.daemon.sessionjournal).
 
 Memory is bounded: with a journal, only the recently used states stay in memory
 (`HotStates`, a byte budget), the others are read back before their session's next
@@ -114,7 +114,7 @@ def session_bounds(agent: AgentLike | None, tenancy: Tenancy | None) -> list[Ses
 
 
 class SessionJournal(Protocol):
-    """Where sessions are made durable (the daemon's: corral.daemon.sessions.SessionsDB)."""
+    """Where sessions are made durable (the daemon's: corral.daemon.sessionjournal.SessionsDB)."""
 
     def put(self, row: SessionRow) -> None:
         """Keep the session's row (a newer one replaces it); does not block."""
@@ -143,7 +143,7 @@ class SessionJournal(Protocol):
 
 class SessionsElsewhere(Protocol):
     """Where the sessions of tasks whose turns are kept elsewhere live (a cluster's
-    Redis: corral.cluster.sessions.ClusterSessions)."""
+    Redis: corral.cluster.clustersessions.ClusterSessions)."""
 
     def started(self, task: Task) -> msgspec.Raw | None:
         """The state the task's turn is given."""

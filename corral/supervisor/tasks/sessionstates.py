@@ -1,7 +1,7 @@
 """Sessions' states in memory: the recently used ones, within a byte budget
 (docs/durable.md#storage-bounds, docs/security.md).
 
-A session's state is durable in the daemon's journal (corral.daemon.sessions) before a
+A session's state is durable in the daemon's journal (corral.daemon.sessionjournal) before a
 `session/checkpoint` is answered; memory keeps only the hot ones, least recently used
 first out once their bytes pass `budget`, so the daemon's memory does not grow with the
 number of sessions nor with their states. One evicted is read back when a task of its
