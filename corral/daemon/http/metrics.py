@@ -63,7 +63,7 @@ SLICE = 0.002  # seconds of per-agent lines written before the loop turns
 class Restarts:
     """Restarts per agent by the cause that ended the life restarted, counted from the
     event stream (the engine counts them by cause for the whole fleet only): O(1) per
-    event. Counted when decided, as the machine counts them (lifecycle.Step.tally)."""
+    event. Counted when decided, as the machine counts them (lifecycle.MachineStep.tally)."""
 
     def __init__(self, services: Services) -> None:
         self.agents = services.agents
