@@ -120,7 +120,7 @@ async def test_refusals_say_why(tmp_path: Path) -> None:
         res = await run(d, {"recurse": 3})
         deepest = res.output
         assert deepest["status"] == "failed", res
-        assert deepest["error"] == (f"RpcError: task/spawn: spawn depth exceeded: a child "
+        assert deepest["error"] == (f"RequestError: task/spawn: spawn depth exceeded: a child "
                                     f"of task {deepest['task_id']} would be at depth 3 "
                                     "(max_spawn_depth 2 of agent orch)")
         res = await run(d, {"recurse": 2})

@@ -175,8 +175,8 @@ def _try_fast_json() -> None:
 _FATAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ENOMEM, errno.EAGAIN}
 FATAL_EXIT_STATUS = 70
 
-__all__ = ["Context", "RequestError", "TaskCancelled", "TaskError", "Worker", "health_check",
-           "run"]
+__all__ = ["Context", "RequestError", "RpcError", "TaskCancelled", "TaskError", "Worker",
+           "health_check", "run"]
 
 # -- health checks -------------------------------------------------------------------------
 # `@health_check` functions by name, answered to corral's `health/check` requests
@@ -224,6 +224,10 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.data = data
+
+
+# its name before decision 491: agents that catch it by that name keep working
+RpcError = RequestError
 
 
 def _print_exc() -> None:
