@@ -19,7 +19,7 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.mcp.client import MAX_INPUT_ROUNDS
-from corral.supervisor import LogLines, McpServerSpec, Supervisor
+from corral.supervisor import LogBatch, McpServerSpec, Supervisor
 from corral.supervisor.mcpserver import McpServerReplica
 
 from .servers.stateless_checks import SCHEMA
@@ -117,7 +117,7 @@ async def test_a_server_that_asks_for_input_for_ever_is_given_up_at_max_input_ro
 async def test_a_tool_whose_header_mark_breaks_sep_2243_is_left_out_and_the_others_kept(
         sup: Supervisor, tmp_path: Path) -> None:
     logs: list[str] = []
-    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
     inst = await up(sup, tmp_path)
     assert inst.client.rejected_tools == ["'bad_header'"]
     assert "bad_header" not in [t["name"] for t in inst.client.tools]

@@ -758,7 +758,7 @@ watch = ["*.py"]
         # no longer watched: nothing restarts it
         d.sup.agent("dev").spec.watch = []
         watches.sync("dev")
-        assert "dev" not in watches.watching
+        assert "dev" not in watches.loops
 
 
 @pytest.mark.deadline(120)

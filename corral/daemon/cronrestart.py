@@ -17,50 +17,33 @@ whether its schedule is the one kept, O(1), as filewatch.py's watches do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
 from ..supervisor.lifecycle import RESTARTED
-from ..supervisor.process_replica import Transition
 from ..supervisor.schedule import Cron
 from ..supervisor.startstop import start_each, stop_all
+from .agentloops import AgentLoops
 from .fleet import Fleet
 
 Report = Callable[..., None]
 REASON = f"{RESTARTED} (restart_cron)"
 
 
-class ScheduledRestarts:
+class ScheduledRestarts(AgentLoops[str]):
     def __init__(self, agents: Agents, fleet: Fleet, report: Report) -> None:
-        self.agents = agents
+        super().__init__(agents)
         self.fleet = fleet
         self.report = report
-        self.kept: dict[str, tuple[str, asyncio.Task[None]]] = {}
-        self.closed = False
 
-    def on_transition(self, event: Transition) -> None:
-        if event.kind == "agent":
-            self.sync(event.name)
+    def key_of(self, spec: Any) -> str | None:
+        return spec.restart_cron  # type: ignore[no-any-return]
 
-    def sync_all(self) -> None:
-        for name in list(self.agents):
-            self.sync(name)
-
-    def sync(self, name: str) -> None:
-        """Keep the schedule the agent's spec says now (or none)."""
-        agent = self.agents.get(name)
-        cron = agent.spec.restart_cron if agent is not None else None
-        current = self.kept.get(name)
-        if current is not None and current[0] == cron:
-            return
-        if current is not None:
-            current[1].cancel()
-            del self.kept[name]
-        if cron is not None and not self.closed:
-            self.kept[name] = (cron, asyncio.ensure_future(self._keep(name, Cron(cron))))
+    async def run_loop(self, name: str, key: str) -> None:
+        await self._keep(name, Cron(key))
 
     async def _keep(self, name: str, cron: Cron) -> None:
         while True:
@@ -86,13 +69,3 @@ class ScheduledRestarts:
                 return
             await stop_all(running, REASON)
             await start_each(running)
-
-    async def close(self) -> None:
-        self.closed = True
-        tasks = [t for _, t in self.kept.values()]
-        self.kept.clear()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t

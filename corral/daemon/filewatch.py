@@ -17,7 +17,6 @@ whether its watch (globs, directory) is the one being watched, O(1).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import os
 from collections.abc import Callable
@@ -28,8 +27,8 @@ import msgspec
 
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
-from ..supervisor.process_replica import Transition
 from ..text import listing
+from .agentloops import AgentLoops
 from .fleet import Fleet
 from .packages.service import Packages
 
@@ -46,37 +45,20 @@ class WatchKey(msgspec.Struct, frozen=True):
     package: bool  # the directory is a package's source: deploy it again
 
 
-class FileWatches:
+class FileWatches(AgentLoops[WatchKey]):
     def __init__(self, agents: Agents, fleet: Fleet, packages: Packages,
                  report: Report) -> None:
-        self.agents = agents
+        super().__init__(agents)
         self.fleet = fleet
         self.packages = packages
         self.report = report
-        self.watching: dict[str, tuple[WatchKey, asyncio.Task[None]]] = {}
         self.restarts = 0
-        self.closed = False
 
-    def on_transition(self, event: Transition) -> None:
-        if event.kind == "agent":
-            self.sync(event.name)
+    def key_of(self, spec: Any) -> WatchKey | None:
+        return self._key(spec) if spec.watch else None
 
-    def sync_all(self) -> None:
-        for name in list(self.agents):
-            self.sync(name)
-
-    def sync(self, name: str) -> None:
-        """Watch what the agent's spec says now (or nothing)."""
-        agent = self.agents.get(name)
-        key = self._key(agent.spec) if agent is not None and agent.spec.watch else None
-        current = self.watching.get(name)
-        if current is not None and current[0] == key:
-            return
-        if current is not None:
-            current[1].cancel()
-            del self.watching[name]
-        if key is not None and not self.closed:
-            self.watching[name] = (key, asyncio.ensure_future(self._watch(name, key)))
+    async def run_loop(self, name: str, key: WatchKey) -> None:
+        await self._watch(name, key)
 
     def _key(self, spec: Any) -> WatchKey | None:
         if spec.release is not None:
@@ -144,13 +126,3 @@ class FileWatches:
                     await agent.roll(start_stopped=False)
         except RpcError as exc:  # refused: what runs keeps serving
             self.report(f"{name}: after the change of {shown}: {exc.message}", priority=4)
-
-    async def close(self) -> None:
-        self.closed = True
-        tasks = [t for _, t in self.watching.values()]
-        self.watching.clear()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
