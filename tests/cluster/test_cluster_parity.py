@@ -145,6 +145,14 @@ def priority(a: Node, b: Node) -> str:
     return ran_on_b(got)
 
 
+def tags(a: Node, b: Node) -> str:
+    got = answer_of(a, "tasks.submit", {"agent": "w", "input": {"do": "echo"},
+                                        "tags": ["parity"], "wait": 60})
+    assert b.call("tasks.get", {"task_id": got["result"]["task_id"]})["options"][
+        "tags"] == ["parity"], got
+    return ran_on_b(got)
+
+
 def local(a: Node, b: Node) -> str:
     assert "no such agent: w" in (error_of(a, "tasks.submit", {
         "agent": "w", "input": {}, "local": True}) or "")
@@ -188,7 +196,7 @@ FEATURE_PROBES: dict[str, Callable[[Node, Node], str]] = {"team calls": team_cal
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
     "agent": echo, "input": echo, "wait": echo, "timeout": timeout, "priority": priority,
-    "local": local, "session": session,
+    "local": local, "session": session, "tags": tags,
     "traceparent": lambda a, b: echo(a, b, traceparent=TRACE),
     "tracestate": lambda a, b: echo(a, b, traceparent=TRACE, tracestate="k=v"),
     "delay": policy("delay", 0.1), "not_before": policy("not_before", time.time() + 0.1),
