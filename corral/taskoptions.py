@@ -26,7 +26,9 @@ MAX_TAG_LENGTH = 64  # characters of one tag (max_tag_length)
 SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec's
 # a tag as a shell, a URL's query and a log line take it without quoting
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=/@+-]*")
+# a tag, as the server checks it and the OpenAPI document says it
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:=/@+-]*$"
+_TAG = re.compile(TAG_PATTERN)
 
 
 def _cli(flag: str | None = None, *, parse: str | None = None, metavar: str | None = None,

@@ -20,6 +20,7 @@ from ...supervisor.tasks.admission import MAX_INPUT_BYTES
 from ...supervisor.teams import TeamSpec
 from ...supervisor.workflows import WorkflowSpec
 from ...supervisor.workflows.plan import STEP_NAME
+from ...taskoptions import MAX_TAG_LENGTH, MAX_TAGS, TAG_PATTERN
 from ..tasks.front import STATUSES
 from ..workflows.runstore import RUN_STATUSES
 from . import route, sse
@@ -82,6 +83,9 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
     ("tasks.submit", "timeout"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                             {"type": "null"}]},
     ("tasks.submit", "input"): {"description": INPUT},
+    # (taskoptions.TaskOptions.__post_init__)
+    ("tasks.submit", "tags"): {"maxItems": MAX_TAGS, "items": {
+        "type": "string", "maxLength": MAX_TAG_LENGTH, "pattern": TAG_PATTERN}},
     # a name (HUP, SIGUSR1; any case is taken) or a number
     ("agents.signal", "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
         s.name[3:] for s in signal.Signals) + "))$"},
