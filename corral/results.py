@@ -539,6 +539,10 @@ class CallStats(Result):
 
 class ClientCallStats(CallStats):
     in_flight: int
+    # an agent replica's tool calls made as a task attempt's step, and made as no
+    # task's (docs/gateway.md#calls-of-a-task)
+    attributed: int = 0
+    unattributed: int = 0
 
 
 class GatewayStats(Result):
@@ -548,6 +552,8 @@ class GatewayStats(Result):
     tools: dict[str, CallStats]
     url: str | None
     http: dict[str, Any] | None
+    attributed: int = 0  # every replica's, as its clients' rows count them
+    unattributed: int = 0
 
 
 class StatsResult(Result):

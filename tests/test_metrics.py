@@ -38,6 +38,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool: scripts/
 
 TOKENS = {"scraper": frozenset({"metrics:read"}), "reader": frozenset({"agents:read"})}
 LABELS = {"agent", "tenant", "state", "cause", "outcome", "server", "route", "code", "le",
+          "attribution",
           "version", "python"}
 
 

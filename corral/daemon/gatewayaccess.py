@@ -11,6 +11,11 @@ Clients are identified by
 - a per-replica token corral mints for each agent replica it starts (in the replica's
   environment as CORRAL_MCP_TOKEN, with CORRAL_MCP_URL), valid while that replica runs;
 - nothing (an operator on the control socket): everything.
+
+A replica's call is attributed to the task attempt it is for (attribution.py): then it
+is a step of that task, as the worker's `tools/call` is (journaled, replayed on a retry,
+counted in its tool budget, a span of the attempt); a replica's call that is no
+attempt's is made as any client's, and counted as unattributed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import re
 import secrets
 import time
@@ -43,13 +49,17 @@ from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
+from ..workerproto import ToolsCallParams
 from .api import Audit, Dispatcher
+from .attribution import AttemptMark, Attribution
 from .caller import Caller
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, TaskHandles
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
     from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
+    from ..supervisor.tasks import TaskManager
+    from ..supervisor.tasks.model import Task
     from ..supervisor.tools import Tools
     from ..supervisor.tracing import Tracer
 
@@ -145,15 +155,22 @@ class Identity(msgspec.Struct, kw_only=True):
     # the one server it sees as itself (at /mcp/NAME): that server's tools and prompts by
     # their own names, its resources alone; None: every server's, named SERVER__NAME
     server: str | None = None
+    # an agent replica's token: the replica (its calls are attributed to its attempts),
+    # and the attempt its address names, if any (attribution.py)
+    replica: Any = None
+    mark: AttemptMark | None = None
 
 
 class CallCounter:
-    __slots__ = ("calls", "errors", "latencies")
+    __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed")
 
     def __init__(self) -> None:
         self.calls = 0
         self.errors = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        # an agent replica's tool calls made as a task's step, and made as no task's
+        self.attributed = 0
+        self.unattributed = 0
 
     def add(self, seconds: float, error: bool) -> None:
         self.calls += 1
@@ -165,6 +182,13 @@ class CallCounter:
         return {"calls": self.calls, "errors": self.errors,
                 "p50_ms": percentile_ms(lat, 0.50), "p95_ms": percentile_ms(lat, 0.95),
                 "p99_ms": percentile_ms(lat, 0.99)}
+
+    def replica_summary(self) -> dict[str, Any]:
+        """A client's row: with, for an agent replica's, its calls by attribution."""
+        row = self.summary()
+        if self.attributed or self.unattributed:
+            row.update(attributed=self.attributed, unattributed=self.unattributed)
+        return row
 
 
 class Limiter:
@@ -204,7 +228,8 @@ class GatewayChanged(NamedTuple):
 class GatewayService:
     def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
                  settings: GatewaySettings | None = None,
-                 calls: Dispatcher[Any] | None = None) -> None:
+                 calls: Dispatcher[Any] | None = None,
+                 tasks: TaskManager | None = None) -> None:
         self.agents = agents
         self.stream = stream  # GatewayChanged goes on it
         self.tools = tools  # the pool it serves
@@ -230,6 +255,12 @@ class GatewayService:
         # daemon's Dispatcher: a call is a task submitted as the client)
         self.handles = TaskHandles(lambda: self.settings)
         self.agent_tools = AgentTools(calls, lambda: list(agents.values()))
+        # a replica's call made as its task attempt's step: the engine's tasks in flight,
+        # and its worker methods' `tools/call` (with no engine's tasks: none is)
+        self.attribution = Attribution(tasks.active if tasks is not None else {})
+        self.task_call = tasks.worker.on_tool_call if tasks is not None else None
+        self.attributed = 0  # replicas' calls made as a task's step, and made as none's
+        self.unattributed = 0
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
@@ -306,7 +337,7 @@ class GatewayService:
         if replica is not None:
             return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec),
                             owner=replica.label, tenant=tenant_of(replica.spec),
-                            **self._limits())
+                            replica=replica, **self._limits())
         # looked up by digest: timing can tell at most something of a SHA-256 of the token
         found = self.tokens.get(digest)
         if found is None:
@@ -546,8 +577,9 @@ class GatewayService:
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
                    who: tuple[int, int] = (-1, -1), context: Parent | None = None) -> Any:
-        """One tools/call by a gateway client: allowlist, limits, accounting, audit;
-        `context`: the client's trace context (its `_meta`), the call's span's parent."""
+        """One tools/call by a gateway client: allowlist, attribution, limits, accounting,
+        audit; `context`: the client's trace context (its `_meta`), the call's span's
+        parent."""
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
                 not self._tenant_sees(ident, name):
             self._record(ident, name, 0.0, "refused: not in the allowlist", who)
@@ -556,17 +588,25 @@ class GatewayService:
                            f"{ident.name} ({_shown_allow(ident.allow)})")
         limiter = self.limiters.setdefault(ident.name, Limiter())
         try:
+            task = None if ident.replica is None else \
+                self.attribution.task_of(ident.replica, ident.mark)
             limiter.admit(ident)
         except RpcError as exc:
             self._record(ident, name, 0.0, f"refused: {exc.message}", who)
             raise
+        if ident.replica is not None:
+            self._count(ident, task)
         start = time.perf_counter()
         outcome = "ok"
         try:
-            call: Awaitable[Any] = self.tools.call(name, arguments, owner=ident.owner,
-                                                   on_progress=on_progress)
-            if context is not None:
-                call = self._traced(call, context, name, ident.name)
+            call: Awaitable[Any]
+            if task is not None:
+                call = self._step(ident, task, name, arguments, context)
+            else:
+                call = self.tools.call(name, arguments, owner=ident.owner,
+                                       on_progress=on_progress)
+                if context is not None:
+                    call = self._traced(call, context, name, ident.name)
             result = await call
             if isinstance(result, dict) and result.get("isError"):
                 outcome = "isError"
@@ -579,7 +619,29 @@ class GatewayService:
             raise
         finally:
             limiter.in_flight -= 1
-            self._record(ident, name, time.perf_counter() - start, outcome, who)
+            self._record(ident, name, time.perf_counter() - start, outcome, who, task)
+
+    def _count(self, ident: Identity, task: Task | None) -> None:
+        """An agent replica's call, counted as a task's step or as no task's."""
+        counter = self.by_client.setdefault(ident.name, CallCounter())
+        if task is None:
+            counter.unattributed += 1
+            self.unattributed += 1
+        else:
+            counter.attributed += 1
+            self.attributed += 1
+
+    async def _step(self, ident: Identity, task: Task, name: str,
+                    arguments: dict[str, Any], context: Parent | None) -> Any:
+        """A replica's call as its task's step: the worker's `tools/call` for the task
+        (its allowlist, step journal and replay, tool budget, and the attempt's span,
+        a child of the client's own when it is of the attempt's trace)."""
+        assert self.task_call is not None  # a task was found: the engine's tasks are here
+        said = None if context is None else meta(context.trace_id, context.span_id,
+                                                 context.sampled, context.tracestate)
+        answer = self.task_call(ident.replica, ToolsCallParams(
+            name=name, arguments=arguments, task_id=task.id, meta=said))
+        return await answer if inspect.isawaitable(answer) else answer
 
     def _traced(self, call: Awaitable[Any], context: Parent, tool: str, client: str
                 ) -> Awaitable[Any]:
@@ -592,24 +654,28 @@ class GatewayService:
         return call
 
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
-                who: tuple[int, int]) -> None:
+                who: tuple[int, int], task: Task | None = None) -> None:
         error = outcome != "ok"
         self.by_client.setdefault(ident.name, CallCounter()).add(seconds, error)
         self.by_tool.setdefault(tool, CallCounter()).add(seconds, error)
+        params = {"client": ident.name, "tool": tool}
+        if task is not None:
+            params["task"] = task.id
         # the row every command's is, by the Dispatcher's audit (api.Audit)
         self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
                           name=f"gateway client {ident.name}"),
-                   "gateway.call", {"client": ident.name, "tool": tool}, outcome)
+                   "gateway.call", params, outcome)
 
     def stats(self) -> dict[str, Any]:
         clients = {}
         for n in sorted({*self.by_client, *self.limiters}):
-            row = (self.by_client.get(n) or CallCounter()).summary()
+            row = (self.by_client.get(n) or CallCounter()).replica_summary()
             row["in_flight"] = self.limiters[n].in_flight if n in self.limiters else 0
             clients[n] = row
         return {"clients": clients,
                 "tools": {n: s.summary() for n, s in sorted(self.by_tool.items())},
-                "url": self.url}
+                "url": self.url, "attributed": self.attributed,
+                "unattributed": self.unattributed}
 
     # -- list_changed ---------------------------------------------------------------------
     def changed(self, kinds: list[str]) -> None:

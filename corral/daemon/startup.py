@@ -196,7 +196,8 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Se
                     ) -> GatewayService:
     """The MCP gateway's service, configured (its tokens file read); its agents' tools
     submit their tasks through `calls`."""
-    gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit, calls=calls)
+    gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit, calls=calls,
+                             tasks=parts.tasks)
     try:
         gateway.configure(conf.cfg.gateway, conf.dir)
     except ConfigError as exc:

@@ -106,6 +106,9 @@ class ProcessReplica(Life, Monitor):
         self.ready_at = None
         self.sample = Sample()
         self.tasks_running = 0
+        # the task it started last: the one it runs when it runs one (the gateway's
+        # attribution of a call made with its token, daemon/attribution.py)
+        self.last_task: str | None = None
         self._life_init()
         self._monitor_init()
         host.replica_added(self)

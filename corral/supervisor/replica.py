@@ -295,6 +295,7 @@ class Replica(ProcessReplica):
     # -- work -----------------------------------------------------------------------------
     def task_started(self, task_id: str) -> None:
         self.tasks_running += 1
+        self.last_task = task_id
         if self.machine.moves(Cause.TASK):  # no reason made for nothing
             self.executor.fire(Cause.TASK, f"task {task_id}")
 

@@ -376,6 +376,23 @@ class Context(Spawning):
             params["_meta"] = self.trace_meta()
         return self._call("tools/call", params)
 
+    @property
+    def mcp_url(self) -> str | None:
+        """This attempt's address at corral's MCP gateway (None: corral gives the agent
+        no gateway): a call made there, with the replica's CORRAL_MCP_TOKEN, is a step of
+        this task, journaled and replayed on a retry as `call_tool`'s are, whatever MCP
+        client makes it. A process started for the task takes it as its CORRAL_MCP_URL."""
+        url = os.environ.get("CORRAL_MCP_URL")
+        if not url:
+            return None
+        return f"{url}{'&' if '?' in url else '?'}task={self.task_id}&attempt={self.attempt}"
+
+    @property
+    def mcp_headers(self) -> dict[str, str]:
+        """The gateway's credential as an MCP client's HTTP headers (the replica's token)."""
+        token = os.environ.get("CORRAL_MCP_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def trace_meta(self) -> dict[str, str]:
         """The trace context as `_meta` entries (empty when corral does not trace): for a
         request of your own to an MCP server or another service."""

@@ -54,6 +54,7 @@ from ...mcp.server import MISSING_CAPABILITY, GatewaySession, Progress
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
 from ..addresses import loopback
+from ..attribution import mark_of
 from .mcpsessions import SessionsFull, SessionTable
 
 if TYPE_CHECKING:
@@ -346,12 +347,28 @@ class HttpGateway:
                 text="a valid bearer token is required" if auth else "no bearer token",
                 headers={"WWW-Authenticate": 'Bearer resource_metadata='
                          f'"{_origin(request)}{METADATA}{request.path}"'})
+        ident = self._marked(request, ident)
         server = request.match_info.get("server")
         if server is None:
             return ident
         if not self.service.sees_server(ident, server):
             raise _http(404, f"no MCP server {server} this client may use")
         return msgspec.structs.replace(ident, server=server)
+
+    @staticmethod
+    def _marked(request: web.Request, ident: Identity) -> Identity:
+        """The client with the task attempt its address names (`?task=ID&attempt=N`,
+        attribution.py), which only an agent replica's token may name."""
+        try:
+            mark = mark_of(request.query)
+        except ValueError as exc:
+            raise _http(400, str(exc)) from None
+        if mark is None:
+            return ident
+        if ident.replica is None:
+            raise _http(400, f"gateway client {ident.name} is no agent replica: an "
+                             "attempt's address is for the token of the replica that runs it")
+        return msgspec.structs.replace(ident, mark=mark)
 
     @staticmethod
     def _legacy_version(request: web.Request, rid: Id | None = None) -> None:
@@ -372,6 +389,9 @@ class HttpGateway:
                         "expired, or the daemon restarted): initialize again", rid=rid)
         if sess.ident.name != ident.name:
             raise _http(403, "this session belongs to another client", rid=rid)
+        if sess.ident.mark != ident.mark:
+            raise _http(404, "this session began at another attempt's address: initialize "
+                             "again", rid=rid)
         if sess.ident.server != ident.server:
             raise _http(404, f"this session is of {_path(sess.ident.server)}, not of "
                              f"{_path(ident.server)}: initialize again", rid=rid)

@@ -10,8 +10,8 @@ the agents per turn of the loop; their headers and every other family are
 `prometheus_client`'s own (a test holds the lines to what it makes of the same figures).
 The daemon's own `process_*` figures are read in a thread (counting its open files is a
 walk of /proc/self/fd, thousands of entries at a thousand agents). Labels are names
-(agent, state, cause, outcome, server, route, code, model, kind), never a task, request
-or session id; a removed agent's series are gone at the next scrape.
+(agent, state, cause, outcome, server, route, code, model, kind, attribution), never a
+task, request or session id; a removed agent's series are gone at the next scrape.
 
 Who may scrape: with `[http] metrics_public = true` on a loopback address (or a unix
 socket) anyone who reaches it; otherwise a caller one of `ctx.authenticators` recognises,
@@ -194,6 +194,8 @@ class Snapshot:
     """The fleet-wide figures of a scrape, copied on the loop: plain values only."""
 
     mcp: dict[str, tuple[int, int]] = field(default_factory=dict)  # server: calls, errors
+    # agent replicas' gateway tool calls: a task attempt's steps, and no task's
+    replica_calls: tuple[int, int] = (0, 0)
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     # every agent's task times: bucket counts and their sum
     duration: tuple[list[int], float] = ([], 0.0)
@@ -215,7 +217,8 @@ class Snapshot:
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     s = services
     times = services.history.times
-    out = Snapshot(requests=dict(requests))
+    out = Snapshot(requests=dict(requests),
+                   replica_calls=(s.gateway.attributed, s.gateway.unattributed))
     out.duration = (list(times.duration.buckets), times.duration.sum)
     out.wait = (list(times.wait.buckets), times.wait.sum)
     for server, entry in s.tools.servers.items():
@@ -287,6 +290,13 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         mcp.add_metric([server, "ok"], calls - errors)
         mcp.add_metric([server, "error"], errors)
     yield mcp
+    replica_calls = CounterMetricFamily(
+        "corral_gateway_replica_calls", "Agent replicas' tool calls through the MCP "
+        "gateway, by attribution: task (a step of the task attempt it is for), none (no "
+        "attempt's: made as any client's).", labels=("attribution",))
+    replica_calls.add_metric(["task"], snap.replica_calls[0])
+    replica_calls.add_metric(["none"], snap.replica_calls[1])
+    yield replica_calls
     yield from autoscale_families(snap)
     yield counted("corral_http_requests", "Requests to the daemon's HTTP server, by route "
                   "and status.", ("route", "code"), snap.requests)

@@ -1,0 +1,86 @@
+"""Which task attempt a call through corral's gateways belongs to (DESIGN section 22,
+decision 568): the one lookup of the tool gateway's and the model gateway's.
+
+A call from an agent's replica carries the replica's own credential (its token: which
+replica). It may name its attempt too, by the attempt's address: the gateway's URL with
+`?task=ID&attempt=N` (the worker SDK's `ctx.mcp_url`; a process the worker spawns for
+the task is given it as its CORRAL_MCP_URL). Then:
+
+- named: the call is the attempt's when that attempt is running now on the replica the
+  credential names; otherwise (the attempt ended, or it is no attempt of this replica's:
+  another agent's, another tenant's) it is refused, in one text for both, so that the
+  address alone opens nothing and tells nothing;
+- not named: the call is the replica's running task's when its agent runs one task at
+  a time (`max_concurrent_tasks = 1`) and it runs one now; otherwise it is unattributed
+  (made as before, and counted as such by the gateway).
+
+The mark is not a secret: what it adds to the replica's credential is which of the
+replica's own attempts a call is for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+
+if TYPE_CHECKING:
+    from ..supervisor.tasks.model import Task
+
+__all__ = ["ATTEMPT_PARAM", "TASK_PARAM", "AttemptMark", "Attribution", "mark_of"]
+
+TASK_PARAM = "task"
+ATTEMPT_PARAM = "attempt"
+
+
+class AttemptMark(NamedTuple):
+    """The attempt a call's address names."""
+
+    task_id: str
+    attempt: int
+
+
+def mark_of(query: Mapping[str, str]) -> AttemptMark | None:
+    """The attempt a request's query names (None: none); ValueError, saying what is
+    wrong, when it names one badly."""
+    task_id, attempt = query.get(TASK_PARAM), query.get(ATTEMPT_PARAM)
+    if task_id is None and attempt is None:
+        return None
+    if not task_id or attempt is None:
+        raise ValueError(f"an attempt's address names both {TASK_PARAM} and "
+                         f"{ATTEMPT_PARAM} (?{TASK_PARAM}=ID&{ATTEMPT_PARAM}=N)")
+    if not attempt.isdigit() or int(attempt) < 1:
+        raise ValueError(f"{ATTEMPT_PARAM} {attempt!r:.40} is not an attempt's number "
+                         "(1, 2, ...)")
+    return AttemptMark(task_id, int(attempt))
+
+
+class Attribution:
+    """The running task a replica's call is for, from the engine's tasks in flight
+    (`active`, the task manager's: task id -> Task)."""
+
+    def __init__(self, active: Mapping[str, Task]) -> None:
+        self.active = active
+
+    def task_of(self, replica: Any, mark: AttemptMark | None) -> Task | None:
+        """The task whose running attempt a call of `replica` is (None: unattributed);
+        a mark that names no attempt running on `replica` is refused (NOT_FOUND)."""
+        if mark is not None:
+            task = self.active.get(mark.task_id)
+            if task is None or task.replica is not replica or not task.running or \
+                    task.attempt != mark.attempt:
+                raise RpcError(jsonrpc.NOT_FOUND, f"attempt {mark.attempt} of task "
+                                                  f"{mark.task_id:.64} is not running on "
+                                                  f"{replica.label}: a call at its address "
+                                                  "is not made (it ended, or is not this "
+                                                  "replica's)")
+            return task
+        if replica.tasks_running != 1 or replica.spec.max_concurrent_tasks != 1:
+            return None
+        last = replica.last_task
+        task = self.active.get(last) if last is not None else None
+        if task is None or task.replica is not replica or not task.running:
+            return None
+        return task
