@@ -133,7 +133,7 @@ async def test_an_http_route_for_an_existing_method_needs_no_handler(tmp_path: P
 
 
 def test_every_method_names_a_known_scope_and_has_a_handler() -> None:
-    from corral.daemon.commands import HANDLERS
+    from corral.daemon.commandtable import HANDLERS
 
     assert HANDLERS.missing() == []
     assert {m.scope for m in REGISTRY.values()} <= SCOPES
@@ -144,7 +144,7 @@ def test_every_method_names_a_known_scope_and_has_a_handler() -> None:
 
 
 async def test_calls_wait_for_the_services_and_bad_calls_are_refused_before() -> None:
-    from corral.daemon.commands import HANDLERS
+    from corral.daemon.commandtable import HANDLERS
 
     audited: list[tuple[str, str]] = []
     d: Dispatcher[Any] = Dispatcher(HANDLERS, lambda c, m, p, o: audited.append((m, o)))

@@ -7,21 +7,39 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 import msgspec
 
 from .. import methods as m
-from ..methods import REGISTRY
+from ..methods import REGISTRY, named
 from .client import CLIENT_TIMEOUT, EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .terminal import raw_option
 
 
-def doc(method: str) -> str:
+def doc(method: str | type[m.Params]) -> str:
     # cleandoc: a docstring's continuation lines are indented, and click would keep that
     # indent inside the wrapped paragraph ("restart.     Unless ...")
-    return inspect.cleandoc(REGISTRY[method].doc)
+    spec = REGISTRY[method] if isinstance(method, str) else method.declared
+    return inspect.cleandoc(spec.doc)
+
+
+def command(declared: type[m.Params], *, more: str = ""
+            ) -> Callable[[Callable[..., Any]], click.Command]:
+    """The CLI command that is a method's front: named as its declaration says (`cli`:
+    "run", or "workflows run" in a group), its help the method's own (and `more`)."""
+    spec = declared.declared
+    if spec.cli is None:  # pragma: no cover - a programming error
+        raise RuntimeError(f"{spec.name} declares no CLI command")
+    *groups, name = spec.cli.split()
+    group: click.Group = cli
+    for word in groups:
+        sub = group.commands[word]
+        assert isinstance(sub, click.Group)
+        group = sub
+    return group.command(name, help=doc(declared) + more)
 
 
 class Ctx:
@@ -43,11 +61,13 @@ class Ctx:
         except (Unreachable, CallFailed, TimeoutError, OSError):
             return False
 
-    def call(self, method: str, params: msgspec.Struct | None = None, *,
+    def call(self, request: str | m.Params, params: msgspec.Struct | None = None, *,
              reachable: bool = True, wait_forever: bool = False, **kw: Any) -> Any:
-        """Call and answer the result; exit with the reason on failure. With
-        `reachable=False` an unreachable daemon raises Unreachable for the caller;
-        `wait_forever` drops the client's timeout (for a call the daemon bounds itself)."""
+        """Call the method whose params `request` is (or named so, with its params) and
+        answer the result; exit with the reason on failure. With `reachable=False` an
+        unreachable daemon raises Unreachable for the caller; `wait_forever` drops the
+        client's timeout (for a call the daemon bounds itself)."""
+        method, params = named(request, params)
         try:
             with self.client(wait_forever) as c:
                 # the Struct itself: msgspec encodes it (and a Raw input in it) as it is

@@ -13,7 +13,7 @@ import msgspec
 
 from .. import methods as m
 from ..taskoptions import TaskFilters, TaskOptions
-from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
 from .render import human_time, millis, print_json, stamp, table
@@ -61,7 +61,7 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
     while True:
         try:
             with obj.client(wait_forever=True) as c:
-                info: m.TaskInfo = c.ask("tasks.get", {"task_id": task_id, "wait": True})
+                info: m.TaskInfo = c.ask(m.TasksGet(task_id=task_id, wait=True))
                 return info
         except Unreachable as exc:
             if time.monotonic() >= deadline:
@@ -91,19 +91,19 @@ def task_options(fn: Any) -> Any:
     return click.argument("agent", shell_complete=complete_agents)(fn)
 
 
-@cli.command("submit", help=doc("tasks.submit"))
+@command(m.TasksSubmit)
 @task_options
 @json_option
 @pass_ctx
 def submit_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
                 tracestate: str | None, as_json: bool, **flags: Any) -> None:
-    got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
+    got: m.TaskAccepted = obj.call(m.TasksSubmit(
         agent=agent, input=_read_input(input_), local=local, traceparent=traceparent,
         tracestate=tracestate, **given(TaskOptions, flags)))
     click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
 
 
-@cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
+@command(m.TasksRun, more="\n\nExits 0 only when the task succeeded.")
 @task_options
 @click.option("--detach", is_flag=True, help="Print the task id and return at once "
                                              "(as `corral submit`).")
@@ -128,7 +128,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
             click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
 
     if detach:  # answered at once, with the id of the task that runs on
-        got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(**asked))
+        got: m.TaskAccepted = obj.call(m.TasksSubmit(**asked))
         click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
     params = m.TasksRun(**asked)
@@ -136,7 +136,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
         # sleeping agent, a budget, an unready replica): no client timeout
-        res = obj.call("tasks.run", params, on_notification=on_note, reachable=False,
+        res = obj.call(params, on_notification=on_note, reachable=False,
                        wait_forever=True)
     except Unreachable as exc:
         if not accepted:  # never acknowledged: it may not exist
@@ -157,7 +157,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
         sys.exit(EXIT_FAILED)
 
 
-@cli.command("tasks", help=doc("tasks.list"))
+@command(m.TasksList)
 @click.option("--agent", default=None, shell_complete=complete_agents)
 @click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
 @click.option("--since", default=None, metavar="DURATION",
@@ -177,7 +177,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
 def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
                status: str | None, before: str | None, local: bool, as_json: bool,
                **flags: Any) -> None:
-    res: m.TaskList = obj.call("tasks.list", m.TasksList(
+    res: m.TaskList = obj.call(m.TasksList(
         agent=agent, limit=limit, status=status, since=duration(since), before=before,
         local=local, **given(TaskFilters, flags)))
     if as_json:
@@ -200,7 +200,7 @@ def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
         click.echo(f"older tasks: the same with --before {res.next}", err=True)
 
 
-@cli.command("task", help=doc("tasks.get"))
+@command(m.TasksGet)
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
 @click.option("--input", "with_input", is_flag=True,
@@ -212,7 +212,7 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
              as_json: bool) -> None:
     res: m.TaskInfo
     try:
-        res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait, input=with_input),
+        res = obj.call(m.TasksGet(task_id=task_id, wait=wait, input=with_input),
                        reachable=not wait, wait_forever=wait)
     except Unreachable:
         res = _wait_again(obj, task_id, reconnect)
@@ -288,9 +288,9 @@ def where(a: m.Attempt) -> str:
     return f"{node}replica {a.replica} " + (f"pid {a.pid} " if a.pid is not None else "")
 
 
-@cli.command("cancel", help=doc("tasks.cancel"))
+@command(m.TasksCancel)
 @click.argument("task_id")
 @pass_ctx
 def task_cancel(obj: Ctx, task_id: str) -> None:
-    res: m.TaskInfo = obj.call("tasks.cancel", m.TasksCancel(task_id=task_id))
+    res: m.TaskInfo = obj.call(m.TasksCancel(task_id=task_id))
     click.echo(f"{res.task_id}: {res.status}")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, command, json_option, pass_ctx
 from .render import print_json
 
 BAR = 40  # columns of the time axis
@@ -62,12 +62,12 @@ def _detail(s: m.SpanView) -> str:
     return "  " + " ".join(parts) if parts else ""
 
 
-@cli.command("trace", help=doc("traces.get"))
+@command(m.TracesGet)
 @click.argument("task_id")
 @json_option
 @pass_ctx
 def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
-    res: m.TraceView = obj.call("traces.get", m.TracesGet(task_id=task_id))
+    res: m.TraceView = obj.call(m.TracesGet(task_id=task_id))
     if as_json:
         print_json(res)
         return

@@ -18,7 +18,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..methods import REGISTRY, SCOPES, Method
+from ..methods import REGISTRY, SCOPES, Method, Params, named
 from ..supervisor.core import NoSuchAgent
 from ..supervisor.tasks.spawn import REACH
 from ..text import clip, one_line
@@ -26,28 +26,51 @@ from .caller import Caller, Channel, Discard
 from .visibility import AgentRule, agent_rule, sees_task
 
 Ctx = TypeVar("Ctx")
+Narrow = TypeVar("Narrow")
+
+# a control method's handler: the narrow services of its domain, its typed params, the
+# Caller and a Channel
+Handler = Callable[[Narrow, Any, Caller, Channel], Awaitable[Any]]
 
 
-Handler = Callable[[Ctx, Any, Caller, Channel], Awaitable[Any]]
+class Commands(Generic[Ctx, Narrow]):
+    """One domain's handlers (a module's), each the implementation of a declared method,
+    and the narrow services they take: `narrow` makes them from the daemon's services,
+    once, the first time one of them is called."""
 
+    def __init__(self, narrow: Callable[[Ctx], Narrow]) -> None:
+        self.narrow = narrow
+        self.table: dict[str, Handler[Narrow]] = {}
 
-class Handlers(Generic[Ctx]):
-    """The implementation of each method in corral.methods.REGISTRY."""
+    def implements(self, declared: type[Params]
+                   ) -> Callable[[Handler[Narrow]], Handler[Narrow]]:
+        name = declared.declared.name
 
-    def __init__(self) -> None:
-        self.table: dict[str, Handler[Ctx]] = {}
-
-    def implements(self, name: str) -> Callable[[Handler[Ctx]], Handler[Ctx]]:
-        if name not in REGISTRY:  # pragma: no cover - a programming error
-            raise RuntimeError(f"{name} is not in corral.methods.REGISTRY")
-
-        def register(fn: Handler[Ctx]) -> Handler[Ctx]:
+        def register(fn: Handler[Narrow]) -> Handler[Narrow]:
             if name in self.table:  # pragma: no cover - a programming error
                 raise RuntimeError(f"{name} implemented twice")
             self.table[name] = fn
             return fn
 
         return register
+
+
+def whole(services: Ctx) -> Ctx:
+    """The narrow services of a domain that takes them all (until it is narrowed)."""
+    return services
+
+
+class Handlers(Generic[Ctx]):
+    """The implementation of each method in corral.methods.REGISTRY: every domain's
+    Commands, each method in one of them."""
+
+    def __init__(self, *domains: Commands[Ctx, Any]) -> None:
+        self.table: dict[str, tuple[Commands[Ctx, Any], Handler[Any]]] = {}
+        for domain in domains:
+            for name, fn in domain.table.items():
+                if name in self.table:  # pragma: no cover - a programming error
+                    raise RuntimeError(f"{name} implemented twice")
+                self.table[name] = (domain, fn)
 
     def missing(self) -> list[str]:
         return sorted(set(REGISTRY) - set(self.table))
@@ -74,6 +97,8 @@ class Dispatcher(Generic[Ctx]):
         # whose an agent or a server is (Caller.owner), for the callers of a tenant
         self.owner = owner
         self._context: asyncio.Future[Ctx] | None = None
+        # each domain's narrow services, made the first time one of its methods runs
+        self._narrowed: dict[Commands[Ctx, Any], Any] = {}
 
     def bind(self, caller: Caller) -> Caller:
         """A tenant's caller, given the way to tell whose each object is (before the
@@ -177,8 +202,11 @@ class Dispatcher(Generic[Ctx]):
         return NoSuchAgent(exc.name, None if known is None else
                            [n for n in known if caller.sees(n)], exc.note)
 
-    async def call(self, caller: Caller, name: str, params: Any = None,
+    async def call(self, caller: Caller, request: str | Params, params: Any = None,
                    channel: Channel | None = None) -> Any:
+        """The answer to a call of the method whose params `request` is (or named so,
+        with its params), made in the daemon."""
+        name, params = named(request, params)
         return await self.dispatch(caller, name, params, channel or Discard())
 
     async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel,
@@ -190,14 +218,14 @@ class Dispatcher(Generic[Ctx]):
                 # the object named (a task) must be of an agent the caller sees, and is
                 # looked up before the call acts on it
                 look, what, key = rule.owner
-                found = await self.handlers[look](context, decode(
-                    {key: getattr(params, key)}, REGISTRY[look].params), caller, Discard())
+                found = await self._handle(context, look.declared.name, decode(
+                    {key: getattr(params, key)}, look), caller, Discard())
                 if not sees_task(caller, found):
                     raise jsonrpc.not_found(what, getattr(params, key))
             # the tasks a caller limited to some agents submits spawn none beyond them
             reach = REACH.set((caller.who, caller.agents)) if caller.agents else None
             try:
-                result = await self.handlers[spec.name](context, params, caller, channel)
+                result = await self._handle(context, spec.name, params, caller, channel)
             finally:
                 if reach is not None:
                     REACH.reset(reach)
@@ -214,6 +242,13 @@ class Dispatcher(Generic[Ctx]):
         if spec.mutating and params.changes():
             self.audit(caller, spec.name, params, outcome(result))
         return result
+
+    def _handle(self, context: Ctx, name: str, params: Any, caller: Caller,
+                channel: Channel) -> Awaitable[Any]:
+        domain, fn = self.handlers[name]
+        if domain not in self._narrowed:
+            self._narrowed[domain] = domain.narrow(context)
+        return fn(self._narrowed[domain], params, caller, channel)
 
 
 def _scope_held(caller: Caller, spec: Method) -> None:

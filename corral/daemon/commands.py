@@ -1,4 +1,5 @@
-"""The daemon's side of each control method in corral.methods, one function each."""
+"""The daemon's side of the control methods in corral.methods that no narrower handler
+module takes (commandtable.py gathers them all), one function each."""
 
 from __future__ import annotations
 
@@ -21,36 +22,20 @@ from ..supervisor.errors import NoSuchAgent
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..supervisor.startstop import start_each, stop_all
 from ..text import plural
-from .api import Handlers
+from .api import Commands, whole
 from .caller import SHARED, Caller, Channel
 from .flowcontrol import drain
-from .gatewayhandlers import TABLE as GATEWAY_HANDLERS
 from .history import has_rows
-from .schedulehandlers import TABLE as SCHEDULE_HANDLERS
 from .services import Services
-from .sessionhandlers import TABLE as SESSION_HANDLERS
 from .store import row_limit
-from .teams.handlers import TABLE as TEAM_HANDLERS
-from .teams.service import seen_team
 from .tokens import Token, tokens_of
-from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
 
-HANDLERS: Handlers[Services] = Handlers()
-implements = HANDLERS.implements
-for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.py
-    implements(_name)(_handler)
-for _name, _handler in SCHEDULE_HANDLERS.items():  # daemon/schedulehandlers.py
-    implements(_name)(_handler)
-for _name, _handler in SESSION_HANDLERS.items():  # daemon/sessionhandlers.py
-    implements(_name)(_handler)
-for _name, _handler in GATEWAY_HANDLERS.items():  # daemon/gatewayhandlers.py
-    implements(_name)(_handler)
-for _name, _handler in TEAM_HANDLERS.items():  # daemon/teams/handlers.py
-    implements(_name)(_handler)
+COMMANDS: Commands[Services, Services] = Commands(whole)
+implements = COMMANDS.implements
 
 FOLLOW_BATCH = 500
 CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
@@ -85,7 +70,7 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
     return [r for a, i in targets for r in (a.replicas if i is None else [a.replicas[i]])]
 
 
-@implements("daemon.info")
+@implements(m.DaemonInfo)
 async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
                       ) -> m.DaemonInfoResult:
     return m.DaemonInfoResult(
@@ -121,7 +106,7 @@ def fleet_line(agents: int, census: Counter[State]) -> str:
     return line
 
 
-@implements("daemon.shutdown")
+@implements(m.DaemonShutdown)
 async def daemon_shutdown(d: Services, p: m.DaemonShutdown,
                           caller: Caller, c: Channel) -> m.Stopping:
     # after this answer's turn: a caller that does not wait is answered before the stop
@@ -131,7 +116,7 @@ async def daemon_shutdown(d: Services, p: m.DaemonShutdown,
     return m.Stopping(stopping=True, drained=await d.drained())
 
 
-@implements("daemon.upgrade")
+@implements(m.DaemonUpgrade)
 async def daemon_upgrade(d: Services, p: m.DaemonUpgrade, caller: Caller, c: Channel
                          ) -> m.UpgradeReport:
     if caller.limited and (p.python or p.pythonpath or not p.report):
@@ -139,7 +124,7 @@ async def daemon_upgrade(d: Services, p: m.DaemonUpgrade, caller: Caller, c: Cha
     return await d.upgrade(p)
 
 
-@implements("config.reload")
+@implements(m.ConfigReload)
 async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Channel
                         ) -> m.ReloadResult:
     try:
@@ -160,7 +145,7 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
     return SHARED if spec.shared else spec.tenant
 
 
-@implements("agents.status")
+@implements(m.AgentsStatus)
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     placed = d.cluster.slots
@@ -218,7 +203,7 @@ def _wire(value: Any) -> Any:
     return value
 
 
-@implements("agents.start")
+@implements(m.AgentsStart)
 async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.StartResult:
     targets = _targets(d, p.names, p.all)
     asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
@@ -232,7 +217,7 @@ async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel
                      running=[_label(a, i) for a, i in running])
 
 
-@implements("agents.stop")
+@implements(m.AgentsStop)
 async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.StopResult:
     targets = _targets(d, p.names, p.all)
     # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
@@ -240,7 +225,7 @@ async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) 
     return m.StopResult(stopped=[_label(a, i) for a, i in targets])
 
 
-@implements("agents.restart")
+@implements(m.AgentsRestart)
 async def agents_restart(d: Services, p: m.AgentsRestart,
                          caller: Caller, c: Channel) -> m.RestartResult:
     targets = _targets(d, p.names, p.all)
@@ -266,7 +251,7 @@ def _signal_number(name: str) -> int:
                                                "HUP, TERM, USR1, or a number)") from None
 
 
-@implements("agents.signal")
+@implements(m.AgentsSignal)
 async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Channel
                         ) -> m.SignalResult:
     sig = _signal_number(p.signal)
@@ -298,19 +283,19 @@ def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
         for r in replicas])
 
 
-@implements("agents.pause")
+@implements(m.AgentsPause)
 async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
                        ) -> m.PauseResult:
     return _paused(p.name, await d.agents.pause(p.name, p.replica, f"paused by {_user(caller)}"))
 
 
-@implements("agents.resume")
+@implements(m.AgentsResume)
 async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
                         ) -> m.PauseResult:
     return _paused(p.name, d.agents.resume(p.name, p.replica, f"resumed by {_user(caller)}"))
 
 
-@implements("agents.describe")
+@implements(m.AgentsDescribe)
 async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
     agent = d.agents.agent(p.name)
@@ -334,7 +319,7 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
     )
 
 
-@implements("agents.add")
+@implements(m.AgentsAdd)
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.AddResult:
     # a task names an agent or a team: an agent of a team's name would take its calls
     teams = sorted(n for n in p.agents if n in d.teams.specs)
@@ -380,7 +365,7 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
     return await node.add_agents(p.agents, who)
 
 
-@implements("agents.remove")
+@implements(m.AgentsRemove)
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
                         ) -> m.RemoveResult:
     # cluster agents go from Redis (each node stops its replicas at its next beat)
@@ -389,7 +374,7 @@ async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Chann
     return m.RemoveResult(removed=[*gone, *(await d.fleet.remove(rest) if rest else [])])
 
 
-@implements("agents.scale")
+@implements(m.AgentsScale)
 async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
                        ) -> m.ScaleResult:
     node = await d.cluster.node_for(p.name)
@@ -400,7 +385,7 @@ async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
     return m.ScaleResult(name=p.name, replicas=p.replicas)
 
 
-@implements("agents.history")
+@implements(m.AgentsHistory)
 async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     node = await d.cluster.node_for(p.name)
@@ -423,7 +408,7 @@ async def agents_history(d: Services, p: m.AgentsHistory,
                            revisions=_wire(shown), scaling=scaling[-row_limit(p.limit):])
 
 
-@implements("agents.update")
+@implements(m.AgentsUpdate)
 async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Channel
                         ) -> m.UpdateResult:
     change = await d.fleet.update(p.name, p.set, caller.who, check=p.check,
@@ -432,7 +417,7 @@ async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Chann
                           else d.fleet.revision_of(p.name))
 
 
-@implements("agents.rollback")
+@implements(m.AgentsRollback)
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
     if p.release is not None and p.revision is not None:
@@ -452,7 +437,7 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
                             revision=d.fleet.revision_of(p.name), change=change)
 
 
-@implements("audit.list")
+@implements(m.AuditList)
 async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     return m.AuditResult(entries=[
         # rows are written by the rule already; read by it too, for rows an earlier
@@ -464,7 +449,7 @@ async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) ->
             row_limit(p.limit))])
 
 
-@implements("logs.tail")
+@implements(m.LogsTail)
 async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
     sources, keep = _log_sources(d, p)
     if keep is None:
@@ -524,7 +509,7 @@ def _replica_sources(d: Services, names: list[str]
     return sources, keep
 
 
-@implements("logs.rotate")
+@implements(m.LogsRotate)
 async def logs_rotate(d: Services, p: m.LogsRotate, caller: Caller, c: Channel
                       ) -> m.LogsRotated:
     """Each named agent's log file (every agent's, its MCP servers' and the daemon's when
@@ -548,7 +533,7 @@ async def logs_rotate(d: Services, p: m.LogsRotate, caller: Caller, c: Channel
     return m.LogsRotated(files=done)
 
 
-@implements("logs.follow")
+@implements(m.LogsFollow)
 async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""
     sources, keep = _log_sources(d, p)
@@ -572,7 +557,7 @@ async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) 
         d.hub.unfollow(follower)
 
 
-@implements("stats.get")
+@implements(m.StatsGet)
 async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
     stats = msgspec.structs.asdict(d.runtime_stats())
     writer = d.store.writer  # the store's writer thread, once the store is open
@@ -609,71 +594,21 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
     )
 
 
-@implements("tasks.submit")
-async def tasks_submit(d: Services, p: m.TasksSubmit, caller: Caller, c: Channel
-                       ) -> m.TaskAccepted:
-    seen_team(caller, d.teams, p.agent)
-    return await d.tasks.submit(p, c)
-
-
-@implements("tasks.run")
-async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> m.TaskResult:
-    seen_team(caller, d.teams, p.agent)
-    return await d.tasks.run(p, c)
-
-
-@implements("tasks.get")
-async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m.TaskInfo:
-    info = await d.tasks.get(p.task_id, wait=p.wait)
-    seen_team(caller, d.teams, info.agent, p.task_id)
-    if p.input:
-        kept = await d.tasks.input_of(p.task_id)
-        if kept is not None:
-            info.input = kept
-    return info
-
-
-@implements("tasks.list")
-async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
-    # a caller limited to some agents pages through theirs only (full pages; a cursor
-    # of another agent's task reads as absent)
-    if p.agent is not None:
-        seen_team(caller, d.teams, p.agent)
-    tasks, older = await d.tasks.list(p, caller.sees_record if caller.limited else None)
-    return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
-
-
-@implements("tasks.cancel")
-async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
-                       ) -> m.TaskInfo:
-    return await d.tasks.cancel(p.task_id)
-
-
-@implements("traces.get")
-async def traces_get(d: Services, p: m.TracesGet, caller: Caller, c: Channel
-                     ) -> m.TraceView:
-    if d.traces is None:
-        raise RpcError(jsonrpc.CONFLICT, "tracing is off in this daemon: add a [tracing] "
-                       "table to the config (docs/tracing.md); it is read at start: restart "
-                       "the daemon or `corral upgrade`")
-    return await d.traces.trace(p.task_id)
-
-
-@implements("nodes.list")
+@implements(m.NodesList)
 async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
                      ) -> m.NodesResult:
     node = d.cluster.joined()
     return m.NodesResult(nodes=list(await node.nodes()), warnings=node.redis_warnings)
 
 
-@implements("nodes.drain")
+@implements(m.NodesDrain)
 async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
                       ) -> m.DrainResult:
     view = await d.cluster.joined().drain(p.node)
     return m.DrainResult(node=view.node, incarnation=view.incarnation)
 
 
-@implements("events.publish")
+@implements(m.EventsPublish)
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.PublishResult:
     return m.PublishResult(delivered=d.bus.publish(p.topic, p.data, _user(caller),
@@ -692,7 +627,7 @@ def event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
     return named
 
 
-@implements("events.follow")
+@implements(m.EventsFollow)
 async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
     bus = d.bus
     follower = bus.follow(p.pattern, event_tenant(d, p.tenant, caller))
@@ -732,7 +667,7 @@ async def _listing(d: Services, who: dict[str, Any], server: str | None,
     return list(found), unavailable, failed
 
 
-@implements("tools.list")
+@implements(m.ToolsList)
 async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
     who = _lister(d, p.agent)
     (tools,), unavailable, failed = await _listing(d, who, p.server, d.tools.list_tools)
@@ -741,12 +676,12 @@ async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) ->
                       allow=who.get("allow", msgspec.UNSET))
 
 
-@implements("tools.call")
+@implements(m.ToolsCall)
 async def tools_call(d: Services, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
     return await d.tools.call(p.name, p.arguments, owner=CLI_OWNER)
 
 
-@implements("mcp.status")
+@implements(m.McpStatus)
 async def mcp_status(d: Services, p: m.McpStatus, caller: Caller, c: Channel
                      ) -> m.McpStatusResult:
     return m.McpStatusResult(mcp_servers=_wire(d.tools.status()),
@@ -765,25 +700,25 @@ async def _each_instance(d: Services, name: str, verb: str) -> m.McpInstances:
     return m.McpInstances(name=name, instances=len(insts))
 
 
-@implements("mcp.start")
+@implements(m.McpStart)
 async def mcp_start(d: Services, p: m.McpStart, caller: Caller, c: Channel
                     ) -> m.McpInstances:
     return await _each_instance(d, p.name, "start")
 
 
-@implements("mcp.stop")
+@implements(m.McpStop)
 async def mcp_stop(d: Services, p: m.McpStop, caller: Caller, c: Channel
                    ) -> m.McpInstances:
     return await _each_instance(d, p.name, "stop")
 
 
-@implements("mcp.restart")
+@implements(m.McpRestart)
 async def mcp_restart(d: Services, p: m.McpRestart, caller: Caller, c: Channel
                       ) -> m.McpInstances:
     return await _each_instance(d, p.name, "restart")
 
 
-@implements("resources.list")
+@implements(m.ResourcesList)
 async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Channel
                          ) -> m.ResourceList:
     (resources, templates), unavailable, failed = await _listing(
@@ -793,7 +728,7 @@ async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Cha
                           unavailable=unavailable, failed=failed)
 
 
-@implements("resources.read")
+@implements(m.ResourcesRead)
 async def resources_read(d: Services, p: m.ResourcesRead, caller: Caller, c: Channel) -> Any:
     server = p.server
     if server is None:
@@ -807,7 +742,7 @@ async def resources_read(d: Services, p: m.ResourcesRead, caller: Caller, c: Cha
     return await d.tools.read_resource(server, p.uri, owner=CLI_OWNER)
 
 
-@implements("prompts.list")
+@implements(m.PromptsList)
 async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel
                        ) -> m.PromptList:
     (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
@@ -815,7 +750,7 @@ async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel
     return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
 
 
-@implements("prompts.get")
+@implements(m.PromptsGet)
 async def prompts_get(d: Services, p: m.PromptsGet, caller: Caller, c: Channel) -> Any:
     return await d.tools.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
 
@@ -826,7 +761,7 @@ def _token_info(t: Token) -> m.TokenInfo:
                        created=t.created, expires=t.expires, tenant=t.tenant)
 
 
-@implements("tokens.create")
+@implements(m.TokensCreate)
 async def tokens_create(d: Services, p: m.TokensCreate, caller: Caller, c: Channel
                         ) -> m.TokenCreated:
     if p.tenant is not None and not d.quotas.known(p.tenant):
@@ -837,20 +772,20 @@ async def tokens_create(d: Services, p: m.TokensCreate, caller: Caller, c: Chann
     return m.TokenCreated(**msgspec.structs.asdict(_token_info(t)), token=secret)
 
 
-@implements("tokens.list")
+@implements(m.TokensList)
 async def tokens_list(d: Services, p: m.TokensList, caller: Caller, c: Channel
                       ) -> m.TokenList:
     return m.TokenList(tokens=[_token_info(t) for t in tokens_of(d.store).list()])
 
 
-@implements("tokens.revoke")
+@implements(m.TokensRevoke)
 async def tokens_revoke(d: Services, p: m.TokensRevoke, caller: Caller, c: Channel
                         ) -> m.TokenInfo:
     return _token_info(await tokens_of(d.store).revoke(p.name))
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------
-@implements("stats.history")
+@implements(m.StatsHistory)
 async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Channel
                         ) -> m.MetricsHistoryResult:
     # a tenant's caller: its agent's rows alone, not another tenant's agent's of the name
@@ -862,13 +797,13 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
 
 
 # -- watching the fleet live (issue 21) ------------------------------------------------------
-@implements("agents.watch")
+@implements(m.AgentsWatch)
 async def agents_watch(d: Services, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (daemon/fleetwatch.py)."""
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
 
 
-@implements("stats.watch")
+@implements(m.StatsWatch)
 async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) -> None:
     """stats.get each interval while the client reads: one that does not is sent nothing
     until it does, and then the newest."""
@@ -887,7 +822,7 @@ async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) 
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------
-@implements("ui.login")
+@implements(m.UiLogin)
 async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
                    ) -> m.UiLoginResult:
     if d.ui is not None and not d.ui.url:
@@ -909,7 +844,7 @@ async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
 
 
 # -- agent packages (issue 25) -------------------------------------------------------------
-@implements("packages.deploy")
+@implements(m.PackagesDeploy)
 async def packages_deploy(d: Services, p: m.PackagesDeploy, caller: Caller, c: Channel
                           ) -> m.DeployResult:
     def say(text: str) -> None:
@@ -919,31 +854,31 @@ async def packages_deploy(d: Services, p: m.PackagesDeploy, caller: Caller, c: C
     return await d.packages.deploy(p.path, p.name, caller.who, say)
 
 
-@implements("packages.releases")
+@implements(m.PackagesReleases)
 async def packages_releases(d: Services, p: m.PackagesReleases, caller: Caller, c: Channel
                             ) -> m.ReleasesResult:
     return await d.packages.list(p.name)
 
 
 # -- tenants (issue 23) --------------------------------------------------------------------
-@implements("tenants.list")
+@implements(m.TenantsList)
 async def tenants_list(d: Services, p: m.TenantsList, caller: Caller, c: Channel
                        ) -> m.TenantList:
     return m.TenantList(tenants=d.tenants.entries())
 
 
-@implements("tenants.add")
+@implements(m.TenantsAdd)
 async def tenants_add(d: Services, p: m.TenantsAdd, caller: Caller, c: Channel) -> m.AddResult:
     return m.AddResult(added=await d.tenants.add(p.tenants, caller.who))
 
 
-@implements("tenants.set")
+@implements(m.TenantsSet)
 async def tenants_set(d: Services, p: m.TenantsSet, caller: Caller, c: Channel
                       ) -> m.TenantEntry:
     return await d.tenants.set(p.name, p.set, caller.who)
 
 
-@implements("tenants.remove")
+@implements(m.TenantsRemove)
 async def tenants_remove(d: Services, p: m.TenantsRemove, caller: Caller, c: Channel
                          ) -> m.RemoveResult:
     return m.RemoveResult(removed=await d.tenants.remove(p.names))

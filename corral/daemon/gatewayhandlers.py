@@ -9,13 +9,19 @@ import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import methods as m
+from .api import Commands, whole
 from .caller import Caller, Channel
-from .services import Handler, Services
+from .services import Services
 
 if TYPE_CHECKING:
     from .gatewayaccess import GatewayChanged
 
 
+COMMANDS: Commands[Services, Services] = Commands(whole)
+implements = COMMANDS.implements
+
+
+@implements(m.GatewayList)
 async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
                        ) -> m.GatewayItems:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
@@ -23,6 +29,7 @@ async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
                           features=sorted(d.gateway.features()))
 
 
+@implements(m.GatewayCall)
 async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel) -> Any:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
 
@@ -35,6 +42,7 @@ async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel
                                    who=(caller.uid, caller.pid))
 
 
+@implements(m.GatewayWatch)
 async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away; changes coalesce while it does not read."""
     pending: set[str] = set()
@@ -59,16 +67,10 @@ async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Chann
         d.gateway.unwatch(watching)
 
 
+@implements(m.GatewayStatus)
 async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Channel
                          ) -> m.GatewayStats:
     # the engine's answer is its wire twin's dict (commands._wire): it encodes alike
     stats: m.GatewayStats = cast(Any, d.gateway_status())
     return stats
 
-
-TABLE: dict[str, Handler] = {
-    "gateway.list": gateway_list,
-    "gateway.call": gateway_call,
-    "gateway.watch": gateway_watch,
-    "gateway.status": gateway_status,
-}

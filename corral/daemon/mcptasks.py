@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import msgspec
 
 from .. import jsonrpc
+from .. import methods as m
 from ..jsonrpc import ErrorObject, RpcError
 from ..mcp.pool import allowed
 from ..text import plural
@@ -261,9 +262,8 @@ class AgentTools:
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
                            f"{ident.name} may call")
-        accepted = await self.calls.call(caller_of(ident), "tasks.submit",
-                                         msgspec.json.encode({"agent": agent,
-                                                              "input": arguments}))
+        accepted = await self.calls.call(caller_of(ident), m.TasksSubmit(
+            agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments))))
         return str(accepted.task_id)
 
     async def outcome(self, ident: TaskClient, task_id: str) -> dict[str, Any]:
@@ -271,12 +271,11 @@ class AgentTools:
         assert self.calls is not None
         caller = caller_of(ident)
         try:
-            info = await self.calls.call(caller, "tasks.get",
-                                         {"task_id": task_id, "wait": True})
+            info = await self.calls.call(caller, m.TasksGet(task_id=task_id, wait=True))
         except asyncio.CancelledError:
             with contextlib.suppress(RpcError):
-                await asyncio.shield(self.calls.call(caller, "tasks.cancel",
-                                                     {"task_id": task_id}))
+                await asyncio.shield(self.calls.call(caller,
+                                                     m.TasksCancel(task_id=task_id)))
             raise
         if info.status == "cancelled":
             raise asyncio.CancelledError

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from .. import jsonrpc
 from .. import methods as m
+from .api import Commands, whole
 from .caller import Caller, Channel
-from .services import Handler, Services
+from .services import Services
+
+COMMANDS: Commands[Services, Services] = Commands(whole)
+implements = COMMANDS.implements
 
 
+@implements(m.SchedulesList)
 async def schedules_list(d: Services, p: m.SchedulesList, caller: Caller, c: Channel
                          ) -> m.ScheduleList:
     return m.ScheduleList(schedules=d.schedules.entries())
@@ -24,18 +29,14 @@ async def _pause(d: Services, name: str, caller: Caller, paused: bool) -> m.Sche
     return d.schedules.entry(await d.schedules.pause(name, paused))
 
 
+@implements(m.SchedulesPause)
 async def schedules_pause(d: Services, p: m.SchedulesPause, caller: Caller, c: Channel
                           ) -> m.ScheduleEntry:
     return await _pause(d, p.name, caller, True)
 
 
+@implements(m.SchedulesResume)
 async def schedules_resume(d: Services, p: m.SchedulesResume, caller: Caller, c: Channel
                            ) -> m.ScheduleEntry:
     return await _pause(d, p.name, caller, False)
 
-
-TABLE: dict[str, Handler] = {
-    "schedules.list": schedules_list,
-    "schedules.pause": schedules_pause,
-    "schedules.resume": schedules_resume,
-}

@@ -22,7 +22,7 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.budget import Budgets
 from ..supervisor.tasks.sessions import Sessions
 from ..supervisor.tools import Tools
-from .caller import Caller, Channel
+from .caller import Caller
 from .clusterpeer import ClusterPeer
 from .filewatch import FileWatches
 from .fleet import Fleet
@@ -123,6 +123,3 @@ class Services:
         return {**self.gateway.stats(),
                 "http": self.http.status() if self.http is not None else None}
 
-
-# a control method's handler, as the command tables of the daemon's modules hold them
-Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]

@@ -10,8 +10,9 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
+from .api import Commands, whole
 from .caller import Caller, Channel
-from .services import Handler, Services
+from .services import Services
 
 
 def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
@@ -42,12 +43,18 @@ def _session(d: Services, caller: Caller, agent: str, name: str) -> Session:
     return s
 
 
+COMMANDS: Commands[Services, Services] = Commands(whole)
+implements = COMMANDS.implements
+
+
+@implements(m.SessionsList)
 async def sessions_list(d: Services, p: m.SessionsList, caller: Caller, c: Channel
                         ) -> m.SessionList:
     return m.SessionList(sessions=[_session_view(d.sessions, s)
                                    for s in d.sessions.listing(p.agent)])
 
 
+@implements(m.SessionsGet)
 async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
     s = _session(d, caller, p.agent, p.session)
@@ -56,15 +63,10 @@ async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
         for tid, status, created in await d.sessions.history(s)])
 
 
+@implements(m.SessionsEnd)
 async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
     s = d.sessions.end(_session(d, caller, p.agent, p.session).ident)
     await d.sessions.committed()
     return _session_view(d.sessions, s)
 
-
-TABLE: dict[str, Handler] = {
-    "sessions.list": sessions_list,
-    "sessions.get": sessions_get,
-    "sessions.end": sessions_end,
-}

@@ -36,7 +36,8 @@ from ..timeouts import within
 from . import journald
 from .api import Audit, Dispatcher
 from .background import Background
-from .commands import HANDLERS, owner_of
+from .commands import owner_of
+from .commandtable import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .enginelog import EngineLog
 from .extras import Extras

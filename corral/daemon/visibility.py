@@ -2,9 +2,10 @@
 
 A token may be limited to agents whose names match a glob (Caller.agents), a tenant's
 caller to its tenant's agents and servers. It cannot see or touch the others: a call naming
-one answers as if the agent did not exist, listings leave them out. How each method names
-agents is said once, here, for every transport; a method not in the table is refused to
-such a caller, so a new method stays closed to it until someone says how it names agents.
+one answers as if the agent did not exist, listings leave them out. Each method's
+declaration (corral.methods) names the rule here that says how it names agents, for every
+transport; a method that names none (`seen=None`) is refused to such a caller, so a new
+method stays closed to it until someone says how it names agents.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..methods import parse_target
+from ..methods import REGISTRY, Params, TasksGet, parse_target
 from ..supervisor.core import NoSuchAgent
 from ..supervisor.events import agent_of, seen_by
 from ..supervisor.names import RESERVED
@@ -42,9 +43,9 @@ class AgentRule:
     filter: Callable[[Any, Caller], Any] | None = None
     # a stream's notifications, filtered the same way
     channel: Callable[[Channel, Caller], Channel] | None = None
-    # (method to look the object up, what it is called, the param naming it): the object
-    # must belong to an agent the caller sees
-    owner: tuple[str, str, str] | None = None
+    # (the method to look the object up, what it is called, the param naming it): the
+    # object must belong to an agent the caller sees
+    owner: tuple[type[Params], str, str] | None = None
     # what the answer tells of a tenant sums every agent of it (a tenant's use): closed
     # to a caller limited to an agent glob, which sees some of them only (decision 143)
     whole_tenants: bool = False
@@ -382,105 +383,64 @@ def _rows_filter(field: str) -> Callable[[Any, Caller], Any]:
 
 
 _AGENT_PARAM = _one("agent")
-AGENT_RULES: dict[str, AgentRule] = {
-    "daemon.info": AgentRule(_nothing),
-    "agents.status": AgentRule(_targets("names"), filter=_status_filter),
-    "agents.start": AgentRule(_targets("names", all_field=True)),
-    "agents.stop": AgentRule(_targets("names", all_field=True)),
-    "agents.restart": AgentRule(_targets("names", all_field=True)),
-    "agents.signal": AgentRule(_targets("names", all_field=True)),
-    "agents.describe": AgentRule(_one("name")),
-    "agents.history": AgentRule(_one("name")),
-    "agents.rollback": AgentRule(_one("name")),
-    "agents.update": AgentRule(_one("name")),
-    "agents.add": AgentRule(_adding),
-    "agents.remove": AgentRule(_targets("names")),
-    "agents.scale": AgentRule(_one("name")),
-    "agents.pause": AgentRule(_one("name")),
-    "agents.resume": AgentRule(_one("name")),
-    "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
-    "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
-    "stats.get": AgentRule(_nothing, filter=_stats_filter),
-    "stats.history": AgentRule(_both(_named("agent", "an agent"), _AGENT_PARAM)),
-    "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
-    "agents.watch": AgentRule(_targets("names"), channel=_seen({
+# each rule by the name the methods' declarations give (corral.methods: `seen`)
+RULES: dict[str, AgentRule] = {
+    # the params name no agent: the answer is the caller's as it is (daemon.info), or the
+    # handler asks of what it finds (a workflow, a team, a schedule and their runs are a
+    # limited caller's when all their agents are: seen_workflow; a session when it is the
+    # caller's record, decision 440; a dashboard link is for the caller's own scopes)
+    "unnamed": AgentRule(_nothing),
+    "fleet": AgentRule(_targets("names"), filter=_status_filter),
+    "targets": AgentRule(_targets("names", all_field=True)),
+    "agent_name": AgentRule(_one("name")),
+    "adding": AgentRule(_adding),
+    "names": AgentRule(_targets("names")),
+    "log_lines": AgentRule(_targets("names"), filter=_lines_filter),
+    "log_stream": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
+    "stats": AgentRule(_nothing, filter=_stats_filter),
+    "agent_metrics": AgentRule(_both(_named("agent", "an agent"), _AGENT_PARAM)),
+    "stats_stream": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
+    "fleet_stream": AgentRule(_targets("names"), channel=_seen({
         "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
         "agents.transition": _of_agent, "agents.roster": _of_agent,
         "agents.health": _of_agent})),
-    "tasks.run": AgentRule(_AGENT_PARAM),
-    "tasks.submit": AgentRule(_AGENT_PARAM),
-    "tasks.get": AgentRule(_nothing, filter=_task_filter),
-    "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
-    "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
-    "traces.get": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
-    # a workflow, and its runs, are a limited caller's when all its agents are: the
-    # handlers that act ask seen_workflow first, the answers are filtered
-    "workflows.list": AgentRule(_nothing, filter=_workflows_filter),
-    "workflows.plan": AgentRule(_nothing),
-    "workflows.run": AgentRule(_nothing),
-    "runs.get": AgentRule(_nothing, filter=_run_filter),
-    "runs.list": AgentRule(_nothing, filter=_runs_filter),
-    "runs.cancel": AgentRule(_nothing),
-    # runtime workflows: the handlers ask seen_workflow, and check a definition against
-    # the agents and workflows the caller sees (daemon/workflows/handlers.py)
-    "workflows.add": AgentRule(_nothing),
-    "workflows.describe": AgentRule(_nothing),
-    "workflows.update": AgentRule(_nothing),
-    "workflows.remove": AgentRule(_nothing),
-    "workflows.history": AgentRule(_nothing),
-    "workflows.rollback": AgentRule(_nothing),
-    # a schedule is a limited caller's when all its agents are (schedulehandlers.py)
-    "schedules.list": AgentRule(_nothing, filter=_schedules_filter),
-    "schedules.pause": AgentRule(_nothing),
-    "schedules.resume": AgentRule(_nothing),
-    # teams, as workflows: the handlers ask seen_workflow of a team, and check a table
-    # against the agents the caller sees (daemon/teams/handlers.py)
-    "teams.list": AgentRule(_nothing, filter=_teams_filter),
-    "teams.add": AgentRule(_nothing),
-    "teams.describe": AgentRule(_nothing),
-    "teams.update": AgentRule(_nothing),
-    "teams.remove": AgentRule(_nothing),
-    "teams.history": AgentRule(_nothing),
-    "teams.rollback": AgentRule(_nothing),
-    # a session is looked up under the caller's tenant and shown only when it is the
-    # caller's record (commands.py, decision 440): its agent's name may be another's now
-    "sessions.list": AgentRule(_nothing, filter=_sessions_filter),
-    "sessions.get": AgentRule(_nothing),
-    "sessions.end": AgentRule(_nothing),
-    "events.publish": AgentRule(_own_tenant),
-    "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
-    "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
-                            filter=_servers_filter("tools")),
-    "tools.call": AgentRule(_tool("tool")),
-    "mcp.status": AgentRule(_nothing, filter=lambda r, c: _replace(
+    "agent": AgentRule(_AGENT_PARAM),
+    "task": AgentRule(_nothing, filter=_task_filter),
+    "tasks": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
+    "task_owner": AgentRule(_nothing, owner=(TasksGet, "task", "task_id")),
+    "workflows": AgentRule(_nothing, filter=_workflows_filter),
+    "run": AgentRule(_nothing, filter=_run_filter),
+    "runs": AgentRule(_nothing, filter=_runs_filter),
+    "schedules": AgentRule(_nothing, filter=_schedules_filter),
+    "teams": AgentRule(_nothing, filter=_teams_filter),
+    "sessions": AgentRule(_nothing, filter=_sessions_filter),
+    "own_tenant": AgentRule(_own_tenant),
+    "event_stream": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
+    "tools": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                       filter=_servers_filter("tools")),
+    "tool": AgentRule(_tool("tool")),
+    "mcp_status": AgentRule(_nothing, filter=lambda r, c: _replace(
         _servers_filter("mcp_servers")(r, c), gateway=_gateway_filter(
             _get(r, "gateway"), c))),
-    "mcp.start": AgentRule(_server("name")),
-    "mcp.stop": AgentRule(_server("name")),
-    "mcp.restart": AgentRule(_server("name")),
-    "resources.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
-                                filter=_servers_filter("resources", "resource_templates")),
-    "resources.read": AgentRule(_reading),
-    "prompts.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
-                              filter=_servers_filter("prompts")),
-    "prompts.get": AgentRule(_tool("prompt")),
+    "server": AgentRule(_server("name")),
+    "resources": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                           filter=_servers_filter("resources", "resource_templates")),
+    "resource": AgentRule(_reading),
+    "prompts": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                         filter=_servers_filter("prompts")),
+    "prompt": AgentRule(_tool("prompt")),
     # a tenant's own view (its callers' only tenants method); the only limited callers
     # let through whole_tenants are a tenant's
-    "tenants.list": AgentRule(_nothing, filter=lambda r, c: _replace(
+    "tenant_use": AgentRule(_nothing, filter=lambda r, c: _replace(
         r, tenants=[t for t in r.tenants if t.name == c.tenant]), whole_tenants=True),
-    "gateway.list": AgentRule(_gateway_client),
-    "gateway.call": AgentRule(_gateway_client),
-    "gateway.watch": AgentRule(_nothing),
-    "gateway.status": AgentRule(_nothing, filter=_gateway_filter),
-    # a dashboard link for the caller's own tenant, agents and scopes (ui.Sessions.issue)
-    "ui.login": AgentRule(_nothing),
-    # packages.deploy reads a path of the daemon's host: for callers that see every agent
-    "packages.releases": AgentRule(_one("name")),
+    "gateway_client": AgentRule(_gateway_client),
+    "gateway_stats": AgentRule(_nothing, filter=_gateway_filter),
 }
 
 
 def agent_rule(name: str, caller: Caller) -> AgentRule:
-    rule = AGENT_RULES.get(name)
+    spec = REGISTRY.get(name)
+    rule = RULES[spec.seen] if spec is not None and spec.seen is not None else None
     if rule is None:
         raise _glob_refusal(caller, f"{name} is for callers that see every agent")
     if rule.whole_tenants and caller.agents is not None:

@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from ... import __version__
+from ... import methods as m
 from ...methods import REGISTRY, SCOPES
 from ...supervisor.config import AgentSpec, TenantSpec
 from ...supervisor.names import NAME_RE
@@ -58,55 +59,55 @@ TARGET = f"^{NAME_RE.pattern}(#[0-9]+)?$"
 INPUT = f"any JSON, at most {MAX_INPUT_BYTES} bytes of it"
 # What the command layer checks with messages of its own, beyond the params' types: said
 # in the document too (from the same constants), so a value it shows as valid is one the
-# API accepts. Keyed by (method, param); merged into that param's schema.
-RULES: dict[tuple[str, str], dict[str, Any]] = {
-    ("logs.tail", "names"): {"items": {"type": "string", "pattern": TARGET}},
-    ("logs.follow", "names"): {"items": {"type": "string", "pattern": TARGET}},
-    ("tasks.list", "status"): {"anyOf": [{"enum": sorted(STATUSES)}, {"type": "null"}]},
-    ("tasks.list", "before"): {"anyOf": [{"type": "string",
+# API accepts. Keyed by (method's params, param); merged into that param's schema.
+RULES: dict[tuple[type[m.Params], str], dict[str, Any]] = {
+    (m.LogsTail, "names"): {"items": {"type": "string", "pattern": TARGET}},
+    (m.LogsFollow, "names"): {"items": {"type": "string", "pattern": TARGET}},
+    (m.TasksList, "status"): {"anyOf": [{"enum": sorted(STATUSES)}, {"type": "null"}]},
+    (m.TasksList, "before"): {"anyOf": [{"type": "string",
                                           "pattern": f"^({ids.ANY.pattern})$"},
                                          {"type": "null"}]},
-    ("runs.list", "status"): {"anyOf": [{"enum": sorted(RUN_STATUSES)}, {"type": "null"}]},
-    ("runs.list", "before"): {"anyOf": [{"type": "string",
+    (m.RunsList, "status"): {"anyOf": [{"enum": sorted(RUN_STATUSES)}, {"type": "null"}]},
+    (m.RunsList, "before"): {"anyOf": [{"type": "string",
                                          "pattern": f"^({ids.ANY.pattern})$"},
                                         {"type": "null"}]},
-    ("events.publish", "topic"): {"minLength": 1},
-    ("tokens.create", "name"): {"pattern": NAME},
-    ("tokens.create", "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},
-    ("tokens.create", "expires_in"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+    (m.EventsPublish, "topic"): {"minLength": 1},
+    (m.TokensCreate, "name"): {"pattern": NAME},
+    (m.TokensCreate, "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},
+    (m.TokensCreate, "expires_in"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                 {"type": "null"}]},
     # a glob of no characters matches no agent: refused (tokens.py)
-    ("tokens.create", "agents"): {"anyOf": [{"type": "string", "minLength": 1},
+    (m.TokensCreate, "agents"): {"anyOf": [{"type": "string", "minLength": 1},
                                             {"type": "null"}]},
     # a task's own timeout is positive, its input at most MAX_INPUT_BYTES of JSON
     # (supervisor/tasks/admission.py)
-    ("tasks.submit", "timeout"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+    (m.TasksSubmit, "timeout"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                             {"type": "null"}]},
-    ("tasks.submit", "input"): {"description": INPUT},
+    (m.TasksSubmit, "input"): {"description": INPUT},
     # (taskoptions.TaskOptions.__post_init__)
-    ("tasks.submit", "tags"): {"maxItems": MAX_TAGS, "items": {
+    (m.TasksSubmit, "tags"): {"maxItems": MAX_TAGS, "items": {
         "type": "string", "maxLength": MAX_TAG_LENGTH, "pattern": TAG_PATTERN}},
     # a name (HUP, SIGUSR1; any case is taken) or a number
-    ("agents.signal", "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
+    (m.AgentsSignal, "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
         s.name[3:] for s in signal.Signals) + "))$"},
     # each table is an agent's config ([agents.NAME]), as the config's Structs say it
-    ("agents.add", "agents"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+    (m.AgentsAdd, "agents"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
                                "additionalProperties": {"$ref": REF.format(
                                    name="AgentTable")}},
-    ("agents.update", "set"): {"$ref": REF.format(name="AgentPatch")},
-    ("tenants.add", "tenants"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+    (m.AgentsUpdate, "set"): {"$ref": REF.format(name="AgentPatch")},
+    (m.TenantsAdd, "tenants"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
                                  "additionalProperties": {"$ref": REF.format(
                                      name="TenantTable")}},
-    ("tenants.set", "set"): {"$ref": REF.format(name="TenantPatch")},
+    (m.TenantsSet, "set"): {"$ref": REF.format(name="TenantPatch")},
     # each table a workflow's ([workflows.NAME]: supervisor/workflows/definition.py)
-    ("workflows.add", "workflows"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+    (m.WorkflowsAdd, "workflows"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
                                      "additionalProperties": {"$ref": REF.format(
                                          name="WorkflowTable")}},
-    ("workflows.update", "set"): {"$ref": REF.format(name="WorkflowPatch")},
+    (m.WorkflowsUpdate, "set"): {"$ref": REF.format(name="WorkflowPatch")},
     # each table a team's ([teams.NAME]: supervisor/teams/definition.py)
-    ("teams.add", "teams"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+    (m.TeamsAdd, "teams"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
                              "additionalProperties": {"$ref": REF.format(name="TeamTable")}},
-    ("teams.update", "set"): {"$ref": REF.format(name="TeamPatch")},
+    (m.TeamsUpdate, "set"): {"$ref": REF.format(name="TeamPatch")},
 }
 # Params of which a request gives one at most (a value, not null): said in the body's
 # schema as `not` both.
@@ -177,8 +178,8 @@ def document() -> dict[str, Any]:
         spec = REGISTRY[res.method]
         whole = copy.deepcopy(components[spec.params.__name__])
         props: dict[str, Any] = whole.get("properties", {})
-        for (method, name), rule in RULES.items():
-            if method == res.method:
+        for (declared, name), rule in RULES.items():
+            if declared is spec.params:
                 props[name] = {k: v for k, v in props[name].items()
                                if k not in ("anyOf", "type") or "anyOf" not in rule
                                } | rule

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...methods import REGISTRY
+from ...methods import REGISTRY, Resource
 from ...ratelimit import PerKey
 from ...tracecontext import parse_or_none
 from ..api import Dispatcher
@@ -35,7 +35,7 @@ from . import bodies, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
 from .idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKeys, Pending
-from .resources import PREFIX, RESOURCES, Resource
+from .resources import PREFIX, RESOURCES
 
 JSON = "application/json"
 

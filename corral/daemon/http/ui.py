@@ -32,7 +32,7 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...methods import REGISTRY
+from ...methods import REGISTRY, TracesGet
 from ..caller import Caller
 from ..tokens import TokenRevoked, Tokens, tokens_of
 from ..visibility import open_to
@@ -55,19 +55,12 @@ SESSION_TTL = 12 * 3600.0
 MAX_CODES = 32
 MAX_SESSIONS = 64
 
-# the control methods the page calls (those this build registers: without stats.history
-# the page's charts say they have only the points since it opened); each is a REST
-# route's too, so the page can do nothing a token of the same scopes could not
-METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
-           "agents.scale", "agents.start", "agents.stop", "agents.restart", "agents.pause",
-           "agents.resume", "agents.add", "agents.remove", "tasks.submit", "tasks.list",
-           "tasks.get", "traces.get", "logs.tail", "stats.get", "stats.history",
-           "mcp.status", "gateway.status", "audit.list", "nodes.list", "tenants.list",
-           "runs.list", "runs.get")
-
-# the streams the page follows (Server-Sent Events with the session's cookie), each
-# served as the REST API serves it (rest.Api.stream: its caps on open streams)
-STREAMS = ("agents.watch", "stats.watch", "logs.follow", "events.follow")
+# the control methods the page calls and the streams it follows (Server-Sent Events with
+# the session's cookie): those declared `dashboard` (corral.methods); each is a REST
+# route's too, so the page can do nothing a token of the same scopes could not, and each
+# stream is served as the REST API serves it (rest.Api.stream: its caps on open streams)
+METHODS = tuple(name for name, spec in REGISTRY.items() if spec.dashboard and not spec.endless)
+STREAMS = tuple(name for name, spec in REGISTRY.items() if spec.dashboard and spec.endless)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -350,7 +343,7 @@ class Pages:
         self.sessions = sessions
         self.guard = Guard(ctx, sessions)
         self.files = _static_files()
-        self.methods = [name for name in METHODS if name in REGISTRY]
+        self.methods = list(METHODS)
         self.calls: dict[str, Route] = {
             name: route(ctx.dispatcher, name, self.guard.authenticate)
             for name in self.methods}
@@ -420,7 +413,8 @@ class Pages:
         # the methods the session may call: the page asks no other (nodes.list and
         # tenants.list are not a glob's; traces.get not of a daemon without [tracing])
         offered = [name for name in self.methods if open_to(session.caller, name)
-                   and (name != "traces.get" or self.ctx.services.traces is not None)]
+                   and (name != TracesGet.declared.name
+                        or self.ctx.services.traces is not None)]
         body = {"csrf": session.csrf, "expires": session.expires, "methods": offered,
                 "streams": sorted(self.streams), "scopes": sorted(session.caller.scopes),
                 "tenant": session.caller.tenant}

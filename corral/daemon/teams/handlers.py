@@ -10,9 +10,10 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.teams import TeamSpec
+from ..api import Commands, whole
 from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, table_of, updated
-from ..services import Handler, Services
+from ..services import Services
 from ..visibility import seen_workflow
 
 
@@ -46,6 +47,11 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
     _seen(caller, name, spec, rev.tenant)
 
 
+COMMANDS: Commands[Services, Services] = Commands(whole)
+implements = COMMANDS.implements
+
+
+@implements(m.TeamsList)
 async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) -> m.TeamList:
     catalog = d.teams.catalog
     return m.TeamList(teams=[
@@ -56,11 +62,13 @@ async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) ->
         for name, spec in sorted(d.teams.specs.items())])
 
 
+@implements(m.TeamsAdd)
 async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
     return m.AddResult(added=await d.teams.catalog.add_checked(
         p.teams, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
+@implements(m.TeamsDescribe)
 async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Channel
                          ) -> m.TeamDescription:
     spec = _there(d, caller, p.name)
@@ -72,6 +80,7 @@ async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Cha
         definition=rev.spec or {} if rev is not None else table_of(spec))
 
 
+@implements(m.TeamsUpdate)
 async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
                        ) -> m.UpdateResult:
     _there(d, caller, p.name)
@@ -79,6 +88,7 @@ async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
         p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
+@implements(m.TeamsRemove)
 async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
                        ) -> m.RemoveResult:
     if not p.names:
@@ -89,12 +99,14 @@ async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
                                                                caller.tenant))
 
 
+@implements(m.TeamsHistory)
 async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Channel
                         ) -> m.TeamHistory:
     _seen_past(d, caller, p.name)
     return history_of(d.teams.catalog, p.name, p.limit, caller.tenant, m.TeamHistory)
 
 
+@implements(m.TeamsRollback)
 async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Channel
                          ) -> m.RollbackResult:
     _seen_past(d, caller, p.name)
@@ -102,13 +114,3 @@ async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Cha
         p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
     return rolled_back(p.name, restored, made)
 
-
-TABLE: dict[str, Handler] = {
-    "teams.list": teams_list,
-    "teams.add": teams_add,
-    "teams.describe": teams_describe,
-    "teams.update": teams_update,
-    "teams.remove": teams_remove,
-    "teams.history": teams_history,
-    "teams.rollback": teams_rollback,
-}

@@ -14,9 +14,10 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.workflows import Workflow, compile_workflow, plan_text
+from ..api import Commands, whole
 from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, updated
-from ..services import Handler, Services
+from ..services import Services
 from ..tasks.front import page_window
 from ..visibility import seen_workflow
 from .catalog import table_of
@@ -126,6 +127,11 @@ def _entry(d: Services, wf: Workflow) -> m.WorkflowEntry:
                            tenant=d.workflows.tenant(wf.name))
 
 
+COMMANDS: Commands[Services, Services] = Commands(whole)
+implements = COMMANDS.implements
+
+
+@implements(m.WorkflowsList)
 async def workflows_list(d: Services, p: m.WorkflowsList, caller: Caller, c: Channel
                          ) -> m.WorkflowList:
     return m.WorkflowList(workflows=[
@@ -155,6 +161,7 @@ def _known(d: Services, caller: Caller
     return agent, specs
 
 
+@implements(m.WorkflowsAdd)
 async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Channel
                         ) -> m.AddResult:
     agent, specs = _known(d, caller)
@@ -162,6 +169,7 @@ async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Chann
                                                            caller.tenant, agent, specs))
 
 
+@implements(m.WorkflowsDescribe)
 async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller,
                              c: Channel) -> m.WorkflowDescription:
     catalog = d.workflows.catalog
@@ -174,6 +182,7 @@ async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller
         definition=rev.spec or {} if rev is not None else table_of(wf.spec))
 
 
+@implements(m.WorkflowsUpdate)
 async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c: Channel
                            ) -> m.UpdateResult:
     _seen(d, caller, p.name)
@@ -182,6 +191,7 @@ async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c:
         p.name, p.set, caller.who, caller.tenant, agent, specs))
 
 
+@implements(m.WorkflowsRemove)
 async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c: Channel
                            ) -> m.RemoveResult:
     if not p.names:
@@ -208,12 +218,14 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
     seen_workflow(caller, last[0], last[1])
 
 
+@implements(m.WorkflowsHistory)
 async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
                             c: Channel) -> m.WorkflowHistory:
     _seen_past(d, caller, p.name)
     return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant, m.WorkflowHistory)
 
 
+@implements(m.WorkflowsRollback)
 async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller,
                              c: Channel) -> m.RollbackResult:
     _seen_past(d, caller, p.name)
@@ -223,6 +235,7 @@ async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller
     return rolled_back(p.name, restored, made)
 
 
+@implements(m.WorkflowsPlan)
 async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Channel
                          ) -> m.WorkflowPlan:
     wf = _seen(d, caller, p.name)
@@ -231,6 +244,7 @@ async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Cha
     return m.WorkflowPlan(name=wf.name, agents=wf.agents, plan=plan_text(checked))
 
 
+@implements(m.WorkflowsRun)
 async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
     _seen(d, caller, p.name)
@@ -241,6 +255,7 @@ async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Chann
     return run_view(run, d.workflows.rows, m.RunsGet(run_id=run.run_id))
 
 
+@implements(m.RunsGet)
 async def runs_get(d: Services, p: m.RunsGet, caller: Caller, c: Channel) -> m.RunView:
     if p.wait is not None:
         await d.workflows.wait(p.run_id, p.wait)
@@ -251,6 +266,7 @@ async def runs_get(d: Services, p: m.RunsGet, caller: Caller, c: Channel) -> m.R
     return run_view(run, d.workflows.rows, p)
 
 
+@implements(m.RunsList)
 async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m.RunList:
     # checked as tasks.list checks its own; a caller limited to some agents pages
     # through the runs it sees only (whole pages; a cursor of another's reads as absent)
@@ -261,6 +277,7 @@ async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m
                      next=older if older is not None else msgspec.UNSET)
 
 
+@implements(m.RunsCancel)
 async def runs_cancel(d: Services, p: m.RunsCancel, caller: Caller, c: Channel
                       ) -> m.RunView:
     run = d.workflows.get(p.run_id)
@@ -268,18 +285,3 @@ async def runs_cancel(d: Services, p: m.RunsCancel, caller: Caller, c: Channel
     return run_view(await d.workflows.cancel(p.run_id), d.workflows.rows,
                     m.RunsGet(run_id=p.run_id))
 
-
-TABLE: dict[str, Handler] = {
-    "workflows.list": workflows_list,
-    "workflows.plan": workflows_plan,
-    "workflows.run": workflows_run,
-    "workflows.add": workflows_add,
-    "workflows.describe": workflows_describe,
-    "workflows.update": workflows_update,
-    "workflows.remove": workflows_remove,
-    "workflows.history": workflows_history,
-    "workflows.rollback": workflows_rollback,
-    "runs.get": runs_get,
-    "runs.list": runs_list,
-    "runs.cancel": runs_cancel,
-}

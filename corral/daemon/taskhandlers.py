@@ -1,0 +1,90 @@
+"""The tasks methods' handlers (corral.methods.tasks): a task submitted, run, read, listed
+or cancelled through the task front (local, or the cluster's), and a task's trace. They
+take the tasks' services alone (`TaskServices`), made from the daemon's once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from .api import Commands
+from .caller import Caller, Channel
+from .services import Services
+from .tasks import TaskFront
+from .teams import TeamService
+from .teams.service import seen_team
+from .traces import Traces
+
+
+@dataclass(frozen=True)
+class TaskServices:
+    tasks: TaskFront  # local, or the cluster's
+    # a team's calls are tasks of the team's name: a limited caller reaches them only as
+    # it reaches the team (teams/service.py seen_team)
+    teams: TeamService
+    traces: Traces | None  # with [tracing]
+
+
+def task_services(d: Services) -> TaskServices:
+    return TaskServices(d.tasks, d.teams, d.traces)
+
+
+COMMANDS: Commands[Services, TaskServices] = Commands(task_services)
+implements = COMMANDS.implements
+
+
+@implements(m.TasksSubmit)
+async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Channel
+                       ) -> m.TaskAccepted:
+    seen_team(caller, t.teams, p.agent)
+    return await t.tasks.submit(p, c)
+
+
+@implements(m.TasksRun)
+async def tasks_run(t: TaskServices, p: m.TasksRun, caller: Caller, c: Channel
+                    ) -> m.TaskResult:
+    seen_team(caller, t.teams, p.agent)
+    return await t.tasks.run(p, c)
+
+
+@implements(m.TasksGet)
+async def tasks_get(t: TaskServices, p: m.TasksGet, caller: Caller, c: Channel
+                    ) -> m.TaskInfo:
+    info = await t.tasks.get(p.task_id, wait=p.wait)
+    seen_team(caller, t.teams, info.agent, p.task_id)
+    if p.input:
+        kept = await t.tasks.input_of(p.task_id)
+        if kept is not None:
+            info.input = kept
+    return info
+
+
+@implements(m.TasksList)
+async def tasks_list(t: TaskServices, p: m.TasksList, caller: Caller, c: Channel
+                     ) -> m.TaskList:
+    # a caller limited to some agents pages through theirs only (full pages; a cursor
+    # of another agent's task reads as absent)
+    if p.agent is not None:
+        seen_team(caller, t.teams, p.agent)
+    tasks, older = await t.tasks.list(p, caller.sees_record if caller.limited else None)
+    return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
+
+
+@implements(m.TasksCancel)
+async def tasks_cancel(t: TaskServices, p: m.TasksCancel, caller: Caller, c: Channel
+                       ) -> m.TaskInfo:
+    return await t.tasks.cancel(p.task_id)
+
+
+@implements(m.TracesGet)
+async def traces_get(t: TaskServices, p: m.TracesGet, caller: Caller, c: Channel
+                     ) -> m.TraceView:
+    if t.traces is None:
+        raise RpcError(jsonrpc.CONFLICT, "tracing is off in this daemon: add a [tracing] "
+                       "table to the config (docs/tracing.md); it is read at start: restart "
+                       "the daemon or `corral upgrade`")
+    return await t.traces.trace(p.task_id)

@@ -1,0 +1,134 @@
+"""How a control method is declared: once, by one decorator on its Params Struct, with
+everything a front end needs of it (DESIGN section 7; circus's one command per file).
+
+A declaration says the method's name, its typed params (the Struct it decorates) and
+result, the scope a caller must hold, how a caller limited to some agents sees it (the
+name of a rule of daemon/visibility.py; none: it is for callers that see every agent),
+its REST routes (`rest(...)`: an HTTP method and path, where each param comes from), the
+CLI command that is its front, and whether the dashboard calls it. The unix socket's
+dispatcher, the REST routes, the dashboard's calls and the CLI's commands are derived from
+it; nothing else spells the method's name (tests/test_declarations.py holds that).
+
+This module is imported by every CLI command and must not pull in the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import msgspec
+
+# what a caller may do (DESIGN section 7); "admin" holds every other
+SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
+                    "events", "mcp:call", "metrics:read", "audit:read", "admin"})
+
+# the notification that cancels a request in flight on the control socket
+CANCEL = "request.cancel"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One REST route of a method: an HTTP method and path, and where its params come
+    from (daemon/http/rest.py serves it, openapi.py describes it)."""
+
+    verb: str
+    path: str  # under the API's prefix; {var} parts are params
+    summary: str
+    # path variable -> the param it fills; "names" takes it as a one-name list
+    path_params: dict[str, str] = field(default_factory=dict)
+    query: tuple[str, ...] = ()  # params the query string may give
+    body: tuple[str, ...] = ()  # params the JSON body may give
+    idempotent: bool = False  # takes an Idempotency-Key
+    stream: str | None = None  # an SSE stream of this notification
+    # a paged listing: the query param the answer's `next` is given back in (the
+    # response's `Link: <...>; rel="next"`)
+    cursor: str | None = None
+    # the resource the answer is (or made): a path with {field}s of the answer, sent as
+    # the response's Location
+    location: str | None = None
+    # a field the answer carries only once the work is done: 202 Accepted without it
+    # (the work runs on), 200 with it
+    done_when: str | None = None
+    tag: str = ""
+    method: str = ""  # the control method: its declaration's name, given by `method`
+
+
+ONE = {"name": "names"}  # an agent named by the path, where the method takes a list
+REPLICA = {"name": "name", "replica": "replica"}  # one replica of an agent
+
+
+def rest(verb: str, path: str, summary: str, **kw: Any) -> Resource:
+    """A REST route; a `{name}` in the path fills the param `name` unless said else."""
+    if "{name}" in path and "path_params" not in kw:
+        kw["path_params"] = {"name": "name"}
+    return Resource(verb, path, summary, tag=path.split("/")[1], **kw)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    params: type[Params]
+    mutating: bool
+    scope: str
+    streaming: bool = False
+    endless: bool = False  # streams until the client goes (a follow)
+    # what it answers: a Struct, or None for a follow (it never answers), or an open
+    # payload (an MCP server's result) as dict[str, Any]
+    result: Any = None
+    # a param that, when given (not None), needs another method's scope too: param ->
+    # that method (what the call then does is what that method does)
+    needs: tuple[tuple[str, str], ...] = ()
+    # how a caller limited to some agents sees it: a rule of daemon/visibility.py by
+    # name; None: only callers that see every agent may call it
+    seen: str | None = None
+    routes: tuple[Resource, ...] = ()
+    cli: str | None = None  # the CLI command that is its front ("submit", "tenant add")
+    dashboard: bool = False  # the dashboard's page calls it (or follows it)
+
+    @property
+    def doc(self) -> str:
+        return (self.params.__doc__ or "").strip()
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def method(name: str, *, scope: str, result: Any, seen: str | None,
+           mutating: bool = False, streaming: bool = False, endless: bool = False,
+           needs: dict[str, type[Params]] | None = None, routes: tuple[Resource, ...] = (),
+           cli: str | None = None, dashboard: bool = False) -> Any:
+    """Declare the control method `name` on its Params Struct (a class decorator)."""
+    if scope not in SCOPES:  # pragma: no cover - a programming error
+        raise RuntimeError(f"method {name}: unknown scope {scope}")
+
+    def register(cls: type[Params]) -> type[Params]:
+        if name in REGISTRY:  # pragma: no cover - a programming error
+            raise RuntimeError(f"method {name} defined twice")
+        declared = Method(
+            name, cls, mutating, scope, streaming or endless, endless, result,
+            tuple((param, other.declared.name) for param, other in (needs or {}).items()),
+            seen, tuple(replace(r, method=name) for r in routes), cli, dashboard)
+        REGISTRY[name] = declared
+        cls.declared = declared
+        return cls
+
+    return register
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # the method this Struct is the params of (set by `method`; a base Params has none)
+    declared: ClassVar[Method]
+
+    def changes(self) -> bool:
+        """Whether this call of a `mutating` method changes state (it is audited then); a
+        method whose params can ask for a reading alone says when."""
+        return True
+
+
+def named(request: str | Params, params: Any = None) -> tuple[str, Any]:
+    """(the method, its params) of a call: a method's params Struct says which method it
+    is of (its declaration)."""
+    if isinstance(request, str):
+        return request, params
+    return type(request).declared.name, request

@@ -1,0 +1,268 @@
+# ruff: noqa: F405 - the results are corral.results', named by the methods
+"""Definitions kept in revisions (workflows, teams), their runs and schedules: the same
+params for each kind."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from ..results import *  # noqa: F403
+from .declaration import ONE, Params, method, rest
+from .tasks import MAX_WAIT
+
+
+class DefinitionNamed(Params):
+    name: str
+
+
+class DefinitionUpdate(Params):
+    name: str
+    set: dict[str, Any]
+
+
+class DefinitionsRemove(Params):
+    names: list[str]
+
+
+class DefinitionHistory(Params):
+    name: str
+    limit: int = 100
+
+
+class DefinitionRollback(Params):
+    name: str
+    revision: int | None = None
+
+
+@method("workflows.list", result=WorkflowList, scope="tasks:read", seen="workflows", routes=(
+    rest("GET", "/workflows", "The workflows: the config's and those "
+         "added at runtime"),
+))
+class WorkflowsList(Params):
+    """The workflows (the config file's and those added at runtime), with their steps
+    and agents."""
+
+
+@method("workflows.plan", result=WorkflowPlan, scope="tasks:read", seen="unnamed", routes=(
+    rest("GET", "/workflows/{name}/plan", "A workflow's plan (nothing run)"),
+))
+class WorkflowsPlan(DefinitionNamed):
+    """A workflow's plan, checked against the agents there are now (nothing is run)."""
+
+
+MAX_RUN_ROWS = 10_000  # a run's step rows in one page of runs.get (a map's items)
+
+
+@method("runs.get", result=RunView, scope="tasks:read", seen="run", dashboard=True, routes=(
+    rest("GET", "/runs/{run_id}", "One run, its graph, and a page of its "
+         "steps' rows (with `outputs`, each with its output)",
+         path_params={"run_id": "run_id"},
+         query=("wait", "step", "outputs", "offset", "limit")),
+))
+class RunsGet(Params):
+    """One run: its status, its graph with each step's state, and a page of its step
+    rows (a map's items too) with their tasks and outputs, read back from the state
+    database (a page ends early past 4 MiB of outputs; `steps_next` is the offset of the
+    next); of one step with `step`, without outputs with `outputs` false; with wait,
+    held up to that many seconds for the run to end."""
+
+    run_id: str
+    wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+    step: str | None = None
+    outputs: bool = True
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_RUN_ROWS)] = 1000
+
+
+@method("workflows.run", result=RunView, scope="tasks:run", mutating=True, needs={"wait": RunsGet},
+        seen="unnamed", routes=(
+    rest("POST", "/workflows/{name}/runs", "Start a run of a workflow: the "
+         "run at once; with `wait`, as it is when it ends or the wait is over",
+         query=("wait",), body=("input", "wait"), location="/runs/{run_id}"),
+))
+class WorkflowsRun(Params):
+    """Start a run of a workflow with this input; its id at once, or with wait, the run
+    as it is when it ends or the wait is over (the tasks:read scope too)."""
+
+    name: str
+    input: Any = None
+    wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+    # W3C trace context of the caller: the run's trace is a child of it (with
+    # [tracing]; docs/tracing.md)
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+@method("workflows.add", result=AddResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("POST", "/workflows", "Add workflows from [workflows.NAME] tables",
+         body=("workflows",), idempotent=True),
+))
+class WorkflowsAdd(Params):
+    """Add workflows at runtime from [workflows.NAME] tables (all or nothing, each
+    checked whole); they survive a daemon restart, each change a revision."""
+
+    workflows: dict[str, Any]
+
+
+@method("workflows.describe", result=WorkflowDescription, scope="tasks:read",
+        seen="unnamed", routes=(
+    rest("GET", "/workflows/{name}", "A workflow's definition and "
+         "revision"),
+))
+class WorkflowsDescribe(DefinitionNamed):
+    """A workflow's definition, where it comes from and its revision."""
+
+
+@method("workflows.update", result=UpdateResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("PATCH", "/workflows/{name}", "Change a runtime workflow: `set` "
+         "merged into its table (a JSON merge patch)", body=("set",)),
+))
+class WorkflowsUpdate(DefinitionUpdate):
+    """Change a workflow added at runtime: `set` merged into its table (a JSON merge
+    patch; a list, such as steps, replaced whole); runs under way keep their revision."""
+
+
+@method("workflows.remove", result=RemoveResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("DELETE", "/workflows/{name}", "Remove a runtime workflow",
+         path_params=ONE),
+))
+class WorkflowsRemove(DefinitionsRemove):
+    """Remove workflows added at runtime (runs under way end on their revision)."""
+
+
+@method("workflows.history", result=WorkflowHistory, scope="tasks:read", seen="unnamed", routes=(
+    rest("GET", "/workflows/{name}/history", "A runtime workflow's "
+         "revisions", query=("limit",)),
+))
+class WorkflowsHistory(DefinitionHistory):
+    """A runtime workflow's revisions: who changed what, when."""
+
+
+@method("workflows.rollback", result=RollbackResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("POST", "/workflows/{name}/rollback", "Go back to an earlier "
+         "revision of a runtime workflow", body=("revision",)),
+))
+class WorkflowsRollback(DefinitionRollback):
+    """Back to an earlier revision of a runtime workflow (default: the one before the
+    newest; a removed workflow comes back so)."""
+
+
+@method("runs.list", result=RunList, scope="tasks:read", seen="runs", dashboard=True, routes=(
+    rest("GET", "/runs", "Recent runs, newest first, a page at a time",
+         query=("workflow", "status", "since", "limit", "before"), cursor="before"),
+))
+class RunsList(Params):
+    """Recent runs, newest first, a page of `limit` at a time: `next`, when there are
+    older runs, is the `before` that lists them (every run until it is pruned)."""
+
+    workflow: str | None = None
+    status: str | None = None
+    limit: int = 100
+    since: float | None = None  # seconds ago
+    before: str | None = None  # a run id: only the runs started before it
+
+
+@method("runs.cancel", result=RunView, scope="tasks:run", mutating=True, seen="unnamed", routes=(
+    rest("POST", "/runs/{run_id}/cancel", "Cancel a run and its running steps",
+         path_params={"run_id": "run_id"}),
+))
+class RunsCancel(Params):
+    """Cancel a run: its steps' queued and running tasks are cancelled."""
+
+    run_id: str
+
+
+@method("schedules.list", result=ScheduleList, scope="tasks:read", seen="schedules", routes=(
+    rest("GET", "/schedules", "The schedules: each clock, last and next fire"),
+))
+class SchedulesList(Params):
+    """The schedules, each with its clock, its last and next fire and whether it is
+    paused (a limited caller: those of the agents and workflows it sees)."""
+
+
+@method("schedules.pause", result=ScheduleEntry, scope="tasks:run", mutating=True,
+        seen="unnamed", routes=(
+    rest("POST", "/schedules/{name}/pause", "Pause a schedule"),
+))
+class SchedulesPause(Params):
+    """Pause a schedule: it fires nothing until resumed (kept across restarts)."""
+
+    name: str
+
+
+@method("teams.list", result=TeamList, scope="tasks:read", seen="teams", routes=(
+    rest("GET", "/teams", "The teams: the config's and those added at runtime"),
+))
+class TeamsList(Params):
+    """The teams (the config file's and those added at runtime), with their members."""
+
+
+@method("teams.add", result=AddResult, scope="agents:write", mutating=True, seen="unnamed", routes=(
+    rest("POST", "/teams", "Add teams from [teams.NAME] tables",
+         body=("teams",), idempotent=True),
+))
+class TeamsAdd(Params):
+    """Add teams at runtime from [teams.NAME] tables (all or nothing, each checked
+    whole); they survive a daemon restart, each change a revision."""
+
+    teams: dict[str, Any]
+
+
+@method("teams.describe", result=TeamDescription, scope="tasks:read", seen="unnamed", routes=(
+    rest("GET", "/teams/{name}", "A team's definition and revision"),
+))
+class TeamsDescribe(DefinitionNamed):
+    """A team's definition, where it comes from and its revision."""
+
+
+@method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True,
+        seen="unnamed", routes=(
+    rest("POST", "/schedules/{name}/resume", "Resume a paused schedule"),
+))
+class SchedulesResume(Params):
+    """Resume a paused schedule: its next fire is its clock's next from now (what it
+    missed while paused is not caught up)."""
+
+    name: str
+
+
+@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("PATCH", "/teams/{name}", "Change a runtime team: `set` merged into "
+         "its table (a JSON merge patch)", body=("set",)),
+))
+class TeamsUpdate(DefinitionUpdate):
+    """Change a team added at runtime: `set` merged into its table (a JSON merge patch;
+    a list, such as members, replaced whole); calls under way keep their definition."""
+
+
+@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("DELETE", "/teams/{name}", "Remove a runtime team", path_params=ONE),
+))
+class TeamsRemove(DefinitionsRemove):
+    """Remove teams added at runtime (calls under way end on their definition)."""
+
+
+@method("teams.history", result=TeamHistory, scope="tasks:read", seen="unnamed", routes=(
+    rest("GET", "/teams/{name}/history", "A runtime team's revisions",
+         query=("limit",)),
+))
+class TeamsHistory(DefinitionHistory):
+    """A runtime team's revisions: who changed what, when."""
+
+
+@method("teams.rollback", result=RollbackResult, scope="agents:write", mutating=True,
+        seen="unnamed", routes=(
+    rest("POST", "/teams/{name}/rollback", "Go back to an earlier revision "
+         "of a runtime team", body=("revision",)),
+))
+class TeamsRollback(DefinitionRollback):
+    """Back to an earlier revision of a runtime team (default: the one before the
+    newest; a removed team comes back so)."""

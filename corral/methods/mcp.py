@@ -1,0 +1,111 @@
+# ruff: noqa: F405 - the results are corral.results', named by the methods
+"""The MCP servers of the pool: their tools, resources and prompts, start and stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..results import *  # noqa: F403
+from .declaration import Params, method, rest
+
+
+@method("tools.list", result=ToolList, scope="mcp:call", seen="tools", routes=(
+    rest("GET", "/tools", "The MCP servers' tools", query=("agent", "server")),
+))
+class ToolsList(Params):
+    """The tools of the MCP servers, named SERVER__TOOL; with an agent, those its allowlist
+    admits. Servers that are not serving are named in `unavailable` with the reason, and
+    in `failed` when they are Failed."""
+
+    agent: str | None = None
+    server: str | None = None
+
+
+@method("tools.call", result=McpResult, scope="mcp:call", mutating=True, seen="tool", routes=(
+    rest("POST", "/tools/{name}/call", "Call a tool", body=("arguments",)),
+))
+class ToolsCall(Params):
+    """Call one tool (SERVER__TOOL) with arguments, as an operator."""
+
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+@method("mcp.status", result=McpStatusResult, scope="agents:read", seen="mcp_status",
+        dashboard=True, routes=(
+    rest("GET", "/mcp/servers", "The MCP servers' instances"),
+))
+class McpStatus(Params):
+    """The MCP servers: state, protocol version, tools, calls, errors per instance."""
+
+
+class McpSelection(Params):
+    """One MCP server by name (all its instances)."""
+
+    name: str
+
+
+@method("mcp.start", result=McpInstances, scope="agents:write", mutating=True,
+        seen="server", routes=(
+    rest("POST", "/mcp/servers/{name}/start", "Start an MCP server"),
+))
+class McpStart(McpSelection):
+    """Start an MCP server's instances (a Failed server is given a fresh start)."""
+
+
+@method("mcp.stop", result=McpInstances, scope="agents:write", mutating=True,
+        seen="server", routes=(
+    rest("POST", "/mcp/servers/{name}/stop", "Stop an MCP server"),
+))
+class McpStop(McpSelection):
+    """Stop an MCP server's instances: stdin closed, SIGTERM after the grace, then SIGKILL
+    (the MCP stdio shutdown); calls in flight fail with the reason."""
+
+
+@method("mcp.restart", result=McpInstances, scope="agents:write", mutating=True,
+        seen="server", routes=(
+    rest("POST", "/mcp/servers/{name}/restart", "Restart an MCP server"),
+))
+class McpRestart(McpSelection):
+    """Stop then start an MCP server's instances."""
+
+
+@method("resources.list", result=ResourceList, scope="mcp:call", seen="resources", routes=(
+    rest("GET", "/resources", "The MCP servers' resources",
+         query=("server", "agent")),
+))
+class ResourcesList(Params):
+    """The resources (and resource templates) of the MCP servers, or of one; with an
+    agent, those its allowlist admits (as SERVER__URI)."""
+
+    server: str | None = None
+    agent: str | None = None
+
+
+@method("resources.read", result=McpResult, scope="mcp:call", seen="resource")
+class ResourcesRead(Params):
+    """Read one resource by its URI, of the server given or else of the one server that
+    lists it."""
+
+    uri: str
+    server: str | None = None
+
+
+@method("prompts.list", result=PromptList, scope="mcp:call", seen="prompts", routes=(
+    rest("GET", "/prompts", "The MCP servers' prompts",
+         query=("server", "agent")),
+))
+class PromptsList(Params):
+    """The prompts of the MCP servers, or of one, named SERVER__PROMPT; with an agent,
+    those its allowlist admits."""
+
+    server: str | None = None
+    agent: str | None = None
+
+
+@method("prompts.get", result=McpResult, scope="mcp:call", seen="prompt")
+class PromptsGet(Params):
+    """Get one prompt (SERVER__PROMPT) with its arguments (strings)."""
+
+    name: str
+    arguments: dict[str, str] = {}

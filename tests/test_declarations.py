@@ -1,0 +1,143 @@
+"""One declaration per control method (issue 53 item 5): each method is declared once, in
+corral/methods/, with its params, result, scope, visibility rule, REST routes, CLI command
+and whether the dashboard calls it; the transports are derived from that declaration, so
+no other module spells the method's name; each handler takes the narrow services of its
+domain, and none reaches three attributes deep into them."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import click
+
+from corral.cli.main import cli
+from corral.daemon.commandtable import HANDLERS
+from corral.daemon.http.resources import RESOURCES
+from corral.daemon.visibility import RULES
+from corral.methods import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+CORRAL = ROOT / "corral"
+DECLARATIONS = CORRAL / "methods"
+
+
+def _declared_names(path: Path) -> list[str]:
+    """The names a module declares: the first argument of each `@method(...)`."""
+    return [d.args[0].value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) for d in node.decorator_list
+            if isinstance(d, ast.Call) and isinstance(d.func, ast.Name)
+            and d.func.id == "method" and isinstance(d.args[0], ast.Constant)]
+
+
+def test_every_method_is_declared_once_and_implemented_once() -> None:
+    declared = [n for p in sorted(DECLARATIONS.glob("*.py")) for n in _declared_names(p)]
+    assert sorted(declared) == sorted(REGISTRY)
+    assert len(declared) == len(set(declared)), "a method declared twice"
+    # the handler table refuses a method implemented twice; none is missing
+    assert HANDLERS.missing() == []
+    assert set(HANDLERS.table) == set(REGISTRY)
+
+
+def _name_strings(source: str) -> list[tuple[int, str]]:
+    names = set(REGISTRY)
+    return [(n.lineno, n.value) for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
+
+
+# the namespaces whose name strings are gone from corral/ outside their declaration; the
+# rest follow, namespace by namespace
+DERIVED = ("tasks.", "traces.")
+
+
+def test_no_module_but_the_declaration_spells_a_methods_name() -> None:
+    """A method's name as a string constant of corral/'s Python appears in its declaration
+    alone: the CLI, the handlers, the dashboard and the other callers in the daemon refer
+    to the declaration (its params Struct), never to the name (docs and tests may; the
+    dashboard's page, JavaScript, names what /ui/session offers it)."""
+    spelled = [f"{p.relative_to(ROOT)}:{line}: {name}"
+               for p in sorted(CORRAL.rglob("*.py")) if DECLARATIONS not in p.parents
+               for line, name in _name_strings(p.read_text()) if name.startswith(DERIVED)]
+    assert spelled == []
+
+
+def test_the_name_check_sees_a_name_spelled() -> None:
+    """The check above is no blind walk: a name in a call, a key and a comparison is seen."""
+    source = 'obj.call("tasks.get", {})\nx = {"tasks.list": 1}\nif m == "traces.get": pass\n'
+    assert sorted(n for _, n in _name_strings(source)) == ["tasks.get", "tasks.list",
+                                                           "traces.get"]
+
+
+def test_every_visibility_rule_named_is_one_and_every_rule_is_named() -> None:
+    named = {spec.seen for spec in REGISTRY.values() if spec.seen is not None}
+    assert named - set(RULES) == set(), "a declaration names a rule there is not"
+    assert set(RULES) - named == set(), "a rule no method names"
+
+
+def test_the_rest_routes_and_the_dashboard_are_the_declarations() -> None:
+    assert [r for spec in REGISTRY.values() for r in spec.routes] == RESOURCES
+    assert all(r.method == spec.name for spec in REGISTRY.values() for r in spec.routes)
+    routes = {(r.verb, r.path) for r in RESOURCES}
+    assert len(routes) == len(RESOURCES), "one HTTP method and path routed twice"
+    # the dashboard does nothing a token of the same scopes could not: each of its calls
+    # and streams is a REST route's too
+    assert {n for n, s in REGISTRY.items() if s.dashboard} <= {r.method for r in RESOURCES}
+
+
+def _command(path: str) -> click.Command:
+    group: click.Command = cli
+    for word in path.split():
+        assert isinstance(group, click.Group), path
+        found = group.commands.get(word)
+        assert found is not None, f"no CLI command `corral {path}`"
+        group = found
+    return group
+
+
+def test_each_cli_command_declared_is_the_methods_front() -> None:
+    fronts = {n: s.cli for n, s in REGISTRY.items() if s.cli is not None}
+    assert fronts, "no method names its CLI command"
+    for name, path in fronts.items():
+        command = _command(path)
+        assert command.help is not None
+        assert command.help.startswith(inspect.cleandoc(REGISTRY[name].doc)), name
+    assert len(set(fronts.values())) == len(fronts), "one CLI command the front of two"
+
+
+def _chains(source: str, label: str) -> list[str]:
+    """Calls in a handler module reaching three attributes deep into what a function's
+    first parameter is (`d.teams.catalog.add(`: the handler reaches past its services)."""
+    found = []
+    for f in ast.walk(ast.parse(source)):
+        if not isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) or not f.args.args:
+            continue
+        first = f.args.args[0].arg
+        for call in ast.walk(f):
+            if not isinstance(call, ast.Call):
+                continue
+            hops, target = 0, call.func
+            while isinstance(target, ast.Attribute):
+                hops, target = hops + 1, target.value
+            if isinstance(target, ast.Name) and target.id == first != "self" and hops >= 3:
+                found.append(f"{label}:{call.lineno}: "
+                             f"{ast.unparse(call.func)}(")
+    return found
+
+
+# the handler modules still given the whole bag of services; the rest take their domain's
+WHOLE_BAG = ("daemon/teams/handlers.py", "daemon/workflows/handlers.py")
+
+
+def test_no_handler_reaches_three_deep() -> None:
+    modules = {Path(inspect.getsourcefile(fn) or "") for _, fn in HANDLERS.table.values()}
+    chains = [c for p in sorted(modules) if not str(p).endswith(WHOLE_BAG)
+              for c in _chains(p.read_text(), str(p.relative_to(ROOT)))]
+    assert chains == []
+
+
+def test_the_chain_check_sees_a_chain() -> None:
+    source = "async def h(d, p, caller, c):\n    return d.teams.catalog.add(p)\n"
+    assert _chains(source, "probe.py") == ["probe.py:2: d.teams.catalog.add("]
+    # two deep (a domain's service and its method) is what a narrow handler does
+    assert _chains("async def h(t, p, caller, c):\n    return t.tasks.get(p)\n", "") == []
