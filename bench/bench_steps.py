@@ -214,7 +214,8 @@ async def floor(sync: str, n: int = 2000) -> dict[str, float]:
     from corral.daemon.steps import StepsDB
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
-    from corral.supervisor.tasks.steps import Step, args_hash
+    from corral.supervisor.tasks.stepjournal import Step
+    from corral.supervisor.tasks.steps import args_hash
 
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-floor-"))
     try:
@@ -258,7 +259,8 @@ async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
     from corral.cluster.steps import ClusterSteps
     from corral.cluster.trust import Trust
     from corral.supervisor.config import ClusterSettings
-    from corral.supervisor.tasks.steps import Step, args_hash
+    from corral.supervisor.tasks.stepjournal import Step
+    from corral.supervisor.tasks.steps import args_hash
 
     client = connect(ClusterSettings(redis=f"redis://127.0.0.1:{port}/0", name="b",
                                      node="n"), "n")

@@ -69,6 +69,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,12 @@ import uvloop
 
 from corral.daemon.otlp import encode
 from corral.daemon.traces import start as start_traces
+from corral.daemon.traces import tracer_of
 from corral.daemon.tracestore import TraceStore
 from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import TracingSettings
-from corral.supervisor.tasks import Task, TaskStatus
+from corral.supervisor.tasks import Task, TaskInterceptor, TaskStatus
+from corral.supervisor.tasks.interceptors import TraceStart
 from corral.supervisor.tracing import TOOL, Span, Tracer, expand
 from corral.taskviews import Attempt
 from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id
@@ -389,12 +392,12 @@ def job(i: int) -> dict[str, int]:
     return {"calls": TOOLS} if TOOLS else {"n": i}
 
 
-class SdkTasks:
+class SdkTasks(TaskInterceptor):
     """The `otel` mode: every task traced by the OpenTelemetry SDK as an instrumentation
-    of the engine would trace it, corral's own tracing off: the task's span started when
-    it is accepted (`start_span`, the engine's `trace_begin` hook) and ended with it, its
-    queue wait and its attempt as child spans of the same attributes as corral's, with
-    their times (`trace_end`); the SDK's default pipeline, a BatchSpanProcessor (its queue
+    of the engine would trace it (an interceptor of its task path), corral's own tracing
+    off: the task's span started when it is accepted (`start_span`) and ended with it,
+    its queue wait and its attempt as child spans of the same attributes as corral's,
+    with their times; the SDK's default pipeline, a BatchSpanProcessor (its queue
     large enough that none is dropped: every task traced and exported) and the official
     OTLP/HTTP protobuf exporter to the same receiver. No context is sent to the worker
     (corral's modes send it): what this leaves out is the SDK's cost, not corral's."""
@@ -413,14 +416,16 @@ class SdkTasks:
         self.in_context = set_span_in_context
         self.spans: dict[str, Any] = {}
 
-    def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
+    def intercept_task_start(self, start: TraceStart, next: Callable[[TraceStart], None]
+                             ) -> None:
+        task = start.task
         self.spans[task.id] = self.tracer.start_span(
             f"invoke_agent {task.agent}", start_time=int(task.created * 1e9),
             attributes={"gen_ai.operation.name": "invoke_agent",
                         "gen_ai.agent.name": task.agent, "corral.task.id": task.id,
                         "corral.task.priority": task.priority})
 
-    def end(self, task: Task) -> None:
+    def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
         span = self.spans.pop(task.id, None)
         if span is None:
             return
@@ -445,16 +450,14 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
     task, no span kept); `on`: every task's spans kept and exported; `otel`: corral's
     tracing off, every task traced by the OpenTelemetry SDK (SdkTasks)."""
     # the receiver is the bench's own child: spared by the engine's containment
-    async with Supervisor(spared=spared) as sup:
+    sdk = SdkTasks(endpoint) if mode == "otel" else None
+    cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0, slow=3600.0)
+    tracer = tracer_of(cfg) if mode not in ("off", "idle", "otel") else None
+    interceptors = [i for i in (sdk, tracer) if i is not None]
+    async with Supervisor(spared=spared, interceptors=interceptors) as sup:
         traces = None
-        sdk = None
-        if mode == "otel":
-            sdk = SdkTasks(endpoint)
-            sup.tasks.trace_begin, sup.tasks.trace_end = sdk.begin, sdk.end
-        elif mode not in ("off", "idle"):
-            cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0,
-                                  slow=3600.0)
-            traces = await start_traces(cfg, sup.tasks, tmp, spared)
+        if tracer is not None:
+            traces = await start_traces(cfg, tracer, tmp, spared)
             assert traces is not None
             await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
             if PINNED:

@@ -200,7 +200,7 @@ async def test_a_lone_step_is_committed_at_once_and_one_turns_steps_together(
     monkeypatch.setattr(steps_module, "LOG_MAX", 0)  # (these results are small)
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
-    from corral.supervisor.tasks.steps import Step
+    from corral.supervisor.tasks.stepjournal import Step
 
     db = tmp_path / "corral.db"
     open_database(db).close()
@@ -277,7 +277,7 @@ async def test_a_step_is_one_write_to_the_log_and_reaches_the_database_in_batche
     from corral.daemon.steps import StepsDB
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
-    from corral.supervisor.tasks.steps import Step
+    from corral.supervisor.tasks.stepjournal import Step
 
     db = tmp_path / "corral.db"
     open_database(db).close()
@@ -312,7 +312,7 @@ async def test_a_killed_daemons_step_log_is_read_back_and_a_cut_record_dropped(
     from corral.daemon.steps import StepsDB
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
-    from corral.supervisor.tasks.steps import NAMED_SEQ, Step
+    from corral.supervisor.tasks.stepjournal import NAMED_SEQ, Step
 
     db = tmp_path / "corral.db"
     open_database(db).close()
@@ -351,7 +351,7 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
     from corral.daemon.steps import StepsDB, StepsError
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
-    from corral.supervisor.tasks.steps import Step
+    from corral.supervisor.tasks.stepjournal import Step
 
     db = tmp_path / "corral.db"
     open_database(db).close()

@@ -7,6 +7,7 @@ import gc
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,19 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogBatch, State, Supervisor
-from corral.supervisor.tasks import TaskFinished, TaskProgress, TaskStatus
+from corral.supervisor.tasks import (
+    TaskFinished,
+    TaskInterceptor,
+    TaskProgress,
+    TaskStatus,
+    ToolCall,
+)
 from corral.taskoptions import TaskOptions
 
 from .conftest import agent, all_ready
+from .intercepted import Engines, engines
+
+__all__ = ["engines"]  # the fixture, used by name
 
 
 def mb(name: str, **kw: Any) -> Any:
@@ -243,14 +253,21 @@ async def test_oversized_input_is_refused(sup: Supervisor) -> None:
     assert err.value.message.startswith("input too large: 104857602 bytes is over the")
 
 
-async def test_tool_budget(sup: Supervisor) -> None:
-    calls: list[tuple[str, Any]] = []
+class Answering(TaskInterceptor):
+    """Answers every tool call itself (the pool never asked), and keeps what it was asked."""
 
-    def router(r: Any, name: str, arguments: Any, task: Any) -> Any:
-        calls.append((name, arguments))
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        self.calls.append((call.name, call.arguments))
         return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
-    sup.tasks.worker.tool_router = router
+
+async def test_tool_budget(engines: Engines) -> None:
+    answering = Answering()
+    sup = engines([answering])
+    calls = answering.calls
     sup.add(mb("budget", max_tool_calls_per_task=2, tools=["notes__*"]))
     await sup.wait_state("budget", State.READY)
     # outside the allowlist: refused, and not counted against the budget

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from corral import jsonrpc, tracecontext
 from corral.cli.trace import waterfall
-from corral.daemon.traces import HANDOVER, PIPE_BOUND, PIPE_SIZE, settings
+from corral.daemon.traces import HANDOVER, PIPE_BOUND, PIPE_SIZE, settings, tracer_of
 from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
@@ -36,6 +36,9 @@ from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
 from corral.taskviews import Attempt
 
 from .conftest import SPARED, agent
+from .intercepted import Engines, engines
+
+__all__ = ["engines"]  # the fixture, used by name
 
 PY = sys.executable
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
@@ -117,14 +120,23 @@ def tracing(endpoint: str | None, **kw: Any) -> TracingSettings:
     return TracingSettings(endpoint=endpoint, **kw)
 
 
+def traced(engines: Engines, cfg: TracingSettings) -> tuple[Supervisor, Tracer]:
+    """An engine given `cfg`'s tracer at its construction, as the daemon's is."""
+    tracer = tracer_of(cfg)
+    assert tracer is not None
+    return engines([tracer]), tracer
+
+
 # -- one task, three tool calls, one trace ----------------------------------------------------
 async def test_a_task_its_attempt_and_its_tool_calls_are_one_trace_with_the_server(
-        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+        engines: Engines, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver
     record = tmp_path / "meta.jsonl"
+    cfg = tracing(url, export_interval=0.05)
+    sup, tracer = traced(engines, cfg)
     sup.add_mcp_server(scripted("notes", record))
     sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
-    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+    traces = await start_traces(cfg, tracer, tmp_path,
                                  SPARED)
     assert traces is not None
     try:
@@ -180,11 +192,11 @@ async def test_a_task_its_attempt_and_its_tool_calls_are_one_trace_with_the_serv
     assert "replica=user#0" in lines[3]
 
 
-async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
+async def test_the_worker_is_given_the_attempts_context(engines: Engines,
                                                        tmp_path: Path) -> None:
     """task/run's _meta: the SDK's ctx.traceparent is the attempt span's."""
     tracer = Tracer()
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     script = tmp_path / "ctx_agent.py"
     script.write_text("from corral.worker import run\n"
                       "run(lambda task, ctx: [ctx.traceparent, ctx.trace_meta()])\n")
@@ -201,13 +213,13 @@ async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
     assert attempt[1] == trace.attempt_span(1)
 
 
-async def test_a_task_that_starts_its_trace_is_traced_from_its_id(sup: Supervisor,
+async def test_a_task_that_starts_its_trace_is_traced_from_its_id(engines: Engines,
                                                                  tmp_path: Path) -> None:
     """No caller's context: the trace id is the task's id, the worker's parent is the
     attempt's span as exported, and a tool call (which makes the task a TaskTrace) keeps
     the same ids."""
     tracer = Tracer()
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     script = tmp_path / "ctx_agent.py"
     script.write_text("from corral.worker import run\n"
                       "run(lambda task, ctx: ctx.traceparent)\n")
@@ -231,9 +243,9 @@ async def test_a_task_that_starts_its_trace_is_traced_from_its_id(sup: Superviso
 
 
 # -- a retried attempt --------------------------------------------------------------------------
-async def test_a_retried_task_shows_both_attempts(sup: Supervisor, tmp_path: Path) -> None:
+async def test_a_retried_task_shows_both_attempts(engines: Engines, tmp_path: Path) -> None:
     tracer = Tracer()
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     sup.add(agent("flaky", "misbehave.py", retries=1))
     await sup.wait_state("flaky", State.READY)
     res = await sup.tasks.run("flaky", {"do": "crash-once",
@@ -261,11 +273,12 @@ def free_port() -> int:
 
 
 async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
-        sup: Supervisor, tmp_path: Path) -> None:
+        engines: Engines, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
     # the timer far away: each batch goes to the exporter when the test says
-    traces = await start_traces(tracing(url, export_interval=3600, batch=100_000,
-                                        buffer=2), sup.tasks, tmp_path, SPARED)
+    cfg = tracing(url, export_interval=3600, batch=100_000, buffer=2)
+    sup, tracer = traced(engines, cfg)
+    traces = await start_traces(cfg, tracer, tmp_path, SPARED)
     assert traces is not None
     try:
         sup.add(agent("a"))
@@ -288,13 +301,15 @@ async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
         await traces.close()
 
 
-async def test_tracing_starts_before_the_state_directory_exists(sup: Supervisor,
+async def test_tracing_starts_before_the_state_directory_exists(engines: Engines,
                                                                  tmp_path: Path) -> None:
     # a first start with [tracing]: tracing starts before the state database makes its
     # directory (a new user's trial: "unable to open database file")
     state = tmp_path / "fresh" / "state"
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
-    traces = await start_traces(tracing(url, export_interval=3600), sup.tasks, state,
+    cfg = tracing(url, export_interval=3600)
+    _sup, tracer = traced(engines, cfg)
+    traces = await start_traces(cfg, tracer, state,
                                 SPARED)
     assert traces is not None
     try:
@@ -339,9 +354,9 @@ def test_the_otel_variables_fill_what_the_table_leaves_out() -> None:
 
 
 async def test_unsampled_tasks_leave_no_spans_but_failed_and_slow_ones_do(
-        sup: Supervisor, tmp_path: Path) -> None:
+        engines: Engines, tmp_path: Path) -> None:
     tracer = Tracer(Sampling(ratio=0.0, slow=30.0))
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     sup.add(agent("m", "misbehave.py"))
     await sup.wait_state("m", State.READY)
     ok = await sup.tasks.run("m", {"do": "echo"})
@@ -362,8 +377,8 @@ async def test_unsampled_tasks_leave_no_spans_but_failed_and_slow_ones_do(
     assert {s[0] for s in spans_of(tracer)} == {int(CALLER_TRACE, 16)}
 
 
-async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> None:
-    Tracer().install(sup.tasks)
+async def test_a_bad_traceparent_is_refused_with_the_reason(engines: Engines) -> None:
+    sup = engines([Tracer()])
     sup.add(agent("a"))
     with pytest.raises(RpcError) as err:
         sup.tasks.submit("a", {}, traceparent="00-nope")
@@ -373,7 +388,7 @@ async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> 
 
 
 async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
-        sup: Supervisor) -> None:
+        engines: Engines) -> None:
     """Attacker's pass: a cluster task's context comes through Redis (whoever writes it):
     one that does not parse is never a reason to refuse the task where it runs; it is
     traced from its id, as one that came with none; a good one is its parent."""
@@ -381,7 +396,7 @@ async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
     from corral.supervisor.tasks.model import Task
 
     tracer = Tracer()
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     sup.add(agent("a"))
     await sup.wait_state("a", State.READY)
     good = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
@@ -404,7 +419,7 @@ async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
                                                              int(CALLER_SPAN, 16))
 
 
-async def test_a_task_given_back_by_a_journal_is_traced_from_its_id(sup: Supervisor) -> None:
+async def test_a_task_given_back_by_a_journal_is_traced_from_its_id(engines: Engines) -> None:
     """A journal's unfinished task after a restart (and one an upgrade hands over): with
     [tracing], traced from its id as a task that came with no context, where it was not
     traced at all before."""
@@ -414,7 +429,7 @@ async def test_a_task_given_back_by_a_journal_is_traced_from_its_id(sup: Supervi
     from corral.supervisor.tasks.model import TaskRecord
 
     tracer = Tracer()
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     sup.add(agent("a"))
     await sup.wait_state("a", State.READY)
     rec = TaskRecord(task_id=new_id(), agent="a", input=msgspec.Raw(b"{}"), priority=0,
@@ -552,12 +567,12 @@ async def test_long_records_are_handed_over_by_their_bytes_before_any_is_dropped
 
 
 # -- a worker's own span ----------------------------------------------------------------------
-async def test_a_tool_call_is_parented_on_the_workers_own_span(sup: Supervisor,
+async def test_a_tool_call_is_parented_on_the_workers_own_span(engines: Engines,
                                                                tmp_path: Path) -> None:
     """The worker sent a traceparent of its own span (same trace) in tools/call's _meta:
     the tool span is its child, not the attempt's; one of another trace is not used."""
     tracer = Tracer()
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     record = tmp_path / "meta.jsonl"
     sup.add_mcp_server(scripted("notes", record))
     script = tmp_path / "own_span.py"
@@ -588,7 +603,7 @@ async def test_a_tool_call_is_parented_on_the_workers_own_span(sup: Supervisor,
 
 
 # -- the exporter process -------------------------------------------------------------------------
-async def test_the_exporter_holds_no_fd_of_the_daemons(sup: Supervisor,
+async def test_the_exporter_holds_no_fd_of_the_daemons(engines: Engines,
                                                        tmp_path: Path) -> None:
     """An fd the daemon has inheritable (one it was started with, or one kept open for an
     upgrade's exec) is not held by the exporter: uvloop's spawn ignores close_fds, and the
@@ -596,7 +611,9 @@ async def test_the_exporter_holds_no_fd_of_the_daemons(sup: Supervisor,
     read, write = os.pipe()
     os.set_inheritable(write, True)  # as an upgrade's keep_open leaves it
     try:
-        traces = await start_traces(tracing(None, export_interval=3600), sup.tasks,
+        cfg = tracing(None, export_interval=3600)
+        _sup, tracer = traced(engines, cfg)
+        traces = await start_traces(cfg, tracer,
                                     tmp_path, SPARED)
         assert traces is not None
         try:
@@ -614,9 +631,11 @@ async def test_the_exporter_holds_no_fd_of_the_daemons(sup: Supervisor,
 
 
 async def test_a_dead_exporter_costs_no_task_and_is_restarted(
-        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+        engines: Engines, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver
-    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+    cfg = tracing(url, export_interval=0.05)
+    sup, tracer = traced(engines, cfg)
+    traces = await start_traces(cfg, tracer, tmp_path,
                                 SPARED)
     assert traces is not None
     try:
@@ -652,7 +671,7 @@ def two_attempts(task_id: str, error: str | None = None) -> tuple[Any, ...]:
 
 
 async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
-        sup: Supervisor, tmp_path: Path) -> None:
+        engines: Engines, tmp_path: Path) -> None:
     """An exporter that stops reading: the batches past PIPE_BOUND are dropped, and
     `corral_trace_spans_dropped_total` counts their spans, not their records."""
     import signal
@@ -660,7 +679,9 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
     from corral.supervisor.tasks.ids import new_id
     from corral.supervisor.tracing import spans_of as record_spans
 
-    traces = await start_traces(tracing(None, export_interval=3600, batch=1), sup.tasks,
+    cfg = tracing(None, export_interval=3600, batch=1)
+    _sup, tracer = traced(engines, cfg)
+    traces = await start_traces(cfg, tracer,
                                 tmp_path, SPARED)
     assert traces is not None
     proc = traces.proc
@@ -694,11 +715,13 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
 
 
 async def test_what_the_exporter_says_out_of_its_protocol_is_one_line_lost(
-        sup: Supervisor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        engines: Engines, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A line of the exporter's that is not its protocol (a count that is not a count,
     a negative one, not JSON) is dropped with a warning: the reader that reaps and
     restarts the exporter lives on, and no count goes back."""
-    traces = await start_traces(tracing(None, export_interval=3600), sup.tasks, tmp_path,
+    cfg = tracing(None, export_interval=3600)
+    _sup, tracer = traced(engines, cfg)
+    traces = await start_traces(cfg, tracer, tmp_path,
                                 SPARED)
     assert traces is not None
     try:
@@ -721,12 +744,14 @@ async def test_what_the_exporter_says_out_of_its_protocol_is_one_line_lost(
 
 
 async def test_an_exporter_that_dies_with_batches_unread_counts_their_spans_lost(
-        sup: Supervisor, tmp_path: Path) -> None:
+        engines: Engines, tmp_path: Path) -> None:
     import signal
 
     from corral.supervisor.tasks.ids import new_id
 
-    traces = await start_traces(tracing(None, export_interval=3600, batch=1), sup.tasks,
+    cfg = tracing(None, export_interval=3600, batch=1)
+    _sup, tracer = traced(engines, cfg)
+    traces = await start_traces(cfg, tracer,
                                 tmp_path, SPARED)
     assert traces is not None
     try:
@@ -1022,7 +1047,7 @@ server.run()
 
 
 async def test_an_instrumented_mcp_servers_spans_join_the_tasks_trace(
-        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+        engines: Engines, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
     """The official MCP SDK's own OpenTelemetry instrumentation (a server span per request,
     its parent read from params._meta) in a server exporting to the same receiver: one
     trace, the server's spans under corral's client spans, its own span under those."""
@@ -1031,10 +1056,12 @@ async def test_an_instrumented_mcp_servers_spans_join_the_tasks_trace(
     rec, url = receiver
     server = tmp_path / "instrumented.py"
     server.write_text(INSTRUMENTED)
+    cfg = tracing(url, export_interval=0.05)
+    sup, tracer = traced(engines, cfg)
     sup.add_mcp_server(McpServerSpec(name="notes", command=[PY, str(server)],
                                      env={"OTLP": url}, start_timeout=30.0, timeout=10.0))
     sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
-    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+    traces = await start_traces(cfg, tracer, tmp_path,
                                 SPARED)
     assert traces is not None
     try:
@@ -1054,14 +1081,14 @@ async def test_an_instrumented_mcp_servers_spans_join_the_tasks_trace(
         await rec.wait(complete)
     finally:
         await traces.close()
-    traced = [s for s in rec.spans if hexid(s.trace_id) == CALLER_TRACE]
+    in_trace = [s for s in rec.spans if hexid(s.trace_id) == CALLER_TRACE]
     # the server's other spans are corral's own requests to it, for no task (its start,
     # its lists): each a trace of its own
-    others = {(rec.service[s.span_id], s.name) for s in rec.spans if s not in traced}
+    others = {(rec.service[s.span_id], s.name) for s in rec.spans if s not in in_trace}
     assert others and {service for service, _ in others} == {"notes-server"}
     assert not any(name.startswith("tools/call") for _, name in others), others
-    ours = {s.span_id: s for s in traced if rec.service[s.span_id] == "corral"}
-    theirs = [s for s in traced if rec.service[s.span_id] == "notes-server"]
+    ours = {s.span_id: s for s in in_trace if rec.service[s.span_id] == "corral"}
+    theirs = [s for s in in_trace if rec.service[s.span_id] == "notes-server"]
     clients = {i for i, s in ours.items() if s.name == "tools/call echo"}
     assert len(clients) == 3
     # SERVER spans: one under each call of corral's (and the tool list the pool fetched

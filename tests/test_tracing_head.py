@@ -25,6 +25,9 @@ from corral.tracecontext import (
 )
 
 from .conftest import agent
+from .intercepted import Engines, engines
+
+__all__ = ["engines"]  # the fixture, used by name
 
 
 def test_a_new_traces_decision_from_its_id_is_the_heads() -> None:
@@ -170,7 +173,7 @@ for line in sys.stdin:
 
 
 async def test_a_worker_that_derives_the_context_is_sent_its_flag_alone(
-        sup: Supervisor, tmp_path: Path) -> None:
+        engines: Engines, tmp_path: Path) -> None:
     """A worker that said `trace_from_task_id` in `initialize` is sent `trace` (the
     sampling bit) for a task traced from its id on its first attempt, and no `_meta`; a
     worker that did not is sent `_meta` as before; a retry and a caller's context are
@@ -178,7 +181,7 @@ async def test_a_worker_that_derives_the_context_is_sent_its_flag_alone(
     script = tmp_path / "raw.py"
     script.write_text(RAW_WORKER)
     tracer = Tracer(Sampling(ratio=1.0))
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     sup.add(agent("new", command=[sys.executable, str(script), "yes"], retries=1))
     sup.add(agent("old", command=[sys.executable, str(script), "no"], retries=1))
     await sup.wait_state("new", State.READY)
@@ -213,7 +216,7 @@ async def test_a_worker_that_derives_the_context_is_sent_its_flag_alone(
 
 
 async def test_the_sdk_derives_the_context_the_daemon_would_have_sent(
-        sup: Supervisor, tmp_path: Path) -> None:
+        engines: Engines, tmp_path: Path) -> None:
     """The Python SDK says `trace_from_task_id`; the context it derives from the id and
     the bit is the `_meta` the daemon writes for the same task (sampled and not), and
     `from_task_id` refuses what is no UUID's 32 digits."""
@@ -227,7 +230,7 @@ async def test_the_sdk_derives_the_context_the_daemon_would_have_sent(
     script.write_text("from corral.worker import run\n"
                       "run(lambda task, ctx: ctx.traceparent)\n")
     tracer = Tracer(Sampling(ratio=0.0))
-    tracer.install(sup.tasks)
+    sup = engines([tracer])
     sup.add(agent("w", command=[sys.executable, str(script)]))
     await sup.wait_state("w", State.READY)
     assert [r.trace_from_id for r in sup.agent("w").replicas] == [True]

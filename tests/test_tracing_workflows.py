@@ -18,13 +18,14 @@ import msgspec
 import pytest
 
 from corral.supervisor import Supervisor
-from corral.supervisor.tracing import Tracer
+from corral.supervisor.tracing import Sampling, Tracer
 
+from .intercepted import Engines, engines
 from .test_tracing import Receiver, attrs, hexid, receiver
 from .test_workflow_nested import INNER, OUTER
 from .test_workflows import FAN, agent_toml
 
-__all__ = ["receiver"]  # the fixture, used by name
+__all__ = ["engines", "receiver"]  # the fixtures, used by name
 
 
 def by_name(spans: list[Any], name: str) -> list[Any]:
@@ -233,15 +234,15 @@ OUTER_ONE = {"steps": [{"name": "child", "workflow": "inner", "input": {"x": "$i
 
 
 @contextlib.asynccontextmanager
-async def traced_service(tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+async def traced_service(tmp_path: Path, sup: Supervisor, tracer: Tracer,
+                         monkeypatch: pytest.MonkeyPatch
                          ) -> AsyncIterator[tuple[Any, Tracer, sqlite3.Connection, list[str]]]:
     """A WorkflowService as the daemon builds it (startup.workflows) over the real engine
-    of `sup` (agent `wf` Ready), traced by a Tracer installed in it, on a real StateStore
+    of `sup` (agent `wf` Ready), traced by `tracer` (the engine's), on a real StateStore
     whose every commit fails ("database is locked", after 0.1 s) while the connection
     handed over holds the write lock; with what the service reported."""
     from corral.daemon import storeschema
     from corral.daemon.workflows.service import WorkflowService
-    from corral.supervisor.tracing import Sampling
     from corral.supervisor.workflows import WorkflowSpec
 
     from .conftest import agent, all_ready
@@ -254,8 +255,6 @@ async def traced_service(tmp_path: Path, sup: Supervisor, monkeypatch: pytest.Mo
     script.write_text(AGENT)
     sup.add(agent("wf", command=[PY, str(script)]))
     await all_ready(sup, "wf", timeout=30)
-    tracer = Tracer(Sampling(1.0))
-    tracer.install(sup.tasks)
     errors: list[str] = []
     async with lockable_store(tmp_path / "corral.db", errors, errors) as (store, _, holder):
         reports: list[str] = []
@@ -282,7 +281,7 @@ def the_span(spans: list[Any], name: str, run_id: str) -> Any:
 
 
 async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
-        tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
     """`start` with a caller's traceparent while the state database cannot be written:
     the StoreError as the store says it, no run, and nothing of the run's trace left
     (its context and its caller's, taken as it was made, forgotten; no span); once the
@@ -291,7 +290,10 @@ async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
     from corral.daemon.storeschema import StoreError
     from corral.daemon.workflows.runstore import WHOLE
 
-    async with traced_service(tmp_path, sup, monkeypatch) as (service, tracer, holder, reports):
+    tracer = Tracer(Sampling(1.0))
+    sup = engines([tracer])
+    async with traced_service(tmp_path, sup, tracer, monkeypatch) as (service, _, holder,
+                                                                      reports):
         traces = service.traces
         assert traces is not None
         holder.execute("BEGIN EXCLUSIVE")  # every commit fails now
@@ -325,7 +327,7 @@ async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
 
 
 async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_context(
-        tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
     """A nested step's run made while the state database cannot be written (the lock
     taken as the step's row is committed, before its run is made): the parent's driver
     stops, saying why; the child run's context (the nested step's, taken as it was made)
@@ -335,7 +337,10 @@ async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_cont
     from corral.daemon.workflows.runevents import StepStarted
     from corral.daemon.workflows.runstore import WHOLE
 
-    async with traced_service(tmp_path, sup, monkeypatch) as (service, tracer, holder, reports):
+    tracer = Tracer(Sampling(1.0))
+    sup = engines([tracer])
+    async with traced_service(tmp_path, sup, tracer, monkeypatch) as (service, _, holder,
+                                                                      reports):
         traces = service.traces
         assert traces is not None
         started: list[str] = []
@@ -407,7 +412,7 @@ OUTER_GATE = {"steps": [{"name": "child", "workflow": "inner_gate",
 
 
 async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their_trace(
-        tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run started with a caller's context, stopped with its nested run's step's task
     running (the daemon stops), and resumed by the next daemon's service (a tracer of its
     own, sampling nothing new): the run's span is still its caller's child, the nested
@@ -425,6 +430,8 @@ async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their
     from .conftest import agent, all_ready
     from .daemon_harness import PY
 
+    tracer = Tracer(Sampling(1.0))
+    sup = engines([tracer])
     script = tmp_path / "gate.py"
     script.write_text(GATE_AGENT)
     sup.add(agent("gate", command=[PY, str(script)]))
@@ -433,7 +440,7 @@ async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their
     os.mkfifo(gate)
     specs = {n: msgspec.convert(t, WorkflowSpec) for n, t in
              (("inner_gate", INNER_GATE), ("outer_gate", OUTER_GATE))}
-    async with traced_service(tmp_path, sup, monkeypatch) as (first, _, _, reports):
+    async with traced_service(tmp_path, sup, tracer, monkeypatch) as (first, _, _, reports):
         first.configure(specs)
         first.recovered.set()
         waiting = asyncio.Event()
@@ -452,9 +459,10 @@ async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their
             ("running", CALLER, "k=v"),
             ("running", f"00-{CALLER_TRACE}-{child_step_id:016x}-01", "k=v")]
 
-        tracer = Tracer(Sampling(0.0))  # the next daemon's: it samples no new trace
-        tracer.install(sup.tasks)
-        after = WorkflowService(sup.agents, sup.tasks, rows.store, reports.append, tracer)
+        # the next daemon's runs' spans: it samples no new trace (its engine's tracer, for
+        # the tasks, is given at the engine's construction: the first's serves here)
+        runs = Tracer(Sampling(0.0))
+        after = WorkflowService(sup.agents, sup.tasks, rows.store, reports.append, runs)
         after.configure(specs)
         try:
             after.recover()
@@ -462,7 +470,7 @@ async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their
             await after.wait(outer.run_id, 60)
             assert (after.get(outer.run_id).status, after.get(child_id).status) == (
                 "succeeded", "succeeded")
-            spans = spans_of(tracer)
+            spans = spans_of(runs)
             outer_span = the_span(spans, "invoke_workflow outer_gate", outer.run_id)
             child_step = the_span(spans, "step child", outer.run_id)
             inner_span = the_span(spans, "invoke_workflow inner_gate", child_id)

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.tasks import Task
-from ..supervisor.tasks.steps import CHECKPOINT_SEQ, NAMED_SEQ, Step
+from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ, NAMED_SEQ, Step
 from .keys import CHECKPOINT_FIELD, Keys
 from .queue import ClusterTask
 from .scripts import Scripts

@@ -38,6 +38,7 @@ from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import Transition
+from ..supervisor.teams.tools import LeaderTools
 from . import startup as part
 from .api import Dispatcher
 from .audit import Audit
@@ -64,6 +65,7 @@ from .taskjournal import TaskJournalDB
 from .teams import TeamFront
 from .tenantregistry import TenantRegistry
 from .tokens import tokens_of
+from .traces import tracer_of
 from .upgrade import Takeover, Upgrades
 
 if TYPE_CHECKING:
@@ -302,7 +304,11 @@ class Daemon:
                         self.notifier.status_changed)
         await enter(part.closed(extras.close))  # a start-up that fails half-way too
         sender = keep(part.journal_sender(conf))
-        sup, queue = part.engine(conf, self.spared, self.taken)
+        tracer, leaders = tracer_of(cfg.tracing), LeaderTools()
+        # the task path's interceptors, the outermost first (tasks/interceptors.py): a
+        # leader's call of a member is inside the leader's span, the member's task its child
+        sup, queue = part.engine(conf, self.spared, self.taken,
+                                 [i for i in (tracer, leaders) if i is not None])
         parts = sup.parts
         audit = Audit(hub)
         dispatcher = part.dispatcher(audit)
@@ -311,7 +317,7 @@ class Daemon:
             self.taken.gateway_address(gateway, cfg)
         heard = part.hear(parts, hub, sender, gateway)
         # closed after the agents stop (entered before `running`): their last spans kept
-        traces = await enter(part.tracing(conf, parts, self.spared, gateway))
+        traces = await enter(part.tracing(conf, tracer, self.spared, gateway))
         control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
                                                   lambda: self._graceful))
         opened = await enter(part.state_store(conf, parts, hub))
@@ -330,7 +336,7 @@ class Daemon:
         await enter(part.handing_back(node))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter(part.workflows(conf, parts, store, hub, traces))
-        teams = await enter(part.teams(conf, parts, store, hub, traces))
+        teams = await enter(part.teams(conf, parts, store, hub, leaders))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
         schedules = await enter(part.schedules(conf, parts, store, tasks, workflows, node, hub))
         history = History(parts.agents, parts.tasks, store, cfg.http)

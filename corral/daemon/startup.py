@@ -17,7 +17,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,9 @@ from ..supervisor.process_replica import ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
+from ..supervisor.tasks.interceptors import TaskInterceptor
+from ..supervisor.teams.tools import LeaderTools
+from ..supervisor.tracing import Tracer
 from ..timeouts import within
 from . import journald
 from .api import Audit, Dispatcher
@@ -171,10 +174,11 @@ def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
         yield sender
 
 
-def engine(conf: Conf, spared: set[int], taken: Takeover | None
-           ) -> tuple[Supervisor, ClusterQueue | None]:
-    """The engine, made and not yet open (`running` opens it), and with [cluster] the
-    queue its tasks wait on (no Redis in it: the node that pulls into it is made later)."""
+def engine(conf: Conf, spared: set[int], taken: Takeover | None,
+           interceptors: Sequence[TaskInterceptor]) -> tuple[Supervisor, ClusterQueue | None]:
+    """The engine, made and not yet open (`running` opens it), its task path composed
+    with `interceptors`, and with [cluster] the queue its tasks wait on (no Redis in it:
+    the node that pulls into it is made later)."""
     sc = conf.cfg.supervisor
     queue = None
     if conf.cfg.cluster is not None:
@@ -185,7 +189,7 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None
                      max_replicas=sc.max_replicas, state_dir=conf.paths.state_dir,
                      tasks_kept=sc.tasks_kept,
                      tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
-                     task_queue=queue, spared=spared)
+                     task_queue=queue, spared=spared, interceptors=interceptors)
     if taken is not None:
         taken.before_start(sup)
     sup.parts.tuning.sandbox_program = sc.bwrap
@@ -479,13 +483,12 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
 
 @contextlib.asynccontextmanager
 async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
-                traces: Traces | None) -> AsyncIterator[TeamService]:
+                leaders: LeaderTools) -> AsyncIterator[TeamService]:
     """[teams.NAME] and their calls (docs/teams.md); entered after the engine runs, so a
     stop ends the calls' drivers (resumed at the next start) before the agents stop.
-    With [tracing], a leader's call of a member is a span of the leader's trace."""
-    service = TeamService(parts.agents, parts.tasks, store, hub.daemon,
-                          traces.tracer.traced if traces is not None else None,
-                          tools=parts.tools)
+    `leaders`: the engine's interceptor that gives a leader its members as tools."""
+    service = TeamService(parts.agents, parts.tasks, store, hub.daemon, leaders,
+                          traced=conf.cfg.tracing is not None, tools=parts.tools)
     service.configure(conf.cfg.teams)
     try:
         yield service
@@ -650,12 +653,12 @@ def freeze_heap(*, collect: bool = True) -> None:
 
 
 @contextlib.asynccontextmanager
-async def tracing(conf: Conf, parts: Parts, spared: set[int], gateway: GatewayService
-                  ) -> AsyncIterator[Traces | None]:
-    """[tracing] (docs/tracing.md): the spans' exporter and local store; closed after the
-    agents stop, so that their last spans are kept."""
+async def tracing(conf: Conf, tracer: Tracer | None, spared: set[int],
+                  gateway: GatewayService) -> AsyncIterator[Traces | None]:
+    """[tracing] (docs/tracing.md): the spans' exporter and local store, of the engine's
+    tracer; closed after the agents stop, so that their last spans are kept."""
     try:
-        traces = await start_traces(conf.cfg.tracing, parts.tasks, conf.paths.state_dir,
+        traces = await start_traces(conf.cfg.tracing, tracer, conf.paths.state_dir,
                                     spared, gateway)
     except OSError as exc:  # its store's files (a link in their place: statefiles.py)
         raise StartupError(f"the trace store cannot be made in {conf.paths.state_dir} "

@@ -28,7 +28,7 @@ from pathlib import Path
 import msgspec
 
 from ..statefiles import make_dir, open_file
-from ..supervisor.tasks.steps import Step
+from ..supervisor.tasks.stepjournal import Step
 
 LOG_DIR = "step-log"
 HEAD = struct.Struct("<II")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..statefiles import make_dir, open_file
-from ..supervisor.tasks.steps import Step
+from ..supervisor.tasks.stepjournal import Step
 from .steplog import StepLog, leftovers, log_dir, records
 from .storeschema import connect, errors_named
 from .storewriter import GroupCommit, WriterThread

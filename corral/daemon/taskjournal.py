@@ -68,7 +68,7 @@ from ..supervisor.tasks import (
 )
 from ..supervisor.tasks.budget import MINUTE
 from ..supervisor.tasks.durable import Sees
-from ..supervisor.tasks.steps import CHECKPOINT_SEQ
+from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ
 from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural

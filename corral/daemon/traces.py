@@ -380,20 +380,26 @@ def _widen(proc: asyncio.subprocess.Process) -> None:
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-async def start(cfg: TracingSettings | None, tasks: Any, state_dir: Path,
-                spared: set[int] | None = None, gateway: Any = None) -> Traces | None:
-    """With [tracing], the engine's tasks (and the gateway's calls) traced and the
-    exporter process started (a change of the table takes a restart of the daemon);
-    `spared`: where the daemon lists its own children (Supervisor's `spared`)."""
+def tracer_of(cfg: TracingSettings | None) -> Tracer | None:
+    """With [tracing], the engine's tracer (an interceptor of its task path, given to it
+    as it is made), its sampling as the table and the `OTEL_*` variables say."""
     if cfg is None:
+        return None
+    return Tracer(settings(cfg).sampling, capacity=cfg.buffer, batch=cfg.batch)
+
+
+async def start(cfg: TracingSettings | None, tracer: Tracer | None, state_dir: Path,
+                spared: set[int] | None = None, gateway: Any = None) -> Traces | None:
+    """With [tracing], the spans of `tracer` (the engine's: `tracer_of`) and the
+    gateway's calls exported by the exporter process it starts (a change of the table
+    takes a restart of the daemon); `spared`: where the daemon lists its own children
+    (Supervisor's `spared`)."""
+    if cfg is None or tracer is None:
         return None
     import socket
 
-    resolved = settings(cfg)
-    tracer = Tracer(resolved.sampling, capacity=cfg.buffer, batch=cfg.batch)
-    traces = Traces(tracer, cfg, resolved, state_dir, socket.gethostname(), spared)
+    traces = Traces(tracer, cfg, settings(cfg), state_dir, socket.gethostname(), spared)
     await asyncio.to_thread(tracestore.create, traces.path)
-    tracer.install(tasks)
     if gateway is not None:
         gateway.tracer = tracer
     await traces.start()

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
 from .stream import Checkpoint, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager
+from .tasks.interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .tenantcgroups import TenantNodes
 from .tools import Tools
 from .tuning import Tuning
@@ -82,12 +83,13 @@ class Supervisor:
         tasks_kept_bytes: int = FINISHED_KEPT_BYTES,
         task_queue: Queue | None = None,
         spared: Container[int] = frozenset(),
+        interceptors: Sequence[TaskInterceptor] = (),
     ) -> None:
         """`journal` makes tasks durable (the daemon passes its SQLite journal); at most
         `tasks_kept` finished tasks, and `tasks_kept_bytes` of their outputs, stay in
         memory; `task_queue` holds waiting tasks (default: the local heap; a cluster
         node's: corral.cluster.queue); `spared`: the embedding program's own children
-        (containment.Containment)."""
+        (containment.Containment); `interceptors`: the task path's (tasks/interceptors.py)."""
         self.tuning = Tuning(heartbeat_interval, heartbeat_timeout,
                              max_replicas or default_max_replicas())
         self.max_line = max_line
@@ -123,11 +125,10 @@ class Supervisor:
         # the tenants' quotas (quotas.py): with none declared, nothing is bounded
         self.tenancy = Tenancy(registry, self.stream)
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
-        self.tasks = TaskManager(self, tool_router=self._route_tool,
-                                 tool_lister=self._list_tools, journal=journal,
-                                 kept=tasks_kept, kept_bytes=tasks_kept_bytes,
-                                 queue=task_queue, tenancy=self.tenancy)
-        self.tasks.worker.allow_of = lambda r: self.mcp.allowlist(r.spec)
+        tools = ToolPorts(self._route_tool, self._list_tools, lambda r: self.mcp.allowlist(r.spec))
+        self.tasks = TaskManager(self, tools=tools, journal=journal, kept=tasks_kept,
+                                 kept_bytes=tasks_kept_bytes, queue=task_queue,
+                                 tenancy=self.tenancy, interceptors=Interceptors(interceptors))
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         # autoscaling, sleep and wake of elastic agents (elastic.py)
@@ -324,13 +325,12 @@ class Supervisor:
         tenant = self.tenancy.tenant_of(agent) if isinstance(agent, str) else None
         self.events.publish(topic, data, "corral", tenant)
 
-    def _route_tool(self, replica: Replica, name: str, arguments: dict[str, Any],
-                    task: Any) -> Any:
+    def _route_tool(self, call: ToolCall) -> Any:
         def progress(p: dict[str, Any]) -> None:
-            if task is not None:
-                self.tasks.report_progress(task, {**p, "tool": name})
-
-        return self.mcp.call(name, arguments, owner=replica.label, on_progress=progress)
+            if call.task is not None:
+                self.tasks.report_progress(call.task, {**p, "tool": call.name})
+        return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
+                             on_progress=progress)
 
     async def _list_tools(self, replica: Replica) -> dict[str, Any]:
         return {"tools": await self.mcp.list_tools(owner=replica.label,

@@ -5,7 +5,7 @@ stores, encodes and sends them (docs/tracing.md).
 
 What the loop pays for a span is a tuple and a deque append; the spans of a task, its
 queue waits and its attempts are made from what the Task already records, once, when it
-finishes (the task manager's `trace_end` hook). Only a tool call is timed as it happens:
+finishes (`intercept_task_end`). Only a tool call is timed as it happens:
 its client span is the one whose context goes to the MCP server in `params._meta`. A task
 that starts a trace is traced from its id (tracecontext.FromId): nothing is made for it
 until its end's record, which carries the id alone.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -41,12 +41,9 @@ from ..tracecontext import (
     parse_or_refuse,
 )
 from .process_replica import ReplicaExit
+from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
 from .tasks.model import Task
 from .tasks.taskmachine import TaskStatus
-
-if TYPE_CHECKING:
-    from .replica import Replica
-    from .tasks.manager import TaskManager
 
 # OTLP's SpanKind values
 INTERNAL, SERVER, CLIENT = 1, 2, 3
@@ -117,8 +114,9 @@ class Sampling(NamedTuple):
         return (trace_id & LOW56) < int(self.ratio * (1 << 56))
 
 
-class Tracer:
-    """The spans of the engine's tasks, buffered for an exporter."""
+class Tracer(TaskInterceptor):
+    """The spans of the engine's tasks, buffered for an exporter: an interceptor of the
+    task path (given to the engine at its construction: tasks/interceptors.py)."""
 
     def __init__(self, sampling: Sampling | None = None, *, capacity: int = 65536,
                  batch: int = 512) -> None:
@@ -140,7 +138,7 @@ class Tracer:
         # told when the buffer takes its first span (the exporter's timer starts) and
         # when a batch is full
         self.ready: Callable[[], None] | None = None
-        self._tasks: TaskManager | None = None
+        self._active: Mapping[str, Task] = {}  # the engine's tasks in flight (`bind`)
 
     @property
     def sampling(self) -> Sampling:
@@ -159,17 +157,37 @@ class Tracer:
             f"{below >> 48:02x}-{below & ((1 << 48) - 1):012x}"
         self._slow = sampling.slow
 
-    # -- wiring -----------------------------------------------------------------------------
-    def install(self, tasks: TaskManager) -> None:
-        """Trace the engine's tasks: their start (the manager's `trace_begin` hook), their
-        tool calls (around its tool router), their ends and their workers' exits (the
-        stream)."""
-        self._tasks = tasks
-        tasks.trace_begin = self.begin
-        tasks.trace_end = self.finished
-        tasks.worker.tool_router = self.traced(tasks.worker.tool_router)
-        tasks.steps.on_replay = self.replayed
-        tasks.stream.subscribe(self._exited, ReplicaExit)
+    # -- the engine's interceptor ----------------------------------------------------------
+    def bind(self, path: TaskPath) -> None:
+        """Its workers' exits, events of the attempts of the tasks they run."""
+        self._active = path.active
+        path.stream.subscribe(self._exited, ReplicaExit)
+
+    def intercept_task_start(self, start: TraceStart, next: Callable[[TraceStart], None]
+                             ) -> None:
+        self.begin(start.task, start.traceparent, start.tracestate)
+        next(start)
+
+    def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
+        self.finished(task)
+        next(task)
+
+    def intercept_step_replay(self, replay: StepReplay,
+                              next: Callable[[StepReplay], None]) -> None:
+        self.replayed(replay.task, replay.kind, replay.name)
+        next(replay)
+
+    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        """A client span around each call of a traced task, whose context goes to the
+        MCP server (and to a team's member: its task is the span's child)."""
+        task = call.task
+        trace = self.full(task) if task is not None else None
+        if trace is None or task is None:
+            return next(call)
+        # the worker's own span, when it sent one of this trace (else the attempt's)
+        said = CALLER.get()
+        parent = own_span(said.get("traceparent"), trace.trace_id) if said else 0
+        return self._call(next, call, task, trace, parent)
 
     # -- the context in -----------------------------------------------------------------------
     def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
@@ -275,24 +293,8 @@ class Tracer:
         return out
 
     # -- tool calls ---------------------------------------------------------------------------
-    def traced(self, router: Callable[..., Any]) -> Callable[..., Any]:
-        """The tool router, with a client span around each call of a traced task."""
-
-        def route(r: Replica, name: str, arguments: dict[str, Any], task: Task | None
-                  ) -> Any:
-            trace = self.full(task) if task is not None else None
-            if trace is None or task is None:
-                return router(r, name, arguments, task)
-            # the worker's own span, when it sent one of this trace (else the attempt's)
-            said = CALLER.get()
-            parent = own_span(said.get("traceparent"), trace.trace_id) if said else 0
-            return self._call(router, r, name, arguments, task, trace, parent)
-
-        return route
-
-    async def _call(self, router: Callable[..., Any], r: Replica, name: str,
-                    arguments: dict[str, Any], task: Task, trace: TaskTrace, parent: int
-                    ) -> Any:
+    async def _call(self, next: Callable[[ToolCall], Any], call: ToolCall, task: Task,
+                    trace: TaskTrace, parent: int) -> Any:
         span_id = new_span_id(64) or 1
         attempt = task.attempt
         client = ClientSpan(meta(trace.trace_id, span_id, trace.sampled, trace.tracestate))
@@ -300,7 +302,7 @@ class Tracer:
         start = time.time()
         error: str | None = None
         try:
-            result = router(r, name, arguments, task)
+            result = next(call)
             if inspect.isawaitable(result):
                 result = await result
             if isinstance(result, dict) and result.get("isError"):
@@ -311,7 +313,7 @@ class Tracer:
             raise
         finally:
             record = (TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, span_id,
-                      parent or trace.attempt_span(attempt), name, task.id, attempt,
+                      parent or trace.attempt_span(attempt), call.name, task.id, attempt,
                       client.transport, client.request_id, start, time.time(), error)
             self._keep(trace, record)
 
@@ -377,11 +379,11 @@ class Tracer:
     # -- a worker's exit ----------------------------------------------------------------------
     def _exited(self, e: ReplicaExit) -> None:
         r = e.replica
-        if self._tasks is None or getattr(r, "kind", None) != "agent":
+        if getattr(r, "kind", None) != "agent":
             return
         now = time.time()
         name = "corral.cap_kill" if "limit" in e.reason else "corral.replica.exited"
-        for task in self._tasks.active.values():
+        for task in self._active.values():
             if task.trace is None or task.replica is not r:
                 continue
             trace = self.full(task)
@@ -394,7 +396,7 @@ class Tracer:
 
     # -- a task's end -------------------------------------------------------------------------
     def finished(self, task: Task) -> None:
-        """A task ended (the task manager's `trace_end`): its record, when it is kept."""
+        """A task ended (`intercept_task_end`): its record, when it is kept."""
         trace = task.trace
         if trace is None:
             return

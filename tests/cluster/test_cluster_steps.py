@@ -180,7 +180,7 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
     from corral.cluster.steps import ClusterSteps
     from corral.cluster.trust import Trust
     from corral.jsonrpc import RpcError
-    from corral.supervisor.tasks.steps import Step
+    from corral.supervisor.tasks.stepjournal import Step
 
     s = Scripts(client)
     await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0),

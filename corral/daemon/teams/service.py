@@ -15,7 +15,7 @@ from ...supervisor.tasks import TaskManager
 from ...supervisor.teams import TeamSpec, check_team
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import Teams, error_of
-from ...supervisor.teams.tools import Router
+from ...supervisor.teams.tools import LeaderTools
 from ...supervisor.tools import Tools
 from ...taskviews import TaskInfo
 from ...text import plural
@@ -29,14 +29,13 @@ from .store import CallRows
 
 class TeamService(Teams):
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
-                 report: Callable[[str], None],
-                 traced: Callable[[Router], Router] | None = None,
-                 tools: Tools | None = None) -> None:
+                 report: Callable[[str], None], leaders: LeaderTools | None = None, *,
+                 traced: bool = False, tools: Tools | None = None) -> None:
         self.tools = tools  # the MCP servers, whose names a team's may not take
         self.rows = CallRows(store)
         self.catalog = TeamCatalog(store)
         self.catalog.restore(report)
-        super().__init__(engine, self.rows, report, traced)
+        super().__init__(engine, self.rows, report, leaders, traced)
         self.agents = agents
         self._stamping: asyncio.Future[None] | None = None
         self.recovered.clear()  # set once the task journal's tasks are back (recover)

@@ -30,13 +30,13 @@ from .counters import LATENCY_WINDOW, AgentTasks
 from .dispatch import CANCEL_GRACE, TaskDispatch
 from .durable import TaskJournal, unknown_cursor
 from .ids import is_task_id, new_id
+from .interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .manager import TaskManager
 from .model import LOST_IN_RESTART, AttemptEnded, Task, TaskFinished, TaskProgress, TaskRecord
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .taskmachine import TERMINAL, TaskStatus
-from .worker import ToolRouter
 
 __all__ = [
     "CANCEL_GRACE",
@@ -51,6 +51,7 @@ __all__ = [
     "AttemptEnded",
     "Budget",
     "Budgets",
+    "Interceptors",
     "LocalQueue",
     "ModelUsage",
     "Output",
@@ -61,6 +62,7 @@ __all__ = [
     "TaskFailure",
     "TaskFinished",
     "TaskInfo",
+    "TaskInterceptor",
     "TaskJournal",
     "TaskManager",
     "TaskProgress",
@@ -68,7 +70,8 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskSummary",
-    "ToolRouter",
+    "ToolCall",
+    "ToolPorts",
     "Usage",
     "encode_input",
     "is_task_id",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -60,6 +60,14 @@ from .delays import Delays
 from .dispatch import TaskDispatch, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .ids import new_ids
+from .interceptors import (
+    NO_INTERCEPTORS,
+    Interceptors,
+    TaskInterceptor,
+    TaskPath,
+    ToolPorts,
+    TraceStart,
+)
 from .lanes import Lanes
 from .model import LOST_IN_RESTART, Task, TaskFinished, TaskRecord
 from .payload import Output, acyclic, encode_input
@@ -69,7 +77,7 @@ from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
 from .taskmachine import AttemptOutcome, TaskCause, TaskStatus, TaskStep, cancelled
-from .worker import ToolRouter, WorkerMethods, report_progress
+from .worker import WorkerMethods, report_progress
 
 if TYPE_CHECKING:
     from ..quotas import Tenancy
@@ -88,10 +96,13 @@ def _note_first(agent: AgentLike, text: str) -> None:
 
 
 class TaskManager:
-    def __init__(self, sup: TaskHost, *, tool_router: ToolRouter,
-                 tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
+    def __init__(self, sup: TaskHost, *, tools: ToolPorts, journal: TaskJournal | None = None,
                  kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES,
-                 queue: Queue | None = None, tenancy: Tenancy | None = None) -> None:
+                 queue: Queue | None = None, tenancy: Tenancy | None = None,
+                 interceptors: Interceptors = NO_INTERCEPTORS) -> None:
+        """`tools`: where a worker's tool calls end (the pool's); `interceptors`: the
+        concerns around the task path (tracing, a team's tools, the cluster's steps), in
+        their order (interceptors.py)."""
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         self.journal = journal
@@ -117,10 +128,10 @@ class TaskManager:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
-        self.worker = WorkerMethods(self.stream, self.active, tool_router, tool_lister)
-        # a traced engine's start of each task's trace (supervisor/tracing.py), or None
-        self.trace_begin: Callable[[Task, str | None, str | None], None] | None = None
-        self.trace_end: Callable[[Task], None] | None = None  # and of its end
+        self.worker = WorkerMethods(self.stream, self.active, tools, interceptors)
+        # each task's start and end as the interceptors hear them (tracing's), or None
+        self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
+        self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
         on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
         on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
         on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
@@ -132,6 +143,7 @@ class TaskManager:
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
         self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
+        interceptors.bind(TaskPath(self.active, self.stream))
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
@@ -303,7 +315,7 @@ class TaskManager:
             task.session = session
         task.tenant = agent.spec.tenant
         if self.trace_begin is not None:
-            self.trace_begin(task, traceparent, tracestate)  # (a bad traceparent refuses)
+            self.trace_begin(TraceStart(task, traceparent, tracestate))  # (a bad one refuses)
         q.counts["accepted"] += 1
         self.active[task.id] = task
         if session is not None:
@@ -375,7 +387,7 @@ class TaskManager:
                 if reach is not None:
                     self.spawns.limit(task, *reach)
                 if trace_begin is not None:
-                    trace_begin(task, None, None)
+                    trace_begin(TraceStart(task, None, None))
             except RpcError as exc:
                 counts["refused"] += 1
                 out.append(exc)
@@ -399,9 +411,9 @@ class TaskManager:
         agent = self.sup.agent(task.agent)
         if self.trace_begin is not None:
             try:
-                self.trace_begin(task, traceparent, tracestate)
+                self.trace_begin(TraceStart(task, traceparent, tracestate))
             except RpcError:
-                self.trace_begin(task, None, None)
+                self.trace_begin(TraceStart(task, None, None))
         task.seq = next(self._seq)
         self._agent_tasks(agent).counts["accepted"] += 1
         self.active[task.id] = task
@@ -586,7 +598,7 @@ class TaskManager:
         over by an upgrade) traced, with [tracing], from its id: its caller's context,
         when it had one, is not kept across processes (docs/tracing.md)."""
         if self.trace_begin is not None and task.trace is None:
-            self.trace_begin(task, None, None)
+            self.trace_begin(TraceStart(task, None, None))
 
     def adopt_running(self, rec: TaskRecord, r: Replica, rid: int) -> Task:
         """A journaled task running on a worker the previous daemon image handed over

@@ -34,7 +34,8 @@ from ..workercalls import on_request
 from .host import TaskHost
 from .ids import ANY, new_id
 from .model import Task, TaskFinished
-from .steps import NAMED_SEQ, RESERVED, Step, TaskSteps
+from .stepjournal import NAMED_SEQ, Step
+from .steps import RESERVED, TaskSteps
 from .taskmachine import TERMINAL
 from .worker import WorkerMethods
 

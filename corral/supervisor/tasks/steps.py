@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -37,52 +37,19 @@ from ...mcp.pool import allowed
 from ...text import plural
 from ..quotas import NO_QUOTAS
 from ..stream import Stream
+from .interceptors import Interceptors, StepReplay, TaskInterceptor
 from .model import Task, TaskFinished
+from .stepjournal import CHECKPOINT_SEQ, NAMED_SEQ, Step, StepJournal
 
 if TYPE_CHECKING:
     from ..replica import Replica
 
-CHECKPOINT_SEQ = -1  # the row of a task's checkpoint
-NAMED_SEQ = 0  # the rows of named steps (keyed by name); tool calls count from 1
 # the named steps corral writes itself (spawn.py: a spawn's child, a child's lineage),
 # never a worker's `step/put`: a name of these written by a worker would be read back as
 # corral's own, a child it never checked or a lineage it never gave
 RESERVED = ("spawn:", "corral/")
 
 _encode = msgspec.json.Encoder(order="sorted")
-
-
-class Step(NamedTuple):
-    """One journaled step: a tool call (seq from 1, `name` the tool), a named step (seq
-    NAMED_SEQ) or the task's checkpoint (seq CHECKPOINT_SEQ). `body` is the result's JSON
-    (None: none to give back)."""
-
-    task_id: str
-    seq: int
-    name: str
-    attempt: int
-    args: bytes  # the arguments' hash (tool calls)
-    body: bytes | None
-
-
-class StepJournal(Protocol):
-    """Where steps are made durable (the daemon's: corral.daemon.steps.StepsDB)."""
-
-    def put(self, step: Step) -> None:
-        """Keep a step (a newer one with its key replaces it); does not block."""
-
-    def drop_from(self, task_id: str, seq: int) -> None:
-        """Forget the task's tool-call steps from `seq` on (an attempt diverged there)."""
-
-    async def committed(self, task_id: str | None = None) -> None:
-        """Return once everything put so far (of the task `task_id`, or of all) is
-        durable; raise if it cannot be."""
-
-    async def history(self, task_id: str) -> list[Step]:
-        """Every step of the task, tool calls in order."""
-
-    def ended(self, task_id: str) -> None:
-        """The task ended: its steps are read by nobody until a retention prunes them."""
 
 
 class StepsDiverged(NamedTuple):
@@ -122,7 +89,8 @@ class _Attempt:
 class TaskSteps:
     """The engine's side of the steps: the worker methods' handlers call it."""
 
-    def __init__(self, stream: Stream, active: Callable[[str], Task | None]) -> None:
+    def __init__(self, stream: Stream, active: Callable[[str], Task | None],
+                 interceptors: Interceptors) -> None:
         self.stream = stream
         self._active = active
         self.journal: StepJournal | None = None  # the daemon sets it
@@ -133,9 +101,9 @@ class TaskSteps:
         self.journaled = 0  # steps written
         self.refused = 0  # journaled calls refused past a bound of bytes
         self.held: dict[str, int] = {}  # tenant -> its unfinished tasks' journaled bytes
-        # told of each call and named step answered from the journal: (task, "tool" or
-        # "step", its name); with [tracing], the tracer's (its span marked replayed)
-        self.on_replay: Callable[[Task, str, str], None] | None = None
+        # told of each call and named step answered from the journal; with [tracing],
+        # the tracer's (its span marked replayed)
+        self.on_replay = interceptors.notify(TaskInterceptor.intercept_step_replay)
         stream.subscribe(self._finished, TaskFinished)
 
     def _finished(self, e: TaskFinished) -> None:
@@ -230,7 +198,7 @@ class TaskSteps:
             a = task.attempts[-1]
             a.replayed = a.replayed + 1 if isinstance(a.replayed, int) else 1
         if self.on_replay is not None:
-            self.on_replay(task, kind, name)
+            self.on_replay(StepReplay(task, kind, name))
 
     def _count(self, st: _Attempt, n: int) -> None:
         """`n` bytes more (or fewer) journaled by the task of `st`, in its tenant's too."""

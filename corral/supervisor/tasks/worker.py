@@ -5,7 +5,7 @@ their params come decoded (workerproto.py, workercalls.py)."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -22,14 +22,12 @@ from ...workerproto import (
     ToolsListParams,
 )
 from ..stream import Stream
+from .interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .model import Task, TaskProgress
 from .steps import TaskSteps
 
 if TYPE_CHECKING:
     from ..replica import Replica
-
-ToolRouter = Callable[["Replica", str, dict[str, Any], "Task | None"], Any]
-
 
 def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> None:
     """The task's newest progress, kept and told: to its own watchers (Task.watch), and
@@ -46,17 +44,19 @@ def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> Non
 class WorkerMethods:
     """The handlers of the three methods, over the tasks in flight (`active`)."""
 
-    def __init__(self, stream: Stream, active: Mapping[str, Task], tool_router: ToolRouter,
-                 tool_lister: Callable[[Replica], Any]) -> None:
+    def __init__(self, stream: Stream, active: Mapping[str, Task], tools: ToolPorts,
+                 interceptors: Interceptors) -> None:
         self.stream = stream
         self.active = active
-        self.tool_router = tool_router
-        self.tool_lister = tool_lister
-        # the tools a replica's agent may call (the engine narrows it to its tenant's)
-        self.allow_of: Callable[[Replica], list[str]] = lambda r: list(
-            getattr(r.spec, "tools", []))
+        # the pool's tools behind the interceptors' (a team's leader's members, its spans)
+        self.tool_router = interceptors.compose(TaskInterceptor.intercept_tool_call,
+                                                tools.call)
+        self.tool_lister = interceptors.compose(TaskInterceptor.intercept_tool_list,
+                                                tools.listing)
+        self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
+                                             tools.allowed)
         # the task's steps (steps.py): a running task's tool calls are journaled there
-        self.steps = TaskSteps(stream, active.get)
+        self.steps = TaskSteps(stream, active.get, interceptors)
 
     def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
         task = self.active.get(task_id) if task_id is not None else None
@@ -111,10 +111,10 @@ class WorkerMethods:
         """The tool router's call (its answer, or an awaitable of it), with the worker's
         trace context (`_meta`) set while it starts (its span is made then: tracing.py)."""
         if meta is None:
-            return self.tool_router(r, name, arguments, task)
+            return self.tool_router(ToolCall(r, name, arguments, task))
         said = CALLER.set(meta)
         try:
-            return self.tool_router(r, name, arguments, task)
+            return self.tool_router(ToolCall(r, name, arguments, task))
         finally:
             CALLER.reset(said)
 

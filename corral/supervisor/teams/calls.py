@@ -3,7 +3,9 @@ driven in the background to its one outcome, waited for, cancelled, resumed from
 steps. The daemon's are kept in its state database (daemon/teams/); the Python API's in
 memory:
 
-    teams = Teams(sup.tasks)
+    tools = LeaderTools()  # a coordinate team's leader calls its members as tools
+    sup = Supervisor(interceptors=[tools])
+    teams = Teams(sup.tasks, tools=tools)
     teams.configure({"support": TeamSpec(mode="broadcast", members=["a", "b"])})
     result = await teams.run("support", {"q": "..."})   # a TaskResult
 """
@@ -27,18 +29,23 @@ from .call import CALL_ENDED, CallStore, MemoryStore, TeamCall
 from .check import check_team
 from .definition import TeamError, TeamSpec
 from .runner import TeamRunner
-from .tools import LeaderTools, Router
+from .tools import LeaderTools
 
 
 class Teams:
     def __init__(self, engine: TaskManager, store: CallStore | None = None,
                  report: Callable[[str], None] | None = None,
-                 traced: Callable[[Router], Router] | None = None) -> None:
+                 tools: LeaderTools | None = None, traced: bool = False) -> None:
+        """`tools`: the interceptor the engine was made with that gives a coordinate
+        team's leader its members as tools (None: no coordinate team is called);
+        `traced`: the engine traces its tasks (a caller's context is checked then)."""
         self.engine = engine
         self.store: CallStore = store if store is not None else MemoryStore()
         self.runner = TeamRunner(engine, self.store)
-        LeaderTools(self.runner, traced).install(engine.worker)
-        self.traced = traced is not None  # (a caller's context is checked only then)
+        self.leader_tools = tools
+        if tools is not None:
+            tools.serve(self.runner)
+        self.traced = traced
         self.report = report
         self.specs: dict[str, TeamSpec] = {}
         self.live: dict[str, tuple[TeamCall, asyncio.Task[None]]] = {}
@@ -79,6 +86,11 @@ class Teams:
     async def start(self, name: str, call_input: Any, traceparent: str | None = None,
                     tracestate: str | None = None) -> TeamCall:
         tenant = self._checked(name)
+        if self.leader_tools is None and self.spec(name).mode == "coordinate":
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"team {name} is coordinate: its leader calls its members as "
+                           "tools, which an engine gives only when made with LeaderTools "
+                           "among its interceptors")
         if traceparent and self.traced:
             # refused before the call, as a task's is before it is accepted
             parse_or_refuse(traceparent, tracestate)

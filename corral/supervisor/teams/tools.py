@@ -1,20 +1,21 @@
 """A coordinate team's members as the leader's tools (`TEAM__MEMBER`): in the tool list
 and the allowlist of a replica only while it runs a task as a team's leader, and a call of
 one a step of the team's call, the member's own task (its budgets, allowlist and retries).
-Installed around the engine's worker methods as tracing.py wraps the tool router: a tool
-that is no team's goes on to the pool unchanged. Installed after tracing's wrapper (the
-daemon's teams come after its tracer), a team's tool is given tracing's own wrapper
-(`traced`): a client span of the leader's, which the member's task is a child of."""
+An interceptor of the engine's task path (tasks/interceptors.py), given to it at its
+construction: a tool that is no team's goes on to the pool unchanged. After tracing in the
+chain (the daemon's order), a call of a member is inside the leader's client span, which
+the member's task is a child of."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ...tracecontext import CURRENT
+from ..tasks.interceptors import TaskInterceptor, TaskPath, ToolCall
 from ..tasks.steps import args_hash
 from .call import TeamCall
 from .check import TOOL_SEP
@@ -23,9 +24,7 @@ from .runner import TeamRunner
 if TYPE_CHECKING:
     from ..replica import Replica
     from ..tasks.model import Task
-    from ..tasks.worker import WorkerMethods
 
-Router = Callable[..., Any]  # a worker methods' tool router
 INPUT_SCHEMA = {"type": "object", "properties": {"input": {
     "description": "what the member is sent (any JSON)"}}, "required": ["input"]}
 
@@ -42,71 +41,79 @@ def tool_result(output: Any, error: str | None) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": msgspec.json.encode(output).decode()}],
             "structuredContent": {"output": output}, "isError": False}
 
-class LeaderTools:
-    def __init__(self, runner: TeamRunner,
-                 traced: Callable[[Router], Router] | None = None) -> None:
-        self.runner = runner
-        self.traced = traced  # tracing's wrapper of a tool router (with [tracing])
+class LeaderTools(TaskInterceptor):
+    """The members of the teams whose calls the runners it serves drive (`serve`)."""
+
+    def __init__(self) -> None:
+        self._runners: list[TeamRunner] = []
+        self._active: Mapping[str, Task] = {}  # the engine's tasks in flight (`bind`)
         # a leader's attempt -> how many times it called each (member, arguments): the
         # n-th such call of a retried attempt is the n-th of the one before (its step)
         self._counts: dict[str, tuple[int, dict[tuple[str, str], int]]] = {}
 
-    def install(self, worker: WorkerMethods) -> None:
-        allow, route, lister = worker.allow_of, worker.tool_router, worker.tool_lister
+    def serve(self, runner: TeamRunner) -> None:
+        """The calls `runner` drives: their leaders get their members as tools."""
+        self._runners.append(runner)
 
-        def allow_of(r: Replica) -> list[str]:
-            names = allow(r)
-            mine = [t["name"] for t in self._tools_on(r)]
-            return [*names, *mine] if mine else names
+    def bind(self, path: TaskPath) -> None:
+        self._active = path.active
 
-        def tool_router(r: Replica, name: str, arguments: dict[str, Any],
-                        task: Task | None) -> Any:
-            call = self.runner.leaders.get(task.id) if task is not None else None
-            member = _member(call, name) if call is not None else None
-            if call is None or member is None or task is None:
-                return route(r, name, arguments, task)
+    def _leading(self, task_id: str) -> tuple[TeamRunner, TeamCall] | None:
+        for runner in self._runners:
+            call = runner.leaders.get(task_id)
+            if call is not None:
+                return runner, call
+        return None
 
-            def to_member(r: Replica, name: str, arguments: dict[str, Any],
-                          task: Task) -> Any:
-                return self.call(call, task, member, arguments)
-            mine = self.traced(to_member) if self.traced is not None else to_member
-            return mine(r, name, arguments, task)
+    def intercept_allowed_tools(self, replica: Replica,
+                                next: Callable[[Replica], list[str]]) -> list[str]:
+        names = next(replica)
+        mine = [t["name"] for t in self._tools_on(replica)]
+        return [*names, *mine] if mine else names
 
-        async def tool_lister(r: Replica) -> Any:
-            listed = lister(r)
-            result = await listed if inspect.isawaitable(listed) else listed
-            mine = self._tools_on(r)
-            if mine and isinstance(result, dict):
-                result = {**result, "tools": [*result.get("tools", []), *mine]}
-            return result
+    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        task = call.task
+        leading = self._leading(task.id) if task is not None else None
+        member = _member(leading[1], call.name) if leading is not None else None
+        if leading is None or member is None or task is None:
+            return next(call)
+        return self.call(leading, task, member, call.arguments)
 
-        worker.allow_of = allow_of
-        worker.tool_router = tool_router
-        worker.tool_lister = tool_lister
+    def intercept_tool_list(self, replica: Replica, next: Callable[[Replica], Any]) -> Any:
+        return self._listed(replica, next(replica))
+
+    async def _listed(self, r: Replica, listed: Any) -> Any:
+        result = await listed if inspect.isawaitable(listed) else listed
+        mine = self._tools_on(r)
+        if mine and isinstance(result, dict):
+            result = {**result, "tools": [*result.get("tools", []), *mine]}
+        return result
 
     def _tools_on(self, r: Replica) -> list[dict[str, Any]]:
         """The members of every team whose leader's task runs on `r` now."""
         out: list[dict[str, Any]] = []
-        active = self.runner.engine.active
-        for task_id, call in self.runner.leaders.items():
-            task = active.get(task_id)
-            if task is not None and task.replica is r:
-                out.extend(tool_entry(call, m) for m in call.spec.members)
+        active = self._active
+        for runner in self._runners:
+            for task_id, call in runner.leaders.items():
+                task = active.get(task_id)
+                if task is not None and task.replica is r:
+                    out.extend(tool_entry(call, m) for m in call.spec.members)
         return out
 
-    async def call(self, call: TeamCall, task: Task, member: str,
+    async def call(self, leading: tuple[TeamRunner, TeamCall], task: Task, member: str,
                    arguments: dict[str, Any]) -> dict[str, Any]:
+        runner, call = leading
         member_input = arguments.get("input", arguments)
         digest = args_hash(member_input).hex()
         attempt, counts = self._counts.get(task.id, (0, {}))
         if attempt != task.attempt:
-            for gone in [k for k in self._counts if k not in self.runner.leaders]:
+            for gone in [k for k in self._counts if self._leading(k) is None]:
                 del self._counts[gone]
             attempt, counts = task.attempt, {}
             self._counts[task.id] = (attempt, counts)
         n = counts[(member, digest)] = counts.get((member, digest), 0) + 1
         span = CURRENT.get()  # the leader's tool call's, when traced
-        st = await self.runner.step(call, f"tool:{member}:{digest}:{n}", member,
+        st = await runner.step(call, f"tool:{member}:{digest}:{n}", member,
                                     member_input, span.meta if span is not None else {})
         if st.status == "succeeded":
             return tool_result(st.output, None)

@@ -1,0 +1,141 @@
+"""The task path's interceptors: what tracing, a team's tools and the cluster add to the
+engine's tasks, each a `TaskInterceptor` given to the engine at its construction, in one
+ordered list (the daemon's is written once, in its setup: daemon/startup.py `engine`).
+Temporal's Python SDK's interceptors are the model: a concern overrides the `intercept_*`
+methods it needs, each taking one input value and `next`, the rest of the chain, which it
+calls to go on (or not: a team's tool is answered by its member, never by the pool).
+
+The chain is composed once, when the engine is made (`Interceptors.compose`): a method
+that no interceptor overrides is the engine's own call alone, and a notification no one
+overrides is None, so that an engine without tracing pays nothing per task for it. The
+first interceptor in the list is the outermost: tracing before a team's tools makes the
+span of a leader's call to a member the parent of the member's task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+    from ..stream import Stream
+    from .model import Task
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class ToolCall(NamedTuple):
+    """A worker's tool call on its way to the pool: `task` None when the worker named no
+    task it runs (or the gateway's own calls)."""
+
+    replica: Replica
+    name: str
+    arguments: dict[str, Any]
+    task: Task | None
+
+
+class ToolPorts(NamedTuple):
+    """Where the chain's tool methods end: the engine's pool (a call, a replica's list,
+    the patterns its agent may call)."""
+
+    call: Callable[[ToolCall], Any]
+    listing: Callable[[Replica], Any]
+    allowed: Callable[[Replica], list[str]]
+
+
+class TraceStart(NamedTuple):
+    """A task accepted (or given back by the journal, its context None): the caller's
+    W3C trace context, as it came."""
+
+    task: Task
+    traceparent: str | None
+    tracestate: str | None
+
+
+class StepReplay(NamedTuple):
+    """A tool call (`kind` "tool") or a named step ("step") of a retried attempt answered
+    from the task's step journal (steps.py)."""
+
+    task: Task
+    kind: str
+    name: str
+
+
+class TaskPath(NamedTuple):
+    """What an interceptor may read of the engine it is given to (`bind`): the tasks in
+    flight by id, and the engine's event stream."""
+
+    active: Mapping[str, Task]
+    stream: Stream
+
+
+class TaskInterceptor:
+    """One concern's part in the task path; every method passes its input on unchanged."""
+
+    def bind(self, path: TaskPath) -> None:
+        """The engine the chain is given to, once, as it is made (before any task)."""
+
+    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        """The call's answer, or an awaitable of it."""
+        return next(call)
+
+    def intercept_tool_list(self, replica: Replica, next: Callable[[Replica], Any]) -> Any:
+        """The replica's `tools/list` answer, or an awaitable of it."""
+        return next(replica)
+
+    def intercept_allowed_tools(self, replica: Replica,
+                                next: Callable[[Replica], list[str]]) -> list[str]:
+        """The patterns of the tools the replica's worker may call now."""
+        return next(replica)
+
+    def intercept_task_start(self, start: TraceStart, next: Callable[[TraceStart], None]
+                             ) -> None:
+        """A task accepted (a bad traceparent refuses it: RpcError)."""
+        next(start)
+
+    def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
+        """A task finished, once."""
+        next(task)
+
+    def intercept_step_replay(self, replay: StepReplay,
+                              next: Callable[[StepReplay], None]) -> None:
+        next(replay)
+
+
+class Interceptors:
+    """An ordered chain of interceptors, the first the outermost."""
+
+    def __init__(self, members: Sequence[TaskInterceptor] = ()) -> None:
+        self.members = tuple(members)
+
+    def bind(self, path: TaskPath) -> None:
+        for member in self.members:
+            member.bind(path)
+
+    def compose(self, method: Callable[[Any, In, Callable[[In], Out]], Out],
+                last: Callable[[In], Out]) -> Callable[[In], Out]:
+        """`method` (a TaskInterceptor's, unbound) of every member that overrides it,
+        each calling the next, the last calling `last`."""
+        name = method.__name__
+        call = last
+        for member in reversed(self.members):
+            if getattr(type(member), name) is not method:
+                call = partial(getattr(member, name), next=call)
+        return call
+
+    def notify(self, method: Callable[[Any, In, Callable[[In], None]], None]
+               ) -> Callable[[In], None] | None:
+        """A notification's chain, None when no member overrides it (nothing to call)."""
+        if all(getattr(type(m), method.__name__) is method for m in self.members):
+            return None
+        return self.compose(method, _nothing)
+
+
+def _nothing(_: object) -> None:
+    return None
+
+
+NO_INTERCEPTORS = Interceptors()
