@@ -38,7 +38,9 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.pool import allowed
+from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
 from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
@@ -53,7 +55,8 @@ from ..workerproto import ToolsCallParams
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
-from .mcptasks import AGENTS_VIEW, AgentTools, Follows, TaskHandles
+from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
+from .relayseal import SealedState, StateSeal
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -261,6 +264,8 @@ class GatewayService:
         self.task_call = tasks.worker.on_tool_call if tasks is not None else None
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
+        # the states of servers' input requests relayed to clients (relayseal.py)
+        self.seal = StateSeal()
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
@@ -462,7 +467,33 @@ class GatewayService:
         said = params.get("_meta")
         context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
             if isinstance(said, dict) else None
-        return await self.call(ident, name, arguments, on_progress, who, context)
+        relay, opened = self._relay(ident, name, params)
+        result = await self.call(ident, name, arguments, on_progress, who, context, relay)
+        if relay is not None and asks_input(result):
+            # the server's state goes to the client sealed, bound to it and this tool
+            result = {**result, "requestState": self.seal.seal(
+                ident.name, name, result.get("requestState"), opened,
+                self.settings.input_wait)}
+        return result
+
+    def _relay(self, ident: Identity, name: str, params: dict[str, Any]
+               ) -> tuple[InputRelay | None, SealedState | None]:
+        """Who answers the server's input requests of this call: the client, when it
+        declared its capabilities (a 2026-07-28 request's, relay.py), with its answers
+        and the server's state it brought back (opened: this client's, this tool's);
+        None: corral, as for an agent's call."""
+        responses = params.get("inputResponses")
+        if "inputResponses" in params and not isinstance(responses, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"invalid params: tools/call {name}: inputResponses must be an "
+                           "object")
+        opened = self.seal.open(ident.name, name, params["requestState"]) \
+            if "requestState" in params else None
+        said = params.get("_meta")
+        caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
+        if not isinstance(caps, dict):
+            return None, None
+        return InputRelay(caps, responses, opened.state if opened else None), opened
 
     async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         """A request of the tasks extension (mcptasks.py): tools/call of a client that
@@ -477,33 +508,51 @@ class GatewayService:
             return await self._agent_call(ident, method, params, self.handles)
         if ident.server is not None:
             params = _qualified(ident.server, method, params)
-        if not await self._supports_tasks(ident, params.get("name")):
+        how = await self._task_support(ident, params.get("name"))
+        if how is None or (how == "after_input" and "inputResponses" not in params):
             return await self._tool_call(ident, params, None)
-        return self.handles.open(ident, None, self._tool_call(ident, params, None))
+        return self.handles.open(ident, None,
+                                 lambda handle: self._held_call(ident, params, handle))
 
-    async def _supports_tasks(self, ident: Identity, name: Any) -> bool:
-        """Whether the pool's tool `name` runs as a task: its server's `task_tools` name
-        it, or it says so itself (`execution.taskSupport` optional or required); a tool
-        the client may not see does not (its call is refused as any)."""
+    async def _held_call(self, ident: Identity, params: dict[str, Any],
+                         handle: GatewayTask) -> Any:
+        """A call the gateway holds as a task: a server's input requests the client can
+        answer wait in the handle (`input_required`) for `tasks/update`, and the call is
+        sent again with the answers."""
+        for _ in range(MAX_INPUT_ROUNDS + 1):
+            result = await self._tool_call(ident, params, None)
+            if not asks_input(result):
+                return result
+            answers = await handle.ask(result.get("inputRequests") or {},
+                                       self.settings.input_wait)
+            params = {**params, "inputResponses": answers,
+                      "requestState": result["requestState"]}
+        raise AssertionError("unreachable: the seal refuses past MAX_INPUT_ROUNDS")
+
+    async def _task_support(self, ident: Identity, name: Any) -> str | None:
+        """How the pool's tool `name` runs as a task: as its server's `task_tools` say,
+        or as it says itself (`execution.taskSupport` optional or required); None: not
+        one (a tool the client may not see is not: its call is refused as any)."""
         if not isinstance(name, str) or "__" not in name:
-            return False
+            return None
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
                 not self._tenant_sees(ident, name):
-            return False
-        if self._task_tool(name) is not None:
-            return True
+            return None
+        configured = self._task_tool(name)
+        if configured is not None:
+            return configured
         server = name.partition("__")[0]
         with self._slot(ident):
             tools = await self.tools.list_tools(owner=ident.owner, allow=ident.allow,
                                                 server=server)
         tool = next((t for t in tools if t.get("name") == name), None)
         execution = tool.get("execution") if tool is not None else None
-        return isinstance(execution, dict) and \
-            execution.get("taskSupport") in ("optional", "required")
+        how = execution.get("taskSupport") if isinstance(execution, dict) else None
+        return how if how in ("optional", "required") else None
 
     def _task_tool(self, name: str) -> str | None:
         """What the server's `task_tools` say of the pool's tool `name`: "optional",
-        "required", or None (not a task)."""
+        "required", "after_input", or None (not a task)."""
         server, _, own = name.partition("__")
         entry = self.tools.servers.get(server)
         if entry is None:
@@ -528,7 +577,7 @@ class GatewayService:
         if handles is None:
             return await self.agent_tools.outcome(ident, task_id)
         return handles.open(ident, Follows(name, task_id),
-                            self.agent_tools.outcome(ident, task_id))
+                            lambda handle: self.agent_tools.outcome(ident, task_id))
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         pool = self.tools
@@ -576,10 +625,12 @@ class GatewayService:
 
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
-                   who: tuple[int, int] = (-1, -1), context: Parent | None = None) -> Any:
+                   who: tuple[int, int] = (-1, -1), context: Parent | None = None,
+                   relay: InputRelay | None = None) -> Any:
         """One tools/call by a gateway client: allowlist, attribution, limits, accounting,
         audit; `context`: the client's trace context (its `_meta`), the call's span's
-        parent."""
+        parent; `relay`: the client answers the server's input requests (relay.py; an
+        agent's task's step has none, decision 548)."""
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
                 not self._tenant_sees(ident, name):
             self._record(ident, name, 0.0, "refused: not in the allowlist", who)
@@ -604,7 +655,7 @@ class GatewayService:
                 call = self._step(ident, task, name, arguments, context)
             else:
                 call = self.tools.call(name, arguments, owner=ident.owner,
-                                       on_progress=on_progress)
+                                       on_progress=on_progress, relay=relay)
                 if context is not None:
                     call = self._traced(call, context, name, ident.name)
             result = await call

@@ -5,8 +5,11 @@ A client that declares the extension (in a request's `_meta` client capabilities
 2025-11-25 session's `initialize`) and calls a task-supporting tool gets a handle at once
 (a CreateTaskResult: `resultType: "task"`, `taskId`, `status`, `ttlMs`, ...) while the call
 runs on; `tasks/get` reads it (the tool's result inlined once `completed`, a protocol
-error once `failed`), `tasks/cancel` cancels it (an empty ack), `tasks/update` is acked
-(no call through the gateway waits for input yet). Two kinds of call are tasks:
+error once `failed`), `tasks/cancel` cancels it (an empty ack). A call whose server asks
+for input the client can give (corral/mcp/relay.py) waits in `input_required`, its
+`inputRequests` shown by `tasks/get`, until `tasks/update` has answered every one of
+them (a partial answer leaves the rest pending), at most `[gateway] input_wait` seconds;
+then the call is sent again with the answers. Two kinds of call are tasks:
 - a tool of a server behind that says it supports them (`execution.taskSupport` optional
   or required): the gateway holds the call and the handle follows it;
 - an agent's, at `/mcp/corral` (a name no server may have): each agent is a tool, its
@@ -91,6 +94,10 @@ class GatewayTask:
         self.result: Any = None
         self.error: ErrorObject | None = None
         self.runner: asyncio.Task[Any] | None = None
+        # while input_required: the server's requests not answered yet, and the answers
+        self.asked: dict[str, Any] = {}
+        self.answers: dict[str, Any] = {}
+        self._answered = asyncio.Event()
 
     def view(self, ttl: float) -> dict[str, Any]:
         """The Task fields (CreateTaskResult's and tasks/get's), with the result or error
@@ -105,7 +112,38 @@ class GatewayTask:
             out["result"] = self.result
         elif self.status == "failed":
             out["error"] = self.error
+        elif self.status == "input_required":
+            out["inputRequests"] = dict(self.asked)
         return out
+
+    async def ask(self, requests: dict[str, Any], wait: float) -> dict[str, Any]:
+        """Waits in `input_required` until every one of a server's `requests` is answered
+        (`answer`), at most `wait` seconds (`[gateway] input_wait`); the answers."""
+        self.asked, self.answers = dict(requests), {}
+        self._answered.clear()
+        self.status, self.updated = "input_required", time.time()
+        try:
+            async with asyncio.timeout(wait):
+                await self._answered.wait()
+        except TimeoutError:
+            raise RpcError(jsonrpc.REQUEST_TIMEOUT,
+                           f"its server's input requests were not all answered within "
+                           f"[gateway] input_wait {wait:g} s") from None
+        finally:
+            self.asked = {}
+        return self.answers
+
+    def answer(self, responses: dict[str, Any]) -> None:
+        """A client's answers: those of requests still pending are taken (any other is
+        ignored, as the extension asks); once none is pending, the call goes on."""
+        if self.status != "input_required":
+            return
+        for key in [k for k in responses if k in self.asked]:
+            self.answers[key] = responses[key]
+            del self.asked[key]
+        if not self.asked:
+            self.status, self.updated = "working", time.time()
+            self._answered.set()
 
     def settle(self, runner: asyncio.Task[Any]) -> None:
         """Its call ended: how, as the extension says it."""
@@ -131,16 +169,12 @@ class TaskHandles:
         self.handles: dict[str, GatewayTask] = {}
 
     def open(self, ident: TaskClient, follows: Follows | None,
-             work: Coroutine[Any, Any, Any]) -> dict[str, Any]:
-        """A handle for `work`, running from now on: its CreateTaskResult. Refused (and
-        `work` never run) at the client's bound."""
-        try:
-            self.room(ident)
-        except RpcError:
-            work.close()
-            raise
+             work: Callable[[GatewayTask], Coroutine[Any, Any, Any]]) -> dict[str, Any]:
+        """A handle for `work(handle)`, running from now on: its CreateTaskResult. Refused
+        (and `work` never run) at the client's bound."""
+        self.room(ident)
         handle = GatewayTask(ident.name, ident.tenant, follows)
-        handle.runner = asyncio.ensure_future(work)
+        handle.runner = asyncio.ensure_future(work(handle))
         handle.runner.add_done_callback(handle.settle)
         self.handles[handle.id] = handle
         return {**handle.view(self.settings().task_ttl), "resultType": "task"}
@@ -182,10 +216,15 @@ class TaskHandles:
         return {"resultType": "complete"}
 
     def update(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
-        """An ack: no call through the gateway waits for input, so there is nothing to
-        pass on (a client's responses that no request asked for are ignored, as the
-        extension asks)."""
-        self.find(ident, params)
+        """An ack; the answers of the handle's pending input requests are passed on (a
+        client's responses that no request asked for are ignored, as the extension
+        asks)."""
+        handle = self.find(ident, params)
+        responses = params.get("inputResponses")
+        if not isinstance(responses, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           "invalid params: tasks/update needs inputResponses, an object")
+        handle.answer(responses)
         return {"resultType": "complete"}
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ from .. import __version__, jsonrpc
 from ..jsonrpc import Peer, RpcError
 from ..tracecontext import CURRENT
 from .paramheaders import ParamHeaders, designations
+from .relay import InputRelay, asks_input
 
 log = logging.getLogger("corral.mcp")
 
@@ -69,7 +70,6 @@ TASK_POLL_MAX = 5.0
 # rounds of input one request may ask for (2026-07-28's input_required results) before
 # corral gives it up: a server that asks for ever is not waited on for ever
 MAX_INPUT_ROUNDS = 8
-INPUT_REQUIRED = "input_required"
 # a probe refused with -32022 that still names 2026-07-28: the probe is sent once more
 _REPROBE = object()
 
@@ -187,15 +187,18 @@ class McpClient:
         return params
 
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
-                      timeout: float | None) -> Any:
+                      timeout: float | None, relay: InputRelay | None = None) -> Any:
         """One request, with the revision's `_meta` where it needs one (`timeout` None: the
         caller keeps the deadline). A 2026-07-28 result that asks for input
         (`resultType: input_required`) is answered and the request sent again, with the
-        server's `requestState` as it was, up to MAX_INPUT_ROUNDS times."""
-        params = params or {}
+        server's `requestState` as it was, up to MAX_INPUT_ROUNDS times; with a `relay`
+        whose caller can answer it, it is returned unanswered (relay.py)."""
+        params = relay.params(params or {}) if relay is not None else params or {}
         for _ in range(MAX_INPUT_ROUNDS + 1):
             result = await self._send(method, params, timeout)
-            if not (isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED):
+            if not asks_input(result):
+                return result
+            if relay is not None and relay.answers(result.get("inputRequests")):
                 return result
             params = {k: v for k, v in params.items()
                       if k not in ("inputResponses", "requestState")}
@@ -474,10 +477,12 @@ class McpClient:
         return next((t for t in self.tools if t.get("name") == name), None)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float,
-                        on_progress: ProgressCallback | None = None) -> Any:
+                        on_progress: ProgressCallback | None = None,
+                        relay: InputRelay | None = None) -> Any:
         """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
         `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
-        "required" are called as tasks and polled to their result."""
+        "required" are called as tasks and polled to their result. `relay`: the caller
+        answers the server's input requests (relay.py)."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
@@ -492,7 +497,8 @@ class McpClient:
                 if as_task:
                     result = await self._call_as_task(params, timeout)
                 else:  # (the deadline is the one above: one timer a call)
-                    result = await self.request("tools/call", params, timeout=None)
+                    result = await self.request("tools/call", params, timeout=None,
+                                                relay=relay)
         except TimeoutError:
             self.errors += 1
             if self.peer is not None:  # a hang of a server without ping shows this way

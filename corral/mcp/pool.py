@@ -23,6 +23,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
 from .client import McpClient
+from .relay import InputRelay
 
 SEP = "__"
 
@@ -266,8 +267,10 @@ class McpPool(Generic[Spec, Inst]):
         return out
 
     async def call(self, qualified: str, arguments: dict[str, Any], *,
-                   owner: str | None = None, on_progress: Progress | None = None) -> Any:
-        """Call a tool; the caller has checked its allowlist (tasks.py, for agents)."""
+                   owner: str | None = None, on_progress: Progress | None = None,
+                   relay: InputRelay | None = None) -> Any:
+        """Call a tool; the caller has checked its allowlist (tasks.py, for agents).
+        `relay`: the gateway's client answers the server's input requests (relay.py)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
         if entry is None:
@@ -278,7 +281,7 @@ class McpPool(Generic[Spec, Inst]):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (MCP server {server} "
                                               f"has no tool {tool})")
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
-                                           on_progress=on_progress)
+                                           on_progress=on_progress, relay=relay)
 
     # -- resources ------------------------------------------------------------------------
     # An allowlist admits a resource as SERVER__URI (`notes__*` admits every resource of

@@ -305,10 +305,17 @@ class GatewaySession:
             def on_progress(p: dict[str, Any]) -> None:
                 reply(Notification("notifications/progress", {**p, "progressToken": token}))
         upstream = {k: v for k, v in params.items() if k != "_meta"}
+        passed: dict[str, Any] = {}
         if meta and "traceparent" in meta:
             # the client's W3C context (the keys MCP 2026-07-28 reserves): the call's span
             # is its child, and the upstream server's spans join its trace (tracing.md)
-            upstream["_meta"] = {k: meta[k] for k in TRACE_KEYS if k in meta}
+            passed = {k: meta[k] for k in TRACE_KEYS if k in meta}
+        if stateless and meta and isinstance(meta.get(META_CAPABILITIES), dict):
+            # what it can answer of a server's input requests (relay.py): a 2026-07-28
+            # client is given them as its own input_required result
+            passed[META_CAPABILITIES] = meta[META_CAPABILITIES]
+        if passed:
+            upstream["_meta"] = passed
         if method == "tools/call" and tasks and self._declares_tasks(meta):
             return self._tasks(method, upstream, stateless)
         return self._forward(method, upstream, on_progress, stateless)

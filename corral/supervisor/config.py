@@ -391,9 +391,10 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     shared: bool = False  # usable by every tenant's agents, not only its own
     # its tools (globs of their own names) whose calls the gateway runs as tasks for a
     # client of the tasks extension (daemon/mcptasks.py), beside those the server says
-    # support them (`execution.taskSupport`, 2025-11-25): "optional", or "required" (a
-    # client without the extension is refused, -32021)
-    task_tools: dict[str, Literal["optional", "required"]] = {}
+    # support them (`execution.taskSupport`, 2025-11-25): "optional", "required" (a
+    # client without the extension is refused, -32021), or "after_input" (a call asks
+    # for its input in plain rounds, and the one that brings the answers is the task)
+    task_tools: dict[str, Literal["optional", "required", "after_input"]] = {}
 
     @property
     def remote(self) -> bool:
@@ -521,6 +522,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the seconds an ended one is kept for tasks/get
     max_tasks_per_client: PositiveInt = 64
     task_ttl: Positive = 3600.0
+    # the seconds a server's request for input relayed to a client (corral/mcp/relay.py)
+    # waits for its answer: a task in input_required, or the state of a plain call's
+    input_wait: Positive = 600.0
 
 
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

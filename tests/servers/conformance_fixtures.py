@@ -18,8 +18,11 @@ from mcp.types import (
     AudioContent,
     CallToolResult,
     Completion,
+    ElicitRequest,
+    ElicitRequestFormParams,
     EmbeddedResource,
     ImageContent,
+    InputRequiredResult,
     TextContent,
     TextResourceContents,
     Tool,
@@ -29,7 +32,8 @@ from pydantic import BaseModel
 
 # the tasks extension's fixtures (conformance 0.2.0-alpha.12's tasks-* scenarios) that say
 # they run as tasks: the gateway holds their calls as its tasks (corral/daemon/mcptasks.py)
-TASKED = frozenset({"slow_compute", "failing_job", "protocol_error_job"})
+TASKED = frozenset({"slow_compute", "failing_job", "protocol_error_job",
+                    "confirm_delete", "multi_input"})
 
 
 class _Fixtures(MCPServer):
@@ -188,6 +192,57 @@ async def protocol_error_job() -> str:
     """Fails as a protocol error (its task is failed, with the error)."""
     await asyncio.sleep(0.2)
     raise MCPError(-32603, "the job broke")
+
+
+def _ask(message: str, *fields: str) -> ElicitRequest:
+    """An elicitation of string `fields` (the suite answers with them, or `confirm`)."""
+    return ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema={
+        "type": "object", "properties": {f: {"type": "string"} for f in fields}}))
+
+
+def _answered(ctx: Context, key: str) -> dict[str, Any] | None:
+    """The content of the client's answer to the request `key`, if it accepted it."""
+    got = (ctx.input_responses or {}).get(key)
+    if got is None or getattr(got, "action", None) != "accept":
+        return None
+    return dict(getattr(got, "content", None) or {})
+
+
+@server.tool()
+async def confirm_delete(filename: str, ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks the client to confirm (one elicitation, input_required), then says what it
+    did (a task when the client declares the extension: the gateway's task_tools)."""
+    if not ctx.input_responses:
+        return InputRequiredResult(input_requests={
+            "confirm": _ask(f"Delete {filename}?", "confirm")})
+    done = "Deleted" if _answered(ctx, "confirm") is not None else "Kept"
+    return CallToolResult(content=[TextContent(type="text", text=f"{done} {filename}")])
+
+
+@server.tool()
+async def multi_input(ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks two questions at once (two input requests pending together)."""
+    answers = ctx.input_responses or {}
+    if not {"first", "second"} <= set(answers):
+        return InputRequiredResult(input_requests={
+            "first": _ask("The first name?", "name"),
+            "second": _ask("The second name?", "name")})
+    names = [(_answered(ctx, k) or {}).get("name", "?") for k in ("first", "second")]
+    return CallToolResult(content=[TextContent(type="text", text=" and ".join(
+        str(n) for n in names))])
+
+
+@server.tool()
+async def test_tool_with_task(ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks the user's name (input_required, with a state of its own), then works on it
+    a while (the gateway runs the call that brings the answer as a task: after_input)."""
+    got = _answered(ctx, "user_name")
+    if got is None or ctx.request_state != "asked-name":
+        return InputRequiredResult(input_requests={"user_name": _ask("Your name?", "name")},
+                                   request_state="asked-name")
+    await asyncio.sleep(0.2)
+    return CallToolResult(content=[TextContent(type="text",
+                                               text=f"Hello, {got.get('name')}!")])
 
 
 @server.completion()

@@ -1,0 +1,99 @@
+"""The `requestState` the gateway hands its client with a server's relayed request for
+input (SEP-2322, corral/mcp/relay.py): the server's own state wrapped with whose it is.
+
+The gateway keeps nothing of a plain call that asks for input: the client is told the
+server's `inputRequests` and a state that carries the rest, and sends the call again
+with its answers. That state is the client's to hold but not to forge: it is sealed
+(HMAC-SHA256 under a key the daemon draws at start) over the client's name, the tool,
+the round, when it expires and the server's own state; a call that brings it back is
+refused unless it is this client's, for this tool, not expired and not past
+MAX_INPUT_ROUNDS. So another client (another tenant's) cannot answer a request made
+for someone else, nor replay their state, and a server asking for ever is given up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..mcp.client import MAX_INPUT_ROUNDS
+
+
+class SealedState(msgspec.Struct, array_like=True):
+    client: str
+    tool: str
+    round: int
+    expires: float
+    state: str | None
+
+
+_decode = msgspec.json.Decoder(SealedState)
+
+
+class StateSeal:
+    """Seals and opens the states of relayed input requests; `wait` is how long one is
+    good for (`[gateway] input_wait`, read at each use)."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def seal(self, client: str, tool: str, state: Any, opened: SealedState | None,
+             wait: float) -> str:
+        """The state to give `client` with the server's input requests of a call of
+        `tool`; `opened`: the one the call came with (its round is counted on)."""
+        turn = opened.round + 1 if opened is not None else 1
+        if turn > MAX_INPUT_ROUNDS:
+            raise RpcError(jsonrpc.REFUSED,
+                           f"tools/call {tool}: the server still asked for input after "
+                           f"{MAX_INPUT_ROUNDS} rounds (corral's bound MAX_INPUT_ROUNDS): "
+                           "given up")
+        body = msgspec.json.encode(SealedState(client, tool, turn, time.time() + wait,
+                                           state if isinstance(state, str) else None))
+        return f"{_b64(body)}.{_b64(self._mac(body))}"
+
+    def open(self, client: str, tool: str, token: Any) -> SealedState:
+        """The sealed state a call came back with, if it is this client's for this tool
+        and still good; else refused (-32602), naming why."""
+        if not isinstance(token, str):
+            raise _invalid(tool, "requestState must be a string")
+        body_part, _, mac_part = token.partition(".")
+        try:
+            body, mac = _unb64(body_part), _unb64(mac_part)
+        except ValueError:
+            raise _invalid(tool, "requestState is not one corral gave") from None
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise _invalid(tool, "requestState is not one corral gave")
+        sealed = _decode.decode(body)
+        if sealed.client != client or sealed.tool != tool:
+            raise _invalid(tool, f"requestState was not given to gateway client {client} "
+                                 f"for tool {tool}")
+        if sealed.expires < time.time():
+            raise _invalid(tool, "requestState expired (older than [gateway] input_wait): "
+                                 "call again without it")
+        return sealed
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _invalid(tool: str, why: str) -> RpcError:
+    return RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: tools/call {tool}: {why}")

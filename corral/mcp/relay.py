@@ -1,0 +1,61 @@
+"""A server's request for input passed on to the client a call was made for.
+
+A 2026-07-28 server asks its client for input by answering a request with
+`resultType: input_required` (SEP-2322): `inputRequests` keyed by ids it minted, and a
+`requestState` to echo when the request is sent again with `inputResponses`. corral's
+MCP client answers those itself (client.py: roots as configured, elicitation declined,
+sampling refused: corral runs unattended). A call the gateway makes for a client that
+can answer them carries an `InputRelay`: that client's declared capabilities and its
+answers to the previous round. The server's `input_required` then comes back unanswered
+when the client declared every capability the requests need; else corral answers them
+as it does without a relay (a client that cannot answer gets what it would have got).
+
+A call made for an agent's task carries none (decision 22: declined); issue 55 routes
+those requests to the task's inbox, through an InputRelay of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+INPUT_REQUIRED = "input_required"
+# the client capability each kind of input request needs
+NEEDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling",
+         "roots/list": "roots"}
+
+
+class InputRelay(msgspec.Struct, frozen=True):
+    """Who answers a call's input requests: the caller, with these capabilities; and
+    its answers to the last round with the server's state (none on the first round)."""
+
+    capabilities: dict[str, Any] = {}
+    input_responses: dict[str, Any] | None = None
+    request_state: str | None = None
+
+    def answers(self, asked: Any) -> bool:
+        """Whether the caller can answer every one of a server's `inputRequests`."""
+        if not isinstance(asked, dict) or not asked:
+            return False
+        for req in asked.values():
+            method = req.get("method") if isinstance(req, dict) else None
+            need = NEEDS.get(method) if isinstance(method, str) else None
+            if need is None or not isinstance(self.capabilities.get(need), dict):
+                return False
+        return True
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A request's params carrying this round's answers and the server's state."""
+        out = {k: v for k, v in params.items()
+               if k not in ("inputResponses", "requestState")}
+        if self.input_responses is not None:
+            out["inputResponses"] = self.input_responses
+        if self.request_state is not None:
+            out["requestState"] = self.request_state
+        return out
+
+
+def asks_input(result: Any) -> bool:
+    """Whether a result is a 2026-07-28 server's request for input."""
+    return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED

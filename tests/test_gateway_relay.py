@@ -1,0 +1,273 @@
+"""A server's requests for input relayed through the gateway to the client that made the
+call (corral/mcp/relay.py, relayseal.py, mcptasks.py; issue 58): a real daemon fronting
+the conformance fixture server (tests/servers/conformance_fixtures.py, the official
+SDK's, speaking 2026-07-28) at /mcp/fx over HTTP and through `corral mcp serve`.
+
+A client that declared elicitation gets the server's `input_required` as its own, with
+a state sealed to it and the tool; its answers reach the server. One that did not gets
+corral's answer (declined), as before. A task waits in `input_required` for
+`tasks/update`. The attacker's pass: another tenant's client cannot answer with a state
+given to someone else, nor touch the task; a forged state is refused; the rounds and the
+wait are bounded, each refusal naming its bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx2
+import pytest
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+
+FIXTURES = Path(__file__).parent / "servers" / "conformance_fixtures.py"
+TASKS = "io.modelcontextprotocol/tasks"
+VERSION = "2026-07-28"
+ELICITING = {"elicitation": {}}
+ACCEPT = {"action": "accept", "content": {"confirm": "yes"}}
+
+
+class Gateway(NamedTuple):
+    daemon: Daemon
+    url: str  # /mcp/fx
+    tokens: dict[str, str]  # tenant -> its API token (mcp:call)
+
+
+def config(port: int, input_wait: float) -> str:
+    return f"""
+[tenants.acme]
+[tenants.globex]
+
+[mcp_servers.fx]
+command = ["{PY}", "{FIXTURES}"]
+start_timeout = 30.0
+shared = true
+
+[mcp_servers.fx.task_tools]
+confirm_delete = "optional"
+multi_input = "optional"
+
+[gateway]
+listen = "127.0.0.1:{port}"
+input_wait = {input_wait}
+"""
+
+
+def started(input_wait: float) -> Iterator[Gateway]:
+    port = free_port()
+    with running_daemon(shared_tmpdir(), "", extra=config(port, input_wait)) as d:
+        tokens = {t: d.json("token", "create", f"mcp-{t}", "--scope", "mcp:call",
+                            "--tenant", t)["token"] for t in ("acme", "globex")}
+        yield Gateway(d, f"http://127.0.0.1:{port}/mcp/fx", tokens)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[Gateway]:
+    yield from started(600.0)
+
+
+@pytest.fixture
+def hasty() -> Iterator[Gateway]:
+    """A gateway whose relayed requests wait half a second for their answers."""
+    yield from started(0.5)
+
+
+def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any],
+        caps: dict[str, Any]) -> dict[str, Any]:
+    """One 2026-07-28 request as `tenant`'s token, declaring `caps`: its JSON-RPC answer."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {
+        **params, "_meta": {"io.modelcontextprotocol/protocolVersion": VERSION,
+                            "io.modelcontextprotocol/clientCapabilities": caps}}}
+    named = params.get("name", params.get("taskId"))
+    headers = {"Authorization": f"Bearer {g.tokens[tenant]}",
+               "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": VERSION, "Mcp-Method": method,
+               **({"Mcp-Name": named} if isinstance(named, str) else {})}
+    answer: dict[str, Any] = httpx2.post(g.url, json=body, headers=headers,
+                                         timeout=60).json()
+    return answer
+
+
+def call(g: Gateway, tenant: str, tool: str, caps: dict[str, Any], **extra: Any
+         ) -> dict[str, Any]:
+    return rpc(g, tenant, "tools/call", {"name": tool, "arguments": extra.pop("args", {}),
+                                         **extra}, caps)
+
+
+def text(result: dict[str, Any]) -> str:
+    return str(result["content"][0]["text"])
+
+
+def test_a_client_that_can_answer_gets_the_servers_request_and_its_answer_reaches_it(
+        gateway: Gateway) -> None:
+    g = gateway
+    asked = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "a.txt"})["result"]
+    assert asked["resultType"] == "input_required", asked
+    assert asked["inputRequests"]["confirm"]["method"] == "elicitation/create"
+    assert asked["inputRequests"]["confirm"]["params"]["message"] == "Delete a.txt?"
+    state = asked["requestState"]
+    assert isinstance(state, str) and state, asked
+    done = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "a.txt"},
+                inputResponses={"confirm": ACCEPT}, requestState=state)["result"]
+    assert done["resultType"] == "complete" and text(done) == "Deleted a.txt", done
+    # the server's own state (test_tool_with_task's "asked-name") goes back as it came
+    named = call(g, "acme", "test_tool_with_task", ELICITING)["result"]
+    assert named["resultType"] == "input_required" and named["requestState"] != \
+        "asked-name", named
+    hello = call(g, "acme", "test_tool_with_task", ELICITING, requestState=named[
+        "requestState"], inputResponses={"user_name": {"action": "accept", "content": {
+            "name": "Alice"}}})["result"]
+    assert text(hello) == "Hello, Alice!", hello
+
+
+def test_a_client_that_did_not_declare_elicitation_gets_it_declined_as_before(
+        gateway: Gateway) -> None:
+    done = call(gateway, "acme", "confirm_delete", {}, args={"filename": "b.txt"})["result"]
+    assert done["resultType"] == "complete" and text(done) == "Kept b.txt", done
+
+
+def test_another_tenants_client_cannot_answer_with_a_state_given_to_someone_else(
+        gateway: Gateway) -> None:
+    g = gateway
+    asked = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"})["result"]
+    state = asked["requestState"]
+    stolen = call(g, "globex", "confirm_delete", ELICITING, args={"filename": "c.txt"},
+                  inputResponses={"confirm": ACCEPT}, requestState=state)
+    assert stolen["error"] == {"code": -32602, "message": (
+        "invalid params: tools/call fx__confirm_delete: requestState was not given to "
+        "gateway client token mcp-globex for tool fx__confirm_delete")}, stolen
+    # nor is it good for another tool of the same client
+    other = call(g, "acme", "multi_input", ELICITING, inputResponses={"first": ACCEPT},
+                 requestState=state)
+    assert other["error"]["message"] == (
+        "invalid params: tools/call fx__multi_input: requestState was not given to "
+        "gateway client token mcp-acme for tool fx__multi_input"), other
+    # a state changed by one character is not corral's
+    forged = state[:-1] + ("A" if state[-1] != "A" else "B")
+    bad = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
+               inputResponses={"confirm": ACCEPT}, requestState=forged)
+    assert bad["error"] == {"code": -32602, "message": (
+        "invalid params: tools/call fx__confirm_delete: requestState is not one corral "
+        "gave")}, bad
+    # inputResponses that are not an object are refused before the server is asked
+    refused = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
+                   inputResponses=12345)
+    assert refused["error"] == {"code": -32602, "message": (
+        "invalid params: tools/call fx__confirm_delete: inputResponses must be an "
+        "object")}, refused
+
+
+def test_a_server_that_asks_for_ever_is_given_up_after_max_input_rounds(
+        gateway: Gateway) -> None:
+    g = gateway
+    state = None
+    for _ in range(8):  # MAX_INPUT_ROUNDS: half an answer each time, so it asks again
+        extra = {} if state is None else {"requestState": state,
+                                          "inputResponses": {"first": ACCEPT}}
+        asked = call(g, "acme", "multi_input", ELICITING, **extra)["result"]
+        assert asked["resultType"] == "input_required", asked
+        state = asked["requestState"]
+    over = call(g, "acme", "multi_input", ELICITING, requestState=state,
+                inputResponses={"first": ACCEPT})
+    assert over["error"]["message"] == (
+        "tools/call fx__multi_input: the server still asked for input after 8 rounds "
+        "(corral's bound MAX_INPUT_ROUNDS): given up"), over
+
+
+def until(g: Gateway, tenant: str, tid: str, status: str) -> dict[str, Any]:
+    def seen() -> dict[str, Any] | None:
+        got: dict[str, Any] = rpc(g, tenant, "tasks/get", {"taskId": tid},
+                                  TASKS_CAPS)["result"]
+        return got if got["status"] == status else None
+    found: dict[str, Any] = wait_until(seen, timeout=30, what=f"task {tid} {status}")
+    return found
+
+
+TASKS_CAPS = {**ELICITING, "extensions": {TASKS: {}}}
+
+
+def test_a_task_waits_in_input_required_for_its_clients_answers_alone(
+        gateway: Gateway) -> None:
+    g = gateway
+    made = call(g, "acme", "multi_input", TASKS_CAPS)["result"]
+    assert made["resultType"] == "task", made
+    tid = made["taskId"]
+    waiting = until(g, "acme", tid, "input_required")
+    assert sorted(waiting["inputRequests"]) == ["first", "second"], waiting
+    # globex's client can neither see the task nor answer it
+    for method, params in (("tasks/get", {}),
+                           ("tasks/update", {"inputResponses": {"first": ACCEPT}})):
+        refused = rpc(g, "globex", method, {"taskId": tid, **params}, TASKS_CAPS)["error"]
+        assert refused == {"code": -32602, "message": f"invalid params: no task {tid} of "
+                           "this client", "data": {"taskId": tid}}, (method, refused)
+    # an answer that is not an object is refused; one of a key not asked is ignored
+    bad = rpc(g, "acme", "tasks/update", {"taskId": tid, "inputResponses": []}, TASKS_CAPS)
+    assert bad["error"] == {"code": -32602, "message": "invalid params: tasks/update needs "
+                            "inputResponses, an object"}, bad
+    one = {"action": "accept", "content": {"name": "Ann"}}
+    for answers in ({"nobody-asked": one}, {"first": one}):
+        ack = rpc(g, "acme", "tasks/update", {"taskId": tid, "inputResponses": answers},
+                  TASKS_CAPS)["result"]
+        assert ack == {"resultType": "complete"}, ack
+    partial = rpc(g, "acme", "tasks/get", {"taskId": tid}, TASKS_CAPS)["result"]
+    assert partial["status"] == "input_required", partial
+    assert list(partial["inputRequests"]) == ["second"], partial
+    rpc(g, "acme", "tasks/update", {"taskId": tid, "inputResponses": {"second": {
+        "action": "accept", "content": {"name": "Bo"}}}}, TASKS_CAPS)
+    done = until(g, "acme", tid, "completed")
+    assert text(done["result"]) == "Ann and Bo", done
+
+
+def test_unanswered_input_fails_the_task_and_expires_the_state_naming_input_wait(
+        hasty: Gateway) -> None:
+    g = hasty
+    asked = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "d.txt"})["result"]
+    state = asked["requestState"]
+    tid = call(g, "acme", "confirm_delete", TASKS_CAPS, args={"filename": "d.txt"})[
+        "result"]["taskId"]
+    failed = until(g, "acme", tid, "failed")
+    assert failed["error"]["message"] == ("its server's input requests were not all "
+                                          "answered within [gateway] input_wait 0.5 s"), failed
+    # the plain call's state, older than the task's whole wait, is expired by now
+    late = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "d.txt"},
+                inputResponses={"confirm": ACCEPT}, requestState=state)
+    assert late["error"] == {"code": -32602, "message": (
+        "invalid params: tools/call fx__confirm_delete: requestState expired (older than "
+        "[gateway] input_wait): call again without it")}, late
+
+
+def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway) -> None:
+    serve = subprocess.Popen(
+        [PY, "-m", "corral", "--socket", str(gateway.daemon.sock), "mcp", "serve"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert serve.stdin is not None and serve.stdout is not None
+    try:
+        def ask(rid: int, **extra: Any) -> dict[str, Any]:
+            assert serve.stdin is not None and serve.stdout is not None
+            serve.stdin.write(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                                          "params": {
+                "name": "fx__confirm_delete", "arguments": {"filename": "e.txt"}, **extra,
+                "_meta": {"io.modelcontextprotocol/protocolVersion": VERSION,
+                          "io.modelcontextprotocol/clientCapabilities": ELICITING}}}) + "\n")
+            serve.stdin.flush()
+            answer: dict[str, Any] = json.loads(serve.stdout.readline())
+            assert answer["id"] == rid, answer
+            return answer
+
+        asked = ask(1)["result"]
+        assert asked["resultType"] == "input_required", asked
+        assert list(asked["inputRequests"]) == ["confirm"]
+        done = ask(2, inputResponses={"confirm": ACCEPT},
+                   requestState=asked["requestState"])["result"]
+        assert text(done) == "Deleted e.txt", done
+    finally:
+        serve.stdin.close()
+        assert serve.wait(timeout=30) == 0
+        serve.stdout.close()
