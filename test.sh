@@ -9,6 +9,8 @@ cd "$(dirname "$0")"
 # Node 22, the conformance suite and the Inspector, pinned, for the gateway's and the
 # MCP client's conformance tests
 . scripts/npm-tools.sh
+# the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
+. scripts/frameworks.sh
 # Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
 # /metrics exposition) and bubblewrap (sandbox = "bwrap"), pinned, installed with apt-get
 # where missing

@@ -1,0 +1,130 @@
+"""The framework recipes of docs/frameworks.md (issue 54 item 3), each run with its real,
+pinned library (scripts/frameworks.sh): pydantic-ai, the OpenAI Agents SDK, Agno,
+LangGraph (langchain-mcp-adapters) and a plain `openai` client with the MCP SDK's, each
+agent importing nothing of corral but `run`. Its tools are corral's gateway at the
+attempt's address; its model a stand-in OpenAI-compatible server of the tests
+(tests/servers/scripted_openai.py) that asks for four `counting__bump` calls and SIGKILLs
+the worker after its 2nd. The retry makes no tool call twice (the MCP server counts its
+calls in a file), the task's tool budget counts each once, and the trace shows each call
+under its attempt."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import methods as m
+from corral.daemon.caller import Caller
+from corral.taskoptions import TaskOptions
+
+from .conftest import EXAMPLES, ROOT, SPARED
+from .daemon_harness import PY, free_port, in_process
+
+HERE = Path(__file__).parent
+OPERATOR = Caller(via="socket")
+# framework -> (its venv, its recipe): scripts/frameworks.sh makes the venvs
+RECIPES = {
+    "pydantic-ai": (".venv-frameworks", "pydantic_ai_agent.py"),
+    "openai-agents": (".venv-frameworks", "openai_agents_agent.py"),
+    "agno": (".venv-frameworks", "agno_agent.py"),
+    "langgraph": (".venv-langgraph", "langgraph_agent.py"),
+    "plain": (".venv-frameworks", "plain_agent.py"),
+}
+CALLS = 4
+
+
+def interpreter(framework: str) -> Path:
+    return ROOT / RECIPES[framework][0] / "bin" / "python"
+
+
+@contextlib.contextmanager
+def stand_in_model(tmp: Path) -> Iterator[str]:
+    """The scripted model server, on a port of its own: its base URL; killed after."""
+    port = free_port()
+    proc = subprocess.Popen([PY, str(HERE / "servers" / "scripted_openai.py"), str(port),
+                             str(CALLS), str(tmp / "model-count"), str(tmp / "kill")],
+                            stdout=subprocess.PIPE, text=True)
+    SPARED.add(proc.pid)  # the test's own: the in-process daemon's containment spares it
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "listening\n"
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def fleet(tmp: Path, framework: str, model_url: str) -> str:
+    return textwrap.dedent(f"""
+        [agents.recipe]
+        command = ["{interpreter(framework)}", "{EXAMPLES}/frameworks/{RECIPES[framework][1]}"]
+        retries = 1
+        backoff_initial = 0.05
+        tools = ["counting__*"]
+        start_timeout = 60.0
+
+        [agents.recipe.env]
+        PYTHONPATH = "{ROOT}"
+        OPENAI_BASE_URL = "{model_url}"
+        OPENAI_API_KEY = "stand-in"
+        OPENAI_AGENTS_DISABLE_TRACING = "1"
+        AGNO_TELEMETRY = "false"
+
+        [mcp_servers.counting]
+        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count"]
+
+        [gateway]
+        listen = "127.0.0.1:0"
+
+        [tracing]
+        export_interval = 0.05
+    """)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def worker_pid(d: Any) -> int:
+    status = msgspec.convert(await d.dispatcher.call(OPERATOR, "agents.status", {}),
+                             m.AgentsStatusResult)
+    pid = next(r.pid for r in status.agents if r.name == "recipe")
+    assert pid is not None
+    return pid
+
+
+@pytest.mark.parametrize("framework", sorted(RECIPES))
+async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
+        tmp_path: Path, framework: str) -> None:
+    if not interpreter(framework).exists():
+        pytest.skip(f"{RECIPES[framework][0]} is not installed (scripts/frameworks.sh)")
+    with stand_in_model(tmp_path) as model_url:
+        async with in_process(tmp_path, fleet(tmp_path, framework, model_url)) as d:
+            (tmp_path / "kill").write_text(str(await worker_pid(d)))
+            res = await d.sup.tasks.run("recipe", {"prompt": "bump the counter 4 times"},
+                                        TaskOptions(timeout=120))
+            assert res.status == "succeeded", res
+            assert not (tmp_path / "kill").exists()  # the worker was killed once
+            assert f"done {CALLS}" in str(res.output["answer"])
+            # each call made once, whatever the retry asked again
+            assert lines(tmp_path / "server-count") == [str(i) for i in range(1, CALLS + 1)]
+            first, second = res.attempts
+            assert (first.outcome, second.outcome) == ("lost", "succeeded")
+            assert second.replayed == 2
+            assert (await d.sup.tasks.info(res.task_id)).tool_calls == CALLS
+            view = msgspec.convert(await d.dispatcher.call(
+                OPERATOR, "traces.get", {"task_id": res.task_id}), m.TraceView)
+            runs = {s.attributes["corral.attempt"]: s.span_id for s in view.spans
+                    if s.name == "task/run recipe"}
+            calls = sorted((s.attributes["corral.attempt"],
+                            bool(s.attributes.get("corral.step.replayed")))
+                           for s in view.spans if s.name == "tools/call bump"
+                           and s.parent_id == runs[s.attributes["corral.attempt"]])
+            assert calls == [(1, False), (1, False), (2, False), (2, False), (2, True),
+                             (2, True)]
