@@ -13,7 +13,8 @@ import time
 import msgspec
 
 from corral.daemon.workflows.runevents import StepEnded, publish_runs
-from corral.daemon.workflows.runstore import WHOLE, Run, StepRow
+from corral.daemon.workflows.runstore import Run
+from corral.supervisor.durable import WHOLE, StepRow
 from corral.supervisor.events import EventBus
 from corral.supervisor.stream import Stream
 from corral.supervisor.workflows import WorkflowSpec, compile_workflow

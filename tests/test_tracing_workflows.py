@@ -165,8 +165,9 @@ def test_an_unsampled_runs_spans_are_kept_only_where_it_failed() -> None:
     import msgspec
 
     from corral.daemon.workflows.runevents import RunEnded, StepEnded
-    from corral.daemon.workflows.runstore import WHOLE, Run, StepRow
+    from corral.daemon.workflows.runstore import Run
     from corral.daemon.workflows.runtraces import RunTraces, run_trace, step_span
+    from corral.supervisor.durable import WHOLE, StepRow
     from corral.supervisor.stream import Stream
     from corral.supervisor.tasks.ids import new_id
     from corral.supervisor.tracing import Sampling, Tracer, expand
@@ -288,7 +289,7 @@ async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
     database can be written, a start with the same context runs and is one trace under
     the caller's span."""
     from corral.daemon.storeschema import StoreError
-    from corral.daemon.workflows.runstore import WHOLE
+    from corral.supervisor.durable import WHOLE
 
     tracer = Tracer(Sampling(1.0))
     sup = engines([tracer])
@@ -335,7 +336,7 @@ async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_cont
     be written (as the next daemon resumes it), the child is made under the id its
     parent recorded, one trace with its parent, under its step's span."""
     from corral.daemon.workflows.runevents import StepStarted
-    from corral.daemon.workflows.runstore import WHOLE
+    from corral.supervisor.durable import WHOLE
 
     tracer = Tracer(Sampling(1.0))
     sup = engines([tracer])
@@ -421,9 +422,9 @@ async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their
     import os
 
     from corral.daemon.workflows.runevents import StepStarted
-    from corral.daemon.workflows.runstore import WHOLE
     from corral.daemon.workflows.runtraces import run_trace, step_span
     from corral.daemon.workflows.service import WorkflowService
+    from corral.supervisor.durable import WHOLE
     from corral.supervisor.tracing import Sampling
     from corral.supervisor.workflows import WorkflowSpec
 

@@ -25,7 +25,8 @@ from corral.daemon.workflows.runevents import (
     StepStarted,
     publish_runs,
 )
-from corral.daemon.workflows.runstore import WHOLE, Run, RunStore, StepRow
+from corral.daemon.workflows.runstore import Run, RunStore
+from corral.supervisor.durable import WHOLE, StepRow
 from corral.supervisor.events import EventBus
 from corral.supervisor.stream import Stream
 from corral.supervisor.tasks.ids import new_id
@@ -286,17 +287,17 @@ async def test_ended_runs_are_pruned_and_the_database_shrinks_back(tmp_path: Pat
 
         # the age: a week, as journal_max_age's default
         assert await rows.prune(7 * 86400, 100_000) == len(old)
-        left = {r for (r,) in store.db.execute("SELECT run_id FROM runs")}
+        left = {r for (r,) in store.db.execute("SELECT call_id FROM calls")}
         assert left == {child, running, *recent}
         # the count: the newest ended ones (those a running run needs not counted)
         assert await rows.prune(0, 10) == len(recent) - 10
-        left = {r for (r,) in store.db.execute("SELECT run_id FROM runs")}
+        left = {r for (r,) in store.db.execute("SELECT call_id FROM calls")}
         assert left == {child, running, *recent[:10]}
         assert await rows.prune(0, 0) == 10
-        assert {r for (r,) in store.db.execute("SELECT run_id FROM runs")} == {
+        assert {r for (r,) in store.db.execute("SELECT call_id FROM calls")} == {
             child, running}
         # their steps' rows went with them
-        assert {r for (r,) in store.db.execute("SELECT DISTINCT run_id FROM run_steps")
+        assert {r for (r,) in store.db.execute("SELECT DISTINCT call_id FROM call_steps")
                 } == {child, running}
         assert rows.load(running) is not None and rows.load(old[0]) is None
         # the pages they held are free again: the database back within a few pages of

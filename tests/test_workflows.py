@@ -650,11 +650,11 @@ def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
         run_id = "01a20000-0000-7000-8000-00000000beef"
         db = sqlite3.connect(d.state / "corral.db")
         with db:
-            db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, "
-                       "created, ended, deadline, error) VALUES (?,?,?,?,?,?,?,?,?)", (
-                run_id, "pipe", msgspec.json.encode(cfg.workflows["pipe"]),
-                b'{"n": 3, "who": "al"}', "running", time.time(), None, None, None))
-            db.execute("INSERT INTO run_steps VALUES (?,?,?,?,?,?,?,?,?)", (
+            db.execute("INSERT INTO calls (call_id, kind, name, definition, input, status, "
+                       "created) VALUES (?,?,?,?,?,?,?)", (
+                run_id, "workflow", "pipe", msgspec.json.encode(cfg.workflows["pipe"]),
+                b'{"n": 3, "who": "al"}', "running", time.time()))
+            db.execute("INSERT INTO call_steps VALUES (?,?,?,?,?,?,?,?,?)", (
                 run_id, "fetch", -1, task_id, "running", time.time(), None, None, None))
         db.close()
         d.start()

@@ -409,6 +409,58 @@ MIGRATIONS: list[Migration] = [
         WHERE retry_on IS NOT NULL AND json_valid(CAST(retry_on AS TEXT));
     ALTER TABLE tasks DROP COLUMN retry_on;
     """,
+    # 23: one durable engine (supervisor/durable/, daemon/calljournal.py): a workflow's
+    # runs and a team's calls are calls of a kind, kept in one pair of tables, their rows
+    # carried over (a team's step keyed by its key at item -1, a run's output its last
+    # step's as before; the agents a team's call may run read from its definition)
+    """
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tenant TEXT,
+        definition BLOB NOT NULL,
+        input BLOB NOT NULL,
+        status TEXT NOT NULL,
+        created REAL NOT NULL,
+        ended REAL,
+        deadline REAL,
+        output BLOB,
+        error TEXT,
+        revision INTEGER,
+        agents TEXT,
+        traceparent TEXT,
+        tracestate TEXT
+    );
+    CREATE INDEX calls_status ON calls (kind, status);
+    CREATE INDEX calls_named ON calls (kind, name);
+    CREATE TABLE call_steps (
+        call_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        item INTEGER NOT NULL,
+        task_id TEXT,
+        status TEXT NOT NULL,
+        started REAL,
+        ended REAL,
+        output BLOB,
+        error TEXT,
+        PRIMARY KEY (call_id, step, item)
+    ) WITHOUT ROWID;
+    INSERT INTO calls SELECT run_id, 'workflow', workflow, tenant, definition, input,
+        status, created, ended, deadline, NULL, error, revision, agents, traceparent,
+        tracestate FROM runs;
+    INSERT INTO call_steps SELECT run_id, step, item, task_id, status, started, ended,
+        output, error FROM run_steps;
+    INSERT INTO calls SELECT call_id, 'team', team, tenant, definition, input, status,
+        created, ended, NULL, output, error, NULL, NULL, traceparent, tracestate
+        FROM team_calls;
+    INSERT INTO call_steps SELECT call_id, key, -1, task_id, status, started, ended,
+        output, error FROM team_steps;
+    DROP TABLE run_steps;
+    DROP TABLE runs;
+    DROP TABLE team_steps;
+    DROP TABLE team_calls;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

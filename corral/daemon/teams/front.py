@@ -64,7 +64,7 @@ class TeamFront:
                                       p.traceparent, p.tracestate)
 
     def _driver(self, call: TeamCall) -> asyncio.Future[None] | None:
-        live = self.teams.live.get(call.call_id)
+        live = self.teams.calls.live.get(call.call_id)
         return live[1] if live is not None else None
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:

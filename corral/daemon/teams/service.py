@@ -24,7 +24,7 @@ from ..defcatalog import Check, table_of
 from ..store import StateStore
 from ..storeschema import StoreError
 from .catalog import TeamCatalog, against
-from .store import CallRows
+from .store import TeamCalls
 
 
 class TeamService(Teams):
@@ -32,7 +32,7 @@ class TeamService(Teams):
                  report: Callable[[str], None], leaders: LeaderTools | None = None, *,
                  traced: bool = False, tools: Tools | None = None) -> None:
         self.tools = tools  # the MCP servers, whose names a team's may not take
-        self.rows = CallRows(store)
+        self.rows = TeamCalls(store)
         self.catalog = TeamCatalog(store)
         self.catalog.restore(report)
         super().__init__(engine, self.rows, report, leaders, traced)
@@ -90,7 +90,7 @@ class TeamService(Teams):
         """Every call the previous daemon left running, driven on from its steps (once
         the task journal's tasks are back in the engine, so a recorded task is found);
         the revisions kept before each was its tenant's told whose (decision 443)."""
-        calls = self.rows.unfinished()
+        calls = self.rows.unfinished_calls()
         self.resume(calls)
         self.recovered.set()
         if calls and self.report is not None:
@@ -117,8 +117,8 @@ class TeamService(Teams):
 
     def find(self, call_id: str) -> TeamCall | None:
         """A call of a team by its id (a task id), live or kept; None: no team's."""
-        live = self.live.get(call_id)
-        return live[0] if live is not None else self.rows.load(call_id)
+        live = self.calls.live.get(call_id)
+        return live[0] if live is not None else self.rows.call(call_id)
 
     def call(self, call_id: str) -> TeamCall:
         call = self.find(call_id)
@@ -129,12 +129,12 @@ class TeamService(Teams):
 
 def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
     """A call as `corral task ID` shows it: a task of the team, its progress its steps."""
-    started = min((s.started for s in call.steps.values() if s.started is not None),
+    started = min((s.started for s in call.rows.values() if s.started is not None),
                   default=None)
     steps: list[dict[str, Any]] = [
-        {"step": s.key, "task_id": s.task_id, "status": s.status}
+        {"step": s.step, "task_id": s.task_id, "status": s.status}
         | ({"error": s.error} if s.error else {})
-        for s in sorted(call.steps.values(), key=lambda s: s.started or 0.0)]
+        for s in sorted(call.rows.values(), key=lambda s: s.started or 0.0)]
     info = TaskInfo(task_id=call.call_id, agent=call.team,
                     status=call.status, priority=0, created=call.created, started=started,
                     finished=call.ended, tool_calls=0,

@@ -13,6 +13,7 @@ import msgspec
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
+from ...supervisor.durable import WHOLE, StepRow
 from ...supervisor.workflows import Workflow, compile_workflow, plan_text
 from ..api import Commands, whole
 from ..caller import Caller, Channel
@@ -21,7 +22,7 @@ from ..services import Services
 from ..tasks.front import page_window
 from ..visibility import seen_workflow
 from .catalog import table_of
-from .runstore import RUN_STATUSES, WHOLE, Run, RunStore, StepRow
+from .runstore import RUN_STATUSES, Run, RunStore
 
 # a run's output, and a page of its rows' outputs, shown up to this many bytes of JSON
 # (the rest read a page at a time: decision 444)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ...supervisor.durable import WHOLE, StepRow
 from ...supervisor.events import EventBus
 from ...supervisor.stream import Stream
-from .runstore import WHOLE, Run, StepRow
+from .runstore import Run
 
 # no tenant has this name: an event published in it reaches operators' followers alone
 NO_TENANT = ""

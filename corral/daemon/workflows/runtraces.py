@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
+from ...supervisor.durable import WHOLE
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.ids import FORMAT
 from ...supervisor.tracing import INTERNAL, SPAN, Tracer
@@ -34,7 +35,7 @@ from ...tracecontext import (
     traceparent,
 )
 from .runevents import RunEnded, StepEnded
-from .runstore import WHOLE, Run
+from .runstore import Run
 
 KEPT = ("succeeded", "skipped")  # ends that are kept only when sampled
 

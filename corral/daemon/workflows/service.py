@@ -14,18 +14,18 @@ from typing import Any
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
+from ...supervisor.durable.calls import Calls
 from ...supervisor.tasks import TaskManager
 from ...supervisor.tasks.ids import new_id
 from ...supervisor.tracing import Tracer
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
 from ...text import plural
-from ...timeouts import within
 from ..definitions import UNSTAMPED, one_tenant
 from ..store import StateStore
 from ..storeschema import StoreError
 from .catalog import Catalog, table_of
-from .runevents import RunEnded, RunStarted
-from .runner import Runner, StepFailed
+from .runevents import RunStarted
+from .runner import Runner
 from .runstore import RUN_ENDED, Run, RunStore, Sees
 from .runtraces import RunTraces
 
@@ -51,11 +51,11 @@ class WorkflowService:
         self.report = report
         self.catalog = Catalog(store)
         self.catalog.restore(report)
-        self.live: dict[str, tuple[Run, asyncio.Task[None]]] = {}
-        self._why: dict[str, str] = {}  # run id -> why its driver was cancelled
+        self.calls: Calls[Run] = Calls(self.runner, self.rows.calls)
+        self.live = self.calls.live
         # no step is submitted before the task journal's tasks are back in the engine
         # (a run started meanwhile waits): a recorded step's task is found, not doubled
-        self.recovered = asyncio.Event()
+        self.recovered = self.calls.recovered
         # ended runs are kept as the task journal keeps finished tasks (retain)
         self.max_age = 0.0
         self.max_runs: int | None = None
@@ -134,7 +134,7 @@ class WorkflowService:
                 self.traces.forget(run.run_id)
             raise
         self.stream.emit(RunStarted(run))
-        self._drive(run)
+        self.calls.drive(run)
         return run
 
     async def child(self, name: str, run_id: str, run_input: Any) -> Run:
@@ -146,7 +146,7 @@ class WorkflowService:
             if run is None:
                 run = await self.start(name, run_input, run_id)
             elif run.status not in RUN_ENDED:
-                self._drive(run)  # its driver stopped (the store failed): on again
+                self.calls.drive(run)  # its driver stopped (the store failed): on again
             live = self.live.get(run_id)
             if live is None:
                 return run
@@ -156,12 +156,8 @@ class WorkflowService:
     async def cancel_child(self, run_id: str, why: str) -> None:
         """A nested run its parent no longer waits for, ended as its parent did."""
         live = self.live.get(run_id)
-        if live is None or live[0].status in RUN_ENDED:
-            return
-        self._why[run_id] = why
-        live[1].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(live[1])
+        if live is not None and live[0].status not in RUN_ENDED:
+            await self.calls.cancel(run_id, why)
 
     def recover(self) -> None:
         """Every run the previous daemon left running, driven on from its rows (once the
@@ -173,7 +169,7 @@ class WorkflowService:
         for run in runs:
             if run.tenant == UNSTAMPED:
                 run.tenant = one_tenant(run.agents, self.agent_tenant)
-            self._drive(run)
+            self.calls.drive(run)
         self._stamping = asyncio.ensure_future(self._stamp())
         self.recovered.set()
         if runs:
@@ -212,44 +208,15 @@ class WorkflowService:
                 self.report(f"workflows: ended runs could not be pruned: {exc}")
             await asyncio.sleep(PRUNE_EVERY)
 
-    def _drive(self, run: Run) -> None:
-        driver = asyncio.ensure_future(self._run(run))
-        self.live[run.run_id] = (run, driver)
-
-    async def _run(self, run: Run) -> None:
-        try:
-            try:
-                await self.recovered.wait()
-                left = None if run.deadline is None else max(0.0, run.deadline - time.time())
-                await within(self.runner.drive(run), left)
-            except TimeoutError:
-                run.status = "timed_out"
-                run.error = f"the run's timeout ({run.wf.spec.timeout:g}s) passed"
-            except StepFailed as exc:
-                run.status, run.error = "failed", str(exc)
-            except asyncio.CancelledError:
-                why = self._why.pop(run.run_id, None)
-                if why is None:
-                    raise  # the daemon stops: the run stays running, resumed at the next
-                run.status, run.error = "cancelled", why
-            if run.status != "succeeded":
-                await self.runner.abandon(run)
-            run.ended = time.time()
-            await self.rows.save_run(run)
-            self.stream.emit(RunEnded(run))
-        except Exception as exc:  # a run's driver says why it stopped (the store failed)
-            self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {exc}; "
-                        "it is resumed at the next start")
-            if self.traces is not None:  # made again from its row when it is driven again
-                self.traces.forget(run.run_id)
-        finally:
-            self.live.pop(run.run_id, None)
+    def stopped(self, run: Run, why: str) -> None:
+        """A run's driver stopped with the run running (the store failed): said."""
+        self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {why}; "
+                    "it is resumed at the next start")
+        if self.traces is not None:  # made again from its row when it is driven again
+            self.traces.forget(run.run_id)
 
     async def wait(self, run_id: str, timeout: float | None) -> None:
-        live = self.live.get(run_id)
-        if live is not None:
-            with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(live[1]), timeout)
+        await self.calls.wait(run_id, timeout)
 
     def get(self, run_id: str) -> Run:
         live = self.live.get(run_id)
@@ -279,12 +246,9 @@ class WorkflowService:
     async def cancel(self, run_id: str) -> Run:
         run = self.get(run_id)
         live = self.live.get(run_id)
-        if run.status in RUN_ENDED or live is None:
+        if run.status in RUN_ENDED or live is None \
+                or not await self.calls.cancel(run_id, "cancelled"):
             raise RpcError(jsonrpc.CONFLICT, f"run {run_id} already ended ({run.status})")
-        self._why[run_id] = "cancelled"
-        live[1].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(live[1])
         return run
 
     async def close(self) -> None:
@@ -295,7 +259,4 @@ class WorkflowService:
                 chore.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
-        drivers = [d for _, d in self.live.values()]
-        for d in drivers:
-            d.cancel()
-        await asyncio.gather(*drivers, return_exceptions=True)
+        await self.calls.close()

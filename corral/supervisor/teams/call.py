@@ -1,36 +1,26 @@
 """A team's call as it is kept: the definition it started on, its input and outcome, and
 its steps (the router's, each member's, the leader's, each tool call of the leader's),
-each naming its task. What keeps them is a `CallStore`: the daemon's is SQLite
-(daemon/teams/store.py); without one they live in memory."""
+each naming its task: a durable call of kind "team" (supervisor/durable/), its rows keyed
+(KEY, WHOLE)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+import msgspec
+
+from ..durable import WHOLE, CallRecord, StepRow
+from ..durable.record import StepKey
 from .definition import TeamSpec
 
-CALL_ENDED = frozenset({"succeeded", "failed", "cancelled"})
-STEP_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
+KIND = "team"
 
 
-@dataclass
-class CallStep:
-    """`key`: "router", "member:NAME", "leader", or "tool:MEMBER:HASH:N" (the leader's
-    N-th call of that member with those arguments)."""
-
-    key: str
-    status: str  # running, or one of STEP_ENDED
-    task_id: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    output: Any = None
-    error: str | None = None
-
-    @property
-    def member(self) -> str | None:
-        kind, _, rest = self.key.partition(":")
-        return rest.partition(":")[0] if kind in ("member", "tool") else None
+def key_of(key: str) -> StepKey:
+    """A step's row key: `key` is "router", "member:NAME", "leader", or
+    "tool:MEMBER:HASH:N" (the leader's N-th call of that member with those arguments)."""
+    return (key, WHOLE)
 
 
 @dataclass
@@ -45,25 +35,25 @@ class TeamCall:
     ended: float | None = None
     output: Any = None
     error: str | None = None
-    steps: dict[str, CallStep] = field(default_factory=dict)
+    rows: dict[StepKey, StepRow] = field(default_factory=dict)
     # the caller's W3C context: its steps' tasks are children of it (with [tracing])
     traceparent: str | None = None
     tracestate: str | None = None
 
+    @property
+    def deadline(self) -> float | None:
+        return None  # (each step's task has the team's `timeout`, the call none)
 
-class CallStore(Protocol):
-    async def save_call(self, call: TeamCall) -> None:
-        """Durable when it returns."""
+    def record(self) -> CallRecord:
+        return CallRecord(self.call_id, KIND, self.team, msgspec.json.encode(self.spec),
+                          self.input, self.status, self.created, self.tenant, self.ended,
+                          None, self.output, self.error, agents=self.spec.agents,
+                          traceparent=self.traceparent, tracestate=self.tracestate)
 
-    async def save_step(self, call_id: str, step: CallStep) -> None:
-        """Durable when it returns: a step's task id before its task is submitted."""
-
-
-class MemoryStore:
-    """No store: an embedded engine's calls (the Python API), not kept across a restart."""
-
-    async def save_call(self, call: TeamCall) -> None:
-        return None
-
-    async def save_step(self, call_id: str, step: CallStep) -> None:
-        return None
+    @classmethod
+    def kept(cls, record: CallRecord) -> TeamCall:
+        return cls(record.call_id, record.name,
+                   msgspec.json.decode(record.definition, type=TeamSpec), record.input,
+                   record.status, record.created, record.tenant or "", record.ended,
+                   record.output, record.error, record.rows,
+                   traceparent=record.traceparent, tracestate=record.tracestate)

@@ -12,8 +12,6 @@ memory:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,11 +19,13 @@ from typing import Any
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskviews import TaskFailure, TaskResult
-from ...timeouts import within
 from ...tracecontext import parse_or_refuse
+from ..durable import CALL_ENDED
+from ..durable.calls import Calls
+from ..durable.store import DurableStore, MemoryStore
 from ..tasks import TaskManager
 from ..tasks.ids import new_id
-from .call import CALL_ENDED, CallStore, MemoryStore, TeamCall
+from .call import TeamCall
 from .check import check_team
 from .definition import TeamError, TeamSpec
 from .runner import TeamRunner
@@ -33,25 +33,25 @@ from .tools import LeaderTools
 
 
 class Teams:
-    def __init__(self, engine: TaskManager, store: CallStore | None = None,
+    def __init__(self, engine: TaskManager, store: DurableStore | None = None,
                  report: Callable[[str], None] | None = None,
                  tools: LeaderTools | None = None, traced: bool = False) -> None:
         """`tools`: the interceptor the engine was made with that gives a coordinate
         team's leader its members as tools (None: no coordinate team is called);
         `traced`: the engine traces its tasks (a caller's context is checked then)."""
         self.engine = engine
-        self.store: CallStore = store if store is not None else MemoryStore()
-        self.runner = TeamRunner(engine, self.store)
+        self.store: DurableStore = store if store is not None else MemoryStore()
+        self.runner = TeamRunner(engine, self.store, report)
         self.leader_tools = tools
         if tools is not None:
             tools.serve(self.runner)
         self.traced = traced
         self.report = report
         self.specs: dict[str, TeamSpec] = {}
-        self.live: dict[str, tuple[TeamCall, asyncio.Task[None]]] = {}
-        self._cancelled: set[str] = set()
+        self.calls: Calls[TeamCall] = Calls(self.runner, self.store)
+        self.live = self.calls.live  # the calls driven now, by id
         # no call's step is submitted before the engine has the journal's tasks back
-        self.recovered = asyncio.Event()
+        self.recovered = self.calls.recovered
         self.recovered.set()
 
     def configure(self, specs: Mapping[str, TeamSpec]) -> None:
@@ -96,8 +96,8 @@ class Teams:
             parse_or_refuse(traceparent, tracestate)
         call = TeamCall(new_id(), name, self.spec(name), call_input, "running", time.time(),
                         tenant=tenant, traceparent=traceparent, tracestate=tracestate)
-        await self.store.save_call(call)  # durable before it is answered
-        self._drive(call)
+        await self.store.save_call(call.record())  # durable before it is answered
+        self.calls.drive(call)
         return call
 
     async def run(self, name: str, call_input: Any) -> TaskResult:
@@ -109,54 +109,21 @@ class Teams:
     def resume(self, calls: list[TeamCall]) -> None:
         """Calls a previous daemon left running, driven on from their steps."""
         for call in calls:
-            if call.call_id not in self.live:
+            if call.call_id not in self.calls.live:
                 self.runner.adopt(call)
-                self._drive(call)
-
-    def _drive(self, call: TeamCall) -> None:
-        self.live[call.call_id] = (call, asyncio.ensure_future(self._run(call)))
-
-    async def _run(self, call: TeamCall) -> None:
-        try:
-            try:
-                await self.recovered.wait()
-                await self.runner.drive(call)
-            except asyncio.CancelledError:
-                if call.call_id not in self._cancelled:
-                    raise  # the daemon stops: the call is resumed at the next start
-                self._cancelled.discard(call.call_id)
-                call.status, call.error = "cancelled", "cancelled"
-                await self.runner.abandon(call)
-            call.ended = time.time()
-            await self.store.save_call(call)
-        except Exception as exc:  # the store failed: said, and resumed at the next start
-            if self.report is not None:
-                self.report(f"teams: call {call.call_id} ({call.team}) stopped: {exc}; "
-                            "it is resumed at the next start")
-        finally:
-            self.live.pop(call.call_id, None)
+                self.calls.drive(call)
 
     async def wait(self, call_id: str, timeout: float | None) -> None:
-        live = self.live.get(call_id)
-        if live is not None:
-            with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(live[1]), timeout)
+        await self.calls.wait(call_id, timeout)
 
     async def cancel(self, call: TeamCall) -> None:
-        live = self.live.get(call.call_id)
-        if call.status in CALL_ENDED or live is None:
+        if call.status in CALL_ENDED or not await self.calls.cancel(call.call_id,
+                                                                   "cancelled"):
             raise RpcError(jsonrpc.CONFLICT,
                            f"task {call.call_id} already finished ({call.status})")
-        self._cancelled.add(call.call_id)
-        live[1].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(live[1])
 
     async def close(self) -> None:
-        drivers = [d for _, d in self.live.values()]
-        for d in drivers:
-            d.cancel()
-        await asyncio.gather(*drivers, return_exceptions=True)
+        await self.calls.close()
 
 
 def error_of(call: TeamCall) -> TaskFailure | None:

@@ -1,0 +1,106 @@
+"""Durable calls driven to their ends: each started call (kept before it is answered)
+driven by its planner in the background, bounded by its deadline, waited for, cancelled
+with a reason, abandoned when it ends otherwise than by its steps, and resumed after a
+restart from its rows; a call whose store failed is told and left running, resumed at
+the next start. One driver for every kind: a planner says what differs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Generic, Protocol, TypeVar
+
+from ...timeouts import within
+from .record import Durable
+from .store import DurableStore
+
+
+class StepFailed(Exception):
+    """A step that did not succeed: the call fails with this text."""
+
+
+C = TypeVar("C", bound=Durable)
+C_contra = TypeVar("C_contra", bound=Durable, contravariant=True)
+
+
+class Planner(Protocol[C_contra]):
+    async def drive(self, call: C_contra) -> None:
+        """The call's steps to its end, its status set (StepFailed: it failed so)."""
+
+    async def abandon(self, call: C_contra) -> None:
+        """A call that ended otherwise than by its steps: its running steps ended."""
+
+    def timed_out(self, call: C_contra) -> str:
+        """Why a call past its deadline ended."""
+
+    def ended(self, call: C_contra) -> None:
+        """The call's end is kept (told to whoever follows it)."""
+
+    def stopped(self, call: C_contra, why: str) -> None:
+        """The call's driver stopped with the call running (its store failed)."""
+
+
+class Calls(Generic[C]):
+    def __init__(self, planner: Planner[C], store: DurableStore) -> None:
+        self.planner = planner
+        self.store = store
+        self.live: dict[str, tuple[C, asyncio.Task[None]]] = {}
+        self._why: dict[str, str] = {}  # call id -> why its driver was cancelled
+        # no call's step is submitted before the task journal's tasks are back in the
+        # engine (a call started meanwhile waits): a recorded step's task is found
+        self.recovered = asyncio.Event()
+
+    def drive(self, call: C) -> None:
+        self.live[call.call_id] = (call, asyncio.ensure_future(self._run(call)))
+
+    async def _run(self, call: C) -> None:
+        try:
+            try:
+                await self.recovered.wait()
+                left = None if call.deadline is None else max(0.0, call.deadline - time.time())
+                await within(self.planner.drive(call), left)
+            except TimeoutError:
+                call.status, call.error = "timed_out", self.planner.timed_out(call)
+            except StepFailed as exc:
+                call.status, call.error = "failed", str(exc)
+            except asyncio.CancelledError:
+                why = self._why.pop(call.call_id, None)
+                if why is None:
+                    raise  # the process stops: the call stays running, resumed at the next
+                call.status, call.error = "cancelled", why
+            if call.status != "succeeded":
+                await self.planner.abandon(call)
+            call.ended = time.time()
+            await self.store.save_call(call.record())
+            self.planner.ended(call)
+        except Exception as exc:  # the store failed: told, and resumed at the next start
+            self.planner.stopped(call, str(exc))
+        finally:
+            self.live.pop(call.call_id, None)
+
+    async def wait(self, call_id: str, timeout: float | None) -> None:
+        live = self.live.get(call_id)
+        if live is not None:
+            with contextlib.suppress(TimeoutError):
+                await within(asyncio.shield(live[1]), timeout)
+
+    async def cancel(self, call_id: str, why: str) -> bool:
+        """The call's driver cancelled, the call ended `cancelled` with `why`; False when
+        it is not driven here (ended, or never)."""
+        live = self.live.get(call_id)
+        if live is None:
+            return False
+        self._why[call_id] = why
+        live[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(live[1])
+        return True
+
+    async def close(self) -> None:
+        """The process stops: each driver stops where it is (its call resumed at the next
+        start, its tasks left to the task journal)."""
+        drivers = [d for _, d in self.live.values()]
+        for d in drivers:
+            d.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)

@@ -1,0 +1,92 @@
+"""A call's steps run at most once each, kept as they go. The rule: a step's id is
+committed in the call's rows before its work starts (its task submitted, its nested run
+made), and a row that names an id is only ever waited for, its work started again under
+that same id only where it never began (the process stopped between the two writes: the
+work says so, tasks.py). The engine is pure over its store and the work it is given."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from ...jsonrpc import RpcError
+from ..tasks.ids import new_id
+from .record import STEP_ENDED, Durable, StepEnd, StepKey, StepRow
+from .store import DurableStore
+
+# a step's work, given the id the call recorded for it: to its end
+Work = Callable[[str], Awaitable[StepEnd]]
+# told of each row as it is kept (a workflow's run events)
+Observer = Callable[[Durable, StepRow], None]
+
+
+class Cancels(Protocol):
+    def cancel_task(self, task_id: str) -> None:
+        """Its task cancelled if it is queued or running (else nothing)."""
+
+
+class StepEngine:
+    def __init__(self, store: DurableStore, tasks: Cancels,
+                 observe: Observer | None = None) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.observe = observe
+
+    async def step(self, call: Durable, key: StepKey, work: Work) -> StepRow:
+        """The step to its end: its row as it ended before (its output left in the store:
+        `output`), else its work run under the id its row holds, made and kept first when
+        it has none. A refusal (RpcError) is the step's failure, ended so and raised on
+        for its planner to say."""
+        row = call.rows.get(key)
+        if row is not None and row.status in STEP_ENDED:
+            return row
+        if row is None:
+            row = StepRow(key[0], key[1], "running", new_id(), time.time())
+            await self.save(call, [row])  # the id is the call's before its work exists
+        assert row.task_id is not None
+        try:
+            end = await work(row.task_id)
+        except RpcError as exc:
+            await self.end(call, key, StepEnd("failed", None, exc.message))
+            raise
+        return await self.end(call, key, end)
+
+    async def end(self, call: Durable, key: StepKey, end: StepEnd) -> StepRow:
+        """The step's row ended so (its output with it, kept in the store alone)."""
+        row = call.rows.get(key)
+        ended = StepRow(key[0], key[1], end.status, row.task_id if row is not None else None,
+                        row.started if row is not None else time.time(), time.time(),
+                        end.output, end.error)
+        await self.save(call, [ended])
+        return ended
+
+    async def save(self, call: Durable, rows: list[StepRow]) -> None:
+        await self.store.save_steps(call.call_id, rows)
+        for r in rows:
+            # its output is the store's alone, read back when it is asked for
+            call.rows[(r.step, r.item)] = replace(r, output=None) if r.output is not None else r
+            if self.observe is not None:
+                self.observe(call, r)
+
+    def output(self, call: Durable, row: StepRow) -> Any:
+        """A row's output (as it ended now, or read back from the store)."""
+        if row.output is not None:
+            return row.output
+        return self.store.output(call.call_id, row.step, row.item)
+
+    async def abandon(self, call: Durable, end: StepEnd) -> None:
+        """A call that ended otherwise than by its steps: every step still running ended
+        so, its task cancelled if it is still queued or running."""
+        now = time.time()
+        ended: list[StepRow] = []
+        for r in call.rows.values():
+            if r.status != "running":
+                continue
+            if r.task_id is not None:
+                self.tasks.cancel_task(r.task_id)
+            ended.append(StepRow(r.step, r.item, end.status, r.task_id, r.started, now,
+                                 None, end.error))
+        if ended:
+            await self.save(call, ended)

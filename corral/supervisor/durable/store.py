@@ -1,0 +1,57 @@
+"""Where durable calls are kept: the one narrow interface the engine writes and reads
+through (the daemon's is SQLite, daemon/callstore.py; a cluster's may be Redis), and the
+memory store an embedded engine uses (the Python API's teams, not kept across a restart)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Protocol
+
+from .record import CallRecord, StepRow
+
+
+class DurableStore(Protocol):
+    async def save_call(self, record: CallRecord) -> None:
+        """Durable when it returns (its rows are saved apart: save_steps)."""
+
+    async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
+        """Durable when it returns: a step's task id before its task is submitted."""
+
+    def load(self, call_id: str) -> CallRecord | None:
+        """A call kept, with its rows (their outputs left in the store)."""
+
+    def unfinished(self, kind: str) -> list[CallRecord]:
+        """The calls of this kind still running, oldest first."""
+
+    def output(self, call_id: str, step: str, item: int) -> Any:
+        """One row's output, read back."""
+
+
+class MemoryStore:
+    """Calls kept in memory, lost with the process."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, CallRecord] = {}
+        self.outputs: dict[tuple[str, str, int], Any] = {}
+
+    async def save_call(self, record: CallRecord) -> None:
+        kept = self.calls.get(record.call_id)
+        self.calls[record.call_id] = replace(record, rows=dict(kept.rows) if kept else {})
+
+    async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
+        kept = self.calls.get(call_id)
+        for r in rows:
+            self.outputs[(call_id, r.step, r.item)] = r.output
+            if kept is not None:
+                kept.rows[(r.step, r.item)] = replace(r, output=None)
+
+    def load(self, call_id: str) -> CallRecord | None:
+        kept = self.calls.get(call_id)
+        return replace(kept, rows=dict(kept.rows)) if kept is not None else None
+
+    def unfinished(self, kind: str) -> list[CallRecord]:
+        return [replace(c, rows=dict(c.rows)) for _, c in sorted(self.calls.items())
+                if c.kind == kind and c.status == "running"]
+
+    def output(self, call_id: str, step: str, item: int) -> Any:
+        return self.outputs.get((call_id, step, item))

@@ -1,0 +1,55 @@
+"""A step's work when it is a task of an agent: submitted under the id its row holds (to
+its agent only while that is of the call's tenant: recorded.py), waited for to its end."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ...jsonrpc import RpcError
+from ...taskoptions import TaskOptions
+from ..tasks import TERMINAL, TaskManager
+from ..tasks.recorded import RecordedTask, outcome
+from .engine import Work
+from .record import StepEnd
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """What a step's task is: its agent, input and options, the tenant of the call, and
+    the trace context it is a child of."""
+
+    agent: str
+    input: Any
+    options: TaskOptions
+    tenant: str | None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+class StepTasks:
+    """The engine's tasks as a durable call's steps run them."""
+
+    def __init__(self, engine: TaskManager) -> None:
+        self.engine = engine
+
+    def work(self, step: AgentTask) -> Work:
+        async def run(task_id: str) -> StepEnd:
+            recorded = RecordedTask(task_id, step.agent, step.tenant)
+            info = await outcome(self.engine, recorded, lambda: self.engine.submit(
+                step.agent, step.input, step.options, task_id=task_id,
+                traceparent=step.traceparent, tracestate=step.tracestate))
+            output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
+                      else info.output)
+            return StepEnd(str(info.status), output,
+                           info.error.message if info.error is not None else None)
+        return run
+
+    def cancel_task(self, task_id: str) -> None:
+        task = self.engine.active.get(task_id)
+        if task is not None and task.status not in TERMINAL:
+            with contextlib.suppress(RpcError):
+                self.engine.cancel(task_id)

@@ -1,0 +1,109 @@
+"""Migration 23 (one durable engine): a state database of the schema before, with its
+workflow runs and team calls (running and ended, their steps' rows and outputs), is
+carried over whole into the calls' tables, read back as runs and calls as before, and a
+running one is still one to resume."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+
+from corral.daemon import storeschema
+from corral.daemon.store import StateStore
+from corral.daemon.teams.store import TeamCalls
+from corral.daemon.workflows.runstore import RunStore
+from corral.supervisor.durable import WHOLE
+from corral.supervisor.teams import TeamSpec
+from corral.supervisor.workflows import WorkflowSpec
+from corral.supervisor.workflows.definition import encode_spec
+
+BEFORE = 22  # the schema version before the calls' tables
+
+
+def _old_database(path: Path, now: float) -> None:
+    storeschema.prepare_state_dir(path.parent)
+    db = sqlite3.connect(path, isolation_level=None)
+    assert storeschema.migrate(db, storeschema.MIGRATIONS[:BEFORE]) == BEFORE
+    wf = msgspec.convert({"steps": [{"name": "s", "agent": "a1"},
+                                    {"name": "m", "agent": "a1", "map": "$input.xs"}]},
+                         WorkflowSpec)
+    db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, created, "
+               "ended, deadline, error, revision, agents, traceparent, tracestate, tenant) "
+               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               ("r-run", "w", encode_spec(wf), b'{"xs": [1, 2]}', "running", now, None,
+                now + 60, None, 3, b'["a1"]', "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+                "k=v", "acme"))
+    db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, created, "
+               "ended, error) VALUES (?,?,?,?,?,?,?,?)",
+               ("r-old", "w", encode_spec(wf), b"null", "failed", now - 9, now - 8,
+                "step s: task t failed"))
+    db.executemany("INSERT INTO run_steps VALUES (?,?,?,?,?,?,?,?,?)", [
+        ("r-run", "s", WHOLE, "t-s", "succeeded", now, now, b'{"ok": 1}', None),
+        ("r-run", "m", WHOLE, None, "running", now, None, None, None),
+        ("r-run", "m", 0, "t-m0", "succeeded", now, now, b"10", None),
+        ("r-run", "m", 1, "t-m1", "running", now, None, None, None)])
+    team = TeamSpec(mode="broadcast", members=["a1", "a2"])
+    db.execute("INSERT INTO team_calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+               ("c-call", "crew", "acme", msgspec.json.encode(team), b'"hi"', "running",
+                now, None, None, None, None, None))
+    db.execute("INSERT INTO team_calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+               ("c-done", "crew", "", msgspec.json.encode(team), b'"yo"', "succeeded",
+                now - 5, now - 4, b'{"a1": 1}', None, None, None))
+    db.executemany("INSERT INTO team_steps VALUES (?,?,?,?,?,?,?,?)", [
+        ("c-call", "member:a1", "t-a1", "succeeded", now, now, b'"one"', None),
+        ("c-call", "member:a2", "t-a2", "running", now, None, None, None)])
+    db.close()
+
+
+def test_runs_and_team_calls_are_carried_into_the_calls_tables(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "corral.db"
+    now = time.time()
+    _old_database(path, now)
+    store = StateStore(path)
+    try:
+        assert storeschema.schema_version(store.db) == storeschema.SCHEMA_VERSION
+        tables = {n for (n,) in store.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"calls", "call_steps"} <= tables
+        assert not tables & {"runs", "run_steps", "team_calls", "team_steps"}
+
+        runs = RunStore(store)
+        run = runs.load("r-run")
+        assert run is not None
+        assert (run.workflow, run.status, run.input, run.revision, run.tenant,
+                run.tracestate, run.deadline) == ("w", "running", {"xs": [1, 2]}, 3,
+                                                   "acme", "k=v", now + 60)
+        assert [s.name for s in run.wf.steps] == ["s", "m"]
+        assert {k: (r.status, r.task_id) for k, r in run.rows.items()} == {
+            ("s", WHOLE): ("succeeded", "t-s"), ("m", WHOLE): ("running", None),
+            ("m", 0): ("succeeded", "t-m0"), ("m", 1): ("running", "t-m1")}
+        assert runs.output("r-run", "s", WHOLE) == {"ok": 1}
+        assert runs.items_output("r-run", "m") == [10, None]
+        assert [r.run_id for r in runs.unfinished()] == ["r-run"]
+        old = runs.load("r-old")
+        assert old is not None and (old.status, old.error, old.tenant) == (
+            "failed", "step s: task t failed", "?")  # told whose at the next start
+        page = runs.listing(None, None, None, 10, None, None)
+        assert page is not None and [r.run_id for r in page] == ["r-run", "r-old"]
+
+        teams = TeamCalls(store)
+        call = teams.call("c-call")
+        assert call is not None
+        assert (call.team, call.tenant, call.input, call.spec.members) == (
+            "crew", "acme", "hi", ["a1", "a2"])
+        assert {k: (r.status, r.task_id) for k, r in call.rows.items()} == {
+            ("member:a1", WHOLE): ("succeeded", "t-a1"),
+            ("member:a2", WHOLE): ("running", "t-a2")}
+        assert teams.output("c-call", "member:a1", WHOLE) == "one"
+        assert [c.call_id for c in teams.unfinished_calls()] == ["c-call"]
+        done = teams.call("c-done")
+        assert done is not None and (done.status, done.output) == ("succeeded", {"a1": 1})
+        assert [t.task_id for t in teams.listing("crew", None, None, None, 10)] == [
+            "c-done", "c-call"]  # newest first, as their ids sort
+        # a run is no team's call, nor a call a run
+        assert teams.call("r-run") is None and runs.load("c-call") is None
+    finally:
+        store.close()
