@@ -67,7 +67,7 @@ def fleet(tmp: Path, framework: str, model_url: str) -> str:
         retries = 1
         backoff_initial = 0.05
         tools = ["counting__*"]
-        start_timeout = 60.0
+        start_timeout = 120.0
 
         [agents.recipe.env]
         PYTHONPATH = "{ROOT}"
@@ -99,6 +99,8 @@ async def worker_pid(d: Any) -> int:
     return pid
 
 
+# an agent framework's import is seconds of CPU, paid at each of the worker's two starts
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("framework", sorted(RECIPES))
 async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
         tmp_path: Path, framework: str) -> None:
@@ -108,7 +110,7 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
         async with in_process(tmp_path, fleet(tmp_path, framework, model_url)) as d:
             (tmp_path / "kill").write_text(str(await worker_pid(d)))
             res = await d.sup.tasks.run("recipe", {"prompt": "bump the counter 4 times"},
-                                        TaskOptions(timeout=120))
+                                        TaskOptions(timeout=240))
             assert res.status == "succeeded", res
             assert not (tmp_path / "kill").exists()  # the worker was killed once
             assert f"done {CALLS}" in str(res.output["answer"])
