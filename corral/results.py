@@ -554,6 +554,8 @@ class GatewayStats(Result):
     http: dict[str, Any] | None
     attributed: int = 0  # every replica's, as its clients' rows count them
     unattributed: int = 0
+    # the model gateway's calls per model (docs/models.md), where [models] names any
+    models: dict[str, Any] | None = None
 
 
 class StatsResult(Result):

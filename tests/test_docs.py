@@ -18,6 +18,7 @@ from corral.supervisor.config import (
     Config,
     Limits,
     McpServerSpec,
+    ModelSpec,
     SupervisorSettings,
     TenantSpec,
 )
@@ -40,10 +41,11 @@ SECTIONS: dict[str, Any] = {
     "[teams.NAME]": TeamSpec,
     "[teams.NAME.rules]": Rule,
     "[schedules.NAME]": ScheduleSpec,
+    "[models.NAME]": ModelSpec,
 }
 for _f in mi.type_info(Config).fields:  # a new top-level table needs a section too
     if _f.name not in ("supervisor", "agents", "mcp_servers", "tenants", "workflows",
-                       "teams", "schedules"):
+                       "teams", "schedules", "models"):
         # an optional table ([cluster]: absent means off) is its Struct or None
         _t = _f.type
         SECTIONS[f"[{_f.name}]"] = next(x.cls for x in _t.types if isinstance(

@@ -315,7 +315,8 @@ class Daemon:
         gateway = part.gateway_service(conf, parts, audit, dispatcher)
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)
-        heard = part.hear(parts, hub, sender, gateway)
+        models = await enter(part.model_gateway(conf, parts, gateway))
+        heard = part.hear(parts, hub, sender, gateway, models)
         # closed after the agents stop (entered before `running`): their last spans kept
         traces = await enter(part.tracing(conf, tracer, self.spared, gateway))
         control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
@@ -355,7 +356,7 @@ class Daemon:
             fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
-            teams=teams, schedules=schedules,
+            teams=teams, schedules=schedules, models=models,
             config_path=self.config_path, socket_path=control.path,
             started_at=self.started_at, reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
@@ -382,7 +383,7 @@ class Daemon:
         (Takeover.gateway_address)."""
         enter, listeners, web = stack.enter_async_context, self.upgrades.listeners, s.web
         web.gateway = await enter(part.http_gateway(conf, s.gateway, s.hub, extras,
-                                                    listeners))
+                                                    listeners, s.models))
         web.logins = part.dashboard_sessions(conf)
         web.server = await enter(part.http_server(conf, s, dispatcher, extras, listeners))
         # no more attempts at an extra once the stop begins tearing down (before the
@@ -443,6 +444,8 @@ class Daemon:
             check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
             # the tokens file is re-read: rotating a token is an edit and a reload
             gateway_changes = s.gateway.configure(cfg.gateway, self.config_path.parent)
+            if s.models is not None:  # (made at start where [models] named any)
+                gateway_changes += s.models.configure(cfg.models, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
                                          for a in s.agents.values()
                                          if a.name not in s.fleet.from_config])

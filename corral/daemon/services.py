@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..methods import DaemonUpgrade, DrainReport, ExtraStatus, ReloadResult, UpgradeReport
 from ..supervisor.agents import Agents
@@ -40,6 +40,9 @@ from .teams import TeamService
 from .tenantregistry import TenantRegistry
 from .traces import Traces
 from .workflows import WorkflowService
+
+if TYPE_CHECKING:  # (aiohttp's: imported where [models] names any)
+    from .models.gateway import ModelGateway
 
 
 class Logins(Protocol):
@@ -109,6 +112,7 @@ class Services:
     # corral upgrade: checks the new install and hands over (daemon/upgrade.py)
     upgrade: Callable[[DaemonUpgrade], Awaitable[UpgradeReport]]
     traces: Traces | None = None  # with [tracing]: the exporter and the local store
+    models: ModelGateway | None = None  # with [models]: the model gateway (docs/models.md)
 
     @property
     def http(self) -> Any:
@@ -121,5 +125,6 @@ class Services:
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),
-                "http": self.http.status() if self.http is not None else None}
+                "http": self.http.status() if self.http is not None else None,
+                "models": self.models.stats() if self.models is not None else None}
 

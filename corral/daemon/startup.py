@@ -28,7 +28,7 @@ from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
-from ..supervisor.process_replica import ReplicaExit, Transition
+from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from ..cluster.queue import ClusterQueue
     from .http.mcp import HttpGateway
     from .http.server import HttpServer
+    from .models.gateway import ModelGateway
 
 
 class StartupError(Exception):
@@ -210,10 +211,35 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Se
     return gateway
 
 
+@contextlib.asynccontextmanager
+async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService
+                        ) -> AsyncIterator[ModelGateway | None]:
+    """The model gateway, where [models] names any (docs/models.md): served beside the
+    MCP gateway, its callers known by the MCP gateway's per-replica tokens; its keys read
+    now (one that cannot be read stops the start, naming it)."""
+    if not conf.cfg.models:
+        yield None
+        return
+    from .gatewayaccess import hash_token
+    from .models.gateway import ModelGateway
+
+    models = ModelGateway(parts.tasks, parts.agents,
+                          lambda token: gateway.replica_tokens.get(hash_token(token)))
+    try:
+        models.configure(conf.cfg.models, conf.dir)
+    except ConfigError as exc:
+        raise StartupError(f"invalid config: {exc}") from None
+    try:
+        yield models
+    finally:
+        await models.close()
+
+
 def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
-         gateway: GatewayService) -> EngineLog:
+         gateway: GatewayService, models: ModelGateway | None = None) -> EngineLog:
     """What the daemon hears from the engine: its logs, the gateway's lists, and each
-    replica's environment (its tenant's directories, the gateway's address)."""
+    replica's environment (its tenant's directories, the gateways' addresses and its
+    token)."""
     heard = EngineLog(hub, sender)
     heard.subscribe(parts.stream)
     parts.stream.subscribe(gateway.on_transition, Transition)
@@ -223,8 +249,13 @@ def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
     parts.stream.subscribe(lambda e: None if e.agent in parts.agents else hub.forget(e.agent),
                            Roster)
     dirs = TenantDirs(parts, hub, hub.daemon)
-    parts.tuning.environment = lambda r: {**dirs.starting(r),
-                                          **gateway.replica_environment(r)}
+
+    def environment(r: ProcessReplica) -> dict[str, str]:
+        mcp = gateway.replica_environment(r)
+        return {**dirs.starting(r), **mcp,
+                **(models.environment(mcp) if models is not None else {})}
+
+    parts.tuning.environment = environment
     return heard
 
 
@@ -547,7 +578,8 @@ async def packages(conf: Conf, parts: Parts, opened: Stores, fleet: Fleet,
 
 @contextlib.asynccontextmanager
 async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras: Extras,
-                       listeners: Listeners) -> AsyncIterator[HttpGateway | None]:
+                       listeners: Listeners, models: ModelGateway | None = None
+                       ) -> AsyncIterator[HttpGateway | None]:
     """The HTTP gateway, before any agent starts (agents are given its URL): at `/mcp`
     of the [http] server (mounted there when it starts), and on a site of its own at
     `[gateway] listen`, an extra."""
@@ -557,7 +589,7 @@ async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras:
         return
     from .http.mcp import HttpGateway
 
-    http = HttpGateway(gateway, cfg.gateway, conf.dir, listeners)
+    http = HttpGateway(gateway, cfg.gateway, conf.dir, listeners, models)
     try:
         if cfg.gateway.listen:
             async def attempt() -> None:

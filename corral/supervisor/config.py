@@ -527,6 +527,41 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     input_wait: Positive = 600.0
 
 
+# what an agent names a model by (its requests' `model`): printable, no spaces or quotes
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
+
+
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """`[models.NAME]`: a model the model gateway serves (docs/models.md); an agent's
+    request naming NAME as its `model` goes to this upstream, with corral's key."""
+
+    url: str  # the upstream's base URL, as its own SDK's base_url says it
+    format: Literal["openai", "anthropic"]  # its wire format, passed through untranslated
+    model: str | None = None  # the upstream's name of it, if not NAME
+    # the provider's key, held by the daemon alone: an environment variable of the
+    # daemon's, or a file (its first line); neither: the upstream takes no key
+    key_env: str | None = None
+    key_file: str | None = None
+    agents: list[str] = msgspec.field(default_factory=lambda: ["*"])  # who may use it (globs)
+    tenant: str = DEFAULT_TENANT  # whose agents may use it
+    shared: bool = False  # every tenant's agents may
+    # an upstream's 429, 5xx or failed connection, before any of its answer was passed
+    # on, is tried again this many times (backoff 0.5 s doubled); then passed on as it came
+    retries: NonNegInt = 0
+    timeout: Positive = 600.0  # seconds for the whole call upstream
+    rate_per_minute: NonNeg = 0  # calls of it per tenant a minute; 0: unlimited
+    # prices, for max_cost_usd_per_day: dollars per million tokens
+    input_usd_per_mtok: NonNeg = 0
+    output_usd_per_mtok: NonNeg = 0
+
+    def check(self) -> None:
+        """An http(s) url, one source of the key at most; raises ConfigError."""
+        if not re.match(r"^https?://[^/]", self.url):
+            raise ConfigError(f"url {redact.url(self.url)!r} is not an http:// or https:// URL")
+        if self.key_env is not None and self.key_file is not None:
+            raise ConfigError("give key_env or key_file, not both")
+
+
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[http]: the daemon's HTTP server (the REST API, /metrics, the dashboard)."""
 
@@ -752,6 +787,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     teams: dict[str, TeamSpec] = {}
     # [schedules.NAME]: a task of an agent or a run of a workflow on a clock
     schedules: dict[str, ScheduleSpec] = {}
+    # [models.NAME]: the model gateway's upstreams (docs/models.md)
+    models: dict[str, ModelSpec] = {}
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

@@ -25,6 +25,7 @@ from ..othernames import hint
 from ..text import did_you_mean
 from .config import (
     DEFAULT_TENANT,
+    MODEL_NAME,
     AgentSpec,
     CheckSpec,
     ClusterSettings,
@@ -33,6 +34,7 @@ from .config import (
     GatewaySettings,
     HttpSettings,
     McpServerSpec,
+    ModelSpec,
     PackagesSettings,
     ProcessSpec,
     SupervisorSettings,
@@ -73,7 +75,9 @@ def parse_tenants(data: dict[str, Any], where: str,
 def check_tenants_named(cfg: Config, where: str) -> None:
     """Every agent's and server's tenant is declared (or is the default one)."""
     known = set(cfg.tenants) | {DEFAULT_TENANT}
-    for kind, specs in (("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers)):
+    kinds: tuple[tuple[str, Mapping[str, AgentSpec | McpServerSpec | ModelSpec]], ...] = (
+        ("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers), ("models", cfg.models))
+    for kind, specs in kinds:
         for name, spec in specs.items():
             if spec.tenant not in known:
                 raise ConfigError(f"{where}: {kind}.{name}.tenant: no tenant "
@@ -385,6 +389,30 @@ def parse_schedules(data: dict[str, Any], where: str, agents: set[str], workflow
                     problems)
 
 
+def parse_models(data: dict[str, Any], where: str,
+                 problems: list[str]) -> dict[str, ModelSpec]:
+    """The `[models.NAME]` tables (docs/models.md): a name as agents' requests give it
+    (MODEL_NAME: dots and slashes allowed), each table checked."""
+    tables = data.get("models", {})
+    if not isinstance(tables, dict):
+        problems.append(f"{where}: models: expected a table")
+        return {}
+    out: dict[str, ModelSpec] = {}
+    for name, table in tables.items():
+        with _collected(problems):
+            if not MODEL_NAME.match(name):
+                raise ConfigError(f"{where}: models.{shown(name)}: a model's name is 1 to "
+                                  "200 letters, digits and . _ : / @ + -, beginning with a "
+                                  "letter or a digit")
+            spec = convert(table, ModelSpec, where=where, prefix=f"models.{name}")
+            try:
+                spec.check()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: models.{name}: {exc}") from None
+            out[name] = spec
+    return out
+
+
 def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     """Read the main file and its includes; every error names file and key path, and
     every error there is is said at once (one a line), not the first alone. With
@@ -474,14 +502,15 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     workflows = parse_workflows(data, where, set(agents), problems)
     teams = parse_teams(data, where, agents, servers, problems)
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
+    models = parse_models(data, where, problems)
     _resolve_paths(base, agents, servers, tenants, packages)
     if problems and commands:
         problems += command_problems(agents, servers, origin, where)
     if problems:
         raise ConfigError("\n".join(problems))
-    cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                 http=http, packages=packages, cluster=cluster, tenants=tenants,
-                 tracing=tracing, workflows=workflows, teams=teams, schedules=schedules)
+    cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway, http=http,
+                 packages=packages, cluster=cluster, tenants=tenants, tracing=tracing,
+                 workflows=workflows, teams=teams, schedules=schedules, models=models)
     check_tenants_named(cfg, where)
     return cfg
 

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
     from ..gatewayaccess import GatewayService, Identity
     from ..handoff import Listeners
+    from ..models.gateway import ModelGateway
 
 log = logging.getLogger("corral.gateway.http")
 
@@ -167,8 +168,10 @@ def parse_listen(listen: str) -> tuple[str, str | None, int]:
 
 class HttpGateway:
     def __init__(self, service: GatewayService, settings: GatewaySettings,
-                 base: Path, listeners: Listeners | None = None) -> None:
+                 base: Path, listeners: Listeners | None = None,
+                 models: ModelGateway | None = None) -> None:
         self.service = service
+        self.models = models  # the model gateway, served beside /mcp (docs/models.md)
         # where its own site's socket is held across `corral upgrade`'s exec, or taken from
         self.listeners = listeners
         self.settings = settings
@@ -191,6 +194,8 @@ class HttpGateway:
             app.router.add_route("DELETE", path, self.delete)
             app.router.add_route("GET", METADATA + path, self.metadata)
         app.router.add_route("GET", METADATA, self.metadata)
+        if self.models is not None:
+            self.models.mount(app)
         # a session's streams end when their server stops, rather than holding its stop
         app.on_shutdown.append(self._end_sessions)
         self.open()

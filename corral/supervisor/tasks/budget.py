@@ -254,12 +254,18 @@ class Budgets:
         if used is None:
             used = task.usage = ModelUsage()
         used.add_model(model, inp, out, cost)
-        agent = self.usage.get(task.agent)
+        self.count_agent(task.agent, inp, out, cost, model, when)
+
+    def count_agent(self, name: str, inp: int, out: int, cost: float, model: str,
+                    when: float) -> None:
+        """Usage of the agent `name` (and its group's), of no task: a model call through
+        corral's model gateway that no task attempt is known to have made."""
+        agent = self.usage.get(name)
         if agent is None:
-            agent = self.usage[task.agent] = ModelUsage()
+            agent = self.usage[name] = ModelUsage()
         agent.add_model(model, inp, out, cost)
-        self.window(task.agent).add(inp + out, cost, when)
-        group = self.shared(task.agent)
+        self.window(name).add(inp + out, cost, when)
+        group = self.shared(name)
         if group is not None:
             self.window(group[0]).add(inp + out, cost, when)
 
@@ -331,6 +337,24 @@ class Budgets:
         self.reopen(name)  # judged again by the pump, if tasks wait and a slot is free
         if name not in self._timers:  # not held again (a timer a hair early would be)
             self.holding.pop(name, None)
+
+    def over(self, agent: AgentLike) -> BudgetHold | None:
+        """The budget the agent is over now, its group's first, or None; unlike `holds`,
+        no timer armed and nothing told (a model call through corral is refused for it:
+        daemon/models/)."""
+        now = time.time()
+        group = self.shared(agent.name)
+        shared = self.windows.get(group[0]) if group is not None else None
+        if group is not None and shared is not None:
+            held = shared.held(group[1], 0, 0, now)
+            if held is not None:
+                held.budget = f"{group[0]} {held.budget}"
+                return held
+        spec, own = agent.spec, self.windows.get(agent.name)
+        if own is None:
+            return None
+        return own.held(spec.tokens_per_minute, spec.tokens_per_day,
+                        spec.max_cost_usd_per_day, now)
 
     def waiting(self, agent: str) -> str | None:
         """Why the agent's queued tasks wait, if a budget holds them (and some wait: the

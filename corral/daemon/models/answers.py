@@ -1,0 +1,140 @@
+"""What the model gateway writes back to the agent: an answer as the upstream gave it, a
+streamed one passed on as it comes (recorded, its last event held back until the
+answer is journaled), a journaled one given again (a stream as the same stream), and a
+refusal in the endpoint's format.
+
+A stream that ends without its format's last event (the upstream cut it, or its
+connection failed) is not an answer: nothing is journaled, and the agent's connection
+is cut too, so that its client raises as it would have talking to the provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from .usage import CallUsage
+from .wire import PASSED_BACK_PREFIXES, Format, is_last_event, refusal
+
+SSE = "text/event-stream"
+
+
+class AnswerRecord(msgspec.Struct, array_like=True):
+    """An answer as the step journal keeps it: its status, its content type, its body
+    (a stream's events, every one)."""
+
+    status: int
+    type: str
+    body: str
+
+    @property
+    def streamed(self) -> bool:
+        return self.type.startswith(SSE)
+
+
+class StreamCut(Exception):
+    """The upstream's stream ended before its last event; the message says how."""
+
+
+def passed_back(headers: Any) -> dict[str, str]:
+    """The upstream's headers the agent sees: its request id and what it says of its
+    limits (never its cookies, nor the hop-by-hop ones)."""
+    return {k: v for k, v in headers.items() if k.lower().startswith(PASSED_BACK_PREFIXES)}
+
+
+def refused(fmt: Format, status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=refusal(fmt, status, message),
+                        content_type="application/json")
+
+
+def whole(record: AnswerRecord, headers: dict[str, str] | None = None) -> web.Response:
+    """An answer given whole (a journaled stream too: its events at once)."""
+    ctype, _, charset = record.type.partition("; charset=")
+    return web.Response(status=record.status, body=record.body.encode(), headers=headers,
+                        content_type=ctype or "application/json", charset=charset or None)
+
+
+class Relay:
+    """One streamed answer passed on as it comes and recorded; its last event held back
+    until `finish`."""
+
+    def __init__(self, request: web.Request, fmt: Format, answer: aiohttp.ClientResponse,
+                 usage: CallUsage) -> None:
+        self.request = request
+        self.fmt = fmt
+        self.answer = answer
+        self.usage = usage
+        self.response = web.StreamResponse(status=answer.status,
+                                           headers=passed_back(answer.headers))
+        self.response.content_type = SSE
+        self.response.headers["Cache-Control"] = "no-cache"
+        self.recorded: list[bytes] = []
+        self.held = b""  # the last event, and anything after it
+
+    async def run(self) -> AnswerRecord:
+        """Every event but the last passed on; the whole stream recorded; StreamCut when
+        it ends without its last event."""
+        await self.response.prepare(self.request)
+        rest = b""
+        try:
+            async for chunk in self.answer.content.iter_any():
+                self.recorded.append(chunk)
+                if self.held:
+                    self.held += chunk  # past the last event: kept with it
+                    continue
+                rest += chunk
+                end = rest.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                events, rest = rest[:end + 2], rest[end + 2:]
+                await self._pass(events)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise StreamCut(f"the upstream's stream failed: {type(exc).__name__}") from None
+        if not self.held:
+            raise StreamCut("the upstream's stream ended before its last event")
+        self.held += rest
+        return AnswerRecord(self.answer.status, SSE, b"".join(self.recorded).decode(
+            errors="replace"))
+
+    async def _pass(self, events: bytes) -> None:
+        """Complete events: usage read from each, passed on up to the last one."""
+        start = 0
+        while start < len(events):
+            end = events.find(b"\n\n", start) + 2
+            event = events[start:end]
+            self.usage.read_event(event)
+            if is_last_event(self.fmt, event):
+                if start:
+                    await self.response.write(events[:start])
+                self.held = events[start:]
+                return
+            start = end
+        await self.response.write(events)
+
+    async def finish(self) -> web.StreamResponse:
+        """The held last event written, the stream ended: the agent has its answer."""
+        await self.response.write(self.held)
+        await self.response.write_eof()
+        return self.response
+
+    def cut(self) -> None:
+        """The agent's connection closed mid-stream, without the chunked encoding's end:
+        its client sees the stream fail."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
+async def replayed(request: web.Request, record: AnswerRecord) -> web.StreamResponse:
+    """A journaled answer given again: a stream as the same events, in one write."""
+    if not record.streamed:
+        return whole(record)
+    response = web.StreamResponse(status=record.status)
+    response.content_type = SSE
+    response.headers["Cache-Control"] = "no-cache"
+    await response.prepare(request)
+    await response.write(record.body.encode())
+    await response.write_eof()
+    return response

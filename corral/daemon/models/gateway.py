@@ -1,0 +1,356 @@
+"""The model gateway: OpenAI's Chat Completions and Responses and Anthropic's Messages
+served beside the MCP gateway, each request passed to the upstream of the model it names
+(`[models.NAME]`) with the provider's key, which the agent never holds (docs/models.md).
+
+A request is the replica's whose token it carries (the one corral gives it as
+CORRAL_MCP_TOKEN, and as OPENAI_API_KEY and ANTHROPIC_API_KEY); it is refused, in the
+endpoint's own error format and naming why, when the model is not the agent's to use,
+when its tenant is over the model's rate, or when the agent or its tenant is over a
+token or cost budget. A call of a task's attempt (the replica runs that one task) is a
+step of the task: journaled with its answer before the agent has all of it, answered
+from the journal on a retry (no upstream call), its usage counted once, from what the
+upstream said."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import msgspec
+from aiohttp import web
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...ratelimit import TokenBucket
+from ...supervisor.config import ModelSpec
+from ...supervisor.replica import Replica
+from ...text import iso_time
+from . import answers
+from .answers import AnswerRecord, Relay, StreamCut
+from .keys import hidden, read_keys
+from .upstream import Upstream, UpstreamDown
+from .usage import CallUsage
+from .wire import ENDPOINTS, PASSED_ON, Endpoint, credential, upstream_auth
+
+if TYPE_CHECKING:
+    from ...supervisor.agents import Agents
+    from ...supervisor.process_replica import ProcessReplica
+    from ...supervisor.tasks.manager import TaskManager
+    from ...supervisor.tasks.model import Task
+
+_decode = msgspec.json.Decoder()
+_record = msgspec.json.Decoder(AnswerRecord)
+STEP_PREFIX = "model:"  # a model call's step is named model:NAME
+
+
+class ModelRefusal(Exception):
+    """A request corral answers itself: its HTTP status and the message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class UpstreamError(Exception):
+    """The upstream's answer that was not a success, passed on as it came."""
+
+    def __init__(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:
+        super().__init__(status)
+        self.record = AnswerRecord(status, ctype, body.decode(errors="replace"))
+        self.headers = headers
+
+
+class ModelCall(NamedTuple):
+    """One admitted request: whose, of which model, to which endpoint, and its body as
+    the agent sent it (`sent`: as it goes upstream)."""
+
+    endpoint: Endpoint
+    name: str
+    spec: ModelSpec
+    replica: Replica
+    task: Task | None
+    body: dict[str, Any]
+    sent: bytes
+    stream: bool
+
+
+class ModelCounter:
+    __slots__ = ("calls", "cut", "errors", "input_tokens", "output_tokens", "refused",
+                 "replayed")
+
+    def __init__(self) -> None:
+        self.calls = self.replayed = self.errors = self.cut = self.refused = 0
+        self.input_tokens = self.output_tokens = 0
+
+
+class ModelGateway:
+    def __init__(self, tasks: TaskManager, agents: Agents,
+                 replica_of: Callable[[str], ProcessReplica | None]) -> None:
+        self.tasks = tasks  # their attempts, steps and budgets
+        self.agents = agents
+        self.replica_of = replica_of  # a token -> the replica it was given to, or None
+        self.models: dict[str, ModelSpec] = {}
+        self.keys: dict[str, str | None] = {}
+        self.taken: dict[str, str] = {}  # key_env variables taken out of the environment
+        self.upstream = Upstream()
+        self.rates: dict[tuple[str, str], TokenBucket] = {}  # (model, tenant)
+        self.counters: dict[str, ModelCounter] = {}
+        self.unknown = 0  # requests refused before a model was known (token, body)
+        self.unattributed = 0  # calls of no task attempt (none running, or several)
+
+    # -- configuration --------------------------------------------------------------------
+    def configure(self, models: Mapping[str, ModelSpec], base: Path) -> list[str]:
+        """Apply [models] (at start and on reload): every key read first, so that a key
+        that cannot be read changes nothing (ConfigError). What changed, in words."""
+        keys = read_keys(models, base, self.taken)
+        said = [f"model {n} added" for n in sorted(set(models) - set(self.models))]
+        said += [f"model {n} removed" for n in sorted(set(self.models) - set(models))]
+        said += [f"model {n} changed" for n in sorted(set(models) & set(self.models))
+                 if models[n] != self.models[n] or keys[n] != self.keys.get(n)]
+        self.models, self.keys = dict(models), keys
+        self.rates.clear()
+        return said
+
+    @staticmethod
+    def environment(mcp: Mapping[str, str]) -> dict[str, str]:
+        """A replica's model variables, from the MCP gateway's (its URL and the replica's
+        token): the OpenAI and Anthropic SDKs' base URLs and keys, pointing at corral. A
+        gateway on a unix socket gives none (those SDKs reach TCP addresses alone)."""
+        url, token = mcp.get("CORRAL_MCP_URL"), mcp.get("CORRAL_MCP_TOKEN")
+        if not url or not token or "CORRAL_MCP_SOCKET" in mcp:
+            return {}
+        base = url.rpartition("/mcp")[0]
+        return {"OPENAI_BASE_URL": f"{base}/v1", "OPENAI_API_KEY": token,
+                "ANTHROPIC_BASE_URL": base, "ANTHROPIC_API_KEY": token}
+
+    def mount(self, app: web.Application) -> None:
+        for endpoint in ENDPOINTS:
+            app.router.add_route("POST", endpoint.path, self._handler(endpoint))
+
+    def _handler(self, endpoint: Endpoint) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.serve(request, endpoint)
+        return handle
+
+    # -- a call ---------------------------------------------------------------------------
+    async def serve(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        try:
+            call = await self._admit(request, endpoint)
+        except ModelRefusal as exc:
+            return answers.refused(endpoint.format, exc.status, exc.message)
+        return await self._answer(request, call)
+
+    async def _admit(self, request: web.Request, endpoint: Endpoint) -> ModelCall:
+        """The request checked: whose (its token), which model, whether the agent may
+        use it now; ModelRefusal saying why not."""
+        token = credential(request.headers.get("authorization"),
+                           request.headers.get("x-api-key"))
+        found = self.replica_of(token) if token else None
+        if not isinstance(found, Replica):
+            self.unknown += 1
+            raise ModelRefusal(401, "unauthorized: not a corral model token (corral gives "
+                                    "each agent replica its own, as OPENAI_API_KEY and "
+                                    "ANTHROPIC_API_KEY)")
+        raw = await request.read()
+        try:
+            body = _decode.decode(raw)
+        except msgspec.DecodeError:
+            body = None
+        name = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(name, str):
+            self.unknown += 1
+            raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
+        spec = self._usable(found, name, endpoint)
+        self._admit_now(found, name, spec)
+        return ModelCall(endpoint, name, spec, found, self._attempt(found), body,
+                         self._sent(raw, body, spec, endpoint), body.get("stream") is True)
+
+    def _usable(self, replica: Replica, name: str, endpoint: Endpoint) -> ModelSpec:
+        """The model the agent of `replica` named, if it is one it may use at this
+        endpoint; another tenant's is not found, as one that does not exist."""
+        spec = self.models.get(name)
+        tenant = replica.spec.tenant
+        if spec is None or not (spec.shared or spec.tenant == tenant):
+            self.unknown += 1
+            mine = sorted(n for n, s in self.models.items() if s.shared or s.tenant == tenant)
+            raise ModelRefusal(404, f"model {name!r:.80} is not served by corral to agent "
+                                    f"{replica.name} (its models: {', '.join(mine) or 'none'})")
+        counter = self._counter(name)
+        if spec.format != endpoint.format:
+            counter.refused += 1
+            raise ModelRefusal(400, f"model {name} speaks the {spec.format} format, not that "
+                                    f"of {endpoint.path}")
+        if not any(fnmatchcase(replica.name, glob) for glob in spec.agents):
+            counter.refused += 1
+            raise ModelRefusal(403, f"model {name} is not for agent {replica.name} "
+                                    f"(models.{name}.agents: {', '.join(spec.agents)})")
+        return spec
+
+    def _admit_now(self, replica: Replica, name: str, spec: ModelSpec) -> None:
+        """The tenant's rate of the model, then the agent's and its tenant's budgets."""
+        tenant = replica.spec.tenant
+        if spec.rate_per_minute:
+            bucket = self.rates.get((name, tenant))
+            if bucket is None:
+                bucket = self.rates[(name, tenant)] = TokenBucket(spec.rate_per_minute)
+            if not bucket.take():
+                self._counter(name).refused += 1
+                raise ModelRefusal(429, f"rate limited: tenant {tenant} is over model "
+                                        f"{name}'s rate_per_minute ({spec.rate_per_minute:g})")
+        agent = self.agents.get(replica.name)
+        held = self.tasks.budgets.over(agent) if agent is not None else None
+        if held is not None:
+            self._counter(name).refused += 1
+            raise ModelRefusal(429, f"budget exceeded: agent {replica.name}'s "
+                                    f"{held.budget} is {held.limit:g}, {held.used:g} used; "
+                                    f"room again at {iso_time(held.until)}")
+
+    def _attempt(self, replica: Replica) -> Task | None:
+        """The task attempt a call of `replica` belongs to: the one task it runs (one
+        running several tells none of them apart: helper tokens per attempt are to)."""
+        if replica.tasks_running != 1:
+            self.unattributed += 1
+            return None
+        for task in self.tasks.active.values():
+            if task.replica is replica and task.running:
+                return task
+        self.unattributed += 1
+        return None
+
+    @staticmethod
+    def _sent(raw: bytes, body: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> bytes:
+        """The body as it goes upstream: the upstream's name of the model, and a Chat
+        Completions stream asked to say its usage (its last chunk) — else as it came."""
+        changed = dict(body)
+        if spec.model is not None:
+            changed["model"] = spec.model
+        if body.get("stream") is True and endpoint.path == "/v1/chat/completions":
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                changed["stream_options"] = {**(options if isinstance(options, dict)
+                                                else {}), "include_usage": True}
+        return raw if changed == body else msgspec.json.encode(changed)
+
+    async def _answer(self, request: web.Request, call: ModelCall) -> web.StreamResponse:
+        """The call made (or, on a retry, answered from the task's steps) and its answer
+        written back."""
+        counter = self._counter(call.name)
+        counter.calls += 1
+        made: list[Relay | AnswerRecord] = []  # what `live` made, when it ran
+
+        async def live() -> Any:
+            made.append(await self._live(request, call, counter))
+            kept = made[-1]
+            if isinstance(kept, AnswerRecord):
+                return kept
+            try:
+                record = await kept.run()
+            finally:
+                kept.answer.release()
+            self._count(call, counter, kept.usage)
+            return record
+
+        try:
+            if call.task is None:
+                await live()
+            else:
+                arguments = {"endpoint": call.endpoint.path, "body": call.body}
+                kept = await self.tasks.steps.tool_call(
+                    call.task, call.replica, STEP_PREFIX + call.name, arguments, live)
+                if not made:
+                    counter.replayed += 1
+                    return await answers.replayed(request, _record.decode(kept))
+        except ModelRefusal as exc:
+            return answers.refused(call.endpoint.format, exc.status, exc.message)
+        except RpcError as exc:  # the task's step budget (max_step_bytes), said as a 429
+            counter.refused += 1
+            return answers.refused(call.endpoint.format, _status(exc), exc.message)
+        except UpstreamError as exc:
+            counter.errors += 1
+            return answers.whole(exc.record, exc.headers)
+        except StreamCut as exc:
+            counter.cut += 1
+            call.replica.note(f"model {call.name}: {exc}; the agent's stream was cut too, "
+                              "and nothing of it journaled")
+            relay = made[-1]
+            assert isinstance(relay, Relay)
+            relay.cut()
+            return relay.response
+        result = made[-1]
+        if isinstance(result, Relay):
+            return await result.finish()
+        return answers.whole(result)
+
+    async def _live(self, request: web.Request, call: ModelCall, counter: ModelCounter
+                    ) -> Relay | AnswerRecord:
+        """The call made upstream: a whole answer read, or a stream's relay started (its
+        `recording` awaited by the step); its usage counted when it is complete."""
+        spec, key = call.spec, self.keys.get(call.name)
+        headers = {"content-type": "application/json"}
+        headers.update((h, v) for h in PASSED_ON if (v := request.headers.get(h)) is not None)
+        if key is not None:
+            headers.update(upstream_auth(spec.format, key))
+        try:
+            answer = await self.upstream.send(spec, spec.url.rstrip("/") +
+                                              call.endpoint.upstream, call.sent, headers)
+        except UpstreamDown as exc:
+            counter.errors += 1
+            raise ModelRefusal(502, f"model {call.name}: {exc}") from None
+        usage = CallUsage()
+        ctype = answer.headers.get("content-type", "application/json")
+        if answer.status >= 300:
+            body = await answer.read()
+            answer.release()
+            raise UpstreamError(answer.status, hidden(body, key), ctype,
+                                answers.passed_back(answer.headers))
+        if call.stream and ctype.startswith(answers.SSE):
+            return Relay(request, call.endpoint.format, answer, usage)
+        try:
+            body = await answer.read()
+        finally:
+            answer.release()
+        usage.read_body(body)
+        self._count(call, counter, usage)
+        return AnswerRecord(answer.status, ctype, body.decode(errors="replace"))
+
+    def _count(self, call: ModelCall, counter: ModelCounter, usage: CallUsage) -> None:
+        """A live call's usage against the task's, the agent's and its tenant's budgets
+        (a replayed one's was counted when it was made)."""
+        counter.input_tokens += usage.input
+        counter.output_tokens += usage.output
+        spec = call.spec
+        cost = (usage.input * spec.input_usd_per_mtok +
+                usage.output * spec.output_usd_per_mtok) / 1e6
+        model, now = usage.model or call.name, time.time()
+        budgets = self.tasks.budgets
+        if call.task is not None:
+            budgets.count(call.task, usage.input, usage.output, cost, model, now)
+        else:
+            budgets.count_agent(call.replica.name, usage.input, usage.output, cost, model,
+                                now)
+
+    def _counter(self, name: str) -> ModelCounter:
+        counter = self.counters.get(name)
+        if counter is None:
+            counter = self.counters[name] = ModelCounter()
+        return counter
+
+    def stats(self) -> dict[str, Any]:
+        """Per model: calls, those answered from a task's steps, refused, upstream
+        errors passed on, streams cut, tokens; and the calls of no task."""
+        return {"models": {n: {k: getattr(c, k) for k in ModelCounter.__slots__}
+                           for n, c in sorted(self.counters.items())},
+                "refused_unknown": self.unknown, "unattributed": self.unattributed,
+                "retried": self.upstream.retried}
+
+    async def close(self) -> None:
+        await self.upstream.close()
+
+
+def _status(exc: RpcError) -> int:
+    """A refusal of the engine's (a task's step budget) as an HTTP status."""
+    return 429 if exc.code in (jsonrpc.STEP_BUDGET_EXCEEDED, jsonrpc.REFUSED) else 400

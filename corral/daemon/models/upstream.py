@@ -1,0 +1,79 @@
+"""The upstreams, reached through one pooled aiohttp client (its connections kept alive
+between calls). A 429, a 5xx or a failed connection is tried again as the model's
+`retries` says, before any of the answer was passed on; then it is passed on as it came
+(or, unreachable, a 502 naming the upstream), never dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from ... import redact
+
+if TYPE_CHECKING:
+    from ...supervisor.config import ModelSpec
+
+BACKOFF = 0.5  # seconds before the first try again, doubled for each next one
+MAX_WAIT = 30.0  # the longest an upstream's Retry-After is waited for
+RETRIED = frozenset({429, 500, 502, 503, 504, 529})  # 529: Anthropic's overloaded
+
+
+class UpstreamDown(Exception):
+    """The upstream could not be reached (or did not answer in time), every try."""
+
+
+class Upstream:
+    """The client of every model's upstream."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self.retried = 0  # tries made again after a 429, 5xx or failed connection
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # no cookies kept (one agent's would be the next one's), no proxy from the
+            # environment (the daemon's upstreams are the config's)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True,
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def send(self, spec: ModelSpec, url: str, body: bytes,
+                   headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """The upstream's answer, its status and headers read (its body not yet): the
+        caller reads or streams it, and releases it."""
+        timeout = aiohttp.ClientTimeout(total=spec.timeout)
+        wait = BACKOFF
+        for left in range(spec.retries, -1, -1):
+            try:
+                answer = await self.session().post(url, data=body, headers=headers,
+                                                   timeout=timeout, allow_redirects=False)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if not left:
+                    raise UpstreamDown(f"upstream {redact.url(url)} did not answer: "
+                                      f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            else:
+                if not left or answer.status not in RETRIED:
+                    return answer
+                wait = max(wait, _retry_after(answer.headers.get("retry-after")))
+                answer.release()
+            self.retried += 1
+            await asyncio.sleep(wait)
+            wait *= 2
+        raise AssertionError("unreachable")  # the loop's last try returns or raises
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _retry_after(value: str | None) -> float:
+    """An upstream's Retry-After in seconds (its HTTP-date form is not waited for)."""
+    try:
+        return min(MAX_WAIT, max(0.0, float(value))) if value else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,68 @@
+"""An agent for the model gateway's tests (tests/test_model_gateway.py): the real `openai`
+and `anthropic` client libraries, configured by nothing but the environment corral gives
+it (OPENAI_BASE_URL, OPENAI_API_KEY, ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY).
+
+A task makes `calls` model calls of `api` ("chat", "responses" or "messages"), each
+asking `say` + its number (or `texts[i]`), whole or streamed (`stream`); on its first
+attempt, after call `stop_after`, it writes `marker` and SIGKILLs itself. Its output:
+each answer's text, or the error a call raised (its status and message), and what its
+environment held."""
+
+import os
+import signal
+
+from corral.worker import run
+
+
+def one(api, model, text, stream):
+    import anthropic  # (imported by the first call: the worker answers initialize first)
+    import openai
+
+    if api == "messages":
+        client = anthropic.Anthropic(max_retries=0)
+        args = {"model": model, "max_tokens": 64,
+                "messages": [{"role": "user", "content": text}]}
+        if not stream:
+            return client.messages.create(**args).content[0].text
+        with client.messages.stream(**args) as s:
+            return "".join(s.text_stream)
+    client = openai.OpenAI(max_retries=0)
+    if api == "responses":
+        if not stream:
+            return client.responses.create(model=model, input=text).output_text
+        out = []
+        for event in client.responses.create(model=model, input=text, stream=True):
+            if event.type == "response.output_text.delta":
+                out.append(event.delta)
+        return "".join(out)
+    messages = [{"role": "user", "content": text}]
+    if not stream:
+        return client.chat.completions.create(model=model, messages=messages) \
+            .choices[0].message.content
+    out = []
+    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            out.append(chunk.choices[0].delta.content)
+    return "".join(out)
+
+
+def handle(task_input, ctx):
+    api = task_input.get("api", "chat")
+    texts = task_input.get("texts") or [f"{task_input.get('say', 'call')} {i}"
+                                        for i in range(1, int(task_input.get("calls", 1)) + 1)]
+    answers = []
+    for i, text in enumerate(texts, 1):
+        try:
+            answers.append(one(api, task_input["model"], text, task_input.get("stream", False)))
+        except Exception as exc:  # the client library's APIError, said as it was raised
+            answers.append({"error": type(exc).__name__,
+                            "status": getattr(exc, "status_code", None), "message": str(exc)})
+        if ctx.attempt == 1 and task_input.get("stop_after") == i:
+            with open(task_input["marker"], "w") as f:
+                f.write(str(i))
+            os.kill(os.getpid(), signal.SIGKILL)
+    env = dict(os.environ)  # all of it: the test looks for the provider's key there
+    return {"answers": answers, "attempt": ctx.attempt, "env": env}
+
+
+run(handle)

@@ -1,0 +1,275 @@
+"""The model gateway (docs/models.md): agents' model calls through corral with corral's
+key, each call of a task's attempt a step of it.
+
+Real parts throughout: the daemon in this loop, an agent process using the real `openai`
+and `anthropic` client libraries configured by the environment corral gives it
+(tests/model_agent.py), and a stand-in provider on a loopback port speaking both wire
+formats, streaming included, that keeps every request it had
+(tests/servers/model_upstream.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.taskoptions import TaskOptions
+
+from .conftest import ROOT
+from .daemon_harness import PY, config_text, free_port, in_process
+from .servers.model_upstream import USAGE_IN, USAGE_OUT, StandIn
+
+HERE = Path(__file__).parent
+KEY = "sk-provider-SECRET-0123456789abcdef"  # the provider's key: corral's alone
+ANTHROPIC_KEY = "sk-ant-provider-SECRET-fedcba9876543210"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[StandIn]:
+    stand_in = StandIn()
+    await stand_in.start()
+    try:
+        yield stand_in
+    finally:
+        await stand_in.close()
+
+
+def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "") -> str:
+    (tmp / "anthropic.key").write_text(ANTHROPIC_KEY + "\n")
+    return textwrap.dedent(f"""
+        [agents.writer]
+        command = ["{PY}", "{HERE}/model_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}", PROVIDER_KEY_SEEN = "no" }}
+        retries = 1
+        backoff_initial = 0.05
+        {agent_extra}
+
+        [gateway]
+        listen = "127.0.0.1:{free_port()}"
+
+        [models.gpt-small]
+        url = "{upstream}/v1"
+        format = "openai"
+        key_env = "CORRAL_TEST_PROVIDER_KEY"
+        {models_extra}
+
+        [models.claude-small]
+        url = "{upstream}"
+        format = "anthropic"
+        key_file = "{tmp}/anthropic.key"
+        model = "claude-upstream-name"
+    """)
+
+
+@pytest.fixture(autouse=True)
+def provider_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's own environment holds the key (key_env); the agent's never does."""
+    monkeypatch.setenv("CORRAL_TEST_PROVIDER_KEY", KEY)
+
+
+async def run_task(d: Any, task_input: dict[str, Any]) -> Any:
+    return await d.sup.tasks.run("writer", task_input, TaskOptions(timeout=60))
+
+
+@pytest.mark.parametrize(("api", "model", "key"), [("chat", "gpt-small", KEY),
+                                                   ("responses", "gpt-small", KEY),
+                                                   ("messages", "claude-small", ANTHROPIC_KEY)])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_agents_client_reaches_the_upstream_through_corral_with_corrals_key(
+        tmp_path: Path, upstream: StandIn, api: str, model: str, key: str,
+        stream: bool) -> None:
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        res = await run_task(d, {"api": api, "model": model, "calls": 2, "stream": stream})
+        assert res.status == "succeeded", res
+        assert res.output["answers"] == ["echo: call 1", "echo: call 2"]
+        assert [r["key"] for r in upstream.requests] == [key, key]
+        env = res.output["env"]
+        assert env["OPENAI_BASE_URL"].endswith("/v1")
+        assert env["OPENAI_API_KEY"] == env["ANTHROPIC_API_KEY"] != key
+        if model == "claude-small":  # the upstream's name of it, as the config says
+            assert {r["body"]["model"] for r in upstream.requests} == {"claude-upstream-name"}
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None
+        assert (usage.input_tokens, usage.output_tokens) == (2 * USAGE_IN, 2 * USAGE_OUT)
+
+
+def lines_of(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.mark.parametrize(("api", "model", "stream"), [("chat", "gpt-small", False),
+                                                      ("messages", "claude-small", True)])
+async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
+        tmp_path: Path, upstream: StandIn, api: str, model: str, stream: bool) -> None:
+    """3 calls, the worker SIGKILLed after the 3rd: its retry is answered from the task's
+    steps (the same answers, a stream as the same stream), the upstream has each call
+    once, and the task's usage counts each once."""
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        res = await run_task(d, {"api": api, "model": model, "calls": 4, "stream": stream,
+                                 "stop_after": 3, "marker": str(tmp_path / "marker")})
+        assert res.status == "succeeded", res
+        assert res.output["answers"] == [f"echo: call {i}" for i in range(1, 5)]
+        assert res.output["attempt"] == 2
+        sent = [last for r in upstream.requests
+                for last in [r["body"]["messages"][-1]["content"]]]
+        assert sent == ["call 1", "call 2", "call 3", "call 4"]  # none twice
+        first, second = res.attempts
+        assert first.outcome == "lost" and second.outcome == "succeeded"
+        assert second.replayed == 3
+        info = await d.sup.tasks.info(res.task_id)
+        assert info.usage is not None
+        assert (info.usage.input_tokens, info.usage.output_tokens) == (4 * USAGE_IN,
+                                                                       4 * USAGE_OUT)
+        stats = d.services.gateway_status()["models"]
+        assert (stats["models"][model]["calls"], stats["models"][model]["replayed"]) == (7, 3)
+        assert stats["unattributed"] == 0
+
+
+async def test_a_call_past_a_token_budget_is_refused_naming_the_budget(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """tokens_per_minute 20 and 15 tokens a call: the 3rd call is refused in the
+    provider's format (the client raises its RateLimitError) naming the budget, and
+    never reaches the upstream."""
+    toml = fleet(tmp_path, upstream.url, agent_extra="tokens_per_minute = 20")
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 3})
+        assert res.status == "succeeded", res
+        first, second, third = res.output["answers"]
+        assert (first, second) == ("echo: call 1", "echo: call 2")
+        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        assert "budget exceeded: agent writer's tokens_per_minute is 20, 30 used; room " \
+               "again at " in third["message"]
+        assert upstream.calls() == 2
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None and usage.input_tokens + usage.output_tokens == 30
+        # read by the SDK from OpenAI's error body ({"error": {"message": ...}})
+        assert third["message"].startswith("Error code: 429 - budget exceeded: ")
+
+
+async def test_another_tenants_model_and_another_agents_are_refused(
+        tmp_path: Path, upstream: StandIn) -> None:
+    toml = fleet(tmp_path, upstream.url) + textwrap.dedent(f"""
+        [tenants.acme]
+
+        [models.acme-only]
+        url = "{upstream.url}/v1"
+        format = "openai"
+        tenant = "acme"
+
+        [models.for-others]
+        url = "{upstream.url}/v1"
+        format = "openai"
+        agents = ["reviewer-*"]
+    """)
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "chat", "model": "acme-only", "calls": 1})
+        (theirs,) = res.output["answers"]
+        assert (theirs["error"], theirs["status"]) == ("NotFoundError", 404)
+        assert "model 'acme-only' is not served by corral to agent writer (its models: " \
+               "claude-small, for-others, gpt-small)" in theirs["message"]
+        res = await run_task(d, {"api": "chat", "model": "for-others", "calls": 1})
+        (not_mine,) = res.output["answers"]
+        assert (not_mine["error"], not_mine["status"]) == ("PermissionDeniedError", 403)
+        assert "model for-others is not for agent writer (models.for-others.agents: " \
+               "reviewer-*)" in not_mine["message"]
+        res = await run_task(d, {"api": "messages", "model": "gpt-small", "calls": 1})
+        (wrong,) = res.output["answers"]
+        assert (wrong["error"], wrong["status"]) == ("BadRequestError", 400)
+        assert "model gpt-small speaks the openai format, not that of /v1/messages" \
+            in wrong["message"]
+        assert upstream.calls() == 0
+
+
+async def test_the_agent_never_sees_the_provider_key(tmp_path: Path,
+                                                     upstream: StandIn) -> None:
+    """Not in its environment (/proc), not in what corral writes (logs, the state
+    database and its journal of answers), not in any answer: an upstream's error that
+    quotes the key it was sent reaches the agent with the key hidden."""
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small",
+                                 "texts": ["hello", "status 401"]})
+        assert res.status == "succeeded", res
+        hello, failed = res.output["answers"]
+        assert hello == "echo: hello"
+        assert (failed["error"], failed["status"]) == ("AuthenticationError", 401)
+        assert "Incorrect API key provided: ***. (stand-in 401)" in failed["message"]
+        res2 = await run_task(d, {"api": "messages", "model": "claude-small",
+                                  "texts": ["status 401"]})
+        assert "Incorrect API key provided: ***." in res2.output["answers"][0]["message"]
+        # the upstream had the real keys
+        assert [r["key"] for r in upstream.requests] == [KEY, KEY, ANTHROPIC_KEY]
+        # its whole environment as it saw it (/proc/PID/environ holds its process title
+        # since the SDK set it), and every answer
+        environ = res.output["env"]
+        assert environ["OPENAI_API_KEY"] == environ["CORRAL_MCP_TOKEN"]
+        for key in (KEY, ANTHROPIC_KEY):
+            assert key not in repr(res.output) + repr(res2.output)
+        await d.sup.tasks.steps.journal.stored()
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert KEY.encode() not in data and ANTHROPIC_KEY.encode() not in data, path
+
+
+@pytest.mark.parametrize(("api", "model"), [("chat", "gpt-small"),
+                                            ("messages", "claude-small")])
+async def test_a_stream_cut_by_the_upstream_is_cut_for_the_agent_and_not_journaled(
+        tmp_path: Path, upstream: StandIn, api: str, model: str) -> None:
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        res = await run_task(d, {"api": api, "model": model, "stream": True,
+                                 "texts": ["cut", "after"]})
+        assert res.status == "succeeded", res
+        cut, after = res.output["answers"]
+        assert isinstance(cut, dict) and cut["status"] is None, cut  # a broken stream
+        assert after == "echo: after"
+        stats = d.services.gateway_status()["models"]["models"][model]
+        assert (stats["calls"], stats["cut"], stats["errors"]) == (2, 1, 0)
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None and usage.input_tokens == USAGE_IN  # the whole one's
+    log = lines_of(tmp_path / "state" / "logs" / "writer.log")
+    assert f"model {model}: the upstream's stream failed" in log or \
+        f"model {model}: the upstream's stream ended before its last event" in log
+
+
+def test_a_key_the_daemon_cannot_read_stops_its_start_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORRAL_TEST_PROVIDER_KEY")
+    config = tmp_path / "corral.toml"
+    config.write_text(config_text(fleet(tmp_path, "http://127.0.0.1:9"),
+                                  tmp_path / "corral.sock", tmp_path / "state"))
+    r = subprocess.run([PY, "-m", "corral", "daemon", "--config", str(config)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode != 0
+    assert "invalid config: models.gpt-small.key_env: the daemon's environment variable " \
+           "CORRAL_TEST_PROVIDER_KEY is not set" in r.stderr
+
+
+@pytest.mark.parametrize(("table", "said"), [
+    ('[models.m]\nurl = "ftp://h"\nformat = "openai"',
+     "models.m: url 'ftp://h' is not an http:// or https:// URL"),
+    ('[models.m]\nurl = "http://h"\nformat = "openai"\nkey_env = "A"\nkey_file = "b"',
+     "models.m: give key_env or key_file, not both"),
+    ('[models.m]\nurl = "http://h"\nformat = "gemini"',
+     "models.m.format: Invalid enum value 'gemini' (valid: 'anthropic', 'openai')"),
+    ('[models."a b"]\nurl = "http://h"\nformat = "openai"',
+     "models.'a b': a model's name is 1 to 200 letters, digits and . _ : / @ + -, "
+     "beginning with a letter or a digit"),
+    ('[models.m]\nurl = "http://h"\nformat = "openai"\ntenant = "nobody"',
+     "models.m.tenant: no tenant nobody (declared: default)"),
+])
+def test_a_models_table_is_checked_naming_the_key(tmp_path: Path, table: str,
+                                                  said: str) -> None:
+    from corral.supervisor.config import ConfigError
+    from corral.supervisor.configload import load_config
+
+    path = tmp_path / "corral.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {said}"
