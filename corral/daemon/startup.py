@@ -224,7 +224,8 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService
     from .models.gateway import ModelGateway
 
     models = ModelGateway(parts.tasks, parts.agents,
-                          lambda token: gateway.replica_tokens.get(hash_token(token)))
+                          lambda token: gateway.replica_tokens.get(hash_token(token)),
+                          gateway.attribution)
     try:
         models.configure(conf.cfg.models, conf.dir)
     except ConfigError as exc:

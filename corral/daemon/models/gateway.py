@@ -9,7 +9,8 @@ when its tenant is over the model's rate, or when the agent or its tenant is ove
 token or cost budget. A call of a task's attempt (the replica runs that one task) is a
 step of the task: journaled with its answer before the agent has all of it, answered
 from the journal on a retry (no upstream call), its usage counted once, from what the
-upstream said."""
+upstream said. Which attempt a call is for is told as for the MCP gateway's calls
+(attribution.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
 from ...text import iso_time
+from ..attribution import Attribution, mark_of
 from . import answers
 from .answers import AnswerRecord, Relay, StreamCut
 from .keys import hidden, read_keys
@@ -89,10 +91,12 @@ class ModelCounter:
 
 class ModelGateway:
     def __init__(self, tasks: TaskManager, agents: Agents,
-                 replica_of: Callable[[str], ProcessReplica | None]) -> None:
-        self.tasks = tasks  # their attempts, steps and budgets
+                 replica_of: Callable[[str], ProcessReplica | None],
+                 attribution: Attribution) -> None:
+        self.tasks = tasks  # their steps and budgets
         self.agents = agents
         self.replica_of = replica_of  # a token -> the replica it was given to, or None
+        self.attribution = attribution  # a call's task attempt, as the MCP gateway's
         self.models: dict[str, ModelSpec] = {}
         self.keys: dict[str, str | None] = {}
         self.taken: dict[str, str] = {}  # key_env variables taken out of the environment
@@ -166,7 +170,7 @@ class ModelGateway:
             raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
         spec = self._usable(found, name, endpoint)
         self._admit_now(found, name, spec)
-        return ModelCall(endpoint, name, spec, found, self._attempt(found), body,
+        return ModelCall(endpoint, name, spec, found, self._attempt(found, request), body,
                          self._sent(raw, body, spec, endpoint), body.get("stream") is True)
 
     def _usable(self, replica: Replica, name: str, endpoint: Endpoint) -> ModelSpec:
@@ -209,17 +213,19 @@ class ModelGateway:
                                     f"{held.budget} is {held.limit:g}, {held.used:g} used; "
                                     f"room again at {iso_time(held.until)}")
 
-    def _attempt(self, replica: Replica) -> Task | None:
-        """The task attempt a call of `replica` belongs to: the one task it runs (one
-        running several tells none of them apart: helper tokens per attempt are to)."""
-        if replica.tasks_running != 1:
+    def _attempt(self, replica: Replica, request: web.Request) -> Task | None:
+        """The task attempt a call of `replica` is for, as the MCP gateway's are told
+        (attribution.py): the attempt its address names (`?task=ID&attempt=N`), else the
+        one task of a replica that runs one at a time; else none (counted)."""
+        try:
+            task = self.attribution.task_of(replica, mark_of(request.query))
+        except ValueError as exc:
+            raise ModelRefusal(400, str(exc)) from None
+        except RpcError as exc:
+            raise ModelRefusal(404, exc.message) from None
+        if task is None:
             self.unattributed += 1
-            return None
-        for task in self.tasks.active.values():
-            if task.replica is replica and task.running:
-                return task
-        self.unattributed += 1
-        return None
+        return task
 
     @staticmethod
     def _sent(raw: bytes, body: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> bytes:
