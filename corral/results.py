@@ -111,6 +111,7 @@ __all__ = [
     "Stopping",
     "SupervisorStats",
     "TaskAccepted",
+    "TaskChunk",
     "TaskCounts",
     "TaskFailure",
     "TaskInfo",
@@ -781,6 +782,21 @@ class MetricsHistoryResult(Result):
     since: float  # the wall time asked from
     samples: list[MetricsSample]  # oldest first
     truncated: bool  # more samples than one answer carries: the newest are given
+
+
+# -- a task's live output (docs/streams.md) -------------------------------------------------
+class TaskChunk(Result):
+    """`tasks.output`: a chunk of a task's live output, at its position (`id`, given back
+    as last_event_id to resume after it)."""
+
+    id: str  # ATTEMPT-N
+    task_id: str
+    attempt: int
+    n: int
+    data: str
+    # the stream's own word in place of the chunk that reached a bound (`data` names
+    # it): the attempt's later output is not kept
+    truncated: bool = False
 
 
 # -- watching the fleet live (issue 21) ------------------------------------------------------

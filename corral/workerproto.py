@@ -138,6 +138,14 @@ class TaskProgressParams(WorkerParams):
     message: str | None = None
 
 
+class TaskOutputParams(WorkerParams):
+    """A chunk of the running task's output, for whoever follows its stream
+    (supervisor/tasks/output.py)."""
+
+    task_id: str
+    data: str
+
+
 class UsageReportParams(WorkerParams):
     """Amounts are checked for range where they are counted (tasks/budget.py): a report
     out of range is counted as ignored, as one of the wrong shape is."""
@@ -240,6 +248,7 @@ METHODS: dict[str, WorkerMethod] = {m.name: m for m in (
     WorkerMethod("prompts/list", "worker", False, PromptsListParams),
     WorkerMethod("prompts/get", "worker", False, PromptsGetParams),
     WorkerMethod("task/progress", "worker", True, TaskProgressParams),
+    WorkerMethod("task/output", "worker", True, TaskOutputParams),
     WorkerMethod("usage/report", "worker", True, UsageReportParams),
     WorkerMethod("events/publish", "worker", True, EventsPublishParams),
     WorkerMethod("events/subscribe", "worker", False, EventsSubscribeParams),

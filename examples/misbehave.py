@@ -28,6 +28,7 @@ As a task, by its input {"do": WHAT, ...}:
                 "sleep"} sleep until cancelled; from it, return {"attempt": ctx.attempt}
   block         sleep {"seconds": S} ignoring cancellation
   stray         answer a request id and report progress for a task it was never given
+  emit          send each of {"chunks": [...]} as the task's live output (ctx.emit)
   progress      report {"steps": N} progress steps, then return; with {"hold": PATH},
                 wait after the first step until PATH exists (up to a minute)
   tools         call {"tool": NAME} {"times": N} times, return the results or the error
@@ -164,6 +165,10 @@ def handle(task, ctx):
         ctx._worker._send({"jsonrpc": "2.0", "id": 424242, "result": {"output": "stray"}})
         ctx._worker.notify("task/progress", {"task_id": "never-given", "progress": 1})
         return {"strayed": True}
+    if what == "emit":
+        for chunk in task.get("chunks", []):
+            ctx.emit(chunk)
+        return {"emitted": len(task.get("chunks", []))}
     if what == "progress":
         for i in range(int(task.get("steps", 3))):
             ctx.progress(i + 1, task.get("steps", 3), f"step {i + 1}")

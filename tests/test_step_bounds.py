@@ -194,9 +194,10 @@ async def test_a_tenants_caller_cannot_lift_max_step_bytes(
 
 async def test_a_tenants_caller_cannot_lift_what_its_agent_makes_the_daemon_keep(
         daemon: tuple[Daemon, str]) -> None:
-    """Sessions (their count and state) and spawn trees (fan-out and depth) are bounded
-    by keys of the agent's: a tenant's caller may lower each, never lift one past its
-    default (0 is no bound for the sessions' keys, none at all for a spawn's)."""
+    """Sessions (their count and state), live output and spawn trees (fan-out and depth)
+    are bounded by keys of the agent's: a tenant's caller may lower each, never lift one
+    past its default (0 is no bound for the sessions' and the output's keys, none at all
+    for a spawn's)."""
     d, base = daemon
     secrets = await tokens(d)
     for key, value, theirs in (
@@ -205,6 +206,10 @@ async def test_a_tenants_caller_cannot_lift_what_its_agent_makes_the_daemon_keep
                                      "max_sessions)"),
             ("max_session_bytes", 0, "the default 1073741824 (tenant globex sets no "
                                      "max_session_bytes)"),
+            ("max_stream_bytes", 0, "the default 16777216 (tenant globex sets no "
+                                    "max_stream_bytes)"),
+            ("max_stream_bytes", 16777217, "the default 16777216 (tenant globex sets no "
+                                           "max_stream_bytes)"),
             ("max_children", 1001, "the default 1000"),
             ("max_spawn_depth", 4, "the default 3")):
         status, body = await add(base, secrets["globex-ci"], "greedy", "globex",

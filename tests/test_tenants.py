@@ -626,6 +626,7 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
         "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
         "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         "traces.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
+        "tasks.stream": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         # the bus is split by tenant: tests/test_tenants_fair.py tries another's
         "events.publish": ("own", None, None),
         "events.follow": ("own", None, None),

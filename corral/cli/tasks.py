@@ -103,16 +103,59 @@ def submit_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: 
     click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
 
 
+def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.TaskResult:
+    """Follow the task's live output (tasks.stream), each chunk printed as it comes (as
+    JSON lines with --json); a daemon gone meanwhile is reconnected to and the stream
+    resumed after the last chunk printed. The task's outcome once it has ended."""
+    last: list[str] = []
+
+    def on_chunk(method: str, params: Any) -> None:
+        if method != "tasks.output":
+            return
+        last[:] = [params["id"]]
+        if as_json:
+            click.echo(json.dumps(params))
+        elif params.get("truncated"):
+            click.echo(f"\ncorral: {params['data']}", err=True)
+        else:
+            sys.stdout.write(params["data"])
+            sys.stdout.flush()
+
+    deadline = None
+    while True:
+        try:
+            with obj.client(wait_forever=True) as c:
+                info: m.TaskInfo = c.ask(m.TasksStream(
+                    task_id=task_id, last_event_id=last[0] if last else None),
+                    on_notification=on_chunk)
+                break
+        except Unreachable as exc:
+            deadline = deadline or time.monotonic() + reconnect
+            if time.monotonic() >= deadline:
+                click.echo(f"corral: {exc}", err=True)
+                sys.exit(EXIT_UNREACHABLE)
+            time.sleep(0.2)
+        except CallFailed as exc:
+            click.echo(f"corral: {exc.message}", err=True)
+            sys.exit(EXIT_FAILED)
+    if last and not as_json:
+        click.echo()  # the output's last line ended, before the result
+    return m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
+
+
 @command(m.TasksRun, more="\n\nExits 0 only when the task succeeded.")
 @task_options
 @click.option("--detach", is_flag=True, help="Print the task id and return at once "
                                              "(as `corral submit`).")
+@click.option("--stream", "stream", is_flag=True,
+              help="Print the task's live output as it comes (what its agent sends with "
+                   "ctx.emit), then its result.")
 @reconnect_option
 @json_option
 @pass_ctx
 def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
-             tracestate: str | None, detach: bool, reconnect: float, as_json: bool,
-             **flags: Any) -> None:
+             tracestate: str | None, detach: bool, stream: bool, reconnect: float,
+             as_json: bool, **flags: Any) -> None:
     task_input = _read_input(input_)
     accepted: list[str] = []
     asked: dict[str, Any] = {"agent": agent, "input": task_input, "local": local,
@@ -133,6 +176,10 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
         return
     params = m.TasksRun(**asked)
     res: m.TaskResult
+    if stream:  # its output is read back by position: from its first chunk on
+        task_id = obj.call(m.TasksSubmit(**asked)).task_id
+        _finish(_streamed(obj, task_id, reconnect, as_json), as_json)
+        return
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
         # sleeping agent, a budget, an unready replica): no client timeout
@@ -144,6 +191,11 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
             sys.exit(EXIT_UNREACHABLE)
         info = _wait_again(obj, accepted[0], reconnect)
         res = m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
+    _finish(res, as_json)
+
+
+def _finish(res: m.TaskResult, as_json: bool) -> None:
+    """Print a run's outcome; exit 1 unless it succeeded."""
     if as_json:
         print_json(res)
     elif res.status == "succeeded":

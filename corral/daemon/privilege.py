@@ -18,10 +18,11 @@ knows what runs is not what it asked for:
 - `release` (a package the operator deployed, for this agent: a rollback may restore
   one the agent ran before, nothing else may name one);
 - a bound on what the agent makes the daemon keep (`CEILINGS`: `max_step_bytes`, what
-  one task journals; `max_sessions` and `max_session_bytes`, its sessions' count and
-  state; `max_children` and `max_spawn_depth`, a spawn tree's reach) lifted past its
-  tenant's own (the `[tenants.NAME]` key of the same name, where there is one) or, when
-  the tenant sets none, past the default, or set to 0 where 0 means no bound (issue 52).
+  one task journals; `max_stream_bytes`, its live output; `max_sessions` and
+  `max_session_bytes`, its sessions' count and state; `max_children` and
+  `max_spawn_depth`, a spawn tree's reach) lifted past its tenant's own (the
+  `[tenants.NAME]` key of the same name, where there is one) or, when the tenant sets
+  none, past the default, or set to 0 where 0 means no bound (issue 52).
   The default itself passes, whatever the tenant's: its tenant's, if smaller, bounds the
   agent when it runs.
 
@@ -138,6 +139,7 @@ class Ceiling(NamedTuple):
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in msgspec.structs.fields(AgentSpec)}
 CEILINGS = (Ceiling("max_step_bytes", tenant_has=True, zero_unbounded=True),
+            Ceiling("max_stream_bytes", tenant_has=True, zero_unbounded=True),
             Ceiling("max_sessions", tenant_has=True, zero_unbounded=True),
             Ceiling("max_session_bytes", tenant_has=True, zero_unbounded=True),
             Ceiling("max_children", tenant_has=False, zero_unbounded=False),

@@ -51,6 +51,7 @@ from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
 from .logfiles import Rotation
 from .logs import LogDirError, LogHub
+from .outputjournal import OutputsDB
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change
 from .schedules import Ledger, LocalLedger, ScheduleService, schedule_agents, starter
@@ -368,6 +369,11 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 own.push_async_callback(steps.close)
                 await asyncio.to_thread(steps.recover)  # the step log a kill left
                 parts.tasks.steps.journal = steps
+                # tasks' live output (docs/streams.md), kept and pruned with their tasks
+                outputs = OutputsDB(store.path, store.thread, on_error=error)
+                own.push_async_callback(outputs.close)
+                await asyncio.to_thread(outputs.load)
+                parts.tasks.outputs.journal = outputs
                 # the budgets' windows as the journaled tasks' usage left them
                 for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):

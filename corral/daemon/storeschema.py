@@ -461,6 +461,19 @@ MIGRATIONS: list[Migration] = [
     DROP TABLE team_steps;
     DROP TABLE team_calls;
     """,
+    # 24: tasks' live output (outputjournal.py, docs/streams.md): a row a chunk, at its
+    # position (the attempt, and n from 1 within it); `truncated`: the stream's own word
+    # that a bound was reached
+    """
+    CREATE TABLE task_output (
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (task_id, attempt, n)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

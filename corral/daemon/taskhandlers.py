@@ -1,6 +1,7 @@
 """The tasks methods' handlers (corral.methods.tasks): a task submitted, run, read, listed
-or cancelled through the task front (local, or the cluster's), and a task's trace. They
-take the tasks' services alone (`TaskServices`), made from the daemon's once."""
+or cancelled through the task front (local, or the cluster's), a task's trace, and its
+live output (read back by position from the engine's output journal). They take the
+tasks' services alone (`TaskServices`), made from the daemon's once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..supervisor.tasks.output import START, TaskOutputs, position_of
 from .api import Commands
 from .caller import Caller, Channel
 from .services import Services
@@ -27,10 +29,11 @@ class TaskServices:
     # it reaches the team (teams/service.py seen_team)
     teams: TeamService
     traces: Traces | None  # with [tracing]
+    outputs: TaskOutputs  # the engine's tasks' live output
 
 
 def task_services(d: Services) -> TaskServices:
-    return TaskServices(d.tasks, d.teams, d.traces)
+    return TaskServices(d.tasks, d.teams, d.traces, d.task_engine.outputs)
 
 
 COMMANDS: Commands[Services, TaskServices] = Commands(task_services)
@@ -88,3 +91,27 @@ async def traces_get(t: TaskServices, p: m.TracesGet, caller: Caller, c: Channel
                        "table to the config (docs/tracing.md); it is read at start: restart "
                        "the daemon or `corral upgrade`")
     return await t.traces.trace(p.task_id)
+
+
+@implements(m.TasksStream)
+async def tasks_stream(t: TaskServices, p: m.TasksStream, caller: Caller, c: Channel
+                       ) -> m.TaskInfo:
+    """The caller costs the daemon its position: while its channel is not writable the
+    handler waits, and what the task writes meanwhile is kept in the journal."""
+    after = START
+    if p.last_event_id is not None:
+        try:
+            after = position_of(p.last_event_id)
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"last_event_id: {exc}") from None
+    info = await t.tasks.get(p.task_id, wait=False)  # an unknown task: not found
+    seen_team(caller, t.teams, info.agent, p.task_id)
+    c.notify("tasks.task", info)  # as it is when the stream begins (SSE opens here)
+    async for chunks in t.outputs.follow(p.task_id, after):
+        for chunk in chunks:
+            if not c.writable.is_set():
+                await c.writable.wait()
+            c.notify("tasks.output", m.TaskChunk(
+                id=chunk.id, task_id=chunk.task_id, attempt=chunk.attempt, n=chunk.n,
+                data=chunk.data, truncated=chunk.truncated))
+    return await t.tasks.get(p.task_id, wait=False)

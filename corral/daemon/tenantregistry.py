@@ -41,7 +41,8 @@ Report = Callable[..., None]
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
             "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network", "user",
-            "max_gateway_sessions", "max_step_bytes", "max_step_journal_bytes")
+            "max_gateway_sessions", "max_step_bytes", "max_step_journal_bytes",
+            "max_stream_bytes", "max_stream_journal_bytes")
 REVISION_PREFIX = "tenant:"
 
 

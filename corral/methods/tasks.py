@@ -68,6 +68,22 @@ class TasksSubmit(TaskParams):
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
 
 
+@method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True,
+        seen="task_owner", routes=(
+    rest("GET", "/tasks/{task_id}/stream", "A task's live output (SSE): each chunk as it "
+         "comes, resumable with Last-Event-ID, then the task as `result`",
+         path_params={"task_id": "task_id"}, stream="tasks.output"),
+))
+class TasksStream(Params):
+    """A task's live output: the task as it is (`tasks.task`), then each chunk as a
+    `tasks.output` notification with its position (`id`), from the first or after
+    `last_event_id`, until the task has ended and every chunk kept is sent; then the
+    task, as tasks.get answers it."""
+
+    task_id: str
+    last_event_id: str | None = None  # resume after this chunk (an id the stream gave)
+
+
 @method("tasks.list", result=TaskList, scope="tasks:read", seen="tasks", cli="tasks",
         dashboard=True, routes=(
     rest("GET", "/tasks", "Recent tasks, newest last, a page at a time",

@@ -37,6 +37,8 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 # an agent's max_step_bytes unless it says, and the most a tenant's caller may give one
 # when its tenant sets none (daemon/privilege.py)
 STEP_BYTES = 64 * 1024 * 1024
+# an agent's max_stream_bytes unless it says (one task's live output: tasks/output.py)
+STREAM_BYTES = 16 * 1024 * 1024
 
 
 ExitCode = Annotated[int, Meta(ge=0, le=255)]
@@ -279,6 +281,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     replay: bool = True
     replay_tools: list[str] = []
     max_step_bytes: NonNegInt = STEP_BYTES
+    # a task's live output (`task/output`, docs/streams.md) past this many bytes is not
+    # kept, and its stream says so (0: no bound)
+    max_stream_bytes: NonNegInt = STREAM_BYTES
     # code-first orchestration (task/spawn, docs/workflows.md#spawn): the agents (globs)
     # its tasks may start children of, how deep children may spawn, how many per task
     spawns: list[str] = []
@@ -639,6 +644,10 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # agent's max_step_bytes), and its unfinished tasks together (supervisor/tasks/steps.py)
     max_step_bytes: NonNegInt = 0
     max_step_journal_bytes: NonNegInt = 0
+    # live output: one task of its agents may keep (the smaller of this and its agent's
+    # max_stream_bytes), and its unfinished tasks together (supervisor/tasks/output.py)
+    max_stream_bytes: NonNegInt = 0
+    max_stream_journal_bytes: NonNegInt = 0
 
     def check(self) -> None:
         if self.dir is not None and not os.path.isabs(self.dir):

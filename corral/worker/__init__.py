@@ -348,6 +348,13 @@ class Context(Spawning):
             params["message"] = message
         self._worker.notify("task/progress", params)
 
+    def emit(self, data: str) -> None:
+        """A chunk of this task's live output (`task/output`): kept by corral for whoever
+        follows the task (`corral run --stream`), so it waits for no reader."""
+        if not isinstance(data, str):
+            raise TypeError(f"emit: data must be a string, not {type(data).__name__}")
+        self._worker.notify("task/output", {"task_id": self.task_id, "data": data})
+
     def report_usage(self, input_tokens: int = 0, output_tokens: int = 0,
                      cost_usd: float = 0.0, model: str | None = None) -> None:
         """Tell corral what this task spent on a model (a `usage/report` notification):

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from corral import methods as m
+from corral.cli.client import Client
 from corral.daemon.tasks.clustered import NOT_KEPT
 from corral.supervisor.config import AgentSpec
 
@@ -192,7 +193,32 @@ def team_call(a: Node, b: Node) -> str:
     return "local"
 
 
-FEATURE_PROBES: dict[str, Callable[[Node, Node], str]] = {"team calls": team_call}
+def chunks_on(n: Node, task_id: str) -> list[str]:
+    """The chunks node `n`'s stream of the task holds, once the task has ended."""
+    chunks: list[str] = []
+
+    def took(method: str, params: Any) -> None:
+        if method == "tasks.output":
+            chunks.append(params["data"])
+
+    with Client(n.sock) as c:
+        info = c.call("tasks.stream", {"task_id": task_id}, took)
+    assert info["status"] == "succeeded", info
+    return chunks
+
+
+def live_output(a: Node, b: Node) -> str:
+    """A task's live output is kept by the node that runs it and followed there: b's;
+    its stream on a holds no chunk (the task's end alone)."""
+    got = a.call("tasks.submit", {"agent": "w", "input": {"do": "emit", "chunks": ["x", "y"]},
+                                  "wait": 60})
+    assert got["status"] == "succeeded", got
+    assert (chunks_on(a, got["task_id"]), chunks_on(b, got["task_id"])) == ([], ["x", "y"])
+    return "local"
+
+
+FEATURE_PROBES: dict[str, Callable[[Node, Node], str]] = {"team calls": team_call,
+                                                          "live output": live_output}
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
     "agent": echo, "input": echo, "wait": echo, "timeout": timeout, "priority": priority,

@@ -16,7 +16,9 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   follower's bounded queue counts what it drops (`event: logs.missed`).
 - The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
   notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
-  the method's `last_event_id` (daemon/fleetwatch.py says what it resumes).
+  the method's `last_event_id` (daemon/fleetwatch.py says what it resumes). A call that
+  ends (`/tasks/ID/stream`, tasks.stream) writes out what it sent, then its answer as
+  the last event (`result`, or `error`).
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
 503 with Retry-After, before anything is followed); a stream's socket has a small kernel
@@ -42,6 +44,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
+from ...methods import REGISTRY
 from ...supervisor.events import Of, Viewer, agent_of, reaches, seen_by
 from ..api import Dispatcher
 from ..caller import Caller
@@ -413,9 +416,9 @@ class SseChannel:
     """A follow's Channel onto one SSE response, bounded: past HIGH_WATER bytes not yet
     written it stops being writable, and the follow holds (its own queue is bounded)."""
 
-    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+    def __init__(self, request: web.Request) -> None:
         self.request = request
-        self.response = response
+        self.response: web.StreamResponse | None = None  # opened after the call's checks
         self.frames: deque[bytes] = deque()
         self.pending = 0
         self._writable = asyncio.Event()
@@ -439,26 +442,48 @@ class SseChannel:
         self.wake.set()
 
     async def pump(self) -> None:
+        response = self.response
+        assert response is not None  # (started once it is open)
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE):  # no task per wait, as wait_for's
                     await self.wake.wait()
             except TimeoutError:
-                await send(self.request, self.response, b": keepalive\n\n")
+                await send(self.request, response, b": keepalive\n\n")
                 continue
             self.wake.clear()
             while self.frames:
                 data = self.frames.popleft()
-                await send(self.request, self.response, data)
+                await send(self.request, response, data)
                 self.pending -= len(data)
                 if self.pending <= HIGH_WATER // 2:
                     self._writable.set()
 
 
+async def _ended(request: web.Request, response: web.StreamResponse, channel: SseChannel,
+                 run: asyncio.Future[Any], pump: asyncio.Future[Any]) -> None:
+    """A call that ends (tasks.stream, once its task has): what it sent is written out,
+    then its answer as the stream's last event, `result` (or `error`, a problem)."""
+    pump.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pump
+    for data in channel.frames:
+        await send(request, response, data)
+    channel.frames.clear()
+    exc = run.exception()
+    if exc is None:
+        await send(request, response, frame(None, "result", msgspec.json.encode(run.result())))
+    elif isinstance(exc, jsonrpc.RpcError):
+        await send(request, response, frame(None, "error", msgspec.json.encode(
+            {"code": exc.code, "detail": exc.message})))
+
+
 async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Caller,
                  method: str, params: Any, stop: asyncio.Future[None] | None = None
                  ) -> web.StreamResponse:
-    """The client's own call, until it ends, the client goes, or `stop`."""
+    """The client's own call, until it ends, the client goes, or `stop`. A call that
+    ends (tasks.stream) opens the stream at its first notification: refused before it
+    (a task not found, a position not of the stream), it answers problem+json."""
     last = _last_id(request)
     if last is not None and method == "logs.follow":
         with contextlib.suppress(ValueError):
@@ -467,19 +492,32 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     elif last is not None and "last_event_id" in params.__struct_fields__:
         params = msgspec.structs.replace(params, last_event_id=last)
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
-    response = await open_stream(request)
-    channel = SseChannel(request, response)
+    channel = SseChannel(request)
     run = asyncio.ensure_future(dispatcher.call(caller, method, params, channel))
-    pump = asyncio.ensure_future(channel.pump())
+    pump: asyncio.Future[None] | None = None
     try:
+        if not REGISTRY[method].endless:
+            first = asyncio.ensure_future(channel.wake.wait())
+            await asyncio.wait({run, first}, return_when=asyncio.FIRST_COMPLETED)
+            first.cancel()
+            if run.done() and not channel.frames and isinstance(run.exception(),
+                                                                jsonrpc.RpcError):
+                exc = run.exception()
+                assert isinstance(exc, jsonrpc.RpcError)
+                return route.rpc_problem(exc)
+        response = channel.response = await open_stream(request)
+        pump = asyncio.ensure_future(channel.pump())
         waits: set[asyncio.Future[Any]] = {run, pump}
         if stop is not None:
             waits.add(stop)
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if run.done() and not pump.done():
+            await _ended(request, response, channel, run, pump)
     finally:
-        for task in (run, pump):
+        tasks = [run] if pump is None else [run, pump]
+        for task in tasks:
             task.cancel()
-        for task in (run, pump):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError,
                                      Exception):
                 await task

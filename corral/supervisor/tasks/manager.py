@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -45,6 +45,7 @@ from ...workerproto import (
     StepGetParams,
     StepPutParams,
     TaskCheckpointParams,
+    TaskOutputParams,
     TaskProgressParams,
     ToolsCallParams,
     ToolsListParams,
@@ -70,6 +71,7 @@ from .interceptors import (
 )
 from .lanes import Lanes
 from .model import LOST_IN_RESTART, Task, TaskFinished, TaskRecord
+from .output import START, OutputChunk, position_of
 from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
@@ -133,6 +135,8 @@ class TaskManager:
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
         on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
+        on_notification(sup.worker_notifications, TaskOutputParams, self.worker.on_output)
+        self.outputs = self.worker.outputs  # its journal is the daemon's (outputjournal.py)
         on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
         on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
         self.steps = self.worker.steps  # its journal is the daemon's (steps.py)
@@ -638,6 +642,15 @@ class TaskManager:
         if not task.output_dropped:
             return task.result(decode=True)
         return await self.outcome(task, decode=True)
+
+    async def output(self, task_id: str, after: str | None = None
+                     ) -> AsyncIterator[OutputChunk]:
+        """The task's live output chunk by chunk as it comes (after the chunk whose id is
+        `after`), until the task has ended and every chunk kept is read (output.py)."""
+        start = START if after is None else position_of(after)
+        async for chunks in self.outputs.follow(task_id, start):
+            for chunk in chunks:
+                yield chunk
 
     async def outcome(self, task: Task, *, decode: bool = False) -> TaskResult:
         """A finished task's result, its output read back from the journal if it has

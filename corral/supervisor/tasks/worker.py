@@ -1,6 +1,6 @@
-"""What workers ask of the task manager: `task/progress` (a notification), `tools/call`
-(counted against the task's tool budget, within the agent's allowlist) and `tools/list`;
-their params come decoded (workerproto.py, workercalls.py)."""
+"""What workers ask of the task manager: `task/progress` and `task/output`
+(notifications), `tools/call` (counted against the task's tool budget, within the
+agent's allowlist) and `tools/list`; their params come decoded (workerproto.py, workercalls.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ...workerproto import (
     StepGetParams,
     StepPutParams,
     TaskCheckpointParams,
+    TaskOutputParams,
     TaskProgressParams,
     ToolsCallParams,
     ToolsListParams,
@@ -24,6 +25,7 @@ from ...workerproto import (
 from ..stream import Stream
 from .interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .model import Task, TaskProgress
+from .output import TaskOutputs
 from .steps import TaskSteps
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ class WorkerMethods:
                                              tools.allowed)
         # the task's steps (steps.py): a running task's tool calls are journaled there
         self.steps = TaskSteps(stream, active.get, interceptors)
+        # the tasks' live output (output.py): chunks kept, read back by position
+        self.outputs = TaskOutputs(stream, active)
 
     def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
         task = self.active.get(task_id) if task_id is not None else None
@@ -75,6 +79,13 @@ class WorkerMethods:
         if p.message is not None:
             progress["message"] = p.message
         report_progress(self.stream, task, progress)
+
+    def on_output(self, r: Replica, p: TaskOutputParams) -> None:
+        task = self._task_of(r, p.task_id)
+        if task is None:
+            r.note(f"ignored task/output for a task it is not running: {p.task_id!r:.80}")
+            return
+        self.outputs.put(task, r, p.data)
 
     def on_tool_call(self, r: Replica, p: ToolsCallParams) -> Any:
         name = p.name

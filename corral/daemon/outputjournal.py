@@ -1,0 +1,182 @@
+"""Tasks' live output in the state database (the engine's OutputJournal,
+corral.supervisor.tasks.output; docs/streams.md).
+
+A chunk is a row (`task_output`, keyed by task and position) written through a
+GroupCommit on the daemon's one writer thread, many a transaction. The newest chunks of
+each task being written are kept in memory too (its tail, TAIL_BYTES at most), so that a
+reader keeping up is answered from memory, in the turn the chunk came; one further
+behind reads the rows, once what was put before is committed. A task's tail goes when it
+ends. A restarted daemon learns, for each unfinished task, where its output stopped and
+how much it holds (`load`), so that its next chunks follow on and its bound still counts
+them. The rows go when the task journal prunes their task (`delete_output`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..supervisor.tasks.output import START, OutputChunk, Position
+from .storeschema import connect, errors_named
+from .storewriter import GroupCommit, WriterThread
+
+TAIL_BYTES = 64 * 1024  # of a task's newest output, kept in memory while it is written
+# bytes of output waiting for the writer past which the worker sending it is read no
+# further until they are written (supervisor/tasks/output.py: TaskOutputs._hold)
+BACKLOG_BYTES = 4 << 20
+
+
+class OutputError(Exception):
+    """Output could not be written; the message names the file and SQLite's reason."""
+
+
+class _OutputTail:
+    """A task's newest chunks (`chunks[first:]`), and the position of the last one not
+    among them (`before`: START when every chunk of it is)."""
+
+    __slots__ = ("before", "bytes", "chunks", "first")
+
+    def __init__(self, before: Position) -> None:
+        self.before = before
+        self.chunks: list[OutputChunk] = []
+        self.first = 0
+        self.bytes = 0
+
+    def add(self, chunk: OutputChunk) -> None:
+        self.chunks.append(chunk)
+        self.bytes += len(chunk.data)
+        while self.bytes > TAIL_BYTES and len(self.chunks) - self.first > 1:
+            gone = self.chunks[self.first]
+            self.first += 1
+            self.bytes -= len(gone.data)
+            self.before = gone.position
+        if self.first > 1024 and self.first * 2 > len(self.chunks):
+            del self.chunks[:self.first]
+            self.first = 0
+
+    def after(self, after: Position, limit: int) -> list[OutputChunk]:
+        at = bisect.bisect_right(self.chunks, after, lo=self.first, key=_position)
+        return self.chunks[at:at + limit]
+
+
+def _position(chunk: OutputChunk) -> Position:
+    return (chunk.attempt, chunk.n)
+
+
+class OutputsDB:
+    """The daemon's OutputJournal, on the state database `path`, written by `writer`."""
+
+    def __init__(self, path: Path, writer: WriterThread,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self._on_error = on_error
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
+        self._group: GroupCommit[OutputChunk] = GroupCommit(
+            writer, self._write, self._settled, size=_size, error_type=OutputError,
+            explain=lambda error: f"output cannot be written to {path} ({error})")
+        self.tails: dict[str, _OutputTail] = {}
+        self.unfinished: dict[str, tuple[Position, int]] = {}  # load's
+        self.rows = 0
+
+    # -- the OutputJournal protocol -------------------------------------------------------
+    def put(self, chunk: OutputChunk) -> None:
+        tail = self.tails.get(chunk.task_id)
+        if tail is None:
+            before = self.unfinished.get(chunk.task_id, (START, 0))[0]
+            tail = self.tails[chunk.task_id] = _OutputTail(before)
+        tail.add(chunk)
+        self._group.put((chunk.task_id, chunk.attempt, chunk.n), chunk)
+
+    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        tail = self.tails.get(task_id)
+        if tail is not None and after >= tail.before:
+            return tail.after(after, limit)
+        with contextlib.suppress(OutputError):  # what is written still answers
+            await self._group.committed()
+        return await asyncio.to_thread(self._read, task_id, after, limit)
+
+    def resumed(self, task_id: str) -> tuple[Position, int]:
+        return self.unfinished.get(task_id, (START, 0))
+
+    def ended(self, task_id: str) -> None:
+        self.tails.pop(task_id, None)
+        self.unfinished.pop(task_id, None)
+
+    def behind(self) -> bool:
+        # (not while the database refuses: a worker held that long would look hung)
+        return (self._group.waiting_bytes > BACKLOG_BYTES
+                and not self._group.outage.failing)
+
+    async def caught_up(self) -> None:
+        with contextlib.suppress(OutputError):
+            await self._group.committed()
+
+    # -- at start-up, in a thread ---------------------------------------------------------
+    def load(self) -> int:
+        """Where each unfinished task's output stopped, and its bytes kept; how many."""
+        with self._read_lock, errors_named(self.path):
+            rows = self._reader.execute(
+                "SELECT o.task_id, o.attempt, o.n, length(CAST(o.data AS BLOB)), "
+                "o.truncated FROM task_output o JOIN tasks t ON t.id = o.task_id "
+                "WHERE t.finished IS NULL").fetchall()
+        for task_id, attempt, n, size, truncated in rows:
+            last, held = self.unfinished.get(task_id, (START, 0))
+            self.unfinished[task_id] = (max(last, (attempt, n)),
+                                        held + (0 if truncated else size))
+        return len(self.unfinished)
+
+    # -- on the writer --------------------------------------------------------------------
+    def _settled(self, chunks: list[OutputChunk], error: str | None) -> None:
+        if error is not None and self._group.first_failure and self._on_error is not None:
+            self._on_error(f"output cannot be written to {self.path} ({error}): tasks' "
+                           "output waits in memory until it can be")
+
+    def _write(self, db: sqlite3.Connection, chunks: list[OutputChunk]) -> None:
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO task_output (task_id, attempt, n, data, "
+                       "truncated) VALUES (?, ?, ?, ?, ?)", chunks)
+        db.execute("COMMIT")
+        self.rows += len(chunks)
+
+    # -- reads (in a thread) --------------------------------------------------------------
+    def _read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        attempt, n = after
+        with self._read_lock, errors_named(self.path):
+            rows = self._reader.execute(
+                "SELECT task_id, attempt, n, data, truncated FROM task_output "
+                "WHERE task_id = ? AND (attempt > ? OR (attempt = ? AND n > ?)) "
+                "ORDER BY attempt, n LIMIT ?", (task_id, attempt, attempt, n, limit)
+            ).fetchall()
+        return [OutputChunk(t, a, i, d, bool(x)) for t, a, i, d, x in rows]
+
+    async def stored(self) -> None:
+        """Until every chunk put so far has been tried."""
+        await self._group.committed()
+
+    async def close(self) -> None:
+        """Write what is pending (the writer thread closes after), then close."""
+        with contextlib.suppress(OutputError):
+            await self._group.committed()
+        self._group.cancel_retry()
+        self._reader.close()
+
+
+def delete_output(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:
+    """Delete the output of the tasks `where` (SQL on `tasks`) selects."""
+    db.execute(f"DELETE FROM task_output WHERE task_id IN (SELECT id FROM tasks WHERE "
+               f"{where})", tuple(args))
+
+
+def delete_orphan_output(db: sqlite3.Connection) -> None:
+    """Output of tasks the journal does not hold (their row never committed)."""
+    db.execute("DELETE FROM task_output WHERE task_id NOT IN (SELECT id FROM tasks)")
+
+
+def _size(chunk: OutputChunk) -> int:
+    return len(chunk.data)

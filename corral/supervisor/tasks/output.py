@@ -1,0 +1,274 @@
+"""A task's live output (DESIGN 23, docs/streams.md): the chunks of text its worker sends
+(`task/output`, the SDK's `ctx.emit`), each at a position — (attempt, n), n from 1
+within the attempt — and put in the output journal as they come, so that whoever follows
+the task reads them back by position. A reader costs its position, never a buffer the
+agent's chunks pile up in: a slow one holds neither the agent nor the engine, and one
+that lost its connection goes on after the last position it had.
+
+Bounds: one task's output by the smaller of its agent's `max_stream_bytes` and its
+tenant's, a tenant's unfinished tasks' together by its `max_stream_journal_bytes`
+(counted in this engine's life and from what the journal held of them at its start).
+The chunk past either is not kept: in its place the stream says once per attempt that
+it is truncated, naming the bound; the attempt's later chunks are counted, not kept.
+Nothing is coalesced.
+
+The engine's own journal keeps the streams of its newest tasks in memory
+(OutputsInMemory); the daemon's is the state database's (corral.daemon.outputjournal),
+pruned with the task journal's records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from ...text import plural
+from ..quotas import NO_QUOTAS
+from ..stream import Stream
+from .model import Task, TaskFinished
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+
+Position = tuple[int, int]  # (attempt, n)
+START: Position = (0, 0)  # before a task's first chunk
+BATCH = 256  # chunks a reader is given at once, at most
+KEPT = 1000  # tasks whose streams the engine's own journal keeps
+
+
+class OutputChunk(NamedTuple):
+    """A chunk of a task's output; `truncated`: the stream's own word, in place of the
+    chunk that reached a bound, that the attempt's later chunks are not kept."""
+
+    task_id: str
+    attempt: int
+    n: int
+    data: str
+    truncated: bool = False
+
+    @property
+    def position(self) -> Position:
+        return (self.attempt, self.n)
+
+    @property
+    def id(self) -> str:
+        """The position as an SSE event id (`Last-Event-ID`): `ATTEMPT-N`."""
+        return f"{self.attempt}-{self.n}"
+
+
+def position_of(event_id: str) -> Position:
+    """An id given back (`ATTEMPT-N`) as a position; ValueError naming it otherwise."""
+    attempt, _, n = event_id.partition("-")
+    if not (attempt.isdigit() and n.isdigit()) or len(event_id) > 40:
+        raise ValueError(f"{event_id!r:.60} is not a position of a task's output "
+                         "(ATTEMPT-N, an id the stream gave)")
+    return (int(attempt), int(n))
+
+
+class OutputJournal(Protocol):
+    """Where chunks are kept and read back (the daemon's: corral.daemon.outputjournal)."""
+
+    def put(self, chunk: OutputChunk) -> None:
+        """Keep a chunk; does not block."""
+
+    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        """The task's chunks after `after`, in order, at most `limit`."""
+
+    def resumed(self, task_id: str) -> tuple[Position, int]:
+        """The last position and the bytes kept of a task begun before this engine (the
+        journal's records of unfinished tasks); START and 0 for any other."""
+
+    def ended(self, task_id: str) -> None:
+        """The task ended: nothing more is put for it."""
+
+    def behind(self) -> bool:
+        """Whether more is waiting to be written than it holds in memory: the worker
+        that sent the last chunk is then read no further until `caught_up`."""
+
+    async def caught_up(self) -> None:
+        """Until what waited to be written has been."""
+
+
+class OutputsInMemory:
+    """The engine's journal when it has none of a daemon's: the streams of its newest
+    KEPT tasks, in memory."""
+
+    def __init__(self, kept: int = KEPT) -> None:
+        self.kept = kept
+        self.streams: OrderedDict[str, list[OutputChunk]] = OrderedDict()
+
+    def put(self, chunk: OutputChunk) -> None:
+        chunks = self.streams.get(chunk.task_id)
+        if chunks is None:
+            chunks = self.streams[chunk.task_id] = []
+            while len(self.streams) > self.kept:
+                self.streams.popitem(last=False)
+        chunks.append(chunk)
+
+    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        chunks = self.streams.get(task_id, [])
+        at = bisect.bisect_right(chunks, after, key=lambda c: c.position)
+        return chunks[at:at + limit]
+
+    def resumed(self, task_id: str) -> tuple[Position, int]:
+        return START, 0
+
+    def ended(self, task_id: str) -> None:
+        pass
+
+    def behind(self) -> bool:
+        return False
+
+    async def caught_up(self) -> None:
+        pass
+
+
+class _OpenStream:
+    """A task's stream while it may still be written to: its count, its next position,
+    and the readers' wake-up."""
+
+    __slots__ = ("attempt", "bytes", "changed", "n", "said", "tenant")
+
+    def __init__(self, tenant: str, last: Position, size: int) -> None:
+        self.tenant = tenant
+        self.attempt, self.n = last
+        self.bytes = size
+        self.said = 0  # the attempt whose truncation the stream has said
+        self.changed: asyncio.Event | None = None  # made by the first reader that waits
+
+    def wake(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+
+class TaskOutputs:
+    """The running tasks' streams: chunks numbered, bounded and kept; readers woken."""
+
+    def __init__(self, stream: Stream, active: Mapping[str, Task]) -> None:
+        self.active = active
+        # the daemon's journal, where it has one; a task a cluster keeps (its record is
+        # not in this node's journal, which would not prune its output) is in memory
+        self.memory = OutputsInMemory()
+        self.journal: OutputJournal = self.memory
+        self.live: dict[str, _OpenStream] = {}
+        self.held: dict[str, int] = {}  # a tenant's unfinished tasks' bytes of output
+        self.chunks = 0  # kept
+        self.bytes = 0
+        self.dropped = 0  # not kept, past a bound
+        self.holds = 0  # times a worker was read no further until its output was written
+        self._holding: set[Replica] = set()
+        stream.subscribe(self._finished, TaskFinished)
+
+    def _journal_of(self, task: Task) -> OutputJournal:
+        return self.journal if task.journal_here else self.memory
+
+    def _live_of(self, task: Task) -> _OpenStream:
+        live = self.live.get(task.id)
+        if live is None:
+            last, size = self._journal_of(task).resumed(task.id)
+            tenant = task.tenant or ""
+            live = self.live[task.id] = _OpenStream(tenant, last, size)
+            self.held[tenant] = self.held.get(tenant, 0) + size
+        return live
+
+    def put(self, task: Task, r: Replica, data: str) -> None:
+        """A chunk of the running task `task` (its worker is `r`): kept, or past a bound
+        counted and said."""
+        live = self._live_of(task)
+        if live.attempt != task.attempt:
+            live.attempt, live.n = task.attempt, 0
+        if live.said == task.attempt:  # truncated, said: counted, not kept
+            self.dropped += 1
+            return
+        size = len(data.encode())
+        why = self._refusal(task, r, live, size)
+        live.n += 1
+        journal = self._journal_of(task)
+        if why is None:
+            live.bytes += size
+            self.held[live.tenant] += size
+            self.chunks += 1
+            self.bytes += size
+            journal.put(OutputChunk(task.id, task.attempt, live.n, data))
+            if journal.behind() and r not in self._holding:
+                self._hold(r, journal)
+        else:
+            self.dropped += 1
+            live.said = task.attempt
+            r.note(why)
+            journal.put(OutputChunk(task.id, task.attempt, live.n, why, True))
+        live.wake()
+
+    def _hold(self, r: Replica, journal: OutputJournal) -> None:
+        """A worker whose output comes faster than it is written: its pipe is read no
+        further until it is (the worker's writes wait, as on a pipe to a slow reader),
+        so that a flood is never held in the daemon's memory."""
+        reader = r.peer.reader if r.peer is not None else None
+        if reader is None:
+            return
+        self.holds += 1
+        self._holding.add(r)
+        reader.pause()
+
+        async def release() -> None:
+            try:
+                await journal.caught_up()
+            finally:
+                self._holding.discard(r)
+                reader.resume()
+
+        asyncio.get_running_loop().create_task(release())
+
+    def _refusal(self, task: Task, r: Replica, live: _OpenStream, size: int) -> str | None:
+        """Why the chunk is not kept (the bound it reached), or None."""
+        tenant = r.host.tenant_spec(live.tenant) or NO_QUOTAS
+        own, whose = r.spec.max_stream_bytes, "max_stream_bytes"
+        if tenant.max_stream_bytes and (not own or tenant.max_stream_bytes < own):
+            own, whose = tenant.max_stream_bytes, f"tenant {live.tenant}'s max_stream_bytes"
+        if own and live.bytes + size > own:
+            return (f"output truncated: task {task.id}'s output reached {whose} {own} "
+                    f"({plural(live.bytes, 'byte')} kept); the rest of attempt "
+                    f"{task.attempt}'s output is not kept")
+        held, most = self.held.get(live.tenant, 0), tenant.max_stream_journal_bytes
+        if most and held + size > most:
+            return (f"output truncated: tenant {live.tenant}'s unfinished tasks hold "
+                    f"{plural(held, 'byte')} of output (max_stream_journal_bytes {most}); "
+                    f"the rest of task {task.id}'s attempt {task.attempt} is not kept")
+        return None
+
+    def _finished(self, e: TaskFinished) -> None:
+        live = self.live.pop(e.task.id, None)
+        if live is not None:
+            left = self.held[live.tenant] - live.bytes
+            if left:
+                self.held[live.tenant] = left
+            else:
+                del self.held[live.tenant]
+            self._journal_of(e.task).ended(e.task.id)
+            live.wake()
+
+    async def follow(self, task_id: str, after: Position = START
+                     ) -> AsyncIterator[list[OutputChunk]]:
+        """The task's chunks after `after`, a batch at a time, as they come, until it
+        has ended and every chunk is read (at once for a task not in flight here)."""
+        while True:
+            task = self.active.get(task_id)
+            changed = None
+            if task is not None:  # asked before the read: a chunk after it wakes us
+                live = self._live_of(task)
+                changed = live.changed
+                if changed is None:
+                    changed = live.changed = asyncio.Event()
+            journal = (self.memory if task_id in self.memory.streams else self.journal)
+            chunks = await journal.read(task_id, after, BATCH)
+            if chunks:
+                after = chunks[-1].position
+                yield chunks
+                continue
+            if changed is None:
+                return
+            await changed.wait()
