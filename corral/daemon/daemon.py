@@ -58,11 +58,13 @@ from .notify import Notifier
 from .reloadlist import definitions_changed
 from .revisions import spec_table
 from .services import Services, Web
+from .stackdump import on_signal
 from .startup import StartupError
 from .status import Status
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .teams import TeamFront
+from .teardown import Teardown
 from .tenantregistry import TenantRegistry
 from .tokens import tokens_of
 from .traces import tracer_of
@@ -94,6 +96,7 @@ class Assembly:
     status: Status
     extras: Extras
     services: Services
+    teardown: Teardown  # the parts' stack, each step bounded
 
 
 class Daemon:
@@ -190,7 +193,7 @@ class Daemon:
             try:
                 up, unfinished = await self._setup(stack)
                 self.up = up
-                await self._begin(up, unfinished, stack)
+                await self._begin(up, unfinished)
             except StartupError as exc:
                 print(f"corral: {exc}", file=sys.stderr)
                 return 1
@@ -292,7 +295,7 @@ class Daemon:
     async def _setup(self, stack: contextlib.AsyncExitStack) -> tuple[Assembly, list[TaskRecord]]:
         """To add a part: one line here, where what it needs exists and where its
         teardown is to come (the reverse of this order)."""
-        enter, keep = stack.enter_async_context, stack.enter_context
+        keep = stack.enter_context
         conf = part.read_config(self.config_path, self.socket_override,
                                 self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
@@ -300,9 +303,12 @@ class Daemon:
         self.drain_timeout = cfg.supervisor.drain_timeout
         keep(contextlib.closing(self.notifier))
         hub = keep(part.log_hub(conf))
+        keep(on_signal(hub.daemon))  # SIGUSR1: every task's stack in the log
+        teardown = Teardown(stack, lambda text: hub.daemon(text, priority=4))
+        enter = teardown.enter
         extras = Extras(lambda text, priority: hub.daemon(text, priority=priority),
                         self.notifier.status_changed)
-        await enter(part.closed(extras.close))  # a start-up that fails half-way too
+        await enter("the extras' retries", part.closed(extras.close))  # a failed start's too
         sender = keep(part.journal_sender(conf))
         tracer, leaders = tracer_of(cfg.tracing), LeaderTools()
         # the task path's interceptors, the outermost first (tasks/interceptors.py): a
@@ -318,39 +324,46 @@ class Daemon:
         models = await enter(part.model_gateway(conf, parts, gateway))
         heard = part.hear(parts, hub, sender, gateway, models)
         # closed after the agents stop (entered before `running`): their last spans kept
-        traces = await enter(part.tracing(conf, tracer, self.spared, gateway))
-        control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
-                                                  lambda: self._graceful))
-        opened = await enter(part.state_store(conf, parts, hub))
+        traces = await enter("the trace exporter",
+                             part.tracing(conf, tracer, self.spared, gateway),
+                             lambda: part.export_bound(cfg))
+        control = await enter("the control socket", part.control_socket(
+            conf, dispatcher, hub, self.taken, lambda: self._graceful))
+        opened = await enter("the state database", part.state_store(conf, parts, hub))
         store = opened.store
         audit.to(store)
         gateway.api_tokens = tokens_of(store).authenticate
         keep(part.signals(self._signals.put_nowait))
-        await enter(part.event_pump(sup, heard))
+        await enter("the event pump", part.event_pump(sup, heard))
         fleet = Fleet(parts, store, opened.writer, opened.revisions, conf.dir, hub.daemon)
         fleet.gateway = cfg.gateway
         tenants = TenantRegistry(parts, store, self.config_path, hub.daemon)
         tenants.on_groups = control.set_tenant_groups
-        node = await enter(part.cluster_node(conf, sup, queue, fleet, hub, self.taken))
+        node = await enter("the cluster node", part.cluster_node(conf, sup, queue, fleet,
+                                                                 hub, self.taken))
         status = Status(self.notifier, parts, extras, hub, node)
-        await enter(part.running(sup, conf, opened, hub, lambda: self._graceful))
-        await enter(part.handing_back(node))
+        await enter("the agents' stop", part.running(sup, conf, opened, hub,
+                                                     lambda: self._graceful),
+                    lambda: part.stop_bound(sup))
+        await enter("the cluster tasks' hand-back", part.handing_back(node))
         tasks = part.task_front(parts, opened.journal, node, hub)
-        workflows = await enter(part.workflows(conf, parts, store, hub, traces))
-        teams = await enter(part.teams(conf, parts, store, hub, leaders))
+        workflows = await enter("the workflows",
+                                part.workflows(conf, parts, store, hub, traces))
+        teams = await enter("the teams", part.teams(conf, parts, store, hub, leaders))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
-        schedules = await enter(part.schedules(conf, parts, store, tasks, workflows, node, hub))
+        schedules = await enter("the schedules", part.schedules(conf, parts, store, tasks,
+                                                                workflows, node, hub))
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
         parts.stream.subscribe(watches.on_transition, Transition)
-        await enter(part.closed(watches.close))
+        await enter("the file watches", part.closed(watches.close))
         scheduled = ScheduledRestarts(parts.agents, fleet, hub.daemon)
         parts.stream.subscribe(scheduled.on_transition, Transition)
-        await enter(part.closed(scheduled.close))
+        await enter("the scheduled restarts", part.closed(scheduled.close))
         dependents = Dependents(parts.agents, hub.daemon, lambda why: self.fail(hub, why))
         parts.stream.subscribe(dependents.on_transition, Transition)
-        await enter(part.closed(dependents.close))
+        await enter("the dependents", part.closed(dependents.close))
         services = Services(
             **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
             fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
@@ -364,16 +377,17 @@ class Daemon:
             extras=extras.status, draining=status.draining,
             traces=traces)
         if self.taken is None:  # (an upgrade's new image: once its agents are adopted)
-            await self._web(stack, conf, services, dispatcher, extras)
+            await self._web(teardown, conf, services, dispatcher, extras)
         history.start()  # (issue 21) the metrics history sampler
-        await enter(part.closed(history.close))
+        await enter("the metrics history", part.closed(history.close))
         if self.freeze_heap:
             part.freeze_heap(collect=self.taken is None)
         return Assembly(conf=conf, sup=sup, hub=hub, control=control, dispatcher=dispatcher,
                         store=store, journal=opened.journal, cluster=node, status=status,
-                        extras=extras, services=services), opened.unfinished
+                        extras=extras, services=services, teardown=teardown
+                        ), opened.unfinished
 
-    async def _web(self, stack: contextlib.AsyncExitStack, conf: part.Conf, s: Services,
+    async def _web(self, teardown: Teardown, conf: part.Conf, s: Services,
                    dispatcher: Dispatcher[Services], extras: Extras) -> None:
         """[http] and [gateway] listen, aiohttp's (imported here): the HTTP gateway, the
         dashboard's logins, the HTTP server. Before the agents start (they are given the
@@ -381,17 +395,17 @@ class Daemon:
         and dispatch goes on: their listening sockets are inherited, so a client waits
         in the backlog meanwhile, and the address is the old image's
         (Takeover.gateway_address)."""
-        enter, listeners, web = stack.enter_async_context, self.upgrades.listeners, s.web
-        web.gateway = await enter(part.http_gateway(conf, s.gateway, s.hub, extras,
-                                                    listeners, s.models))
+        enter, listeners, web = teardown.enter, self.upgrades.listeners, s.web
+        web.gateway = await enter("the HTTP gateway", part.http_gateway(
+            conf, s.gateway, s.hub, extras, listeners, s.models))
         web.logins = part.dashboard_sessions(conf)
-        web.server = await enter(part.http_server(conf, s, dispatcher, extras, listeners))
+        web.server = await enter("the HTTP server", part.http_server(
+            conf, s, dispatcher, extras, listeners))
         # no more attempts at an extra once the stop begins tearing down (before the
         # servers close)
-        await enter(part.closed(extras.close))
+        await enter("the extras' retries", part.closed(extras.close))
 
-    async def _begin(self, up: Assembly, unfinished: list[TaskRecord],
-                     stack: contextlib.AsyncExitStack) -> None:
+    async def _begin(self, up: Assembly, unfinished: list[TaskRecord]) -> None:
         """Once every part is set up: the services served, the agents added, the
         journal's tasks recovered, the cluster's loops started; in an upgrade's new
         image, its HTTP parts once its agents are adopted."""
@@ -425,7 +439,7 @@ class Daemon:
             # time, not the whole import long)
             try:
                 await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
-                await self._web(stack, up.conf, s, up.dispatcher, up.extras)
+                await self._web(up.teardown, up.conf, s, up.dispatcher, up.extras)
                 if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
                     part.freeze_heap(collect=False)
                 self.upgrades.report = await self.taken.settle(up.hub)

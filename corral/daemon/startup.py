@@ -27,6 +27,7 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
+from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
@@ -64,6 +65,7 @@ from .storewriter import StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import LocalFront, TaskFront
 from .teams import TeamService
+from .teardown import TEARDOWN_STEP
 from .tenantdirs import TenantDirs
 from .tenantregistry import groups_of
 from .traces import Traces
@@ -491,6 +493,18 @@ async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
                 await records.close()
 
 
+def stop_bound(sup: Supervisor) -> float:
+    """Seconds the agents' stop (`running`'s teardown) may take before it is more than a
+    slow stop: the checkpoints asked first, each layer of the stop (`after`'s, then
+    the tool servers), containment's last sweep, each as long as the longest replica's
+    stop may be (2 * stop_timeout + KILL_GRACE: ProcessReplica.stop), and a step's
+    own deadline on top."""
+    replicas = [*sup.agents.replicas(), *sup.mcp.instances()]
+    longest = max((r.spec.stop_timeout for r in replicas), default=0.0)
+    steps = len(sup.agents.stop_layers()) + 3
+    return steps * (2 * longest + KILL_GRACE) + TEARDOWN_STEP
+
+
 @contextlib.asynccontextmanager
 async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
     """Before the agents stop, the node hands back the cluster tasks it holds."""
@@ -689,6 +703,12 @@ def freeze_heap(*, collect: bool = True) -> None:
     if collect:
         gc.collect()
     gc.freeze()
+
+
+def export_bound(cfg: Config) -> float:
+    """Seconds the trace exporter's teardown may take: its last export's timeout, and
+    the wait for its process to end after it (Traces.close)."""
+    return (cfg.tracing.export_timeout if cfg.tracing is not None else 0.0) + TEARDOWN_STEP
 
 
 @contextlib.asynccontextmanager
