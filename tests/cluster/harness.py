@@ -59,6 +59,11 @@ class Node(Daemon):
     def run(self, agent: str, task_input: str, *args: str) -> Any:
         return self.cli("run", agent, "--input", task_input, "--json", *args)
 
+    def nodes(self) -> dict[str, Any]:
+        """The cluster's nodes as `corral nodes --json` prints them (asked on the socket:
+        the tests poll it)."""
+        return dict(self.ask("nodes.list"))
+
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """One control call on the socket, its answer as JSON values."""
         c = Raw(self.sock)

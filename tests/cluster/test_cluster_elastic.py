@@ -30,7 +30,7 @@ def test_a_cluster_task_wakes_an_asleep_agent_and_the_backlog_scales_it(
         tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": ELASTIC}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         assert b.call("stats.get")["agents"]["sleepy"]["replicas"] == 0  # asleep
         done = run(a, "sleepy", {"do": "sleep", "seconds": 0.01}, timeout=30)

@@ -55,7 +55,7 @@ def test_an_event_published_on_one_node_reaches_the_others(tmp: Path,
                                                            redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": "", "c": ""}) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 3,
                    what="three nodes alive")
         on_b, on_c = Follow(b, "orders.*"), Follow(c, "billing.*")
         try:
@@ -86,7 +86,7 @@ def test_an_event_published_on_one_node_reaches_the_others(tmp: Path,
 def test_a_node_reads_on_after_redis_was_away(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": ""}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         on_b = Follow(b, "*")
         try:
@@ -133,7 +133,7 @@ def test_a_glob_tokens_stream_has_no_event_of_another_nodes_agent_it_does_not_se
                             + f'[http]\nlisten = "127.0.0.1:{port_a}"\n',
                             "b": f'[http]\nlisten = "127.0.0.1:{port}"\n'}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         made = b.cli("token", "create", "glob", "--scope", "events", "--agents", "a*")
         assert made.returncode == 0, made.stderr

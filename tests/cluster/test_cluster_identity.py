@@ -77,10 +77,10 @@ def test_a_tenant_taking_a_freed_name_is_shown_no_cluster_task_of_its_earlier_ho
             f'[http]\nlisten = "127.0.0.1:{port}"\n')
     with nodes(tmp, redis, {"n1": toml}, extra=keyed(key_file(tmp / "key"))) as ns:
         n = ns["n1"]
-        wait_until(lambda: len(n.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(n.nodes()["nodes"]) == 1, what="the node")
         acme, globex = token(n, port, "acme"), token(n, port, "globex")
         assert acme("POST", "/agents", {"agents": {"chat": CHAT}})[0] == 200
-        wait_until(lambda: "chat" in n.json("nodes")["nodes"][0]["agents"],
+        wait_until(lambda: "chat" in n.nodes()["nodes"][0]["agents"],
                    what="chat offered to the cluster")
         status, body = acme("POST", "/tasks?wait=30", {
             "agent": "chat", "input": {"do": "echo", "secret": SECRET}})

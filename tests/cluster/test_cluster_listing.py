@@ -32,7 +32,7 @@ def test_every_node_lists_the_clusters_tasks(tmp: Path, redis: RedisServer) -> N
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy") + hello("greeter"),
                             "c": ""}) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 3, what="three nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 3, what="three nodes")
 
         def submit(n: Node, task: dict[str, Any]) -> str:
             return str(n.call("tasks.submit", {"agent": "sleepy",
@@ -84,7 +84,7 @@ def test_every_node_lists_the_clusters_tasks(tmp: Path, redis: RedisServer) -> N
 def test_listing_fails_plainly(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": sleeper("sleepy")}, ttl=6.0, beat=0.5) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="a listed")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="a listed")
         unknown = "0190a5c0-0000-7000-8000-000000000000"
         r = a.cli("tasks", "--before", unknown)
         assert r.returncode == 1
@@ -133,7 +133,7 @@ def test_progress_of_a_task_running_elsewhere_reaches_its_client(
     hold = tmp / "go-on"
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         c = Client(a.sock)
         try:
             c.send("tasks.run", {"agent": "sleepy", "input": {

@@ -70,7 +70,7 @@ def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
     agent = sleeper("w", concurrency=4)
     with nodes(tmp, redis, {"a": agent, "b": agent}, extra=extra) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(v["alive"] for v in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(v["alive"] for v in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         # the baseline: a cluster at rest that has run a task (its agent's stream and
         # group exist, as they do from the first task on)
@@ -117,7 +117,7 @@ def test_the_consumers_of_dead_incarnations_are_deleted(
     # b alone runs w, so that each of its incarnations reads the stream (a consumer)
     with nodes(tmp, redis, {"a": "", "b": sleeper("w", concurrency=2)}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(v["alive"] for v in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(v["alive"] for v in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         burst([a, b], 6)
         stream = K.stream("default", "w", 0)

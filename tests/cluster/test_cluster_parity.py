@@ -250,7 +250,7 @@ def test_the_table_walked_against_two_nodes(tmp: Path, redis: RedisServer) -> No
     with nodes(tmp, redis, {"a": "", "b": sleeper("w", concurrency=2) + session_chat()}
                ) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both nodes alive")
         for row in (r for r in rows if r.kind == "option"):
             probe = OPTION_PROBES.get(row.name)

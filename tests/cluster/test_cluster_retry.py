@@ -20,7 +20,7 @@ def test_a_failed_cluster_task_is_retried_on_its_node_and_a_delay_refused(
         tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": sleeper("w", retries=1) + POLICY}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = a.run("w", '{"do": "until", "attempt": 2}')
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)

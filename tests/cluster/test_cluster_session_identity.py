@@ -41,7 +41,7 @@ def chat(tenant: str) -> dict[str, Any]:
 def add(n: Node, tenant: str) -> None:
     """acme's or globex's `chat` added on node n, once the cluster knows n runs it."""
     assert n.call("agents.add", {"agents": {"chat": chat(tenant)}}) == {"added": ["chat"]}
-    wait_until(lambda: "chat" in n.json("nodes")["nodes"][0]["agents"], what="chat served")
+    wait_until(lambda: "chat" in n.nodes()["nodes"][0]["agents"], what="chat served")
 
 
 def turn(n: Node, value: str) -> Any:
@@ -63,7 +63,7 @@ def test_a_removed_agents_cluster_sessions_end_and_the_next_tenant_starts_afresh
     r = redis_py.Redis(port=redis.port)
     with nodes(tmp, redis, {"a": TENANTS}, extra=keyed(tmp)) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         add(a, "acme")
         done = turn(a, SECRET)
         assert done["status"] == "succeeded" and done["output"]["turns"] == [SECRET], done
@@ -92,7 +92,7 @@ def test_a_state_signed_for_another_tenants_session_is_refused(
     r = redis_py.Redis(port=redis.port)
     with nodes(tmp, redis, {"a": TENANTS}, extra=keyed(tmp)) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         add(a, "acme")
         assert turn(a, SECRET)["output"]["turns"] == [SECRET]
         signed = r.hget(K.session(ACME), "state")
@@ -127,7 +127,7 @@ def test_sessions_of_an_agent_another_node_still_runs_are_kept(
     """)
     with nodes(tmp, redis, {"a": TENANTS + table, "b": TENANTS + table}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both nodes alive")
         assert turn(a, SECRET)["output"]["turns"] == [SECRET]
         assert a.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
@@ -142,11 +142,11 @@ def test_a_removed_cluster_agents_sessions_end(tmp: Path, redis: RedisServer) ->
     r = redis_py.Redis(port=redis.port)
     with nodes(tmp, redis, {"a": TENANTS, "b": TENANTS}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both nodes alive")
         assert b.call("agents.add", {"agents": {"chat": chat("acme")}, "cluster": True}
                       ) == {"added": ["chat"]}
-        wait_until(lambda: any("chat" in n["agents"] for n in a.json("nodes")["nodes"]),
+        wait_until(lambda: any("chat" in n["agents"] for n in a.nodes()["nodes"]),
                    what="chat placed")
         assert turn(a, SECRET)["output"]["turns"] == [SECRET]
         assert r.exists(K.session(ACME)) == 1

@@ -60,7 +60,7 @@ def done(n: Node, task_id: str) -> Any:
 
 
 def both_alive(ns: dict[str, Node]) -> None:
-    wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
+    wait_until(lambda: sum(n["alive"] for n in ns["a"].nodes()["nodes"]) == 2,
                what="both nodes alive")
 
 
@@ -128,7 +128,7 @@ def test_a_turn_cancelled_in_the_line_leaves_it_and_the_next_one_runs(
     os.mkfifo(hold)
     with nodes(tmp, redis, {"a": chat()}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         t1 = submit(a, 1, hold=str(hold))
         t2, t3 = submit(a, 2), submit(a, 3)
         wait_until(lambda: a.call("tasks.get", {"task_id": t1})["status"] == "running",
@@ -152,7 +152,7 @@ def test_max_sessions_refuses_a_new_one_and_an_expired_one_frees_its_place(
     # a TTL a CLI's start on a loaded machine does not outlast (1 s did: two was taken)
     with nodes(tmp, redis, {"a": chat("max_sessions = 1\nsession_ttl = 5.0\n")}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         assert done(a, submit(a, 1, "one"))["status"] == "succeeded"
         r = a.cli("run", "chat", "--input", json.dumps({"turn": 1}), "--session", "two")
         assert r.returncode == 1
@@ -176,7 +176,7 @@ def test_a_checkpoint_past_max_session_bytes_is_refused_with_the_reason(
     # {"turns":[1]} is 13 bytes, [1,2] 15, [1,2,3] 17
     with nodes(tmp, redis, {"a": chat("max_session_bytes = 15\n")}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         ids = [submit(a, i) for i in (1, 2, 3)]
         assert [done(a, t)["status"] for t in ids[:2]] == ["succeeded"] * 2
         third = done(a, ids[2])
@@ -198,7 +198,7 @@ def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
     key.chmod(0o600)
     with nodes(tmp, redis, {"a": chat()}, extra=f'key_file = "{key}"\n') as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         assert done(a, submit(a, 1))["output"]["turns"] == [1]
         r = redis_py.Redis(port=redis.port)
         try:
@@ -227,7 +227,7 @@ def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
 def test_a_session_run_local_stays_on_its_node(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": chat()}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         r = a.cli("run", "chat", "--input", '{"turn": 1}', "--session", "s", "--local")
         assert r.returncode == 0, r.stderr
         listed = json.loads(a.cli("sessions", "--json").stdout)["sessions"]

@@ -80,7 +80,7 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
     with nodes(tmp, redis, {"a": keeper(), "b": keeper()}) as ns:
         a, b = ns["a"], ns["b"]
         both = [a, b]
-        wait_until(lambda: sum(v["alive"] for v in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(v["alive"] for v in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         # both files declare it alike: added once, placed once
         wait_until(lambda: sum(map(len, placed(both).values())) == 1, what="placed")

@@ -45,7 +45,7 @@ def test_a_node_killed_after_call_k_leaves_the_retry_nothing_to_call_twice(
     marker, counter = tmp / "marker", tmp / "counter"
     agents = fleet(tmp)
     with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
-        wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in ns["a"].nodes()["nodes"]) == 2,
                    what="both nodes alive")
         task_id = ns["a"].call("tasks.submit", {"agent": "durable", "input": {
             "calls": 10, "stop_after": k, "how": "hang", "marker": str(marker),
@@ -80,7 +80,7 @@ def test_a_retry_on_another_node_that_diverges_is_marked_and_goes_live(
     marker = tmp / "marker"
     agents = fleet(tmp)
     with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
-        wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in ns["a"].nodes()["nodes"]) == 2,
                    what="both nodes alive")
         task_id = ns["a"].call("tasks.submit", {"agent": "durable", "input": {
             "calls": 8, "stop_after": 6, "how": "hang", "marker": str(marker),
@@ -145,7 +145,7 @@ def test_a_forged_step_is_refused_and_its_call_made_again(tmp: Path,
     agents = fleet(tmp)
     keyed = f'key_file = "{key}"\n'
     with nodes(tmp, redis, {"a": agents, "b": agents}, extra=keyed) as ns:
-        wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in ns["a"].nodes()["nodes"]) == 2,
                    what="both nodes alive")
         task_id = ns["a"].call("tasks.submit", {"agent": "durable", "input": {
             "calls": 4, "stop_after": 2, "how": "hang", "marker": str(marker)}})["task_id"]

@@ -14,7 +14,7 @@ def test_a_cluster_tasks_tags_are_kept_with_its_record_and_filtered_on_every_nod
         tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": sleeper("w")}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = a.cli("submit", "w", "--input", '{"do": "echo"}', "--tag", "env=prod",
                   "--tag", "batch:7")
         assert r.returncode == 0, r.stderr

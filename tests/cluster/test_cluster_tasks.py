@@ -26,7 +26,7 @@ def test_a_task_submitted_on_a_runs_on_b_and_every_node_reads_it(
     with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: any(n["node"] == "b" and n["alive"]
-                               for n in a.json("nodes")["nodes"]), what="b alive")
+                               for n in a.nodes()["nodes"]), what="b alive")
         r = a.run("greeter", '{"name": "cluster"}')
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
@@ -64,7 +64,7 @@ def test_nodes_and_a_cluster_task_answer_as_declared(tmp: Path, redis: RedisServ
 def test_local_runs_here_and_refusals_say_why(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = b.run("greeter", "null", "--local")
         assert r.returncode == 0, r.stderr
         assert "node" not in json.loads(r.stdout)["attempts"][0]  # not a cluster task
@@ -94,7 +94,7 @@ def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy", concurrency=4)}, ttl=6.0,
                beat=0.5) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         # accepted before Redis dies: one running, the others waiting in the stream
         ids = [a.call("tasks.submit", {"agent": "sleepy",
                                     "input": {"do": "sleep", "seconds": 0.3}})["task_id"]
@@ -127,7 +127,7 @@ def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
 def test_progress_reaches_the_record_read_anywhere(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = a.run("sleepy", '{"do": "progress", "steps": 3}')
         assert r.returncode == 0, r.stderr
         task_id = json.loads(r.stdout)["task_id"]
@@ -142,7 +142,7 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
     with nodes(tmp, redis, {"a": agent.replace("[agents.sleepy]", "[agents.sleepy]\n"
                                                "replicas = 0"), "b": agent}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
 
         def submit(priority: int, seconds: float = 0.05) -> str:
             return str(a.call("tasks.submit", {
@@ -169,7 +169,7 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
 def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
 
         def submit(seconds: float) -> str:
             return str(a.call("tasks.submit", {"agent": "sleepy",
@@ -203,7 +203,7 @@ def test_a_task_asked_to_cancel_is_not_handed_back_by_its_stopping_node(
     long one here) cancels the task then, rather than handing it back to run again."""
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=15.0, beat=5.0) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         tid = a.call("tasks.submit", {"agent": "sleepy",
                                    "input": {"do": "sleep", "seconds": 30}})["task_id"]
         wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
@@ -236,7 +236,7 @@ def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer)
         with nodes(tmp, redis, {"a": ""}) as ns:
             a = ns["a"]
             b.start(wait_ready=False)  # it says READY once its replica is ready
-            wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+            wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
             task_id = a.call("tasks.submit", {"agent": "sleepy",
                                            "input": {"do": "echo"}})["task_id"]
             deadline = time.monotonic() + 1.0  # several beats and checks: still waiting

@@ -48,7 +48,7 @@ def got(record: Path) -> list[Any]:
 def serving(n: Node, count: int) -> None:
     """Until n sees `count` live nodes, each running chat."""
     wait_until(lambda: sum(x["alive"] and "chat" in x["agents"]
-                           for x in n.json("nodes")["nodes"]) == count,
+                           for x in n.nodes()["nodes"]) == count,
                what=f"{count} nodes running chat")
 
 

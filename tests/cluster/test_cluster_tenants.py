@@ -28,7 +28,7 @@ def test_a_cluster_task_is_held_to_its_tenants_task_quotas(tmp: Path,
               + sleeper("s") + 'tenant = "t"\n')
     with nodes(tmp, redis, {"a": agents}) as ns:
         a = ns["a"]
-        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         # its timeout capped at max_task_seconds, on the cluster as here
         r = a.run("s", '{"do": "sleep", "seconds": 10}')
         assert r.returncode == 1, r.stderr
@@ -89,7 +89,7 @@ def placed(stats: dict[str, Any]) -> set[str]:
 
 def two_tenants_cluster_agents(n: Node) -> None:
     """Cluster agents ka (tenant a) and kb (tenant b), both placed on `n`, its only node."""
-    wait_until(lambda: len(n.json("nodes")["nodes"]) == 1, what="the node")
+    wait_until(lambda: len(n.nodes()["nodes"]) == 1, what="the node")
     got = n.call("agents.add", {"agents": {"ka": {**KEEPER, "tenant": "a"},
                                            "kb": {**KEEPER, "tenant": "b"}},
                                 "cluster": True})

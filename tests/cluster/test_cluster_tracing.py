@@ -25,7 +25,7 @@ def test_a_callers_context_goes_through_redis_to_the_node_that_runs_the_task(
     with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING}) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: any(n["node"] == "b" and n["alive"]
-                               for n in a.json("nodes")["nodes"]), what="b alive")
+                               for n in a.nodes()["nodes"]), what="b alive")
         r = a.run("greeter", '{"name": "t"}', "--traceparent",
                   f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "--tracestate", "k=v")
         assert r.returncode == 0, r.stderr
@@ -65,7 +65,7 @@ def test_a_bad_context_is_refused_at_the_submit_and_a_good_one_kept_in_its_bound
     with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING}) as ns:
         a = ns["a"]
         wait_until(lambda: any(n["node"] == "b" and n["alive"]
-                               for n in a.json("nodes")["nodes"]), what="b alive")
+                               for n in a.nodes()["nodes"]), what="b alive")
         r = a.cli("submit", "greeter", "--input", "{}", "--traceparent", "garbage\nx")
         assert (r.returncode, r.stderr) == (1, (
             "corral: traceparent must be the W3C format 00-<32 hex>-<16 hex>-<2 hex>, not "

@@ -81,8 +81,8 @@ def test_a_redis_writer_without_the_key_runs_no_command(tmp: Path,
     r = attacker(redis)
     with nodes(tmp, redis, {"a": ""}, extra=keyed(key)) as ns:
         a = ns["a"]
-        wait_until(lambda: a.json("nodes")["nodes"], what="a joined")
-        assert trust(a) == {"key": a.json("nodes")["nodes"][0]["key"],
+        wait_until(lambda: a.nodes()["nodes"], what="a joined")
+        assert trust(a) == {"key": a.nodes()["nodes"][0]["key"],
                             "refused": {"agents": 0, "revisions": 0, "declared": 0,
                                         "outcomes": 0, "steps": 0, "sessions": 0,
                                        "tenants": 0}}
@@ -176,7 +176,7 @@ def test_a_forged_outcome_is_never_told_the_real_one_is(tmp: Path,
     r = attacker(redis)
     with nodes(tmp, redis, {"a": sleeper("w")}, extra=keyed(key)) as ns:
         a = ns["a"]
-        wait_until(lambda: a.json("nodes")["nodes"], what="a joined")
+        wait_until(lambda: a.nodes()["nodes"], what="a joined")
         first = run(a, "w", {"do": "echo", "said": "first"})
         assert first["status"] == "succeeded", first
         [(_, genuine)] = r.xrange(K.outcomes)
@@ -281,7 +281,7 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
     `corral nodes` says what a Redis writer can do."""
     with nodes(tmp, redis, {"a": sleeper("w")}, extra=INSECURE) as ns:
         a = ns["a"]
-        wait_until(lambda: a.json("nodes")["nodes"], what="a joined")
+        wait_until(lambda: a.nodes()["nodes"], what="a joined")
         assert a.proc is not None
         second = Node(tmp / "again", "a", redis, sleeper("w"), extra=INSECURE)
         try:
@@ -295,7 +295,7 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
                 f"{socket.gethostname()}, last beat ") in err, err
         assert err.endswith(" s ago; two daemons must not share [cluster] node (give "
                             "this one another name, or stop that one)\n"), err
-        listed = a.json("nodes")["nodes"]
+        listed = a.nodes()["nodes"]
         assert [(n["node"], n["alive"], n["incarnation"], n["pid"]) for n in listed] == [
             ("a", True, 1, a.proc.pid)]
         assert run(a, "w", {"do": "echo"})["attempts"][0]["node"] == "a"
@@ -314,10 +314,10 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
         try:
             third.start()
             wait_until(lambda: [(n["alive"], n["incarnation"])
-                                for n in third.json("nodes")["nodes"]] == [(True, 2)],
+                                for n in third.nodes()["nodes"]] == [(True, 2)],
                        what="the new daemon joined")
             assert third.proc is not None
-            assert third.json("nodes")["nodes"][0]["pid"] == third.proc.pid
+            assert third.nodes()["nodes"][0]["pid"] == third.proc.pid
         finally:
             third.close()
 
@@ -332,7 +332,7 @@ def test_nodes_with_different_keys_are_said_to_differ(tmp: Path,
         for n in made.values():
             n.start()
         a = made["a"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both joined")
         r = a.cli("nodes")
         assert r.returncode == 0 and r.stderr == (

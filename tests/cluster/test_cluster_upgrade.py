@@ -45,7 +45,7 @@ def started(*made: Node) -> Iterator[None]:
 
 
 def view(n: Node) -> dict[str, Any]:
-    return {v["node"]: v for v in n.json("nodes")["nodes"]}
+    return {v["node"]: v for v in n.nodes()["nodes"]}
 
 
 def both_alive(a: Node) -> None:

@@ -168,7 +168,7 @@ def test_the_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged
                    beat=1.0, extra=f"sentinels = [{addresses}]\n"
                                    f'sentinel_master = "{MASTER}"\n') as ns:
             a = ns["a"]
-            wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+            wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 3,
                        what="three nodes alive")
             accepted: list[str] = []
             refused: list[str] = []
@@ -236,7 +236,7 @@ def test_the_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged
                     assert outcomes_of(d).count("succeeded") <= 1, d
             # the nodes carried on without a restart: the same incarnations, none fenced,
             # on the promoted primary
-            listed = a.json("nodes")["nodes"]
+            listed = a.nodes()["nodes"]
             assert {(x["node"], x["alive"], x["incarnation"]) for x in listed} == {
                 ("a", True, 1), ("b", True, 1), ("c", True, 1)}
             for n in ns.values():
@@ -250,7 +250,7 @@ def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) ->
             nodes(tmp, primary, {"a": sleeper("sleepy", concurrency=2)},
                   extra="ack_replicas = 1\nack_timeout = 0.5\n") as ns:
         a = ns["a"]
-        wait_until(lambda: a.json("nodes")["nodes"][0]["alive"], what="node a alive")
+        wait_until(lambda: a.nodes()["nodes"][0]["alive"], what="node a alive")
         assert run(a, "sleepy", {"do": "sleep", "seconds": 0})["status"] == "succeeded"
         running = a.call("tasks.submit", {"agent": "sleepy",
                                           "input": {"do": "sleep", "seconds": 3}})["task_id"]

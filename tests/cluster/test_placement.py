@@ -105,7 +105,7 @@ def test_a_cluster_agent_moves_with_its_state_when_its_node_dies(
     with nodes(tmp, redis, {"a": "", "b": "", "c": ""}) as ns:
         everyone = list(ns.values())
         a = ns["a"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 3,
                    what="three nodes alive")
         assert a.call("agents.add", {"agents": {"keeper": KEEPER}, "cluster": True}) == {
             "added": ["keeper"]}
@@ -170,7 +170,7 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
     with nodes(tmp, redis, {"a": worker, "b": worker, "c": worker}) as ns:
         everyone = list(ns.values())
         a = ns["a"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 3,
                    what="three nodes alive")
         a.call("agents.add", {"agents": {"keeper": KEEPER}, "cluster": True})
         wait_until(lambda: len(placed_on(everyone, "keeper")) == 1, what="placed")
@@ -203,7 +203,7 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
                    what="drained node left")
         assert placed_on(everyone, "keeper") == placed_on(others, "keeper")
         assert len(placed_on(others, "keeper")) == 1
-        views = {v["node"]: v for v in others[0].json("nodes")["nodes"]}
+        views = {v["node"]: v for v in others[0].nodes()["nodes"]}
         assert not views[x.name]["alive"]
         # new tasks go to the others only; local work on it goes on
         after = run(others[0], "sleepy", {"do": "sleep", "seconds": 0.1})

@@ -31,7 +31,7 @@ def test_redis_killed_under_load_and_restarted_from_its_aof(tmp: Path,
     worker = sleeper("sleepy", concurrency=2)
     with nodes(tmp, redis, {"a": worker, "b": worker, "c": worker}) as ns:
         a = ns["a"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 3,
                    what="three nodes alive")
         accepted: list[str] = []
         refused: list[str] = []
@@ -78,7 +78,7 @@ def test_a_rolling_restart_of_every_node_under_load(tmp: Path, redis: RedisServe
     worker = sleeper("sleepy", concurrency=2)
     with nodes(tmp, redis, {"a": worker, "b": worker, "c": worker}) as ns:
         a = ns["a"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 3,
                    what="three nodes alive")
         accepted: list[str] = []
         stop = threading.Event()
@@ -107,12 +107,12 @@ def test_a_rolling_restart_of_every_node_under_load(tmp: Path, redis: RedisServe
                            what="tasks accepted")
                 assert n.stop() == 0
                 n.start()
-                wait_until(lambda: sum(x["alive"] for x in a.json("nodes")["nodes"]) == 3,
+                wait_until(lambda: sum(x["alive"] for x in a.nodes()["nodes"]) == 3,
                            what="every node back")
         finally:
             stop.set()
             thread.join(10)
-        incarnations = {x["node"]: x["incarnation"] for x in a.json("nodes")["nodes"]}
+        incarnations = {x["node"]: x["incarnation"] for x in a.nodes()["nodes"]}
         assert incarnations == {"a": 2, "b": 2, "c": 2}
         done = [a.call("tasks.get", {"task_id": t, "wait": True}) for t in accepted]
         assert {d["status"] for d in done} == {"succeeded"}, [

@@ -39,7 +39,7 @@ def test_a_redis_that_risks_tasks_is_said_to_and_one_mended_is_said_well(
         r.config_set("maxmemory-policy", "allkeys-lru")
         with nodes(tmp, redis, {"a": ""}) as ns:
             a = ns["a"]
-            wait_until(lambda: a.json("nodes")["warnings"] == [NO_AOF, EVICTS],
+            wait_until(lambda: a.nodes()["warnings"] == [NO_AOF, EVICTS],
                        what="the warnings of Redis's settings")
             shown = a.cli("nodes")
             assert shown.returncode == 0
@@ -51,7 +51,7 @@ def test_a_redis_that_risks_tasks_is_said_to_and_one_mended_is_said_well(
             # mended while it runs: read again at a later beat, and said
             r.config_set("appendonly", "yes")
             r.config_set("maxmemory-policy", "noeviction")
-            wait_until(lambda: a.json("nodes")["warnings"] == [], timeout=60,
+            wait_until(lambda: a.nodes()["warnings"] == [], timeout=60,
                        what="the warnings gone")
             assert "cluster: Redis's configuration is now as docs/cluster.md asks" in (
                 a.state / "logs" / "corral.log").read_text()

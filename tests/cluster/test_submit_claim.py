@@ -117,7 +117,7 @@ def two(tmp: Path, redis: RedisServer, *, retries: int = 0, concurrency: int = 1
 
 
 def both_alive(a: Node) -> bool:
-    return sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2
+    return sum(n["alive"] for n in a.nodes()["nodes"]) == 2
 
 
 def sleep_task(n: Node, seconds: float) -> str:

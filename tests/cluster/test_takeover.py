@@ -60,7 +60,7 @@ def three(tmp: Path, redis: RedisServer, retries: int) -> Any:
 
 
 def all_alive(a: Node) -> bool:
-    return sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3
+    return sum(n["alive"] for n in a.nodes()["nodes"]) == 3
 
 
 def test_kill_9_of_a_node_under_load_reruns_only_what_it_ran(
@@ -101,7 +101,7 @@ def test_without_retries_a_task_of_a_dead_node_ends_lost(tmp: Path,
     with three(tmp, redis, retries=0) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
         c.close()  # only b runs it
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
         [task_id] = submit(a, 1, 30)
         wait_until(lambda: running_on(b) == 1, what="running on b")
@@ -141,7 +141,7 @@ def test_a_node_paused_past_its_ttl_cannot_complete_what_was_taken(
         assert stats["published"] == 0
         assert outcomes(a, [task_id]) == [done]
         wait_until(lambda: all_alive(a), what="b back as a new incarnation")
-        assert {n["node"]: n["incarnation"] for n in a.json("nodes")["nodes"]}["b"] == 2
+        assert {n["node"]: n["incarnation"] for n in a.nodes()["nodes"]}["b"] == 2
 
 
 def test_tasks_longer_than_the_ttl_are_never_run_again(tmp: Path,
@@ -181,7 +181,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServ
     connection) is an orphan: its owner gives it back after ORPHAN_BEATS, no retry spent."""
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
         [busy] = submit(a, 1, 1.0)  # b's one slot is taken: the next task waits unread
         wait_until(lambda: running_on(b) == 1, what="b busy")
@@ -203,7 +203,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back_when_its_node_stops(
     # beats of a second: the node's own orphan pass (after 3 beats) cannot come first
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=3.0, beat=1.0) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
         [busy] = submit(a, 1, 0.5)
         wait_until(lambda: running_on(b) == 1, what="b busy")
