@@ -271,3 +271,151 @@ def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway
         serve.stdin.close()
         assert serve.wait(timeout=30) == 0
         serve.stdout.close()
+
+
+# -- a 2025-11-25 session: the server's requests asked of the client on the call's stream
+
+LEGACY = "2025-11-25"
+
+
+class Session(NamedTuple):
+    g: Gateway
+    tenant: str
+    sid: str
+
+    def headers(self, tenant: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.g.tokens[tenant or self.tenant]}",
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": LEGACY, "Mcp-Session-Id": self.sid}
+
+    def answer(self, rid: Any, result: dict[str, Any], tenant: str | None = None
+               ) -> httpx2.Response:
+        """The client's response to a request the gateway sent it."""
+        return httpx2.post(self.g.url, json={"jsonrpc": "2.0", "id": rid, "result": result},
+                           headers=self.headers(tenant), timeout=30)
+
+
+def legacy_session(g: Gateway, tenant: str, caps: dict[str, Any]) -> Session:
+    r = httpx2.post(g.url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LEGACY, "capabilities": caps,
+        "clientInfo": {"name": "t", "version": "1"}}}, headers={
+        "Authorization": f"Bearer {g.tokens[tenant]}",
+        "Accept": "application/json, text/event-stream"}, timeout=30)
+    sess = Session(g, tenant, r.headers["Mcp-Session-Id"])
+    httpx2.post(g.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                headers=sess.headers(), timeout=30)
+    return sess
+
+
+def events(r: Any) -> Iterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE response, as they come."""
+    data: list[str] = []
+    for line in r.iter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+def legacy_call(s: Session, tool: str, args: dict[str, Any]) -> Any:
+    return httpx2.stream("POST", s.g.url, json={
+        "jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": tool, "arguments": args}}, headers=s.headers(), timeout=60)
+
+
+def test_a_2025_11_25_client_is_asked_on_its_calls_stream_and_no_other_client_answers(
+        gateway: Gateway) -> None:
+    s = legacy_session(gateway, "acme", ELICITING)
+    with legacy_call(s, "confirm_delete", {"filename": "f.txt"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        stream = events(r)
+        asked = next(stream)
+        assert asked["method"] == "elicitation/create", asked
+        assert asked["params"]["message"] == "Delete f.txt?"
+        # globex's token cannot answer on acme's session
+        stolen = s.answer(asked["id"], ACCEPT, tenant="globex")
+        assert stolen.status_code == 403, stolen.text
+        assert "this session belongs to another client" in stolen.text
+        assert s.answer(asked["id"], ACCEPT).status_code == 202
+        done = next(stream)
+    assert done["id"] == 5 and text(done["result"]) == "Deleted f.txt", done
+    # a session that declared no elicitation is not asked: corral declines, as before
+    plain = legacy_session(gateway, "acme", {})
+    with legacy_call(plain, "confirm_delete", {"filename": "g.txt"}) as r:
+        only = next(events(r)) if "event-stream" in r.headers["content-type"] \
+            else json.loads(r.read())
+    assert text(only["result"]) == "Kept g.txt", only
+
+
+def test_a_2025_11_25_clients_error_answer_fails_the_call_saying_so(gateway: Gateway
+                                                                    ) -> None:
+    s = legacy_session(gateway, "acme", ELICITING)
+    with legacy_call(s, "confirm_delete", {"filename": "h.txt"}) as r:
+        stream = events(r)
+        asked = next(stream)
+        httpx2.post(gateway.url, json={"jsonrpc": "2.0", "id": asked["id"], "error": {
+            "code": -32603, "message": "the user closed the window"}}, headers=s.headers(),
+            timeout=30)
+        failed = next(stream)
+    assert failed["error"] == {"code": -32603, "message": (
+        "the client answered the server's input request with an error: the user closed "
+        "the window")}, failed
+
+
+def test_a_round_of_more_requests_than_max_asked_is_refused_before_any_is_sent(
+        gateway: Gateway) -> None:
+    s = legacy_session(gateway, "acme", ELICITING)
+    with legacy_call(s, "many_questions", {"count": 17}) as r:
+        got = [m for m in events(r)] if "event-stream" in r.headers["content-type"] \
+            else [json.loads(r.read())]
+    assert [m.get("method") for m in got] == [None], got  # no request reached the client
+    assert got[0]["error"]["message"] == (
+        "the server asked 17 input requests with 0 waiting on this session: past "
+        "MAX_ASKED (16), the requests a session's client is asked at once"), got
+
+
+def test_a_2025_11_25_client_that_never_answers_fails_the_call_at_input_wait(
+        hasty: Gateway) -> None:
+    s = legacy_session(hasty, "acme", ELICITING)
+    with legacy_call(s, "confirm_delete", {"filename": "i.txt"}) as r:
+        stream = events(r)
+        assert next(stream)["method"] == "elicitation/create"
+        failed = next(stream)
+    assert failed["error"]["message"] == ("the client did not answer the server's input "
+                                          "requests within [gateway] input_wait 0.5 s"), failed
+
+
+def test_corral_mcp_serve_asks_a_2025_11_25_client_over_stdio(gateway: Gateway) -> None:
+    serve = subprocess.Popen(
+        [PY, "-m", "corral", "--socket", str(gateway.daemon.sock), "mcp", "serve"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert serve.stdin is not None and serve.stdout is not None
+    try:
+        def say(msg: dict[str, Any]) -> None:
+            assert serve.stdin is not None
+            serve.stdin.write(json.dumps({"jsonrpc": "2.0", **msg}) + "\n")
+            serve.stdin.flush()
+
+        def hear() -> dict[str, Any]:
+            assert serve.stdout is not None
+            got: dict[str, Any] = json.loads(serve.stdout.readline())
+            return got
+
+        say({"id": 1, "method": "initialize", "params": {
+            "protocolVersion": LEGACY, "capabilities": ELICITING,
+            "clientInfo": {"name": "t", "version": "1"}}})
+        assert hear()["result"]["protocolVersion"] == LEGACY
+        say({"method": "notifications/initialized"})
+        say({"id": 2, "method": "tools/call", "params": {
+            "name": "fx__confirm_delete", "arguments": {"filename": "j.txt"}}})
+        asked = hear()
+        assert asked["method"] == "elicitation/create", asked
+        say({"id": asked["id"], "result": ACCEPT})
+        done = hear()
+        assert done["id"] == 2 and text(done["result"]) == "Deleted j.txt", done
+    finally:
+        serve.stdin.close()
+        assert serve.wait(timeout=30) == 0
+        serve.stdout.close()

@@ -40,8 +40,10 @@ from msgspec import UNSET
 from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
 from . import envelope
+from .askclient import WAIT, PendingAsks
 from .client import LEGACY, META_CAPABILITIES, META_CLIENT, META_VERSION, SUPPORTED
 from .envelope import Mirror, Refusal
+from .relay import NEEDS, asks_input
 
 log = logging.getLogger("corral.gateway")
 
@@ -103,13 +105,18 @@ class Backend(Protocol):
 
 
 class GatewaySession:
-    def __init__(self, backend: Backend, *, push: Reply | None = None) -> None:
+    def __init__(self, backend: Backend, *, push: Reply | None = None,
+                 ask_wait: float = WAIT) -> None:
         self.backend = backend
         self.push = push
         self.version: str | None = None  # negotiated by initialize (legacy revisions)
         self.client_info: dict[str, Any] = {}
         self.initialized = False
-        self.extensions: dict[str, Any] = {}  # a 2025-11-25 client's, from initialize
+        # a 2025-11-25 client's, from initialize: its extensions, and what of a server's
+        # input requests it can be asked (askclient.py)
+        self.extensions: dict[str, Any] = {}
+        self.client_capabilities: dict[str, Any] = {}
+        self.asks = PendingAsks(ask_wait)
         self.inflight: dict[Id, asyncio.Task[Any]] = {}
         self._cancelled: set[Id] = set()
         # subscriptions/listen streams: the listen request's id -> (the list kinds it
@@ -138,7 +145,8 @@ class GatewaySession:
                 ).to_object()))
             return None
         if env.method is UNSET:
-            return None  # a response to a request corral never sends: nothing to do
+            self.asks.answered(env)  # the client's answer to a server's input request
+            return None
         method = env.method
         if env.id is UNSET:
             self._notification(method, env.params)
@@ -178,8 +186,21 @@ class GatewaySession:
 
     def close(self) -> None:
         """The client is gone: cancel every call it has in flight (and so upstream)."""
+        self.asks.close()
         for task in list(self.inflight.values()):
             task.cancel()
+
+    def may_ask(self, env: Envelope) -> bool:
+        """Whether answering `env` may first mean asking the client (a server's input
+        request relayed to a 2025-11-25 session's client that can answer one): the
+        transport then keeps a channel for it (HTTP: the POST's SSE stream)."""
+        return env.method == "tools/call" and self._askable()
+
+    def _askable(self) -> bool:
+        """A 2025-11-25 session whose client declared a capability a server's input
+        request needs."""
+        return self.version is not None and \
+            any(c in self.client_capabilities for c in NEEDS.values())
 
     # -- internals ------------------------------------------------------------------------
     def _finish(self, rid: Id, task: asyncio.Task[Any], reply: Reply) -> None:
@@ -305,20 +326,26 @@ class GatewaySession:
             def on_progress(p: dict[str, Any]) -> None:
                 reply(Notification("notifications/progress", {**p, "progressToken": token}))
         upstream = {k: v for k, v in params.items() if k != "_meta"}
-        passed: dict[str, Any] = {}
-        if meta and "traceparent" in meta:
-            # the client's W3C context (the keys MCP 2026-07-28 reserves): the call's span
-            # is its child, and the upstream server's spans join its trace (tracing.md)
-            passed = {k: meta[k] for k in TRACE_KEYS if k in meta}
-        if stateless and meta and isinstance(meta.get(META_CAPABILITIES), dict):
-            # what it can answer of a server's input requests (relay.py): a 2026-07-28
-            # client is given them as its own input_required result
-            passed[META_CAPABILITIES] = meta[META_CAPABILITIES]
+        passed = self._passed(meta, stateless)
         if passed:
             upstream["_meta"] = passed
         if method == "tools/call" and tasks and self._declares_tasks(meta):
             return self._tasks(method, upstream, stateless)
-        return self._forward(method, upstream, on_progress, stateless)
+        return self._forward(method, upstream, on_progress, stateless, reply)
+
+    def _passed(self, meta: dict[str, Any] | None, stateless: bool) -> dict[str, Any]:
+        """What of the client's `_meta` the gateway reads: its W3C trace context (the
+        keys MCP 2026-07-28 reserves: the call's span is its child, and the upstream
+        server's spans join its trace, tracing.md), and its capabilities, which say
+        what it can answer of a server's input requests (relay.py): a 2026-07-28
+        request's own, a 2025-11-25 session's from initialize."""
+        passed = {k: meta[k] for k in TRACE_KEYS if k in meta} \
+            if meta and "traceparent" in meta else {}
+        if stateless and meta and isinstance(meta.get(META_CAPABILITIES), dict):
+            passed[META_CAPABILITIES] = meta[META_CAPABILITIES]
+        elif not stateless and self._askable():
+            passed[META_CAPABILITIES] = self.client_capabilities
+        return passed
 
     def _declares_tasks(self, meta: dict[str, Any] | None) -> bool:
         """Whether the client declared the tasks extension: in this request's client
@@ -332,9 +359,19 @@ class GatewaySession:
         return _complete(await self.backend.task(method, params), stateless)
 
     async def _forward(self, method: str, params: dict[str, Any],
-                       on_progress: Progress | None, stateless: bool) -> Any:
+                       on_progress: Progress | None, stateless: bool, reply: Reply) -> Any:
         result = _complete(await self.backend.forward(method, params, on_progress),
                            stateless)
+        while not stateless and self._askable() and _asks(result):
+            # a 2025-11-25 client reads no input_required: it is asked each request on
+            # the call's channel, and the call goes again with its answers (the rounds
+            # are bounded by the gateway's seal, MAX_INPUT_ROUNDS)
+            asked = msgspec.json.decode(result) if isinstance(result, msgspec.Raw) \
+                else result
+            answers = await self.asks.ask(asked.get("inputRequests"), reply)
+            result = await self.backend.forward(method, {
+                **params, "inputResponses": answers,
+                "requestState": asked.get("requestState")}, on_progress)
         if stateless and method in CACHEABLE and isinstance(result, dict):
             # a 2026-07-28 server behind may have said its own: kept
             return {**CACHE_HINTS, **result}
@@ -346,6 +383,7 @@ class GatewaySession:
         info = params.get("clientInfo")
         self.client_info = info if isinstance(info, dict) else {}
         caps = params.get("capabilities")
+        self.client_capabilities = caps if isinstance(caps, dict) else {}
         extensions = caps.get("extensions") if isinstance(caps, dict) else None
         self.extensions = extensions if isinstance(extensions, dict) else {}
         return {"protocolVersion": self.version,
@@ -380,6 +418,16 @@ def needs_tasks(what: str) -> RpcError:
     return RpcError(MISSING_CAPABILITY, f"missing required client capability: {what} needs "
                                         f"the {TASKS} extension",
                     {"requiredCapabilities": {"extensions": {TASKS: {}}}})
+
+
+def _asks(result: Any) -> bool:
+    """Whether a result asks for input (one passed through undecoded is looked into only
+    when it names input_required at all)."""
+    if isinstance(result, msgspec.Raw):
+        if b'"input_required"' not in bytes(result):
+            return False
+        result = msgspec.json.decode(result)
+    return asks_input(result)
 
 
 def _feature(kind: str) -> str:

@@ -18,11 +18,14 @@ from mcp.types import (
     AudioContent,
     CallToolResult,
     Completion,
+    CreateMessageRequest,
+    CreateMessageRequestParams,
     ElicitRequest,
     ElicitRequestFormParams,
     EmbeddedResource,
     ImageContent,
     InputRequiredResult,
+    SamplingMessage,
     TextContent,
     TextResourceContents,
     Tool,
@@ -243,6 +246,105 @@ async def test_tool_with_task(ctx: Context) -> CallToolResult | InputRequiredRes
     await asyncio.sleep(0.2)
     return CallToolResult(content=[TextContent(type="text",
                                                text=f"Hello, {got.get('name')}!")])
+
+
+def _one_round(ctx: Context, request: ElicitRequest | CreateMessageRequest
+               ) -> InputRequiredResult | Any:
+    """The client's answer to `request` (asked once, as "asked"), or the request."""
+    got = (ctx.input_responses or {}).get("asked")
+    if got is None:
+        return InputRequiredResult(input_requests={"asked": request})
+    return got
+
+
+def _form(message: str, properties: dict[str, Any], required: list[str] | None = None
+          ) -> ElicitRequest:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return ElicitRequest(params=ElicitRequestFormParams(message=message,
+                                                        requested_schema=schema))
+
+
+def _said(got: Any) -> str:
+    return json.dumps(got.model_dump(mode="json", exclude_none=True), sort_keys=True)
+
+
+@server.tool()
+async def test_sampling(prompt: str, ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks the client's model (sampling/createMessage), and says what it answered."""
+    got = _one_round(ctx, CreateMessageRequest(params=CreateMessageRequestParams(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text",
+                                                                    text=prompt))],
+        max_tokens=100)))
+    if isinstance(got, InputRequiredResult):
+        return got
+    content = got.content if not isinstance(got.content, list) else got.content[0]
+    return CallToolResult(content=[TextContent(
+        type="text", text=f"LLM response: {getattr(content, 'text', '')}")])
+
+
+@server.tool()
+async def test_elicitation(message: str, ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks the user a username and an email (elicitation/create)."""
+    got = _one_round(ctx, _form(message, {
+        "username": {"type": "string", "description": "User's response"},
+        "email": {"type": "string", "description": "User's email address"}},
+        ["username", "email"]))
+    if isinstance(got, InputRequiredResult):
+        return got
+    return CallToolResult(content=[TextContent(type="text",
+                                               text=f"User response: {_said(got)}")])
+
+
+@server.tool()
+async def test_elicitation_sep1034_defaults(ctx: Context
+                                            ) -> CallToolResult | InputRequiredResult:
+    """Asks with a default for each primitive type (SEP-1034)."""
+    got = _one_round(ctx, _form("Defaults for every primitive type", {
+        "name": {"type": "string", "default": "John Doe"},
+        "age": {"type": "integer", "default": 30},
+        "score": {"type": "number", "default": 95.5},
+        "status": {"type": "string", "enum": ["active", "inactive", "pending"],
+                   "default": "active"},
+        "verified": {"type": "boolean", "default": True}}))
+    if isinstance(got, InputRequiredResult):
+        return got
+    return CallToolResult(content=[TextContent(
+        type="text", text=f"Elicitation completed: {_said(got)}")])
+
+
+@server.tool()
+async def test_elicitation_sep1330_enums(ctx: Context
+                                         ) -> CallToolResult | InputRequiredResult:
+    """Asks with each of the five enum shapes (SEP-1330)."""
+    got = _one_round(ctx, _form("Every kind of enum", {
+        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        "titledSingle": {"type": "string", "oneOf": [
+            {"const": "value1", "title": "First Option"},
+            {"const": "value2", "title": "Second Option"},
+            {"const": "value3", "title": "Third Option"}]},
+        "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                       "enumNames": ["Option One", "Option Two", "Option Three"]},
+        "untitledMulti": {"type": "array", "items": {
+            "type": "string", "enum": ["option1", "option2", "option3"]}},
+        "titledMulti": {"type": "array", "items": {"anyOf": [
+            {"const": "value1", "title": "First Choice"},
+            {"const": "value2", "title": "Second Choice"},
+            {"const": "value3", "title": "Third Choice"}]}}}))
+    if isinstance(got, InputRequiredResult):
+        return got
+    return CallToolResult(content=[TextContent(
+        type="text", text=f"Elicitation completed: {_said(got)}")])
+
+
+@server.tool()
+async def many_questions(count: int, ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks `count` questions at once (a round past a client's bound on them)."""
+    if not ctx.input_responses:
+        return InputRequiredResult(input_requests={
+            f"q{n}": _ask(f"Question {n}?", "answer") for n in range(count)})
+    return CallToolResult(content=[TextContent(type="text", text=f"{count} answered")])
 
 
 @server.completion()

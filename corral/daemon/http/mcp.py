@@ -122,7 +122,8 @@ class HttpSession:
     def __init__(self, sid: str | None, ident: Identity, backend: PoolBackend) -> None:
         self.id = sid
         self.ident = ident
-        self.mcp = GatewaySession(backend, push=self._push)
+        self.mcp = GatewaySession(backend, push=self._push,
+                                  ask_wait=backend.service.settings.input_wait)
         self.last_seen = time.monotonic()
         self.history: deque[tuple[int, str, bytes]] = deque(maxlen=REPLAY)
         self.streams: dict[str, SseStream] = {}
@@ -442,8 +443,10 @@ class HttpGateway:
             for e in envs:
                 sess.mcp.receive(e, lambda msg: None)
             return web.Response(status=202, headers=headers)
-        if not batch and _wants_progress(first) and \
+        if not batch and (_wants_progress(first) or sess.mcp.may_ask(first)) and \
                 "text/event-stream" in request.headers.get("Accept", ""):
+            # a call that may say things before its answer (progress, or a server's
+            # request for input asked of the client) keeps its stream for them
             return await self._stream_answer(request, sess, first, headers)
         answers: list[Any] = []
         tasks = [t for e in envs if (t := sess.mcp.receive(e, answers.append)) is not None]
