@@ -26,20 +26,37 @@ def doc(method: str | type[m.Params]) -> str:
     return inspect.cleandoc(spec.doc)
 
 
-def command(declared: type[m.Params], *, more: str = ""
-            ) -> Callable[[Callable[..., Any]], click.Command]:
-    """The CLI command that is a method's front: named as its declaration says (`cli`:
-    "run", or "workflows run" in a group), its help the method's own (and `more`)."""
+def _parent(path: str) -> tuple[click.Group, str]:
+    *groups, name = path.split()
+    parent: click.Group = cli
+    for word in groups:
+        sub = parent.commands[word]
+        assert isinstance(sub, click.Group)
+        parent = sub
+    return parent, name
+
+
+def _front(declared: type[m.Params]) -> str:
     spec = declared.declared
     if spec.cli is None:  # pragma: no cover - a programming error
         raise RuntimeError(f"{spec.name} declares no CLI command")
-    *groups, name = spec.cli.split()
-    group: click.Group = cli
-    for word in groups:
-        sub = group.commands[word]
-        assert isinstance(sub, click.Group)
-        group = sub
-    return group.command(name, help=doc(declared) + more)
+    return spec.cli
+
+
+def command(declared: type[m.Params], *, more: str = "", **kw: Any
+            ) -> Callable[[Callable[..., Any]], click.Command]:
+    """The CLI command that is a method's front: named as its declaration says (`cli`:
+    "run", or "workflows run" in a group), its help the method's own (and `more`)."""
+    parent, name = _parent(_front(declared))
+    return parent.command(name, help=doc(declared) + more, **kw)
+
+
+def command_group(declared: type[m.Params], **kw: Any
+                  ) -> Callable[[Callable[..., Any]], click.Group]:
+    """`command`'s group: the method's front, and its commands' group (`corral tenants`
+    lists them, `corral tenants add` adds one)."""
+    parent, name = _parent(_front(declared))
+    return parent.group(name, help=doc(declared), invoke_without_command=True, **kw)
 
 
 class Ctx:

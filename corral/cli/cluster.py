@@ -7,15 +7,15 @@ import time
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, command, json_option, pass_ctx
 from .render import human_time, print_json, table
 
 
-@cli.command("nodes", help=doc("nodes.list"))
+@command(m.NodesList)
 @json_option
 @pass_ctx
 def nodes_list(obj: Ctx, as_json: bool) -> None:
-    res: m.NodesResult = obj.call("nodes.list", m.NodesList())
+    res: m.NodesResult = obj.call(m.NodesList())
     if as_json:
         print_json(res)
         return
@@ -53,10 +53,10 @@ def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:
     return out
 
 
-@cli.command("drain", help=doc("nodes.drain"))
+@command(m.NodesDrain)
 @click.argument("node")
 @pass_ctx
 def nodes_drain(obj: Ctx, node: str) -> None:
-    res: m.DrainResult = obj.call("nodes.drain", m.NodesDrain(node=node))
+    res: m.DrainResult = obj.call(m.NodesDrain(node=node))
     click.echo(f"node {res.node} (incarnation {res.incarnation}) drains; `corral nodes` "
                "shows it dead once it has left")

@@ -14,7 +14,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, complete_agents, default_config, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, complete_agents, default_config, doc, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .render import human_time, print_json, table
 
@@ -202,11 +202,11 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-@cli.command("ui", help=doc("ui.login"))
+@command(m.UiLogin)
 @json_option
 @pass_ctx
 def ui_login(obj: Ctx, as_json: bool) -> None:
-    res: m.UiLoginResult = obj.call("ui.login", m.UiLogin())
+    res: m.UiLoginResult = obj.call(m.UiLogin())
     if as_json:
         print_json(res)
         return

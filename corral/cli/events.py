@@ -11,7 +11,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option, pass_ctx
 
 
 @cli.group()
@@ -19,7 +19,7 @@ def events() -> None:
     """Publish events and watch the event bus."""
 
 
-@events.command("publish", help=doc("events.publish"))
+@command(m.EventsPublish)
 @click.argument("topic")
 @click.argument("data", required=False, default="null")
 @click.option("--tenant", default=None, help="Only this tenant's workers and followers.")
@@ -29,12 +29,11 @@ def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
         value = msgspec.json.decode(data.encode())
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
-    res: m.PublishResult = obj.call("events.publish", m.EventsPublish(topic=topic, data=value,
-                                                                      tenant=tenant))
+    res: m.PublishResult = obj.call(m.EventsPublish(topic=topic, data=value, tenant=tenant))
     click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 
-@events.command("tail", help=doc("events.follow") + "\n\nOne line each: the time (ISO 8601, "
+@command(m.EventsFollow, more="\n\nOne line each: the time (ISO 8601, "
                 "UTC, as in `corral logs`), the topic, who published it and the data as JSON; "
                 "with --json, each event as a JSON object (its time in seconds since the "
                 "epoch, as every --json prints times).")
@@ -53,5 +52,4 @@ def events_tail(obj: Ctx, pattern: str, tenant: str | None, as_json: bool) -> No
             click.echo(f"corral: missed {plural(params['count'], 'event')}", err=True)
         sys.stdout.flush()
 
-    obj.call("events.follow", m.EventsFollow(pattern=pattern, tenant=tenant),
-             on_notification=on_note)
+    obj.call(m.EventsFollow(pattern=pattern, tenant=tenant), on_notification=on_note)

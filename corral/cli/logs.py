@@ -14,7 +14,7 @@ import msgspec
 from .. import methods as m
 from ..methods import LogLine
 from ..text import plural
-from .app import Ctx, cli, doc, json_option, names_arg, pass_ctx
+from .app import Ctx, cli, command, json_option, names_arg, pass_ctx
 from .client import EXIT_UNREACHABLE, Disconnection
 from .durations import parse_since
 
@@ -44,7 +44,7 @@ def _log_options(fn: Any) -> Any:
     return fn
 
 
-@cli.command(help=doc("logs.tail") + " NAME#N: one replica's. With -f, new lines as they "
+@command(m.LogsTail, more=" NAME#N: one replica's. With -f, new lines as they "
              "come, across restarts and rotation; a reader too slow to keep up is told how "
              "many lines it missed.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
@@ -59,7 +59,7 @@ def logs(obj: Ctx, names: tuple[str, ...], follow: bool, rotate: bool, lines: in
     if rotate:
         if follow:
             raise click.UsageError("--rotate rotates and returns: not with -f")
-        done: m.LogsRotated = obj.call("logs.rotate", m.LogsRotate(names=list(names)))
+        done: m.LogsRotated = obj.call(m.LogsRotate(names=list(names)))
         if as_json:
             click.echo(json.dumps(msgspec.to_builtins(done)))
         else:
@@ -113,7 +113,7 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
         resumed[0] = False
 
     if not follow:
-        res: m.LogLines = obj.call("logs.tail", want)
+        res: m.LogLines = obj.call(want)
         show(res.lines)
         return
 
@@ -128,7 +128,7 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
     params = m.LogsFollow(**msgspec.structs.asdict(want))
     while True:
         try:
-            obj.call("logs.follow", params, on_notification=on_note, reachable=False,
+            obj.call(params, on_notification=on_note, reachable=False,
                      wait_forever=True)
             return
         except Disconnection:

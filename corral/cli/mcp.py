@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from .. import methods as m
-from ..methods import REGISTRY
 from ..text import plural
-from .app import Ctx, cli, default_config, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, default_config, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .render import print_json, table
 from .terminal import unguarded
@@ -22,11 +21,11 @@ def mcp_group() -> None:
     """The MCP tool servers corral runs."""
 
 
-@mcp_group.command("status", help=doc("mcp.status"))
+@command(m.McpStatus)
 @json_option
 @pass_ctx
 def mcp_status(obj: Ctx, as_json: bool) -> None:
-    res: m.McpStatusResult = obj.call("mcp.status")
+    res: m.McpStatusResult = obj.call(m.McpStatus())
     if as_json:
         print_json(res)
         return
@@ -66,17 +65,18 @@ def mcp_serve(obj: Ctx, agent: str | None, token: str | None, reconnect: float) 
     sys.exit(run_serve(client_socket(obj.socket), agent, token, reconnect))
 
 
-def _mcp_verb(verb: str, done: str) -> None:
-    @mcp_group.command(verb, help=doc(f"mcp.{verb}"))
+def _mcp_verb(declared: type[m.McpSelection], done: str) -> None:
+    @command(declared)
     @click.argument("name")
     @pass_ctx
-    def command(obj: Ctx, name: str) -> None:
-        res: m.McpInstances = obj.call(f"mcp.{verb}", REGISTRY[f"mcp.{verb}"].params(name=name))
+    def verb(obj: Ctx, name: str) -> None:
+        res: m.McpInstances = obj.call(declared(name=name))
         click.echo(f"{done} {name} ({plural(res.instances, 'instance')})")
 
 
-for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
-    _mcp_verb(_verb, _done)
+for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),
+                         (m.McpRestart, "restarted")):
+    _mcp_verb(_declared, _done)
 
 
 @mcp_group.command("login")

@@ -8,11 +8,11 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, json_option, pass_ctx
 from .render import human_bytes, print_json, stamp, table
 
 
-@cli.command(help=doc("packages.deploy") + "\n\nPATH: the package's directory (or its "
+@command(m.PackagesDeploy, more="\n\nPATH: the package's directory (or its "
              "manifest file); the daemon reads it, so it must be on the daemon's host.")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--name", default=None, help="The agent's name (default: the manifest's).")
@@ -26,7 +26,7 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
     params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
     # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
     # healthy_deadline, and Ctrl-C ends the wait
-    res: m.DeployResult = obj.call("packages.deploy", params, on_notification=progress,
+    res: m.DeployResult = obj.call(params, on_notification=progress,
                                    wait_forever=True)
     if as_json:
         print_json(res)
@@ -40,12 +40,12 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
                f"{res.revision}" + (f"; was {res.previous}" if res.previous else ""))
 
 
-@cli.command(help=doc("packages.releases"))
+@command(m.PackagesReleases)
 @click.argument("name", shell_complete=complete_agents)
 @json_option
 @pass_ctx
 def releases(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.ReleasesResult = obj.call("packages.releases", m.PackagesReleases(name=name))
+    res: m.ReleasesResult = obj.call(m.PackagesReleases(name=name))
     if as_json:
         print_json(res)
         return

@@ -60,7 +60,7 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
         return
     st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names),
                                                                          tenant=tenant))
-    nodes: m.NodesResult | None = obj.call("nodes.list", m.NodesList()) if cluster else None
+    nodes: m.NodesResult | None = obj.call(m.NodesList()) if cluster else None
     # a one-shot that exited cleanly (done) did its work: not down as a failure is
     down = any(a.state not in RUNNING_STATES and not a.done for a in st.agents)
     if as_json:

@@ -7,18 +7,18 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, command, command_group, json_option, pass_ctx
 from .render import print_json, table
 
 
-@cli.group(invoke_without_command=True, help=doc("tenants.list"))
+@command_group(m.TenantsList)
 @json_option
 @pass_ctx
 @click.pass_context
 def tenants(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    res: m.TenantList = obj.call("tenants.list")
+    res: m.TenantList = obj.call(m.TenantsList())
     if as_json:
         print_json(res)
         return
@@ -44,7 +44,7 @@ _SHOWN_BESIDE = {"max_agents", "max_replicas", "max_queue", "max_concurrent_task
                  "tokens_per_minute"}
 
 
-@tenants.command("add", help=doc("tenants.add") + "\n\nFILE holds [tenants.NAME] tables.")
+@command(m.TenantsAdd, more="\n\nFILE holds [tenants.NAME] tables.")
 @click.argument("file")
 @pass_ctx
 def tenants_add(obj: Ctx, file: str) -> None:
@@ -58,11 +58,11 @@ def tenants_add(obj: Ctx, file: str) -> None:
     tables = data.get("tenants")
     if not isinstance(tables, dict) or not tables:
         raise click.UsageError(f"{file}: no [tenants.NAME] tables")
-    res: m.AddResult = obj.call("tenants.add", m.TenantsAdd(tenants=tables))
+    res: m.AddResult = obj.call(m.TenantsAdd(tenants=tables))
     click.echo(f"added: {', '.join(res.added)}")
 
 
-@tenants.command("set", help=doc("tenants.set"))
+@command(m.TenantsSet)
 @click.argument("name")
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 @pass_ctx
@@ -78,14 +78,14 @@ def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
             changes[key] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             changes[key] = value
-    res: m.TenantEntry = obj.call("tenants.set", m.TenantsSet(name=name, set=changes))
+    res: m.TenantEntry = obj.call(m.TenantsSet(name=name, set=changes))
     click.echo(f"tenant {res.name}: " + (", ".join(f"{k}={v}" for k, v in res.quotas.items())
                                          or "no quotas"))
 
 
-@tenants.command("remove", help=doc("tenants.remove"))
+@command(m.TenantsRemove)
 @click.argument("names", nargs=-1, required=True)
 @pass_ctx
 def tenants_remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.RemoveResult = obj.call("tenants.remove", m.TenantsRemove(names=list(names)))
+    res: m.RemoveResult = obj.call(m.TenantsRemove(names=list(names)))
     click.echo(f"removed: {', '.join(res.removed)}")

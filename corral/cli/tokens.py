@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option, pass_ctx
 from .durations import duration
 from .render import print_json, stamp, table
 
@@ -30,7 +30,7 @@ def _when(t: float | None) -> str:
     return "never" if t is None else stamp(t)
 
 
-@token.command("create", help=doc("tokens.create"))
+@command(m.TokensCreate)
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, required=True, metavar="SCOPE",
               type=click.Choice(sorted(m.SCOPES)), help="A scope it holds (repeat).")
@@ -44,7 +44,7 @@ def _when(t: float | None) -> str:
 @pass_ctx
 def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
                  expires: str | None, tenant: str | None, as_json: bool) -> None:
-    res: m.TokenCreated = obj.call("tokens.create", m.TokensCreate(
+    res: m.TokenCreated = obj.call(m.TokensCreate(
         name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires),
         tenant=tenant))
     if as_json:
@@ -57,11 +57,11 @@ def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | Non
                f"{_when(res.expires)}): it is shown this once", err=True)
 
 
-@token.command("list", help=doc("tokens.list"))
+@command(m.TokensList)
 @json_option
 @pass_ctx
 def token_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TokenList = obj.call("tokens.list")
+    res: m.TokenList = obj.call(m.TokensList())
     if as_json:
         print_json(res)
         return
@@ -70,9 +70,9 @@ def token_list(obj: Ctx, as_json: bool) -> None:
           ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
 
 
-@token.command("revoke", help=doc("tokens.revoke"))
+@command(m.TokensRevoke)
 @click.argument("name")
 @pass_ctx
 def token_revoke(obj: Ctx, name: str) -> None:
-    res: m.TokenInfo = obj.call("tokens.revoke", m.TokensRevoke(name=name))
+    res: m.TokenInfo = obj.call(m.TokensRevoke(name=name))
     click.echo(f"revoked token {res.name}")

@@ -12,12 +12,12 @@ import msgspec
 
 from .. import methods as m
 from ..text import did_you_mean
-from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, command_group, complete_agents, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .render import print_json, table
 
 
-@cli.group("tools", invoke_without_command=True, help=doc("tools.list"))
+@command_group(m.ToolsList)
 @click.option("--agent", default=None, shell_complete=complete_agents)
 @json_option
 @click.pass_context
@@ -25,7 +25,7 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     obj: Ctx = ctx.obj
-    res: m.ToolList = obj.call("tools.list", m.ToolsList(agent=agent))
+    res: m.ToolList = obj.call(m.ToolsList(agent=agent))
     allow = res.allow if isinstance(res.allow, list) else []
     empty = None if agent is None else (
         f"no tools match agent {agent}'s allowlist: {', '.join(allow)}" if allow
@@ -48,7 +48,7 @@ def tools_describe(obj: Ctx, name: str, as_json: bool) -> None:
     server = name.split("__", 1)[0] if "__" in name else None
     if server is None:
         raise click.BadParameter("tools are named SERVER__TOOL", param_hint="SERVER__TOOL")
-    res: m.ToolList = obj.call("tools.list", m.ToolsList(server=server))
+    res: m.ToolList = obj.call(m.ToolsList(server=server))
     tool = next((t for t in res.tools if t["name"] == name), None)
     if tool is None:
         for why in res.unavailable.values():
@@ -165,10 +165,10 @@ def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool
     if rest:
         if len(rest) != 1:
             raise click.UsageError("usage: corral resources [SERVER] read URI")
-        res = obj.call("resources.read", m.ResourcesRead(uri=rest[0], server=server))
+        res = obj.call(m.ResourcesRead(uri=rest[0], server=server))
         _show_content(res, as_json, "contents")
         return
-    listed: m.ResourceList = obj.call("resources.list",
+    listed: m.ResourceList = obj.call(
                                       m.ResourcesList(server=server, agent=agent))
     rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
             for r in listed.resources]
@@ -206,10 +206,10 @@ def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
             raise click.UsageError("usage: corral prompts get SERVER__PROMPT [--args JSON]")
         arguments = _json_object(args, "--args")
         name = rest[0] if server is None or "__" in rest[0] else f"{server}__{rest[0]}"
-        res = obj.call("prompts.get", m.PromptsGet(name=name, arguments=arguments))
+        res = obj.call(m.PromptsGet(name=name, arguments=arguments))
         _show_content(res, as_json, "messages")
         return
-    listed: m.PromptList = obj.call("prompts.list", m.PromptsList(server=server, agent=agent))
+    listed: m.PromptList = obj.call(m.PromptsList(server=server, agent=agent))
     rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")
                                   for a in p.get("arguments") or []),
              _first_line(p.get("description"))] for p in listed.prompts]
@@ -226,7 +226,7 @@ def _json_object(text: str, hint: str) -> dict[str, Any]:
     return value
 
 
-@tools.command("call", help=doc("tools.call"))
+@command(m.ToolsCall)
 @click.argument("name")
 @click.option("--args", "args", default="{}", metavar="JSON",
               help="The arguments, a JSON object.")
@@ -234,7 +234,7 @@ def _json_object(text: str, hint: str) -> dict[str, Any]:
 @pass_ctx
 def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
     arguments = _json_object(args, "--args")
-    res = obj.call("tools.call", m.ToolsCall(name=name, arguments=arguments))
+    res = obj.call(m.ToolsCall(name=name, arguments=arguments))
     if as_json:
         print_json(res)
     else:

@@ -95,7 +95,7 @@ def _top(obj: Ctx, interval: float, iterations: int, log_lines: int,
                for name, a in rows],
               ["NAME", "STATE", "PID", "CPU%", "RSS", "ACTIVE", "UPTIME", "RESTARTS"])
         if log_lines:
-            recent: list[LogLine] = obj.call("logs.tail", m.LogsTail(lines=log_lines)).lines
+            recent: list[LogLine] = obj.call(m.LogsTail(lines=log_lines)).lines
             click.echo(f"\n-- last {plural(len(recent), 'log line')} --")
             width = shutil.get_terminal_size().columns
             for line in recent:

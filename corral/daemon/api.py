@@ -55,6 +55,13 @@ class Commands(Generic[Ctx, Narrow]):
         return register
 
 
+def wire(value: Any) -> Any:
+    """The engine's answer where corral.methods declares its wire twin: the two encode
+    alike (tests/test_methods.py decodes the daemon's answers into the declared results),
+    and converting would only copy."""
+    return value
+
+
 def whole(services: Ctx) -> Ctx:
     """The narrow services of a domain that takes them all (until it is narrowed)."""
     return services

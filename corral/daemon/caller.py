@@ -44,6 +44,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         """Whether the caller sees only some agents (a glob, a tenant)."""
         return self.agents is not None or self.tenant is not None
 
+    @property
+    def user(self) -> str:
+        """The user behind a call (not the one process: `who`), as a pause's reason and an
+        event's source name it."""
+        return f"token {self.token}" if self.token is not None else f"uid {self.uid}"
+
     def sees(self, name: str) -> bool:
         """Whether an agent of this name exists for this caller: the daemon's own log
         ("corral") tells of every agent, so a caller limited to some never sees it."""

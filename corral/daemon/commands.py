@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -22,13 +21,11 @@ from ..supervisor.errors import NoSuchAgent
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..supervisor.startstop import start_each, stop_all
 from ..text import plural
-from .api import Commands, whole
+from .api import Commands, whole, wire
 from .caller import SHARED, Caller, Channel
-from .flowcontrol import drain
 from .history import has_rows
 from .services import Services
 from .store import row_limit
-from .tokens import Token, tokens_of
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -36,9 +33,6 @@ if TYPE_CHECKING:
 
 COMMANDS: Commands[Services, Services] = Commands(whole)
 implements = COMMANDS.implements
-
-FOLLOW_BATCH = 500
-CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
 
 
 def _targets(d: Services, names: list[str], all_: bool) -> list[tuple[Agent, int | None]]:
@@ -168,9 +162,9 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
     stats = d.task_engine.stats()["agents"]
     here = d.cluster.here
     return m.AgentsStatusResult(
-        agents=_wire([r.status() for a in agents for r in a.replicas]),
-        mcp_servers=_wire(servers),
-        tasks=_wire({a.name: stats.get(a.name) for a in agents}),
+        agents=wire([r.status() for a in agents for r in a.replicas]),
+        mcp_servers=wire(servers),
+        tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
         cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
@@ -194,13 +188,6 @@ def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
                                             f"{last.replicas}: {last.reason}"),
             last_time=None if last is None else last.time)
     return out
-
-
-def _wire(value: Any) -> Any:
-    """The engine's answer where corral.methods declares its wire twin: the two encode
-    alike (tests/test_methods.py decodes the daemon's answers into the declared results),
-    and converting would only copy."""
-    return value
 
 
 @implements(m.AgentsStart)
@@ -271,12 +258,6 @@ async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Chann
 _SIGNALS = {int(s) for s in signal.Signals}
 
 
-def _user(caller: Caller) -> str:
-    """The user behind a call (not the one process: `Caller.who`), as a pause's reason and
-    an event's source name it."""
-    return f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
-
-
 def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
     return m.PauseResult(agent=name, replicas=[
         m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.status().pid)
@@ -286,13 +267,13 @@ def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
 @implements(m.AgentsPause)
 async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
                        ) -> m.PauseResult:
-    return _paused(p.name, await d.agents.pause(p.name, p.replica, f"paused by {_user(caller)}"))
+    return _paused(p.name, await d.agents.pause(p.name, p.replica, f"paused by {caller.user}"))
 
 
 @implements(m.AgentsResume)
 async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
                         ) -> m.PauseResult:
-    return _paused(p.name, d.agents.resume(p.name, p.replica, f"resumed by {_user(caller)}"))
+    return _paused(p.name, d.agents.resume(p.name, p.replica, f"resumed by {caller.user}"))
 
 
 @implements(m.AgentsDescribe)
@@ -405,7 +386,7 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     # the store keeps the real values (a rollback runs them); the answer, the rule's
     shown = [msgspec.structs.replace(r, spec=redact.table(r.spec)) for r in revs]
     return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name),
-                           revisions=_wire(shown), scaling=scaling[-row_limit(p.limit):])
+                           revisions=wire(shown), scaling=scaling[-row_limit(p.limit):])
 
 
 @implements(m.AgentsUpdate)
@@ -449,114 +430,6 @@ async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) ->
             row_limit(p.limit))])
 
 
-@implements(m.LogsTail)
-async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
-    sources, keep = _log_sources(d, p)
-    if keep is None:
-        return m.LogLines(lines=d.hub.tail(sources, p.lines, p.since))
-    # one replica's lines, or those a filter keeps: from the sources' whole tails
-    lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
-    return m.LogLines(lines=lines[-p.lines:] if p.lines > 0 else [])
-
-
-def _log_sources(d: Services, p: m.LogsTail
-                 ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
-    """The sources to read for NAME / NAME#N targets, and a filter when a replica, a
-    text (`grep`) or streams are named (None: every line of the sources)."""
-    by_replica = _replica_sources(d, p.names)
-    sources, replica_keep = by_replica
-    text, streams = p.grep, frozenset(p.streams)
-    if text is None and not streams:
-        return by_replica
-
-    def keep(line: m.LogLine) -> bool:
-        # the text is looked for in the line as it is printed (who and pid too)
-        return ((replica_keep is None or replica_keep(line))
-                and (not streams or line.stream in streams)
-                and (text is None or text in line.render()))
-
-    return sources, keep
-
-
-def _replica_sources(d: Services, names: list[str]
-                     ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
-    """The sources to read for NAME / NAME#N targets, and a filter when a replica is
-    named (None: every line of the sources)."""
-    sources: list[str] = []
-    replicas: dict[str, set[int] | None] = {}
-    for target in names:
-        try:
-            n, index = m.parse_target(target)
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-        if n not in d.agents and n != "corral" and n not in d.hub.tails:
-            raise NoSuchAgent(n, d.agents)
-        if n not in replicas:
-            sources.append(n)
-            replicas[n] = set()
-        wanted = replicas[n]
-        if index is None or wanted is None:
-            replicas[n] = None
-        else:
-            wanted.add(index)
-    if all(v is None for v in replicas.values()):
-        return sources, None
-
-    def keep(line: m.LogLine) -> bool:
-        wanted = replicas.get(line.source)
-        return wanted is None or line.replica in wanted
-
-    return sources, keep
-
-
-@implements(m.LogsRotate)
-async def logs_rotate(d: Services, p: m.LogsRotate, caller: Caller, c: Channel
-                      ) -> m.LogsRotated:
-    """Each named agent's log file (every agent's, its MCP servers' and the daemon's when
-    none is named) rotated now; a file that cannot be moved is said, naming it, those
-    before it rotated."""
-    for name in p.names:
-        if "#" in name:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"{name}: a log file is an agent's, "
-                                                   "not a replica's: name the agent")
-        if name not in d.agents and name != "corral":
-            raise NoSuchAgent(name, d.agents)
-    names = p.names or list(dict.fromkeys(["corral", *d.agents, *d.hub.files]))
-    done: list[str] = []
-    try:
-        for name in names:
-            done += [str(f) for f in d.hub.rotate([name])]
-    except OSError as exc:
-        raise RpcError(jsonrpc.SERVER_ERROR,
-                       f"cannot rotate log file {exc.filename}: {exc.strerror} (rotated "
-                       f"before it: {', '.join(done) or 'none'})") from None
-    return m.LogsRotated(files=done)
-
-
-@implements(m.LogsFollow)
-async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
-    """Streams until the client goes away (the Peer then cancels this task)."""
-    sources, keep = _log_sources(d, p)
-    follower = d.hub.follow(sources)
-
-    def send_some() -> None:
-        lines: list[m.LogLine] = []
-        while follower.queue and len(lines) < FOLLOW_BATCH:
-            lines.extend(follower.pop().materialize())
-        if keep is not None:
-            lines = [ln for ln in lines if keep(ln)]
-        if lines:
-            c.notify("logs.lines", {"lines": lines})
-
-    try:
-        backlog = (await logs_tail(d, p, caller, c)).lines
-        if backlog:
-            c.notify("logs.lines", {"lines": backlog})
-        await drain(c, follower, "logs.missed", send_some)
-    finally:
-        d.hub.unfollow(follower)
-
-
 @implements(m.StatsGet)
 async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
     stats = msgspec.structs.asdict(d.runtime_stats())
@@ -570,7 +443,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             # a float even for no replicas, as the field says
             cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
-            usage=_wire(d.budgets.stats(a.name)),
+            usage=wire(d.budgets.stats(a.name)),
             tenant=a.spec.tenant,
             elastic=d.elastic.shown_state(a.name),
         )
@@ -586,202 +459,15 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             task_journal_refusing=d.tasks.refusing,
             usage_reports_ignored=d.budgets.bad_reports),
         agents=per_agent,
-        tasks=_wire(d.task_engine.stats()),
+        tasks=wire(d.task_engine.stats()),
         events=d.bus.stats(),
         heartbeat=msgspec.structs.asdict(d.heartbeat),
-        gateway=_wire(d.gateway_status()),
+        gateway=wire(d.gateway_status()),
         cluster=_or_unset(d.cluster.status()),
     )
 
 
-@implements(m.NodesList)
-async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
-                     ) -> m.NodesResult:
-    node = d.cluster.joined()
-    return m.NodesResult(nodes=list(await node.nodes()), warnings=node.redis_warnings)
-
-
-@implements(m.NodesDrain)
-async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
-                      ) -> m.DrainResult:
-    view = await d.cluster.joined().drain(p.node)
-    return m.DrainResult(node=view.node, incarnation=view.incarnation)
-
-
-@implements(m.EventsPublish)
-async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
-                         ) -> m.PublishResult:
-    return m.PublishResult(delivered=d.bus.publish(p.topic, p.data, _user(caller),
-                                                      event_tenant(d, p.tenant, caller),
-                                                      caller.agents))
-
-
-def event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
-    """The tenant of the bus a call publishes in or follows (or of the HTTP stream's
-    ring it reads, rest.Api.stream): a tenant caller's own (the command layer refused
-    another's), else the one named, which must exist."""
-    if caller.tenant is not None:
-        return caller.tenant
-    if named is not None and not d.quotas.known(named):
-        raise jsonrpc.not_found("tenant", named)
-    return named
-
-
-@implements(m.EventsFollow)
-async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
-    bus = d.bus
-    follower = bus.follow(p.pattern, event_tenant(d, p.tenant, caller))
-
-    def send_some() -> None:
-        for _ in range(min(FOLLOW_BATCH, len(follower.queue))):
-            c.notify("events.event", follower.pop())  # encoded once by the bus
-
-    try:
-        await drain(c, follower, "events.missed", send_some)
-    finally:
-        bus.unfollow(follower)
-
-
-def _lister(d: Services, agent: str | None) -> dict[str, Any]:
-    """Whose view a listing takes: an agent's (its allowlist) or the operator's (all)."""
-    if agent is None:
-        return {"owner": CLI_OWNER}
-    a = d.agents.agent(agent)
-    return {"owner": f"{a.name}#0", "allow": list(a.spec.tools)}
-
-
-Listing = Callable[..., Awaitable[list[dict[str, Any]]]]
-
-
-async def _listing(d: Services, who: dict[str, Any], server: str | None,
-                   *lists: Listing) -> tuple[list[list[dict[str, Any]]], dict[str, str],
-                                             list[str]]:
-    """The pool's listings, and what every listing method answers besides them: the
-    servers that could not answer (`unavailable`: name -> why) and, of those, the ones
-    whose every instance has failed (`failed`: the CLI exits 1 for them)."""
-    unavailable: dict[str, str] = {}
-    found = await asyncio.gather(*(list_them(server=server, unavailable=unavailable, **who)
-                                   for list_them in lists))
-    failed = [n for n in unavailable if (insts := d.tools.servers[n].all())
-              and all(i.machine.failed for i in insts)]
-    return list(found), unavailable, failed
-
-
-@implements(m.ToolsList)
-async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
-    who = _lister(d, p.agent)
-    (tools,), unavailable, failed = await _listing(d, who, p.server, d.tools.list_tools)
-    # with an agent, its allowlist, so an empty listing can say why
-    return m.ToolList(tools=tools, unavailable=unavailable, failed=failed,
-                      allow=who.get("allow", msgspec.UNSET))
-
-
-@implements(m.ToolsCall)
-async def tools_call(d: Services, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
-    return await d.tools.call(p.name, p.arguments, owner=CLI_OWNER)
-
-
-@implements(m.McpStatus)
-async def mcp_status(d: Services, p: m.McpStatus, caller: Caller, c: Channel
-                     ) -> m.McpStatusResult:
-    return m.McpStatusResult(mcp_servers=_wire(d.tools.status()),
-                             gateway=_wire(d.gateway_status()))
-
-
-async def _each_instance(d: Services, name: str, verb: str) -> m.McpInstances:
-    entry = d.tools.server(name)
-    insts = entry.all()
-    if verb in ("stop", "restart"):
-        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else RESTARTED)
-                               for i in insts))
-    if verb in ("start", "restart"):
-        for i in insts:
-            i.start(by_hand=True)
-    return m.McpInstances(name=name, instances=len(insts))
-
-
-@implements(m.McpStart)
-async def mcp_start(d: Services, p: m.McpStart, caller: Caller, c: Channel
-                    ) -> m.McpInstances:
-    return await _each_instance(d, p.name, "start")
-
-
-@implements(m.McpStop)
-async def mcp_stop(d: Services, p: m.McpStop, caller: Caller, c: Channel
-                   ) -> m.McpInstances:
-    return await _each_instance(d, p.name, "stop")
-
-
-@implements(m.McpRestart)
-async def mcp_restart(d: Services, p: m.McpRestart, caller: Caller, c: Channel
-                      ) -> m.McpInstances:
-    return await _each_instance(d, p.name, "restart")
-
-
-@implements(m.ResourcesList)
-async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Channel
-                         ) -> m.ResourceList:
-    (resources, templates), unavailable, failed = await _listing(
-        d, _lister(d, p.agent), p.server, d.tools.list_resources,
-        d.tools.list_resource_templates)
-    return m.ResourceList(resources=resources, resource_templates=templates,
-                          unavailable=unavailable, failed=failed)
-
-
-@implements(m.ResourcesRead)
-async def resources_read(d: Services, p: m.ResourcesRead, caller: Caller, c: Channel) -> Any:
-    server = p.server
-    if server is None:
-        listed = await d.tools.list_resources(owner=CLI_OWNER)
-        having = sorted({r["server"] for r in listed if r.get("uri") == p.uri})
-        if len(having) != 1:
-            raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
-                           f"resource {p.uri}: " + (f"listed by {', '.join(having)}; name "
-                           "the server" if having else "no server lists it; name the server"))
-        server = having[0]
-    return await d.tools.read_resource(server, p.uri, owner=CLI_OWNER)
-
-
-@implements(m.PromptsList)
-async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel
-                       ) -> m.PromptList:
-    (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
-                                                     d.tools.list_prompts)
-    return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
-
-
-@implements(m.PromptsGet)
-async def prompts_get(d: Services, p: m.PromptsGet, caller: Caller, c: Channel) -> Any:
-    return await d.tools.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
-
-
 # -- tokens (issue 21) ---------------------------------------------------------------------
-def _token_info(t: Token) -> m.TokenInfo:
-    return m.TokenInfo(name=t.name, scopes=sorted(t.scopes), agents=t.agents,
-                       created=t.created, expires=t.expires, tenant=t.tenant)
-
-
-@implements(m.TokensCreate)
-async def tokens_create(d: Services, p: m.TokensCreate, caller: Caller, c: Channel
-                        ) -> m.TokenCreated:
-    if p.tenant is not None and not d.quotas.known(p.tenant):
-        raise RpcError(jsonrpc.INVALID_PARAMS, d.quotas.unknown(f"token {p.name}",
-                                                                     p.tenant))
-    secret, t = await tokens_of(d.store).create(p.name, p.scopes, p.agents, p.expires_in,
-                                                p.tenant)
-    return m.TokenCreated(**msgspec.structs.asdict(_token_info(t)), token=secret)
-
-
-@implements(m.TokensList)
-async def tokens_list(d: Services, p: m.TokensList, caller: Caller, c: Channel
-                      ) -> m.TokenList:
-    return m.TokenList(tokens=[_token_info(t) for t in tokens_of(d.store).list()])
-
-
-@implements(m.TokensRevoke)
-async def tokens_revoke(d: Services, p: m.TokensRevoke, caller: Caller, c: Channel
-                        ) -> m.TokenInfo:
-    return _token_info(await tokens_of(d.store).revoke(p.name))
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------
@@ -822,66 +508,12 @@ async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) 
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------
-@implements(m.UiLogin)
-async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
-                   ) -> m.UiLoginResult:
-    if d.ui is not None and not d.ui.url:
-        # configured, but not serving (its port taken, as by another daemon's dashboard):
-        # a link to its address would log in to whatever answers there
-        down = next((e for e in d.extras() if e.name == "HTTP server" and not e.serving),
-                    None)
-        where = f" on {down.address}" if down else ""
-        why = f" ({down.error})" if down and down.error else ""
-        raise RpcError(jsonrpc.UNAVAILABLE, f"the dashboard's HTTP server{where} is not "
-                       f"serving{why}; it is tried again with backoff: free that address, "
-                       "or give [http] listen another and restart the daemon")
-    if d.ui is None:
-        raise RpcError(jsonrpc.CONFLICT, "the dashboard is served by the HTTP server, and "
-                                         "this daemon has none: set [http] listen")
-    code, expires = d.ui.issue(caller)
-    path = f"/ui/login?code={code}"
-    return m.UiLoginResult(code=code, path=path, url=d.ui.url + path, expires=expires)
 
 
 # -- agent packages (issue 25) -------------------------------------------------------------
-@implements(m.PackagesDeploy)
-async def packages_deploy(d: Services, p: m.PackagesDeploy, caller: Caller, c: Channel
-                          ) -> m.DeployResult:
-    def say(text: str) -> None:
-        c.notify("packages.progress", {"message": text})
-        d.hub.daemon(f"deploy {p.path}: {text}")
-
-    return await d.packages.deploy(p.path, p.name, caller.who, say)
-
-
-@implements(m.PackagesReleases)
-async def packages_releases(d: Services, p: m.PackagesReleases, caller: Caller, c: Channel
-                            ) -> m.ReleasesResult:
-    return await d.packages.list(p.name)
 
 
 # -- tenants (issue 23) --------------------------------------------------------------------
-@implements(m.TenantsList)
-async def tenants_list(d: Services, p: m.TenantsList, caller: Caller, c: Channel
-                       ) -> m.TenantList:
-    return m.TenantList(tenants=d.tenants.entries())
-
-
-@implements(m.TenantsAdd)
-async def tenants_add(d: Services, p: m.TenantsAdd, caller: Caller, c: Channel) -> m.AddResult:
-    return m.AddResult(added=await d.tenants.add(p.tenants, caller.who))
-
-
-@implements(m.TenantsSet)
-async def tenants_set(d: Services, p: m.TenantsSet, caller: Caller, c: Channel
-                      ) -> m.TenantEntry:
-    return await d.tenants.set(p.name, p.set, caller.who)
-
-
-@implements(m.TenantsRemove)
-async def tenants_remove(d: Services, p: m.TenantsRemove, caller: Caller, c: Channel
-                         ) -> m.RemoveResult:
-    return m.RemoveResult(removed=await d.tenants.remove(p.names))
 
 
 def _or_unset(value: Any) -> Any:

@@ -3,7 +3,20 @@ each declared method (corral.methods) implemented once, in the module of its dom
 
 from __future__ import annotations
 
-from . import commands, gatewayhandlers, schedulehandlers, sessionhandlers, taskhandlers
+from . import (
+    accesshandlers,
+    commands,
+    eventhandlers,
+    gatewayhandlers,
+    loghandlers,
+    mcphandlers,
+    nodehandlers,
+    packagehandlers,
+    schedulehandlers,
+    sessionhandlers,
+    taskhandlers,
+    tenanthandlers,
+)
 from .api import Handlers
 from .services import Services
 from .teams import handlers as teamhandlers
@@ -11,5 +24,7 @@ from .workflows import handlers as workflowhandlers
 
 HANDLERS: Handlers[Services] = Handlers(
     commands.COMMANDS, taskhandlers.COMMANDS, sessionhandlers.COMMANDS,
-    gatewayhandlers.COMMANDS, schedulehandlers.COMMANDS, teamhandlers.COMMANDS,
-    workflowhandlers.COMMANDS)
+    eventhandlers.COMMANDS, mcphandlers.COMMANDS, nodehandlers.COMMANDS,
+    tenanthandlers.COMMANDS, loghandlers.COMMANDS, packagehandlers.COMMANDS,
+    accesshandlers.COMMANDS, gatewayhandlers.COMMANDS, schedulehandlers.COMMANDS,
+    teamhandlers.COMMANDS, workflowhandlers.COMMANDS)

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# a follow's items sent at a turn of the loop, at most (a log line, an event each)
+FOLLOW_BATCH = 500
+
 
 async def drain(c: Channel, follower: Follower[T], missed_method: str,
                 send_some: Callable[[], None]) -> NoReturn:

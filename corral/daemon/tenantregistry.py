@@ -169,7 +169,7 @@ class TenantRegistry:
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, "no [tenants.NAME] tables to add")
         try:
-            specs = parse_tenants({"tenants": tables}, "tenants.add")
+            specs = parse_tenants({"tenants": tables}, m.TenantsAdd.declared.name)
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         for name in specs:
@@ -201,7 +201,7 @@ class TenantRegistry:
             else:
                 new[key] = value
         try:
-            spec = parse_tenants({"tenants": {name: new}}, "tenants.set")[name]
+            spec = parse_tenants({"tenants": {name: new}}, m.TenantsSet.declared.name)[name]
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         table = table_of(spec)

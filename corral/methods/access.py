@@ -13,7 +13,8 @@ class TokenCreated(TokenInfo):
     token: str
 
 
-@method("tokens.create", result=TokenCreated, scope="admin", mutating=True, seen=None, routes=(
+@method("tokens.create", result=TokenCreated, scope="admin", mutating=True, seen=None,
+        cli="token create", routes=(
     rest("POST", "/tokens", "Create a token (its secret shown once)",
          body=("name", "scopes", "agents", "expires_in")),
 ))
@@ -29,14 +30,15 @@ class TokensCreate(Params):
     tenant: str | None = None  # a tenant's token: it sees that tenant's objects only
 
 
-@method("tokens.list", result=TokenList, scope="admin", seen=None, routes=(
+@method("tokens.list", result=TokenList, scope="admin", seen=None, cli="token list", routes=(
     rest("GET", "/tokens", "The API's tokens"),
 ))
 class TokensList(Params):
     """The HTTP API's tokens: name, scopes, agent glob, created, expires."""
 
 
-@method("tokens.revoke", result=TokenInfo, scope="admin", mutating=True, seen=None, routes=(
+@method("tokens.revoke", result=TokenInfo, scope="admin", mutating=True, seen=None,
+        cli="token revoke", routes=(
     rest("DELETE", "/tokens/{name}", "Revoke a token"),
 ))
 class TokensRevoke(Params):
@@ -46,7 +48,8 @@ class TokensRevoke(Params):
 
 
 
-@method("ui.login", result=UiLoginResult, scope="admin", mutating=True, seen="unnamed", routes=(
+@method("ui.login", result=UiLoginResult, scope="admin", mutating=True, seen="unnamed",
+        cli="ui", routes=(
     rest("POST", "/ui/login", "A one-time link that logs a browser in to the "
          "dashboard as this token (its tenant, agents and scopes)"),
 ))

@@ -7,7 +7,8 @@ from ..results import *  # noqa: F403
 from .declaration import Params, method, rest
 
 
-@method("nodes.list", result=NodesResult, scope="agents:read", seen=None, dashboard=True, routes=(
+@method("nodes.list", result=NodesResult, scope="agents:read", seen=None, cli="nodes",
+        dashboard=True, routes=(
     rest("GET", "/nodes", "The nodes of the cluster (with [cluster])"),
 ))
 class NodesList(Params):
@@ -15,7 +16,8 @@ class NodesList(Params):
     beat."""
 
 
-@method("nodes.drain", result=DrainResult, scope="admin", mutating=True, seen=None, routes=(
+@method("nodes.drain", result=DrainResult, scope="admin", mutating=True, seen=None,
+        cli="drain", routes=(
     rest("POST", "/nodes/{node}/drain", "Drain a node of the cluster: no new "
          "tasks, what it runs finishes, its cluster agents move, then it leaves",
          path_params={"node": "node"}),

@@ -9,8 +9,8 @@ from ..results import *  # noqa: F403
 from .declaration import Params, method, rest
 
 
-@method("events.publish", result=PublishResult, scope="events", mutating=True,
-        seen="own_tenant", routes=(
+@method("events.publish", result=PublishResult, scope="events", mutating=True, seen="own_tenant",
+        cli="events publish", routes=(
     rest("POST", "/events", "Publish an event",
          body=("topic", "data", "tenant")),
 ))
@@ -25,7 +25,7 @@ class EventsPublish(Params):
 
 
 @method("events.follow", result=None, scope="events", endless=True, seen="event_stream",
-        dashboard=True, routes=(
+        cli="events tail", dashboard=True, routes=(
     rest("GET", "/events/stream", "Events matching a pattern (SSE)",
          query=("pattern", "tenant"), stream="events.event"),
 ))

@@ -11,7 +11,8 @@ from ..results import *  # noqa: F403
 from .declaration import ONE, Params, method, rest
 
 
-@method("logs.tail", result=LogLines, scope="logs:read", seen="log_lines", dashboard=True, routes=(
+@method("logs.tail", result=LogLines, scope="logs:read", seen="log_lines", cli="logs",
+        dashboard=True, routes=(
     rest("GET", "/agents/{name}/logs", "An agent's last log lines",
          path_params=ONE, query=("lines", "since")),
     rest("GET", "/logs", "The last log lines of agents (and the daemon)",

@@ -9,7 +9,7 @@ from ..results import *  # noqa: F403
 from .declaration import Params, method, rest
 
 
-@method("tools.list", result=ToolList, scope="mcp:call", seen="tools", routes=(
+@method("tools.list", result=ToolList, scope="mcp:call", seen="tools", cli="tools", routes=(
     rest("GET", "/tools", "The MCP servers' tools", query=("agent", "server")),
 ))
 class ToolsList(Params):
@@ -21,7 +21,8 @@ class ToolsList(Params):
     server: str | None = None
 
 
-@method("tools.call", result=McpResult, scope="mcp:call", mutating=True, seen="tool", routes=(
+@method("tools.call", result=McpResult, scope="mcp:call", mutating=True, seen="tool",
+        cli="tools call", routes=(
     rest("POST", "/tools/{name}/call", "Call a tool", body=("arguments",)),
 ))
 class ToolsCall(Params):
@@ -32,7 +33,7 @@ class ToolsCall(Params):
 
 
 @method("mcp.status", result=McpStatusResult, scope="agents:read", seen="mcp_status",
-        dashboard=True, routes=(
+        cli="mcp status", dashboard=True, routes=(
     rest("GET", "/mcp/servers", "The MCP servers' instances"),
 ))
 class McpStatus(Params):
@@ -45,16 +46,16 @@ class McpSelection(Params):
     name: str
 
 
-@method("mcp.start", result=McpInstances, scope="agents:write", mutating=True,
-        seen="server", routes=(
+@method("mcp.start", result=McpInstances, scope="agents:write", mutating=True, seen="server",
+        cli="mcp start", routes=(
     rest("POST", "/mcp/servers/{name}/start", "Start an MCP server"),
 ))
 class McpStart(McpSelection):
     """Start an MCP server's instances (a Failed server is given a fresh start)."""
 
 
-@method("mcp.stop", result=McpInstances, scope="agents:write", mutating=True,
-        seen="server", routes=(
+@method("mcp.stop", result=McpInstances, scope="agents:write", mutating=True, seen="server",
+        cli="mcp stop", routes=(
     rest("POST", "/mcp/servers/{name}/stop", "Stop an MCP server"),
 ))
 class McpStop(McpSelection):
@@ -62,8 +63,8 @@ class McpStop(McpSelection):
     (the MCP stdio shutdown); calls in flight fail with the reason."""
 
 
-@method("mcp.restart", result=McpInstances, scope="agents:write", mutating=True,
-        seen="server", routes=(
+@method("mcp.restart", result=McpInstances, scope="agents:write", mutating=True, seen="server",
+        cli="mcp restart", routes=(
     rest("POST", "/mcp/servers/{name}/restart", "Restart an MCP server"),
 ))
 class McpRestart(McpSelection):

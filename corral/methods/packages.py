@@ -7,8 +7,8 @@ from ..results import *  # noqa: F403
 from .declaration import Params, method, rest
 
 
-@method("packages.deploy", result=DeployResult, scope="agents:write", mutating=True,
-        seen=None, routes=(
+@method("packages.deploy", result=DeployResult, scope="agents:write", mutating=True, seen=None,
+        cli="deploy", routes=(
     rest("POST", "/packages", "Deploy an agent package: build its release "
          "(a path on the daemon's host) and switch the agent to it", body=("path", "name")),
 ))
@@ -23,7 +23,8 @@ class PackagesDeploy(Params):
     name: str | None = None  # default: the manifest's
 
 
-@method("packages.releases", result=ReleasesResult, scope="agents:read", seen="agent_name", routes=(
+@method("packages.releases", result=ReleasesResult, scope="agents:read", seen="agent_name",
+        cli="releases", routes=(
     rest("GET", "/agents/{name}/releases",
          "An agent package's kept releases"),
 ))

@@ -9,7 +9,7 @@ from ..results import *  # noqa: F403
 from .declaration import ONE, Params, method, rest
 
 
-@method("tenants.list", result=TenantList, scope="agents:read", seen="tenant_use",
+@method("tenants.list", result=TenantList, scope="agents:read", seen="tenant_use", cli="tenants",
         dashboard=True, routes=(
     rest("GET", "/tenants", "The tenants: quotas beside use"),
 ))
@@ -17,7 +17,8 @@ class TenantsList(Params):
     """The tenants, each with its quotas beside its use (a tenant's caller: its own)."""
 
 
-@method("tenants.add", result=AddResult, scope="admin", mutating=True, seen=None, routes=(
+@method("tenants.add", result=AddResult, scope="admin", mutating=True, seen=None,
+        cli="tenants add", routes=(
     rest("POST", "/tenants", "Add tenants from [tenants.NAME] tables",
          body=("tenants",), idempotent=True),
 ))
@@ -27,7 +28,8 @@ class TenantsAdd(Params):
     tenants: dict[str, dict[str, Any]]
 
 
-@method("tenants.set", result=TenantEntry, scope="admin", mutating=True, seen=None, routes=(
+@method("tenants.set", result=TenantEntry, scope="admin", mutating=True, seen=None,
+        cli="tenants set", routes=(
     rest("PATCH", "/tenants/{name}", "Set keys of a tenant's table",
          body=("set",)),
 ))
@@ -39,7 +41,8 @@ class TenantsSet(Params):
     set: dict[str, Any]
 
 
-@method("tenants.remove", result=RemoveResult, scope="admin", mutating=True, seen=None, routes=(
+@method("tenants.remove", result=RemoveResult, scope="admin", mutating=True, seen=None,
+        cli="tenants remove", routes=(
     rest("DELETE", "/tenants/{name}", "Remove a runtime tenant",
          path_params=ONE),
 ))

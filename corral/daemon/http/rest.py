@@ -24,12 +24,12 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...methods import REGISTRY, Resource
+from ...methods import REGISTRY, EventsFollow, Resource
 from ...ratelimit import PerKey
 from ...tracecontext import parse_or_none
 from ..api import Dispatcher
 from ..caller import Caller
-from ..commands import event_tenant
+from ..eventhandlers import event_tenant
 from ..tokens import TokenRevoked, tokens_of
 from . import bodies, route, sse
 from .auth import authenticate, bearer
@@ -188,12 +188,12 @@ class Api:
         typed = tenant = None
         if token is None and caller.via == "http":
             token = caller.token
-        if res.method == "events.follow":
+        if res.method == EventsFollow.declared.name:
             caller = self.dispatcher.bind(caller)  # (a tenant's caller sees its agents)
             _, typed, _ = self.dispatcher.check(caller, res.method, params)
             # the ring is every tenant's: a reader is sent the events of the tenant a
             # follower of its own would be in
-            tenant = event_tenant(self.ctx.services, typed.tenant, caller)
+            tenant = event_tenant(self.ctx.services.quotas, typed.tenant, caller)
         refused = self.streams.refusal(caller.who)
         if refused is not None:
             return refused

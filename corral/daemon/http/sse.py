@@ -44,6 +44,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
+from ... import methods as m
 from ...methods import REGISTRY
 from ...supervisor.events import Of, Viewer, agent_of, reaches, seen_by
 from ..api import Dispatcher
@@ -220,7 +221,7 @@ class EventRing:
     def start(self) -> None:
         if self.task is None:
             self.task = asyncio.ensure_future(self.dispatcher.call(
-                RING_CALLER, "events.follow", {"pattern": "*"}, self))
+                RING_CALLER, m.EventsFollow(pattern="*"), channel=self))
         if self._fan_out is None:
             self._fan_out = asyncio.ensure_future(self._write_out())
 
@@ -485,7 +486,7 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     ends (tasks.stream) opens the stream at its first notification: refused before it
     (a task not found, a position not of the stream), it answers problem+json."""
     last = _last_id(request)
-    if last is not None and method == "logs.follow":
+    if last is not None and method == m.LogsFollow.declared.name:
         with contextlib.suppress(ValueError):
             # every line kept since then, however few the first request asked for
             params = msgspec.structs.replace(params, since=float(last), lines=RESUME_LINES)

@@ -1,0 +1,152 @@
+"""The MCP pool's methods' handlers (corral.methods.mcp): the servers' tools, resources and
+prompts listed and called as an operator (or as an agent's allowlist sees them), and the
+servers started and stopped. They take the pool alone (`McpServices`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.agents import Agents
+from ..supervisor.lifecycle import RESTARTED
+from ..supervisor.tools import Tools
+from .api import Commands, wire
+from .caller import Caller, Channel
+from .services import Services
+
+
+@dataclass(frozen=True)
+class McpServices:
+    tools: Tools  # the MCP tool-server pool
+    agents: Agents  # whose allowlist a listing takes
+    gateway_status: Callable[[], dict[str, Any]]  # the gateway's figures, beside the pool's
+
+
+def mcp_services(d: Services) -> McpServices:
+    return McpServices(d.tools, d.agents, d.gateway_status)
+
+
+COMMANDS: Commands[Services, McpServices] = Commands(mcp_services)
+implements = COMMANDS.implements
+
+CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
+
+
+def _lister(d: McpServices, agent: str | None) -> dict[str, Any]:
+    """Whose view a listing takes: an agent's (its allowlist) or the operator's (all)."""
+    if agent is None:
+        return {"owner": CLI_OWNER}
+    a = d.agents.agent(agent)
+    return {"owner": f"{a.name}#0", "allow": list(a.spec.tools)}
+
+
+Listing = Callable[..., Awaitable[list[dict[str, Any]]]]
+
+
+async def _listing(d: McpServices, who: dict[str, Any], server: str | None,
+                   *lists: Listing) -> tuple[list[list[dict[str, Any]]], dict[str, str],
+                                             list[str]]:
+    """The pool's listings, and what every listing method answers besides them: the
+    servers that could not answer (`unavailable`: name -> why) and, of those, the ones
+    whose every instance has failed (`failed`: the CLI exits 1 for them)."""
+    unavailable: dict[str, str] = {}
+    found = await asyncio.gather(*(list_them(server=server, unavailable=unavailable, **who)
+                                   for list_them in lists))
+    failed = [n for n in unavailable if (insts := d.tools.servers[n].all())
+              and all(i.machine.failed for i in insts)]
+    return list(found), unavailable, failed
+
+
+@implements(m.ToolsList)
+async def tools_list(d: McpServices, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
+    who = _lister(d, p.agent)
+    (tools,), unavailable, failed = await _listing(d, who, p.server, d.tools.list_tools)
+    # with an agent, its allowlist, so an empty listing can say why
+    return m.ToolList(tools=tools, unavailable=unavailable, failed=failed,
+                      allow=who.get("allow", msgspec.UNSET))
+
+
+@implements(m.ToolsCall)
+async def tools_call(d: McpServices, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
+    return await d.tools.call(p.name, p.arguments, owner=CLI_OWNER)
+
+
+@implements(m.McpStatus)
+async def mcp_status(d: McpServices, p: m.McpStatus, caller: Caller, c: Channel
+                     ) -> m.McpStatusResult:
+    return m.McpStatusResult(mcp_servers=wire(d.tools.status()),
+                             gateway=wire(d.gateway_status()))
+
+
+async def _each_instance(d: McpServices, name: str, verb: str) -> m.McpInstances:
+    entry = d.tools.server(name)
+    insts = entry.all()
+    if verb in ("stop", "restart"):
+        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else RESTARTED)
+                               for i in insts))
+    if verb in ("start", "restart"):
+        for i in insts:
+            i.start(by_hand=True)
+    return m.McpInstances(name=name, instances=len(insts))
+
+
+@implements(m.McpStart)
+async def mcp_start(d: McpServices, p: m.McpStart, caller: Caller, c: Channel
+                    ) -> m.McpInstances:
+    return await _each_instance(d, p.name, "start")
+
+
+@implements(m.McpStop)
+async def mcp_stop(d: McpServices, p: m.McpStop, caller: Caller, c: Channel
+                   ) -> m.McpInstances:
+    return await _each_instance(d, p.name, "stop")
+
+
+@implements(m.McpRestart)
+async def mcp_restart(d: McpServices, p: m.McpRestart, caller: Caller, c: Channel
+                      ) -> m.McpInstances:
+    return await _each_instance(d, p.name, "restart")
+
+
+@implements(m.ResourcesList)
+async def resources_list(d: McpServices, p: m.ResourcesList, caller: Caller, c: Channel
+                         ) -> m.ResourceList:
+    (resources, templates), unavailable, failed = await _listing(
+        d, _lister(d, p.agent), p.server, d.tools.list_resources,
+        d.tools.list_resource_templates)
+    return m.ResourceList(resources=resources, resource_templates=templates,
+                          unavailable=unavailable, failed=failed)
+
+
+@implements(m.ResourcesRead)
+async def resources_read(d: McpServices, p: m.ResourcesRead, caller: Caller, c: Channel) -> Any:
+    server = p.server
+    if server is None:
+        listed = await d.tools.list_resources(owner=CLI_OWNER)
+        having = sorted({r["server"] for r in listed if r.get("uri") == p.uri})
+        if len(having) != 1:
+            raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
+                           f"resource {p.uri}: " + (f"listed by {', '.join(having)}; name "
+                           "the server" if having else "no server lists it; name the server"))
+        server = having[0]
+    return await d.tools.read_resource(server, p.uri, owner=CLI_OWNER)
+
+
+@implements(m.PromptsList)
+async def prompts_list(d: McpServices, p: m.PromptsList, caller: Caller, c: Channel
+                       ) -> m.PromptList:
+    (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
+                                                     d.tools.list_prompts)
+    return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
+
+
+@implements(m.PromptsGet)
+async def prompts_get(d: McpServices, p: m.PromptsGet, caller: Caller, c: Channel) -> Any:
+    return await d.tools.get_prompt(p.name, p.arguments, owner=CLI_OWNER)

@@ -1,0 +1,33 @@
+"""The cluster's methods' handlers (corral.methods.cluster; docs/cluster.md): the nodes
+listed and drained. They take this daemon's part in the cluster alone (a daemon with no
+[cluster] answers that it has none)."""
+
+from __future__ import annotations
+
+from .. import methods as m
+from .api import Commands
+from .caller import Caller, Channel
+from .clusterpeer import ClusterPeer
+from .services import Services
+
+
+def cluster_peer(d: Services) -> ClusterPeer:
+    return d.cluster
+
+
+COMMANDS: Commands[Services, ClusterPeer] = Commands(cluster_peer)
+implements = COMMANDS.implements
+
+
+@implements(m.NodesList)
+async def nodes_list(cluster: ClusterPeer, p: m.NodesList, caller: Caller, c: Channel
+                     ) -> m.NodesResult:
+    node = cluster.joined()
+    return m.NodesResult(nodes=list(await node.nodes()), warnings=node.redis_warnings)
+
+
+@implements(m.NodesDrain)
+async def nodes_drain(cluster: ClusterPeer, p: m.NodesDrain, caller: Caller, c: Channel
+                      ) -> m.DrainResult:
+    view = await cluster.joined().drain(p.node)
+    return m.DrainResult(node=view.node, incarnation=view.incarnation)

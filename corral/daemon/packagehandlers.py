@@ -1,0 +1,44 @@
+"""The agent packages' methods' handlers (corral.methods.packages; docs/packages.md): a
+release built and deployed, the releases kept. They take the packages and the log hub (a
+deploy's progress in the daemon's log) alone (`PackageServices`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import methods as m
+from .api import Commands
+from .caller import Caller, Channel
+from .logs import LogHub
+from .packages.service import Packages
+from .services import Services
+
+
+@dataclass(frozen=True)
+class PackageServices:
+    packages: Packages
+    hub: LogHub  # a deploy's progress, said in the daemon's log too
+
+
+def package_services(d: Services) -> PackageServices:
+    return PackageServices(d.packages, d.hub)
+
+
+COMMANDS: Commands[Services, PackageServices] = Commands(package_services)
+implements = COMMANDS.implements
+
+
+@implements(m.PackagesDeploy)
+async def packages_deploy(d: PackageServices, p: m.PackagesDeploy, caller: Caller, c: Channel
+                          ) -> m.DeployResult:
+    def say(text: str) -> None:
+        c.notify("packages.progress", {"message": text})
+        d.hub.daemon(f"deploy {p.path}: {text}")
+
+    return await d.packages.deploy(p.path, p.name, caller.who, say)
+
+
+@implements(m.PackagesReleases)
+async def packages_releases(d: PackageServices, p: m.PackagesReleases, caller: Caller, c: Channel
+                            ) -> m.ReleasesResult:
+    return await d.packages.list(p.name)
