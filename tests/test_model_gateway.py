@@ -18,15 +18,21 @@ from typing import Any
 
 import pytest
 
+from corral import methods as m
+from corral.daemon.caller import Caller
 from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
 from .daemon_harness import PY, config_text, free_port, in_process
-from .servers.model_upstream import USAGE_IN, USAGE_OUT, StandIn
+from .servers.model_upstream import USAGE_IN, USAGE_OUT, StandIn, last_text
 
 HERE = Path(__file__).parent
 KEY = "sk-provider-SECRET-0123456789abcdef"  # the provider's key: corral's alone
 ANTHROPIC_KEY = "sk-ant-provider-SECRET-fedcba9876543210"
+TRACED = "[tracing]\nexport_interval = 0.05\n"
+OPERATOR = Caller(via="socket")
+UNAUTHORIZED = ("unauthorized: not a corral model token (corral gives each agent replica "
+                "its own, as OPENAI_API_KEY and ANTHROPIC_API_KEY)")
 
 
 @pytest.fixture
@@ -109,7 +115,7 @@ async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
     """3 calls, the worker SIGKILLed after the 3rd: its retry is answered from the task's
     steps (the same answers, a stream as the same stream), the upstream has each call
     once, and the task's usage counts each once."""
-    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url), TRACED) as d:
         res = await run_task(d, {"api": api, "model": model, "calls": 4, "stream": stream,
                                  "stop_after": 3, "marker": str(tmp_path / "marker")})
         assert res.status == "succeeded", res
@@ -128,6 +134,23 @@ async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
         stats = d.services.gateway_status()["models"]
         assert (stats["models"][model]["calls"], stats["models"][model]["replayed"]) == (7, 3)
         assert stats["unattributed"] == 0
+        # every call a span under its attempt, by the GenAI conventions; the retry's
+        # first three marked replayed
+        view = await d.dispatcher.call(OPERATOR, "traces.get", {"task_id": res.task_id})
+        assert isinstance(view, m.TraceView)
+        runs = {s.attributes["corral.attempt"]: s.span_id for s in view.spans
+                if s.name == "task/run writer"}
+        calls = sorted((s.attributes["corral.attempt"],
+                        bool(s.attributes.get("corral.step.replayed")),
+                        s.parent_id == runs[s.attributes["corral.attempt"]],
+                        s.attributes["gen_ai.operation.name"],
+                        s.attributes["gen_ai.request.model"],
+                        s.attributes.get("gen_ai.usage.input_tokens"))
+                       for s in view.spans if s.name == f"chat {model}")
+        live, replayed = (1, False, True, "chat", model, USAGE_IN), \
+            (2, True, True, "chat", model, None)
+        assert calls == [live, live, live, (2, False, True, "chat", model, USAGE_IN),
+                         replayed, replayed, replayed]
 
 
 async def test_a_call_past_a_token_budget_is_refused_naming_the_budget(
@@ -234,6 +257,47 @@ async def test_a_stream_cut_by_the_upstream_is_cut_for_the_agent_and_not_journal
     log = lines_of(tmp_path / "state" / "logs" / "writer.log")
     assert f"model {model}: the upstream's stream failed" in log or \
         f"model {model}: the upstream's stream ended before its last event" in log
+
+
+async def test_an_upstream_failure_is_tried_again_as_the_config_says_then_passed_on(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """retries = 1: a 503 then a success is the success (the upstream had both); two
+    503s are the second passed on as it came, the key it quotes hidden, and counted."""
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url,
+                                          models_extra="retries = 1")) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small",
+                                 "texts": ["flaky 1", "flaky 2"]})
+        once, twice = res.output["answers"]
+        assert once == "echo: flaky 1"
+        assert (twice["error"], twice["status"]) == ("InternalServerError", 503)
+        assert "Incorrect API key provided: ***. (stand-in 503)" in twice["message"]
+        assert [last_text(r["body"]) for r in upstream.requests] == [
+            "flaky 1", "flaky 1", "flaky 2", "flaky 2"]
+        stats = d.services.gateway_status()["models"]
+        assert stats["retried"] == 2
+        assert (stats["models"]["gpt-small"]["calls"],
+                stats["models"]["gpt-small"]["errors"]) == (2, 1)
+
+
+async def test_a_request_without_a_replicas_token_is_refused_in_the_formats_words(
+        tmp_path: Path, upstream: StandIn) -> None:
+    import aiohttp
+
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        base = d.services.gateway.url.rpartition("/mcp")[0]
+        body = {"model": "gpt-small", "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as http:
+            for path, key_header, words in (
+                    ("/v1/chat/completions", {"authorization": f"Bearer {KEY}"},
+                     {"error": {"message": UNAUTHORIZED, "type": "invalid_api_key",
+                                "param": None, "code": "invalid_api_key"}}),
+                    ("/v1/messages", {"x-api-key": "nothing"},
+                     {"type": "error", "error": {"type": "authentication_error",
+                                                 "message": UNAUTHORIZED}})):
+                async with http.post(base + path, json=body, headers=key_header) as r:
+                    assert (r.status, await r.json()) == (401, words)
+        assert upstream.calls() == 0
+        assert d.services.gateway_status()["models"]["refused_unknown"] == 2
 
 
 def test_a_key_the_daemon_cannot_read_stops_its_start_naming_it(

@@ -321,7 +321,8 @@ class Daemon:
         gateway = part.gateway_service(conf, parts, audit, dispatcher)
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)
-        models = await enter("the model gateway", part.model_gateway(conf, parts, gateway))
+        models = await enter("the model gateway",
+                             part.model_gateway(conf, parts, gateway, tracer))
         heard = part.hear(parts, hub, sender, gateway, models)
         # closed after the agents stop (entered before `running`): their last spans kept
         traces = await enter("the trace exporter",

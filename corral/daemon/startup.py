@@ -215,8 +215,8 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Se
 
 
 @contextlib.asynccontextmanager
-async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService
-                        ) -> AsyncIterator[ModelGateway | None]:
+async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
+                        tracer: Tracer | None) -> AsyncIterator[ModelGateway | None]:
     """The model gateway, where [models] names any (docs/models.md): served beside the
     MCP gateway, its callers known by the MCP gateway's per-replica tokens; its keys read
     now (one that cannot be read stops the start, naming it)."""
@@ -228,7 +228,7 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService
 
     models = ModelGateway(parts.tasks, parts.agents,
                           lambda token: gateway.replica_tokens.get(hash_token(token)),
-                          gateway.attribution)
+                          gateway.attribution, tracer)
     try:
         models.configure(conf.cfg.models, conf.dir)
     except ConfigError as exc:

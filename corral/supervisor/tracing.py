@@ -43,6 +43,7 @@ from ..tracecontext import (
 from .process_replica import ReplicaExit
 from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
 from .tasks.model import Task
+from .tasks.steps import MODEL_STEP
 from .tasks.taskmachine import TaskStatus
 
 # OTLP's SpanKind values
@@ -339,7 +340,11 @@ class Tracer(TaskInterceptor):
         attempt, now = task.attempt, time.time()
         attrs: dict[str, Any] = {"corral.task.id": task.id, "corral.attempt": attempt,
                                  "corral.step.replayed": True}
-        if kind == "tool":
+        if kind == "tool" and name.startswith(MODEL_STEP):
+            model = name[len(MODEL_STEP):]
+            attrs.update({"gen_ai.operation.name": "chat", "gen_ai.request.model": model})
+            span_name, kind_of = f"chat {model}", CLIENT
+        elif kind == "tool":
             server, _, tool = name.partition(SEP)
             attrs.update({"mcp.method.name": "tools/call",
                           "gen_ai.operation.name": "execute_tool",
@@ -351,6 +356,19 @@ class Tracer(TaskInterceptor):
         self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
                            new_span_id(64) or 1, trace.attempt_span(attempt), span_name,
                            task.id, kind_of, now, now, None, attrs))
+
+    def model_call(self, task: Task, name: str, start: float, error: str | None,
+                   attrs: dict[str, Any]) -> None:
+        """A model call a task's attempt made through corral's model gateway
+        (daemon/models/): a client span under the attempt, named and attributed as the
+        OpenTelemetry GenAI conventions say (`chat MODEL`, `gen_ai.*`)."""
+        trace = self.full(task)
+        if trace is None:
+            return
+        attrs.update({"corral.task.id": task.id, "corral.attempt": task.attempt})
+        self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
+                           new_span_id(64) or 1, trace.attempt_span(task.attempt), name,
+                           task.id, CLIENT, start, time.time(), error, attrs))
 
     async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
                            client: str) -> Any:

@@ -7,7 +7,8 @@ sent, the body) so that a test can count the calls that really reached it.
 What the last user message says steers it:
 - `cut`: a stream cut after its first events (the connection closed mid-body);
 - `status NNN`: answered with that status and an error quoting the key it was sent (as a
-  provider's 401 does), in the endpoint's format.
+  provider's 401 does), in the endpoint's format;
+- `flaky N`: a 503 (as `status 503`) for the first N requests of this text, then the echo.
 
     model_upstream.py PORT    (the bench's: serves until killed)
 """
@@ -165,6 +166,11 @@ class StandIn:
         return body, last_text(body), key
 
     def _failed(self, text: str, key: str, anthropic: bool) -> web.Response | None:
+        if text.startswith("flaky "):  # a 503 for the first N requests of this text
+            seen = sum(1 for r in self.requests if last_text(r["body"]) == text)
+            if seen > int(text.split()[1]):
+                return None
+            text = "status 503"
         if not text.startswith("status "):
             return None
         status = int(text.split()[1])

@@ -28,6 +28,7 @@ from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
+from ...supervisor.tasks.steps import MODEL_STEP
 from ...text import iso_time
 from ..attribution import Attribution, mark_of
 from . import answers
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
     from ...supervisor.process_replica import ProcessReplica
     from ...supervisor.tasks.manager import TaskManager
     from ...supervisor.tasks.model import Task
+    from ...supervisor.tracing import Tracer
 
 _decode = msgspec.json.Decoder()
 _record = msgspec.json.Decoder(AnswerRecord)
-STEP_PREFIX = "model:"  # a model call's step is named model:NAME
 
 
 class ModelRefusal(Exception):
@@ -92,11 +93,12 @@ class ModelCounter:
 class ModelGateway:
     def __init__(self, tasks: TaskManager, agents: Agents,
                  replica_of: Callable[[str], ProcessReplica | None],
-                 attribution: Attribution) -> None:
+                 attribution: Attribution, tracer: Tracer | None = None) -> None:
         self.tasks = tasks  # their steps and budgets
         self.agents = agents
         self.replica_of = replica_of  # a token -> the replica it was given to, or None
         self.attribution = attribution  # a call's task attempt, as the MCP gateway's
+        self.tracer = tracer  # with [tracing]: a call's span under its attempt
         self.models: dict[str, ModelSpec] = {}
         self.keys: dict[str, str | None] = {}
         self.taken: dict[str, str] = {}  # key_env variables taken out of the environment
@@ -243,58 +245,88 @@ class ModelGateway:
 
     async def _answer(self, request: web.Request, call: ModelCall) -> web.StreamResponse:
         """The call made (or, on a retry, answered from the task's steps) and its answer
-        written back."""
+        written back; a live call of a traced task is a span of its attempt."""
         counter = self._counter(call.name)
         counter.calls += 1
         made: list[Relay | AnswerRecord] = []  # what `live` made, when it ran
+        usage, start = CallUsage(), time.time()
 
         async def live() -> Any:
-            made.append(await self._live(request, call, counter))
+            made.append(await self._live(request, call, usage))
             kept = made[-1]
             if isinstance(kept, AnswerRecord):
+                self._count(call, counter, usage)
                 return kept
             try:
                 record = await kept.run()
             finally:
                 kept.answer.release()
-            self._count(call, counter, kept.usage)
+            self._count(call, counter, usage)
             return record
 
+        error: str | None = None
         try:
             if call.task is None:
                 await live()
             else:
                 arguments = {"endpoint": call.endpoint.path, "body": call.body}
                 kept = await self.tasks.steps.tool_call(
-                    call.task, call.replica, STEP_PREFIX + call.name, arguments, live)
-                if not made:
+                    call.task, call.replica, MODEL_STEP + call.name, arguments, live)
+                if not made:  # (its span is the step's replay: tracing.py)
                     counter.replayed += 1
                     return await answers.replayed(request, _record.decode(kept))
         except ModelRefusal as exc:
+            counter.errors += exc.status == 502
+            error = exc.message
             return answers.refused(call.endpoint.format, exc.status, exc.message)
         except RpcError as exc:  # the task's step budget (max_step_bytes), said as a 429
             counter.refused += 1
+            error = exc.message
             return answers.refused(call.endpoint.format, _status(exc), exc.message)
         except UpstreamError as exc:
             counter.errors += 1
+            error = f"upstream {exc.record.status}"
             return answers.whole(exc.record, exc.headers)
         except StreamCut as exc:
             counter.cut += 1
-            call.replica.note(f"model {call.name}: {exc}; the agent's stream was cut too, "
-                              "and nothing of it journaled")
-            relay = made[-1]
-            assert isinstance(relay, Relay)
-            relay.cut()
-            return relay.response
+            error = str(exc)
+            return self._cut(call, made[-1], error)
+        finally:
+            if made or error is not None:
+                self._span(call, start, usage, error)
         result = made[-1]
         if isinstance(result, Relay):
             return await result.finish()
         return answers.whole(result)
 
-    async def _live(self, request: web.Request, call: ModelCall, counter: ModelCounter
+    def _cut(self, call: ModelCall, relay: Relay | AnswerRecord, why: str
+             ) -> web.StreamResponse:
+        """A stream the upstream cut, cut for the agent too, and said."""
+        call.replica.note(f"model {call.name}: {why}; the agent's stream was cut too, and "
+                          "nothing of it journaled")
+        assert isinstance(relay, Relay)
+        relay.cut()
+        return relay.response
+
+    def _span(self, call: ModelCall, start: float, usage: CallUsage,
+              error: str | None) -> None:
+        """A live call's span under its task's attempt (with [tracing]), by the GenAI
+        conventions."""
+        if self.tracer is None or call.task is None:
+            return
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": call.spec.format,
+            "gen_ai.request.model": call.name, "corral.model.stream": call.stream,
+            "gen_ai.usage.input_tokens": usage.input,
+            "gen_ai.usage.output_tokens": usage.output}
+        if usage.model is not None:
+            attrs["gen_ai.response.model"] = usage.model
+        self.tracer.model_call(call.task, f"chat {call.name}", start, error, attrs)
+
+    async def _live(self, request: web.Request, call: ModelCall, usage: CallUsage
                     ) -> Relay | AnswerRecord:
-        """The call made upstream: a whole answer read, or a stream's relay started (its
-        `recording` awaited by the step); its usage counted when it is complete."""
+        """The call made upstream: a whole answer read (its usage in `usage`), or a
+        stream's relay, not yet run."""
         spec, key = call.spec, self.keys.get(call.name)
         headers = {"content-type": "application/json"}
         headers.update((h, v) for h in PASSED_ON if (v := request.headers.get(h)) is not None)
@@ -304,9 +336,7 @@ class ModelGateway:
             answer = await self.upstream.send(spec, spec.url.rstrip("/") +
                                               call.endpoint.upstream, call.sent, headers)
         except UpstreamDown as exc:
-            counter.errors += 1
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
-        usage = CallUsage()
         ctype = answer.headers.get("content-type", "application/json")
         if answer.status >= 300:
             body = await answer.read()
@@ -320,7 +350,6 @@ class ModelGateway:
         finally:
             answer.release()
         usage.read_body(body)
-        self._count(call, counter, usage)
         return AnswerRecord(answer.status, ctype, body.decode(errors="replace"))
 
     def _count(self, call: ModelCall, counter: ModelCounter, usage: CallUsage) -> None:

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 # never a worker's `step/put`: a name of these written by a worker would be read back as
 # corral's own, a child it never checked or a lineage it never gave
 RESERVED = ("spawn:", "corral/")
+# a model call through the daemon's model gateway is a tool-call step named MODEL_STEP +
+# the model's name (daemon/models/): its replay's span is a model call's (tracing.py)
+MODEL_STEP = "model:"
 
 _encode = msgspec.json.Encoder(order="sorted")
 
