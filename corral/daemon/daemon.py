@@ -543,4 +543,17 @@ def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) 
     raise_own_open_files()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(Daemon(config, socket=socket, freeze_heap=True, taken=taken).run())
+    return uvloop.run(exit_past_skipped(Daemon(config, socket=socket, freeze_heap=True,
+                                               taken=taken)))
+
+
+async def exit_past_skipped(daemon: Daemon) -> int:
+    """Run `daemon`; when a teardown step was skipped past its deadline (decision 516),
+    the process exits as soon as the rest is torn down: the skipped step may never end,
+    and the event loop's close waits for every task and every executor thread."""
+    status = await daemon.run()
+    if daemon.up is not None and daemon.up.teardown.skipped:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
