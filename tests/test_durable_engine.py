@@ -253,6 +253,19 @@ async def test_cancel_and_deadline_end_the_call_and_its_running_steps() -> None:
     assert plan.ends == ["cancelled", "timed_out"]
 
 
+async def test_a_call_cancelled_before_its_driver_first_ran_ends_and_is_kept_so() -> None:
+    store = MemoryStore()
+    seen: list[str] = []
+    calls, plan = _driver(store, ["a"], _succeeds(seen))
+    job = await _kept(store, Job("d7"))
+    calls.drive(job)  # (its driver not run yet: nothing awaited since)
+    assert await calls.cancel("d7", "asked at once") is True
+    loaded = store.load("d7")
+    assert loaded is not None
+    assert (loaded.status, loaded.error) == ("cancelled", "asked at once")
+    assert seen == [] and plan.ends == ["cancelled"] and "d7" not in calls.live
+
+
 async def test_a_stopping_process_leaves_the_call_running_and_a_later_one_resumes_it(
         ) -> None:
     store = MemoryStore()

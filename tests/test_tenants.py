@@ -581,8 +581,8 @@ async def test_the_operators_view_of_a_tenant_is_the_tenants_own(tmp_path: Path)
         assert servers["common#0"][-2:] == ["any", "agent"]
 
 
-def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
-           ) -> dict[str, tuple[str, Any, Any]]:
+def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
+           call_b: str = "", ghost_call: str = "") -> dict[str, tuple[str, Any, Any]]:
     """Every method, tried by tenant a's caller on tenant b's objects: (how it must
     answer, params naming b's object, the same naming one that does not exist).
     `missing`: as the nonexistent one, word for word; `forbidden`: not a tenant's
@@ -696,6 +696,11 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
         "teams.remove": ("missing", names(B + "t"), names(GHOST + "t")),
         "teams.history": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
         "teams.rollback": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
+        # a team's calls: b's call as one that never was, its team as no team
+        "teams.call": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
+        "calls.list": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
+        "calls.get": ("missing", {"call_id": call_b}, {"call_id": ghost_call}),
+        "calls.cancel": ("missing", {"call_id": call_b}, {"call_id": ghost_call}),
     }
 
 
@@ -712,12 +717,14 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         ghost_task = b_task[:-4] + ("0000" if not b_task.endswith("0000") else "1111")
         b_run = (await call(d, "workflows.run", {"name": B, "wait": 30})).run_id
         ghost_run = b_run[:-4] + ("0000" if not b_run.endswith("0000") else "1111")
+        b_call = (await call(d, "teams.call", {"name": B + "t", "wait": 30})).task_id
+        ghost_call = b_call[:-4] + ("0000" if not b_call.endswith("0000") else "1111")
         # a token of tenant a, with every scope (admin too): the tenant bounds it still
         _, token = await tokens_of(d.services.store).create(
             "ta", sorted(m.SCOPES), None, None, "a")
         a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
 
-        table = probes(b_task, ghost_task, b_run, ghost_run)
+        table = probes(b_task, ghost_task, b_run, ghost_run, b_call, ghost_call)
         assert set(table) == set(REGISTRY), "a new method: say how a tenant sees it"
         tried = []
         for method, (kind, on_b, on_ghost) in table.items():
@@ -725,7 +732,8 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                 code, text = await refused(d, a, method, on_b)
                 g_code, g_text = await refused(d, a, method, on_ghost)
                 assert code == g_code == jsonrpc.NOT_FOUND, (method, text)
-                named = {GHOST: B, GHOST_S: BS, ghost_task: b_task, ghost_run: b_run}
+                named = {GHOST: B, GHOST_S: BS, ghost_task: b_task, ghost_run: b_run,
+                         ghost_call: b_call}
                 for ghost, real in named.items():
                     g_text = g_text.replace(ghost, real)
                 assert text == g_text, method
@@ -759,8 +767,8 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         stats = await call(d, "stats.get", {}, a)
         assert set(stats.agents) == {"a1"} and set(stats.tasks["agents"]) <= {"a1"}
         # the task totals are a's (one task), not the two tenants' (two)
-        # (b's: its task and its workflow run's step)
-        assert (await call(d, "stats.get", {})).tasks["total"]["succeeded"] == 3
+        # (b's: its task, its workflow run's step and its team call's member)
+        assert (await call(d, "stats.get", {})).tasks["total"]["succeeded"] == 4
         assert stats.tasks["total"]["succeeded"] == stats.tasks["total"]["accepted"] == 1
         assert stats.tasks["total"]["success_rate"] == 1.0
         tasks = await call(d, "tasks.list", {}, a)

@@ -6,6 +6,8 @@ the agents it sees in a table it adds."""
 
 from __future__ import annotations
 
+import msgspec
+
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
@@ -15,6 +17,7 @@ from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, table_of, updated
 from ..services import Services
 from ..visibility import seen_workflow
+from .service import sees_call
 
 
 def _seen(caller: Caller, name: str, spec: TeamSpec | None, tenant: str | None
@@ -114,3 +117,43 @@ async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Cha
         p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
     return rolled_back(p.name, restored, made)
 
+
+
+# -- a team's calls (methods/calls.py): the task front's own path for a team's name
+# (teams/front.py), the team and the call asked first as a workflow and its run are ------
+def _call_seen(d: Services, caller: Caller, call_id: str) -> None:
+    """A call of a team the caller sees, else NOT_FOUND as one that never was."""
+    call = d.teams.find(call_id)
+    if call is None or not sees_call(caller, call):
+        raise jsonrpc.not_found("call", call_id)
+
+
+@implements(m.TeamsCall)
+async def teams_call(d: Services, p: m.TeamsCall, caller: Caller, c: Channel
+                     ) -> m.TaskAccepted:
+    _there(d, caller, p.name)
+    return await d.tasks.submit(m.TasksSubmit(
+        agent=p.name, input=p.input, wait=p.wait, traceparent=p.traceparent,
+        tracestate=p.tracestate), c)
+
+
+@implements(m.CallsGet)
+async def calls_get(d: Services, p: m.CallsGet, caller: Caller, c: Channel) -> m.TaskInfo:
+    _call_seen(d, caller, p.call_id)
+    return await d.tasks.get(p.call_id, wait=p.wait)
+
+
+@implements(m.CallsList)
+async def calls_list(d: Services, p: m.CallsList, caller: Caller, c: Channel) -> m.TaskList:
+    _there(d, caller, p.name)
+    calls, older = await d.tasks.list(m.TasksList(
+        agent=p.name, limit=p.limit, status=p.status, since=p.since, before=p.before),
+        caller.sees_record if caller.limited else None)
+    return m.TaskList(tasks=calls, next=older if older is not None else msgspec.UNSET)
+
+
+@implements(m.CallsCancel)
+async def calls_cancel(d: Services, p: m.CallsCancel, caller: Caller, c: Channel
+                       ) -> m.TaskInfo:
+    _call_seen(d, caller, p.call_id)
+    return await d.tasks.cancel(p.call_id)

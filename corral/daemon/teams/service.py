@@ -146,6 +146,13 @@ def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
     return info
 
 
+def sees_call(caller: Caller, call: TeamCall) -> bool:
+    """Whether a call is the caller's: made for the caller's tenant, every agent of the
+    team it started on seen, whoever holds the team's name now (decision 443)."""
+    return not caller.limited or all(caller.sees_record(a, call.tenant)
+                                     for a in call.spec.agents)
+
+
 def seen_team(caller: Caller, teams: TeamService, name: str, task_id: str | None = None
               ) -> None:
     """A limited caller reaches a team only when it is of the caller's tenant and the
@@ -156,7 +163,7 @@ def seen_team(caller: Caller, teams: TeamService, name: str, task_id: str | None
         return
     call = teams.find(task_id) if task_id is not None else None
     if call is not None:
-        if not all(caller.sees_record(a, call.tenant) for a in call.spec.agents):
+        if not sees_call(caller, call):
             raise jsonrpc.not_found("task", call.call_id)
         return
     spec = teams.specs.get(name)

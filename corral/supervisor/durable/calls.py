@@ -69,15 +69,22 @@ class Calls(Generic[C]):
                 if why is None:
                     raise  # the process stops: the call stays running, resumed at the next
                 call.status, call.error = "cancelled", why
+            except Exception as exc:  # the store failed: told, resumed at the next start
+                self.planner.stopped(call, str(exc))
+                return
+            await self._end(call)
+        finally:
+            self.live.pop(call.call_id, None)
+
+    async def _end(self, call: C) -> None:
+        try:
             if call.status != "succeeded":
                 await self.planner.abandon(call)
             call.ended = time.time()
             await self.store.save_call(call.record())
             self.planner.ended(call)
-        except Exception as exc:  # the store failed: told, and resumed at the next start
+        except Exception as exc:  # (as above)
             self.planner.stopped(call, str(exc))
-        finally:
-            self.live.pop(call.call_id, None)
 
     async def wait(self, call_id: str, timeout: float | None) -> None:
         live = self.live.get(call_id)
@@ -95,6 +102,11 @@ class Calls(Generic[C]):
         live[1].cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(live[1])
+        if live[1].cancelled():  # cancelled before its driver first ran: ended here
+            self._why.pop(call_id, None)
+            self.live.pop(call_id, None)
+            live[0].status, live[0].error = "cancelled", why
+            await self._end(live[0])
         return True
 
     async def close(self) -> None:
