@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ from corral.cli.client import Client
 from corral.supervisor import Supervisor
 
 from .conftest import ROOT, agent, all_ready
-from .daemon_harness import Daemon, free_port, problem
+from .daemon_harness import Daemon, free_port, problem, shared_tmpdir
 from .test_http_api import PROBLEM, SOCKET, Api, serving, sse_events
+from .test_ui import chromium_page, needs_chromium
 
 # emits `first` chunks, waits for a line on the FIFO `gate` (when given), emits `then`
 # more, and answers how many it sent
@@ -291,3 +293,38 @@ async def test_the_python_api_follows_a_tasks_output_as_an_async_iterator(
     assert [c.data async for c in sup.tasks.output(task.id, after="1-2")] == ["c2 ", "c3 "]
     with pytest.raises(ValueError, match="'x' is not a position of a task's output"):
         [c async for c in sup.tasks.output(task.id, after="x")]
+
+
+@needs_chromium
+@pytest.mark.timeout(180)
+def test_the_dashboards_task_view_shows_the_stream_live(tmp_path: Path) -> None:
+    """The task's page follows its stream (tasks.stream over the session's EventSource):
+    the chunks sent before the page opened, then those sent while it is open, each once,
+    and it stops following at the task's end (no reconnect: the count stays)."""
+    from playwright.sync_api import expect
+
+    fifo = gate(tmp_path)
+    home = shared_tmpdir()
+    d = Daemon(home, streamer(tmp_path), extra='\n[http]\nlisten = "127.0.0.1:0"\n')
+    try:
+        d.start()
+        task_id = d.cli("submit", "streamer", "--input",
+                        f'{{"first": 3, "then": 2, "gate": "{fifo}"}}').stdout.strip()
+        link = d.cli("ui").stdout.strip()
+        with chromium_page() as page:
+            page.goto(link)
+            page.goto(page.url.split("#")[0] + f"#/task/{task_id}")
+            expect(page.locator("#task-stream")).to_have_text("c0 c1 c2 ")
+            release(fifo)
+            expect(page.locator("#task-stream")).to_have_text("c0 c1 c2 c3 c4 ")
+            expect(page.locator("#task-output")).to_contain_text('"sent": 5')
+            page.wait_for_function("() => document.querySelector('#task h2 .state')"
+                                   "?.textContent.includes('succeeded')")
+            # each chunk once; after the end nothing more is asked (a reconnect would
+            # send tasks.task and the end again, not chunks: the stream is closed)
+            assert page.evaluate("window.corralLive['tasks.output']") == 5
+            assert page.evaluate("window.__cspViolations") == []
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(home, ignore_errors=True)

@@ -69,7 +69,7 @@ class TasksSubmit(TaskParams):
 
 
 @method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True,
-        seen="task_owner", routes=(
+        seen="task_owner", dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}/stream", "A task's live output (SSE): each chunk as it "
          "comes, resumable with Last-Event-ID, then the task as `result`",
          path_params={"task_id": "task_id"}, stream="tasks.output"),

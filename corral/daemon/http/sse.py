@@ -18,7 +18,7 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
   the method's `last_event_id` (daemon/fleetwatch.py says what it resumes). A call that
   ends (`/tasks/ID/stream`, tasks.stream) writes out what it sent, then its answer as
-  the last event (`result`, or `error`).
+  the last event (`result`, or `problem`).
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
 503 with Retry-After, before anything is followed); a stream's socket has a small kernel
@@ -464,7 +464,8 @@ class SseChannel:
 async def _ended(request: web.Request, response: web.StreamResponse, channel: SseChannel,
                  run: asyncio.Future[Any], pump: asyncio.Future[Any]) -> None:
     """A call that ends (tasks.stream, once its task has): what it sent is written out,
-    then its answer as the stream's last event, `result` (or `error`, a problem)."""
+    then its answer as the stream's last event, `result` (or `problem`: a refusal's
+    code and detail; not `error`, which a browser's EventSource takes for its own)."""
     pump.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await pump
@@ -475,7 +476,7 @@ async def _ended(request: web.Request, response: web.StreamResponse, channel: Ss
     if exc is None:
         await send(request, response, frame(None, "result", msgspec.json.encode(run.result())))
     elif isinstance(exc, jsonrpc.RpcError):
-        await send(request, response, frame(None, "error", msgspec.json.encode(
+        await send(request, response, frame(None, "problem", msgspec.json.encode(
             {"code": exc.code, "detail": exc.message})))
 
 

@@ -22,7 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...methods import REGISTRY, TracesGet
+from ...methods import REGISTRY, Resource, TracesGet
 from ..caller import Caller
 from ..tokens import TokenRevoked, Tokens, tokens_of
 from ..visibility import open_to
@@ -59,8 +59,10 @@ MAX_SESSIONS = 64
 # the session's cookie): those declared `dashboard` (corral.methods); each is a REST
 # route's too, so the page can do nothing a token of the same scopes could not, and each
 # stream is served as the REST API serves it (rest.Api.stream: its caps on open streams)
-METHODS = tuple(name for name, spec in REGISTRY.items() if spec.dashboard and not spec.endless)
-STREAMS = tuple(name for name, spec in REGISTRY.items() if spec.dashboard and spec.endless)
+STREAMS = tuple(name for name, spec in REGISTRY.items()
+                if spec.dashboard and any(r.stream is not None for r in spec.routes))
+METHODS = tuple(name for name, spec in REGISTRY.items()
+                if spec.dashboard and name not in STREAMS)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -347,10 +349,14 @@ class Pages:
         self.calls: dict[str, Route] = {
             name: route(ctx.dispatcher, name, self.guard.authenticate)
             for name in self.methods}
-        # each stream's REST row (the one without path variables): its params and checks
-        self.streams = {res.method: res for res in RESOURCES
-                        if res.stream is not None and res.method in STREAMS
-                        and not res.path_params}
+        # each stream's REST row (the one without path variables where there are two),
+        # its params and checks; a path's variables (a task's stream:
+        # /tasks/{task_id}/stream) come in the query string here
+        self.streams: dict[str, Resource] = {}
+        for res in RESOURCES:
+            if res.stream is not None and res.method in STREAMS and (
+                    res.method not in self.streams or not res.path_params):
+                self.streams[res.method] = _query_only(res)
 
     def app(self, streams: set[asyncio.Task[Any]]) -> web.Application:
         guard = self.guard
@@ -461,6 +467,15 @@ class Pages:
                 until=time.time() + session.expires - self.sessions.clock())
         except RpcError as exc:
             return rpc_problem(exc)
+
+
+def _query_only(res: Resource) -> Resource:
+    """A REST row whose path variables are given as query parameters (the page's stream
+    URL is stream/METHOD)."""
+    if not res.path_params:
+        return res
+    return replace(res, path_params={},
+                   query=(*res.query, *res.path_params.values()))
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:

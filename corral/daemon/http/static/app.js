@@ -4,8 +4,9 @@
 // stream/METHOD (EventSource, the session's cookie): the fleet as it changes
 // (agents.watch: a snapshot, then each replica's state change at once, and every
 // replica's figures each second), the runtime figures each second (stats.watch: the live
-// charts' points), an agent's log (logs.follow) and the bus's corral.* events, by which
-// a workflow run's view knows when to read its run again (events.follow). The lists that
+// charts' points), an agent's log (logs.follow), a task's live output (tasks.stream) and
+// the bus's corral.* events, by which a workflow run's view knows when to read its run
+// again (events.follow). The lists that
 // are not a stream (tasks, runs, MCP servers, the audit log) are reloaded every second
 // while shown; the tenants'
 // quotas and use (tenants.list) and a cluster's nodes (nodes.list), which no stream
@@ -78,7 +79,7 @@ function follow(method, params, handlers, onState) {
 
 // what the streams brought, counted: the browser tests read them
 window.corralLive = { "agents.snapshot": 0, "agents.transition": 0, "agents.roster": 0,
-  "agents.sample": 0, "stats.sample": 0, "events.event": 0 };
+  "agents.sample": 0, "stats.sample": 0, "events.event": 0, "tasks.output": 0 };
 
 // The fleet as agents.watch tells it: every replica's row as agents.status shows it.
 class FleetModel {
@@ -711,9 +712,48 @@ const Waterfall = ({ trace }) => {
   </svg>`;
 };
 
+// A task's live output (tasks.stream), followed while its view is open: the chunks as
+// they come, until the stream's `result`; the newest STREAM_CHARS of it shown.
+const STREAM_CHARS = 256 * 1024;
 class Task extends Polled {
   key(props) {
     return props.id;
+  }
+  componentDidMount() {
+    super.componentDidMount();
+    this.openStream();
+  }
+  componentWillUnmount() {
+    super.componentWillUnmount();
+    this.closeStream();
+  }
+  componentDidUpdate(prevProps, prevState) {
+    super.componentDidUpdate(prevProps, prevState);
+    if (prevProps.id !== this.props.id) {
+      this.closeStream();
+      this.openStream();
+    }
+  }
+  openStream() {
+    this.setState({ streamed: "", chunks: 0, streamEnded: false });
+    if (!session.streams.includes("tasks.stream")) return;
+    const stop = follow("tasks.stream", { task_id: this.props.id }, {
+      "tasks.output": (c) => this.setState((st) => ({
+        streamed: (st.streamed + (c.truncated ? `\n[corral: ${c.data}]\n` : c.data)).slice(-STREAM_CHARS),
+        chunks: st.chunks + 1,
+      })),
+      // the task has ended and every chunk is here: the browser must not reconnect
+      result: () => {
+        stop();
+        this.setState({ streamEnded: true });
+      },
+      problem: () => stop(),
+    });
+    this.unstream = stop;
+  }
+  closeStream() {
+    if (this.unstream) this.unstream();
+    this.unstream = null;
   }
   // the input is asked for once per task (it does not change, and may be large); the
   // trace once it has ended (its spans are made at its end)
@@ -764,6 +804,10 @@ class Task extends Polled {
       <h2>Input</h2>
       ${this.input ? html`<pre class="json" id="task-input">${JSON.stringify(this.input.value, null, 2)}</pre>`
         : html`<p class="note" id="task-input">The input is not kept: the task ran on a node of the cluster, its daemon has no task journal, or its row was pruned.</p>`}
+      ${session.streams.includes("tasks.stream") && html`<h2>Live output</h2>
+        ${this.state.chunks ? html`<pre class="log" id="task-stream">${this.state.streamed}</pre>`
+          : html`<p class="note" id="task-stream">${this.state.streamEnded
+            ? "The task sent no live output." : "No live output yet."}</p>`}`}
       <h2>Output</h2>
       <pre class="json" id="task-output">${t.status === "queued" || t.status === "running"
         ? `(${t.status}…)` : JSON.stringify(t.error ?? t.output, null, 2)}</pre>
