@@ -63,6 +63,7 @@ TENANTS = ("acme", "globex")
 NAMES = ("chat0", "chat1", "chat2")  # the agent names both tenants take in turn
 SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read")
 WAIT = 60  # seconds a task or a run is waited for over HTTP
+STOP_WAIT = 120  # seconds the daemon's stop may take (its teardown's own bounds are less)
 # the default bounds of the gauges' slopes, per hour, for the 20-minute soak: each above
 # what a flat daemon measured here and below a leak worth a day's notice (bench/RESULTS.md)
 BOUNDS = {"rss_mib": 40.0, "fds": 60.0, "threads": 20.0, "state_db_mib": 8.0,
@@ -410,11 +411,32 @@ class SoakDaemon:
 
     def restart(self) -> None:
         self.busy = True
-        proc = self.daemon.proc
-        assert proc is not None
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
+        if not self.stopped():
+            raise SoakFailed(f"the daemon did not stop within {STOP_WAIT} s of SIGTERM")
         self.start()
+
+    def stopped(self) -> bool:
+        """SIGTERM, and whether the daemon exited within STOP_WAIT; if not, it is asked
+        for its stacks (SIGUSR1, decision 517), the end of its log printed (where its
+        stop stuck, for the report), and killed."""
+        proc = self.daemon.proc
+        if proc is None or proc.poll() is not None:
+            return True
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_WAIT)
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)  # the dump is written on the daemon's loop; nothing to wait on
+        log = self.daemon.dir / "logs" / "corral.log"
+        tail = log.read_text(errors="replace").splitlines()[-120:] if log.exists() else []
+        print("[soak] the daemon did not stop; the end of its log:", *tail, sep="\n",
+              file=sys.stderr, flush=True)
+        proc.kill()
+        proc.wait()
+        return False
 
     def upgrade(self) -> None:
         self.busy = True
@@ -458,17 +480,12 @@ class SoakDaemon:
         except (Unreachable, CallFailed, OSError):
             pass  # a moment the daemon is not there: the next look takes them
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Whether the daemon stopped within STOP_WAIT (else it was killed)."""
         self.busy = True
-        proc = self.daemon.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        clean = self.stopped()
         self.daemon.notify.close()
+        return clean
 
 
 class SoakFailed(Exception):
@@ -544,6 +561,7 @@ class Run:
     tenants: list[Tenant] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: bool = True  # the daemon's last stop ended within STOP_WAIT
 
 
 def soak(plan: Plan, d: Path) -> Run:
@@ -591,7 +609,7 @@ def soak(plan: Plan, d: Path) -> Run:
         for tenant in run.tenants:
             tenant.halt.set()
         run.sampler.halt.set()
-        daemon.stop()
+        run.stopped = daemon.stop()
         run.seconds = time.monotonic() - t0
     return run
 
@@ -617,6 +635,7 @@ def report(run: Run) -> dict[str, Any]:
     w = run.watch
     return {
         "plan": asdict(plan), "seconds": round(run.seconds, 1), "events": run.events,
+        "stopped": run.stopped,
         "gauges": gauges,
         "cross_tenant": {
             "views": w.views, "strings": w.strings, "probes": w.probes,
@@ -686,7 +705,9 @@ def _num(v: float | None, sign: str = "") -> str:
 
 def verdict(rep: dict[str, Any], max_failures: float) -> int:
     """0: flat and unseen; 1: a gauge past its bound or a sighting; 2: the soak's own
-    work failed more than `max_failures` of its tasks."""
+    work failed more than `max_failures` of its tasks, or the daemon did not stop."""
+    if not rep["stopped"]:
+        return 2
     tasks = sum(w["tasks"] for w in rep["work"].values())
     failures = sum(w["failures"] for w in rep["work"].values())
     if tasks == 0 or failures > max_failures * tasks:

@@ -83,6 +83,8 @@ def test_the_soak_did_its_churn(soaked: tuple[int, dict[str, Any], str]) -> None
     """The run is what it says: every kind of work done by both tenants, names taken
     from the other tenant, a reload, a restart and an upgrade, and its tasks succeeded."""
     rc, rep, _ = soaked
+    # a stop past bench/soak.py's STOP_WAIT: its stack dump is in the soak's stderr, above
+    assert rep["stopped"], "the daemon did not stop within STOP_WAIT of SIGTERM"
     assert rc != 2, rep["work"]
     kinds = [e["kind"] for e in rep["events"]]
     assert kinds == ["reload", "restart", "reload", "upgrade", "reload"], rep["events"]
