@@ -97,16 +97,19 @@ class RunList(Result):
     next: str | UnsetType = UNSET
 
 
-class WorkflowDescription(Result):
+# -- a definition kept with revisions, of any kind (a workflow, a team): one answer each
+class DefinitionDescription(Result):
+    """`workflows.describe`'s and `teams.describe`'s answer."""
+
     name: str
     source: str  # "config" (the file's) or "runtime" (added by a command)
-    revision: int | None  # a runtime workflow's current revision
-    tenant: str | None
-    agents: list[str]  # its steps' and its nested workflows'
-    definition: dict[str, Any]  # the [workflows.NAME] table
+    revision: int | None  # a runtime definition's current revision
+    tenant: str | None  # whose it is (its own, or its agents')
+    agents: list[str]  # every agent it may run (a workflow's nested workflows' too)
+    definition: dict[str, Any]  # the [workflows.NAME] or [teams.NAME] table
 
 
-class WorkflowRevision(Result):
+class DefinitionRevision(Result):
     revision: int
     time: float
     who: str
@@ -116,10 +119,12 @@ class WorkflowRevision(Result):
     tenant: str | None = None
 
 
-class WorkflowHistory(Result):
+class DefinitionRevisions(Result):
+    """`workflows.history`'s and `teams.history`'s answer: who changed what, when."""
+
     name: str
     current: int | None  # None: removed
-    revisions: list[WorkflowRevision]  # oldest first
+    revisions: list[DefinitionRevision]  # oldest first
 
 
 # -- schedules (docs/workflows.md#schedules) -------------------------------------------------
@@ -159,22 +164,3 @@ class TeamEntry(Result):
 
 class TeamList(Result):
     teams: list[TeamEntry]
-
-
-class TeamDescription(Result):
-    name: str
-    source: str  # "config" (the file's) or "runtime" (added by a command)
-    revision: int | None  # a runtime team's current revision
-    tenant: str | None  # the team's (its own, or its agents')
-    agents: list[str]
-    definition: dict[str, Any]  # the [teams.NAME] table
-
-
-class TeamRevision(WorkflowRevision):
-    """A revision of a team: who changed what, when."""
-
-
-class TeamHistory(Result):
-    name: str
-    current: int | None  # None: removed
-    revisions: list[TeamRevision]  # oldest first

@@ -11,23 +11,20 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .flowviews import (
+    DefinitionDescription,
+    DefinitionRevision,
+    DefinitionRevisions,
     RunGraphStep,
     RunList,
     RunStepView,
     RunView,
     ScheduleEntry,
     ScheduleList,
-    TeamDescription,
     TeamEntry,
-    TeamHistory,
     TeamList,
-    TeamRevision,
-    WorkflowDescription,
     WorkflowEntry,
-    WorkflowHistory,
     WorkflowList,
     WorkflowPlan,
-    WorkflowRevision,
 )
 from .taskviews import Attempt, ModelUsage, TaskFailure, TaskInfo, TaskResult, TaskSummary, Usage
 from .views import NodeInfo, ProcessStatus, ReplicaStatus, Result, Revision, TenantUse
@@ -45,6 +42,9 @@ __all__ = [
     "CallStats",
     "ClientCallStats",
     "DaemonInfoResult",
+    "DefinitionDescription",
+    "DefinitionRevision",
+    "DefinitionRevisions",
     "DeployResult",
     "DescribeResult",
     "DrainReport",
@@ -120,11 +120,8 @@ __all__ = [
     "TaskSummary",
     "TaskTotals",
     "TasksStats",
-    "TeamDescription",
     "TeamEntry",
-    "TeamHistory",
     "TeamList",
-    "TeamRevision",
     "TenantEntry",
     "TenantList",
     "TenantUse",
@@ -136,12 +133,9 @@ __all__ = [
     "UpdateResult",
     "UpgradeReport",
     "Usage",
-    "WorkflowDescription",
     "WorkflowEntry",
-    "WorkflowHistory",
     "WorkflowList",
     "WorkflowPlan",
-    "WorkflowRevision",
 ]
 
 

@@ -386,16 +386,13 @@ def rolled_back(name: str, restored: int, made: DefRevision | None) -> m.Rollbac
         if made else "no change")
 
 
-H = TypeVar("H", m.WorkflowHistory, m.TeamHistory)
-
-
-def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str | None,
-               answer: type[H]) -> H:
+def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str | None
+               ) -> m.DefinitionRevisions:
     """`history` answered: the newest `limit` revisions the caller's tenant may see."""
-    view = m.WorkflowRevision if answer is m.WorkflowHistory else m.TeamRevision
     revs = catalog.history(name, row_limit(limit), tenant)
     now = catalog.revision_of(name)
-    rows: list[Any] = [view(revision=r.revision, time=r.time, who=r.who, change=r.change,
-                            definition=r.spec, tenant=r.tenant) for r in revs]
-    return answer(name=name, current=now.revision if now is not None else None,
-                  revisions=rows)
+    rows = [m.DefinitionRevision(revision=r.revision, time=r.time, who=r.who,
+                                 change=r.change, definition=r.spec, tenant=r.tenant)
+            for r in revs]
+    return m.DefinitionRevisions(name=name, current=now.revision if now is not None
+                                 else None, revisions=rows)

@@ -107,7 +107,7 @@ class WorkflowsAdd(Params):
     workflows: dict[str, Any]
 
 
-@method("workflows.describe", result=WorkflowDescription, scope="tasks:read",
+@method("workflows.describe", result=DefinitionDescription, scope="tasks:read",
         seen="unnamed", routes=(
     rest("GET", "/workflows/{name}", "A workflow's definition and "
          "revision"),
@@ -135,7 +135,8 @@ class WorkflowsRemove(DefinitionsRemove):
     """Remove workflows added at runtime (runs under way end on their revision)."""
 
 
-@method("workflows.history", result=WorkflowHistory, scope="tasks:read", seen="unnamed", routes=(
+@method("workflows.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed",
+        routes=(
     rest("GET", "/workflows/{name}/history", "A runtime workflow's "
          "revisions", query=("limit",)),
 ))
@@ -214,7 +215,7 @@ class TeamsAdd(Params):
     teams: dict[str, Any]
 
 
-@method("teams.describe", result=TeamDescription, scope="tasks:read", seen="unnamed", routes=(
+@method("teams.describe", result=DefinitionDescription, scope="tasks:read", seen="unnamed", routes=(
     rest("GET", "/teams/{name}", "A team's definition and revision"),
 ))
 class TeamsDescribe(DefinitionNamed):
@@ -250,7 +251,7 @@ class TeamsRemove(DefinitionsRemove):
     """Remove teams added at runtime (calls under way end on their definition)."""
 
 
-@method("teams.history", result=TeamHistory, scope="tasks:read", seen="unnamed", routes=(
+@method("teams.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed", routes=(
     rest("GET", "/teams/{name}/history", "A runtime team's revisions",
          query=("limit",)),
 ))

@@ -73,10 +73,10 @@ async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m
 
 @implements(m.TeamsDescribe)
 async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Channel
-                         ) -> m.TeamDescription:
+                         ) -> m.DefinitionDescription:
     spec = _there(d, caller, p.name)
     rev = d.teams.catalog.revision_of(p.name)
-    return m.TeamDescription(
+    return m.DefinitionDescription(
         name=p.name, source="config" if rev is None else "runtime",
         revision=rev.revision if rev is not None else None,
         tenant=d.teams.tenant_of(p.name), agents=spec.agents,
@@ -104,9 +104,9 @@ async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
 
 @implements(m.TeamsHistory)
 async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Channel
-                        ) -> m.TeamHistory:
+                        ) -> m.DefinitionRevisions:
     _seen_past(d, caller, p.name)
-    return history_of(d.teams.catalog, p.name, p.limit, caller.tenant, m.TeamHistory)
+    return history_of(d.teams.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.TeamsRollback)

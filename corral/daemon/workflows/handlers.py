@@ -172,11 +172,11 @@ async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Chann
 
 @implements(m.WorkflowsDescribe)
 async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller,
-                             c: Channel) -> m.WorkflowDescription:
+                             c: Channel) -> m.DefinitionDescription:
     catalog = d.workflows.catalog
     wf = _seen(d, caller, p.name)
     rev = catalog.revision_of(p.name)
-    return m.WorkflowDescription(
+    return m.DefinitionDescription(
         name=wf.name, source="config" if rev is None else "runtime",
         revision=rev.revision if rev is not None else None,
         tenant=d.workflows.tenant(p.name), agents=wf.agents,
@@ -221,9 +221,9 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
 
 @implements(m.WorkflowsHistory)
 async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
-                            c: Channel) -> m.WorkflowHistory:
+                            c: Channel) -> m.DefinitionRevisions:
     _seen_past(d, caller, p.name)
-    return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant, m.WorkflowHistory)
+    return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.WorkflowsRollback)
