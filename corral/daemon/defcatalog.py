@@ -226,8 +226,8 @@ class RuntimeCatalog(Generic[S]):
         return RpcError(jsonrpc.QUOTA_EXCEEDED, f"{where}: {bound} are added at runtime: "
                                                 "remove some first")
 
-    async def add_checked(self, tables: dict[str, Any], who: str, tenant: str | None,
-                          check: Check[S]) -> list[str]:
+    async def add(self, tables: dict[str, Any], who: str, tenant: str | None,
+                  check: Check[S]) -> list[str]:
         """Definitions from [section.NAME] tables, all or nothing, each checked whole;
         each its agents' tenant's (a tenant's caller names its own agents only)."""
         where = f"{self.section}.add"
@@ -265,8 +265,8 @@ class RuntimeCatalog(Generic[S]):
         """The tenant a runtime definition is of now (its current revision's)."""
         return self._runtime(name, "see")[2].tenant
 
-    async def update_checked(self, name: str, changes: dict[str, Any], who: str,
-                             tenant: str | None, check: Check[S]) -> DefRevision | None:
+    async def update(self, name: str, changes: dict[str, Any], who: str,
+                     tenant: str | None, check: Check[S]) -> DefRevision | None:
         """`changes` merged into its table (a JSON merge patch: a table merges key by
         key, null takes a key away, a list is replaced whole); the revision made, None
         when nothing changed."""
@@ -325,23 +325,23 @@ class RuntimeCatalog(Generic[S]):
                 return rev
         return None
 
-    def last_spec(self, name: str, tenant: str | None = None) -> S | None:
+    def last_defined(self, name: str, tenant: str | None) -> tuple[S, str | None] | None:
         """A runtime definition as it is, or as its newest revision of the caller's
-        tenant defined it (removed since): what decides who may see its history."""
+        tenant defined it (removed since), and whose: what decides who may see its
+        history."""
         rev = self.last_revision(name, tenant)
         if rev is None:
             return None
         held = self.runtime.get(name)
         if held is not None and held[2] is rev:
-            return held[0]
+            return held[0], rev.tenant
         try:
-            return self.parse(name, rev.spec, "revision")
+            return self.parse(name, rev.spec, "revision"), rev.tenant
         except ConfigError:
             return None
 
-    async def rollback_checked(self, name: str, revision: int | None, who: str,
-                               tenant: str | None, check: Check[S]
-                               ) -> tuple[int, DefRevision | None]:
+    async def rollback(self, name: str, revision: int | None, who: str,
+                       tenant: str | None, check: Check[S]) -> tuple[int, DefRevision | None]:
         """Back to an earlier revision (default: the one before the newest; a removed
         definition comes back so); the revision restored and the one made (None: it was
         that already)."""

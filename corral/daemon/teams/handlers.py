@@ -41,13 +41,12 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
     if name in catalog.config:
         _there(d, caller, name)
         return
-    rev = catalog.last_revision(name, caller.tenant)
-    spec = catalog.last_spec(name, caller.tenant)
-    if rev is None or spec is None:
+    last = catalog.last_defined(name, caller.tenant)
+    if last is None:
         if caller.limited:
             raise jsonrpc.not_found("team", name)
         return
-    _seen(caller, name, spec, rev.tenant)
+    _seen(caller, name, *last)
 
 
 COMMANDS: Commands[Services, Services] = Commands(whole)
@@ -67,7 +66,7 @@ async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) ->
 
 @implements(m.TeamsAdd)
 async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
-    return m.AddResult(added=await d.teams.catalog.add_checked(
+    return m.AddResult(added=await d.teams.catalog.add(
         p.teams, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
@@ -87,7 +86,7 @@ async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Cha
 async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
                        ) -> m.UpdateResult:
     _there(d, caller, p.name)
-    return updated(p.name, await d.teams.catalog.update_checked(
+    return updated(p.name, await d.teams.catalog.update(
         p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
@@ -113,7 +112,7 @@ async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Chann
 async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Channel
                          ) -> m.RollbackResult:
     _seen_past(d, caller, p.name)
-    restored, made = await d.teams.catalog.rollback_checked(
+    restored, made = await d.teams.catalog.rollback(
         p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
     return rolled_back(p.name, restored, made)
 

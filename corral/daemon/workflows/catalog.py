@@ -6,21 +6,20 @@ or a removal is the next runs' (docs/workflows.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ... import jsonrpc
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
 from ..defcatalog import MAX_RUNTIME, Check, RuntimeCatalog, table_of
-from ..definitions import DefRevision, one_tenant
+from ..definitions import one_tenant
 from ..store import StateStore
 
-__all__ = ["MAX_RUNTIME", "Catalog", "table_of"]
+__all__ = ["MAX_RUNTIME", "Catalog", "against", "table_of"]
 KIND = "workflow"
 # an agent's tenant, None when there is no such agent (or the caller does not see it)
 TenantOf = Callable[[str], str | None]
 
 
-def _against(tenant_of: TenantOf, known: Mapping[str, WorkflowSpec]) -> Check[WorkflowSpec]:
+def against(tenant_of: TenantOf, known: Mapping[str, WorkflowSpec]) -> Check[WorkflowSpec]:
     """A workflow checked against the agents and workflows the caller sees, and those
     added with it; whose it is: the tenant all its agents are of (nested ones' too)."""
     def check(name: str, spec: WorkflowSpec, others: Mapping[str, WorkflowSpec]
@@ -64,24 +63,6 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
         return (f"workflow {name} is a step of workflow {users[0]}: change or remove "
                 f"{users[0]} first") if users else None
 
-    async def add(self, tables: dict[str, Any], who: str, tenant: str | None,
-                  tenant_of: TenantOf, known: Mapping[str, WorkflowSpec]) -> list[str]:
-        """Workflows from [workflows.NAME] tables, all or nothing, each checked whole
-        against the agents and workflows the caller sees (`tenant_of`, `known`)."""
-        return await self.add_checked(tables, who, tenant, _against(tenant_of, known))
-
-    async def update(self, name: str, changes: dict[str, Any], who: str,
-                     tenant: str | None, tenant_of: TenantOf,
-                     known: Mapping[str, WorkflowSpec]) -> DefRevision | None:
-        return await self.update_checked(name, changes, who, tenant,
-                                         _against(tenant_of, known))
-
-    async def rollback(self, name: str, revision: int | None, who: str,
-                       tenant: str | None, tenant_of: TenantOf,
-                       known: Mapping[str, WorkflowSpec]) -> tuple[int, DefRevision | None]:
-        return await self.rollback_checked(name, revision, who, tenant,
-                                           _against(tenant_of, known))
-
     async def stamp_all(self, tenant_of: TenantOf) -> int:
         """Revisions from before each was its tenant's, told whose (defcatalog.stamp)."""
         specs = self.specs()
@@ -93,15 +74,3 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
                 agents = compile_workflow(name, spec).agents
             return one_tenant(agents, tenant_of)
         return await self.stamp(owner)
-
-    def last_defined(self, name: str, tenant: str | None) -> tuple[Workflow, str | None] | None:
-        """A runtime workflow as it is, or as its newest revision of the caller's tenant
-        defined it (removed since), and whose: what decides who may see its history."""
-        rev = self.last_revision(name, tenant)
-        spec = self.last_spec(name, tenant)
-        if rev is None or spec is None:
-            return None
-        try:
-            return compile_workflow(name, spec), rev.tenant
-        except WorkflowError:
-            return None

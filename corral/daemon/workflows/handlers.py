@@ -5,7 +5,7 @@ acts on a workflow or a run first asks it (`seen_workflow`), as a listing is fil
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -14,14 +14,20 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.durable import WHOLE, StepRow
-from ...supervisor.workflows import Workflow, compile_workflow, plan_text
+from ...supervisor.workflows import (
+    Workflow,
+    WorkflowError,
+    WorkflowSpec,
+    compile_workflow,
+    plan_text,
+)
 from ..api import Commands, whole
 from ..caller import Caller, Channel
-from ..defcatalog import history_of, rolled_back, updated
+from ..defcatalog import Check, history_of, rolled_back, updated
 from ..services import Services
 from ..tasks.front import page_window
 from ..visibility import seen_workflow
-from .catalog import table_of
+from .catalog import against, table_of
 from .runstore import RUN_STATUSES, Run, RunStore
 
 # a run's output, and a page of its rows' outputs, shown up to this many bytes of JSON
@@ -148,8 +154,8 @@ def _seen(d: Services, caller: Caller, name: str) -> Workflow:
 
 # -- runtime changes (catalog.py): a limited caller names only the agents and workflows
 # it sees, and sees only workflows of its tenant all of whose agents it sees -----------
-def _known(d: Services, caller: Caller
-           ) -> tuple[Callable[[str], str | None], dict[str, Any]]:
+def _check(d: Services, caller: Caller) -> Check[WorkflowSpec]:
+    """A workflow checked against the agents and workflows the caller sees."""
     def agent(name: str) -> str | None:
         return d.workflows.agent_tenant(name) if caller.sees(name) else None
 
@@ -159,15 +165,14 @@ def _known(d: Services, caller: Caller
         specs = {n: s for n, s in specs.items()
                  if all(caller.sees_record(a, d.workflows.tenant(n))
                         for a in catalog.workflow(n).agents)}
-    return agent, specs
+    return against(agent, specs)
 
 
 @implements(m.WorkflowsAdd)
 async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Channel
                         ) -> m.AddResult:
-    agent, specs = _known(d, caller)
     return m.AddResult(added=await d.workflows.catalog.add(p.workflows, caller.who,
-                                                           caller.tenant, agent, specs))
+                                                           caller.tenant, _check(d, caller)))
 
 
 @implements(m.WorkflowsDescribe)
@@ -187,9 +192,8 @@ async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller
 async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c: Channel
                            ) -> m.UpdateResult:
     _seen(d, caller, p.name)
-    agent, specs = _known(d, caller)
     return updated(p.name, await d.workflows.catalog.update(
-        p.name, p.set, caller.who, caller.tenant, agent, specs))
+        p.name, p.set, caller.who, caller.tenant, _check(d, caller)))
 
 
 @implements(m.WorkflowsRemove)
@@ -212,11 +216,15 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
         _seen(d, caller, name)
         return
     last = catalog.last_defined(name, caller.tenant)
-    if last is None:
+    try:
+        wf = compile_workflow(name, last[0]) if last is not None else None
+    except WorkflowError:
+        wf = None
+    if last is None or wf is None:
         if caller.limited:
             raise jsonrpc.not_found("workflow", name)
         return
-    seen_workflow(caller, last[0], last[1])
+    seen_workflow(caller, wf, last[1])
 
 
 @implements(m.WorkflowsHistory)
@@ -230,9 +238,8 @@ async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
 async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller,
                              c: Channel) -> m.RollbackResult:
     _seen_past(d, caller, p.name)
-    agent, specs = _known(d, caller)
     restored, made = await d.workflows.catalog.rollback(
-        p.name, p.revision, caller.who, caller.tenant, agent, specs)
+        p.name, p.revision, caller.who, caller.tenant, _check(d, caller))
     return rolled_back(p.name, restored, made)
 
 

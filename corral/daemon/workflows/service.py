@@ -23,7 +23,7 @@ from ...text import plural
 from ..definitions import UNSTAMPED, one_tenant
 from ..store import StateStore
 from ..storeschema import StoreError
-from .catalog import Catalog, table_of
+from .catalog import Catalog, against, table_of
 from .runevents import RunStarted
 from .runner import Runner
 from .runstore import RUN_ENDED, Run, RunStore, Sees
@@ -89,8 +89,8 @@ class WorkflowService:
         """Add a workflow at runtime, kept and revisioned as `corral workflows add` keeps
         it; its revision."""
         table = table_of(definition) if isinstance(definition, WorkflowSpec) else definition
-        await self.catalog.add({name: table}, who, None, self.agent_tenant,
-                               self.catalog.specs())
+        await self.catalog.add({name: table}, who, None,
+                               against(self.agent_tenant, self.catalog.specs()))
         rev = self.catalog.revision_of(name)
         assert rev is not None
         return rev.revision
