@@ -12,7 +12,8 @@ SDK worker (examples/hello.py, 4 replicas). Measured:
   the worker's answer)
 - a 20-step chain (each step fed the one before): per step, the run's wall time / 20,
   and the per-edge overhead, that less a task alone (the two commits of the step's row,
-  the reference evaluation, the wait)
+  the reference evaluation, the wait); the same in the daemon's CPU time (`_cpu_`: it
+  runs in this process, its workers apart), which a loaded machine bends far less
 - a 1,000-item map (concurrency 4) then a join: the run's wall time, against the same
   1,000 tasks through `TaskManager.map` with concurrency 4
 
@@ -94,15 +95,24 @@ async def measure(rounds: int, items: int, follow: bool = False) -> dict[str, An
 
         for _ in range(20):  # warm
             await sup.tasks.run("hello", {"name": "w"})
-        task = []
+        task, task_cpu = [], []
         for _ in range(200):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             await sup.tasks.run("hello", {"name": "x"})
             task.append(time.perf_counter() - t0)
+            task_cpu.append(time.process_time() - c0)
         task_ms = statistics.median(task) * 1e3
         task_p99 = sorted(task)[int(len(task) * 0.99) - 1] * 1e3
-        chain = [await timed_run("chain", {"name": "c"}) / CHAIN * 1e3 for _ in range(rounds)]
+        chain, chain_cpu = [], []
+        for _ in range(rounds):
+            c0 = time.process_time()
+            chain.append(await timed_run("chain", {"name": "c"}) / CHAIN * 1e3)
+            chain_cpu.append((time.process_time() - c0) / CHAIN * 1e3)
         step_ms = statistics.median(chain)
+        # the daemon's own CPU (it runs in this process; the workers are apart): far
+        # less bent by a loaded machine than the wall time
+        step_cpu = statistics.median(chain_cpu)
+        task_cpu_ms = statistics.median(task_cpu) * 1e3
         listed = list(range(items))
         fan = statistics.median([await timed_run("fan", {"items": listed})
                                  for _ in range(max(1, rounds // 2))])
@@ -114,6 +124,8 @@ async def measure(rounds: int, items: int, follow: bool = False) -> dict[str, An
         return {"task_ms_p50": round(task_ms, 3), "task_ms_p99": round(task_p99, 3),
                 "chain_step_ms_p50": round(step_ms, 3),
                 "edge_overhead_ms_p50": round(step_ms - task_ms, 3),
+                "chain_step_cpu_ms_p50": round(step_cpu, 3),
+                "edge_overhead_cpu_ms_p50": round(step_cpu - task_cpu_ms, 3),
                 "chain_step_ms_max": round(max(chain), 3),
                 f"map_{items}_join_s": round(fan, 3),
                 f"tasks_map_{items}_s": round(plain, 3),
