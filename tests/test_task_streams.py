@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx2
 import msgspec
 import pytest
 
@@ -24,6 +25,7 @@ from corral.supervisor import Supervisor
 
 from .conftest import ROOT, agent, all_ready
 from .daemon_harness import Daemon, free_port, problem, shared_tmpdir
+from .test_gateway_tasks import Gateway, gateway  # noqa: F401 - the fixture
 from .test_http_api import PROBLEM, SOCKET, Api, serving, sse_events
 from .test_ui import chromium_page, needs_chromium
 
@@ -328,3 +330,28 @@ def test_the_dashboards_task_view_shows_the_stream_live(tmp_path: Path) -> None:
     finally:
         d.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_an_agent_called_as_a_tool_at_the_gateway_sends_its_output_as_progress(
+        gateway: Gateway) -> None:  # noqa: F811 - test_gateway_tasks's fixture
+    """A plain MCP tools/call of an agent (/mcp/corral) carrying a progressToken is sent
+    the task's live output as it comes, each chunk a notifications/progress message (MCP
+    has no partial results of a tool call), then the tool's result."""
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "chat", "arguments": {"do": "emit", "chunks": ["Hel", "lo", " world"]},
+        "_meta": {"progressToken": "p1",
+                  "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}}
+    r = httpx2.post(f"{gateway.origin}/mcp/corral", json=body, timeout=60, headers={
+        "Authorization": f"Bearer {gateway.tokens['acme']}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+        "Mcp-Name": "chat"})
+    assert r.headers["Content-Type"].startswith("text/event-stream"), r.text
+    messages = [msgspec.json.decode(line[len("data: "):]) for line in r.text.splitlines()
+                if line.startswith("data: ")]
+    progress = [m["params"] for m in messages if m.get("method") == "notifications/progress"]
+    assert progress == [{"progress": i + 1, "message": text, "progressToken": "p1"}
+                        for i, text in enumerate(["Hel", "lo", " world"])]
+    (answer,) = [m for m in messages if m.get("id") == 9]
+    assert answer["result"]["structuredContent"] == {"emitted": 3}, answer

@@ -444,7 +444,7 @@ class GatewayService:
                       on_progress: Callable[[dict[str, Any]], None] | None,
                       who: tuple[int, int] = (-1, -1)) -> Any:
         if ident.server == AGENTS_VIEW:
-            return await self._agent_call(ident, method, params, None)
+            return await self._agent_call(ident, method, params, None, on_progress)
         if ident.server is not None:
             params = _qualified(ident.server, method, params)
         if method == "tools/call":
@@ -561,9 +561,11 @@ class GatewayService:
                      if fnmatchcase(own, glob)), None)
 
     async def _agent_call(self, ident: Identity, method: str, params: dict[str, Any],
-                          handles: TaskHandles | None) -> Any:
+                          handles: TaskHandles | None,
+                          on_progress: Callable[[dict[str, Any]], None] | None = None
+                          ) -> Any:
         """A call of an agent's tool (/mcp/corral): its corral task, followed by a handle
-        (`handles`) or waited for."""
+        (`handles`) or waited for (its live output told as progress, `on_progress`)."""
         name, arguments = params.get("name"), params.get("arguments") or {}
         if method != "tools/call":
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
@@ -575,7 +577,7 @@ class GatewayService:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
         task_id = await self.agent_tools.submit(ident, name, arguments)
         if handles is None:
-            return await self.agent_tools.outcome(ident, task_id)
+            return await self.agent_tools.outcome(ident, task_id, on_progress)
         return handles.open(ident, Follows(name, task_id),
                             lambda handle: self.agent_tools.outcome(ident, task_id))
 

@@ -16,7 +16,9 @@ then the call is sent again with the answers. Two kinds of call are tasks:
   arguments the task's input, and a call is a corral task (durable in the task journal,
   retried and budgeted as its agent says, refused at once by its agent's queue bound),
   submitted through the Dispatcher as the client (its tenant: it runs only its tenant's
-  agents); the handle waits for it, and cancelling the handle cancels the task.
+  agents); the handle waits for it, and cancelling the handle cancels the task. A plain
+  call (no handle) that carries a progressToken is sent the task's live output as it
+  comes, each chunk a `notifications/progress` message (docs/streams.md).
 
 Handles are in the daemon's memory: a restart loses them (an agent's corral task lives on,
 `corral task ID` shows it). A client holds at most `max_tasks_per_client` that have not
@@ -55,6 +57,29 @@ ENDED = frozenset({"completed", "failed", "cancelled"})
 # a corral task's end as the extension says it: ran and answered, ran and failed (a tool
 # error: completed with isError, as SEP-2663 reserves `failed` for protocol errors)
 SUCCEEDED = "succeeded"
+
+
+class OutputRelay:
+    """tasks.stream's channel for a gateway client's call of an agent: each chunk of the
+    task's live output becomes an MCP progress notification, its text the `message`
+    (MCP has no partial results of a tool call; progress is what it lets a server send
+    while one runs). Always writable: the gateway's own stream to the client is bounded
+    where it is written (http/mcp.py)."""
+
+    def __init__(self, on_progress: Callable[[dict[str, Any]], None]) -> None:
+        self.on_progress = on_progress
+        self.sent = 0
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @property
+    def writable(self) -> asyncio.Event:
+        return self._writable
+
+    def notify(self, method: str, params: Any) -> None:
+        if method == "tasks.output":
+            self.sent += 1
+            self.on_progress({"progress": self.sent, "message": params.data})
 
 
 class TaskClient(Protocol):
@@ -305,11 +330,19 @@ class AgentTools:
             agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments))))
         return str(accepted.task_id)
 
-    async def outcome(self, ident: TaskClient, task_id: str) -> dict[str, Any]:
-        """The task's end as a tool result; cancelled, it cancels the task."""
+    async def outcome(self, ident: TaskClient, task_id: str,
+                      on_progress: Callable[[dict[str, Any]], None] | None = None
+                      ) -> dict[str, Any]:
+        """The task's end as a tool result; cancelled, it cancels the task. With
+        `on_progress` (the client's call carried a progressToken), the task's live
+        output first, each chunk as a progress notification's message (OutputRelay)."""
         assert self.calls is not None
         caller = caller_of(ident)
         try:
+            if on_progress is not None:
+                with contextlib.suppress(RpcError):  # (its end is read below all the same)
+                    await self.calls.call(caller, m.TasksStream(task_id=task_id),
+                                          channel=OutputRelay(on_progress))
             info = await self.calls.call(caller, m.TasksGet(task_id=task_id, wait=True))
         except asyncio.CancelledError:
             with contextlib.suppress(RpcError):

@@ -719,24 +719,20 @@ class Task extends Polled {
   key(props) {
     return props.id;
   }
-  componentDidMount() {
-    super.componentDidMount();
-    this.openStream();
-  }
   componentWillUnmount() {
     super.componentWillUnmount();
     this.closeStream();
   }
   componentDidUpdate(prevProps, prevState) {
     super.componentDidUpdate(prevProps, prevState);
-    if (prevProps.id !== this.props.id) {
-      this.closeStream();
-      this.openStream();
-    }
+    if (prevProps.id !== this.props.id) this.closeStream();
   }
+  // opened by a load (the session's streams may be read after the view mounted), once
+  // per task
   openStream() {
+    if (this.streamOf === this.props.id || !session.streams.includes("tasks.stream")) return;
+    this.streamOf = this.props.id;
     this.setState({ streamed: "", chunks: 0, streamEnded: false });
-    if (!session.streams.includes("tasks.stream")) return;
     const stop = follow("tasks.stream", { task_id: this.props.id }, {
       "tasks.output": (c) => this.setState((st) => ({
         streamed: (st.streamed + (c.truncated ? `\n[corral: ${c.data}]\n` : c.data)).slice(-STREAM_CHARS),
@@ -754,10 +750,12 @@ class Task extends Polled {
   closeStream() {
     if (this.unstream) this.unstream();
     this.unstream = null;
+    this.streamOf = null;
   }
   // the input is asked for once per task (it does not change, and may be large); the
   // trace once it has ended (its spans are made at its end)
   async load() {
+    this.openStream();
     const first = this.input === undefined || this.inputOf !== this.props.id;
     const t = await call("tasks.get", { task_id: this.props.id, input: first });
     if (first) {
@@ -804,7 +802,7 @@ class Task extends Polled {
       <h2>Input</h2>
       ${this.input ? html`<pre class="json" id="task-input">${JSON.stringify(this.input.value, null, 2)}</pre>`
         : html`<p class="note" id="task-input">The input is not kept: the task ran on a node of the cluster, its daemon has no task journal, or its row was pruned.</p>`}
-      ${session.streams.includes("tasks.stream") && html`<h2>Live output</h2>
+      ${this.streamOf === t.task_id && html`<h2>Live output</h2>
         ${this.state.chunks ? html`<pre class="log" id="task-stream">${this.state.streamed}</pre>`
           : html`<p class="note" id="task-stream">${this.state.streamEnded
             ? "The task sent no live output." : "No live output yet."}</p>`}`}
