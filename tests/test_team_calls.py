@@ -2,10 +2,12 @@
 `calls.get`, `calls.list` and `calls.cancel` read and end it, over the socket's dispatcher
 and REST alike; the task methods naming the team stay its aliases and see the same call;
 a limited caller reaches only the calls of the teams it sees, each refusal said as for a
-call that never was."""
+call that never was; the CLI's `corral teams call` and `corral teams calls` are their
+fronts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +19,7 @@ from corral.daemon.caller import Caller
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 
-from .daemon_harness import free_port, in_process
+from .daemon_harness import Daemon, free_port, in_process
 from .test_teams import OPERATOR, agents_toml
 
 TEAMS = ('[teams.pair]\nmode = "broadcast"\nmembers = ["pub1", "pub2"]\n'
@@ -122,3 +124,25 @@ async def test_a_limited_caller_reaches_only_the_calls_of_the_teams_it_sees(
         kept = await d.dispatcher.call(OPERATOR, "calls.get", m.CallsGet(
             call_id=hidden.task_id))
         assert kept.status == "succeeded"
+
+
+def test_the_cli_calls_a_team_and_lists_its_calls(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, agents_toml(tmp_path, "pub1 pub2 sec1") + TEAMS)
+    try:
+        d.start()
+        r = d.cli("teams", "call", "pair", "--input", '{"x": 1}', "--wait", "60", "--json",
+                  timeout=90)
+        made = json.loads(r.stdout)
+        assert (r.returncode, made["status"], made["output"]["pub1"]["output"]) == (
+            0, "succeeded", {"who": "pub1", "got": {"x": 1}})
+        r = d.cli("teams", "calls", "pair", "--json")
+        assert (r.returncode, [t["task_id"] for t in json.loads(r.stdout)["tasks"]]) == (
+            0, [made["task_id"]])
+        r = d.cli("teams", "calls", "pair")
+        assert r.returncode == 0 and made["task_id"] in r.stdout and "succeeded" in r.stdout
+        # the call is a task of the team too (the alias)
+        assert d.json("task", made["task_id"])["agent"] == "pair"
+        r = d.cli("teams", "call", "ghost")
+        assert (r.returncode, r.stderr.strip()) == (1, "corral: no such team: ghost")
+    finally:
+        d.close()

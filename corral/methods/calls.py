@@ -28,7 +28,7 @@ class CallsGet(Params):
 
 
 @method("teams.call", result=TaskAccepted, scope="tasks:run", needs={"wait": CallsGet},
-        seen="unnamed", routes=(
+        seen="unnamed", cli="teams call", routes=(
     rest("POST", "/teams/{name}/calls", "Call a team: 202 and the call's Location at "
          "once; with `wait`, its outcome if it ends within that many seconds, else 202",
          query=("wait",), body=("input",), idempotent=True,
@@ -48,7 +48,8 @@ class TeamsCall(Params):
     tracestate: str | None = None
 
 
-@method("calls.list", result=TaskList, scope="tasks:read", seen="unnamed", routes=(
+@method("calls.list", result=TaskList, scope="tasks:read", seen="unnamed", cli="teams calls",
+        routes=(
     rest("GET", "/teams/{name}/calls", "A team's calls, newest last, a page at a time",
          query=("status", "since", "limit", "before"), cursor="before"),
 ))
