@@ -105,8 +105,9 @@ class Calls(Generic[C]):
         if live[1].cancelled():  # cancelled before its driver first ran: ended here
             self._why.pop(call_id, None)
             self.live.pop(call_id, None)
-            live[0].status, live[0].error = "cancelled", why
-            await self._end(live[0])
+            call = live[0]
+            call.status, call.error = "cancelled", why
+            await self._end(call)
         return True
 
     async def close(self) -> None:
