@@ -261,7 +261,7 @@ class GatewayService:
         # a replica's call made as its task attempt's step: the engine's tasks in flight,
         # and its worker methods' `tools/call` (with no engine's tasks: none is)
         self.attribution = Attribution(tasks.active if tasks is not None else {})
-        self.task_call = tasks.worker.on_tool_call if tasks is not None else None
+        self.task_call = tasks.worker.task_call if tasks is not None else None
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         # the states of servers' input requests relayed to clients (relayseal.py)
@@ -686,13 +686,14 @@ class GatewayService:
 
     async def _step(self, ident: Identity, task: Task, name: str,
                     arguments: dict[str, Any], context: Parent | None) -> Any:
-        """A replica's call as its task's step: the worker's `tools/call` for the task
-        (its allowlist, step journal and replay, tool budget, and the attempt's span,
-        a child of the client's own when it is of the attempt's trace)."""
+        """A replica's call as its task's step, past the gateway's allowlist: the worker's
+        `tools/call` for the task (step journal and replay, tool budget, and the
+        attempt's span, a child of the client's own when it is of the attempt's
+        trace)."""
         assert self.task_call is not None  # a task was found: the engine's tasks are here
         said = None if context is None else meta(context.trace_id, context.span_id,
                                                  context.sampled, context.tracestate)
-        answer = self.task_call(ident.replica, ToolsCallParams(
+        answer = self.task_call(ident.replica, task, ToolsCallParams(
             name=name, arguments=arguments, task_id=task.id, meta=said))
         return await answer if inspect.isawaitable(answer) else answer
 

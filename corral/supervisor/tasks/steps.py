@@ -160,16 +160,21 @@ class TaskSteps:
         spec = r.spec
         replays = getattr(spec, "replay", True) and not allowed(
             name, getattr(spec, "replay_tools", []))
-        h = args_hash(arguments)
+        # the arguments' hash only where it is compared or kept: a task with no retry
+        # left, on its first attempt, pays nothing for it
+        h: bytes | None = None
         if not st.diverged:
             old = st.tools.get(seq)
-            if old is not None and (old.name != name or old.args != h):
-                why = (f"call {seq} is {name}, the journal's is {old.name}"
-                       if old.name != name else f"call {seq} to {name} has other arguments")
-                self._diverge(task, st, seq, why)
-            elif old is not None and old.body is not None and replays:
-                self._replayed(task, "tool", name)
-                return msgspec.Raw(old.body)
+            if old is not None:
+                h = args_hash(arguments)
+                if old.name != name or old.args != h:
+                    why = (f"call {seq} is {name}, the journal's is {old.name}"
+                           if old.name != name else
+                           f"call {seq} to {name} has other arguments")
+                    self._diverge(task, st, seq, why)
+                elif old.body is not None and replays:
+                    self._replayed(task, "tool", name)
+                    return msgspec.Raw(old.body)
         journal = self._journaling(task)
         if journal is not None and replays:
             self._check_budget(task, r, st)
@@ -177,7 +182,8 @@ class TaskSteps:
         if journal is None or not replays:
             return result
         body = msgspec.json.encode(result)
-        journal.put(Step(task.id, seq, name, task.attempt, h, body))
+        journal.put(Step(task.id, seq, name, task.attempt,
+                         args_hash(arguments) if h is None else h, body))
         self._count(st, len(body))
         self.journaled += 1
         await journal.committed(task.id)

@@ -96,11 +96,18 @@ class WorkerMethods:
                            f"allowlist: {allow})")
         task = self._task_of(r, p.task_id)
         if task is not None:
-            arguments = p.arguments or {}
-            return self.steps.tool_call(task, r, name, arguments,
-                                        lambda: self._live_call(r, name, arguments, task,
-                                                                p.meta))
+            return self.task_call(r, task, p)
         return self._routed(r, name, p.arguments or {}, task, p.meta)
+
+    def task_call(self, r: Replica, task: Task, p: ToolsCallParams) -> Any:
+        """A call of the tool `p.name` that `r` makes for its running `task`, within its
+        allowlist: a step of the task (answered from its journal, or made, counted in
+        its tool budget and journaled). The worker's `tools/call` and the gateway's
+        calls attributed to the task (daemon/attribution.py) alike."""
+        name, arguments = p.name, p.arguments or {}
+        return self.steps.tool_call(task, r, name, arguments,
+                                    lambda: self._live_call(r, name, arguments, task,
+                                                            p.meta))
 
     async def _live_call(self, r: Replica, name: str, arguments: dict[str, Any],
                          task: Task, meta: dict[str, Any] | None = None) -> Any:
