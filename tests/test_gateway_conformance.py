@@ -61,13 +61,10 @@ STATELESS_FIXTURE_CHECKS = {
     "sep-2575-server-sends-tools-list-changed-on-subscription":
         "tool test_trigger_tool_change",
 }
-# of those, what still does not pass at /mcp/fx, against the fixture server
-STATELESS_UNSERVED = {
-    # a 2026-07-28 server behind says list_changed only on a listen stream of its own,
-    # which corral's client does not open yet
-    "sep-2575-server-sends-prompts-list-changed-on-subscription": "upstream listen",
-    "sep-2575-server-sends-tools-list-changed-on-subscription": "upstream listen",
-}
+# of those, what still does not pass at /mcp/fx, against the fixture server: none (the
+# list_changed a 2026-07-28 server behind says on the listen stream corral's client opens
+# reaches the client's listen stream)
+STATELESS_UNSERVED: dict[str, str] = {}
 # scenarios that fail only for the suite's fixtures (a tool, prompt or resource of its own
 # server by its exact name), or for what is not built yet: each must still fail (so that
 # one made to pass moves to PASSING_2026)

@@ -419,3 +419,29 @@ def test_corral_mcp_serve_asks_a_2025_11_25_client_over_stdio(gateway: Gateway) 
         serve.stdin.close()
         assert serve.wait(timeout=30) == 0
         serve.stdout.close()
+
+
+def test_a_2026_servers_list_changed_reaches_a_clients_listen_stream(gateway: Gateway
+                                                                     ) -> None:
+    """The fixture server (2026-07-28) says a tool was added on the listen stream corral's
+    client opened to it; the gateway's client hears it on its own."""
+    g = gateway
+    body = {"jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": True},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": VERSION,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}}
+    headers = {"Authorization": f"Bearer {g.tokens['acme']}",
+               "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": VERSION, "Mcp-Method": "subscriptions/listen"}
+    with httpx2.stream("POST", g.url, json=body, headers=headers, timeout=60) as r:
+        stream = events(r)
+        ack = next(stream)
+        assert ack["method"] == "notifications/subscriptions/acknowledged", ack
+        changed = call(g, "acme", "test_trigger_tool_change", {})["result"]
+        assert text(changed) == "Tool list changed", changed
+        told = next(stream)
+    assert told == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                    "params": {"_meta": {"io.modelcontextprotocol/subscriptionId":
+                                         "listen-1"}}}, told
+    listed = rpc(g, "acme", "tools/list", {}, {})["result"]["tools"]
+    assert any(t["name"].startswith("added_tool_") for t in listed), listed

@@ -70,6 +70,9 @@ TASK_POLL_MAX = 5.0
 # rounds of input one request may ask for (2026-07-28's input_required results) before
 # corral gives it up: a server that asks for ever is not waited on for ever
 MAX_INPUT_ROUNDS = 8
+# what a 2026-07-28 server's listen stream is asked for: (its capability, the filter)
+LISTENED = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+            ("resources", "resourcesListChanged"))
 # a probe refused with -32022 that still names 2026-07-28: the probe is sent once more
 _REPROBE = object()
 
@@ -369,6 +372,7 @@ class McpClient:
                                 or (found.get("_meta") or {}).get(
                                     "io.modelcontextprotocol/serverInfo") or {})
             await self._after_connect(deadline)
+            self._listen()
             return STATELESS
         common = [v for v in LEGACY if v in offered]
         if not common:
@@ -415,6 +419,22 @@ class McpClient:
                                    timeout=timeout)
             except RpcError as exc:
                 self._note(f"logging/setLevel {self.log_level} failed: {exc.message}")
+
+    def _listen(self) -> None:
+        """A 2026-07-28 server says its lists changed only on a `subscriptions/listen`
+        stream (SEP-2575): one is opened for the kinds it says change (`listChanged`),
+        over a pipe, and forgotten at once: it lasts as long as the connection (across
+        `corral upgrade` too, the server keeping it), its notifications are handled as
+        any (`on_notification`), and it is no request in flight. A remote server's is
+        not opened: its stream would be one HTTP response held for ever."""
+        asked = {field: True for cap, field in LISTENED
+                 if (self.capabilities.get(cap) or {}).get("listChanged")}
+        if not asked or self.network != "pipe" or self.peer is None:
+            return
+        rid, fut = self.peer.request_future(
+            "subscriptions/listen", self._with_meta({"notifications": asked}))
+        self.peer.forget(rid)
+        fut.add_done_callback(_forget)
 
     def liveness_request(self) -> tuple[str, dict[str, Any]]:
         """The request that asks whether the server is there: `ping`; the stateless

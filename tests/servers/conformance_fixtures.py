@@ -146,7 +146,7 @@ async def test_trigger_tool_change(ctx: Context) -> str:
     global _added
     _added += 1
     server.add_tool(lambda: "added", name=f"added_tool_{_added}", description="Added.")
-    await ctx.session.send_tool_list_changed()
+    await ctx.notify_tools_changed()  # on the subscriptions/listen streams (2026-07-28)
     return "Tool list changed"
 
 
@@ -157,7 +157,7 @@ async def test_trigger_prompt_change(ctx: Context) -> str:
     _added += 1
     server.add_prompt(Prompt.from_function(lambda: "added", name=f"added_prompt_{_added}",
                                            description="Added."))
-    await ctx.session.send_prompt_list_changed()
+    await ctx.notify_prompts_changed()
     return "Prompt list changed"
 
 
