@@ -98,14 +98,14 @@ class Calls(Generic[C]):
         live = self.live.get(call_id)
         if live is None:
             return False
+        call, driver = live
         self._why[call_id] = why
-        live[1].cancel()
+        driver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(live[1])
-        if live[1].cancelled():  # cancelled before its driver first ran: ended here
+            await asyncio.shield(driver)
+        if driver.cancelled():  # cancelled before its driver first ran: ended here
             self._why.pop(call_id, None)
             self.live.pop(call_id, None)
-            call = live[0]
             call.status, call.error = "cancelled", why
             await self._end(call)
         return True
