@@ -106,14 +106,14 @@ class Runner:
         try:
             listed = items(st, scope)
         except (Missing, WorkflowError) as exc:
-            await self._end(run, st.name, WHOLE, "failed", None, str(exc))
+            await self.steps.end(run, (st.name, WHOLE), StepEnd("failed", None, str(exc)))
             raise StepFailed(f"step {st.name}: {exc}") from None
         try:
             await self._map(run, st, scope, listed)
         except StepFailed as exc:
-            await self._end(run, st.name, WHOLE, "failed", None, str(exc))
+            await self.steps.end(run, (st.name, WHOLE), StepEnd("failed", None, str(exc)))
             raise
-        await self._end(run, st.name, WHOLE, "succeeded", None, None)
+        await self.steps.end(run, (st.name, WHOLE), StepEnd("succeeded", None, None))
 
     async def _map(self, run: Run, st: PlanStep, scope: Scope, listed: list[Any]) -> None:
         """One task per item, `concurrency` at a time, in their order."""
@@ -142,7 +142,7 @@ class Runner:
             try:
                 task_input = step_input(st, scope)
             except Missing as exc:
-                await self._end(run, st.name, item, "failed", None, str(exc))
+                await self.steps.end(run, (st.name, item), StepEnd("failed", None, str(exc)))
                 raise StepFailed(f"step {at}: {exc}") from None
             try:
                 row = await self.steps.step(run, key, self._work(run, st, item, task_input))
@@ -182,10 +182,6 @@ class Runner:
         output = self.rows.outputs(child).get(child.wf.steps[-1].name) \
             if child.status == "succeeded" else None
         return StepEnd(child.status, output, child.error)
-
-    async def _end(self, run: Run, step: str, item: int, status: str, output: Any,
-                   error: str | None) -> None:
-        await self.steps.end(run, (step, item), StepEnd(status, output, error))
 
     async def abandon(self, run: Run) -> None:
         """A run that ended otherwise than by its steps (cancelled, timed out, a step
