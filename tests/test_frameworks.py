@@ -1,12 +1,14 @@
 """The framework recipes of docs/frameworks.md (issue 54 item 3), each run with its real,
 pinned library (scripts/frameworks.sh): pydantic-ai, the OpenAI Agents SDK, Agno,
 LangGraph (langchain-mcp-adapters) and a plain `openai` client with the MCP SDK's, each
-agent importing nothing of corral but `run`. Its tools are corral's gateway at the
-attempt's address; its model a stand-in OpenAI-compatible server of the tests
-(tests/servers/scripted_openai.py) that asks for four `counting__bump` calls and SIGKILLs
-the worker after its 2nd. The retry makes no tool call twice (the MCP server counts its
-calls in a file), the task's tool budget counts each once, and the trace shows each call
-under its attempt."""
+agent importing nothing of corral but `run`. Its tools are corral's MCP gateway at the
+attempt's address; its model corral's model gateway (OPENAI_BASE_URL, as corral gives it)
+in front of a stand-in OpenAI-compatible server of the tests
+(tests/servers/scripted_openai.py) that asks for four `counting__bump` calls. The MCP
+server kills the worker at its 3rd call, after its 3rd model call and 2nd tool call
+(tests/servers/counting_mcp.py). The retry makes no tool call and no model call twice
+(each server counts its calls in a file), the task's tool budget and token usage count
+each once, and the trace shows each call under its attempt."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ RECIPES = {
     "plain": (".venv-frameworks", "plain_agent.py"),
 }
 CALLS = 4
+MODEL = "gpt-5-mini"  # the recipes' model, as the config names it
 
 
 def interpreter(framework: str) -> Path:
@@ -49,7 +52,7 @@ def stand_in_model(tmp: Path) -> Iterator[str]:
     """The scripted model server, on a port of its own: its base URL; killed after."""
     port = free_port()
     proc = subprocess.Popen([PY, str(HERE / "servers" / "scripted_openai.py"), str(port),
-                             str(CALLS), str(tmp / "model-count"), str(tmp / "kill")],
+                             str(CALLS), str(tmp / "model-count")],
                             stdout=subprocess.PIPE, text=True)
     SPARED.add(proc.pid)  # the test's own: the in-process daemon's containment spares it
     try:
@@ -61,6 +64,7 @@ def stand_in_model(tmp: Path) -> Iterator[str]:
 
 
 def fleet(tmp: Path, framework: str, model_url: str) -> str:
+    (tmp / "model.key").write_text("the-providers-key\n")
     return textwrap.dedent(f"""
         [agents.recipe]
         command = ["{interpreter(framework)}", "{EXAMPLES}/frameworks/{RECIPES[framework][1]}"]
@@ -71,13 +75,17 @@ def fleet(tmp: Path, framework: str, model_url: str) -> str:
 
         [agents.recipe.env]
         PYTHONPATH = "{ROOT}"
-        OPENAI_BASE_URL = "{model_url}"
-        OPENAI_API_KEY = "stand-in"
         OPENAI_AGENTS_DISABLE_TRACING = "1"
         AGNO_TELEMETRY = "false"
 
         [mcp_servers.counting]
-        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count"]
+        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count",
+                   "{tmp}/kill"]
+
+        [models.{MODEL}]
+        url = "{model_url}"
+        format = "openai"
+        key_file = "{tmp}/model.key"
 
         [gateway]
         listen = "127.0.0.1:0"
@@ -108,7 +116,8 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
         pytest.skip(f"{RECIPES[framework][0]} is not installed (scripts/frameworks.sh)")
     with stand_in_model(tmp_path) as model_url:
         async with in_process(tmp_path, fleet(tmp_path, framework, model_url)) as d:
-            (tmp_path / "kill").write_text(str(await worker_pid(d)))
+            # killed at its 3rd tool call: after its 3rd model call and 2nd tool call
+            (tmp_path / "kill").write_text(f"{await worker_pid(d)} 3")
             res = await d.sup.tasks.run("recipe", {"prompt": "bump the counter 4 times"},
                                         TaskOptions(timeout=240))
             assert res.status == "succeeded", res
@@ -116,17 +125,33 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
             assert f"done {CALLS}" in str(res.output["answer"])
             # each call made once, whatever the retry asked again
             assert lines(tmp_path / "server-count") == [str(i) for i in range(1, CALLS + 1)]
+            assert lines(tmp_path / "model-count") == [f"model {i}" for i in range(CALLS + 1)]
             first, second = res.attempts
             assert (first.outcome, second.outcome) == ("lost", "succeeded")
-            assert second.replayed == 2
-            assert (await d.sup.tasks.info(res.task_id)).tool_calls == CALLS
+            info = await d.sup.tasks.info(res.task_id)
+            # each call once, and the one that killed the worker (made: the server was
+            # called, and answered an error)
+            assert info.tool_calls == CALLS + 1
+            assert info.usage is not None  # the stand-in's 10 in and 5 out, each call once
+            assert (info.usage.input_tokens, info.usage.output_tokens) == (
+                10 * (CALLS + 1), 5 * (CALLS + 1))
             view = msgspec.convert(await d.dispatcher.call(
                 OPERATOR, "traces.get", {"task_id": res.task_id}), m.TraceView)
             runs = {s.attributes["corral.attempt"]: s.span_id for s in view.spans
                     if s.name == "task/run recipe"}
-            calls = sorted((s.attributes["corral.attempt"],
-                            bool(s.attributes.get("corral.step.replayed")))
-                           for s in view.spans if s.name == "tools/call bump"
-                           and s.parent_id == runs[s.attributes["corral.attempt"]])
-            assert calls == [(1, False), (1, False), (2, False), (2, False), (2, True),
-                             (2, True)]
+
+            def under_attempts(name: str) -> list[tuple[int, bool]]:
+                return sorted((s.attributes["corral.attempt"],
+                               bool(s.attributes.get("corral.step.replayed")))
+                              for s in view.spans if s.name == name and s.error is None
+                              and s.parent_id == runs[s.attributes["corral.attempt"]])
+
+            # the first attempt's two live tool calls (its third killed it: no answer),
+            # the retry's two from the journal and two live
+            assert under_attempts("tools/call bump") == [
+                (1, False), (1, False), (2, False), (2, False), (2, True), (2, True)]
+            # the first attempt's three model calls, the retry's three from the journal
+            # and two live
+            assert under_attempts(f"chat {MODEL}") == [
+                (1, False), (1, False), (1, False), (2, False), (2, False), (2, True),
+                (2, True), (2, True)]

@@ -2,17 +2,21 @@
 test can tell how many times a call was really made across kills of the agent and of the
 daemon (the server dies with the daemon; the file stays).
 
-    counting_mcp.py COUNT_FILE
+    counting_mcp.py COUNT_FILE [KILL_FILE]
 
 Tools: bump {i} (appends a line, answers "bumped I"), big {kb} (a result of that many
-KiB, not counted).
+KiB, not counted). With KILL_FILE, holding `PID I`: the bump {i: I} SIGKILLs that
+process (the file removed) and is neither counted nor answered but with an error, so
+that a test kills its worker at that call, after the calls before it were answered.
 """
 
 import json
 import os
+import signal
 import sys
 
 count_file = sys.argv[1]
+kill_file = sys.argv[2] if len(sys.argv) > 2 else None
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("bump", "big")]
 out = sys.stdout
 for line in sys.stdin:
@@ -29,6 +33,17 @@ for line in sys.stdin:
     elif method == "tools/call":
         params = msg["params"]
         args = params.get("arguments") or {}
+        kill = None
+        if kill_file and os.path.exists(kill_file):
+            with open(kill_file) as f:
+                kill = f.read().split()
+        if params["name"] == "bump" and kill and str(args.get("i")) == kill[1]:
+            os.unlink(kill_file)
+            os.kill(int(kill[0]), signal.SIGKILL)
+            out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
+                "code": -32000, "message": "the worker was killed"}}) + "\n")
+            out.flush()
+            continue
         if params["name"] == "bump":
             fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             os.write(fd, f"{args.get('i')}\n".encode())

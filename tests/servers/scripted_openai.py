@@ -3,25 +3,20 @@ for the framework recipes' tests (tests/test_frameworks.py): its answers are scr
 the conversation it is sent, so that a retried task's model asks for the same tool calls
 in the same order as the first attempt's.
 
-    scripted_openai.py PORT CALLS COUNT_FILE KILL_FILE
+    scripted_openai.py PORT CALLS COUNT_FILE
 
 To a request whose messages hold n tool results (role "tool"), n < CALLS, it answers a
 call of the tool offered whose name ends in "bump", with {"i": n + 1}; to one with CALLS,
-the text "done N". Each request is a line `model N` in COUNT_FILE. When a request holds 2
-tool results and KILL_FILE names a pid, that process is SIGKILLed (and the file removed):
-the worker dies after its 2nd tool call, once that call's answer reached it. It says
-`listening` on stdout once it does.
+the text "done N". Each request is a line `model N` in COUNT_FILE. It says `listening`
+on stdout once it does.
 """
 
 import json
-import os
-import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PORT, CALLS, COUNT_FILE, KILL_FILE = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
-                                      sys.argv[4])
+PORT, CALLS, COUNT_FILE = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 
 
 def tool_name(body: dict) -> str:
@@ -37,11 +32,6 @@ def reply(body: dict) -> dict:
     done = sum(1 for m in body.get("messages") or [] if m.get("role") == "tool")
     with open(COUNT_FILE, "a") as f:
         f.write(f"model {done}\n")
-    if done == 2 and os.path.exists(KILL_FILE):
-        with open(KILL_FILE) as f:
-            pid = int(f.read())
-        os.unlink(KILL_FILE)
-        os.kill(pid, signal.SIGKILL)
     if done < CALLS:
         return {"role": "assistant", "content": None, "tool_calls": [{
             "id": f"call_{done + 1}", "type": "function",
