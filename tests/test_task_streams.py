@@ -226,6 +226,11 @@ def test_corral_run_stream_prints_chunks_then_the_result_and_a_restart_keeps_the
         assert [(p["id"], p["data"], p["truncated"]) for method, p in got
                 if method == "tasks.output"] == [
             *[(f"1-{i + 1}", f"c{i} ", False) for i in range(4)], ("1-5", truncated, True)]
+        # a task's stream followed by its id: its chunks, then the task shown
+        r = d.cli("task", task["task_id"], "--stream")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"c0 c1 c2 c3 \ntask_id: {task['task_id']}\n"), r.stdout
+        assert r.stderr == f"\ncorral: {truncated}\n"
         assert d.stop() == 0
     finally:
         d.close()
@@ -293,6 +298,8 @@ async def test_the_python_api_follows_a_tasks_output_as_an_async_iterator(
     assert got == [(f"1-{i + 1}", f"c{i} ") for i in range(4)]
     assert task.status == "succeeded"
     assert [c.data async for c in sup.tasks.output(task.id, after="1-2")] == ["c2 ", "c3 "]
+    assert sup.tasks.stats()["output"] == {"chunks": 4, "bytes": 12, "dropped": 0,
+                                           "holds": 0, "open": 0}
     with pytest.raises(ValueError, match="'x' is not a position of a task's output"):
         [c async for c in sup.tasks.output(task.id, after="x")]
 

@@ -257,12 +257,17 @@ def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
 @click.option("--input", "with_input", is_flag=True,
               help="Show the input it was sent too (kept with its record; tasks:read).")
+@click.option("--stream", "stream", is_flag=True,
+              help="Print the task's live output from its first chunk as it comes, until "
+                   "it has ended (as `corral run --stream`); then show it.")
 @reconnect_option
 @json_option
 @pass_ctx
-def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: float,
-             as_json: bool) -> None:
+def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
+             reconnect: float, as_json: bool) -> None:
     res: m.TaskInfo
+    if stream:
+        _streamed(obj, task_id, reconnect, as_json)
     try:
         res = obj.call(m.TasksGet(task_id=task_id, wait=wait, input=with_input),
                        reachable=not wait, wait_forever=wait)

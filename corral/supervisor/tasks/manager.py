@@ -770,7 +770,8 @@ class TaskManager:
                          self.queue.depth(name))
                      for name in self.sup.agents}
         return {"total": totals(per_agent.values()), "agents": per_agent,
-                "steps": self.steps.stats(), "sessions": self.sessions.stats()}
+                "steps": self.steps.stats(), "sessions": self.sessions.stats(),
+                "output": self.outputs.stats()}
 
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""

@@ -163,6 +163,11 @@ class TaskOutputs:
         self._holding: set[Replica] = set()
         stream.subscribe(self._finished, TaskFinished)
 
+    def stats(self) -> dict[str, int]:
+        """What the tasks' live output has come to in this engine's life (`corral stats`)."""
+        return {"chunks": self.chunks, "bytes": self.bytes, "dropped": self.dropped,
+                "holds": self.holds, "open": len(self.live)}
+
     def _journal_of(self, task: Task) -> OutputJournal:
         return self.journal if task.journal_here else self.memory
 
