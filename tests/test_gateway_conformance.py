@@ -114,13 +114,12 @@ FIXTURES_SERVED = [
     # relayed to the client (corral/mcp/relay.py)
     "tasks-dispatch-and-envelope", "tasks-mrtr-input", "tasks-mrtr-composition"]
 # 2025-11-25 fixture scenarios that fail at /mcp/fx: what the gateway does not pass on
-# yet (a server's log messages to the client; subscriptions, which it does not offer).
-# Sampling and elicitation pass: the fixture server's input_required is asked of the
-# suite's 2025-11-25 session as requests on its call's stream (corral/mcp/askclient.py)
+# yet (a server's log messages to the client). Sampling and elicitation pass: the fixture
+# server's input_required is asked of the suite's 2025-11-25 session as requests on its
+# call's stream (corral/mcp/askclient.py); resources/subscribe is passed on (a
+# 2026-07-28 server's by a listen stream of corral's client)
 FIXTURES_UNSERVED = {
     "tools-call-with-logging": "a server's logging relayed to the client",
-    "resources-subscribe": "resources/subscribe through the gateway",
-    "resources-unsubscribe": "resources/unsubscribe through the gateway",
 }
 # skipped by the pinned suite itself, whatever the server ("pending subscriptions/listen
 # rewrite")

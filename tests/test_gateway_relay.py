@@ -445,3 +445,55 @@ def test_a_2026_servers_list_changed_reaches_a_clients_listen_stream(gateway: Ga
                                          "listen-1"}}}, told
     listed = rpc(g, "acme", "tools/list", {}, {})["result"]["tools"]
     assert any(t["name"].startswith("added_tool_") for t in listed), listed
+
+
+# -- resources/subscribe of a 2025-11-25 session, through to a 2026-07-28 server
+
+WATCHED = "test://watched-resource"
+
+
+def legacy_rpc(s: Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx2.post(s.g.url, json={
+        "jsonrpc": "2.0", "id": 9, "method": method, "params": params},
+        headers=s.headers(), timeout=30).json()
+    return answer
+
+
+def test_a_sessions_subscription_hears_the_servers_update_on_its_get_stream(
+        gateway: Gateway) -> None:
+    s = legacy_session(gateway, "acme", {})
+    assert legacy_rpc(s, "resources/subscribe", {"uri": WATCHED}) == {
+        "jsonrpc": "2.0", "id": 9, "result": {}}
+    with httpx2.stream("GET", gateway.url, headers={
+            **s.headers(), "Accept": "text/event-stream"}, timeout=60) as r:
+        stream = events(r)
+        # the stream is open once its first event could come: touch until it does
+        touched = call(gateway, "acme", "touch_watched", {})["result"]
+        assert text(touched) == "Touched", touched
+        told = next(stream)
+    assert told == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                    "params": {"uri": WATCHED}}, told
+    assert legacy_rpc(s, "resources/unsubscribe", {"uri": WATCHED})["result"] == {}
+    # a resource no server this client may use lists: -32602 with the uri
+    missing = legacy_rpc(s, "resources/subscribe", {"uri": "test://nowhere"})["error"]
+    assert missing == {"code": -32602, "message": "resource test://nowhere: no server "
+                       "this client may use lists it", "data": {"uri": "test://nowhere"}}
+
+
+def test_a_sessions_subscriptions_are_bounded_by_max_subscriptions(gateway: Gateway
+                                                                   ) -> None:
+    s = legacy_session(gateway, "acme", {})
+    for n in range(64):  # MAX_SUBSCRIPTIONS, each an expansion of the fixture's template
+        got = legacy_rpc(s, "resources/subscribe", {"uri": f"test://template/{n}/data"})
+        assert got.get("result") == {}, (n, got)
+    over = legacy_rpc(s, "resources/subscribe", {"uri": "test://template/64/data"})
+    assert over["error"]["message"] == (
+        "resources/subscribe test://template/64/data: this session holds 64 "
+        "subscriptions, MAX_SUBSCRIPTIONS (64): unsubscribe from one first"), over
+    # one held already is no new one; one ended makes room
+    assert legacy_rpc(s, "resources/subscribe", {"uri": "test://template/0/data"}).get(
+        "result") == {}
+    legacy_rpc(s, "resources/unsubscribe", {"uri": "test://template/0/data"})
+    assert legacy_rpc(s, "resources/subscribe", {"uri": "test://template/64/data"}).get(
+        "result") == {}
+    httpx2.delete(gateway.url, headers=s.headers(), timeout=30)

@@ -114,6 +114,13 @@ class DaemonLink:
         """Not offered over stdio (its features have no "tasks"): the HTTP gateway's."""
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
 
+    async def subscribe(self, uri: str, on_update: Callable[[str], None]) -> None:
+        """Not offered over stdio (no "subscriptions"): the HTTP gateway's."""
+        raise RpcError(jsonrpc.METHOD_NOT_FOUND, "method not found: resources/subscribe")
+
+    async def unsubscribe(self, uri: str) -> None:
+        raise RpcError(jsonrpc.METHOD_NOT_FOUND, "method not found: resources/unsubscribe")
+
     async def forward(self, method: str, params: dict[str, Any],
                       on_progress: Progress | None) -> Any:
         pid = next(self._ids)

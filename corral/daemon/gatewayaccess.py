@@ -85,6 +85,9 @@ class ApiToken(Protocol):
 
 
 OPERATOR = "operator"
+# resources one gateway session may subscribe to at once (each may hold a listen stream
+# to its server): one more is refused naming it
+MAX_SUBSCRIPTIONS = 64
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
 
 
@@ -601,6 +604,29 @@ class GatewayService:
                                        params.get("context"), owner=ident.owner,
                                        allow=ident.allow)
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+
+    async def subscribe(self, ident: Identity, uri: str, subscriber: str,
+                        on_update: Callable[[str], None]) -> None:
+        """`on_update(uri)` at each update of a resource the client may read, until
+        `unsubscribe` (a 2025-11-25 session's `resources/subscribe`; `subscriber` is the
+        session's own key), at most MAX_SUBSCRIPTIONS of one subscriber."""
+        pool = self.tools
+        mine = [key for key, ls in pool.subscriptions.items() if subscriber in ls]
+        if len(mine) >= MAX_SUBSCRIPTIONS and uri not in {u for _, u in mine}:
+            raise RpcError(jsonrpc.REFUSED,
+                           f"resources/subscribe {uri}: this session holds {len(mine)} "
+                           f"subscriptions, MAX_SUBSCRIPTIONS ({MAX_SUBSCRIPTIONS}): "
+                           "unsubscribe from one first")
+        with self._slot(ident):
+            server = await self._server_of(ident, uri)
+            await pool.subscribe(server, uri, subscriber,
+                                 lambda _server, got, _params: on_update(got),
+                                 owner=ident.owner, allow=ident.allow)
+
+    async def unsubscribe(self, ident: Identity, uri: str, subscriber: str) -> None:
+        """The end of `subscribe`'s (one not made is no error, as the spec's is not)."""
+        for server in [s for s, u in self.tools.subscriptions if u == uri]:
+            await self.tools.unsubscribe(server, uri, subscriber, owner=ident.owner)
 
     async def _server_of(self, ident: Identity, uri: str, templates: bool = False) -> str:
         """The one server whose resources (or, failing that, resource templates) this

@@ -142,6 +142,8 @@ class McpClient:
         self._tokens = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
         self._validators: dict[str, Any] = {}
+        # a 2026-07-28 server's resources subscribed to: each one's listen stream
+        self._watching: dict[str, jsonrpc.Id] = {}
         # the tools' arguments an HTTP transport says again as headers (SEP-2243): shared
         # with the transport at its construction, renewed with every tools/list
         self.param_headers = ParamHeaders()
@@ -613,10 +615,32 @@ class McpClient:
         return await self.request("resources/read", {"uri": uri}, timeout=timeout)
 
     async def subscribe(self, uri: str, timeout: float) -> None:
-        await self.request("resources/subscribe", {"uri": uri}, timeout=timeout)
+        """Updates of `uri` from now on (notifications/resources/updated): asked by
+        `resources/subscribe`, or of a 2026-07-28 server (which has none) by a listen
+        stream of its own, opened as the list changes' is (`_listen`)."""
+        if not self.stateless:
+            await self.request("resources/subscribe", {"uri": uri}, timeout=timeout)
+            return
+        if self.network != "pipe" or self.peer is None:
+            raise RpcError(jsonrpc.REFUSED, f"MCP server {self.name}: resource "
+                                            "subscriptions of a remote 2026-07-28 server "
+                                            "are not offered yet")
+        if uri in self._watching:
+            return
+        rid, fut = self.peer.request_future("subscriptions/listen", self._with_meta(
+            {"notifications": {"resourceSubscriptions": [uri]}}))
+        self.peer.forget(rid)
+        fut.add_done_callback(_forget)
+        self._watching[uri] = rid
 
     async def unsubscribe(self, uri: str, timeout: float) -> None:
-        await self.request("resources/unsubscribe", {"uri": uri}, timeout=timeout)
+        if not self.stateless:
+            await self.request("resources/unsubscribe", {"uri": uri}, timeout=timeout)
+            return
+        rid = self._watching.pop(uri, None)
+        if rid is not None and self.peer is not None and self.peer.closed is None:
+            # the listen stream ends as a request does, cancelled
+            self.peer.notify("notifications/cancelled", cancel_params(rid))
 
     # -- prompts and completion -----------------------------------------------------------
     async def list_prompts(self, timeout: float) -> list[dict[str, Any]]:

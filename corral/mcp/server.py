@@ -69,6 +69,7 @@ CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
 # serves it to a client that declares it
 TASKS = "io.modelcontextprotocol/tasks"
 TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+SUBSCRIBING = frozenset({"resources/subscribe", "resources/unsubscribe"})
 MISSING_CAPABILITY = -32021  # MissingRequiredClientCapability (SEP-2575)
 
 _one = msgspec.json.Decoder(Envelope)
@@ -103,6 +104,14 @@ class Backend(Protocol):
         the tool's result), or tasks/get, tasks/update, tasks/cancel."""
         ...
 
+    async def subscribe(self, uri: str, on_update: Callable[[str], None]) -> None:
+        """`on_update(uri)` at each update of the resource (with the feature
+        "subscriptions"), until `unsubscribe`."""
+        ...
+
+    async def unsubscribe(self, uri: str) -> None:
+        ...
+
 
 class GatewaySession:
     def __init__(self, backend: Backend, *, push: Reply | None = None,
@@ -117,6 +126,8 @@ class GatewaySession:
         self.extensions: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
         self.asks = PendingAsks(ask_wait)
+        self.subscribed: set[str] = set()  # its resources/subscribe URIs
+        self._ending: set[asyncio.Task[Any]] = set()
         self.inflight: dict[Id, asyncio.Task[Any]] = {}
         self._cancelled: set[Id] = set()
         # subscriptions/listen streams: the listen request's id -> (the list kinds it
@@ -189,6 +200,16 @@ class GatewaySession:
         self.asks.close()
         for task in list(self.inflight.values()):
             task.cancel()
+        for uri in self.subscribed:  # its subscriptions end with it, upstream too
+            ending = asyncio.ensure_future(self.backend.unsubscribe(uri))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ended)
+        self.subscribed.clear()
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("gateway: an ended session's subscription: %s", task.exception())
 
     def may_ask(self, env: Envelope) -> bool:
         """Whether answering `env` may first mean asking the client (a server's input
@@ -246,6 +267,8 @@ class GatewaySession:
             caps["tools"] = {"listChanged": True}
         if "resources" in f:
             caps["resources"] = {"listChanged": True}
+            if "subscriptions" in f and self.version is not None:
+                caps["resources"]["subscribe"] = True
         if "prompts" in f:
             caps["prompts"] = {"listChanged": True}
         if "completions" in f:
@@ -312,6 +335,9 @@ class GatewaySession:
             if not self._declares_tasks(meta):
                 raise needs_tasks(method)
             return self._tasks(method, params, stateless)
+        if method in SUBSCRIBING and "subscriptions" in self.backend.features \
+                and not stateless:
+            return self._subscription(method, params)
         need = FORWARDED.get(method)
         if need is None or need not in self.backend.features:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
@@ -346,6 +372,24 @@ class GatewaySession:
         elif not stateless and self._askable():
             passed[META_CAPABILITIES] = self.client_capabilities
         return passed
+
+    async def _subscription(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """resources/subscribe, resources/unsubscribe (2025-11-25): updates go to the
+        session's channel for what the server says unasked (HTTP: its GET stream)."""
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {method} needs a uri")
+        if method == "resources/unsubscribe":
+            self.subscribed.discard(uri)
+            await self.backend.unsubscribe(uri)
+            return {}
+        await self.backend.subscribe(uri, self._updated)
+        self.subscribed.add(uri)
+        return {}
+
+    def _updated(self, uri: str) -> None:
+        if self.push is not None and uri in self.subscribed:
+            self.push(Notification("notifications/resources/updated", {"uri": uri}))
 
     def _declares_tasks(self, meta: dict[str, Any] | None) -> bool:
         """Whether the client declared the tasks extension: in this request's client

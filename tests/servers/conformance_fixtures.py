@@ -359,6 +359,19 @@ def static_text() -> str:
     return "This is the content of the static text resource."
 
 
+@server.resource("test://watched-resource", mime_type="text/plain")
+def watched() -> str:
+    """What the subscription scenarios subscribe to."""
+    return f"Watched, changed {_added} times."
+
+
+@server.tool()
+async def touch_watched(ctx: Context) -> str:
+    """Says test://watched-resource changed (on the listen streams that asked for it)."""
+    await ctx.notify_resource_updated("test://watched-resource")
+    return "Touched"
+
+
 @server.resource("test://static-binary", mime_type="image/png")
 def static_binary() -> bytes:
     return base64.b64decode(PNG)

@@ -38,6 +38,7 @@ import secrets
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -89,10 +90,12 @@ class PoolBackend:
     def __init__(self, service: GatewayService, ident: Identity) -> None:
         self.service = service
         self.ident = ident
+        self.key = f"gateway session {secrets.token_hex(8)}"  # its subscriptions' owner
 
     @property
     def features(self) -> frozenset[str]:
-        return self.service.features() | {"tasks"}  # its handles are the daemon's
+        # its handles, and its subscriptions (this session's), are the daemon's
+        return self.service.features() | {"tasks", "subscriptions"}
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         return await self.service.list_items(self.ident, kind)
@@ -103,6 +106,12 @@ class PoolBackend:
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
         return await self.service.task(self.ident, method, params)
+
+    async def subscribe(self, uri: str, on_update: Callable[[str], None]) -> None:
+        await self.service.subscribe(self.ident, uri, self.key, on_update)
+
+    async def unsubscribe(self, uri: str) -> None:
+        await self.service.unsubscribe(self.ident, uri, self.key)
 
 
 class SseStream:
