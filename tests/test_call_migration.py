@@ -107,3 +107,43 @@ def test_runs_and_team_calls_are_carried_into_the_calls_tables(tmp_path: Path) -
         assert teams.call("r-run") is None and runs.load("c-call") is None
     finally:
         store.close()
+
+
+async def test_a_team_call_running_in_the_tables_before_is_resumed_by_the_daemon(
+        tmp_path: Path) -> None:
+    """A call the daemon before this one left running (one member's step ended, the
+    other's id recorded but its task never in the journal: a SIGKILL between the two
+    writes) is carried over and driven on at the next start: the ended member not run
+    again, the other's task submitted under the recorded id, the call ended so."""
+    from corral import methods as m
+
+    from .daemon_harness import in_process
+    from .test_teams import OPERATOR, agents_toml
+
+    path = tmp_path / "state" / "corral.db"
+    storeschema.prepare_state_dir(path.parent)
+    db = sqlite3.connect(path, isolation_level=None)
+    assert storeschema.migrate(db, storeschema.MIGRATIONS[:BEFORE]) == BEFORE
+    team = TeamSpec(mode="broadcast", members=["a", "b"])
+    now = time.time()
+    call_id = "01a20000-0000-7000-8000-00000000ca11"
+    b_task = "01a20000-0000-7000-8000-00000000b0b0"
+    db.execute("INSERT INTO team_calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+               (call_id, "pair", "default", msgspec.json.encode(team), b'{"q": 1}',
+                "running", now, None, None, None, None, None))
+    db.executemany("INSERT INTO team_steps VALUES (?,?,?,?,?,?,?,?)", [
+        (call_id, "member:a", "01a20000-0000-7000-8000-00000000a0a0", "succeeded", now,
+         now, b'{"who": "a", "kept": true}', None),
+        (call_id, "member:b", b_task, "running", now, None, None, None)])
+    db.close()
+
+    toml = '[teams.pair]\nmode = "broadcast"\nmembers = ["a", "b"]\n'
+    async with in_process(tmp_path, agents_toml(tmp_path, "a b"), toml) as d:
+        info = await d.dispatcher.call(OPERATOR, "calls.get", m.CallsGet(
+            call_id=call_id, wait=True))
+        assert info.status == "succeeded", info
+        assert info.output["a"]["output"] == {"who": "a", "kept": True}  # not run again
+        assert info.output["b"] == {"status": "succeeded", "task_id": b_task,
+                                    "output": {"who": "b", "got": {"q": 1}}}
+        listed = await d.dispatcher.call(OPERATOR, "tasks.list", m.TasksList(agent="a"))
+        assert listed.tasks == []  # member a's task was never submitted again
