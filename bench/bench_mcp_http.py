@@ -36,9 +36,8 @@ SERVER = ROOT / "tests" / "http_mcp_server.py"
 async def corral_rates(url: str) -> dict[str, list[float]]:
     client = McpClient("bench")
     transport = HttpTransport("bench", url, feed=lambda b: peer.feed_line(b),
-                              on_lost=lambda why: None)
+                              on_lost=lambda why: None, param_headers=client.param_headers)
     peer = client.make_peer(transport.send)
-    client.on_version = transport.set_protocol_version
     try:
         await client.connect(30)
         await client.list_tools(30)

@@ -163,7 +163,8 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         run = asyncio.ensure_future(d.run())
         await d.set_up.wait()
         sup = d.sup
-        timed = sup.tasks.steps.journal = Timed(sup.tasks.steps.journal)
+        timed = Timed(sup.tasks.steps.journal)
+        sup.tasks.steps.journal_to(timed)
         puts = sup.tasks.steps.put = TimedPut(sup.tasks.steps)
         for name in ("plain", "durable"):
             await sup.wait_state(name, State.READY, timeout=30)

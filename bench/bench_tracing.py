@@ -79,7 +79,7 @@ import uvloop
 
 from corral.daemon.otlp import encode
 from corral.daemon.traces import start as start_traces
-from corral.daemon.traces import tracer_of
+from corral.daemon.traces import traces_of
 from corral.daemon.tracestore import TraceStore
 from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import TracingSettings
@@ -452,12 +452,11 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
     # the receiver is the bench's own child: spared by the engine's containment
     sdk = SdkTasks(endpoint) if mode == "otel" else None
     cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0, slow=3600.0)
-    tracer = tracer_of(cfg) if mode not in ("off", "idle", "otel") else None
-    interceptors = [i for i in (sdk, tracer) if i is not None]
+    traces = traces_of(cfg, tmp, spared) if mode not in ("off", "idle", "otel") else None
+    interceptors = [i for i in (sdk, traces.tracer if traces else None) if i is not None]
     async with Supervisor(spared=spared, interceptors=interceptors) as sup:
-        traces = None
-        if tracer is not None:
-            traces = await start_traces(cfg, tracer, tmp, spared)
+        if traces is not None:
+            await start_traces(traces)
             assert traces is not None
             await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
             if PINNED:

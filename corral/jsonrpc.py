@@ -610,7 +610,9 @@ class Peer:
         cancel_id_of: Callable[[Raw | UnsetType], Id | None] | None = None,
         reply_to_garbage: bool = False,
         on_garbage: Callable[[bytes, str], None] | None = None,
+        on_handled: Callable[[], None] | None = None,
     ) -> None:
+        """`on_handled`: told after each request of the other side is answered."""
         self.name = name
         self._send = send
         self._send_parts = send_parts or (lambda parts: send(b"".join(parts)))
@@ -631,12 +633,12 @@ class Peer:
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None
         self.garbage_lines = 0
-        self.on_handled: Callable[[], None] | None = None  # after each answered request
-        # after each request ends either way (its answer taken, or its handler done): what
-        # waits for a quiet channel (corral upgrade's hand-over) is told, not polling
-        self.on_ended: Callable[[], None] | None = None
-        # Flow control of the other side's requests, for an owner that sets it up (plain
-        # attributes, no callbacks: a supervisor keeps a peer per process, decision 60).
+        self._on_handled = on_handled
+        # set after each request ends either way (its answer taken, or its handler done),
+        # made when first asked for (`ends`)
+        self._ends: asyncio.Event | None = None
+        # Flow control of the other side's requests, for an owner that sets it up (`flow`;
+        # plain attributes, no callbacks: a supervisor keeps a peer per process, decision 60).
         # While `requests_paused` (the owner's: its answers are not being read), or while
         # `max_handling` of them are worked on, a request waits, with those of its line
         # after it, in `held`, and `reader` stops reading; `release()` takes them when
@@ -650,7 +652,20 @@ class Peer:
         # stall of our own loop, which leaves the answers unread, never counts)
         self.silent_timeouts = 0
 
+    def flow(self, reader: LineProtocol | None, max_handling: int) -> None:
+        """The other side's requests flow-controlled: while `max_handling` of them are
+        worked on (or `requests_paused`), the next waits and `reader` stops reading."""
+        self.reader, self.max_handling = reader, max_handling
+
+    def ends(self) -> asyncio.Event:
+        """Set after each request ends either way: what waits for a quiet channel
+        (corral upgrade's hand-over) clears it and is woken, not polling."""
+        if self._ends is None:
+            self._ends = asyncio.Event()
+        return self._ends
+
     # outgoing -----------------------------------------------------------------------------
+
     def send_message(self, msg: Any) -> None:
         if self.closed is None:
             self._send(encode(msg))
@@ -726,8 +741,8 @@ class Peer:
         """The pending request `rid`, no longer pending."""
         self._decoders.pop(rid, None)
         pending = self._pending.pop(rid, None)
-        if pending is not None and self.on_ended is not None:
-            self.on_ended()
+        if pending is not None and self._ends is not None:
+            self._ends.set()
         return pending
 
     async def request(
@@ -1012,10 +1027,10 @@ class Peer:
         finally:
             if self.held is not None:
                 self.release()
-            if self.on_handled is not None:
-                self.on_handled()
-            if self.on_ended is not None:
-                self.on_ended()
+            if self._on_handled is not None:
+                self._on_handled()
+            if self._ends is not None:
+                self._ends.set()
 
     def _answer(self, rid: Id, task: asyncio.Future[Any]) -> None:
         if task.cancelled():

@@ -41,7 +41,6 @@ async def run(url: str, scenario: str, context: dict[str, Any]) -> None:
                               on_lost=lambda why: print(f"lost: {why}", file=sys.stderr),
                               auth=auth, param_headers=client.param_headers)
     peer = client.make_peer(transport.send)
-    client.on_version = transport.set_protocol_version
     try:
         await client.connect(TIMEOUT)
         tools = await client.list_tools(TIMEOUT)

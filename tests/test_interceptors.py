@@ -5,6 +5,7 @@ path nothing; and what the engine's concerns need of it comes at its constructio
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +113,91 @@ async def test_a_coordinate_team_on_an_engine_without_leader_tools_is_refused(
         "team crew is coordinate: its leader calls its members as tools, which an engine "
         "gives only when made with LeaderTools among its interceptors")
     assert (teams.live, list(sup.tasks.active)) == ({}, [])
+
+
+# -- no hook planted after construction (tests/hookscan.py; decision 523) --------------------
+CORRAL = Path(__file__).resolve().parent.parent / "corral"
+
+# the shapes the interceptors replaced: tracing's install, a team's tools wrapping the
+# worker methods, the cluster filling the engine's steps and sessions, an on_* callback
+OLD_SHAPES = {
+    "engine.py": '''
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+class StepJournal(Protocol):
+    def put(self, step: object) -> None: ...
+
+class TaskSteps:
+    def __init__(self) -> None:
+        self.journal: StepJournal | None = None
+        self.cluster: StepJournal | None = None
+        self.on_replay: Callable[[object], None] | None = None
+        self.replayed = 0
+
+class WorkerMethods:
+    def __init__(self, tool_router: Callable[..., object]) -> None:
+        self.tool_router = tool_router
+        self.allow_of = lambda r: []
+        self.steps = TaskSteps()
+
+class TaskManager:
+    def __init__(self, router: Callable[..., object]) -> None:
+        self.worker = WorkerMethods(router)
+        self.steps = self.worker.steps
+        self.trace_begin: Callable[[object], None] | None = None
+''',
+    "plugins.py": '''
+from .engine import TaskManager, WorkerMethods
+
+class Tracer:
+    def install(self, tasks: TaskManager) -> None:
+        tasks.trace_begin = self.begin
+        tasks.worker.tool_router = self.traced(tasks.worker.tool_router)
+        tasks.steps.on_replay = self.replayed
+        tasks.steps.replayed = 0  # a count, not a hook
+        tasks.steps.journal = None  # a collaborator let go
+
+class LeaderTools:
+    def install(self, worker: WorkerMethods) -> None:
+        worker.allow_of = lambda r: ["team__member"]
+
+class ClusterNode:
+    def __init__(self, tasks: TaskManager) -> None:
+        self.steps = object()
+        tasks.steps.cluster = self.steps
+
+def wire(client: object) -> None:
+    client.on_log = print
+''',
+}
+
+
+def test_the_rule_finds_the_hooks_the_interceptors_replaced(tmp_path: Path) -> None:
+    """The old shapes, in a package of their own: every planted hook is found, with the
+    class it was planted in; a count and a collaborator let go are not hooks."""
+    from .hookscan import Package
+
+    package = tmp_path / "old"
+    package.mkdir()
+    for name, text in OLD_SHAPES.items():
+        (package / name).write_text(text)
+    assert sorted(Package(package).hook_assignments()) == [
+        "old/plugins.py:14: worker.allow_of (WorkerMethods)",
+        "old/plugins.py:19: tasks.steps.cluster (TaskSteps)",
+        "old/plugins.py:22: client.on_log (None)",
+        "old/plugins.py:6: tasks.trace_begin (TaskManager)",
+        "old/plugins.py:7: tasks.worker.tool_router (WorkerMethods)",
+        "old/plugins.py:8: tasks.steps.on_replay (TaskSteps)",
+    ]
+
+
+def test_no_module_fills_another_objects_hook_after_its_construction() -> None:
+    """Behaviour and collaborators are given at construction (a constructor's argument,
+    the interceptor chain), or taken by the owner's own method named for what it means
+    (a store that opens later: `TaskManager.journal_to`); none is planted in another
+    object's attribute. (At 61caae0, before the interceptors: 43 such assignments.)"""
+    from .hookscan import Package
+
+    assert list(Package(CORRAL).hook_assignments()) == []

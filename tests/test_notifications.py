@@ -106,10 +106,10 @@ async def test_quotas_changed_is_on_the_stream(sup: Supervisor) -> None:
     sup.tenancy.replace({"acme": TenantSpec(max_concurrent_tasks=3)})
     assert seen == [QuotasChanged(), QuotasChanged()]
     contained(sup.stream, broken, failures)
-    # the task manager, subscribed before the failing one, installed its gate all the same
-    assert sup.tasks.dispatch.gate is not None
+    # the task manager, subscribed before the failing one, gated its dispatch all the same
+    assert sup.tasks.dispatch.gated
     sup.tenancy.replace({})
-    assert sup.tasks.dispatch.gate is None
+    assert not sup.tasks.dispatch.gated
 
 
 async def test_a_revoked_token_is_on_the_stream(tmp_path: Path) -> None:

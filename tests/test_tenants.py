@@ -29,7 +29,6 @@ from corral.methods import REGISTRY
 from corral.supervisor import State
 from corral.supervisor.config import TenantSpec
 from corral.supervisor.configload import load_config
-from corral.supervisor.tasks.budget import no_group
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
@@ -304,12 +303,11 @@ rate_per_minute = 2
         assert 25 <= e.value.data["retry_after"] <= 30  # 2 a minute: a token each 30 s
 
 
-def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
-    """Whether dispatch's tenant gate, its task-end hook and the shared budgets' lookup
-    are installed (each only while some tenant sets the quota it serves)."""
+def _hooks(d: Daemon) -> tuple[bool, bool]:
+    """Whether dispatch consults the tenants' gate (at each task's start and end) and the
+    budgets their shared windows (each only while some tenant sets the quota it serves)."""
     tasks = d.sup.tasks
-    return (tasks.dispatch.gate is not None, tasks.dispatch.freed is not None,
-            tasks.budgets.shared is not no_group)
+    return tasks.dispatch.gated, tasks.budgets.sharing
 
 
 async def one_runs_one_held(d: Daemon, marker: Path) -> tuple[str, str]:
@@ -338,26 +336,26 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
     async with in_process(tmp_path, sleeper("s1", "acme") + sleeper("s2", "acme"),
                           "[tenants.acme]\nmax_queue = 10\n") as d:
         sup = d.sup
-        assert _hooks(d) == (False, False, False)
+        assert _hooks(d) == (False, False)
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 1}})
-        assert _hooks(d) == (True, True, False)
+        assert _hooks(d) == (True, False)
         marker = tmp_path / "go"
         # the quota set at runtime holds the next task, of the tenant's other agent
         ids = await one_runs_one_held(d, marker)
         # cleared: no gate, and the task it held starts at once (no task's end needed)
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 0}})
-        assert _hooks(d) == (False, False, False)
+        assert _hooks(d) == (False, False)
         await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
         await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": 50}})
-        assert _hooks(d) == (False, False, True)
+        assert _hooks(d) == (False, True)
         await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": None}})
-        assert _hooks(d) == (False, False, False)
+        assert _hooks(d) == (False, False)
         # a tenant removed takes the hooks its quotas needed with it
         await call(d, "tenants.add", {"tenants": {"beta": {"max_concurrent_tasks": 2,
                                                            "tokens_per_minute": 50}}})
-        assert _hooks(d) == (True, True, True)
+        assert _hooks(d) == (True, True)
         await call(d, "tenants.remove", {"names": ["beta"]})
-        assert _hooks(d) == (False, False, False)
+        assert _hooks(d) == (False, False)
         await both_succeed(d, marker, ids)
 
 
@@ -369,16 +367,16 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_on_reload(
         sup = d.sup
         config = d.services.config_path
         text = config.read_text()
-        assert _hooks(d) == (False, False, False)
+        assert _hooks(d) == (False, False)
         config.write_text(text.replace("[tenants.acme]\n", "[tenants.acme]\n"
                                        "max_concurrent_tasks = 1\ntokens_per_minute = 500\n"))
         await call(d, "config.reload")
-        assert _hooks(d) == (True, True, True)
+        assert _hooks(d) == (True, True)
         marker = tmp_path / "go"
         ids = await one_runs_one_held(d, marker)
         config.write_text(text)
         await call(d, "config.reload")
-        assert _hooks(d) == (False, False, False)
+        assert _hooks(d) == (False, False)
         await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
         await both_succeed(d, marker, ids)
 

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from corral import jsonrpc, tracecontext
 from corral.cli.trace import waterfall
-from corral.daemon.traces import HANDOVER, PIPE_BOUND, PIPE_SIZE, settings, tracer_of
+from corral.daemon.traces import HANDOVER, PIPE_BOUND, PIPE_SIZE, Traces, settings, traces_of
 from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
@@ -120,11 +120,12 @@ def tracing(endpoint: str | None, **kw: Any) -> TracingSettings:
     return TracingSettings(endpoint=endpoint, **kw)
 
 
-def traced(engines: Engines, cfg: TracingSettings) -> tuple[Supervisor, Tracer]:
-    """An engine given `cfg`'s tracer at its construction, as the daemon's is."""
-    tracer = tracer_of(cfg)
-    assert tracer is not None
-    return engines([tracer]), tracer
+def traced(engines: Engines, cfg: TracingSettings, state: Path) -> tuple[Supervisor, Traces]:
+    """An engine given the tracer of `cfg`'s traces at its construction, as the daemon's
+    is (their exporter not started)."""
+    traces = traces_of(cfg, state, SPARED)
+    assert traces is not None
+    return engines([traces.tracer]), traces
 
 
 # -- one task, three tool calls, one trace ----------------------------------------------------
@@ -133,11 +134,10 @@ async def test_a_task_its_attempt_and_its_tool_calls_are_one_trace_with_the_serv
     rec, url = receiver
     record = tmp_path / "meta.jsonl"
     cfg = tracing(url, export_interval=0.05)
-    sup, tracer = traced(engines, cfg)
+    sup, traces = traced(engines, cfg, tmp_path)
     sup.add_mcp_server(scripted("notes", record))
     sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
-    traces = await start_traces(cfg, tracer, tmp_path,
-                                 SPARED)
+    await start_traces(traces)
     assert traces is not None
     try:
         await sup.wait_state("user", State.READY)
@@ -277,8 +277,8 @@ async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
     # the timer far away: each batch goes to the exporter when the test says
     cfg = tracing(url, export_interval=3600, batch=100_000, buffer=2)
-    sup, tracer = traced(engines, cfg)
-    traces = await start_traces(cfg, tracer, tmp_path, SPARED)
+    sup, traces = traced(engines, cfg, tmp_path)
+    await start_traces(traces)
     assert traces is not None
     try:
         sup.add(agent("a"))
@@ -308,9 +308,8 @@ async def test_tracing_starts_before_the_state_directory_exists(engines: Engines
     state = tmp_path / "fresh" / "state"
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
     cfg = tracing(url, export_interval=3600)
-    _sup, tracer = traced(engines, cfg)
-    traces = await start_traces(cfg, tracer, state,
-                                SPARED)
+    _sup, traces = traced(engines, cfg, state)
+    await start_traces(traces)
     assert traces is not None
     try:
         assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
@@ -545,9 +544,8 @@ async def test_long_records_are_handed_over_by_their_bytes_before_any_is_dropped
     from corral.supervisor import tracing as tracing_module
 
     cfg = TracingSettings()
-    tracer = Tracer(capacity=cfg.buffer, batch=cfg.batch)
-    traces = Traces(tracer, cfg, settings(cfg, {}), tmp_path, "n")
-    tracer.ready = traces._ready
+    traces = Traces(cfg, settings(cfg, {}), tmp_path, "n")
+    tracer = traces.tracer
     name = "s__" + "x" * 15_000
     put = 0
     while not traces._soon and put < 20_000:
@@ -612,9 +610,8 @@ async def test_the_exporter_holds_no_fd_of_the_daemons(engines: Engines,
     os.set_inheritable(write, True)  # as an upgrade's keep_open leaves it
     try:
         cfg = tracing(None, export_interval=3600)
-        _sup, tracer = traced(engines, cfg)
-        traces = await start_traces(cfg, tracer,
-                                    tmp_path, SPARED)
+        _sup, traces = traced(engines, cfg, tmp_path)
+        await start_traces(traces)
         assert traces is not None
         try:
             await traces.ready.wait()  # its main has run
@@ -634,9 +631,8 @@ async def test_a_dead_exporter_costs_no_task_and_is_restarted(
         engines: Engines, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver
     cfg = tracing(url, export_interval=0.05)
-    sup, tracer = traced(engines, cfg)
-    traces = await start_traces(cfg, tracer, tmp_path,
-                                SPARED)
+    sup, traces = traced(engines, cfg, tmp_path)
+    await start_traces(traces)
     assert traces is not None
     try:
         sup.add(agent("a"))
@@ -680,9 +676,8 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
     from corral.supervisor.tracing import spans_of as record_spans
 
     cfg = tracing(None, export_interval=3600, batch=1)
-    _sup, tracer = traced(engines, cfg)
-    traces = await start_traces(cfg, tracer,
-                                tmp_path, SPARED)
+    _sup, traces = traced(engines, cfg, tmp_path)
+    await start_traces(traces)
     assert traces is not None
     proc = traces.proc
     assert proc is not None
@@ -720,9 +715,8 @@ async def test_what_the_exporter_says_out_of_its_protocol_is_one_line_lost(
     a negative one, not JSON) is dropped with a warning: the reader that reaps and
     restarts the exporter lives on, and no count goes back."""
     cfg = tracing(None, export_interval=3600)
-    _sup, tracer = traced(engines, cfg)
-    traces = await start_traces(cfg, tracer, tmp_path,
-                                SPARED)
+    _sup, traces = traced(engines, cfg, tmp_path)
+    await start_traces(traces)
     assert traces is not None
     try:
         await traces.ready.wait()
@@ -750,9 +744,8 @@ async def test_an_exporter_that_dies_with_batches_unread_counts_their_spans_lost
     from corral.supervisor.tasks.ids import new_id
 
     cfg = tracing(None, export_interval=3600, batch=1)
-    _sup, tracer = traced(engines, cfg)
-    traces = await start_traces(cfg, tracer,
-                                tmp_path, SPARED)
+    _sup, traces = traced(engines, cfg, tmp_path)
+    await start_traces(traces)
     assert traces is not None
     try:
         proc = traces.proc
@@ -1057,12 +1050,11 @@ async def test_an_instrumented_mcp_servers_spans_join_the_tasks_trace(
     server = tmp_path / "instrumented.py"
     server.write_text(INSTRUMENTED)
     cfg = tracing(url, export_interval=0.05)
-    sup, tracer = traced(engines, cfg)
+    sup, traces = traced(engines, cfg, tmp_path)
     sup.add_mcp_server(McpServerSpec(name="notes", command=[PY, str(server)],
                                      env={"OTLP": url}, start_timeout=30.0, timeout=10.0))
     sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
-    traces = await start_traces(cfg, tracer, tmp_path,
-                                SPARED)
+    await start_traces(traces)
     assert traces is not None
     try:
         await sup.wait_state("user", State.READY)

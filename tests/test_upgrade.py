@@ -641,20 +641,26 @@ async def test_a_peer_tells_each_request_ended_either_way() -> None:
     sent: list[bytes] = []
     gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     peer = Peer("p", sent.append, dispatch=lambda method, params, p: gate)
-    ended: list[tuple[int, int]] = []
-    peer.on_ended = lambda: ended.append((peer.handling, peer.in_flight))
+    ends = peer.ends()
+
+    def ended() -> tuple[bool, int, int]:
+        """Whether a request ended since last asked (cleared, as the wait clears it)."""
+        was = ends.is_set()
+        ends.clear()
+        return was, peer.handling, peer.in_flight
+
     peer.feed_line(b'{"jsonrpc":"2.0","id":1,"method":"theirs"}')
     forgotten = peer.request_callback("later", None, lambda result, exc: None)  # our 1
     ours = asyncio.ensure_future(peer.request("ours"))  # our 2
     await asyncio.sleep(0)
-    assert (peer.handling, peer.in_flight, ended) == (1, 2, [])
+    assert ended() == (False, 1, 2)
     gate.set_result("done")
     await asyncio.sleep(0)
-    assert ended == [(0, 2)]
+    assert ended() == (True, 0, 2)
     peer.feed_line(b'{"jsonrpc":"2.0","id":2,"result":5}')
-    assert await ours == 5 and ended == [(0, 2), (0, 1)]
+    assert await ours == 5 and ended() == (True, 0, 1)
     peer.forget(forgotten)
-    assert ended[-1] == (0, 0)
+    assert ended() == (True, 0, 0)
 
 
 def test_a_plain_program_that_closed_its_stdout_is_kept_too() -> None:

@@ -159,15 +159,6 @@ async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | N
         except RpcError as exc:
             print(f"corral mcp serve: {exc.message}", file=sys.stderr)
             return 1
-    session = GatewaySession(link)
-    link.on_changed.append(session.notify_changed)
-    done: asyncio.Future[None] = loop.create_future()
-
-    def stdin_closed() -> None:
-        session.close()
-        if not done.done():
-            done.set_result(None)
-
     write: Callable[[bytes], None]
     try:
         out, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
@@ -176,6 +167,15 @@ async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | N
         def write(data: bytes) -> None:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
+    # its notifications (list_changed) are written as its answers are
+    session = GatewaySession(link, push=lambda msg: write(jsonrpc.encode(msg)))
+    link.on_changed.append(session.notify_changed)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def stdin_closed() -> None:
+        session.close()
+        if not done.done():
+            done.set_result(None)
     await loop.connect_read_pipe(lambda: StdioTransport(session, write, stdin_closed),
                                  sys.stdin)
     while not done.done():

@@ -10,7 +10,7 @@ carrying a MAC made with the cluster key (trust.SESSION, over the session's tena
 agent, the session and the state): one that does not verify is refused as every forged
 record is (said, counted), and the turn starts without a state. The CLAIM of a turn reads
 it (sessionscripts.claimed); this node's engine gives it to the worker (`task/run`'s
-`session_state`) through `supervisor.tasks.sessions.Sessions.elsewhere`.
+`session_state`) through the claimed task's `turns_kept` (supervisor.tasks.model).
 
 A session is its owner's (decision 440): its keys and its MAC name the tenant of its agent
 where its turns are submitted, so another tenant's agent of the same name, on any node,
@@ -94,7 +94,7 @@ class ClusterSessions:
                                          f"(max_sessions {most}); wait for one to expire "
                                          "(session_ttl)")
 
-    # -- Sessions.elsewhere ------------------------------------------------------------------
+    # -- a claimed task's turns_kept (TurnsElsewhere) ------------------------------------------
     def started(self, task: Task) -> msgspec.Raw | None:
         """The state the CLAIM of this turn read, if its MAC verifies."""
         if not isinstance(task, ClusterTask) or task.session_kept is None:

@@ -41,7 +41,7 @@ class EventRelay:
         self.sent = 0  # events this node appended to the stream
         self.received = 0  # events of other nodes delivered here
         self.dropped = 0  # events not sent: Redis was away and too many waited
-        bus.relay = self.send
+        bus.stream.subscribe(self.send, Delivery)  # what is published here
 
     def send(self, d: Delivery) -> None:
         if len(self._out) >= OUTGOING:

@@ -114,7 +114,9 @@ class NodeFence(NamedTuple):
 class Membership:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  node: str, offer: Offer, report: Callable[[str], None],
-                 key: str = "", stream: Stream | None = None) -> None:
+                 key: str = "", stream: Stream | None = None,
+                 places: Places | None = None) -> None:
+        """`places`: what placement says in each beat (room, placed, draining)."""
         self.redis = redis
         # NodeJoin and NodeFence go on it (the engine's, in a daemon)
         self.stream = stream if stream is not None else Stream()
@@ -140,7 +142,7 @@ class Membership:
         self.connected_since: float | None = None
         self.fences = 0  # times this node fenced itself
         self.changed = asyncio.Event()  # set at each join and fence
-        self.places: Places | None = None  # what placement needs of the beat
+        self.places = places
 
     @property
     def member(self) -> bool:

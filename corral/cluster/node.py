@@ -29,6 +29,7 @@ from ..supervisor.tasks import (
     is_task_id,
 )
 from ..supervisor.tasks.host import AgentLike, TaskHost
+from ..supervisor.tasks.sessions import SessionsEnding
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
 from . import records, redischeck
@@ -41,7 +42,7 @@ from .keys import Keys
 from .membership import Membership, NodeFence, NodeView
 from .outbox import Outbox
 from .placement import Placement
-from .puller import Puller
+from .puller import ClaimParts, Puller
 from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
 from .replicas import acks_of
@@ -77,15 +78,19 @@ class ClusterNode:
         # `key`: [cluster] key_file's (trust.load_key), None without one
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
-                                     self._offer, report, trust.fingerprint, host.stream)
+                                     self._offer, report, trust.fingerprint, host.stream,
+                                     self._places)
         self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
                                 host, report, trust)
+        # its claimed tasks' steps, in Redis (a retry on another node is answered there)
+        self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
-                             tasks, settings.beat, report)
+                             tasks, settings.beat, report,
+                             ClaimParts(self.steps, self.desk.sessions, self._watch,
+                                        self._serving_nodes))
         # what this node has free slots for starts here as it is submitted (fair share)
         self.desk.submit_batch = self.submit_claims = SubmitClaims(
             scripts, self.membership, queue, self.puller, self.keys.prefix)
-        self.puller.serving = self._serving_nodes
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
@@ -101,13 +106,9 @@ class ClusterNode:
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
-        # its claimed tasks' steps, in Redis (a retry on another node is answered there)
-        self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
-        tasks.steps.cluster = self.steps
-        self.puller.resume = self.steps.resume
-        tasks.sessions.elsewhere = self.desk.sessions  # turns of cluster sessions
         host.stream.subscribe(self.outbox.finished, TaskFinished)
-        self.puller.on_claim = self._watch
+        # an agent removed here ends its cluster sessions too (unless another node runs it)
+        host.stream.subscribe(self._sessions_ending, SessionsEnding)
         host.stream.subscribe(self._fenced, NodeFence)
         # a replica that starts serving has free slots: its agent's pull loop reads now,
         # not at its next beat (it waits while the agent has none)
@@ -132,6 +133,13 @@ class ClusterNode:
         least this one): how many share a burst (submitclaim.py, READ_CLAIM)."""
         return max(1, sum(1 for n in self.desk.view if n.runs(agent.spec.tenant,
                                                               agent.name)))
+
+    def _places(self) -> tuple[int, list[str], bool]:
+        return self.placement.places()  # (made after the membership, before its beats)
+
+    def _sessions_ending(self, e: SessionsEnding) -> None:
+        e.endings.extend(self.desk.sessions.end_agent(agent, tenant)
+                         for agent, tenant in e.owners.items())
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox

@@ -121,9 +121,10 @@ class Placement:
         # processes adopted or given back first, decision 404)
         self.after: asyncio.Event | None = None
         parts.stream.subscribe(self._on_checkpoint, Checkpoint)
-        membership.places = self._beat
 
-    def _beat(self) -> tuple[int, list[str], bool]:
+    def places(self) -> tuple[int, list[str], bool]:
+        """What this node's beat says of placement: its room for replicas, the cluster
+        agents placed here, whether it drains."""
         have = sum(len(a.replicas) for a in self.agents.values())
         return max(0, self.tuning.max_replicas - have), sorted(self.placed), self.draining
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisError, ResponseError
@@ -27,17 +27,31 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
+from .clustersessions import ClusterSessions
 from .connection import why
 from .keys import GROUP, Keys, route
 from .membership import Membership
-from .queue import ClusterQueue, ClusterTask
+from .queue import ClaimStores, ClusterQueue, ClusterTask
 from .scripts import Scripts
+from .steps import ClusterSteps
+
+
+class ClaimParts(NamedTuple):
+    """What each claim is given, at the puller's construction: where the node keeps a
+    claimed task's steps (a retried claim resumed from its checkpoint there) and its
+    session's turns, how its progress is watched, and how many live nodes share an
+    agent's burst (as this node last read them)."""
+
+    steps: ClusterSteps
+    turns: ClusterSessions
+    watch: Callable[[ClusterTask], None]
+    serving: Callable[[AgentLike], int]
 
 
 class Puller:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
                  queue: ClusterQueue, host: TaskHost, tasks: TaskManager, beat: float,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], claims: ClaimParts) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
@@ -52,18 +66,17 @@ class Puller:
         self._prios: dict[str, tuple[float, list[str]]] = {}
         self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
-        # told of each task claimed, before the engine has it (the node watches its progress)
-        self.on_claim: Callable[[ClusterTask], None] = lambda task: None
-        # a retried claim, given the checkpoint its CLAIM read (steps.py)
-        self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
-        # the live nodes running an agent (its tenant's), as this node last read them
-        # (node.py)
-        self.serving: Callable[[AgentLike], int] = lambda agent: 1
+        self.claims = claims
+        self.kept = ClaimStores(claims.steps, claims.turns)  # each claimed task's
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
         self.read = 0  # entries they read
         self.errors = 0
+
+    def serving(self, agent: AgentLike) -> int:
+        """The live nodes running `agent` (its tenant's), as this node last read them."""
+        return self.claims.serving(agent)
 
     def sync(self) -> None:
         """A pull loop for each agent this node runs, and none for one it no longer does."""
@@ -195,11 +208,11 @@ class Puller:
         task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                            float(timeout), int(retries), float(created), token=int(token),
                            base=int(base), entry=entry.decode(), stream=stream,
-                           consumer=consumer)
+                           consumer=consumer, kept=self.kept)
         if checkpoint:
-            self.resume(task, checkpoint)
+            self.claims.steps.resume(task, checkpoint)
         if session:  # a turn of a session (sessions.py), with its state
             task.session, task.session_kept = session.decode(), state
-        self.on_claim(task)
+        self.claims.watch(task)
         self.tasks.adopt(task, traceparent, tracestate)
 

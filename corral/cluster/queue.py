@@ -13,21 +13,26 @@ write of its outcome must show, the stream entry, and the incarnation that claim
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import msgspec
 
 from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
+from ..supervisor.tasks.model import TurnsElsewhere
+from ..supervisor.tasks.stepjournal import StepJournal
 
 
 class ClusterTask(Task):
-    __slots__ = ("base", "consumer", "entry", "session_kept", "stream", "token")
+    __slots__ = ("base", "consumer", "entry", "session_kept", "steps_kept", "stream", "token",
+                 "turns_kept")
     journal_here = False
     session_here = False  # its session's turns are kept in order by Redis (sessions.py)
 
     def __init__(self, task_id: str, agent: str, raw_input: msgspec.Raw, priority: int,
                  timeout: float, retries: int, created: float, *, token: int, base: int,
-                 entry: str, stream: str, consumer: str) -> None:
+                 entry: str, stream: str, consumer: str,
+                 kept: ClaimStores | None = None) -> None:
         super().__init__(agent, raw_input, priority, timeout, retries, 0)
         self.id = task_id
         self.created = created
@@ -36,6 +41,11 @@ class ClusterTask(Task):
         self.entry = entry  # its stream entry (acknowledged with the outcome)
         self.stream = stream
         self.consumer = consumer  # the node incarnation that claimed it
+        # its steps and its session's turns, in Redis (the node's stores), which the
+        # engine reads and writes through these (None: a claim not run here, one given
+        # back as it is made)
+        self.steps_kept: StepJournal | None = kept.steps if kept is not None else None
+        self.turns_kept: TurnsElsewhere | None = kept.turns if kept is not None else None
         # its session's state as its claim read it or its last checkpoint wrote it (the
         # MAC, a space, the JSON)
         self.session_kept: bytes | None = None
@@ -44,6 +54,14 @@ class ClusterTask(Task):
     def attempt(self) -> int:
         """Counted across the cluster: the attempts of earlier claims (other nodes) too."""
         return self.base + len(self.attempts)
+
+
+class ClaimStores(NamedTuple):
+    """Where a node keeps its claimed tasks' steps and their sessions' turns (Redis):
+    given to each ClusterTask as the claim makes it."""
+
+    steps: StepJournal
+    turns: TurnsElsewhere
 
 
 def free_slots(agent: AgentLike) -> int:

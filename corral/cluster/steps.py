@@ -58,8 +58,8 @@ class _Ops:
 
 
 class ClusterSteps:
-    """The StepJournal of cluster tasks (TaskSteps.cluster); `active` finds a running
-    task by id (its claim's fence token)."""
+    """The StepJournal of cluster tasks (a claimed task's `steps_kept`); `active` finds a
+    running task by id (its claim's fence token)."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  active: Callable[[str], Task | None]) -> None:

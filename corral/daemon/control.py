@@ -116,8 +116,8 @@ class Connection(LineProtocol):
             on_garbage=self._garbage,
             cancel_method=CANCEL,
             cancel_id_of=_cancel_id,
+            on_handled=self._flow,
         )
-        self.peer.on_handled = self._flow
         server = self.server
         if refusal is not None:
             log.warning("refused control connection from uid %d pid %d: %s", self.uid,

@@ -67,7 +67,7 @@ from .teams import TeamFront
 from .teardown import Teardown
 from .tenantregistry import TenantRegistry
 from .tokens import tokens_of
-from .traces import tracer_of
+from .traces import traces_of
 from .upgrade import Takeover, Upgrades
 
 if TYPE_CHECKING:
@@ -310,7 +310,9 @@ class Daemon:
                         self.notifier.status_changed)
         await enter("the extras' retries", part.closed(extras.close))  # a failed start's too
         sender = keep(part.journal_sender(conf))
-        tracer, leaders = tracer_of(cfg.tracing), LeaderTools()
+        traces = traces_of(cfg.tracing, conf.paths.state_dir, self.spared)
+        leaders = LeaderTools()
+        tracer = traces.tracer if traces is not None else None
         # the task path's interceptors, the outermost first (tasks/interceptors.py): a
         # leader's call of a member is inside the leader's span, the member's task its child
         sup, queue = part.engine(conf, self.spared, self.taken,
@@ -318,28 +320,27 @@ class Daemon:
         parts = sup.parts
         audit = Audit(hub)
         dispatcher = part.dispatcher(audit)
-        gateway = part.gateway_service(conf, parts, audit, dispatcher)
+        gateway = part.gateway_service(conf, parts, audit, dispatcher, traces)
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)
         models = await enter("the model gateway",
                              part.model_gateway(conf, parts, gateway, tracer))
         heard = part.hear(parts, hub, sender, gateway, models)
         # closed after the agents stop (entered before `running`): their last spans kept
-        traces = await enter("the trace exporter",
-                             part.tracing(conf, tracer, self.spared, gateway),
-                             lambda: part.export_bound(cfg))
+        await enter("the trace exporter", part.tracing(conf, traces),
+                    lambda: part.export_bound(cfg))
         control = await enter("the control socket", part.control_socket(
             conf, dispatcher, hub, self.taken, lambda: self._graceful))
         opened = await enter("the state database", part.state_store(conf, parts, hub))
         store = opened.store
         audit.to(store)
-        gateway.api_tokens = tokens_of(store).authenticate
+        gateway.open_tokens(tokens_of(store).authenticate)
         keep(part.signals(self._signals.put_nowait))
         await enter("the event pump", part.event_pump(sup, heard))
         fleet = Fleet(parts, store, opened.writer, opened.revisions, conf.dir, hub.daemon)
         fleet.gateway = cfg.gateway
-        tenants = TenantRegistry(parts, store, self.config_path, hub.daemon)
-        tenants.on_groups = control.set_tenant_groups
+        tenants = TenantRegistry(parts, store, self.config_path, hub.daemon,
+                                 control.set_tenant_groups)
         node = await enter("the cluster node", part.cluster_node(conf, sup, queue, fleet,
                                                                  hub, self.taken))
         status = Status(self.notifier, parts, extras, hub, node)

@@ -235,7 +235,7 @@ class GatewayService:
     def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
                  settings: GatewaySettings | None = None,
                  calls: Dispatcher[Any] | None = None,
-                 tasks: TaskManager | None = None) -> None:
+                 tasks: TaskManager | None = None, tracer: Tracer | None = None) -> None:
         self.agents = agents
         self.stream = stream  # GatewayChanged goes on it
         self.tools = tools  # the pool it serves
@@ -256,7 +256,7 @@ class GatewayService:
         # the HTTP API's tokens (tokens.Tokens.authenticate): one holding `mcp:call` (or
         # `admin`) opens /mcp too, its agent glob and tenant narrowing the tools it sees
         self.api_tokens: Callable[[str], ApiToken | None] | None = None
-        self.tracer: Tracer | None = None  # with [tracing]: a call's span (its client's)
+        self.tracer = tracer  # with [tracing]: a call's span (its client's)
         # the tasks extension: handles, and the agents as tools (through `calls`, the
         # daemon's Dispatcher: a call is a task submitted as the client)
         self.handles = TaskHandles(lambda: self.settings)
@@ -271,6 +271,10 @@ class GatewayService:
         self.seal = StateSeal()
 
     # -- configuration --------------------------------------------------------------------
+    def open_tokens(self, authenticate: Callable[[str], ApiToken | None]) -> None:
+        """The HTTP API's tokens, once the state database that keeps them is open."""
+        self.api_tokens = authenticate
+
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
         """Apply [gateway] (at start and on reload): the tokens file is re-read, so
         rotating a token is an edit and a reload. What changed, in words (a reload says

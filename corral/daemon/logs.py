@@ -211,7 +211,9 @@ class LogHub:
         tail_lines: int = 1000,
         tail_bytes: int = 4 * 1024 * 1024,
         raw: bool = False,
+        echo: Callable[[str, int], None] | None = None,
     ) -> None:
+        """`echo`: where the daemon's own lines go too (stderr: StderrEcho)."""
         self.raw = raw
         self.log_dir = log_dir
         self.rotation = rotation  # [supervisor]'s, a source's unless its own says
@@ -226,7 +228,7 @@ class LogHub:
         self.followers: set[LogFollower] = set()
         self.lines_written = 0
         self.lines_dropped = 0  # lines that reached corral but not their log file
-        self.echo: Callable[[str, int], None] | None = None
+        self.echo = echo
         # where a source's file is when not LOG_DIR/NAME.log (its own log_file, its
         # tenant's directory: tenantdirs.py), asked when the file is opened
         self.locate: Callable[[str], LogPlace | None] | None = None
@@ -382,6 +384,11 @@ class LogHub:
         for follower in self.followers:
             if follower.wants(source):
                 follower.push(batch)
+
+    def place_by(self, locate: Callable[[str], LogPlace | None]) -> None:
+        """Where a source's file is from now on (its tenant's directory: tenantdirs.py),
+        asked as each file is opened."""
+        self.locate = locate
 
     def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
         """A line of the daemon's own (syslog `priority`: 6 info, 5 notice, 4 warning):

@@ -159,10 +159,9 @@ def log_hub(conf: Conf) -> Iterator[LogHub]:
                      rotation=Rotation(sc.log_max_bytes, sc.log_backups, sc.log_rotate_every,
                                        sc.log_compress),
                      tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
-                     raw=sc.log_format == "raw")
+                     raw=sc.log_format == "raw", echo=StderrEcho(sc.log_level))
     except LogDirError as exc:
         raise StartupError(str(exc)) from None
-    hub.echo = StderrEcho(sc.log_level)
     with contextlib.closing(hub):
         yield hub
 
@@ -201,12 +200,13 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
     return sup, queue
 
 
-def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services]
-                    ) -> GatewayService:
+def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services],
+                    traces: Traces | None) -> GatewayService:
     """The MCP gateway's service, configured (its tokens file read); its agents' tools
-    submit their tasks through `calls`."""
+    submit their tasks through `calls`; with [tracing], its calls traced."""
     gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit, calls=calls,
-                             tasks=parts.tasks)
+                             tasks=parts.tasks,
+                             tracer=traces.tracer if traces is not None else None)
     try:
         gateway.configure(conf.cfg.gateway, conf.dir)
     except ConfigError as exc:
@@ -363,14 +363,13 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                                         on_notice=notice, writer=store.thread)
                 own.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
-                parts.tasks.journal = journal
                 # tasks' steps (docs/durable.md), kept and pruned with their tasks
                 assert store.thread is not None  # open_writer made it
                 steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
                                 on_error=error)
                 own.push_async_callback(steps.close)
                 await asyncio.to_thread(steps.recover)  # the step log a kill left
-                parts.tasks.steps.journal = steps
+                parts.tasks.journal_to(journal, steps)
                 # tasks' live output (docs/streams.md), kept and pruned with their tasks
                 outputs = OutputsDB(store.path, store.thread, on_error=error)
                 own.push_async_callback(outputs.close)
@@ -587,9 +586,7 @@ async def packages(conf: Conf, parts: Parts, opened: Stores, fleet: Fleet,
     pkg = conf.cfg.packages
     packages = Packages(pkg, Path(pkg.dir) if pkg.dir else conf.paths.state_dir
                         / "packages", parts, opened.store, opened.revisions, fleet,
-                        hub.daemon)
-    if node is not None:
-        packages.refuse = node.refuse_deploy
+                        hub.daemon, node.refuse_deploy if node is not None else None)
     try:
         await packages.start()
     except StoreError as exc:
@@ -712,13 +709,11 @@ def export_bound(cfg: Config) -> float:
 
 
 @contextlib.asynccontextmanager
-async def tracing(conf: Conf, tracer: Tracer | None, spared: set[int],
-                  gateway: GatewayService) -> AsyncIterator[Traces | None]:
+async def tracing(conf: Conf, traces: Traces | None) -> AsyncIterator[Traces | None]:
     """[tracing] (docs/tracing.md): the spans' exporter and local store, of the engine's
     tracer; closed after the agents stop, so that their last spans are kept."""
     try:
-        traces = await start_traces(conf.cfg.tracing, tracer, conf.paths.state_dir,
-                                    spared, gateway)
+        await start_traces(traces)
     except OSError as exc:  # its store's files (a link in their place: statefiles.py)
         raise StartupError(f"the trace store cannot be made in {conf.paths.state_dir} "
                            f"({exc.strerror})") from None

@@ -49,7 +49,7 @@ class TenantDirs:
         self.hub = hub
         self.report = report
         self._made: dict[str, tuple[int, int]] = {}  # tenant -> the owner its dir has
-        hub.locate = self.locate
+        hub.place_by(self.locate)
 
     def _spec(self, source: str) -> ProcessSpec | None:
         a = self.agents.get(source)

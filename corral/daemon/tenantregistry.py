@@ -75,7 +75,10 @@ def groups_of(specs: Mapping[str, TenantSpec], report: Report) -> dict[int, str]
 
 class TenantRegistry:
     def __init__(self, parts: Parts, store: StateStore, config_path: Path,
-                 report: Report) -> None:
+                 report: Report,
+                 on_groups: Callable[[dict[int, str]], None] | None = None) -> None:
+        """`on_groups`: told the tenants' unix groups each time they change (the control
+        socket's, which serves a tenant's peer as its tenant)."""
         self.quotas = parts.quotas
         self.tools = parts.tools
         self.tasks = parts.tasks
@@ -89,7 +92,7 @@ class TenantRegistry:
         self.declared: dict[str, dict[str, Any]] = {}  # the config file's tables
         self.tables: dict[str, dict[str, Any]] = {}  # what applies: file or runtime
         self.runtime: set[str] = set()  # added at runtime (not in the file)
-        self.on_groups: Callable[[dict[int, str]], None] | None = None
+        self.on_groups = on_groups
         self._said: set[str] = set()  # the start-up notices of quotas not in a cgroup
         # one change at a time: each checks and builds on the tables as the last one left
         # them (two sets of one tenant would otherwise each start from the same table and

@@ -131,9 +131,12 @@ class Traces:
     process: a batch it has not read while `PIPE_BOUND` bytes wait is dropped, and while
     it is dead (until its restart) the engine's buffer keeps the spans to its bound."""
 
-    def __init__(self, tracer: Tracer, cfg: TracingSettings, resolved: Settings,
-                 state_dir: Path, node: str, spared: set[int] | None = None) -> None:
-        self.tracer = tracer
+    def __init__(self, cfg: TracingSettings, resolved: Settings, state_dir: Path, node: str,
+                 spared: set[int] | None = None) -> None:
+        """Made before the engine, whose task path its tracer is given to (an
+        interceptor); its exporter started later (`start`)."""
+        self.tracer = Tracer(resolved.sampling, capacity=cfg.buffer, batch=cfg.batch,
+                             ready=self._ready)
         self.cfg = cfg
         self.settings = resolved
         self.node = node
@@ -193,7 +196,6 @@ class Traces:
         changed.set()
 
     async def start(self) -> None:
-        self.tracer.ready = self._ready
         await self._spawn()
 
     async def _spawn(self) -> None:
@@ -288,6 +290,8 @@ class Traces:
         """The engine's buffer had its first span, or a batch's worth (Tracer.put): the
         batches handed over when HANDOVER of them wait, or half the buffer's room in
         records or in bytes (long records fill its bytes first)."""
+        if self._closing:
+            return  # its last batches are flushed by `close`
         tracer = self.tracer
         full = tracer.batches
         if (full >= HANDOVER or full * tracer.batch * 2 >= tracer.capacity
@@ -347,7 +351,6 @@ class Traces:
         """The last spans stored and sent (each export within its timeout)."""
         self._flush()
         self._closing = True
-        self.tracer.ready = None
         for handle in (self._timer, self._restart):
             if handle is not None:
                 handle.cancel()
@@ -380,27 +383,23 @@ def _widen(proc: asyncio.subprocess.Process) -> None:
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def tracer_of(cfg: TracingSettings | None) -> Tracer | None:
-    """With [tracing], the engine's tracer (an interceptor of its task path, given to it
-    as it is made), its sampling as the table and the `OTEL_*` variables say."""
+def traces_of(cfg: TracingSettings | None, state_dir: Path,
+              spared: set[int] | None = None) -> Traces | None:
+    """With [tracing], the engine's traces: their tracer (an interceptor of the engine's
+    task path, given to it as it is made), its sampling as the table and the `OTEL_*`
+    variables say; `spared`: where the daemon lists its own children (Supervisor's)."""
     if cfg is None:
-        return None
-    return Tracer(settings(cfg).sampling, capacity=cfg.buffer, batch=cfg.batch)
-
-
-async def start(cfg: TracingSettings | None, tracer: Tracer | None, state_dir: Path,
-                spared: set[int] | None = None, gateway: Any = None) -> Traces | None:
-    """With [tracing], the spans of `tracer` (the engine's: `tracer_of`) and the
-    gateway's calls exported by the exporter process it starts (a change of the table
-    takes a restart of the daemon); `spared`: where the daemon lists its own children
-    (Supervisor's `spared`)."""
-    if cfg is None or tracer is None:
         return None
     import socket
 
-    traces = Traces(tracer, cfg, settings(cfg), state_dir, socket.gethostname(), spared)
+    return Traces(cfg, settings(cfg), state_dir, socket.gethostname(), spared)
+
+
+async def start(traces: Traces | None) -> Traces | None:
+    """Its store made and its exporter process started (a change of the table takes a
+    restart of the daemon)."""
+    if traces is None:
+        return None
     await asyncio.to_thread(tracestore.create, traces.path)
-    if gateway is not None:
-        gateway.tracer = tracer
     await traces.start()
     return traces

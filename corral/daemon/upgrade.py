@@ -72,13 +72,12 @@ from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
-from ..timeouts import within
+from ..timeouts import cancel_all, within
 from . import handoff
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
-    from ..jsonrpc import Peer
     from ..supervisor.config import Config
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import ProcessReplica
@@ -348,7 +347,7 @@ class Upgrades:
         requests corral sent (and the journal and the store have written what they
         were given): what to keep, and what the next image ends. Between looks it waits
         to be told: a replica's transition on the stream (a start or stop over), a
-        request of a waiting replica's channel ended (`Peer.on_ended`); QUIET_LOOK at
+        request of a waiting replica's channel ended (`Peer.ends`); QUIET_LOOK at
         most, for what nothing tells (bytes still in a pipe, either way)."""
         host = self.host
         sup = host.sup
@@ -357,7 +356,6 @@ class Upgrades:
         def wake(*_: object) -> None:
             woken.set()
 
-        hooked: list[Peer] = []
         sub = sup.parts.stream.subscribe(wake, Transition)
         try:
             while True:
@@ -373,17 +371,17 @@ class Upgrades:
                     raise UpgradeRefusal(f"{labels} could not be handed over within "
                                          f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
                                          "of its own still being answered)")
-                for peer in hooked:
-                    peer.on_ended = None
-                hooked = [r.peer for r in waiting if r.peer is not None]
-                for peer in hooked:
-                    peer.on_ended = wake
-                woken.clear()
-                with contextlib.suppress(TimeoutError):
-                    await within(woken.wait(), min(QUIET_LOOK, deadline - now))
+                # woken by a transition, or by a request of a waiting one's ending
+                events = [woken, *(r.peer.ends() for r in waiting if r.peer is not None)]
+                for event in events:
+                    event.clear()
+                waits = [asyncio.ensure_future(event.wait()) for event in events]
+                try:
+                    await asyncio.wait(waits, timeout=min(QUIET_LOOK, deadline - now),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    await cancel_all(waits)
         finally:
-            for peer in hooked:
-                peer.on_ended = None
             sup.parts.stream.unsubscribe(sub)
         tokens = {h.record.token for h in kept}
         ended = [t.record for token, t in sup.parts.containment.live.items() if token not in tokens]
@@ -517,8 +515,8 @@ class Takeover:
         """Before anything is spawned: the same incarnation, and the replicas' starts
         take the handed processes."""
         self.sup = sup
-        sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued)
-        sup.parts.containment.handed = self.adoptions.take
+        sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued,
+                                         self.adoptions.take)
         # tracked until they are ended: not taken for orphans, their cgroups not given to
         # the processes started in their place
         for rec in self.handoff.ended:

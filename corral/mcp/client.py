@@ -37,7 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -118,6 +118,17 @@ class ServerSession(msgspec.Struct, frozen=True):
     errors: int = 0
 
 
+class ServerNews(NamedTuple):
+    """What a client tells its owner of its server, given at the client's construction:
+    its log lines, and that its tools, resources or prompts changed (the notification's
+    method), or that a subscribed resource was updated (its uri and params)."""
+
+    log: Callable[[str], None]
+    tools_changed: Callable[[], None]
+    list_changed: Callable[[str], None]
+    resource_updated: Callable[[str, dict[str, Any]], None]
+
+
 class McpClient:
     """Speaks MCP to one server over a Peer the owner feeds with the server's messages.
 
@@ -125,8 +136,9 @@ class McpClient:
     notifications here and cancels abandoned requests with `notifications/cancelled`."""
 
     def __init__(self, name: str, *, roots: list[str] | None = None,
-                 log_level: str | None = None) -> None:
+                 log_level: str | None = None, news: ServerNews | None = None) -> None:
         self.name = name
+        self.news = news  # None: nobody is told
         self.peer: Peer | None = None
         self.version: str | None = None
         self.capabilities: dict[str, Any] = {}
@@ -147,13 +159,6 @@ class McpClient:
         # the tools' arguments an HTTP transport says again as headers (SEP-2243): shared
         # with the transport at its construction, renewed with every tools/list
         self.param_headers = ParamHeaders()
-        self.on_tools_changed: Callable[[], None] | None = None
-        self.on_log: Callable[[str], None] | None = None
-        # (method of the list_changed notification) -> what to tell; and resource updates
-        self.on_list_changed: Callable[[str], None] | None = None
-        self.on_resource_updated: Callable[[str, dict[str, Any]], None] | None = None
-        # told the negotiated protocol version (an HTTP transport sends it as a header)
-        self.on_version: Callable[[str], None] | None = None
         # OpenTelemetry's network.transport of a span of a call to it: "tcp" when remote
         self.network = "pipe"
 
@@ -410,8 +415,7 @@ class McpClient:
 
     def _negotiated(self, version: str) -> None:
         self.version = version
-        if self.on_version is not None:
-            self.on_version(version)
+        self.param_headers.negotiated(version)  # an HTTP transport's header from now on
 
     async def _after_connect(self, deadline: float | None) -> None:
         if self.log_level and "logging" in self.capabilities:
@@ -447,8 +451,8 @@ class McpClient:
         return "ping", {}
 
     def _note(self, text: str) -> None:
-        if self.on_log is not None:
-            self.on_log(text)
+        if self.news is not None:
+            self.news.log(text)
 
     # -- lists ----------------------------------------------------------------------------
     async def list_all(self, method: str, key: str, timeout: float) -> list[dict[str, Any]]:
@@ -684,16 +688,16 @@ class McpClient:
             if cb is not None:
                 cb({k: v for k, v in params.items() if k != "progressToken"})
         elif method == "notifications/tools/list_changed":
-            if self.on_tools_changed is not None:
-                self.on_tools_changed()
+            if self.news is not None:
+                self.news.tools_changed()
         elif method in ("notifications/resources/list_changed",
                         "notifications/prompts/list_changed"):
-            if self.on_list_changed is not None:
-                self.on_list_changed(method)
+            if self.news is not None:
+                self.news.list_changed(method)
         elif method == "notifications/resources/updated":
             uri = params.get("uri")
-            if isinstance(uri, str) and self.on_resource_updated is not None:
-                self.on_resource_updated(uri, params)
+            if isinstance(uri, str) and self.news is not None:
+                self.news.resource_updated(uri, params)
         elif method == "notifications/message":
             logger = f" [{params['logger']}]" if isinstance(params.get("logger"), str) else ""
             data = params.get("data")

@@ -145,7 +145,6 @@ class HttpTransport:
         self.auth = auth
         self.max_message = max_message
         self.session_id: str | None = None
-        self.protocol_version: str | None = None
         # the HTTP+SSE transport: found at the first initialize, or configured
         # (`transport = "sse"`), when no POST to the stream URL is tried at all
         self.legacy = False
@@ -179,8 +178,10 @@ class HttpTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def set_protocol_version(self, version: str) -> None:
-        self.protocol_version = version
+    @property
+    def protocol_version(self) -> str | None:
+        """The version its client negotiated (ParamHeaders.negotiated), None before."""
+        return self.param_headers.protocol_version
 
     async def close(self) -> None:
         """End the session (DELETE, as the spec asks) and every stream."""

@@ -72,10 +72,17 @@ def _text(value: Any) -> str | None:
 
 
 class ParamHeaders:
-    """The header marks of one server's tools, as its last `tools/list` gave them."""
+    """The header marks of one server's tools, as its last `tools/list` gave them, and
+    the protocol version its client negotiated (sent as a header with every request
+    after): what a client shares with its HTTP transport, given at the transport's
+    construction."""
 
     def __init__(self) -> None:
         self._marks: dict[str, dict[str, str]] = {}
+        self.protocol_version: str | None = None
+
+    def negotiated(self, version: str) -> None:
+        self.protocol_version = version
 
     def learn(self, marks: dict[str, dict[str, str]]) -> None:
         self._marks = {tool: m for tool, m in marks.items() if m}

@@ -509,9 +509,8 @@ class StdioTransport(jsonrpc.LineProtocol):
                  on_eof: Callable[[], None]) -> None:
         super().__init__(self._line, lambda exc: on_eof(),
                          max_line=jsonrpc.DEFAULT_MAX_LINE, on_oversize=self._oversize)
-        self.session = session
+        self.session = session  # made with a `push` that writes as `send` does
         self.write = write
-        session.push = self.send
 
     def send(self, msg: Any) -> None:
         self.write(jsonrpc.encode(msg))

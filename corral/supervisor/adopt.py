@@ -296,7 +296,7 @@ class Adoptions:
             raise
         child.exited.add_done_callback(r._on_exited)
         if peer is not None:
-            peer.reader, peer.max_handling = child.reader, MAX_IN_FLIGHT
+            peer.flow(child.reader, MAX_IN_FLIGHT)
         r._life = None
         self.adopted += 1
         r.ready_at = time.monotonic()

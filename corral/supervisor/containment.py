@@ -550,7 +550,7 @@ class Containment:
         self.sweeps = 0  # passes over /proc, for tests and stats
         self.orphans_killed = 0
         self.min_sweep_interval = 1.0
-        # a cgroup per tenant (tenantcgroups.py), set by the supervisor where delegated
+        # a cgroup per tenant (tenantcgroups.py), where delegated (`divide`)
         self.nodes: Nodes | None = None
         self._tenant_of: dict[str, str] = {}  # token -> the tenant whose node it is in
         # processes the previous image handed over (corral upgrade: adopt.py), taken by
@@ -651,10 +651,17 @@ class Containment:
         """Spawn tokens issued so far."""
         return self._seq
 
-    def go_on_from(self, owner: str, issued: int) -> None:
+    def go_on_from(self, owner: str, issued: int, handed: Callable[[Any], bool]) -> None:
         """Be the incarnation of the image before an exec (corral upgrade): its records
-        are this one's, its tokens go on."""
+        are this one's, its tokens go on, and the processes it handed over are taken by
+        their replica's start instead of a spawn (`handed`: adopt.py's)."""
         self.owner, self._seq = owner, issued
+        self.handed = handed
+
+    def divide(self, nodes: Nodes) -> None:
+        """The tree divided by tenant (tenantcgroups.py), once it is open: a process
+        started from then on is placed in its tenant's node."""
+        self.nodes = nodes
 
     def adopted(self, rec: ProcessRecord) -> None:
         """A process the previous image started (and recorded) is tracked again."""

@@ -165,8 +165,8 @@ class Supervisor:
         self.containment.open()
         tree = self.containment.tree
         if tree is not None and self.tenant_nodes is None:
-            nodes = self.tenant_nodes = self.containment.nodes = TenantNodes(
-                tree, self, self.stream)
+            nodes = self.tenant_nodes = TenantNodes(tree, self, self.stream)
+            self.containment.divide(nodes)
             self.tenancy.kernel = set(tree.controllers)
             self.stream.subscribe(lambda _: nodes.retune_all(), QuotasChanged)
         if self._heartbeat is None:

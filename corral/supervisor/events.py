@@ -138,8 +138,9 @@ class EventBus:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
-        # with [cluster]: each event published here, to the other nodes (cluster/events.py)
-        self.relay: Callable[[Delivery], None] | None = None
+        # each event published here goes on it too, where a cluster node relays it to the
+        # other nodes (cluster/events.py)
+        self.stream = stream
         on_notification(worker_notifications, EventsPublishParams, self._on_publish)
         on_request(worker_methods, EventsSubscribeParams, self._on_subscribe)
         stream.subscribe(self._on_exit, ReplicaExit)
@@ -148,14 +149,14 @@ class EventBus:
                 glob: str | None = None) -> int:
         """Deliver to every live subscriber of the tenant (None: of every tenant) whose
         pattern matches; returns how many got it here (with [cluster], the other nodes'
-        subscribers get it too, through `relay`). `glob`: the agents glob of the caller
-        that publishes it (Delivery.glob)."""
+        subscribers get it too: the node's relay hears it on the stream). `glob`: the
+        agents glob of the caller that publishes it (Delivery.glob)."""
         if not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
         self.published += 1
         d = Delivery(topic, data, source, time.time(), tenant, glob)
-        if self.relay is not None:
-            self.relay(d)
+        if self.stream.wants(Delivery):
+            self.stream.emit(d)
         return self.deliver(d)
 
     def publish_here(self, topic: str, data: Any, source: str, tenant: str | None = None

@@ -178,7 +178,8 @@ class Life(ReplicaParts):
             # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT
             # of them are worked on; its answers and notifications before them are read (a
             # process kept from writing them could stop reading its stdin too)
-            peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
+            peer.flow(proc.reader, MAX_IN_FLIGHT)
+            proc.peer = peer
         if self.machine.leaving:  # stopped while spawning
             self.executor.begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..jsonrpc import Peer, RpcError
-from ..mcp.client import McpClient
+from ..mcp.client import McpClient, ServerNews
 from ..mcp.pool import McpPool
 from ..text import plural
 from .config import MIB, McpServerSpec
@@ -50,13 +50,10 @@ class McpServerReplica(ProcessReplica):
         self._retune: asyncio.Future[Any] | None = None
 
     def _new_client(self) -> McpClient:
-        client = McpClient(self.label, roots=self.mcp_spec.roots,
-                           log_level=self.mcp_spec.log_level)
-        client.on_log = self.note
-        client.on_tools_changed = self._tools_changed
-        client.on_resource_updated = self._resource_updated
-        client.on_list_changed = self._list_changed
-        return client
+        return McpClient(self.label, roots=self.mcp_spec.roots,
+                         log_level=self.mcp_spec.log_level,
+                         news=ServerNews(self.note, self._tools_changed, self._list_changed,
+                                         self._resource_updated))
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
         self.client = self._new_client()

@@ -91,7 +91,6 @@ class RemoteMcpServer(McpServerReplica):
                                   param_headers=client.param_headers)
         self.transport = transport
         self.peer = client.make_peer(transport.send)
-        client.on_version = transport.set_protocol_version
         client.network = "tcp"
         return transport
 

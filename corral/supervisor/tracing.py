@@ -120,7 +120,9 @@ class Tracer(TaskInterceptor):
     task path (given to the engine at its construction: tasks/interceptors.py)."""
 
     def __init__(self, sampling: Sampling | None = None, *, capacity: int = 65536,
-                 batch: int = 512) -> None:
+                 batch: int = 512, ready: Callable[[], None] | None = None) -> None:
+        """`ready`: told when the buffer takes its first span (the exporter's timer
+        starts) and when a batch is full (daemon/traces.py's)."""
         self.sampling = sampling or Sampling()
         self.capacity = capacity
         self.batch = batch
@@ -136,9 +138,7 @@ class Tracer(TaskInterceptor):
         self._in_frame = 0
         self._frames: deque[tuple[int, int, bytes]] = deque()
         self._encode = msgspec.msgpack.Encoder().encode_into
-        # told when the buffer takes its first span (the exporter's timer starts) and
-        # when a batch is full
-        self.ready: Callable[[], None] | None = None
+        self.ready = ready
         self._active: Mapping[str, Task] = {}  # the engine's tasks in flight (`bind`)
 
     @property

@@ -255,10 +255,10 @@ class _Waiter:
 
     __slots__ = ("callback", "event", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Callable[[bool, Any], None] | None = None) -> None:
         self.event = threading.Event()
         self.value: tuple[bool, Any] = (False, None)
-        self.callback: Callable[[bool, Any], None] | None = None
+        self.callback = callback  # told the answer, in the reader's thread
 
     def resolve(self, ok: bool, value: Any) -> None:
         self.value = (ok, value)
@@ -554,8 +554,7 @@ class Worker:
 
     def _new_request(self, method: str, params: Any,
                      callback: Callable[[bool, Any], None] | None = None) -> _Waiter:
-        waiter = _Waiter()
-        waiter.callback = callback  # set before the answer can arrive
+        waiter = _Waiter(callback)  # given before the answer can arrive
         with self._lock:
             self._next_id += 1
             rid = self._next_id

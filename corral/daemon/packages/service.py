@@ -50,7 +50,10 @@ Report = Callable[..., None]
 class Packages:
     def __init__(self, settings: PackagesSettings, root: Path, parts: Parts,
                  store: StateStore, revisions: RevisionLog, fleet: Fleet,
-                 report: Report) -> None:
+                 report: Report, refuse: Callable[[str], Awaitable[None]] | None = None
+                 ) -> None:
+        """`refuse`: with [cluster], raises RpcError for a name that is the cluster's
+        agent (the node's)."""
         self.settings = settings
         self.releases = Releases(root)
         self.agents = parts.agents
@@ -61,8 +64,7 @@ class Packages:
         self.revisions = revisions
         self.fleet = fleet
         self.report = report
-        # with [cluster]: raises RpcError for a name that is the cluster's agent
-        self.refuse: Callable[[str], Awaitable[None]] | None = None
+        self.refuse = refuse
         cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._sources: dict[str, str | None] = {}
         self.builder = Builder(self.releases, settings, parts.containment,

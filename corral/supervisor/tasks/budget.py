@@ -212,7 +212,10 @@ class Budgets:
     def __init__(self, find: Callable[[str], Task | None],
                  reopen: Callable[[str], None],
                  depth: Callable[[str], int] = lambda _: 1,
-                 tell: Callable[[AgentLike, str], None] = lambda _, __: None) -> None:
+                 tell: Callable[[AgentLike, str], None] = lambda _, __: None,
+                 groups: Callable[[str], tuple[str, int] | None] = no_group) -> None:
+        """`groups`: the budget an agent shares with others (its tenant's), consulted
+        only while `sharing` (some tenant shares one)."""
         self.find = find
         self.reopen = reopen
         self.depth = depth
@@ -222,9 +225,8 @@ class Budgets:
         self.holding: dict[str, BudgetHold] = {}  # agents held now, as last judged
         self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.bad_reports = 0
-        # the budget an agent shares with others (its tenant's): (the shared window's
-        # key, its tokens_per_minute), or None
-        self.shared: Callable[[str], tuple[str, int] | None] = no_group
+        self.groups = groups
+        self.sharing = False
 
     # -- reports ------------------------------------------------------------------------
     def refused(self, r: Replica, exc: BadParams) -> None:
@@ -265,7 +267,7 @@ class Budgets:
             agent = self.usage[name] = ModelUsage()
         agent.add_model(model, inp, out, cost)
         self.window(name).add(inp + out, cost, when)
-        group = self.shared(name)
+        group = self.groups(name) if self.sharing else None
         if group is not None:
             self.window(group[0]).add(inp + out, cost, when)
 
@@ -289,7 +291,7 @@ class Budgets:
             return False  # nothing reported yet, so nothing over a budget (a fleet's start)
         spec = agent.spec
         name = agent.name
-        group = self.shared(name)
+        group = self.groups(name) if self.sharing else None
         if group is not None and self._holds_group(agent, *group):
             return True
         if not (spec.tokens_per_minute or spec.tokens_per_day or spec.max_cost_usd_per_day):
@@ -343,7 +345,7 @@ class Budgets:
         no timer armed and nothing told (a model call through corral is refused for it:
         daemon/models/)."""
         now = time.time()
-        group = self.shared(agent.name)
+        group = self.groups(agent.name) if self.sharing else None
         shared = self.windows.get(group[0]) if group is not None else None
         if group is not None and shared is not None:
             held = shared.held(group[1], 0, 0, now)
@@ -360,7 +362,7 @@ class Budgets:
         """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
         last may have been cancelled since)."""
         held = self.holding.get(agent)
-        group = self.shared(agent)
+        group = self.groups(agent) if self.sharing else None
         if held is None and group is not None:
             held = self.holding.get(group[0])
         return None if held is None or not self.depth(agent) else held.text()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ... import jsonrpc
 from ...taskviews import Attempt
@@ -66,20 +66,31 @@ class Outcomes(Protocol):
         """A retry that waited for its timed-out attempt to stop waits for its time."""
 
 
+class TenantGate(NamedTuple):
+    """A bound shared with other agents (a tenant's max_concurrent_tasks): while `full`
+    says so, the agent's tasks wait; `freed` is told of each task's end, so that the
+    others' waiting tasks start."""
+
+    full: Callable[[AgentLike], bool]
+    freed: Callable[[str], None]
+
+
 class TaskDispatch:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
-                 outcomes: Outcomes, budgets: Budgets | None = None) -> None:
+                 outcomes: Outcomes, budgets: Budgets | None = None,
+                 sessions: Sessions | None = None, gate: TenantGate | None = None) -> None:
+        """`sessions`: a session's task prefers the replica that holds it, and is given
+        the session's state; `gate`: the tenants' (None: no tenants), consulted only
+        while `gated` (some tenant bounds its tasks at once), so that a host bounding
+        none pays nothing for it per task."""
         self.sup = sup
         self.budgets = budgets
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
         self.deadlines: Deadlines[Task] = Deadlines(self._on_timeout)
-        # a bound shared with other agents (a tenant's max_concurrent_tasks): while it
-        # holds, the agent's tasks wait; `freed` is told of each task's end, so that the
-        # others' waiting tasks start
-        self.gate: Callable[[AgentLike], bool] | None = None
-        self.freed: Callable[[str], None] | None = None
+        self.gate = gate
+        self.gated = False
         # why no task goes to a worker now (the daemon drains), or None
         self.held: str | None = None
         # running tasks being handed over to the next daemon: task id -> why
@@ -87,9 +98,7 @@ class TaskDispatch:
         self.stream = sup.stream  # every attempt's end (AttemptEnded): a drain counts them
         # the request id of each running task's task/run (handed over by corral upgrade)
         self.requests: dict[str, jsonrpc.Id] = {}
-        # the sessions (sessions.py): a session's task prefers the replica that holds it,
-        # and is given the session's state
-        self.sessions: Sessions | None = None
+        self.sessions = sessions
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -118,7 +127,7 @@ class TaskDispatch:
                         f"max_concurrent_tasks {limit})")
             return "no replica takes tasks: " + "; ".join(
                 f"{r.name}#{r.index} {_not_taking(r)}" for r in agent.replicas)
-        if self.gate is not None and self.gate(agent):
+        if self.gated and self.gate is not None and self.gate.full(agent):
             return f"its tenant {agent.spec.tenant} is at its max_concurrent_tasks"
         return None
 
@@ -143,7 +152,7 @@ class TaskDispatch:
             # over a token or cost budget: the tasks wait, and its timer pumps again
             if self.budgets is not None and self.budgets.holds(agent):
                 return
-            if self.gate is not None and self.gate(agent):
+            if self.gated and self.gate is not None and self.gate.full(agent):
                 return
             task = queue.take(agent_name)
             if task is None:
@@ -213,8 +222,8 @@ class TaskDispatch:
                 self.outcomes.again(task)  # its retry waited for this attempt to stop
             self.outcomes.record(task)  # the attempt's end, on a task already moved on
         self.pump(task.agent)
-        if self.freed is not None:
-            self.freed(task.agent)
+        if self.gated and self.gate is not None:
+            self.gate.freed(task.agent)
         if self.stream.wants(AttemptEnded):
             self.stream.emit(AttemptEnded(task))
 

@@ -58,7 +58,7 @@ from .admission import admit, check_takes_tasks, queue_full, refusal
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
 from .delays import Delays
-from .dispatch import TaskDispatch, why_delayed
+from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .ids import new_ids
 from .interceptors import (
@@ -78,6 +78,7 @@ from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
+from .stepjournal import StepJournal
 from .taskmachine import AttemptOutcome, TaskCause, TaskStatus, TaskStep, cancelled
 from .worker import WorkerMethods, report_progress
 
@@ -118,12 +119,13 @@ class TaskManager:
         # the agents' queue behind the sessions' lines (one task of a session at a time)
         self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
                                  self._session_ttl, self._session_bounds,
-                                 tenant_of=self._session_owner)
+                                 tenant_of=self._session_owner, pump=self.pump)
         self.queue: Queue = self.sessions
-        self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
-        self.dispatch = TaskDispatch(sup, self.queue, self.by_agent, self, self.budgets)
-        self.dispatch.sessions = self.sessions
-        self.sessions.pump = self.dispatch.pump
+        self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first,
+                               tenancy.budget if tenancy is not None else no_group)
+        self.dispatch = TaskDispatch(
+            sup, self.queue, self.by_agent, self, self.budgets, self.sessions,
+            TenantGate(self._tenant_full, self._freed) if tenancy is not None else None)
         self.delays = Delays(self._due)  # tasks not to start before a time
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
@@ -172,6 +174,12 @@ class TaskManager:
         return q
 
     # -- the engine's calls -----------------------------------------------------------
+    def journal_to(self, journal: TaskJournal, steps: StepJournal) -> None:
+        """The daemon's journals, once its state database is open (before any task is
+        accepted): tasks and their steps are durable from then on."""
+        self.journal = journal
+        self.steps.journal_to(steps)
+
     def replica_ready(self, r: Replica) -> None:
         """A replica is ready for tasks: its agent's waiting tasks may start on it."""
         if r.kind == "agent":
@@ -205,9 +213,8 @@ class TaskManager:
         tenancy = self.tenancy
         assert tenancy is not None
         concurrent = tenancy.bounds_concurrency()
-        self.dispatch.gate = self._tenant_full if concurrent else None
-        self.dispatch.freed = self._freed if concurrent else None
-        self.budgets.shared = tenancy.budget if tenancy.shares_budgets() else no_group
+        self.dispatch.gated = concurrent
+        self.budgets.sharing = tenancy.shares_budgets()
         # a tenant's shared window goes with its tokens_per_minute (or the tenant): no
         # longer fed, it would show a use that only fades (`corral tenants`)
         for key in [k for k in self.budgets.windows if k.startswith(BUDGET_PREFIX)]:

@@ -29,6 +29,7 @@ from .taskmachine import TaskMachine
 if TYPE_CHECKING:
     from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
+    from .stepjournal import StepJournal
 
 
 LOST_IN_RESTART = "daemon restarted"
@@ -105,6 +106,10 @@ class Task(TaskMachine):
     journal_here = True
     # its session's turns are kept in order here (Sessions), not elsewhere (a cluster's)
     session_here = True
+    # a task kept elsewhere (a cluster's claim): where its steps and its session's turns
+    # are, given when the claim made it (corral.cluster.queue.ClusterTask)
+    steps_kept: StepJournal | None = None
+    turns_kept: TurnsElsewhere | None = None
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int, task_id: str | None = None,
@@ -226,6 +231,18 @@ class Task(TaskMachine):
 
 
 # the tasks' events on the engine's Stream (and to a task's own watchers, Task.watch)
+class TurnsElsewhere(Protocol):
+    """Where the turns of a session are kept in order outside this engine (a cluster's
+    Redis: corral.cluster.clustersessions.ClusterSessions), for the tasks that carry it
+    (`Task.turns_kept`)."""
+
+    def started(self, task: Task) -> msgspec.Raw | None:
+        """The state the task's turn is given."""
+
+    async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
+        """session/checkpoint: kept before it is answered."""
+
+
 class TaskProgress(NamedTuple):
     """A running task's worker (or a tool it called) reported how far it is:
     `{progress, total?, message?}` (`tool` too, from a tool's progress)."""

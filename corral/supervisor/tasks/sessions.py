@@ -39,7 +39,7 @@ import bisect
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -141,18 +141,13 @@ class SessionJournal(Protocol):
         """The session's state as written so far, read on the caller's thread."""
 
 
-class SessionsElsewhere(Protocol):
-    """Where the sessions of tasks whose turns are kept elsewhere live (a cluster's
-    Redis: corral.cluster.clustersessions.ClusterSessions)."""
+class SessionsEnding(NamedTuple):
+    """Agents removed (name -> their tenant): their sessions end. Where turns are kept
+    elsewhere (a cluster node, which hears this on the stream) their ending is added to
+    `endings`, which `Sessions.end_agents` awaits before it returns."""
 
-    def started(self, task: Task) -> msgspec.Raw | None:
-        """The state the task's turn is given."""
-
-    async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
-        """session/checkpoint: kept before it is answered."""
-
-    async def end_agent(self, agent: str, tenant: str) -> None:
-        """Agent `agent` of `tenant` was removed: its sessions there end, states and all."""
+    owners: Mapping[str, str]
+    endings: list[Awaitable[None]]
 
 
 class Session:
@@ -218,7 +213,9 @@ class Sessions:
     def __init__(self, stream: Stream, inner: Queue, ttl_of: Callable[[str], float],
                  bounds_of: Callable[[str], list[SessionBound]] | None = None,
                  memory: int = 64 * 1024 * 1024,
-                 tenant_of: Callable[[str], str] | None = None) -> None:
+                 tenant_of: Callable[[str], str] | None = None,
+                 pump: Callable[[str], None] | None = None) -> None:
+        """`pump`: the dispatcher's, told when a line moved (a task of it may start)."""
         self.inner = inner
         self._ttl_of = ttl_of
         self._bounds_of = bounds_of or (lambda agent: [])
@@ -237,13 +234,13 @@ class Sessions:
         self._live: dict[tuple[str, str], int] = {}
         self._bytes: dict[tuple[str, str], int] = {}
         self._loading: set[asyncio.Task[None]] = set()
-        self.pump: Callable[[str], None] | None = None  # the dispatcher's (a line moved)
-        self.elsewhere: SessionsElsewhere | None = None  # a cluster's (session_here False)
+        self.pump = pump
         self.expired = 0  # sessions dropped for their session_ttl
         self.ended = 0  # sessions ended with their agent's removal
         self.refused = 0  # new sessions and checkpoints refused for a bound
         self._swept = 0.0  # when the table was last looked over (wall time)
         self._refusal_swept = 0.0  # when a refusal last did
+        self.stream = stream  # SessionsEnding goes on it
         stream.subscribe(self._finished, TaskFinished)
 
     @property
@@ -336,9 +333,11 @@ class Sessions:
             # when it can (the removal itself is done)
             with contextlib.suppress(Exception):
                 await self.journal.committed()
-        if self.elsewhere is not None:
-            for agent, tenant in owners.items():
-                await self.elsewhere.end_agent(agent, tenant)
+        if self.stream.wants(SessionsEnding):
+            ending = SessionsEnding(owners, [])
+            self.stream.emit(ending)
+            for elsewhere in ending.endings:
+                await elsewhere
 
     def _touch(self, s: Session) -> None:
         s.last_used = time.time()
@@ -627,8 +626,8 @@ class Sessions:
 
     def started(self, task: Task, r: Replica) -> msgspec.Raw | None:
         """The session's task starts on `r`: the state it is given."""
-        if not task.session_here and self.elsewhere is not None:
-            return self.elsewhere.started(task)
+        if task.turns_kept is not None:
+            return task.turns_kept.started(task)
         s = self._of(task)
         if not self._held(s):
             return None  # its session ended with its agent: nothing of it is given
@@ -649,8 +648,8 @@ class Sessions:
     # -- the worker's -----------------------------------------------------------------------
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: the session's state, durable before it is answered."""
-        if not task.session_here and self.elsewhere is not None:
-            return await self.elsewhere.checkpoint(task, state)
+        if task.turns_kept is not None:
+            return await task.turns_kept.checkpoint(task, state)
         if task.session is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
                                                    "has no session")

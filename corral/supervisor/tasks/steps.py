@@ -96,8 +96,7 @@ class TaskSteps:
                  interceptors: Interceptors) -> None:
         self.stream = stream
         self._active = active
-        self.journal: StepJournal | None = None  # the daemon sets it
-        self.cluster: StepJournal | None = None  # a cluster node's, for its claimed tasks
+        self.journal: StepJournal | None = None  # the daemon's (`journal_to`)
         self._attempts: dict[str, _Attempt] = {}
         self.replayed = 0  # calls and named steps answered from the journal
         self.diverged = 0  # attempts that went live at a mismatch
@@ -109,6 +108,10 @@ class TaskSteps:
         self.on_replay = interceptors.notify(TaskInterceptor.intercept_step_replay)
         stream.subscribe(self._finished, TaskFinished)
 
+    def journal_to(self, journal: StepJournal) -> None:
+        """Where this daemon's tasks' steps are kept (its state database's)."""
+        self.journal = journal
+
     def _finished(self, e: TaskFinished) -> None:
         st = self._attempts.pop(e.task.id, None)
         if st is not None:
@@ -119,8 +122,9 @@ class TaskSteps:
         e.task.checkpoint = None
 
     def _journal_of(self, task: Task) -> StepJournal | None:
-        """Where the task's steps are: this daemon's journal, or its cluster's."""
-        return self.journal if task.journal_here else self.cluster
+        """Where the task's steps are: this daemon's journal, or where the task says it
+        is kept (a cluster's claim)."""
+        return self.journal if task.journal_here else task.steps_kept
 
     def _journaling(self, task: Task) -> StepJournal | None:
         """The journal to write the task's steps to, None while no retry is left."""
