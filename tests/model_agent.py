@@ -4,7 +4,9 @@ it (OPENAI_BASE_URL, OPENAI_API_KEY, ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY).
 
 A task makes `calls` model calls of `api` ("chat", "responses" or "messages"), each
 asking `say` + its number (or `texts[i]`), whole or streamed (`stream`); on its first
-attempt, after call `stop_after`, it writes `marker` and SIGKILLs itself. Its output:
+attempt, after call `stop_after`, it writes `marker` and SIGKILLs itself; with
+`by_address` its clients name the attempt (`?task=ID&attempt=N`, `default_query`; `forge`:
+another task's id in its place). Its output:
 each answer's text, or the error a call raised (its status and message), and what its
 environment held."""
 
@@ -14,19 +16,19 @@ import signal
 from corral.worker import run
 
 
-def one(api, model, text, stream):
+def one(api, model, text, stream, query):
     import anthropic  # (imported by the first call: the worker answers initialize first)
     import openai
 
     if api == "messages":
-        client = anthropic.Anthropic(max_retries=0)
+        client = anthropic.Anthropic(max_retries=0, default_query=query)
         args = {"model": model, "max_tokens": 64,
                 "messages": [{"role": "user", "content": text}]}
         if not stream:
             return client.messages.create(**args).content[0].text
         with client.messages.stream(**args) as s:
             return "".join(s.text_stream)
-    client = openai.OpenAI(max_retries=0)
+    client = openai.OpenAI(max_retries=0, default_query=query)
     if api == "responses":
         if not stream:
             return client.responses.create(model=model, input=text).output_text
@@ -50,10 +52,14 @@ def handle(task_input, ctx):
     api = task_input.get("api", "chat")
     texts = task_input.get("texts") or [f"{task_input.get('say', 'call')} {i}"
                                         for i in range(1, int(task_input.get("calls", 1)) + 1)]
+    # `by_address`: the calls name their attempt, as ctx.mcp_url does for the MCP gateway
+    query = {"task": task_input.get("forge") or ctx.task_id, "attempt": str(ctx.attempt)} \
+        if task_input.get("by_address") else None
     answers = []
     for i, text in enumerate(texts, 1):
         try:
-            answers.append(one(api, task_input["model"], text, task_input.get("stream", False)))
+            answers.append(one(api, task_input["model"], text, task_input.get("stream", False),
+                               query))
         except Exception as exc:  # the client library's APIError, said as it was raised
             answers.append({"error": type(exc).__name__,
                             "status": getattr(exc, "status_code", None), "message": str(exc)})

@@ -153,6 +153,34 @@ async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
                          replayed, replayed, replayed]
 
 
+async def test_an_agent_running_two_tasks_at_once_names_its_attempt_or_is_unattributed(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """Two tasks at a time: a call at the attempt's address is that attempt's (journaled,
+    replayed after the kill, the upstream has it once); a call at the replica's address
+    is no task's (served, counted unattributed, made again by the retry)."""
+    toml = fleet(tmp_path, upstream.url, agent_extra="max_concurrent_tasks = 2")
+    async with in_process(tmp_path, toml) as d:
+        task = {"api": "chat", "model": "gpt-small", "calls": 2, "stop_after": 1}
+        named = await run_task(d, {**task, "by_address": True, "say": "named",
+                                   "marker": str(tmp_path / "m1")})
+        plain = await run_task(d, {**task, "say": "plain", "marker": str(tmp_path / "m2")})
+        assert named.output["answers"] == ["echo: named 1", "echo: named 2"]
+        assert plain.output["answers"] == ["echo: plain 1", "echo: plain 2"]
+        assert named.attempts[1].replayed == 1
+        sent = [r["body"]["messages"][-1]["content"] for r in upstream.requests]
+        assert sent == ["named 1", "named 2", "plain 1", "plain 1", "plain 2"]
+        stats = d.services.gateway_status()["models"]
+        assert stats["unattributed"] == 3
+        assert (await d.sup.tasks.info(plain.task_id)).usage is None  # its agent's alone
+        # an address naming an attempt that is not running on the replica: refused
+        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 1,
+                                 "by_address": True, "forge": named.task_id})
+        (forged,) = res.output["answers"]
+        assert (forged["error"], forged["status"]) == ("NotFoundError", 404)
+        assert f"attempt 1 of task {named.task_id} is not running on writer#0" \
+            in forged["message"]
+
+
 async def test_a_call_past_a_token_budget_is_refused_naming_the_budget(
         tmp_path: Path, upstream: StandIn) -> None:
     """tokens_per_minute 20 and 15 tokens a call: the 3rd call is refused in the
