@@ -365,3 +365,36 @@ def test_a_models_table_is_checked_naming_the_key(tmp_path: Path, table: str,
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value) == f"{path}: {said}"
+
+
+async def test_a_reload_applies_a_changed_model_or_changes_nothing(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """A reload whose key cannot be read is refused naming it, and the models as they
+    were go on serving (the key taken from the environment at the start is still held);
+    a reload that changes a model says so, and its calls go where it now says."""
+    from corral.jsonrpc import RpcError
+
+    second = StandIn()
+    await second.start()
+    try:
+        async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+            config = tmp_path / "corral.toml"
+            text = config.read_text()
+            config.write_text(text.replace('key_env = "CORRAL_TEST_PROVIDER_KEY"',
+                                           'key_env = "CORRAL_TEST_UNSET_KEY"'))
+            with pytest.raises(RpcError) as refused:
+                await d.dispatcher.call(OPERATOR, "config.reload", {})
+            assert "models.gpt-small.key_env: the daemon's environment variable " \
+                   "CORRAL_TEST_UNSET_KEY is not set" in refused.value.message
+            res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 1})
+            assert res.output["answers"] == ["echo: call 1"]
+            config.write_text(text.replace(f'url = "{upstream.url}/v1"',
+                                           f'url = "{second.url}/v1"'))
+            result = await d.dispatcher.call(OPERATOR, "config.reload", {})
+            assert "model gpt-small changed" in result.gateway
+            res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 1})
+            assert res.output["answers"] == ["echo: call 1"]
+            assert (upstream.calls(), second.calls()) == (1, 1)
+            assert second.requests[0]["key"] == KEY  # the key taken at the start, held
+    finally:
+        await second.close()
