@@ -9,12 +9,14 @@ is cut too, so that its client raises as it would have talking to the provider."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
+from .textdeltas import text_of
 from .usage import CallUsage
 from .wire import PASSED_BACK_PREFIXES, Format, is_last_event, refusal
 
@@ -61,11 +63,13 @@ class Relay:
     until `finish`."""
 
     def __init__(self, request: web.Request, fmt: Format, answer: aiohttp.ClientResponse,
-                 usage: CallUsage) -> None:
+                 usage: CallUsage, on_text: Callable[[str], None] | None = None) -> None:
         self.request = request
         self.fmt = fmt
         self.answer = answer
         self.usage = usage
+        # the text each event adds, told as it passes (the task's live output)
+        self.on_text = on_text
         self.response = web.StreamResponse(status=answer.status,
                                            headers=passed_back(answer.headers))
         self.response.content_type = SSE
@@ -105,6 +109,8 @@ class Relay:
             end = events.find(b"\n\n", start) + 2
             event = events[start:end]
             self.usage.read_event(event)
+            if self.on_text is not None and (text := text_of(event)) is not None:
+                self.on_text(text)
             if is_last_event(self.fmt, event):
                 if start:
                     await self.response.write(events[:start])

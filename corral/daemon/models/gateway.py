@@ -344,13 +344,27 @@ class ModelGateway:
             raise UpstreamError(answer.status, hidden(body, key), ctype,
                                 answers.passed_back(answer.headers))
         if call.stream and ctype.startswith(answers.SSE):
-            return Relay(request, call.endpoint.format, answer, usage)
+            return Relay(request, call.endpoint.format, answer, usage, self._output_of(call))
         try:
             body = await answer.read()
         finally:
             answer.release()
         usage.read_body(body)
         return AnswerRecord(answer.status, ctype, body.decode(errors="replace"))
+
+    def _output_of(self, call: ModelCall) -> Callable[[str], None] | None:
+        """A live streamed answer's text, into its task's live output as it passes
+        (docs/streams.md), while the task runs on the replica that called."""
+        task = call.task
+        if task is None:
+            return None
+        outputs = self.tasks.outputs
+
+        def told(text: str) -> None:
+            if task.running and task.replica is call.replica:
+                outputs.put(task, call.replica, text)
+
+        return told
 
     def _count(self, call: ModelCall, counter: ModelCounter, usage: CallUsage) -> None:
         """A live call's usage against the task's, the agent's and its tenant's budgets
