@@ -145,6 +145,7 @@ async def measure() -> dict[str, Any]:
                 daemon[kind].append(whole)
                 own[kind].append(itself)
         counts = {"attributed": gateway.attributed, "unattributed": gateway.unattributed}
+        floored = await floor(d, tmp)
         d.request_stop()
         await asyncio.wait_for(run, 30)
     finally:
@@ -159,6 +160,65 @@ async def measure() -> dict[str, Any]:
         out[f"journal_{side}_us"] = round(out[f"attributed_journaled_{side}_us"]
                                           - out[f"attributed_{side}_us"], 1)
     out["counted"] = counts
+    out["floor"] = floored
+    return out
+
+
+async def held(d: Any, agent: str, tmp: Path) -> tuple[Any, str, Any]:
+    """A task of `agent` held running (bench/attrib_agent.py's `hold`): its replica, its
+    id, and the future of its end (the file's removal ends it)."""
+    from corral.taskoptions import TaskOptions
+
+    path = tmp / f"hold-{agent}"
+    done = asyncio.ensure_future(d.sup.tasks.run(agent, {"hold": str(path), "via": ""},
+                                                 TaskOptions(timeout=600)))
+    while not path.exists():
+        await asyncio.sleep(0.01)
+    return d.sup.agents[agent].replicas[0], path.read_text(), done
+
+
+async def floor(d: Any, tmp: Path, calls: int = 2000, rounds: int = 9) -> dict[str, float]:
+    """The daemon's side alone, in its loop: GatewayService.call with an agent replica's
+    identity, the pool's call answered at once (no server, no HTTP: the gateway's layers
+    and the task's step alone; the audit row, the same for every kind, left out), for
+    an unattributed call (two slots, no mark), an attributed one (a held task's mark,
+    nothing journaled) and an attributed, journaled one (`retries = 1`): µs per call,
+    medians of `rounds` runs of `calls`, the kinds alternated."""
+    import msgspec
+
+    from corral.daemon.attribution import AttemptMark
+
+    gateway = d.services.gateway
+    answer = {"content": [{"type": "text", "text": "x"}], "isError": False}
+
+    async def pool(*args: Any, **kwargs: Any) -> Any:
+        return answer
+
+    gateway.call, gateway.tools.call = gateway.call.call, pool
+    gateway.audit = lambda *row: None
+    idents, ends = {}, []
+    for kind, agent in (("unattributed", "slots"), ("attributed", "plain"),
+                        ("attributed_journaled", "durable")):
+        replica, task_id, end = await held(d, agent, tmp)
+        ident = msgspec.structs.replace(gateway.identify(agent=agent), name=replica.label,
+                                        owner=replica.label, replica=replica)
+        if kind != "unattributed":
+            ident = msgspec.structs.replace(ident, mark=AttemptMark(task_id, 1))
+        idents[kind] = ident
+        ends.append((tmp / f"hold-{agent}", end))
+    xs: dict[str, list[float]] = {k: [] for k in idents}
+    for _ in range(rounds):
+        for kind, ident in idents.items():
+            t0 = time.perf_counter()
+            for i in range(calls):
+                await gateway.call(ident, "fast__echo", {"text": str(i)})
+            xs[kind].append((time.perf_counter() - t0) / calls * 1e6)
+    for path, end in ends:
+        path.unlink()
+        await end
+    out = {f"{k}_us": round(statistics.median(v), 2) for k, v in xs.items()}
+    out["attribution_us"] = round(out["attributed_us"] - out["unattributed_us"], 2)
+    out["journal_us"] = round(out["attributed_journaled_us"] - out["attributed_us"], 2)
     return out
 
 

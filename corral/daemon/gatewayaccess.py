@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict, TypeVar
 
 import msgspec
 
@@ -84,6 +84,7 @@ class ApiToken(Protocol):
     def tenant(self) -> str | None: ...
 
 
+E = TypeVar("E")
 OPERATOR = "operator"
 # resources one gateway session may subscribe to at once (each may hold a listen stream
 # to its server): one more is refused naming it
@@ -414,7 +415,7 @@ class GatewayService:
     def _slot(self, ident: Identity) -> Iterator[None]:
         """One of the client's `max_concurrent` slots for a request that is not a tool
         call (lists, reads, prompts, completion): nothing a client sends runs unbounded."""
-        limiter = self.limiters.setdefault(ident.name, Limiter())
+        limiter = _entry(self.limiters, ident.name, Limiter)
         limiter.admit(ident, rated=False)
         try:
             yield
@@ -669,7 +670,7 @@ class GatewayService:
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not in the allowlist of gateway client "
                            f"{ident.name} ({_shown_allow(ident.allow)})")
-        limiter = self.limiters.setdefault(ident.name, Limiter())
+        limiter = _entry(self.limiters, ident.name, Limiter)
         try:
             task = None if ident.replica is None else \
                 self.attribution.task_of(ident.replica, ident.mark)
@@ -706,7 +707,7 @@ class GatewayService:
 
     def _count(self, ident: Identity, task: Task | None) -> None:
         """An agent replica's call, counted as a task's step or as no task's."""
-        counter = self.by_client.setdefault(ident.name, CallCounter())
+        counter = _entry(self.by_client, ident.name, CallCounter)
         if task is None:
             counter.unattributed += 1
             self.unattributed += 1
@@ -740,8 +741,8 @@ class GatewayService:
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
                 who: tuple[int, int], task: Task | None = None) -> None:
         error = outcome != "ok"
-        self.by_client.setdefault(ident.name, CallCounter()).add(seconds, error)
-        self.by_tool.setdefault(tool, CallCounter()).add(seconds, error)
+        _entry(self.by_client, ident.name, CallCounter).add(seconds, error)
+        _entry(self.by_tool, tool, CallCounter).add(seconds, error)
         params = {"client": ident.name, "tool": tool}
         if task is not None:
             params["task"] = task.id
@@ -786,6 +787,15 @@ class GatewayService:
         have changed."""
         if event.kind == "mcp" and serving_changed(event.previous, event.state):
             self.changed(["tools", "resources", "prompts"])
+
+
+def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:
+    """The table's entry for `key`, made when it has none (setdefault made one at every
+    call, a counter's deque of latencies among it, to throw away)."""
+    entry = table.get(key)
+    if entry is None:
+        entry = table[key] = make()
+    return entry
 
 
 def _as_itself(item: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -64,6 +64,13 @@ class StepsDiverged(NamedTuple):
     why: str
 
 
+def _replays(spec: Any, name: str) -> bool:
+    """Whether the agent's calls of the tool `name` are replayed (`replay`, less its
+    `replay_tools`)."""
+    return bool(getattr(spec, "replay", True)) and not allowed(
+        name, getattr(spec, "replay_tools", []))
+
+
 def args_hash(arguments: Any) -> bytes:
     return hashlib.blake2b(_encode.encode(arguments), digest_size=16).digest()
 
@@ -161,25 +168,21 @@ class TaskSteps:
         st = await self._state(task)
         seq = st.next_seq
         st.next_seq += 1
-        spec = r.spec
-        replays = getattr(spec, "replay", True) and not allowed(
-            name, getattr(spec, "replay_tools", []))
-        # the arguments' hash only where it is compared or kept: a task with no retry
-        # left, on its first attempt, pays nothing for it
-        h: bytes | None = None
-        if not st.diverged:
-            old = st.tools.get(seq)
-            if old is not None:
-                h = args_hash(arguments)
-                if old.name != name or old.args != h:
-                    why = (f"call {seq} is {name}, the journal's is {old.name}"
-                           if old.name != name else
-                           f"call {seq} to {name} has other arguments")
-                    self._diverge(task, st, seq, why)
-                elif old.body is not None and replays:
-                    self._replayed(task, "tool", name)
-                    return msgspec.Raw(old.body)
+        # whether it replays, and the arguments' hash, only where they are asked: a task
+        # with no retry left, on its first attempt, pays nothing for either
+        old = None if st.diverged else st.tools.get(seq)
         journal = self._journaling(task)
+        replays = (old is not None or journal is not None) and _replays(r.spec, name)
+        h: bytes | None = None
+        if old is not None:
+            h = args_hash(arguments)
+            if old.name != name or old.args != h:
+                why = (f"call {seq} is {name}, the journal's is {old.name}"
+                       if old.name != name else f"call {seq} to {name} has other arguments")
+                self._diverge(task, st, seq, why)
+            elif old.body is not None and replays:
+                self._replayed(task, "tool", name)
+                return msgspec.Raw(old.body)
         if journal is not None and replays:
             self._check_budget(task, r, st)
         result = await live()
