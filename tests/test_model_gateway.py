@@ -398,3 +398,28 @@ async def test_a_reload_applies_a_changed_model_or_changes_nothing(
             assert second.requests[0]["key"] == KEY  # the key taken at the start, held
     finally:
         await second.close()
+
+
+async def test_a_tenants_rate_of_a_model_refuses_past_it_and_prices_make_the_cost(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """rate_per_minute 2 of a model: the third call of its tenant's agents in the minute
+    is refused naming the key, never reaching the upstream; each call made costs its
+    tokens at the model's prices, in the task's usage."""
+    toml = fleet(tmp_path, upstream.url, models_extra=textwrap.dedent("""
+        rate_per_minute = 2
+        input_usd_per_mtok = 3.0
+        output_usd_per_mtok = 15.0
+    """))
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 3})
+        first, second, third = res.output["answers"]
+        assert (first, second) == ("echo: call 1", "echo: call 2")
+        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        assert "rate limited: tenant default is over model gpt-small's rate_per_minute " \
+               "(2)" in third["message"]
+        assert upstream.calls() == 2
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None
+        assert usage.cost_usd == pytest.approx(2 * (USAGE_IN * 3.0 + USAGE_OUT * 15.0) / 1e6)
+        stats = d.services.gateway_status()["models"]["models"]["gpt-small"]
+        assert (stats["calls"], stats["refused"]) == (2, 1)
