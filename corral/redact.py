@@ -32,6 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from .methods import AgentsAdd, AgentsUpdate, WorkflowsRun
+
 MASK = "***"  # what a hidden value reads as
 
 # tables whose every value is hidden (their keys are shown)
@@ -56,11 +58,12 @@ NOT_SECRET = re.compile(
 
 # the methods whose params carry [agents.NAME] tables: the key holding them, and whether
 # it holds them by name (agents.add) or is one table (agents.update's merge patch)
-SPEC_PARAMS = {"agents.add": ("agents", True), "agents.update": ("set", False)}
+SPEC_PARAMS = {AgentsAdd.declared.name: ("agents", True),
+               AgentsUpdate.declared.name: ("set", False)}
 # a caller's data, as a task's input (which no audit row holds): its row and log line say
 # its size, so a run's input of megabytes is not a log line of megabytes, nor read with
 # audit:read by who may not read tasks
-SIZED_PARAMS = {"workflows.run": "input"}
+SIZED_PARAMS = {WorkflowsRun.declared.name: "input"}
 # a `config` deeper than this is shown as hidden below it: a hostile table must not make
 # the redaction recurse past the interpreter's bound (agent tables are refused deeper
 # than this at admission: fleet.py)

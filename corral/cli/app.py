@@ -73,7 +73,7 @@ class Ctx:
         """Whether the daemon answers a ping now."""
         try:
             with self.client() as c:
-                c.ask("daemon.info", {})
+                c.ask(m.DaemonInfo())
             return True
         except (Unreachable, CallFailed, TimeoutError, OSError):
             return False
@@ -211,7 +211,7 @@ def complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str)
     try:
         root = ctx.find_root().obj or Ctx(None)
         with root.client() as c:
-            st: m.AgentsStatusResult = c.ask("agents.status", {})
+            st: m.AgentsStatusResult = c.ask(m.AgentsStatus())
         return sorted({a.name for a in st.agents if a.name.startswith(incomplete)})
     except Exception:
         return []

@@ -14,7 +14,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, complete_agents, default_config, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, complete_agents, default_config, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .render import human_time, print_json, table
 
@@ -102,20 +102,20 @@ def version(obj: Ctx) -> None:
     click.echo(f"corral {__version__}")
     try:
         with obj.client() as c:
-            info: m.DaemonInfoResult = c.ask("daemon.info", {})
+            info: m.DaemonInfoResult = c.ask(m.DaemonInfo())
         click.echo(f"daemon {info.version} (pid {info.pid}, {info.socket})")
     except Unreachable:
         click.echo("daemon: not reachable")
         sys.exit(EXIT_UNREACHABLE)  # as every command that needs the daemon
 
 
-@cli.command(help=doc("config.reload") + "\n\nPrints each agent, MCP server, workflow, team "
+@command(m.ConfigReload, more="\n\nPrints each agent, MCP server, workflow, team "
              "and schedule added, removed or changed, then how many are unchanged; an agent "
              "whose change did not take is named on stderr with the reason.")
 @json_option
 @pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
-    res: m.ReloadResult = obj.call("config.reload")
+    res: m.ReloadResult = obj.call(m.ConfigReload())
     if as_json:
         print_json(res)
         return
@@ -142,7 +142,7 @@ def reload(obj: Ctx, as_json: bool) -> None:
                    err=True)
 
 
-@cli.command(help=doc("daemon.shutdown") + "\n\nReturns once the daemon is gone, saying "
+@command(m.DaemonShutdown, more="\n\nReturns once the daemon is gone, saying "
              "what it drained.")
 @click.option("--no-wait", is_flag=True,
               help="Return once the daemon has begun to stop, not once it is gone.")
@@ -163,7 +163,7 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@cli.command(help=doc("daemon.info") + "\n\nWith NAME, that agent's effective spec "
+@command(m.DaemonInfo, more="\n\nWith NAME, that agent's effective spec "
              "(`corral describe NAME`, as `pm2 info NAME`).")
 @click.argument("name", required=False, shell_complete=complete_agents)
 @json_option
@@ -173,7 +173,7 @@ def info(obj: Ctx, name: str | None, as_json: bool) -> None:
         describe = cli.commands["describe"]
         click.get_current_context().invoke(describe, name=name, as_json=as_json)
         return
-    res: m.DaemonInfoResult = obj.call("daemon.info")
+    res: m.DaemonInfoResult = obj.call(m.DaemonInfo())
     if as_json:
         print_json(res)
         return

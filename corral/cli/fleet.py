@@ -9,21 +9,18 @@ from typing import Any
 import click
 
 from .. import methods as m
-from ..methods import REGISTRY
 from ..text import plural
-from .app import Ctx, cli, complete_agents, doc, json_option, names_arg, pass_ctx
+from .app import Ctx, cli, command, complete_agents, json_option, names_arg, pass_ctx
 from .client import EXIT_FAILED
 from .render import print_json
 
 
-def _selection_command(verb: str, done: str) -> None:
+def _selection_command(declared: type[m.Selection], done: str) -> None:
     """`corral start|stop|restart NAME…|--all`: one shape, three control methods."""
-    method = f"agents.{verb}"
-    params = REGISTRY[method].params
 
-    def command(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
+    def run(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
         all_, targets = _selection(names, all_)
-        res = obj.call(method, params(names=targets, all=all_, **extra))
+        res = obj.call(declared(names=targets, all=all_, **extra))
         asleep = getattr(res, "asleep", [])
         running = getattr(res, "running", [])
         if getattr(res, done) or not (asleep or running):
@@ -34,16 +31,15 @@ def _selection_command(verb: str, done: str) -> None:
             click.echo(f"asleep, not started (scaled to zero: a task wakes it): "
                        f"{', '.join(asleep)}")
 
-    fn: Any = pass_ctx(command)
-    if verb == "restart":
+    fn: Any = pass_ctx(run)
+    if declared is m.AgentsRestart:
         fn = click.option(
             "--rolling", is_flag=True,
             help="Replace replicas one at a time, each new one ready before the old one "
                  "stops (no downtime, no task dropped).")(fn)
     fn = click.option("--all", "all_", is_flag=True, help="Every agent (also: `all`).")(fn)
     fn = names_arg(fn)
-    cli.command(verb, help=doc(method) + "\n\nNAME#N: one replica; `all` (or --all): "
-                "every agent.")(fn)
+    command(declared, more="\n\nNAME#N: one replica; `all` (or --all): every agent.")(fn)
 
 
 def _selection(names: tuple[str, ...], all_: bool) -> tuple[bool, list[str]]:
@@ -58,33 +54,31 @@ def _selection(names: tuple[str, ...], all_: bool) -> tuple[bool, list[str]]:
     return all_, list(names)
 
 
-for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
-    _selection_command(_verb, _done)
+for _declared, _done in ((m.AgentsStart, "started"), (m.AgentsStop, "stopped"),
+                         (m.AgentsRestart, "restarted")):
+    _selection_command(_declared, _done)
 
 
-@cli.command(help=doc("agents.signal"))
+@command(m.AgentsSignal)
 @click.argument("sig", metavar="SIGNAL")
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
 @pass_ctx
 def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
     all_, targets = _selection(names, False)
-    res: m.SignalResult = obj.call("agents.signal",
-                                   m.AgentsSignal(names=targets, all=all_, signal=sig))
+    res: m.SignalResult = obj.call(m.AgentsSignal(names=targets, all=all_, signal=sig))
     for s in res.signalled:
         click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
 
 
-def _pause_command(verb: str) -> None:
+def _pause_command(declared: type[m.AgentsPause | m.AgentsResume]) -> None:
     """`corral pause|resume NAME[#N]`: one shape, two control methods."""
-    method = f"agents.{verb}"
-    params = REGISTRY[method].params
 
-    def command(obj: Ctx, target: str, as_json: bool) -> None:
+    def run(obj: Ctx, target: str, as_json: bool) -> None:
         try:
             name, index = m.parse_target(target)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
-        res: m.PauseResult = obj.call(method, params(name=name, replica=index))
+        res: m.PauseResult = obj.call(declared(name=name, replica=index))
         if as_json:
             print_json(res)
             return
@@ -92,13 +86,13 @@ def _pause_command(verb: str) -> None:
             click.echo(f"{res.agent}#{r.replica}: {r.state}"
                        + (f" (pid {r.pid})" if r.pid else ""))
 
-    fn: Any = json_option(pass_ctx(command))
+    fn: Any = json_option(pass_ctx(run))
     fn = click.argument("target", metavar="NAME[#N]", shell_complete=complete_agents)(fn)
-    cli.command(verb, help=doc(method) + "\n\nNAME: every replica; NAME#N: one.")(fn)
+    command(declared, more="\n\nNAME: every replica; NAME#N: one.")(fn)
 
 
-for _verb in ("pause", "resume"):
-    _pause_command(_verb)
+for _paused in (m.AgentsPause, m.AgentsResume):
+    _pause_command(_paused)
 
 
 @cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "
@@ -110,7 +104,7 @@ def pid(obj: Ctx, target: str) -> None:
         name, index = m.parse_target(target)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
-    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=[name]))
+    st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=[name]))
     reps = [a for a in st.agents if index is None or a.replica == index]
     if index is not None and not reps:
         click.echo(f"corral: no such replica: {target}", err=True)
@@ -123,15 +117,15 @@ def pid(obj: Ctx, target: str) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@cli.command(help=doc("agents.remove"))
+@command(m.AgentsRemove)
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
 @pass_ctx
 def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.RemoveResult = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
+    res: m.RemoveResult = obj.call(m.AgentsRemove(names=list(names)))
     click.echo(f"removed: {', '.join(res.removed)}")
 
 
-@cli.command(help=doc("agents.scale"), context_settings={"ignore_unknown_options": True})
+@command(m.AgentsScale, context_settings={"ignore_unknown_options": True})
 @click.argument("name", shell_complete=complete_agents)
 # a plain argument, checked here: as an IntRange, "four" read "'four' is not a valid
 # integer range" and "-1" was taken for an option ("No such option '-1'")
@@ -140,5 +134,5 @@ def remove(obj: Ctx, names: tuple[str, ...]) -> None:
 def scale(obj: Ctx, name: str, replicas: str) -> None:
     if not (replicas.isascii() and replicas.isdigit()):
         raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")
-    res: m.ScaleResult = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
+    res: m.ScaleResult = obj.call(m.AgentsScale(name=name, replicas=int(replicas)))
     click.echo(f"{res.name}: {plural(res.replicas, 'replica')}")

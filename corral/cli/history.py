@@ -8,17 +8,17 @@ import json
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, json_option, pass_ctx
 from .render import print_json, stamp, table
 
 
-@cli.command(help=doc("agents.history"))
+@command(m.AgentsHistory)
 @click.argument("name", shell_complete=complete_agents)
 @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
 @json_option
 @pass_ctx
 def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-    res: m.HistoryResult = obj.call("agents.history", m.AgentsHistory(name=name, limit=limit))
+    res: m.HistoryResult = obj.call(m.AgentsHistory(name=name, limit=limit))
     if as_json:
         print_json(res)
         return
@@ -40,7 +40,7 @@ def print_history(res: m.HistoryResult) -> None:
                for s in res.scaling], ["TIME", "AUTOSCALE", "REPLICAS", "REASON"])
 
 
-@cli.command(help=doc("agents.rollback") + "\n\nREV: a revision's number (`corral history "
+@command(m.AgentsRollback, more="\n\nREV: a revision's number (`corral history "
              "NAME`), or a package's release as `corral releases NAME` prints it (the newest "
              "revision that ran it).")
 @click.argument("name", shell_complete=complete_agents)
@@ -54,18 +54,18 @@ def rollback(obj: Ctx, name: str, rev: str | None) -> None:
             raise click.BadParameter("a revision is 1 or more", param_hint="REV")
     else:
         release = rev
-    res: m.RollbackResult = obj.call("agents.rollback", m.AgentsRollback(
+    res: m.RollbackResult = obj.call(m.AgentsRollback(
         name=name, revision=revision, release=release))
     click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
                f"{res.revision})" + (f": {res.change}" if res.change else ""))
 
 
-@cli.command(help=doc("audit.list"))
+@command(m.AuditList)
 @click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
 @json_option
 @pass_ctx
 def audit(obj: Ctx, limit: int, as_json: bool) -> None:
-    res: m.AuditResult = obj.call("audit.list", m.AuditList(limit=limit))
+    res: m.AuditResult = obj.call(m.AuditList(limit=limit))
     if as_json:
         print_json(res)
         return

@@ -25,7 +25,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..mcp.server import GatewaySession, Progress, StdioTransport
-from ..methods import CANCEL, GatewayItems
+from ..methods import CANCEL, GatewayCall, GatewayItems, GatewayList, GatewayWatch
 from ..timeouts import within
 
 RETRY_EVERY = 0.2
@@ -83,7 +83,7 @@ class DaemonLink:
 
     async def _watch(self, peer: Peer) -> None:
         with contextlib.suppress(RpcError):
-            await peer.request("gateway.watch", {})
+            await peer.request(GatewayWatch.declared.name, {})
 
     def _notification(self, method: str, raw: Any, peer: Peer) -> None:
         params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
@@ -107,7 +107,7 @@ class DaemonLink:
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         res: GatewayItems = await self._live().request(
-            "gateway.list", {**self.who, "kind": kind}, type=GatewayItems)
+            GatewayList.declared.name, {**self.who, "kind": kind}, type=GatewayItems)
         return res.items
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
@@ -129,8 +129,8 @@ class DaemonLink:
         try:
             # the result is passed on as the daemon wrote it, never decoded here
             return await self._live().request(
-                "gateway.call", {**self.who, "method": method, "params": params,
-                                 "progress_id": pid if on_progress else None},
+                GatewayCall.declared.name, {**self.who, "method": method, "params": params,
+                                            "progress_id": pid if on_progress else None},
                 type=msgspec.Raw)
         finally:
             self._progress.pop(pid, None)

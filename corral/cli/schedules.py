@@ -6,18 +6,18 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, command, command_group, json_option, pass_ctx
 from .render import print_json, stamp, table
 
 
-@cli.group(invoke_without_command=True, help=doc("schedules.list"))
+@command_group(m.SchedulesList)
 @json_option
 @pass_ctx
 @click.pass_context
 def schedules(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    res: m.ScheduleList = obj.call("schedules.list", m.SchedulesList())
+    res: m.ScheduleList = obj.call(m.SchedulesList())
     if as_json:
         print_json(res)
         return
@@ -39,17 +39,17 @@ def _show(s: m.ScheduleEntry, as_json: bool) -> None:
     click.echo(f"schedule {s.name}: {state}")
 
 
-@schedules.command("pause", help=doc("schedules.pause"))
+@command(m.SchedulesPause)
 @click.argument("name")
 @json_option
 @pass_ctx
 def schedules_pause(obj: Ctx, name: str, as_json: bool) -> None:
-    _show(obj.call("schedules.pause", m.SchedulesPause(name=name)), as_json)
+    _show(obj.call(m.SchedulesPause(name=name)), as_json)
 
 
-@schedules.command("resume", help=doc("schedules.resume"))
+@command(m.SchedulesResume)
 @click.argument("name")
 @json_option
 @pass_ctx
 def schedules_resume(obj: Ctx, name: str, as_json: bool) -> None:
-    _show(obj.call("schedules.resume", m.SchedulesResume(name=name)), as_json)
+    _show(obj.call(m.SchedulesResume(name=name)), as_json)

@@ -8,7 +8,7 @@ import time
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, command, doc, json_option, pass_ctx
 from .render import human_bytes, human_time, print_json, stamp, table
 
 USAGE = "[AGENT] | show AGENT SESSION | end AGENT SESSION"
@@ -28,9 +28,9 @@ def _now(s: m.SessionView) -> str:
     return f"{s.running}" + (f" (+{s.waiting} waiting)" if s.waiting else "")
 
 
-@cli.command("sessions", help=doc("sessions.list") + "\n\n`corral sessions show AGENT "
-             "SESSION`: " + doc("sessions.get") + "\n\n`corral sessions end AGENT "
-             "SESSION`: " + doc("sessions.end"))
+@command(m.SessionsList, more="\n\n`corral sessions show AGENT SESSION`: "
+         + doc(m.SessionsGet) + "\n\n`corral sessions end AGENT SESSION`: "
+         + doc(m.SessionsEnd))
 @click.argument("words", nargs=-1, metavar=USAGE)
 @json_option
 @pass_ctx
@@ -40,7 +40,7 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
             raise click.UsageError(f"usage: corral sessions {words[0]} AGENT SESSION")
         agent, session = words[1], words[2]
         if words[0] == "end":
-            ended: m.SessionView = obj.call("sessions.end", m.SessionsEnd(
+            ended: m.SessionView = obj.call(m.SessionsEnd(
                 agent=agent, session=session))
             if as_json:
                 print_json(ended)
@@ -49,7 +49,7 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
                        f"({_state(ended.state_bytes)}) and the history of its "
                        f"{ended.tasks} tasks dropped")
             return
-        info: m.SessionInfo = obj.call("sessions.get", m.SessionsGet(agent=agent,
+        info: m.SessionInfo = obj.call(m.SessionsGet(agent=agent,
                                                                       session=session))
         if as_json:
             print_json(info)
@@ -64,7 +64,7 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
         return
     if len(words) > 1:
         raise click.UsageError(f"usage: corral sessions {USAGE}")
-    res: m.SessionList = obj.call("sessions.list", m.SessionsList(
+    res: m.SessionList = obj.call(m.SessionsList(
         agent=words[0] if words else None))
     if as_json:
         print_json(res)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, complete_agents, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .render import print_json
 
@@ -38,12 +38,12 @@ def _spec_value(v: Any) -> str:
     return str(v)
 
 
-@cli.command(help=doc("agents.describe"))
+@command(m.AgentsDescribe)
 @click.argument("name", shell_complete=complete_agents)
 @json_option
 @pass_ctx
 def describe(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.DescribeResult = obj.call("agents.describe", m.AgentsDescribe(name=name))
+    res: m.DescribeResult = obj.call(m.AgentsDescribe(name=name))
     if as_json:
         print_json(res)
         return
@@ -157,13 +157,12 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
                 raise click.BadParameter("use KEY=VALUE", param_hint="--env")
             table["env"] = dict(pairs)
         agents = {name: table}
-    res: m.AddResult = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check,
-                                                          cluster=cluster))
+    res: m.AddResult = obj.call(m.AgentsAdd(agents=agents, check=not no_check, cluster=cluster))
     click.echo(f"added: {', '.join(res.added)}")
-add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
+add.help = doc(m.AgentsAdd) + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
 
-@cli.command(help=doc("agents.update") + "\n\nExample: corral update web --env LEVEL=debug "
+@command(m.AgentsUpdate, more="\n\nExample: corral update web --env LEVEL=debug "
              "--unset-env OLD --set limits.memory_mb=512")
 @click.argument("name", shell_complete=complete_agents)
 @click.option("--command", "command", help="A new command line, split like a shell would.")
@@ -209,7 +208,7 @@ def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
     if not patch:
         raise click.UsageError("nothing to change: give --command, --replicas, --env, "
                                "--unset-env or --set")
-    res: m.UpdateResult = obj.call("agents.update", m.AgentsUpdate(name=name, set=patch,
+    res: m.UpdateResult = obj.call(m.AgentsUpdate(name=name, set=patch,
                                                                    check=not no_check))
     click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                               if res.revision is not None else res.change))

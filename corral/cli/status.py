@@ -11,7 +11,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, cli, doc, json_option, names_arg, pass_ctx
+from .app import Ctx, command, json_option, names_arg, pass_ctx
 from .cluster import print_nodes
 from .durations import SINCE
 from .mcp import print_gateway, print_mcp
@@ -36,7 +36,7 @@ def average(v: float) -> str:
 percent = average
 
 
-@cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
+@command(m.AgentsStatus, more="\n\nExits 3 (as `systemctl status` does) when "
              "any listed replica is failed or not running, so scripts can check health; a "
              "one-shot that exited cleanly is `done`, not counted.")
 @names_arg
@@ -58,7 +58,7 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
                                    "watch instead")
         _watch(obj, names, as_json)
         return
-    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names),
+    st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=list(names),
                                                                          tenant=tenant))
     nodes: m.NodesResult | None = obj.call(m.NodesList()) if cluster else None
     # a one-shot that exited cleanly (done) did its work: not down as a failure is
@@ -107,7 +107,7 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
                        + ("removed" if params.get("removed", not n) else plural(n, "replica")))
         sys.stdout.flush()
 
-    obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
+    obj.call(m.AgentsWatch(names=list(names)), on_notification=on_note)
 
 
 # the states of a replica that takes work (supervisor/lifecycle.py SERVING, which the CLI
@@ -159,7 +159,7 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
                        + (f", {rate:.1%} succeeded" if rate is not None else ""))
 
 
-@cli.command(help=doc("stats.get") + "\n\nWith --since: the metrics history instead "
+@command(m.StatsGet, more="\n\nWith --since: the metrics history instead "
                                       "(stats.history).")
 @click.option("--since", default=None, metavar="DURATION",
               help="The metrics history of the last DURATION (30s, 5m, 2h, 1d).")
@@ -175,7 +175,7 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         return
     if agent is not None or resolution is not None:
         raise click.UsageError("--agent and --resolution go with --since")
-    st: m.StatsResult = obj.call("stats.get")
+    st: m.StatsResult = obj.call(m.StatsGet())
     if as_json:
         print_json(st)
         return
@@ -238,7 +238,7 @@ def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | No
     seconds = float(mt.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
     if seconds <= 0:
         raise click.BadParameter("the duration must be more than 0", param_hint="--since")
-    h: m.MetricsHistoryResult = obj.call("stats.history", m.StatsHistory(
+    h: m.MetricsHistoryResult = obj.call(m.StatsHistory(
         since=seconds, agent=agent, resolution=resolution))  # type: ignore[arg-type]
     if as_json:
         print_json(h)

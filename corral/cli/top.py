@@ -79,7 +79,7 @@ def _top(obj: Ctx, interval: float, iterations: int, log_lines: int,
     count = 0
     # Ctrl-C ends it quietly (the group's invoke, app.py)
     while True:
-        st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus())
+        st: m.AgentsStatusResult = obj.call(m.AgentsStatus())
         rows: list[tuple[str, m.ReplicaStatus | m.McpInstanceStatus]] = sorted(
             [*((f"{a.name}#{a.replica}", a) for a in st.agents),
              *((f"mcp {s.name}#{s.instance}", s) for s in st.mcp_servers)],

@@ -11,7 +11,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, command, json_option, pass_ctx
 from .client import EXIT_FAILED, CallFailed, Unreachable
 from .render import print_json
 
@@ -20,7 +20,7 @@ WAIT = 120.0
 POLL = 0.1
 
 
-@cli.command(help=doc("daemon.upgrade"))
+@command(m.DaemonUpgrade)
 @click.option("--python", metavar="PATH", default=None,
               help="The interpreter of the new install (default: the daemon's own, as "
                    "`pip install --upgrade` left it).")
@@ -32,7 +32,7 @@ POLL = 0.1
 @pass_ctx
 def upgrade(obj: Ctx, python: str | None, pythonpath: str | None, no_wait: bool,
             report: bool, as_json: bool) -> None:
-    began: m.UpgradeReport = obj.call("daemon.upgrade", m.DaemonUpgrade(
+    began: m.UpgradeReport = obj.call(m.DaemonUpgrade(
         python=python, pythonpath=pythonpath, report=report), wait_forever=True)
     if report:
         print_json(began) if as_json else click.echo(said(began))
@@ -55,7 +55,7 @@ def wait_for(obj: Ctx, began: m.UpgradeReport) -> m.UpgradeReport:
     while time.monotonic() < deadline:
         try:
             with obj.client() as c:
-                now: m.UpgradeReport = c.ask("daemon.upgrade", m.DaemonUpgrade(report=True))
+                now: m.UpgradeReport = c.ask(m.DaemonUpgrade(report=True))
         except (Unreachable, TimeoutError, CallFailed):
             time.sleep(POLL)
             continue

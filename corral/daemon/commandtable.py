@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from . import (
     accesshandlers,
-    commands,
+    agenthandlers,
+    daemonhandlers,
     eventhandlers,
     gatewayhandlers,
     loghandlers,
@@ -14,6 +15,7 @@ from . import (
     packagehandlers,
     schedulehandlers,
     sessionhandlers,
+    stathandlers,
     taskhandlers,
     tenanthandlers,
 )
@@ -23,7 +25,8 @@ from .teams import handlers as teamhandlers
 from .workflows import handlers as workflowhandlers
 
 HANDLERS: Handlers[Services] = Handlers(
-    commands.COMMANDS, taskhandlers.COMMANDS, sessionhandlers.COMMANDS,
+    daemonhandlers.COMMANDS, agenthandlers.COMMANDS, stathandlers.COMMANDS,
+    taskhandlers.COMMANDS, sessionhandlers.COMMANDS,
     eventhandlers.COMMANDS, mcphandlers.COMMANDS, nodehandlers.COMMANDS,
     tenanthandlers.COMMANDS, loghandlers.COMMANDS, packagehandlers.COMMANDS,
     accesshandlers.COMMANDS, gatewayhandlers.COMMANDS, schedulehandlers.COMMANDS,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..jsonrpc import RpcError
-from ..methods import DrainReport, ReloadResult
+from ..methods import ConfigReload, DrainReport, ReloadResult
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
@@ -210,7 +210,7 @@ class Daemon:
                 try:  # as `corral reload` is: through the Dispatcher, audited
                     await self.dispatcher.call(Caller(
                         via="signal", uid=os.geteuid(), pid=os.getpid(),
-                        name="signal SIGHUP"), "config.reload")
+                        name="signal SIGHUP"), ConfigReload.declared.name)
                 except RpcError as exc:
                     s.hub.daemon(exc.message, priority=4)
                 continue

@@ -22,7 +22,7 @@ import msgspec
 
 from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
-from ..methods import ReloadResult
+from ..methods import AgentsAdd, AgentsUpdate, ReloadResult
 from ..supervisor.config import (
     AgentSpec,
     Config,
@@ -190,7 +190,7 @@ class Fleet:
                 raise RpcError(jsonrpc.CONFLICT, f"agent {name} is a cluster agent: change "
                                                  "it with `corral add` of its new table")
             table = merge_patch(self.store.runtime_agents().get(name, {}), changes)
-            spec = self._specs({name: table}, "agents.update", who, check=check,
+            spec = self._specs({name: table}, AgentsUpdate.declared.name, who, check=check,
                                tenant=tenant)[name]
             if spec.tenant != agent.spec.tenant:
                 # another tenant's agent is another agent (decision 438): its queued
@@ -218,7 +218,7 @@ class Fleet:
         as the tenant does (privilege.py)."""
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
-        specs = self._specs(tables, "agents.add", who, check=check, tenant=tenant)
+        specs = self._specs(tables, AgentsAdd.declared.name, who, check=check, tenant=tenant)
         made: dict[str, list[Revision]] = {n: [] for n in specs}
 
         async def act() -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict, TypeVar
 import msgspec
 
 from .. import jsonrpc
+from .. import methods as m
 from ..jsonrpc import RpcError
 from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.pool import allowed
@@ -749,7 +750,7 @@ class GatewayService:
         # the row every command's is, by the Dispatcher's audit (api.Audit)
         self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
                           name=f"gateway client {ident.name}"),
-                   "gateway.call", params, outcome)
+                   m.GatewayCall.declared.name, params, outcome)
 
     def stats(self) -> dict[str, Any]:
         clients = {}

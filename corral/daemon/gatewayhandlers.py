@@ -1,28 +1,41 @@
-"""The gateway methods' handlers (corral/methods.py), put in the daemon's table by
-commands.py: an operator's view of the MCP gateway and a CLI client's way through it
+"""The gateway methods' handlers (corral.methods.gateway), put in the daemon's table by
+commandtable.py: an operator's view of the MCP gateway and a CLI client's way through it
 (`corral mcp call`, `corral gateway watch`), each call identified as the gateway's own
 clients are (gatewayaccess.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import methods as m
-from .api import Commands, whole
+from .api import Commands
 from .caller import Caller, Channel
+from .gatewayaccess import GatewayService
 from .services import Services
 
 if TYPE_CHECKING:
     from .gatewayaccess import GatewayChanged
 
 
-COMMANDS: Commands[Services, Services] = Commands(whole)
+@dataclass(frozen=True)
+class GatewayServices:
+    gateway: GatewayService  # the gateway's clients, allowlists and calls
+    gateway_status: Callable[[], dict[str, Any]]  # its figures, the HTTP gateway's too
+
+
+def gateway_services(d: Services) -> GatewayServices:
+    return GatewayServices(d.gateway, d.gateway_status)
+
+
+COMMANDS: Commands[Services, GatewayServices] = Commands(gateway_services)
 implements = COMMANDS.implements
 
 
 @implements(m.GatewayList)
-async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
+async def gateway_list(d: GatewayServices, p: m.GatewayList, caller: Caller, c: Channel
                        ) -> m.GatewayItems:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
     return m.GatewayItems(items=await d.gateway.list_items(ident, p.kind),
@@ -30,7 +43,7 @@ async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
 
 
 @implements(m.GatewayCall)
-async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel) -> Any:
+async def gateway_call(d: GatewayServices, p: m.GatewayCall, caller: Caller, c: Channel) -> Any:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
 
     def progress(data: dict[str, Any]) -> None:
@@ -43,7 +56,7 @@ async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel
 
 
 @implements(m.GatewayWatch)
-async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
+async def gateway_watch(d: GatewayServices, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away; changes coalesce while it does not read."""
     pending: set[str] = set()
     wake = asyncio.Event()
@@ -68,9 +81,9 @@ async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Chann
 
 
 @implements(m.GatewayStatus)
-async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Channel
+async def gateway_status(d: GatewayServices, p: m.GatewayStatus, caller: Caller, c: Channel
                          ) -> m.GatewayStats:
-    # the engine's answer is its wire twin's dict (commands._wire): it encodes alike
+    # the engine's answer is its wire twin's dict (api.wire): it encodes alike
     stats: m.GatewayStats = cast(Any, d.gateway_status())
     return stats
 

@@ -1,42 +1,49 @@
-"""The schedule methods' handlers (corral/methods.py), put in the daemon's table by
-commands.py: a limited caller sees, pauses and resumes only the schedules whose agents it
-all sees (visibility.py filters the listing)."""
+"""The schedule methods' handlers (corral.methods.definitions), put in the daemon's table
+by commandtable.py: a limited caller sees, pauses and resumes only the schedules whose
+agents it all sees (visibility.py filters the listing). They take the schedules alone."""
 
 from __future__ import annotations
 
 from .. import jsonrpc
 from .. import methods as m
-from .api import Commands, whole
+from .api import Commands
 from .caller import Caller, Channel
+from .schedules import ScheduleService
 from .services import Services
 
-COMMANDS: Commands[Services, Services] = Commands(whole)
+
+def schedule_service(d: Services) -> ScheduleService:
+    return d.schedules
+
+
+COMMANDS: Commands[Services, ScheduleService] = Commands(schedule_service)
 implements = COMMANDS.implements
 
 
 @implements(m.SchedulesList)
-async def schedules_list(d: Services, p: m.SchedulesList, caller: Caller, c: Channel
+async def schedules_list(s: ScheduleService, p: m.SchedulesList, caller: Caller, c: Channel
                          ) -> m.ScheduleList:
-    return m.ScheduleList(schedules=d.schedules.entries())
+    return m.ScheduleList(schedules=s.entries())
 
 
-async def _pause(d: Services, name: str, caller: Caller, paused: bool) -> m.ScheduleEntry:
-    entry = d.schedules.entry(d.schedules.get(name))
+async def _pause(s: ScheduleService, name: str, caller: Caller, paused: bool
+                 ) -> m.ScheduleEntry:
+    entry = s.entry(s.get(name))
     # whose it is, is whose its agents were in the file, not who holds their names now
     if caller.limited and not (entry.agents and all(
             caller.sees_record(a, entry.tenant) for a in entry.agents)):
         raise jsonrpc.not_found("schedule", name)
-    return d.schedules.entry(await d.schedules.pause(name, paused))
+    return s.entry(await s.pause(name, paused))
 
 
 @implements(m.SchedulesPause)
-async def schedules_pause(d: Services, p: m.SchedulesPause, caller: Caller, c: Channel
+async def schedules_pause(s: ScheduleService, p: m.SchedulesPause, caller: Caller, c: Channel
                           ) -> m.ScheduleEntry:
-    return await _pause(d, p.name, caller, True)
+    return await _pause(s, p.name, caller, True)
 
 
 @implements(m.SchedulesResume)
-async def schedules_resume(d: Services, p: m.SchedulesResume, caller: Caller, c: Channel
+async def schedules_resume(s: ScheduleService, p: m.SchedulesResume, caller: Caller, c: Channel
                            ) -> m.ScheduleEntry:
-    return await _pause(d, p.name, caller, False)
+    return await _pause(s, p.name, caller, False)
 

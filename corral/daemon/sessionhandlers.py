@@ -1,16 +1,19 @@
 """The sessions methods' handlers (corral/methods.py; docs/durable.md#sessions), put in
-the daemon's table by commands.py. A session is looked up by name, whether its agent runs
+the daemon's table by commandtable.py. A session is looked up by name, whether its agent runs
 or not, and by whose it is (decision 440): a tenant's caller asks for its tenant's; the
 operator for those of the tenant that holds the agent's name now, else (its agent gone)
 for the one of that name most recently used."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..supervisor.agents import Agents
 from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
-from .api import Commands, whole
+from .api import Commands
 from .caller import Caller, Channel
 from .services import Services
 
@@ -24,7 +27,7 @@ def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
         expires=sessions.expires(s), tenant=s.tenant)
 
 
-def _session(d: Services, caller: Caller, agent: str, name: str) -> Session:
+def _session(d: SessionServices, caller: Caller, agent: str, name: str) -> Session:
     """The session a caller names: under its tenant (a tenant's caller), else under the
     tenant that holds the agent's name now, else (the agent gone) the most recently used
     of the name; one that is not the caller's record reads as absent."""
@@ -43,19 +46,29 @@ def _session(d: Services, caller: Caller, agent: str, name: str) -> Session:
     return s
 
 
-COMMANDS: Commands[Services, Services] = Commands(whole)
+@dataclass(frozen=True)
+class SessionServices:
+    sessions: Sessions  # the tasks' sessions
+    agents: Agents  # which tenant holds an agent's name now
+
+
+def session_services(d: Services) -> SessionServices:
+    return SessionServices(d.sessions, d.agents)
+
+
+COMMANDS: Commands[Services, SessionServices] = Commands(session_services)
 implements = COMMANDS.implements
 
 
 @implements(m.SessionsList)
-async def sessions_list(d: Services, p: m.SessionsList, caller: Caller, c: Channel
+async def sessions_list(d: SessionServices, p: m.SessionsList, caller: Caller, c: Channel
                         ) -> m.SessionList:
     return m.SessionList(sessions=[_session_view(d.sessions, s)
                                    for s in d.sessions.listing(p.agent)])
 
 
 @implements(m.SessionsGet)
-async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
+async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
     s = _session(d, caller, p.agent, p.session)
     return m.SessionInfo(session=_session_view(d.sessions, s), history=[
@@ -64,7 +77,7 @@ async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
 
 
 @implements(m.SessionsEnd)
-async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
+async def sessions_end(d: SessionServices, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
     s = d.sessions.end(_session(d, caller, p.agent, p.session).ident)
     await d.sessions.committed()

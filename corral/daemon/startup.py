@@ -38,9 +38,9 @@ from ..supervisor.teams.tools import LeaderTools
 from ..supervisor.tracing import Tracer
 from ..timeouts import within
 from . import journald
+from .agenthandlers import owner_of
 from .api import Audit, Dispatcher
 from .background import Background
-from .commands import owner_of
 from .commandtable import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .enginelog import EngineLog

@@ -12,7 +12,7 @@ from ..supervisor.parts import Parts
 from ..supervisor.process_replica import Transition
 from ..supervisor.stream import Tick
 from ..text import plural
-from .commands import fleet_line
+from .daemonhandlers import fleet_line
 from .drain import Drain
 from .extras import Extras
 from .logs import LogHub

@@ -2,7 +2,7 @@
 """The control methods, each declared once (declaration.py): name, typed params, typed
 result, scope, how a limited caller sees it, its REST routes, its CLI command, its help.
 
-The daemon implements them (daemon/commands.py and the handler modules beside it, called
+The daemon implements them (daemon/*handlers.py, one module per domain, called
 through daemon/api.py's one Dispatcher by every front end); the CLI calls them; both
 import this package, so a method cannot drift between the two. A method's docstring is
 its help text. Methods that change state are `mutating` and are written to the audit log;

@@ -11,7 +11,7 @@ from ..results import *  # noqa: F403
 from .declaration import ONE, REPLICA, Params, method, rest
 
 
-@method("agents.status", result=AgentsStatusResult, scope="agents:read", seen="fleet",
+@method("agents.status", result=AgentsStatusResult, scope="agents:read", seen="fleet", cli="status",
         dashboard=True, routes=(
     rest("GET", "/agents", "Agents' replicas: state, pid, restarts, "
          "CPU, memory, tasks", query=("names", "tenant")),
@@ -45,7 +45,7 @@ class Selection(Params):
 
 
 @method("agents.start", result=StartResult, scope="agents:write", mutating=True, seen="targets",
-        dashboard=True, routes=(
+        cli="start", dashboard=True, routes=(
     rest("POST", "/agents/{name}/start", "Start an agent", path_params=ONE),
 ))
 class AgentsStart(Selection):
@@ -53,7 +53,7 @@ class AgentsStart(Selection):
 
 
 @method("agents.stop", result=StopResult, scope="agents:write", mutating=True, seen="targets",
-        dashboard=True, routes=(
+        cli="stop", dashboard=True, routes=(
     rest("POST", "/agents/{name}/stop", "Stop an agent", path_params=ONE),
 ))
 class AgentsStop(Selection):
@@ -61,7 +61,7 @@ class AgentsStop(Selection):
 
 
 @method("agents.restart", result=RestartResult, scope="agents:write", mutating=True, seen="targets",
-        dashboard=True, routes=(
+        cli="restart", dashboard=True, routes=(
     rest("POST", "/agents/{name}/restart",
          "Restart an agent (rolling: one replica at a time)", path_params=ONE,
          body=("rolling",)),
@@ -73,8 +73,8 @@ class AgentsRestart(Selection):
     rolling: bool = False
 
 
-@method("agents.signal", result=SignalResult, scope="agents:write", mutating=True,
-        seen="targets", routes=(
+@method("agents.signal", result=SignalResult, scope="agents:write", mutating=True, seen="targets",
+        cli="signal", routes=(
     rest("POST", "/agents/{name}/signal", "Signal an agent's processes",
          path_params=ONE, body=("signal",)),
 ))
@@ -85,7 +85,7 @@ class AgentsSignal(Selection, kw_only=True):
 
 
 @method("agents.pause", result=PauseResult, scope="agents:write", mutating=True, seen="agent_name",
-        dashboard=True, routes=(
+        cli="pause", dashboard=True, routes=(
     rest("POST", "/agents/{name}/pause",
          "Pause an agent: freeze its replicas, memory kept"),
     rest("POST", "/agents/{name}/replicas/{replica}/pause",
@@ -101,7 +101,7 @@ class AgentsPause(Params):
 
 
 @method("agents.resume", result=PauseResult, scope="agents:write", mutating=True, seen="agent_name",
-        dashboard=True, routes=(
+        cli="resume", dashboard=True, routes=(
     rest("POST", "/agents/{name}/resume", "Resume an agent's paused replicas"),
     rest("POST", "/agents/{name}/replicas/{replica}/resume",
          "Resume one paused replica", path_params=REPLICA),
@@ -115,7 +115,7 @@ class AgentsResume(Params):
 
 
 @method("agents.describe", result=DescribeResult, scope="agents:read", seen="agent_name",
-        dashboard=True, routes=(
+        cli="describe", dashboard=True, routes=(
     rest("GET", "/agents/{name}", "One agent's effective spec"),
 ))
 class AgentsDescribe(Params):
@@ -126,7 +126,7 @@ class AgentsDescribe(Params):
 
 
 @method("agents.history", result=HistoryResult, scope="agents:read", seen="agent_name",
-        dashboard=True, routes=(
+        cli="history", dashboard=True, routes=(
     rest("GET", "/agents/{name}/history", "An agent's spec revisions",
          query=("limit",)),
 ))
@@ -138,7 +138,7 @@ class AgentsHistory(Params):
 
 
 @method("agents.update", result=UpdateResult, scope="agents:write", mutating=True,
-        seen="agent_name", routes=(
+        seen="agent_name", cli="update", routes=(
     rest("PATCH", "/agents/{name}", "Change an agent added at runtime in "
          "place: `set` merged into its table (a JSON merge patch), rolled out",
          body=("set", "check")),
@@ -155,7 +155,7 @@ class AgentsUpdate(Params):
 
 
 @method("agents.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="agent_name", dashboard=True, routes=(
+        seen="agent_name", cli="rollback", dashboard=True, routes=(
     rest("POST", "/agents/{name}/rollback",
          "Go back to an earlier spec revision", body=("revision",)),
 ))
@@ -170,7 +170,8 @@ class AgentsRollback(Params):
     release: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
-@method("audit.list", result=AuditResult, scope="audit:read", seen=None, dashboard=True, routes=(
+@method("audit.list", result=AuditResult, scope="audit:read", seen=None, cli="audit",
+        dashboard=True, routes=(
     rest("GET", "/audit", "The audit log", query=("limit",)),
 ))
 class AuditList(Params):
@@ -180,7 +181,7 @@ class AuditList(Params):
 
 
 @method("agents.add", result=AddResult, scope="agents:write", mutating=True, seen="adding",
-        dashboard=True, routes=(
+        cli="add", dashboard=True, routes=(
     rest("POST", "/agents", "Add agents from [agents.NAME] tables",
          body=("agents", "check", "cluster"), idempotent=True),
 ))
@@ -203,7 +204,7 @@ class AgentsAdd(Params):
 
 
 @method("agents.remove", result=RemoveResult, scope="agents:write", mutating=True, seen="names",
-        dashboard=True, routes=(
+        cli="remove", dashboard=True, routes=(
     rest("DELETE", "/agents/{name}", "Stop and remove an agent",
          path_params=ONE),
 ))
@@ -214,7 +215,7 @@ class AgentsRemove(Params):
 
 
 @method("agents.scale", result=ScaleResult, scope="agents:write", mutating=True, seen="agent_name",
-        dashboard=True, routes=(
+        cli="scale", dashboard=True, routes=(
     rest("POST", "/agents/{name}/scale", "Set an agent's replicas",
          body=("replicas",)),
 ))

@@ -7,14 +7,15 @@ from ..results import *  # noqa: F403
 from .declaration import Params, method, rest
 
 
-@method("daemon.info", result=DaemonInfoResult, scope="agents:read", seen="unnamed", routes=(
+@method("daemon.info", result=DaemonInfoResult, scope="agents:read", seen="unnamed",
+        cli="info", routes=(
     rest("GET", "/daemon", "The daemon: version, pid, uptime"),
 ))
 class DaemonInfo(Params):
     """Version, pid, uptime, socket and config of the running daemon."""
 
 
-@method("daemon.shutdown", result=Stopping, scope="admin", mutating=True, seen=None)
+@method("daemon.shutdown", result=Stopping, scope="admin", mutating=True, seen=None, cli="shutdown")
 class DaemonShutdown(Params):
     """Drain (no new task to a worker; running tasks finish within drain_timeout), stop
     every agent gracefully, then the daemon."""
@@ -23,7 +24,8 @@ class DaemonShutdown(Params):
     now: bool = False  # no drain: running tasks are handed to the next daemon at once
 
 
-@method("daemon.upgrade", result=UpgradeReport, scope="admin", mutating=True, seen=None)
+@method("daemon.upgrade", result=UpgradeReport, scope="admin", mutating=True, seen=None,
+        cli="upgrade")
 class DaemonUpgrade(Params):
     """Re-execute the daemon in place (the same pid) from the installed corral, keeping
     every agent's process, its running tasks and the control socket; a new install that
@@ -40,7 +42,8 @@ class DaemonUpgrade(Params):
         return not self.report
 
 
-@method("config.reload", result=ReloadResult, scope="admin", mutating=True, seen=None, routes=(
+@method("config.reload", result=ReloadResult, scope="admin", mutating=True, seen=None,
+        cli="reload", routes=(
     rest("POST", "/config/reload", "Reload the config file"),
 ))
 class ConfigReload(Params):

@@ -179,7 +179,8 @@ class RunsCancel(Params):
     run_id: str
 
 
-@method("schedules.list", result=ScheduleList, scope="tasks:read", seen="schedules", routes=(
+@method("schedules.list", result=ScheduleList, scope="tasks:read", seen="schedules",
+        cli="schedules", routes=(
     rest("GET", "/schedules", "The schedules: each clock, last and next fire"),
 ))
 class SchedulesList(Params):
@@ -187,8 +188,8 @@ class SchedulesList(Params):
     paused (a limited caller: those of the agents and workflows it sees)."""
 
 
-@method("schedules.pause", result=ScheduleEntry, scope="tasks:run", mutating=True,
-        seen="unnamed", routes=(
+@method("schedules.pause", result=ScheduleEntry, scope="tasks:run", mutating=True, seen="unnamed",
+        cli="schedules pause", routes=(
     rest("POST", "/schedules/{name}/pause", "Pause a schedule"),
 ))
 class SchedulesPause(Params):
@@ -222,8 +223,8 @@ class TeamsDescribe(DefinitionNamed):
     """A team's definition, where it comes from and its revision."""
 
 
-@method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True,
-        seen="unnamed", routes=(
+@method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True, seen="unnamed",
+        cli="schedules resume", routes=(
     rest("POST", "/schedules/{name}/resume", "Resume a paused schedule"),
 ))
 class SchedulesResume(Params):

@@ -11,7 +11,7 @@ from ..results import *  # noqa: F403
 from .declaration import Params, method, rest
 
 
-@method("stats.get", result=StatsResult, scope="metrics:read", seen="stats",
+@method("stats.get", result=StatsResult, scope="metrics:read", seen="stats", cli="stats",
         dashboard=True, routes=(
     rest("GET", "/stats", "Runtime statistics"),
 ))

@@ -104,7 +104,8 @@ class TasksList(Params, TaskFilters):
     local: bool = False
 
 
-@method("sessions.list", result=SessionList, scope="tasks:read", seen="sessions", routes=(
+@method("sessions.list", result=SessionList, scope="tasks:read", seen="sessions",
+        cli="sessions", routes=(
     rest("GET", "/sessions", "The live sessions (of an agent)",
          query=("agent",)),
 ))

@@ -1,41 +1,98 @@
-"""The daemon's side of the control methods in corral.methods that no narrower handler
-module takes (commandtable.py gathers them all), one function each."""
+"""The agents methods' handlers (corral.methods.agents): the replicas' state, start, stop,
+restart, signal, pause and resume; an agent described, added, removed, scaled, changed
+and rolled back, with its revisions; the fleet watched. They take the agents' services
+alone (`AgentServices`)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import time
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from .. import __version__, jsonrpc, redact
+from .. import jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..supervisor.agents import Agents
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import check_command, cluster_problem, parse_agents
-from ..supervisor.errors import NoSuchAgent
-from ..supervisor.lifecycle import RESTARTED, SERVING, State
+from ..supervisor.elastic import Elastic
+from ..supervisor.lifecycle import RESTARTED
+from ..supervisor.quotas import Tenancy
 from ..supervisor.startstop import start_each, stop_all
+from ..supervisor.tasks import TaskManager
+from ..supervisor.tools import Tools
 from ..text import plural
-from .api import Commands, whole, wire
+from .api import Commands, wire
 from .caller import SHARED, Caller, Channel
-from .history import has_rows
+from .clusterpeer import ClusterPeer
+from .fleet import Fleet
+from .fleetwatch import FleetWatch
+from .revisions import RevisionLog
 from .services import Services
 from .store import row_limit
+from .teams import TeamService
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
 
-COMMANDS: Commands[Services, Services] = Commands(whole)
+
+@dataclass(frozen=True)
+class AgentServices:
+    agents: Agents  # the agents by name, their replicas
+    fleet: Fleet  # fleet changes as units of work
+    cluster: ClusterPeer  # the cluster's agents, with [cluster]
+    elastic: Elastic  # each elastic agent's state and decisions
+    revisions: RevisionLog  # the agents' spec revisions
+    quotas: Tenancy  # the tenants' quotas (a status names each agent's)
+    task_engine: TaskManager  # the tasks each agent has
+    tools: Tools  # the MCP servers beside the agents (a status shows them)
+    teams: TeamService  # a team's name is no agent's
+    watch: FleetWatch  # the fleet's changes for agents.watch
+    notices: Callable[[], list[str]]  # the daemon's own (a drain, an extra not serving)
+    config_path: Path  # where a file's agent comes from
+
+
+def agent_services(d: Services) -> AgentServices:
+    return AgentServices(d.agents, d.fleet, d.cluster, d.elastic, d.revisions, d.quotas,
+                         d.task_engine, d.tools, d.teams, d.watch, d.notices, d.config_path)
+
+
+class Owners(Protocol):
+    """What tells whose an agent or a server is: the daemon's services, an agent's."""
+
+    @property
+    def quotas(self) -> Tenancy: ...
+
+    @property
+    def teams(self) -> TeamService: ...
+
+    @property
+    def tools(self) -> Tools: ...
+
+
+def owner_of(d: Owners, kind: str, name: str) -> str | None:
+    """Whose an agent or an MCP server is (Caller.owner): its tenant, SHARED for a server
+    every tenant may use, None when there is no such object."""
+    if kind == "agent":  # (a team is called as an agent is: its tenant's)
+        return d.quotas.tenant_of(name) or d.teams.tenant_of(name)
+    spec = d.tools.spec_of(name)
+    if spec is None:
+        return None
+    return SHARED if spec.shared else spec.tenant
+
+
+
+COMMANDS: Commands[Services, AgentServices] = Commands(agent_services)
 implements = COMMANDS.implements
 
 
-def _targets(d: Services, names: list[str], all_: bool) -> list[tuple[Agent, int | None]]:
+def _targets(d: AgentServices, names: list[str], all_: bool) -> list[tuple[Agent, int | None]]:
     """(agent, replica index or None for every replica) for NAME / NAME#N targets; unknown
     names and replicas are refused before anything is done."""
     if all_:
@@ -64,83 +121,8 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
     return [r for a, i in targets for r in (a.replicas if i is None else [a.replicas[i]])]
 
 
-@implements(m.DaemonInfo)
-async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
-                      ) -> m.DaemonInfoResult:
-    return m.DaemonInfoResult(
-        version=__version__,
-        pid=os.getpid(),
-        uptime=round(time.time() - d.started_at, 3),
-        socket=str(d.socket_path),
-        config=str(d.config_path),
-        status=d.status_line() if not caller.limited else _seen_status(d, caller),
-        followers=len(d.hub.followers),
-        event_followers=len(d.bus.followers),
-        containment=msgspec.to_builtins(d.containment.info()),
-        extras=d.extras(),
-        draining=d.draining(),
-    )
-
-
-def _seen_status(d: Services, caller: Caller) -> str:
-    """The status line of the agents a limited caller sees (the daemon's counts every
-    tenant's): walked, as such a caller's fleet is a part of the whole."""
-    agents = [a for a in d.agents.values() if caller.sees(a.name)]
-    census = Counter(r.state for a in agents for r in a.replicas)
-    return f"{fleet_line(len(agents), census)}, {census[State.FAILED]} failed"
-
-
-def fleet_line(agents: int, census: Counter[State]) -> str:
-    """The status line's agents and replicas (Daemon.status_line's, from the supervisor's
-    census; a limited caller's, from its agents' replicas)."""
-    line = (f"{plural(agents, 'agent')}, {sum(census[s] for s in SERVING)}/"
-            f"{plural(census.total(), 'replica')} serving")
-    if census[State.PAUSED]:
-        line += f", {census[State.PAUSED]} paused"
-    return line
-
-
-@implements(m.DaemonShutdown)
-async def daemon_shutdown(d: Services, p: m.DaemonShutdown,
-                          caller: Caller, c: Channel) -> m.Stopping:
-    # after this answer's turn: a caller that does not wait is answered before the stop
-    asyncio.get_running_loop().call_soon(d.request_stop, p.now)
-    if not p.wait:
-        return m.Stopping(stopping=True)
-    return m.Stopping(stopping=True, drained=await d.drained())
-
-
-@implements(m.DaemonUpgrade)
-async def daemon_upgrade(d: Services, p: m.DaemonUpgrade, caller: Caller, c: Channel
-                         ) -> m.UpgradeReport:
-    if caller.limited and (p.python or p.pythonpath or not p.report):
-        raise RpcError(jsonrpc.FORBIDDEN, "an upgrade of the daemon is the operator's")
-    return await d.upgrade(p)
-
-
-@implements(m.ConfigReload)
-async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Channel
-                        ) -> m.ReloadResult:
-    try:
-        return await d.reload(caller.who)
-    except ConfigError as exc:
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"reload rejected, nothing changed: {exc}"
-                       ) from None
-
-
-def owner_of(d: Services, kind: str, name: str) -> str | None:
-    """Whose an agent or an MCP server is (Caller.owner): its tenant, SHARED for a server
-    every tenant may use, None when there is no such object."""
-    if kind == "agent":  # (a team is called as an agent is: its tenant's)
-        return d.quotas.tenant_of(name) or d.teams.tenant_of(name)
-    spec = d.tools.spec_of(name)
-    if spec is None:
-        return None
-    return SHARED if spec.shared else spec.tenant
-
-
 @implements(m.AgentsStatus)
-async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
+async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     placed = d.cluster.slots
     # a cluster agent with no slot on this node is named all the same: its slots are
@@ -172,7 +154,7 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
     )
 
 
-def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
+def _elastic(d: AgentServices, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
     out: dict[str, m.ElasticStatus] = {}
     for a in agents:
         e = d.elastic.status(a.name)
@@ -191,7 +173,8 @@ def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
 
 
 @implements(m.AgentsStart)
-async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.StartResult:
+async def agents_start(d: AgentServices, p: m.AgentsStart, caller: Caller, c: Channel
+                       ) -> m.StartResult:
     targets = _targets(d, p.names, p.all)
     asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
     running = [(a, i) for a, i in targets if (a, i) not in asleep
@@ -205,7 +188,8 @@ async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel
 
 
 @implements(m.AgentsStop)
-async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.StopResult:
+async def agents_stop(d: AgentServices, p: m.AgentsStop, caller: Caller, c: Channel
+                      ) -> m.StopResult:
     targets = _targets(d, p.names, p.all)
     # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
     await stop_all(_replicas(targets), "stopped")
@@ -213,7 +197,7 @@ async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) 
 
 
 @implements(m.AgentsRestart)
-async def agents_restart(d: Services, p: m.AgentsRestart,
+async def agents_restart(d: AgentServices, p: m.AgentsRestart,
                          caller: Caller, c: Channel) -> m.RestartResult:
     targets = _targets(d, p.names, p.all)
     if p.rolling:
@@ -239,7 +223,7 @@ def _signal_number(name: str) -> int:
 
 
 @implements(m.AgentsSignal)
-async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Channel
+async def agents_signal(d: AgentServices, p: m.AgentsSignal, caller: Caller, c: Channel
                         ) -> m.SignalResult:
     sig = _signal_number(p.signal)
     targets = _targets(d, p.names, p.all)
@@ -265,19 +249,19 @@ def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
 
 
 @implements(m.AgentsPause)
-async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
+async def agents_pause(d: AgentServices, p: m.AgentsPause, caller: Caller, c: Channel
                        ) -> m.PauseResult:
     return _paused(p.name, await d.agents.pause(p.name, p.replica, f"paused by {caller.user}"))
 
 
 @implements(m.AgentsResume)
-async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
+async def agents_resume(d: AgentServices, p: m.AgentsResume, caller: Caller, c: Channel
                         ) -> m.PauseResult:
     return _paused(p.name, d.agents.resume(p.name, p.replica, f"resumed by {caller.user}"))
 
 
 @implements(m.AgentsDescribe)
-async def agents_describe(d: Services, p: m.AgentsDescribe,
+async def agents_describe(d: AgentServices, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
     agent = d.agents.agent(p.name)
     spec = agent.spec
@@ -301,7 +285,7 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 
 
 @implements(m.AgentsAdd)
-async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.AddResult:
+async def agents_add(d: AgentServices, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.AddResult:
     # a task names an agent or a team: an agent of a team's name would take its calls
     teams = sorted(n for n in p.agents if n in d.teams.specs)
     if teams:
@@ -313,7 +297,7 @@ async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) ->
                                                tenant=caller.tenant))
 
 
-async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
+async def add_cluster_agents(d: AgentServices, p: m.AgentsAdd, who: str) -> list[str]:
     """Checked here as a local agent would be; kept in Redis, placed by the nodes."""
     node = d.cluster.joined("--cluster needs one")
     local = sorted(n for n, t in p.agents.items()
@@ -326,7 +310,7 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
     if not p.agents:
         raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
     try:
-        specs = parse_agents({"agents": p.agents}, "agents.add")
+        specs = parse_agents({"agents": p.agents}, m.AgentsAdd.declared.name)
         for name, spec in specs.items():
             why = check_command(spec) if p.check else None
             if why:
@@ -347,7 +331,7 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
 
 
 @implements(m.AgentsRemove)
-async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
+async def agents_remove(d: AgentServices, p: m.AgentsRemove, caller: Caller, c: Channel
                         ) -> m.RemoveResult:
     # cluster agents go from Redis (each node stops its replicas at its next beat)
     gone = await d.cluster.remove_agents(p.names)
@@ -356,7 +340,7 @@ async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Chann
 
 
 @implements(m.AgentsScale)
-async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
+async def agents_scale(d: AgentServices, p: m.AgentsScale, caller: Caller, c: Channel
                        ) -> m.ScaleResult:
     node = await d.cluster.node_for(p.name)
     if node is not None:  # the cluster's table in Redis; every node brings its slots to it
@@ -367,7 +351,7 @@ async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
 
 
 @implements(m.AgentsHistory)
-async def agents_history(d: Services, p: m.AgentsHistory,
+async def agents_history(d: AgentServices, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     node = await d.cluster.node_for(p.name)
     if node is not None:  # the cluster's revisions, the same on every node
@@ -390,7 +374,7 @@ async def agents_history(d: Services, p: m.AgentsHistory,
 
 
 @implements(m.AgentsUpdate)
-async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Channel
+async def agents_update(d: AgentServices, p: m.AgentsUpdate, caller: Caller, c: Channel
                         ) -> m.UpdateResult:
     change = await d.fleet.update(p.name, p.set, caller.who, check=p.check,
                                   tenant=caller.tenant)
@@ -399,7 +383,7 @@ async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Chann
 
 
 @implements(m.AgentsRollback)
-async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
+async def agents_rollback(d: AgentServices, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
     if p.release is not None and p.revision is not None:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name a revision or a release, not both")
@@ -418,103 +402,7 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
                             revision=d.fleet.revision_of(p.name), change=change)
 
 
-@implements(m.AuditList)
-async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
-    return m.AuditResult(entries=[
-        # rows are written by the rule already; read by it too, for rows an earlier
-        # corral wrote with the values in them
-        m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
-                     params=redact.params(method, msgspec.json.decode(params)),
-                     outcome=outcome, who=who, tenant=tenant)
-        for t, uid, pid, method, params, outcome, who, tenant in d.store.audit_log(
-            row_limit(p.limit))])
-
-
-@implements(m.StatsGet)
-async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
-    stats = msgspec.structs.asdict(d.runtime_stats())
-    writer = d.store.writer  # the store's writer thread, once the store is open
-    per_agent = {}
-    for a in d.agents.values():
-        per_agent[a.name] = m.AgentStats(
-            replicas=len(a.replicas),
-            serving=sum(1 for r in a.replicas if r.serving),
-            restarts=sum(r.restarts for r in a.replicas),
-            # a float even for no replicas, as the field says
-            cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
-            rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
-            usage=wire(d.budgets.stats(a.name)),
-            tenant=a.spec.tenant,
-            elastic=d.elastic.shown_state(a.name),
-        )
-    there = sum(a.restarts for a in per_agent.values())
-    return m.StatsResult(
-        supervisor=m.SupervisorStats(
-            **stats, restarts_removed=max(0, stats["restarts"] - there),
-            uptime=round(time.time() - d.started_at, 3),
-            log_lines=d.hub.lines_written,
-            log_lines_dropped=d.hub.lines_dropped,
-            log_files_failing=d.hub.failing(),
-            state_writes=writer.stats() if writer is not None else None,
-            task_journal_refusing=d.tasks.refusing,
-            usage_reports_ignored=d.budgets.bad_reports),
-        agents=per_agent,
-        tasks=wire(d.task_engine.stats()),
-        events=d.bus.stats(),
-        heartbeat=msgspec.structs.asdict(d.heartbeat),
-        gateway=wire(d.gateway_status()),
-        cluster=_or_unset(d.cluster.status()),
-    )
-
-
-# -- tokens (issue 21) ---------------------------------------------------------------------
-
-
-# -- metrics history (issue 21) ------------------------------------------------------------
-@implements(m.StatsHistory)
-async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Channel
-                        ) -> m.MetricsHistoryResult:
-    # a tenant's caller: its agent's rows alone, not another tenant's agent's of the name
-    result = await d.history.read(p.since, p.agent, p.resolution, tenant=caller.tenant)
-    if p.agent is not None and not result.samples and p.agent not in d.agents and (
-            not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
-        raise NoSuchAgent(p.agent, d.agents, "and no history of one")
-    return result
-
-
-# -- watching the fleet live (issue 21) ------------------------------------------------------
 @implements(m.AgentsWatch)
-async def agents_watch(d: Services, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
+async def agents_watch(d: AgentServices, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (daemon/fleetwatch.py)."""
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
-
-
-@implements(m.StatsWatch)
-async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) -> None:
-    """stats.get each interval while the client reads: one that does not is sent nothing
-    until it does, and then the newest."""
-    loop = asyncio.get_running_loop()
-    due = loop.time()
-    while True:
-        if not c.writable.is_set():
-            await c.writable.wait()
-        stats = await stats_get(d, m.StatsGet(), caller, c)
-        c.notify("stats.sample", m.StatsSample(**msgspec.structs.asdict(stats),
-                                               time=time.time()))
-        due += p.interval
-        if due <= loop.time():  # late: the next one a whole interval on
-            due = loop.time() + p.interval
-        await asyncio.sleep(due - loop.time())
-
-
-# -- the dashboard (issue 21) --------------------------------------------------------------
-
-
-# -- agent packages (issue 25) -------------------------------------------------------------
-
-
-# -- tenants (issue 23) --------------------------------------------------------------------
-
-
-def _or_unset(value: Any) -> Any:
-    return msgspec.UNSET if value is None else value
