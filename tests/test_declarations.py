@@ -46,11 +46,6 @@ def _name_strings(source: str) -> list[tuple[int, str]]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
 
 
-# the namespaces whose name strings are gone from corral/ outside their declaration: all
-# but the definitions' (workflows, runs, teams), which follow the durable engine's cut
-SPELLED = ("workflows.", "runs.", "teams.")
-
-
 def test_no_module_but_the_declaration_spells_a_methods_name() -> None:
     """A method's name as a string constant of corral/'s Python appears in its declaration
     alone: the CLI, the handlers, the dashboard and the other callers in the daemon refer
@@ -58,7 +53,7 @@ def test_no_module_but_the_declaration_spells_a_methods_name() -> None:
     dashboard's page, JavaScript, names what /ui/session offers it)."""
     spelled = [f"{p.relative_to(ROOT)}:{line}: {name}"
                for p in sorted(CORRAL.rglob("*.py")) if DECLARATIONS not in p.parents
-               for line, name in _name_strings(p.read_text()) if not name.startswith(SPELLED)]
+               for line, name in _name_strings(p.read_text())]
     assert spelled == []
 
 
@@ -123,14 +118,9 @@ def _chains(source: str, label: str) -> list[str]:
     return found
 
 
-# the handler modules still given the whole bag of services; the rest take their domain's
-WHOLE_BAG = ("daemon/teams/handlers.py", "daemon/workflows/handlers.py")
-
-
 def test_no_handler_reaches_three_deep() -> None:
     modules = {Path(inspect.getsourcefile(fn) or "") for _, fn in HANDLERS.table.values()}
-    chains = [c for p in sorted(modules) if not str(p).endswith(WHOLE_BAG)
-              for c in _chains(p.read_text(), str(p.relative_to(ROOT)))]
+    chains = [c for p in sorted(modules) for c in _chains(p.read_text(), str(p.relative_to(ROOT)))]
     assert chains == []
 
 

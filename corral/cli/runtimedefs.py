@@ -1,17 +1,19 @@
 """The commands every kind of definition changeable at runtime has (workflows, teams:
 daemon/defcatalog.py): `add FILE`, `update NAME --set`, `remove NAME...`, `describe`,
-`history`, `rollback NAME [REVISION]`, put on the kind's group by `runtime_commands`."""
+`history`, `rollback NAME [REVISION]`, put on the kind's group by `runtime_commands` as
+the kind's methods' declarations name them."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, doc, json_option, pass_ctx
+from .app import Ctx, command, json_option, pass_ctx
 from .render import print_json, stamp, table
 from .tasks import _read_input
 
@@ -38,22 +40,34 @@ def read_tables(path: str, section: str) -> dict[str, Any]:
     return tables
 
 
-def runtime_commands(group: click.Group, section: str, noun: str) -> None:
-    """`group`'s runtime commands, calling the methods `section.add`... (their params
-    Structs' fields are the same for every kind but add's, named `section`)."""
-    params = {verb: m.REGISTRY[f"{section}.{verb}"].params
-              for verb in ("add", "update", "remove", "describe", "history", "rollback")}
+@dataclass(frozen=True)
+class RuntimeVerbs:
+    """A kind's methods for its definitions changed at runtime, one for each verb (their
+    params Structs' fields are the same for every kind but add's, named as the kind's
+    section)."""
 
-    @group.command("add", help=doc(f"{section}.add") + f"\n\nFILE holds [{section}.NAME] "
-                   "tables (TOML, as the config file writes them; or JSON, with .json).")
+    add: type[m.Params]
+    update: type[m.Params]
+    remove: type[m.Params]
+    describe: type[m.Params]
+    history: type[m.Params]
+    rollback: type[m.Params]
+
+
+def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
+    """The kind's runtime commands (`corral workflows add`...), each the front of its
+    method (the declarations name them)."""
+
+
+    @command(verbs.add, more=f"\n\nFILE holds [{section}.NAME] tables (TOML, as the config "
+             "file writes them; or JSON, with .json).")
     @click.argument("file", type=click.Path(dir_okay=False))
     @pass_ctx
     def add(obj: Ctx, file: str) -> None:
-        res: m.AddResult = obj.call(f"{section}.add",
-                                    params["add"](**{section: read_tables(file, section)}))
+        res: m.AddResult = obj.call(verbs.add(**{section: read_tables(file, section)}))
         click.echo(f"added: {', '.join(res.added)}")
 
-    @group.command("update", help=doc(f"{section}.update"))
+    @command(verbs.update)
     @click.argument("name")
     @click.option("--set", "changes", required=True, metavar="JSON",
                   help="A JSON merge patch of its table: JSON, @FILE, or - for stdin.")
@@ -62,23 +76,23 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
         patch = msgspec.json.decode(_read_input(changes))
         if not isinstance(patch, dict):
             raise click.BadParameter("a JSON object", param_hint="--set")
-        res: m.UpdateResult = obj.call(f"{section}.update", params["update"](name=name, set=patch))
+        res: m.UpdateResult = obj.call(verbs.update(name=name, set=patch))
         click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                                   if res.revision is not None else "no change"))
 
-    @group.command("remove", help=doc(f"{section}.remove"))
+    @command(verbs.remove)
     @click.argument("names", nargs=-1, required=True)
     @pass_ctx
     def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-        res: m.RemoveResult = obj.call(f"{section}.remove", params["remove"](names=list(names)))
+        res: m.RemoveResult = obj.call(verbs.remove(names=list(names)))
         click.echo(f"removed: {', '.join(res.removed)}")
 
-    @group.command("describe", help=doc(f"{section}.describe"))
+    @command(verbs.describe)
     @click.argument("name")
     @json_option
     @pass_ctx
     def describe(obj: Ctx, name: str, as_json: bool) -> None:
-        res = obj.call(f"{section}.describe", params["describe"](name=name))
+        res = obj.call(verbs.describe(name=name))
         if as_json:
             print_json(res)
             return
@@ -88,13 +102,13 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
         click.echo(f"{noun} {res.name} ({where})\nagents: {', '.join(res.agents)}")
         click.echo(json.dumps(res.definition, indent=2))
 
-    @group.command("history", help=doc(f"{section}.history"))
+    @command(verbs.history)
     @click.argument("name")
     @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
     @json_option
     @pass_ctx
     def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-        res = obj.call(f"{section}.history", params["history"](name=name, limit=limit))
+        res = obj.call(verbs.history(name=name, limit=limit))
         if as_json:
             print_json(res)
             return
@@ -102,13 +116,12 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
                 stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],
               ["  REV", "TIME", "WHO", "TENANT", "CHANGE"])
 
-    @group.command("rollback", help=doc(f"{section}.rollback"))
+    @command(verbs.rollback)
     @click.argument("name")
     @click.argument("revision", required=False, type=click.IntRange(min=1))
     @pass_ctx
     def rollback(obj: Ctx, name: str, revision: int | None) -> None:
-        res: m.RollbackResult = obj.call(f"{section}.rollback", params["rollback"](
-            name=name, revision=revision))
+        res: m.RollbackResult = obj.call(verbs.rollback(name=name, revision=revision))
         click.echo(f"{name}: rolled back to revision {res.restored}"
                    + (f" (now revision {res.revision}): {res.change}"
                       if res.revision is not None else ": no change"))

@@ -11,9 +11,9 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option, pass_ctx
 from .render import print_json, table
-from .runtimedefs import runtime_commands, whose
+from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
 
 
@@ -24,11 +24,11 @@ def teams() -> None:
     pass
 
 
-@teams.command("list", help=doc("teams.list"))
+@command(m.TeamsList)
 @json_option
 @pass_ctx
 def teams_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TeamList = obj.call("teams.list", m.TeamsList())
+    res: m.TeamList = obj.call(m.TeamsList())
     if as_json:
         print_json(res)
         return
@@ -39,10 +39,11 @@ def teams_list(obj: Ctx, as_json: bool) -> None:
                                  "DESCRIPTION"])
 
 
-runtime_commands(teams, "teams", "team")
+runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsDescribe,
+                              m.TeamsHistory, m.TeamsRollback), "teams", "team")
 
 
-@teams.command("call", help=doc(m.TeamsCall))
+@command(m.TeamsCall)
 @click.argument("name")
 @click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
               help="The call's input: JSON, @file with JSON, or - for stdin (default null).")
@@ -63,7 +64,7 @@ def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bo
         click.echo(f"error: {res.error.message}", err=True)
 
 
-@teams.command("calls", help=doc(m.CallsList))
+@command(m.CallsList)
 @click.argument("name")
 @click.option("--status", default=None, help="Only the calls of this status.")
 @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))

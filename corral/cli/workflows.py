@@ -12,11 +12,11 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import print_json, table
-from .runtimedefs import runtime_commands, whose
+from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
 
 
@@ -26,11 +26,11 @@ def workflows() -> None:
     pass
 
 
-@workflows.command("list", help=doc("workflows.list"))
+@command(m.WorkflowsList)
 @json_option
 @pass_ctx
 def workflows_list(obj: Ctx, as_json: bool) -> None:
-    res: m.WorkflowList = obj.call("workflows.list", m.WorkflowsList())
+    res: m.WorkflowList = obj.call(m.WorkflowsList())
     if as_json:
         print_json(res)
         return
@@ -41,7 +41,7 @@ def workflows_list(obj: Ctx, as_json: bool) -> None:
                                      "DESCRIPTION"])
 
 
-@workflows.command("plan", help=doc("workflows.plan") + "\n\nWith --file, the plan of a "
+@command(m.WorkflowsPlan, more="\n\nWith --file, the plan of a "
                    "config file's workflow, checked against that file's agents, without "
                    "a daemon.")
 @click.argument("name")
@@ -53,7 +53,7 @@ def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None
     if path is not None:
         click.echo(_plan_of_file(path, name))
         return
-    res: m.WorkflowPlan = obj.call("workflows.plan", m.WorkflowsPlan(name=name))
+    res: m.WorkflowPlan = obj.call(m.WorkflowsPlan(name=name))
     if as_json:
         print_json(res)
         return
@@ -78,7 +78,7 @@ def _plan_of_file(path: str, name: str) -> str:
     return plan_text(compile_workflow(name, spec, None, cfg.workflows))
 
 
-@workflows.command("run", help=doc("workflows.run"))
+@command(m.WorkflowsRun)
 @click.argument("name")
 @click.option("--input", "input_", default="null", metavar="JSON",
               help="The run's input: JSON, @FILE, or - for stdin.")
@@ -93,10 +93,10 @@ def _plan_of_file(path: str, name: str) -> str:
 def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run: bool,
                   traceparent: str | None, tracestate: str | None, as_json: bool) -> None:
     if dry_run:
-        plan: m.WorkflowPlan = obj.call("workflows.plan", m.WorkflowsPlan(name=name))
+        plan: m.WorkflowPlan = obj.call(m.WorkflowsPlan(name=name))
         click.echo(plan.plan)
         return
-    res: m.RunView = obj.call("workflows.run", m.WorkflowsRun(
+    res: m.RunView = obj.call(m.WorkflowsRun(
         name=name, input=_read_input(input_), wait=wait, traceparent=traceparent,
         tracestate=tracestate), wait_forever=wait is not None)
     if as_json:
@@ -159,12 +159,12 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
                    f"{_took(g.started, g.ended)}{task}{extra}"
                    + (f"  ({g.error})" if g.error else ""))
         if g.run_id is not None and obj is not None and depth < NESTED_SHOWN:
-            child: m.RunView = obj.call("runs.get", m.RunsGet(run_id=g.run_id, limit=0,
+            child: m.RunView = obj.call(m.RunsGet(run_id=g.run_id, limit=0,
                                                               outputs=False))
             _steps(child, bar, obj, depth + 1)
         if obj is None or not any(k != "succeeded" for k in g.items):
             continue
-        rows: m.RunView = obj.call("runs.get", m.RunsGet(
+        rows: m.RunView = obj.call(m.RunsGet(
             run_id=run.run_id, step=g.step, limit=m.MAX_RUN_ROWS, outputs=False))
         for x in [x for x in rows.steps if x.item is not None
                   and x.status != "succeeded"][:ITEMS_SHOWN]:
@@ -173,7 +173,7 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
                        + (f"  ({x.error})" if x.error else ""))
 
 
-@cli.command("run-status", help=doc("runs.get"))
+@command(m.RunsGet)
 @click.argument("run_id")
 @click.option("--wait", type=click.FloatRange(min=0, max=m.MAX_WAIT), default=None,
               metavar="SECONDS", help="Wait this long for the run to end.")
@@ -190,14 +190,14 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     # the tree is drawn from the graph: no rows are read for it
     page = (m.RunsGet(run_id=run_id, wait=wait, step=step, outputs=outputs, offset=offset)
             if as_json else m.RunsGet(run_id=run_id, wait=wait, limit=0, outputs=False))
-    res: m.RunView = obj.call("runs.get", page, wait_forever=wait is not None)
+    res: m.RunView = obj.call(page, wait_forever=wait is not None)
     if as_json:
         print_json(res)
         return
     _tree(res, obj)
 
 
-@cli.command("runs", help=doc("runs.list"))
+@command(m.RunsList)
 @click.option("--workflow", default=None, help="Only this workflow's runs.")
 @click.option("--status", default=None,
               type=click.Choice(["running", "succeeded", "failed", "cancelled",
@@ -212,7 +212,7 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
 @pass_ctx
 def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
               before: str | None, limit: int, as_json: bool) -> None:
-    res: m.RunList = obj.call("runs.list", m.RunsList(
+    res: m.RunList = obj.call(m.RunsList(
         workflow=workflow, status=status, limit=limit, since=duration(since),
         before=before))
     if as_json:
@@ -225,13 +225,15 @@ def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | N
         click.echo(f"older runs: the same with --before {res.next}", err=True)
 
 
-@cli.command("run-cancel", help=doc("runs.cancel"))
+@command(m.RunsCancel)
 @click.argument("run_id")
 @pass_ctx
 def run_cancel(obj: Ctx, run_id: str) -> None:
-    res: m.RunView = obj.call("runs.cancel", m.RunsCancel(run_id=run_id))
+    res: m.RunView = obj.call(m.RunsCancel(run_id=run_id))
     click.echo(f"{res.run_id}: {res.status}")
 
 
 # -- runtime workflows, with revisions (daemon/workflows/catalog.py) ------------------------
-runtime_commands(workflows, "workflows", "workflow")
+runtime_commands(RuntimeVerbs(m.WorkflowsAdd, m.WorkflowsUpdate, m.WorkflowsRemove,
+                              m.WorkflowsDescribe, m.WorkflowsHistory, m.WorkflowsRollback),
+                 "workflows", "workflow")

@@ -62,11 +62,6 @@ def wire(value: Any) -> Any:
     return value
 
 
-def whole(services: Ctx) -> Ctx:
-    """The narrow services of a domain that takes them all (until it is narrowed)."""
-    return services
-
-
 class Handlers(Generic[Ctx]):
     """The implementation of each method in corral.methods.REGISTRY: every domain's
     Commands, each method in one of them."""

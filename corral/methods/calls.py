@@ -48,8 +48,8 @@ class TeamsCall(Params):
     tracestate: str | None = None
 
 
-@method("calls.list", result=TaskList, scope="tasks:read", seen="unnamed", cli="teams calls",
-        routes=(
+@method("calls.list", result=TaskList, scope="tasks:read", seen="unnamed",
+        cli="teams calls", routes=(
     rest("GET", "/teams/{name}/calls", "A team's calls, newest last, a page at a time",
          query=("status", "since", "limit", "before"), cursor="before"),
 ))
@@ -64,8 +64,7 @@ class CallsList(Params):
     before: str | None = None  # a call id: only the calls made before it
 
 
-@method("calls.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="unnamed",
-        routes=(
+@method("calls.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="unnamed", routes=(
     rest("POST", "/calls/{call_id}/cancel", "Cancel a team's call and its running "
          "steps' tasks", path_params={"call_id": "call_id"}),
 ))

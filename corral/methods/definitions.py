@@ -36,7 +36,8 @@ class DefinitionRollback(Params):
     revision: int | None = None
 
 
-@method("workflows.list", result=WorkflowList, scope="tasks:read", seen="workflows", routes=(
+@method("workflows.list", result=WorkflowList, scope="tasks:read", seen="workflows",
+        cli="workflows list", routes=(
     rest("GET", "/workflows", "The workflows: the config's and those "
          "added at runtime"),
 ))
@@ -45,7 +46,8 @@ class WorkflowsList(Params):
     and agents."""
 
 
-@method("workflows.plan", result=WorkflowPlan, scope="tasks:read", seen="unnamed", routes=(
+@method("workflows.plan", result=WorkflowPlan, scope="tasks:read", seen="unnamed",
+        cli="workflows plan", routes=(
     rest("GET", "/workflows/{name}/plan", "A workflow's plan (nothing run)"),
 ))
 class WorkflowsPlan(DefinitionNamed):
@@ -55,7 +57,8 @@ class WorkflowsPlan(DefinitionNamed):
 MAX_RUN_ROWS = 10_000  # a run's step rows in one page of runs.get (a map's items)
 
 
-@method("runs.get", result=RunView, scope="tasks:read", seen="run", dashboard=True, routes=(
+@method("runs.get", result=RunView, scope="tasks:read", seen="run", cli="run-status",
+        dashboard=True, routes=(
     rest("GET", "/runs/{run_id}", "One run, its graph, and a page of its "
          "steps' rows (with `outputs`, each with its output)",
          path_params={"run_id": "run_id"},
@@ -77,7 +80,7 @@ class RunsGet(Params):
 
 
 @method("workflows.run", result=RunView, scope="tasks:run", mutating=True, needs={"wait": RunsGet},
-        seen="unnamed", routes=(
+        seen="unnamed", cli="workflows run", routes=(
     rest("POST", "/workflows/{name}/runs", "Start a run of a workflow: the "
          "run at once; with `wait`, as it is when it ends or the wait is over",
          query=("wait",), body=("input", "wait"), location="/runs/{run_id}"),
@@ -95,8 +98,8 @@ class WorkflowsRun(Params):
     tracestate: str | None = None
 
 
-@method("workflows.add", result=AddResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+@method("workflows.add", result=AddResult, scope="agents:write", mutating=True, seen="unnamed",
+        cli="workflows add", routes=(
     rest("POST", "/workflows", "Add workflows from [workflows.NAME] tables",
          body=("workflows",), idempotent=True),
 ))
@@ -107,8 +110,8 @@ class WorkflowsAdd(Params):
     workflows: dict[str, Any]
 
 
-@method("workflows.describe", result=DefinitionDescription, scope="tasks:read",
-        seen="unnamed", routes=(
+@method("workflows.describe", result=DefinitionDescription, scope="tasks:read", seen="unnamed",
+        cli="workflows describe", routes=(
     rest("GET", "/workflows/{name}", "A workflow's definition and "
          "revision"),
 ))
@@ -117,7 +120,7 @@ class WorkflowsDescribe(DefinitionNamed):
 
 
 @method("workflows.update", result=UpdateResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+        seen="unnamed", cli="workflows update", routes=(
     rest("PATCH", "/workflows/{name}", "Change a runtime workflow: `set` "
          "merged into its table (a JSON merge patch)", body=("set",)),
 ))
@@ -127,7 +130,7 @@ class WorkflowsUpdate(DefinitionUpdate):
 
 
 @method("workflows.remove", result=RemoveResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+        seen="unnamed", cli="workflows remove", routes=(
     rest("DELETE", "/workflows/{name}", "Remove a runtime workflow",
          path_params=ONE),
 ))
@@ -136,7 +139,7 @@ class WorkflowsRemove(DefinitionsRemove):
 
 
 @method("workflows.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed",
-        routes=(
+        cli="workflows history", routes=(
     rest("GET", "/workflows/{name}/history", "A runtime workflow's "
          "revisions", query=("limit",)),
 ))
@@ -145,7 +148,7 @@ class WorkflowsHistory(DefinitionHistory):
 
 
 @method("workflows.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+        seen="unnamed", cli="workflows rollback", routes=(
     rest("POST", "/workflows/{name}/rollback", "Go back to an earlier "
          "revision of a runtime workflow", body=("revision",)),
 ))
@@ -154,7 +157,8 @@ class WorkflowsRollback(DefinitionRollback):
     newest; a removed workflow comes back so)."""
 
 
-@method("runs.list", result=RunList, scope="tasks:read", seen="runs", dashboard=True, routes=(
+@method("runs.list", result=RunList, scope="tasks:read", seen="runs", cli="runs",
+        dashboard=True, routes=(
     rest("GET", "/runs", "Recent runs, newest first, a page at a time",
          query=("workflow", "status", "since", "limit", "before"), cursor="before"),
 ))
@@ -169,7 +173,8 @@ class RunsList(Params):
     before: str | None = None  # a run id: only the runs started before it
 
 
-@method("runs.cancel", result=RunView, scope="tasks:run", mutating=True, seen="unnamed", routes=(
+@method("runs.cancel", result=RunView, scope="tasks:run", mutating=True, seen="unnamed",
+        cli="run-cancel", routes=(
     rest("POST", "/runs/{run_id}/cancel", "Cancel a run and its running steps",
          path_params={"run_id": "run_id"}),
 ))
@@ -198,14 +203,15 @@ class SchedulesPause(Params):
     name: str
 
 
-@method("teams.list", result=TeamList, scope="tasks:read", seen="teams", routes=(
+@method("teams.list", result=TeamList, scope="tasks:read", seen="teams", cli="teams list", routes=(
     rest("GET", "/teams", "The teams: the config's and those added at runtime"),
 ))
 class TeamsList(Params):
     """The teams (the config file's and those added at runtime), with their members."""
 
 
-@method("teams.add", result=AddResult, scope="agents:write", mutating=True, seen="unnamed", routes=(
+@method("teams.add", result=AddResult, scope="agents:write", mutating=True, seen="unnamed",
+        cli="teams add", routes=(
     rest("POST", "/teams", "Add teams from [teams.NAME] tables",
          body=("teams",), idempotent=True),
 ))
@@ -216,7 +222,8 @@ class TeamsAdd(Params):
     teams: dict[str, Any]
 
 
-@method("teams.describe", result=DefinitionDescription, scope="tasks:read", seen="unnamed", routes=(
+@method("teams.describe", result=DefinitionDescription, scope="tasks:read", seen="unnamed",
+        cli="teams describe", routes=(
     rest("GET", "/teams/{name}", "A team's definition and revision"),
 ))
 class TeamsDescribe(DefinitionNamed):
@@ -234,8 +241,8 @@ class SchedulesResume(Params):
     name: str
 
 
-@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True, seen="unnamed",
+        cli="teams update", routes=(
     rest("PATCH", "/teams/{name}", "Change a runtime team: `set` merged into "
          "its table (a JSON merge patch)", body=("set",)),
 ))
@@ -244,15 +251,16 @@ class TeamsUpdate(DefinitionUpdate):
     a list, such as members, replaced whole); calls under way keep their definition."""
 
 
-@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True, seen="unnamed",
+        cli="teams remove", routes=(
     rest("DELETE", "/teams/{name}", "Remove a runtime team", path_params=ONE),
 ))
 class TeamsRemove(DefinitionsRemove):
     """Remove teams added at runtime (calls under way end on their definition)."""
 
 
-@method("teams.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed", routes=(
+@method("teams.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed",
+        cli="teams history", routes=(
     rest("GET", "/teams/{name}/history", "A runtime team's revisions",
          query=("limit",)),
 ))
@@ -261,7 +269,7 @@ class TeamsHistory(DefinitionHistory):
 
 
 @method("teams.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="unnamed", routes=(
+        seen="unnamed", cli="teams rollback", routes=(
     rest("POST", "/teams/{name}/rollback", "Go back to an earlier revision "
          "of a runtime team", body=("revision",)),
 ))

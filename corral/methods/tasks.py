@@ -68,8 +68,8 @@ class TasksSubmit(TaskParams):
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
 
 
-@method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True,
-        seen="task_owner", dashboard=True, routes=(
+@method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True, seen="task_owner",
+        dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}/stream", "A task's live output (SSE): each chunk as it "
          "comes, resumable with Last-Event-ID, then the task as `result`",
          path_params={"task_id": "task_id"}, stream="tasks.output"),

@@ -1,10 +1,12 @@
-"""The team methods' handlers (corral/methods.py), put in the daemon's table by
-commands.py: the teams listed and described, and those added at runtime changed with
+"""The team methods' handlers (corral.methods.definitions), put in the daemon's table by
+commandtable.py: the teams listed and described, and those added at runtime changed with
 revisions (catalog.py). A limited caller (a tenant's, an agent glob's) sees a team only
 when it sees every agent of it, as a workflow (visibility.seen_workflow), and names only
 the agents it sees in a table it adds."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import msgspec
 
@@ -12,12 +14,14 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.teams import TeamSpec
-from ..api import Commands, whole
+from ..api import Commands
 from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, table_of, updated
 from ..services import Services
+from ..tasks import TaskFront
 from ..visibility import seen_workflow
-from .service import sees_call
+from .catalog import TeamCatalog
+from .service import TeamService, sees_call
 
 
 def _seen(caller: Caller, name: str, spec: TeamSpec | None, tenant: str | None
@@ -29,11 +33,11 @@ def _seen(caller: Caller, name: str, spec: TeamSpec | None, tenant: str | None
     return seen
 
 
-def _there(d: Services, caller: Caller, name: str) -> TeamSpec:
-    return _seen(caller, name, d.teams.specs.get(name), d.teams.tenant_of(name))
+def _there(d: TeamServices, caller: Caller, name: str) -> TeamSpec:
+    return _seen(caller, name, d.catalog.specs().get(name), d.teams.tenant_of(name))
 
 
-def _seen_past(d: Services, caller: Caller, name: str) -> None:
+def _seen_past(d: TeamServices, caller: Caller, name: str) -> None:
     """A team there is, or one removed, that the caller sees (as it last was of the
     caller's tenant): any other is answered as one that never was (not "declared in
     the config file")."""
@@ -49,32 +53,43 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
     _seen(caller, name, *last)
 
 
-COMMANDS: Commands[Services, Services] = Commands(whole)
+@dataclass(frozen=True)
+class TeamServices:
+    teams: TeamService  # [teams.NAME] and their calls
+    catalog: TeamCatalog  # the teams added at runtime, with revisions
+    tasks: TaskFront  # a team's calls are tasks of its name
+
+
+def team_services(d: Services) -> TeamServices:
+    return TeamServices(d.teams, d.teams.catalog, d.tasks)
+
+
+COMMANDS: Commands[Services, TeamServices] = Commands(team_services)
 implements = COMMANDS.implements
 
 
 @implements(m.TeamsList)
-async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) -> m.TeamList:
+async def teams_list(d: TeamServices, p: m.TeamsList, caller: Caller, c: Channel) -> m.TeamList:
     catalog = d.teams.catalog
     return m.TeamList(teams=[
         m.TeamEntry(name=name, mode=spec.mode, members=spec.members, agents=spec.agents,
                     description=spec.description,
                     revision=rev.revision if (rev := catalog.revision_of(name)) else None,
                     tenant=d.teams.tenant_of(name))
-        for name, spec in sorted(d.teams.specs.items())])
+        for name, spec in sorted(d.catalog.specs().items())])
 
 
 @implements(m.TeamsAdd)
-async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
-    return m.AddResult(added=await d.teams.catalog.add(
+async def teams_add(d: TeamServices, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
+    return m.AddResult(added=await d.catalog.add(
         p.teams, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
 @implements(m.TeamsDescribe)
-async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Channel
+async def teams_describe(d: TeamServices, p: m.TeamsDescribe, caller: Caller, c: Channel
                          ) -> m.DefinitionDescription:
     spec = _there(d, caller, p.name)
-    rev = d.teams.catalog.revision_of(p.name)
+    rev = d.catalog.revision_of(p.name)
     return m.DefinitionDescription(
         name=p.name, source="config" if rev is None else "runtime",
         revision=rev.revision if rev is not None else None,
@@ -83,36 +98,36 @@ async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Cha
 
 
 @implements(m.TeamsUpdate)
-async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
+async def teams_update(d: TeamServices, p: m.TeamsUpdate, caller: Caller, c: Channel
                        ) -> m.UpdateResult:
     _there(d, caller, p.name)
-    return updated(p.name, await d.teams.catalog.update(
+    return updated(p.name, await d.catalog.update(
         p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
 @implements(m.TeamsRemove)
-async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
+async def teams_remove(d: TeamServices, p: m.TeamsRemove, caller: Caller, c: Channel
                        ) -> m.RemoveResult:
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the teams to remove")
     for name in p.names:
         _there(d, caller, name)
-    return m.RemoveResult(removed=await d.teams.catalog.remove(p.names, caller.who,
+    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who,
                                                                caller.tenant))
 
 
 @implements(m.TeamsHistory)
-async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Channel
+async def teams_history(d: TeamServices, p: m.TeamsHistory, caller: Caller, c: Channel
                         ) -> m.DefinitionRevisions:
     _seen_past(d, caller, p.name)
     return history_of(d.teams.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.TeamsRollback)
-async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Channel
+async def teams_rollback(d: TeamServices, p: m.TeamsRollback, caller: Caller, c: Channel
                          ) -> m.RollbackResult:
     _seen_past(d, caller, p.name)
-    restored, made = await d.teams.catalog.rollback(
+    restored, made = await d.catalog.rollback(
         p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
     return rolled_back(p.name, restored, made)
 
@@ -120,7 +135,7 @@ async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Cha
 
 # -- a team's calls (methods/calls.py): the task front's own path for a team's name
 # (teams/front.py), the team and the call asked first as a workflow and its run are ------
-def _call_seen(d: Services, caller: Caller, call_id: str) -> None:
+def _call_seen(d: TeamServices, caller: Caller, call_id: str) -> None:
     """A call of a team the caller sees, else NOT_FOUND as one that never was."""
     call = d.teams.find(call_id)
     if call is None or not sees_call(caller, call):
@@ -128,7 +143,7 @@ def _call_seen(d: Services, caller: Caller, call_id: str) -> None:
 
 
 @implements(m.TeamsCall)
-async def teams_call(d: Services, p: m.TeamsCall, caller: Caller, c: Channel
+async def teams_call(d: TeamServices, p: m.TeamsCall, caller: Caller, c: Channel
                      ) -> m.TaskAccepted:
     _there(d, caller, p.name)
     return await d.tasks.submit(m.TasksSubmit(
@@ -137,13 +152,13 @@ async def teams_call(d: Services, p: m.TeamsCall, caller: Caller, c: Channel
 
 
 @implements(m.CallsGet)
-async def calls_get(d: Services, p: m.CallsGet, caller: Caller, c: Channel) -> m.TaskInfo:
+async def calls_get(d: TeamServices, p: m.CallsGet, caller: Caller, c: Channel) -> m.TaskInfo:
     _call_seen(d, caller, p.call_id)
     return await d.tasks.get(p.call_id, wait=p.wait)
 
 
 @implements(m.CallsList)
-async def calls_list(d: Services, p: m.CallsList, caller: Caller, c: Channel) -> m.TaskList:
+async def calls_list(d: TeamServices, p: m.CallsList, caller: Caller, c: Channel) -> m.TaskList:
     _there(d, caller, p.name)
     calls, older = await d.tasks.list(m.TasksList(
         agent=p.name, limit=p.limit, status=p.status, since=p.since, before=p.before),
@@ -152,7 +167,7 @@ async def calls_list(d: Services, p: m.CallsList, caller: Caller, c: Channel) ->
 
 
 @implements(m.CallsCancel)
-async def calls_cancel(d: Services, p: m.CallsCancel, caller: Caller, c: Channel
+async def calls_cancel(d: TeamServices, p: m.CallsCancel, caller: Caller, c: Channel
                        ) -> m.TaskInfo:
     _call_seen(d, caller, p.call_id)
     return await d.tasks.cancel(p.call_id)

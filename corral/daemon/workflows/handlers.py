@@ -1,11 +1,12 @@
-"""The workflow methods' handlers (corral/methods.py), put in the daemon's table by
-commands.py. What a limited caller sees of them is said in visibility.py; a handler that
+"""The workflow methods' handlers (corral.methods.definitions), put in the daemon's table
+by commandtable.py. What a limited caller sees of them is said in visibility.py; a handler that
 acts on a workflow or a run first asks it (`seen_workflow`), as a listing is filtered."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ import msgspec
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
+from ...supervisor.agents import Agents
 from ...supervisor.durable import WHOLE, StepRow
 from ...supervisor.workflows import (
     Workflow,
@@ -21,14 +23,15 @@ from ...supervisor.workflows import (
     compile_workflow,
     plan_text,
 )
-from ..api import Commands, whole
+from ..api import Commands
 from ..caller import Caller, Channel
 from ..defcatalog import Check, history_of, rolled_back, updated
 from ..services import Services
 from ..tasks.front import page_window
 from ..visibility import seen_workflow
-from .catalog import against, table_of
+from .catalog import Catalog, against, table_of
 from .runstore import RUN_STATUSES, Run, RunStore
+from .service import WorkflowService
 
 # a run's output, and a page of its rows' outputs, shown up to this many bytes of JSON
 # (the rest read a page at a time: decision 444)
@@ -125,8 +128,8 @@ def run_view(run: Run, store: RunStore, page: m.RunsGet | None) -> m.RunView:
     return view
 
 
-def _entry(d: Services, wf: Workflow) -> m.WorkflowEntry:
-    rev = d.workflows.catalog.revision_of(wf.name)
+def _entry(d: WorkflowServices, wf: Workflow) -> m.WorkflowEntry:
+    rev = d.catalog.revision_of(wf.name)
     return m.WorkflowEntry(name=wf.name, description=wf.spec.description,
                            steps=[s.name for s in wf.steps], agents=wf.agents,
                            timeout=wf.spec.timeout,
@@ -134,18 +137,29 @@ def _entry(d: Services, wf: Workflow) -> m.WorkflowEntry:
                            tenant=d.workflows.tenant(wf.name))
 
 
-COMMANDS: Commands[Services, Services] = Commands(whole)
+@dataclass(frozen=True)
+class WorkflowServices:
+    workflows: WorkflowService  # [workflows.NAME] and their runs
+    catalog: Catalog  # the workflows added at runtime, with revisions
+    agents: Agents  # the agents a plan is checked against
+
+
+def workflow_services(d: Services) -> WorkflowServices:
+    return WorkflowServices(d.workflows, d.workflows.catalog, d.agents)
+
+
+COMMANDS: Commands[Services, WorkflowServices] = Commands(workflow_services)
 implements = COMMANDS.implements
 
 
 @implements(m.WorkflowsList)
-async def workflows_list(d: Services, p: m.WorkflowsList, caller: Caller, c: Channel
+async def workflows_list(d: WorkflowServices, p: m.WorkflowsList, caller: Caller, c: Channel
                          ) -> m.WorkflowList:
-    return m.WorkflowList(workflows=[
-        _entry(d, wf) for _, wf in sorted(d.workflows.definitions.items())])
+    return m.WorkflowList(workflows=[_entry(d, d.catalog.workflow(name))
+                                     for name in sorted(d.catalog.specs())])
 
 
-def _seen(d: Services, caller: Caller, name: str) -> Workflow:
+def _seen(d: WorkflowServices, caller: Caller, name: str) -> Workflow:
     """A workflow there is that the caller sees (of its tenant, every agent seen)."""
     wf = d.workflows.workflow(name)
     seen: Workflow = seen_workflow(caller, wf, d.workflows.tenant(name))
@@ -154,7 +168,7 @@ def _seen(d: Services, caller: Caller, name: str) -> Workflow:
 
 # -- runtime changes (catalog.py): a limited caller names only the agents and workflows
 # it sees, and sees only workflows of its tenant all of whose agents it sees -----------
-def _check(d: Services, caller: Caller) -> Check[WorkflowSpec]:
+def _check(d: WorkflowServices, caller: Caller) -> Check[WorkflowSpec]:
     """A workflow checked against the agents and workflows the caller sees."""
     def agent(name: str) -> str | None:
         return d.workflows.agent_tenant(name) if caller.sees(name) else None
@@ -169,14 +183,14 @@ def _check(d: Services, caller: Caller) -> Check[WorkflowSpec]:
 
 
 @implements(m.WorkflowsAdd)
-async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Channel
+async def workflows_add(d: WorkflowServices, p: m.WorkflowsAdd, caller: Caller, c: Channel
                         ) -> m.AddResult:
-    return m.AddResult(added=await d.workflows.catalog.add(p.workflows, caller.who,
+    return m.AddResult(added=await d.catalog.add(p.workflows, caller.who,
                                                            caller.tenant, _check(d, caller)))
 
 
 @implements(m.WorkflowsDescribe)
-async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller,
+async def workflows_describe(d: WorkflowServices, p: m.WorkflowsDescribe, caller: Caller,
                              c: Channel) -> m.DefinitionDescription:
     catalog = d.workflows.catalog
     wf = _seen(d, caller, p.name)
@@ -189,25 +203,25 @@ async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller
 
 
 @implements(m.WorkflowsUpdate)
-async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c: Channel
+async def workflows_update(d: WorkflowServices, p: m.WorkflowsUpdate, caller: Caller, c: Channel
                            ) -> m.UpdateResult:
     _seen(d, caller, p.name)
-    return updated(p.name, await d.workflows.catalog.update(
+    return updated(p.name, await d.catalog.update(
         p.name, p.set, caller.who, caller.tenant, _check(d, caller)))
 
 
 @implements(m.WorkflowsRemove)
-async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c: Channel
+async def workflows_remove(d: WorkflowServices, p: m.WorkflowsRemove, caller: Caller, c: Channel
                            ) -> m.RemoveResult:
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
     for name in p.names:
         _seen(d, caller, name)
-    return m.RemoveResult(removed=await d.workflows.catalog.remove(p.names, caller.who,
+    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who,
                                                                    caller.tenant))
 
 
-def _seen_past(d: Services, caller: Caller, name: str) -> None:
+def _seen_past(d: WorkflowServices, caller: Caller, name: str) -> None:
     """A workflow there is, or one removed, that the caller sees (as it last was of the
     caller's tenant): any other is answered as one that never was (not "declared in the
     config file")."""
@@ -228,32 +242,32 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
 
 
 @implements(m.WorkflowsHistory)
-async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
+async def workflows_history(d: WorkflowServices, p: m.WorkflowsHistory, caller: Caller,
                             c: Channel) -> m.DefinitionRevisions:
     _seen_past(d, caller, p.name)
     return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.WorkflowsRollback)
-async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller,
+async def workflows_rollback(d: WorkflowServices, p: m.WorkflowsRollback, caller: Caller,
                              c: Channel) -> m.RollbackResult:
     _seen_past(d, caller, p.name)
-    restored, made = await d.workflows.catalog.rollback(
+    restored, made = await d.catalog.rollback(
         p.name, p.revision, caller.who, caller.tenant, _check(d, caller))
     return rolled_back(p.name, restored, made)
 
 
 @implements(m.WorkflowsPlan)
-async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Channel
+async def workflows_plan(d: WorkflowServices, p: m.WorkflowsPlan, caller: Caller, c: Channel
                          ) -> m.WorkflowPlan:
     wf = _seen(d, caller, p.name)
     checked = compile_workflow(wf.name, wf.spec, d.agents.__contains__,
-                               d.workflows.catalog.specs())
+                               d.catalog.specs())
     return m.WorkflowPlan(name=wf.name, agents=wf.agents, plan=plan_text(checked))
 
 
 @implements(m.WorkflowsRun)
-async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Channel
+async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
     _seen(d, caller, p.name)
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
@@ -264,7 +278,7 @@ async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Chann
 
 
 @implements(m.RunsGet)
-async def runs_get(d: Services, p: m.RunsGet, caller: Caller, c: Channel) -> m.RunView:
+async def runs_get(d: WorkflowServices, p: m.RunsGet, caller: Caller, c: Channel) -> m.RunView:
     if p.wait is not None:
         await d.workflows.wait(p.run_id, p.wait)
     run = d.workflows.get(p.run_id)
@@ -275,7 +289,7 @@ async def runs_get(d: Services, p: m.RunsGet, caller: Caller, c: Channel) -> m.R
 
 
 @implements(m.RunsList)
-async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m.RunList:
+async def runs_list(d: WorkflowServices, p: m.RunsList, caller: Caller, c: Channel) -> m.RunList:
     # checked as tasks.list checks its own; a caller limited to some agents pages
     # through the runs it sees only (whole pages; a cursor of another's reads as absent)
     since, limit = page_window(p.status, p.before, p.since, p.limit, RUN_STATUSES, "run")
@@ -286,7 +300,7 @@ async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m
 
 
 @implements(m.RunsCancel)
-async def runs_cancel(d: Services, p: m.RunsCancel, caller: Caller, c: Channel
+async def runs_cancel(d: WorkflowServices, p: m.RunsCancel, caller: Caller, c: Channel
                       ) -> m.RunView:
     run = d.workflows.get(p.run_id)
     seen_workflow(caller, run, run.tenant, what="run", name=run.run_id)
