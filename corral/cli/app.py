@@ -11,19 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import msgspec
 
 from .. import methods as m
-from ..methods import REGISTRY, named
 from .client import CLIENT_TIMEOUT, EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .terminal import raw_option
 
 
-def doc(method: str | type[m.Params]) -> str:
+def doc(declared: type[m.Params]) -> str:
     # cleandoc: a docstring's continuation lines are indented, and click would keep that
     # indent inside the wrapped paragraph ("restart.     Unless ...")
-    spec = REGISTRY[method] if isinstance(method, str) else method.declared
-    return inspect.cleandoc(spec.doc)
+    return inspect.cleandoc(declared.declared.doc)
 
 
 def _parent(path: str) -> tuple[click.Group, str]:
@@ -78,17 +75,17 @@ class Ctx:
         except (Unreachable, CallFailed, TimeoutError, OSError):
             return False
 
-    def call(self, request: str | m.Params, params: msgspec.Struct | None = None, *,
-             reachable: bool = True, wait_forever: bool = False, **kw: Any) -> Any:
-        """Call the method whose params `request` is (or named so, with its params) and
-        answer the result; exit with the reason on failure. With `reachable=False` an
-        unreachable daemon raises Unreachable for the caller; `wait_forever` drops the
-        client's timeout (for a call the daemon bounds itself)."""
-        method, params = named(request, params)
+    def call(self, params: m.Params, *, reachable: bool = True, wait_forever: bool = False,
+             **kw: Any) -> Any:
+        """Call the method whose params these are and answer the result; exit with the
+        reason on failure. With `reachable=False` an unreachable daemon raises Unreachable
+        for the caller; `wait_forever` drops the client's timeout (for a call the daemon
+        bounds itself)."""
+        method = params.declared.name
         try:
             with self.client(wait_forever) as c:
                 # the Struct itself: msgspec encodes it (and a Raw input in it) as it is
-                return c.ask(method, params if params is not None else {}, **kw)
+                return c.ask(params, **kw)
         except Unreachable as exc:
             if not reachable:
                 raise
