@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..methods import REGISTRY, Params
+from ..methods import REGISTRY, Params, named
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
@@ -151,14 +151,16 @@ class Client:
 
     def ask(
         self,
-        params: Params,
+        request: str | Params,
+        params: Any = None,
         on_notification: Callable[[str, Any], None] | None = None,
         *,
         result: Any = None,
     ) -> Any:
-        """`call` of the method whose params these are, the answer decoded into the result
-        the method declares (corral.methods; the CLI reads its fields), or into `result`
-        where the caller names one."""
-        method = params.declared.name
+        """`call` of the method whose params `request` is (or, for a script, named so
+        with its params), the answer decoded into the result the method declares
+        (corral.methods; the CLI reads its fields), or into `result` where the caller
+        names one."""
+        method, params = named(request, params)
         return self.call(method, params, on_notification,
                          result=result if result is not None else result_type(method))
