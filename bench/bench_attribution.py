@@ -1,6 +1,6 @@
 """Issue 54 item 1: what attributing a gateway tool call to its task attempt costs.
 
-    .venv/bin/python -m bench.bench_attribution [--quick]
+    .venv/bin/python -m bench.bench_attribution [--quick] [--floor-only]
 
 The real daemon in this process with its HTTP gateway, an agent's worker
 (bench/attrib_agent.py) making sequential tool calls with the official MCP SDK's client
@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 QUICK = "--quick" in sys.argv
+FLOOR_ONLY = "--floor-only" in sys.argv  # the daemon's side alone, no HTTP round trips
 CALLS = 200 if QUICK else 500
 ROUNDS = 3 if QUICK else 7
 
@@ -135,7 +136,7 @@ async def measure() -> dict[str, Any]:
         client: dict[str, list[float]] = {k: [] for k in kinds}
         daemon: dict[str, list[float]] = {k: [] for k in kinds}
         own: dict[str, list[float]] = {k: [] for k in kinds}
-        for _ in range(ROUNDS):
+        for _ in range(0 if FLOOR_ONLY else ROUNDS):
             for kind, (agent, via) in kinds.items():
                 res = await d.sup.tasks.run(agent, {"calls": CALLS, "via": via},
                                             TaskOptions(timeout=300))
@@ -150,6 +151,8 @@ async def measure() -> dict[str, Any]:
         await asyncio.wait_for(run, 30)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if FLOOR_ONLY:
+        return {"floor": floored}
     out: dict[str, Any] = {f"{k}_client_us": round(statistics.median(v), 1)
                            for k, v in client.items()}
     out.update({f"{k}_daemon_us": round(statistics.median(v), 1) for k, v in daemon.items()})
