@@ -517,11 +517,23 @@ class SessionStats(Result):
     states_read_back: int = 0
 
 
+class OutputStats(Result):
+    """Tasks' live output (docs/streams.md): chunks and bytes kept, chunks dropped past a
+    bound, writers held for the database, streams open now."""
+
+    chunks: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    holds: int = 0
+    open: int = 0
+
+
 class TasksStats(Result):
     total: TaskTotals
     agents: dict[str, AgentTaskStats]
     steps: StepStats | UnsetType = UNSET
     sessions: SessionStats | UnsetType = UNSET
+    output: OutputStats | UnsetType = UNSET
 
 
 class CallStats(Result):
@@ -535,9 +547,9 @@ class CallStats(Result):
 class ClientCallStats(CallStats):
     in_flight: int
     # an agent replica's tool calls made as a task attempt's step, and made as no
-    # task's (docs/gateway.md#calls-of-a-task)
-    attributed: int = 0
-    unattributed: int = 0
+    # task's (docs/gateway.md#calls-of-a-task); absent from other clients' rows
+    attributed: int | UnsetType = UNSET
+    unattributed: int | UnsetType = UNSET
 
 
 class GatewayStats(Result):
@@ -546,9 +558,9 @@ class GatewayStats(Result):
     clients: dict[str, ClientCallStats]
     tools: dict[str, CallStats]
     url: str | None
-    http: dict[str, Any] | None
     attributed: int = 0  # every replica's, as its clients' rows count them
     unattributed: int = 0
+    http: dict[str, Any] | None = None
     # the model gateway's calls per model (docs/models.md), where [models] names any
     models: dict[str, Any] | None = None
 

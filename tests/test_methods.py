@@ -287,7 +287,18 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert ask("teams.update", {"name": "tm", "set": {"description": "d"}}).revision == 2
         assert len(ask("teams.history", {"name": "tm"}).revisions) == 2
         assert ask("teams.rollback", {"name": "tm"}).restored == 1
-        assert ask("teams.remove", {"names": ["tm"]}).removed == ["tm"]
+        called = ask("teams.call", {"name": "tm", "input": {"name": "t"}, "wait": 30})
+        assert called.status == "succeeded", called
+        assert ask("calls.get", {"call_id": called.task_id}).status == "succeeded"
+        assert [t.task_id for t in ask("calls.list", {"name": "tm"}).tasks] == [
+            called.task_id]
+        slow_team = {"mode": "broadcast", "members": ["slow"]}
+        assert ask("teams.add", {"teams": {"ts": slow_team}}).added == ["ts"]
+        held = ask("teams.call", {"name": "ts", "input": {"do": "sleep", "seconds": 30}})
+        assert ask("calls.cancel", {"call_id": held.task_id}).status == "cancelled"
+        assert ask("teams.remove", {"names": ["tm", "ts"]}).removed == ["tm", "ts"]
+        # the stream's chunks are notifications; its answer the task as tasks.get's
+        assert ask("tasks.stream", {"task_id": ran.task_id}).status == "succeeded"
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")
