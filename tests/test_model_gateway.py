@@ -423,3 +423,24 @@ async def test_a_tenants_rate_of_a_model_refuses_past_it_and_prices_make_the_cos
         assert usage.cost_usd == pytest.approx(2 * (USAGE_IN * 3.0 + USAGE_OUT * 15.0) / 1e6)
         stats = d.services.gateway_status()["models"]["models"]["gpt-small"]
         assert (stats["calls"], stats["refused"]) == (2, 1)
+
+
+async def test_a_body_past_max_body_is_refused_naming_the_bound(
+        tmp_path: Path, upstream: StandIn) -> None:
+    import aiohttp
+
+    from corral.daemon.http.route import MAX_BODY
+
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        env = (await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 0})
+               ).output["env"]
+        big = {"model": "gpt-small", "messages": [{"role": "user",
+                                                   "content": "x" * MAX_BODY}]}
+        async with aiohttp.ClientSession() as http, http.post(
+                env["OPENAI_BASE_URL"] + "/chat/completions", json=big,
+                headers={"authorization": f"Bearer {env['OPENAI_API_KEY']}"}) as r:
+            assert (r.status, await r.json()) == (413, {"error": {
+                "message": f"the request's body is over MAX_BODY ({MAX_BODY} bytes)",
+                "type": "invalid_request_error", "param": None,
+                "code": "invalid_request_error"}})
+        assert upstream.calls() == 0

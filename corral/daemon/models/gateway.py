@@ -31,6 +31,7 @@ from ...supervisor.replica import Replica
 from ...supervisor.tasks.steps import MODEL_STEP
 from ...text import iso_time
 from ..attribution import Attribution, mark_of
+from ..http.route import MAX_BODY
 from . import answers
 from .answers import AnswerRecord, Relay, StreamCut
 from .keys import hidden, read_keys
@@ -161,7 +162,12 @@ class ModelGateway:
             raise ModelRefusal(401, "unauthorized: not a corral model token (corral gives "
                                     "each agent replica its own, as OPENAI_API_KEY and "
                                     "ANTHROPIC_API_KEY)")
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.unknown += 1
+            raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
+                                    "bytes)") from None
         try:
             body = _decode.decode(raw)
         except msgspec.DecodeError:
