@@ -82,26 +82,34 @@ async def run_task(d: Any, task_input: dict[str, Any]) -> Any:
     return await d.sup.tasks.run("writer", task_input, TaskOptions(timeout=60))
 
 
-@pytest.mark.parametrize(("api", "model", "key"), [("chat", "gpt-small", KEY),
-                                                   ("responses", "gpt-small", KEY),
-                                                   ("messages", "claude-small", ANTHROPIC_KEY)])
-@pytest.mark.parametrize("stream", [False, True])
 async def test_an_agents_client_reaches_the_upstream_through_corral_with_corrals_key(
-        tmp_path: Path, upstream: StandIn, api: str, model: str, key: str,
-        stream: bool) -> None:
+        tmp_path: Path, upstream: StandIn) -> None:
+    """Each endpoint, whole and streamed, by the real client library: the answer as the
+    upstream gave it, the upstream sent corral's key (the model's own, of its format),
+    the agent's variables pointing at corral, the usage read from the upstream's answer
+    (one daemon and one agent for the six: a client library's import is seconds)."""
     async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
-        res = await run_task(d, {"api": api, "model": model, "calls": 2, "stream": stream})
-        assert res.status == "succeeded", res
-        assert res.output["answers"] == ["echo: call 1", "echo: call 2"]
-        assert [r["key"] for r in upstream.requests] == [key, key]
+        for api, model, key in (("chat", "gpt-small", KEY), ("responses", "gpt-small", KEY),
+                                ("messages", "claude-small", ANTHROPIC_KEY)):
+            for stream in (False, True):
+                before = len(upstream.requests)
+                res = await run_task(d, {"api": api, "model": model, "calls": 2,
+                                         "stream": stream})
+                assert res.status == "succeeded", res
+                assert res.output["answers"] == ["echo: call 1", "echo: call 2"], \
+                    (api, stream)
+                made = upstream.requests[before:]
+                assert [r["key"] for r in made] == [key, key]
+                assert [r["body"].get("stream", False) for r in made] == [stream, stream]
+                if model == "claude-small":  # the upstream's name of it, as configured
+                    assert {r["body"]["model"] for r in made} == {"claude-upstream-name"}
+                usage = (await d.sup.tasks.info(res.task_id)).usage
+                assert usage is not None
+                assert (usage.input_tokens, usage.output_tokens) == (2 * USAGE_IN,
+                                                                     2 * USAGE_OUT)
         env = res.output["env"]
         assert env["OPENAI_BASE_URL"].endswith("/v1")
-        assert env["OPENAI_API_KEY"] == env["ANTHROPIC_API_KEY"] != key
-        if model == "claude-small":  # the upstream's name of it, as the config says
-            assert {r["body"]["model"] for r in upstream.requests} == {"claude-upstream-name"}
-        usage = (await d.sup.tasks.info(res.task_id)).usage
-        assert usage is not None
-        assert (usage.input_tokens, usage.output_tokens) == (2 * USAGE_IN, 2 * USAGE_OUT)
+        assert env["OPENAI_API_KEY"] == env["ANTHROPIC_API_KEY"] != KEY
 
 
 def lines_of(path: Path) -> str:
