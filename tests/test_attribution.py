@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from corral.daemon.attribution import AttemptMark, mark_of
 from corral.daemon.caller import Caller
 from corral.taskoptions import TaskOptions
 
-from .conftest import ROOT
+from .conftest import ROOT, SPARED
 from .daemon_harness import PY, in_process
 
 HERE = Path(__file__).parent
@@ -71,6 +73,20 @@ async def gateway_status(d: Any) -> m.GatewayStats:
     # the engine's answer is its wire twin's dict (gatewayhandlers.gateway_status)
     return msgspec.convert(await d.dispatcher.call(OPERATOR, "gateway.status", {}),
                            m.GatewayStats)
+
+
+async def cli(d: Any, *args: str) -> str:
+    """`corral ARGS` against the daemon's socket: its stdout (the program is the test's
+    own child, spared by the daemon's containment; waited for in a thread, as the daemon
+    answering it runs on this loop)."""
+    proc = subprocess.Popen([PY, "-m", "corral", "--socket",
+                             str(d.services.socket_path), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    SPARED.add(proc.pid)
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
+    return out
 
 
 @pytest.mark.parametrize("via", ["attempt", "replica", "process"])
@@ -127,6 +143,8 @@ async def test_a_task_with_more_slots_names_its_attempt_and_the_replicas_own_are
             scraped = (await client.get(f"{d.http_server.url}/metrics")).text
         assert 'corral_gateway_replica_calls_total{attribution="task"} 3.0' in scraped
         assert 'corral_gateway_replica_calls_total{attribution="none"} 2.0' in scraped
+        shown = await cli(d, "mcp", "status")
+        assert "agent replicas' calls: 3 a task's step, 2 of no task" in shown
         assert lines(tmp_path / "server-count") == ["1", "2", "1", "2", "3"]
 
 

@@ -44,6 +44,9 @@ def print_gateway(gw: m.GatewayStats) -> None:
             click.echo("")
             table(rows, ["GATEWAY " + what[:-1].upper(), "CALLS", "ERRORS", "P50 MS",
                          "P95 MS", "P99 MS"])
+    if gw.attributed or gw.unattributed:
+        click.echo(f"\nagent replicas' calls: {gw.attributed} a task's step, "
+                   f"{gw.unattributed} of no task (docs/gateway.md#calls-of-a-task)")
 
 
 @mcp_group.command("serve")
