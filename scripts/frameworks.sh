@@ -9,9 +9,11 @@ fw_venv() {  # fw_venv DIR PACKAGE==VERSION...
     fw_stamp="$fw_dir/.corral-$(echo "$@" | sha256sum | cut -c1-16)"
     if [ ! -e "$fw_stamp" ]; then
         rm -rf "$fw_dir"
-        .venv/bin/uv venv -q -p .venv/bin/python3 "$fw_dir"
-        VIRTUAL_ENV="$PWD/$fw_dir" .venv/bin/uv pip install -q "$@"
-        touch "$fw_stamp"
+        # stamped only once installed: a venv whose install failed is no venv (run
+        # without -e too, a failure leaves nothing a later run takes for done)
+        .venv/bin/uv venv -q -p .venv/bin/python3 "$fw_dir" &&
+            VIRTUAL_ENV="$PWD/$fw_dir" .venv/bin/uv pip install -q "$@" &&
+            touch "$fw_stamp" || { rm -rf "$fw_dir"; return 1; }
     fi
 }
 fw_venv .venv-frameworks "pydantic-ai-slim[mcp,openai]==2.68.0" openai-agents==0.24.0 \
