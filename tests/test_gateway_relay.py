@@ -497,3 +497,18 @@ def test_a_sessions_subscriptions_are_bounded_by_max_subscriptions(gateway: Gate
     assert legacy_rpc(s, "resources/subscribe", {"uri": "test://template/64/data"}).get(
         "result") == {}
     httpx2.delete(gateway.url, headers=s.headers(), timeout=30)
+
+
+def test_a_servers_roots_are_the_operators_never_a_gateway_clients(gateway: Gateway
+                                                                    ) -> None:
+    """A client that declared roots is not asked them: corral answers as configured (fx
+    has none), so no gateway client widens what a server lets it reach."""
+    rooted = {**ELICITING, "roots": {"listChanged": True}}
+    done = call(gateway, "acme", "test_input_required_result_list_roots", rooted)["result"]
+    assert done["resultType"] == "complete" and text(done) == "Roots: []", done
+    s = legacy_session(gateway, "acme", rooted)
+    with legacy_call(s, "test_input_required_result_list_roots", {}) as r:
+        got = [m for m in events(r)] if "event-stream" in r.headers["content-type"] \
+            else [json.loads(r.read())]
+    assert [m.get("method") for m in got] == [None], got  # nothing asked of the client
+    assert text(got[0]["result"]) == "Roots: []", got

@@ -21,9 +21,10 @@ from typing import Any
 import msgspec
 
 INPUT_REQUIRED = "input_required"
-# the client capability each kind of input request needs
-NEEDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling",
-         "roots/list": "roots"}
+# the client capability each kind of input request a caller may answer needs. Not
+# roots/list: a server's roots are the operator's (`[mcp_servers.NAME] roots`), and a
+# gateway client's answer would widen what a filesystem server lets it reach
+NEEDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling"}
 
 
 class InputRelay(msgspec.Struct, frozen=True):
@@ -35,7 +36,8 @@ class InputRelay(msgspec.Struct, frozen=True):
     request_state: str | None = None
 
     def answers(self, asked: Any) -> bool:
-        """Whether the caller can answer every one of a server's `inputRequests`."""
+        """Whether the caller can answer every one of a server's `inputRequests` (a round
+        asking roots is corral's to answer whole)."""
         if not isinstance(asked, dict) or not asked:
             return False
         for req in asked.values():

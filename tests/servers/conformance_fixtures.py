@@ -25,6 +25,7 @@ from mcp.types import (
     EmbeddedResource,
     ImageContent,
     InputRequiredResult,
+    ListRootsRequest,
     SamplingMessage,
     TextContent,
     TextResourceContents,
@@ -336,6 +337,17 @@ async def test_elicitation_sep1330_enums(ctx: Context
         return got
     return CallToolResult(content=[TextContent(
         type="text", text=f"Elicitation completed: {_said(got)}")])
+
+
+@server.tool()
+async def test_input_required_result_list_roots(ctx: Context
+                                                ) -> CallToolResult | InputRequiredResult:
+    """Asks the client's roots (roots/list), and says them."""
+    got = (ctx.input_responses or {}).get("client_roots")
+    if got is None:
+        return InputRequiredResult(input_requests={"client_roots": ListRootsRequest()})
+    roots = [str(r.uri) for r in getattr(got, "roots", [])]
+    return CallToolResult(content=[TextContent(type="text", text=f"Roots: {roots}")])
 
 
 @server.tool()
