@@ -57,4 +57,6 @@ def test_a_failed_cluster_task_is_retried_on_its_node_and_a_delay_refused(
         assert info["status"] != "queued" or info["waiting"].startswith("delayed until ")
         done = b.json("task", r.stdout.strip(), "--wait")
         assert done["status"] == "succeeded"
-        assert done["attempts"][0]["started"] - done["created"] >= 1.0  # held back 1 s
+        # held back 1 s: asyncio runs a timer within its clock's resolution of its time,
+        # and the two stamps are wall-clock reads around it (one run had 0.99994 s)
+        assert done["attempts"][0]["started"] - done["created"] >= 0.99
