@@ -518,7 +518,9 @@ async def test_the_journal_gives_back_the_days_usage_summed_per_bucket(
     from corral.daemon.taskjournal import TaskJournalDB
 
     now = time.time()
-    hour_ago = now - 3600
+    # 10 s into a minute an hour ago: the rows 0.1 and 0.2 s later share its minute
+    # (at now - 3600 they crossed a minute's edge once in a few hundred runs)
+    hour_ago = math.floor((now - 3600) / 60) * 60 + 10
     second = math.floor(now) - 10
     usage = msgspec.json.encode(ModelUsage(100, 20, 0.5, 1, {"m": Usage(100, 20, 0.5, 1)}))
     rows = [("old", now - 2 * DAY, usage),  # out of the day
