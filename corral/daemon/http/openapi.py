@@ -18,6 +18,7 @@ from ...supervisor.config import AgentSpec, TenantSpec
 from ...supervisor.names import NAME_RE
 from ...supervisor.tasks import ids
 from ...supervisor.tasks.admission import MAX_INPUT_BYTES
+from ...supervisor.tasks.output import EVENT_ID
 from ...supervisor.teams import TeamSpec
 from ...supervisor.workflows import WorkflowSpec
 from ...supervisor.workflows.plan import STEP_NAME
@@ -38,7 +39,9 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "required": ["type", "title", "status", "detail"],
 }
 ERRORS = {
-    "400": "Malformed JSON, params of the wrong shape, or unknown fields",
+    "400": "Malformed JSON, params of the wrong shape, unknown fields, or a value a rule "
+           "beyond the schema refuses (one of the host, such as an agent's command not "
+           "found on it; `detail` names the rule)",
     "401": "No valid bearer token",
     "403": "The token lacks the scope the method needs (named), or its agent glob",
     "404": "No such agent, task, token, server or tool",
@@ -108,6 +111,11 @@ RULES: dict[tuple[type[m.Params], str], dict[str, Any]] = {
     (m.TeamsAdd, "teams"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
                              "additionalProperties": {"$ref": REF.format(name="TeamTable")}},
     (m.TeamsUpdate, "set"): {"$ref": REF.format(name="TeamPatch")},
+}
+# The event ids a stream resumes after, where it refuses others (Last-Event-ID and its
+# query twin alike); any string for the other streams.
+EVENT_IDS: dict[type[m.Params], dict[str, Any]] = {
+    m.TasksStream: {"type": "string", "pattern": f"^{EVENT_ID.pattern}$"},
 }
 # Params of which a request gives one at most (a value, not null): said in the body's
 # schema as `not` both.
@@ -207,11 +215,12 @@ def document() -> dict[str, Any]:
             parameters.append(_idempotency_header())
         if res.stream is not None:
             resume = "Resume after this event id (the `id:` of the last event received)"
+            event_id = EVENT_IDS.get(spec.params, {"type": "string"})
             parameters += [
                 {"name": "Last-Event-ID", "in": "header", "required": False,
-                 "schema": {"type": "string"}, "description": resume},
+                 "schema": event_id, "description": resume},
                 {"name": sse.LAST_ID, "in": "query", "required": False,
-                 "schema": {"type": "string"},
+                 "schema": event_id,
                  "description": resume + ", for a client that cannot send the header"}]
         if parameters:
             op["parameters"] = parameters

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -37,6 +38,9 @@ Position = tuple[int, int]  # (attempt, n)
 START: Position = (0, 0)  # before a task's first chunk
 BATCH = 256  # chunks a reader is given at once, at most
 KEPT = 1000  # tasks whose streams the engine's own journal keeps
+# A position as an SSE event id, `ATTEMPT-N`: ASCII digits, each few enough to be a SQLite
+# integer (the journal is read from it), so the REST document says the same pattern.
+EVENT_ID = re.compile(r"[0-9]{1,18}-[0-9]{1,18}")
 
 
 class OutputChunk(NamedTuple):
@@ -61,10 +65,10 @@ class OutputChunk(NamedTuple):
 
 def position_of(event_id: str) -> Position:
     """An id given back (`ATTEMPT-N`) as a position; ValueError naming it otherwise."""
-    attempt, _, n = event_id.partition("-")
-    if not (attempt.isdigit() and n.isdigit()) or len(event_id) > 40:
+    if not EVENT_ID.fullmatch(event_id):
         raise ValueError(f"{event_id!r:.60} is not a position of a task's output "
                          "(ATTEMPT-N, an id the stream gave)")
+    attempt, _, n = event_id.partition("-")
     return (int(attempt), int(n))
 
 
