@@ -7,6 +7,7 @@ the state database across a restart of the daemon; another tenant's stream is no
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -221,6 +222,11 @@ def test_corral_run_stream_prints_chunks_then_the_result_and_a_restart_keeps_the
         d.start()
         r = d.cli("run", "streamer", "--input", '{"first": 1}', "--stream", "--json")
         assert r.returncode == 0, r.stderr
+        # with --json every line is one JSON value, for a reader line by line: the
+        # chunks, then the result
+        *chunks, result = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [c["data"] for c in chunks] == ["c0 "], r.stdout
+        assert (result["status"], result["output"]) == ("succeeded", {"sent": 1}), r.stdout
         with Client(d.sock) as c:
             got: list[Any] = []
             info = c.call("tasks.stream", {"task_id": task["task_id"]},
@@ -234,6 +240,10 @@ def test_corral_run_stream_prints_chunks_then_the_result_and_a_restart_keeps_the
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(f"c0 c1 c2 c3 \ntask_id: {task['task_id']}\n"), r.stdout
         assert r.stderr == f"\ncorral: {truncated}\n"
+        r = d.cli("task", task["task_id"], "--stream", "--json")
+        *chunks, shown = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [c["truncated"] for c in chunks] == [False] * 4 + [True], r.stdout
+        assert (shown["task_id"], shown["status"]) == (task["task_id"], "succeeded")
         assert d.stop() == 0
     finally:
         d.close()

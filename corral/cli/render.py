@@ -12,10 +12,12 @@ import msgspec
 from ..text import iso_time
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: Any, *, one_line: bool = False) -> None:
     """A result (a Struct: its fields in their order, absent ones left out) or plain
-    values, as `--json` prints them."""
-    click.echo(json.dumps(msgspec.to_builtins(obj), indent=2, sort_keys=False))
+    values, as `--json` prints them; `one_line` after a stream's JSON lines, so that a
+    reader line by line decodes each line, the result's too."""
+    click.echo(json.dumps(msgspec.to_builtins(obj), indent=None if one_line else 2,
+                          sort_keys=False))
 
 
 def table(rows: list[list[str]], headers: list[str]) -> None:

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import msgspec
@@ -178,7 +178,8 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
     res: m.TaskResult
     if stream:  # its output is read back by position: from its first chunk on
         task_id = obj.call(m.TasksSubmit(**asked)).task_id
-        _finish(_streamed(obj, task_id, reconnect, as_json), as_json)
+        _finish(_streamed(obj, task_id, reconnect, as_json),
+                "json-lines" if as_json else "text")
         return
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
@@ -191,13 +192,17 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
             sys.exit(EXIT_UNREACHABLE)
         info = _wait_again(obj, accepted[0], reconnect)
         res = m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
-    _finish(res, as_json)
+    _finish(res, "json" if as_json else "text")
 
 
-def _finish(res: m.TaskResult, as_json: bool) -> None:
+# how a run's outcome is printed: JSON on one line after a stream's JSON lines
+Shown = Literal["text", "json", "json-lines"]
+
+
+def _finish(res: m.TaskResult, shown: Shown) -> None:
     """Print a run's outcome; exit 1 unless it succeeded."""
-    if as_json:
-        print_json(res)
+    if shown != "text":
+        print_json(res, one_line=shown == "json-lines")
     elif res.status == "succeeded":
         click.echo(json.dumps(res.output, indent=2))
     else:
@@ -274,7 +279,7 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
     except Unreachable:
         res = _wait_again(obj, task_id, reconnect)
     if as_json:
-        print_json(res)
+        print_json(res, one_line=stream)
         return
     if with_input:
         click.echo("input: " + (json.dumps(res.input) if res.input is not msgspec.UNSET
