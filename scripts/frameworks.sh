@@ -16,7 +16,9 @@ fw_venv() {  # fw_venv DIR PACKAGE==VERSION...
             touch "$fw_stamp" || { rm -rf "$fw_dir"; return 1; }
     fi
 }
+# each call's failure ends the script (the one that sourced it too): run alone without
+# -e, a later install that succeeds would have made its status 0
 fw_venv .venv-frameworks "pydantic-ai-slim[mcp,openai]==2.68.0" openai-agents==0.24.0 \
-    agno==3.1.10 mcp==2.3.0 openai==3.57.0
+    agno==3.1.10 mcp==2.3.0 openai==3.57.0 || exit 1
 fw_venv .venv-langgraph langgraph==1.2.24 langchain-mcp-adapters==0.3.2 \
-    langchain-openai==1.7.4 langchain-core==1.8.3 mcp==1.30.0
+    langchain-openai==1.7.4 langchain-core==1.8.3 mcp==1.30.0 || exit 1
