@@ -112,7 +112,14 @@ FIXTURES_SERVED = [
     "tasks-request-state-removal", "tasks-request-headers", "tasks-required-task-error",
     # and those whose tasks wait for the client's input: the server's input_required
     # relayed to the client (corral/mcp/relay.py)
-    "tasks-dispatch-and-envelope", "tasks-mrtr-input", "tasks-mrtr-composition"]
+    "tasks-dispatch-and-envelope", "tasks-mrtr-input", "tasks-mrtr-composition",
+    # SEP-2322's rounds relayed to the suite; tampered state refused by corral's seal
+    "input-required-result-basic-elicitation", "input-required-result-basic-sampling",
+    "input-required-result-request-state", "input-required-result-multi-round",
+    "input-required-result-result-type", "input-required-result-tampered-state",
+    "input-required-result-capability-check",
+    "input-required-result-missing-input-response",
+    "input-required-result-ignore-extra-params"]
 # 2025-11-25 fixture scenarios that fail at /mcp/fx: what the gateway does not pass on
 # yet (a server's log messages to the client). Sampling and elicitation pass: the fixture
 # server's input_required is asked of the suite's 2025-11-25 session as requests on its

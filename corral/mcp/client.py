@@ -186,8 +186,8 @@ class McpClient:
         span = CURRENT.get()
         if self.stateless or span is not None:
             meta = dict(params.get("_meta") or {})
-            if self.stateless:
-                meta.update(self._meta())
+            if self.stateless:  # capabilities a relay put there stand (request)
+                meta = {**self._meta(), **meta}
             if span is not None:
                 # the trace context of the call it is made for (a task's tool call): the
                 # keys the MCP revision 2026-07-28 reserves, understood by every revision's
@@ -203,7 +203,13 @@ class McpClient:
         (`resultType: input_required`) is answered and the request sent again, with the
         server's `requestState` as it was, up to MAX_INPUT_ROUNDS times; with a `relay`
         whose caller can answer it, it is returned unanswered (relay.py)."""
-        params = relay.params(params or {}) if relay is not None else params or {}
+        params = params or {}
+        if relay is not None:
+            params = relay.params(params)
+            if self.stateless:
+                # the server is told what the caller can answer, beside corral's own
+                params["_meta"] = {**(params.get("_meta") or {}), META_CAPABILITIES: {
+                    **self.client_capabilities(), **relay.offered()}}
         for _ in range(MAX_INPUT_ROUNDS + 1):
             result = await self._send(method, params, timeout)
             if not asks_input(result):

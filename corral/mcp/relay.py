@@ -47,6 +47,11 @@ class InputRelay(msgspec.Struct, frozen=True):
                 return False
         return True
 
+    def offered(self) -> dict[str, Any]:
+        """The caller's capabilities a server's input requests may use (relayed)."""
+        return {c: self.capabilities[c] for c in NEEDS.values()
+                if isinstance(self.capabilities.get(c), dict)}
+
     def params(self, params: dict[str, Any]) -> dict[str, Any]:
         """A request's params carrying this round's answers and the server's state."""
         out = {k: v for k, v in params.items()

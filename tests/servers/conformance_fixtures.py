@@ -350,6 +350,95 @@ async def test_input_required_result_list_roots(ctx: Context
     return CallToolResult(content=[TextContent(type="text", text=f"Roots: {roots}")])
 
 
+def _sample(text: str) -> CreateMessageRequest:
+    return CreateMessageRequest(params=CreateMessageRequestParams(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text=text))],
+        max_tokens=100))
+
+
+def _name_form(message: str, field: str = "name", kind: str = "string") -> ElicitRequest:
+    return _form(message, {field: {"type": kind}}, [field])
+
+
+def _done(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)])
+
+
+@server.tool()
+async def test_input_required_result_elicitation(ctx: Context
+                                                 ) -> CallToolResult | InputRequiredResult:
+    """SEP-2322's basic round: the user's name, asked again until answered."""
+    got = _answered(ctx, "user_name")
+    if got is None:
+        return InputRequiredResult(input_requests={
+            "user_name": _name_form("What is your name?")})
+    return _done(f"Hello, {got.get('name')}!")
+
+
+@server.tool()
+async def test_input_required_result_sampling(ctx: Context
+                                              ) -> CallToolResult | InputRequiredResult:
+    """A sampling request, and what the model said."""
+    got = (ctx.input_responses or {}).get("capital_question")
+    if got is None:
+        return InputRequiredResult(input_requests={
+            "capital_question": _sample("What is the capital of France?")})
+    content = got.content if not isinstance(got.content, list) else got.content[0]
+    return _done(f"The model said: {getattr(content, 'text', '')}")
+
+
+@server.tool()
+async def test_input_required_result_request_state(ctx: Context
+                                                   ) -> CallToolResult | InputRequiredResult:
+    """A confirmation with a state of its own, which must come back."""
+    if _answered(ctx, "confirm") is None or ctx.request_state != "awaiting-confirm":
+        return InputRequiredResult(input_requests={
+            "confirm": _name_form("Please confirm", "ok", "boolean")},
+            request_state="awaiting-confirm")
+    return _done("Confirmed, with the state as it was given")
+
+
+@server.tool()
+async def test_input_required_result_multi_round(ctx: Context
+                                                 ) -> CallToolResult | InputRequiredResult:
+    """Two rounds, the state changing between them."""
+    if ctx.request_state == "round-2" and _answered(ctx, "step2") is not None:
+        return _done(f"Done: {(_answered(ctx, 'step2') or {}).get('color')}")
+    if ctx.request_state == "round-1" and _answered(ctx, "step1") is not None:
+        return InputRequiredResult(input_requests={
+            "step2": _name_form("Step 2: your favourite colour?", "color")},
+            request_state="round-2")
+    return InputRequiredResult(input_requests={
+        "step1": _name_form("Step 1: What is your name?")}, request_state="round-1")
+
+
+@server.tool()
+async def test_input_required_result_tampered_state(ctx: Context
+                                                    ) -> CallToolResult | InputRequiredResult:
+    """A state the SDK seals: a changed one is refused."""
+    if _answered(ctx, "confirm") is None or ctx.request_state != "sealed":
+        return InputRequiredResult(input_requests={
+            "confirm": _name_form("Please confirm", "ok", "boolean")}, request_state="sealed")
+    return _done("The state was intact")
+
+
+@server.tool()
+async def test_input_required_result_capabilities(ctx: Context
+                                                  ) -> CallToolResult | InputRequiredResult:
+    """Asks only what its client declared it can answer."""
+    if ctx.input_responses:
+        return _done("Answered")
+    caps = ctx.client_capabilities
+    asked: dict[str, Any] = {}
+    if caps is not None and caps.sampling is not None:
+        asked["question"] = _sample("Anything?")
+    if caps is not None and caps.elicitation is not None:
+        asked["name"] = _name_form("What is your name?")
+    if not asked:
+        return _done("Nothing this client can answer")
+    return InputRequiredResult(input_requests=asked)
+
+
 @server.tool()
 async def many_questions(count: int, ctx: Context) -> CallToolResult | InputRequiredResult:
     """Asks `count` questions at once (a round past a client's bound on them)."""
