@@ -111,7 +111,7 @@ def version(obj: Ctx) -> None:
 
 @command(m.ConfigReload, more="\n\nPrints each agent, MCP server, workflow, team "
              "and schedule added, removed or changed, then how many are unchanged; an agent "
-             "whose change did not take is named on stderr with the reason.")
+             "whose rollout stopped is named on stderr with the reason.")
 @json_option
 @pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
@@ -135,7 +135,7 @@ def reload(obj: Ctx, as_json: bool) -> None:
               for i, (kind, changes) in enumerate(kinds) if i < 2 or changes.get("unchanged")]
     click.echo(f"unchanged: {', '.join(counts)}")
     for name, why in res.failed.items():
-        click.echo(f"corral: {name} was not changed: {why}", err=True)
+        click.echo(f"corral: {name}: {why}", err=True)  # (kept or not: `why` says)
     if res.restart_needed:
         click.echo(f"corral: {', '.join(res.restart_needed)} changed in the file: read at "
                    "start, not applied until the daemon restarts (or `corral upgrade`)",

@@ -33,7 +33,7 @@ import msgspec
 
 from ..jsonrpc import RpcError
 from ..methods import ConfigReload, DrainReport, ReloadResult
-from ..supervisor.config import Config, ConfigError
+from ..supervisor.config import Config, ConfigError, GatewaySettings
 from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
@@ -458,9 +458,13 @@ class Daemon:
             protected = part.protected(cfg, self.config_path, part.paths_of(
                 cfg, self.config_path, self.socket_override))
             check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
-            # the tokens file is re-read: rotating a token is an edit and a reload
-            gateway_changes = s.gateway.configure(cfg.gateway, self.config_path.parent)
-            if s.models is not None:  # (made at start where [models] named any)
+            # the tokens file is re-read: rotating a token is an edit and a reload; the
+            # keys its listener was made with stay as they were (restart_needed says so)
+            gateway = (cfg.gateway if self.start_config is None
+                       else as_listening(self.start_config.gateway, cfg.gateway))
+            gateway_changes = s.gateway.configure(gateway, self.config_path.parent)
+            # (made at start where [models] named any: added since, restart_needed says so)
+            if s.models is not None:
                 gateway_changes += s.models.configure(cfg.models, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
                                          for a in s.agents.values()
@@ -472,7 +476,7 @@ class Daemon:
         self.parts.tuning.sandbox_program = cfg.supervisor.bwrap
         self.parts.tuning.protected_paths = protected
         self.drain_timeout = cfg.supervisor.drain_timeout
-        s.fleet.gateway = cfg.gateway
+        s.fleet.gateway = gateway
         s.workflows.configure(cfg.workflows)
         s.teams.configure(cfg.teams)
         s.schedules.configure(cfg)
@@ -482,6 +486,9 @@ class Daemon:
         result.gateway = gateway_changes
         if self.start_config is not None:
             result.restart_needed = read_at_start(self.start_config, cfg)
+        if result.restart_needed:  # (the fleet's line above says what was applied)
+            s.hub.daemon(f"reload: {', '.join(result.restart_needed)} changed in the file: "
+                         "read at start, not applied until the daemon restarts", priority=4)
         if before is not None:
             definitions_changed(before, cfg, result)
         if self.cluster is not None:
@@ -505,10 +512,29 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
 START_ONLY = ("tracing", "http", "cluster", "packages")
 
 
+# [gateway]'s keys its HTTP listener was made with at start (http/mcp.py): a reload
+# keeps them as they were (decision 591)
+GATEWAY_AT_START = ("listen", "allow_remote", "tls_cert", "tls_key", "max_sessions",
+                    "session_idle_timeout")
+
+
 def read_at_start(started: Config, now: Config) -> list[str]:
-    """The START_ONLY tables the file changes since the daemon started (`[tracing]`...)."""
-    return [f"[{name}]" for name in START_ONLY
-            if getattr(started, name) != getattr(now, name)]
+    """What the file changes since the daemon started that a reload does not apply: the
+    START_ONLY tables (`[tracing]`...), GATEWAY_AT_START's keys (`[gateway] listen`),
+    and a [models] where the daemon started with none: the model gateway is made at
+    start, its routes on the HTTP gateway and its variables in each replica's
+    environment (decision 590)."""
+    said = [f"[{name}]" for name in START_ONLY if getattr(started, name) != getattr(now, name)]
+    said += [f"[gateway] {key}" for key in GATEWAY_AT_START
+             if getattr(started.gateway, key) != getattr(now.gateway, key)]
+    if now.models and not started.models:
+        said.append("[models]")
+    return said
+
+
+def as_listening(started: GatewaySettings, now: GatewaySettings) -> GatewaySettings:
+    """The file's [gateway] with GATEWAY_AT_START's keys as the daemon started with."""
+    return msgspec.structs.replace(now, **{k: getattr(started, k) for k in GATEWAY_AT_START})
 
 
 def import_web(cfg: Config) -> None:

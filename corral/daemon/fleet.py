@@ -37,7 +37,7 @@ from ..supervisor.configload import (
     parse_agents,
 )
 from ..supervisor.elastic import scale_refusal
-from ..supervisor.errors import SupervisorError
+from ..supervisor.errors import SupervisorError, UnreadyKept
 from ..supervisor.names import name_problem, shown
 from ..supervisor.parts import Parts
 from ..supervisor.release import READY
@@ -88,7 +88,8 @@ class Fleet:
                     undo: Callable[[], list[Write]]) -> None:
         """Commit `writes`, then `act`; when the act fails (SupervisorError), commit
         what `undo()` gives (made once the record is: it names the revisions made) and
-        say in the error whether that could be done. A database that cannot be written
+        say in the error whether that could be done; an act that keeps the change all
+        the same (UnreadyKept) keeps its record. A database that cannot be written
         refuses the change, `unchanged` saying so, and the operator may simply try again
         once it can."""
         try:
@@ -97,6 +98,8 @@ class Fleet:
             raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
         try:
             await act()
+        except UnreadyKept:
+            raise  # the agent runs what was recorded
         except SupervisorError as exc:
             try:
                 await self.store.commit(undo())
@@ -478,7 +481,8 @@ class Fleet:
             except SupervisorError as exc:
                 failed[name] = exc.message
                 self.report(f"reload: {exc.message}", priority=4)
-                return
+                if not isinstance(exc, UnreadyKept):
+                    return
             self.record(spec, who)
 
         await asyncio.gather(*(change(n) for n in agents["changed"]))

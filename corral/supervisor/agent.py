@@ -11,7 +11,7 @@ from typing import Protocol
 from .. import jsonrpc
 from ..text import plural
 from .config import AgentSpec
-from .errors import SupervisorError
+from .errors import SupervisorError, UnreadyKept
 from .lifecycle import Cause
 from .process_replica import ResumeFailed
 from .replica import Replica
@@ -115,28 +115,56 @@ class Agent:
         so the agent never serves with fewer replicas and no task is dropped. A new process
         that does not become ready aborts the rollout, the old one kept.
         A replica stopped by hand (or never started) is replaced without starting, unless
-        `start_stopped`."""
+        `start_stopped`. A failed one has no process to keep serving: its new process
+        takes its place at once (_supplant), and one that does not become ready leaves
+        the agent on `spec` all the same, what an operator fixing a broken command
+        expects of the next start (decision 592); SupervisorError says so once the
+        other replicas are replaced."""
         new_spec = spec or self.spec
+        unready: list[str] = []
         for i in replicas if replicas is not None else range(len(self.replicas)):
             if i < len(self.replicas):
-                await self._replace(i, new_spec, start_stopped)
+                why = await self._replace(i, new_spec, start_stopped)
+                unready += [why] if why is not None else []
         if spec is not None:
             spec.replicas = self.spec.replicas
             self.spec = spec
+        if unready:
+            raise UnreadyKept(jsonrpc.REFUSED, f"rollout of {self.name}: "
+                                  f"{'; '.join(unready)}; no old process was running (it "
+                                  "had failed): the new spec is kept, a start runs it")
 
-    async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> None:
+    async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> str | None:
+        """Replica `i` replaced by a process of `spec`; why a failed one's new process
+        did not become ready (None: it did, or the replica was not failed)."""
         old = self.replicas[i]
         new = self.host.new_replica(spec, self.name, i)
+        if old.machine.failed:
+            return await self._supplant(i, old, new, spec)
         if not start_stopped and old.stopped_by_hand:
             self.replicas[i] = new
             self.host.roster_changed(self.name)
             self.host.forget([old])
-            return
+            return None
         self.replacing.update((old, new))
         try:
             await self._swap(i, old, new, spec)
         finally:
             self.replacing -= {old, new}
+        return None
+
+    async def _supplant(self, i: int, old: Replica, new: Replica, spec: AgentSpec
+                        ) -> str | None:
+        """A failed replica `old` replaced by `new`, started as by an operator's start: one
+        that does not become ready is left to its restart policy, as such a start is."""
+        self.replicas[i] = new
+        self.host.roster_changed(self.name)
+        self.host.forget([old])
+        new.start(by_hand=True)
+        why = await self.host.healthy([new], spec, spec.start_timeout + spec.stop_timeout
+                                      + 5.0 + spec.min_healthy_time)
+        self.host.pump(self.name)
+        return None if why is None else f"replica {i}'s new process did not become ready: {why}"
 
     async def _swap(self, i: int, old: Replica, new: Replica, spec: AgentSpec) -> None:
         new.start(by_hand=True)

@@ -34,3 +34,9 @@ class NoSuchAgent(SupervisorError):
         super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"
                                             + (f" ({'; '.join(said)})" if said else ""))
 
+
+
+class UnreadyKept(SupervisorError):
+    """A rollout of a failed agent whose new process did not become ready: there was no
+    old process to keep serving, so the agent keeps the new spec (Agent.roll), and a
+    change that records it keeps the record (decision 592)."""

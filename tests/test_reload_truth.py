@@ -1,0 +1,105 @@
+"""A reload says what it applied and nothing else (a new user's trial): a [models] added
+to a daemon started without one and a changed `[gateway] listen` are named as needing a
+restart, never said to be applied nor taken in silence (decisions 590, 591); a failed
+agent's fix whose new process does not become ready is kept, and said truthfully
+(decision 592)."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+from .daemon_harness import PY, hello, running_daemon
+from .test_daemon_cli import wait_until
+
+RESTART = ("changed in the file: read at start, not applied until the daemon restarts "
+           "(or `corral upgrade`)\n")
+
+
+def _log(d_state: Path) -> str:
+    return (d_state / "logs" / "corral.log").read_text()
+
+
+def test_models_added_by_a_reload_are_named_as_needing_a_restart(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, hello("hello")) as d:
+        d.config.write_text(d.config.read_text() + textwrap.dedent("""
+            [models.m]
+            url = "http://127.0.0.1:9/v1"
+            format = "openai"
+        """))
+        r = d.cli("reload")
+        assert (r.returncode, r.stdout) == (0, "nothing changed\n"
+                                               "unchanged: 1 agent, 0 MCP servers\n")
+        assert r.stderr == f"corral: [models] {RESTART}"
+        assert json.loads(d.cli("reload", "--json").stdout)["restart_needed"] == ["[models]"]
+        assert ("reload: [models] changed in the file: read at start, not applied until "
+                "the daemon restarts\n") in _log(d.state)
+        # no model served meanwhile: the gateway's models are none
+        assert "m" not in json.dumps(d.json("mcp", "status")["gateway"].get("models", {}))
+
+
+def test_models_removed_by_a_reload_are_applied(tmp_path: Path) -> None:
+    models = '\n[models.m]\nurl = "http://127.0.0.1:9/v1"\nformat = "openai"\n'
+    with running_daemon(tmp_path, hello("hello"), extra=models) as d:
+        d.config.write_text(d.config.read_text().replace(models, "\n"))
+        r = d.cli("reload")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert r.stdout == ("KIND     NAME  CHANGE\n"
+                            "gateway        model m removed\n"
+                            "unchanged: 1 agent, 0 MCP servers\n")
+
+
+def test_a_changed_gateway_listen_is_named_as_needing_a_restart(tmp_path: Path) -> None:
+    old, new = tmp_path / "a.sock", tmp_path / "b.sock"
+    with running_daemon(tmp_path, hello("hello"),
+                        extra=f'\n[gateway]\nlisten = "unix:{old}"\n') as d:
+        d.config.write_text(d.config.read_text().replace(f"unix:{old}", f"unix:{new}"))
+        r = d.cli("reload")
+        # before: the table said `gateway listen 'unix:…a.sock' -> 'unix:…b.sock'`
+        assert (r.returncode, r.stdout) == (0, "nothing changed\n"
+                                               "unchanged: 1 agent, 0 MCP servers\n")
+        assert r.stderr == f"corral: [gateway] listen {RESTART}"
+        http = d.json("mcp", "status")["gateway"]["http"]
+        assert http["listen"] == f"unix:{old}" and old.exists() and not new.exists()
+        # said again on the next reload, until a restart applies it
+        assert json.loads(d.cli("reload", "--json").stdout)["restart_needed"] == [
+            "[gateway] listen"]
+        assert ("reload: [gateway] listen changed in the file: read at start, not applied "
+                "until the daemon restarts\n") in _log(d.state)
+
+
+def test_a_failed_agents_fix_that_does_not_become_ready_is_kept(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    broken = textwrap.dedent(f"""
+        [agents.u]
+        command = ["{PY}", "-c", "raise SystemExit(3)"]
+        max_restarts = 0
+        start_timeout = 1.0
+        stop_timeout = 2.0
+    """)
+    with running_daemon(tmp_path, broken) as d:
+        wait_until(lambda: d.status()["u#0"]["state"] == "failed", what="u failed")
+        # the fix: hello, once `go` exists (its first start, before, times out)
+        fixed = hello("u", extra="max_restarts = 0\nstart_timeout = 1.0\n").replace(
+            f'command = ["{PY}", ',
+            f'command = ["/bin/sh", "-c", "while [ ! -e {go} ]; do sleep 0.05; done; '
+            f'exec \\"$0\\" \\"$@\\"", "{PY}", ')
+        d.config.write_text(d.config.read_text().replace(broken, fixed))
+        r = d.cli("reload")
+        assert (r.returncode, r.stdout) == (0, "KIND   NAME  CHANGE\n"
+                                               "agent  u     failed\n"
+                                               "unchanged: 0 agents, 0 MCP servers\n")
+        # before: "…; the old one keeps running", of an old one that was not running
+        assert re.fullmatch(r"corral: u: rollout of u: replica 0's new process did not "
+                            r"become ready: .*; no old process was running \(it had "
+                            r"failed\): the new spec is kept, a start runs it\n",
+                            r.stderr), r.stderr
+        revisions = d.json("history", "u")["revisions"]
+        assert [x["revision"] for x in revisions] == [1, 2]
+        wait_until(lambda: d.status()["u#0"]["state"] == "failed", what="u failed again")
+        go.touch()
+        assert d.cli("start", "u").returncode == 0
+        # the old command exits 3 at once: only the fix's becomes ready
+        wait_until(lambda: d.status()["u#0"]["state"] == "ready", what="u ready")
