@@ -140,12 +140,14 @@ async def test_a_stream_resumed_with_last_event_id_sees_every_chunk_once_in_orde
             _, *tail = await events_until_result(stream)
         assert [e["data"]["data"] for e in tail[:-1]] == ["c9 "]
 
-        # an id the stream never gave is refused before any stream, naming it
-        status, body, r = await api.ask("GET", f"/tasks/{task_id}/stream", "reader",
-                                        headers={"Last-Event-ID": "1-x"})
-        assert (status, r.content_type, body) == (400, PROBLEM, problem(
-            400, "bad request", "last_event_id: '1-x' is not a position of a task's "
-            "output (ATTEMPT-N, an id the stream gave)", jsonrpc.INVALID_PARAMS))
+        # an id the stream never gave is refused before any stream, naming it: one whose
+        # numbers are no SQLite integer too, and one of digits that are not ASCII
+        for given in ("1-x", "9" * 19 + "-1", "\u0663-1"):
+            status, body, r = await api.ask("GET", f"/tasks/{task_id}/stream", "reader",
+                                            headers={"Last-Event-ID": given})
+            assert (status, r.content_type, body) == (400, PROBLEM, problem(
+                400, "bad request", f"last_event_id: {given!r} is not a position of a "
+                "task's output (ATTEMPT-N, an id the stream gave)", jsonrpc.INVALID_PARAMS))
 
 
 TENANTS = """
