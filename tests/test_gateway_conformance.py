@@ -119,7 +119,7 @@ FIXTURES_SERVED = [
     "input-required-result-result-type", "input-required-result-tampered-state",
     "input-required-result-capability-check",
     "input-required-result-missing-input-response",
-    "input-required-result-ignore-extra-params"]
+    "input-required-result-ignore-extra-params", "input-required-result-non-tool-request"]
 # 2025-11-25 fixture scenarios that fail at /mcp/fx: what the gateway does not pass on
 # yet (a server's log messages to the client). Sampling and elicitation pass: the fixture
 # server's input_required is asked of the suite's 2025-11-25 session as requests on its

@@ -140,26 +140,26 @@ def test_another_tenants_client_cannot_answer_with_a_state_given_to_someone_else
     stolen = call(g, "globex", "confirm_delete", ELICITING, args={"filename": "c.txt"},
                   inputResponses={"confirm": ACCEPT}, requestState=state)
     assert stolen["error"] == {"code": -32602, "message": (
-        "invalid params: tools/call fx__confirm_delete: requestState was not given to "
-        "gateway client token mcp-globex for tool fx__confirm_delete")}, stolen
+        "invalid params: fx__confirm_delete: requestState was not given to "
+        "gateway client token mcp-globex for fx__confirm_delete")}, stolen
     # nor is it good for another tool of the same client
     other = call(g, "acme", "multi_input", ELICITING, inputResponses={"first": ACCEPT},
                  requestState=state)
     assert other["error"]["message"] == (
-        "invalid params: tools/call fx__multi_input: requestState was not given to "
-        "gateway client token mcp-acme for tool fx__multi_input"), other
+        "invalid params: fx__multi_input: requestState was not given to "
+        "gateway client token mcp-acme for fx__multi_input"), other
     # a state changed by one character is not corral's
     forged = state[:-1] + ("A" if state[-1] != "A" else "B")
     bad = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
                inputResponses={"confirm": ACCEPT}, requestState=forged)
     assert bad["error"] == {"code": -32602, "message": (
-        "invalid params: tools/call fx__confirm_delete: requestState is not one corral "
+        "invalid params: fx__confirm_delete: requestState is not one corral "
         "gave")}, bad
     # inputResponses that are not an object are refused before the server is asked
     refused = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
                    inputResponses=12345)
     assert refused["error"] == {"code": -32602, "message": (
-        "invalid params: tools/call fx__confirm_delete: inputResponses must be an "
+        "invalid params: fx__confirm_delete: inputResponses must be an "
         "object")}, refused
 
 
@@ -176,7 +176,7 @@ def test_a_server_that_asks_for_ever_is_given_up_after_max_input_rounds(
     over = call(g, "acme", "multi_input", ELICITING, requestState=state,
                 inputResponses={"first": ACCEPT})
     assert over["error"]["message"] == (
-        "tools/call fx__multi_input: the server still asked for input after 8 rounds "
+        "fx__multi_input: the server still asked for input after 8 rounds "
         "(corral's bound MAX_INPUT_ROUNDS): given up"), over
 
 
@@ -238,7 +238,7 @@ def test_unanswered_input_fails_the_task_and_expires_the_state_naming_input_wait
     late = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "d.txt"},
                 inputResponses={"confirm": ACCEPT}, requestState=state)
     assert late["error"] == {"code": -32602, "message": (
-        "invalid params: tools/call fx__confirm_delete: requestState expired (older than "
+        "invalid params: fx__confirm_delete: requestState expired (older than "
         "[gateway] input_wait): call again without it")}, late
 
 
@@ -512,3 +512,34 @@ def test_a_servers_roots_are_the_operators_never_a_gateway_clients(gateway: Gate
             else [json.loads(r.read())]
     assert [m.get("method") for m in got] == [None], got  # nothing asked of the client
     assert text(got[0]["result"]) == "Roots: []", got
+
+
+def test_a_prompts_input_is_relayed_too_and_its_state_is_the_prompts_alone(
+        gateway: Gateway) -> None:
+    g = gateway
+    prompt = "test_input_required_result_prompt"
+    asked = rpc(g, "acme", "prompts/get", {"name": prompt}, ELICITING)["result"]
+    assert asked["resultType"] == "input_required", asked
+    assert list(asked["inputRequests"]) == ["user_context"], asked
+    answers = {"user_context": {"action": "accept", "content": {"context": "tests"}}}
+    got = rpc(g, "acme", "prompts/get", {"name": prompt, "inputResponses": answers,
+                                         "requestState": asked["requestState"]},
+              ELICITING)["result"]
+    assert got["messages"][0]["content"]["text"] == "Use this context: tests", got
+    # the prompt's state is not a tool's
+    other = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "k.txt"},
+                 inputResponses={"confirm": ACCEPT}, requestState=asked["requestState"])
+    assert other["error"]["message"] == (
+        "invalid params: fx__confirm_delete: requestState was not given to gateway client "
+        "token mcp-acme for fx__confirm_delete"), other
+    # a 2025-11-25 session is asked on the prompts/get's stream
+    s = legacy_session(g, "acme", ELICITING)
+    with httpx2.stream("POST", g.url, json={"jsonrpc": "2.0", "id": 6, "method": "prompts/get",
+                                            "params": {"name": prompt}},
+                       headers=s.headers(), timeout=60) as r:
+        stream = events(r)
+        question = next(stream)
+        assert question["method"] == "elicitation/create", question
+        s.answer(question["id"], {"action": "accept", "content": {"context": "legacy"}})
+        done = next(stream)
+    assert done["result"]["messages"][0]["content"]["text"] == "Use this context: legacy"

@@ -478,12 +478,17 @@ class GatewayService:
             if isinstance(said, dict) else None
         relay, opened = self._relay(ident, name, params)
         result = await self.call(ident, name, arguments, on_progress, who, context, relay)
-        if relay is not None and asks_input(result):
-            # the server's state goes to the client sealed, bound to it and this tool
-            result = {**result, "requestState": self.seal.seal(
-                ident.name, name, result.get("requestState"), opened,
-                self.settings.input_wait)}
-        return result
+        return self._sealed(ident, name, opened, relay, result)
+
+    def _sealed(self, ident: Identity, subject: str, opened: SealedState | None,
+                relay: InputRelay | None, result: Any) -> Any:
+        """A relayed input_required with the server's state sealed, bound to the client
+        and `subject` (the tool, prompt or resource it asked for)."""
+        if relay is None or not asks_input(result):
+            return result
+        return {**result, "requestState": self.seal.seal(
+            ident.name, subject, result.get("requestState"), opened,
+            self.settings.input_wait)}
 
     def _relay(self, ident: Identity, name: str, params: dict[str, Any]
                ) -> tuple[InputRelay | None, SealedState | None]:
@@ -494,8 +499,7 @@ class GatewayService:
         responses = params.get("inputResponses")
         if "inputResponses" in params and not isinstance(responses, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
-                           f"invalid params: tools/call {name}: inputResponses must be an "
-                           "object")
+                           f"invalid params: {name}: inputResponses must be an object")
         opened = self.seal.open(ident.name, name, params["requestState"]) \
             if "requestState" in params else None
         said = params.get("_meta")
@@ -593,13 +597,17 @@ class GatewayService:
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         pool = self.tools
         if method == "prompts/get":
-            return await pool.get_prompt(str(params.get("name")),
-                                         params.get("arguments") or {},
-                                         owner=ident.owner, allow=ident.allow)
+            name = str(params.get("name"))
+            relay, opened = self._relay(ident, name, params)
+            return self._sealed(ident, name, opened, relay, await pool.get_prompt(
+                name, params.get("arguments") or {}, owner=ident.owner, allow=ident.allow,
+                relay=relay))
         if method == "resources/read":
             uri = str(params.get("uri"))
-            return await pool.read_resource(await self._server_of(ident, uri), uri,
-                                            owner=ident.owner, allow=ident.allow)
+            relay, opened = self._relay(ident, uri, params)
+            return self._sealed(ident, uri, opened, relay, await pool.read_resource(
+                await self._server_of(ident, uri), uri, owner=ident.owner,
+                allow=ident.allow, relay=relay))
         if method == "completion/complete":
             ref = dict(params.get("ref") or {})
             if ref.get("type") == "ref/prompt":

@@ -52,7 +52,7 @@ class StateSeal:
         turn = opened.round + 1 if opened is not None else 1
         if turn > MAX_INPUT_ROUNDS:
             raise RpcError(jsonrpc.REFUSED,
-                           f"tools/call {tool}: the server still asked for input after "
+                           f"{tool}: the server still asked for input after "
                            f"{MAX_INPUT_ROUNDS} rounds (corral's bound MAX_INPUT_ROUNDS): "
                            "given up")
         body = msgspec.json.encode(SealedState(client, tool, turn, time.time() + wait,
@@ -74,7 +74,7 @@ class StateSeal:
         sealed = _decode.decode(body)
         if sealed.client != client or sealed.tool != tool:
             raise _invalid(tool, f"requestState was not given to gateway client {client} "
-                                 f"for tool {tool}")
+                                 f"for {tool}")
         if sealed.expires < time.time():
             raise _invalid(tool, "requestState expired (older than [gateway] input_wait): "
                                  "call again without it")
@@ -96,4 +96,4 @@ def _unb64(text: str) -> bytes:
 
 
 def _invalid(tool: str, why: str) -> RpcError:
-    return RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: tools/call {tool}: {why}")
+    return RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {tool}: {why}")

@@ -621,8 +621,10 @@ class McpClient:
     async def list_resource_templates(self, timeout: float) -> list[dict[str, Any]]:
         return await self.list_all("resources/templates/list", "resourceTemplates", timeout)
 
-    async def read_resource(self, uri: str, timeout: float) -> Any:
-        return await self.request("resources/read", {"uri": uri}, timeout=timeout)
+    async def read_resource(self, uri: str, timeout: float,
+                            relay: InputRelay | None = None) -> Any:
+        return await self.request("resources/read", {"uri": uri}, timeout=timeout,
+                                  relay=relay)
 
     async def subscribe(self, uri: str, timeout: float) -> None:
         """Updates of `uri` from now on (notifications/resources/updated): asked by
@@ -656,9 +658,10 @@ class McpClient:
     async def list_prompts(self, timeout: float) -> list[dict[str, Any]]:
         return await self.list_all("prompts/list", "prompts", timeout)
 
-    async def get_prompt(self, name: str, arguments: dict[str, str], timeout: float) -> Any:
+    async def get_prompt(self, name: str, arguments: dict[str, str], timeout: float,
+                         relay: InputRelay | None = None) -> Any:
         return await self.request("prompts/get", {"name": name, "arguments": arguments},
-                                  timeout=timeout)
+                                  timeout=timeout, relay=relay)
 
     async def complete(self, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None, timeout: float) -> Any:

@@ -304,10 +304,11 @@ class McpPool(Generic[Spec, Inst]):
                                      lambda s, t: f"{s}{SEP}{t.get('uriTemplate')}")
 
     async def read_resource(self, server: str, uri: str, *, owner: str | None = None,
-                            allow: list[str] | None = None) -> Any:
+                            allow: list[str] | None = None,
+                            relay: InputRelay | None = None) -> Any:
         entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
                                            owner, allow)
-        return await inst.client.read_resource(uri, entry.spec.timeout)
+        return await inst.client.read_resource(uri, entry.spec.timeout, relay)
 
     async def subscribe(self, server: str, uri: str, subscriber: str,
                         on_update: ResourceListener, *, owner: str | None = None,
@@ -378,10 +379,11 @@ class McpPool(Generic[Spec, Inst]):
         return [{**p, "name": f"{p['server']}{SEP}{p.get('name')}"} for p in prompts]
 
     async def get_prompt(self, qualified: str, arguments: dict[str, str], *,
-                         owner: str | None = None, allow: list[str] | None = None) -> Any:
+                         owner: str | None = None, allow: list[str] | None = None,
+                         relay: InputRelay | None = None) -> Any:
         server, name = split(qualified, "prompt")
         entry, inst = await self._admitted(server, "prompt", qualified, owner, allow)
-        return await inst.client.get_prompt(name, arguments, entry.spec.timeout)
+        return await inst.client.get_prompt(name, arguments, entry.spec.timeout, relay)
 
     async def complete(self, server: str, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None = None, *, owner: str | None = None,

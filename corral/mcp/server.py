@@ -70,6 +70,8 @@ CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
 TASKS = "io.modelcontextprotocol/tasks"
 TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 SUBSCRIBING = frozenset({"resources/subscribe", "resources/unsubscribe"})
+# requests whose server may ask for input (SEP-2322)
+ASKING = frozenset({"tools/call", "prompts/get", "resources/read"})
 MISSING_CAPABILITY = -32021  # MissingRequiredClientCapability (SEP-2575)
 
 _one = msgspec.json.Decoder(Envelope)
@@ -215,7 +217,7 @@ class GatewaySession:
         """Whether answering `env` may first mean asking the client (a server's input
         request relayed to a 2025-11-25 session's client that can answer one): the
         transport then keeps a channel for it (HTTP: the POST's SSE stream)."""
-        return env.method == "tools/call" and self._askable()
+        return env.method in ASKING and self._askable()
 
     def _askable(self) -> bool:
         """A 2025-11-25 session whose client declared a capability a server's input

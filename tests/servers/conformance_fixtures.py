@@ -485,6 +485,17 @@ def template(id: str) -> str:
 
 
 @server.prompt()
+async def test_input_required_result_prompt(ctx: Context
+                                            ) -> list[UserMessage] | InputRequiredResult:
+    """A prompt that asks its context first (input_required on prompts/get)."""
+    got = _answered(ctx, "user_context")
+    if got is None:
+        return InputRequiredResult(input_requests={"user_context": _name_form(
+            "What context should the prompt use?", "context")})
+    return [UserMessage(f"Use this context: {got.get('context')}")]
+
+
+@server.prompt()
 def test_simple_prompt() -> list[UserMessage]:
     """A simple prompt."""
     return [UserMessage("This is a simple prompt for testing.")]
