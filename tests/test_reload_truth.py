@@ -11,6 +11,7 @@ import re
 import textwrap
 from pathlib import Path
 
+from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, hello, running_daemon
 from .test_daemon_cli import wait_until
 
@@ -103,3 +104,57 @@ def test_a_failed_agents_fix_that_does_not_become_ready_is_kept(tmp_path: Path) 
         assert d.cli("start", "u").returncode == 0
         # the old command exits 3 at once: only the fix's becomes ready
         wait_until(lambda: d.status()["u#0"]["state"] == "ready", what="u ready")
+
+
+def test_an_update_of_a_failed_agent_keeps_its_record(tmp_path: Path) -> None:
+    # `corral update` rolls out as a reload does: the new spec kept is the one recorded
+    # (Fleet._unit takes back only a change not made), so the next daemon starts it too
+    go = tmp_path / "go"
+    with running_daemon(tmp_path, "") as d:
+        table = tmp_path / "u.toml"
+        table.write_text(textwrap.dedent(f"""
+            [agents.u]
+            command = ["{PY}", "-c", "raise SystemExit(3)"]
+            env = {{ PYTHONPATH = "{ROOT}" }}
+            max_restarts = 0
+            start_timeout = 1.0
+            stop_timeout = 2.0
+        """))
+        r = d.cli("add", str(table))
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: d.status()["u#0"]["state"] == "failed", what="u failed")
+        revisions = len(d.json("history", "u")["revisions"])
+        r = d.cli("update", "u", "--command", f"/bin/sh -c 'while [ ! -e {go} ]; do sleep "
+                  f"0.05; done; exec \"$0\" \"$@\"' {PY} {EXAMPLES}/hello.py")
+        assert r.returncode == 1
+        assert re.fullmatch(r"corral: rollout of u: replica 0's new process did not become "
+                            r"ready: .*; no old process was running \(it had failed\): the "
+                            r"new spec is kept, a start runs it\n", r.stderr), r.stderr
+        assert len(d.json("history", "u")["revisions"]) == revisions + 1
+        assert d.json("describe", "u")["spec"]["command"].endswith("examples/hello.py")
+        wait_until(lambda: d.status()["u#0"]["state"] == "failed", what="u failed again")
+        go.touch()
+        assert d.cli("start", "u").returncode == 0
+        wait_until(lambda: d.status()["u#0"]["state"] == "ready", what="u ready")
+        assert d.stop() == 0  # the record is the fix: the next daemon starts it
+        d.start()
+        wait_until(lambda: d.status()["u#0"]["state"] == "ready", what="u back")
+        assert d.json("describe", "u")["spec"]["command"].endswith("examples/hello.py")
+
+
+def test_a_rolling_restart_of_a_failed_agent_says_none_was_running(tmp_path: Path) -> None:
+    broken = textwrap.dedent(f"""
+        [agents.u]
+        command = ["{PY}", "-c", "raise SystemExit(3)"]
+        max_restarts = 0
+        stop_timeout = 2.0
+    """)
+    with running_daemon(tmp_path, broken) as d:
+        wait_until(lambda: d.status()["u#0"]["state"] == "failed", what="u failed")
+        r = d.cli("restart", "u", "--rolling")
+        assert r.returncode == 1
+        # before: "…; the old one keeps running"
+        assert re.fullmatch(r"corral: rollout of u: replica 0's new process did not become "
+                            r"ready: .*exited with status 3.*; no old process was running "
+                            r"\(it had failed\)\n", r.stderr), r.stderr
+        assert d.status()["u#0"]["state"] == "failed"

@@ -129,10 +129,11 @@ class Agent:
         if spec is not None:
             spec.replicas = self.spec.replicas
             self.spec = spec
-        if unready:
+        if unready:  # (a rolling restart's spec is the one there was)
+            kept = ": the new spec is kept, a start runs it" if spec is not None else ""
             raise UnreadyKept(jsonrpc.REFUSED, f"rollout of {self.name}: "
-                                  f"{'; '.join(unready)}; no old process was running (it "
-                                  "had failed): the new spec is kept, a start runs it")
+                              f"{'; '.join(unready)}; no old process was running (it "
+                              f"had failed){kept}")
 
     async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> str | None:
         """Replica `i` replaced by a process of `spec`; why a failed one's new process
