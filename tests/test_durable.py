@@ -372,7 +372,7 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
             await steps.committed("t")
         assert len(list(log_dir(db).iterdir())) == 1  # no second file
         other.execute("ALTER TABLE steps_away RENAME TO steps")
-        steps._group.retry_now()
+        steps._store.group.retry_now()
         await steps.stored()
         assert [s.seq for s in await steps.history("t")] == [1, 2]
         assert list(log_dir(db).iterdir()) == []

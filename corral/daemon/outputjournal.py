@@ -18,13 +18,13 @@ import asyncio
 import bisect
 import contextlib
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..supervisor.tasks.output import START, OutputChunk, Position
-from .storeschema import connect, errors_named
-from .storewriter import GroupCommit, WriterThread
+from .journalstore import JournalStore, JournalWords
+from .storeschema import errors_named
+from .storewriter import WriterThread
 
 TAIL_BYTES = 64 * 1024  # of a task's newest output, kept in memory while it is written
 # bytes of output waiting for the writer past which the worker sending it is read no
@@ -37,6 +37,10 @@ FLUSH_EVERY = 0.02
 
 class OutputError(Exception):
     """Output could not be written; the message names the file and SQLite's reason."""
+
+
+_WORDS = JournalWords("output", "tasks' output waits in memory until it can be",
+                      OutputError)
 
 
 class _OutputTail:
@@ -78,12 +82,8 @@ class OutputsDB:
     def __init__(self, path: Path, writer: WriterThread,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
-        self._on_error = on_error
-        self._reader = connect(path)
-        self._read_lock = threading.Lock()
-        self._group: GroupCommit[OutputChunk] = GroupCommit(
-            writer, self._write, self._settled, size=_size, error_type=OutputError,
-            explain=lambda error: f"output cannot be written to {path} ({error})")
+        self._store: JournalStore[OutputChunk] = JournalStore(
+            path, writer, self._write, _WORDS, size=_size, on_error=on_error)
         self.tails: dict[str, _OutputTail] = {}
         self.unfinished: dict[str, tuple[Position, int]] = {}  # load's
         self.rows = 0
@@ -110,7 +110,7 @@ class OutputsDB:
             self._flush_at = None
         gathered, self._gathered, self._gathered_bytes = self._gathered, [], 0
         for chunk in gathered:
-            self._group.put((chunk.task_id, chunk.attempt, chunk.n), chunk)
+            self._store.group.put((chunk.task_id, chunk.attempt, chunk.n), chunk)
 
     async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
         tail = self.tails.get(task_id)
@@ -118,7 +118,7 @@ class OutputsDB:
             return tail.after(after, limit)
         self._flush()
         with contextlib.suppress(OutputError):  # what is written still answers
-            await self._group.committed()
+            await self._store.group.committed()
         return await asyncio.to_thread(self._read, task_id, after, limit)
 
     def resumed(self, task_id: str) -> tuple[Position, int]:
@@ -130,19 +130,19 @@ class OutputsDB:
 
     def behind(self) -> bool:
         # (not while the database refuses: a worker held that long would look hung)
-        return (self._group.waiting_bytes + self._gathered_bytes > BACKLOG_BYTES
-                and not self._group.outage.failing)
+        return (self._store.group.waiting_bytes + self._gathered_bytes > BACKLOG_BYTES
+                and not self._store.group.outage.failing)
 
     async def caught_up(self) -> None:
         self._flush()
         with contextlib.suppress(OutputError):
-            await self._group.committed()
+            await self._store.group.committed()
 
     # -- at start-up, in a thread ---------------------------------------------------------
     def load(self) -> int:
         """Where each unfinished task's output stopped, and its bytes kept; how many."""
-        with self._read_lock, errors_named(self.path):
-            rows = self._reader.execute(
+        with self._store.read_lock, errors_named(self.path):
+            rows = self._store.reader.execute(
                 "SELECT o.task_id, o.attempt, o.n, length(CAST(o.data AS BLOB)), "
                 "o.truncated FROM task_output o JOIN tasks t ON t.id = o.task_id "
                 "WHERE t.finished IS NULL").fetchall()
@@ -153,11 +153,6 @@ class OutputsDB:
         return len(self.unfinished)
 
     # -- on the writer --------------------------------------------------------------------
-    def _settled(self, chunks: list[OutputChunk], error: str | None) -> None:
-        if error is not None and self._group.first_failure and self._on_error is not None:
-            self._on_error(f"output cannot be written to {self.path} ({error}): tasks' "
-                           "output waits in memory until it can be")
-
     def _write(self, db: sqlite3.Connection, chunks: list[OutputChunk]) -> None:
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO task_output (task_id, attempt, n, data, "
@@ -168,8 +163,8 @@ class OutputsDB:
     # -- reads (in a thread) --------------------------------------------------------------
     def _read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
         attempt, n = after
-        with self._read_lock, errors_named(self.path):
-            rows = self._reader.execute(
+        with self._store.read_lock, errors_named(self.path):
+            rows = self._store.reader.execute(
                 "SELECT task_id, attempt, n, data, truncated FROM task_output "
                 "WHERE task_id = ? AND (attempt > ? OR (attempt = ? AND n > ?)) "
                 "ORDER BY attempt, n LIMIT ?", (task_id, attempt, attempt, n, limit)
@@ -179,15 +174,12 @@ class OutputsDB:
     async def stored(self) -> None:
         """Until every chunk put so far has been tried."""
         self._flush()
-        await self._group.committed()
+        await self._store.group.committed()
 
     async def close(self) -> None:
         """Write what is pending (the writer thread closes after), then close."""
         self._flush()
-        with contextlib.suppress(OutputError):
-            await self._group.committed()
-        self._group.cancel_retry()
-        self._reader.close()
+        await self._store.close()
 
 
 def delete_output(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from ..supervisor.tasks.sessions import SessionKey, SessionRow
-from .storeschema import connect, errors_named
-from .storewriter import GroupCommit, WriterThread
+from .journalstore import JournalStore, JournalWords
+from .storeschema import errors_named
+from .storewriter import WriterThread
 
 # one life of a session's rows: its owner, its agent's name and its own, its gen
 _LIFE = "tenant = ? AND agent = ? AND session = ? AND gen = ?"
@@ -53,34 +53,34 @@ class SessionsError(Exception):
     """Sessions could not be written; the message names the file and SQLite's reason."""
 
 
+_WORDS = JournalWords("sessions", "session checkpoints wait until they can",
+                      SessionsError)
+
+
 class SessionsDB:
     """The daemon's SessionJournal, on the state database `path`, written by `writer`."""
 
     def __init__(self, path: Path, writer: WriterThread,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
-        self._on_error = on_error
-        self._reader = connect(path)
-        self._read_lock = threading.Lock()
-        self._group: GroupCommit[_Op] = GroupCommit(
-            writer, self._write, self._settled, error_type=SessionsError,
-            explain=lambda error: f"sessions cannot be written to {path} ({error})")
+        self._store: JournalStore[_Op] = JournalStore(path, writer, self._write, _WORDS,
+                                                      on_error=on_error)
 
     # -- the SessionJournal protocol ------------------------------------------------------
     def put(self, row: SessionRow) -> None:
-        self._group.put(("row", *row[:3], row.gen), row)
+        self._store.group.put(("row", *row[:3], row.gen), row)
 
     def put_state(self, row: SessionRow, state: bytes) -> None:
-        self._group.put(("state", *row[:3], row.gen), _State(row, state))
+        self._store.group.put(("state", *row[:3], row.gen), _State(row, state))
 
     def add_task(self, row: SessionRow, task_id: str) -> None:
-        self._group.put(("task", task_id), _Task(row, task_id))
+        self._store.group.put(("task", task_id), _Task(row, task_id))
 
     def end(self, row: SessionRow) -> None:
-        self._group.put(("end", *row[:3], row.gen), _End(row))
+        self._store.group.put(("end", *row[:3], row.gen), _End(row))
 
     async def committed(self) -> None:
-        await self._group.committed()
+        await self._store.group.committed()
 
     async def history(self, row: SessionRow, limit: int = HISTORY_KEPT
                       ) -> list[tuple[str, str | None, float | None]]:
@@ -97,8 +97,8 @@ class SessionsDB:
 
     def state_now(self, row: SessionRow) -> bytes | None:
         """The session's state as written so far."""
-        with self._read_lock, errors_named(self.path):
-            got = self._reader.execute(
+        with self._store.read_lock, errors_named(self.path):
+            got = self._store.reader.execute(
                 "SELECT state FROM sessions WHERE tenant = ? AND agent = ? AND session = ? "
                 "AND gen = ?", (*row[:3], row.gen)).fetchone()
         return None if got is None or got[0] is None else bytes(got[0])
@@ -109,11 +109,11 @@ class SessionsDB:
         """Every session and its state's size (the state is read when it is needed);
         (task id, its session) of each task not finished, in the order they were
         accepted."""
-        with self._read_lock, errors_named(self.path):
-            rows = self._reader.execute(
+        with self._store.read_lock, errors_named(self.path):
+            rows = self._store.reader.execute(
                 "SELECT tenant, agent, session, created, last_used, tasks, holder, gen, "
                 "length(state) FROM sessions").fetchall()
-            members = self._reader.execute(
+            members = self._store.reader.execute(
                 "SELECT st.task_id, st.tenant, st.agent, st.session FROM session_tasks st "
                 "JOIN tasks t ON t.id = st.task_id WHERE t.finished IS NULL "
                 "ORDER BY t.arrival").fetchall()
@@ -121,11 +121,6 @@ class SessionsDB:
                 [(tid, SessionKey(*key)) for tid, *key in members])
 
     # -- on the writer ------------------------------------------------------------------
-    def _settled(self, ops: list[_Op], error: str | None) -> None:
-        if error is not None and self._group.first_failure and self._on_error is not None:
-            self._on_error(f"sessions cannot be written to {self.path} ({error}): session "
-                           "checkpoints wait until they can")
-
     @staticmethod
     def _write(db: sqlite3.Connection, ops: list[_Op]) -> None:
         db.execute("BEGIN")
@@ -162,8 +157,8 @@ class SessionsDB:
     # -- reads (in a thread) --------------------------------------------------------------
     def _history(self, row: SessionRow, limit: int
                  ) -> list[tuple[str, str | None, float | None]]:
-        with self._read_lock, errors_named(self.path):
-            return [(tid, status, created) for tid, status, created in self._reader.execute(
+        with self._store.read_lock, errors_named(self.path):
+            return [(tid, status, created) for tid, status, created in self._store.reader.execute(
                 "SELECT st.task_id, t.status, t.created FROM session_tasks st LEFT JOIN "
                 "tasks t ON t.id = st.task_id WHERE st.tenant = ? AND st.agent = ? AND "
                 "st.session = ? AND st.gen = ? ORDER BY st.rowid DESC LIMIT ?",
@@ -171,7 +166,4 @@ class SessionsDB:
 
     async def close(self) -> None:
         """Write what is pending (the writer thread closes after), then close."""
-        with contextlib.suppress(SessionsError):
-            await self.committed()
-        self._group.cancel_retry()
-        self._reader.close()
+        await self._store.close()

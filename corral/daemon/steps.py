@@ -32,16 +32,16 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 from ..statefiles import make_dir, open_file
 from ..supervisor.tasks.stepjournal import Step
+from .journalstore import JournalStore, JournalWords
 from .steplog import StepLog, leftovers, log_dir, records
 from .storeschema import connect, errors_named
-from .storewriter import GroupCommit, WriterThread
+from .storewriter import WriterThread
 
 REF_ABOVE = 256 * 1024  # a result larger than this is a file of its own
 RESULTS_DIR = "step-results"
@@ -88,12 +88,13 @@ class StepsDB:
         self.sync = sync
         self.dir = results_dir(path)
         self._writer = writer
-        self._on_error = on_error
-        self._reader = connect(path)
-        self._read_lock = threading.Lock()
-        self._group: GroupCommit[_Op] = GroupCommit(
-            writer, self._write, self._settled, size=_size, error_type=StepsError,
-            explain=lambda error: f"steps cannot be written to {path} ({error})")
+        kept = (" (the step log keeps the others, written when it can be)"
+                if sync == "normal" else "")
+        words = JournalWords("steps", "the tool calls of tasks that may be retried whose "
+                             "steps go to the database are answered with this error until "
+                             f"they can be{kept}", StepsError)
+        self._store: JournalStore[_Op] = JournalStore(path, writer, self._write, words,
+                                                      size=_size, on_error=on_error)
         self.rows = 0  # steps written
         self.bytes = 0  # result bytes stored (each unique result once)
         self._log = StepLog(log_dir(path)) if sync == "normal" else None
@@ -107,7 +108,7 @@ class StepsDB:
         # (while the database fails, steps go its way and are refused as it refuses
         # them: the log does not pile up batches it cannot empty)
         if (log is not None and (step.body is None or len(step.body) <= LOG_MAX)
-                and not self._group.outage.failing and log.append(step)):
+                and not self._store.group.outage.failing and log.append(step)):
             self._logged.append(step)
             if len(self._logged) >= LOG_BATCH:
                 self._flush()
@@ -117,19 +118,19 @@ class StepsDB:
             return
         self._flush()
         self._direct += 1
-        self._group.put((step.task_id, step.seq, step.name), step, now=True)
+        self._store.group.put((step.task_id, step.seq, step.name), step, now=True)
 
     def drop_from(self, task_id: str, seq: int) -> None:
         self._flush()
         self._direct += 1
-        self._group.put(("drop", task_id, seq), _Drop(task_id, seq))
+        self._store.group.put(("drop", task_id, seq), _Drop(task_id, seq))
 
     async def committed(self, task_id: str | None = None) -> None:
         # what is in the log is committed; what went to the database as it came is once
         # its batch is (one batch for every task's steps)
         if self._direct:
             direct = self._direct
-            await self._group.committed()
+            await self._store.group.committed()
             self._direct -= min(direct, self._direct)
 
     def ended(self, task_id: str) -> None:
@@ -139,12 +140,12 @@ class StepsDB:
     async def stored(self) -> None:
         """Until every step put so far is in the database (not only durable)."""
         self._flush()
-        await self._group.committed()
+        await self._store.group.committed()
 
     async def history(self, task_id: str) -> list[Step]:
         self._flush()
         with contextlib.suppress(StepsError):  # what is written still answers
-            await self._group.committed()
+            await self._store.group.committed()
         return await asyncio.to_thread(self._history, task_id)
 
     # -- the log's batches ------------------------------------------------------------------
@@ -160,9 +161,9 @@ class StepsDB:
         batch, self._logged = self._logged, []
         done = self._log.rotate()
         for step in batch:
-            self._group.put((step.task_id, step.seq, step.name), step)
+            self._store.group.put((step.task_id, step.seq, step.name), step)
         if done is not None:  # (a failed batch keeps it: read back at the next start)
-            self._group.put(("retire", done), _Retire(done))
+            self._store.group.put(("retire", done), _Retire(done))
 
     def recover(self) -> int:
         """At start-up, in a thread, before any step is read: the log files a daemon
@@ -182,14 +183,6 @@ class StepsDB:
         return len(steps)
 
     # -- on the writer ------------------------------------------------------------------
-    def _settled(self, ops: list[_Op], error: str | None) -> None:
-        if error is not None and self._group.first_failure and self._on_error is not None:
-            kept = (" (the step log keeps the others, written when it can be)"
-                    if self._log is not None else "")
-            self._on_error(f"steps cannot be written to {self.path} ({error}): the tool "
-                           "calls of tasks that may be retried whose steps go to the "
-                           f"database are answered with this error until they can be{kept}")
-
     def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
         unlink: list[str] = []
         db.execute("BEGIN")
@@ -246,8 +239,8 @@ class StepsDB:
 
     # -- reads (in a thread) --------------------------------------------------------------
     def _history(self, task_id: str) -> list[Step]:
-        with self._read_lock, errors_named(self.path):
-            rows = self._reader.execute(
+        with self._store.read_lock, errors_named(self.path):
+            rows = self._store.reader.execute(
                 "SELECT s.seq, s.name, s.attempt, s.args, r.body, r.ref FROM steps s "
                 "LEFT JOIN step_results r ON r.hash = s.result WHERE s.task_id = ? "
                 "ORDER BY s.seq", (task_id,)).fetchall()
@@ -265,10 +258,7 @@ class StepsDB:
     async def close(self) -> None:
         """Write what is pending (the writer thread closes after), then close."""
         self._flush()
-        with contextlib.suppress(StepsError):
-            await self._group.committed()
-        self._group.cancel_retry()
-        self._reader.close()
+        await self._store.close()
 
 
 def delete_steps(db: sqlite3.Connection, where: str, args: Iterable[object]) -> set[bytes]:
