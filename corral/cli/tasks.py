@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ import msgspec
 from .. import methods as m
 from ..taskoptions import TaskFilters, TaskOptions
 from .app import Ctx, command, complete_agents, json_option, pass_ctx
-from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
+from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .durations import duration
 from .render import human_time, millis, print_json, stamp, table
 from .taskflags import given, with_flags
@@ -57,13 +58,23 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
     (the journal keeps it across a restart of the daemon)."""
     click.echo(f"corral: lost the daemon while waiting for task {task_id}; reconnecting",
                err=True)
-    deadline = time.monotonic() + reconnect
+    return _reconnecting(obj, lambda c: c.ask(m.TasksGet(task_id=task_id, wait=True)),
+                         reconnect)
+
+
+def _reconnecting(obj: Ctx, ask: Callable[[Client], m.TaskInfo],
+                  reconnect: float) -> m.TaskInfo:
+    """`ask` the daemon on a new connection, again while it cannot be reached, for
+    `reconnect` seconds from the first time it could not be (a restart); it refusing, or
+    staying away that long, ends the command."""
+    deadline: float | None = None
     while True:
         try:
             with obj.client(wait_forever=True) as c:
-                info: m.TaskInfo = c.ask(m.TasksGet(task_id=task_id, wait=True))
-                return info
+                return ask(c)
         except Unreachable as exc:
+            if deadline is None:
+                deadline = time.monotonic() + reconnect
             if time.monotonic() >= deadline:
                 click.echo(f"corral: {exc}", err=True)
                 sys.exit(EXIT_UNREACHABLE)
@@ -121,23 +132,13 @@ def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.Task
             sys.stdout.write(params["data"])
             sys.stdout.flush()
 
-    deadline = None
-    while True:
-        try:
-            with obj.client(wait_forever=True) as c:
-                info: m.TaskInfo = c.ask(m.TasksStream(
-                    task_id=task_id, last_event_id=last[0] if last else None),
-                    on_notification=on_chunk)
-                break
-        except Unreachable as exc:
-            deadline = deadline or time.monotonic() + reconnect
-            if time.monotonic() >= deadline:
-                click.echo(f"corral: {exc}", err=True)
-                sys.exit(EXIT_UNREACHABLE)
-            time.sleep(0.2)
-        except CallFailed as exc:
-            click.echo(f"corral: {exc.message}", err=True)
-            sys.exit(EXIT_FAILED)
+    def ask(c: Client) -> m.TaskInfo:  # resumed after the last chunk printed
+        got: m.TaskInfo = c.ask(m.TasksStream(
+            task_id=task_id, last_event_id=last[0] if last else None),
+            on_notification=on_chunk)
+        return got
+
+    info = _reconnecting(obj, ask, reconnect)
     if last and not as_json:
         click.echo()  # the output's last line ended, before the result
     return m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
