@@ -106,9 +106,9 @@ class Channel(Protocol):
     def notify(self, method: str, params: Any) -> None: ...
 
 
-class Discard:
-    """The channel of a caller that takes one answer and no stream (a plain HTTP
-    request): notifications go nowhere, and it is always writable."""
+class AlwaysWritable:
+    """A Channel that never holds its stream back (what it sends to is bounded, or is
+    nothing); what `notify` does with a notification is the subclass's."""
 
     def __init__(self) -> None:
         self._writable = asyncio.Event()
@@ -117,6 +117,11 @@ class Discard:
     @property
     def writable(self) -> asyncio.Event:
         return self._writable
+
+
+class Discard(AlwaysWritable):
+    """The channel of a caller that takes one answer and no stream (a plain HTTP
+    request): notifications go nowhere."""
 
     def notify(self, method: str, params: Any) -> None:
         pass

@@ -44,7 +44,7 @@ from .. import methods as m
 from ..jsonrpc import ErrorObject, RpcError
 from ..mcp.pool import allowed
 from ..text import plural
-from .caller import Caller
+from .caller import AlwaysWritable, Caller
 
 if TYPE_CHECKING:
     from ..supervisor.config import GatewaySettings
@@ -59,7 +59,7 @@ ENDED = frozenset({"completed", "failed", "cancelled"})
 SUCCEEDED = "succeeded"
 
 
-class OutputRelay:
+class OutputRelay(AlwaysWritable):
     """tasks.stream's channel for a gateway client's call of an agent: each chunk of the
     task's live output becomes an MCP progress notification, its text the `message`
     (MCP has no partial results of a tool call; progress is what it lets a server send
@@ -67,14 +67,9 @@ class OutputRelay:
     where it is written (http/mcp.py)."""
 
     def __init__(self, on_progress: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
         self.on_progress = on_progress
         self.sent = 0
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    @property
-    def writable(self) -> asyncio.Event:
-        return self._writable
 
     def notify(self, method: str, params: Any) -> None:
         if method == "tasks.output":
