@@ -16,9 +16,11 @@ What the last user message says steers it:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -129,15 +131,35 @@ def messages_body(model: str, text: str) -> dict[str, Any]:
             "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT}}
 
 
+
+class Api(NamedTuple):
+    """One provider API as the stand-in speaks it."""
+
+    anthropic: bool  # its errors in Anthropic's shape
+    events: Callable[[str, str, dict[str, Any]], list[bytes]]  # (model, text, request)
+    body: Callable[[str, str], dict[str, Any]]  # (model, text)
+
+
+APIS = {
+    "/v1/chat/completions": Api(
+        False, lambda model, text, asked: chat_events(
+            model, text, bool((asked.get("stream_options") or {}).get("include_usage"))),
+        chat_body),
+    "/v1/responses": Api(False, lambda model, text, _: responses_events(model, text),
+                         responses_body),
+    "/v1/messages": Api(True, lambda model, text, _: messages_events(model, text),
+                        messages_body),
+}
+
+
 class StandIn:
     """The provider: its routes, and every request it had."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.app.router.add_post("/v1/responses", self.responses)
-        self.app.router.add_post("/v1/messages", self.messages)
+        for path, api in APIS.items():
+            self.app.router.add_post(path, functools.partial(self.answer, api))
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -194,41 +216,19 @@ class StandIn:
         await response.write_eof()
         return response
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def answer(self, api: Api, request: web.Request) -> web.StreamResponse:
+        """A request to one API: failed as its text asks, else echoed, whole or streamed
+        (cut after two events for the text "cut")."""
         body, text, key = await self._take(request)
-        failed = self._failed(text, key, anthropic=False)
+        failed = self._failed(text, key, api.anthropic)
         if failed is not None:
             return failed
         model = body.get("model", "")
         if body.get("stream"):
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, chat_events(model, f"echo: {text}", usage),
+            return await self._stream(request, api.events(model, f"echo: {text}", body),
                                       text == "cut")
-        return web.json_response(chat_body(model, f"echo: {text}"),
+        return web.json_response(api.body(model, f"echo: {text}"),
                                  headers={"x-request-id": "req_standin"})
-
-    async def responses(self, request: web.Request) -> web.StreamResponse:
-        body, text, key = await self._take(request)
-        failed = self._failed(text, key, anthropic=False)
-        if failed is not None:
-            return failed
-        model = body.get("model", "")
-        if body.get("stream"):
-            return await self._stream(request, responses_events(model, f"echo: {text}"),
-                                      text == "cut")
-        return web.json_response(responses_body(model, f"echo: {text}"))
-
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        body, text, key = await self._take(request)
-        failed = self._failed(text, key, anthropic=True)
-        if failed is not None:
-            return failed
-        model = body.get("model", "")
-        if body.get("stream"):
-            return await self._stream(request, messages_events(model, f"echo: {text}"),
-                                      text == "cut")
-        return web.json_response(messages_body(model, f"echo: {text}"))
-
 
 async def _serve(port: int) -> None:
     stand_in = StandIn()
