@@ -12,6 +12,7 @@ wait are bounded, each refusal naming its bound."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -242,22 +243,46 @@ def test_unanswered_input_fails_the_task_and_expires_the_state_naming_input_wait
         "[gateway] input_wait): call again without it")}, late
 
 
-def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway) -> None:
+class Serve(NamedTuple):
+    """`corral mcp serve` on a gateway's daemon, spoken to a JSON-RPC line at a time."""
+
+    process: subprocess.Popen[str]
+
+    def say(self, msg: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"jsonrpc": "2.0", **msg}) + "\n")
+        self.process.stdin.flush()
+
+    def hear(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        got: dict[str, Any] = json.loads(self.process.stdout.readline())
+        return got
+
+
+@contextlib.contextmanager
+def mcp_serve(g: Gateway) -> Iterator[Serve]:
+    """`corral mcp serve`, ended by closing its stdin: it must exit 0."""
     serve = subprocess.Popen(
-        [PY, "-m", "corral", "--socket", str(gateway.daemon.sock), "mcp", "serve"],
+        [PY, "-m", "corral", "--socket", str(g.daemon.sock), "mcp", "serve"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert serve.stdin is not None and serve.stdout is not None
     try:
+        yield Serve(serve)
+    finally:
+        serve.stdin.close()
+        assert serve.wait(timeout=30) == 0
+        serve.stdout.close()
+
+
+def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway) -> None:
+    with mcp_serve(gateway) as serve:
         def ask(rid: int, **extra: Any) -> dict[str, Any]:
-            assert serve.stdin is not None and serve.stdout is not None
-            serve.stdin.write(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
-                                          "params": {
+            serve.say({"id": rid, "method": "tools/call", "params": {
                 "name": "fx__confirm_delete", "arguments": {"filename": "e.txt"}, **extra,
                 "_meta": {"io.modelcontextprotocol/protocolVersion": VERSION,
-                          "io.modelcontextprotocol/clientCapabilities": ELICITING}}}) + "\n")
-            serve.stdin.flush()
-            answer: dict[str, Any] = json.loads(serve.stdout.readline())
+                          "io.modelcontextprotocol/clientCapabilities": ELICITING}}})
+            answer = serve.hear()
             assert answer["id"] == rid, answer
             return answer
 
@@ -267,10 +292,6 @@ def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway
         done = ask(2, inputResponses={"confirm": ACCEPT},
                    requestState=asked["requestState"])["result"]
         assert text(done) == "Deleted e.txt", done
-    finally:
-        serve.stdin.close()
-        assert serve.wait(timeout=30) == 0
-        serve.stdout.close()
 
 
 # -- a 2025-11-25 session: the server's requests asked of the client on the call's stream
@@ -387,38 +408,19 @@ def test_a_2025_11_25_client_that_never_answers_fails_the_call_at_input_wait(
 
 
 def test_corral_mcp_serve_asks_a_2025_11_25_client_over_stdio(gateway: Gateway) -> None:
-    serve = subprocess.Popen(
-        [PY, "-m", "corral", "--socket", str(gateway.daemon.sock), "mcp", "serve"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert serve.stdin is not None and serve.stdout is not None
-    try:
-        def say(msg: dict[str, Any]) -> None:
-            assert serve.stdin is not None
-            serve.stdin.write(json.dumps({"jsonrpc": "2.0", **msg}) + "\n")
-            serve.stdin.flush()
-
-        def hear() -> dict[str, Any]:
-            assert serve.stdout is not None
-            got: dict[str, Any] = json.loads(serve.stdout.readline())
-            return got
-
-        say({"id": 1, "method": "initialize", "params": {
+    with mcp_serve(gateway) as serve:
+        serve.say({"id": 1, "method": "initialize", "params": {
             "protocolVersion": LEGACY, "capabilities": ELICITING,
             "clientInfo": {"name": "t", "version": "1"}}})
-        assert hear()["result"]["protocolVersion"] == LEGACY
-        say({"method": "notifications/initialized"})
-        say({"id": 2, "method": "tools/call", "params": {
+        assert serve.hear()["result"]["protocolVersion"] == LEGACY
+        serve.say({"method": "notifications/initialized"})
+        serve.say({"id": 2, "method": "tools/call", "params": {
             "name": "fx__confirm_delete", "arguments": {"filename": "j.txt"}}})
-        asked = hear()
+        asked = serve.hear()
         assert asked["method"] == "elicitation/create", asked
-        say({"id": asked["id"], "result": ACCEPT})
-        done = hear()
+        serve.say({"id": asked["id"], "result": ACCEPT})
+        done = serve.hear()
         assert done["id"] == 2 and text(done["result"]) == "Deleted j.txt", done
-    finally:
-        serve.stdin.close()
-        assert serve.wait(timeout=30) == 0
-        serve.stdout.close()
 
 
 def test_a_2026_servers_list_changed_reaches_a_clients_listen_stream(gateway: Gateway
