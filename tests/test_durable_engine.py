@@ -77,6 +77,15 @@ def _succeeds(seen: list[str], output: Any = "out") -> Work:
     return work
 
 
+def _hangs(started: asyncio.Event) -> Work:
+    """A step's work that sets `started` and never ends (until it is cancelled)."""
+    async def work(step_id: str) -> StepEnd:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never")
+    return work
+
+
 async def test_a_steps_id_is_kept_before_its_work_starts_and_it_runs_once() -> None:
     store, tasks = MemoryStore(), Cancelled()
     engine = StepEngine(store, tasks)
@@ -231,13 +240,7 @@ async def test_a_failed_step_fails_the_call_with_its_text() -> None:
 async def test_cancel_and_deadline_end_the_call_and_its_running_steps() -> None:
     store = MemoryStore()
     started = asyncio.Event()
-
-    async def hangs(step_id: str) -> StepEnd:
-        started.set()
-        await asyncio.Event().wait()
-        raise AssertionError("never")
-
-    calls, plan = _driver(store, ["a"], hangs)
+    calls, plan = _driver(store, ["a"], _hangs(started))
     job = await _kept(store, Job("d3"))
     calls.drive(job)
     await started.wait()
@@ -270,13 +273,7 @@ async def test_a_stopping_process_leaves_the_call_running_and_a_later_one_resume
         ) -> None:
     store = MemoryStore()
     started = asyncio.Event()
-
-    async def hangs(step_id: str) -> StepEnd:
-        started.set()
-        await asyncio.Event().wait()
-        raise AssertionError("never")
-
-    calls, _ = _driver(store, ["a", "b"], hangs)
+    calls, _ = _driver(store, ["a", "b"], _hangs(started))
     calls.drive(await _kept(store, Job("d5")))
     await started.wait()
     await calls.close()
