@@ -247,7 +247,7 @@ async def in_process(tmp_path: Path, agents: str, toml: str = "", supervisor: st
                      ) -> AsyncIterator[Any]:
     """The real daemon (corral.daemon.daemon.Daemon) in this test's event loop, with
     `agents` and more TOML (e.g. an [http] table) after them, and `supervisor` lines in
-    its [supervisor] table; every agent Ready before it is handed over, and the daemon
+    its [supervisor] table; every agent serving before it is handed over, and the daemon
     stopped (and its exit status checked) after."""
     from corral.daemon.daemon import Daemon as InProcess
     from corral.supervisor import State
@@ -262,10 +262,13 @@ async def in_process(tmp_path: Path, agents: str, toml: str = "", supervisor: st
         await asyncio.wait([run, set_up], return_when=asyncio.FIRST_COMPLETED)
         set_up.cancel()
         assert not run.done(), f"the daemon exited with {run.result()}"
+        # serving, not Ready alone: a task the daemon resumed at its start (a call carried
+        # over) may have taken a replica through Ready to Busy and Idle before this looks
         sup = d.sup
+        serving = {State.READY, State.BUSY, State.IDLE}
         for name, agent in sup.agents.items():
             for i in range(len(agent.replicas)):
-                await sup.wait_state(name, State.READY, replica=i, timeout=30)
+                await sup.wait_state(name, serving, replica=i, timeout=30)
         yield d
     finally:
         d.request_stop()
