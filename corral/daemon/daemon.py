@@ -357,6 +357,7 @@ class Daemon:
                                                                 workflows, node, hub))
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)
+        await enter("the packages' builds", part.closed(packages.close))
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
         parts.stream.subscribe(watches.on_transition, Transition)
         await enter("the file watches", part.closed(watches.close))

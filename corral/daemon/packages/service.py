@@ -43,6 +43,10 @@ from .build import Builder, BuildError, Plan, find_uv
 from .manifest import read_manifest
 from .releases import CACHE, Releases, Rollout, remove_tree
 
+# seconds the daemon's stop waits for a cancelled build to clean up after itself: within
+# the teardown's own step deadline (teardown.TEARDOWN_STEP), which would skip it
+BUILD_STOP = 8.0
+
 Say = Callable[[str], None]
 Report = Callable[..., None]
 
@@ -67,6 +71,9 @@ class Packages:
         self.refuse = refuse
         cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._sources: dict[str, str | None] = {}
+        # the deploys in their plan or build: the daemon's stop ends them and waits for
+        # what they leave to be removed (a build's processes killed, its directory gone)
+        self._building: set[asyncio.Task[Any]] = set()
         self.builder = Builder(self.releases, settings, parts.containment,
                                find_uv(settings.uv), cache)
 
@@ -132,17 +139,34 @@ class Packages:
         await asyncio.to_thread(self._check_reach, name, manifest.table)
         if self.refuse is not None:
             await self.refuse(name)
+        me = asyncio.current_task()
+        if me is not None:
+            self._building.add(me)
         try:
             plan = await self.builder.plan(manifest)
             release, built = await self.builder.build(name, plan, who, say)
         except BuildError as exc:
             raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: {exc}; nothing changed"
                            ) from None
+        finally:
+            if me is not None:
+                self._building.discard(me)
         # from here the deploy is the daemon's: a client that goes away (Ctrl-C) does not
         # stop a switch half-way (its record made, its processes started)
         switch = asyncio.ensure_future(self._in_turn(name, plan, release, built, who, say))
         switch.add_done_callback(self._told)
         return await asyncio.shield(switch)
+
+    async def close(self) -> None:
+        """The daemon stops: a deploy still planning or building is cancelled, and its
+        end awaited while the loop runs (its build's processes killed and its directory
+        removed, build.py), not left to the loop's last cancellation, which would cut
+        that cleanup short."""
+        building = list(self._building)
+        for task in building:
+            task.cancel()
+        if building:
+            await asyncio.wait(building, timeout=BUILD_STOP)
 
     def _told(self, switch: asyncio.Future[m.DeployResult]) -> None:
         """A switch's failure is in the daemon's log, whether its client waits or not."""
