@@ -6,7 +6,8 @@ A task makes `calls` model calls of `api` ("chat", "responses" or "messages"), e
 asking `say` + its number (or `texts[i]`), whole or streamed (`stream`); on its first
 attempt, after call `stop_after`, it writes `marker` and SIGKILLs itself; with
 `by_address` its clients name the attempt (`?task=ID&attempt=N`, `default_query`; `forge`:
-another task's id in its place). Its output:
+another task's id in its place); with `tools` N, a tool call (`counting__bump`) after each
+of its first N model calls. Its output:
 each answer's text, or the error a call raised (its status and message), and what its
 environment held."""
 
@@ -63,6 +64,9 @@ def handle(task_input, ctx):
         except Exception as exc:  # the client library's APIError, said as it was raised
             answers.append({"error": type(exc).__name__,
                             "status": getattr(exc, "status_code", None), "message": str(exc)})
+        if i <= task_input.get("tools", 0):  # a tool call after each of the first model calls
+            bumped = ctx.call_tool("counting__bump", {"i": i})
+            answers.append(bumped["content"][0]["text"])
         if ctx.attempt == 1 and task_input.get("stop_after") == i:
             with open(task_input["marker"], "w") as f:
                 f.write(str(i))

@@ -161,6 +161,33 @@ async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
                          replayed, replayed, replayed]
 
 
+async def test_model_and_tool_calls_of_a_task_are_one_sequence_replayed_after_a_kill(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """model, tool, model, tool, model — the worker SIGKILLed after its 3rd model call
+    and 2nd tool call: the retry makes none of them again (the upstream and the tool
+    server each had every call once), its budget counts each model call once, its tool
+    budget each tool call once."""
+    toml = fleet(tmp_path, upstream.url, agent_extra='tools = ["counting__*"]') + \
+        textwrap.dedent(f"""
+            [mcp_servers.counting]
+            command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp_path}/server-count"]
+        """)
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 4,
+                                 "tools": 2, "stop_after": 3,
+                                 "marker": str(tmp_path / "marker")})
+        assert res.status == "succeeded", res
+        assert res.output["answers"] == ["echo: call 1", "bumped 1", "echo: call 2",
+                                         "bumped 2", "echo: call 3", "echo: call 4"]
+        sent = [r["body"]["messages"][-1]["content"] for r in upstream.requests]
+        assert sent == ["call 1", "call 2", "call 3", "call 4"]
+        assert (tmp_path / "server-count").read_text().split() == ["1", "2"]
+        assert res.attempts[1].replayed == 5
+        info = await d.sup.tasks.info(res.task_id)
+        assert info.tool_calls == 2
+        assert info.usage is not None and info.usage.input_tokens == 4 * USAGE_IN
+
+
 async def test_an_agent_running_two_tasks_at_once_names_its_attempt_or_is_unattributed(
         tmp_path: Path, upstream: StandIn) -> None:
     """Two tasks at a time: a call at the attempt's address is that attempt's (journaled,
