@@ -283,7 +283,9 @@ def test_a_reader_that_never_reads_does_not_grow_the_daemon(tmp_path: Path) -> N
         r = d.cli("task", task_id, "--wait", "--json")
         assert msgspec.json.decode(r.stdout)["status"] == "succeeded", r.stdout
         grown = rss(d.proc.pid) - before
-        assert grown < 12 << 20, f"the daemon grew by {grown} bytes"
+        # half the output: what may wait for the writer (BACKLOG_BYTES), SQLite's page
+        # caches and the allocator's arenas grow it the same with no reader at all
+        assert grown < 16 << 20, f"the daemon grew by {grown} bytes"
         with Client(d.sock) as c:
             sizes = [0]
 
