@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .harness import supervisor_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 QUICK = "--quick" in sys.argv
@@ -49,12 +51,7 @@ def config(state: Path) -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         tools = ["fast__*"]
         max_tool_calls_per_task = 100000"""
-    return textwrap.dedent(f"""
-        [supervisor]
-        socket = "{state}/corral.sock"
-        state_dir = "{state}/state"
-        log_dir = "{state}/logs"
-        drain_timeout = 0
+    return supervisor_section(state) + textwrap.dedent(f"""
 
         [agents.slots]
         {common}

@@ -32,17 +32,14 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from .harness import supervisor_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
 def config(state: Path) -> str:
-    return textwrap.dedent(f"""
-        [supervisor]
-        socket = "{state}/corral.sock"
-        state_dir = "{state}/state"
-        log_dir = "{state}/logs"
-        drain_timeout = 0
+    return supervisor_section(state) + textwrap.dedent(f"""
 
         [agents.orch]
         command = ["{PY}", "{ROOT}/bench/spawn_agent.py"]

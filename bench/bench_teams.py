@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .harness import supervisor_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
@@ -49,12 +51,7 @@ def config(state: Path) -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         replicas = 2
     """) for i in range(4))
-    return textwrap.dedent(f"""
-        [supervisor]
-        socket = "{state}/corral.sock"
-        state_dir = "{state}/state"
-        log_dir = "{state}/logs"
-        drain_timeout = 0
+    return supervisor_section(state) + textwrap.dedent(f"""
 
         [agents.lead]
         command = ["{PY}", "{state}/leader.py"]

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .harness import supervisor_section
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CHAIN = 20
@@ -40,12 +42,7 @@ CHAIN = 20
 def config(state: Path) -> str:
     chain = "[workflows.chain]\n" + "".join(
         f'[[workflows.chain.steps]]\nname = "s{i}"\nagent = "hello"\n' for i in range(CHAIN))
-    return textwrap.dedent(f"""
-        [supervisor]
-        socket = "{state}/corral.sock"
-        state_dir = "{state}/state"
-        log_dir = "{state}/logs"
-        drain_timeout = 0
+    return supervisor_section(state) + textwrap.dedent(f"""
 
         [agents.hello]
         command = ["{PY}", "{ROOT}/examples/hello.py"]

@@ -115,6 +115,18 @@ def pipelined_tasks(sock: socket.socket, total: int, window: int = 256,
     return total / (time.perf_counter() - t0)
 
 
+def supervisor_section(state: Path) -> str:
+    """A daemon's [supervisor] table, its socket, state and logs under `state`, stopping
+    at once (the benches start and stop a daemon per sitting)."""
+    return textwrap.dedent(f"""
+        [supervisor]
+        socket = "{state}/corral.sock"
+        state_dir = "{state}/state"
+        log_dir = "{state}/logs"
+        drain_timeout = 0
+    """)
+
+
 def corral_agents(n: int, command: list[str], name: str = "w", extra: str = "") -> str:
     cmd = json.dumps(command)
     return textwrap.dedent(f"""

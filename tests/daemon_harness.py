@@ -57,6 +57,26 @@ def hello(name: str, replicas: int = 1, extra: str = "") -> str:
     """) + textwrap.dedent(extra)
 
 
+def counting_fleet(tmp: Path, name: str, script: str, agent_extra: str = "",
+                   server_extra: str = "") -> str:
+    """Agent `name` running tests/`script` with a retry, its tools the counting MCP
+    server's, which counts each call it answers in tmp/server-count."""
+    here = Path(__file__).parent
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{here}/{script}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        backoff_initial = 0.05
+        tools = ["counting__*"]
+        {agent_extra}
+
+        [mcp_servers.counting]
+        command = ["{PY}", "{here}/servers/counting_mcp.py", "{tmp}/server-count"]
+        {server_extra}
+    """)
+
+
 def sleeper(name: str) -> str:
     """An agent of examples/misbehave.py: it does what each task's input says (sleep,
     crash, ...)."""

@@ -30,7 +30,7 @@ from corral.daemon.caller import Caller
 from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT, SPARED
-from .daemon_harness import PY, in_process
+from .daemon_harness import PY, counting_fleet, in_process
 
 HERE = Path(__file__).parent
 OPERATOR = Caller(via="socket")
@@ -39,19 +39,8 @@ pytest.importorskip("mcp")
 
 
 def fleet(tmp: Path, agent_extra: str = "", more: str = "") -> str:
-    return textwrap.dedent(f"""
-        [agents.gw]
-        command = ["{PY}", "{HERE}/gateway_durable_agent.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        retries = 1
-        backoff_initial = 0.05
-        tools = ["counting__*"]
-        {agent_extra}
-
-        [mcp_servers.counting]
-        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count"]
-        shared = true
-    """) + textwrap.dedent(more)
+    return (counting_fleet(tmp, "gw", "gateway_durable_agent.py", agent_extra,
+                           "shared = true") + textwrap.dedent(more))
 
 
 GATEWAY = """

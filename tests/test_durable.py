@@ -18,25 +18,13 @@ import pytest
 from corral import jsonrpc
 from corral.taskoptions import TaskOptions
 
-from .conftest import ROOT
-from .daemon_harness import PY, in_process
+from .daemon_harness import PY, counting_fleet, in_process
 
 HERE = Path(__file__).parent
 
 
 def fleet(tmp: Path, agent_extra: str = "") -> str:
-    return textwrap.dedent(f"""
-        [agents.durable]
-        command = ["{PY}", "{HERE}/durable_agent.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        retries = 1
-        backoff_initial = 0.05
-        tools = ["counting__*"]
-        {agent_extra}
-
-        [mcp_servers.counting]
-        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count"]
-    """)
+    return counting_fleet(tmp, "durable", "durable_agent.py", agent_extra)
 
 
 def lines(path: Path) -> list[str]:
