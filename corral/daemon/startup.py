@@ -48,6 +48,7 @@ from .extras import Extras
 from .fleet import Fleet
 from .gatewayaccess import GatewayService
 from .handoff import Listeners
+from .inboxjournal import AsksDB
 from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
 from .logfiles import Rotation
@@ -379,6 +380,10 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
+            # the inbox's asks (docs/approvals.md): the pending ones wait again
+            parts.tasks.inbox.store = AsksDB(store)
+            parts.tasks.inbox.load()
+            own.callback(parts.tasks.inbox.close)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         parts.stream.subscribe(

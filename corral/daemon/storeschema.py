@@ -474,6 +474,29 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (task_id, attempt, n)
     ) WITHOUT ROWID;
     """,
+    # 25: the inbox of asks (inboxjournal.py, docs/approvals.md): an approval or a
+    # question of a task, keyed within it by the call it holds; `outcome` NULL while it
+    # is pending, else how it ended, when, by whom and with what (`data`)
+    """
+    CREATE TABLE asks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        tenant TEXT,
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        agent TEXT NOT NULL,
+        key TEXT NOT NULL,
+        subject BLOB NOT NULL,
+        created REAL NOT NULL,
+        deadline REAL,
+        outcome TEXT,
+        ended REAL,
+        decided_by TEXT,
+        data BLOB,
+        UNIQUE (task_id, key)
+    );
+    CREATE INDEX asks_pending ON asks (created) WHERE outcome IS NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -72,6 +72,7 @@ from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ
 from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
+from .inboxjournal import delete_asks
 from .outputjournal import delete_orphan_output, delete_output
 from .sqlfilters import given
 from .steps import (
@@ -348,12 +349,14 @@ class TaskJournalDB:
             old = time.time() - self.max_age
             results |= delete_steps(db, "finished IS NOT NULL AND finished < ?", (old,))
             delete_output(db, "finished IS NOT NULL AND finished < ?", (old,))
+            delete_asks(db, "finished IS NOT NULL AND finished < ?", (old,))
             db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
                        (old,))
         beyond = ("id IN (SELECT id FROM tasks WHERE finished IS NOT NULL ORDER BY finished "
                   "DESC LIMIT -1 OFFSET ?)")
         results |= delete_steps(db, beyond, (self.max_tasks,))
         delete_output(db, beyond, (self.max_tasks,))
+        delete_asks(db, beyond, (self.max_tasks,))
         db.execute(f"DELETE FROM tasks WHERE {beyond}", (self.max_tasks,))
         refs = drop_unused(db, results)
         db.execute("COMMIT")

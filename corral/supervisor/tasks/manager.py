@@ -61,6 +61,7 @@ from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .ids import new_ids
+from .inbox import Inbox
 from .interceptors import (
     NO_INTERCEPTORS,
     Interceptors,
@@ -149,6 +150,8 @@ class TaskManager:
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
         self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
+        # what tasks ask of a person (inbox.py): its store is the daemon's database's
+        self.inbox = Inbox(self.stream)
         interceptors.bind(TaskPath(self.active, self.stream))
 
     def _session_ttl(self, agent_name: str) -> float:

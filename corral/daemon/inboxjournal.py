@@ -1,0 +1,77 @@
+"""The inbox's asks in the state database (migration 25; the service is
+supervisor/tasks/inbox.py, docs/approvals.md). An ask's record is committed through the
+daemon's one writer (StateStore.commit) before the ask is made or its end told: a
+database that cannot be written refuses the ask, or the decision, and nothing changed.
+Reads are the loop's (one row by its key, or the pending ones at start-up). An ask goes
+with its task when the task journal prunes it (`delete_asks`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from ..supervisor.tasks.inbox import Ask, AskEnd, AskKind
+from .store import StateStore
+from .storeschema import errors_named
+
+COLUMNS = ("id, kind, tenant, task_id, attempt, agent, key, subject, created, deadline, "
+           "outcome, ended, decided_by, data")
+
+
+def _row(ask: Ask) -> tuple[Any, ...]:
+    return (ask.id, ask.kind.value, ask.tenant, ask.task_id, ask.attempt, ask.agent,
+            ask.key, msgspec.json.encode(ask.subject), ask.created, ask.deadline,
+            None if ask.end is None else ask.end.value, ask.ended, ask.by,
+            None if ask.end is None else msgspec.json.encode(ask.data))
+
+
+def _ask(row: tuple[Any, ...]) -> Ask:
+    (ask_id, kind, tenant, task_id, attempt, agent, key, subject, created, deadline,
+     outcome, ended, by, data) = row
+    return Ask(id=ask_id, kind=AskKind(kind), tenant=tenant, task_id=task_id,
+               attempt=attempt, agent=agent, key=key, subject=msgspec.json.decode(subject),
+               created=created, deadline=deadline,
+               end=None if outcome is None else AskEnd(outcome), ended=ended, by=by,
+               data=None if data is None else msgspec.json.decode(data))
+
+
+class AsksDB:
+    """The inbox's AskStore on the daemon's state database."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def save(self, ask: Ask) -> None:
+        row = _row(ask)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(f"INSERT OR REPLACE INTO asks ({COLUMNS}) VALUES "
+                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+
+        await self.store.commit([write])
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[Ask]:
+        with errors_named(self.store.path):
+            rows = self.store.db.execute(f"SELECT {COLUMNS} FROM asks WHERE {where}",
+                                         args).fetchall()
+        return [_ask(r) for r in rows]
+
+    def pending(self) -> list[Ask]:
+        return self._select("outcome IS NULL ORDER BY created, id", ())
+
+    def find(self, task_id: str, key: str) -> Ask | None:
+        found = self._select("task_id = ? AND key = ?", (task_id, key))
+        return found[0] if found else None
+
+    def get(self, ask_id: str) -> Ask | None:
+        found = self._select("id = ?", (ask_id,))
+        return found[0] if found else None
+
+
+def delete_asks(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:
+    """Delete the asks of the tasks `where` (SQL on `tasks`) selects."""
+    db.execute(f"DELETE FROM asks WHERE task_id IN (SELECT id FROM tasks WHERE {where})",
+               tuple(args))

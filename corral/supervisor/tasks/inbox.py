@@ -1,0 +1,382 @@
+"""The inbox: what tasks ask of a person, and the person's decisions (DESIGN section 23,
+docs/approvals.md).
+
+An ask is an approval (a tool call or a model call held until a person approves it) or a
+question (a prompt and the JSON schema its answer must fit). It belongs to the task that
+asked, and to that task's tenant as it was when the task was accepted (DESIGN section 20).
+Each ask is keyed within its task by its `key`, the call it holds: a retried attempt that
+asks again for the same call finds the ask it made before (still pending, or decided, and
+then its decision holds), never a second one.
+
+`Inbox` is the service: `ask` records an ask (committed to its store before it returns),
+`wait` until it ends, `decide` ends it (approved, denied, answered), its deadline ends it
+timed out, and `withdraw` ends the asks of a task that ended. An ask ends once: a decision
+after its end is refused naming how and by whom it ended. The pending asks are held in
+memory as well as stored, bounded per tenant and per daemon; a bound reached refuses the
+ask by its name. The store is the daemon's state database (daemon/inboxjournal.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...text import iso_time
+from ..stream import Stream
+from .model import TaskFinished
+
+log = logging.getLogger("corral.inbox")
+
+# a decision's edited arguments, or an answer, as JSON: past this it is refused by name
+MAX_DECISION_BYTES = 64 * 1024
+# pending asks held at once: the daemon's, and each tenant's (the operator's own tasks,
+# tenant None, count as one tenant)
+MAX_PENDING = 10_000
+MAX_PENDING_PER_TENANT = 1_000
+EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
+
+
+class AskKind(enum.StrEnum):
+    APPROVAL = "approval"
+    QUESTION = "question"
+
+
+class AskEnd(enum.StrEnum):
+    """How an ask ended; the values are the wire's and the database's."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    ANSWERED = "answered"
+    TIMED_OUT = "timed_out"
+    WITHDRAWN = "withdrawn"  # its task ended while it waited
+
+
+# the ends a person decides, by the kind of ask they decide
+DECIDED = {AskKind.APPROVAL: frozenset({AskEnd.APPROVED, AskEnd.DENIED}),
+           AskKind.QUESTION: frozenset({AskEnd.ANSWERED, AskEnd.DENIED})}
+# who ends an ask when no person does
+CORRAL = "corral"
+
+
+class Ask(msgspec.Struct, kw_only=True):
+    """An ask's record. `subject` is what it asks: an approval's {"tool": NAME,
+    "arguments": {...}} or {"model": NAME, "cost": USD}; a question's {"prompt": TEXT,
+    "schema": {...}}. Once ended: `end`, `ended` (wall time), `by` (who decided: a token's
+    caller, a socket peer, or "corral") and `data` (an approval's edited arguments as
+    {"arguments": {...}}, a denial's {"reason": TEXT}, a question's answer), the
+    subject's originals kept as they were."""
+
+    id: str
+    kind: AskKind
+    tenant: str | None
+    task_id: str
+    attempt: int
+    agent: str
+    key: str
+    subject: dict[str, Any]
+    created: float
+    deadline: float | None = None
+    end: AskEnd | None = None
+    ended: float | None = None
+    by: str | None = None
+    data: Any = None
+
+    @property
+    def pending(self) -> bool:
+        return self.end is None
+
+
+class AskRequest(NamedTuple):
+    """What a waiting call asks: `timeout` seconds from now to its deadline (None: no
+    deadline)."""
+
+    kind: AskKind
+    tenant: str | None
+    task_id: str
+    attempt: int
+    agent: str
+    key: str
+    subject: dict[str, Any]
+    timeout: float | None = None
+
+
+class Decision(NamedTuple):
+    """A person's decision of the ask `ask_id`; `data` as on Ask."""
+
+    ask_id: str
+    end: AskEnd
+    by: str
+    data: Any = None
+
+
+class AskEnded(NamedTuple):
+    """An ask was made (`ask.pending`) or ended: told on the engine's stream, for the
+    inbox's feeds."""
+
+    ask: Ask
+
+
+class AskStore(Protocol):
+    """Where asks are kept (daemon/inboxjournal.py): `save` commits an ask's record (new
+    or ended) before it returns, or raises StoreError."""
+
+    async def save(self, ask: Ask) -> None: ...
+
+    def pending(self) -> list[Ask]:
+        """Every ask not ended, at start-up."""
+
+    def find(self, task_id: str, key: str) -> Ask | None:
+        """The task's ask for the call `key`, ended or not."""
+
+    def get(self, ask_id: str) -> Ask | None: ...
+
+
+class HeldAsks:
+    """An AskStore in memory: an engine's without a state database (its asks end with
+    the process)."""
+
+    def __init__(self) -> None:
+        self.asks: dict[str, Ask] = {}
+
+    async def save(self, ask: Ask) -> None:
+        self.asks[ask.id] = ask
+
+    def pending(self) -> list[Ask]:
+        return [a for a in self.asks.values() if a.pending]
+
+    def find(self, task_id: str, key: str) -> Ask | None:
+        return next((a for a in self.asks.values()
+                     if a.task_id == task_id and a.key == key), None)
+
+    def get(self, ask_id: str) -> Ask | None:
+        return self.asks.get(ask_id)
+
+
+class Inbox:
+    """The engine's asks: the pending ones in memory, every one in `store` (HeldAsks
+    until the daemon gives its database's, before `load`). A task that ends withdraws its
+    pending asks."""
+
+    def __init__(self, stream: Stream, store: AskStore | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store: AskStore = store if store is not None else HeldAsks()
+        self.stream = stream
+        self.clock = clock
+        self.max_pending = MAX_PENDING
+        self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
+        self._pending: dict[str, Ask] = {}
+        # task id -> key -> its pending ask's id
+        self._by_task: dict[str, dict[str, str]] = {}
+        self._per_tenant: dict[str | None, int] = {}
+        self._waiters: dict[str, asyncio.Future[Ask]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._deciding: set[str] = set()
+        self._expiring: set[asyncio.Task[None]] = set()
+        stream.subscribe(self._finished, TaskFinished)
+
+    def _finished(self, e: TaskFinished) -> None:
+        if e.task.id in self._by_task:
+            task = asyncio.get_running_loop().create_task(self._withdrawn(e.task.id))
+            self._expiring.add(task)
+
+    async def _withdrawn(self, task_id: str) -> None:
+        try:
+            await self.withdraw(task_id)
+        except Exception as exc:  # pending in the store: withdrawn at its next load
+            log.error("the asks of task %s could not be withdrawn (%s)", task_id, exc)
+        finally:
+            self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def load(self) -> int:
+        """The pending asks the store holds (after a restart), each waiting again, with
+        its deadline; how many."""
+        for ask in self.store.pending():
+            self._hold(ask)
+        return len(self._pending)
+
+    # -- asking ---------------------------------------------------------------------------
+    async def ask(self, req: AskRequest) -> Ask:
+        """The ask of `req`'s call: the one its task made before for the same key (pending
+        or ended), else a new one, stored before this returns. Refused past a bound
+        (QUOTA_EXCEEDED, naming it)."""
+        held = self._by_task.get(req.task_id, {}).get(req.key)
+        if held is not None:
+            return self._pending[held]
+        found = self.store.find(req.task_id, req.key)
+        if found is not None:
+            return found
+        self._check_bounds(req.tenant)
+        now = self.clock()
+        ask = Ask(id=f"ask-{secrets.token_hex(8)}", kind=req.kind, tenant=req.tenant,
+                  task_id=req.task_id, attempt=req.attempt, agent=req.agent, key=req.key,
+                  subject=req.subject, created=now,
+                  deadline=None if req.timeout is None else now + req.timeout)
+        await self.store.save(ask)
+        self._hold(ask)
+        self._tell(ask)
+        return ask
+
+    def _check_bounds(self, tenant: str | None) -> None:
+        if len(self._pending) >= self.max_pending:
+            raise RpcError(jsonrpc.QUOTA_EXCEEDED,
+                           f"the inbox holds {len(self._pending)} pending asks, its bound "
+                           f"(max_pending_asks {self.max_pending})")
+        held = self._per_tenant.get(tenant, 0)
+        if held >= self.max_pending_per_tenant:
+            whose = "the operator's tasks hold" if tenant is None else f"tenant {tenant} holds"
+            raise RpcError(jsonrpc.QUOTA_EXCEEDED,
+                           f"{whose} {held} pending asks, its bound "
+                           f"(max_pending_asks_per_tenant {self.max_pending_per_tenant})")
+
+    def _hold(self, ask: Ask) -> None:
+        self._pending[ask.id] = ask
+        self._by_task.setdefault(ask.task_id, {})[ask.key] = ask.id
+        self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
+        if ask.deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, ask.deadline - self.clock())
+            self._timers[ask.id] = loop.call_later(delay, self._expire, ask.id)
+
+    def _release(self, ask: Ask) -> None:
+        self._pending.pop(ask.id, None)
+        keys = self._by_task.get(ask.task_id)
+        if keys is not None:
+            keys.pop(ask.key, None)
+            if not keys:
+                del self._by_task[ask.task_id]
+        left = self._per_tenant.get(ask.tenant, 0) - 1
+        if left > 0:
+            self._per_tenant[ask.tenant] = left
+        else:
+            self._per_tenant.pop(ask.tenant, None)
+        timer = self._timers.pop(ask.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    # -- waiting --------------------------------------------------------------------------
+    async def wait(self, ask: Ask) -> Ask:
+        """The ask as it ended (at once when it has)."""
+        if not ask.pending:
+            return ask
+        if ask.id not in self._pending:  # ended while the caller held the record
+            ended = self.store.get(ask.id)
+            if ended is not None and not ended.pending:
+                return ended
+        fut = self._waiters.get(ask.id)
+        if fut is None:
+            fut = self._waiters[ask.id] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(fut)
+
+    # -- ending ---------------------------------------------------------------------------
+    async def decide(self, decision: Decision) -> Ask:
+        """End a pending ask as a person decided. Refused (exact messages in
+        docs/approvals.md): no such pending ask (NOT_FOUND: ended asks say how), an end
+        its kind does not take, data past MAX_DECISION_BYTES (INVALID_PARAMS)."""
+        ask = self._pending.get(decision.ask_id)
+        if ask is None or decision.ask_id in self._deciding:
+            raise self._not_pending(decision.ask_id)
+        if decision.end not in DECIDED[ask.kind]:
+            takes = " or ".join(sorted(DECIDED[ask.kind]))
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"ask {ask.id} is {'an' if ask.kind is AskKind.APPROVAL else 'a'}"
+                           f" {ask.kind}: it is {takes}, not {decision.end}")
+        size = len(msgspec.json.encode(decision.data))
+        if size > MAX_DECISION_BYTES:
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"the decision's data is {size} bytes of JSON, over the bound "
+                           f"(max_decision_bytes {MAX_DECISION_BYTES})")
+        return await self._end(ask, decision.end, decision.by, decision.data)
+
+    def _not_pending(self, ask_id: str) -> RpcError:
+        if ask_id in self._deciding:
+            return RpcError(jsonrpc.CONFLICT, f"ask {ask_id} is being decided by another "
+                                              f"caller")
+        ended = self.store.get(ask_id)
+        if ended is None or ended.ended is None:
+            return RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask_id}")
+        return RpcError(jsonrpc.CONFLICT,
+                        f"ask {ask_id} has ended: {ended.end} by {ended.by} at "
+                        f"{iso_time(ended.ended)}")
+
+    async def withdraw(self, task_id: str) -> list[Ask]:
+        """End the task's pending asks (it ended while they waited)."""
+        mine = [a for a in self.waiting_for(task_id) if a.id not in self._deciding]
+        return [await self._end(a, AskEnd.WITHDRAWN, CORRAL, None) for a in mine]
+
+    def _expire(self, ask_id: str) -> None:
+        self._timers.pop(ask_id, None)
+        ask = self._pending.get(ask_id)
+        if ask is None or ask_id in self._deciding:
+            return
+        self._expiring.add(asyncio.get_running_loop().create_task(self._time_out(ask)))
+
+    async def _time_out(self, ask: Ask) -> None:
+        try:
+            await self._end(ask, AskEnd.TIMED_OUT, CORRAL, None)
+        except Exception as exc:  # the store refused: tried again, pending meanwhile
+            log.error("ask %s could not be timed out (%s); trying again", ask.id, exc)
+            if ask.id in self._pending:
+                self._timers[ask.id] = asyncio.get_running_loop().call_later(
+                    EXPIRE_RETRY, self._expire, ask.id)
+        finally:
+            self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _end(self, ask: Ask, end: AskEnd, by: str, data: Any) -> Ask:
+        """The ask ended, committed before anyone waiting is told (a store that cannot be
+        written refuses the decision; the ask stays pending)."""
+        self._deciding.add(ask.id)
+        try:
+            ended = msgspec.structs.replace(ask, end=end, ended=self.clock(), by=by,
+                                            data=data)
+            await self.store.save(ended)
+        finally:
+            self._deciding.discard(ask.id)
+        self._release(ask)
+        fut = self._waiters.pop(ask.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ended)
+        self._tell(ended)
+        return ended
+
+    def _tell(self, ask: Ask) -> None:
+        self.stream.emit(AskEnded(ask))
+
+    # -- reading --------------------------------------------------------------------------
+    def pending(self, seen: Callable[[Ask], bool] | None = None) -> list[Ask]:
+        """The pending asks (those `seen` admits), oldest first."""
+        asks: Iterable[Ask] = self._pending.values()
+        if seen is not None:
+            asks = filter(seen, asks)
+        return sorted(asks, key=lambda a: (a.created, a.id))
+
+    def get(self, ask_id: str) -> Ask | None:
+        """A pending ask, else the stored record (ended), else None."""
+        ask = self._pending.get(ask_id)
+        return ask if ask is not None else self.store.get(ask_id)
+
+    def waiting_for(self, task_id: str) -> list[Ask]:
+        """What the task waits for now."""
+        return [self._pending[i] for i in self._by_task.get(task_id, {}).values()]
+
+    def close(self) -> None:
+        """Stop the deadlines (the asks stay pending in the store)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+        for task in self._expiring:
+            task.cancel()
+
+

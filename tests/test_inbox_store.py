@@ -1,0 +1,185 @@
+"""The inbox's service on the daemon's state database (supervisor/tasks/inbox.py,
+daemon/inboxjournal.py, docs/approvals.md): an ask is committed before it is made, a
+decision wakes its waiter once, the record keeps who decided what beside the originals,
+a database opened again (a restart) holds every pending ask pending, a retried attempt
+finds its call's ask again, and every refusal names what refused it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from corral import jsonrpc
+from corral.daemon.inboxjournal import AsksDB
+from corral.daemon.store import StateStore
+from corral.jsonrpc import RpcError
+from corral.supervisor.stream import Stream
+from corral.supervisor.tasks.inbox import (
+    MAX_DECISION_BYTES,
+    AskEnd,
+    AskEnded,
+    AskKind,
+    AskRequest,
+    Decision,
+    Inbox,
+)
+
+
+def _approval(task_id: str = "t-1", key: str = "tool:1", attempt: int = 1,
+              tenant: str | None = "acme", timeout: float | None = None) -> AskRequest:
+    return AskRequest(AskKind.APPROVAL, tenant, task_id, attempt, "writer", key,
+                      {"tool": "fs__write_file", "arguments": {"path": "/tmp/x",
+                                                              "content": "hi"}}, timeout)
+
+
+class Opened:
+    """The state database opened as the daemon opens it, and the inbox on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = StateStore(path)
+        self.store.open_writer()
+        self.stream = Stream()
+        self.inbox = Inbox(self.stream, AsksDB(self.store))
+        self.told: list[AskEnded] = []
+        self.stream.subscribe(self.told.append, AskEnded)
+
+    async def close(self) -> None:
+        self.inbox.close()
+        await self.store.close_writer()
+        self.store.close()
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[Opened]:
+    o = Opened(tmp_path / "corral.db")
+    yield o
+    await o.close()
+
+
+async def test_a_decision_wakes_its_waiter_and_the_record_keeps_both_arguments(
+        opened: Opened) -> None:
+    ask = await opened.inbox.ask(_approval())
+    assert ask.pending and ask.id.startswith("ask-")
+    waiter = asyncio.ensure_future(opened.inbox.wait(ask))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    edited = {"arguments": {"path": "/tmp/y", "content": "hi"}}
+    decided = await opened.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "token alice",
+                                                 edited))
+    ended = await asyncio.wait_for(waiter, 5)
+    assert ended == decided
+    assert (ended.end, ended.by, ended.data) == (AskEnd.APPROVED, "token alice", edited)
+    assert ended.subject["arguments"] == {"path": "/tmp/x", "content": "hi"}
+    stored = opened.inbox.store.get(ask.id)
+    assert stored == ended
+    assert [e.ask.end for e in opened.told] == [None, AskEnd.APPROVED]
+    assert opened.inbox.pending() == []
+
+
+async def test_pending_asks_outlive_a_restart_and_their_deadline_still_ends_them(
+        tmp_path: Path) -> None:
+    first = Opened(tmp_path / "corral.db")
+    kept = await first.inbox.ask(_approval("t-1"))
+    timed = await first.inbox.ask(_approval("t-2", timeout=0.3))
+    await first.close()
+
+    again = Opened(tmp_path / "corral.db")
+    try:
+        assert again.inbox.load() == 2
+        assert [a.id for a in again.inbox.pending()] == [kept.id, timed.id]
+        assert again.inbox.get(kept.id) == kept
+        ended = await asyncio.wait_for(again.inbox.wait(timed), 5)
+        assert (ended.end, ended.by) == (AskEnd.TIMED_OUT, "corral")
+        assert [a.id for a in again.inbox.pending()] == [kept.id]
+    finally:
+        await again.close()
+
+
+async def test_a_retried_attempt_finds_its_calls_ask_pending_or_decided(
+        opened: Opened) -> None:
+    ask = await opened.inbox.ask(_approval(attempt=1))
+    assert await opened.inbox.ask(_approval(attempt=2)) == ask
+    other = await opened.inbox.ask(_approval(key="tool:2", attempt=2))
+    assert other.id != ask.id
+    denied = await opened.inbox.decide(Decision(ask.id, AskEnd.DENIED, "uid 0",
+                                                {"reason": "no"}))
+    assert await opened.inbox.ask(_approval(attempt=3)) == denied
+    assert await opened.inbox.wait(denied) == denied
+
+
+async def test_a_decision_replayed_is_refused_naming_how_the_ask_ended(
+        opened: Opened) -> None:
+    ask = await opened.inbox.ask(_approval())
+    await opened.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "token alice"))
+    with pytest.raises(RpcError) as e:
+        await opened.inbox.decide(Decision(ask.id, AskEnd.DENIED, "token bob"))
+    assert e.value.code == jsonrpc.CONFLICT
+    assert e.value.message.startswith(f"ask {ask.id} has ended: approved by token alice at ")
+    assert opened.inbox.store.get(ask.id).by == "token alice"  # type: ignore[union-attr]
+
+
+async def test_bad_decisions_are_refused_and_leave_the_ask_pending(opened: Opened) -> None:
+    ask = await opened.inbox.ask(_approval())
+    with pytest.raises(RpcError) as e:
+        await opened.inbox.decide(Decision("ask-nope", AskEnd.APPROVED, "uid 0"))
+    assert (e.value.code, e.value.message) == (jsonrpc.NOT_FOUND, "no such ask: ask-nope")
+    with pytest.raises(RpcError) as e:
+        await opened.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "uid 0", 1))
+    assert (e.value.code, e.value.message) == (
+        jsonrpc.INVALID_PARAMS, f"ask {ask.id} is an approval: it is approved or denied, "
+                                f"not answered")
+    big = {"arguments": {"content": "x" * MAX_DECISION_BYTES}}
+    with pytest.raises(RpcError) as e:
+        await opened.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "uid 0", big))
+    assert e.value.code == jsonrpc.INVALID_PARAMS
+    assert e.value.message == (f"the decision's data is {MAX_DECISION_BYTES + 28} bytes of "
+                               f"JSON, over the bound (max_decision_bytes "
+                               f"{MAX_DECISION_BYTES})")
+    assert [a.id for a in opened.inbox.pending()] == [ask.id]
+    assert opened.inbox.store.get(ask.id) == ask
+
+
+async def test_a_question_is_answered_or_denied(opened: Opened) -> None:
+    q = await opened.inbox.ask(AskRequest(
+        AskKind.QUESTION, None, "t-q", 1, "writer", "ask:1",
+        {"prompt": "which file?", "schema": {"type": "string"}}))
+    with pytest.raises(RpcError) as e:
+        await opened.inbox.decide(Decision(q.id, AskEnd.APPROVED, "uid 0"))
+    assert e.value.message == f"ask {q.id} is a question: it is answered or denied, " \
+                              f"not approved"
+    answered = await opened.inbox.decide(Decision(q.id, AskEnd.ANSWERED, "uid 0", "/a"))
+    assert (answered.end, answered.data) == (AskEnd.ANSWERED, "/a")
+
+
+async def test_the_bounds_refuse_by_name(opened: Opened) -> None:
+    inbox = opened.inbox
+    inbox.max_pending_per_tenant = 2
+    inbox.max_pending = 3
+    await inbox.ask(_approval("t-1"))
+    await inbox.ask(_approval("t-2"))
+    with pytest.raises(RpcError) as e:
+        await inbox.ask(_approval("t-3"))
+    assert (e.value.code, e.value.message) == (
+        jsonrpc.QUOTA_EXCEEDED, "tenant acme holds 2 pending asks, its bound "
+                                "(max_pending_asks_per_tenant 2)")
+    await inbox.ask(_approval("t-4", tenant="beta"))
+    with pytest.raises(RpcError) as e:
+        await inbox.ask(_approval("t-5", tenant="gamma"))
+    assert e.value.message == ("the inbox holds 3 pending asks, its bound "
+                               "(max_pending_asks 3)")
+    assert len(inbox.pending()) == 3
+
+
+async def test_a_withdrawn_task_ends_its_asks_and_wakes_their_waiters(
+        opened: Opened) -> None:
+    ask = await opened.inbox.ask(_approval("t-1"))
+    other = await opened.inbox.ask(_approval("t-2"))
+    waiter = asyncio.ensure_future(opened.inbox.wait(ask))
+    [withdrawn] = await opened.inbox.withdraw("t-1")
+    assert (withdrawn.end, withdrawn.by) == (AskEnd.WITHDRAWN, "corral")
+    assert await asyncio.wait_for(waiter, 5) == withdrawn
+    assert opened.inbox.pending() == [other]
+    assert opened.inbox.waiting_for("t-1") == []
