@@ -86,6 +86,26 @@ class Keys:
         """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
         return f"{self.prefix}steps:{task_id}"
 
+    # -- durable calls (a workflow's run, a team's call: clustercalls.py) --------------
+    def call(self, call_id: str) -> str:
+        """Hash: a durable call's signed record (`rec`), its status, the node incarnation
+        whose lease it is under (`holder`) and that lease's fence token."""
+        return f"{self.prefix}call:{call_id}"
+
+    def call_steps(self, call_id: str) -> str:
+        """Hash: a durable call's step rows (signed, their outputs with them)."""
+        return f"{self.prefix}csteps:{call_id}"
+
+    def calls_running(self, kind: str) -> str:
+        """Sorted set (every score 0: by id, which is by time): a kind's running calls,
+        what a takeover looks through."""
+        return f"{self.prefix}crun:{kind}"
+
+    def calls(self, kind: str) -> str:
+        """Sorted set, as `calls_running`: a kind's calls, running or ended (`corral
+        runs` on any node)."""
+        return f"{self.prefix}calls:{kind}"
+
     # -- sessions (sessions.py; tenant and agent names have no ':'), each under its owner,
     # the tenant its agent was of at its submit (decision 440) ---------------------------
     def session(self, key: SessionKey) -> str:

@@ -39,14 +39,15 @@ DECLARED = b"declared"  # a table a node's file declared (keys.declared), by nod
 OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task and fence
 STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
 SESSION = b"session"  # a session's state (keys.session, cluster/clustersessions.py), by agent, name
+CALL = b"call"  # a durable call's record and step rows (cluster/clustercalls.py), by call
 # whose a task is (its record's `tenant`, its agent's where it was submitted), by task and
 # agent: a Redis writer does not move a task into another tenant's sight (decision 436)
 TENANT = b"tenant"
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
          OUTCOME: "outcomes", STEP: "steps",
-         SESSION: "sessions", TENANT: "tenants"}  # as `corral stats` counts them
+         SESSION: "sessions", CALL: "calls", TENANT: "tenants"}  # as `corral stats` counts them
 _SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
-         OUTCOME: "outcome", STEP: "step", SESSION: "session state",
+         OUTCOME: "outcome", STEP: "step", SESSION: "session state", CALL: "call",
          TENANT: "tenant"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "

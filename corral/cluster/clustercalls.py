@@ -1,0 +1,288 @@
+"""Durable calls on a cluster (a workflow's run, a team's call: supervisor/durable/): kept
+in Redis, where every node reads them, each driven by one node incarnation at a time
+under a lease, and taken over by a live node when its holder dies.
+
+The lease is the call's `holder` and `fence` in its hash (Keys.call): TAKE gives it to a
+node only while no live incarnation holds it (the holder's liveness key is gone, as the
+reaper judges a task's), with a new fence token from the cluster's counter. Every write
+(SAVE_CALL, SAVE_STEPS) shows the token and is refused, atomically, when the call's
+fence is another: a node frozen past its TTL and thawed cannot write over its
+successor's steps. The record and each step's row carry a MAC made with the cluster key
+(trust.CALL): a record or row whose MAC does not verify is refused by name (logged,
+counted) and never driven.
+
+Redis is the truth; the node's own journal (`local`, the SQLite one) holds a copy of each
+call it drives, which is what the engine's synchronous reads (a row's output, a listing)
+are answered from: a call taken over is copied into it whole before it is driven.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.durable import CallRecord, StepRow
+from ..supervisor.durable.store import DurableStore
+from .connection import read, why
+from .keys import Keys
+from .membership import Membership
+from .scripts import Scripts
+from .trust import CALL, Trust
+
+# KEYS: call, fence counter, the liveness key of the holder the caller read (ARGV[2])
+# ARGV: the taker (its consumer name), the holder it read ('' none)
+#   -> the new fence token, 0 when the holder changed since or is alive
+TAKE = """
+local holder = redis.call('HGET', KEYS[1], 'holder') or ''
+if holder ~= ARGV[2] then return 0 end
+if holder ~= '' and holder ~= ARGV[1] and redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'fence', token)
+return token
+"""
+
+# KEYS: call, the kind's running calls, the kind's calls; ARGV: token, call id, status,
+# the signed record -> 1 written, 0 refused (the fence is another's)
+SAVE_CALL = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'status', ARGV[3])
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+if ARGV[3] == 'running' then
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+else
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[1], 'holder')
+end
+return 1
+"""
+
+# KEYS: call, its steps; ARGV: token, field, signed row, field, signed row...
+#   -> 1 written, 0 refused
+SAVE_STEPS = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+
+class _CallEntry(msgspec.Struct, array_like=True):
+    """A call's record as Redis holds it (without its rows)."""
+
+    call_id: str
+    kind: str
+    name: str
+    definition: bytes
+    input: Any
+    status: str
+    created: float
+    tenant: str | None
+    ended: float | None
+    deadline: float | None
+    output: Any
+    error: str | None
+    revision: int | None
+    agents: list[str] | None
+    traceparent: str | None
+    tracestate: str | None
+
+
+class _Row(msgspec.Struct, array_like=True):
+    step: str
+    item: int
+    status: str
+    task_id: str | None
+    started: float | None
+    ended: float | None
+    output: Any
+    error: str | None
+
+
+_entry = msgspec.json.Decoder(_CallEntry)
+_row = msgspec.json.Decoder(_Row)
+
+
+def field_of(step: str, item: int) -> str:
+    """A row's field in its call's steps hash (a step's name holds no newline)."""
+    return f"{item}\n{step}"
+
+
+def _signed(mac: str, payload: bytes) -> bytes:
+    return mac.encode() + b" " + payload
+
+
+class ForeignRecord(Exception):
+    """A call whose record or a row of it is not one this cluster's nodes wrote."""
+
+
+class ClusterCalls:
+    """A DurableStore (supervisor/durable/store.py) of a cluster node: writes to Redis
+    under this incarnation's lease of each call, then to `local`; reads from `local`."""
+
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
+                 membership: Membership, local: DurableStore) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.trust = trust
+        self.membership = membership
+        self.local = local
+        self.tokens: dict[str, int] = {}  # call id -> the fence of this node's lease
+        self._take = redis.register_script(TAKE)
+        self._save_call = redis.register_script(SAVE_CALL)
+        self._save_steps = redis.register_script(SAVE_STEPS)
+        self.taken = 0  # calls taken over from a dead incarnation
+        self.fenced = 0  # writes refused: the lease was another's
+
+    # -- the lease ------------------------------------------------------------------------
+    async def take(self, call_id: str, holder: str) -> int:
+        """The call's lease, from `holder` ('' none) which must be dead (or this node):
+        its fence token, 0 when another holds it now."""
+        me = self.membership.consumer
+        got = await self.scripts.acknowledged([(self._take, [
+            self.keys.call(call_id), self.keys.fence, self.keys.alive(holder)],
+            [me, holder])])
+        if isinstance(got[0], BaseException):
+            raise got[0]
+        token = int(got[0])
+        if token:
+            self.tokens[call_id] = token
+        return token
+
+    async def _fenced(self, call_id: str, script: Any, keys: list[str],
+                      args: list[Any]) -> None:
+        token = self.tokens.get(call_id)
+        if token is None:
+            raise self._not_ours(call_id, None)
+        try:
+            got = (await self.scripts.acknowledged([(script, keys, [token, *args])]))[0]
+        except RedisError as exc:
+            got = exc
+        if isinstance(got, BaseException):
+            raise RpcError(jsonrpc.UNAVAILABLE, f"call {call_id} not kept: the cluster's "
+                                                f"Redis did not take it ({why(got)})")
+        if got != 1:
+            self.tokens.pop(call_id, None)
+            self.fenced += 1
+            raise self._not_ours(call_id, token)
+
+    def _not_ours(self, call_id: str, token: int | None) -> RpcError:
+        held = f" (fence {token})" if token is not None else ""
+        return RpcError(jsonrpc.CONFLICT, f"call {call_id} not kept: it is no longer this "
+                                          f"node's ({self.membership.consumer}{held}): "
+                                          "another node took it over")
+
+    # -- DurableStore: the writes ---------------------------------------------------------
+    async def save_call(self, record: CallRecord) -> None:
+        if record.call_id not in self.tokens and not await self.take(record.call_id, ""):
+            raise self._not_ours(record.call_id, None)  # an id another node's call has
+        payload = msgspec.json.encode(_CallEntry(
+            record.call_id, record.kind, record.name, record.definition, record.input,
+            record.status, record.created, record.tenant, record.ended, record.deadline,
+            record.output, record.error, record.revision, record.agents,
+            record.traceparent, record.tracestate))
+        mac = self.trust.sign(CALL, record.call_id, payload)
+        await self._fenced(record.call_id, self._save_call, [
+            self.keys.call(record.call_id), self.keys.calls_running(record.kind),
+            self.keys.calls(record.kind)], [record.call_id, record.status,
+                                            _signed(mac, payload)])
+        await self.local.save_call(record)
+        if record.status != "running":
+            self.tokens.pop(record.call_id, None)  # the lease ends with the call
+
+    async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
+        args: list[Any] = []
+        for r in rows:
+            field = field_of(r.step, r.item)
+            payload = msgspec.json.encode(_Row(r.step, r.item, r.status, r.task_id,
+                                               r.started, r.ended, r.output, r.error))
+            args += [field, _signed(self.trust.sign(CALL, call_id, field, payload),
+                                    payload)]
+        await self._fenced(call_id, self._save_steps,
+                           [self.keys.call(call_id), self.keys.call_steps(call_id)], args)
+        await self.local.save_steps(call_id, rows)
+
+    # -- DurableStore: the reads (this node's copy) ---------------------------------------
+    def load(self, call_id: str) -> CallRecord | None:
+        return self.local.load(call_id)
+
+    def unfinished(self, kind: str) -> list[CallRecord]:
+        """None at a start: the cluster's unfinished calls are taken over by the beat
+        (`orphans`), this node's previous incarnation's among them."""
+        return []
+
+    def output(self, call_id: str, step: str, item: int) -> Any:
+        return self.local.output(call_id, step, item)
+
+    # -- read from Redis ------------------------------------------------------------------
+    async def fetch(self, call_id: str) -> CallRecord | None:
+        """The call as Redis holds it, its rows with their outputs (ForeignRecord: a record
+        or row whose MAC does not verify; said, counted)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.call(call_id), "rec")
+        pipe.hgetall(self.keys.call_steps(call_id))
+        raw, steps = await read(pipe.execute)
+        if raw is None:
+            return None
+        k = _entry.decode(self._verified(call_id, "record", raw, (call_id,)))
+        record = CallRecord(k.call_id, k.kind, k.name, k.definition, k.input, k.status,
+                            k.created, k.tenant, k.ended, k.deadline, k.output, k.error,
+                            k.revision, k.agents, k.traceparent, k.tracestate)
+        for f, value in steps.items():
+            field = f.decode(errors="replace")
+            r = _row.decode(self._verified(call_id, f"step {field!r}", value,
+                                           (call_id, field)))
+            record.rows[(r.step, r.item)] = StepRow(r.step, r.item, r.status, r.task_id,
+                                                    r.started, r.ended, r.output, r.error)
+        return record
+
+    def _verified(self, call_id: str, what: str, value: bytes,
+                  parts: tuple[str, ...]) -> bytes:
+        mac, _, payload = value.partition(b" ")
+        if not self.trust.valid(mac, CALL, *parts, payload):
+            self.trust.refuse(CALL, f"{what} of call {call_id}", mac,
+                              "the call is not driven on it")
+            raise ForeignRecord(f"call {call_id}: its {what} is not one this cluster's nodes "
+                          "wrote (its MAC does not verify)")
+        return payload
+
+    async def orphans(self, kind: str) -> list[CallRecord]:
+        """The calls of `kind` running under a dead incarnation's lease, taken by this
+        node and copied into its journal: each to be driven on from its rows."""
+        ids = [i.decode() for i in await read(
+            lambda: self.redis.zrange(self.keys.calls_running(kind), 0, -1))]
+        ids = [i for i in ids if i not in self.tokens]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(self.keys.call(i), "holder")
+        holders = {i: (h.decode() if h else "") for i, h in zip(
+            ids, await read(pipe.execute), strict=True)}
+        alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
+        taken = []
+        for call_id, holder in holders.items():
+            if holder in alive:
+                continue
+            try:
+                record = await self.fetch(call_id)
+            except ForeignRecord:
+                continue
+            if record is None or record.status != "running":
+                continue
+            if not await self.take(call_id, holder):
+                continue  # another live node took it first
+            await self.local.save_call(record)
+            await self.local.save_steps(call_id, list(record.rows.values()))
+            for r in record.rows.values():
+                r.output = None  # (kept in the journal alone, as the engine keeps rows)
+            self.taken += 1
+            taken.append(record)
+        return taken

@@ -1,0 +1,153 @@
+"""Durable calls in Redis (cluster/clustercalls.py) against a real redis-server, each rule
+alone: a call and its rows read back whole by another node; a call is taken from a dead
+holder only, never from a live one; the late writes of a holder whose lease was taken
+are refused by the store, atomically, leaving the successor's rows as they were; a
+record or row not signed with the cluster key is refused by name and never taken."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from corral.cluster.clustercalls import ClusterCalls, field_of
+from corral.cluster.connection import connect
+from corral.cluster.keys import Keys
+from corral.cluster.membership import Membership
+from corral.cluster.scripts import Scripts
+from corral.cluster.trust import Trust
+from corral.jsonrpc import CONFLICT, RpcError
+from corral.supervisor.config import ClusterSettings
+from corral.supervisor.durable import CallRecord, StepRow
+from corral.supervisor.durable.store import MemoryStore
+
+from ..redis_harness import RedisServer
+
+K = Keys("t")
+KEY = b"k" * 32
+CALL_ID = "0190a5c0-0000-7000-8000-000000000001"
+
+
+@dataclass
+class Node:
+    calls: ClusterCalls
+    membership: Membership
+    local: MemoryStore
+    said: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def pair(redis: RedisServer) -> AsyncIterator[tuple[Node, Node]]:
+    """Nodes a and b of cluster t, joined, each with its own journal (memory)."""
+    made = []
+    for name in ("a", "b"):
+        settings = ClusterSettings(redis=redis.url, name="t", node=name)
+        client = connect(settings, name)
+        said: list[str] = []
+        membership = Membership(client, Scripts(client), K, settings, name,
+                                lambda: (1, 0, {}), said.append)
+        await membership.join()
+        local = MemoryStore()
+        calls = ClusterCalls(client, Scripts(client), K, Trust(KEY, "t", said.append),
+                             membership, local)
+        made.append(Node(calls, membership, local, said))
+    yield made[0], made[1]
+    for n in made:
+        await n.calls.redis.aclose()
+
+
+def record(status: str = "running") -> CallRecord:
+    return CallRecord(CALL_ID, "workflow", "wf", b'{"steps":[]}', {"n": 3}, status, 1.0,
+                      tenant="acme", deadline=99.0, agents=["w"])
+
+
+def row(step: str, item: int, output: object = None, status: str = "succeeded") -> StepRow:
+    return StepRow(step, item, status, f"task-{step}-{item}", 2.0, 3.0, output)
+
+
+async def killed(n: Node) -> None:
+    """Its incarnation dead to the cluster (its liveness key gone, as at its TTL)."""
+    await n.calls.redis.delete(K.alive(n.membership.consumer))
+
+
+async def test_a_call_and_its_rows_are_read_back_whole_on_another_node(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await a.calls.save_call(record())
+    await a.calls.save_steps(CALL_ID, [row("first", -1, {"x": 1}), row("each", 0, [1, 2]),
+                                        row("each", 1, None, "running")])
+    got = await b.calls.fetch(CALL_ID)
+    assert got is not None
+    assert (got.kind, got.name, got.input, got.tenant, got.deadline, got.agents) == (
+        "workflow", "wf", {"n": 3}, "acme", 99.0, ["w"])
+    assert got.rows == {("first", -1): row("first", -1, {"x": 1}),
+                        ("each", 0): row("each", 0, [1, 2]),
+                        ("each", 1): row("each", 1, None, "running")}
+    assert a.local.load(CALL_ID) is not None  # and a's journal has its copy
+
+
+async def test_a_live_holders_call_is_not_taken_a_dead_ones_is_once(
+        pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await a.calls.save_call(record())
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "out")])
+    assert await b.calls.orphans("workflow") == []  # a beats on
+    await killed(a)
+    taken = await b.calls.orphans("workflow")
+    assert [t.call_id for t in taken] == [CALL_ID]
+    assert taken[0].rows[("first", -1)].task_id == "task-first--1"
+    assert b.local.output(CALL_ID, "first", -1) == "out"  # copied into b's journal
+    assert await b.calls.orphans("workflow") == []  # b holds it now
+    # an ended call is nobody's to take
+    await b.calls.save_call(record("succeeded"))
+    assert await b.calls.redis.zrange(K.calls_running("workflow"), 0, -1) == []
+    assert await b.calls.redis.zrange(K.calls("workflow"), 0, -1) == [CALL_ID.encode()]
+
+
+async def test_a_holders_late_writes_after_a_takeover_are_refused(
+        pair: tuple[Node, Node]) -> None:
+    """a is frozen past its TTL; b takes its call and writes; a, thawed, writes a step
+    and the call's end: both refused by Redis, b's rows and status as b left them."""
+    a, b = pair
+    await a.calls.save_call(record())
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "a's")])
+    await killed(a)
+    assert len(await b.calls.orphans("workflow")) == 1
+    await b.calls.save_steps(CALL_ID, [row("second", -1, "b's")])
+    with pytest.raises(RpcError) as late:
+        await a.calls.save_steps(CALL_ID, [row("second", -1, "a's late")])
+    assert late.value.code == CONFLICT
+    assert late.value.message == (
+        f"call {CALL_ID} not kept: it is no longer this node's (a/1 (fence 1)): another "
+        "node took it over")
+    with pytest.raises(RpcError, match="not kept: it is no longer this node's \\(a/1\\)"):
+        await a.calls.save_call(record("failed"))
+    got = await b.calls.fetch(CALL_ID)
+    assert got is not None and got.status == "running"
+    assert got.rows[("second", -1)].output == "b's"
+    assert a.local.load(CALL_ID).rows.get(("second", -1)) is None  # type: ignore[union-attr]
+    assert (a.calls.fenced, b.calls.taken) == (1, 1)
+
+
+@pytest.mark.parametrize("forge", ["record", "row"])
+async def test_a_forged_or_unsigned_call_is_refused_by_name_and_not_taken(
+        pair: tuple[Node, Node], forge: str) -> None:
+    a, b = pair
+    await a.calls.save_call(record())
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "out")])
+    await killed(a)
+    r = a.calls.redis
+    if forge == "record":  # a Redis writer's record: any input, a MAC made without the key
+        kept = await r.hget(K.call(CALL_ID), "rec")
+        await r.hset(K.call(CALL_ID), "rec", b"0" * 64 + kept[64:].replace(b'"n":3', b'"n":4'))
+        what = "record"
+    else:  # a row with no MAC at all
+        await r.hset(K.call_steps(CALL_ID), field_of("first", -1),
+                     b' ["first",-1,"succeeded","t",2.0,3.0,"forged",null]')
+        what = "step '-1\\nfirst'"
+    assert await b.calls.orphans("workflow") == []
+    assert b.calls.trust.refused["calls"] == 1
+    assert any(f"cluster: refused call {what} of call {CALL_ID} from Redis" in s and
+               "the call is not driven on it" in s for s in b.said), b.said
+    assert await r.hget(K.call(CALL_ID), "holder") == b"a/1"  # not taken
