@@ -10,6 +10,7 @@ and nothing of the engine (no asyncio). The engine computes what a view derives
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -86,14 +87,17 @@ class TaskFailure(msgspec.Struct, omit_defaults=True):
     data: Any = None
 
 
-class TaskResult(msgspec.Struct):
-    """A task's outcome: what `corral run --json` prints and the Python API returns."""
+class TaskResult(msgspec.Struct, gc=False):
+    """A task's outcome: what `corral run --json` prints and the Python API returns.
+    Never walked by the garbage collector: what it holds was decoded from JSON (no
+    cycles), and its attempts are a tuple of untracked Attempts, so that a map's list
+    of a million results is no work for the collector's full passes."""
 
     task_id: str
     status: str
     output: Any  # whatever the agent answered
     error: TaskFailure | None
-    attempts: list[Attempt]
+    attempts: Sequence[Attempt]  # a tuple where corral makes it (untracked: class doc)
 
 
 class _TaskHead(msgspec.Struct):

@@ -4,6 +4,7 @@ map cancelled while its tasks run."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from corral.supervisor import Supervisor
@@ -53,3 +54,18 @@ async def test_a_cancelled_map_submits_nothing_more(sup: Supervisor) -> None:
     assert sup.tasks.stats()["agents"]["slow"]["accepted"] == accepted  # nothing new
     assert sup.tasks.stats()["agents"]["slow"]["succeeded"] == accepted
     assert not sup.tasks.running_tasks() and sup.tasks.waiting() == 0
+
+
+async def test_a_maps_results_are_no_work_for_the_collector(sup: Supervisor) -> None:
+    """What a map hands back is never walked by the cyclic collector: a list of a
+    million results would make each of its full passes walk them all (a refused input's
+    result, and a failed task's, too)."""
+    sup.add(mb("echo", max_concurrent_tasks=4, rate_per_minute=6))
+    await all_ready(sup, "echo")
+    out = await sup.tasks.map("echo", [{"do": "echo", "i": i} for i in range(5)]
+                              + [{"do": "fail"}, {"do": "echo", "i": 6}], concurrency=3)
+    assert [r.status for r in out] == ["succeeded"] * 5 + ["failed", "refused"]
+    gc.collect()  # (a tuple is untracked once a pass has seen it holds nothing tracked)
+    assert [(gc.is_tracked(r), gc.is_tracked(r.attempts)) for r in out] == [(False, False)] * 7
+    assert [len(r.attempts) for r in out] == [1] * 6 + [0]
+    assert out[3].output == {"do": "echo", "i": 3}

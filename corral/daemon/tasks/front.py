@@ -81,4 +81,4 @@ def accepted(task_id: str, status: str, outcome: TaskResult | None = None
     if outcome is None:
         return m.TaskAccepted(task_id=task_id, status=status)
     return m.TaskAccepted(task_id=task_id, status=outcome.status, output=outcome.output,
-                          error=outcome.error, attempts=outcome.attempts)
+                          error=outcome.error, attempts=list(outcome.attempts))

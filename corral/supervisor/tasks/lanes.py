@@ -109,7 +109,7 @@ class Lanes:
                 i = base + k
                 if isinstance(task, RpcError):
                     results[i] = TaskResult("", "refused", None,
-                                            TaskFailure(task.code, task.message), [])
+                                            TaskFailure(task.code, task.message), ())
                 elif task.ended:
                     self._keep(i, task)
                 else:

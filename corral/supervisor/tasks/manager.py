@@ -669,7 +669,7 @@ class TaskManager:
             info = await self.journal.load(task.id)
             if info is not None and info.output is not None:
                 out = acyclic(info.output) if decode else info.output
-                return TaskResult(task.id, task.status, out, task.error, list(task.attempts))
+                return TaskResult(task.id, task.status, out, task.error, tuple(task.attempts))
         return task.result(decode=decode)
 
     async def committed(self) -> None:

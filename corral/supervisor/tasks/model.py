@@ -213,7 +213,7 @@ class Task(TaskMachine):
         """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
         is when sent on) unless `decode` asks for Python values (the Python API)."""
         output = self.output if decode else self.raw_output
-        return TaskResult(self.id, self.status, output, self.error, list(self.attempts))
+        return TaskResult(self.id, self.status, output, self.error, tuple(self.attempts))
 
     def info(self) -> TaskInfo:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
