@@ -129,3 +129,49 @@ def test_the_chain_check_sees_a_chain() -> None:
     assert _chains(source, "probe.py") == ["probe.py:2: d.teams.catalog.add"]
     # two deep (a domain's service and its method) is what a narrow handler does
     assert _chains("async def h(t, p, caller, c):\n    return t.tasks.get(p)\n", "") == []
+
+
+# asking whose a record is, by name: what a rule's `record` does (corral/daemon/records.py)
+_WHOSE = ("sees_call", "sees_task", "sees_record", "owns")
+# what a handler may still ask of the caller: which of many it may name, not whose the one
+# named is (a workflow's definition names only workflows the caller sees); only shrinks
+_NAMING = {("corral/daemon/workflows/handlers.py", "_check", "sees_record")}
+
+
+def _whose(source: str, label: str) -> list[tuple[str, str, str]]:
+    """The calls in a module's functions that ask whether the caller sees a record:
+    (module, outermost function, the name called)."""
+    found = []
+    for f in ast.parse(source).body:
+        if not isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(f):
+            if not isinstance(node, ast.Call):
+                continue
+            called = node.func
+            name = (called.id if isinstance(called, ast.Name) else
+                    called.attr if isinstance(called, ast.Attribute) else "")
+            if name.startswith(("seen_", "_seen")) or name in _WHOSE:
+                found.append((label, f.name, name))
+    return found
+
+
+def test_no_handler_asks_whose_a_record_is() -> None:
+    """Authorization is the declaration's (issue 53 item 5): the method's scope, its
+    visibility rule, and the record that rule names, asked by the dispatcher before the
+    handler runs; a handler asks of a record what it is, never whose."""
+    modules = {Path(inspect.getsourcefile(fn) or "") for _, fn in HANDLERS.table.values()}
+    asked = {w for p in sorted(modules) for w in _whose(p.read_text(),
+                                                         str(p.relative_to(ROOT)))}
+    assert asked - _NAMING == set()
+    assert asked >= _NAMING, "an allowed call is gone: take it out of _NAMING"
+
+
+def test_the_whose_check_sees_a_handler_asking() -> None:
+    source = ("async def h(d, p, caller, c):\n"
+              "    seen_team(caller, d.teams, p.agent)\n"
+              "    if not caller.sees_record(p.agent, None):\n"
+              "        raise KeyError\n"
+              "    return [t for t in d.tasks if caller.sees(t.agent)]\n")
+    assert _whose(source, "probe.py") == [("probe.py", "h", "seen_team"),
+                                          ("probe.py", "h", "sees_record")]

@@ -23,7 +23,7 @@ from ..supervisor.core import NoSuchAgent
 from ..supervisor.tasks.spawn import REACH
 from ..text import clip, one_line
 from .caller import Caller, Channel, Discard
-from .visibility import AgentRule, agent_rule, sees_task
+from .visibility import AgentRule, agent_rule
 
 Ctx = TypeVar("Ctx")
 Narrow = TypeVar("Narrow")
@@ -216,14 +216,10 @@ class Dispatcher(Generic[Ctx]):
         ready = self._ready()
         context = ready.result() if ready.done() else await asyncio.shield(ready)
         try:
-            if rule is not None and rule.owner is not None:
-                # the object named (a task) must be of an agent the caller sees, and is
-                # looked up before the call acts on it
-                look, what, key = rule.owner
-                found = await self._handle(context, look.declared.name, decode(
-                    {key: getattr(params, key)}, look), caller, Discard())
-                if not sees_task(caller, found):
-                    raise jsonrpc.not_found(what, getattr(params, key))
+            if rule is not None and rule.record is not None:
+                # the record the params name must be the caller's, asked before the call
+                # acts on it: no handler asks whose a record is
+                await rule.record(context, params, caller)
             # the tasks a caller limited to some agents submits spawn none beyond them
             reach = REACH.set((caller.who, caller.agents)) if caller.agents else None
             try:

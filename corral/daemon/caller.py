@@ -5,7 +5,7 @@ tenant, agents and scopes they are limited to) and what a handler streams back t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
@@ -69,6 +69,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
                                         or not fnmatchcase(agent, self.agents)):
             return False
         return self.tenant is None or (tenant is not None and tenant == self.tenant)
+
+    def owns(self, agents: Collection[str], tenant: str | None) -> bool:
+        """Whether a record of `tenant` naming `agents` (a workflow, a team, a run, a
+        schedule) is this limited caller's: every agent of it is its to see, whoever holds
+        the names now (DESIGN 20); one of no agent known is the operator's alone."""
+        return bool(agents) and all(self.sees_record(a, tenant) for a in agents)
 
     def sees_server(self, name: str) -> bool:
         """Whether an MCP server of this name exists for this caller: its tenant's, or

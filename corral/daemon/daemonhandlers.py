@@ -69,7 +69,7 @@ async def daemon_info(d: DaemonServices, p: m.DaemonInfo, caller: Caller, c: Cha
         uptime=round(time.time() - d.started_at, 3),
         socket=str(d.socket_path),
         config=str(d.config_path),
-        status=d.status_line() if not caller.limited else _seen_status(d, caller),
+        status=d.status_line() if not caller.limited else _limited_status(d, caller),
         followers=len(d.hub.followers),
         event_followers=len(d.bus.followers),
         containment=msgspec.to_builtins(d.containment.info()),
@@ -78,7 +78,7 @@ async def daemon_info(d: DaemonServices, p: m.DaemonInfo, caller: Caller, c: Cha
     )
 
 
-def _seen_status(d: DaemonServices, caller: Caller) -> str:
+def _limited_status(d: DaemonServices, caller: Caller) -> str:
     """The status line of the agents a limited caller sees (the daemon's counts every
     tenant's): walked, as such a caller's fleet is a part of the whole."""
     agents = [a for a in d.agents.values() if caller.sees(a.name)]

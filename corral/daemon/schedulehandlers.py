@@ -1,10 +1,10 @@
 """The schedule methods' handlers (corral.methods.definitions), put in the daemon's table
 by commandtable.py: a limited caller sees, pauses and resumes only the schedules whose
-agents it all sees (visibility.py filters the listing). They take the schedules alone."""
+agents it all sees (visibility.py filters the listing, records.py asks of the one a call
+names). They take the schedules alone."""
 
 from __future__ import annotations
 
-from .. import jsonrpc
 from .. import methods as m
 from .api import Commands
 from .caller import Caller, Channel
@@ -26,24 +26,14 @@ async def schedules_list(s: ScheduleService, p: m.SchedulesList, caller: Caller,
     return m.ScheduleList(schedules=s.entries())
 
 
-async def _pause(s: ScheduleService, name: str, caller: Caller, paused: bool
-                 ) -> m.ScheduleEntry:
-    entry = s.entry(s.get(name))
-    # whose it is, is whose its agents were in the file, not who holds their names now
-    if caller.limited and not (entry.agents and all(
-            caller.sees_record(a, entry.tenant) for a in entry.agents)):
-        raise jsonrpc.not_found("schedule", name)
-    return s.entry(await s.pause(name, paused))
-
-
 @implements(m.SchedulesPause)
 async def schedules_pause(s: ScheduleService, p: m.SchedulesPause, caller: Caller, c: Channel
                           ) -> m.ScheduleEntry:
-    return await _pause(s, p.name, caller, True)
+    return s.entry(await s.pause(p.name, True))
 
 
 @implements(m.SchedulesResume)
 async def schedules_resume(s: ScheduleService, p: m.SchedulesResume, caller: Caller, c: Channel
                            ) -> m.ScheduleEntry:
-    return await _pause(s, p.name, caller, False)
+    return s.entry(await s.pause(p.name, False))
 

@@ -17,23 +17,18 @@ from .api import Commands
 from .caller import Caller, Channel
 from .services import Services
 from .tasks import TaskFront
-from .teams import TeamService
-from .teams.service import seen_team
 from .traces import Traces
 
 
 @dataclass(frozen=True)
 class TaskServices:
     tasks: TaskFront  # local, or the cluster's
-    # a team's calls are tasks of the team's name: a limited caller reaches them only as
-    # it reaches the team (teams/service.py seen_team)
-    teams: TeamService
     traces: Traces | None  # with [tracing]
     outputs: TaskOutputs  # the engine's tasks' live output
 
 
 def task_services(d: Services) -> TaskServices:
-    return TaskServices(d.tasks, d.teams, d.traces, d.task_engine.outputs)
+    return TaskServices(d.tasks, d.traces, d.task_engine.outputs)
 
 
 COMMANDS: Commands[Services, TaskServices] = Commands(task_services)
@@ -43,14 +38,12 @@ implements = COMMANDS.implements
 @implements(m.TasksSubmit)
 async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Channel
                        ) -> m.TaskAccepted:
-    seen_team(caller, t.teams, p.agent)
     return await t.tasks.submit(p, c)
 
 
 @implements(m.TasksRun)
 async def tasks_run(t: TaskServices, p: m.TasksRun, caller: Caller, c: Channel
                     ) -> m.TaskResult:
-    seen_team(caller, t.teams, p.agent)
     return await t.tasks.run(p, c)
 
 
@@ -58,7 +51,6 @@ async def tasks_run(t: TaskServices, p: m.TasksRun, caller: Caller, c: Channel
 async def tasks_get(t: TaskServices, p: m.TasksGet, caller: Caller, c: Channel
                     ) -> m.TaskInfo:
     info = await t.tasks.get(p.task_id, wait=p.wait)
-    seen_team(caller, t.teams, info.agent, p.task_id)
     if p.input:
         kept = await t.tasks.input_of(p.task_id)
         if kept is not None:
@@ -71,8 +63,6 @@ async def tasks_list(t: TaskServices, p: m.TasksList, caller: Caller, c: Channel
                      ) -> m.TaskList:
     # a caller limited to some agents pages through theirs only (full pages; a cursor
     # of another agent's task reads as absent)
-    if p.agent is not None:
-        seen_team(caller, t.teams, p.agent)
     tasks, older = await t.tasks.list(p, caller.sees_record if caller.limited else None)
     return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
 
@@ -104,9 +94,8 @@ async def tasks_stream(t: TaskServices, p: m.TasksStream, caller: Caller, c: Cha
             after = position_of(p.last_event_id)
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"last_event_id: {exc}") from None
-    info = await t.tasks.get(p.task_id, wait=False)  # an unknown task: not found
-    seen_team(caller, t.teams, info.agent, p.task_id)
-    c.notify("tasks.task", info)  # as it is when the stream begins (SSE opens here)
+    # as it is when the stream begins (SSE opens here); an unknown task: not found
+    c.notify("tasks.task", await t.tasks.get(p.task_id, wait=False))
     async for chunks in t.outputs.follow(p.task_id, after):
         for chunk in chunks:
             if not c.writable.is_set():

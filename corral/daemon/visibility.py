@@ -20,12 +20,14 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..methods import REGISTRY, Params, TasksGet, parse_target
+from ..methods import REGISTRY, parse_target
 from ..supervisor.core import NoSuchAgent
 from ..supervisor.events import agent_of, seen_by
 from ..supervisor.names import RESERVED
 from ..supervisor.tasks.counters import totals
+from . import records
 from .caller import Caller, Channel
+from .records import sees_task
 
 
 def _glob_refusal(caller: Caller, what: str) -> RpcError:
@@ -43,9 +45,9 @@ class AgentRule:
     filter: Callable[[Any, Caller], Any] | None = None
     # a stream's notifications, filtered the same way
     channel: Callable[[Channel, Caller], Channel] | None = None
-    # (the method to look the object up, what it is called, the param naming it): the
-    # object must belong to an agent the caller sees
-    owner: tuple[type[Params], str, str] | None = None
+    # the record the params name (a task, a team, a workflow, a run, a schedule): looked
+    # up before the handler runs, it must be the caller's (records.py)
+    record: records.Record | None = None
     # what the answer tells of a tenant sums every agent of it (a tenant's use): closed
     # to a caller limited to an agent glob, which sees some of them only (decision 143)
     whole_tenants: bool = False
@@ -256,65 +258,28 @@ def _gateway_filter(stats: Any, caller: Caller) -> Any:
                     http=None)
 
 
-def sees_task(caller: Caller, task: Any) -> bool:
-    """Whether a task (a TaskInfo, a TaskSummary) is the caller's: asked of the tenant its
-    agent was of when it was accepted, never of who holds the name now (DESIGN 20). A
-    record its front stamps with no tenant (a team's call) is asked of the name's holder."""
-    if task.tenant is None:
-        return caller.sees(task.agent)
-    return caller.sees_record(task.agent, task.tenant)
-
-
 def _tasks_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, tasks=[t for t in result.tasks if sees_task(caller, t)])
 
 
-def _task_filter(result: Any, caller: Caller) -> Any:
-    if not sees_task(caller, result):
-        raise jsonrpc.not_found("task", result.task_id)
-    return result
-
-
-def _owns_all(caller: Caller, agents: list[str], tenant: str | None) -> bool:
-    # a record (a definition, a run) of a tenant is that tenant's callers', whoever holds
-    # its agents' names now (DESIGN 20); one of no agent known, the operator's alone
-    return bool(agents) and all(caller.sees_record(a, tenant) for a in agents)
-
-
-def seen_workflow(caller: Caller, wf: Any, tenant: str | None, *, what: str = "workflow",
-                  name: str | None = None) -> Any:
-    """A workflow or a team (or a run of it: `what`, `name`) of `tenant` that a limited
-    caller sees only when it is of the caller's tenant and the caller sees every agent
-    of it: else answered as if it did not exist."""
-    if caller.limited and not _owns_all(caller, wf.agents, tenant):
-        raise jsonrpc.not_found(what, name if name is not None else wf.name)
-    return wf
-
-
 def _workflows_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, workflows=[w for w in result.workflows
-                                       if _owns_all(caller, w.agents, w.tenant)])
+                                       if caller.owns(w.agents, w.tenant)])
 
 
 def _teams_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, teams=[t for t in result.teams
-                                   if _owns_all(caller, t.agents, t.tenant)])
-
-
-def _run_filter(result: Any, caller: Caller) -> Any:
-    if not _owns_all(caller, result.agents, result.tenant):
-        raise jsonrpc.not_found("run", result.run_id)
-    return result
+                                   if caller.owns(t.agents, t.tenant)])
 
 
 def _runs_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, runs=[r for r in result.runs
-                                  if _owns_all(caller, r.agents, r.tenant)])
+                                  if caller.owns(r.agents, r.tenant)])
 
 
 def _schedules_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, schedules=[s for s in result.schedules
-                                       if _owns_all(caller, s.agents, s.tenant)])
+                                       if caller.owns(s.agents, s.tenant)])
 
 
 def _sessions_filter(result: Any, caller: Caller) -> Any:
@@ -385,10 +350,8 @@ def _rows_filter(field: str) -> Callable[[Any, Caller], Any]:
 _AGENT_PARAM = _one("agent")
 # each rule by the name the methods' declarations give (corral.methods: `seen`)
 RULES: dict[str, AgentRule] = {
-    # the params name no agent: the answer is the caller's as it is (daemon.info), or the
-    # handler asks of what it finds (a workflow, a team, a schedule and their runs are a
-    # limited caller's when all their agents are: seen_workflow; a session when it is the
-    # caller's record, decision 440; a dashboard link is for the caller's own scopes)
+    # the params name no agent: the answer is the caller's as it is (daemon.info, a
+    # dashboard link for the caller's own scopes)
     "unnamed": AgentRule(_nothing),
     "fleet": AgentRule(_targets("names"), filter=_status_filter),
     "targets": AgentRule(_targets("names", all_field=True)),
@@ -404,12 +367,25 @@ RULES: dict[str, AgentRule] = {
         "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
         "agents.transition": _of_agent, "agents.roster": _of_agent,
         "agents.health": _of_agent})),
-    "agent": AgentRule(_AGENT_PARAM),
-    "task": AgentRule(_nothing, filter=_task_filter),
-    "tasks": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
-    "task_owner": AgentRule(_nothing, owner=(TasksGet, "task", "task_id")),
+    # a task's agent may be a team's name (its calls are tasks of it)
+    "agent": AgentRule(_AGENT_PARAM, record=records.task_agent("agent")),
+    "task": AgentRule(_nothing, record=records.task("task_id")),
+    "tasks": AgentRule(_AGENT_PARAM, filter=_tasks_filter,
+                       record=records.task_agent("agent")),
+    # a record the params name (records.py): a workflow, a team, a schedule and their
+    # runs are a limited caller's when all their agents are; a session when it is the
+    # caller's record (decision 440)
     "workflows": AgentRule(_nothing, filter=_workflows_filter),
-    "run": AgentRule(_nothing, filter=_run_filter),
+    "workflow": AgentRule(_nothing, record=records.workflow("name")),
+    "workflow_names": AgentRule(_nothing, record=records.workflow("names")),
+    "workflow_past": AgentRule(_nothing, record=records.workflow_past),
+    "run": AgentRule(_nothing, record=records.run),
+    "schedule": AgentRule(_nothing, record=records.schedule),
+    "team": AgentRule(_nothing, record=records.team("name")),
+    "team_names": AgentRule(_nothing, record=records.team("names")),
+    "team_past": AgentRule(_nothing, record=records.team_past),
+    "call": AgentRule(_nothing, record=records.call),
+    "session": AgentRule(_nothing, record=records.session),
     "runs": AgentRule(_nothing, filter=_runs_filter),
     "schedules": AgentRule(_nothing, filter=_schedules_filter),
     "teams": AgentRule(_nothing, filter=_teams_filter),

@@ -15,7 +15,7 @@ from .declaration import Params, method, rest
 from .tasks import MAX_WAIT
 
 
-@method("calls.get", result=TaskInfo, scope="tasks:read", seen="unnamed", routes=(
+@method("calls.get", result=TaskInfo, scope="tasks:read", seen="call", routes=(
     rest("GET", "/calls/{call_id}", "One call of a team: its status, steps, output",
          path_params={"call_id": "call_id"}, query=("wait",)),
 ))
@@ -28,7 +28,7 @@ class CallsGet(Params):
 
 
 @method("teams.call", result=TaskAccepted, scope="tasks:run", needs={"wait": CallsGet},
-        seen="unnamed", cli="teams call", routes=(
+        seen="team", cli="teams call", routes=(
     rest("POST", "/teams/{name}/calls", "Call a team: 202 and the call's Location at "
          "once; with `wait`, its outcome if it ends within that many seconds, else 202",
          query=("wait",), body=("input",), idempotent=True,
@@ -48,7 +48,7 @@ class TeamsCall(Params):
     tracestate: str | None = None
 
 
-@method("calls.list", result=TaskList, scope="tasks:read", seen="unnamed",
+@method("calls.list", result=TaskList, scope="tasks:read", seen="team",
         cli="teams calls", routes=(
     rest("GET", "/teams/{name}/calls", "A team's calls, newest last, a page at a time",
          query=("status", "since", "limit", "before"), cursor="before"),
@@ -64,7 +64,7 @@ class CallsList(Params):
     before: str | None = None  # a call id: only the calls made before it
 
 
-@method("calls.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="unnamed", routes=(
+@method("calls.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="call", routes=(
     rest("POST", "/calls/{call_id}/cancel", "Cancel a team's call and its running "
          "steps' tasks", path_params={"call_id": "call_id"}),
 ))

@@ -46,7 +46,7 @@ class WorkflowsList(Params):
     and agents."""
 
 
-@method("workflows.plan", result=WorkflowPlan, scope="tasks:read", seen="unnamed",
+@method("workflows.plan", result=WorkflowPlan, scope="tasks:read", seen="workflow",
         cli="workflows plan", routes=(
     rest("GET", "/workflows/{name}/plan", "A workflow's plan (nothing run)"),
 ))
@@ -80,7 +80,7 @@ class RunsGet(Params):
 
 
 @method("workflows.run", result=RunView, scope="tasks:run", mutating=True, needs={"wait": RunsGet},
-        seen="unnamed", cli="workflows run", routes=(
+        seen="workflow", cli="workflows run", routes=(
     rest("POST", "/workflows/{name}/runs", "Start a run of a workflow: the "
          "run at once; with `wait`, as it is when it ends or the wait is over",
          query=("wait",), body=("input", "wait"), location="/runs/{run_id}"),
@@ -110,7 +110,7 @@ class WorkflowsAdd(Params):
     workflows: dict[str, Any]
 
 
-@method("workflows.describe", result=DefinitionDescription, scope="tasks:read", seen="unnamed",
+@method("workflows.describe", result=DefinitionDescription, scope="tasks:read", seen="workflow",
         cli="workflows describe", routes=(
     rest("GET", "/workflows/{name}", "A workflow's definition and "
          "revision"),
@@ -120,7 +120,7 @@ class WorkflowsDescribe(DefinitionNamed):
 
 
 @method("workflows.update", result=UpdateResult, scope="agents:write", mutating=True,
-        seen="unnamed", cli="workflows update", routes=(
+        seen="workflow", cli="workflows update", routes=(
     rest("PATCH", "/workflows/{name}", "Change a runtime workflow: `set` "
          "merged into its table (a JSON merge patch)", body=("set",)),
 ))
@@ -130,7 +130,7 @@ class WorkflowsUpdate(DefinitionUpdate):
 
 
 @method("workflows.remove", result=RemoveResult, scope="agents:write", mutating=True,
-        seen="unnamed", cli="workflows remove", routes=(
+        seen="workflow_names", cli="workflows remove", routes=(
     rest("DELETE", "/workflows/{name}", "Remove a runtime workflow",
          path_params=ONE),
 ))
@@ -138,7 +138,7 @@ class WorkflowsRemove(DefinitionsRemove):
     """Remove workflows added at runtime (runs under way end on their revision)."""
 
 
-@method("workflows.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed",
+@method("workflows.history", result=DefinitionRevisions, scope="tasks:read", seen="workflow_past",
         cli="workflows history", routes=(
     rest("GET", "/workflows/{name}/history", "A runtime workflow's "
          "revisions", query=("limit",)),
@@ -148,7 +148,7 @@ class WorkflowsHistory(DefinitionHistory):
 
 
 @method("workflows.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="unnamed", cli="workflows rollback", routes=(
+        seen="workflow_past", cli="workflows rollback", routes=(
     rest("POST", "/workflows/{name}/rollback", "Go back to an earlier "
          "revision of a runtime workflow", body=("revision",)),
 ))
@@ -173,7 +173,7 @@ class RunsList(Params):
     before: str | None = None  # a run id: only the runs started before it
 
 
-@method("runs.cancel", result=RunView, scope="tasks:run", mutating=True, seen="unnamed",
+@method("runs.cancel", result=RunView, scope="tasks:run", mutating=True, seen="run",
         cli="run-cancel", routes=(
     rest("POST", "/runs/{run_id}/cancel", "Cancel a run and its running steps",
          path_params={"run_id": "run_id"}),
@@ -193,7 +193,7 @@ class SchedulesList(Params):
     paused (a limited caller: those of the agents and workflows it sees)."""
 
 
-@method("schedules.pause", result=ScheduleEntry, scope="tasks:run", mutating=True, seen="unnamed",
+@method("schedules.pause", result=ScheduleEntry, scope="tasks:run", mutating=True, seen="schedule",
         cli="schedules pause", routes=(
     rest("POST", "/schedules/{name}/pause", "Pause a schedule"),
 ))
@@ -222,7 +222,7 @@ class TeamsAdd(Params):
     teams: dict[str, Any]
 
 
-@method("teams.describe", result=DefinitionDescription, scope="tasks:read", seen="unnamed",
+@method("teams.describe", result=DefinitionDescription, scope="tasks:read", seen="team",
         cli="teams describe", routes=(
     rest("GET", "/teams/{name}", "A team's definition and revision"),
 ))
@@ -230,7 +230,7 @@ class TeamsDescribe(DefinitionNamed):
     """A team's definition, where it comes from and its revision."""
 
 
-@method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True, seen="unnamed",
+@method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True, seen="schedule",
         cli="schedules resume", routes=(
     rest("POST", "/schedules/{name}/resume", "Resume a paused schedule"),
 ))
@@ -241,7 +241,7 @@ class SchedulesResume(Params):
     name: str
 
 
-@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True, seen="unnamed",
+@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True, seen="team",
         cli="teams update", routes=(
     rest("PATCH", "/teams/{name}", "Change a runtime team: `set` merged into "
          "its table (a JSON merge patch)", body=("set",)),
@@ -251,7 +251,7 @@ class TeamsUpdate(DefinitionUpdate):
     a list, such as members, replaced whole); calls under way keep their definition."""
 
 
-@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True, seen="unnamed",
+@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True, seen="team_names",
         cli="teams remove", routes=(
     rest("DELETE", "/teams/{name}", "Remove a runtime team", path_params=ONE),
 ))
@@ -259,7 +259,7 @@ class TeamsRemove(DefinitionsRemove):
     """Remove teams added at runtime (calls under way end on their definition)."""
 
 
-@method("teams.history", result=DefinitionRevisions, scope="tasks:read", seen="unnamed",
+@method("teams.history", result=DefinitionRevisions, scope="tasks:read", seen="team_past",
         cli="teams history", routes=(
     rest("GET", "/teams/{name}/history", "A runtime team's revisions",
          query=("limit",)),
@@ -269,7 +269,7 @@ class TeamsHistory(DefinitionHistory):
 
 
 @method("teams.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="unnamed", cli="teams rollback", routes=(
+        seen="team_past", cli="teams rollback", routes=(
     rest("POST", "/teams/{name}/rollback", "Go back to an earlier revision "
          "of a runtime team", body=("revision",)),
 ))

@@ -68,7 +68,7 @@ class TasksSubmit(TaskParams):
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
 
 
-@method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True, seen="task_owner",
+@method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True, seen="task",
         dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}/stream", "A task's live output (SSE): each chunk as it "
          "comes, resumable with Last-Event-ID, then the task as `result`",
@@ -116,7 +116,7 @@ class SessionsList(Params):
     agent: str | None = None
 
 
-@method("sessions.get", result=SessionInfo, scope="tasks:read", seen="unnamed", routes=(
+@method("sessions.get", result=SessionInfo, scope="tasks:read", seen="session", routes=(
     rest("GET", "/agents/{name}/sessions/{session}",
          "One session and the history of its tasks",
          path_params={"name": "agent", "session": "session"}),
@@ -129,7 +129,7 @@ class SessionsGet(Params):
 
 
 @method("sessions.end", result=SessionView, scope="tasks:run", mutating=True,
-        seen="unnamed", routes=(
+        seen="session", routes=(
     rest("POST", "/agents/{name}/sessions/{session}/end",
          "End a session: its state and history dropped",
          path_params={"name": "agent", "session": "session"}),
@@ -142,7 +142,7 @@ class SessionsEnd(Params):
     session: str  # (a name no session can have is simply not found)
 
 
-@method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="task_owner",
+@method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="task",
         cli="cancel", routes=(
     rest("POST", "/tasks/{task_id}/cancel", "Cancel a task",
          path_params={"task_id": "task_id"}),
@@ -153,7 +153,7 @@ class TasksCancel(Params):
     task_id: str
 
 
-@method("traces.get", result=TraceView, scope="tasks:read", seen="task_owner", cli="trace",
+@method("traces.get", result=TraceView, scope="tasks:read", seen="task", cli="trace",
         dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}/trace", "A task's trace: its spans from the "
          "local store (with [tracing])", path_params={"task_id": "task_id"}),

@@ -1,8 +1,9 @@
 """The team methods' handlers (corral.methods.definitions), put in the daemon's table by
 commandtable.py: the teams listed and described, and those added at runtime changed with
 revisions (catalog.py). A limited caller (a tenant's, an agent glob's) sees a team only
-when it sees every agent of it, as a workflow (visibility.seen_workflow), and names only
-the agents it sees in a table it adds."""
+when it sees every agent of it, as a workflow: each method's declaration names the record
+the dispatcher asks of first (records.py); a table it adds names only the agents it
+sees."""
 
 from __future__ import annotations
 
@@ -19,38 +20,16 @@ from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, table_of, updated
 from ..services import Services
 from ..tasks import TaskFront
-from ..visibility import seen_workflow
 from .catalog import TeamCatalog
-from .service import TeamService, sees_call
+from .service import TeamService
 
 
-def _seen(caller: Caller, name: str, spec: TeamSpec | None, tenant: str | None
-          ) -> TeamSpec:
-    """A team of `tenant` the caller sees, or NOT_FOUND as one that never was."""
+def _there(d: TeamServices, name: str) -> TeamSpec:
+    """A team there is, or NOT_FOUND."""
+    spec = d.catalog.specs().get(name)
     if spec is None:
         raise jsonrpc.not_found("team", name)
-    seen: TeamSpec = seen_workflow(caller, spec, tenant, what="team", name=name)
-    return seen
-
-
-def _there(d: TeamServices, caller: Caller, name: str) -> TeamSpec:
-    return _seen(caller, name, d.catalog.specs().get(name), d.teams.tenant_of(name))
-
-
-def _seen_past(d: TeamServices, caller: Caller, name: str) -> None:
-    """A team there is, or one removed, that the caller sees (as it last was of the
-    caller's tenant): any other is answered as one that never was (not "declared in
-    the config file")."""
-    catalog = d.teams.catalog
-    if name in catalog.config:
-        _there(d, caller, name)
-        return
-    last = catalog.last_defined(name, caller.tenant)
-    if last is None:
-        if caller.limited:
-            raise jsonrpc.not_found("team", name)
-        return
-    _seen(caller, name, *last)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -88,7 +67,7 @@ async def teams_add(d: TeamServices, p: m.TeamsAdd, caller: Caller, c: Channel) 
 @implements(m.TeamsDescribe)
 async def teams_describe(d: TeamServices, p: m.TeamsDescribe, caller: Caller, c: Channel
                          ) -> m.DefinitionDescription:
-    spec = _there(d, caller, p.name)
+    spec = _there(d, p.name)
     rev = d.catalog.revision_of(p.name)
     return m.DefinitionDescription(
         name=p.name, source="config" if rev is None else "runtime",
@@ -100,7 +79,7 @@ async def teams_describe(d: TeamServices, p: m.TeamsDescribe, caller: Caller, c:
 @implements(m.TeamsUpdate)
 async def teams_update(d: TeamServices, p: m.TeamsUpdate, caller: Caller, c: Channel
                        ) -> m.UpdateResult:
-    _there(d, caller, p.name)
+    _there(d, p.name)
     return updated(p.name, await d.catalog.update(
         p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
@@ -111,7 +90,7 @@ async def teams_remove(d: TeamServices, p: m.TeamsRemove, caller: Caller, c: Cha
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the teams to remove")
     for name in p.names:
-        _there(d, caller, name)
+        _there(d, name)
     return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who,
                                                                caller.tenant))
 
@@ -119,14 +98,12 @@ async def teams_remove(d: TeamServices, p: m.TeamsRemove, caller: Caller, c: Cha
 @implements(m.TeamsHistory)
 async def teams_history(d: TeamServices, p: m.TeamsHistory, caller: Caller, c: Channel
                         ) -> m.DefinitionRevisions:
-    _seen_past(d, caller, p.name)
     return history_of(d.teams.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.TeamsRollback)
 async def teams_rollback(d: TeamServices, p: m.TeamsRollback, caller: Caller, c: Channel
                          ) -> m.RollbackResult:
-    _seen_past(d, caller, p.name)
     restored, made = await d.catalog.rollback(
         p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
     return rolled_back(p.name, restored, made)
@@ -135,17 +112,16 @@ async def teams_rollback(d: TeamServices, p: m.TeamsRollback, caller: Caller, c:
 
 # -- a team's calls (methods/calls.py): the task front's own path for a team's name
 # (teams/front.py), the team and the call asked first as a workflow and its run are ------
-def _call_seen(d: TeamServices, caller: Caller, call_id: str) -> None:
-    """A call of a team the caller sees, else NOT_FOUND as one that never was."""
-    call = d.teams.find(call_id)
-    if call is None or not sees_call(caller, call):
+def _call(d: TeamServices, call_id: str) -> None:
+    """A call of a team there is, else NOT_FOUND (not a task's words)."""
+    if d.teams.find(call_id) is None:
         raise jsonrpc.not_found("call", call_id)
 
 
 @implements(m.TeamsCall)
 async def teams_call(d: TeamServices, p: m.TeamsCall, caller: Caller, c: Channel
                      ) -> m.TaskAccepted:
-    _there(d, caller, p.name)
+    _there(d, p.name)
     return await d.tasks.submit(m.TasksSubmit(
         agent=p.name, input=p.input, wait=p.wait, traceparent=p.traceparent,
         tracestate=p.tracestate), c)
@@ -153,13 +129,13 @@ async def teams_call(d: TeamServices, p: m.TeamsCall, caller: Caller, c: Channel
 
 @implements(m.CallsGet)
 async def calls_get(d: TeamServices, p: m.CallsGet, caller: Caller, c: Channel) -> m.TaskInfo:
-    _call_seen(d, caller, p.call_id)
+    _call(d, p.call_id)
     return await d.tasks.get(p.call_id, wait=p.wait)
 
 
 @implements(m.CallsList)
 async def calls_list(d: TeamServices, p: m.CallsList, caller: Caller, c: Channel) -> m.TaskList:
-    _there(d, caller, p.name)
+    _there(d, p.name)
     calls, older = await d.tasks.list(m.TasksList(
         agent=p.name, limit=p.limit, status=p.status, since=p.since, before=p.before),
         caller.sees_record if caller.limited else None)
@@ -169,5 +145,5 @@ async def calls_list(d: TeamServices, p: m.CallsList, caller: Caller, c: Channel
 @implements(m.CallsCancel)
 async def calls_cancel(d: TeamServices, p: m.CallsCancel, caller: Caller, c: Channel
                        ) -> m.TaskInfo:
-    _call_seen(d, caller, p.call_id)
+    _call(d, p.call_id)
     return await d.tasks.cancel(p.call_id)

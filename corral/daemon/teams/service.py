@@ -149,27 +149,4 @@ def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
 def sees_call(caller: Caller, call: TeamCall) -> bool:
     """Whether a call is the caller's: made for the caller's tenant, every agent of the
     team it started on seen, whoever holds the team's name now (decision 443)."""
-    return not caller.limited or all(caller.sees_record(a, call.tenant)
-                                     for a in call.spec.agents)
-
-
-def seen_team(caller: Caller, teams: TeamService, name: str, task_id: str | None = None
-              ) -> None:
-    """A limited caller reaches a team only when it is of the caller's tenant and the
-    caller sees every agent of it, as a workflow (visibility.seen_workflow): else
-    answered as a team there is not; and a call (`task_id`) only when the call was made
-    for the caller's tenant, whoever holds the team's name now (decision 443)."""
-    if not caller.limited:
-        return
-    call = teams.find(task_id) if task_id is not None else None
-    if call is not None:
-        if not sees_call(caller, call):
-            raise jsonrpc.not_found("task", call.call_id)
-        return
-    spec = teams.specs.get(name)
-    if spec is None:
-        return
-    tenant = teams.tenant_of(name)
-    if not all(caller.sees_record(a, tenant) for a in spec.agents):
-        raise (jsonrpc.not_found("task", task_id) if task_id is not None
-               else jsonrpc.not_found("agent", name))
+    return not caller.limited or caller.owns(call.spec.agents, call.tenant)

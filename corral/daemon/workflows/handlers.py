@@ -1,6 +1,7 @@
 """The workflow methods' handlers (corral.methods.definitions), put in the daemon's table
-by commandtable.py. What a limited caller sees of them is said in visibility.py; a handler that
-acts on a workflow or a run first asks it (`seen_workflow`), as a listing is filtered."""
+by commandtable.py. What a limited caller sees of them is said in visibility.py: the
+dispatcher asks whose the workflow or the run a call names is before the handler runs
+(records.py), as a listing is filtered."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from ...supervisor.agents import Agents
 from ...supervisor.durable import WHOLE, StepRow
 from ...supervisor.workflows import (
     Workflow,
-    WorkflowError,
     WorkflowSpec,
     compile_workflow,
     plan_text,
@@ -28,7 +28,6 @@ from ..caller import Caller, Channel
 from ..defcatalog import Check, history_of, rolled_back, updated
 from ..services import Services
 from ..tasks.front import page_window
-from ..visibility import seen_workflow
 from .catalog import Catalog, against, table_of
 from .runstore import RUN_STATUSES, Run, RunStore
 from .service import WorkflowService
@@ -159,13 +158,6 @@ async def workflows_list(d: WorkflowServices, p: m.WorkflowsList, caller: Caller
                                      for name in sorted(d.catalog.specs())])
 
 
-def _seen(d: WorkflowServices, caller: Caller, name: str) -> Workflow:
-    """A workflow there is that the caller sees (of its tenant, every agent seen)."""
-    wf = d.workflows.workflow(name)
-    seen: Workflow = seen_workflow(caller, wf, d.workflows.tenant(name))
-    return seen
-
-
 # -- runtime changes (catalog.py): a limited caller names only the agents and workflows
 # it sees, and sees only workflows of its tenant all of whose agents it sees -----------
 def _check(d: WorkflowServices, caller: Caller) -> Check[WorkflowSpec]:
@@ -193,7 +185,7 @@ async def workflows_add(d: WorkflowServices, p: m.WorkflowsAdd, caller: Caller, 
 async def workflows_describe(d: WorkflowServices, p: m.WorkflowsDescribe, caller: Caller,
                              c: Channel) -> m.DefinitionDescription:
     catalog = d.workflows.catalog
-    wf = _seen(d, caller, p.name)
+    wf = d.workflows.workflow(p.name)
     rev = catalog.revision_of(p.name)
     return m.DefinitionDescription(
         name=wf.name, source="config" if rev is None else "runtime",
@@ -205,7 +197,7 @@ async def workflows_describe(d: WorkflowServices, p: m.WorkflowsDescribe, caller
 @implements(m.WorkflowsUpdate)
 async def workflows_update(d: WorkflowServices, p: m.WorkflowsUpdate, caller: Caller, c: Channel
                            ) -> m.UpdateResult:
-    _seen(d, caller, p.name)
+    d.workflows.workflow(p.name)  # an unknown one: not found
     return updated(p.name, await d.catalog.update(
         p.name, p.set, caller.who, caller.tenant, _check(d, caller)))
 
@@ -216,42 +208,20 @@ async def workflows_remove(d: WorkflowServices, p: m.WorkflowsRemove, caller: Ca
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
     for name in p.names:
-        _seen(d, caller, name)
+        d.workflows.workflow(name)  # an unknown one: not found
     return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who,
                                                                    caller.tenant))
-
-
-def _seen_past(d: WorkflowServices, caller: Caller, name: str) -> None:
-    """A workflow there is, or one removed, that the caller sees (as it last was of the
-    caller's tenant): any other is answered as one that never was (not "declared in the
-    config file")."""
-    catalog = d.workflows.catalog
-    if name in catalog.config:
-        _seen(d, caller, name)
-        return
-    last = catalog.last_defined(name, caller.tenant)
-    try:
-        wf = compile_workflow(name, last[0]) if last is not None else None
-    except WorkflowError:
-        wf = None
-    if last is None or wf is None:
-        if caller.limited:
-            raise jsonrpc.not_found("workflow", name)
-        return
-    seen_workflow(caller, wf, last[1])
 
 
 @implements(m.WorkflowsHistory)
 async def workflows_history(d: WorkflowServices, p: m.WorkflowsHistory, caller: Caller,
                             c: Channel) -> m.DefinitionRevisions:
-    _seen_past(d, caller, p.name)
     return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.WorkflowsRollback)
 async def workflows_rollback(d: WorkflowServices, p: m.WorkflowsRollback, caller: Caller,
                              c: Channel) -> m.RollbackResult:
-    _seen_past(d, caller, p.name)
     restored, made = await d.catalog.rollback(
         p.name, p.revision, caller.who, caller.tenant, _check(d, caller))
     return rolled_back(p.name, restored, made)
@@ -260,7 +230,7 @@ async def workflows_rollback(d: WorkflowServices, p: m.WorkflowsRollback, caller
 @implements(m.WorkflowsPlan)
 async def workflows_plan(d: WorkflowServices, p: m.WorkflowsPlan, caller: Caller, c: Channel
                          ) -> m.WorkflowPlan:
-    wf = _seen(d, caller, p.name)
+    wf = d.workflows.workflow(p.name)
     checked = compile_workflow(wf.name, wf.spec, d.agents.__contains__,
                                d.catalog.specs())
     return m.WorkflowPlan(name=wf.name, agents=wf.agents, plan=plan_text(checked))
@@ -269,7 +239,7 @@ async def workflows_plan(d: WorkflowServices, p: m.WorkflowsPlan, caller: Caller
 @implements(m.WorkflowsRun)
 async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
-    _seen(d, caller, p.name)
+    d.workflows.workflow(p.name)  # an unknown one: not found
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
                                   tracestate=p.tracestate)
     if p.wait is not None:
@@ -302,8 +272,7 @@ async def runs_list(d: WorkflowServices, p: m.RunsList, caller: Caller, c: Chann
 @implements(m.RunsCancel)
 async def runs_cancel(d: WorkflowServices, p: m.RunsCancel, caller: Caller, c: Channel
                       ) -> m.RunView:
-    run = d.workflows.get(p.run_id)
-    seen_workflow(caller, run, run.tenant, what="run", name=run.run_id)
+    d.workflows.get(p.run_id)  # an unknown one: not found
     return run_view(await d.workflows.cancel(p.run_id), d.workflows.rows,
                     m.RunsGet(run_id=p.run_id))
 

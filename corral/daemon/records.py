@@ -1,0 +1,197 @@
+"""Whose the record a call names is, asked before its handler runs (visibility.AgentRule's
+`record`): a team, a workflow, a run, a team's call, a schedule, a task, looked up in the
+services of its domain. A limited caller reaches only its own records; any other is answered
+in the words a record that does not exist is answered with, so that the answer does not tell
+it exists (DESIGN 20). Handlers then look a record up for what it is, never for whose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.agents import Agents
+from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
+from ..supervisor.workflows import WorkflowError, compile_workflow
+from .caller import Caller
+from .schedules import ScheduleService
+from .tasks import TaskFront
+from .teams import TeamService
+from .teams.service import sees_call
+from .workflows import WorkflowService
+
+
+class Holders(Protocol):
+    """The services a record is looked up in (the daemon's Services are them)."""
+
+    @property
+    def tasks(self) -> TaskFront: ...
+
+    @property
+    def teams(self) -> TeamService: ...
+
+    @property
+    def workflows(self) -> WorkflowService: ...
+
+    @property
+    def schedules(self) -> ScheduleService: ...
+
+    @property
+    def sessions(self) -> Sessions: ...
+
+    @property
+    def agents(self) -> Agents: ...
+
+
+# a record's check: the services (the Dispatcher's context, Holders), the call's params,
+# the limited caller; raises NOT_FOUND
+Record = Callable[[Any, Any, Caller], Awaitable[None]]
+
+
+def _mine(caller: Caller, agents: Iterable[str], tenant: str | None, what: str,
+          name: str) -> None:
+    if not caller.owns(list(agents), tenant):
+        raise jsonrpc.not_found(what, name)
+
+
+def team(field: str) -> Record:
+    """A team named by a param (or each of a list of them): one the caller does not see
+    is as absent as one that does not exist."""
+    async def check(d: Holders, params: Any, caller: Caller) -> None:
+        named = getattr(params, field)
+        for name in [named] if isinstance(named, str) else named:
+            spec = d.teams.specs.get(name)
+            if spec is None:
+                raise jsonrpc.not_found("team", name)
+            _mine(caller, spec.agents, d.teams.tenant_of(name), "team", name)
+
+    return check
+
+
+async def team_past(d: Holders, params: Any, caller: Caller) -> None:
+    """A team there is, or one removed that was last of the caller's tenant (its history,
+    a rollback): any other is answered as one that never was (not "declared in the config
+    file")."""
+    catalog = d.teams.catalog
+    if params.name in catalog.config:
+        await team("name")(d, params, caller)
+        return
+    last = catalog.last_defined(params.name, caller.tenant)
+    if last is None:
+        raise jsonrpc.not_found("team", params.name)
+    _mine(caller, last[0].agents, last[1], "team", params.name)
+
+
+def task_agent(field: str) -> Record:
+    """A task's agent that is a team's name: a team's calls are tasks of its name, reached
+    only as the team is (decision 443); an agent's name is the rule's `check`."""
+    async def check(d: Holders, params: Any, caller: Caller) -> None:
+        name = getattr(params, field)
+        spec = d.teams.specs.get(name) if name is not None else None
+        if spec is not None:
+            _mine(caller, spec.agents, d.teams.tenant_of(name), "agent", name)
+
+    return check
+
+
+def sees_task(caller: Caller, task: Any) -> bool:
+    """Whether a task (a TaskInfo, a TaskSummary) is the caller's: asked of the tenant its
+    agent was of when it was accepted, never of who holds the name now (DESIGN 20). A
+    record its front stamps with no tenant (a team's call) is asked of the name's holder."""
+    if task.tenant is None:
+        return caller.sees(task.agent)
+    return caller.sees_record(task.agent, task.tenant)
+
+
+def task(field: str) -> Record:
+    """A task named by its id: of an agent the caller sees, of its tenant when it was
+    accepted (sees_task); a team's call made for the caller's tenant, every agent of its
+    team seen, whoever holds the team's name now (decision 443)."""
+    async def check(d: Holders, params: Any, caller: Caller) -> None:
+        task_id = getattr(params, field)
+        info = await d.tasks.get(task_id, wait=False)  # an unknown task: not found
+        found = d.teams.find(task_id)
+        if found is not None:
+            mine = sees_call(caller, found)
+        else:
+            spec = d.teams.specs.get(info.agent)
+            mine = spec is None or caller.owns(spec.agents, d.teams.tenant_of(info.agent))
+        if not (mine and sees_task(caller, info)):
+            raise jsonrpc.not_found("task", task_id)
+
+    return check
+
+
+async def call(d: Holders, params: Any, caller: Caller) -> None:
+    """A team's call, named by its id."""
+    found = d.teams.find(params.call_id)
+    if found is None or not sees_call(caller, found):
+        raise jsonrpc.not_found("call", params.call_id)
+
+
+def workflow(field: str) -> Record:
+    """A workflow named by a param (or each of a list of them)."""
+    async def check(d: Holders, params: Any, caller: Caller) -> None:
+        named = getattr(params, field)
+        for name in [named] if isinstance(named, str) else named:
+            wf = d.workflows.workflow(name)  # an unknown one: not found
+            _mine(caller, wf.agents, d.workflows.tenant(name), "workflow", wf.name)
+
+    return check
+
+
+async def workflow_past(d: Holders, params: Any, caller: Caller) -> None:
+    """A workflow there is, or one removed that was last of the caller's tenant."""
+    catalog = d.workflows.catalog
+    if params.name in catalog.config:
+        await workflow("name")(d, params, caller)
+        return
+    last = catalog.last_defined(params.name, caller.tenant)
+    try:
+        wf = compile_workflow(params.name, last[0]) if last is not None else None
+    except WorkflowError:
+        wf = None
+    if last is None or wf is None:
+        raise jsonrpc.not_found("workflow", params.name)
+    _mine(caller, wf.agents, last[1], "workflow", wf.name)
+
+
+async def run(d: Holders, params: Any, caller: Caller) -> None:
+    """A workflow's run, named by its id."""
+    found = d.workflows.get(params.run_id)  # an unknown one: not found
+    _mine(caller, found.agents, found.tenant, "run", found.run_id)
+
+
+async def schedule(d: Holders, params: Any, caller: Caller) -> None:
+    """A schedule: whose it is, is whose its agents were in the file, not who holds
+    their names now."""
+    entry = d.schedules.entry(d.schedules.get(params.name))  # unknown: not found
+    _mine(caller, entry.agents, entry.tenant, "schedule", params.name)
+
+
+def session_named(sessions: Sessions, agents: Agents, tenant: str | None, agent: str,
+                  name: str) -> Session:
+    """The session a caller of `tenant` names: under its tenant (a tenant's caller), else
+    under the tenant that holds the agent's name now, else (the agent gone) the most
+    recently used of the name (decision 440)."""
+    if tenant is not None:
+        key = SessionKey(tenant, agent, name)
+    elif agent in agents:
+        key = sessions.key_of(agent, name)
+    else:
+        kept = [s for s in sessions.listing(agent) if s.name == name]
+        key = max(kept, key=lambda s: s.last_used).ident if kept else sessions.key_of(
+            agent, name)
+    return sessions.get(key)
+
+
+async def session(d: Holders, params: Any, caller: Caller) -> None:
+    """A session named by its agent and name: one that is not the caller's record reads
+    as absent."""
+    s = session_named(d.sessions, d.agents, caller.tenant, params.agent, params.session)
+    if not caller.sees_record(s.agent, s.tenant):
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such session: "
+                                          f"{jsonrpc.visible(params.session)} of agent "
+                                          f"{params.agent}")
