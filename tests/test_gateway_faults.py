@@ -125,7 +125,7 @@ async def test_list_changed_when_a_server_is_stopped_and_limits_refuse(daemon: D
         with pytest.raises(MCPError) as err:
             await s.call_tool("sc__echo", {"text": "third"})
         assert str(err.value) == ("gateway client anonymous has 2 calls in flight, its "
-                                  "limit")
+                                  "limit (max_concurrent)")
         for t in slow:
             t.cancel()
         await asyncio.gather(*slow, return_exceptions=True)

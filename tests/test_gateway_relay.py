@@ -164,6 +164,29 @@ def test_another_tenants_client_cannot_answer_with_a_state_given_to_someone_else
         "object")}, refused
 
 
+def test_a_state_is_not_good_for_another_tenants_token_of_the_same_name(
+        gateway: Gateway) -> None:
+    """A name is not an identity: acme's token is revoked and one of its name made for
+    globex, which brings acme's state back within its wait: refused (the seal names the
+    tenant), the server never asked. Fails with the seal over the client's name alone."""
+    g = gateway
+    d = g.daemon
+    made = d.json("token", "create", "reused", "--scope", "mcp:call", "--tenant", "acme")
+    tokens = {**g.tokens, "acme": made["token"]}
+    asked = call(g._replace(tokens=tokens), "acme", "confirm_delete", ELICITING,
+                 args={"filename": "r.txt"})["result"]
+    assert asked["resultType"] == "input_required", asked
+    assert d.cli("token", "revoke", "reused").returncode == 0
+    again = d.json("token", "create", "reused", "--scope", "mcp:call", "--tenant", "globex")
+    theirs = g._replace(tokens={**tokens, "globex": again["token"]})
+    stolen = call(theirs, "globex", "confirm_delete", ELICITING, args={"filename": "r.txt"},
+                  inputResponses={"confirm": ACCEPT}, requestState=asked["requestState"])
+    assert stolen["error"] == {"code": -32602, "message": (
+        "invalid params: fx__confirm_delete: requestState was not given to "
+        "gateway client token reused for fx__confirm_delete")}, stolen
+    assert d.cli("token", "revoke", "reused").returncode == 0
+
+
 def test_a_server_that_asks_for_ever_is_given_up_after_max_input_rounds(
         gateway: Gateway) -> None:
     g = gateway

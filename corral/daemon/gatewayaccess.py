@@ -57,7 +57,7 @@ from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
-from .relayseal import SealedState, StateSeal
+from .relayseal import Holder, SealedState, StateSeal
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -214,7 +214,7 @@ class Limiter:
         if self.in_flight >= ident.max_concurrent:
             raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
                                             f"{plural(self.in_flight, 'call')} in flight, its "
-                                            "limit")
+                                            "limit (max_concurrent)")
         if rated and ident.rate_per_minute:
             if self.bucket is None or self.bucket.per_minute != ident.rate_per_minute:
                 self.bucket = TokenBucket(ident.rate_per_minute)
@@ -345,15 +345,22 @@ class GatewayService:
         return Identity(name="anonymous", allow=list(allow), owner="gateway:anonymous",
                         **self._limits())
 
+    def replica_client(self, token: str) -> Identity | None:
+        """The agent replica whose token this is, as a client (None: no replica's): a
+        model gateway request's caller is one (daemon/models/)."""
+        replica = self.replica_tokens.get(hash_token(token))
+        if replica is None:
+            return None
+        return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec),
+                        owner=replica.label, tenant=tenant_of(replica.spec),
+                        replica=replica, **self._limits())
+
     def by_token(self, token: str) -> Identity | None:
-        digest = hash_token(token)
-        replica = self.replica_tokens.get(digest)
-        if replica is not None:
-            return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec),
-                            owner=replica.label, tenant=tenant_of(replica.spec),
-                            replica=replica, **self._limits())
+        ident = self.replica_client(token)
+        if ident is not None:
+            return ident
         # looked up by digest: timing can tell at most something of a SHA-256 of the token
-        found = self.tokens.get(digest)
+        found = self.tokens.get(hash_token(token))
         if found is None:
             return self._api_identity(token)
         name, entry = found
@@ -413,9 +420,10 @@ class GatewayService:
         return frozenset({"tools", "resources", "prompts", "completions"})
 
     @contextlib.contextmanager
-    def _slot(self, ident: Identity) -> Iterator[None]:
+    def slot(self, ident: Identity) -> Iterator[None]:
         """One of the client's `max_concurrent` slots for a request that is not a tool
-        call (lists, reads, prompts, completion): nothing a client sends runs unbounded."""
+        call (lists, reads, prompts, completion, a replica's model call: daemon/models/):
+        nothing a client sends runs unbounded."""
         limiter = _entry(self.limiters, ident.name, Limiter)
         limiter.admit(ident, rated=False)
         try:
@@ -435,7 +443,7 @@ class GatewayService:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no such list: {kind}")
         if ident.server == AGENTS_VIEW:
             return self.agent_tools.listed(ident) if kind == "tools" else []
-        with self._slot(ident):
+        with self.slot(ident):
             items = await lister(owner=ident.owner, allow=ident.allow)
         if ident.server is not None:
             return [_as_itself(i, kind) for i in items if i.get("server") == ident.server]
@@ -461,7 +469,7 @@ class GatewayService:
             if isinstance(name, str) and self._task_tool(name) == "required":
                 raise needs_tasks(f"tool {name}")  # a call made no task: refused
             return await self._tool_call(ident, params, on_progress, who)
-        with self._slot(ident):
+        with self.slot(ident):
             return await self._other(ident, method, params)
 
     async def _tool_call(self, ident: Identity, params: dict[str, Any],
@@ -487,7 +495,7 @@ class GatewayService:
         if relay is None or not asks_input(result):
             return result
         return {**result, "requestState": self.seal.seal(
-            ident.name, subject, result.get("requestState"), opened,
+            Holder(ident.name, ident.tenant), subject, result.get("requestState"), opened,
             self.settings.input_wait)}
 
     def _relay(self, ident: Identity, name: str, params: dict[str, Any]
@@ -500,7 +508,8 @@ class GatewayService:
         if "inputResponses" in params and not isinstance(responses, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
                            f"invalid params: {name}: inputResponses must be an object")
-        opened = self.seal.open(ident.name, name, params["requestState"]) \
+        opened = self.seal.open(Holder(ident.name, ident.tenant), name,
+                                params["requestState"]) \
             if "requestState" in params else None
         said = params.get("_meta")
         caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
@@ -555,7 +564,7 @@ class GatewayService:
         if configured is not None:
             return configured
         server = name.partition("__")[0]
-        with self._slot(ident):
+        with self.slot(ident):
             tools = await self.tools.list_tools(owner=ident.owner, allow=ident.allow,
                                                 server=server)
         tool = next((t for t in tools if t.get("name") == name), None)
@@ -631,7 +640,7 @@ class GatewayService:
                            f"resources/subscribe {uri}: this session holds {len(mine)} "
                            f"subscriptions, MAX_SUBSCRIPTIONS ({MAX_SUBSCRIPTIONS}): "
                            "unsubscribe from one first")
-        with self._slot(ident):
+        with self.slot(ident):
             server = await self._server_of(ident, uri)
             await pool.subscribe(server, uri, subscriber,
                                  lambda _server, got, _params: on_update(got),

@@ -4,11 +4,14 @@ input (SEP-2322, corral/mcp/relay.py): the server's own state wrapped with whose
 The gateway keeps nothing of a plain call that asks for input: the client is told the
 server's `inputRequests` and a state that carries the rest, and sends the call again
 with its answers. That state is the client's to hold but not to forge: it is sealed
-(HMAC-SHA256 under a key the daemon draws at start) over the client's name, the tool,
-the round, when it expires and the server's own state; a call that brings it back is
-refused unless it is this client's, for this tool, not expired and not past
+(HMAC-SHA256 under a key the daemon draws at start) over the client's name and tenant,
+the tool, the round, when it expires and the server's own state; a call that brings it
+back is refused unless it is this client's, for this tool, not expired and not past
 MAX_INPUT_ROUNDS. So another client (another tenant's) cannot answer a request made
 for someone else, nor replay their state, and a server asking for ever is given up.
+A client's name is not an identity: a token revoked may be made again under its name for
+another tenant, and an agent removed may be added again by another tenant (its replicas
+named as before), so the tenant is sealed too (DESIGN section 20).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -27,8 +30,17 @@ from ..jsonrpc import RpcError
 from ..mcp.client import MAX_INPUT_ROUNDS
 
 
+class Holder(NamedTuple):
+    """Whom a state is sealed to: the gateway client's name and its tenant (None: a
+    client of no tenant)."""
+
+    name: str
+    tenant: str | None
+
+
 class SealedState(msgspec.Struct, array_like=True):
     client: str
+    tenant: str | None
     tool: str
     round: int
     expires: float
@@ -45,7 +57,7 @@ class StateSeal:
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
 
-    def seal(self, client: str, tool: str, state: Any, opened: SealedState | None,
+    def seal(self, client: Holder, tool: str, state: Any, opened: SealedState | None,
              wait: float) -> str:
         """The state to give `client` with the server's input requests of a call of
         `tool`; `opened`: the one the call came with (its round is counted on)."""
@@ -55,11 +67,12 @@ class StateSeal:
                            f"{tool}: the server still asked for input after "
                            f"{MAX_INPUT_ROUNDS} rounds (corral's bound MAX_INPUT_ROUNDS): "
                            "given up")
-        body = msgspec.json.encode(SealedState(client, tool, turn, time.time() + wait,
-                                           state if isinstance(state, str) else None))
+        body = msgspec.json.encode(SealedState(client.name, client.tenant, tool, turn,
+                                               time.time() + wait,
+                                               state if isinstance(state, str) else None))
         return f"{_b64(body)}.{_b64(self._mac(body))}"
 
-    def open(self, client: str, tool: str, token: Any) -> SealedState:
+    def open(self, client: Holder, tool: str, token: Any) -> SealedState:
         """The sealed state a call came back with, if it is this client's for this tool
         and still good; else refused (-32602), naming why."""
         if not isinstance(token, str):
@@ -72,9 +85,9 @@ class StateSeal:
         if not hmac.compare_digest(mac, self._mac(body)):
             raise _invalid(tool, "requestState is not one corral gave")
         sealed = _decode.decode(body)
-        if sealed.client != client or sealed.tool != tool:
-            raise _invalid(tool, f"requestState was not given to gateway client {client} "
-                                 f"for {tool}")
+        if Holder(sealed.client, sealed.tenant) != client or sealed.tool != tool:
+            raise _invalid(tool, f"requestState was not given to gateway client "
+                                 f"{client.name} for {tool}")
         if sealed.expires < time.time():
             raise _invalid(tool, "requestState expired (older than [gateway] input_wait): "
                                  "call again without it")

@@ -224,12 +224,9 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
     if not conf.cfg.models:
         yield None
         return
-    from .gatewayaccess import hash_token
     from .models.gateway import ModelGateway
 
-    models = ModelGateway(parts.tasks, parts.agents,
-                          lambda token: gateway.replica_tokens.get(hash_token(token)),
-                          gateway.attribution, tracer)
+    models = ModelGateway(parts.tasks, parts.agents, gateway, gateway.attribution, tracer)
     try:
         models.configure(conf.cfg.models, conf.dir)
     except ConfigError as exc:

@@ -5,7 +5,9 @@ refusal in the endpoint's format.
 
 A stream that ends without its format's last event (the upstream cut it, or its
 connection failed) is not an answer: nothing is journaled, and the agent's connection
-is cut too, so that its client raises as it would have talking to the provider."""
+is cut too, so that its client raises as it would have talking to the provider. An agent
+that hangs up is written no more, and the upstream's stream read on to its end (its
+usage is what the call is counted by)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from .keys import hidden, hidden_headers
 from .textdeltas import text_of
 from .usage import CallUsage
 from .wire import PASSED_BACK_PREFIXES, Format, is_last_event, refusal
@@ -60,27 +63,30 @@ def whole(record: AnswerRecord, headers: dict[str, str] | None = None) -> web.Re
 
 class Relay:
     """One streamed answer passed on as it comes and recorded; its last event held back
-    until `finish`."""
+    until `finish`; the provider's key hidden wherever the upstream quoted it."""
 
     def __init__(self, request: web.Request, fmt: Format, answer: aiohttp.ClientResponse,
-                 usage: CallUsage, on_text: Callable[[str], None] | None = None) -> None:
+                 usage: CallUsage, on_text: Callable[[str], None] | None = None,
+                 key: str | None = None) -> None:
         self.request = request
         self.fmt = fmt
         self.answer = answer
         self.usage = usage
         # the text each event adds, told as it passes (the task's live output)
         self.on_text = on_text
-        self.response = web.StreamResponse(status=answer.status,
-                                           headers=passed_back(answer.headers))
+        self.key = key
+        self.response = web.StreamResponse(status=answer.status, headers=hidden_headers(
+            passed_back(answer.headers), key))
         self.response.content_type = SSE
         self.response.headers["Cache-Control"] = "no-cache"
         self.recorded: list[bytes] = []
         self.held = b""  # the last event, and anything after it
+        self.gone = False  # the agent hung up: nothing more is written to it
 
     async def run(self) -> AnswerRecord:
         """Every event but the last passed on; the whole stream recorded; StreamCut when
         it ends without its last event."""
-        await self.response.prepare(self.request)
+        await self._write(None)
         rest = b""
         try:
             async for chunk in self.answer.content.iter_any():
@@ -98,12 +104,14 @@ class Relay:
             raise StreamCut(f"the upstream's stream failed: {type(exc).__name__}") from None
         if not self.held:
             raise StreamCut("the upstream's stream ended before its last event")
-        self.held += rest
-        return AnswerRecord(self.answer.status, SSE, b"".join(self.recorded).decode(
-            errors="replace"))
+        self.held = hidden(self.held + rest, self.key)
+        return AnswerRecord(self.answer.status, SSE, hidden(b"".join(self.recorded),
+                                                            self.key).decode(errors="replace"))
 
     async def _pass(self, events: bytes) -> None:
-        """Complete events: usage read from each, passed on up to the last one."""
+        """Complete events: usage read from each, passed on up to the last one (a key
+        quoted is within one event: hidden here whole)."""
+        events = hidden(events, self.key)
         start = 0
         while start < len(events):
             end = events.find(b"\n\n", start) + 2
@@ -113,16 +121,29 @@ class Relay:
                 self.on_text(text)
             if is_last_event(self.fmt, event):
                 if start:
-                    await self.response.write(events[:start])
+                    await self._write(events[:start])
                 self.held = events[start:]
                 return
             start = end
-        await self.response.write(events)
+        await self._write(events)
+
+    async def _write(self, data: bytes | None) -> None:
+        """`data` written to the agent (None: the answer's head), unless it hung up."""
+        if self.gone:
+            return
+        try:
+            if data is None:
+                await self.response.prepare(self.request)
+            else:
+                await self.response.write(data)
+        except ConnectionResetError:  # (aiohttp's ClientConnectionResetError is one)
+            self.gone = True
 
     async def finish(self) -> web.StreamResponse:
         """The held last event written, the stream ended: the agent has its answer."""
-        await self.response.write(self.held)
-        await self.response.write_eof()
+        await self._write(self.held)
+        if not self.gone:
+            await self.response.write_eof()
         return self.response
 
     def cut(self) -> None:

@@ -10,15 +10,20 @@ token or cost budget. A call of a task's attempt (the replica runs that one task
 step of the task: journaled with its answer before the agent has all of it, answered
 from the journal on a retry (no upstream call), its usage counted once, from what the
 upstream said. Which attempt a call is for is told as for the MCP gateway's calls
-(attribution.py)."""
+(attribution.py). A replica's model calls in flight take its slots of the MCP
+gateway's `max_concurrent` (its tool calls' too): one past them is refused before its
+body is read, since each call holds its body, decoded, and its answer in memory."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 from aiohttp import web
@@ -34,17 +39,17 @@ from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
 from .answers import AnswerRecord, Relay, StreamCut
-from .keys import hidden, read_keys
+from .keys import hidden, hidden_headers, read_keys
 from .upstream import Upstream, UpstreamDown
 from .usage import CallUsage
 from .wire import ENDPOINTS, PASSED_ON, Endpoint, credential, upstream_auth
 
 if TYPE_CHECKING:
     from ...supervisor.agents import Agents
-    from ...supervisor.process_replica import ProcessReplica
     from ...supervisor.tasks.manager import TaskManager
     from ...supervisor.tasks.model import Task
     from ...supervisor.tracing import Tracer
+    from ..gatewayaccess import Identity
 
 _decode = msgspec.json.Decoder()
 _record = msgspec.json.Decoder(AnswerRecord)
@@ -82,6 +87,14 @@ class ModelCall(NamedTuple):
     stream: bool
 
 
+class ModelClients(Protocol):
+    """Who a request is (the MCP gateway's: its per-replica tokens) and its slots."""
+
+    def replica_client(self, token: str) -> Identity | None: ...
+
+    def slot(self, ident: Identity) -> AbstractContextManager[None]: ...
+
+
 class ModelCounter:
     __slots__ = ("calls", "cut", "errors", "input_tokens", "output_tokens", "refused",
                  "replayed")
@@ -92,12 +105,11 @@ class ModelCounter:
 
 
 class ModelGateway:
-    def __init__(self, tasks: TaskManager, agents: Agents,
-                 replica_of: Callable[[str], ProcessReplica | None],
+    def __init__(self, tasks: TaskManager, agents: Agents, clients: ModelClients,
                  attribution: Attribution, tracer: Tracer | None = None) -> None:
         self.tasks = tasks  # their steps and budgets
         self.agents = agents
-        self.replica_of = replica_of  # a token -> the replica it was given to, or None
+        self.clients = clients  # a token -> the replica it was given to; its slots
         self.attribution = attribution  # a call's task attempt, as the MCP gateway's
         self.tracer = tracer  # with [tracing]: a call's span under its attempt
         self.models: dict[str, ModelSpec] = {}
@@ -145,23 +157,46 @@ class ModelGateway:
 
     # -- a call ---------------------------------------------------------------------------
     async def serve(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        try:
-            call = await self._admit(request, endpoint)
-        except ModelRefusal as exc:
-            return answers.refused(endpoint.format, exc.status, exc.message)
-        return await self._answer(request, call)
+        with contextlib.ExitStack() as held:
+            try:
+                found = self._client(request, held)
+                call = await self._admit(request, endpoint, found)
+            except ModelRefusal as exc:
+                return answers.refused(endpoint.format, exc.status, exc.message)
+            slot = held.pop_all()  # the call's own from here to its end
+        # an admitted call goes on to its end when the agent hangs up (its handler is
+        # cancelled): the upstream answers and bills it whole, so its usage is counted
+        # from what the upstream says, and the agent's slot held, until then; else an
+        # agent that hangs up before a stream's usage (its text had) would spend unseen
+        return await asyncio.shield(asyncio.ensure_future(self._made(request, call, slot)))
 
-    async def _admit(self, request: web.Request, endpoint: Endpoint) -> ModelCall:
-        """The request checked: whose (its token), which model, whether the agent may
-        use it now; ModelRefusal saying why not."""
+    async def _made(self, request: web.Request, call: ModelCall,
+                    slot: contextlib.ExitStack) -> web.StreamResponse:
+        with slot:
+            return await self._answer(request, call)
+
+    def _client(self, request: web.Request, held: contextlib.ExitStack) -> Replica:
+        """Whose the request is (its token), one of its client's slots held in `held`;
+        ModelRefusal when it is no replica's, or all its slots are taken."""
         token = credential(request.headers.get("authorization"),
                            request.headers.get("x-api-key"))
-        found = self.replica_of(token) if token else None
-        if not isinstance(found, Replica):
+        client = self.clients.replica_client(token) if token else None
+        if client is None or not isinstance(client.replica, Replica):
             self.unknown += 1
             raise ModelRefusal(401, "unauthorized: not a corral model token (corral gives "
                                     "each agent replica its own, as OPENAI_API_KEY and "
                                     "ANTHROPIC_API_KEY)")
+        try:
+            held.enter_context(self.clients.slot(client))
+        except RpcError as exc:
+            self.unknown += 1
+            raise ModelRefusal(429, f"rate limited: {exc.message}") from None
+        return client.replica
+
+    async def _admit(self, request: web.Request, endpoint: Endpoint, found: Replica
+                     ) -> ModelCall:
+        """The request checked: which model, whether the agent of `found` may use it
+        now; ModelRefusal saying why not."""
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -348,11 +383,12 @@ class ModelGateway:
             body = await answer.read()
             answer.release()
             raise UpstreamError(answer.status, hidden(body, key), ctype,
-                                answers.passed_back(answer.headers))
+                                hidden_headers(answers.passed_back(answer.headers), key))
         if call.stream and ctype.startswith(answers.SSE):
-            return Relay(request, call.endpoint.format, answer, usage, self._output_of(call))
+            return Relay(request, call.endpoint.format, answer, usage, self._output_of(call),
+                         key)
         try:
-            body = await answer.read()
+            body = hidden(await answer.read(), key)
         finally:
             answer.release()
         usage.read_body(body)

@@ -2,8 +2,9 @@
 [models] is applied (start, reload), and held in its memory alone: never in an agent's
 environment, files or answers. A key read from the daemon's environment is taken out of
 it, since every process corral starts (agents, MCP servers, health checks, zygotes)
-inherits that environment; a reload finds it where it was taken to. An upstream's error
-that quotes the key it was sent has it hidden before the agent sees it."""
+inherits that environment; a reload finds it where it was taken to. An upstream's answer
+that quotes the key it was sent (its error, its body, a stream's event, a header passed
+back) has it hidden before the agent sees it or the journal keeps it."""
 
 from __future__ import annotations
 
@@ -60,3 +61,10 @@ def hidden(body: bytes, key: str | None) -> bytes:
     if not key:
         return body
     return body.replace(key.encode(), MASK.encode())
+
+
+def hidden_headers(headers: dict[str, str], key: str | None) -> dict[str, str]:
+    """`headers` with every occurrence of `key` in their values hidden."""
+    if not key:
+        return headers
+    return {k: v.replace(key, MASK) for k, v in headers.items()}
