@@ -324,3 +324,110 @@ def test_the_walk_sees_an_assignment() -> None:
                      "class Mine(Task):\n    def f(self):\n        self.status = 'lost'\n")
     assert _assigned(tree) == [(1, "task"), (2, "t"), (3, "self.tasks[0]"), (4, "run"),
                                (11, "self")]
+
+
+# -- nothing outside the task path decides from one status of a task -------------------------
+TASK_PATH = CORRAL / "supervisor" / "tasks"
+STATUS_NAMES = frozenset(s.value for s in TaskStatus)
+# where a `status` is not a task's (a run's, a step's, a durable call's, an MCP task's): the
+# same words, of other machines
+OTHER_STATUSES = ("daemon/workflows/", "daemon/teams/", "supervisor/teams/",
+                  "supervisor/durable/", "cluster/clustercalls.py", "daemon/mcptasks.py",
+                  "cli/workflows.py")
+# Comparisons of a task's status with one status allowed outside the task path, by file
+# and line, and why: what a record (the journal's row, Redis's hash, the wire's string)
+# says, shown or counted. A task itself is asked (`queued`, `running`, `ended`); a set of
+# the machine's (TERMINAL, UNFINISHED) is a question it answers. Only shrinks.
+STATUS_ALLOWED: dict[tuple[str, str], str] = {
+    ("cli/tasks.py", 'elif res.status == "succeeded":'): "the wire's answer, shown",
+    ("cli/tasks.py", 'if res.status != "succeeded":'): "the wire's answer, an exit status",
+    ("cli/tasks.py", "return f\"{node}(claimed, {'waiting for' if a.outcome == 'running' "
+                     "else 'never on'} \" \\"): "an attempt's wire outcome, shown",
+    ("results.py", 'ended = [t.status for t in self.tasks if t.status not in '
+                   '("queued", "running")]'): "a drain report's wire rows, shown",
+    ("results.py", 'handed = sum(1 for t in self.tasks if t.status == "queued")'):
+        "a drain report's wire rows, shown",
+    ("results.py", 'stopped = sum(1 for t in self.tasks if t.status == "running")'):
+        "a drain report's wire rows, shown",
+    ("daemon/taskjournal.py", 'not_before=not_before if status == "queued" else None,'):
+        "a journal row read back",
+    ("daemon/tasks/local.py",
+     'was_running = {r.task_id for r in records if r.status == "running"}'):
+        "the journal's records, counted for the recovery's report",
+    ("daemon/tasks/local.py", 'lost = sum(1 for t in tasks if t.status == "lost")'):
+        "the recovery's report",
+    ("daemon/tasks/local.py",
+     'retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")'):
+        "the recovery's report",
+    ("daemon/upgrade.py", 'if rec.task_id in running and rec.status == "running":'):
+        "a journal record kept by a handed-over worker",
+    ("cluster/listing.py",
+     "node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,"):
+        "a Redis record's status, shown",
+    ("supervisor/tracing.py",
+     "error.message if error is not None and status != SUCCEEDED else None,"):
+        "a trace record's error text",
+    ("supervisor/tracing.py", "if outcome != TaskStatus.SUCCEEDED:"):
+        "an attempt's span's error, from its record",
+}
+
+
+def _one_status(node: ast.expr, literal: bool) -> bool:
+    """Whether an operand is one task status: TaskStatus.X, a status set by hand, or (where
+    the other side reads a status: `literal`) a status's name or a tuple of them."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.value.id == "TaskStatus"
+    if isinstance(node, ast.Name):
+        return node.id == "SUCCEEDED"  # taskmachine's TaskStatus.SUCCEEDED, imported
+    if isinstance(node, ast.Constant):
+        return literal and node.value in STATUS_NAMES
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_one_status(e, literal) for e in node.elts)
+    return False
+
+
+def _reads_status(node: ast.expr) -> bool:
+    if isinstance(node, ast.Attribute) and node.attr == "value":
+        node = node.value
+    return ((isinstance(node, ast.Attribute) and node.attr in ("status", "outcome"))
+            or (isinstance(node, ast.Name) and node.id in ("status", "st", "outcome")))
+
+
+def status_comparisons(source: str, rel: str) -> list[tuple[str, str]]:
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            literal = any(_reads_status(o) for o in operands)
+            if any(_one_status(o, literal) for o in operands):
+                found.append((rel, lines[node.lineno - 1].strip()))
+    return found
+
+
+def task_status_comparisons() -> list[tuple[str, str]]:
+    found = []
+    for path in sorted(CORRAL.rglob("*.py")):
+        rel = str(path.relative_to(CORRAL))
+        if path.is_relative_to(TASK_PATH) or rel.startswith(OTHER_STATUSES):
+            continue
+        found += status_comparisons(path.read_text(), rel)
+    return found
+
+
+def test_no_module_outside_the_task_path_compares_a_task_with_one_status() -> None:
+    found = task_status_comparisons()
+    assert [f for f in found if f not in STATUS_ALLOWED] == []
+    gone = [a for a in STATUS_ALLOWED if a not in found]
+    assert gone == [], "an allowed comparison is gone: take it out of STATUS_ALLOWED"
+
+
+def test_the_status_walk_sees_a_comparison() -> None:
+    """The guard can fail: each form it looks for, and what it leaves (a set of the
+    machine's, a task asked)."""
+    source = ("a = t.status == TaskStatus.QUEUED\nb = t.status != 'running'\n"
+              "c = st.value in ('queued', 'running')\nd = t.status not in TERMINAL\n"
+              "e = t.queued\nf = run_name == 'running'\n")
+    assert [line for _, line in status_comparisons(source, "probe.py")] == [
+        "a = t.status == TaskStatus.QUEUED", "b = t.status != 'running'",
+        "c = st.value in ('queued', 'running')"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ..supervisor.tasks import TERMINAL, Attempt, ModelUsage, TaskStatus
+from ..supervisor.tasks import Attempt, ModelUsage
 from ..text import plural
 from ..timeouts import cancel_all, within
 from .queue import ClusterTask
@@ -73,7 +73,7 @@ def unsettled(node: ClusterNode) -> str:
     """What of the cluster's still waits here to be sent or started ("": nothing, and the
     exec may follow without an await: an outcome pending, or a claim queued, would be lost
     with the old image)."""
-    queued = sum(1 for t in node._held() if t.status == TaskStatus.QUEUED)
+    queued = sum(1 for t in node._held() if t.queued)
     if queued:
         return (f"{plural(queued, 'cluster task')} waiting on this node could not be "
                 f"handed back to the cluster ({node.membership.error or 'not a member'})")
@@ -116,7 +116,7 @@ def handed(node: ClusterNode) -> NodeHanded:
         t.id, t.agent, t.input, t.priority, t.timeout, t.retries_left, t.created,
         t.started, list(t.attempts), t.token, t.base, t.entry, t.stream, t.consumer,
         t.tool_calls, t.usage, t.checkpoint, t.session, t.session_kept)
-        for t in node._held() if t.status == TaskStatus.RUNNING]
+        for t in node._held() if t.running]
     return NodeHanded(m.daemon, node.node, m.incarnation, m.consumer, wall, claims)
 
 
@@ -150,7 +150,7 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
     if not m.member or m.consumer != c.consumer:
         node.report(f"cluster: task {t.id} was taken over while the node upgraded "
                     f"({c.consumer} fenced): cancelled here")
-        if t.status not in TERMINAL:
+        if not t.ended:
             tasks.cancel(t.id)
 
 

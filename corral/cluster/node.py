@@ -22,10 +22,8 @@ from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import (
-    TERMINAL,
     TaskFailure,
     TaskFinished,
-    TaskStatus,
     is_task_id,
 )
 from ..supervisor.tasks.host import AgentLike, TaskHost
@@ -165,7 +163,7 @@ class ClusterNode:
     def _held(self, consumer: str | None = None) -> list[ClusterTask]:
         """The cluster tasks not yet ended here (claimed by `consumer`, if given)."""
         return [t for t in self.tasks.active.values()
-                if isinstance(t, ClusterTask) and t.status not in TERMINAL
+                if isinstance(t, ClusterTask) and not t.ended
                 and consumer in (None, t.consumer)]
 
     # -- the loops --------------------------------------------------------------------
@@ -279,7 +277,7 @@ class ClusterNode:
 
     async def stop_queued(self, reason: str) -> None:
         """The cluster tasks waiting here go back to the cluster (an upgrade's too)."""
-        waiting = [t for t in self._held() if t.status == TaskStatus.QUEUED]
+        waiting = [t for t in self._held() if t.queued]
         for t in waiting:
             self.tasks.queue.remove(t)
             self.tasks.active.pop(t.id, None)
@@ -499,7 +497,7 @@ class ClusterNode:
         else the node running it does at its next beat; the task's record after (None: no
         such cluster task)."""
         mine = self.tasks.active.get(task_id)
-        if isinstance(mine, ClusterTask) and mine.status not in TERMINAL:
+        if isinstance(mine, ClusterTask) and not mine.ended:
             self.tasks.cancel(task_id)  # its outcome goes through the fence
             with contextlib.suppress(RedisError, TimeoutError):
                 await within(self.outbox.flush(), self.settings.node_ttl)
@@ -541,7 +539,7 @@ class ClusterNode:
         for t in mine:
             pipe.hget(self.keys.task(t.id), "cancel")
         for t, asked in zip(mine, await pipe.execute(), strict=True):
-            if asked and t.status not in TERMINAL:
+            if asked and not t.ended:
                 self.tasks.cancel(t.id)
 
     def status(self) -> dict[str, Any]:

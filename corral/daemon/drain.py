@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..methods import DrainedTask, DrainReport
-from ..supervisor.tasks import AttemptEnded, TaskStatus
+from ..supervisor.tasks import AttemptEnded
 from ..supervisor.tasks.dispatch import CANCEL_GRACE
 from ..text import plural
 from ..timeouts import within
@@ -93,8 +93,7 @@ class Drain:
             while self.left and not self._cut:
                 now = loop.time()
                 for tid, task in list(self.left.items()):
-                    if task.status != TaskStatus.RUNNING or (tid in grace
-                                                             and now >= grace[tid]):
+                    if not task.running or (tid in grace and now >= grace[tid]):
                         del self.left[tid]  # ended, handed over, or the stop's now
                     elif tid not in grace and now >= deadline[tid]:
                         tasks.dispatch.hand_over(task, f"not finished within the drain "
@@ -111,7 +110,7 @@ class Drain:
         finally:
             tasks.stream.unsubscribe(ended)
             self.left = {}
-        handed = sum(1 for t in running if t.status == TaskStatus.QUEUED)
+        handed = sum(1 for t in running if t.queued)
         drained = DrainReport(seconds=round(loop.time() - start, 3),
                               tasks=[DrainedTask(task_id=t.id, agent=t.agent,
                                              status=str(t.status)) for t in running],

@@ -21,7 +21,6 @@ from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
 from ...supervisor.tasks import (
     LOST_IN_RESTART,
-    TERMINAL,
     Task,
     TaskFinished,
     TaskManager,
@@ -91,7 +90,7 @@ class LocalFront:
         try:
             await self.engine.committed()
         except TaskJournalError as exc:
-            if task.status not in TERMINAL:
+            if not task.ended:
                 self.engine.cancel(task.id)
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
                                f"{exc}; the task was not accepted") from None
