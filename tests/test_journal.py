@@ -192,7 +192,7 @@ async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path)
     db.execute("UPDATE tasks SET finished = finished - 7200 WHERE id = ?",
                (results[7].task_id,))
     db.close()
-    journal._writer.run(journal._prune)  # runs before close() stops the journal's writer
+    journal.start_pruning()  # a pass at once: close() lets the writer finish it
     await journal.close()
     db = open_database(db_path)
     kept = [r[0] for r in db.execute("SELECT id FROM tasks ORDER BY arrival")]

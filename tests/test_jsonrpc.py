@@ -47,6 +47,33 @@ def add(method: str, params: Any, peer: Peer) -> Any:
     raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
 
 
+class SlowHandlers:
+    """A server's dispatch whose "slow" handlers tell when they start and when they are
+    cancelled: what the server does with a handler, seen from the handler's side."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.started = 0
+        self.cancelled = 0
+        self.all_started = asyncio.Event()
+        self.all_cancelled = asyncio.Event()
+
+    def dispatch(self, method: str, params: Any, peer: Peer) -> Any:
+        return self._slow() if method == "slow" else add(method, params, peer)
+
+    async def _slow(self) -> None:
+        self.started += 1
+        if self.started == self.expected:
+            self.all_started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            if self.cancelled == self.expected:
+                self.all_cancelled.set()
+            raise
+
+
 async def pair(**server_kw: Any) -> tuple[Peer, Peer, socket.socket, socket.socket]:
     a, b = socket.socketpair()
     client, _, _ = await connect(a, "client")
@@ -84,8 +111,9 @@ async def test_timeout_sends_cancel_and_server_cancels_handler() -> None:
     client, _, _ = await connect(
         a, "client", cancel_method="notifications/cancelled",
         cancel_params=lambda rid: {"requestId": rid})
-    server, _, _ = await connect(
-        b, "server", dispatch=add, cancel_method="notifications/cancelled",
+    slow = SlowHandlers(1)
+    _server, _, _ = await connect(
+        b, "server", dispatch=slow.dispatch, cancel_method="notifications/cancelled",
         cancel_id_of=lambda raw: (seen.append(msgspec.json.decode(raw)) or
                                   msgspec.json.decode(raw)["requestId"]))
     with pytest.raises(RpcError) as err:
@@ -94,7 +122,7 @@ async def test_timeout_sends_cancel_and_server_cancels_handler() -> None:
     assert err.value.message == "slow: no answer from client within 0.05 s"
     assert await client.request("add", {"a": 1, "b": 1}) == 2  # ordering: cancel seen first
     assert seen == [{"requestId": 1}]
-    assert server._incoming == {}
+    await asyncio.wait_for(slow.all_cancelled.wait(), 10)  # the handler, cancelled
     a.close()
     b.close()
 
@@ -102,10 +130,10 @@ async def test_timeout_sends_cancel_and_server_cancels_handler() -> None:
 async def test_peer_going_away_fails_every_pending_request() -> None:
     a, b = socket.socketpair()
     client, _, eofs = await connect(a, "client")
-    server, server_transport, _ = await connect(b, "server", dispatch=add)
+    slow = SlowHandlers(5)
+    _server, server_transport, _ = await connect(b, "server", dispatch=slow.dispatch)
     pending = [asyncio.ensure_future(client.request("slow")) for _ in range(5)]
-    while len(server._incoming) < 5:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(slow.all_started.wait(), 10)
     server_transport.close()  # the other side goes away; the client sees EOF
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert all(isinstance(r, RpcError) and r.code == jsonrpc.PEER_CLOSED and r.message == "gone"
@@ -114,7 +142,8 @@ async def test_peer_going_away_fails_every_pending_request() -> None:
     with pytest.raises(RpcError) as err:
         await client.request("add", {"a": 1, "b": 2})
     assert err.value.code == jsonrpc.PEER_CLOSED
-    assert server._incoming == {}  # the server's handlers were cancelled too
+    await asyncio.wait_for(slow.all_cancelled.wait(), 10)  # the server's handlers too
+    assert slow.cancelled == 5
 
 
 async def raw_exchange(a: socket.socket, data: bytes, answers: int) -> list[Any]:
@@ -227,8 +256,8 @@ def test_chunk_lines_keeps_blank_lines_cuts_long_ones_and_the_crash_tail() -> No
     b.data_received(b"one\n\ntwo\nthr")
     b.data_received(b"ee\n")
     b.data_received(b"0123456789abcdefghij\nok\n")  # 20 bytes: cut into 8 + 8 + 4
-    b.data_received(b"x" * 20)  # no newline yet, over the limit: not buffered
-    assert b._rest == b""
+    b.data_received(b"x" * 20)  # no newline yet, over the limit: not buffered, sent cut
+    assert list(blocks[-1]) == [b"x" * 8, b"x" * 8, b"x" * 4]
     b.data_received(b"tail")
     b.connection_lost(None)
     assert [len(x) for x in blocks] == [3, 1, 4, 3, 1]

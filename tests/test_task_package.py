@@ -211,7 +211,9 @@ async def test_a_journal_keyed_by_sequence_is_migrated_to_task_ids(tmp_path: Pat
     # a new task arrives after every old one
     journal.write(Task("q", msgspec.Raw(b"1"), 0, 30.0, 0, 0))
     await journal.committed()
-    (top,) = journal._reader.execute("SELECT max(arrival) FROM tasks").fetchone()
+    db = open_database(db_path)
+    (top,) = db.execute("SELECT max(arrival) FROM tasks").fetchone()
+    db.close()
     assert top == 5
     ran = await _run_restored(journal, records)
     assert ran == ["000000000003", "b00000000005", "a00000000002", "c00000000004"]
