@@ -25,42 +25,55 @@ ANY = re.compile(f"{FORMAT.pattern}|[0-9a-f]{{12}}")
 
 
 _RANDOM_BATCH = 256  # ids' worth of random bytes asked of the kernel at once
-_RAND_BYTES = 10  # 62 bits for the id, 11 for a seed
+# an id's random hex digits: 16 for the id (62 random bits, with the variant's 2), 3 for
+# the seed of its counter when it begins a millisecond (11 bits)
+_RAND_HEX = 19
+# the variant's hex digit (0b10 then two random bits) for a random hex digit
+_VARIANT = {f"{i:x}": "89ab"[i & 3] for i in range(16)}
 
 
 class IdClock:
     """Makes ids; one per process (`new_id`), or one per test."""
 
-    __slots__ = ("_random", "_used", "counter", "last_ms")
+    __slots__ = ("_head", "_random", "_used", "counter", "last_ms")
 
     def __init__(self) -> None:
         self.last_ms = -1
         self.counter = 0
-        self._random = b""  # os.urandom's bytes, taken in batches: a syscall per id cost
-        self._used = 0  # as much as the rest of making one
+        # os.urandom's bytes as hex, taken in batches: a syscall per id cost as much as
+        # the rest of making one; an id's text is cut from the digits, not formatted from
+        # a 128-bit integer, which took twice as long
+        self._random = ""
+        self._used = 0
+        self._head = ""  # the text of `last_ms`: the id's first two groups and their dash
 
     def forget_random(self) -> None:
         """After a fork: the child must not make the parent's ids."""
-        self._random, self._used = b"", 0
+        self._random, self._used = "", 0
 
     def make(self, now_ns: int | None = None) -> str:
         ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
         used = self._used
-        if used >= len(self._random):
-            self._random, used = os.urandom(_RAND_BYTES * _RANDOM_BATCH), 0
-        self._used = used + _RAND_BYTES
-        rand = int.from_bytes(self._random[used:used + _RAND_BYTES])
+        if used + _RAND_HEX > len(self._random):
+            self._random, used = os.urandom(_RAND_HEX * _RANDOM_BATCH // 2).hex(), 0
+        self._used = used + _RAND_HEX
+        rand = self._random
         if ms > self.last_ms:
-            self.last_ms, self.counter = ms, (rand >> 62) & _SEED_MASK
+            self.last_ms, self.counter = ms, int(rand[used + 16:used + 19], 16) & _SEED_MASK
+            self._head = ""
         else:  # the same millisecond, or the clock went back: count on from the last id
             self.counter += 1
             if self.counter > _COUNTER_MAX:
                 self.last_ms += 1
-                self.counter = (rand >> 62) & _SEED_MASK
-        value = ((self.last_ms << 80) | (0x7 << 76) | (self.counter << 64)
-                 | (0b10 << 62) | (rand & 0x3FFF_FFFF_FFFF_FFFF))
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+                self.counter = int(rand[used + 16:used + 19], 16) & _SEED_MASK
+                self._head = ""
+        head = self._head
+        if not head:
+            h = f"{self.last_ms:012x}"
+            head = self._head = f"{h[:8]}-{h[8:]}"
+        # 48 bits of time, 7, 12 of the counter, the variant's 0b10, then 62 random bits
+        return (f"{head}-7{self.counter:03x}-{_VARIANT[rand[used]]}"
+                f"{rand[used + 1:used + 4]}-{rand[used + 4:used + 16]}")
 
 
 _clock = IdClock()
