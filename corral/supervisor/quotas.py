@@ -95,6 +95,12 @@ class Tenancy:
         """Whether some tenant sets max_concurrent_tasks (dispatch's gate is needed)."""
         return any(s.max_concurrent_tasks for s in self.specs.values())
 
+    def bounds_admission(self) -> bool:
+        """Whether some tenant sets a quota a task's admission checks (max_queue,
+        rate_per_minute, max_task_seconds)."""
+        return any(s.max_queue or s.rate_per_minute or s.max_task_seconds
+                   for s in self.specs.values())
+
     def shares_budgets(self) -> bool:
         """Whether some tenant sets tokens_per_minute (a budget its agents share)."""
         return any(s.tokens_per_minute for s in self.specs.values())

@@ -109,6 +109,8 @@ class TaskManager:
         their order (interceptors.py)."""
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
+        # the tenants' quotas a task's admission checks: None while no tenant sets one
+        self.admitting: Tenancy | None = None
         self.journal = journal
         self.active: dict[str, Task] = {}  # queued and running
         self.retention = Retention(kept, kept_bytes)
@@ -217,6 +219,7 @@ class TaskManager:
         assert tenancy is not None
         concurrent = tenancy.bounds_concurrency()
         self.dispatch.gated = concurrent
+        self.admitting = tenancy if tenancy.bounds_admission() else None
         self.budgets.sharing = tenancy.shares_budgets()
         # a tenant's shared window goes with its tokens_per_minute (or the tenant): no
         # longer fed, it would show a use that only fades (`corral tenants`)
@@ -300,7 +303,7 @@ class TaskManager:
         raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
             encode_input(task_input))
         try:
-            timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=self.tenancy,
+            timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=self.admitting,
                             depth=self.queue.depth)
         except RpcError:
             q.counts["refused"] += 1
@@ -375,7 +378,7 @@ class TaskManager:
         reach = REACH.get() if getattr(spec, "spawns", None) else None
         trace_begin, active, record, put = (self.trace_begin, self.active, self.record,
                                             queue.put)
-        seq, tenancy, bucket = self._seq, self.tenancy, q.bucket
+        seq, tenancy, bucket = self._seq, self.admitting, q.bucket
         ids, now = new_ids(len(inputs)), time.time()
         options = options_of(options)
         timeout, priority = options.timeout, options.priority
