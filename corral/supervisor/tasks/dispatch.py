@@ -140,7 +140,7 @@ class TaskDispatch:
         q = self.by_agent.get(agent_name)
         if agent is None or q is None or self.held is not None:
             return
-        while queue.depth(agent_name):
+        while True:  # until no replica is free, or no task waits (take's None)
             r = self.free_replica(agent)
             if r is None:
                 # an elastic agent asleep: the task wakes it (unless a budget holds its
