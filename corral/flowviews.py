@@ -49,7 +49,7 @@ class RunStepView(Result):
 class RunGraphStep(Result):
     step: str
     after: list[str]  # the steps it waits for
-    runs: str  # "agent NAME" or "workflow NAME"
+    runs: str  # "agent NAME", "workflow NAME" or "signal NAME" (waited for)
     map: bool = False
     # where it is: its own row's (pending before it starts), a map's items counted by
     # status; what the dashboard draws and the CLI's tree says, whichever page of rows
@@ -88,6 +88,15 @@ class RunView(Result):
     # whose run it is: its workflow's tenant when it started (None: of no one tenant, the
     # operator's); a tenant's caller sees its own tenant's runs alone
     tenant: str | None = None
+
+
+class SignalSent(Result):
+    """`runs.signal`'s answer: the signal kept for the run's step that waits for it."""
+
+    run_id: str
+    name: str
+    seq: int  # its place among the run's signals, from 1
+    duplicate: bool = False  # its key was sent before: this is that signal, not a second
 
 
 class RunList(Result):

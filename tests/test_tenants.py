@@ -672,6 +672,8 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
         "runs.get": ("missing", {"run_id": run_b}, {"run_id": ghost_run}),
         "runs.list": ("listing", {}, None),
         "runs.cancel": ("missing", {"run_id": run_b}, {"run_id": ghost_run}),
+        "runs.signal": ("missing", {"run_id": run_b, "name": "go"},
+                        {"run_id": ghost_run, "name": "go"}),
         # a's own workflows only: another's agent in a table reads as no such agent
         # (tests/test_workflow_defs.py)
         "workflows.add": ("own", None, None),

@@ -65,11 +65,11 @@ input = { op = "echo", total = "$steps.child.output", mark = "last", dir = "$inp
     ("[workflows.a]\n[[workflows.a.steps]]\nname = \"s\"\nworkflow = \"nope\"\n",
      "workflow a, step s: no such workflow: nope"),
     ("[workflows.a]\n[[workflows.a.steps]]\nname = \"s\"\nworkflow = \"a\"\nagent = \"wf\"\n",
-     "workflow a, step s: a step runs an agent or a workflow (one of agent = and "
-     "workflow =)"),
+     "workflow a, step s: a step runs an agent or a workflow, or waits for a signal (one "
+     "of agent =, workflow = and signal =)"),
     ("[workflows.a]\n[[workflows.a.steps]]\nname = \"s\"\n",
-     "workflow a, step s: a step runs an agent or a workflow (one of agent = and "
-     "workflow =)"),
+     "workflow a, step s: a step runs an agent or a workflow, or waits for a signal (one "
+     "of agent =, workflow = and signal =)"),
 ])
 def test_a_nested_workflow_is_checked_on_load(tmp_path: Path, workflows: str,
                                               message: str) -> None:

@@ -23,7 +23,7 @@ from .taskflags import given, with_flags
 MAX_INPUT = 16 * 1024 * 1024 - 4096
 
 
-def _read_input(value: str) -> msgspec.Raw:
+def _read_input(value: str, hint: str = "--input") -> msgspec.Raw:
     if value == "-":
         data = sys.stdin.buffer.read()
     elif value.startswith("@"):
@@ -31,7 +31,7 @@ def _read_input(value: str) -> msgspec.Raw:
             data = Path(value[1:]).read_bytes()
         except OSError as exc:
             raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}",
-                                     param_hint="--input") from None
+                                     param_hint=hint) from None
     else:
         data = value.encode()
     if len(data) > MAX_INPUT:
@@ -42,7 +42,7 @@ def _read_input(value: str) -> msgspec.Raw:
         # checked here (a clear usage error), sent on as the bytes it is: no objects built
         raw: msgspec.Raw = msgspec.json.decode(data, type=msgspec.Raw)
     except msgspec.DecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
     return raw
 
 

@@ -12,7 +12,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, json_option, pass_ctx
+from .app import Ctx, cli, command, command_group, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import print_json, table
@@ -197,7 +197,7 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     _tree(res, obj)
 
 
-@command(m.RunsList)
+@command_group(m.RunsList)
 @click.option("--workflow", default=None, help="Only this workflow's runs.")
 @click.option("--status", default=None,
               type=click.Choice(["running", "succeeded", "failed", "cancelled",
@@ -210,8 +210,11 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @json_option
 @pass_ctx
-def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
-              before: str | None, limit: int, as_json: bool) -> None:
+@click.pass_context
+def runs_list(ctx: click.Context, obj: Ctx, workflow: str | None, status: str | None,
+              since: str | None, before: str | None, limit: int, as_json: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
     res: m.RunList = obj.call(m.RunsList(
         workflow=workflow, status=status, limit=limit, since=duration(since),
         before=before))
@@ -223,6 +226,26 @@ def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | N
            for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "TENANT", "ERROR"])
     if isinstance(res.next, str):
         click.echo(f"older runs: the same with --before {res.next}", err=True)
+
+
+@command(m.RunsSignal)
+@click.argument("run_id")
+@click.argument("name")
+@click.option("--data", "data", default="null", metavar="JSON",
+              help="The signal's data (the step's output): JSON, @FILE, or - for stdin.")
+@click.option("--key", default=None,
+              help="Names this signal: sent again with it, it is answered as the first.")
+@json_option
+@pass_ctx
+def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
+                as_json: bool) -> None:
+    res: m.SignalSent = obj.call(m.RunsSignal(run_id=run_id, name=name,
+                                              data=_read_input(data, "--data"), key=key))
+    if as_json:
+        print_json(res)
+        return
+    click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
+               + (", sent before under this key" if res.duplicate else ""))
 
 
 @command(m.RunsCancel)

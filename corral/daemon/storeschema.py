@@ -497,6 +497,23 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX asks_pending ON asks (created) WHERE outcome IS NULL;
     """,
+    # workflow runs' signals (daemon/workflows/signals.py): kept before they are
+    # answered, each taken by the step row it became the output of (`taken_by`, that
+    # row's id); `key`: the sender's, a second send of which is the first
+    """
+    CREATE TABLE call_signals (
+        call_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        key TEXT,
+        data BLOB NOT NULL,
+        sent REAL NOT NULL,
+        sender TEXT,
+        taken_by TEXT,
+        PRIMARY KEY (call_id, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX call_signals_key ON call_signals (call_id, key) WHERE key IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

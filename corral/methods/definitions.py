@@ -184,6 +184,24 @@ class RunsCancel(Params):
     run_id: str
 
 
+@method("runs.signal", result=SignalSent, scope="tasks:run", mutating=True, seen="unnamed",
+        cli="runs signal", routes=(
+    rest("POST", "/runs/{run_id}/signals/{name}", "Send a run the signal a step of it "
+         "waits for", path_params={"run_id": "run_id", "name": "name"},
+         body=("data", "key")),
+))
+class RunsSignal(Params):
+    """Send a run's step that waits for the signal NAME its data (the step's output):
+    kept before it is answered, for the step that waits or the one that will. A run takes
+    as many signals of a name as it has steps that wait for it; one sent again with the
+    same key is answered as the first."""
+
+    run_id: str
+    name: str
+    data: Any = None
+    key: str | None = None  # names the signal: sent again under it, it is the first
+
+
 @method("schedules.list", result=ScheduleList, scope="tasks:read", seen="schedules",
         cli="schedules", routes=(
     rest("GET", "/schedules", "The schedules: each clock, last and next fire"),

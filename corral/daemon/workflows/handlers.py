@@ -31,6 +31,7 @@ from ..tasks.front import page_window
 from .catalog import Catalog, against, table_of
 from .runstore import RUN_STATUSES, Run, RunStore
 from .service import WorkflowService
+from .signals import Signal
 
 # a run's output, and a page of its rows' outputs, shown up to this many bytes of JSON
 # (the rest read a page at a time: decision 444)
@@ -40,9 +41,10 @@ MAX_OUTPUT_SHOWN = 4 * 1024 * 1024
 def _step_view(run: Run, r: StepRow, output: Any) -> m.RunStepView:
     st = run.wf.step(r.step)
     nested = st.spec.workflow is not None
+    tasked = st.spec.agent is not None  # (a signal step's row id is no task's)
     return m.RunStepView(
         step=r.step, item=None if r.item == WHOLE else r.item, status=r.status,
-        task_id=None if nested else r.task_id, run_id=r.task_id if nested else None,
+        task_id=r.task_id if tasked else None, run_id=r.task_id if nested else None,
         started=r.started, ended=r.ended, output=output, error=r.error)
 
 
@@ -61,11 +63,12 @@ def _graph(run: Run) -> list[m.RunGraphStep]:
         out.append(m.RunGraphStep(
             step=s.name, after=sorted(s.deps, key=lambda d: wf.step(d).index),
             runs=f"agent {s.spec.agent}" if s.spec.agent is not None
+            else f"signal {s.spec.signal}" if s.spec.signal is not None
             else f"workflow {s.spec.workflow}", map=s.mapped,
             status=row.status if row is not None else "pending",
             started=row.started if row is not None else None,
             ended=row.ended if row is not None else None,
-            task_id=row.task_id if row is not None and not nested else None,
+            task_id=row.task_id if row is not None and s.spec.agent is not None else None,
             run_id=row.task_id if row is not None and nested else None,
             error=row.error if row is not None else None, items=items.get(s.name, {})))
     return out
@@ -276,3 +279,13 @@ async def runs_cancel(d: WorkflowServices, p: m.RunsCancel, caller: Caller, c: C
     return run_view(await d.workflows.cancel(p.run_id), d.workflows.rows,
                     m.RunsGet(run_id=p.run_id))
 
+
+
+@implements(m.RunsSignal)
+async def runs_signal(d: WorkflowServices, p: m.RunsSignal, caller: Caller, c: Channel
+                      ) -> m.SignalSent:
+    run = d.workflows.get(p.run_id)
+    seen_workflow(caller, run, run.tenant, what="run", name=run.run_id)
+    sent = await d.workflows.signal(p.run_id, Signal(p.name, p.data, p.key, caller.who))
+    return m.SignalSent(run_id=run.run_id, name=p.name, seq=sent.seq,
+                        duplicate=sent.duplicate)

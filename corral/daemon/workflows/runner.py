@@ -22,6 +22,7 @@ from ...supervisor.workflows.refs import Missing, Scope
 from ...taskoptions import step_options
 from .runevents import RunEnded, StepEnded, StepStarted
 from .runstore import Run, RunStore
+from .signals import RunSignals, SignalWait
 
 if TYPE_CHECKING:
     from .runtraces import RunTraces
@@ -41,9 +42,10 @@ class Runner:
     """The workflows' planner (durable/calls.Planner)."""
 
     def __init__(self, engine: TaskManager, rows: RunStore, children: Children,
-                 traced: RunTraces | None = None) -> None:
+                 signals: RunSignals, traced: RunTraces | None = None) -> None:
         self.rows = rows
         self.children = children
+        self.signals = signals  # what a signal step waits for
         self.traced = traced  # with [tracing]: a step's task started in its run's trace
         self.stream = engine.stream
         self.tasks = StepTasks(engine)
@@ -148,14 +150,20 @@ class Runner:
                 row = await self.steps.step(run, key, self._work(run, st, item, task_input))
             except RpcError as exc:  # refused by the engine: the step failed
                 raise StepFailed(f"step {at}: {exc.message}") from None
+        if row.status == "skipped" and st.spec.signal is not None:
+            return  # (its signal did not come in time, and the step says go on)
         if row.status != "succeeded":
+            if st.spec.signal is not None:
+                raise StepFailed(f"step {at}: {row.status}: {row.error}")
             what = f"run {row.task_id}" if st.spec.workflow is not None \
                 else f"task {row.task_id}"
             raise StepFailed(f"step {at}: {what} {row.status}"
                              + (f": {row.error}" if row.error else ""))
 
     def _work(self, run: Run, st: PlanStep, item: int, task_input: Any) -> Work:
-        """The step's work: its nested run, or its task."""
+        """The step's work: its nested run, its task, or its wait for a signal."""
+        if st.spec.signal is not None:
+            return self._signal(run, st, st.spec.signal)
         workflow = st.spec.workflow
         if workflow is None:
             agent = st.spec.agent
@@ -174,6 +182,18 @@ class Runner:
                 if self.traced is not None:
                     self.traced.forget_parent(run_id)
         return nested
+
+    def _signal(self, run: Run, st: PlanStep, name: str) -> Work:
+        """A signal step's wait, its deadline counted from its row's start (kept: a
+        resumed wait ends when the first would have)."""
+        async def wait(step_id: str) -> StepEnd:
+            row = run.rows[(st.name, WHOLE)]
+            timeout = st.spec.timeout
+            began = row.started if row.started is not None else time.time()
+            return await self.signals.wait(SignalWait(
+                run.run_id, name, step_id, None if timeout is None else began + timeout,
+                timeout, st.spec.on_timeout == "skip"))
+        return wait
 
     async def _nested(self, workflow: str, run_id: str, run_input: Any) -> StepEnd:
         """A nested step's run (its id recorded in this run's rows before it is made):

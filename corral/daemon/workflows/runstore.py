@@ -246,6 +246,7 @@ class RunStore:
                 "LIMIT -1 OFFSET ?", (max_runs,))]
             gone = len(set(ids))
             db.executemany("DELETE FROM call_steps WHERE call_id = ?", ((r,) for r in ids))
+            db.executemany("DELETE FROM call_signals WHERE call_id = ?", ((r,) for r in ids))
             db.executemany("DELETE FROM calls WHERE call_id = ?", ((r,) for r in ids))
         await self.store.commit([write])
         return gone

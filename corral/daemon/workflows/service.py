@@ -28,6 +28,7 @@ from .runevents import RunStarted
 from .runner import Runner
 from .runstore import RUN_ENDED, Run, RunStore, Sees
 from .runtraces import RunTraces
+from .signals import RunSignals, Signal, SignalReceipt
 
 PRUNE_EVERY = 60.0  # seconds between two prunings of ended runs (as the task journal's)
 
@@ -46,7 +47,8 @@ class WorkflowService:
         self.agents = agents
         self.rows = RunStore(store)
         self.traces = None if tracer is None else RunTraces(tracer, engine.stream)
-        self.runner = Runner(engine, self.rows, self, self.traces)
+        self.signals = RunSignals(store)  # what a run's signal steps wait for
+        self.runner = Runner(engine, self.rows, self, self.signals, self.traces)
         self.stream = engine.stream  # the runs' events (runevents.py)
         self.report = report
         self.catalog = Catalog(store)
@@ -250,6 +252,10 @@ class WorkflowService:
                 or not await self.calls.cancel(run_id, "cancelled"):
             raise RpcError(jsonrpc.CONFLICT, f"run {run_id} already ended ({run.status})")
         return run
+
+    async def signal(self, run_id: str, signal: Signal) -> SignalReceipt:
+        """A signal kept for the run's step that waits for it (signals.py)."""
+        return await self.signals.send(self.get(run_id), signal)
 
     async def close(self) -> None:
         """The daemon stops: each driver stops where it is (its run resumed at the next

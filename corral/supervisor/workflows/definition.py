@@ -27,9 +27,11 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class StepSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
-    # what runs it: an agent (a task of it), or another workflow (a run of it, nested)
+    # what runs it: an agent (a task of it), or another workflow (a run of it, nested);
+    # or nothing: it waits for the run's signal of this name (its output the signal's data)
     agent: str | None = None
     workflow: str | None = None
+    signal: str | None = None
     # what the agent is sent: JSON with references (refs.py); absent (or null): the run's
     # input for the first step, a join's list, a map's item, else the step before's output
     input: Any = None
@@ -37,8 +39,11 @@ class StepSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY)] = 8
     join: str | None = None  # a map step: this step's input is the list of its outputs
     when: Condition | None = None  # else the step is skipped
-    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # each task's
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # each task's, a signal's wait
     retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None  # each task's
+    # a signal step past its timeout: fails (the run with it), or is skipped (output null);
+    # None: fails (unset, so a table shown has no key the file did not write)
+    on_timeout: Literal["fail", "skip"] | None = None
 
 
 class WorkflowSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

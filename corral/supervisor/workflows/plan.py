@@ -88,9 +88,7 @@ def compile_workflow(name: str, spec: WorkflowSpec,
         if s.name in names:
             raise WorkflowError(f"{where}: two steps named {s.name}")
         names[s.name] = i
-        if (s.agent is None) == (s.workflow is None):
-            raise WorkflowError(f"{where}, step {s.name}: a step runs an agent or a "
-                                "workflow (one of agent = and workflow =)")
+        _check_kind(f"{where}, step {s.name}", s)
         if s.agent is not None and known_agent is not None and not known_agent(s.agent):
             raise WorkflowError(f"{where}, step {s.name}: no such agent: {s.agent}")
         if s.workflow is not None and workflows is not None and s.workflow != name \
@@ -108,6 +106,25 @@ def compile_workflow(name: str, spec: WorkflowSpec,
                     f"{where}, step {st.name}: $steps.{dep}.output refers to step {dep}, "
                     "which comes after it (a step may use the steps before it only)")
     return Workflow(name, spec, steps, nested)
+
+
+def _check_kind(at: str, s: StepSpec) -> None:
+    """One of agent =, workflow = and signal =; a signal step's keys its own."""
+    if sum(k is not None for k in (s.agent, s.workflow, s.signal)) != 1:
+        raise WorkflowError(f"{at}: a step runs an agent or a workflow, or waits for a "
+                            "signal (one of agent =, workflow = and signal =)")
+    if s.signal is None:
+        if s.on_timeout is not None:
+            raise WorkflowError(f"{at}: on_timeout is for a step that waits for a signal "
+                                "(a task's timeout fails it)")
+        return
+    if not STEP_NAME.fullmatch(s.signal):
+        raise WorkflowError(f"{at}: signal name {s.signal!r} is not a name (letters, "
+                            "digits, _ and -, not starting with a digit or -)")
+    for key, value in (("map", s.map), ("retries", s.retries)):
+        if value is not None:
+            raise WorkflowError(f"{at}: a step that waits for a signal takes one signal; "
+                                f"{key} is for a step that runs a task")
 
 
 def _nested_agents(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSpec]
@@ -241,6 +258,7 @@ def plan_text(wf: Workflow) -> str:
         sp = s.spec
         after = ", ".join(sorted(s.deps, key=lambda d: wf.step(d).index)) or "the start"
         runs_on = (f"agent {sp.agent}" if sp.agent is not None
+                   else f"signal {sp.signal} (waited for)" if sp.signal is not None
                    else f"workflow {sp.workflow} (a run of it)")
         head = f"{s.index + 1}. {s.name}: {runs_on}, after {after}"
         lines.append(head)
@@ -255,6 +273,7 @@ def plan_text(wf: Workflow) -> str:
             lines.append(f"     when {shown}, else skipped")
         lines.append(f"     input {msgspec.json.encode(s.input).decode()}")
         limits = [f"timeout {sp.timeout:g}s" if sp.timeout else "",
+                  "skipped on timeout" if sp.on_timeout == "skip" else "",
                   f"retries {sp.retries}" if sp.retries is not None else ""]
         if any(limits):
             lines.append("     " + ", ".join(x for x in limits if x))
