@@ -184,7 +184,7 @@ class RunsCancel(Params):
     run_id: str
 
 
-@method("runs.signal", result=SignalSent, scope="tasks:run", mutating=True, seen="unnamed",
+@method("runs.signal", result=SignalSent, scope="tasks:run", mutating=True, seen="run",
         cli="runs signal", routes=(
     rest("POST", "/runs/{run_id}/signals/{name}", "Send a run the signal a step of it "
          "waits for", path_params={"run_id": "run_id", "name": "name"},

@@ -280,12 +280,8 @@ async def runs_cancel(d: WorkflowServices, p: m.RunsCancel, caller: Caller, c: C
                     m.RunsGet(run_id=p.run_id))
 
 
-
 @implements(m.RunsSignal)
 async def runs_signal(d: WorkflowServices, p: m.RunsSignal, caller: Caller, c: Channel
                       ) -> m.SignalSent:
-    run = d.workflows.get(p.run_id)
-    seen_workflow(caller, run, run.tenant, what="run", name=run.run_id)
     sent = await d.workflows.signal(p.run_id, Signal(p.name, p.data, p.key, caller.who))
-    return m.SignalSent(run_id=run.run_id, name=p.name, seq=sent.seq,
-                        duplicate=sent.duplicate)
+    return m.SignalSent(run_id=p.run_id, name=p.name, seq=sent.seq, duplicate=sent.duplicate)
