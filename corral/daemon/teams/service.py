@@ -140,7 +140,7 @@ def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
                     finished=call.ended, tool_calls=0,
                     progress={"mode": call.spec.mode, "steps": steps},
                     output=call.output, error=error_of(call), attempts=[],
-                    tenant=call.tenant)  # whose the call is (visibility.sees_task)
+                    tenant=call.tenant)  # whose the call is (records.sees_task)
     if with_input:
         info.input = call.input
     return info
