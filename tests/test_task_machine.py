@@ -332,8 +332,7 @@ STATUS_NAMES = frozenset(s.value for s in TaskStatus)
 # where a `status` is not a task's (a run's, a step's, a durable call's, an MCP task's): the
 # same words, of other machines
 OTHER_STATUSES = ("daemon/workflows/", "daemon/teams/", "supervisor/teams/",
-                  "supervisor/durable/", "cluster/clustercalls.py", "daemon/mcptasks.py",
-                  "cli/workflows.py")
+                  "supervisor/durable/", "cluster/clustercalls.py", "cli/workflows.py")
 # Comparisons of a task's status with one status allowed outside the task path, by file
 # and line, and why: what a record (the journal's row, Redis's hash, the wire's string)
 # says, shown or counted. A task itself is asked (`queued`, `running`, `ended`); a set of
@@ -369,6 +368,15 @@ STATUS_ALLOWED: dict[tuple[str, str], str] = {
         "a trace record's error text",
     ("supervisor/tracing.py", "if outcome != TaskStatus.SUCCEEDED:"):
         "an attempt's span's error, from its record",
+    # a task's view (TaskInfo) told as an MCP task's result, and an MCP task's own status
+    ("daemon/mcptasks.py", 'if info.status == "cancelled":'): "a task's view, told",
+    ("daemon/mcptasks.py", 'elif self.status == "failed":'): "an MCP task's own status",
+    ("daemon/mcptasks.py",
+     "text = msgspec.json.encode(output).decode() if info.status == SUCCEEDED \\"):
+        "a task's view, told",
+    ("daemon/mcptasks.py", '"isError": info.status != SUCCEEDED,'): "a task's view, told",
+    ("daemon/mcptasks.py", "if info.status == SUCCEEDED and isinstance(output, dict):"):
+        "a task's view, told",
 }
 
 
