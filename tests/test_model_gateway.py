@@ -342,6 +342,25 @@ async def test_an_upstream_failure_is_tried_again_as_the_config_says_then_passed
                 stats["models"]["gpt-small"]["errors"]) == (2, 1)
 
 
+async def test_a_whole_answer_cut_mid_body_is_a_502_naming_it_and_not_journaled(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """The upstream's connection ends before its Content-Length: the agent has a 502
+    saying so (the aiohttp client's error escaped the handler as a bare 500 before
+    http1.py), the call counted as an upstream error, nothing kept as the step's."""
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small",
+                                 "texts": ["half", "after"]})
+        half, after = res.output["answers"]
+        assert (half["error"], half["status"]) == ("InternalServerError", 502), half
+        assert "model gpt-small: the upstream's answer ended before its Content-Length" \
+            in half["message"]
+        assert after == "echo: after"
+        stats = d.services.gateway_status()["models"]["models"]["gpt-small"]
+        assert (stats["calls"], stats["errors"]) == (2, 1)
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None and usage.input_tokens == USAGE_IN  # the whole one's
+
+
 async def test_a_request_without_a_replicas_token_is_refused_in_the_formats_words(
         tmp_path: Path, upstream: StandIn) -> None:
     import aiohttp

@@ -6,6 +6,7 @@ sent, the body) so that a test can count the calls that really reached it.
 
 What the last user message says steers it:
 - `cut`: a stream cut after its first events (the connection closed mid-body);
+- `half`: a whole answer cut mid-body (its Content-Length not reached);
 - `status NNN`: answered with that status and an error quoting the key it was sent (as a
   provider's 401 does), in the endpoint's format;
 - `flaky N`: a 503 (as `status 503`) for the first N requests of this text, then the echo.
@@ -216,6 +217,16 @@ class StandIn:
         await response.write_eof()
         return response
 
+    @staticmethod
+    async def _half(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b'{"id": "chatcmpl-1", "choi')
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
     async def answer(self, api: Api, request: web.Request) -> web.StreamResponse:
         """A request to one API: failed as its text asks, else echoed, whole or streamed
         (cut after two events for the text "cut")."""
@@ -224,6 +235,8 @@ class StandIn:
         if failed is not None:
             return failed
         model = body.get("model", "")
+        if text == "half":
+            return await self._half(request)
         if body.get("stream"):
             return await self._stream(request, api.events(model, f"echo: {text}", body),
                                       text == "cut")

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
+from .http1 import UpstreamAnswer, UpstreamFailed
 from .keys import hidden, hidden_headers
 from .textdeltas import text_of
 from .usage import CallUsage
@@ -65,7 +65,7 @@ class Relay:
     """One streamed answer passed on as it comes and recorded; its last event held back
     until `finish`; the provider's key hidden wherever the upstream quoted it."""
 
-    def __init__(self, request: web.Request, fmt: Format, answer: aiohttp.ClientResponse,
+    def __init__(self, request: web.Request, fmt: Format, answer: UpstreamAnswer,
                  usage: CallUsage, on_text: Callable[[str], None] | None = None,
                  key: str | None = None) -> None:
         self.request = request
@@ -89,7 +89,7 @@ class Relay:
         await self._write(None)
         rest = b""
         try:
-            async for chunk in self.answer.content.iter_any():
+            async for chunk in self.answer.chunks():
                 self.recorded.append(chunk)
                 if self.held:
                     self.held += chunk  # past the last event: kept with it
@@ -100,8 +100,8 @@ class Relay:
                     continue
                 events, rest = rest[:end + 2], rest[end + 2:]
                 await self._pass(events)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise StreamCut(f"the upstream's stream failed: {type(exc).__name__}") from None
+        except UpstreamFailed as exc:
+            raise StreamCut(f"the upstream's stream failed: {exc}") from None
         if not self.held:
             raise StreamCut("the upstream's stream ended before its last event")
         self.held = hidden(self.held + rest, self.key)

@@ -39,6 +39,7 @@ from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
 from .answers import AnswerRecord, Relay, StreamCut
+from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
 from .upstream import Upstream, UpstreamDown
 from .usage import CallUsage
@@ -379,18 +380,18 @@ class ModelGateway:
         except UpstreamDown as exc:
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
         ctype = answer.headers.get("content-type", "application/json")
-        if answer.status >= 300:
-            body = await answer.read()
-            answer.release()
-            raise UpstreamError(answer.status, hidden(body, key), ctype,
-                                hidden_headers(answers.passed_back(answer.headers), key))
-        if call.stream and ctype.startswith(answers.SSE):
+        if call.stream and answer.status < 300 and ctype.startswith(answers.SSE):
             return Relay(request, call.endpoint.format, answer, usage, self._output_of(call),
                          key)
         try:
             body = hidden(await answer.read(), key)
+        except UpstreamFailed as exc:
+            raise ModelRefusal(502, f"model {call.name}: {exc}") from None
         finally:
             answer.release()
+        if answer.status >= 300:
+            raise UpstreamError(answer.status, body, ctype,
+                                hidden_headers(answers.passed_back(answer.headers), key))
         usage.read_body(body)
         return AnswerRecord(answer.status, ctype, body.decode(errors="replace"))
 

@@ -1,5 +1,5 @@
-"""The upstreams, reached through one pooled aiohttp client (its connections kept alive
-between calls). A 429, a 5xx or a failed connection is tried again as the model's
+"""The upstreams, reached through one HTTP/1.1 client (http1.py: its connections kept
+alive between calls). A 429, a 5xx or a failed connection is tried again as the model's
 `retries` says, before any of the answer was passed on; then it is passed on as it came
 (or, unreachable, a 502 naming the upstream), never dropped."""
 
@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from ... import redact
+from .http1 import UpstreamAnswer, UpstreamClient, UpstreamFailed
 
 if TYPE_CHECKING:
     from ...supervisor.config import ModelSpec
@@ -28,33 +27,23 @@ class Upstream:
     """The client of every model's upstream."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        # no cookies kept (one agent's would be the next one's), no proxy from the
+        # environment (the daemon's upstreams are the config's)
+        self.client = UpstreamClient()
         self.retried = 0  # tries made again after a 429, 5xx or failed connection
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # no cookies kept (one agent's would be the next one's), no proxy from the
-            # environment (the daemon's upstreams are the config's)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True,
-                skip_auto_headers=("User-Agent",))
-        return self._session
-
     async def send(self, spec: ModelSpec, url: str, body: bytes,
-                   headers: dict[str, str]) -> aiohttp.ClientResponse:
+                   headers: dict[str, str]) -> UpstreamAnswer:
         """The upstream's answer, its status and headers read (its body not yet): the
         caller reads or streams it, and releases it."""
-        timeout = aiohttp.ClientTimeout(total=spec.timeout)
         wait = BACKOFF
         for left in range(spec.retries, -1, -1):
             try:
-                answer = await self.session().post(url, data=body, headers=headers,
-                                                   timeout=timeout, allow_redirects=False)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                answer = await self.client.post(url, body, headers, spec.timeout)
+            except UpstreamFailed as exc:
                 if not left:
                     raise UpstreamDown(f"upstream {redact.url(url)} did not answer: "
-                                      f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+                                      f"{exc}") from None
             else:
                 if not left or answer.status not in RETRIED:
                     return answer
@@ -66,9 +55,7 @@ class Upstream:
         raise AssertionError("unreachable")  # the loop's last try returns or raises
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.client.close()
 
 
 def _retry_after(value: str | None) -> float:

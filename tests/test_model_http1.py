@@ -1,0 +1,267 @@
+"""The model gateway's HTTP/1.1 client for its upstreams (corral/daemon/models/http1.py)
+against a real server on a loopback port that writes what each test says, byte for byte:
+kept-alive connections, the three ways a body ends, and every way an answer can fail,
+each failure named exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from corral.daemon.models.http1 import MAX_ANSWER, MAX_HEAD, UpstreamClient, UpstreamFailed
+
+BODY = b'{"model":"m"}'
+OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: r1\r\n"
+      b"Content-Length: 11\r\n\r\n{\"ok\":true}")
+
+Writer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A loopback server whose every connection `script` serves; the connections it
+    had, and the requests it read (head and body)."""
+
+    def __init__(self) -> None:
+        self.script: Writer = answer_each(OK)
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            await self.script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        whole = head + await reader.readexactly(length)
+        self.requests.append(whole)
+        return whole
+
+
+def answer_each(*answers: bytes) -> Writer:
+    """Each request on a connection answered with the next of `answers`; then closed."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await SERVER.request(reader)
+            writer.write(answer)
+            await writer.drain()
+            if b"Connection: close" in answer:
+                return
+        await reader.read()  # until the client closes
+    return script
+
+
+SERVER = RawServer()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawServer]:
+    global SERVER
+    SERVER = RawServer()
+    server = await asyncio.start_server(SERVER._serve, "127.0.0.1", 0)
+    SERVER.server = server
+    port = server.sockets[0].getsockname()[1]
+    SERVER.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        yield SERVER
+    finally:
+        server.close()
+        for writer in SERVER.writers:
+            writer.close()
+
+
+async def call(client: UpstreamClient, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    answer = await client.post(url, BODY, {"content-type": "application/json"}, timeout)
+    try:
+        return answer.status, await answer.read()
+    finally:
+        answer.release()
+
+
+async def failure(client: UpstreamClient, url: str, timeout: float = 10.0) -> str:
+    with pytest.raises(UpstreamFailed) as caught:
+        await call(client, url, timeout)
+    return str(caught.value)
+
+
+async def test_a_kept_connection_carries_the_next_call_and_headers_are_read(
+        raw: RawServer) -> None:
+    raw.script = answer_each(OK, OK.replace(b"r1", b"r2"))
+    client = UpstreamClient()
+    try:
+        answer = await client.post(raw.url, BODY, {"authorization": "Bearer k"}, 10)
+        assert (answer.status, answer.headers["x-request-id"]) == (200, "r1")
+        assert await answer.read() == b'{"ok":true}'
+        answer.release()
+        assert await call(client, raw.url) == (200, b'{"ok":true}')
+        assert raw.connections == 1
+        first = raw.requests[0]
+        assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+        assert b"\r\nauthorization: Bearer k\r\n" in first and first.endswith(BODY)
+        assert b"Accept-Encoding: identity" in first
+    finally:
+        client.close()
+
+
+async def test_chunked_gzipped_and_close_delimited_bodies_are_read_whole(
+        raw: RawServer) -> None:
+    packed = gzip.compress(b'{"zipped":1}')
+    raw.script = answer_each(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4;ext=1\r\ndata\r\n3\r\n: 1\r\n0\r\nX-Trailer: t\r\n\r\n",
+        b"HTTP/1.1 503 Busy\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+        % len(packed) + packed,
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end")
+    client = UpstreamClient()
+    try:
+        assert await call(client, raw.url) == (200, b"data: 1")
+        assert await call(client, raw.url) == (503, b'{"zipped":1}')
+        status, body = await call(client, raw.url)
+        assert (status, body, raw.connections) == (200, b"to the end", 1)
+        assert await call(client, raw.url) == (200, b"data: 1")  # closed: a new one
+        assert raw.connections == 2
+    finally:
+        client.close()
+
+
+async def test_a_kept_connection_the_upstream_closed_is_replaced_once(
+        raw: RawServer) -> None:
+    """The upstream ends a connection after one answer without saying so: the next call
+    finds it gone and makes a new one, not a failure."""
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.request(reader)
+        writer.write(OK)
+        await writer.drain()
+    raw.script = once
+    client = UpstreamClient()
+    try:
+        for _ in range(3):
+            assert await call(client, raw.url) == (200, b'{"ok":true}')
+        assert raw.connections == 3
+    finally:
+        client.close()
+
+
+async def test_a_connection_cut_before_any_answer_fails_naming_it(raw: RawServer) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.request(reader)
+        writer.transport.abort()
+    raw.script = cut
+    client = UpstreamClient()
+    try:
+        message = await failure(client, raw.url)
+        assert message.startswith("the upstream closed the connection"), message
+        assert raw.connections == 1  # a new connection's failure is not tried again
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("written", "said"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"half\":",
+     "the upstream's answer ended before its Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nhalf",
+     "the upstream's answer was cut in a chunk (the upstream closed the connection)"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+     "the upstream's chunk size b'zz' is not hexadecimal"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+     "the upstream's Content-Length 'ten' is not a number"),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 1\r\n\r\nx",
+     "the upstream's Content-Encoding 'br' is not one corral reads (asked for identity)"),
+    (b"SPDY/3 200 OK\r\n\r\n", "the upstream's answer is not HTTP/1.1: b'SPDY/3 200 OK'"),
+    (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+     "the upstream's header line b'no colon here' is malformed"),
+])
+async def test_a_half_written_or_broken_answer_fails_naming_how(
+        raw: RawServer, written: bytes, said: str) -> None:
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.request(reader)
+        writer.write(written)
+        await writer.drain()
+        writer.transport.abort()
+    raw.script = half
+    client = UpstreamClient()
+    try:
+        assert await failure(client, raw.url) == said
+    finally:
+        client.close()
+
+
+async def test_a_slow_upstream_fails_at_the_calls_timeout(raw: RawServer) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.request(reader)
+        await reader.read()
+    raw.script = silent
+    client = UpstreamClient()
+    try:
+        assert await failure(client, raw.url, timeout=0.2) == \
+            "the upstream did not answer in 0.2 s"
+    finally:
+        client.close()
+
+
+async def test_a_stream_that_stops_mid_body_fails_at_the_timeout_not_as_its_end(
+        raw: RawServer) -> None:
+    """A body read to the connection's end: the call's time running out is a failure,
+    never taken for the body's end."""
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+        await reader.read()
+    raw.script = stalls
+    client = UpstreamClient()
+    try:
+        answer = await client.post(raw.url, BODY, {}, 0.3)
+        chunks = answer.chunks()
+        assert await anext(chunks) == b"data: 1\n\n"
+        with pytest.raises(UpstreamFailed) as caught:
+            await anext(chunks)
+        assert str(caught.value) == "the upstream did not answer in 0.3 s"
+        answer.release()
+    finally:
+        client.close()
+
+
+async def test_an_answer_past_its_bounds_fails_naming_the_bound(raw: RawServer) -> None:
+    big = b"x" * (MAX_ANSWER + 1)
+    raw.script = answer_each(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+    client = UpstreamClient()
+    try:
+        assert await failure(client, raw.url) == \
+            f"the upstream's answer is over MAX_ANSWER ({MAX_ANSWER} bytes)"
+        raw.script = answer_each(b"HTTP/1.1 200 OK\r\nx-big: " + b"y" * MAX_HEAD)
+        assert await failure(client, raw.url) == \
+            f"the upstream's answer's head is over MAX_HEAD ({MAX_HEAD} bytes)"
+    finally:
+        client.close()
+
+
+async def test_nothing_listening_and_a_header_with_a_line_break_fail_naming_them(
+        raw: RawServer) -> None:
+    client = UpstreamClient()
+    assert raw.server is not None
+    raw.server.close()
+    await raw.server.wait_closed()
+    try:
+        message = await failure(client, raw.url)
+        assert message.startswith("no connection: ConnectionRefusedError"), message
+        with pytest.raises(UpstreamFailed) as caught:
+            await client.post(raw.url, BODY, {"x-a": "1\r\nHost: evil"}, 10)
+        assert str(caught.value) == "the header 'x-a' for the upstream holds a line break"
+    finally:
+        client.close()
