@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..supervisor.tasks.output import START, OutputChunk, Position
+from ..supervisor.tasks.output import START, OutputChunk, Position, paged
 from .journalstore import JournalStore, JournalWords
 from .storeschema import errors_named
 from .storewriter import WriterThread
@@ -69,7 +70,7 @@ class _OutputTail:
 
     def after(self, after: Position, limit: int) -> list[OutputChunk]:
         at = bisect.bisect_right(self.chunks, after, lo=self.first, key=_position)
-        return self.chunks[at:at + limit]
+        return paged(itertools.islice(self.chunks, at, None), limit)
 
 
 def _position(chunk: OutputChunk) -> Position:
@@ -167,9 +168,9 @@ class OutputsDB:
             rows = self._store.reader.execute(
                 "SELECT task_id, attempt, n, data, truncated FROM task_output "
                 "WHERE task_id = ? AND (attempt > ? OR (attempt = ? AND n > ?)) "
-                "ORDER BY attempt, n LIMIT ?", (task_id, attempt, attempt, n, limit)
-            ).fetchall()
-        return [OutputChunk(t, a, i, d, bool(x)) for t, a, i, d, x in rows]
+                "ORDER BY attempt, n LIMIT ?", (task_id, attempt, attempt, n, limit))
+            # stepped a row at a time: no more of the task's output is read than a page
+            return paged((OutputChunk(t, a, i, d, bool(x)) for t, a, i, d, x in rows), limit)
 
     async def stored(self) -> None:
         """Until every chunk put so far has been tried."""

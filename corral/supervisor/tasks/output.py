@@ -7,10 +7,13 @@ that lost its connection goes on after the last position it had.
 
 Bounds: one task's output by the smaller of its agent's `max_stream_bytes` and its
 tenant's, a tenant's unfinished tasks' together by its `max_stream_journal_bytes`
-(counted in this engine's life and from what the journal held of them at its start).
-The chunk past either is not kept: in its place the stream says once per attempt that
-it is truncated, naming the bound; the attempt's later chunks are counted, not kept.
-Nothing is coalesced.
+(counted in this engine's life and from what the journal held of them at its start),
+one chunk by MAX_CHUNK_BYTES. The chunk past any is not kept: in its place the stream
+says once per attempt that it is truncated, naming the bound; the attempt's later
+chunks are counted, not kept. Nothing is coalesced. A reader is given a page at a time,
+at most BATCH chunks and BATCH_BYTES of text past the first: what it holds while its
+client does not read (a tenant's caller may open `max_streams_per_token` readers of one
+task) is a page, never a task's whole output.
 
 The engine's own journal keeps the streams of its newest tasks in memory
 (OutputsInMemory); the daemon's is the state database's (corral.daemon.outputjournal),
@@ -21,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ...text import plural
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 Position = tuple[int, int]  # (attempt, n)
 START: Position = (0, 0)  # before a task's first chunk
 BATCH = 256  # chunks a reader is given at once, at most
+BATCH_BYTES = 1 << 20  # and bytes of their text, past the first
+MAX_CHUNK_BYTES = 1 << 20  # of one chunk's text: a page holds one
 KEPT = 1000  # tasks whose streams the engine's own journal keeps
 # A position as an SSE event id, `ATTEMPT-N`: ASCII digits, each few enough to be a SQLite
 # integer (the journal is read from it), so the REST document says the same pattern.
@@ -72,6 +78,19 @@ def position_of(event_id: str) -> Position:
     return (int(attempt), int(n))
 
 
+def paged(chunks: Iterable[OutputChunk], limit: int) -> list[OutputChunk]:
+    """The first of `chunks`: at most `limit` of them and BATCH_BYTES of text past the
+    first."""
+    page: list[OutputChunk] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk.data)
+        if page and (len(page) >= limit or size > BATCH_BYTES):
+            break
+        page.append(chunk)
+    return page
+
+
 class OutputJournal(Protocol):
     """Where chunks are kept and read back (the daemon's: corral.daemon.outputjournal)."""
 
@@ -79,7 +98,7 @@ class OutputJournal(Protocol):
         """Keep a chunk; does not block."""
 
     async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
-        """The task's chunks after `after`, in order, at most `limit`."""
+        """The task's chunks after `after`, in order: a page of at most `limit` (paged)."""
 
     def resumed(self, task_id: str) -> tuple[Position, int]:
         """The last position and the bytes kept of a task begun before this engine (the
@@ -115,7 +134,7 @@ class OutputsInMemory:
     async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
         chunks = self.streams.get(task_id, [])
         at = bisect.bisect_right(chunks, after, key=lambda c: c.position)
-        return chunks[at:at + limit]
+        return paged(itertools.islice(chunks, at, None), limit)
 
     def resumed(self, task_id: str) -> tuple[Position, int]:
         return START, 0
@@ -235,6 +254,10 @@ class TaskOutputs:
     def _refusal(self, task: Task, r: Replica, live: _OpenStream, size: int) -> str | None:
         """Why the chunk is not kept (the bound it reached), or None."""
         tenant = r.host.tenant_spec(live.tenant) or NO_QUOTAS
+        if size > MAX_CHUNK_BYTES:
+            return (f"output truncated: a chunk of task {task.id} of "
+                    f"{plural(size, 'byte')} is over MAX_CHUNK_BYTES ({MAX_CHUNK_BYTES}); "
+                    f"the rest of attempt {task.attempt}'s output is not kept")
         own, whose = r.spec.max_stream_bytes, "max_stream_bytes"
         if tenant.max_stream_bytes and (not own or tenant.max_stream_bytes < own):
             own, whose = tenant.max_stream_bytes, f"tenant {live.tenant}'s max_stream_bytes"
