@@ -220,6 +220,25 @@ class TaskWaitParams(WorkerParams):
     children: list[str]
 
 
+# a question's prompt, and its schema as JSON: bounded as a decision's data is (inbox.py)
+MAX_PROMPT_CHARS = 16 * 1024
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+class TaskAskParams(WorkerParams):
+    """A question of the running task `task_id` for a person (`ctx.ask`): its `prompt`,
+    the JSON Schema its answer must fit (None: any JSON), and `timeout` seconds to wait
+    (None: until it is answered or the task ends). `key` names the question within the
+    task: a retried or resumed attempt asking under the same key is given the answer
+    the first got, never a second question (docs/protocol.md#questions)."""
+
+    task_id: NonEmpty
+    key: NonEmpty
+    prompt: NonEmpty  # (its length and the schema's refused past their bounds by name)
+    schema: dict[str, Any] | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
 # -- the registry --------------------------------------------------------------------------
 class WorkerMethod(NamedTuple):
     name: str
@@ -259,6 +278,7 @@ METHODS: dict[str, WorkerMethod] = {m.name: m for m in (
     WorkerMethod("session/checkpoint", "worker", False, SessionCheckpointParams),
     WorkerMethod("task/spawn", "worker", False, TaskSpawnParams),
     WorkerMethod("task/wait", "worker", False, TaskWaitParams),
+    WorkerMethod("task/ask", "worker", False, TaskAskParams),
 )}
 
 METHOD_OF: dict[type[WorkerParams], str] = {m.params: m.name for m in METHODS.values()}

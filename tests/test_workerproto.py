@@ -55,6 +55,11 @@ REFUSED: list[tuple[str, Any, str]] = [
     ("task/spawn", {"task_id": "t", "agent": "a", "key": "1", "retries": "x"},
      "task/spawn: retries must be a whole number from 0 to 100"),
     ("task/wait", {"task_id": "t", "children": "c"}, "task/wait: children must be a list"),
+    ("task/ask", {"task_id": "t", "key": "1"}, "task/ask: prompt must be a non-empty string"),
+    ("task/ask", {"task_id": "t", "key": "1", "prompt": "?", "schema": []},
+     "task/ask: schema must be an object"),
+    ("task/ask", {"task_id": "t", "key": "1", "prompt": "?", "timeout": 0},
+     "task/ask: timeout must be a number"),
     ("session/checkpoint", {"state": 1},
      "session/checkpoint: task_id must be a non-empty string"),
     # notifications: never answered, noted in the worker's log

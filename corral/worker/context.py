@@ -78,6 +78,7 @@ class Context(Spawning):
         # a flag, not a threading.Event: nothing waits on it, and an Event (a Condition
         # and its locks, in Python) cost more to make than the rest of a tiny task's start
         self._cancelled = False
+        self._asked = 0  # questions asked (`ask`): the next one's default key
         self.agent = worker.agent
         self.replica = worker.replica
         self.config = worker.config
@@ -214,6 +215,28 @@ class Context(Spawning):
         in coroutine handlers."""
         self.session_state = state
         return self._call("session/checkpoint", {"task_id": self.task_id, "state": state})
+
+    def ask(self, prompt: str, schema: dict[str, Any] | None = None, *,
+            key: str | None = None, timeout: float | None = None) -> Any:
+        """Ask a person (`task/ask`): the task waits until the question is answered in
+        corral's inbox (`corral approvals`), and the answer, valid by `schema` (a JSON
+        Schema; None: any JSON), is returned. A step of the task under `key` (default:
+        this question's place among the task's), so a retried or resumed attempt gets
+        the answer back without asking again. Declined, or past `timeout` seconds:
+        RequestError (REFUSED, REQUEST_TIMEOUT). Awaitable in coroutine handlers."""
+        self._asked += 1
+        params: dict[str, Any] = {"task_id": self.task_id, "prompt": prompt,
+                                  "key": key if key is not None else str(self._asked)}
+        if schema is not None:
+            params["schema"] = schema
+        if timeout is not None:
+            params["timeout"] = timeout
+        if self._async:
+            return self._answer_async(params)
+        return self._worker.request("task/ask", params)["answer"]
+
+    async def _answer_async(self, params: dict[str, Any]) -> Any:
+        return (await self._worker.request_async("task/ask", params))["answer"]
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """`fn()`'s result, journaled under `name` (unique within the task): a retried

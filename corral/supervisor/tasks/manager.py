@@ -74,6 +74,7 @@ from .lanes import Lanes
 from .model import LOST_IN_RESTART, Task, TaskFinished, TaskRecord
 from .output import START, OutputChunk, position_of
 from .payload import Output, acyclic, encode_input
+from .questions import Questions
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff
@@ -154,6 +155,7 @@ class TaskManager:
         self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
         self.inbox = Inbox(self.stream)
+        self.questions = Questions(self)  # task/ask: a question for a person (questions.py)
         interceptors.bind(TaskPath(self.active, self.stream))
 
     def _session_ttl(self, agent_name: str) -> float:

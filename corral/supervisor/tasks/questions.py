@@ -1,0 +1,125 @@
+"""A task's questions for a person (`task/ask`, the SDK's `ctx.ask`; docs/protocol.md#
+questions): each an ask of the inbox (inbox.py) that the task waits on, its answer a
+step of the task (`corral/ask:KEY`, journaled before the worker is given it), so a
+retried or resumed attempt asking under the same key is answered from the journal, or
+from the ask its earlier attempt made, and a person is never asked twice.
+
+The schema the answer must fit is checked when the question is asked (a schema that is
+not one is the agent's error, said to it); the answer is checked against it where a
+person gives it (the inbox's surfaces), so a bad answer is refused to the person and the
+task goes on waiting."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...workerproto import MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
+from ..workercalls import on_request
+from .inbox import Ask, AskEnd, AskKind, AskRequest, Inbox
+from .model import Task
+from .steps import RESERVED, TaskSteps
+from .worker import WorkerMethods
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+    from .host import TaskHost
+
+PREFIX = "ask:"  # a question's key in the inbox
+STEP = "corral/"  # before that key, the named step of its answer (a worker writes none)
+assert STEP.startswith(RESERVED)
+# a cluster task's question would be this node's ask: the node that resumes the task
+# after this one died would not find it, and would ask again
+CLUSTER_ASK = ("task/ask: a cluster task cannot ask a person yet (its question would be "
+               "this node's, not found by the node that resumes it): submit it with "
+               "local = true (corral run --local)")
+
+
+class AskingEngine(Protocol):
+    """What questions need of the TaskManager."""
+
+    sup: TaskHost
+    steps: TaskSteps
+    worker: WorkerMethods
+    inbox: Inbox
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """A JSON Schema an answer can be checked against, else RpcError saying what is
+    wrong with it."""
+    size = len(msgspec.json.encode(schema))
+    if size > MAX_SCHEMA_BYTES:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the schema is {size} bytes of "
+                                               f"JSON, more than MAX_SCHEMA_BYTES "
+                                               f"({MAX_SCHEMA_BYTES})")
+    import jsonschema  # only when a question has a schema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the schema is not a JSON "
+                                               f"Schema: {exc.message}") from None
+
+
+class Questions:
+    """The handler of `task/ask` over the engine's tasks and inbox."""
+
+    def __init__(self, engine: AskingEngine) -> None:
+        self.engine = engine
+        self.asked = 0  # questions put to a person
+        self.replayed = 0  # answered from the journal or an earlier attempt's ask
+        on_request(engine.sup.worker_methods, TaskAskParams, self.on_ask)
+
+    def on_ask(self, r: Replica, p: TaskAskParams) -> Any:
+        task = self.engine.worker.running_on(r, "task/ask", p.task_id)
+        if not task.journal_here:
+            raise RpcError(jsonrpc.REFUSED, CLUSTER_ASK)
+        if len(p.prompt) > MAX_PROMPT_CHARS:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the prompt is "
+                                                   f"{len(p.prompt)} characters, more than "
+                                                   f"MAX_PROMPT_CHARS ({MAX_PROMPT_CHARS})")
+        if p.schema is not None:
+            check_schema(p.schema)
+        return self._ask(task, r, p)
+
+    async def _ask(self, task: Task, r: Replica, p: TaskAskParams) -> dict[str, Any]:
+        steps = self.engine.steps
+        name = PREFIX + p.key
+        got = await steps.get(task, STEP + name)
+        if got.get("found"):
+            self.replayed += 1
+            return {"answer": got["result"], "replayed": True}
+        subject: dict[str, Any] = {"prompt": p.prompt}
+        if p.schema is not None:
+            subject["schema"] = p.schema
+        inbox = self.engine.inbox
+        ask = await inbox.ask(AskRequest(AskKind.QUESTION, task.tenant, task.id,
+                                         task.attempt, task.agent, name, subject, p.timeout))
+        replayed = not ask.pending
+        ended = await inbox.wait(ask)
+        if ended.end is not AskEnd.ANSWERED:
+            raise _unanswered(ended)
+        # the answer is the task's before the worker has it: a retry is given it back
+        await steps.put(task, r, STEP + name, ended.data)
+        if replayed:
+            self.replayed += 1
+        else:
+            self.asked += 1
+        return {"answer": ended.data, "replayed": replayed, "ask": ended.id}
+
+
+def _unanswered(ask: Ask) -> RpcError:
+    """What the agent is told of a question that ended without an answer."""
+    if ask.end is AskEnd.DENIED:
+        reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
+        return RpcError(jsonrpc.REFUSED, f"task/ask: question {ask.id} was declined by "
+                                         f"{ask.by}" + (f": {reason}" if reason else ""))
+    if ask.end is AskEnd.TIMED_OUT:
+        waited = (ask.deadline or ask.created) - ask.created
+        return RpcError(jsonrpc.REQUEST_TIMEOUT, f"task/ask: question {ask.id} had no "
+                                                 f"answer within {waited:g}s")
+    return RpcError(jsonrpc.REQUEST_CANCELLED, f"task/ask: question {ask.id} ended "
+                                               f"{ask.end}")

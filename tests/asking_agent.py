@@ -1,0 +1,32 @@
+"""An SDK agent that asks a person (`ctx.ask`, tests/test_questions.py): its input says
+what to ask; it marks a file each time it is about to ask (one line per attempt), and
+with `die_after_answer` its first attempt dies once it has the answer."""
+
+import os
+import sys
+
+from corral.worker import RequestError, run
+
+
+def handle(inp, ctx):
+    if inp.get("marks"):
+        with open(inp["marks"], "a") as f:
+            f.write(f"{ctx.attempt}\n")
+    try:
+        answer = ctx.ask(inp["prompt"], inp.get("schema"), timeout=inp.get("timeout"))
+        second = ctx.ask("and then?") if inp.get("twice") else None
+    except RequestError as exc:
+        return {"refused": exc.message, "code": exc.code}
+    if inp.get("die_after_answer") and ctx.attempt == 1:
+        os._exit(3)  # the worker dies with the answer in hand: the retry is given it back
+    return {"answer": answer, "second": second, "attempt": ctx.attempt}
+
+
+async def handle_async(inp, ctx):
+    try:
+        return {"answer": await ctx.ask(inp["prompt"], inp.get("schema"))}
+    except RequestError as exc:
+        return {"refused": exc.message, "code": exc.code}
+
+
+run(handle_async if "--async" in sys.argv else handle)

@@ -1,0 +1,146 @@
+"""A task's question for a person (issue 55 item 3; `ctx.ask`, the protocol's `task/ask`,
+docs/protocol.md#questions): asked into the inbox, the task waits, the answer comes back
+to the agent; the answer is a step of the task, so a retried attempt is given it without
+asking again; declined and timed-out questions are the agent's errors with exact words;
+a schema that is not one, and a prompt past its bound, are refused to the agent.
+
+Real processes: the daemon in this loop (its SQLite journals and inbox) and SDK workers
+(tests/asking_agent.py); the person is the inbox's `decide`, as its surfaces call it."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, AskKind, Decision
+from corral.taskoptions import TaskOptions
+from corral.workerproto import MAX_PROMPT_CHARS
+
+from .conftest import ROOT
+from .daemon_harness import PY, in_process
+
+HERE = Path(__file__).parent
+
+
+def fleet(extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [agents.asker]
+        command = ["{PY}", "{HERE}/asking_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        max_concurrent_tasks = 4
+        backoff_initial = 0.05
+
+        [agents.async-asker]
+        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_concurrent_tasks = 4
+    """) + extra
+
+
+def asks_made(d: Any) -> asyncio.Queue[Ask]:
+    """Each ask as the inbox makes it (pending), in order."""
+    made: asyncio.Queue[Ask] = asyncio.Queue()
+    d.sup.tasks.stream.subscribe(
+        lambda e: made.put_nowait(e.ask) if e.ask.pending else None, AskEnded)
+    return made
+
+
+async def answered(d: Any, made: asyncio.Queue[Ask], data: Any) -> Ask:
+    ask = await asyncio.wait_for(made.get(), 30)
+    return await d.sup.tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann", data))
+
+
+SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}},
+          "required": ["path"]}
+
+
+@pytest.mark.parametrize("agent", ["asker", "async-asker"])
+async def test_a_question_waits_for_a_person_and_the_answer_comes_back(
+        tmp_path: Path, agent: str) -> None:
+    async with in_process(tmp_path, fleet()) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        running = asyncio.ensure_future(tasks.run(
+            agent, {"prompt": "Which file?", "schema": SCHEMA}, TaskOptions(timeout=60)))
+        ask = await asyncio.wait_for(made.get(), 30)
+        assert (ask.kind, ask.agent, ask.key, ask.subject) == (
+            AskKind.QUESTION, agent, "ask:1", {"prompt": "Which file?", "schema": SCHEMA})
+        assert [a.id for a in tasks.inbox.waiting_for(ask.task_id)] == [ask.id]
+        await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                          {"path": "/srv/a"}))
+        res = await running
+        assert (res.task_id, res.status) == (ask.task_id, "succeeded"), res
+        assert res.output["answer"] == {"path": "/srv/a"}
+        assert tasks.questions.asked == 1
+
+
+async def test_an_answer_is_a_step_a_retry_is_given_it_and_no_one_is_asked_twice(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    async with in_process(tmp_path, fleet()) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        running = asyncio.ensure_future(tasks.run(
+            "asker", {"prompt": "Go?", "twice": True, "die_after_answer": True,
+                      "marks": str(marks)}, TaskOptions(timeout=60)))
+        first = await answered(d, made, "yes")
+        second = await answered(d, made, "then stop")
+        assert (first.key, second.key) == ("ask:1", "ask:2")
+        res = await running
+        assert res.status == "succeeded", res
+        assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
+        # the retry asked both again and was answered from the journal, no ask made
+        assert res.output == {"answer": "yes", "second": "then stop", "attempt": 2}
+        assert marks.read_text() == "1\n2\n"
+        assert made.empty()
+        assert (tasks.questions.asked, tasks.questions.replayed) == (2, 2)
+
+
+async def test_a_declined_or_unanswered_question_is_the_agents_error(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet()) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        running = asyncio.ensure_future(tasks.run("asker", {"prompt": "Delete it?"},
+                                                  TaskOptions(timeout=60)))
+        ask = await asyncio.wait_for(made.get(), 30)
+        await tasks.inbox.decide(Decision(ask.id, AskEnd.DENIED, "token ann",
+                                          {"reason": "not today"}))
+        res = await running
+        assert res.output == {"refused": f"task/ask: question {ask.id} was declined by "
+                                         "token ann: not today", "code": jsonrpc.REFUSED}
+        running = asyncio.ensure_future(tasks.run("asker", {"prompt": "Quick?", "timeout": 0.3},
+                                                  TaskOptions(timeout=60)))
+        ask = await asyncio.wait_for(made.get(), 30)
+        res = await running
+        assert res.output == {"refused": f"task/ask: question {ask.id} had no answer "
+                                         "within 0.3s", "code": jsonrpc.REQUEST_TIMEOUT}
+        assert tasks.inbox.get(ask.id).end is AskEnd.TIMED_OUT
+
+
+async def test_a_bad_schema_or_a_prompt_past_its_bound_is_refused_to_the_agent(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet()) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        res = await tasks.run("asker", {"prompt": "Which?", "schema": {"type": "nope"}},
+                              TaskOptions(timeout=60))
+        assert res.output["code"] == jsonrpc.INVALID_PARAMS
+        assert res.output["refused"].startswith(
+            "task/ask: the schema is not a JSON Schema: 'nope' is not valid under any of "
+            "the given schemas"), res.output
+        long = "x" * (MAX_PROMPT_CHARS + 1)
+        res = await tasks.run("asker", {"prompt": long}, TaskOptions(timeout=60))
+        assert res.output == {
+            "refused": f"task/ask: the prompt is {MAX_PROMPT_CHARS + 1} characters, more "
+                       f"than MAX_PROMPT_CHARS ({MAX_PROMPT_CHARS})",
+            "code": jsonrpc.INVALID_PARAMS}
+        res = await tasks.run("asker", {"prompt": ""}, TaskOptions(timeout=60))
+        assert res.output == {"refused": "task/ask: prompt must be a non-empty string",
+                              "code": jsonrpc.INVALID_PARAMS}
+        assert made.empty()  # nothing was asked of anyone
