@@ -77,12 +77,11 @@ async def test_an_orchestrator_killed_after_20_spawns_spawns_none_twice(
         # 50 children in all, each run once: the retry's first 20 came from the journal
         assert counted(count) == list(range(50))
         assert d.sup.tasks.spawns.stats() == {"spawned": 50, "replayed": 20}
-        await d.sup.tasks.steps.journal.committed()
         db = sqlite3.connect(tmp_path / "state" / "corral.db")
-        rows = db.execute("SELECT count(*) FROM steps WHERE task_id = ? AND name LIKE "
-                          "'spawn:%'", (res.task_id,)).fetchone()
-        # the first attempt's 20; the retry, its last attempt, journals none of its own
-        assert rows == (20,)
+        rows = db.execute("SELECT count(*) FROM call_steps WHERE call_id = ?",
+                          (res.task_id,)).fetchone()
+        # one row a child, however many attempts spawned it: the tree is one durable call
+        assert rows == (50,)
 
 
 async def test_a_coroutine_orchestrator_resumes_alike_and_maps(tmp_path: Path) -> None:
@@ -243,3 +242,29 @@ async def test_a_worker_cannot_write_corrals_own_steps_nor_spawn_through_them(
         with pytest.raises(jsonrpc.RpcError, match="no such task"):
             await d.sup.tasks.info("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
         assert [t for t in d.sup.tasks.finished.values() if t.agent == "other"] == []
+
+
+async def test_a_tree_ends_with_its_tasks_and_is_pruned_by_the_next_daemon(
+        tmp_path: Path) -> None:
+    """The tree is one durable call: running while its root runs, ended with the root's
+    status once every child has (its rows as their children ended), and gone at the
+    next start (read by no one once ended: the task journal's pruning)."""
+    count = tmp_path / "count"
+    db_path = tmp_path / "state" / "corral.db"
+    async with in_process(tmp_path, fleet()) as d:
+        res = await run(d, {"children": 3, "count": str(count)})
+        assert res.status == "succeeded", res
+        await d.sup.tasks.spawns.close()  # the rows' ends kept
+        db = sqlite3.connect(db_path)
+        assert db.execute("SELECT kind, name, status FROM calls WHERE call_id = ?",
+                          (res.task_id,)).fetchone() == ("spawn", "orch", "succeeded")
+        assert db.execute("SELECT status, count(*) FROM call_steps WHERE call_id = ? "
+                          "GROUP BY status", (res.task_id,)).fetchall() == [("succeeded", 3)]
+        db.close()
+    async with in_process(tmp_path, fleet()) as d:
+        await d.sup.tasks.run("leaf", {"leaf": True, "n": 9, "count": str(count)})
+        await d.sup.tasks.committed()  # (written after the start's pruning)
+        db = sqlite3.connect(db_path)
+        assert db.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM call_steps").fetchone() == (0,)
+        db.close()

@@ -48,6 +48,14 @@ def record_of(row: tuple[Any, ...]) -> CallRecord:
                       else None, traceparent, tracestate)
 
 
+def delete_ended_calls(db: sqlite3.Connection, kind: str) -> None:
+    """The ended calls of a kind no one reads once it has ended (a spawn tree), gone with
+    their rows (in the task journal's pruning, beside the steps of the tasks pruned)."""
+    db.execute("DELETE FROM call_steps WHERE call_id IN (SELECT call_id FROM calls WHERE "
+               "kind = ? AND status != 'running')", (kind,))
+    db.execute("DELETE FROM calls WHERE kind = ? AND status != 'running'", (kind,))
+
+
 class CallJournal:
     """The state database's durable calls (supervisor/durable/store.DurableStore)."""
 

@@ -427,6 +427,7 @@ class Daemon:
         # journal's are back, numbered after theirs
         s.tasks.recover(unfinished if up.journal is not None else [])
         s.workflows.recover()  # after the tasks: a run's recorded task is found
+        up.sup.parts.tasks.spawns.recover()  # (a spawn's child's end is found)
         s.teams.recover()  # (so is a team call's)
         s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:

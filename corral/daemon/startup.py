@@ -41,6 +41,7 @@ from . import journald
 from .agenthandlers import owner_of
 from .api import Audit, Dispatcher
 from .background import Background
+from .calljournal import CallJournal
 from .commandtable import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .enginelog import EngineLog
@@ -368,6 +369,9 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 own.push_async_callback(steps.close)
                 await asyncio.to_thread(steps.recover)  # the step log a kill left
                 parts.tasks.journal_to(journal, steps)
+                # spawn trees, durable calls (supervisor/tasks/spawntree.py), read back
+                parts.tasks.spawns.keep_in(CallJournal(store))
+                own.push_async_callback(parts.tasks.spawns.close)
                 # tasks' live output (docs/streams.md), kept and pruned with their tasks
                 outputs = OutputsDB(store.path, store.thread, on_error=error)
                 own.push_async_callback(outputs.close)

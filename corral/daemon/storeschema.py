@@ -27,6 +27,7 @@ from pathlib import Path
 from ..statefiles import check_database, open_file
 from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
+from .spawnmigration import carry_spawn_trees
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 
@@ -514,6 +515,9 @@ MIGRATIONS: list[Migration] = [
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX call_signals_key ON call_signals (call_id, key) WHERE key IS NOT NULL;
     """,
+    # spawn trees are durable calls (supervisor/tasks/spawntree.py): carried out of the
+    # step journal into the calls' tables (spawnmigration.py)
+    carry_spawn_trees,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -68,10 +68,12 @@ from ..supervisor.tasks import (
 )
 from ..supervisor.tasks.budget import MINUTE
 from ..supervisor.tasks.durable import Sees
+from ..supervisor.tasks.spawntree import KIND as SPAWN_TREE
 from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ
 from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
+from .calljournal import delete_ended_calls
 from .inboxjournal import delete_asks
 from .outputjournal import delete_orphan_output, delete_output
 from .sqlfilters import given
@@ -345,6 +347,7 @@ class TaskJournalDB:
             delete_orphan_output(db)
         self._pruned_once = True
         results |= delete_ended(db, time.time() - ENDED_KEPT)
+        delete_ended_calls(db, SPAWN_TREE)
         if self.max_age > 0:
             old = time.time() - self.max_age
             results |= delete_steps(db, "finished IS NOT NULL AND finished < ?", (old,))

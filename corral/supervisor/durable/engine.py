@@ -42,9 +42,7 @@ class StepEngine:
         row = call.rows.get(key)
         if row is not None and row.status in STEP_ENDED:
             return row
-        if row is None:
-            row = StepRow(key[0], key[1], "running", new_id(), time.time())
-            await self.save(call, [row])  # the id is the call's before its work exists
+        row = await self.begin(call, key)
         assert row.task_id is not None
         try:
             end = await work(row.task_id)
@@ -52,6 +50,16 @@ class StepEngine:
             await self.end(call, key, StepEnd("failed", None, exc.message))
             raise
         return await self.end(call, key, end)
+
+    async def begin(self, call: Durable, key: StepKey) -> StepRow:
+        """The step's row as it is, else one made running under a new id and kept: the id
+        is the call's before its work exists (a planner whose work is started elsewhere,
+        a spawn's child, starts it under this id and ends the row when it ends)."""
+        row = call.rows.get(key)
+        if row is None:
+            row = StepRow(key[0], key[1], "running", new_id(), time.time())
+            await self.save(call, [row])
+        return row
 
     async def end(self, call: Durable, key: StepKey, end: StepEnd) -> StepRow:
         """The step's row ended so (its output with it, kept in the store alone)."""

@@ -12,7 +12,7 @@ CALL_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 StepKey = tuple[str, int]  # (step, item)
 
 
-@dataclass
+@dataclass(slots=True)  # a spawn tree holds one per child: thousands pending
 class StepRow:
     step: str
     item: int

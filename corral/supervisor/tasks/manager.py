@@ -327,12 +327,12 @@ class TaskManager:
         task.options = options
         if task_id is not None:
             task.id = task_id
-        reach = REACH.get()
-        if reach is not None and getattr(agent.spec, "spawns", None):
-            self.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
         if session is not None:
             task.session = session
         task.tenant = agent.spec.tenant
+        reach = REACH.get()
+        if reach is not None and getattr(agent.spec, "spawns", None):
+            self.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
         if self.trace_begin is not None:
             self.trace_begin(TraceStart(task, traceparent, tracestate))  # (a bad one refuses)
         q.counts["accepted"] += 1

@@ -2,15 +2,16 @@
 and waits for their outcomes (`task/wait`), from a worker in any language
 (docs/protocol.md, docs/workflows.md#spawn).
 
-Each spawn is a named step of its parent (`spawn:KEY`, steps.py), journaled with the
-child's id *before* the child is submitted: a resumed attempt of the parent (its worker
-killed, the daemon restarted) that spawns under the same key is answered with that child,
-never a second one; a child the engine never had (the daemon stopped between the two
-writes) is submitted then under the journaled id. A child is a task of an agent the
-parent's agent lists in `spawns`, of the same tenant (another tenant's agent is no agent
-to it), within the reach of the token that submitted the tree's root (REACH), within
-`max_spawn_depth` and `max_children` per parent. A child's depth and reach are kept in the
-step journal on its own rows (LINEAGE), so a restart does not forget them.
+A spawn tree is one durable call (spawntree.py, decision 618): each spawn a keyed step of
+it (the parent's id and the spawn's key), the child's id kept *before* the child is
+submitted, so a resumed attempt of the parent (its worker killed, the daemon restarted)
+that spawns under the same key is answered with that child, never a second one; a child
+the engine never had (the daemon stopped between the two writes) is submitted then under
+the kept id. A child is a task of an agent the parent's agent lists in `spawns`, of the
+same tenant (another tenant's agent is no agent to it), within the reach of the token that
+submitted the tree's root (REACH, kept as the tree's input), within `max_spawn_depth` and
+`max_children` per parent; a child's depth is its place in the tree, read back whole after
+a restart.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -32,14 +31,14 @@ from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..stream import Stream
 from ..workercalls import on_request
 from .host import TaskHost
-from .ids import ANY, new_id
 from .model import Task, TaskFinished
-from .stepjournal import NAMED_SEQ, Step
-from .steps import RESERVED, TaskSteps
+from .spawntree import Lineage, SpawnTrees, parent_of
+from .steps import TaskSteps
 from .taskmachine import TERMINAL
 from .worker import WorkerMethods
 
 if TYPE_CHECKING:
+    from ..durable.store import DurableStore
     from ..quotas import Tenancy
     from ..replica import Replica
 
@@ -53,10 +52,10 @@ CLUSTER_SPAWN = ("task/spawn: a cluster task cannot spawn children yet (they wou
 # submitted under it, and every task they spawn, reach no agent outside the glob
 REACH: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "corral_reach", default=None)
-PREFIX = "spawn:"  # the named steps of spawns
-LINEAGE = "corral/lineage"  # a spawned child's own row: its parent and depth
-# names no worker may write (steps.py refuses them in a worker's step/put)
-assert PREFIX.startswith(RESERVED) and LINEAGE.startswith(RESERVED)
+SPAWN_STEP = "spawn:"  # a replayed spawn's name, as a replayed step's span shows it
+# a task of a tree that no engine has: kept but never submitted (the process stopped
+# between the two writes), or pruned since
+NOT_KEPT = "no task of this id is kept (never submitted, or pruned)"
 
 
 class Engine(Protocol):
@@ -66,8 +65,8 @@ class Engine(Protocol):
     stream: Stream
     tenancy: Tenancy | None
     active: dict[str, Task]
-    steps: TaskSteps
     worker: WorkerMethods
+    steps: TaskSteps
 
     def submit(self, agent_name: str, task_input: Any, options: TaskOptions = ..., *,
                task_id: str | None = None) -> Task: ...
@@ -77,47 +76,61 @@ class Engine(Protocol):
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo: ...
 
 
-class Lineage(NamedTuple):
-    """How deep a task is among spawns (0: nobody spawned it), and what limits its tree."""
-
-    depth: int
-    reach: str | None = None  # a glob of the agents it may spawn; None: any
-    by: str | None = None  # who set the reach ("token NAME")
-
-
 class Spawns:
     """The handlers of `task/spawn` and `task/wait` over the engine's tasks."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # a running parent's children by their spawn's key, in the order spawned
-        self.children: dict[str, dict[str, str]] = {}
-        self.lineage: dict[str, Lineage] = {}  # of unfinished tasks, as known
-        self._reading: dict[str, asyncio.Future[Lineage]] = {}  # lineage reads under way
-        # a lineage's children's, shared (as many as depths times limited tokens)
-        self._shared: dict[Lineage, Lineage] = {}
+        self.trees = SpawnTrees()
         self.spawned = 0  # children submitted
-        self.replayed = 0  # spawns answered from the journal
+        self.replayed = 0  # spawns answered from the tree
+        self._recovering: asyncio.Future[None] | None = None
         engine.stream.subscribe(self._finished, TaskFinished)
         on_request(engine.sup.worker_methods, TaskSpawnParams, self.on_spawn)
         on_request(engine.sup.worker_methods, TaskWaitParams, self.on_wait)
 
     def _finished(self, e: TaskFinished) -> None:
-        self.children.pop(e.task.id, None)
-        self.lineage.pop(e.task.id, None)
+        t = e.task
+        self.trees.finished(t.id, str(t.status), t.error.message if t.error else None)
 
     def limit(self, task: Task, who: str, reach: str) -> None:
-        """A task submitted by a caller limited to the agents `reach`: so is its tree."""
-        self._keep(task.id, Lineage(0, reach, who))
+        """A task submitted by a caller limited to the agents `reach`: so is its tree
+        (kept with its task journal row, or the next commit: a crash between loses the
+        bound of that one task)."""
+        self.trees.tree(task.id, task.agent, task.tenant, Lineage(0, reach, who))
 
-    def _keep(self, task_id: str, lineage: Lineage) -> None:
-        self.lineage[task_id] = lineage
-        journal = self.engine.steps.journal
-        if journal is not None:
-            # for when it spawns after a restart (committed with its task journal row, or
-            # the next steps: a crash between loses the bound of that one task)
-            journal.put(Step(task_id, NAMED_SEQ, LINEAGE, 1, b"", msgspec.json.encode(
-                {k: v for k, v in lineage._asdict().items() if v is not None})))
+    # -- the daemon's store ---------------------------------------------------------------
+    def keep_in(self, store: DurableStore) -> None:
+        """The daemon's store, before any task is accepted: the running trees read back."""
+        self.trees.keep_in(store)
+
+    def recover(self) -> None:
+        """Once the task journal's tasks are back: a task of a tree that ended while no
+        daemon ran (or whose end was not kept) ended in its tree now; a child no engine
+        ever had (the process stopped between its row and its submission) ended lost
+        when its parent has ended too (no attempt will ask for it again)."""
+        self._recovering = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        engine = self.engine
+        for task_id, place in list(self.trees.places.items()):
+            if task_id in engine.active or self.trees.ended(task_id):
+                continue
+            try:
+                info = await engine.info(task_id)
+            except RpcError as exc:
+                if exc.code != jsonrpc.NOT_FOUND:
+                    raise
+                if place.step is None or parent_of(place.step) not in engine.active:
+                    self.trees.finished(task_id, "lost", NOT_KEPT)
+                continue
+            self.trees.finished(task_id, str(info.status),
+                                info.error.message if info.error is not None else None)
+
+    async def close(self) -> None:
+        if self._recovering is not None:
+            await asyncio.gather(self._recovering, return_exceptions=True)
+        await self.trees.close()
 
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
@@ -127,41 +140,26 @@ class Spawns:
         return self._spawn(parent, r, p)
 
     async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams) -> dict[str, Any]:
-        known = self.children.get(parent.id, {}).get(p.key)
-        if known is not None:  # the same key again (a retry here): the same child
+        trees = self.trees
+        row = trees.row(parent.id, p.key)
+        if row is not None:
+            # the same key again (a retry here, or an attempt after a restart): the same
+            # child, submitted now if no engine ever had it
+            assert row.task_id is not None
+            await self._ensure(row.task_id, parent, r, p)
             self.replayed += 1
-            return {"child": known, "replayed": True}
-        steps = self.engine.steps
-        name = PREFIX + p.key
-        got = await steps.get(parent, name)
-        if got.get("found"):
-            old = msgspec.json.decode(got["result"])
-            child_id = old["child"] if isinstance(old, dict) else None
-            # (corral's own id, written by the branch below: a step a worker could not
-            # write, and an id checked again all the same before a task is made of it)
-            if isinstance(child_id, str) and ANY.fullmatch(child_id):
-                await self._ensure(child_id, parent, r, p,
-                                   self._deeper(await self._lineage_of(parent)))
-                self._adopt(parent.id, p.key, child_id)
-                self.replayed += 1
-                return {"child": child_id, "replayed": True}
-        child = self._deeper(await self._lineage_of(parent))
-        self._check(parent, r, p, child)
-        child_id = new_id()
-        # the child's id is the parent's before the child exists (module docstring)
-        await steps.put(parent, r, name, {"child": child_id, "agent": p.agent})
-        await self._submit(child_id, p, child)
-        self._adopt(parent.id, p.key, child_id)
+            if parent.attempt > 1:  # (a key asked twice in one attempt is no replay)
+                self.engine.steps.count_replay(parent, "step", SPAWN_STEP + p.key)
+            return {"child": row.task_id, "replayed": True}
+        tree = trees.tree(parent.id, parent.agent, parent.tenant, Lineage(0))
+        await trees.planted(tree)
+        child = trees.deeper(trees.lineage(parent.id))
+        self._check(parent, r, p, child)  # before the child's id is the tree's
+        row = await trees.begin(tree, parent.id, p.key, child)
+        assert row.task_id is not None
+        await self._submit(row.task_id, p)
         self.spawned += 1
-        return {"child": child_id, "replayed": False}
-
-    def _deeper(self, mine: Lineage) -> Lineage:
-        """A child's lineage: one object for every child of the same lineage (10,000
-        pending children hold one, not 10,000)."""
-        child = self._shared.get(mine)
-        if child is None:
-            child = self._shared[mine] = mine._replace(depth=mine.depth + 1)
-        return child
+        return {"child": row.task_id, "replayed": False}
 
     def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
         spec = r.spec
@@ -187,23 +185,19 @@ class Spawns:
                            f"would be at depth {child.depth} (max_spawn_depth {most} of "
                            f"agent {parent.agent})")
         fan = getattr(spec, "max_children", 0)
-        had = len(self.children.get(parent.id, ()))
+        had = self.trees.fanned.get(parent.id, 0)
         if had >= fan:
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
                            f"{plural(had, 'child', 'children')} (max_children {fan} of "
                            f"agent {parent.agent})")
 
-    def _adopt(self, parent_id: str, key: str, child_id: str) -> None:
-        self.children.setdefault(parent_id, {})[key] = child_id
-
-    async def _ensure(self, child_id: str, parent: Task, r: Replica, p: TaskSpawnParams,
-                      child: Lineage) -> None:
+    async def _ensure(self, child_id: str, parent: Task, r: Replica,
+                      p: TaskSpawnParams) -> None:
         """The child submitted under its id, unless the engine has (or had) it: checked
         as a new spawn is (its agent, depth and fan-out), as of now."""
         engine = self.engine
         if child_id in engine.active:
-            self.lineage[child_id] = child
             return
         try:
             await engine.info(child_id)
@@ -211,48 +205,21 @@ class Spawns:
         except RpcError as exc:
             if exc.code != jsonrpc.NOT_FOUND:
                 raise
-        self._check(parent, r, p, child)
-        await self._submit(child_id, p, child)
+        self._check(parent, r, p, self.trees.lineage(child_id))
+        await self._submit(child_id, p)
 
-    async def _submit(self, child_id: str, p: TaskSpawnParams, child: Lineage) -> None:
+    async def _submit(self, child_id: str, p: TaskSpawnParams) -> None:
         engine = self.engine
         engine.submit(p.agent, p.input, step_options(p.timeout, p.retries),
                       task_id=child_id)
-        self._keep(child_id, child)
         await engine.committed()
-
-    async def _lineage_of(self, task: Task) -> Lineage:
-        """Nobody spawned it and nobody limited it; or its lineage from memory, else from
-        its row (read once per task, however many spawns ask at once)."""
-        known = self.lineage.get(task.id)
-        if known is not None:
-            return known
-        reading = self._reading.get(task.id)
-        if reading is None:
-            reading = self._reading[task.id] = asyncio.ensure_future(self._read(task))
-        try:
-            return await asyncio.shield(reading)
-        finally:
-            if reading.done():
-                self._reading.pop(task.id, None)
-
-    async def _read(self, task: Task) -> Lineage:
-        found = Lineage(0)
-        journal = self.engine.steps.journal
-        if journal is not None and task.journal_here:
-            for step in await journal.history(task.id):
-                if step.seq == NAMED_SEQ and step.name == LINEAGE and step.body is not None:
-                    found = Lineage(**msgspec.json.decode(step.body, type=dict[str, Any]))
-        self.lineage[task.id] = found
-        return found
 
     # -- task/wait ------------------------------------------------------------------------
     def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/wait", p.task_id)
-        kids = set(self.children.get(parent.id, {}).values())
         named: set[str] = set()
         for c in p.children:
-            if c not in kids:
+            if not self.trees.child_of(parent.id, c):
                 raise RpcError(jsonrpc.INVALID_PARAMS,
                                f"task/wait: task {c} is not a child of task {parent.id}")
             if c in named:

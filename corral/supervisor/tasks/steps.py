@@ -181,7 +181,7 @@ class TaskSteps:
                        if old.name != name else f"call {seq} to {name} has other arguments")
                 self._diverge(task, st, seq, why)
             elif old.body is not None and replays:
-                self._replayed(task, "tool", name)
+                self.count_replay(task, "tool", name)
                 return msgspec.Raw(old.body)
         if journal is not None and replays:
             self._check_budget(task, r, st)
@@ -208,7 +208,9 @@ class TaskSteps:
         if self.stream.wants(StepsDiverged):
             self.stream.emit(StepsDiverged(task, task.attempt, seq, why))
 
-    def _replayed(self, task: Task, kind: str, name: str) -> None:
+    def count_replay(self, task: Task, kind: str, name: str) -> None:
+        """A call or step of the attempt answered from what an earlier one kept (a
+        spawn's child from its tree: spawn.py)."""
         self.replayed += 1
         if task.attempts:
             a = task.attempts[-1]
@@ -258,7 +260,7 @@ class TaskSteps:
             return {"found": False}
         if name not in st.given:  # asked again: counted once, told once
             st.given.add(name)
-            self._replayed(task, "step", name)
+            self.count_replay(task, "step", name)
         return {"found": True, "result": msgspec.Raw(step.body)}
 
     def reserved(self, name: str, method: str) -> None:
