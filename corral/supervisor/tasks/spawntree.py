@@ -4,8 +4,9 @@ parent's id and the spawn's key), its child's id kept before the child is submit
 (StepEngine.begin), the row ended as the child ends (kept with the tree's end). The
 call's planner is the agent's own code (`task/spawn`, `task/wait`): nothing here decides
 a step; this keeps the tree, knows each task's place in it (its depth and reach: its
-lineage), and ends the tree once its root and every child have ended. After a restart the running trees are read back
-whole, so a task's lineage is known wherever it is in the tree."""
+lineage), and ends the tree once its root and every child have ended. After a restart
+the running trees are read back whole, so a task's lineage is known wherever it is in
+the tree."""
 
 from __future__ import annotations
 
