@@ -66,6 +66,13 @@ class SpawnTree:
                           {"reach": self.reach, "by": self.by}, self.status, self.created,
                           self.tenant, self.ended)
 
+    def end(self) -> None:
+        """Its root and every child ended: it ends as its root did (a root lost is a
+        tree failed: a call's end is one of CALL_ENDED)."""
+        root = self.root_ended or "failed"
+        self.status = root if root in CALL_ENDED else "failed"
+        self.ended = time.time()
+
     @classmethod
     def kept(cls, rec: CallRecord) -> SpawnTree:
         given = rec.input if isinstance(rec.input, dict) else {}
@@ -226,9 +233,7 @@ class SpawnTrees:
         if tree.unsaved:
             await self.steps.save(tree, tree.unsaved)
             tree.unsaved = []
-        root = tree.root_ended or "failed"
-        tree.status = root if root in CALL_ENDED else "failed"
-        tree.ended = time.time()
+        tree.end()
         await self.steps.store.save_call(tree.record())
         self.places.pop(tree.call_id, None)
         for r in tree.rows.values():
