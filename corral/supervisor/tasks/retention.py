@@ -10,7 +10,7 @@ back to the system (memory.py).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import msgspec
 
@@ -19,6 +19,8 @@ from .model import Task
 
 FINISHED_KEPT = 10_000  # finished tasks kept in memory
 FINISHED_KEPT_BYTES = 32 * 1024 * 1024  # their outputs, in bytes
+
+_NO_INPUT = msgspec.Raw(b"")  # a finished task's input (let go)
 
 
 class Retention:
@@ -29,28 +31,28 @@ class Retention:
         self.kept = kept
         self.kept_bytes = kept_bytes
         self.finished: OrderedDict[str, Task] = OrderedDict()  # in the order they ended
-        # finished tasks still holding an output, and those outputs' bytes
-        self.holding: OrderedDict[str, Task] = OrderedDict()
+        # finished tasks still holding an output, in the order they ended (so that the
+        # oldest finished task, when it holds one, is the first here), and their bytes
+        self.holding: deque[Task] = deque()
         self.held_bytes = 0
         self.memory = Releaser()
 
     def keep(self, task: Task) -> None:
         """A task that has just finished (and been handed to its journal)."""
         self.memory.let_go(len(task.input))
-        task.input = msgspec.Raw(b"")
+        task.input = _NO_INPUT
         task.replica = None
         size = task.out.size if task.out is not None else 0
         self.finished[task.id] = task
         if size:
-            self.holding[task.id] = task
+            self.holding.append(task)
             self.held_bytes += size
         while self.held_bytes > self.kept_bytes and self.holding:
-            _, old = self.holding.popitem(last=False)
-            self.drop_output(old)
+            self.drop_output(self.holding.popleft())
         while len(self.finished) > self.kept:
             _, old = self.finished.popitem(last=False)
-            if self.holding.pop(old.id, None) is not None:
-                self.drop_output(old)
+            if self.holding and self.holding[0] is old:
+                self.drop_output(self.holding.popleft())
 
     def drop_output(self, task: Task) -> None:
         size = task.out.size if task.out is not None else 0
