@@ -1,8 +1,9 @@
 """Whose the record a call names is, asked before its handler runs (visibility.AgentRule's
-`record`): a team, a workflow, a run, a team's call, a schedule, a task, looked up in the
-services of its domain. A limited caller reaches only its own records; any other is answered
-in the words a record that does not exist is answered with, so that the answer does not tell
-it exists (DESIGN 20). Handlers then look a record up for what it is, never for whose.
+`record`): a task, a team, a team's call, a workflow, a run, a schedule, a session, looked
+up in the services of its domain. A limited caller reaches only its own records; any other
+is answered in the words a record that does not exist is answered with, so that the answer
+does not tell it exists (DESIGN 20). Handlers then look a record up for what it is, never
+for whose.
 """
 
 from __future__ import annotations
