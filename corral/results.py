@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from .askviews import Ask
 from .flowviews import (
     DefinitionDescription,
     DefinitionRevision,
@@ -37,6 +38,8 @@ __all__ = [
     "AgentTaskStats",
     "AgentUsage",
     "AgentsStatusResult",
+    "Ask",
+    "AskList",
     "Attempt",
     "AuditEntry",
     "AuditResult",
@@ -590,6 +593,12 @@ class TaskAccepted(Result):
     output: Any | UnsetType = UNSET
     error: TaskFailure | UnsetType | None = UNSET
     attempts: list[Attempt] | UnsetType = UNSET
+
+
+class AskList(Result):
+    """The inbox's pending asks the caller sees, oldest first (docs/approvals.md)."""
+
+    asks: list[Ask]
 
 
 class TaskList(Result):

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from .askviews import Ask
 from .taskoptions import NO_OPTIONS, TaskOptions
 
 
@@ -139,6 +140,9 @@ class TaskInfo(_TaskHead):
     tenant: str | None = None
     # as its submitter asked (taskoptions.py; the one shared value when none was given)
     options: TaskOptions = msgspec.field(default_factory=lambda: NO_OPTIONS)
+    # what a waiting task waits for: its pending asks (docs/approvals.md); absent when
+    # it waits for none
+    asks: list[Ask] | UnsetType = UNSET
 
 
 def queue_wait(created: float, started: float | None) -> float | None:

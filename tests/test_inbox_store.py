@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from corral import jsonrpc
+from corral.askviews import AskEnd, AskKind
 from corral.daemon.inboxjournal import AsksDB
 from corral.daemon.store import StateStore
 from corral.jsonrpc import RpcError
 from corral.supervisor.stream import Stream
 from corral.supervisor.tasks.inbox import (
     MAX_DECISION_BYTES,
-    AskEnd,
     AskEnded,
-    AskKind,
     AskRequest,
     Decision,
     Inbox,

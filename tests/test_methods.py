@@ -133,6 +133,8 @@ def daemon() -> Iterator[Daemon]:
 [agents.slow]
 command = ["{PY}", "{EXAMPLES}/misbehave.py"]
 env = {{ PYTHONPATH = "{ROOT}" }}
+tools = ["notes__*"]
+approve = ["notes__search"]
 
 [mcp_servers.notes]
 command = ["{PY}", "{EXAMPLES}/notes_server.py"]
@@ -297,6 +299,13 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         held = ask("teams.call", {"name": "ts", "input": {"do": "sleep", "seconds": 30}})
         assert ask("calls.cancel", {"call_id": held.task_id}).status == "cancelled"
         assert ask("teams.remove", {"names": ["tm", "ts"]}).removed == ["tm", "ts"]
+        # a held call's ask (docs/approvals.md), read and decided
+        asking = ask("tasks.submit", {"agent": "slow", "input": {
+            "do": "tools", "tool": "notes__search", "arguments": {"word": "w"}}})
+        [held_ask] = wait_until(lambda: ask("approvals.list").asks, what="an ask")
+        assert ask("approvals.get", {"id": held_ask.id}).task_id == asking.task_id
+        assert ask("approvals.resolve", {"id": held_ask.id, "decision": "denied"}
+                   ).end == "denied"
         # the stream's chunks are notifications; its answer the task as tasks.get's
         assert ask("tasks.stream", {"task_id": ran.task_id}).status == "succeeded"
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})

@@ -56,7 +56,7 @@ def at(status: TaskStatus, retries: int = 0) -> TaskMachine:
         m.restored("running")
         if status is not S.RUNNING:
             m.fire({S.SUCCEEDED: C.ANSWERED, S.FAILED: C.FAILED, S.TIMED_OUT: C.TIMED_OUT,
-                    S.LOST: C.LOST, S.CANCELLED: C.CANCEL}[status])
+                    S.LOST: C.LOST, S.CANCELLED: C.CANCEL, S.WAITING: C.WAIT}[status])
     assert m.status is status
     return m
 
@@ -72,6 +72,16 @@ ROWS: dict[tuple[TaskStatus, TaskCause], TaskStep] = {
     (S.RUNNING, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
     (S.QUEUED, C.DROPPED): TaskStep(S.LOST, ends=True),
     (S.RUNNING, C.RELEASED): TaskStep(S.QUEUED),
+    # a waiting task's attempt is on its worker: it moves as a running one's, and back
+    (S.RUNNING, C.WAIT): TaskStep(S.WAITING),
+    (S.WAITING, C.WAIT): IGNORE,
+    (S.WAITING, C.RESUME): TaskStep(S.RUNNING),
+    (S.WAITING, C.ANSWERED): TaskStep(S.SUCCEEDED, ends=True),
+    (S.WAITING, C.FAILED): TaskStep(S.FAILED, retry=True, ends=True),
+    (S.WAITING, C.TIMED_OUT): TaskStep(S.TIMED_OUT, retry=True, ends=True),
+    (S.WAITING, C.LOST): TaskStep(S.LOST, retry=True, ends=True),
+    (S.WAITING, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
+    (S.WAITING, C.RELEASED): TaskStep(S.QUEUED),
     **{(s, c): IGNORE for s in TERMINAL for c in TaskCause if c is not C.START},
 }
 REFUSED = sorted({(s, c) for s in TaskStatus for c in TaskCause} - set(ROWS))
@@ -79,7 +89,7 @@ REFUSED = sorted({(s, c) for s in TaskStatus for c in TaskCause} - set(ROWS))
 
 def test_the_table_is_the_designs() -> None:
     assert TABLE == ROWS
-    assert len(REFUSED) == 12
+    assert len(REFUSED) == 17
 
 
 @pytest.mark.parametrize(("status", "cause"), sorted(ROWS))
@@ -90,8 +100,9 @@ def test_every_row_moves_a_task_as_it_says(status: TaskStatus, cause: TaskCause)
     assert step == row
     assert m.status is (row.target or status)
     assert m.retries_left == 3  # only a retry spends one
-    assert (m.queued, m.running, m.ended) == (
-        m.status is S.QUEUED, m.status is S.RUNNING, m.status in TERMINAL)
+    assert (m.queued, m.running, m.waiting, m.ended) == (
+        m.status is S.QUEUED, m.status in (S.RUNNING, S.WAITING), m.status is S.WAITING,
+        m.status in TERMINAL)
 
 
 @pytest.mark.parametrize(("status", "cause"), REFUSED)
@@ -106,10 +117,13 @@ def test_every_pair_not_in_the_table_is_refused_and_changes_nothing(
 
 def test_the_refused_pairs_are_the_bugs() -> None:
     """An attempt's end on a task with none running, a start of a running or finished
-    task, a drop of a running one (a drop is of waiting tasks): each a bug in corral."""
+    task, a drop of a running one (a drop is of queued tasks), a wait or a resume of a
+    task with no attempt on a worker, a resume of one not waiting: each a bug in corral."""
     assert set(REFUSED) == {
-        *((S.QUEUED, c) for c in (C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST, C.RELEASED)),
-        (S.RUNNING, C.START), (S.RUNNING, C.DROPPED),
+        *((S.QUEUED, c) for c in (C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST, C.RELEASED,
+                                  C.WAIT, C.RESUME)),
+        (S.RUNNING, C.START), (S.RUNNING, C.DROPPED), (S.RUNNING, C.RESUME),
+        (S.WAITING, C.START), (S.WAITING, C.DROPPED),
         *((s, C.START) for s in TERMINAL)}
 
 
@@ -350,9 +364,6 @@ STATUS_ALLOWED: dict[tuple[str, str], str] = {
         "a drain report's wire rows, shown",
     ("daemon/taskjournal.py", 'not_before=not_before if status == "queued" else None,'):
         "a journal row read back",
-    ("daemon/tasks/local.py",
-     'was_running = {r.task_id for r in records if r.status == "running"}'):
-        "the journal's records, counted for the recovery's report",
     ("daemon/tasks/local.py", 'lost = sum(1 for t in tasks if t.status == "lost")'):
         "the recovery's report",
     ("daemon/tasks/local.py",

@@ -19,6 +19,7 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
+from corral.askviews import AskKind
 from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.gatewayaccess import Identity
@@ -29,6 +30,7 @@ from corral.methods import REGISTRY
 from corral.supervisor import State
 from corral.supervisor.config import TenantSpec
 from corral.supervisor.configload import load_config
+from corral.supervisor.tasks.inbox import AskRequest
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
@@ -580,7 +582,8 @@ async def test_the_operators_view_of_a_tenant_is_the_tenants_own(tmp_path: Path)
 
 
 def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
-           call_b: str = "", ghost_call: str = "") -> dict[str, tuple[str, Any, Any]]:
+           call_b: str = "", ghost_call: str = "", ask_b: str = "", ghost_ask: str = ""
+           ) -> dict[str, tuple[str, Any, Any]]:
     """Every method, tried by tenant a's caller on tenant b's objects: (how it must
     answer, params naming b's object, the same naming one that does not exist).
     `missing`: as the nonexistent one, word for word; `forbidden`: not a tenant's
@@ -701,6 +704,12 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
         "calls.list": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
         "calls.get": ("missing", {"call_id": call_b}, {"call_id": ghost_call}),
         "calls.cancel": ("missing", {"call_id": call_b}, {"call_id": ghost_call}),
+        # an ask is its task's tenant's (docs/approvals.md): b's reads as none, and
+        # cannot be decided
+        "approvals.list": ("listing", {}, None),
+        "approvals.get": ("missing", {"id": ask_b}, {"id": ghost_ask}),
+        "approvals.resolve": ("missing", {"id": ask_b, "decision": "approved"},
+                              {"id": ghost_ask, "decision": "approved"}),
     }
 
 
@@ -719,12 +728,18 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         ghost_run = b_run[:-4] + ("0000" if not b_run.endswith("0000") else "1111")
         b_call = (await call(d, "teams.call", {"name": B + "t", "wait": 30})).task_id
         ghost_call = b_call[:-4] + ("0000" if not b_call.endswith("0000") else "1111")
+        # b's task asks a person (as its held tool call would: docs/approvals.md)
+        b_ask = (await d.services.task_engine.inbox.ask(AskRequest(
+            AskKind.APPROVAL, "b", b_task, 1, B, "tool:x",
+            {"tool": f"{BS}__add", "arguments": {}}))).id
+        ghost_ask = b_ask[:-4] + ("0000" if not b_ask.endswith("0000") else "1111")
         # a token of tenant a, with every scope (admin too): the tenant bounds it still
         _, token = await tokens_of(d.services.store).create(
             "ta", sorted(m.SCOPES), None, None, "a")
         a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
 
-        table = probes(b_task, ghost_task, b_run, ghost_run, b_call, ghost_call)
+        table = probes(b_task, ghost_task, b_run, ghost_run, b_call, ghost_call, b_ask,
+                       ghost_ask)
         assert set(table) == set(REGISTRY), "a new method: say how a tenant sees it"
         tried = []
         for method, (kind, on_b, on_ghost) in table.items():
@@ -733,7 +748,7 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                 g_code, g_text = await refused(d, a, method, on_ghost)
                 assert code == g_code == jsonrpc.NOT_FOUND, (method, text)
                 named = {GHOST: B, GHOST_S: BS, ghost_task: b_task, ghost_run: b_run,
-                         ghost_call: b_call}
+                         ghost_call: b_call, ghost_ask: b_ask}
                 for ghost, real in named.items():
                     g_text = g_text.replace(ghost, real)
                 assert text == g_text, method
@@ -779,6 +794,8 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert [s.name for s in (await call(d, "schedules.list", {}, a)).schedules] == ["a1"]
         assert [r.run_id for r in (await call(d, "runs.list", {})).runs] == [b_run]
         assert [t.name for t in (await call(d, "tenants.list", {}, a)).tenants] == ["a"]
+        assert (await call(d, "approvals.list", {}, a)).asks == []
+        assert [k.id for k in (await call(d, "approvals.list", {})).asks] == [b_ask]
         assert {s["name"] for s in (await call(d, "mcp.status", {}, a)).mcp_servers} <= {
             "aserv", "common"}
         tools = await call(d, "tools.list", {}, a)

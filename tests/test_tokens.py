@@ -94,8 +94,8 @@ async def test_a_token_is_shown_once_kept_as_a_hash_expires_and_is_revoked(
         assert await refused(d, SOCKET, "tokens.create", {"name": "x", "scopes": [
             "agents:read", "root"]}) == (
             jsonrpc.INVALID_PARAMS, "unknown scope root (known: admin, agents:read, "
-            "agents:write, audit:read, events, logs:read, mcp:call, metrics:read, "
-            "tasks:read, tasks:run)")
+            "agents:write, approvals, audit:read, events, logs:read, mcp:call, "
+            "metrics:read, tasks:read, tasks:run)")
         assert await refused(d, SOCKET, "tokens.create", {"name": "x", "scopes": []}) == (
             jsonrpc.INVALID_PARAMS, "name at least one scope")
         assert await refused(d, SOCKET, "tokens.create", {"name": "a b", "scopes": [

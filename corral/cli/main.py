@@ -11,6 +11,7 @@ this module imports every one of them.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (imported for the commands they register)
+    approvals,
     cluster,
     daemon,
     events,

@@ -13,6 +13,7 @@ import click
 import msgspec
 
 from .. import methods as m
+from ..askviews import what_it_asks
 from ..taskoptions import TaskFilters, TaskOptions
 from .app import Ctx, command, complete_agents, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
@@ -293,6 +294,8 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
     if res.waiting is not None:
         click.echo(f"waiting: {res.waiting}")
+    for ask in res.asks if isinstance(res.asks, list) else ():
+        click.echo(f"waiting for: {what_it_asks(ask)} (ask {ask.id})")
     for key, val in msgspec.to_builtins(res.options).items():  # as its submitter asked
         if key in m.TaskInfo.__struct_fields__:
             continue  # (shown above, as the task has it)

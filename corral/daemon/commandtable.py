@@ -6,6 +6,7 @@ from __future__ import annotations
 from . import (
     accesshandlers,
     agenthandlers,
+    approvalhandlers,
     daemonhandlers,
     eventhandlers,
     gatewayhandlers,
@@ -30,4 +31,4 @@ HANDLERS: Handlers[Services] = Handlers(
     eventhandlers.COMMANDS, mcphandlers.COMMANDS, nodehandlers.COMMANDS,
     tenanthandlers.COMMANDS, loghandlers.COMMANDS, packagehandlers.COMMANDS,
     accesshandlers.COMMANDS, gatewayhandlers.COMMANDS, schedulehandlers.COMMANDS,
-    teamhandlers.COMMANDS, workflowhandlers.COMMANDS)
+    teamhandlers.COMMANDS, workflowhandlers.COMMANDS, approvalhandlers.COMMANDS)

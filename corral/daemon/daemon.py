@@ -38,6 +38,7 @@ from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import Transition
+from ..supervisor.tasks.approvals import Approvals
 from ..supervisor.teams.tools import LeaderTools
 from . import startup as part
 from .api import Dispatcher
@@ -315,8 +316,10 @@ class Daemon:
         tracer = traces.tracer if traces is not None else None
         # the task path's interceptors, the outermost first (tasks/interceptors.py): a
         # leader's call of a member is inside the leader's span, the member's task its child
+        # approvals (docs/approvals.md) inside the span, around a leader's members too
         sup, queue = part.engine(conf, self.spared, self.taken,
-                                 [i for i in (tracer, leaders) if i is not None])
+                                 [i for i in (tracer, Approvals(), leaders)
+                                  if i is not None])
         parts = sup.parts
         audit = Audit(hub)
         dispatcher = part.dispatcher(audit)

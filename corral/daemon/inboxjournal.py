@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..supervisor.tasks.inbox import Ask, AskEnd, AskKind
+from ..askviews import Ask, AskEnd, AskKind
 from .store import StateStore
 from .storeschema import errors_named
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
+from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
 from ..supervisor.workflows import WorkflowError, compile_workflow
 from .caller import Caller
@@ -41,6 +42,9 @@ class Holders(Protocol):
 
     @property
     def sessions(self) -> Sessions: ...
+
+    @property
+    def task_engine(self) -> TaskManager: ...
 
     @property
     def agents(self) -> Agents: ...
@@ -121,6 +125,18 @@ def task(field: str) -> Record:
             mine = spec is None or caller.owns(spec.agents, d.teams.tenant_of(info.agent))
         if not (mine and sees_task(caller, info)):
             raise jsonrpc.not_found("task", task_id)
+
+    return check
+
+
+def ask(field: str) -> Record:
+    """An ask of the inbox named by its id: its task's, of the tenant the task's agent
+    was of when it was accepted (sees_task; docs/approvals.md)."""
+    async def check(d: Holders, params: Any, caller: Caller) -> None:
+        ask_id = getattr(params, field)
+        found = d.task_engine.inbox.get(ask_id)
+        if found is None or not sees_task(caller, found):
+            raise jsonrpc.not_found("ask", ask_id)
 
     return check
 

@@ -262,6 +262,11 @@ def _tasks_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, tasks=[t for t in result.tasks if sees_task(caller, t)])
 
 
+def _asks_filter(result: Any, caller: Caller) -> Any:
+    # an ask is its task's: its tenant's and its agent's (docs/approvals.md)
+    return _replace(result, asks=[a for a in result.asks if sees_task(caller, a)])
+
+
 def _workflows_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, workflows=[w for w in result.workflows
                                        if caller.owns(w.agents, w.tenant)])
@@ -372,6 +377,9 @@ RULES: dict[str, AgentRule] = {
     "task": AgentRule(_nothing, record=records.task("task_id")),
     "tasks": AgentRule(_AGENT_PARAM, filter=_tasks_filter,
                        record=records.task_agent("agent")),
+    # an ask of the inbox is its task's (docs/approvals.md)
+    "asks": AgentRule(_nothing, filter=_asks_filter),
+    "ask": AgentRule(_nothing, record=records.ask("id")),
     # a record the params name (records.py): a workflow, a team, a schedule and their
     # runs are a limited caller's when all their agents are; a session when it is the
     # caller's record (decision 440)

@@ -21,6 +21,7 @@ answers to these types.
 from ..results import *
 from .access import *
 from .agents import *
+from .approvals import *
 from .calls import *
 from .cluster import *
 from .daemon import *

@@ -21,7 +21,8 @@ import msgspec
 
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
-                    "events", "mcp:call", "metrics:read", "audit:read", "admin"})
+                    "events", "mcp:call", "metrics:read", "audit:read", "approvals",
+                    "admin"})
 
 # the notification that cancels a request in flight on the control socket
 CANCEL = "request.cancel"

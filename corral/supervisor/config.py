@@ -284,6 +284,14 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # a task's live output (`task/output`, docs/streams.md) past this many bytes is not
     # kept, and its stream says so (0: no bound)
     max_stream_bytes: NonNegInt = STREAM_BYTES
+    # approvals (docs/approvals.md): its tasks' tool calls matching one of `approve`
+    # (patterns of SERVER__TOOL) wait for a person's decision, at most approve_timeout
+    # seconds (0: no deadline); a denial, and a timeout, is a tool error the agent sees
+    # ("error") or fails the task ("fail")
+    approve: list[str] = []
+    approve_timeout: NonNeg = 3600.0
+    on_deny: Literal["error", "fail"] = "error"
+    on_timeout: Literal["error", "fail"] = "error"
     # code-first orchestration (task/spawn, docs/workflows.md#spawn): the agents (globs)
     # its tasks may start children of, how deep children may spawn, how many per task
     spawns: list[str] = []
@@ -648,6 +656,9 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # max_stream_bytes), and its unfinished tasks together (supervisor/tasks/output.py)
     max_stream_bytes: NonNegInt = 0
     max_stream_journal_bytes: NonNegInt = 0
+    # tool calls of its agents' tasks that wait for a person besides their agent's own
+    # `approve` (docs/approvals.md): an agent's table cannot take these away
+    approve: list[str] = []
 
     def check(self) -> None:
         if self.dir is not None and not os.path.isabs(self.dir):

@@ -21,6 +21,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
 from ...supervisor.tasks import (
     LOST_IN_RESTART,
+    ON_WORKER,
     Task,
     TaskFinished,
     TaskManager,
@@ -57,7 +58,7 @@ class LocalFront:
         task is accepted before the journal's are back, queued after theirs."""
         tasks = self.engine.restore(records)
         if tasks:
-            was_running = {r.task_id for r in records if r.status == "running"}
+            was_running = {r.task_id for r in records if r.status in ON_WORKER}
             lost = sum(1 for t in tasks if t.status == "lost")
             retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
             self.report(f"task journal: {plural(len(tasks), 'unfinished task')} recovered: "

@@ -36,7 +36,7 @@ from .model import LOST_IN_RESTART, AttemptEnded, Task, TaskFinished, TaskProgre
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .taskmachine import TERMINAL, TaskStatus
+from .taskmachine import ON_WORKER, TERMINAL, TaskStatus
 
 __all__ = [
     "CANCEL_GRACE",
@@ -45,6 +45,7 @@ __all__ = [
     "LATENCY_WINDOW",
     "LOST_IN_RESTART",
     "MAX_INPUT_BYTES",
+    "ON_WORKER",
     "TERMINAL",
     "AgentTasks",
     "Attempt",

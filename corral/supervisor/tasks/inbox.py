@@ -19,7 +19,6 @@ ask by its name. The store is the daemon's state database (daemon/inboxjournal.p
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 import time
@@ -29,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 
 from ... import jsonrpc
+from ...askviews import Ask, AskEnd, AskKind
 from ...jsonrpc import RpcError
 from ...text import iso_time
 from ..stream import Stream
@@ -45,54 +45,11 @@ MAX_PENDING_PER_TENANT = 1_000
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
 
 
-class AskKind(enum.StrEnum):
-    APPROVAL = "approval"
-    QUESTION = "question"
-
-
-class AskEnd(enum.StrEnum):
-    """How an ask ended; the values are the wire's and the database's."""
-
-    APPROVED = "approved"
-    DENIED = "denied"
-    ANSWERED = "answered"
-    TIMED_OUT = "timed_out"
-    WITHDRAWN = "withdrawn"  # its task ended while it waited
-
-
 # the ends a person decides, by the kind of ask they decide
 DECIDED = {AskKind.APPROVAL: frozenset({AskEnd.APPROVED, AskEnd.DENIED}),
            AskKind.QUESTION: frozenset({AskEnd.ANSWERED, AskEnd.DENIED})}
 # who ends an ask when no person does
 CORRAL = "corral"
-
-
-class Ask(msgspec.Struct, kw_only=True):
-    """An ask's record. `subject` is what it asks: an approval's {"tool": NAME,
-    "arguments": {...}} or {"model": NAME, "cost": USD}; a question's {"prompt": TEXT,
-    "schema": {...}}. Once ended: `end`, `ended` (wall time), `by` (who decided: a token's
-    caller, a socket peer, or "corral") and `data` (an approval's edited arguments as
-    {"arguments": {...}}, a denial's {"reason": TEXT}, a question's answer), the
-    subject's originals kept as they were."""
-
-    id: str
-    kind: AskKind
-    tenant: str | None
-    task_id: str
-    attempt: int
-    agent: str
-    key: str
-    subject: dict[str, Any]
-    created: float
-    deadline: float | None = None
-    end: AskEnd | None = None
-    ended: float | None = None
-    by: str | None = None
-    data: Any = None
-
-    @property
-    def pending(self) -> bool:
-        return self.end is None
 
 
 class AskRequest(NamedTuple):

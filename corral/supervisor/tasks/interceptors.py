@@ -14,13 +14,16 @@ span of a leader's call to a member the parent of the member's task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
+    from ...askviews import Ask
+    from ...taskviews import TaskFailure
     from ..replica import Replica
     from ..stream import Stream
+    from .inbox import AskRequest
     from .model import Task
 
 In = TypeVar("In")
@@ -66,10 +69,15 @@ class StepReplay(NamedTuple):
 
 class TaskPath(NamedTuple):
     """What an interceptor may read of the engine it is given to (`bind`): the tasks in
-    flight by id, and the engine's event stream."""
+    flight by id, the engine's event stream, and how a call of a running task asks a
+    person and waits (the task `waiting` meanwhile: TaskManager.ask_person)."""
 
     active: Mapping[str, Task]
     stream: Stream
+    ask_person: Callable[[AskRequest], Awaitable[Ask]]
+    # a running task's attempt failed from outside its worker (a denied call whose
+    # policy fails the task): ended (or retried) and its worker asked to stop it
+    fail_task: Callable[[Task, TaskFailure], None]
 
 
 class TaskInterceptor:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ... import jsonrpc
+from ...askviews import Ask
 from ...jsonrpc import RpcError
 from ...taskoptions import (
     AGENTS_RETRY,
@@ -61,7 +62,7 @@ from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .ids import new_ids
-from .inbox import Inbox
+from .inbox import AskRequest, Inbox
 from .interceptors import (
     NO_INTERCEPTORS,
     Interceptors,
@@ -81,7 +82,14 @@ from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
 from .stepjournal import StepJournal
-from .taskmachine import AttemptOutcome, TaskCause, TaskStatus, TaskStep, cancelled
+from .taskmachine import (
+    AttemptOutcome,
+    TaskCause,
+    TaskStatus,
+    TaskStep,
+    cancelled,
+    failed_outside,
+)
 from .worker import WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -156,7 +164,8 @@ class TaskManager:
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
         self.inbox = Inbox(self.stream)
         self.questions = Questions(self)  # task/ask: a question for a person (questions.py)
-        interceptors.bind(TaskPath(self.active, self.stream))
+        interceptors.bind(TaskPath(self.active, self.stream, self.ask_person,
+                                   self.fail_task))
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
@@ -439,6 +448,40 @@ class TaskManager:
         self.record(task)
         self.queue.put(task)
         self.dispatch.pump(agent.name)
+
+    # -- a person in the loop (inbox.py, docs/approvals.md) ---------------------------------
+    async def ask_person(self, req: AskRequest) -> Ask:
+        """A call of the running task `req.task_id` asks a person: the task waits
+        (`waiting`, journaled) until the ask ends, then runs on; the ask as it ended. The
+        ask its task made before for the same call (a retry's) is given back, at once
+        when it has ended."""
+        task = self.active.get(req.task_id)
+        if task is None or not task.running:
+            raise RpcError(jsonrpc.CONFLICT, f"task {req.task_id} is not running: only a "
+                                             f"running task's call asks a person")
+        ask = await self.inbox.ask(req)
+        if not ask.pending:
+            return ask
+        if task.running:  # (still, after the ask's commit)
+            task.fire(TaskCause.WAIT)
+            self.record(task)
+        try:
+            return await self.inbox.wait(ask)
+        finally:
+            if task.waiting and not self.inbox.waiting_for(task.id):
+                task.fire(TaskCause.RESUME)
+                self.record(task)
+
+    def fail_task(self, task: Task, error: TaskFailure) -> None:
+        """The running task's attempt fails from outside its worker (TaskPath.fail_task):
+        ended failed, or retried as its policy says once its worker has stopped it."""
+        if not task.running or task.replica is None:
+            return
+        attempt, replica = task.attempts[-1], task.replica
+        self.dispatch.deadlines.discard(task, task.timeout)
+        if self.ended(task, failed_outside(attempt, error)).retried:
+            self.retry(task)
+        self.dispatch.stop_attempt(task, replica, attempt, "failed by its approval policy")
 
     # -- a task's end ---------------------------------------------------------------------
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
@@ -725,6 +768,8 @@ class TaskManager:
             shown = task.info()
             if task.queued:
                 shown.waiting = self.why_waiting(task)
+            elif task.waiting:
+                shown.asks = self.inbox.waiting_for(task.id)
             return shown
         info = await self.journal.load(task_id) if self.journal is not None else None
         if info is None:

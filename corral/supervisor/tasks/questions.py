@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from ... import jsonrpc
+from ...askviews import Ask, AskEnd, AskKind
 from ...jsonrpc import RpcError
 from ...workerproto import MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
 from ..workercalls import on_request
-from .inbox import Ask, AskEnd, AskKind, AskRequest, Inbox
+from .inbox import AskRequest, Inbox
 from .model import Task
 from .steps import RESERVED, TaskSteps
 from .worker import WorkerMethods

@@ -9,6 +9,10 @@ cluster's Lua (cluster/scripts.py) keeps the same table for a task's record in R
 held to it by tests/cluster/test_task_machine_lua.py. It reads:
 
     queued -start-> running -answered-> succeeded
+    running -wait (a call of it asks a person: inbox.py)-> waiting -resume (what it asked
+        has ended: approved, denied, answered, timed out)-> running; a waiting task's
+        attempt is still on its worker, and every other cause moves it as a running one's
+    waiting -wait (a second call of the attempt asks too)-> no change
     running -failed / timed out / lost-> queued: a retry, when the task's policy names
         the outcome and a retry is left (one is spent)
     running -failed / timed out / lost-> failed / timed_out / lost: no retry
@@ -41,6 +45,7 @@ class TaskStatus(enum.StrEnum):
 
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # running, a call of it held for a person (an approval, a question)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
@@ -51,7 +56,9 @@ class TaskStatus(enum.StrEnum):
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT,
                       TaskStatus.CANCELLED, TaskStatus.LOST})
 # the statuses a journal gives back after a restart (a finished task is not restored)
-UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING})
+# the statuses of a task whose attempt is on a worker
+ON_WORKER = frozenset({TaskStatus.RUNNING, TaskStatus.WAITING})
 
 
 class TaskCause(enum.StrEnum):
@@ -65,6 +72,8 @@ class TaskCause(enum.StrEnum):
     CANCEL = "cancel"  # someone cancelled it (or its worker answered that it did)
     DROPPED = "dropped"  # its agent will not run it (failed, down, gone)
     RELEASED = "released"  # a cluster node gave its claim back: nothing of it failed
+    WAIT = "wait"  # a call of its attempt waits for a person (inbox.py)
+    RESUME = "resume"  # what it waited for has ended
 
 
 S = TaskStatus
@@ -97,14 +106,18 @@ def _table() -> dict[tuple[TaskStatus, TaskCause], TaskStep]:
                 assert (s, c) not in t, (s, c)
                 t[s, c] = step
 
+    on_worker = sorted(ON_WORKER)
     rows([S.QUEUED], [C.START], TaskStep(S.RUNNING))
-    rows([S.RUNNING], [C.ANSWERED], TaskStep(S.SUCCEEDED, ends=True))
-    rows([S.RUNNING], [C.FAILED], TaskStep(S.FAILED, retry=True, ends=True))
-    rows([S.RUNNING], [C.TIMED_OUT], TaskStep(S.TIMED_OUT, retry=True, ends=True))
-    rows([S.RUNNING], [C.LOST], TaskStep(S.LOST, retry=True, ends=True))
-    rows([S.QUEUED, S.RUNNING], [C.CANCEL], TaskStep(S.CANCELLED, ends=True))
+    rows(on_worker, [C.ANSWERED], TaskStep(S.SUCCEEDED, ends=True))
+    rows(on_worker, [C.FAILED], TaskStep(S.FAILED, retry=True, ends=True))
+    rows(on_worker, [C.TIMED_OUT], TaskStep(S.TIMED_OUT, retry=True, ends=True))
+    rows(on_worker, [C.LOST], TaskStep(S.LOST, retry=True, ends=True))
+    rows([S.QUEUED, *on_worker], [C.CANCEL], TaskStep(S.CANCELLED, ends=True))
     rows([S.QUEUED], [C.DROPPED], TaskStep(S.LOST, ends=True))
-    rows([S.RUNNING], [C.RELEASED], TaskStep(S.QUEUED))
+    rows(on_worker, [C.RELEASED], TaskStep(S.QUEUED))
+    rows([S.RUNNING], [C.WAIT], TaskStep(S.WAITING))
+    rows([S.WAITING], [C.WAIT], IGNORE)
+    rows([S.WAITING], [C.RESUME], TaskStep(S.RUNNING))
     # a task has one outcome: what comes after it changes nothing (never a start: a
     # finished task is in no queue)
     rows(sorted(TERMINAL), sorted(set(TaskCause) - {C.START}), IGNORE)
@@ -177,8 +190,13 @@ class TaskMachine:
 
     @property
     def running(self) -> bool:
-        """An attempt of it runs on a worker."""
-        return self.status is TaskStatus.RUNNING
+        """An attempt of it runs on a worker (waiting for a person, or not)."""
+        return self.status in ON_WORKER
+
+    @property
+    def waiting(self) -> bool:
+        """A call of its attempt waits for a person."""
+        return self.status is TaskStatus.WAITING
 
     @property
     def ended(self) -> bool:
@@ -236,6 +254,13 @@ def timed_out(attempt: Attempt, timeout: float) -> AttemptOutcome:
     attempt.outcome = S.TIMED_OUT
     return AttemptOutcome(C.TIMED_OUT, TaskFailure(jsonrpc.REQUEST_TIMEOUT,
                                              f"task timed out after {timeout:g} s"))
+
+
+def failed_outside(attempt: Attempt, error: TaskFailure) -> AttemptOutcome:
+    """A running attempt failed from outside its worker (a denied call whose policy
+    fails the task: approvals.py); its worker is then asked to stop it."""
+    attempt.outcome, attempt.error = S.FAILED, error.message
+    return AttemptOutcome(C.FAILED, error)
 
 
 def cancelled(attempt: Attempt) -> None:

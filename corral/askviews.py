@@ -1,0 +1,65 @@
+"""What an ask of the inbox looks like from outside the engine (docs/approvals.md): its
+record, as the engine keeps it, the state database stores it and the control methods,
+the CLI and the HTTP API show it. Plain Structs, nothing of the engine: the CLI imports
+this module."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+
+class AskKind(enum.StrEnum):
+    APPROVAL = "approval"
+    QUESTION = "question"
+
+
+class AskEnd(enum.StrEnum):
+    """How an ask ended; the values are the wire's and the database's."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    ANSWERED = "answered"
+    TIMED_OUT = "timed_out"
+    WITHDRAWN = "withdrawn"  # its task ended while it waited
+
+
+class Ask(msgspec.Struct, kw_only=True):
+    """An ask's record. `subject` is what it asks: an approval's {"tool": NAME,
+    "arguments": {...}} or {"model": NAME, "cost": USD}; a question's {"prompt": TEXT,
+    "schema": {...}}. Once ended: `end`, `ended` (wall time), `by` (who decided: a token's
+    caller, a socket peer, or "corral") and `data` (an approval's edited arguments as
+    {"arguments": {...}}, a denial's {"reason": TEXT}, a question's answer), the
+    subject's originals kept as they were."""
+
+    id: str
+    kind: AskKind
+    tenant: str | None
+    task_id: str
+    attempt: int
+    agent: str
+    key: str
+    subject: dict[str, Any]
+    created: float
+    deadline: float | None = None
+    end: AskEnd | None = None
+    ended: float | None = None
+    by: str | None = None
+    data: Any = None
+
+    @property
+    def pending(self) -> bool:
+        return self.end is None
+
+
+def what_it_asks(ask: Ask) -> str:
+    """One line a person reads: `approval of fs__write_file {"path": ...}`."""
+    s = ask.subject
+    if ask.kind is AskKind.QUESTION:
+        return f"question: {s.get('prompt')}"
+    if "tool" in s:
+        return (f"approval of {s['tool']} "
+                f"{msgspec.json.encode(s.get('arguments', {})).decode()}")
+    return f"approval of a call to model {s.get('model')} (est. ${s.get('cost', 0):.4f})"

@@ -1,0 +1,98 @@
+"""`corral approvals`: the pending asks (approvals, questions) the caller may decide;
+`show ID`, and `approve ID [--args JSON]`, `deny ID [--reason TEXT]`, `answer ID --data
+JSON`, each a decision of one ask (approvals.resolve; docs/approvals.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .. import methods as m
+from ..askviews import Ask, what_it_asks
+from .app import Ctx, command, command_group, doc, json_option, pass_ctx
+from .render import print_json, stamp, table
+
+
+@command_group(m.ApprovalsList)
+@json_option
+@pass_ctx
+@click.pass_context
+def approvals(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    res: m.AskList = obj.call(m.ApprovalsList())
+    if as_json:
+        print_json(res)
+        return
+    table([[a.id, a.kind, a.task_id, a.agent, a.tenant or "-", stamp(a.created),
+            stamp(a.deadline) if a.deadline is not None else "-", what_it_asks(a)]
+           for a in res.asks],
+          ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
+
+
+def _shown(ask: Ask, as_json: bool) -> None:
+    if as_json:
+        print_json(ask)
+        return
+    click.echo(f"ask {ask.id}: {ask.kind} of task {ask.task_id} ({ask.agent}): "
+               f"{what_it_asks(ask)}")
+    if ask.end is None:
+        click.echo("pending" + (f" until {stamp(ask.deadline)}" if ask.deadline else ""))
+        return
+    said = f"{ask.end} by {ask.by} at {stamp(ask.ended or 0)}"
+    click.echo(said + (f": {json.dumps(ask.data)}" if ask.data is not None else ""))
+
+
+@command(m.ApprovalsGet)
+@click.argument("ask_id")
+@json_option
+@pass_ctx
+def approvals_show(obj: Ctx, ask_id: str, as_json: bool) -> None:
+    _shown(obj.call(m.ApprovalsGet(id=ask_id)), as_json)
+
+
+def _json(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"{option}: not JSON: {exc}") from None
+
+
+def _decide(obj: Ctx, p: m.ApprovalsResolve, as_json: bool) -> None:
+    _shown(obj.call(p), as_json)
+
+
+@approvals.command("approve", help=doc(m.ApprovalsResolve))
+@click.argument("ask_id")
+@click.option("--args", "arguments", metavar="JSON",
+              help="The arguments the call runs with, in place of those it asked with.")
+@json_option
+@pass_ctx
+def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: bool) -> None:
+    edited = _json(arguments, "--args") if arguments is not None else None
+    if edited is not None and not isinstance(edited, dict):
+        raise click.UsageError("--args: the arguments are a JSON object")
+    _decide(obj, m.ApprovalsResolve(id=ask_id, decision="approved", arguments=edited),
+            as_json)
+
+
+@approvals.command("deny", help=doc(m.ApprovalsResolve))
+@click.argument("ask_id")
+@click.option("--reason", help="Why: the agent is told it with the tool's error.")
+@json_option
+@pass_ctx
+def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> None:
+    _decide(obj, m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason), as_json)
+
+
+@approvals.command("answer", help=doc(m.ApprovalsResolve))
+@click.argument("ask_id")
+@click.option("--data", "data", metavar="JSON", required=True,
+              help="The answer, valid by the question's schema.")
+@json_option
+@pass_ctx
+def approvals_answer(obj: Ctx, ask_id: str, data: str, as_json: bool) -> None:
+    _decide(obj, m.ApprovalsResolve(id=ask_id, decision="answered",
+                                    answer=_json(data, "--data")), as_json)

@@ -1,0 +1,132 @@
+"""Approvals: a task's tool calls that the policy names wait for a person (DESIGN section
+23, docs/approvals.md), an interceptor of the task path (interceptors.py) so that every
+call a task makes live passes it: the worker's `tools/call` and the gateway's calls
+attributed to the task alike; a call answered from the task's step journal ran before,
+approved, and is not asked again.
+
+The policy is the agent's `approve` (patterns of SERVER__TOOL) and its tenant's, which an
+agent's table cannot take away; `approve_timeout`, `on_deny` and `on_timeout` are the
+agent's. An approved call runs once with the arguments the person approved (edited, or
+the originals); a denied or timed-out one is a tool error the agent sees (`isError`), or
+fails the task, as the policy says. Each call's ask is keyed by its tool, its arguments'
+hash and how many such calls came before it in the attempt, so that a retried attempt
+making the same calls finds the same asks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ... import jsonrpc
+from ...askviews import Ask, AskEnd, AskKind
+from ...jsonrpc import RpcError
+from ...mcp.pool import allowed
+from ...taskviews import TaskFailure
+from .inbox import AskRequest
+from .interceptors import TaskInterceptor, TaskPath, ToolCall
+from .steps import args_hash
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+    from .model import Task
+
+
+class ApprovalPolicy(NamedTuple):
+    """What a replica's agent (and its tenant) say of its tasks' tool calls."""
+
+    patterns: list[str]
+    timeout: float | None
+    on_deny: str
+    on_timeout: str
+
+
+def policy_of(r: Replica, tenant: str | None) -> ApprovalPolicy | None:
+    """None when no call of the replica's tasks waits for a person."""
+    spec = r.spec
+    own: list[str] = getattr(spec, "approve", [])
+    held = r.host.tenant_spec(tenant) if tenant is not None else None
+    patterns = [*own, *(held.approve if held is not None else ())]
+    if not patterns:
+        return None
+    timeout = getattr(spec, "approve_timeout", 0.0)
+    return ApprovalPolicy(patterns, timeout or None, getattr(spec, "on_deny", "error"),
+                          getattr(spec, "on_timeout", "error"))
+
+
+def tool_error(text: str) -> dict[str, Any]:
+    """A tools/call result the agent reads as the tool's error (MCP's isError)."""
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+class Approvals(TaskInterceptor):
+    """The approval policy applied to every live tool call of a task."""
+
+    def __init__(self) -> None:
+        self._path: TaskPath | None = None
+        # task id -> (its attempt, how many calls of each (tool, arguments) it made)
+        self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
+
+    def bind(self, path: TaskPath) -> None:
+        self._path = path
+
+    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        task = call.task
+        if task is None:
+            return next(call)
+        policy = policy_of(call.replica, task.tenant)
+        if policy is None or not allowed(call.name, policy.patterns):
+            return next(call)
+        return self._held(call, task, policy, next)
+
+    def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
+        self._made.pop(task.id, None)
+        next(task)
+
+    def _key(self, task: Task, call: ToolCall) -> str:
+        attempt, made = self._made.get(task.id, (0, Counter()))
+        if attempt != task.attempt:
+            attempt, made = task.attempt, Counter()
+            self._made[task.id] = (attempt, made)
+        h = args_hash(call.arguments)
+        made[call.name, h] += 1
+        return f"tool:{call.name}:{h.hex()}:{made[call.name, h]}"
+
+    async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
+                    next: Callable[[ToolCall], Any]) -> Any:
+        assert self._path is not None  # bound as the engine was made
+        if not task.journal_here:  # its asks would be one node's, lost with it
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"tool call {call.name} waits for a person's approval "
+                           f"(approve), which a cluster's task cannot ask yet: refused "
+                           f"(docs/cluster.md)")
+        ask = await self._path.ask_person(AskRequest(
+            AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
+            self._key(task, call), {"tool": call.name, "arguments": call.arguments},
+            policy.timeout))
+        if ask.end is AskEnd.APPROVED:
+            edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
+            answer = next(call if edited is None else call._replace(arguments=edited))
+            return await answer if inspect.isawaitable(answer) else answer
+        said = _said(ask, call.name, policy)
+        how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
+        if ask.end is AskEnd.WITHDRAWN:
+            raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
+        if how == "fail":
+            self._path.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, said))
+            raise RpcError(jsonrpc.TASK_FAILED, said)
+        return tool_error(said)
+
+
+def _said(ask: Ask, tool: str, policy: ApprovalPolicy) -> str:
+    """What the agent (or the task's error) is told of a call that was not approved."""
+    if ask.end is AskEnd.TIMED_OUT:
+        return (f"tool call {tool} was not approved within {policy.timeout:g} s "
+                f"(approve_timeout; ask {ask.id})")
+    if ask.end is AskEnd.WITHDRAWN:
+        return f"tool call {tool} was not decided before its task ended (ask {ask.id})"
+    reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
+    return (f"tool call {tool} was denied by {ask.by} (ask {ask.id})"
+            + (f": {reason}" if reason else ""))

@@ -1,0 +1,234 @@
+"""Approvals end to end (docs/approvals.md): a real daemon, a real SDK agent
+(examples/misbehave.py) calling a real MCP tool server that counts its calls
+(tests/servers/counting_mcp.py). The call its agent's `approve` names waits for a person:
+the task is `waiting` and says for what; the daemon SIGKILLed meanwhile, the ask is still
+pending after its restart and the task's retry finds it again; approved, the call runs
+once and the task succeeds; denied, the agent reads the tool's error; past
+approve_timeout with on_timeout = "fail", the task fails; every bad decision is refused
+with its message, the ask untouched."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral.daemon.caller import Caller
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, in_process, shared_tmpdir
+from .test_gateway_stdio import wait_until_async
+from .test_tenants import OPERATOR, refused
+
+HERE = Path(__file__).parent
+
+
+def fleet(tmp: Path) -> str:
+    agent = textwrap.dedent(f"""
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["counting__*"]
+        approve = ["counting__bump"]
+        stop_timeout = 10.0
+    """)
+    return (f"[agents.writer]{agent}retries = 1\n\n"
+            f"[agents.hasty]{agent}approve_timeout = 0.5\non_timeout = \"fail\"\n\n"
+            f'[mcp_servers.counting]\ncommand = ["{PY}", "{HERE}/servers/counting_mcp.py", '
+            f'"{tmp}/server-count"]\n')
+
+
+def bump(i: int) -> dict[str, Any]:
+    return {"do": "tools", "tool": "counting__bump", "arguments": {"i": i}}
+
+
+def wait_for(fn: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def counted(tmp: Path) -> list[str]:
+    path = tmp / "server-count"
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, fleet(tmp))
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
+
+
+def pending(d: Daemon) -> list[dict[str, Any]]:
+    asks: list[dict[str, Any]] = d.ask("approvals.list")["asks"]
+    return asks
+
+
+@pytest.mark.deadline(120)
+def test_an_ask_outlives_a_sigkill_and_approved_its_call_runs_once(daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "writer", "input": bump(1)})["task_id"]
+    [ask] = wait_for(lambda: pending(d), "the call's ask")
+    assert (ask["kind"], ask["task_id"], ask["agent"], ask["subject"]) == (
+        "approval", task_id, "writer", {"tool": "counting__bump", "arguments": {"i": 1}})
+    info = wait_for(lambda: (i := d.ask("tasks.get", {"task_id": task_id}))["status"]
+                    == "waiting" and i, "the task waiting")
+    assert [a["id"] for a in info["asks"]] == [ask["id"]]
+    shown = d.cli("task", task_id)
+    assert "status: waiting" in shown.stdout
+    assert (f'waiting for: approval of counting__bump {{"i":1}} (ask {ask["id"]})'
+            in shown.stdout), shown.stdout
+
+    d.stop(signal.SIGKILL)
+    d.start()
+    # the same ask, pending; the task's retry made the same call and waits on it again
+    assert [a["id"] for a in pending(d)] == [ask["id"]]
+    wait_for(lambda: d.ask("tasks.get", {"task_id": task_id})["status"] == "waiting",
+             "the retry waiting on the same ask")
+    assert [a["id"] for a in pending(d)] == [ask["id"]]
+    assert counted(d.dir) == []
+
+    approved = d.cli("approvals", "approve", ask["id"])
+    assert approved.returncode == 0, approved.stderr
+    assert re.search(r"^approved by uid \d+ pid \d+ at ", approved.stdout, re.M), \
+        approved.stdout
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    assert done["output"][0]["content"][0]["text"] == "bumped 1"
+    assert counted(d.dir) == ["1"]
+    assert pending(d) == []
+
+    # a decision replayed is refused, naming how the ask ended
+    again = d.cli("approvals", "deny", ask["id"])
+    assert again.returncode != 0
+    assert re.search(rf"ask {ask['id']} has ended: approved by uid \d+ pid \d+ at ",
+                     again.stderr), again.stderr
+    assert d.ask("approvals.get", {"id": ask["id"]})["end"] == "approved"
+    assert counted(d.dir) == ["1"]
+
+
+@pytest.mark.deadline(120)
+def test_denied_the_agent_reads_the_tools_error_and_timed_out_the_task_fails(
+        daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "writer", "input": bump(2)})["task_id"]
+    [ask] = wait_for(lambda: pending(d), "the call's ask")
+    denied = d.cli("approvals", "deny", ask["id"], "--reason", "not today")
+    assert denied.returncode == 0, denied.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded"
+    [result] = done["output"]
+    assert result["isError"] is True
+    assert re.fullmatch(rf"tool call counting__bump was denied by uid \d+ pid \d+ "
+                        rf"\(ask {ask['id']}\): not today",
+                        result["content"][0]["text"]), result
+
+    hasty = d.ask("tasks.submit", {"agent": "hasty", "input": bump(3)})["task_id"]
+    failed = d.ask("tasks.get", {"task_id": hasty, "wait": True})
+    assert failed["status"] == "failed", failed
+    [timed] = [a for a in [d.ask("approvals.get", {"id": i}) for i in
+                           _asks_of(d, hasty)]]
+    assert (timed["end"], timed["by"]) == ("timed_out", "corral")
+    assert failed["error"]["message"] == (
+        f"tool call counting__bump was not approved within 0.5 s (approve_timeout; "
+        f"ask {timed['id']})")
+    assert counted(d.dir) == []
+
+
+def _asks_of(d: Daemon, task_id: str) -> list[str]:
+    """The ids of a task's asks, from the audit-free record: the state database."""
+    import sqlite3
+
+    db = sqlite3.connect(d.state / "corral.db")
+    try:
+        return [r[0] for r in db.execute("SELECT id FROM asks WHERE task_id = ?",
+                                         (task_id,))]
+    finally:
+        db.close()
+
+
+@pytest.mark.deadline(120)
+def test_bad_decisions_are_refused_with_their_message_and_change_nothing(
+        daemon: Daemon) -> None:
+    d = daemon
+    d.ask("tasks.submit", {"agent": "writer", "input": bump(4)})
+    [ask] = wait_for(lambda: pending(d), "the call's ask")
+    cases = [
+        (("approvals", "approve", "ask-nope"), "no such ask: ask-nope"),
+        (("approvals", "approve", ask["id"], "--args", "{nope"), "--args: not JSON"),
+        (("approvals", "approve", ask["id"], "--args", "[1]"),
+         "--args: the arguments are a JSON object"),
+        (("approvals", "answer", ask["id"], "--data", '"yes"'),
+         f"ask {ask['id']} is an approval: it is approved or denied, not answered"),
+        (("approvals", "approve", ask["id"], "--args",
+          json.dumps({"i": "x" * (64 * 1024)})),
+         "the decision's data is 65558 bytes of JSON, over the bound "
+         "(max_decision_bytes 65536)"),
+        (("approvals", "show", "ask-nope"), "no such ask: ask-nope"),
+    ]
+    for argv, message in cases:
+        r = d.cli(*argv)
+        assert r.returncode != 0, argv
+        assert message in r.stderr, (argv, r.stderr)
+    assert pending(d) == [ask]
+    assert counted(d.dir) == []
+    # approved with edited arguments: the call runs with them, the originals kept
+    r = d.cli("approvals", "approve", ask["id"], "--args", '{"i": 40}')
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: counted(d.dir) == ["40"], "the edited call")
+    ended = d.ask("approvals.get", {"id": ask["id"]})
+    assert ended["subject"]["arguments"] == {"i": 4}
+    assert ended["data"] == {"arguments": {"i": 40}}
+
+
+async def test_a_caller_without_the_approvals_scope_is_refused(tmp_path: Path) -> None:
+    async with in_process(tmp_path, "") as d:
+        reader = Caller(via="http", token="reader", scopes=frozenset({"tasks:read"}))
+        for method, params in (("approvals.list", {}), ("approvals.get", {"id": "a"}),
+                               ("approvals.resolve", {"id": "a", "decision": "denied"})):
+            code, text = await refused(d, reader, method, params)
+            assert (code, text) == (jsonrpc.FORBIDDEN, f"forbidden: {method} needs the "
+                                                       f"approvals scope, which token "
+                                                       f"reader does not hold")
+
+
+async def test_a_tenants_approve_holds_whatever_its_agents_table_says(tmp_path: Path
+                                                                       ) -> None:
+    agents = fleet(tmp_path).replace('approve = ["counting__bump"]\n', "")
+    agents = agents.replace("[agents.writer]", '[agents.writer]\ntenant = "t"', 1).replace(
+        "[mcp_servers.counting]", "[mcp_servers.counting]\nshared = true")
+    tenant = '\n[tenants.t]\napprove = ["counting__*"]\n'
+    async with in_process(tmp_path, agents, tenant) as d:
+        inbox = d.services.task_engine.inbox
+        submitted = await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+            {"agent": "writer", "input": bump(5)}))
+        await wait_until_async(inbox.pending)
+        [ask] = inbox.pending()
+        assert (ask.task_id, ask.tenant, ask.subject["tool"]) == (
+            submitted.task_id, "t", "counting__bump")
+        # an agent of no tenant, without approval of its own: its call runs unasked
+        done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+            {"agent": "hasty", "input": {**bump(6), "tool": "counting__big",
+                                         "arguments": {"kb": 1}}}))
+        assert done.status == "succeeded"
+        await d.dispatcher.call(OPERATOR, "approvals.resolve", {"id": ask.id,
+                                                                 "decision": "denied"})
+        assert counted(tmp_path) == []
