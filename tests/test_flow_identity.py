@@ -93,6 +93,8 @@ async def globex_sees_none_of_acmes(api: Api, run_id: str, call_id: str) -> None
                  {"description": "x"})
     for verb, path, detail in (
             ("GET", f"/runs/{run_id}", f"no such run: {run_id}"),
+            # asked before what the params say of it: not its steps' names
+            ("GET", f"/runs/{run_id}?step=nope", f"no such run: {run_id}"),
             ("POST", f"/runs/{run_id}/cancel", f"no such run: {run_id}"),
             ("GET", f"/tasks/{call_id}?input=true", f"no such task: {call_id}"),
             ("POST", f"/tasks/{call_id}/cancel", f"no such task: {call_id}")):
