@@ -7,7 +7,11 @@ likes (here one on a loopback port, in this loop).
   one and the headers passed back, reaches no agent, task output or journal with it;
 - an agent's model calls in flight hold its slots of `[gateway] max_concurrent` (each
   holds its body, decoded, and its answer in the daemon's memory): one past them is
-  refused naming the bound, before its body is read, and never reaches the upstream."""
+  refused naming the bound, before its body is read, and never reaches the upstream;
+- an agent that hangs up on a stream before its usage is charged the whole answer;
+- (held) an agent naming another tenant's running attempt in its address
+  (`?task=&attempt=`) is answered as an attempt not its own, spends nothing of that
+  task's and never reaches the upstream."""
 
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class Hostile:
         self.url = ""
         self.calls = 0
         self.held = 0
+        self.one_held = asyncio.Event()
         self.two_held = asyncio.Event()
         self.release = asyncio.Event()
         self.streamed = asyncio.Event()  # the first events of a "wait" sent
@@ -62,6 +67,7 @@ class Hostile:
         key = request.headers.get("authorization", "").removeprefix("Bearer ")
         if body["messages"][-1]["content"] == "hold":
             self.held += 1
+            self.one_held.set()
             if self.held == 2:
                 self.two_held.set()
             await self.release.wait()
@@ -232,3 +238,42 @@ async def test_an_agent_that_hangs_up_mid_stream_is_charged_the_whole_answer(
             assert usage is not None and (usage.input_tokens, usage.output_tokens) == (10, 5)
             free = await http.post(url, json=asked("whole")["body"], headers=auth)
             assert free.status == 200, await free.text()
+
+
+async def test_an_address_naming_another_tenants_running_attempt_spends_none_of_it(
+        tmp_path: Path, hostile: Hostile) -> None:
+    """globex's task runs (its call held by the upstream); acme's agent names that
+    attempt in its call's address, with its own token: 404 in OpenAI's words, the same
+    text a task that does not exist gets, the upstream not called, and the usage of
+    globex's task is its own call's alone."""
+    tenants = textwrap.dedent(f"""
+        [tenants.acme]
+        [tenants.globex]
+
+        [agents.theirs]
+        command = ["{PY}", "{HERE}/raw_model_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "globex"
+    """)
+    toml = fleet(hostile).replace("retries = 1", 'retries = 1\ntenant = "acme"') + \
+        "shared = true\n" + tenants
+    async with in_process(tmp_path, toml) as d:
+        theirs = d.sup.tasks.submit("theirs", {"calls": [asked("hold")]},
+                                    TaskOptions(timeout=60))
+        await asyncio.wait_for(hostile.one_held.wait(), 30)
+        forged = {**asked("spend theirs"), "path": f"{CHAT}?task={theirs.id}&attempt=1"}
+        missing = {**asked("spend none"), "path": f"{CHAT}?task=no-such-task&attempt=1"}
+        res = await d.sup.tasks.run("raw", {"calls": [forged, missing]},
+                                    TaskOptions(timeout=60))
+        refused = [(a["status"], json.loads(a["body"])["error"]["message"])
+                   for a in res.output["answers"]]
+        assert refused == [(404, f"attempt 1 of task {task_id} is not running on raw#0: a "
+                                 "call at its address is not made (it ended, or is not "
+                                 "this replica's)")
+                           for task_id in (theirs.id, "no-such-task")]
+        assert hostile.calls == 1
+        hostile.release.set()
+        await d.sup.tasks.info(theirs.id, wait=True)
+        usage = (await d.sup.tasks.info(theirs.id)).usage
+        assert usage is not None and (usage.input_tokens, usage.output_tokens) == (10, 5)
+        assert (await d.sup.tasks.info(res.task_id)).usage is None
