@@ -18,14 +18,14 @@ are answered from: a call taken over is copied into it whole before it is driven
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..supervisor.durable import CallRecord, StepRow
+from ..supervisor.durable import CallHandover, CallRecord, StepRow
 from ..supervisor.durable.store import DurableStore
 from .connection import read, why
 from .keys import Keys
@@ -47,8 +47,10 @@ redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'fence', token)
 return token
 """
 
-# KEYS: call, the kind's running calls, the kind's calls; ARGV: token, call id, status,
-# the signed record -> 1 written, 0 refused (the fence is another's)
+# KEYS: call, the running calls, the kind's calls, the call's steps; ARGV: token, call
+# id, status, the signed record, seconds an ended call is kept, how many of a kind's
+# ended calls are listed (as a cluster keeps its finished tasks: tasks_kept_for,
+# tasks_kept) -> 1 written, 0 refused (the fence is another's)
 SAVE_CALL = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'status', ARGV[3])
@@ -58,6 +60,9 @@ if ARGV[3] == 'running' then
 else
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[1], 'holder')
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
 end
 return 1
 """
@@ -118,6 +123,13 @@ def _signed(mac: str, payload: bytes) -> bytes:
     return mac.encode() + b" " + payload
 
 
+class Lease(NamedTuple):
+    """A node incarnation's lease of a call: its fence token, and who it was taken as."""
+
+    token: int
+    holder: str
+
+
 class ForeignRecord(Exception):
     """A call whose record or a row of it is not one this cluster's nodes wrote."""
 
@@ -127,14 +139,22 @@ class ClusterCalls:
     under this incarnation's lease of each call, then to `local`; reads from `local`."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
-                 membership: Membership, local: DurableStore) -> None:
+                 membership: Membership, local: DurableStore,
+                 kept: tuple[int, int] = (7 * 86400, 100_000)) -> None:
+        """`kept`: an ended call's seconds in Redis, and how many of a kind's are
+        listed ([cluster] tasks_kept_for, tasks_kept)."""
         self.redis = redis
+        self.kept = kept
         self.scripts = scripts
         self.keys = keys
         self.trust = trust
         self.membership = membership
         self.local = local
-        self.tokens: dict[str, int] = {}  # call id -> the fence of this node's lease
+        self.leases: dict[str, Lease] = {}  # call id -> this node's lease of it
+        # call id -> the lease this node held until another node took the call (its
+        # later writes are refused so too, without asking Redis); bounded by the calls
+        # this node started or took while it lives
+        self.lost: dict[str, Lease] = {}
         self._take = redis.register_script(TAKE)
         self._save_call = redis.register_script(SAVE_CALL)
         self._save_steps = redis.register_script(SAVE_STEPS)
@@ -153,36 +173,41 @@ class ClusterCalls:
             raise got[0]
         token = int(got[0])
         if token:
-            self.tokens[call_id] = token
+            self.leases[call_id] = Lease(token, me)
+            self.lost.pop(call_id, None)
         return token
 
     async def _fenced(self, call_id: str, script: Any, keys: list[str],
                       args: list[Any]) -> None:
-        token = self.tokens.get(call_id)
-        if token is None:
-            raise self._not_ours(call_id, None)
+        lease = self.leases.get(call_id)
+        if lease is None:
+            raise self._not_ours(call_id)
         try:
-            got = (await self.scripts.acknowledged([(script, keys, [token, *args])]))[0]
+            got = (await self.scripts.acknowledged([(script, keys, [lease.token, *args])]))[0]
         except RedisError as exc:
             got = exc
         if isinstance(got, BaseException):
             raise RpcError(jsonrpc.UNAVAILABLE, f"call {call_id} not kept: the cluster's "
                                                 f"Redis did not take it ({why(got)})")
         if got != 1:
-            self.tokens.pop(call_id, None)
+            self.lost[call_id] = self.leases.pop(call_id)
             self.fenced += 1
-            raise self._not_ours(call_id, token)
+            raise self._not_ours(call_id)
 
-    def _not_ours(self, call_id: str, token: int | None) -> RpcError:
-        held = f" (fence {token})" if token is not None else ""
-        return RpcError(jsonrpc.CONFLICT, f"call {call_id} not kept: it is no longer this "
-                                          f"node's ({self.membership.consumer}{held}): "
-                                          "another node took it over")
+    def _not_ours(self, call_id: str) -> RpcError:
+        lost = self.lost.get(call_id)
+        if lost is None:
+            return RpcError(jsonrpc.CONFLICT, f"call {call_id} not kept: another node "
+                                              "holds it")
+        return RpcError(jsonrpc.CONFLICT, (
+            f"call {call_id} not kept: it is no longer this node's (its lease as "
+            f"{lost.holder}, fence {lost.token}): another node took it over"))
 
     # -- DurableStore: the writes ---------------------------------------------------------
     async def save_call(self, record: CallRecord) -> None:
-        if record.call_id not in self.tokens and not await self.take(record.call_id, ""):
-            raise self._not_ours(record.call_id, None)  # an id another node's call has
+        if record.call_id not in self.leases and (
+                record.call_id in self.lost or not await self.take(record.call_id, "")):
+            raise self._not_ours(record.call_id)
         payload = msgspec.json.encode(_CallEntry(
             record.call_id, record.kind, record.name, record.definition, record.input,
             record.status, record.created, record.tenant, record.ended, record.deadline,
@@ -190,12 +215,13 @@ class ClusterCalls:
             record.traceparent, record.tracestate))
         mac = self.trust.sign(CALL, record.call_id, payload)
         await self._fenced(record.call_id, self._save_call, [
-            self.keys.call(record.call_id), self.keys.calls_running(record.kind),
-            self.keys.calls(record.kind)], [record.call_id, record.status,
-                                            _signed(mac, payload)])
+            self.keys.call(record.call_id), self.keys.calls_running,
+            self.keys.calls(record.kind), self.keys.call_steps(record.call_id)],
+            [record.call_id, record.status, _signed(mac, payload), self.kept[0],
+             self.kept[1]])
         await self.local.save_call(record)
         if record.status != "running":
-            self.tokens.pop(record.call_id, None)  # the lease ends with the call
+            self.leases.pop(record.call_id, None)  # the lease ends with the call
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
         args: list[Any] = []
@@ -253,12 +279,16 @@ class ClusterCalls:
                           "wrote (its MAC does not verify)")
         return payload
 
-    async def orphans(self, kind: str) -> list[CallRecord]:
-        """The calls of `kind` running under a dead incarnation's lease, taken by this
-        node and copied into its journal: each to be driven on from its rows."""
+    async def orphans(self) -> list[CallHandover]:
+        """The calls running under a dead incarnation's lease, taken by this node and
+        copied into its journal: each to be driven on from its rows by its kind's
+        planner. (None while this node is no member, or Redis has not answered for a
+        TTL and a beat: a missing liveness key may be a node yet to beat again.)"""
+        if not self.membership.member or not self.membership.settled():
+            return []
         ids = [i.decode() for i in await read(
-            lambda: self.redis.zrange(self.keys.calls_running(kind), 0, -1))]
-        ids = [i for i in ids if i not in self.tokens]
+            lambda: self.redis.zrange(self.keys.calls_running, 0, -1))]
+        ids = [i for i in ids if i not in self.leases]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -279,10 +309,34 @@ class ClusterCalls:
                 continue
             if not await self.take(call_id, holder):
                 continue  # another live node took it first
-            await self.local.save_call(record)
-            await self.local.save_steps(call_id, list(record.rows.values()))
+            await self._copied(record)
             for r in record.rows.values():
                 r.output = None  # (kept in the journal alone, as the engine keeps rows)
             self.taken += 1
-            taken.append(record)
+            taken.append(CallHandover(record, holder or "no node"))
         return taken
+
+    async def _copied(self, record: CallRecord) -> None:
+        await self.local.save_call(record)
+        if record.rows:
+            await self.local.save_steps(record.call_id, list(record.rows.values()))
+
+    # -- what another node drives, read here (`corral runs`, `run-status`) ---------------
+    async def newest(self, kind: str, n: int) -> list[str]:
+        """The ids of the cluster's newest `n` calls of `kind`."""
+        return [i.decode() for i in await read(
+            lambda: self.redis.zrevrange(self.keys.calls(kind), 0, n - 1))]
+
+    async def copy(self, call_ids: list[str]) -> None:
+        """These calls copied into this node's journal as Redis holds them now (those it
+        drives aside: its copy is theirs); one whose record does not verify is left out
+        (refused, said). Redis away: the copies stay as they were."""
+        for call_id in call_ids:
+            if call_id in self.leases:
+                continue
+            try:
+                record = await self.fetch(call_id)
+            except (ForeignRecord, RedisError):
+                continue
+            if record is not None:
+                await self._copied(record)

@@ -108,7 +108,7 @@ class ClusterTasks:
         raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
                                         f"runs agent {agent}")
 
-    async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> None:
+    async def put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> None:
         """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
         once Redis holds it; RpcError with the reason otherwise (nothing was accepted).
         `watched`: a client follows its progress, which the node running it then sends
@@ -306,11 +306,11 @@ class ClusterTasks:
         ends within that many seconds (else None: it runs on)."""
         task_id = new_id()
         if wait is None:
-            await self._put(p, task_id)
+            await self.put(p, task_id)
             return task_id, None
         fut = self._waiter(task_id)  # before the submit: no wake-up can come before it
         try:
-            await self._put(p, task_id)
+            await self.put(p, task_id)
         except BaseException:
             self._unwait(task_id, fut)
             raise
@@ -329,7 +329,7 @@ class ClusterTasks:
         self._following.setdefault(task_id, []).append(progress)
         try:
             try:
-                await self._put(p, task_id, watched=True)
+                await self.put(p, task_id, watched=True)
             except BaseException:
                 self._unwait(task_id, fut)
                 raise

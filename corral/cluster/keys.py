@@ -96,10 +96,11 @@ class Keys:
         """Hash: a durable call's step rows (signed, their outputs with them)."""
         return f"{self.prefix}csteps:{call_id}"
 
-    def calls_running(self, kind: str) -> str:
-        """Sorted set (every score 0: by id, which is by time): a kind's running calls,
-        what a takeover looks through."""
-        return f"{self.prefix}crun:{kind}"
+    @property
+    def calls_running(self) -> str:
+        """Sorted set (every score 0: by id, which is by time): the running calls of
+        every kind, what a takeover looks through."""
+        return f"{self.prefix}crun"
 
     def calls(self, kind: str) -> str:
         """Sorted set, as `calls_running`: a kind's calls, running or ended (`corral

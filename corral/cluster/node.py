@@ -18,6 +18,8 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
+from ..supervisor.durable.store import DurableStore, MemoryStore
+from ..supervisor.durable.tasks import Durables
 from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
 from ..supervisor.replicaparts import Transition
@@ -32,6 +34,8 @@ from ..timeouts import cancel_all, within
 from ..views import NodeInfo
 from . import records, redischeck
 from .backlog import Backlog
+from .calltasks import ClusterStepTasks
+from .clustercalls import ClusterCalls
 from .clustertasks import ClusterTasks
 from .connection import connect, place, unavailable, why
 from .declared import Declarations
@@ -62,7 +66,9 @@ class ClusterNode:
                  prepare: Callable[[AgentSpec], None] = lambda spec: None,
                  apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
                  describe: Describe = lambda old, new: "changed",
-                 key: bytes | None = None) -> None:
+                 key: bytes | None = None, calls: DurableStore | None = None) -> None:
+        """`calls`: this node's journal of durable calls, which holds a copy of each
+        call it drives (clustercalls.py; None: memory, lost with the process)."""
         self.settings = settings
         self.host = host  # the agents, as the task path sees them
         self.agents = parts.agents
@@ -89,6 +95,11 @@ class ClusterNode:
         # what this node has free slots for starts here as it is submitted (fair share)
         self.desk.submit_batch = self.submit_claims = SubmitClaims(
             scripts, self.membership, queue, self.puller, self.keys.prefix)
+        # its workflow runs (and their steps' tasks) in Redis, taken over when it dies
+        self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
+                                  calls if calls is not None else MemoryStore(),
+                                  (int(settings.tasks_kept_for), settings.tasks_kept))
+        self.durables = Durables(self.calls, ClusterStepTasks(self.desk, self.cancel))
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
@@ -213,6 +224,8 @@ class ClusterNode:
                     # every stream of the cluster, read once for both
                     streams = await self.reaper.streams()
                     await self.reaper.reap(streams)
+                    for handover in await self.calls.orphans():  # (their kinds drive them)
+                        self.host.stream.emit(handover)
                     await self.retention.step(streams)
                     await self._drain_step()
                     if self._beats % redischeck.CHECK_BEATS == 0:
@@ -557,4 +570,7 @@ class ClusterNode:
                 "orphans": self.reaper.orphans, "retention": self.retention.status(),
                 "agents": self.placement.status(), "trust": self.trust.status(),
                 "redis_warnings": self.redis_warnings,
-                "events": self.events.status(), "woken": self.backlog.woken}
+                "events": self.events.status(), "woken": self.backlog.woken,
+                # durable calls (workflow runs) taken over from dead nodes, and this
+                # node's writes into one refused since another took it
+                "calls": {"taken": self.calls.taken, "late_writes_refused": self.calls.fenced}}

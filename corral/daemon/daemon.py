@@ -345,7 +345,7 @@ class Daemon:
         tenants = TenantRegistry(parts, store, self.config_path, hub.daemon,
                                  control.set_tenant_groups)
         node = await enter("the cluster node", part.cluster_node(conf, sup, queue, fleet,
-                                                                 hub, self.taken))
+                                                                 hub, self.taken, store))
         status = Status(self.notifier, parts, extras, hub, node)
         await enter("the agents' stop", part.running(sup, conf, opened, hub,
                                                      lambda: self._graceful),
@@ -353,7 +353,7 @@ class Daemon:
         await enter("the cluster tasks' hand-back", part.handing_back(node))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter("the workflows",
-                                part.workflows(conf, parts, store, hub, traces))
+                                part.workflows(conf, parts, store, hub, traces, node))
         teams = await enter("the teams", part.teams(conf, parts, store, hub, leaders))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
         schedules = await enter("the schedules", part.schedules(conf, parts, store, tasks,

@@ -421,8 +421,8 @@ async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
-                       fleet: Fleet, hub: LogHub, taken: Takeover | None = None
-                       ) -> AsyncIterator[ClusterNode | None]:
+                       fleet: Fleet, hub: LogHub, taken: Takeover | None,
+                       store: StateStore) -> AsyncIterator[ClusterNode | None]:
     """With [cluster], this node, refused at start while another daemon is it; it
     leaves its cluster after the agents have stopped (their last outcomes are in its
     outbox by then): made before the engine opens, it is left after it closes."""
@@ -434,7 +434,8 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
     assert queue is not None
     node = ClusterNode(settings, sup, sup.parts, queue, hub.daemon,
                        prepare=fleet.fill_paths, apply=fleet.apply_spec,
-                       describe=describe_change, key=cluster_key(conf, hub))
+                       describe=describe_change, key=cluster_key(conf, hub),
+                       calls=CallJournal(store))
     if taken is not None and taken.handoff.cluster is not None:
         from ..cluster import handover  # an upgrade's: the same daemon and incarnation
         handover.go_on(node, taken.handoff.cluster)
@@ -522,12 +523,16 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
-                    traces: Traces | None) -> AsyncIterator[WorkflowService]:
+                    traces: Traces | None, node: ClusterNode | None
+                    ) -> AsyncIterator[WorkflowService]:
     """[workflows.NAME] and their runs (docs/workflows.md); entered after the engine runs,
     so a stop ends the runs' drivers (their runs resumed at the next start) before the
-    agents stop under them. With [tracing], each run is a trace of its steps' tasks."""
+    agents stop under them. With [tracing], each run is a trace of its steps' tasks; with
+    [cluster], the runs are the cluster's (kept in Redis, their steps cluster tasks, a
+    dead node's taken over: cluster/clustercalls.py)."""
     service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon,
-                              traces.tracer if traces is not None else None)
+                              traces.tracer if traces is not None else None,
+                              node.durables if node is not None else None)
     service.configure(conf.cfg.workflows)
     publish_runs(parts.stream, parts.bus)
     sc = conf.cfg.supervisor

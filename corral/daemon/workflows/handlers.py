@@ -254,6 +254,7 @@ async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, 
 async def runs_get(d: WorkflowServices, p: m.RunsGet, caller: Caller, c: Channel) -> m.RunView:
     if p.wait is not None:
         await d.workflows.wait(p.run_id, p.wait)
+    await d.workflows.read(p.run_id)
     run = d.workflows.get(p.run_id)
     if p.step is not None and p.step not in {s.name for s in run.wf.steps}:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"run {run.run_id} has no step {p.step} "
@@ -266,6 +267,7 @@ async def runs_list(d: WorkflowServices, p: m.RunsList, caller: Caller, c: Chann
     # checked as tasks.list checks its own; a caller limited to some agents pages
     # through the runs it sees only (whole pages; a cursor of another's reads as absent)
     since, limit = page_window(p.status, p.before, p.since, p.limit, RUN_STATUSES, "run")
+    await d.workflows.read(newest=limit)
     runs, older = d.workflows.list(p.workflow, p.status, since, limit,
                                    p.before, caller.sees_record if caller.limited else None)
     return m.RunList(runs=[run_view(r, d.workflows.rows, None) for r in runs],

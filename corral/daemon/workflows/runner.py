@@ -14,7 +14,7 @@ from ...supervisor.durable import STEP_ENDED, WHOLE, StepEnd, StepRow
 from ...supervisor.durable.calls import StepFailed
 from ...supervisor.durable.engine import StepEngine, Work
 from ...supervisor.durable.record import Durable
-from ...supervisor.durable.tasks import AgentTask, StepTasks
+from ...supervisor.durable.tasks import AgentTask, StepTasks, StepWork
 from ...supervisor.tasks import TaskManager
 from ...supervisor.workflows import PlanStep, WorkflowError
 from ...supervisor.workflows.plan import items, runs, step_input
@@ -42,13 +42,15 @@ class Runner:
     """The workflows' planner (durable/calls.Planner)."""
 
     def __init__(self, engine: TaskManager, rows: RunStore, children: Children,
-                 signals: RunSignals, traced: RunTraces | None = None) -> None:
+                 signals: RunSignals, traced: RunTraces | None = None,
+                 tasks: StepWork | None = None) -> None:
+        """`tasks`: how its steps' tasks run, when not on `engine` (a cluster's)."""
         self.rows = rows
         self.children = children
         self.signals = signals  # what a signal step waits for
         self.traced = traced  # with [tracing]: a step's task started in its run's trace
         self.stream = engine.stream
-        self.tasks = StepTasks(engine)
+        self.tasks: StepWork = tasks if tasks is not None else StepTasks(engine)
         self.steps = StepEngine(rows.calls, self.tasks, self._told)
 
     def _told(self, call: Durable, row: StepRow) -> None:

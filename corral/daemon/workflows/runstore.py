@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from ...supervisor.durable import CALL_ENDED, WHOLE, CallRecord, StepRow
+from ...supervisor.durable.store import DurableStore
 from ...supervisor.workflows import Workflow, WorkflowSpec, compile_workflow
 from ...supervisor.workflows.definition import decode_spec, encode_spec
 from ..calljournal import COLUMNS, CallJournal, record_of
@@ -111,9 +112,12 @@ class RunStore:
     """The runs: kept by the calls' journal (their writes, loads), read by their own
     queries (a step's output, a page of runs, the pruning)."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, calls: DurableStore | None = None) -> None:
+        """`calls`: where the runs are kept when not in `store` alone (a cluster node's:
+        Redis, with a copy in `store`, which the reads here read)."""
         self.store = store
-        self.calls = CallJournal(store)
+        self.journal = CallJournal(store)
+        self.calls: DurableStore = calls if calls is not None else self.journal
 
     async def save_run(self, run: Run) -> None:
         await self.calls.save_call(run.record())
@@ -131,7 +135,7 @@ class RunStore:
 
     def output(self, run_id: str, step: str, item: int) -> Any:
         """One row's output, read back."""
-        return self.calls.output(run_id, step, item)
+        return self.journal.output(run_id, step, item)
 
     def outputs_of(self, run_id: str, rows: list[tuple[str, int]]
                    ) -> Generator[bytes | None, None, None]:
@@ -175,7 +179,7 @@ class RunStore:
                     " ORDER BY item", (run_id, step))]
 
     def load(self, run_id: str, *, steps: bool = True) -> Run | None:
-        record = self.calls.load(run_id, steps=steps)
+        record = self.journal.load(run_id, steps=steps)
         return Run.kept(record) if record is not None and record.kind == KIND else None
 
     def unfinished(self) -> list[Run]:

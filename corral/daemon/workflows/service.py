@@ -14,7 +14,9 @@ from typing import Any
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
+from ...supervisor.durable import CallHandover
 from ...supervisor.durable.calls import Calls
+from ...supervisor.durable.tasks import Durables
 from ...supervisor.tasks import TaskManager
 from ...supervisor.tasks.ids import new_id
 from ...supervisor.tracing import Tracer
@@ -26,7 +28,7 @@ from ..storeschema import StoreError
 from .catalog import Catalog, against, table_of
 from .runevents import RunStarted
 from .runner import Runner
-from .runstore import RUN_ENDED, Run, RunStore, Sees
+from .runstore import KIND, RUN_ENDED, Run, RunStore, Sees
 from .runtraces import RunTraces
 from .signals import RunSignals, Signal, SignalReceipt
 
@@ -42,13 +44,19 @@ def unknown_run_cursor(run_id: str) -> RpcError:
 
 class WorkflowService:
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
-                 report: Callable[[str], None], tracer: Tracer | None = None) -> None:
-        """`tracer`: with [tracing], the engine's: each run a trace (runtraces.py)."""
+                 report: Callable[[str], None], tracer: Tracer | None = None,
+                 durables: Durables | None = None) -> None:
+        """`tracer`: with [tracing], the engine's: each run a trace (runtraces.py);
+        `durables`: where runs are kept and their steps run when not in `store` and on
+        `engine` alone (a cluster node's: Redis and the cluster's tasks), a run taken
+        over from a dead node told on the engine's stream (CallHandover)."""
         self.agents = agents
-        self.rows = RunStore(store)
+        self.rows = RunStore(store, durables.store if durables is not None else None)
+        self.shared = durables.store if durables is not None else None
         self.traces = None if tracer is None else RunTraces(tracer, engine.stream)
         self.signals = RunSignals(store)  # what a run's signal steps wait for
-        self.runner = Runner(engine, self.rows, self, self.signals, self.traces)
+        self.runner = Runner(engine, self.rows, self, self.signals, self.traces,
+                             durables.tasks if durables is not None else None)
         self.stream = engine.stream  # the runs' events (runevents.py)
         self.report = report
         self.catalog = Catalog(store)
@@ -63,6 +71,7 @@ class WorkflowService:
         self.max_runs: int | None = None
         self._pruning: asyncio.Task[None] | None = None
         self._stamping: asyncio.Future[None] | None = None
+        self.stream.subscribe(self._handed_over, CallHandover)
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
@@ -161,6 +170,12 @@ class WorkflowService:
         if live is not None and live[0].status not in RUN_ENDED:
             await self.calls.cancel(run_id, why)
 
+    def _handed_over(self, e: CallHandover) -> None:
+        """A run whose node died, taken by this one: driven on from its rows."""
+        if e.record.kind == KIND and e.record.call_id not in self.live:
+            self.calls.drive(Run.kept(e.record))
+            self.report(f"workflows: run {e.record.call_id} taken over from {e.holder}")
+
     def recover(self) -> None:
         """Every run the previous daemon left running, driven on from its rows (once the
         task journal's tasks are back in the engine, so a recorded task is found); the
@@ -219,6 +234,15 @@ class WorkflowService:
 
     async def wait(self, run_id: str, timeout: float | None) -> None:
         await self.calls.wait(run_id, timeout)
+
+    async def read(self, run_id: str | None = None, newest: int = 0) -> None:
+        """On a cluster: this node's copies of a run (`run_id`) or the `newest` runs,
+        whichever node drives them, as Redis holds them now (the reads that follow
+        read the copies)."""
+        if self.shared is None:
+            return
+        ids = [run_id] if run_id is not None else await self.shared.newest(KIND, newest)
+        await self.shared.copy([i for i in ids if i not in self.live])
 
     def get(self, run_id: str) -> Run:
         live = self.live.get(run_id)

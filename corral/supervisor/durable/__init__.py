@@ -6,6 +6,7 @@ planner (daemon/workflows/runner.py, supervisor/teams/runner.py); the engine run
 (engine.py), keeps them (store.py: the narrow interface a store implements), and drives
 each call to its end, resumed after a restart, cancelled, abandoned (calls.py)."""
 
-from .record import CALL_ENDED, STEP_ENDED, WHOLE, CallRecord, StepEnd, StepRow
+from .record import CALL_ENDED, STEP_ENDED, WHOLE, CallHandover, CallRecord, StepEnd, StepRow
 
-__all__ = ["CALL_ENDED", "STEP_ENDED", "WHOLE", "CallRecord", "StepEnd", "StepRow"]
+__all__ = ["CALL_ENDED", "STEP_ENDED", "WHOLE", "CallHandover", "CallRecord", "StepEnd",
+           "StepRow"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 WHOLE = -1  # the item of a step's own row (a workflow map's items are 0...)
 STEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled", "timed_out", "lost"})
@@ -77,3 +77,12 @@ class Durable(Protocol):
     def tenant(self) -> str | None: ...
 
     def record(self) -> CallRecord: ...
+
+
+class CallHandover(NamedTuple):
+    """A call whose holder (a cluster node incarnation) died, taken by this node and
+    copied into its store: its kind's planner drives it on from its rows (told on the
+    engine's stream, cluster/clustercalls.py)."""
+
+    record: CallRecord
+    holder: str

@@ -27,6 +27,17 @@ class DurableStore(Protocol):
         """One row's output, read back."""
 
 
+class SharedStore(DurableStore, Protocol):
+    """A store several daemons share (a cluster's, cluster/clustercalls.py): each keeps a
+    copy of the calls it drives, and of those it is asked about, which its reads read."""
+
+    async def newest(self, kind: str, n: int) -> list[str]:
+        """The ids of the newest `n` calls of `kind`, whoever drives them."""
+
+    async def copy(self, call_ids: list[str]) -> None:
+        """This daemon's copies of these calls as the shared store holds them now."""
+
+
 class MemoryStore:
     """Calls kept in memory, lost with the process."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -15,6 +15,7 @@ from ..tasks import TERMINAL, TaskManager
 from ..tasks.recorded import RecordedTask, outcome
 from .engine import Work
 from .record import StepEnd
+from .store import SharedStore
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,25 @@ class AgentTask:
     tenant: str | None
     traceparent: str | None = None
     tracestate: str | None = None
+
+
+class StepWork(Protocol):
+    """How a durable call's steps run their tasks: the engine's (StepTasks); on a
+    cluster node, the cluster's (cluster/calltasks.py)."""
+
+    def work(self, step: AgentTask) -> Work: ...
+
+    def cancel_task(self, task_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Durables:
+    """Where a daemon's durable calls are kept and how their steps' tasks run, when not
+    the state database's journal and the engine's (a cluster node's: in Redis and the
+    cluster's tasks)."""
+
+    store: SharedStore
+    tasks: StepWork
 
 
 class StepTasks:
