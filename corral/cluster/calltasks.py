@@ -44,8 +44,7 @@ class ClusterStepTasks:
             tracestate=step.tracestate)
 
         async def run(task_id: str) -> StepEnd:
-            await self.desk.put(params, task_id)  # (the same id again: the one it has)
-            info = await self.desk.wait(task_id)
+            info = await self.desk.step(params, task_id)
             output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
                       else info.output)
             return StepEnd(str(info.status), output,

@@ -108,11 +108,11 @@ class ClusterTasks:
         raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
                                         f"runs agent {agent}")
 
-    async def put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> None:
+    async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> bool:
         """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
         once Redis holds it; RpcError with the reason otherwise (nothing was accepted).
         `watched`: a client follows its progress, which the node running it then sends
-        on the outcomes stream."""
+        on the outcomes stream. False: Redis had a task of this id already."""
         raw = bytes(p.input)
         try:
             tenant = await self._route(p.agent)
@@ -149,6 +149,7 @@ class ClusterTasks:
         refused = self.sessions.refusal(p.agent, got)
         if refused is not None:
             raise refused
+        return bool(got == 1)
 
     async def _again(self, submit: Any, keys: list[Any], args: list[Any], task_id: str
                      ) -> Any:
@@ -306,11 +307,11 @@ class ClusterTasks:
         ends within that many seconds (else None: it runs on)."""
         task_id = new_id()
         if wait is None:
-            await self.put(p, task_id)
+            await self._put(p, task_id)
             return task_id, None
         fut = self._waiter(task_id)  # before the submit: no wake-up can come before it
         try:
-            await self.put(p, task_id)
+            await self._put(p, task_id)
         except BaseException:
             self._unwait(task_id, fut)
             raise
@@ -319,6 +320,21 @@ class ClusterTasks:
         except TimeoutError:
             return task_id, None
         return task_id, records.result(got) if isinstance(got, m.TaskInfo) else got
+
+    async def step(self, p: m.TaskParams, task_id: str) -> m.TaskResult | m.TaskInfo:
+        """A durable call's step's task (calltasks.py) to its end: submitted under
+        `task_id`, or found submitted before under it (a call taken over: it may have
+        ended already, its record is read first), and its outcome."""
+        fut = self._waiter(task_id)  # before the submit (as `submit`'s)
+        try:
+            new = await self._put(p, task_id)
+        except BaseException:
+            self._unwait(task_id, fut)
+            raise
+        if new:
+            return await self._ended(task_id, fut)
+        self._unwait(task_id, fut)
+        return await self._ended(task_id, None)
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
                   progress: Progress) -> m.TaskResult:
@@ -329,7 +345,7 @@ class ClusterTasks:
         self._following.setdefault(task_id, []).append(progress)
         try:
             try:
-                await self.put(p, task_id, watched=True)
+                await self._put(p, task_id, watched=True)
             except BaseException:
                 self._unwait(task_id, fut)
                 raise

@@ -112,8 +112,11 @@ def test_a_run_whose_node_dies_mid_map_finishes_on_another(
         assert took <= TTL + 0.25 + 2.0, took
         if fault == "sigstop":
             os.kill(pid, signal.SIGCONT)  # a thaws, driving its run as if nothing happened
-            wait_until(lambda: "no longer this node's (its lease as a/1" in log(a), timeout=30,
-                       what="a's late write refused")
+            try:
+                wait_until(lambda: "no longer this node's (its lease as a/1" in log(a),
+                           timeout=60, what="a's late write refused")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; a's log ends: {log(a)[-3000:]}") from None
             assert a.call("stats.get")["cluster"]["calls"]["late_writes_refused"] >= 1
         view = _ended([b, c], run_id)
         assert view["status"] == "succeeded", view
