@@ -297,9 +297,10 @@ class ClusterCalls:
         holders = {i: (h.decode() if h else "") for i, h in zip(
             ids, await read(pipe.execute), strict=True)}
         alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
+        me = self.membership.consumer
         taken = []
         for call_id, holder in holders.items():
-            if holder in alive:
+            if holder in alive and holder != me:  # (this node's own: its driver stopped)
                 continue
             try:
                 record = await self.fetch(call_id)
@@ -315,6 +316,12 @@ class ClusterCalls:
             self.taken += 1
             taken.append(CallHandover(record, holder or "no node"))
         return taken
+
+    def stopped(self, call_id: str) -> None:
+        """Its driver here stopped (Redis did not take a write, or refused it): the lease
+        is let go here, so the next beat's `orphans` takes the call again while this
+        incarnation still holds it in Redis (another node's take is refused by TAKE)."""
+        self.leases.pop(call_id, None)
 
     async def _copied(self, record: CallRecord) -> None:
         await self.local.save_call(record)

@@ -153,3 +153,21 @@ async def test_a_forged_or_unsigned_call_is_refused_by_name_and_not_taken(
     assert any(f"cluster: refused call {what} of call {CALL_ID} from Redis" in s and
                "the call is not driven on it" in s for s in b.said), b.said
     assert await r.hget(K.call(CALL_ID), "holder") == b"a/1"  # not taken
+
+
+async def test_a_call_whose_driver_stopped_is_taken_again_by_its_node_alone(
+        pair: tuple[Node, Node]) -> None:
+    """A driver that stopped on a write Redis did not take (it was away) lets its call
+    go: the next beat of its own node takes it again, under a new fence; another live
+    node does not, while its holder lives."""
+    a, b = pair
+    await a.calls.save_call(record())
+    first = await a.calls.redis.hget(K.call(CALL_ID), "fence")
+    a.calls.stopped(CALL_ID)
+    assert await b.calls.orphans() == []
+    taken = await a.calls.orphans()
+    assert [(t.record.call_id, t.holder) for t in taken] == [(CALL_ID, "a/1")]
+    assert int(await a.calls.redis.hget(K.call(CALL_ID), "fence")) > int(first)
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "again")])
+    got = await b.calls.fetch(CALL_ID)
+    assert got is not None and got.rows[("first", -1)].output == "again"

@@ -226,9 +226,14 @@ class WorkflowService:
             await asyncio.sleep(PRUNE_EVERY)
 
     def stopped(self, run: Run, why: str) -> None:
-        """A run's driver stopped with the run running (the store failed): said."""
+        """A run's driver stopped with the run running (the store failed): said; on a
+        cluster, let go (the beat takes it again, on whichever node)."""
+        again = "at the next start"
+        if self.shared is not None:
+            self.shared.stopped(run.run_id)
+            again = "by the cluster's next beat, unless another node holds it"
         self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {why}; "
-                    "it is resumed at the next start")
+                    f"it is resumed {again}")
         if self.traces is not None:  # made again from its row when it is driven again
             self.traces.forget(run.run_id)
 

@@ -37,6 +37,10 @@ class SharedStore(DurableStore, Protocol):
     async def copy(self, call_ids: list[str]) -> None:
         """This daemon's copies of these calls as the shared store holds them now."""
 
+    def stopped(self, call_id: str) -> None:
+        """The call's driver here stopped with the call running (the store failed): it
+        is to be taken and driven again, by this daemon or another."""
+
 
 class MemoryStore:
     """Calls kept in memory, lost with the process."""
