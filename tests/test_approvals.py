@@ -9,6 +9,9 @@ with its message, the ask untouched."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 import re
 import signal
@@ -20,13 +23,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiohttp import web
 
 from corral import jsonrpc
 from corral.daemon.caller import Caller
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, in_process, shared_tmpdir
+from .daemon_harness import PY, Daemon, free_port, in_process, shared_tmpdir
 from .test_gateway_stdio import wait_until_async
+from .test_http_api import SOCKET, serving, sse_events
+from .test_sandbox import config_error
 from .test_tenants import OPERATOR, refused
 
 HERE = Path(__file__).parent
@@ -232,3 +238,120 @@ async def test_a_tenants_approve_holds_whatever_its_agents_table_says(tmp_path: 
         await d.dispatcher.call(OPERATOR, "approvals.resolve", {"id": ask.id,
                                                                  "decision": "denied"})
         assert counted(tmp_path) == []
+
+
+@pytest.mark.deadline(120)
+async def test_the_http_inbox_lists_streams_and_resolves_once_audited(tmp_path: Path
+                                                                       ) -> None:
+    async with serving(tmp_path, fleet(tmp_path)) as api:
+        await api.token("approver", "approvals")
+        await api.token("runner", "tasks:run", "tasks:read")
+        auth = {"Authorization": f"Bearer {api.tokens['approver']}"}
+        async with api.http.get(f"{api.base}/approvals/stream", headers=auth) as stream:
+            assert (stream.status, stream.headers["Content-Type"]) == (
+                200, "text/event-stream")
+            submitted = await api.d.dispatcher.call(SOCKET, "tasks.submit",
+                                                    msgspec.json.encode(
+                                                        {"agent": "writer",
+                                                         "input": bump(7)}))
+            [made] = await asyncio.wait_for(sse_events(stream, 1), 30)
+            assert (made["event"], made["data"]["task_id"], made["data"]["end"]) == (
+                "approvals.ask", submitted.task_id, None)
+            ask_id = made["data"]["id"]
+            status, body, _ = await api.ask("GET", "/approvals", "approver")
+            assert (status, [a["id"] for a in body["asks"]]) == (200, [ask_id])
+            status, body, _ = await api.ask("GET", "/approvals", "runner")
+            assert (status, body["detail"]) == (403, "forbidden: approvals.list needs the "
+                                                     "approvals scope, which token runner "
+                                                     "does not hold")
+            status, body, _ = await api.ask("POST", f"/approvals/{ask_id}/resolve",
+                                            "approver", {"decision": "maybe"})
+            assert status == 400 and body["detail"].startswith("invalid params: "), body
+            status, body, _ = await api.ask("POST", f"/approvals/{ask_id}/resolve",
+                                            "approver", {"decision": "denied",
+                                                         "reason": "no"})
+            assert (status, body["end"], body["by"], body["data"]) == (
+                200, "denied", "token approver", {"reason": "no"})
+            [ended] = await asyncio.wait_for(sse_events(stream, 1), 30)
+            assert (ended["data"]["id"], ended["data"]["end"]) == (ask_id, "denied")
+        status, body, _ = await api.ask("POST", f"/approvals/{ask_id}/resolve",
+                                        "approver", {"decision": "approved"})
+        assert status == 409
+        assert body["detail"].startswith(f"ask {ask_id} has ended: denied by token "
+                                         f"approver at "), body
+        # each decision audited: who, the ask, what was decided (the refused one too;
+        # params that do not decode are no decision)
+        await api.d.services.store.writer.written()
+        rows = [(r.method, r.who, r.outcome) for r in (await api.d.dispatcher.call(
+            SOCKET, "audit.list", {"limit": 100})).entries
+                if r.method == "approvals.resolve"]
+        assert [(who, outcome.split(":")[0]) for _, who, outcome in rows] == [
+            ("token approver", "ok"), ("token approver", "error")], rows
+
+
+class Receiver:
+    """A chat tool's webhook endpoint: each delivery kept with its headers; the first
+    `fail` answered 500."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = asyncio.Event()
+
+    async def hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.got.append((dict(request.headers), body))
+        self.arrived.set()
+        if self.fail:
+            self.fail -= 1
+            return web.Response(status=500)
+        return web.Response(status=204)
+
+
+@pytest.mark.deadline(120)
+async def test_the_webhook_delivers_each_ask_signed_in_order_retried(tmp_path: Path
+                                                                      ) -> None:
+    receiver = Receiver(fail=1)
+    app = web.Application()
+    app.router.add_post("/hook", receiver.hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    secret = "sixteen-chars-or-more"
+    try:
+        table = (f'\n[approvals]\nwebhook = "http://127.0.0.1:{port}/hook"\n'
+                 f'webhook_secret = "{secret}"\n')
+        async with in_process(tmp_path, fleet(tmp_path), table) as d:
+            await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+                {"agent": "writer", "input": bump(8)}))
+            await wait_until_async(lambda: len(receiver.got) >= 2)  # failed, then again
+            ask_id = msgspec.json.decode(receiver.got[0][1])["ask"]["id"]
+            await d.dispatcher.call(OPERATOR, "approvals.resolve",
+                                    {"id": ask_id, "decision": "approved"})
+            await wait_until_async(lambda: len(receiver.got) >= 3)
+    finally:
+        await runner.cleanup()
+    names = [h["X-Corral-Delivery"] for h, _ in receiver.got]
+    assert names == [f"{ask_id}:pending", f"{ask_id}:pending", f"{ask_id}:approved"]
+    for headers, body in receiver.got:
+        assert headers["X-Corral-Signature"] == "sha256=" + hmac.new(
+            secret.encode(), body, hashlib.sha256).hexdigest()
+    bodies = [msgspec.json.decode(b) for _, b in receiver.got]
+    assert bodies[0] == bodies[1]  # the same delivery, tried again
+    assert (bodies[2]["delivery"], bodies[2]["ask"]["end"], bodies[2]["ask"]["by"]) == (
+        f"{ask_id}:approved", "approved", "uid -1 pid -1")
+
+
+@pytest.mark.parametrize(("table", "said"), [
+    ('webhook = "ftp://x/hook"\nwebhook_secret = "sixteen-chars-or-more"',
+     "approvals.webhook: 'ftp://x/hook' is not an http:// or https:// URL"),
+    ('webhook = "https://x/hook"\nwebhook_secret = "short"',
+     "approvals.webhook_secret: give at least 16 characters"),
+])
+def test_a_bad_webhook_is_refused_naming_the_key(tmp_path: Path, table: str,
+                                                 said: str) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(f"[approvals]\n{table}\n")
+    assert said in config_error(path)

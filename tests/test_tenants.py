@@ -707,6 +707,8 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
         # an ask is its task's tenant's (docs/approvals.md): b's reads as none, and
         # cannot be decided
         "approvals.list": ("listing", {}, None),
+        # its stream sends the asks of the caller's tasks alone (the rule's channel)
+        "approvals.watch": ("own", None, None),
         "approvals.get": ("missing", {"id": ask_b}, {"id": ghost_ask}),
         "approvals.resolve": ("missing", {"id": ask_b, "decision": "approved"},
                               {"id": ghost_ask, "decision": "approved"}),

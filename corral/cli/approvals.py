@@ -5,12 +5,15 @@ JSON`, each a decision of one ask (approvals.resolve; docs/approvals.md)."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
+import msgspec
 
 from .. import methods as m
 from ..askviews import Ask, what_it_asks
+from ..text import plural
 from .app import Ctx, command, command_group, doc, json_option, pass_ctx
 from .render import print_json, stamp, table
 
@@ -96,3 +99,22 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
 def approvals_answer(obj: Ctx, ask_id: str, data: str, as_json: bool) -> None:
     _decide(obj, m.ApprovalsResolve(id=ask_id, decision="answered",
                                     answer=_json(data, "--data")), as_json)
+
+
+@command(m.ApprovalsWatch, more="\n\nOne line each: the ask, then `pending` or how it "
+         "ended; with --json, each ask as a JSON object.")
+@json_option
+@pass_ctx
+def approvals_watch(obj: Ctx, as_json: bool) -> None:
+    def on_note(method: str, params: Any) -> None:
+        if method == "approvals.ask":
+            ask = msgspec.convert(params, Ask)
+            click.echo(json.dumps(params) if as_json else
+                       f"{ask.id} {ask.kind} of task {ask.task_id} ({ask.agent}): "
+                       f"{what_it_asks(ask)}: "
+                       + ("pending" if ask.end is None else f"{ask.end} by {ask.by}"))
+        elif method == "approvals.missed":
+            click.echo(f"corral: missed {plural(params['count'], 'ask')}", err=True)
+        sys.stdout.flush()
+
+    obj.call(m.ApprovalsWatch(), on_notification=on_note)

@@ -11,10 +11,15 @@ from .. import jsonrpc
 from .. import methods as m
 from ..askviews import Ask, AskEnd, AskKind
 from ..jsonrpc import RpcError
-from ..supervisor.tasks.inbox import Decision, Inbox
+from ..supervisor.followers import Follower
+from ..supervisor.tasks.inbox import AskEnded, Decision, Inbox
 from .api import Commands
 from .caller import Caller, Channel
+from .flowcontrol import drain
 from .services import Services
+
+WATCH_QUEUE = 1000  # asks a watcher may be behind by before it is told it missed some
+WATCH_BATCH = 100  # sent in one turn of the loop
 
 
 def inbox_of(d: Services) -> Inbox:
@@ -29,6 +34,29 @@ implements = COMMANDS.implements
 async def approvals_list(inbox: Inbox, p: m.ApprovalsList, caller: Caller, c: Channel
                          ) -> m.AskList:
     return m.AskList(asks=inbox.pending())
+
+
+@implements(m.ApprovalsWatch)
+async def approvals_watch(inbox: Inbox, p: m.ApprovalsWatch, caller: Caller, c: Channel
+                          ) -> None:
+    # bounded: a reader that does not read is told what it missed, never grows the daemon
+    follower: Follower[Ask] = Follower(WATCH_QUEUE)
+
+    def told(e: AskEnded) -> None:
+        follower.push(e.ask)
+
+    sub = inbox.stream.subscribe(told, AskEnded)
+    for ask in inbox.pending():
+        follower.push(ask)
+
+    def send_some() -> None:
+        for _ in range(min(WATCH_BATCH, len(follower.queue))):
+            c.notify("approvals.ask", follower.pop())
+
+    try:
+        await drain(c, follower, "approvals.missed", send_some)
+    finally:
+        inbox.stream.unsubscribe(sub)
 
 
 @implements(m.ApprovalsGet)

@@ -40,6 +40,7 @@ from ..timeouts import within
 from . import journald
 from .agenthandlers import owner_of
 from .api import Audit, Dispatcher
+from .askwebhook import AskWebhook
 from .background import Background
 from .calljournal import CallJournal
 from .commandtable import HANDLERS
@@ -385,6 +386,9 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
             parts.tasks.inbox.store = AsksDB(store)
             parts.tasks.inbox.load()
             own.callback(parts.tasks.inbox.close)
+            if conf.cfg.approvals is not None:  # each ask made and ended, to a chat tool
+                webhook = AskWebhook(conf.cfg.approvals, parts.tasks.stream, error)
+                own.push_async_callback(webhook.close)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         parts.stream.subscribe(

@@ -380,6 +380,8 @@ RULES: dict[str, AgentRule] = {
     # an ask of the inbox is its task's (docs/approvals.md)
     "asks": AgentRule(_nothing, filter=_asks_filter),
     "ask": AgentRule(_nothing, record=records.ask("id")),
+    "ask_stream": AgentRule(_nothing, channel=_seen({
+        "approvals.ask": lambda ask, caller: ask if sees_task(caller, ask) else None})),
     # a record the params name (records.py): a workflow, a team, a schedule and their
     # runs are a limited caller's when all their agents are; a session when it is the
     # caller's record (decision 440)

@@ -18,6 +18,18 @@ class ApprovalsList(Params):
     sees, oldest first."""
 
 
+# declared before approvals.get: its path is matched before /approvals/{id}
+@method("approvals.watch", result=None, scope="approvals", endless=True, seen="ask_stream",
+        cli="approvals watch", routes=(
+    rest("GET", "/approvals/stream", "The pending asks, then each ask made or ended (SSE)",
+         stream="approvals.ask"),
+))
+class ApprovalsWatch(Params):
+    """The pending asks the caller sees, then each ask made or ended as it happens, as
+    `approvals.ask` notifications (an ask with no `end` is pending); `approvals.missed`
+    says how many a reader too slow missed (list them again)."""
+
+
 @method("approvals.get", result=Ask, scope="approvals", seen="ask", cli="approvals show",
         routes=(
     rest("GET", "/approvals/{id}", "One ask, pending or ended", path_params={"id": "id"}),

@@ -768,6 +768,26 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                               "or rediss://")
 
 
+class ApprovalsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[approvals]: the inbox's outbound webhook (docs/approvals.md); absent: none."""
+
+    # each ask made and ended is POSTed here, signed with webhook_secret (HMAC-SHA256 of
+    # the body, X-Corral-Signature), retried, in order, never holding the daemon up
+    webhook: str
+    webhook_secret: str
+    webhook_retries: NonNegInt = 5  # attempts after the first, 0.5 s doubling to 30 s
+    webhook_queue: PositiveInt = 1000  # deliveries waiting at most; past it, dropped
+    webhook_timeout: Positive = 10.0  # seconds an attempt may take
+
+    def check(self) -> None:
+        if not re.match(r"^https?://[^/]", self.webhook):
+            raise ConfigError(f"approvals.webhook: {self.webhook!r} is not an http:// or "
+                              f"https:// URL")
+        if len(self.webhook_secret) < 16:
+            raise ConfigError("approvals.webhook_secret: give at least 16 characters (the "
+                              "receiver checks each delivery's HMAC with it)")
+
+
 class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[tracing]: every task an OpenTelemetry trace (docs/tracing.md); absent: no
     tracing. The standard OTEL_* variables fill what the table leaves out."""
@@ -801,6 +821,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tenants: dict[str, TenantSpec] = {}
     cluster: ClusterSettings | None = None
     tracing: TracingSettings | None = None
+    approvals: ApprovalsSettings | None = None  # the inbox's webhook (docs/approvals.md)
     # [workflows.NAME]: steps of agents fed by references (docs/workflows.md)
     workflows: dict[str, WorkflowSpec] = {}
     # [teams.NAME]: agents called as one, by route, broadcast or a leader (docs/teams.md)

@@ -27,6 +27,7 @@ from .config import (
     DEFAULT_TENANT,
     MODEL_NAME,
     AgentSpec,
+    ApprovalsSettings,
     CheckSpec,
     ClusterSettings,
     Config,
@@ -439,10 +440,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
         with errors():
             cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
             cluster.check(where)
-    tracing = None
-    if "tracing" in data:
-        with errors():
-            tracing = convert(data["tracing"], TracingSettings, where=where, prefix="tracing")
+    tracing, approvals = _optional_tables(data, where, errors)
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
     for key in sorted(set(data) - set(tables)):
         problems.append(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
@@ -510,9 +508,28 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
         raise ConfigError("\n".join(problems))
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway, http=http,
                  packages=packages, cluster=cluster, tenants=tenants, tracing=tracing,
-                 workflows=workflows, teams=teams, schedules=schedules, models=models)
+                 approvals=approvals, workflows=workflows, teams=teams, schedules=schedules,
+                 models=models)
     check_tenants_named(cfg, where)
     return cfg
+
+
+def _optional_tables(data: dict[str, Any], where: str,
+                     errors: Callable[[], contextlib.AbstractContextManager[None]]
+                     ) -> tuple[TracingSettings | None, ApprovalsSettings | None]:
+    """[tracing] and [approvals], each None when absent (or refused: its problem
+    collected by `errors`)."""
+    tracing: TracingSettings | None = None
+    approvals: ApprovalsSettings | None = None
+    if "tracing" in data:
+        with errors():
+            tracing = convert(data["tracing"], TracingSettings, where=where, prefix="tracing")
+    if "approvals" in data:
+        with errors():
+            approvals = convert(data["approvals"], ApprovalsSettings, where=where,
+                                prefix="approvals")
+            approvals.check()
+    return tracing, approvals
 
 
 def _resolve_paths(base: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],

@@ -1,0 +1,118 @@
+"""The inbox's outbound webhook ([approvals] webhook, docs/approvals.md): each ask made
+and each ask ended is POSTed, as JSON, to the operator's URL, for a chat tool to show and
+a person to answer through the API.
+
+A delivery is signed: `X-Corral-Signature: sha256=HEX`, the HMAC-SHA256 of the body with
+`webhook_secret`; `X-Corral-Delivery` names it (the ask's id and its state), the same on
+every attempt, so a receiver applies a delivery once. Deliveries go one at a time, in the
+order the asks changed, each tried again on a failure (a connection refused, a timeout,
+an answer not 2xx) after 0.5 s doubling to 30 s, `webhook_retries` times; then it is
+given up, and said in the daemon's log. At most `webhook_queue` wait: past it one is
+dropped, and the drop said, naming the bound. Nothing of it runs in the way of the loop:
+a receiver that never answers holds only its own queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+import aiohttp
+import msgspec
+
+from ..askviews import Ask
+from ..supervisor.config import ApprovalsSettings
+from ..supervisor.stream import Stream
+from ..supervisor.tasks.inbox import AskEnded
+
+RETRY_FIRST = 0.5  # seconds before the first retry, doubled after each
+RETRY_MAX = 30.0
+
+
+class HookDelivery(NamedTuple):
+    name: str  # X-Corral-Delivery
+    body: bytes
+
+
+def delivery_of(ask: Ask) -> HookDelivery:
+    name = f"{ask.id}:{ask.end or 'pending'}"
+    return HookDelivery(name, msgspec.json.encode({"event": "approvals.ask",
+                                               "delivery": name, "ask": ask}))
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-Corral-Signature of a body: what a receiver computes to check it."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class AskWebhook:
+    """Deliveries of the asks told on `stream` to the webhook `settings` names; `report`
+    is the daemon's log."""
+
+    def __init__(self, settings: ApprovalsSettings, stream: Stream,
+                 report: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.report = report
+        self.queue: deque[HookDelivery] = deque()
+        self.delivered = 0
+        self.dropped = 0
+        self.given_up = 0
+        self._wakeup = asyncio.Event()
+        self._full_told = False
+        self._sub = stream.subscribe(self._told, AskEnded)
+        self._stream = stream
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _told(self, e: AskEnded) -> None:
+        if len(self.queue) >= self.settings.webhook_queue:
+            self.dropped += 1
+            if not self._full_told:
+                self._full_told = True
+                self.report(f"approvals webhook: a delivery of ask {e.ask.id} dropped: "
+                            f"{len(self.queue)} wait for {self.settings.webhook}, the bound "
+                            f"(webhook_queue {self.settings.webhook_queue})")
+            return
+        self.queue.append(delivery_of(e.ask))
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self.queue:
+                    await self._deliver(http, self.queue[0])
+                    self.queue.popleft()
+                    self._full_told = False
+
+    async def _deliver(self, http: aiohttp.ClientSession, d: HookDelivery) -> None:
+        s = self.settings
+        headers = {"Content-Type": "application/json", "X-Corral-Delivery": d.name,
+                   "X-Corral-Signature": signature(s.webhook_secret, d.body)}
+        why = ""
+        for attempt in range(s.webhook_retries + 1):
+            if attempt:
+                await asyncio.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
+            try:
+                async with http.post(s.webhook, data=d.body, headers=headers,
+                                     allow_redirects=False) as r:
+                    if 200 <= r.status < 300:
+                        self.delivered += 1
+                        return
+                    why = f"HTTP {r.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                why = str(exc) or type(exc).__name__
+        self.given_up += 1
+        self.report(f"approvals webhook: delivery {d.name} given up after "
+                    f"{s.webhook_retries + 1} attempts to {s.webhook} ({why})")
+
+    async def close(self) -> None:
+        self._stream.unsubscribe(self._sub)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
