@@ -9,6 +9,7 @@ holding `tasks:read` and an agent whose chunks it controls.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pytest
 from corral.supervisor.tasks.output import MAX_CHUNK_BYTES
 from corral.taskoptions import TaskOptions
 
-from .daemon_harness import Daemon, free_port, in_process
+from .daemon_harness import Daemon, free_port, in_process, running_daemon, shared_tmpdir, sleeper
+from .test_daemon_cli import wait_until
 from .test_task_streams import rss, streamer
 
 READERS = 30
@@ -80,3 +82,50 @@ async def test_a_chunk_past_max_chunk_bytes_is_not_kept_and_the_stream_says_so(
             ("1-1", f"output truncated: a chunk of task {res.task_id} of "
                     f"{MAX_CHUNK_BYTES + 1} bytes is over MAX_CHUNK_BYTES ({MAX_CHUNK_BYTES}); "
                     "the rest of attempt 1's output is not kept", True)]
+
+
+def test_a_gateway_client_that_does_not_read_its_calls_progress_is_sent_a_bounded_part(
+        ) -> None:
+    """A tenant's MCP client calls its own agent at /mcp/corral with a progressToken (its
+    live output comes as progress) and reads nothing until the task has ended: the
+    gateway keeps at most MAX_PENDING_BYTES of the stream's progress for it (and
+    REPLAY_BYTES for a resumption), not the task's 15 MiB of output in 30 chunks, which
+    a bound of MAX_PENDING events let through whole; the answer still comes."""
+    port = free_port()
+    agents = sleeper("chat") + 'tenant = "acme"\n'
+    with running_daemon(shared_tmpdir(), agents, extra=f"""
+[tenants.acme]
+[gateway]
+listen = "127.0.0.1:{port}"
+""") as d:
+        token = d.json("token", "create", "mcp-acme", "--scope", "mcp:call", "--tenant",
+                       "acme")["token"]
+        chunk = "x" * (512 << 10)
+        body = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+            "name": "chat", "arguments": {"do": "emit", "chunks": [chunk] * 30},
+            "_meta": {"progressToken": "p1",
+                      "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+        sock = socket.socket()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"POST /mcp/corral HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                         f"Authorization: Bearer {token}\r\nConnection: close\r\n"
+                         "Content-Type: application/json\r\n"
+                         "Accept: application/json, text/event-stream\r\n"
+                         "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n"
+                         f"Mcp-Name: chat\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                         + body)
+            wait_until(lambda: d.json("tasks", "--agent", "chat", "--status", "succeeded",
+                                      "--json")["tasks"], 60, "the task's end")
+            sock.settimeout(60)
+            got = b""
+            while data := sock.recv(1 << 20):
+                got += data
+        finally:
+            sock.close()
+        progress = got.count(b'"method":"notifications/progress"')
+        assert b'"id":9' in got and b'"structuredContent":{"emitted":30}' in got, got[-500:]
+        # what the kernel's buffers took before the stream held, then MAX_PENDING_BYTES
+        assert 0 < progress < 20, progress

@@ -23,7 +23,9 @@ with the gateway's own tokens. One endpoint, `/mcp`:
   to make room and a new one refused (503, naming the bound) only when every one is busy
   (mcpsessions.py); sessions idle for `session_idle_timeout` are closed, a request body
   is at most 16 MiB, and a stream whose reader does not read keeps at most `MAX_PENDING`
-  events (progress is dropped first; an answer never is).
+  events and `MAX_PENDING_BYTES` of them (progress is dropped first; an answer never is),
+  a session's events kept for a resumption at most `REPLAY` and `REPLAY_BYTES`: a
+  progress event carries a chunk of a task's live output, up to a MiB.
 
 aiohttp is imported here only, and this module only when the gateway is served over HTTP.
 """
@@ -71,7 +73,9 @@ METADATA = "/.well-known/oauth-protected-resource"
 VIEW = "/{server}"  # one server seen as itself (docs/gateway.md)
 MAX_BODY = 16 * 1024 * 1024
 REPLAY = 256
+REPLAY_BYTES = 4 << 20
 MAX_PENDING = 1024
+MAX_PENDING_BYTES = 1 << 20  # as the REST API's SSE streams (sse.HIGH_WATER)
 RESUME_GRACE = 10.0
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
@@ -120,11 +124,25 @@ class SseStream:
     def __init__(self, key: str) -> None:
         self.key = key
         self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
         self.wake = asyncio.Event()
         self.finished = False  # its last event (a POST's answer) is queued
         self.readers = 0
         self.call: asyncio.Task[Any] | None = None
         self.orphaned: asyncio.TimerHandle | None = None
+
+    def queue(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def take(self) -> bytes:
+        data = self.pending.popleft()
+        self.pending_bytes -= len(data)
+        return data
+
+    def full(self) -> bool:
+        """Whether a reader that does not read has let the stream's bounds fill."""
+        return len(self.pending) >= MAX_PENDING or self.pending_bytes >= MAX_PENDING_BYTES
 
 
 class HttpSession:
@@ -134,7 +152,8 @@ class HttpSession:
         self.mcp = GatewaySession(backend, push=self._push,
                                   ask_wait=backend.service.settings.input_wait)
         self.last_seen = time.monotonic()
-        self.history: deque[tuple[int, str, bytes]] = deque(maxlen=REPLAY)
+        self.history: deque[tuple[int, str, bytes]] = deque()  # REPLAY, REPLAY_BYTES
+        self.history_bytes = 0
         self.streams: dict[str, SseStream] = {}
         self.standalone: SseStream | None = None
         self.watching: Subscription | None = None  # to the gateway's changes
@@ -143,12 +162,20 @@ class HttpSession:
     def emit(self, stream: SseStream, msg: Any, *, last: bool = False) -> None:
         payload = msgspec.json.encode(msg)
         seq = next(self._seq)
-        self.history.append((seq, stream.key, payload))
-        if len(stream.pending) >= MAX_PENDING and not last:
+        self._remember(seq, stream.key, payload)
+        if stream.full() and not last:
             return  # a reader that does not read loses progress, not our memory
-        stream.pending.append(sse.format_event(payload, event="message", id=str(seq)))
+        stream.queue(sse.format_event(payload, event="message", id=str(seq)))
         stream.finished = stream.finished or last
         stream.wake.set()
+
+    def _remember(self, seq: int, key: str, payload: bytes) -> None:
+        history = self.history
+        history.append((seq, key, payload))
+        self.history_bytes += len(payload)
+        while len(history) > REPLAY or (self.history_bytes > REPLAY_BYTES and
+                                        len(history) > 1):
+            self.history_bytes -= len(history.popleft()[2])
 
     def _push(self, msg: Any) -> None:
         if self.standalone is not None and self.standalone.readers:
@@ -562,7 +589,7 @@ class HttpGateway:
             await resp.prepare(request)
             while True:
                 while stream.pending:
-                    await resp.write(stream.pending.popleft())
+                    await resp.write(stream.take())
                 if stream.finished:
                     break
                 stream.wake.clear()
@@ -603,8 +630,11 @@ class HttpGateway:
         if stream is None:  # finished and delivered before: replay what followed
             stream = SseStream(key)
             stream.finished = True
-        stream.pending = deque(sse.format_event(p, event="message", id=str(s))
-                               for s, k, p in sess.history if k == key and s > seq)
+        stream.pending.clear()
+        stream.pending_bytes = 0
+        for s, k, p in sess.history:
+            if k == key and s > seq:
+                stream.queue(sse.format_event(p, event="message", id=str(s)))
         return await self._pump(request, sess, stream, {})
 
     async def delete(self, request: web.Request) -> web.Response:
