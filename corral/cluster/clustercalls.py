@@ -190,7 +190,8 @@ class ClusterCalls:
             raise RpcError(jsonrpc.UNAVAILABLE, f"call {call_id} not kept: the cluster's "
                                                 f"Redis did not take it ({why(got)})")
         if got != 1:
-            self.lost[call_id] = self.leases.pop(call_id)
+            # (a map's writes run at once: another of them may have let the lease go)
+            self.lost[call_id] = self.leases.pop(call_id, lease)
             self.fenced += 1
             raise self._not_ours(call_id)
 

@@ -6,6 +6,7 @@ record or row not signed with the cluster key is refused by name and never taken
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -130,6 +131,23 @@ async def test_a_holders_late_writes_after_a_takeover_are_refused(
     assert got.rows[("second", -1)].output == "b's"
     assert a.local.load(CALL_ID).rows.get(("second", -1)) is None  # type: ignore[union-attr]
     assert (a.calls.fenced, b.calls.taken) == (1, 1)
+
+
+async def test_a_holders_late_writes_made_at_once_are_each_refused_by_name(
+        pair: tuple[Node, Node]) -> None:
+    """A thawed holder's map writes its items' rows at once: every one is refused with
+    the takeover's words, none with an error of the node's own bookkeeping (the second
+    used to raise KeyError, its driver stopping with the run's id as its reason)."""
+    a, b = pair
+    await a.calls.save_call(record())
+    await killed(a)
+    assert len(await b.calls.orphans()) == 1
+    got = await asyncio.gather(*(a.calls.save_steps(CALL_ID, [row("map", i, "a's late")])
+                                 for i in range(4)), return_exceptions=True)
+    words = (f"call {CALL_ID} not kept: it is no longer this node's (its lease as a/1, "
+             "fence 1): another node took it over")
+    assert [(type(g), getattr(g, "message", g)) for g in got] == [(RpcError, words)] * 4
+    assert a.calls.fenced == 4
 
 
 @pytest.mark.parametrize("forge", ["record", "row"])
