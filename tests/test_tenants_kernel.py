@@ -138,6 +138,13 @@ def test_a_tenants_user_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         parse_tenants({"tenants": {"x": {"user": "corral-no-such-user"}}}, "tenants.add")
     assert str(e.value).startswith("tenants.add: tenants.x: user: no such user: ")
+    # names the account database cannot even be asked about are no user either (the
+    # REST API answered one with a NUL 500, "embedded null byte")
+    for odd in ("a\x00b", "\u00b2", "9" * 30):
+        with pytest.raises(ConfigError) as e:
+            parse_tenants({"tenants": {"x": {"user": odd}}}, "tenants.add")
+        assert str(e.value) == (f"tenants.add: tenants.x: user: no such user: {odd} (a "
+                                "tenant's user must exist on this host)")
 
 
 def test_tenants_users_cannot_read_signal_or_ptrace_each_other(

@@ -676,7 +676,7 @@ def passwd_of(user: str) -> pwd.struct_passwd | None:
     """The account a `user` setting names (a name, or a uid in digits); None if none."""
     try:
         return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
+    except (KeyError, ValueError, OverflowError):  # (a NUL, a digit not ASCII, a huge uid)
         return None
 
 

@@ -87,7 +87,7 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int |
     if group is not None:
         try:
             gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
-        except KeyError:
+        except (KeyError, ValueError):  # (a NUL, a digit not ASCII)
             raise ConfigError(f"group: no such group: {group}") from None
     if os.geteuid() != 0 and (uid not in (None, os.geteuid()) or gid not in (None, os.getegid())):
         raise ConfigError("user/group: dropping privileges needs the supervisor to run as root")
