@@ -19,6 +19,6 @@ fw_venv() {  # fw_venv DIR PACKAGE==VERSION...
 # each call's failure ends the script (the one that sourced it too): run alone without
 # -e, a later install that succeeds would have made its status 0
 fw_venv .venv-frameworks "pydantic-ai-slim[mcp,openai]==2.68.0" openai-agents==0.24.0 \
-    agno==3.1.10 mcp==2.3.0 openai==3.57.0 || exit 1
+    agno==3.1.10 mcp==2.3.0 openai==3.57.0 anthropic==2.13.0 || exit 1
 fw_venv .venv-langgraph langgraph==1.2.24 langchain-mcp-adapters==0.3.2 \
     langchain-openai==1.7.4 langchain-core==1.8.3 mcp==1.30.0 || exit 1

@@ -1,14 +1,16 @@
 """The framework recipes of docs/frameworks.md (issue 54 item 3), each run with its real,
-pinned library (scripts/frameworks.sh): pydantic-ai, the OpenAI Agents SDK, Agno,
-LangGraph (langchain-mcp-adapters) and a plain `openai` client with the MCP SDK's, each
-agent importing nothing of corral but `run`. Its tools are corral's MCP gateway at the
-attempt's address; its model corral's model gateway (OPENAI_BASE_URL, as corral gives it)
-in front of a stand-in OpenAI-compatible server of the tests
-(tests/servers/scripted_openai.py) that asks for four `counting__bump` calls. The MCP
-server kills the worker at its 3rd call, after its 3rd model call and 2nd tool call
-(tests/servers/counting_mcp.py). The retry makes no tool call and no model call twice
-(each server counts its calls in a file), the task's tool budget and token usage count
-each once, and the trace shows each call under its attempt."""
+pinned library (scripts/frameworks.sh): pydantic-ai, the OpenAI Agents SDK (on Chat
+Completions and on its default, Responses), Agno, LangGraph (langchain-mcp-adapters), a
+plain `openai` client and a plain `anthropic` one (its answers streamed) with the MCP
+SDK's, each agent importing nothing of corral but `run`. Its tools are corral's MCP
+gateway at the attempt's address; its model corral's model gateway (OPENAI_BASE_URL or
+ANTHROPIC_BASE_URL, as corral gives them) in front of a stand-in model server of the
+tests speaking the provider's wire format (tests/servers/scripted_model.py) that asks for
+four `counting__bump` calls. The MCP server kills the worker at its 3rd call, after its
+3rd model call and 2nd tool call (tests/servers/counting_mcp.py). The retry makes no tool
+call and no model call twice (each server counts its calls in a file), the task's tool
+budget and token usage count each once, and the trace shows each call under its
+attempt."""
 
 from __future__ import annotations
 
@@ -31,16 +33,22 @@ from .daemon_harness import PY, free_port, in_process
 
 HERE = Path(__file__).parent
 OPERATOR = Caller(via="socket")
-# framework -> (its venv, its recipe): scripts/frameworks.sh makes the venvs
+# framework -> (its venv, its recipe, its model's format, the model API it calls as the
+# stand-in logs it): scripts/frameworks.sh makes the venvs
 RECIPES = {
-    "pydantic-ai": (".venv-frameworks", "pydantic_ai_agent.py"),
-    "openai-agents": (".venv-frameworks", "openai_agents_agent.py"),
-    "agno": (".venv-frameworks", "agno_agent.py"),
-    "langgraph": (".venv-langgraph", "langgraph_agent.py"),
-    "plain": (".venv-frameworks", "plain_agent.py"),
+    "pydantic-ai": (".venv-frameworks", "pydantic_ai_agent.py", "openai", "chat"),
+    "openai-agents": (".venv-frameworks", "openai_agents_agent.py", "openai", "chat"),
+    "openai-agents-responses": (".venv-frameworks", "openai_agents_responses_agent.py",
+                                "openai", "responses"),
+    "agno": (".venv-frameworks", "agno_agent.py", "openai", "chat"),
+    "langgraph": (".venv-langgraph", "langgraph_agent.py", "openai", "chat"),
+    "plain": (".venv-frameworks", "plain_agent.py", "openai", "chat"),
+    "plain-anthropic": (".venv-frameworks", "anthropic_agent.py", "anthropic",
+                        "messages stream"),
 }
 CALLS = 4
-MODEL = "gpt-5-mini"  # the recipes' model, as the config names it
+# the recipes' model of each format, as the config names it
+MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5"}
 
 
 def interpreter(framework: str) -> Path:
@@ -51,13 +59,13 @@ def interpreter(framework: str) -> Path:
 def stand_in_model(tmp: Path) -> Iterator[str]:
     """The scripted model server, on a port of its own: its base URL; killed after."""
     port = free_port()
-    proc = subprocess.Popen([PY, str(HERE / "servers" / "scripted_openai.py"), str(port),
+    proc = subprocess.Popen([PY, str(HERE / "servers" / "scripted_model.py"), str(port),
                              str(CALLS), str(tmp / "model-count")],
                             stdout=subprocess.PIPE, text=True)
     SPARED.add(proc.pid)  # the test's own: the in-process daemon's containment spares it
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "listening\n"
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.kill()
         proc.wait()
@@ -65,6 +73,9 @@ def stand_in_model(tmp: Path) -> Iterator[str]:
 
 def fleet(tmp: Path, framework: str, model_url: str) -> str:
     (tmp / "model.key").write_text("the-providers-key\n")
+    form = RECIPES[framework][2]
+    # an OpenAI base URL names the version; Anthropic's client adds its /v1 itself
+    url = f"{model_url}/v1" if form == "openai" else model_url
     return textwrap.dedent(f"""
         [agents.recipe]
         command = ["{interpreter(framework)}", "{EXAMPLES}/frameworks/{RECIPES[framework][1]}"]
@@ -82,9 +93,9 @@ def fleet(tmp: Path, framework: str, model_url: str) -> str:
         command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count",
                    "{tmp}/kill"]
 
-        [models.{MODEL}]
-        url = "{model_url}"
-        format = "openai"
+        [models.{MODELS[form]}]
+        url = "{url}"
+        format = "{form}"
         key_file = "{tmp}/model.key"
 
         [gateway]
@@ -125,7 +136,9 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
             assert f"done {CALLS}" in str(res.output["answer"])
             # each call made once, whatever the retry asked again
             assert lines(tmp_path / "server-count") == [str(i) for i in range(1, CALLS + 1)]
-            assert lines(tmp_path / "model-count") == [f"model {i}" for i in range(CALLS + 1)]
+            api = RECIPES[framework][3]
+            assert lines(tmp_path / "model-count") == [f"model {i} {api}"
+                                                       for i in range(CALLS + 1)]
             first, second = res.attempts
             assert (first.outcome, second.outcome) == ("lost", "succeeded")
             info = await d.sup.tasks.info(res.task_id)
@@ -152,6 +165,6 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
                 (1, False), (1, False), (2, False), (2, False), (2, True), (2, True)]
             # the first attempt's three model calls, the retry's three from the journal
             # and two live
-            assert under_attempts(f"chat {MODEL}") == [
+            assert under_attempts(f"chat {MODELS[RECIPES[framework][2]]}") == [
                 (1, False), (1, False), (1, False), (2, False), (2, False), (2, True),
                 (2, True), (2, True)]
