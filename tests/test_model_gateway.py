@@ -45,7 +45,8 @@ async def upstream() -> AsyncIterator[StandIn]:
         await stand_in.close()
 
 
-def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "") -> str:
+def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "",
+          claude_extra: str = "") -> str:
     (tmp / "anthropic.key").write_text(ANTHROPIC_KEY + "\n")
     return textwrap.dedent(f"""
         [agents.writer]
@@ -69,6 +70,7 @@ def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "
         format = "anthropic"
         key_file = "{tmp}/anthropic.key"
         model = "claude-upstream-name"
+        {claude_extra}
     """)
 
 
@@ -235,6 +237,54 @@ async def test_a_call_past_a_token_budget_is_refused_naming_the_budget(
         assert usage is not None and usage.input_tokens + usage.output_tokens == 30
         # read by the SDK from OpenAI's error body ({"error": {"message": ...}})
         assert third["message"].startswith("Error code: 429 - budget exceeded: ")
+
+
+async def test_a_call_past_its_tenants_token_budget_is_refused_naming_it(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """The tenant's tokens_per_minute 20, its agent with no budget of its own, 15 tokens
+    a call: the 3rd call is refused naming the tenant's budget, never reaching the
+    upstream. (Between tasks the budget holds the tenant's queued tasks, as every
+    budget does: docs/tenants.md.)"""
+    toml = fleet(tmp_path, upstream.url, agent_extra='tenant = "acme"',
+                 models_extra="shared = true") + "\n[tenants.acme]\ntokens_per_minute = 20\n"
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 3})
+        assert res.status == "succeeded", res
+        first, second, third = res.output["answers"]
+        assert (first, second) == ("echo: call 1", "echo: call 2")
+        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        assert third["message"].startswith(
+            "Error code: 429 - budget exceeded: agent writer's tenant acme tokens_per_minute "
+            "is 20, 30 used; room again at "), third["message"]
+        assert upstream.calls() == 2
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None and usage.input_tokens + usage.output_tokens == 30
+        stats = d.services.gateway_status()["models"]["models"]["gpt-small"]
+        assert (stats["calls"], stats["refused"]) == (2, 1)
+
+
+async def test_a_call_past_an_agents_cost_budget_is_refused_naming_it(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """max_cost_usd_per_day 0.0002 and a call costing 0.000105 at the model's prices
+    (10 tokens in at 3.0, 5 out at 15.0 a million): the 3rd Messages call is refused in
+    Anthropic's format (its client raises its RateLimitError) naming the budget, never
+    reaching the upstream."""
+    toml = fleet(tmp_path, upstream.url, agent_extra="max_cost_usd_per_day = 0.0002",
+                 claude_extra="input_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0")
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "messages", "model": "claude-small", "calls": 3})
+        assert res.status == "succeeded", res
+        first, second, third = res.output["answers"]
+        assert (first, second) == ("echo: call 1", "echo: call 2")
+        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        assert "budget exceeded: agent writer's max_cost_usd_per_day is 0.0002, 0.00021 " \
+               "used; room again at " in third["message"]
+        # read by the SDK from Anthropic's error body ({"type": "error", "error": {...}})
+        assert third["message"].startswith("Error code: 429 - {'type': 'error', ")
+        assert upstream.calls() == 2
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None
+        assert usage.cost_usd == pytest.approx(2 * (USAGE_IN * 3.0 + USAGE_OUT * 15.0) / 1e6)
 
 
 async def test_another_tenants_model_and_another_agents_are_refused(
