@@ -9,7 +9,8 @@ tests speaking the provider's wire format (tests/servers/scripted_model.py) that
 four `counting__bump` calls. The MCP server kills the worker at its 3rd call, after its
 3rd model call and 2nd tool call (tests/servers/counting_mcp.py). The retry makes no tool
 call and no model call twice (each server counts its calls in a file), the task's tool
-budget and token usage count each once, and the trace shows each call under its
+budget and token usage count each once (its max_tool_calls_per_task and tokens_per_day
+hold each call once, not a replayed one again), and the trace shows each call under its
 attempt."""
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def fleet(tmp: Path, framework: str, model_url: str) -> str:
         backoff_initial = 0.05
         tools = ["counting__*"]
         start_timeout = 120.0
+        # budgets each call fits once: a replayed call counted again would be refused
+        max_tool_calls_per_task = {CALLS + 1}
+        tokens_per_day = {15 * (CALLS + 1)}
 
         [agents.recipe.env]
         PYTHONPATH = "{ROOT}"
