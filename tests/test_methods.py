@@ -279,6 +279,15 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert len(ask("workflows.history", {"name": "rt"}).revisions) == 2
         assert ask("workflows.rollback", {"name": "rt"}).restored == 1
         assert ask("workflows.remove", {"names": ["rt"]}).removed == ["rt"]
+        gate = {"steps": [{"name": "w", "signal": "go"},
+                          {"name": "a", "agent": "hello", "input": "$steps.w.output"}]}
+        assert ask("workflows.add", {"workflows": {"gate": gate}}).added == ["gate"]
+        gated = ask("workflows.run", {"name": "gate"})
+        sent = ask("runs.signal", {"run_id": gated.run_id, "name": "go",
+                                   "data": {"name": "s"}})
+        assert (sent.run_id, sent.name, sent.seq, sent.duplicate) == (
+            gated.run_id, "go", 1, False)
+        assert ask("runs.get", {"run_id": gated.run_id, "wait": 30}).status == "succeeded"
         assert [s.name for s in ask("schedules.list").schedules] == ["daily"]
         assert ask("schedules.pause", {"name": "daily"}).paused is True
         assert ask("schedules.resume", {"name": "daily"}).next_fire is not None
