@@ -120,6 +120,8 @@ def _chains(source: str, label: str) -> list[str]:
 
 def test_no_handler_reaches_three_deep() -> None:
     modules = {Path(inspect.getsourcefile(fn) or "") for _, fn in HANDLERS.table.values()}
+    # and the checks of whose a record is, which run before a handler on the same services
+    modules.add(ROOT / "corral" / "daemon" / "records.py")
     chains = [c for p in sorted(modules) for c in _chains(p.read_text(), str(p.relative_to(ROOT)))]
     assert chains == []
 

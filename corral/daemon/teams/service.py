@@ -74,6 +74,10 @@ class TeamService(Teams):
         servers = list(self.tools.servers) if self.tools is not None else []
         return against(tenant_of, seen, self.specs, servers)
 
+    def defined(self, name: str) -> TeamSpec | None:
+        """The team of this name there is now; None: none."""
+        return self.specs.get(name)
+
     def tenant_of(self, name: str) -> str | None:
         """A team's tenant (its own, else its agents': checked one on load; a runtime
         team's, pinned when it was made: TeamCatalog.pinned), None when there is no such

@@ -450,6 +450,10 @@ class TaskManager:
         self.dispatch.pump(agent.name)
 
     # -- a person in the loop (inbox.py, docs/approvals.md) ---------------------------------
+    def ask_of(self, ask_id: str) -> Ask | None:
+        """An ask of the inbox by its id, pending or ended; None: no such ask."""
+        return self.inbox.get(ask_id)
+
     async def ask_person(self, req: AskRequest) -> Ask:
         """A call of the running task `req.task_id` asks a person: the task waits
         (`waiting`, journaled) until the ask ends, then runs on; the ask as it ended. The
