@@ -120,14 +120,16 @@ FIXTURES_SERVED = [
     "input-required-result-capability-check",
     "input-required-result-missing-input-response",
     "input-required-result-ignore-extra-params", "input-required-result-non-tool-request"]
-# 2025-11-25 fixture scenarios that fail at /mcp/fx: what the gateway does not pass on
-# yet (a server's log messages to the client). Sampling and elicitation pass: the fixture
-# server's input_required is asked of the suite's 2025-11-25 session as requests on its
-# call's stream (corral/mcp/askclient.py); resources/subscribe is passed on (a
-# 2026-07-28 server's by a listen stream of corral's client)
-FIXTURES_UNSERVED = {
-    "tools-call-with-logging": "a server's logging relayed to the client",
-}
+# --requirements 2025-11-25 (0.2.0-alpha.12), at /mcp/fx: what the set requires, every
+# one passing. Sampling and elicitation: the fixture server's input_required is asked of
+# the suite's 2025-11-25 session as requests on its call's stream (askclient.py);
+# resources/subscribe is passed on (to a 2026-07-28 server by a listen stream of corral's
+# client); its log messages reach the call's stream (logrelay.py)
+REQUIRED_2025 = APPLICABLE + FIXTURES
+# run and reported but not scored by the set: added after its release, or pending
+UNSCORED_2025 = ["server-session-lifecycle", "json-schema-2020-12", "server-sse-polling"]
+# of those, what does not pass yet
+PENDING_2025: list[str] = ["json-schema-2020-12"]
 # skipped by the pinned suite itself, whatever the server ("pending subscriptions/listen
 # rewrite")
 SKIPPED_2026 = ["tasks-status-notifications"]
@@ -196,9 +198,13 @@ def test_every_applicable_server_scenario_of_the_conformance_suite_passes(
 
 
 def run_2026(url: str, out: Path) -> dict[str, dict[str, str]]:
-    """Every check of the suite's --requirements 2026-07-28 run against `url`."""
+    return run_suite(url, out, "2026-07-28")
+
+
+def run_suite(url: str, out: Path, requirements: str) -> dict[str, dict[str, str]]:
+    """Every check of the suite's --requirements `requirements` run against `url`."""
     r = subprocess.run([str(NODE22), str(SUITE2), "server", "--url", url,
-                        "--requirements", "2026-07-28", "-o", str(out)],
+                        "--requirements", requirements, "-o", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=out)
     found = suite_checks(out)
     assert found, r.stdout[-3000:] + r.stderr[-3000:]
@@ -254,21 +260,20 @@ def test_the_2026_07_28_fixture_scenarios_pass_against_a_fixture_server_seen_as_
                 STATELESS_UNSERVED)
 
 
-@pytest.mark.skipif(missing() is not None, reason=missing() or "")
-def test_the_2025_11_25_fixture_scenarios_pass_against_a_fixture_server_seen_as_itself(
-        daemon: Daemon) -> None:
+@needs_suite2
+def test_the_2025_11_25_requirements_pass_against_a_fixture_server_seen_as_itself(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """0.2.0-alpha.12 with --requirements 2025-11-25 at /mcp/fx: every scenario the set
+    requires passes, and those it runs unscored but for PENDING_2025."""
     url = daemon.json("mcp", "status")["gateway"]["http"]["url"] + "/fx"
-    r = subprocess.run([str(NODE22), str(SUITE), "server", "--url", url],
-                       capture_output=True, text=True, timeout=180, cwd=SUITE.parent)
-    results = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(
-        r"^[✓✗] ([\w-]+): (\d+) passed, (\d+) failed$", r.stdout, re.M)}
-    assert sorted(results) == sorted(APPLICABLE + FIXTURES), r.stdout[-3000:]
-    for name in results:
-        passed, failed = results[name]
-        if name in FIXTURES_UNSERVED:
-            assert failed, f"{name} passes now: take it out of FIXTURES_UNSERVED"
-        else:
-            assert passed >= 1 and failed == 0, (name, r.stdout[-3000:])
+    found = run_suite(url, tmp_path, "2025-11-25")
+    assert sorted(found) == sorted(REQUIRED_2025 + UNSCORED_2025), sorted(found)
+    for name in REQUIRED_2025 + [s for s in UNSCORED_2025 if s not in PENDING_2025]:
+        assert found[name] and set(found[name].values()) <= {"SUCCESS", "INFO"}, \
+            (name, found[name])
+    for name in PENDING_2025:
+        assert set(found[name].values()) & {"FAILURE", "WARNING"}, \
+            (f"{name} passes now: take it out of PENDING_2025", found[name])
 
 
 INSPECTOR = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "inspector" / \

@@ -24,6 +24,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
+from ..mcp.logrelay import LogRelay
 from ..mcp.server import GatewaySession, Progress, StdioTransport
 from ..methods import CANCEL, GatewayCall, GatewayItems, GatewayList, GatewayWatch
 from ..timeouts import within
@@ -42,6 +43,7 @@ class DaemonLink:
         self.lost = asyncio.Event()
         self.on_changed: list[Any] = []
         self._progress: dict[int, Progress] = {}
+        self._logs: dict[int, LogRelay] = {}
         self._ids = itertools.count(1)
         self._first_change: asyncio.Future[None] | None = None
         self._watch_task: asyncio.Future[None] | None = None
@@ -91,6 +93,10 @@ class DaemonLink:
             cb = self._progress.get(params.pop("progress_id", None))
             if cb is not None:
                 cb(params)
+        elif method == "gateway.log":
+            said = self._logs.get(params.pop("progress_id", None))
+            if said is not None:
+                said.send(params)  # at its level: the daemon's LogRelay
         elif method == "gateway.changed":
             self.features = frozenset(params.get("features") or ["tools"])
             if self._first_change is not None and not self._first_change.done():
@@ -122,18 +128,23 @@ class DaemonLink:
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, "method not found: resources/unsubscribe")
 
     async def forward(self, method: str, params: dict[str, Any],
-                      on_progress: Progress | None) -> Any:
+                      on_progress: Progress | None, on_log: LogRelay | None = None) -> Any:
         pid = next(self._ids)
         if on_progress is not None:
             self._progress[pid] = on_progress
+        if on_log is not None:
+            self._logs[pid] = on_log
         try:
             # the result is passed on as the daemon wrote it, never decoded here
             return await self._live().request(
                 GatewayCall.declared.name, {**self.who, "method": method, "params": params,
-                                            "progress_id": pid if on_progress else None},
+                                            "progress_id": pid if on_progress or on_log
+                                            else None,
+                                            "log_level": on_log.level if on_log else None},
                 type=msgspec.Raw)
         finally:
             self._progress.pop(pid, None)
+            self._logs.pop(pid, None)
 
 
 async def serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:

@@ -40,6 +40,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
+from ..mcp.logrelay import LogRelay
 from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
@@ -459,7 +460,10 @@ class GatewayService:
 
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,
-                      who: tuple[int, int] = (-1, -1)) -> Any:
+                      who: tuple[int, int] = (-1, -1), on_log: LogRelay | None = None
+                      ) -> Any:
+        """`on_log`: the client gets the server's log messages of a tools/call
+        (logrelay.py)."""
         if ident.server == AGENTS_VIEW:
             return await self._agent_call(ident, method, params, None, on_progress)
         if ident.server is not None:
@@ -468,13 +472,14 @@ class GatewayService:
             name = params.get("name")
             if isinstance(name, str) and self._task_tool(name) == "required":
                 raise needs_tasks(f"tool {name}")  # a call made no task: refused
-            return await self._tool_call(ident, params, on_progress, who)
+            return await self._tool_call(ident, params, on_progress, who, on_log)
         with self.slot(ident):
             return await self._other(ident, method, params)
 
     async def _tool_call(self, ident: Identity, params: dict[str, Any],
                          on_progress: Callable[[dict[str, Any]], None] | None,
-                         who: tuple[int, int] = (-1, -1)) -> Any:
+                         who: tuple[int, int] = (-1, -1), on_log: LogRelay | None = None
+                         ) -> Any:
         """tools/call of the pool's tool `params.name`, as `call` makes it."""
         name = params.get("name")
         arguments = params.get("arguments") or {}
@@ -485,7 +490,8 @@ class GatewayService:
         context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
             if isinstance(said, dict) else None
         relay, opened = self._relay(ident, name, params)
-        result = await self.call(ident, name, arguments, on_progress, who, context, relay)
+        result = await self.call(ident, name, arguments, on_progress, who, context, relay,
+                                 on_log)
         return self._sealed(ident, name, opened, relay, result)
 
     def _sealed(self, ident: Identity, subject: str, opened: SealedState | None,
@@ -677,7 +683,7 @@ class GatewayService:
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
                    who: tuple[int, int] = (-1, -1), context: Parent | None = None,
-                   relay: InputRelay | None = None) -> Any:
+                   relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
         """One tools/call by a gateway client: allowlist, attribution, limits, accounting,
         audit; `context`: the client's trace context (its `_meta`), the call's span's
         parent; `relay`: the client answers the server's input requests (relay.py; an
@@ -706,7 +712,7 @@ class GatewayService:
                 call = self._step(ident, task, name, arguments, context)
             else:
                 call = self.tools.call(name, arguments, owner=ident.owner,
-                                       on_progress=on_progress, relay=relay)
+                                       on_progress=on_progress, relay=relay, on_log=on_log)
                 if context is not None:
                     call = self._traced(call, context, name, ident.name)
             result = await call

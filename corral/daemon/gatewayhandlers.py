@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import methods as m
+from ..mcp.logrelay import LogRelay, valid_level
 from .api import Commands
 from .caller import Caller, Channel
 from .gatewayaccess import GatewayService
@@ -51,8 +52,14 @@ async def gateway_call(d: GatewayServices, p: m.GatewayCall, caller: Caller, c: 
         if p.progress_id is not None and c.writable.is_set():
             c.notify("gateway.progress", {**data, "progress_id": p.progress_id})
 
-    return await d.gateway.forward(ident, p.method, p.params, progress,
-                                   who=(caller.uid, caller.pid))
+    def logged(params: dict[str, Any]) -> None:
+        if c.writable.is_set():
+            c.notify("gateway.log", {**params, "progress_id": p.progress_id})
+
+    level = valid_level(p.log_level)
+    return await d.gateway.forward(
+        ident, p.method, p.params, progress, who=(caller.uid, caller.pid),
+        on_log=None if level is None or p.progress_id is None else LogRelay(level, logged))
 
 
 @implements(m.GatewayWatch)

@@ -44,6 +44,7 @@ import msgspec
 from .. import __version__, jsonrpc
 from ..jsonrpc import Peer, RpcError
 from ..tracecontext import CURRENT
+from .logrelay import META_LOG_LEVEL, LogRelay
 from .paramheaders import ParamHeaders, designations
 from .relay import InputRelay, asks_input
 
@@ -153,6 +154,8 @@ class McpClient:
         self.calls_in_flight = 0
         self._tokens = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
+        # the calls in flight whose callers asked for the server's log messages
+        self._logs: dict[Any, LogRelay] = {}
         self._validators: dict[str, Any] = {}
         # a 2026-07-28 server's resources subscribed to: each one's listen stream
         self._watching: dict[str, jsonrpc.Id] = {}
@@ -510,11 +513,13 @@ class McpClient:
 
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float,
                         on_progress: ProgressCallback | None = None,
-                        relay: InputRelay | None = None) -> Any:
+                        relay: InputRelay | None = None,
+                        on_log: LogRelay | None = None) -> Any:
         """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
         `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
         "required" are called as tasks and polled to their result. `relay`: the caller
-        answers the server's input requests (relay.py)."""
+        answers the server's input requests (relay.py); `on_log`: it gets the server's
+        log messages of this call (logrelay.py)."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
@@ -522,6 +527,10 @@ class McpClient:
         as_task = (tool.get("execution") or {}).get("taskSupport") == "required"
         if on_progress is not None:
             self._progress[token] = on_progress
+        if on_log is not None:
+            self._logs[token] = on_log
+            if self.stateless:  # a 2026-07-28 server logs only for a request that asks
+                params["_meta"][META_LOG_LEVEL] = on_log.level
         self.calls += 1
         self.calls_in_flight += 1
         try:
@@ -544,6 +553,7 @@ class McpClient:
         finally:
             self.calls_in_flight -= 1
             self._progress.pop(token, None)
+            self._logs.pop(token, None)
         result = self._check_output(tool, result)
         if isinstance(result, dict) and result.get("isError"):
             self.errors += 1
@@ -712,6 +722,19 @@ class McpClient:
             data = params.get("data")
             text = data if isinstance(data, str) else msgspec.json.encode(data).decode()
             self._note(f"log {params.get('level', '')}{logger}: {text}")
+            caller = self._log_caller()
+            if caller is not None:
+                caller(params)
+
+    def _log_caller(self) -> LogRelay | None:
+        """The call a log message of the server's can only be of (logrelay.py): the one
+        in flight that asked for logs, when a 2026-07-28 server (which logs for no other)
+        has one; on an older server, only when it is the one request in flight."""
+        if len(self._logs) != 1:
+            return None
+        if not self.stateless and (self.peer is None or self.peer.in_flight != 1):
+            return None
+        return next(iter(self._logs.values()))
 
     def _roots(self) -> dict[str, Any]:
         return {"roots": [{"uri": u, "name": u.rsplit("/", 1)[-1] or u} for u in self.roots]}

@@ -23,6 +23,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
 from .client import McpClient
+from .logrelay import LogRelay
 from .relay import InputRelay
 
 SEP = "__"
@@ -268,9 +269,10 @@ class McpPool(Generic[Spec, Inst]):
 
     async def call(self, qualified: str, arguments: dict[str, Any], *,
                    owner: str | None = None, on_progress: Progress | None = None,
-                   relay: InputRelay | None = None) -> Any:
+                   relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
         """Call a tool; the caller has checked its allowlist (tasks.py, for agents).
-        `relay`: the gateway's client answers the server's input requests (relay.py)."""
+        `relay`: the gateway's client answers the server's input requests (relay.py);
+        `on_log`: it gets the server's log messages of the call (logrelay.py)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
         if entry is None:
@@ -281,7 +283,8 @@ class McpPool(Generic[Spec, Inst]):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (MCP server {server} "
                                               f"has no tool {tool})")
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
-                                           on_progress=on_progress, relay=relay)
+                                           on_progress=on_progress, relay=relay,
+                                           on_log=on_log)
 
     # -- resources ------------------------------------------------------------------------
     # An allowlist admits a resource as SERVER__URI (`notes__*` admits every resource of

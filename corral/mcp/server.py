@@ -43,6 +43,7 @@ from . import envelope
 from .askclient import WAIT, PendingAsks
 from .client import LEGACY, META_CAPABILITIES, META_CLIENT, META_VERSION, SUPPORTED
 from .envelope import Mirror, Refusal
+from .logrelay import LEVELS, META_LOG_LEVEL, LogRelay, valid_level
 from .relay import NEEDS, asks_input
 
 log = logging.getLogger("corral.gateway")
@@ -95,9 +96,10 @@ class Backend(Protocol):
         ...
 
     async def forward(self, method: str, params: dict[str, Any],
-                      on_progress: Progress | None) -> Any:
+                      on_progress: Progress | None, on_log: LogRelay | None = None) -> Any:
         """A request for one upstream server (tools/call, resources/read, prompts/get,
-        completion/complete), checked against the client's allowlist."""
+        completion/complete), checked against the client's allowlist; `on_log`: the
+        client gets the server's log messages of a tools/call (logrelay.py)."""
         ...
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
@@ -128,6 +130,9 @@ class GatewaySession:
         self.extensions: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
         self.asks = PendingAsks(ask_wait)
+        # a 2025-11-25 client's, from logging/setLevel: it gets the log messages of its
+        # calls' servers at this level or above (logrelay.py)
+        self.log_level: str | None = None
         self.subscribed: set[str] = set()  # its resources/subscribe URIs
         self._ending: set[asyncio.Task[Any]] = set()
         self.inflight: dict[Id, asyncio.Task[Any]] = {}
@@ -215,9 +220,12 @@ class GatewaySession:
 
     def may_ask(self, env: Envelope) -> bool:
         """Whether answering `env` may first mean asking the client (a server's input
-        request relayed to a 2025-11-25 session's client that can answer one): the
-        transport then keeps a channel for it (HTTP: the POST's SSE stream)."""
-        return env.method in ASKING and self._askable()
+        request relayed to a 2025-11-25 session's client that can answer one), or telling
+        it a server's log messages (its session set a level): the transport then keeps a
+        channel for it (HTTP: the POST's SSE stream)."""
+        return (env.method in ASKING and self._askable()) or \
+            (env.method == "tools/call" and self.version is not None
+             and self.log_level is not None)
 
     def _askable(self) -> bool:
         """A 2025-11-25 session whose client declared a capability a server's input
@@ -328,7 +336,13 @@ class GatewaySession:
         if method == "ping":
             return _complete({}, stateless)
         if method == "logging/setLevel":
-            return _complete({}, stateless)  # corral keeps servers' logs in its own log
+            level = valid_level(params.get("level"))
+            if level is None:
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"invalid params: logging/setLevel needs a level of "
+                               f"{', '.join(LEVELS)}")
+            self.log_level = level
+            return _complete({}, stateless)
         kind = LIST_KINDS.get(method)
         if kind is not None:
             return self._list(kind, params, stateless)
@@ -359,7 +373,11 @@ class GatewaySession:
             upstream["_meta"] = passed
         if method == "tools/call" and tasks and self._declares_tasks(meta):
             return self._tasks(method, upstream, stateless)
-        return self._forward(method, upstream, on_progress, stateless, reply)
+        level = valid_level(meta.get(META_LOG_LEVEL) if meta else None) if stateless \
+            else self.log_level
+        on_log = None if level is None or method != "tools/call" else LogRelay(
+            level, lambda p: reply(Notification("notifications/message", p)))
+        return self._forward(method, upstream, on_progress, stateless, reply, on_log)
 
     def _passed(self, meta: dict[str, Any] | None, stateless: bool) -> dict[str, Any]:
         """What of the client's `_meta` the gateway reads: its W3C trace context (the
@@ -405,8 +423,9 @@ class GatewaySession:
         return _complete(await self.backend.task(method, params), stateless)
 
     async def _forward(self, method: str, params: dict[str, Any],
-                       on_progress: Progress | None, stateless: bool, reply: Reply) -> Any:
-        result = _complete(await self.backend.forward(method, params, on_progress),
+                       on_progress: Progress | None, stateless: bool, reply: Reply,
+                       on_log: LogRelay | None) -> Any:
+        result = _complete(await self.backend.forward(method, params, on_progress, on_log),
                            stateless)
         while not stateless and self._askable() and _asks(result):
             # a 2025-11-25 client reads no input_required: it is asked each request on
@@ -417,7 +436,7 @@ class GatewaySession:
             answers = await self.asks.ask(asked.get("inputRequests"), reply)
             result = await self.backend.forward(method, {
                 **params, "inputResponses": answers,
-                "requestState": asked.get("requestState")}, on_progress)
+                "requestState": asked.get("requestState")}, on_progress, on_log)
         if stateless and method in CACHEABLE and isinstance(result, dict):
             # a 2026-07-28 server behind may have said its own: kept
             return {**CACHE_HINTS, **result}

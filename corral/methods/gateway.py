@@ -29,11 +29,14 @@ class GatewayCall(GatewayClient):
     """One MCP request for an upstream server (tools/call, resources/read, prompts/get,
     completion/complete) on behalf of a gateway client: allowlist, limits, accounting and
     audit apply; progress arrives as `gateway.progress` notifications tagged with
-    `progress_id`; `request.cancel {id}` cancels it upstream."""
+    `progress_id`, and with a `log_level` the server's log messages of a tools/call at
+    that level or above as `gateway.log` ones; `request.cancel {id}` cancels it
+    upstream."""
 
     method: str = "tools/call"
     params: dict[str, Any] = {}
     progress_id: int | None = None
+    log_level: str | None = None
 
 
 @method("gateway.watch", result=None, scope="mcp:call", endless=True, seen="unnamed")

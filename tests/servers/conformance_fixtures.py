@@ -123,6 +123,37 @@ async def test_logging_tool(ctx: Context) -> str:
     return "Logged three messages"
 
 
+@server.tool()
+async def test_tool_with_logging(ctx: Context) -> str:
+    """Logs three messages while it runs, a while apart (tools-call-with-logging: each
+    reaches the client that called it, on its call's stream)."""
+    for n, said in enumerate(("Tool execution started", "Tool processing data",
+                              "Tool execution completed")):
+        if n:
+            await asyncio.sleep(0.05)
+        await ctx.info(said)
+    return "Tool with logging executed successfully"
+
+
+_gates: dict[str, asyncio.Event] = {}
+
+
+@server.tool()
+async def gated_log(key: str, ctx: Context) -> str:
+    """Logs "gated KEY" once open_gate(KEY) is called, and ends (a log message sent while
+    calls of other clients may be in flight on the session)."""
+    await _gates.setdefault(key, asyncio.Event()).wait()
+    await ctx.info(f"gated {key}")
+    return f"gated {key} done"
+
+
+@server.tool()
+def open_gate(key: str) -> str:
+    """Lets gated_log(KEY) go on."""
+    _gates.setdefault(key, asyncio.Event()).set()
+    return f"opened {key}"
+
+
 class _Answer(BaseModel):
     answer: str
 

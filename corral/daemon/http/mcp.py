@@ -53,6 +53,7 @@ from ...jsonrpc import Envelope, ErrorResponse, Id, Response, RpcError
 from ...mcp import envelope, sse
 from ...mcp.client import LEGACY, META_VERSION, STATELESS
 from ...mcp.envelope import Mirror
+from ...mcp.logrelay import META_LOG_LEVEL, LogRelay
 from ...mcp.server import MISSING_CAPABILITY, GatewaySession, Progress
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
@@ -105,8 +106,9 @@ class PoolBackend:
         return await self.service.list_items(self.ident, kind)
 
     async def forward(self, method: str, params: dict[str, Any],
-                      on_progress: Progress | None) -> Any:
-        return await self.service.forward(self.ident, method, params, on_progress)
+                      on_progress: Progress | None, on_log: LogRelay | None = None) -> Any:
+        return await self.service.forward(self.ident, method, params, on_progress,
+                                          on_log=on_log)
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
         return await self.service.task(self.ident, method, params)
@@ -672,12 +674,15 @@ def _give_up(sess: HttpSession, stream: SseStream) -> None:
 
 
 def _wants_progress(env: Envelope) -> bool:
+    """Whether the request asked to be told things before its answer: its progress, or
+    (a 2026-07-28 request) its server's log messages."""
     if env.params is msgspec.UNSET:
         return False
     with contextlib.suppress(msgspec.DecodeError):
         params = msgspec.json.decode(env.params)
         meta = params.get("_meta") if isinstance(params, dict) else None
-        return isinstance(meta, dict) and meta.get("progressToken") is not None
+        return isinstance(meta, dict) and (meta.get("progressToken") is not None
+                                           or meta.get(META_LOG_LEVEL) is not None)
     return False  # pragma: no cover
 
 

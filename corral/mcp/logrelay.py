@@ -1,0 +1,44 @@
+"""A server's log messages passed on to the client a call was made for.
+
+A gateway client that asked for log messages (a 2025-11-25 session by
+`logging/setLevel`, a 2026-07-28 request by `io.modelcontextprotocol/logLevel` in its
+`_meta`) gets the `notifications/message` a server sends during a tools/call it made, on
+that call's own stream, at its level or above. Nothing on the wire ties a log message to
+a request over a pipe (the SDKs set no related request id there), so the client of the
+server (client.py) gives one to a call only when no other could have caused it: on a
+2026-07-28 server, which logs only for a request that carried a logLevel, when exactly one
+such call is in flight on that session; on an older server, which logs for the session,
+when that call is the one request in flight on it. Any other message stays in corral's
+own log alone, as every one does: a message sent to the wrong client would leak what one
+caller's call did to another (decision 660).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+# RFC 5424's severities, least first, as MCP's LoggingLevel names them
+LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class LogRelay:
+    """The caller of one call: its level, and how a message reaches it."""
+
+    __slots__ = ("level", "send")
+
+    def __init__(self, level: str, send: Callable[[dict[str, Any]], None]) -> None:
+        self.level = level
+        self.send = send
+
+    def __call__(self, params: dict[str, Any]) -> None:
+        """A message of the server's, passed on when at the caller's level or above (one
+        of no level MCP names is not passed on)."""
+        level = params.get("level")
+        if level in LEVELS and LEVELS.index(level) >= LEVELS.index(self.level):
+            self.send(params)
+
+
+def valid_level(level: Any) -> str | None:
+    return level if isinstance(level, str) and level in LEVELS else None
