@@ -119,7 +119,10 @@ FIXTURES_SERVED = [
     "input-required-result-result-type", "input-required-result-tampered-state",
     "input-required-result-capability-check",
     "input-required-result-missing-input-response",
-    "input-required-result-ignore-extra-params", "input-required-result-non-tool-request"]
+    "input-required-result-ignore-extra-params", "input-required-result-non-tool-request",
+    # roots/list among them: the fixture server's relay_roots (decision 661)
+    "input-required-result-basic-list-roots",
+    "input-required-result-multiple-input-requests"]
 # --requirements 2025-11-25 (0.2.0-alpha.12), at /mcp/fx: what the set requires, every
 # one passing. Sampling and elicitation: the fixture server's input_required is asked of
 # the suite's 2025-11-25 session as requests on its call's stream (askclient.py);
@@ -166,6 +169,7 @@ start_timeout = 30.0
 [mcp_servers.fx]
 command = ["{PY}", "{FIXTURE_SERVER}"]
 start_timeout = 30.0
+relay_roots = true  # its callers' roots are theirs (the suite's list-roots scenarios)
 
 [mcp_servers.fx.task_tools]  # the tasks extension's fixtures: the gateway's tasks
 slow_compute = "optional"

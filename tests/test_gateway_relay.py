@@ -54,6 +54,12 @@ shared = true
 confirm_delete = "optional"
 multi_input = "optional"
 
+[mcp_servers.fr]  # the same, whose callers' roots are theirs to give
+command = ["{PY}", "{FIXTURES}"]
+start_timeout = 30.0
+shared = true
+relay_roots = true
+
 [gateway]
 listen = "127.0.0.1:{port}"
 input_wait = {input_wait}
@@ -537,6 +543,35 @@ def test_a_servers_roots_are_the_operators_never_a_gateway_clients(gateway: Gate
             else [json.loads(r.read())]
     assert [m.get("method") for m in got] == [None], got  # nothing asked of the client
     assert text(got[0]["result"]) == "Roots: []", got
+
+
+def test_a_server_that_relays_roots_asks_its_caller_them_with_the_rest(gateway: Gateway
+                                                                       ) -> None:
+    """`relay_roots`: a client that declared roots answers the server's roots/list, in
+    one round with its other input requests; one that did not gets corral's roots (fr
+    has none), as at a server that does not relay them."""
+    g = gateway._replace(url=gateway.url.removesuffix("/fx") + "/fr")
+    rooted = {**ELICITING, "sampling": {}, "roots": {"listChanged": True}}
+    asked = call(g, "acme", "test_input_required_result_list_roots", rooted)["result"]
+    assert asked["resultType"] == "input_required", asked
+    assert asked["inputRequests"]["client_roots"]["method"] == "roots/list", asked
+    roots = {"roots": [{"uri": "file:///srv/acme", "name": "acme"}]}
+    done = call(g, "acme", "test_input_required_result_list_roots", rooted,
+                inputResponses={"client_roots": roots},
+                requestState=asked["requestState"])["result"]
+    assert text(done) == "Roots: ['file:///srv/acme']", done
+    three = call(g, "acme", "test_input_required_result_multiple_inputs", rooted)["result"]
+    assert sorted(r["method"] for r in three["inputRequests"].values()) == [
+        "elicitation/create", "roots/list", "sampling/createMessage"], three
+    answers = {"user_name": {"action": "accept", "content": {"name": "Alice"}},
+               "greeting": {"role": "assistant", "model": "m", "content": {
+                   "type": "text", "text": "Hello"}},
+               "client_roots": roots}
+    done = call(g, "acme", "test_input_required_result_multiple_inputs", rooted,
+                inputResponses=answers, requestState=three["requestState"])["result"]
+    assert text(done) == "Name Alice, roots ['file:///srv/acme']", done
+    unrooted = call(g, "acme", "test_input_required_result_list_roots", ELICITING)["result"]
+    assert unrooted["resultType"] == "complete" and text(unrooted) == "Roots: []", unrooted
 
 
 def test_a_prompts_input_is_relayed_too_and_its_state_is_the_prompts_alone(

@@ -489,7 +489,7 @@ class GatewayService:
         said = params.get("_meta")
         context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
             if isinstance(said, dict) else None
-        relay, opened = self._relay(ident, name, params)
+        relay, opened = self._relay(ident, name, params, name.partition("__")[0])
         result = await self.call(ident, name, arguments, on_progress, who, context, relay,
                                  on_log)
         return self._sealed(ident, name, opened, relay, result)
@@ -504,12 +504,13 @@ class GatewayService:
             Holder(ident.name, ident.tenant), subject, result.get("requestState"), opened,
             self.settings.input_wait)}
 
-    def _relay(self, ident: Identity, name: str, params: dict[str, Any]
-               ) -> tuple[InputRelay | None, SealedState | None]:
+    def _relay(self, ident: Identity, name: str, params: dict[str, Any],
+               server: str | None) -> tuple[InputRelay | None, SealedState | None]:
         """Who answers the server's input requests of this call: the client, when it
         declared its capabilities (a 2026-07-28 request's, relay.py), with its answers
         and the server's state it brought back (opened: this client's, this tool's);
-        None: corral, as for an agent's call."""
+        None: corral, as for an agent's call. `server`'s `relay_roots` says whether its
+        roots/list is the client's to answer too."""
         responses = params.get("inputResponses")
         if "inputResponses" in params and not isinstance(responses, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
@@ -521,7 +522,9 @@ class GatewayService:
         caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
         if not isinstance(caps, dict):
             return None, None
-        return InputRelay(caps, responses, opened.state if opened else None), opened
+        entry = self.tools.servers.get(server) if server is not None else None
+        return InputRelay(caps, responses, opened.state if opened else None,
+                          roots=entry is not None and entry.spec.relay_roots), opened
 
     async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         """A request of the tasks extension (mcptasks.py): tools/call of a client that
@@ -613,16 +616,16 @@ class GatewayService:
         pool = self.tools
         if method == "prompts/get":
             name = str(params.get("name"))
-            relay, opened = self._relay(ident, name, params)
+            relay, opened = self._relay(ident, name, params, name.partition("__")[0])
             return self._sealed(ident, name, opened, relay, await pool.get_prompt(
                 name, params.get("arguments") or {}, owner=ident.owner, allow=ident.allow,
                 relay=relay))
         if method == "resources/read":
             uri = str(params.get("uri"))
-            relay, opened = self._relay(ident, uri, params)
+            server = await self._server_of(ident, uri)
+            relay, opened = self._relay(ident, uri, params, server)
             return self._sealed(ident, uri, opened, relay, await pool.read_resource(
-                await self._server_of(ident, uri), uri, owner=ident.owner,
-                allow=ident.allow, relay=relay))
+                server, uri, owner=ident.owner, allow=ident.allow, relay=relay))
         if method == "completion/complete":
             ref = dict(params.get("ref") or {})
             if ref.get("type") == "ref/prompt":

@@ -23,8 +23,10 @@ import msgspec
 INPUT_REQUIRED = "input_required"
 # the client capability each kind of input request a caller may answer needs. Not
 # roots/list: a server's roots are the operator's (`[mcp_servers.NAME] roots`), and a
-# gateway client's answer would widen what a filesystem server lets it reach
+# gateway client's answer would widen what a filesystem server lets it reach; unless the
+# operator says the server's callers' roots are theirs (`relay_roots`, decision 661)
 NEEDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling"}
+ROOTS = {"roots/list": "roots"}
 
 
 class InputRelay(msgspec.Struct, frozen=True):
@@ -34,22 +36,27 @@ class InputRelay(msgspec.Struct, frozen=True):
     capabilities: dict[str, Any] = {}
     input_responses: dict[str, Any] | None = None
     request_state: str | None = None
+    roots: bool = False  # the server's `relay_roots`: the caller answers roots/list too
+
+    def _needs(self) -> dict[str, str]:
+        return {**NEEDS, **ROOTS} if self.roots else NEEDS
 
     def answers(self, asked: Any) -> bool:
         """Whether the caller can answer every one of a server's `inputRequests` (a round
-        asking roots is corral's to answer whole)."""
+        asking roots is corral's to answer whole, but of a server that relays them)."""
         if not isinstance(asked, dict) or not asked:
             return False
+        needs = self._needs()
         for req in asked.values():
             method = req.get("method") if isinstance(req, dict) else None
-            need = NEEDS.get(method) if isinstance(method, str) else None
+            need = needs.get(method) if isinstance(method, str) else None
             if need is None or not isinstance(self.capabilities.get(need), dict):
                 return False
         return True
 
     def offered(self) -> dict[str, Any]:
         """The caller's capabilities a server's input requests may use (relayed)."""
-        return {c: self.capabilities[c] for c in NEEDS.values()
+        return {c: self.capabilities[c] for c in self._needs().values()
                 if isinstance(self.capabilities.get(c), dict)}
 
     def params(self, params: dict[str, Any]) -> dict[str, Any]:

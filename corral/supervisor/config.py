@@ -395,6 +395,9 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     start: Literal["lazy", "eager"] = "lazy"
     timeout: Positive = 30.0
     roots: list[str] = []  # offered to the server as MCP roots (paths or URIs)
+    # a gateway client's own roots answer the server's roots/list asked in a call it made
+    # (relayed with the call's other input requests), where `roots` would (decision 661)
+    relay_roots: bool = False
     log_level: LogLevel | None = None  # sent as logging/setLevel when the server logs
     # the longest message (one stdout line) the server may send: base64 images and file
     # contents make MCP answers far larger than workers' (server-filesystem's 7 MB image

@@ -381,6 +381,22 @@ async def test_input_required_result_list_roots(ctx: Context
     return CallToolResult(content=[TextContent(type="text", text=f"Roots: {roots}")])
 
 
+@server.tool()
+async def test_input_required_result_multiple_inputs(ctx: Context
+                                                     ) -> CallToolResult | InputRequiredResult:
+    """Asks an elicitation, a sampling and the client's roots in one round, with a state;
+    done when all three come back with it."""
+    answers = ctx.input_responses or {}
+    if ctx.request_state != "asked-three" or \
+            not {"user_name", "greeting", "client_roots"} <= set(answers):
+        return InputRequiredResult(input_requests={
+            "user_name": _name_form("What is your name?"),
+            "greeting": _sample("Generate a greeting"),
+            "client_roots": ListRootsRequest()}, request_state="asked-three")
+    roots = [str(r.uri) for r in getattr(answers["client_roots"], "roots", [])]
+    return _done(f"Name {(_answered(ctx, 'user_name') or {}).get('name')}, roots {roots}")
+
+
 def _sample(text: str) -> CreateMessageRequest:
     return CreateMessageRequest(params=CreateMessageRequestParams(
         messages=[SamplingMessage(role="user", content=TextContent(type="text", text=text))],
