@@ -120,6 +120,8 @@ FIXTURES_SERVED = [
     "input-required-result-capability-check",
     "input-required-result-missing-input-response",
     "input-required-result-ignore-extra-params", "input-required-result-non-tool-request",
+    # pending at the set's release: the fixture server's 2020-12 keywords passed on
+    "json-schema-2020-12",
     # roots/list among them: the fixture server's relay_roots (decision 661)
     "input-required-result-basic-list-roots",
     "input-required-result-multiple-input-requests"]
@@ -131,8 +133,9 @@ FIXTURES_SERVED = [
 REQUIRED_2025 = APPLICABLE + FIXTURES
 # run and reported but not scored by the set: added after its release, or pending
 UNSCORED_2025 = ["server-session-lifecycle", "json-schema-2020-12", "server-sse-polling"]
-# of those, what does not pass yet
-PENDING_2025: list[str] = ["json-schema-2020-12"]
+# of those, what does not pass yet: none (json-schema-2020-12 against the fixture
+# server's json_schema_2020_12_tool, its schema passed on as it is)
+PENDING_2025: list[str] = []
 # skipped by the pinned suite itself, whatever the server ("pending subscriptions/listen
 # rewrite")
 SKIPPED_2026 = ["tasks-status-notifications"]

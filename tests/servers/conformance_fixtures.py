@@ -40,10 +40,29 @@ TASKED = frozenset({"slow_compute", "failing_job", "protocol_error_job",
                     "confirm_delete", "multi_input"})
 
 
+# json-schema-2020-12's tool: an input schema of the 2020-12 keywords a server may use
+# (SEP-1613, SEP-2106), which the gateway must pass on as it is
+SCHEMA_2020_12: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+    "$defs": {"address": {"$anchor": "addressDef", "type": "object", "properties": {
+        "street": {"type": "string"}, "city": {"type": "string"}}}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}},
+           "required": ["contactMethod"]},
+    "then": {"required": ["phone"]}, "else": {"required": ["email"]},
+    "additionalProperties": False}
+
+
 class _Fixtures(MCPServer):
     async def list_tools(self) -> list[Tool]:
         return [t.model_copy(update={"execution": ToolExecution(task_support="optional")})
-                if t.name in TASKED else t for t in await super().list_tools()]
+                if t.name in TASKED else
+                t.model_copy(update={"input_schema": SCHEMA_2020_12})
+                if t.name == "json_schema_2020_12_tool" else t
+                for t in await super().list_tools()]
 
 
 server = _Fixtures("fixtures")
@@ -199,6 +218,12 @@ def test_missing_capability() -> str:
     decision 22) never declares: refused as MissingRequiredClientCapability, always."""
     raise MCPError(-32021, "missing required client capability: sampling",
                    {"requiredCapabilities": {"sampling": {}}})
+
+
+@server.tool(description="Tool with JSON Schema 2020-12 features")
+def json_schema_2020_12_tool(name: str = "", email: str = "") -> str:
+    """Listed with SCHEMA_2020_12 as its input schema."""
+    return f"Contact {name} <{email}>"
 
 
 @server.tool()
