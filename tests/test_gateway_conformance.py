@@ -1,10 +1,12 @@
 """The official MCP conformance suite (@modelcontextprotocol/conformance, pinned, run on
-Node 22 from the npm registry) in its server mode against the HTTP gateway fronting the
-npm reference server: 0.1.16 (the 2025-11-25 scenarios), and 0.2.0-alpha.12 with
-`--requirements 2026-07-28` (the stateless revision, frozen at its release). Scenarios that
-test fixtures of the suite's own test server (tools named test_*, its resources and
-prompts) cannot apply to a gateway in front of another server; docs/gateway.md lists each
-with the reason, and the tests hold every such list to what the suite says."""
+Node 22 from the npm registry) in its server mode against the HTTP gateway:
+0.2.0-alpha.12 with `--requirements 2025-11-25` and `--requirements 2026-07-28` (each
+revision's requirements frozen at its release) against a fixture server seen as itself
+(/mcp/fx), where every required scenario passes; the 2026-07-28 set and 0.1.16 (the
+2025-11-25 scenarios) against the pool at /mcp too, fronting the npm reference server.
+Scenarios that test fixtures of the suite's own test server cannot apply at /mcp;
+docs/gateway.md lists each with the reason, and the tests hold every list to what the
+suite says."""
 
 from __future__ import annotations
 
