@@ -218,6 +218,20 @@ async def test_an_agent_running_two_tasks_at_once_names_its_attempt_or_is_unattr
             in forged["message"]
 
 
+async def _third_refused(d: Any, upstream: StandIn, api: str, model: str) -> tuple[
+        Any, dict[str, Any]]:
+    """A task of three calls whose budget takes two: the task succeeds, its first two
+    calls answered, the third refused with the client's RateLimitError (429), the
+    upstream reached twice. Its result and the third's refusal."""
+    res = await run_task(d, {"api": api, "model": model, "calls": 3})
+    assert res.status == "succeeded", res
+    first, second, third = res.output["answers"]
+    assert (first, second) == ("echo: call 1", "echo: call 2")
+    assert (third["error"], third["status"]) == ("RateLimitError", 429)
+    assert upstream.calls() == 2
+    return res, third
+
+
 async def test_a_call_past_a_token_budget_is_refused_naming_the_budget(
         tmp_path: Path, upstream: StandIn) -> None:
     """tokens_per_minute 20 and 15 tokens a call: the 3rd call is refused in the
@@ -225,14 +239,9 @@ async def test_a_call_past_a_token_budget_is_refused_naming_the_budget(
     never reaches the upstream."""
     toml = fleet(tmp_path, upstream.url, agent_extra="tokens_per_minute = 20")
     async with in_process(tmp_path, toml) as d:
-        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 3})
-        assert res.status == "succeeded", res
-        first, second, third = res.output["answers"]
-        assert (first, second) == ("echo: call 1", "echo: call 2")
-        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        res, third = await _third_refused(d, upstream, "chat", "gpt-small")
         assert "budget exceeded: agent writer's tokens_per_minute is 20, 30 used; room " \
                "again at " in third["message"]
-        assert upstream.calls() == 2
         usage = (await d.sup.tasks.info(res.task_id)).usage
         assert usage is not None and usage.input_tokens + usage.output_tokens == 30
         # read by the SDK from OpenAI's error body ({"error": {"message": ...}})
@@ -248,15 +257,10 @@ async def test_a_call_past_its_tenants_token_budget_is_refused_naming_it(
     toml = fleet(tmp_path, upstream.url, agent_extra='tenant = "acme"',
                  models_extra="shared = true") + "\n[tenants.acme]\ntokens_per_minute = 20\n"
     async with in_process(tmp_path, toml) as d:
-        res = await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 3})
-        assert res.status == "succeeded", res
-        first, second, third = res.output["answers"]
-        assert (first, second) == ("echo: call 1", "echo: call 2")
-        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        res, third = await _third_refused(d, upstream, "chat", "gpt-small")
         assert third["message"].startswith(
             "Error code: 429 - budget exceeded: agent writer's tenant acme tokens_per_minute "
             "is 20, 30 used; room again at "), third["message"]
-        assert upstream.calls() == 2
         usage = (await d.sup.tasks.info(res.task_id)).usage
         assert usage is not None and usage.input_tokens + usage.output_tokens == 30
         stats = d.services.gateway_status()["models"]["models"]["gpt-small"]
@@ -272,16 +276,11 @@ async def test_a_call_past_an_agents_cost_budget_is_refused_naming_it(
     toml = fleet(tmp_path, upstream.url, agent_extra="max_cost_usd_per_day = 0.0002",
                  claude_extra="input_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0")
     async with in_process(tmp_path, toml) as d:
-        res = await run_task(d, {"api": "messages", "model": "claude-small", "calls": 3})
-        assert res.status == "succeeded", res
-        first, second, third = res.output["answers"]
-        assert (first, second) == ("echo: call 1", "echo: call 2")
-        assert (third["error"], third["status"]) == ("RateLimitError", 429)
+        res, third = await _third_refused(d, upstream, "messages", "claude-small")
         assert "budget exceeded: agent writer's max_cost_usd_per_day is 0.0002, 0.00021 " \
                "used; room again at " in third["message"]
         # read by the SDK from Anthropic's error body ({"type": "error", "error": {...}})
         assert third["message"].startswith("Error code: 429 - {'type': 'error', ")
-        assert upstream.calls() == 2
         usage = (await d.sup.tasks.info(res.task_id)).usage
         assert usage is not None
         assert usage.cost_usd == pytest.approx(2 * (USAGE_IN * 3.0 + USAGE_OUT * 15.0) / 1e6)
