@@ -10,7 +10,7 @@ from .declaration import Params, method, rest
 
 
 @method("approvals.list", result=AskList, scope="approvals", seen="asks", cli="approvals",
-        routes=(
+        dashboard=True, routes=(
     rest("GET", "/approvals", "The pending approvals and questions the caller may decide"),
 ))
 class ApprovalsList(Params):
@@ -20,7 +20,7 @@ class ApprovalsList(Params):
 
 # declared before approvals.get: its path is matched before /approvals/{id}
 @method("approvals.watch", result=None, scope="approvals", endless=True, seen="ask_stream",
-        cli="approvals watch", routes=(
+        cli="approvals watch", dashboard=True, routes=(
     rest("GET", "/approvals/stream", "The pending asks, then each ask made or ended (SSE)",
          stream="approvals.ask"),
 ))
@@ -31,7 +31,7 @@ class ApprovalsWatch(Params):
 
 
 @method("approvals.get", result=Ask, scope="approvals", seen="ask", cli="approvals show",
-        routes=(
+        dashboard=True, routes=(
     rest("GET", "/approvals/{id}", "One ask, pending or ended", path_params={"id": "id"}),
 ))
 class ApprovalsGet(Params):
@@ -41,7 +41,7 @@ class ApprovalsGet(Params):
 
 
 @method("approvals.resolve", result=Ask, scope="approvals", mutating=True, seen="ask",
-        routes=(
+        dashboard=True, routes=(
     rest("POST", "/approvals/{id}/resolve", "Decide an ask: approve (with edited "
          "arguments), deny (with a reason) or answer it", path_params={"id": "id"},
          body=("decision", "arguments", "reason", "answer")),

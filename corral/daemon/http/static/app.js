@@ -79,7 +79,8 @@ function follow(method, params, handlers, onState) {
 
 // what the streams brought, counted: the browser tests read them
 window.corralLive = { "agents.snapshot": 0, "agents.transition": 0, "agents.roster": 0,
-  "agents.sample": 0, "stats.sample": 0, "events.event": 0, "tasks.output": 0 };
+  "agents.sample": 0, "stats.sample": 0, "events.event": 0, "tasks.output": 0,
+  "approvals.ask": 0 };
 
 // The fleet as agents.watch tells it: every replica's row as agents.status shows it.
 class FleetModel {
@@ -1301,9 +1302,156 @@ class Run extends Polled {
   }
 }
 
+// -- the inbox ------------------------------------------------------------------------------
+// The asks approvals.watch tells of: those pending that the session sees (an ask with no
+// `end`), and the newest DECIDED_KEPT that ended while the page was open, with how.
+const DECIDED_KEPT = 50;
+class InboxModel {
+  constructor() {
+    this.pending = new Map(); // id -> ask, oldest first as the stream sends them
+    this.ended = []; // newest first
+  }
+  // the stream (re)opened: it sends every pending ask again, and one that ended while it
+  // was away would otherwise be shown pending for good
+  reset() {
+    this.pending = new Map();
+  }
+  ask(a) {
+    if (a.end === null || a.end === undefined) {
+      if (!this.ended.some((x) => x.id === a.id)) this.pending.set(a.id, a);
+      return;
+    }
+    this.pending.delete(a.id);
+    this.ended = [a, ...this.ended.filter((x) => x.id !== a.id)].slice(0, DECIDED_KEPT);
+  }
+  // the stream said the page fell behind (approvals.missed): the list read again
+  relisted(asks) {
+    this.reset();
+    for (const a of asks) this.ask(a);
+  }
+}
+
+const pretty = (v) => JSON.stringify(v, null, 2);
+// a question whose schema takes a string is answered with the text as typed; any other
+// with JSON, which the daemon checks against the schema
+const takesText = (subject) => subject.schema?.type === "string";
+
+function asked(a) {
+  if (a.kind === "question") return a.subject.prompt;
+  if ("tool" in a.subject) return `${a.subject.tool} ${JSON.stringify(a.subject.arguments)}`;
+  return JSON.stringify(a.subject);
+}
+
+// One pending ask, with its decisions: an approval approved (with its arguments as the
+// box holds them: edited, they are the ones the call runs with) or denied; a question
+// answered or denied. The daemon's refusal is shown as it words it.
+class AskCard extends Component {
+  constructor(props) {
+    super(props);
+    const s = props.ask.subject;
+    this.state = { args: props.ask.kind === "approval" && "arguments" in s ? pretty(s.arguments) : "",
+      answer: "", reason: "", error: null, busy: false };
+  }
+  params(decision) {
+    const a = this.props.ask;
+    const p = { id: a.id, decision };
+    if (decision === "denied") {
+      if (this.state.reason.trim()) p.reason = this.state.reason.trim();
+    } else if (decision === "approved" && "arguments" in a.subject) {
+      let args;
+      try {
+        args = JSON.parse(this.state.args);
+      } catch (e) {
+        throw new Error(`the arguments are not JSON: ${e.message}`);
+      }
+      if (args === null || typeof args !== "object" || Array.isArray(args)) {
+        throw new Error("the arguments are a JSON object");
+      }
+      // the originals are sent as none: the ask's record then says nothing was edited
+      if (JSON.stringify(args) !== JSON.stringify(a.subject.arguments)) p.arguments = args;
+    } else if (decision === "answered") {
+      if (takesText(a.subject)) {
+        p.answer = this.state.answer;
+      } else {
+        try {
+          p.answer = JSON.parse(this.state.answer);
+        } catch (e) {
+          throw new Error(`the answer is not JSON: ${e.message}`);
+        }
+      }
+    }
+    return p;
+  }
+  async decide(decision) {
+    let params;
+    try {
+      params = this.params(decision);
+    } catch (e) {
+      this.setState({ error: e.message });
+      return;
+    }
+    this.setState({ busy: true, error: null });
+    try {
+      this.props.decided(await call("approvals.resolve", params));
+    } catch (e) {
+      this.setState({ error: e.message, busy: false });
+    }
+  }
+  render({ ask: a }, st) {
+    const s = a.subject;
+    const approval = a.kind === "approval";
+    const button = (decision, label, cls) => html`<button class=${`decide-${decision}${cls ? ` ${cls}` : ""}`}
+      disabled=${st.busy} onClick=${() => this.decide(decision)}>${label}</button>`;
+    return html`<div class="ask" data-ask=${a.id} data-kind=${a.kind}>
+      <h3>${approval ? "Approval" : "Question"} <code>${a.id}</code></h3>
+      <p>Task <a class="ask-task" href=${`#/task/${a.task_id}`}>${a.task_id}</a>, agent
+        <a class="ask-agent" href=${`#/agent/${a.agent}`}>${a.agent}</a>${a.tenant ? ` of tenant ${a.tenant}` : ""},
+        asked ${stamp(a.created)}, ${a.deadline ? `decided by ${stamp(a.deadline)} or it times out` : "no deadline"}</p>
+      ${approval && "tool" in s && html`<p>Tool <code class="ask-tool">${s.tool}</code></p>
+        <label class="block">Arguments (the call runs with these; edit them to approve others)
+          <textarea class="ask-args" rows=${Math.min(12, st.args.split("\n").length + 1)}
+            value=${st.args} onInput=${(e) => this.setState({ args: e.target.value })}></textarea></label>`}
+      ${approval && !("tool" in s) && html`<pre class="json ask-subject">${pretty(s)}</pre>`}
+      ${!approval && html`<p class="ask-prompt">${s.prompt}</p>
+        ${s.schema && html`<p class="note">The answer must fit this schema:</p><pre class="json ask-schema">${pretty(s.schema)}</pre>`}
+        <label class="block">Answer (${takesText(s) ? "text" : "JSON"})
+          <textarea class="ask-answer" rows="3" value=${st.answer}
+            onInput=${(e) => this.setState({ answer: e.target.value })}></textarea></label>`}
+      <label class="block">Reason, told to the agent if denied
+        <input class="ask-reason wide" value=${st.reason} onInput=${(e) => this.setState({ reason: e.target.value })} /></label>
+      <div class="actions">${approval ? button("approved", "Approve", "primary") : button("answered", "Answer", "primary")}
+        ${button("denied", "Deny", "danger")}</div>
+      ${st.error && html`<div class="error ask-error">${st.error}</div>`}
+    </div>`;
+  }
+}
+
+function Inbox({ inbox, decided }) {
+  if (!inbox) return html`<section id="inbox"><h2>Inbox</h2>
+    <p class="note">This session does not hold the approvals scope: it sees no asks.</p></section>`;
+  const pending = [...inbox.pending.values()];
+  return html`<section id="inbox">
+      <h2>Inbox: ${pending.length} waiting for a person</h2>
+      ${pending.length ? html`<div id="inbox-pending">${pending.map((a) => html`<${AskCard} key=${a.id} ask=${a}
+        decided=${decided} />`)}</div>` : html`<p class="note" id="inbox-pending">No task waits for a person.</p>`}
+    </section>
+    <section>
+      <h2>Decided while this page was open</h2>
+      <table id="inbox-decided">
+        <thead><tr><th>Ask</th><th>Task</th><th>Agent</th><th>Asked</th><th>Decision</th><th>By</th>
+          <th>When</th><th>With</th></tr></thead>
+        <tbody>${inbox.ended.map((a) => html`<tr data-ask=${a.id}>
+          <td><code>${a.id}</code></td><td><a href=${`#/task/${a.task_id}`}>${a.task_id}</a></td>
+          <td>${a.agent}</td><td class="wrap">${asked(a)}</td><td class="end"><${State} s=${a.end} /></td>
+          <td class="by">${a.by}</td><td>${stamp(a.ended)}</td>
+          <td class="wrap data">${a.data === null || a.data === undefined ? "" : JSON.stringify(a.data)}</td></tr>`)}</tbody>
+      </table>
+    </section>`;
+}
+
 // -- the page -------------------------------------------------------------------------------
-const VIEWS = [["fleet", "Fleet"], ["tasks", "Tasks"], ["runs", "Runs"], ["metrics", "Metrics"], ["mcp", "MCP"],
-  ["audit", "Audit"]];
+const VIEWS = [["fleet", "Fleet"], ["tasks", "Tasks"], ["runs", "Runs"], ["inbox", "Inbox"], ["metrics", "Metrics"],
+  ["mcp", "MCP"], ["audit", "Audit"]];
 
 function route() {
   const [view, arg] = location.hash.replace(/^#\/?/, "").split("/");
@@ -1349,6 +1497,31 @@ class App extends Component {
         },
       }, state),
     ];
+    // the inbox, followed whatever the view: the nav says how many asks wait. A session
+    // without the approvals scope is not offered approvals.list, and its stream would be
+    // refused: it is not followed
+    if (session.methods.includes("approvals.list") && session.streams.includes("approvals.watch")) {
+      this.inbox = new InboxModel();
+      this.unfollow.push(follow("approvals.watch", {}, {
+        "approvals.ask": (a) => this.inboxChanged(() => this.inbox.ask(a)),
+        "approvals.missed": () => this.relist(),
+      }, (s, method) => {
+        if (s === "live") this.inboxChanged(() => this.inbox.reset());
+        state(s, method);
+      }));
+    }
+  }
+  inboxChanged(apply) {
+    apply();
+    this.setState({ inboxTick: (this.state.inboxTick || 0) + 1 });
+  }
+  async relist() {
+    try {
+      const { asks } = await call("approvals.list");
+      this.inboxChanged(() => this.inbox.relisted(asks));
+    } catch (e) {
+      this.setState({ error: `the inbox cannot be read again: ${e.message}` });
+    }
   }
   componentWillUnmount() {
     for (const stop of this.unfollow || []) stop();
@@ -1428,6 +1601,8 @@ class App extends Component {
         setRange=${(x) => this.setState({ range: x })} />`;
       case "mcp": return html`<${Mcp} />`;
       case "audit": return html`<${Audit} />`;
+      case "inbox": return html`<${Inbox} inbox=${this.inbox} tick=${this.state.inboxTick}
+        decided=${(a) => this.inboxChanged(() => this.inbox.ask(a))} />`;
       default: {
         const st = this.state;
         return html`${st.actionError && html`<div class="error" id="action-error">${st.actionError}</div>`}
@@ -1448,8 +1623,9 @@ class App extends Component {
     const stale = seen && Date.now() - seen > 5 * POLL_MS;
     return html`<header>
         <h1>corral</h1>
-        <nav>${VIEWS.map(([v, label]) => html`<a href=${`#/${v}`}
-          class=${r.view === v ? "current" : ""}>${label}</a>`)}</nav>
+        <nav>${VIEWS.map(([v, label]) => html`<a href=${`#/${v}`} id=${`nav-${v}`}
+          class=${r.view === v ? "current" : ""}>${label}${v === "inbox" && this.inbox?.pending.size
+            ? ` (${this.inbox.pending.size})` : ""}</a>`)}</nav>
         <span class=${`live${stale ? " stale" : ""}`} id="live">${seen
           ? `live, updated ${new Date(seen).toLocaleTimeString()}` : "connecting…"}</span>
       </header>
