@@ -592,15 +592,17 @@ def test_the_dashboard_in_chromium() -> None:
             assert problems == []
             # nothing live was polled: the fleet, the figures and the log came on one
             # stream each, opened once for the whole visit (the agent's log once per
-            # opening of its view, a task's live output once per opening of its page);
+            # opening of its view, a task's live output once per opening of its page; the
+            # inbox's asks once, whatever the view, for the count in the page's nav);
             # the agent's spec was loaded when its view opened, when its list of
             # replicas changed and after the scale, not each second
             polled = [a for a in asked if a.startswith(
                 ("api/agents.status", "api/stats.get", "api/logs.tail"))]
             assert polled == []
             streams = [a.split("?")[0] for a in asked if a.startswith("stream/")]
-            assert sorted(streams) == ["stream/agents.watch", "stream/logs.follow",
-                                       "stream/stats.watch", "stream/tasks.stream"], streams
+            assert sorted(streams) == ["stream/agents.watch", "stream/approvals.watch",
+                                       "stream/logs.follow", "stream/stats.watch",
+                                       "stream/tasks.stream"], streams
             assert asked.count("api/agents.describe") <= 4, asked
             assert page.evaluate("window.sameDocument") is True
 
