@@ -23,9 +23,11 @@ Tool results are returned as the server sent them (`content`, `isError`,
 `structuredContent`, …); a `structuredContent` that breaks the tool's `outputSchema` is
 reported to the caller as an error result, not hidden.
 
-Sampling and elicitation requests from a server are declined with a clear error: corral
-runs unattended, so there is no user to ask and no model of its own to sample from
-(docs/decisions.md).
+Sampling requests from a server are refused with a clear error: corral has no model of
+its own to sample from (docs/decisions.md). Elicitation is asked of a person through the
+inbox when the call was made for an agent's task, which gives the call an `Asker`
+(supervisor/tasks/elicitations.py, decision 680); any other call's is refused (2025-11-25)
+or declined (2026-07-28), as it always was.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -78,6 +80,11 @@ LISTENED = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
 _REPROBE = object()
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+# who answers a server's elicitation of one call: given the request's params, the
+# ElicitResult ({"action": "accept", "content": ...}, "decline" or "cancel")
+Asker = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# what a call with an Asker declares it can answer (2026-07-28: per request)
+ASKER_CAPABILITIES: dict[str, Any] = {"elicitation": {"form": {}}}
 
 
 class UnsupportedVersion(RpcError):
@@ -156,6 +163,8 @@ class McpClient:
         self._progress: dict[Any, ProgressCallback] = {}
         # the calls in flight whose callers asked for the server's log messages
         self._logs: dict[Any, LogRelay] = {}
+        # the calls in flight made for a task, whose elicitation a person answers
+        self._askers: dict[Any, Asker] = {}
         self._validators: dict[str, Any] = {}
         # a 2026-07-28 server's resources subscribed to: each one's listen stream
         self._watching: dict[str, jsonrpc.Id] = {}
@@ -200,13 +209,19 @@ class McpClient:
         return params
 
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
-                      timeout: float | None, relay: InputRelay | None = None) -> Any:
+                      timeout: float | None, relay: InputRelay | None = None,
+                      asker: Asker | None = None) -> Any:
         """One request, with the revision's `_meta` where it needs one (`timeout` None: the
         caller keeps the deadline). A 2026-07-28 result that asks for input
         (`resultType: input_required`) is answered and the request sent again, with the
         server's `requestState` as it was, up to MAX_INPUT_ROUNDS times; with a `relay`
-        whose caller can answer it, it is returned unanswered (relay.py)."""
+        whose caller can answer it, it is returned unanswered (relay.py); with an `asker`,
+        its elicitation is asked of it."""
         params = params or {}
+        if asker is not None and self.stateless and relay is None:
+            meta = dict(params.get("_meta") or {})
+            meta[META_CAPABILITIES] = {**self.client_capabilities(), **ASKER_CAPABILITIES}
+            params = {**params, "_meta": meta}
         if relay is not None:
             params = relay.params(params)
             if self.stateless:
@@ -221,17 +236,19 @@ class McpClient:
                 return result
             params = {k: v for k, v in params.items()
                       if k not in ("inputResponses", "requestState")}
-            params["inputResponses"] = self._inputs(method, result.get("inputRequests"))
+            params["inputResponses"] = await self._inputs(method,
+                                                          result.get("inputRequests"), asker)
             if "requestState" in result:
                 params["requestState"] = result["requestState"]
         raise RpcError(jsonrpc.REFUSED,
                        f"{method}: MCP server {self.name} still asked for input after "
                        f"{MAX_INPUT_ROUNDS} rounds (corral's bound MAX_INPUT_ROUNDS): given up")
 
-    def _inputs(self, method: str, asked: Any) -> dict[str, Any]:
+    async def _inputs(self, method: str, asked: Any, asker: Asker | None = None
+                      ) -> dict[str, Any]:
         """The answers to a server's input requests: roots as configured, elicitation
-        declined (corral runs unattended: nobody to ask); sampling, which has no way to
-        decline, fails the request that asked for it."""
+        asked of `asker` (a person, for a task's call), else declined (nobody to ask);
+        sampling, which has no way to decline, fails the request that asked for it."""
         if not isinstance(asked, dict):
             raise RpcError(jsonrpc.INVALID_REQUEST,
                            f"{method}: MCP server {self.name} asked for input without "
@@ -242,7 +259,9 @@ class McpClient:
             if what == "roots/list":
                 answers[key] = self._roots()
             elif what == "elicitation/create":
-                answers[key] = {"action": "decline"}
+                params = req.get("params") if isinstance(req, dict) else None
+                answers[key] = {"action": "decline"} if asker is None else \
+                    await asker(params if isinstance(params, dict) else {})
             else:
                 raise RpcError(jsonrpc.METHOD_NOT_FOUND,
                                f"{method}: MCP server {self.name} asked for {what!r} input, "
@@ -514,12 +533,13 @@ class McpClient:
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float,
                         on_progress: ProgressCallback | None = None,
                         relay: InputRelay | None = None,
-                        on_log: LogRelay | None = None) -> Any:
+                        on_log: LogRelay | None = None, asker: Asker | None = None) -> Any:
         """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
         `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
         "required" are called as tasks and polled to their result. `relay`: the caller
         answers the server's input requests (relay.py); `on_log`: it gets the server's
-        log messages of this call (logrelay.py)."""
+        log messages of this call (logrelay.py); `asker`: a person answers its
+        elicitation (decision 680)."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
@@ -531,6 +551,8 @@ class McpClient:
             self._logs[token] = on_log
             if self.stateless:  # a 2026-07-28 server logs only for a request that asks
                 params["_meta"][META_LOG_LEVEL] = on_log.level
+        if asker is not None:
+            self._askers[token] = asker
         self.calls += 1
         self.calls_in_flight += 1
         try:
@@ -539,7 +561,7 @@ class McpClient:
                     result = await self._call_as_task(params, timeout)
                 else:  # (the deadline is the one above: one timer a call)
                     result = await self.request("tools/call", params, timeout=None,
-                                                relay=relay)
+                                                relay=relay, asker=asker)
         except TimeoutError:
             self.errors += 1
             if self.peer is not None:  # a hang of a server without ping shows this way
@@ -554,6 +576,7 @@ class McpClient:
             self.calls_in_flight -= 1
             self._progress.pop(token, None)
             self._logs.pop(token, None)
+            self._askers.pop(token, None)
         result = self._check_output(tool, result)
         if isinstance(result, dict) and result.get("isError"):
             self.errors += 1
@@ -736,6 +759,14 @@ class McpClient:
             return None
         return next(iter(self._logs.values()))
 
+    def _asker(self) -> Asker | None:
+        """Who answers a 2025-11-25 server's elicitation/create, which names no call of
+        its own: the call in flight with an Asker, when it is the one request corral has
+        in flight to the server (else nobody can say whose it is: refused as before)."""
+        if len(self._askers) != 1 or self.peer is None or self.peer.in_flight != 1:
+            return None
+        return next(iter(self._askers.values()))
+
     def _roots(self) -> dict[str, Any]:
         return {"roots": [{"uri": u, "name": u.rsplit("/", 1)[-1] or u} for u in self.roots]}
 
@@ -744,6 +775,11 @@ class McpClient:
             return {}
         if method == "roots/list":
             return self._roots()
+        if method == "elicitation/create":
+            asker = self._asker()
+            if asker is not None:
+                params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
+                return asker(params if isinstance(params, dict) else {})
         if method in ("sampling/createMessage", "elicitation/create"):
             what = "sampling" if method.startswith("sampling") else "elicitation"
             raise RpcError(jsonrpc.METHOD_NOT_FOUND,

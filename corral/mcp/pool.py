@@ -22,7 +22,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
-from .client import McpClient
+from .client import Asker, McpClient
 from .logrelay import LogRelay
 from .relay import InputRelay
 
@@ -269,10 +269,12 @@ class McpPool(Generic[Spec, Inst]):
 
     async def call(self, qualified: str, arguments: dict[str, Any], *,
                    owner: str | None = None, on_progress: Progress | None = None,
-                   relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
+                   relay: InputRelay | None = None, on_log: LogRelay | None = None,
+                   asker: Asker | None = None) -> Any:
         """Call a tool; the caller has checked its allowlist (tasks.py, for agents).
         `relay`: the gateway's client answers the server's input requests (relay.py);
-        `on_log`: it gets the server's log messages of the call (logrelay.py)."""
+        `on_log`: it gets the server's log messages of the call (logrelay.py);
+        `asker`: a person answers the server's elicitation (a task's call, decision 680)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
         if entry is None:
@@ -284,7 +286,7 @@ class McpPool(Generic[Spec, Inst]):
                                               f"has no tool {tool})")
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
                                            on_progress=on_progress, relay=relay,
-                                           on_log=on_log)
+                                           on_log=on_log, asker=asker)
 
     # -- resources ------------------------------------------------------------------------
     # An allowlist admits a resource as SERVER__URI (`notes__*` admits every resource of

@@ -329,8 +329,14 @@ class Supervisor:
         def progress(p: dict[str, Any]) -> None:
             if call.task is not None:
                 self.tasks.report_progress(call.task, {**p, "tool": call.name})
+        asker = None
+        if call.task is not None:
+            # a person answers the server's elicitation within the call's own deadline
+            entry = self.mcp.servers.get(call.name.partition("__")[0])
+            asker = self.tasks.elicitations.asker(
+                call, entry.spec.timeout if entry is not None else None)
         return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
-                             on_progress=progress)
+                             on_progress=progress, asker=asker)
 
     async def _list_tools(self, replica: Replica) -> dict[str, Any]:
         return {"tools": await self.mcp.list_tools(owner=replica.label,

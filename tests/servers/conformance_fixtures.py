@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import sys
+import threading
 from typing import Any
 
 from mcp.server import MCPServer
@@ -470,6 +473,31 @@ async def test_input_required_result_request_state(ctx: Context
     return _done("Confirmed, with the state as it was given")
 
 
+ASK_NAME_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    "name": {"type": "string", "description": "Your name"}}, "required": ["name"]}
+
+
+@server.tool()
+async def ask_name(greeting: str, ctx: Context) -> CallToolResult | InputRequiredResult:
+    """Asks the person's name, as the negotiated revision asks (elicitation/create in the
+    middle of the call on 2025-11-25, an input_required result on 2026-07-28), and says
+    what came back: the greeting with the name, or the action that refused it."""
+    message = f"{greeting}: what is your name?"
+    if ctx.protocol_version == "2026-07-28":
+        got = (ctx.input_responses or {}).get("name")
+        if got is None:
+            return InputRequiredResult(input_requests={"name": ElicitRequest(
+                params=ElicitRequestFormParams(message=message,
+                                               requested_schema=ASK_NAME_SCHEMA))})
+        action, content = got.action, dict(getattr(got, "content", None) or {})
+    else:
+        answer = await ctx.session.elicit_form(message, ASK_NAME_SCHEMA, ctx.request_id)
+        action, content = answer.action, dict(answer.content or {})
+    if action != "accept":
+        return _done(f"elicitation {action}")
+    return _done(f"{greeting}, {content.get('name')}!")
+
+
 @server.tool()
 async def test_input_required_result_multi_round(ctx: Context
                                                  ) -> CallToolResult | InputRequiredResult:
@@ -594,5 +622,34 @@ def test_prompt_with_image() -> list[UserMessage]:
             UserMessage("Please analyze the image above.")]
 
 
+def _legacy_only() -> None:
+    """The server of 2025-11-25 alone: corral's server/discover probe is refused here,
+    before the SDK (which would lock the connection to 2026-07-28 by it) reads it, so
+    corral initializes, and a server's question comes as elicitation/create in the middle
+    of a call. Every other line goes on to the SDK through a pipe in place of stdin."""
+    read, write = os.pipe()
+    real = os.dup(0)
+    os.dup2(read, 0)
+    os.close(read)
+
+    def pump() -> None:
+        with os.fdopen(real, "rb") as lines:
+            for line in lines:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if isinstance(msg, dict) and msg.get("method") == "server/discover":
+                    os.write(1, json.dumps({"jsonrpc": "2.0", "id": msg.get("id"), "error": {
+                        "code": -32601, "message": "Method not found"}}).encode() + b"\n")
+                    continue
+                os.write(write, line)
+        os.close(write)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
 if __name__ == "__main__":
+    if "--legacy" in sys.argv:
+        _legacy_only()
     server.run()

@@ -61,6 +61,7 @@ from .counters import AgentTasks, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
+from .elicitations import Elicitations
 from .ids import new_ids
 from .inbox import AskRequest, Inbox
 from .interceptors import (
@@ -164,6 +165,8 @@ class TaskManager:
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
         self.inbox = Inbox(self.stream)
         self.questions = Questions(self)  # task/ask: a question for a person (questions.py)
+        # an MCP server's elicitation in a task's call, asked of a person (elicitations.py)
+        self.elicitations = Elicitations(self)
         interceptors.bind(TaskPath(self.active, self.stream, self.ask_person,
                                    self.fail_task))
 

@@ -1,0 +1,153 @@
+"""An MCP server's elicitation during a task's tool call, asked of a person (issue 55
+item 3, decision 680; docs/approvals.md#questions).
+
+A tool call made for an agent's task (the worker's `tools/call`, or the gateway's call
+attributed to the task: both reach the router as a ToolCall with its task) carries an
+Asker (mcp/client.py). A server that elicits during it (`elicitation/create` on
+2025-11-25, an `input_required` result asking it on 2026-07-28) gets a question of the
+task in the inbox: the server's message the prompt, its `requestedSchema` the schema,
+the server and the tool named. The task waits meanwhile (TaskManager.ask_person). The
+person's answer goes back as the elicitation's `accept` with the answer as `content`;
+a declined question is `decline`; one that timed out or was withdrawn (its task ended)
+is `cancel`. The question's deadline is the server's `timeout`: the call it is part of
+ends then anyway.
+
+The person's decision is a step of the task (`corral/ask:elicit:...`, journaled as a
+question's answer is, questions.py) before the server has it, and the ask is keyed by
+the call (its tool, its arguments' hash, how many such calls came before it in the
+attempt) and by how many elicitations of that call came before: a retried attempt that
+makes the same call, and is asked the same, is answered from the journal or from the
+ask its earlier attempt made, and a person is never asked twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ...askviews import AskEnd, AskKind
+from ...jsonrpc import RpcError
+from ...mcp.client import Asker
+from ...mcp.pool import split
+from ...workerproto import MAX_PROMPT_CHARS
+from .inbox import AskRequest
+from .model import TaskFinished
+from .questions import STEP, check_schema
+from .steps import args_hash
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ...askviews import Ask
+    from ..stream import Stream
+    from .interceptors import ToolCall
+    from .model import Task
+    from .steps import TaskSteps
+
+log = logging.getLogger("corral.elicitations")
+
+PREFIX = "ask:elicit:"  # an elicitation's key in the inbox (a question's is "ask:KEY")
+DECLINE = {"action": "decline"}
+CANCEL = {"action": "cancel"}
+
+
+class ElicitingEngine(Protocol):
+    """What elicitations need of the TaskManager."""
+
+    stream: Stream
+    steps: TaskSteps
+
+    async def ask_person(self, req: AskRequest) -> Ask: ...
+
+
+class Elicitations:
+    """Askers for the engine's tasks' tool calls."""
+
+    def __init__(self, engine: ElicitingEngine,
+                 ask_person: Callable[[AskRequest], Awaitable[Ask]] | None = None) -> None:
+        self.engine = engine
+        self._ask_person = ask_person or engine.ask_person
+        self.asked = 0  # elicitations put to a person
+        self.replayed = 0  # answered from the journal or an earlier attempt's ask
+        self.declined = 0  # declined unasked: a cluster's task, a URL or a bad form
+        # task id -> (its attempt, how many calls of each (tool, arguments) it made)
+        self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
+        engine.stream.subscribe(self._finished, TaskFinished)
+
+    def _finished(self, e: TaskFinished) -> None:
+        self._made.pop(e.task.id, None)
+
+    def asker(self, call: ToolCall, timeout: float | None) -> Asker | None:
+        """Who answers the call's elicitation: a person, when it is a task's."""
+        task = call.task
+        if task is None:
+            return None
+        attempt, made = self._made.get(task.id, (0, Counter()))
+        if attempt != task.attempt:
+            attempt, made = task.attempt, Counter()
+            self._made[task.id] = (attempt, made)
+        h = args_hash(call.arguments)
+        made[call.name, h] += 1
+        base = f"{PREFIX}{call.name}:{h.hex()}:{made[call.name, h]}"
+        asked = itertools.count(1)
+
+        async def ask(params: dict[str, Any]) -> dict[str, Any]:
+            return await self._ask(task, call, f"{base}:{next(asked)}", params, timeout)
+        return ask
+
+    async def _ask(self, task: Task, call: ToolCall, key: str, params: dict[str, Any],
+                   timeout: float | None) -> dict[str, Any]:
+        server = split(call.name)[0]
+        refused = _unaskable(task, params)
+        if refused is not None:
+            self.declined += 1
+            log.warning("task %s: the elicitation of MCP server %s (tool %s) was declined "
+                        "unasked: %s", task.id, server, call.name, refused)
+            return DECLINE
+        steps = self.engine.steps
+        got = await steps.get(task, STEP + key)
+        if got.get("found"):
+            self.replayed += 1
+            result: dict[str, Any] = got["result"]
+            return result
+        subject = {"prompt": params["message"], "schema": params["requestedSchema"],
+                   "server": server, "tool": call.name}
+        ask = await self._ask_person(AskRequest(
+            AskKind.QUESTION, task.tenant, task.id, task.attempt, task.agent, key, subject,
+            timeout))
+        if ask.end is AskEnd.ANSWERED:
+            result = {"action": "accept", "content": ask.data}
+        elif ask.end is AskEnd.DENIED:
+            result = DECLINE
+        else:  # timed out, or withdrawn: nobody answered
+            return CANCEL
+        # the person's decision is the task's before the server has it: a retry is
+        # given it back, the person not asked again
+        await steps.put(task, call.replica, STEP + key, result)
+        self.asked += 1
+        return result
+
+
+def _unaskable(task: Task, params: dict[str, Any]) -> str | None:
+    """Why an elicitation is declined without asking anyone, else None."""
+    if not task.journal_here:
+        # its ask would be this node's, not found by the node that resumes the task
+        return "a cluster's task cannot ask a person yet"
+    mode = params.get("mode", "form")
+    if mode != "form":
+        return f"mode {mode!r}: only form elicitation is asked of a person"
+    message, schema = params.get("message"), params.get("requestedSchema")
+    if not isinstance(message, str) or not message:
+        return "it has no message"
+    if len(message) > MAX_PROMPT_CHARS:
+        return (f"its message is {len(message)} characters, more than MAX_PROMPT_CHARS "
+                f"({MAX_PROMPT_CHARS})")
+    if not isinstance(schema, dict):
+        return "it has no requestedSchema object"
+    try:
+        check_schema(schema)
+    except RpcError as exc:
+        return exc.message.removeprefix("task/ask: ")
+    return None

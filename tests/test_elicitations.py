@@ -1,0 +1,191 @@
+"""An MCP server's elicitation during an agent's task's tool call is a question of that
+task in the inbox (issue 55 item 3, decision 680; docs/approvals.md#questions): the
+server's message the prompt, its requestedSchema the schema, the server and the tool
+named; the task waits; answered, the server has the answer as `accept`; declined, it has
+`decline`; another tenant neither sees nor answers it; a call of no task is refused or
+declined as before.
+
+Real processes: the daemon in this loop, an SDK agent (examples/misbehave.py) calling
+the fixture server's `ask_name` (tests/servers/conformance_fixtures.py), run twice: as a
+2025-11-25 server (`--legacy`: elicitation/create in the middle of the call) and as a
+2026-07-28 one (an input_required result); the person is `approvals.resolve`, as its
+surfaces call it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral import methods as m
+from corral.daemon.caller import Caller
+from corral.daemon.tokens import tokens_of
+from corral.supervisor.tasks.inbox import Ask, AskEnded
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, in_process
+from .servers.conformance_fixtures import ASK_NAME_SCHEMA
+from .test_gateway_stdio import wait_until_async
+from .test_tenants import OPERATOR, refused
+
+HERE = Path(__file__).parent
+SERVERS = {"legacy": "--legacy", "stateless": ""}
+
+
+def fleet() -> str:
+    servers = "".join(
+        f'[mcp_servers.{name}]\ncommand = ["{PY}", "{HERE}/servers/conformance_fixtures.py"'
+        + (f', "{flag}"' if flag else "") + ']\nshared = true\n\n'
+        for name, flag in SERVERS.items())
+    return textwrap.dedent(f"""
+        [agents.asker]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "t"
+        tools = ["legacy__*", "stateless__*"]
+        retries = 1
+        backoff_initial = 0.05
+
+    """) + servers
+
+
+TENANTS = "\n[tenants.t]\n\n[tenants.u]\n"
+
+
+def ask_name(server: str, greeting: str = "Hi") -> dict[str, Any]:
+    return {"do": "tools", "tool": f"{server}__ask_name",
+            "arguments": {"greeting": greeting}}
+
+
+def asks_made(d: Any) -> asyncio.Queue[Ask]:
+    """Each ask as the inbox makes it (pending), in order."""
+    made: asyncio.Queue[Ask] = asyncio.Queue()
+    d.sup.tasks.stream.subscribe(
+        lambda e: made.put_nowait(e.ask) if e.ask.pending else None, AskEnded)
+    return made
+
+
+async def submit(d: Any, task_input: dict[str, Any]) -> str:
+    submitted = await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+        {"agent": "asker", "input": task_input}))
+    task_id: str = submitted.task_id
+    return task_id
+
+
+async def finished(d: Any, task_id: str) -> tuple[Any, Any]:
+    """The task's info once it ended, and its output."""
+    info = await d.dispatcher.call(OPERATOR, "tasks.get", {"task_id": task_id, "wait": True})
+    return info, msgspec.json.decode(info.output)
+
+
+async def tenant_caller(d: Any, name: str, tenant: str) -> Caller:
+    _, token = await tokens_of(d.services.store).create(name, sorted(m.SCOPES), None, None,
+                                                        tenant)
+    return Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("server", list(SERVERS))
+async def test_a_servers_elicitation_is_a_question_answered_through_the_inbox(
+        tmp_path: Path, server: str) -> None:
+    async with in_process(tmp_path, fleet(), TENANTS) as d:
+        made = asks_made(d)
+        task_id = await submit(d, ask_name(server))
+        ask = await asyncio.wait_for(made.get(), 30)
+        listed = (await d.dispatcher.call(OPERATOR, "approvals.list", {})).asks
+        assert [(a.id, a.kind, a.task_id, a.tenant, a.key, a.subject) for a in listed] == [
+            (ask.id, "question", task_id, "t", ask.key, {
+                "prompt": "Hi: what is your name?", "schema": ASK_NAME_SCHEMA,
+                "server": server, "tool": f"{server}__ask_name"})]
+        assert ask.key.startswith(f"ask:elicit:{server}__ask_name:"), ask.key
+        info = await d.dispatcher.call(OPERATOR, "tasks.get", {"task_id": task_id})
+        assert (info.status, [a.id for a in info.asks]) == ("waiting", [ask.id])
+
+        # another tenant's caller sees nothing of it and cannot answer it
+        u = await tenant_caller(d, "tu", "u")
+        assert (await d.dispatcher.call(u, "approvals.list", {})).asks == []
+        assert await refused(d, u, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": "Eve"}}) == (
+            jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
+        # an answer that breaks the server's schema is refused, the ask still pending
+        t = await tenant_caller(d, "tt", "t")
+        assert await refused(d, t, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": 3}}) == (
+            jsonrpc.INVALID_PARAMS,
+            f"the answer does not fit ask {ask.id}'s schema: name: 3 is not of type "
+            "'string'")
+        ended = await d.dispatcher.call(t, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": "Ann"}})
+        assert (ended.end, ended.data) == ("answered", {"name": "Ann"})
+
+        done, output = await finished(d, task_id)
+        assert done.status == "succeeded", done
+        [result] = output
+        assert result["content"][0]["text"] == "Hi, Ann!", result
+        assert (d.sup.tasks.elicitations.asked, d.sup.tasks.elicitations.replayed) == (1, 0)
+        assert made.empty()
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("server", list(SERVERS))
+async def test_declined_the_server_sees_decline(tmp_path: Path, server: str) -> None:
+    async with in_process(tmp_path, fleet(), TENANTS) as d:
+        made = asks_made(d)
+        task_id = await submit(d, ask_name(server, "Hello"))
+        ask = await asyncio.wait_for(made.get(), 30)
+        ended = await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+            "id": ask.id, "decision": "denied", "reason": "not telling"})
+        assert (ended.end, ended.data) == ("denied", {"reason": "not telling"})
+        done, output = await finished(d, task_id)
+        assert done.status == "succeeded", done
+        assert output[0]["content"][0]["text"] == "elicitation decline"
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("server", list(SERVERS))
+async def test_a_retry_after_the_worker_is_killed_waits_on_the_same_ask(
+        tmp_path: Path, server: str) -> None:
+    async with in_process(tmp_path, fleet(), TENANTS) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        task_id = await submit(d, ask_name(server))
+        ask = await asyncio.wait_for(made.get(), 30)
+        [replica] = d.sup.agents["asker"].replicas
+        os.kill(replica.pid, signal.SIGKILL)
+        # the retry makes the same call, the server asks the same: the same ask, pending
+        await wait_until_async(lambda: (t := tasks.active.get(task_id)) is not None
+                               and t.attempt == 2 and t.status == "waiting", 30)
+        assert [a.id for a in tasks.inbox.waiting_for(task_id)] == [ask.id]
+        await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": "Bo"}})
+        done, output = await finished(d, task_id)
+        assert done.status == "succeeded", done
+        assert [a.outcome for a in done.attempts] == ["lost", "succeeded"]
+        assert output[0]["content"][0]["text"] == "Hi, Bo!"
+        assert made.empty()  # nobody was asked twice
+
+
+@pytest.mark.deadline(120)
+async def test_a_call_of_no_task_is_refused_or_declined_as_before(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet(), TENANTS) as d:
+        made = asks_made(d)
+
+        def call(server: str) -> Any:
+            return d.dispatcher.call(OPERATOR, "gateway.call", {
+                "agent": "asker", "method": "tools/call",
+                "params": {"name": f"{server}__ask_name", "arguments": {"greeting": "Yo"}}})
+        said = await call("stateless")
+        assert said["content"][0]["text"] == "elicitation decline", said
+        # the SDK's server fails the call with the client's refusal of its request
+        with pytest.raises(jsonrpc.RpcError) as e:
+            await call("legacy")
+        assert e.value.message == ("elicitation/create: corral does not offer elicitation "
+                                   "(it runs unattended; see docs/decisions.md)")
+        assert made.empty()
