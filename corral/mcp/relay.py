@@ -10,8 +10,9 @@ answers to the previous round. The server's `input_required` then comes back una
 when the client declared every capability the requests need; else corral answers them
 as it does without a relay (a client that cannot answer gets what it would have got).
 
-A call made for an agent's task carries none (decision 22: declined); issue 55 routes
-those requests to the task's inbox, through an InputRelay of its own.
+A call made for an agent's task carries none: it carries an Asker instead (client.py),
+and its elicitation is a question of the task in the inbox (supervisor/tasks/
+elicitations.py, decision 680).
 """
 
 from __future__ import annotations
