@@ -312,11 +312,8 @@ class ModelGateway:
                 await live()
             else:
                 arguments = {"endpoint": call.endpoint.path, "body": call.body}
-                # (the body is not changed by the call: its hash is made while the
-                # upstream answers)
                 kept = await self.tasks.steps.tool_call(
-                    call.task, call.replica, MODEL_STEP + call.name, arguments, live,
-                    hash_while_live=True)
+                    call.task, call.replica, MODEL_STEP + call.name, arguments, live)
                 if not made:  # (its span is the step's replay: tracing.py)
                     counter.replayed += 1
                     return await answers.replayed(request, _record.decode(kept))

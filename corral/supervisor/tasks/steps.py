@@ -25,7 +25,6 @@ cluster node's tasks have theirs in Redis (corral.cluster.steps), fenced by thei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -74,24 +73,6 @@ def _replays(spec: Any, name: str) -> bool:
 
 def args_hash(arguments: Any) -> bytes:
     return hashlib.blake2b(_encode.encode(arguments), digest_size=16).digest()
-
-
-class _EarlyHash:
-    """An arguments' hash made at the loop's next turn: while the call that follows
-    waits for its answer, which its journaled step then waits for no longer. One that
-    fails (or is not made by then) is made again after the call, its error raised there
-    as it always was."""
-
-    __slots__ = ("arguments", "digest", "handle")
-
-    def __init__(self, arguments: Any) -> None:
-        self.arguments = arguments
-        self.digest: bytes | None = None
-        self.handle = asyncio.get_running_loop().call_soon(self._make)
-
-    def _make(self) -> None:
-        with contextlib.suppress(Exception):
-            self.digest = args_hash(self.arguments)
 
 
 class _Attempt:
@@ -181,14 +162,9 @@ class TaskSteps:
 
     # -- tool calls -----------------------------------------------------------------------
     async def tool_call(self, task: Task, r: Replica, name: str, arguments: dict[str, Any],
-                        live: Callable[[], Awaitable[Any]], *,
-                        hash_while_live: bool = False) -> Any:
+                        live: Callable[[], Awaitable[Any]]) -> Any:
         """A task's tool call: from the journal while the attempt matches it, else live
-        (and journaled before it is answered when its agent replays it).
-        `hash_while_live`: a live call to be journaled has its arguments' hash made while
-        `live` waits for its answer, not after it (for a caller whose `live` does not
-        change `arguments`: the model gateway's, whose upstream's answer is the longer
-        wait)."""
+        (and journaled before it is answered when its agent replays it)."""
         st = await self._state(task)
         seq = st.next_seq
         st.next_seq += 1
@@ -207,23 +183,14 @@ class TaskSteps:
             elif old.body is not None and replays:
                 self.count_replay(task, "tool", name)
                 return msgspec.Raw(old.body)
-        early: _EarlyHash | None = None
         if journal is not None and replays:
             self._check_budget(task, r, st)
-            if h is None and hash_while_live:
-                early = _EarlyHash(arguments)
-        try:
-            result = await live()
-        finally:
-            if early is not None:
-                early.handle.cancel()
+        result = await live()
         if journal is None or not replays:
             return result
         body = msgspec.json.encode(result)
-        if h is None:
-            h = early.digest if early is not None and early.digest is not None else \
-                args_hash(arguments)
-        journal.put(Step(task.id, seq, name, task.attempt, h, body))
+        journal.put(Step(task.id, seq, name, task.attempt,
+                         args_hash(arguments) if h is None else h, body))
         self._count(st, len(body))
         self.journaled += 1
         await journal.committed(task.id)
