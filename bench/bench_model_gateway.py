@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -296,6 +297,7 @@ async def floor(calls: int = 2000, rounds: int = 9) -> dict[str, Any]:
         await end
     d.request_stop()
     await asyncio.wait_for(run, 30)
+    shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {f"{k}_us": round(statistics.median(v), 2) for k, v in xs.items()}
     for c in clocks:
         out[f"attribution{c}_us"] = round(out[f"task{c}_us"] - out[f"no_task{c}_us"], 2)
