@@ -603,3 +603,54 @@ def test_a_prompts_input_is_relayed_too_and_its_state_is_the_prompts_alone(
         s.answer(question["id"], {"action": "accept", "content": {"context": "legacy"}})
         done = next(stream)
     assert done["result"]["messages"][0]["content"]["text"] == "Use this context: legacy"
+
+
+def calls_of(g: Gateway, server: str) -> int:
+    """The tools/calls corral has sent the server (its instances' count)."""
+    return sum(s["calls"] for s in g.daemon.json("mcp", "status")["mcp_servers"]
+               if s["name"] == server)
+
+
+def test_answers_no_relayed_request_asked_for_are_refused_before_the_server_sees_them(
+        gateway: Gateway) -> None:
+    """The attacker's pass: a client hands the server roots of its choosing as the
+    answer to a request nobody relayed to it (no requestState), or answers a key its
+    state does not list: -32602 naming the key, the server never called. Fails without
+    the asked requests sealed into the state (the server read "Roots: ['file:///etc']")."""
+    g = gateway
+    etc = {"client_roots": {"roots": [{"uri": "file:///etc"}]}}
+    before = calls_of(g, "fx")
+    for caps in ({}, ELICITING):
+        forged = call(g, "acme", "test_input_required_result_list_roots", caps,
+                      inputResponses=etc)
+        assert forged["error"] == {"code": -32602, "message": (
+            "invalid params: fx__test_input_required_result_list_roots: inputResponses "
+            "'client_roots' answers no input request corral relayed (no requestState came "
+            "with it)")}, forged
+    # nor at a server whose callers' roots are theirs: only a relayed roots/list is
+    fr = g._replace(url=g.url.removesuffix("/fx") + "/fr")
+    rooted = {**ELICITING, "roots": {"listChanged": True}}
+    fr_before = calls_of(g, "fr")
+    unasked = call(fr, "acme", "test_input_required_result_list_roots", rooted,
+                   inputResponses=etc)
+    assert unasked["error"]["message"] == (
+        "invalid params: fr__test_input_required_result_list_roots: inputResponses "
+        "'client_roots' answers no input request corral relayed (no requestState came "
+        "with it)"), unasked
+    assert calls_of(g, "fx") == before and calls_of(g, "fr") == fr_before
+    # a state of a round that asked other requests does not let a key it lacks through
+    asked = call(g, "acme", "multi_input", ELICITING)["result"]
+    assert sorted(asked["inputRequests"]) == ["first", "second"], asked
+    before = calls_of(g, "fx")
+    extra = call(g, "acme", "multi_input", ELICITING, requestState=asked["requestState"],
+                 inputResponses={"first": ACCEPT, **etc})
+    assert extra["error"] == {"code": -32602, "message": (
+        "invalid params: fx__multi_input: inputResponses 'client_roots' answers no input "
+        "request corral relayed with this requestState")}, extra
+    assert calls_of(g, "fx") == before
+    # the answers it lists still go through
+    both = {k: {"action": "accept", "content": {"name": n}}
+            for k, n in (("first", "Ann"), ("second", "Bo"))}
+    done = call(g, "acme", "multi_input", ELICITING, requestState=asked["requestState"],
+                inputResponses=both)["result"]
+    assert text(done) == "Ann and Bo", done

@@ -58,7 +58,7 @@ from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
-from .relayseal import Holder, SealedState, StateSeal
+from .relayseal import Holder, SealedState, StateSeal, answered
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -500,9 +500,13 @@ class GatewayService:
         and `subject` (the tool, prompt or resource it asked for)."""
         if relay is None or not asks_input(result):
             return result
+        asked = result.get("inputRequests")
+        methods = {k: r["method"] for k, r in asked.items()
+                   if isinstance(r, dict) and isinstance(r.get("method"), str)} \
+            if isinstance(asked, dict) else {}
         return {**result, "requestState": self.seal.seal(
             Holder(ident.name, ident.tenant), subject, result.get("requestState"), opened,
-            self.settings.input_wait)}
+            self.settings.input_wait, methods)}
 
     def _relay(self, ident: Identity, name: str, params: dict[str, Any],
                server: str | None) -> tuple[InputRelay | None, SealedState | None]:
@@ -510,7 +514,9 @@ class GatewayService:
         declared its capabilities (a 2026-07-28 request's, relay.py), with its answers
         and the server's state it brought back (opened: this client's, this tool's);
         None: corral, as for an agent's call. `server`'s `relay_roots` says whether its
-        roots/list is the client's to answer too."""
+        roots/list is the client's to answer too. Answers to requests corral did not relay
+        with the state they came with are refused before the server sees any
+        (relayseal.answered)."""
         responses = params.get("inputResponses")
         if "inputResponses" in params and not isinstance(responses, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
@@ -518,13 +524,16 @@ class GatewayService:
         opened = self.seal.open(Holder(ident.name, ident.tenant), name,
                                 params["requestState"]) \
             if "requestState" in params else None
+        entry = self.tools.servers.get(server) if server is not None else None
+        roots = entry is not None and entry.spec.relay_roots
+        if responses:
+            answered(name, responses, opened, server, roots)
         said = params.get("_meta")
         caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
         if not isinstance(caps, dict):
             return None, None
-        entry = self.tools.servers.get(server) if server is not None else None
         return InputRelay(caps, responses, opened.state if opened else None,
-                          roots=entry is not None and entry.spec.relay_roots), opened
+                          roots=roots), opened
 
     async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         """A request of the tasks extension (mcptasks.py): tools/call of a client that

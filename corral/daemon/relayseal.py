@@ -5,10 +5,14 @@ The gateway keeps nothing of a plain call that asks for input: the client is tol
 server's `inputRequests` and a state that carries the rest, and sends the call again
 with its answers. That state is the client's to hold but not to forge: it is sealed
 (HMAC-SHA256 under a key the daemon draws at start) over the client's name and tenant,
-the tool, the round, when it expires and the server's own state; a call that brings it
+the tool, the round, when it expires, the server's own state and the keys and methods
+of the input requests relayed with it; a call that brings it
 back is refused unless it is this client's, for this tool, not expired and not past
 MAX_INPUT_ROUNDS. So another client (another tenant's) cannot answer a request made
 for someone else, nor replay their state, and a server asking for ever is given up.
+Answers are taken only to the requests the state lists (`answered`): a client cannot
+hand a server input it never asked of it through corral (say roots of its own choosing,
+to a server whose roots are the operator's: decisions 554, 661).
 A client's name is not an identity: a token revoked may be made again under its name for
 another tenant, and an agent removed may be added again by another tenant (its replicas
 named as before), so the tenant is sealed too (DESIGN section 20).
@@ -45,6 +49,9 @@ class SealedState(msgspec.Struct, array_like=True):
     round: int
     expires: float
     state: str | None
+    # the input requests relayed with it, key -> method: the answers a call may bring
+    # back with it (no others reach the server)
+    asked: dict[str, str] = {}
 
 
 _decode = msgspec.json.Decoder(SealedState)
@@ -58,9 +65,10 @@ class StateSeal:
         self._key = secrets.token_bytes(32)
 
     def seal(self, client: Holder, tool: str, state: Any, opened: SealedState | None,
-             wait: float) -> str:
+             wait: float, asked: dict[str, str]) -> str:
         """The state to give `client` with the server's input requests of a call of
-        `tool`; `opened`: the one the call came with (its round is counted on)."""
+        `tool` (`asked`: their keys and methods); `opened`: the one the call came with
+        (its round is counted on)."""
         turn = opened.round + 1 if opened is not None else 1
         if turn > MAX_INPUT_ROUNDS:
             raise RpcError(jsonrpc.REFUSED,
@@ -69,7 +77,8 @@ class StateSeal:
                            "given up")
         body = msgspec.json.encode(SealedState(client.name, client.tenant, tool, turn,
                                                time.time() + wait,
-                                               state if isinstance(state, str) else None))
+                                               state if isinstance(state, str) else None,
+                                               asked))
         return f"{_b64(body)}.{_b64(self._mac(body))}"
 
     def open(self, client: Holder, tool: str, token: Any) -> SealedState:
@@ -95,6 +104,25 @@ class StateSeal:
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()
+
+
+def answered(subject: str, responses: dict[str, Any], opened: SealedState | None,
+             server: str | None, relay_roots: bool) -> None:
+    """Refuses (-32602, naming the key) a call's `inputResponses` that answer no input
+    request corral relayed with the state it opened: without one, a key it does not
+    list, or a roots/list answer to a server that does not relay roots."""
+    for key in responses:
+        if opened is None:
+            raise _invalid(subject, f"inputResponses {key!r} answers no input request "
+                                    "corral relayed (no requestState came with it)")
+        method = opened.asked.get(key)
+        if method is None:
+            raise _invalid(subject, f"inputResponses {key!r} answers no input request "
+                                    "corral relayed with this requestState")
+        if method == "roots/list" and not relay_roots:
+            raise _invalid(subject, f"inputResponses {key!r} answers roots/list, which "
+                                    f"MCP server {server} does not relay (relay_roots is "
+                                    "off: its roots are the operator's)")
 
 
 def _b64(data: bytes) -> str:

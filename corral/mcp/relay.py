@@ -9,6 +9,8 @@ can answer them carries an `InputRelay`: that client's declared capabilities and
 answers to the previous round. The server's `input_required` then comes back unanswered
 when the client declared every capability the requests need; else corral answers them
 as it does without a relay (a client that cannot answer gets what it would have got).
+The answers a relay carries are those the gateway let through: only to the requests it
+relayed with the state they came back with (daemon/relayseal.py `answered`).
 
 A call made for an agent's task carries none: it carries an Asker instead (client.py),
 and its elicitation is a question of the task in the inbox (supervisor/tasks/
