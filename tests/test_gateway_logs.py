@@ -1,7 +1,8 @@
 """A server's log messages during a tools/call reach the client that made it, on the
 call's own stream (corral/mcp/logrelay.py): a 2026-07-28 request that carried a logLevel,
 a 2025-11-25 session that set one, over HTTP and over stdio (`corral mcp serve`); a
-message that could be of more than one caller's call stays in corral's own log."""
+message that could be of more than one caller's call stays in corral's own log, as does
+a 2025-11-25 server's once another caller has used its session (decision 660)."""
 
 from __future__ import annotations
 
@@ -57,15 +58,18 @@ def in_flight(d: Daemon) -> int:
 
 
 async def call(d: Daemon, rid: int, tool: str, arguments: dict[str, Any],
-               level: str | None = None) -> list[dict[str, Any]]:
-    """A 2026-07-28 tools/call at /mcp/fx: every message of its stream, its answer last."""
+               level: str | None = None, server: str = "fx", token: str | None = None
+               ) -> list[dict[str, Any]]:
+    """A 2026-07-28 tools/call at /mcp/SERVER (as `token`'s client, else anonymous):
+    every message of its stream, its answer last."""
     meta = {**META, LOG_LEVEL: level} if level else META
     body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
             "params": {"name": tool, "arguments": arguments, "_meta": meta}}
     h = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": STATELESS,
-         "Mcp-Method": "tools/call", "Mcp-Name": tool}
+         "Mcp-Method": "tools/call", "Mcp-Name": tool,
+         **({"Authorization": f"Bearer {token}"} if token else {})}
     async with aiohttp.ClientSession() as http, \
-            http.post(url(d) + "/fx", json=body, headers=h) as resp:
+            http.post(url(d) + f"/{server}", json=body, headers=h) as resp:
         assert resp.status == 200, await resp.text()
         if resp.content_type == "application/json":
             return [await resp.json()]
@@ -149,3 +153,44 @@ async def test_corral_mcp_serve_passes_a_calls_log_messages_on(daemon: Daemon) -
         result = await s.call_tool("fx__test_tool_with_logging", {})
         assert not result.is_error, result
     assert seen == LOGGED
+
+
+@pytest.fixture(scope="module")
+def legacy() -> Iterator[tuple[Daemon, dict[str, str]]]:
+    """A 2025-11-25 server (which logs for its session, not a request) at /mcp/lg, and
+    two clients' tokens."""
+    with running_daemon(shared_tmpdir(), f"""
+[mcp_servers.lg]
+command = ["{PY}", "{FIXTURE_SERVER}", "--legacy"]
+start_timeout = 30.0
+
+[gateway]
+listen = "127.0.0.1:0"
+""") as d:
+        yield d, {c: d.json("token", "create", f"mcp-{c}", "--scope", "mcp:call")["token"]
+                  for c in "ab"}
+
+
+async def test_a_log_of_work_another_client_left_running_never_reaches_a_caller(
+        legacy: tuple[Daemon, dict[str, str]]) -> None:
+    """The attacker's pass (decision 660): B's call is answered at once and its work goes
+    on; it logs while A's call, which asked for logs, is the one request in flight. That
+    message is B's: it stays in corral's log. A caller gets a 2025-11-25 server's messages
+    only while every call made on the session was its own. Fails with the rule "the one
+    request in flight" (A's stream carried "B's secret k")."""
+    d, tokens = legacy
+    a, b = tokens["a"], tokens["b"]
+    own = await call(d, 1, "test_tool_with_logging", {}, "info", "lg", a)
+    assert logs_of(own) == LOGGED, own  # the session has been A's alone so far
+    answered = await call(d, 2, "b_work", {"key": "k"}, None, "lg", b)
+    assert answered[-1]["result"]["content"] == [
+        {"type": "text", "text": "b_work k answered"}], answered
+    stream = await call(d, 3, "a_wait", {"key": "k"}, "debug", "lg", a)
+    assert stream[-1]["result"]["content"] == [
+        {"type": "text", "text": "a_wait k done"}], stream
+    assert logs_of(stream) == [], stream
+    logs = await asyncio.to_thread(d.cli, "logs", "lg", "-n", "50")
+    assert "log info: B's secret k" in logs.stdout, logs.stdout
+    # the session has carried B's call: none of its messages is a caller's any more
+    again = await call(d, 4, "test_tool_with_logging", {}, "info", "lg", a)
+    assert logs_of(again) == [] and again[-1]["id"] == 4, again

@@ -723,8 +723,11 @@ class GatewayService:
             if task is not None:
                 call = self._step(ident, task, name, arguments, context)
             else:
+                # the caller, tenant and all: a token's name made again for another
+                # tenant is another caller (relayseal.py)
                 call = self.tools.call(name, arguments, owner=ident.owner,
-                                       on_progress=on_progress, relay=relay, on_log=on_log)
+                                       on_progress=on_progress, relay=relay, on_log=on_log,
+                                       caller=f"{ident.owner} of {ident.tenant}")
                 if context is not None:
                     call = self._traced(call, context, name, ident.name)
             result = await call

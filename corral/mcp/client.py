@@ -161,8 +161,13 @@ class McpClient:
         self.calls_in_flight = 0
         self._tokens = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
-        # the calls in flight whose callers asked for the server's log messages
-        self._logs: dict[Any, LogRelay] = {}
+        # the calls in flight whose callers asked for the server's log messages, each with
+        # its caller
+        self._logs: dict[Any, tuple[str | None, LogRelay]] = {}
+        # the callers of every request made for one on this session (None: one corral
+        # cannot name, such as an agent's task's step): a 2025-11-25 server's log
+        # messages are a caller's only while this holds that caller alone (_log_caller)
+        self._callers: set[str | None] = set()
         # the calls in flight made for a task, whose elicitation a person answers
         self._askers: dict[Any, Asker] = {}
         self._validators: dict[str, Any] = {}
@@ -175,6 +180,7 @@ class McpClient:
         self.network = "pipe"
 
     def make_peer(self, send: Callable[[bytes], None], **kw: Any) -> Peer:
+        self._callers = set()  # a new session: no work of anyone's goes on in it
         self.peer = Peer(
             f"MCP server {self.name}", send, dispatch=self.on_request,
             on_notification=self.on_notification, cancel_method="notifications/cancelled",
@@ -295,6 +301,8 @@ class McpClient:
         self.instructions, self.tools = s.instructions, s.tools
         self.rejected_tools, self.log_level = s.rejected_tools, s.log_level
         self.calls, self.errors = s.calls, s.errors
+        # whose work goes on in it was not handed over: nobody's, as far as logs go
+        self._callers = {None}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, timeout: float) -> str:
@@ -533,13 +541,14 @@ class McpClient:
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float,
                         on_progress: ProgressCallback | None = None,
                         relay: InputRelay | None = None,
-                        on_log: LogRelay | None = None, asker: Asker | None = None) -> Any:
+                        on_log: LogRelay | None = None, asker: Asker | None = None,
+                        caller: str | None = None) -> Any:
         """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
         `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
         "required" are called as tasks and polled to their result. `relay`: the caller
         answers the server's input requests (relay.py); `on_log`: it gets the server's
         log messages of this call (logrelay.py); `asker`: a person answers its
-        elicitation (decision 680)."""
+        elicitation (decision 680); `caller`: whose call it is (None: unnamed)."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
@@ -547,8 +556,9 @@ class McpClient:
         as_task = (tool.get("execution") or {}).get("taskSupport") == "required"
         if on_progress is not None:
             self._progress[token] = on_progress
+        self._callers.add(caller)
         if on_log is not None:
-            self._logs[token] = on_log
+            self._logs[token] = (caller, on_log)
             if self.stateless:  # a 2026-07-28 server logs only for a request that asks
                 params["_meta"][META_LOG_LEVEL] = on_log.level
         if asker is not None:
@@ -656,6 +666,7 @@ class McpClient:
 
     async def read_resource(self, uri: str, timeout: float,
                             relay: InputRelay | None = None) -> Any:
+        self._callers.add(None)  # a caller's request, whose caller is not named here
         return await self.request("resources/read", {"uri": uri}, timeout=timeout,
                                   relay=relay)
 
@@ -664,6 +675,7 @@ class McpClient:
         `resources/subscribe`, or of a 2026-07-28 server (which has none) by a listen
         stream of its own, opened as the list changes' is (`_listen`)."""
         if not self.stateless:
+            self._callers.add(None)
             await self.request("resources/subscribe", {"uri": uri}, timeout=timeout)
             return
         if self.network != "pipe" or self.peer is None:
@@ -693,11 +705,13 @@ class McpClient:
 
     async def get_prompt(self, name: str, arguments: dict[str, str], timeout: float,
                          relay: InputRelay | None = None) -> Any:
+        self._callers.add(None)
         return await self.request("prompts/get", {"name": name, "arguments": arguments},
                                   timeout=timeout, relay=relay)
 
     async def complete(self, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None, timeout: float) -> Any:
+        self._callers.add(None)
         params: dict[str, Any] = {"ref": ref, "argument": argument}
         if context:
             params["context"] = context
@@ -752,12 +766,18 @@ class McpClient:
     def _log_caller(self) -> LogRelay | None:
         """The call a log message of the server's can only be of (logrelay.py): the one
         in flight that asked for logs, when a 2026-07-28 server (which logs for no other)
-        has one; on an older server, only when it is the one request in flight."""
+        has one. An older server logs for the session, and a call's work may outlive its
+        answer (a task between polls, a thread it left running), so a request in flight
+        alone says nothing of whose work logs: there the message is the call's only when
+        it is the one request in flight and every request made for a caller on the
+        session since it began was this caller's (decision 660)."""
         if len(self._logs) != 1:
             return None
-        if not self.stateless and (self.peer is None or self.peer.in_flight != 1):
+        caller, relay = next(iter(self._logs.values()))
+        if not self.stateless and (self.peer is None or self.peer.in_flight != 1
+                                   or caller is None or self._callers != {caller}):
             return None
-        return next(iter(self._logs.values()))
+        return relay
 
     def _asker(self) -> Asker | None:
         """Who answers a 2025-11-25 server's elicitation/create, which names no call of

@@ -7,10 +7,12 @@ that call's own stream, at its level or above. Nothing on the wire ties a log me
 a request over a pipe (the SDKs set no related request id there), so the client of the
 server (client.py) gives one to a call only when no other could have caused it: on a
 2026-07-28 server, which logs only for a request that carried a logLevel, when exactly one
-such call is in flight on that session; on an older server, which logs for the session,
-when that call is the one request in flight on it. Any other message stays in corral's
-own log alone, as every one does: a message sent to the wrong client would leak what one
-caller's call did to another (decision 660).
+such call is in flight on that session; on an older server, which logs for the session
+and whose calls' work may outlive their answers, when that call is the one request in
+flight on it and every request made for a caller on the session since it began was this
+caller's (client.py `_log_caller`). Any other message stays in corral's own log alone, as
+every one does: a message sent to the wrong client would leak what one caller's call did
+to another (decision 660).
 """
 
 from __future__ import annotations

@@ -270,8 +270,9 @@ class McpPool(Generic[Spec, Inst]):
     async def call(self, qualified: str, arguments: dict[str, Any], *,
                    owner: str | None = None, on_progress: Progress | None = None,
                    relay: InputRelay | None = None, on_log: LogRelay | None = None,
-                   asker: Asker | None = None) -> Any:
+                   asker: Asker | None = None, caller: str | None = None) -> Any:
         """Call a tool; the caller has checked its allowlist (tasks.py, for agents).
+        `caller`: whose call it is, for the server's log messages (client.py `_log_caller`).
         `relay`: the gateway's client answers the server's input requests (relay.py);
         `on_log`: it gets the server's log messages of the call (logrelay.py);
         `asker`: a person answers the server's elicitation (a task's call, decision 680)."""
@@ -286,7 +287,7 @@ class McpPool(Generic[Spec, Inst]):
                                               f"has no tool {tool})")
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
                                            on_progress=on_progress, relay=relay,
-                                           on_log=on_log, asker=asker)
+                                           on_log=on_log, asker=asker, caller=caller)
 
     # -- resources ------------------------------------------------------------------------
     # An allowlist admits a resource as SERVER__URI (`notes__*` admits every resource of

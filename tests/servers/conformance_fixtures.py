@@ -176,6 +176,35 @@ def open_gate(key: str) -> str:
     return f"opened {key}"
 
 
+_working: set[asyncio.Task[None]] = set()  # work outliving its call, held till it ends
+
+
+@server.tool()
+async def b_work(key: str, ctx: Context) -> str:
+    """Answers at once; its work goes on and logs "B's secret KEY" once a_wait(KEY) is
+    in flight (a call's work that outlives its answer, as a task's between polls)."""
+    async def later() -> None:
+        await _gates.setdefault(f"a_wait {key}", asyncio.Event()).wait()
+        try:  # its request is over: the message goes to the session, as a server logs
+            await ctx.session.send_log_message("info", f"B's secret {key}")
+        finally:
+            _gates.setdefault(f"b_logged {key}", asyncio.Event()).set()
+
+    work = asyncio.ensure_future(later())
+    _working.add(work)
+    work.add_done_callback(_working.discard)
+    return f"b_work {key} answered"
+
+
+@server.tool()
+async def a_wait(key: str) -> str:
+    """Ends once b_work(KEY)'s work has logged: that message is sent while this call is
+    the one in flight."""
+    _gates.setdefault(f"a_wait {key}", asyncio.Event()).set()
+    await _gates.setdefault(f"b_logged {key}", asyncio.Event()).wait()
+    return f"a_wait {key} done"
+
+
 class _Answer(BaseModel):
     answer: str
 
