@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from .methods import AgentsAdd, AgentsUpdate, WorkflowsRun
+from .methods import AgentsAdd, AgentsUpdate, ApprovalsResolve, RunsSignal, WorkflowsRun
 
 MASK = "***"  # what a hidden value reads as
 
@@ -62,8 +62,11 @@ SPEC_PARAMS = {AgentsAdd.declared.name: ("agents", True),
                AgentsUpdate.declared.name: ("set", False)}
 # a caller's data, as a task's input (which no audit row holds): its row and log line say
 # its size, so a run's input of megabytes is not a log line of megabytes, nor read with
-# audit:read by who may not read tasks
-SIZED_PARAMS = {WorkflowsRun.declared.name: "input"}
+# audit:read by who may not read tasks (a person's answer to a task's question and the
+# arguments an approval edits are the task's data too: the row says the decision)
+SIZED_PARAMS = {WorkflowsRun.declared.name: ("input",),
+                ApprovalsResolve.declared.name: ("arguments", "answer"),
+                RunsSignal.declared.name: ("data",)}
 # a `config` deeper than this is shown as hidden below it: a hostile table must not make
 # the redaction recurse past the interpreter's bound (agent tables are refused deeper
 # than this at admission: fleet.py)
@@ -175,12 +178,10 @@ def params(method: str, given: Any) -> Any:
     return {**given, field: {name: audited(t) for name, t in tables.items()}}
 
 
-def _sized(given: Any, field: str) -> Any:
+def _sized(given: Any, fields: tuple[str, ...]) -> Any:
     if not isinstance(given, Mapping):
         given = msgspec.to_builtins(given)
         if not isinstance(given, Mapping):
             return given
-    value = given.get(field)
-    if value is None:
-        return given
-    return {**given, field: f"({len(msgspec.json.encode(value))} bytes)"}
+    return {**given, **{field: f"({len(msgspec.json.encode(given[field]))} bytes)"
+                        for field in fields if given.get(field) is not None}}

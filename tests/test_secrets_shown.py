@@ -261,6 +261,15 @@ def test_config_keys_that_look_secret_are_hidden_at_any_depth() -> None:
     assert redact.params("agents.add", {"agents": {"a": {"env": {"K": "v"}}}}) == {
         "agents": {"a": {"env": {"K": "***"}}}}
     assert redact.params("tokens.create", {"name": "n"}) == {"name": "n"}
+    # a person's answer, an approval's edited arguments and a signal's data are the task's
+    # or run's data: their audit row says their size (test_ui_approvals reads the rows)
+    assert redact.params("approvals.resolve", {
+        "id": "a1", "decision": "approved", "arguments": {"path": "/x"}, "answer": None}) == {
+        "id": "a1", "decision": "approved", "arguments": "(13 bytes)", "answer": None}
+    assert redact.params("approvals.resolve", {"id": "a1", "answer": "my pin is 1234"}) == {
+        "id": "a1", "answer": "(16 bytes)"}
+    assert redact.params("runs.signal", {"run_id": "r", "name": "go", "data": [1]}) == {
+        "run_id": "r", "name": "go", "data": "(3 bytes)"}
     # a change names the keys of env, config and headers, never their values
     assert describe_change({"command": "a", "config": {"model": "x"}},
                            {"command": "a", "config": {"model": "y"}}) == (
@@ -355,7 +364,7 @@ PAYLOADS = {("tasks.run", "input"), ("events.publish", "data"), ("tools.call", "
 PAYLOADS |= {("workflows.add", "workflows"), ("workflows.update", "set"),
              ("teams.add", "teams"), ("teams.update", "set")}
 # shown by their size alone (redact.SIZED_PARAMS)
-PAYLOADS |= {(name, field) for name, field in redact.SIZED_PARAMS.items()}
+PAYLOADS |= {(name, field) for name, fields in redact.SIZED_PARAMS.items() for field in fields}
 
 
 def test_every_method_carrying_a_table_is_redacted_or_a_payload() -> None:
