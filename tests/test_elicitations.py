@@ -189,3 +189,54 @@ async def test_a_call_of_no_task_is_refused_or_declined_as_before(tmp_path: Path
         assert e.value.message == ("elicitation/create: corral does not offer elicitation "
                                    "(it runs unattended; see docs/decisions.md)")
         assert made.empty()
+
+
+@pytest.mark.deadline(120)
+async def test_an_agent_cannot_answer_its_tasks_elicitation_ahead(tmp_path: Path) -> None:
+    """A task's call made through the gateway as its attempt, with an elicitation answer
+    of the agent's own and no requestState (as a client that is no agent's may give,
+    decision 661): refused before the server is called, no ask made; the same call without
+    it has the server's question asked of a person, whose answer the server gets. Fails
+    without replicas kept out of the unasked elicitation results (no refusal: the first
+    call let past the seal, its question asked of the person all the same)."""
+    answerer = textwrap.dedent(f"""
+        [agents.answerer]
+        command = ["{PY}", "{HERE}/gateway_answering_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "t"
+        tools = ["stateless__*"]
+
+        [gateway]
+        listen = "127.0.0.1:0"
+    """)
+    ahead = {"name": {"action": "accept", "content": {"name": "Mallory"}}}
+    call = {"tool": "stateless__ask_name", "arguments": {"greeting": "Hi"}}
+    async with in_process(tmp_path, fleet() + answerer, TENANTS) as d:
+        made = asks_made(d)
+        before = calls_of(d, "stateless")
+        submitted = await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+            {"agent": "answerer", "input": {"calls": [
+                {**call, "inputResponses": ahead}, call]}}))
+        task_id = submitted.task_id
+        asked = asyncio.ensure_future(made.get())
+        ended = asyncio.ensure_future(finished(d, task_id))
+        await asyncio.wait([asked, ended], timeout=60,
+                           return_when=asyncio.FIRST_COMPLETED)
+        assert asked.done() and not ended.done()  # the second call's question
+        ask = asked.result()
+        assert (ask.task_id, ask.subject["prompt"]) == (task_id, "Hi: what is your name?")
+        await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": "Ann"}})
+        done, output = await ended
+        assert done.status == "succeeded", done
+        assert output[0] == {"error": {"code": jsonrpc.INVALID_PARAMS, "message": (
+            "invalid params: stateless__ask_name: inputResponses 'name' answers no input "
+            "request corral relayed (no requestState came with it)")}}, output
+        assert output[1]["result"]["content"][0]["text"] == "Hi, Ann!", output
+        assert done.tool_calls == 1 and calls_of(d, "stateless") == before + 1
+        assert made.empty()
+
+
+def calls_of(d: Any, server: str) -> int:
+    """The tools/calls corral has sent the server (its instances' count)."""
+    return sum(int(s["calls"]) for s in d.sup.mcp.status() if s["name"] == server)

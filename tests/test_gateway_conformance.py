@@ -120,11 +120,11 @@ FIXTURES_SERVED = [
     "input-required-result-request-state", "input-required-result-multi-round",
     "input-required-result-result-type", "input-required-result-tampered-state",
     "input-required-result-capability-check",
-    # not input-required-result-missing-input-response nor -ignore-extra-params: they
-    # send answers no request corral relayed asked for, with no requestState, which
-    # corral refuses (-32602) where SEP-2322 recommends a server re-ask or ignore them (a
-    # WARNING each): answers nobody asked never reach a server (decision 661)
-    "input-required-result-non-tool-request",
+    # answers with no requestState that are elicitation results alone reach the server
+    # (a plain client's elicitation is its own to answer); any other would be refused
+    # (decision 661)
+    "input-required-result-missing-input-response",
+    "input-required-result-ignore-extra-params", "input-required-result-non-tool-request",
     # pending at the set's release: the fixture server's 2020-12 keywords passed on
     "json-schema-2020-12",
     # roots/list among them: the fixture server's relay_roots (decision 661)

@@ -638,6 +638,21 @@ def test_answers_no_relayed_request_asked_for_are_refused_before_the_server_sees
         "'client_roots' answers no input request corral relayed (no requestState came "
         "with it)"), unasked
     assert calls_of(g, "fx") == before and calls_of(g, "fr") == fr_before
+    # nor roots dressed as an elicitation result (its action beside them, or inside its
+    # content), nor beside a true one, nor a sampling answer: the key named is the one
+    # that is no elicitation result
+    before = calls_of(g, "fx")
+    for disguised in ({"action": "accept", "roots": [{"uri": "file:///etc"}]},
+                      {"action": "accept", "content": {"roots": [{"uri": "file:///etc"}]}},
+                      {"role": "assistant", "content": {"type": "text", "text": "hi"},
+                       "model": "m", "stopReason": "endTurn"}):
+        forged = call(g, "acme", "test_input_required_result_list_roots", ELICITING,
+                      inputResponses={"user_name": ACCEPT, "client_roots": disguised})
+        assert forged["error"] == {"code": -32602, "message": (
+            "invalid params: fx__test_input_required_result_list_roots: inputResponses "
+            "'client_roots' answers no input request corral relayed (no requestState came "
+            "with it)")}, (disguised, forged)
+    assert calls_of(g, "fx") == before
     # a state of a round that asked other requests does not let a key it lacks through
     asked = call(g, "acme", "multi_input", ELICITING)["result"]
     assert sorted(asked["inputRequests"]) == ["first", "second"], asked
@@ -654,3 +669,29 @@ def test_answers_no_relayed_request_asked_for_are_refused_before_the_server_sees
     done = call(g, "acme", "multi_input", ELICITING, requestState=asked["requestState"],
                 inputResponses=both)["result"]
     assert text(done) == "Ann and Bo", done
+
+
+def test_elicitation_results_a_client_gives_unasked_reach_the_server_as_it_would_answer(
+        gateway: Gateway) -> None:
+    """SEP-2322's client that answers ahead, with no requestState (the suite's
+    -missing-input-response and -ignore-extra-params): answers that are elicitation
+    results alone reach the server, which re-asks a key it lacks and ignores the others;
+    a server's elicitation of this client's call is the client's to answer anyway.
+    Fails without it (-32602: 'user_name' answers no input request corral relayed)."""
+    g = gateway
+    ahead = {"user_name": {"action": "accept", "content": {"name": "Ann"}},
+             "extra": {"action": "decline"},
+             "more": {"action": "accept", "content": {"n": 3, "tags": ["a"]},
+                      "_meta": {}}}
+    done = call(g, "acme", "test_input_required_result_elicitation", ELICITING,
+                inputResponses=ahead)["result"]
+    assert text(done) == "Hello, Ann!", done
+    asked = call(g, "acme", "test_input_required_result_elicitation", ELICITING,
+                 inputResponses={"wrong_key": ahead["user_name"]})["result"]
+    assert (asked["resultType"], list(asked["inputRequests"])) == (
+        "input_required", ["user_name"]), asked
+    # the state it is given back lists what was asked: answered with it, as ever
+    done = call(g, "acme", "test_input_required_result_elicitation", ELICITING,
+                requestState=asked["requestState"],
+                inputResponses={"user_name": ahead["user_name"]})["result"]
+    assert text(done) == "Hello, Ann!", done

@@ -516,7 +516,8 @@ class GatewayService:
         None: corral, as for an agent's call. `server`'s `relay_roots` says whether its
         roots/list is the client's to answer too. Answers to requests corral did not relay
         with the state they came with are refused before the server sees any
-        (relayseal.answered)."""
+        (relayseal.answered), but elicitation results a client that is no agent's replica
+        gives with no state."""
         responses = params.get("inputResponses")
         if "inputResponses" in params and not isinstance(responses, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
@@ -527,7 +528,10 @@ class GatewayService:
         entry = self.tools.servers.get(server) if server is not None else None
         roots = entry is not None and entry.spec.relay_roots
         if responses:
-            answered(name, responses, opened, server, roots)
+            # any call of a replica's, not only one attributed now: its next call may be
+            # its task's once a task starts (attribution.py), and a task's elicitation is
+            # asked of a person (decision 680), never answered ahead by the agent
+            answered(name, responses, opened, server, roots, unasked=ident.replica is None)
         said = params.get("_meta")
         caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
         if not isinstance(caps, dict):

@@ -12,7 +12,12 @@ MAX_INPUT_ROUNDS. So another client (another tenant's) cannot answer a request m
 for someone else, nor replay their state, and a server asking for ever is given up.
 Answers are taken only to the requests the state lists (`answered`): a client cannot
 hand a server input it never asked of it through corral (say roots of its own choosing,
-to a server whose roots are the operator's: decisions 554, 661).
+to a server whose roots are the operator's: decisions 554, 661). But for answers shaped
+as elicitation results alone, which a client that is no agent's may bring with no state
+(SEP-2322's clients do, and its servers re-ask or ignore them): a server's elicitation of
+such a client's call is that client's to answer anyway, so an answer given before it was
+asked grants nothing; an agent's call may be its task's, whose elicitation is a person's
+in the inbox (decision 680), so an agent's stay refused.
 A client's name is not an identity: a token revoked may be made again under its name for
 another tenant, and an agent removed may be added again by another tenant (its replicas
 named as before), so the tenant is sealed too (DESIGN section 20).
@@ -107,14 +112,21 @@ class StateSeal:
 
 
 def answered(subject: str, responses: dict[str, Any], opened: SealedState | None,
-             server: str | None, relay_roots: bool) -> None:
+             server: str | None, relay_roots: bool, unasked: bool = False) -> None:
     """Refuses (-32602, naming the key) a call's `inputResponses` that answer no input
     request corral relayed with the state it opened: without one, a key it does not
-    list, or a roots/list answer to a server that does not relay roots."""
+    list, or a roots/list answer to a server that does not relay roots. `unasked`:
+    without a state, answers that are each an elicitation result alone
+    (`elicitation_result`) are let through (a call of a client that is no agent's)."""
+    if opened is None:
+        # the key named is the first that is no elicitation result when those may pass
+        key = next((k for k, v in responses.items()
+                    if not (unasked and elicitation_result(v))), None)
+        if key is None:
+            return
+        raise _invalid(subject, f"inputResponses {key!r} answers no input request corral "
+                                "relayed (no requestState came with it)")
     for key in responses:
-        if opened is None:
-            raise _invalid(subject, f"inputResponses {key!r} answers no input request "
-                                    "corral relayed (no requestState came with it)")
         method = opened.asked.get(key)
         if method is None:
             raise _invalid(subject, f"inputResponses {key!r} answers no input request "
@@ -123,6 +135,30 @@ def answered(subject: str, responses: dict[str, Any], opened: SealedState | None
             raise _invalid(subject, f"inputResponses {key!r} answers roots/list, which "
                                     f"MCP server {server} does not relay (relay_roots is "
                                     "off: its roots are the operator's)")
+
+
+ELICIT_ACTIONS = frozenset({"accept", "decline", "cancel"})
+ELICIT_KEYS = frozenset({"action", "content", "_meta"})
+
+
+def elicitation_result(answer: Any) -> bool:
+    """Whether `answer` is an elicitation result and nothing else: an action, content
+    of the values a form takes (string, number, boolean, list of strings), `_meta`. No
+    other key nor nested object: a roots or sampling answer given this shape's action
+    (say {"action": "accept", "roots": [...]}) must not pass for one, as a server that
+    reads what it asked loosely would take it for what it asked."""
+    if not isinstance(answer, dict) or not answer.keys() <= ELICIT_KEYS or \
+            answer.get("action") not in ELICIT_ACTIONS:
+        return False
+    content = answer.get("content", {})
+    return isinstance(content, dict) and isinstance(answer.get("_meta", {}), dict) and \
+        all(_form_value(v) for v in content.values())
+
+
+def _form_value(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, str) for v in value)
+    return isinstance(value, str | int | float | bool)
 
 
 def _b64(data: bytes) -> str:
