@@ -329,12 +329,8 @@ class Supervisor:
         def progress(p: dict[str, Any]) -> None:
             if call.task is not None:
                 self.tasks.report_progress(call.task, {**p, "tool": call.name})
-        asker = None
-        if call.task is not None:
-            # a person answers the server's elicitation within the call's own deadline
-            entry = self.mcp.servers.get(call.name.partition("__")[0])
-            asker = self.tasks.elicitations.asker(
-                call, entry.spec.timeout if entry is not None else None)
+        # a task's: a person answers the server's elicitation within the call's deadline
+        asker = self.tasks.elicitations.asker(call, self.mcp.timeout_of(call.name))
         return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
                              on_progress=progress, asker=asker)
 
@@ -435,8 +431,6 @@ def default_max_replicas() -> int:
         pids = 8192
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (8 * 1024 * 1024)
     return max(16, min(pids, memory))
-
-
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

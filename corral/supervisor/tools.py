@@ -48,6 +48,11 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
                                   f"MCP server {spec.name}: {exc}") from None
         self.add(spec)
 
+    def timeout_of(self, tool: str) -> float | None:
+        """The call timeout of the server a SERVER__TOOL name is of; None: no such server."""
+        entry = self.servers.get(tool.partition("__")[0])
+        return entry.spec.timeout if entry is not None else None
+
     def retune(self, spec: McpServerSpec) -> bool:
         """Apply a changed spec without a restart where only roots or the log level
         differ (the server is told); False when it needs a restart."""
