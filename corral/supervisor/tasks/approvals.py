@@ -16,7 +16,6 @@ making the same calls finds the same asks.
 from __future__ import annotations
 
 import inspect
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,7 +26,7 @@ from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
 from .inbox import AskRequest
 from .interceptors import TaskInterceptor, TaskPath, ToolCall
-from .steps import args_hash
+from .steps import CallOrdinals
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -67,7 +66,7 @@ class Approvals(TaskInterceptor):
     def __init__(self) -> None:
         self._path: TaskPath | None = None
         # task id -> (its attempt, how many calls of each (tool, arguments) it made)
-        self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
+        self._calls = CallOrdinals()
 
     def bind(self, path: TaskPath) -> None:
         self._path = path
@@ -82,17 +81,11 @@ class Approvals(TaskInterceptor):
         return self._held(call, task, policy, next)
 
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
-        self._made.pop(task.id, None)
+        self._calls.forget(task.id)
         next(task)
 
     def _key(self, task: Task, call: ToolCall) -> str:
-        attempt, made = self._made.get(task.id, (0, Counter()))
-        if attempt != task.attempt:
-            attempt, made = task.attempt, Counter()
-            self._made[task.id] = (attempt, made)
-        h = args_hash(call.arguments)
-        made[call.name, h] += 1
-        return f"tool:{call.name}:{h.hex()}:{made[call.name, h]}"
+        return f"tool:{self._calls.key(task, call.name, call.arguments)}"
 
     async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
                     next: Callable[[ToolCall], Any]) -> Any:

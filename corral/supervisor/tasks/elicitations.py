@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...askviews import AskEnd, AskKind
@@ -35,7 +34,7 @@ from ...workerproto import MAX_PROMPT_CHARS
 from .inbox import AskRequest
 from .model import TaskFinished
 from .questions import STEP, check_schema
-from .steps import args_hash
+from .steps import CallOrdinals
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -73,24 +72,18 @@ class Elicitations:
         self.replayed = 0  # answered from the journal or an earlier attempt's ask
         self.declined = 0  # declined unasked: a cluster's task, a URL or a bad form
         # task id -> (its attempt, how many calls of each (tool, arguments) it made)
-        self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
+        self._calls = CallOrdinals()
         engine.stream.subscribe(self._finished, TaskFinished)
 
     def _finished(self, e: TaskFinished) -> None:
-        self._made.pop(e.task.id, None)
+        self._calls.forget(e.task.id)
 
     def asker(self, call: ToolCall, timeout: float | None) -> Asker | None:
         """Who answers the call's elicitation: a person, when it is a task's."""
         task = call.task
         if task is None:
             return None
-        attempt, made = self._made.get(task.id, (0, Counter()))
-        if attempt != task.attempt:
-            attempt, made = task.attempt, Counter()
-            self._made[task.id] = (attempt, made)
-        h = args_hash(call.arguments)
-        made[call.name, h] += 1
-        base = f"{PREFIX}{call.name}:{h.hex()}:{made[call.name, h]}"
+        base = f"{PREFIX}{self._calls.key(task, call.name, call.arguments)}"
         asked = itertools.count(1)
 
         async def ask(params: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -73,6 +74,27 @@ def _replays(spec: Any, name: str) -> bool:
 
 def args_hash(arguments: Any) -> bytes:
     return hashlib.blake2b(_encode.encode(arguments), digest_size=16).digest()
+
+
+class CallOrdinals:
+    """A key for each tool call of a task's attempt that a retried attempt's same call
+    reads again: its tool, its arguments' hash and how many calls of both the attempt has
+    made, so that a call made twice has two keys and a retry's second call the second."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
+
+    def key(self, task: Task, name: str, arguments: Any) -> str:
+        attempt, made = self._made.get(task.id, (0, Counter()))
+        if attempt != task.attempt:
+            attempt, made = task.attempt, Counter()
+            self._made[task.id] = (attempt, made)
+        h = args_hash(arguments)
+        made[name, h] += 1
+        return f"{name}:{h.hex()}:{made[name, h]}"
+
+    def forget(self, task_id: str) -> None:
+        self._made.pop(task_id, None)
 
 
 class _Attempt:
