@@ -67,7 +67,8 @@ def _decide(obj: Ctx, p: m.ApprovalsResolve, as_json: bool) -> None:
     _shown(obj.call(p), as_json)
 
 
-@approvals.command("approve", help=doc(m.ApprovalsResolve))
+@approvals.command("approve", help=doc(m.ApprovalsResolve),
+                   short_help="Approve a held call: it runs (with --args, with those).")
 @click.argument("ask_id")
 @click.option("--args", "arguments", metavar="JSON",
               help="The arguments the call runs with, in place of those it asked with.")
@@ -81,7 +82,8 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
             as_json)
 
 
-@approvals.command("deny", help=doc(m.ApprovalsResolve))
+@approvals.command("deny", help=doc(m.ApprovalsResolve),
+                   short_help="Deny an ask: its call refused, or its question declined.")
 @click.argument("ask_id")
 @click.option("--reason", help="Why: the agent is told it with the tool's error.")
 @json_option
@@ -90,7 +92,8 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
     _decide(obj, m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason), as_json)
 
 
-@approvals.command("answer", help=doc(m.ApprovalsResolve))
+@approvals.command("answer", help=doc(m.ApprovalsResolve),
+                   short_help="Answer a question with JSON valid by its schema.")
 @click.argument("ask_id")
 @click.option("--data", "data", metavar="JSON", required=True,
               help="The answer, valid by the question's schema.")
