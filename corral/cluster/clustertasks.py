@@ -49,7 +49,11 @@ _progress = msgspec.json.Decoder(dict[str, Any])
 class ClusterTasks:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  membership: Membership, host: TaskHost,
-                 report: Callable[[str], None], trust: Trust) -> None:
+                 report: Callable[[str], None], trust: Trust, submit_batch: Batcher,
+                 sessions: ClusterSessions) -> None:
+        """`submit_batch`: the plain submit's batcher (node.py gives submitclaim's
+        SubmitClaims: a node that runs the agent claims its share as it submits);
+        `sessions`: the submit of a task naming a session (sessions.py)."""
         self.redis = redis
         self.trust = trust
         self.scripts = scripts
@@ -64,11 +68,8 @@ class ClusterTasks:
         self._waiting: dict[str, list[Waiter]] = {}
         # clients following a task's progress here (`corral run`), by task
         self._following: dict[str, list[Progress]] = {}
-        # the plain submit; a node that runs the agent claims its share as it submits
-        # (node.py gives it submitclaim.SubmitClaims)
-        self.submit_batch: Batcher = Batcher(scripts, scripts.submit)
-        # a task naming a session: its own submit (sessions.py)
-        self.sessions = ClusterSessions(redis, scripts, keys, trust, host, membership, report)
+        self.submit_batch = submit_batch
+        self.sessions = sessions
         self._submit_turn = Batcher(scripts, self.sessions.submit)
 
     # -- submit ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from . import records, redischeck
 from .backlog import Backlog
 from .calltasks import ClusterStepTasks
 from .clustercalls import ClusterCalls
+from .clustersessions import ClusterSessions
 from .clustertasks import ClusterTasks
 from .connection import connect, place, unavailable, why
 from .declared import Declarations
@@ -84,17 +85,20 @@ class ClusterNode:
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
                                      self._offer, report, trust.fingerprint, host.stream,
                                      self._places)
-        self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
-                                host, report, trust)
+        # a task naming a session: its own submit and its state in Redis
+        sessions = ClusterSessions(self.redis, scripts, self.keys, trust, host,
+                                   self.membership, report)
         # its claimed tasks' steps, in Redis (a retry on another node is answered there)
         self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
-                             ClaimParts(self.steps, self.desk.sessions, self._watch,
+                             ClaimParts(self.steps, sessions, self._watch,
                                         self._serving_nodes))
         # what this node has free slots for starts here as it is submitted (fair share)
-        self.desk.submit_batch = self.submit_claims = SubmitClaims(
-            scripts, self.membership, queue, self.puller, self.keys.prefix)
+        self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
+                                          self.keys.prefix)
+        self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
+                                host, report, trust, self.submit_claims, sessions)
         # its workflow runs (and their steps' tasks) in Redis, taken over when it dies
         self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
                                   calls if calls is not None else MemoryStore(),
