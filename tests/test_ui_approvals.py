@@ -4,12 +4,16 @@ question (tests/asking_agent.py), decided in a real Chromium. Each ask shows in 
 as it is made (approvals.watch over the session's EventSource); approved there with
 edited arguments, the call runs once with them and the task succeeds; denied with a
 reason, the agent reads the tool's error; a question is answered once its answer fits the
-schema; every decision is audited as the dashboard session's."""
+schema; every decision is audited as the dashboard session's. An ask whose daemon was
+SIGKILLed while the call waited shows on a fresh login after the restart; approved there,
+the call runs once."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
+from typing import Any
 
 import pytest
 
@@ -21,6 +25,12 @@ from .test_ui import chromium_page, needs_chromium
 
 HTTP = '\n[http]\nlisten = "127.0.0.1:0"\n'
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+def open_inbox(d: Daemon, page: Any) -> None:
+    """A fresh dashboard login with `corral ui`'s link, on the inbox."""
+    page.goto(d.cli("ui").stdout.strip())
+    page.click('nav a[href="#/inbox"]')
 
 
 def resolves(d: Daemon) -> list[tuple[str | None, str]]:
@@ -39,10 +49,8 @@ def test_asks_are_decided_from_the_dashboards_inbox() -> None:
     d = Daemon(home, approvals_fleet(home) + questions_fleet(), extra=HTTP)
     try:
         d.start()
-        link = d.cli("ui").stdout.strip()
         with chromium_page() as page:
-            page.goto(link)
-            page.click('nav a[href="#/inbox"]')
+            open_inbox(d, page)
             expect(page.locator("#inbox-pending")).to_have_text("No task waits for a person.")
 
             # a tool call held: its ask comes on the open page's stream
@@ -137,3 +145,58 @@ def test_asks_are_decided_from_the_dashboards_inbox() -> None:
         d.close()
         shutil.rmtree(home, ignore_errors=True)
 
+
+
+@needs_chromium
+@pytest.mark.timeout(240)
+def test_an_ask_outlives_a_sigkill_and_approved_in_the_dashboard_its_call_runs_once(
+        ) -> None:
+    from playwright.sync_api import expect
+
+    home = shared_tmpdir()
+    d = Daemon(home, approvals_fleet(home), extra=HTTP)
+    try:
+        d.start()
+        task_id = d.ask("tasks.submit", {"agent": "writer", "input": bump(5)})["task_id"]
+        [ask] = wait_for(lambda: pending(d), "the call's ask")
+        wait_for(lambda: d.ask("tasks.get", {"task_id": task_id})["status"] == "waiting",
+                 "the task waiting")
+
+        # SIGKILLed while the call waits, restarted on the same state directory
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        d.start()
+        assert [a["id"] for a in pending(d)] == [ask["id"]]
+        wait_for(lambda: d.ask("tasks.get", {"task_id": task_id})["status"] == "waiting",
+                 "the retry waiting on the same ask")
+        assert counted(d.dir) == []
+
+        with chromium_page() as page:
+            open_inbox(d, page)
+            card = page.locator('.ask[data-kind="approval"]')
+            expect(card).to_have_count(1)
+            expect(card).to_have_attribute("data-ask", ask["id"])
+            expect(card.locator(".ask-task")).to_have_text(task_id)
+            expect(card.locator(".ask-agent")).to_have_text("writer")
+            expect(card.locator(".ask-tool")).to_have_text("counting__bump")
+            expect(card.locator(".ask-args")).to_have_value('{\n  "i": 5\n}')
+            expect(page.locator("#nav-inbox")).to_have_text("Inbox (1)")
+
+            card.locator(".decide-approved").click()
+            done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+            assert done["status"] == "succeeded", done
+            assert done["output"][0]["content"][0]["text"] == "bumped 5"
+            row = page.locator(f'#inbox-decided tr[data-ask="{ask["id"]}"]')
+            expect(row.locator(".end")).to_have_text("approved")
+            expect(row.locator(".by")).to_have_text("token dashboard")
+            expect(page.locator("#inbox-pending")).to_have_text("No task waits for a person.")
+            assert page.evaluate("window.__cspViolations") == []
+
+        assert counted(d.dir) == ["5"]
+        assert pending(d) == []
+        ended = d.ask("approvals.get", {"id": ask["id"]})
+        assert (ended["end"], ended["by"], ended["subject"]) == (
+            "approved", "token dashboard", {"tool": "counting__bump", "arguments": {"i": 5}})
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(home, ignore_errors=True)
