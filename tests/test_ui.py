@@ -934,11 +934,12 @@ def test_the_dashboard_breaks_the_fleet_down_by_tenant() -> None:
 
             # the token revoked: its session ends, and its streams with it at once (decision
             # 159); the page says which of its calls or streams was refused first, and why
+            # (the inbox's approvals.watch is one of the streams it follows for the visit)
             r = d.cli("token", "revoke", "ta")
             assert r.returncode == 0, r.stderr
             expect(page.locator("#login")).to_contain_text(re.compile(
-                r"(agents\.watch|stats\.watch|tenants\.list) was refused: unauthorized: no "
-                r"dashboard session \(open the link that `corral ui` prints\)"),
+                r"(agents\.watch|stats\.watch|approvals\.watch|tenants\.list) was refused: "
+                r"unauthorized: no dashboard session \(open the link that `corral ui` prints\)"),
                 timeout=15_000)
             assert page.evaluate("window.__cspViolations") == []
         assert problems == []
