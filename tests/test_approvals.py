@@ -16,7 +16,6 @@ import json
 import re
 import signal
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from corral.daemon.caller import Caller
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, free_port, in_process, shared_tmpdir
+from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET, serving, sse_events
 from .test_sandbox import config_error
@@ -57,14 +57,8 @@ def bump(i: int) -> dict[str, Any]:
 
 
 def wait_for(fn: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """The suite's wait_until, what it waits for first and a longer default."""
+    return wait_until(fn, timeout, what)
 
 
 def counted(tmp: Path) -> list[str]:

@@ -23,7 +23,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.durable import StepEnd
 from ..supervisor.durable.engine import Work
-from ..supervisor.durable.tasks import AgentTask
+from ..supervisor.durable.tasks import AgentTask, step_end
 from .clustertasks import ClusterTasks
 
 
@@ -44,11 +44,7 @@ class ClusterStepTasks:
             tracestate=step.tracestate)
 
         async def run(task_id: str) -> StepEnd:
-            info = await self.desk.step(params, task_id)
-            output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
-                      else info.output)
-            return StepEnd(str(info.status), output,
-                           info.error.message if info.error is not None else None)
+            return step_end(await self.desk.step(params, task_id))
         return run
 
     def cancel_task(self, task_id: str) -> None:

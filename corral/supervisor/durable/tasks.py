@@ -31,6 +31,14 @@ class AgentTask:
     tracestate: str | None = None
 
 
+def step_end(info: Any) -> StepEnd:
+    """How a step's task ended (a TaskInfo, on one node or a cluster's), as a step's end."""
+    output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
+              else info.output)
+    return StepEnd(str(info.status), output,
+                   info.error.message if info.error is not None else None)
+
+
 class StepWork(Protocol):
     """How a durable call's steps run their tasks: the engine's (StepTasks); on a
     cluster node, the cluster's (cluster/calltasks.py)."""
@@ -62,10 +70,7 @@ class StepTasks:
             info = await outcome(self.engine, recorded, lambda: self.engine.submit(
                 step.agent, step.input, step.options, task_id=task_id,
                 traceparent=step.traceparent, tracestate=step.tracestate))
-            output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
-                      else info.output)
-            return StepEnd(str(info.status), output,
-                           info.error.message if info.error is not None else None)
+            return step_end(info)
         return run
 
     def cancel_task(self, task_id: str) -> None:
