@@ -45,6 +45,7 @@ __all__ = [
     "AuditResult",
     "CallStats",
     "ClientCallStats",
+    "ClockTime",
     "DaemonInfoResult",
     "DefinitionDescription",
     "DefinitionRevision",
@@ -208,6 +209,14 @@ class DrainReport(Result):
         if self.cut_short:
             parts.append("cut short")
         return ", ".join(parts)
+
+
+class ClockTime(Result):
+    """`daemon.clock`'s answer: the time of the clock a person's waits are measured by."""
+
+    time: float
+    manual: bool  # moved only by `corral clock --advance`
+    ahead: float  # seconds a manual clock was moved ahead of the wall
 
 
 class Stopping(Result):

@@ -1,6 +1,8 @@
-"""An SDK agent that asks a person (`ctx.ask`, tests/test_questions.py): its input says
-what to ask; it marks a file each time it is about to ask (one line per attempt), and
-with `die_after_answer` its first attempt dies once it has the answer."""
+"""An SDK agent that asks a person (`ctx.ask`, tests/test_questions.py,
+tests/test_suspension.py): its input says what to ask; it marks a file each time it is
+about to ask (one line per attempt), first makes `calls` tool calls (counting__bump,
+each journaled), and with `die_after_answer` its first attempt dies once it has the
+answer."""
 
 import os
 import sys
@@ -12,14 +14,18 @@ def handle(inp, ctx):
     if inp.get("marks"):
         with open(inp["marks"], "a") as f:
             f.write(f"{ctx.attempt}\n")
+    bumped = [ctx.call_tool("counting__bump", {"i": i})["content"][0]["text"]
+              for i in range(inp.get("calls", 0))]
     try:
-        answer = ctx.ask(inp["prompt"], inp.get("schema"), timeout=inp.get("timeout"))
+        answer = (ctx.ask(inp["prompt"], inp.get("schema"), timeout=inp.get("timeout"))
+                  if "prompt" in inp else None)
         second = ctx.ask("and then?") if inp.get("twice") else None
     except RequestError as exc:
         return {"refused": exc.message, "code": exc.code}
     if inp.get("die_after_answer") and ctx.attempt == 1:
         os._exit(3)  # the worker dies with the answer in hand: the retry is given it back
-    return {"answer": answer, "second": second, "attempt": ctx.attempt}
+    out = {"answer": answer, "second": second, "attempt": ctx.attempt}
+    return {**out, "bumped": bumped} if bumped else out
 
 
 async def handle_async(inp, ctx):

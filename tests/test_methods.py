@@ -319,6 +319,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert ask("tasks.stream", {"task_id": ran.task_id}).status == "succeeded"
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
+        # the wall's clock is read, never moved (a manual one: tests/test_suspension.py)
+        assert ask("daemon.clock").manual is False
         ask("daemon.shutdown")
     finally:
         c.close()

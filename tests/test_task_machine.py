@@ -56,7 +56,10 @@ def at(status: TaskStatus, retries: int = 0) -> TaskMachine:
         m.restored("running")
         if status is not S.RUNNING:
             m.fire({S.SUCCEEDED: C.ANSWERED, S.FAILED: C.FAILED, S.TIMED_OUT: C.TIMED_OUT,
-                    S.LOST: C.LOST, S.CANCELLED: C.CANCEL, S.WAITING: C.WAIT}[status])
+                    S.LOST: C.LOST, S.CANCELLED: C.CANCEL, S.WAITING: C.WAIT,
+                    S.SUSPENDED: C.WAIT}[status])
+            if status is S.SUSPENDED:
+                m.fire(C.SUSPEND)
     assert m.status is status
     return m
 
@@ -82,6 +85,12 @@ ROWS: dict[tuple[TaskStatus, TaskCause], TaskStep] = {
     (S.WAITING, C.LOST): TaskStep(S.LOST, retry=True, ends=True),
     (S.WAITING, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
     (S.WAITING, C.RELEASED): TaskStep(S.QUEUED),
+    # waited past suspend_after: no attempt, no slot, until nothing it asked is pending;
+    # then queued, no retry spent (suspension.py)
+    (S.WAITING, C.SUSPEND): TaskStep(S.SUSPENDED),
+    (S.SUSPENDED, C.RESUME): TaskStep(S.QUEUED),
+    (S.SUSPENDED, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
+    (S.SUSPENDED, C.DROPPED): TaskStep(S.LOST, ends=True),
     **{(s, c): IGNORE for s in TERMINAL for c in TaskCause if c is not C.START},
 }
 REFUSED = sorted({(s, c) for s in TaskStatus for c in TaskCause} - set(ROWS))
@@ -89,7 +98,7 @@ REFUSED = sorted({(s, c) for s in TaskStatus for c in TaskCause} - set(ROWS))
 
 def test_the_table_is_the_designs() -> None:
     assert TABLE == ROWS
-    assert len(REFUSED) == 17
+    assert len(REFUSED) == 27
 
 
 @pytest.mark.parametrize(("status", "cause"), sorted(ROWS))
@@ -100,9 +109,9 @@ def test_every_row_moves_a_task_as_it_says(status: TaskStatus, cause: TaskCause)
     assert step == row
     assert m.status is (row.target or status)
     assert m.retries_left == 3  # only a retry spends one
-    assert (m.queued, m.running, m.waiting, m.ended) == (
+    assert (m.queued, m.running, m.waiting, m.suspended, m.ended) == (
         m.status is S.QUEUED, m.status in (S.RUNNING, S.WAITING), m.status is S.WAITING,
-        m.status in TERMINAL)
+        m.status is S.SUSPENDED, m.status in TERMINAL)
 
 
 @pytest.mark.parametrize(("status", "cause"), REFUSED)
@@ -118,12 +127,16 @@ def test_every_pair_not_in_the_table_is_refused_and_changes_nothing(
 def test_the_refused_pairs_are_the_bugs() -> None:
     """An attempt's end on a task with none running, a start of a running or finished
     task, a drop of a running one (a drop is of queued tasks), a wait or a resume of a
-    task with no attempt on a worker, a resume of one not waiting: each a bug in corral."""
+    task with no attempt on a worker, a resume of one not waiting, a suspension of one
+    not waiting: each a bug in corral."""
     assert set(REFUSED) == {
         *((S.QUEUED, c) for c in (C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST, C.RELEASED,
-                                  C.WAIT, C.RESUME)),
+                                  C.WAIT, C.RESUME, C.SUSPEND)),
         (S.RUNNING, C.START), (S.RUNNING, C.DROPPED), (S.RUNNING, C.RESUME),
+        (S.RUNNING, C.SUSPEND),
         (S.WAITING, C.START), (S.WAITING, C.DROPPED),
+        *((S.SUSPENDED, c) for c in (C.START, C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST,
+                                     C.RELEASED, C.WAIT, C.SUSPEND)),
         *((s, C.START) for s in TERMINAL)}
 
 
@@ -194,7 +207,7 @@ def test_a_finished_task_has_one_outcome() -> None:
 
 
 # -- a restart ------------------------------------------------------------------------------
-@pytest.mark.parametrize("status", ["queued", "running"])
+@pytest.mark.parametrize("status", ["queued", "running", "waiting", "suspended"])
 def test_a_restored_task_takes_its_records_status(status: str) -> None:
     m = TaskMachine(1)
     m.restored(status)
@@ -206,8 +219,7 @@ def test_a_finished_or_unknown_status_is_not_restored(status: str) -> None:
     m = TaskMachine(1)
     with pytest.raises(IllegalTransition) as err:
         m.restored(status)
-    assert str(err.value) == (f"a task restored from a journal is queued or running, "
-                              f"not {status}")
+    assert str(err.value) == f"a task restored from a journal is unfinished, not {status}"
     assert m.status is S.QUEUED
 
 

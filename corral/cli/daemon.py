@@ -13,9 +13,10 @@ import click
 import msgspec
 
 from .. import methods as m
-from ..text import plural
+from ..text import iso_time, plural
 from .app import Ctx, cli, command, complete_agents, default_config, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
+from .durations import duration
 from .render import human_time, print_json, table
 
 
@@ -161,6 +162,25 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
     except CallFailed as exc:
         click.echo(f"corral: {exc.message}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+@command(m.DaemonClock, more="\n\nA manual clock is for tests of long waits "
+             "([supervisor] manual_clock = true); the wall's clock does not move.")
+@click.option("--advance", default=None, metavar="DURATION",
+              help="Move the manual clock this far ahead: 90s, 10m, 2h, 1d.")
+@json_option
+@pass_ctx
+def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
+    try:
+        seconds = duration(advance) or 0.0
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="--advance") from None
+    res: m.ClockTime = obj.call(m.DaemonClock(advance=seconds))
+    if as_json:
+        print_json(res)
+        return
+    kind = f"manual, {res.ahead:g} s ahead of the wall" if res.manual else "the wall's"
+    click.echo(f"{iso_time(res.time)} ({kind})")
 
 
 @command(m.DaemonInfo, more="\n\nWith NAME, that agent's effective spec "

@@ -222,8 +222,8 @@ def _finish(res: m.TaskResult, shown: Shown) -> None:
 @click.option("--since", default=None, metavar="DURATION",
               help="Only tasks created within this long ago: 90s, 15m, 1h, 2d.")
 @click.option("--status", default=None,
-              type=click.Choice(["queued", "running", "succeeded", "failed", "timed_out",
-                                 "cancelled", "lost"]),
+              type=click.Choice(["queued", "running", "waiting", "suspended", "succeeded",
+                                 "failed", "timed_out", "cancelled", "lost"]),
               help="Only tasks with this status.")
 @click.option("--before", default=None, metavar="TASK_ID",
               help="Only tasks accepted before this one: the next page (older tasks).")

@@ -34,6 +34,7 @@ from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.interceptors import TaskInterceptor
+from ..supervisor.tasks.waitclock import WaitClock
 from ..supervisor.teams.tools import LeaderTools
 from ..supervisor.tracing import Tracer
 from ..timeouts import within
@@ -195,7 +196,8 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
                      max_replicas=sc.max_replicas, state_dir=conf.paths.state_dir,
                      tasks_kept=sc.tasks_kept,
                      tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
-                     task_queue=queue, spared=spared, interceptors=interceptors)
+                     task_queue=queue, spared=spared, interceptors=interceptors,
+                     clock=WaitClock(manual=sc.manual_clock))
     if taken is not None:
         taken.before_start(sup)
     sup.parts.tuning.sandbox_program = sc.bwrap

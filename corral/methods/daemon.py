@@ -1,5 +1,5 @@
 # ruff: noqa: F405 - the results are corral.results', named by the methods
-"""The daemon's own methods: what it is, its shutdown, its upgrade, a reload."""
+"""The daemon's own methods: what it is, its shutdown, its upgrade, a reload, its clock."""
 
 from __future__ import annotations
 
@@ -49,3 +49,16 @@ class DaemonUpgrade(Params):
 class ConfigReload(Params):
     """Re-read the config file and apply the difference: add new agents, remove dropped
     ones, restart changed ones; unchanged agents are not touched."""
+
+
+@method("daemon.clock", result=ClockTime, scope="admin", mutating=True, seen=None,
+        cli="clock")
+class DaemonClock(Params):
+    """The clock a person's waits are measured by (asks' deadlines, suspend_after); with
+    `advance`, a manual clock ([supervisor] manual_clock, for tests) moved that many
+    seconds ahead, the waits it passes falling due at once."""
+
+    advance: float = 0.0
+
+    def changes(self) -> bool:
+        return self.advance != 0

@@ -292,6 +292,10 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     approve_timeout: NonNeg = 3600.0
     on_deny: Literal["error", "fail"] = "error"
     on_timeout: Literal["error", "fail"] = "error"
+    # a task that has waited this many seconds for a person gives its attempt (its slot,
+    # its process) back, and resumes by replay when what it asked has ended; 0: it keeps
+    # them (docs/approvals.md#waiting-without-a-process)
+    suspend_after: NonNeg = 0.0
     # code-first orchestration (task/spawn, docs/workflows.md#spawn): the agents (globs)
     # its tasks may start children of, how deep children may spawn, how many per task
     spawns: list[str] = []
@@ -500,6 +504,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # the task journal (docs/tasks.md): every accepted task in the state database
     task_journal: bool = True
     journal_sync: Literal["normal", "full"] = "normal"  # full: survives power loss too
+    # a person's waits (asks' deadlines, suspend_after) measured by a clock that only
+    # `corral clock --advance` moves: for tests of days of waiting, never in production
+    manual_clock: bool = False
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000  # finished tasks kept in the journal
     # audit rows kept of each tenant's callers, and of the operator's apart: the oldest

@@ -46,7 +46,7 @@ from .replica import Replica
 from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
 from .stream import Checkpoint, Stream, Subscription
-from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager
+from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager, WaitClock
 from .tasks.interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .tenantcgroups import TenantNodes
 from .tools import Tools
@@ -84,6 +84,7 @@ class Supervisor:
         task_queue: Queue | None = None,
         spared: Container[int] = frozenset(),
         interceptors: Sequence[TaskInterceptor] = (),
+        clock: WaitClock | None = None,
     ) -> None:
         """`journal` makes tasks durable (the daemon passes its SQLite journal); at most
         `tasks_kept` finished tasks, and `tasks_kept_bytes` of their outputs, stay in
@@ -127,13 +128,12 @@ class Supervisor:
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
         tools = ToolPorts(self._route_tool, self._list_tools, lambda r: self.mcp.allowlist(r.spec))
         self.tasks = TaskManager(self, tools=tools, journal=journal, kept=tasks_kept,
-                                 kept_bytes=tasks_kept_bytes, queue=task_queue,
+                                 kept_bytes=tasks_kept_bytes, queue=task_queue, clock=clock,
                                  tenancy=self.tenancy, interceptors=Interceptors(interceptors))
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         # autoscaling, sleep and wake of elastic agents (elastic.py)
         self.elastic = Elastic(registry, self.tasks, self.stream, self.tenancy, self.tuning)
-        # health checks of agents with [health] (health.py); nothing for the others
         self.health_board = HealthBoard(self.stream, self.containment, registry,
                                         self.readiness_changed, self.publish)
         self.agents = Agents(registry, new_replica=functools.partial(make_replica, self),

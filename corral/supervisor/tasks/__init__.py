@@ -20,6 +20,9 @@ deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window
 retention.py  what finished tasks keep in memory
 worker.py     task/progress, tools/call and tools/list from workers
+inbox.py      what tasks ask of a person (approvals, questions), decided once
+suspension.py a task waiting for a person past suspend_after gives its attempt back
+waitclock.py  the clock a person's waits are measured by (manual in tests)
 manager.py    TaskManager, composing them
 """
 
@@ -37,6 +40,7 @@ from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .taskmachine import ON_WORKER, TERMINAL, TaskStatus
+from .waitclock import WaitClock
 
 __all__ = [
     "CANCEL_GRACE",
@@ -74,6 +78,7 @@ __all__ = [
     "ToolCall",
     "ToolPorts",
     "Usage",
+    "WaitClock",
     "encode_input",
     "is_task_id",
     "new_id",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
@@ -33,6 +32,7 @@ from ...jsonrpc import RpcError
 from ...text import iso_time
 from ..stream import Stream
 from .model import TaskFinished
+from .waitclock import WaitClock, WaitTimer
 
 log = logging.getLogger("corral.inbox")
 
@@ -124,10 +124,10 @@ class Inbox:
     pending asks."""
 
     def __init__(self, stream: Stream, store: AskStore | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: WaitClock | None = None) -> None:
         self.store: AskStore = store if store is not None else HeldAsks()
         self.stream = stream
-        self.clock = clock
+        self.clock = clock if clock is not None else WaitClock()
         self.max_pending = MAX_PENDING
         self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
         self._pending: dict[str, Ask] = {}
@@ -135,7 +135,7 @@ class Inbox:
         self._by_task: dict[str, dict[str, str]] = {}
         self._per_tenant: dict[str | None, int] = {}
         self._waiters: dict[str, asyncio.Future[Ask]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, WaitTimer] = {}
         self._deciding: set[str] = set()
         self._expiring: set[asyncio.Task[None]] = set()
         stream.subscribe(self._finished, TaskFinished)
@@ -172,7 +172,7 @@ class Inbox:
         if found is not None:
             return found
         self._check_bounds(req.tenant)
-        now = self.clock()
+        now = self.clock.time()
         ask = Ask(id=f"ask-{secrets.token_hex(8)}", kind=req.kind, tenant=req.tenant,
                   task_id=req.task_id, attempt=req.attempt, agent=req.agent, key=req.key,
                   subject=req.subject, created=now,
@@ -199,9 +199,8 @@ class Inbox:
         self._by_task.setdefault(ask.task_id, {})[ask.key] = ask.id
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
         if ask.deadline is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, ask.deadline - self.clock())
-            self._timers[ask.id] = loop.call_later(delay, self._expire, ask.id)
+            delay = max(0.0, ask.deadline - self.clock.time())
+            self._timers[ask.id] = self.clock.call_later(delay, lambda: self._expire(ask.id))
 
     def _release(self, ask: Ask) -> None:
         self._pending.pop(ask.id, None)
@@ -282,8 +281,8 @@ class Inbox:
         except Exception as exc:  # the store refused: tried again, pending meanwhile
             log.error("ask %s could not be timed out (%s); trying again", ask.id, exc)
             if ask.id in self._pending:
-                self._timers[ask.id] = asyncio.get_running_loop().call_later(
-                    EXPIRE_RETRY, self._expire, ask.id)
+                self._timers[ask.id] = self.clock.call_later(
+                    EXPIRE_RETRY, lambda: self._expire(ask.id))
         finally:
             self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
 
@@ -292,7 +291,7 @@ class Inbox:
         written refuses the decision; the ask stays pending)."""
         self._deciding.add(ask.id)
         try:
-            ended = msgspec.structs.replace(ask, end=end, ended=self.clock(), by=by,
+            ended = msgspec.structs.replace(ask, end=end, ended=self.clock.time(), by=by,
                                             data=data)
             await self.store.save(ended)
         finally:

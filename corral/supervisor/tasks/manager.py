@@ -83,6 +83,7 @@ from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
 from .stepjournal import StepJournal
+from .suspension import Suspensions
 from .taskmachine import (
     AttemptOutcome,
     TaskCause,
@@ -91,6 +92,7 @@ from .taskmachine import (
     cancelled,
     failed_outside,
 )
+from .waitclock import WaitClock
 from .worker import WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -113,10 +115,12 @@ class TaskManager:
     def __init__(self, sup: TaskHost, *, tools: ToolPorts, journal: TaskJournal | None = None,
                  kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES,
                  queue: Queue | None = None, tenancy: Tenancy | None = None,
-                 interceptors: Interceptors = NO_INTERCEPTORS) -> None:
+                 interceptors: Interceptors = NO_INTERCEPTORS,
+                 clock: WaitClock | None = None) -> None:
         """`tools`: where a worker's tool calls end (the pool's); `interceptors`: the
         concerns around the task path (tracing, a team's tools, the cluster's steps), in
-        their order (interceptors.py)."""
+        their order (interceptors.py); `clock`: what a person's waits are measured by
+        (default the wall's: waitclock.py)."""
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         # the tenants' quotas a task's admission checks: None while no tenant sets one
@@ -163,7 +167,10 @@ class TaskManager:
                         refused=self.budgets.refused)
         self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
-        self.inbox = Inbox(self.stream)
+        self.clock = clock if clock is not None else WaitClock()
+        self.inbox = Inbox(self.stream, clock=self.clock)
+        # a task waiting past its agent's suspend_after gives its attempt back
+        self.suspensions = Suspensions(self, self.clock)
         self.questions = Questions(self)  # task/ask: a question for a person (questions.py)
         # an MCP server's elicitation in a task's call, asked of a person (elicitations.py)
         self.elicitations = Elicitations(self)
@@ -472,12 +479,15 @@ class TaskManager:
         if task.running:  # (still, after the ask's commit)
             task.fire(TaskCause.WAIT)
             self.record(task)
+            self.suspensions.hold(task)
         try:
-            return await self.inbox.wait(ask)
+            return await self.suspensions.wait(task, self.inbox.wait(ask))
         finally:
             if task.waiting and not self.inbox.waiting_for(task.id):
                 task.fire(TaskCause.RESUME)
                 self.record(task)
+            if not task.waiting:
+                self.suspensions.release(task.id)
 
     def fail_task(self, task: Task, error: TaskFailure) -> None:
         """The running task's attempt fails from outside its worker (TaskPath.fail_task):
@@ -644,6 +654,9 @@ class TaskManager:
                     jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
                                          "exists"))
                 continue
+            if task.suspended and not self.suspensions.restored(task):
+                self.record(task)  # it waits on for a person, with no attempt
+                continue
             self.record(task)
             if task.not_before is not None and task.not_before > now:
                 delayed.append(task)  # waits for its time, as before the restart
@@ -775,7 +788,7 @@ class TaskManager:
             shown = task.info()
             if task.queued:
                 shown.waiting = self.why_waiting(task)
-            elif task.waiting:
+            elif task.waiting or task.suspended:
                 shown.asks = self.inbox.waiting_for(task.id)
             return shown
         info = await self.journal.load(task_id) if self.journal is not None else None
@@ -820,6 +833,10 @@ class TaskManager:
             self.queue.remove(task) or self.delays.remove(task)
             self.finish(task, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
+            return task
+        if task.suspended:
+            self.finish(task, TaskCause.CANCEL, TaskFailure(
+                jsonrpc.REQUEST_CANCELLED, "cancelled while suspended (waiting for a person)"))
             return task
         attempt = task.attempts[-1]
         cancelled(attempt)
@@ -869,6 +886,8 @@ class TaskManager:
         waiting += self.sessions.drain(name)  # first: the lines move as tasks end
         while (task := self.queue.take(name)) is not None:
             waiting.append(task)
+        # and those that wait for a person with no attempt, which would wait for it next
+        waiting += [t for t in self.active.values() if t.suspended and t.agent == name]
         for task in waiting:
             self.finish(task, cause, error)
 

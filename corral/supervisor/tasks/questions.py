@@ -47,6 +47,9 @@ class AskingEngine(Protocol):
     worker: WorkerMethods
     inbox: Inbox
 
+    async def ask_person(self, req: AskRequest) -> Ask:
+        """The ask as it ended, the task waiting meanwhile (TaskManager.ask_person)."""
+
 
 def check_schema(schema: dict[str, Any]) -> None:
     """A JSON Schema an answer can be checked against, else RpcError saying what is
@@ -96,11 +99,13 @@ class Questions:
         subject: dict[str, Any] = {"prompt": p.prompt}
         if p.schema is not None:
             subject["schema"] = p.schema
-        inbox = self.engine.inbox
-        ask = await inbox.ask(AskRequest(AskKind.QUESTION, task.tenant, task.id,
-                                         task.attempt, task.agent, name, subject, p.timeout))
-        replayed = not ask.pending
-        ended = await inbox.wait(ask)
+        # asked before (an earlier attempt's question, answered since): not asked again
+        earlier = self.engine.inbox.store.find(task.id, name)
+        replayed = earlier is not None and not earlier.pending
+        # the task is `waiting` until the answer (or suspended past suspend_after)
+        ended = await self.engine.ask_person(AskRequest(
+            AskKind.QUESTION, task.tenant, task.id, task.attempt, task.agent, name, subject,
+            p.timeout))
         if ended.end is not AskEnd.ANSWERED:
             raise _unanswered(ended)
         # the answer is the task's before the worker has it: a retry is given it back

@@ -155,9 +155,14 @@ class TaskSteps:
         is kept (a cluster's claim)."""
         return self.journal if task.journal_here else task.steps_kept
 
-    def _journaling(self, task: Task) -> StepJournal | None:
-        """The journal to write the task's steps to, None while no retry is left."""
-        return self._journal_of(task) if task.retries_left > 0 else None
+    def _journaling(self, task: Task, spec: Any) -> StepJournal | None:
+        """The journal to write the task's steps to; None while no retry is left and its
+        agent (`spec`) does not suspend a waiting task (suspension.py): no next attempt
+        would read them."""
+        suspends: float = getattr(spec, "suspend_after", 0.0)
+        if task.retries_left > 0 or suspends:
+            return self._journal_of(task)
+        return None
 
     async def _state(self, task: Task) -> _Attempt:
         st = self._attempts.get(task.id)
@@ -193,7 +198,7 @@ class TaskSteps:
         # whether it replays, and the arguments' hash, only where they are asked: a task
         # with no retry left, on its first attempt, pays nothing for either
         old = None if st.diverged else st.tools.get(seq)
-        journal = self._journaling(task)
+        journal = self._journaling(task, r.spec)
         replays = (old is not None or journal is not None) and _replays(r.spec, name)
         h: bytes | None = None
         if old is not None:
@@ -293,7 +298,7 @@ class TaskSteps:
                            f"beginning {' or '.join(RESERVED)} are corral's own steps")
 
     async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:
-        journal = self._journaling(task)
+        journal = self._journaling(task, r.spec)
         if journal is None:
             return {}
         st = await self._state(task)
@@ -312,7 +317,7 @@ class TaskSteps:
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         body = msgspec.json.encode(state)
         task.checkpoint = msgspec.Raw(body)
-        journal = self._journaling(task)
+        journal = self._journaling(task, task.replica.spec if task.replica else None)
         if journal is not None:
             journal.put(Step(task.id, CHECKPOINT_SEQ, "", task.attempt, b"", body))
             await journal.committed(task.id)

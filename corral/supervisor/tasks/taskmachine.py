@@ -13,6 +13,10 @@ held to it by tests/cluster/test_task_machine_lua.py. It reads:
         has ended: approved, denied, answered, timed out)-> running; a waiting task's
         attempt is still on its worker, and every other cause moves it as a running one's
     waiting -wait (a second call of the attempt asks too)-> no change
+    waiting -suspend (it waited `suspend_after`: its attempt is stopped, its slot given
+        back; suspension.py)-> suspended -resume (nothing it asked is pending)-> queued:
+        a new attempt, no retry spent, its journal answering the calls made before
+    suspended -cancel-> cancelled; -dropped (its agent will not run it)-> lost
     running -failed / timed out / lost-> queued: a retry, when the task's policy names
         the outcome and a retry is left (one is spent)
     running -failed / timed out / lost-> failed / timed_out / lost: no retry
@@ -46,6 +50,8 @@ class TaskStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"  # running, a call of it held for a person (an approval, a question)
+    # waiting for a person with no attempt on a worker (suspend_after): resumed by replay
+    SUSPENDED = "suspended"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
@@ -56,7 +62,8 @@ class TaskStatus(enum.StrEnum):
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT,
                       TaskStatus.CANCELLED, TaskStatus.LOST})
 # the statuses a journal gives back after a restart (a finished task is not restored)
-UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING})
+UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING,
+                        TaskStatus.SUSPENDED})
 # the statuses of a task whose attempt is on a worker
 ON_WORKER = frozenset({TaskStatus.RUNNING, TaskStatus.WAITING})
 
@@ -74,6 +81,7 @@ class TaskCause(enum.StrEnum):
     RELEASED = "released"  # a cluster node gave its claim back: nothing of it failed
     WAIT = "wait"  # a call of its attempt waits for a person (inbox.py)
     RESUME = "resume"  # what it waited for has ended
+    SUSPEND = "suspend"  # it waited for a person past its agent's suspend_after
 
 
 S = TaskStatus
@@ -112,12 +120,14 @@ def _table() -> dict[tuple[TaskStatus, TaskCause], TaskStep]:
     rows(on_worker, [C.FAILED], TaskStep(S.FAILED, retry=True, ends=True))
     rows(on_worker, [C.TIMED_OUT], TaskStep(S.TIMED_OUT, retry=True, ends=True))
     rows(on_worker, [C.LOST], TaskStep(S.LOST, retry=True, ends=True))
-    rows([S.QUEUED, *on_worker], [C.CANCEL], TaskStep(S.CANCELLED, ends=True))
-    rows([S.QUEUED], [C.DROPPED], TaskStep(S.LOST, ends=True))
+    rows([S.QUEUED, *on_worker, S.SUSPENDED], [C.CANCEL], TaskStep(S.CANCELLED, ends=True))
+    rows([S.QUEUED, S.SUSPENDED], [C.DROPPED], TaskStep(S.LOST, ends=True))
     rows(on_worker, [C.RELEASED], TaskStep(S.QUEUED))
     rows([S.RUNNING], [C.WAIT], TaskStep(S.WAITING))
     rows([S.WAITING], [C.WAIT], IGNORE)
     rows([S.WAITING], [C.RESUME], TaskStep(S.RUNNING))
+    rows([S.WAITING], [C.SUSPEND], TaskStep(S.SUSPENDED))
+    rows([S.SUSPENDED], [C.RESUME], TaskStep(S.QUEUED))
     # a task has one outcome: what comes after it changes nothing (never a start: a
     # finished task is in no queue)
     rows(sorted(TERMINAL), sorted(set(TaskCause) - {C.START}), IGNORE)
@@ -177,7 +187,7 @@ class TaskMachine:
         """A journal's unfinished task, made again after a restart, takes the status its
         record had (a running one's attempt is then lost to the restart: `fire(LOST)`)."""
         if status not in UNFINISHED:
-            raise IllegalTransition(f"a task restored from a journal is queued or running, "
+            raise IllegalTransition(f"a task restored from a journal is unfinished, "
                                     f"not {status}")
         self.status = TaskStatus(status)
 
@@ -197,6 +207,11 @@ class TaskMachine:
     def waiting(self) -> bool:
         """A call of its attempt waits for a person."""
         return self.status is TaskStatus.WAITING
+
+    @property
+    def suspended(self) -> bool:
+        """It waits for a person with no attempt on a worker (suspend_after)."""
+        return self.status is TaskStatus.SUSPENDED
 
     @property
     def ended(self) -> bool:
@@ -261,6 +276,13 @@ def failed_outside(attempt: Attempt, error: TaskFailure) -> AttemptOutcome:
     fails the task: approvals.py); its worker is then asked to stop it."""
     attempt.outcome, attempt.error = S.FAILED, error.message
     return AttemptOutcome(C.FAILED, error)
+
+
+def suspended(attempt: Attempt, after: float) -> None:
+    """A waiting attempt is stopped to give its slot back (suspend_after)."""
+    attempt.outcome = S.SUSPENDED
+    attempt.error = (f"waited {after:g} s for a person (suspend_after): its task resumes "
+                     f"by replay when what it asked has ended")
 
 
 def cancelled(attempt: Attempt) -> None:

@@ -1,0 +1,183 @@
+"""Waiting without a process (issue 55 item 4; docs/approvals.md#waiting-without-a-process).
+
+A task that has waited for a person (an approval, a question, an MCP server's
+elicitation: inbox.py) for its agent's `suspend_after` gives its attempt back: the worker
+is asked to stop it (its slot, and the process when nothing else holds it, go back to
+the agent) and the task is `suspended`, kept only in memory and the journal. When
+nothing it asked is pending any more (decided, answered, timed out) it is queued again
+and its next attempt replays: its journal answers every call made before the wait, the
+held call finds its ask decided and the question its answer, so that nothing runs twice
+and no one is asked twice. No retry is spent.
+
+Only a task whose calls are journaled is suspended (a daemon with its state database,
+the agent's `replay` on, a task of this node): one whose calls would run again keeps its
+attempt while it waits. The waits are measured by the WaitClock (waitclock.py), which a
+test may move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ... import jsonrpc
+from ...askviews import Ask
+from ...jsonrpc import RpcError
+from .inbox import AskEnded, Inbox
+from .taskmachine import TaskCause, suspended
+from .waitclock import WaitClock, WaitTimer
+
+if TYPE_CHECKING:
+    from ..stream import Stream
+    from .dispatch import TaskDispatch
+    from .durable import TaskJournal
+    from .model import Task
+
+
+
+class SuspendingEngine(Protocol):
+    """What suspension needs of the TaskManager."""
+
+    active: dict[str, Task]
+    inbox: Inbox
+    dispatch: TaskDispatch
+    stream: Stream
+
+    @property
+    def journal(self) -> TaskJournal | None: ...
+
+    def record(self, task: Task) -> None: ...
+
+    def again(self, task: Task) -> None:
+        """A queued task waits for its time, or at once for a replica."""
+
+
+class _Wait:
+    """A waiting task's suspend timer, and what its held calls wait on besides their
+    asks: set when the task is suspended."""
+
+    __slots__ = ("attempt", "gone", "timer")
+
+    def __init__(self, attempt: int, timer: WaitTimer, gone: asyncio.Future[Any]) -> None:
+        self.attempt = attempt
+        self.timer = timer
+        self.gone = gone
+
+
+class Suspensions:
+    """The suspend timers of the engine's waiting tasks, and their suspensions and
+    resumptions."""
+
+    def __init__(self, engine: SuspendingEngine, clock: WaitClock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._held: dict[str, _Wait] = {}
+        self.suspended = 0  # attempts given back while they waited
+        self.resumed = 0  # suspended tasks queued again
+        engine.stream.subscribe(self._ask_ended, AskEnded)
+
+    def after(self, task: Task) -> float | None:
+        """Seconds the task may wait before it is suspended; None: it is not (no
+        suspend_after, or calls that are not journaled)."""
+        r = task.replica
+        if r is None or self.engine.journal is None or not task.journal_here:
+            return None
+        seconds: float = getattr(r.spec, "suspend_after", 0.0)
+        if not seconds or not getattr(r.spec, "replay", True):
+            return None
+        return seconds
+
+    def hold(self, task: Task) -> None:
+        """The task waits for a person: its timer starts (at its first held call)."""
+        if task.id in self._held:
+            return
+        seconds = self.after(task)
+        if seconds is None:
+            return
+        loop = asyncio.get_running_loop()
+        timer = self.clock.call_later(seconds, lambda: self._expired(task, seconds))
+        self._held[task.id] = _Wait(task.attempt, timer, loop.create_future())
+
+    async def wait(self, task: Task, asked: Awaitable[Ask]) -> Ask:
+        """The ask as it ended, or REQUEST_CANCELLED once the task was suspended (its
+        worker is asked to stop the attempt: what it asked is the next attempt's)."""
+        held = self._held.get(task.id)
+        if held is None:
+            return await asked
+        inner: asyncio.Future[Ask] = asyncio.ensure_future(asked)
+        try:
+            await asyncio.wait((inner, held.gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not inner.done():
+                inner.cancel()
+        if held.gone.done():
+            raise RpcError(jsonrpc.REQUEST_CANCELLED,
+                           f"task {task.id} was suspended while it waited for a person "
+                           f"(suspend_after): its next attempt asks again")
+        return inner.result()
+
+    def release(self, task_id: str) -> None:
+        """The task runs on (what it waited for ended) or ended: no timer."""
+        held = self._held.pop(task_id, None)
+        if held is not None:
+            held.timer.cancel()
+
+    def _expired(self, task: Task, seconds: float) -> None:
+        held = self._held.pop(task.id, None)
+        if held is None:
+            return
+        # a task whose asks all ended is about to run on: it is not given back
+        if (not task.waiting or task.attempt != held.attempt
+                or not self.engine.inbox.waiting_for(task.id)):
+            return
+        replica, attempt = task.replica, task.attempts[-1]
+        assert replica is not None  # (a waiting task's attempt is on its worker)
+        engine = self.engine
+        engine.dispatch.deadlines.discard(task, task.timeout)
+        suspended(attempt, seconds)
+        task.fire(TaskCause.SUSPEND)
+        task.replica = None
+        engine.record(task)
+        self.suspended += 1
+        held.gone.set_result(None)
+        engine.dispatch.stop_attempt(task, replica, attempt, "was suspended")
+
+    def _ask_ended(self, e: AskEnded) -> None:
+        ask = e.ask
+        if ask.pending:
+            return
+        task = self.engine.active.get(ask.task_id)
+        if task is not None:
+            self.resume(task)
+
+    def resume(self, task: Task) -> bool:
+        """A suspended task with nothing pending is queued again (after a restart too);
+        False: it was not suspended, or still waits."""
+        if not task.suspended or self.engine.inbox.waiting_for(task.id):
+            return False
+        task.fire(TaskCause.RESUME)
+        self.resumed += 1
+        last = task.attempts[-1] if task.attempts else None
+        if last is not None and last.finished is None:
+            # its stopped attempt has yet to end: dispatch queues it then (as a retry
+            # waiting for its timed-out attempt)
+            self.engine.record(task)
+        else:
+            self.engine.again(task)
+        return True
+
+    def restored(self, task: Task) -> bool:
+        """A journal's suspended task after a restart (its stopped attempt ended with the
+        daemon that stopped it): True when nothing it asked is pending and it is queued
+        again (the caller queues it); False: it waits on, suspended."""
+        now = time.time()
+        for a in task.attempts:
+            if a.finished is None:
+                a.finished = now
+        if self.engine.inbox.waiting_for(task.id):
+            return False
+        task.fire(TaskCause.RESUME)
+        self.resumed += 1
+        return True

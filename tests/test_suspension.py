@@ -1,0 +1,254 @@
+"""Waiting without a process (issue 55 item 4; docs/approvals.md#waiting-without-a-process):
+a task that has waited for a person past its agent's `suspend_after` gives its attempt
+back (its slot, and its elastic agent's process, which then sleeps) and is `suspended`;
+when what it asked ends it resumes by replay: its journaled calls answered from the
+journal (the counting server sees each once), the question its answer, the held call its
+approval. The waits are measured by a clock the test moves (`corral clock --advance`,
+[supervisor] manual_clock): ten minutes of waiting in no time.
+
+Real processes: the daemon (a subprocess, SIGKILLed in one test), SDK workers
+(tests/asking_agent.py), a real MCP server that counts its calls
+(tests/servers/counting_mcp.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from corral import jsonrpc
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+
+HERE = Path(__file__).parent
+SUSPEND_AFTER = 300  # the agent's suspend_after: five minutes of the test's clock
+
+
+def fleet(tmp: Path) -> str:
+    asker = textwrap.dedent(f"""
+        command = ["{PY}", "{HERE}/asking_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["counting__*"]
+        suspend_after = {SUSPEND_AFTER}
+        stop_timeout = 10.0
+    """)
+    elastic = "[agents.{}.autoscale]\nmin_replicas = 0\nidle_after = 0.3\n\n"
+    return (f"[agents.asker]{asker}\n" + elastic.format("asker")
+            + f"[agents.approver]{asker}approve = [\"counting__bump\"]\n\n"
+            + elastic.format("approver")
+            + f"[agents.unjournaled]{asker}replay = false\n\n"
+            + f'[mcp_servers.counting]\ncommand = ["{PY}", "{HERE}/servers/counting_mcp.py", '
+              f'"{tmp}/server-count"]\n')
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, fleet(tmp), extra="manual_clock = true")
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
+
+
+def counted(d: Daemon) -> list[str]:
+    path = d.dir / "server-count"
+    return path.read_text().split() if path.exists() else []
+
+
+def task(d: Daemon, task_id: str) -> dict[str, Any]:
+    info: dict[str, Any] = d.ask("tasks.get", {"task_id": task_id})
+    return info
+
+
+def status_is(d: Daemon, task_id: str, status: str) -> dict[str, Any]:
+    return wait_until(lambda: (t := task(d, task_id))["status"] == status and t, 30,
+                      f"task {task_id} {status}")
+
+
+def the_ask(d: Daemon, task_id: str) -> dict[str, Any]:
+    asks = wait_until(lambda: d.ask("approvals.list")["asks"], 30, "the task's ask")
+    [ask] = asks
+    assert ask["task_id"] == task_id
+    return dict(ask)
+
+
+def advance(d: Daemon, by: str) -> str:
+    moved = d.cli("clock", "--advance", by)
+    assert moved.returncode == 0, moved.stderr
+    return moved.stdout
+
+
+def asleep(d: Daemon, agent: str) -> bool:
+    return not [r for r in d.status().values() if r["name"] == agent and r["pid"]]
+
+
+def suspended_with_no_process(d: Daemon, task_id: str) -> dict[str, Any]:
+    """The task suspended, its attempt's worker gone: the elastic agent slept."""
+    waiting = status_is(d, task_id, "waiting")
+    pid = waiting["attempts"][-1]["pid"]
+    assert psutil.pid_exists(pid)
+    shown = advance(d, "10m")
+    assert "(manual, 600 s ahead of the wall)" in shown, shown
+    info = status_is(d, task_id, "suspended")
+    last = info["attempts"][-1]
+    assert (last["outcome"], last["error"]) == (
+        "suspended", f"waited {SUSPEND_AFTER} s for a person (suspend_after): its task "
+                     "resumes by replay when what it asked has ended")
+    wait_until(lambda: asleep(d, info["agent"]) and not psutil.pid_exists(pid), 30,
+               "the suspended task's worker gone, its agent asleep")
+    return info
+
+
+@pytest.mark.deadline(120)
+def test_a_question_answered_after_ten_minutes_resumes_a_released_task_by_replay(
+        daemon: Daemon) -> None:
+    d = daemon
+    marks = d.dir / "marks"
+    task_id = d.ask("tasks.submit", {"agent": "asker", "input": {
+        "prompt": "Which file?", "calls": 3, "marks": str(marks)}})["task_id"]
+    ask = the_ask(d, task_id)
+    assert counted(d) == ["0", "1", "2"]
+    info = suspended_with_no_process(d, task_id)
+    # it still says what it waits for; the ask is the same, pending
+    assert [a["id"] for a in info["asks"]] == [ask["id"]]
+    shown = d.cli("task", task_id).stdout
+    assert "status: suspended" in shown, shown
+    assert f"waiting for: question: Which file? (ask {ask['id']})" in shown, shown
+
+    answered = d.cli("approvals", "answer", ask["id"], "--data", json.dumps("/srv/a"))
+    assert answered.returncode == 0, answered.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    # the resumed attempt was answered from the journal: each call made once, the
+    # question asked once, no retry spent
+    assert done["output"] == {"answer": "/srv/a", "second": None, "attempt": 2,
+                              "bumped": ["bumped 0", "bumped 1", "bumped 2"]}
+    assert counted(d) == ["0", "1", "2"]
+    assert marks.read_text() == "1\n2\n"
+    assert [a["outcome"] for a in done["attempts"]] == ["suspended", "succeeded"]
+    assert done["attempts"][1]["replayed"] == 3
+    ended = d.ask("approvals.get", {"id": ask["id"]})
+    assert ended["end"] == "answered" and ended["ended"] - ended["created"] >= 600
+
+
+@pytest.mark.deadline(150)
+def test_a_suspended_task_outlives_a_sigkill_and_its_approved_call_runs_once(
+        daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "approver", "input": {"calls": 1}})["task_id"]
+    ask = the_ask(d, task_id)
+    assert ask["subject"] == {"tool": "counting__bump", "arguments": {"i": 0}}
+    suspended_with_no_process(d, task_id)
+
+    d.stop(signal.SIGKILL)
+    d.start()
+    # still suspended (not retried, no process), its ask pending
+    assert task(d, task_id)["status"] == "suspended"
+    assert [a["id"] for a in d.ask("approvals.list")["asks"]] == [ask["id"]]
+    wait_until(lambda: asleep(d, "approver"), 30, "its agent asleep again")
+    assert task(d, task_id)["status"] == "suspended"
+
+    approved = d.cli("approvals", "approve", ask["id"])
+    assert approved.returncode == 0, approved.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    assert done["output"]["bumped"] == ["bumped 0"]
+    assert counted(d) == ["0"]  # the approved call ran once, in the resumed attempt
+    assert [a["outcome"] for a in done["attempts"]] == ["suspended", "succeeded"]
+    assert d.ask("approvals.list")["asks"] == []
+
+
+@pytest.mark.deadline(120)
+def test_denied_while_suspended_the_resumed_agent_reads_the_tools_error(
+        daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "approver", "input": {"calls": 1}})["task_id"]
+    ask = the_ask(d, task_id)
+    suspended_with_no_process(d, task_id)
+    denied = d.cli("approvals", "deny", ask["id"], "--reason", "not today")
+    assert denied.returncode == 0, denied.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    [said] = done["output"]["bumped"]
+    assert said.startswith("tool call counting__bump was denied by ") and said.endswith(
+        f"(ask {ask['id']}): not today"), said
+    assert counted(d) == []
+
+
+@pytest.mark.deadline(120)
+def test_a_question_that_times_out_while_suspended_resumes_with_its_timeout(
+        daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "asker", "input": {
+        "prompt": "Still there?", "timeout": 900}})["task_id"]
+    ask = the_ask(d, task_id)
+    suspended_with_no_process(d, task_id)
+    advance(d, "10m")  # past the question's own 900 s
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    assert done["output"] == {"refused": f"task/ask: question {ask['id']} had no answer "
+                                         f"within 900s", "code": jsonrpc.REQUEST_TIMEOUT}
+    assert d.ask("approvals.get", {"id": ask["id"]})["end"] == "timed_out"
+
+
+@pytest.mark.deadline(120)
+def test_a_suspended_task_cancelled_ends_and_its_ask_is_withdrawn(daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "asker", "input": {"prompt": "Go?"}})["task_id"]
+    ask = the_ask(d, task_id)
+    suspended_with_no_process(d, task_id)
+    cancelled = d.cli("cancel", task_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert (done["status"], done["error"]["message"]) == (
+        "cancelled", "cancelled while suspended (waiting for a person)")
+    wait_until(lambda: d.ask("approvals.get", {"id": ask["id"]})["end"] == "withdrawn", 30,
+               "the ask withdrawn")
+    assert d.ask("approvals.list")["asks"] == []
+
+
+@pytest.mark.deadline(120)
+def test_calls_that_are_not_journaled_keep_their_attempt_while_they_wait(
+        daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "unjournaled",
+                                     "input": {"prompt": "Go?"}})["task_id"]
+    ask = the_ask(d, task_id)
+    status_is(d, task_id, "waiting")
+    advance(d, "1h")
+    # replay = false: a resumed attempt would run its calls again, so it is not suspended
+    assert task(d, task_id)["status"] == "waiting"
+    answered = d.cli("approvals", "answer", ask["id"], "--data", json.dumps("yes"))
+    assert answered.returncode == 0, answered.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert (done["status"], done["output"]["answer"], len(done["attempts"])) == (
+        "succeeded", "yes", 1)
+
+
+def test_the_walls_clock_does_not_move(tmp_path: Path) -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, "")
+    try:
+        d.start()
+        moved = d.cli("clock", "--advance", "10m")
+        assert moved.returncode != 0
+        assert moved.stderr.strip() == (
+            "corral: the daemon's clock is the wall's: only a manual clock moves "
+            "([supervisor] manual_clock = true, for tests)"), moved.stderr
+        shown = d.cli("clock")
+        assert shown.returncode == 0 and shown.stdout.rstrip().endswith("(the wall's)"), \
+            shown.stdout
+        bad = d.cli("clock", "--advance", "soon")
+        assert bad.returncode == 2 and "not a duration: soon" in bad.stderr, bad.stderr
+    finally:
+        d.close()
