@@ -62,4 +62,6 @@ def what_it_asks(ask: Ask) -> str:
     if "tool" in s:
         return (f"approval of {s['tool']} "
                 f"{msgspec.json.encode(s.get('arguments', {})).decode()}")
-    return f"approval of a call to model {s.get('model')} (est. ${s.get('cost', 0):.4f})"
+    cost = s.get("cost")
+    most = f"at most ${cost:.4f}" if isinstance(cost, (int, float)) else "no bound on its cost"
+    return f"approval of a call to model {s.get('model')} ({most})"

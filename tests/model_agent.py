@@ -7,7 +7,8 @@ asking `say` + its number (or `texts[i]`), whole or streamed (`stream`); on its 
 attempt, after call `stop_after`, it writes `marker` and SIGKILLs itself; with
 `by_address` its clients name the attempt (`?task=ID&attempt=N`, `default_query`; `forge`:
 another task's id in its place); with `tools` N, a tool call (`counting__bump`) after each
-of its first N model calls. Its output:
+of its first N model calls; with `then`, a last Messages call of that model ("two").
+Its output:
 each answer's text, or the error a call raised (its status and message), and what its
 environment held."""
 
@@ -71,6 +72,8 @@ def handle(task_input, ctx):
             with open(task_input["marker"], "w") as f:
                 f.write(str(i))
             os.kill(os.getpid(), signal.SIGKILL)
+    if task_input.get("then"):
+        answers.append(one("messages", task_input["then"], "two", False, query))
     env = dict(os.environ)  # all of it: the test looks for the provider's key there
     return {"answers": answers, "attempt": ctx.attempt, "env": env}
 

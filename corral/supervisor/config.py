@@ -292,6 +292,12 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     approve_timeout: NonNeg = 3600.0
     on_deny: Literal["error", "fail"] = "error"
     on_timeout: Literal["error", "fail"] = "error"
+    # its tasks' model calls through the model gateway that wait for a person too: those
+    # of the models `approve_models` names (globs of the gateway's model names), and
+    # those whose cost may pass approve_cost_over dollars (0: none), their input's
+    # tokens estimated and their max output tokens at the model's prices
+    approve_models: list[str] = []
+    approve_cost_over: NonNeg = 0.0
     # a task that has waited this many seconds for a person gives its attempt (its slot,
     # its process) back, and resumes by replay when what it asked has ended; 0: it keeps
     # them (docs/approvals.md#waiting-without-a-process)
@@ -669,6 +675,8 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # tool calls of its agents' tasks that wait for a person besides their agent's own
     # `approve` (docs/approvals.md): an agent's table cannot take these away
     approve: list[str] = []
+    # and model calls (the gateway's model names, globs) that do, as approve_models
+    approve_models: list[str] = []
 
     def check(self) -> None:
         if self.dir is not None and not os.path.isabs(self.dir):

@@ -29,16 +29,21 @@ import msgspec
 from aiohttp import web
 
 from ... import jsonrpc
+from ...askviews import AskEnd, AskKind
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
-from ...supervisor.tasks.steps import MODEL_STEP
+from ...supervisor.tasks.inbox import AskRequest
+from ...supervisor.tasks.model import TaskFinished
+from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
+from ...taskviews import TaskFailure
 from ...text import iso_time
 from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
 from .answers import AnswerRecord, Relay, StreamCut
+from .holds import model_policy_of, most_cost, said, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
 from .upstream import Upstream, UpstreamDown
@@ -121,6 +126,9 @@ class ModelGateway:
         self.counters: dict[str, ModelCounter] = {}
         self.unknown = 0  # requests refused before a model was known (token, body)
         self.unattributed = 0  # calls of no task attempt (none running, or several)
+        # a held call's ask key: its place among its attempt's same calls (approvals.py's)
+        self._ordinals = CallOrdinals()
+        tasks.stream.subscribe(lambda e: self._ordinals.forget(e.task.id), TaskFinished)
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, models: Mapping[str, ModelSpec], base: Path) -> list[str]:
@@ -294,6 +302,7 @@ class ModelGateway:
         usage, start = CallUsage(), time.time()
 
         async def live() -> Any:
+            await self._approved(request, call)
             made.append(await self._live(request, call, usage))
             kept = made[-1]
             if isinstance(kept, AnswerRecord):
@@ -340,6 +349,39 @@ class ModelGateway:
         if isinstance(result, Relay):
             return await result.finish()
         return answers.whole(result)
+
+    async def _approved(self, request: web.Request, call: ModelCall) -> None:
+        """A live call the agent's or its tenant's policy holds waits for a person (its
+        task `waiting`, suspended past suspend_after: holds.py); ModelRefusal when it was
+        not approved, or cannot be asked (a call of no task, or a cluster's)."""
+        task = call.task
+        policy = model_policy_of(call.replica, task.tenant if task is not None
+                                 else getattr(call.replica.spec, "tenant", None))
+        if policy is None:
+            return
+        cost = most_cost(call.body, len(call.sent), call.spec)
+        why = why_held(policy, call.name, cost)
+        if why is None:
+            return
+        if task is None or not task.journal_here:  # its ask would be no task's, or lost
+            raise ModelRefusal(403, f"model call {call.name} waits for a person's approval "
+                                    f"({why}), which a call of "
+                                    f"{'no task' if task is None else 'a cluster task'} "
+                                    f"cannot ask: refused")
+        key = "model:" + self._ordinals.key(task, call.name, call.body)
+        ask = await self.tasks.ask_person(AskRequest(
+            AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
+            subject(call.name, call.endpoint.path, cost, why), policy.timeout))
+        if ask.end is AskEnd.APPROVED:
+            if request.transport is None or request.transport.is_closing():
+                raise ModelRefusal(409, f"model call {call.name} was approved after its "
+                                        f"agent hung up: not made (ask {ask.id})")
+            return
+        words = said(ask, call.name, policy)
+        how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
+        if how == "fail" and ask.end is not AskEnd.WITHDRAWN:
+            self.tasks.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))
+        raise ModelRefusal(403, words)
 
     def _cut(self, call: ModelCall, relay: Relay | AnswerRecord, why: str
              ) -> web.StreamResponse:

@@ -1,0 +1,80 @@
+"""Which model calls wait for a person (docs/approvals.md#approvals-of-model-calls): those
+of a model the agent's or its tenant's `approve_models` names, and those whose cost may
+pass the agent's `approve_cost_over`. A call's most cost is its input's tokens, estimated
+at four bytes a token, and its bound on output tokens (`max_tokens`,
+`max_completion_tokens`, `max_output_tokens`) at the model's prices; a call with no bound
+on its output has no most cost, and waits whenever a ceiling is set. The ask and what
+its decision does are the gateway's (gateway.py); the words here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ...askviews import Ask, AskEnd
+from ...mcp.pool import allowed
+from ...supervisor.config import ModelSpec
+
+if TYPE_CHECKING:
+    from ...supervisor.replica import Replica
+
+BYTES_PER_TOKEN = 4  # the estimate of an input's tokens from its JSON's size
+OUTPUT_BOUNDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+class ModelPolicy(NamedTuple):
+    """What a replica's agent (and its tenant) say of its tasks' model calls."""
+
+    models: list[str]
+    cost_over: float
+    timeout: float | None
+    on_deny: str
+    on_timeout: str
+
+
+def model_policy_of(r: Replica, tenant: str | None) -> ModelPolicy | None:
+    """None when no model call of the replica's tasks waits for a person."""
+    spec = r.spec
+    held = r.host.tenant_spec(tenant) if tenant is not None else None
+    models = [*getattr(spec, "approve_models", []),
+              *(held.approve_models if held is not None else ())]
+    cost_over: float = getattr(spec, "approve_cost_over", 0.0)
+    if not models and not cost_over:
+        return None
+    timeout = getattr(spec, "approve_timeout", 0.0)
+    return ModelPolicy(models, cost_over, timeout or None, getattr(spec, "on_deny", "error"),
+                       getattr(spec, "on_timeout", "error"))
+
+
+def most_cost(body: dict[str, Any], size: int, spec: ModelSpec) -> float | None:
+    """The most the call may cost, in dollars; None: its output has no bound."""
+    bound = next((body[k] for k in OUTPUT_BOUNDS if isinstance(body.get(k), int)), None)
+    if not isinstance(bound, int):
+        return None
+    return (size / BYTES_PER_TOKEN * spec.input_usd_per_mtok
+            + bound * spec.output_usd_per_mtok) / 1e6
+
+
+def why_held(policy: ModelPolicy, name: str, cost: float | None) -> str | None:
+    """Why the call waits for a person (None: it does not)."""
+    if policy.models and allowed(name, policy.models):
+        return "approve_models"
+    if policy.cost_over and (cost is None or cost > policy.cost_over):
+        return "approve_cost_over"
+    return None
+
+
+def subject(name: str, path: str, cost: float | None, why: str) -> dict[str, Any]:
+    """What the ask shows a person (askviews.what_it_asks reads `model` and `cost`)."""
+    return {"model": name, "endpoint": path, "cost": cost, "why": why}
+
+
+def said(ask: Ask, name: str, policy: ModelPolicy) -> str:
+    """What the agent (or the task's error) is told of a call that was not approved."""
+    if ask.end is AskEnd.TIMED_OUT:
+        return (f"model call {name} was not approved within {policy.timeout or 0:g} s "
+                f"(approve_timeout; ask {ask.id})")
+    if ask.end is AskEnd.WITHDRAWN:
+        return f"model call {name} was not decided before its task ended (ask {ask.id})"
+    reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
+    return (f"model call {name} was denied by {ask.by} (ask {ask.id})"
+            + (f": {reason}" if reason else ""))
