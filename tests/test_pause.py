@@ -655,8 +655,8 @@ def test_a_replica_is_paused_and_resumed_from_the_dashboard() -> None:
         assert (d.status()["w#1"]["pid"], d.status()["w#1"]["restarts"]) == (pid, 0)
         who = [(a["method"], a["who"]) for a in d.json("audit")["entries"]
                if a["method"] in ("agents.pause", "agents.resume")]
-        assert who == [("agents.pause", "token dashboard"),
-                       ("agents.resume", "token dashboard")]
+        assert who == [("agents.pause", "token dashboard (uid 0)"),
+                       ("agents.resume", "token dashboard (uid 0)")]
 
 
 @pytest.mark.deadline(90)

@@ -217,7 +217,7 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
         assert (status, body) == (200, {"name": "hello", "replicas": 2})
         await d.sup.wait_state("hello", State.READY, timeout=20)
         assert (await audited(d))[-1] == (
-            'token dashboard: agents.scale {"name":"hello","replicas":2} -> ok')
+            'token dashboard (uid 0): agents.scale {"name":"hello","replicas":2} -> ok')
 
         # logging out ends the session on the server
         async with p.http.post(f"{p.base}/ui/logout", headers={
@@ -693,7 +693,7 @@ def test_an_agent_is_rolled_back_from_the_dashboard() -> None:
         hist = d.json("history", "hello")
         assert [(v["revision"], v["change"]) for v in hist["revisions"]][-1] == (
             3, "rollback to revision 1: replicas 2 -> 1")
-        assert hist["revisions"][-1]["who"] == "token dashboard"
+        assert hist["revisions"][-1]["who"] == "token dashboard (uid 0)"
         assert sorted(d.status()) == ["hello#0"]
 
 
@@ -769,7 +769,8 @@ async def test_a_dashboard_session_is_bounded_as_the_token_that_asked_for_it(
                 status, _, body = await p.call("tenants.list")
                 if tenants is None:
                     assert (status, body["detail"]) == (403, (
-                        "forbidden: token dashboard is limited to agents matching web-*: "
+                        f"forbidden: token dashboard ({token.name}) is limited to agents "
+                        "matching web-*: "
                         "tenants.list is for callers that see whole tenants (a tenant's "
                         "use counts agents outside web-*)"))
                 else:

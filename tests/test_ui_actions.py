@@ -443,7 +443,7 @@ async def test_a_limited_sessions_actions_stay_within_its_tokens_agents(
             assert got == {
                 "agents.stop": unseen, "agents.start": unseen, "agents.restart": unseen,
                 "agents.remove": unseen, "tasks.submit": unseen,
-                "agents.add": (403, "forbidden: token dashboard is limited to agents "
+                "agents.add": (403, "forbidden: token dashboard (webs) is limited to agents "
                                     "matching web-*: may not add other")}
             # its own agents it may act on
             status, _, body = await p.call("agents.restart", {"names": ["web-a#0"]})

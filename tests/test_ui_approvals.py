@@ -80,13 +80,13 @@ def test_asks_are_decided_from_the_dashboards_inbox() -> None:
             assert counted(d.dir) == ["11"]
             row = page.locator(f'#inbox-decided tr[data-ask="{ask["id"]}"]')
             expect(row.locator(".end")).to_have_text("approved")
-            expect(row.locator(".by")).to_have_text("token dashboard")
+            expect(row.locator(".by")).to_have_text("token dashboard (uid 0)")
             expect(row.locator(".data")).to_have_text('{"arguments":{"i":11}}')
             expect(page.locator("#inbox-pending")).to_have_text("No task waits for a person.")
             expect(page.locator("#nav-inbox")).to_have_text("Inbox")
             ended = d.ask("approvals.get", {"id": ask["id"]})
             assert (ended["end"], ended["by"], ended["subject"]["arguments"]) == (
-                "approved", "token dashboard", {"i": 1})
+                "approved", "token dashboard (uid 0)", {"i": 1})
 
             # a second ask, denied with a reason: the agent reads the tool's error
             second = d.ask("tasks.submit", {"agent": "writer", "input": bump(2)})["task_id"]
@@ -100,8 +100,8 @@ def test_asks_are_decided_from_the_dashboards_inbox() -> None:
             [result] = done["output"]
             assert result["isError"] is True
             assert result["content"][0]["text"] == (
-                f"tool call counting__bump was denied by token dashboard (ask {ask2['id']}): "
-                f"not today")
+                f"tool call counting__bump was denied by token dashboard (uid 0) "
+                f"(ask {ask2['id']}): not today")
             assert counted(d.dir) == ["11"]
             row = page.locator(f'#inbox-decided tr[data-ask="{ask2["id"]}"]')
             expect(row.locator(".end")).to_have_text("denied")
@@ -130,14 +130,14 @@ def test_asks_are_decided_from_the_dashboards_inbox() -> None:
                 "succeeded", {"answer": {"n": 3}, "second": None, "attempt": 1})
             row = page.locator(f'#inbox-decided tr[data-ask="{ask3["id"]}"]')
             expect(row.locator(".end")).to_have_text("answered")
-            expect(row.locator(".by")).to_have_text("token dashboard")
+            expect(row.locator(".by")).to_have_text("token dashboard (uid 0)")
             assert page.evaluate("window.corralLive['approvals.ask']") >= 6
             assert page.evaluate("window.__cspViolations") == []
 
         # every decision audited as the dashboard session's, the refused answer too
         # (its rows are written by the store's writer, after each call has answered)
         rows = wait_for(lambda: len(r := resolves(d)) >= 4 and r, "four audited decisions")
-        assert [who for who, _ in rows] == ["token dashboard"] * 4, rows
+        assert [who for who, _ in rows] == ["token dashboard (uid 0)"] * 4, rows
         assert [outcome.split(":")[0] for _, outcome in rows] == [
             "ok", "ok", "error", "ok"], rows
         assert d.stop() == 0
@@ -187,7 +187,7 @@ def test_an_ask_outlives_a_sigkill_and_approved_in_the_dashboard_its_call_runs_o
             assert done["output"][0]["content"][0]["text"] == "bumped 5"
             row = page.locator(f'#inbox-decided tr[data-ask="{ask["id"]}"]')
             expect(row.locator(".end")).to_have_text("approved")
-            expect(row.locator(".by")).to_have_text("token dashboard")
+            expect(row.locator(".by")).to_have_text("token dashboard (uid 0)")
             expect(page.locator("#inbox-pending")).to_have_text("No task waits for a person.")
             assert page.evaluate("window.__cspViolations") == []
 
@@ -195,7 +195,8 @@ def test_an_ask_outlives_a_sigkill_and_approved_in_the_dashboard_its_call_runs_o
         assert pending(d) == []
         ended = d.ask("approvals.get", {"id": ask["id"]})
         assert (ended["end"], ended["by"], ended["subject"]) == (
-            "approved", "token dashboard", {"tool": "counting__bump", "arguments": {"i": 5}})
+            "approved", "token dashboard (uid 0)",
+            {"tool": "counting__bump", "arguments": {"i": 5}})
         assert d.stop() == 0
     finally:
         d.close()

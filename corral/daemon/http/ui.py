@@ -131,7 +131,10 @@ class LoginSessions:
             del self.codes[next(iter(self.codes))]  # the oldest: dicts keep their order
         code = secrets.token_urlsafe(24)
         expires = now + self.code_ttl
-        caller = Caller(via="ui", uid=issuer.uid, gid=issuer.gid, token="dashboard",
+        # named for whoever asked for the link, so that the audit log and an ask's `by`
+        # name the person (the token's holder, the socket's user), not every dashboard
+        whose = issuer.token if issuer.token is not None else f"uid {issuer.uid}"
+        caller = Caller(via="ui", uid=issuer.uid, gid=issuer.gid, token=f"dashboard ({whose})",
                         tenant=issuer.tenant, agents=issuer.agents, scopes=issuer.scopes)
         token = issuer if issuer.via == "http" and issuer.token is not None else None
         self.codes[code] = _Grant(caller=caller, expires=expires, token=token)
