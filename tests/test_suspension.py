@@ -252,3 +252,28 @@ def test_the_walls_clock_does_not_move(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "not a duration: soon" in bad.stderr, bad.stderr
     finally:
         d.close()
+
+
+@pytest.mark.deadline(150)
+def test_an_upgrade_suspends_a_waiting_task_and_the_next_image_resumes_it(
+        daemon: Daemon) -> None:
+    """A held request cannot be handed to the next image: the upgrade suspends the task
+    (whatever its suspend_after), and the answer given to the new image resumes it."""
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "asker", "input": {
+        "prompt": "Go?", "calls": 2}})["task_id"]
+    ask = the_ask(d, task_id)
+    status_is(d, task_id, "waiting")
+    upgraded = d.cli("upgrade", timeout=90)
+    assert upgraded.returncode == 0, upgraded.stderr + upgraded.stdout
+    info = status_is(d, task_id, "suspended")
+    assert info["attempts"][-1]["error"] == (
+        "suspended while it waited for a person, for the daemon's upgrade: its task "
+        "resumes by replay when what it asked has ended")
+    assert [a["id"] for a in d.ask("approvals.list")["asks"]] == [ask["id"]]
+    answered = d.cli("approvals", "answer", ask["id"], "--data", json.dumps("yes"))
+    assert answered.returncode == 0, answered.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert (done["status"], done["output"]["answer"], done["output"]["attempt"]) == (
+        "succeeded", "yes", 2), done
+    assert counted(d) == ["0", "1"]

@@ -311,6 +311,14 @@ class Upgrades:
             host.hub.daemon("upgrading: the new install's byte-code cannot be written; "
                             "the new image compiles its modules as it starts, while "
                             "dispatch is held", priority=4)
+        # a task waiting for a person holds its worker's request open, which no image
+        # can hand over: each whose calls are journaled gives its attempt back now and
+        # resumes by replay in the next image (docs/approvals.md)
+        given = tasks.suspensions.suspend_all("suspended while it waited for a person, "
+                                              "for the daemon's upgrade")
+        if given:
+            host.hub.daemon(f"upgrading: {plural(given, 'task')} waiting for a person "
+                            f"suspended")
         deadline = time.monotonic() + QUIESCE_TIMEOUT
         # quiet channels waited for while dispatch goes on (a task running is handed with
         # its worker), half the time at most: dispatch is held only across the last

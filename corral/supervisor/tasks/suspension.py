@@ -60,7 +60,8 @@ class _Wait:
 
     __slots__ = ("attempt", "gone", "timer")
 
-    def __init__(self, attempt: int, timer: WaitTimer, gone: asyncio.Future[Any]) -> None:
+    def __init__(self, attempt: int, timer: WaitTimer | None,
+                 gone: asyncio.Future[Any]) -> None:
         self.attempt = attempt
         self.timer = timer
         self.gone = gone
@@ -78,27 +79,29 @@ class Suspensions:
         self.resumed = 0  # suspended tasks queued again
         engine.stream.subscribe(self._ask_ended, AskEnded)
 
-    def after(self, task: Task) -> float | None:
-        """Seconds the task may wait before it is suspended; None: it is not (no
-        suspend_after, or calls that are not journaled)."""
+    def suspendable(self, task: Task) -> bool:
+        """Whether the waiting task's calls are journaled, so that a next attempt is
+        answered them (the daemon's journal, a task of this node, its agent's `replay`
+        on, and its calls written: it has a retry left, or its agent suspends: steps.py)."""
         r = task.replica
         if r is None or self.engine.journal is None or not task.journal_here:
-            return None
-        seconds: float = getattr(r.spec, "suspend_after", 0.0)
-        if not seconds or not getattr(r.spec, "replay", True):
-            return None
-        return seconds
+            return False
+        spec = r.spec
+        return bool(getattr(spec, "replay", True)) and (
+            task.retries_left > 0 or bool(getattr(spec, "suspend_after", 0.0)))
 
     def hold(self, task: Task) -> None:
-        """The task waits for a person: its timer starts (at its first held call)."""
-        if task.id in self._held:
+        """The task waits for a person (at its first held call): a task that can be
+        suspended is held here, its agent's suspend_after timed."""
+        if task.id in self._held or not self.suspendable(task):
             return
-        seconds = self.after(task)
-        if seconds is None:
-            return
-        loop = asyncio.get_running_loop()
-        timer = self.clock.call_later(seconds, lambda: self._expired(task, seconds))
-        self._held[task.id] = _Wait(task.attempt, timer, loop.create_future())
+        assert task.replica is not None  # (suspendable: its attempt is on its worker)
+        seconds: float = getattr(task.replica.spec, "suspend_after", 0.0)
+        timer = None if not seconds else self.clock.call_later(
+            seconds, lambda: self.suspend(task, f"waited {seconds:g} s for a person "
+                                                f"(suspend_after)"))
+        self._held[task.id] = _Wait(task.attempt, timer,
+                                    asyncio.get_running_loop().create_future())
 
     async def wait(self, task: Task, asked: Awaitable[Ask]) -> Ask:
         """The ask as it ended, or REQUEST_CANCELLED once the task was suspended (its
@@ -114,35 +117,43 @@ class Suspensions:
                 inner.cancel()
         if held.gone.done():
             raise RpcError(jsonrpc.REQUEST_CANCELLED,
-                           f"task {task.id} was suspended while it waited for a person "
-                           f"(suspend_after): its next attempt asks again")
+                           f"task {task.id} was suspended while it waited for a person: "
+                           f"its next attempt asks again")
         return inner.result()
 
     def release(self, task_id: str) -> None:
         """The task runs on (what it waited for ended) or ended: no timer."""
         held = self._held.pop(task_id, None)
-        if held is not None:
+        if held is not None and held.timer is not None:
             held.timer.cancel()
 
-    def _expired(self, task: Task, seconds: float) -> None:
-        held = self._held.pop(task.id, None)
-        if held is None:
-            return
-        # a task whose asks all ended is about to run on: it is not given back
-        if (not task.waiting or task.attempt != held.attempt
+    def suspend(self, task: Task, why: str) -> bool:
+        """Give the waiting task's attempt back (`why`: the attempt's error says it);
+        False: it was not held here, or no longer waits (its asks all ended: it is
+        about to run on)."""
+        held = self._held.get(task.id)
+        if (held is None or not task.waiting or task.attempt != held.attempt
                 or not self.engine.inbox.waiting_for(task.id)):
-            return
+            return False
+        self.release(task.id)
         replica, attempt = task.replica, task.attempts[-1]
         assert replica is not None  # (a waiting task's attempt is on its worker)
         engine = self.engine
         engine.dispatch.deadlines.discard(task, task.timeout)
-        suspended(attempt, seconds)
+        suspended(attempt, why)
         task.fire(TaskCause.SUSPEND)
         task.replica = None
         engine.record(task)
         self.suspended += 1
         held.gone.set_result(None)
         engine.dispatch.stop_attempt(task, replica, attempt, "was suspended")
+        return True
+
+    def suspend_all(self, why: str) -> int:
+        """Every waiting task that can be suspended, suspended now (a daemon about to be
+        upgraded: a worker's request held open cannot be handed over); how many."""
+        return sum(self.suspend(t, why) for t in list(self.engine.active.values())
+                   if t.waiting)
 
     def _ask_ended(self, e: AskEnded) -> None:
         ask = e.ask

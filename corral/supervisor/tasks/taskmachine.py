@@ -278,11 +278,11 @@ def failed_outside(attempt: Attempt, error: TaskFailure) -> AttemptOutcome:
     return AttemptOutcome(C.FAILED, error)
 
 
-def suspended(attempt: Attempt, after: float) -> None:
-    """A waiting attempt is stopped to give its slot back (suspend_after)."""
+def suspended(attempt: Attempt, why: str) -> None:
+    """A waiting attempt is stopped to give its slot back (`why`: suspend_after passed,
+    an upgrade)."""
     attempt.outcome = S.SUSPENDED
-    attempt.error = (f"waited {after:g} s for a person (suspend_after): its task resumes "
-                     f"by replay when what it asked has ended")
+    attempt.error = f"{why}: its task resumes by replay when what it asked has ended"
 
 
 def cancelled(attempt: Attempt) -> None:

@@ -25,7 +25,7 @@ class WaitTimer:
 
     __slots__ = ("_clock", "_handle", "callback", "when")
 
-    def __init__(self, clock: WaitClock, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, clock: WaitClock, when: float, callback: Callable[[], object]) -> None:
         self._clock = clock
         self.when = when
         self.callback = callback
@@ -58,7 +58,7 @@ class WaitClock:
     def time(self) -> float:
         return time.time() + self.offset
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> WaitTimer:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> WaitTimer:
         timer = WaitTimer(self, self.time() + delay, callback)
         timer._schedule()
         self.timers.add(timer)
