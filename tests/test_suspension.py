@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from corral import jsonrpc
+from corral.cli.client import CallFailed, Client
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, shared_tmpdir
@@ -233,6 +234,17 @@ def test_calls_that_are_not_journaled_keep_their_attempt_while_they_wait(
     done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
     assert (done["status"], done["output"]["answer"], len(done["attempts"])) == (
         "succeeded", "yes", 1)
+    # a clock moves forward, by a sane amount, or not at all
+    for bad in ("-5", "1e12"):
+        refused = d.cli("clock", "--json", "--advance", bad)
+        assert refused.returncode != 0, refused.stdout
+    with Client(d.sock) as c:
+        for seconds in (-5.0, 1e12):
+            with pytest.raises(CallFailed) as err:
+                c.call("daemon.clock", {"advance": seconds})
+            assert err.value.message == (f"a clock moves forward, by at most ten years: "
+                                         f"not {seconds:g} s")
+        assert c.call("daemon.clock", {})["ahead"] == 3600
 
 
 def test_the_walls_clock_does_not_move(tmp_path: Path) -> None:
