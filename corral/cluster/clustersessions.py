@@ -19,12 +19,16 @@ for its own agent's tenant, and refuses a checkpoint of a session of another ten
 Removing an agent ends its sessions in Redis (`end_agent`) unless another live node still
 runs an agent of its name.
 
+`corral sessions` on any node lists the cluster's live sessions beside its own (`listing`:
+each tenant's agent's sorted set of them, found by SCAN, and each session's hash).
+
 Not built: stickiness (a turn runs on whichever node has room, not preferably on the one
-that ran the last), and `corral sessions` of the cluster's sessions.
+that ran the last).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +37,7 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..results import SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
@@ -146,6 +151,39 @@ class ClusterSessions:
                                         f"{plural(int(got[1]), 'byte')} of state "
                                         f"(max_session_bytes {most}); the session keeps its "
                                         "last state")
+
+    # -- reading -------------------------------------------------------------------------------
+    async def listing(self, agent: str | None) -> list[SessionView]:
+        """The cluster's live sessions (of `agent`), every tenant's: whose each is, its
+        view says (the caller's visibility rule keeps its own). RedisError when Redis
+        does not answer."""
+        head = self.keys.sessions("", "")[:-1]  # the sets' names up to the tenant
+        now = time.time()
+        out: list[SessionView] = []
+        async for raw in self.redis.scan_iter(match=self.keys.sessions("*", agent or "*"),
+                                              count=1000):
+            tenant, _, name_of = raw.decode()[len(head):].partition(":")
+            if not name_of:  # (a set of before sessions had owners: no tenant in its name)
+                continue
+            live = [(n.decode(), score) for n, score
+                    in await self.redis.zrange(raw, 0, -1, withscores=True) if score >= now]
+            pipe = self.redis.pipeline(transaction=False)
+            for name, _ in live:
+                key = SessionKey(tenant, name_of, name)
+                pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state")
+                pipe.llen(self.keys.session_line(key))
+            got = await pipe.execute() if live else []
+            for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
+                cur, last, created, tasks, state = fields
+                if created is None:  # expired between the two reads
+                    continue
+                out.append(SessionView(
+                    agent=name_of, session=name, tasks=int(tasks or 0),
+                    created=float(created), last_used=float(last or created), holder=None,
+                    state_bytes=len(state.partition(b" ")[2]) if state else 0,
+                    running=cur.decode() if cur else None, waiting=int(waiting),
+                    expires=None if score == float("inf") else score, tenant=tenant))
+        return sorted(out, key=lambda v: (v.agent, v.session))
 
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:

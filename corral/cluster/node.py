@@ -427,6 +427,10 @@ class ClusterNode:
         await self.desk.sessions.end_cluster_agents({n: owners[n] for n in gone})
         return gone
 
+    async def sessions(self, agent: str | None) -> list[m.SessionView]:
+        with self._said("the cluster's sessions were not read"):
+            return await self.desk.sessions.listing(agent)
+
     async def runs_cluster_agent(self, name: str) -> bool:
         """Whether a command on agent `name` here is the cluster's agent's: the cluster
         has one of that name and this node has none of its own."""

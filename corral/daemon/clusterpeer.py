@@ -16,6 +16,7 @@ from ..jsonrpc import RpcError
 if TYPE_CHECKING:
     from ..cluster.membership import NodeView
     from ..cluster.node import ClusterNode
+    from ..results import SessionView
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
@@ -53,6 +54,10 @@ class ClusterPeer(Protocol):
         """The cluster agents among `names`, removed from the cluster."""
         ...
 
+    async def sessions(self, agent: str | None) -> list[SessionView]:
+        """The cluster's live sessions (of `agent`), every tenant's; none off a cluster."""
+        ...
+
 
 class NotANode:
     """The cluster of a daemon with no [cluster] table."""
@@ -80,4 +85,7 @@ class NotANode:
         return None
 
     async def remove_agents(self, names: list[str]) -> list[str]:
+        return []
+
+    async def sessions(self, agent: str | None) -> list[SessionView]:
         return []

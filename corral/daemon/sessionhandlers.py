@@ -13,6 +13,7 @@ from ..supervisor.agents import Agents
 from ..supervisor.tasks.sessions import Session, Sessions
 from .api import Commands
 from .caller import Caller, Channel
+from .clusterpeer import ClusterPeer
 from .records import session_named
 from .services import Services
 
@@ -30,10 +31,11 @@ def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
 class SessionServices:
     sessions: Sessions  # the tasks' sessions
     agents: Agents  # which tenant holds an agent's name now
+    cluster: ClusterPeer  # the cluster's sessions, on a node
 
 
 def session_services(d: Services) -> SessionServices:
-    return SessionServices(d.sessions, d.agents)
+    return SessionServices(d.sessions, d.agents, d.cluster)
 
 
 COMMANDS: Commands[Services, SessionServices] = Commands(session_services)
@@ -43,8 +45,12 @@ implements = COMMANDS.implements
 @implements(m.SessionsList)
 async def sessions_list(d: SessionServices, p: m.SessionsList, caller: Caller, c: Channel
                         ) -> m.SessionList:
-    return m.SessionList(sessions=[_session_view(d.sessions, s)
-                                   for s in d.sessions.listing(p.agent)])
+    here = [_session_view(d.sessions, s) for s in d.sessions.listing(p.agent)]
+    mine = {(v.tenant, v.agent, v.session) for v in here}
+    # on a node, the cluster's too (a local = true task's session is this node's alone)
+    kept = [v for v in await d.cluster.sessions(p.agent)
+            if (v.tenant, v.agent, v.session) not in mine]
+    return m.SessionList(sessions=here + kept)
 
 
 @implements(m.SessionsGet)

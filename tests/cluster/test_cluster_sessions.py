@@ -93,6 +93,31 @@ def test_twenty_turns_on_two_nodes_run_one_at_a_time_in_order_each_once(
             r.close()
 
 
+def test_corral_sessions_on_any_node_lists_the_clusters(tmp: Path, redis: RedisServer
+                                                        ) -> None:
+    """Sessions whose turns ran anywhere are listed by every node, each once, with its
+    tasks, its line, its state's size and when it expires; the CLI's table too."""
+    with nodes(tmp, redis, {"a": chat(), "b": chat()}) as ns:
+        both_alive(ns)
+        ids = [submit(ns["a"], 1, "s"), submit(ns["b"], 2, "s"), submit(ns["a"], 1, "t")]
+        assert [done(ns["a"], t)["status"] for t in ids] == ["succeeded"] * 3
+        for n in ns.values():
+            listed = n.call("sessions.list", {"agent": "chat"})["sessions"]
+            assert [(v["agent"], v["session"], v["tasks"], v["running"], v["waiting"],
+                     v["tenant"]) for v in listed] == [
+                ("chat", "s", 2, None, 0, "default"), ("chat", "t", 1, None, 0, "default")]
+            for v in listed:
+                assert v["state_bytes"] == len(json.dumps(
+                    {"turns": [1, 2] if v["session"] == "s" else [1]},
+                    separators=(",", ":"))), v
+                assert v["created"] <= v["last_used"] < v["expires"], v
+            assert n.call("sessions.list", {"agent": "other"})["sessions"] == []
+        shown = ns["b"].cli("sessions")
+        assert shown.returncode == 0, shown.stderr
+        assert [ln.split()[:3] for ln in shown.stdout.splitlines()[1:]] == [
+            ["default", "chat", "s"], ["default", "chat", "t"]], shown.stdout
+
+
 def test_a_node_killed_mid_turn_the_turn_is_retried_elsewhere_with_the_last_state(
         tmp: Path, redis: RedisServer) -> None:
     marker = tmp / "marker"
