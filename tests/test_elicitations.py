@@ -240,3 +240,27 @@ async def test_an_agent_cannot_answer_its_tasks_elicitation_ahead(tmp_path: Path
 def calls_of(d: Any, server: str) -> int:
     """The tools/calls corral has sent the server (its instances' count)."""
     return sum(int(s["calls"]) for s in d.sup.mcp.status() if s["name"] == server)
+
+
+@pytest.mark.deadline(120)
+async def test_a_task_waiting_on_an_elicitation_is_not_suspended(tmp_path: Path) -> None:
+    """The server's call is in flight while it asks: no next attempt could take it up
+    where it stopped, so past suspend_after (the test's clock moved 20 s, within the
+    call's timeout) the task keeps its attempt, and the answer reaches the same call."""
+    toml = fleet().replace("retries = 1\n", "retries = 1\nsuspend_after = 5\n", 1)
+    async with in_process(tmp_path, toml, TENANTS, supervisor="manual_clock = true") as d:
+        made = asks_made(d)
+        task_id = await submit(d, ask_name("legacy"))
+        ask = await asyncio.wait_for(made.get(), 30)
+        clock = d.sup.tasks.clock
+        due = {t for t in clock.timers if t.when <= clock.time() + 20}
+        assert due  # its suspend_after's timer, which the move fires
+        await d.dispatcher.call(OPERATOR, "daemon.clock", {"advance": 20})
+        await wait_until_async(lambda: not due & clock.timers)
+        info = await d.dispatcher.call(OPERATOR, "tasks.get", {"task_id": task_id})
+        assert info.status == "waiting" and d.sup.tasks.suspensions.suspended == 0
+        await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": "Ann"}})
+        done, output = await finished(d, task_id)
+        assert (done.status, len(done.attempts)) == ("succeeded", 1), done
+        assert output[0]["content"][0]["text"] == "Hi, Ann!"

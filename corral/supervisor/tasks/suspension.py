@@ -11,7 +11,8 @@ and no one is asked twice. No retry is spent.
 
 Only a task whose calls are journaled is suspended (a daemon with its state database,
 the agent's `replay` on, a task of this node): one whose calls would run again keeps its
-attempt while it waits. The waits are measured by the WaitClock (waitclock.py), which a
+attempt while it waits; so does one waiting on an MCP server's elicitation, whose tool
+call is in flight at the server. The waits are measured by the WaitClock (waitclock.py), which a
 test may move.
 """
 
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ... import jsonrpc
 from ...askviews import Ask
 from ...jsonrpc import RpcError
+from .elicitations import PREFIX as ELICITATION
 from .inbox import AskEnded, Inbox
 from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
@@ -132,8 +134,11 @@ class Suspensions:
         False: it was not held here, or no longer waits (its asks all ended: it is
         about to run on)."""
         held = self._held.get(task.id)
-        if (held is None or not task.waiting or task.attempt != held.attempt
-                or not self.engine.inbox.waiting_for(task.id)):
+        asks = self.engine.inbox.waiting_for(task.id)
+        if (held is None or not task.waiting or task.attempt != held.attempt or not asks
+                # an MCP server's elicitation is asked from inside its tool call, which
+                # no next attempt could take up where it stopped: its task keeps the call
+                or any(a.key.startswith(ELICITATION) for a in asks)):
             return False
         self.release(task.id)
         replica, attempt = task.replica, task.attempts[-1]
