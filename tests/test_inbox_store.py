@@ -24,6 +24,7 @@ from corral.supervisor.tasks.inbox import (
     AskRequest,
     Decision,
     Inbox,
+    InboxBounds,
 )
 
 
@@ -87,7 +88,7 @@ async def test_pending_asks_outlive_a_restart_and_their_deadline_still_ends_them
 
     again = Opened(tmp_path / "corral.db")
     try:
-        assert again.inbox.load() == 2
+        assert again.inbox.load(AsksDB(again.store)) == 2
         assert [a.id for a in again.inbox.pending()] == [kept.id, timed.id]
         assert again.inbox.get(kept.id) == kept
         ended = await asyncio.wait_for(again.inbox.wait(timed), 5)
@@ -155,8 +156,7 @@ async def test_a_question_is_answered_or_denied(opened: Opened) -> None:
 
 async def test_the_bounds_refuse_by_name(opened: Opened) -> None:
     inbox = opened.inbox
-    inbox.max_pending_per_tenant = 2
-    inbox.max_pending = 3
+    inbox.load(inbox.store, InboxBounds(pending=3, per_tenant=2))
     await inbox.ask(_approval("t-1"))
     await inbox.ask(_approval("t-2"))
     with pytest.raises(RpcError) as e:

@@ -33,6 +33,7 @@ from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
+from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
 from ..supervisor.tasks.waitclock import WaitClock
 from ..supervisor.teams.tools import LeaderTools
@@ -385,8 +386,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
             # the inbox's asks (docs/approvals.md): the pending ones wait again
-            parts.tasks.inbox.store = AsksDB(store)
-            parts.tasks.inbox.load()
+            parts.tasks.inbox.load(AsksDB(store), InboxBounds(
+                sc.max_pending_asks, sc.max_pending_asks_per_tenant))
             own.callback(parts.tasks.inbox.close)
             if conf.cfg.approvals is not None:  # each ask made and ended, to a chat tool
                 webhook = AskWebhook(conf.cfg.approvals, parts.tasks.stream, error)

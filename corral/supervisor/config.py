@@ -510,6 +510,10 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # the task journal (docs/tasks.md): every accepted task in the state database
     task_journal: bool = True
     journal_sync: Literal["normal", "full"] = "normal"  # full: survives power loss too
+    # pending asks of the inbox held at once (docs/approvals.md#bounds): the daemon's,
+    # and each tenant's (the operator's own agents count as one tenant)
+    max_pending_asks: PositiveInt = 10_000
+    max_pending_asks_per_tenant: PositiveInt = 1_000
     # a person's waits (asks' deadlines, suspend_after) measured by a clock that only
     # `corral clock --advance` moves: for tests of days of waiting, never in production
     manual_clock: bool = False

@@ -30,6 +30,7 @@ from ... import jsonrpc
 from ...askviews import Ask, AskEnd, AskKind
 from ...jsonrpc import RpcError
 from ...text import iso_time
+from ..config import DEFAULT_TENANT
 from ..stream import Stream
 from .model import TaskFinished
 from .waitclock import WaitClock, WaitTimer
@@ -64,6 +65,18 @@ class AskRequest(NamedTuple):
     key: str
     subject: dict[str, Any]
     timeout: float | None = None
+
+
+class InboxBounds(NamedTuple):
+    """Pending asks held at once: the daemon's, and each tenant's (the operator's own
+    tasks, tenant None, count as one tenant); [supervisor] max_pending_asks and
+    max_pending_asks_per_tenant."""
+
+    pending: int = MAX_PENDING
+    per_tenant: int = MAX_PENDING_PER_TENANT
+
+
+DEFAULT_BOUNDS = InboxBounds()
 
 
 class Decision(NamedTuple):
@@ -153,9 +166,12 @@ class Inbox:
         finally:
             self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
 
-    def load(self) -> int:
-        """The pending asks the store holds (after a restart), each waiting again, with
-        its deadline; how many."""
+    def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS) -> int:
+        """Keep asks in `store` (the daemon's database) within `bounds` from now on: the
+        pending asks it holds (after a restart) wait again, each with its deadline; how
+        many."""
+        self.store = store
+        self.max_pending, self.max_pending_per_tenant = bounds
         for ask in self.store.pending():
             self._hold(ask)
         return len(self._pending)
@@ -189,7 +205,8 @@ class Inbox:
                            f"(max_pending_asks {self.max_pending})")
         held = self._per_tenant.get(tenant, 0)
         if held >= self.max_pending_per_tenant:
-            whose = "the operator's tasks hold" if tenant is None else f"tenant {tenant} holds"
+            whose = ("the operator's tasks hold" if tenant in (None, DEFAULT_TENANT)
+                     else f"tenant {tenant} holds")
             raise RpcError(jsonrpc.QUOTA_EXCEEDED,
                            f"{whose} {held} pending asks, its bound "
                            f"(max_pending_asks_per_tenant {self.max_pending_per_tenant})")
