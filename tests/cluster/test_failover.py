@@ -349,3 +349,48 @@ def test_bad_failover_keys_are_refused_naming_the_key(tmp: Path, table: str,
         settings_of(tmp, table)
     assert str(got.value).startswith(f"{tmp / 'corral.toml'}: ")
     assert message in str(got.value)
+
+
+def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
+        tmp: Path) -> None:
+    """A workflow run's record and rows are acknowledged as tasks are (a replica has them
+    before the node goes on): the primary kill -9'd mid-map, the Sentinels promote a
+    replica, and the run finishes on the same nodes, each step's work done by one task,
+    its row's."""
+    from ..test_workflows import SLOW, _marks, agent_toml
+
+    with replicated(tmp, 2) as (primary, _replicas), \
+            sentinels(tmp, primary, 2) as watch:
+        addresses = ", ".join(f'"127.0.0.1:{s.port}"' for s in watch)
+        fleet = {}
+        for name in ("a", "b"):
+            (tmp / name).mkdir()
+            fleet[name] = agent_toml(tmp / name, replicas=2) + SLOW
+        with nodes(tmp, primary, fleet, ttl=10.0, beat=1.0,
+                   extra=f"sentinels = [{addresses}]\n"
+                         f'sentinel_master = "{MASTER}"\n') as ns:
+            a = ns["a"]
+            wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
+                       what="two nodes alive")
+            marks = tmp / "marks"
+            marks.mkdir()
+            run_id = a.call("workflows.run", {"name": "slow", "input": {
+                "dir": str(marks)}})["run_id"]
+            wait_until(lambda: any(k.startswith("each") for k in _marks(marks)),
+                       timeout=60, what="the map under way")
+            primary.kill()
+            wait_until(lambda: all(s.primary() not in (None, primary.port) for s in watch),
+                       timeout=60, what="the Sentinels promoting a replica")
+            view = wait_until(lambda: (v := a.call("runs.get", {"run_id": run_id}))[
+                "status"] != "running" and v, timeout=120, what="the run's end")
+            assert view["status"] == "succeeded", view
+            assert view["output"] == sum(i * i for i in range(6))
+            rows = {(s["step"], s["item"]): s["task_id"] for s in view["steps"]}
+            marked = _marks(marks)
+            assert set(marked) == {"first", "last", *(f"each{i}" for i in range(6))}
+            for key, task_ids in marked.items():
+                step, item = ("each", int(key[4:])) if key.startswith("each") else (key, None)
+                assert task_ids == {rows[(step, item)]}, (key, task_ids)
+            listed = a.nodes()["nodes"]
+            assert {(x["node"], x["alive"], x["incarnation"]) for x in listed} == {
+                ("a", True, 1), ("b", True, 1)}
