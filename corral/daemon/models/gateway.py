@@ -34,6 +34,7 @@ from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
+from ...supervisor.tasks.approvals import not_approved
 from ...supervisor.tasks.inbox import AskRequest
 from ...supervisor.tasks.model import TaskFinished
 from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
@@ -43,7 +44,7 @@ from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
 from .answers import AnswerRecord, Relay, StreamCut
-from .holds import model_policy_of, most_cost, said, subject, why_held
+from .holds import model_policy_of, most_cost, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
 from .upstream import Upstream, UpstreamDown
@@ -377,7 +378,7 @@ class ModelGateway:
                 raise ModelRefusal(409, f"model call {call.name} was approved after its "
                                         f"agent hung up: not made (ask {ask.id})")
             return
-        words = said(ask, call.name, policy)
+        words = not_approved(ask, f"model call {call.name}", policy.timeout)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if how == "fail" and ask.end is not AskEnd.WITHDRAWN:
             self.tasks.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))

@@ -4,13 +4,12 @@ pass the agent's `approve_cost_over`. A call's most cost is its input's tokens, 
 at four bytes a token, and its bound on output tokens (`max_tokens`,
 `max_completion_tokens`, `max_output_tokens`) at the model's prices; a call with no bound
 on its output has no most cost, and waits whenever a ceiling is set. The ask and what
-its decision does are the gateway's (gateway.py); the words here."""
+its decision does are the gateway's (gateway.py), its words approvals.py's."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ...askviews import Ask, AskEnd
 from ...mcp.pool import allowed
 from ...supervisor.config import ModelSpec
 
@@ -66,15 +65,3 @@ def why_held(policy: ModelPolicy, name: str, cost: float | None) -> str | None:
 def subject(name: str, path: str, cost: float | None, why: str) -> dict[str, Any]:
     """What the ask shows a person (askviews.what_it_asks reads `model` and `cost`)."""
     return {"model": name, "endpoint": path, "cost": cost, "why": why}
-
-
-def said(ask: Ask, name: str, policy: ModelPolicy) -> str:
-    """What the agent (or the task's error) is told of a call that was not approved."""
-    if ask.end is AskEnd.TIMED_OUT:
-        return (f"model call {name} was not approved within {policy.timeout or 0:g} s "
-                f"(approve_timeout; ask {ask.id})")
-    if ask.end is AskEnd.WITHDRAWN:
-        return f"model call {name} was not decided before its task ended (ask {ask.id})"
-    reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
-    return (f"model call {name} was denied by {ask.by} (ask {ask.id})"
-            + (f": {reason}" if reason else ""))

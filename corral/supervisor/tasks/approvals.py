@@ -103,7 +103,7 @@ class Approvals(TaskInterceptor):
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
             answer = next(call if edited is None else call._replace(arguments=edited))
             return await answer if inspect.isawaitable(answer) else answer
-        said = _said(ask, call.name, policy)
+        said = not_approved(ask, f"tool call {call.name}", policy.timeout)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if ask.end is AskEnd.WITHDRAWN:
             raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
@@ -113,13 +113,13 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-def _said(ask: Ask, tool: str, policy: ApprovalPolicy) -> str:
-    """What the agent (or the task's error) is told of a call that was not approved."""
+def not_approved(ask: Ask, call: str, timeout: float | None) -> str:
+    """What the agent (or the task's error) is told of a call that was not approved
+    (`call`: "tool call NAME", "model call NAME"; `timeout`: its approve_timeout)."""
     if ask.end is AskEnd.TIMED_OUT:
-        return (f"tool call {tool} was not approved within {policy.timeout:g} s "
+        return (f"{call} was not approved within {timeout or 0:g} s "
                 f"(approve_timeout; ask {ask.id})")
     if ask.end is AskEnd.WITHDRAWN:
-        return f"tool call {tool} was not decided before its task ended (ask {ask.id})"
+        return f"{call} was not decided before its task ended (ask {ask.id})"
     reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
-    return (f"tool call {tool} was denied by {ask.by} (ask {ask.id})"
-            + (f": {reason}" if reason else ""))
+    return f"{call} was denied by {ask.by} (ask {ask.id})" + (f": {reason}" if reason else "")
