@@ -4,7 +4,7 @@ Anthropic's Messages (whole and streamed): its answers are scripted by the conve
 it is sent, so that a retried task's model asks for the same tool calls in the same order
 as the first attempt's.
 
-    scripted_model.py PORT CALLS COUNT_FILE
+    scripted_model.py PORT CALLS COUNT_FILE [TOOL]
 
 To a request whose conversation holds n tool results (a Chat Completions "tool" message,
 a Responses "function_call_output" item, a Messages "tool_result" block), n < CALLS, it
@@ -12,6 +12,12 @@ answers a call of the tool offered whose name ends in "bump", with {"i": n + 1};
 with CALLS, the text "done N". Each answer is 10 tokens in and 5 out. Each request is a
 line `model N API` in COUNT_FILE (API: chat, responses or messages, and `stream` after it
 for a streamed one). It says `listening` on stdout once it does.
+
+With TOOL (e.g. `write_file`), the tool it calls is the one whose name ends in TOOL, with
+the arguments the conversation's first user message ends with (a JSON object: the task's
+prompt `write {"path": ..., "content": ...}`), and its last answer is "done N: " and the
+text of the last tool result the conversation holds (what the agent was told: a result,
+or the error a framework reports for a failed call), so that a test can read it.
 """
 
 import json
@@ -20,23 +26,66 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, CALLS, COUNT_FILE = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+TOOL = sys.argv[4] if len(sys.argv) > 4 else None
 IN, OUT = 10, 5
 
 
 def tool_name(body: dict) -> str:
     for tool in body.get("tools") or []:
         name = (tool.get("function") or {}).get("name") or tool.get("name") or ""
-        if name.endswith("bump"):
+        if name.endswith(TOOL or "bump"):
             return name
-    raise ValueError(f"no bump tool offered: {body.get('tools')!r:.300}")
+    raise ValueError(f"no {TOOL or 'bump'} tool offered: {body.get('tools')!r:.300}")
+
+
+def text_of(content: object) -> str:
+    """A message's or a tool result's text: a string, or its parts' texts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(text_of(p.get("text", p.get("content", "")))
+                       for p in content if isinstance(p, dict))
+    return ""
+
+
+def conversation(body: dict) -> list:
+    return [i for i in body.get("messages") or body.get("input") or []
+            if isinstance(i, dict)]
+
+
+def arguments(body: dict, n: int) -> dict:
+    """The arguments of the tool call asked after n results."""
+    if TOOL is None:
+        return {"i": n + 1}
+    given = body.get("input")  # a Responses request's input may be the prompt alone
+    prompt = given if isinstance(given, str) else next(
+        text_of(i.get("content")) for i in conversation(body) if i.get("role") == "user")
+    return json.loads(prompt[prompt.index("{"):])
+
+
+def last_result(body: dict) -> str:
+    """The text of the conversation's last tool result, in any of the three shapes."""
+    text = ""
+    for item in conversation(body):
+        if item.get("role") == "tool":
+            text = text_of(item.get("content"))
+        elif item.get("type") == "function_call_output":
+            text = text_of(item.get("output"))
+        elif isinstance(item.get("content"), list):
+            for b in item["content"]:
+                if isinstance(b, dict) and b.get("type") == "tool_result":
+                    text = text_of(b.get("content"))
+    return text
+
+
+def final(done: int, body: dict) -> str:
+    return f"done {done}" if TOOL is None else f"done {done}: {last_result(body)}"
 
 
 def results_in(body: dict) -> int:
     """The tool results the conversation holds, in any of the three request shapes."""
     n = 0
-    for item in body.get("messages") or body.get("input") or []:
-        if not isinstance(item, dict):
-            continue
+    for item in conversation(body):
         if item.get("role") == "tool" or item.get("type") == "function_call_output":
             n += 1
         elif isinstance(item.get("content"), list):
@@ -46,7 +95,7 @@ def results_in(body: dict) -> int:
 
 
 def next_step(body: dict, api: str) -> tuple[int, str | None]:
-    """(n, the tool to call with {"i": n + 1}), or (n, None) for the last answer."""
+    """(n, the tool to call with `arguments`), or (n, None) for the last answer."""
     done = results_in(body)
     with open(COUNT_FILE, "a") as f:
         f.write(f"model {done} {api}{' stream' if body.get('stream') else ''}\n")
@@ -75,9 +124,10 @@ class Handler(BaseHTTPRequestHandler):
         if tool is not None:
             message = {"role": "assistant", "content": None, "tool_calls": [{
                 "id": f"call_{done + 1}", "type": "function",
-                "function": {"name": tool, "arguments": json.dumps({"i": done + 1})}}]}
+                "function": {"name": tool,
+                             "arguments": json.dumps(arguments(body, done))}}]}
         else:
-            message = {"role": "assistant", "content": f"done {done}"}
+            message = {"role": "assistant", "content": final(done, body)}
         finish = "tool_calls" if tool is not None else "stop"
         head = {"id": "chatcmpl-1", "created": int(time.time()), "model": body.get("model")}
         usage = {"prompt_tokens": IN, "completion_tokens": OUT, "total_tokens": IN + OUT}
@@ -102,11 +152,11 @@ class Handler(BaseHTTPRequestHandler):
         if tool is not None:
             item = {"type": "function_call", "id": f"fc_{done + 1}",
                     "call_id": f"call_{done + 1}", "name": tool,
-                    "arguments": json.dumps({"i": done + 1}), "status": "completed"}
+                    "arguments": json.dumps(arguments(body, done)), "status": "completed"}
         else:
             item = {"type": "message", "id": "msg_1", "role": "assistant",
                     "status": "completed", "content": [
-                        {"type": "output_text", "text": f"done {done}", "annotations": []}]}
+                        {"type": "output_text", "text": final(done, body), "annotations": []}]}
         self._send(200, {
             "id": f"resp_{done + 1}", "object": "response", "created_at": int(time.time()),
             "status": "completed", "model": body.get("model"), "output": [item],
@@ -119,9 +169,9 @@ class Handler(BaseHTTPRequestHandler):
         done, tool = next_step(body, "messages")
         if tool is not None:
             block = {"type": "tool_use", "id": f"toolu_{done + 1}", "name": tool,
-                     "input": {"i": done + 1}}
+                     "input": arguments(body, done)}
         else:
-            block = {"type": "text", "text": f"done {done}"}
+            block = {"type": "text", "text": final(done, body)}
         stop = "tool_use" if tool is not None else "end_turn"
         message = {"id": f"msg_{done + 1}", "type": "message", "role": "assistant",
                    "model": body.get("model"), "stop_sequence": None}
