@@ -114,6 +114,8 @@ def test_an_ask_outlives_a_sigkill_and_approved_its_call_runs_once(daemon: Daemo
     assert done["status"] == "succeeded", done
     assert done["output"][0]["content"][0]["text"] == "bumped 1"
     assert counted(d.dir) == ["1"]
+    # the call counted once in its task's tool budget: when it was made, not when held
+    assert done["tool_calls"] == 1
     assert pending(d) == []
 
     # a decision replayed is refused, naming how the ask ended

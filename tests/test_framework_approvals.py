@@ -236,10 +236,10 @@ def test_a_write_held_through_a_sigkill_approved_in_the_dashboard_is_made_once(
     # (tee writes its file just after it has given node the line: a moment, waited for)
     assert wait_for(world.writes, "the server's copied stdin") == [arguments]
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"], done
-    # corral's books say the same: the trace's one write_file span, the retry's, live; the
-    # model asked twice (the retry's first model call answered from the journal).
-    # (Not `tool_calls`: it is 2, the held call counted by the attempt the kill lost and
-    # again by the retry that made it; see the report of this test's commit.)
+    # corral's books say the same: the task's one tool call, counted when it was made; the
+    # trace's one write_file span, the retry's, live; the model asked twice (the retry's
+    # first model call answered from the journal)
+    assert done["tool_calls"] == 1, done
     assert spans(d, task_id) == [
         ("chat gpt-5-mini", 1, False, None), ("chat gpt-5-mini", 2, True, None),
         ("tools/call write_file", 2, False, None), ("chat gpt-5-mini", 2, False, None)]

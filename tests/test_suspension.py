@@ -43,7 +43,9 @@ def fleet(tmp: Path) -> str:
     """)
     elastic = "[agents.{}.autoscale]\nmin_replicas = 0\nidle_after = 0.3\n\n"
     return (f"[agents.asker]{asker}\n" + elastic.format("asker")
-            + f"[agents.approver]{asker}approve = [\"counting__bump\"]\n\n"
+            # a tool budget of one call: a held call counts once, when it is made
+            + f"[agents.approver]{asker}approve = [\"counting__bump\"]\n"
+              "max_tool_calls_per_task = 1\n\n"
             + elastic.format("approver")
             + f"[agents.unjournaled]{asker}replay = false\n\n"
             + f'[mcp_servers.counting]\ncommand = ["{PY}", "{HERE}/servers/counting_mcp.py", '
@@ -165,6 +167,7 @@ def test_a_suspended_task_outlives_a_sigkill_and_its_approved_call_runs_once(
     assert done["status"] == "succeeded", done
     assert done["output"]["bumped"] == ["bumped 0"]
     assert counted(d) == ["0"]  # the approved call ran once, in the resumed attempt
+    assert done["tool_calls"] == 1  # and counted once (its budget is one call)
     assert [a["outcome"] for a in done["attempts"]] == ["suspended", "succeeded"]
     assert d.ask("approvals.list")["asks"] == []
 
@@ -183,7 +186,7 @@ def test_denied_while_suspended_the_resumed_agent_reads_the_tools_error(
     [said] = done["output"]["bumped"]
     assert said.startswith("tool call counting__bump was denied by ") and said.endswith(
         f"(ask {ask['id']}): not today"), said
-    assert counted(d) == []
+    assert counted(d) == [] and done["tool_calls"] == 0  # never made, never counted
 
 
 @pytest.mark.deadline(120)

@@ -27,6 +27,7 @@ from ...taskviews import TaskFailure
 from .inbox import AskRequest
 from .interceptors import TaskInterceptor, TaskPath, ToolCall
 from .steps import CallOrdinals
+from .worker import give_back_tool_call, take_tool_call
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -95,11 +96,15 @@ class Approvals(TaskInterceptor):
                            f"tool call {call.name} waits for a person's approval "
                            f"(approve), which a cluster's task cannot ask yet: refused "
                            f"(docs/cluster.md)")
+        # a held call is no call of the task's budget until it is made (its attempt may
+        # be lost or suspended while it waits, and the next one make it again)
+        give_back_tool_call(task)
         ask = await self._path.ask_person(AskRequest(
             AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
             self._key(task, call), {"tool": call.name, "arguments": call.arguments},
             policy.timeout))
         if ask.end is AskEnd.APPROVED:
+            take_tool_call(task, call.replica)
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
             answer = next(call if edited is None else call._replace(arguments=edited))
             return await answer if inspect.isawaitable(answer) else answer

@@ -43,6 +43,24 @@ def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> Non
         stream.emit(event)
 
 
+def take_tool_call(task: Task, r: Replica) -> None:
+    """A call the task makes now counts against its agent's max_tool_calls_per_task;
+    TOOL_BUDGET_EXCEEDED when it has made them all."""
+    budget = getattr(r.spec, "max_tool_calls_per_task", 0)
+    if task.tool_calls >= budget:
+        raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
+                       f"tool budget exceeded: task {task.id} has made "
+                       f"{plural(task.tool_calls, 'tool call')} "
+                       f"(max_tool_calls_per_task {budget})")
+    task.tool_calls += 1
+
+
+def give_back_tool_call(task: Task) -> None:
+    """A call counted that is not made now (held for a person: approvals.py): taken
+    again when it is."""
+    task.tool_calls -= 1
+
+
 class WorkerMethods:
     """The handlers of the three methods, over the tasks in flight (`active`)."""
 
@@ -114,13 +132,7 @@ class WorkerMethods:
         """A task's tool call made (not answered from its steps): counted against its
         tool budget."""
         if task is not None:
-            budget = getattr(r.spec, "max_tool_calls_per_task", 0)
-            if task.tool_calls >= budget:
-                raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
-                               f"tool budget exceeded: task {task.id} has made "
-                               f"{plural(task.tool_calls, 'tool call')} "
-                               f"(max_tool_calls_per_task {budget})")
-            task.tool_calls += 1
+            take_tool_call(task, r)
         result = self._routed(r, name, arguments, task, meta)
         return await result if inspect.isawaitable(result) else result
 
