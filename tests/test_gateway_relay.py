@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -272,20 +275,61 @@ def test_unanswered_input_fails_the_task_and_expires_the_state_naming_input_wait
         "[gateway] input_wait): call again without it")}, late
 
 
-class Serve(NamedTuple):
-    """`corral mcp serve` on a gateway's daemon, spoken to a JSON-RPC line at a time."""
+# what `corral mcp serve` may tell a client unasked, at any time (MCP orders no
+# notification against the requests and answers around it): the lists changed, as a
+# server instance starts serving (a shared server starts at its first call)
+LIST_CHANGED = {"notifications/tools/list_changed", "notifications/resources/list_changed",
+                "notifications/prompts/list_changed"}
+HEAR_WAIT = 60.0  # a message's bound: the call's server may start first (start_timeout 30)
 
-    process: subprocess.Popen[str]
+
+class Serve:
+    """`corral mcp serve` on a gateway's daemon, spoken to a JSON-RPC line at a time.
+
+    Its stdout is read on a thread of its own. `hear` gives the next message with an id
+    (an answer, or a request of the server's relayed to the client: those come in the
+    order the exchange causes them); the notifications written meanwhile are kept in
+    `told`, in order, for the test to check. A message that does not come within
+    HEAR_WAIT fails the test naming what it waited for, not at pytest's timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.told: list[dict[str, Any]] = []
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # its end
 
     def say(self, msg: dict[str, Any]) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps({"jsonrpc": "2.0", **msg}) + "\n")
         self.process.stdin.flush()
 
-    def hear(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        got: dict[str, Any] = json.loads(self.process.stdout.readline())
-        return got
+    def hear(self, what: str) -> dict[str, Any]:
+        """The next answer or request; `what`: the one the test waits for, for the
+        failure's message."""
+        deadline = time.monotonic() + HEAR_WAIT
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"corral mcp serve wrote no {what} within "
+                                     f"{HEAR_WAIT:g} s (it told meanwhile: "
+                                     f"{self.told})") from None
+            if not line:
+                self._lines.put("")  # a later hear meets the end too
+                raise AssertionError(f"corral mcp serve closed its stdout (exit "
+                                     f"{self.process.poll()}) before it wrote {what} (it "
+                                     f"told meanwhile: {self.told})")
+            got: dict[str, Any] = json.loads(line)
+            if "id" in got:
+                return got
+            self.told.append(got)
 
 
 @contextlib.contextmanager
@@ -296,11 +340,13 @@ def mcp_serve(g: Gateway) -> Iterator[Serve]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert serve.stdin is not None and serve.stdout is not None
+    heard = Serve(serve)
     try:
-        yield Serve(serve)
+        yield heard
     finally:
         serve.stdin.close()
         assert serve.wait(timeout=30) == 0
+        heard.reader.join(timeout=30)  # to its end: the process is gone
         serve.stdout.close()
 
 
@@ -311,7 +357,7 @@ def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway
                 "name": "fx__confirm_delete", "arguments": {"filename": "e.txt"}, **extra,
                 "_meta": {"io.modelcontextprotocol/protocolVersion": VERSION,
                           "io.modelcontextprotocol/clientCapabilities": ELICITING}}})
-            answer = serve.hear()
+            answer = serve.hear(f"answer to tools/call {rid}")
             assert answer["id"] == rid, answer
             return answer
 
@@ -321,6 +367,8 @@ def test_corral_mcp_serve_relays_the_servers_request_over_stdio(gateway: Gateway
         done = ask(2, inputResponses={"confirm": ACCEPT},
                    requestState=asked["requestState"])["result"]
         assert text(done) == "Deleted e.txt", done
+    # a 2026-07-28 client opened no listen stream and asked for no log: told nothing
+    assert serve.told == [], serve.told
 
 
 # -- a 2025-11-25 session: the server's requests asked of the client on the call's stream
@@ -441,15 +489,18 @@ def test_corral_mcp_serve_asks_a_2025_11_25_client_over_stdio(gateway: Gateway) 
         serve.say({"id": 1, "method": "initialize", "params": {
             "protocolVersion": LEGACY, "capabilities": ELICITING,
             "clientInfo": {"name": "t", "version": "1"}}})
-        assert serve.hear()["result"]["protocolVersion"] == LEGACY
+        assert serve.hear("answer to initialize")["result"]["protocolVersion"] == LEGACY
         serve.say({"method": "notifications/initialized"})
         serve.say({"id": 2, "method": "tools/call", "params": {
             "name": "fx__confirm_delete", "arguments": {"filename": "j.txt"}}})
-        asked = serve.hear()
+        # fx's first call in the module starts it: its lists' list_changed may come first
+        asked = serve.hear("elicitation/create of fx__confirm_delete")
         assert asked["method"] == "elicitation/create", asked
         serve.say({"id": asked["id"], "result": ACCEPT})
-        done = serve.hear()
+        done = serve.hear("answer to tools/call 2")
         assert done["id"] == 2 and text(done["result"]) == "Deleted j.txt", done
+    # nothing else was told it: no log message (it set no level), no request
+    assert {m.get("method") for m in serve.told} <= LIST_CHANGED, serve.told
 
 
 def test_a_2026_servers_list_changed_reaches_a_clients_listen_stream(gateway: Gateway
