@@ -165,7 +165,7 @@ async def test_an_error_before_the_spawn_ends_the_life_and_the_policy_decides(
     def broken(_: object) -> dict[str, str]:
         raise RuntimeError("hook bug")
 
-    sup.environment_provider = broken
+    sup.open(broken)  # open already: from now on its processes' environment is broken's
     errors: list[str] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, ctx: errors.append(str(ctx.get("exception"))))
@@ -175,7 +175,6 @@ async def test_an_error_before_the_spawn_ends_the_life_and_the_policy_decides(
         r = await sup.wait_state("one", State.FAILED, timeout=10)
     finally:
         loop.set_exception_handler(None)
-        sup.environment_provider = None
     assert r.reason == ("too many restarts (1 within 60 s); last exit: corral error: "
                         "RuntimeError: hook bug")
     assert r.process is None and r.restarts == 1

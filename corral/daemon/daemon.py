@@ -328,7 +328,8 @@ class Daemon:
             self.taken.gateway_address(gateway, cfg)
         models = await enter("the model gateway",
                              part.model_gateway(conf, parts, gateway, tracer))
-        heard = part.hear(parts, hub, sender, gateway, models)
+        heard = part.hear(parts, hub, sender, gateway)
+        environment = part.replica_environment(parts, hub, gateway, models)
         # closed after the agents stop (entered before `running`): their last spans kept
         await enter("the trace exporter", part.tracing(conf, traces),
                     lambda: part.export_bound(cfg))
@@ -347,7 +348,7 @@ class Daemon:
         node = await enter("the cluster node", part.cluster_node(conf, sup, queue, fleet,
                                                                  hub, self.taken, store))
         status = Status(self.notifier, parts, extras, hub, node)
-        await enter("the agents' stop", part.running(sup, conf, opened, hub,
+        await enter("the agents' stop", part.running(sup, conf, opened, hub, environment,
                                                      lambda: self._graceful),
                     lambda: part.stop_bound(sup))
         await enter("the cluster tasks' hand-back", part.handing_back(node))

@@ -243,10 +243,8 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
 
 
 def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
-         gateway: GatewayService, models: ModelGateway | None = None) -> EngineLog:
-    """What the daemon hears from the engine: its logs, the gateway's lists, and each
-    replica's environment (its tenant's directories, the gateways' addresses and its
-    token)."""
+         gateway: GatewayService) -> EngineLog:
+    """What the daemon hears from the engine: its logs, and the gateway's lists."""
     heard = EngineLog(hub, sender)
     heard.subscribe(parts.stream)
     parts.stream.subscribe(gateway.on_transition, Transition)
@@ -255,6 +253,15 @@ def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
     # a removed agent's log is no next owner's of its name (LogHub.forget)
     parts.stream.subscribe(lambda e: None if e.agent in parts.agents else hub.forget(e.agent),
                            Roster)
+    return heard
+
+
+def replica_environment(parts: Parts, hub: LogHub, gateway: GatewayService,
+                        models: ModelGateway | None = None
+                        ) -> Callable[[ProcessReplica], dict[str, str]]:
+    """Each replica's environment (its tenant's directories, the gateways' addresses and
+    its token), for `running` to open the engine with: the engine asks it as each
+    process is about to start (decision 710)."""
     dirs = TenantDirs(parts, hub, hub.daemon)
 
     def environment(r: ProcessReplica) -> dict[str, str]:
@@ -262,8 +269,7 @@ def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
         return {**dirs.starting(r), **mcp,
                 **(models.environment(mcp) if models is not None else {})}
 
-    parts.tuning.environment = environment
-    return heard
+    return environment
 
 
 def dispatcher(audit: Audit) -> Dispatcher[Services]:
@@ -485,11 +491,13 @@ async def one_node(node: ClusterNode, hub: LogHub) -> None:
 
 @contextlib.asynccontextmanager
 async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
+                  environment: Callable[[ProcessReplica], dict[str, str]],
                   graceful: Callable[[], bool]) -> AsyncIterator[None]:
-    """The engine open: what a crashed incarnation left running is stopped before
-    anything starts, and this one's processes are recorded. Its teardown stops every
-    agent (gracefully when a stop was asked for), then ends the incarnation."""
-    sup.open()
+    """The engine open, each process it starts given `environment`'s: what a crashed
+    incarnation left running is stopped before anything starts, and this one's
+    processes are recorded. Its teardown stops every agent (gracefully when a stop was
+    asked for), then ends the incarnation."""
+    sup.open(environment)
     records: ProcessRecords | None = None
     try:
         hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "

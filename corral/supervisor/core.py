@@ -109,6 +109,7 @@ class Supervisor:
         self.census: Counter[State] = Counter()
         self.closing = False
         self.started_at = time.monotonic()
+        self._environment: Callable[[ProcessReplica], dict[str, str]] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._event_queues: dict[asyncio.Queue[Transition], Subscription] = {}
         # the loop's own stalls, taken off the time a worker counts as silent
@@ -161,7 +162,12 @@ class Supervisor:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def open(self) -> None:
+    def open(self, environment: Callable[[ProcessReplica], dict[str, str]] | None = None
+             ) -> None:
+        """Open the engine (again: a no-op but for `environment`): more environment for
+        each process it starts from now on (the daemon's: the gateway's token and
+        addresses, the tenant's directories; decision 710)."""
+        self._environment = environment
         self.containment.open()
         tree = self.containment.tree
         if tree is not None and self.tenant_nodes is None:
@@ -290,15 +296,6 @@ class Supervisor:
     def release_sdk(self) -> str | None:
         return self.tuning.release_sdk
 
-    @property
-    def environment_provider(self) -> Callable[[ProcessReplica], dict[str, str]] | None:
-        return self.tuning.environment
-
-    @environment_provider.setter
-    def environment_provider(self, provide: Callable[[ProcessReplica], dict[str, str]] | None
-                             ) -> None:
-        self.tuning.environment = provide
-
     # -- the ReplicaHost protocol (process_replica.py, replica.py, mcpserver.py) ----------
     def replica_added(self, r: ProcessReplica) -> None:
         """A new agent replica (in state Initial) joins the census."""
@@ -371,7 +368,7 @@ class Supervisor:
         self.elastic.wake(name)
 
     def environment(self, r: ProcessReplica) -> dict[str, str]:
-        provide = self.tuning.environment
+        provide = self._environment
         return provide(r) if provide is not None else {}
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]:

@@ -3,12 +3,7 @@ one object the parts that read them share, so a change reaches each at once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .process_replica import ProcessReplica
 
 __all__ = ["Tuning"]
 
@@ -23,6 +18,3 @@ class Tuning:
     protected_paths: list[tuple[str, str]] = field(default_factory=list)
     # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
     release_sdk: str | None = None
-    # more environment for a process about to start (the daemon: the gateway's token,
-    # the tenant's directories)
-    environment: Callable[[ProcessReplica], dict[str, str]] | None = None
