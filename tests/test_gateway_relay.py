@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import queue
+import string
 import subprocess
 import threading
 import time
@@ -35,6 +36,7 @@ TASKS = "io.modelcontextprotocol/tasks"
 VERSION = "2026-07-28"
 ELICITING = {"elicitation": {}}
 ACCEPT = {"action": "accept", "content": {"confirm": "yes"}}
+B64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 
 
 class Gateway(NamedTuple):
@@ -158,13 +160,17 @@ def test_another_tenants_client_cannot_answer_with_a_state_given_to_someone_else
     assert other["error"]["message"] == (
         "invalid params: fx__multi_input: requestState was not given to "
         "gateway client token mcp-acme for fx__multi_input"), other
-    # a state changed by one character is not corral's
-    forged = state[:-1] + ("A" if state[-1] != "A" else "B")
-    bad = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
-               inputResponses={"confirm": ACCEPT}, requestState=forged)
-    assert bad["error"] == {"code": -32602, "message": (
-        "invalid params: fx__confirm_delete: requestState is not one corral "
-        "gave")}, bad
+    # a state changed by one character is not corral's: nor one spelled otherwise that
+    # decodes to the same bytes (the last character's unused low bit flipped, a
+    # character outside the alphabet added), which the decoder alone would take
+    last = B64URL.index(state[-1])
+    for forged in (state[:-1] + ("A" if state[-1] != "A" else "B"),
+                   state[:-1] + B64URL[last ^ 1], state + "!", state[:5] + "*" + state[5:]):
+        bad = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
+                   inputResponses={"confirm": ACCEPT}, requestState=forged)
+        assert bad["error"] == {"code": -32602, "message": (
+            "invalid params: fx__confirm_delete: requestState is not one corral "
+            "gave")}, (forged, bad)
     # inputResponses that are not an object are refused before the server is asked
     refused = call(g, "acme", "confirm_delete", ELICITING, args={"filename": "c.txt"},
                    inputResponses=12345)

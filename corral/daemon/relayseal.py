@@ -166,10 +166,16 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """What `_b64` made `text` of; any other spelling refused (ValueError): the decoder
+    skips characters outside the alphabet and the unused low bits of the last one, so
+    other strings than corral's decode to the same bytes (decision 712)."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise ValueError(str(exc)) from None
+    if _b64(data) != text:
+        raise ValueError("not the base64url corral writes")
+    return data
 
 
 def _invalid(tool: str, why: str) -> RpcError:
