@@ -99,7 +99,8 @@ class ClusterNode:
                                           self.keys.prefix)
         self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
                                 host, report, trust, self.submit_claims, sessions)
-        # its workflow runs (and their steps' tasks) in Redis, taken over when it dies
+        # its durable calls (workflow runs, team calls) and their steps' tasks in Redis,
+        # taken over when it dies
         self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
                                   calls if calls is not None else MemoryStore(),
                                   (int(settings.tasks_kept_for), settings.tasks_kept))

@@ -560,12 +560,15 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
 
 @contextlib.asynccontextmanager
 async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
-                leaders: LeaderTools) -> AsyncIterator[TeamService]:
+                leaders: LeaderTools, node: ClusterNode | None
+                ) -> AsyncIterator[TeamService]:
     """[teams.NAME] and their calls (docs/teams.md); entered after the engine runs, so a
     stop ends the calls' drivers (resumed at the next start) before the agents stop.
-    `leaders`: the engine's interceptor that gives a leader its members as tools."""
+    `leaders`: the engine's interceptor that gives a leader its members as tools; with
+    [cluster], the calls are the cluster's, as workflow runs are (`workflows`)."""
     service = TeamService(parts.agents, parts.tasks, store, hub.daemon, leaders,
-                          traced=conf.cfg.tracing is not None, tools=parts.tools)
+                          traced=conf.cfg.tracing is not None, tools=parts.tools,
+                          durables=node.durables if node is not None else None)
     service.configure(conf.cfg.teams)
     try:
         yield service

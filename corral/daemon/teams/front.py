@@ -90,6 +90,7 @@ class TeamFront:
         return result(call)
 
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
+        await self.teams.read(task_id)  # (on a cluster: as Redis holds it now)
         call = self.teams.find(task_id)
         if call is None:
             return await self.inner.get(task_id, wait=wait)
@@ -99,6 +100,7 @@ class TeamFront:
         return call_info(call)
 
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
+        await self.teams.read(task_id)
         call = self.teams.find(task_id)
         if call is None:
             return await self.inner.input_of(task_id)
@@ -111,6 +113,7 @@ class TeamFront:
         since, limit = listing_window(p)
         if limit == 0:
             return [], None
+        await self.teams.read(newest=limit + 1)  # (on a cluster: the newest page first)
         # a limited caller, which sees the team now, pages through the calls made for
         # its tenant then: not those of an earlier team of the name (decision 443)
         tenant = self.teams.tenant_of(p.agent) if sees is not None else None
@@ -123,6 +126,7 @@ class TeamFront:
         return page, page[0].task_id
 
     async def cancel(self, task_id: str) -> TaskInfo:
+        await self.teams.read(task_id)
         call = self.teams.find(task_id)
         if call is None:
             return await self.inner.cancel(task_id)

@@ -112,8 +112,10 @@ async def teams_rollback(d: TeamServices, p: m.TeamsRollback, caller: Caller, c:
 
 # -- a team's calls (methods/calls.py): the task front's own path for a team's name
 # (teams/front.py), the team and the call asked first as a workflow and its run are ------
-def _call(d: TeamServices, call_id: str) -> None:
-    """A call of a team there is, else NOT_FOUND (not a task's words)."""
+async def _call(d: TeamServices, call_id: str) -> None:
+    """A call of a team there is (on a cluster: in Redis), else NOT_FOUND (not a task's
+    words)."""
+    await d.teams.read(call_id)
     if d.teams.find(call_id) is None:
         raise jsonrpc.not_found("call", call_id)
 
@@ -129,7 +131,7 @@ async def teams_call(d: TeamServices, p: m.TeamsCall, caller: Caller, c: Channel
 
 @implements(m.CallsGet)
 async def calls_get(d: TeamServices, p: m.CallsGet, caller: Caller, c: Channel) -> m.TaskInfo:
-    _call(d, p.call_id)
+    await _call(d, p.call_id)
     return await d.tasks.get(p.call_id, wait=p.wait)
 
 
@@ -145,5 +147,5 @@ async def calls_list(d: TeamServices, p: m.CallsList, caller: Caller, c: Channel
 @implements(m.CallsCancel)
 async def calls_cancel(d: TeamServices, p: m.CallsCancel, caller: Caller, c: Channel
                        ) -> m.TaskInfo:
-    _call(d, p.call_id)
+    await _call(d, p.call_id)
     return await d.tasks.cancel(p.call_id)

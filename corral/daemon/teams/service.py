@@ -1,6 +1,9 @@
 """The teams in the daemon (the config's and those added at runtime: catalog.py): their
 calls kept in the state database (store.py), resumed after a restart where their steps
-say they stopped, and each shown as a task of the team (`corral task ID`)."""
+say they stopped, and each shown as a task of the team (`corral task ID`). On a cluster
+node the calls are the cluster's (kept in Redis, cluster/clustercalls.py): a call whose
+node died is taken over by this one at a beat (told on the engine's stream:
+CallHandover), and a call another node drives is read from Redis when it is asked for."""
 
 from __future__ import annotations
 
@@ -10,10 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ... import jsonrpc
+from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
+from ...supervisor.durable import CALL_ENDED, CallHandover
+from ...supervisor.durable.tasks import Durables
 from ...supervisor.tasks import TaskManager
 from ...supervisor.teams import TeamSpec, check_team
-from ...supervisor.teams.call import TeamCall
+from ...supervisor.teams.call import KIND, TeamCall
 from ...supervisor.teams.calls import Teams, error_of
 from ...supervisor.teams.tools import LeaderTools
 from ...supervisor.tools import Tools
@@ -30,15 +36,20 @@ from .store import TeamCalls
 class TeamService(Teams):
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
                  report: Callable[[str], None], leaders: LeaderTools | None = None, *,
-                 traced: bool = False, tools: Tools | None = None) -> None:
+                 traced: bool = False, tools: Tools | None = None,
+                 durables: Durables | None = None) -> None:
+        """`durables`: a cluster node's (its calls kept in Redis, a copy of each it
+        drives or is asked about in `store`, which `rows` reads)."""
         self.tools = tools  # the MCP servers, whose names a team's may not take
         self.rows = TeamCalls(store)
+        self.shared = durables.store if durables is not None else None
         self.catalog = TeamCatalog(store)
         self.catalog.restore(report)
-        super().__init__(engine, self.rows, report, leaders, traced)
+        super().__init__(engine, self.rows, report, leaders, traced, durables)
         self.agents = agents
         self._stamping: asyncio.Future[None] | None = None
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
+        engine.stream.subscribe(self._handed_over, CallHandover)
 
     # the config file's teams (set by configure: a reload) and the runtime's, as one
     @property
@@ -94,12 +105,35 @@ class TeamService(Teams):
         """Every call the previous daemon left running, driven on from its steps (once
         the task journal's tasks are back in the engine, so a recorded task is found);
         the revisions kept before each was its tenant's told whose (decision 443)."""
-        calls = self.rows.unfinished_calls()
+        # (a cluster node's are the cluster's, taken by its beat: none resumed here)
+        calls = self.rows.unfinished_calls() if self.shared is None else []
         self.resume(calls)
         self.recovered.set()
         if calls and self.report is not None:
             self.report(f"teams: {plural(len(calls), 'unfinished call')} resumed")
         self._stamping = asyncio.ensure_future(self._stamp())
+
+    def _handed_over(self, e: CallHandover) -> None:
+        """A call whose node died, taken by this one: driven on from its rows."""
+        if e.record.kind == KIND and e.record.call_id not in self.live:
+            self.resume([TeamCall.kept(e.record)])
+            if self.report is not None:
+                self.report(f"teams: call {e.record.call_id} ({e.record.name}) taken over "
+                            f"from {e.holder}")
+
+    async def read(self, call_id: str | None = None, newest: int = 0) -> None:
+        """On a cluster: this node's copies of a call (`call_id`) or of the `newest`
+        calls, whichever node drives them, as Redis holds them now (`find` and `rows`
+        read the copies); a call this node drives, or one ended here, is its own."""
+        if self.shared is None:
+            return
+        if call_id is not None:
+            kept = self.rows.call(call_id) if call_id not in self.live else None
+            ids = [call_id] if call_id not in self.live and (
+                kept is None or kept.status not in CALL_ENDED) else []
+        else:
+            ids = [i for i in await self.shared.newest(KIND, newest) if i not in self.live]
+        await self.shared.copy(ids)
 
     async def _stamp(self) -> None:
         def owner(name: str, spec: TeamSpec) -> str | None:
@@ -118,6 +152,14 @@ class TeamService(Teams):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stamping
         await super().close()
+
+    async def cancel(self, call: TeamCall) -> None:
+        if self.shared is not None and call.status == "running" \
+                and call.call_id not in self.live:
+            raise RpcError(jsonrpc.CONFLICT, (
+                f"call {call.call_id} is driven by another node of the cluster: cancel it "
+                "there (a call is cancelled by the node driving it)"))
+        await super().cancel(call)
 
     def find(self, call_id: str) -> TeamCall | None:
         """A call of a team by its id (a task id), live or kept; None: no team's."""

@@ -23,6 +23,7 @@ from ...tracecontext import parse_or_refuse
 from ..durable import CALL_ENDED
 from ..durable.calls import Calls
 from ..durable.store import DurableStore, MemoryStore
+from ..durable.tasks import Durables
 from ..tasks import TaskManager
 from ..tasks.ids import new_id
 from .call import TeamCall
@@ -35,13 +36,17 @@ from .tools import LeaderTools
 class Teams:
     def __init__(self, engine: TaskManager, store: DurableStore | None = None,
                  report: Callable[[str], None] | None = None,
-                 tools: LeaderTools | None = None, traced: bool = False) -> None:
+                 tools: LeaderTools | None = None, traced: bool = False,
+                 durables: Durables | None = None) -> None:
         """`tools`: the interceptor the engine was made with that gives a coordinate
         team's leader its members as tools (None: no coordinate team is called);
-        `traced`: the engine traces its tasks (a caller's context is checked then)."""
+        `traced`: the engine traces its tasks (a caller's context is checked then);
+        `durables`: a cluster node's, where the calls are kept and their steps run
+        instead of `store` and the engine (runner.py)."""
         self.engine = engine
-        self.store: DurableStore = store if store is not None else MemoryStore()
-        self.runner = TeamRunner(engine, self.store, report)
+        self.store: DurableStore = (durables.store if durables is not None
+                                    else store if store is not None else MemoryStore())
+        self.runner = TeamRunner(engine, self.store, report, durables)
         self.leader_tools = tools
         if tools is not None:
             tools.serve(self.runner)

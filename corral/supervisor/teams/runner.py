@@ -1,7 +1,14 @@
 """A team's call planned by its mode on the durable engine (supervisor/durable/): route
 (a rule or a router picks a member), broadcast (every member at once), coordinate (a
 leader calls its members as tools: tools.py); each a step, a task of its agent run at
-most once per call. A call resumed after a restart skips every step that ended."""
+most once per call. A call resumed after a restart skips every step that ended.
+
+On a cluster node (`durables`: Redis and the cluster's tasks, cluster/clustercalls.py)
+the router's and the members' tasks are cluster tasks, run by whichever node has room,
+while a coordinate leader's task is one of the node driving the call: its members' tools
+are served there (tools.py), each tool call a step written under that node's lease. A
+node that takes the call over submits the leader's task again under the id its row holds
+(it died with its node), and the leader's calls of members are answered from their rows."""
 
 from __future__ import annotations
 
@@ -13,9 +20,9 @@ from typing import Any
 from ...jsonrpc import RpcError
 from ...taskoptions import step_options
 from ..durable.engine import StepEngine, Work
-from ..durable.record import StepEnd, StepRow
-from ..durable.store import DurableStore
-from ..durable.tasks import AgentTask, StepTasks
+from ..durable.record import STEP_ENDED, StepEnd, StepRow
+from ..durable.store import DurableStore, SharedStore
+from ..durable.tasks import AgentTask, Durables, StepTasks, StepWork
 from ..tasks import TaskManager
 from .call import TeamCall, key_of
 from .definition import TeamError
@@ -26,10 +33,14 @@ class TeamRunner:
     """The teams' planner (durable/calls.Planner)."""
 
     def __init__(self, engine: TaskManager, store: DurableStore,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None,
+                 durables: Durables | None = None) -> None:
+        """`durables`: a cluster node's (its calls are the cluster's, `store` among them)."""
         self.engine = engine
-        self.tasks = StepTasks(engine)
-        self.steps = StepEngine(store, self.tasks)
+        self.leads = StepTasks(engine)  # a leader's task: where its tools are served
+        self.tasks: StepWork = durables.tasks if durables is not None else self.leads
+        self.shared: SharedStore | None = durables.store if durables is not None else None
+        self.steps = StepEngine(store, _Cancels(self.tasks, self.leads))
         self.report = report
         self.leaders: dict[str, TeamCall] = {}  # a running leader's task id -> its call
 
@@ -65,9 +76,13 @@ class TeamRunner:
         return None
 
     def stopped(self, call: TeamCall, why: str) -> None:
+        again = "at the next start"
+        if self.shared is not None:  # let go: the beat takes it again, on whichever node
+            self.shared.stopped(call.call_id)
+            again = "by the cluster's next beat, unless another node holds it"
         if self.report is not None:
             self.report(f"teams: call {call.call_id} ({call.team}) stopped: {why}; "
-                        "it is resumed at the next start")
+                        f"it is resumed {again}")
 
     async def _route(self, call: TeamCall) -> None:
         spec = call.spec
@@ -119,7 +134,7 @@ class TeamRunner:
         a child of (else the call's caller's)."""
         parent = context if context is not None else {
             "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
-        work = self.tasks.work(AgentTask(
+        work = (self.leads if key == "leader" else self.tasks).work(AgentTask(
             agent, task_input, step_options(call.spec.timeout, call.spec.retries),
             call.tenant, parent.get("traceparent") or None,
             parent.get("tracestate") or None))
@@ -127,8 +142,11 @@ class TeamRunner:
             work = self._leading(call, work)
         try:
             st = await self.steps.step(call, key_of(key), work)
-        except RpcError:  # refused by the engine: the step failed, its row says why
-            return call.rows[key_of(key)]
+        except RpcError:
+            row = call.rows.get(key_of(key))
+            if row is None or row.status not in STEP_ENDED:
+                raise  # the store refused its row (another node took the call): stop
+            return row  # refused by the engine: the step failed, its row says why
         return _with_output(self.steps, call, st)
 
     def _leading(self, call: TeamCall, work: Work) -> Work:
@@ -139,6 +157,18 @@ class TeamRunner:
             finally:
                 self.leaders.pop(task_id, None)
         return led
+
+
+class _Cancels:
+    """A call's steps' tasks cancelled wherever they are: a member's (the cluster's on a
+    cluster node) and a leader's (this node's engine); each ignores an id not its own."""
+
+    def __init__(self, tasks: StepWork, leads: StepTasks) -> None:
+        self.kinds = (tasks, leads) if tasks is not leads else (leads,)
+
+    def cancel_task(self, task_id: str) -> None:
+        for kind in self.kinds:
+            kind.cancel_task(task_id)
 
 
 def _with_output(steps: StepEngine, call: TeamCall, st: StepRow) -> StepRow:

@@ -1,0 +1,166 @@
+"""Team calls on a cluster (issue 56 item 1, decision 700): a call is kept in Redis as a
+workflow's run is, its router's and members' steps cluster tasks, so the node driving it
+is not the one it lives on. Three nodes; a call of each mode (route by rules, route by a
+router, broadcast, coordinate) made on node a, each caught mid-way (a member at work, one
+before it done), then a kill -9'd and never restarted, or frozen (SIGSTOP) past its TTL
+and thawed: the other nodes take every call within the TTL and a beat and finish it,
+each step's work done by the task its row names (a mark file named for the member and the
+task: a task the cluster retried may leave one more, never under another id); a
+coordinate leader run again on the taker is answered from its tool calls' rows; the
+frozen node's late writes are refused. The calls are read from any node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from ..test_teams import agents_toml
+from ..test_workflows import _marks
+from .harness import TTL, Node, nodes
+from .test_cluster_specs import log
+
+pytestmark = pytest.mark.timeout(180)
+
+TEAMS = """
+[teams.pick]
+mode = "route"
+members = ["a", "b"]
+default = "b"
+[[teams.pick.rules]]
+ref = "$input.topic"
+equals = "billing"
+member = "a"
+
+[teams.ask]
+mode = "route"
+members = ["a", "b"]
+router = "router"
+
+[teams.all]
+mode = "broadcast"
+members = ["a", "b"]
+
+[teams.desk]
+mode = "coordinate"
+leader = "lead"
+members = ["a", "b"]
+"""
+
+SLOW = 4.0  # seconds the member caught at work sleeps: the node dies meanwhile
+
+# per team: its input (given the directory its marks go to), the step that must have
+# ended before its node dies (a prefix of the step's name), the one caught at work, and
+# each member's marks expected (by role)
+CALLS: dict[str, tuple[dict[str, Any], str | None, str, set[str]]] = {
+    "pick": ({"topic": "billing", "sleep_for": {"a": SLOW}}, None, "member:a", {"a"}),
+    "ask": ({"want": "b", "sleep_for": {"b": SLOW}}, "router", "member:b", {"b"}),
+    "all": ({"sleep_for": {"b": SLOW}}, "member:a", "member:b", {"a", "b"}),
+    "desk": ({"ask": "q", "call": ["a", "b"], "sleep_for": {"b": SLOW}}, "tool:a:",
+             "tool:b:", {"a", "b"}),
+}
+
+
+def _steps(n: Node, call_id: str) -> dict[str, Any]:
+    return dict(n.call("calls.get", {"call_id": call_id}))
+
+
+def _step(view: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    return [s for s in view["progress"]["steps"] if s["step"].startswith(prefix)]
+
+
+def _midway(n: Node, call_id: str, done: str | None, working: str) -> bool:
+    view = _steps(n, call_id)
+    ended = done is None or any(s["status"] == "succeeded" for s in _step(view, done))
+    return ended and any(s["status"] == "running" for s in _step(view, working))
+
+
+def _check(n: Node, team: str, view: dict[str, Any], marks: Path) -> None:
+    """The call succeeded, each member's work done by its step's task (no member step
+    twice, a leader's re-run answered from its rows), no more marks than the attempts
+    the cluster gave that task."""
+    assert view["status"] == "succeeded", (team, view)
+    members = [s for s in view["progress"]["steps"]
+               if s["step"].startswith(("member:", "tool:"))]
+    by_role = {s["step"].split(":")[1]: s["task_id"] for s in members}
+    assert len(by_role) == len(members), (team, members)  # one step per member
+    marked = _marks(marks)
+    assert set(marked) == CALLS[team][3], (team, marked)
+    for role, task_ids in marked.items():
+        assert task_ids == {by_role[role]}, (team, role, task_ids, by_role)
+        (task_id,) = task_ids
+        effects = sum(1 for f in marks.iterdir() if f.name.startswith(f"{role}.{task_id}."))
+        attempts = len(n.call("tasks.get", {"task_id": task_id})["attempts"])
+        assert 1 <= effects <= attempts, (team, role, effects, attempts)
+    output = view["output"]
+    if team == "all":
+        assert {m: o["status"] for m, o in output.items()} == {"a": "succeeded",
+                                                               "b": "succeeded"}
+    elif team == "desk":
+        assert output["errors"] == [] and [x["output"]["who"] for x in output[
+            "answers"]] == ["a", "b"], output
+    else:
+        assert output["who"] in CALLS[team][3], output  # the member its route named
+
+
+@pytest.mark.parametrize("fault", ["kill9", "sigstop"])
+def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
+        tmp: Path, redis: RedisServer, fault: str) -> None:
+    fleet = {}
+    for name in ("a", "b", "c"):
+        (tmp / name).mkdir()
+        fleet[name] = agents_toml(tmp / name, "a b router lead", "replicas = 2") + TEAMS
+    with nodes(tmp, redis, fleet) as ns:
+        a, b, c = ns["a"], ns["b"], ns["c"]
+        calls: dict[str, tuple[str, Path]] = {}
+        for team, (call_input, _, _, _) in CALLS.items():
+            marks = tmp / f"marks-{team}"
+            marks.mkdir()
+            got = a.call("teams.call", {"name": team,
+                                        "input": {**call_input, "mark": str(marks)}})
+            calls[team] = got["task_id"], marks
+        for team, (call_id, _) in calls.items():
+            done, working = CALLS[team][1], CALLS[team][2]
+            wait_until(lambda: _midway(a, call_id, done, working), timeout=60,  # noqa: B023
+                       what=f"{team}'s call caught mid-way")
+        # read from Redis on another node
+        assert {_steps(b, i)["status"] for i, _ in calls.values()} == {"running"}
+        pid = a.proc.pid  # type: ignore[union-attr]
+        if fault == "kill9":
+            a.kill9()
+        else:
+            os.kill(pid, signal.SIGSTOP)
+        gone = time.monotonic()
+
+        def taken() -> int:
+            return sum(log(n).count("taken over from a/1") for n in (b, c))
+        wait_until(lambda: taken() >= len(calls), timeout=30,
+                   what="the live nodes to take every call")
+        took = time.monotonic() - gone
+        # within the TTL, a beat, and what a beat of the test's CPU-shared host may add
+        assert took <= TTL + 0.25 + 2.0, took
+        if fault == "sigstop":
+            os.kill(pid, signal.SIGCONT)  # a thaws, driving its calls as if nothing happened
+            try:
+                wait_until(lambda: "no longer this node's (its lease as a/1" in log(a),
+                           timeout=60, what="a's late write refused")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; a's log ends: {log(a)[-3000:]}") from None
+            assert a.call("stats.get")["cluster"]["calls"]["late_writes_refused"] >= 1
+        for team, (call_id, marks) in calls.items():
+            view = dict(wait_until(
+                lambda: (v := _steps(b, call_id))["status"] != "running" and v,  # noqa: B023
+                timeout=90, what=f"{team}'s call to end"))
+            _check(b, team, view, marks)
+            assert _steps(c, call_id)["status"] == "succeeded"  # from any node
+            if fault == "sigstop":  # the thawed node's copy is what the taker finished
+                assert _steps(a, call_id)["status"] == "succeeded"
+        assert sum(n.call("stats.get")["cluster"]["calls"]["taken"] for n in (b, c)) == len(
+            calls)
+        print(f"takeover of {len(calls)} calls: {took:.2f} s after the {fault}")
