@@ -18,6 +18,7 @@ are answered from: a call taken over is copied into it whole before it is driven
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -140,10 +141,14 @@ class ClusterCalls:
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  membership: Membership, local: DurableStore,
-                 kept: tuple[int, int] = (7 * 86400, 100_000)) -> None:
+                 kept: tuple[int, int] = (7 * 86400, 100_000),
+                 drivable: Callable[[CallRecord], bool] = lambda record: True) -> None:
         """`kept`: an ended call's seconds in Redis, and how many of a kind's are
-        listed ([cluster] tasks_kept_for, tasks_kept)."""
+        listed ([cluster] tasks_kept_for, tasks_kept); `drivable`: whether this node
+        can drive a call (it runs the agents its kind needs on the driving node: a
+        coordinate team's leader), else it leaves the call to a node that can."""
         self.redis = redis
+        self.drivable = drivable
         self.kept = kept
         self.scripts = scripts
         self.keys = keys
@@ -307,7 +312,7 @@ class ClusterCalls:
                 record = await self.fetch(call_id)
             except ForeignRecord:
                 continue
-            if record is None or record.status != "running":
+            if record is None or record.status != "running" or not self.drivable(record):
                 continue
             if not await self.take(call_id, holder):
                 continue  # another live node took it first

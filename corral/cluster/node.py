@@ -30,6 +30,7 @@ from ..supervisor.tasks import (
 )
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.sessions import SessionsEnding
+from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
 from . import records, redischeck
@@ -103,7 +104,9 @@ class ClusterNode:
         # taken over when it dies
         self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
                                   calls if calls is not None else MemoryStore(),
-                                  (int(settings.tasks_kept_for), settings.tasks_kept))
+                                  (int(settings.tasks_kept_for), settings.tasks_kept),
+                                  lambda record: all(a in host.agents
+                                                     for a in driven_with(record)))
         self.durables = Durables(self.calls, ClusterStepTasks(self.desk, self.cancel))
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report, settings.tasks_kept_for, trust)

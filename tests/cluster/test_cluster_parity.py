@@ -184,13 +184,18 @@ def session(a: Node, b: Node) -> str:
 
 
 def team_call(a: Node, b: Node) -> str:
-    """A call of b's team: b's to take, its steps b's tasks; a, which has no such team,
-    has nothing to route it to."""
+    """A call of b's team is the cluster's: kept in Redis, read from a too (which has no
+    such team: a submit there has nothing to route it to), its member's step a cluster
+    task (of w, which b runs)."""
     assert error_of(a, "tasks.submit", {"agent": "all", "input": {"do": "echo"}}) == (
         "no live node of cluster test runs agent all")
     got = b.call("tasks.submit", {"agent": "all", "input": {"do": "echo"}, "wait": 60})
     assert got["status"] == "succeeded", got
-    return "local"
+    seen = a.call("calls.get", {"call_id": got["task_id"]})
+    assert seen["status"] == "succeeded" and seen["output"]["w"]["status"] == "succeeded"
+    (step,) = seen["progress"]["steps"]
+    assert a.call("tasks.get", {"task_id": step["task_id"]})["attempts"][0]["node"] == "b"
+    return "cluster"
 
 
 def chunks_on(n: Node, task_id: str) -> list[str]:

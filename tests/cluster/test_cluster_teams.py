@@ -7,7 +7,8 @@ and thawed: the other nodes take every call within the TTL and a beat and finish
 each step's work done by the task its row names (a mark file named for the member and the
 task: a task the cluster retried may leave one more, never under another id); a
 coordinate leader run again on the taker is answered from its tool calls' rows; the
-frozen node's late writes are refused. The calls are read from any node."""
+frozen node's late writes are refused; a node that runs no leader leaves a coordinate
+call to one that does. The calls are read from any node."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ router = "router"
 [teams.all]
 mode = "broadcast"
 members = ["a", "b"]
-
+"""
+DESK = """
 [teams.desk]
 mode = "coordinate"
 leader = "lead"
@@ -115,7 +117,11 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
     fleet = {}
     for name in ("a", "b", "c"):
         (tmp / name).mkdir()
-        fleet[name] = agents_toml(tmp / name, "a b router lead", "replicas = 2") + TEAMS
+        # c runs no leader: it can take no coordinate call (its leader's task is the
+        # driving node's), which b takes
+        roles = "a b router" + (" lead" if name != "c" else "")
+        fleet[name] = agents_toml(tmp / name, roles, "replicas = 2") + TEAMS + (
+            DESK if name != "c" else "")
     with nodes(tmp, redis, fleet) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
         calls: dict[str, tuple[str, Path]] = {}
@@ -143,6 +149,7 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
         wait_until(lambda: taken() >= len(calls), timeout=30,
                    what="the live nodes to take every call")
         took = time.monotonic() - gone
+        assert "(desk) taken over from a/1" in log(b)
         # within the TTL, a beat, and what a beat of the test's CPU-shared host may add
         assert took <= TTL + 0.25 + 2.0, took
         if fault == "sigstop":

@@ -23,6 +23,16 @@ def key_of(key: str) -> StepKey:
     return (key, WHOLE)
 
 
+def driven_with(record: CallRecord) -> list[str]:
+    """The agents a node must run itself to drive this call (a cluster's node taking it
+    over): a coordinate team's leader, whose task is the driving node's (runner.py);
+    none for a call of another kind or mode."""
+    if record.kind != KIND:
+        return []
+    leader = msgspec.json.decode(record.definition, type=TeamSpec).leader
+    return [leader] if leader is not None else []
+
+
 @dataclass
 class TeamCall:
     call_id: str  # a task id: the call is shown as a task of the team
