@@ -299,7 +299,7 @@ async def test_a_store_that_fails_stops_the_driver_told_and_the_call_stays_runni
     store.broken = True
     calls.drive(job)
     await calls.wait("d6", None)
-    assert plan.stops == ["disk full"] and seen == []
+    assert plan.stops == ["disk full; it is resumed at the next start"] and seen == []
     loaded = store.load("d6")
     assert loaded is not None and loaded.status == "running"
     assert "d6" not in calls.live

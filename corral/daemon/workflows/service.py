@@ -61,7 +61,7 @@ class WorkflowService:
         self.report = report
         self.catalog = Catalog(store)
         self.catalog.restore(report)
-        self.calls: Calls[Run] = Calls(self.runner, self.rows.calls)
+        self.calls: Calls[Run] = Calls(self.runner, self.rows.calls, self.shared)
         self.live = self.calls.live
         # no step is submitted before the task journal's tasks are back in the engine
         # (a run started meanwhile waits): a recorded step's task is found, not doubled
@@ -226,14 +226,9 @@ class WorkflowService:
             await asyncio.sleep(PRUNE_EVERY)
 
     def stopped(self, run: Run, why: str) -> None:
-        """A run's driver stopped with the run running (the store failed): said; on a
-        cluster, let go (the beat takes it again, on whichever node)."""
-        again = "at the next start"
-        if self.shared is not None:
-            self.shared.stopped(run.run_id)
-            again = "by the cluster's next beat, unless another node holds it"
-        self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {why}; "
-                    f"it is resumed {again}")
+        """A run's driver stopped with the run running (the store failed; `why` says
+        when it is resumed: durable/calls.py): said."""
+        self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {why}")
         if self.traces is not None:  # made again from its row when it is driven again
             self.traces.forget(run.run_id)
 

@@ -2,7 +2,8 @@
 driven by its planner in the background, bounded by its deadline, waited for, cancelled
 with a reason, abandoned when it ends otherwise than by its steps, and resumed after a
 restart from its rows; a call whose store failed is told and left running, resumed at
-the next start. One driver for every kind: a planner says what differs."""
+the next start (a store several daemons share: let go, taken again by whichever daemon's
+next beat comes first). One driver for every kind: a planner says what differs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Generic, Protocol, TypeVar
 
 from ...timeouts import within
 from .record import Durable
-from .store import DurableStore
+from .store import DurableStore, SharedStore
 
 
 class StepFailed(Exception):
@@ -38,13 +39,17 @@ class Planner(Protocol[C_contra]):
         """The call's end is kept (told to whoever follows it)."""
 
     def stopped(self, call: C_contra, why: str) -> None:
-        """The call's driver stopped with the call running (its store failed)."""
+        """The call's driver stopped with the call running (its store failed): `why`,
+        and when it is resumed."""
 
 
 class Calls(Generic[C]):
-    def __init__(self, planner: Planner[C], store: DurableStore) -> None:
+    def __init__(self, planner: Planner[C], store: DurableStore,
+                 shared: SharedStore | None = None) -> None:
+        """`shared`: `store` when several daemons share it (a cluster's)."""
         self.planner = planner
         self.store = store
+        self.shared = shared
         self.live: dict[str, tuple[C, asyncio.Task[None]]] = {}
         self._why: dict[str, str] = {}  # call id -> why its driver was cancelled
         # no call's step is submitted before the task journal's tasks are back in the
@@ -69,8 +74,8 @@ class Calls(Generic[C]):
                 if why is None:
                     raise  # the process stops: the call stays running, resumed at the next
                 call.status, call.error = "cancelled", why
-            except Exception as exc:  # the store failed: told, resumed at the next start
-                self.planner.stopped(call, str(exc))
+            except Exception as exc:  # the store failed: told, resumed (_stopped)
+                self._stopped(call, exc)
                 return
             await self._end(call)
         finally:
@@ -84,7 +89,14 @@ class Calls(Generic[C]):
             await self.store.save_call(call.record())
             self.planner.ended(call)
         except Exception as exc:  # (as above)
-            self.planner.stopped(call, str(exc))
+            self._stopped(call, exc)
+
+    def _stopped(self, call: C, exc: Exception) -> None:
+        again = "at the next start"
+        if self.shared is not None:  # let go: the beat takes it again, on whichever daemon
+            self.shared.stopped(call.call_id)
+            again = "by the cluster's next beat, unless another node holds it"
+        self.planner.stopped(call, f"{exc}; it is resumed {again}")
 
     async def wait(self, call_id: str, timeout: float | None) -> None:
         live = self.live.get(call_id)

@@ -53,7 +53,8 @@ class Teams:
         self.traced = traced
         self.report = report
         self.specs: dict[str, TeamSpec] = {}
-        self.calls: Calls[TeamCall] = Calls(self.runner, self.store)
+        self.calls: Calls[TeamCall] = Calls(
+            self.runner, self.store, durables.store if durables is not None else None)
         self.live = self.calls.live  # the calls driven now, by id
         # no call's step is submitted before the engine has the journal's tasks back
         self.recovered = self.calls.recovered

@@ -21,7 +21,7 @@ from ...jsonrpc import RpcError
 from ...taskoptions import step_options
 from ..durable.engine import StepEngine, Work
 from ..durable.record import STEP_ENDED, StepEnd, StepRow
-from ..durable.store import DurableStore, SharedStore
+from ..durable.store import DurableStore
 from ..durable.tasks import AgentTask, Durables, StepTasks, StepWork
 from ..tasks import TaskManager
 from .call import TeamCall, key_of
@@ -39,7 +39,6 @@ class TeamRunner:
         self.engine = engine
         self.leads = StepTasks(engine)  # a leader's task: where its tools are served
         self.tasks: StepWork = durables.tasks if durables is not None else self.leads
-        self.shared: SharedStore | None = durables.store if durables is not None else None
         self.steps = StepEngine(store, _Cancels(self.tasks, self.leads))
         self.report = report
         self.leaders: dict[str, TeamCall] = {}  # a running leader's task id -> its call
@@ -76,13 +75,8 @@ class TeamRunner:
         return None
 
     def stopped(self, call: TeamCall, why: str) -> None:
-        again = "at the next start"
-        if self.shared is not None:  # let go: the beat takes it again, on whichever node
-            self.shared.stopped(call.call_id)
-            again = "by the cluster's next beat, unless another node holds it"
         if self.report is not None:
-            self.report(f"teams: call {call.call_id} ({call.team}) stopped: {why}; "
-                        f"it is resumed {again}")
+            self.report(f"teams: call {call.call_id} ({call.team}) stopped: {why}")
 
     async def _route(self, call: TeamCall) -> None:
         spec = call.spec
