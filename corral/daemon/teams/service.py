@@ -134,6 +134,7 @@ class TeamService(Teams):
         else:
             ids = [i for i in await self.shared.newest(KIND, newest) if i not in self.live]
         await self.shared.copy(ids)
+        await self._made(len(ids))
 
     async def _stamp(self) -> None:
         def owner(name: str, spec: TeamSpec) -> str | None:
@@ -152,6 +153,21 @@ class TeamService(Teams):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stamping
         await super().close()
+
+    async def start(self, name: str, call_input: Any, traceparent: str | None = None,
+                    tracestate: str | None = None) -> TeamCall:
+        call = await super().start(name, call_input, traceparent, tracestate)
+        await self._made(1)
+        return call
+
+    async def _made(self, n: int) -> None:
+        """Calls made or copied here: the ended past the newest kept pruned now and then
+        (a pruning that fails is said, and tried again at the next)."""
+        try:
+            await self.rows.made(n)
+        except StoreError as exc:
+            if self.report is not None:
+                self.report(f"teams: ended calls could not be pruned: {exc}")
 
     async def cancel(self, call: TeamCall) -> None:
         if self.shared is not None and call.status == "running" \

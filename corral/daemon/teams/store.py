@@ -1,30 +1,31 @@
 """Teams' calls in the state database: durable calls of kind "team" in the calls'
 journal (calljournal.py, migration 23), listed as tasks of their team. Ended calls past
-the newest KEPT are pruned, with their steps."""
+the newest KEPT are pruned, with their steps, as calls are made or copied here (on a
+cluster node, the calls are saved through the cluster's store, whose copy is this
+table: counted where they are made, not where they are saved)."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from ...supervisor.durable import CallRecord
 from ...supervisor.teams.call import KIND, TeamCall
 from ...taskviews import TaskSummary
 from ..calljournal import CallJournal
 from ..sqlfilters import given
 
 KEPT = 10_000  # ended calls kept (their member tasks are kept as tasks are)
-PRUNE_EVERY = 100  # ends between two prunings
+PRUNE_EVERY = 100  # calls made between two prunings
 
 
 class TeamCalls(CallJournal):
-    _ends = 0
+    _made = 0
 
-    async def save_call(self, record: CallRecord) -> None:
-        await super().save_call(record)
-        if record.ended is not None:
-            self._ends += 1
-            if self._ends % PRUNE_EVERY == 1:
-                await self.store.commit([_prune])
+    async def made(self, n: int = 1) -> None:
+        """`n` calls made or copied here: the ended calls past the newest KEPT pruned at
+        the first, then every PRUNE_EVERY."""
+        before, self._made = self._made, self._made + n
+        if n and (before == 0 or before // PRUNE_EVERY != self._made // PRUNE_EVERY):
+            await self.store.commit([_prune])
 
     def call(self, call_id: str) -> TeamCall | None:
         record = self.load(call_id)
