@@ -26,6 +26,7 @@ from ..test_teams import agents_toml
 from ..test_workflows import _marks
 from .harness import TTL, Node, nodes
 from .test_cluster_specs import log
+from .test_failover import error_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -135,8 +136,11 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
             done, working = CALLS[team][1], CALLS[team][2]
             wait_until(lambda: _midway(a, call_id, done, working), timeout=60,  # noqa: B023
                        what=f"{team}'s call caught mid-way")
-        # read from Redis on another node
+        # read from Redis on another node, cancelled only where it is driven
         assert {_steps(b, i)["status"] for i, _ in calls.values()} == {"running"}
+        call_id = calls["all"][0]
+        assert f"call {call_id} is driven by another node of the cluster" in (
+            error_of(b, "calls.cancel", {"call_id": call_id}) or "")
         # the incarnation holding the calls (a node that lost Redis for a while under a
         # loaded host has joined again as a new one)
         holder = "a/{}".format(next(n["incarnation"] for n in a.nodes()["nodes"]
@@ -174,4 +178,7 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
                 assert _steps(a, call_id)["status"] == "succeeded"
         assert sum(n.call("stats.get")["cluster"]["calls"]["taken"] for n in (b, c)) == len(
             calls)
+        listed = c.call("calls.list", {"name": "all"})["tasks"]
+        assert [(x["task_id"], x["status"]) for x in listed] == [
+            (calls["all"][0], "succeeded")]
         print(f"takeover of {len(calls)} calls: {took:.2f} s after the {fault}")
