@@ -121,7 +121,7 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
         # c runs no leader: it can take no coordinate call (its leader's task is the
         # driving node's), which b takes
         roles = "a b router" + (" lead" if name != "c" else "")
-        fleet[name] = agents_toml(tmp / name, roles, "replicas = 2") + TEAMS + (
+        fleet[name] = agents_toml(tmp / name, roles) + TEAMS + (
             DESK if name != "c" else "")
     with nodes(tmp, redis, fleet) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]

@@ -127,14 +127,19 @@ class TeamService(Teams):
         read the copies); a call this node drives, or one ended here, is its own."""
         if self.shared is None:
             return
-        if call_id is not None:
-            kept = self.rows.call(call_id) if call_id not in self.live else None
-            ids = [call_id] if call_id not in self.live and (
-                kept is None or kept.status not in CALL_ENDED) else []
-        else:
+        if call_id is None:
             ids = [i for i in await self.shared.newest(KIND, newest) if i not in self.live]
-        await self.shared.copy(ids)
-        await self._made(len(ids))
+            await self.shared.copy(ids)
+            await self._made(len(ids))
+            return
+        if call_id in self.live:
+            return
+        kept = self.rows.call(call_id)
+        if kept is not None and kept.status in CALL_ENDED:
+            return
+        await self.shared.copy([call_id])
+        if kept is None and self.rows.call(call_id) is not None:  # (not a task's id)
+            await self._made(1)
 
     async def _stamp(self) -> None:
         def owner(name: str, spec: TeamSpec) -> str | None:
