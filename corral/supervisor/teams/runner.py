@@ -155,7 +155,8 @@ class TeamRunner:
 
 class _Cancels:
     """A call's steps' tasks cancelled wherever they are: a member's (the cluster's on a
-    cluster node) and a leader's (this node's engine); each ignores an id not its own."""
+    cluster node) and a leader's (this node's engine); each does nothing for a task it
+    does not hold or that has ended, so both are asked."""
 
     def __init__(self, tasks: StepWork, leads: StepTasks) -> None:
         self.kinds = (tasks, leads) if tasks is not leads else (leads,)
