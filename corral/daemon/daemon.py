@@ -355,8 +355,7 @@ class Daemon:
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter("the workflows",
                                 part.workflows(conf, parts, store, hub, traces, node))
-        teams = await enter("the teams", part.teams(conf, parts, store, hub, leaders,
-                                                       node))
+        teams = await enter("the teams", part.teams(conf, parts, store, hub, leaders, node))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
         schedules = await enter("the schedules", part.schedules(conf, parts, store, tasks,
                                                                 workflows, node, hub))
