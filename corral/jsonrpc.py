@@ -647,6 +647,9 @@ class Peer:
         self.requests_paused = False
         self.max_handling = 0  # 0: no limit
         self.held: list[Envelope] | None = None
+        # requests whose handlers wait for a person (`park`): not counted in max_handling,
+        # since they may wait for days (made at the first)
+        self._parked: set[Id] | None = None
         # requests in a row that timed out with not a line from the other side since: a
         # peer that has no ping shows a hang this way (only a line read resets it, so a
         # stall of our own loop, which leaves the answers unread, never counts)
@@ -962,7 +965,28 @@ class Peer:
         self._take_request(env)
 
     def _holding_requests(self) -> bool:
-        return self.requests_paused or 0 < self.max_handling <= len(self._incoming)
+        working = len(self._incoming) - (len(self._parked) if self._parked else 0)
+        return self.requests_paused or 0 < self.max_handling <= working
+
+    def park(self, task: asyncio.Task[Any] | None) -> Id | None:
+        """The request that `task` handles waits for a person, maybe for days: until
+        `unpark` it is not counted among the requests worked on (`flow`), so the other
+        side's next requests, and whatever follows them on its line (answers to ours, its
+        other tasks' ends), are read meanwhile. Its id; None if `task` handles no request
+        of this peer's."""
+        for rid, t in self._incoming.items():
+            if t is task:
+                if self._parked is None:
+                    self._parked = set()
+                self._parked.add(rid)
+                self.release()
+                return rid
+        return None
+
+    def unpark(self, rid: Id) -> None:
+        """The parked request `rid` is worked on again (or ended)."""
+        if self._parked is not None:
+            self._parked.discard(rid)
 
     def release(self) -> None:
         """Take the held requests, in order, as far as allowed; once none is left, the
@@ -1022,6 +1046,8 @@ class Peer:
 
     def _finish(self, rid: Id, task: asyncio.Future[Any]) -> None:
         self._incoming.pop(rid, None)
+        if self._parked:
+            self._parked.discard(rid)
         try:
             self._answer(rid, task)
         finally:

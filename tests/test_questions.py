@@ -167,3 +167,34 @@ async def test_the_inboxs_bounds_are_the_configs(tmp_path: Path) -> None:
                                                 TaskOptions(timeout=60)))
         await answered(d, made, "ok")
         assert (await third).output["answer"] == "ok"
+
+
+async def test_a_worker_whose_tasks_wait_for_more_asks_than_its_requests_in_flight_is_read(
+        tmp_path: Path) -> None:
+    """A worker's requests worked on at once are bounded (MAX_IN_FLIGHT: past it its line
+    is not read), but one that waits for a person is not counted: a worker of more
+    asking tasks than the bound has every question asked, and every answer delivered."""
+    from corral.supervisor.launch import MAX_IN_FLIGHT
+
+    n = MAX_IN_FLIGHT + 20
+    agents = textwrap.dedent(f"""
+        [agents.many]
+        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_concurrent_tasks = {n}
+        max_queue = {n}
+    """)
+    async with in_process(tmp_path, agents) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        running = [asyncio.ensure_future(tasks.run("many", {"prompt": f"#{i}?"},
+                                                    TaskOptions(timeout=120)))
+                   for i in range(n)]
+        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+        assert len(tasks.inbox.pending()) == n
+        for ask in asks:
+            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                              ask.subject["prompt"]))
+        done = await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert [(r.status, r.output["answer"]) for r in done] == [
+            ("succeeded", f"#{i}?") for i in range(n)]

@@ -480,9 +480,16 @@ class TaskManager:
             task.fire(TaskCause.WAIT)
             self.record(task)
             self.suspensions.hold(task)
+        # the worker's request waits for a person: not one of the MAX_IN_FLIGHT its
+        # worker's line is read for meanwhile (a worker of 256 asking tasks would not be
+        # read until one is answered: not its other calls, nor its stopped attempts' ends)
+        peer = task.replica.peer if task.replica is not None else None
+        parked = peer.park(asyncio.current_task()) if peer is not None else None
         try:
             return await self.suspensions.wait(task, self.inbox.wait(ask))
         finally:
+            if parked is not None and peer is not None:
+                peer.unpark(parked)
             if task.waiting and not self.inbox.waiting_for(task.id):
                 task.fire(TaskCause.RESUME)
                 self.record(task)
