@@ -198,3 +198,36 @@ async def test_a_worker_whose_tasks_wait_for_more_asks_than_its_requests_in_flig
         done = await asyncio.wait_for(asyncio.gather(*running), 60)
         assert [(r.status, r.output["answer"]) for r in done] == [
             ("succeeded", f"#{i}?") for i in range(n)]
+
+
+async def test_held_calls_past_a_workers_requests_in_flight_are_all_asked(
+        tmp_path: Path) -> None:
+    """The same for tool calls held for approval (a sync handler: a thread a task)."""
+    from corral.supervisor.launch import MAX_IN_FLIGHT
+
+    n = MAX_IN_FLIGHT + 20
+    agents = textwrap.dedent(f"""
+        [agents.many]
+        command = ["{PY}", "{HERE}/asking_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["counting__*"]
+        approve = ["counting__bump"]
+        max_concurrent_tasks = {n}
+        max_queue = {n}
+
+        [mcp_servers.counting]
+        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp_path}/count"]
+    """)
+    async with in_process(tmp_path, agents) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        running = [asyncio.ensure_future(tasks.run("many", {"calls": 1},
+                                                    TaskOptions(timeout=120)))
+                   for _ in range(n)]
+        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+        for ask in asks:
+            await tasks.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "token ann", None))
+        done = await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert [(r.status, r.output["bumped"]) for r in done] == [
+            ("succeeded", ["bumped 0"])] * n
+        assert len((tmp_path / "count").read_text().split()) == n
