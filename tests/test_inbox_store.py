@@ -172,6 +172,21 @@ async def test_the_bounds_refuse_by_name(opened: Opened) -> None:
     assert len(inbox.pending()) == 3
 
 
+async def test_asks_made_at_once_are_bounded_too(opened: Opened) -> None:
+    """An ask is counted against the bounds from its check, not once its record is
+    stored: asks made at once (each awaiting its commit) do not pass the bound together."""
+    inbox = opened.inbox
+    inbox.max_pending_per_tenant = 2
+    inbox.max_pending = 3
+    made = await asyncio.gather(*(inbox.ask(_approval(f"t-{i}")) for i in range(5)),
+                                return_exceptions=True)
+    assert [isinstance(m, RpcError) for m in made] == [False, False, True, True, True]
+    others = await asyncio.gather(*(inbox.ask(_approval(f"u-{i}", tenant="beta"))
+                                    for i in range(2)), return_exceptions=True)
+    assert [isinstance(m, RpcError) for m in others] == [False, True]
+    assert len(inbox.pending()) == 3
+
+
 async def test_a_withdrawn_task_ends_its_asks_and_wakes_their_waiters(
         opened: Opened) -> None:
     ask = await opened.inbox.ask(_approval("t-1"))

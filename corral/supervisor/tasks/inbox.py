@@ -147,6 +147,9 @@ class Inbox:
         # task id -> key -> its pending ask's id
         self._by_task: dict[str, dict[str, str]] = {}
         self._per_tenant: dict[str | None, int] = {}
+        # asks checked against the bounds whose records are being stored: counted as
+        # pending, so that asks made at once do not pass a bound together
+        self._storing: dict[str | None, int] = {}
         self._waiters: dict[str, asyncio.Future[Ask]] = {}
         self._timers: dict[str, WaitTimer] = {}
         self._deciding: set[str] = set()
@@ -193,17 +196,25 @@ class Inbox:
                   task_id=req.task_id, attempt=req.attempt, agent=req.agent, key=req.key,
                   subject=req.subject, created=now,
                   deadline=None if req.timeout is None else now + req.timeout)
-        await self.store.save(ask)
+        storing = self._storing
+        storing[req.tenant] = storing.get(req.tenant, 0) + 1
+        try:
+            await self.store.save(ask)
+        finally:
+            storing[req.tenant] -= 1
+            if not storing[req.tenant]:
+                del storing[req.tenant]
         self._hold(ask)
         self._tell(ask)
         return ask
 
     def _check_bounds(self, tenant: str | None) -> None:
-        if len(self._pending) >= self.max_pending:
+        pending = len(self._pending) + sum(self._storing.values())
+        if pending >= self.max_pending:
             raise RpcError(jsonrpc.QUOTA_EXCEEDED,
-                           f"the inbox holds {len(self._pending)} pending asks, its bound "
+                           f"the inbox holds {pending} pending asks, its bound "
                            f"(max_pending_asks {self.max_pending})")
-        held = self._per_tenant.get(tenant, 0)
+        held = self._per_tenant.get(tenant, 0) + self._storing.get(tenant, 0)
         if held >= self.max_pending_per_tenant:
             whose = ("the operator's tasks hold" if tenant in (None, DEFAULT_TENANT)
                      else f"tenant {tenant} holds")
