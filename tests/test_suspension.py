@@ -179,6 +179,16 @@ def test_denied_while_suspended_the_resumed_agent_reads_the_tools_error(
     task_id = d.ask("tasks.submit", {"agent": "approver", "input": {"calls": 1}})["task_id"]
     ask = the_ask(d, task_id)
     suspended_with_no_process(d, task_id)
+    # the held call's refusal, said in the agent's log as one line, not a crash's traceback
+    said = f"corral worker: task {task_id}: task {task_id} was suspended while it waited " \
+           "for a person: its next attempt asks again"
+
+    def logged() -> str | None:
+        text = d.cli("logs", "approver", "-n", "200").stdout
+        return text if said in text else None
+
+    log = wait_until(logged, 30, "the suspension in the agent's log")
+    assert "Traceback" not in log, log
     denied = d.cli("approvals", "deny", ask["id"], "--reason", "not today")
     assert denied.returncode == 0, denied.stderr
     done = d.ask("tasks.get", {"task_id": task_id, "wait": True})

@@ -60,7 +60,10 @@ def _json(text: str, option: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise click.UsageError(f"{option}: not JSON: {exc}") from None
+        # the likeliest slip: a bare word for a string answer
+        hint = (f" (a string is quoted JSON: {option} '\"{text}\"')"
+                if text and not text.lstrip().startswith(('"', "{", "[")) else "")
+        raise click.UsageError(f"{option}: not JSON: {exc}{hint}") from None
 
 
 def _decide(obj: Ctx, p: m.ApprovalsResolve, as_json: bool) -> None:

@@ -164,8 +164,7 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@command(m.DaemonClock, more="\n\nA manual clock is for tests of long waits "
-             "([supervisor] manual_clock = true); the wall's clock does not move.")
+@command(m.DaemonClock)
 @click.option("--advance", default=None, metavar="DURATION",
               help="Move the manual clock this far ahead: 90s, 10m, 2h, 1d.")
 @json_option

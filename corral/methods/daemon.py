@@ -54,9 +54,10 @@ class ConfigReload(Params):
 @method("daemon.clock", result=ClockTime, scope="admin", mutating=True, seen=None,
         cli="clock")
 class DaemonClock(Params):
-    """The clock a person's waits are measured by (asks' deadlines, suspend_after); with
-    `advance`, a manual clock ([supervisor] manual_clock, for tests) moved that many
-    seconds ahead, the waits it passes falling due at once."""
+    """The clock a person's waits are measured by (asks' deadlines, suspend_after). With
+    --advance (a duration: 90, 90s, 10m, 2h, 1d), a manual clock ([supervisor]
+    manual_clock = true, for tests) is moved that far ahead and the waits it passes fall
+    due at once; without manual_clock, --advance is refused. An admin's."""
 
     advance: float = 0.0
 

@@ -333,6 +333,11 @@ class Worker(SupervisorLink):
         exc = value
         if isinstance(exc, TaskCancelled) or type(exc).__name__ == "CancelledError":
             self._error(rid, REQUEST_CANCELLED, f"task {ctx.task_id} cancelled")
+        elif isinstance(exc, RequestError) and exc.code == REQUEST_CANCELLED:
+            # corral stopped the attempt under a call it made (its task suspended while it
+            # waited for a person, cancelled): no crash of the agent's, one line in its log
+            self._error(rid, REQUEST_CANCELLED, exc.message)
+            sys.stderr.write(f"corral worker: task {ctx.task_id}: {exc.message}\n")
         elif isinstance(exc, TaskError):
             self._error(rid, TASK_FAILED, exc.message, exc.data)
         elif is_fatal(exc):

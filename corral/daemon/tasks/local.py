@@ -61,10 +61,13 @@ class LocalFront:
             was_running = {r.task_id for r in records if r.status in ON_WORKER}
             lost = sum(1 for t in tasks if t.status == "lost")
             retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
+            waiting = sum(1 for t in tasks if t.suspended)  # for a person, with no attempt
             self.report(f"task journal: {plural(len(tasks), 'unfinished task')} recovered: "
-                        f"{len(tasks) - len(was_running)} queued again, "
+                        f"{len(tasks) - len(was_running) - waiting} queued again, "
                         f"{plural(retried, 'running task')} retried, {lost} lost "
-                        f"({LOST_IN_RESTART})")
+                        f"({LOST_IN_RESTART})"
+                        + (f", {waiting} suspended (waiting for a person)" if waiting
+                           else ""))
         self.recovered.set()
 
     # -- handing a task in ----------------------------------------------------------------

@@ -151,6 +151,7 @@ class Inbox:
         # pending, so that asks made at once do not pass a bound together
         self._storing: dict[str | None, int] = {}
         self._waiters: dict[str, asyncio.Future[Ask]] = {}
+        self._listening: dict[str, int] = {}  # ask id -> its waiters now
         self._timers: dict[str, WaitTimer] = {}
         self._deciding: set[str] = set()
         self._expiring: set[asyncio.Task[None]] = set()
@@ -258,7 +259,17 @@ class Inbox:
         fut = self._waiters.get(ask.id)
         if fut is None:
             fut = self._waiters[ask.id] = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(fut)
+        self._listening[ask.id] = self._listening.get(ask.id, 0) + 1
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            # no future kept for an ask no one waits on (a suspended task's): thousands
+            # may wait for days
+            left = self._listening.pop(ask.id) - 1
+            if left:
+                self._listening[ask.id] = left
+            elif not fut.done():
+                self._waiters.pop(ask.id, None)
 
     # -- ending ---------------------------------------------------------------------------
     async def decide(self, decision: Decision) -> Ask:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from ... import jsonrpc
 from ...askviews import Ask
 from ...jsonrpc import RpcError
@@ -148,6 +150,10 @@ class Suspensions:
         suspended(attempt, why)
         task.fire(TaskCause.SUSPEND)
         task.replica = None
+        # what it keeps while it waits, for days maybe, kept small: its input apart from
+        # the request line it came in, its attempts in a tuple (a new one makes a list)
+        task.input = msgspec.Raw(bytes(task.input))
+        task.attempts = tuple(task.attempts)
         engine.record(task)
         self.suspended += 1
         held.gone.set_result(None)

@@ -32,6 +32,7 @@ held to it by tests/cluster/test_task_machine_lua.py. It reads:
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
@@ -282,7 +283,9 @@ def suspended(attempt: Attempt, why: str) -> None:
     """A waiting attempt is stopped to give its slot back (`why`: suspend_after passed,
     an upgrade)."""
     attempt.outcome = S.SUSPENDED
-    attempt.error = f"{why}: its task resumes by replay when what it asked has ended"
+    # one string for every task suspended for the same reason: thousands may wait
+    attempt.error = sys.intern(f"{why}: its task resumes by replay when what it asked "
+                               f"has ended")
 
 
 def cancelled(attempt: Attempt) -> None:
