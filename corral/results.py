@@ -191,6 +191,8 @@ class DrainReport(Result):
     tasks: list[DrainedTask]
     waiting: int  # queued tasks left in the journal for the next daemon
     cut_short: bool = False  # a second stop request (`--now`, SIGTERM again) ended it
+    # tasks waiting for a person with no attempt (suspend_after), kept for the next daemon
+    suspended: int = 0
 
     def summary(self) -> str:
         """`1 finished (succeeded 1), 1 handed to the next daemon`: the log's line and
@@ -206,6 +208,9 @@ class DrainReport(Result):
             parts.append(f"{stopped} still running, ended by the stop")
         if self.waiting:
             parts.append(f"{self.waiting} queued left for the next daemon")
+        if self.suspended:
+            parts.append(f"{self.suspended} suspended (waiting for a person) kept for the "
+                         f"next daemon")
         if self.cut_short:
             parts.append("cut short")
         return ", ".join(parts)

@@ -302,3 +302,22 @@ def test_an_upgrade_suspends_a_waiting_task_and_the_next_image_resumes_it(
     assert (done["status"], done["output"]["answer"], done["output"]["attempt"]) == (
         "succeeded", "yes", 2), done
     assert counted(d) == ["0", "1"]
+
+
+@pytest.mark.deadline(120)
+def test_a_shutdown_keeps_a_suspended_task_for_the_next_daemon_and_says_so(
+        daemon: Daemon) -> None:
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "asker", "input": {"prompt": "Go?"}})["task_id"]
+    ask = the_ask(d, task_id)
+    suspended_with_no_process(d, task_id)
+    stopped = d.cli("shutdown", timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert ("no task was running; 1 suspended (waiting for a person) kept for the next "
+            "daemon") in stopped.stdout, stopped.stdout
+    d.start()
+    assert task(d, task_id)["status"] == "suspended"
+    answered = d.cli("approvals", "answer", ask["id"], "--data", json.dumps("yes"))
+    assert answered.returncode == 0, answered.stderr
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert (done["status"], done["output"]["answer"]) == ("succeeded", "yes"), done

@@ -65,7 +65,9 @@ def shutdown(client: Client, *, now: bool, wait: bool) -> None:
         d = res.drained
         if d is not None and not d.tasks:
             click.echo("no task was running" + (f"; {d.waiting} queued left for the next "
-                                                "daemon" if d.waiting else ""))
+                                                "daemon" if d.waiting else "")
+                       + (f"; {d.suspended} suspended (waiting for a person) kept for the "
+                          "next daemon" if d.suspended else ""))
         elif d is not None:
             click.echo(f"drained in {d.seconds:.1f} s: {d.summary()}")
             for t in d.tasks:

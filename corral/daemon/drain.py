@@ -117,7 +117,8 @@ class Drain:
                           # the others waiting (accepted before the drain, or during it)
                           waiting=tasks.waiting() - handed if tasks.journal is not None
                           else 0,
-                          cut_short=self._cut)
+                          cut_short=self._cut,
+                          suspended=sum(1 for t in tasks.active.values() if t.suspended))
         if running:
             self.report(f"drained in {drained.seconds:.1f} s: {drained.summary()}")
         return drained
