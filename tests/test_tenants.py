@@ -597,6 +597,7 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
     return {
         "daemon.info": ("own", None, None),
         "daemon.shutdown": ("forbidden", {}, None),
+        "daemon.clock": ("forbidden", {"advance": 60}, None),  # an admin's: the daemon's
         "config.reload": ("forbidden", {}, None),
         "agents.status": ("missing", names(B), names(GHOST)),
         "agents.start": ("missing", names(B), names(GHOST)),
