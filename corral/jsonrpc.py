@@ -545,8 +545,9 @@ class ChunkLines(asyncio.Protocol):
 
 
 # -- the peer -------------------------------------------------------------------------------
-class _Pending(Protocol):
-    """What a pending request's answer settles: a future, or a `_Relay`."""
+class PendingAnswer(Protocol):
+    """What a pending request's answer settles: a future, a `_Relay`, or an owner's own
+    object (`Peer.request_pending`)."""
 
     def done(self) -> bool: ...
 
@@ -624,7 +625,7 @@ class Peer:
         self._reply_to_garbage = reply_to_garbage
         self._on_garbage = on_garbage
         self._next_id = 0
-        self._pending: dict[Id, _Pending] = {}
+        self._pending: dict[Id, PendingAnswer] = {}
         # pending requests whose answer is decoded whole, in one pass, by their own decoder
         self._decoders: dict[Id, Callable[[bytes], tuple[int, Any]]] = {}
         # made at the first: a deque kept by every peer would be walked by every full
@@ -710,7 +711,21 @@ class Peer:
         gets `(result, None)` as the answer is read, or `(None, RpcError)` a turn later."""
         return self._request(method, params, _Relay(answered), decode, piece)
 
-    def _request(self, method: str, params: Any, pending: _Pending,
+    def request_pending(
+        self,
+        method: str,
+        params: Any,
+        pending: PendingAnswer,
+        *,
+        decode: Callable[[bytes], tuple[int, Any]] | None = None,
+        piece: Raw | None = None,
+    ) -> Id:
+        """`request_callback` for an owner whose own object is settled by the answer (its
+        `set_result` called as the answer is read, its `set_exception` as a closed peer's
+        or an unencodable request's): no relay and no closure made per request."""
+        return self._request(method, params, pending, decode, piece)
+
+    def _request(self, method: str, params: Any, pending: PendingAnswer,
                  decode: Callable[[bytes], tuple[int, Any]] | None, piece: Raw | None) -> Id:
         if self.closed is not None:
             pending.set_exception(self.closed)
@@ -740,7 +755,7 @@ class Peer:
             self._send_parts(parts)
         return rid
 
-    def _take(self, rid: Id) -> _Pending | None:
+    def _take(self, rid: Id) -> PendingAnswer | None:
         """The pending request `rid`, no longer pending."""
         self._decoders.pop(rid, None)
         pending = self._pending.pop(rid, None)
@@ -888,9 +903,14 @@ class Peer:
             return False  # the usual way says what is wrong with it
         if answered != rid:  # an "id" given twice: the usual way judges it
             return False
-        fut = self._take(rid)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
+        # (`_take`, written out: this is every task's answer)
+        del self._decoders[rid]
+        fut = self._pending.pop(rid, None)
+        if fut is not None:
+            if self._ends is not None:
+                self._ends.set()
+            if not fut.done():
+                fut.set_result(result)
         return True
 
     def _garbage(self, line: bytes, why: str) -> None:
