@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 log = logging.getLogger("corral.supervisor")
@@ -47,6 +47,9 @@ class Stream:
         # by event type, the callbacks in subscription order (a tuple, replaced on change:
         # a subscriber that unsubscribes during delivery does not disturb it)
         self._callbacks: dict[type, tuple[Callable[[Any], None], ...]] = {}
+        # the event types with subscribers, read-only: `E in stream.wanted` is `wants`
+        # without a call (asked per task on the task path)
+        self.wanted: Mapping[type, object] = self._callbacks
         self._subs: dict[type, tuple[Subscription, ...]] = {}
         self.delivered = 0
         self.failures = 0  # deliveries that raised, in all

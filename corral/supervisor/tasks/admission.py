@@ -79,6 +79,14 @@ def queue_full(agent: AgentLike, depth: int) -> RpcError:
                                      f"{agent.spec.max_queue})")
 
 
+def asks_size_only(timeout: float | None, bucket: TokenBucket | None,
+                   tenancy: TenantQuotas | None) -> bool:
+    """Whether `admit` of a task with these would ask nothing of it but its input's size
+    (a valid timeout, no rate, no tenant's quota): a batch then checks the size alone
+    (`check_input`), as `admit` would, without the rest per task."""
+    return bucket is None and tenancy is None and (timeout is None or timeout > 0)
+
+
 def admit(agent: AgentLike | None, size: int, timeout: float | None, *,
           bucket: TokenBucket | None = None, tenancy: TenantQuotas | None = None,
           depth: Callable[[str], int] = lambda name: 0) -> float | None:

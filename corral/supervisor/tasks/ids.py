@@ -30,6 +30,9 @@ _RANDOM_BATCH = 256  # ids' worth of random bytes asked of the kernel at once
 _RAND_HEX = 19
 # the variant's hex digit (0b10 then two random bits) for a random hex digit
 _VARIANT = {f"{i:x}": "89ab"[i & 3] for i in range(16)}
+# the third group of an id by its counter: the version's 7, the counter's three digits
+# and the dash (looked up, not formatted, per id)
+_THIRD = [f"7{i:03x}-" for i in range(_COUNTER_MAX + 1)]
 
 
 class IdClock:
@@ -45,7 +48,7 @@ class IdClock:
         # a 128-bit integer, which took twice as long
         self._random = ""
         self._used = 0
-        self._head = ""  # the text of `last_ms`: the id's first two groups and their dash
+        self._head = ""  # the text of `last_ms`: the id's first two groups, their dashes
 
     def forget_random(self) -> None:
         """After a fork: the child must not make the parent's ids."""
@@ -70,9 +73,9 @@ class IdClock:
         head = self._head
         if not head:
             h = f"{self.last_ms:012x}"
-            head = self._head = f"{h[:8]}-{h[8:]}"
+            head = self._head = f"{h[:8]}-{h[8:]}-"
         # 48 bits of time, 7, 12 of the counter, the variant's 0b10, then 62 random bits
-        return (f"{head}-7{self.counter:03x}-{_VARIANT[rand[used]]}"
+        return (f"{head}{_THIRD[self.counter]}{_VARIANT[rand[used]]}"
                 f"{rand[used + 1:used + 4]}-{rand[used + 4:used + 16]}")
 
 

@@ -55,7 +55,15 @@ from ...workerproto import (
 from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
-from .admission import admit, check_takes_tasks, queue_full, refusal
+from .admission import (
+    MAX_INPUT_BYTES,
+    admit,
+    asks_size_only,
+    check_input,
+    check_takes_tasks,
+    queue_full,
+    refusal,
+)
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
 from .delays import Delays
@@ -393,16 +401,19 @@ class TaskManager:
         except RpcError as exc:
             counts["refused"] += len(inputs)
             return [exc] * len(inputs)
-        dispatch, queue, depth_of = self.dispatch, self.queue, self.queue.depth
+        dispatch, depth_of = self.dispatch, self.queue.depth
         delayed = self.delays.count(name)
         waiting = depth_of(name) + delayed  # (counted on here: only this loop adds)
         reach = REACH.get() if getattr(spec, "spawns", None) else None
-        trace_begin, active, record, put = (self.trace_begin, self.active, self.record,
-                                            queue.put)
+        # a map's tasks have no session: they go to the agents' queue behind the lines
+        # at once (Sessions.put's own answer for them), and a journal hears of each
+        trace_begin, active, put = self.trace_begin, self.active, self.sessions.inner.put
+        record = self.record if self.journal is not None else None
         seq, tenancy, bucket = self._seq, self.admitting, q.bucket
         ids, now = new_ids(len(inputs)), time.time()
         options = options_of(options)
         timeout, priority = options.timeout, options.priority
+        size_only = asks_size_only(timeout, bucket, tenancy)
         retries = options.retry.retries if options.retry is not None else None
         if retries is None:
             retries = spec.retries
@@ -410,8 +421,13 @@ class TaskManager:
         for x, task_id in zip(inputs, ids, strict=True):
             try:
                 raw = x if isinstance(x, msgspec.Raw) else msgspec.Raw(encode_input(x))
-                t = admit(agent, len(raw), timeout, bucket=bucket, tenancy=tenancy,
-                          depth=depth_of)
+                if size_only:
+                    if len(raw) > MAX_INPUT_BYTES:
+                        check_input(len(raw))
+                    t = timeout
+                else:
+                    t = admit(agent, len(raw), timeout, bucket=bucket, tenancy=tenancy,
+                              depth=depth_of)
                 if waiting >= spec.max_queue:
                     dispatch.pump(name)  # what may start starts, as `submit`'s had
                     waiting = depth_of(name) + delayed
@@ -432,7 +448,8 @@ class TaskManager:
                 continue
             counts["accepted"] += 1
             active[task_id] = task
-            record(task)
+            if record is not None:
+                record(task)
             put(task)
             waiting += 1
             out.append(task)
@@ -525,10 +542,11 @@ class TaskManager:
         if q is not None:
             q.counts[task.status] += 1
             q.latencies.append(task.finished - task.due)
-        self.record(task)
+        if self.journal is not None:
+            self.record(task)
         self.active.pop(task.id, None)
         self.retention.keep(task)
-        done, task._done = task._done, self._finished()
+        done, task._done = task._done, self._done or self._finished()
         if done is not None and not done.done():
             done.set_result(None)
         waiter, task.waiter = task.waiter, None
@@ -540,7 +558,7 @@ class TaskManager:
         if self.trace_end is not None:
             self.trace_end(task)
         stream = self.stream
-        if watchers or stream.wants(TaskFinished):
+        if watchers or TaskFinished in stream.wanted:
             event = TaskFinished(task)
             if watchers:
                 stream.tell(watchers, event)

@@ -139,20 +139,24 @@ class _Answer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _answer = msgspec.json.Decoder(_Answer)
+# a line this short holds too few containers for a collection within its decode to
+# matter (the first threshold counts hundreds): the collector is left on for it
+_FEW_CONTAINERS = 1024
 
 
 def read_values(line: bytes) -> tuple[int, Output]:
     """`read_raw` for a Python caller: the output decoded in the one pass that reads the
     answer (one pass over a large output, not a scan and then a decode)."""
-    if gc.isenabled():
+    size = len(line)
+    if size < _FEW_CONTAINERS or not gc.isenabled():
+        answer = _answer.decode(line)
+    else:
         gc.disable()  # (as acyclic)
         try:
             answer = _answer.decode(line)
         finally:
             gc.enable()
-    else:
-        answer = _answer.decode(line)
-    return answer.id, Output(None, len(line), line, answer.result.output, True)
+    return answer.id, Output(None, size, line, answer.result.output, True)
 
 
 def output_of(result: Any) -> Output:
