@@ -43,6 +43,19 @@ class Cork:
         if self._bytes >= self.limit:
             self.flush()
 
+    def write_one(self, data: bytes) -> None:
+        """`write` of a message that is one piece (every request of a task's path): no
+        tuple made for it, no sum over its pieces."""
+        if not self._turn:
+            self._turn = True
+            self._loop.call_soon(self._uncork)
+            self._write((data,))
+            return
+        self._parts.append(data)
+        self._bytes += len(data)
+        if self._bytes >= self.limit:
+            self.flush()
+
     def _uncork(self) -> None:
         """The turn is over: what it gathered is written."""
         self._turn = False

@@ -286,7 +286,8 @@ class Machine:
 
     def moves(self, cause: Cause) -> bool:
         """Whether `cause` does anything now (a reason need not be made for nothing)."""
-        return self.row(cause) is not IGNORE
+        step = _ROWS[self.state].get(cause)  # (asked at every task's start: no `row` call)
+        return (step if step is not None else self.row(cause)) is not IGNORE
 
     # -- what the rest of corral asks ------------------------------------------------------
     @property

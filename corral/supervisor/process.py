@@ -464,7 +464,8 @@ class ChildProcess(asyncio.Protocol):
     # draining) wakes the worker twice, not once a message, and it reads them in a read or
     # two
     def write(self, data: bytes) -> None:
-        self.write_parts((data,))
+        if self.stdin is not None and not self.stdin.is_closing():
+            self._stdin_cork.write_one(data)
 
     def write_parts(self, parts: list[bytes | memoryview] | tuple[bytes, ...]) -> None:
         """The pieces of one message in one writev, none copied into another."""

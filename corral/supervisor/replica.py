@@ -296,13 +296,18 @@ class Replica(ProcessReplica):
     def task_started(self, task_id: str) -> None:
         self.tasks_running += 1
         self.last_task = task_id
-        if self.machine.moves(Cause.TASK):  # no reason made for nothing
-            self.executor.fire(Cause.TASK, f"task {task_id}")
+        if self.machine.moves(_TASK):  # no reason made for nothing
+            self.executor.fire(_TASK, f"task {task_id}")
 
     def task_finished(self, task_id: str) -> None:
         self.tasks_running = max(0, self.tasks_running - 1)
-        if self.tasks_running == 0 and self.machine.moves(Cause.DONE):
-            self.executor.fire(Cause.DONE, f"task {task_id} done")
+        if self.tasks_running == 0 and self.machine.moves(_DONE):
+            self.executor.fire(_DONE, f"task {task_id} done")
+
+
+# the causes every task's start and end give, as names of this module (an enum's member
+# read through its class costs its metaclass's lookup, many times a global's)
+_TASK, _DONE = Cause.TASK, Cause.DONE
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:

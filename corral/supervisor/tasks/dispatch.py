@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from .sessions import Sessions
 
 CANCEL_GRACE = 5.0
+# (a module's name: an enum's member read through its class costs its metaclass's lookup)
+_START = TaskCause.START
 # the least input sent as a piece of its own beside its task/run: below it, the copy into
 # the message is cheaper than the message's split around it
 SPLICED_INPUT = 4096
@@ -171,7 +173,7 @@ class TaskDispatch:
     def _start(self, task: Task, r: Replica, q: AgentTasks) -> None:
         assert r.peer is not None
         now = time.time()
-        task.fire(TaskCause.START)
+        task.fire(_START)
         task.started = task.started or now
         task.replica = r
         attempt = Attempt(r.index, r.pid, now)
@@ -244,7 +246,7 @@ class TaskDispatch:
         own, absolute, with the task)."""
         assert r.peer is not None
         attempt = task.attempts[-1]
-        task.fire(TaskCause.START)
+        task.fire(_START)
         task.replica = r
         q = self.by_agent.get(task.agent)
         if q is not None:

@@ -212,7 +212,8 @@ class Task(TaskMachine):
     def result(self, *, decode: bool = False) -> TaskResult:
         """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
         is when sent on) unless `decode` asks for Python values (the Python API)."""
-        output = self.output if decode else self.raw_output
+        out = self.out
+        output = None if out is None else out.python() if decode else out.raw
         return TaskResult(self.id, self.status, output, self.error, tuple(self.attempts))
 
     def info(self) -> TaskInfo:

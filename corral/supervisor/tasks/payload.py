@@ -36,7 +36,8 @@ def encode_input(value: Any) -> bytes:
         out = orjson.dumps(value, default=_not_native, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is one
         return msgspec.json.encode(value)  # (its error, if any, is the caller's to see)
-    return bytes(memoryview(out)) if len(out) < _COPY_BELOW else out
+    # (the copy by a join: a third of the cost of one through a memoryview)
+    return b"".join((out, b"")) if len(out) < _COPY_BELOW else out
 
 
 class _RawRunResult(msgspec.Struct):

@@ -586,7 +586,7 @@ class Sessions:
 
     def _finished(self, e: TaskFinished) -> None:
         task = e.task
-        if not _here(task):
+        if task.session is None or not task.session_here:  # (_here, on every task's end)
             return
         self._names.pop(task.id, None)
         s = self._turns.pop(task.id, None)

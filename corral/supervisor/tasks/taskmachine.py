@@ -87,6 +87,10 @@ class TaskCause(enum.StrEnum):
 
 S = TaskStatus
 C = TaskCause
+# the members a task's every start and end read, as names of this module: a member read
+# through its class goes through the enum's metaclass, many times the cost of a global
+_QUEUED, _RUNNING, _WAITING, _SUSPENDED, _SUCCEEDED = (S.QUEUED, S.RUNNING, S.WAITING,
+                                                      S.SUSPENDED, S.SUCCEEDED)
 
 
 class TaskStep(NamedTuple):
@@ -163,7 +167,7 @@ class TaskMachine:
     __slots__ = ("retries_left", "status")
 
     def __init__(self, retries: int) -> None:
-        self.status = TaskStatus.QUEUED
+        self.status = _QUEUED
         self.retries_left = retries
 
     def fire(self: M, cause: TaskCause, policy: RetryPolicy[M] | None = None) -> TaskStep:
@@ -197,7 +201,7 @@ class TaskMachine:
     def queued(self) -> bool:
         """Waiting: for a replica, for its time (a delay, a retry's backoff), or for its
         timed-out attempt to stop before its retry."""
-        return self.status is TaskStatus.QUEUED
+        return self.status is _QUEUED
 
     @property
     def running(self) -> bool:
@@ -207,12 +211,12 @@ class TaskMachine:
     @property
     def waiting(self) -> bool:
         """A call of its attempt waits for a person."""
-        return self.status is TaskStatus.WAITING
+        return self.status is _WAITING
 
     @property
     def suspended(self) -> bool:
         """It waits for a person with no attempt on a worker (suspend_after)."""
-        return self.status is TaskStatus.SUSPENDED
+        return self.status is _SUSPENDED
 
     @property
     def ended(self) -> bool:
@@ -243,12 +247,12 @@ def attempt_end(task: TaskMachine, attempt: Attempt, latest: Attempt,
     request raised), or its request ended without an answer; `latest` is the task's last
     attempt, `handed` why the attempt was handed over (a drain's deadline) when it was.
     Records the attempt's outcome and error, and says what the task does."""
-    if attempt.outcome != S.RUNNING or task.status in TERMINAL:
+    if attempt.outcome != _RUNNING or task.status in TERMINAL:
         attempt.error = attempt.error or ("answered after the task ended" if exc is None
                                           else getattr(exc, "message", str(exc)))
-        return LATE_AGAIN if task.status is S.QUEUED and attempt is latest else LATE
+        return LATE_AGAIN if task.status is _QUEUED and attempt is latest else LATE
     if exc is None:
-        attempt.outcome = S.SUCCEEDED
+        attempt.outcome = _SUCCEEDED
         return ANSWERED
     if handed is not None or (isinstance(exc, RpcError) and exc.code == jsonrpc.PEER_CLOSED):
         # lost with its worker, or to a stop (whatever the cancelled worker answered)
