@@ -113,7 +113,10 @@ class Replica(ProcessReplica):
     def takes_tasks(self) -> bool:
         """Dispatch may give it a task, slots allowing: serving, its pipe open, ready by
         its health checks (a local queue's dispatch and a cluster node's pull alike)."""
-        return self.machine.takes_work and self.peer is not None and self.health_ready
+        if not self.machine.takes_work or self.peer is None:
+            return False
+        h = self.health  # (health_ready, written out: asked at every task's start)
+        return h.ready if h is not None else self.spec.health is None
 
     def _start_timed_out(self, timeout: float) -> str:
         # what a supervisord or PM2 user meets first: a program that is no worker at
@@ -300,8 +303,9 @@ class Replica(ProcessReplica):
             self.executor.fire(_TASK, f"task {task_id}")
 
     def task_finished(self, task_id: str) -> None:
-        self.tasks_running = max(0, self.tasks_running - 1)
-        if self.tasks_running == 0 and self.machine.moves(_DONE):
+        running = self.tasks_running - 1
+        self.tasks_running = running = running if running > 0 else 0
+        if running == 0 and self.machine.moves(_DONE):
             self.executor.fire(_DONE, f"task {task_id} done")
 
 

@@ -417,10 +417,12 @@ class TaskManager:
         retries = options.retry.retries if options.retry is not None else None
         if retries is None:
             retries = spec.retries
+        # (what is the same for every input, read once)
+        raw_type, max_queue, tenant = msgspec.Raw, spec.max_queue, spec.tenant
         out: list[Task | RpcError] = []
         for x, task_id in zip(inputs, ids, strict=True):
             try:
-                raw = x if isinstance(x, msgspec.Raw) else msgspec.Raw(encode_input(x))
+                raw = x if isinstance(x, raw_type) else raw_type(encode_input(x))
                 if size_only:
                     if len(raw) > MAX_INPUT_BYTES:
                         check_input(len(raw))
@@ -428,16 +430,16 @@ class TaskManager:
                 else:
                     t = admit(agent, len(raw), timeout, bucket=bucket, tenancy=tenancy,
                               depth=depth_of)
-                if waiting >= spec.max_queue:
+                if waiting >= max_queue:
                     dispatch.pump(name)  # what may start starts, as `submit`'s had
                     waiting = depth_of(name) + delayed
-                    if waiting >= spec.max_queue and (
+                    if waiting >= max_queue and (
                             dispatch.free_replica(agent) is None
                             or dispatch.held is not None or self.budgets.holds(agent)):
                         raise queue_full(agent, waiting)
                 task = Task(name, raw, priority, t or spec.task_timeout, retries, next(seq),
                             task_id, now)
-                task.tenant, task.options = spec.tenant, options
+                task.tenant, task.options = tenant, options
                 if reach is not None:
                     self.spawns.limit(task, *reach)
                 if trace_begin is not None:

@@ -39,7 +39,7 @@ class Retention:
 
     def keep(self, task: Task) -> None:
         """A task that has just finished (and been handed to its journal)."""
-        self.memory.let_go(len(task.input))
+        freed = len(task.input)  # (told to the Releaser once, with the outputs dropped)
         task.input = _NO_INPUT
         task.replica = None
         size = task.out.size if task.out is not None else 0
@@ -48,14 +48,16 @@ class Retention:
             self.holding.append(task)
             self.held_bytes += size
         while self.held_bytes > self.kept_bytes and self.holding:
-            self.drop_output(self.holding.popleft())
+            freed += self._drop(self.holding.popleft())
         while len(self.finished) > self.kept:
             _, old = self.finished.popitem(last=False)
             if self.holding and self.holding[0] is old:
-                self.drop_output(self.holding.popleft())
+                freed += self._drop(self.holding.popleft())
+        self.memory.let_go(freed)
 
-    def drop_output(self, task: Task) -> None:
+    def _drop(self, task: Task) -> int:
+        """The task's output dropped from memory: its bytes, for the Releaser."""
         size = task.out.size if task.out is not None else 0
         self.held_bytes -= size
-        self.memory.let_go(size)
         task.out, task.output_dropped = None, True
+        return size
