@@ -220,8 +220,9 @@ class TaskDispatch:
             q.running -= 1
         r.task_finished(task.id)
         # the attempt's end and what the task does are the machine's (taskmachine.py)
+        handed = self.handed
         end = attempt_end(task, attempt, task.attempts[-1], exc,
-                          self.handed.pop(task.id, None))
+                          handed.pop(task.id, None) if handed else None)
         if end.cause is not None:
             # an output is kept as its bytes, not looked into here: a 10 MB output costs
             # one decode for a Python caller, or a scan and a copy for a socket client

@@ -57,7 +57,15 @@ class _Lane:
 
     def set_result(self, _: None, /) -> None:
         self.settled = True
-        self.run.ended(self)
+        run = self.run  # (its `ended`, written out: this is every task's end)
+        run.running -= 1
+        if run.stopped:
+            if self.task is not None and self.task.out is not None:
+                self.task.out.forget()  # (the map was cancelled: nobody takes the values)
+            return
+        if not run.ready:
+            run.loop.call_soon(run.refill)
+        run.ready.append(self)
 
 
 class Lanes:
@@ -124,19 +132,10 @@ class Lanes:
         else:
             self.results[i] = task.result(decode=True)
 
-    def ended(self, lane: _Lane) -> None:
-        """A lane's task has ended (called from within its end: the next input is
-        submitted on the loop's next turn, as a waiting coroutine would have been)."""
-        self.running -= 1
-        if self.stopped:
-            if lane.task is not None and lane.task.out is not None:
-                lane.task.out.forget()  # (the map was cancelled: nobody takes the values)
-            return
-        if not self.ready:
-            self.loop.call_soon(self._refill)
-        self.ready.append(lane)
-
-    def _refill(self) -> None:
+    def refill(self) -> None:
+        """The lanes whose tasks ended (`_Lane.set_result`, within each task's end) keep
+        their results and take their next inputs, on the loop's next turn after the
+        first of them, as waiting coroutines would have been."""
         ready, self.ready = self.ready, []
         if self.stopped:
             return

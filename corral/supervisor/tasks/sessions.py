@@ -217,6 +217,9 @@ class Sessions:
                  pump: Callable[[str], None] | None = None) -> None:
         """`pump`: the dispatcher's, told when a line moved (a task of it may start)."""
         self.inner = inner
+        # a task is taken from the agents' queue as it is (a session's line feeds that
+        # queue, never the take): the inner queue's own method, no call in between
+        self.take: Callable[[str], Task | None] = inner.take
         self._ttl_of = ttl_of
         self._bounds_of = bounds_of or (lambda agent: [])
         # the tenant of the agent of this name now (a new session's owner)
@@ -526,9 +529,6 @@ class Sessions:
         (self.inner.requeue if s.front else self.inner.put)(task)
         if self.pump is not None:
             self.pump(task.agent)
-
-    def take(self, agent: str) -> Task | None:
-        return self.inner.take(agent)
 
     def remove(self, task: Task) -> bool:
         if _here(task):
