@@ -30,9 +30,10 @@ _RANDOM_BATCH = 256  # ids' worth of random bytes asked of the kernel at once
 _RAND_HEX = 19
 # the variant's hex digit (0b10 then two random bits) for a random hex digit
 _VARIANT = {f"{i:x}": "89ab"[i & 3] for i in range(16)}
-# the third group of an id by its counter: the version's 7, the counter's three digits
-# and the dash (looked up, not formatted, per id)
-_THIRD = [f"7{i:03x}-" for i in range(_COUNTER_MAX + 1)]
+# the counter's three hex digits, looked up by its high four bits and its low eight, not
+# formatted per id (a table of every counter's text would cost a quarter MiB of memory)
+_HIGH = [f"{i:x}" for i in range(16)]
+_LOW = [f"{i:02x}" for i in range(256)]
 
 
 class IdClock:
@@ -75,7 +76,8 @@ class IdClock:
             h = f"{self.last_ms:012x}"
             head = self._head = f"{h[:8]}-{h[8:]}-"
         # 48 bits of time, 7, 12 of the counter, the variant's 0b10, then 62 random bits
-        return (f"{head}{_THIRD[self.counter]}{_VARIANT[rand[used]]}"
+        counter = self.counter
+        return (f"{head}7{_HIGH[counter >> 8]}{_LOW[counter & 0xFF]}-{_VARIANT[rand[used]]}"
                 f"{rand[used + 1:used + 4]}-{rand[used + 4:used + 16]}")
 
 
