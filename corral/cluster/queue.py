@@ -1,6 +1,6 @@
 """The cluster's side of the engine's Queue: a node's TaskManager is given a
 `ClusterQueue`, which holds what waits on this node (tasks submitted with `--local`, and
-cluster tasks this node claimed) in the local priority heap, and says how many more tasks
+cluster tasks this node claimed) in the local priority lines, and says how many more tasks
 each agent's replicas could start now: that is what the node pulls from the agent's
 streams (pull: a node takes work only when it has a free slot, so the least loaded node
 takes it). What waits for the whole cluster stays in Redis, in the streams, until a node
