@@ -23,7 +23,7 @@ from ..supervisor.config import ConfigError
 from ..supervisor.containment import Containment
 from ..supervisor.events import EventBus
 from ..supervisor.lifecycle import SERVING, State
-from ..supervisor.tasks.waitclock import WaitClock
+from ..supervisor.tasks.manager import TaskManager
 from ..text import plural
 from .api import Commands
 from .caller import Caller, Channel
@@ -49,13 +49,13 @@ class DaemonServices:
     drained: Callable[[], Awaitable[m.DrainReport]]  # what the stop's drain did
     upgrade: Callable[[m.DaemonUpgrade], Awaitable[m.UpgradeReport]]
     reload: Callable[[str], Awaitable[m.ReloadResult]]  # who asked -> what changed
-    clock: WaitClock  # a person's waits (tasks/waitclock.py)
+    engine: TaskManager  # its clock: what a person's waits are measured by
 
 
 def daemon_services(d: Services) -> DaemonServices:
     return DaemonServices(d.agents, d.hub, d.bus, d.containment, d.store, d.started_at,
                           d.socket_path, d.config_path, d.status_line, d.extras, d.draining,
-                          d.request_stop, d.drained, d.upgrade, d.reload, d.task_engine.clock)
+                          d.request_stop, d.drained, d.upgrade, d.reload, d.task_engine)
 
 
 COMMANDS: Commands[Services, DaemonServices] = Commands(daemon_services)
@@ -142,6 +142,6 @@ async def audit_list(d: DaemonServices, p: m.AuditList, caller: Caller, c: Chann
 @implements(m.DaemonClock)
 async def daemon_clock(d: DaemonServices, p: m.DaemonClock, caller: Caller, c: Channel
                        ) -> m.ClockTime:
-    clock = d.clock
+    clock = d.engine.clock
     now = clock.advance(p.advance) if p.advance else clock.time()
     return m.ClockTime(time=now, manual=clock.manual, ahead=clock.offset)
