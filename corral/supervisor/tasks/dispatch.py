@@ -177,8 +177,9 @@ class TaskDispatch:
         task.started = task.started or now
         task.replica = r
         attempt = Attempt(r.index, r.pid, now)
-        task.attempts = attempts = (*task.attempts, attempt)
-        number = len(attempts)
+        task.attempts = (*task.attempts, attempt)
+        # the task's own count (a cluster task's counts earlier nodes' attempts too)
+        number = task.attempt
         q.running += 1
         r.task_started(task.id)
         if self.outcomes.journal is not None:
