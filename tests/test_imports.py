@@ -193,3 +193,17 @@ def test_the_clis_start_imports_no_engine() -> None:
                        capture_output=True, text=True, timeout=60,
                        cwd=ROOT.parent)
     assert (r.returncode, r.stdout, r.stderr) == (0, "\n", "")
+
+
+def test_the_daemons_start_imports_no_http_stack() -> None:
+    """A daemon's start imports aiohttp (client or server) only for what its config asks
+    of it ([http], an MCP server over HTTP, a webhook): most daemons have none of them,
+    and aiohttp's import was a third of a start's CPU (~0.1 s; the suite starts a daemon
+    hundreds of times: bench/RESULTS.md, "suite time")."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import sys, corral.daemon.daemon; print(*sorted("
+                        "m for m in sys.modules if m.startswith('aiohttp')))"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "\n", "")
