@@ -32,6 +32,9 @@ from corral.taskoptions import TaskOptions
 from .conftest import EXAMPLES, ROOT, SPARED
 from .daemon_harness import PY, free_port, in_process
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 HERE = Path(__file__).parent
 OPERATOR = Caller(via="socket")
 # framework -> (its venv, its recipe, its model's format, the model API it calls as the

@@ -24,6 +24,9 @@ from .conftest import ROOT
 from .daemon_harness import hello
 from .test_http_api import serving
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 EXAMPLES = 12  # per operation and mode: bounded, so the run takes well under a minute
 
 # A follow never ends: a request for one would hold the run until its timeout (and a

@@ -34,6 +34,9 @@ from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, hello, in_process
 from .test_daemon_cli import raw, wait_until
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 

@@ -33,6 +33,9 @@ from .test_http_api import PROBLEM, SOCKET, Api, serving, sse_events
 from .test_model_gateway import fleet, provider_key, upstream  # noqa: F401 - fixtures
 from .test_ui import chromium_page, needs_chromium
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 # emits `first` chunks, waits for a line on the FIFO `gate` (when given), emits `then`
 # more, and answers how many it sent
 STREAMER = """

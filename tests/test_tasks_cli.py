@@ -17,6 +17,9 @@ from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 
 def misbehave(name: str, extra: str = "") -> str:
     return (f'[agents.{name}]\ncommand = ["{PY}", "{EXAMPLES}/misbehave.py"]\n'

@@ -22,6 +22,9 @@ from corral.supervisor.configload import load_config
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 OPERATOR = Caller(via="socket")
 
 # every agent here: what it does is its ROLE; with `mark` in its input, a member leaves a

@@ -33,6 +33,9 @@ from .daemon_harness import hello, in_process, problem, running_daemon, shared_t
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 STATIC = ROOT / "corral" / "daemon" / "http" / "static"
 VENDOR = STATIC / "vendor"
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
@@ -40,6 +41,9 @@ from corral.supervisor.core import Supervisor
 from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
+
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
 
 
 def worker(name: str) -> str:

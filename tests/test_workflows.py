@@ -23,6 +23,9 @@ from corral.supervisor.workflows import WorkflowSpec, compile_workflow, plan_tex
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon
 
+# minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
+pytestmark = pytest.mark.long
+
 # a worker for every test here: what it does is in its input (`op`); with `mark`, it
 # leaves a file named for the step and its task id once its work is done
 AGENT = '''
