@@ -6,6 +6,7 @@ but for the kind's name."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -118,12 +119,20 @@ async def the_files_own(ask: Ask, kind: str, name: str, change: dict[str, Any]) 
                                              "file: its history is the file's")
 
 
-async def audited(api: Api, kind: str) -> list[tuple[str, str | None]]:
-    """The changes made, as (method, caller's tenant), oldest first; runs are no change."""
-    audit = await api.d.dispatcher.call(SOCKET, "audit.list", {"limit": 200})
-    return [(e.method, e.tenant) for e in audit.entries
-            if e.method.startswith(f"{kind}s.") and e.method != f"{kind}s.run"
-            and e.outcome == "ok"]
+async def audited(api: Api, kind: str, rows: int) -> list[tuple[str, str | None]]:
+    """The changes made, as (method, caller's tenant), oldest first; runs are no change.
+    Once `rows` of them are in the table, or 10 s passed: the store's writer thread
+    commits a row when it comes to it, which may be after the change was answered (a
+    loaded parallel run read the table before the last rollback's row was in it)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        audit = await api.d.dispatcher.call(SOCKET, "audit.list", {"limit": 200})
+        changes = [(e.method, e.tenant) for e in audit.entries
+                   if e.method.startswith(f"{kind}s.") and e.method != f"{kind}s.run"
+                   and e.outcome == "ok"]
+        if len(changes) >= rows or asyncio.get_running_loop().time() > deadline:
+            return changes
+        await asyncio.sleep(0.05)
 
 
 def lifes_changes(kind: str) -> list[tuple[str, str | None]]:

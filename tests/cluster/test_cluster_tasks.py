@@ -149,7 +149,10 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
                 "agent": "sleepy", "priority": priority,
                 "input": {"do": "sleep", "seconds": seconds}})["task_id"])
 
-        busy = submit(0, 1.0)  # b's one slot: the rest wait in their streams
+        # b's one slot, held until the queue's bound is seen (a slot of fixed seconds
+        # ended under load before the submits and the CLI's start below were done, and
+        # the run it was to refuse was taken): the rest wait in their streams
+        busy = submit(0, 120.0)
         wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
                    what="b busy")
         low = [submit(0) for _ in range(3)]
@@ -161,6 +164,7 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
         assert r.returncode == 1
         assert r.stderr.strip() == ("corral: agent sleepy's cluster queue is full (6 waiting, "
                                     "max_queue)")
+        assert a.call("tasks.cancel", {"task_id": busy})["status"] == "cancelled"
         started = {t: a.call("tasks.get", {"task_id": t, "wait": True})["started"]
                    for t in [busy, *low, *high, *more]}
         assert max(started[t] for t in high) < min(started[t] for t in low)
