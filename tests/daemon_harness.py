@@ -107,7 +107,9 @@ class Notifications:
         self.sock.bind(str(self.path))
         self.seen: list[dict[str, str]] = []
 
-    def wait_for(self, key: str, timeout: float = 20.0,
+    # a limit, not a wait (it returns at the notification): a daemon with agents took
+    # past 20 s to be ready at the start of a parallel run at load ~15 (test_teams)
+    def wait_for(self, key: str, timeout: float = 60.0,
                  proc: subprocess.Popen[bytes] | None = None) -> dict[str, str]:
         for msg in self.seen:
             if key in msg:
