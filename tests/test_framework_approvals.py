@@ -194,6 +194,10 @@ def test_a_write_held_through_a_sigkill_approved_in_the_dashboard_is_made_once(
         "approval", task_id, "writer", {"tool": "fs__write_file", "arguments": arguments})
     wait_for(lambda: world.status(task_id) == "waiting", "the task waiting")
     assert world.writes() == [] and not target.exists()
+    # the first attempt's model call is in its trace before the kill (its span is
+    # exported a moment after the call: what a SIGKILL comes before is lost with it)
+    wait_for(lambda: [s for s in d.ask("traces.get", {"task_id": task_id})["spans"]
+                      if s["name"].startswith("chat ")], "the first model call's span")
 
     # SIGKILLed (by its pid) while the call waits; started again on the same state
     assert d.stop(signal.SIGKILL) == -signal.SIGKILL
