@@ -257,10 +257,15 @@ class ClusterCalls:
     async def fetch(self, call_id: str) -> CallRecord | None:
         """The call as Redis holds it, its rows with their outputs (ForeignRecord: a record
         or row whose MAC does not verify; said, counted)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self.keys.call(call_id), "rec")
-        pipe.hgetall(self.keys.call_steps(call_id))
-        raw, steps = await read(pipe.execute)
+        def both() -> Any:
+            # a pipeline made again for each try: one executed is emptied, whatever the
+            # outcome, and a read tried again on a dead connection would run nothing
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.keys.call(call_id), "rec")
+            pipe.hgetall(self.keys.call_steps(call_id))
+            return pipe.execute()
+
+        raw, steps = await read(both)
         if raw is None:
             return None
         k = _entry.decode(self._verified(call_id, "record", raw, (call_id,)))
@@ -297,11 +302,14 @@ class ClusterCalls:
         ids = [i for i in ids if i not in self.leases]
         if not ids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for i in ids:
-            pipe.hget(self.keys.call(i), "holder")
+        def holders_of() -> Any:
+            pipe = self.redis.pipeline(transaction=False)  # (made again for each try)
+            for i in ids:
+                pipe.hget(self.keys.call(i), "holder")
+            return pipe.execute()
+
         holders = {i: (h.decode() if h else "") for i, h in zip(
-            ids, await read(pipe.execute), strict=True)}
+            ids, await read(holders_of), strict=True)}
         alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
         me = self.membership.consumer
         taken = []
