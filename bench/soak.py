@@ -63,6 +63,7 @@ TENANTS = ("acme", "globex")
 NAMES = ("chat0", "chat1", "chat2")  # the agent names both tenants take in turn
 SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read")
 WAIT = 60  # seconds a task or a run is waited for over HTTP
+UPGRADE_TRIES = 3  # a refused upgrade is tried again, as its refusal invites
 STOP_WAIT = 120  # seconds the daemon's stop may take (its teardown's own bounds are less)
 # the default bounds of the gauges' slopes, per hour, for the 20-minute soak: each above
 # what a flat daemon measured here and below a leak worth a day's notice (bench/RESULTS.md)
@@ -371,6 +372,12 @@ class Tenant(threading.Thread):
         self.work.first_failures.setdefault(what, why)
 
 
+def said(r: subprocess.CompletedProcess[str]) -> str:
+    """What a failed command said: with --json its report (a refusal's reason) is on
+    stdout, and stderr is empty."""
+    return " ".join(x.strip() for x in (r.stderr, r.stdout) if x.strip())
+
+
 # -- the daemon and its operator -------------------------------------------------------------
 class SoakDaemon:
     """The one daemon of the soak (bench/harness.py's), restarted, upgraded and reloaded
@@ -440,9 +447,18 @@ class SoakDaemon:
 
     def upgrade(self) -> None:
         self.busy = True
-        r = self.cli("upgrade", "--json", timeout=300)
+        for _ in range(UPGRADE_TRIES):
+            r = self.cli("upgrade", "--json", timeout=300)
+            if r.returncode == 0:
+                break
+            # a refusal changed nothing and says to try again (a replica still starting
+            # after the last reload's restarts, on a busy host): as an operator would
+            if '"refused"' not in r.stdout:
+                break
+            print(f"[soak] upgrade refused, tried again: {said(r)}", file=sys.stderr,
+                  flush=True)
         if r.returncode != 0:
-            raise SoakFailed(f"corral upgrade exited {r.returncode}: {r.stderr.strip()}")
+            raise SoakFailed(f"corral upgrade exited {r.returncode}: {said(r)}")
         self._new_life()
 
     def reload(self) -> None:
@@ -456,7 +472,7 @@ class SoakDaemon:
         self.daemon.config.write_text(text)
         r = self.cli("reload", "--json")
         if r.returncode != 0:
-            raise SoakFailed(f"corral reload exited {r.returncode}: {r.stderr.strip()}")
+            raise SoakFailed(f"corral reload exited {r.returncode}: {said(r)}")
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PY, "-m", "corral", "--socket", str(self.daemon.sock), *args],
@@ -605,6 +621,8 @@ def soak(plan: Plan, d: Path) -> Run:
         daemon.schedule_tasks(ledgers)
         for tenant in run.tenants:  # a last look, every id of the other's known
             tenant.look()
+    except SoakFailed as exc:
+        raise SoakFailed(f"{exc}\n{why_failed(run, daemon)}") from exc
     finally:
         for tenant in run.tenants:
             tenant.halt.set()
@@ -612,6 +630,17 @@ def soak(plan: Plan, d: Path) -> Run:
         run.stopped = daemon.stop()
         run.seconds = time.monotonic() - t0
     return run
+
+
+def why_failed(run: Run, daemon: SoakDaemon) -> str:
+    """What the tenants saw fail and how the daemon's log ends: a soak that stops early
+    writes no report, and a CI run keeps only what it printed."""
+    seen = "; ".join(f"{t.name_}: {t.work.failures} failures, the first of each kind "
+                     f"{t.work.first_failures}" for t in run.tenants)
+    log = daemon.daemon.dir / "logs" / "corral.log"
+    tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+    return "\n".join([f"the tenants: {seen or 'none started'}", "the daemon's log ends:",
+                       *tail])
 
 
 def report(run: Run) -> dict[str, Any]:
