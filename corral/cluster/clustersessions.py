@@ -20,7 +20,9 @@ Removing an agent ends its sessions in Redis (`end_agent`) unless another live n
 runs an agent of its name.
 
 `corral sessions` on any node lists the cluster's live sessions beside its own (`listing`:
-each tenant's agent's sorted set of them, found by SCAN, and each session's hash).
+each tenant's agent's sorted set of them, found by SCAN, and each session's hash);
+`sessions show` and `sessions end` find a cluster session when the node has no local one
+of the name (`info`, `end`: the END script refuses while a turn is queued or running).
 
 Not built: stickiness (a turn runs on whichever node has room, not preferably on the one
 that ran the last).
@@ -37,7 +39,7 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..results import SessionView
+from ..results import SessionInfo, SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
@@ -70,6 +72,7 @@ class ClusterSessions:
         self.host = host
         self.submit = redis.register_script(SUBMIT)
         self.checkpoint_script = redis.register_script(sessionscripts.CHECKPOINT)
+        self.end_script = redis.register_script(sessionscripts.END)
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------
@@ -174,16 +177,84 @@ class ClusterSessions:
                 pipe.llen(self.keys.session_line(key))
             got = await pipe.execute() if live else []
             for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
-                cur, last, created, tasks, state = fields
-                if created is None:  # expired between the two reads
-                    continue
-                out.append(SessionView(
-                    agent=name_of, session=name, tasks=int(tasks or 0),
-                    created=float(created), last_used=float(last or created), holder=None,
-                    state_bytes=len(state.partition(b" ")[2]) if state else 0,
-                    running=cur.decode() if cur else None, waiting=int(waiting),
-                    expires=None if score == float("inf") else score, tenant=tenant))
+                view = _view(SessionKey(tenant, name_of, name), fields, waiting, score)
+                if view is not None:  # (else expired between the two reads)
+                    out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
+
+    async def info(self, tenant: str | None, agent: str, name: str) -> SessionInfo | None:
+        """`sessions.get` of a cluster session: the one of `tenant` (a tenant's caller's),
+        else of the tenant whose agent of the name this node runs, else the most recently
+        used of the name (decision 440, as on one node); None when there is none.
+        RedisError when Redis does not answer."""
+        key = await self._whose(tenant, agent, name)
+        if key is None:
+            return None
+        view = await self._read(key)
+        if view is None:
+            return None
+        ids = [t.decode() for t in await self.redis.lrange(self.keys.session_tasks(key), 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(self.keys.task(task_id), "status", "created")
+        rows = await pipe.execute() if ids else []
+        return SessionInfo(session=view, history=[
+            SessionTask(task_id=task_id, status=status.decode() if status else None,
+                        created=float(created) if created else None)
+            for task_id, (status, created) in zip(ids, rows, strict=True)])
+
+    async def end(self, tenant: str | None, agent: str, name: str) -> SessionView | None:
+        """`sessions.end` of a cluster session (found as `info` finds it): its keys
+        deleted in one script, refused while a turn of it is queued or running; its view
+        as it was, None when there is none. RedisError when Redis does not answer."""
+        key = await self._whose(tenant, agent, name)
+        view = None if key is None else await self._read(key)
+        if key is None or view is None:
+            return None
+        got = await self.end_script(
+            keys=[self.keys.session(key), self.keys.session_line(key),
+                  self.keys.session_tasks(key), self.keys.sessions(key.tenant, key.agent),
+                  self.keys.session_bytes(key.tenant, key.agent)],
+            args=[key.name, self.keys.task("")])
+        if got == 0:  # (ended or expired since it was read)
+            return None
+        if got != 1:
+            _, cur, status, waiting = got
+            unfinished = int(waiting) + (1 if cur else 0)
+            now = f": task {cur.decode()} is {status.decode()}" if cur else ""
+            raise RpcError(jsonrpc.CONFLICT, f"session {name} of agent {agent} has "
+                                             f"{plural(unfinished, 'unfinished task')}{now}; "
+                                             "cancel them or wait for them to end")
+        return view
+
+    async def _whose(self, tenant: str | None, agent: str, name: str) -> SessionKey | None:
+        if tenant is not None:
+            return SessionKey(tenant, agent, name)
+        here = self._tenant(agent)
+        if here:
+            return SessionKey(here, agent, name)
+        # the agent runs on no node here: every tenant's session of the name, the last used
+        found: list[tuple[float, str]] = []
+        head = self.keys.session(SessionKey("", "", ""))[:-2]
+        tail = f":{agent}:{name}"
+        async for raw in self.redis.scan_iter(
+                match=self.keys.session(SessionKey("*", _glob(agent), _glob(name))),
+                count=1000):
+            key = raw.decode()
+            if not key.endswith(tail):  # (a tenant's name cannot hold the separator)
+                continue
+            last = await self.redis.hget(raw, "last")
+            if last is not None:
+                found.append((float(last), key[len(head):-len(tail)]))
+        return SessionKey(max(found)[1], agent, name) if found else None
+
+    async def _read(self, key: SessionKey) -> SessionView | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state")
+        pipe.llen(self.keys.session_line(key))
+        pipe.zscore(self.keys.sessions(key.tenant, key.agent), key.name)
+        fields, waiting, score = await pipe.execute()
+        return _view(key, fields, waiting, float("inf") if score is None else score)
 
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:
@@ -235,3 +306,22 @@ class ClusterSessions:
         self.report(f"cluster: agent {agent} of tenant {tenant} was removed, but its "
                     f"sessions in Redis could not be ended ({exc}): they expire after "
                     "their session_ttl")
+
+
+def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float
+          ) -> SessionView | None:
+    """A session's view from its hash's fields (None: no such hash, or expired)."""
+    cur, last, created, tasks, state = fields
+    if created is None:
+        return None
+    return SessionView(
+        agent=key.agent, session=key.name, tasks=int(tasks or 0), created=float(created),
+        last_used=float(last or created), holder=None,
+        state_bytes=len(state.partition(b" ")[2]) if state else 0,
+        running=cur.decode() if cur else None, waiting=int(waiting),
+        expires=None if score == float("inf") else score, tenant=key.tenant)
+
+
+def _glob(name: str) -> str:
+    """`name` matched literally by a SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in name)

@@ -435,6 +435,16 @@ class ClusterNode:
         with self._said("the cluster's sessions were not read"):
             return await self.desk.sessions.listing(agent)
 
+    async def session(self, tenant: str | None, agent: str, name: str
+                      ) -> m.SessionInfo | None:
+        with self._said("the cluster's sessions were not read"):
+            return await self.desk.sessions.info(tenant, agent, name)
+
+    async def end_session(self, tenant: str | None, agent: str, name: str
+                          ) -> m.SessionView | None:
+        with self._said("the session was not ended"):
+            return await self.desk.sessions.end(tenant, agent, name)
+
     async def runs_cluster_agent(self, name: str) -> bool:
         """Whether a command on agent `name` here is the cluster's agent's: the cluster
         has one of that name and this node has none of its own."""

@@ -153,3 +153,25 @@ def claimed() -> str:
     state = redis.call('HGET', prefix .. 'sess:' .. owned .. ':' .. agent_name[2],
       'state') or false
   end"""
+
+
+# sessions.end of a cluster session (ClusterSessions.end): its keys deleted and its place
+# in its agent's count given back, refused while a turn of it is queued or running (a
+# turn's end moves the next one of its line in: it would find no session).
+# KEYS: the session's hash, line, history, its agent's sessions (sorted set) and bytes
+#   (hash); ARGV: the session's name, the task records' key prefix
+#   -> 0 no such session (or expired), {-1, the current task, its status, the line's
+#   length} unfinished, 1 ended
+END = """
+local cur = redis.call('HGET', KEYS[1], 'cur')
+if not cur then return 0 end
+local waiting = redis.call('LLEN', KEYS[2])
+if cur ~= '' or waiting > 0 then
+  local status = cur ~= '' and redis.call('HGET', ARGV[2] .. cur, 'status') or ''
+  return {-1, cur, status or '', waiting}
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+return 1
+"""

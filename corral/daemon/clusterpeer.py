@@ -16,7 +16,7 @@ from ..jsonrpc import RpcError
 if TYPE_CHECKING:
     from ..cluster.membership import NodeView
     from ..cluster.node import ClusterNode
-    from ..results import SessionView
+    from ..results import SessionInfo, SessionView
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
@@ -58,6 +58,18 @@ class ClusterPeer(Protocol):
         """The cluster's live sessions (of `agent`), every tenant's; none off a cluster."""
         ...
 
+    async def session(self, tenant: str | None, agent: str, name: str
+                      ) -> SessionInfo | None:
+        """The cluster's session `name` of `agent`, `tenant`'s (None: the operator's pick,
+        decision 440); None off a cluster or when there is none."""
+        ...
+
+    async def end_session(self, tenant: str | None, agent: str, name: str
+                          ) -> SessionView | None:
+        """End the cluster's session as `session` finds it: its view as it was, None
+        when there is none; refused while a turn of it is unfinished."""
+        ...
+
 
 class NotANode:
     """The cluster of a daemon with no [cluster] table."""
@@ -89,3 +101,11 @@ class NotANode:
 
     async def sessions(self, agent: str | None) -> list[SessionView]:
         return []
+
+    async def session(self, tenant: str | None, agent: str, name: str
+                      ) -> SessionInfo | None:
+        return None
+
+    async def end_session(self, tenant: str | None, agent: str, name: str
+                          ) -> SessionView | None:
+        return None

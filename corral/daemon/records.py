@@ -18,6 +18,7 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
 from ..supervisor.workflows import WorkflowError, compile_workflow
 from .caller import Caller
+from .clusterpeer import ClusterPeer
 from .schedules import ScheduleService
 from .tasks import TaskFront
 from .teams import TeamService
@@ -48,6 +49,9 @@ class Holders(Protocol):
 
     @property
     def agents(self) -> Agents: ...
+
+    @property
+    def cluster(self) -> ClusterPeer: ...
 
 
 # a record's check: the services (the Dispatcher's context, Holders), the call's params,
@@ -205,10 +209,19 @@ def session_named(sessions: Sessions, agents: Agents, tenant: str | None, agent:
 
 
 async def session(d: Holders, params: Any, caller: Caller) -> None:
-    """A session named by its agent and name: one that is not the caller's record reads
-    as absent."""
-    s = session_named(d.sessions, d.agents, caller.tenant, params.agent, params.session)
-    if not caller.sees_record(s.agent, s.tenant):
+    """A session named by its agent and name, this daemon's or (on a node, none here) the
+    cluster's: one that is not the caller's record reads as absent."""
+    try:
+        s = session_named(d.sessions, d.agents, caller.tenant, params.agent, params.session)
+        agent, tenant = s.agent, s.tenant
+    except RpcError as exc:
+        if exc.code != jsonrpc.NOT_FOUND:
+            raise
+        kept = await d.cluster.session(caller.tenant, params.agent, params.session)
+        if kept is None:
+            raise
+        agent, tenant = kept.session.agent, kept.session.tenant
+    if not caller.sees_record(agent, tenant):
         raise RpcError(jsonrpc.NOT_FOUND, f"no such session: "
                                           f"{jsonrpc.visible(params.session)} of agent "
                                           f"{params.agent}")

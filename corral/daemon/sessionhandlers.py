@@ -6,9 +6,13 @@ for the one of that name most recently used."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from .. import jsonrpc
 from .. import methods as m
+from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
 from ..supervisor.tasks.sessions import Session, Sessions
 from .api import Commands
@@ -38,6 +42,7 @@ def session_services(d: Services) -> SessionServices:
     return SessionServices(d.sessions, d.agents, d.cluster)
 
 
+T = TypeVar("T")
 COMMANDS: Commands[Services, SessionServices] = Commands(session_services)
 implements = COMMANDS.implements
 
@@ -56,7 +61,12 @@ async def sessions_list(d: SessionServices, p: m.SessionsList, caller: Caller, c
 @implements(m.SessionsGet)
 async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
-    s = session_named(d.sessions, d.agents, caller.tenant, p.agent, p.session)
+    try:
+        s = session_named(d.sessions, d.agents, caller.tenant, p.agent, p.session)
+    except RpcError as exc:
+        # on a node, the cluster's session of the name when this node has none
+        return await _elsewhere(exc, lambda: d.cluster.session(caller.tenant, p.agent,
+                                                               p.session))
     return m.SessionInfo(session=_session_view(d.sessions, s), history=[
         m.SessionTask(task_id=tid, status=status, created=created)
         for tid, status, created in await d.sessions.history(s)])
@@ -65,7 +75,23 @@ async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: 
 @implements(m.SessionsEnd)
 async def sessions_end(d: SessionServices, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
-    s = d.sessions.end(session_named(d.sessions, d.agents, caller.tenant, p.agent, p.session).ident)
+    try:
+        named = session_named(d.sessions, d.agents, caller.tenant, p.agent, p.session)
+    except RpcError as exc:
+        return await _elsewhere(exc, lambda: d.cluster.end_session(caller.tenant, p.agent,
+                                                                   p.session))
+    s = d.sessions.end(named.ident)
     await d.sessions.committed()
     return _session_view(d.sessions, s)
+
+
+async def _elsewhere(missing: RpcError, kept: Callable[[], Awaitable[T | None]]) -> T:
+    """What the cluster has of a session this daemon has none of; `missing` (the local
+    lookup's not-found) when it has none either, or when this daemon is no node."""
+    if missing.code != jsonrpc.NOT_FOUND:
+        raise missing
+    found = await kept()
+    if found is None:
+        raise missing
+    return found
 

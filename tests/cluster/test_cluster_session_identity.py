@@ -8,18 +8,22 @@ workers (tests/session_agent.py), a real redis-server."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_py
 
+from corral import jsonrpc
 from corral.cluster.keys import Keys
 from corral.supervisor.tasks.sessions import SessionKey
 
-from ..daemon_harness import PY
+from ..daemon_harness import PY, free_port
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, nodes
@@ -152,4 +156,52 @@ def test_a_removed_cluster_agents_sessions_end(tmp: Path, redis: RedisServer) ->
         assert r.exists(K.session(ACME)) == 1
         assert b.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
         assert [k for k in r.scan_iter(match=K.prefix + "s*:*acme*")] == []
+    r.close()
+
+
+def test_a_tenant_shows_and_ends_its_own_cluster_session_and_not_anothers(
+        tmp: Path, redis: RedisServer) -> None:
+    """Over HTTP with tenants' tokens, on a node with no local session of the name:
+    acme's token shows and ends acme's cluster session; globex's is told there is no
+    such session, for a show and for an end, and the session is untouched."""
+    port = free_port()
+    http = f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    base = f"http://127.0.0.1:{port}/api/v1"
+    r = redis_py.Redis(port=redis.port)
+    with nodes(tmp, redis, {"a": TENANTS + http}, extra=keyed(tmp)) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
+        add(a, "acme")
+        first = turn(a, SECRET)
+        assert first["status"] == "succeeded", first
+        tokens = {}
+        for tenant in ("acme", "globex"):
+            made = a.cli("token", "create", tenant, "--tenant", tenant, "--json",
+                         "--scope", "tasks:read", "--scope", "tasks:run")
+            assert made.returncode == 0, made.stderr
+            tokens[tenant] = json.loads(made.stdout)["token"]
+
+        def ask(verb: str, path: str, tenant: str) -> tuple[int, Any]:
+            req = urllib.request.Request(base + path, method=verb, headers={
+                "Authorization": f"Bearer {tokens[tenant]}"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as got:
+                    return got.status, json.loads(got.read() or b"null")
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read() or b"null")
+
+        absent = (404, {"type": "about:blank", "title": "not found", "status": 404,
+                        "detail": "no such session: s1 of agent chat",
+                        "code": jsonrpc.NOT_FOUND})
+        assert ask("GET", "/agents/chat/sessions/s1", "globex") == absent
+        assert ask("POST", "/agents/chat/sessions/s1/end", "globex") == absent
+        assert r.exists(K.session(ACME)) == 1  # untouched
+        status, body = ask("GET", "/agents/chat/sessions/s1", "acme")
+        assert (status, body["session"]["tenant"], body["session"]["tasks"],
+                [h["task_id"] for h in body["history"]]) == (
+            200, "acme", 1, [first["task_id"]]), body
+        status, body = ask("POST", "/agents/chat/sessions/s1/end", "acme")
+        assert (status, body["tenant"], body["session"]) == (200, "acme", "s1"), body
+        assert r.exists(K.session(ACME), K.session_tasks(ACME)) == 0
+        assert ask("GET", "/agents/chat/sessions/s1", "acme") == absent
     r.close()

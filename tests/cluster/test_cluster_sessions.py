@@ -348,3 +348,69 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     [(moved, fields)] = await client.xrange(T.stream("t1", "w", 0))
     assert fields == {b"task": second.encode()}
     assert await client.hget(T.task(second), "entry") == moved
+
+
+def test_sessions_show_and_end_find_a_cluster_session_on_any_node(
+        tmp: Path, redis: RedisServer) -> None:
+    """`corral sessions show` and `sessions end` on a node with no local session of the
+    name find the cluster's: its history in order with each turn's status; ending it is
+    refused while a turn is running or waits in its line, with how many and which;
+    once ended its keys are gone from Redis, it is no longer listed or found, and its
+    next turn starts afresh."""
+    hold = tmp / "hold"
+    os.mkfifo(hold)
+    with nodes(tmp, redis, {"a": chat(), "b": chat()}) as ns:
+        both_alive(ns)
+        a, b = ns["a"], ns["b"]
+        ids = [submit(a, 1), submit(b, 2)]
+        assert [done(a, t)["status"] for t in ids] == ["succeeded"] * 2
+        for n in (a, b):
+            info = n.call("sessions.get", {"agent": "chat", "session": "s"})
+            view = info["session"]
+            assert (view["agent"], view["session"], view["tenant"], view["tasks"],
+                    view["running"], view["waiting"]) == ("chat", "s", "default", 2, None, 0)
+            assert view["state_bytes"] == len('{"turns":[1,2]}')
+            assert [(h["task_id"], h["status"]) for h in info["history"]] == [
+                (ids[0], "succeeded"), (ids[1], "succeeded")]
+            assert all(h["created"] > 0 for h in info["history"])
+        shown = b.cli("sessions", "show", "chat", "s")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith("session s of chat: 2 tasks, state 15B, held by -"), (
+            shown.stdout)
+        assert [ln.split()[:2] for ln in shown.stdout.splitlines()[2:]] == [
+            [ids[0], "succeeded"], [ids[1], "succeeded"]], shown.stdout
+
+        held = submit(a, 3, hold=str(hold))
+        wait_until(lambda: a.call("tasks.get", {"task_id": held})["status"] == "running",
+                   what="turn 3 running")
+        r = b.cli("sessions", "end", "chat", "s")
+        assert (r.returncode, r.stderr) == (1, (
+            f"corral: session s of agent chat has 1 unfinished task: task {held} is "
+            "running; cancel them or wait for them to end\n"))
+        behind = submit(b, 4)
+        r = a.cli("sessions", "end", "chat", "s")
+        assert (r.returncode, r.stderr) == (1, (
+            f"corral: session s of agent chat has 2 unfinished tasks: task {held} is "
+            "running; cancel them or wait for them to end\n"))
+        with open(hold, "wb"):  # turn 3 goes on, then 4
+            pass
+        assert done(a, behind)["output"]["turns"] == [1, 2, 3, 4]  # nothing was ended
+
+        ended = json.loads(b.cli("sessions", "end", "chat", "s", "--json").stdout)
+        assert (ended["session"], ended["tasks"], ended["running"]) == ("s", 4, None)
+        rc = redis_py.Redis(port=redis.port)
+        try:
+            assert [k for k in rc.scan_iter(match=K.prefix + "s*:default:chat:s")] == []
+            assert rc.zrange(K.sessions("default", "chat"), 0, -1) == []
+            assert rc.hget(K.session_bytes("default", "chat"), "s") is None
+        finally:
+            rc.close()
+        for n in (a, b):
+            assert n.call("sessions.list", {"agent": "chat"})["sessions"] == []
+            gone = n.cli("sessions", "show", "chat", "s")
+            assert (gone.returncode, gone.stderr) == (
+                1, "corral: no such session: s of agent chat\n")
+        r = a.cli("sessions", "end", "chat", "s")
+        assert (r.returncode, r.stderr) == (1, "corral: no such session: s of agent chat\n")
+        again = done(b, submit(b, 5))
+        assert again["output"]["turns"] == [5] and again["output"]["given"] is False
