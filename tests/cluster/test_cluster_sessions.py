@@ -2,7 +2,10 @@
 docs/durable.md#sessions-on-a-cluster): twenty turns of a session submitted at once on
 two nodes run one at a time, in order, each once, each given the state the last one
 checkpointed, on whichever node; a node SIGKILLed mid-turn: the turn is retried on the
-other node with the last checkpointed state, and the rest follow in order; a turn
+other node with the last checkpointed state, and the rest follow in order; on three
+nodes, a ten-turn session whose fifth turn's node is kill -9'd, or frozen past its TTL
+and thawed (its late checkpoint refused), each turn's work done once (the fifth's at
+most twice); `sessions show` and `sessions end` on any node; a turn
 cancelled in the session's line leaves it; max_sessions and max_session_bytes refuse
 with the reason, and session_ttl expires a session in Redis; a forged or unsigned state
 is refused. Real daemons, real workers (tests/session_agent.py), a real redis-server;
@@ -14,6 +17,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import signal
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -414,3 +419,63 @@ def test_sessions_show_and_end_find_a_cluster_session_on_any_node(
         assert (r.returncode, r.stderr) == (1, "corral: no such session: s of agent chat\n")
         again = done(b, submit(b, 5))
         assert again["output"]["turns"] == [5] and again["output"]["given"] is False
+
+
+@pytest.mark.parametrize("fault", ["kill9", "sigstop"])
+def test_a_ten_turn_session_on_three_nodes_outlives_the_node_of_its_turn(
+        tmp: Path, redis: RedisServer, fault: str) -> None:
+    """Issue 56: three nodes, a session of ten turns; the node running its fifth is
+    kill -9'd and never restarted, or frozen (SIGSTOP) past its TTL and thawed. The fifth
+    turn runs again on another node from the fourth's state, the rest follow in order,
+    and every turn's work is done once (its count file), the fifth at most twice (the
+    cluster's rule for a task caught running). The thawed node's late checkpoint is
+    refused: the session's state stays its taker's."""
+    count, hold, late = tmp / "count", tmp / "hold", tmp / "late"
+    count.mkdir()
+    os.mkfifo(hold)
+    with nodes(tmp, redis, {n: chat() for n in "abc"}) as ns:
+        wait_until(lambda: sum(n["alive"] for n in ns["a"].nodes()["nodes"]) == 3,
+                   what="three nodes alive")
+        order = [ns[n] for n in "abc"]
+        ids = [submit(order[i % 3], i, count=str(count)) for i in range(1, 5)]
+        assert [done(ns["a"], t)["status"] for t in ids] == ["succeeded"] * 4
+        ids.append(submit(ns["b"], 5, count=str(count), hold_first=str(hold),
+                          late=str(late)))
+        ids += [submit(order[i % 3], i, count=str(count)) for i in range(6, 11)]
+        wait_until(lambda: ns["a"].call("tasks.get", {"task_id": ids[4]})["status"]
+                   == "running", what="turn 5 running")
+        stricken = ns[ns["a"].call("tasks.get", {"task_id": ids[4]})["attempts"][-1]["node"]]
+        live = [n for n in order if n is not stricken]
+        pid = stricken.proc.pid  # type: ignore[union-attr]
+        if fault == "kill9":
+            stricken.kill9()
+        else:
+            os.kill(pid, signal.SIGSTOP)
+        fifth = done(live[0], ids[4])
+        assert fifth["status"] == "succeeded", fifth
+        assert [(a["node"], a["outcome"]) for a in fifth["attempts"]] == [
+            (stricken.name, "lost"), (fifth["attempts"][1]["node"], "succeeded")]
+        assert fifth["attempts"][1]["node"] in {n.name for n in live}
+        assert fifth["output"]["turns"] == [1, 2, 3, 4, 5]
+        if fault == "sigstop":
+            os.kill(pid, signal.SIGCONT)
+            # the frozen attempt goes on to its checkpoint: refused by Redis (its claim's
+            # token is old) or, once the node has fenced itself, by the node
+            with open(hold, "wb"):
+                pass
+            said = wait_until(lambda: late.exists() and late.read_text(), 60,
+                              "the thawed attempt's checkpoint answered")
+            assert re.fullmatch(f"session/checkpoint: task {ids[4]} is (no longer this "
+                                r"node's claim \(fence \d+\)|not running on chat#\d+)",
+                                said), said
+            live.append(stricken)  # thawed, it joins again as a new incarnation
+        for i, t in enumerate(ids[5:], 6):
+            rec = done(live[0], t)
+            assert rec["status"] == "succeeded", rec
+            assert rec["output"]["turns"] == list(range(1, i + 1))
+            assert {a["node"] for a in rec["attempts"]} <= {n.name for n in live}
+        made = sorted(f.name.split(".")[:2] for f in count.iterdir())
+        assert made == sorted([[str(i), "1"] for i in range(1, 11)] + [["5", "2"]]), made
+        state = live[1].call("sessions.get", {"agent": "chat", "session": "s"})
+        assert state["session"]["tasks"] == 10
+        assert [h["status"] for h in state["history"]] == ["succeeded"] * 10
