@@ -136,16 +136,16 @@ def floor(base: Path) -> dict[str, Any]:
         def call() -> Any:
             i = next(seq)
             tid = f"0190a5c0-0000-7000-8000-{i:012d}"
-            # SUBMIT's last three (options, tenant, the tenant's signature) close both
+            # SUBMIT's last four (options, lineage, tenant, the tenant's signature) close both
             return (s.submit_claim, [k.task(tid), k.stream("t", "w", 0),
                                      k.priorities("t", "w"), k.agents, k.live, k.fence],
                     [tid, "w", b'{"n":1}', 0, "", "", repr(time.time()), "f", 0, "0", "",
                      "f/1", "f", repr(time.time()), b'{"replica":-1}', 0, "30.0",
-                     k.prefix, b"", "t", ""])
+                     k.prefix, b"", "", "t", ""])
 
         def plain() -> Any:
             _script, keys, args = call()
-            return (s.submit, keys[:5], args[:11] + args[-3:])
+            return (s.submit, keys[:5], args[:11] + args[-4:])
 
         await s.run([(nop, [], [])])
         await s.run([call()])

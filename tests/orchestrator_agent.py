@@ -6,20 +6,41 @@ daemon). With ORCH_ASYNC set in its environment its handler is a coroutine. `rec
 each child is this agent (`self`, else "orch") again, one level less, the deepest
 doing `then`. `catch`: a refusal is the output ({"refused": message}) instead of the
 task's failure. As a leaf (`leaf` in its input) it
-appends its input's `n` to `count` and returns n * 2."""
+appends its input's `n` to `count` and returns n * 2; with `marks` (a directory, passed
+down to the leaves) it also makes a file there named for n, its task and its attempt.
+`gate`: the orchestrator spawns once that file exists; `hold`: each leaf runs once that
+file exists (the tests make them)."""
 
 import os
 import signal
 import threading
+import time
 
 from corral.worker import RequestError, run
 
 
-def leaf(task_input):
+def wait_for(path):
+    while path and not os.path.exists(path):
+        time.sleep(0.02)
+
+
+def leaf(task_input, ctx):
+    wait_for(task_input.get("hold"))
     fd = os.open(task_input["count"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, f"{task_input['n']}\n".encode())
     os.close(fd)
+    if task_input.get("marks"):
+        name = f"{task_input['n']}.{ctx.task_id}.{ctx.attempt}"
+        os.close(os.open(os.path.join(task_input["marks"], name), os.O_CREAT | os.O_WRONLY))
     return task_input["n"] * 2
+
+
+def leaf_input(task_input, i):
+    got = {"leaf": True, "n": i, "count": task_input["count"]}
+    for passed in ("marks", "hold"):
+        if task_input.get(passed):
+            got[passed] = task_input[passed]
+    return got
 
 
 def die_if(task_input, ctx, i):
@@ -54,9 +75,10 @@ def orchestrate(task_input, ctx):
     if task_input.get("map"):
         return ctx.map(agent, [{"leaf": True, "n": i, "count": task_input["count"]}
                                for i in range(n)])
+    wait_for(task_input.get("gate"))
     ids = []
     for i in range(n):
-        ids.append(ctx.spawn(agent, {"leaf": True, "n": i, "count": task_input["count"]}))
+        ids.append(ctx.spawn(agent, leaf_input(task_input, i)))
         die_if(task_input, ctx, i + 1)
     return [r["output"] for r in ctx.wait(ids)]
 
@@ -76,7 +98,7 @@ async def orchestrate_async(task_input, ctx):
 
 def handle(task_input, ctx):
     if task_input.get("leaf"):
-        return leaf(task_input)
+        return leaf(task_input, ctx)
     try:
         return orchestrate(task_input, ctx)
     except RequestError as exc:
@@ -87,7 +109,7 @@ def handle(task_input, ctx):
 
 async def handle_async(task_input, ctx):
     if task_input.get("leaf"):
-        return leaf(task_input)
+        return leaf(task_input, ctx)
     return await orchestrate_async(task_input, ctx)
 
 

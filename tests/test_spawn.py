@@ -133,6 +133,12 @@ async def test_refusals_say_why(tmp_path: Path) -> None:
 
 @pytest.mark.deadline(120)
 async def test_a_child_reaches_no_agent_its_roots_token_could_not(tmp_path: Path) -> None:
+    await reach_walk(tmp_path)
+
+
+async def reach_walk(tmp_path: Path, more: str = "") -> None:
+    """A limited token's tree, its children and grandchildren held to its reach (`more`:
+    the daemon's config beyond its agents and [http], a [cluster] table: tests/cluster)."""
     from .test_http_api import serving
 
     count = tmp_path / "count"
@@ -152,7 +158,7 @@ async def test_a_child_reaches_no_agent_its_roots_token_could_not(tmp_path: Path
         command = ["{PY}", "{HERE}/orchestrator_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
     """)
-    async with serving(tmp_path, agents) as api:
+    async with serving(tmp_path, agents, more) as api:
         await api.token("web", "tasks:run", "tasks:read", agents="web-*")
         await api.token("all", "tasks:run", "tasks:read")
 

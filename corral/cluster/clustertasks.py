@@ -28,11 +28,14 @@ from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.tasks import is_task_id, new_id
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
+from ..supervisor.tasks.spawn import REACH
+from ..supervisor.tasks.spawntree import Lineage
 from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
 from .batch import Batcher
 from .clustersessions import ClusterSessions
+from .clusterspawns import lineage_field
 from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
@@ -76,7 +79,7 @@ class ClusterTasks:
     async def refresh_view(self) -> None:
         self.view = await self.membership.nodes()
 
-    async def _route(self, agent: str) -> str:
+    async def route(self, agent: str) -> str:
         """The tenant whose agent of this name a task of `agent` is for (its stream's and
         its record's, decision 439): this node's agent's when it runs one, else that of
         the live nodes' agents of the name, else the cluster agent's table's (its tasks
@@ -116,7 +119,7 @@ class ClusterTasks:
         on the outcomes stream. False: Redis had a task of this id already."""
         raw = bytes(p.input)
         try:
-            tenant = await self._route(p.agent)
+            tenant = await self.route(p.agent)
         except RedisError as exc:
             raise unavailable(self.settings, exc, "the task was not accepted"
                               ) from None
@@ -133,9 +136,13 @@ class ClusterTasks:
         if p.session is not None:
             args += self.sessions.submit_args(p.agent, p.session, tenant)
             submit = self.sessions.submit
-        # last (SUBMIT): the options the cluster keeps (ClusterFront refused the others)
-        args += [encoded(options_of(p)) or b"", tenant,
-                 self.trust.sign(TENANT, task_id, p.agent, tenant)]
+        # last (SUBMIT): the options the cluster keeps (ClusterFront refused the others),
+        # and a limited caller's reach, which its task's spawns are held to on any node
+        reach = REACH.get()
+        args += [encoded(options_of(p)) or b"",
+                 "" if reach is None else lineage_field(self.trust, task_id,
+                                                        Lineage(0, reach[1], reach[0])),
+                 tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]
         try:
             got = await (self.submit_batch if p.session is None else self._submit_turn)(
                 keys=keys, args=args)

@@ -86,6 +86,11 @@ class Keys:
         """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
         return f"{self.prefix}steps:{task_id}"
 
+    def spawns(self, task_id: str) -> str:
+        """Hash: a running cluster task's spawns (cluster/clusterspawns.py), each spawn's
+        key -> its child's id (signed), deleted at its end."""
+        return f"{self.prefix}spawn:{task_id}"
+
     # -- durable calls (a workflow's run, a team's call: clustercalls.py) --------------
     def call(self, call_id: str) -> str:
         """Hash: a durable call's signed record (`rec`), its status, the node incarnation

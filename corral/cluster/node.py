@@ -38,6 +38,7 @@ from .backlog import Backlog
 from .calltasks import ClusterStepTasks
 from .clustercalls import ClusterCalls
 from .clustersessions import ClusterSessions
+from .clusterspawns import ClusterSpawns
 from .clustertasks import ClusterTasks
 from .connection import connect, place, unavailable, why
 from .declared import Declarations
@@ -91,9 +92,15 @@ class ClusterNode:
                                    self.membership, report)
         # its claimed tasks' steps, in Redis (a retry on another node is answered there)
         self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
+        # its claimed tasks' spawns, in Redis, their children cluster tasks (the desk's,
+        # made below)
+        spawns = ClusterSpawns(self.redis, scripts, self.keys, trust, self.node,
+                               lambda agent: self.desk.route(agent),
+                               lambda task_id: self.desk.wait(task_id),
+                               lambda task_id: self.desk.info(task_id))
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
-                             ClaimParts(self.steps, sessions, self._watch,
+                             ClaimParts(self.steps, sessions, spawns, self._watch,
                                         self._serving_nodes))
         # what this node has free slots for starts here as it is submitted (fair share)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,

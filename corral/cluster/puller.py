@@ -28,6 +28,7 @@ from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
 from .clustersessions import ClusterSessions
+from .clusterspawns import ClusterSpawns
 from .connection import why
 from .keys import GROUP, Keys, route
 from .membership import Membership
@@ -38,12 +39,13 @@ from .steps import ClusterSteps
 
 class ClaimParts(NamedTuple):
     """What each claim is given, at the puller's construction: where the node keeps a
-    claimed task's steps (a retried claim resumed from its checkpoint there) and its
-    session's turns, how its progress is watched, and how many live nodes share an
+    claimed task's steps (a retried claim resumed from its checkpoint there), its
+    session's turns and its spawns, how its progress is watched, and how many live nodes share an
     agent's burst (as this node last read them)."""
 
     steps: ClusterSteps
     turns: ClusterSessions
+    spawns: ClusterSpawns
     watch: Callable[[ClusterTask], None]
     serving: Callable[[AgentLike], int]
 
@@ -67,7 +69,7 @@ class Puller:
         self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
-        self.kept = ClaimStores(claims.steps, claims.turns)  # each claimed task's
+        self.kept = ClaimStores(claims.steps, claims.turns, claims.spawns)  # each claimed task's
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too

@@ -19,13 +19,13 @@ import msgspec
 
 from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
-from ..supervisor.tasks.model import TurnsElsewhere
+from ..supervisor.tasks.model import SpawnsElsewhere, TurnsElsewhere
 from ..supervisor.tasks.stepjournal import StepJournal
 
 
 class ClusterTask(Task):
-    __slots__ = ("base", "consumer", "entry", "session_kept", "steps_kept", "stream", "token",
-                 "turns_kept")
+    __slots__ = ("base", "consumer", "entry", "session_kept", "spawns_kept", "steps_kept",
+                 "stream", "token", "turns_kept")
     journal_here = False
     session_here = False  # its session's turns are kept in order by Redis (sessions.py)
 
@@ -46,6 +46,7 @@ class ClusterTask(Task):
         # back as it is made)
         self.steps_kept: StepJournal | None = kept.steps if kept is not None else None
         self.turns_kept: TurnsElsewhere | None = kept.turns if kept is not None else None
+        self.spawns_kept: SpawnsElsewhere | None = kept.spawns if kept is not None else None
         # its session's state as its claim read it or its last checkpoint wrote it (the
         # MAC, a space, the JSON)
         self.session_kept: bytes | None = None
@@ -57,11 +58,12 @@ class ClusterTask(Task):
 
 
 class ClaimStores(NamedTuple):
-    """Where a node keeps its claimed tasks' steps and their sessions' turns (Redis):
-    given to each ClusterTask as the claim makes it."""
+    """Where a node keeps its claimed tasks' steps, their sessions' turns and their
+    spawns (Redis): given to each ClusterTask as the claim makes it."""
 
     steps: StepJournal
     turns: TurnsElsewhere
+    spawns: SpawnsElsewhere
 
 
 def free_slots(agent: AgentLike) -> int:

@@ -22,6 +22,11 @@ def _steps_key(task: str) -> str:
     return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'steps:' .. {task}"
 
 
+def _spawns_key(task: str) -> str:
+    """The task's spawns (Keys.spawns), named as `_steps_key` names its steps."""
+    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'spawn:' .. {task}"
+
+
 def _ended(task: str, kept: str, live: int) -> str:
     """A task that ended: its record and its attempts (KEYS[1], KEYS[2]) kept `kept`
     seconds, and the task moved from the listed live tasks (KEYS[live]) to the finished
@@ -29,11 +34,12 @@ def _ended(task: str, kept: str, live: int) -> str:
     and what a node's beat trims to the newest `tasks_kept`, deleting the records of
     those it takes out (TRIM, retention.py). One fragment for every end, so that no end
     leaves a key without its expiry (TRIM forgets the ids older than tasks_kept_for,
-    trusting their keys to have expired). Its steps (STEP) go at once: no attempt
-    follows an end."""
+    trusting their keys to have expired). Its steps (STEP) and its spawns' rows (SPAWN)
+    go at once: no attempt follows an end to spawn again (its children live on, their
+    places in the tree in their own records)."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
-redis.call('DEL', {_steps_key(task)})
+redis.call('DEL', {_steps_key(task)}, {_spawns_key(task)})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""
@@ -47,8 +53,9 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 #       else '0' (the record keeps either: one HSET per submit, not a second one for
 #       each `corral run`), the caller's trace context ('' none; records.trace_field);
 #       LAST, after whatever a variant's own arguments are, the task's options (JSON, ''
-#       none: taskoptions.py), its tenant and its MAC (trust.TENANT; decision 436), so
-#       that no variant's arguments move
+#       none: taskoptions.py), its place in a spawn tree ('' none: a root of no limited
+#       caller's; clusterspawns.py), its tenant and its MAC (trust.TENANT; decision
+#       436), so that no variant's arguments move
 # -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
 # (`submit_script`: the same around a session's, sessionscripts.py)
 def submit_script(first: str = "", entry: str = "local entry = {xadd}",
@@ -65,8 +72,9 @@ end
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
   'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2],
-  'watched', ARGV[10], 'trace', ARGV[11] or '', 'options', ARGV[#ARGV - 2],
+  'watched', ARGV[10], 'trace', ARGV[11] or '', 'options', ARGV[#ARGV - 3],
   'tenant', ARGV[#ARGV - 1], 'tenant_mac', ARGV[#ARGV])
+if ARGV[#ARGV - 2] ~= '' then redis.call('HSET', KEYS[1], 'lineage', ARGV[#ARGV - 2]) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[#ARGV - 1] .. ':' .. ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
@@ -224,7 +232,7 @@ return {read, out, lasts, held}
 # (this incarnation), as any claim.
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
-#       retries and task_timeout, the cluster's key prefix; then SUBMIT's last three
+#       retries and task_timeout, the cluster's key prefix; then SUBMIT's last four
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
 SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_script(
     entry="local entry = {xadd}\n  added = entry") + """end

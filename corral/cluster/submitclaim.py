@@ -66,8 +66,8 @@ class SubmitClaims(Batcher):
             # (SUBMIT's last three, the options, the tenant and its MAC, stay last:
             # scripts.py)
             out.append((self.scripts.submit_claim, [*keys, self.puller.keys.fence],
-                        [*args[:-3], consumer, node, repr(now), attempt, spec.retries,
-                         repr(spec.task_timeout), self.prefix, *args[-3:]]))
+                        [*args[:-4], consumer, node, repr(now), attempt, spec.retries,
+                         repr(spec.task_timeout), self.prefix, *args[-4:]]))
         return out
 
     def sent(self, planned: list[Call]) -> None:

@@ -40,15 +40,19 @@ OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task a
 STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
 SESSION = b"session"  # a session's state (keys.session, cluster/clustersessions.py), by agent, name
 CALL = b"call"  # a durable call's record and step rows (cluster/clustercalls.py), by call
+# a spawn's row (keys.spawns: by parent, key and child) and a task's place in its spawn
+# tree (its record's `lineage`: by task), cluster/clusterspawns.py
+SPAWN = b"spawn"
 # whose a task is (its record's `tenant`, its agent's where it was submitted), by task and
 # agent: a Redis writer does not move a task into another tenant's sight (decision 436)
 TENANT = b"tenant"
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
          OUTCOME: "outcomes", STEP: "steps",
-         SESSION: "sessions", CALL: "calls", TENANT: "tenants"}  # as `corral stats` counts them
+         SESSION: "sessions", CALL: "calls", SPAWN: "spawns",
+         TENANT: "tenants"}  # as `corral stats` counts them
 _SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
          OUTCOME: "outcome", STEP: "step", SESSION: "session state", CALL: "call",
-         TENANT: "tenant"}  # as the log says one
+         SPAWN: "spawn", TENANT: "tenant"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "

@@ -20,8 +20,9 @@ ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}
 
 # SUBMIT's last two arguments: the task's tenant and its MAC (not checked by Redis)
 TENANT = ("acme", "mac")
-# what every SUBMIT takes last: the task's options (none), its tenant and that one's MAC
-LAST = ("", *TENANT)
+# what every SUBMIT takes last: the task's options (none), its place in a spawn tree
+# (none), its tenant and that one's MAC
+LAST = ("", "", *TENANT)
 
 
 async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:

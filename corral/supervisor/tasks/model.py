@@ -29,6 +29,7 @@ from .taskmachine import TaskMachine
 if TYPE_CHECKING:
     from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
+    from .spawntree import Lineage
     from .stepjournal import StepJournal
 
 
@@ -106,10 +107,11 @@ class Task(TaskMachine):
     journal_here = True
     # its session's turns are kept in order here (Sessions), not elsewhere (a cluster's)
     session_here = True
-    # a task kept elsewhere (a cluster's claim): where its steps and its session's turns
-    # are, given when the claim made it (corral.cluster.queue.ClusterTask)
+    # a task kept elsewhere (a cluster's claim): where its steps, its session's turns and
+    # its spawns are, given when the claim made it (corral.cluster.queue.ClusterTask)
     steps_kept: StepJournal | None = None
     turns_kept: TurnsElsewhere | None = None
+    spawns_kept: SpawnsElsewhere | None = None
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int, task_id: str | None = None,
@@ -242,6 +244,46 @@ class TurnsElsewhere(Protocol):
 
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: kept before it is answered."""
+
+
+class SpawnOrder(NamedTuple):
+    """A child to spawn elsewhere, its bounds checked but its parent's `max_children`
+    (counted where the spawns are kept, with the spawn itself)."""
+
+    agent: str
+    tenant: str  # its agent's, the parent's
+    key: str  # the spawn's, within the parent
+    raw_input: bytes
+    timeout: float | None  # None: its agent's task_timeout where it runs
+    retries: int | None  # None: its agent's retries where it runs
+    lineage: Lineage  # its place in the tree
+    max_children: int  # of the parent's agent
+    max_queue: int  # of its agent, where the parent runs (0: unbounded, or not run there)
+
+
+class SpawnsElsewhere(Protocol):
+    """Where a task's spawns are kept outside this engine (a cluster's Redis:
+    corral.cluster.clusterspawns.ClusterSpawns), for the tasks that carry it
+    (`Task.spawns_kept`): its children are tasks kept there too, run on any node."""
+
+    async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
+        """The child the task spawned under `key` (None: none yet), and the task's own
+        place in its tree."""
+
+    async def tenant_of(self, agent: str) -> str | None:
+        """The tenant whose agent of the name a child would be a task of (None: there
+        is no such agent where the spawns are kept)."""
+
+    async def spawn(self, task: Task, order: SpawnOrder) -> tuple[str | None, int]:
+        """The child's id once it is kept, submitted with its row (the row's child when
+        the key has one already); None and the children the task has when it has
+        max_children already."""
+
+    async def children(self, task: Task) -> set[str]:
+        """The ids of the task's children."""
+
+    async def outcome(self, child_id: str) -> dict[str, Any]:
+        """`task/wait`'s answer for one child, once it has ended."""
 
 
 class TaskProgress(NamedTuple):

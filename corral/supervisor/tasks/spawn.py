@@ -12,14 +12,23 @@ same tenant (another tenant's agent is no agent to it), within the reach of the 
 submitted the tree's root (REACH, kept as the tree's input), within `max_spawn_depth` and
 `max_children` per parent; a child's depth is its place in the tree, read back whole after
 a restart.
+
+A cluster task's spawns are kept in the cluster's Redis instead (its `spawns_kept`,
+corral.cluster.clusterspawns, decision 740): its children cluster tasks, run on any node,
+each spawn's row kept with its child's submit in one script fenced by the parent's claim,
+so that the parent's attempt on another node, after its node died, spawns under the same
+key that same child; the bounds are the same, `max_children` counted where the rows are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -30,8 +39,10 @@ from ...text import plural
 from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..stream import Stream
 from ..workercalls import on_request
+from .admission import admit
 from .host import TaskHost
-from .model import Task, TaskFinished
+from .model import SpawnOrder, SpawnsElsewhere, Task, TaskFinished
+from .queue import Queue
 from .spawntree import Lineage, SpawnTrees, parent_of
 from .steps import TaskSteps
 from .taskmachine import TERMINAL
@@ -42,11 +53,6 @@ if TYPE_CHECKING:
     from ..quotas import Tenancy
     from ..replica import Replica
 
-# a cluster task's children would be this node's tasks: another node resuming the parent
-# after this one died would not find them, and would start them again
-CLUSTER_SPAWN = ("task/spawn: a cluster task cannot spawn children yet (they would be "
-                 "this node's tasks, not found by the node that resumes it): submit the "
-                 "orchestrator with local = true (corral run --local)")
 # who submits tasks now, when a glob limits the agents they reach (a token's `--agents`),
 # as (who, glob): set by the daemon's Dispatcher around a limited caller's call; the tasks
 # submitted under it, and every task they spawn, reach no agent outside the glob
@@ -66,6 +72,7 @@ class Engine(Protocol):
     tenancy: Tenancy | None
     active: dict[str, Task]
     worker: WorkerMethods
+    queue: Queue
     steps: TaskSteps
 
     def submit(self, agent_name: str, task_input: Any, options: TaskOptions = ..., *,
@@ -135,9 +142,15 @@ class Spawns:
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/spawn", p.task_id)
-        if not parent.journal_here:
-            raise RpcError(jsonrpc.REFUSED, CLUSTER_SPAWN)
+        if parent.spawns_kept is not None:
+            return self._spawn_kept(parent, parent.spawns_kept, r, p)
         return self._spawn(parent, r, p)
+
+    def _replayed(self, parent: Task, p: TaskSpawnParams, child_id: str) -> dict[str, Any]:
+        self.replayed += 1
+        if parent.attempt > 1:  # (a key asked twice in one attempt is no replay)
+            self.engine.steps.count_replay(parent, "step", SPAWN_STEP + p.key)
+        return {"child": child_id, "replayed": True}
 
     async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams) -> dict[str, Any]:
         trees = self.trees
@@ -147,10 +160,7 @@ class Spawns:
             # child, submitted now if no engine ever had it
             assert row.task_id is not None
             await self._ensure(row.task_id, parent, r, p)
-            self.replayed += 1
-            if parent.attempt > 1:  # (a key asked twice in one attempt is no replay)
-                self.engine.steps.count_replay(parent, "step", SPAWN_STEP + p.key)
-            return {"child": row.task_id, "replayed": True}
+            return self._replayed(parent, p, row.task_id)
         tree = trees.tree(parent.id, parent.agent, parent.tenant, Lineage(0))
         await trees.planted(tree)
         child = trees.deeper(trees.lineage(parent.id))
@@ -161,13 +171,49 @@ class Spawns:
         self.spawned += 1
         return {"child": row.task_id, "replayed": False}
 
-    def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
+    async def _spawn_kept(self, parent: Task, kept: SpawnsElsewhere, r: Replica,
+                          p: TaskSpawnParams) -> dict[str, Any]:
+        """A spawn of a task whose spawns are kept elsewhere (a cluster's): checked as
+        here, its agent's tenant the parent's; the row and the child kept there at once,
+        where `max_children` is counted."""
+        had, mine = await kept.placed(parent, p.key)
+        if had is not None:
+            return self._replayed(parent, p, had)
         spec = r.spec
+        if await kept.tenant_of(p.agent) != spec.tenant:
+            raise jsonrpc.not_found("agent", p.agent)
+        child = self.trees.deeper(mine)
+        self._bounds(parent, r, p, child)
+        raw = msgspec.json.encode(p.input)
+        engine = self.engine
+        agent = engine.sup.agents.get(p.agent)
+        timeout = admit(agent, len(raw), p.timeout, tenancy=engine.tenancy,
+                        depth=engine.queue.depth)
+        fan = getattr(spec, "max_children", 0)
+        child_id, had_children = await kept.spawn(parent, SpawnOrder(
+            p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan,
+            agent.spec.max_queue if agent is not None else 0))
+        if child_id is None:
+            raise _fanned_out(parent, had_children, fan)
+        self.spawned += 1
+        return {"child": child_id, "replayed": False}
+
+    def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
         engine = self.engine
         tenancy = engine.tenancy
         if (p.agent not in engine.sup.agents or (tenancy is not None
                 and tenancy.tenant_of(p.agent) != tenancy.tenant_of(parent.agent))):
             raise jsonrpc.not_found("agent", p.agent)
+        self._bounds(parent, r, p, child)
+        fan = getattr(r.spec, "max_children", 0)
+        had = self.trees.fanned.get(parent.id, 0)
+        if had >= fan:
+            raise _fanned_out(parent, had, fan)
+
+    def _bounds(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
+        """The bounds of a spawn but its parent's fan-out: the parent's `spawns`, its
+        tree's reach, `max_spawn_depth`."""
+        spec = r.spec
         listed: list[str] = list(getattr(spec, "spawns", []))
         if not allowed(p.agent, listed):
             raise RpcError(jsonrpc.REFUSED,
@@ -183,13 +229,6 @@ class Spawns:
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: spawn depth exceeded: a child of task {parent.id} "
                            f"would be at depth {child.depth} (max_spawn_depth {most} of "
-                           f"agent {parent.agent})")
-        fan = getattr(spec, "max_children", 0)
-        had = self.trees.fanned.get(parent.id, 0)
-        if had >= fan:
-            raise RpcError(jsonrpc.REFUSED,
-                           f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
-                           f"{plural(had, 'child', 'children')} (max_children {fan} of "
                            f"agent {parent.agent})")
 
     async def _ensure(self, child_id: str, parent: Task, r: Replica,
@@ -217,18 +256,16 @@ class Spawns:
     # -- task/wait ------------------------------------------------------------------------
     def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/wait", p.task_id)
-        named: set[str] = set()
-        for c in p.children:
-            if not self.trees.child_of(parent.id, c):
-                raise RpcError(jsonrpc.INVALID_PARAMS,
-                               f"task/wait: task {c} is not a child of task {parent.id}")
-            if c in named:
-                # each name is a wait held and the child's output copied into the answer:
-                # a line of one id repeated would make an answer a thousand times the line
-                raise RpcError(jsonrpc.INVALID_PARAMS,
-                               f"task/wait: task {c} is named more than once")
-            named.add(c)
+        if parent.spawns_kept is not None:
+            return self._wait_kept(parent, parent.spawns_kept, p.children)
+        _named(parent, p.children, lambda c: self.trees.child_of(parent.id, c))
         return self._wait(p.children)
+
+    async def _wait_kept(self, parent: Task, kept: SpawnsElsewhere, children: list[str]
+                         ) -> dict[str, Any]:
+        mine = await kept.children(parent)
+        _named(parent, children, mine.__contains__)
+        return {"results": await asyncio.gather(*(kept.outcome(c) for c in children))}
 
     async def _wait(self, children: list[str]) -> dict[str, Any]:
         infos = await asyncio.gather(*(self._outcome(c) for c in children))
@@ -250,3 +287,25 @@ class Spawns:
 
     def stats(self) -> dict[str, int]:
         return {"spawned": self.spawned, "replayed": self.replayed}
+
+
+def _fanned_out(parent: Task, had: int, fan: int) -> RpcError:
+    return RpcError(jsonrpc.REFUSED,
+                    f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
+                    f"{plural(had, 'child', 'children')} (max_children {fan} of "
+                    f"agent {parent.agent})")
+
+
+def _named(parent: Task, children: list[str], child_of: Callable[[str], bool]) -> None:
+    """`task/wait`'s children, each a child of the parent and named once."""
+    named: set[str] = set()
+    for c in children:
+        if not child_of(c):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"task/wait: task {c} is not a child of task {parent.id}")
+        if c in named:
+            # each name is a wait held and the child's output copied into the answer: a
+            # line of one id repeated would make an answer a thousand times the line
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"task/wait: task {c} is named more than once")
+        named.add(c)

@@ -1,0 +1,220 @@
+"""A cluster task's spawns (`task/spawn`, `task/wait`: supervisor/tasks/spawn.py), kept in
+the cluster's Redis (decision 740): its children are cluster tasks, run by whichever node
+has room, so that a parent whose node died and whose attempt another node runs finds them.
+
+- **A spawn's row and its child in one script** (SPAWN, below), fenced by the parent's
+  claim as its steps are: the row (Keys.spawns of the parent: the spawn's key -> the
+  child's id, signed with the cluster key over the parent, the key and the child) is
+  written only with the child's record and stream entry, by the node that holds the
+  parent now. A key that has a row answers that row's child, never a second one: the
+  parent's next attempt, on any node, spawns under the same key and gets the same child
+  (a row is never without its child, so nothing is submitted again on a replay).
+- **The bounds as on one node.** `max_children` is the number of the parent's rows,
+  counted by the script that would add one; a child's depth and its tree's reach (its
+  root's limited caller's agents) are its place (supervisor.tasks.spawntree.Lineage),
+  kept signed in its record (`lineage`, SUBMIT's argument), read by the node that runs it
+  when it spawns in turn. A root submitted by a limited caller has its reach there too
+  (ClusterTasks._put); a task without one is a root of no limited caller's.
+- **Waiting** for a child is waiting for a cluster task's outcome: on any node, woken by
+  the outcomes stream (ClusterTasks.wait).
+- **Bounded**: the rows go with the parent's end (scripts._ended); a child's place with
+  its record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.tasks import Task, new_id
+from ..supervisor.tasks.model import SpawnOrder
+from ..supervisor.tasks.spawntree import Lineage
+from ..supervisor.tasks.taskmachine import TERMINAL
+from ..taskoptions import encoded, step_options
+from ..taskviews import TaskInfo
+from .connection import never_sent, read
+from .keys import Keys
+from .queue import ClusterTask
+from .scripts import Scripts, submit_script
+from .trust import SPAWN as SIGNED_SPAWN
+from .trust import TENANT, Trust
+
+# what no node of the cluster keeps: a child whose record has gone (its parent asked for
+# it more than tasks_kept_for after it ended, or beyond tasks_kept)
+NOT_KEPT = "no task of this id is kept (its record has gone: tasks_kept, tasks_kept_for)"
+ROOT = Lineage(0)
+_lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
+
+# A spawn: its row and its child's submit (SUBMIT's), in one step, only while the parent
+# is running under the caller's claim; a key with a row answers its child.
+# KEYS: SUBMIT's five (the child's), the parent's record, the parent's spawns
+# ARGV: SUBMIT's eleven (the child's), then the parent's fence token, the spawn's key,
+#       max_children of the parent's agent, the row (its MAC, a space, the child's id);
+#       then SUBMIT's last four (the child's place in its tree among them)
+# -> 1 spawned, -1 the child's agent's queue is full, {'fence'} the parent is not this
+#    claim's, {'had', row} the key's row, {'fan', n} the parent has n children already
+SPAWN = submit_script(first="""
+local parent = redis.call('HMGET', KEYS[6], 'fence', 'status')
+if parent[1] ~= ARGV[12] or parent[2] ~= 'running' then return {'fence'} end
+local had = redis.call('HGET', KEYS[7], ARGV[13])
+if had then return {'had', had} end
+local n = redis.call('HLEN', KEYS[7])
+if n >= tonumber(ARGV[14]) then return {'fan', n} end""",
+                      then="redis.call('HSET', KEYS[7], ARGV[13], ARGV[15])")
+
+
+def lineage_field(trust: Trust, task_id: str, lineage: Lineage, parent: str = "") -> str:
+    """A task's place in its spawn tree as its record keeps it: the MAC, a space, the
+    JSON (depth, reach, who set the reach, its parent's id)."""
+    body = msgspec.json.encode((lineage.depth, lineage.reach, lineage.by, parent)).decode()
+    return f"{trust.sign(SIGNED_SPAWN, task_id, body)} {body}"
+
+
+class ClusterSpawns:
+    """The SpawnsElsewhere of cluster tasks (a claimed task's `spawns_kept`)."""
+
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust, node: str,
+                 route: Callable[[str], Awaitable[str]],
+                 ended: Callable[[str], Awaitable[TaskInfo]],
+                 info: Callable[[str], Awaitable[TaskInfo | None]]) -> None:
+        """`route`: the tenant a task of an agent is for (ClusterTasks.route, refusing
+        one no live node runs); `ended`, `info`: a cluster task's record once it ended,
+        and as it is now (None: none)."""
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.trust = trust
+        self.node = node
+        self._route = route
+        self._ended = ended
+        self._info = info
+        self.script = redis.register_script(SPAWN)
+
+    # -- task/spawn -----------------------------------------------------------------------
+    async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
+        async def get() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.keys.spawns(task.id), key)
+            pipe.hget(self.keys.task(task.id), "lineage")
+            return list(await pipe.execute())
+
+        try:
+            row, lineage = await read(get)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return (None if row is None else self._child(task.id, key, row),
+                self._lineage(task.id, lineage))
+
+    def _child(self, parent_id: str, key: str, row: bytes) -> str:
+        mac, _, child = row.decode(errors="replace").partition(" ")
+        if not self.trust.valid(mac, SIGNED_SPAWN, parent_id, key, child):
+            self.trust.refuse(SIGNED_SPAWN, f"{key} of task {parent_id}", mac,
+                              "the spawn is refused")
+            raise RpcError(jsonrpc.REFUSED, f"task/spawn: the row of spawn {key} of task "
+                           f"{parent_id} in Redis is not signed with this node's cluster "
+                           "key (a Redis writer without the key made or changed it): "
+                           "refused")
+        return child
+
+    def _lineage(self, task_id: str, field: bytes | None) -> Lineage:
+        if field is None:
+            return ROOT
+        mac, _, body = field.decode(errors="replace").partition(" ")
+        if self.trust.valid(mac, SIGNED_SPAWN, task_id, body):
+            try:
+                depth, reach, by, _parent = _lineage.decode(body)
+                return Lineage(depth, reach, by)
+            except msgspec.DecodeError:
+                pass
+        self.trust.refuse(SIGNED_SPAWN, f"place of task {task_id}", mac,
+                          "it spawns nothing")
+        raise RpcError(jsonrpc.REFUSED, f"task/spawn: the place of task {task_id} in its "
+                       "spawn tree in Redis is not signed with this node's cluster key (a "
+                       "Redis writer without the key made or changed it): refused")
+
+    async def tenant_of(self, agent: str) -> str | None:
+        try:
+            return await self._route(agent)
+        except RpcError as exc:
+            if exc.code != jsonrpc.REFUSED:
+                raise
+            return None  # no live node runs it (or several tenants' agents of the name)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+    async def spawn(self, task: Task, order: SpawnOrder) -> tuple[str | None, int]:
+        assert isinstance(task, ClusterTask)  # (only a claim carries these)
+        child_id = new_id()
+        keys = [self.keys.task(child_id), self.keys.stream(order.tenant, order.agent, 0),
+                self.keys.priorities(order.tenant, order.agent), self.keys.agents,
+                self.keys.live, self.keys.task(task.id), self.keys.spawns(task.id)]
+        row = f"{self.trust.sign(SIGNED_SPAWN, task.id, order.key, child_id)} {child_id}"
+        args: list[Any] = [
+            child_id, order.agent, order.raw_input, 0,
+            "" if order.timeout is None else repr(order.timeout),
+            "" if order.retries is None else order.retries, repr(time.time()), self.node,
+            order.max_queue, "0", "", task.token, order.key, order.max_children, row,
+            encoded(step_options(order.timeout, None)) or b"",
+            lineage_field(self.trust, child_id, order.lineage, task.id), order.tenant,
+            self.trust.sign(TENANT, child_id, order.agent, order.tenant)]
+        got = await self._run(keys, args)
+        if got == 1:
+            return child_id, 0
+        if got == -1:
+            raise RpcError(jsonrpc.REFUSED, f"agent {order.agent}'s cluster queue is full "
+                                            f"({order.max_queue} waiting, max_queue)")
+        what = got[0].decode() if isinstance(got, list) and got else ""
+        if what == "had":
+            return self._child(task.id, order.key, got[1]), 0
+        if what == "fan":
+            return None, int(got[1])
+        raise RpcError(jsonrpc.CONFLICT, f"task/spawn: task {task.id} is no longer this "
+                                         f"node's claim (fence {task.token})")
+
+    async def _run(self, keys: list[Any], args: list[Any]) -> Any:
+        """The script, once more when its answer was lost (the same child id: a row
+        written by the first answers it)."""
+        for again in (False, True):
+            try:
+                [got] = await self.scripts.acknowledged([(self.script, keys, args)])
+                if isinstance(got, RedisError):
+                    raise got
+                return got
+            except RedisError as exc:
+                if again or never_sent(exc):
+                    raise _unavailable(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- task/wait ------------------------------------------------------------------------
+    async def children(self, task: Task) -> set[str]:
+        try:
+            rows = await read(lambda: self.redis.hgetall(self.keys.spawns(task.id)))
+        except RedisError as exc:
+            raise _unavailable(exc, "task/wait") from None
+        return {self._child(task.id, k.decode(errors="replace"), v) for k, v in rows.items()}
+
+    async def outcome(self, child_id: str) -> dict[str, Any]:
+        try:
+            info = await self._info(child_id)
+            if info is None:
+                return {"task_id": child_id, "status": "lost", "output": None,
+                        "error": NOT_KEPT}
+            ended = info if info.status in TERMINAL else await self._ended(child_id)
+        except RedisError as exc:
+            raise _unavailable(exc, "task/wait") from None
+        out: dict[str, Any] = {"task_id": child_id, "status": str(ended.status),
+                               "output": ended.output}
+        if ended.error is not None:
+            out["error"] = ended.error.message
+        return out
+
+
+def _unavailable(exc: BaseException, method: str = "task/spawn") -> RpcError:
+    return RpcError(jsonrpc.UNAVAILABLE, f"{method}: the cluster's Redis did not answer "
+                                         f"({exc})")
