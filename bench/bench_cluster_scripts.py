@@ -58,7 +58,7 @@ async def _round(client: Any, module: Any, cluster: str, n: int) -> tuple[float,
     for i in range(0, n, PIPE):
         await s.run([(s.submit, [k.task(t), stream, k.priorities("acme", "w"), k.agents, k.live],
                       [t, "w", b"null", 0, "", "", repr(time.time()), "n", 0, "0", "",
-                       "acme", "mac"])
+                       "", "", "acme", "mac"])
                      for t in ids[i:i + PIPE]])
     held: list[tuple[str, bytes, int]] = []
     while len(held) < n:

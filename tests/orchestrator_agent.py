@@ -9,7 +9,7 @@ task's failure. As a leaf (`leaf` in its input) it
 appends its input's `n` to `count` and returns n * 2; with `marks` (a directory, passed
 down to the leaves) it also makes a file there named for n, its task and its attempt.
 `gate`: the orchestrator spawns once that file exists; `hold`: each leaf runs once that
-file exists (the tests make them)."""
+file exists (the tests make them). `note`: a file the refusal it catches is written to."""
 
 import os
 import signal
@@ -103,6 +103,9 @@ def handle(task_input, ctx):
         return orchestrate(task_input, ctx)
     except RequestError as exc:
         if task_input.get("catch"):
+            if task_input.get("note"):  # (an output nobody may be able to read)
+                with open(task_input["note"], "w") as f:
+                    f.write(f"{exc.code} {exc.message}")
             return {"refused": exc.message, "code": exc.code}
         raise
 

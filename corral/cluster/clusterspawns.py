@@ -80,18 +80,18 @@ class ClusterSpawns:
     """The SpawnsElsewhere of cluster tasks (a claimed task's `spawns_kept`)."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust, node: str,
-                 route: Callable[[str], Awaitable[str]],
+                 serves: Callable[[str, str], Awaitable[bool]],
                  ended: Callable[[str], Awaitable[TaskInfo]],
                  info: Callable[[str], Awaitable[TaskInfo | None]]) -> None:
-        """`route`: the tenant a task of an agent is for (ClusterTasks.route, refusing
-        one no live node runs); `ended`, `info`: a cluster task's record once it ended,
+        """`serves`: whether a live node runs the tenant's agent of a name
+        (ClusterTasks.serves); `ended`, `info`: a cluster task's record once it ended,
         and as it is now (None: none)."""
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.trust = trust
         self.node = node
-        self._route = route
+        self._serves = serves
         self._ended = ended
         self._info = info
         self.script = redis.register_script(SPAWN)
@@ -138,13 +138,9 @@ class ClusterSpawns:
                        "spawn tree in Redis is not signed with this node's cluster key (a "
                        "Redis writer without the key made or changed it): refused")
 
-    async def tenant_of(self, agent: str) -> str | None:
+    async def serves(self, agent: str, tenant: str) -> bool:
         try:
-            return await self._route(agent)
-        except RpcError as exc:
-            if exc.code != jsonrpc.REFUSED:
-                raise
-            return None  # no live node runs it (or several tenants' agents of the name)
+            return await self._serves(agent, tenant)
         except RedisError as exc:
             raise _unavailable(exc) from None
 

@@ -79,7 +79,7 @@ class ClusterTasks:
     async def refresh_view(self) -> None:
         self.view = await self.membership.nodes()
 
-    async def route(self, agent: str) -> str:
+    async def _route(self, agent: str) -> str:
         """The tenant whose agent of this name a task of `agent` is for (its stream's and
         its record's, decision 439): this node's agent's when it runs one, else that of
         the live nodes' agents of the name, else the cluster agent's table's (its tasks
@@ -112,6 +112,21 @@ class ClusterTasks:
         raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
                                         f"runs agent {agent}")
 
+    async def serves(self, agent: str, tenant: str) -> bool:
+        """Whether a task of the tenant's agent of the name would be run: this node's
+        agent of the name is the tenant's, or a live node's is (as its beat says, the
+        view read again before a no), or the cluster's table of the agent names it."""
+        local = self.host.agents.get(agent)
+        if local is not None and local.spec.tenant == tenant:
+            return True
+        for fresh in (False, True):
+            if fresh:
+                await self.refresh_view()
+            if any(n.alive and agent in n.agents
+                   and n.tenants.get(agent, DEFAULT_TENANT) == tenant for n in self.view):
+                return True
+        return await self._table_tenant(agent) == tenant
+
     async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> bool:
         """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
         once Redis holds it; RpcError with the reason otherwise (nothing was accepted).
@@ -119,7 +134,7 @@ class ClusterTasks:
         on the outcomes stream. False: Redis had a task of this id already."""
         raw = bytes(p.input)
         try:
-            tenant = await self.route(p.agent)
+            tenant = await self._route(p.agent)
         except RedisError as exc:
             raise unavailable(self.settings, exc, "the task was not accepted"
                               ) from None

@@ -95,7 +95,7 @@ class ClusterNode:
         # its claimed tasks' spawns, in Redis, their children cluster tasks (the desk's,
         # made below)
         spawns = ClusterSpawns(self.redis, scripts, self.keys, trust, self.node,
-                               lambda agent: self.desk.route(agent),
+                               lambda agent, tenant: self.desk.serves(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id))
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,

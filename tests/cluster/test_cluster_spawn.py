@@ -20,9 +20,11 @@ from corral.cluster.clusterspawns import SPAWN
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 
+from ..conftest import ROOT
+from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from ..test_spawn import counted, fleet, reach_walk
+from ..test_spawn import HERE, counted, fleet, reach_walk
 from .harness import TTL, Node, cluster_table, nodes
 from .test_cluster_trust import attacker, trust
 from .test_scripts import LAST, TID, submit
@@ -91,6 +93,29 @@ def test_a_cluster_tasks_spawns_are_bounded_as_on_one_node(
                                  f"{got['task_id']}", "code": jsonrpc.INVALID_PARAMS}
 
 
+def _agent(name: str, tenant: str, extra: str = "") -> str:
+    return (f'[agents.{name}]\ncommand = ["{PY}", "{HERE}/orchestrator_agent.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\ntenant = "{tenant}"\n{extra}\n')
+
+
+def test_a_child_is_a_task_of_the_parents_tenants_agent_wherever_it_runs(
+        tmp: Path, redis: RedisServer) -> None:
+    """a's `leaf` is tenant b's, b's is tenant a's: a's orchestrator (tenant a) spawns
+    b's; an agent a live node runs only as another tenant's is no agent to it."""
+    tenants = "[tenants.a]\n[tenants.b]\n"
+    with nodes(tmp, redis, {
+            "a": tenants + _agent("orch", "a", 'spawns = ["*"]\nmax_concurrent_tasks = 2')
+            + _agent("leaf", "b"),
+            "b": tenants + _agent("leaf", "a") + _agent("only-b", "b")}) as ns:
+        a, count = ns["a"], tmp / "count"
+        wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
+                   what="both nodes alive")
+        assert _run(a, {"children": 2, "count": str(count)})["output"] == [0, 2]
+        assert {t["node"] for t in a.call("tasks.list", {"agent": "leaf"})["tasks"]} == {"b"}
+        got = _run(a, {"children": 1, "agent": "only-b", "count": "x", "catch": True})
+        assert got["output"] == {"refused": "no such agent: only-b", "code": jsonrpc.NOT_FOUND}
+
+
 @pytest.mark.deadline(120)
 async def test_a_cluster_tree_is_held_to_its_roots_tokens_reach(
         tmp: Path, redis: RedisServer) -> None:
@@ -135,6 +160,40 @@ def test_a_forged_row_or_place_spawns_nothing(tmp: Path, redis: RedisServer) -> 
         assert trust(a)["refused"]["spawns"] == 2
         assert a.call("tasks.list", {"agent": "leaf"})["tasks"] == []
         assert not count.exists()
+
+
+def test_a_spawn_under_a_claim_no_longer_the_nodes_is_refused(
+        tmp: Path, redis: RedisServer) -> None:
+    """The parent's record moved to another claim's token (as a takeover moves it, here by
+    a Redis writer's hand): the node's spawn under its old token writes nothing."""
+    k, r = Keys("test"), attacker(redis)
+    with nodes(tmp, redis, {"a": fleet()}) as ns:
+        a, gate, note = ns["a"], tmp / "gate", tmp / "note"
+        task_id = _running(a, {"children": 1, "count": str(tmp / "count"), "catch": True,
+                               "gate": str(gate), "note": str(note)})
+        token = int(r.hget(k.task(task_id), "fence"))
+        r.hset(k.task(task_id), "fence", token + 100)
+        gate.touch()
+        wait_until(lambda: note.exists() and note.read_text(), what="the refusal")
+        assert note.read_text() == (f"{jsonrpc.CONFLICT} task/spawn: task {task_id} is no "
+                                    f"longer this node's claim (fence {token})")
+        assert not r.exists(k.spawns(task_id))
+        assert a.call("tasks.list", {"agent": "leaf"})["tasks"] == []
+
+
+def test_a_spawn_redis_does_not_answer_is_refused_so(tmp: Path, redis: RedisServer
+                                                     ) -> None:
+    with nodes(tmp, redis, {"a": fleet()}) as ns:
+        a, gate, note = ns["a"], tmp / "gate", tmp / "note"
+        _running(a, {"children": 1, "count": str(tmp / "count"), "catch": True,
+                     "gate": str(gate), "note": str(note)})
+        redis.kill()
+        gate.touch()
+        wait_until(lambda: note.exists() and note.read_text(), what="the refusal")
+        said = note.read_text()
+        assert said.startswith(f"{jsonrpc.UNAVAILABLE} task/spawn: the cluster's Redis did "
+                               "not answer ("), said
+        assert not (tmp / "count").exists()
 
 
 def test_a_childs_cluster_queue_full_refuses_the_spawn(tmp: Path, redis: RedisServer

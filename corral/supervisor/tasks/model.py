@@ -270,9 +270,9 @@ class SpawnsElsewhere(Protocol):
         """The child the task spawned under `key` (None: none yet), and the task's own
         place in its tree."""
 
-    async def tenant_of(self, agent: str) -> str | None:
-        """The tenant whose agent of the name a child would be a task of (None: there
-        is no such agent where the spawns are kept)."""
+    async def serves(self, agent: str, tenant: str) -> bool:
+        """Whether a task of the tenant's agent of the name would be run where the
+        spawns are kept (else it is no agent to the parent)."""
 
     async def spawn(self, task: Task, order: SpawnOrder) -> tuple[str | None, int]:
         """The child's id once it is kept, submitted with its row (the row's child when

@@ -180,7 +180,7 @@ class Spawns:
         if had is not None:
             return self._replayed(parent, p, had)
         spec = r.spec
-        if await kept.tenant_of(p.agent) != spec.tenant:
+        if not await kept.serves(p.agent, spec.tenant):
             raise jsonrpc.not_found("agent", p.agent)
         child = self.trees.deeper(mine)
         self._bounds(parent, r, p, child)
