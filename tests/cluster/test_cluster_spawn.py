@@ -55,11 +55,13 @@ def test_a_cluster_task_spawns_cluster_tasks_a_local_one_local_ones(
         leaves = b.call("tasks.list", {"agent": "leaf"})["tasks"]
         assert len(leaves) == 6
         assert {x["status"] for x in leaves} == {"succeeded"}
+        assert _run(b, {"children": 3, "map": True, "count": str(count)})["output"] == [
+            0, 2, 4]  # ctx.map: spawn and wait
         local = tmp / "local"
         done = _run(a, {"children": 3, "count": str(local)}, local=True)
         assert done["output"] == [0, 2, 4]
         assert counted(local) == [0, 1, 2]
-        assert len(b.call("tasks.list", {"agent": "leaf"})["tasks"]) == 6  # a's own
+        assert len(b.call("tasks.list", {"agent": "leaf"})["tasks"]) == 9  # a's own
 
 
 def test_a_cluster_tasks_spawns_are_bounded_as_on_one_node(

@@ -187,6 +187,8 @@ class Spawns:
         raw = msgspec.json.encode(p.input)
         engine = self.engine
         agent = engine.sup.agents.get(p.agent)
+        if agent is not None and agent.spec.tenant != spec.tenant:
+            agent = None  # another tenant's of the name: its quotas are not the child's
         timeout = admit(agent, len(raw), p.timeout, tenancy=engine.tenancy,
                         depth=engine.queue.depth)
         fan = getattr(spec, "max_children", 0)
