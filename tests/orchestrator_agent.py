@@ -9,7 +9,8 @@ task's failure. As a leaf (`leaf` in its input) it
 appends its input's `n` to `count` and returns n * 2; with `marks` (a directory, passed
 down to the leaves) it also makes a file there named for n, its task and its attempt.
 `gate`: the orchestrator spawns once that file exists; `hold`: each leaf runs once that
-file exists (the tests make them). `note`: a file the refusal it catches is written to."""
+file exists (the tests make them), `nap`: then sleeps that many seconds. `note`: a file
+the refusal it catches is written to."""
 
 import os
 import signal
@@ -26,6 +27,7 @@ def wait_for(path):
 
 def leaf(task_input, ctx):
     wait_for(task_input.get("hold"))
+    time.sleep(task_input.get("nap", 0))
     fd = os.open(task_input["count"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, f"{task_input['n']}\n".encode())
     os.close(fd)
@@ -37,7 +39,7 @@ def leaf(task_input, ctx):
 
 def leaf_input(task_input, i):
     got = {"leaf": True, "n": i, "count": task_input["count"]}
-    for passed in ("marks", "hold"):
+    for passed in ("marks", "hold", "nap"):
         if task_input.get(passed):
             got[passed] = task_input[passed]
     return got
