@@ -40,8 +40,8 @@ from .steps import ClusterSteps
 class ClaimParts(NamedTuple):
     """What each claim is given, at the puller's construction: where the node keeps a
     claimed task's steps (a retried claim resumed from its checkpoint there), its
-    session's turns and its spawns, how its progress is watched, and how many live nodes share an
-    agent's burst (as this node last read them)."""
+    session's turns and its spawns, how its progress is watched, and how many live nodes
+    share an agent's burst (as this node last read them)."""
 
     steps: ClusterSteps
     turns: ClusterSessions
@@ -69,7 +69,8 @@ class Puller:
         self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
-        self.kept = ClaimStores(claims.steps, claims.turns, claims.spawns)  # each claimed task's
+        # each claimed task's
+        self.kept = ClaimStores(claims.steps, claims.turns, claims.spawns)
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
