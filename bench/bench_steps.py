@@ -269,7 +269,7 @@ async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
     tid = "0190a5c0-0000-7000-8000-000000000001"
     await s.submit(keys=[keys.task(tid), keys.stream("acme", "w", 0), keys.priorities("acme", "w"),
                          keys.agents, keys.live],
-                   args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "acme", "mac"])
+                   args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme", "mac"])
     entry = await client.hget(keys.task(tid), "entry")
     await client.set(keys.alive("n/1"), b"{}")  # a claim is a live incarnation's
     token, *_ = await s.claim(keys=[keys.task(tid), keys.attempts(tid), keys.fence,
