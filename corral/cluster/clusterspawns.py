@@ -23,6 +23,7 @@ has room, so that a parent whose node died and whose attempt another node runs f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +50,10 @@ from .trust import TENANT, Trust
 # it more than tasks_kept_for after it ended, or beyond tasks_kept)
 NOT_KEPT = "no task of this id is kept (its record has gone: tasks_kept, tasks_kept_for)"
 ROOT = Lineage(0)
+# spawns in Redis at once (a map's spawns come together): the client's pool has 100
+# connections, which the pullers' blocking reads and the outcomes' tail share, and a pool
+# out of them fails the call rather than wait
+AT_ONCE = 16
 _lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
 
 # A spawn: its row and its child's submit (SUBMIT's), in one step, only while the parent
@@ -95,6 +100,9 @@ class ClusterSpawns:
         self._ended = ended
         self._info = info
         self.script = redis.register_script(SPAWN)
+        # held only around a call to Redis, never across a wait for a child (a child
+        # spawning in turn on this node must get one)
+        self._calls = asyncio.Semaphore(AT_ONCE)
 
     # -- task/spawn -----------------------------------------------------------------------
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
@@ -105,7 +113,8 @@ class ClusterSpawns:
             return list(await pipe.execute())
 
         try:
-            row, lineage = await read(get)
+            async with self._calls:
+                row, lineage = await read(get)
         except RedisError as exc:
             raise _unavailable(exc) from None
         return (None if row is None else self._child(task.id, key, row),
@@ -178,7 +187,8 @@ class ClusterSpawns:
         written by the first answers it)."""
         for again in (False, True):
             try:
-                [got] = await self.scripts.acknowledged([(self.script, keys, args)])
+                async with self._calls:
+                    [got] = await self.scripts.acknowledged([(self.script, keys, args)])
                 if isinstance(got, RedisError):
                     raise got
                 return got
@@ -190,14 +200,16 @@ class ClusterSpawns:
     # -- task/wait ------------------------------------------------------------------------
     async def children(self, task: Task) -> set[str]:
         try:
-            rows = await read(lambda: self.redis.hgetall(self.keys.spawns(task.id)))
+            async with self._calls:
+                rows = await read(lambda: self.redis.hgetall(self.keys.spawns(task.id)))
         except RedisError as exc:
             raise _unavailable(exc, "task/wait") from None
         return {self._child(task.id, k.decode(errors="replace"), v) for k, v in rows.items()}
 
     async def outcome(self, child_id: str) -> dict[str, Any]:
         try:
-            info = await self._info(child_id)
+            async with self._calls:
+                info = await self._info(child_id)
             if info is None:
                 return {"task_id": child_id, "status": "lost", "output": None,
                         "error": NOT_KEPT}

@@ -67,6 +67,18 @@ def test_a_cluster_task_spawns_cluster_tasks_a_local_one_local_ones(
         assert len(b.call("tasks.list", {"agent": "leaf"})["tasks"]) == 9  # a's own
 
 
+def test_a_map_wider_than_the_redis_pool_spawns_and_waits(tmp: Path, redis: RedisServer
+                                                          ) -> None:
+    """150 spawns sent at once (ctx.map) and waited for: more than the node's Redis
+    client has connections (100), which a spawn or a wait must not all ask for at once."""
+    with nodes(tmp, redis, {"a": fleet(), "b": fleet()}) as ns:
+        count = tmp / "count"
+        done = _run(ns["a"], {"children": 150, "map": True, "count": str(count)})
+        assert done["status"] == "succeeded", done
+        assert done["output"] == [i * 2 for i in range(150)]
+        assert counted(count) == list(range(150))
+
+
 def test_a_cluster_tasks_spawns_are_bounded_as_on_one_node(
         tmp: Path, redis: RedisServer) -> None:
     toml = fleet("max_children = 2\nmax_spawn_depth = 2")

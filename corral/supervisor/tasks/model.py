@@ -283,7 +283,8 @@ class SpawnsElsewhere(Protocol):
         """The ids of the task's children."""
 
     async def outcome(self, child_id: str) -> dict[str, Any]:
-        """`task/wait`'s answer for one child, once it has ended."""
+        """`task/wait`'s answer for one child, once it has ended (asked for one child
+        after another: a wait holds no more of where they are kept than one read)."""
 
 
 class TaskProgress(NamedTuple):

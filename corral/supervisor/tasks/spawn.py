@@ -267,7 +267,10 @@ class Spawns:
                          ) -> dict[str, Any]:
         mine = await kept.children(parent)
         _named(parent, children, mine.__contains__)
-        return {"results": await asyncio.gather(*(kept.outcome(c) for c in children))}
+        # one after another: each waits for its child's end, and those that ended while
+        # it waited are read at once (all at once, a wait of a thousand children would
+        # hold a thousand reads)
+        return {"results": [await kept.outcome(c) for c in children]}
 
     async def _wait(self, children: list[str]) -> dict[str, Any]:
         infos = await asyncio.gather(*(self._outcome(c) for c in children))
