@@ -120,12 +120,13 @@ class ClusterSpawns:
         return (None if row is None else self._child(task.id, key, row),
                 self._lineage(task.id, lineage))
 
-    def _child(self, parent_id: str, key: str, row: bytes) -> str:
+    def _child(self, parent_id: str, key: str, row: bytes, method: str = "task/spawn"
+               ) -> str:
         mac, _, child = row.decode(errors="replace").partition(" ")
         if not self.trust.valid(mac, SIGNED_SPAWN, parent_id, key, child):
             self.trust.refuse(SIGNED_SPAWN, f"{key} of task {parent_id}", mac,
-                              "the spawn is refused")
-            raise RpcError(jsonrpc.REFUSED, f"task/spawn: the row of spawn {key} of task "
+                              f"{method} is refused")
+            raise RpcError(jsonrpc.REFUSED, f"{method}: the row of spawn {key} of task "
                            f"{parent_id} in Redis is not signed with this node's cluster "
                            "key (a Redis writer without the key made or changed it): "
                            "refused")
@@ -204,7 +205,8 @@ class ClusterSpawns:
                 rows = await read(lambda: self.redis.hgetall(self.keys.spawns(task.id)))
         except RedisError as exc:
             raise _unavailable(exc, "task/wait") from None
-        return {self._child(task.id, k.decode(errors="replace"), v) for k, v in rows.items()}
+        return {self._child(task.id, k.decode(errors="replace"), v, "task/wait")
+                for k, v in rows.items()}
 
     async def outcome(self, child_id: str) -> dict[str, Any]:
         try:

@@ -155,8 +155,8 @@ UNSIGNED = ("in Redis is not signed with this node's cluster key (a Redis writer
 
 def test_a_forged_row_or_place_spawns_nothing(tmp: Path, redis: RedisServer) -> None:
     """A Redis writer without the cluster key: a place in a tree (a depth, a reach) or a
-    spawn's row (a child of its choosing) that does not verify refuses the spawn, said
-    and counted; nothing is spawned."""
+    spawn's row (a child of its choosing) that does not verify refuses the spawn, or the
+    wait that reads the row, said and counted; nothing is spawned for it."""
     k, r = Keys("test"), attacker(redis)
     with nodes(tmp, redis, {"a": fleet()}) as ns:
         a = ns["a"]
@@ -174,9 +174,20 @@ def test_a_forged_row_or_place_spawns_nothing(tmp: Path, redis: RedisServer) -> 
             gate.touch()
             got = _ended(a, task_id)
             assert got["output"] == {"refused": said, "code": jsonrpc.REFUSED}
-        assert trust(a)["refused"]["spawns"] == 2
         assert a.call("tasks.list", {"agent": "leaf"})["tasks"] == []
         assert not count.exists()
+        # a row changed after its spawn: the wait that reads it is refused
+        gate = tmp / "gate-wait"
+        task_id = _running(a, {"children": 1, "count": str(count), "catch": True,
+                               "wait_gate": str(gate)})
+        wait_until(lambda: r.hexists(k.spawns(task_id), "1"), what="the spawn's row")
+        child = r.hget(k.spawns(task_id), "1").split()[-1].decode()
+        r.hset(k.spawns(task_id), "1", f"0 {child}")
+        gate.touch()
+        assert _ended(a, task_id)["output"] == {
+            "refused": f"task/wait: the row of spawn 1 of task {task_id} {UNSIGNED}",
+            "code": jsonrpc.REFUSED}
+        assert trust(a)["refused"]["spawns"] == 3
 
 
 def test_a_spawn_under_a_claim_no_longer_the_nodes_is_refused(
