@@ -528,7 +528,7 @@ class ClusterNode:
             if info is not None and wait and info.status.encode() not in records.TERMINAL:
                 info = await self.desk.wait(task_id)
         except RedisError as exc:
-            if task_id in self.tasks.active or task_id in self.tasks.finished:
+            if self.tasks.holds(task_id) or task_id in self.tasks.finished:
                 return None  # this node's engine still knows it
             raise unavailable(self.settings, exc, f"task {task_id} cannot be read"
                               ) from None

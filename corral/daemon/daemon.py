@@ -73,7 +73,7 @@ from .upgrade import Takeover, Upgrades
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
-    from ..supervisor.tasks import TaskRecord
+    from ..supervisor.tasks import Unfinished
     from .http.server import HttpServer
 
 log = logging.getLogger("corral.daemon")
@@ -293,7 +293,7 @@ class Daemon:
             self.request_stop()
 
     # -- set-up: the parts, in order; the stack tears them down in reverse ---------------------
-    async def _setup(self, stack: contextlib.AsyncExitStack) -> tuple[Assembly, list[TaskRecord]]:
+    async def _setup(self, stack: contextlib.AsyncExitStack) -> tuple[Assembly, list[Unfinished]]:
         """To add a part: one line here, where what it needs exists and where its
         teardown is to come (the reverse of this order)."""
         keep = stack.enter_context
@@ -412,7 +412,7 @@ class Daemon:
         # servers close)
         await enter("the extras' retries", part.closed(extras.close))
 
-    async def _begin(self, up: Assembly, unfinished: list[TaskRecord]) -> None:
+    async def _begin(self, up: Assembly, unfinished: list[Unfinished]) -> None:
         """Once every part is set up: the services served, the agents added, the
         journal's tasks recovered, the cluster's loops started; in an upgrade's new
         image, its HTTP parts once its agents are adopted."""
@@ -425,11 +425,13 @@ class Daemon:
         if node is not None:
             node.declared.declare(declared)  # registered by its first beat
         s.dev_watch.sync_all()
-        if self.taken is not None:
-            unfinished = self.taken.hold_back(unfinished)
+        records = unfinished if self.taken is None else self.taken.hold_back(unfinished)
         # no await since the agents were added: no task can be accepted before the
         # journal's are back, numbered after theirs
-        s.tasks.recover(unfinished if up.journal is not None else [])
+        s.tasks.recover(records if up.journal is not None else [])
+        # the records are the engine's tasks now: start-up's frames, which hold the list
+        # for the daemon's life, must not keep thousands of suspended tasks' twice
+        unfinished.clear()
         s.workflows.recover()  # after the tasks: a run's recorded task is found
         up.sup.parts.tasks.spawns.recover()  # (a spawn's child's end is found)
         s.teams.recover()  # (so is a team call's)

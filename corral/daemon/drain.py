@@ -118,7 +118,8 @@ class Drain:
                           waiting=tasks.waiting() - handed if tasks.journal is not None
                           else 0,
                           cut_short=self._cut,
-                          suspended=sum(1 for t in tasks.active.values() if t.suspended))
+                          suspended=sum(1 for t in tasks.active.values() if t.suspended)
+                          + len(tasks.suspensions.compact))
         if running:
             self.report(f"drained in {drained.seconds:.1f} s: {drained.summary()}")
         return drained

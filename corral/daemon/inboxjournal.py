@@ -8,7 +8,7 @@ with its task when the task journal prunes it (`delete_asks`)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -59,8 +59,14 @@ class AsksDB:
                                          args).fetchall()
         return [_ask(r) for r in rows]
 
-    def pending(self) -> list[Ask]:
-        return self._select("outcome IS NULL ORDER BY created, id", ())
+    def pending(self) -> Iterator[Ask]:
+        # row by row: thousands of asks read back make no heap of rows kept in memory
+        with errors_named(self.store.path):
+            for row in self.store.db.execute(
+                    f"SELECT {COLUMNS} FROM asks WHERE outcome IS NULL ORDER BY created, id"):
+                yield _ask(row)
+            # the pages of every pending ask, read once at start-up: not kept cached
+            self.store.db.execute("PRAGMA shrink_memory")
 
     def find(self, task_id: str, key: str) -> Ask | None:
         found = self._select("task_id = ? AND key = ?", (task_id, key))

@@ -31,7 +31,7 @@ from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
-from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks import Unfinished
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
@@ -327,7 +327,7 @@ class Stores:
     writer: StoreWriter  # every write goes through its thread, off the loop
     revisions: RevisionLog
     journal: TaskJournalDB | None  # None: `task_journal = false`
-    unfinished: list[TaskRecord]  # the journal's tasks not finished when it last closed
+    unfinished: list[Unfinished]  # the journal's tasks not finished when it last closed
 
 
 @contextlib.asynccontextmanager
@@ -364,7 +364,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
             parts.tasks.sessions.journal = sessions
             parts.tasks.sessions.hot.budget = int(sc.session_memory_mb * 1024 * 1024)
             journal: TaskJournalDB | None = None
-            unfinished: list[TaskRecord] = []
+            unfinished: list[Unfinished] = []
             if sc.task_journal:
                 journal = TaskJournalDB(store.path, sync=sc.journal_sync,
                                         max_age=sc.journal_max_age,

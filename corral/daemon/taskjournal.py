@@ -47,6 +47,7 @@ import contextlib
 import itertools
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ import msgspec
 
 from ..supervisor.tasks import (
     Attempt,
+    CompactTask,
     ModelUsage,
     Task,
     TaskFailure,
@@ -132,6 +134,23 @@ FROM (SELECT agent, tenant AS t, finished AS f, CAST(usage AS TEXT) AS u FROM ta
 GROUP BY agent, t, w) AS used
 WHERE t IS """ + HOLDER.format(agent="used.agent")
 
+_CHECKPOINT = ("(SELECT r.body FROM steps s JOIN step_results r ON r.hash = s.result "
+               f"WHERE s.task_id = tasks.id AND s.seq = {CHECKPOINT_SEQ})")
+# a task's row whole, as a restart takes it back (its checkpoint with it: steps.py)
+WHOLE = ("SELECT id, agent, input, priority, timeout, retries_left, created, started, status, "
+         f"tool_calls, attempts, usage, not_before, options, tenant, {_CHECKPOINT} "
+         "FROM tasks WHERE id = ?")
+# the unfinished ones, a suspended one's row lean (CompactTask): its arrival in the
+# input's place, and whether its last attempt has yet to be seen ended in the attempts'
+_LEAN = "CASE WHEN status = 'suspended' THEN {} ELSE {} END"
+_UNSETTLED = "json_extract(attempts, '$[#-1].finished') IS NULL"
+UNFINISHED = (
+    f"SELECT id, agent, {_LEAN.format('arrival', 'input')}, priority, timeout, retries_left, "
+    "created, started, status, tool_calls, "
+    f"{_LEAN.format(_UNSETTLED, 'attempts')}, "
+    f"usage, not_before, options, tenant, {_LEAN.format('NULL', _CHECKPOINT)} "
+    "FROM tasks WHERE finished IS NULL ORDER BY arrival")
+
 _encode = msgspec.json.encode
 _attempts = msgspec.json.Decoder(list[Attempt])
 _error = msgspec.json.Decoder(TaskFailure | None)
@@ -160,6 +179,7 @@ class TaskJournalDB:
         self._writer = writer or WriterThread(path, sync=sync)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
+        self._rows: sqlite3.Connection | None = None  # whole rows read on the loop
         # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
         self._group: GroupCommit[Row] = GroupCommit(
             self._writer, self._write, self._settled, merge=_merged, size=_size,
@@ -178,29 +198,35 @@ class TaskJournalDB:
         self._arrivals = itertools.count(top + 1 if top is not None else 0)
 
     # -- start-up -------------------------------------------------------------------------
-    def unfinished(self) -> list[TaskRecord]:
-        """The tasks a crashed daemon left queued or running, in the order they arrived."""
+    def unfinished(self) -> list[TaskRecord | CompactTask]:
+        """The tasks a crashed daemon left queued or running, in the order they arrived;
+        the suspended ones as CompactTasks, their `seq` their arrival (read whole when
+        they resume: TaskManager.live). Read row by row: a restart of thousands of
+        suspended tasks makes no heap of rows it would keep the memory of."""
+        out: list[TaskRecord | CompactTask] = []
         with errors_named(self.path):
-            rows = self._reader.execute(
-                "SELECT id, agent, input, priority, timeout, retries_left, created, "
-                "started, status, tool_calls, attempts, usage, not_before, options, tenant, "
-                "(SELECT r.body FROM steps s JOIN step_results r ON r.hash = s.result "
-                f"WHERE s.task_id = tasks.id AND s.seq = {CHECKPOINT_SEQ}) FROM tasks "
-                "WHERE finished IS NULL ORDER BY arrival").fetchall()
-        return [
-            TaskRecord(task_id=tid, agent=agent,
-                       input=msgspec.Raw(raw if raw is not None else b"null"),
-                       priority=prio, timeout=timeout, retries_left=retries, created=created,
-                       started=started, status=status, tool_calls=calls,
-                       attempts=_attempts.decode(attempts),
-                       usage=None if usage is None else _usage.decode(usage),
-                       not_before=not_before,
-                       options=decoded(options),
-                       tenant=tenant,
-                       # the task's checkpoint (steps.py; one past REF_ABOVE is not given)
-                       checkpoint=None if state is None else msgspec.Raw(bytes(state)))
-            for (tid, agent, raw, prio, timeout, retries, created, started, status,
-                 calls, attempts, usage, not_before, options, tenant, state) in rows]
+            for row in self._reader.execute(UNFINISHED):
+                if row[8] == "suspended":
+                    tenant = row[14]
+                    out.append(CompactTask(row[0], sys.intern(row[1]),
+                                           None if tenant is None else sys.intern(tenant),
+                                           row[2], not row[10]))
+                else:
+                    out.append(_record(row))
+            # the pages of the whole table, read once: not kept in the reader's cache
+            self._reader.execute("PRAGMA shrink_memory")
+        return out
+
+    def record(self, task_id: str) -> TaskRecord | None:
+        """One task's row whole, read on the loop (a suspended task kept compact, rebuilt
+        as it resumes: its row is committed before it is kept so)."""
+        rows = self._rows
+        if rows is None:
+            # the loop's own connection: the reader's lock is held by reads in threads
+            rows = self._rows = connect(self.path)
+        with errors_named(self.path):
+            row = rows.execute(WHOLE, (task_id,)).fetchone()
+        return None if row is None else _record(row)
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -453,6 +479,8 @@ class TaskJournalDB:
         if self._own_writer:
             await self._writer.close()
         self._reader.close()
+        if self._rows is not None:
+            self._rows.close()
 
 
 class TaskJournalError(Exception):
@@ -474,6 +502,20 @@ def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
         task.not_before,
         encoded(task.options),
         task.tenant)
+
+
+def _record(row: Row) -> TaskRecord:
+    (tid, agent, raw, prio, timeout, retries, created, started, status, calls, attempts,
+     usage, not_before, options, tenant, state) = row
+    return TaskRecord(task_id=tid, agent=agent,
+                      input=msgspec.Raw(raw if raw is not None else b"null"),
+                      priority=prio, timeout=timeout, retries_left=retries, created=created,
+                      started=started, status=status, tool_calls=calls,
+                      attempts=_attempts.decode(attempts),
+                      usage=None if usage is None else _usage.decode(usage),
+                      not_before=not_before, options=decoded(options), tenant=tenant,
+                      # its checkpoint (steps.py; one past REF_ABOVE is not given)
+                      checkpoint=None if state is None else msgspec.Raw(bytes(state)))
 
 
 def _size(row: Row) -> int:

@@ -69,7 +69,7 @@ from ..supervisor.mcproutes import updates_to
 from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
-from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks import TaskRecord, Unfinished
 from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import cancel_all, within
@@ -537,13 +537,14 @@ class Takeover:
             stats.restarts_by_cause = dict(Counter(stats.restarts_by_cause)
                                            + Counter(carried.restarts_by_cause))
 
-    def hold_back(self, unfinished: list[TaskRecord]) -> list[TaskRecord]:
+    def hold_back(self, unfinished: list[Unfinished]) -> list[Unfinished]:
         """The journal's unfinished tasks less those running on a kept worker: they
         are re-attached to it, not recovered."""
         running = {t.task_id for h in self.handoff.processes for t in h.tasks}
         rest = []
         for rec in unfinished:
-            if rec.task_id in running and rec.status == "running":
+            if isinstance(rec, TaskRecord) and rec.task_id in running and \
+                    rec.status == "running":
                 self.held[rec.task_id] = rec
             else:
                 rest.append(rec)

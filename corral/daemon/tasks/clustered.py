@@ -15,7 +15,7 @@ from ... import methods as m
 from ...cluster.node import ClusterNode
 from ...jsonrpc import RpcError
 from ...supervisor.quotas import Tenancy
-from ...supervisor.tasks import TaskRecord
+from ...supervisor.tasks import Unfinished
 from ...supervisor.tasks.admission import admit
 from ...taskviews import TaskInfo, TaskResult
 from ..caller import Channel
@@ -44,7 +44,7 @@ class ClusterFront:
     def refusing(self) -> str | None:
         return self.local.refusing
 
-    def recover(self, records: list[TaskRecord]) -> None:
+    def recover(self, records: list[Unfinished]) -> None:
         self.local.recover(records)
 
     def _admitted(self, p: P) -> P:

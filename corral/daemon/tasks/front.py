@@ -12,7 +12,7 @@ import msgspec
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError, visible
-from ...supervisor.tasks import TaskRecord, TaskStatus, is_task_id
+from ...supervisor.tasks import TaskStatus, Unfinished, is_task_id
 from ...supervisor.tasks.durable import Sees as Sees
 from ...taskviews import TaskInfo, TaskResult, TaskSummary
 from ..caller import Channel
@@ -31,7 +31,7 @@ class TaskFront(Protocol):
     def refusing(self) -> str | None:
         """Why new tasks are refused now (the journal cannot write), or None."""
 
-    def recover(self, records: list[TaskRecord]) -> None: ...
+    def recover(self, records: list[Unfinished]) -> None: ...
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         """Accept a task: its id once it is durable (journal, or Redis); with `wait`,

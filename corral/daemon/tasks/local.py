@@ -26,7 +26,7 @@ from ...supervisor.tasks import (
     TaskFinished,
     TaskManager,
     TaskProgress,
-    TaskRecord,
+    Unfinished,
 )
 from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
@@ -52,7 +52,7 @@ class LocalFront:
     def refusing(self) -> str | None:
         return self.journal.refusing if self.journal is not None else None
 
-    def recover(self, records: list[TaskRecord]) -> None:
+    def recover(self, records: list[Unfinished]) -> None:
         """Finish the story of every task the previous daemon accepted (DESIGN section 8),
         then open the front. Called with no await since the agents were added, so no
         task is accepted before the journal's are back, queued after theirs."""

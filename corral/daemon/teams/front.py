@@ -12,7 +12,7 @@ import msgspec
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
-from ...supervisor.tasks import TaskRecord
+from ...supervisor.tasks import Unfinished
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import result
 from ...taskviews import TaskInfo, TaskResult
@@ -51,7 +51,7 @@ class TeamFront:
     def refusing(self) -> str | None:
         return self.inner.refusing
 
-    def recover(self, records: list[TaskRecord]) -> None:
+    def recover(self, records: list[Unfinished]) -> None:
         self.inner.recover(records)
 
     async def _start(self, p: m.TaskParams) -> TeamCall:

@@ -74,7 +74,7 @@ class StepTasks:
         return run
 
     def cancel_task(self, task_id: str) -> None:
-        task = self.engine.active.get(task_id)
+        task = self.engine.live(task_id)
         if task is not None and task.status not in TERMINAL:
             with contextlib.suppress(RpcError):
                 self.engine.cancel(task_id)

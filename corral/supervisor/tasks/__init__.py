@@ -35,7 +35,16 @@ from .durable import TaskJournal, unknown_cursor
 from .ids import is_task_id, new_id
 from .interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .manager import TaskManager
-from .model import LOST_IN_RESTART, AttemptEnded, Task, TaskFinished, TaskProgress, TaskRecord
+from .model import (
+    LOST_IN_RESTART,
+    AttemptEnded,
+    CompactTask,
+    Task,
+    TaskFinished,
+    TaskProgress,
+    TaskRecord,
+    Unfinished,
+)
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
@@ -56,6 +65,7 @@ __all__ = [
     "AttemptEnded",
     "Budget",
     "Budgets",
+    "CompactTask",
     "Interceptors",
     "LocalQueue",
     "ModelUsage",
@@ -77,6 +87,7 @@ __all__ = [
     "TaskSummary",
     "ToolCall",
     "ToolPorts",
+    "Unfinished",
     "Usage",
     "WaitClock",
     "encode_input",

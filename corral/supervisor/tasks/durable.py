@@ -10,7 +10,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskoptions import NO_FILTERS, TaskFilters
 from ...taskviews import TaskInfo, TaskSummary
-from .model import Task
+from .model import Task, TaskRecord
 
 # whether a task's record is the asker's, from its agent and the tenant that agent was of
 # when the task was accepted (the daemon's Caller.sees_record)
@@ -44,6 +44,10 @@ class TaskJournal(Protocol):
 
     async def load(self, task_id: str) -> TaskInfo | None:
         """A task no longer (wholly) in memory."""
+
+    def record(self, task_id: str) -> TaskRecord | None:
+        """A task's committed row whole, as a restart takes it back: a suspended task
+        kept compact rebuilt (suspension.py). On the loop: one row by its key."""
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,

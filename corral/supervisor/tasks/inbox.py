@@ -45,6 +45,11 @@ MAX_PENDING = 10_000
 MAX_PENDING_PER_TENANT = 1_000
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
 
+# a pending ask is held as its record packed (one object, not a dozen: thousands of
+# suspended tasks may wait for days), unpacked where it is read
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(Ask).decode
+
 
 # the ends a person decides, by the kind of ask they decide
 DECIDED = {AskKind.APPROVAL: frozenset({AskEnd.APPROVED, AskEnd.DENIED}),
@@ -101,7 +106,7 @@ class AskStore(Protocol):
 
     async def save(self, ask: Ask) -> None: ...
 
-    def pending(self) -> list[Ask]:
+    def pending(self) -> Iterable[Ask]:
         """Every ask not ended, at start-up."""
 
     def find(self, task_id: str, key: str) -> Ask | None:
@@ -143,9 +148,9 @@ class Inbox:
         self.clock = clock if clock is not None else WaitClock()
         self.max_pending = MAX_PENDING
         self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
-        self._pending: dict[str, Ask] = {}
-        # task id -> key -> its pending ask's id
-        self._by_task: dict[str, dict[str, str]] = {}
+        self._pending: dict[str, bytes] = {}  # ask id -> the ask packed
+        # task id -> its pending ask's id, or their ids when it has several
+        self._by_task: dict[str, str | tuple[str, ...]] = {}
         self._per_tenant: dict[str | None, int] = {}
         # asks checked against the bounds whose records are being stored: counted as
         # pending, so that asks made at once do not pass a bound together
@@ -185,9 +190,9 @@ class Inbox:
         """The ask of `req`'s call: the one its task made before for the same key (pending
         or ended), else a new one, stored before this returns. Refused past a bound
         (QUOTA_EXCEEDED, naming it)."""
-        held = self._by_task.get(req.task_id, {}).get(req.key)
+        held = next((a for a in self.waiting_for(req.task_id) if a.key == req.key), None)
         if held is not None:
-            return self._pending[held]
+            return held
         found = self.store.find(req.task_id, req.key)
         if found is not None:
             return found
@@ -224,8 +229,11 @@ class Inbox:
                            f"(max_pending_asks_per_tenant {self.max_pending_per_tenant})")
 
     def _hold(self, ask: Ask) -> None:
-        self._pending[ask.id] = ask
-        self._by_task.setdefault(ask.task_id, {})[ask.key] = ask.id
+        self._pending[ask.id] = _pack(ask)
+        had = self._by_task.get(ask.task_id)
+        self._by_task[ask.task_id] = (ask.id if had is None else
+                                      (had, ask.id) if isinstance(had, str) else
+                                      (*had, ask.id))
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
         if ask.deadline is not None:
             delay = max(0.0, ask.deadline - self.clock.time())
@@ -233,14 +241,14 @@ class Inbox:
 
     def _release(self, ask: Ask) -> None:
         self._pending.pop(ask.id, None)
-        keys = self._by_task.get(ask.task_id)
-        if keys is not None:
-            keys.pop(ask.key, None)
-            if not keys:
-                del self._by_task[ask.task_id]
-        left = self._per_tenant.get(ask.tenant, 0) - 1
-        if left > 0:
-            self._per_tenant[ask.tenant] = left
+        left = tuple(i for i in self._ids(ask.task_id) if i != ask.id)
+        if not left:
+            self._by_task.pop(ask.task_id, None)
+        else:
+            self._by_task[ask.task_id] = left[0] if len(left) == 1 else left
+        count = self._per_tenant.get(ask.tenant, 0) - 1
+        if count > 0:
+            self._per_tenant[ask.tenant] = count
         else:
             self._per_tenant.pop(ask.tenant, None)
         timer = self._timers.pop(ask.id, None)
@@ -276,7 +284,7 @@ class Inbox:
         """End a pending ask as a person decided. Refused (exact messages in
         docs/approvals.md): no such pending ask (NOT_FOUND: ended asks say how), an end
         its kind does not take, data past MAX_DECISION_BYTES (INVALID_PARAMS)."""
-        ask = self._pending.get(decision.ask_id)
+        ask = self._held(decision.ask_id)
         if ask is None or decision.ask_id in self._deciding:
             raise self._not_pending(decision.ask_id)
         if decision.end not in DECIDED[ask.kind]:
@@ -309,7 +317,7 @@ class Inbox:
 
     def _expire(self, ask_id: str) -> None:
         self._timers.pop(ask_id, None)
-        ask = self._pending.get(ask_id)
+        ask = self._held(ask_id)
         if ask is None or ask_id in self._deciding:
             return
         self._expiring.add(asyncio.get_running_loop().create_task(self._time_out(ask)))
@@ -348,19 +356,31 @@ class Inbox:
     # -- reading --------------------------------------------------------------------------
     def pending(self, seen: Callable[[Ask], bool] | None = None) -> list[Ask]:
         """The pending asks (those `seen` admits), oldest first."""
-        asks: Iterable[Ask] = self._pending.values()
+        asks: Iterable[Ask] = map(_unpack, self._pending.values())
         if seen is not None:
             asks = filter(seen, asks)
         return sorted(asks, key=lambda a: (a.created, a.id))
 
     def get(self, ask_id: str) -> Ask | None:
         """A pending ask, else the stored record (ended), else None."""
-        ask = self._pending.get(ask_id)
+        ask = self._held(ask_id)
         return ask if ask is not None else self.store.get(ask_id)
+
+    def _held(self, ask_id: str) -> Ask | None:
+        packed = self._pending.get(ask_id)
+        return None if packed is None else _unpack(packed)
+
+    def _ids(self, task_id: str) -> tuple[str, ...]:
+        held = self._by_task.get(task_id)
+        return () if held is None else (held,) if isinstance(held, str) else held
+
+    def asking(self, task_id: str) -> bool:
+        """Whether the task waits for something now."""
+        return task_id in self._by_task
 
     def waiting_for(self, task_id: str) -> list[Ask]:
         """What the task waits for now."""
-        return [self._pending[i] for i in self._by_task.get(task_id, {}).values()]
+        return [_unpack(self._pending[i]) for i in self._ids(task_id)]
 
     def close(self) -> None:
         """Stop the deadlines (the asks stay pending in the store)."""

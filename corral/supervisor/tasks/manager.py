@@ -81,7 +81,7 @@ from .interceptors import (
     TraceStart,
 )
 from .lanes import Lanes
-from .model import LOST_IN_RESTART, Task, TaskFinished, TaskRecord
+from .model import LOST_IN_RESTART, CompactTask, Task, TaskFinished, TaskRecord
 from .output import START, OutputChunk, position_of
 from .payload import Output, acyclic, encode_input
 from .questions import Questions
@@ -639,27 +639,31 @@ class TaskManager:
             task.journaled = True
 
     # -- after a restart ------------------------------------------------------------------
-    def restore(self, records: Iterable[TaskRecord]) -> list[Task]:
+    def restore(self, records: Iterable[TaskRecord | CompactTask]) -> list[Task]:
         """Take back a journal's unfinished tasks (in their order): queued ones wait again;
         one that was running has lost its attempt to the restart and is retried when its
-        agent has retries left, else ends `lost`. They keep their order before every task
-        accepted after."""
+        agent has retries left, else ends `lost`; a suspended one waits on, kept compact
+        (suspension.py). They keep their order before every task accepted after. The
+        Tasks made again (not those kept compact)."""
         restored: list[Task] = []
         waiting: list[Task] = []
         now = time.time()
         delayed: list[Task] = []
         for rec in records:
-            task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left,
-                        next(self._seq))
-            task.id, task.created, task.started = rec.task_id, rec.created, rec.started
-            task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
-            task.usage, task.checkpoint = rec.usage, rec.checkpoint
-            task.options, task.not_before = rec.options, rec.not_before
-            task.tenant = rec.tenant
-            task.due = max(rec.created, rec.not_before or rec.created)
-            task.session = self.sessions.member(task.id)
-            self.traced_again(task)
+            seq = next(self._seq)
+            session = self.sessions.member(rec.task_id)
             agent = self.sup.agents.get(rec.agent)
+            if isinstance(rec, CompactTask):
+                if agent is not None and session is None and \
+                        self.suspensions.keep(rec._replace(seq=seq)):
+                    self._agent_tasks(agent).counts["accepted"] += 1
+                    continue
+                whole = self.journal.record(rec.task_id) if self.journal is not None else None
+                if whole is None:  # (its row is read in the same start: it is there)
+                    continue
+                rec = whole
+            task = self._rebuilt(rec, seq, session)
+            self.traced_again(task)
             self.active[task.id] = task
             restored.append(task)
             q = self._agent_tasks(agent) if agent is not None else None
@@ -701,6 +705,39 @@ class TaskManager:
         for name in {t.agent for t in restored}:
             self.dispatch.pump(name)
         return restored
+
+    def _rebuilt(self, rec: TaskRecord, seq: int, session: str | None) -> Task:
+        """A journal's task made again, as its record was (its status not yet)."""
+        task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left, seq)
+        task.id, task.created, task.started = rec.task_id, rec.created, rec.started
+        task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
+        task.usage, task.checkpoint = rec.usage, rec.checkpoint
+        task.options, task.not_before = rec.options, rec.not_before
+        task.tenant, task.session = rec.tenant, session
+        task.due = max(rec.created, rec.not_before or rec.created)
+        return task
+
+    def live(self, task_id: str) -> Task | None:
+        """An unfinished task of this engine; one suspended and kept compact is rebuilt
+        whole from its journal row (and stays whole until it ends)."""
+        task = self.active.get(task_id)
+        if task is not None or self.journal is None:
+            return task
+        compact = self.suspensions.compact.pop(task_id, None)
+        if compact is None:
+            return None
+        rec = self.journal.record(task_id)
+        if rec is None:  # (pruned rows are finished tasks': a suspended one's is kept)
+            return None
+        task = self._rebuilt(rec, compact.seq, None)
+        task.restored(rec.status)
+        self.traced_again(task)
+        self.active[task_id] = task
+        return task
+
+    def holds(self, task_id: str) -> bool:
+        """Whether the task is unfinished in this engine (kept compact or not)."""
+        return task_id in self.active or task_id in self.suspensions.compact
 
     def traced_again(self, task: Task) -> None:
         """A task this process did not accept (a journal's after a restart, one handed
@@ -753,6 +790,7 @@ class TaskManager:
         """The task's live output chunk by chunk as it comes (after the chunk whose id is
         `after`), until the task has ended and every chunk kept is read (output.py)."""
         start = START if after is None else position_of(after)
+        self.live(task_id)  # followed until it ends: whole, if it was kept compact
         async for chunks in self.outputs.follow(task_id, start):
             for chunk in chunks:
                 yield chunk
@@ -785,7 +823,7 @@ class TaskManager:
 
     def get(self, task_id: str) -> Task:
         """A task in memory (every unfinished one, the last `kept` finished ones)."""
-        task = self.active.get(task_id) or self.finished.get(task_id)
+        task = self.live(task_id) or self.finished.get(task_id)
         if task is None:
             raise jsonrpc.not_found("task", task_id)
         return task
@@ -808,7 +846,8 @@ class TaskManager:
 
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo:
         """What `corral task ID` shows, from memory or else from the journal."""
-        task = self.active.get(task_id) or self.finished.get(task_id)
+        task = (self.live(task_id) if wait else self.active.get(task_id)) or \
+            self.finished.get(task_id)
         if task is not None and wait:
             await asyncio.shield(task.done)
         if task is not None and not (task.output_dropped and self.journal is not None):
@@ -821,6 +860,8 @@ class TaskManager:
         info = await self.journal.load(task_id) if self.journal is not None else None
         if info is None:
             raise jsonrpc.not_found("task", task_id)
+        if info.status == TaskStatus.SUSPENDED:  # kept compact: what it waits for
+            info.asks = self.inbox.waiting_for(task_id)
         return info
 
     async def query(self, *, agent: str | None = None, status: str | None = None,
@@ -915,6 +956,8 @@ class TaskManager:
             waiting.append(task)
         # and those that wait for a person with no attempt, which would wait for it next
         waiting += [t for t in self.active.values() if t.suspended and t.agent == name]
+        waiting += [t for c in list(self.suspensions.compact.values()) if c.agent == name
+                    and (t := self.live(c.task_id)) is not None]
         for task in waiting:
             self.finish(task, cause, error)
 

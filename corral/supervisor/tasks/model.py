@@ -58,6 +58,29 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     tenant: str | None = None  # its agent's when it was accepted (Task.tenant)
 
 
+class CompactTask(NamedTuple):
+    """A suspended task kept compact while it waits for a person (suspension.py): what
+    finds it (its id, its agent, its tenant when it was accepted) and its place among the
+    tasks (`seq`, as Task's); the rest is its journal row's, read back whole when it
+    resumes, ends or is waited on (TaskManager.live). A journal gives its suspended tasks
+    back so after a restart, `settled` False when their stopped attempt has yet to be
+    seen ended (the restart ends it: the task is rebuilt at once)."""
+
+    task_id: str
+    agent: str
+    tenant: str | None
+    seq: int
+    settled: bool = True
+
+    @property
+    def status(self) -> str:
+        return "suspended"
+
+
+# what a journal gives back of its unfinished tasks after a restart
+Unfinished = TaskRecord | CompactTask
+
+
 class Waiter(Protocol):
     """What a task's end settles for its submitter: a future, or a lane of a map."""
 

@@ -70,7 +70,6 @@ class Engine(Protocol):
     sup: TaskHost
     stream: Stream
     tenancy: Tenancy | None
-    active: dict[str, Task]
     worker: WorkerMethods
     queue: Queue
     steps: TaskSteps
@@ -81,6 +80,11 @@ class Engine(Protocol):
     async def committed(self) -> None: ...
 
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo: ...
+
+    def holds(self, task_id: str) -> bool:
+        """Whether the task is unfinished here (a suspended one kept compact too)."""
+
+    def live(self, task_id: str) -> Task | None: ...
 
 
 class Spawns:
@@ -121,14 +125,14 @@ class Spawns:
     async def _recover(self) -> None:
         engine = self.engine
         for task_id, place in list(self.trees.places.items()):
-            if task_id in engine.active or self.trees.ended(task_id):
+            if engine.holds(task_id) or self.trees.ended(task_id):
                 continue
             try:
                 info = await engine.info(task_id)
             except RpcError as exc:
                 if exc.code != jsonrpc.NOT_FOUND:
                     raise
-                if place.step is None or parent_of(place.step) not in engine.active:
+                if place.step is None or not engine.holds(parent_of(place.step)):
                     self.trees.finished(task_id, "lost", NOT_KEPT)
                 continue
             self.trees.finished(task_id, str(info.status),
@@ -238,7 +242,7 @@ class Spawns:
         """The child submitted under its id, unless the engine has (or had) it: checked
         as a new spawn is (its agent, depth and fan-out), as of now."""
         engine = self.engine
-        if child_id in engine.active:
+        if engine.holds(child_id):
             return
         try:
             await engine.info(child_id)
@@ -278,7 +282,7 @@ class Spawns:
 
     async def _outcome(self, child_id: str) -> dict[str, Any]:
         engine = self.engine
-        task = engine.active.get(child_id)
+        task = engine.live(child_id)
         if task is not None:
             await asyncio.shield(task.done)
         info = await engine.info(child_id)

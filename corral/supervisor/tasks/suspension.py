@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..stream import Stream
     from .dispatch import TaskDispatch
     from .durable import TaskJournal
-    from .model import Task
+    from .model import CompactTask, Task
 
 
 
@@ -56,6 +56,9 @@ class SuspendingEngine(Protocol):
 
     def again(self, task: Task) -> None:
         """A queued task waits for its time, or at once for a replica."""
+
+    def live(self, task_id: str) -> Task | None:
+        """The unfinished task, rebuilt whole if it was kept compact."""
 
 
 class _Wait:
@@ -79,6 +82,8 @@ class Suspensions:
         self.engine = engine
         self.clock = clock
         self._held: dict[str, _Wait] = {}
+        # the suspended tasks kept compact, by id: no Task, its row the journal's
+        self.compact: dict[str, CompactTask] = {}
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
         engine.stream.subscribe(self._ask_ended, AskEnded)
@@ -171,6 +176,9 @@ class Suspensions:
         if ask.pending:
             return
         task = self.engine.active.get(ask.task_id)
+        if task is None and ask.task_id in self.compact and \
+                not self.engine.inbox.asking(ask.task_id):
+            task = self.engine.live(ask.task_id)
         if task is not None:
             self.resume(task)
 
@@ -188,6 +196,15 @@ class Suspensions:
             self.engine.record(task)
         else:
             self.engine.again(task)
+        return True
+
+    def keep(self, task: CompactTask) -> bool:
+        """A journal's suspended task after a restart, kept compact while what it asked
+        is pending; False: it is to be made whole (its stopped attempt ended with the
+        daemon that stopped it, or nothing it asked is pending: it resumes)."""
+        if not task.settled or not self.engine.inbox.asking(task.task_id):
+            return False
+        self.compact[task.task_id] = task
         return True
 
     def restored(self, task: Task) -> bool:
