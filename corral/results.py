@@ -547,12 +547,23 @@ class OutputStats(Result):
     open: int = 0
 
 
+class SuspensionStats(Result):
+    """Tasks that waited for a person past suspend_after (docs/approvals.md#waiting-
+    without-a-process): attempts given back and tasks resumed since the daemon started,
+    and the suspended tasks held compact now (their rows the journal's)."""
+
+    suspended: int = 0
+    resumed: int = 0
+    compact: int = 0
+
+
 class TasksStats(Result):
     total: TaskTotals
     agents: dict[str, AgentTaskStats]
     steps: StepStats | UnsetType = UNSET
     sessions: SessionStats | UnsetType = UNSET
     output: OutputStats | UnsetType = UNSET
+    suspensions: SuspensionStats | UnsetType = UNSET
 
 
 class CallStats(Result):

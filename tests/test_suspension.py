@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,98 @@ def test_a_shutdown_keeps_a_suspended_task_for_the_next_daemon_and_says_so(
     assert answered.returncode == 0, answered.stderr
     done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
     assert (done["status"], done["output"]["answer"]) == ("succeeded", "yes"), done
+
+
+def compact(d: Daemon) -> int:
+    """The suspended tasks kept compact (no Task in memory, their rows the journal's)."""
+    return int(d.ask("stats.get")["tasks"]["suspensions"]["compact"])
+
+
+def alike(info: dict[str, Any]) -> dict[str, Any]:
+    """A task's record less what tells two tasks of one input apart (ids, times, pids)."""
+    out = {k: v for k, v in info.items()
+           if k not in ("task_id", "created", "started", "queue_wait")}
+    out["attempts"] = [{k: v for k, v in a.items() if k not in ("started", "finished", "pid")}
+                       for a in info["attempts"]]
+    out["asks"] = [{k: v for k, v in a.items() if k not in ("id", "created", "task_id")}
+                   for a in info.get("asks") or []]
+    return out
+
+
+def in_a_thread(d: Daemon, method: str, params: dict[str, Any]
+                ) -> tuple[threading.Thread, list[Any]]:
+    """A call that waits for a task's end, on a connection of its own: its answer, or
+    what ended it."""
+    got: list[Any] = []
+
+    def wait() -> None:
+        try:
+            with Client(d.sock, timeout=120) as c:
+                got.append(c.call(method, params))
+        except Exception as exc:  # the daemon killed under the wait
+            got.append(exc)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread, got
+
+
+@pytest.mark.deadline(180)
+def test_a_suspended_task_kept_compact_answers_as_one_kept_whole_and_after_a_sigkill(
+        daemon: Daemon) -> None:
+    """A suspended task whose Task nothing else holds is kept compact once its stopped
+    attempt has ended (issue 55): its record, its listing, its ask and its cancel are as
+    a whole one's (one a `tasks.get {wait}` holds stays whole), and so after a SIGKILL,
+    which reads both back compact; a wait rebuilds it, and the answer resumes it."""
+    d = daemon
+    go = {"prompt": "Go?", "calls": 1}
+    # run: its submitter waits on its Task from its acceptance, which keeps it whole
+    held, _ = in_a_thread(d, "tasks.run", {"agent": "asker", "input": go})
+    ask_whole = wait_until(lambda: d.ask("approvals.list")["asks"], 30, "the first ask")[0]
+    whole = ask_whole["task_id"]
+    status_is(d, whole, "waiting")
+    kept = d.ask("tasks.submit", {"agent": "asker", "input": go})["task_id"]
+    advance(d, "10m")  # the first suspended, held whole: its slot is the second's
+    ask_kept = wait_until(lambda: [a for a in d.ask("approvals.list")["asks"]
+                                   if a["task_id"] == kept], 30, "the second ask")[0]
+    status_is(d, kept, "waiting")
+    advance(d, "10m")
+    wait_until(lambda: compact(d) == 1, 30, "one suspended task kept compact")
+    settled = wait_until(lambda: (t := task(d, whole))["attempts"][-1]["finished"] and t, 30,
+                         "the whole one's stopped attempt ended")
+    shown = task(d, kept)
+    assert shown["status"] == "suspended" and [a["id"] for a in shown["asks"]] == [
+        ask_kept["id"]]
+    assert alike(shown) == alike(settled)
+    listed = d.ask("tasks.list", {"status": "suspended"})["tasks"]
+    assert sorted(t["task_id"] for t in listed) == sorted([whole, kept])
+    cli = d.cli("task", kept).stdout
+    assert "status: suspended" in cli and f"waiting for: question: Go? (ask {ask_kept['id']})" \
+        in cli, cli
+
+    d.stop(signal.SIGKILL)
+    held.join(30)
+    d.start()
+    assert compact(d) == 2  # both read back compact, as they were
+    assert task(d, kept) == shown and task(d, whole) == settled
+    assert sorted(a["id"] for a in d.ask("approvals.list")["asks"]) == sorted(
+        [ask_whole["id"], ask_kept["id"]])
+
+    cancelled = d.cli("cancel", kept)
+    assert cancelled.returncode == 0, cancelled.stderr
+    done = d.ask("tasks.get", {"task_id": kept})
+    assert (done["status"], done["error"]["message"]) == (
+        "cancelled", "cancelled while suspended (waiting for a person)")
+    wait_until(lambda: d.ask("approvals.get", {"id": ask_kept["id"]})["end"] == "withdrawn",
+               30, "the cancelled task's ask withdrawn")
+
+    waiter, got = in_a_thread(d, "tasks.get", {"task_id": whole, "wait": True})
+    wait_until(lambda: compact(d) == 0, 30, "the task waited on made whole")
+    answered = d.cli("approvals", "answer", ask_whole["id"], "--data", json.dumps("yes"))
+    assert answered.returncode == 0, answered.stderr
+    waiter.join(60)
+    [end] = got
+    assert (end["status"], end["output"]["answer"], end["output"]["attempt"]) == (
+        "succeeded", "yes", 2), end
+    assert [a["outcome"] for a in end["attempts"]] == ["suspended", "succeeded"]
+    assert counted(d) == ["0", "0"]  # each task's call made once, replayed after

@@ -31,7 +31,7 @@ from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
-from ..supervisor.tasks import Unfinished
+from ..supervisor.tasks import CompactTask, Unfinished
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
@@ -393,7 +393,9 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
             # the inbox's asks (docs/approvals.md): the pending ones wait again
             parts.tasks.inbox.load(AsksDB(store), InboxBounds(
-                sc.max_pending_asks, sc.max_pending_asks_per_tenant))
+                sc.max_pending_asks, sc.max_pending_asks_per_tenant),
+                # a suspended task's id held once, by the engine and its asks
+                {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})
             own.callback(parts.tasks.inbox.close)
             if conf.cfg.approvals is not None:  # each ask made and ended, to a chat tool
                 webhook = AskWebhook(conf.cfg.approvals, parts.tasks.stream, error)

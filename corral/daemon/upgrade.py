@@ -69,7 +69,7 @@ from ..supervisor.mcproutes import updates_to
 from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
-from ..supervisor.tasks import TaskRecord, Unfinished
+from ..supervisor.tasks import CompactTask, TaskRecord, Unfinished
 from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import cancel_all, within
@@ -541,10 +541,12 @@ class Takeover:
         """The journal's unfinished tasks less those running on a kept worker: they
         are re-attached to it, not recovered."""
         running = {t.task_id for h in self.handoff.processes for t in h.tasks}
-        rest = []
+        rest: list[Unfinished] = []
         for rec in unfinished:
-            if isinstance(rec, TaskRecord) and rec.task_id in running and \
-                    rec.status == "running":
+            if isinstance(rec, CompactTask):  # suspended: on no worker
+                rest.append(rec)
+                continue
+            if rec.task_id in running and rec.status == "running":
                 self.held[rec.task_id] = rec
             else:
                 rest.append(rec)

@@ -67,6 +67,9 @@ class Outcomes(Protocol):
     def retry(self, task: Task) -> None:
         """The machine retried the task: it waits again, for its backoff."""
 
+    def stopped(self, task: Task) -> None:
+        """A suspended task's stopped attempt ended (Suspensions.settle)."""
+
     def again(self, task: Task) -> None:
         """A retry that waited for its timed-out attempt to stop waits for its time."""
 
@@ -235,6 +238,8 @@ class TaskDispatch:
             if end.again:
                 self.outcomes.again(task)  # its retry waited for this attempt to stop
             self.outcomes.record(task)  # the attempt's end, on a task already moved on
+            if task.suspended:
+                self.outcomes.stopped(task)
         self.pump(task.agent)
         if self.gated and self.gate is not None:
             self.gate.freed(task.agent)

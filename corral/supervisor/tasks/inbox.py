@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol, get_type_hints
 
 import msgspec
 
@@ -45,10 +46,20 @@ MAX_PENDING = 10_000
 MAX_PENDING_PER_TENANT = 1_000
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
 
-# a pending ask is held as its record packed (one object, not a dozen: thousands of
-# suspended tasks may wait for days), unpacked where it is read
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(Ask).decode
+# a pending ask is held as its record packed, its fields in their order (one object, not
+# a dozen: thousands of suspended tasks may wait for days), unpacked where it is read
+_FIELDS = Ask.__struct_fields__
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(tuple[tuple(get_type_hints(Ask)[f] for f in _FIELDS)]  # type: ignore[misc]
+                                  ).decode
+
+
+def _pack(ask: Ask) -> bytes:
+    return _encode(msgspec.structs.astuple(ask))
+
+
+def _unpack(packed: bytes) -> Ask:
+    return Ask(**dict(zip(_FIELDS, _decode(packed), strict=True)))
 
 
 # the ends a person decides, by the kind of ask they decide
@@ -175,14 +186,15 @@ class Inbox:
         finally:
             self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
 
-    def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS) -> int:
+    def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS,
+             ids: Mapping[str, str] = MappingProxyType({})) -> int:
         """Keep asks in `store` (the daemon's database) within `bounds` from now on: the
         pending asks it holds (after a restart) wait again, each with its deadline; how
-        many."""
+        many. `ids`: task ids as the engine holds them, to hold each once."""
         self.store = store
         self.max_pending, self.max_pending_per_tenant = bounds
         for ask in self.store.pending():
-            self._hold(ask)
+            self._hold(ask, ids.get(ask.task_id, ask.task_id))
         return len(self._pending)
 
     # -- asking ---------------------------------------------------------------------------
@@ -228,12 +240,12 @@ class Inbox:
                            f"{whose} {held} pending asks, its bound "
                            f"(max_pending_asks_per_tenant {self.max_pending_per_tenant})")
 
-    def _hold(self, ask: Ask) -> None:
+    def _hold(self, ask: Ask, task_id: str | None = None) -> None:
         self._pending[ask.id] = _pack(ask)
-        had = self._by_task.get(ask.task_id)
-        self._by_task[ask.task_id] = (ask.id if had is None else
-                                      (had, ask.id) if isinstance(had, str) else
-                                      (*had, ask.id))
+        task_id = ask.task_id if task_id is None else task_id
+        had = self._by_task.get(task_id)
+        self._by_task[task_id] = (ask.id if had is None else
+                                  (had, ask.id) if isinstance(had, str) else (*had, ask.id))
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
         if ask.deadline is not None:
             delay = max(0.0, ask.deadline - self.clock.time())

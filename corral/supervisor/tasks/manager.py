@@ -626,6 +626,9 @@ class TaskManager:
             self._done.set_result(None)
         return self._done
 
+    def stopped(self, task: Task) -> None:
+        self.suspensions.settle(task)
+
     def _loop(self) -> asyncio.AbstractEventLoop:
         # asked once: get_running_loop() is a getpid(2) each time
         loop = self._running
@@ -654,8 +657,8 @@ class TaskManager:
             session = self.sessions.member(rec.task_id)
             agent = self.sup.agents.get(rec.agent)
             if isinstance(rec, CompactTask):
-                if agent is not None and session is None and \
-                        self.suspensions.keep(rec._replace(seq=seq)):
+                rec.seq = seq
+                if agent is not None and session is None and self.suspensions.keep(rec):
                     self._agent_tasks(agent).counts["accepted"] += 1
                     continue
                 whole = self.journal.record(rec.task_id) if self.journal is not None else None
@@ -923,6 +926,7 @@ class TaskManager:
                      for name in self.sup.agents}
         return {"total": totals(per_agent.values()), "agents": per_agent,
                 "steps": self.steps.stats(), "sessions": self.sessions.stats(),
+                "suspensions": self.suspensions.stats(),
                 "output": self.outputs.stats()}
 
     def _drain_if_down(self, name: str) -> None:

@@ -58,23 +58,25 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     tenant: str | None = None  # its agent's when it was accepted (Task.tenant)
 
 
-class CompactTask(NamedTuple):
+class CompactTask:
     """A suspended task kept compact while it waits for a person (suspension.py): what
     finds it (its id, its agent, its tenant when it was accepted) and its place among the
     tasks (`seq`, as Task's); the rest is its journal row's, read back whole when it
     resumes, ends or is waited on (TaskManager.live). A journal gives its suspended tasks
     back so after a restart, `settled` False when their stopped attempt has yet to be
-    seen ended (the restart ends it: the task is rebuilt at once)."""
+    seen ended (the restart ends it: the task is rebuilt at once), `seq` their arrival
+    until the engine gives them their place (in place: thousands are read back)."""
 
-    task_id: str
-    agent: str
-    tenant: str | None
-    seq: int
-    settled: bool = True
+    __slots__ = ("agent", "seq", "settled", "task_id", "tenant")
+    status = "suspended"
 
-    @property
-    def status(self) -> str:
-        return "suspended"
+    def __init__(self, task_id: str, agent: str, tenant: str | None, seq: int,
+                 settled: bool = True) -> None:
+        self.task_id = task_id
+        self.agent = agent
+        self.tenant = tenant
+        self.seq = seq
+        self.settled = settled
 
 
 # what a journal gives back of its unfinished tasks after a restart
@@ -211,6 +213,12 @@ class Task(TaskMachine):
     def unwatch(self, sub: Subscription | None) -> None:
         if self.watchers and sub is not None:
             self.watchers = tuple(s for s in self.watchers if s is not sub)
+
+    @property
+    def awaited(self) -> bool:
+        """Whether someone holds on to this Task for its end (its submitter, a wait for
+        it, its watchers): it is not to be stood in for by another."""
+        return self.waiter is not None or self._done is not None or bool(self.watchers)
 
     @property
     def attempt(self) -> int:

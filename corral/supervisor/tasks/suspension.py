@@ -30,6 +30,7 @@ from ...askviews import Ask
 from ...jsonrpc import RpcError
 from .elicitations import PREFIX as ELICITATION
 from .inbox import AskEnded, Inbox
+from .model import CompactTask
 from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ..stream import Stream
     from .dispatch import TaskDispatch
     from .durable import TaskJournal
-    from .model import CompactTask, Task
+    from .model import Task
 
 
 
@@ -84,6 +85,7 @@ class Suspensions:
         self._held: dict[str, _Wait] = {}
         # the suspended tasks kept compact, by id: no Task, its row the journal's
         self.compact: dict[str, CompactTask] = {}
+        self._settling: set[asyncio.Task[None]] = set()
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
         engine.stream.subscribe(self._ask_ended, AskEnded)
@@ -197,6 +199,38 @@ class Suspensions:
         else:
             self.engine.again(task)
         return True
+
+    def settle(self, task: Task) -> None:
+        """The suspended task's stopped attempt ended: once its row is committed it is
+        kept compact, when nothing but the engine holds its Task and what it asked is
+        pending (a session's turn, a traced task, one someone waits on stay whole)."""
+        if self._compactable(task):
+            settling = asyncio.get_running_loop().create_task(self._compacted(task))
+            self._settling.add(settling)
+            settling.add_done_callback(self._settling.discard)
+
+    def _compactable(self, task: Task) -> bool:
+        return (task.suspended and task.journal_here and task.session is None
+                and task.trace is None and not task.awaited and task.id not in self._held
+                and all(a.finished is not None for a in task.attempts)
+                and self.engine.active.get(task.id) is task
+                and self.engine.inbox.asking(task.id))
+
+    async def _compacted(self, task: Task) -> None:
+        journal = self.engine.journal
+        if journal is None:
+            return
+        try:
+            await journal.committed()
+        except Exception:  # a journal that cannot write: the task stays whole
+            return
+        if self._compactable(task):
+            del self.engine.active[task.id]
+            self.compact[task.id] = CompactTask(task.id, task.agent, task.tenant, task.seq)
+
+    def stats(self) -> dict[str, int]:
+        return {"suspended": self.suspended, "resumed": self.resumed,
+                "compact": len(self.compact)}
 
     def keep(self, task: CompactTask) -> bool:
         """A journal's suspended task after a restart, kept compact while what it asked
