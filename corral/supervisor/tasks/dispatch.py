@@ -290,8 +290,9 @@ class TaskDispatch:
 
     def stop_attempt(self, task: Task, r: Replica, attempt: Attempt, why: str) -> None:
         """Ask the worker to stop; if it has not answered within the grace, it is hung."""
+        task_id = task.id  # not the Task: a suspended one is let go as it is kept compact
         if r.peer is not None:
-            r.peer.notify("task/cancel", {"task_id": task.id})
+            r.peer.notify("task/cancel", {"task_id": task_id})
 
         grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
         loop = asyncio.get_running_loop()
@@ -302,7 +303,7 @@ class TaskDispatch:
             if r.machine.paused:  # it cannot read the cancel: its grace is after
                 loop.call_later(grace, check)
             elif r.machine.takes_work:
-                r.take_down(f"hung: task {task.id} {why}, and did not stop within "
+                r.take_down(f"hung: task {task_id} {why}, and did not stop within "
                             f"{grace:g} s of task/cancel", graceful=False)
 
         loop.call_later(grace, check)
