@@ -407,13 +407,19 @@ def test_a_suspended_task_kept_compact_answers_as_one_kept_whole_and_after_a_sig
     wait_until(lambda: d.ask("approvals.get", {"id": ask_kept["id"]})["end"] == "withdrawn",
                30, "the cancelled task's ask withdrawn")
 
+    # its output followed (tasks.stream, SSE's) until it ends, and a wait: it is made
+    # whole, once, for both
+    streamer, streamed = in_a_thread(d, "tasks.stream", {"task_id": whole})
+    wait_until(lambda: compact(d) == 0, 30, "the task followed made whole")
     waiter, got = in_a_thread(d, "tasks.get", {"task_id": whole, "wait": True})
-    wait_until(lambda: compact(d) == 0, 30, "the task waited on made whole")
+    assert not streamed  # it waits for the end of a task still suspended
     answered = d.cli("approvals", "answer", ask_whole["id"], "--data", json.dumps("yes"))
     assert answered.returncode == 0, answered.stderr
     waiter.join(60)
+    streamer.join(60)
     [end] = got
     assert (end["status"], end["output"]["answer"], end["output"]["attempt"]) == (
         "succeeded", "yes", 2), end
+    assert streamed[0]["status"] == "succeeded", streamed
     assert [a["outcome"] for a in end["attempts"]] == ["suspended", "succeeded"]
     assert counted(d) == ["0", "0"]  # each task's call made once, replayed after

@@ -157,7 +157,7 @@ class TaskManager:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
-        self.worker = WorkerMethods(self.stream, self.active, tools, interceptors)
+        self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live)
         # each task's start and end as the interceptors hear them (tracing's), or None
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
@@ -793,7 +793,6 @@ class TaskManager:
         """The task's live output chunk by chunk as it comes (after the chunk whose id is
         `after`), until the task has ended and every chunk kept is read (output.py)."""
         start = START if after is None else position_of(after)
-        self.live(task_id)  # followed until it ends: whole, if it was kept compact
         async for chunks in self.outputs.follow(task_id, start):
             for chunk in chunks:
                 yield chunk

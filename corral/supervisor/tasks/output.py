@@ -27,7 +27,7 @@ import bisect
 import itertools
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ...text import plural
@@ -171,8 +171,10 @@ class _OpenStream:
 class TaskOutputs:
     """The running tasks' streams: chunks numbered, bounded and kept; readers woken."""
 
-    def __init__(self, stream: Stream, active: Mapping[str, Task]) -> None:
-        self.active = active
+    def __init__(self, stream: Stream, live: Callable[[str], Task | None]) -> None:
+        """`live`: an unfinished task of the engine by its id (a suspended one held
+        compact made whole: it is followed until it ends)."""
+        self.live_task = live
         # the daemon's journal, where it has one; a task a cluster keeps (its record is
         # not in this node's journal, which would not prune its output) is in memory
         self.memory = OutputsInMemory()
@@ -288,7 +290,7 @@ class TaskOutputs:
         """The task's chunks after `after`, a batch at a time, as they come, until it
         has ended and every chunk is read (at once for a task not in flight here)."""
         while True:
-            task = self.active.get(task_id)
+            task = self.live_task(task_id)
             changed = None
             if task is not None:  # asked before the read: a chunk after it wakes us
                 live = self._live_of(task)

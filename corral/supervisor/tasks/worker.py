@@ -5,7 +5,7 @@ agent's allowlist) and `tools/list`; their params come decoded (workerproto.py, 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -65,7 +65,10 @@ class WorkerMethods:
     """The handlers of the three methods, over the tasks in flight (`active`)."""
 
     def __init__(self, stream: Stream, active: Mapping[str, Task], tools: ToolPorts,
-                 interceptors: Interceptors) -> None:
+                 interceptors: Interceptors,
+                 live: Callable[[str], Task | None] | None = None) -> None:
+        """`live`: an unfinished task by its id, made whole if it was held compact (the
+        engine's `live`; else `active`'s)."""
         self.stream = stream
         self.active = active
         # the pool's tools behind the interceptors' (a team's leader's members, its spans)
@@ -78,7 +81,7 @@ class WorkerMethods:
         # the task's steps (steps.py): a running task's tool calls are journaled there
         self.steps = TaskSteps(stream, active.get, interceptors)
         # the tasks' live output (output.py): chunks kept, read back by position
-        self.outputs = TaskOutputs(stream, active)
+        self.outputs = TaskOutputs(stream, live or active.get)
 
     def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
         task = self.active.get(task_id) if task_id is not None else None
