@@ -395,6 +395,9 @@ def test_a_suspended_task_kept_compact_answers_as_one_kept_whole_and_after_a_sig
     held.join(30)
     d.start()
     assert compact(d) == 2  # both read back compact, as they were
+    log = (d.state / "logs" / "corral.log").read_text()
+    assert ("task journal: 2 unfinished tasks recovered: 0 queued again, 0 running tasks "
+            "retried, 0 lost (daemon restarted), 2 suspended (waiting for a person)") in log
     assert task(d, kept) == shown and task(d, whole) == settled
     assert sorted(a["id"] for a in d.ask("approvals.list")["asks"]) == sorted(
         [ask_whole["id"], ask_kept["id"]])

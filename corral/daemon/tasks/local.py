@@ -57,13 +57,16 @@ class LocalFront:
         then open the front. Called with no await since the agents were added, so no
         task is accepted before the journal's are back, queued after theirs."""
         tasks = self.engine.restore(records)
-        if tasks:
+        # those held compact are no Task (suspension.py): suspended, as they were
+        compact = len(records) - len(tasks)
+        if records:
             was_running = {r.task_id for r in records if r.status in ON_WORKER}
             lost = sum(1 for t in tasks if t.status == "lost")
             retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
-            waiting = sum(1 for t in tasks if t.suspended)  # for a person, with no attempt
-            self.report(f"task journal: {plural(len(tasks), 'unfinished task')} recovered: "
-                        f"{len(tasks) - len(was_running) - waiting} queued again, "
+            # for a person, with no attempt
+            waiting = sum(1 for t in tasks if t.suspended) + compact
+            self.report(f"task journal: {plural(len(records), 'unfinished task')} recovered: "
+                        f"{len(records) - len(was_running) - waiting} queued again, "
                         f"{plural(retried, 'running task')} retried, {lost} lost "
                         f"({LOST_IN_RESTART})"
                         + (f", {waiting} suspended (waiting for a person)" if waiting

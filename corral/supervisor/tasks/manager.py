@@ -726,12 +726,13 @@ class TaskManager:
         task = self.active.get(task_id)
         if task is not None or self.journal is None:
             return task
-        compact = self.suspensions.compact.pop(task_id, None)
+        compact = self.suspensions.compact.get(task_id)
         if compact is None:
             return None
-        rec = self.journal.record(task_id)
+        rec = self.journal.record(task_id)  # (a StoreError: it stays compact)
         if rec is None:  # (pruned rows are finished tasks': a suspended one's is kept)
             return None
+        del self.suspensions.compact[task_id]
         task = self._rebuilt(rec, compact.seq, None)
         task.restored(rec.status)
         self.traced_again(task)
