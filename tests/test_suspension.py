@@ -426,3 +426,25 @@ def test_a_suspended_task_kept_compact_answers_as_one_kept_whole_and_after_a_sig
     assert streamed[0]["status"] == "succeeded", streamed
     assert [a["outcome"] for a in end["attempts"]] == ["suspended", "succeeded"]
     assert counted(d) == ["0", "0"]  # each task's call made once, replayed after
+
+
+@pytest.mark.deadline(120)
+def test_a_compact_suspended_tasks_agent_removed_ends_it_and_withdraws_its_ask(
+        daemon: Daemon) -> None:
+    """Its agent removed, a suspended task held compact ends as a whole one does."""
+    d = daemon
+    d.ask("agents.add", {"agents": {"later": {
+        "command": [PY, f"{HERE}/asking_agent.py"], "env": {"PYTHONPATH": str(ROOT)},
+        "suspend_after": SUSPEND_AFTER, "stop_timeout": 10.0}}})
+    task_id = d.ask("tasks.submit", {"agent": "later", "input": {"prompt": "Go?"}})["task_id"]
+    ask = the_ask(d, task_id)
+    status_is(d, task_id, "waiting")
+    advance(d, "10m")
+    wait_until(lambda: compact(d) == 1, 30, "the suspended task kept compact")
+    d.ask("agents.remove", {"names": ["later"]})
+    done = d.ask("tasks.get", {"task_id": task_id})
+    assert (done["status"], done["error"]["message"]) == (
+        "cancelled", "agent later was removed"), done
+    assert compact(d) == 0
+    wait_until(lambda: d.ask("approvals.get", {"id": ask["id"]})["end"] == "withdrawn", 30,
+               "its ask withdrawn")
