@@ -926,8 +926,7 @@ class TaskManager:
                      for name in self.sup.agents}
         return {"total": totals(per_agent.values()), "agents": per_agent,
                 "steps": self.steps.stats(), "sessions": self.sessions.stats(),
-                "suspensions": self.suspensions.stats(),
-                "output": self.outputs.stats()}
+                "output": self.outputs.stats(), "suspensions": self.suspensions.stats()}
 
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""
