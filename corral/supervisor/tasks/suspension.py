@@ -85,7 +85,9 @@ class Suspensions:
         self._held: dict[str, _Wait] = {}
         # the suspended tasks kept compact, by id: no Task, its row the journal's
         self.compact: dict[str, CompactTask] = {}
-        self._settling: set[asyncio.Task[None]] = set()
+        # suspended tasks whose stopped attempt ended, to keep compact once committed
+        self._settled: list[Task] = []
+        self._settling: asyncio.Task[None] | None = None
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
         engine.stream.subscribe(self._ask_ended, AskEnded)
@@ -204,10 +206,13 @@ class Suspensions:
         """The suspended task's stopped attempt ended: once its row is committed it is
         kept compact, when nothing but the engine holds its Task and what it asked is
         pending (a session's turn, a traced task, one someone waits on stay whole)."""
-        if self._compactable(task):
-            settling = asyncio.get_running_loop().create_task(self._compacted(task))
-            self._settling.add(settling)
-            settling.add_done_callback(self._settling.discard)
+        if not self._compactable(task):
+            return
+        # one commit awaited for all those settled meanwhile, not a coroutine each:
+        # thousands are suspended at once
+        self._settled.append(task)
+        if self._settling is None:
+            self._settling = asyncio.get_running_loop().create_task(self._compacted())
 
     def _compactable(self, task: Task) -> bool:
         return (task.suspended and task.journal_here and task.session is None
@@ -216,17 +221,23 @@ class Suspensions:
                 and self.engine.active.get(task.id) is task
                 and self.engine.inbox.asking(task.id))
 
-    async def _compacted(self, task: Task) -> None:
+    async def _compacted(self) -> None:
         journal = self.engine.journal
-        if journal is None:
-            return
         try:
-            await journal.committed()
-        except Exception:  # a journal that cannot write: the task stays whole
-            return
-        if self._compactable(task):
-            del self.engine.active[task.id]
-            self.compact[task.id] = CompactTask(task.id, task.agent, task.tenant, task.seq)
+            while self._settled and journal is not None:
+                settled, self._settled = self._settled, []
+                try:
+                    await journal.committed()
+                except Exception:  # a journal that cannot write: they stay whole
+                    continue
+                for task in settled:
+                    if self._compactable(task):
+                        del self.engine.active[task.id]
+                        self.compact[task.id] = CompactTask(task.id, task.agent, task.tenant,
+                                                            task.seq)
+        finally:
+            self._settling = None
+            self._settled = []
 
     def stats(self) -> dict[str, int]:
         return {"suspended": self.suspended, "resumed": self.resumed,
