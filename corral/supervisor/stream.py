@@ -10,6 +10,12 @@ whatever the emitter does next (the restart decision after a `terminated`), go o
 An object with subscribers of its own (a task's watchers, Task.watch: a caller waiting
 for one task must cost the others nothing) keeps their `Subscription`s and has the
 stream `tell` them, with the same containment and counts.
+
+A subscriber that has nothing to do with most events of its types (a part of the task
+engine told of every task's end while it holds something of a few tasks) subscribes
+`listening=False` and `listen`s only while it holds something: it keeps its place in the
+order, and meanwhile costs the emitter nothing (an event nobody listens to is not even
+made: `wanted`).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ LOG_EVERY = 10.0  # seconds between log lines about one failing subscriber
 class Subscription:
     """What `subscribe` returns: give it back to `unsubscribe`."""
 
-    __slots__ = ("callback", "failures", "logged_at", "types", "unlogged")
+    __slots__ = ("callback", "failures", "listening", "logged_at", "types", "unlogged")
 
-    def __init__(self, callback: Callable[[Any], None], types: tuple[type, ...]) -> None:
+    def __init__(self, callback: Callable[[Any], None], types: tuple[type, ...],
+                 listening: bool = True) -> None:
         self.callback = callback
         self.types = types
+        self.listening = listening  # delivered to now (Stream.listen)
         self.failures = 0
         self.unlogged = 0  # failures not in the log yet
         self.logged_at = float("-inf")
@@ -47,22 +55,33 @@ class Stream:
         # by event type, the callbacks in subscription order (a tuple, replaced on change:
         # a subscriber that unsubscribes during delivery does not disturb it)
         self._callbacks: dict[type, tuple[Callable[[Any], None], ...]] = {}
-        # the event types with subscribers, read-only: `E in stream.wanted` is `wants`
+        # the event types with subscribers listening, read-only: `E in stream.wanted` is `wants`
         # without a call (asked per task on the task path)
         self.wanted: Mapping[type, object] = self._callbacks
         self._subs: dict[type, tuple[Subscription, ...]] = {}
         self.delivered = 0
         self.failures = 0  # deliveries that raised, in all
 
-    def subscribe(self, callback: Callable[[E], None], *types: type[E]) -> Subscription:
-        """Call `callback(event)` for every event of these types (at least one)."""
+    def subscribe(self, callback: Callable[[E], None], *types: type[E],
+                  listening: bool = True) -> Subscription:
+        """Call `callback(event)` for every event of these types (at least one); with
+        `listening=False`, only once `listen` says so (its place in the order kept)."""
         if not types:
             raise ValueError("subscribe to at least one event type")
-        sub = Subscription(callback, types)
+        sub = Subscription(callback, types, listening)
         for t in types:
             self._subs[t] = (*self._subs.get(t, ()), sub)
             self._reindex(t)
         return sub
+
+    def listen(self, sub: Subscription, listening: bool = True) -> None:
+        """Deliver to `sub` from now on, or (False) not until told again: a subscriber
+        listens while it holds something an event of its types may concern."""
+        if sub.listening is listening:
+            return
+        sub.listening = listening
+        for t in sub.types:
+            self._reindex(t)
 
     def unsubscribe(self, sub: Subscription) -> None:
         for t in sub.types:
@@ -74,14 +93,15 @@ class Stream:
             self._reindex(t)
 
     def _reindex(self, t: type) -> None:
-        subs = self._subs.get(t)
-        if subs:
-            self._callbacks[t] = tuple(s.callback for s in subs)
+        callbacks = tuple(s.callback for s in self._subs.get(t, ()) if s.listening)
+        if callbacks:
+            self._callbacks[t] = callbacks
         else:
             self._callbacks.pop(t, None)
 
     def wants(self, t: type) -> bool:
-        """Whether an event of type `t` has subscribers (to skip building it if not)."""
+        """Whether an event of type `t` has subscribers listening (to skip building it
+        if not)."""
         return t in self._callbacks
 
     def emit(self, event: object) -> None:

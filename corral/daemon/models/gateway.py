@@ -129,7 +129,14 @@ class ModelGateway:
         self.unattributed = 0  # calls of no task attempt (none running, or several)
         # a held call's ask key: its place among its attempt's same calls (approvals.py's)
         self._ordinals = CallOrdinals()
-        tasks.stream.subscribe(lambda e: self._ordinals.forget(e.task.id), TaskFinished)
+        self.stream = tasks.stream
+        # told of a task's end while a task's held calls are counted here
+        self._ends = tasks.stream.subscribe(self._finished, TaskFinished, listening=False)
+
+    def _finished(self, e: TaskFinished) -> None:
+        self._ordinals.forget(e.task.id)
+        if not self._ordinals:
+            self.stream.listen(self._ends, False)
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, models: Mapping[str, ModelSpec], base: Path) -> list[str]:
@@ -370,6 +377,7 @@ class ModelGateway:
                                     f"{'no task' if task is None else 'a cluster task'} "
                                     f"cannot ask: refused")
         key = "model:" + self._ordinals.key(task, call.name, call.body)
+        self.stream.listen(self._ends)
         ask = await self.tasks.ask_person(AskRequest(
             AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
             subject(call.name, call.endpoint.path, cost, why), policy.timeout))

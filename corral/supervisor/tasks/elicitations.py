@@ -73,10 +73,13 @@ class Elicitations:
         self.declined = 0  # declined unasked: a cluster's task, a URL or a bad form
         # task id -> (its attempt, how many calls of each (tool, arguments) it made)
         self._calls = CallOrdinals()
-        engine.stream.subscribe(self._finished, TaskFinished)
+        # told of a task's end while a task's calls are counted here
+        self._ends = engine.stream.subscribe(self._finished, TaskFinished, listening=False)
 
     def _finished(self, e: TaskFinished) -> None:
         self._calls.forget(e.task.id)
+        if not self._calls:
+            self.engine.stream.listen(self._ends, False)
 
     def asker(self, call: ToolCall, timeout: float | None) -> Asker | None:
         """Who answers the call's elicitation: a person, when it is a task's."""
@@ -84,6 +87,7 @@ class Elicitations:
         if task is None:
             return None
         base = f"{PREFIX}{self._calls.key(task, call.name, call.arguments)}"
+        self.engine.stream.listen(self._ends)
         asked = itertools.count(1)
 
         async def ask(params: dict[str, Any]) -> dict[str, Any]:

@@ -171,10 +171,13 @@ class Inbox:
         self._timers: dict[str, WaitTimer] = {}
         self._deciding: set[str] = set()
         self._expiring: set[asyncio.Task[None]] = set()
-        stream.subscribe(self._finished, TaskFinished)
+        # told of a task's end while an ask of a task is pending here
+        self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     def _finished(self, e: TaskFinished) -> None:
-        if e.task.id in self._by_task:
+        if not self._by_task:
+            self.stream.listen(self._ends, False)
+        elif e.task.id in self._by_task:
             task = asyncio.get_running_loop().create_task(self._withdrawn(e.task.id))
             self._expiring.add(task)
 
@@ -246,6 +249,7 @@ class Inbox:
         had = self._by_task.get(task_id)
         self._by_task[task_id] = (ask.id if had is None else
                                   (had, ask.id) if isinstance(had, str) else (*had, ask.id))
+        self.stream.listen(self._ends)
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
         if ask.deadline is not None:
             delay = max(0.0, ask.deadline - self.clock.time())

@@ -568,8 +568,10 @@ class TaskManager:
         # what a finished task keeps is left with no container the garbage collector must
         # look into again (a tuple of untracked Attempts is untracked; Output is not
         # tracked; `done` is one future shared by all): 10,000 finished tasks made a full
-        # collection of the supervisor take 28 ms, a stall of its loop
+        # collection of the supervisor take 28 ms, a stall of its loop; nor its last
+        # checkpoint, which only a next attempt reads
         task.attempts = tuple(task.attempts)
+        task.checkpoint = None
         return step
 
     def finish(self, task: Task, cause: TaskCause, error: TaskFailure) -> None:

@@ -186,7 +186,9 @@ class TaskOutputs:
         self.dropped = 0  # not kept, past a bound
         self.holds = 0  # times a worker was read no further until its output was written
         self._holding: set[Replica] = set()
-        stream.subscribe(self._finished, TaskFinished)
+        self.stream = stream
+        # told of a task's end while a task's output is open here
+        self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     def stats(self) -> dict[str, int]:
         """What the tasks' live output has come to in this engine's life (`corral stats`)."""
@@ -202,6 +204,7 @@ class TaskOutputs:
             last, size = self._journal_of(task).resumed(task.id)
             tenant = task.tenant or ""
             live = self.live[task.id] = _OpenStream(tenant, last, size)
+            self.stream.listen(self._ends)
             self.held[tenant] = self.held.get(tenant, 0) + size
         return live
 
@@ -276,6 +279,8 @@ class TaskOutputs:
 
     def _finished(self, e: TaskFinished) -> None:
         live = self.live.pop(e.task.id, None)
+        if not self.live:
+            self.stream.listen(self._ends, False)
         if live is not None:
             left = self.held[live.tenant] - live.bytes
             if left:

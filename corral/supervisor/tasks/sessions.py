@@ -244,7 +244,8 @@ class Sessions:
         self._swept = 0.0  # when the table was last looked over (wall time)
         self._refusal_swept = 0.0  # when a refusal last did
         self.stream = stream  # SessionsEnding goes on it
-        stream.subscribe(self._finished, TaskFinished)
+        # told of a task's end while a task is bound to a session here (`_bound`)
+        self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     @property
     def journal(self) -> SessionJournal | None:
@@ -281,7 +282,12 @@ class Sessions:
             key = self.key_of(task.agent, task.session)
             s = self.table.get(key) or self._new(key, time.time())
             self._turns[task.id] = s
+            self._bound()
         return s
+
+    def _bound(self) -> None:
+        """A task is bound to a session here: its end is to be heard."""
+        self.stream.listen(self._ends)
 
     def _held(self, s: Session) -> bool:
         """Whether this life of the session is still the table's (not ended since)."""
@@ -363,6 +369,7 @@ class Sessions:
                 self.sweep(now)
             s = self._new(key, now)
         self._turns[task.id] = s
+        self._bound()
         s.tasks += 1
         s.pending += 1
         self._touch(s)
@@ -415,6 +422,7 @@ class Sessions:
             s.gen, s.last_used, s.tasks, s.holder = row.gen, row.last_used, row.tasks, None
             self._sized(s, size or 0)  # read back when a task of it starts
         for task_id, key in members:
+            self._bound()
             kept = self.table.get(key)
             if kept is None:  # (its row was not kept: `_of` begins one if it comes back)
                 self._names[task_id] = key.name
@@ -590,6 +598,8 @@ class Sessions:
             return
         self._names.pop(task.id, None)
         s = self._turns.pop(task.id, None)
+        if not self._turns and not self._names:
+            self.stream.listen(self._ends, False)
         if s is None:
             return
         s.pending = max(0, s.pending - 1)

@@ -96,24 +96,34 @@ class Spawns:
         self.spawned = 0  # children submitted
         self.replayed = 0  # spawns answered from the tree
         self._recovering: asyncio.Future[None] | None = None
-        engine.stream.subscribe(self._finished, TaskFinished)
+        # told of a task's end while a tree is held here (`_held`)
+        self._ends = engine.stream.subscribe(self._finished, TaskFinished, listening=False)
         on_request(engine.sup.worker_methods, TaskSpawnParams, self.on_spawn)
         on_request(engine.sup.worker_methods, TaskWaitParams, self.on_wait)
 
     def _finished(self, e: TaskFinished) -> None:
         t = e.task
         self.trees.finished(t.id, str(t.status), t.error.message if t.error else None)
+        if not self.trees.holds():
+            self.engine.stream.listen(self._ends, False)
+
+    def _held(self) -> None:
+        """The trees hold a task now: its end is to be heard."""
+        self.engine.stream.listen(self._ends)
 
     def limit(self, task: Task, who: str, reach: str) -> None:
         """A task submitted by a caller limited to the agents `reach`: so is its tree
         (kept with its task journal row, or the next commit: a crash between loses the
         bound of that one task)."""
         self.trees.tree(task.id, task.agent, task.tenant, Lineage(0, reach, who))
+        self._held()
 
     # -- the daemon's store ---------------------------------------------------------------
     def keep_in(self, store: DurableStore) -> None:
         """The daemon's store, before any task is accepted: the running trees read back."""
         self.trees.keep_in(store)
+        if self.trees.holds():
+            self._held()
 
     def recover(self) -> None:
         """Once the task journal's tasks are back: a task of a tree that ended while no
@@ -166,10 +176,12 @@ class Spawns:
             await self._ensure(row.task_id, parent, r, p)
             return self._replayed(parent, p, row.task_id)
         tree = trees.tree(parent.id, parent.agent, parent.tenant, Lineage(0))
+        self._held()
         await trees.planted(tree)
         child = trees.deeper(trees.lineage(parent.id))
         self._check(parent, r, p, child)  # before the child's id is the tree's
         row = await trees.begin(tree, parent.id, p.key, child)
+        self._held()
         assert row.task_id is not None
         await self._submit(row.task_id, p)
         self.spawned += 1

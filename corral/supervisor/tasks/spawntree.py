@@ -117,6 +117,10 @@ class SpawnTrees:
         self._ender: asyncio.Future[None] | None = None
 
     # -- what the engine asks -------------------------------------------------------------
+    def holds(self) -> bool:
+        """Whether a task's end may concern a tree (`finished` has something to do)."""
+        return bool(self.places or self.fanned or self._planting)
+
     def cancel_task(self, task_id: str) -> None:
         """A tree is never abandoned (its children outlive a parent that fails): no
         step of it is ended by the engine, so no task is cancelled from here."""

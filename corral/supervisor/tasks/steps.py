@@ -96,6 +96,10 @@ class CallOrdinals:
     def forget(self, task_id: str) -> None:
         self._made.pop(task_id, None)
 
+    def __len__(self) -> int:
+        """How many tasks' calls are counted."""
+        return len(self._made)
+
 
 class _Attempt:
     """What the steps of one running attempt need: the journal's history (read once, on
@@ -135,7 +139,8 @@ class TaskSteps:
         # told of each call and named step answered from the journal; with [tracing],
         # the tracer's (its span marked replayed)
         self.on_replay = interceptors.notify(TaskInterceptor.intercept_step_replay)
-        stream.subscribe(self._finished, TaskFinished)
+        # told of a task's end while an attempt's steps are held here
+        self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     def journal_to(self, journal: StepJournal) -> None:
         """Where this daemon's tasks' steps are kept (its state database's)."""
@@ -143,12 +148,13 @@ class TaskSteps:
 
     def _finished(self, e: TaskFinished) -> None:
         st = self._attempts.pop(e.task.id, None)
+        if not self._attempts:
+            self.stream.listen(self._ends, False)
         if st is not None:
             self._count(st, -st.bytes)
             journal = self._journal_of(e.task)
             if journal is not None:
                 journal.ended(e.task.id)
-        e.task.checkpoint = None
 
     def _journal_of(self, task: Task) -> StepJournal | None:
         """Where the task's steps are: this daemon's journal, or where the task says it
@@ -170,6 +176,7 @@ class TaskSteps:
             if st is not None:  # its steps are counted again as the new attempt reads them
                 self._count(st, -st.bytes)
             st = self._attempts[task.id] = _Attempt(task.attempt)
+            self.stream.listen(self._ends)
             journal = self._journal_of(task)
             if task.attempt > 1 and journal is not None:
                 st.loaded = asyncio.get_running_loop().create_future()
