@@ -69,3 +69,16 @@ async def test_a_maps_results_are_no_work_for_the_collector(sup: Supervisor) -> 
     assert [(gc.is_tracked(r), gc.is_tracked(r.attempts)) for r in out] == [(False, False)] * 7
     assert [len(r.attempts) for r in out] == [1] * 6 + [0]
     assert out[3].output == {"do": "echo", "i": 3}
+
+
+async def test_a_plain_tasks_end_is_told_to_no_part_of_the_engine(sup: Supervisor) -> None:
+    """The engine's parts (sessions, steps, outputs, spawn trees, asks, elicitations)
+    listen for a task's end only while they hold something of a task: a map of tasks
+    that use none of them makes no TaskFinished at all."""
+    sup.add(mb("plain", max_concurrent_tasks=4))
+    await all_ready(sup, "plain")
+    assert TaskFinished not in sup.stream.wanted
+    out = await sup.tasks.map("plain", [{"do": "echo", "i": i} for i in range(20)],
+                              concurrency=4)
+    assert [r.status for r in out] == ["succeeded"] * 20
+    assert TaskFinished not in sup.stream.wanted

@@ -27,6 +27,34 @@ def test_delivery_by_type_in_order_and_unsubscribe() -> None:
     assert not s.wants(Transition) and s.wants(Stall)
 
 
+def test_a_subscriber_not_listening_is_not_told_and_keeps_its_place_in_the_order() -> None:
+    s = Stream()
+    got: list[str] = []
+    a = s.subscribe(lambda e: got.append("a"), Stall, listening=False)
+    s.subscribe(lambda e: got.append("b"), Stall)
+    s.emit(Stall(1.0))
+    assert got == ["b"]
+    s.listen(a)
+    s.listen(a)  # (again: no change)
+    s.emit(Stall(2.0))
+    assert got == ["b", "a", "b"]
+    s.listen(a, False)
+    s.emit(Stall(3.0))
+    assert got == ["b", "a", "b", "b"]
+
+
+def test_an_event_type_with_no_subscriber_listening_is_not_wanted() -> None:
+    s = Stream()
+    a = s.subscribe(lambda e: None, Stall, Tick, listening=False)
+    assert not s.wants(Stall) and Stall not in s.wanted and not s.wants(Tick)
+    s.listen(a)
+    assert s.wants(Stall) and Stall in s.wanted and s.wants(Tick)
+    s.listen(a, False)
+    assert not s.wants(Stall) and not s.wants(Tick)
+    s.unsubscribe(a)
+    assert not s.wants(Stall)
+
+
 def test_a_subscriber_that_raises_is_counted_logged_once_and_the_others_are_told(
         caplog: pytest.LogCaptureFixture) -> None:
     s = Stream()
