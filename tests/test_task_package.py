@@ -7,12 +7,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
+import random
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from corral.daemon import storeschema
 from corral.daemon.storeschema import open_database
@@ -49,6 +51,27 @@ def test_ids_keep_increasing_when_the_clock_steps_back_or_a_millisecond_runs_out
     ids.append(clock.make(now + 60_000_000_000))
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(FORMAT.fullmatch(i) for i in ids)
+
+
+def test_ids_made_many_at_once_are_those_made_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make_many` (a map's turn of ids) cuts the same ids as `make`, across a new
+    millisecond, the clock stepping back, a counter run out and the random digits
+    asked for again."""
+
+    def made(many: bool) -> list[str]:
+        rng = random.Random(5)
+        monkeypatch.setattr(os, "urandom", lambda n: rng.randbytes(n))
+        clock, out, t = IdClock(), [], 1_700_000_000_000_000_000
+        steps = random.Random(9)
+        for _ in range(300):
+            n = steps.choice([1, 3, 256, 700, 5000])
+            t += steps.choice([0, 0, 1_000_000, -5_000_000, 300])
+            out += clock.make_many(n, t) if many else [clock.make(t) for _ in range(n)]
+        return out
+
+    one, many = made(False), made(True)
+    assert many == one and len(set(many)) == len(many)
 
 
 def test_a_forked_child_makes_ids_of_its_own() -> None:

@@ -208,8 +208,10 @@ class TaskDispatch:
             params["session"] = task.session
             params["session_state"] = self.sessions.started(task, r)
         run = _Run(self, task, r, attempt)
+        # (a task known to be decoded at its start is read by read_values itself)
+        decode = read_values if task.decoded else run.decode
         self.requests[task.id] = r.peer.request_pending("task/run", params, run,
-                                                        decode=run.decode, piece=piece)
+                                                        decode=decode, piece=piece)
         self.deadlines.add(task, task.timeout)
 
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,

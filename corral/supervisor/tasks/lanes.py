@@ -35,7 +35,8 @@ class Submits(Protocol):
     def journal(self) -> TaskJournal | None: ...
 
     def submit_many(self, agent_name: str, inputs: Sequence[Any],
-                    options: TaskOptions = ...) -> list[Task | RpcError]: ...
+                    options: TaskOptions = ..., *, decoded: bool = ...
+                    ) -> list[Task | RpcError]: ...
 
     def outcome(self, task: Task, *, decode: bool = False) -> Awaitable[TaskResult]: ...
 
@@ -110,7 +111,7 @@ class Lanes:
             base = len(results)
             results.extend([None] * len(batch))
             try:
-                made = tasks.submit_many(self.agent, batch, self.options)
+                made = tasks.submit_many(self.agent, batch, self.options, decoded=True)
             except RpcError as exc:
                 made = [exc] * len(batch)
             for k, task in enumerate(made):
@@ -123,7 +124,7 @@ class Lanes:
                 else:
                     lane = lanes.pop()
                     lane.i, lane.task, lane.settled = i, task, False
-                    task.waiter, task.decoded = lane, True
+                    task.waiter = lane
                     self.running += 1
 
     def _keep(self, i: int, task: Task) -> None:

@@ -377,13 +377,15 @@ class TaskManager:
         return task
 
     def submit_many(self, agent_name: str, inputs: Sequence[Any],
-                    options: TaskOptions = NO_OPTIONS) -> list[Task | RpcError]:
+                    options: TaskOptions = NO_OPTIONS, *, decoded: bool = False
+                    ) -> list[Task | RpcError]:
         """`submit` of a map's turn of inputs (lanes.py), each accepted or refused as
         `submit` would, in order, every one with `options` (a map's tasks start at once,
         outside any session: options that say otherwise refuse the turn): what is the
         agent's is looked at once (its refusal, its counters, its queue's free room), the
         ids are made in one call, and the agent's queue is pumped once at the end, so that
-        a worker is written the turn's tasks in one write."""
+        a worker is written the turn's tasks in one write. `decoded`: a Python caller
+        takes their outputs as values (Task.decoded), known before they start."""
         unmapped = [n for n in options.given() if n in _NOT_MAPPED]
         if unmapped:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: a map's tasks take no "
@@ -439,7 +441,7 @@ class TaskManager:
                         raise queue_full(agent, waiting)
                 task = Task(name, raw, priority, t or spec.task_timeout, retries, next(seq),
                             task_id, now)
-                task.tenant, task.options = tenant, options
+                task.tenant, task.options, task.decoded = tenant, options, decoded
                 if reach is not None:
                     self.spawns.limit(task, *reach)
                 if trace_begin is not None:
