@@ -696,7 +696,7 @@ class Peer:
         `piece`: the Raw that the `SPLICE` in `params` stands for (`encode_parts`).
         """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        return self._request(method, params, fut, decode, piece), fut
+        return self.request_pending(method, params, fut, decode=decode, piece=piece), fut
 
     def request_callback(
         self,
@@ -709,7 +709,8 @@ class Peer:
     ) -> Id:
         """`request_future` for a caller that would only add a done callback: `answered`
         gets `(result, None)` as the answer is read, or `(None, RpcError)` a turn later."""
-        return self._request(method, params, _Relay(answered), decode, piece)
+        return self.request_pending(method, params, _Relay(answered), decode=decode,
+                                    piece=piece)
 
     def request_pending(
         self,
@@ -722,11 +723,8 @@ class Peer:
     ) -> Id:
         """`request_callback` for an owner whose own object is settled by the answer (its
         `set_result` called as the answer is read, its `set_exception` as a closed peer's
-        or an unencodable request's): no relay and no closure made per request."""
-        return self._request(method, params, pending, decode, piece)
-
-    def _request(self, method: str, params: Any, pending: PendingAnswer,
-                 decode: Callable[[bytes], tuple[int, Any]] | None, piece: Raw | None) -> Id:
+        or an unencodable request's): no relay and no closure made per request. The
+        other two send through it; a task's request is this one call."""
         if self.closed is not None:
             pending.set_exception(self.closed)
             return -1
@@ -737,8 +735,10 @@ class Peer:
             self._decoders[rid] = decode
         msg = Request(method, rid, UNSET if params is None else params)
         try:
-            if piece is None:
-                data = encode(msg)
+            if piece is None:  # (`encode`, written out: every task's request)
+                data = bytearray()
+                _encoder.encode_into(msg, data)
+                data += b"\n"
             else:
                 parts = encode_parts(msg, piece)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -750,7 +750,7 @@ class Peer:
                                            f"be encoded: {exc}"))
             return rid
         if piece is None:
-            self._send(data)
+            self._send(data)  # type: ignore[arg-type]  # bytes-like; every writer takes it
         else:
             self._send_parts(parts)
         return rid

@@ -151,12 +151,17 @@ class TaskDispatch:
             agent = self.sup.agents[agent_name]
         except KeyError:
             return
+        replicas = agent.replicas
         while True:  # until no replica is free, or no task waits (take's None)
-            r = self.free_replica(agent)
+            # (free_replica, written out: asked twice at every task's end)
+            r, fewest = None, agent.spec.max_concurrent_tasks
+            for candidate in replicas:
+                if candidate.tasks_running < fewest and candidate.takes_tasks:
+                    r, fewest = candidate, candidate.tasks_running
             if r is None:
                 # an elastic agent asleep: the task wakes it (unless a budget holds its
                 # tasks: the budget's timer pumps again, and wakes it, when they may go)
-                if not agent.replicas and not (self.budgets is not None
+                if not replicas and not (self.budgets is not None
                                                and self.budgets.holds(agent)):
                     self.sup.wake(agent_name)
                 return

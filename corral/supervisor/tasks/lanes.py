@@ -140,11 +140,15 @@ class Lanes:
         ready, self.ready = self.ready, []
         if self.stopped:
             return
+        results, dropped = self.results, self.dropped
         for lane in ready:
             task = lane.task
             assert task is not None
             lane.task = None
-            self._keep(lane.i, task)
+            if task.output_dropped:  # (`_keep`, written out: every task's end)
+                dropped.append((lane.i, task))
+            else:
+                results[lane.i] = task.result(decode=True)
         self._go(ready)
 
     def _go(self, ready: list[_Lane]) -> None:
