@@ -42,17 +42,25 @@ class Retention:
         freed = len(task.input)  # (told to the Releaser once, with the outputs dropped)
         task.input = _NO_INPUT
         task.replica = None
-        size = task.out.size if task.out is not None else 0
-        self.finished[task.id] = task
+        out = task.out
+        size = out.size if out is not None else 0
+        finished, holding = self.finished, self.holding
+        finished[task.id] = task
         if size:
-            self.holding.append(task)
+            holding.append(task)
             self.held_bytes += size
-        while self.held_bytes > self.kept_bytes and self.holding:
-            freed += self._drop(self.holding.popleft())
-        while len(self.finished) > self.kept:
-            _, old = self.finished.popitem(last=False)
-            if self.holding and self.holding[0] is old:
-                freed += self._drop(self.holding.popleft())
+        while self.held_bytes > self.kept_bytes and holding:
+            freed += self._drop(holding.popleft())
+        while len(finished) > self.kept:
+            _, old = finished.popitem(last=False)
+            if holding and holding[0] is old:
+                holding.popleft()
+                # (`_drop`, written out: every task's end past the first `kept`)
+                out = old.out
+                if out is not None:
+                    self.held_bytes -= out.size
+                    freed += out.size
+                old.out, old.output_dropped = None, True
         self.memory.let_go(freed)
 
     def _drop(self, task: Task) -> int:
