@@ -160,6 +160,17 @@ def signal_fd(pidfd: int, sig: int) -> None:
         signal.pidfd_send_signal(pidfd, sig)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` has a member (a zombie not yet reaped is one)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - as root every group may be signalled
+        return True
+    return True
+
+
 def try_reap(pid: int) -> bool:
     """Reap `pid` if it is our child and has exited; True when nothing is left of it."""
     try:
@@ -545,6 +556,10 @@ class Containment:
         # whose exec is under way reads an empty environment, so it is judged again
         self._unread: set[tuple[int, int]] = set()
         self._sweep_wanted = 0  # sweeps still owed (an exit owes two: now and next tick)
+        # the groups of ended processes that had no cgroup to kill: their members die
+        # after them (a sandbox's init, by its parent-death signal) and are re-parented
+        # to us as they do; emptied groups leave at each tick, close waits for the rest
+        self._dying_groups: set[int] = set()
         self._sweep_task: asyncio.Task[int] | None = None
         self._last_sweep = 0.0
         self.sweeps = 0  # passes over /proc, for tests and stats
@@ -574,7 +589,7 @@ class Containment:
             if not await self._sweep_now():
                 break
         await self._wait_orphans(5.0)
-        self.reap_zombies()
+        await self._wait_groups(2.0)
         if self.tree is not None:
             for path in self.tree.children():
                 cgroup_kill(path)
@@ -714,6 +729,7 @@ class Containment:
             # the group's other members are dying now and their children are re-parented
             # as they die: look now and once more on the next tick
             self._sweep_wanted = 2
+            self._dying_groups.add(t.record.pgid)
             self._maybe_sweep()
         self.stream.emit(ProcessEnded(t.record))
 
@@ -725,6 +741,8 @@ class Containment:
     # -- the tick: zombies and re-parented orphans ----------------------------------------
     def tick(self) -> None:
         self.reap_zombies()
+        if self._dying_groups:
+            self._dying_groups = {g for g in self._dying_groups if group_alive(g)}
         self._maybe_sweep()
         if self.nodes is not None:
             self.nodes.tick()
@@ -817,6 +835,17 @@ class Containment:
         os.close(fd)
         if pid is not None:
             try_reap(pid)
+
+    async def _wait_groups(self, timeout: float) -> None:
+        """Reap, until no ended process's group has a member left (or `timeout`): a
+        member dying after its leader becomes our zombie moments after the last sweep."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap_zombies()
+            self._dying_groups = {g for g in self._dying_groups if group_alive(g)}
+            if not self._dying_groups or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.01)
 
     async def _wait_orphans(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
