@@ -44,6 +44,10 @@ def runs(count: Path) -> int:
     return len(count.read_text().split()) if count.exists() else 0
 
 
+def listed(n: Node) -> bool:
+    return any(s["name"] == "tick" for s in n.call("schedules.list")["schedules"])
+
+
 def tick(n: Node) -> Any:
     return next(s for s in n.call("schedules.list")["schedules"] if s["name"] == "tick")
 
@@ -53,6 +57,9 @@ def test_two_nodes_fire_each_time_once_and_the_survivor_takes_over(
     count = tmp / "count"
     agents = fleet(count)
     with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        # a node lists a schedule once it has set it up, after it joined (a loaded host
+        # may take a while over b's start)
+        wait_until(lambda: all(listed(n) for n in ns.values()), 60, "tick on both nodes")
         wait_until(lambda: tick(ns["a"])["fires"] >= 3, 30, "three fires")
         shown = {name: tick(n) for name, n in ns.items()}
         # one node holds the lease: only it says when the next fire is
