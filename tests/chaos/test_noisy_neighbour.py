@@ -210,8 +210,14 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             for task_id in spinners:
                 with contextlib.suppress(CallFailed):  # (one ended already: RLIMIT_CPU)
                     c.call("tasks.cancel", {"task_id": task_id})
-            wait_until(lambda: (d.status()["a_hog#0"].get("last_exit") or "").startswith(
-                "tenant a: max_memory_mb 150 exceeded"), 300, "a_hog restarted for memory")
+            try:
+                wait_until(lambda: (d.status()["a_hog#0"].get("last_exit") or "").startswith(
+                    "tenant a: max_memory_mb 150 exceeded"), 300, "a_hog restarted for memory")
+            except AssertionError as exc:  # what each of A's replicas was doing meanwhile
+                now = {k: {f: v.get(f) for f in ("state", "pid", "restarts", "last_exit",
+                                                    "rss_mb", "rss_bytes")}
+                       for k, v in d.status().items() if k.startswith("a_")}
+                raise AssertionError(f"{exc}; A's replicas: {now}") from None
             wait_until(lambda: d.status()["a_fork#0"].get("last_exit") is not None, 30,
                        "the fork bomb's end")
             st = d.status()
