@@ -32,6 +32,9 @@ B_TASKS = 300  # B's tasks in each phase, one at a time
 PACE = 0.01  # B's think time between tasks (a steady load, not a saturating one)
 QUEUED = 10_000  # A's tasks queued behind a task that holds its agent
 NPROC = 16  # A's fork bomb's RLIMIT_NPROC (as nobody; root is not bound by it)
+# A runs at weight 1: on a host loaded besides, its workers wait seconds for a core, and
+# the suite's 2 s heartbeat would kill them as hung (its hog with the memory it holds)
+A_HEARTBEAT = 60.0
 
 
 def config(tree: Path) -> str:
@@ -55,6 +58,7 @@ def config(tree: Path) -> str:
         tenant = "a"
         max_queue = {2 * QUEUED}
         stop_timeout = 2.0
+        heartbeat_timeout = {A_HEARTBEAT}
 
         [agents.a_spin]
         command = {misbehave}
@@ -63,12 +67,14 @@ def config(tree: Path) -> str:
         replicas = 2
         task_timeout = 300.0
         stop_timeout = 1.0
+        heartbeat_timeout = {A_HEARTBEAT}
 
         [agents.a_hog]
         command = ["{PY}", "{HOLDER}"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         tenant = "a"
         stop_timeout = 2.0
+        heartbeat_timeout = {A_HEARTBEAT}
 
         [agents.a_fork]
         command = ["{NOBODY_PY}", "{tree}/examples/misbehave.py"]
@@ -77,6 +83,7 @@ def config(tree: Path) -> str:
         user = "nobody"
         tenant = "a"
         restart = "never"
+        heartbeat_timeout = {A_HEARTBEAT}
         [agents.a_fork.limits]
         processes = {NPROC}
     """)
