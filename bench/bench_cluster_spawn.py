@@ -22,33 +22,18 @@ import shutil
 import statistics
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from .bench_cluster import Client, Redis, cluster, pct, wait_alive
-from .harness import PY, ROOT, CorralDaemon, report
+from .bench_spawn import AGENTS
+from .harness import CorralDaemon, report
 
 QUICK = "--quick" in sys.argv
 CHILDREN = 100 if QUICK else 300
 ROUNDS = 2 if QUICK else 5
-AGENTS = textwrap.dedent(f"""
-    [agents.orch]
-    command = ["{PY}", "{ROOT}/bench/spawn_agent.py"]
-    env = {{ PYTHONPATH = "{ROOT}" }}
-    retries = 1
-    spawns = ["echo"]
-    max_children = 20000
-    task_timeout = 600
-
-    [agents.echo]
-    command = ["{PY}", "{ROOT}/bench/echo_agent.py"]
-    env = {{ PYTHONPATH = "{ROOT}" }}
-    replicas = 4
-    max_queue = 20000
-""")
 
 
 def _daemon(base: Path, name: str, redis: Redis | None) -> CorralDaemon:

@@ -38,23 +38,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+# the orchestrator and its children's agent (bench_cluster_spawn runs the same)
+AGENTS = textwrap.dedent(f"""
+    [agents.orch]
+    command = ["{PY}", "{ROOT}/bench/spawn_agent.py"]
+    env = {{ PYTHONPATH = "{ROOT}" }}
+    retries = 1
+    spawns = ["echo"]
+    max_children = 20000
+    task_timeout = 600
+
+    [agents.echo]
+    command = ["{PY}", "{ROOT}/bench/echo_agent.py"]
+    env = {{ PYTHONPATH = "{ROOT}" }}
+    replicas = 4
+    max_queue = 20000
+""")
+
+
 def config(state: Path) -> str:
-    return supervisor_section(state) + textwrap.dedent(f"""
-
-        [agents.orch]
-        command = ["{PY}", "{ROOT}/bench/spawn_agent.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        retries = 1
-        spawns = ["echo"]
-        max_children = 20000
-        task_timeout = 600
-
-        [agents.echo]
-        command = ["{PY}", "{ROOT}/bench/echo_agent.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        replicas = 4
-        max_queue = 20000
-    """)
+    return supervisor_section(state) + "\n" + AGENTS
 
 
 def rss() -> int:
