@@ -10,7 +10,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
         apt-get update -qq
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "redis-server=$REDIS_VERSION" "redis-tools=$REDIS_VERSION" >/dev/null
+        "redis-server=$REDIS_VERSION" "redis-tools=$REDIS_VERSION" >/dev/null ||
+    # a security update replaces the pinned build in Debian's archive (its security
+    # suite keeps only the newest): take the current build of the same release
+    case "$(apt-cache policy redis-server | awk '/Candidate:/ {print $2}')" in
+        "${REDIS_VERSION%%-*}"-*) ;;
+        *) echo "corral: no redis-server ${REDIS_VERSION%%-*} in apt's sources" >&2; false ;;
+    esac &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        redis-server redis-tools >/dev/null
     # only the package's own service, by its pid file: never a server someone else runs
     if [ -s /run/redis/redis-server.pid ] &&
         kill -0 "$(cat /run/redis/redis-server.pid)" 2>/dev/null; then

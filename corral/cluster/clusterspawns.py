@@ -50,9 +50,9 @@ from .trust import TENANT, Trust
 # it more than tasks_kept_for after it ended, or beyond tasks_kept)
 NOT_KEPT = "no task of this id is kept (its record has gone: tasks_kept, tasks_kept_for)"
 ROOT = Lineage(0)
-# spawns in Redis at once (a map's spawns come together): the client's pool has 100
-# connections, which the pullers' blocking reads and the outcomes' tail share, and a pool
-# out of them fails the call rather than wait
+# spawns in Redis at once (a map's spawns come together): the node's pool
+# (connection.POOL), which the pullers' blocking reads and the outcomes' tail share, is
+# not all one map's
 AT_ONCE = 16
 _lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
+    BlockingConnectionPool,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
@@ -21,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
     MasterNotFoundError,
     Sentinel,
+    SentinelConnectionPool,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
@@ -73,17 +75,30 @@ _PACKED: dict[type, type] = {Connection: _Tcp, SSLConnection: _Tls,
                              SentinelManagedSSLConnection: _SentinelTls}
 
 
+# A node's connections to Redis at most: what is in Redis at once beyond them (a wide
+# map's step submits) waits for one to come back (BlockingConnectionPool) rather than
+# fail, as redis-py's plain pool makes it ("Too many connections")
+POOL = 100
+
+
+class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinels' pool (a connection to the primary they name), waiting as the
+    blocking pool does."""
+
+
 def connect(settings: ClusterSettings, node: str) -> Any:
     """The client (typed Any: redis-py's asyncio annotations say every reply may be an
     awaitable or not)."""
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
-    # call waits for a Redis that does not answer
+    # call waits for a Redis that does not answer, and for a connection of the pool
+    most = settings.node_ttl + settings.beat
     options: dict[str, Any] = {
         "decode_responses": False, "retry": Retry(NoBackoff(), 0),
-        "socket_timeout": settings.node_ttl + settings.beat,
-        "socket_connect_timeout": settings.beat, "client_name": f"corral:{node}"}
+        "socket_timeout": most, "socket_connect_timeout": settings.beat,
+        "client_name": f"corral:{node}", "max_connections": POOL, "timeout": most}
     client = (_primary_of(settings, options) if settings.sentinels
-              else Redis.from_url(settings.redis, **options))
+              else Redis.from_pool(BlockingConnectionPool.from_url(settings.redis,
+                                                                   **options)))
     # the URL chose the kind of connection (tcp, TLS, unix); its packing is hiredis's
     pool = client.connection_pool
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
@@ -102,7 +117,8 @@ def _primary_of(settings: ClusterSettings, options: dict[str, Any]) -> Any:
     asked = Sentinel(sentinels, sentinel_kwargs={  # type: ignore[no-untyped-call]
         "socket_timeout": settings.beat, "socket_connect_timeout": settings.beat})
     assert settings.sentinel_master is not None  # (ClusterSettings.check)
-    return asked.master_for(settings.sentinel_master, **url, **options, ssl=tls)
+    return asked.master_for(settings.sentinel_master, connection_pool_class=_SentinelPool,
+                            **url, **options, ssl=tls)
 
 
 def place(settings: ClusterSettings) -> str:
