@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.tasks import Task, new_id
-from ..supervisor.tasks.model import SpawnOrder
+from ..supervisor.tasks.model import SpawnOrder, SpawnReply
 from ..supervisor.tasks.spawntree import Lineage
 from ..supervisor.tasks.taskmachine import TERMINAL
 from ..taskoptions import encoded, step_options
@@ -133,9 +133,11 @@ class ClusterSpawns:
         return child
 
     def _lineage(self, task_id: str, field: bytes | None) -> Lineage:
-        if field is None:
-            return ROOT
-        mac, _, body = field.decode(errors="replace").partition(" ")
+        if field is None and self.trust.key is None:
+            return ROOT  # (without a key every record is taken as it is)
+        # every task's record has its place, signed (ClusterTasks' submit, SPAWN): one
+        # without it had it deleted, and is refused as one changed is
+        mac, _, body = (field or b"").decode(errors="replace").partition(" ")
         if self.trust.valid(mac, SIGNED_SPAWN, task_id, body):
             try:
                 depth, reach, by, _parent = _lineage.decode(body)
@@ -154,7 +156,7 @@ class ClusterSpawns:
         except RedisError as exc:
             raise _unavailable(exc) from None
 
-    async def spawn(self, task: Task, order: SpawnOrder) -> tuple[str | None, int]:
+    async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
         assert isinstance(task, ClusterTask)  # (only a claim carries these)
         child_id = new_id()
         keys = [self.keys.task(child_id), self.keys.stream(order.tenant, order.agent, 0),
@@ -171,15 +173,15 @@ class ClusterSpawns:
             self.trust.sign(TENANT, child_id, order.agent, order.tenant)]
         got = await self._run(keys, args)
         if got == 1:
-            return child_id, 0
+            return SpawnReply(child_id)
         if got == -1:
             raise RpcError(jsonrpc.REFUSED, f"agent {order.agent}'s cluster queue is full "
                                             f"({order.max_queue} waiting, max_queue)")
         what = got[0].decode() if isinstance(got, list) and got else ""
         if what == "had":
-            return self._child(task.id, order.key, got[1]), 0
+            return SpawnReply(self._child(task.id, order.key, got[1]), had=True)
         if what == "fan":
-            return None, int(got[1])
+            return SpawnReply(None, int(got[1]))
         raise RpcError(jsonrpc.CONFLICT, f"task/spawn: task {task.id} is no longer this "
                                          f"node's claim (fence {task.token})")
 

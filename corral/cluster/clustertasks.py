@@ -35,7 +35,7 @@ from ..timeouts import within
 from . import listing, records
 from .batch import Batcher
 from .clustersessions import ClusterSessions
-from .clusterspawns import lineage_field
+from .clusterspawns import ROOT, lineage_field
 from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
@@ -152,11 +152,13 @@ class ClusterTasks:
             args += self.sessions.submit_args(p.agent, p.session, tenant)
             submit = self.sessions.submit
         # last (SUBMIT): the options the cluster keeps (ClusterFront refused the others),
-        # and a limited caller's reach, which its task's spawns are held to on any node
+        # and its place as a root of a spawn tree with a limited caller's reach, which its
+        # spawns are held to on any node: signed for every task, so that a place deleted
+        # by a Redis writer does not read as a root's free of any reach
         reach = REACH.get()
         args += [encoded(options_of(p)) or b"",
-                 "" if reach is None else lineage_field(self.trust, task_id,
-                                                        Lineage(0, reach[1], reach[0])),
+                 lineage_field(self.trust, task_id, ROOT if reach is None
+                               else Lineage(0, reach[1], reach[0])),
                  tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]
         try:
             got = await (self.submit_batch if p.session is None else self._submit_turn)(

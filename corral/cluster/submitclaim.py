@@ -63,8 +63,8 @@ class SubmitClaims(Batcher):
                 continue
             self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
             spec = self.puller.host.agents[agent].spec
-            # (SUBMIT's last three, the options, the tenant and its MAC, stay last:
-            # scripts.py)
+            # (SUBMIT's last four, the options, the place in a spawn tree, the tenant and
+            # its MAC, stay last: scripts.py)
             out.append((self.scripts.submit_claim, [*keys, self.puller.keys.fence],
                         [*args[:-4], consumer, node, repr(now), attempt, spec.retries,
                          repr(spec.task_timeout), self.prefix, *args[-4:]]))

@@ -156,17 +156,23 @@ UNSIGNED = ("in Redis is not signed with this node's cluster key (a Redis writer
 def test_a_forged_row_or_place_spawns_nothing(tmp: Path, redis: RedisServer) -> None:
     """A Redis writer without the cluster key: a place in a tree (a depth, a reach) or a
     spawn's row (a child of its choosing) that does not verify refuses the spawn, or the
-    wait that reads the row, said and counted; nothing is spawned for it."""
+    wait that reads the row, said and counted; nothing is spawned for it. A place deleted
+    is refused as one changed: every task's record has one, signed."""
     k, r = Keys("test"), attacker(redis)
     with nodes(tmp, redis, {"a": fleet()}) as ns:
         a = ns["a"]
         count = tmp / "count"
-        for forged in ("place", "row"):
+        for forged in ("place", "gone", "row"):
             gate = tmp / f"gate-{forged}"
             task_id = _running(a, {"children": 1, "count": str(count), "catch": True,
                                    "gate": str(gate)})
-            if forged == "place":
-                r.hset(k.task(task_id), "lineage", '0 [0,null,null,""]')
+            if forged in ("place", "gone"):
+                # changed, or deleted (which read as a root's, free of a token's reach)
+                assert r.hget(k.task(task_id), "lineage") is not None
+                if forged == "place":
+                    r.hset(k.task(task_id), "lineage", '0 [0,null,null,""]')
+                else:
+                    r.hdel(k.task(task_id), "lineage")
                 said = f"task/spawn: the place of task {task_id} in its spawn tree {UNSIGNED}"
             else:
                 r.hset(k.spawns(task_id), "1", f"0 {TID.format(9)}")
@@ -187,7 +193,7 @@ def test_a_forged_row_or_place_spawns_nothing(tmp: Path, redis: RedisServer) -> 
         assert _ended(a, task_id)["output"] == {
             "refused": f"task/wait: the row of spawn 1 of task {task_id} {UNSIGNED}",
             "code": jsonrpc.REFUSED}
-        assert trust(a)["refused"]["spawns"] == 3
+        assert trust(a)["refused"]["spawns"] == 4
 
 
 def test_a_spawn_under_a_claim_no_longer_the_nodes_is_refused(

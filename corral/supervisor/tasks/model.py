@@ -292,6 +292,16 @@ class SpawnOrder(NamedTuple):
     max_queue: int  # of its agent, where the parent runs (0: unbounded, or not run there)
 
 
+class SpawnReply(NamedTuple):
+    """What a spawn kept elsewhere came to: its child (None: the parent has
+    max_children already, `children` of them), and whether the key had it already (a
+    spawn of the same key that came first, from another attempt of the parent)."""
+
+    child: str | None
+    children: int = 0
+    had: bool = False
+
+
 class SpawnsElsewhere(Protocol):
     """Where a task's spawns are kept outside this engine (a cluster's Redis:
     corral.cluster.clusterspawns.ClusterSpawns), for the tasks that carry it
@@ -305,9 +315,9 @@ class SpawnsElsewhere(Protocol):
         """Whether a task of the tenant's agent of the name would be run where the
         spawns are kept (else it is no agent to the parent)."""
 
-    async def spawn(self, task: Task, order: SpawnOrder) -> tuple[str | None, int]:
-        """The child's id once it is kept, submitted with its row (the row's child when
-        the key has one already); None and the children the task has when it has
+    async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
+        """The child once it is kept, submitted with its row (the row's child, `had`,
+        when the key has one already); None and the children the task has when it has
         max_children already."""
 
     async def children(self, task: Task) -> set[str]:

@@ -158,6 +158,11 @@ class Spawns:
         parent = self.engine.worker.running_on(r, "task/spawn", p.task_id)
         if parent.spawns_kept is not None:
             return self._spawn_kept(parent, parent.spawns_kept, r, p)
+        if not parent.journal_here:
+            # a cluster task with no stores of its claim (one made to be given back): its
+            # children made here would be no other node's to find
+            raise RpcError(jsonrpc.REFUSED, f"task/spawn: task {parent.id} is the "
+                                            "cluster's and its spawns are not kept here")
         return self._spawn(parent, r, p)
 
     def _replayed(self, parent: Task, p: TaskSpawnParams, child_id: str) -> dict[str, Any]:
@@ -208,13 +213,15 @@ class Spawns:
         timeout = admit(agent, len(raw), p.timeout, tenancy=engine.tenancy,
                         depth=engine.queue.depth)
         fan = getattr(spec, "max_children", 0)
-        child_id, had_children = await kept.spawn(parent, SpawnOrder(
+        got = await kept.spawn(parent, SpawnOrder(
             p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan,
             agent.spec.max_queue if agent is not None else 0))
-        if child_id is None:
-            raise _fanned_out(parent, had_children, fan)
+        if got.child is None:
+            raise _fanned_out(parent, got.children, fan)
+        if got.had:  # (the key spawned by another attempt between the read and here)
+            return self._replayed(parent, p, got.child)
         self.spawned += 1
-        return {"child": child_id, "replayed": False}
+        return {"child": got.child, "replayed": False}
 
     def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
         engine = self.engine
