@@ -6,6 +6,9 @@ under that id, which the submit takes as the one it has (idempotent on the id): 
 task the dead node's call submitted is the one waited for, retried or lost by the
 cluster's rules for a dead node's tasks (reaper.py), never made a second time.
 
+The step's task that ended is told to the calls' store (`settled`): its ended row rides
+with the call's next write (clustercalls.py), the task's record keeping its end meanwhile.
+
 A step's `retries` is not kept by the cluster's queue: its task is retried by its
 agent's policy on the node that runs it, as every cluster task is (docs/cluster.md).
 """
@@ -26,6 +29,8 @@ from ..supervisor.durable.engine import Work
 from ..supervisor.durable.tasks import AgentTask, step_end
 from .clustertasks import ClusterTasks
 
+SETTLED_KEPT = 10_000  # step tasks ended whose rows were not yet saved, at most
+
 
 class ClusterStepTasks:
     """StepTasks for a cluster node: `work` and `cancel_task`, on the cluster's tasks."""
@@ -36,6 +41,9 @@ class ClusterStepTasks:
         self.desk = desk
         self._cancel = cancel
         self._cancels: set[asyncio.Task[None]] = set()
+        # the step tasks that ended here, until their rows are saved (bounded: a driver
+        # cancelled between a task's end and its row's leaves its id behind)
+        self._settled: dict[str, None] = {}
 
     def work(self, step: AgentTask) -> Work:
         params = m.TasksSubmit(
@@ -44,8 +52,17 @@ class ClusterStepTasks:
             tracestate=step.tracestate)
 
         async def run(task_id: str) -> StepEnd:
-            return step_end(await self.desk.step(params, task_id))
+            end = step_end(await self.desk.step(params, task_id))
+            if len(self._settled) >= SETTLED_KEPT:
+                del self._settled[next(iter(self._settled))]
+            self._settled[task_id] = None
+            return end
         return run
+
+    def settled(self, task_id: str) -> bool:
+        """Whether `task_id` is a step's task that ended here, its record holding its
+        end (asked once: forgotten as it is answered)."""
+        return self._settled.pop(task_id, 0) is None
 
     def cancel_task(self, task_id: str) -> None:
         """Cancelled wherever it runs, in the background (the engine's call is not

@@ -11,6 +11,14 @@ successor's steps. The record and each step's row carry a MAC made with the clus
 (trust.CALL): a record or row whose MAC does not verify is refused by name (logged,
 counted) and never driven.
 
+A step's row that ended with its task, whose end that task's record keeps (every node reads
+it), is held here and rides with the call's next write (the next step's row, or the
+call's end, in the same round trip), or goes alone after HOLD_FOR (decision 750): a
+chain's edge pays one write to Redis, not two. A node that dies holding one leaves the
+row running in Redis, naming its task: the node that takes the call over submits the task
+again under that id, which the cluster answers with the task it has (ended: its record's
+end), so nothing runs twice and the step ends as it did.
+
 Redis is the truth; the node's own journal (`local`, the SQLite one) holds a copy of each
 call it drives, which is what the engine's synchronous reads (a row's output, a listing)
 are answered from: a call taken over is copied into it whole before it is driven.
@@ -18,6 +26,8 @@ are answered from: a call taken over is copied into it whole before it is driven
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,13 +36,15 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..supervisor.durable import CallHandover, CallRecord, StepRow
+from ..supervisor.durable import STEP_ENDED, CallHandover, CallRecord, StepRow
 from ..supervisor.durable.store import DurableStore
 from .connection import read, why
 from .keys import Keys
 from .membership import Membership
 from .scripts import Scripts
 from .trust import CALL, Trust
+
+HOLD_FOR = 0.05  # seconds a held ended row waits for its call's next write, at most
 
 # KEYS: call, fence counter, the liveness key of the holder the caller read (ARGV[2])
 # ARGV: the taker (its consumer name), the holder it read ('' none)
@@ -142,13 +154,22 @@ class ClusterCalls:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  membership: Membership, local: DurableStore,
                  kept: tuple[int, int] = (7 * 86400, 100_000),
-                 drivable: Callable[[CallRecord], bool] = lambda record: True) -> None:
+                 drivable: Callable[[CallRecord], bool] = lambda record: True,
+                 settled: Callable[[str], bool] = lambda task_id: False) -> None:
         """`kept`: an ended call's seconds in Redis, and how many of a kind's are
         listed ([cluster] tasks_kept_for, tasks_kept); `drivable`: whether this node
         can drive a call (it runs the agents its kind needs on the driving node: a
-        coordinate team's leader), else it leaves the call to a node that can."""
+        coordinate team's leader), else it leaves the call to a node that can;
+        `settled`: whether a task id is a step's cluster task that ended (its record
+        keeps its end: its row may be held, calltasks.py)."""
         self.redis = redis
         self.drivable = drivable
+        self.settled = settled
+        # call id -> its ended rows not yet in Redis (field -> signed row), each held at
+        # most HOLD_FOR; and the calls whose held rows go alone then
+        self.held: dict[str, dict[str, bytes]] = {}
+        self._timed: set[str] = set()
+        self._flushes: set[asyncio.Task[None]] = set()
         self.kept = kept
         self.scripts = scripts
         self.keys = keys
@@ -182,13 +203,20 @@ class ClusterCalls:
             self.lost.pop(call_id, None)
         return token
 
-    async def _fenced(self, call_id: str, script: Any, keys: list[str],
-                      args: list[Any]) -> None:
+    async def _fenced(self, call_id: str, calls: list[tuple[Any, list[str], list[Any]]]
+                      ) -> None:
+        """The call's writes (script, keys, args without the token) in one round trip,
+        each under this node's lease, in order: each refused when the lease is
+        another's, so a refused one refuses those after it."""
         lease = self.leases.get(call_id)
         if lease is None:
             raise self._not_ours(call_id)
+        if not calls:
+            return
         try:
-            got = (await self.scripts.acknowledged([(script, keys, [lease.token, *args])]))[0]
+            answers = await self.scripts.acknowledged(
+                [(script, keys, [lease.token, *args]) for script, keys, args in calls])
+            got = next((a for a in answers if a != 1), 1)
         except RedisError as exc:
             got = exc
         if isinstance(got, BaseException):
@@ -220,26 +248,76 @@ class ClusterCalls:
             record.output, record.error, record.revision, record.agents,
             record.traceparent, record.tracestate))
         mac = self.trust.sign(CALL, record.call_id, payload)
-        await self._fenced(record.call_id, self._save_call, [
-            self.keys.call(record.call_id), self.keys.calls_running,
-            self.keys.calls(record.kind), self.keys.call_steps(record.call_id)],
+        # its held rows first: an ended call's rows are all in Redis as it ends
+        await self._fenced(record.call_id, [*self._held_write(record.call_id, {}), (
+            self._save_call, [
+                self.keys.call(record.call_id), self.keys.calls_running,
+                self.keys.calls(record.kind), self.keys.call_steps(record.call_id)],
             [record.call_id, record.status, _signed(mac, payload), self.kept[0],
-             self.kept[1]])
+             self.kept[1]])])
         await self.local.save_call(record)
         if record.status != "running":
             self.leases.pop(record.call_id, None)  # the lease ends with the call
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
-        args: list[Any] = []
+        """Kept in Redis when it returns, but for rows that ended with their step's
+        task (`settled`), which are held (decision 750); all in this node's journal."""
+        fields: dict[str, bytes] = {}
         for r in rows:
             field = field_of(r.step, r.item)
             payload = msgspec.json.encode(_Row(r.step, r.item, r.status, r.task_id,
                                                r.started, r.ended, r.output, r.error))
-            args += [field, _signed(self.trust.sign(CALL, call_id, field, payload),
-                                    payload)]
-        await self._fenced(call_id, self._save_steps,
-                           [self.keys.call(call_id), self.keys.call_steps(call_id)], args)
+            fields[field] = _signed(self.trust.sign(CALL, call_id, field, payload), payload)
+        settled = [r.status in STEP_ENDED and r.task_id is not None
+                   and self.settled(r.task_id) for r in rows]
+        if rows and all(settled) and call_id in self.leases:
+            self.held.setdefault(call_id, {}).update(fields)
+            self._flush_later(call_id)
+        else:
+            await self._fenced(call_id, self._held_write(call_id, fields))
         await self.local.save_steps(call_id, rows)
+
+    def _held_write(self, call_id: str, fields: dict[str, bytes]
+                    ) -> list[tuple[Any, list[str], list[Any]]]:
+        """The SAVE_STEPS of the call's held rows (taken) and `fields`; none when both
+        are empty."""
+        fields = {**self.held.pop(call_id, {}), **fields}
+        if not fields:
+            return []
+        args: list[Any] = []
+        for field, value in fields.items():
+            args += [field, value]
+        return [(self._save_steps, [self.keys.call(call_id), self.keys.call_steps(call_id)],
+                 args)]
+
+    def _flush_later(self, call_id: str) -> None:
+        if call_id in self._timed:
+            return
+        self._timed.add(call_id)
+        asyncio.get_running_loop().call_later(HOLD_FOR, self._flush_now, call_id)
+
+    def _flush_now(self, call_id: str) -> None:
+        self._timed.discard(call_id)
+        if call_id not in self.held:
+            return  # (gone with a write since)
+        flush = asyncio.ensure_future(self._flush(call_id))
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, call_id: str) -> None:
+        """The call's held rows alone. Refused (the lease was lost): the driver's next
+        write is refused too, and it stops; Redis away: they are dropped, as a dead
+        node's are (the driver's next write fails, and the call is taken again from
+        what Redis holds)."""
+        with contextlib.suppress(RpcError):
+            await self._fenced(call_id, self._held_write(call_id, {}))
+
+    async def close(self) -> None:
+        """The held rows sent (a node about to stop), while Redis answers."""
+        for call_id in list(self.held):
+            await self._flush(call_id)
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
 
     # -- DurableStore: the reads (this node's copy) ---------------------------------------
     def load(self, call_id: str) -> CallRecord | None:
@@ -336,6 +414,7 @@ class ClusterCalls:
         is let go here, so the next beat's `orphans` takes the call again while this
         incarnation still holds it in Redis (another node's take is refused by TAKE)."""
         self.leases.pop(call_id, None)
+        self.held.pop(call_id, None)  # (the call is taken again from what Redis holds)
 
     async def _copied(self, record: CallRecord) -> None:
         await self.local.save_call(record)

@@ -109,12 +109,14 @@ class ClusterNode:
                                 host, report, trust, self.submit_claims, sessions)
         # its durable calls (workflow runs, team calls) and their steps' tasks in Redis,
         # taken over when it dies
+        step_tasks = ClusterStepTasks(self.desk, self.cancel)
         self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
                                   calls if calls is not None else MemoryStore(),
                                   (int(settings.tasks_kept_for), settings.tasks_kept),
                                   lambda record: all(a in host.agents
-                                                     for a in driven_with(record)))
-        self.durables = Durables(self.calls, ClusterStepTasks(self.desk, self.cancel))
+                                                     for a in driven_with(record)),
+                                  step_tasks.settled)
+        self.durables = Durables(self.calls, step_tasks)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
@@ -391,6 +393,8 @@ class ClusterNode:
         await self.placement.close()
         with contextlib.suppress(TimeoutError):
             await within(self.steps.close(), self.settings.beat)
+        with contextlib.suppress(TimeoutError):
+            await within(self.calls.close(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError):
             await within(self.membership.leave(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
