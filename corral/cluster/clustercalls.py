@@ -169,7 +169,7 @@ class ClusterCalls:
         # most HOLD_FOR; and the calls whose held rows go alone then
         self.held: dict[str, dict[str, bytes]] = {}
         self._timed: set[str] = set()
-        self._flushes: set[asyncio.Task[None]] = set()
+        self.flushing: set[asyncio.Task[None]] = set()  # the held rows going alone
         self.kept = kept
         self.scripts = scripts
         self.keys = keys
@@ -301,8 +301,8 @@ class ClusterCalls:
         if call_id not in self.held:
             return  # (gone with a write since)
         flush = asyncio.ensure_future(self._flush(call_id))
-        self._flushes.add(flush)
-        flush.add_done_callback(self._flushes.discard)
+        self.flushing.add(flush)
+        flush.add_done_callback(self.flushing.discard)
 
     async def _flush(self, call_id: str) -> None:
         """The call's held rows alone. Refused (the lease was lost): the driver's next
@@ -316,8 +316,8 @@ class ClusterCalls:
         """The held rows sent (a node about to stop), while Redis answers."""
         for call_id in list(self.held):
             await self._flush(call_id)
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        if self.flushing:
+            await asyncio.gather(*self.flushing, return_exceptions=True)
 
     # -- DurableStore: the reads (this node's copy) ---------------------------------------
     def load(self, call_id: str) -> CallRecord | None:
