@@ -445,8 +445,10 @@ def test_a_ten_turn_session_on_three_nodes_outlives_the_node_of_its_turn(
         ids.append(submit(ns["b"], 5, count=str(count), hold_first=str(hold),
                           late=str(late)))
         ids += [submit(order[i % 3], i, count=str(count)) for i in range(6, 11)]
-        wait_until(lambda: ns["a"].call("tasks.get", {"task_id": ids[4]})["status"]
-                   == "running", what="turn 5 running")
+        # running, and its first attempt's mark left (a claimed turn's worker may not
+        # have started it yet: struck then, it leaves none)
+        wait_until(lambda: any(f.name.startswith("5.1.") for f in count.iterdir()),
+                   what="turn 5's first attempt at its hold")
         stricken = ns[ns["a"].call("tasks.get", {"task_id": ids[4]})["attempts"][-1]["node"]]
         live = [n for n in order if n is not stricken]
         pid = stricken.proc.pid  # type: ignore[union-attr]
