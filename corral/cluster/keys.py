@@ -136,6 +136,12 @@ class Keys:
         """Hash: session -> its state's bytes: what max_session_bytes counts."""
         return f"{self.prefix}sbytes:{tenant}:{agent}"
 
+    def sticky(self, tenant: str, agent: str, consumer_name: str) -> str:
+        """List: the turns of sessions given to a node incarnation (`entry task` each:
+        delivered to it in their stream's group), which its next read of the tenant's
+        agent claims first (sessionscripts._stick)."""
+        return f"{self.prefix}stk:{tenant}:{agent}:{consumer_name}"
+
     @property
     def fence(self) -> str:
         """Counter: fence tokens, one per claim, increasing across the cluster."""

@@ -58,6 +58,8 @@ class Beat(msgspec.Struct):
     # agent -> the tenant it is of: whose streams the node reads (decision 439); an
     # agent not named is the default tenant's (a beat of a node from before it)
     tenants: dict[str, str] = {}
+    # it takes a session's next turn when it ran the last ([cluster] sticky_sessions)
+    sticky: bool = True
 
 
 _DAEMON = uuid.uuid4().hex  # this process's id in its beats
@@ -129,6 +131,7 @@ class Membership:
         self.keys = keys
         self.node = node
         self.ttl = settings.node_ttl
+        self.sticky = settings.sticky_sessions
         self.beat = settings.beat
         self.offer = offer
         self.report = report
@@ -160,7 +163,8 @@ class Membership:
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load,
                                         sorted(agents), time.time(), room, placed,
                                         draining, self.daemon, os.getpid(),
-                                        socket.gethostname(), self.key, agents))
+                                        socket.gethostname(), self.key, agents,
+                                        self.sticky))
 
     def _one_daemon(self) -> list[Any]:
         """What JOIN and BEAT need to tell another daemon of this node name."""

@@ -186,7 +186,8 @@ class Puller:
         now = time.time()
         args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
                            agent.spec.retries, repr(agent.spec.task_timeout),
-                           want, self.keys.prefix, self.serving(agent), agent.spec.tenant]
+                           want, self.keys.prefix, self.serving(agent), agent.spec.tenant,
+                           self.keys.sticky(agent.spec.tenant, name, consumer)]
         [reply] = await self.scripts.run([(self.scripts.read_claim,
                                            [self.keys.fence, *streams], args)])
         if isinstance(reply, Exception):

@@ -162,7 +162,8 @@ return got
 # KEYS: fence, the tenant's agent's streams (highest priority first)
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
 #       count, the cluster's key prefix, the live nodes running the tenant's agent, the
-#       tenant of its agent
+#       tenant of its agent, the list of the turns given to this incarnation (Keys.sticky:
+#       claimed first, sessionscripts.sticky_claims)
 # -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
 #    input, timeout, retries_left, priority, created, checkpoint or false, session or
 #    false, its state or false, trace context or false}, ...}, each
@@ -176,6 +177,7 @@ local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10]}
 local out = {}
 local want = tonumber(ARGV[7])
 if not alive(prefix, ARGV[1]) then want = 0 end
+""" + sessionscripts.sticky_claims() + """
 local serving = tonumber(ARGV[9])
 local held = 0
 if want > 0 and serving > 1 then
@@ -191,7 +193,7 @@ if want > 0 and serving > 1 then
   local share = math.ceil(waiting / serving)
   if share < want and share < waiting then want, held = share, 1 end
 end
-local read = 0
+local read = sticky
 for s = 2, #KEYS do
   if want <= 0 then break end
   local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[1], 'COUNT',

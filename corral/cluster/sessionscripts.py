@@ -17,6 +17,13 @@ Redis's own (TIME): one clock for every node.
 
 from __future__ import annotations
 
+from .keys import GROUP
+
+# Seconds a node's list of the turns given to it (Keys.sticky) outlives its last one: its
+# items are stale once the busy bound has passed (they are checked as they are taken),
+# and a dead incarnation's list must not stay.
+STICKY_KEPT = 3600
+
 # The session's keys named from a task's record key (KEYS[1], Keys.task) and the session's
 # tenant, agent and name: the same prefix, so the same hash slot. (A turn submitted before
 # sessions had owners has no tenant: its session's keys are named as they were then, so
@@ -38,6 +45,56 @@ end
 redis.call('ZREMRANGEBYSCORE', sall, '-inf', '(' .. now)"""
 
 
+def _stick(stream: str) -> str:
+    """The turn just added to `stream` (its tenant's agent's) given to the node that ran
+    its session's last turn (the session's `node`, a consumer), while that incarnation is
+    alive (its liveness key, whose value is its beat), runs the tenant's agent, is not
+    draining and takes sticky turns (its beat's `sticky`), and while the turn jumps no
+    backlog (it is the one entry of the agent's streams no node has read): delivered to
+    that consumer in the group, as its own read would, and named in its list
+    (Keys.sticky), which its next read claims first. Pending with it, the turn is what
+    the cluster already knows how to take back: by the reaper when it dies, by its own
+    orphan pass when it is too busy to claim it for ORPHAN_BEATS (reaper.py)."""
+    return f"""do
+local holder = tenant and redis.call('HGET', skey, 'node')
+local beat = holder and redis.call('GET', prefix .. 'alive:' .. holder)
+if beat then
+  local b = cjson.decode(beat)
+  local runs = false
+  for _, a in ipairs(b['agents'] or {{}}) do
+    if a == agent then runs = true end
+  end
+  local of = (type(b['tenants']) == 'table' and b['tenants'][agent]) or 'default'
+  if runs and of == tenant and b['draining'] ~= true and b['sticky'] ~= false then
+    local unread = 0
+    for _, p in ipairs(redis.call('ZRANGE', prefix .. 'prio:' .. tenant .. ':' .. agent,
+        0, -1)) do
+      local s = prefix .. 'q:' .. tenant .. ':' .. agent .. ':' .. p
+      if redis.call('EXISTS', s) == 1 then
+        unread = unread + redis.call('XLEN', s)
+          - redis.call('XPENDING', s, '{GROUP}')[1]
+      end
+    end
+    if unread == 1 then
+      local got = redis.call('XREADGROUP', 'GROUP', '{GROUP}', holder, 'COUNT', 1,
+        'STREAMS', {stream}, '>')
+      if got then
+        local e = got[1][2][1]
+        for j = 1, #e[2], 2 do
+          if e[2][j] == 'task' then
+            local list = prefix .. 'stk:' .. tenant .. ':' .. agent .. ':' .. holder
+            redis.call('RPUSH', list, e[1] .. ' ' .. e[2][j + 1])
+            redis.call('EXPIRE', list, {STICKY_KEPT})
+            break
+          end
+        end
+      end
+    end
+  end
+end
+end"""
+
+
 def ended(task: str) -> str:
     """(A fragment of scripts._ended.) A task of a session ended: the session's current
     one makes way for the next of its line (into the stream it was submitted to), or
@@ -52,10 +109,11 @@ if redis.call('HGET', skey, 'cur') == task then
   local nxt = redis.call('LPOP', sline)
   if nxt then
     local record = prefix .. 'task:' .. nxt
-    local entry = redis.call('XADD', redis.call('HGET', record, 'stream'), '*',
-      'task', nxt)
+    local home = redis.call('HGET', record, 'stream')
+    local entry = redis.call('XADD', home, '*', 'task', nxt)
     redis.call('HSET', record, 'entry', entry)
     redis.call('HSET', skey, 'cur', nxt, 'last', now)
+    {_stick('home')}
   else
     local ttl = tonumber(redis.call('HGET', skey, 'ttl')) or 0
     redis.call('HSET', skey, 'cur', '', 'last', now)
@@ -100,6 +158,7 @@ SUBMIT_THEN = """
 redis.call('HSET', KEYS[1], 'session', name, 'stenant', tenant)
 if turn then
   redis.call('HSET', skey, 'cur', ARGV[1])
+  STICK
 else
   redis.call('RPUSH', sline, ARGV[1])
 end
@@ -111,7 +170,7 @@ redis.call('LTRIM', shist, -1000, -1)
 redis.call('PERSIST', skey)
 redis.call('PERSIST', shist)
 redis.call('ZADD', sall, 'inf', name)
-"""
+""".replace("STICK", _stick("KEYS[2]"))
 
 # session/checkpoint of a running cluster task: its session's state, fenced by the
 # claim's token as every write of an attempt is, and bounded by the agent's
@@ -144,15 +203,47 @@ return 1
 def claimed() -> str:
     """(A fragment of scripts' claim function, before it answers.) A task of a session is
     given its name and its state, signed as the last turn checkpointed it (`sess`,
-    `state`; false when the task is no turn of a session, or its session has no state)."""
+    `state`; false when the task is no turn of a session, or its session has no state);
+    the session remembers the claiming incarnation (`node`: its next turn's, while it
+    lives, `_stick`), unless it has ended (its agent removed: no hash is made again)."""
     return """local sess, state = false, false
   local agent_name = redis.call('HMGET', task, 'agent', 'session', 'stenant')
   if agent_name[2] then
     sess = agent_name[2]
     local owned = agent_name[3] and (agent_name[3] .. ':' .. agent_name[1]) or agent_name[1]
-    state = redis.call('HGET', prefix .. 'sess:' .. owned .. ':' .. agent_name[2],
-      'state') or false
+    local skey = prefix .. 'sess:' .. owned .. ':' .. agent_name[2]
+    state = redis.call('HGET', skey, 'state') or false
+    if redis.call('HEXISTS', skey, 'cur') == 1 then redis.call('HSET', skey, 'node', c[1]) end
   end"""
+
+
+def sticky_claims() -> str:
+    """(A fragment of scripts.READ_CLAIM, before it reads the streams.) The turns given
+    to this incarnation (`_stick`: its list, ARGV[11]) claimed first, up to `want`: each
+    one only while its record is still queued under the entry given, that entry is still
+    pending with this consumer, and its stream is one of this read's (the tenant's
+    agent's): an item a Redis writer forged, or one the busy bound or a takeover queued
+    again meanwhile, is dropped, touching nothing. -> `sticky`: how many were claimed."""
+    return f"""local sticky = 0
+while want > 0 and ARGV[11] do
+  local item = redis.call('LPOP', ARGV[11])
+  if not item then break end
+  local entry, id = string.match(item, '^(%S+) (%S+)$')
+  local home = id and redis.call('HGET', prefix .. 'task:' .. id, 'stream')
+  local at = nil
+  for s = 2, #KEYS do
+    if KEYS[s] == home then at = s end
+  end
+  if at and #redis.call('XPENDING', home, '{GROUP}', entry, entry, 1, ARGV[1]) == 1 then
+    local got = claim(KEYS[1], home, entry, id, prefix, c)
+    if got then
+      out[#out + 1] = {{at - 2, entry, id, got[1], got[2], got[3], got[4], got[5],
+        got[6], got[7], got[8], got[9], got[10], got[11]}}
+      want = want - 1
+      sticky = sticky + 1
+    end
+  end
+end"""
 
 
 # sessions.end of a cluster session (ClusterSessions.end): its keys deleted and its place

@@ -733,6 +733,9 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # (WAIT): absent, 1 with `sentinels`, else 0 (the primary's word alone)
     ack_replicas: NonNegInt | None = None
     ack_timeout: Positive = 1.0  # seconds the replicas have to confirm a write
+    # a session's next turn goes to this node when it ran the last one and lives
+    # (docs/durable.md#sessions-on-a-cluster); false: to whichever node reads it first
+    sticky_sessions: bool = True
 
     @property
     def replicas_acked(self) -> int:
