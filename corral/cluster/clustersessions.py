@@ -24,8 +24,20 @@ each tenant's agent's sorted set of them, found by SCAN, and each session's hash
 `sessions show` and `sessions end` find a cluster session when the node has no local one
 of the name (`info`, `end`: the END script refuses while a turn is queued or running).
 
-Not built: stickiness (a turn runs on whichever node has room, not preferably on the one
-that ran the last).
+Sticky (decisions 760-763): a session's next turn runs on the node incarnation that ran
+its last one while that lives, runs the tenant's agent and is not draining, its memory of
+the conversation the fast path. The claim of a turn remembers its incarnation in the
+session (`node`, shown as the session's `holder`); a turn entering the stream (a submit
+to an idle session, an end moving the line) is delivered in the stream's group to that
+incarnation as its own read would, and named in its list (Keys.sticky), which its next
+read claims first: no polling, no round trip more. Delivered, the turn is pending with
+that consumer, which the cluster already knows how to take back: the reaper queues it
+again once its liveness key has expired (kill -9, frozen past its TTL), and the node's
+own orphan pass once it has held it unclaimed for ORPHAN_BEATS beats (busy: the bound on
+how long a live node may hold a session's turn). A turn behind a backlog of the agent's
+is not delivered (it would jump it), nor one of a node whose beat says `sticky: false`
+([cluster] sticky_sessions). The worker is given the state at every turn all the same
+(`task/run`'s `session_state`: the protocol has no "you have it" for a worker to trust).
 """
 
 from __future__ import annotations
@@ -173,7 +185,8 @@ class ClusterSessions:
             pipe = self.redis.pipeline(transaction=False)
             for name, _ in live:
                 key = SessionKey(tenant, name_of, name)
-                pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state")
+                pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state",
+                      "node")
                 pipe.llen(self.keys.session_line(key))
             got = await pipe.execute() if live else []
             for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
@@ -250,7 +263,8 @@ class ClusterSessions:
 
     async def _read(self, key: SessionKey) -> SessionView | None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state")
+        pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state",
+                      "node")
         pipe.llen(self.keys.session_line(key))
         pipe.zscore(self.keys.sessions(key.tenant, key.agent), key.name)
         fields, waiting, score = await pipe.execute()
@@ -311,12 +325,12 @@ class ClusterSessions:
 def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float
           ) -> SessionView | None:
     """A session's view from its hash's fields (None: no such hash, or expired)."""
-    cur, last, created, tasks, state = fields
+    cur, last, created, tasks, state, node = fields
     if created is None:
         return None
     return SessionView(
         agent=key.agent, session=key.name, tasks=int(tasks or 0), created=float(created),
-        last_used=float(last or created), holder=None,
+        last_used=float(last or created), holder=node.decode() if node else None,
         state_bytes=len(state.partition(b" ")[2]) if state else 0,
         running=cur.decode() if cur else None, waiting=int(waiting),
         expires=None if score == float("inf") else score, tenant=key.tenant)
