@@ -58,10 +58,13 @@ def _stick(stream: str) -> str:
     return f"""do
 local holder = tenant and redis.call('HGET', skey, 'node')
 local beat = holder and redis.call('GET', prefix .. 'alive:' .. holder)
-if beat then
-  local b = cjson.decode(beat)
+-- (a beat that does not decode, a Redis writer's, gives nothing: an error here would
+-- stop the end that runs this halfway)
+local ok, b = false, nil
+if beat then ok, b = pcall(cjson.decode, beat) end
+if ok and type(b) == 'table' and type(b['agents']) == 'table' then
   local runs = false
-  for _, a in ipairs(b['agents'] or {{}}) do
+  for _, a in ipairs(b['agents']) do
     if a == agent then runs = true end
   end
   local of = (type(b['tenants']) == 'table' and b['tenants'][agent]) or 'default'
@@ -76,9 +79,9 @@ if beat then
       end
     end
     if unread == 1 then
-      local got = redis.call('XREADGROUP', 'GROUP', '{GROUP}', holder, 'COUNT', 1,
+      local got = redis.pcall('XREADGROUP', 'GROUP', '{GROUP}', holder, 'COUNT', 1,
         'STREAMS', {stream}, '>')
-      if got then
+      if type(got) == 'table' and not got['err'] then
         local e = got[1][2][1]
         for j = 1, #e[2], 2 do
           if e[2][j] == 'task' then
@@ -228,7 +231,7 @@ def sticky_claims() -> str:
 while want > 0 and ARGV[11] do
   local item = redis.call('LPOP', ARGV[11])
   if not item then break end
-  local entry, id = string.match(item, '^(%S+) (%S+)$')
+  local entry, id = string.match(item, '^(%d+%-%d+) (%S+)$')
   local home = id and redis.call('HGET', prefix .. 'task:' .. id, 'stream')
   local at = nil
   for s = 2, #KEYS do

@@ -383,8 +383,10 @@ def test_sessions_show_and_end_find_a_cluster_session_on_any_node(
             assert all(h["created"] > 0 for h in info["history"])
         shown = b.cli("sessions", "show", "chat", "s")
         assert shown.returncode == 0, shown.stderr
-        assert shown.stdout.startswith("session s of chat: 2 tasks, state 15B, held by -"), (
-            shown.stdout)
+        # held by the incarnation of the node that ran its last turn (sticky: decision 761)
+        last = a.call("tasks.get", {"task_id": ids[1]})["attempts"][0]["node"]
+        assert re.match(f"session s of chat: 2 tasks, state 15B, held by {last}/\\d+, ",
+                        shown.stdout), shown.stdout
         assert [ln.split()[:2] for ln in shown.stdout.splitlines()[2:]] == [
             [ids[0], "succeeded"], [ids[1], "succeeded"]], shown.stdout
 
