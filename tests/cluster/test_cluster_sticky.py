@@ -1,11 +1,13 @@
-"""Sticky sessions on a cluster (issue 56, decisions 760-763, corral/cluster/sessionscripts.py
+"""Sticky sessions on a cluster (issue 56, decisions 760-764, corral/cluster/sessionscripts.py
 `_stick`): a session's turns run on the node that ran its last turn while it lives (the
 same worker process: its memory is the fast path), on another once it is kill -9'd
 (never restarted) or frozen past its TTL, and there after; a sticky node too busy to
 claim a turn gives it up within the bound (ORPHAN_BEATS beats) while it is still busy;
 a forged `node` of a session, or a forged item of a node's list, steers no turn to a node
 that does not run its tenant's agent, and each tenant's session shows its own holder.
-Real daemons, real workers (tests/session_agent.py), a real redis-server."""
+Real daemons, real workers (tests/session_agent.py), a real redis-server; and the scripts
+alone: who is given a turn and who is not (dead, draining, not sticky, another agent or
+tenant, a beat that does not parse, a backlog), and forged items of a list dropped."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from typing import Any
 import pytest
 import redis as redis_py
 
+from corral.cluster import clustersessions, records
 from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
@@ -215,3 +219,160 @@ def test_stickiness_is_its_tenants_and_a_forged_row_steers_no_turn(
         assert sorted((v["tenant"], v["session"], v["holder"]) for v in listed) == [
             ("acme", "s1", a_inc), ("globex", "s1", b_inc)]
     r.close()
+
+
+# -- the scripts alone ----------------------------------------------------------------------
+T = Keys("t")
+W = SessionKey("t1", "w", "s")  # tenant t1's agent w's session s
+STREAM = T.stream("t1", "w", 0)
+GIVEN = T.sticky("t1", "w", "n/1")  # node n's (incarnation 1) list of given turns
+BEAT = {"agents": ["w"], "tenants": {"w": "t1"}, "draining": False, "sticky": True}
+
+
+def _tid(i: int) -> str:
+    return f"0190a5c0-0000-7000-8000-{i:012d}"
+
+
+async def _submit(client: Any, tid: str, session: str | None = "s") -> Any:
+    keys = [T.task(tid), STREAM, T.priorities("t1", "w"), T.agents, T.live]
+    head = [tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", ""]
+    tail = ["", "", "t1", "mac"]
+    if session is None:
+        return await Scripts(client).submit(keys=keys, args=head + tail)
+    return await client.register_script(clustersessions.SUBMIT)(
+        keys=keys, args=[*head, session, 60, 0, "t1", *tail])
+
+
+async def _read_claim(client: Any, consumer: str = "n/1", want: int = 1) -> Any:
+    return await Scripts(client).read_claim(
+        keys=[T.fence, STREAM],
+        args=[consumer, consumer.split("/")[0], "2.0",
+              records.claimed_attempt(consumer.split("/")[0], 2.0), 0, "30.0", want,
+              T.prefix, 1, "t1", T.sticky("t1", "w", consumer)])
+
+
+async def _finish(client: Any, tid: str, token: int) -> Any:
+    return await Scripts(client).finish(
+        keys=[T.task(tid), T.attempts(tid), STREAM, T.outcomes, *T.listed],
+        args=[token, tid, "succeeded", b"{}", b"", "3.0",
+              await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
+
+
+async def _held_once(client: Any) -> str:
+    """Session s's first turn claimed by n/1 and finished: the session's holder."""
+    first = _tid(1)
+    assert await _submit(client, first) == 1
+    read, [claim], _, _ = await _read_claim(client)
+    assert (read, claim[2]) == (1, first.encode())
+    assert await _finish(client, first, claim[3]) == 1
+    return bytes(await client.hget(T.session(W), "node")).decode()
+
+
+async def test_a_turn_is_given_to_its_holder_and_claimed_first_from_its_list(
+        client: Any) -> None:
+    """The holder alive and running the tenant's agent: the next turn, submitted to the
+    idle session, is pending with it in the group (read for it) and named in its list;
+    another node's read finds nothing, the holder's claims it from the list; a turn
+    moved in by an end is given the same way."""
+    assert await _held_once(client) == "n/1"
+    await client.set(T.alive("n/1"), json.dumps(BEAT))
+    await client.set(T.alive("m/1"), json.dumps(BEAT))
+    second, third = _tid(2), _tid(3)
+    assert await _submit(client, second) == 1
+    entry = await client.hget(T.task(second), "entry")
+    assert await client.lrange(GIVEN, 0, -1) == [entry + b" " + second.encode()]
+    [pending] = await client.xpending_range(STREAM, "corral", "-", "+", 10)
+    assert (pending["message_id"], pending["consumer"]) == (entry, b"n/1")
+    assert await _submit(client, third) == 1  # behind it, in the session's line
+    assert (await _read_claim(client, "m/1"))[:2] == [0, []]  # not another's
+    read, [claim], _, _ = await _read_claim(client)
+    assert (read, claim[1], claim[2]) == (1, entry, second.encode())
+    assert await client.exists(GIVEN) == 0
+    assert await _finish(client, second, claim[3]) == 1  # the end gives it the third
+    moved = await client.hget(T.task(third), "entry")
+    assert await client.lrange(GIVEN, 0, -1) == [moved + b" " + third.encode()]
+    read, [claim], _, _ = await _read_claim(client)
+    assert claim[2] == third.encode()
+    assert await client.hget(T.task(third), "owner") == b"n/1"
+
+
+@pytest.mark.parametrize("beat", [
+    "dead", "draining", "not sticky", "another agent", "another tenant", "not json",
+    "agents not a list"])
+async def test_a_turn_is_not_given_to_a_holder_that_cannot_take_it(
+        client: Any, beat: str) -> None:
+    """The holder dead (no liveness key), draining, saying sticky_sessions = false, not
+    running the agent, running another tenant's agent of the name, or its beat a Redis
+    writer's that does not parse: the turn waits unread in the stream, for any node, and
+    the submit is answered as ever."""
+    await _held_once(client)
+    said: Any = dict(BEAT)
+    if beat == "draining":
+        said["draining"] = True
+    elif beat == "not sticky":
+        said["sticky"] = False
+    elif beat == "another agent":
+        said["agents"] = ["v"]
+    elif beat == "another tenant":
+        said["tenants"] = {"w": "t2"}
+    elif beat == "agents not a list":
+        said["agents"] = 7
+    if beat == "dead":
+        await client.delete(T.alive("n/1"))
+    else:
+        await client.set(T.alive("n/1"), b"{not json" if beat == "not json"
+                         else json.dumps(said).encode())
+    second = _tid(2)
+    assert await _submit(client, second) == 1
+    assert await client.exists(GIVEN) == 0
+    assert (await client.xpending(STREAM, "corral"))["pending"] == 0
+    await client.set(T.alive("m/1"), b"{}")
+    _, [claim], _, _ = await _read_claim(client, "m/1")
+    assert claim[2] == second.encode()
+
+
+async def test_a_turn_behind_a_backlog_is_not_given(client: Any) -> None:
+    """Another task of the agent waits unread: the session's turn is not given (it would
+    jump it); the first read takes the older task first."""
+    await _held_once(client)
+    await client.set(T.alive("n/1"), json.dumps(BEAT))
+    older, second = _tid(7), _tid(2)
+    assert await _submit(client, older, session=None) == 1
+    assert await _submit(client, second) == 1
+    assert await client.exists(GIVEN) == 0
+    _, claims, _, _ = await _read_claim(client, want=2)
+    assert [c[2] for c in claims] == [older.encode(), second.encode()]
+
+
+async def test_forged_items_in_a_holders_list_are_dropped_touching_nothing(
+        client: Any) -> None:
+    """Items a Redis writer put in the holder's list — not an item's form, a task that
+    does not exist, a queued task of another stream, a queued task of its own stream
+    whose entry was never given to it — are taken out and dropped: nothing is claimed,
+    acknowledged or deleted, and the turns they name wait as they were."""
+    await _held_once(client)
+    other = T.stream("t2", "w", 0)
+    elsewhere, own = _tid(8), _tid(9)
+    assert await Scripts(client).submit(
+        keys=[T.task(elsewhere), other, T.priorities("t2", "w"), T.agents, T.live],
+        args=[elsewhere, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "t2",
+              "mac"]) == 1
+    assert await _submit(client, own, session=None) == 1
+    e_other = await client.hget(T.task(elsewhere), "entry")
+    e_own = await client.hget(T.task(own), "entry")
+    await client.rpush(GIVEN, b"garbage", b"1-0 " + _tid(5).encode(),
+                       e_other + b" " + elsewhere.encode(), e_own + b" " + own.encode())
+    read, claims, _, _ = await _read_claim(client, want=0)
+    assert (read, claims) == (0, [])  # want 0: the list is not even looked at
+    assert await client.llen(GIVEN) == 4
+    fence = int(await client.get(T.fence))
+    read, claims, _, _ = await _read_claim(client)
+    # the list emptied, nothing of it claimed; the read claims the own task from the
+    # stream itself, once: its entry pending with the claimer, as any read's
+    assert await client.exists(GIVEN) == 0
+    assert [(c[1], c[2]) for c in claims] == [(e_own, own.encode())]
+    assert int(await client.get(T.fence)) == fence + 1
+    [pending] = await client.xpending_range(STREAM, "corral", "-", "+", 10)
+    assert (pending["message_id"], pending["consumer"]) == (e_own, b"n/1")
+    assert await client.hget(T.task(elsewhere), "status") == b"queued"
+    assert await client.xrange(other) == [(e_other, {b"task": elsewhere.encode()})]
