@@ -172,6 +172,27 @@ def test_a_busy_sticky_node_gives_the_turn_up_within_the_bound(
         assert ran(done(busy, submit(busy, 3)))[0] == other.name
 
 
+def test_a_node_with_sticky_sessions_false_says_so_in_its_beat(
+        tmp: Path, redis: RedisServer) -> None:
+    """`[cluster] sticky_sessions = false`: the node's beat (its liveness key's value,
+    which the scripts that give a turn read) says `sticky: false`; the other node's says
+    true (what the scripts alone do with each: below)."""
+    r = redis_py.Redis(port=redis.port)
+    with nodes(tmp, redis, {"a": chat(), "b": chat()}, **CLUSTER) as ns:
+        alive(ns, 2)
+        ns["b"].close()
+        ns["b"] = Node(tmp / "b2", "b", redis, chat(), **{
+            **CLUSTER, "extra": "sticky_sessions = false\n"})
+        ns["b"].start()
+        alive(ns, 2)
+        beats = {}
+        for key in r.scan_iter(match=K.alive("*")):
+            beat = json.loads(r.get(key) or b"{}")
+            beats[beat["node"]] = beat["sticky"]
+        assert beats == {"a": True, "b": False}
+    r.close()
+
+
 def log(text: str) -> None:
     print(text)  # (pytest -s shows it)
 
