@@ -98,6 +98,7 @@ class Reaper:
                                                   consumername=dead, idle=idle)
         node, _inc = split_consumer(dead)
         orphans = idle is not None
+        refreshing = orphans and reason is None  # (not a stopping node's last pass)
         reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
                             if orphans else f"node {node} lost")
         error = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED, reason))
@@ -114,6 +115,10 @@ class Reaper:
                 await self.redis.xack(stream, GROUP, entry)
                 continue
             tid = task_id.decode()
+            # an entry read and not claimed, its task still queued: on a live node, a
+            # session's turn given to it that it was too busy to claim (sessionscripts)
+            unclaimed = refreshing and await self.redis.hget(self.keys.task(tid),
+                                                          "status") == b"queued"
             got = await self.scripts.takeover(
                 keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
                       self.keys.outcomes, self.keys.alive(dead), *self.keys.listed],
@@ -121,7 +126,11 @@ class Reaper:
                       "orphan" if orphans else "dead", cancelled,
                       self.trust.outcome(tid, "0", "lost", b"", error),
                       self.trust.outcome(tid, "0", "cancelled", b"", cancelled)])
-            if got == b"requeued" and orphans:
+            if got == b"requeued" and unclaimed:
+                self.orphans += 1
+                self.report(f"cluster: task {tid} given to node {node} waited "
+                            f"{ORPHAN_BEATS} beats unclaimed: it waits for any node")
+            elif got == b"requeued" and orphans:
                 self.orphans += 1
                 self.report(f"cluster: task {tid} queued again ({reason})")
             elif got == b"requeued":
