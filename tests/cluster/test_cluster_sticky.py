@@ -1,7 +1,8 @@
 """Sticky sessions on a cluster (issue 56, decisions 760-764, corral/cluster/sessionscripts.py
 `_stick`): a session's turns run on the node that ran its last turn while it lives (the
 same worker process: its memory is the fast path), on another once it is kill -9'd
-(never restarted) or frozen past its TTL, and there after; a sticky node too busy to
+(never restarted) or frozen past its TTL, or removes the agent or is drained, and there
+after; a sticky node too busy to
 claim a turn gives it up within the bound (ORPHAN_BEATS beats) while it is still busy;
 a forged `node` of a session, or a forged item of a node's list, steers no turn to a node
 that does not run its tenant's agent, and each tenant's session shows its own holder.
@@ -140,6 +141,30 @@ def test_a_sticky_node_that_dies_or_freezes_gives_the_session_to_another(
             if fault == "sigstop":
                 os.kill(pid, signal.SIGCONT)
     r.close()
+
+
+@pytest.mark.parametrize("how", ["remove", "drain"])
+def test_a_holder_that_no_longer_runs_the_agent_or_drains_holds_nothing(
+        tmp: Path, redis: RedisServer, how: str) -> None:
+    """The session's node removes its agent (the other node still runs it: the session
+    is kept) or is drained (`corral drain`): the next turns run on the other node, from
+    the last state, and stay there."""
+    with nodes(tmp, redis, {n: chat() for n in "ab"}, **CLUSTER) as ns:
+        alive(ns, 2)
+        before = [done(ns["a"], submit(ns["a"], i)) for i in (1, 2)]
+        [(node, _)] = {ran(rec) for rec in before}
+        holder_node, other = ns[node], ns["b" if node == "a" else "a"]
+        if how == "remove":
+            assert holder_node.call("agents.remove", {"names": ["chat"]}) == {
+                "removed": ["chat"]}
+        else:
+            r = other.cli("drain", node)
+            assert r.returncode == 0, r.stderr
+            wait_until(lambda: holder_node.call("stats.get")["cluster"]["state"] == "left",
+                       what="drained node left")
+        after = [done(other, submit(ns["abc"[i % 2]], i)) for i in (3, 4, 5)]
+        assert {ran(rec)[0] for rec in after} == {other.name}
+        assert after[-1]["output"]["turns"] == [1, 2, 3, 4, 5]
 
 
 def test_a_busy_sticky_node_gives_the_turn_up_within_the_bound(
