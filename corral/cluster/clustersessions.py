@@ -58,6 +58,7 @@ from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import SessionKey
 from ..text import plural
 from . import sessionscripts
+from .connection import read
 from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
@@ -203,14 +204,19 @@ class ClusterSessions:
         key = await self._whose(tenant, agent, name)
         if key is None:
             return None
-        view = await self._read(key)
+        view = await read(lambda: self._read(key))
         if view is None:
             return None
-        ids = [t.decode() for t in await self.redis.lrange(self.keys.session_tasks(key), 0, -1)]
-        pipe = self.redis.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.hmget(self.keys.task(task_id), "status", "created")
-        rows = await pipe.execute() if ids else []
+        ids = [t.decode() for t in await read(
+            lambda: self.redis.lrange(self.keys.session_tasks(key), 0, -1))]
+
+        async def history() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hmget(self.keys.task(task_id), "status", "created")
+            return list(await pipe.execute())
+
+        rows = await read(history) if ids else []
         return SessionInfo(session=view, history=[
             SessionTask(task_id=task_id, status=status.decode() if status else None,
                         created=float(created) if created else None)
@@ -221,7 +227,7 @@ class ClusterSessions:
         deleted in one script, refused while a turn of it is queued or running; its view
         as it was, None when there is none. RedisError when Redis does not answer."""
         key = await self._whose(tenant, agent, name)
-        view = None if key is None else await self._read(key)
+        view = None if key is None else await read(lambda: self._read(key))
         if key is None or view is None:
             return None
         got = await self.end_script(

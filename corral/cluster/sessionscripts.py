@@ -254,16 +254,18 @@ end"""
 # turn's end moves the next one of its line in: it would find no session).
 # KEYS: the session's hash, line, history, its agent's sessions (sorted set) and bytes
 #   (hash); ARGV: the session's name, the task records' key prefix
-#   -> 0 no such session (or expired), {-1, the current task, its status, the line's
-#   length} unfinished, 1 ended
+#   -> 0 no such session (or expired), {-1, the current task ('' when none, or its record
+#   is gone), its status, the line's length} unfinished, 1 ended
 END = """
 local cur = redis.call('HGET', KEYS[1], 'cur')
 if not cur then return 0 end
 local waiting = redis.call('LLEN', KEYS[2])
-if cur ~= '' or waiting > 0 then
-  local status = cur ~= '' and redis.call('HGET', ARGV[2] .. cur, 'status') or ''
-  return {-1, cur, status or '', waiting}
+local status = ''
+if cur ~= '' then
+  status = redis.call('HGET', ARGV[2] .. cur, 'status') or ''
+  if status == '' then cur = '' end  -- (its record gone: no turn of it is running)
 end
+if cur ~= '' or waiting > 0 then return {-1, cur, status, waiting} end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])

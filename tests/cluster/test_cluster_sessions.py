@@ -424,6 +424,17 @@ def test_sessions_show_and_end_find_a_cluster_session_on_any_node(
         assert (r.returncode, r.stderr) == (1, "corral: no such session: s of agent chat\n")
         again = done(b, submit(b, 5))
         assert again["output"]["turns"] == [5] and again["output"]["given"] is False
+        # its current turn's record gone (deleted by a Redis writer, or lost): no turn of
+        # it runs, and ending it is not refused on that record's account
+        rc = redis_py.Redis(port=redis.port)
+        try:
+            rc.hset(K.session(SessionKey("default", "chat", "s")), "cur", again["task_id"])
+            rc.delete(K.task(again["task_id"]))
+        finally:
+            rc.close()
+        r = a.cli("sessions", "end", "chat", "s")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        assert a.call("sessions.list", {"agent": "chat"})["sessions"] == []
 
 
 @pytest.mark.parametrize("fault", ["kill9", "sigstop"])
