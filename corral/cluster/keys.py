@@ -91,6 +91,22 @@ class Keys:
         key -> its child's id (signed), deleted at its end."""
         return f"{self.prefix}spawn:{task_id}"
 
+    # -- asks of a person (clusterasks.py) -----------------------------------------------
+    def ask(self, ask_id: str) -> str:
+        """Hash: an ask of a cluster task: its signed record (`rec`, `mac`) and, once it
+        ended, its signed end (`end`, `emac`)."""
+        return f"{self.prefix}ask:{ask_id}"
+
+    def task_asks(self, task_id: str) -> str:
+        """Hash: a cluster task's asks, each call's key -> its ask's id; deleted at the
+        task's end (scripts._ended)."""
+        return f"{self.prefix}asks:{task_id}"
+
+    def asks_pending(self, tenant: str | None = None) -> str:
+        """Sorted set (scored by when asked): the pending asks of every cluster task, or
+        of one tenant's tasks (what the bounds count)."""
+        return f"{self.prefix}askq" + ("" if tenant is None else f":{tenant}")
+
     # -- durable calls (a workflow's run, a team's call: clustercalls.py) --------------
     def call(self, call_id: str) -> str:
         """Hash: a durable call's signed record (`rec`), its status, the node incarnation

@@ -36,6 +36,7 @@ from ..views import NodeInfo
 from . import records, redischeck
 from .backlog import Backlog
 from .calltasks import ClusterStepTasks
+from .clusterasks import ClusterAsks
 from .clustercalls import ClusterCalls
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
@@ -98,10 +99,12 @@ class ClusterNode:
                                lambda agent, tenant: self.desk.serves(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id))
+        # its claimed tasks' asks of a person, in Redis: listed and decided on any node
+        self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings, host.stream)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
                              ClaimParts(self.steps, sessions, spawns, self._watch,
-                                        self._serving_nodes))
+                                        self._serving_nodes, self.asks))
         # what this node has free slots for starts here as it is submitted (fair share)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
@@ -391,6 +394,7 @@ class ClusterNode:
         loops, self._loops = self._loops, []
         await cancel_all(loops)
         await self.placement.close()
+        await self.asks.close()
         with contextlib.suppress(TimeoutError):
             await within(self.steps.close(), self.settings.beat)
         with contextlib.suppress(TimeoutError):
@@ -606,4 +610,5 @@ class ClusterNode:
                 "events": self.events.status(), "woken": self.backlog.woken,
                 # durable calls (workflow runs) taken over from dead nodes, and this
                 # node's writes into one refused since another took it
-                "calls": {"taken": self.calls.taken, "late_writes_refused": self.calls.fenced}}
+                "calls": {"taken": self.calls.taken, "late_writes_refused": self.calls.fenced},
+                "asks": self.asks.status()}

@@ -27,6 +27,7 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
+from .clusterasks import ClusterAsks
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
 from .connection import why
@@ -40,14 +41,16 @@ from .steps import ClusterSteps
 class ClaimParts(NamedTuple):
     """What each claim is given, at the puller's construction: where the node keeps a
     claimed task's steps (a retried claim resumed from its checkpoint there), its
-    session's turns and its spawns, how its progress is watched, and how many live nodes
-    share an agent's burst (as this node last read them)."""
+    session's turns and its spawns, how its progress is watched, how many live nodes
+    share an agent's burst (as this node last read them), and where its asks of a
+    person are kept."""
 
     steps: ClusterSteps
     turns: ClusterSessions
     spawns: ClusterSpawns
     watch: Callable[[ClusterTask], None]
     serving: Callable[[AgentLike], int]
+    asks: ClusterAsks
 
 
 class Puller:
@@ -70,7 +73,7 @@ class Puller:
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
         # each claimed task's
-        self.kept = ClaimStores(claims.steps, claims.turns, claims.spawns)
+        self.kept = ClaimStores(claims.steps, claims.turns, claims.spawns, claims.asks)
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too

@@ -19,13 +19,13 @@ import msgspec
 
 from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
-from ..supervisor.tasks.model import SpawnsElsewhere, TurnsElsewhere
+from ..supervisor.tasks.model import AsksElsewhere, SpawnsElsewhere, TurnsElsewhere
 from ..supervisor.tasks.stepjournal import StepJournal
 
 
 class ClusterTask(Task):
-    __slots__ = ("base", "consumer", "entry", "session_kept", "spawns_kept", "steps_kept",
-                 "stream", "token", "turns_kept")
+    __slots__ = ("asks_kept", "base", "consumer", "entry", "session_kept", "spawns_kept",
+                 "steps_kept", "stream", "token", "turns_kept")
     journal_here = False
     session_here = False  # its session's turns are kept in order by Redis (sessions.py)
 
@@ -47,6 +47,8 @@ class ClusterTask(Task):
         self.steps_kept: StepJournal | None = kept.steps if kept is not None else None
         self.turns_kept: TurnsElsewhere | None = kept.turns if kept is not None else None
         self.spawns_kept: SpawnsElsewhere | None = kept.spawns if kept is not None else None
+        # and its asks of a person (clusterasks.py)
+        self.asks_kept: AsksElsewhere | None = kept.asks if kept is not None else None
         # its session's state as its claim read it or its last checkpoint wrote it (the
         # MAC, a space, the JSON)
         self.session_kept: bytes | None = None
@@ -58,12 +60,13 @@ class ClusterTask(Task):
 
 
 class ClaimStores(NamedTuple):
-    """Where a node keeps its claimed tasks' steps, their sessions' turns and their
-    spawns (Redis): given to each ClusterTask as the claim makes it."""
+    """Where a node keeps its claimed tasks' steps, their sessions' turns, their spawns
+    and their asks of a person (Redis): given to each ClusterTask as the claim makes it."""
 
     steps: StepJournal
     turns: TurnsElsewhere
     spawns: SpawnsElsewhere
+    asks: AsksElsewhere
 
 
 def free_slots(agent: AgentLike) -> int:

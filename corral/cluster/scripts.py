@@ -22,6 +22,11 @@ def _steps_key(task: str) -> str:
     return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'steps:' .. {task}"
 
 
+def _asks_key(task: str) -> str:
+    """The task's asks by call (Keys.task_asks), named as `_steps_key` names its steps."""
+    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'asks:' .. {task}"
+
+
 def _spawns_key(task: str) -> str:
     """The task's spawns (Keys.spawns), named as `_steps_key` names its steps."""
     return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'spawn:' .. {task}"
@@ -34,12 +39,13 @@ def _ended(task: str, kept: str, live: int) -> str:
     and what a node's beat trims to the newest `tasks_kept`, deleting the records of
     those it takes out (TRIM, retention.py). One fragment for every end, so that no end
     leaves a key without its expiry (TRIM forgets the ids older than tasks_kept_for,
-    trusting their keys to have expired). Its steps (STEP) and its spawns' rows (SPAWN)
-    go at once: no attempt follows an end to spawn again (its children live on, their
-    places in the tree in their own records)."""
+    trusting their keys to have expired). Its steps (STEP), its spawns' rows (SPAWN) and
+    its asks by call (clusterasks.py) go at once: no attempt follows an end to spawn or
+    ask again (its children live on, their places in the tree in their own records; a
+    pending ask of it is withdrawn where it is next read)."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
-redis.call('DEL', {_steps_key(task)}, {_spawns_key(task)})
+redis.call('DEL', {_steps_key(task)}, {_spawns_key(task)}, {_asks_key(task)})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""

@@ -46,13 +46,15 @@ SPAWN = b"spawn"
 # whose a task is (its record's `tenant`, its agent's where it was submitted), by task and
 # agent: a Redis writer does not move a task into another tenant's sight (decision 436)
 TENANT = b"tenant"
+# an ask of a cluster task (keys.ask: its record and its end), by ask id (clusterasks.py)
+ASK = b"ask"
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
          OUTCOME: "outcomes", STEP: "steps",
          SESSION: "sessions", CALL: "calls", SPAWN: "spawns",
-         TENANT: "tenants"}  # as `corral stats` counts them
+         TENANT: "tenants", ASK: "asks"}  # as `corral stats` counts them
 _SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
          OUTCOME: "outcome", STEP: "step", SESSION: "session state", CALL: "call",
-         SPAWN: "spawn", TENANT: "tenant"}  # as the log says one
+         SPAWN: "spawn", TENANT: "tenant", ASK: "ask"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "

@@ -1,20 +1,22 @@
 """The inbox's methods' handlers (corral.methods.approvals, docs/approvals.md): the pending
-asks listed, one read, one decided. They take the engine's inbox alone. Who sees and
+asks listed, one read, one decided. They take the engine's inbox and the cluster's asks
+(none off a cluster: a cluster task's asks are in Redis, clusterasks.py). Who sees and
 decides an ask is the visibility rules' (an ask is its task's tenant's and agent's:
 visibility.sees_task), checked before a decision reaches the inbox."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import jsonrpc
 from .. import methods as m
 from ..askviews import Ask, AskEnd, AskKind
 from ..jsonrpc import RpcError
 from ..supervisor.followers import Follower
-from ..supervisor.tasks.inbox import AskEnded, Decision, Inbox
+from ..supervisor.tasks.inbox import AskEnded, Decision, Inbox, ended_message
 from .api import Commands
 from .caller import Caller, Channel
+from .clusterpeer import ClusterInbox
 from .flowcontrol import drain
 from .services import Services
 
@@ -22,23 +24,34 @@ WATCH_QUEUE = 1000  # asks a watcher may be behind by before it is told it misse
 WATCH_BATCH = 100  # sent in one turn of the loop
 
 
-def inbox_of(d: Services) -> Inbox:
-    return d.task_engine.inbox
+class Inboxes(NamedTuple):
+    """Where asks are: this daemon's inbox (its own tasks'), and its cluster's (the
+    cluster tasks' of every node, in Redis: corral/cluster/clusterasks.py)."""
+
+    local: Inbox
+    cluster: ClusterInbox
 
 
-COMMANDS: Commands[Services, Inbox] = Commands(inbox_of)
+def inboxes_of(d: Services) -> Inboxes:
+    return Inboxes(d.task_engine.inbox, d.cluster.asks)
+
+
+COMMANDS: Commands[Services, Inboxes] = Commands(inboxes_of)
 implements = COMMANDS.implements
 
 
 @implements(m.ApprovalsList)
-async def approvals_list(inbox: Inbox, p: m.ApprovalsList, caller: Caller, c: Channel
+async def approvals_list(inboxes: Inboxes, p: m.ApprovalsList, caller: Caller, c: Channel
                          ) -> m.AskList:
-    return m.AskList(asks=inbox.pending())
+    asks = [*inboxes.local.pending(), *await inboxes.cluster.pending()]
+    return m.AskList(asks=sorted(asks, key=lambda a: (a.created, a.id)))
 
 
 @implements(m.ApprovalsWatch)
-async def approvals_watch(inbox: Inbox, p: m.ApprovalsWatch, caller: Caller, c: Channel
-                          ) -> None:
+async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
+                          c: Channel) -> None:
+    # this daemon's asks: a cluster task's are listed (approvals.list), not fed here
+    inbox = inboxes.local
     # bounded: a reader that does not read is told what it missed, never grows the daemon
     follower: Follower[Ask] = Follower(WATCH_QUEUE)
 
@@ -60,22 +73,28 @@ async def approvals_watch(inbox: Inbox, p: m.ApprovalsWatch, caller: Caller, c: 
 
 
 @implements(m.ApprovalsGet)
-async def approvals_get(inbox: Inbox, p: m.ApprovalsGet, caller: Caller, c: Channel
+async def approvals_get(inboxes: Inboxes, p: m.ApprovalsGet, caller: Caller, c: Channel
                         ) -> Ask:
-    ask = inbox.get(p.id)
+    ask = inboxes.local.get(p.id) or await inboxes.cluster.get(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
     return ask
 
 
 @implements(m.ApprovalsResolve)
-async def approvals_resolve(inbox: Inbox, p: m.ApprovalsResolve, caller: Caller,
+async def approvals_resolve(inboxes: Inboxes, p: m.ApprovalsResolve, caller: Caller,
                             c: Channel) -> Ask:
-    ask = inbox.get(p.id)
+    ask = inboxes.local.get(p.id)
+    if ask is not None:
+        return await inboxes.local.decide(Decision(p.id, AskEnd(p.decision), caller.who,
+                                                   decision_data(ask, p)))
+    ask = await inboxes.cluster.get(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
-    return await inbox.decide(Decision(p.id, AskEnd(p.decision), caller.who,
-                                       decision_data(ask, p)))
+    if not ask.pending:
+        raise RpcError(jsonrpc.CONFLICT, ended_message(ask))
+    return await inboxes.cluster.decide(ask, Decision(p.id, AskEnd(p.decision), caller.who,
+                                                      decision_data(ask, p)))
 
 
 def decision_data(ask: Ask, p: m.ApprovalsResolve) -> Any:

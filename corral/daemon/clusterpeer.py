@@ -14,15 +14,39 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 
 if TYPE_CHECKING:
+    from ..askviews import Ask
     from ..cluster.membership import NodeView
     from ..cluster.node import ClusterNode
     from ..results import SessionInfo, SessionView
+    from ..supervisor.tasks.inbox import Decision
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
 
+class ClusterInbox(Protocol):
+    """The asks of a person the cluster's tasks made (corral.cluster.clusterasks), read
+    and decided on any node; none off a cluster."""
+
+    async def pending(self) -> list[Ask]:
+        """Every pending ask of the cluster's tasks, oldest first."""
+        ...
+
+    async def get(self, ask_id: str) -> Ask | None:
+        """The ask, pending or ended; None: no such ask of the cluster's."""
+        ...
+
+    async def decide(self, ask: Ask, decision: Decision) -> Ask:
+        """End the pending `ask` as a person decided, once in the cluster."""
+        ...
+
+
 class ClusterPeer(Protocol):
     redis_warnings: list[str]
+
+    @property
+    def asks(self) -> ClusterInbox:
+        """The cluster's tasks' asks of a person."""
+        ...
 
     @property
     def slots(self) -> Mapping[str, list[str | None]]:
@@ -71,10 +95,24 @@ class ClusterPeer(Protocol):
         ...
 
 
+class NoClusterAsks:
+    """The cluster asks of a daemon with no [cluster] table: none."""
+
+    async def pending(self) -> list[Ask]:
+        return []
+
+    async def get(self, ask_id: str) -> Ask | None:
+        return None
+
+    async def decide(self, ask: Ask, decision: Decision) -> Ask:
+        raise jsonrpc.not_found("ask", ask.id)
+
+
 class NotANode:
     """The cluster of a daemon with no [cluster] table."""
 
     redis_warnings: list[str] = []
+    asks: ClusterInbox = NoClusterAsks()
 
     @property
     def slots(self) -> Mapping[str, list[str | None]]:

@@ -1,39 +1,288 @@
-"""A cluster's task may not ask a person yet (docs/cluster.md's parity table,
-docs/approvals.md): its ask would be one node's, lost with it. The call its agent's
-`approve` names is refused by name, never run unapproved; the same agent's `local` task
-asks as on one node."""
+"""A cluster task asks a person (issue 55, corral/cluster/clusterasks.py, docs/approvals.md
+#on-a-cluster): its ask is kept in the cluster's Redis, listed and decided on any node,
+once; the answer reaches the attempt waiting for it wherever it runs; the asking node
+kill -9'd while it waits, the node that takes the task over finds the same ask pending
+(not asked again), and once approved the call runs once. Another tenant's caller neither
+sees nor decides it; a forged ask in Redis is refused and counted; Redis away, the inbox
+says so and nothing asked is lost."""
 
 from __future__ import annotations
 
+import json
+import re
+import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+import redis as redis_py
 
-from corral import jsonrpc
+from corral.cluster.keys import Keys
 
+from ..conftest import ROOT
+from ..daemon_harness import PY, free_port
 from ..redis_harness import RedisServer
 from ..test_approvals import bump, counted, fleet
 from ..test_daemon_cli import wait_until
-from .harness import nodes
+from .harness import Node, nodes
+from .test_cluster_specs import log
+from .test_cluster_steps import running_task
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)
+HERE = Path(__file__).parent.parent
 
 
-def test_a_cluster_tasks_held_call_is_refused_a_local_ones_asks(tmp: Path,
-                                                                redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": fleet(tmp)}) as ns:
+def both_alive(ns: dict[str, Node]) -> None:
+    first = next(iter(ns.values()))
+    wait_until(lambda: sum(n["alive"] for n in first.nodes()["nodes"]) == len(ns),
+               what="every node alive")
+
+
+def pending(n: Node) -> list[dict[str, Any]]:
+    asks: list[dict[str, Any]] = n.call("approvals.list")["asks"]
+    return asks
+
+
+def listed_again(n: Node) -> list[str] | None:
+    """The pending asks' ids, None while the node cannot read them (Redis starting)."""
+    try:
+        return [x["id"] for x in pending(n)]
+    except AssertionError:  # the harness's error: its message
+        return None
+
+
+def other_than(ns: dict[str, Node], node: Node) -> Node:
+    return next(n for n in ns.values() if n is not node)
+
+
+def test_an_approval_asked_on_one_node_is_listed_and_decided_once_on_another(
+        tmp: Path, redis: RedisServer) -> None:
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(1)}
+                               )["task_id"]
+        [ask] = wait_until(lambda: pending(ns["b"]), what="its ask, listed on b")
+        assert (ask["kind"], ask["task_id"], ask["agent"], ask["subject"], ask["end"]) == (
+            "approval", task_id, "writer", {"tool": "counting__bump", "arguments": {"i": 1}},
+            None)
+        assert [a["id"] for a in pending(ns["a"])] == [ask["id"]]
+        runner = wait_until(lambda: running_task(ns, task_id), what="its attempt")
+        other = other_than(ns, runner)
+        assert ns["a"].call("approvals.get", {"id": ask["id"]})["end"] is None
+        assert counted(tmp) == []
+        # decided on the node that does not run it, from the CLI
+        approved = other.cli("approvals", "approve", ask["id"])
+        assert approved.returncode == 0, approved.stderr
+        done = ns["a"].call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"][0]["content"][0]["text"] == "bumped 1"
+        assert counted(tmp) == ["1"]
+        # once: a second decision, on either node, is refused naming the first
+        for n in ns.values():
+            again = n.cli("approvals", "deny", ask["id"])
+            assert again.returncode != 0
+            assert re.search(rf"ask {ask['id']} has ended: approved by uid \d+ pid \d+ at ",
+                             again.stderr), again.stderr
+            got = n.call("approvals.get", {"id": ask["id"]})
+            assert (got["end"], got["by"]) == ("approved", approved_by(approved.stdout))
+            assert pending(n) == []
+        assert counted(tmp) == ["1"]
+
+
+def approved_by(said: str) -> str:
+    """Who the CLI says decided (`approved by WHO at TIME`)."""
+    found = re.search(r"^approved by (.+) at ", said, re.M)
+    assert found is not None, said
+    return found.group(1)
+
+
+def askers() -> str:
+    return textwrap.dedent(f"""
+        [agents.asker]
+        command = ["{PY}", "{HERE}/asking_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+    """)
+
+
+def test_a_question_asked_on_one_node_is_answered_on_another(tmp: Path,
+                                                            redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": askers(), "b": askers()}) as ns:
+        both_alive(ns)
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}},
+                  "required": ["n"]}
+        task_id = ns["a"].call("tasks.submit", {"agent": "asker", "input": {
+            "prompt": "how many?", "schema": schema}})["task_id"]
+        [ask] = wait_until(lambda: pending(ns["a"]), what="its question")
+        assert (ask["kind"], ask["subject"]) == (
+            "question", {"prompt": "how many?", "schema": schema})
+        other = other_than(ns, wait_until(lambda: running_task(ns, task_id),
+                                          what="its attempt"))
+        # an answer that does not fit its schema is refused; the task waits on
+        bad = other.cli("approvals", "answer", ask["id"], "--data", '{"n": "many"}')
+        assert bad.returncode != 0
+        assert (f"the answer does not fit ask {ask['id']}'s schema: n: 'many' is not of "
+                f"type 'integer'") in bad.stderr, bad.stderr
+        assert [a["id"] for a in pending(other)] == [ask["id"]]
+        good = other.cli("approvals", "answer", ask["id"], "--data", '{"n": 3}')
+        assert good.returncode == 0, good.stderr
+        done = ns["a"].call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"]["answer"] == {"n": 3}
+
+
+def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(
+        tmp: Path, redis: RedisServer) -> None:
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(4)}
+                               )["task_id"]
+        [ask] = wait_until(lambda: pending(ns["a"]), what="its ask")
+        killed = wait_until(lambda: running_task(ns, task_id), what="its attempt")
+        killed.kill9()
+        other = other_than(ns, killed)
+        # taken over: the retry on the other node made the same call and waits on the
+        # same ask, not a second one
+        wait_until(lambda: other.call("stats.get")["cluster"]["asks"]["waited_on"] == 1,
+                   timeout=60, what="the retry on the other node waiting on its ask")
+        info = other.call("tasks.get", {"task_id": task_id})
+        assert [(x["node"], x["outcome"]) for x in info["attempts"]] == [
+            (killed.name, "lost"), (other.name, "running")]
+        assert other.call("stats.get")["cluster"]["asks"]["asked"] == 0
+        assert [a["id"] for a in pending(other)] == [ask["id"]]
+        assert counted(tmp) == []
+        decided = other.call("approvals.resolve", {"id": ask["id"], "decision": "approved"})
+        assert decided["end"] == "approved"
+        done = other.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+            (killed.name, "lost"), (other.name, "succeeded")]
+        assert counted(tmp) == ["4"]
+        assert pending(other) == []
+
+
+def tenants_fleet(tmp: Path, port: int) -> str:
+    agents = fleet(tmp).replace("[agents.writer]", '[agents.writer]\ntenant = "t"', 1)
+    agents = agents.replace("[mcp_servers.counting]", "[mcp_servers.counting]\nshared = true")
+    return (agents + '\n[tenants.t]\n[tenants.u]\n'
+            + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+
+
+def http(base: str, secret: str, path: str, body: dict[str, Any] | None = None
+         ) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"{base}{path}", data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_another_tenants_caller_neither_sees_nor_decides_a_cluster_ask(
+        tmp: Path, redis: RedisServer) -> None:
+    pa, pb = free_port(), free_port()
+    with nodes(tmp, redis, {"a": tenants_fleet(tmp, pa), "b": tenants_fleet(tmp, pb)}) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(2)}
+                               )["task_id"]
+        [ask] = wait_until(lambda: pending(ns["a"]), what="its ask")
+        assert ask["tenant"] == "t"
+        base = f"http://127.0.0.1:{pb}/api/v1"
+        secrets = {}
+        for name, tenant in (("tt", "t"), ("tu", "u")):
+            r = ns["b"].cli("token", "create", name, "--scope", "approvals",
+                            "--tenant", tenant)
+            assert r.returncode == 0, r.stderr
+            secrets[tenant] = r.stdout.strip()
+        # tenant u's caller on node b: no such ask, listed or named
+        assert http(base, secrets["u"], "/approvals") == (200, {"asks": []})
+        code, got = http(base, secrets["u"], f"/approvals/{ask['id']}")
+        assert code == 404 and got["detail"] == f"no such ask: {ask['id']}", got
+        code, got = http(base, secrets["u"], f"/approvals/{ask['id']}/resolve",
+                         {"decision": "approved"})
+        assert code == 404 and got["detail"] == f"no such ask: {ask['id']}", got
+        assert [a["id"] for a in pending(ns["a"])] == [ask["id"]]
+        assert counted(tmp) == []
+        # tenant t's caller sees it and decides it
+        code, got = http(base, secrets["t"], "/approvals")
+        assert code == 200 and [a["id"] for a in got["asks"]] == [ask["id"]]
+        code, got = http(base, secrets["t"], f"/approvals/{ask['id']}/resolve",
+                         {"decision": "denied", "reason": "not today"})
+        assert code == 200 and got["end"] == "denied", got
+        done = ns["a"].call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["output"][0]["isError"] is True
+        assert done["output"][0]["content"][0]["text"] == (
+            f"tool call counting__bump was denied by token tt (ask {ask['id']}): not today")
+        assert counted(tmp) == []
+
+
+def test_a_forged_ask_in_redis_is_refused_and_counted(tmp: Path,
+                                                      redis: RedisServer) -> None:
+    """Written by a Redis writer without the cluster key: listed on no node, decided by
+    no one, said in the log and counted; the real asks beside it are listed."""
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents}) as ns:
         a = ns["a"]
-        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(1)})["task_id"]
-        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
-        assert done["output"] == [{
-            "error": jsonrpc.TOOL_NOT_ALLOWED,
-            "message": "tool call counting__bump waits for a person's approval (approve), "
-                       "which a cluster's task cannot ask yet: refused (docs/cluster.md)"}]
-        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(2),
-                                          "local": True})["task_id"]
-        [ask] = wait_until(lambda: a.call("approvals.list", {})["asks"], what="its ask")
-        assert ask["task_id"] == task_id
-        a.call("approvals.resolve", {"id": ask["id"], "decision": "approved"})
+        both_alive(ns)
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(3)})["task_id"]
+        [real] = wait_until(lambda: pending(a), what="the real ask")
+        k = Keys("test")
+        r = redis_py.Redis(port=redis.port)
+        try:
+            forged = {**real, "id": "ask-forged", "tenant": "u",
+                      "subject": {"tool": "counting__bump", "arguments": {"i": 99}}}
+            r.hset(k.ask("ask-forged"), mapping={"rec": msgspec.json.encode(forged),
+                                                 "mac": "0" * 64})
+            r.zadd(k.asks_pending(), {"ask-forged": 0})
+        finally:
+            r.close()
+        assert [x["id"] for x in pending(a)] == [real["id"]]
+        refused = a.cli("approvals", "approve", "ask-forged")
+        assert refused.returncode != 0
+        assert "no such ask: ask-forged" in refused.stderr, refused.stderr
+        assert a.call("stats.get")["cluster"]["trust"]["refused"]["asks"] == 1
+        assert ("cluster: refused ask ask-forged from Redis: its MAC does not verify"
+                in log(a))
+        assert a.cli("approvals", "approve", real["id"]).returncode == 0
         done = a.call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "succeeded", done
-        assert counted(tmp) == ["2"]
+        assert counted(tmp) == ["3"]
+
+
+def test_redis_away_the_inbox_says_so_and_nothing_asked_is_lost(
+        tmp: Path, redis: RedisServer) -> None:
+    redis.appendfsync = "always"
+    redis.restart()
+    agents = fleet(tmp)
+    # a node TTL longer than Redis is away: the node's claim outlives the outage
+    with nodes(tmp, redis, {"a": agents}, ttl=30.0) as ns:
+        a = ns["a"]
+        both_alive(ns)
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(5)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), what="its ask")
+        redis.kill()
+        listed = a.cli("approvals")
+        assert listed.returncode != 0
+        assert re.search(r"the cluster's Redis at redis://127\.0\.0\.1:\d+/0 is unreachable "
+                         r"\(.+\): the cluster's asks were not read", listed.stderr), \
+            listed.stderr
+        decided = a.cli("approvals", "approve", ask["id"])
+        assert decided.returncode != 0
+        assert re.search(rf"the cluster's Redis at .+ is unreachable \(.+\): ask {ask['id']} "
+                         r"was not read", decided.stderr), decided.stderr
+        redis.start()
+        # the same ask, pending, its task waiting on it
+        wait_until(lambda: listed_again(a) == [ask["id"]], what="the ask listed again")
+        assert counted(tmp) == []
+        assert a.cli("approvals", "approve", ask["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert counted(tmp) == ["5"]

@@ -35,7 +35,7 @@ from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
-from ...supervisor.tasks.inbox import AskRequest
+from ...supervisor.tasks.inbox import AskRequest, askable
 from ...supervisor.tasks.model import TaskFinished
 from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
 from ...taskviews import TaskFailure
@@ -371,7 +371,7 @@ class ModelGateway:
         why = why_held(policy, call.name, cost)
         if why is None:
             return
-        if task is None or not task.journal_here:  # its ask would be no task's, or lost
+        if task is None or not askable(task):  # its ask would be no task's, or lost
             raise ModelRefusal(403, f"model call {call.name} waits for a person's approval "
                                     f"({why}), which a call of "
                                     f"{'no task' if task is None else 'a cluster task'} "

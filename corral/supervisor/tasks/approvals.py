@@ -24,7 +24,7 @@ from ...askviews import Ask, AskEnd, AskKind
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
-from .inbox import AskRequest
+from .inbox import AskRequest, askable
 from .interceptors import TaskInterceptor, TaskPath, ToolCall
 from .steps import CallOrdinals
 from .worker import give_back_tool_call, take_tool_call
@@ -91,7 +91,7 @@ class Approvals(TaskInterceptor):
     async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
                     next: Callable[[ToolCall], Any]) -> Any:
         assert self._path is not None  # bound as the engine was made
-        if not task.journal_here:  # its asks would be one node's, lost with it
+        if not askable(task):  # its asks would be one node's, lost with it
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool call {call.name} waits for a person's approval "
                            f"(approve), which a cluster's task cannot ask yet: refused "

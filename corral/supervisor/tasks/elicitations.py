@@ -31,7 +31,7 @@ from ...jsonrpc import RpcError
 from ...mcp.client import Asker
 from ...mcp.pool import split
 from ...workerproto import MAX_PROMPT_CHARS
-from .inbox import AskRequest
+from .inbox import AskRequest, askable
 from .model import TaskFinished
 from .questions import STEP, check_schema
 from .steps import CallOrdinals
@@ -129,7 +129,7 @@ class Elicitations:
 
 def _unaskable(task: Task, params: dict[str, Any]) -> str | None:
     """Why an elicitation is declined without asking anyone, else None."""
-    if not task.journal_here:
+    if not askable(task):
         # its ask would be this node's, not found by the node that resumes the task
         return "a cluster's task cannot ask a person yet"
     mode = params.get("mode", "form")

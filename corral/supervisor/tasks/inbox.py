@@ -33,7 +33,7 @@ from ...jsonrpc import RpcError
 from ...text import iso_time
 from ..config import DEFAULT_TENANT
 from ..stream import Stream
-from .model import TaskFinished
+from .model import Task, TaskFinished
 from .waitclock import WaitClock, WaitTimer
 
 log = logging.getLogger("corral.inbox")
@@ -67,6 +67,33 @@ DECIDED = {AskKind.APPROVAL: frozenset({AskEnd.APPROVED, AskEnd.DENIED}),
            AskKind.QUESTION: frozenset({AskEnd.ANSWERED, AskEnd.DENIED})}
 # who ends an ask when no person does
 CORRAL = "corral"
+
+
+def askable(task: Task) -> bool:
+    """Whether an ask of the task would be found again by whoever runs it next: this
+    engine's (its journal is here), or a cluster's claim that keeps its asks in Redis
+    (Task.asks_kept; a claim given back as it is made keeps none)."""
+    return task.journal_here or task.asks_kept is not None
+
+
+def check_decision(ask: Ask, decision: Decision) -> None:
+    """A decision the pending `ask` takes, else RpcError (INVALID_PARAMS) saying why: an
+    end its kind does not take, data past MAX_DECISION_BYTES."""
+    if decision.end not in DECIDED[ask.kind]:
+        takes = " or ".join(sorted(DECIDED[ask.kind]))
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       f"ask {ask.id} is {'an' if ask.kind is AskKind.APPROVAL else 'a'}"
+                       f" {ask.kind}: it is {takes}, not {decision.end}")
+    size = len(msgspec.json.encode(decision.data))
+    if size > MAX_DECISION_BYTES:
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       f"the decision's data is {size} bytes of JSON, over the bound "
+                       f"(max_decision_bytes {MAX_DECISION_BYTES})")
+
+
+def ended_message(ask: Ask) -> str:
+    """What a decision of an ask that has ended is told."""
+    return f"ask {ask.id} has ended: {ask.end} by {ask.by} at {iso_time(ask.ended or 0.0)}"
 
 
 class AskRequest(NamedTuple):
@@ -303,16 +330,7 @@ class Inbox:
         ask = self._held(decision.ask_id)
         if ask is None or decision.ask_id in self._deciding:
             raise self._not_pending(decision.ask_id)
-        if decision.end not in DECIDED[ask.kind]:
-            takes = " or ".join(sorted(DECIDED[ask.kind]))
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           f"ask {ask.id} is {'an' if ask.kind is AskKind.APPROVAL else 'a'}"
-                           f" {ask.kind}: it is {takes}, not {decision.end}")
-        size = len(msgspec.json.encode(decision.data))
-        if size > MAX_DECISION_BYTES:
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           f"the decision's data is {size} bytes of JSON, over the bound "
-                           f"(max_decision_bytes {MAX_DECISION_BYTES})")
+        check_decision(ask, decision)
         return await self._end(ask, decision.end, decision.by, decision.data)
 
     def _not_pending(self, ask_id: str) -> RpcError:
@@ -322,9 +340,7 @@ class Inbox:
         ended = self.store.get(ask_id)
         if ended is None or ended.ended is None:
             return RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask_id}")
-        return RpcError(jsonrpc.CONFLICT,
-                        f"ask {ask_id} has ended: {ended.end} by {ended.by} at "
-                        f"{iso_time(ended.ended)}")
+        return RpcError(jsonrpc.CONFLICT, ended_message(ended))
 
     async def withdraw(self, task_id: str) -> list[Ask]:
         """End the task's pending asks (it ended while they waited)."""

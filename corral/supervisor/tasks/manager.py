@@ -494,7 +494,10 @@ class TaskManager:
         if task is None or not task.running:
             raise RpcError(jsonrpc.CONFLICT, f"task {req.task_id} is not running: only a "
                                              f"running task's call asks a person")
-        ask = await self.inbox.ask(req)
+        # a cluster's task asks where its cluster keeps it: any node decides, and the
+        # node that takes it over finds the ask (corral/cluster/clusterasks.py)
+        kept = None if task.journal_here else task.asks_kept
+        ask = await (self.inbox.ask(req) if kept is None else kept.ask(task, req))
         if not ask.pending:
             return ask
         if task.running:  # (still, after the ask's commit)
@@ -507,7 +510,8 @@ class TaskManager:
         peer = task.replica.peer if task.replica is not None else None
         parked = peer.park(asyncio.current_task()) if peer is not None else None
         try:
-            return await self.suspensions.wait(task, self.inbox.wait(ask))
+            return await self.suspensions.wait(
+                task, self.inbox.wait(ask) if kept is None else kept.wait(ask))
         finally:
             if parked is not None and peer is not None:
                 peer.unpark(parked)

@@ -27,8 +27,10 @@ from .payload import Output
 from .taskmachine import TaskMachine
 
 if TYPE_CHECKING:
+    from ...askviews import Ask
     from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
+    from .inbox import AskRequest
     from .spawntree import Lineage
     from .stepjournal import StepJournal
 
@@ -132,11 +134,13 @@ class Task(TaskMachine):
     journal_here = True
     # its session's turns are kept in order here (Sessions), not elsewhere (a cluster's)
     session_here = True
-    # a task kept elsewhere (a cluster's claim): where its steps, its session's turns and
-    # its spawns are, given when the claim made it (corral.cluster.queue.ClusterTask)
+    # a task kept elsewhere (a cluster's claim): where its steps, its session's turns,
+    # its spawns and its asks of a person are, given when the claim made it
+    # (corral.cluster.queue.ClusterTask)
     steps_kept: StepJournal | None = None
     turns_kept: TurnsElsewhere | None = None
     spawns_kept: SpawnsElsewhere | None = None
+    asks_kept: AsksElsewhere | None = None
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int, task_id: str | None = None,
@@ -275,6 +279,20 @@ class TurnsElsewhere(Protocol):
 
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: kept before it is answered."""
+
+
+class AsksElsewhere(Protocol):
+    """Where the asks of a person a task makes are kept outside this engine (a cluster's
+    Redis: corral.cluster.clusterasks.ClusterAsks), for the tasks that carry it
+    (`Task.asks_kept`): any node lists and decides them, and the node that takes the
+    task over after this one died finds them."""
+
+    async def ask(self, task: Task, req: AskRequest) -> Ask:
+        """The ask of `req`'s call: the one the task made before under its key (pending
+        or ended), else a new one, kept before this returns (RpcError: not kept)."""
+
+    async def wait(self, ask: Ask) -> Ask:
+        """The ask as it ended (at once when it has), its deadline kept."""
 
 
 class SpawnOrder(NamedTuple):

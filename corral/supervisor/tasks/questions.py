@@ -20,7 +20,7 @@ from ...askviews import Ask, AskEnd, AskKind
 from ...jsonrpc import RpcError
 from ...workerproto import MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
 from ..workercalls import on_request
-from .inbox import AskRequest, Inbox
+from .inbox import AskRequest, Inbox, askable
 from .model import Task
 from .steps import RESERVED, TaskSteps
 from .worker import WorkerMethods
@@ -79,7 +79,7 @@ class Questions:
 
     def on_ask(self, r: Replica, p: TaskAskParams) -> Any:
         task = self.engine.worker.running_on(r, "task/ask", p.task_id)
-        if not task.journal_here:
+        if not askable(task):
             raise RpcError(jsonrpc.REFUSED, CLUSTER_ASK)
         if len(p.prompt) > MAX_PROMPT_CHARS:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the prompt is "
@@ -100,7 +100,7 @@ class Questions:
         if p.schema is not None:
             subject["schema"] = p.schema
         # asked before (an earlier attempt's question, answered since): not asked again
-        earlier = self.engine.inbox.store.find(task.id, name)
+        earlier = self.engine.inbox.store.find(task.id, name) if task.journal_here else None
         replayed = earlier is not None and not earlier.pending
         # the task is `waiting` until the answer (or suspended past suspend_after)
         ended = await self.engine.ask_person(AskRequest(

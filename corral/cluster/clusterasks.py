@@ -1,0 +1,434 @@
+"""A cluster task's asks of a person, in Redis (issue 55; docs/approvals.md#on-a-cluster,
+decision 770): what a node's inbox (supervisor/tasks/inbox.py) is for its own tasks, for
+the tasks a node claimed from its cluster (`Task.asks_kept`), so that any node lists them
+(`corral approvals`, `GET /api/v1/approvals`), any node decides one, exactly once, and
+the node that takes the task over after the asking node died finds the ask its attempt
+made (pending, or decided meanwhile) and is never asked again.
+
+An ask is a hash (Keys.ask): its record (`rec`, the Ask as JSON while pending) with a MAC
+made with the cluster key (trust.ASK over its id), and once it ended its end (`end`:
+how, when, by whom, what the person gave) with a MAC of its own. A record or an end
+whose MAC does not verify is refused as every forged record is (said once, counted in
+`corral stats` -> cluster.trust.refused.asks): a forged ask is listed nowhere and
+decided by no one, a forged end is never applied.
+
+ASK makes the ask, fenced by the claim's token as the task's steps are (a node whose
+task was taken over cannot ask for it), and finds the one its task made before under
+the same call's key (Keys.task_asks, deleted with the task's end). END ends it once: a
+second decision, on any node, is refused naming how and by whom it ended; an ask whose
+task has ended (or whose record expired) is withdrawn instead, and the decision refused
+as such. The pending asks are a sorted set, and a tenant's another (the bounds count
+them).
+
+The attempt waiting for an ask is told its end at once when this node decides it, else
+by the next read of the asks waited on here, one pipeline each `beat` while any is
+waited on (decision 770): a decision made on another node reaches it within a beat.
+Its deadline (approve_timeout, a question's timeout) is kept by the node waiting: the
+node that takes the task over waits out what is left of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
+
+import msgspec
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..askviews import Ask, AskEnd
+from ..jsonrpc import RpcError
+from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
+from ..supervisor.stream import Stream
+from ..supervisor.tasks import TERMINAL, Task
+from ..supervisor.tasks.inbox import (
+    CORRAL,
+    MAX_PENDING,
+    MAX_PENDING_PER_TENANT,
+    AskRequest,
+    Decision,
+    check_decision,
+    ended_message,
+)
+from ..supervisor.tasks.model import TaskFinished
+from .connection import read, unavailable
+from .keys import Keys
+from .queue import ClusterTask
+from .scripts import Scripts
+from .trust import ASK as ASK_KIND
+from .trust import Trust
+
+log = logging.getLogger("corral.cluster.asks")
+
+# KEYS: the task's record, its asks by call (Keys.task_asks), the ask, the pending asks,
+#       its tenant's
+# ARGV: the claim's fence token, the call's key, the ask's id, its record, its MAC, when
+#       it was asked, the bounds: the cluster's and a tenant's
+# -> {1} asked, {2, id} asked before under the key, {0} not this claim's (the fence),
+#    {-1, n} / {-2, n} the cluster's / the tenant's pending asks at their bound
+ASK = """
+local t = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if t[1] ~= ARGV[1] or t[2] ~= 'running' then return {0} end
+local had = redis.call('HGET', KEYS[2], ARGV[2])
+if had then return {2, had} end
+local n = redis.call('ZCARD', KEYS[4])
+if n >= tonumber(ARGV[7]) then return {-1, n} end
+n = redis.call('ZCARD', KEYS[5])
+if n >= tonumber(ARGV[8]) then return {-2, n} end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], 'rec', ARGV[4], 'mac', ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+return {1}
+"""
+
+# KEYS: the ask, the pending asks, its tenant's, its task's record
+# ARGV: the ask's id, its end (JSON), that end's MAC, a withdrawal (JSON) and its MAC,
+#       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task)
+# -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
+#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask
+_END = """
+local a = redis.call('HMGET', KEYS[1], 'rec', 'end', 'emac')
+if not a[1] then return {0} end
+if a[2] then return {2, a[2], a[3] or ''} end
+local status = redis.call('HGET', KEYS[4], 'status')
+local e, m, code = ARGV[2], ARGV[3], 1
+if (not status) or OVER[status] then
+  e, m, code = ARGV[4], ARGV[5], 3
+elseif ARGV[7] == 'withdraw' then
+  return {4}
+end
+redis.call('HSET', KEYS[1], 'end', e, 'emac', m)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {code, e, m}
+"""
+END = ("local OVER = {" + ", ".join(f"['{s}'] = true" for s in sorted(map(str, TERMINAL)))
+       + "}\n" + _END)
+
+
+class AskEnding(msgspec.Struct, array_like=True):
+    """An ask's end as its hash keeps it (`end`)."""
+
+    end: AskEnd
+    ended: float
+    by: str
+    data: Any = None
+
+
+_encode = msgspec.json.Encoder().encode
+_ask = msgspec.json.Decoder(Ask)
+_ending = msgspec.json.Decoder(AskEnding)
+
+
+class _Wait:
+    """An ask waited on here: its record, the future its waiters share, how many."""
+
+    __slots__ = ("ask", "fut", "waiters")
+
+    def __init__(self, ask: Ask) -> None:
+        self.ask = ask
+        self.fut: asyncio.Future[Ask] = asyncio.get_running_loop().create_future()
+        self.waiters = 0
+
+
+class EndWritten(NamedTuple):
+    """What END answered: its code (above) and the ask as it ended (None: not ended)."""
+
+    code: int
+    ask: Ask | None
+
+
+class ClusterAsks:
+    """The asks of the cluster's tasks: made, waited on, listed, read and decided from
+    any node."""
+
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
+                 settings: ClusterSettings, stream: Stream) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.trust = trust
+        self.settings = settings
+        self._ask = redis.register_script(ASK)
+        self._end = redis.register_script(END)
+        self._waiting: dict[str, _Wait] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._withdrawing: set[asyncio.Task[Any]] = set()
+        self._unread = False  # the last read of the asks waited on failed (said once)
+        self.asked = 0  # asks made here
+        self.decided = 0  # decisions made here (a person's, a deadline's)
+        stream.subscribe(self._finished, TaskFinished)
+
+    # -- asking (AsksElsewhere) -----------------------------------------------------------
+    async def ask(self, task: Task, req: AskRequest) -> Ask:
+        assert isinstance(task, ClusterTask)  # (only a claim carries this store)
+        now = time.time()
+        # a claim's tenant is its agent's here: the cluster routed it to this tenant's
+        # agent of the name (decision 439)
+        tenant = req.tenant if req.tenant is not None else (
+            task.replica.spec.tenant if task.replica is not None else DEFAULT_TENANT)
+        ask = Ask(id=f"ask-{secrets.token_hex(8)}", kind=req.kind, tenant=tenant,
+                  task_id=req.task_id, attempt=req.attempt, agent=req.agent, key=req.key,
+                  subject=req.subject, created=now,
+                  deadline=None if req.timeout is None else now + req.timeout)
+        rec = _encode(ask)
+        keys = [self.keys.task(task.id), self.keys.task_asks(task.id), self.keys.ask(ask.id),
+                self.keys.asks_pending(), self.keys.asks_pending(tenant)]
+        args = [task.token, req.key, ask.id, rec, self.trust.sign(ASK_KIND, ask.id, "rec", rec),
+                repr(now), MAX_PENDING, MAX_PENDING_PER_TENANT]
+        what = f"its {req.kind} was not asked (nothing was kept)"
+        got = await self._write(self._ask, keys, args, what)
+        code = int(got[0])
+        if code == 1:
+            self.asked += 1
+            return ask
+        if code == 2:
+            return await self._earlier(task, req, got[1].decode())
+        if code == 0:
+            raise RpcError(jsonrpc.CONFLICT, f"task {task.id} is no longer this node's claim "
+                                             f"(fence {task.token}): {what}")
+        whose = ("the cluster's tasks hold" if code == -1 else
+                 f"tenant {tenant}'s tasks hold")
+        bound = ("max_pending_asks", MAX_PENDING) if code == -1 else (
+            "max_pending_asks_per_tenant", MAX_PENDING_PER_TENANT)
+        raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"{whose} {int(got[1])} pending asks, its "
+                                               f"bound ({bound[0]} {bound[1]})")
+
+    async def _earlier(self, task: Task, req: AskRequest, ask_id: str) -> Ask:
+        """The ask the task made before under the call's key (an earlier attempt's, on
+        this node or one that died): the same task's and call's, or refused."""
+        found = await self.get(ask_id)
+        if found is None or found.task_id != task.id or found.key != req.key:
+            raise RpcError(jsonrpc.REFUSED, f"task {task.id}'s ask for {req.key} in the "
+                                            f"cluster's Redis ({ask_id}) is not one this "
+                                            f"cluster made for it: refused, not asked "
+                                            f"again (`corral stats` -> cluster.trust)")
+        return found
+
+    async def wait(self, ask: Ask) -> Ask:
+        if not ask.pending:
+            return ask
+        held = self._waiting.get(ask.id)
+        if held is None:
+            held = self._waiting[ask.id] = _Wait(ask)
+        held.waiters += 1
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            return await asyncio.shield(held.fut)
+        finally:
+            held.waiters -= 1
+            if not held.waiters and self._waiting.get(ask.id) is held:
+                del self._waiting[ask.id]
+
+    # -- reading --------------------------------------------------------------------------
+    async def pending(self) -> list[Ask]:
+        """Every pending ask of the cluster's tasks, oldest first (the caller's sight is
+        the visibility rules'). Those whose task has ended are withdrawn, not listed."""
+        try:
+            ids = await read(lambda: self.redis.zrange(self.keys.asks_pending(), 0,
+                                                       MAX_PENDING - 1))
+            rows = await self._rows([i.decode() for i in ids])
+            asks = [a for a in rows if a is not None and a.pending]
+            statuses = await self._statuses([a.task_id for a in asks])
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, "the cluster's asks were not read"
+                              ) from None
+        live = []
+        for ask, status in zip(asks, statuses, strict=True):
+            if status is None or status.decode() in TERMINAL:
+                self._background(self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None,
+                                                 "withdraw"))
+            else:
+                live.append(ask)
+        return live
+
+    async def get(self, ask_id: str) -> Ask | None:
+        """The ask (pending, or as it ended), None when there is none or its record does
+        not verify."""
+        try:
+            [ask] = await self._rows([ask_id])
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, f"ask {ask_id} was not read") from None
+        return ask
+
+    async def _rows(self, ids: list[str]) -> list[Ask | None]:
+        async def fetch() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(self.keys.ask(i), "rec", "mac", "end", "emac")
+            return list(await pipe.execute())
+        rows = await read(fetch) if ids else []
+        return [self._verified(i, *row) for i, row in zip(ids, rows, strict=True)]
+
+    async def _statuses(self, task_ids: list[str]) -> list[bytes | None]:
+        async def fetch() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for t in task_ids:
+                pipe.hget(self.keys.task(t), "status")
+            return list(await pipe.execute())
+        return await read(fetch) if task_ids else []
+
+    def _verified(self, ask_id: str, rec: bytes | None, mac: bytes | None,
+                  end: bytes | None, emac: bytes | None) -> Ask | None:
+        if rec is None:
+            return None
+        if not self.trust.valid(mac, ASK_KIND, ask_id, "rec", rec):
+            self.trust.refuse(ASK_KIND, ask_id, mac, "it is listed nowhere and decided by "
+                                                     "no one")
+            return None
+        try:
+            ask = _ask.decode(rec)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if ask.id != ask_id:
+            return None
+        return ask if end is None else self._ended(ask, end, emac)
+
+    def _ended(self, ask: Ask, end: bytes, emac: bytes | None) -> Ask:
+        """The ask as its end says, when that end verifies (else the ask as it was,
+        pending: a forged end is never applied)."""
+        if not self.trust.valid(emac, ASK_KIND, ask.id, "end", end):
+            self.trust.refuse(ASK_KIND, f"{ask.id}'s end", emac,
+                              "it is not applied: its task goes on waiting")
+            return ask
+        try:
+            e = _ending.decode(end)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return ask
+        return msgspec.structs.replace(ask, end=e.end, ended=e.ended, by=e.by, data=e.data)
+
+    # -- ending ---------------------------------------------------------------------------
+    async def decide(self, ask: Ask, decision: Decision) -> Ask:
+        """End the pending ask as a person decided, on whichever node (the checks of
+        the inbox's, then END: once)."""
+        check_decision(ask, decision)
+        written = await self._write_end(ask, decision.end, decision.by, decision.data,
+                                        "decide")
+        if written.code == 0 or written.ask is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
+        if written.code != 1:
+            raise RpcError(jsonrpc.CONFLICT, ended_message(written.ask))
+        return written.ask
+
+    async def _write_end(self, ask: Ask, end: AskEnd, by: str, data: Any, how: str
+                         ) -> EndWritten:
+        now = time.time()
+        mine = _encode(AskEnding(end, now, by, data))
+        gone = _encode(AskEnding(AskEnd.WITHDRAWN, now, CORRAL, None))
+        tenant = ask.tenant if ask.tenant is not None else DEFAULT_TENANT
+        keys = [self.keys.ask(ask.id), self.keys.asks_pending(),
+                self.keys.asks_pending(tenant), self.keys.task(ask.task_id)]
+        args = [ask.id, mine, self.trust.sign(ASK_KIND, ask.id, "end", mine), gone,
+                self.trust.sign(ASK_KIND, ask.id, "end", gone),
+                int(self.settings.tasks_kept_for), how]
+        got = await self._write(self._end, keys, args,
+                                f"ask {ask.id} was not ended (it is still pending)")
+        code = int(got[0])
+        if code in (0, 4):
+            return EndWritten(code, None)
+        ended = self._ended(ask, got[1], got[2])
+        if ended.pending:  # an end there this node cannot verify
+            raise RpcError(jsonrpc.CONFLICT, f"ask {ask.id} has an end in the cluster's "
+                                             f"Redis that does not verify with this "
+                                             f"node's cluster key: refused")
+        if code == 1:
+            self.decided += 1
+        self._settle(ended)
+        return EndWritten(code, ended)
+
+    async def _write(self, script: Any, keys: list[Any], args: list[Any], what: str
+                     ) -> Any:
+        try:
+            [got] = await self.scripts.acknowledged([(script, keys, args)])
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, what) from None
+        if isinstance(got, RedisError):
+            raise unavailable(self.settings, got, what)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def _settle(self, ask: Ask) -> None:
+        held = self._waiting.pop(ask.id, None)
+        if held is not None and not held.fut.done():
+            held.fut.set_result(ask)
+
+    # -- the asks waited on here ----------------------------------------------------------
+    async def _poll(self) -> None:
+        """Their ends read once a beat while any is waited on; a deadline passed ends
+        its ask timed out (END: unless a person decided it first)."""
+        try:
+            while self._waiting:
+                await asyncio.sleep(self.settings.beat)
+                ids = list(self._waiting)
+                try:
+                    rows = await self._rows(ids)
+                except RedisError as exc:
+                    if not self._unread:
+                        log.warning("cluster: the asks waited on here were not read "
+                                    "(%s): their tasks wait on", exc)
+                    self._unread = True
+                    continue
+                self._unread = False
+                now = time.time()
+                for ask_id, ask in zip(ids, rows, strict=True):
+                    held = self._waiting.get(ask_id)
+                    if held is None or ask is None:
+                        continue
+                    if not ask.pending:
+                        self._settle(ask)
+                    elif ask.deadline is not None and ask.deadline <= now:
+                        await self._time_out(ask)
+        finally:
+            self._poller = None
+
+    async def _time_out(self, ask: Ask) -> None:
+        try:
+            await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
+        except RpcError as exc:  # tried again at the next read
+            log.warning("cluster: ask %s was not timed out (%s)", ask.id, exc.message)
+
+    def _finished(self, e: TaskFinished) -> None:
+        """A task of this node ended while it waited: its waiters are told withdrawn
+        (written where the ask is next read, once its record says it ended)."""
+        for held in [h for h in self._waiting.values() if h.ask.task_id == e.task.id]:
+            self._settle(msgspec.structs.replace(held.ask, end=AskEnd.WITHDRAWN,
+                                                 ended=time.time(), by=CORRAL))
+
+    def _background(self, work: Awaitable[Any]) -> None:
+        self._withdrawing.add(asyncio.get_running_loop().create_task(self._withdraw(work)))
+
+    async def _withdraw(self, work: Awaitable[Any]) -> None:
+        try:
+            await work
+        except RpcError as exc:  # withdrawn where it is next read
+            log.warning("cluster: an ask of an ended task was not withdrawn (%s)",
+                        exc.message)
+        finally:
+            self._withdrawing.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def status(self) -> dict[str, int]:
+        """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
+        return {"asked": self.asked, "decided": self.decided,
+                "waited_on": len(self._waiting)}
+
+    async def close(self) -> None:
+        work = [t for t in (self._poller, *self._withdrawing) if t is not None]
+        for t in work:
+            t.cancel()
+        for t in work:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for held in self._waiting.values():
+            if not held.fut.done():
+                held.fut.cancel()
+        self._waiting.clear()
+
