@@ -127,7 +127,7 @@ _ask = msgspec.json.Decoder(Ask)
 _ending = msgspec.json.Decoder(AskEnding)
 
 
-class _Wait:
+class _AskWait:
     """An ask waited on here: its record, the future its waiters share, how many."""
 
     __slots__ = ("ask", "fut", "waiters")
@@ -158,7 +158,7 @@ class ClusterAsks:
         self.settings = settings
         self._ask = redis.register_script(ASK)
         self._end = redis.register_script(END)
-        self._waiting: dict[str, _Wait] = {}
+        self._waiting: dict[str, _AskWait] = {}
         self._poller: asyncio.Task[None] | None = None
         self._withdrawing: set[asyncio.Task[Any]] = set()
         self._unread = False  # the last read of the asks waited on failed (said once)
@@ -217,7 +217,7 @@ class ClusterAsks:
             return ask
         held = self._waiting.get(ask.id)
         if held is None:
-            held = self._waiting[ask.id] = _Wait(ask)
+            held = self._waiting[ask.id] = _AskWait(ask)
         held.waiters += 1
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())

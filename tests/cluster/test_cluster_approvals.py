@@ -20,7 +20,10 @@ import msgspec
 import pytest
 import redis as redis_py
 
+from corral.cluster import records
+from corral.cluster.clusterasks import ASK, END
 from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
 
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port
@@ -167,9 +170,12 @@ def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(
 
 
 def tenants_fleet(tmp: Path, port: int) -> str:
-    agents = fleet(tmp).replace("[agents.writer]", '[agents.writer]\ntenant = "t"', 1)
+    """The writer an agent of tenant t, its calls held by its tenant's `approve`, which
+    its own table does not say (a claim's tenant is its agent's where it runs)."""
+    agents = fleet(tmp).replace('approve = ["counting__bump"]\n', "")
+    agents = agents.replace("[agents.writer]", '[agents.writer]\ntenant = "t"', 1)
     agents = agents.replace("[mcp_servers.counting]", "[mcp_servers.counting]\nshared = true")
-    return (agents + '\n[tenants.t]\n[tenants.u]\n'
+    return (agents + '\n[tenants.t]\napprove = ["counting__*"]\n[tenants.u]\n'
             + f'[http]\nlisten = "127.0.0.1:{port}"\n')
 
 
@@ -286,3 +292,55 @@ def test_redis_away_the_inbox_says_so_and_nothing_asked_is_lost(
         done = a.call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "succeeded", done
         assert counted(tmp) == ["5"]
+
+
+K = Keys("t")
+TID = "0190a5c0-0000-7000-8000-0000000000a5"
+
+
+async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
+        client: Any) -> None:
+    """The scripts alone (clusterasks.ASK, END): an ask under a claim's fence token, the
+    same call's ask found again, one end, a second refused; the task's end takes its asks
+    by call, and a later decision withdraws the ask instead."""
+    s = Scripts(client)
+    ask_script, end_script = client.register_script(ASK), client.register_script(END)
+    assert await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0),
+                                K.priorities("acme", "w"), K.agents, K.live],
+                          args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "",
+                                "", "acme", "mac"]) == 1
+    entry = await client.hget(K.task(TID), "entry")
+    token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
+                                    K.stream("acme", "w", 0)],
+                              args=["n/1", "n", "2.0", entry,
+                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+
+    async def ask(fence: int, key: str, ask_id: str) -> Any:
+        return await ask_script(keys=[K.task(TID), K.task_asks(TID), K.ask(ask_id),
+                                      K.asks_pending(), K.asks_pending("acme")],
+                                args=[fence, key, ask_id, b"{}", "mac", "3.0", 10, 1])
+
+    async def end(ask_id: str, how: str, said: bytes = b"approved") -> Any:
+        return await end_script(keys=[K.ask(ask_id), K.asks_pending(),
+                                      K.asks_pending("acme"), K.task(TID)],
+                                args=[ask_id, said, "m1", b"withdrawn", "m2", 60, how])
+
+    assert await ask(token + 1, "tool:x", "ask-1") == [0]  # not this claim's: refused
+    assert await ask(token, "tool:x", "ask-1") == [1]
+    assert await ask(token, "tool:x", "ask-2") == [2, b"ask-1"]  # the same call's
+    assert await ask(token, "tool:y", "ask-3") == [-2, 1]  # the tenant's bound (1)
+    assert await end("ask-1", "withdraw") == [4]  # its task runs on: not withdrawn
+    assert await end("ask-1", "decide") == [1, b"approved", b"m1"]
+    assert await end("ask-1", "decide", b"denied") == [2, b"approved", b"m1"]  # once
+    assert await client.zcard(K.asks_pending()) == 0
+    assert await end("ask-9", "decide") == [0]  # no such ask
+    assert await ask(token, "tool:y", "ask-3") == [1]
+    assert await s.finish(keys=[K.task(TID), K.attempts(TID), K.stream("acme", "w", 0),
+                                K.outcomes, *K.listed],
+                          args=[token, TID, "succeeded", b"{}", b"", "3.0", entry, 0, 60, 0,
+                                "0", ""]) == 1
+    assert await client.exists(K.task_asks(TID)) == 0  # its asks by call went with it
+    assert await ask(token, "tool:z", "ask-4") == [0]  # ended: nothing more asked
+    # a decision of an ask whose task ended: the ask is withdrawn instead
+    assert await end("ask-3", "decide") == [3, b"withdrawn", b"m2"]
+    assert await client.zcard(K.asks_pending("acme")) == 0

@@ -363,7 +363,8 @@ class ModelGateway:
         task `waiting`, suspended past suspend_after: holds.py); ModelRefusal when it was
         not approved, or cannot be asked (a call of no task, or a cluster's)."""
         task = call.task
-        policy = model_policy_of(call.replica, task.tenant if task is not None
+        policy = model_policy_of(call.replica, task.tenant
+                                 if task is not None and task.tenant is not None
                                  else getattr(call.replica.spec, "tenant", None))
         if policy is None:
             return
