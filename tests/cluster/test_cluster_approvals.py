@@ -344,3 +344,51 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     # a decision of an ask whose task ended: the ask is withdrawn instead
     assert await end("ask-3", "decide") == [3, b"withdrawn", b"m2"]
     assert await client.zcard(K.asks_pending("acme")) == 0
+
+
+def test_a_question_asked_while_redis_is_away_is_refused_and_nothing_is_kept(
+        tmp: Path, redis: RedisServer) -> None:
+    redis.appendfsync = "always"
+    redis.restart()
+    marks, gate = tmp / "marks", tmp / "gate"
+    with nodes(tmp, redis, {"a": askers()}, ttl=30.0) as ns:
+        a = ns["a"]
+        both_alive(ns)
+        task_id = a.call("tasks.submit", {"agent": "asker", "input": {
+            "prompt": "go?", "marks": str(marks), "gate": str(gate)}})["task_id"]
+        wait_until(marks.exists, 30, "the worker about to ask")
+        redis.kill()
+        gate.touch()  # it asks now, Redis away
+        # refused at once: the task ended, its outcome waiting in the node's outbox
+        wait_until(lambda: a.call("stats.get")["cluster"]["outbox"] == 1, 30,
+                   "the task's outcome held for Redis")
+        redis.start()
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"]["code"] == -32013
+        assert re.fullmatch(r"the cluster's Redis at redis://127\.0\.0\.1:\d+/0 is "
+                            r"unreachable \(.+\): its question was not asked \(nothing was "
+                            r"kept\)", done["output"]["refused"]), done["output"]
+        assert pending(a) == []
+
+
+def test_the_asking_node_restarted_the_ask_waits_on_and_its_call_runs_once(
+        tmp: Path, redis: RedisServer) -> None:
+    """A graceful restart (SIGTERM, started again): the node gives its claim back, takes
+    the task again, and its retry waits on the same ask."""
+    with nodes(tmp, redis, {"a": fleet(tmp)}) as ns:
+        a = ns["a"]
+        both_alive(ns)
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(6)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), what="its ask")
+        a.stop()
+        a.start()
+        wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1,
+                   timeout=60, what="the retry waiting on its ask")
+        assert [x["id"] for x in pending(a)] == [ask["id"]]
+        assert a.call("stats.get")["cluster"]["asks"]["asked"] == 0
+        assert counted(tmp) == []
+        assert a.cli("approvals", "approve", ask["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert counted(tmp) == ["6"]
