@@ -1,6 +1,6 @@
 """Issue 55 on a cluster: a cluster task's question (decision 770: its ask kept in Redis,
-decided on any node, the waiting node reading the asks it waits on once a beat), against
-one node.
+decided on any node, the waiting node woken by END's message on the asks' channel, and
+reading the asks it waits on once a beat besides), against one node.
 
     .venv/bin/python -m bench.bench_cluster_asks [--quick]
 

@@ -21,8 +21,9 @@ as such. The pending asks are a sorted set, and a tenant's another (the bounds c
 them).
 
 The attempt waiting for an ask is told its end at once when this node decides it, else
-by the next read of the asks waited on here, one pipeline each `beat` while any is
-waited on (decision 770): a decision made on another node reaches it within a beat.
+by a read of the asks waited on here (one pipeline) woken by END's message on the asks'
+channel (Keys.asks_ended), and once a beat while any is waited on, which stands in for
+a message lost (the subscription not yet made, Redis away and back): decision 770.
 Its deadline (approve_timeout, a question's timeout) is kept by the node waiting: the
 node that takes the task over waits out what is left of it.
 """
@@ -56,6 +57,7 @@ from ..supervisor.tasks.inbox import (
     ended_message,
 )
 from ..supervisor.tasks.model import TaskFinished
+from ..timeouts import within
 from .connection import read, unavailable
 from .keys import Keys
 from .queue import ClusterTask
@@ -89,7 +91,8 @@ return {1}
 
 # KEYS: the ask, the pending asks, its tenant's, its task's record
 # ARGV: the ask's id, its end (JSON), that end's MAC, a withdrawal (JSON) and its MAC,
-#       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task)
+#       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task), the
+#       channel its end is published on (Keys.asks_ended)
 # -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
 #    had ended before, {4} not withdrawn (its task runs on), {0} no such ask
 _END = """
@@ -107,6 +110,7 @@ redis.call('HSET', KEYS[1], 'end', e, 'emac', m)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[8], ARGV[1])
 return {code, e, m}
 """
 END = ("local OVER = {" + ", ".join(f"['{s}'] = true" for s in sorted(map(str, TERMINAL)))
@@ -160,6 +164,8 @@ class ClusterAsks:
         self._end = redis.register_script(END)
         self._waiting: dict[str, _AskWait] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()  # an ask waited on here ended (its channel said)
         self._withdrawing: set[asyncio.Task[Any]] = set()
         self._unread = False  # the last read of the asks waited on failed (said once)
         self.asked = 0  # asks made here
@@ -328,7 +334,7 @@ class ClusterAsks:
                 self.keys.asks_pending(tenant), self.keys.task(ask.task_id)]
         args = [ask.id, mine, self.trust.sign(ASK_KIND, ask.id, "end", mine), gone,
                 self.trust.sign(ASK_KIND, ask.id, "end", gone),
-                int(self.settings.tasks_kept_for), how]
+                int(self.settings.tasks_kept_for), how, self.keys.asks_ended]
         got = await self._write(self._end, keys, args,
                                 f"ask {ask.id} was not ended (it is still pending)")
         code = int(got[0])
@@ -363,11 +369,16 @@ class ClusterAsks:
 
     # -- the asks waited on here ----------------------------------------------------------
     async def _poll(self) -> None:
-        """Their ends read once a beat while any is waited on; a deadline passed ends
-        its ask timed out (END: unless a person decided it first)."""
+        """Their ends read when the channel says one ended, and once a beat while any is
+        waited on (a message lost, Redis away and back); a deadline passed ends its ask
+        timed out (END: unless a person decided it first)."""
         try:
             while self._waiting:
-                await asyncio.sleep(self.settings.beat)
+                if self._listener is None or self._listener.done():
+                    self._listener = asyncio.get_running_loop().create_task(self._listen())
+                with contextlib.suppress(TimeoutError):
+                    await within(self._woken.wait(), self.settings.beat)
+                self._woken.clear()
                 ids = list(self._waiting)
                 try:
                     rows = await self._rows(ids)
@@ -389,6 +400,23 @@ class ClusterAsks:
                         await self._time_out(ask)
         finally:
             self._poller = None
+
+    async def _listen(self) -> None:
+        """The ends published on the asks' channel while any ask is waited on here: one
+        of those wakes the read at once. Redis away: the beat's read stands in."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.asks_ended)
+            while self._waiting:
+                got = await pubsub.get_message(ignore_subscribe_messages=True,
+                                               timeout=self.settings.beat)
+                if got is not None and got["data"].decode(errors="replace") in self._waiting:
+                    self._woken.set()
+        except (RedisError, OSError):
+            return
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
 
     async def _time_out(self, ask: Ask) -> None:
         try:
@@ -421,7 +449,8 @@ class ClusterAsks:
                 "waited_on": len(self._waiting)}
 
     async def close(self) -> None:
-        work = [t for t in (self._poller, *self._withdrawing) if t is not None]
+        work = [t for t in (self._poller, self._listener, *self._withdrawing)
+                if t is not None]
         for t in work:
             t.cancel()
         for t in work:

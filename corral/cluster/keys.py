@@ -107,6 +107,12 @@ class Keys:
         of one tenant's tasks (what the bounds count)."""
         return f"{self.prefix}askq" + ("" if tenant is None else f":{tenant}")
 
+    @property
+    def asks_ended(self) -> str:
+        """Pub/sub channel: the id of each ask as it ends (END publishes it), which wakes
+        the node waiting on it at once (a beat's read else)."""
+        return f"{self.prefix}askend"
+
     # -- durable calls (a workflow's run, a team's call: clustercalls.py) --------------
     def call(self, call_id: str) -> str:
         """Hash: a durable call's signed record (`rec`), its status, the node incarnation

@@ -323,15 +323,23 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     async def end(ask_id: str, how: str, said: bytes = b"approved") -> Any:
         return await end_script(keys=[K.ask(ask_id), K.asks_pending(),
                                       K.asks_pending("acme"), K.task(TID)],
-                                args=[ask_id, said, "m1", b"withdrawn", "m2", 60, how])
+                                args=[ask_id, said, "m1", b"withdrawn", "m2", 60, how,
+                                      K.asks_ended])
 
     assert await ask(token + 1, "tool:x", "ask-1") == [0]  # not this claim's: refused
     assert await ask(token, "tool:x", "ask-1") == [1]
     assert await ask(token, "tool:x", "ask-2") == [2, b"ask-1"]  # the same call's
     assert await ask(token, "tool:y", "ask-3") == [-2, 1]  # the tenant's bound (1)
     assert await end("ask-1", "withdraw") == [4]  # its task runs on: not withdrawn
+    told = client.pubsub()
+    await told.subscribe(K.asks_ended)
     assert await end("ask-1", "decide") == [1, b"approved", b"m1"]
     assert await end("ask-1", "decide", b"denied") == [2, b"approved", b"m1"]  # once
+    # its end told once on the channel the waiting node listens on
+    heard = [m["data"] for m in [await told.get_message(timeout=0.5) for _ in range(3)]
+             if m is not None and m["type"] == "message"]
+    assert heard == [b"ask-1"]
+    await told.aclose()
     assert await client.zcard(K.asks_pending()) == 0
     assert await end("ask-9", "decide") == [0]  # no such ask
     assert await ask(token, "tool:y", "ask-3") == [1]
