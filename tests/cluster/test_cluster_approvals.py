@@ -4,10 +4,12 @@ once; the answer reaches the attempt waiting for it wherever it runs; the asking
 kill -9'd while it waits, the node that takes the task over finds the same ask pending
 (not asked again), and once approved the call runs once. Another tenant's caller neither
 sees nor decides it; a forged ask in Redis is refused and counted; Redis away, the inbox
-says so and nothing asked is lost."""
+says so and nothing asked is lost. A question (`ctx.ask`) and an MCP server's elicitation
+are asked and answered across nodes as an approval is."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import textwrap
@@ -28,8 +30,15 @@ from corral.cluster.scripts import Scripts
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port
 from ..redis_harness import RedisServer
+from ..servers.conformance_fixtures import ASK_NAME_SCHEMA
+from ..servers.model_upstream import StandIn
 from ..test_approvals import bump, counted, fleet
 from ..test_daemon_cli import wait_until
+from ..test_elicitations import TENANTS, ask_name
+from ..test_elicitations import fleet as elicit_fleet
+from ..test_model_gateway import KEY as PROVIDER_KEY
+from ..test_model_gateway import fleet as model_fleet
+from ..test_model_gateway import upstream  # noqa: F401 (a fixture)
 from .harness import Node, nodes
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
@@ -400,3 +409,56 @@ def test_the_asking_node_restarted_the_ask_waits_on_and_its_call_runs_once(
         done = a.call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "succeeded", done
         assert counted(tmp) == ["6"]
+
+
+def test_an_mcp_servers_elicitation_in_a_cluster_task_is_answered_on_another_node(
+        tmp: Path, redis: RedisServer) -> None:
+    agents = elicit_fleet() + TENANTS
+    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "asker",
+                                                "input": ask_name("stateless")})["task_id"]
+        [ask] = wait_until(lambda: pending(ns["b"]), 30, "the server's question")
+        assert (ask["kind"], ask["task_id"], ask["tenant"], ask["subject"]) == (
+            "question", task_id, "t", {"prompt": "Hi: what is your name?",
+                                       "schema": ASK_NAME_SCHEMA, "server": "stateless",
+                                       "tool": "stateless__ask_name"})
+        other = other_than(ns, wait_until(lambda: running_task(ns, task_id),
+                                          what="its attempt"))
+        assert other.cli("approvals", "answer", ask["id"], "--data",
+                         '{"name": "Ann"}').returncode == 0
+        done = ns["a"].call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"][0]["content"][0]["text"] == "Hi, Ann!"
+
+
+async def test_a_cluster_tasks_model_call_is_approved_on_another_node_and_made_once(
+        tmp: Path, redis: RedisServer, upstream: StandIn,  # noqa: F811 - the fixture
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through each node's model gateway (tests/test_model_approvals.py's agent and
+    stand-in provider, in this loop: the nodes are called from threads)."""
+    monkeypatch.setenv("CORRAL_TEST_PROVIDER_KEY", PROVIDER_KEY)
+
+    def agents() -> str:
+        return model_fleet(tmp, upstream.url, agent_extra='approve_models = ["claude-*"]')
+
+    with nodes(tmp, redis, {"a": agents(), "b": agents()}) as ns:
+        await asyncio.to_thread(both_alive, ns)
+        task_id = (await asyncio.to_thread(ns["a"].call, "tasks.submit", {
+            "agent": "writer", "input": {"api": "messages", "model": "claude-small",
+                                         "calls": 1}}))["task_id"]
+        [ask] = await asyncio.to_thread(wait_until, lambda: pending(ns["b"]), 30,
+                                        "the model call's ask")
+        assert (ask["kind"], ask["task_id"], ask["subject"]) == (
+            "approval", task_id, {"model": "claude-small", "endpoint": "/v1/messages",
+                                  "cost": 0.0, "why": "approve_models"})
+        assert upstream.requests == []  # nothing made before it is approved
+        runner = await asyncio.to_thread(wait_until, lambda: running_task(ns, task_id))
+        other = other_than(ns, runner)
+        await asyncio.to_thread(other.call, "approvals.resolve",
+                                {"id": ask["id"], "decision": "approved"})
+        done = await asyncio.to_thread(ns["a"].call, "tasks.get",
+                                       {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"]["answers"] == ["echo: call 1"]
+        assert len(upstream.requests) == 1
