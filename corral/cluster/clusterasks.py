@@ -256,6 +256,14 @@ class ClusterAsks:
                 live.append(ask)
         return live
 
+    async def of_task(self, task_id: str) -> list[Ask]:
+        """What the task waits for: its pending asks, oldest first (RedisError when Redis
+        does not answer)."""
+        ids = await read(lambda: self.redis.hvals(self.keys.task_asks(task_id)))
+        rows = await self._rows(sorted({i.decode() for i in ids}))
+        return sorted((a for a in rows if a is not None and a.pending
+                       and a.task_id == task_id), key=lambda a: (a.created, a.id))
+
     async def get(self, ask_id: str) -> Ask | None:
         """The ask (pending, or as it ended), None when there is none or its record does
         not verify."""

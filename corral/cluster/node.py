@@ -535,6 +535,9 @@ class ClusterNode:
             info = await self.desk.info(task_id)
             if info is not None and wait and info.status.encode() not in records.TERMINAL:
                 info = await self.desk.wait(task_id)
+            if info is not None and info.status.encode() not in records.TERMINAL:
+                # what it waits for, wherever it runs (clusterasks.py)
+                info.asks = await self.asks.of_task(task_id) or info.asks
         except RedisError as exc:
             if self.tasks.holds(task_id) or task_id in self.tasks.finished:
                 return None  # this node's engine still knows it

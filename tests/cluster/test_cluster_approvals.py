@@ -167,6 +167,10 @@ def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(
             (killed.name, "lost"), (other.name, "running")]
         assert other.call("stats.get")["cluster"]["asks"]["asked"] == 0
         assert [a["id"] for a in pending(other)] == [ask["id"]]
+        # `corral task ID` on either side says what it waits for
+        shown = other.cli("task", task_id)
+        assert (f'waiting for: approval of counting__bump {{"i":4}} (ask {ask["id"]})'
+                in shown.stdout), shown.stdout
         assert counted(tmp) == []
         decided = other.call("approvals.resolve", {"id": ask["id"], "decision": "approved"})
         assert decided["end"] == "approved"
