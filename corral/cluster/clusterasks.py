@@ -18,7 +18,9 @@ the same call's key (Keys.task_asks, deleted with the task's end). END ends it o
 second decision, on any node, is refused naming how and by whom it ended; an ask whose
 task has ended (or whose record expired) is withdrawn instead, and the decision refused
 as such. The pending asks are a sorted set, and a tenant's another (the bounds count
-them).
+them). An ask made here, and an end written here, is told on this node's stream as the
+inbox's are (AskEnded): its feeds (`approvals.watch`) and its webhook have it, each
+once in the cluster.
 
 The attempt waiting for an ask is told its end at once when this node decides it, else
 by a read of the asks waited on here (one pipeline) woken by END's message on the asks'
@@ -51,6 +53,7 @@ from ..supervisor.tasks.inbox import (
     CORRAL,
     MAX_PENDING,
     MAX_PENDING_PER_TENANT,
+    AskEnded,
     AskRequest,
     Decision,
     check_decision,
@@ -170,6 +173,7 @@ class ClusterAsks:
         self._unread = False  # the last read of the asks waited on failed (said once)
         self.asked = 0  # asks made here
         self.decided = 0  # decisions made here (a person's, a deadline's)
+        self.stream = stream
         stream.subscribe(self._finished, TaskFinished)
 
     # -- asking (AsksElsewhere) -----------------------------------------------------------
@@ -194,6 +198,8 @@ class ClusterAsks:
         code = int(got[0])
         if code == 1:
             self.asked += 1
+            # told here, once in the cluster: the inbox's feeds and webhook of this node
+            self.stream.emit(AskEnded(ask))
             return ask
         if code == 2:
             return await self._earlier(task, req, got[1].decode())
@@ -355,6 +361,8 @@ class ClusterAsks:
                                              f"node's cluster key: refused")
         if code == 1:
             self.decided += 1
+        if code in (1, 3):  # written here: told here, once in the cluster
+            self.stream.emit(AskEnded(ended))
         self._settle(ended)
         return EndWritten(code, ended)
 

@@ -50,7 +50,8 @@ async def approvals_list(inboxes: Inboxes, p: m.ApprovalsList, caller: Caller, c
 @implements(m.ApprovalsWatch)
 async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
                           c: Channel) -> None:
-    # this daemon's asks: a cluster task's are listed (approvals.list), not fed here
+    # every pending ask, then those made and ended on this node: a cluster task's ask
+    # is told on the node that asked it and on the one that ended it (clusterasks.py)
     inbox = inboxes.local
     # bounded: a reader that does not read is told what it missed, never grows the daemon
     follower: Follower[Ask] = Follower(WATCH_QUEUE)
@@ -58,15 +59,18 @@ async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
     def told(e: AskEnded) -> None:
         follower.push(e.ask)
 
+    # told from now on, before the cluster's are read: one made meanwhile is told twice
+    # rather than never
     sub = inbox.stream.subscribe(told, AskEnded)
-    for ask in inbox.pending():
-        follower.push(ask)
 
     def send_some() -> None:
         for _ in range(min(WATCH_BATCH, len(follower.queue))):
             c.notify("approvals.ask", follower.pop())
 
     try:
+        theirs = await inboxes.cluster.pending()
+        for ask in sorted([*inbox.pending(), *theirs], key=lambda a: (a.created, a.id)):
+            follower.push(ask)
         await drain(c, follower, "approvals.missed", send_some)
     finally:
         inbox.stream.unsubscribe(sub)

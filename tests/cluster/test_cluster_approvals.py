@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import textwrap
 import urllib.error
 import urllib.request
@@ -466,3 +467,55 @@ async def test_a_cluster_tasks_model_call_is_approved_on_another_node_and_made_o
         assert done["status"] == "succeeded", done
         assert done["output"]["answers"] == ["echo: call 1"]
         assert len(upstream.requests) == 1
+
+
+class Watch:
+    """`approvals.watch` on a node's socket: its `approvals.ask` notifications in order."""
+
+    def __init__(self, n: Node) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(str(n.sock))
+        self.file = self.sock.makefile("rb")
+        self.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "approvals.watch",
+                                      "params": {}}).encode() + b"\n")
+
+    def next(self) -> dict[str, Any]:
+        while True:
+            got = json.loads(self.file.readline())
+            assert "error" not in got, got
+            if got.get("method") == "approvals.ask":
+                told: dict[str, Any] = got["params"]
+                return told
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_the_feeds_tell_a_cluster_ask_where_it_is_made_and_where_it_ends(
+        tmp: Path, redis: RedisServer) -> None:
+    """The node running the task tells its ask as it is made; a node that starts watching
+    later has it among the pending; the node that decides it tells its end."""
+    with nodes(tmp, redis, {"a": fleet(tmp), "b": ""}) as ns:
+        both_alive(ns)
+        on_a = Watch(ns["a"])
+        try:
+            task_id = ns["b"].call("tasks.submit", {"agent": "writer", "input": bump(7)}
+                                   )["task_id"]
+            made = on_a.next()
+            assert (made["task_id"], made["end"]) == (task_id, None)
+        finally:
+            on_a.close()
+        on_b = Watch(ns["b"])
+        try:
+            listed = on_b.next()
+            assert (listed["id"], listed["end"]) == (made["id"], None)
+            ns["b"].call("approvals.resolve", {"id": made["id"], "decision": "approved"})
+            ended = on_b.next()
+            assert (ended["id"], ended["end"]) == (made["id"], "approved")
+        finally:
+            on_b.close()
+        done = ns["b"].call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert counted(tmp) == ["7"]
