@@ -80,6 +80,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
             'corral_cluster_takeovers_total{node="solo",outcome="requeued"} 0.0',
             'corral_cluster_tasks_claimed_total{node="solo"} 1.0',
             'corral_cluster_trust_refused_total{kind="agents",node="solo"} 0.0',
+            'corral_cluster_trust_refused_total{kind="asks",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="calls",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="declared",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="outcomes",node="solo"} 0.0',
