@@ -492,12 +492,15 @@ class TaskManager:
         when it has ended."""
         task = self.active.get(req.task_id)
         if task is None or not task.running:
-            raise RpcError(jsonrpc.CONFLICT, f"task {req.task_id} is not running: only a "
-                                             f"running task's call asks a person")
+            raise _not_asking(req)
         # a cluster's task asks where its cluster keeps it: any node decides, and the
         # node that takes it over finds the ask (corral/cluster/clusterasks.py)
         kept = None if task.journal_here else task.asks_kept
         ask = await (self.inbox.ask(req) if kept is None else kept.ask(task, req))
+        if task.ended and ask.pending and kept is None:
+            # ended while its ask was stored, before the ask was held for its end to withdraw
+            await self.inbox.withdraw(task.id)
+            raise _not_asking(req)
         if not ask.pending:
             return ask
         if task.running:  # (still, after the ask's commit)
@@ -571,11 +574,8 @@ class TaskManager:
             if watchers:
                 stream.tell(watchers, event)
             stream.emit(event)
-        # what a finished task keeps is left with no container the garbage collector must
-        # look into again (a tuple of untracked Attempts is untracked; Output is not
-        # tracked; `done` is one future shared by all): 10,000 finished tasks made a full
-        # collection of the supervisor take 28 ms, a stall of its loop; nor its last
-        # checkpoint, which only a next attempt reads
+        # what a finished task keeps has no container a full collection must walk again (a
+        # stall of the loop with thousands kept: RESULTS.md), nor its last checkpoint
         task.attempts = tuple(task.attempts)
         task.checkpoint = None
         return step
@@ -993,3 +993,8 @@ class TaskManager:
 
     def report_progress(self, task: Task, progress: dict[str, Any]) -> None:
         report_progress(self.stream, task, progress)
+
+
+def _not_asking(req: AskRequest) -> RpcError:
+    return RpcError(jsonrpc.CONFLICT, f"task {req.task_id} is not running: only a running "
+                                      "task's call asks a person")
