@@ -79,6 +79,10 @@ _PACKED: dict[type, type] = {Connection: _Tcp, SSLConnection: _Tls,
 # map's step submits) waits for one to come back (BlockingConnectionPool) rather than
 # fail, as redis-py's plain pool makes it ("Too many connections")
 POOL = 100
+# ... and for its pullers' blocking reads, one an idle agent with a free slot, each held
+# for a beat: a pool of their own, so that a node of many agents never keeps its beat's
+# renewal (due within a beat) nor its tasks' writes waiting behind them
+WAITS = 1000
 
 
 class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -86,22 +90,22 @@ class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     blocking pool does."""
 
 
-def connect(settings: ClusterSettings, node: str) -> Any:
-    """The client (typed Any: redis-py's asyncio annotations say every reply may be an
-    awaitable or not)."""
+def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
+    """A client of at most `pool` connections (typed Any: redis-py's asyncio annotations
+    say every reply may be an awaitable or not)."""
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
     # call waits for a Redis that does not answer, and for a connection of the pool
     most = settings.node_ttl + settings.beat
     options: dict[str, Any] = {
         "decode_responses": False, "retry": Retry(NoBackoff(), 0),
         "socket_timeout": most, "socket_connect_timeout": settings.beat,
-        "client_name": f"corral:{node}", "max_connections": POOL, "timeout": most}
+        "client_name": f"corral:{node}", "max_connections": pool, "timeout": most}
     client = (_primary_of(settings, options) if settings.sentinels
               else Redis.from_pool(BlockingConnectionPool.from_url(settings.redis,
                                                                    **options)))
     # the URL chose the kind of connection (tcp, TLS, unix); its packing is hiredis's
-    pool = client.connection_pool
-    pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
+    made = client.connection_pool
+    made.connection_class = _PACKED.get(made.connection_class, made.connection_class)
     return client
 
 

@@ -41,7 +41,7 @@ from .clustercalls import ClusterCalls
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
 from .clustertasks import ClusterTasks
-from .connection import connect, place, unavailable, why
+from .connection import WAITS, connect, place, unavailable, why
 from .declared import Declarations
 from .events import EventRelay
 from .keys import Keys
@@ -81,6 +81,7 @@ class ClusterNode:
         self.report = report
         self.node = node_name(settings)
         self.redis = connect(settings, self.node)
+        self.waits = connect(settings, self.node, WAITS)  # (the pullers' blocking reads)
         self.keys = Keys(settings.name)
         self.scripts = scripts = Scripts(self.redis, acks_of(settings, self.keys.acks))
         # `key`: [cluster] key_file's (trust.load_key), None without one
@@ -104,7 +105,7 @@ class ClusterNode:
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
                              ClaimParts(self.steps, sessions, spawns, self._watch,
-                                        self._serving_nodes, self.asks))
+                                        self._serving_nodes, self.asks), self.waits)
         # what this node has free slots for starts here as it is submitted (fair share)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
@@ -401,8 +402,9 @@ class ClusterNode:
             await within(self.calls.close(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError):
             await within(self.membership.leave(), self.settings.beat)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await within(self.redis.aclose(), self.settings.beat)
+        for client in (self.waits, self.redis):
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await within(client.aclose(), self.settings.beat)
 
     # -- for the command layer ----------------------------------------------------------
     @contextlib.contextmanager

@@ -56,8 +56,10 @@ class ClaimParts(NamedTuple):
 class Puller:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
                  queue: ClusterQueue, host: TaskHost, tasks: TaskManager, beat: float,
-                 report: Callable[[str], None], claims: ClaimParts) -> None:
+                 report: Callable[[str], None], claims: ClaimParts, waits: Any) -> None:
+        """`waits`: the client of the blocking reads (connection.WAITS)."""
         self.redis = redis
+        self.waits = waits
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
@@ -127,7 +129,7 @@ class Puller:
                     # wait takes nothing (XREAD, not the group's read): the next call
                     # reads and claims what this node can start by then, so a node whose
                     # slots were taken meanwhile (by claims at submission) takes none
-                    reply = await self.redis.xread(dict(zip(streams, got[1], strict=True)),
+                    reply = await self.waits.xread(dict(zip(streams, got[1], strict=True)),
                                                    count=1, block=block)
                     if not reply:
                         # a blocking read that came back empty may have missed a priority
