@@ -237,9 +237,16 @@ while want > 0 and ARGV[11] do
   for s = 2, #KEYS do
     if KEYS[s] == home then at = s end
   end
-  if at and #redis.call('XPENDING', home, '{GROUP}', entry, entry, 1, ARGV[1]) == 1 then
+  local rec = at and redis.call('HMGET', prefix .. 'task:' .. id, 'status', 'entry')
+  -- (only a turn still queued under the entry given: claim() acknowledges and deletes the
+  -- entry of any other, which a forged item naming a running task's would have it do)
+  if at and rec[1] == 'queued' and rec[2] == entry
+      and #redis.call('XPENDING', home, '{GROUP}', entry, entry, 1, ARGV[1]) == 1 then
     local got = claim(KEYS[1], home, entry, id, prefix, c)
     if got then
+      -- its entry's idle time from now, as a read's claim has it: counted from its
+      -- delivery, the orphan pass could take a turn claimed just now for one lost
+      redis.call('XCLAIM', home, '{GROUP}', ARGV[1], 0, entry, 'JUSTID')
       out[#out + 1] = {{at - 2, entry, id, got[1], got[2], got[3], got[4], got[5],
         got[6], got[7], got[8], got[9], got[10], got[11]}}
       want = want - 1

@@ -12,6 +12,7 @@ tenant, a beat that does not parse, a backlog), and forged items of a list dropp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -420,3 +421,46 @@ async def test_forged_items_in_a_holders_list_are_dropped_touching_nothing(
     assert (pending["message_id"], pending["consumer"]) == (e_own, b"n/1")
     assert await client.hget(T.task(elsewhere), "status") == b"queued"
     assert await client.xrange(other) == [(e_other, {b"task": elsewhere.encode()})]
+
+
+async def test_a_sticky_claim_counts_its_entrys_idle_time_from_the_claim(
+        client: Any) -> None:
+    """A turn given at the last one's end and claimed later: its entry's idle time is
+    the claim's, as a read's claim has it (counted from its delivery, the orphan pass
+    would take a turn just claimed by a live node for one read and lost)."""
+    assert await _held_once(client) == "n/1"
+    await client.set(T.alive("n/1"), json.dumps(BEAT))
+    second = _tid(2)
+    assert await _submit(client, second) == 1
+    entry = await client.hget(T.task(second), "entry")
+
+    async def idle() -> int:
+        [p] = await client.xpending_range(STREAM, "corral", entry, entry, 1)
+        return int(p["time_since_delivered"])
+
+    while await idle() < 200:  # given, not yet claimed: its idle time grows
+        await asyncio.sleep(0.05)
+    read, [claim], _, _ = await _read_claim(client)
+    assert (read, claim[2]) == (1, second.encode())
+    assert await idle() < 200
+
+
+async def test_a_forged_item_naming_a_running_turn_leaves_its_entry(client: Any) -> None:
+    """An item a Redis writer made of a running turn's entry (pending with the holder,
+    as a running task's is): dropped, the entry left in the stream and pending (the
+    reaper's, should the node die), the record as it was."""
+    assert await _held_once(client) == "n/1"
+    await client.set(T.alive("n/1"), json.dumps(BEAT))
+    second = _tid(2)
+    assert await _submit(client, second) == 1
+    entry = await client.hget(T.task(second), "entry")
+    _, [claim], _, _ = await _read_claim(client)
+    assert claim[2] == second.encode()
+    await client.rpush(GIVEN, entry + b" " + second.encode())
+    assert (await _read_claim(client))[:2] == [0, []]
+    assert await client.exists(GIVEN) == 0
+    assert await client.xrange(STREAM, entry, entry) == [(entry, {b"task": second.encode()})]
+    [pending] = await client.xpending_range(STREAM, "corral", entry, entry, 1)
+    assert pending["consumer"] == b"n/1"
+    assert (await client.hget(T.task(second), "status"),
+            int(await client.hget(T.task(second), "fence"))) == (b"running", claim[3])
