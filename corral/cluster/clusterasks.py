@@ -49,6 +49,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.stream import Stream
 from ..supervisor.tasks import TERMINAL, Task
+from ..supervisor.tasks.elicitations import PREFIX as ELICITATION
 from ..supervisor.tasks.inbox import (
     CORRAL,
     MAX_PENDING,
@@ -60,20 +61,25 @@ from ..supervisor.tasks.inbox import (
     ended_message,
 )
 from ..supervisor.tasks.model import TaskFinished
+from ..supervisor.tasks.taskmachine import suspension_error
 from ..timeouts import within
+from . import records
 from .connection import read, unavailable
-from .keys import Keys
+from .keys import GROUP, Keys
 from .queue import ClusterTask
 from .scripts import Scripts
 from .trust import ASK as ASK_KIND
 from .trust import Trust
 
 log = logging.getLogger("corral.cluster.asks")
+SWEPT = 64  # asks past their deadline timed out per beat, at most
 
 # KEYS: the task's record, its asks by call (Keys.task_asks), the ask, the pending asks,
 #       its tenant's
 # ARGV: the claim's fence token, the call's key, the ask's id, its record, its MAC, when
-#       it was asked, the bounds: the cluster's and a tenant's
+#       it was asked, the bounds: the cluster's and a tenant's, its deadline ('' none:
+#       kept in Keys.ask_deadlines, which any node's beat times out, a suspended task's
+#       ask having no node waiting on it)
 # -> {1} asked, {2, id} asked before under the key, {0} not this claim's (the fence),
 #    {-1, n} / {-2, n} the cluster's / the tenant's pending asks at their bound
 ASK = """
@@ -89,6 +95,9 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'rec', ARGV[4], 'mac', ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+if ARGV[9] and ARGV[9] ~= '' then
+  redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'askdue', ARGV[9], ARGV[3])
+end
 return {1}
 """
 
@@ -97,7 +106,9 @@ return {1}
 #       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task), the
 #       channel its end is published on (Keys.asks_ended)
 # -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
-#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask
+#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask. A suspended
+#    task (SUSPEND) with nothing else pending is queued again in its agent's stream in
+#    the same step: whichever node claims it resumes it by replay (decision 780)
 _END = """
 local a = redis.call('HMGET', KEYS[1], 'rec', 'end', 'emac')
 if not a[1] then return {0} end
@@ -113,8 +124,58 @@ redis.call('HSET', KEYS[1], 'end', e, 'emac', m)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+local prefix, id = string.match(KEYS[4], '^(.*)task:(.-)$')
+redis.call('ZREM', prefix .. 'askdue', ARGV[1])
+if code == 1 and status == 'suspended' then
+  -- its task waits with no attempt: queued again, once nothing else it asked is pending
+  local waiting = false
+  for _, other in ipairs(redis.call('HVALS', prefix .. 'asks:' .. id)) do
+    local o = prefix .. 'ask:' .. other
+    if other ~= ARGV[1] and redis.call('HEXISTS', o, 'rec') == 1
+        and redis.call('HEXISTS', o, 'end') == 0 then
+      waiting = true
+    end
+  end
+  if not waiting then
+    local entry = redis.call('XADD', redis.call('HGET', KEYS[4], 'stream'), '*', 'task', id)
+    redis.call('HSET', KEYS[4], 'status', 'queued', 'entry', entry)
+  end
+end
 redis.call('PUBLISH', ARGV[8], ARGV[1])
 return {code, e, m}
+"""
+# A waiting attempt gives its claim back past its agent's suspend_after (decision 780):
+# the task is `suspended`, its attempt ended so (as the node writes it), its stream entry
+# gone, no claim, its steps and its asks kept (an end deletes them, this does not): END of
+# what it asked queues it again. Refused while nothing it asked is pending (the answer
+# came first: its attempt runs on with it), while an MCP server's elicitation is pending
+# (its tool call is in flight at the server: no next attempt takes it up), and when a
+# cancel was asked (the node cancels it at its beat).
+# KEYS: the task's record, its attempts, its stream, its asks by call (Keys.task_asks)
+# ARGV: the claim's fence token, its stream entry, its attempt as it ended (JSON), the
+#       prefix of an elicitation's call key
+# -> 1 suspended, 0 not this claim's, 2 nothing it asked is pending, 3 an elicitation is
+#    pending, 4 a cancel was asked
+SUSPEND = f"""
+local t = redis.call('HMGET', KEYS[1], 'fence', 'status', 'cancel')
+if t[1] ~= ARGV[1] or t[2] ~= 'running' then return 0 end
+if t[3] == '1' then return 4 end
+local prefix = string.match(KEYS[1], '^(.*)task:')
+local asks = redis.call('HGETALL', KEYS[4])
+local pending = false
+for i = 1, #asks, 2 do
+  local a = prefix .. 'ask:' .. asks[i + 1]
+  if redis.call('HEXISTS', a, 'rec') == 1 and redis.call('HEXISTS', a, 'end') == 0 then
+    if string.sub(asks[i], 1, #ARGV[4]) == ARGV[4] then return 3 end
+    pending = true
+  end
+end
+if not pending then return 2 end
+if redis.call('LLEN', KEYS[2]) > 0 then redis.call('LSET', KEYS[2], -1, ARGV[3]) end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'suspended', 'fence', '0', 'owner', '', 'entry', '')
+return 1
 """
 END = ("local OVER = {" + ", ".join(f"['{s}'] = true" for s in sorted(map(str, TERMINAL)))
        + "}\n" + _END)
@@ -165,6 +226,7 @@ class ClusterAsks:
         self.settings = settings
         self._ask = redis.register_script(ASK)
         self._end = redis.register_script(END)
+        self._suspend = redis.register_script(SUSPEND)
         self._waiting: dict[str, _AskWait] = {}
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -173,6 +235,7 @@ class ClusterAsks:
         self._unread = False  # the last read of the asks waited on failed (said once)
         self.asked = 0  # asks made here
         self.decided = 0  # decisions made here (a person's, a deadline's)
+        self.suspended = 0  # claims given back here by a suspension (SUSPEND)
         self.stream = stream
         stream.subscribe(self._finished, TaskFinished)
 
@@ -192,7 +255,8 @@ class ClusterAsks:
         keys = [self.keys.task(task.id), self.keys.task_asks(task.id), self.keys.ask(ask.id),
                 self.keys.asks_pending(), self.keys.asks_pending(tenant)]
         args = [task.token, req.key, ask.id, rec, self.trust.sign(ASK_KIND, ask.id, "rec", rec),
-                repr(now), MAX_PENDING, MAX_PENDING_PER_TENANT]
+                repr(now), MAX_PENDING, MAX_PENDING_PER_TENANT,
+                "" if ask.deadline is None else repr(ask.deadline)]
         what = f"its {req.kind} was not asked (nothing was kept)"
         got = await self._write(self._ask, keys, args, what)
         code = int(got[0])
@@ -239,6 +303,37 @@ class ClusterAsks:
             held.waiters -= 1
             if not held.waiters and self._waiting.get(ask.id) is held:
                 del self._waiting[ask.id]
+
+    async def suspend(self, task: Task, why: str) -> bool:
+        """Give the waiting task's claim back, suspended in Redis (SUSPEND); False: it was
+        not (what it asked ended first, an elicitation is pending, a cancel was asked, or
+        the claim is no longer this node's). RpcError: Redis did not answer."""
+        assert isinstance(task, ClusterTask)
+        node = task.consumer.rsplit("/", 1)[0]
+        attempt = records.suspended_attempt(task.attempts[-1], node, time.time(),
+                                            suspension_error(why))
+        keys = [self.keys.task(task.id), self.keys.attempts(task.id), task.stream,
+                self.keys.task_asks(task.id)]
+        got = await self._write(self._suspend, keys,
+                                [task.token, task.entry, attempt, ELICITATION],
+                                f"task {task.id} was not suspended: it waits on its "
+                                f"attempt")
+        if int(got) != 1:
+            return False
+        self.suspended += 1
+        return True
+
+    async def sweep(self) -> None:
+        """The asks whose deadline passed ended timed out (a node's beat): those a
+        suspended task made have no node waiting on them. RedisError: not now."""
+        now = time.time()
+        ids = [i.decode() for i in await self.redis.zrangebyscore(
+            self.keys.ask_deadlines, "-inf", repr(now), start=0, num=SWEPT)]
+        for ask_id, ask in zip(ids, await self._rows(ids), strict=True):
+            if ask is None or not ask.pending:  # gone, or ended by a forged hand
+                await self.redis.zrem(self.keys.ask_deadlines, ask_id)
+            elif ask.deadline is not None and ask.deadline <= now:
+                await self._time_out(ask)
 
     # -- reading --------------------------------------------------------------------------
     async def pending(self) -> list[Ask]:
@@ -462,7 +557,7 @@ class ClusterAsks:
     def status(self) -> dict[str, int]:
         """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
         return {"asked": self.asked, "decided": self.decided,
-                "waited_on": len(self._waiting)}
+                "waited_on": len(self._waiting), "suspended": self.suspended}
 
     async def close(self) -> None:
         work = [t for t in (self._poller, self._listener, *self._withdrawing)

@@ -108,6 +108,12 @@ class Keys:
         return f"{self.prefix}askq" + ("" if tenant is None else f":{tenant}")
 
     @property
+    def ask_deadlines(self) -> str:
+        """Sorted set (scored by deadline): the pending asks that have one, which any
+        node's beat times out (a suspended task's ask has no node waiting on it)."""
+        return f"{self.prefix}askdue"
+
+    @property
     def asks_ended(self) -> str:
         """Pub/sub channel: the id of each ask as it ends (END publishes it), which wakes
         the node waiting on it at once (a beat's read else)."""

@@ -240,6 +240,7 @@ class ClusterNode:
                     held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
                     await self.reaper.refresh(held, self.puller.streams())
                     await self._cancels()
+                    await self.asks.sweep()  # a suspended task's asks' deadlines
                     await self.desk.refresh_view()
                     await self.backlog.step(self.desk.view)
                     # every stream of the cluster, read once for both
@@ -552,13 +553,16 @@ class ClusterNode:
         else the node running it does at its next beat; the task's record after (None: no
         such cluster task)."""
         mine = self.tasks.active.get(task_id)
-        if isinstance(mine, ClusterTask) and not mine.ended:
+        # (one being suspended is its cluster's already: cancelled there)
+        if isinstance(mine, ClusterTask) and not mine.ended and not mine.suspended:
             self.tasks.cancel(task_id)  # its outcome goes through the fence
             with contextlib.suppress(RedisError, TimeoutError):
                 await within(self.outbox.flush(), self.settings.node_ttl)
         elif is_task_id(task_id):
             error = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
                                                    "cancelled while queued"))
+            waiting = records.error_json(TaskFailure(
+                jsonrpc.REQUEST_CANCELLED, "cancelled while suspended (waiting for a person)"))
             try:
                 rec = await self.redis.hmget(self.keys.task(task_id), "stream")
                 if rec[0] is None:
@@ -568,7 +572,8 @@ class ClusterNode:
                     [self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
                      self.keys.outcomes, *self.keys.listed],
                     [task_id, repr(time.time()), error, int(self.settings.tasks_kept_for),
-                     self.trust.outcome(task_id, "0", "cancelled", b"", error)])])
+                     self.trust.outcome(task_id, "0", "cancelled", b"", error), waiting,
+                     self.trust.outcome(task_id, "0", "cancelled", b"", waiting)])])
                 if isinstance(got, RedisError):
                     raise got
             except RedisError as exc:

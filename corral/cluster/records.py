@@ -49,6 +49,12 @@ def attempt_json(a: Attempt, node: str) -> bytes:
                                   a.error, a.replayed, a.diverged))
 
 
+def suspended_attempt(a: Attempt, node: str, now: float, error: str) -> bytes:
+    """The attempt a suspension ends (clusterasks.SUSPEND), as its record keeps it."""
+    return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, now, "suspended",
+                                  error, a.replayed, a.diverged))
+
+
 def claimed_attempt(node: str, now: float) -> bytes:
     """What a claim records before the task reaches a replica here."""
     return _encode(ClusterAttempt(NOT_STARTED, None, now, node))

@@ -462,18 +462,25 @@ return 1
 # attempts, when it ran before and waits again, kept as long as its record); a running
 # one is marked, and the node running it cancels it at its next beat (its outcome, then,
 # is written through the fence like any other).
+# A suspended one (clusterasks.SUSPEND: no claim, no entry) ends here too, with its own
+# error; its pending asks are withdrawn where they are next read.
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed); ARGV: task_id,
 # now, error JSON, seconds a finished record is kept, the MAC of the outcome
-# (trust.OUTCOME, fence 0) -> 'cancelled', 'asked',
-# 'ended:STATUS' (it had already finished), or false (no such task)
+# (trust.OUTCOME, fence 0), the error JSON and MAC of a suspended one's ('' none: ARGV[3]
+# and ARGV[5]) -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or
+# false (no such task)
 CANCEL = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
 if not rec[1] then return false end
-if rec[1] == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', ARGV[3],
-    'fence', '0', 'mac', ARGV[5] or '')
-  redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
-  redis.call('XDEL', KEYS[3], rec[2])
+local err, mac = ARGV[3], ARGV[5] or ''
+if rec[1] == 'suspended' and (ARGV[6] or '') ~= '' then err, mac = ARGV[6], ARGV[7] end
+if rec[1] == 'queued' or rec[1] == 'suspended' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', err,
+    'fence', '0', 'mac', mac)
+  if rec[2] ~= '' then
+    redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
+    redis.call('XDEL', KEYS[3], rec[2])
+  end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
   {_ended('ARGV[1]', 'ARGV[4]', 5)}
   return 'cancelled'

@@ -9,6 +9,8 @@ Where the Lua differs from the table, on purpose:
 - a cancel of a running task marks it (CANCEL answers 'asked') and the node running it
   cancels it at its next beat, its outcome written by FINISH: the end is the table's,
   one beat later;
+- a record is never `waiting` (a node's attempt waiting for a person is `running` in
+  Redis): SUSPEND moves a running record, as the machine's wait then suspend move a task;
 - the takeover of a dead node's task retries it whatever its agent's `retry_on` says:
   the record does not carry the agent's policy (a cluster refuses a task's own, and an
   agent's default, ("lost",), is what the Lua keeps). The cases here use that default.
@@ -22,11 +24,13 @@ from typing import Any
 import pytest
 
 from corral.cluster import records
+from corral.cluster.clusterasks import ASK, END, SUSPEND
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 from corral.supervisor.lifecycle import IllegalTransition
+from corral.supervisor.tasks.elicitations import PREFIX as ELICITATION
 from corral.supervisor.tasks.taskmachine import TaskCause, TaskMachine, TaskStatus
 
 from ..redis_harness import RedisServer
@@ -249,3 +253,115 @@ async def test_a_claim_takes_a_queued_task_alone(client: Any) -> None:
     with pytest.raises(IllegalTransition, match="no task transition from running on start"):
         m.fire(C.START)
     assert (await r.state())[0] == m.status.value == "running"
+
+
+class Asking:
+    """A claimed record's asks (clusterasks.ASK, END) and its suspension (SUSPEND)."""
+
+    def __init__(self, r: Record) -> None:
+        self.r = r
+        self.ask_script = r.c.register_script(ASK)
+        self.end_script = r.c.register_script(END)
+        self.suspend_script = r.c.register_script(SUSPEND)
+
+    async def ask(self, key: str, ask_id: str) -> Any:
+        r = self.r
+        return await self.ask_script(
+            keys=[K.task(r.tid), K.task_asks(r.tid), K.ask(ask_id), K.asks_pending(),
+                  K.asks_pending("acme")],
+            args=[r.token, key, ask_id, b"{}", "mac", "3.0", 10, 10, ""])
+
+    async def end(self, ask_id: str) -> Any:
+        r = self.r
+        return await self.end_script(
+            keys=[K.ask(ask_id), K.asks_pending(), K.asks_pending("acme"), K.task(r.tid)],
+            args=[ask_id, b"approved", "m1", b"withdrawn", "m2", 60, "decide", K.asks_ended])
+
+    async def suspend(self, token: int | None = None) -> int:
+        r = self.r
+        return int(await self.suspend_script(
+            keys=[K.task(r.tid), K.attempts(r.tid), STREAM, K.task_asks(r.tid)],
+            args=[r.token if token is None else token, await r.entry(),
+                  b'{"outcome":"suspended"}', ELICITATION]))
+
+
+async def suspended_record(client: Any, i: int, *keys: str) -> tuple[Record, Asking,
+                                                                     TaskMachine]:
+    """A record claimed, its attempt asking under `keys` and suspended; its machine."""
+    r = Record(Scripts(client), client, i)
+    await r.submit()
+    await r.claim(1)
+    a = Asking(r)
+    for n, key in enumerate(keys):
+        assert await a.ask(key, f"ask-{i}-{n}") == [1]
+    m = machine(1)
+    m.fire(C.WAIT)
+    assert await a.suspend() == 1
+    m.fire(C.SUSPEND)
+    assert await r.state() == (m.status.value, m.retries_left) == ("suspended", 1)
+    return r, a, m
+
+
+async def test_a_suspended_record_moves_as_a_suspended_task(client: Any) -> None:
+    """SUSPEND gives the claim back (suspended, no entry, no fence; its steps and asks
+    kept); END of the last pending ask queues it again in the same step (the machine's
+    resume, no retry spent), and a claim takes it; a cancel ends a suspended one at once;
+    a finished record is suspended no more."""
+    r, a, m = await suspended_record(client, 1, "tool:x")
+    rec = await client.hmget(K.task(r.tid), "fence", "owner", "entry")
+    assert rec == [b"0", b"", b""]
+    assert await client.xlen(STREAM) == 0  # its entry gone: no node claims it
+    assert await client.ttl(K.task(r.tid)) == -1  # kept while it waits: no expiry
+    assert await client.hgetall(K.task_asks(r.tid)) == {b"tool:x": b"ask-1-0"}
+    r, a, m = await suspended_record(client, 2, "tool:x")
+    assert (await a.end("ask-2-0"))[0] == 1
+    m.fire(C.RESUME)
+    assert await r.state() == (m.status.value, m.retries_left) == ("queued", 1)
+    assert await client.xlen(STREAM) == 1  # queued again in its agent's stream
+    assert await r.claim()
+    m.fire(C.START)
+    assert await r.state() == (m.status.value, m.retries_left) == ("running", 1)
+    assert await r.finish("succeeded") == 1
+    m.fire(C.ANSWERED)
+    assert await a.suspend() == 0
+    assert await r.state() == (m.status.value, m.retries_left) == ("succeeded", 1)
+
+
+async def test_a_cancel_of_a_suspended_record_ends_it_cancelled_as_the_machine(
+        client: Any) -> None:
+    r, _, m = await suspended_record(client, 3, "tool:x")
+    assert await r.cancel() == b"cancelled"
+    m.fire(C.CANCEL)
+    assert await r.state() == (m.status.value, m.retries_left) == ("cancelled", 1)
+    assert await client.exists(K.task_asks(r.tid)) == 0  # its asks went with its end
+
+
+async def test_a_suspended_record_with_two_asks_waits_for_both(client: Any) -> None:
+    r, a, m = await suspended_record(client, 4, "tool:x", "tool:y")
+    assert (await a.end("ask-4-1"))[0] == 1
+    assert (await r.state())[0] == m.status.value == "suspended"  # the other pending
+    assert (await a.end("ask-4-0"))[0] == 1
+    m.fire(C.RESUME)
+    assert await r.state() == (m.status.value, m.retries_left) == ("queued", 1)
+
+
+async def test_suspend_is_refused_unless_the_claim_waits_on_a_pending_ask(
+        client: Any) -> None:
+    """Not this claim's (0); nothing pending (2: the answer came first, its attempt
+    runs on); an MCP server's elicitation pending (3); a cancel asked (4): the record
+    stays running, as the machine's waiting task does."""
+    r = Record(Scripts(client), client, 5)
+    await r.submit()
+    await r.claim(1)
+    a = Asking(r)
+    assert await a.suspend() == 2  # it asked nothing
+    assert await a.ask("tool:x", "ask-5-0") == [1]
+    assert await a.suspend(r.token + 1) == 0
+    assert (await a.end("ask-5-0"))[0] == 1
+    assert await a.suspend() == 2
+    assert await a.ask(f"{ELICITATION}srv", "ask-5-1") == [1]
+    assert await a.suspend() == 3
+    assert await a.ask("tool:y", "ask-5-2") == [1]
+    assert await r.cancel() == b"asked"
+    assert await a.suspend() == 4
+    assert (await r.state())[0] == "running"

@@ -294,6 +294,12 @@ class AsksElsewhere(Protocol):
     async def wait(self, ask: Ask) -> Ask:
         """The ask as it ended (at once when it has), its deadline kept."""
 
+    async def suspend(self, task: Task, why: str) -> bool:
+        """The waiting task's claim given back, the task suspended where its asks are
+        kept, to be queued again there when they end (suspension.py); False: not (what
+        it asked ended first, or it waits on something no next attempt takes up).
+        RpcError: not written."""
+
 
 class SpawnOrder(NamedTuple):
     """A child to spawn elsewhere, its bounds checked but its parent's `max_children`

@@ -14,11 +14,20 @@ the agent's `replay` on, a task of this node): one whose calls would run again k
 attempt while it waits; so does one waiting on an MCP server's elicitation, whose tool
 call is in flight at the server. The waits are measured by the WaitClock (waitclock.py), which a
 test may move.
+
+A cluster's task (kept elsewhere: `Task.asks_kept`) whose agent suspends is suspended
+where it is kept (decision 780): the claim given back in Redis first, in one step that
+finds what it asked still pending (AsksElsewhere.suspend); only then is its attempt
+stopped here, and the Task let go once that attempt ended: the cluster queues it again
+when what it asked ends, and whichever node claims it resumes it by replay. An answer
+that reaches the attempt while that step is under way waits for it: a task suspended
+there does not also run on here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +39,7 @@ from ...askviews import Ask
 from ...jsonrpc import RpcError
 from .elicitations import PREFIX as ELICITATION
 from .inbox import AskEnded, Inbox
-from .model import CompactTask
+from .model import AsksElsewhere, CompactTask
 from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
 
@@ -40,6 +49,7 @@ if TYPE_CHECKING:
     from .durable import TaskJournal
     from .model import Task
 
+log = logging.getLogger("corral.tasks")
 
 
 class SuspendingEngine(Protocol):
@@ -66,13 +76,15 @@ class _Wait:
     """A waiting task's suspend timer, and what its held calls wait on besides their
     asks: set when the task is suspended."""
 
-    __slots__ = ("attempt", "gone", "timer")
+    __slots__ = ("attempt", "gone", "timer", "writing")
 
     def __init__(self, attempt: int, timer: WaitTimer | None,
                  gone: asyncio.Future[Any]) -> None:
         self.attempt = attempt
         self.timer = timer
         self.gone = gone
+        # a cluster's task: its suspension being written where it is kept (True: done)
+        self.writing: asyncio.Future[bool] | None = None
 
 
 class Suspensions:
@@ -88,6 +100,7 @@ class Suspensions:
         # suspended tasks whose stopped attempt ended, to keep compact once committed
         self._settled: list[Task] = []
         self._settling: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()  # cluster tasks' suspensions
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
         engine.stream.subscribe(self._ask_ended, AskEnded)
@@ -97,9 +110,17 @@ class Suspensions:
         answered them (the daemon's journal, a task of this node, its agent's `replay`
         on, and its calls written: it has a retry left, or its agent suspends: steps.py)."""
         r = task.replica
-        if r is None or self.engine.journal is None or not task.journal_here:
+        if r is None:
             return False
         spec = r.spec
+        if not task.journal_here:
+            # a cluster's task: its steps and asks are in its cluster's Redis, written
+            # while its agent suspends (steps.py)
+            return (task.asks_kept is not None and task.steps_kept is not None
+                    and bool(getattr(spec, "replay", True))
+                    and bool(getattr(spec, "suspend_after", 0.0)))
+        if self.engine.journal is None:
+            return False
         return bool(getattr(spec, "replay", True)) and (
             task.retries_left > 0 or bool(getattr(spec, "suspend_after", 0.0)))
 
@@ -125,6 +146,10 @@ class Suspensions:
         inner: asyncio.Future[Ask] = asyncio.ensure_future(asked)
         try:
             await asyncio.wait((inner, held.gone), return_when=asyncio.FIRST_COMPLETED)
+            writing = held.writing
+            if not held.gone.done() and writing is not None:
+                # ended as its suspension is written: that write decides which comes first
+                await asyncio.shield(writing)
         finally:
             if not inner.done():
                 inner.cancel()
@@ -145,12 +170,18 @@ class Suspensions:
         False: it was not held here, or no longer waits (its asks all ended: it is
         about to run on)."""
         held = self._held.get(task.id)
+        if not task.journal_here:
+            return self._suspend_elsewhere(task, held, why)
         asks = self.engine.inbox.waiting_for(task.id)
         if (held is None or not task.waiting or task.attempt != held.attempt or not asks
                 # an MCP server's elicitation is asked from inside its tool call, which
                 # no next attempt could take up where it stopped: its task keeps the call
                 or any(a.key.startswith(ELICITATION) for a in asks)):
             return False
+        self._give_back(task, held, why)
+        return True
+
+    def _give_back(self, task: Task, held: _Wait, why: str) -> None:
         self.release(task.id)
         replica, attempt = task.replica, task.attempts[-1]
         assert replica is not None  # (a waiting task's attempt is on its worker)
@@ -167,13 +198,38 @@ class Suspensions:
         self.suspended += 1
         held.gone.set_result(None)
         engine.dispatch.stop_attempt(task, replica, attempt, "was suspended")
+
+    def _suspend_elsewhere(self, task: Task, held: _Wait | None, why: str) -> bool:
+        """A cluster's task: its suspension written where it is kept, its attempt given
+        back here once that is done (True: being written)."""
+        if (held is None or not task.waiting or task.attempt != held.attempt
+                or held.writing is not None or task.asks_kept is None):
+            return False
+        loop = asyncio.get_running_loop()
+        held.writing = loop.create_future()
+        write = loop.create_task(self._write(task, task.asks_kept, held, why))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
         return True
+
+    async def _write(self, task: Task, kept: AsksElsewhere, held: _Wait, why: str) -> None:
+        done = False
+        try:
+            done = await kept.suspend(task, why)
+        except RpcError as exc:
+            log.warning("task %s was not suspended (%s)", task.id, exc.message)
+        finally:
+            if done and task.waiting and task.attempt == held.attempt:
+                self._give_back(task, held, why)
+            assert held.writing is not None
+            held.writing.set_result(done)
 
     def suspend_all(self, why: str) -> int:
         """Every waiting task that can be suspended, suspended now (a daemon about to be
-        upgraded: a worker's request held open cannot be handed over); how many."""
+        upgraded: a worker's request held open cannot be handed over); how many. Not a
+        cluster's: its suspension is written in Redis, not in the upgrade's step."""
         return sum(self.suspend(t, why) for t in list(self.engine.active.values())
-                   if t.waiting)
+                   if t.waiting and t.journal_here)
 
     def _ask_ended(self, e: AskEnded) -> None:
         ask = e.ask
@@ -189,8 +245,9 @@ class Suspensions:
     def resume(self, task: Task) -> bool:
         """A suspended task with nothing pending is queued again (after a restart too);
         False: it was not suspended, or still waits."""
-        if not task.suspended or self.engine.inbox.waiting_for(task.id):
-            return False
+        if not task.suspended or not task.journal_here or \
+                self.engine.inbox.waiting_for(task.id):
+            return False  # (a cluster's task is queued again by its cluster)
         task.fire(TaskCause.RESUME)
         self.resumed += 1
         last = task.attempts[-1] if task.attempts else None
@@ -205,7 +262,12 @@ class Suspensions:
     def settle(self, task: Task) -> None:
         """The suspended task's stopped attempt ended: once its row is committed it is
         kept compact, when nothing but the engine holds its Task and what it asked is
-        pending (a session's turn, a traced task, one someone waits on stay whole)."""
+        pending (a session's turn, a traced task, one someone waits on stay whole). A
+        cluster's task is let go: the cluster keeps it, and queues it again."""
+        if not task.journal_here:
+            if task.suspended and self.engine.active.get(task.id) is task:
+                del self.engine.active[task.id]
+            return
         if not self._compactable(task):
             return
         # one commit awaited for all those settled meanwhile, not a coroutine each:

@@ -288,8 +288,12 @@ def suspended(attempt: Attempt, why: str) -> None:
     an upgrade)."""
     attempt.outcome = S.SUSPENDED
     # one string for every task suspended for the same reason: thousands may wait
-    attempt.error = sys.intern(f"{why}: its task resumes by replay when what it asked "
-                               f"has ended")
+    attempt.error = sys.intern(suspension_error(why))
+
+
+def suspension_error(why: str) -> str:
+    """What a suspended attempt's error says (`why` it was suspended)."""
+    return f"{why}: its task resumes by replay when what it asked has ended"
 
 
 def cancelled(attempt: Attempt) -> None:
