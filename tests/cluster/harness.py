@@ -51,9 +51,11 @@ def cluster_table(redis: RedisServer, node: str, ttl: float = TTL, beat: float =
 
 class Node(Daemon):
     def __init__(self, directory: Path, name: str, redis: RedisServer, agents: str,
-                 **cluster: Any) -> None:
+                 supervisor: str = "", **cluster: Any) -> None:
+        """`supervisor`: [supervisor] keys, a line each (`manual_clock = true`)."""
         directory.mkdir(parents=True, exist_ok=True)
-        super().__init__(directory, agents + cluster_table(redis, name, **cluster))
+        super().__init__(directory, agents + cluster_table(redis, name, **cluster),
+                         extra=supervisor)
         self.name = name
 
     def run(self, agent: str, task_input: str, *args: str) -> Any:

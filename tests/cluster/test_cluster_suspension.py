@@ -1,0 +1,276 @@
+"""A cluster task waiting for a person gives back its claim, its slot and its process
+(issue 55 item 4 on a cluster; corral/cluster/clusterasks.py SUSPEND, decision 780;
+docs/approvals.md#on-a-cluster): past its agent's `suspend_after` (the node's clock, moved
+by `corral clock --advance`) its record is `suspended` in Redis, no node holds it; the
+ask decided on any node queues it again in the same step, and whichever node claims it
+resumes it by replay: the approved call runs once (the counting server's file). The
+suspending node kill -9'd while it waits, a denial, a cancel, a deadline, a forged end
+and two decisions racing, each as on one node.
+
+Real processes: the nodes (`corral daemon` subprocesses), their redis-server, workers
+(examples/misbehave.py) and the counting MCP server (tests/servers/counting_mcp.py)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import pytest
+import redis as redis_py
+
+from corral.cluster.keys import Keys
+
+from ..redis_harness import RedisServer
+from ..test_approvals import bump, counted
+from ..test_approvals import fleet as approvals_fleet
+from ..test_daemon_cli import wait_until
+from .harness import Node, nodes
+from .test_cluster_approvals import both_alive, other_than, pending
+from .test_cluster_specs import log
+from .test_cluster_steps import running_task
+
+pytestmark = pytest.mark.timeout(150)
+SUSPEND_AFTER = 300  # the agent's suspend_after: five minutes of the node's clock
+CLOCK = "manual_clock = true"
+SUSPENDED_ERROR = (f"waited {SUSPEND_AFTER} s for a person (suspend_after): its task "
+                   "resumes by replay when what it asked has ended")
+
+
+def fleet(tmp: Path, extra: str = "") -> str:
+    """The writer (its bump held for approval) suspending past SUSPEND_AFTER, elastic:
+    its process sleeps once no task holds it."""
+    agents = approvals_fleet(tmp).replace(
+        "[agents.writer]\n",
+        f"[agents.writer]\nsuspend_after = {SUSPEND_AFTER}\n{extra}", 1)
+    return agents + ("[agents.writer.autoscale]\nmin_replicas = 0\nidle_after = 0.3\n")
+
+
+def record(n: Node, task_id: str) -> dict[str, Any]:
+    info: dict[str, Any] = n.call("tasks.get", {"task_id": task_id})
+    return info
+
+
+def writers(n: Node) -> list[dict[str, Any]]:
+    return [r for r in n.status().values() if r["name"] == "writer"]
+
+
+def suspended_here(ns: dict[str, Node], task_id: str) -> tuple[Node, dict[str, Any]]:
+    """The task's ask pending, its attempt waiting on a node: that node's clock moved
+    past suspend_after, the task is suspended in Redis, and that node holds neither its
+    slot nor its process (its elastic writer asleep)."""
+    [ask] = wait_until(lambda: pending(next(iter(ns.values()))), 30, "its ask")
+    runner = wait_until(lambda: running_task(ns, task_id), 30, "its attempt")
+    wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
+               "its attempt waiting on its ask")
+    # (the record has its attempt's worker once the attempt ends: the node's replicas)
+    [pid] = [r["pid"] for r in writers(runner) if r["pid"]]
+    assert psutil.pid_exists(pid)
+    moved = runner.cli("clock", "--advance", "10m")
+    assert moved.returncode == 0, moved.stderr
+    info = wait_until(lambda: (r := record(runner, task_id))["status"] == "suspended" and r,
+                      30, "the task suspended")
+    last = info["attempts"][-1]
+    assert (last["node"], last["outcome"], last["error"], last["pid"]) == (
+        runner.name, "suspended", SUSPENDED_ERROR, pid)
+    wait_until(lambda: not psutil.pid_exists(pid)
+               and not [r for r in writers(runner) if r["pid"]], 30,
+               "its worker gone, the writer asleep on the node that suspended it")
+    stats = runner.call("stats.get")
+    assert stats["cluster"]["asks"]["suspended"] == 1
+    assert stats["cluster"]["asks"]["waited_on"] == 0
+    # nothing holds it: no claim, no stream entry; its ask pending, listed on every node
+    r = redis_py.Redis(port=_port(runner))
+    try:
+        rec = r.hmget(Keys("test").task(task_id), "fence", "owner", "entry")
+        assert rec == [b"0", b"", b""]
+        assert r.ttl(Keys("test").task(task_id)) == -1  # kept while it waits
+    finally:
+        r.close()
+    for n in ns.values():
+        assert [a["id"] for a in pending(n)] == [ask["id"]]
+        assert record(n, task_id)["status"] == "suspended"
+    return runner, ask
+
+
+def _port(n: Node) -> int:
+    found = re.search(r'redis = "redis://127\.0\.0\.1:(\d+)', n.config.read_text())
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_a_suspended_cluster_task_resumes_by_replay_where_it_is_claimed_its_call_once(
+        tmp: Path, redis: RedisServer) -> None:
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(1)}
+                               )["task_id"]
+        runner, ask = suspended_here(ns, task_id)
+        other = other_than(ns, runner)
+        # `corral tasks` and `corral task ID` on the other node say it, and what it asks
+        listed = other.cli("tasks", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [row] = [t for t in msgspec.json.decode(listed.stdout)["tasks"]
+                 if t["task_id"] == task_id]
+        assert row["status"] == "suspended"
+        shown = other.cli("task", task_id)
+        assert "suspended" in shown.stdout, shown.stdout
+        assert (f'waiting for: approval of counting__bump {{"i":1}} (ask {ask["id"]})'
+                in shown.stdout), shown.stdout
+        assert counted(tmp) == []
+        approved = other.cli("approvals", "approve", ask["id"])
+        assert approved.returncode == 0, approved.stderr
+        done = other.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"][0]["content"][0]["text"] == "bumped 1"
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+        assert counted(tmp) == ["1"]
+        # a second decision, replayed on either node, is refused naming the first
+        for n in ns.values():
+            again = n.cli("approvals", "approve", ask["id"])
+            assert again.returncode != 0
+            assert f"ask {ask['id']} has ended: approved by " in again.stderr, again.stderr
+        assert counted(tmp) == ["1"]
+
+
+def test_the_suspending_node_killed_the_task_resumes_on_another_its_call_once(
+        tmp: Path, redis: RedisServer) -> None:
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(2)}
+                               )["task_id"]
+        runner, ask = suspended_here(ns, task_id)
+        other = other_than(ns, runner)
+        runner.kill9()
+        wait_until(lambda: [n["alive"] for n in other.nodes()["nodes"]
+                            if n["node"] == runner.name] == [False], 30,
+                   "the suspending node found dead")
+        # nothing of it is taken over: it waits, suspended, its ask pending
+        assert record(other, task_id)["status"] == "suspended"
+        assert [a["id"] for a in pending(other)] == [ask["id"]]
+        decided = other.call("approvals.resolve", {"id": ask["id"], "decision": "approved"})
+        assert decided["end"] == "approved"
+        done = other.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+            (runner.name, "suspended"), (other.name, "succeeded")]
+        assert counted(tmp) == ["2"]
+
+
+def test_a_denied_suspended_cluster_task_sees_the_tool_error(tmp: Path,
+                                                            redis: RedisServer) -> None:
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["b"].call("tasks.submit", {"agent": "writer", "input": bump(3)}
+                               )["task_id"]
+        runner, ask = suspended_here(ns, task_id)
+        other = other_than(ns, runner)
+        denied = other.cli("approvals", "deny", ask["id"], "--reason", "not today")
+        assert denied.returncode == 0, denied.stderr
+        done = other.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"][0]["isError"] is True
+        assert re.fullmatch(rf"tool call counting__bump was denied by uid \d+ pid \d+ "
+                            rf"\(ask {ask['id']}\): not today",
+                            done["output"][0]["content"][0]["text"]), done["output"]
+        assert counted(tmp) == []
+
+
+def test_a_suspended_cluster_task_cancelled_ends_and_its_ask_is_withdrawn(
+        tmp: Path, redis: RedisServer) -> None:
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(4)}
+                               )["task_id"]
+        runner, ask = suspended_here(ns, task_id)
+        other = other_than(ns, runner)
+        cancelled = other.cli("cancel", task_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        info = record(runner, task_id)
+        assert (info["status"], info["error"]["message"]) == (
+            "cancelled", "cancelled while suspended (waiting for a person)")
+        # its ask, listed nowhere now, and decided by no one: withdrawn
+        assert pending(other) == []
+        late = other.cli("approvals", "approve", ask["id"])
+        assert late.returncode != 0
+        assert f"ask {ask['id']} has ended: withdrawn by corral" in late.stderr, late.stderr
+        again = other.cli("cancel", task_id)
+        assert again.returncode != 0
+        assert f"task {task_id} already finished (cancelled)" in again.stderr, again.stderr
+        assert counted(tmp) == []
+
+
+def test_a_suspended_cluster_tasks_ask_times_out_as_its_policy_says(
+        tmp: Path, redis: RedisServer) -> None:
+    """Its deadline kept by no waiting node: any node's beat ends it timed out, which
+    queues the task again, and its resumed attempt fails as `on_timeout` says."""
+    agents = fleet(tmp, 'approve_timeout = 8.0\non_timeout = "fail"\n')
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(5)}
+                               )["task_id"]
+        runner, ask = suspended_here(ns, task_id)
+        done = runner.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "failed", done
+        assert done["error"]["message"] == (
+            f"tool call counting__bump was not approved within 8 s (approve_timeout; "
+            f"ask {ask['id']})")
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "failed"]
+        got = runner.call("approvals.get", {"id": ask["id"]})
+        assert (got["end"], got["by"]) == ("timed_out", "corral")
+        assert counted(tmp) == []
+
+
+def test_a_forged_end_is_not_applied_and_two_decisions_race_to_one(
+        tmp: Path, redis: RedisServer) -> None:
+    """A Redis writer without the cluster key ends the suspended task's ask: refused,
+    counted, the task waits on suspended. Then two decisions at once, on two nodes:
+    one is applied (the task resumes once, its call once), the other refused."""
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(6)}
+                               )["task_id"]
+        runner, ask = suspended_here(ns, task_id)
+        k = Keys("test")
+        r = redis_py.Redis(port=redis.port)
+        try:
+            r.hset(k.ask(ask["id"]), mapping={
+                "end": msgspec.json.encode(["approved", 1.0, "mallory", None]),
+                "emac": "0" * 64})
+            got = runner.call("approvals.get", {"id": ask["id"]})
+            assert got["end"] is None  # not applied
+            assert runner.call("stats.get")["cluster"]["trust"]["refused"]["asks"] >= 1
+            assert (f"cluster: refused ask {ask['id']}'s end from Redis: its MAC does not "
+                    f"verify" in log(runner))
+            assert record(runner, task_id)["status"] == "suspended"
+            r.hdel(k.ask(ask["id"]), "end", "emac")  # (END refuses an ask with an end)
+        finally:
+            r.close()
+        said: dict[str, Any] = {}
+
+        def decide(n: Node, how: str) -> None:
+            said[n.name] = n.cli("approvals", how, ask["id"])
+
+        racers = [threading.Thread(target=decide, args=(n, how))
+                  for n, how in zip(ns.values(), ("approve", "deny"), strict=True)]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join(60)
+        codes = sorted(p.returncode != 0 for p in said.values())
+        assert codes == [False, True], {k: (p.returncode, p.stderr) for k, p in said.items()}
+        [won] = [name for name, p in said.items() if p.returncode == 0]
+        [lost] = [p for p in said.values() if p.returncode != 0]
+        assert f"ask {ask['id']} has ended: " in lost.stderr, lost.stderr
+        done = runner.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+        assert counted(tmp) == (["6"] if won == "a" else [])
