@@ -32,6 +32,7 @@ from .harness import Node, nodes
 from .test_cluster_approvals import both_alive, other_than, pending
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
+from .test_cluster_upgrade import KEPT, started
 
 pytestmark = pytest.mark.timeout(150)
 SUSPEND_AFTER = 300  # the agent's suspend_after: five minutes of the node's clock
@@ -274,3 +275,31 @@ def test_a_forged_end_is_not_applied_and_two_decisions_race_to_one(
         assert done["status"] == "succeeded", done
         assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
         assert counted(tmp) == (["6"] if won == "a" else [])
+
+
+def test_an_upgraded_node_suspends_its_waiting_cluster_task_which_resumes_once(
+        tmp: Path, redis: RedisServer) -> None:
+    """`corral upgrade` of a node whose cluster task waits for a person: no image can
+    hand over a worker's request held open, so the task is suspended in Redis (its
+    agent's calls journaled there: it has a retry left) and the upgrade goes on; the
+    answer after it resumes the task by replay, its call once."""
+    a = Node(tmp / "a", "a", redis, approvals_fleet(tmp), **KEPT)
+    with started(a):
+        a.start()
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(7)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), 30, "its ask")
+        wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
+                   "its attempt waiting on its ask")
+        upgraded = a.cli("upgrade", timeout=60)
+        assert upgraded.returncode == 0, (upgraded.stdout, upgraded.stderr)
+        info = record(a, task_id)
+        assert info["status"] == "suspended", info
+        assert (info["attempts"][-1]["outcome"], info["attempts"][-1]["error"]) == (
+            "suspended", "suspended while it waited for a person, for the daemon's "
+                         "upgrade: its task resumes by replay when what it asked has ended")
+        assert counted(tmp) == []
+        assert a.cli("approvals", "approve", ask["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+        assert counted(tmp) == ["7"]

@@ -107,19 +107,18 @@ class Suspensions:
 
     def suspendable(self, task: Task) -> bool:
         """Whether the waiting task's calls are journaled, so that a next attempt is
-        answered them (the daemon's journal, a task of this node, its agent's `replay`
-        on, and its calls written: it has a retry left, or its agent suspends: steps.py)."""
+        answered them (the daemon's journal and a task of this node, or a cluster's task
+        whose steps and asks its cluster keeps; its agent's `replay` on, and its calls
+        written: it has a retry left, or its agent suspends: steps.py)."""
         r = task.replica
         if r is None:
             return False
         spec = r.spec
-        if not task.journal_here:
-            # a cluster's task: its steps and asks are in its cluster's Redis, written
-            # while its agent suspends (steps.py)
-            return (task.asks_kept is not None and task.steps_kept is not None
-                    and bool(getattr(spec, "replay", True))
-                    and bool(getattr(spec, "suspend_after", 0.0)))
-        if self.engine.journal is None:
+        if task.journal_here:
+            if self.engine.journal is None:
+                return False
+        # a cluster's task: its steps and asks are in its cluster's Redis
+        elif task.asks_kept is None or task.steps_kept is None:
             return False
         return bool(getattr(spec, "replay", True)) and (
             task.retries_left > 0 or bool(getattr(spec, "suspend_after", 0.0)))
@@ -226,10 +225,11 @@ class Suspensions:
 
     def suspend_all(self, why: str) -> int:
         """Every waiting task that can be suspended, suspended now (a daemon about to be
-        upgraded: a worker's request held open cannot be handed over); how many. Not a
-        cluster's: its suspension is written in Redis, not in the upgrade's step."""
+        upgraded: a worker's request held open cannot be handed over); how many. A
+        cluster's is being suspended: its attempt given back once Redis has it, which
+        the upgrade's wait for quiet channels waits for."""
         return sum(self.suspend(t, why) for t in list(self.engine.active.values())
-                   if t.waiting and t.journal_here)
+                   if t.waiting)
 
     def _ask_ended(self, e: AskEnded) -> None:
         ask = e.ask
