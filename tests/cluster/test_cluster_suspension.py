@@ -28,6 +28,7 @@ from ..redis_harness import RedisServer
 from ..test_approvals import bump, counted
 from ..test_approvals import fleet as approvals_fleet
 from ..test_daemon_cli import wait_until
+from ..test_suspension import fleet as suspension_fleet
 from .harness import Node, nodes
 from .test_cluster_approvals import both_alive, other_than, pending
 from .test_cluster_specs import log
@@ -55,11 +56,12 @@ def record(n: Node, task_id: str) -> dict[str, Any]:
     return info
 
 
-def writers(n: Node) -> list[dict[str, Any]]:
-    return [r for r in n.status().values() if r["name"] == "writer"]
+def writers(n: Node, agent: str = "writer") -> list[dict[str, Any]]:
+    return [r for r in n.status().values() if r["name"] == agent]
 
 
-def suspended_here(ns: dict[str, Node], task_id: str) -> tuple[Node, dict[str, Any]]:
+def suspended_here(ns: dict[str, Node], task_id: str, agent: str = "writer"
+                   ) -> tuple[Node, dict[str, Any]]:
     """The task's ask pending, its attempt waiting on a node: that node's clock moved
     past suspend_after, the task is suspended in Redis, and that node holds neither its
     slot nor its process (its elastic writer asleep)."""
@@ -68,7 +70,7 @@ def suspended_here(ns: dict[str, Node], task_id: str) -> tuple[Node, dict[str, A
     wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
                "its attempt waiting on its ask")
     # (the record has its attempt's worker once the attempt ends: the node's replicas)
-    [pid] = [r["pid"] for r in writers(runner) if r["pid"]]
+    [pid] = [r["pid"] for r in writers(runner, agent) if r["pid"]]
     assert psutil.pid_exists(pid)
     moved = runner.cli("clock", "--advance", "10m")
     assert moved.returncode == 0, moved.stderr
@@ -78,7 +80,7 @@ def suspended_here(ns: dict[str, Node], task_id: str) -> tuple[Node, dict[str, A
     assert (last["node"], last["outcome"], last["error"], last["pid"]) == (
         runner.name, "suspended", SUSPENDED_ERROR, pid)
     wait_until(lambda: not psutil.pid_exists(pid)
-               and not [r for r in writers(runner) if r["pid"]], 30,
+               and not [r for r in writers(runner, agent) if r["pid"]], 30,
                "its worker gone, the writer asleep on the node that suspended it")
     stats = runner.call("stats.get")
     assert stats["cluster"]["asks"]["suspended"] == 1
@@ -136,6 +138,33 @@ def test_a_suspended_cluster_task_resumes_by_replay_where_it_is_claimed_its_call
             assert again.returncode != 0
             assert f"ask {ask['id']} has ended: approved by " in again.stderr, again.stderr
         assert counted(tmp) == ["1"]
+
+
+def test_a_question_after_three_calls_resumes_on_another_node_answered_from_redis(
+        tmp: Path, redis: RedisServer) -> None:
+    """tests/asking_agent.py makes three journaled calls, then asks: suspended on its
+    node, answered on another, the node that claims it replays the three calls from
+    the task's steps in Redis (the counting server sees each once) and its question
+    returns the answer."""
+    agents = suspension_fleet(tmp)
+    marks = tmp / "marks"
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "asker", "input": {
+            "prompt": "Which file?", "calls": 3, "marks": str(marks)}})["task_id"]
+        runner, ask = suspended_here(ns, task_id, "asker")
+        assert counted(tmp) == ["0", "1", "2"]
+        other = other_than(ns, runner)
+        answered = other.cli("approvals", "answer", ask["id"], "--data", '"/srv/a"')
+        assert answered.returncode == 0, answered.stderr
+        done = other.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"] == {"answer": "/srv/a", "second": None, "attempt": 2,
+                                  "bumped": ["bumped 0", "bumped 1", "bumped 2"]}
+        assert counted(tmp) == ["0", "1", "2"]
+        assert marks.read_text() == "1\n2\n"
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+        assert done["attempts"][1]["replayed"] == 3
 
 
 def test_the_suspending_node_killed_the_task_resumes_on_another_its_call_once(
