@@ -82,6 +82,7 @@ def suspended_here(ns: dict[str, Node], task_id: str, agent: str = "writer"
     wait_until(lambda: not psutil.pid_exists(pid)
                and not [r for r in writers(runner, agent) if r["pid"]], 30,
                "its worker gone, the writer asleep on the node that suspended it")
+    assert sum(r["tasks_running"] for r in writers(runner, agent)) == 0  # no slot held
     stats = runner.call("stats.get")
     assert stats["cluster"]["asks"]["suspended"] == 1
     assert stats["cluster"]["asks"]["waited_on"] == 0
@@ -332,3 +333,39 @@ def test_an_upgraded_node_suspends_its_waiting_cluster_task_which_resumes_once(
         assert done["status"] == "succeeded", done
         assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
         assert counted(tmp) == ["7"]
+
+
+def test_redis_away_at_its_suspend_after_the_task_waits_on_with_its_attempt(
+        tmp: Path, redis: RedisServer) -> None:
+    """The suspension is not written (Redis does not answer): said in the log, and the
+    task keeps its attempt, waiting on its ask; approved once Redis is back, the call
+    runs once in that same attempt."""
+    redis.appendfsync = "always"
+    redis.restart()
+    # a node TTL longer than Redis is away: the node's claim outlives the outage
+    with nodes(tmp, redis, {"a": fleet(tmp)}, ttl=30.0, supervisor=CLOCK) as ns:
+        a = ns["a"]
+        both_alive(ns)
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(8)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), 30, "its ask")
+        wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
+                   "its attempt waiting on its ask")
+        redis.kill()
+        assert a.cli("clock", "--advance", "10m").returncode == 0
+        wait_until(lambda: a.call("stats.get")["tasks"]["suspensions"]["unwritten"] == 1,
+                   30, "the suspension not written")
+        redis.start()
+        wait_until(lambda: [x["id"] for x in pending(a) or []] == [ask["id"]], 30,
+                   "its ask listed again")
+        info = record(a, task_id)
+        assert (info["status"], info["attempts"][-1]["outcome"]) == ("running", "running")
+        assert a.call("stats.get")["cluster"]["asks"]["suspended"] == 0
+        assert a.cli("approvals", "approve", ask["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [x["outcome"] for x in done["attempts"]] == ["succeeded"]
+        assert counted(tmp) == ["8"]
+        a.stop()
+        assert re.search(rf"the cluster's Redis at redis://127\.0\.0\.1:\d+/0 is unreachable "
+                         rf"\(.+\): task {task_id} was not suspended: it waits on its "
+                         rf"attempt", a.said()), a.said()

@@ -103,6 +103,7 @@ class Suspensions:
         self._writes: set[asyncio.Task[None]] = set()  # cluster tasks' suspensions
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
+        self.unwritten = 0  # cluster tasks' suspensions Redis did not take: they wait on
         engine.stream.subscribe(self._ask_ended, AskEnded)
 
     def suspendable(self, task: Task) -> bool:
@@ -215,8 +216,9 @@ class Suspensions:
         done = False
         try:
             done = await kept.suspend(task, why)
-        except RpcError as exc:
-            log.warning("task %s was not suspended (%s)", task.id, exc.message)
+        except RpcError as exc:  # (its message names the task: it waits on its attempt)
+            self.unwritten += 1
+            log.warning("%s", exc.message)
         finally:
             if done and task.waiting and task.attempt == held.attempt:
                 self._give_back(task, held, why)
@@ -303,7 +305,7 @@ class Suspensions:
 
     def stats(self) -> dict[str, int]:
         return {"suspended": self.suspended, "resumed": self.resumed,
-                "compact": len(self.compact)}
+                "compact": len(self.compact), "unwritten": self.unwritten}
 
     def keep(self, task: CompactTask) -> bool:
         """A journal's suspended task after a restart, kept compact while what it asked
