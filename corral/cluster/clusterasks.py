@@ -367,12 +367,18 @@ class ClusterAsks:
 
     async def get(self, ask_id: str) -> Ask | None:
         """The ask (pending, or as it ended), None when there is none or its record does
-        not verify."""
+        not verify. A pending ask of a task that has ended is withdrawn first."""
         try:
             [ask] = await self._rows([ask_id])
+            if ask is None or not ask.pending:
+                return ask
+            [status] = await self._statuses([ask.task_id])
         except RedisError as exc:
             raise unavailable(self.settings, exc, f"ask {ask_id} was not read") from None
-        return ask
+        if status is not None and status.decode() not in TERMINAL:
+            return ask
+        gone = await self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None, "withdraw")
+        return gone.ask if gone.ask is not None else ask
 
     async def _rows(self, ids: list[str]) -> list[Ask | None]:
         async def fetch() -> list[Any]:

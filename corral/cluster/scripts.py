@@ -42,9 +42,20 @@ def _ended(task: str, kept: str, live: int) -> str:
     trusting their keys to have expired). Its steps (STEP), its spawns' rows (SPAWN) and
     its asks by call (clusterasks.py) go at once: no attempt follows an end to spawn or
     ask again (its children live on, their places in the tree in their own records; a
-    pending ask of it is withdrawn where it is next read)."""
+    pending ask of it leaves the pending asks the bounds count, its record kept as long
+    as the task's, and is withdrawn where it is next read or decided)."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
+local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)
+local ask_tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
+for _, ask in ipairs(redis.call('HVALS', {_asks_key(task)})) do
+  if redis.call('HEXISTS', ask_prefix .. 'ask:' .. ask, 'end') == 0 then
+    redis.call('ZREM', ask_prefix .. 'askq', ask)
+    redis.call('ZREM', ask_prefix .. 'askq:' .. ask_tenant, ask)
+    redis.call('ZREM', ask_prefix .. 'askdue', ask)
+    redis.call('EXPIRE', ask_prefix .. 'ask:' .. ask, {kept})
+  end
+end
 redis.call('DEL', {_steps_key(task)}, {_spawns_key(task)}, {_asks_key(task)})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})

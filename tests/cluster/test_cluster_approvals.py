@@ -106,6 +106,36 @@ def test_an_approval_asked_on_one_node_is_listed_and_decided_once_on_another(
         assert counted(tmp) == ["1"]
 
 
+def test_a_cancelled_tasks_ask_is_withdrawn_and_counts_against_no_bound(
+        tmp: Path, redis: RedisServer) -> None:
+    """A task that ends while it asks (cancelled on the node that runs it): its ask
+    leaves the pending asks its tenant's bound counts at once, is listed nowhere, and
+    read by its id on another node it is withdrawn, which a decision then finds."""
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        both_alive(ns)
+        a, b = ns["a"], ns["b"]
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(1)})["task_id"]
+        [ask] = wait_until(lambda: pending(b), what="its ask, listed on b")
+        a.call("tasks.cancel", {"task_id": task_id})
+        assert a.call("tasks.get", {"task_id": task_id, "wait": True})["status"] == (
+            "cancelled")
+        rc, keys = redis_py.Redis(port=redis.port), Keys("test")  # (the nodes' cluster)
+        try:
+            assert rc.exists(keys.ask(ask["id"])) == 1
+            assert rc.zcard(keys.asks_pending()) == 0
+            assert rc.zcard(keys.asks_pending("default")) == 0
+        finally:
+            rc.close()
+        assert pending(b) == [] and pending(a) == []
+        got = b.call("approvals.get", {"id": ask["id"]})
+        assert (got["end"], got["by"]) == ("withdrawn", "corral"), got
+        again = b.cli("approvals", "approve", ask["id"])
+        assert again.returncode != 0 and f"ask {ask['id']} has ended: withdrawn" in (
+            again.stderr), again.stderr
+        assert counted(tmp) == []
+
+
 def approved_by(said: str) -> str:
     """Who the CLI says decided (`approved by WHO at TIME`)."""
     found = re.search(r"^approved by (.+) at ", said, re.M)
@@ -362,6 +392,10 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
                           args=[token, TID, "succeeded", b"{}", b"", "3.0", entry, 0, 60, 0,
                                 "0", ""]) == 1
     assert await client.exists(K.task_asks(TID)) == 0  # its asks by call went with it
+    # its pending ask out of what the bounds count at once, its record kept as the task's
+    assert await client.zscore(K.asks_pending("acme"), "ask-3") is None
+    assert await client.zscore(K.asks_pending(), "ask-3") is None
+    assert 0 < await client.ttl(K.ask("ask-3")) <= 60
     assert await ask(token, "tool:z", "ask-4") == [0]  # ended: nothing more asked
     # a decision of an ask whose task ended: the ask is withdrawn instead
     assert await end("ask-3", "decide") == [3, b"withdrawn", b"m2"]
