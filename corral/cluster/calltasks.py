@@ -8,6 +8,8 @@ cluster's rules for a dead node's tasks (reaper.py), never made a second time.
 
 The step's task that ended is told to the calls' store (`settled`): its ended row rides
 with the call's next write (clustercalls.py), the task's record keeping its end meanwhile.
+A new step's running row rides with its task's submit (StepSubmit.carry, rides.py): one
+script writes the row, the call's held rows and the task, under the call's lease.
 
 A step's `retries` is not kept by the cluster's queue: its task is retried by its
 agent's policy on the node that runs it, as every cluster task is (docs/cluster.md).
@@ -24,10 +26,12 @@ import msgspec
 
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.durable import StepEnd
-from ..supervisor.durable.engine import Work
+from ..supervisor.durable import StepEnd, StepRow
+from ..supervisor.durable.store import DurableStore
 from ..supervisor.durable.tasks import AgentTask, step_end
+from .clustercalls import ClusterCalls
 from .clustertasks import ClusterTasks
+from .rides import LostLease
 
 SETTLED_KEPT = 10_000  # step tasks ended whose rows were not yet saved, at most
 
@@ -45,19 +49,19 @@ class ClusterStepTasks:
         # cancelled between a task's end and its row's leaves its id behind)
         self._settled: dict[str, None] = {}
 
-    def work(self, step: AgentTask) -> Work:
-        params = m.TasksSubmit(
+    def work(self, step: AgentTask) -> StepSubmit:
+        return StepSubmit(self, m.TasksSubmit(
             agent=step.agent, input=msgspec.Raw(msgspec.json.encode(step.input)),
             timeout=step.options.timeout, traceparent=step.traceparent,
-            tracestate=step.tracestate)
+            tracestate=step.tracestate))
 
-        async def run(task_id: str) -> StepEnd:
-            end = step_end(await self.desk.step(params, task_id))
-            if len(self._settled) >= SETTLED_KEPT:
-                del self._settled[next(iter(self._settled))]
-            self._settled[task_id] = None
-            return end
-        return run
+    def ended(self, task_id: str, got: m.TaskResult | m.TaskInfo) -> StepEnd:
+        """The step's end, its task remembered as one that ended here (`settled`)."""
+        end = step_end(got)
+        if len(self._settled) >= SETTLED_KEPT:
+            del self._settled[next(iter(self._settled))]
+        self._settled[task_id] = None
+        return end
 
     def settled(self, task_id: str) -> bool:
         """Whether `task_id` is a step's task that ended here, its record holding its
@@ -73,3 +77,31 @@ class ClusterStepTasks:
         task = asyncio.ensure_future(cancelling())
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
+
+
+class StepSubmit:
+    """A step's work on a cluster node (the engine's Work): its task submitted and waited
+    for; a new step's row kept by that submit (the engine's RowCarrier, decision 752)."""
+
+    def __init__(self, tasks: ClusterStepTasks, params: m.TasksSubmit) -> None:
+        self.tasks = tasks
+        self.params = params
+
+    async def __call__(self, task_id: str) -> StepEnd:
+        return self.tasks.ended(task_id, await self.tasks.desk.step(self.params, task_id))
+
+    async def carry(self, store: DurableStore, call_id: str, row: StepRow,
+                    noted: Callable[[], None]) -> StepEnd:
+        """The row written by the task's submit script under the call's lease; a call
+        whose lease another node took now: refused (RpcError CONFLICT), no task made."""
+        assert row.task_id is not None
+        if not isinstance(store, ClusterCalls):  # (a cluster node's calls are)
+            await store.save_steps(call_id, [row])
+            noted()
+            return await self(row.task_id)
+        ride = store.ride(call_id, row, noted)
+        try:
+            got = await self.tasks.desk.step(self.params, row.task_id, ride)
+        except LostLease:
+            raise store.lost_lease(call_id) from None
+        return self.tasks.ended(row.task_id, got)

@@ -41,6 +41,7 @@ from ..supervisor.durable.store import DurableStore
 from .connection import read, why
 from .keys import Keys
 from .membership import Membership
+from .rides import Ride
 from .scripts import Scripts
 from .trust import CALL, Trust
 
@@ -262,12 +263,7 @@ class ClusterCalls:
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
         """Kept in Redis when it returns, but for rows that ended with their step's
         task (`settled`), which are held (decision 750); all in this node's journal."""
-        fields: dict[str, bytes] = {}
-        for r in rows:
-            field = field_of(r.step, r.item)
-            payload = msgspec.json.encode(_Row(r.step, r.item, r.status, r.task_id,
-                                               r.started, r.ended, r.output, r.error))
-            fields[field] = _signed(self.trust.sign(CALL, call_id, field, payload), payload)
+        fields = self._signed_rows(call_id, rows)
         settled = [r.status in STEP_ENDED and r.task_id is not None
                    and self.settled(r.task_id) for r in rows]
         if rows and all(settled) and call_id in self.leases:
@@ -276,6 +272,38 @@ class ClusterCalls:
         else:
             await self._fenced(call_id, self._held_write(call_id, fields))
         await self.local.save_steps(call_id, rows)
+
+    def _signed_rows(self, call_id: str, rows: list[StepRow]) -> dict[str, bytes]:
+        fields: dict[str, bytes] = {}
+        for r in rows:
+            field = field_of(r.step, r.item)
+            payload = msgspec.json.encode(_Row(r.step, r.item, r.status, r.task_id,
+                                               r.started, r.ended, r.output, r.error))
+            fields[field] = _signed(self.trust.sign(CALL, call_id, field, payload), payload)
+        return fields
+
+    def ride(self, call_id: str, row: StepRow, noted: Callable[[], None]) -> Ride:
+        """A step's new running row, and the call's held rows, to be written by its task's
+        submit script under this node's lease (rides.py, decision 752); in the node's
+        journal once Redis has them (`noted` then: the engine's)."""
+        lease = self.leases.get(call_id)
+        if lease is None:
+            raise self._not_ours(call_id)
+        fields = {**self.held.pop(call_id, {}), **self._signed_rows(call_id, [row])}
+
+        async def kept() -> None:
+            await self.local.save_steps(call_id, [row])
+            noted()
+        return Ride(call_id, [self.keys.call(call_id), self.keys.call_steps(call_id)],
+                    lease.token, list(fields.items()), kept)
+
+    def lost_lease(self, call_id: str) -> RpcError:
+        """A ride refused by the call's fence: the call is another node's."""
+        lease = self.leases.pop(call_id, None)
+        if lease is not None:
+            self.lost[call_id] = lease
+        self.fenced += 1
+        return self._not_ours(call_id)
 
     def _held_write(self, call_id: str, fields: dict[str, bytes]
                     ) -> list[tuple[Any, list[str], list[Any]]]:

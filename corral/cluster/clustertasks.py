@@ -40,6 +40,7 @@ from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .replicas import UnconfirmedWrite
+from .rides import REFUSED, LostLease, Ride, RideScripts
 from .scripts import Scripts
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
@@ -74,6 +75,7 @@ class ClusterTasks:
         self.submit_batch = submit_batch
         self.sessions = sessions
         self._submit_turn = Batcher(scripts, self.sessions.submit)
+        self.rides = RideScripts(redis)
 
     # -- submit ---------------------------------------------------------------------------
     async def refresh_view(self) -> None:
@@ -127,11 +129,14 @@ class ClusterTasks:
                 return True
         return await self._table_tenant(agent) == tenant
 
-    async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> bool:
+    async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False,
+                   ride: Ride | None = None) -> bool:
         """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
         once Redis holds it; RpcError with the reason otherwise (nothing was accepted).
         `watched`: a client follows its progress, which the node running it then sends
-        on the outcomes stream. False: Redis had a task of this id already."""
+        on the outcomes stream; `ride`: a durable call's rows the submit writes (a step's
+        task, rides.py), LostLease when the call's fence refused them (and the task).
+        False: Redis had a task of this id already."""
         raw = bytes(p.input)
         try:
             tenant = await self._route(p.agent)
@@ -160,6 +165,10 @@ class ClusterTasks:
                  lineage_field(self.trust, task_id, ROOT if reach is None
                                else Lineage(0, reach[1], reach[0])),
                  tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]
+        if ride is not None:  # (a step's task: never a session's)
+            keys += ride.keys
+            args[-4:-4] = ride.args()
+            submit = self.rides.submit
         try:
             got = await (self.submit_batch if p.session is None else self._submit_turn)(
                 keys=keys, args=args)
@@ -168,6 +177,8 @@ class ClusterTasks:
                 raise unavailable(self.settings, exc, "the task was not accepted"
                                   ) from None
             got = await self._again(submit, keys, args, task_id)
+        if got == REFUSED and ride is not None:
+            raise LostLease(ride.call_id)
         if got == -1:
             raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
                                             f"({max_queue} waiting, max_queue)")
@@ -346,13 +357,17 @@ class ClusterTasks:
             return task_id, None
         return task_id, records.result(got) if isinstance(got, m.TaskInfo) else got
 
-    async def step(self, p: m.TaskParams, task_id: str) -> m.TaskResult | m.TaskInfo:
+    async def step(self, p: m.TaskParams, task_id: str, ride: Ride | None = None
+                   ) -> m.TaskResult | m.TaskInfo:
         """A durable call's step's task (calltasks.py) to its end: submitted under
         `task_id`, or found submitted before under it (a call taken over: it may have
-        ended already, its record is read first), and its outcome."""
+        ended already, its record is read first), and its outcome. `ride`: the call's
+        rows its submit writes, kept (`Ride.kept`) once Redis has them."""
         fut = self._waiter(task_id)  # before the submit (as `submit`'s)
         try:
-            new = await self._put(p, task_id)
+            new = await self._put(p, task_id, ride=ride)
+            if ride is not None:
+                await ride.kept()
         except BaseException:
             self._unwait(task_id, fut)
             raise

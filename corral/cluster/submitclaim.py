@@ -21,6 +21,8 @@ from .batch import Batcher
 from .membership import Membership
 from .puller import Puller
 from .queue import ClusterQueue
+from .rides import KEYS as RIDING_KEYS
+from .rides import RideScripts
 from .scripts import Call, Scripts
 
 
@@ -35,6 +37,7 @@ class SubmitClaims(Batcher):
         self.puller = puller
         self.prefix = prefix
         self.claimed = 0  # tasks claimed at their submission
+        self.rides = RideScripts(scripts.redis)
 
     def _share(self, agent: str, submitted: int) -> int:
         """How many of `submitted` tasks of `agent` this node claims as it submits them."""
@@ -54,26 +57,35 @@ class SubmitClaims(Batcher):
         out: list[Call] = []
         for keys, args in calls:
             agent = args[1]
+            # a durable call's rows ride with it (rides.py): its keys and arguments after
+            # SUBMIT's own (and the claim's)
+            riding = len(keys) == RIDING_KEYS
+            own, last = (keys[:-2], keys[-2:]) if riding else (keys, [])
+            tail = 6 if riding else 4
             # the last of the batch claimed: those left to the others go first, and wake
             # their reads while Redis runs this node's claims
             left = by_agent[agent]
             by_agent[agent] = left - 1
             if left > shares[agent]:
-                out.append((self.script, keys, args))
+                out.append((self.rides.submit if riding else self.script, keys, args))
                 continue
             self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
             spec = self.puller.host.agents[agent].spec
             # (SUBMIT's last four, the options, the place in a spawn tree, the tenant and
             # its MAC, stay last: scripts.py)
-            out.append((self.scripts.submit_claim, [*keys, self.puller.keys.fence],
-                        [*args[:-4], consumer, node, repr(now), attempt, spec.retries,
-                         repr(spec.task_timeout), self.prefix, *args[-4:]]))
+            out.append((self.rides.submit_claim if riding else self.scripts.submit_claim,
+                        [*own, self.puller.keys.fence, *last],
+                        [*args[:-tail], consumer, node, repr(now), attempt, spec.retries,
+                         repr(spec.task_timeout), self.prefix, *args[-tail:]]))
         return out
+
+    def _claims(self, script: Any) -> bool:
+        return script is self.scripts.submit_claim or script is self.rides.submit_claim
 
     def sent(self, planned: list[Call]) -> None:
         claiming = self.queue.claiming
         for script, _keys, args in planned:
-            if script is self.scripts.submit_claim:
+            if self._claims(script):
                 left = claiming[args[1]] - 1
                 if left:
                     claiming[args[1]] = left
@@ -85,7 +97,7 @@ class SubmitClaims(Batcher):
         incarnation was fenced or lost the agent meanwhile (the claim is then an orphan,
         or a dead consumer's, which the reaper queues again)."""
         script, _keys, args = call
-        if script is not self.scripts.submit_claim:
+        if not self._claims(script):
             return result
         if len(result) > 1:
             agent, consumer = args[1], args[11]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ...jsonrpc import RpcError
 from ..tasks.ids import new_id
@@ -27,6 +27,17 @@ class Cancels(Protocol):
         """Its task cancelled if it is queued or running (else nothing)."""
 
 
+@runtime_checkable
+class RowCarrier(Protocol):
+    """A step's work that keeps its step's new row itself, in the act that starts it (a
+    cluster node's step task: the row written by its submit script, decision 752): the
+    row is the call's no later than its work exists. `noted` once the store has it."""
+
+    def carry(self, store: DurableStore, call_id: str, row: StepRow,
+              noted: Callable[[], None]) -> Awaitable[StepEnd]:
+        """The step's work to its end, its row kept as it starts."""
+
+
 class StepEngine:
     def __init__(self, store: DurableStore, tasks: Cancels,
                  observe: Observer | None = None) -> None:
@@ -42,11 +53,26 @@ class StepEngine:
         row = call.rows.get(key)
         if row is not None and row.status in STEP_ENDED:
             return row
+        if row is None and isinstance(work, RowCarrier):
+            return await self._carried(call, key, work)
         row = await self.begin(call, key)
         assert row.task_id is not None
         try:
             end = await work(row.task_id)
         except RpcError as exc:
+            await self.end(call, key, StepEnd("failed", None, exc.message))
+            raise
+        return await self.end(call, key, end)
+
+    async def _carried(self, call: Durable, key: StepKey, work: RowCarrier) -> StepRow:
+        """A new step whose work keeps its row as it starts. Refused (RpcError), the step
+        ends failed under the id it was given, as a work refused after its row does."""
+        row = StepRow(key[0], key[1], "running", new_id(), time.time())
+        try:
+            end = await work.carry(self.store, call.call_id, row,
+                                   lambda: self._noted(call, [row]))
+        except RpcError as exc:
+            call.rows.setdefault(key, row)
             await self.end(call, key, StepEnd("failed", None, exc.message))
             raise
         return await self.end(call, key, end)
@@ -72,6 +98,10 @@ class StepEngine:
 
     async def save(self, call: Durable, rows: list[StepRow]) -> None:
         await self.store.save_steps(call.call_id, rows)
+        self._noted(call, rows)
+
+    def _noted(self, call: Durable, rows: list[StepRow]) -> None:
+        """Rows the store has kept, in the call's view (its run events told)."""
         for r in rows:
             # its output is the store's alone, read back when it is asked for
             call.rows[(r.step, r.item)] = replace(r, output=None) if r.output is not None else r
