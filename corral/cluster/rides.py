@@ -3,7 +3,9 @@ for the row, the call's held ended rows (decision 750) and the submit, where two
 trips were (the row's SAVE_STEPS, then the submit). The rule a call's steps keep holds:
 the row names the task in Redis no later than the task exists, and in the same script,
 under the call's lease. The script writes nothing, and makes no task, when the call's
-fence is not this node's token (another node took the call): a pipeline of SAVE_STEPS
+fence is not this node's token (another node took the call), or the call has ended (a
+run cancelled while its step's submit was on its way: the row it ended stays so, and
+no task is left running for it): a pipeline of SAVE_STEPS
 then SUBMIT would not do, a refused row with a submit that went on leaving a task that
 no row names, whose step the taker would make again under a new id.
 
@@ -24,12 +26,13 @@ import msgspec
 
 from .scripts import SUBMIT, SUBMIT_CLAIM
 
-REFUSED = -9  # the answer of a ride whose call's fence is not the token it carries
+REFUSED = -9  # the answer of a ride whose call is another's, or has ended
 KEYS = 7  # a riding submit's keys (SUBMIT's five, the call's two); SUBMIT_CLAIM's: 8
 
 
 def _guarded(script: str, refused: str) -> str:
-    return f"""if redis.call('HGET', KEYS[#KEYS - 1], 'fence') ~= ARGV[#ARGV - 5] then
+    return f"""local call = redis.call('HMGET', KEYS[#KEYS - 1], 'fence', 'status')
+if call[1] ~= ARGV[#ARGV - 5] or (call[2] and call[2] ~= 'running') then
   return {refused}
 end
 local rows = cmsgpack.unpack(ARGV[#ARGV - 4])

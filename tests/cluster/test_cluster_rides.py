@@ -1,7 +1,8 @@
 """A durable call's new step row written by its task's submit script (cluster/rides.py,
 decision 752), against a real redis-server: the row, the call's held ended rows and the
 task in one script; a call whose lease another node took writes none of them and makes
-no task (both the plain submit and the submit-and-claim), its holder told CONFLICT and
+no task (both the plain submit and the submit-and-claim), nor that of a call that
+ended meanwhile (a run cancelled while its submit was on its way), its holder told CONFLICT and
 its later writes refused without asking Redis; a call not held is refused before Redis
 is asked; the row in the node's journal (the engine told) only once Redis has it; a
 step's work refused so (StepSubmit.carry) fails with CONFLICT, the call lost here; and
@@ -200,3 +201,18 @@ async def test_a_step_whose_ride_is_refused_fails_and_its_driver_is_told_conflic
     assert a.calls.fenced == 1
     assert await a.calls.redis.keys(K.task("*")) == []
     assert await _status(b, "first", -1) is None
+
+
+async def test_a_ride_of_a_call_that_ended_writes_nothing_and_makes_no_task(
+        pair: tuple[Node, Node]) -> None:  # noqa: F811
+    """A run cancelled while its step's submit was on its way: its rows stay as its end
+    wrote them, and no task is left running for it."""
+    a, b = pair
+    await a.calls.save_call(record())
+    ride = a.calls.ride(CALL_ID, _running("second"), lambda: None)
+    await a.calls.save_steps(CALL_ID, [row("second", -1, None, "cancelled")])
+    await a.calls.save_call(record("cancelled"))
+    [got] = await a.calls.scripts.acknowledged([_submit(a, ride, claim=False)])
+    assert got == REFUSED
+    assert await a.calls.redis.exists(K.task(TASK)) == 0
+    assert await _status(b, "second", -1) == "cancelled"

@@ -68,11 +68,13 @@ class StepEngine:
         """A new step whose work keeps its row as it starts. Refused (RpcError), the step
         ends failed under the id it was given, as a work refused after its row does."""
         row = StepRow(key[0], key[1], "running", new_id(), time.time())
+        # in the call's rows while its submit is in flight: a call abandoned meanwhile
+        # cancels its task and ends its row as it does those kept
+        call.rows[key] = row
         try:
             end = await work.carry(self.store, call.call_id, row,
                                    lambda: self._noted(call, [row]))
         except RpcError as exc:
-            call.rows.setdefault(key, row)
             await self.end(call, key, StepEnd("failed", None, exc.message))
             raise
         return await self.end(call, key, end)
