@@ -115,6 +115,13 @@ async def test_a_call_not_held_here_is_refused_a_ride(pair: tuple[Node, Node]) -
         CONFLICT, f"call {CALL_ID} not kept: another node holds it")
 
 
+def _task_status(n: Any, task_id: str) -> str | None:
+    """The task's status; None while the step's row names it and its submit is on its
+    way (the row is the run's as the submit is sent)."""
+    got = n.call("tasks.list", {"agent": "sleepy"})["tasks"]
+    return next((t["status"] for t in got if t["task_id"] == task_id), None)
+
+
 TWO = """
 [workflows.two]
 [[workflows.two.steps]]
@@ -142,9 +149,8 @@ def test_a_driver_frozen_past_its_lease_makes_no_task_for_its_next_step(
                    what="a and b alive")
         run_id = a.call("workflows.run", {"name": "two", "input": None})["run_id"]
         s1 = wait_until(lambda: next((s["task_id"] for s in a.call("runs.get", {
-            "run_id": run_id})["steps"] if s["step"] == "s1" and s["task_id"] and a.call(
-                "tasks.get", {"task_id": s["task_id"]})["status"] == "running"), None),
-                        what="s1 running")
+            "run_id": run_id})["steps"] if s["step"] == "s1" and s["task_id"]
+            and _task_status(a, s["task_id"]) == "running"), None), what="s1 running")
         pid = a.proc.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGSTOP)
         try:
