@@ -231,7 +231,7 @@ def finish_all(c: Client, sock: Path, n: int, timeout: float) -> float:
     return time.perf_counter() - t0
 
 
-def waiting_config(tenants: int, per_agent: int) -> str:
+def waiting_config(tenants: int, per_agent: int, slots: int = SLOTS) -> str:
     """An elastic agent per tenant: the inbox holds at most 1,000 pending asks a tenant
     (docs/approvals.md#bounds), 10,000 in all. Each runs SLOTS tasks at once, more than
     the 256 requests of a worker the daemon works on at once (launch.py's MAX_IN_FLIGHT):
@@ -240,16 +240,18 @@ def waiting_config(tenants: int, per_agent: int) -> str:
     and a suspension's stop found it hung and lost its other tasks (bench/RESULTS.md)."""
     return "".join(
         f"[tenants.t{i}]\n" + agent(f"waiter{i}", f'tenant = "t{i}"\n'
-                                    f"max_concurrent_tasks = {min(SLOTS, per_agent)}\n"
+                                    f"max_concurrent_tasks = {min(slots, per_agent)}\n"
                                     f"max_queue = {per_agent * 3}",
                                     "min_replicas = 0\nmax_replicas = 1\nidle_after = 0.5")
         for i in range(tenants))
 
 
-def waiting(d: Path, n: int, warm_n: int, tenants: int) -> dict[str, Any]:
+def waiting(d: Path, n: int, warm_n: int, tenants: int, slots: int = SLOTS
+            ) -> dict[str, Any]:
     d.mkdir()
     agents = [f"waiter{i}" for i in range(tenants)]
-    cfg, extra = waiting_config(tenants, -(-n // tenants)), "manual_clock = true\ndrain_timeout = 0"
+    cfg = waiting_config(tenants, -(-n // tenants), slots)
+    extra = "manual_clock = true\ndrain_timeout = 0"
     daemon = CorralDaemon(d, cfg, extra=extra)
     daemon.start()
     assert daemon.proc is not None
@@ -444,6 +446,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--tenants", type=int, default=10)
     ap.add_argument("--warm", type=int, default=WARM)
+    ap.add_argument("--slots", type=int, default=SLOTS,
+                    help="an agent's tasks at once: the passage's high-water")
     ap.add_argument("--peer-waiting", type=int, default=200,
                     help="waiting threads/workflows for the peers' memory figure")
     ap.add_argument("--only", default="waiting,resume,langgraph,dbos")
@@ -455,7 +459,8 @@ def main() -> None:
     try:
         if "waiting" in only:
             print(f"1. {args.tasks} tasks waiting for a person", flush=True)
-            out["waiting"] = waiting(d / "waiting", args.tasks, args.warm, args.tenants)
+            out["waiting"] = waiting(d / "waiting", args.tasks, args.warm, args.tenants,
+                                     args.slots)
             out["load_after_waiting"] = os.getloadavg()
             print(json.dumps(out["waiting"]), flush=True)
         if "resume" in only:
