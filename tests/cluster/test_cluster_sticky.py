@@ -34,6 +34,7 @@ from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, nodes
 from .test_cluster_session_identity import TENANTS, add, keyed
+from .test_cluster_sessions import done, submit
 from .test_cluster_specs import log
 
 pytestmark = pytest.mark.timeout(150)
@@ -54,16 +55,6 @@ def chat(slots: int = 2) -> str:
         max_concurrent_tasks = {slots}
         stop_timeout = 5.0
     """)
-
-
-def submit(n: Node, turn: int, session: str = "s", **more: Any) -> str:
-    task_id: str = n.call("tasks.submit", {"agent": "chat", "input": {"turn": turn, **more},
-                                        "session": session})["task_id"]
-    return task_id
-
-
-def done(n: Node, task_id: str) -> Any:
-    return n.call("tasks.get", {"task_id": task_id, "wait": True})
 
 
 def ran(rec: dict[str, Any]) -> tuple[str, int]:
