@@ -6,7 +6,7 @@ this module."""
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -65,3 +65,17 @@ def what_it_asks(ask: Ask) -> str:
     cost = s.get("cost")
     most = f"at most ${cost:.4f}" if isinstance(cost, (int, float)) else "no bound on its cost"
     return f"approval of a call to model {s.get('model')} ({most})"
+
+
+class AskRequest(NamedTuple):
+    """What a waiting call asks (supervisor/tasks/inbox.py, or a cluster's asks):
+    `timeout` seconds from now to its deadline (None: no deadline)."""
+
+    kind: AskKind
+    tenant: str | None
+    task_id: str
+    attempt: int
+    agent: str
+    key: str
+    subject: dict[str, Any]
+    timeout: float | None = None

@@ -550,11 +550,13 @@ class OutputStats(Result):
 class SuspensionStats(Result):
     """Tasks that waited for a person past suspend_after (docs/approvals.md#waiting-
     without-a-process): attempts given back and tasks resumed since the daemon started,
-    and the suspended tasks held compact now (their rows the journal's)."""
+    the suspended tasks held compact now (their rows the journal's), and the cluster
+    tasks whose suspension Redis did not take (they waited on with their attempt)."""
 
     suspended: int = 0
     resumed: int = 0
     compact: int = 0
+    unwritten: int = 0
 
 
 class TasksStats(Result):

@@ -19,7 +19,7 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
-from corral.askviews import AskKind
+from corral.askviews import AskKind, AskRequest
 from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.gatewayaccess import Identity
@@ -30,7 +30,6 @@ from corral.methods import REGISTRY
 from corral.supervisor import State
 from corral.supervisor.config import TenantSpec
 from corral.supervisor.configload import load_config
-from corral.supervisor.tasks.inbox import AskRequest
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir

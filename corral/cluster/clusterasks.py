@@ -44,7 +44,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
-from ..askviews import Ask, AskEnd
+from ..askviews import Ask, AskEnd, AskRequest
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.stream import Stream
@@ -55,7 +55,6 @@ from ..supervisor.tasks.inbox import (
     MAX_PENDING,
     MAX_PENDING_PER_TENANT,
     AskEnded,
-    AskRequest,
     Decision,
     check_decision,
     ended_message,

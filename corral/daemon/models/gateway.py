@@ -29,13 +29,13 @@ import msgspec
 from aiohttp import web
 
 from ... import jsonrpc
-from ...askviews import AskEnd, AskKind
+from ...askviews import AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
-from ...supervisor.tasks.inbox import AskRequest, askable
+from ...supervisor.tasks.inbox import askable
 from ...supervisor.tasks.model import TaskFinished
 from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
 from ...taskviews import TaskFailure

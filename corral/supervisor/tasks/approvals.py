@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ... import jsonrpc
-from ...askviews import Ask, AskEnd, AskKind
+from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
-from .inbox import AskRequest, askable
+from .inbox import askable
 from .interceptors import TaskInterceptor, TaskPath, ToolCall
 from .steps import CallOrdinals
 from .worker import give_back_tool_call, take_tool_call

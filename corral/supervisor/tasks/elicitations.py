@@ -26,12 +26,12 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...askviews import AskEnd, AskKind
+from ...askviews import AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.client import Asker
 from ...mcp.pool import split
 from ...workerproto import MAX_PROMPT_CHARS
-from .inbox import AskRequest, askable
+from .inbox import askable
 from .model import TaskFinished
 from .questions import STEP, check_schema
 from .steps import CallOrdinals

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol, get_type_hints
 import msgspec
 
 from ... import jsonrpc
-from ...askviews import Ask, AskEnd, AskKind
+from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...text import iso_time
 from ..config import DEFAULT_TENANT
@@ -94,20 +94,6 @@ def check_decision(ask: Ask, decision: Decision) -> None:
 def ended_message(ask: Ask) -> str:
     """What a decision of an ask that has ended is told."""
     return f"ask {ask.id} has ended: {ask.end} by {ask.by} at {iso_time(ask.ended or 0.0)}"
-
-
-class AskRequest(NamedTuple):
-    """What a waiting call asks: `timeout` seconds from now to its deadline (None: no
-    deadline)."""
-
-    kind: AskKind
-    tenant: str | None
-    task_id: str
-    attempt: int
-    agent: str
-    key: str
-    subject: dict[str, Any]
-    timeout: float | None = None
 
 
 class InboxBounds(NamedTuple):

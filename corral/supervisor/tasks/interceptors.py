@@ -19,11 +19,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
-    from ...askviews import Ask
+    from ...askviews import Ask, AskRequest
     from ...taskviews import TaskFailure
     from ..replica import Replica
     from ..stream import Stream
-    from .inbox import AskRequest
     from .model import Task
 
 In = TypeVar("In")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ... import jsonrpc
-from ...askviews import Ask
+from ...askviews import Ask, AskRequest
 from ...jsonrpc import RpcError
 from ...taskoptions import (
     AGENTS_RETRY,
@@ -71,7 +71,7 @@ from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .elicitations import Elicitations
 from .ids import new_ids
-from .inbox import AskRequest, Inbox
+from .inbox import Inbox
 from .interceptors import (
     NO_INTERCEPTORS,
     Interceptors,

@@ -27,10 +27,9 @@ from .payload import Output
 from .taskmachine import TaskMachine
 
 if TYPE_CHECKING:
-    from ...askviews import Ask
+    from ...askviews import Ask, AskRequest
     from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
-    from .inbox import AskRequest
     from .spawntree import Lineage
     from .stepjournal import StepJournal
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from ... import jsonrpc
-from ...askviews import Ask, AskEnd, AskKind
+from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...workerproto import MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
 from ..workercalls import on_request
-from .inbox import AskRequest, Inbox, askable
+from .inbox import Inbox, askable
 from .model import Task
 from .steps import RESERVED, TaskSteps
 from .worker import WorkerMethods
