@@ -155,6 +155,33 @@ def test_denied_the_agent_reads_the_tools_error_and_timed_out_the_task_fails(
     assert counted(d.dir) == []
 
 
+@pytest.mark.deadline(120)
+def test_a_call_too_large_to_ask_about_is_refused_and_nothing_is_asked(daemon: Daemon
+                                                                          ) -> None:
+    """An agent's arguments are what a person is shown and the inbox holds while it
+    waits: past max_ask_bytes the call is refused by name, never asked and never made."""
+    d = daemon
+    big = {"do": "tools", "tool": "counting__bump",
+           "arguments": {"i": 4, "pad": "x" * (256 * 1024)}}
+    task_id = d.ask("tasks.submit", {"agent": "writer", "input": big})["task_id"]
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    [said] = done["output"]
+    assert said["error"] == jsonrpc.INVALID_PARAMS, said
+    assert said["message"] == (
+        f"task {task_id}'s approval was not asked: its call's arguments are 262198 "
+        f"bytes of JSON, over the bound a person is asked with (max_ask_bytes 262144)"
+    ), said
+    assert pending(d) == [] and _asks_of(d, task_id) == []
+    assert done["tool_calls"] == 0 and counted(d.dir) == []
+    # at the bound it is asked as ever
+    fits = {**big, "arguments": {"i": 5, "pad": "x" * (256 * 1024 - 54)}}
+    fitting = d.ask("tasks.submit", {"agent": "writer", "input": fits})["task_id"]
+    [ask] = wait_for(lambda: pending(d), "the call's ask")
+    assert ask["task_id"] == fitting and ask["subject"]["arguments"]["i"] == 5
+    d.ask("tasks.cancel", {"task_id": fitting})
+
+
 def _asks_of(d: Daemon, task_id: str) -> list[str]:
     """The ids of a task's asks, from the audit-free record: the state database."""
     import sqlite3

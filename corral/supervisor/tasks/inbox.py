@@ -40,6 +40,10 @@ log = logging.getLogger("corral.inbox")
 
 # a decision's edited arguments, or an answer, as JSON: past this it is refused by name
 MAX_DECISION_BYTES = 64 * 1024
+# what an ask shows a person (a call's arguments, a question, a server's form) as JSON:
+# an agent's or an MCP server's to choose, held by the inbox or the cluster's Redis for
+# as long as it waits, so past this the call is refused by name and nothing is asked
+MAX_SUBJECT_BYTES = 256 * 1024
 # pending asks held at once: the daemon's, and each tenant's (the operator's own tasks,
 # tenant None, count as one tenant)
 MAX_PENDING = 10_000
@@ -89,6 +93,17 @@ def check_decision(ask: Ask, decision: Decision) -> None:
         raise RpcError(jsonrpc.INVALID_PARAMS,
                        f"the decision's data is {size} bytes of JSON, over the bound "
                        f"(max_decision_bytes {MAX_DECISION_BYTES})")
+
+
+def check_subject(req: AskRequest) -> None:
+    """RpcError (INVALID_PARAMS) when what `req` asks is past MAX_SUBJECT_BYTES."""
+    size = len(msgspec.json.encode(req.subject))
+    if size > MAX_SUBJECT_BYTES:
+        what = "call's arguments are" if req.kind is AskKind.APPROVAL else "question is"
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       f"task {req.task_id}'s {req.kind} was not asked: its {what} "
+                       f"{size} bytes of JSON, over the bound a person is asked with "
+                       f"(max_ask_bytes {MAX_SUBJECT_BYTES})")
 
 
 def ended_message(ask: Ask) -> str:

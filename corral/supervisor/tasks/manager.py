@@ -71,7 +71,7 @@ from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .elicitations import Elicitations
 from .ids import new_ids
-from .inbox import Inbox
+from .inbox import Inbox, check_subject
 from .interceptors import (
     NO_INTERCEPTORS,
     Interceptors,
@@ -489,12 +489,12 @@ class TaskManager:
         """A call of the running task `req.task_id` asks a person: the task waits
         (`waiting`, journaled) until the ask ends, then runs on; the ask as it ended. The
         ask its task made before for the same call (a retry's) is given back, at once
-        when it has ended."""
+        when it has ended. What it asks is bounded (check_subject) wherever it is kept."""
+        check_subject(req)
         task = self.active.get(req.task_id)
         if task is None or not task.running:
             raise _not_asking(req)
-        # a cluster's task asks where its cluster keeps it: any node decides, and the
-        # node that takes it over finds the ask (corral/cluster/clusterasks.py)
+        # a cluster's task asks in Redis, found by any node (cluster/clusterasks.py)
         kept = None if task.journal_here else task.asks_kept
         ask = await (self.inbox.ask(req) if kept is None else kept.ask(task, req))
         if task.ended and ask.pending and kept is None:
