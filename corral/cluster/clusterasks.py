@@ -103,9 +103,11 @@ return {1}
 # KEYS: the ask, the pending asks, its tenant's, its task's record
 # ARGV: the ask's id, its end (JSON), that end's MAC, a withdrawal (JSON) and its MAC,
 #       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task), the
-#       channel its end is published on (Keys.asks_ended)
+#       channel its end is published on (Keys.asks_ended), a person's decision's time
+#       ('' for corral's own end: its deadline's)
 # -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
-#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask. A suspended
+#    had ended before, {4} not withdrawn (its task runs on), {5} not decided: its
+#    deadline had passed (the node times it out), {0} no such ask. A suspended
 #    task (SUSPEND) with nothing else pending is queued again in its agent's stream in
 #    the same step: whichever node claims it resumes it by replay (decision 780)
 _END = """
@@ -113,17 +115,20 @@ local a = redis.call('HMGET', KEYS[1], 'rec', 'end', 'emac')
 if not a[1] then return {0} end
 if a[2] then return {2, a[2], a[3] or ''} end
 local status = redis.call('HGET', KEYS[4], 'status')
+local prefix, id = string.match(KEYS[4], '^(.*)task:(.-)$')
 local e, m, code = ARGV[2], ARGV[3], 1
 if (not status) or OVER[status] then
   e, m, code = ARGV[4], ARGV[5], 3
 elseif ARGV[7] == 'withdraw' then
   return {4}
+elseif ARGV[9] and ARGV[9] ~= '' then
+  local due = redis.call('ZSCORE', prefix .. 'askdue', ARGV[1])
+  if due and tonumber(due) <= tonumber(ARGV[9]) then return {5} end
 end
 redis.call('HSET', KEYS[1], 'end', e, 'emac', m)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-local prefix, id = string.match(KEYS[4], '^(.*)task:(.-)$')
 redis.call('ZREM', prefix .. 'askdue', ARGV[1])
 if code == 1 and status == 'suspended' then
   -- its task waits with no attempt: queued again, once nothing else it asked is pending
@@ -335,12 +340,15 @@ class ClusterAsks:
                 await self._time_out(ask)
 
     # -- reading --------------------------------------------------------------------------
-    async def pending(self) -> list[Ask]:
-        """Every pending ask of the cluster's tasks, oldest first (the caller's sight is
-        the visibility rules'). Those whose task has ended are withdrawn, not listed."""
+    async def pending(self, tenant: str | None = None) -> list[Ask]:
+        """Every pending ask of the cluster's tasks, or of one tenant's, oldest first (the
+        caller's sight is the visibility rules'). Those whose task has ended are
+        withdrawn, not listed."""
+        # a tenant's caller reads its tenant's set: never every tenant's records, nor
+        # as many as the cluster holds
+        key = self.keys.asks_pending(tenant)
         try:
-            ids = await read(lambda: self.redis.zrange(self.keys.asks_pending(), 0,
-                                                       MAX_PENDING - 1))
+            ids = await read(lambda: self.redis.zrange(key, 0, MAX_PENDING - 1))
             rows = await self._rows([i.decode() for i in ids])
             asks = [a for a in rows if a is not None and a.pending]
             statuses = await self._statuses([a.task_id for a in asks])
@@ -432,9 +440,13 @@ class ClusterAsks:
         check_decision(ask, decision)
         written = await self._write_end(ask, decision.end, decision.by, decision.data,
                                         "decide")
+        late = written.code == 5
+        if late:  # past its deadline, not yet timed out by a beat: timed out now
+            written = await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None,
+                                            "time_out")
         if written.code == 0 or written.ask is None:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
-        if written.code != 1:
+        if late or written.code != 1:
             raise RpcError(jsonrpc.CONFLICT, ended_message(written.ask))
         return written.ask
 
@@ -448,11 +460,12 @@ class ClusterAsks:
                 self.keys.asks_pending(tenant), self.keys.task(ask.task_id)]
         args = [ask.id, mine, self.trust.sign(ASK_KIND, ask.id, "end", mine), gone,
                 self.trust.sign(ASK_KIND, ask.id, "end", gone),
-                int(self.settings.tasks_kept_for), how, self.keys.asks_ended]
+                int(self.settings.tasks_kept_for), how, self.keys.asks_ended,
+                repr(now) if how == "decide" else ""]
         got = await self._write(self._end, keys, args,
                                 f"ask {ask.id} was not ended (it is still pending)")
         code = int(got[0])
-        if code in (0, 4):
+        if code in (0, 4, 5):
             return EndWritten(code, None)
         ended = self._ended(ask, got[1], got[2])
         if ended.pending:  # an end there this node cannot verify
@@ -536,7 +549,7 @@ class ClusterAsks:
 
     async def _time_out(self, ask: Ask) -> None:
         try:
-            await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
+            await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "time_out")
         except RpcError as exc:  # tried again at the next read
             log.warning("cluster: ask %s was not timed out (%s)", ask.id, exc.message)
 

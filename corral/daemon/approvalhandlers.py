@@ -43,7 +43,7 @@ implements = COMMANDS.implements
 @implements(m.ApprovalsList)
 async def approvals_list(inboxes: Inboxes, p: m.ApprovalsList, caller: Caller, c: Channel
                          ) -> m.AskList:
-    asks = [*inboxes.local.pending(), *await inboxes.cluster.pending()]
+    asks = [*inboxes.local.pending(), *await inboxes.cluster.pending(caller.tenant)]
     return m.AskList(asks=sorted(asks, key=lambda a: (a.created, a.id)))
 
 
@@ -68,7 +68,7 @@ async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
             c.notify("approvals.ask", follower.pop())
 
     try:
-        theirs = await inboxes.cluster.pending()
+        theirs = await inboxes.cluster.pending(caller.tenant)
         for ask in sorted([*inbox.pending(), *theirs], key=lambda a: (a.created, a.id)):
             follower.push(ask)
         await drain(c, follower, "approvals.missed", send_some)

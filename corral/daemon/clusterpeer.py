@@ -27,8 +27,8 @@ class ClusterInbox(Protocol):
     """The asks of a person the cluster's tasks made (corral.cluster.clusterasks), read
     and decided on any node; none off a cluster."""
 
-    async def pending(self) -> list[Ask]:
-        """Every pending ask of the cluster's tasks, oldest first."""
+    async def pending(self, tenant: str | None = None) -> list[Ask]:
+        """Every pending ask of the cluster's tasks (of one tenant's), oldest first."""
         ...
 
     async def get(self, ask_id: str) -> Ask | None:
@@ -98,7 +98,7 @@ class ClusterPeer(Protocol):
 class NoClusterAsks:
     """The cluster asks of a daemon with no [cluster] table: none."""
 
-    async def pending(self) -> list[Ask]:
+    async def pending(self, tenant: str | None = None) -> list[Ask]:
         return []
 
     async def get(self, ask_id: str) -> Ask | None:

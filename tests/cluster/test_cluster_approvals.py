@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -261,9 +262,17 @@ def test_another_tenants_caller_neither_sees_nor_decides_a_cluster_ask(
         assert code == 404 and got["detail"] == f"no such ask: {ask['id']}", got
         assert [a["id"] for a in pending(ns["a"])] == [ask["id"]]
         assert counted(tmp) == []
-        # tenant t's caller sees it and decides it
+        # a tenant's caller reads its tenant's pending asks, never every tenant's: a
+        # record in the cluster's set alone (forged, so that reading it is counted) is
+        # read by the operator's listing, not by a tenant's
+        forge_pending(redis, {**ask, "id": "ask-forged", "tenant": "v"})
+        assert http(base, secrets["u"], "/approvals") == (200, {"asks": []})
         code, got = http(base, secrets["t"], "/approvals")
         assert code == 200 and [a["id"] for a in got["asks"]] == [ask["id"]]
+        assert ns["b"].call("stats.get")["cluster"]["trust"]["refused"]["asks"] == 0
+        assert [a["id"] for a in pending(ns["b"])] == [ask["id"]]
+        assert ns["b"].call("stats.get")["cluster"]["trust"]["refused"]["asks"] == 1
+        # tenant t's caller sees it and decides it
         code, got = http(base, secrets["t"], f"/approvals/{ask['id']}/resolve",
                          {"decision": "denied", "reason": "not today"})
         assert code == 200 and got["end"] == "denied", got
@@ -272,6 +281,18 @@ def test_another_tenants_caller_neither_sees_nor_decides_a_cluster_ask(
         assert done["output"][0]["content"][0]["text"] == (
             f"tool call counting__bump was denied by token tt (ask {ask['id']}): not today")
         assert counted(tmp) == []
+
+
+def forge_pending(redis: RedisServer, ask: dict[str, Any]) -> None:
+    """An ask written by a Redis writer without the cluster key, in the cluster's set of
+    pending asks (not its tenant's)."""
+    r = redis_py.Redis(port=redis.port)
+    try:
+        r.hset(Keys("test").ask(ask["id"]), mapping={"rec": msgspec.json.encode(ask),
+                                                     "mac": "0" * 64})
+        r.zadd(Keys("test").asks_pending(), {ask["id"]: 0})
+    finally:
+        r.close()
 
 
 def test_a_forged_ask_in_redis_is_refused_and_counted(tmp: Path,
@@ -284,16 +305,8 @@ def test_a_forged_ask_in_redis_is_refused_and_counted(tmp: Path,
         both_alive(ns)
         task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(3)})["task_id"]
         [real] = wait_until(lambda: pending(a), what="the real ask")
-        k = Keys("test")
-        r = redis_py.Redis(port=redis.port)
-        try:
-            forged = {**real, "id": "ask-forged", "tenant": "u",
-                      "subject": {"tool": "counting__bump", "arguments": {"i": 99}}}
-            r.hset(k.ask("ask-forged"), mapping={"rec": msgspec.json.encode(forged),
-                                                 "mac": "0" * 64})
-            r.zadd(k.asks_pending(), {"ask-forged": 0})
-        finally:
-            r.close()
+        forge_pending(redis, {**real, "id": "ask-forged", "tenant": "u", "subject": {
+            "tool": "counting__bump", "arguments": {"i": 99}}})
         assert [x["id"] for x in pending(a)] == [real["id"]]
         refused = a.cli("approvals", "approve", "ask-forged")
         assert refused.returncode != 0
@@ -305,6 +318,32 @@ def test_a_forged_ask_in_redis_is_refused_and_counted(tmp: Path,
         done = a.call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "succeeded", done
         assert counted(tmp) == ["3"]
+
+
+def test_a_decision_past_the_asks_deadline_is_refused_and_the_ask_timed_out(
+        tmp: Path, redis: RedisServer) -> None:
+    """Between an ask's deadline and the beat that times it out, a person's decision is
+    refused (END's deadline check): the ask ends timed out at once, as its policy says."""
+    agents = fleet(tmp)
+    # a long beat: the node waiting on the ask reads it (and times it out) once a beat
+    with nodes(tmp, redis, {"a": agents, "b": agents}, beat=5.0, ttl=20.0) as ns:
+        both_alive(ns)
+        task_id = ns["a"].call("tasks.submit", {"agent": "hasty", "input": bump(6)}
+                               )["task_id"]
+        [ask] = wait_until(lambda: pending(ns["b"]), what="its ask, listed on b")
+        wait_until(lambda: time.time() > ask["deadline"], what="its deadline past")
+        refused = ns["b"].cli("approvals", "approve", ask["id"])
+        assert refused.returncode != 0
+        assert re.search(rf"ask {ask['id']} has ended: timed_out by corral at ",
+                         refused.stderr), refused.stderr
+        got = ns["a"].call("approvals.get", {"id": ask["id"]})
+        assert (got["end"], got["by"]) == ("timed_out", "corral")
+        done = ns["a"].call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "failed", done
+        assert done["error"]["message"] == (
+            f"tool call counting__bump was not approved within 0.5 s (approve_timeout; "
+            f"ask {ask['id']})")
+        assert counted(tmp) == []
 
 
 def test_redis_away_the_inbox_says_so_and_nothing_asked_is_lost(
@@ -364,11 +403,11 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
                                       K.asks_pending(), K.asks_pending("acme")],
                                 args=[fence, key, ask_id, b"{}", "mac", "3.0", 10, 1])
 
-    async def end(ask_id: str, how: str, said: bytes = b"approved") -> Any:
+    async def end(ask_id: str, how: str, said: bytes = b"approved", at: str = "") -> Any:
         return await end_script(keys=[K.ask(ask_id), K.asks_pending(),
                                       K.asks_pending("acme"), K.task(TID)],
                                 args=[ask_id, said, "m1", b"withdrawn", "m2", 60, how,
-                                      K.asks_ended])
+                                      K.asks_ended, at])
 
     assert await ask(token + 1, "tool:x", "ask-1") == [0]  # not this claim's: refused
     assert await ask(token, "tool:x", "ask-1") == [1]
@@ -385,6 +424,18 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     assert heard == [b"ask-1"]
     await told.aclose()
     assert await client.zcard(K.asks_pending()) == 0
+    # a person's decision past the ask's deadline is refused, the ask left for corral's
+    # time-out (the node writes it at once), which takes it off the deadlines
+    assert await ask_script(keys=[K.task(TID), K.task_asks(TID), K.ask("ask-5"),
+                                  K.asks_pending(), K.asks_pending("acme")],
+                            args=[token, "tool:w", "ask-5", b"{}", "mac", "3.0", 10, 1,
+                                  "5.0"]) == [1]
+    assert await end("ask-5", "decide", at="5.0") == [5]
+    assert await client.hget(K.ask("ask-5"), "end") is None
+    assert await client.zscore(K.ask_deadlines, "ask-5") == 5.0
+    assert await end("ask-5", "time_out", b"timed_out") == [1, b"timed_out", b"m1"]
+    assert await client.zscore(K.ask_deadlines, "ask-5") is None
+    assert await client.zcard(K.asks_pending("acme")) == 0
     assert await end("ask-9", "decide") == [0]  # no such ask
     assert await ask(token, "tool:y", "ask-3") == [1]
     assert await s.finish(keys=[K.task(TID), K.attempts(TID), K.stream("acme", "w", 0),
