@@ -32,6 +32,8 @@ As a task, by its input {"do": WHAT, ...}:
   progress      report {"steps": N} progress steps, then return; with {"hold": PATH},
                 wait after the first step until PATH exists (up to a minute)
   tools         call {"tool": NAME} {"times": N} times, return the results or the error
+  tools-at-once call each of {"calls": [{"tool": NAME, "arguments": {...}}, ...]} at
+                once (a thread each), return their results in order
   publish       publish {"topic": T, "data": D} on the event bus
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
   checkpoint    checkpoint {"state": S}
@@ -52,6 +54,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 mode = os.environ.get("MISBEHAVE", "")
@@ -186,6 +189,18 @@ def handle(task, ctx):
             except Exception as exc:  # the refusal is the answer under test
                 results.append({"error": getattr(exc, "code", None), "message": str(exc)})
         return results
+    if what == "tools-at-once":
+        calls = task["calls"]
+        got: list[object] = [None] * len(calls)
+
+        def call(i: int) -> None:
+            got[i] = ctx.call_tool(calls[i]["tool"], calls[i].get("arguments", {}))
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
     if what == "publish":
         ctx.publish(task["topic"], task.get("data"))
         return {"published": task["topic"]}

@@ -308,6 +308,9 @@ class ClusterAsks:
             if not held.waiters and self._waiting.get(ask.id) is held:
                 del self._waiting[ask.id]
 
+    def waits(self, task_id: str) -> bool:
+        return any(h.ask.task_id == task_id for h in self._waiting.values())
+
     async def suspend(self, task: Task, why: str) -> bool:
         """Give the waiting task's claim back, suspended in Redis (SUSPEND); False: it was
         not (what it asked ended first, an elicitation is pending, a cancel was asked, or

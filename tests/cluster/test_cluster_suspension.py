@@ -193,6 +193,40 @@ def test_the_suspending_node_killed_the_task_resumes_on_another_its_call_once(
         assert counted(tmp) == ["2"]
 
 
+def test_one_of_two_asks_at_once_decided_the_task_suspends_on_the_other(
+        tmp: Path, redis: RedisServer) -> None:
+    """Two calls of one task held at once (a thread each): the first approved and made,
+    the task still waits on the second, so past suspend_after it gives its claim back;
+    the second approved, it resumes by replay, each call made once."""
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+        both_alive(ns)
+        a = ns["a"]
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": {
+            "do": "tools-at-once", "calls": [bump(7), bump(8)]}}
+        )["task_id"]
+        asks = wait_until(lambda: len(p := pending(a)) == 2 and p, 30, "its two asks")
+        first, second = sorted(asks, key=lambda x: x["subject"]["arguments"]["i"])
+        runner = wait_until(lambda: running_task(ns, task_id), 30, "its attempt")
+        wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 2,
+                   30, "its attempt waiting on both")
+        assert a.cli("approvals", "approve", first["id"]).returncode == 0
+        wait_until(lambda: counted(tmp) == ["7"], 30, "the first call made")
+        wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 1,
+                   30, "its attempt waiting on the second")
+        moved = runner.cli("clock", "--advance", "10m")
+        assert moved.returncode == 0, moved.stderr
+        wait_until(lambda: record(runner, task_id)["status"] == "suspended", 30,
+                   "the task suspended on its second ask")
+        assert [x["id"] for x in pending(a)] == [second["id"]]
+        assert a.cli("approvals", "approve", second["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [r["content"][0]["text"] for r in done["output"]] == ["bumped 7", "bumped 8"]
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+        assert sorted(counted(tmp)) == ["7", "8"]
+
+
 def test_a_denied_suspended_cluster_task_sees_the_tool_error(tmp: Path,
                                                             redis: RedisServer) -> None:
     agents = fleet(tmp)

@@ -507,9 +507,8 @@ class TaskManager:
             task.fire(TaskCause.WAIT)
             self.record(task)
             self.suspensions.hold(task)
-        # the worker's request waits for a person: not one of the MAX_IN_FLIGHT its
-        # worker's line is read for meanwhile (a worker of 256 asking tasks would not be
-        # read until one is answered: not its other calls, nor its stopped attempts' ends)
+        # the request waits for a person, not one of the MAX_IN_FLIGHT its worker's line
+        # is read for meanwhile (else its other calls, its stopped attempts' ends wait)
         peer = task.replica.peer if task.replica is not None else None
         parked = peer.park(asyncio.current_task()) if peer is not None else None
         try:
@@ -518,7 +517,8 @@ class TaskManager:
         finally:
             if parked is not None and peer is not None:
                 peer.unpark(parked)
-            if task.waiting and not self.inbox.waiting_for(task.id):
+            if task.waiting and not (self.inbox.waiting_for(task.id) if kept is None
+                                     else kept.waits(task.id)):
                 task.fire(TaskCause.RESUME)
                 self.record(task)
             if not task.waiting:

@@ -293,6 +293,10 @@ class AsksElsewhere(Protocol):
     async def wait(self, ask: Ask) -> Ask:
         """The ask as it ended (at once when it has), its deadline kept."""
 
+    def waits(self, task_id: str) -> bool:
+        """Whether an attempt here waits on an ask of the task (another call of it may
+        have ended its own)."""
+
     async def suspend(self, task: Task, why: str) -> bool:
         """The waiting task's claim given back, the task suspended where its asks are
         kept, to be queued again there when they end (suspension.py); False: not (what
