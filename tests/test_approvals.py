@@ -162,20 +162,20 @@ def test_a_call_too_large_to_ask_about_is_refused_and_nothing_is_asked(daemon: D
     waits: past max_ask_bytes the call is refused by name, never asked and never made."""
     d = daemon
     big = {"do": "tools", "tool": "counting__bump",
-           "arguments": {"i": 4, "pad": "x" * (256 * 1024)}}
+           "arguments": {"i": 4, "pad": "x" * (64 * 1024)}}
     task_id = d.ask("tasks.submit", {"agent": "writer", "input": big})["task_id"]
     done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
     assert done["status"] == "succeeded", done
     [said] = done["output"]
     assert said["error"] == jsonrpc.INVALID_PARAMS, said
     assert said["message"] == (
-        f"task {task_id}'s approval was not asked: its call's arguments are 262198 "
-        f"bytes of JSON, over the bound a person is asked with (max_ask_bytes 262144)"
+        f"task {task_id}'s approval was not asked: its call's arguments are 65590 "
+        f"bytes of JSON, over the bound a person is asked with (max_ask_bytes 65536)"
     ), said
     assert pending(d) == [] and _asks_of(d, task_id) == []
     assert done["tool_calls"] == 0 and counted(d.dir) == []
     # at the bound it is asked as ever
-    fits = {**big, "arguments": {"i": 5, "pad": "x" * (256 * 1024 - 54)}}
+    fits = {**big, "arguments": {"i": 5, "pad": "x" * (64 * 1024 - 54)}}
     fitting = d.ask("tasks.submit", {"agent": "writer", "input": fits})["task_id"]
     [ask] = wait_for(lambda: pending(d), "the call's ask")
     assert ask["task_id"] == fitting and ask["subject"]["arguments"]["i"] == 5

@@ -52,12 +52,14 @@ from ..supervisor.tasks import TERMINAL, Task
 from ..supervisor.tasks.elicitations import PREFIX as ELICITATION
 from ..supervisor.tasks.inbox import (
     CORRAL,
+    MAX_ASKS_PER_TASK,
     MAX_PENDING,
     MAX_PENDING_PER_TENANT,
     AskEnded,
     Decision,
     check_decision,
     ended_message,
+    too_many_asks,
 )
 from ..supervisor.tasks.model import TaskFinished
 from ..supervisor.tasks.taskmachine import suspension_error
@@ -78,15 +80,18 @@ SWEPT = 64  # asks past their deadline timed out per beat, at most
 # ARGV: the claim's fence token, the call's key, the ask's id, its record, its MAC, when
 #       it was asked, the bounds: the cluster's and a tenant's, its deadline ('' none:
 #       kept in Keys.ask_deadlines, which any node's beat times out, a suspended task's
-#       ask having no node waiting on it)
+#       ask having no node waiting on it), the bound of a task's asks
 # -> {1} asked, {2, id} asked before under the key, {0} not this claim's (the fence),
-#    {-1, n} / {-2, n} the cluster's / the tenant's pending asks at their bound
+#    {-1, n} / {-2, n} the cluster's / the tenant's pending asks at their bound, {-3, n}
+#    the task's asks at their bound
 ASK = """
 local t = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if t[1] ~= ARGV[1] or t[2] ~= 'running' then return {0} end
 local had = redis.call('HGET', KEYS[2], ARGV[2])
 if had then return {2, had} end
-local n = redis.call('ZCARD', KEYS[4])
+local n = redis.call('HLEN', KEYS[2])
+if n >= tonumber(ARGV[10]) then return {-3, n} end
+n = redis.call('ZCARD', KEYS[4])
 if n >= tonumber(ARGV[7]) then return {-1, n} end
 n = redis.call('ZCARD', KEYS[5])
 if n >= tonumber(ARGV[8]) then return {-2, n} end
@@ -260,7 +265,7 @@ class ClusterAsks:
                 self.keys.asks_pending(), self.keys.asks_pending(tenant)]
         args = [task.token, req.key, ask.id, rec, self.trust.sign(ASK_KIND, ask.id, "rec", rec),
                 repr(now), MAX_PENDING, MAX_PENDING_PER_TENANT,
-                "" if ask.deadline is None else repr(ask.deadline)]
+                "" if ask.deadline is None else repr(ask.deadline), MAX_ASKS_PER_TASK]
         what = f"its {req.kind} was not asked (nothing was kept)"
         got = await self._write(self._ask, keys, args, what)
         code = int(got[0])
@@ -274,6 +279,8 @@ class ClusterAsks:
         if code == 0:
             raise RpcError(jsonrpc.CONFLICT, f"task {task.id} is no longer this node's claim "
                                              f"(fence {task.token}): {what}")
+        if code == -3:
+            raise RpcError(jsonrpc.QUOTA_EXCEEDED, too_many_asks(task.id, int(got[1])))
         whose = ("the cluster's tasks hold" if code == -1 else
                  f"tenant {tenant}'s tasks hold")
         bound = ("max_pending_asks", MAX_PENDING) if code == -1 else (

@@ -398,10 +398,11 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
                               args=["n/1", "n", "2.0", entry,
                                     records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
 
-    async def ask(fence: int, key: str, ask_id: str) -> Any:
+    async def ask(fence: int, key: str, ask_id: str, per_task: int = 10) -> Any:
         return await ask_script(keys=[K.task(TID), K.task_asks(TID), K.ask(ask_id),
                                       K.asks_pending(), K.asks_pending("acme")],
-                                args=[fence, key, ask_id, b"{}", "mac", "3.0", 10, 1])
+                                args=[fence, key, ask_id, b"{}", "mac", "3.0", 10, 1, "",
+                                      per_task])
 
     async def end(ask_id: str, how: str, said: bytes = b"approved", at: str = "") -> Any:
         return await end_script(keys=[K.ask(ask_id), K.asks_pending(),
@@ -429,7 +430,7 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     assert await ask_script(keys=[K.task(TID), K.task_asks(TID), K.ask("ask-5"),
                                   K.asks_pending(), K.asks_pending("acme")],
                             args=[token, "tool:w", "ask-5", b"{}", "mac", "3.0", 10, 1,
-                                  "5.0"]) == [1]
+                                  "5.0", 10]) == [1]
     assert await end("ask-5", "decide", at="5.0") == [5]
     assert await client.hget(K.ask("ask-5"), "end") is None
     assert await client.zscore(K.ask_deadlines, "ask-5") == 5.0
@@ -437,6 +438,10 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     assert await client.zscore(K.ask_deadlines, "ask-5") is None
     assert await client.zcard(K.asks_pending("acme")) == 0
     assert await end("ask-9", "decide") == [0]  # no such ask
+    # a task's asks over its life, pending or ended, at their bound: nothing more asked
+    assert await ask(token, "tool:y", "ask-3", per_task=2) == [-3, 2]
+    assert await client.exists(K.ask("ask-3")) == 0
+    assert await ask(token, "tool:x", "ask-3", per_task=2) == [2, b"ask-1"]  # as before
     assert await ask(token, "tool:y", "ask-3") == [1]
     assert await s.finish(keys=[K.task(TID), K.attempts(TID), K.stream("acme", "w", 0),
                                 K.outcomes, *K.listed],

@@ -43,7 +43,10 @@ MAX_DECISION_BYTES = 64 * 1024
 # what an ask shows a person (a call's arguments, a question, a server's form) as JSON:
 # an agent's or an MCP server's to choose, held by the inbox or the cluster's Redis for
 # as long as it waits, so past this the call is refused by name and nothing is asked
-MAX_SUBJECT_BYTES = 256 * 1024
+MAX_SUBJECT_BYTES = 64 * 1024
+# asks one task makes over its life (each call's, pending or ended; a retry's finds its
+# earlier attempt's): where a cluster keeps them, each is held for the task's life
+MAX_ASKS_PER_TASK = 1_000
 # pending asks held at once: the daemon's, and each tenant's (the operator's own tasks,
 # tenant None, count as one tenant)
 MAX_PENDING = 10_000
@@ -104,6 +107,11 @@ def check_subject(req: AskRequest) -> None:
                        f"task {req.task_id}'s {req.kind} was not asked: its {what} "
                        f"{size} bytes of JSON, over the bound a person is asked with "
                        f"(max_ask_bytes {MAX_SUBJECT_BYTES})")
+
+
+def too_many_asks(task_id: str, n: int) -> str:
+    return (f"task {task_id} has made {n} asks of a person, its bound "
+            f"(max_asks_per_task {MAX_ASKS_PER_TASK}): nothing more is asked")
 
 
 def ended_message(ask: Ask) -> str:
