@@ -37,7 +37,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -240,7 +239,8 @@ class ClusterAsks:
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()  # an ask waited on here ended (its channel said)
-        self._withdrawing: set[asyncio.Task[Any]] = set()
+        # ask id -> its withdrawal under way (one, however many listings find it)
+        self._withdrawing: dict[str, asyncio.Task[Any]] = {}
         self._unread = False  # the last read of the asks waited on failed (said once)
         self.asked = 0  # asks made here
         self.decided = 0  # decisions made here (a person's, a deadline's)
@@ -368,8 +368,7 @@ class ClusterAsks:
         live = []
         for ask, status in zip(asks, statuses, strict=True):
             if status is None or status.decode() in TERMINAL:
-                self._background(self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None,
-                                                 "withdraw"))
+                self._withdraw_later(ask)
             else:
                 live.append(ask)
         return live
@@ -570,17 +569,19 @@ class ClusterAsks:
             self._settle(msgspec.structs.replace(held.ask, end=AskEnd.WITHDRAWN,
                                                  ended=time.time(), by=CORRAL))
 
-    def _background(self, work: Awaitable[Any]) -> None:
-        self._withdrawing.add(asyncio.get_running_loop().create_task(self._withdraw(work)))
+    def _withdraw_later(self, ask: Ask) -> None:
+        if ask.id not in self._withdrawing:
+            self._withdrawing[ask.id] = asyncio.get_running_loop().create_task(
+                self._withdraw(ask))
 
-    async def _withdraw(self, work: Awaitable[Any]) -> None:
+    async def _withdraw(self, ask: Ask) -> None:
         try:
-            await work
+            await self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None, "withdraw")
         except RpcError as exc:  # withdrawn where it is next read
             log.warning("cluster: an ask of an ended task was not withdrawn (%s)",
                         exc.message)
         finally:
-            self._withdrawing.discard(asyncio.current_task())  # type: ignore[arg-type]
+            del self._withdrawing[ask.id]
 
     def status(self) -> dict[str, int]:
         """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
@@ -588,7 +589,7 @@ class ClusterAsks:
                 "waited_on": len(self._waiting), "suspended": self.suspended}
 
     async def close(self) -> None:
-        work = [t for t in (self._poller, self._listener, *self._withdrawing)
+        work = [t for t in (self._poller, self._listener, *self._withdrawing.values())
                 if t is not None]
         for t in work:
             t.cancel()
