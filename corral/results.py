@@ -551,12 +551,14 @@ class SuspensionStats(Result):
     """Tasks that waited for a person past suspend_after (docs/approvals.md#waiting-
     without-a-process): attempts given back and tasks resumed since the daemon started,
     the suspended tasks held compact now (their rows the journal's), and the cluster
-    tasks whose suspension Redis did not take (they waited on with their attempt)."""
+    tasks whose suspension was not acknowledged (they waited on with their attempt,
+    but those `unsure` whose record, read again, said Redis had taken it)."""
 
     suspended: int = 0
     resumed: int = 0
     compact: int = 0
     unwritten: int = 0
+    unsure: int = 0
 
 
 class TasksStats(Result):

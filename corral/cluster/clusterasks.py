@@ -315,6 +315,16 @@ class ClusterAsks:
             if not held.waiters and self._waiting.get(ask.id) is held:
                 del self._waiting[ask.id]
 
+    async def holds(self, task: Task) -> bool:
+        assert isinstance(task, ClusterTask)
+        try:
+            fence, status = await read(lambda: self.redis.hmget(
+                self.keys.task(task.id), "fence", "status"))
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, f"task {task.id}'s record was not read"
+                              ) from None
+        return bool(fence == str(task.token).encode() and status == b"running")
+
     def waits(self, task_id: str) -> bool:
         return any(h.ask.task_id == task_id for h in self._waiting.values())
 

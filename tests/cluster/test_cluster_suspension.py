@@ -13,6 +13,7 @@ Real processes: the nodes (`corral daemon` subprocesses), their redis-server, wo
 from __future__ import annotations
 
 import re
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import psutil
 import pytest
 import redis as redis_py
 
+from corral.cluster.clusterasks import SUSPEND
 from corral.cluster.keys import Keys
 
 from ..redis_harness import RedisServer
@@ -34,6 +36,7 @@ from .test_cluster_approvals import both_alive, other_than, pending
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
 from .test_cluster_upgrade import KEPT, started
+from .test_failover import linked, replicated
 
 pytestmark = pytest.mark.timeout(150)
 SUSPEND_AFTER = 300  # the agent's suspend_after: five minutes of the node's clock
@@ -225,6 +228,56 @@ def test_one_of_two_asks_at_once_decided_the_task_suspends_on_the_other(
         assert [r["content"][0]["text"] for r in done["output"]] == ["bumped 7", "bumped 8"]
         assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
         assert sorted(counted(tmp)) == ["7", "8"]
+
+
+def test_a_suspension_redis_took_unconfirmed_gives_the_attempt_back_its_call_once(
+        tmp: Path) -> None:
+    """SUSPEND ran on the primary, but no replica confirmed it (`ack_replicas`, the
+    replica frozen): the node
+    is refused the write, yet the task is suspended in Redis. Reading its record again
+    the node finds that and gives the attempt back, so the approval (queuing the task
+    again in Redis) does not also reach the attempt here: the call runs once."""
+    agents = fleet(tmp)
+    with replicated(tmp, 1) as (primary, [replica]), \
+            nodes(tmp, primary, {"a": agents}, supervisor=CLOCK,
+                  extra="ack_replicas = 1\nack_timeout = 0.5\n") as ns:
+        a = ns["a"]
+        wait_until(lambda: a.nodes()["nodes"][0]["alive"], 30, "node a alive")
+        task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(9)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), 30, "its ask")
+        wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
+                   "its attempt waiting on its ask")
+        # frozen, the replica is still connected to the primary, which runs the write
+        # but hears no confirmation of it (the script loaded as a node that suspended a
+        # task before has it: a first EVALSHA's NOSCRIPT would go unanswered too)
+        r = redis_py.Redis(port=primary.port)
+        try:
+            r.script_load(SUSPEND)
+        finally:
+            r.close()
+        assert replica.proc is not None
+        replica.proc.send_signal(signal.SIGSTOP)
+        moved = a.cli("clock", "--advance", "10m")
+        assert moved.returncode == 0, moved.stderr
+        said = wait_until(lambda: (s := a.call("stats.get")["tasks"]["suspensions"])[
+            "unsure"] == 1 and s, 30, "the suspension found taken")
+        assert said["unwritten"] == 1
+        assert record(a, task_id)["status"] == "suspended"
+        wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 0, 30,
+                   "its attempt given back")
+        replica.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: linked(primary, 1), 30, "the replica back in sync")
+        approved = a.cli("approvals", "approve", ask["id"])
+        assert approved.returncode == 0, approved.stderr
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+        assert counted(tmp) == ["9"]
+        a.stop()
+        # what it said when the write went unconfirmed, before it read the record again
+        assert (f"0 of the 1 replicas ack_replicas asks for confirmed it within 0.5 s "
+                f"(ack_timeout)): task {task_id} was not suspended: it waits on its "
+                f"attempt") in a.said(), a.said()
 
 
 def test_a_denied_suspended_cluster_task_sees_the_tool_error(tmp: Path,

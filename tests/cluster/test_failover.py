@@ -88,7 +88,7 @@ class Sentinel:
             self.proc.wait(10)
 
 
-def _linked(server: RedisServer, replicas: int) -> bool:
+def linked(server: RedisServer, replicas: int) -> bool:
     """`server` is a primary with `replicas` replicas connected and in sync."""
     c = redispy.Redis(port=server.port, decode_responses=True, socket_timeout=2)
     try:
@@ -110,7 +110,7 @@ def replicated(tmp: Path, count: int) -> Iterator[tuple[RedisServer, list[RedisS
             replicas.append(RedisServer(
                 tmp / f"replica{i}", args=("--replicaof", "127.0.0.1", str(primary.port))
             ).start())
-        wait_until(lambda: _linked(primary, count), what="replicas in sync")
+        wait_until(lambda: linked(primary, count), what="replicas in sync")
         yield primary, replicas
     finally:
         for server in (primary, *replicas):

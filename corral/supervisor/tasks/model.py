@@ -297,6 +297,10 @@ class AsksElsewhere(Protocol):
         """Whether an attempt here waits on an ask of the task (another call of it may
         have ended its own)."""
 
+    async def holds(self, task: Task) -> bool:
+        """Whether this node's claim still holds the task where it is kept (RpcError:
+        not read)."""
+
     async def suspend(self, task: Task, why: str) -> bool:
         """The waiting task's claim given back, the task suspended where its asks are
         kept, to be queued again there when they end (suspension.py); False: not (what

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .model import Task
 
 log = logging.getLogger("corral.tasks")
+REREAD = 1.0  # seconds: a record Redis did not answer for is read again after
 
 
 class SuspendingEngine(Protocol):
@@ -104,6 +105,8 @@ class Suspensions:
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
         self.unwritten = 0  # cluster tasks' suspensions Redis did not take: they wait on
+        # of those, found written when the record was read again: given back after all
+        self.unsure = 0
         engine.stream.subscribe(self._ask_ended, AskEnded)
 
     def suspendable(self, task: Task) -> bool:
@@ -219,11 +222,28 @@ class Suspensions:
         except RpcError as exc:  # (its message names the task: it waits on its attempt)
             self.unwritten += 1
             log.warning("%s", exc.message)
+            # Redis may have taken it all the same (no replica confirmed it, its answer
+            # lost): what the record says decides, read until Redis answers, while an
+            # answer that reaches the attempt waits (else it would run here and again
+            # where the cluster queues it)
+            done = await self._written(task, kept, held)
         finally:
             if done and task.waiting and task.attempt == held.attempt:
                 self._give_back(task, held, why)
             assert held.writing is not None
             held.writing.set_result(done)
+
+    async def _written(self, task: Task, kept: AsksElsewhere, held: _Wait) -> bool:
+        while task.waiting and task.attempt == held.attempt:
+            try:
+                gone = not await kept.holds(task)
+            except RpcError:
+                await asyncio.sleep(REREAD)
+                continue
+            if gone:
+                self.unsure += 1
+            return gone
+        return False
 
     def suspend_all(self, why: str) -> int:
         """Every waiting task that can be suspended, suspended now (a daemon about to be
@@ -305,7 +325,8 @@ class Suspensions:
 
     def stats(self) -> dict[str, int]:
         return {"suspended": self.suspended, "resumed": self.resumed,
-                "compact": len(self.compact), "unwritten": self.unwritten}
+                "compact": len(self.compact), "unwritten": self.unwritten,
+                "unsure": self.unsure}
 
     def keep(self, task: CompactTask) -> bool:
         """A journal's suspended task after a restart, kept compact while what it asked
