@@ -269,7 +269,7 @@ class Asking:
         return await self.ask_script(
             keys=[K.task(r.tid), K.task_asks(r.tid), K.ask(ask_id), K.asks_pending(),
                   K.asks_pending("acme")],
-            args=[r.token, key, ask_id, b"{}", "mac", "3.0", 10, 10, ""])
+            args=[r.token, key, ask_id, b"{}", "mac", "3.0", 10, 10, "", 10])
 
     async def end(self, ask_id: str) -> Any:
         r = self.r
