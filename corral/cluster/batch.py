@@ -1,6 +1,8 @@
 """Calls of one script made in the same turn of the event loop go to Redis together, as
 one pipeline: one write and one read for a burst of submits (a client with many tasks in
-flight sends them in one read of the control socket), not one round trip each."""
+flight sends them in one read of the control socket), not one round trip each. A call
+may bring others to go before it in the same pipeline (`after`: a durable call's
+carried outcomes, before the submit that rides with its rows)."""
 
 from __future__ import annotations
 
@@ -18,19 +20,25 @@ class Batcher:
     def __init__(self, scripts: Scripts, script: Any) -> None:
         self.scripts = scripts
         self.script = script
-        self._calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._calls: list[tuple[list[Any], list[Any], list[Call], asyncio.Future[Any]]] = []
         self._scheduled = False
         self._sending: set[asyncio.Future[None]] = set()
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        return (await self.after([], keys, args))[1]
+
+    async def after(self, before: list[Call], keys: list[Any], args: list[Any]
+                    ) -> tuple[list[Any], Any]:
+        """The call, the calls `before` it in the same pipeline: their answers (each an
+        answer or its error), and its."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._calls.append((keys, args, fut))
+        self._calls.append((keys, args, before, fut))
         if not self._scheduled:
             # after what this turn has already made ready: the rest of the burst
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        return await fut  # type: ignore[no-any-return]
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -41,19 +49,22 @@ class Batcher:
             self._sending.add(sending)
             sending.add_done_callback(self._sending.discard)
 
-    async def _send(self, calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]
-                    ) -> None:
-        planned = self.plan([(keys, args) for keys, args, _ in calls])
+    async def _send(self, calls: list[tuple[list[Any], list[Any], list[Call],
+                                            asyncio.Future[Any]]]) -> None:
+        planned = self.plan([(keys, args) for keys, args, _, _ in calls])
+        first = [c for _, _, before, _ in calls for c in before]
         try:
-            results = await self.scripts.acknowledged(planned)
+            results = await self.scripts.acknowledged([*first, *planned])
         except (RedisError, OSError) as exc:
-            for _, _, fut in calls:
+            for *_, fut in calls:
                 if not fut.done():
                     fut.set_exception(exc)
             return
         finally:
             self.sent(planned)
-        for (_, _, fut), call, result in zip(calls, planned, results, strict=True):
+        answers, results = results[:len(first)], results[len(first):]
+        for (_, _, before, fut), call, result in zip(calls, planned, results, strict=True):
+            mine, answers = answers[:len(before)], answers[len(before):]
             if not isinstance(result, Exception):
                 result = self.answer(call, result)
             if fut.done():
@@ -61,7 +72,7 @@ class Batcher:
             if isinstance(result, Exception):
                 fut.set_exception(result)
             else:
-                fut.set_result(result)
+                fut.set_result((mine, result))
 
     # -- what a kind of batch changes (submitclaim.py) --------------------------------
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:

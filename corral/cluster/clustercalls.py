@@ -19,6 +19,11 @@ row running in Redis, naming its task: the node that takes the call over submits
 again under that id, which the cluster answers with the task it has (ended: its record's
 end), so nothing runs twice and the step ends as it did.
 
+A step's task this node ran may have ended here before its record says so: its outcome
+told to the call at once and held in the outbox (decision 795). Its ended row then goes
+to Redis only after that outcome: carried by the ride and checked by its guard
+(rides.py), or sent first (`outcomes_first`) when the row goes with another write.
+
 Redis is the truth; the node's own journal (`local`, the SQLite one) holds a copy of each
 call it drives, which is what the engine's synchronous reads (a row's output, a listing)
 are answered from: a call taken over is copied into it whole before it is driven.
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -156,19 +161,24 @@ class ClusterCalls:
                  membership: Membership, local: DurableStore,
                  kept: tuple[int, int] = (7 * 86400, 100_000),
                  drivable: Callable[[CallRecord], bool] = lambda record: True,
-                 settled: Callable[[str], bool] = lambda task_id: False) -> None:
+                 settled: Callable[[str], bool] = lambda task_id: False,
+                 outcomes_first: Callable[[list[str]], Awaitable[bool]] | None = None
+                 ) -> None:
         """`kept`: an ended call's seconds in Redis, and how many of a kind's are
         listed ([cluster] tasks_kept_for, tasks_kept); `drivable`: whether this node
         can drive a call (it runs the agents its kind needs on the driving node: a
         coordinate team's leader), else it leaves the call to a node that can;
         `settled`: whether a task id is a step's cluster task that ended (its record
-        keeps its end: its row may be held, calltasks.py)."""
+        keeps its end: its row may be held, calltasks.py); `outcomes_first`: these tasks'
+        outcomes held here written (outbox.send_held), False when one was refused."""
         self.redis = redis
+        self.outcomes_first = outcomes_first
         self.drivable = drivable
         self.settled = settled
         # call id -> its ended rows not yet in Redis (field -> signed row), each held at
         # most HOLD_FOR; and the calls whose held rows go alone then
         self.held: dict[str, dict[str, bytes]] = {}
+        self.held_tasks: dict[str, list[str]] = {}  # and the tasks those rows name
         self._timed: set[str] = set()
         self.flushing: set[asyncio.Task[None]] = set()  # the held rows going alone
         self.kept = kept
@@ -249,6 +259,7 @@ class ClusterCalls:
             record.output, record.error, record.revision, record.agents,
             record.traceparent, record.tracestate))
         mac = self.trust.sign(CALL, record.call_id, payload)
+        await self._outcomes_first(record.call_id, [])
         # its held rows first: an ended call's rows are all in Redis as it ends
         await self._fenced(record.call_id, [*self._held_write(record.call_id, {}), (
             self._save_call, [
@@ -268,8 +279,12 @@ class ClusterCalls:
                    and self.settled(r.task_id) for r in rows]
         if rows and all(settled) and call_id in self.leases:
             self.held.setdefault(call_id, {}).update(fields)
+            self.held_tasks.setdefault(call_id, []).extend(
+                r.task_id for r in rows if r.task_id is not None)
             self._flush_later(call_id)
         else:
+            await self._outcomes_first(call_id, [r.task_id for r, s in zip(
+                rows, settled, strict=True) if s and r.task_id is not None])
             await self._fenced(call_id, self._held_write(call_id, fields))
         await self.local.save_steps(call_id, rows)
 
@@ -295,7 +310,8 @@ class ClusterCalls:
             await self.local.save_steps(call_id, [row])
             noted()
         return Ride(call_id, [self.keys.call(call_id), self.keys.call_steps(call_id)],
-                    lease.token, list(fields.items()), kept)
+                    lease.token, list(fields.items()), kept,
+                    self.held_tasks.pop(call_id, []))
 
     def lost_lease(self, call_id: str) -> RpcError:
         """A ride refused by the call's fence: the call is another node's."""
@@ -304,6 +320,22 @@ class ClusterCalls:
             self.lost[call_id] = lease
         self.fenced += 1
         return self._not_ours(call_id)
+
+    async def _outcomes_first(self, call_id: str, tasks: list[str]) -> None:
+        """The outcomes held for the call's held rows and `tasks` written before a write
+        that does not carry them (the held rows' tasks forgotten once they are)."""
+        tasks = [*self.held_tasks.get(call_id, ()), *tasks]
+        if not tasks or self.outcomes_first is None:
+            return
+        try:
+            ok = await self.outcomes_first(tasks)
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"call {call_id} not kept: the cluster's "
+                                                f"Redis did not take its steps' outcomes "
+                                                f"({why(exc)})") from None
+        if not ok:
+            raise self.lost_lease(call_id)
+        self.held_tasks.pop(call_id, None)
 
     def _held_write(self, call_id: str, fields: dict[str, bytes]
                     ) -> list[tuple[Any, list[str], list[Any]]]:
@@ -338,6 +370,7 @@ class ClusterCalls:
         node's are (the driver's next write fails, and the call is taken again from
         what Redis holds)."""
         with contextlib.suppress(RpcError):
+            await self._outcomes_first(call_id, [])
             await self._fenced(call_id, self._held_write(call_id, {}))
 
     async def close(self) -> None:
@@ -443,6 +476,7 @@ class ClusterCalls:
         incarnation still holds it in Redis (another node's take is refused by TAKE)."""
         self.leases.pop(call_id, None)
         self.held.pop(call_id, None)  # (the call is taken again from what Redis holds)
+        self.held_tasks.pop(call_id, None)
 
     async def _copied(self, record: CallRecord) -> None:
         await self.local.save_call(record)

@@ -25,7 +25,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
-from ..supervisor.tasks import is_task_id, new_id
+from ..supervisor.tasks import TaskFinished, is_task_id, new_id
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
@@ -39,6 +39,7 @@ from .clusterspawns import ROOT, lineage_field
 from .connection import never_sent, place, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
+from .outbox import Outbox
 from .replicas import UnconfirmedWrite
 from .rides import REFUSED, LostLease, Ride, RideScripts
 from .scripts import Scripts
@@ -54,10 +55,11 @@ class ClusterTasks:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  membership: Membership, host: TaskHost,
                  report: Callable[[str], None], trust: Trust, submit_batch: Batcher,
-                 sessions: ClusterSessions) -> None:
+                 sessions: ClusterSessions, outbox: Outbox) -> None:
         """`submit_batch`: the plain submit's batcher (node.py gives submitclaim's
         SubmitClaims: a node that runs the agent claims its share as it submits);
-        `sessions`: the submit of a task naming a session (sessions.py)."""
+        `sessions`: the submit of a task naming a session (sessions.py); `outbox`: the
+        outcomes of the tasks this node runs (a call's step's held for its next write)."""
         self.redis = redis
         self.trust = trust
         self.scripts = scripts
@@ -73,6 +75,8 @@ class ClusterTasks:
         # clients following a task's progress here (`corral run`), by task
         self._following: dict[str, list[Progress]] = {}
         self.submit_batch = submit_batch
+        self.outbox = outbox
+        self._stepping: set[str] = set()  # the durable calls' steps' tasks waited for here
         self.sessions = sessions
         self._submit_turn = Batcher(scripts, self.sessions.submit)
         self.rides = RideScripts(redis)
@@ -165,14 +169,25 @@ class ClusterTasks:
                  lineage_field(self.trust, task_id, ROOT if reach is None
                                else Lineage(0, reach[1], reach[0])),
                  tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]
+        carried: list[Any] = []
         if ride is not None:  # (a step's task: never a session's)
+            carried = self.outbox.take(ride.tasks)
             keys += ride.keys
-            args[-4:-4] = ride.args()
+            args[-4:-4] = ride.args([(self.keys.task(t.id), t.token, a[2])
+                                     for t, a in carried])
             submit = self.rides.submit
         try:
-            got = await (self.submit_batch if p.session is None else self._submit_turn)(
-                keys=keys, args=args)
+            if p.session is None:
+                answers, got = await self.submit_batch.after(
+                    [self.outbox.call_of(*c) for c in carried], keys, args)
+            else:
+                got = await self._submit_turn(keys=keys, args=args)
+            for c, answer in zip(carried, answers if p.session is None else [],
+                                 strict=True):
+                self.outbox.landed(c, answer)
         except RedisError as exc:
+            for c in carried:
+                self.outbox.landed(c, exc)  # (sent as any other: written or refused)
             if never_sent(exc):
                 raise unavailable(self.settings, exc, "the task was not accepted"
                                   ) from None
@@ -364,17 +379,21 @@ class ClusterTasks:
         ended already, its record is read first), and its outcome. `ride`: the call's
         rows its submit writes, kept (`Ride.kept`) once Redis has them."""
         fut = self._waiter(task_id)  # before the submit (as `submit`'s)
+        self._stepping.add(task_id)
         try:
-            new = await self._put(p, task_id, ride=ride)
-            if ride is not None:
-                await ride.kept()
-        except BaseException:
+            try:
+                new = await self._put(p, task_id, ride=ride)
+                if ride is not None:
+                    await ride.kept()
+            except BaseException:
+                self._unwait(task_id, fut)
+                raise
+            if new:
+                return await self._ended(task_id, fut)
             self._unwait(task_id, fut)
-            raise
-        if new:
-            return await self._ended(task_id, fut)
-        self._unwait(task_id, fut)
-        return await self._ended(task_id, None)
+            return await self._ended(task_id, None)
+        finally:
+            self._stepping.discard(task_id)
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
                   progress: Progress) -> m.TaskResult:
@@ -401,6 +420,17 @@ class ClusterTasks:
             following.remove(progress)
             if not following:
                 del self._following[task_id]
+
+    # -- the outcomes of the tasks this node ran -----------------------------------------
+    def finished(self, e: TaskFinished) -> None:
+        """A task's end here (on the engine's stream): its outcome to the outbox; that of
+        a call's step waited for here told to the step at once, as the outcomes stream
+        would carry it, its FINISH held for the call's next write (decision 795)."""
+        args = self.outbox.finished(e, hold=e.task.id in self._stepping)
+        if args is not None:
+            self._wake(e.task.id, records.inline_result(e.task.id, {
+                b"status": args[2].encode(), b"output": args[3], b"error": args[4],
+                b"attempts": b"[" + b",".join(args[12:]) + b"]"}))
 
     # -- the outcomes stream ------------------------------------------------------------
     def _wake(self, task_id: str, result: m.TaskResult | None = None) -> None:

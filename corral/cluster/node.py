@@ -109,8 +109,11 @@ class ClusterNode:
         # what this node has free slots for starts here as it is submitted (fair share)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
+        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
+                             report, settings.tasks_kept_for, trust)
         self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
-                                host, report, trust, self.submit_claims, sessions)
+                                host, report, trust, self.submit_claims, sessions,
+                                self.outbox)
         # its durable calls (workflow runs, team calls) and their steps' tasks in Redis,
         # taken over when it dies
         step_tasks = ClusterStepTasks(self.desk, self.cancel)
@@ -119,10 +122,8 @@ class ClusterNode:
                                   (int(settings.tasks_kept_for), settings.tasks_kept),
                                   lambda record: all(a in host.agents
                                                      for a in driven_with(record)),
-                                  step_tasks.settled)
+                                  step_tasks.settled, self.outbox.send_held)
         self.durables = Durables(self.calls, step_tasks)
-        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
                              settings.tasks_kept_for, trust)
         self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
@@ -136,7 +137,7 @@ class ClusterNode:
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
-        host.stream.subscribe(self.outbox.finished, TaskFinished)
+        host.stream.subscribe(self.desk.finished, TaskFinished)
         # an agent removed here ends its cluster sessions too (unless another node runs it)
         host.stream.subscribe(self._sessions_ending, SessionsEnding)
         host.stream.subscribe(self._fenced, NodeFence)

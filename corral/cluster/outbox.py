@@ -4,6 +4,12 @@ token while the task still runs under it. Outcomes wait here in order while Redi
 away and go once it answers (the outbox); a refused one (the task was taken over from
 this node while it was paused or cut off) is counted, logged and dropped: the cluster
 already gave the task to another node, or ended it `lost`.
+
+An outcome told at once to a durable call's step waiting on this node (`finished`'s
+`hold`, decision 795) is held here instead, for the call's next write to carry in its
+own round trip (`take`, `landed`): the step goes on without waiting for Redis, and the
+call's next write is refused unless the outcome is in the record (rides.py). One the
+call does not carry within a beat goes as any other (its driver went away).
 """
 
 from __future__ import annotations
@@ -49,17 +55,22 @@ class Outbox:
         self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
         self.reports: dict[str, tuple[ClusterTask, bytes]] = {}  # newest progress, by task
         self.given_up: set[str] = set()  # fenced incarnations: their outcomes are not sent
+        self.held: dict[str, tuple[ClusterTask, list[Any]]] = {}  # by task (`hold`)
+        self.turned: dict[str, None] = {}  # outcomes refused, the newest (`send_held`)
         self.published = 0
         self.refused = 0  # late writes the fence refused
         self._kick = asyncio.Event()
         self._sending = asyncio.Lock()
 
-    def finished(self, e: TaskFinished) -> None:
-        """A task's end (on the engine's stream): its outcome goes to its record."""
+    def finished(self, e: TaskFinished, hold: bool = False) -> list[Any] | None:
+        """A task's end (on the engine's stream): its outcome goes to its record. `hold`:
+        a call's step waits for it here, and its next write may carry it: an outcome
+        that rides along on the outcomes stream is then held (its FINISH's arguments
+        returned, None when it goes as any other)."""
         task = e.task
         self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
         if not isinstance(task, ClusterTask) or task.consumer in self.given_up:
-            return
+            return None
         err = task.error
         output = b"" if task.raw_output is None else bytes(task.raw_output)
         inline = task.base == 0 and len(output) <= INLINE_OUTPUT
@@ -69,8 +80,50 @@ class Outbox:
                 "1" if inline else "0",
                 self.trust.outcome(task.id, task.token, status, output, error),
                 *(records.attempt_json(a, self.node) for a in task.attempts)]
+        if hold and inline:
+            self.held[task.id] = (task, args)
+            asyncio.get_running_loop().call_later(self.beat, self._release, task.id)
+            return args
         self.pending.append((task, args))
         self._kick.set()
+        return None
+
+    def _release(self, task_id: str) -> None:
+        held = self.held.pop(task_id, None)
+        if held is not None:
+            self.pending.append(held)
+            self._kick.set()
+
+    def take(self, task_ids: list[str]) -> list[tuple[ClusterTask, list[Any]]]:
+        """The held outcomes of these tasks, for a call's write to carry (its FINISH
+        calls first in the write's pipeline); each then `landed`."""
+        return [self.held.pop(t) for t in task_ids if t in self.held]
+
+    def call_of(self, task: ClusterTask, args: list[Any]) -> tuple[Any, list[str], list[Any]]:
+        return (self.scripts.finish, [self.keys.task(task.id), self.keys.attempts(task.id),
+                                      task.stream, self.keys.outcomes, *self.keys.listed],
+                args)
+
+    def landed(self, item: tuple[ClusterTask, list[Any]], answer: Any) -> None:
+        """A carried outcome's answer: written (1), else it goes as any other, whose send
+        tells a refusal from an outcome written before (`_sent_before`)."""
+        if answer == 1:
+            self.published += 1
+            return
+        self.pending.appendleft(item)
+        self._kick.set()
+
+    async def send_held(self, task_ids: list[str]) -> bool:
+        """These tasks' outcomes in their records before a call's write that does not
+        carry them: False when one was refused (the task was taken over from this node);
+        RedisError when Redis does not take them."""
+        taken = self.take(task_ids)
+        self.pending.extendleft(reversed(taken))
+        while taken and self.pending:
+            if not await self.send():
+                raise RedisError("the outcomes wait for Redis")
+        turned = [t for t in task_ids if self.turned.pop(t, 0) is None]
+        return not turned
 
     def progress(self, e: TaskProgress | TaskFinished) -> None:
         """A watcher of each claimed task (Task.watch): its newest progress goes to the
@@ -113,10 +166,7 @@ class Outbox:
             calls = [(self.scripts.progress, [self.keys.task(task.id), self.keys.outcomes],
                       [task.token, data, task.id])
                      for task, data in reports.values()]
-            calls += [(self.scripts.finish, [self.keys.task(task.id),
-                                             self.keys.attempts(task.id), task.stream,
-                                             self.keys.outcomes, *self.keys.listed], args)
-                      for task, args in batch]
+            calls += [self.call_of(task, args) for task, args in batch]
             try:
                 written = await self.scripts.acknowledged(calls) if calls else []
             except RedisError as exc:
@@ -142,6 +192,9 @@ class Outbox:
         self.published += len(landed)
         for task in turned:
             self.refused += 1
+            self.turned[task.id] = None  # (asked by send_held at once: the newest kept)
+            if len(self.turned) > BATCH:
+                del self.turned[next(iter(self.turned))]
             self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
                         "refused: the task was taken over from this node")
         return not again

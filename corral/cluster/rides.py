@@ -9,10 +9,18 @@ no task is left running for it): a pipeline of SAVE_STEPS
 then SUBMIT would not do, a refused row with a submit that went on leaving a task that
 no row names, whose step the taker would make again under a new id.
 
+The outcomes of the call's ended steps' tasks that this node ran and told the call at
+once (outbox.py's `hold`, decision 795) go in the same round trip, their FINISH calls
+first in the pipeline; the guard then refuses the ride, writing nothing, unless each is
+in its task's record under this node's claim (its fence and status): an ended row never
+lands without its task's end, which a takeover of the task (this node paused past its
+TTL) would have refused.
+
 The guarded scripts are SUBMIT's and SUBMIT_CLAIM's with the guard before them: their
 keys, then the call's and its steps' (KEYS[#KEYS - 1], KEYS[#KEYS]); their arguments,
-then the call's token and its rows (one msgpack array of field, signed row, ...) just
-before SUBMIT's last four (ARGV[#ARGV - 5], ARGV[#ARGV - 4]), so that no argument either
+then the outcomes carried (one msgpack array of task key, fence, status, ...), the
+call's token and its rows (one msgpack array of field, signed row, ...) just before
+SUBMIT's last four (ARGV[#ARGV - 6] to ARGV[#ARGV - 4]), so that no argument either
 script reads moves.
 """
 
@@ -26,7 +34,8 @@ import msgspec
 
 from .scripts import SUBMIT, SUBMIT_CLAIM
 
-REFUSED = -9  # the answer of a ride whose call is another's, or has ended
+REFUSED = -9  # the answer of a ride whose call is another's, or has ended, or whose
+# carried outcome is not in its task's record
 KEYS = 7  # a riding submit's keys (SUBMIT's five, the call's two); SUBMIT_CLAIM's: 8
 
 
@@ -34,6 +43,11 @@ def _guarded(script: str, refused: str) -> str:
     return f"""local call = redis.call('HMGET', KEYS[#KEYS - 1], 'fence', 'status')
 if call[1] ~= ARGV[#ARGV - 5] or (call[2] and call[2] ~= 'running') then
   return {refused}
+end
+local ended = cmsgpack.unpack(ARGV[#ARGV - 6])
+for i = 1, #ended, 3 do
+  local rec = redis.call('HMGET', ended[i], 'fence', 'status')
+  if rec[1] ~= ended[i + 1] or rec[2] ~= ended[i + 2] then return {refused} end
 end
 local rows = cmsgpack.unpack(ARGV[#ARGV - 4])
 for i = 1, #rows, 2 do redis.call('HSET', KEYS[#KEYS], rows[i], rows[i + 1]) end
@@ -66,9 +80,13 @@ class Ride:
     token: int
     rows: list[tuple[str, bytes]]
     kept: Callable[[], Awaitable[None]]
+    tasks: list[str]  # the tasks of its ended rows (their outcomes may be carried)
 
-    def args(self) -> list[Any]:
-        """The two arguments the guard reads (a signed row is JSON after its MAC: text,
-        packed as msgpack strings, which Redis's cmsgpack reads; its binary type not)."""
-        return [self.token, msgspec.msgpack.encode(
-            [x for field, row in self.rows for x in (field, row.decode())])]
+    def args(self, ended: list[tuple[str, int, str]]) -> list[Any]:
+        """The three arguments the guard reads: `ended`, the carried outcomes (task key,
+        fence token, status), the token, the rows (a signed row is JSON after its MAC:
+        text, packed as msgpack strings, which Redis's cmsgpack reads; its binary type
+        not)."""
+        return [msgspec.msgpack.encode([str(x) for e in ended for x in e]), self.token,
+                msgspec.msgpack.encode(
+                    [x for field, row in self.rows for x in (field, row.decode())])]

@@ -61,7 +61,7 @@ class SubmitClaims(Batcher):
             # SUBMIT's own (and the claim's)
             riding = len(keys) == RIDING_KEYS
             own, last = (keys[:-2], keys[-2:]) if riding else (keys, [])
-            tail = 6 if riding else 4
+            tail = 7 if riding else 4
             # the last of the batch claimed: those left to the others go first, and wake
             # their reads while Redis runs this node's claims
             left = by_agent[agent]
