@@ -26,7 +26,7 @@ script reads moves.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ class Ride:
     kept: Callable[[], Awaitable[None]]
     tasks: list[str]  # the tasks of its ended rows (their outcomes may be carried)
 
-    def args(self, ended: list[tuple[str, int, str]]) -> list[Any]:
+    def args(self, ended: Sequence[tuple[str, int, str]] = ()) -> list[Any]:
         """The three arguments the guard reads: `ended`, the carried outcomes (task key,
         fence token, status), the token, the rows (a signed row is JSON after its MAC:
         text, packed as msgpack strings, which Redis's cmsgpack reads; its binary type
