@@ -107,6 +107,12 @@ class Keys:
         of one tenant's tasks (what the bounds count)."""
         return f"{self.prefix}askq" + ("" if tenant is None else f":{tenant}")
 
+    def asks_done(self, tenant: str) -> str:
+        """Sorted set (scored by when their task ended): the asks of a tenant's tasks
+        that have ended, whose records a task's end trims to the newest ASKS_KEPT
+        (scripts._ended): what a tenant's agents ask is not kept without bound."""
+        return f"{self.prefix}askdone:{tenant}"
+
     @property
     def ask_deadlines(self) -> str:
         """Sorted set (scored by deadline): the pending asks that have one, which any

@@ -15,6 +15,10 @@ from . import sessionscripts
 from .keys import CHECKPOINT_FIELD, GROUP, OUTCOMES_KEPT
 from .replicas import Acks
 
+# the asks of a tenant's ended tasks whose records a cluster keeps: the newest, as many
+# as the tenant may have pending at once (inbox.MAX_PENDING_PER_TENANT)
+ASKS_KEPT = 1_000
+
 
 def _steps_key(task: str) -> str:
     """The task's steps (Keys.steps), named from its record's key KEYS[1] (Keys.task):
@@ -43,18 +47,34 @@ def _ended(task: str, kept: str, live: int) -> str:
     its asks by call (clusterasks.py) go at once: no attempt follows an end to spawn or
     ask again (its children live on, their places in the tree in their own records; a
     pending ask of it leaves the pending asks the bounds count, its record kept as long
-    as the task's, and is withdrawn where it is next read or decided)."""
+    as the task's, and is withdrawn where it is next read or decided). Its asks join its
+    tenant's ended ones (Keys.asks_done), whose records beyond the newest ASKS_KEPT go:
+    asks a tenant's tasks make and end at once are not kept for tasks_kept_for each."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
 local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)
 local ask_tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
-for _, ask in ipairs(redis.call('HVALS', {_asks_key(task)})) do
-  if redis.call('HEXISTS', ask_prefix .. 'ask:' .. ask, 'end') == 0 then
-    redis.call('ZREM', ask_prefix .. 'askq', ask)
-    redis.call('ZREM', ask_prefix .. 'askq:' .. ask_tenant, ask)
-    redis.call('ZREM', ask_prefix .. 'askdue', ask)
-    redis.call('EXPIRE', ask_prefix .. 'ask:' .. ask, {kept})
+do
+local asks = redis.call('HVALS', {_asks_key(task)})
+if #asks > 0 then
+  local done = ask_prefix .. 'askdone:' .. ask_tenant
+  local now = tonumber(redis.call('TIME')[1])
+  for _, ask in ipairs(asks) do
+    if redis.call('HEXISTS', ask_prefix .. 'ask:' .. ask, 'end') == 0 then
+      redis.call('ZREM', ask_prefix .. 'askq', ask)
+      redis.call('ZREM', ask_prefix .. 'askq:' .. ask_tenant, ask)
+      redis.call('ZREM', ask_prefix .. 'askdue', ask)
+      redis.call('EXPIRE', ask_prefix .. 'ask:' .. ask, {kept})
+    end
+    redis.call('ZADD', done, now, ask)
   end
+  local over = redis.call('ZCARD', done) - {ASKS_KEPT}
+  if over > 0 then
+    local gone = redis.call('ZPOPMIN', done, over)
+    for i = 1, #gone, 2 do redis.call('DEL', ask_prefix .. 'ask:' .. gone[i]) end
+  end
+  redis.call('EXPIRE', done, {kept})
+end
 end
 redis.call('DEL', {_steps_key(task)}, {_spawns_key(task)}, {_asks_key(task)})
 redis.call('ZREM', KEYS[{live}], {task})

@@ -27,7 +27,7 @@ import redis as redis_py
 from corral.cluster import records
 from corral.cluster.clusterasks import ASK, END
 from corral.cluster.keys import Keys
-from corral.cluster.scripts import Scripts
+from corral.cluster.scripts import ASKS_KEPT, Scripts
 
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port
@@ -443,11 +443,22 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     assert await client.exists(K.ask("ask-3")) == 0
     assert await ask(token, "tool:x", "ask-3", per_task=2) == [2, b"ask-1"]  # as before
     assert await ask(token, "tool:y", "ask-3") == [1]
+    # the tenant's ended tasks' asks kept: the newest ASKS_KEPT, the oldest records gone
+    old = [f"old-{i:04}" for i in range(ASKS_KEPT - 1)]
+    await client.zadd(K.asks_done("acme"), dict.fromkeys(old, 1))
+    for o in old[:3]:
+        await client.hset(K.ask(o), "rec", b"{}")
     assert await s.finish(keys=[K.task(TID), K.attempts(TID), K.stream("acme", "w", 0),
                                 K.outcomes, *K.listed],
                           args=[token, TID, "succeeded", b"{}", b"", "3.0", entry, 0, 60, 0,
                                 "0", ""]) == 1
     assert await client.exists(K.task_asks(TID)) == 0  # its asks by call went with it
+    done = await client.zrange(K.asks_done("acme"), 0, -1)
+    assert len(done) == ASKS_KEPT
+    assert done[:ASKS_KEPT - 3] == [o.encode() for o in old[2:]]
+    assert sorted(done[-3:]) == [b"ask-1", b"ask-3", b"ask-5"]
+    assert [await client.exists(K.ask(o)) for o in old[:3]] == [0, 0, 1]
+    assert await client.exists(K.ask("ask-1")) == 1
     # its pending ask out of what the bounds count at once, its record kept as the task's
     assert await client.zscore(K.asks_pending("acme"), "ask-3") is None
     assert await client.zscore(K.asks_pending(), "ask-3") is None
