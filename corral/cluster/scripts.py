@@ -728,21 +728,28 @@ class Scripts:
         return await self._run(calls, self.acks)
 
     async def _run(self, calls: list[Call], acks: Acks | None) -> list[Any]:
-        results = await self._pipe(calls, acks)
+        answers = await self._pipe(calls, acks)
+        results = answers[:len(calls)]
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
-            again = await self._pipe([calls[i] for i in missing], acks)
-            for i, r in zip(missing, again, strict=True):
+            # the calls that ran are confirmed with those run again: a WAIT confirms
+            # every write Redis took before it (its replication stream is in order)
+            answers = await self._pipe([calls[i] for i in missing], acks)
+            for i, r in zip(missing, answers, strict=False):
                 results[i] = r
+        if acks is not None:
+            acks.check(answers)
         return results
 
     async def _pipe(self, calls: list[Call], acks: Acks | None) -> list[Any]:
+        """The calls' answers, then (with `acks`) the confirmation's two, unchecked: a
+        call Redis did not know the script of did not run, and a confirmation that falls
+        short is not yet a refusal of it (`_run`)."""
         pipe = self.redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         if acks is not None:
             acks.ask(pipe)
-        answers = list(await pipe.execute(raise_on_error=False))
-        return answers if acks is None else acks.check(answers)
+        return list(await pipe.execute(raise_on_error=False))

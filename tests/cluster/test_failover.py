@@ -20,8 +20,11 @@ from typing import Any
 
 import pytest
 import redis as redispy
+import redis.asyncio
 
 from corral.cluster.redischeck import replicas_short
+from corral.cluster.replicas import Acks, UnconfirmedWrite
+from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings, ConfigError
 from corral.supervisor.configload import load_config
 
@@ -394,3 +397,29 @@ def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
             listed = a.nodes()["nodes"]
             assert {(x["node"], x["alive"], x["incarnation"]) for x in listed} == {
                 ("a", True, 1), ("b", True, 1)}
+
+
+async def test_a_script_redis_had_not_loaded_runs_before_its_write_is_unconfirmed(
+        tmp: Path) -> None:
+    """A script a (new) primary does not know yet is loaded and run again before its
+    write is refused as unconfirmed: UnconfirmedWrite says Redis took it, and it did."""
+    with replicated(tmp, 1) as (primary, [replica]):
+        client = redispy.asyncio.Redis(port=primary.port)
+        try:
+            s = Scripts(client, Acks(1, 0.3, "t:acks"))
+            put = client.register_script("redis.call('SET', KEYS[1], ARGV[1]) return 1")
+            assert await s.acknowledged([(put, ["k"], ["1"])]) == [1]
+            # another script, not yet loaded, with no replica to confirm it
+            add = client.register_script("return redis.call('INCR', KEYS[1])")
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGSTOP)
+            with pytest.raises(UnconfirmedWrite, match=r"^0 of the 1 replicas ack_replicas "
+                               r"asks for confirmed it within 0\.3 s \(ack_timeout\)$"):
+                await s.acknowledged([(put, ["k"], ["2"]), (add, ["n"], [])])
+            assert (await client.get("k"), await client.get("n")) == (b"2", b"1")
+            replica.proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: linked(primary, 1), what="the replica back in sync")
+            patient = Scripts(client, Acks(1, 10.0, "t:acks"))
+            assert await patient.acknowledged([(add, ["n"], [])]) == [2]
+        finally:
+            await client.aclose()
