@@ -402,7 +402,9 @@ class ClusterNode:
             await within(self.steps.close(), self.settings.beat)
         with contextlib.suppress(TimeoutError):
             await within(self.calls.close(), self.settings.beat)
-        with contextlib.suppress(RedisError, OSError):
+        # leaving is a courtesy (the node's key lapses at its TTL anyway): a Redis gone
+        # away meanwhile may answer with uvloop's RuntimeError of a closed transport
+        with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError):
             await within(self.membership.leave(), self.settings.beat)
         for client in (self.waits, self.redis):
             with contextlib.suppress(RedisError, OSError, TimeoutError):
