@@ -181,6 +181,8 @@ class ClusterCalls:
         self.held_tasks: dict[str, list[str]] = {}  # and the tasks those rows name
         self._timed: set[str] = set()
         self.flushing: set[asyncio.Task[None]] = set()  # the held rows going alone
+        self.held_again = 0  # held rows a write took and Redis did not answer for
+        self.closed = False  # (held rows no longer held again)
         self.kept = kept
         self.scripts = scripts
         self.keys = keys
@@ -261,7 +263,7 @@ class ClusterCalls:
         mac = self.trust.sign(CALL, record.call_id, payload)
         await self._outcomes_first(record.call_id, [])
         # its held rows first: an ended call's rows are all in Redis as it ends
-        await self._fenced(record.call_id, [*self._held_write(record.call_id, {}), (
+        await self._held_write(record.call_id, {}, [(
             self._save_call, [
                 self.keys.call(record.call_id), self.keys.calls_running,
                 self.keys.calls(record.kind), self.keys.call_steps(record.call_id)],
@@ -285,7 +287,7 @@ class ClusterCalls:
         else:
             await self._outcomes_first(call_id, [r.task_id for r, s in zip(
                 rows, settled, strict=True) if s and r.task_id is not None])
-            await self._fenced(call_id, self._held_write(call_id, fields))
+            await self._held_write(call_id, fields)
         await self.local.save_steps(call_id, rows)
 
     def _signed_rows(self, call_id: str, rows: list[StepRow]) -> dict[str, bytes]:
@@ -304,14 +306,15 @@ class ClusterCalls:
         lease = self.leases.get(call_id)
         if lease is None:
             raise self._not_ours(call_id)
-        fields = {**self.held.pop(call_id, {}), **self._signed_rows(call_id, [row])}
+        held, tasks = self.held.pop(call_id, {}), self.held_tasks.pop(call_id, [])
+        own = self._signed_rows(call_id, [row])
 
         async def kept() -> None:
             await self.local.save_steps(call_id, [row])
             noted()
         return Ride(call_id, [self.keys.call(call_id), self.keys.call_steps(call_id)],
-                    lease.token, list(fields.items()), kept,
-                    self.held_tasks.pop(call_id, []))
+                    lease.token, list({**held, **own}.items()), kept, tasks,
+                    lambda: self._held_again(call_id, held, tasks, own))
 
     def lost_lease(self, call_id: str) -> RpcError:
         """A ride refused by the call's fence: the call is another node's."""
@@ -325,10 +328,10 @@ class ClusterCalls:
         """The outcomes held for the call's held rows and `tasks` written before a write
         that does not carry them (the held rows' tasks forgotten once they are)."""
         tasks = [*self.held_tasks.get(call_id, ()), *tasks]
-        if not tasks or self.outcomes_first is None:
+        if not tasks:
             return
         try:
-            ok = await self.outcomes_first(tasks)
+            ok = self.outcomes_first is None or await self.outcomes_first(tasks)
         except RedisError as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, f"call {call_id} not kept: the cluster's "
                                                 f"Redis did not take its steps' outcomes "
@@ -337,18 +340,42 @@ class ClusterCalls:
             raise self.lost_lease(call_id)
         self.held_tasks.pop(call_id, None)
 
-    def _held_write(self, call_id: str, fields: dict[str, bytes]
-                    ) -> list[tuple[Any, list[str], list[Any]]]:
-        """The SAVE_STEPS of the call's held rows (taken) and `fields`; none when both
-        are empty."""
-        fields = {**self.held.pop(call_id, {}), **fields}
-        if not fields:
-            return []
+    async def _held_write(self, call_id: str, fields: dict[str, bytes],
+                          then: list[tuple[Any, list[str], list[Any]]] | None = None
+                          ) -> None:
+        """The SAVE_STEPS of the call's held rows (taken) and `fields` (none when both are
+        empty), then `then`, in one fenced round trip. Redis away: the held rows are
+        held again (decision 796)."""
+        held = self.held.pop(call_id, {})
+        rows = {**held, **fields}
         args: list[Any] = []
-        for field, value in fields.items():
+        for field, value in rows.items():
             args += [field, value]
-        return [(self._save_steps, [self.keys.call(call_id), self.keys.call_steps(call_id)],
-                 args)]
+        calls = [(self._save_steps, [self.keys.call(call_id),
+                                     self.keys.call_steps(call_id)], args)] if rows else []
+        try:
+            await self._fenced(call_id, [*calls, *(then or [])])
+        except RpcError as exc:
+            if exc.code == jsonrpc.UNAVAILABLE:
+                self._held_again(call_id, held, [], fields)
+            raise
+
+    def _held_again(self, call_id: str, rows: dict[str, bytes], tasks: list[str],
+                    newer: dict[str, bytes]) -> None:
+        """Held rows a write took that Redis may not have (it did not answer, or the
+        ride's submit failed): held again for the call's next write, or alone after
+        HOLD_FOR, with the tasks whose outcomes go first (decision 796). Not a row of a
+        step held anew since or written by that write (`newer`), and none once the
+        lease is let go or lost: the call is then taken again from what Redis holds."""
+        again = {f: v for f, v in rows.items() if f not in newer}
+        if call_id not in self.leases or self.closed or not (again or tasks):
+            return
+        self.held_again += 1
+        self.held[call_id] = {**again, **self.held.get(call_id, {})}
+        if tasks:
+            self.held_tasks[call_id] = list(dict.fromkeys(
+                [*tasks, *self.held_tasks.get(call_id, [])]))
+        self._flush_later(call_id)
 
     def _flush_later(self, call_id: str) -> None:
         if call_id in self._timed:
@@ -366,15 +393,23 @@ class ClusterCalls:
 
     async def _flush(self, call_id: str) -> None:
         """The call's held rows alone. Refused (the lease was lost): the driver's next
-        write is refused too, and it stops; Redis away: they are dropped, as a dead
-        node's are (the driver's next write fails, and the call is taken again from
-        what Redis holds)."""
-        with contextlib.suppress(RpcError):
+        write is refused too, and it stops; Redis away: they are held again and go with
+        the call's next write or after HOLD_FOR once more (decision 796), unless the
+        driver stops first (its write failed too: the call is taken again from what
+        Redis holds)."""
+        try:
             await self._outcomes_first(call_id, [])
-            await self._fenced(call_id, self._held_write(call_id, {}))
+        except RpcError as exc:
+            if exc.code == jsonrpc.UNAVAILABLE and call_id in self.held:
+                self._flush_later(call_id)  # (rows and their tasks kept: not yet taken)
+            return
+        with contextlib.suppress(RpcError):
+            await self._held_write(call_id, {})
 
     async def close(self) -> None:
-        """The held rows sent (a node about to stop), while Redis answers."""
+        """The held rows sent (a node about to stop), while Redis answers; those it does
+        not take are dropped, as a dead node's are."""
+        self.closed = True
         for call_id in list(self.held):
             await self._flush(call_id)
         if self.flushing:

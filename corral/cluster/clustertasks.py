@@ -382,9 +382,7 @@ class ClusterTasks:
         self._stepping.add(task_id)
         try:
             try:
-                new = await self._put(p, task_id, ride=ride)
-                if ride is not None:
-                    await ride.kept()
+                new = await self._stepped(p, task_id, ride)
             except BaseException:
                 self._unwait(task_id, fut)
                 raise
@@ -394,6 +392,21 @@ class ClusterTasks:
             return await self._ended(task_id, None)
         finally:
             self._stepping.discard(task_id)
+
+    async def _stepped(self, p: m.TaskParams, task_id: str, ride: Ride | None) -> bool:
+        """`_put` with the ride; its held rows held again when the submit fails other
+        than by the call's fence (Redis may not have them: decision 796)."""
+        if ride is None:
+            return await self._put(p, task_id)
+        try:
+            new = await self._put(p, task_id, ride=ride)
+        except LostLease:
+            raise
+        except BaseException:
+            ride.unsent()
+            raise
+        await ride.kept()
+        return new
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
                   progress: Progress) -> m.TaskResult:

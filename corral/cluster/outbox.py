@@ -116,10 +116,11 @@ class Outbox:
     async def send_held(self, task_ids: list[str]) -> bool:
         """These tasks' outcomes in their records before a call's write that does not
         carry them: False when one was refused (the task was taken over from this node);
-        RedisError when Redis does not take them."""
-        taken = self.take(task_ids)
-        self.pending.extendleft(reversed(taken))
-        while taken and self.pending:
+        RedisError when Redis does not take them. Those waiting already (a ride that
+        carried them failed, and `landed` them here) go too (decision 796)."""
+        self.pending.extendleft(reversed(self.take(task_ids)))
+        mine = set(task_ids)
+        while any(t.id in mine for t, _args in self.pending):
             if not await self.send():
                 raise RedisError("the outcomes wait for Redis")
         turned = [t for t in task_ids if self.turned.pop(t, 0) is None]

@@ -81,6 +81,9 @@ class Ride:
     rows: list[tuple[str, bytes]]
     kept: Callable[[], Awaitable[None]]
     tasks: list[str]  # the tasks of its ended rows (their outcomes may be carried)
+    # its ended rows held again by the call's store: the submit failed, or was not
+    # answered (they may not be in Redis)
+    unsent: Callable[[], None]
 
     def args(self, ended: Sequence[tuple[str, int, str]] = ()) -> list[Any]:
         """The three arguments the guard reads: `ended`, the carried outcomes (task key,

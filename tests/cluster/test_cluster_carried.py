@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from corral.cluster import records
-from corral.cluster.clustercalls import ClusterCalls
+from corral.cluster.clustercalls import ClusterCalls, field_of
 from corral.cluster.connection import connect
 from corral.cluster.membership import Membership
 from corral.cluster.outbox import Outbox
@@ -180,3 +180,27 @@ async def test_an_outcome_no_write_carries_goes_after_a_beat(
     await outbox.send()
     assert await n.calls.redis.hget(K.task(DONE), "status") == b"succeeded"
     assert outbox.published == 1
+
+
+async def test_a_failed_rides_outcome_goes_before_its_rows_held_again(
+        a: tuple[Node, Outbox]) -> None:
+    """A ride whose submit failed (Redis did not answer, decision 796): its carried
+    outcome waits in the outbox again and its ended row is held again; the call's end
+    sends the outcome first, then the row with the end."""
+    n, outbox = a
+    await n.calls.save_call(record())
+    await _ended_here(n, outbox)
+    await n.calls.save_steps(CALL_ID, [row("first", -1, 7)])
+    ride = n.calls.ride(CALL_ID, _running("second"), lambda: None)
+    [carried] = outbox.take(ride.tasks)
+    outbox.landed(carried, ConnectionError("the submit was not answered"))
+    ride.unsent()
+    assert (list(n.calls.held[CALL_ID]), n.calls.held_tasks, n.calls.held_again) == (
+        [field_of("first", -1)], {CALL_ID: [DONE]}, 1)
+    await n.calls.save_call(record("succeeded"))
+    assert await n.calls.redis.hget(K.task(DONE), "status") == b"succeeded"
+    assert await _status(n, "first", -1) == "succeeded"
+    assert await _status(n, "second", -1) is None
+    assert await n.calls.redis.hget(K.call(CALL_ID), "status") == b"succeeded"
+    assert (outbox.published, list(outbox.pending), n.calls.held, n.calls.held_tasks) == (
+        1, [], {}, {})

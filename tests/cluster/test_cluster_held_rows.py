@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from corral.cluster.clustercalls import HOLD_FOR, ClusterCalls
+from corral.cluster.clustercalls import HOLD_FOR, ClusterCalls, field_of
 from corral.cluster.connection import connect
 from corral.cluster.membership import Membership
 from corral.cluster.scripts import Scripts
@@ -126,3 +126,62 @@ async def test_a_holder_taken_over_writes_nothing_it_held(pair: tuple[Node, Node
     assert await _status(b, "first", -1) == "running"
     assert await _status(b, "second", -1) is None
     assert (a.calls.fenced, a.calls.held) == (1, {})
+
+
+async def _until(ok: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + HOLD_FOR * 100
+    while not ok():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(HOLD_FOR / 10)
+
+
+async def test_held_rows_a_failed_flush_took_are_held_again_and_reach_redis(
+        pair: tuple[Node, Node], redis: RedisServer) -> None:
+    """Redis killed as a held row goes alone, then back (decision 796): the row is held
+    again, goes alone once Redis answers, and the call goes on and ends with every
+    step's row ended in Redis."""
+    a, b = pair
+    await a.calls.redis.config_set("appendfsync", "always")  # (a kill loses no write)
+    await a.calls.save_call(record())
+    await a.calls.save_steps(CALL_ID, [row("each", 0, None, "running"),
+                                       row("each", 1, None, "running")])
+    await a.calls.save_steps(CALL_ID, [row("each", 0, 1)])
+    redis.kill()  # (before the flush's timer: it finds Redis away)
+    await _until(lambda: a.calls.held_again > 0)
+    assert (a.calls.held_again, list(a.calls.held), list(a.calls.held[CALL_ID])) == (
+        1, [CALL_ID], [field_of("each", 0)])
+    redis.start()  # (before the flush tried again: it finds Redis back)
+    await _until(lambda: not a.calls.held and not a.calls.flushing)
+    assert (await _status(b, "each", 0), await _status(b, "each", 1)) == (
+        "succeeded", "running")
+    await a.calls.save_steps(CALL_ID, [row("each", 1, 2)])
+    await a.calls.save_call(record("succeeded"))
+    got = await b.calls.fetch(CALL_ID)
+    assert got is not None
+    assert (got.status, {k: (r.status, r.output) for k, r in got.rows.items()}) == (
+        "succeeded", {("each", 0): ("succeeded", 1), ("each", 1): ("succeeded", 2)})
+    assert (a.calls.held, a.calls.held_tasks, a.calls.held_again) == ({}, {}, 1)
+
+
+async def test_a_failed_rides_held_rows_are_held_again_under_newer_ones(
+        pair: tuple[Node, Node]) -> None:
+    """A ride whose submit failed (Ride.unsent): the held rows it took are held again,
+    but for its own row's step and one held anew since, whose newer row stays."""
+    a, b = pair
+    await a.calls.save_call(record())
+    await a.calls.save_steps(CALL_ID, [row("each", 0, 1)])
+    await a.calls.save_steps(CALL_ID, [row("each", 1, 2)])
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "old")])
+    ride = a.calls.ride(CALL_ID, row("each", 1, None, "running"), lambda: None)
+    assert a.calls.held == {}
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "new")])
+    ride.unsent()
+    assert (sorted(a.calls.held[CALL_ID]), a.calls.held_tasks[CALL_ID]) == (
+        sorted([field_of("each", 0), field_of("first", -1)]),
+        ["task-each-0", "task-each-1", "task-first--1"])
+    await a.calls.save_call(record("succeeded"))
+    got = await b.calls.fetch(CALL_ID)
+    assert got is not None
+    assert {k: r.output for k, r in got.rows.items()} == {
+        ("each", 0): 1, ("first", -1): "new"}
+    assert (a.calls.held, a.calls.held_again) == ({}, 1)
