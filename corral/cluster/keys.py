@@ -11,6 +11,7 @@ from ..supervisor.tasks.sessions import SessionKey
 
 GROUP = "corral"  # the one consumer group of every task stream
 OUTCOMES_KEPT = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
+CLAIMED = "claimed"  # a route's stream of the tasks claimed at submission (Keys.claimed)
 
 
 def consumer(node: str, incarnation: int) -> str:
@@ -62,6 +63,12 @@ class Keys:
     # streams of its own and never reads them (decision 439) ---------------------------
     def stream(self, tenant: str, agent: str, priority: int) -> str:
         return f"{self.prefix}q:{tenant}:{agent}:{priority}"
+
+    def claimed(self, tenant: str, agent: str) -> str:
+        """Stream: the tenant's agent's tasks claimed by a node as it submitted them
+        (scripts.SUBMIT_CLAIM), each given to its claimer as it is added: pending there,
+        where the reaper looks, and read by no puller (decision 797)."""
+        return f"{self.prefix}q:{tenant}:{agent}:{CLAIMED}"
 
     def priorities(self, tenant: str, agent: str) -> str:
         """Sorted set: the priorities a tenant's agent's streams exist for (scored by

@@ -52,9 +52,10 @@ class Reaper:
         self.beat = membership.beat
 
     async def streams(self) -> list[str]:
-        """Every task stream of the cluster (a tenant's agent's, a priority each), in two
-        round trips however many agents there are. (What a takeover queues again goes
-        back to the stream it was in: its tenant's.)"""
+        """Every task stream of the cluster (a tenant's agent's, a priority each, and its
+        claimed stream where it exists), in two round trips however many agents there
+        are. (What a takeover queues again goes back to its record's stream: its
+        tenant's, its priority's.)"""
         routes = sorted(split_route(a.decode())
                         for a in await self.redis.smembers(self.keys.agents))
         # (a member without a tenant is a name from before streams had one: not read)
@@ -64,9 +65,12 @@ class Reaper:
         pipe = self.redis.pipeline(transaction=False)
         for tenant, name in routes:
             pipe.zrange(self.keys.priorities(tenant, name), 0, -1)
-        return [self.keys.stream(tenant, name, int(p))
-                for (tenant, name), prios in zip(routes, await pipe.execute(), strict=True)
-                for p in prios]
+            pipe.exists(self.keys.claimed(tenant, name))
+        got = await pipe.execute()
+        return [s for (tenant, name), prios, claimed in zip(
+                    routes, got[::2], got[1::2], strict=True)
+                for s in [*(self.keys.stream(tenant, name, int(p)) for p in prios),
+                          *([self.keys.claimed(tenant, name)] if claimed else [])]]
 
     async def reap(self, streams: list[str]) -> None:
         """One pass over every stream of the cluster (`streams()`): what dead consumers

@@ -12,7 +12,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from . import sessionscripts
-from .keys import CHECKPOINT_FIELD, GROUP, OUTCOMES_KEPT
+from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, OUTCOMES_KEPT
 from .replicas import Acks
 
 # the asks of a tenant's ended tasks whose records a cluster keeps: the newest, as many
@@ -268,20 +268,52 @@ return {read, out, lasts, held}
 # one just added; behind a backlog, the oldest waiting: no task jumps the queue), in the
 # streams of the task's tenant's agent alone (the submitting node's agent's: it claims
 # only a task of its own agent). The claim is fenced by its own token and the consumer
-# (this incarnation), as any claim.
+# (this incarnation), as any claim. The task it claims is the one it adds when nothing
+# waits unread: its entry then goes to the route's claimed stream, not its priority's
+# (decision 797).
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix; then SUBMIT's last four
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
-SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_script(
-    entry="local entry = {xadd}\n  added = entry") + """end
+SUBMIT_CLAIM = _CLAIM_FN + """local added, direct
+local prefix = ARGV[18]
+local tenant = ARGV[#ARGV - 1]
+local stream_of = prefix .. 'q:' .. tenant .. ':' .. ARGV[2] .. ':'
+-- Whether the task is the one this claim takes: nothing waits unread in the agent's
+-- streams (an acknowledgement deletes its entry: what is not pending waits unread)
+local function first()
+  if not alive(prefix, ARGV[12]) then return false end
+  for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    local s = stream_of .. p
+    if redis.call('EXISTS', s) == 1 and redis.call('XLEN', s)
+        > redis.call('XPENDING', s, '""" + GROUP + """')[1] then
+      return false
+    end
+  end
+  return true
+end
+-- The task claimed at submission goes to the agent's claimed stream (Keys.claimed),
+-- given to this consumer as it is added: no puller reads or waits on it, so no node's
+-- blocking read wakes for a task already taken (decision 797); its record keeps its
+-- priority's stream, where a takeover queues it again.
+local function add_claimed()
+  direct = stream_of .. '""" + CLAIMED + """'
+  if redis.call('EXISTS', direct) == 0 then
+    redis.call('XGROUP', 'CREATE', direct, '""" + GROUP + """', '0', 'MKSTREAM')
+  end
+  local entry = redis.call('XADD', direct, '*', 'task', ARGV[1])
+  redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[12], 'COUNT', 1,
+    'STREAMS', direct, '>')
+  return entry
+end
+local function submit()
+""" + submit_script(
+    entry="local entry\n  if first() then entry = add_claimed() else entry = {xadd} end\n"
+          "  added = entry") + """end
 local got = submit()
 if got ~= 1 then return {got} end
-local prefix = ARGV[18]
 if not alive(prefix, ARGV[12]) then return {1} end
-local tenant = ARGV[#ARGV - 1]
 local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], tenant}
-local stream_of = prefix .. 'q:' .. tenant .. ':' .. ARGV[2] .. ':'
 -- The entry just added, claimed without re-reading what submit() wrote: its record is
 -- queued under that entry, with no attempt, no start and no session (a session's turn
 -- has its own submit); the same writes as claim()'s, the same fence token.
@@ -296,6 +328,14 @@ local function fresh(s)
   redis.call('RPUSH', attempts, c[4])
   return {1, {s, added, ARGV[1], token, 0, ARGV[3], timeout, retries, ARGV[4], ARGV[7],
     false, false, false, ARGV[11]}}
+end
+if direct then
+  local mine = fresh(direct)
+  if mine then return mine end
+  -- an attempts list there already: claimed as claim() claims, which counts it
+  local got = claim(KEYS[6], direct, added, ARGV[1], prefix, c)
+  return {1, {direct, added, ARGV[1], got[1], got[2], got[3], got[4], got[5], got[6],
+    got[7], got[8], got[9], got[10], got[11]}}
 end
 for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   local s = stream_of .. p
@@ -443,11 +483,14 @@ if rec[2] ~= ARGV[2] then
   redis.call('XDEL', KEYS[3], ARGV[2])
   return false
 end
+-- queued again in its record's stream: its priority's, also for an entry of the claimed
+-- stream (a task claimed at its submission)
+local home = redis.call('HGET', KEYS[1], 'stream') or KEYS[3]
 if rec[1] == 'queued' then
   -- read but not yet claimed when its reader died: it waits again as it was
   redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
   redis.call('XDEL', KEYS[3], ARGV[2])
-  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  local entry = redis.call('XADD', home, '*', 'task', ARGV[1])
   redis.call('HSET', KEYS[1], 'entry', entry)
   return 'requeued'
 end
@@ -458,7 +501,7 @@ redis.call('XDEL', KEYS[3], ARGV[2])
 local retries = tonumber(rec[4]) or 0
 local asked = redis.call('HGET', KEYS[1], 'cancel') == '1'
 if not asked and (orphan or retries > 0) then
-  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  local entry = redis.call('XADD', home, '*', 'task', ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
     'entry', entry)
   -- an orphan spends no retry: nothing it ran failed
@@ -484,7 +527,9 @@ if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
 {_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
-local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[2])
+-- (its record's stream: its priority's, when KEYS[3] is the claimed stream)
+local entry = redis.call('XADD', redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*',
+  'task', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entry', entry)
 return 1
 """

@@ -51,11 +51,13 @@ async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
             await c.delete(K.alive(consumer))
 
 
-async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
+async def finish(s: Scripts, c: Any, i: int, token: int, stream: str | None = None
+                 ) -> Any:
+    """`stream`: the task's entry's (ClusterTask.stream), its priority's unless given."""
     tid = TID.format(i)
     entry = await c.hget(K.task(tid), "entry")
-    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
-                                *K.listed],
+    return await s.finish(keys=[K.task(tid), K.attempts(tid),
+                                stream or K.stream("acme", "w", 0), K.outcomes, *K.listed],
                           args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
                                 0, 60, 2, "1", "mac", ATTEMPT])
 

@@ -18,7 +18,10 @@ import pytest
 
 from corral.cluster import records
 from corral.cluster.keys import GROUP, Keys
+from corral.cluster.membership import Membership
+from corral.cluster.reaper import Reaper
 from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
@@ -42,22 +45,83 @@ async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1")
 async def test_one_call_submits_and_claims_a_task_fenced_as_any_claim(client: Any) -> None:
     s = Scripts(client)
     got = await submit_claim(s, 1)
-    tid, stream = TID.format(1), K.stream("acme", "w", 0)
+    tid, stream = TID.format(1), K.claimed("acme", "w")
     entry = await client.hget(K.task(tid), "entry")
     assert got == [1, [stream.encode(), entry, tid.encode(), 1, 0, b'{"x":1}', b"30.0", b"2",
                        b"0", b"1.0", None, None, None, b""]]
     rec = await client.hgetall(K.task(tid))
-    assert (rec[b"status"], rec[b"fence"], rec[b"owner"], rec[b"node"], rec[b"started"]) == (
-        b"running", b"1", b"n/1", b"n", b"2.0")
+    assert (rec[b"status"], rec[b"fence"], rec[b"owner"], rec[b"node"], rec[b"started"],
+            rec[b"stream"]) == (b"running", b"1", b"n/1", b"n", b"2.0",
+                                K.stream("acme", "w", 0).encode())
     # a cluster task like any other: listed, its entry pending with the claimer (what the
-    # reaper takes over when the claimer dies)
+    # reaper takes over when the claimer dies), in the route's claimed stream
     assert await client.zscore(K.live, tid) == 0
     pending = await client.xpending_range(stream, GROUP, "-", "+", 10)
     assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry, b"n/1")]
     assert await submit_claim(s, 1) == [0]  # a retried submit: no second task, no claim
-    assert await finish(s, client, 1, 2) == 0  # a stale token's write: refused
+    assert await finish(s, client, 1, 2, stream) == 0  # a stale token's write: refused
     assert (await client.hgetall(K.task(tid)))[b"status"] == b"running"
-    assert await finish(s, client, 1, 1) == 1
+    assert await finish(s, client, 1, 1, stream) == 1
+    assert await client.xlen(stream) == 0  # acknowledged and deleted with the outcome
+
+
+async def test_a_task_claimed_as_submitted_wakes_no_reader_of_its_agents_streams(
+        client: Any) -> None:
+    """Nothing waits unread: the entry goes to the claimed stream, which no puller reads
+    or waits on; its priority's stream gets none (a blocking XREAD wakes only on an
+    entry added to a stream it waits on: decision 797)."""
+    s = Scripts(client)
+    await submit_claim(s, 1, prio=5)
+    await submit_claim(s, 2)
+    for prio in (5, 0):
+        info = await client.xinfo_stream(K.stream("acme", "w", prio))
+        assert (info["length"], info["entries-added"]) == (0, 0)
+    assert await client.xlen(K.claimed("acme", "w")) == 2
+    assert await client.zrange(K.priorities("acme", "w"), 0, -1) == [b"0", b"5"]
+
+
+async def test_a_claimed_as_submitted_task_of_a_dead_node_waits_in_its_prioritys_stream(
+        client: Any) -> None:
+    """The reaper finds the entry pending in the claimed stream with a dead consumer:
+    the task is queued again in its record's stream (its priority's), which the pullers
+    read, and claimed from there; the dead claimer's late outcome is refused."""
+    s = Scripts(client)
+    await client.set(K.alive("b/1"), b"{}")
+    got = await submit_claim(s, 1, prio=5, consumer="b/1")
+    await client.delete(K.alive("b/1"))
+    tid, claimed, home = TID.format(1), K.claimed("acme", "w"), K.stream("acme", "w", 5)
+    reaper = Reaper(client, s, K, Membership(  # type: ignore[arg-type]
+        client, s, K, ClusterSettings(redis="", name="t", node="r"), "r",
+        lambda: (1, 0, {}), print), print, 60, None)  # type: ignore[arg-type]
+    assert await reaper.streams() == [K.stream("acme", "w", 5), claimed]
+    entry = got[1][1]
+    assert await s.takeover(
+        keys=[K.task(tid), K.attempts(tid), claimed, K.outcomes, K.alive("b/1"),
+              *K.listed],
+        args=[tid, entry, "b/1", "5.0", "node b lost", 60,
+              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"requeued"
+    rec = await client.hgetall(K.task(tid))
+    [(moved, _)] = await client.xrange(home)
+    assert (rec[b"status"], rec[b"fence"], rec[b"entry"], rec[b"stream"]) == (
+        b"queued", b"0", moved, home.encode())
+    assert (await client.xlen(claimed),
+            (await client.xpending(claimed, GROUP))["pending"]) == (0, 0)
+    assert await finish(s, client, 1, got[1][3], claimed) == 0
+    again = await submit_claim(s, 2, prio=5)  # behind it: the oldest waiting is claimed
+    assert (again[1][0], again[1][2], again[1][4]) == (home.encode(), tid.encode(), 1)
+
+
+async def test_a_claimed_as_submitted_task_given_back_waits_in_its_prioritys_stream(
+        client: Any) -> None:
+    """A stopping node's RELEASE of it: queued again in its record's stream."""
+    s = Scripts(client)
+    got = await submit_claim(s, 1, prio=5)
+    tid, claimed, home = TID.format(1), K.claimed("acme", "w"), K.stream("acme", "w", 5)
+    assert await s.release(keys=[K.task(tid), K.attempts(tid), claimed],
+                           args=[got[1][3], tid, got[1][1], "3.0", "node n stopped"]) == 1
+    [(moved, _)] = await client.xrange(home)
+    assert (await client.hget(K.task(tid), "entry"), await client.xlen(claimed)) == (
+        moved, 0)
 
 
 async def test_no_task_jumps_a_backlog_or_a_higher_priority(client: Any) -> None:
