@@ -2,7 +2,10 @@
 cluster task and claims it for itself in one script call (scripts.SUBMIT_CLAIM), so the
 task starts here without waiting for any node's read of the stream. The task is a cluster
 task like any other: its record and its stream entry exist, its claim has its own fence
-token and this incarnation as its consumer, and if this node dies it is taken over.
+token and this incarnation as its consumer, and if this node dies it is taken over. When
+nothing waited before it, its entry is in the route's claimed stream (Keys.claimed),
+which no pull loop reads or waits on: no node wakes for a task already taken (decision
+797).
 
 Fair to the other nodes: of the submissions batched in one turn of the loop (a burst on
 one socket), this node claims at most its share, one in as many as there are live nodes

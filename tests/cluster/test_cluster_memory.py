@@ -102,9 +102,11 @@ def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
             grown = {k: after[k] - base[k] for k in after
                      if k not in CAPPED and after[k] != base[k]}
             # a task stream keeps, at most, its last node of deleted entries (Redis frees
-            # a stream's node once every entry of it is deleted and a newer one exists)
-            assert set(grown) <= {stream}, grown
-            assert grown.get(stream, 0) <= node_bytes, grown
+            # a stream's node once every entry of it is deleted and a newer one exists):
+            # the priority's, and the claimed stream of the tasks claimed as submitted
+            streams = {stream, K.claimed("default", "w")}
+            assert set(grown) <= streams, grown
+            assert all(grown.get(s, 0) <= node_bytes for s in streams), grown
             assert r.xlen(K.outcomes) == 1 + 60 * (round_ + 1)
             assert r.info("memory")["used_memory"] < base_used + 1024 * 1024
         print(f"baseline {sum(base.values())} B in {len(base)} keys; after 121 tasks "
@@ -120,18 +122,29 @@ def test_the_consumers_of_dead_incarnations_are_deleted(
         wait_until(lambda: sum(v["alive"] for v in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
         burst([a, b], 6)
-        stream = K.stream("default", "w", 0)
+        stream, claimed = K.stream("default", "w", 0), K.claimed("default", "w")
 
-        def consumers() -> set[str]:
-            return {c["name"].decode() for c in r.xinfo_consumers(stream, GROUP)}
+        def consumers(s: str = stream) -> set[str]:
+            return {c["name"].decode() for c in r.xinfo_consumers(s, GROUP)
+                    } if r.exists(s) else set()
+
+        def pairs() -> set[tuple[str, str]]:
+            """(stream, consumer) of both streams (the claimed one's: b's incarnations
+            that claimed a task as it was submitted, decision 797)."""
+            return {(s, c) for s in (stream, claimed) for c in consumers(s)}
 
         assert consumers() == {"b/1"}
+        seen = pairs()  # (each incarnation's, read while it lives: none deleted yet)
         for _ in range(2):  # b restarts: a new incarnation each time
             assert b.stop() == 0
             b.start()
             wait_until(lambda: b.call("stats.get")["cluster"]["state"] == "member",
                        what="b joined again")
             burst([a, b], 4)
-        wait_until(lambda: consumers() == {"b/3"}, what="b/1 and b/2 deleted")
+            seen |= pairs()
+        wait_until(lambda: consumers() == {"b/3"} and consumers(claimed) <= {"b/3"},
+                   what="b/1 and b/2 deleted")
+        assert {c for _, c in seen - pairs()} == {"b/1", "b/2"}
         assert a.call("stats.get")["cluster"]["retention"]["consumers_removed"] + \
-            b.call("stats.get")["cluster"]["retention"]["consumers_removed"] == 2
+            b.call("stats.get")["cluster"]["retention"]["consumers_removed"] == len(
+                seen - pairs())
