@@ -4,7 +4,8 @@ journal at once, in Redis with the next step's row (one write), with the call's 
 alone after HOLD_FOR; a row whose end no task's record keeps is written at once; a holder
 whose call was taken over meanwhile writes none of what it held, and the successor finds
 the step running under its task's id (which it submits again, and is answered with the
-task the cluster has)."""
+task the cluster has); a write Redis did not answer holds its rows again (decision 796):
+a flush with Redis killed, then back, and a failed ride's, under newer ones."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Claim at submission (cluster/submitclaim.py, scripts.SUBMIT_CLAIM): a node with a free
 slot submits and claims in one script call. The script alone against a real redis-server
-(a fenced claim of a recorded task; no task jumps a backlog or a higher priority), and
+(a fenced claim of a recorded task; no task jumps a backlog or a higher priority; the
+task claimed as it was added goes to the claimed stream, waking no reader, and is taken
+over or given back into its priority's stream: decision 797), and
 real daemons: the task starts on the submitter, once; the submitter takes only what it
 has slots for, the other node the rest at once; the submitter killed -9 right after the
 submit, or paused past its TTL: the task is taken over, one outcome, the late write
