@@ -88,5 +88,10 @@ class Proxy:
     def close(self) -> None:
         self.closed.set()
         self.cut()
+        # a close alone does not wake the accept() blocked in the thread (Linux): the
+        # join then waited its whole 5 s; a shutdown of the listener ends the accept
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(5)
+        assert not self.thread.is_alive(), "the proxy's accept thread did not end"
