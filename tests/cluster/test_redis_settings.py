@@ -37,7 +37,9 @@ def test_a_redis_that_risks_tasks_is_said_to_and_one_mended_is_said_well(
     try:
         r.config_set("appendonly", "no")
         r.config_set("maxmemory-policy", "allkeys-lru")
-        with nodes(tmp, redis, {"a": ""}) as ns:
+        # beats of 0.1 s: Redis's settings are read again every 30 beats (CHECK_BEATS),
+        # 3 s here where the harness's 0.25 s beat waited 7.5 s for the mend to be seen
+        with nodes(tmp, redis, {"a": ""}, beat=0.1) as ns:
             a = ns["a"]
             wait_until(lambda: a.nodes()["warnings"] == [NO_AOF, EVICTS],
                        what="the warnings of Redis's settings")
