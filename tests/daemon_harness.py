@@ -208,6 +208,11 @@ class Daemon:
         with Client(self.sock) as c:
             return msgspec.to_builtins(c.call(method, params, result=result_type(method)))
 
+    def task(self, task_id: str) -> dict[str, Any]:
+        """A task's record as `corral task ID --json` prints it, asked on the socket (what
+        a test waits on: a CLI started at every look of a poll costs ~0.1 s of CPU)."""
+        return dict(self.ask("tasks.get", {"task_id": task_id}))
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Every replica by "name#replica", as `corral status --json` lists them."""
         return {f"{a['name']}#{a['replica']}": a

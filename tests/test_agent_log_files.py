@@ -190,7 +190,7 @@ def test_logs_rotate_now_and_a_follower_reads_on() -> None:
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             assert follower.stdout is not None
-            wait_until(lambda: json.loads(d.cli("info", "--json").stdout)["followers"] == 1,
+            wait_until(lambda: d.ask("daemon.info")["followers"] == 1,
                        what="the follower attached")
             wait_until(lambda: "tick 3" in (logs / "ticker.log").read_text(), what="ticks")
             r = d.cli("logs", "--rotate", "ticker")

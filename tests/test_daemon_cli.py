@@ -255,7 +255,7 @@ def test_logs_follow_across_restart_and_rotation(tmp: Path) -> None:
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert f.stdout is not None
         # wait until the follower is attached: the daemon counts followers in daemon.info
-        wait_until(lambda: json.loads(d.cli("info", "--json").stdout)["followers"] == 1)
+        wait_until(lambda: d.ask("daemon.info")["followers"] == 1)
         pid = d.status()["talker#0"]["pid"]
         os.kill(pid, signal.SIGKILL)
         seen = []
@@ -305,11 +305,11 @@ def test_slow_follower_is_told_what_it_missed(tmp: Path) -> None:
         s.connect(str(d.sock))
         s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"logs.follow","params":'
                   b'{"names":["flood"],"lines":0}}\n')
-        wait_until(lambda: json.loads(d.cli("info", "--json").stdout)["followers"] == 1)
+        wait_until(lambda: d.ask("daemon.info")["followers"] == 1)
         with open(gate, "w"):
             pass  # let the flood begin
         # do not read until the worker has written everything
-        wait_until(lambda: d.json("stats")["supervisor"]["log_lines"] >= 200_003,
+        wait_until(lambda: d.ask("stats.get")["supervisor"]["log_lines"] >= 200_003,
                    what="the flood to be logged")
         buf = b""
         s.settimeout(10)
@@ -338,10 +338,10 @@ def test_slow_follower_is_told_what_it_missed(tmp: Path) -> None:
 def test_client_disconnecting_mid_follow(daemon: Daemon) -> None:
     f = subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "logs", "-f"],
                          stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_until(lambda: json.loads(daemon.cli("info", "--json").stdout)["followers"] == 1)
+    wait_until(lambda: daemon.ask("daemon.info")["followers"] == 1)
     f.kill()
     f.wait()
-    wait_until(lambda: json.loads(daemon.cli("info", "--json").stdout)["followers"] == 0)
+    wait_until(lambda: daemon.ask("daemon.info")["followers"] == 0)
     assert daemon.cli("restart", "hello").returncode == 0
 
 

@@ -32,7 +32,7 @@ def submit(d: Daemon, agent: str, task: str) -> str:
 
 
 def running(d: Daemon, tid: str) -> None:
-    wait_until(lambda: d.json("task", tid)["status"] == "running", what=f"{tid} running")
+    wait_until(lambda: d.task(tid)["status"] == "running", what=f"{tid} running")
 
 
 def attempts(d: Daemon, tid: str) -> list[tuple[str, str | None]]:
@@ -128,7 +128,7 @@ def test_a_task_past_drain_timeout_is_cancelled_and_retried_once_by_the_next_dae
         why = "not finished within the drain (1 s drain_timeout): daemon stopping"
         gate.touch()  # the retry finishes at once
         d.start()
-        t = wait_until(lambda: (t := d.json("task", tid))["status"] == "succeeded" and t,
+        t = wait_until(lambda: (t := d.task(tid))["status"] == "succeeded" and t,
                        what="the retry")
         assert attempts(d, tid) == [("lost", why), ("succeeded", None)]
         assert t["output"] == {"awaited": str(gate)}
@@ -201,7 +201,7 @@ def test_shutdown_now_keeps_the_old_stop_and_cuts_a_drain_short() -> None:
         assert "stopping at once (no drain)" in log(d)
         gate.touch()
         d.start()
-        wait_until(lambda: d.json("task", tid)["status"] == "succeeded", what="the retry")
+        wait_until(lambda: d.task(tid)["status"] == "succeeded", what="the retry")
         # as before drains: the attempt was lost with its worker, and retried
         assert [a[0] for a in attempts(d, tid)] == ["lost", "succeeded"]
         assert d.stop() == 0

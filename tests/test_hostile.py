@@ -393,7 +393,7 @@ def test_event_bus_counts_what_each_follower_got_and_missed(patient: Daemon) -> 
     follower = connect(daemon)
     follower.sendall(b'{"jsonrpc":"2.0","id":1,"method":"events.follow","params":'
                      b'{"pattern":"t.*"}}\n')
-    wait_until(lambda: daemon.json("info")["event_followers"] == 1, what="following")
+    wait_until(lambda: daemon.ask("daemon.info")["event_followers"] == 1, what="following")
     n = 12_000
     data = "d" * 1000
     pub = connect(daemon)

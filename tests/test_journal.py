@@ -55,7 +55,7 @@ def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
         sleep = '{"do": "sleep", "seconds": 60}'
         running = {n: submit(n, sleep) for n in ("keep", "once")}
         queued = [submit("keep", f'{{"do": "echo", "n": {i}}}') for i in range(3)]
-        wait_until(lambda: all(d.json("task", t)["status"] == "running"
+        wait_until(lambda: all(d.task(t)["status"] == "running"
                                for t in running.values()), what="both running")
         kill_daemon_and_workers(d)
         d.start()
@@ -64,7 +64,7 @@ def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
         assert [(a["outcome"], a["error"]) for a in once["attempts"]] == [
             ("lost", "daemon restarted")]
         # the retried task keeps its place: it runs again before the queued ones
-        keep = wait_until(lambda: (t := d.json("task", running["keep"]))["status"] == "running"
+        keep = wait_until(lambda: (t := d.task(running["keep"]))["status"] == "running"
                           and len(t["attempts"]) == 2 and t, what="the retry")
         assert (keep["attempts"][0]["outcome"], keep["attempts"][0]["error"]) == (
             "lost", "daemon restarted")
@@ -121,7 +121,7 @@ def test_a_graceful_restart_keeps_queued_tasks() -> None:
         busy = d.cli("run", "w", "--input", '{"do": "sleep", "seconds": 60}',
                      "--detach").stdout.strip()
         waiting = d.cli("run", "w", "--input", '{"do": "echo"}', "--detach").stdout.strip()
-        wait_until(lambda: d.json("task", busy)["status"] == "running", what="running")
+        wait_until(lambda: d.task(busy)["status"] == "running", what="running")
         assert d.stop() == 0
         d.start()
         assert d.json("task", waiting, "--wait")["status"] == "succeeded"

@@ -193,7 +193,7 @@ def test_mcp_start_stop_restart(daemon: Daemon) -> None:
     assert (st["notes"]["state"], st["notes"]["last_exit"]) == ("terminated", "stopped")
     r = daemon.cli("mcp", "start", "notes")
     assert (r.returncode, r.stdout) == (0, "started notes (1 instance)\n")
-    wait_until(lambda: {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+    wait_until(lambda: {s["name"]: s for s in daemon.ask("mcp.status")["mcp_servers"]}
                ["notes"]["state"] == "ready")
     r = daemon.cli("mcp", "restart", "nope")
     assert (r.returncode, r.stderr) == (1, "corral: no such MCP server: nope\n")

@@ -221,7 +221,7 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
             [PY, "-m", "corral", "--socket", str(d.sock), "logs", "work", "-f", "-n", "0"],
             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
-            wait_until(lambda: d.json("info")["followers"] == 1, what="follower attached")
+            wait_until(lambda: d.ask("daemon.info")["followers"] == 1, what="follower attached")
             with Client(d.sock) as c:  # a steady load: more work queued than the rollout
                 ids = [c.call("tasks.submit", {"agent": "work",
                                             "input": {"do": "sleep", "seconds": 0.05}}

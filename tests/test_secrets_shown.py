@@ -285,7 +285,7 @@ def test_a_remote_servers_url_password_and_headers_are_in_no_output(tmp: Path) -
         try:
             d.start()
             shown = server.url.replace("http://", "http://bot:***@")
-            st = wait_until(lambda: next((s for s in d.json("mcp", "status")["mcp_servers"]
+            st = wait_until(lambda: next((s for s in d.ask("mcp.status")["mcp_servers"]
                                           if s["state"] == "ready"), None), what="far ready")
             assert st["reason"] == f"connected to {shown} (HTTP+SSE, MCP 2025-11-25, 4 tools)"
             found: list[str] = []

@@ -321,7 +321,7 @@ def test_a_session_keeps_its_turns_in_order_across_an_upgrade(tmp: Path) -> None
         second = d.cli("submit", "chat", "--session", "u", "--input",
                        turn(2, hold=hold)).stdout.strip()
         third = d.cli("submit", "chat", "--session", "u", "--input", turn(3)).stdout.strip()
-        wait_until(lambda: d.json("task", second)["status"] == "running", what="turn 2")
+        wait_until(lambda: d.task(second)["status"] == "running", what="turn 2")
         assert d.json("task", third)["waiting"] == f"session u: task {second} runs"
         r = d.cli("upgrade")
         assert r.returncode == 0, r.stderr + r.stdout

@@ -113,7 +113,7 @@ async def test_a_tenants_unfinished_tasks_journal_at_most_its_bound_together(
     held = await asyncio.to_thread(d.json, "submit", "hold", "--input", json.dumps(
         {"count": 3, "size": 100_000, "wait": str(gate)}))
     try:
-        await wait_until_async(lambda: (d.json("task", held["task_id"]).get("progress")
+        await wait_until_async(lambda: (d.task(held["task_id"]).get("progress")
                                         or {}).get("message") == "holding", timeout=60)
         assert await asyncio.to_thread(use, d, "acme") == 3 * STEP
         # another of acme's tasks: refused once acme's tasks hold the bound together

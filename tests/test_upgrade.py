@@ -173,7 +173,7 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert server["state"] == "ready" and server["calls"] == 1, server
         release = tmp / "release"
         tid = running_until(d, "w", release)
-        wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
+        wait_until(lambda: d.task(tid)["status"] == "running", what="running")
         knock = Knocker(d.sock)
         poll = Poller(f"http://127.0.0.1:{port}/healthz")
         wait_until(lambda: poll.answered > 0, what="/healthz answered")
@@ -201,7 +201,7 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert d.proc.poll() is None
         assert f"(pid {d.proc.pid}," in d.cli("version").stdout
         release.touch()
-        task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
+        task = wait_until(lambda: (t := d.task(tid))["status"] != "running" and t,
                           what="the task's end")
         assert task["status"] == "succeeded", task
         assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
@@ -290,7 +290,7 @@ def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent(
         before = pids(d)
         release = tmp / "release"
         tid = running_until(d, "w", release)
-        wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
+        wait_until(lambda: d.task(tid)["status"] == "running", what="running")
         broken = install(tmp, "late", (
             "daemon/boot.py", "    global committed\n",
             '    global committed\n    raise RuntimeError("broken on purpose after its '
@@ -304,7 +304,7 @@ def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent(
         assert d.proc.poll() is None
         assert pids(d) == before
         release.touch()
-        task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
+        task = wait_until(lambda: (t := d.task(tid))["status"] != "running" and t,
                           what="the task's end")
         assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
             ("succeeded", before["w#0"][0])], task
@@ -608,7 +608,7 @@ def test_stats_and_status_are_the_same_after_an_upgrade() -> None:
         # runs across the upgrade (accepted once, by the image before)
         release = tmp / "release"
         tid = running_until(d, "v", release)
-        wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
+        wait_until(lambda: d.task(tid)["status"] == "running", what="running")
         wait_until(lambda: {v[0] for v in shown(d).values()} == {"idle", "ready", "busy"},
                    what="settled")
         before_stats, before = stats_of(d), shown(d)
@@ -621,7 +621,7 @@ def test_stats_and_status_are_the_same_after_an_upgrade() -> None:
         assert shown(d) == before
         assert stats_of(d) == before_stats
         release.touch()
-        assert wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
+        assert wait_until(lambda: (t := d.task(tid))["status"] != "running" and t,
                           what="its end")["attempts"][0]["outcome"] == "succeeded"
         # and they go on from there
         d.cli("run", "v", "--input", '{"do": "echo", "value": 4}')

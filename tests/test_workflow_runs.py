@@ -325,7 +325,7 @@ def test_a_daemon_prunes_runs_with_the_task_journals_retention(tmp_path: Path) -
              "--json"], stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 30
-        while not d.json("stats")["events"]["followers"]:
+        while not d.ask("stats.get")["events"]["followers"]:
             assert time.monotonic() < deadline
         ids = []
         for _ in range(4):

@@ -271,16 +271,16 @@ def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) ->
         assert unconfirmed is not None, said
         # the long task's outcome, written but not confirmed, waits in the outbox and
         # goes again until a replica has it
-        wait_until(lambda: a.json("stats", "--json")["cluster"]["outbox"] == 1,
+        wait_until(lambda: a.call("stats.get")["cluster"]["outbox"] == 1,
                    what="the outcome waiting for a replica")
         # and the node says why, where it says what Redis's settings risk
         short = ("Redis's primary has 0 replicas connected, and ack_replicas asks for 1: "
                  "no task, outcome or step is acknowledged until one is back (submissions "
                  "are refused, outcomes wait)")
-        wait_until(lambda: short in a.json("stats", "--json")["cluster"]["redis_warnings"],
+        wait_until(lambda: short in a.call("stats.get")["cluster"]["redis_warnings"],
                    timeout=30, what="the warning that no replica confirms")
         replica.start()
-        wait_until(lambda: a.json("stats", "--json")["cluster"]["outbox"] == 0,
+        wait_until(lambda: a.call("stats.get")["cluster"]["outbox"] == 0,
                    timeout=30, what="the outcome confirmed once the replica is back")
         stats = a.json("stats", "--json")["cluster"]
         assert stats["late_writes_refused"] == 0, stats  # sent again: found its own
