@@ -213,6 +213,10 @@ class Daemon:
         a test waits on: a CLI started at every look of a poll costs ~0.1 s of CPU)."""
         return dict(self.ask("tasks.get", {"task_id": task_id}))
 
+    def status_json(self, *names: str) -> dict[str, Any]:
+        """`corral status [NAMES] --json` as it prints it, asked on the socket."""
+        return dict(self.ask("agents.status", {"names": list(names)}))
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Every replica by "name#replica", as `corral status --json` lists them."""
         return {f"{a['name']}#{a['replica']}": a

@@ -833,7 +833,7 @@ def test_run_waits_for_its_task_past_the_clients_timeout_and_a_silent_daemon_is_
     run = subprocess.Popen([*base, "run", "hello", "--input", "{}", "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_until(lambda: daemon.json("status")["tasks"]["hello"]["queue_depth"] == 1,
+        wait_until(lambda: daemon.status_json()["tasks"]["hello"]["queue_depth"] == 1,
                    what="the task queued")
         # three client timeouts with the task still waiting: the run still waits
         with pytest.raises(subprocess.TimeoutExpired):

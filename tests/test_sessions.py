@@ -99,7 +99,7 @@ def test_twenty_turns_across_a_worker_kill_a_daemon_kill_and_a_hibernation(
         for n in range(12, 16):
             assert run(n)["output"]["turns"] == list(range(1, n + 1))
         # hibernation: the agent goes to zero; the next turn wakes it, with the state
-        wait_until(lambda: d.json("status")["elastic"]["chat"]["state"] == "asleep", 30,
+        wait_until(lambda: d.status_json()["elastic"]["chat"]["state"] == "asleep", 30,
                    "chat hibernated")
         for n in range(16, 21):
             out = run(n)["output"]

@@ -70,7 +70,7 @@ def test_start_stop_restart_add_remove_and_run_from_the_dashboard() -> None:
 
     agents = hello("hello", replicas=2) + sleepy_toml("nap")
     with running_daemon(shared_tmpdir(), agents, extra=HTTP) as d:
-        wait_until(lambda: d.json("status")["elastic"]["nap"]["state"] == "asleep",
+        wait_until(lambda: d.status_json()["elastic"]["nap"]["state"] == "asleep",
                    timeout=30, what="nap asleep")
         link = d.json("ui")["url"]
         with chromium_page() as pg:

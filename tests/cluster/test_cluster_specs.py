@@ -93,7 +93,7 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         # the node with no slot of it answers for it all the same: where its slot is
         [(holder, _)] = placed(both).items()
         other = b if holder == "a" else a
-        wait_until(lambda: other.json("status", "keeper")["cluster_slots"] == {
+        wait_until(lambda: other.status_json("keeper")["cluster_slots"] == {
             "keeper": [holder]}, what="the slot seen from the other node")
         assert other.json("status", "keeper")["agents"] == []
         # corral scale on any node: the cluster's table, placed across both nodes
@@ -116,7 +116,7 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         # its own replicas runs the slot it has
         zero = "a" if one.name == "b" else "b"
         for n in both:
-            wait_until(lambda n=n: n.json("status", "keeper")["cluster_slots"] == {  # type: ignore[misc]
+            wait_until(lambda n=n: n.status_json("keeper")["cluster_slots"] == {  # type: ignore[misc]
                 "keeper": [zero, one.name]}, what="both slots in the status")
             mine = 0 if n.name == zero else 1
             assert n.json("status", "keeper")["cluster_here"] == {"keeper": [mine]}
@@ -171,7 +171,7 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         wait_until(lambda: placed(both) == {}, what="the cluster's stopped on both nodes")
         r = b.cli("history", "keeper")
         assert r.returncode != 0 and "no such agent: keeper" in r.stderr, r.stderr
-        wait_until(lambda: [x["state"] for x in a.json("status")["agents"]
+        wait_until(lambda: [x["state"] for x in a.status_json()["agents"]
                             if x["name"] == "keeper"] == ["ready"], what="a's own keeper")
         assert a.call("agents.describe", {"name": "keeper"})["origin"].startswith("file ")
         # b's file still declares it: b's next reload (or start) adds it again, placed on

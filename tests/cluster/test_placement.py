@@ -240,7 +240,7 @@ def test_a_slot_a_change_of_the_table_brings_here_starts_with_its_state(
         finally:
             r.close()
         assert a.cli("scale", "keeper", "2").returncode == 0
-        wait_until(lambda: [x["state"] for x in a.json("status")["agents"]] == ["ready"] * 2,
+        wait_until(lambda: [x["state"] for x in a.status_json()["agents"]] == ["ready"] * 2,
                    what="two replicas ready")
         # one replica held by a task, the state asked of the other, until that is replica
         # 1 (the least loaded takes a task: both are idle between rounds)
