@@ -284,8 +284,13 @@ class LineProtocol(asyncio.BufferedProtocol):
         max_line: int = DEFAULT_MAX_LINE,
         on_oversize: Callable[[int, bytes, bytes], None] | None = None,
         last_line_unterminated: bool = True,
+        on_lines_end: Callable[[], None] | None = None,
     ) -> None:
         self.on_line = on_line
+        # told once the lines of one read are delivered: what their handlers began can be
+        # finished for all of them at once (a worker's answers free slots; the next tasks
+        # start together)
+        self.on_lines_end = on_lines_end
         self.on_eof = on_eof
         self.on_oversize = on_oversize
         # whether a last line without its newline still counts as a line when the
@@ -402,6 +407,8 @@ class LineProtocol(asyncio.BufferedProtocol):
             self._start = self._end = self._scanned = 0
             if last_long is False and len(self._rbuf) > IDLE_BUFFER:  # kept for long lines
                 self._rbuf = bytearray(IDLE_BUFFER)
+        if last_long is not None and self.on_lines_end is not None:
+            self.on_lines_end()
 
     # an oversized line --------------------------------------------------------------------
     def _start_skipping(self) -> None:
@@ -452,6 +459,8 @@ class LineProtocol(asyncio.BufferedProtocol):
             line = bytes(memoryview(self._rbuf)[self._start:self._end])
             self._drop()
             self.on_line(line)
+            if self.on_lines_end is not None:
+                self.on_lines_end()
         if self._skipping:
             self._skipped()
 

@@ -363,6 +363,9 @@ class Supervisor:
     def replica_down(self, r: Replica) -> None:
         self.tasks.replica_down(r)
 
+    def answers_read(self) -> None:
+        self.tasks.dispatch.answers_read()
+
     def wake(self, name: str) -> None:
         """A task waits for `name`, which has no replica: an elastic agent wakes."""
         self.elastic.wake(name)

@@ -297,11 +297,13 @@ class ChildProcess(asyncio.Protocol):
         on_stdout_lines: Callable[[LineBlock], None] | None = None,
         on_attach: Callable[[ChildProcess], None] | None = None,
         max_line: int = DEFAULT_MAX_LINE,
+        on_stdout_end: Callable[[], None] | None = None,
     ) -> None:
         """Connect our ends of the process's stdio pipes (file objects) to the loop; on
         failure the process is killed and the pipes no transport took are closed.
         stdout is a channel of messages, one a line (`on_stdout_line`), or, for a process
-        that speaks no protocol, a log like stderr (`on_stdout_lines`). `on_attach` is
+        that speaks no protocol, a log like stderr (`on_stdout_lines`); `on_stdout_end`
+        is told after the messages of each read. `on_attach` is
         told of the process before its first line can be read (its lines name its pid)."""
         if on_attach is not None:
             on_attach(self)
@@ -322,7 +324,7 @@ class ChildProcess(asyncio.Protocol):
                 self._stdout, self.reader = await loop.connect_read_pipe(
                     lambda: LineProtocol(
                         on_stdout_line, self._stdout_eof, max_line=max_line,
-                        on_oversize=on_oversize),
+                        on_oversize=on_oversize, on_lines_end=on_stdout_end),
                     stdout,
                 )
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory

@@ -74,6 +74,10 @@ class AgentHost(ReplicaHost, Protocol):
     def replica_down(self, r: Replica) -> None:
         """`r` is Terminated or Failed: tasks waiting for it may have to end."""
 
+    def answers_read(self) -> None:
+        """The messages of one read of a worker's stdout are handled: the slots their
+        answers freed take their next tasks (TaskDispatch.answers_read)."""
+
     @property
     def health_board(self) -> HealthBoard: ...
 
@@ -288,6 +292,9 @@ class Replica(ProcessReplica):
 
     def _down(self) -> None:
         self.host.replica_down(self)
+
+    def _stdio(self) -> dict[str, Any]:
+        return {**super()._stdio(), "on_stdout_end": self.host.answers_read}
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
         return self.host.worker_request(self, method, params)

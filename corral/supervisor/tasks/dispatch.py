@@ -109,6 +109,9 @@ class TaskDispatch:
         # the request id of each running task's task/run (handed over by corral upgrade)
         self.requests: dict[str, jsonrpc.Id] = {}
         self.sessions = sessions
+        # the agents whose slots the answers of the read being handled freed, pumped once
+        # at its end (`answers_read`), in the order they were freed
+        self.freed: dict[str, None] = {}
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -154,6 +157,7 @@ class TaskDispatch:
         except KeyError:
             return
         replicas = agent.replicas
+        now = time.time()  # (one reading for the starts of one pump: one instant)
         while True:  # until no replica is free, or no task waits (take's None)
             # (free_replica, written out: asked twice at every task's end)
             r, fewest = None, agent.spec.max_concurrent_tasks
@@ -177,12 +181,11 @@ class TaskDispatch:
                 return
             if task.session is not None and self.sessions is not None:
                 r = self.sessions.prefer(task, r, agent)
-            self._start(task, r, q)
+            self._start(task, r, q, now)
 
     # the replica is told of each task it starts and ends here, and only here
-    def _start(self, task: Task, r: Replica, q: AgentTasks) -> None:
+    def _start(self, task: Task, r: Replica, q: AgentTasks, now: float) -> None:
         assert r.peer is not None
-        now = time.time()
         task.fire(_START)
         task.started = task.started or now
         task.replica = r
@@ -221,8 +224,19 @@ class TaskDispatch:
                                                         decode=decode, piece=piece)
         self.deadlines.add(task, task.timeout)
 
+    def answers_read(self) -> None:
+        """The answers of one read of a worker's stdout are handled: the agents whose
+        slots they freed start their next tasks, one pump each (decision 790)."""
+        freed = self.freed
+        if freed:
+            self.freed = {}
+            for agent_name in freed:
+                self.pump(agent_name)
+
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,
-                  exc: BaseException | None) -> None:
+                  exc: BaseException | None, read: bool = False) -> None:
+        """`read`: the answer came in a read of the worker's stdout, whose end starts
+        the next tasks (`answers_read`); else they start here."""
         # (a timed-out or cancelled attempt's deadline is gone already: no other is there,
         # a task's next attempt starting only once this one has ended)
         self.deadlines.discard(task, task.timeout)
@@ -249,9 +263,13 @@ class TaskDispatch:
             self.outcomes.record(task)  # the attempt's end, on a task already moved on
             if task.suspended:
                 self.outcomes.stopped(task)
-        self.pump(task.agent)
         if self.gated and self.gate is not None:
+            self.pump(task.agent)  # (before the other agents of its tenant, as it was)
             self.gate.freed(task.agent)
+        elif read:
+            self.freed[task.agent] = None
+        else:
+            self.pump(task.agent)
         if AttemptEnded in self.stream.wanted:
             self.stream.emit(AttemptEnded(task))
 
@@ -334,8 +352,9 @@ class _Run(msgspec.Struct):
         return self.settled
 
     def set_result(self, result: Any, /) -> None:
+        # (only ever as the answer is read: the peer's lines come from its replica's read)
         self.settled = True
-        self.dispatch._on_reply(self.task, self.replica, self.attempt, result, None)
+        self.dispatch._on_reply(self.task, self.replica, self.attempt, result, None, True)
 
     def set_exception(self, exc: BaseException, /) -> None:
         # on the next turn, as a relay's (a closing peer fails every pending request

@@ -1,0 +1,105 @@
+"""The tasks that a read of a worker's answers frees slots for start once the read is
+handled, in one pump (TaskDispatch.answers_read, decision 790): in priority order, each
+slot taken once, none left free while a task waits; and the line reader's end of a read
+(LineProtocol's `on_lines_end`) that tells it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from corral.jsonrpc import LineProtocol
+from corral.supervisor import Supervisor
+from corral.supervisor.tasks import Task, TaskFinished
+from corral.taskoptions import TaskOptions
+
+from .conftest import PY, ROOT, agent, all_ready
+
+
+def batch_agent(name: str, slots: int) -> Any:
+    return agent(name, command=[PY, str(ROOT / "tests" / "batch_worker.py")],
+                 max_concurrent_tasks=slots)
+
+
+def put(sup: Supervisor, n: str, together: int, priority: int = 0) -> Task:
+    return sup.tasks.submit("b", {"n": n, "together": together},
+                            TaskOptions(priority=priority))
+
+
+async def test_a_reads_answers_start_the_waiting_tasks_at_its_end_by_priority(
+        sup: Supervisor) -> None:
+    sup.add(batch_agent("b", 3))
+    await all_ready(sup, "b")
+    first = [put(sup, f"t{i}", 3) for i in range(3)]  # answered in one write
+    low = put(sup, "low", 1, priority=0)
+    high_a, mid, high_b = (put(sup, "high_a", 3, 5), put(sup, "mid", 3, 1),
+                           put(sup, "high_b", 3, 5))
+    waiting = [low, high_a, mid, high_b]
+    seen: list[list[str]] = []
+
+    def on_end(e: TaskFinished) -> None:
+        if e.task in first:  # what a synchronous observer of each end finds started
+            seen.append([t.status for t in waiting])
+
+    sup.stream.subscribe(on_end, TaskFinished)
+    for task in [*first, *waiting]:
+        await asyncio.wait_for(asyncio.shield(task.done), 20)
+    # the three ends came in one read: the next tasks started at its end, not between
+    assert seen == [["queued"] * 4] * 3
+    assert all(t.status == "succeeded" for t in [*first, *waiting])
+    # by priority, in arrival order within one; the last waited for the next free slot
+    held = {t.result(decode=True).output["n"]: t.result(decode=True).output["held"]
+            for t in [*first, *waiting]}
+    assert (held["high_a"], held["high_b"], held["mid"], held["low"]) == (1, 2, 3, 1)
+    assert max(held.values()) <= 3  # no slot taken twice
+    assert not sup.tasks.dispatch.freed
+    assert sup.agent("b").replicas[0].tasks_running == 0
+
+
+async def test_a_slot_taken_within_the_read_is_not_taken_again_at_its_end(
+        sup: Supervisor) -> None:
+    """A task submitted by an observer of a task's end starts at once in the slot that
+    end freed (submit pumps); the read's end fills what is still free, once."""
+    sup.add(batch_agent("b", 2))
+    await all_ready(sup, "b")
+    first = [put(sup, f"t{i}", 2) for i in range(2)]
+    later = put(sup, "later", 2)
+    followed: list[Task] = []
+
+    def on_end(e: TaskFinished) -> None:
+        if e.task is first[0]:
+            followed.append(put(sup, "follow", 2, priority=9))
+            assert followed[0].status == "running"
+
+    sup.stream.subscribe(on_end, TaskFinished)
+    for task in [*first, later]:
+        await asyncio.wait_for(asyncio.shield(task.done), 20)
+    await asyncio.wait_for(asyncio.shield(followed[0].done), 20)
+    outputs = {t.result(decode=True).output["n"]: t.result(decode=True).output["held"]
+               for t in [*first, later, *followed]}
+    assert (outputs["follow"], outputs["later"]) == (1, 2)
+    assert max(outputs.values()) <= 2
+    assert sup.tasks.waiting() == 0 and not sup.tasks.running_tasks()
+
+
+async def test_a_map_over_answers_read_together_leaves_no_slot_idle(
+        sup: Supervisor) -> None:
+    """Every read that frees a slot while tasks wait starts them: a map whose worker
+    answers its tasks three at a time ends (none waits for a start that never comes)."""
+    sup.add(batch_agent("b", 3))
+    await all_ready(sup, "b")
+    out = await asyncio.wait_for(sup.tasks.map(
+        "b", [{"n": i, "together": 3} for i in range(30)], concurrency=9), 30)
+    assert [r.output["n"] for r in out] == list(range(30))
+    assert max(r.output["held"] for r in out) == 3
+
+
+def test_the_end_of_a_read_is_told_after_its_lines() -> None:
+    said: list[Any] = []
+    reader = LineProtocol(said.append, lambda exc: said.append("eof"),
+                          on_lines_end=lambda: said.append("end"))
+    reader.data_received(b"a\nb\n")
+    reader.data_received(b"c")  # no line ended: no end of one told
+    reader.data_received(b"\nd")
+    reader.connection_lost(None)  # the last line without its newline is one too
+    assert said == [b"a", b"b", "end", b"c", "end", b"d", "end", "eof"]
