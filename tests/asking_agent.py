@@ -21,8 +21,8 @@ def handle(inp, ctx):
     bumped = [ctx.call_tool("counting__bump", {"i": base + i})["content"][0]["text"]
               for i in range(inp.get("calls", 0))]
     try:
-        answer = (ctx.ask(inp["prompt"], inp.get("schema"), timeout=inp.get("timeout"))
-                  if "prompt" in inp else None)
+        answer = (ctx.ask(inp["prompt"], inp.get("schema"), timeout=inp.get("timeout"),
+                          key=inp.get("key")) if "prompt" in inp else None)
         second = ctx.ask("and then?") if inp.get("twice") else None
     except RequestError as exc:
         return {"refused": exc.message, "code": exc.code}

@@ -19,7 +19,7 @@ import pytest
 from corral import jsonrpc
 from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, AskKind, Decision
 from corral.taskoptions import TaskOptions
-from corral.workerproto import MAX_PROMPT_CHARS
+from corral.workerproto import MAX_KEY_CHARS, MAX_PROMPT_CHARS
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
@@ -140,6 +140,11 @@ async def test_a_bad_schema_or_a_prompt_past_its_bound_is_refused_to_the_agent(
             "refused": f"task/ask: the prompt is {MAX_PROMPT_CHARS + 1} characters, more "
                        f"than MAX_PROMPT_CHARS ({MAX_PROMPT_CHARS})",
             "code": jsonrpc.INVALID_PARAMS}
+        res = await tasks.run("asker", {"prompt": "Which?", "key": "k" * (MAX_KEY_CHARS + 1)},
+                              TaskOptions(timeout=60))
+        assert res.output == {
+            "refused": f"task/ask: the key is {MAX_KEY_CHARS + 1} characters, more than "
+                       f"MAX_KEY_CHARS ({MAX_KEY_CHARS})", "code": jsonrpc.INVALID_PARAMS}
         res = await tasks.run("asker", {"prompt": ""}, TaskOptions(timeout=60))
         assert res.output == {"refused": "task/ask: prompt must be a non-empty string",
                               "code": jsonrpc.INVALID_PARAMS}

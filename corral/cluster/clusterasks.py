@@ -107,11 +107,9 @@ return {1}
 # KEYS: the ask, the pending asks, its tenant's, its task's record
 # ARGV: the ask's id, its end (JSON), that end's MAC, a withdrawal (JSON) and its MAC,
 #       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task), the
-#       channel its end is published on (Keys.asks_ended), a person's decision's time
-#       ('' for corral's own end: its deadline's)
+#       channel its end is published on (Keys.asks_ended)
 # -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
-#    had ended before, {4} not withdrawn (its task runs on), {5} not decided: its
-#    deadline had passed (the node times it out), {0} no such ask. A suspended
+#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask. A suspended
 #    task (SUSPEND) with nothing else pending is queued again in its agent's stream in
 #    the same step: whichever node claims it resumes it by replay (decision 780)
 _END = """
@@ -125,9 +123,6 @@ if (not status) or OVER[status] then
   e, m, code = ARGV[4], ARGV[5], 3
 elseif ARGV[7] == 'withdraw' then
   return {4}
-elseif ARGV[9] and ARGV[9] ~= '' then
-  local due = redis.call('ZSCORE', prefix .. 'askdue', ARGV[1])
-  if due and tonumber(due) <= tonumber(ARGV[9]) then return {5} end
 end
 redis.call('HSET', KEYS[1], 'end', e, 'emac', m)
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -236,6 +231,7 @@ class ClusterAsks:
         self._end = redis.register_script(END)
         self._suspend = redis.register_script(SUSPEND)
         self._waiting: dict[str, _AskWait] = {}
+        self._waited_tasks: dict[str, int] = {}  # task id -> its asks in _waiting
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()  # an ask waited on here ended (its channel said)
@@ -305,6 +301,7 @@ class ClusterAsks:
         held = self._waiting.get(ask.id)
         if held is None:
             held = self._waiting[ask.id] = _AskWait(ask)
+            self._waited_tasks[ask.task_id] = self._waited_tasks.get(ask.task_id, 0) + 1
         held.waiters += 1
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -313,7 +310,7 @@ class ClusterAsks:
         finally:
             held.waiters -= 1
             if not held.waiters and self._waiting.get(ask.id) is held:
-                del self._waiting[ask.id]
+                self._unwait(ask.id)
 
     async def holds(self, task: Task) -> bool:
         assert isinstance(task, ClusterTask)
@@ -326,7 +323,7 @@ class ClusterAsks:
         return bool(fence == str(task.token).encode() and status == b"running")
 
     def waits(self, task_id: str) -> bool:
-        return any(h.ask.task_id == task_id for h in self._waiting.values())
+        return task_id in self._waited_tasks
 
     async def suspend(self, task: Task, why: str) -> bool:
         """Give the waiting task's claim back, suspended in Redis (SUSPEND); False: it was
@@ -354,10 +351,13 @@ class ClusterAsks:
         ids = [i.decode() for i in await self.redis.zrangebyscore(
             self.keys.ask_deadlines, "-inf", repr(now), start=0, num=SWEPT)]
         for ask_id, ask in zip(ids, await self._rows(ids), strict=True):
-            if ask is None or not ask.pending:  # gone, or ended by a forged hand
+            if ask is None or not ask.pending or ask.deadline is None:
+                # gone, ended by a forged hand, or listed by one (no deadline signed)
                 await self.redis.zrem(self.keys.ask_deadlines, ask_id)
-            elif ask.deadline is not None and ask.deadline <= now:
+            elif ask.deadline <= now:
                 await self._time_out(ask)
+            else:  # listed due before its signed deadline: due then
+                await self.redis.zadd(self.keys.ask_deadlines, {ask_id: ask.deadline})
 
     # -- reading --------------------------------------------------------------------------
     async def pending(self, tenant: str | None = None) -> list[Ask]:
@@ -457,12 +457,11 @@ class ClusterAsks:
         """End the pending ask as a person decided, on whichever node (the checks of
         the inbox's, then END: once)."""
         check_decision(ask, decision)
-        written = await self._write_end(ask, decision.end, decision.by, decision.data,
-                                        "decide")
-        late = written.code == 5
-        if late:  # past its deadline, not yet timed out by a beat: timed out now
-            written = await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None,
-                                            "time_out")
+        # past its (signed) deadline, not yet timed out by a beat: timed out now
+        late = ask.deadline is not None and ask.deadline <= time.time()
+        written = await (self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
+                         if late else self._write_end(ask, decision.end, decision.by,
+                                                      decision.data, "decide"))
         if written.code == 0 or written.ask is None:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
         if late or written.code != 1:
@@ -479,12 +478,11 @@ class ClusterAsks:
                 self.keys.asks_pending(tenant), self.keys.task(ask.task_id)]
         args = [ask.id, mine, self.trust.sign(ASK_KIND, ask.id, "end", mine), gone,
                 self.trust.sign(ASK_KIND, ask.id, "end", gone),
-                int(self.settings.tasks_kept_for), how, self.keys.asks_ended,
-                repr(now) if how == "decide" else ""]
+                int(self.settings.tasks_kept_for), how, self.keys.asks_ended]
         got = await self._write(self._end, keys, args,
                                 f"ask {ask.id} was not ended (it is still pending)")
         code = int(got[0])
-        if code in (0, 4, 5):
+        if code in (0, 4):
             return EndWritten(code, None)
         ended = self._ended(ask, got[1], got[2])
         if ended.pending:  # an end there this node cannot verify
@@ -511,9 +509,20 @@ class ClusterAsks:
         return got
 
     def _settle(self, ask: Ask) -> None:
-        held = self._waiting.pop(ask.id, None)
+        held = self._unwait(ask.id)
         if held is not None and not held.fut.done():
             held.fut.set_result(ask)
+
+    def _unwait(self, ask_id: str) -> _AskWait | None:
+        held = self._waiting.pop(ask_id, None)
+        if held is not None:
+            task_id = held.ask.task_id
+            left = self._waited_tasks[task_id] - 1
+            if left:
+                self._waited_tasks[task_id] = left
+            else:
+                del self._waited_tasks[task_id]
+        return held
 
     # -- the asks waited on here ----------------------------------------------------------
     async def _poll(self) -> None:
@@ -568,7 +577,7 @@ class ClusterAsks:
 
     async def _time_out(self, ask: Ask) -> None:
         try:
-            await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "time_out")
+            await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
         except RpcError as exc:  # tried again at the next read
             log.warning("cluster: ask %s was not timed out (%s)", ask.id, exc.message)
 
@@ -610,4 +619,5 @@ class ClusterAsks:
             if not held.fut.done():
                 held.fut.cancel()
         self._waiting.clear()
+        self._waited_tasks.clear()
 

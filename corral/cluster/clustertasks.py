@@ -133,6 +133,18 @@ class ClusterTasks:
                 return True
         return await self._table_tenant(agent) == tenant
 
+    async def _landed_first(self, ride: Ride) -> None:
+        """The outcomes of the ride's tasks that wait in the outbox (a failed write's:
+        not held, so not carried) in their records before the ride's rows: a row ended
+        there never stands beside its task still running (decision 796)."""
+        if not self.outbox.waiting(ride.tasks):
+            return
+        try:
+            if not await self.outbox.send_held(ride.tasks):
+                raise LostLease(ride.call_id)
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, "the task was not accepted") from None
+
     async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False,
                    ride: Ride | None = None) -> bool:
         """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
@@ -171,6 +183,7 @@ class ClusterTasks:
                  tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]
         carried: list[Any] = []
         if ride is not None:  # (a step's task: never a session's)
+            await self._landed_first(ride)
             carried = self.outbox.take(ride.tasks)
             keys += ride.keys
             args[-4:-4] = ride.args([(self.keys.task(t.id), t.token, a[2])
@@ -185,9 +198,11 @@ class ClusterTasks:
             for c, answer in zip(carried, answers if p.session is None else [],
                                  strict=True):
                 self.outbox.landed(c, answer)
-        except RedisError as exc:
+        except BaseException as exc:
             for c in carried:
                 self.outbox.landed(c, exc)  # (sent as any other: written or refused)
+            if not isinstance(exc, RedisError):
+                raise
             if never_sent(exc):
                 raise unavailable(self.settings, exc, "the task was not accepted"
                                   ) from None

@@ -115,7 +115,7 @@ class Keys:
         return f"{self.prefix}askq" + ("" if tenant is None else f":{tenant}")
 
     def asks_done(self, tenant: str) -> str:
-        """Sorted set (scored by when their task ended): the asks of a tenant's tasks
+        """Sorted set (scored by when their task ended, in ms): the asks of a tenant's tasks
         that have ended, whose records a task's end trims to the newest ASKS_KEPT
         (scripts._ended): what a tenant's agents ask is not kept without bound."""
         return f"{self.prefix}askdone:{tenant}"

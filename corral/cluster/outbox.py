@@ -99,6 +99,12 @@ class Outbox:
         calls first in the write's pipeline); each then `landed`."""
         return [self.held.pop(t) for t in task_ids if t in self.held]
 
+    def waiting(self, task_ids: list[str]) -> bool:
+        """Whether an outcome of these tasks waits to be sent (not held: a failed write
+        gave it back)."""
+        mine = set(task_ids)
+        return any(t.id in mine for t, _args in self.pending)
+
     def call_of(self, task: ClusterTask, args: list[Any]) -> tuple[Any, list[str], list[Any]]:
         return (self.scripts.finish, [self.keys.task(task.id), self.keys.attempts(task.id),
                                       task.stream, self.keys.outcomes, *self.keys.listed],

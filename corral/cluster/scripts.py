@@ -57,8 +57,9 @@ local ask_tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
 do
 local asks = redis.call('HVALS', {_asks_key(task)})
 if #asks > 0 then
-  local done = ask_prefix .. 'askdone:' .. ask_tenant
-  local now = tonumber(redis.call('TIME')[1])
+  local done = ask_prefix .. 'askdone:' .. ask_tenant  -- (scored in ms)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   for _, ask in ipairs(asks) do
     if redis.call('HEXISTS', ask_prefix .. 'ask:' .. ask, 'end') == 0 then
       redis.call('ZREM', ask_prefix .. 'askq', ask)
