@@ -222,7 +222,9 @@ class TaskWaitParams(WorkerParams):
 
 # a question's prompt, and its schema as JSON: bounded as a decision's data is (inbox.py)
 MAX_PROMPT_CHARS = 16 * 1024
-MAX_KEY_CHARS = 256  # a question's key: kept with its ask, and named in its task's steps
+# a question's or a spawn's key: kept with its ask or its spawn's row, and named in its
+# task's steps
+MAX_KEY_CHARS = 256
 MAX_SCHEMA_BYTES = 64 * 1024
 
 

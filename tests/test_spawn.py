@@ -18,6 +18,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.taskoptions import TaskOptions
+from corral.workerproto import MAX_KEY_CHARS
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
@@ -185,6 +186,22 @@ async def reach_walk(tmp_path: Path, more: str = "") -> None:
                        "this one descends from (agents web-*)", "code": jsonrpc.NOT_FOUND}
         body = await run_as("all", {"recurse": 1, "self": "web-orch", "then": then})
         assert body["output"] == [0]
+
+
+async def test_a_spawn_key_past_its_bound_is_refused_and_nothing_spawned(
+        tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with in_process(tmp_path, fleet()) as d:
+        res = await run(d, {"children": 1, "count": str(count), "catch": True,
+                            "key": "k" * (MAX_KEY_CHARS + 1)})
+        assert res.output == {
+            "refused": f"task/spawn: the key is {MAX_KEY_CHARS + 1} characters, more "
+                       f"than MAX_KEY_CHARS ({MAX_KEY_CHARS})", "code": jsonrpc.INVALID_PARAMS}
+        assert [t.agent for t in d.sup.tasks.finished.values()] == ["orch"]
+        assert counted(count) == []
+        # at the bound, spawned as ever
+        res = await run(d, {"children": 1, "count": str(count), "key": "k" * MAX_KEY_CHARS})
+        assert res.output == [0] and counted(count) == [0]
 
 
 async def test_another_tenants_agent_is_no_agent_to_a_spawn(tmp_path: Path) -> None:
