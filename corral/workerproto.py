@@ -199,6 +199,13 @@ class SessionCheckpointParams(WorkerParams):
     state: Any = None
 
 
+# a question's or a spawn's key: kept with its ask or its spawn's row, and named in its
+# task's steps; refused past its bound on decoding, the bound named (`_what`)
+MAX_KEY_CHARS = 256
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS,
+                                  extra={"bound": "MAX_KEY_CHARS"})]
+
+
 class TaskSpawnParams(WorkerParams):
     """A task of another agent, started by the running task `task_id` (its child): `key`
     names the spawn within the task, so that a retried attempt spawning under the same key
@@ -206,7 +213,7 @@ class TaskSpawnParams(WorkerParams):
 
     task_id: NonEmpty
     agent: NonEmpty
-    key: NonEmpty
+    key: Key
     input: Any = None
     timeout: Number | None = None
     # bounded as a caller's are: a worker asks no more of the engine than its caller may
@@ -222,9 +229,6 @@ class TaskWaitParams(WorkerParams):
 
 # a question's prompt, and its schema as JSON: bounded as a decision's data is (inbox.py)
 MAX_PROMPT_CHARS = 16 * 1024
-# a question's or a spawn's key: kept with its ask or its spawn's row, and named in its
-# task's steps
-MAX_KEY_CHARS = 256
 MAX_SCHEMA_BYTES = 64 * 1024
 
 
@@ -236,7 +240,7 @@ class TaskAskParams(WorkerParams):
     the first got, never a second question (docs/protocol.md#questions)."""
 
     task_id: NonEmpty
-    key: NonEmpty
+    key: Key
     prompt: NonEmpty  # (its length and the schema's refused past their bounds by name)
     schema: dict[str, Any] | None = None
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
@@ -326,8 +330,11 @@ def _detail(cls: type[WorkerParams], said: str) -> str:
     return said  # pragma: no cover - msgspec names only declared fields
 
 
-def _what(t: msgspec.inspect.Type) -> str:
-    """What a value of this type is, in words ("a string", "an object of strings")."""
+def _what(t: msgspec.inspect.Type, bound: str | None = None) -> str:
+    """What a value of this type is, in words ("a string", "an object of strings");
+    `bound`: the name of its length's bound, said with it."""
+    if isinstance(t, msgspec.inspect.Metadata):  # a bound with a name (`Key`)
+        return _what(t.type, (t.extra or {}).get("bound"))
     if isinstance(t, msgspec.inspect.UnionType):
         kinds = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
         if len(kinds) == 1 and isinstance(kinds[0], msgspec.inspect.IntType) and \
@@ -338,7 +345,11 @@ def _what(t: msgspec.inspect.Type) -> str:
             return "a number"
         return " or ".join(_what(x) for x in kinds)
     if isinstance(t, msgspec.inspect.StrType):
-        return "a non-empty string" if t.min_length else "a string"
+        kind = "a non-empty string" if t.min_length else "a string"
+        if t.max_length is None:
+            return kind
+        most = str(t.max_length) if bound is None else f"{bound} ({t.max_length})"
+        return f"{kind} of at most {most} characters"
     if isinstance(t, msgspec.inspect.IntType):
         if t.ge is not None and t.le is not None:
             return f"a whole number from {t.ge} to {t.le}"

@@ -143,8 +143,8 @@ async def test_a_bad_schema_or_a_prompt_past_its_bound_is_refused_to_the_agent(
         res = await tasks.run("asker", {"prompt": "Which?", "key": "k" * (MAX_KEY_CHARS + 1)},
                               TaskOptions(timeout=60))
         assert res.output == {
-            "refused": f"task/ask: the key is {MAX_KEY_CHARS + 1} characters, more than "
-                       f"MAX_KEY_CHARS ({MAX_KEY_CHARS})", "code": jsonrpc.INVALID_PARAMS}
+            "refused": f"task/ask: key must be a non-empty string of at most MAX_KEY_CHARS "
+                       f"({MAX_KEY_CHARS}) characters", "code": jsonrpc.INVALID_PARAMS}
         res = await tasks.run("asker", {"prompt": ""}, TaskOptions(timeout=60))
         assert res.output == {"refused": "task/ask: prompt must be a non-empty string",
                               "code": jsonrpc.INVALID_PARAMS}

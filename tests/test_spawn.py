@@ -195,8 +195,9 @@ async def test_a_spawn_key_past_its_bound_is_refused_and_nothing_spawned(
         res = await run(d, {"children": 1, "count": str(count), "catch": True,
                             "key": "k" * (MAX_KEY_CHARS + 1)})
         assert res.output == {
-            "refused": f"task/spawn: the key is {MAX_KEY_CHARS + 1} characters, more "
-                       f"than MAX_KEY_CHARS ({MAX_KEY_CHARS})", "code": jsonrpc.INVALID_PARAMS}
+            "refused": f"task/spawn: key must be a non-empty string of at most "
+                       f"MAX_KEY_CHARS ({MAX_KEY_CHARS}) characters",
+            "code": jsonrpc.INVALID_PARAMS}
         assert [t.agent for t in d.sup.tasks.finished.values()] == ["orch"]
         assert counted(count) == []
         # at the bound, spawned as ever

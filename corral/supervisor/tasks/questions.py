@@ -18,7 +18,7 @@ import msgspec
 from ... import jsonrpc
 from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
-from ...workerproto import MAX_KEY_CHARS, MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
+from ...workerproto import MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
 from ..workercalls import on_request
 from .inbox import Inbox, askable
 from .model import Task
@@ -85,10 +85,6 @@ class Questions:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the prompt is "
                                                    f"{len(p.prompt)} characters, more than "
                                                    f"MAX_PROMPT_CHARS ({MAX_PROMPT_CHARS})")
-        if len(p.key) > MAX_KEY_CHARS:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the key is {len(p.key)} "
-                                                   f"characters, more than MAX_KEY_CHARS "
-                                                   f"({MAX_KEY_CHARS})")
         if p.schema is not None:
             check_schema(p.schema)
         return self._ask(task, r, p)

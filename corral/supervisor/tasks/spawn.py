@@ -36,7 +36,7 @@ from ...mcp.pool import allowed
 from ...taskoptions import TaskOptions, step_options
 from ...taskviews import TaskInfo
 from ...text import plural
-from ...workerproto import MAX_KEY_CHARS, TaskSpawnParams, TaskWaitParams
+from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..stream import Stream
 from ..workercalls import on_request
 from .admission import admit
@@ -156,10 +156,6 @@ class Spawns:
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/spawn", p.task_id)
-        if len(p.key) > MAX_KEY_CHARS:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"task/spawn: the key is {len(p.key)} "
-                                                   f"characters, more than MAX_KEY_CHARS "
-                                                   f"({MAX_KEY_CHARS})")
         if parent.spawns_kept is not None:
             return self._spawn_kept(parent, parent.spawns_kept, r, p)
         if not parent.journal_here:
