@@ -230,8 +230,8 @@ class ClusterAsks:
         self._ask = redis.register_script(ASK)
         self._end = redis.register_script(END)
         self._suspend = redis.register_script(SUSPEND)
-        self._waiting: dict[str, _AskWait] = {}
-        self._waited_tasks: dict[str, int] = {}  # task id -> its asks in _waiting
+        # task id -> ask id -> the ask waited on here: a task waits while it has one
+        self._waiting: dict[str, dict[str, _AskWait]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()  # an ask waited on here ended (its channel said)
@@ -298,10 +298,10 @@ class ClusterAsks:
     async def wait(self, ask: Ask) -> Ask:
         if not ask.pending:
             return ask
-        held = self._waiting.get(ask.id)
+        asks = self._waiting.setdefault(ask.task_id, {})
+        held = asks.get(ask.id)
         if held is None:
-            held = self._waiting[ask.id] = _AskWait(ask)
-            self._waited_tasks[ask.task_id] = self._waited_tasks.get(ask.task_id, 0) + 1
+            held = asks[ask.id] = _AskWait(ask)
         held.waiters += 1
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -309,8 +309,8 @@ class ClusterAsks:
             return await asyncio.shield(held.fut)
         finally:
             held.waiters -= 1
-            if not held.waiters and self._waiting.get(ask.id) is held:
-                self._unwait(ask.id)
+            if not held.waiters and self._held(ask) is held:
+                self._unwait(ask)
 
     async def holds(self, task: Task) -> bool:
         assert isinstance(task, ClusterTask)
@@ -323,7 +323,7 @@ class ClusterAsks:
         return bool(fence == str(task.token).encode() and status == b"running")
 
     def waits(self, task_id: str) -> bool:
-        return task_id in self._waited_tasks
+        return task_id in self._waiting
 
     async def suspend(self, task: Task, why: str) -> bool:
         """Give the waiting task's claim back, suspended in Redis (SUSPEND); False: it was
@@ -509,20 +509,24 @@ class ClusterAsks:
         return got
 
     def _settle(self, ask: Ask) -> None:
-        held = self._unwait(ask.id)
+        held = self._unwait(ask)
         if held is not None and not held.fut.done():
             held.fut.set_result(ask)
 
-    def _unwait(self, ask_id: str) -> _AskWait | None:
-        held = self._waiting.pop(ask_id, None)
-        if held is not None:
-            task_id = held.ask.task_id
-            left = self._waited_tasks[task_id] - 1
-            if left:
-                self._waited_tasks[task_id] = left
-            else:
-                del self._waited_tasks[task_id]
+    def _held(self, ask: Ask) -> _AskWait | None:
+        return self._waiting.get(ask.task_id, {}).get(ask.id)
+
+    def _unwait(self, ask: Ask) -> _AskWait | None:
+        asks = self._waiting.get(ask.task_id)
+        if asks is None:
+            return None
+        held = asks.pop(ask.id, None)
+        if not asks:  # its last: the task waits no more
+            del self._waiting[ask.task_id]
         return held
+
+    def _all_held(self) -> list[_AskWait]:
+        return [held for asks in self._waiting.values() for held in asks.values()]
 
     # -- the asks waited on here ----------------------------------------------------------
     async def _poll(self) -> None:
@@ -536,9 +540,9 @@ class ClusterAsks:
                 with contextlib.suppress(TimeoutError):
                     await within(self._woken.wait(), self.settings.beat)
                 self._woken.clear()
-                ids = list(self._waiting)
+                waited = self._all_held()
                 try:
-                    rows = await self._rows(ids)
+                    rows = await self._rows([held.ask.id for held in waited])
                 except RedisError as exc:
                     if not self._unread:
                         log.warning("cluster: the asks waited on here were not read "
@@ -547,9 +551,8 @@ class ClusterAsks:
                     continue
                 self._unread = False
                 now = time.time()
-                for ask_id, ask in zip(ids, rows, strict=True):
-                    held = self._waiting.get(ask_id)
-                    if held is None or ask is None:
+                for held, ask in zip(waited, rows, strict=True):
+                    if ask is None or self._held(held.ask) is not held:
                         continue
                     if not ask.pending:
                         self._settle(ask)
@@ -567,7 +570,10 @@ class ClusterAsks:
             while self._waiting:
                 got = await pubsub.get_message(ignore_subscribe_messages=True,
                                                timeout=self.settings.beat)
-                if got is not None and got["data"].decode(errors="replace") in self._waiting:
+                if got is None:
+                    continue
+                ended = got["data"].decode(errors="replace")
+                if any(ended in asks for asks in self._waiting.values()):
                     self._woken.set()
         except (RedisError, OSError):
             return
@@ -584,7 +590,7 @@ class ClusterAsks:
     def _finished(self, e: TaskFinished) -> None:
         """A task of this node ended while it waited: its waiters are told withdrawn
         (written where the ask is next read, once its record says it ended)."""
-        for held in [h for h in self._waiting.values() if h.ask.task_id == e.task.id]:
+        for held in list(self._waiting.get(e.task.id, {}).values()):
             self._settle(msgspec.structs.replace(held.ask, end=AskEnd.WITHDRAWN,
                                                  ended=time.time(), by=CORRAL))
 
@@ -605,7 +611,7 @@ class ClusterAsks:
     def status(self) -> dict[str, int]:
         """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
         return {"asked": self.asked, "decided": self.decided,
-                "waited_on": len(self._waiting), "suspended": self.suspended}
+                "waited_on": len(self._all_held()), "suspended": self.suspended}
 
     async def close(self) -> None:
         work = [t for t in (self._poller, self._listener, *self._withdrawing.values())
@@ -615,9 +621,8 @@ class ClusterAsks:
         for t in work:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for held in self._waiting.values():
+        for held in self._all_held():
             if not held.fut.done():
                 held.fut.cancel()
         self._waiting.clear()
-        self._waited_tasks.clear()
 
