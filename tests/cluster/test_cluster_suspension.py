@@ -280,6 +280,65 @@ def test_a_suspension_redis_took_unconfirmed_gives_the_attempt_back_its_call_onc
                 f"attempt") in a.said(), a.said()
 
 
+def test_a_suspension_unconfirmed_is_read_again_while_redis_is_away_then_found_taken(
+        tmp: Path) -> None:
+    """As above, but the primary is killed once it ran SUSPEND, before any replica
+    confirmed it: the node cannot read the record again either, and reads it once a
+    second until Redis answers (the attempt kept meanwhile, nothing given back). Back from
+    its AOF, the primary's record says suspended: the attempt is given back, and the task,
+    approved, ends once, its call made once."""
+    agents = fleet(tmp)
+    # a node TTL longer than Redis is away, and time enough to kill the primary before
+    # its WAIT for the frozen replica ends
+    with replicated(tmp, 1) as (primary, [replica]):
+        primary.appendfsync = "always"  # the suspension it ran survives its kill -9
+        primary.restart()
+        wait_until(lambda: linked(primary, 1), 30, "the replica in sync again")
+        with nodes(tmp, primary, {"a": agents}, ttl=30.0, supervisor=CLOCK,
+                   extra="ack_replicas = 1\nack_timeout = 20\n") as ns:
+            a = ns["a"]
+            wait_until(lambda: a.nodes()["nodes"][0]["alive"], 30, "node a alive")
+            task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(9)}
+                             )["task_id"]
+            [ask] = wait_until(lambda: pending(a), 30, "its ask")
+            wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1,
+                       30, "its attempt waiting on its ask")
+            r = redis_py.Redis(port=primary.port, socket_timeout=5)
+            try:
+                r.script_load(SUSPEND)  # (see above: no NOSCRIPT round before the WAIT)
+                assert replica.proc is not None
+                replica.proc.send_signal(signal.SIGSTOP)
+                assert a.cli("clock", "--advance", "10m").returncode == 0
+                wait_until(lambda: r.hget(Keys("test").task(task_id), "status")
+                           == b"suspended", 15, "SUSPEND run on the primary")
+            finally:
+                r.close()
+            primary.kill()  # (its WAIT unanswered: the node is told the write failed)
+            said = wait_until(lambda: (s := a.call("stats.get")["tasks"]["suspensions"])[
+                "unwritten"] == 1 and s, 30, "the suspension not known written")
+            assert said["unsure"] == 0  # Redis away: the record not read yet
+            assert a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1
+            primary.start()
+            said = wait_until(lambda: (s := a.call("stats.get")["tasks"]["suspensions"])[
+                "unsure"] == 1 and s, 30, "the suspension found taken once Redis is back")
+            assert (said["unwritten"], said["suspended"]) == (1, 1)
+            wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 0,
+                       30, "its attempt given back")
+            assert record(a, task_id)["status"] == "suspended"
+            replica.proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: linked(primary, 1), 30, "the replica back in sync")
+            approved = a.cli("approvals", "approve", ask["id"])
+            assert approved.returncode == 0, approved.stderr
+            done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+            assert done["status"] == "succeeded", done
+            assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+            assert counted(tmp) == ["9"]
+            a.stop()
+            assert re.search(rf"the cluster's Redis at redis://127\.0\.0\.1:\d+/0 is "
+                             rf"unreachable \(.+\): task {task_id} was not suspended: it "
+                             rf"waits on its attempt", a.said()), a.said()
+
+
 def test_a_denied_suspended_cluster_task_sees_the_tool_error(tmp: Path,
                                                             redis: RedisServer) -> None:
     agents = fleet(tmp)
