@@ -51,7 +51,6 @@ from ..supervisor.tasks import TERMINAL, Task
 from ..supervisor.tasks.elicitations import PREFIX as ELICITATION
 from ..supervisor.tasks.inbox import (
     CORRAL,
-    MAX_ASKS_PER_TASK,
     MAX_PENDING,
     MAX_PENDING_PER_TENANT,
     AskEnded,
@@ -261,7 +260,8 @@ class ClusterAsks:
                 self.keys.asks_pending(), self.keys.asks_pending(tenant)]
         args = [task.token, req.key, ask.id, rec, self.trust.sign(ASK_KIND, ask.id, "rec", rec),
                 repr(now), MAX_PENDING, MAX_PENDING_PER_TENANT,
-                "" if ask.deadline is None else repr(ask.deadline), MAX_ASKS_PER_TASK]
+                "" if ask.deadline is None else repr(ask.deadline),
+                self.settings.max_asks_per_task]
         what = f"its {req.kind} was not asked (nothing was kept)"
         got = await self._write(self._ask, keys, args, what)
         code = int(got[0])
@@ -276,7 +276,8 @@ class ClusterAsks:
             raise RpcError(jsonrpc.CONFLICT, f"task {task.id} is no longer this node's claim "
                                              f"(fence {task.token}): {what}")
         if code == -3:
-            raise RpcError(jsonrpc.QUOTA_EXCEEDED, too_many_asks(task.id, int(got[1])))
+            raise RpcError(jsonrpc.QUOTA_EXCEEDED, too_many_asks(
+                task.id, int(got[1]), self.settings.max_asks_per_task))
         whose = ("the cluster's tasks hold" if code == -1 else
                  f"tenant {tenant}'s tasks hold")
         bound = ("max_pending_asks", MAX_PENDING) if code == -1 else (

@@ -736,6 +736,9 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # a session's next turn goes to this node when it ran the last one and lives
     # (docs/durable.md#sessions-on-a-cluster); false: to whichever node reads it first
     sticky_sessions: bool = True
+    # asks one cluster task makes over its life, pending or ended: Redis keeps each for
+    # the task's life, so one more is refused by this name (docs/approvals.md#bounds)
+    max_asks_per_task: PositiveInt = 1_000
 
     @property
     def replicas_acked(self) -> int:

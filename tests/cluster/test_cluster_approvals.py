@@ -24,6 +24,7 @@ import msgspec
 import pytest
 import redis as redis_py
 
+from corral import jsonrpc
 from corral.cluster import records
 from corral.cluster.clusterasks import ASK, END
 from corral.cluster.keys import Keys
@@ -177,6 +178,29 @@ def test_a_question_asked_on_one_node_is_answered_on_another(tmp: Path,
         done = ns["a"].call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "succeeded", done
         assert done["output"]["answer"] == {"n": 3}
+
+
+def test_a_task_past_its_asks_bound_is_refused_by_name_and_nothing_more_is_asked(
+        tmp: Path, redis: RedisServer) -> None:
+    """[cluster] max_asks_per_task 1: a task's first question is asked and answered, its
+    second refused to the agent (QUOTA_EXCEEDED, the bound named), nothing kept of it."""
+    with nodes(tmp, redis, {"a": askers()}, extra="max_asks_per_task = 1\n") as ns:
+        a = ns["a"]
+        both_alive(ns)
+        task_id = a.call("tasks.submit", {"agent": "asker", "input": {
+            "prompt": "Go?", "twice": True}})["task_id"]
+        [ask] = wait_until(lambda: pending(a), what="its first question")
+        answered = a.cli("approvals", "answer", ask["id"], "--data", '"yes"')
+        assert answered.returncode == 0, answered.stderr
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert done["output"] == {
+            "refused": f"task {task_id} has made 1 asks of a person, its bound "
+                       "(max_asks_per_task 1): nothing more is asked",
+            "code": jsonrpc.QUOTA_EXCEEDED}
+        assert pending(a) == []
+        assert a.call("stats.get")["cluster"]["asks"]["asked"] == 1
+        assert a.call("approvals.get", {"id": ask["id"]})["end"] == "answered"
 
 
 def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(

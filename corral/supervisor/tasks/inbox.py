@@ -44,9 +44,6 @@ MAX_DECISION_BYTES = 64 * 1024
 # an agent's or an MCP server's to choose, held by the inbox or the cluster's Redis for
 # as long as it waits, so past this the call is refused by name and nothing is asked
 MAX_SUBJECT_BYTES = 64 * 1024
-# asks one task makes over its life (each call's, pending or ended; a retry's finds its
-# earlier attempt's): where a cluster keeps them, each is held for the task's life
-MAX_ASKS_PER_TASK = 1_000
 # pending asks held at once: the daemon's, and each tenant's (the operator's own tasks,
 # tenant None, count as one tenant)
 MAX_PENDING = 10_000
@@ -109,9 +106,11 @@ def check_subject(req: AskRequest) -> None:
                        f"(max_ask_bytes {MAX_SUBJECT_BYTES})")
 
 
-def too_many_asks(task_id: str, n: int) -> str:
+def too_many_asks(task_id: str, n: int, bound: int) -> str:
+    """A task's ask past `bound` asks over its life (each call's, pending or ended; a
+    retry's finds its earlier attempt's): [cluster] max_asks_per_task."""
     return (f"task {task_id} has made {n} asks of a person, its bound "
-            f"(max_asks_per_task {MAX_ASKS_PER_TASK}): nothing more is asked")
+            f"(max_asks_per_task {bound}): nothing more is asked")
 
 
 def ended_message(ask: Ask) -> str:
