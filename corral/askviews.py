@@ -6,7 +6,7 @@ this module."""
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -26,15 +26,10 @@ class AskEnd(enum.StrEnum):
     WITHDRAWN = "withdrawn"  # its task ended while it waited
 
 
-class Ask(msgspec.Struct, kw_only=True):
-    """An ask's record. `subject` is what it asks: an approval's {"tool": NAME,
-    "arguments": {...}} or {"model": NAME, "cost": USD}; a question's {"prompt": TEXT,
-    "schema": {...}}. Once ended: `end`, `ended` (wall time), `by` (who decided: a token's
-    caller, a socket peer, or "corral") and `data` (an approval's edited arguments as
-    {"arguments": {...}}, a denial's {"reason": TEXT}, a question's answer), the
-    subject's originals kept as they were."""
+class AskOrigin(msgspec.Struct):
+    """Who asks what: the fields an ask's record and the request that makes it share,
+    declared once (`Ask`, `AskRequest`)."""
 
-    id: str
     kind: AskKind
     tenant: str | None
     task_id: str
@@ -42,6 +37,17 @@ class Ask(msgspec.Struct, kw_only=True):
     agent: str
     key: str
     subject: dict[str, Any]
+
+
+class Ask(AskOrigin, kw_only=True):
+    """An ask's record, its origin's fields first. `subject` is what it asks: an
+    approval's {"tool": NAME, "arguments": {...}} or {"model": NAME, "cost": USD}; a
+    question's {"prompt": TEXT, "schema": {...}}. Once ended: `end`, `ended` (wall
+    time), `by` (who decided: a token's caller, a socket peer, or "corral") and `data`
+    (an approval's edited arguments as {"arguments": {...}}, a denial's {"reason": TEXT},
+    a question's answer), the subject's originals kept as they were."""
+
+    id: str
     created: float
     deadline: float | None = None
     end: AskEnd | None = None
@@ -67,15 +73,16 @@ def what_it_asks(ask: Ask) -> str:
     return f"approval of a call to model {s.get('model')} ({most})"
 
 
-class AskRequest(NamedTuple):
+class AskRequest(AskOrigin):
     """What a waiting call asks (supervisor/tasks/inbox.py, or a cluster's asks):
     `timeout` seconds from now to its deadline (None: no deadline)."""
 
-    kind: AskKind
-    tenant: str | None
-    task_id: str
-    attempt: int
-    agent: str
-    key: str
-    subject: dict[str, Any]
     timeout: float | None = None
+
+    def made(self, ask_id: str, now: float, tenant: str | None) -> Ask:
+        """The pending ask it makes, made at `now`, of `tenant` (the request's, or the
+        one a cluster resolved for it)."""
+        return Ask(id=ask_id, kind=self.kind, tenant=tenant, task_id=self.task_id,
+                   attempt=self.attempt, agent=self.agent, key=self.key,
+                   subject=self.subject, created=now,
+                   deadline=None if self.timeout is None else now + self.timeout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral import jsonrpc
-from corral.askviews import AskEnd, AskKind
+from corral.askviews import AskEnd, AskKind, AskOrigin
 from corral.daemon.inboxjournal import AsksDB
 from corral.daemon.store import StateStore
 from corral.jsonrpc import RpcError
@@ -140,6 +140,22 @@ async def test_bad_decisions_are_refused_and_leave_the_ask_pending(opened: Opene
                                f"{MAX_DECISION_BYTES})")
     assert [a.id for a in opened.inbox.pending()] == [ask.id]
     assert opened.inbox.store.get(ask.id) == ask
+
+
+async def test_an_ask_is_its_requests_origin_with_an_id_and_a_deadline(
+        opened: Opened) -> None:
+    """The request and the record share their origin's fields (AskOrigin), declared
+    once: every one of them is the request's, read back from the database too."""
+    req = _approval(timeout=30)
+    ask = await opened.inbox.ask(req)
+    kept = opened.inbox.store.get(ask.id)
+    assert kept is not None
+    for made in (ask, kept):
+        assert isinstance(made, AskOrigin)
+        assert {f: getattr(made, f) for f in AskOrigin.__struct_fields__} == {
+            f: getattr(req, f) for f in AskOrigin.__struct_fields__}
+        assert made.id.startswith("ask-") and made.pending
+        assert made.deadline == pytest.approx(made.created + 30)
 
 
 async def test_a_question_is_answered_or_denied(opened: Opened) -> None:

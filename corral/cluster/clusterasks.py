@@ -251,10 +251,7 @@ class ClusterAsks:
         # agent of the name (decision 439)
         tenant = req.tenant if req.tenant is not None else (
             task.replica.spec.tenant if task.replica is not None else DEFAULT_TENANT)
-        ask = Ask(id=f"ask-{secrets.token_hex(8)}", kind=req.kind, tenant=tenant,
-                  task_id=req.task_id, attempt=req.attempt, agent=req.agent, key=req.key,
-                  subject=req.subject, created=now,
-                  deadline=None if req.timeout is None else now + req.timeout)
+        ask = req.made(f"ask-{secrets.token_hex(8)}", now, tenant)
         rec = _encode(ask)
         keys = [self.keys.task(task.id), self.keys.task_asks(task.id), self.keys.ask(ask.id),
                 self.keys.asks_pending(), self.keys.asks_pending(tenant)]

@@ -248,10 +248,7 @@ class Inbox:
             return found
         self._check_bounds(req.tenant)
         now = self.clock.time()
-        ask = Ask(id=f"ask-{secrets.token_hex(8)}", kind=req.kind, tenant=req.tenant,
-                  task_id=req.task_id, attempt=req.attempt, agent=req.agent, key=req.key,
-                  subject=req.subject, created=now,
-                  deadline=None if req.timeout is None else now + req.timeout)
+        ask = req.made(f"ask-{secrets.token_hex(8)}", now, req.tenant)
         storing = self._storing
         storing[req.tenant] = storing.get(req.tenant, 0) + 1
         try:
