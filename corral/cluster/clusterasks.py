@@ -51,10 +51,11 @@ from ..supervisor.tasks import TERMINAL, Task
 from ..supervisor.tasks.elicitations import PREFIX as ELICITATION
 from ..supervisor.tasks.inbox import (
     CORRAL,
+    DEFAULT_BOUNDS,
     MAX_PENDING,
-    MAX_PENDING_PER_TENANT,
     AskEnded,
     Decision,
+    InboxBounds,
     check_decision,
     ended_message,
     too_many_asks,
@@ -220,8 +221,12 @@ class ClusterAsks:
     any node."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
-                 settings: ClusterSettings, stream: Stream) -> None:
+                 settings: ClusterSettings, stream: Stream,
+                 bounds: InboxBounds = DEFAULT_BOUNDS) -> None:
+        """`bounds`: [supervisor] max_pending_asks and max_pending_asks_per_tenant, held
+        by the cluster's ask script as the inbox holds its own."""
         self.redis = redis
+        self.bounds = bounds
         self.scripts = scripts
         self.keys = keys
         self.trust = trust
@@ -256,7 +261,7 @@ class ClusterAsks:
         keys = [self.keys.task(task.id), self.keys.task_asks(task.id), self.keys.ask(ask.id),
                 self.keys.asks_pending(), self.keys.asks_pending(tenant)]
         args = [task.token, req.key, ask.id, rec, self.trust.sign(ASK_KIND, ask.id, "rec", rec),
-                repr(now), MAX_PENDING, MAX_PENDING_PER_TENANT,
+                repr(now), self.bounds.pending, self.bounds.per_tenant,
                 "" if ask.deadline is None else repr(ask.deadline),
                 self.settings.max_asks_per_task]
         what = f"its {req.kind} was not asked (nothing was kept)"
@@ -277,8 +282,8 @@ class ClusterAsks:
                 task.id, int(got[1]), self.settings.max_asks_per_task))
         whose = ("the cluster's tasks hold" if code == -1 else
                  f"tenant {tenant}'s tasks hold")
-        bound = ("max_pending_asks", MAX_PENDING) if code == -1 else (
-            "max_pending_asks_per_tenant", MAX_PENDING_PER_TENANT)
+        bound = ("max_pending_asks", self.bounds.pending) if code == -1 else (
+            "max_pending_asks_per_tenant", self.bounds.per_tenant)
         raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"{whose} {int(got[1])} pending asks, its "
                                                f"bound ({bound[0]} {bound[1]})")
 

@@ -29,6 +29,7 @@ from ..supervisor.tasks import (
     is_task_id,
 )
 from ..supervisor.tasks.host import AgentLike, TaskHost
+from ..supervisor.tasks.inbox import DEFAULT_BOUNDS, InboxBounds
 from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
@@ -70,9 +71,11 @@ class ClusterNode:
                  prepare: Callable[[AgentSpec], None] = lambda spec: None,
                  apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
                  describe: Describe = lambda old, new: "changed",
-                 key: bytes | None = None, calls: DurableStore | None = None) -> None:
+                 key: bytes | None = None, calls: DurableStore | None = None,
+                 asks_bounds: InboxBounds = DEFAULT_BOUNDS) -> None:
         """`calls`: this node's journal of durable calls, which holds a copy of each
-        call it drives (clustercalls.py; None: memory, lost with the process)."""
+        call it drives (clustercalls.py; None: memory, lost with the process);
+        `asks_bounds`: the pending asks its tasks may hold ([supervisor]'s)."""
         self.settings = settings
         self.host = host  # the agents, as the task path sees them
         self.agents = parts.agents
@@ -101,7 +104,8 @@ class ClusterNode:
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id))
         # its claimed tasks' asks of a person, in Redis: listed and decided on any node
-        self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings, host.stream)
+        self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings, host.stream,
+                                asks_bounds)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
                              ClaimParts(self.steps, sessions, spawns, self._watch,

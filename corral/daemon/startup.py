@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import Config, ConfigError
+from ..supervisor.config import Config, ConfigError, SupervisorSettings
 from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.executor import KILL_GRACE
@@ -330,6 +330,11 @@ class Stores:
     unfinished: list[Unfinished]  # the journal's tasks not finished when it last closed
 
 
+def asks_bounds(sc: SupervisorSettings) -> InboxBounds:
+    """The pending asks held at once, by this node's inbox and by its cluster's."""
+    return InboxBounds(sc.max_pending_asks, sc.max_pending_asks_per_tenant)
+
+
 @contextlib.asynccontextmanager
 async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Stores]:
     """The state database, its writer thread and the task journal on it; the engine's
@@ -392,8 +397,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
             # the inbox's asks (docs/approvals.md): the pending ones wait again
-            parts.tasks.inbox.load(AsksDB(store), InboxBounds(
-                sc.max_pending_asks, sc.max_pending_asks_per_tenant),
+            parts.tasks.inbox.load(AsksDB(store), asks_bounds(sc),
                 # a suspended task's id held once, by the engine and its asks
                 {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})
             own.callback(parts.tasks.inbox.close)
@@ -450,7 +454,8 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
     node = ClusterNode(settings, sup, sup.parts, queue, hub.daemon,
                        prepare=fleet.fill_paths, apply=fleet.apply_spec,
                        describe=describe_change, key=cluster_key(conf, hub),
-                       calls=CallJournal(store))
+                       calls=CallJournal(store),
+                       asks_bounds=asks_bounds(conf.cfg.supervisor))
     if taken is not None and taken.handoff.cluster is not None:
         from ..cluster import handover  # an upgrade's: the same daemon and incarnation
         handover.go_on(node, taken.handoff.cluster)

@@ -42,7 +42,7 @@ from ..test_elicitations import fleet as elicit_fleet
 from ..test_model_gateway import KEY as PROVIDER_KEY
 from ..test_model_gateway import fleet as model_fleet
 from ..test_model_gateway import upstream  # noqa: F401 (a fixture)
-from .harness import Node, nodes
+from .harness import Node, nodes, run
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
 
@@ -201,6 +201,37 @@ def test_a_task_past_its_asks_bound_is_refused_by_name_and_nothing_more_is_asked
         assert pending(a) == []
         assert a.call("stats.get")["cluster"]["asks"]["asked"] == 1
         assert a.call("approvals.get", {"id": ask["id"]})["end"] == "answered"
+
+
+def test_the_supervisors_pending_asks_bound_holds_the_clusters_asks(
+        tmp: Path, redis: RedisServer) -> None:
+    """[supervisor] max_pending_asks_per_tenant 1 on a cluster: a second task's question
+    is refused to its agent by the bound's name (the config's, not the default) while the
+    first waits, nothing kept of it; the first answered, the next one is asked."""
+    two_at_once = askers() + "max_concurrent_tasks = 2\n"
+    with nodes(tmp, redis, {"a": two_at_once},
+               supervisor="max_pending_asks_per_tenant = 1\n") as ns:
+        a = ns["a"]
+        both_alive(ns)
+        first = a.call("tasks.submit", {"agent": "asker", "input": {"prompt": "One?"}}
+                       )["task_id"]
+        [ask] = wait_until(lambda: pending(a), what="the first question")
+        second = run(a, "asker", {"prompt": "Two?"})
+        assert second["status"] == "succeeded", second
+        assert second["output"] == {
+            "refused": "tenant default's tasks hold 1 pending asks, its bound "
+                       "(max_pending_asks_per_tenant 1)",
+            "code": jsonrpc.QUOTA_EXCEEDED}
+        assert [x["id"] for x in pending(a)] == [ask["id"]]
+        assert a.call("stats.get")["cluster"]["asks"]["asked"] == 1
+        answered = a.cli("approvals", "answer", ask["id"], "--data", '"yes"')
+        assert answered.returncode == 0, answered.stderr
+        done = a.call("tasks.get", {"task_id": first, "wait": True})
+        assert done["output"]["answer"] == "yes", done
+        third = a.call("tasks.submit", {"agent": "asker", "input": {"prompt": "Three?"}}
+                       )["task_id"]
+        [again] = wait_until(lambda: pending(a), what="the next question")
+        assert again["task_id"] == third
 
 
 def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(
