@@ -384,31 +384,36 @@ class LineProtocol(asyncio.BufferedProtocol):
         buf = self._rbuf
         view = memoryview(buf)
         last_long: bool | None = None  # whether the last line delivered here was long
-        while not self.paused:
-            nl = buf.find(b"\n", self._scanned, self._end)
-            if nl < 0:
-                self._scanned = self._end
-                break
-            start = self._start
-            size = nl - start
-            self._start = self._scanned = nl + 1
-            if size > self.max_line:
-                if self.on_oversize:
-                    self.on_oversize(size, bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
-                                     bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
-                continue
-            last_long = size + MIN_READ > IDLE_BUFFER
-            if last_long:
-                self._long = size
-            if size:
-                self.on_line(view[start:nl].tobytes())
-        view.release()
-        if self._start == self._end:  # all consumed: the buffer is reused from its start
-            self._start = self._end = self._scanned = 0
-            if last_long is False and len(self._rbuf) > IDLE_BUFFER:  # kept for long lines
-                self._rbuf = bytearray(IDLE_BUFFER)
-        if last_long is not None and self.on_lines_end is not None:
-            self.on_lines_end()
+        try:
+            while not self.paused:
+                nl = buf.find(b"\n", self._scanned, self._end)
+                if nl < 0:
+                    self._scanned = self._end
+                    break
+                start = self._start
+                size = nl - start
+                self._start = self._scanned = nl + 1
+                if size > self.max_line:
+                    if self.on_oversize:
+                        self.on_oversize(size,
+                                         bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
+                                         bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
+                    continue
+                last_long = size + MIN_READ > IDLE_BUFFER
+                if last_long:
+                    self._long = size
+                if size:
+                    self.on_line(view[start:nl].tobytes())
+        finally:
+            # (also when a line's handler raised: what the lines before it began is
+            # finished all the same, their freed slots filled)
+            view.release()
+            if self._start == self._end:  # all consumed: the buffer is reused from its start
+                self._start = self._end = self._scanned = 0
+                if last_long is False and len(self._rbuf) > IDLE_BUFFER:  # kept for long lines
+                    self._rbuf = bytearray(IDLE_BUFFER)
+            if last_long is not None and self.on_lines_end is not None:
+                self.on_lines_end()
 
     # an oversized line --------------------------------------------------------------------
     def _start_skipping(self) -> None:
@@ -458,9 +463,11 @@ class LineProtocol(asyncio.BufferedProtocol):
         if self._end > self._start:
             line = bytes(memoryview(self._rbuf)[self._start:self._end])
             self._drop()
-            self.on_line(line)
-            if self.on_lines_end is not None:
-                self.on_lines_end()
+            try:
+                self.on_line(line)
+            finally:
+                if self.on_lines_end is not None:
+                    self.on_lines_end()
         if self._skipping:
             self._skipped()
 

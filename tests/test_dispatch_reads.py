@@ -6,14 +6,18 @@ slot taken once, none left free while a task waits; and the line reader's end of
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from corral.jsonrpc import LineProtocol
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Task, TaskFinished
+from corral.supervisor.tasks.interceptors import TaskInterceptor
 from corral.taskoptions import TaskOptions
 
-from .conftest import PY, ROOT, agent, all_ready
+from .conftest import PY, ROOT, SPARED, agent, all_ready
 
 
 def batch_agent(name: str, slots: int) -> Any:
@@ -103,3 +107,80 @@ def test_the_end_of_a_read_is_told_after_its_lines() -> None:
     reader.data_received(b"\nd")
     reader.connection_lost(None)  # the last line without its newline is one too
     assert said == [b"a", b"b", "end", b"c", "end", b"d", "end", "eof"]
+
+
+class FailingEnd(TaskInterceptor):
+    """An interceptor whose notification of the tasks in `failing` raises (a bug of its
+    own): within the read of the worker's answers that ends them."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+
+    def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
+        next(task)
+        if task.id in self.failing:
+            raise RuntimeError(f"the interceptor failed on {task.id}")
+
+
+async def test_a_read_whose_last_handler_raises_still_starts_the_freed_slots_tasks(
+        ) -> None:
+    """The read's answers before the one whose handling raised freed slots: the waiting
+    tasks start at that read's end all the same, on that worker (not when some later
+    read of any worker ends, or a restart pumps)."""
+    failing = FailingEnd()
+    sup = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=2.0, spared=SPARED,
+                     interceptors=[failing])
+    sup.open()
+    try:
+        sup.add(batch_agent("b", 3))
+        await all_ready(sup, "b")
+        pid = sup.agent("b").replicas[0].pid
+        first = [put(sup, f"t{i}", 3) for i in range(3)]  # answered in one write
+        failing.failing.add(first[2].id)  # the read's last line's handler raises
+        waiting = [put(sup, f"w{i}", 2) for i in range(2)]
+        seen: list[Any] = []
+        told = asyncio.Event()
+
+        def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # the loop is told of the handler's error as the read returns: the state then
+            seen.append((str(context.get("exception")), [t.status for t in waiting],
+                         [[a.pid for a in t.attempts] for t in waiting],
+                         sup.agent("b").replicas[0].tasks_running,
+                         dict(sup.tasks.dispatch.freed)))
+            told.set()
+
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(on_error)
+        try:
+            await asyncio.wait_for(told.wait(), 20)
+        finally:
+            loop.set_exception_handler(None)
+        assert [t.status for t in first] == ["succeeded"] * 3
+        # its two waiting tasks started at the end of the read that freed their slots,
+        # on its worker, before the error was told
+        assert seen[0] == (f"the interceptor failed on {first[2].id}",
+                           ["running", "running"], [[pid], [pid]], 2, {})
+    finally:
+        await sup.close(graceful=False)
+
+
+def test_the_end_of_a_read_is_told_when_a_lines_handler_raises() -> None:
+    """What the lines before the raising one began is finished at the read's end all the
+    same; the lines after it wait in the reader for its next read."""
+    said: list[Any] = []
+
+    def on_line(line: bytes) -> None:
+        said.append(line)
+        if line.startswith(b"!"):
+            raise ValueError(f"a handler failed on {line!r}")
+
+    reader = LineProtocol(on_line, lambda exc: said.append("eof"),
+                          on_lines_end=lambda: said.append("end"))
+    with pytest.raises(ValueError, match="a handler failed on b'!b'"):
+        reader.data_received(b"a\n!b\nc\n")
+    assert said == [b"a", b"!b", "end"]
+    reader.data_received(b"d\n!e")
+    assert said == [b"a", b"!b", "end", b"c", b"d", "end"]
+    with pytest.raises(ValueError, match="a handler failed on b'!e'"):
+        reader.connection_lost(None)  # the last line, unterminated, raising too
+    assert said[6:] == [b"!e", "end"]
