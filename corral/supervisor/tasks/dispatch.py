@@ -157,10 +157,11 @@ class TaskDispatch:
         except KeyError:
             return
         replicas = agent.replicas
+        limit = agent.spec.max_concurrent_tasks
         now = time.time()  # (one reading for the starts of one pump: one instant)
         while True:  # until no replica is free, or no task waits (take's None)
             # (free_replica, written out: asked twice at every task's end)
-            r, fewest = None, agent.spec.max_concurrent_tasks
+            r, fewest = None, limit
             for candidate in replicas:
                 if candidate.tasks_running < fewest and candidate.takes_tasks:
                     r, fewest = candidate, candidate.tasks_running
@@ -174,14 +175,24 @@ class TaskDispatch:
             # over a token or cost budget: the tasks wait, and its timer pumps again
             if self.budgets is not None and self.budgets.holds(agent):
                 return
-            if self.gated and self.gate is not None and self.gate.full(agent):
-                return
-            task = queue.take(agent_name)
-            if task is None:
-                return
-            if task.session is not None and self.sessions is not None:
-                r = self.sessions.prefer(task, r, agent)
-            self._start(task, r, q, now)
+            if self.gated and self.gate is not None:
+                if self.gate.full(agent):
+                    return
+                room = 1  # (each start counts against its tenant's bound: asked again)
+            else:
+                # the starts that go to `r` while it stays the one found, all at once
+                # (nothing a start does frees a slot, changes a budget or a replica's
+                # taking tasks: what the scan and the checks above say holds for them)
+                room = _room(r, replicas, limit)
+            for _ in range(room):
+                task = queue.take(agent_name)
+                if task is None:
+                    return
+                if task.session is not None and self.sessions is not None:
+                    # (another replica's count only grows: `r` stays the one found)
+                    self._start(task, self.sessions.prefer(task, r, agent), q, now)
+                else:
+                    self._start(task, r, q, now)
 
     # the replica is told of each task it starts and ends here, and only here
     def _start(self, task: Task, r: Replica, q: AgentTasks, now: float) -> None:
@@ -368,6 +379,23 @@ class _Run(msgspec.Struct):
     def decode(self, line: bytes) -> tuple[int, Output]:
         # a Python caller's task (decoded) is marked after its start: asked at its answer
         return (read_values if self.task.decoded else read_raw)(line)
+
+
+def _room(r: Replica, replicas: list[Replica], limit: int) -> int:
+    """How many tasks `r`, the least loaded replica taking tasks (the first of them in
+    `replicas`), takes before pump's scan would find another (or none): it stays the one
+    found while it runs fewer than each taker before it, and no more than each after it,
+    and under `limit`."""
+    cap, before = limit, True
+    for c in replicas:
+        if c is r:
+            before = False
+            continue
+        # (whether it takes tasks, the dearer question, asked of a nearer one only)
+        bound = c.tasks_running if before else c.tasks_running + 1
+        if bound < cap and c.takes_tasks:
+            cap = bound
+    return cap - r.tasks_running
 
 
 def why_delayed(task: Task, delayed: bool) -> str | None:
