@@ -20,9 +20,9 @@ from corral.taskoptions import TaskOptions
 from .conftest import PY, ROOT, SPARED, agent, all_ready
 
 
-def batch_agent(name: str, slots: int) -> Any:
+def batch_agent(name: str, slots: int, **kw: Any) -> Any:
     return agent(name, command=[PY, str(ROOT / "tests" / "batch_worker.py")],
-                 max_concurrent_tasks=slots)
+                 max_concurrent_tasks=slots, **kw)
 
 
 def put(sup: Supervisor, n: str, together: int, priority: int = 0) -> Task:
@@ -184,3 +184,24 @@ def test_the_end_of_a_read_is_told_when_a_lines_handler_raises() -> None:
     with pytest.raises(ValueError, match="a handler failed on b'!e'"):
         reader.connection_lost(None)  # the last line, unterminated, raising too
     assert said[6:] == [b"!e", "end"]
+
+
+async def test_a_pumps_starts_go_to_the_least_loaded_replica_each_in_turn(
+        sup: Supervisor) -> None:
+    """One pump's starts (a map's turn) go where one start at a time would: each to the
+    replica running the fewest, the first of them on a tie, a replica taking as many at
+    once as it stays the one with the fewest."""
+    sup.add(batch_agent("b", 4, replicas=2))
+    await all_ready(sup, "b")
+    held = [put(sup, "h0", 2), put(sup, "h1", 2)]  # one on each, held
+    ended = put(sup, "e0", 1)  # on replica 0 (a tie): it answers with h0
+    for task in (held[0], ended):
+        await asyncio.wait_for(asyncio.shield(task.done), 20)
+    assert [t.attempts[0].replica for t in (*held, ended)] == [0, 1, 0]
+    # running: 0 on replica 0, 1 on replica 1; a map's turn of five in one pump
+    out = await asyncio.wait_for(sup.tasks.map(
+        "b", [{"n": f"m{i}", "together": 3} for i in range(5)], concurrency=5), 20)
+    assert [r.attempts[0].replica for r in out] == [0, 0, 1, 0, 1]
+    assert [r.output["held"] for r in out] == [1, 2, 2, 3, 3]
+    await asyncio.wait_for(asyncio.shield(held[1].done), 20)
+    assert held[1].status == "succeeded"
