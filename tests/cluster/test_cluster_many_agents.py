@@ -15,7 +15,10 @@ from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import nodes, run, sleeper
 
-TTL, BEAT = 3.0, 1.0
+# a beat of 2 s: without the readers' own pool the renewal waits some three beats for a
+# connection and the key lapses; with it, only a loop starved that long (a loaded host's
+# 300 workers and their daemon) would lapse it, as a beat of 1 s and TTL 3 s did once
+TTL, BEAT = 6.0, 2.0
 AGENTS = 300  # well past the node's pool of connections for everything but those reads
 
 
