@@ -265,19 +265,27 @@ def test_a_suspension_redis_took_unconfirmed_gives_the_attempt_back_its_call_onc
         assert record(a, task_id)["status"] == "suspended"
         wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 0, 30,
                    "its attempt given back")
-        replica.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: linked(primary, 1), 30, "the replica back in sync")
-        approved = a.cli("approvals", "approve", ask["id"])
-        assert approved.returncode == 0, approved.stderr
-        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
-        assert done["status"] == "succeeded", done
-        assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
-        assert counted(tmp) == ["9"]
+        approved_once(tmp, a, primary, replica, ask["id"], task_id)
         a.stop()
         # what it said when the write went unconfirmed, before it read the record again
         assert (f"0 of the 1 replicas ack_replicas asks for confirmed it within 0.5 s "
                 f"(ack_timeout)): task {task_id} was not suspended: it waits on its "
                 f"attempt") in a.said(), a.said()
+
+
+def approved_once(tmp: Path, a: Node, primary: RedisServer, replica: RedisServer,
+                  ask_id: str, task_id: str) -> None:
+    """The frozen replica thawed and in sync, the suspended task's ask approved: it ends
+    once, resumed (its attempts `suspended`, `succeeded`), its call made once."""
+    assert replica.proc is not None
+    replica.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: linked(primary, 1), 30, "the replica back in sync")
+    approved = a.cli("approvals", "approve", ask_id)
+    assert approved.returncode == 0, approved.stderr
+    done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
+    assert counted(tmp) == ["9"]
 
 
 def test_a_suspension_unconfirmed_is_read_again_while_redis_is_away_then_found_taken(
@@ -325,14 +333,7 @@ def test_a_suspension_unconfirmed_is_read_again_while_redis_is_away_then_found_t
             wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 0,
                        30, "its attempt given back")
             assert record(a, task_id)["status"] == "suspended"
-            replica.proc.send_signal(signal.SIGCONT)
-            wait_until(lambda: linked(primary, 1), 30, "the replica back in sync")
-            approved = a.cli("approvals", "approve", ask["id"])
-            assert approved.returncode == 0, approved.stderr
-            done = a.call("tasks.get", {"task_id": task_id, "wait": True})
-            assert done["status"] == "succeeded", done
-            assert [x["outcome"] for x in done["attempts"]] == ["suspended", "succeeded"]
-            assert counted(tmp) == ["9"]
+            approved_once(tmp, a, primary, replica, ask["id"], task_id)
             a.stop()
             assert re.search(rf"the cluster's Redis at redis://127\.0\.0\.1:\d+/0 is "
                              rf"unreachable \(.+\): task {task_id} was not suspended: it "
