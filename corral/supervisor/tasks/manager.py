@@ -734,14 +734,14 @@ class TaskManager:
         task = self.active.get(task_id)
         if task is not None or self.journal is None:
             return task
-        compact = self.suspensions.compact.get(task_id)
-        if compact is None:
+        seq = self.suspensions.compact.get(task_id)
+        if seq is None:
             return None
         rec = self.journal.record(task_id)  # (a StoreError: it stays compact)
         if rec is None:  # (pruned rows are finished tasks': a suspended one's is kept)
             return None
         del self.suspensions.compact[task_id]
-        task = self._rebuilt(rec, compact.seq, None)
+        task = self._rebuilt(rec, seq, None)
         task.restored(rec.status)
         self.traced_again(task)
         self.active[task_id] = task
@@ -967,8 +967,8 @@ class TaskManager:
             waiting.append(task)
         # and those that wait for a person with no attempt, which would wait for it next
         waiting += [t for t in self.active.values() if t.suspended and t.agent == name]
-        waiting += [t for c in list(self.suspensions.compact.values()) if c.agent == name
-                    and (t := self.live(c.task_id)) is not None]
+        waiting += [t for i in self.suspensions.of_agent(name)
+                    if (t := self.live(i)) is not None and t.agent == name]
         for task in waiting:
             self.finish(task, cause, error)
 

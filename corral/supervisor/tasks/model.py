@@ -60,13 +60,13 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 
 class CompactTask:
-    """A suspended task kept compact while it waits for a person (suspension.py): what
-    finds it (its id, its agent, its tenant when it was accepted) and its place among the
-    tasks (`seq`, as Task's); the rest is its journal row's, read back whole when it
-    resumes, ends or is waited on (TaskManager.live). A journal gives its suspended tasks
-    back so after a restart, `settled` False when their stopped attempt has yet to be
-    seen ended (the restart ends it: the task is rebuilt at once), `seq` their arrival
-    until the engine gives them their place (in place: thousands are read back)."""
+    """A suspended task as a journal gives it back after a restart, to be kept compact
+    while it waits for a person (suspension.py keeps its id and `seq` only): what finds
+    it (its id, its agent, its tenant when it was accepted) and its place among the tasks
+    (`seq`, as Task's); the rest is its journal row's, read back whole when it resumes,
+    ends or is waited on (TaskManager.live). `settled` False when its stopped attempt has
+    yet to be seen ended (the restart ends it: the task is rebuilt at once), `seq` its
+    arrival until the engine gives it its place (in place: thousands are read back)."""
 
     __slots__ = ("agent", "seq", "settled", "task_id", "tenant")
     status = "suspended"

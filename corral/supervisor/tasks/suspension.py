@@ -96,8 +96,9 @@ class Suspensions:
         self.engine = engine
         self.clock = clock
         self._held: dict[str, _Wait] = {}
-        # the suspended tasks kept compact, by id: no Task, its row the journal's
-        self.compact: dict[str, CompactTask] = {}
+        # the suspended tasks kept compact: their id -> their `seq` (Task's), no object of
+        # their own: the row is the journal's, their agent and tenant those of their asks
+        self.compact: dict[str, int] = {}
         # suspended tasks whose stopped attempt ended, to keep compact once committed
         self._settled: list[Task] = []
         self._settling: asyncio.Task[None] | None = None
@@ -317,8 +318,7 @@ class Suspensions:
                 for task in settled:
                     if self._compactable(task):
                         del self.engine.active[task.id]
-                        self.compact[task.id] = CompactTask(task.id, task.agent, task.tenant,
-                                                            task.seq)
+                        self.compact[task.id] = task.seq
         finally:
             self._settling = None
             self._settled = []
@@ -334,8 +334,16 @@ class Suspensions:
         daemon that stopped it, or nothing it asked is pending: it resumes)."""
         if not task.settled or not self.engine.inbox.asking(task.task_id):
             return False
-        self.compact[task.task_id] = task
+        self.compact[task.task_id] = task.seq
         return True
+
+    def of_agent(self, name: str) -> list[str]:
+        """The ids of the tasks kept compact that agent `name` may hold: those whose asks
+        name it, and any whose asks have all ended (their rebuild failed: read whole,
+        the caller sees)."""
+        inbox = self.engine.inbox
+        return [i for i in self.compact
+                if not (asks := inbox.waiting_for(i)) or asks[0].agent == name]
 
     def restored(self, task: Task) -> bool:
         """A journal's suspended task after a restart (its stopped attempt ended with the
