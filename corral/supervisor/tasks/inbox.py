@@ -51,19 +51,22 @@ MAX_PENDING_PER_TENANT = 1_000
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
 
 # a pending ask is held as its record packed, its fields in their order (one object, not
-# a dozen: thousands of suspended tasks may wait for days), unpacked where it is read
-_FIELDS = Ask.__struct_fields__
+# a dozen: thousands of suspended tasks may wait for days), unpacked where it is read;
+# not its id, which is the key it is held by, nor how it ended, which it has yet to (a
+# pending ask's packed record then fits a smaller block of the allocator's)
+_ENDED = frozenset({"end", "ended", "by", "data"})
+_FIELDS = tuple(f for f in Ask.__struct_fields__ if f != "id" and f not in _ENDED)
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[tuple(get_type_hints(Ask)[f] for f in _FIELDS)]  # type: ignore[misc]
                                   ).decode
 
 
 def _pack(ask: Ask) -> bytes:
-    return _encode(msgspec.structs.astuple(ask))
+    return _encode(tuple(getattr(ask, f) for f in _FIELDS))
 
 
-def _unpack(packed: bytes) -> Ask:
-    return Ask(**dict(zip(_FIELDS, _decode(packed), strict=True)))
+def _unpack(ask_id: str, packed: bytes) -> Ask:
+    return Ask(id=ask_id, **dict(zip(_FIELDS, _decode(packed), strict=True)))
 
 
 # the ends a person decides, by the kind of ask they decide
@@ -284,8 +287,12 @@ class Inbox:
         self.stream.listen(self._ends)
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
         if ask.deadline is not None:
-            delay = max(0.0, ask.deadline - self.clock.time())
-            self._timers[ask.id] = self.clock.call_later(delay, lambda: self._expire(ask.id))
+            self._arm(ask.id, ask.deadline)
+
+    def _arm(self, ask_id: str, deadline: float) -> None:
+        # (the timer holds its id, not the ask unpacked, for days)
+        delay = max(0.0, deadline - self.clock.time())
+        self._timers[ask_id] = self.clock.call_later(delay, lambda: self._expire(ask_id))
 
     def _release(self, ask: Ask) -> None:
         self._pending.pop(ask.id, None)
@@ -393,7 +400,7 @@ class Inbox:
     # -- reading --------------------------------------------------------------------------
     def pending(self, seen: Callable[[Ask], bool] | None = None) -> list[Ask]:
         """The pending asks (those `seen` admits), oldest first."""
-        asks: Iterable[Ask] = map(_unpack, self._pending.values())
+        asks: Iterable[Ask] = map(_unpack, self._pending.keys(), self._pending.values())
         if seen is not None:
             asks = filter(seen, asks)
         return sorted(asks, key=lambda a: (a.created, a.id))
@@ -405,7 +412,7 @@ class Inbox:
 
     def _held(self, ask_id: str) -> Ask | None:
         packed = self._pending.get(ask_id)
-        return None if packed is None else _unpack(packed)
+        return None if packed is None else _unpack(ask_id, packed)
 
     def _ids(self, task_id: str) -> tuple[str, ...]:
         held = self._by_task.get(task_id)
@@ -417,7 +424,7 @@ class Inbox:
 
     def waiting_for(self, task_id: str) -> list[Ask]:
         """What the task waits for now."""
-        return [_unpack(self._pending[i]) for i in self._ids(task_id)]
+        return [_unpack(i, self._pending[i]) for i in self._ids(task_id)]
 
     def close(self) -> None:
         """Stop the deadlines (the asks stay pending in the store)."""
