@@ -208,7 +208,7 @@ def test_a_question_that_times_out_while_suspended_resumes_with_its_timeout(
         "prompt": "Still there?", "timeout": 900}})["task_id"]
     ask = the_ask(d, task_id)
     suspended_with_no_process(d, task_id)
-    # kept compact, its ask held anew (decision 837): its deadline with it
+    # kept compact (no Task): its ask's deadline holds all the same
     wait_until(lambda: compact(d) == 1, 30, "the suspended task kept compact")
     advance(d, "10m")  # past the question's own 900 s
     done = d.ask("tasks.get", {"task_id": task_id, "wait": True})

@@ -294,27 +294,6 @@ class Inbox:
         delay = max(0.0, deadline - self.clock.time())
         self._timers[ask_id] = self.clock.call_later(delay, lambda: self._expire(ask_id))
 
-    def renew(self, task_id: str) -> None:
-        """Hold the task's pending asks anew, under `task_id` (the id as its engine holds
-        it, equal to theirs): their ids, records and deadlines made again now. A task
-        suspended amid a passage of attempts made them among that passage's objects, whose
-        memory they would keep from going back to the system while it waits (made after,
-        they fill the holes of memory in use: bench/RESULTS.md, decision 837)."""
-        ids = self._ids(task_id)
-        if not ids or any(i in self._deciding for i in ids):
-            return
-        del self._by_task[task_id]
-        renewed = []
-        for old in ids:
-            ask_id = old.encode().decode()  # (a new string: `str(old)` is `old`)
-            self._pending[ask_id] = bytes(memoryview(self._pending.pop(old)))
-            timer = self._timers.pop(old, None)
-            if timer is not None:
-                timer.cancel()
-                self._arm(ask_id, timer.when)
-            renewed.append(ask_id)
-        self._by_task[task_id] = renewed[0] if len(renewed) == 1 else tuple(renewed)
-
     def _release(self, ask: Ask) -> None:
         self._pending.pop(ask.id, None)
         left = tuple(i for i in self._ids(ask.task_id) if i != ask.id)

@@ -318,18 +318,10 @@ class Suspensions:
                 for task in settled:
                     if self._compactable(task):
                         del self.engine.active[task.id]
-                        self._keep_compact(task.id, task.seq)
+                        self.compact[task.id] = task.seq
         finally:
             self._settling = None
             self._settled = []
-
-    def _keep_compact(self, task_id: str, seq: int) -> None:
-        # what it holds while it waits (its id, its place, its asks' records) made anew
-        # now that its attempt ended: made at its submit and its ask, amid the attempts
-        # of its passage, they would pin the memory those freed (decision 837)
-        task_id = task_id.encode().decode()  # (new objects: `str(s)` is `s`, `int(n)` n)
-        self.compact[task_id] = seq + 0
-        self.engine.inbox.renew(task_id)
 
     def stats(self) -> dict[str, int]:
         return {"suspended": self.suspended, "resumed": self.resumed,
