@@ -76,12 +76,16 @@ def pids(d: Daemon) -> dict[str, tuple[int, int]]:
     return {k: (v["pid"], v["restarts"]) for k, v in d.status().items()}
 
 
-def install(tmp: Path, name: str, change: tuple[str, str, str] | None = None) -> Path:
+def install(tmp: Path, name: str, change: tuple[str, str, str] | None = None,
+            compiled: bool = True) -> Path:
     """A second install of corral: the package copied to `tmp/name`, one file of it
-    changed (path, text replaced, by what)."""
+    changed (path, text replaced, by what). Compiled, as pip leaves an install: its
+    byte-code copied with the sources' times, so the check compiles only the changed file
+    again, not the whole package (the suite's CPU); `compiled=False` for the tests of
+    the check's compiling."""
     root = tmp / name
     shutil.copytree(ROOT / "corral", root / "corral",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    ignore=None if compiled else shutil.ignore_patterns("__pycache__"))
     if change is not None:
         path, old, new = change
         f = root / "corral" / path
@@ -858,7 +862,7 @@ def test_the_new_installs_check_compiles_it_and_says_where_it_cannot(tmp_path: P
     """The check writes the new install's byte-code before the exec, so that the new
     image reads it in the dispatch pause rather than compiling: a module it imports only
     later too, and a .pyc older than its source (an install changed in place)."""
-    root = install(tmp_path, "new")
+    root = install(tmp_path, "new", compiled=False)
     config = tmp_path / "corral.toml"
     config.write_text("")
     env = {**os.environ, IMPORT_VARIABLE: str(root)}
@@ -895,7 +899,7 @@ def test_an_upgrade_to_an_install_whose_byte_code_cannot_be_written_says_so() ->
     try:
         d.start()
         before = pids(d)
-        new = install(tmp, "v2")
+        new = install(tmp, "v2", compiled=False)
         (new / "corral" / "daemon" / "http" / "__pycache__").write_text("")
         r = d.cli("upgrade", "--pythonpath", str(new))
         assert r.returncode == 0, r.stderr + r.stdout
