@@ -447,7 +447,8 @@ def test_a_run_resumes_after_a_sigkill_and_no_step_is_submitted_twice(
         run_id = started["run_id"]
         # killed while the map is under way: some items done, some running
         while True:
-            view = d.json("run-status", run_id, "--wait", "0.1")
+            # (`corral run-status RUN --wait 0.1`, on the socket: a CLI's start each look)
+            view = d.ask("runs.get", {"run_id": run_id, "wait": 0.1})
             done = [s for s in view["steps"] if s["step"] == "each"
                     and s["item"] is not None and s["status"] == "succeeded"]
             if len(done) >= 2:
@@ -478,7 +479,8 @@ def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
         run_id = d.json("workflows", "run", "slow", "--input",
                         json.dumps({"dir": str(marks)}))["run_id"]
         while True:
-            view = d.json("run-status", run_id, "--wait", "0.1")
+            # (`corral run-status RUN --wait 0.1`, on the socket: a CLI's start each look)
+            view = d.ask("runs.get", {"run_id": run_id, "wait": 0.1})
             running = [s for s in view["steps"] if s["step"] == "each"
                        and s["item"] is not None and s["status"] == "running"]
             if len(running) == 2:
