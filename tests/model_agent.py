@@ -19,10 +19,11 @@ from corral.worker import run
 
 
 def one(api, model, text, stream, query):
-    import anthropic  # (imported by the first call: the worker answers initialize first)
-    import openai
-
+    # each library imported by the first call of its format (the worker answers initialize
+    # first), and only the one the call uses: either import is seconds of CPU
     if api == "messages":
+        import anthropic
+
         client = anthropic.Anthropic(max_retries=0, default_query=query)
         args = {"model": model, "max_tokens": 64,
                 "messages": [{"role": "user", "content": text}]}
@@ -30,6 +31,8 @@ def one(api, model, text, stream, query):
             return client.messages.create(**args).content[0].text
         with client.messages.stream(**args) as s:
             return "".join(s.text_stream)
+    import openai
+
     client = openai.OpenAI(max_retries=0, default_query=query)
     if api == "responses":
         if not stream:
