@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import nodes, run, sleeper
@@ -22,6 +24,10 @@ TTL, BEAT = 6.0, 2.0
 AGENTS = 300  # well past the node's pool of connections for everything but those reads
 
 
+# its beat must land within a TTL short enough that the pool's exhaustion (the bug) would
+# lapse it, and 300 workers beside another worker's test on 2 cores lapsed it in a
+# parallel run (fenced once): it has the machine to itself (tests/conftest.py Turns)
+@pytest.mark.alone
 def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
         tmp: Path, redis: RedisServer) -> None:
     fleet = "".join(sleeper(f"idle{i:03d}") for i in range(AGENTS))
