@@ -59,8 +59,10 @@ class RemoteServer:
             return str(r.read().decode())
 
 
-@pytest.fixture
-def servers() -> Iterator[dict[str, RemoteServer]]:
+@pytest.fixture(scope="module")
+def started() -> Iterator[dict[str, RemoteServer]]:
+    """The three servers, started once for the file (each start imports the MCP SDK's
+    server, about a second of CPU)."""
     # web: a session's server (2025-11-25), whose session can expire and be pinged
     made = {"web": RemoteServer("streamable-http", "--resumable", "--token", "s3cret",
                                 "--legacy"),
@@ -70,6 +72,19 @@ def servers() -> Iterator[dict[str, RemoteServer]]:
     finally:
         for s in made.values():
             s.stop()
+
+
+@pytest.fixture
+def servers(started: dict[str, RemoteServer]) -> dict[str, RemoteServer]:
+    """The file's servers as a test finds them fresh: one an earlier test stopped (or
+    that died) started again on its port, and no session of an earlier test's daemon
+    left on the session's server."""
+    for s in started.values():
+        if s.proc is None or s.proc.poll() is not None:
+            s.stop()
+            s.start()
+    assert started["web"].forget_sessions().startswith("forgot ")
+    return started
 
 
 def remote_config(servers: dict[str, RemoteServer]) -> str:
@@ -96,7 +111,8 @@ url = "{servers['modern'].url}"
 
 
 def status(d: Daemon) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in d.json("mcp", "status")["mcp_servers"]}
+    """`corral mcp status --json`'s servers by name, asked on the socket (polled)."""
+    return {s["name"]: s for s in d.ask("mcp.status")["mcp_servers"]}
 
 
 @pytest.fixture
