@@ -62,7 +62,7 @@ def test_a_taken_http_port_leaves_every_agent_ready_and_binds_once_freed(
         assert (f"cannot start the HTTP server on {where}: Address already in use; the "
                 "agents run without it, and it is retried with backoff") in log(d)
         taken.close()
-        info = wait_until(lambda: (i := d.json("info"))["extras"][0]["serving"] and i,
+        info = wait_until(lambda: (i := d.ask("daemon.info"))["extras"][0]["serving"] and i,
                           timeout=30, what="the HTTP server bound")
         assert info["extras"][0]["error"] is None and info["extras"][0]["attempts"] == 0
         assert readyz(port) == (200, {"status": "ready", "detail":
@@ -93,7 +93,7 @@ def test_a_taken_gateway_port_is_told_by_readyz_and_retried(taken: socket.socket
         assert [p.split(";")[0] for p in body["problems"]] == [
             f"gateway on 127.0.0.1:{gw}: not serving (Address already in use)"]
         taken.close()
-        wait_until(lambda: all(e["serving"] for e in d.json("info")["extras"]), timeout=30,
+        wait_until(lambda: all(e["serving"] for e in d.ask("daemon.info")["extras"]), timeout=30,
                    what="the gateway bound")
         assert readyz(http)[1]["problems"] == []
         assert f"gateway listening on 127.0.0.1:{gw}" in log(d)
@@ -122,7 +122,7 @@ def test_a_clusters_redis_down_at_start_is_told_and_the_agents_run() -> None:
         # READY=1 may have gone out before the first beat failed: a later STATUS= tells it
         assert statuses(d, "1 agent, 2/2 replicas serving, 0 failed; cluster") == line
         redis.start()
-        wait_until(lambda: d.json("status")["notices"] == [], timeout=30,
+        wait_until(lambda: d.status_json()["notices"] == [], timeout=30,
                    what="Redis answering")
         assert "cluster: Redis answers again" in log(d)
         assert d.stop() == 0

@@ -171,7 +171,7 @@ async def test_subscriptions_listen_acks_tags_filters_and_is_a_session(
     # its end (the client went away) ends its session
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while daemon.json("mcp", "status")["gateway"]["http"]["sessions"]:
+    while daemon.ask("mcp.status")["gateway"]["http"]["sessions"]:
         assert loop.time() < deadline
         await asyncio.sleep(0.05)
 

@@ -106,7 +106,7 @@ def test_a_journal_that_cannot_write_refuses_new_tasks_and_the_daemon_serves_on(
         assert d.proc is not None
         accepted = d.cli("run", "w", "--input", json.dumps({"do": "await", "path": str(gate)}),
                          "--detach").stdout.strip()
-        wait_until(lambda: d.json("task", accepted)["status"] == "running", what="running")
+        wait_until(lambda: d.task(accepted)["status"] == "running", what="running")
         # every write to a file fails now (EFBIG), as on a full disk
         _, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE)
         resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (0, hard))
@@ -118,7 +118,7 @@ def test_a_journal_that_cannot_write_refuses_new_tasks_and_the_daemon_serves_on(
         # the daemon serves on, and the accepted task runs on to its end
         assert d.status()["w#0"]["state"] == "busy"
         gate.touch()
-        wait_until(lambda: d.json("task", accepted)["status"] == "succeeded",
+        wait_until(lambda: d.task(accepted)["status"] == "succeeded",
                    what="the accepted task's end")
         assert rows(db)[accepted][0] == "running"  # not recorded yet
         resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))

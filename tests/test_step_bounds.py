@@ -248,7 +248,7 @@ def test_an_ended_tasks_steps_leave_the_journal_and_an_unfinished_ones_stay() ->
         held = d.json("submit", "w", "--input", json.dumps(
             {"count": 2, "size": 1000, "wait": str(gate)}))["task_id"]
         deadline = time.monotonic() + 60
-        while (d.json("task", held).get("progress") or {}).get("message") != "holding":
+        while (d.task(held).get("progress") or {}).get("message") != "holding":
             assert time.monotonic() < deadline, "the held task never journaled its steps"
             time.sleep(0.1)
         steps = "SELECT task_id, count(*) FROM steps GROUP BY task_id ORDER BY task_id"

@@ -155,7 +155,7 @@ def test_events_publish_and_tail(daemon: Daemon) -> None:
     tail, plain = follow("--json"), follow()
     assert tail.stdout is not None and plain.stdout is not None
     try:
-        wait_until(lambda: daemon.json("info")["event_followers"] == 2)
+        wait_until(lambda: daemon.ask("daemon.info")["event_followers"] == 2)
         r = daemon.cli("events", "publish", "orders.new", '{"id": 1}')
         assert (r.returncode, r.stdout) == (0, "delivered to 2 subscribers\n")
         first = json.loads(tail.stdout.readline())

@@ -83,7 +83,7 @@ def test_long_texts_wrap_inside_their_cards_and_a_clean_one_shot_is_done() -> No
                 "ready")
             assert outside(page, "#fleet button", "main section:has(#fleet)") == []
 
-            wait_until(lambda: d.json("run-status", run_id)["status"]
+            wait_until(lambda: d.ask("runs.get", {"run_id": run_id})["status"]
                        == "failed", what="the run failed")
             page.evaluate(f"location.hash = '#/run/{run_id}'")
             error = page.locator("#run-error")
