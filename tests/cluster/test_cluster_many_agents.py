@@ -26,7 +26,7 @@ AGENTS = 300  # well past the node's pool of connections for everything but thos
 
 # its beat must land within a TTL short enough that the pool's exhaustion (the bug) would
 # lapse it, and 300 workers beside another worker's test on 2 cores lapsed it in a
-# parallel run (fenced once): it has the machine to itself (tests/conftest.py Turns)
+# parallel run: it has the machine to itself (tests/conftest.py Turns)
 @pytest.mark.alone
 def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
         tmp: Path, redis: RedisServer) -> None:
