@@ -8,49 +8,52 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
-
-import pytest
 
 from .daemon_harness import hello, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-EVERY_MINUTE = 'restart_cron = "* * * * *"\n'
-PLAIN = textwrap.dedent("""
-    [agents.plain]
-    command = ["sleep", "600"]
-    protocol = "none"
-    restart_cron = "* * * * *"
-
-    [agents.held]
-    command = ["sleep", "600"]
-    protocol = "none"
-    restart_cron = "* * * * *"
-""")
 
 
-@pytest.mark.timeout(240)
+def fleet(cron: str) -> str:
+    return hello("chat", extra=f'restart_cron = "{cron}"\n') + textwrap.dedent(f"""
+        [agents.plain]
+        command = ["sleep", "600"]
+        protocol = "none"
+        restart_cron = "{cron}"
+
+        [agents.held]
+        command = ["sleep", "600"]
+        protocol = "none"
+        restart_cron = "{cron}"
+    """)
+
+
 def test_each_matching_minute_restarts_the_agent_gracefully_but_one_stopped_by_hand(
         ) -> None:
-    with running_daemon(shared_tmpdir(), hello("chat", extra=EVERY_MINUTE) + PLAIN) as d:
+    # the daemon's clock is a manual one, and the minute matched half an hour away: only
+    # the test's move of the clock reaches it, not the wall's
+    at = time.gmtime(time.time() + 30 * 60)
+    cron = f"{at.tm_min} {at.tm_hour} * * *"
+    with running_daemon(shared_tmpdir(), fleet(cron), extra="manual_clock = true") as d:
         wait_until(lambda: all(s["state"] == "ready" for s in d.status().values()),
                    what="all ready")
         assert d.cli("stop", "held").returncode == 0
         before = {k: s["pid"] for k, s in d.status().items()}
-        # the next minute's restart: up to a minute away, and the pair's own time; a
-        # minute that turned while `before` was read restarted them before it, so the
-        # restart seen may be the one after (a fresh-clone run at load 15 waited past 90 s)
+        said = d.state / "logs" / "corral.log"
+        assert "restarting on its schedule" not in said.read_text()
+        assert d.cli("clock", "--advance", "31m").returncode == 0
         wait_until(lambda: all((s := d.status()[k])["state"] == "ready"
                                and s["pid"] not in (None, before[k])
                                for k in ("chat#0", "plain#0")),
-                   timeout=180, what="chat and plain restarted on their schedule")
+                   what="chat and plain restarted on their schedule")
         st = d.status()
         assert (st["held#0"]["state"], st["held#0"]["pid"]) == ("terminated", None)
-        said = (d.state / "logs" / "corral.log").read_text()
         for name in ("chat", "plain"):
-            assert f"{name}: restarting on its schedule (restart_cron * * * * *)" in said
-        assert "held: restarting on its schedule" not in said
+            assert f"{name}: restarting on its schedule (restart_cron {cron})" in said.read_text()
+        assert "held: restarting on its schedule" not in said.read_text()
         # not a failure: the restart policy's count is untouched
         assert (st["chat#0"]["restarts"], st["plain#0"]["restarts"]) == (0, 0)
 

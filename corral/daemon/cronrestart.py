@@ -12,12 +12,15 @@ rollback or a reload of it.
 
 Which agents have a schedule follows the fleet: every lifecycle event of an agent looks
 whether its schedule is the one kept, O(1), as filewatch.py's watches do.
+
+The minutes are the daemon's WaitClock's, the wall's in production: with `[supervisor]
+manual_clock = true` a test moves them with `corral clock --advance` as it moves a
+person's waits, rather than waiting for the wall's next minute.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ from ..supervisor.agents import Agents
 from ..supervisor.lifecycle import RESTARTED
 from ..supervisor.schedule import Cron
 from ..supervisor.startstop import start_each, stop_all
+from ..supervisor.tasks.waitclock import WaitClock
 from .agentloops import AgentLoops
 from .fleet import Fleet
 
@@ -34,10 +38,12 @@ REASON = f"{RESTARTED} (restart_cron)"
 
 
 class ScheduledRestarts(AgentLoops[str]):
-    def __init__(self, agents: Agents, fleet: Fleet, report: Report) -> None:
+    def __init__(self, agents: Agents, fleet: Fleet, report: Report,
+                 clock: WaitClock) -> None:
         super().__init__(agents)
         self.fleet = fleet
         self.report = report
+        self.clock = clock
 
     def key_of(self, spec: Any) -> str | None:
         return spec.restart_cron  # type: ignore[no-any-return]
@@ -47,13 +53,26 @@ class ScheduledRestarts(AgentLoops[str]):
 
     async def _keep(self, name: str, cron: Cron) -> None:
         while True:
-            due = cron.next_after(time.time())
-            while (left := due - time.time()) > 0:  # the wall clock's minute, not the loop's
-                await asyncio.sleep(left)
+            due = cron.next_after(self.clock.time())
+            while self.clock.time() < due:  # the clock's minute, not the loop's
+                await self._until(due)
             try:
                 await self._restart(name, cron.text)
             except RpcError as exc:  # refused (a rollout whose new process failed): kept
                 self.report(f"{name}: restart_cron {cron.text}: {exc.message}", priority=4)
+
+    async def _until(self, due: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = self.clock.call_later(due - self.clock.time(), wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
 
     async def _restart(self, name: str, when: str) -> None:
         async with self.fleet.changing([name]):

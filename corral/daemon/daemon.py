@@ -365,7 +365,7 @@ class Daemon:
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
         parts.stream.subscribe(watches.on_transition, Transition)
         await enter("the file watches", part.closed(watches.close))
-        scheduled = ScheduledRestarts(parts.agents, fleet, hub.daemon)
+        scheduled = ScheduledRestarts(parts.agents, fleet, hub.daemon, parts.tasks.clock)
         parts.stream.subscribe(scheduled.on_transition, Transition)
         await enter("the scheduled restarts", part.closed(scheduled.close))
         dependents = Dependents(parts.agents, hub.daemon, lambda why: self.fail(hub, why))

@@ -514,8 +514,8 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # and each tenant's (the operator's own agents count as one tenant)
     max_pending_asks: PositiveInt = 10_000
     max_pending_asks_per_tenant: PositiveInt = 1_000
-    # a person's waits (asks' deadlines, suspend_after) measured by a clock that only
-    # `corral clock --advance` moves: for tests of days of waiting, never in production
+    # a person's waits (asks' deadlines, suspend_after) and restart_cron's minutes measured
+    # by a clock that only `corral clock --advance` moves: for tests, never in production
     manual_clock: bool = False
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000  # finished tasks kept in the journal
