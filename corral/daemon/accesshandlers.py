@@ -5,7 +5,6 @@ tenants' quotas, and the web parts alone (`AccessServices`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 
@@ -20,8 +19,7 @@ from .store import StateStore
 from .tokens import Token, tokens_of
 
 
-@dataclass(frozen=True)
-class AccessServices:
+class AccessServices(msgspec.Struct, frozen=True):
     store: StateStore  # the tokens' table
     quotas: Tenancy  # the tenants there are: a token names one
     web: Web  # the dashboard's logins, once [http] serves it

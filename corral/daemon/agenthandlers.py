@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,8 +41,7 @@ if TYPE_CHECKING:
     from ..supervisor.replica import Replica
 
 
-@dataclass(frozen=True)
-class AgentServices:
+class AgentServices(msgspec.Struct, frozen=True):
     agents: Agents  # the agents by name, their replicas
     fleet: Fleet  # fleet changes as units of work
     cluster: ClusterPeer  # the cluster's agents, with [cluster]

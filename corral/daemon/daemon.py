@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +81,7 @@ STOP_NOW = -2  # `daemon.shutdown` with now: no drain
 UPGRADE = -3  # `daemon.upgrade`, checked: hand over and exec (upgrade.py)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Assembly:
+class Assembly(msgspec.Struct, frozen=True, kw_only=True):
     """What the set-up made that the daemon itself uses once it runs."""
 
     conf: part.Conf  # the config as it was at start-up

@@ -10,7 +10,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -32,8 +31,7 @@ from .services import Services
 from .store import StateStore, row_limit
 
 
-@dataclass(frozen=True)
-class DaemonServices:
+class DaemonServices(msgspec.Struct, frozen=True):
     agents: Agents  # what a limited caller's status line counts
     hub: LogHub  # its followers
     bus: EventBus  # its followers

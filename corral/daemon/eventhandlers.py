@@ -4,7 +4,7 @@ and the tenants' quotas (which tenants there are) alone (`EventServices`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from .. import jsonrpc
 from .. import methods as m
@@ -16,8 +16,7 @@ from .flowcontrol import FOLLOW_BATCH, drain
 from .services import Services
 
 
-@dataclass(frozen=True)
-class EventServices:
+class EventServices(msgspec.Struct, frozen=True):
     bus: EventBus
     quotas: Tenancy  # the tenants there are: an event names one
 

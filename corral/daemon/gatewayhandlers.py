@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
 
 from .. import methods as m
 from ..mcp.logrelay import LogRelay, valid_level
@@ -21,8 +22,7 @@ if TYPE_CHECKING:
     from .gatewayaccess import GatewayChanged
 
 
-@dataclass(frozen=True)
-class GatewayServices:
+class GatewayServices(msgspec.Struct, frozen=True):
     gateway: GatewayService  # the gateway's clients, allowlists and calls
     gateway_status: Callable[[], dict[str, Any]]  # its figures, the HTTP gateway's too
 

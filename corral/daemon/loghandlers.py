@@ -5,7 +5,8 @@ agents alone (`LogServices`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from .. import jsonrpc
 from .. import methods as m
@@ -19,8 +20,7 @@ from .logs import LogHub
 from .services import Services
 
 
-@dataclass(frozen=True)
-class LogServices:
+class LogServices(msgspec.Struct, frozen=True):
     hub: LogHub
     agents: Agents  # the agents a log is named by
 

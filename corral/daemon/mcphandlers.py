@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -22,8 +21,7 @@ from .caller import Caller, Channel
 from .services import Services
 
 
-@dataclass(frozen=True)
-class McpServices:
+class McpServices(msgspec.Struct, frozen=True):
     tools: Tools  # the MCP tool-server pool
     agents: Agents  # whose allowlist a listing takes
     gateway_status: Callable[[], dict[str, Any]]  # the gateway's figures, beside the pool's

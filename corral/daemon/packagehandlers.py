@@ -4,7 +4,7 @@ deploy's progress in the daemon's log) alone (`PackageServices`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from .. import methods as m
 from .api import Commands
@@ -14,8 +14,7 @@ from .packages.service import Packages
 from .services import Services
 
 
-@dataclass(frozen=True)
-class PackageServices:
+class PackageServices(msgspec.Struct, frozen=True):
     packages: Packages
     hub: LogHub  # a deploy's progress, said in the daemon's log too
 

@@ -5,9 +5,10 @@ that may not exist yet."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from ..methods import DaemonUpgrade, DrainReport, ExtraStatus, ReloadResult, UpgradeReport
 from ..supervisor.agents import Agents
@@ -55,8 +56,7 @@ class Logins(Protocol):
     def issue(self, issuer: Caller) -> tuple[str, float]: ...
 
 
-@dataclass
-class Web:
+class Web(msgspec.Struct):
     """What [http] and [gateway] listen make (aiohttp's): set as they are entered, which
     an upgrade's new image does once its agents are adopted (Daemon._web)."""
 
@@ -65,8 +65,7 @@ class Web:
     server: Any = None  # startup.Serving: the [http] server, once it serves
 
 
-@dataclass(frozen=True, kw_only=True)
-class Services:
+class Services(msgspec.Struct, frozen=True, kw_only=True):
     # the engine's parts (supervisor/parts.py), each handed over on its own
     agents: Agents  # add, remove, scale, pause, status; the agents by name
     tools: Tools  # the MCP tool-server pool

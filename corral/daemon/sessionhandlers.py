@@ -7,8 +7,9 @@ for the one of that name most recently used."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
+
+import msgspec
 
 from .. import jsonrpc
 from .. import methods as m
@@ -31,8 +32,7 @@ def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
         expires=sessions.expires(s), tenant=s.tenant)
 
 
-@dataclass(frozen=True)
-class SessionServices:
+class SessionServices(msgspec.Struct, frozen=True):
     sessions: Sessions  # the tasks' sessions
     agents: Agents  # which tenant holds an agent's name now
     cluster: ClusterPeer  # the cluster's sessions, on a node

@@ -18,9 +18,10 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from .. import __version__
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
@@ -91,15 +92,13 @@ class StartupError(Exception):
     """The daemon cannot start; the text says why, for stderr."""
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(msgspec.Struct, frozen=True):
     socket: Path
     state_dir: Path
     log_dir: Path
 
 
-@dataclass(frozen=True)
-class Conf:
+class Conf(msgspec.Struct, frozen=True):
     """The config file as read at start-up, and where it puts things."""
 
     cfg: Config
@@ -321,8 +320,7 @@ async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
             await control.close()
 
 
-@dataclass(frozen=True)
-class Stores:
+class Stores(msgspec.Struct, frozen=True):
     store: StateStore
     writer: StoreWriter  # every write goes through its thread, off the loop
     revisions: RevisionLog

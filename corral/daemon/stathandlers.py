@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -30,8 +29,7 @@ from .store import StateStore
 from .tasks import TaskFront
 
 
-@dataclass(frozen=True)
-class StatsServices:
+class StatsServices(msgspec.Struct, frozen=True):
     agents: Agents
     budgets: Budgets  # each agent's token and cost use
     elastic: Elastic  # each elastic agent's state

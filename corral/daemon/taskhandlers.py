@@ -5,8 +5,6 @@ tasks' services alone (`TaskServices`), made from the daemon's once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgspec
 
 from .. import jsonrpc
@@ -20,8 +18,7 @@ from .tasks import TaskFront
 from .traces import Traces
 
 
-@dataclass(frozen=True)
-class TaskServices:
+class TaskServices(msgspec.Struct, frozen=True):
     tasks: TaskFront  # local, or the cluster's
     traces: Traces | None  # with [tracing]
     outputs: TaskOutputs  # the engine's tasks' live output

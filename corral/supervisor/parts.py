@@ -4,8 +4,9 @@ parts it works on, never the Supervisor that composed them."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 if TYPE_CHECKING:
     from .agents import Agents
@@ -24,8 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Parts"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Parts:
+class Parts(msgspec.Struct, frozen=True, kw_only=True):
     agents: Agents  # add, remove, scale, pause, status; the agents by name
     tools: Tools  # the MCP tool-server pool, its checks and each agent's view of it
     quotas: Tenancy  # the tenants and their quotas

@@ -7,8 +7,6 @@ sees."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgspec
 
 from ... import jsonrpc
@@ -32,8 +30,7 @@ def _there(d: TeamServices, name: str) -> TeamSpec:
     return spec
 
 
-@dataclass(frozen=True)
-class TeamServices:
+class TeamServices(msgspec.Struct, frozen=True):
     teams: TeamService  # [teams.NAME] and their calls
     catalog: TeamCatalog  # the teams added at runtime, with revisions
     tasks: TaskFront  # a team's calls are tasks of its name

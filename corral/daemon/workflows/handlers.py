@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -139,8 +138,7 @@ def _entry(d: WorkflowServices, wf: Workflow) -> m.WorkflowEntry:
                            tenant=d.workflows.tenant(wf.name))
 
 
-@dataclass(frozen=True)
-class WorkflowServices:
+class WorkflowServices(msgspec.Struct, frozen=True):
     workflows: WorkflowService  # [workflows.NAME] and their runs
     catalog: Catalog  # the workflows added at runtime, with revisions
     agents: Agents  # the agents a plan is checked against
