@@ -23,9 +23,10 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from ..methods import MetricsHistoryResult, MetricsSample
 
@@ -193,8 +194,7 @@ class TaskTimes:
             del self.agents[name]
 
 
-@dataclass(slots=True)
-class OutcomeCounts:
+class OutcomeCounts(msgspec.Struct):
     finished: int
     errors: int
 

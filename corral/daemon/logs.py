@@ -28,7 +28,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -135,8 +134,7 @@ class Batch(msgspec.Struct, gc=False):
         ]
 
 
-@dataclass(slots=True)
-class _Outage:
+class _Outage(msgspec.Struct):
     """A log file that could not be written: since when, why, and what it missed."""
 
     since: float

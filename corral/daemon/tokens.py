@@ -16,7 +16,6 @@ import secrets
 import sqlite3
 import time
 import weakref
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgspec
@@ -29,8 +28,7 @@ from .store import StateStore
 
 PREFIX = "crl_"
 
-@dataclass(frozen=True)
-class Token:
+class Token(msgspec.Struct, frozen=True):
     name: str
     scopes: frozenset[str]
     agents: str | None  # a glob the agent names it may see and touch must match

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -38,8 +37,7 @@ def _glob_refusal(caller: Caller, what: str) -> RpcError:
                                        f"matching {caller.agents}: {what}")
 
 
-@dataclass(frozen=True)
-class AgentRule:
+class AgentRule(msgspec.Struct, frozen=True):
     check: Callable[[Any, Caller], None]
     # what the answer holds of agents the caller does not see, taken out
     filter: Callable[[Any, Caller], Any] | None = None

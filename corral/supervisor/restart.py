@@ -18,24 +18,23 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 RestartMode = Literal["always", "on-failure", "never"]
 
 _JITTER = random.Random()
 
 
-@dataclass(frozen=True)
-class RestartDecision:
+class RestartDecision(msgspec.Struct, frozen=True):
     restart: bool
     delay: float = 0.0
     give_up: bool = False  # restart was wanted but the intensity limit is reached
     failed_start: int = 0  # the exit was a failed start: the how-manieth in a row
 
 
-@dataclass(frozen=True)
-class StartWindow:
+class StartWindow(msgspec.Struct, frozen=True):
     """How long a process must be up for its start to count (0: at once), and how many
     failed starts in a row are retried."""
 

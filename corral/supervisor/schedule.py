@@ -13,7 +13,6 @@ here and refused by the next cron the operator reads it with.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -45,8 +44,7 @@ class ScheduleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
     description: str = ""
 
 
-@dataclass
-class ScheduleRow:
+class ScheduleRow(msgspec.Struct):
     """A schedule's durable part: its last fire time accounted for (fired, or skipped as
     missed), its fires, what the last one started, and the operator's pause (None: as
     declared)."""

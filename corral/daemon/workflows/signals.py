@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -27,8 +26,7 @@ MAX_SIGNAL_BYTES = 256 * 1024  # a signal's data as JSON: it is its step's outpu
 MAX_SIGNAL_KEY = 200  # characters of the key a sender may name a signal by
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(msgspec.Struct, frozen=True):
     """What a sender sends a run: a name its steps wait for, data (any JSON, the step's
     output), and the key that makes a second send of it the first (None: none)."""
 
@@ -38,14 +36,12 @@ class Signal:
     sender: str | None = None  # who sent it (kept, as the audit keeps the call)
 
 
-@dataclass(frozen=True)
-class SignalReceipt:
+class SignalReceipt(msgspec.Struct, frozen=True):
     seq: int  # its place among the run's signals, from 1
     duplicate: bool  # the key was sent before: this is that signal
 
 
-@dataclass(frozen=True)
-class SignalWait:
+class SignalWait(msgspec.Struct, frozen=True):
     """A signal step's wait: the run, the name, its row's id (the taker), and until when
     (None: as long as its run lasts) and what then."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import msgspec
+
 WHOLE = -1  # the item of a step's own row (a workflow map's items are 0...)
 STEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled", "timed_out", "lost"})
 CALL_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
@@ -24,8 +26,7 @@ class StepRow:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class StepEnd:
+class StepEnd(msgspec.Struct, frozen=True):
     """How a step ended: its status (one of STEP_ENDED), its output and error."""
 
     status: str

@@ -4,7 +4,6 @@ its agent only while that is of the call's tenant: recorded.py), waited for to i
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -18,8 +17,7 @@ from .record import StepEnd
 from .store import SharedStore
 
 
-@dataclass(frozen=True)
-class AgentTask:
+class AgentTask(msgspec.Struct, frozen=True):
     """What a step's task is: its agent, input and options, the tenant of the call, and
     the trace context it is a child of."""
 
@@ -48,8 +46,7 @@ class StepWork(Protocol):
     def cancel_task(self, task_id: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class Durables:
+class Durables(msgspec.Struct, frozen=True):
     """Where a daemon's durable calls are kept and how their steps' tasks run, when not
     the state database's journal and the engine's (a cluster node's: in Redis and the
     cluster's tasks)."""

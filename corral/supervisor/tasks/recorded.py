@@ -11,8 +11,9 @@ record, which is refused as its tenant's caller would be (decision 481)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from ...jsonrpc import RpcError
 from ...taskviews import TaskInfo
@@ -23,8 +24,7 @@ if TYPE_CHECKING:
     from .manager import TaskManager
 
 
-@dataclass(frozen=True)
-class RecordedTask:
+class RecordedTask(msgspec.Struct, frozen=True):
     """A step's task as its record names it: its id, its agent, and the tenant the record
     (run, call) was made for (None or "": of no one tenant, which runs whatever agents
     its definition names, as when it started)."""

@@ -33,8 +33,7 @@ class PlanStep:
         return self.spec.map is not None
 
 
-@dataclass
-class Workflow:
+class Workflow(msgspec.Struct):
     name: str
     spec: WorkflowSpec
     steps: list[PlanStep]

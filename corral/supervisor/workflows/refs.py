@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -33,8 +32,7 @@ class Missing(LookupError):
     """A reference whose path is not in the value (a key absent, a list too short)."""
 
 
-@dataclass(frozen=True)
-class Ref:
+class Ref(msgspec.Struct, frozen=True):
     text: str
     root: str  # "input", "item", "index" or "steps"
     step: str | None  # the step of $steps.NAME.output
@@ -71,8 +69,7 @@ def refs_in(value: Any) -> list[str]:
     return out
 
 
-@dataclass
-class Scope:
+class Scope(msgspec.Struct):
     """What references resolve against: the run's input, the steps' outputs so far, and
     a map's item."""
 
