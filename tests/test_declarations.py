@@ -84,7 +84,8 @@ def _command(path: str) -> click.Command:
     group: click.Command = cli
     for word in path.split():
         assert isinstance(group, click.Group), path
-        found = group.commands.get(word)
+        # get_command: a command's module is imported when it is asked for (app.COMMANDS)
+        found = group.get_command(click.Context(group), word)
         assert found is not None, f"no CLI command `corral {path}`"
         group = found
     return group

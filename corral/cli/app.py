@@ -8,13 +8,16 @@ import contextlib
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import methods as m
 from .client import CLIENT_TIMEOUT, EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .terminal import raw_option
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def doc(declared: type[m.Params]) -> str:
@@ -61,9 +64,11 @@ class Ctx:
         self.socket = socket
 
     def client(self, wait_forever: bool = False) -> Client:
-        from ..paths import client_socket
+        path: str | Path = self.socket or ""
+        if not path:  # no --socket, no CORRAL_SOCKET: the standard places
+            from ..paths import client_socket
 
-        path = client_socket(self.socket)
+            path = client_socket(None)
         return Client(path, timeout=None) if wait_forever else Client(path)
 
     def reachable(self) -> bool:
@@ -134,12 +139,58 @@ class _Subgroup(_TakesRaw, click.Group):
     group_class = type
 
 
+# each command module (corral/cli/NAME.py) and the commands it defines, the one place
+# they are listed: a command's module is imported when the command is asked for, so
+# `corral status` imports the status module and what it needs, not every other command's
+# (`--help` lists them all, and imports them all for their help: one source of the help,
+# the methods' declarations). tests/test_cli_start.py holds it to what the modules define.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "approvals": ("approvals",),
+    "cluster": ("drain", "nodes"),
+    "daemon": ("check-config", "clock", "daemon", "info", "reload", "shutdown", "ui",
+               "version"),
+    "events": ("events",),
+    "fleet": ("pause", "pid", "remove", "restart", "resume", "scale", "signal", "start",
+              "stop"),
+    "helping": ("help",),
+    "history": ("audit", "history", "rollback"),
+    "importing": ("import",),
+    "logs": ("logs", "tail"),
+    "mcp": ("mcp",),
+    "packages": ("deploy", "releases"),
+    "schedules": ("schedules",),
+    "sessions": ("sessions",),
+    "specs": ("add", "describe", "update"),
+    "status": ("stats", "status"),
+    "systemd": ("systemd",),
+    "tasks": ("cancel", "run", "submit", "task", "tasks"),
+    "teams": ("teams",),
+    "tenants": ("tenants",),
+    "tokens": ("token",),
+    "tools": ("prompts", "resources", "tools"),
+    "top": ("top",),
+    "trace": ("trace",),
+    "upgrading": ("upgrade",),
+    "workflows": ("run-cancel", "run-status", "runs", "workflows"),
+}
+_MODULE_OF = {name: module for module, names in COMMANDS.items() for name in names}
+
+
 class _Group(_TakesRaw, click.Group):
     command_class = _Command
     group_class = _Subgroup
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_MODULE_OF})
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+        name = ALIASES.get(cmd_name, cmd_name)
+        if name not in self.commands and name in _MODULE_OF:
+            # the module registers its commands on this group as it is imported
+            import importlib
+
+            importlib.import_module(f"{__package__}.{_MODULE_OF[name]}")
+        return super().get_command(ctx, name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]
                         ) -> tuple[str | None, click.Command | None, list[str]]:

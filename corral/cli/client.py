@@ -8,13 +8,16 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..methods import REGISTRY, Params, named
+
+if TYPE_CHECKING:
+    # pathlib (and urllib, ipaddress) is not imported at a command's start
+    from pathlib import Path
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
@@ -61,7 +64,7 @@ def result_type(method: str) -> Any:
 
 
 class Client:
-    def __init__(self, path: Path, timeout: float | None = CLIENT_TIMEOUT) -> None:
+    def __init__(self, path: Path | str, timeout: float | None = CLIENT_TIMEOUT) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)

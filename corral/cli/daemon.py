@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -19,6 +18,9 @@ from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
 from .render import human_time, print_json, table
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 @cli.command()
 @click.option("--config", "-c", "config", metavar="PATH", default=None,
@@ -27,6 +29,8 @@ from .render import human_time, print_json, table
 @pass_ctx
 def daemon(obj: Ctx, config: str | None) -> None:
     """Run the supervisor daemon in the foreground (systemd runs it this way too)."""
+    from pathlib import Path
+
     from ..daemon.daemon import run_daemon
 
     path = Path(config or default_config())
@@ -46,6 +50,8 @@ def daemon(obj: Ctx, config: str | None) -> None:
 def check_config(path: str | None, config: str | None, no_check: bool) -> None:
     """Validate a config file (and its includes) without starting anything: every key, and
     that every agent's and MCP server's command is an executable on PATH or a file."""
+    from pathlib import Path
+
     from ..supervisor.config import ConfigError
     from ..supervisor.configload import check_commands, load_config
 
@@ -189,8 +195,10 @@ def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
 @pass_ctx
 def info(obj: Ctx, name: str | None, as_json: bool) -> None:
     if name is not None:
-        describe = cli.commands["describe"]
-        click.get_current_context().invoke(describe, name=name, as_json=as_json)
+        ctx = click.get_current_context()
+        describe = cli.get_command(ctx, "describe")
+        assert describe is not None
+        ctx.invoke(describe, name=name, as_json=as_json)
         return
     res: m.DaemonInfoResult = obj.call(m.DaemonInfo())
     if as_json:

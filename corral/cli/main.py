@@ -4,39 +4,12 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the daem
 Each client command's help is its control method's docstring (corral.methods).
 
 The group and what its commands share are in `app.py`, how results are shown in
-`render.py`; each command module registers its commands on the group when imported, so
-this module imports every one of them.
+`render.py`; each command module registers its commands on the group when imported, and
+the group imports a command's module when the command is asked for (app.COMMANDS).
 """
 
 from __future__ import annotations
 
-from . import (  # noqa: F401  (imported for the commands they register)
-    approvals,
-    cluster,
-    daemon,
-    events,
-    fleet,
-    helping,
-    history,
-    importing,
-    logs,
-    mcp,
-    packages,
-    schedules,
-    sessions,
-    specs,
-    status,
-    systemd,
-    tasks,
-    teams,
-    tenants,
-    tokens,
-    tools,
-    top,
-    trace,
-    upgrading,
-    workflows,
-)
 from .app import cli
 from .terminal import guard
 

@@ -3,7 +3,6 @@ people read them."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -16,6 +15,9 @@ def print_json(obj: Any, *, one_line: bool = False) -> None:
     """A result (a Struct: its fields in their order, absent ones left out) or plain
     values, as `--json` prints them; `one_line` after a stream's JSON lines, so that a
     reader line by line decodes each line, the result's too."""
+    # imported here: a command's start imports what every run of it needs (app.COMMANDS)
+    import json
+
     click.echo(json.dumps(msgspec.to_builtins(obj), indent=None if one_line else 2,
                           sort_keys=False))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -12,9 +11,7 @@ import msgspec
 from .. import methods as m
 from ..text import iso_time, plural
 from .app import Ctx, command, json_option, names_arg, pass_ctx
-from .cluster import print_nodes
 from .durations import SINCE
-from .mcp import print_gateway, print_mcp
 from .render import human_bytes, human_time, millis, print_json, stamp, table
 
 # (paused: an operator's choice, not a failure)
@@ -67,11 +64,16 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
         if nodes is None:
             print_json(st)
         else:
+            import json
+
             click.echo(json.dumps({**msgspec.to_builtins(st),
                                    "nodes": msgspec.to_builtins(nodes.nodes)}, indent=2))
     else:
         print_status(st, with_mcp=not names)
         if nodes is not None:
+            # the other commands' modules are imported where they are needed (app.COMMANDS)
+            from .cluster import print_nodes
+
             click.echo("")
             print_nodes(nodes)
         for notice in st.notices:  # the daemon's own (a drain, an extra not serving)
@@ -81,6 +83,8 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
 
 
 def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    import json
+
     def on_note(method: str, params: Any) -> None:
         if as_json:
             click.echo(json.dumps({"event": method, **params}))
@@ -135,6 +139,8 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         ])
     table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
     if with_mcp and st.mcp_servers:
+        from .mcp import print_mcp
+
         click.echo()
         print_mcp(st.mcp_servers)
     for name, e in st.elastic.items():
@@ -204,6 +210,8 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
     table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                  "LOST", "CANCELLED", "QUEUED", "P50/P95/P99 MS"])
     _print_usage(st.agents)
+    from .mcp import print_gateway
+
     print_gateway(st.gateway)
 
 

@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import click
@@ -28,6 +27,8 @@ def _read_input(value: str, hint: str = "--input") -> msgspec.Raw:
     if value == "-":
         data = sys.stdin.buffer.read()
     elif value.startswith("@"):
+        from pathlib import Path  # not at the start of every `corral run` (app.COMMANDS)
+
         try:
             data = Path(value[1:]).read_bytes()
         except OSError as exc:
