@@ -274,6 +274,10 @@ class LineProtocol(asyncio.BufferedProtocol):
     `pause()` stops both reading and the delivery of lines already read (what is left of
     the current read is held, at most one read's worth); `resume()` delivers the held lines
     and reads again. A reader whose answers are not being read uses it to stop taking work.
+
+    A line's handler (`on_line`, `on_oversize`) that raises is logged with the line and
+    the reader goes on with the next line: an error let out of a read is the transport's
+    fatal error, the end of all reading of the channel (decision 840).
     """
 
     def __init__(
@@ -285,8 +289,10 @@ class LineProtocol(asyncio.BufferedProtocol):
         on_oversize: Callable[[int, bytes, bytes], None] | None = None,
         last_line_unterminated: bool = True,
         on_lines_end: Callable[[], None] | None = None,
+        name: str = "a line reader",
     ) -> None:
         self.on_line = on_line
+        self.name = name  # what is read, for the log of a handler's error
         # told once the lines of one read are delivered: what their handlers began can be
         # finished for all of them at once (a worker's answers free slots; the next tasks
         # start together)
@@ -394,19 +400,21 @@ class LineProtocol(asyncio.BufferedProtocol):
                 size = nl - start
                 self._start = self._scanned = nl + 1
                 if size > self.max_line:
-                    if self.on_oversize:
-                        self.on_oversize(size,
-                                         bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
-                                         bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
+                    self._oversized(size, bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
+                                    bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
                     continue
                 last_long = size + MIN_READ > IDLE_BUFFER
                 if last_long:
                     self._long = size
                 if size:
-                    self.on_line(view[start:nl].tobytes())
+                    line = view[start:nl].tobytes()
+                    try:
+                        self.on_line(line)
+                    except Exception as exc:
+                        self._handler_failed(line, exc)
         finally:
-            # (also when a line's handler raised: what the lines before it began is
-            # finished all the same, their freed slots filled)
+            # (also when a line's handler raised something other than an Exception: what
+            # the lines before it began is finished all the same, their freed slots filled)
             view.release()
             if self._start == self._end:  # all consumed: the buffer is reused from its start
                 self._start = self._end = self._scanned = 0
@@ -465,6 +473,8 @@ class LineProtocol(asyncio.BufferedProtocol):
             self._drop()
             try:
                 self.on_line(line)
+            except Exception as exc:
+                self._handler_failed(line, exc)
             finally:
                 if self.on_lines_end is not None:
                     self.on_lines_end()
@@ -474,8 +484,23 @@ class LineProtocol(asyncio.BufferedProtocol):
     def _skipped(self) -> None:
         size, head, tail = self._skipping, self._head, self._tail
         self._skipping, self._head, self._tail = 0, b"", b""
+        self._oversized(size, head, tail)
+
+    def _oversized(self, size: int, head: bytes, tail: bytes) -> None:
         if self.on_oversize:
-            self.on_oversize(size, head, tail)
+            try:
+                self.on_oversize(size, head, tail)
+            except Exception as exc:
+                self._handler_failed(head, exc, size)
+
+    def _handler_failed(self, line: bytes, exc: Exception, size: int | None = None) -> None:
+        """A line's handler raised: logged with the line's start, and the next line is
+        read (decision 840). `size`: a discarded line's, `line` its first bytes."""
+        shown = line[:OVERSIZE_ENDS].decode("utf-8", "replace")
+        what = f"a discarded {size}-byte line" if size is not None else \
+            f"a {len(line)}-byte line"
+        log.error("%s: the handler of %s failed, the line skipped: %s (the line: %r)",
+                  self.name, what, describe(exc), shown, exc_info=exc)
 
 
 class LineBlock(msgspec.Struct, gc=False):
@@ -846,7 +871,7 @@ class Peer:
             return False
         try:
             rid = msgspec.json.decode(found.group(1))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):  # a string id not UTF-8 is none
             return False
         fut = self._take(rid)
         if fut is None or fut.done():

@@ -1,11 +1,13 @@
 """The tasks that a read of a worker's answers frees slots for start once the read is
 handled, in one pump (TaskDispatch.answers_read, decision 790): in priority order, each
 slot taken once, none left free while a task waits; and the line reader's end of a read
-(LineProtocol's `on_lines_end`) that tells it."""
+(LineProtocol's `on_lines_end`) that tells it, also when a line's handler raises (the
+reader goes on: decision 840)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -122,15 +124,18 @@ class FailingEnd(TaskInterceptor):
             raise RuntimeError(f"the interceptor failed on {task.id}")
 
 
-async def test_a_read_whose_last_handler_raises_still_starts_the_freed_slots_tasks(
-        ) -> None:
+async def test_a_line_handler_that_raises_is_logged_and_the_worker_read_on(
+        caplog: pytest.LogCaptureFixture) -> None:
     """The read's answers before the one whose handling raised freed slots: the waiting
-    tasks start at that read's end all the same, on that worker (not when some later
-    read of any worker ends, or a restart pumps)."""
+    tasks start at that read's end, on that worker, and its stdout is read on (decision
+    840): their answers end them, none lost, and the error is logged with its line."""
     failing = FailingEnd()
     sup = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=2.0, spared=SPARED,
                      interceptors=[failing])
     sup.open()
+    told: list[Any] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: told.append(context))
     try:
         sup.add(batch_agent("b", 3))
         await all_ready(sup, "b")
@@ -139,34 +144,40 @@ async def test_a_read_whose_last_handler_raises_still_starts_the_freed_slots_tas
         failing.failing.add(first[2].id)  # the read's last line's handler raises
         waiting = [put(sup, f"w{i}", 2) for i in range(2)]
         seen: list[Any] = []
-        told = asyncio.Event()
 
-        def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-            # the loop is told of the handler's error as the read returns: the state then
-            seen.append((str(context.get("exception")), [t.status for t in waiting],
-                         [[a.pid for a in t.attempts] for t in waiting],
-                         sup.agent("b").replicas[0].tasks_running,
-                         dict(sup.tasks.dispatch.freed)))
-            told.set()
+        def on_end(e: TaskFinished) -> None:
+            if e.task in first:  # (the last one's interceptor raises before it is told)
+                seen.append([t.status for t in waiting])
 
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(on_error)
-        try:
-            await asyncio.wait_for(told.wait(), 20)
-        finally:
-            loop.set_exception_handler(None)
-        assert [t.status for t in first] == ["succeeded"] * 3
-        # its two waiting tasks started at the end of the read that freed their slots,
-        # on its worker, before the error was told
-        assert seen[0] == (f"the interceptor failed on {first[2].id}",
-                           ["running", "running"], [[pid], [pid]], 2, {})
+        sup.stream.subscribe(on_end, TaskFinished)
+        with caplog.at_level(logging.ERROR, "corral.jsonrpc"):
+            for task in [*first, *waiting]:
+                await asyncio.wait_for(asyncio.shield(task.done), 20)
+            later = put(sup, "later", 1)  # and the worker still takes tasks
+            await asyncio.wait_for(asyncio.shield(later.done), 20)
+        assert seen == [["queued", "queued"]] * 2  # started at the read's end, not within
+        assert [t.status for t in [*first, *waiting, later]] == ["succeeded"] * 6
+        assert [[a.pid for a in t.attempts] for t in [*waiting, later]] == [[pid]] * 3
+        r = sup.agent("b").replicas[0]
+        assert (r.pid, r.restarts, r.tasks_running) == (pid, 0, 0)
+        line = (b'{"jsonrpc": "2.0", "id": 4, "result": {"output": {"n": "t2", '
+                b'"held": 3}}}')
+        assert [(rec.levelname, rec.getMessage()) for rec in caplog.records] == [
+            ("ERROR", f"stdout of pid {pid}: the handler of a {len(line)}-byte line "
+                      f"failed, the line skipped: the interceptor failed on {first[2].id} "
+                      f"(the line: {line.decode()!r})")]
+        assert str(caplog.records[0].exc_info[1]) == f"the interceptor failed on {first[2].id}"
+        assert told == []  # nothing let out of the read: the loop was told of no error
     finally:
+        loop.set_exception_handler(None)
         await sup.close(graceful=False)
 
 
-def test_the_end_of_a_read_is_told_when_a_lines_handler_raises() -> None:
-    """What the lines before the raising one began is finished at the read's end all the
-    same; the lines after it wait in the reader for its next read."""
+def test_a_lines_handler_that_raises_is_logged_and_the_next_lines_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The reader goes on with the lines after the one whose handler raised, in the same
+    read; the end of the read is told after them; an oversized line's handler that raises
+    is contained too (decision 840)."""
     said: list[Any] = []
 
     def on_line(line: bytes) -> None:
@@ -174,16 +185,27 @@ def test_the_end_of_a_read_is_told_when_a_lines_handler_raises() -> None:
         if line.startswith(b"!"):
             raise ValueError(f"a handler failed on {line!r}")
 
-    reader = LineProtocol(on_line, lambda exc: said.append("eof"),
-                          on_lines_end=lambda: said.append("end"))
-    with pytest.raises(ValueError, match="a handler failed on b'!b'"):
-        reader.data_received(b"a\n!b\nc\n")
-    assert said == [b"a", b"!b", "end"]
-    reader.data_received(b"d\n!e")
-    assert said == [b"a", b"!b", "end", b"c", b"d", "end"]
-    with pytest.raises(ValueError, match="a handler failed on b'!e'"):
+    def on_oversize(size: int, head: bytes, tail: bytes) -> None:
+        said.append(("oversize", size, head))
+        raise ValueError("an oversize handler failed")
+
+    reader = LineProtocol(on_line, lambda exc: said.append("eof"), max_line=8,
+                          on_oversize=on_oversize, on_lines_end=lambda: said.append("end"),
+                          name="the test's reader")
+    with caplog.at_level(logging.ERROR, "corral.jsonrpc"):
+        reader.data_received(b"a\n!b\nc\n0123456789\nd\n")
+        assert said == [b"a", b"!b", b"c", ("oversize", 10, b"0123456789"), b"d", "end"]
+        reader.data_received(b"e\n!\xff")
         reader.connection_lost(None)  # the last line, unterminated, raising too
-    assert said[6:] == [b"!e", "end"]
+    assert said[6:] == [b"e", "end", b"!\xff", "end", "eof"]
+    assert [(rec.levelname, rec.getMessage()) for rec in caplog.records] == [
+        ("ERROR", "the test's reader: the handler of a 2-byte line failed, the line "
+                  "skipped: a handler failed on b'!b' (the line: '!b')"),
+        ("ERROR", "the test's reader: the handler of a discarded 10-byte line failed, the "
+                  "line skipped: an oversize handler failed (the line: '0123456789')"),
+        ("ERROR", "the test's reader: the handler of a 2-byte line failed, the line "
+                  "skipped: a handler failed on b'!\\xff' (the line: '!\ufffd')"),
+    ]
 
 
 async def test_a_pumps_starts_go_to_the_least_loaded_replica_each_in_turn(

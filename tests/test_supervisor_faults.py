@@ -7,6 +7,7 @@ process or zombie outlives each test.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -104,6 +105,51 @@ async def test_100mb_line_is_discarded_without_buffering_it(sup: Supervisor) -> 
         f"discarded a {100 * 1024 * 1024}-byte line on stdout (limit {16 * 1024 * 1024} bytes)"]
     assert psutil.Process().memory_info().rss - rss_before < 64 * 1024 * 1024
     assert await run_task(sup, "huge", {"do": "echo"}) == {"output": {"do": "echo"}}
+
+
+# a worker whose line over the limit starts with a string id that is not UTF-8, then
+# answers its task; its other tasks' answers come after
+HOSTILE_ID_WORKER = """
+import json, os, sys
+for text in sys.stdin:
+    msg = json.loads(text)
+    answer = {"jsonrpc": "2.0", "id": msg.get("id"), "result": {}}
+    if msg.get("method") == "task/run":
+        answer["result"] = {"output": msg["params"]["input"]}
+        if msg["params"]["input"].get("hostile"):
+            os.write(1, b'{"jsonrpc":"2.0","id":"\\xff","result":"' + b"x" * (17 << 20)
+                     + b'"}\\n')
+    if "method" in msg and "id" in msg:
+        os.write(1, (json.dumps(answer) + "\\n").encode())
+"""
+
+
+async def test_a_line_over_the_limit_whose_id_is_not_utf8_is_discarded(
+        sup: Supervisor, caplog: pytest.LogCaptureFixture) -> None:
+    """The id at the start of a discarded line is looked at for the request it answers:
+    one that is no string of UTF-8 answers none (decoding it raised, which ended the
+    reading of the worker's stdout: its tasks lost)."""
+    logs: list[str] = []
+    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogBatch)
+    sup.add(agent("hostile", command=[PY, "-c", HOSTILE_ID_WORKER],
+                  max_concurrent_tasks=3))
+    r = await sup.wait_state("hostile", State.READY)
+    pid = r.pid
+    with caplog.at_level(logging.WARNING, "corral"):
+        tasks = [sup.tasks.submit("hostile", {"n": 0, "hostile": True}),
+                 *(sup.tasks.submit("hostile", {"n": n}) for n in (1, 2))]
+        for task in tasks:
+            await asyncio.wait_for(asyncio.shield(task.done), 20)
+        later = sup.tasks.submit("hostile", {"n": 3})  # its stdout is still read
+        await asyncio.wait_for(asyncio.shield(later.done), 20)
+    assert [(t.status, t.error) for t in [*tasks, later]] == [("succeeded", None)] * 4
+    assert [t.result(decode=True).output["n"] for t in [*tasks, later]] == [0, 1, 2, 3]
+    assert [[a.pid for a in t.attempts] for t in [*tasks, later]] == [[pid]] * 4
+    assert (r.pid, r.restarts, r.garbage_lines) == (pid, 0, 1)
+    size = len(b'{"jsonrpc":"2.0","id":"\xff","result":""}') + (17 << 20)
+    assert [t for t in logs if t.startswith("discarded a")] == [
+        f"discarded a {size}-byte line on stdout (limit {16 * 1024 * 1024} bytes)"]
+    assert [rec.getMessage() for rec in caplog.records] == []
 
 
 async def test_stopped_worker_is_hung_killed_and_restarted(sup: Supervisor) -> None:

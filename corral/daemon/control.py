@@ -64,6 +64,8 @@ def _cancel_id(raw: Any) -> jsonrpc.Id | None:
         params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else None
     except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
         return None
+    except UnicodeDecodeError:  # a string in it not UTF-8 (the envelope's check skips it)
+        return None
     rid = params.get("id") if isinstance(params, dict) else None
     return rid if isinstance(rid, int | str) else None
 
@@ -100,6 +102,7 @@ class Connection(LineProtocol):
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
+        self.name = self.who
         refusal: RpcError | None = None
         try:
             tenant = self.server.tenant_of(self.uid, self.gid)

@@ -324,7 +324,8 @@ class ChildProcess(asyncio.Protocol):
                 self._stdout, self.reader = await loop.connect_read_pipe(
                     lambda: LineProtocol(
                         on_stdout_line, self._stdout_eof, max_line=max_line,
-                        on_oversize=on_oversize, on_lines_end=on_stdout_end),
+                        on_oversize=on_oversize, on_lines_end=on_stdout_end,
+                        name=f"stdout of pid {self.pid}"),
                     stdout,
                 )
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
