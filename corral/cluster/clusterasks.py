@@ -236,6 +236,9 @@ class ClusterAsks:
         self._suspend = redis.register_script(SUSPEND)
         # task id -> ask id -> the ask waited on here: a task waits while it has one
         self._waiting: dict[str, dict[str, _AskWait]] = {}
+        # ask id -> the same waits: what the channel names (an ask id per end) found at
+        # once, and the asks read; kept in step with _waiting by _hold and _unwait alone
+        self._by_ask: dict[str, _AskWait] = {}
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()  # an ask waited on here ended (its channel said)
@@ -301,10 +304,7 @@ class ClusterAsks:
     async def wait(self, ask: Ask) -> Ask:
         if not ask.pending:
             return ask
-        asks = self._waiting.setdefault(ask.task_id, {})
-        held = asks.get(ask.id)
-        if held is None:
-            held = asks[ask.id] = _AskWait(ask)
+        held = self._by_ask.get(ask.id) or self._hold(ask)
         held.waiters += 1
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -517,19 +517,23 @@ class ClusterAsks:
             held.fut.set_result(ask)
 
     def _held(self, ask: Ask) -> _AskWait | None:
-        return self._waiting.get(ask.task_id, {}).get(ask.id)
+        return self._by_ask.get(ask.id)
 
-    def _unwait(self, ask: Ask) -> _AskWait | None:
-        asks = self._waiting.get(ask.task_id)
-        if asks is None:
-            return None
-        held = asks.pop(ask.id, None)
-        if not asks:  # its last: the task waits no more
-            del self._waiting[ask.task_id]
+    def _hold(self, ask: Ask) -> _AskWait:
+        held = self._by_ask[ask.id] = _AskWait(ask)
+        self._waiting.setdefault(ask.task_id, {})[ask.id] = held
         return held
 
-    def _all_held(self) -> list[_AskWait]:
-        return [held for asks in self._waiting.values() for held in asks.values()]
+    def _unwait(self, ask: Ask) -> _AskWait | None:
+        held = self._by_ask.pop(ask.id, None)
+        if held is None:
+            return None
+        task_id = held.ask.task_id
+        asks = self._waiting[task_id]
+        del asks[ask.id]
+        if not asks:  # its last: the task waits no more
+            del self._waiting[task_id]
+        return held
 
     # -- the asks waited on here ----------------------------------------------------------
     async def _poll(self) -> None:
@@ -543,7 +547,7 @@ class ClusterAsks:
                 with contextlib.suppress(TimeoutError):
                     await within(self._woken.wait(), self.settings.beat)
                 self._woken.clear()
-                waited = self._all_held()
+                waited = list(self._by_ask.values())
                 try:
                     rows = await self._rows([held.ask.id for held in waited])
                 except RedisError as exc:
@@ -576,7 +580,7 @@ class ClusterAsks:
                 if got is None:
                     continue
                 ended = got["data"].decode(errors="replace")
-                if any(ended in asks for asks in self._waiting.values()):
+                if ended in self._by_ask:
                     self._woken.set()
         except (RedisError, OSError):
             return
@@ -614,7 +618,7 @@ class ClusterAsks:
     def status(self) -> dict[str, int]:
         """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
         return {"asked": self.asked, "decided": self.decided,
-                "waited_on": len(self._all_held()), "suspended": self.suspended}
+                "waited_on": len(self._by_ask), "suspended": self.suspended}
 
     async def close(self) -> None:
         work = [t for t in (self._poller, self._listener, *self._withdrawing.values())
@@ -624,8 +628,9 @@ class ClusterAsks:
         for t in work:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for held in self._all_held():
+        for held in self._by_ask.values():
             if not held.fut.done():
                 held.fut.cancel()
         self._waiting.clear()
+        self._by_ask.clear()
 

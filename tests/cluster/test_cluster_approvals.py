@@ -154,6 +154,53 @@ def askers() -> str:
     """)
 
 
+def waited_on(ns: dict[str, Node]) -> int:
+    """The asks the nodes' attempts wait on now (`corral stats` -> cluster.asks)."""
+    return sum(n.call("stats.get")["cluster"]["asks"]["waited_on"] for n in ns.values())
+
+
+def test_the_asks_waited_on_are_counted_across_tasks_as_each_ends(
+        tmp: Path, redis: RedisServer) -> None:
+    """Three tasks waiting on four asks (one task on two at once): each decision on the
+    node that does not wait, and a task's cancel, takes its own asks out of the count,
+    which its waiting node reads from its channel's end of the ask."""
+    agents = fleet(tmp).replace("[agents.writer]\n", "[agents.writer]\n"
+                                                     "max_concurrent_tasks = 3\n", 1)
+    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        both_alive(ns)
+        a = ns["a"]
+        two = a.call("tasks.submit", {"agent": "writer", "input": {
+            "do": "tools-at-once", "calls": [bump(1), bump(2)]}})["task_id"]
+        one, cancelled = (a.call("tasks.submit", {"agent": "writer", "input": bump(i)}
+                                 )["task_id"] for i in (3, 4))
+        asks = wait_until(lambda: len(p := pending(a)) == 4 and p, what="the four asks")
+        by_call = {x["subject"]["arguments"]["i"]: x for x in asks}
+        assert [(i, by_call[i]["task_id"]) for i in sorted(by_call)] == [
+            (1, two), (2, two), (3, one), (4, cancelled)]
+        wait_until(lambda: waited_on(ns) == 4, what="the four waited on")
+
+        def approve_elsewhere(i: int, left: int) -> None:
+            decider = other_than(ns, running_task(ns, by_call[i]["task_id"]))
+            approved = decider.cli("approvals", "approve", by_call[i]["id"])
+            assert approved.returncode == 0, approved.stderr
+            wait_until(lambda: waited_on(ns) == left,
+                       what=f"{left} waited on once ask {i} is approved")
+
+        approve_elsewhere(1, 3)
+        approve_elsewhere(3, 2)
+        assert a.call("tasks.get", {"task_id": one, "wait": True})["status"] == "succeeded"
+        a.call("tasks.cancel", {"task_id": cancelled})
+        assert a.call("tasks.get", {"task_id": cancelled, "wait": True})["status"] == (
+            "cancelled")
+        wait_until(lambda: waited_on(ns) == 1, what="the cancelled task's wait ended")
+        assert [x["id"] for x in pending(a)] == [by_call[2]["id"]]
+        assert a.cli("approvals", "approve", by_call[2]["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": two, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert waited_on(ns) == 0
+        assert sorted(counted(tmp)) == ["1", "2", "3"]
+
+
 def test_a_question_asked_on_one_node_is_answered_on_another(tmp: Path,
                                                             redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": askers(), "b": askers()}) as ns:
