@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from corral import jsonrpc
@@ -22,7 +23,6 @@ from corral.daemon.steps import ENDED_KEPT
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
-from .test_gateway_stdio import wait_until_async
 
 # steps of `size` bytes under names s0, s1, ... until one is refused ([kept, code,
 # message]) or all are kept ([count]); with `wait`, it then waits for that file to exist
@@ -41,6 +41,7 @@ def handle(task, ctx):
         kept += 1
     if task.get("wait"):
         ctx.progress(kept, message="holding")
+        ctx.emit("holding")  # (its steps answered: each is committed)
         while not os.path.exists(task["wait"]):
             ctx.check_cancelled()
             time.sleep(0.01)
@@ -113,8 +114,7 @@ async def test_a_tenants_unfinished_tasks_journal_at_most_its_bound_together(
     held = await asyncio.to_thread(d.json, "submit", "hold", "--input", json.dumps(
         {"count": 3, "size": 100_000, "wait": str(gate)}))
     try:
-        await wait_until_async(lambda: (d.task(held["task_id"]).get("progress")
-                                        or {}).get("message") == "holding", timeout=60)
+        await asyncio.to_thread(holding, d, held["task_id"])
         assert await asyncio.to_thread(use, d, "acme") == 3 * STEP
         # another of acme's tasks: refused once acme's tasks hold the bound together
         task_id, out = await asyncio.to_thread(run, d, "fill", {"count": 10,
@@ -226,6 +226,28 @@ async def test_a_tenants_caller_cannot_lift_what_its_agent_makes_the_daemon_keep
                       max_children=100_000, max_spawn_depth=10))[0] == 200
 
 
+def holding(d: Daemon, task_id: str) -> None:
+    """Until the held task's worker says it holds (its live output's "holding", read from
+    `tasks.stream` on the control socket as it comes): its steps were answered, so kept."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(d.sock))
+        s.settimeout(60)  # a limit, not a wait: the chunk ends it
+        s.sendall(msgspec.json.encode({"jsonrpc": "2.0", "id": 1, "method": "tasks.stream",
+                                       "params": {"task_id": task_id}}) + b"\n")
+        buf = b""
+        while True:
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                msg = msgspec.json.decode(line)
+                if msg.get("method") == "tasks.output" and msg["params"]["data"] == (
+                        "holding"):
+                    return
+                assert msg.get("id") != 1, f"the stream ended first: {msg}"
+            got = s.recv(65536)
+            assert got, "the daemon hung up"
+            buf += got
+
+
 def rows(d: Daemon, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(d.state / "corral.db")
     try:
@@ -247,20 +269,14 @@ def test_an_ended_tasks_steps_leave_the_journal_and_an_unfinished_ones_stay() ->
         assert out == [2]
         held = d.json("submit", "w", "--input", json.dumps(
             {"count": 2, "size": 1000, "wait": str(gate)}))["task_id"]
-        deadline = time.monotonic() + 60
-        while (d.task(held).get("progress") or {}).get("message") != "holding":
-            assert time.monotonic() < deadline, "the held task never journaled its steps"
-            time.sleep(0.1)
-        steps = "SELECT task_id, count(*) FROM steps GROUP BY task_id ORDER BY task_id"
-        # kept a while after; the held task's steps are committed by the writer a moment
-        # after the worker said it holds
-        while rows(d, steps) != sorted([(ended, 2), (held, 2)]):
-            assert time.monotonic() < deadline, rows(d, steps)
-            time.sleep(0.05)
-        assert len(list((d.state / "step-results").iterdir())) == 1  # one result, stored once
-        # the daemon stops (the held task handed to the next one, unfinished) and the
-        # ended task's end is made older than ENDED_KEPT
+        holding(d, held)
+        # the daemon stops (the held task handed to the next one, unfinished): the step
+        # log is in the database, the ended task's steps kept a while after its end
         assert d.stop() == 0
+        steps = "SELECT task_id, count(*) FROM steps GROUP BY task_id ORDER BY task_id"
+        assert rows(d, steps) == sorted([(ended, 2), (held, 2)])
+        assert len(list((d.state / "step-results").iterdir())) == 1  # one result, stored once
+        # and the ended task's end is made older than ENDED_KEPT
         db = sqlite3.connect(d.state / "corral.db")
         with db:
             db.execute("UPDATE tasks SET finished = finished - ? WHERE id = ?",
