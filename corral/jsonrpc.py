@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
@@ -74,6 +75,11 @@ ERROR_NAMES = {
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
 OVERSIZE_ENDS = 256  # bytes kept of each end of a discarded line: where its id is
+# seconds between log lines about one reader's failing line handlers: a flood of lines
+# whose handling raises (an agent's stdout, a client's requests) is one line per reader
+# at most this often, each counting the failures since the last, not a line with its
+# traceback for each (stream.LOG_EVERY's rule for a failing subscriber)
+HANDLER_LOG_EVERY = 10.0
 # ids of requests given up on without a cancel, kept so their late answers are not garbage
 FORGOTTEN_KEPT = 64
 # a response's id, at the start of its line (Python SDK order) or at its end (TypeScript's)
@@ -277,7 +283,8 @@ class LineProtocol(asyncio.BufferedProtocol):
 
     A line's handler (`on_line`, `on_oversize`) that raises is logged with the line and
     the reader goes on with the next line: an error let out of a read is the transport's
-    fatal error, the end of all reading of the channel (decision 840).
+    fatal error, the end of all reading of the channel (decision 840). A reader logs one
+    such error every HANDLER_LOG_EVERY seconds at most, the others counted (870).
     """
 
     def __init__(
@@ -315,6 +322,9 @@ class LineProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.BaseTransport | None = None
         self.paused = False
         self.at_eof = False
+        self.handler_failures = 0  # lines whose handler raised, in all
+        self._unlogged = 0  # of those, the ones not in the log yet
+        self._logged_at = float("-inf")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -464,6 +474,10 @@ class LineProtocol(asyncio.BufferedProtocol):
         if self.paused or (not self.at_eof and not self.last_line_unterminated):
             self._start = self._end
         self._flush_tail()
+        if self._unlogged:  # the failures since the last report: counted, not dropped
+            log.error("%s: the handlers of %d more lines failed, the lines skipped (not "
+                      "logged one by one)", self.name, self._unlogged)
+            self._unlogged = 0
         self.on_eof(exc)
 
     def _flush_tail(self) -> None:
@@ -495,12 +509,22 @@ class LineProtocol(asyncio.BufferedProtocol):
 
     def _handler_failed(self, line: bytes, exc: Exception, size: int | None = None) -> None:
         """A line's handler raised: logged with the line's start, and the next line is
-        read (decision 840). `size`: a discarded line's, `line` its first bytes."""
+        read (decision 840). `size`: a discarded line's, `line` its first bytes. One log
+        line every HANDLER_LOG_EVERY seconds at most, with the count since the last; the
+        rest counted, said when the reading ends (decision 870)."""
+        self.handler_failures += 1
+        now = time.monotonic()
+        if now - self._logged_at < HANDLER_LOG_EVERY:
+            self._unlogged += 1
+            return
+        self._logged_at = now
         shown = line[:OVERSIZE_ENDS].decode("utf-8", "replace")
         what = f"a discarded {size}-byte line" if size is not None else \
             f"a {len(line)}-byte line"
-        log.error("%s: the handler of %s failed, the line skipped: %s (the line: %r)",
-                  self.name, what, describe(exc), shown, exc_info=exc)
+        since = f" ({self._unlogged} more since the last report)" if self._unlogged else ""
+        self._unlogged = 0
+        log.error("%s: the handler of %s failed, the line skipped: %s (the line: %r)%s",
+                  self.name, what, describe(exc), shown, since, exc_info=exc)
 
 
 class LineBlock(msgspec.Struct, gc=False):

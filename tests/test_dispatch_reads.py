@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from corral.jsonrpc import LineProtocol
+from corral import jsonrpc
+from corral.jsonrpc import OVERSIZE_ENDS, LineProtocol
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Task, TaskFinished
 from corral.supervisor.tasks.interceptors import TaskInterceptor
@@ -174,10 +175,11 @@ async def test_a_line_handler_that_raises_is_logged_and_the_worker_read_on(
 
 
 def test_a_lines_handler_that_raises_is_logged_and_the_next_lines_read(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reader goes on with the lines after the one whose handler raised, in the same
     read; the end of the read is told after them; an oversized line's handler that raises
-    is contained too (decision 840)."""
+    is contained too (decision 840). (Each failure logged: no rate bound here, below.)"""
+    monkeypatch.setattr(jsonrpc, "HANDLER_LOG_EVERY", 0.0)
     said: list[Any] = []
 
     def on_line(line: bytes) -> None:
@@ -206,6 +208,60 @@ def test_a_lines_handler_that_raises_is_logged_and_the_next_lines_read(
         ("ERROR", "the test's reader: the handler of a 2-byte line failed, the line "
                   "skipped: a handler failed on b'!\\xff' (the line: '!\ufffd')"),
     ]
+
+
+def test_a_flood_of_lines_whose_handler_raises_is_one_log_line_and_a_count(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent (or a client) whose every line makes its handler raise does not write a
+    log line with a traceback per line: one a reader every HANDLER_LOG_EVERY seconds, the
+    next one counting those since, and the rest counted as the reading ends (decision
+    870). The lines between are handled, none lost."""
+    monkeypatch.setattr(jsonrpc, "HANDLER_LOG_EVERY", 3600.0)  # (a slow machine's stall)
+    handled: list[bytes] = []
+
+    def on_line(line: bytes) -> None:
+        if line.startswith(b"!"):
+            raise ValueError(f"no handler takes {line!r}")
+        handled.append(line)
+
+    ended: list[Exception | None] = []
+    reader = LineProtocol(on_line, ended.append, name="stdout of the flood")
+    with caplog.at_level(logging.ERROR, "corral.jsonrpc"):
+        for i in range(100):  # 100 reads of 100 failing lines and one handled
+            reader.data_received(b"".join(b"!%d\n" % (i * 100 + j) for j in range(100))
+                                 + b"ok %d\n" % i)
+        first = [(rec.getMessage(), rec.exc_info is not None) for rec in caplog.records]
+        monkeypatch.setattr(jsonrpc, "HANDLER_LOG_EVERY", 0.0)  # the window has passed
+        reader.data_received(b"!last\n" + b"!" * 300 + b"\n")
+        reader.connection_lost(None)
+    assert handled == [b"ok %d" % i for i in range(100)] and ended == [None]
+    assert first == [("stdout of the flood: the handler of a 2-byte line failed, the line "
+                      "skipped: no handler takes b'!0' (the line: '!0')", True)]
+    long = "!" * OVERSIZE_ENDS
+    assert [(rec.getMessage(), rec.exc_info is not None) for rec in caplog.records] == [
+        *first,
+        ("stdout of the flood: the handler of a 5-byte line failed, the line skipped: no "
+         "handler takes b'!last' (the line: '!last') (9999 more since the last report)",
+         True),
+        (f"stdout of the flood: the handler of a 300-byte line failed, the line skipped: "
+         f"no handler takes b'{'!' * 300}' (the line: '{long}')", True),
+    ]
+    assert reader.handler_failures == 10_002
+
+
+def test_the_failures_not_logged_are_counted_when_the_reading_ends(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonrpc, "HANDLER_LOG_EVERY", 3600.0)
+    reader = LineProtocol(lambda line: int(line), lambda exc: None, name="a client")
+    with caplog.at_level(logging.ERROR, "corral.jsonrpc"):
+        reader.data_received(b"1\nx\n2\ny\nz\n3\nw")
+        reader.connection_lost(None)  # its last line, unterminated, failing too
+    assert [rec.getMessage() for rec in caplog.records] == [
+        "a client: the handler of a 1-byte line failed, the line skipped: invalid literal "
+        "for int() with base 10: b'x' (the line: 'x')",
+        "a client: the handlers of 3 more lines failed, the lines skipped (not logged one "
+        "by one)"]
+    assert caplog.records[1].exc_info is None and reader.handler_failures == 4
 
 
 async def test_a_pumps_starts_go_to_the_least_loaded_replica_each_in_turn(
