@@ -677,6 +677,20 @@ def test_completion_script() -> None:
     assert r.returncode == 0 and "_CORRAL_COMPLETE" in r.stdout
 
 
+@pytest.mark.parametrize(("words", "cword", "out"), [
+    ("corral ru", "1", "plain,run\nplain,run-cancel\nplain,run-status\nplain,runs\n"),
+    ("corral runs s", "2", "plain,signal\n"),
+    ("corral mcp s", "2", "plain,serve\nplain,start\nplain,status\nplain,stop\n")])
+def test_the_completion_script_completes(words: str, cword: str, out: str) -> None:
+    """What the script of `corral completion bash` runs at each Tab: the commands' names,
+    through the CLI's escaping stream (its bytes were refused with a TypeError there, a
+    traceback at each Tab and nothing completed)."""
+    r = subprocess.run([PY, "-m", "corral"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "COMP_WORDS": words,
+                            "COMP_CWORD": cword, "_CORRAL_COMPLETE": "bash_complete"})
+    assert (r.returncode, r.stdout, r.stderr) == (0, out, "")
+
+
 def test_systemd_unit_verifies_cleanly(tmp: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -38,8 +38,11 @@ class Visible:
     def errors(self) -> str | None:
         return self.stream.errors
 
-    def write(self, text: str) -> int:
-        self.stream.write(visible(text))
+    def write(self, text: str | bytes) -> int:
+        # bytes: what click echoes when it finds no binary buffer, as the completion of
+        # `corral completion`'s script (agent names from the daemon in it) is: escaped too
+        shown = text.decode(self.encoding, "replace") if isinstance(text, bytes) else text
+        self.stream.write(visible(shown))
         return len(text)
 
     def flush(self) -> None:
