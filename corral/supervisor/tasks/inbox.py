@@ -204,8 +204,9 @@ class Inbox:
         # asks checked against the bounds whose records are being stored: counted as
         # pending, so that asks made at once do not pass a bound together
         self._storing: dict[str | None, int] = {}
-        self._waiters: dict[str, asyncio.Future[Ask]] = {}
-        self._listening: dict[str, int] = {}  # ask id -> its waiters now
+        # ask id -> the futures of those waiting on its end, one each (none kept for an
+        # ask no one waits on: a suspended task's, thousands of which may wait for days)
+        self._waiters: dict[str, list[asyncio.Future[Ask]]] = {}
         self._timers: dict[str, WaitTimer] = {}
         self._deciding: set[str] = set()
         self._expiring: set[asyncio.Task[None]] = set()
@@ -313,26 +314,39 @@ class Inbox:
     # -- waiting --------------------------------------------------------------------------
     async def wait(self, ask: Ask) -> Ask:
         """The ask as it ended (at once when it has)."""
+        fut = self.waiter(ask)
+        try:
+            return await fut
+        finally:
+            self.unwait(ask.id, fut)
+
+    def waiter(self, ask: Ask) -> asyncio.Future[Ask]:
+        """A future of the caller's own that the ask's end resolves with the ask as it
+        ended (done already when it has); a caller that stops waiting before, or sets it
+        itself, lets it go (`unwait`). No coroutine, no shield: one object a waiter."""
+        fut: asyncio.Future[Ask] = asyncio.get_running_loop().create_future()
         if not ask.pending:
-            return ask
+            fut.set_result(ask)
+            return fut
         if ask.id not in self._pending:  # ended while the caller held the record
             ended = self.store.get(ask.id)
             if ended is not None and not ended.pending:
-                return ended
-        fut = self._waiters.get(ask.id)
-        if fut is None:
-            fut = self._waiters[ask.id] = asyncio.get_running_loop().create_future()
-        self._listening[ask.id] = self._listening.get(ask.id, 0) + 1
-        try:
-            return await asyncio.shield(fut)
-        finally:
-            # no future kept for an ask no one waits on (a suspended task's): thousands
-            # may wait for days
-            left = self._listening.pop(ask.id) - 1
-            if left:
-                self._listening[ask.id] = left
-            elif not fut.done():
-                self._waiters.pop(ask.id, None)
+                fut.set_result(ended)
+                return fut
+        waiting = self._waiters.get(ask.id)
+        if waiting is None:
+            self._waiters[ask.id] = [fut]
+        else:
+            waiting.append(fut)
+        return fut
+
+    def unwait(self, ask_id: str, fut: asyncio.Future[Ask]) -> None:
+        """`fut` (`waiter`'s) no longer waits on the ask's end."""
+        waiting = self._waiters.get(ask_id)
+        if waiting is not None and fut in waiting:
+            waiting.remove(fut)
+            if not waiting:
+                del self._waiters[ask_id]
 
     # -- ending ---------------------------------------------------------------------------
     async def decide(self, decision: Decision) -> Ask:
@@ -388,9 +402,9 @@ class Inbox:
         finally:
             self._deciding.discard(ask.id)
         self._release(ask)
-        fut = self._waiters.pop(ask.id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(ended)
+        for fut in self._waiters.pop(ask.id, ()):
+            if not fut.done():
+                fut.set_result(ended)
         self._tell(ended)
         return ended
 
@@ -431,9 +445,10 @@ class Inbox:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.cancel()
+        for waiting in self._waiters.values():
+            for fut in waiting:
+                if not fut.done():
+                    fut.cancel()
         self._waiters.clear()
         for task in self._expiring:
             task.cancel()

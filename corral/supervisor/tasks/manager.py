@@ -511,10 +511,15 @@ class TaskManager:
         # is read for meanwhile (else its other calls, its stopped attempts' ends wait)
         peer = task.replica.peer if task.replica is not None else None
         parked = peer.park(asyncio.current_task()) if peer is not None else None
+        asked = (self.inbox.waiter(ask) if kept is None
+                 else asyncio.ensure_future(kept.wait(ask)))
         try:
-            return await self.suspensions.wait(
-                task, self.inbox.wait(ask) if kept is None else kept.wait(ask))
+            return await self.suspensions.wait(task, asked)
         finally:
+            if not asked.done():
+                asked.cancel()
+            if kept is None:
+                self.inbox.unwait(ask.id, asked)
             if parked is not None and peer is not None:
                 peer.unpark(parked)
             if task.waiting and not (self.inbox.waiting_for(task.id) if kept is None

@@ -29,8 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -74,16 +74,16 @@ class SuspendingEngine(Protocol):
 
 
 class _Wait:
-    """A waiting task's suspend timer, and what its held calls wait on besides their
-    asks: set when the task is suspended."""
+    """A waiting task's suspend timer, and the waits of its held calls on their asks:
+    its suspension cancels them (`gone`)."""
 
-    __slots__ = ("attempt", "gone", "timer", "writing")
+    __slots__ = ("attempt", "calls", "gone", "timer", "writing")
 
-    def __init__(self, attempt: int, timer: WaitTimer | None,
-                 gone: asyncio.Future[Any]) -> None:
+    def __init__(self, attempt: int, timer: WaitTimer | None) -> None:
         self.attempt = attempt
         self.timer = timer
-        self.gone = gone
+        self.gone = False  # suspended: its held calls end REQUEST_CANCELLED
+        self.calls: list[asyncio.Future[Ask]] = []
         # a cluster's task: its suspension being written where it is kept (True: done)
         self.writing: asyncio.Future[bool] | None = None
 
@@ -135,33 +135,41 @@ class Suspensions:
             return
         assert task.replica is not None  # (suspendable: its attempt is on its worker)
         seconds: float = getattr(task.replica.spec, "suspend_after", 0.0)
+        # (a partial, not a closure: a function and a cell each for task, seconds, self)
         timer = None if not seconds else self.clock.call_later(
-            seconds, lambda: self.suspend(task, f"waited {seconds:g} s for a person "
-                                                f"(suspend_after)"))
-        self._held[task.id] = _Wait(task.attempt, timer,
-                                    asyncio.get_running_loop().create_future())
+            seconds, partial(self._waited, task, seconds))
+        self._held[task.id] = _Wait(task.attempt, timer)
 
-    async def wait(self, task: Task, asked: Awaitable[Ask]) -> Ask:
-        """The ask as it ended, or REQUEST_CANCELLED once the task was suspended (its
-        worker is asked to stop the attempt: what it asked is the next attempt's)."""
+    def _waited(self, task: Task, seconds: float) -> None:
+        self.suspend(task, f"waited {seconds:g} s for a person (suspend_after)")
+
+    async def wait(self, task: Task, asked: asyncio.Future[Ask]) -> Ask:
+        """The ask as it ended (`asked`: the caller's future of its end, Inbox.waiter's),
+        or REQUEST_CANCELLED once the task was suspended (its worker is asked to stop the
+        attempt: what it asked is the next attempt's). The suspension cancels `asked`:
+        no task, no `asyncio.wait` and its callbacks per held call."""
         held = self._held.get(task.id)
         if held is None:
             return await asked
-        inner: asyncio.Future[Ask] = asyncio.ensure_future(asked)
+        if held.gone:
+            raise _suspended_call(task)
+        held.calls.append(asked)
         try:
-            await asyncio.wait((inner, held.gone), return_when=asyncio.FIRST_COMPLETED)
-            writing = held.writing
-            if not held.gone.done() and writing is not None:
-                # ended as its suspension is written: that write decides which comes first
-                await asyncio.shield(writing)
+            ask = await asked
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if held.gone and asked.cancelled() and not (current and current.cancelling()):
+                raise _suspended_call(task) from None
+            raise
         finally:
-            if not inner.done():
-                inner.cancel()
-        if held.gone.done():
-            raise RpcError(jsonrpc.REQUEST_CANCELLED,
-                           f"task {task.id} was suspended while it waited for a person: "
-                           f"its next attempt asks again")
-        return inner.result()
+            held.calls.remove(asked)
+        writing = held.writing
+        if not held.gone and writing is not None:
+            # ended as its suspension is written: that write decides which comes first
+            await asyncio.shield(writing)
+        if held.gone:
+            raise _suspended_call(task)
+        return ask
 
     def release(self, task_id: str) -> None:
         """The task runs on (what it waited for ended) or ended: no timer."""
@@ -200,7 +208,9 @@ class Suspensions:
         task.attempts = tuple(task.attempts)
         engine.record(task)
         self.suspended += 1
-        held.gone.set_result(None)
+        held.gone = True
+        for call in held.calls:
+            call.cancel()
         engine.dispatch.stop_attempt(task, replica, attempt, "was suspended")
 
     def _suspend_elsewhere(self, task: Task, held: _Wait | None, why: str) -> bool:
@@ -358,3 +368,10 @@ class Suspensions:
         task.fire(TaskCause.RESUME)
         self.resumed += 1
         return True
+
+
+def _suspended_call(task: Task) -> RpcError:
+    """What a held call of a task suspended meanwhile is answered."""
+    return RpcError(jsonrpc.REQUEST_CANCELLED,
+                    f"task {task.id} was suspended while it waited for a person: its next "
+                    f"attempt asks again")

@@ -4,18 +4,23 @@
 
 It is the wall's, or, for a test that must show what days of waiting do in seconds, a
 manual one ([supervisor] manual_clock = true) that only `corral clock --advance` moves
-forward: its timers are the loop's, each due when the clock's time reaches it, so
-moving it fires at once every timer it passed, in their order."""
+forward: its timers are each due when the clock's time reaches it, so moving it fires
+at once every timer it passed, in their order."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import math
 import time
 from collections.abc import Callable
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 
+# libuv counts whole milliseconds: its timer may fire a little before the earliest's time
+RESOLUTION = 0.001
 MANUAL_ONLY = ("the daemon's clock is the wall's: only a manual clock moves ([supervisor] "
                "manual_clock = true, for tests)")
 
@@ -24,46 +29,92 @@ class WaitTimer:
     """A callback due at a time of its clock; `cancel` before it is due and it is not
     called."""
 
-    __slots__ = ("_clock", "_handle", "callback", "when")
+    __slots__ = ("_clock", "callback", "when")
 
     def __init__(self, clock: WaitClock, when: float, callback: Callable[[], object]) -> None:
         self._clock = clock
         self.when = when
-        self.callback = callback
-        self._handle: asyncio.TimerHandle | None = None
-
-    def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(max(0.0, self.when - self._clock.time()), self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        self._clock.timers.discard(self)
-        self.callback()
+        self.callback: Callable[[], object] | None = callback  # None: fired or cancelled
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._clock.timers.discard(self)
+        if self.callback is not None:
+            self.callback = None
+            self._clock._dropped()
 
 
 class WaitClock:
-    """Time, and callbacks at a time of it; `manual`: moved only by `advance`."""
+    """Time, and callbacks at a time of it; `manual`: moved only by `advance`.
+
+    Its timers are kept in a heap behind one timer of the loop, set for the earliest: a
+    loop timer each (uvloop's handle, its libuv timer, a context) cost some 600 bytes a
+    waiting task, thousands of which may wait at once. A cancelled timer stays in the
+    heap until it comes due or the cancelled outnumber the rest."""
 
     def __init__(self, manual: bool = False) -> None:
         self.manual = manual
         self.offset = 0.0  # how far a manual clock was moved ahead of the wall
-        self.timers: set[WaitTimer] = set()
+        self._heap: list[tuple[float, int, WaitTimer]] = []
+        self._made = itertools.count()  # (timers due at once fire in the order made)
+        self._cancelled = 0  # of the heap's timers
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the loop's timer fires
 
     def time(self) -> float:
         return time.time() + self.offset
 
+    @property
+    def timers(self) -> set[WaitTimer]:
+        """The timers not yet fired or cancelled."""
+        return {t for _, _, t in self._heap if t.callback is not None}
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> WaitTimer:
         timer = WaitTimer(self, self.time() + delay, callback)
-        timer._schedule()
-        self.timers.add(timer)
+        heapq.heappush(self._heap, (timer.when, next(self._made), timer))
+        if timer.when < self._at:
+            self._arm()
         return timer
+
+    def _dropped(self) -> None:
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled > len(heap) // 2 and self._cancelled > 64:
+            self._heap = [e for e in heap if e[2].callback is not None]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def _arm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._heap:
+            self._at = math.inf
+            return
+        self._at = self._heap[0][0]
+        self._handle = asyncio.get_running_loop().call_later(
+            max(0.0, self._at - self.time()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        heap, due = self._heap, []
+        now = self.time() + RESOLUTION
+        while heap and heap[0][0] <= now:
+            timer = heapq.heappop(heap)[2]
+            if timer.callback is None:
+                self._cancelled -= 1
+            else:
+                due.append(timer)
+        self._at = math.inf
+        self._arm()
+        for timer in due:  # (each as a loop's callback would be: one's error not the next's)
+            callback = timer.callback
+            if callback is None:  # cancelled by one fired before it
+                continue
+            timer.callback = None
+            try:
+                callback()
+            except Exception as exc:
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "a clock's timer failed", "exception": exc})
 
     def advance(self, seconds: float) -> float:
         """Move a manual clock `seconds` ahead: the timers it passes fire now. Its new
@@ -74,8 +125,6 @@ class WaitClock:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"a clock moves forward, by at most ten "
                                                    f"years: not {seconds:g} s")
         self.offset += seconds
-        for timer in sorted(self.timers, key=lambda t: t.when):
-            if timer._handle is not None:
-                timer._handle.cancel()
-                timer._schedule()
+        if self._handle is not None:
+            self._arm()
         return self.time()
