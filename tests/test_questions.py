@@ -236,3 +236,39 @@ async def test_held_calls_past_a_workers_requests_in_flight_are_all_asked(
         assert [(r.status, r.output["bumped"]) for r in done] == [
             ("succeeded", ["bumped 0"])] * n
         assert len((tmp_path / "count").read_text().split()) == n
+
+
+async def test_a_question_that_may_be_suspended_waits_with_no_task_of_its_own(
+        tmp_path: Path) -> None:
+    """Thousands of questions may wait at once (issue 55: 10,000 tasks, 1,000 an agent at
+    once): one held for its task's suspend_after waits on its worker's request alone,
+    not a task of its own around it (what its suspension answers it, REQUEST_CANCELLED,
+    is tests/test_suspension.py's); answered, it runs on."""
+    n = 20
+    agents = textwrap.dedent(f"""
+        [agents.held]
+        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        suspend_after = 300
+        max_concurrent_tasks = {n}
+    """)
+    async with in_process(tmp_path, agents) as d:
+        made = asks_made(d)
+        tasks = d.sup.tasks
+        before = len(asyncio.all_tasks())
+        running = [asyncio.ensure_future(tasks.run("held", {"prompt": f"#{i}?"},
+                                                    TaskOptions(timeout=120)))
+                   for i in range(n)]
+        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+        for ask in asks:
+            while (await tasks.info(ask.task_id)).status != "waiting":
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        # each: the test's tasks.run and its worker's task/ask request, nothing more
+        assert len(asyncio.all_tasks()) - before == 2 * n
+        for ask in asks:
+            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                              ask.subject["prompt"]))
+        done = await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert sorted((r.status, r.output["answer"]) for r in done) == sorted(
+            ("succeeded", f"#{i}?") for i in range(n))
