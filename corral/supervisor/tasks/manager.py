@@ -507,19 +507,14 @@ class TaskManager:
             task.fire(TaskCause.WAIT)
             self.record(task)
             self.suspensions.hold(task)
-        # the request waits for a person, not one of the MAX_IN_FLIGHT its worker's line
-        # is read for meanwhile (else its other calls, its stopped attempts' ends wait)
+        # parked: not one of its worker's MAX_IN_FLIGHT, whose line is read on meanwhile
         peer = task.replica.peer if task.replica is not None else None
         parked = peer.park(asyncio.current_task()) if peer is not None else None
-        asked = (self.inbox.waiter(ask) if kept is None
-                 else asyncio.ensure_future(kept.wait(ask)))
+        asked = self.inbox.waiter(ask) if kept is None else asyncio.ensure_future(kept.wait(ask))
         try:
             return await self.suspensions.wait(task, asked)
         finally:
-            if not asked.done():
-                asked.cancel()
-            if kept is None:
-                self.inbox.unwait(ask.id, asked)
+            self.inbox.unwait(ask.id, asked)  # (a cluster's ask: none here)
             if parked is not None and peer is not None:
                 peer.unpark(parked)
             if task.waiting and not (self.inbox.waiting_for(task.id) if kept is None

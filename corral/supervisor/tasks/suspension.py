@@ -149,20 +149,25 @@ class Suspensions:
         attempt: what it asked is the next attempt's). The suspension cancels `asked`:
         no task, no `asyncio.wait` and its callbacks per held call."""
         held = self._held.get(task.id)
-        if held is None:
-            return await asked
-        if held.gone:
-            raise _suspended_call(task)
-        held.calls.append(asked)
+        if held is not None:
+            if held.gone:
+                asked.cancel()
+                raise _suspended_call(task)
+            held.calls.append(asked)
         try:
             ask = await asked
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if held.gone and asked.cancelled() and not (current and current.cancelling()):
+            if held is not None and held.gone and asked.cancelled() and not (
+                    current and current.cancelling()):
                 raise _suspended_call(task) from None
             raise
         finally:
-            held.calls.remove(asked)
+            if held is not None:
+                held.calls.remove(asked)
+            asked.cancel()  # (done: nothing; else no one waits on it any more)
+        if held is None:
+            return ask
         writing = held.writing
         if not held.gone and writing is not None:
             # ended as its suspension is written: that write decides which comes first
