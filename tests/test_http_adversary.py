@@ -88,7 +88,8 @@ def test_a_16_mib_body_of_tiny_values_is_refused_before_it_is_read(http: Http) -
     """A token with agents:read alone sends 16 MiB of `[{},{},...]` to a write, three
     clients at once, twice each: every one is a 403 naming the scope, the daemon's peak
     RSS does not grow by the body's Python objects (about 400 MB a request when the body
-    was decoded first) and its control socket keeps answering within the loop's budget.
+    was decoded first) and its control socket keeps answering within the loop's budget
+    (the daemon's own time in an answer: a loaded host's scheduling is not its stall).
     A token that holds the scope is refused by the route's limit, before reading too."""
     assert http.d.proc is not None
     pid = http.d.proc.pid
@@ -104,9 +105,14 @@ def test_a_16_mib_body_of_tiny_values_is_refused_before_it_is_read(http: Http) -
         403, "forbidden", "forbidden: agents.stop needs the agents:write scope, which "
                           "token reader does not hold", jsonrpc.FORBIDDEN))] * 6
     seen = probe.result()
+    print("SEEN", seen)
     grown = _status_kib(pid, "VmHWM") * 1024 - rss0
     assert grown < 48 * MiB, f"the daemon's peak RSS grew {grown / MiB:.0f} MiB"
-    assert seen["calls"] > 10 and seen["worst"] < STALL, seen
+    # the daemon's own part of its longest answer, as settled() in test_http_hostile
+    # asserts: at load 10-17 on 2 cores the round trip's wall time read 0.16-0.48 s while
+    # the daemon spent at most 0.03 s on a core in it (bench/RESULTS.md, decision 855);
+    # the body decoded before the scope's check (the finding) spends seconds there
+    assert seen["calls"] > 10 and seen["busy"] < STALL, seen
     too_big = asyncio.run(post_all(http.port, "/api/v1/agents/hello/stop", writer, body,
                                    clients=3, rounds=1))
     assert too_big == [(413, problem(

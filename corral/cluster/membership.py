@@ -144,6 +144,7 @@ class Membership:
         # now): a reaper waits out TTL + a beat of it before declaring anyone dead
         self.connected_since: float | None = None
         self.fences = 0  # times this node fenced itself
+        self._joining: asyncio.Future[None] | None = None  # a join not yet seen to end
         self.changed = asyncio.Event()  # set at each join and fence
         self.places = places
 
@@ -287,7 +288,7 @@ class Membership:
                 self.fence(f"its liveness key expired (no renewal within "
                            f"{self.ttl:g} s)")
             if self.state != "member":
-                await within(self.join(), self.beat)
+                await self._join_or_wait()
         except (RedisError, OSError, TimeoutError) as exc:
             if self.error is None:
                 self.report(f"cluster: Redis does not answer ({why(exc)}); trying again "
@@ -303,6 +304,21 @@ class Membership:
         if self.state == "member" and time.monotonic() - self.renewed > 2 * self.ttl:
             self.fence(f"no renewal for {2 * self.ttl:g} s (2 x node_ttl)")
 
+    async def _join_or_wait(self) -> None:
+        """Join, waiting a beat for it; a join that takes longer goes on and is waited for
+        again at the next beat, not cut off and begun anew: a join cut after its INCR took
+        a number the node never knew it had, and one cut after its JOIN left the key of an
+        incarnation no daemon was, so that a node on a loaded host went from incarnation 2
+        to 4 with no fence said (tests/cluster/test_membership.py)."""
+        if self._joining is None:
+            self._joining = asyncio.ensure_future(self.join())
+        joining = self._joining
+        try:
+            await within(asyncio.shield(joining), self.beat)
+        finally:
+            if joining.done():
+                self._joining = None
+
     async def run(self) -> None:
         while True:
             await self.step()
@@ -311,6 +327,11 @@ class Membership:
     async def leave(self, *, for_good: bool = False) -> None:
         """A clean stop: the key goes now, not a TTL later. `for_good` (a drain): no
         joining again until the daemon starts again."""
+        joining, self._joining = self._joining, None
+        if joining is not None:  # (its outcome, were it done, is dropped with it)
+            if joining.done() and not joining.cancelled():
+                joining.exception()
+            joining.cancel()
         if self.state == "member":
             self.state = "left" if for_good else "fenced"
             await self.redis.delete(self.keys.alive(self.consumer))

@@ -1,13 +1,16 @@
 """A TCP proxy the test controls, between one node and Redis: `cut()` drops every
 connection through it and refuses new ones (a node cut off from Redis while the others
 still reach it); `restore()` lets connections through again; `watch()` tells when the
-node sends a command (what it does, seen on the wire: no hook in the node for the test)."""
+node sends a command (what it does, seen on the wire: no hook in the node for the test);
+`hold()` keeps Redis's answers to the node back for a while after it sends a command (a
+command that ran, its answer late, as on a loaded host)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 
 class Proxy:
@@ -23,6 +26,7 @@ class Proxy:
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
         self.watches: list[tuple[tuple[bytes, ...], threading.Event]] = []
+        self.holds: list[tuple[tuple[bytes, ...], float]] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -46,8 +50,10 @@ class Proxy:
                 continue
             with self.lock:
                 self.open += [client, server]
+            held = [0.0]  # until when (monotonic) the server's answers wait
             for a, b, seen in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=(a, b, seen), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, seen, held),
+                                 daemon=True).start()
 
     def watch(self, *parts: bytes) -> threading.Event:
         """Set once the node sends a command holding every one of `parts` (a RESP
@@ -58,16 +64,29 @@ class Proxy:
             self.watches.append((parts, event))
         return event
 
-    def _pump(self, src: socket.socket, dst: socket.socket, seen: bool) -> None:
+    def hold(self, seconds: float, *parts: bytes) -> None:
+        """Once: the next command holding every one of `parts` goes to Redis at once, and
+        Redis's answers on that connection reach the node `seconds` later."""
+        with self.lock:
+            self.holds.append((parts, seconds))
+
+    def _pump(self, src: socket.socket, dst: socket.socket, seen: bool,
+              held: list[float]) -> None:
         tail = b""
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                if seen and self.watches:
+                if seen and (self.watches or self.holds):
                     tail = (tail + data)[-(len(data) + 4096):]
                     with self.lock:
                         for parts, event in self.watches:
                             if all(part in tail for part in parts):
                                 event.set()
+                        for hold in list(self.holds):
+                            if all(part in data for part in hold[0]):
+                                self.holds.remove(hold)
+                                held[0] = time.monotonic() + hold[1]
+                elif not seen and (wait := held[0] - time.monotonic()) > 0:
+                    time.sleep(wait)
                 dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):

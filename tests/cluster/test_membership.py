@@ -141,3 +141,39 @@ async def test_two_daemons_as_one_node_one_yields(redis: RedisServer) -> None:
     assert said_a[-2] == "cluster: node n: no other daemon is it any more"
     for m in (a, b):
         await m.redis.aclose()
+
+
+async def test_a_join_whose_answer_comes_late_is_one_incarnation(
+        redis: RedisServer) -> None:
+    """Redis ran the join's INCR and its answer came three beats late (a loaded host):
+    the node waits for that join at its next beats, rather than cutting it off at one and
+    taking another number, so it is incarnation 1, and the only one alive (decision 856:
+    a node went from incarnation 2 to 4 so, with no fence said)."""
+    from .proxy import Proxy
+
+    proxy = Proxy(redis.port)
+    said: list[str] = []
+    settings = ClusterSettings(redis=proxy.url, name="t", node="a", node_ttl=TTL,
+                               beat=BEAT)
+    client = connect(settings, "a")
+    a = Membership(client, Scripts(client), Keys("t"), settings, "a",
+                   lambda: (4, 1, {"greeter": "default"}), said.append)
+    try:
+        proxy.hold(3 * BEAT, b"INCR", b"inc:a")
+        await a.step()  # its beat's wait for the join ends before the answer comes
+        assert not a.member
+        deadline = time.monotonic() + 5
+        while not a.member:  # its beats, as run() makes them
+            assert time.monotonic() < deadline, said
+            await asyncio.sleep(BEAT)
+            await a.step()
+        await a.step()
+        assert (a.consumer, a.fences) == ("a/1", 0)
+        assert await a.redis.get(a.keys.incarnations("a")) == b"1"
+        assert [k async for k in a.redis.scan_iter(a.keys.alive("*"))] == [
+            a.keys.alive("a/1").encode()]
+        assert "cluster: joined as a/1" in said
+    finally:
+        await a.leave()
+        await a.redis.aclose()
+        proxy.close()
