@@ -105,7 +105,6 @@ def test_a_16_mib_body_of_tiny_values_is_refused_before_it_is_read(http: Http) -
         403, "forbidden", "forbidden: agents.stop needs the agents:write scope, which "
                           "token reader does not hold", jsonrpc.FORBIDDEN))] * 6
     seen = probe.result()
-    print("SEEN", seen)
     grown = _status_kib(pid, "VmHWM") * 1024 - rss0
     assert grown < 48 * MiB, f"the daemon's peak RSS grew {grown / MiB:.0f} MiB"
     # the daemon's own part of its longest answer, as settled() in test_http_hostile
