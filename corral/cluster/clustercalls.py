@@ -43,6 +43,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.durable import STEP_ENDED, CallHandover, CallRecord, StepRow
 from ..supervisor.durable.store import DurableStore
+from ..timeouts import within
 from .connection import read, why
 from .keys import Keys
 from .membership import Membership
@@ -204,7 +205,7 @@ class ClusterCalls:
     async def take(self, call_id: str, holder: str) -> int:
         """The call's lease, from `holder` ('' none) which must be dead (or this node):
         its fence token, 0 when another holds it now."""
-        me = self.membership.consumer
+        me = await self._member(call_id)
         got = await self.scripts.acknowledged([(self._take, [
             self.keys.call(call_id), self.keys.fence, self.keys.alive(holder)],
             [me, holder])])
@@ -215,6 +216,25 @@ class ClusterCalls:
             self.leases[call_id] = Lease(token, me)
             self.lost.pop(call_id, None)
         return token
+
+    async def _member(self, call_id: str) -> str:
+        """This node's incarnation, once it is a member: a call taken before its join (a
+        run started just after the daemon's READY) or while it is fenced would be leased
+        to no live incarnation, and taken over by the next node to look. Waited for up to
+        a TTL, as the beat joins; refused after (nothing written)."""
+        m = self.membership
+        if not m.member:
+            with contextlib.suppress(TimeoutError):
+                await within(self._joined(), m.ttl)
+        if not m.member:
+            raise RpcError(jsonrpc.UNAVAILABLE, (
+                f"call {call_id} not kept: this node is not a member of its cluster "
+                f"({m.error or m.state}) within {m.ttl:g} s"))
+        return m.consumer
+
+    async def _joined(self) -> None:
+        while not self.membership.member:
+            await self.membership.changed.wait()  # each join and fence wakes it
 
     async def _fenced(self, call_id: str, calls: list[tuple[Any, list[str], list[Any]]]
                       ) -> None:

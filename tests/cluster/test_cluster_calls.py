@@ -18,7 +18,7 @@ from corral.cluster.keys import Keys
 from corral.cluster.membership import Membership
 from corral.cluster.scripts import Scripts
 from corral.cluster.trust import Trust
-from corral.jsonrpc import CONFLICT, RpcError
+from corral.jsonrpc import CONFLICT, UNAVAILABLE, RpcError
 from corral.supervisor.config import ClusterSettings
 from corral.supervisor.durable import CallRecord, StepRow
 from corral.supervisor.durable.store import MemoryStore
@@ -189,3 +189,49 @@ async def test_a_call_whose_driver_stopped_is_taken_again_by_its_node_alone(
     await a.calls.save_steps(CALL_ID, [row("first", -1, "again")])
     got = await b.calls.fetch(CALL_ID)
     assert got is not None and got.rows[("first", -1)].output == "again"
+
+
+def joining(redis: RedisServer, name: str, ttl: float) -> Node:
+    """A node of cluster t whose membership has not joined yet (a daemon just READY)."""
+    settings = ClusterSettings(redis=redis.url, name="t", node=name, node_ttl=ttl,
+                               beat=ttl / 3)
+    client = connect(settings, name)
+    membership = Membership(client, Scripts(client), K, settings, name,
+                            lambda: (1, 0, {}), lambda _: None)
+    return Node(ClusterCalls(client, Scripts(client), K, Trust(KEY, "t", lambda _: None),
+                             membership, MemoryStore()), membership, MemoryStore())
+
+
+async def test_a_call_started_before_the_nodes_join_is_leased_to_it_once_joined(
+        redis: RedisServer) -> None:
+    """A run started on a node that has not joined yet waits for the join, and its lease
+    names the incarnation that joined: not '' (no live holder), which the next node to
+    look took over at once."""
+    c = joining(redis, "c", 10.0)
+    try:
+        saving = asyncio.ensure_future(c.calls.save_call(record()))
+        # not kept while the node is no member (its Redis round trips take milliseconds)
+        done, _ = await asyncio.wait({saving}, timeout=0.3)
+        assert not done
+        assert await c.calls.redis.exists(K.call(CALL_ID)) == 0
+        await c.membership.join()
+        await asyncio.wait_for(saving, 10)
+        assert await c.calls.redis.hget(K.call(CALL_ID), "holder") == b"c/1"
+    finally:
+        await c.membership.leave()
+        await c.calls.redis.aclose()
+
+
+async def test_a_call_on_a_node_that_never_joins_is_refused_and_nothing_kept(
+        redis: RedisServer) -> None:
+    c = joining(redis, "c", 0.3)
+    try:
+        with pytest.raises(RpcError) as refused:
+            await c.calls.save_call(record())
+        assert (refused.value.code, refused.value.message) == (UNAVAILABLE, (
+            f"call {CALL_ID} not kept: this node is not a member of its cluster (joining) "
+            "within 0.3 s"))
+        assert await c.calls.redis.exists(K.call(CALL_ID)) == 0
+        assert c.local.load(CALL_ID) is None
+    finally:
+        await c.calls.redis.aclose()
