@@ -29,6 +29,11 @@ def test_a_sigkilled_daemon_resumes_the_orchestrator_with_no_child_twice(tmp: Pa
         task_id = r.stdout.strip()
         wait_until(lambda: marker.exists() and len(counted(count)) == 20, 30,
                    "20 children spawned and run")
+        # a leaf appends to `count` before it answers: the kill must come after the
+        # daemon has kept the 20 answers, else the 20th is lost with its daemon (no retry)
+        wait_until(lambda: len(d.json("tasks", "--agent", "leaf", "--status", "succeeded",
+                                      "--limit", "100")["tasks"]) == 20, 30,
+                   "the 20 children's answers kept")
         assert d.proc is not None
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(10)
