@@ -43,29 +43,30 @@ async def _rounds(sup: Supervisor, n: int) -> None:
 
 async def test_a_parked_worker_is_looked_at_at_the_fleets_rate(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    # one replica at a quarter of a look a second: as a fleet of 4 s of looks
-    budget(monkeypatch, 0.25)
-    sup.add(agent("quiet"))
+    # one replica at half a look a second: as a fleet of 2 s of looks, twice its 1 s
+    # heartbeat timeout (a parked worker's silence past its timeout is not a hang)
+    budget(monkeypatch, 0.5)
+    sup.add(agent("quiet", heartbeat_timeout=1.0))
     r = await sup.wait_state("quiet", State.READY)
     await _rounds(sup, 2)
-    assert sup.heartbeat_work.look_every == 4.0
+    assert sup.heartbeat_work.look_every == 2.0
     parked = sup.heartbeat_work.parked
-    await _rounds(sup, 30)  # 0.1 s rounds: 3 s of silence, looked at every 4 s
+    await _rounds(sup, 15)  # 0.1 s rounds: 1.5 s of silence, looked at every 2 s
     assert sup.heartbeat_work.parked - parked <= 1
-    await _rounds(sup, 60)
+    await _rounds(sup, 30)
     assert 1 <= sup.heartbeat_work.parked - parked <= 3
     assert r.state == State.READY and r.restarts == 0
     # work given between two looks is answered, and nothing is taken for a hang
     for i in range(3):
         assert (await sup.tasks.run("quiet", {"i": i})).status == "succeeded"
-        await _rounds(sup, 12)
+        await _rounds(sup, 6)
     assert r.machine.takes_work and r.restarts == 0
 
 
 async def test_a_worker_stopped_after_its_look_is_found_hung_at_its_turn(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    budget(monkeypatch, 0.25)
-    sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0))
+    budget(monkeypatch, 0.5)
+    sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0, heartbeat_timeout=1.0))
     r = await sup.wait_state("frozen", State.READY)
     parked = sup.heartbeat_work.parked
     while sup.heartbeat_work.parked == parked:
@@ -73,13 +74,13 @@ async def test_a_worker_stopped_after_its_look_is_found_hung_at_its_turn(
     assert r.pid is not None
     os.kill(r.pid, signal.SIGSTOP)  # after a look found it parked: unseen till its turn
     await sup.wait_state("frozen", State.BACKOFF, timeout=20)
-    assert r.last_exit == "hung: no heartbeat for 2 s"
+    assert r.last_exit == "hung: no heartbeat for 1 s"
 
 
 async def test_a_task_given_to_a_parked_worker_that_stopped_is_found_hung(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
     budget(monkeypatch, 0.02)  # a look every 50 s
-    sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0))
+    sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0, heartbeat_timeout=1.0))
     r = await sup.wait_state("frozen", State.READY)
     parked = sup.heartbeat_work.parked
     while sup.heartbeat_work.parked == parked:
@@ -90,8 +91,8 @@ async def test_a_task_given_to_a_parked_worker_that_stopped_is_found_hung(
     t0 = loop.time()
     task = sup.tasks.submit("frozen", {"do": "echo"})
     await sup.wait_state("frozen", State.BACKOFF, timeout=20)
-    # watched from when the task was given (2 s heartbeat timeout), not at the next look
+    # watched from when the task was given (1 s heartbeat timeout), not at the next look
     assert loop.time() - t0 < 10
-    assert r.last_exit == "hung: no heartbeat for 2 s"
+    assert r.last_exit == "hung: no heartbeat for 1 s"
     await asyncio.wait_for(asyncio.shield(task.done), 10)
     assert task.status == "lost"
