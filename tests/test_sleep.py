@@ -150,8 +150,9 @@ async def test_an_agent_held_by_a_budget_sleeps_and_stays_asleep_until_the_budge
         got = decisions(s)
         s.add(agent("thrifty", "misbehave.py", tokens_per_minute=25_000, autoscale=SLEEPY))
         await s.wait_state("thrifty", State.READY)
-        # over the minute's budget until that usage leaves it, a few seconds from now
-        s.tasks.budgets.restore("thrifty", 30_000, 0.0, time.time() - 55.0)
+        # over the minute's budget until that usage leaves it, 3 s from now: past the
+        # sleep (idle_after 0.3 s, downscale_delay 0.2 s) and the 10 ticks below, loaded
+        s.tasks.budgets.restore("thrifty", 30_000, 0.0, time.time() - 57.0)
         task = s.tasks.submit("thrifty", {"do": "echo"})
         assert task.status == "queued" and "thrifty" in s.tasks.budgets.holding
         await got.until(lambda d: d.direction == "sleep", 15.0)
