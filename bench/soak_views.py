@@ -92,8 +92,9 @@ class Watch:
         for s in _strings(body):
             n += 1
             for o in others:
+                # the substring test first: the word's regex only where it could match
                 kind = ("id" if s in o else "mark" if o.mark in s
-                        else "tenant" if o.word.search(s) else None)
+                        else "tenant" if o.tenant in s and o.word.search(s) else None)
                 if kind is not None:
                     self._note(viewer, view, kind, s)
         with self._lock:
