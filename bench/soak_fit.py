@@ -8,6 +8,12 @@ an intercept per life, a common slope: growth while a daemon runs, never the dro
 restart); the files outlive the process, so theirs is one line over every sample. Both
 leave out each life's first `warmup` seconds, where a daemon that holds nothing yet fills
 its caches and its bounded stores (`journal_max_tasks`, `keep_spans`) to their bound.
+
+A sample also counts the daemon's processes below it (`agents`: its agents' replicas and
+whatever they run), which no gauge is: each replica holds about six of the daemon's fds,
+and `fit_beside` takes the fds' slope with the agents alive at each sample accounted
+for (the suite's short soak, tests/test_soak.py, whose few seconds of a life an agent
+more or less at a sample would otherwise sway).
 """
 
 from __future__ import annotations
@@ -99,7 +105,9 @@ def measure(pid: int, state_dir: Path) -> dict[str, float]:
         rss = p.memory_info().rss
         threads = p.num_threads()
         fds = p.num_fds()
+    agents = len(p.children(recursive=True))
     return {"rss_mib": rss / MIB, "fds": float(fds), "threads": float(threads),
+            "agents": float(agents),
             "state_db_mib": _sqlite_bytes(state_dir / "corral.db") / MIB,
             "trace_store_mib": _sqlite_bytes(state_dir / "traces.db") / MIB}
 
@@ -166,3 +174,43 @@ def fit(samples: list[Sample], gauge: Gauge, warmup: float) -> Slope | None:
     dof = max(1, n - len(resid) - 1)
     se = math.sqrt(ssr / dof / sxx)
     return Slope(b * 3600, se * 3600, n)
+
+
+def fit_beside(samples: list[Sample], gauge: Gauge, along: str, warmup: float
+               ) -> Slope | None:
+    """A gauge of the process's slope within each life, fitted beside another series
+    that sways it (`along`, e.g. the agents alive at each sample for the fds): one
+    least-squares plane, an intercept per life, a common slope in time and a common
+    coefficient of `along`. None with too few samples; the slope alone when `along`
+    never moved."""
+    groups: dict[int, list[Sample]] = {}
+    for s in samples:
+        if s.since_start >= warmup and along in s.values:
+            groups.setdefault(s.life, []).append(s)
+    rows: list[tuple[float, float, float]] = []  # (t, along, gauge), centred per life
+    used = 0
+    for group in groups.values():
+        if len(group) < 3:
+            continue
+        used += 1
+        mt = sum(s.t for s in group) / len(group)
+        mx = sum(s.values[along] for s in group) / len(group)
+        my = sum(s.values[gauge.key] for s in group) / len(group)
+        rows += [(s.t - mt, s.values[along] - mx, s.values[gauge.key] - my) for s in group]
+    stt = sum(t * t for t, _, _ in rows)
+    if len(rows) < 4 or stt == 0:
+        return None
+    stx = sum(t * x for t, x, _ in rows)
+    sxx = sum(x * x for _, x, _ in rows)
+    sty = sum(t * y for t, _, y in rows)
+    sxy = sum(x * y for _, x, y in rows)
+    det = stt * sxx - stx * stx
+    if sxx == 0 or det <= 1e-9 * stt * sxx:
+        b, k, var_b = sty / stt, 0.0, 1.0 / stt
+    else:
+        b = (sty * sxx - sxy * stx) / det
+        k = (sxy * stt - sty * stx) / det
+        var_b = sxx / det
+    ssr = sum((y - b * t - k * x) ** 2 for t, x, y in rows)
+    dof = max(1, len(rows) - used - 2)
+    return Slope(b * 3600, math.sqrt(ssr / dof * var_b) * 3600, len(rows))
