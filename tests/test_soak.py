@@ -208,3 +208,29 @@ def test_the_watch_sees_the_other_tenants_ids_mark_and_name_and_an_answered_prob
         ("globex", "POST /tasks", "mark")]
     assert acme.sample("task", 3, random.Random(0)) == [tid]
     assert Path(ROOT / "bench" / "soak_agent.py").exists()
+
+
+def test_the_fds_fitted_beside_the_agents_alive_read_a_leak_and_not_the_agents() -> None:
+    """fds that are 40 plus 6 per agent alive at the sample (0 to 2, at random) read flat
+    beside the agents however the agents fell, and an fd kept a second reads 3,600/h;
+    in each life apart (a restart's drop not growth)."""
+    rng = random.Random(7)
+    flat, leaking = [], []
+    for life in range(3):
+        for i in range(60):
+            t, since = life * 30.0 + i / 2, i / 2
+            agents = float(2 + rng.randrange(3))
+            fds = 40.0 + 6 * agents
+            flat.append(Sample(t, life, since, {"fds": fds, "agents": agents}))
+            leaking.append(Sample(t, life, since, {"fds": fds + since, "agents": agents}))
+    still = fit_beside(flat, GAUGE["fds"], "agents", warmup=10)
+    assert still is not None and still.per_hour == pytest.approx(0.0, abs=1e-6)
+    assert still.samples == 3 * 40
+    grows = fit_beside(leaking, GAUGE["fds"], "agents", warmup=10)
+    assert grows is not None and grows.per_hour == pytest.approx(3600.0)
+    # the agents never moved: the slope alone
+    same = [Sample(s.t, s.life, s.since_start, {"fds": 46.0 + s.since_start, "agents": 1.0})
+            for s in flat]
+    alone = fit_beside(same, GAUGE["fds"], "agents", warmup=10)
+    assert alone is not None and alone.per_hour == pytest.approx(3600.0)
+    assert fit_beside(flat[:12], GAUGE["fds"], "agents", warmup=10) is None  # too few
