@@ -15,6 +15,15 @@ fw_venv() {  # fw_venv DIR PACKAGE==VERSION...
             VIRTUAL_ENV="$PWD/$fw_dir" .venv/bin/uv pip install -q "$@" &&
             touch "$fw_stamp" || { rm -rf "$fw_dir"; return 1; }
     fi
+    # byte-compiled once here: uv installs no .pyc, and where PYTHONDONTWRITEBYTECODE is
+    # set an agent's every start compiled its framework again (half the CPU of a
+    # pydantic-ai start, paid twice by each recipe test); a venv of an earlier install
+    # is compiled at the next run (its own stamp)
+    if [ ! -e "$fw_dir/.corral-compiled" ]; then
+        # a file that does not compile is one no agent imports: not a failure here
+        .venv/bin/python -m compileall -q -j 0 "$fw_dir/lib" >/dev/null || true
+        touch "$fw_dir/.corral-compiled"
+    fi
 }
 # each call's failure ends the script (the one that sourced it too): run alone without
 # -e, a later install that succeeds would have made its status 0

@@ -22,6 +22,14 @@ import uvloop
 
 from corral.supervisor import AgentSpec, Supervisor
 
+# pytest keeps each test file's rewritten (assert-introspecting) byte-code in __pycache__,
+# but writes none where PYTHONDONTWRITEBYTECODE is set (this machine's shell sets it):
+# every run's every worker then rewrote and compiled all 250 test files again, two
+# thirds of a collection's CPU (bench/RESULTS.md, pytest's own overhead). Written from
+# here on, for this process only (the CLIs, daemons and workers it starts keep the
+# variable); the files conftest.py reaches before this line are few.
+sys.dont_write_bytecode = False
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 PY = sys.executable

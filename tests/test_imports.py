@@ -6,6 +6,7 @@ direction."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,12 @@ def imports(name: str, path: Path) -> Iterator[str]:
                 yield t
 
 
-GRAPH = {name: set(imports(name, path)) for name, path in MODULES.items()}
+@functools.cache
+def graph() -> dict[str, set[str]]:
+    """Each corral module's corral imports. Made by the first test that asks, not at
+    import: every pytest-xdist worker collects this file, and parsing all of corral was
+    a second of each worker's collection."""
+    return {name: set(imports(name, path)) for name, path in MODULES.items()}
 
 
 def cycles(nodes: set[str], edges: dict[str, set[str]]) -> list[list[str]]:
@@ -119,7 +125,7 @@ def package_of(module: str) -> str:
 
 def file_cycles(package: str, leave_out: frozenset[str] = frozenset()) -> list[list[str]]:
     nodes = {m for m in MODULES if m.startswith(f"corral.{package}.")} - leave_out
-    return cycles(nodes, GRAPH)
+    return cycles(nodes, graph())
 
 
 def test_the_supervisors_files_import_no_cycle() -> None:
@@ -148,7 +154,7 @@ def allowed(src: str) -> set[str]:
 
 def test_packages_import_along_the_design() -> None:
     wrong = set()
-    for mod, targets in GRAPH.items():
+    for mod, targets in graph().items():
         src = package_of(mod)
         for t in targets:
             dst = package_of(t)
