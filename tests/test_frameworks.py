@@ -16,6 +16,7 @@ attempt."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -175,3 +176,14 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
             assert under_attempts(f"chat {MODELS[RECIPES[framework][2]]}") == [
                 (1, False), (1, False), (1, False), (2, False), (2, False), (2, True),
                 (2, True), (2, True)]
+
+
+@pytest.mark.parametrize(("venv", "package"), [(".venv-frameworks", "pydantic_ai"),
+                                               (".venv-langgraph", "langchain_core")])
+def test_the_framework_venvs_are_byte_compiled(venv: str, package: str) -> None:
+    """scripts/frameworks.sh compiles them: uv installs no byte-code, and where
+    PYTHONDONTWRITEBYTECODE is set each recipe start compiled its framework again."""
+    inits = sorted((ROOT / venv / "lib").glob(f"python3*/site-packages/{package}/__init__.py"))
+    if not inits:
+        pytest.skip(f"{venv} is not installed (scripts/frameworks.sh)")
+    assert Path(importlib.util.cache_from_source(str(inits[0]))).is_file()

@@ -192,3 +192,10 @@ def test_the_participle_rule_tells_a_participle_from_a_role_noun() -> None:
             if not participle(n)] == []
     assert [n for n in ("Children", "Token", "Run", "StartResult", "TaskFinished",
                         "Takeover", "Step") if participle(n)] == []
+
+
+def test_pytest_keeps_the_test_files_rewritten_byte_code() -> None:
+    """tests/conftest.py lets pytest write it where PYTHONDONTWRITEBYTECODE is set: each
+    worker of each run rewrote and compiled every test file again."""
+    here = Path(__file__)
+    assert list((here.parent / "__pycache__").glob(f"{here.stem}.*-pytest-*.pyc"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -363,3 +364,15 @@ async def test_uv_is_pinned_where_test_sh_installs_it() -> None:
     assert shutil.which("uvx", path=str(UVX.parent)) == str(UVX)
     version = subprocess.run([str(UV), "--version"], capture_output=True, text=True).stdout
     assert version.startswith("uv 0.13.9")
+
+
+async def test_the_uvx_servers_environments_are_byte_compiled() -> None:
+    """scripts/mcp-servers.sh compiles them: uv installs no byte-code, and where
+    PYTHONDONTWRITEBYTECODE is set each server's start compiled its packages again
+    (async: the module's tests share its loop)."""
+    envs = sorted((ROOT / ".uv-cache" / "environments-v2").glob("*/*/lib"))
+    assert len(envs) == 4  # the three servers' and FastMCP 1.x's
+    for lib in envs:
+        inits = sorted(lib.glob("python3*/site-packages/mcp/__init__.py"))
+        assert len(inits) == 1, lib
+        assert Path(importlib.util.cache_from_source(str(inits[0]))).is_file(), lib
