@@ -19,8 +19,7 @@ from .test_daemon_cli import wait_until
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
 
 
-@pytest.fixture
-def daemon() -> Iterator[Daemon]:
+def fleet_daemon() -> Iterator[Daemon]:
     tmp = shared_tmpdir()
     (tmp / "mcp.json").write_text(json.dumps({"mcpServers": {"desk": {
         "command": PY, "args": [str(SCRIPTED), "v2025-06"]}}}))
@@ -43,6 +42,21 @@ tools = ["notes__*"]
 """
     with running_daemon(tmp, agents, extra=f'mcp_servers_file = "{tmp}/mcp.json"') as d:
         yield d
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    """A daemon of its own: for a test of its first state, of counts or of the audit's
+    order, or one that changes its servers."""
+    yield from fleet_daemon()
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Daemon]:
+    """One daemon for the tests that neither change its servers nor count what another
+    did (each boot of the fleet is ~1.5 s of CPU, the SDK's notes server's import most
+    of it): calls, listings, a big result, an agent added that only its test names."""
+    yield from fleet_daemon()
 
 
 def test_eager_server_is_ready_before_ready_1_and_lazy_is_not_started(daemon: Daemon) -> None:
@@ -107,19 +121,19 @@ def test_tools_show_their_arguments_and_describe_one() -> None:
         assert r.returncode == 2 and "tools are named SERVER__TOOL" in r.stderr
 
 
-def test_tools_call(daemon: Daemon) -> None:
-    r = daemon.cli("tools", "call", "notes__add", "--args", '{"title": "x", "text": "y"}')
+def test_tools_call(shared: Daemon) -> None:
+    r = shared.cli("tools", "call", "notes__add", "--args", '{"title": "x", "text": "y"}')
     assert (r.returncode, r.stdout) == (0, "stored x\n")
-    r = daemon.cli("tools", "call", "lazy__echo", "--args", '{"text": "hi"}', "--json")
+    r = shared.cli("tools", "call", "lazy__echo", "--args", '{"text": "hi"}', "--json")
     assert json.loads(r.stdout)["structuredContent"] == {"echo": "hi"}
-    r = daemon.cli("tools", "call", "notes__add", "--args", '{"title": 1}')
+    r = shared.cli("tools", "call", "notes__add", "--args", '{"title": 1}')
     assert r.returncode == 1  # isError from the server
-    r = daemon.cli("tools", "call", "notes__nope")
+    r = shared.cli("tools", "call", "notes__nope")
     assert (r.returncode, r.stderr) == (
         1, "corral: no such tool: notes__nope (MCP server notes has no tool nope)\n")
-    r = daemon.cli("tools", "call", "notes__add", "--args", "[1]")
+    r = shared.cli("tools", "call", "notes__add", "--args", "[1]")
     assert r.returncode == 2 and "must be a JSON object" in r.stderr
-    r = daemon.cli("tools", "call", "notes__add", "--args", "{bad")
+    r = shared.cli("tools", "call", "notes__add", "--args", "{bad")
     assert r.returncode == 2 and "not JSON" in r.stderr
 
 
@@ -156,32 +170,32 @@ def test_reload_applies_mcp_server_changes(daemon: Daemon) -> None:
     assert (r.returncode, r.stdout) == (0, "new\n")
 
 
-def test_resources_and_prompts_through_the_cli(daemon: Daemon) -> None:
-    listed = daemon.json("resources", "docs")
+def test_resources_and_prompts_through_the_cli(shared: Daemon) -> None:
+    listed = shared.json("resources", "docs")
     assert [(r["server"], r["uri"]) for r in listed["resources"]] == [
         ("docs", f"mem://doc/{i}") for i in range(3)]
     assert listed["resourceTemplates"][0]["uriTemplate"] == "mem://doc/{id}"
     assert listed["unavailable"] == {} and listed["failed"] == []
-    table = daemon.cli("resources").stdout.splitlines()
+    table = shared.cli("resources").stdout.splitlines()
     assert table[0].split() == ["SERVER", "URI", "NAME", "TYPE"]
     assert table[1].split() == ["docs", "mem://doc/0", "doc0", "text/plain"]
-    r = daemon.cli("resources", "read", "mem://doc/2")
+    r = shared.cli("resources", "read", "mem://doc/2")
     assert (r.returncode, r.stdout) == (0, "contents of mem://doc/2\n")
-    r = daemon.cli("resources", "docs", "read", "mem://gone")
+    r = shared.cli("resources", "docs", "read", "mem://gone")
     assert (r.returncode, r.stderr) == (1, "corral: Resource not found: mem://gone\n")
-    assert daemon.json("resources", "--agent", "researcher")["resources"] == []
-    prompts = daemon.json("prompts")["prompts"]
+    assert shared.json("resources", "--agent", "researcher")["resources"] == []
+    prompts = shared.json("prompts")["prompts"]
     assert [p["name"] for p in prompts] == ["docs__greet"]
-    r = daemon.cli("prompts", "get", "docs__greet", "--args", '{"who": "Ada"}')
+    r = shared.cli("prompts", "get", "docs__greet", "--args", '{"who": "Ada"}')
     assert (r.returncode, r.stdout) == (0, "[user] Say hello to Ada\n")
-    r = daemon.cli("prompts", "get", "docs__greet", "--args", "[]")
+    r = shared.cli("prompts", "get", "docs__greet", "--args", "[]")
     assert r.returncode == 2 and "must be a JSON object" in r.stderr
 
 
-def test_a_34_mb_tool_result_reaches_the_cli(daemon: Daemon) -> None:
+def test_a_34_mb_tool_result_reaches_the_cli(shared: Daemon) -> None:
     # over the workers' 16 MiB line and the control socket's 32 MiB reply backlog: an
     # MCP server may send up to max_message_mb (64), and the CLI asked for it
-    r = daemon.cli("tools", "call", "docs__big", "--args", '{"mb": 34}', timeout=120)
+    r = shared.cli("tools", "call", "docs__big", "--args", '{"mb": 34}', timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout) == 34 * 1048576 + 1 and r.stdout.startswith("xxx")
 
@@ -277,20 +291,20 @@ max_restarts = 0
 
 
 def test_status_of_named_agents_has_no_mcp_table_tools_says_why_empty_and_stats_rounds(
-        daemon: Daemon) -> None:
-    assert "\nSERVER " in daemon.cli("status").stdout
-    named = daemon.cli("status", "researcher").stdout
+        shared: Daemon) -> None:
+    assert "\nSERVER " in shared.cli("status").stdout
+    named = shared.cli("status", "researcher").stdout
     assert named.startswith("AGENT ") and "SERVER" not in named
-    r = daemon.cli("add", "--name", "bare", "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]),
+    r = shared.cli("add", "--name", "bare", "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]),
                    "--env", f"PYTHONPATH={ROOT}")
     assert r.returncode == 0, r.stderr
-    r = daemon.cli("tools", "--agent", "bare")
+    r = shared.cli("tools", "--agent", "bare")
     assert r.stdout == "no tools: agent bare has an empty allowlist (its `tools` key)\n"
-    wait_until(lambda: daemon.status().get("bare#0", {}).get("state") == "ready",
+    wait_until(lambda: shared.status().get("bare#0", {}).get("state") == "ready",
                what="bare ready")
     for _ in range(3):
-        assert daemon.cli("run", "bare", "--input", '{"name": "x"}').returncode == 0
-    row = next(ln for ln in daemon.cli("stats").stdout.splitlines() if ln.startswith("bare "))
+        assert shared.cli("run", "bare", "--input", '{"name": "x"}').returncode == 0
+    row = next(ln for ln in shared.cli("stats").stdout.splitlines() if ln.startswith("bare "))
     latency = row.split()[-1]
     # p50/p95/p99 in ms as people read them: 0.42, 12.3, 5764, never 216.093
     assert re.fullmatch(r"\d+(\.\d{1,2})?/\d+(\.\d{1,2})?/\d+(\.\d{1,2})?", latency), row

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
-import schemathesis
-from schemathesis.checks import CHECKS, load_all_checks
-from schemathesis.config._auth import AuthConfig
+
+if TYPE_CHECKING:
+    import schemathesis
 
 from corral.methods import REGISTRY
 
@@ -106,7 +106,13 @@ async def cli(sock: Path, *args: str) -> tuple[int, str, str]:
 
 def run(url: str, token: str) -> list[str]:
     """Every operation through schemathesis; what failed, one entry per operation and
-    mode."""
+    mode. schemathesis is imported here, not at collection (which every pytest-xdist
+    worker makes: its import was a third of a collection's CPU; pyproject's addopts
+    keep its pytest plugin, which this file does not use, from loading it too)."""
+    import schemathesis
+    from schemathesis.checks import CHECKS, load_all_checks
+    from schemathesis.config._auth import AuthConfig
+
     load_all_checks()
     checks: list[Any] = list(CHECKS.get_all())
     schema = schemathesis.openapi.from_url(url + "/api/v1/openapi.json")
@@ -136,7 +142,7 @@ def run(url: str, token: str) -> list[str]:
                                  phases=[hypothesis.Phase.explicit,
                                          hypothesis.Phase.generate])
             @hypothesis.given(case=op.as_strategy(generation_mode=mode))
-            def test(case: schemathesis.Case) -> None:
+            def test(case: Any) -> None:  # a schemathesis.Case
                 case.call_and_validate(base_url=url, checks=these, timeout=30)  # noqa: B023
 
             try:
