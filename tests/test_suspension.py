@@ -12,6 +12,8 @@ Real processes: the daemon (a subprocess, SIGKILLed in one test), SDK workers
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import signal
 import textwrap
@@ -25,9 +27,12 @@ import pytest
 
 from corral import jsonrpc
 from corral.cli.client import CallFailed, Client
+from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, Decision
+from corral.supervisor.tasks.model import AttemptEnded
+from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 HERE = Path(__file__).parent
@@ -450,3 +455,82 @@ def test_a_compact_suspended_tasks_agent_removed_ends_it_and_withdraws_its_ask(
     assert compact(d) == 0
     wait_until(lambda: d.ask("approvals.get", {"id": ask["id"]})["end"] == "withdrawn", 30,
                "its ask withdrawn")
+
+
+def _left(o: object) -> str | None:
+    """What a garbage object of the suspension's path is, or None."""
+    if isinstance(o, jsonrpc.RpcError):
+        return f"RpcError: {o.message}"
+    code = getattr(o, "f_code", None) or getattr(o, "__code__", None)
+    if code is not None and "corral/supervisor/tasks/" in code.co_filename:
+        return f"{type(o).__name__} {code.co_qualname}"
+    return None
+
+
+async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
+        tmp_path: Path) -> None:
+    """What the suspended tasks' attempts held is freed as they are suspended, not left in
+    cycles until a full collection, which comes rarely (issue 55: 10,000 suspended at once
+    left 290,000 such objects, 2 KB a task): the held call's error and its frames (the
+    current task kept by a local of the frame the error holds), and the stopped attempt's
+    cancel-grace timer (a closure that rescheduled itself). Then the wave's trim comes."""
+    n = 5
+    agents = textwrap.dedent(f"""
+        [agents.held]
+        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        suspend_after = {SUSPEND_AFTER}
+        cancel_grace = 0.2
+        max_concurrent_tasks = {n}
+    """)
+    async with in_process(tmp_path, agents, supervisor="manual_clock = true") as d:
+        tasks = d.sup.tasks
+        made: asyncio.Queue[Ask] = asyncio.Queue()
+        tasks.stream.subscribe(lambda e: made.put_nowait(e.ask) if e.ask.pending else None,
+                               AskEnded)
+        running = [asyncio.ensure_future(tasks.run("held", {"prompt": f"#{i}?"},
+                                                    TaskOptions(timeout=3600)))
+                   for i in range(n)]
+        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+        for ask in asks:
+            while (await tasks.info(ask.task_id)).status != "waiting":
+                await asyncio.sleep(0.01)
+        trims = tasks.memory.trims
+        ended: set[str] = set()  # the suspended tasks whose stopped attempt ended
+        ended_one = asyncio.Event()
+
+        def attempt_ended(e: AttemptEnded) -> None:
+            if e.task.suspended:
+                ended.add(e.task.id)
+                ended_one.set()
+
+        tasks.stream.subscribe(attempt_ended, AttemptEnded)
+        gc.collect()
+        gc.disable()  # the suspensions' garbage stays for the test to see
+        try:
+            tasks.clock.advance(600)
+            while len(ended) < n:
+                await asyncio.wait_for(ended_one.wait(), 30)
+                ended_one.clear()
+            # after every stopped attempt's cancel-grace timer (armed before this one)
+            await asyncio.sleep(0.2)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = sorted({w for o in gc.garbage if (w := _left(o)) is not None})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert left == []
+        # the wave settled: what its attempts held goes back to the system a moment later
+        async def trimmed() -> None:
+            while tasks.memory.trims == trims:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(trimmed(), 10)  # (TRIM_DELAY is 1 s)
+        for ask in asks:
+            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                              ask.subject["prompt"]))
+        done = await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
+            sorted(("succeeded", f"#{i}?", 2) for i in range(n))

@@ -54,6 +54,15 @@ class Releaser:
             self._loop = asyncio.get_running_loop()
             self._timer = self._loop.call_later(TRIM_DELAY, self.trim)
 
+    def settled(self, nbytes: int) -> None:
+        """A wave of work held at once has ended, `nbytes` of it let go (an estimate): a
+        trim within TRIM_DELAY whatever the amount, so that what a burst left free goes
+        back once it is over rather than at the next 4 MiB."""
+        self.let_go(nbytes)
+        if self._timer is None and self.released:
+            self._loop = asyncio.get_running_loop()
+            self._timer = self._loop.call_later(TRIM_DELAY, self.trim)
+
     def trim(self) -> None:
         self._timer = None
         self.released = 0

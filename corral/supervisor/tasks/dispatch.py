@@ -333,18 +333,24 @@ class TaskDispatch:
             r.peer.notify("task/cancel", {"task_id": task_id})
 
         grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
-        loop = asyncio.get_running_loop()
+        # the timer's arguments, not a closure: a closure that schedules itself is a
+        # cycle (its cell holds it), garbage until a full collection, thousands of them
+        # after a wave of suspensions (bench/RESULTS.md, "cycles left by a suspension")
+        asyncio.get_running_loop().call_later(grace, _stopped_in_time, task_id, r, attempt,
+                                              why, grace)
 
-        def check() -> None:
-            if attempt.finished is not None:
-                return
-            if r.machine.paused:  # it cannot read the cancel: its grace is after
-                loop.call_later(grace, check)
-            elif r.machine.takes_work:
-                r.take_down(f"hung: task {task_id} {why}, and did not stop within "
-                            f"{grace:g} s of task/cancel", graceful=False)
 
-        loop.call_later(grace, check)
+def _stopped_in_time(task_id: str, r: Replica, attempt: Attempt, why: str,
+                     grace: float) -> None:
+    """A stopped attempt's grace is over: its worker, when it has not ended it, is hung."""
+    if attempt.finished is not None:
+        return
+    if r.machine.paused:  # it cannot read the cancel: its grace is after
+        asyncio.get_running_loop().call_later(grace, _stopped_in_time, task_id, r, attempt,
+                                              why, grace)
+    elif r.machine.takes_work:
+        r.take_down(f"hung: task {task_id} {why}, and did not stop within "
+                    f"{grace:g} s of task/cancel", graceful=False)
 
 
 class _Run(msgspec.Struct):

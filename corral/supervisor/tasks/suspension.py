@@ -44,6 +44,7 @@ from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
 
 if TYPE_CHECKING:
+    from ..memory import Releaser
     from ..stream import Stream
     from .dispatch import TaskDispatch
     from .durable import TaskJournal
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.tasks")
 REREAD = 1.0  # seconds: a record Redis did not answer for is read again after
+# what a suspended task's attempt held while it ran and asked, let go once it settled
+# (bench/RESULTS.md, "what a running attempt holds once it asked": 4.8 KB)
+ATTEMPT_BYTES = 4096
 
 
 class SuspendingEngine(Protocol):
@@ -60,6 +64,7 @@ class SuspendingEngine(Protocol):
     inbox: Inbox
     dispatch: TaskDispatch
     stream: Stream
+    memory: Releaser
 
     @property
     def journal(self) -> TaskJournal | None: ...
@@ -157,9 +162,9 @@ class Suspensions:
         try:
             ask = await asked
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if held is not None and held.gone and asked.cancelled() and not (
-                    current and current.cancelling()):
+            # (no local holds the current task: the error raised holds this frame, and
+            # the task the error, a cycle left for a full collection)
+            if held is not None and held.gone and asked.cancelled() and not _cancelling():
                 raise _suspended_call(task) from None
             raise
         finally:
@@ -302,6 +307,8 @@ class Suspensions:
         kept compact, when nothing but the engine holds its Task and what it asked is
         pending (a session's turn, a traced task, one someone waits on stay whole). A
         cluster's task is let go: the cluster keeps it, and queues it again."""
+        # what the attempt held goes back to the system once the wave of them is over
+        self.engine.memory.settled(ATTEMPT_BYTES)
         if not task.journal_here:
             if task.suspended and self.engine.active.get(task.id) is task:
                 del self.engine.active[task.id]
@@ -373,6 +380,12 @@ class Suspensions:
         task.fire(TaskCause.RESUME)
         self.resumed += 1
         return True
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (not only its wait)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
 
 
 def _suspended_call(task: Task) -> RpcError:
