@@ -6,7 +6,8 @@ journal (the counting server sees each once), the question its answer, the held 
 approval. The waits are measured by a clock the test moves (`corral clock --advance`,
 [supervisor] manual_clock): ten minutes of waiting in no time.
 
-Real processes: the daemon (a subprocess, SIGKILLed in one test), SDK workers
+Real processes: the daemon (a subprocess, SIGKILLed in one test; in this test's loop in
+the one that looks for what a wave of suspensions leaves to the collector), SDK workers
 (tests/asking_agent.py), a real MCP server that counts its calls
 (tests/servers/counting_mcp.py)."""
 
