@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, cast
 
 import msgspec
@@ -648,6 +648,27 @@ class _Relay:
         asyncio.get_running_loop().call_soon(self._fn, None, exception)
 
 
+# the name of every task that handles a request of the other side: one string for all
+# (asyncio's own, "Task-N", is a string formatted and kept for each)
+REQUEST_TASK = "jsonrpc request"
+
+
+class _Handled:
+    """A request's handler ended: its Peer answers it. The done callback of the handler's
+    task, one small object where a closure over the peer and the id was three (a function,
+    its two cells and their tuple, ~300 bytes a request in flight; issue 55: a worker's
+    question to a person may be in flight for days)."""
+
+    __slots__ = ("peer", "rid")
+
+    def __init__(self, peer: Peer, rid: Id) -> None:
+        self.peer = peer
+        self.rid = rid
+
+    def __call__(self, task: asyncio.Future[Any]) -> None:
+        self.peer._finish(self.rid, task)
+
+
 Dispatch = Callable[[str, "Raw | UnsetType", "Peer"], Any]
 NotificationHandler = Callable[[str, "Raw | UnsetType", "Peer"], None]
 
@@ -1118,9 +1139,10 @@ class Peer:
             self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {describe(exc)}"))
             return
         if isinstance(result, Awaitable):
-            task = asyncio.ensure_future(result)
+            task = asyncio.get_running_loop().create_task(result, name=REQUEST_TASK) \
+                if isinstance(result, Coroutine) else asyncio.ensure_future(result)
             self._incoming[rid] = task
-            task.add_done_callback(lambda t: self._finish(rid, t))
+            task.add_done_callback(_Handled(self, rid))
         else:
             self.send_message(Response(rid, result))
 
