@@ -8,7 +8,9 @@ stdout; the other end writes `--requests` requests whose handler waits on one fu
 count of what was allocated since before they were written, per request, and what of
 it the handler's own coroutine is (the same on either side of a change to the Peer);
 then the future is set and every answer read back, so the run also checks that each
-request was answered once.
+request was answered once. Then the CPU a request costs this process (both ends: writing
+it, the Peer's handling, its answer read back) for `--timed` requests whose handler
+answers at once, 256 in flight, without tracemalloc.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gc
 import json
 import socket
 import statistics
+import time
 import tracemalloc
 from typing import Any
 
@@ -91,6 +94,44 @@ async def one_run(n: int) -> dict[str, float]:
     return {"bytes_per_request": held / n, "coroutine": coroutine / n}
 
 
+async def timed_run(n: int) -> float:
+    """CPU microseconds a request, both ends, for `n` requests answered at once."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+
+    async def answers(params: Any) -> int:
+        return 1
+
+    def dispatch(method: str, params: Any, peer: Peer) -> Any:
+        return answers(params)
+
+    peer: Peer | None = None
+
+    def line(data: bytes) -> None:
+        assert peer is not None
+        peer.feed_line(data)
+
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: LineProtocol(line, lambda exc: None), ours)
+    peer = Peer("bench", transport.write, dispatch=dispatch)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    window = 256
+    lines = [encode(Request("task/ask", i + 1, {"prompt": "?"})) for i in range(n)]
+    start = time.process_time()
+    writer.write(b"".join(lines[:window]))
+    sent = window
+    for _ in range(n):
+        await reader.readline()
+        if sent < n:
+            writer.write(lines[sent])
+            sent += 1
+    cpu = time.process_time() - start
+    writer.close()
+    transport.close()
+    await asyncio.sleep(0)
+    return cpu / n * 1e6
+
+
 SHOW = False
 
 
@@ -99,16 +140,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--timed", type=int, default=20000)
     ap.add_argument("--show", action="store_true", help="where the bytes were allocated")
     args = ap.parse_args()
     SHOW = args.show
     runs = [uvloop.run(one_run(args.requests)) for _ in range(args.runs)]
     held = [r["bytes_per_request"] for r in runs]
+    cpu = [uvloop.run(timed_run(args.timed)) for _ in range(args.runs)]
     print(msgspec.json.encode({
         "requests": args.requests, "runs": [round(r) for r in held],
         "bytes_per_request": round(statistics.median(held)),
         "of_which_the_handler_coroutine": round(statistics.median(
-            r["coroutine"] for r in runs))}).decode())
+            r["coroutine"] for r in runs)),
+        "cpu_us_per_request": round(statistics.median(cpu), 2),
+        "cpu_runs": [round(c, 2) for c in cpu]}).decode())
 
 
 if __name__ == "__main__":
