@@ -653,7 +653,7 @@ class _Relay:
 REQUEST_TASK = "jsonrpc request"
 
 
-class _Handled:
+class _Answerer:
     """A request's handler ended: its Peer answers it. The done callback of the handler's
     task, one small object where a closure over the peer and the id was three (a function,
     its two cells and their tuple, ~300 bytes a request in flight; issue 55: a worker's
@@ -1142,7 +1142,7 @@ class Peer:
             task = asyncio.get_running_loop().create_task(result, name=REQUEST_TASK) \
                 if isinstance(result, Coroutine) else asyncio.ensure_future(result)
             self._incoming[rid] = task
-            task.add_done_callback(_Handled(self, rid))
+            task.add_done_callback(_Answerer(self, rid))
         else:
             self.send_message(Response(rid, result))
 
