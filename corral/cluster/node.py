@@ -255,7 +255,8 @@ class ClusterNode:
                         self.host.stream.emit(handover)
                     await self.retention.step(streams)
                     await self._drain_step()
-                    if self._beats % redischeck.CHECK_BEATS == 0:
+                    short = self.scripts.acks is not None and self.scripts.acks.fell_short()
+                    if short or self._beats % redischeck.CHECK_BEATS == 0:
                         await self._check_redis()
                     self._beats += 1
                 except RedisError as exc:

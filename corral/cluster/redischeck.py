@@ -3,7 +3,9 @@ AOF on, `appendfsync` everysec or always, `maxmemory-policy noeviction`, and the
 `ack_replicas` counts on. A Redis that loses or evicts writes loses acknowledged tasks,
 outcomes or a node's liveness without a word, and one short of replicas acknowledges
 nothing; a node says so when it joins and whenever the answer changes (CONFIG and INFO
-are read again every CHECK_BEATS beats: an operator may change them live)."""
+are read again every CHECK_BEATS beats, an operator may change them live, and at the
+next beat after a write its replicas did not confirm: the refusals' reason is said
+when they start)."""
 
 from __future__ import annotations
 

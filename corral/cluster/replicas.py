@@ -32,6 +32,7 @@ class Acks:
         self.replicas = replicas
         self.timeout = timeout
         self.marker = marker  # Keys.acks
+        self.short = False  # a confirmation fell short since `fell_short` last answered
 
     def ask(self, pipe: Any) -> None:
         """The pipeline's last two commands: the marker's write, then WAIT."""
@@ -43,12 +44,21 @@ class Acks:
         replicas that confirmed) falls short, or the marker's write failed."""
         *calls, marked, confirmed = answers
         if isinstance(marked, Exception):
+            self.short = True
             raise UnconfirmedWrite(f"the write that WAIT confirms was refused ({marked})")
         if isinstance(confirmed, Exception) or int(confirmed) < self.replicas:
             got = confirmed if not isinstance(confirmed, Exception) else 0
+            self.short = True
             raise UnconfirmedWrite(f"{got} of the {self.replicas} replicas ack_replicas asks "
                                    f"for confirmed it within {self.timeout:g} s (ack_timeout)")
         return calls
+
+    def fell_short(self) -> bool:
+        """Whether a write went unconfirmed since the last time this was asked: the node
+        reads Redis's replicas again at its next beat, not up to CHECK_BEATS later (the
+        operator is told why writes are refused as soon as they are)."""
+        short, self.short = self.short, False
+        return short
 
 
 def acks_of(settings: ClusterSettings, marker: str) -> Acks | None:

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis as redispy
 import redis.asyncio
 
-from corral.cluster.redischeck import replicas_short
+from corral.cluster.redischeck import CHECK_BEATS, replicas_short
 from corral.cluster.replicas import Acks, UnconfirmedWrite
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings, ConfigError
@@ -104,15 +105,19 @@ def linked(server: RedisServer, replicas: int) -> bool:
 
 
 @contextlib.contextmanager
-def replicated(tmp: Path, count: int) -> Iterator[tuple[RedisServer, list[RedisServer]]]:
+def replicated(tmp: Path, count: int, appendfsync: str = "everysec"
+               ) -> Iterator[tuple[RedisServer, list[RedisServer]]]:
     """A primary and `count` replicas of it, in sync, each killed by pid after."""
-    primary = RedisServer(tmp / "primary").start()
+    # Redis 7 waits 5 s (repl-diskless-sync-delay) for more replicas before it streams
+    # its data to one that (re)connects: at each start, at a replica's return and after
+    # a failover; the tests' replicas come one at a time or all at once
+    sync = ("--repl-diskless-sync-delay", "0")
+    primary = RedisServer(tmp / "primary", appendfsync=appendfsync, args=sync).start()
     replicas: list[RedisServer] = []
     try:
         for i in range(count):
-            replicas.append(RedisServer(
-                tmp / f"replica{i}", args=("--replicaof", "127.0.0.1", str(primary.port))
-            ).start())
+            replicas.append(RedisServer(tmp / f"replica{i}", args=(
+                *sync, "--replicaof", "127.0.0.1", str(primary.port))).start())
         wait_until(lambda: linked(primary, count), what="replicas in sync")
         yield primary, replicas
     finally:
@@ -248,12 +253,22 @@ def test_the_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged
             assert run(a, "sleepy", {"do": "sleep", "seconds": 0})["status"] == "succeeded"
 
 
+# a beat at which a node's periodic reads of Redis's settings (CHECK_BEATS beats apart)
+# are 15 s apart: longer than a loaded machine takes to start a node and refuse a write
+SLOW_BEAT = 0.5
+
+
 def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) -> None:
-    with replicated(tmp, 1) as (primary, [replica]), \
-            nodes(tmp, primary, {"a": sleeper("sleepy", concurrency=2)},
+    with replicated(tmp, 1, appendfsync="no") as (primary, [replica]), \
+            nodes(tmp, primary, {"a": sleeper("sleepy", concurrency=2)}, beat=SLOW_BEAT,
                   extra="ack_replicas = 1\nack_timeout = 0.5\n") as ns:
         a = ns["a"]
         wait_until(lambda: a.nodes()["nodes"][0]["alive"], what="node a alive")
+        # the node read Redis's settings at its first beat (appendfsync no is said):
+        # the next periodic read is CHECK_BEATS beats later
+        wait_until(lambda: a.call("stats.get")["cluster"]["redis_warnings"] == [
+            "Redis's appendfsync is no: a crash of its host may lose acknowledged tasks; "
+            "set everysec or always"], what="the node's first reading of Redis's settings")
         assert run(a, "sleepy", {"do": "sleep", "seconds": 0})["status"] == "succeeded"
         running = a.call("tasks.submit", {"agent": "sleepy",
                                           "input": {"do": "sleep", "seconds": 3}})["task_id"]
@@ -279,6 +294,10 @@ def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) ->
                  "are refused, outcomes wait)")
         wait_until(lambda: short in a.call("stats.get")["cluster"]["redis_warnings"],
                    timeout=30, what="the warning that no replica confirms")
+        # said at the beat after the refusal, not at the next periodic read
+        assert a.proc is not None
+        since = time.time() - psutil.Process(a.proc.pid).create_time()
+        assert since < CHECK_BEATS * SLOW_BEAT, f"said {since:.1f} s after the node started"
         replica.start()
         wait_until(lambda: a.call("stats.get")["cluster"]["outbox"] == 0,
                    timeout=30, what="the outcome confirmed once the replica is back")
