@@ -128,6 +128,16 @@ class _Connection(RequestHandler):
             self._manager.refusals.refused(status, request.remote, exc)
         return super().handle_error(request, status, exc, message)
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        # With no request in progress the connection's task is idle or reading the rest
+        # of a body its answer was sent without (aiohttp's lingering read, 10 s, so that
+        # a client still sending sees the answer rather than a reset): nothing is served
+        # by waiting, and a daemon stopping after a large body was refused waited the
+        # whole 10 s (its teardown's step deadline) for it
+        if not self._request_in_progress and self._task_handler is not None:
+            self._task_handler.cancel()
+        await super().shutdown(timeout)
+
     def log_exception(self, *args: Any, **kw: Any) -> None:
         if isinstance(kw.get("exc_info"), HttpProcessingError):
             return  # a refused request: told by handle_error, in one line
