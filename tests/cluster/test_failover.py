@@ -263,7 +263,8 @@ def test_a_write_no_replica_confirms_is_not_acknowledged_and_waits(tmp: Path) ->
             nodes(tmp, primary, {"a": sleeper("sleepy", concurrency=2)}, beat=SLOW_BEAT,
                   extra="ack_replicas = 1\nack_timeout = 0.5\n") as ns:
         a = ns["a"]
-        wait_until(lambda: a.nodes()["nodes"][0]["alive"], what="node a alive")
+        # (listed once its first beat is in Redis: at 0.5 s, after READY on a loaded host)
+        wait_until(lambda: any(n["alive"] for n in a.nodes()["nodes"]), what="node a alive")
         # the node read Redis's settings at its first beat (appendfsync no is said):
         # the next periodic read is CHECK_BEATS beats later
         wait_until(lambda: a.call("stats.get")["cluster"]["redis_warnings"] == [
