@@ -487,13 +487,10 @@ class ClusterCalls:
     async def orphans(self) -> list[CallHandover]:
         """The calls running under a dead incarnation's lease, taken by this node and
         copied into its journal: each to be driven on from its rows by its kind's
-        planner. (None while this node is no member. Until Redis has answered for a TTL
-        and a beat, only this incarnation's own calls, whose drivers stopped when Redis
-        did not answer: a missing liveness key may be a node yet to beat again, but
-        this node's holding needs no judging.)"""
-        if not self.membership.member:
+        planner. (None while this node is no member, or Redis has not answered for a
+        TTL and a beat: a missing liveness key may be a node yet to beat again.)"""
+        if not self.membership.member or not self.membership.settled():
             return []
-        settled = self.membership.settled()
         ids = [i.decode() for i in await read(
             lambda: self.redis.zrange(self.keys.calls_running, 0, -1))]
         ids = [i for i in ids if i not in self.leases]
@@ -511,8 +508,7 @@ class ClusterCalls:
         me = self.membership.consumer
         taken = []
         for call_id, holder in holders.items():
-            # (this node's own: its driver stopped)
-            if holder != me and (holder in alive or not settled):
+            if holder in alive and holder != me:  # (this node's own: its driver stopped)
                 continue
             try:
                 record = await self.fetch(call_id)

@@ -374,9 +374,6 @@ def test_bad_failover_keys_are_refused_naming_the_key(tmp: Path, table: str,
     assert message in str(got.value)
 
 
-TTL = 10.0  # a node's: longer than a failover takes, so that no node is fenced
-
-
 def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
         tmp: Path) -> None:
     """A workflow run's record and rows are acknowledged as tasks are (a replica has them
@@ -392,7 +389,7 @@ def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
         for name in ("a", "b"):
             (tmp / name).mkdir()
             fleet[name] = agent_toml(tmp / name, replicas=2) + SLOW
-        with nodes(tmp, primary, fleet, ttl=TTL, beat=1.0,
+        with nodes(tmp, primary, fleet, ttl=10.0, beat=1.0,
                    extra=f"sentinels = [{addresses}]\n"
                          f'sentinel_master = "{MASTER}"\n') as ns:
             a = ns["a"]
@@ -404,17 +401,12 @@ def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
                 "dir": str(marks)}})["run_id"]
             wait_until(lambda: any(k.startswith("each") for k in _marks(marks)),
                        timeout=60, what="the map under way")
-            killed = time.monotonic()
             primary.kill()
             wait_until(lambda: all(s.primary() not in (None, primary.port) for s in watch),
                        timeout=60, what="the Sentinels promoting a replica")
             view = wait_until(lambda: (v := a.call("runs.get", {"run_id": run_id}))[
                 "status"] != "running" and v, timeout=120, what="the run's end")
             assert view["status"] == "succeeded", view
-            # its node took its own run back once Redis answered: not a TTL and a beat
-            # later, as it would a dead node's (then it ended after down-after + 11 s)
-            took = time.monotonic() - killed
-            assert took < TTL + 1.0, f"the run ended {took:.1f} s after the kill"
             assert view["output"] == sum(i * i for i in range(6))
             rows = {(s["step"], s["item"]): s["task_id"] for s in view["steps"]}
             marked = _marks(marks)
