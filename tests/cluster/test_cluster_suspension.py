@@ -242,7 +242,7 @@ def test_a_suspension_redis_took_unconfirmed_gives_the_attempt_back_its_call_onc
             nodes(tmp, primary, {"a": agents}, supervisor=CLOCK,
                   extra="ack_replicas = 1\nack_timeout = 0.5\n") as ns:
         a = ns["a"]
-        wait_until(lambda: a.nodes()["nodes"][0]["alive"], 30, "node a alive")
+        wait_until(lambda: any(n["alive"] for n in a.nodes()["nodes"]), 30, "node a alive")
         task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(9)})["task_id"]
         [ask] = wait_until(lambda: pending(a), 30, "its ask")
         wait_until(lambda: a.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
@@ -305,7 +305,7 @@ def test_a_suspension_unconfirmed_is_read_again_while_redis_is_away_then_found_t
         with nodes(tmp, primary, {"a": agents}, ttl=30.0, supervisor=CLOCK,
                    extra="ack_replicas = 1\nack_timeout = 20\n") as ns:
             a = ns["a"]
-            wait_until(lambda: a.nodes()["nodes"][0]["alive"], 30, "node a alive")
+            wait_until(lambda: any(n["alive"] for n in a.nodes()["nodes"]), 30, "node a alive")
             task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(9)}
                              )["task_id"]
             [ask] = wait_until(lambda: pending(a), 30, "its ask")

@@ -97,11 +97,16 @@ def linked(server: RedisServer, replicas: int) -> bool:
     c = redispy.Redis(port=server.port, decode_responses=True, socket_timeout=2)
     try:
         info = c.info("replication")
+        online = [v for k, v in info.items() if k.startswith("slave")
+                  and isinstance(v, dict) and v.get("state") == "online"]
+        if info["role"] != "master" or len(online) < replicas:
+            return False
+        # "online" is said once the primary has sent its data; a replica still loading
+        # it confirms nothing yet: a write each of them confirms is the test of sync
+        c.set("test:linked", "1")
+        return int(c.execute_command("WAIT", replicas, 200)) >= replicas
     finally:
         c.close()
-    online = [v for k, v in info.items() if k.startswith("slave")
-              and isinstance(v, dict) and v.get("state") == "online"]
-    return info["role"] == "master" and len(online) >= replicas
 
 
 @contextlib.contextmanager
