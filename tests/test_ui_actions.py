@@ -531,7 +531,8 @@ backoff_initial = 0.05
             assert {span_id: cls for _, _, cls, _, _, span_id in drawn} == expected
             classes = {name: cls for name, _, cls, *_ in drawn}
             assert classes["tools/call slow"] == "bar slow"
-            assert classes["tools/call die"] == "bar failed"
+            # (marked slow as well when a loaded host made its failure slow: `expected`)
+            assert "failed" in classes["tools/call die"].split()
             assert classes["invoke_agent traced"] == classes["task/run traced"] == "bar"
             # the axis: the task's bar spans it; each bar where its span is in time
             t0 = min(s["start"] for s in spans)
