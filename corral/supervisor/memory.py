@@ -52,16 +52,20 @@ class Releaser:
         self.total += nbytes
         if self._timer is not None and self._loop is not None and self._loop.is_closed():
             self._timer = None  # its loop is gone (an embedding program's): it never runs
-        if self.released >= TRIM_AFTER and self._timer is None:
-            self._loop = asyncio.get_running_loop()
-            self._timer = self._loop.call_later(TRIM_DELAY, self.trim)
+        if self.released >= TRIM_AFTER:
+            self._arm()
 
     def settled(self, nbytes: int) -> None:
         """A wave of work held at once has ended, `nbytes` of it let go (an estimate): a
         trim within TRIM_DELAY whatever the amount, so that what a burst left free goes
         back once it is over rather than at the next 4 MiB."""
         self.let_go(nbytes)
-        if self._timer is None and self.released:
+        if self.released:
+            self._arm()
+
+    def _arm(self) -> None:
+        """A trim TRIM_DELAY from now, unless one is due already."""
+        if self._timer is None:
             self._loop = asyncio.get_running_loop()
             self._timer = self._loop.call_later(TRIM_DELAY, self.trim)
 
