@@ -172,7 +172,7 @@ def outcomes_of(d: dict[str, Any]) -> list[str]:
 def test_the_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged(
         tmp: Path) -> None:
     worker = sleeper("sleepy", concurrency=2)
-    with replicated(tmp, 2) as (primary, _replicas), \
+    with replicated(tmp, 2) as (primary, replicas), \
             sentinels(tmp, primary, 2) as watch:
         addresses = ", ".join(f'"127.0.0.1:{s.port}"' for s in watch)
         # a node's TTL longer than the failover takes (down-after 1 s, an election, a
@@ -255,6 +255,10 @@ def test_the_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged
             for n in ns.values():
                 cluster = n.json("stats", "--json")["cluster"]
                 assert cluster["fences"] == 0 and cluster["redis_error"] is None, cluster
+            # the other replica follows the promoted one (a resync it confirms nothing in)
+            promoted = next(x for x in replicas if x.port == watch[0].primary())
+            wait_until(lambda: linked(promoted, 1), timeout=60,
+                       what="the promoted primary's replica in sync")
             assert run(a, "sleepy", {"do": "sleep", "seconds": 0})["status"] == "succeeded"
 
 
