@@ -284,15 +284,17 @@ class Budgets:
                                day_only=when < time.time() - MINUTE - 1.0)
 
     # -- the gate -----------------------------------------------------------------------
-    def holds(self, agent: AgentLike) -> bool:
-        """True while the agent is over a budget: its waiting tasks stay queued, and a
-        timer reopens it at the window's edge."""
+    def holds(self, agent: AgentLike, now: float | None = None) -> bool:
+        """True while the agent is over a budget at `now` (the pump's instant, which its
+        starts record: a task never shows a start before the edge its gate opened at), its
+        waiting tasks then queued, and a timer reopens it at the window's edge."""
         if not self.windows:
             return False  # nothing reported yet, so nothing over a budget (a fleet's start)
         spec = agent.spec
         name = agent.name
         group = self.groups(name) if self.sharing else None
-        if group is not None and self._holds_group(agent, *group):
+        if group is not None and self._holds_group(
+                agent, *group, time.time() if now is None else now):
             return True
         if not (spec.tokens_per_minute or spec.tokens_per_day or spec.max_cost_usd_per_day):
             if self.holding:
@@ -301,18 +303,19 @@ class Budgets:
         w = self.windows.get(name)
         if w is None:
             return False
-        now = time.time()
+        if now is None:
+            now = time.time()
         held = w.held(spec.tokens_per_minute, spec.tokens_per_day,
                       spec.max_cost_usd_per_day, now)
         return self._hold(agent, name, held, now)
 
-    def _holds_group(self, agent: AgentLike, key: str, tokens_per_minute: int) -> bool:
+    def _holds_group(self, agent: AgentLike, key: str, tokens_per_minute: int,
+                     now: float) -> bool:
         """The shared budget of the agent's group, judged as its own are: held under the
         group's key, whose timer reopens every agent of the group."""
         w = self.windows.get(key)
         if w is None:
             return False
-        now = time.time()
         held = w.held(tokens_per_minute, 0, 0, now)
         if held is not None:
             held.budget = f"{key} {held.budget}"  # "tenant acme tokens_per_minute"

@@ -169,11 +169,11 @@ class TaskDispatch:
                 # an elastic agent asleep: the task wakes it (unless a budget holds its
                 # tasks: the budget's timer pumps again, and wakes it, when they may go)
                 if not replicas and not (self.budgets is not None
-                                               and self.budgets.holds(agent)):
+                                               and self.budgets.holds(agent, now)):
                     self.sup.wake(agent_name)
                 return
             # over a token or cost budget: the tasks wait, and its timer pumps again
-            if self.budgets is not None and self.budgets.holds(agent):
+            if self.budgets is not None and self.budgets.holds(agent, now):
                 return
             if self.gated and self.gate is not None:
                 if self.gate.full(agent):
