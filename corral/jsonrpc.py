@@ -741,6 +741,9 @@ class Peer:
         # peer that has no ping shows a hang this way (only a line read resets it, so a
         # stall of our own loop, which leaves the answers unread, never counts)
         self.silent_timeouts = 0
+        # the id of the last request of the other side taken (answered, or being worked
+        # on): what a daemon going away says it read (corral upgrade's drain)
+        self.last_id: Id | None = None
 
     def flow(self, reader: LineProtocol | None, max_handling: int) -> None:
         """The other side's requests flow-controlled: while `max_handling` of them are
@@ -1117,6 +1120,7 @@ class Peer:
         if rid is None:
             self.send_error(None, RpcError(INVALID_REQUEST, "invalid request: id is null"))
             return
+        self.last_id = rid
         if rid in self._incoming:
             # an id names one request (its answer, its cancel); a second under an id still
             # in progress would also slip past `handling`, the count a reader's budget of
@@ -1181,6 +1185,14 @@ class Peer:
     def send_error(self, rid: Id | None, exc: RpcError) -> None:
         """An error response; `rid` None where the request could not be read."""
         self.send_message(ErrorResponse(rid, exc.to_object()))
+
+    def answer_unfinished(self, exc: RpcError) -> int:
+        """Answer `exc` now to every request of the other side still being worked on;
+        how many. Their handlers run on: an owner that calls this closes the peer before
+        they end (corral upgrade's drain hangs up at once), so none is answered twice."""
+        for rid in self._incoming:
+            self.send_error(rid, exc)
+        return len(self._incoming)
 
     # a conversation handed over (corral upgrade) ----------------------------------------
     def outstanding(self) -> tuple[int, list[Id]]:

@@ -7,13 +7,14 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..methods import REGISTRY, Params, named
+from ..methods import GOING_AWAY, REGISTRY, Params, named
 
 if TYPE_CHECKING:
     # pathlib (and urllib, ipaddress) is not imported at a command's start
@@ -25,6 +26,10 @@ INTERNAL_ERROR = -32603  # JSON-RPC's (corral.jsonrpc would import asyncio)
 # how long a call that the daemon answers at once may take before the CLI gives up on it
 # (CORRAL_CLIENT_TIMEOUT: seconds; a call that waits for a task's end has no such bound)
 CLIENT_TIMEOUT = float(os.environ.get("CORRAL_CLIENT_TIMEOUT") or 600.0)
+# how long a call the daemon did not read before `corral upgrade`'s exec waits for the
+# next image (CORRAL_RESUME_WAIT: seconds)
+RESUME_WAIT = float(os.environ.get("CORRAL_RESUME_WAIT") or 60.0)
+UNAVAILABLE = -32013
 
 
 class Unreachable(Exception):
@@ -33,6 +38,12 @@ class Unreachable(Exception):
 
 class Disconnection(Unreachable):
     """The daemon closed a connection it had accepted (it stopped, or restarts)."""
+
+
+class GoneAway(Disconnection):
+    """The daemon went away for an upgrade: a call it had read was answered unfinished
+    (a stream, a wait for a task: ask again), or one it had not read could not be sent
+    again to the next image within the client's `resume_wait` (it was not made)."""
 
 
 class CallFailed(Exception):
@@ -64,26 +75,37 @@ def result_type(method: str) -> Any:
 
 
 class Client:
-    def __init__(self, path: Path | str, timeout: float | None = CLIENT_TIMEOUT) -> None:
+    """`timeout`: how long a call may wait for its answer (None: for ever). `resume_wait`:
+    how long a call the daemon did not read before it went away for an upgrade waits for
+    the next image to answer before it gives up, the call not made (CORRAL_RESUME_WAIT)."""
+
+    def __init__(self, path: Path | str, timeout: float | None = CLIENT_TIMEOUT,
+                 resume_wait: float = RESUME_WAIT) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
+        self.timeout = timeout
+        self.resume_wait = resume_wait
+        self.sock = self._connect(timeout)
+        self._buf = b""
+        self._next_id = 0
+
+    def _connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
         try:
-            self.sock.connect(str(path))
+            sock.connect(str(self.path))
         except OSError as exc:
-            self.sock.close()
+            sock.close()
             why = {
                 errno.ENOENT: "no socket there",
                 errno.ECONNREFUSED: "nothing is listening (a stale socket?)",
                 errno.EACCES: "permission denied (are you root or in the corral group?)",
             }.get(exc.errno or 0, exc.strerror or str(exc))
             raise Unreachable(
-                f"cannot reach the corral daemon at {path}: {why}\n"
+                f"cannot reach the corral daemon at {self.path}: {why}\n"
                 "start it with `corral daemon --config PATH` (or `systemctl start corral`), "
                 "or point at it with --socket / CORRAL_SOCKET"
             ) from None
-        self._buf = b""
-        self._next_id = 0
+        return sock
 
     def close(self) -> None:
         self.sock.close()
@@ -130,27 +152,87 @@ class Client:
         # the envelope is written here rather than with corral.jsonrpc, which would import
         # asyncio (~20 ms) into every CLI command
         req = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
-        # a refused client is told why, then disconnected: the reason is still readable
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.sock.sendall(msgspec.json.encode(req) + b"\n")
+        line = msgspec.json.encode(req) + b"\n"
+        self._send(line)
 
         while True:
             msg = _message.decode(self._read_line())
             if msg.method is not None and msg.id is UNSET:
+                params = msgspec.json.decode(msg.params)
                 if on_notification is not None:
-                    on_notification(msg.method, msgspec.json.decode(msg.params))
+                    on_notification(msg.method, params)
+                if msg.method == GOING_AWAY:
+                    self._resume(method, rid, params)
+                    self._send(line)
                 continue
             if msg.id not in (rid, None, UNSET):
                 continue
             if msg.error is not None:
                 e = msg.error
-                raise CallFailed(e.get("code", 0), e.get("message", ""), e.get("data"))
+                data = e.get("data")
+                if e.get("code") == UNAVAILABLE and isinstance(data, dict) and \
+                        data.get("going_away") is True:
+                    raise GoneAway(e.get("message", ""))
+                raise CallFailed(e.get("code", 0), e.get("message", ""), data)
             try:
                 return msgspec.json.decode(msg.result, type=result)
             except msgspec.ValidationError as exc:
                 raise CallFailed(INTERNAL_ERROR, f"the daemon's answer to {method} is not "
                                  f"what this corral reads ({exc}): are the daemon and this "
                                  "CLI the same version?") from None
+
+    def _send(self, line: bytes) -> None:
+        # a refused client is told why, then disconnected: the reason is still readable
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.sock.sendall(line)
+
+    def _resume(self, method: str, rid: int, note: Any) -> None:
+        """The daemon went away for an upgrade (GOING_AWAY) and had not read request
+        `rid`: it answers every request it read before it says so. Connect again (the
+        next image takes the connection from the socket's backlog) and wait until it
+        answers a call that changes nothing, `resume_wait` at most, before the request
+        is sent again: one given up on was never sent, so never made, and none is made
+        twice."""
+        note = note if isinstance(note, dict) else {}
+        why = str(note.get("reason") or "going away")
+        if note.get("last_id") == rid:  # (it says it read it, and did not answer)
+            raise Disconnection(f"the corral daemon at {self.path} read {method} and went "
+                                f"away ({why}) without answering it: it may have been made")
+        lost = (f"the corral daemon at {self.path} went away ({why}) before it read "
+                f"{method}, and did not come back")
+        deadline = time.monotonic() + self.resume_wait
+        while True:
+            self.sock.close()
+            self._buf = b""
+            try:
+                self.sock = self._connect(self.resume_wait)
+            except Unreachable:
+                raise GoneAway(f"{lost}: {method} was not made") from None
+            self._next_id += 1
+            probe = self._next_id
+            self._send(msgspec.json.encode({"jsonrpc": "2.0", "id": probe,
+                                            "method": "daemon.info", "params": {}}) + b"\n")
+            again = None
+            try:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.sock.settimeout(left)
+                    msg = _message.decode(self._read_line())
+                    if msg.method == GOING_AWAY and msg.id is UNSET:
+                        again = msg  # (the next image went away too: once more)
+                        break
+                    if msg.id == probe:
+                        break
+            except TimeoutError:
+                raise GoneAway(f"{lost} within {self.resume_wait:g} s: {method} was not "
+                               "made") from None
+            except Disconnection:
+                raise GoneAway(f"{lost}: {method} was not made") from None
+            if again is None:
+                self.sock.settimeout(self.timeout)
+                return
 
     def ask(
         self,

@@ -17,6 +17,11 @@
   connection that completes no request within that timeout is closed too. At most
   `max_connections` are served at once; more are refused with the reason. Lines that are
   not JSON-RPC are answered, and logged once per interval with a count.
+- `corral upgrade`'s drain (`go_away`, HTTP/2's GOAWAY): no connection is accepted any
+  more (the listening socket stays open, handed to the next image: new ones wait in its
+  backlog), no request read; each one read is answered, then each client is told the
+  last request read (GOING_AWAY) and disconnected. What a client sent and was not
+  read it sends again to the next image (cli/client.py): nothing is lost or run twice.
 """
 
 from __future__ import annotations
@@ -39,11 +44,11 @@ import msgspec
 from .. import jsonrpc
 from ..cork import Cork, Parts
 from ..jsonrpc import LineProtocol, Peer, RpcError
-from ..methods import CANCEL
+from ..methods import CANCEL, GOING_AWAY
 from ..paths import runtime_directory
 from ..statefiles import open_file
 from ..throttle import Throttle
-from ..timeouts import within
+from ..timeouts import cancel_all, within
 from .api import Dispatcher
 from .caller import Caller
 
@@ -57,6 +62,11 @@ REPLY_HIGH = 1024 * 1024
 REPLY_LOW = 256 * 1024
 REPLY_LIMIT = 32 * 1024 * 1024
 MAX_IN_FLIGHT = 64  # requests of one client being worked on at once; then it waits
+# corral upgrade's drain: how long the requests read before it (a submit whose journal
+# write is under way) have to be answered, and how long the clients' last bytes have to
+# be written before they are cut (a client that does not read)
+DRAIN_WAIT = 2.0
+LEAVE_WAIT = 1.0
 
 def _cancel_id(raw: Any) -> jsonrpc.Id | None:
     """The request a `request.cancel {id}` notification names."""
@@ -91,6 +101,10 @@ class Connection(LineProtocol):
         self._unread_since: float | None = None  # replies not read since (loop time)
         self._watch: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
+        # requests of a streaming method (`corral run`'s wait for its task): what an
+        # upgrade's drain does not wait for (dispatch is held: the task would not end)
+        self._waits = 0
+        self.leaving = False  # corral upgrade's drain: no request read any more
         self._cork = Cork(asyncio.get_running_loop(), self._write)
 
     @property
@@ -217,7 +231,7 @@ class Connection(LineProtocol):
         MAX_IN_FLIGHT of them being worked on: what one client costs is bounded whatever
         it sends, not by how much one read of its socket holds."""
         busy = self.peer is not None and self.peer.handling >= MAX_IN_FLIGHT
-        if not self.writable.is_set() or busy:
+        if not self.writable.is_set() or busy or self.leaving:
             self.pause()
         elif self.paused:
             self.resume()
@@ -247,6 +261,7 @@ class Connection(LineProtocol):
 
     def _eof(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.gone(self)
         self.writable.set()
         if self._watch is not None:
             self._watch.cancel()
@@ -265,9 +280,12 @@ class Connection(LineProtocol):
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
         run = self.server.dispatcher.dispatch(self.caller, method, params, self)
-        if not Dispatcher.method(method).endless:
-            return run
-        return self._stream(run)
+        spec = Dispatcher.method(method)
+        if spec.endless:
+            return self._stream(run)
+        if spec.streaming:
+            return self._wait(run)
+        return run
 
     async def _stream(self, run: Any) -> Any:
         """A stream only ever ends with the client: its half-close cancels it too."""
@@ -278,6 +296,41 @@ class Connection(LineProtocol):
             return await run
         finally:
             self._streams.discard(task)
+
+    async def _wait(self, run: Any) -> Any:
+        self._waits += 1
+        try:
+            return await run
+        finally:
+            self._waits -= 1
+
+    # corral upgrade's drain --------------------------------------------------------------
+    def stop_reading(self) -> None:
+        """Read no more requests: the lines not delivered yet stay unread (the client
+        sends them again to the next image)."""
+        self.leaving = True
+        self.pause()
+
+    @property
+    def working(self) -> bool:
+        """A request read is being answered that the drain waits for (not a stream, not
+        a wait for a task)."""
+        return self.peer is not None and \
+            self.peer.handling > len(self._streams) + self._waits
+
+    def leave(self, reason: str) -> None:
+        """Answer what is still being worked on (UNAVAILABLE: ask again), say the last
+        request read (GOING_AWAY), and hang up once that is written."""
+        if self.peer is None or self.transport is None or self.transport.is_closing():
+            return
+        ended = self.peer.answer_unfinished(RpcError(
+            jsonrpc.UNAVAILABLE, f"the corral daemon is {reason}: it ended this call "
+            "unfinished; what it did stands (a task it submitted runs on: see `corral "
+            "tasks`), ask again", {"going_away": True}))
+        if ended:
+            log.info("%s: %d requests answered unfinished for the upgrade", self.who, ended)
+        self.peer.notify(GOING_AWAY, {"last_id": self.peer.last_id, "reason": reason})
+        self.close()
 
     def notify(self, method: str, params: Any) -> None:
         if self.peer is not None:
@@ -309,6 +362,11 @@ class ControlServer:
         self.tenant_groups: dict[int, str] = {}
         self._server: asyncio.AbstractServer | None = None
         self._lock_fd = -1
+        # the listening socket while no connection is accepted (corral upgrade's drain):
+        # open, so that connections wait in its backlog for the next image
+        self._kept: socket.socket | None = None
+        self._leaving: set[Connection] = set()
+        self._left: asyncio.Event | None = None
 
     def _complain(self, text: str) -> None:
         log.warning("%s", text)
@@ -369,8 +427,64 @@ class ControlServer:
     def fds(self) -> tuple[int, int]:
         """The listening socket's fd and the lock file's (handed over by corral
         upgrade: connections wait in the backlog across the exec)."""
+        if self._kept is not None:
+            return self._kept.fileno(), self._lock_fd
         assert self._server is not None
         return cast(asyncio.Server, self._server).sockets[0].fileno(), self._lock_fd
+
+    async def go_away(self, reason: str, wait: float = DRAIN_WAIT) -> int:
+        """corral upgrade's drain: accept no connection (the listening socket kept open:
+        they wait in its backlog for the next image), read no request; the requests read
+        are answered (those still worked on after `wait`, and the streams, UNAVAILABLE),
+        each client is told the last one read, GOING_AWAY, and disconnected once that is
+        written (LEAVE_WAIT at most). How many connections were told."""
+        if self._server is None or self._kept is not None:
+            return 0
+        listen = cast(asyncio.Server, self._server).sockets[0]
+        self._kept = socket.socket(fileno=os.dup(listen.fileno()))
+        self._server.close()  # (its fd: the dup keeps the socket and its backlog)
+        self._server = None
+        conns = list(self.connections)
+        for conn in conns:
+            conn.stop_reading()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (busy := [c for c in conns if c.working and c.peer is not None]) and \
+                loop.time() < deadline:
+            events = [c.peer.ends() for c in busy if c.peer is not None]
+            for event in events:
+                event.clear()
+            waits = [asyncio.ensure_future(event.wait()) for event in events]
+            try:
+                await asyncio.wait(waits, timeout=deadline - loop.time(),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_all(waits)
+        self._leaving = set(self.connections)
+        self._left = asyncio.Event()
+        for conn in list(self._leaving):
+            conn.leave(reason)
+        if self._leaving:
+            with contextlib.suppress(TimeoutError):
+                await within(self._left.wait(), LEAVE_WAIT)
+        for conn in list(self._leaving):  # its client reads nothing: cut
+            conn.disconnect(f"its last answers were not read within {LEAVE_WAIT:g} s of "
+                            "the upgrade's drain")
+        return len(conns)
+
+    def gone(self, conn: Connection) -> None:
+        self._leaving.discard(conn)
+        if not self._leaving and self._left is not None:
+            self._left.set()
+
+    async def come_back(self) -> None:
+        """The upgrade did not happen: accept connections again."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        self._left = None
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Connection(self), sock=kept, backlog=128)
 
     async def start(self, inherited: tuple[int, int] | None = None) -> None:
         """Bind the socket, or serve `inherited` (listening fd, locked lock file's fd)
@@ -424,6 +538,11 @@ class ControlServer:
 
     async def close(self) -> None:
         self.complaints.flush()
+        if self._kept is not None:  # (stopped during an upgrade's drain)
+            self._kept.close()
+            self._kept = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections):

@@ -331,6 +331,13 @@ class Upgrades:
                         f"({target.python}): holding dispatch")
         node = host.cluster
         try:
+            # no control request is read from here on: each client is answered what was
+            # read, told so and let go; what it sends meanwhile it sends again to the
+            # next image (or, if nothing is handed over, to this one: come_back)
+            told = await host.control.go_away(
+                f"upgrading to corral {self.report.to_version}")
+            host.hub.daemon(f"upgrading: {plural(told, 'control connection')} told to "
+                            "go away (the socket stays open: clients wait in its backlog)")
             if node is not None:
                 await handover.settle(node)
             kept, ended = await self._quiet(deadline)
@@ -345,6 +352,7 @@ class Upgrades:
             self._exec(target, asked, kept, ended)
         except UpgradeRefusal as exc:
             tasks.release()
+            await host.control.come_back()
             if node is not None:
                 handover.resume_taking(node)
             self._refused(str(exc))

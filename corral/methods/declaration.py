@@ -26,6 +26,10 @@ SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "l
 
 # the notification that cancels a request in flight on the control socket
 CANCEL = "request.cancel"
+# the notification a daemon sends on each control connection before it closes it for
+# `corral upgrade`'s exec: {"last_id": the last request it read, or null, "reason"};
+# every request it read is answered before it, so one unanswered was not read
+GOING_AWAY = "daemon.going_away"
 
 
 @dataclass(frozen=True)

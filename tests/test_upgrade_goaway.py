@@ -1,0 +1,160 @@
+"""`corral upgrade`'s drain (decisions 915-919): no control request is lost without a word
+across the exec. The old image stops reading, answers what it read, tells each client
+the last request it read (`daemon.going_away`) and closes; a client sends again, to the
+next image, only what was not read. The race is made by hand: the new install's boot
+waits on a FIFO the test writes once the client has read the notice, so the request is
+sent while no image reads it, every time."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import methods as m
+from corral.cli.client import Client, GoneAway
+from corral.methods import GOING_AWAY
+
+from .daemon_harness import Daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+from .test_upgrade import install, worker
+
+pytestmark = pytest.mark.long
+
+
+def gated(tmp: Path) -> tuple[Path, int]:
+    """A second install whose new image waits, before it takes anything, for a byte on a
+    FIFO; the FIFO, and the fd the test releases it by (held open: the image's open of it
+    never blocks, only its read)."""
+    gate = tmp / "gate"
+    os.mkfifo(gate)
+    fd = os.open(gate, os.O_RDWR)
+    new = install(tmp, "gated", ("daemon/boot.py", "    global committed\n",
+                                 f"    global committed\n    open({str(gate)!r}, 'rb')"
+                                 ".read(1)\n"))
+    return new, fd
+
+
+def log_of(d: Daemon) -> str:
+    return (d.state / "logs" / "corral.log").read_text()
+
+
+def drained(d: Daemon, count: int = 1) -> None:
+    """Until the old image has drained its control connections and gone to its exec."""
+    wait_until(lambda: log_of(d).count("upgrading: handing ") >= count,
+               what="the old image's exec")
+
+
+def upgrade_to(d: Daemon, new: Path) -> str:
+    """`corral upgrade --no-wait`: the version it goes to."""
+    r = d.cli("upgrade", "--pythonpath", str(new), "--no-wait", "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    return str(json.loads(r.stdout)["to_version"])
+
+
+def tasks_of(d: Daemon) -> list[str]:
+    return [t["task_id"] for t in d.ask("tasks.list", {"agent": "w"})["tasks"]]
+
+
+def test_a_call_sent_as_the_old_image_holds_is_answered_by_the_new_one_once() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    new, gate = gated(tmp)
+    try:
+        d.start()
+        assert d.proc is not None
+        # both connected to the old image, and one call each answered by it
+        sender, idle = Client(d.sock, timeout=60), Client(d.sock, timeout=60)
+        assert sender.ask(m.DaemonInfo()).pid == idle.ask(m.DaemonInfo()).pid == d.proc.pid
+        version = upgrade_to(d, new)
+        drained(d)
+        notes: list[tuple[str, Any]] = []
+
+        def told(method: str, params: Any) -> None:
+            notes.append((method, params))
+            if method == GOING_AWAY:  # sent before the next image exists: now it may
+                os.write(gate, b"x")
+
+        accepted = sender.ask(m.TasksSubmit(agent="w", input={"do": "echo", "value": 1}),
+                              on_notification=told)
+        why = f"upgrading to corral {version}"
+        assert notes == [(GOING_AWAY, {"last_id": 1, "reason": why})]
+        # answered by the new image, and made once: one task
+        assert tasks_of(d) == [accepted.task_id]
+        task = wait_until(lambda: (t := d.task(accepted.task_id))["status"] == "succeeded"
+                          and t, what="the task's end")
+        assert len(task["attempts"]) == 1
+        # the client that sent nothing meanwhile: told, and its next call answered
+        seen: list[tuple[str, Any]] = []
+        assert idle.ask(m.DaemonInfo(), on_notification=lambda *n: seen.append(n)).pid \
+            == d.proc.pid
+        assert seen == [(GOING_AWAY, {"last_id": 1, "reason": why})]
+        assert d.json("upgrade", "--report")["state"] == "done"
+        assert re.search(r"upgrading: \d+ control connections? told to go away", log_of(d))
+        sender.close()
+        idle.close()
+        assert d.stop() == 0
+    finally:
+        os.close(gate)
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_call_the_next_image_never_takes_is_not_made_and_says_so() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    new, gate = gated(tmp)
+    try:
+        d.start()
+        assert d.proc is not None
+        bounded = Client(d.sock, timeout=60, resume_wait=1.0)
+        bounded.ask(m.DaemonInfo())
+        version = upgrade_to(d, new)
+        drained(d)
+        # the new image does not come within the client's bound: not made, and said so
+        began = time.monotonic()
+        with pytest.raises(GoneAway) as caught:
+            bounded.ask(m.TasksSubmit(agent="w", input={"do": "echo", "value": 1}))
+        took = time.monotonic() - began
+        assert str(caught.value) == (
+            f"the corral daemon at {d.sock} went away (upgrading to corral {version}) "
+            "before it read tasks.submit, and did not come back within 1 s: tasks.submit "
+            "was not made")
+        assert 1.0 <= took < 10.0, took
+        bounded.close()
+        os.write(gate, b"x")  # the new image now: the call given up on was not made
+        wait_until(lambda: d.ask("daemon.upgrade", {"report": True})["state"] == "done",
+                   what="the upgrade's end")
+        assert tasks_of(d) == []
+        # the daemon killed while the next image is awaited: said at once
+        waiting = Client(d.sock, timeout=60, resume_wait=60.0)
+        waiting.ask(m.DaemonInfo())
+        upgrade_to(d, new)
+        drained(d, 2)
+
+        def kill(method: str, params: Any) -> None:
+            if method == GOING_AWAY:
+                assert d.proc is not None
+                d.proc.send_signal(signal.SIGKILL)
+                d.proc.wait(10)
+
+        began = time.monotonic()
+        with pytest.raises(GoneAway) as caught:
+            waiting.ask(m.TasksSubmit(agent="w", input={"do": "echo", "value": 2}),
+                        on_notification=kill)
+        assert time.monotonic() - began < 10.0
+        assert str(caught.value) == (
+            f"the corral daemon at {d.sock} went away (upgrading to corral {version}) "
+            "before it read tasks.submit, and did not come back: tasks.submit was not made")
+        waiting.close()
+    finally:
+        os.close(gate)
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
