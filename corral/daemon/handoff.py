@@ -14,9 +14,11 @@ next one cannot start (`fallback`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -47,6 +49,11 @@ class Fallback(msgspec.Struct, frozen=True):
     boot: str  # the program it runs (upgrade.BOOT of that image)
 
 
+# a server's drain: given how long its requests in flight may take, the fd of its
+# listening socket it keeps open, and what serves on it again
+Drain = Callable[[float], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]
+
+
 class Listener(msgspec.Struct, frozen=True):
     """A listening socket held open across the exec: whose ("http", "gateway"), the
     address it was bound for (the config's `listen`), its fd."""
@@ -74,6 +81,11 @@ class Listeners:
     def __init__(self, inherited: list[Listener] | None = None) -> None:
         self._inherited = {i.name: i for i in inherited or []}
         self._serving: dict[str, Listener] = {}
+        # each server's drain (corral upgrade): it stops accepting and closes its
+        # connections once their requests are answered; the fd it keeps, and how it
+        # serves again if nothing is handed over
+        self._drains: dict[str, Drain] = {}
+        self._backs: list[Callable[[], Awaitable[None]]] = []
 
     def take(self, name: str, listen: str) -> socket.socket | None:
         """The socket inherited for `name` if it was bound for `listen` (the config may
@@ -93,11 +105,31 @@ class Listeners:
                 os.close(i.fd)
         self._inherited.clear()
 
-    def serving(self, name: str, listen: str, fd: int) -> None:
+    def serving(self, name: str, listen: str, fd: int, drain: Drain | None = None) -> None:
         self._serving[name] = Listener(name, listen, fd)
+        if drain is not None:
+            self._drains[name] = drain
 
     def gone(self, name: str) -> None:
         self._serving.pop(name, None)
+        self._drains.pop(name, None)
+
+    async def go_away(self, wait: float) -> None:
+        """corral upgrade's drain of every server: no connection accepted (its socket
+        kept open: they wait in its backlog for the next image), each open one closed
+        once its request is answered (`Connection: close`; cut after `wait`)."""
+        drains = [(name, drain) for name, drain in self._drains.items()
+                  if name in self._serving]
+        done = await asyncio.gather(*(drain(wait) for _, drain in drains))
+        for (name, _), (fd, back) in zip(drains, done, strict=True):
+            self._serving[name] = Listener(name, self._serving[name].listen, fd)
+            self._backs.append(back)
+
+    async def come_back(self) -> None:
+        """Nothing was handed over: every drained server accepts again."""
+        backs, self._backs = self._backs, []
+        for back in backs:
+            await back()
 
     def held(self) -> list[Listener]:
         """What the exec keeps open."""

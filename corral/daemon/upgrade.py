@@ -74,6 +74,7 @@ from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import cancel_all, within
 from . import handoff
+from .control import DRAIN_WAIT
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
 
 if TYPE_CHECKING:
@@ -334,8 +335,9 @@ class Upgrades:
             # no control request is read from here on: each client is answered what was
             # read, told so and let go; what it sends meanwhile it sends again to the
             # next image (or, if nothing is handed over, to this one: come_back)
-            told = await host.control.go_away(
-                f"upgrading to corral {self.report.to_version}")
+            told, _ = await asyncio.gather(
+                host.control.go_away(f"upgrading to corral {self.report.to_version}"),
+                self.listeners.go_away(DRAIN_WAIT))
             host.hub.daemon(f"upgrading: {plural(told, 'control connection')} told to "
                             "go away (the socket stays open: clients wait in its backlog)")
             if node is not None:
@@ -353,6 +355,7 @@ class Upgrades:
         except UpgradeRefusal as exc:
             tasks.release()
             await host.control.come_back()
+            await self.listeners.come_back()
             if node is not None:
                 handover.resume_taking(node)
             self._refused(str(exc))

@@ -60,6 +60,7 @@ from ...supervisor.stream import Subscription
 from ..addresses import loopback
 from ..attribution import mark_of
 from .mcpsessions import SessionsFull, SessionTable
+from .server import drain, listening_fd
 
 if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
@@ -323,7 +324,13 @@ class HttpGateway:
         elif inherited is None:
             Path(self.socket_path or "").chmod(0o660)
         if self.listeners is not None and sockets:
-            self.listeners.serving("gateway", listen, sockets[0].fileno())
+            self._served(site, tls)
+
+    def _served(self, site: web.BaseSite, tls: ssl.SSLContext | None) -> None:
+        fd = listening_fd(site)
+        if self.listeners is not None and self._runner is not None and fd is not None:
+            self.listeners.serving("gateway", self.settings.listen or "", fd, drain(
+                self._runner, site, tls, lambda again: self._served(again, tls)))
 
     def _path(self, p: str) -> str:
         path = Path(p)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,7 +25,7 @@ from .context import HttpContext
 from .route import MAX_BODY
 
 if TYPE_CHECKING:
-    from ..handoff import Listeners
+    from ..handoff import Drain, Listeners
 
 
 def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
@@ -170,6 +172,34 @@ def listening_fd(site: web.BaseSite) -> int | None:
     return sockets[0].fileno() if sockets else None
 
 
+def drain(runner: web.BaseRunner, site: web.BaseSite, tls: ssl.SSLContext | None,
+          served: Callable[[web.BaseSite], None]) -> Drain:
+    """The drain of a site (corral upgrade; handoff.Listeners): a keep-alive connection
+    open at the exec would be cut, a request on it lost unanswered. The site stops
+    accepting (its socket kept open by a dup: connections wait in its backlog for the
+    next image); each connection is closed at once if idle, else once its request is
+    answered, with `Connection: close` (aiohttp's shutdown; a request not answered
+    within the wait, a stream, is cut). `served`: told of the site that serves again
+    if nothing is handed over."""
+
+    async def go(wait: float) -> tuple[int, Callable[[], Awaitable[None]]]:
+        fd = listening_fd(site)
+        assert fd is not None
+        kept = socket.socket(fileno=os.dup(fd))
+        await site.stop()
+        if runner.server is not None:
+            await runner.server.shutdown(wait)
+
+        async def back() -> None:
+            again = web.SockSite(runner, kept, ssl_context=tls)
+            await again.start()
+            served(again)
+
+        return kept.fileno(), back
+
+    return go
+
+
 class HttpServer:
     def __init__(self, ctx: HttpContext, listeners: Listeners | None = None) -> None:
         self.ctx = ctx
@@ -178,6 +208,7 @@ class HttpServer:
         self.app = web.Application(client_max_size=MAX_BODY)
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self._tls: ssl.SSLContext | None = None
 
     def mount(self) -> None:
         from . import metrics, rest, ui
@@ -192,7 +223,7 @@ class HttpServer:
     async def start(self) -> None:
         listen = self.ctx.settings.listen
         assert listen is not None
-        tls = tls_context(self.ctx.settings)
+        tls = self._tls = tls_context(self.ctx.settings)
         self.mount()
         # a connection that has not sent a whole request within idle_timeout is closed
         # (aiohttp's keep-alive timer runs from the connection's start); a request's head
@@ -231,9 +262,14 @@ class HttpServer:
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}"
         await site.start()
         self.ctx.url = self.url
+        self._served(site)
+
+    def _served(self, site: web.BaseSite) -> None:
         fd = listening_fd(site)
-        if self.listeners is not None and fd is not None:
-            self.listeners.serving("http", listen, fd)
+        listen = self.ctx.settings.listen
+        if self.listeners is not None and fd is not None and listen and self.runner:
+            self.listeners.serving("http", listen, fd, drain(self.runner, site, self._tls,
+                                                              self._served))
 
     async def close(self) -> None:
         if self.listeners is not None:
