@@ -12,17 +12,20 @@ import os
 import re
 import shutil
 import signal
+import socket
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral import methods as m
-from corral.cli.client import Client, GoneAway
+from corral.cli.client import Client, GoneAway, Unreachable
 from corral.methods import GOING_AWAY
 
-from .daemon_harness import Daemon, shared_tmpdir
+from .daemon_harness import Daemon, free_port, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_upgrade import install, worker
 
@@ -156,5 +159,69 @@ def test_a_call_the_next_image_never_takes_is_not_made_and_says_so() -> None:
         waiting.close()
     finally:
         os.close(gate)
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_hold_that_hands_nothing_over_serves_again_what_waited_meanwhile() -> None:
+    """A program never ready: the hand-over waits its 10 s for it, dispatch held and the
+    sockets drained, then is refused. The calls made meanwhile, on the control socket
+    and over HTTP, waited in the backlogs (this image read none of them) and are answered
+    by it once it serves again, once."""
+    tmp = shared_tmpdir()
+    port = free_port()
+    d = Daemon(tmp, worker("w") + '[agents.n]\ncommand = ["sleep", "1000"]\n'
+               'protocol = "none"\nready = "notify"\nstart_timeout = 120.0\n',
+               f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    try:
+        d.start(wait_ready=False)
+        assert d.proc is not None
+
+        def w_ready() -> bool:
+            try:
+                return d.status().get("w#0", {}).get("state") == "ready"
+            except Unreachable:  # (the socket is made once the set-up is over)
+                return False
+
+        wait_until(w_ready, what="w ready")
+        c = Client(d.sock, timeout=60)
+        c.ask(m.DaemonInfo())
+        # an HTTP keep-alive connection, idle once answered
+        kept = socket.create_connection(("127.0.0.1", port), timeout=30)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: corral\r\n\r\n")
+        head = b""
+        while b'"ok"}' not in head:
+            head += kept.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        r = d.cli("upgrade", "--no-wait")
+        assert r.returncode == 0, r.stderr + r.stdout
+        # (the drain follows this line with no turn of the loop between: nothing sent
+        # once it is written is read by this image until it serves again)
+        wait_until(lambda: "holding dispatch" in log_of(d), timeout=30, what="the hold")
+        # the idle keep-alive connection is closed by the drain (a request on it at the
+        # exec would have been lost)
+        assert kept.recv(4096) == b""
+        kept.close()
+        answered: list[tuple[int, str]] = []
+
+        def get() -> None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=60) as res:
+                answered.append((res.status, res.headers.get("Connection", "")))
+
+        http = threading.Thread(target=get, daemon=True)
+        http.start()
+        notes: list[str] = []
+        accepted = c.ask(m.TasksSubmit(agent="w", input={"do": "echo", "value": 1}),
+                         on_notification=lambda method, _: notes.append(method))
+        # answered once this image served again: after the refusal
+        assert d.ask("daemon.upgrade", {"report": True})["state"] == "refused"
+        assert notes == [GOING_AWAY]
+        assert tasks_of(d) == [accepted.task_id]
+        http.join(60)
+        assert [status for status, _ in answered] == [200]
+        assert "upgrade refused, nothing changed: n#0 could not be handed over" in log_of(d)
+        c.close()
+        assert d.stop() == 0
+    finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,6 @@ next one cannot start (`fallback`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -49,9 +48,9 @@ class Fallback(msgspec.Struct, frozen=True):
     boot: str  # the program it runs (upgrade.BOOT of that image)
 
 
-# a server's drain: given how long its requests in flight may take, the fd of its
-# listening socket it keeps open, and what serves on it again
-Drain = Callable[[float], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]
+# a server's drain: the fd of its listening socket it keeps open, and what serves on
+# it again
+Drain = Callable[[], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]
 
 
 class Listener(msgspec.Struct, frozen=True):
@@ -114,14 +113,14 @@ class Listeners:
         self._serving.pop(name, None)
         self._drains.pop(name, None)
 
-    async def go_away(self, wait: float) -> None:
+    async def go_away(self) -> None:
         """corral upgrade's drain of every server: no connection accepted (its socket
-        kept open: they wait in its backlog for the next image), each open one closed
-        once its request is answered (`Connection: close`; cut after `wait`)."""
+        kept open: they wait in its backlog for the next image), each open one closed,
+        at once if idle, else once its request in flight is answered."""
         drains = [(name, drain) for name, drain in self._drains.items()
                   if name in self._serving]
-        done = await asyncio.gather(*(drain(wait) for _, drain in drains))
-        for (name, _), (fd, back) in zip(drains, done, strict=True):
+        for name, go in drains:
+            fd, back = await go()
             self._serving[name] = Listener(name, self._serving[name].listen, fd)
             self._backs.append(back)
 

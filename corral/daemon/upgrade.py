@@ -74,7 +74,6 @@ from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import cancel_all, within
 from . import handoff
-from .control import DRAIN_WAIT
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
 
 if TYPE_CHECKING:
@@ -335,9 +334,9 @@ class Upgrades:
             # no control request is read from here on: each client is answered what was
             # read, told so and let go; what it sends meanwhile it sends again to the
             # next image (or, if nothing is handed over, to this one: come_back)
-            told, _ = await asyncio.gather(
-                host.control.go_away(f"upgrading to corral {self.report.to_version}"),
-                self.listeners.go_away(DRAIN_WAIT))
+            await self.listeners.go_away()
+            told = await host.control.go_away(
+                f"upgrading to corral {self.report.to_version}")
             host.hub.daemon(f"upgrading: {plural(told, 'control connection')} told to "
                             "go away (the socket stays open: clients wait in its backlog)")
             if node is not None:
@@ -354,11 +353,12 @@ class Upgrades:
             self._exec(target, asked, kept, ended)
         except UpgradeRefusal as exc:
             tasks.release()
-            await host.control.come_back()
-            await self.listeners.come_back()
             if node is not None:
                 handover.resume_taking(node)
             self._refused(str(exc))
+            # (the clients that waited in the backlogs meanwhile read the report: refused)
+            await host.control.come_back()
+            await self.listeners.come_back()
 
     async def _quiet(self, deadline: float) -> tuple[list[HandedProcess],
                                                      list[ProcessRecord]]:

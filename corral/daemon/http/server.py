@@ -174,21 +174,29 @@ def listening_fd(site: web.BaseSite) -> int | None:
 
 def drain(runner: web.BaseRunner, site: web.BaseSite, tls: ssl.SSLContext | None,
           served: Callable[[web.BaseSite], None]) -> Drain:
-    """The drain of a site (corral upgrade; handoff.Listeners): a keep-alive connection
-    open at the exec would be cut, a request on it lost unanswered. The site stops
-    accepting (its socket kept open by a dup: connections wait in its backlog for the
-    next image); each connection is closed at once if idle, else once its request is
-    answered, with `Connection: close` (aiohttp's shutdown; a request not answered
-    within the wait, a stream, is cut). `served`: told of the site that serves again
-    if nothing is handed over."""
+    """The drain of a site (corral upgrade; handoff.Listeners). The site stops accepting
+    (its socket kept open by a dup: connections wait in its backlog for the next image,
+    never served by this one and cut at its exec); each open connection is closed, an
+    idle keep-alive one at once, one with a request in flight after its answer, no
+    other read on it. Nothing waits for those answers: the exec
+    waits for no HTTP request (a stream would hold it), so one still being answered at
+    the exec is cut, as before. `served`: told of the site that serves again if nothing
+    is handed over."""
 
-    async def go(wait: float) -> tuple[int, Callable[[], Awaitable[None]]]:
+    async def go() -> tuple[int, Callable[[], Awaitable[None]]]:
         fd = listening_fd(site)
         assert fd is not None
         kept = socket.socket(fileno=os.dup(fd))
         await site.stop()
         if runner.server is not None:
-            await runner.server.shutdown(wait)
+            for conn in runner.server.connections:
+                # (aiohttp's `close` leaves an idle keep-alive connection open, and its
+                # `shutdown` waits out its whole timeout for one: whether a request is
+                # being answered is its own attribute)
+                if getattr(conn, "_request_in_progress", True):
+                    conn.close()
+                else:
+                    conn.force_close()
 
         async def back() -> None:
             again = web.SockSite(runner, kept, ssl_context=tls)
