@@ -72,6 +72,8 @@ ERROR_NAMES = {
     UNSUPPORTED_VERSION: "unsupported protocol version",
     MESSAGE_TOO_LARGE: "message too large",
 }
+# a request id kept as a peer's `last_id` is at most this long (a string's characters)
+MAX_KEPT_ID = 256
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
 OVERSIZE_ENDS = 256  # bytes kept of each end of a discarded line: where its id is
@@ -742,7 +744,8 @@ class Peer:
         # stall of our own loop, which leaves the answers unread, never counts)
         self.silent_timeouts = 0
         # the id of the last request of the other side taken (answered, or being worked
-        # on): what a daemon going away says it read (corral upgrade's drain)
+        # on): what a daemon going away says it read (corral upgrade's drain; None for
+        # a string id longer than MAX_KEPT_ID)
         self.last_id: Id | None = None
 
     def flow(self, reader: LineProtocol | None, max_handling: int) -> None:
@@ -1120,7 +1123,9 @@ class Peer:
         if rid is None:
             self.send_error(None, RpcError(INVALID_REQUEST, "invalid request: id is null"))
             return
-        self.last_id = rid
+        # (a long string id is not kept past its request: a client's connection would
+        # pin up to a line's size; the order of answers and notice is the rule anyway)
+        self.last_id = rid if not isinstance(rid, str) or len(rid) <= MAX_KEPT_ID else None
         if rid in self._incoming:
             # an id names one request (its answer, its cancel); a second under an id still
             # in progress would also slip past `handling`, the count a reader's budget of
