@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..methods import GOING_AWAY, REGISTRY, Params, named
+from ..methods import GOING_AWAY, REGISTRY, DaemonInfo, Params, named
 
 if TYPE_CHECKING:
     # pathlib (and urllib, ipaddress) is not imported at a command's start
@@ -211,7 +211,8 @@ class Client:
             self._next_id += 1
             probe = self._next_id
             self._send(msgspec.json.encode({"jsonrpc": "2.0", "id": probe,
-                                            "method": "daemon.info", "params": {}}) + b"\n")
+                                            "method": DaemonInfo.declared.name,
+                                            "params": {}}) + b"\n")
             again = None
             try:
                 while True:
