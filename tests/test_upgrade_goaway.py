@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -25,7 +26,8 @@ from corral import methods as m
 from corral.cli.client import Client, GoneAway, Unreachable
 from corral.methods import GOING_AWAY
 
-from .daemon_harness import Daemon, free_port, shared_tmpdir
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, free_port, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_upgrade import install, worker
 
@@ -221,6 +223,59 @@ def test_a_hold_that_hands_nothing_over_serves_again_what_waited_meanwhile() -> 
         assert [status for status, _ in answered] == [200]
         assert "upgrade refused, nothing changed: n#0 could not be handed over" in log_of(d)
         c.close()
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_wait_the_hold_would_not_end_is_answered_at_once_and_corral_run_waits_again(
+        ) -> None:
+    """`tasks.run` waits for its task's end, which a held dispatch would not bring: the
+    drain answers it at once, UNAVAILABLE, saying the task runs on; `corral run` then
+    waits again for the task it was told was accepted, and the task is made once."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    release = tmp / "release"
+    try:
+        d.start()
+        assert d.proc is not None
+        run = subprocess.Popen(
+            [PY, "-m", "corral", "--socket", str(d.sock), "run", "w", "--input",
+             json.dumps({"do": "await", "path": str(release)})],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        tid = wait_until(lambda: (ids := tasks_of(d)) and ids[0], what="the task")
+        wait_until(lambda: d.task(tid)["status"] == "running", what="running")
+        ended: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                with Client(d.sock, timeout=None) as c:
+                    c.ask(m.TasksGet(task_id=tid))  # (connected: the drain tells it)
+                    c.ask(m.TasksRun(agent="w", input={"do": "echo", "value": 1}))
+            except BaseException as exc:
+                ended.append(exc)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        wait_until(lambda: len(tasks_of(d)) == 2, what="the second run's task")
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        waiter.join(60)
+        version = d.json("upgrade", "--report")["to_version"]
+        assert [(type(e).__name__, str(e)) for e in ended] == [("GoneAway", (
+            f"the corral daemon is upgrading to corral {version}: it ended this call "
+            "unfinished; what it did stands (a task it submitted runs on: see `corral "
+            "tasks`), ask again"))]
+        release.touch()
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        assert json.loads(out) == {"awaited": str(release)}
+        assert f"lost the daemon while waiting for task {tid}; reconnecting" in err
+        # made once each: the awaited task and the second run's
+        assert len(tasks_of(d)) == 2
+        assert d.task(tid)["status"] == "succeeded" and len(d.task(tid)["attempts"]) == 1
         assert d.stop() == 0
     finally:
         d.close()

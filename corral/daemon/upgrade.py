@@ -562,6 +562,8 @@ class Takeover:
             else:
                 rest.append(rec)
         self._counters_go_on(Counter(rec.agent for rec in unfinished))
+        assert self.sup is not None
+        self.sup.parts.tasks.coming_back(list(self.held))
         return rest
 
     def _counters_go_on(self, again: Counter[str]) -> None:
@@ -598,6 +600,7 @@ class Takeover:
                 r.peer.take_over(0, [t.rid])
                 continue
             self.sup.parts.tasks.adopt_running(rec, r, t.rid)
+            self.sup.parts.tasks.came_back(rec.task_id)
             self.kept_tasks += 1
 
     def _lost(self, h: HandedProcess, why: str) -> None:
@@ -610,6 +613,8 @@ class Takeover:
             handover.give_back(self.node, claims, why)
         if recs:
             self.sup.parts.tasks.restore(recs)
+            for rec in recs:
+                self.sup.parts.tasks.came_back(rec.task_id)
 
     def _adopt_now(self) -> None:
         """Every replica with a handed process is started by the upgrade itself,
@@ -719,6 +724,7 @@ class Takeover:
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
+        self.sup.parts.tasks.came_back()  # (what is still held was not handed: the journal's)
         containment = self.sup.parts.containment
         for lost in left:
             containment.adopted(lost.record)
