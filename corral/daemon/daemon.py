@@ -426,7 +426,8 @@ class Daemon:
         records = unfinished if self.taken is None else self.taken.hold_back(unfinished)
         # no await since the agents were added: no task can be accepted before the
         # journal's are back, numbered after theirs
-        s.tasks.recover(records if up.journal is not None else [])
+        s.tasks.recover(records if up.journal is not None else [],
+                        self.taken.reattached if self.taken is not None else None)
         # the records are the engine's tasks now: start-up's frames, which hold the list
         # for the daemon's life, must not keep thousands of suspended tasks' twice
         unfinished.clear()

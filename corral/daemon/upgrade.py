@@ -503,6 +503,7 @@ class Takeover:
         self.path = path
         self.failed = failed  # the new image's failure, in the image fallen back to
         self.held: dict[str, TaskRecord] = {}  # running tasks kept, till re-attached
+        self._coming: dict[str, asyncio.Future[None]] = {}  # (`reattached`)
         self.kept_tasks = 0
         self.kept_servers = 0
         self.lost: list[str] = []
@@ -562,9 +563,28 @@ class Takeover:
             else:
                 rest.append(rec)
         self._counters_go_on(Counter(rec.agent for rec in unfinished))
-        assert self.sup is not None
-        self.sup.parts.tasks.coming_back(list(self.held))
+        loop = asyncio.get_running_loop()
+        self._coming = {tid: loop.create_future() for tid in self.held}
         return rest
+
+    async def reattached(self, task_id: str) -> None:
+        """Until the running task `task_id`, if the handoff carries it, is re-attached
+        to its adopted worker, given back to the queue (its worker lost), or the
+        adoptions are over: a wait for it (`corral run`'s again, asked at once after the
+        old image's drain) would read its journal row meanwhile, "running", and end."""
+        fut = self._coming.get(task_id)
+        if fut is not None:
+            await asyncio.shield(fut)
+
+    def _back(self, task_id: str | None = None) -> None:
+        """Task `task_id` is back in the engine (None: all, the adoptions over)."""
+        futs = [self._coming.pop(task_id, None)] if task_id is not None else \
+            list(self._coming.values())
+        if task_id is None:
+            self._coming.clear()
+        for fut in futs:
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def _counters_go_on(self, again: Counter[str]) -> None:
         """`corral stats` goes on from the previous image's counts (each task taken back
@@ -600,7 +620,7 @@ class Takeover:
                 r.peer.take_over(0, [t.rid])
                 continue
             self.sup.parts.tasks.adopt_running(rec, r, t.rid)
-            self.sup.parts.tasks.came_back(rec.task_id)
+            self._back(rec.task_id)
             self.kept_tasks += 1
 
     def _lost(self, h: HandedProcess, why: str) -> None:
@@ -614,7 +634,7 @@ class Takeover:
         if recs:
             self.sup.parts.tasks.restore(recs)
             for rec in recs:
-                self.sup.parts.tasks.came_back(rec.task_id)
+                self._back(rec.task_id)
 
     def _adopt_now(self) -> None:
         """Every replica with a handed process is started by the upgrade itself,
@@ -724,7 +744,7 @@ class Takeover:
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
-        self.sup.parts.tasks.came_back()  # (what is still held was not handed: the journal's)
+        self._back()  # (what is still held was not handed: the journal's)
         containment = self.sup.parts.containment
         for lost in left:
             containment.adopted(lost.record)

@@ -6,6 +6,7 @@ attempt); an id the cluster has not is this node's own."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -44,8 +45,9 @@ class ClusterFront:
     def refusing(self) -> str | None:
         return self.local.refusing
 
-    def recover(self, records: list[Unfinished]) -> None:
-        self.local.recover(records)
+    def recover(self, records: list[Unfinished],
+                reattached: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.local.recover(records, reattached)
 
     def _admitted(self, p: P) -> P:
         """(An option the cluster's queue does not keep is refused by its name, pointing

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import msgspec
@@ -31,7 +31,10 @@ class TaskFront(Protocol):
     def refusing(self) -> str | None:
         """Why new tasks are refused now (the journal cannot write), or None."""
 
-    def recover(self, records: list[Unfinished]) -> None: ...
+    def recover(self, records: list[Unfinished],
+                reattached: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """`reattached`: in an upgrade's new image, until a running task it carries is
+        back in the engine (a wait for one waits for it)."""
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         """Accept a task: its id once it is durable (journal, or Redis); with `wait`,

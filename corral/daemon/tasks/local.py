@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -47,15 +47,18 @@ class LocalFront:
         self.journal = journal
         self.report = report
         self.recovered = asyncio.Event()
+        self.reattached: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def refusing(self) -> str | None:
         return self.journal.refusing if self.journal is not None else None
 
-    def recover(self, records: list[Unfinished]) -> None:
+    def recover(self, records: list[Unfinished],
+                reattached: Callable[[str], Awaitable[None]] | None = None) -> None:
         """Finish the story of every task the previous daemon accepted (DESIGN section 8),
         then open the front. Called with no await since the agents were added, so no
         task is accepted before the journal's are back, queued after theirs."""
+        self.reattached = reattached
         tasks = self.engine.restore(records)
         # those held compact are no Task (suspension.py): suspended, as they were
         compact = len(records) - len(tasks)
@@ -148,6 +151,8 @@ class LocalFront:
     # -- asking -----------------------------------------------------------------------------
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
         await self.recovered.wait()
+        if wait and self.reattached is not None:
+            await self.reattached(task_id)
         return await self.engine.info(task_id, wait=wait)
 
     async def input_of(self, task_id: str) -> msgspec.Raw | None:

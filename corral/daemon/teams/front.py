@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -51,8 +52,9 @@ class TeamFront:
     def refusing(self) -> str | None:
         return self.inner.refusing
 
-    def recover(self, records: list[Unfinished]) -> None:
-        self.inner.recover(records)
+    def recover(self, records: list[Unfinished],
+                reattached: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.inner.recover(records, reattached)
 
     async def _start(self, p: m.TaskParams) -> TeamCall:
         _refused(p)

@@ -135,9 +135,6 @@ class TaskManager:
         self.admitting: Tenancy | None = None
         self.journal = journal
         self.active: dict[str, Task] = {}  # queued and running
-        # running tasks an upgrade's new image re-attaches when their worker is adopted
-        # (`coming_back`): a wait for one waits for that, not a look at its journal row
-        self._coming: dict[str, asyncio.Future[None]] | None = None
         self.retention = Retention(kept, kept_bytes)
         self.finished = self.retention.finished  # in the order they ended
         self.memory = self.retention.memory  # the payloads let go go back to the system
@@ -858,31 +855,8 @@ class TaskManager:
         held = self.dispatch.why_waiting(task.agent)
         return f"{where}: {held}" if held else f"{where}: starting"
 
-    def coming_back(self, task_ids: list[str]) -> None:
-        """These running tasks are re-attached (`adopt_running`) or given back
-        (`restore`) once their worker's adoption is over (corral upgrade's new image):
-        until `came_back`, a wait for one waits for that."""
-        if task_ids:
-            loop = asyncio.get_running_loop()
-            self._coming = {tid: loop.create_future() for tid in task_ids}
-
-    def came_back(self, task_id: str | None = None) -> None:
-        """Task `task_id` is back (None: every one still coming, the adoptions over)."""
-        if self._coming is None:
-            return
-        for fut in ([self._coming.pop(task_id, None)] if task_id is not None
-                    else list(self._coming.values())):
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-        if task_id is None or not self._coming:
-            self._coming = None
-
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo:
         """What `corral task ID` shows, from memory or else from the journal."""
-        if wait and self._coming is not None and task_id in self._coming:
-            # (a client that waited for it across the upgrade asks before its worker is
-            # adopted: the journal's row says "running", which it is, elsewhere)
-            await asyncio.shield(self._coming[task_id])
         task = (self.live(task_id) if wait else self.active.get(task_id)) or \
             self.finished.get(task_id)
         if task is not None and wait:
