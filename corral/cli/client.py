@@ -205,7 +205,8 @@ class Client:
             self.sock.close()
             self._buf = b""
             try:
-                self.sock = self._connect(self.resume_wait)
+                # (a full backlog makes the connect itself wait)
+                self.sock = self._connect(max(deadline - time.monotonic(), 0.001))
             except Unreachable:
                 raise GoneAway(f"{lost}: {method} was not made") from None
             self._next_id += 1
