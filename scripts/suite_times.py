@@ -3,7 +3,11 @@ its tests spent (their own and their reaped children's), both from pytest's cach
 (tests/conftest.py keeps them), and what is left, the time the file waited (on beats,
 deadlines, backoffs, a child's start, or a core another process held).
 
-    .venv/bin/python scripts/suite_times.py [--top N] [--cache DIR]
+    .venv/bin/python scripts/suite_times.py [--top N] [--cache DIR] [--write FILE]
+
+`--write tests/durations.json` keeps each file's time as the order a fresh clone's run
+hands the files out in, longest first (tests/conftest.py; a checkout's own cache of its
+last run goes before it).
 
 A file that mostly waits can share the machine with others: the suite's floor on C cores
 is its CPU over C, not its time."""
@@ -31,8 +35,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cache", type=Path, default=ROOT / ".pytest_cache",
                     help="a pytest cache directory (default: this checkout's)")
     ap.add_argument("--cores", type=int, default=2, help="the floor's cores")
+    ap.add_argument("--write", type=Path, metavar="FILE",
+                    help="keep each file's time there (tests/durations.json), the files "
+                         "that are still in the checkout")
     args = ap.parse_args(argv)
     wall, cpu = load(args.cache, "durations"), load(args.cache, "cpu")
+    if args.write is not None:
+        kept = {f: round(s, 1) for f, s in sorted(wall.items()) if (ROOT / f).is_file()}
+        args.write.write_text(json.dumps(kept, indent=0) + "\n")
     known = [f for f in wall if f in cpu]
     total_wall = sum(wall[f] for f in known)
     total_cpu = sum(cpu[f] for f in known)

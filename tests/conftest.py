@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import resource
 import shutil
@@ -250,18 +251,26 @@ def in_collection_order(config: pytest.Config) -> None:
 
 def longest_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytest.Item]:
     """A worker's collection, its files longest first: a file's time in the last run
-    (pytest's cache), else a file marked `long` (minutes by design: a fresh clone has no
-    cache) before the rest, and then the files with more tests first. Each file's tests
-    keep their order. Every worker reads the same cache, so each collects in one order."""
+    (pytest's cache), else as tests/durations.json keeps it (a fresh clone has no cache:
+    scripts/suite_times.py --write), else a minute for a file marked `long` (minutes by
+    design, new since), and the files with more tests first among equals. Each file's tests
+    keep their order. Every worker reads the same cache, so each collects in one order:
+    the longest files start first, and the run does not end on one alone."""
     cache = getattr(config, "cache", None)
-    seconds: dict[str, float] = cache.get("corral/durations", {}) if cache else {}
+    seconds: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        seconds.update(json.loads((Path(__file__).parent / "durations.json").read_text()))
+    if cache is not None:
+        seconds.update(cache.get("corral/durations", {}))
     files: dict[str, list[pytest.Item]] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
 
-    def rank(path: str) -> tuple[bool, float, int]:
-        long = any(i.get_closest_marker("long") for i in files[path])
-        return (not long, -seconds.get(path, 0.0), -len(files[path]))
+    def rank(path: str) -> tuple[float, int]:
+        known = seconds.get(path)
+        if known is None:
+            known = 60.0 if any(i.get_closest_marker("long") for i in files[path]) else 0.0
+        return (-known, -len(files[path]))
 
     return [item for path in sorted(files, key=rank) for item in files[path]]
 

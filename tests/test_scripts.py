@@ -3,6 +3,7 @@ run only when there is no venv yet."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -131,6 +132,22 @@ def test_suite_times_tells_a_files_waiting_from_its_cpu(tmp_path: Path) -> None:
         " the longest file 40 s",
         "  time s   CPU s  CPU %  file",
         "    40.0     4.0     10  tests/a.py"]
+    # kept as a fresh clone's order: the files still in the checkout, not tests/a.py
+    (kept / "durations").write_text('{"tests/a.py": 40.0, "tests/test_scripts.py": 9.96}')
+    (kept / "cpu").write_text('{"tests/a.py": 4.0, "tests/test_scripts.py": 9.0}')
+    r = times("--top", "0", "--write", str(tmp_path / "durations.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "durations.json").read_text()) == {
+        "tests/test_scripts.py": 10.0}
+
+
+def test_the_kept_durations_name_only_the_suites_files() -> None:
+    """tests/durations.json orders a fresh clone's run (tests/conftest.py): a file it
+    names that is gone (renamed, removed) says it is stale: `scripts/suite_times.py
+    --write tests/durations.json` after a run keeps it true."""
+    kept = json.loads((ROOT / "tests" / "durations.json").read_text())
+    assert [f for f in kept if not (ROOT / f).is_file()] == []
+    assert all(isinstance(s, float) and s >= 0 for s in kept.values())
 
 
 def test_reach_counts_the_internals_a_test_holds(tmp_path: Path) -> None:
