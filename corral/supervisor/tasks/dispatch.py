@@ -112,6 +112,11 @@ class TaskDispatch:
         # the agents whose slots the answers of the read being handled freed, pumped once
         # at its end (`answers_read`), in the order they were freed
         self.freed: dict[str, None] = {}
+        # each stopped attempt's cancel-grace timer, by its task's id: cancelled as the
+        # attempt ends, so that the timer lets the attempt go then rather than at its
+        # grace (a wave of suspensions stops thousands at once: their timers, attempts and
+        # contexts outlived them by `cancel_grace`, amid the objects the wave made anew)
+        self.stopping: dict[str, asyncio.TimerHandle] = {}
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -253,6 +258,11 @@ class TaskDispatch:
         self.deadlines.discard(task, task.timeout)
         self.requests.pop(task.id, None)
         attempt.finished = time.time()
+        stopping = self.stopping
+        if stopping:
+            timer = stopping.pop(task.id, None)
+            if timer is not None:
+                timer.cancel()
         q = self.by_agent.get(task.agent)
         if q is not None:
             q.running -= 1
@@ -333,22 +343,26 @@ class TaskDispatch:
             r.peer.notify("task/cancel", {"task_id": task_id})
 
         grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
+        if attempt.finished is not None or task_id in self.stopping:
+            return  # (ended already; or its grace counts from the first stop)
         # the timer's arguments, not a closure: a closure that schedules itself is a
         # cycle (its cell holds it), garbage until a full collection, thousands of them
         # after a wave of suspensions (bench/RESULTS.md, "cycles left by a suspension")
-        asyncio.get_running_loop().call_later(grace, _stopped_in_time, task_id, r, attempt,
-                                              why, grace)
+        self.stopping[task_id] = asyncio.get_running_loop().call_later(
+            grace, _stopped_in_time, self.stopping, task_id, r, attempt, why, grace)
 
 
-def _stopped_in_time(task_id: str, r: Replica, attempt: Attempt, why: str,
-                     grace: float) -> None:
+def _stopped_in_time(stopping: dict[str, asyncio.TimerHandle], task_id: str, r: Replica,
+                     attempt: Attempt, why: str, grace: float) -> None:
     """A stopped attempt's grace is over: its worker, when it has not ended it, is hung."""
-    if attempt.finished is not None:
+    if attempt.finished is not None:  # (its end cancels this timer: not met, kept safe)
         return
     if r.machine.paused:  # it cannot read the cancel: its grace is after
-        asyncio.get_running_loop().call_later(grace, _stopped_in_time, task_id, r, attempt,
-                                              why, grace)
-    elif r.machine.takes_work:
+        stopping[task_id] = asyncio.get_running_loop().call_later(
+            grace, _stopped_in_time, stopping, task_id, r, attempt, why, grace)
+        return
+    stopping.pop(task_id, None)
+    if r.machine.takes_work:
         r.take_down(f"hung: task {task_id} {why}, and did not stop within "
                     f"{grace:g} s of task/cancel", graceful=False)
 
