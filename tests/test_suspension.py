@@ -31,6 +31,7 @@ from corral.cli.client import CallFailed, Client
 from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, Decision
 from corral.supervisor.tasks.model import AttemptEnded
 from corral.taskoptions import TaskOptions
+from corral.taskviews import Attempt
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, in_process, shared_tmpdir
@@ -535,3 +536,74 @@ async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
         done = await asyncio.wait_for(asyncio.gather(*running), 60)
         assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
             sorted(("succeeded", f"#{i}?", 2) for i in range(n))
+
+
+def _holders(a: Attempt, mine: list[Attempt]) -> list[str]:
+    """The types of what holds attempt `a` but `mine` and its task's attempts."""
+    found = []
+    for h in gc.get_referrers(a):  # (a loop: a comprehension would hold `a` in a cell)
+        if h is not mine and not (isinstance(h, tuple) and len(h) == 1 and h[0] is a):
+            found.append(type(h).__name__)
+    return sorted(found)
+
+
+async def test_a_stopped_attempt_is_let_go_as_it_ends_not_at_its_cancel_grace(
+        tmp_path: Path) -> None:
+    """A suspended task's attempt is stopped (task/cancel) with a cancel-grace timer that
+    takes its worker down as hung if the attempt has not ended by then; the attempt's end
+    cancels that timer, so the attempt (and the timer, its context and its loop handle) is
+    let go at once, not `cancel_grace` later: after a wave of 10,000 suspensions they were
+    thousands of objects made amid the wave's own that outlived it (issue 55,
+    bench/RESULTS.md "pymalloc's arenas after a first passage")."""
+    n = 3
+    agents = textwrap.dedent(f"""
+        [agents.held]
+        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        suspend_after = {SUSPEND_AFTER}
+        cancel_grace = 3600
+        max_concurrent_tasks = {n}
+    """)
+    async with in_process(tmp_path, agents, supervisor="manual_clock = true") as d:
+        tasks = d.sup.tasks
+        made: asyncio.Queue[Ask] = asyncio.Queue()
+        tasks.stream.subscribe(lambda e: made.put_nowait(e.ask) if e.ask.pending else None,
+                               AskEnded)
+        running = [asyncio.ensure_future(tasks.run("held", {"prompt": f"#{i}?"},
+                                                    TaskOptions(timeout=3600)))
+                   for i in range(n)]
+        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+        stopped: list[Attempt] = []  # the attempts the suspension stops
+        for ask in asks:
+            while (await tasks.info(ask.task_id)).status != "waiting":
+                await asyncio.sleep(0.01)
+            task = tasks.live(ask.task_id)
+            assert task is not None and len(task.attempts) == 1
+            stopped.append(task.attempts[0])
+        del task
+        ended: set[str] = set()
+        ended_all = asyncio.Event()
+
+        def attempt_ended(e: AttemptEnded) -> None:
+            if e.task.suspended:
+                ended.add(e.task.id)
+                if len(ended) == n:
+                    ended_all.set()
+
+        tasks.stream.subscribe(attempt_ended, AttemptEnded)
+        tasks.clock.advance(600)
+        await asyncio.wait_for(ended_all.wait(), 30)
+        ends = [(a.finished is not None, a.outcome) for a in stopped]
+        assert ends == [(True, "suspended")] * n
+        # what holds each ended attempt besides this test: its task's attempts (a task
+        # kept whole), nothing else (no timer's arguments for the hour of its grace)
+        holders = [_holders(a, stopped) for a in stopped]
+        assert holders == [[]] * n
+        for ask in asks:
+            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                              ask.subject["prompt"]))
+        done = await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
+            sorted(("succeeded", f"#{i}?", 2) for i in range(n))
+        # (the replica that stopped them, never taken down as hung, ran their second)
+        assert [r.attempts[0].pid for r in done] == [r.attempts[1].pid for r in done]

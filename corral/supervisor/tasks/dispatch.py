@@ -355,7 +355,7 @@ class TaskDispatch:
 def _stopped_in_time(stopping: dict[str, asyncio.TimerHandle], task_id: str, r: Replica,
                      attempt: Attempt, why: str, grace: float) -> None:
     """A stopped attempt's grace is over: its worker, when it has not ended it, is hung."""
-    if attempt.finished is not None:  # (its end cancels this timer: not met, kept safe)
+    if attempt.finished is not None:  # (its end cancels this timer: a guard)
         return
     if r.machine.paused:  # it cannot read the cancel: its grace is after
         stopping[task_id] = asyncio.get_running_loop().call_later(
