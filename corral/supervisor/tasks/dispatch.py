@@ -112,11 +112,12 @@ class TaskDispatch:
         # the agents whose slots the answers of the read being handled freed, pumped once
         # at its end (`answers_read`), in the order they were freed
         self.freed: dict[str, None] = {}
-        # each stopped attempt's cancel-grace timer, by its task's id: cancelled as the
-        # attempt ends, so that the timer lets the attempt go then rather than at its
-        # grace (a wave of suspensions stops thousands at once: their timers, attempts and
-        # contexts outlived them by `cancel_grace`, amid the objects the wave made anew)
-        self.stopping: dict[str, asyncio.TimerHandle] = {}
+        # each stopped attempt's cancel-grace timer, by the attempt's id() (unique while
+        # the timer, holding it, is here): cancelled as the attempt ends, so that the
+        # timer lets the attempt go then rather than at its grace (a wave of suspensions
+        # stops thousands at once: their timers, attempts and contexts outlived them by
+        # `cancel_grace`, amid the objects the wave made anew)
+        self.stopping: dict[int, asyncio.TimerHandle] = {}
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -260,7 +261,7 @@ class TaskDispatch:
         attempt.finished = time.time()
         stopping = self.stopping
         if stopping:
-            timer = stopping.pop(task.id, None)
+            timer = stopping.pop(id(attempt), None)
             if timer is not None:
                 timer.cancel()
         q = self.by_agent.get(task.agent)
@@ -343,25 +344,26 @@ class TaskDispatch:
             r.peer.notify("task/cancel", {"task_id": task_id})
 
         grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
-        if attempt.finished is not None or task_id in self.stopping:
+        if attempt.finished is not None or id(attempt) in self.stopping:
             return  # (ended already; or its grace counts from the first stop)
         # the timer's arguments, not a closure: a closure that schedules itself is a
         # cycle (its cell holds it), garbage until a full collection, thousands of them
         # after a wave of suspensions (bench/RESULTS.md, "cycles left by a suspension")
-        self.stopping[task_id] = asyncio.get_running_loop().call_later(
+        self.stopping[id(attempt)] = asyncio.get_running_loop().call_later(
             grace, _stopped_in_time, self.stopping, task_id, r, attempt, why, grace)
 
 
-def _stopped_in_time(stopping: dict[str, asyncio.TimerHandle], task_id: str, r: Replica,
+def _stopped_in_time(stopping: dict[int, asyncio.TimerHandle], task_id: str, r: Replica,
                      attempt: Attempt, why: str, grace: float) -> None:
     """A stopped attempt's grace is over: its worker, when it has not ended it, is hung."""
     if attempt.finished is not None:  # (its end cancels this timer: a guard)
+        stopping.pop(id(attempt), None)
         return
     if r.machine.paused:  # it cannot read the cancel: its grace is after
-        stopping[task_id] = asyncio.get_running_loop().call_later(
+        stopping[id(attempt)] = asyncio.get_running_loop().call_later(
             grace, _stopped_in_time, stopping, task_id, r, attempt, why, grace)
         return
-    stopping.pop(task_id, None)
+    del stopping[id(attempt)]
     if r.machine.takes_work:
         r.take_down(f"hung: task {task_id} {why}, and did not stop within "
                     f"{grace:g} s of task/cancel", graceful=False)
