@@ -84,7 +84,8 @@ class Listeners:
         # connections once their requests are answered; the fd it keeps, and how it
         # serves again if nothing is handed over
         self._drains: dict[str, Drain] = {}
-        self._backs: list[Callable[[], Awaitable[None]]] = []
+        # each drained server's way back to accepting, by its name
+        self._backs: dict[str, Callable[[], Awaitable[None]]] = {}
 
     def take(self, name: str, listen: str) -> socket.socket | None:
         """The socket inherited for `name` if it was bound for `listen` (the config may
@@ -122,12 +123,12 @@ class Listeners:
         for name, go in drains:
             fd, back = await go()
             self._serving[name] = Listener(name, self._serving[name].listen, fd)
-            self._backs.append(back)
+            self._backs[name] = back
 
     async def come_back(self) -> None:
         """Nothing was handed over: every drained server accepts again."""
-        backs, self._backs = self._backs, []
-        for back in backs:
+        backs, self._backs = self._backs, {}
+        for back in backs.values():
             await back()
 
     def held(self) -> list[Listener]:
