@@ -257,7 +257,7 @@ _NOT_USED = ("aiohttp", "redis", "opentelemetry", "prometheus_client", "anthropi
 # dataclasses.replace, or with a field's own factory, repr or comparison
 _STILL_DATACLASSES = [
     "corral.daemon.definitions.DefRevision", "corral.daemon.workflows.runstore.Run",
-    "corral.methods.declaration.Method", "corral.methods.declaration.Resource",
+    "corral.methods.declaration.Resource",
     "corral.supervisor.containment.ProcessWatch",
     "corral.supervisor.durable.record.CallRecord", "corral.supervisor.durable.record.StepRow",
     "corral.supervisor.tasks.spawntree.SpawnTree", "corral.supervisor.teams.call.TeamCall",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..methods import GOING_AWAY, REGISTRY, DaemonInfo, Params, named
+from ..methods import GOING_AWAY, DaemonInfo, Method, Params, named
 
 if TYPE_CHECKING:
     # pathlib (and urllib, ipaddress) is not imported at a command's start
@@ -68,9 +68,17 @@ class _Message(msgspec.Struct):
 _message = msgspec.json.Decoder(_Message)
 
 
-def result_type(method: str) -> Any:
-    """What the method answers (corral.methods), or Any for one this CLI does not know."""
-    spec = REGISTRY.get(method)
+def result_type(method: str | Params) -> Any:
+    """What the method answers (corral.methods), or Any for one this CLI does not know. A
+    method named by its params is looked up in their declaration: a name, in REGISTRY,
+    which declares every domain's methods (a command's start declares its own alone)."""
+    spec: Method | None
+    if isinstance(method, Params):
+        spec = type(method).declared
+    else:
+        from .. import methods
+
+        spec = methods.REGISTRY.get(method)
     return Any if spec is None or spec.result is None else spec.result
 
 
@@ -250,4 +258,5 @@ class Client:
         names one."""
         method, params = named(request, params)
         return self.call(method, params, on_notification,
-                         result=result if result is not None else result_type(method))
+                         result=result if result is not None else result_type(
+                             request if isinstance(request, Params) else method))

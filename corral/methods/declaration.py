@@ -19,6 +19,11 @@ from typing import Any, ClassVar
 
 import msgspec
 
+# REGISTRY is not among them: corral.methods' REGISTRY is this one once every domain's
+# methods are declared (corral/methods/__init__.py)
+__all__ = ["CANCEL", "GOING_AWAY", "ONE", "REPLICA", "SCOPES", "Method", "Params", "Resource",
+           "method", "named", "rest"]
+
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
                     "events", "mcp:call", "metrics:read", "audit:read", "approvals",
@@ -32,6 +37,8 @@ CANCEL = "request.cancel"
 GOING_AWAY = "daemon.going_away"
 
 
+# a dataclass (~1.5 ms of every CLI command's start, its methods compiled from source):
+# the dashboard copies one with dataclasses.replace (daemon/http/ui.py)
 @dataclass(frozen=True)
 class Resource:
     """One REST route of a method: an HTTP method and path, and where its params come
@@ -70,8 +77,10 @@ def rest(verb: str, path: str, summary: str, **kw: Any) -> Resource:
     return Resource(verb, path, summary, tag=path.split("/")[1], **kw)
 
 
-@dataclass(frozen=True)
-class Method:
+# a Struct, not a dataclass: every CLI command imports this module, and a dataclass is
+# made by generating and compiling its methods (bench/RESULTS.md, "The CLI's start at
+# half its CPU")
+class Method(msgspec.Struct, frozen=True):
     name: str
     params: type[Params]
     mutating: bool
