@@ -8,6 +8,7 @@ drain is over (`wait`), with what it drained; the pidfd is readable once it has 
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
 import select
@@ -21,7 +22,7 @@ from .. import methods as m
 from .client import Client, Unreachable
 
 
-def peer_pid(sock: socket.socket) -> int:
+def peer_pid(sock: _socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[0])
 
