@@ -283,3 +283,105 @@ def test_a_minimal_daemons_start_makes_only_what_it_uses(tmp_path: Path) -> None
                        capture_output=True, text=True, timeout=120, cwd=ROOT.parent)
     assert (r.returncode, r.stdout) == (0, "\n" + " ".join(_STILL_DATACLASSES) + "\n"), \
         r.stderr
+
+
+# A command's start, as the console script's (corral.cli.entry), against a socket with no
+# daemon (the path of its start up to its first call), its modules once it is done.
+_COMMAND_START = """
+import atexit, sys
+atexit.register(lambda: print(*sorted(sys.modules), file=sys.__stdout__))
+sys.argv = ["corral", *sys.argv[1:]]
+from corral.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("args", "domains"), [
+    (("status",), ["agents", "daemon", "stats"]),
+    (("tasks",), ["daemon", "tasks"]),
+    (("task", "t-1"), ["daemon", "tasks"]),
+    (("submit", "echo"), ["daemon", "tasks"]),
+    (("logs", "echo"), ["daemon", "logs"]),
+])
+def test_a_commands_start_declares_only_the_methods_it_calls(
+        tmp_path: Path, args: tuple[str, ...], domains: list[str]) -> None:
+    """A command declares the methods of the domains it calls (corral.methods.DOMAINS:
+    the client's probe is daemon.info), not all ~100, and imports neither socket.py (the
+    client connects with _socket) nor json (imported where a command prints JSON): a
+    start was ~0.08 s of CPU and the suite starts the CLI ~1,900 times (bench/RESULTS.md,
+    "The CLI's start at half its CPU")."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "no.sock"
+    r = subprocess.run([sys.executable, "-c", _COMMAND_START, "--socket", str(sock), *args],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        3, f"corral: cannot reach the corral daemon at {sock}: no socket there")
+    modules = r.stdout.split()
+    assert [m.removeprefix("corral.methods.") for m in modules
+            if m.startswith("corral.methods.")] == sorted(["declaration", *domains])
+    assert [m for m in modules if m in ("socket", "selectors", "json")] == []
+
+
+def _defined(path: Path) -> set[str]:
+    """The public names a module defines itself (not those it imports)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_the_methods_domain_table_is_what_the_domains_define() -> None:
+    """corral.methods imports a domain's module when one of its names is asked for, by
+    its table (DOMAINS): a name missing from it would not be found."""
+    from corral import methods
+
+    domains = {p.stem for p in (ROOT / "methods").glob("*.py")} - {"__init__", "declaration"}
+    assert set(methods.DOMAINS) == domains
+    assert {d: set(names) for d, names in methods.DOMAINS.items()} == {
+        d: _defined(ROOT / "methods" / f"{d}.py") for d in methods.DOMAINS}
+    with pytest.raises(AttributeError) as err:
+        methods.NoSuchMethod  # noqa: B018
+    assert str(err.value) == "module 'corral.methods' has no attribute 'NoSuchMethod'"
+
+
+_REGISTRY_ORDER = """
+import sys
+import corral.methods as m
+for name in sys.argv[1:]:
+    getattr(m, name)
+print(*m.REGISTRY)
+"""
+
+
+def test_the_registry_is_every_method_in_one_order_whichever_domain_came_first() -> None:
+    """REGISTRY (the REST routes, the OpenAPI document and the dashboard list the methods
+    in its order) declares every domain's methods when asked for, in the table's order
+    whichever domains a process imported before."""
+    import subprocess
+    import sys
+
+    from corral import methods
+
+    def order(*first: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", _REGISTRY_ORDER, *first],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+        assert r.stderr == ""
+        return r.stdout.split()
+
+    declared = order()
+    assert declared == order("TenantsList", "DefinitionUpdate", "StatsGet") == list(
+        methods.REGISTRY)
+    assert sorted(declared) == sorted(
+        p.declared.name for d in methods.DOMAINS for name in methods.DOMAINS[d]
+        if isinstance(p := getattr(methods, name), type) and issubclass(p, methods.Params)
+        and "declared" in vars(p))
+    ranks = [list(methods.DOMAINS).index(methods.REGISTRY[n].params.__module__.rpartition(
+        ".")[2]) for n in declared]
+    assert ranks == sorted(ranks)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from ..text import plural
 from .app import Ctx, cli, command, json_option, names_arg, pass_ctx
 from .client import EXIT_UNREACHABLE, Disconnection
 from .durations import parse_since
+from .render import dumps
 
 
 def _log_options(fn: Any) -> Any:
@@ -61,7 +61,7 @@ def logs(obj: Ctx, names: tuple[str, ...], follow: bool, rotate: bool, lines: in
             raise click.UsageError("--rotate rotates and returns: not with -f")
         done: m.LogsRotated = obj.call(m.LogsRotate(names=list(names)))
         if as_json:
-            click.echo(json.dumps(msgspec.to_builtins(done)))
+            click.echo(dumps(msgspec.to_builtins(done)))
         else:
             for path in done.files:
                 click.echo(f"rotated {path}")
@@ -103,7 +103,7 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
                     line.time == last[0] and line.text in last[1])):
                 continue
             if as_json:
-                click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
+                click.echo(dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
             else:
                 click.echo(line.render())
             if last and line.time == last[0]:

@@ -22,6 +22,14 @@ def print_json(obj: Any, *, one_line: bool = False) -> None:
                           sort_keys=False))
 
 
+def dumps(value: Any, **kw: Any) -> str:
+    """json.dumps: json is imported when a command prints JSON, not at its start (~1.5 ms
+    of `corral submit`'s or `corral logs`')."""
+    import json
+
+    return json.dumps(value, **kw)
+
+
 def table(rows: list[list[str]], headers: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

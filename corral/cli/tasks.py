@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from ..taskoptions import TaskFilters, TaskOptions
 from .app import Ctx, command, complete_agents, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .durations import duration
-from .render import human_time, millis, print_json, stamp, table
+from .render import dumps, human_time, millis, print_json, stamp, table
 from .taskflags import given, with_flags
 
 MAX_INPUT = 16 * 1024 * 1024 - 4096
@@ -113,7 +112,7 @@ def submit_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: 
     got: m.TaskAccepted = obj.call(m.TasksSubmit(
         agent=agent, input=_read_input(input_), local=local, traceparent=traceparent,
         tracestate=tracestate, **given(TaskOptions, flags)))
-    click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
+    click.echo(dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
 
 
 def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.TaskResult:
@@ -127,7 +126,7 @@ def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.Task
             return
         last[:] = [params["id"]]
         if as_json:
-            click.echo(json.dumps(params))
+            click.echo(dumps(params))
         elif params.get("truncated"):
             click.echo(f"\ncorral: {params['data']}", err=True)
         else:
@@ -175,7 +174,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
 
     if detach:  # answered at once, with the id of the task that runs on
         got: m.TaskAccepted = obj.call(m.TasksSubmit(**asked))
-        click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
+        click.echo(dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
     params = m.TasksRun(**asked)
     res: m.TaskResult
@@ -207,7 +206,7 @@ def _finish(res: m.TaskResult, shown: Shown) -> None:
     if shown != "text":
         print_json(res, one_line=shown == "json-lines")
     elif res.status == "succeeded":
-        click.echo(json.dumps(res.output, indent=2))
+        click.echo(dumps(res.output, indent=2))
     else:
         why = res.error.message if res.error is not None else ""
         # after retries: how many attempts it had, so that a policy at work is seen
@@ -285,14 +284,14 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
         print_json(res, one_line=stream)
         return
     if with_input:
-        click.echo("input: " + (json.dumps(res.input) if res.input is not msgspec.UNSET
+        click.echo("input: " + (dumps(res.input) if res.input is not msgspec.UNSET
                                 else "(not kept: a cluster task, or a daemon without a "
                                      "journal)"))
     for key in ("task_id", "agent", "status", "priority", "created", "started", "finished",
                 "queue_wait", "ran", "tool_calls", "progress", "output", "error"):
         val = _shown(res, key)
         if val is not None:
-            click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+            click.echo(f"{key}: {dumps(val) if isinstance(val, dict | list) else val}")
     if res.waiting is not None:
         click.echo(f"waiting: {res.waiting}")
     for ask in res.asks if isinstance(res.asks, list) else ():
@@ -300,7 +299,7 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
     for key, val in msgspec.to_builtins(res.options).items():  # as its submitter asked
         if key in m.TaskInfo.__struct_fields__:
             continue  # (shown above, as the task has it)
-        click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list | tuple) else val}")
+        click.echo(f"{key}: {dumps(val) if isinstance(val, dict | list | tuple) else val}")
     if res.usage is not None:
         u = res.usage
         click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "
