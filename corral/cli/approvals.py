@@ -4,7 +4,6 @@ JSON`, each a decision of one ask (approvals.resolve; docs/approvals.md)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -15,7 +14,7 @@ from .. import methods as m
 from ..askviews import Ask, what_it_asks
 from ..text import plural
 from .app import Ctx, command, command_group, doc, json_option, pass_ctx
-from .render import print_json, stamp, table
+from .render import dumps, print_json, stamp, table
 
 
 @command_group(m.ApprovalsList)
@@ -45,7 +44,7 @@ def _shown(ask: Ask, as_json: bool) -> None:
         click.echo("pending" + (f" until {stamp(ask.deadline)}" if ask.deadline else ""))
         return
     said = f"{ask.end} by {ask.by} at {stamp(ask.ended or 0)}"
-    click.echo(said + (f": {json.dumps(ask.data)}" if ask.data is not None else ""))
+    click.echo(said + (f": {dumps(ask.data)}" if ask.data is not None else ""))
 
 
 @command(m.ApprovalsGet)
@@ -57,6 +56,8 @@ def approvals_show(obj: Ctx, ask_id: str, as_json: bool) -> None:
 
 
 def _json(text: str, option: str) -> Any:
+    import json
+
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -115,7 +116,7 @@ def approvals_watch(obj: Ctx, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "approvals.ask":
             ask = msgspec.convert(params, Ask)
-            click.echo(json.dumps(params) if as_json else
+            click.echo(dumps(params) if as_json else
                        f"{ask.id} {ask.kind} of task {ask.task_id} ({ask.agent}): "
                        f"{what_it_asks(ask)}: "
                        + ("pending" if ask.end is None else f"{ask.end} by {ask.by}"))

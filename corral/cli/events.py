@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -12,6 +11,7 @@ import msgspec
 from .. import methods as m
 from ..text import iso_time, plural
 from .app import Ctx, cli, command, json_option, pass_ctx
+from .render import dumps
 
 
 @cli.group()
@@ -45,9 +45,9 @@ def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
 def events_tail(obj: Ctx, pattern: str, tenant: str | None, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "events.event":
-            click.echo(json.dumps(params) if as_json else
+            click.echo(dumps(params) if as_json else
                        f"{iso_time(params['time'], ms=True)} {params['topic']} from "
-                       f"{params['source']}: {json.dumps(params['data'])}")
+                       f"{params['source']}: {dumps(params['data'])}")
         elif method == "events.missed":
             click.echo(f"corral: missed {plural(params['count'], 'event')}", err=True)
         sys.stdout.flush()

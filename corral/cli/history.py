@@ -3,13 +3,11 @@ the audit log."""
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from .. import methods as m
 from .app import Ctx, command, complete_agents, json_option, pass_ctx
-from .render import print_json, stamp, table
+from .render import dumps, print_json, stamp, table
 
 
 @command(m.AgentsHistory)
@@ -71,5 +69,5 @@ def audit(obj: Ctx, limit: int, as_json: bool) -> None:
         return
     # who acted as revisions name it: a token by its name, a socket peer by uid and pid
     rows = [[stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,
-             e.outcome, json.dumps(e.params)[:60]] for e in res.entries]
+             e.outcome, dumps(e.params)[:60]] for e in res.entries]
     table(rows, ["TIME", "WHO", "TENANT", "METHOD", "OUTCOME", "PARAMS"])

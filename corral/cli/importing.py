@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -39,6 +37,10 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     with -o). Each setting that could not be carried over is named on stderr with the
     reason; the exit status is 0 when every file was read (docs/migrating.md). `--keys`
     lists the other tools' names for corral's keys."""
+    # imported here, as the others: `corral --help` imports this module for its help
+    import difflib
+    from pathlib import Path
+
     from ..importer.formats import read_all
     from ..importer.model import How
     from ..importer.toml import render

@@ -4,7 +4,6 @@ all of them served as one over stdio."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -91,6 +90,7 @@ for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),
 def mcp_login(name: str, config: str | None, port: int) -> None:
     """Authorize corral for a remote server with auth = "oauth" (OAuth 2.1, PKCE)."""
     import asyncio
+    from pathlib import Path
 
     from .login import LoginError, login
 

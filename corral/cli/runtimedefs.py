@@ -5,7 +5,6 @@ the kind's methods' declarations name them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ import msgspec
 
 from .. import methods as m
 from .app import Ctx, command, json_option, pass_ctx
-from .render import print_json, stamp, table
+from .render import dumps, print_json, stamp, table
 from .tasks import _read_input
 
 
@@ -25,6 +24,7 @@ def whose(tenant: str | None) -> str:
 
 def read_tables(path: str, section: str) -> dict[str, Any]:
     """The [section.NAME] tables of a TOML file (or a JSON file's `section` object)."""
+    import json
     import tomllib
 
     try:
@@ -100,7 +100,7 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
                  else f"added at runtime, revision {res.revision}"
                  + (f", tenant {res.tenant}" if res.tenant else ""))
         click.echo(f"{noun} {res.name} ({where})\nagents: {', '.join(res.agents)}")
-        click.echo(json.dumps(res.definition, indent=2))
+        click.echo(dumps(res.definition, indent=2))
 
     @command(verbs.history)
     @click.argument("name")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -14,7 +11,7 @@ import click
 from .. import methods as m
 from .app import Ctx, cli, command, complete_agents, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
-from .render import print_json
+from .render import dumps, print_json
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
            "stable_after", "start_timeout", "stop_timeout")
@@ -31,10 +28,10 @@ def _spec_value(v: Any) -> str:
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, dict):
-        return ", ".join(f"{k} = {_spec_value(x) if isinstance(x, dict) else json.dumps(x)}"
+        return ", ".join(f"{k} = {_spec_value(x) if isinstance(x, dict) else dumps(x)}"
                          for k, x in v.items())
     if isinstance(v, list):
-        return ", ".join(x if isinstance(x, str) else json.dumps(x) for x in v)
+        return ", ".join(x if isinstance(x, str) else dumps(x) for x in v)
     return str(v)
 
 
@@ -51,6 +48,8 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     click.echo(f"name: {res.name}")
     click.echo(f"origin: {res.origin}")
     click.echo(f"revision: {res.revision if res.revision is not None else '-'}")
+    import shlex
+
     click.echo(f"command: {' '.join(shlex.quote(a) for a in res.argv)}")
     if spec.get("release"):  # an agent package's
         click.echo(f"release: {os.path.basename(spec['release'])} (version "
@@ -78,6 +77,7 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
 
 def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
     import tomllib
+    from pathlib import Path
 
     try:
         data = tomllib.loads(Path(path).read_text())
@@ -179,6 +179,8 @@ add.help = doc(m.AgentsAdd) + "\n\nFILE holds [agents.NAME] tables as in the con
 def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
            env: tuple[str, ...], unset_env: tuple[str, ...], set_: tuple[str, ...],
            no_check: bool) -> None:
+    import json
+
     patch: dict[str, Any] = {}
     for item in set_:
         key, sep, raw = item.partition("=")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -28,6 +27,8 @@ def systemd_group() -> None:
 def systemd_install(unit_dir: str, config: str, force: bool, dry_run: bool) -> None:
     """Write the systemd unit (pointing at this installation) and a starter config, from
     the installed package; then run the `systemctl` commands it prints."""
+    from pathlib import Path
+
     from .install import install, next_steps
 
     try:

@@ -4,7 +4,6 @@ agent is (`corral run TEAM`), its calls shown as its tasks (`corral task ID`).""
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
@@ -12,7 +11,7 @@ import msgspec
 
 from .. import methods as m
 from .app import Ctx, cli, command, json_option, pass_ctx
-from .render import print_json, table
+from .render import dumps, print_json, table
 from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
 
@@ -59,7 +58,7 @@ def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bo
         return
     click.echo(f"{res.task_id} {res.status}")
     if res.output is not msgspec.UNSET and res.output is not None:
-        click.echo(json.dumps(res.output))
+        click.echo(dumps(res.output))
     if isinstance(res.error, m.TaskFailure):
         click.echo(f"error: {res.error.message}", err=True)
 

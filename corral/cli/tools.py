@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from typing import Any
 
@@ -14,7 +13,7 @@ from .. import methods as m
 from ..text import did_you_mean
 from .app import Ctx, cli, command, command_group, complete_agents, json_option, pass_ctx
 from .client import EXIT_FAILED
-from .render import print_json, table
+from .render import dumps, print_json, table
 
 
 @command_group(m.ToolsList)
@@ -88,9 +87,9 @@ def _arguments(tool: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
         text = prop.get("description")
         about = [" ".join(text.split())] if isinstance(text, str) and text.strip() else []
         if "default" in prop:
-            about.append(f"default: {json.dumps(prop['default'])}")
+            about.append(f"default: {dumps(prop['default'])}")
         if isinstance(prop.get("enum"), list):
-            about.append("one of: " + ", ".join(json.dumps(v) for v in prop["enum"]))
+            about.append("one of: " + ", ".join(dumps(v) for v in prop["enum"]))
         out.append((str(arg), _schema_type(prop), arg in needed, "; ".join(about)))
     return out
 
@@ -150,7 +149,7 @@ def _print_content(items: list[dict[str, Any]]) -> None:
             click.echo(f"[{item.get('role', '')}] ", nl=False)
             _print_content([item["content"]])
         else:
-            click.echo(json.dumps(item))
+            click.echo(dumps(item))
 
 
 @cli.command("resources", context_settings={"ignore_unknown_options": False})
@@ -239,6 +238,6 @@ def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
         print_json(res)
     else:
         for item in res.get("content") or []:
-            click.echo(item.get("text") if item.get("type") == "text" else json.dumps(item))
+            click.echo(item.get("text") if item.get("type") == "text" else dumps(item))
     if res.get("isError"):
         sys.exit(EXIT_FAILED)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -97,6 +96,8 @@ def _top(obj: Ctx, interval: float, iterations: int, log_lines: int,
         if log_lines:
             recent: list[LogLine] = obj.call(m.LogsTail(lines=log_lines)).lines
             click.echo(f"\n-- last {plural(len(recent), 'log line')} --")
+            import shutil
+
             width = shutil.get_terminal_size().columns
             for line in recent:
                 text = line.render()

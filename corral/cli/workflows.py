@@ -4,7 +4,6 @@ a run cancelled; workflows added, changed, removed and rolled back at runtime
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from .. import methods as m
 from .app import Ctx, cli, command, command_group, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .durations import duration
-from .render import print_json, table
+from .render import dumps, print_json, table
 from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
 
@@ -117,7 +116,7 @@ def _took(start: float | None, end: float | None) -> str:
 
 
 def _shown(value: Any, width: int = 60) -> str:
-    text = json.dumps(msgspec.to_builtins(value))
+    text = dumps(msgspec.to_builtins(value))
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
