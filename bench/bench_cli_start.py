@@ -80,8 +80,13 @@ env = {{ PYTHONPATH = "{args.b}" }}
             "logs hello": [*m, "--socket", sock, "logs", "hello"],
             "--help": [*m, "--help"],
             "status, unreachable (exit 3)": [*m, "--socket", f"{d}/none.sock", "status"],
-            "python -c pass (the floor)": [PY, "-c", "pass"],
+            "python -c pass": [PY, "-c", "pass"],
+            # what every command imports before any of corral's own: the floor under it
+            "python -c 'import click, msgspec'": [PY, "-c", "import click, msgspec"],
         }
+        for _ in range(5):  # the daemon's agents settle (their start is CPU beside ours)
+            for tree in (args.a, args.b):
+                cpu(commands["status"], tree)
         rows: dict[str, Any] = {}
         for name, argv in commands.items():
             got: dict[str, list[float]] = {"A": [], "B": []}
