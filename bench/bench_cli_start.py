@@ -6,8 +6,9 @@ with `python -m compileall -q corral`: where PYTHONDONTWRITEBYTECODE is set a so
 no current .pyc is compiled on every run). A command is run as the suite runs it,
 `python -m corral ...` with PYTHONPATH set to the tree (and, for `status`, also through
 the venv's `corral` console script), against one real daemon (tree B's, two hello agents)
-or an unreachable socket; A and B in turn, N times each. A run's CPU is the user+sys its
-process tree used (`getrusage(RUSAGE_CHILDREN)` before and after). Usage:
+or an unreachable socket; N rounds, each running every command with A then B. A run's
+CPU is the user+sys its process tree used (`getrusage(RUSAGE_CHILDREN)` before and
+after). Usage:
 
     .venv/bin/python -m bench.bench_cli_start --a /tmp/A --b /tmp/B [-n 40]
         -> bench/results/cli_start.json, and a table on stdout
@@ -87,23 +88,26 @@ env = {{ PYTHONPATH = "{args.b}" }}
         for _ in range(5):  # the daemon's agents settle (their start is CPU beside ours)
             for tree in (args.a, args.b):
                 cpu(commands["status"], tree)
-        rows: dict[str, Any] = {}
-        for name, argv in commands.items():
-            got: dict[str, list[float]] = {"A": [], "B": []}
-            codes = set()
-            for _ in range(args.n):
+        got = {name: {"A": [], "B": []} for name in commands}
+        codes: dict[str, set[tuple[str, int]]] = {name: set() for name in commands}
+        # round by round, every command in each: the machine's load (other suites) drifts,
+        # and each row, the floors' too, sees the same of it
+        for _ in range(args.n):
+            for name, argv in commands.items():
                 for label, tree in (("A", args.a), ("B", args.b)):
                     seconds, code = cpu(argv, tree)
-                    got[label].append(seconds)
-                    codes.add((label, code))
-            ratio = median([a / b for a, b in zip(got["A"], got["B"], strict=True) if b])
-            rows[name] = {"a_median": median(got["A"]), "a_p90": quantile(got["A"], 0.9),
-                          "b_median": median(got["B"]), "b_p90": quantile(got["B"], 0.9),
-                          "a_over_b": ratio, "exit_codes": sorted(codes)}
+                    got[name][label].append(seconds)
+                    codes[name].add((label, code))
+        rows: dict[str, Any] = {}
+        for name, runs in got.items():
+            ratio = median([a / b for a, b in zip(runs["A"], runs["B"], strict=True) if b])
+            rows[name] = {"a_median": median(runs["A"]), "a_p90": quantile(runs["A"], 0.9),
+                          "b_median": median(runs["B"]), "b_p90": quantile(runs["B"], 0.9),
+                          "a_over_b": ratio, "exit_codes": sorted(codes[name])}
             print(f"| `{name}` | {rows[name]['a_median'] * 1000:.1f} | "
                   f"{rows[name]['a_p90'] * 1000:.1f} | {rows[name]['b_median'] * 1000:.1f} | "
                   f"{rows[name]['b_p90'] * 1000:.1f} | {ratio:.2f} | "
-                  f"{' '.join(f'{lb}:{c}' for lb, c in sorted(codes))} |", flush=True)
+                  f"{' '.join(f'{lb}:{c}' for lb, c in sorted(codes[name]))} |", flush=True)
         with open("/proc/loadavg") as f:
             load = f.read().split()[:3]
         report("cli_start", {"n": args.n, "load": load, "commands": rows,
