@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 
 def main() -> None:
+    # What the CLI's import makes (modules, classes, functions: tens of thousands of
+    # objects) lives as long as the process: the collector's passes among them while
+    # importing find nothing, and frozen they are out of every later pass, the one at
+    # the interpreter's exit too (~0.01 s of a command's ~0.07 s of CPU: bench/RESULTS.md,
+    # "The CLI's start at half its CPU"; the daemon freezes its own start as well,
+    # decision 60). What a command makes after is collected as before.
+    gc.disable()
     try:
         from .main import main as cli_main
     except ModuleNotFoundError as exc:
@@ -14,4 +22,7 @@ def main() -> None:
             raise
         sys.exit(f"corral: the CLI and the daemon need {exc.name}, which is not installed: "
                  "pip install \"corral[daemon]\" (plain `corral` is the worker SDK only)")
+    finally:
+        gc.freeze()
+        gc.enable()
     cli_main()
