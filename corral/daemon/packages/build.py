@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import os
 import shutil
@@ -288,11 +289,10 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
 
 class Builder:
     def __init__(self, releases: Releases, settings: PackagesSettings,
-                 containment: Containment, uv: str | None, cache: Path) -> None:
+                 containment: Containment, cache: Path) -> None:
         self.releases = releases
         self.settings = settings
         self.containment = containment
-        self.uv = uv
         self.cache = cache
         self._turn = asyncio.Lock()  # one build at a time in this daemon...
         self._probe = asyncio.Lock()
@@ -327,6 +327,13 @@ class Builder:
         if len(out) < 2:
             raise BuildError(f"{python} did not say what it is")
         return out[0].decode().strip(), out[1].decode().strip()
+
+    @functools.cached_property
+    def uv(self) -> str | None:
+        """Looked for at the first build or status that asks, not at the daemon's start:
+        the uv package's import and its search were ~10 ms of every boot's CPU, and
+        most daemons never deploy a package."""
+        return find_uv(self.settings.uv)
 
     def _uv(self) -> str:
         if self.uv is None:

@@ -39,7 +39,7 @@ from ..store import StateStore
 from ..storeschema import StoreError
 from ..storewriter import what_to_do
 from . import checked
-from .build import Builder, BuildError, Plan, find_uv
+from .build import Builder, BuildError, Plan
 from .manifest import read_manifest
 from .releases import CACHE, Releases, Rollout, remove_tree
 
@@ -74,8 +74,7 @@ class Packages:
         # the deploys in their plan or build: the daemon's stop ends them and waits for
         # what they leave to be removed (a build's processes killed, its directory gone)
         self._building: set[asyncio.Task[Any]] = set()
-        self.builder = Builder(self.releases, settings, parts.containment,
-                               find_uv(settings.uv), cache)
+        self.builder = Builder(self.releases, settings, parts.containment, cache)
 
     # -- start-up ------------------------------------------------------------------------
     async def start(self) -> None:

@@ -1,0 +1,140 @@
+"""A daemon's boot to READY and stop: CPU per boot and time to READY, trees A/B.
+
+Each boot is `python -m corral daemon --config X` run from a tree (PYTHONPATH = the tree,
+so a `git archive`d copy of another commit runs in the same venv), with NOTIFY_SOCKET
+set: the bench waits for READY=1, sends SIGTERM and reaps the daemon with `wait4`, whose
+rusage is the daemon's user+sys plus that of every child it reaped (the agents', in the
+hello variant). Two configs: "empty" ([supervisor] socket and state_dir, no agent) and
+"hello" (two examples/hello.py agents, the test harness's settings). Boots alternate
+between the trees boot by boot (A B, then B A, ...), so a change of load falls on both.
+
+    .venv/bin/python -m bench.bench_boot -n 20 --tree A=/tmp/boot-a --tree B=.
+        -> bench/results/bench_boot.json
+
+A tree given to --tree should be byte-compiled first (`python -m compileall -q corral`),
+as an installed one is: a boot would otherwise compile ~500 modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "bench_boot.json"
+READY_WAIT = 60.0
+
+
+def config(tree: Path, scratch: Path, variant: str) -> str:
+    head = f'[supervisor]\nsocket = "{scratch}/corral.sock"\nstate_dir = "{scratch}/state"\n'
+    if variant == "empty":
+        return head
+    agents = "".join(textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{sys.executable}", "{tree}/examples/hello.py"]
+        env = {{ PYTHONPATH = "{tree}" }}
+        replicas = 1
+        backoff_initial = 0.05
+        stop_timeout = 10.0
+        """) for name in ("one", "two"))
+    return head + f'log_dir = "{scratch}/state/logs"\ndrain_timeout = 0\n' + agents
+
+
+def boot(tree: Path, variant: str) -> dict[str, float]:
+    """One boot to READY and stop: its CPU (daemon and reaped children) and its times."""
+    with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
+        scratch = Path(tmp)
+        path = scratch / "corral.toml"
+        path.write_text(config(tree, scratch, variant))
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(scratch / "notify"))
+        notify.settimeout(READY_WAIT)
+        env = {**os.environ, "PYTHONPATH": str(tree), "NOTIFY_SOCKET": str(scratch / "notify"),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("CORRAL_SOCKET", None)
+        t0 = time.perf_counter()
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "corral", "daemon",
+                                              "--config", str(path)], env)
+        try:
+            deadline = t0 + READY_WAIT
+            while True:
+                notify.settimeout(max(0.1, deadline - time.perf_counter()))
+                msg = notify.recv(4096).decode()
+                if "READY=1" in msg.split("\n"):
+                    break
+            ready = time.perf_counter() - t0
+            os.kill(pid, signal.SIGTERM)
+            _, status, ru = os.wait4(pid, 0)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            notify.close()
+        total = time.perf_counter() - t0
+        if status != 0:
+            raise RuntimeError(f"daemon of {tree} ({variant}) exited with status {status}")
+        return {"cpu_ms": (ru.ru_utime + ru.ru_stime) * 1000, "user_ms": ru.ru_utime * 1000,
+                "sys_ms": ru.ru_stime * 1000, "ready_ms": ready * 1000,
+                "stop_ms": (total - ready) * 1000}
+
+
+def p90(xs: list[float]) -> float:
+    return sorted(xs)[max(0, int(len(xs) * 0.9 + 0.5) - 1)]
+
+
+def summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {f"{k}_{stat}": round(f(r[k] for r in rows), 1)  # type: ignore[operator]
+            for k in ("cpu_ms", "ready_ms") for stat, f in
+            (("median", lambda xs: statistics.median(list(xs))),
+             ("p90", lambda xs: p90(list(xs))))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", type=int, default=20, help="boots per tree and variant")
+    p.add_argument("--tree", action="append", default=[],
+                   help="NAME=PATH of a corral tree (default: this one)")
+    p.add_argument("--variant", action="append", choices=("empty", "hello"), default=[])
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    trees = [(name, Path(path).resolve()) for name, _, path in
+             (t.partition("=") for t in args.tree)] or [("this", ROOT)]
+    variants = args.variant or ["empty", "hello"]
+    rows: dict[str, dict[str, list[dict[str, float]]]] = {
+        v: {name: [] for name, _ in trees} for v in variants}
+    load = [os.getloadavg()[0]]
+    for i in range(args.n):
+        order = trees if i % 2 == 0 else trees[::-1]
+        for variant in variants:
+            for name, tree in order:
+                rows[variant][name].append(boot(tree, variant))
+        load.append(os.getloadavg()[0])
+        print(f"round {i + 1}/{args.n} load {load[-1]:.2f}", file=sys.stderr)
+    result: dict[str, Any] = {"n": args.n, "trees": {n: str(t) for n, t in trees},
+                              "load_1min": [round(x, 2) for x in load], "variants": {}}
+    for variant in variants:
+        result["variants"][variant] = {name: {**summary(rs), "boots": rs}
+                                       for name, rs in rows[variant].items()}
+        for name, rs in rows[variant].items():
+            s = summary(rs)
+            print(f"{variant:6} {name:6} cpu median {s['cpu_ms_median']:7.1f} ms "
+                  f"p90 {s['cpu_ms_p90']:7.1f} ms   ready median {s['ready_ms_median']:7.1f}"
+                  f" ms p90 {s['ready_ms_p90']:7.1f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
