@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.daemon import storeschema
+from corral.daemon import storefresh, storeschema
 from corral.daemon.store import StateStore
 from corral.daemon.storeschema import SCHEMA_VERSION, StoreError, open_database
 
@@ -82,6 +82,39 @@ def test_a_new_migration_is_one_appended_entry_applied_once(tmp_path: Path) -> N
     assert storeschema.migrate(db, more) == SCHEMA_VERSION + 1  # nothing left to apply
     assert db.execute("SELECT count(*) FROM extra").fetchone() == (1,)
     db.close()
+
+
+def _master(db: sqlite3.Connection) -> list[tuple[str, str, str, str | None]]:
+    return sorted(db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+
+
+def test_a_new_database_is_made_as_the_migrations_leave_one(tmp_path: Path) -> None:
+    """A new database is made at once from storefresh.py (decision 927): the same tables,
+    indexes and SQL text, and the same version, as every migration run one by one."""
+    assert storeschema.digest(storeschema.MIGRATIONS) == storefresh.DIGEST, (
+        "storeschema.MIGRATIONS changed: run scripts/fresh_schema.py")
+    new = open_database(tmp_path / "new.db")
+    stepped = storeschema.connect(tmp_path / "stepped.db")
+    assert storeschema.migrate(stepped, storeschema.MIGRATIONS) == SCHEMA_VERSION
+    assert storeschema.schema_version(new) == SCHEMA_VERSION
+    assert _master(new) == _master(stepped)
+    assert len(_master(new)) > 40
+    new.close()
+    stepped.close()
+
+
+def test_a_new_database_past_the_fresh_schema_is_migrated_step_by_step(
+        tmp_path: Path) -> None:
+    """A migration appended without making storefresh.py again: a new database is still
+    the newest schema (the migrations run), never the fresh schema short of one."""
+    storeschema.MIGRATIONS.append("CREATE TABLE extra (x INTEGER);")
+    try:
+        db = open_database(tmp_path / "corral.db")
+        assert storeschema.schema_version(db) == SCHEMA_VERSION + 1
+        assert "extra" in tables(db) and "tasks" in tables(db)
+        db.close()
+    finally:
+        storeschema.MIGRATIONS.pop()
 
 
 def test_a_failing_migration_leaves_the_previous_version_whole(tmp_path: Path) -> None:

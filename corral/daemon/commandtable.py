@@ -1,34 +1,32 @@
-"""Every handler module's Commands, gathered into the one table the Dispatcher takes:
-each declared method (corral.methods) implemented once, in the module of its domain."""
+"""Every handler module's Commands, in the one table the Dispatcher takes: each declared
+method (corral.methods) implemented once, in the module of its domain, which is imported
+the first time one of its methods is called (api.Handlers, decision 926)."""
 
 from __future__ import annotations
 
-from . import (
-    accesshandlers,
-    agenthandlers,
-    approvalhandlers,
-    daemonhandlers,
-    eventhandlers,
-    gatewayhandlers,
-    loghandlers,
-    mcphandlers,
-    nodehandlers,
-    packagehandlers,
-    schedulehandlers,
-    sessionhandlers,
-    stathandlers,
-    taskhandlers,
-    tenanthandlers,
-)
 from .api import Handlers
 from .services import Services
-from .teams import handlers as teamhandlers
-from .workflows import handlers as workflowhandlers
 
-HANDLERS: Handlers[Services] = Handlers(
-    daemonhandlers.COMMANDS, agenthandlers.COMMANDS, stathandlers.COMMANDS,
-    taskhandlers.COMMANDS, sessionhandlers.COMMANDS,
-    eventhandlers.COMMANDS, mcphandlers.COMMANDS, nodehandlers.COMMANDS,
-    tenanthandlers.COMMANDS, loghandlers.COMMANDS, packagehandlers.COMMANDS,
-    accesshandlers.COMMANDS, gatewayhandlers.COMMANDS, schedulehandlers.COMMANDS,
-    teamhandlers.COMMANDS, workflowhandlers.COMMANDS, approvalhandlers.COMMANDS)
+# a method name's first part -> the module (in corral.daemon) whose COMMANDS implement it
+DOMAINS = {
+    "audit": "daemonhandlers", "config": "daemonhandlers", "daemon": "daemonhandlers",
+    "agents": "agenthandlers",
+    "stats": "stathandlers",
+    "tasks": "taskhandlers", "traces": "taskhandlers",
+    "sessions": "sessionhandlers",
+    "events": "eventhandlers",
+    "mcp": "mcphandlers", "prompts": "mcphandlers", "resources": "mcphandlers",
+    "tools": "mcphandlers",
+    "nodes": "nodehandlers",
+    "tenants": "tenanthandlers",
+    "logs": "loghandlers",
+    "packages": "packagehandlers",
+    "tokens": "accesshandlers", "ui": "accesshandlers",
+    "gateway": "gatewayhandlers",
+    "schedules": "schedulehandlers",
+    "calls": "teams.handlers", "teams": "teams.handlers",
+    "runs": "workflows.handlers", "workflows": "workflows.handlers",
+    "approvals": "approvalhandlers",
+}
+
+HANDLERS: Handlers[Services] = Handlers(__package__, DOMAINS)

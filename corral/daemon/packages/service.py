@@ -15,12 +15,13 @@ that was being tried never becomes current without having been seen healthy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
 from ... import methods as m
@@ -38,10 +39,10 @@ from ..revisions import Revision, RevisionLog, recording, spec_table, unrecordin
 from ..store import StateStore
 from ..storeschema import StoreError
 from ..storewriter import what_to_do
-from . import checked
-from .build import Builder, BuildError, Plan
-from .manifest import read_manifest
 from .releases import CACHE, Releases, Rollout, remove_tree
+
+if TYPE_CHECKING:
+    from .build import Builder, Plan
 
 # seconds the daemon's stop waits for a cancelled build to clean up after itself: within
 # the teardown's own step deadline (teardown.TEARDOWN_STEP), which would skip it
@@ -74,7 +75,16 @@ class Packages:
         # the deploys in their plan or build: the daemon's stop ends them and waits for
         # what they leave to be removed (a build's processes killed, its directory gone)
         self._building: set[asyncio.Task[Any]] = set()
-        self.builder = Builder(self.releases, settings, parts.containment, cache)
+        self._cache = cache
+        self._containment = parts.containment
+
+    @functools.cached_property
+    def builder(self) -> Builder:
+        """Made at the first deploy or status that needs it: most daemons never deploy,
+        and the build's modules were part of every boot's imports (decision 926)."""
+        from .build import Builder
+
+        return Builder(self.releases, self.settings, self._containment, self._cache)
 
     # -- start-up ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,6 +136,10 @@ class Packages:
     # -- deploy --------------------------------------------------------------------------
     async def deploy(self, path: str, name: str | None, who: str, say: Say
                      ) -> m.DeployResult:
+        from . import checked
+        from .build import BuildError
+        from .manifest import read_manifest
+
         try:
             # a thread no cancelled deploy or daemon exit waits for (checked.in_thread)
             manifest = await checked.in_thread(lambda _: read_manifest(path, name))
