@@ -19,6 +19,7 @@ ask by its name. The store is the daemon's state database (daemon/inboxjournal.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -57,8 +58,13 @@ EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again
 _ENDED = frozenset({"end", "ended", "by", "data"})
 _FIELDS = tuple(f for f in Ask.__struct_fields__ if f != "id" and f not in _ENDED)
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(tuple[tuple(get_type_hints(Ask)[f] for f in _FIELDS)]  # type: ignore[misc]
-                                  ).decode
+
+
+@functools.cache
+def _decoder() -> msgspec.msgpack.Decoder[tuple[Any, ...]]:
+    """Made at the first ask read back, not at import: the field types' evaluation was
+    ~1.3 ms of every daemon's start, and most daemons are never asked anything."""
+    return msgspec.msgpack.Decoder(tuple[tuple(get_type_hints(Ask)[f] for f in _FIELDS)])  # type: ignore[misc]
 
 
 def _pack(ask: Ask) -> bytes:
@@ -66,7 +72,7 @@ def _pack(ask: Ask) -> bytes:
 
 
 def _unpack(ask_id: str, packed: bytes) -> Ask:
-    return Ask(id=ask_id, **dict(zip(_FIELDS, _decode(packed), strict=True)))
+    return Ask(id=ask_id, **dict(zip(_FIELDS, _decoder().decode(packed), strict=True)))
 
 
 # the ends a person decides, by the kind of ask they decide
