@@ -1,7 +1,7 @@
 """A daemon's boot to READY and stop: CPU per boot and time to READY, trees A/B.
 
-Each boot is `python -m corral daemon --config X` run from a tree (PYTHONPATH = the tree,
-so a `git archive`d copy of another commit runs in the same venv), with NOTIFY_SOCKET
+Each boot is `python -m corral daemon --config X` run in a tree (its working directory and
+PYTHONPATH: a `git archive`d copy of another commit runs in the same venv), with NOTIFY_SOCKET
 set: the bench waits for READY=1, sends SIGTERM and reaps the daemon with `wait4`, whose
 rusage is the daemon's user+sys plus that of every child it reaped (the agents', in the
 hello variant). Two configs: "empty" ([supervisor] socket and state_dir, no agent) and
@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -63,8 +64,11 @@ def boot(tree: Path, variant: str) -> dict[str, float]:
                "PYTHONDONTWRITEBYTECODE": "1"}
         env.pop("CORRAL_SOCKET", None)
         t0 = time.perf_counter()
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "corral", "daemon",
-                                              "--config", str(path)], env)
+        # run in the tree: `python -m` puts the working directory first on sys.path,
+        # ahead of PYTHONPATH (from another tree, that tree's corral would run)
+        proc = subprocess.Popen([sys.executable, "-m", "corral", "daemon", "--config",
+                                 str(path)], env=env, cwd=tree)
+        pid = proc.pid
         try:
             deadline = t0 + READY_WAIT
             while True:
@@ -74,10 +78,11 @@ def boot(tree: Path, variant: str) -> dict[str, float]:
                     break
             ready = time.perf_counter() - t0
             os.kill(pid, signal.SIGTERM)
-            _, status, ru = os.wait4(pid, 0)
+            _, status, ru = os.wait4(pid, 0)  # reaped here, for its rusage: not by Popen
+            proc.returncode = os.waitstatus_to_exitcode(status)
         except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            proc.kill()
+            proc.wait()
             raise
         finally:
             notify.close()
@@ -111,6 +116,12 @@ def main() -> int:
     trees = [(name, Path(path).resolve()) for name, _, path in
              (t.partition("=") for t in args.tree)] or [("this", ROOT)]
     variants = args.variant or ["empty", "hello"]
+    for _, tree in trees:  # each tree's daemon imports that tree's corral
+        where = subprocess.run([sys.executable, "-c", "import corral; print(corral.__file__)"],
+                               cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if not where.startswith(str(tree) + os.sep):
+            raise SystemExit(f"{tree}: its daemon would import {where}")
     rows: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {name: [] for name, _ in trees} for v in variants}
     load = [os.getloadavg()[0]]
