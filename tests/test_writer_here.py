@@ -230,3 +230,37 @@ async def test_a_job_that_raises_on_the_loop_is_rolled_back_and_told(
         store.close()
     # a closed writer's connection is not touched on the loop: the job is declined
     assert thread.run_here(noting([])) == (False, None)
+
+
+async def test_a_commit_whose_waiter_is_cancelled_is_made_and_its_end_is_no_error(
+        tmp_path: Path) -> None:
+    """A stop cancels what waits on a commit the writer thread is running: the commit is
+    still made, and its end told on the loop is no error (it was InvalidStateError, the
+    cancelled future's set_result, logged at some daemons' stops)."""
+    db = tmp_path / "corral.db"
+    loop = asyncio.get_running_loop()
+    raised: list[str] = []
+    loop.set_exception_handler(lambda _, context: raised.append(context["message"]))
+    started, go = threading.Event(), threading.Event()
+
+    def held(db: sqlite3.Connection) -> None:
+        started.set()
+        go.wait(10)
+        db.execute("INSERT INTO agent_state (name, replica, time, state) VALUES "
+                   "('held', 0, 0, '0')")
+
+    errors: list[str] = []
+    try:
+        async with lockable_store(db, errors, []) as (store, _writer, _holder):
+            commit = asyncio.ensure_future(store.commit([held]))
+            assert await asyncio.to_thread(started.wait, 10)
+            commit.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await commit
+            go.set()
+            await store.commit([])  # told after the held one's end, in order
+            assert (raised, errors, rows(db)) == ([], [], 1)
+    finally:
+        go.set()
+        loop.set_exception_handler(None)
+

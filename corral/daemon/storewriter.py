@@ -227,7 +227,11 @@ class WriterThread:
                 write(db)
             db.execute("COMMIT")
 
-        self.run(job, done.set_result)
+        def told(error: str | None) -> None:
+            if not done.cancelled():  # its waiter gone (a stop): the commit is made anyway
+                done.set_result(error)
+
+        self.run(job, told)
         error = await done
         if error is not None:
             raise StoreError(f"state database {self.path} cannot be written ({error})")
