@@ -15,7 +15,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -25,8 +24,7 @@ from .store import StateStore
 Write = Callable[[sqlite3.Connection], None]
 
 
-@dataclass(frozen=True)
-class DefRevision:
+class DefRevision(msgspec.Struct, frozen=True):
     kind: str
     name: str
     revision: int

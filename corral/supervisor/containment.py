@@ -37,7 +37,6 @@ import select
 import signal
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
@@ -480,12 +479,11 @@ class ProcessEnded(NamedTuple):
     record: ProcessRecord
 
 
-@dataclass
-class ProcessWatch:
+class ProcessWatch(msgspec.Struct):
     record: ProcessRecord
     oom_before: int = 0
     # re-parented descendants attributed to this process: pid -> start time
-    escapees: dict[int, int] = field(default_factory=dict)
+    escapees: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class Ticket(NamedTuple):

@@ -3,18 +3,17 @@ one object the parts that read them share, so a change reaches each at once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 __all__ = ["Tuning"]
 
 
-@dataclass
-class Tuning:
+class Tuning(msgspec.Struct):
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     max_replicas: int = 16
     sandbox_program: str = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
     # corral's own files, which no sandboxed agent may write or reach (the daemon's)
-    protected_paths: list[tuple[str, str]] = field(default_factory=list)
+    protected_paths: list[tuple[str, str]] = msgspec.field(default_factory=list)
     # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
     release_sdk: str | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -29,8 +28,7 @@ KIND = "workflow"
 Sees = Callable[[str, str | None], bool]
 
 
-@dataclass
-class Run:
+class Run(msgspec.Struct):
     run_id: str
     workflow: str
     wf: Workflow  # compiled from the definition stored with the run
@@ -40,7 +38,7 @@ class Run:
     deadline: float | None = None
     ended: float | None = None
     error: str | None = None
-    rows: dict[tuple[str, int], StepRow] = field(default_factory=dict)
+    rows: dict[tuple[str, int], StepRow] = msgspec.field(default_factory=dict)
     revision: int | None = None  # of a workflow added at runtime (None: the config's)
     # every agent it may run, its nested workflows' as they were when it started
     # (None: its own steps' alone)

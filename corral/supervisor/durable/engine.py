@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
+
+from msgspec.structs import replace
 
 from ...jsonrpc import RpcError
 from ..tasks.ids import new_id

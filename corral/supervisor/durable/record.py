@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -14,8 +13,7 @@ CALL_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 StepKey = tuple[str, int]  # (step, item)
 
 
-@dataclass(slots=True)  # a spawn tree holds one per child: thousands pending
-class StepRow:
+class StepRow(msgspec.Struct):  # a spawn tree holds one per child: thousands pending
     step: str
     item: int
     status: str  # running, or one of STEP_ENDED
@@ -34,8 +32,7 @@ class StepEnd(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
-@dataclass
-class CallRecord:
+class CallRecord(msgspec.Struct):
     """A call as a store keeps it: `kind` ("workflow", "team") says whose planner reads
     `definition` (the kind's own JSON, pinned when the call started); `rows` its steps'
     (without their outputs: a store reads one back when it is asked, DurableStore.output)."""
@@ -56,7 +53,7 @@ class CallRecord:
     agents: list[str] | None = None  # every agent it may run (None: not known)
     traceparent: str | None = None  # the caller's W3C context, as it was when it started
     tracestate: str | None = None
-    rows: dict[StepKey, StepRow] = field(default_factory=dict)
+    rows: dict[StepKey, StepRow] = msgspec.field(default_factory=dict)
 
 
 class Durable(Protocol):

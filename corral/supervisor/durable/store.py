@@ -4,8 +4,9 @@ memory store an embedded engine uses (the Python API's teams, not kept across a 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Protocol
+
+from msgspec.structs import replace
 
 from .record import CallRecord, StepRow
 

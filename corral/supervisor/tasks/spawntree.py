@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import msgspec
 
 from ..durable import CALL_ENDED, WHOLE, CallRecord, StepRow
 from ..durable.engine import StepEngine
@@ -42,8 +43,7 @@ def parent_of(step: StepKey) -> str:
     return step[0].split("/", 1)[0]
 
 
-@dataclass
-class SpawnTree:
+class SpawnTree(msgspec.Struct):
     """A tree as the engine drives it (durable.record.Durable)."""
 
     call_id: str  # the root task's id
@@ -56,10 +56,10 @@ class SpawnTree:
     error: str | None = None
     ended: float | None = None
     deadline: float | None = None  # none: a tree lasts as long as its tasks
-    rows: dict[StepKey, StepRow] = field(default_factory=dict)
+    rows: dict[StepKey, StepRow] = msgspec.field(default_factory=dict)
     running: int = 0  # its rows whose child has not ended (known here, not kept)
     root_ended: str | None = None  # the root's status once it ended
-    unsaved: list[StepRow] = field(default_factory=list)  # ended here, kept at its end
+    unsaved: list[StepRow] = msgspec.field(default_factory=list)  # ended here, kept at its end
 
     def record(self) -> CallRecord:
         return CallRecord(self.call_id, KIND, self.agent, b"",

@@ -5,7 +5,6 @@ each naming its task: a durable call of kind "team" (supervisor/durable/), its r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -33,8 +32,7 @@ def driven_with(record: CallRecord) -> list[str]:
     return [leader] if leader is not None else []
 
 
-@dataclass
-class TeamCall:
+class TeamCall(msgspec.Struct):
     call_id: str  # a task id: the call is shown as a task of the team
     team: str
     spec: TeamSpec  # pinned: a reload does not change a call under way
@@ -45,7 +43,7 @@ class TeamCall:
     ended: float | None = None
     output: Any = None
     error: str | None = None
-    rows: dict[StepKey, StepRow] = field(default_factory=dict)
+    rows: dict[StepKey, StepRow] = msgspec.field(default_factory=dict)
     # the caller's W3C context: its steps' tasks are children of it (with [tracing])
     traceparent: str | None = None
     tracestate: str | None = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -17,12 +16,11 @@ from .refs import NAME, SHAPE, Missing, Ref, Scope, build, parse, refs_in, resol
 STEP_NAME = re.compile(NAME)
 
 
-@dataclass
-class PlanStep:
+class PlanStep(msgspec.Struct):
     spec: StepSpec
     index: int  # its place in the definition
     input: Any  # what it is sent, with references (the default filled in)
-    deps: frozenset[str] = field(default_factory=frozenset)
+    deps: frozenset[str] = msgspec.field(default_factory=frozenset)
 
     @property
     def name(self) -> str:
