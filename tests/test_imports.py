@@ -262,19 +262,10 @@ _NOT_USED = ("aiohttp", "redis", "opentelemetry", "prometheus_client", "anthropi
              "uv._find_uv")
 
 # the dataclasses a start still makes (~1-2 ms each at import, their methods compiled
-# from source; a msgspec Struct's class ~0.05 ms): records copied with
-# dataclasses.replace, or with a field's own factory, repr or comparison
-_STILL_DATACLASSES = [
-    "corral.daemon.definitions.DefRevision", "corral.daemon.workflows.runstore.Run",
-    "corral.methods.declaration.Resource",
-    "corral.supervisor.containment.ProcessWatch",
-    "corral.supervisor.durable.record.CallRecord", "corral.supervisor.durable.record.StepRow",
-    "corral.supervisor.tasks.spawntree.SpawnTree", "corral.supervisor.teams.call.TeamCall",
-    "corral.supervisor.tuning.Tuning", "corral.supervisor.workflows.plan.PlanStep"]
 # from source; a msgspec Struct's class ~0.05 ms): the engine's and the daemon's records
-# are Structs (msgspec.structs.replace, msgspec.field's factories; decision 926)
-_STILL_DATACLASSES = ["corral.methods.declaration.Method",
-                      "corral.methods.declaration.Resource"]
+# are Structs (msgspec.structs.replace, msgspec.field's factories; decision 929), and so
+# are the methods' declarations and REST routes (decision 920): none is left
+_STILL_DATACLASSES: list[str] = []
 
 
 def test_a_minimal_daemons_start_makes_only_what_it_uses(tmp_path: Path) -> None:

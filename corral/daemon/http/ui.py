@@ -22,7 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -477,7 +477,7 @@ def _query_only(res: Resource) -> Resource:
     URL is stream/METHOD)."""
     if not res.path_params:
         return res
-    return replace(res, path_params={},
+    return msgspec.structs.replace(res, path_params={},
                    query=(*res.query, *res.path_params.values()))
 
 
