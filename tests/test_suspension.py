@@ -469,6 +469,46 @@ def _left(o: object) -> str | None:
     return None
 
 
+def _held(n: int, cancel_grace: float) -> str:
+    """An agent whose n tasks at once each ask a question, suspended after SUSPEND_AFTER."""
+    return textwrap.dedent(f"""
+        [agents.held]
+        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        suspend_after = {SUSPEND_AFTER}
+        cancel_grace = {cancel_grace}
+        max_concurrent_tasks = {n}
+    """)
+
+
+async def _asked(d: Any, n: int) -> tuple[list[Ask], list[asyncio.Future[Any]]]:
+    """n tasks of `held` run, each once its question is asked and it waits."""
+    tasks = d.sup.tasks
+    made: asyncio.Queue[Ask] = asyncio.Queue()
+    tasks.stream.subscribe(lambda e: made.put_nowait(e.ask) if e.ask.pending else None,
+                           AskEnded)
+    running = [asyncio.ensure_future(tasks.run("held", {"prompt": f"#{i}?"},
+                                                TaskOptions(timeout=3600)))
+               for i in range(n)]
+    asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+    for ask in asks:
+        while (await tasks.info(ask.task_id)).status != "waiting":
+            await asyncio.sleep(0.01)
+    return asks, running
+
+
+async def _answered(d: Any, asks: list[Ask], running: list[asyncio.Future[Any]]
+                    ) -> list[Any]:
+    """Each question answered: every task succeeds on its second attempt, with its answer."""
+    for ask in asks:
+        await d.sup.tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                                ask.subject["prompt"]))
+    done = await asyncio.wait_for(asyncio.gather(*running), 60)
+    assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
+        sorted(("succeeded", f"#{i}?", 2) for i in range(len(asks)))
+    return list(done)
+
+
 async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
         tmp_path: Path) -> None:
     """What the suspended tasks' attempts held is freed as they are suspended, not left in
@@ -477,26 +517,10 @@ async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
     current task kept by a local of the frame the error holds), and the stopped attempt's
     cancel-grace timer (a closure that rescheduled itself). Then the wave's trim comes."""
     n = 5
-    agents = textwrap.dedent(f"""
-        [agents.held]
-        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        suspend_after = {SUSPEND_AFTER}
-        cancel_grace = 0.2
-        max_concurrent_tasks = {n}
-    """)
-    async with in_process(tmp_path, agents, supervisor="manual_clock = true") as d:
+    async with in_process(tmp_path, _held(n, cancel_grace=0.2),
+                          supervisor="manual_clock = true") as d:
         tasks = d.sup.tasks
-        made: asyncio.Queue[Ask] = asyncio.Queue()
-        tasks.stream.subscribe(lambda e: made.put_nowait(e.ask) if e.ask.pending else None,
-                               AskEnded)
-        running = [asyncio.ensure_future(tasks.run("held", {"prompt": f"#{i}?"},
-                                                    TaskOptions(timeout=3600)))
-                   for i in range(n)]
-        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
-        for ask in asks:
-            while (await tasks.info(ask.task_id)).status != "waiting":
-                await asyncio.sleep(0.01)
+        asks, running = await _asked(d, n)
         trims = tasks.memory.trims
         ended: set[str] = set()  # the suspended tasks whose stopped attempt ended
         ended_one = asyncio.Event()
@@ -530,12 +554,7 @@ async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(trimmed(), 10)  # (TRIM_DELAY is 1 s)
-        for ask in asks:
-            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                              ask.subject["prompt"]))
-        done = await asyncio.wait_for(asyncio.gather(*running), 60)
-        assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
-            sorted(("succeeded", f"#{i}?", 2) for i in range(n))
+        await _answered(d, asks, running)
 
 
 def _holders(a: Attempt, mine: list[Attempt]) -> list[str]:
@@ -556,27 +575,12 @@ async def test_a_stopped_attempt_is_let_go_as_it_ends_not_at_its_cancel_grace(
     thousands of objects made amid the wave's own that outlived it (issue 55,
     bench/RESULTS.md "pymalloc's arenas after a first passage")."""
     n = 3
-    agents = textwrap.dedent(f"""
-        [agents.held]
-        command = ["{PY}", "{HERE}/asking_agent.py", "--async"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        suspend_after = {SUSPEND_AFTER}
-        cancel_grace = 3600
-        max_concurrent_tasks = {n}
-    """)
-    async with in_process(tmp_path, agents, supervisor="manual_clock = true") as d:
+    async with in_process(tmp_path, _held(n, cancel_grace=3600),
+                          supervisor="manual_clock = true") as d:
         tasks = d.sup.tasks
-        made: asyncio.Queue[Ask] = asyncio.Queue()
-        tasks.stream.subscribe(lambda e: made.put_nowait(e.ask) if e.ask.pending else None,
-                               AskEnded)
-        running = [asyncio.ensure_future(tasks.run("held", {"prompt": f"#{i}?"},
-                                                    TaskOptions(timeout=3600)))
-                   for i in range(n)]
-        asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
+        asks, running = await _asked(d, n)
         stopped: list[Attempt] = []  # the attempts the suspension stops
         for ask in asks:
-            while (await tasks.info(ask.task_id)).status != "waiting":
-                await asyncio.sleep(0.01)
             task = tasks.live(ask.task_id)
             assert task is not None and len(task.attempts) == 1
             stopped.append(task.attempts[0])
@@ -599,11 +603,6 @@ async def test_a_stopped_attempt_is_let_go_as_it_ends_not_at_its_cancel_grace(
         # kept whole), nothing else (no timer's arguments for the hour of its grace)
         holders = [_holders(a, stopped) for a in stopped]
         assert holders == [[]] * n
-        for ask in asks:
-            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                              ask.subject["prompt"]))
-        done = await asyncio.wait_for(asyncio.gather(*running), 60)
-        assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
-            sorted(("succeeded", f"#{i}?", 2) for i in range(n))
+        done = await _answered(d, asks, running)
         # (the replica that stopped them, never taken down as hung, ran their second)
         assert [r.attempts[0].pid for r in done] == [r.attempts[1].pid for r in done]

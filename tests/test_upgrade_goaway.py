@@ -7,6 +7,7 @@ sent while no image reads it, every time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,22 @@ def gated(tmp: Path) -> tuple[Path, int]:
     return new, fd
 
 
+@contextlib.contextmanager
+def gated_daemon() -> Iterator[tuple[Daemon, Path, int]]:
+    """A started daemon of one worker, and the gated install it may upgrade to (`gated`):
+    its gate's fd is the test's to write, closed, with the daemon stopped, after."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    new, gate = gated(tmp)
+    try:
+        d.start()
+        yield d, new, gate
+    finally:
+        os.close(gate)
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def log_of(d: Daemon) -> str:
     return (d.state / "logs" / "corral.log").read_text()
 
@@ -69,11 +87,7 @@ def tasks_of(d: Daemon) -> list[str]:
 
 
 def test_a_call_sent_as_the_old_image_holds_is_answered_by_the_new_one_once() -> None:
-    tmp = shared_tmpdir()
-    d = Daemon(tmp, worker("w"))
-    new, gate = gated(tmp)
-    try:
-        d.start()
+    with gated_daemon() as (d, new, gate):
         assert d.proc is not None
         # both connected to the old image, and one call each answered by it
         sender, idle = Client(d.sock, timeout=60), Client(d.sock, timeout=60)
@@ -106,18 +120,10 @@ def test_a_call_sent_as_the_old_image_holds_is_answered_by_the_new_one_once() ->
         sender.close()
         idle.close()
         assert d.stop() == 0
-    finally:
-        os.close(gate)
-        d.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_call_the_next_image_never_takes_is_not_made_and_says_so() -> None:
-    tmp = shared_tmpdir()
-    d = Daemon(tmp, worker("w"))
-    new, gate = gated(tmp)
-    try:
-        d.start()
+    with gated_daemon() as (d, new, gate):
         assert d.proc is not None
         bounded = Client(d.sock, timeout=60, resume_wait=1.0)
         bounded.ask(m.DaemonInfo())
@@ -159,10 +165,6 @@ def test_a_call_the_next_image_never_takes_is_not_made_and_says_so() -> None:
             f"the corral daemon at {d.sock} went away (upgrading to corral {version}) "
             "before it read tasks.submit, and did not come back: tasks.submit was not made")
         waiting.close()
-    finally:
-        os.close(gate)
-        d.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_hold_that_hands_nothing_over_serves_again_what_waited_meanwhile() -> None:
