@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,15 @@ async def test_calls_wait_for_the_services_and_bad_calls_are_refused_before() ->
         d.dispatch(caller, "agents.nothing", None, Discard())
     assert (e.value.code, e.value.message) == (jsonrpc.METHOD_NOT_FOUND,
                                                "method not found: agents.nothing")
+    # a caller's method name never names a module to import (handlers are imported by
+    # domain on first use, from a fixed table: decision 926)
+    before = set(sys.modules)
+    for name in ("os.system", "importlib.import_module", "..handlers", "agents", ""):
+        with pytest.raises(RpcError) as e:
+            d.dispatch(caller, name, None, Discard())
+        assert (e.value.code, e.value.message) == (
+            jsonrpc.METHOD_NOT_FOUND, f"method not found: {name or repr(name)}")
+    assert set(sys.modules) - before == set()
     with pytest.raises(RpcError) as e:
         d.dispatch(caller, "agents.status", {"names": 1}, Discard())
     assert e.value.code == jsonrpc.INVALID_PARAMS
