@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pytest
 
+from corral.cli.client import Unreachable
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
 from corral.daemon.logs import LogHub
@@ -707,12 +708,15 @@ def test_a_plain_program_not_ready_yet_refuses_the_upgrade_and_changes_nothing()
         d.start(wait_ready=False)  # (READY=1 waits for every agent's readiness)
         assert d.proc is not None
 
-        def starting() -> bool:
-            r = d.cli("status", "--json")
-            return r.returncode in (0, 3) and '"state":"starting"' in r.stdout.replace(
-                " ", "")
+        def started_process() -> bool:
+            # (a replica shows "starting" before its process is made: wait for its pid)
+            try:
+                row = d.status()["n#0"]
+            except Unreachable:  # (its socket not made yet)
+                return False
+            return row["state"] == "starting" and row["pid"] is not None
 
-        wait_until(starting, what="starting")
+        wait_until(started_process, what="starting, with its process made")
         before = d.status()["n#0"]["pid"]
         started = time.monotonic()
         r = d.cli("upgrade", timeout=60)
