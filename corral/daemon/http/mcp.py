@@ -60,7 +60,7 @@ from ...supervisor.stream import Subscription
 from ..addresses import loopback
 from ..attribution import mark_of
 from .mcpsessions import SessionsFull, SessionTable
-from .server import drain, listening_fd
+from .server import held_across_upgrade
 
 if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
@@ -323,14 +323,9 @@ class HttpGateway:
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}{ENDPOINT}"
         elif inherited is None:
             Path(self.socket_path or "").chmod(0o660)
-        if self.listeners is not None and sockets:
-            self._served(site, tls)
-
-    def _served(self, site: web.BaseSite, tls: ssl.SSLContext | None) -> None:
-        fd = listening_fd(site)
-        if self.listeners is not None and self._runner is not None and fd is not None:
-            self.listeners.serving("gateway", self.settings.listen or "", fd, drain(
-                self._runner, site, tls, lambda again: self._served(again, tls)))
+        if self.listeners is not None:
+            held_across_upgrade(self.listeners, "gateway", self.settings.listen or "",
+                                self._runner, site, tls)
 
     def _path(self, p: str) -> str:
         path = Path(p)

@@ -208,6 +208,17 @@ def drain(runner: web.BaseRunner, site: web.BaseSite, tls: ssl.SSLContext | None
     return go
 
 
+def held_across_upgrade(listeners: Listeners, name: str, listen: str, runner: web.BaseRunner,
+                        site: web.BaseSite, tls: ssl.SSLContext | None) -> None:
+    """Tell `listeners` of a started site's socket (what `corral upgrade` hands over), with
+    its drain; a site that serves again after a refused hand-over is told of anew."""
+    fd = listening_fd(site)
+    if fd is not None:
+        listeners.serving(name, listen, fd, drain(
+            runner, site, tls,
+            lambda again: held_across_upgrade(listeners, name, listen, runner, again, tls)))
+
+
 class HttpServer:
     def __init__(self, ctx: HttpContext, listeners: Listeners | None = None) -> None:
         self.ctx = ctx
@@ -270,14 +281,9 @@ class HttpServer:
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}"
         await site.start()
         self.ctx.url = self.url
-        self._served(site)
-
-    def _served(self, site: web.BaseSite) -> None:
-        fd = listening_fd(site)
-        listen = self.ctx.settings.listen
-        if self.listeners is not None and fd is not None and listen and self.runner:
-            self.listeners.serving("http", listen, fd, drain(self.runner, site, self._tls,
-                                                              self._served))
+        if self.listeners is not None and self.ctx.settings.listen:
+            held_across_upgrade(self.listeners, "http", self.ctx.settings.listen, self.runner,
+                                site, self._tls)
 
     async def close(self) -> None:
         if self.listeners is not None:
