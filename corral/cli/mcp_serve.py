@@ -8,6 +8,10 @@ the host cancels is cancelled on the control socket (`request.cancel`) and so up
 If the daemon goes away, calls in flight fail with a clear error, and the link is tried
 again for `reconnect` seconds; when it is back, the host is told the lists changed. If it
 does not come back, the reason goes to stderr (which hosts show) and the process exits 1.
+A daemon going away for `corral upgrade` says the last request it read (GOING_AWAY): a
+call sent after that one, or asked while the link is down after such a notice, was never
+made, and is sent to the next image once the link is back (within `reconnect`), as the
+CLI's client does (decision 970).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..mcp.logrelay import LogRelay
 from ..mcp.server import GatewaySession, Progress, StdioTransport
-from ..methods import CANCEL, GatewayCall, GatewayItems, GatewayList, GatewayWatch
+from ..methods import CANCEL, GOING_AWAY, GatewayCall, GatewayItems, GatewayList, GatewayWatch
 from ..timeouts import within
 
 RETRY_EVERY = 0.2
@@ -35,13 +39,19 @@ RETRY_EVERY = 0.2
 class DaemonLink:
     """The control-socket connection, its notifications, and reconnection."""
 
-    def __init__(self, path: Path, agent: str | None, token: str | None) -> None:
+    def __init__(self, path: Path, agent: str | None, token: str | None,
+                 reconnect: float) -> None:
         self.path = path
         self.who: dict[str, Any] = {"agent": agent, "token": token}
+        self.reconnect = reconnect
         self.peer: Peer | None = None
         self.features: frozenset[str] = frozenset({"tools"})
         self.lost = asyncio.Event()
-        self.on_changed: list[Any] = []
+        self.up = asyncio.Event()
+        # the kinds of list a later `gateway.changed` names, for the host (`_serve`)
+        self.changes: asyncio.Queue[list[str]] = asyncio.Queue()
+        # the connection a daemon left for an upgrade, and the last request it read
+        self._left: tuple[Peer, int] | None = None
         self._progress: dict[int, Progress] = {}
         self._logs: dict[int, LogRelay] = {}
         self._ids = itertools.count(1)
@@ -56,7 +66,8 @@ class DaemonLink:
         if self._transport is not None:
             self._transport.close()
 
-    async def connect(self) -> None:
+    async def connect(self, within_s: float = 10.0) -> None:
+        """Connect, and wait `within_s` for the daemon's first `gateway.changed`."""
         loop = asyncio.get_running_loop()
         holder: list[Peer] = []
 
@@ -65,6 +76,7 @@ class DaemonLink:
 
         def eof(exc: Exception | None) -> None:
             holder[0].close(f"the corral daemon at {self.path} went away")
+            self.up.clear()
             self.lost.set()
 
         transport, _ = await loop.create_unix_connection(
@@ -81,7 +93,9 @@ class DaemonLink:
         # the watch runs for the connection's life; its first notification says what
         # the pool serves
         self._watch_task = asyncio.ensure_future(self._watch(peer))
-        await within(first, 10)
+        await within(first, within_s)
+        self._left = None  # (the next image has answered)
+        self.up.set()
 
     async def _watch(self, peer: Peer) -> None:
         with contextlib.suppress(RpcError):
@@ -89,7 +103,9 @@ class DaemonLink:
 
     def _notification(self, method: str, raw: Any, peer: Peer) -> None:
         params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
-        if method == "gateway.progress":
+        if method == GOING_AWAY and isinstance(params.get("last_id"), int):
+            self._left = (peer, params["last_id"])
+        elif method == "gateway.progress":
             cb = self._progress.get(params.pop("progress_id", None))
             if cb is not None:
                 cb(params)
@@ -102,8 +118,7 @@ class DaemonLink:
             if self._first_change is not None and not self._first_change.done():
                 self._first_change.set_result(None)
             elif params.get("kinds"):
-                for cb in self.on_changed:
-                    cb(params["kinds"])
+                self.changes.put_nowait(params["kinds"])
 
     def _live(self) -> Peer:
         if self.peer is None or self.peer.closed is not None:
@@ -111,9 +126,32 @@ class DaemonLink:
                                                 "reachable (reconnecting)")
         return self.peer
 
+    async def _ask(self, method: str, params: dict[str, Any], type: Any) -> Any:
+        """`method` asked of the daemon. After a GOING_AWAY, a call is sent to the next
+        image only once it has answered (so one given up on is never read later), and a
+        call the image that left never read is sent again then."""
+        while True:
+            if self._left is not None and not self.up.is_set():
+                try:
+                    await within(self.up.wait(), self.reconnect)
+                except TimeoutError:
+                    raise RpcError(jsonrpc.PEER_CLOSED, f"the corral daemon at {self.path} "
+                                   f"went away for an upgrade and did not come back within "
+                                   f"{self.reconnect:g} s: {method} was not made") from None
+                continue
+            peer = self._live()
+            rid = peer.sent + 1  # (the id `request` gives it, before its first await)
+            try:
+                return await peer.request(method, params, type=type)
+            except RpcError as exc:
+                left = self._left
+                if exc.code != jsonrpc.PEER_CLOSED or left is None or left[0] is not peer \
+                        or rid <= left[1]:
+                    raise
+
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
-        res: GatewayItems = await self._live().request(
-            GatewayList.declared.name, {**self.who, "kind": kind}, type=GatewayItems)
+        res: GatewayItems = await self._ask(
+            GatewayList.declared.name, {**self.who, "kind": kind}, GatewayItems)
         return res.items
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
@@ -136,19 +174,19 @@ class DaemonLink:
             self._logs[pid] = on_log
         try:
             # the result is passed on as the daemon wrote it, never decoded here
-            return await self._live().request(
+            return await self._ask(
                 GatewayCall.declared.name, {**self.who, "method": method, "params": params,
                                             "progress_id": pid if on_progress or on_log
                                             else None,
                                             "log_level": on_log.level if on_log else None},
-                type=msgspec.Raw)
+                msgspec.Raw)
         finally:
             self._progress.pop(pid, None)
             self._logs.pop(pid, None)
 
 
 async def serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:
-    link = DaemonLink(path, agent, token)
+    link = DaemonLink(path, agent, token, reconnect)
     try:
         return await _serve(link, path, agent, token, reconnect)
     finally:
@@ -180,7 +218,6 @@ async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | N
             sys.stdout.buffer.flush()
     # its notifications (list_changed) are written as its answers are
     session = GatewaySession(link, push=lambda msg: write(jsonrpc.encode(msg)))
-    link.on_changed.append(session.notify_changed)
     done: asyncio.Future[None] = loop.create_future()
 
     def stdin_closed() -> None:
@@ -191,11 +228,19 @@ async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | N
                                  sys.stdin)
     while not done.done():
         lost: asyncio.Future[Any] = asyncio.ensure_future(link.lost.wait())
-        waiting: list[asyncio.Future[Any]] = [done, lost]
+        changed: asyncio.Future[list[str]] = asyncio.ensure_future(link.changes.get())
+        waiting: list[asyncio.Future[Any]] = [done, lost, changed]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if changed.done():
+            session.notify_changed(changed.result())
+        else:
+            changed.cancel()
         if done.done():
             lost.cancel()
             break
+        if not lost.done():
+            lost.cancel()
+            continue
         if not await _reconnect(link, reconnect, done):
             if done.done():
                 break
@@ -212,7 +257,7 @@ async def _reconnect(link: DaemonLink, within: float, done: asyncio.Future[None]
     deadline = loop.time() + within
     while loop.time() < deadline and not done.done():
         try:
-            await link.connect()
+            await link.connect(max(0.01, min(10.0, deadline - loop.time())))
             return True
         except (OSError, TimeoutError):
             await asyncio.sleep(RETRY_EVERY)
