@@ -119,11 +119,16 @@ async def test_a_thousand_requests_in_flight_cost_their_peer_a_few_hundred_bytes
     loop = asyncio.get_running_loop()
     release: asyncio.Future[None] = loop.create_future()
     names: set[str] = set()
+    started = [0]
+    all_in = asyncio.Event()
 
     async def waits(i: int) -> int:
         task = asyncio.current_task()
         assert task is not None
         names.add(task.get_name())
+        started[0] += 1
+        if started[0] == n:
+            all_in.set()
         await release
         return i
 
@@ -134,8 +139,8 @@ async def test_a_thousand_requests_in_flight_cost_their_peer_a_few_hundred_bytes
     tracemalloc.start()
     try:
         start = tracemalloc.take_snapshot()
-        while server.handling < n:
-            await asyncio.sleep(0.001)
+        await asyncio.wait_for(all_in.wait(), 60)
+        assert server.handling == n
         grown = tracemalloc.take_snapshot().compare_to(start, "filename")
     finally:
         tracemalloc.stop()
