@@ -93,8 +93,10 @@ def run(n: Node, agent: str, task_input: Any, **params: Any) -> Any:
     return n.call("tasks.get", {"task_id": task_id, "wait": True})
 
 
-def sleeper(name: str, *, retries: int = 0, concurrency: int = 1) -> str:
-    """examples/misbehave.py: each task does what its input says (sleep, ...)."""
+def sleeper(name: str, *, retries: int = 0, concurrency: int = 1, warm: bool = False
+            ) -> str:
+    """examples/misbehave.py: each task does what its input says (sleep, ...); `warm`:
+    forked from a zygote."""
     return textwrap.dedent(f"""
         [agents.{name}]
         command = ["{PY}", "{EXAMPLES}/misbehave.py"]
@@ -102,6 +104,7 @@ def sleeper(name: str, *, retries: int = 0, concurrency: int = 1) -> str:
         max_concurrent_tasks = {concurrency}
         retries = {retries}
         stop_timeout = 5.0
+        warm = {"true" if warm else "false"}
     """)
 
 
