@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import re
 import shutil
 import time
@@ -401,6 +402,90 @@ def test_corral_ui_prints_a_link_that_logs_in() -> None:
                    "has none: set [http] listen\n")
 
 
+def token_login(base: str, secret: str) -> str:
+    """A dashboard link asked for over the REST API with a bearer token."""
+    req = urllib.request.Request(base + "/api/v1/ui/login", method="POST", data=b"{}",
+                                 headers={"Authorization": f"Bearer {secret}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as resp:
+        return str(msgspec.json.decode(resp.read())["url"])
+
+
+async def test_a_dashboard_session_is_bounded_as_the_token_that_asked_for_it(
+        tmp_path: Path) -> None:
+    """A link asked for with a token (its tenant, or its agents glob) logs in to a
+    session that sees what the token sees, and no more; the session ends with the token,
+    and a token made again under its name with other powers does not bring it back."""
+    agents = (hello("a1", extra='tenant = "a"\n') + hello("b1", extra='tenant = "b"\n')
+              + hello("web-x"))
+    async with in_process(tmp_path, agents, TENANTS) as d:
+        tokens = tokens_of(d.services.store)
+        _, of_a = await tokens.create("ta", ["admin"], None, None, "a")
+        _, webs = await tokens.create("webs", ["admin"], "web-*", None)
+        # a glob sees some of a tenant's agents only: not the tenants' use (decision 143)
+        for token, seen, tenants in ((of_a, {"a1"}, ["a"]), (webs, {"web-x"}, None)):
+            caller = Caller(via="http", token=token.name, scopes=token.scopes,
+                            agents=token.agents, tenant=token.tenant)
+            link = await login_link(d, caller)
+            async with page(d) as p:
+                await p.login(link.url)
+                _, _, info = await p.get("/ui/session")
+                assert info["tenant"] == token.tenant
+                # the page is offered what the session may call, and asks nothing else
+                assert ("tenants.list" in info["methods"]) is (tenants is not None)
+                assert "nodes.list" not in info["methods"] and "agents.status" in info[
+                    "methods"]
+                status, _, body = await p.call("agents.status")
+                assert status == 200 and {r["name"] for r in body["agents"]} == seen
+                status, _, body = await p.call("tenants.list")
+                if tenants is None:
+                    assert (status, body["detail"]) == (403, (
+                        f"forbidden: token dashboard ({token.name}) is limited to agents "
+                        "matching web-*: "
+                        "tenants.list is for callers that see whole tenants (a tenant's "
+                        "use counts agents outside web-*)"))
+                else:
+                    assert [t["name"] for t in body["tenants"]] == tenants
+                status, _, body = await p.call("agents.describe", {"name": "b1"})
+                assert (status, body["detail"]) == (404, "no such agent: b1 (agents: "
+                                                         f"{', '.join(sorted(seen))})")
+
+        caller = Caller(via="http", token="ta", scopes=of_a.scopes, tenant="a")
+        link = await login_link(d, caller)
+        async with page(d) as p:
+            await p.login(link.url)
+            assert (await p.call("tenants.list"))[0] == 200
+            await tokens.revoke("ta")
+            await tokens.create("ta", ["admin"], None, None, "b")  # another token
+            status, _, body = await p.call("tenants.list")
+            assert (status, body["detail"]) == (401, "unauthorized: no dashboard session "
+                                                     "(open the link that `corral ui` "
+                                                     "prints)")
+            assert (await p.get("/ui/session"))[0] == 401
+        # the operator's session (a socket peer's, no token) is not ended by any of this
+        async with page(d) as p:
+            await p.login((await login_link(d)).url)
+            status, _, body = await p.call("tenants.list")
+            assert status == 200 and len(body["tenants"]) == 3
+
+
+@pytest.mark.deadline(60)
+async def test_a_dashboard_session_ends_when_the_token_that_asked_for_it_expires(
+        tmp_path: Path) -> None:
+    """The token's expiry is the session's too: a page left open past it is logged out,
+    as one whose token was revoked is."""
+    async with in_process(tmp_path, hello("a1", extra='tenant = "a"\n'), TENANTS) as d:
+        _, token = await tokens_of(d.services.store).create("ta", ["admin"], None, 5, "a")
+        caller = Caller(via="http", token="ta", scopes=token.scopes, tenant="a")
+        async with page(d) as p:
+            await p.login((await login_link(d, caller)).url)
+            assert (await p.call("tenants.list"))[0] == 200
+            await wait_until_async(lambda: token.expired(time.time()), timeout=15)
+            status, _, body = await p.call("tenants.list")
+            assert (status, body["detail"]) == (401, NO_SESSION)
+            assert (await p.get("/ui/session"))[0] == 401
+
+
 # -- the page in a real browser -------------------------------------------------------------
 CHROMIUM = Path("/usr/bin/chromium")
 # as this machine needs them: no GPU, no sandbox (root), and nothing reaching the network
@@ -424,11 +509,71 @@ needs_chromium = pytest.mark.skipif(
     "(scripts/browser.sh installs it; CI runs it)")
 
 
-@contextlib.contextmanager
-def chromium_page() -> Iterator[Any]:
-    """A page of a new headless chromium, recording CSP violations (WATCH_CSP)."""
+# this module's chromium and the Playwright that drives it, while `one_chromium` is on
+SHARED: dict[str, Any] = {}
+
+
+def close_shared_chromium() -> None:
+    if "browser" in SHARED:
+        try:
+            SHARED.pop("browser").close()
+        finally:
+            SHARED.pop("playwright").__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def chromium_of_module() -> Iterator[None]:
+    """One chromium for the module's pages, launched by its first and closed at its end
+    (decision 962): a launch is ~1.2 s of CPU and ~3 s, paid again by each test; each page
+    is still a new context, its cookies, storage and cache its own as in a new profile.
+    A module that does not use it launches a chromium per page."""
+    SHARED["on"] = True
+    try:
+        yield
+    finally:
+        del SHARED["on"]
+        close_shared_chromium()
+
+
+@pytest.fixture(autouse=True)
+def one_chromium(request: pytest.FixtureRequest, chromium_of_module: None) -> None:
+    """Closed before a test of the event loop: Playwright's sync API holds its own loop
+    as the thread's running one between its calls, and no other may run beside it."""
+    if inspect.iscoroutinefunction(request.function):
+        close_shared_chromium()
+
+
+def shared_chromium() -> Any:
     from playwright.sync_api import sync_playwright
 
+    if "browser" not in SHARED:
+        driving = sync_playwright()
+        pw = driving.__enter__()
+        try:
+            SHARED["browser"] = pw.chromium.launch(executable_path=str(CHROMIUM),
+                                                   args=CHROMIUM_FLAGS)
+        except BaseException:
+            driving.__exit__(None, None, None)
+            raise
+        SHARED["playwright"] = driving
+    return SHARED["browser"]
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A page of a new headless chromium profile (the module's chromium where it shares
+    one, `one_chromium`), recording CSP violations (WATCH_CSP)."""
+    from playwright.sync_api import sync_playwright
+
+    if "on" in SHARED:
+        context = shared_chromium().new_context(viewport={"width": 1280, "height": 800})
+        try:
+            page = context.new_page()
+            page.add_init_script(WATCH_CSP)
+            yield page
+        finally:
+            context.close()
+        return
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
@@ -734,90 +879,6 @@ def tenant_cells(tenant: dict[str, Any]) -> list[str]:
             beside(u["running"], q.get("max_concurrent_tasks")),
             beside(u["tokens_last_minute"], q.get("tokens_per_minute")),
             str(u["oom_kills"]), other, tenant["origin"] + revision]
-
-
-def token_login(base: str, secret: str) -> str:
-    """A dashboard link asked for over the REST API with a bearer token."""
-    req = urllib.request.Request(base + "/api/v1/ui/login", method="POST", data=b"{}",
-                                 headers={"Authorization": f"Bearer {secret}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req) as resp:
-        return str(msgspec.json.decode(resp.read())["url"])
-
-
-async def test_a_dashboard_session_is_bounded_as_the_token_that_asked_for_it(
-        tmp_path: Path) -> None:
-    """A link asked for with a token (its tenant, or its agents glob) logs in to a
-    session that sees what the token sees, and no more; the session ends with the token,
-    and a token made again under its name with other powers does not bring it back."""
-    agents = (hello("a1", extra='tenant = "a"\n') + hello("b1", extra='tenant = "b"\n')
-              + hello("web-x"))
-    async with in_process(tmp_path, agents, TENANTS) as d:
-        tokens = tokens_of(d.services.store)
-        _, of_a = await tokens.create("ta", ["admin"], None, None, "a")
-        _, webs = await tokens.create("webs", ["admin"], "web-*", None)
-        # a glob sees some of a tenant's agents only: not the tenants' use (decision 143)
-        for token, seen, tenants in ((of_a, {"a1"}, ["a"]), (webs, {"web-x"}, None)):
-            caller = Caller(via="http", token=token.name, scopes=token.scopes,
-                            agents=token.agents, tenant=token.tenant)
-            link = await login_link(d, caller)
-            async with page(d) as p:
-                await p.login(link.url)
-                _, _, info = await p.get("/ui/session")
-                assert info["tenant"] == token.tenant
-                # the page is offered what the session may call, and asks nothing else
-                assert ("tenants.list" in info["methods"]) is (tenants is not None)
-                assert "nodes.list" not in info["methods"] and "agents.status" in info[
-                    "methods"]
-                status, _, body = await p.call("agents.status")
-                assert status == 200 and {r["name"] for r in body["agents"]} == seen
-                status, _, body = await p.call("tenants.list")
-                if tenants is None:
-                    assert (status, body["detail"]) == (403, (
-                        f"forbidden: token dashboard ({token.name}) is limited to agents "
-                        "matching web-*: "
-                        "tenants.list is for callers that see whole tenants (a tenant's "
-                        "use counts agents outside web-*)"))
-                else:
-                    assert [t["name"] for t in body["tenants"]] == tenants
-                status, _, body = await p.call("agents.describe", {"name": "b1"})
-                assert (status, body["detail"]) == (404, "no such agent: b1 (agents: "
-                                                         f"{', '.join(sorted(seen))})")
-
-        caller = Caller(via="http", token="ta", scopes=of_a.scopes, tenant="a")
-        link = await login_link(d, caller)
-        async with page(d) as p:
-            await p.login(link.url)
-            assert (await p.call("tenants.list"))[0] == 200
-            await tokens.revoke("ta")
-            await tokens.create("ta", ["admin"], None, None, "b")  # another token
-            status, _, body = await p.call("tenants.list")
-            assert (status, body["detail"]) == (401, "unauthorized: no dashboard session "
-                                                     "(open the link that `corral ui` "
-                                                     "prints)")
-            assert (await p.get("/ui/session"))[0] == 401
-        # the operator's session (a socket peer's, no token) is not ended by any of this
-        async with page(d) as p:
-            await p.login((await login_link(d)).url)
-            status, _, body = await p.call("tenants.list")
-            assert status == 200 and len(body["tenants"]) == 3
-
-
-@pytest.mark.deadline(60)
-async def test_a_dashboard_session_ends_when_the_token_that_asked_for_it_expires(
-        tmp_path: Path) -> None:
-    """The token's expiry is the session's too: a page left open past it is logged out,
-    as one whose token was revoked is."""
-    async with in_process(tmp_path, hello("a1", extra='tenant = "a"\n'), TENANTS) as d:
-        _, token = await tokens_of(d.services.store).create("ta", ["admin"], None, 5, "a")
-        caller = Caller(via="http", token="ta", scopes=token.scopes, tenant="a")
-        async with page(d) as p:
-            await p.login((await login_link(d, caller)).url)
-            assert (await p.call("tenants.list"))[0] == 200
-            await wait_until_async(lambda: token.expired(time.time()), timeout=15)
-            status, _, body = await p.call("tenants.list")
-            assert (status, body["detail"]) == (401, NO_SESSION)
-            assert (await p.get("/ui/session"))[0] == 401
 
 
 @needs_chromium

@@ -41,6 +41,10 @@ from .test_ui import (
     wait_for_points,
 )
 
+# autouse: the module's pages share a chromium (decision 962)
+from .test_ui import chromium_of_module as chromium_of_module
+from .test_ui import one_chromium as one_chromium
+
 OPERATOR = Caller(via="socket", uid=0)
 HTTP = '[http]\nlisten = "127.0.0.1:0"\n'
 SERVING = re.compile(r"^(ready|idle|busy)$")
@@ -332,6 +336,85 @@ def test_chart_axes_neither_cut_nor_repeat_their_labels() -> None:
                 assert all(re.fullmatch(r"\d+(\.\d+)? (B|KiB|MiB|GiB)", v) for v in labels)
 
 
+@needs_chromium
+@pytest.mark.timeout(240)
+def test_the_task_view_draws_its_trace_as_a_waterfall() -> None:
+    """Bars on the trace's time axis, the tool calls under their attempt, the slow one
+    and the failed one marked (a daemon without [tracing] shows no trace section: the
+    test above)."""
+    from playwright.sync_api import expect
+
+    from .test_tracing import SCRIPTED
+
+    tmp = shared_tmpdir()
+    script = tmp / "traced_agent.py"
+    script.write_text(TRACED_AGENT)
+    agents = f"""
+[agents.traced]
+command = ["{PY}", "{script}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+tools = ["sc__*"]
+
+[mcp_servers.sc]
+command = ["{PY}", "{SCRIPTED}", "v2025-11"]
+start_timeout = 30.0
+backoff_initial = 0.05
+"""
+    with running_daemon(tmp, agents, extra=HTTP + "\n[tracing]\n") as d:
+        task = d.json("run", "traced")
+        assert task["status"] == "succeeded" and task["output"]["failed"], task
+        spans = d.json("trace", task["task_id"])["spans"]
+        link = d.json("ui")["url"]
+        with chromium_page() as pg:
+            problems = console_problems(pg)
+            pg.goto(link)
+            expect(pg.locator("#fleet")).to_be_visible()
+            pg.evaluate(f"location.hash = '#/task/{task['task_id']}'")
+            rows = pg.locator("#waterfall g.span-row")
+            expect(rows).to_have_count(len(spans))
+            expect(pg.locator("#trace-id")).to_have_text(spans[0]["trace_id"])
+            drawn = pg.evaluate("""() => [...document.querySelectorAll(
+                '#waterfall g.span-row')].map(g => {
+                  const r = g.querySelector('rect');
+                  return [g.dataset.name, +g.dataset.depth, r.getAttribute('class'),
+                          +r.getAttribute('x'), +r.getAttribute('width'),
+                          g.dataset.span]; })""")
+            names = [(name, depth) for name, depth, *_ in drawn]
+            assert names == [("invoke_agent traced", 0), ("corral.queue", 1),
+                             ("task/run traced", 1)] + [("tools/call echo", 2)] * 3 + [
+                ("tools/call slow", 2), ("tools/call die", 2)]
+            # slow: a tool call over twice the median of the task's; failed: an error
+            tools = sorted(s["end"] - s["start"] for s in spans
+                           if s["name"].startswith("tools/call "))
+            median = tools[len(tools) // 2]  # (five of them: the middle one)
+            expected = {s["span_id"]: " ".join(
+                ["bar"] + (["slow"] if s["name"].startswith("tools/call ")
+                           and s["end"] - s["start"] > 2 * median else [])
+                + (["failed"] if s["error"] else [])) for s in spans}
+            assert {span_id: cls for _, _, cls, _, _, span_id in drawn} == expected
+            classes = {name: cls for name, _, cls, *_ in drawn}
+            assert classes["tools/call slow"] == "bar slow"
+            # (marked slow as well when a loaded host made its failure slow: `expected`)
+            assert "failed" in classes["tools/call die"].split()
+            assert classes["invoke_agent traced"] == classes["task/run traced"] == "bar"
+            # the axis: the task's bar spans it; each bar where its span is in time
+            t0 = min(s["start"] for s in spans)
+            total = max(s["end"] for s in spans) - t0
+            by_id = {s["span_id"]: s for s in spans}
+            for name, _, _, x, width, span_id in drawn:
+                s = by_id[span_id]
+                assert abs(x - (330 + (s["start"] - t0) / total * 658)) < 1.5, name
+                assert abs(width - max(2, (s["end"] - s["start"]) / total * 658)) < 1.5, name
+            slow = pg.locator('#waterfall g.span-row[data-name="tools/call slow"] title')
+            assert slow.text_content().startswith("tools/call slow: ")
+            assert "slow" in (slow.text_content() or "")
+            failed = pg.locator('#waterfall g.span-row[data-name="tools/call die"] title')
+            assert "failed: " in (failed.text_content() or "")
+            pg.screenshot(path=str(ARTIFACTS / "dashboard-trace.png"), full_page=True)
+            assert pg.evaluate("window.__cspViolations") == []
+            assert problems == [], problems
+
+
 # -- the rules hold for every new action -------------------------------------------------------
 @pytest.mark.deadline(90)
 async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: Path) -> None:
@@ -471,82 +554,3 @@ def handle(task, ctx):
 
 run(handle)
 """
-
-
-@needs_chromium
-@pytest.mark.timeout(240)
-def test_the_task_view_draws_its_trace_as_a_waterfall() -> None:
-    """Bars on the trace's time axis, the tool calls under their attempt, the slow one
-    and the failed one marked (a daemon without [tracing] shows no trace section: the
-    test above)."""
-    from playwright.sync_api import expect
-
-    from .test_tracing import SCRIPTED
-
-    tmp = shared_tmpdir()
-    script = tmp / "traced_agent.py"
-    script.write_text(TRACED_AGENT)
-    agents = f"""
-[agents.traced]
-command = ["{PY}", "{script}"]
-env = {{ PYTHONPATH = "{ROOT}" }}
-tools = ["sc__*"]
-
-[mcp_servers.sc]
-command = ["{PY}", "{SCRIPTED}", "v2025-11"]
-start_timeout = 30.0
-backoff_initial = 0.05
-"""
-    with running_daemon(tmp, agents, extra=HTTP + "\n[tracing]\n") as d:
-        task = d.json("run", "traced")
-        assert task["status"] == "succeeded" and task["output"]["failed"], task
-        spans = d.json("trace", task["task_id"])["spans"]
-        link = d.json("ui")["url"]
-        with chromium_page() as pg:
-            problems = console_problems(pg)
-            pg.goto(link)
-            expect(pg.locator("#fleet")).to_be_visible()
-            pg.evaluate(f"location.hash = '#/task/{task['task_id']}'")
-            rows = pg.locator("#waterfall g.span-row")
-            expect(rows).to_have_count(len(spans))
-            expect(pg.locator("#trace-id")).to_have_text(spans[0]["trace_id"])
-            drawn = pg.evaluate("""() => [...document.querySelectorAll(
-                '#waterfall g.span-row')].map(g => {
-                  const r = g.querySelector('rect');
-                  return [g.dataset.name, +g.dataset.depth, r.getAttribute('class'),
-                          +r.getAttribute('x'), +r.getAttribute('width'),
-                          g.dataset.span]; })""")
-            names = [(name, depth) for name, depth, *_ in drawn]
-            assert names == [("invoke_agent traced", 0), ("corral.queue", 1),
-                             ("task/run traced", 1)] + [("tools/call echo", 2)] * 3 + [
-                ("tools/call slow", 2), ("tools/call die", 2)]
-            # slow: a tool call over twice the median of the task's; failed: an error
-            tools = sorted(s["end"] - s["start"] for s in spans
-                           if s["name"].startswith("tools/call "))
-            median = tools[len(tools) // 2]  # (five of them: the middle one)
-            expected = {s["span_id"]: " ".join(
-                ["bar"] + (["slow"] if s["name"].startswith("tools/call ")
-                           and s["end"] - s["start"] > 2 * median else [])
-                + (["failed"] if s["error"] else [])) for s in spans}
-            assert {span_id: cls for _, _, cls, _, _, span_id in drawn} == expected
-            classes = {name: cls for name, _, cls, *_ in drawn}
-            assert classes["tools/call slow"] == "bar slow"
-            # (marked slow as well when a loaded host made its failure slow: `expected`)
-            assert "failed" in classes["tools/call die"].split()
-            assert classes["invoke_agent traced"] == classes["task/run traced"] == "bar"
-            # the axis: the task's bar spans it; each bar where its span is in time
-            t0 = min(s["start"] for s in spans)
-            total = max(s["end"] for s in spans) - t0
-            by_id = {s["span_id"]: s for s in spans}
-            for name, _, _, x, width, span_id in drawn:
-                s = by_id[span_id]
-                assert abs(x - (330 + (s["start"] - t0) / total * 658)) < 1.5, name
-                assert abs(width - max(2, (s["end"] - s["start"]) / total * 658)) < 1.5, name
-            slow = pg.locator('#waterfall g.span-row[data-name="tools/call slow"] title')
-            assert slow.text_content().startswith("tools/call slow: ")
-            assert "slow" in (slow.text_content() or "")
-            failed = pg.locator('#waterfall g.span-row[data-name="tools/call die"] title')
-            assert "failed: " in (failed.text_content() or "")
-            pg.screenshot(path=str(ARTIFACTS / "dashboard-trace.png"), full_page=True)
-            assert pg.evaluate("window.__cspViolations") == []
-            assert problems == [], problems
