@@ -31,6 +31,10 @@ KEY = "sk-provider-SECRET-0123456789abcdef"  # the provider's key: corral's alon
 ANTHROPIC_KEY = "sk-ant-provider-SECRET-fedcba9876543210"
 TRACED = "[tracing]\nexport_interval = 0.05\n"
 OPERATOR = Caller(via="socket")
+# a test that kills the worker starts it again: its client library imported once, by a
+# zygote, and each start a fork of it (decision 963), not ~0.7 s (openai) or ~1.5 s
+# (anthropic) of CPU again
+OPENAI = 'preload = ["openai"]'
 UNAUTHORIZED = ("unauthorized: not a corral model token (corral gives each agent replica "
                 "its own, as OPENAI_API_KEY and ANTHROPIC_API_KEY)")
 
@@ -125,7 +129,9 @@ async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
     """3 calls, the worker SIGKILLed after the 3rd: its retry is answered from the task's
     steps (the same answers, a stream as the same stream), the upstream has each call
     once, and the task's usage counts each once."""
-    async with in_process(tmp_path, fleet(tmp_path, upstream.url), TRACED) as d:
+    library = "anthropic" if api == "messages" else "openai"
+    toml = fleet(tmp_path, upstream.url, agent_extra=f'preload = ["{library}"]')
+    async with in_process(tmp_path, toml, TRACED) as d:
         res = await run_task(d, {"api": api, "model": model, "calls": 4, "stream": stream,
                                  "stop_after": 3, "marker": str(tmp_path / "marker")})
         assert res.status == "succeeded", res
@@ -137,6 +143,7 @@ async def test_a_retry_after_a_worker_kill_makes_no_model_call_twice(
         first, second = res.attempts
         assert first.outcome == "lost" and second.outcome == "succeeded"
         assert second.replayed == 3
+        assert d.sup.stats.cold_fallbacks == 0  # both starts forks of the preload
         info = await d.sup.tasks.info(res.task_id)
         assert info.usage is not None
         assert (info.usage.input_tokens, info.usage.output_tokens) == (4 * USAGE_IN,
@@ -169,7 +176,7 @@ async def test_model_and_tool_calls_of_a_task_are_one_sequence_replayed_after_a_
     and 2nd tool call: the retry makes none of them again (the upstream and the tool
     server each had every call once), its budget counts each model call once, its tool
     budget each tool call once."""
-    toml = fleet(tmp_path, upstream.url, agent_extra='tools = ["counting__*"]') + \
+    toml = fleet(tmp_path, upstream.url, agent_extra=f'tools = ["counting__*"]\n{OPENAI}') + \
         textwrap.dedent(f"""
             [mcp_servers.counting]
             command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp_path}/server-count"]
@@ -195,7 +202,7 @@ async def test_an_agent_running_two_tasks_at_once_names_its_attempt_or_is_unattr
     """Two tasks at a time: a call at the attempt's address is that attempt's (journaled,
     replayed after the kill, the upstream has it once); a call at the replica's address
     is no task's (served, counted unattributed, made again by the retry)."""
-    toml = fleet(tmp_path, upstream.url, agent_extra="max_concurrent_tasks = 2")
+    toml = fleet(tmp_path, upstream.url, agent_extra=f"max_concurrent_tasks = 2\n{OPENAI}")
     async with in_process(tmp_path, toml) as d:
         task = {"api": "chat", "model": "gpt-small", "calls": 2, "stop_after": 1}
         named = await run_task(d, {**task, "by_address": True, "say": "named",
