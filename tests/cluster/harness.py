@@ -104,7 +104,7 @@ def sleeper(name: str, *, retries: int = 0, concurrency: int = 1, warm: bool = F
         max_concurrent_tasks = {concurrency}
         retries = {retries}
         stop_timeout = 5.0
-        warm = {"true" if warm else "false"}
+        {"warm = true" if warm else ""}
     """)
 
 

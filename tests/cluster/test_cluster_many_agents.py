@@ -42,7 +42,9 @@ def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
         wait_until(lambda: sum(1 for v in a.call("stats.get")["agents"].values()
                                if v["replicas"] >= 1) == AGENTS, timeout=180,
                    what=f"{AGENTS} agents' replicas up")
-        before = a.call("stats.get")["cluster"]
+        stats = a.call("stats.get")
+        assert stats["supervisor"]["cold_fallbacks"] == 0  # every one forked
+        before = stats["cluster"]
         # every puller in its blocking read now: three of the node's TTLs go by, each look
         # finding it the same member, never fenced again
         until = time.monotonic() + 3 * TTL
