@@ -15,7 +15,7 @@ import pytest
 
 from corral.daemon import checkpointer as checkpointer_mod
 from corral.daemon.checkpointer import Checkpointer
-from corral.daemon.storeschema import connect
+from corral.daemon.storeschema import Connection, connect
 from corral.daemon.storewriter import WriterThread
 
 from .test_gateway_stdio import wait_until_async
@@ -69,7 +69,7 @@ async def test_commits_never_checkpoint_and_the_checkpointer_copies_the_wal(
     assert not (tmp_path / "state.db-wal").exists()
 
 
-class Failing(sqlite3.Connection):
+class Failing(Connection):
     """A real connection whose statements fail while `fail` is set (a disk that errs)."""
 
     fail = False
@@ -78,6 +78,11 @@ class Failing(sqlite3.Connection):
         if self.fail:
             raise sqlite3.OperationalError("disk I/O error")
         return super().execute(sql, *args)
+
+    def rows(self, sql: str, *args: Any) -> list[Any]:  # type: ignore[override]
+        if self.fail:
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().rows(sql, *args)
 
 
 async def test_a_failing_checkpoint_is_told_once_and_its_recovery_once(

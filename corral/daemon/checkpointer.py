@@ -25,6 +25,10 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .storeschema import Connection
 
 log = logging.getLogger("corral.store")
 
@@ -32,7 +36,7 @@ MIN_GAP = 0.25  # seconds between two checkpoints, however often the writer comm
 
 
 class Checkpointer:
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, db: Connection, path: Path) -> None:
         """`db`: a connection of its own (store.connect), used only by this thread."""
         self.path = path
         self._db = db
@@ -64,8 +68,7 @@ class Checkpointer:
     def _checkpoint(self) -> None:
         self.tries += 1
         try:
-            _busy, frames, copied = self._db.execute(
-                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            ((_busy, frames, copied),) = self._db.rows("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             if not self._failing:
                 self._failing = True

@@ -55,8 +55,7 @@ class AsksDB:
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Ask]:
         with errors_named(self.store.path):
-            rows = self.store.db.execute(f"SELECT {COLUMNS} FROM asks WHERE {where}",
-                                         args).fetchall()
+            rows = self.store.db.rows(f"SELECT {COLUMNS} FROM asks WHERE {where}", args)
         return [_ask(r) for r in rows]
 
     def pending(self) -> Iterator[Ask]:

@@ -240,10 +240,10 @@ class StepsDB:
     # -- reads (in a thread) --------------------------------------------------------------
     def _history(self, task_id: str) -> list[Step]:
         with self._store.read_lock, errors_named(self.path):
-            rows = self._store.reader.execute(
+            rows = self._store.reader.rows(
                 "SELECT s.seq, s.name, s.attempt, s.args, r.body, r.ref FROM steps s "
                 "LEFT JOIN step_results r ON r.hash = s.result WHERE s.task_id = ? "
-                "ORDER BY s.seq", (task_id,)).fetchall()
+                "ORDER BY s.seq", (task_id,))
         steps = []
         for seq, name, attempt, args, body, ref in rows:
             if body is None and ref is not None:

@@ -29,8 +29,10 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..statefiles import check_database, open_file
 from . import storefresh
@@ -579,10 +581,51 @@ def prepare_state_dir(directory: Path) -> None:
         directory.chmod(0o700)
 
 
-def connect(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    """A connection whose `execute` and `executemany` run a statement that reads no rows
+    (a write, a pragma set) on a cursor it keeps, made anew only while a caller still
+    holds the last one (its rowcount unread). A query's cursor is the caller's alone, as
+    `sqlite3.Connection`'s is: dropped, it ends its statement (its read of the database)
+    at once, where one kept would hold it open until the next statement.
+
+    CPython's sqlite3 (3.11) keeps a weak reference to each cursor a connection makes,
+    `Connection.execute`'s own included, and drops the dead ones only once every 200
+    cursors: a burst of statements (thousands of tasks suspended at once) leaves up to
+    200 dead references a connection, long-lived objects scattered among the burst's
+    short-lived ones, each able to keep a 1 MiB arena of the allocator's from going back
+    (bench/RESULTS.md, decision 950)."""
+
+    _kept: sqlite3.Cursor | None = None
+
+    def _cursor(self) -> sqlite3.Cursor:
+        cur = self._kept
+        # 3 references: the attribute, `cur` and getrefcount's argument; one more is a
+        # caller's, which may read it yet (a statement's rows, its rowcount)
+        if cur is None or sys.getrefcount(cur) > 3:
+            cur = self._kept = self.cursor()
+        return cur
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        cur = self._cursor().execute(sql, parameters)
+        if cur.description is not None:
+            self._kept = None
+        return cur
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        cur = self._cursor().executemany(sql, parameters)
+        if cur.description is not None:
+            self._kept = None
+        return cur
+
+    def rows(self, sql: str, parameters: Any = (), /) -> list[Any]:
+        """A query's rows, all read (its statement ended): on the kept cursor."""
+        return self._cursor().execute(sql, parameters).fetchall()
+
+
+def connect(path: Path, *, sync: str = "normal") -> Connection:
     """A connection with corral's settings (WAL, busy timeout, `sync` = normal | full)."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                         timeout=BUSY_TIMEOUT_MS / 1000)
+                         timeout=BUSY_TIMEOUT_MS / 1000, factory=Connection)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
@@ -592,7 +635,7 @@ def connect(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
     return db
 
 
-def open_database(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
+def open_database(path: Path, *, sync: str = "normal") -> Connection:
     """Open (creating it 0600 if new) and migrate the database; StoreError if it cannot."""
     try:
         prepare_state_dir(path.parent)

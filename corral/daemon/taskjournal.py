@@ -88,7 +88,7 @@ from .steps import (
     remove_refs,
     results_dir,
 )
-from .storeschema import HOLDER, connect, errors_named
+from .storeschema import HOLDER, Connection, connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
 log = logging.getLogger("corral.taskjournal")
@@ -179,7 +179,7 @@ class TaskJournalDB:
         self._writer = writer or WriterThread(path, sync=sync)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
-        self._rows: sqlite3.Connection | None = None  # whole rows read on the loop
+        self._rows: Connection | None = None  # whole rows read on the loop
         # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
         self._group: GroupCommit[Row] = GroupCommit(
             self._writer, self._write, self._settled, merge=_merged, size=_size,
@@ -225,8 +225,8 @@ class TaskJournalDB:
             # the loop's own connection: the reader's lock is held by reads in threads
             rows = self._rows = connect(self.path)
         with errors_named(self.path):
-            row = rows.execute(WHOLE, (task_id,)).fetchone()
-        return None if row is None else _record(row)
+            found = rows.rows(WHOLE, (task_id,))
+        return _record(found[0]) if found else None
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or

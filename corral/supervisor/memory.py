@@ -20,6 +20,7 @@ one's twice as slow (each message mapped and faulted in anew).
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 
 TRIM_AFTER = 4 * 1024 * 1024
@@ -46,6 +47,7 @@ class Releaser:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
+        self._collect = False  # a wave has ended since the last trim
 
     def let_go(self, nbytes: int) -> None:
         self.released += nbytes
@@ -59,6 +61,7 @@ class Releaser:
         """A wave of work held at once has ended, `nbytes` of it let go (an estimate): a
         trim within TRIM_DELAY whatever the amount, so that what a burst left free goes
         back once it is over rather than at the next 4 MiB."""
+        self._collect = True
         self.let_go(nbytes)
         if self.released:
             self._arm()
@@ -72,6 +75,13 @@ class Releaser:
     def trim(self) -> None:
         self._timer = None
         self.released = 0
+        if self._collect:
+            # what the wave's objects were freed into: CPython's free lists (tuples,
+            # floats, lists, dicts, contexts) keep the last ones freed, each a small block
+            # in an arena of the wave's that it keeps from going back; a full collection
+            # empties them (and frees what cycles the wave left), once a wave
+            self._collect = False
+            gc.collect()
         if self._trim is False:
             self._trim = _malloc_trim()
         if callable(self._trim) and self._loop is not None:

@@ -40,6 +40,7 @@ from ...jsonrpc import RpcError
 from .elicitations import PREFIX as ELICITATION
 from .inbox import AskEnded, Inbox
 from .model import AsksElsewhere, CompactTask
+from .packed import PackedInts
 from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
 
@@ -102,8 +103,9 @@ class Suspensions:
         self.clock = clock
         self._held: dict[str, _Wait] = {}
         # the suspended tasks kept compact: their id -> their `seq` (Task's), no object of
-        # their own: the row is the journal's, their agent and tenant those of their asks
-        self.compact: dict[str, int] = {}
+        # their own: the row is the journal's, their agent and tenant those of their asks;
+        # packed, not a dict's objects a task (packed.py)
+        self.compact = PackedInts()
         # suspended tasks whose stopped attempt ended, to keep compact once committed
         self._settled: list[Task] = []
         self._settling: asyncio.Task[None] | None = None
