@@ -3,12 +3,14 @@ start-up (locked, read-only, corrupt, too new) — each a clear error, never a r
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sqlite3
 import stat
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -294,3 +296,35 @@ def test_a_revision_not_of_json_costs_its_rows_their_tenant_not_the_start(
     assert db.execute("SELECT id, tenant FROM tasks ORDER BY id").fetchall() == [
         ("t1", "acme"), ("t2", "default")]
     db.close()
+
+
+def _cursors_known(db: sqlite3.Connection) -> int:
+    """The weak references to cursors `db` holds (CPython 3.11's sqlite3 keeps one for
+    each cursor it made, the dead among them until every 200th cursor)."""
+    return sum(isinstance(w, weakref.ReferenceType) for r in gc.get_referents(db)
+               if isinstance(r, list) for w in r)
+
+
+def test_the_stores_statements_make_no_cursor_each(tmp_path: Path) -> None:
+    """Issue 55, decision 950: thousands of tasks suspended at once ran as many statements;
+    a cursor each left up to 200 dead weak references a connection, scattered among the
+    burst's short-lived objects, each keeping an arena of the allocator's."""
+    db = open_database(tmp_path / "state.db")
+    try:
+        db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        known = _cursors_known(db)
+        most = 0
+        for k in range(300):
+            db.execute("INSERT INTO t VALUES (?, ?)", (k, f"v{k}"))
+            assert db.rows("SELECT v FROM t WHERE k = ?", (k,)) == [(f"v{k}",)]
+            db.executemany("UPDATE t SET v = ? WHERE k = ?", [("w", k)])
+            most = max(most, _cursors_known(db) - known)
+        assert most <= 1
+        # a cursor its caller holds is its own: the statements run meanwhile take another
+        rows = db.execute("SELECT k FROM t WHERE k < 3 ORDER BY k")
+        changed = db.execute("UPDATE t SET v = 'x' WHERE k < 5")
+        db.execute("INSERT INTO t VALUES (1000, 'y')")
+        assert (rows.fetchall(), changed.rowcount) == ([(0,), (1,), (2,)], 5)
+        assert db.rows("SELECT count(*) FROM t") == [(301,)]
+    finally:
+        db.close()

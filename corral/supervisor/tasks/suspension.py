@@ -343,6 +343,9 @@ class Suspensions:
                     if self._compactable(task):
                         del self.engine.active[task.id]
                         self.compact[task.id] = task.seq
+                # what the Tasks let go held goes back with the wave's trim: one after
+                # this, not only the one their attempts' ends asked for before
+                self.engine.memory.settled(0)
         finally:
             self._settling = None
             self._settled = []
