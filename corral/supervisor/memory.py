@@ -63,8 +63,7 @@ class Releaser:
         back once it is over rather than at the next 4 MiB."""
         self._collect = True
         self.let_go(nbytes)
-        if self.released:
-            self._arm()
+        self._arm()
 
     def _arm(self) -> None:
         """A trim TRIM_DELAY from now, unless one is due already."""
