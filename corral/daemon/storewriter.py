@@ -177,7 +177,7 @@ class WriterThread:
         try:
             if self._waits:
                 try:
-                    db.execute("PRAGMA busy_timeout = 0")
+                    db.rows("PRAGMA busy_timeout = 0")
                 except sqlite3.Error:
                     return False, None  # the thread tries it, and says what is wrong
                 self._waits = False
@@ -202,12 +202,12 @@ class WriterThread:
         self.checkpointer.wrote()
         return True, None
 
-    def _wait_for_locks(self, db: sqlite3.Connection) -> None:
+    def _wait_for_locks(self, db: storeschema.Connection) -> None:
         """On the thread, before its job: its busy timeout again, after the loop's jobs."""
         if self._waits:
             return
         try:
-            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            db.rows(f"PRAGMA busy_timeout = {self._busy_ms}")
             self._waits = True
         except sqlite3.Error as exc:  # the job runs anyway; its wait for a lock is then
             # shorter than it should be, and this is tried again before the next one

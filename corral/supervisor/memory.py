@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Callable
 
 TRIM_AFTER = 4 * 1024 * 1024
@@ -48,6 +49,7 @@ class Releaser:
         self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
         self._collect = False  # a wave has ended since the last trim
+        self._settled_at = 0.0  # (monotonic) the last wave's last end
 
     def let_go(self, nbytes: int) -> None:
         self.released += nbytes
@@ -62,6 +64,7 @@ class Releaser:
         trim within TRIM_DELAY whatever the amount, so that what a burst left free goes
         back once it is over rather than at the next 4 MiB."""
         self._collect = True
+        self._settled_at = time.monotonic()
         self.let_go(nbytes)
         self._arm()
 
@@ -75,12 +78,15 @@ class Releaser:
         self._timer = None
         self.released = 0
         if self._collect:
-            # what the wave's objects were freed into: CPython's free lists (tuples,
-            # floats, lists, dicts, contexts) keep the last ones freed, each a small block
-            # in an arena of the wave's that it keeps from going back; a full collection
-            # empties them (and frees what cycles the wave left), once a wave
-            self._collect = False
-            gc.collect()
+            if time.monotonic() - self._settled_at < TRIM_DELAY:
+                self._arm()  # the wave goes on: its collection once it is over
+            else:
+                # CPython's free lists (tuples, floats, lists, dicts, contexts) keep the
+                # last objects freed, each a small block in an arena of the wave's that it
+                # keeps from going back; a full collection empties them (and frees what
+                # cycles the wave left): once a wave, on the loop (it runs finalizers)
+                self._collect = False
+                gc.collect()
         if self._trim is False:
             self._trim = _malloc_trim()
         if callable(self._trim) and self._loop is not None:
