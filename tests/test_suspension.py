@@ -19,7 +19,6 @@ import json
 import signal
 import textwrap
 import threading
-import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -607,56 +606,3 @@ async def test_a_stopped_attempt_is_let_go_as_it_ends_not_at_its_cancel_grace(
         done = await _answered(d, asks, running)
         # (the replica that stopped them, never taken down as hung, ran their second)
         assert [r.attempts[0].pid for r in done] == [r.attempts[1].pid for r in done]
-
-
-async def test_tasks_kept_compact_hold_their_records_in_no_object_of_their_own(
-        tmp_path: Path) -> None:
-    """Issue 55, decision 951: a suspended task kept compact held four or five small
-    objects (its id and seq as a dict's key and value, its ask packed and the ask's id
-    twice), made as thousands were suspended at once among the burst's short-lived objects,
-    each keeping an arena of the allocator's. They are packed in the maps' buffers now:
-    what the inbox holds of the pending asks comes to a few blocks however many tasks
-    (with dicts: two blocks a task, the packed record and the ask's id), and reads back
-    whole."""
-    n = 100
-    async with in_process(tmp_path, _held(n, cancel_grace=0.2),
-                          supervisor="manual_clock = true") as d:
-        tasks = d.sup.tasks
-        made: asyncio.Queue[Ask] = asyncio.Queue()
-        tasks.stream.subscribe(lambda e: made.put_nowait(e.ask) if e.ask.pending else None,
-                               AskEnded)
-        tracemalloc.start()
-        try:
-            ids = [tasks.submit("held", {"prompt": f"#{i}?"}, TaskOptions(timeout=3600)).id
-                   for i in range(n)]
-            asked = {}
-            for _ in range(n):
-                ask = await asyncio.wait_for(made.get(), 30)
-                asked[ask.task_id] = ask.id.encode()  # (not the inbox's own str)
-            del ask
-            for t in ids:  # (each one's question asked, and it waits)
-                while (await tasks.info(t)).status != "waiting":
-                    await asyncio.sleep(0.01)
-            tasks.clock.advance(600)
-            while tasks.suspensions.stats()["compact"] < n:
-                await asyncio.sleep(0.05)
-            gc.collect()
-            snapshot = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        records = ("tasks/inbox.py", "tasks/packed.py")
-        held = [s for s in snapshot.statistics("lineno")
-                if s.traceback[0].filename.endswith(records)]
-        assert sum(s.count for s in held) < n / 2, [(str(s.traceback[0]), s.count)
-                                                    for s in held]
-        assert {t: [a.id.encode() for a in tasks.inbox.waiting_for(t)] for t in ids} == \
-            {t: [asked[t]] for t in ids}
-        for t in ids:
-            ask = tasks.inbox.get(asked[t].decode())
-            assert ask is not None and ask.task_id == t and tasks.holds(t)
-            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                              ask.subject["prompt"]))
-        for i, t in enumerate(ids):
-            done = await tasks.info(t, wait=True)
-            assert (done.status, json.loads(bytes(done.output)), len(done.attempts)) == (
-                "succeeded", {"answer": f"#{i}?"}, 2), done

@@ -20,8 +20,6 @@ one's twice as slow (each message mapped and faulted in anew).
 from __future__ import annotations
 
 import asyncio
-import gc
-import time
 from collections.abc import Callable
 
 TRIM_AFTER = 4 * 1024 * 1024
@@ -48,8 +46,6 @@ class Releaser:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
-        self._collect = False  # a wave has ended since the last trim
-        self._settled_at = 0.0  # (monotonic) the last wave's last end
 
     def let_go(self, nbytes: int) -> None:
         self.released += nbytes
@@ -63,10 +59,9 @@ class Releaser:
         """A wave of work held at once has ended, `nbytes` of it let go (an estimate): a
         trim within TRIM_DELAY whatever the amount, so that what a burst left free goes
         back once it is over rather than at the next 4 MiB."""
-        self._collect = True
-        self._settled_at = time.monotonic()
         self.let_go(nbytes)
-        self._arm()
+        if self.released:
+            self._arm()
 
     def _arm(self) -> None:
         """A trim TRIM_DELAY from now, unless one is due already."""
@@ -77,16 +72,6 @@ class Releaser:
     def trim(self) -> None:
         self._timer = None
         self.released = 0
-        if self._collect:
-            if time.monotonic() - self._settled_at < TRIM_DELAY:
-                self._arm()  # the wave goes on: its collection once it is over
-            else:
-                # CPython's free lists (tuples, floats, lists, dicts, contexts) keep the
-                # last objects freed, each a small block in an arena of the wave's that it
-                # keeps from going back; a full collection empties them (and frees what
-                # cycles the wave left): once a wave, on the loop (it runs finalizers)
-                self._collect = False
-                gc.collect()
         if self._trim is False:
             self._trim = _malloc_trim()
         if callable(self._trim) and self._loop is not None:

@@ -35,7 +35,6 @@ from ...text import iso_time
 from ..config import DEFAULT_TENANT
 from ..stream import Stream
 from .model import Task, TaskFinished
-from .packed import PackedMap
 from .waitclock import WaitClock, WaitTimer
 
 log = logging.getLogger("corral.inbox")
@@ -204,10 +203,9 @@ class Inbox:
         self.clock = clock if clock is not None else WaitClock()
         self.max_pending = MAX_PENDING
         self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
-        # ask id -> the ask packed; task id -> its pending asks' ids, a line each: packed
-        # maps (packed.py), no object of their own an ask, thousands held for days
-        self._pending = PackedMap()
-        self._by_task = PackedMap()
+        self._pending: dict[str, bytes] = {}  # ask id -> the ask packed
+        # task id -> its pending ask's id, or their ids when it has several
+        self._by_task: dict[str, str | tuple[str, ...]] = {}
         self._per_tenant: dict[str | None, int] = {}
         # asks checked against the bounds whose records are being stored: counted as
         # pending, so that asks made at once do not pass a bound together
@@ -291,8 +289,8 @@ class Inbox:
         self._pending[ask.id] = _pack(ask)
         task_id = ask.task_id if task_id is None else task_id
         had = self._by_task.get(task_id)
-        self._by_task[task_id] = (ask.id.encode() if had is None else
-                                  had + b"\n" + ask.id.encode())
+        self._by_task[task_id] = (ask.id if had is None else
+                                  (had, ask.id) if isinstance(had, str) else (*had, ask.id))
         self.stream.listen(self._ends)
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
         if ask.deadline is not None:
@@ -305,11 +303,11 @@ class Inbox:
 
     def _release(self, ask: Ask) -> None:
         self._pending.pop(ask.id, None)
-        left = [i for i in self._ids(ask.task_id) if i != ask.id]
+        left = tuple(i for i in self._ids(ask.task_id) if i != ask.id)
         if not left:
             self._by_task.pop(ask.task_id, None)
         else:
-            self._by_task[ask.task_id] = "\n".join(left).encode()
+            self._by_task[ask.task_id] = left[0] if len(left) == 1 else left
         count = self._per_tenant.get(ask.tenant, 0) - 1
         if count > 0:
             self._per_tenant[ask.tenant] = count
@@ -422,7 +420,7 @@ class Inbox:
     # -- reading --------------------------------------------------------------------------
     def pending(self, seen: Callable[[Ask], bool] | None = None) -> list[Ask]:
         """The pending asks (those `seen` admits), oldest first."""
-        asks: Iterable[Ask] = (_unpack(i, p) for i, p in self._pending.items())
+        asks: Iterable[Ask] = map(_unpack, self._pending.keys(), self._pending.values())
         if seen is not None:
             asks = filter(seen, asks)
         return sorted(asks, key=lambda a: (a.created, a.id))
@@ -438,7 +436,7 @@ class Inbox:
 
     def _ids(self, task_id: str) -> tuple[str, ...]:
         held = self._by_task.get(task_id)
-        return () if held is None else tuple(held.decode().split("\n"))
+        return () if held is None else (held,) if isinstance(held, str) else held
 
     def asking(self, task_id: str) -> bool:
         """Whether the task waits for something now."""

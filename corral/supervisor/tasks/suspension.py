@@ -40,7 +40,6 @@ from ...jsonrpc import RpcError
 from .elicitations import PREFIX as ELICITATION
 from .inbox import AskEnded, Inbox
 from .model import AsksElsewhere, CompactTask
-from .packed import PackedInts
 from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
 
@@ -103,9 +102,8 @@ class Suspensions:
         self.clock = clock
         self._held: dict[str, _Wait] = {}
         # the suspended tasks kept compact: their id -> their `seq` (Task's), no object of
-        # their own: the row is the journal's, their agent and tenant those of their asks;
-        # packed, not a dict's objects a task (packed.py)
-        self.compact = PackedInts()
+        # their own: the row is the journal's, their agent and tenant those of their asks
+        self.compact: dict[str, int] = {}
         # suspended tasks whose stopped attempt ended, to keep compact once committed
         self._settled: list[Task] = []
         self._settling: asyncio.Task[None] | None = None
@@ -343,9 +341,6 @@ class Suspensions:
                     if self._compactable(task):
                         del self.engine.active[task.id]
                         self.compact[task.id] = task.seq
-                # what the Tasks let go held goes back with the wave's trim: one after
-                # this, not only the one their attempts' ends asked for before
-                self.engine.memory.settled(0)
         finally:
             self._settling = None
             self._settled = []
