@@ -15,7 +15,7 @@ import pytest
 
 from corral.daemon import checkpointer as checkpointer_mod
 from corral.daemon.checkpointer import Checkpointer
-from corral.daemon.storeschema import Connection, connect
+from corral.daemon.storeschema import StoreConnection, connect
 from corral.daemon.storewriter import WriterThread
 
 from .test_gateway_stdio import wait_until_async
@@ -69,7 +69,7 @@ async def test_commits_never_checkpoint_and_the_checkpointer_copies_the_wal(
     assert not (tmp_path / "state.db-wal").exists()
 
 
-class Failing(Connection):
+class Failing(StoreConnection):
     """A real connection whose statements fail while `fail` is set (a disk that errs)."""
 
     fail = False

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .storeschema import Connection
+    from .storeschema import StoreConnection
 
 log = logging.getLogger("corral.store")
 
@@ -36,7 +36,7 @@ MIN_GAP = 0.25  # seconds between two checkpoints, however often the writer comm
 
 
 class Checkpointer:
-    def __init__(self, db: Connection, path: Path) -> None:
+    def __init__(self, db: StoreConnection, path: Path) -> None:
         """`db`: a connection of its own (store.connect), used only by this thread."""
         self.path = path
         self._db = db

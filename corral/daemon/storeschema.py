@@ -581,7 +581,7 @@ def prepare_state_dir(directory: Path) -> None:
         directory.chmod(0o700)
 
 
-class Connection(sqlite3.Connection):
+class StoreConnection(sqlite3.Connection):
     """A connection whose `execute` and `executemany` run a statement that reads no rows
     (a write, a pragma set) on a cursor it keeps, made anew only while a caller still
     holds the last one (its rowcount unread). A query's cursor is the caller's alone, as
@@ -622,10 +622,10 @@ class Connection(sqlite3.Connection):
         return self._cursor().execute(sql, parameters).fetchall()
 
 
-def connect(path: Path, *, sync: str = "normal") -> Connection:
+def connect(path: Path, *, sync: str = "normal") -> StoreConnection:
     """A connection with corral's settings (WAL, busy timeout, `sync` = normal | full)."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                         timeout=BUSY_TIMEOUT_MS / 1000, factory=Connection)
+                         timeout=BUSY_TIMEOUT_MS / 1000, factory=StoreConnection)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
@@ -635,7 +635,7 @@ def connect(path: Path, *, sync: str = "normal") -> Connection:
     return db
 
 
-def open_database(path: Path, *, sync: str = "normal") -> Connection:
+def open_database(path: Path, *, sync: str = "normal") -> StoreConnection:
     """Open (creating it 0600 if new) and migrate the database; StoreError if it cannot."""
     try:
         prepare_state_dir(path.parent)

@@ -202,7 +202,7 @@ class WriterThread:
         self.checkpointer.wrote()
         return True, None
 
-    def _wait_for_locks(self, db: storeschema.Connection) -> None:
+    def _wait_for_locks(self, db: storeschema.StoreConnection) -> None:
         """On the thread, before its job: its busy timeout again, after the loop's jobs."""
         if self._waits:
             return

@@ -88,7 +88,7 @@ from .steps import (
     remove_refs,
     results_dir,
 )
-from .storeschema import HOLDER, Connection, connect, errors_named
+from .storeschema import HOLDER, StoreConnection, connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
 log = logging.getLogger("corral.taskjournal")
@@ -179,7 +179,7 @@ class TaskJournalDB:
         self._writer = writer or WriterThread(path, sync=sync)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
-        self._rows: Connection | None = None  # whole rows read on the loop
+        self._rows: StoreConnection | None = None  # whole rows read on the loop
         # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
         self._group: GroupCommit[Row] = GroupCommit(
             self._writer, self._write, self._settled, merge=_merged, size=_size,
