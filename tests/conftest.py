@@ -56,7 +56,12 @@ def open_fds() -> set[int]:
 
 
 def live_children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    """This process's descendants, its fork server (tests/forkserver.py) left out: it
+    lives as long as this process (the children it forks are counted)."""
+    from . import forkserver
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.pid != forkserver.server_pid()]
 
 
 def agent(name: str, script: str = "hello.py", **kw: object) -> AgentSpec:
@@ -334,9 +339,14 @@ _cpu_since = 0.0
 
 
 def _cpu_now() -> float:
+    from . import forkserver
+
     mine = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return mine.ru_utime + mine.ru_stime + reaped.ru_utime + reaped.ru_stime
+    # and the fork server's children (their parent is the server, which reports each
+    # one's wait4 rusage as it ends), and the server's own
+    return (mine.ru_utime + mine.ru_stime + reaped.ru_utime + reaped.ru_stime
+            + forkserver.reported_cpu())
 
 
 def pytest_runtest_logstart(nodeid: str, location: object) -> None:

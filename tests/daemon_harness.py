@@ -25,9 +25,52 @@ import msgspec
 
 from corral.cli.client import Client, result_type
 
+from . import forkserver
 from .conftest import EXAMPLES, ROOT, SPARED
 
 PY = sys.executable
+# a `corral` process of a test: a Popen, or a child of the fork server with its surface
+Proc = subprocess.Popen[Any] | forkserver.Forked
+
+
+def corral_popen(args: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
+                 stdin: Any = None, stdout: Any = None, stderr: Any = None,
+                 text: bool = False) -> Proc:
+    """`python -m corral ARGS` (env: os.environ's by default, PYTHONPATH this checkout's),
+    forked from this process's fork server (tests/forkserver.py: no interpreter start, no
+    imports), or started by subprocess with CORRAL_TEST_FORK=0 or with an environment
+    whose interpreter settings (PYTHON*, the locale) are not the server's."""
+    env = {**(os.environ if env is None else env)}
+    env.setdefault("PYTHONPATH", str(ROOT))
+    if forkserver.enabled():
+        server = forkserver.server()
+        if server.serves(env):
+            return server.popen(args, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
+                                stderr=stderr, text=text)
+    return subprocess.Popen([PY, "-m", "corral", *args], env=env, cwd=cwd, stdin=stdin,
+                            stdout=stdout, stderr=stderr, text=text)
+
+
+def corral_run(args: list[str], input: str | None = None, timeout: float = 30,
+               env: dict[str, str] | None = None, cwd: str | None = None,
+               ) -> subprocess.CompletedProcess[str]:
+    """What subprocess.run([PY, "-m", "corral", *args], capture_output=True, text=True,
+    input=input, timeout=timeout) does, by corral_popen."""
+    proc = corral_popen(args, env=env, cwd=cwd,
+                        stdin=subprocess.PIPE if input is not None else None,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def config_text(agents: str, sock: Path, state: Path, extra: str = "") -> str:
@@ -110,7 +153,7 @@ class Notifications:
     # a limit, not a wait (it returns at the notification): a daemon with agents took
     # past 20 s to be ready at the start of a parallel run at load ~15 (test_teams)
     def wait_for(self, key: str, timeout: float = 60.0,
-                 proc: subprocess.Popen[bytes] | None = None) -> dict[str, str]:
+                 proc: Proc | None = None) -> dict[str, str]:
         for msg in self.seen:
             if key in msg:
                 return msg
@@ -161,7 +204,7 @@ class Daemon:
         self.watchdog_usec = watchdog_usec
         self.cgroup = cgroup  # start the daemon in this cgroup (v2), as systemd would
         self.wrapper = wrapper or []  # what execs the daemon (setpriv, to drop capabilities)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Proc | None = None
 
     def start(self, wait_ready: bool = True) -> Daemon:
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path),
@@ -169,13 +212,19 @@ class Daemon:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.notify.drain()  # a READY of an earlier daemon (a reload sends one) is stale
-        argv = [*self.wrapper, PY, "-m", "corral", "daemon", "--config", str(self.config)]
-        if self.cgroup is not None:  # in its cgroup before its first instruction
-            argv = ["/bin/sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"',
-                    "in-cgroup", *argv]
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        args = ["daemon", "--config", str(self.config)]
+        if self.wrapper or self.cgroup is not None:
+            argv = [*self.wrapper, PY, "-m", "corral", *args]
+            if self.cgroup is not None:  # in its cgroup before its first instruction
+                argv = ["/bin/sh", "-c",
+                        f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "in-cgroup",
+                        *argv]
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        else:
+            self.proc = corral_popen(args, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
         if wait_ready:
             self.notify.wait_for("READY", proc=self.proc)
         return self
@@ -190,10 +239,13 @@ class Daemon:
 
     def cli(self, *args: str, input: str | None = None, user: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [PY, "-m", "corral", "--socket", str(self.sock), *args],
-            capture_output=True, text=True, input=input, timeout=timeout,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, user=user)
+        argv = ["--socket", str(self.sock), *args]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if user is not None:  # (the fork server runs as this process's user)
+            return subprocess.run(
+                [PY, "-m", "corral", *argv], capture_output=True, text=True, input=input,
+                timeout=timeout, env=env, user=user)
+        return corral_run(argv, input=input, timeout=timeout, env=env)
 
     def json(self, *args: str) -> Any:
         r = self.cli(*args, "--json")

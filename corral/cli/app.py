@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .. import methods as m
-from .client import CLIENT_TIMEOUT, EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
+from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable, default_timeout
 from .terminal import raw_option
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class Ctx:
             sys.exit(EXIT_FAILED)
         except TimeoutError:
             click.echo(f"corral: the daemon did not answer {method} within "
-                       f"{CLIENT_TIMEOUT:g} s", err=True)
+                       f"{default_timeout():g} s", err=True)
             sys.exit(EXIT_FAILED)
 
 

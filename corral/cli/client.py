@@ -26,12 +26,24 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
 INTERNAL_ERROR = -32603  # JSON-RPC's (corral.jsonrpc would import asyncio)
-# how long a call that the daemon answers at once may take before the CLI gives up on it
-# (CORRAL_CLIENT_TIMEOUT: seconds; a call that waits for a task's end has no such bound)
-CLIENT_TIMEOUT = float(os.environ.get("CORRAL_CLIENT_TIMEOUT") or 600.0)
-# how long a call the daemon did not read before `corral upgrade`'s exec waits for the
-# next image (CORRAL_RESUME_WAIT: seconds)
-RESUME_WAIT = float(os.environ.get("CORRAL_RESUME_WAIT") or 60.0)
+
+
+# Both read at each use, not at import: a process forked after the import (the tests' fork
+# server) has its own environment.
+def default_timeout() -> float:
+    """How long a call that the daemon answers at once may take before the CLI gives up
+    on it (CORRAL_CLIENT_TIMEOUT: seconds; a call that waits for a task's end has no such
+    bound)."""
+    return float(os.environ.get("CORRAL_CLIENT_TIMEOUT") or 600.0)
+
+
+def default_resume_wait() -> float:
+    """How long a call the daemon did not read before `corral upgrade`'s exec waits for
+    the next image (CORRAL_RESUME_WAIT: seconds)."""
+    return float(os.environ.get("CORRAL_RESUME_WAIT") or 60.0)
+
+
+FROM_ENVIRONMENT = -1.0  # Client's timeout or resume_wait: the variable's, at the call
 UNAVAILABLE = -32013
 
 
@@ -90,12 +102,13 @@ class Client:
     how long a call the daemon did not read before it went away for an upgrade waits for
     the next image to answer before it gives up, the call not made (CORRAL_RESUME_WAIT)."""
 
-    def __init__(self, path: Path | str, timeout: float | None = CLIENT_TIMEOUT,
-                 resume_wait: float = RESUME_WAIT) -> None:
+    def __init__(self, path: Path | str, timeout: float | None = FROM_ENVIRONMENT,
+                 resume_wait: float = FROM_ENVIRONMENT) -> None:
         self.path = path
-        self.timeout = timeout
-        self.resume_wait = resume_wait
-        self.sock = self._connect(timeout)
+        self.timeout = default_timeout() if timeout == FROM_ENVIRONMENT else timeout
+        self.resume_wait = (default_resume_wait() if resume_wait == FROM_ENVIRONMENT
+                            else resume_wait)
+        self.sock = self._connect(self.timeout)
         self._buf = b""
         self._next_id = 0
 
