@@ -109,8 +109,19 @@ def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterat
         return proc
 
     monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+    spare_the_fork_server()
     yield
     SPARED.clear()
+
+
+def spare_the_fork_server() -> None:
+    """This process's fork server (tests/forkserver.py) is its child for the whole run:
+    an in-process supervisor's sweep of re-parented orphans would kill it."""
+    from . import forkserver
+
+    pid = forkserver.server_pid()
+    if pid is not None:
+        SPARED.add(pid)
 
 
 @pytest.fixture
@@ -392,3 +403,4 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         known = cache.get(key, {})
         known.update({f: round(s, 2) for f, s in seconds.items()})
         cache.set(key, known)
+

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,16 @@ import msgspec
 from corral.cli.client import Client, result_type
 
 from . import forkserver
-from .conftest import EXAMPLES, ROOT, SPARED
+from .conftest import EXAMPLES, ROOT, SPARED, spare_the_fork_server
 
 PY = sys.executable
 # a `corral` process of a test: a Popen, or a child of the fork server with its surface
 Proc = subprocess.Popen[Any] | forkserver.Forked
 
 
-def corral_popen(args: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
-                 stdin: Any = None, stdout: Any = None, stderr: Any = None,
-                 text: bool = False) -> Proc:
+def corral_popen(args: list[str], env: Mapping[str, str] | None = None,
+                 cwd: str | os.PathLike[str] | None = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, text: bool = False) -> Proc:
     """`python -m corral ARGS` (env: os.environ's by default, PYTHONPATH this checkout's),
     forked from this process's fork server (tests/forkserver.py: no interpreter start, no
     imports), or started by subprocess with CORRAL_TEST_FORK=0 or with an environment
@@ -44,21 +44,23 @@ def corral_popen(args: list[str], env: dict[str, str] | None = None, cwd: str | 
     env.setdefault("PYTHONPATH", str(ROOT))
     if forkserver.enabled():
         server = forkserver.server()
+        spare_the_fork_server()  # (started now, maybe, beside an in-process daemon)
         if server.serves(env):
-            return server.popen(args, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
-                                stderr=stderr, text=text)
+            return server.popen(args, env=env, cwd=None if cwd is None else os.fspath(cwd),
+                                stdin=stdin, stdout=stdout, stderr=stderr, text=text)
     return subprocess.Popen([PY, "-m", "corral", *args], env=env, cwd=cwd, stdin=stdin,
                             stdout=stdout, stderr=stderr, text=text)
 
 
-def corral_run(args: list[str], input: str | None = None, timeout: float = 30,
-               env: dict[str, str] | None = None, cwd: str | None = None,
-               ) -> subprocess.CompletedProcess[str]:
-    """What subprocess.run([PY, "-m", "corral", *args], capture_output=True, text=True,
-    input=input, timeout=timeout) does, by corral_popen."""
+def corral_run(args: list[str], input: str | None = None, timeout: float | None = None,
+               env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+               text: bool = True) -> subprocess.CompletedProcess[Any]:
+    """What subprocess.run([PY, "-m", "corral", *args], capture_output=True, text=text,
+    input=input, timeout=timeout, env=env, cwd=cwd) does, by corral_popen (PYTHONPATH
+    this checkout's, if env has none)."""
     proc = corral_popen(args, env=env, cwd=cwd,
                         stdin=subprocess.PIPE if input is not None else None,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -423,9 +423,15 @@ class ForkServer:
         # serve: the child's sys.path would differ from a fresh interpreter's)
         self.env = {**os.environ, "PYTHONPATH": root, FD_VARIABLE: str(theirs.fileno())}
         self.env.pop("CORRAL_TEST_FORK", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__], env=self.env, pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL, cwd="/")
+        import tempfile
+
+        # its own stderr (not this process's, which pytest redirects test by test): what
+        # it says if it fails
+        self.log = Path(tempfile.mkstemp(prefix="corral-forkserver-", suffix=".log")[1])
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__], env=self.env, pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/")
         del self.env[FD_VARIABLE]
         theirs.close()
         self.control = mine
@@ -473,9 +479,15 @@ class ForkServer:
             reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ends.insert(0, theirs.detach())
             req = {"argv": args, "env": env, "cwd": cwd or os.getcwd(), "umask": _umask()}
-            self.control.sendmsg([json.dumps(req).encode()],
-                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   array.array("i", ends))])
+            try:
+                self.control.sendmsg([json.dumps(req).encode()],
+                                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       array.array("i", ends))])
+            except OSError as exc:
+                raise RuntimeError(f"the fork server ({self.proc.pid}) is gone: "
+                                   f"{exc} (exit {self.proc.poll()}; it said: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]!r})"
+                                   ) from None
         except BaseException:
             for stream in ours:
                 if stream is not None:

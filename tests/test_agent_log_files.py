@@ -18,7 +18,7 @@ from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
 from corral.daemon.privilege import refusal
 from corral.supervisor.config import AgentSpec, TenantSpec
 
-from .daemon_harness import Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import Daemon, corral_run, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +80,8 @@ def test_dev_stdout_is_the_daemons_stdout_for_docker_logs() -> None:
 def test_a_relative_log_file_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text("[agents.a]\ncommand = 'true'\nlog_file = 'a.log'\n")
-    r = subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check", str(p)],
-                       capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", "--no-check", str(p)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (1, (
         f"corral: invalid config: {p}: agents.a: log_file 'a.log' is not an absolute path "
         "(or /dev/stdout, /dev/stderr)\n"))

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from .daemon_harness import corral_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check",
-                           str(path)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return corral_run(["check-config", "--no-check", str(path)],
+                      env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_five_errors_in_one_table_and_its_subtable_are_five_lines(tmp_path: Path) -> None:

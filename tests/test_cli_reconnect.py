@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import ROOT
-from .daemon_harness import PY
+from .daemon_harness import corral_run
 
 
 @pytest.mark.parametrize(("flag", "first"), [
@@ -21,10 +20,8 @@ def test_a_daemon_that_stays_away_is_tried_for_reconnect_seconds_then_named(
         tmp_path: Path, flag: str, first: str) -> None:
     sock = tmp_path / "none.sock"
     began = time.monotonic()
-    r = subprocess.run(
-        [PY, "-m", "corral", "--socket", str(sock), "task", "T1", flag, "--reconnect",
-         "0.5"], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["--socket", str(sock), "task", "T1", flag, "--reconnect", "0.5"], timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert time.monotonic() - began >= 0.5  # tried again until the bound, not once
     assert (r.returncode, r.stdout) == (3, ""), r.stderr
     assert r.stderr == (

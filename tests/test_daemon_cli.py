@@ -23,7 +23,7 @@ import pytest
 from corral.cli.install import quoted
 
 from .conftest import EXAMPLES, ROOT, nobody_reason
-from .daemon_harness import PY, Daemon, hello, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_run, hello, shared_tmpdir
 
 
 def wait_until(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -108,9 +108,8 @@ def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
 
 
 def test_unreachable_daemon_exits_3_and_says_how_to_start(tmp: Path) -> None:
-    r = subprocess.run([PY, "-m", "corral", "--socket", str(tmp / "none.sock"), "status"],
-                       capture_output=True, text=True, env={**os.environ,
-                                                            "PYTHONPATH": str(ROOT)})
+    r = corral_run(["--socket", str(tmp / "none.sock"), "status"],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 3
     assert r.stderr.startswith(f"corral: cannot reach the corral daemon at {tmp}/none.sock: "
                                "no socket there\nstart it with `corral daemon --config PATH`")
@@ -438,9 +437,8 @@ print(s.makefile().readline().strip())
 
 
 def test_second_daemon_refuses_and_the_first_keeps_running(daemon: Daemon) -> None:
-    r = subprocess.run([PY, "-m", "corral", "daemon", "--config", str(daemon.config)],
-                       capture_output=True, text=True, timeout=20,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["daemon", "--config", str(daemon.config)], timeout=20,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1
     assert r.stderr == (f"corral: another corral daemon (pid {daemon.proc.pid}) "  # type: ignore[union-attr]
                         f"is running on {daemon.sock}\n")
@@ -572,9 +570,8 @@ def test_check_config(tmp: Path) -> None:
     def check(text: str) -> subprocess.CompletedProcess[str]:
         p = tmp / "c.toml"
         p.write_text(text)
-        return subprocess.run([PY, "-m", "corral", "check-config", "--config", str(p)],
-                              capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return corral_run(["check-config", "--config", str(p)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     r = check(hello("a") + hello("b"))
     assert (r.returncode, r.stdout) == (0, f"{tmp}/c.toml: ok (2 agents, 0 MCP servers)\n")
@@ -649,8 +646,7 @@ def test_check_config_names_the_nearest_key(tmp: Path, text: str, where: str, un
                                             near: str) -> None:
     p = tmp / "c.toml"
     p.write_text(text)
-    r = subprocess.run([PY, "-m", "corral", "check-config", str(p)], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", str(p)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stdout, r.stderr) == (
         1, "", f"corral: invalid config: {p}: {where}: Object contains unknown field "
                f"`{unknown}` (did you mean `{near}`?)\n")
@@ -659,21 +655,18 @@ def test_check_config_names_the_nearest_key(tmp: Path, text: str, where: str, un
 def test_check_config_says_nothing_of_a_key_near_none(tmp: Path) -> None:
     p = tmp / "c.toml"
     p.write_text("[agents.a]\ncommand = 'true'\nzzz = 1\n")
-    r = subprocess.run([PY, "-m", "corral", "check-config", str(p)], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", str(p)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (
         1, f"corral: invalid config: {p}: agents.a: Object contains unknown field `zzz`\n")
     p.write_text("[agent.a]\ncommand = 'true'\n")
-    r = subprocess.run([PY, "-m", "corral", "check-config", str(p)], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", str(p)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (
         1, f"corral: invalid config: {p}: agent: unknown top-level key (did you mean "
            "`agents`?)\n")
 
 
 def test_completion_script() -> None:
-    r = subprocess.run([PY, "-m", "corral", "completion", "bash"], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["completion", "bash"], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and "_CORRAL_COMPLETE" in r.stdout
 
 
@@ -685,8 +678,7 @@ def test_the_completion_script_completes(words: str, cword: str, out: str) -> No
     """What the script of `corral completion bash` runs at each Tab: the commands' names,
     through the CLI's escaping stream (its bytes were refused with a TypeError there, a
     traceback at each Tab and nothing completed)."""
-    r = subprocess.run([PY, "-m", "corral"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "COMP_WORDS": words,
+    r = corral_run([], env={**os.environ, "PYTHONPATH": str(ROOT), "COMP_WORDS": words,
                             "COMP_CWORD": cword, "_CORRAL_COMPLETE": "bash_complete"})
     assert (r.returncode, r.stdout, r.stderr) == (0, out, "")
 
@@ -798,23 +790,20 @@ def test_raw_log_format_keeps_stderr_as_written(tmp: Path) -> None:
 
 def test_daemon_start_failures_are_clear(tmp: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([PY, "-m", "corral", "daemon", "--config", str(tmp / "none.toml")],
-                       capture_output=True, text=True, env=env)
+    r = corral_run(["daemon", "--config", str(tmp / "none.toml")], env=env)
     assert (r.returncode, r.stderr) == (
         1, f"corral: no config file at {tmp}/none.toml (give one with --config)\n")
     d = Daemon(tmp, hello("hello"))
     try:
-        r = subprocess.run([PY, "-m", "corral", "--socket", "/dev/null/corral.sock", "daemon",
-                            "--config", str(d.config)], capture_output=True, text=True,
-                           env=env, timeout=20)
+        r = corral_run(["--socket", "/dev/null/corral.sock", "daemon", "--config", str(d.config)],
+                       timeout=20, env=env)
         assert r.returncode == 1
         assert r.stderr.startswith("corral: cannot listen on /dev/null/corral.sock: ")
         # a path past a unix socket's bound: the bound named, not the OS's reason (it has
         # none: Python refuses the path before the kernel sees it)
         far = tmp / ("x" * (108 - len(str(tmp)))) / "corral.sock"
-        r = subprocess.run([PY, "-m", "corral", "--socket", str(far), "daemon",
-                            "--config", str(d.config)], capture_output=True, text=True,
-                           env=env, timeout=20)
+        r = corral_run(["--socket", str(far), "daemon", "--config", str(d.config)], timeout=20,
+                       env=env)
         assert (r.returncode, r.stderr.splitlines()[-1]) == (1, (
             f"corral: cannot listen on {far}: its path is {len(str(far))} bytes, over "
             "SOCKET_PATH_MAX (107)"))
@@ -827,9 +816,8 @@ def test_a_socket_nobody_listens_on_exits_3(tmp: Path) -> None:
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))  # bound, never listening: what a killed daemon leaves behind
     try:
-        r = subprocess.run([PY, "-m", "corral", "--socket", str(path), "status"],
-                           capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        r = corral_run(["--socket", str(path), "status"],
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert r.returncode == 3
         assert r.stderr.startswith(f"corral: cannot reach the corral daemon at {path}: "
                                    "nothing is listening (a stale socket?)\n")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from corral.daemon.privilege import refusal
 from corral.supervisor.config import AgentSpec, ConfigError, TenantSpec
 from corral.supervisor.envfiles import ENV_FILE_BYTES, read_env_files
 
-from .daemon_harness import running_daemon, shared_tmpdir
+from .daemon_harness import corral_run, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,9 +76,8 @@ def test_an_env_file_past_its_bound_is_refused_naming_it(tmp_path: Path) -> None
 def test_a_relative_env_file_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text("[agents.a]\ncommand = 'true'\nenv_file = ['-app.env']\n")
-    r = subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check", str(p)],
-                       capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", "--no-check", str(p)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (
         1, f"corral: invalid config: {p}: agents.a: env_file '-app.env' is not an "
            "absolute path\n")

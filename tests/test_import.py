@@ -9,14 +9,13 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from corral.supervisor.configload import load_config
 
-from .daemon_harness import running_daemon, shared_tmpdir
+from .daemon_harness import corral_run, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +32,7 @@ NODE = shutil.which("node", path=ENV["PATH"])
 
 def corral(*args: str, env: dict[str, str] | None = None, cwd: Path = CORPUS
            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True,
-                          text=True, cwd=cwd,
-                          env={**(env or ENV), "PYTHONPATH": str(ROOT)})
+    return corral_run([*args], env={**(env or ENV), "PYTHONPATH": str(ROOT)}, cwd=cwd)
 
 
 def needs_node(name: str) -> object:

@@ -13,10 +13,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .daemon_harness import corral_run
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "tests" / "data" / "import" / "CORPUS.md"
@@ -28,10 +29,8 @@ NODE = shutil.which("node")
 
 
 def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True,
-                          text=True, cwd=cwd,
-                          env={"PATH": os.environ.get("PATH", os.defpath),
-                               "PYTHONPATH": str(ROOT)})
+    return corral_run([*args], env={"PATH": os.environ.get("PATH", os.defpath),
+                               "PYTHONPATH": str(ROOT)}, cwd=cwd)
 
 
 def imported(tmp_path: Path, files: dict[str, bytes], *names: str

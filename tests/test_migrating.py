@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from corral.importer.keys import known
 from corral.othernames import OTHER_NAMES, listing
+
+from .daemon_harness import corral_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "migrating.md").read_text()
@@ -50,8 +51,7 @@ def test_every_other_name_is_beside_corrals_key_in_a_row_of_its_tools_table() ->
 
 
 def corral(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    return corral_run([*args], env={"PYTHONPATH": str(ROOT), "COLUMNS": "200"})
 
 
 @pytest.mark.parametrize("how", [("help", "import"), ("import", "--help")])

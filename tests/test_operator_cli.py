@@ -17,7 +17,15 @@ import pytest
 from corral.cli.client import Client
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, config_text, hello, running_daemon, shared_tmpdir
+from .daemon_harness import (
+    PY,
+    Daemon,
+    config_text,
+    corral_run,
+    hello,
+    running_daemon,
+    shared_tmpdir,
+)
 from .test_daemon_cli import wait_until
 
 
@@ -171,9 +179,8 @@ def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Pa
     def check(text: str, *flags: str) -> subprocess.CompletedProcess[str]:
         p = tmp / "c.toml"
         p.write_text(text)
-        return subprocess.run([PY, "-m", "corral", "check-config", str(p), *flags],
-                              capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return corral_run(["check-config", str(p), *flags],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     r = check(hello("a"))
     assert (r.returncode, r.stdout) == (0, f"{tmp}/c.toml: ok (1 agent, 0 MCP servers)\n")

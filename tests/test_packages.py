@@ -33,7 +33,7 @@ from corral.supervisor.config import ConfigError
 from corral.supervisor.lifecycle import State
 
 from .conftest import EXAMPLES, PY, ROOT, nobody_reason
-from .daemon_harness import Daemon, hello, in_process, shared_tmpdir
+from .daemon_harness import Daemon, corral_run, hello, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_store import unshare_reason
@@ -179,15 +179,14 @@ def test_a_wrong_manifest_is_refused_naming_the_key(tmp_path: Path, toml: str,
 
 def test_check_config_validates_a_package(tmp_path: Path) -> None:
     ok = package(tmp_path / "ok", "1.0")
-    r = subprocess.run([PY, "-m", "corral", "check-config", str(ok)], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+    r = corral_run(["check-config", str(ok)], timeout=30,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stdout.strip()) == (
         0, f"{ok / 'corral.toml'}: ok (package greeter, version 1.0, lock requirements.txt)")
     (ok / "corral.toml").write_text('[agent]\nname = "x"\ncommand = "python a.py"\n'
                                     "max_restarts = -1\n")
-    r = subprocess.run([PY, "-m", "corral", "check-config", str(ok / "corral.toml")],
-                       capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+    r = corral_run(["check-config", str(ok / "corral.toml")], timeout=30,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1
     assert r.stderr == (f"corral: invalid manifest: {ok / 'corral.toml'}: agent.max_restarts: "
                         "Expected `int` >= 0\n")

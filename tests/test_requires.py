@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-from .daemon_harness import Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import Daemon, corral_run, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,9 +107,8 @@ def test_a_fatal_agent_that_fails_for_good_stops_the_daemon_exit_status_1() -> N
 def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     p = tmp_path / "c.toml"
     p.write_text(text)
-    return subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check",
-                           str(p)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return corral_run(["check-config", "--no-check", str(p)],
+                      env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_check_config_names_requires_in_a_cycle_or_an_unknown_agent(tmp_path: Path) -> None:

@@ -5,13 +5,11 @@ load; PM2's cron_restart is imported as it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-from .daemon_harness import hello, running_daemon, shared_tmpdir
+from .daemon_harness import corral_run, hello, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,9 +59,8 @@ def test_each_matching_minute_restarts_the_agent_gracefully_but_one_stopped_by_h
 def test_a_cron_corral_cannot_read_is_refused_at_load(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text(
         '[agents.a]\ncommand = "sleep 1"\nprotocol = "none"\nrestart_cron = "0 3 * *"\n')
-    r = subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check",
-                        "c.toml"], capture_output=True, text=True, cwd=tmp_path,
-                       env={"PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", "--no-check", "c.toml"], env={"PYTHONPATH": str(ROOT)},
+                   cwd=tmp_path)
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == ('corral: invalid config: c.toml: agents.a: restart_cron: cron '
                         '"0 3 * *": expected 5 fields (minute hour day month weekday), '
@@ -74,9 +71,8 @@ def test_pm2s_cron_restart_is_imported_as_restart_cron(tmp_path: Path) -> None:
     (tmp_path / "eco.json").write_text(
         '{"apps": [{"name": "nightly", "script": "job.sh", "cron_restart": "0 3 * * *"},'
         ' {"name": "secs", "script": "job.sh", "cron_restart": "*/30 * * * * *"}]}')
-    r = subprocess.run([sys.executable, "-m", "corral", "import", "eco.json"],
-                       capture_output=True, text=True, cwd=tmp_path,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    r = corral_run(["import", "eco.json"], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert 'restart_cron = "0 3 * * *"' in r.stdout.split("[agents.secs]")[0]
     assert "restart_cron" not in r.stdout.split("[agents.secs]")[1]

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from corral.supervisor.config import McpServerSpec
 from .cluster.harness import nodes
 from .cluster.harness import run as run_cluster_task
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_run, shared_tmpdir
 from .redis_harness import redis_server
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
@@ -315,8 +314,8 @@ def test_check_config_names_a_wrong_url_without_its_password(tmp: Path, toml: st
                                                             ) -> None:
     config = tmp / "corral.toml"
     config.write_text(toml)
-    r = subprocess.run([PY, "-m", "corral", "check-config", str(config)], capture_output=True,
-                       text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", str(config)], timeout=30,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stdout, r.stderr) == (
         1, "", f"corral: invalid config: {config}: {said}\n")
 

@@ -5,8 +5,6 @@ ready, and stopped in reverse."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from corral.supervisor.process_replica import Transition
 from corral.supervisor.startorder import order_problem, stop_layers
 
 from .conftest import SPARED
+from .daemon_harness import corral_run
 from .test_plain import plain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,15 +44,13 @@ def test_check_config_refuses_a_cycle_and_an_unknown_agent(tmp_path: Path) -> No
     p = tmp_path / "c.toml"
     p.write_text("[agents.a]\ncommand = 'true'\nafter = ['b']\n"
                  "[agents.b]\ncommand = 'true'\nafter = ['a']\n")
-    r = subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check", str(p)],
-                       capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", "--no-check", str(p)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (
         1, f"corral: invalid config: {p}: agents.a.after: a cycle: a -> b -> a\n")
     p.write_text("[agents.a]\ncommand = 'true'\nafter = ['vnc']\n")
-    r = subprocess.run([sys.executable, "-m", "corral", "check-config", "--no-check", str(p)],
-                       capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = corral_run(["check-config", "--no-check", str(p)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (
         1, f"corral: invalid config: {p}: agents.a.after: no agent vnc is declared\n")
 

@@ -18,7 +18,7 @@ import pytest
 from corral.text import one_line, visible
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_run, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 # an OSC 52 write to the clipboard, a new window title, a CR that redraws the line as
@@ -71,9 +71,8 @@ def daemon() -> Iterator[Daemon]:
 
 def raw_cli(d: Daemon, *args: str) -> subprocess.CompletedProcess[bytes]:
     """The CLI's bytes (Daemon.cli's text mode would read a CR as a newline)."""
-    return subprocess.run([PY, "-m", "corral", "--socket", str(d.sock), *args],
-                          capture_output=True, timeout=30,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return corral_run(["--socket", str(d.sock), *args], timeout=30,
+                      env={**os.environ, "PYTHONPATH": str(ROOT)}, text=False)
 
 
 def test_the_escaped_form_is_one_lines_but_for_the_newline() -> None:

@@ -21,7 +21,7 @@ from corral.supervisor.configload import load_config
 from corral.supervisor.workflows import WorkflowSpec, compile_workflow, plan_text
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon
+from .daemon_harness import PY, Daemon, corral_run
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
 pytestmark = pytest.mark.long
@@ -159,22 +159,18 @@ def test_a_definition_is_loaded_and_its_plan_printed(tmp_path: Path) -> None:
 
 
 def test_the_plan_of_a_file_without_a_daemon(tmp_path: Path) -> None:
-    import subprocess
 
     _, path = _load(tmp_path, PIPE)
-    r = subprocess.run([PY, "-m", "corral", "workflows", "plan", "pipe", "--file", path],
-                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    r = corral_run(["workflows", "plan", "pipe", "--file", path], env={"PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stdout.splitlines()[:3]) == (0, [
         "workflow pipe: 3 steps", "  three steps, each fed the one before",
         "1. fetch: agent wf, after the start"]), r.stderr
-    r = subprocess.run([PY, "-m", "corral", "workflows", "plan", "nope", "--file", path],
-                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    r = corral_run(["workflows", "plan", "nope", "--file", path], env={"PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (
         1, f"corral: no such workflow: nope in {path} (workflows: pipe)\n")
     (tmp_path / "bad.toml").write_text(_steps('name = "a"\nagent = "nope"'))
-    r = subprocess.run([PY, "-m", "corral", "workflows", "plan", "w", "--file",
-                        str(tmp_path / "bad.toml")],
-                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    r = corral_run(["workflows", "plan", "w", "--file", str(tmp_path / "bad.toml")],
+                   env={"PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stderr) == (1, f"corral: invalid config: {tmp_path}/bad.toml: "
                                            "workflow w, step a: no such agent: nope\n")
 

@@ -4,8 +4,6 @@ and the reason; absent, the daemon is one node as before."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from corral.supervisor.config import ClusterSettings, ConfigError
 from corral.supervisor.configload import load_config
 
 from ..conftest import ROOT
+from ..daemon_harness import corral_run
 
 
 def load(tmp_path: Path, table: str) -> ClusterSettings | None:
@@ -83,14 +82,12 @@ def test_a_cluster_without_a_key_file_is_refused_unless_it_says_insecure(
                               "remove one of them")
     got_settings = load(tmp_path, "[cluster]\ninsecure = true\n")
     assert got_settings is not None and got_settings.insecure
-    checked = subprocess.run([sys.executable, "-m", "corral", "check-config", str(path)],
-                             capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    checked = corral_run(["check-config", str(path)], timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert checked.returncode == 0, checked.stderr
     path.write_text("[cluster]\n")
-    checked = subprocess.run([sys.executable, "-m", "corral", "check-config", str(path)],
-                             capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    checked = corral_run(["check-config", str(path)], timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert checked.returncode == 1
     assert "cluster.key_file: a cluster needs a key" in checked.stderr
     assert "say insecure = true in [cluster]" in checked.stderr
