@@ -292,20 +292,27 @@ class Forked:
             self._pidfd = None  # reaped already: its exit is on the reply socket
 
     def _take_exit(self, timeout: float | None) -> bool:
+        """Whether the child's exit has come (within `timeout` seconds), read if so. The
+        wait holds no lock: another thread may signal the child meanwhile."""
+        if self.returncode is not None:
+            return True
+        waiting = select.poll()  # (not select: a pytest process may hold fds past 1023)
+        waiting.register(self._reply.fileno(), select.POLLIN)
+        if not waiting.poll(None if timeout is None else max(0, int(timeout * 1000))):
+            return self.returncode is not None
         with self._lock:
             if self.returncode is not None:
                 return True
-            ready, _, _ = select.select([self._reply], [], [], timeout)
-            if not ready:
+            try:
+                data = self._reply.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
                 return False
-            data = self._reply.recv(MAX_MESSAGE)
             if not data:
                 raise RuntimeError(f"the fork server went away before child {self.pid} "
                                    "ended")
             msg = json.loads(data)
             self.cpu = float(msg["cpu"])
             self.server._exited(self, float(msg["cpu"]), float(msg["server_cpu"]))
-            self._reply.close()
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
@@ -398,6 +405,11 @@ class Forked:
         if not self.text_mode:
             return raw
         return raw.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+    def __del__(self) -> None:
+        self._reply.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
 
     def __enter__(self) -> Forked:
         return self
@@ -499,8 +511,9 @@ class ForkServer:
         finally:
             for fd in ends:
                 os.close(fd)
-        ready, _, _ = select.select([reply], [], [], 60)
-        data = reply.recv(MAX_MESSAGE) if ready else b""
+        answer = select.poll()
+        answer.register(reply.fileno(), select.POLLIN)
+        data = reply.recv(MAX_MESSAGE) if answer.poll(60_000) else b""
         msg = json.loads(data) if data else {"error": "no answer"}
         if "pid" not in msg:
             reply.close()

@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
 from corral.daemon.privilege import refusal
 from corral.supervisor.config import AgentSpec, TenantSpec
 
-from .daemon_harness import Daemon, corral_run, running_daemon, shared_tmpdir
+from .daemon_harness import Daemon, corral_popen, corral_run, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +182,8 @@ def test_logs_rotate_now_and_a_follower_reads_on() -> None:
     """)
     with running_daemon(tmp, agents, extra="log_compress = true") as d:
         logs = d.state / "logs"
-        follower = subprocess.Popen(
-            [sys.executable, "-m", "corral", "--socket", str(d.sock), "logs", "ticker",
+        follower = corral_popen(
+            ["--socket", str(d.sock), "logs", "ticker",
              "-f", "-n", "0"], stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:

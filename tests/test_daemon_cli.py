@@ -23,7 +23,7 @@ import pytest
 from corral.cli.install import quoted
 
 from .conftest import EXAMPLES, ROOT, nobody_reason
-from .daemon_harness import PY, Daemon, corral_run, hello, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_popen, corral_run, hello, shared_tmpdir
 
 
 def wait_until(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -249,9 +249,9 @@ def test_logs_follow_across_restart_and_rotation(tmp: Path) -> None:
                extra="log_max_bytes = 4096\nlog_backups = 2")
     try:
         d.start()
-        f = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "logs", "talker",
-                              "-f", "-n", "0"], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        f = corral_popen(["--socket", str(d.sock), "logs", "talker",
+                          "-f", "-n", "0"], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert f.stdout is not None
         # wait until the follower is attached: the daemon counts followers in daemon.info
         wait_until(lambda: d.ask("daemon.info")["followers"] == 1)
@@ -335,8 +335,8 @@ def test_slow_follower_is_told_what_it_missed(tmp: Path) -> None:
 
 
 def test_client_disconnecting_mid_follow(daemon: Daemon) -> None:
-    f = subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "logs", "-f"],
-                         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    f = corral_popen(["--socket", str(daemon.sock), "logs", "-f"],
+                     stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wait_until(lambda: daemon.ask("daemon.info")["followers"] == 1)
     f.kill()
     f.wait()
@@ -716,9 +716,9 @@ def test_top_quits_on_q(daemon: Daemon) -> None:
 
     main, term = pty.openpty()
     before = termios.tcgetattr(term)
-    top = subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "top", "-d",
-                            "0.2"], stdin=term, stdout=term, stderr=term,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    top = corral_popen(["--socket", str(daemon.sock), "top", "-d",
+                        "0.2"], stdin=term, stdout=term, stderr=term,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
     seen = bytearray()
 
     def screens() -> int:
@@ -842,10 +842,10 @@ def test_run_waits_for_its_task_past_the_clients_timeout_and_a_silent_daemon_is_
     its agent's replicas paused), not the client's timeout for calls answered at once;
     a call the daemon does not answer within that timeout ends with one line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CORRAL_CLIENT_TIMEOUT": "0.5"}
-    base = [PY, "-m", "corral", "--socket", str(daemon.sock)]
+    base = ["--socket", str(daemon.sock)]
     assert daemon.cli("pause", "hello").returncode == 0
-    run = subprocess.Popen([*base, "run", "hello", "--input", "{}", "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run = corral_popen([*base, "run", "hello", "--input", "{}", "--json"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_until(lambda: daemon.status_json()["tasks"]["hello"]["queue_depth"] == 1,
                    what="the task queued")
@@ -864,8 +864,7 @@ def test_run_waits_for_its_task_past_the_clients_timeout_and_a_silent_daemon_is_
     assert daemon.proc is not None
     os.kill(daemon.proc.pid, signal.SIGSTOP)
     try:
-        r = subprocess.run([*base, "status"], capture_output=True, text=True, env=env,
-                           timeout=30)
+        r = corral_run([*base, "status"], env=env, timeout=30)
     finally:
         os.kill(daemon.proc.pid, signal.SIGCONT)
     assert (r.returncode, r.stdout, r.stderr) == (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_popen, running_daemon, shared_tmpdir
 from .test_gateway_stdio import SCRIPTED, gateway, listed, text, wait_until_async
 
 mcp = pytest.importorskip("mcp")
@@ -59,8 +59,8 @@ def test_mcp_serve_gives_up_with_a_clear_error(daemon: Daemon) -> None:
 
     from .conftest import ROOT
 
-    proc = subprocess.Popen(
-        [PY, "-m", "corral", "--socket", str(daemon.sock), "mcp", "serve", "--reconnect",
+    proc = corral_popen(
+        ["--socket", str(daemon.sock), "mcp", "serve", "--reconnect",
          "0.5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     try:

@@ -20,7 +20,7 @@ from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Output, Task
 
 from .conftest import EXAMPLES, PY, ROOT, agent, all_ready
-from .daemon_harness import Daemon, shared_tmpdir
+from .daemon_harness import Daemon, corral_popen, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 
@@ -92,8 +92,8 @@ def test_a_waiting_run_gets_its_outcome_across_a_daemon_restart() -> None:
     release = d.dir / "release"
     d.start()
     try:
-        client = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "run", "w", "--input",
+        client = corral_popen(
+            ["--socket", str(d.sock), "run", "w", "--input",
              json.dumps({"do": "await", "path": str(release)}), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import Daemon, corral_popen, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_tasks_cli import misbehave
 
@@ -59,9 +59,9 @@ def test_a_follow_goes_on_across_a_restart_of_the_daemon(tmp_path: Path) -> None
     follower = None
     try:
         d.start()
-        follower = subprocess.Popen(
+        follower = corral_popen(
             # its backlog holds the line too, however late the follow starts
-            [PY, "-m", "corral", "--socket", str(d.sock), "logs", "-f", "work", "--stream",
+            ["--socket", str(d.sock), "logs", "-f", "work", "--stream",
              "stderr", "--grep", "crashing on request", "-n", "1000"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -77,8 +77,8 @@ def test_a_follow_goes_on_across_a_restart_of_the_daemon(tmp_path: Path) -> None
         follower.send_signal(signal.SIGINT)
         assert follower.wait(30) == 130
         # a daemon that does not come back: the follow ends, exit 3, saying so
-        follower = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "logs", "-f", "work",
+        follower = corral_popen(
+            ["--socket", str(d.sock), "logs", "-f", "work",
              "--reconnect", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert follower.stdout is not None and follower.stderr is not None

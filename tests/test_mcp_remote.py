@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_popen, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 SERVER = Path(__file__).with_name("http_mcp_server.py")
@@ -264,8 +264,8 @@ restart = "never"
             assert (st["state"], st["last_exit"]) == ("terminated", (
                 "MCP handshake failed: MCP server secure needs authorization: run "
                 "`corral mcp login secure`"))
-            login = subprocess.Popen(
-                [PY, "-m", "corral", "mcp", "login", "secure", "--config", str(d.config)],
+            login = corral_popen(
+                ["mcp", "login", "secure", "--config", str(d.config)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
             assert login.stdout is not None

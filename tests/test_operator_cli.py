@@ -21,6 +21,7 @@ from .daemon_harness import (
     PY,
     Daemon,
     config_text,
+    corral_popen,
     corral_run,
     hello,
     running_daemon,
@@ -136,9 +137,9 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         # logs of one replica; tail = logs -f
         lines = d.cli("logs", "hello#1", "-n", "5").stdout.splitlines()
         assert lines and all(" hello#1[" in ln for ln in lines)
-        f = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "tail", "other",
-                              "-n", "1"], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        f = corral_popen(["--socket", str(d.sock), "tail", "other",
+                          "-n", "1"], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             assert f.stdout is not None and " other#0[" in f.stdout.readline()
             f.send_signal(signal.SIGINT)  # Ctrl-C: quiet, 130
@@ -224,8 +225,8 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
         'restart = "always"', "replicas = 2")
     with running_daemon(tmp, work) as d:
         before = {k: v["pid"] for k, v in d.status().items()}
-        follower = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "logs", "work", "-f", "-n", "0"],
+        follower = corral_popen(
+            ["--socket", str(d.sock), "logs", "work", "-f", "-n", "0"],
             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             wait_until(lambda: d.ask("daemon.info")["followers"] == 1, what="follower attached")

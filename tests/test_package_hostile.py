@@ -32,7 +32,7 @@ from corral.daemon.packages import checked
 from corral.supervisor.sandbox import host_refusal
 
 from .conftest import NOBODY_PY, ROOT, nobody_reason
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_popen, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_packages import packages_toml
 from .test_packages import uv_cache as uv_cache  # the fixture
@@ -318,8 +318,8 @@ def test_a_shutdown_during_a_build_that_hangs_ends_it_and_leaves_nothing(
         f"--index-url http://127.0.0.1:{port}/simple\nsix==1.16.0\n")
     try:
         with capped(tmp_path / "d", uv_cache) as d:
-            deploying = subprocess.Popen(
-                [PY, "-m", "corral", "--socket", str(d.sock), "deploy", str(pkg)],
+            deploying = corral_popen(
+                ["--socket", str(d.sock), "deploy", str(pkg)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
             try:

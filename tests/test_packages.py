@@ -33,7 +33,7 @@ from corral.supervisor.config import ConfigError
 from corral.supervisor.lifecycle import State
 
 from .conftest import EXAMPLES, PY, ROOT, nobody_reason
-from .daemon_harness import Daemon, corral_run, hello, in_process, shared_tmpdir
+from .daemon_harness import Daemon, corral_popen, corral_run, hello, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_store import unshare_reason
@@ -589,8 +589,8 @@ def test_a_daemon_killed_during_a_switch_leaves_the_old_release_current(
         before = d.cli("run", "greeter", "--input", "null", "--json")
         assert msgspec.json.decode(before.stdout)["output"]["version"] == "1.0"
         marker = d.state / "packages" / "greeter" / "ROLLOUT"
-        cli = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "deploy", str(v2)],
+        cli = corral_popen(
+            ["--socket", str(d.sock), "deploy", str(v2)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
@@ -647,8 +647,8 @@ def test_a_build_killed_half_way_leaves_nothing_that_could_start(
     d = _with_packages(Daemon(tmp_path / "d", ""), uv_cache)
     try:
         d.start()
-        cli = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "deploy", str(slow)],
+        cli = corral_popen(
+            ["--socket", str(d.sock), "deploy", str(slow)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:

@@ -26,7 +26,15 @@ from corral.supervisor.containment import cgroup_pids, read_stat
 from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT, agent
-from .daemon_harness import PY, Daemon, free_port, problem, running_daemon, shared_tmpdir
+from .daemon_harness import (
+    PY,
+    Daemon,
+    corral_popen,
+    free_port,
+    problem,
+    running_daemon,
+    shared_tmpdir,
+)
 from .test_cgroups import delegated  # noqa: F401  (the fixture)
 from .test_daemon_cli import wait_until
 from .test_ui import chromium_page, needs_chromium
@@ -494,9 +502,9 @@ def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
         d.json("run", "w", "--input", '{"do": "stick"}')
-        pause = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "pause", "w"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        pause = corral_popen(["--socket", str(d.sock), "pause", "w"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             wait_until(lambda: cgroup_file(cg, "cgroup.freeze").strip() == "1",
                        what="the freeze asked")

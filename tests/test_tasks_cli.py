@@ -14,7 +14,7 @@ import pytest
 from corral.text import iso_time
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_popen, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
@@ -148,9 +148,9 @@ def test_many_clients_at_once(daemon: Daemon) -> None:
 
 def test_events_publish_and_tail(daemon: Daemon) -> None:
     def follow(*args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "events",
-                                 "tail", "orders.*", *args], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return corral_popen(["--socket", str(daemon.sock), "events",
+                             "tail", "orders.*", *args], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     tail, plain = follow("--json"), follow()
     assert tail.stdout is not None and plain.stdout is not None

@@ -29,7 +29,7 @@ from corral.cli.client import Client, GoneAway, Unreachable
 from corral.methods import GOING_AWAY
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, free_port, shared_tmpdir
+from .daemon_harness import Daemon, corral_popen, free_port, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_upgrade import install, worker
 
@@ -242,8 +242,8 @@ def test_a_wait_the_hold_would_not_end_is_answered_at_once_and_corral_run_waits_
     try:
         d.start()
         assert d.proc is not None
-        run = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "run", "w", "--input",
+        run = corral_popen(
+            ["--socket", str(d.sock), "run", "w", "--input",
              json.dumps({"do": "await", "path": str(release)})],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -33,7 +33,7 @@ from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.workflows import WorkflowSpec, compile_workflow
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, hello, in_process
+from .daemon_harness import Daemon, corral_popen, hello, in_process
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET, Api, sse_events
 
@@ -320,8 +320,8 @@ def test_a_daemon_prunes_runs_with_the_task_journals_retention(tmp_path: Path) -
     try:
         d.start()
         # `corral events tail` hears each run start and end
-        tail = subprocess.Popen(
-            [PY, "-m", "corral", "--socket", str(d.sock), "events", "tail", "corral.run.*",
+        tail = corral_popen(
+            ["--socket", str(d.sock), "events", "tail", "corral.run.*",
              "--json"], stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 30

@@ -24,7 +24,7 @@ from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import config_files, load_config
 
 from ..conftest import EXAMPLES, ROOT
-from ..daemon_harness import PY, Daemon
+from ..daemon_harness import PY, Daemon, corral_popen
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, nodes, run, sleeper
@@ -160,8 +160,8 @@ def test_a_redis_writer_without_the_key_runs_no_command(tmp: Path,
 
 def waiting_for(n: Node, agent: str, task_input: Any) -> subprocess.Popen[str]:
     """`corral run` as a client waits for its task's outcome."""
-    return subprocess.Popen(
-        [PY, "-m", "corral", "--socket", str(n.sock), "run", agent, "--input",
+    return corral_popen(
+        ["--socket", str(n.sock), "run", agent, "--input",
          msgspec.json.encode(task_input).decode(), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
