@@ -56,8 +56,8 @@ def open_fds() -> set[int]:
 
 
 def live_children() -> list[psutil.Process]:
-    """This process's descendants, its fork server (tests/forkserver.py) left out: it
-    lives as long as this process (the children it forks are counted)."""
+    """This process's descendants, its fork server (tests/forkserver.py) left out, were
+    it one: it lives as long as this process."""
     from . import forkserver
 
     return [p for p in psutil.Process().children(recursive=True)
@@ -112,6 +112,17 @@ def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterat
     spare_the_fork_server()
     yield
     SPARED.clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fork_server() -> None:
+    """This process's fork server, started before the first test: not while a test's
+    in-process Supervisor makes this process a subreaper, which the server, re-parented
+    at its start, would then be a child of (tests/forkserver.py)."""
+    from . import forkserver
+
+    if forkserver.enabled():
+        forkserver.server()
 
 
 def spare_the_fork_server() -> None:

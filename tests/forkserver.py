@@ -255,6 +255,11 @@ def main() -> None:
 
 # -- the client ---------------------------------------------------------------------------
 
+_LAUNCHER = """import os, sys
+if os.fork() == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+os._exit(0)
+"""
 PIPE = -1
 DEVNULL = -3
 _ENVIRONMENT_OF_THE_INTERPRETER = ("LANG", "LC_ALL", "LC_CTYPE")
@@ -440,13 +445,21 @@ class ForkServer:
         # its own stderr (not this process's, which pytest redirects test by test): what
         # it says if it fails
         self.log = Path(tempfile.mkstemp(prefix="corral-forkserver-", suffix=".log")[1])
+        # Not our child: a launcher forks it and exits, and it is re-parented (to
+        # init). An in-process Supervisor makes this process a subreaper and kills (and
+        # reaps) any child of it that it did not start: the suite's supervisors are
+        # many, not all of them told of this one (spared). (Not a shell's `&`: that
+        # ignores SIGINT in what it starts, and so would every child.)
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, __file__], env=self.env, pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/")
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, __file__],
+                env=self.env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, cwd="/")
+            launcher.wait()
         del self.env[FD_VARIABLE]
         theirs.close()
         self.control = mine
+        self.pid = 0
         self.forks = 0
         self.children_cpu = 0.0
         self.server_cpu = 0.0
@@ -459,7 +472,9 @@ class ForkServer:
         msg = json.loads(data) if data else {"error": "it exited before it was ready"}
         if "ready" not in msg:
             self.close()
-            raise RuntimeError(f"the fork server did not start: {msg['error']}")
+            raise RuntimeError(f"the fork server did not start: {msg['error']} (it said: "
+                               f"{self.log.read_text(errors='replace')[-2000:]!r})")
+        self.pid = int(msg["ready"])
 
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a child with this environment would start as a fresh interpreter would:
@@ -499,8 +514,8 @@ class ForkServer:
                                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                        array.array("i", ends))])
             except OSError as exc:
-                raise RuntimeError(f"the fork server ({self.proc.pid}) is gone: "
-                                   f"{exc} (exit {self.proc.poll()}; it said: "
+                raise RuntimeError(f"the fork server ({self.pid}) is gone: "
+                                   f"{exc} (it said: "
                                    f"{self.log.read_text(errors='replace')[-2000:]!r})"
                                    ) from None
         except BaseException:
@@ -554,9 +569,18 @@ class ForkServer:
                 f.write(f"{self.forks}\n")
 
     def close(self) -> None:
-        """Stop the server (its children run on, as a Popen's would)."""
+        """Stop the server, and wait until it has gone (its children run on, as a
+        Popen's would)."""
+        try:
+            pidfd = os.pidfd_open(self.pid) if self.pid else None
+        except ProcessLookupError:
+            pidfd = None
         self.control.close()
-        self.proc.wait()
+        if pidfd is not None:
+            gone = select.poll()
+            gone.register(pidfd, select.POLLIN)
+            gone.poll(30_000)
+            os.close(pidfd)
 
 
 _server: ForkServer | None = None
@@ -565,17 +589,27 @@ _start_lock = threading.Lock()
 
 
 def server() -> ForkServer:
-    """This process's server, started at its first use."""
+    """This process's server, started at its first use (tests/conftest.py starts it
+    before the first test), or again if it is gone (a test killed every process of
+    the user, say)."""
     global _server, _server_pid
     with _start_lock:
-        if _server is None or _server_pid != os.getpid():  # (a forked pytest: its own)
-            _server, _server_pid = ForkServer(), os.getpid()
+        if _server is None or _server_pid != os.getpid() or not _alive(_server.pid):
+            _server, _server_pid = ForkServer(), os.getpid()  # (a forked pytest: its own)
         return _server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def server_pid() -> int | None:
     """The pid of this process's server, if it has started one."""
-    return _server.proc.pid if _server is not None and _server_pid == os.getpid() else None
+    return _server.pid if _server is not None and _server_pid == os.getpid() else None
 
 
 def reported_cpu() -> float:

@@ -31,7 +31,7 @@ def server() -> Iterator[forkserver.ForkServer]:
     try:
         yield s
     finally:
-        for child in psutil.Process(s.proc.pid).children():
+        for child in psutil.Process(s.pid).children():
             child.kill()
         s.close()
 
@@ -203,7 +203,7 @@ def test_cpu_of_a_child_and_its_descendants_is_reported(tmp_path: Path) -> None:
 def test_the_server_ends_with_its_pytest_process(tmp_path: Path) -> None:
     parent = subprocess.Popen(
         [PY, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                   "from tests import forkserver; print(forkserver.server().proc.pid,"
+                   "from tests import forkserver; print(forkserver.server().pid,"
                    " flush=True); time.sleep(600)", str(ROOT)],
         stdout=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -214,7 +214,7 @@ def test_the_server_ends_with_its_pytest_process(tmp_path: Path) -> None:
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
-    server.wait(30)  # (re-parented, it is reaped by init)
+    server.wait(30)  # (not the parent's child: init reaps it)
 
 
 def test_the_escape_hatch_and_an_interpreter_the_server_does_not_have(
@@ -229,3 +229,12 @@ def test_the_escape_hatch_and_an_interpreter_the_server_does_not_have(
     other = corral_popen(["completion", "bash"], env={**ENV, "PYTHONWARNINGS": "error"},
                          stdout=subprocess.DEVNULL)
     assert isinstance(other, subprocess.Popen) and other.wait(30) == 0
+
+
+def test_the_server_is_not_this_processs_child() -> None:
+    """An in-process Supervisor makes this process a subreaper and kills a child of it
+    that it did not start (and that it was not told to spare): the server, a child, was
+    killed so in a whole run by the first test with a Supervisor of its own."""
+    forkserver.server()
+    pid = forkserver.server_pid()
+    assert pid is not None and psutil.Process(pid).ppid() != os.getpid()
