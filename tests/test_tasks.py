@@ -339,7 +339,9 @@ async def test_a_finished_task_leaves_the_garbage_collector_nothing_to_look_into
     for _ in range(20):
         assert (await sup.tasks.run("fin", {"do": "echo", "records": records})).output
     gc.collect()
-    assert len(gc.get_objects()) - before < 20 * 10  # measured: 20; kept decoded: 4,060
+    # measured: 20 quiet, 263 once beside a 1 s stall of the loop (its notices, the beat's
+    # records); kept decoded: 4,060
+    assert len(gc.get_objects()) - before < 1000
 
 
 async def test_a_queued_task_is_one_object_for_the_garbage_collector(
