@@ -238,7 +238,9 @@ class Tenant(threading.Thread):
                 try:
                     self.one_round()
                 except (OSError, http.client.HTTPException) as exc:
-                    self.failed("connection", repr(exc))
+                    # when, to be matched with the daemon's log and the events' times
+                    self.failed("connection", f"{exc!r} at {time.strftime('%H:%M:%S')}"
+                                              f".{int(time.time() * 1000) % 1000:03d} UTC")
                 self.work.rounds += 1
             # a breath between rounds: the machine the soak runs on has other work
             self.halt.wait(self.pause)
