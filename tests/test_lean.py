@@ -109,6 +109,30 @@ async def test_every_message_written_before_an_exit_is_read_before_the_reap(
     assert len(said) == n
 
 
+async def test_a_burst_read_slower_than_the_grace_is_read_whole_before_the_reap(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The loop behind what the process wrote before its exit (a loaded host: here each
+    message's handling spins 150 µs, some 3 s for what is left in the 1 MiB pipe at the
+    exit): the reap waits while the pipes still hold some, past the 1 s grace a holder
+    of an empty pipe gets."""
+    script = tmp_path / "say.py"
+    script.write_text(NOTIFY_AND_EXIT)
+    said: list[int] = []
+
+    def slowly(r: object, params: dict[str, int]) -> None:
+        until = time.perf_counter() + 150e-6
+        while time.perf_counter() < until:
+            pass
+        said.append(params["n"])
+
+    sup.worker_notifications["test.said"] = slowly
+    n = 25_000  # 1.4 MB: the 1 MiB left in the pipe at the exit is ~19,000 of them
+    sup.add(agent("talker", command=[PY, str(script), str(n)], restart="never"))
+    r = await sup.wait_state("talker", State.TERMINATED, timeout=120)
+    assert r.last_exit == "exited with status 0"
+    assert len(said) == n
+
+
 async def test_a_zygotes_exit_statuses_meet_their_spawns_in_either_order() -> None:
     table = ExitStatuses()
     # told before the spawn read the pid (a child that died at once): kept till claimed

@@ -69,7 +69,6 @@ CHECK_KIND = "health"
 # how long a killed check may take to be reaped before it is given up on (containment
 # reaps it when it does die)
 KILL_GRACE = 5.0
-OUTPUT_GRACE = 1.0  # how long its output is read after its exit (a grandchild may hold it)
 OUTPUT_KEPT = 5  # the last lines of a command's output, for the failure's message
 MESSAGE_MAX = 300  # a worker's message beyond this is cut (it goes into reasons, logs)
 
@@ -185,7 +184,7 @@ async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *
             return Verdict(False, f"no exit within {timeout:g} s: killed with its process "
                                   "group")
         proc.kill_group(signal.SIGKILL)  # what it left in its group
-        await _wait(proc.output_closed, OUTPUT_GRACE)  # its last words explain a failure
+        await proc.output_read()  # its last words explain a failure
         rc = proc.exited.result()
         said = next((t for t in reversed(tail) if t), "")
         if rc == 0:

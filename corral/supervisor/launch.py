@@ -32,9 +32,6 @@ from .runas import run_as, tenant_of
 # a spawn that fails for want of corral's own resources (fds, memory, processes) is not
 # the agent's failure: retried (lifecycle.Machine.retry), without counting as a restart
 CORRAL_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
-# how long a reap waits for stdout and stderr to reach EOF after the exit (a grandchild
-# that escaped the kill may hold them open): what the process wrote before it died is read
-OUTPUT_GRACE = 1.0
 # a process's requests worked on at once (tool calls, resource reads); more wait in its
 # stdout pipe, which is not read meanwhile
 MAX_IN_FLIGHT = 256
@@ -255,7 +252,7 @@ class Life(ReplicaParts):
         # last stderr lines explain a crash, the last stdout messages are answers
         life = self._lives
         try:
-            await _wait(proc.output_closed, OUTPUT_GRACE)
+            await proc.output_read()
             self._reap(proc, rc, oom)
         except BaseException as exc:
             self._life_failed(life, exc)

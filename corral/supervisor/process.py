@@ -20,6 +20,7 @@ import os
 import pwd
 import signal
 import subprocess
+import termios
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from ..cork import Cork, Parts
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
+from ..timeouts import within
 from .caps import wrap_argv
 from .config import ConfigError, Limits, passwd_of
 from .containment import TOKEN_VARIABLE, Containment, place
@@ -47,6 +49,12 @@ PIPE_SIZE = 1 << 20
 # sent: events are dropped meanwhile, tasks by the agent's concurrency.)
 STDIN_HIGH = 1024 * 1024
 STDIN_LOW = 256 * 1024
+# how long a reap waits for stdout and stderr to reach EOF once nothing is left in them to
+# read (a grandchild that escaped the kill may hold them open), and at most in all while
+# the loop is still behind what the process wrote before its exit (up to a pipe's 1 MiB
+# each, read and handled line by line: seconds on a loaded host)
+OUTPUT_GRACE = 1.0
+OUTPUT_MOST = 30.0
 T = TypeVar("T")
 # the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
 STATUS_LOST = 255
@@ -223,6 +231,8 @@ class ChildProcess(asyncio.Protocol):
         # when first needed (decision 60): the future of the output's EOF when someone
         # waits for it, the tail when the process first writes to stderr
         self._unread_pipes = 2  # stdout and stderr, until each reaches EOF
+        # their fds while they are open (-2 once at EOF: the number may be another's then)
+        self._pipe_fds = [-1, -1]
         self._output_closed: asyncio.Future[None] | None = None
         self.argv0 = ""  # the program asked for (not the caps prologue's shell)
         # this process's own last stderr lines: an exit is explained by them, never by an
@@ -333,6 +343,9 @@ class ChildProcess(asyncio.Protocol):
                 lambda: ChunkLines(self._stderr_lines, self._stderr_eof, max_line=max_line),
                 stderr,
             )
+            for i, pipe in enumerate((stdout, stderr)):
+                if self._pipe_fds[i] == -1:  # (-2: at EOF already, its fd closed)
+                    self._pipe_fds[i] = pipe.fileno()
         except BaseException:
             self.kill_group(signal.SIGKILL)
             # a pipe a transport took is the transport's to close (close() does it, and
@@ -381,12 +394,41 @@ class ChildProcess(asyncio.Protocol):
         self._on_stderr_lines(lines)
 
     def _stdout_eof(self, exc: Exception | None) -> None:
+        self._pipe_fds[0] = -2
         if self._on_stdout_eof is not None:
             self._on_stdout_eof(exc)
         self._pipe_at_eof()
 
     def _stderr_eof(self, exc: Exception | None) -> None:
+        self._pipe_fds[1] = -2
         self._pipe_at_eof()
+
+    def _unread(self) -> int:
+        """Bytes waiting in its stdout and stderr pipes (not counting a stdout whose
+        reading is paused: it waits for its requests in flight, not for the loop)."""
+        total = 0
+        buf = bytearray(4)
+        for i, fd in enumerate(self._pipe_fds):
+            if fd < 0 or (i == 0 and self.reader is not None and self.reader.paused):
+                continue
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, termios.FIONREAD, buf)
+                total += int.from_bytes(buf, "little")
+        return total
+
+    async def output_read(self) -> bool:
+        """Wait for stdout and stderr to reach EOF after the exit, so that what the
+        process wrote is read: as long as its pipes still hold some (OUTPUT_MOST at most),
+        then OUTPUT_GRACE; False if they did not."""
+        loop = self.loop
+        deadline = loop.time() + OUTPUT_MOST
+        fut = self.output_closed
+        while not fut.done():
+            with contextlib.suppress(TimeoutError):
+                await within(asyncio.shield(fut), OUTPUT_GRACE)
+            if not fut.done() and (self._unread() == 0 or loop.time() >= deadline):
+                return False
+        return True
 
     def _pipe_at_eof(self) -> None:
         self._unread_pipes -= 1
