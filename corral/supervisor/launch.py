@@ -145,6 +145,7 @@ class Life(ReplicaParts):
                 "index": self.index, "stop_timeout": spec.stop_timeout,
                 "on_attach": self._attached, **self._stdio(),
             }
+            self._early_lines(None)  # (an earlier spawn's that failed: not this one's)
             async with self.host.spawn_slots:  # the pacing of a mass start
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
@@ -177,6 +178,7 @@ class Life(ReplicaParts):
             # process kept from writing them could stop reading its stdin too)
             peer.flow(proc.reader, MAX_IN_FLIGHT)
             proc.peer = peer
+        self._early_lines(peer)
         if self.machine.leaving:  # stopped while spawning
             self.executor.begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from ..jsonrpc import LineBlock
+from ..jsonrpc import LineBlock, Peer
 from . import procstat
 from .containment import ProcStat
 from .lifecycle import Cause
@@ -19,6 +19,8 @@ from .replicaparts import ReplicaParts
 
 # consecutive heartbeat samples above cpu_percent before it counts as a breach
 CPU_PERCENT_SAMPLES = 5
+# what a process may write on stdout before its channel is made, kept for it
+EARLY_MOST = 16 * 1024 * 1024
 # without a ping (the stateless MCP revision has none), this many requests in a row that
 # time out, with nothing at all read from the process meanwhile, mark it hung
 HUNG_AFTER_TIMEOUTS = 3
@@ -51,8 +53,15 @@ class Monitor(ReplicaParts):
     # Cause.UNREAD), and how many there were when the heartbeat last looked
     _unread_since: float | None
     _unread_left: int
+    # the lines read before its channel existed (its spawn not returned yet: on a loaded
+    # host the loop reads what it wrote first before the spawn's coroutine resumes), fed
+    # to the channel once made (`_early_lines`), at most EARLY_MOST bytes of them
+    _early: list[bytes] | None
+    _early_size: int
 
     def _monitor_init(self) -> None:
+        self._early = None
+        self._early_size = 0
         self._last_pong = 0.0
         self._ping_out = False
         self._heard = False
@@ -80,6 +89,23 @@ class Monitor(ReplicaParts):
         self._heard = True
         if self.peer is not None:
             self.peer.feed_line(line)
+            return
+        early = self._early
+        if early is None:
+            early = self._early = []
+        self._early_size += len(line)
+        if self._early_size <= EARLY_MOST:
+            early.append(line)
+        elif self._early_size - len(line) <= EARLY_MOST:
+            self.note(f"discarded what it wrote on stdout past {EARLY_MOST} bytes before "
+                      "its channel was made")
+
+    def _early_lines(self, peer: Peer | None) -> None:
+        """The lines read before the channel was made, to it (None: dropped)."""
+        early, self._early, self._early_size = self._early, None, 0
+        if early is not None and peer is not None:
+            for line in early:
+                peer.feed_line(line)
 
     def _on_stderr_lines(self, lines: LineBlock) -> None:
         self._log("stderr", lines)

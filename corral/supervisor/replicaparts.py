@@ -117,6 +117,10 @@ class ReplicaParts:
     def _proc_stat(self, pid: int) -> ProcStat | None:
         raise NotImplementedError
 
+    def _early_lines(self, peer: Peer | None) -> None:
+        """The stdout lines read before the channel was made, to it (the monitor's)."""
+        raise NotImplementedError
+
     def _stdio(self) -> dict[str, Any]:
         """How the process's output is read (monitor.py)."""
         raise NotImplementedError
