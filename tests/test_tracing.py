@@ -640,7 +640,11 @@ async def test_a_dead_exporter_costs_no_task_and_is_restarted(
         first = traces.proc
         assert first is not None and traces.started == 1
         first.kill()
-        # tasks go on while it is dead (their spans wait in the engine's buffer)
+        # once its death is seen (spans written to its pipe before that die with it,
+        # counted: under load the three tasks' spans all did, r1 of this sitting)...
+        async with asyncio.timeout(20):
+            await traces.until(lambda: traces.last_error is not None)
+        # ...tasks go on while it is dead (their spans wait in the engine's buffer)
         results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
         assert [r.status for r in results] == ["succeeded"] * 3
         async with asyncio.timeout(20):  # the restart is on a backoff timer
