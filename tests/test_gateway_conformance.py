@@ -209,8 +209,39 @@ def test_every_applicable_server_scenario_of_the_conformance_suite_passes(
         assert passed >= 1 and failed == 0, (name, r.stdout[-3000:])
 
 
+# server-stateless's checks that read a response stream give it a budget of their own
+# (0.5-1.5 s until the first frames, the suite's, not the spec's): under five workers'
+# load on two cores a tool call relayed to the fixture server once missed it (ci26), and
+# the check reads as no frame at all. Such a check is run once more, in its scenario alone
+LATE_FRAMES = ("Failed to receive progressive stream chunk",
+               "dropped or failed to yield frame structures",
+               "Failed to open or receive frames",
+               "failed to return communication frames")
+
+
+def late_checks(out: Path, scenario: str) -> list[str]:
+    """The checks of `scenario` that failed because no frame came within the suite's
+    budget."""
+    late = []
+    for checks in out.glob(f"server-{scenario}-*/checks.json"):
+        late += [c["id"] for c in json.loads(checks.read_text())
+                 if c["status"] == "FAILURE"
+                 and any(m in (c.get("errorMessage") or "") for m in LATE_FRAMES)]
+    return late
+
+
 def run_2026(url: str, out: Path) -> dict[str, dict[str, str]]:
-    return run_suite(url, out, "2026-07-28")
+    found = run_suite(url, out, "2026-07-28")
+    if late_checks(out, "server-stateless"):
+        again = out / "again"
+        again.mkdir()
+        r = subprocess.run([str(NODE22), str(SUITE2), "server", "--url", url,
+                            "--scenario", "server-stateless", "--spec-version", "2026-07-28",
+                            "-o", str(again)], capture_output=True, text=True, timeout=120,
+                           cwd=again)
+        found["server-stateless"] = suite_checks(again).get("server-stateless", {})
+        assert found["server-stateless"], r.stdout[-3000:] + r.stderr[-3000:]
+    return found
 
 
 def run_suite(url: str, out: Path, requirements: str) -> dict[str, dict[str, str]]:
