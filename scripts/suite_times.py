@@ -4,6 +4,11 @@ its tests spent (their own and their reaped children's), both from pytest's cach
 deadlines, backoffs, a child's start, or a core another process held).
 
     .venv/bin/python scripts/suite_times.py [--top N] [--cache DIR] [--write FILE]
+        [--timeline FILE]
+
+`--timeline FILE` reads what a run made with CORRAL_TEST_TIMELINE=FILE set (each test's
+worker, and when its turn was asked, begun and ended): each worker's time in tests, in
+waiting for a turn and idle after its last test, and the longest waits for a turn.
 
 `--write tests/durations.json` keeps each file's time as the order a fresh clone's run
 hands the files out in, longest first (tests/conftest.py; a checkout's own cache of its
@@ -29,6 +34,25 @@ def load(cache: Path, key: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
 
 
+def timeline(path: Path, top: int) -> int:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit(f"no test in {path}")
+    start = min(r[2] for r in rows)
+    end = max(r[4] for r in rows)
+    print(f"tests: {len(rows)}; from the first turn asked to the last test's end "
+          f"{end - start:.0f} s")
+    print(f"{'worker':>8} {'tests s':>8} {'turns s':>8} {'idle after s':>13}")
+    for worker in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == worker]
+        print(f"{worker:>8} {sum(r[4] - r[3] for r in mine):8.0f} "
+              f"{sum(r[3] - r[2] for r in mine):8.0f} {end - max(r[4] for r in mine):13.0f}")
+    print("the longest waits for a turn (s, from the run's start):")
+    for r in sorted(rows, key=lambda r: r[2] - r[3])[:top]:
+        print(f"{r[3] - r[2]:8.1f} at {r[2] - start:6.0f}  {r[0]} {r[1]}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--top", type=int, default=25, help="the files to list, longest first")
@@ -38,7 +62,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", type=Path, metavar="FILE",
                     help="keep each file's time there (tests/durations.json), the files "
                          "that are still in the checkout")
+    ap.add_argument("--timeline", type=Path, metavar="FILE",
+                    help="what a run with CORRAL_TEST_TIMELINE=FILE wrote")
     args = ap.parse_args(argv)
+    if args.timeline is not None:
+        return timeline(args.timeline, args.top)
     wall, cpu = load(args.cache, "durations"), load(args.cache, "cpu")
     if args.write is not None:
         kept = {f: round(s, 1) for f, s in sorted(wall.items()) if (ROOT / f).is_file()}
@@ -50,6 +78,14 @@ def main(argv: list[str]) -> int:
     print(f"files: {len(known)}; time {total_wall:.0f} s, CPU {total_cpu:.0f} s ({share:.0f}%),"
           f" waiting {total_wall - total_cpu:.0f} s; the CPU's floor on {args.cores} cores "
           f"{total_cpu / args.cores:.0f} s, the longest file {max(wall[f] for f in known):.0f} s")
+    turns = load(args.cache, "turns") if (args.cache / "v" / "corral" / "turns").exists() \
+        else {}
+    if turns:
+        # a test waits for its turn while one marked `alone` runs, or, itself `alone`,
+        # for the tests beside it to end: a worker's idle time, not in the files' times
+        held = sorted(turns, key=lambda f: -turns[f])[:5]
+        print(f"waiting for a turn (tests/conftest.py Turns): {sum(turns.values()):.0f} s "
+              "of the workers', most in " + ", ".join(f"{f} {turns[f]:.0f} s" for f in held))
     print(f"{'time s':>8} {'CPU s':>7} {'CPU %':>6}  file")
     for f in sorted(known, key=lambda f: -wall[f])[: args.top]:
         print(f"{wall[f]:8.1f} {cpu[f]:7.1f} {100 * cpu[f] / max(wall[f], 1e-9):6.0f}  {f}")

@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -280,9 +281,10 @@ def longest_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytes
     """A worker's collection, its files longest first: a file's time in the last run
     (pytest's cache), else as tests/durations.json keeps it (a fresh clone has no cache:
     scripts/suite_times.py --write), else a minute for a file marked `long` (minutes by
-    design, new since), and the files with more tests first among equals. Each file's tests
-    keep their order. Every worker reads the same cache, so each collects in one order:
-    the longest files start first, and the run does not end on one alone."""
+    design, new since), and the files with more tests first among equals; the files
+    holding a test marked `alone` after all the others. Each file's tests keep their
+    order. Every worker reads the same cache, so each collects in one order: the longest
+    files start first, and the run does not end on a long file with nothing beside it."""
     cache = getattr(config, "cache", None)
     seconds: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError):
@@ -293,11 +295,15 @@ def longest_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytes
     for item in items:
         files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
 
-    def rank(path: str) -> tuple[float, int]:
+    def rank(path: str) -> tuple[bool, float, int]:
         known = seconds.get(path)
         if known is None:
             known = 60.0 if any(i.get_closest_marker("long") for i in files[path]) else 0.0
-        return (-known, -len(files[path]))
+        # a file holding a test marked `alone` goes last: its turn waits for every test
+        # beside it to end, the other workers held at the gate meanwhile, and one of them
+        # is the soak's, a minute and a half in its first test's setup
+        alone = any(i.get_closest_marker("alone") for i in files[path])
+        return (alone, -known, -len(files[path]))
 
     return [item for path in sorted(files, key=rank) for item in files[path]]
 
@@ -343,8 +349,20 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         # a worker's basetemp is a directory of the run's own (popen-gwN): its parent
         # is the one directory every worker of this run shares, and no other run
         _TURNS = Turns(item.config._tmp_path_factory.getbasetemp().parent)  # type: ignore[attr-defined]
+    asked = time.monotonic()
     with _TURNS.take(item.get_closest_marker("alone") is not None):
+        # what the turn cost, carried by the setup's report (scripts/suite_times.py)
+        began = time.monotonic()
+        item.user_properties.append((_TURN_MARK, round(began - asked, 4)))
         yield
+    timeline = os.environ.get("CORRAL_TEST_TIMELINE")
+    if timeline:
+        # each test's worker, turn asked, begun and ended (monotonic: one clock for the
+        # machine), a line each, to see what a parallel run's workers did when
+        with open(timeline, "a") as out:
+            out.write(json.dumps([item.config.workerinput["workerid"],  # type: ignore[attr-defined]
+                                  item.nodeid, round(asked, 3), round(began, 3),
+                                  round(time.monotonic(), 3)]) + "\n")
 
 
 # Each file's time in the last run that ran it, kept in pytest's cache: scripts/flaky.py
@@ -355,7 +373,9 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 # (bench/RESULTS.md, the suite's section).
 _FILE_SECONDS: dict[str, float] = {}
 _FILE_CPU: dict[str, float] = {}
+_FILE_TURNS: dict[str, float] = {}
 _CPU_MARK = "cpu_seconds"
+_TURN_MARK = "turn_seconds"
 HELD_ALARM = 0.1  # seconds after the report: in the phase that follows it
 _cpu_since = 0.0
 
@@ -403,6 +423,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
     cpu = sum(float(v) for k, v in report.user_properties if k == _CPU_MARK)  # type: ignore[arg-type]
     _FILE_CPU[path] = _FILE_CPU.get(path, 0.0) + cpu
+    if report.when == "setup":
+        turn = sum(float(v) for k, v in report.user_properties if k == _TURN_MARK)  # type: ignore[arg-type]
+        _FILE_TURNS[path] = _FILE_TURNS.get(path, 0.0) + turn
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -410,7 +433,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # a worker's reports reach the controller too, which keeps the times of all of them
     if cache is None or not _FILE_SECONDS or hasattr(session.config, "workerinput"):
         return
-    for key, seconds in (("corral/durations", _FILE_SECONDS), ("corral/cpu", _FILE_CPU)):
+    for key, seconds in (("corral/durations", _FILE_SECONDS), ("corral/cpu", _FILE_CPU),
+                         ("corral/turns", _FILE_TURNS)):
         known = cache.get(key, {})
         known.update({f: round(s, 2) for f, s in seconds.items()})
         cache.set(key, known)
