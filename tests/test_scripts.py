@@ -139,6 +139,37 @@ def test_suite_times_tells_a_files_waiting_from_its_cpu(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "durations.json").read_text()) == {
         "tests/test_scripts.py": 10.0}
+    # the waits for a turn beside a test marked `alone`, the files' summed
+    (kept / "turns").write_text('{"tests/a.py": 30.5, "tests/test_scripts.py": 1.0}')
+    r = times("--top", "0")
+    assert r.stdout.splitlines()[1] == (
+        "waiting for a turn (tests/conftest.py Turns): 32 s of the workers', most in "
+        "tests/a.py 30 s, tests/test_scripts.py 1 s")
+
+
+def test_suite_times_reads_a_runs_timeline(tmp_path: Path) -> None:
+    """CORRAL_TEST_TIMELINE's lines (worker, test, turn asked, begun, ended): each
+    worker's time in tests, waiting and idle after, and the longest waits."""
+    def times(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
+                               *args], capture_output=True, text=True, timeout=60)
+
+    line = tmp_path / "timeline"
+    line.write_text("")
+    r = times("--timeline", str(line))
+    assert (r.returncode, r.stderr) == (1, f"no test in {line}\n")
+    line.write_text('["gw0", "t.py::a", 100.0, 100.0, 110.0]\n'
+                    '["gw1", "t.py::b", 101.0, 101.0, 105.0]\n'
+                    '["gw1", "t.py::c", 105.0, 108.0, 109.0]\n')
+    r = times("--timeline", str(line), "--top", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "tests: 3; from the first turn asked to the last test's end 10 s",
+        "  worker  tests s  turns s  idle after s",
+        "     gw0       10        0             0",
+        "     gw1        5        3             1",
+        "the longest waits for a turn (s, from the run's start):",
+        "     3.0 at      5  gw1 t.py::c"]
 
 
 def test_the_kept_durations_name_only_the_suites_files() -> None:
