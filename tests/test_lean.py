@@ -6,9 +6,9 @@ that replaced the tasks end every life as the tasks did, having read all it wrot
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -212,36 +212,58 @@ async def test_an_error_before_the_spawn_ends_the_life_and_the_policy_decides(
     await asyncio.wait_for(r.stopped(), 1.0)  # its life is over
 
 
-async def test_a_warm_spawn_given_up_before_its_pid_came_leaves_no_child_or_entry(
-        sup: Supervisor) -> None:
+# an agent that outlives its stdin's end: a given-up child left unkilled runs on
+SLEEPER = "import time\ntime.sleep(3600)\n"
+
+
+@pytest.mark.parametrize("moment", ["before", "as"])
+async def test_a_warm_spawn_given_up_before_or_as_its_pid_came_leaves_no_child_or_entry(
+        sup: Supervisor, tmp_path: Path, moment: str) -> None:
+    """Given up (cancelled) before the zygote's answer came, or as it came: the answer is
+    read, and the pid set, before the cancelled spawn resumes (uvloop runs the socket's
+    callback first), so the pid is in an answer the spawn never read. The fork happened
+    either way: the child is killed, and its exit, when the zygote tells it, leaves no
+    entry behind (decision 980)."""
     sup.add(agent("first", warm=True))
     await sup.wait_all_serving(timeout=60)
     zygote = next(iter(sup.zygotes.zygotes.values()))
+    assert zygote.pid is not None and zygote.sock is not None
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(SLEEPER)
     spec = next(iter(sup.replicas("first"))).spec
     env = {**os.environ, **spec.env, "CORRAL_PROCTITLE": "corral: agent given-up#0"}
-    spawn = asyncio.ensure_future(zygote.spawn(
-        spec.argv(), env=env, cwd=None, limits=Limits(), containment=sup.containment,
-        kind="agent", name="given-up", index=0, on_stdout_line=print, on_stderr_lines=print,
-        on_oversize=print))
-    await asyncio.sleep(0)  # the request is sent; its answer (the pid) is still to come
-    spawn.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await spawn
-    # the fork happens all the same: its child is killed when its pid comes, and its exit,
-    # when the zygote tells it, leaves no entry behind
+    if moment == "before":
+        os.kill(zygote.pid, signal.SIGSTOP)  # the request waits unread till it is given up
+    try:
+        spawn = asyncio.ensure_future(zygote.spawn(
+            [PY, str(sleeper)], env=env, cwd=None, limits=Limits(),
+            containment=sup.containment, kind="agent", name="given-up", index=0,
+            on_stdout_line=print, on_stderr_lines=print, on_oversize=print))
+        await asyncio.sleep(0)  # the request is sent
+        if moment == "as":
+            # the answer is in before the loop polls again
+            assert select.select([zygote.sock], [], [], 20)[0], "the zygote did not answer"
+        spawn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await spawn
+    finally:
+        if moment == "before":
+            os.kill(zygote.pid, signal.SIGCONT)
+    # the zygote answers in order: once a later warm start serves, the given-up spawn's
+    # answer was read (its child forked), and once a start after the child's reap serves,
+    # the exit the zygote told of it was
+    sup.add(agent("second", warm=True))
+    await sup.wait_all_serving(timeout=60)
+    assert zygote.spawned == 2
     running = {r.pid for r in sup.replicas()}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    while given_up_children() or zygote.statuses.pids() != running:
-        assert loop.time() < deadline, (given_up_children(), zygote.statuses.pids())
-        await asyncio.sleep(0.05)  # the zygote's answers come on its own socket
-
-
-def given_up_children() -> list[int]:
-    found = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if (p.status() != psutil.STATUS_ZOMBIE
-                    and p.cmdline()[:1] == ["corral: agent given-up#0"]):
-                found.append(p.pid)
-    return found
+    # a zombie is a child not reaped yet, so its exit not told: counted
+    while given_up := [p.pid for p in psutil.Process(zygote.pid).children()
+                       if p.pid not in running]:
+        assert loop.time() < deadline, f"given-up children still running: {given_up}"
+        await asyncio.sleep(0.05)  # the zygote reaps its children on its own
+    sup.add(agent("third", warm=True))
+    await sup.wait_all_serving(timeout=60)
+    assert zygote.spawned == 3
+    assert zygote.statuses.pids() == {r.pid for r in sup.replicas()}

@@ -215,15 +215,21 @@ class Zygote:
             if fut is not None and not fut.done():
                 fut.set_result(pid)
             else:  # given up before its pid came (cancelled): it must not run unwatched
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                self.statuses.expect(pid)  # its exit, when told, leaves nothing behind
+                self._given_up(pid)
         elif "failed" in msg:
             fut = self._spawns.pop(int(msg["failed"]), None)
             if fut is not None and not fut.done():
                 fut.set_exception(ZygoteUnavailable(f"zygote could not fork: {msg['error']}"))
         elif "exit" in msg:
             self.statuses.told(int(msg["exit"]), int(msg["status"]))
+
+    def _given_up(self, pid: int) -> None:
+        """A child forked for a spawn given up: killed, lest it run unwatched (past its
+        gate too: its stdin is closed), unless its exit was told already (its pid may be
+        another process's by now); its exit, told or to be, leaves nothing behind."""
+        if not self.statuses.expect(pid).done():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def _die(self, reason: str) -> None:
         """The zygote is gone or useless: fail what waits on it, stop it."""
@@ -300,8 +306,12 @@ class Zygote:
                 os.close(fd)
             self._spawns.pop(rid, None)
             containment.abandon(ticket)
-            if pid is not None:  # forked, then given up: its exit, told or to be, is no one's
-                self.statuses.expect(pid)
+            if pid is None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                # the pid came while this task was being cancelled, before it could read
+                # it: forked all the same (decision 980)
+                pid = fut.result()
+            if pid is not None:
+                self._given_up(pid)
             raise
         containment.started(ticket, pid, kind=kind, name=name, index=index,
                             stop_timeout=stop_timeout)
