@@ -26,7 +26,6 @@ echo "== mypy"
 echo "== pytest"
 # the files in parallel, each in one worker with its tests in their order (pytest-xdist,
 # --dist loadfile; a test marked `alone` has the machine to itself, tests/conftest.py):
-# three workers on two cores: a third of the files' time is waiting, which the third
-# fills (decision 931; five were faster but failed timing-bound tests: decision 972);
-# CORRAL_TEST_WORKERS=0 runs them one after another in this process
-exec .venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-3}" --dist loadfile "$@"
+# five workers on two cores: two thirds of the files' time is waiting, which the others
+# fill (decision 981); CORRAL_TEST_WORKERS=0 runs them one after another in this process
+exec .venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-5}" --dist loadfile "$@"
