@@ -115,6 +115,32 @@ def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterat
     SPARED.clear()
 
 
+DAEMON_TITLE = "corral: supervisor"  # a daemon's process title (corral/daemon/daemon.py)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _a_files_daemons_end_with_it() -> Iterator[None]:
+    """No daemon a test file started outlives the file: one left running would take a
+    later test's Redis as its own when that test's server gets the port its own had (a
+    node refused at start by "another live daemon beating as node a", ci34). Killed by
+    pid, and the file's last test fails naming them."""
+    yield
+    from . import forkserver
+
+    server = forkserver.server_pid()
+    mine = live_children()
+    with contextlib.suppress(psutil.Error):  # (the fork server's are its, not ours)
+        mine += psutil.Process(server).children(recursive=True) if server else []
+    left = []
+    for p in mine:
+        with contextlib.suppress(psutil.Error):
+            if p.status() != psutil.STATUS_ZOMBIE and " ".join(p.cmdline()).startswith(
+                    DAEMON_TITLE):
+                left.append((p.pid, p.ppid()))
+                p.kill()
+    assert not left, f"daemons left running by this file (pid, parent): {left}"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _fork_server() -> None:
     """This process's fork server, started before the first test: not while a test's
