@@ -34,7 +34,7 @@ wait "$collected"
 echo "== pytest"
 # the files in parallel, each in one worker with its tests in their order (pytest-xdist,
 # --dist loadfile; a test marked `alone` has the machine to itself, tests/conftest.py):
-# three workers on two cores: a third of the files' time is waiting, which the third
-# fills (decision 931; five were faster but failed timing-bound tests: decisions 972, 981);
+# five workers on two cores: the files wait on beats, deadlines and processes for most
+# of their time, which the workers beside them fill (decisions 931, 981, 990);
 # CORRAL_TEST_WORKERS=0 runs them one after another in this process
-exec .venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-3}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-5}" --dist loadfile "$@"
