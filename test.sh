@@ -4,13 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh test
-# the real MCP servers, pinned, for the conformance tests (npm, and PyPI through uvx)
-. scripts/mcp-servers.sh
-# Node 22, the conformance suite and the Inspector, pinned, for the gateway's and the
-# MCP client's conformance tests
-. scripts/npm-tools.sh
-# the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
-. scripts/frameworks.sh
+# What the tests run besides corral, installed in the background beside the lint and the
+# type check (a fresh clone's installs wait mostly on the registries: bench/RESULTS.md);
+# each part that fails fails the run before pytest. The real MCP servers, pinned, for
+# the conformance tests (npm, and PyPI through uvx), then Node 22, the conformance suite
+# and the Inspector, pinned, for the gateway's and the MCP client's conformance tests:
+(. scripts/mcp-servers.sh && . scripts/npm-tools.sh) &
+servers=$!
+# and the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
+(. scripts/frameworks.sh) &
+frameworks=$!
 # Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
 # /metrics exposition) and bubblewrap (sandbox = "bwrap"), pinned, installed with apt-get
 # where missing
@@ -31,6 +34,10 @@ collected=$!
 echo "== mypy"
 .venv/bin/mypy
 wait "$collected"
+wait "$servers"
+wait "$frameworks"
+# (again in this shell, for what it exports: every server it installs is there now)
+. scripts/mcp-servers.sh
 echo "== pytest"
 # the files in parallel, each in one worker with its tests in their order (pytest-xdist,
 # --dist loadfile; a test marked `alone` has the machine to itself, tests/conftest.py):

@@ -5,7 +5,7 @@ PY=${PYTHON:-python3}
 _said=
 if [ ! -x .venv/bin/python ]; then
     # pip -q says nothing for the minute a first install takes: say why we wait
-    echo "corral: setting up .venv (first run: about a minute)…" >&2
+    echo "corral: setting up .venv (first run: under a minute)…" >&2
     _said=1
     "$PY" -m venv .venv
 fi
@@ -22,8 +22,14 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_inputs" ]; then
         # stamps): not a first run
         echo "corral: installing corral[$1] into the existing .venv (up to a minute)…" >&2
     fi
-    # compat mode: a plain path in a .pth file, not an import hook that every Python
-    # started from this venv (every worker) would pay ~10 ms for
+    # by uv (pinned, one of corral's own dependencies, installed first by pip): a first
+    # install took 41 s by pip, 15 s by uv (bench/RESULTS.md); by pip where uv cannot
+    # (its index unreachable where pip's local wheels are not, say). Compat mode: a plain
+    # path in a .pth file, not an import hook that every Python started from this venv
+    # (every worker) would pay ~10 ms for
+    { .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt uv &&
+        VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q -c constraints.txt \
+            -C editable_mode=compat -e ".[$1]"; } ||
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
         --config-settings editable_mode=compat -e ".[$1]" &&
         printf '%s' "$_inputs" > "$_stamp"
