@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .conftest import ROOT
 
-FIRST_RUN = "corral: setting up .venv (first run: about a minute)…"
+FIRST_RUN = "corral: setting up .venv (first run: under a minute)…"
 
 
 def project(tmp: Path) -> Path:
