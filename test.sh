@@ -6,10 +6,12 @@ cd "$(dirname "$0")"
 . scripts/venv.sh test
 # What the tests run besides corral, installed in the background beside the lint and the
 # type check (a fresh clone's installs wait mostly on the registries: bench/RESULTS.md);
-# each part that fails fails the run before pytest. The real MCP servers, pinned, for
-# the conformance tests (npm, and PyPI through uvx), then Node 22, the conformance suite
-# and the Inspector, pinned, for the gateway's and the MCP client's conformance tests:
-(. scripts/mcp-servers.sh && . scripts/npm-tools.sh) &
+# each part that fails fails the run before pytest (a job's commands are not joined by
+# `&&`: a script sourced on the left of one runs on past its own failures). The real MCP
+# servers, pinned, for the conformance tests (npm, and PyPI through uvx), then Node 22,
+# the conformance suite and the Inspector, pinned, for the gateway's and the MCP
+# client's conformance tests:
+(. scripts/mcp-servers.sh; . scripts/npm-tools.sh) &
 servers=$!
 # and the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
 (. scripts/frameworks.sh) &
