@@ -25,6 +25,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,8 +98,14 @@ def main() -> int:
                 said = [line for line in run.stdout.splitlines()
                         if line.startswith(("FAILED", "ERROR"))]
                 # nothing collected or a crash: pytest's own words, from stderr
-                failed.append((n, seed, "\n".join(said or run.stderr.strip().splitlines()[-5:]
-                                                 or [f"(run it: {' '.join(cmd)})"])))
+                # the round's whole output kept: a summary line is cut at the terminal's
+                # width, and a failure under load may not come again
+                fd, kept = tempfile.mkstemp(prefix=f"flaky-{seed}-", suffix=".log")
+                with os.fdopen(fd, "w") as f:
+                    f.write(run.stdout + run.stderr)
+                failed.append((n, seed, "\n".join(
+                    (said or run.stderr.strip().splitlines()[-5:]
+                     or [f"(run it: {' '.join(cmd)})"]) + [f"(its whole output: {kept})"])))
                 if args.exitfirst:
                     break
     finally:

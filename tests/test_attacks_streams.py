@@ -9,12 +9,15 @@ holding `tasks:read` and an agent whose chunks it controls.
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import socket
 from pathlib import Path
 
 import pytest
 
+from corral.mcp import sse
 from corral.supervisor.tasks.output import MAX_CHUNK_BYTES
 from corral.taskoptions import TaskOptions
 
@@ -26,22 +29,24 @@ READERS = 30
 
 
 def progress_ids(got: bytes) -> list[int]:
-    """The event ids of an SSE answer's progress notifications, in the order sent."""
-    head, _, body = got.partition(b"\r\n\r\n")
-    if b"transfer-encoding: chunked" in head.lower():
-        chunks, rest = [], body
-        while (size := int(rest.split(b"\r\n", 1)[0], 16)) > 0:
-            rest = rest.split(b"\r\n", 1)[1]
-            chunks.append(rest[:size])
-            rest = rest[size + 2:]
-        body = b"".join(chunks)
-    ids = []
-    for event in body.split(b"\n\n"):
-        fields = dict(line.split(b": ", 1) for line in event.split(b"\n")
-                      if b": " in line)
-        if b'"method":"notifications/progress"' in fields.get(b"data", b""):
-            ids.append(int(fields[b"id"]))
-    return ids
+    """The event ids of an SSE answer's progress notifications, in the order sent (the
+    answer read whole off its socket: its chunked body undone by http.client, its
+    events by corral's SSE parser)."""
+    answer = http.client.HTTPResponse(_Received(got))  # type: ignore[arg-type]
+    answer.begin()
+    events = sse.Parser(len(got)).feed(answer.read())
+    return [int(e.id) for e in events
+            if e.id is not None and b'"method":"notifications/progress"' in e.data]
+
+
+class _Received:
+    """Bytes already read off a socket, as http.client reads a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
 
 
 def first_output_event(sock: socket.socket) -> None:

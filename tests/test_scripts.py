@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,7 +87,8 @@ def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "flaky.py"), *args,
                                str(tmp_path / "test_order.py")], capture_output=True,
                               text=True, timeout=120,
-                              env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+                              env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                                   "TMPDIR": str(tmp_path)})
 
     # which seeds put test_b first depends on the tests' node ids (pytest-randomly mixes
     # them in), and so on this test's tmp_path: seeds are tried until both orders are seen
@@ -103,6 +105,10 @@ def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
     assert f"round 1 seed {failed[0]}: exit 1" in out
     assert f"replay: scripts/flaky.py --seed {failed[0]} {tmp_path}/test_order.py" in out
     assert "FAILED" in out and "test_b" in out
+    # the failing round's whole output is kept, its assertion in it
+    kept = re.search(r"\(its whole output: (\S+)\)", out)
+    assert kept is not None and Path(kept[1]).parent == tmp_path, out
+    assert 'assert SEEN == ["a"]' in Path(kept[1]).read_text()
     assert f"round 1 seed {passed[0]}: exit 0" in runs[passed[0]].stdout
     # the same seed, the same order: a failure replays
     assert flaky("--seed", str(failed[0])).returncode == 1
