@@ -9,7 +9,7 @@
     @modelcontextprotocol/server-memory@2026.8.31 \
     @modelcontextprotocol/server-sequential-thinking@2026.8.31) &
 _npm_servers=$!
-export UV_CACHE_DIR="$PWD/.uv-cache" UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
+. scripts/uv-cache.sh
 if [ ! -e .uv-cache/.corral-warm-1 ]; then
     for tool in mcp-server-time@2026.10.19 mcp-server-git@2026.10.19 \
                 mcp-server-fetch@2026.10.24; do

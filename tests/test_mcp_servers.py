@@ -31,6 +31,7 @@ from corral.supervisor import McpServerSpec, Supervisor
 from corral.supervisor.mcpserver import McpServerReplica
 
 from .conftest import ROOT, live_children
+from .setup_parts import installed
 
 NPM = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol"
 UV = ROOT / ".venv" / "bin" / "uv"
@@ -56,7 +57,7 @@ def missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.skipif(missing() is not None, reason=missing() or ""),
+pytestmark = [installed("servers", check=missing),
               pytest.mark.asyncio(loop_scope="module")]
 
 

@@ -301,7 +301,8 @@ def test_npm_tools_installs_its_prefixes_side_by_side_and_fails_naming_each_that
 
 def test_mcp_servers_waits_for_its_npm_install_and_fails_with_it(tmp_path: Path) -> None:
     tmp, env = npm_project(tmp_path)
-    shutil.copy(ROOT / "scripts" / "mcp-servers.sh", tmp / "scripts" / "mcp-servers.sh")
+    for name in ("mcp-servers.sh", "uv-cache.sh"):
+        shutil.copy(ROOT / "scripts" / name, tmp / "scripts" / name)
     # the PyPI servers' environments made and compiled by an earlier run: npm's part alone
     (tmp / ".uv-cache").mkdir()
     for stamp in (".corral-warm-1", ".corral-compiled-1"):

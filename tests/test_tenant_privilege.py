@@ -411,6 +411,9 @@ async def test_a_check_and_its_recovery_run_as_the_agent_in_its_sandbox(
         status, body = await tenant("POST", "/agents", {"agents": {"box": {
             "command": [NOBODY_PY, f"{world_readable_tree}/examples/hello.py"],
             "env": {"PYTHONPATH": str(world_readable_tree)}, "cwd": str(tmp / "acme"),
+            # no restart is asked below: on a loaded host a beat late by the harness's 2 s
+            # would be one
+            "heartbeat_timeout": 30.0,
             "health": {"liveness": {"command": probe("check"), "interval": 0.2,
                                     "timeout": 10.0, "failures": 1, "recovery": "exec",
                                     "exec": probe("exec")}}}}})
