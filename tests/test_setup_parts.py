@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, after_the_parts
 from .setup_parts import VARIABLE, failed, installed, wait_for
 
 # a part that ends when the test says: it reads a line from a FIFO the test writes
@@ -131,3 +131,37 @@ def test_a_test_marked_installed_skips_with_its_parts_failure_or_its_checks_reas
                        match=r"^test.sh's set-up part 'tools' failed \(exit 3\)"):
         wait_for(Marked(installed("servers", "tools", check=check("unasked"))))  # type: ignore[arg-type]
     assert checked == ["None", "the SDK is not installed"]
+
+
+class Item:
+    """What after_the_parts reads of a test: its closest marker by name."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def get_closest_marker(self, name: str) -> object:
+        return name if name in self.names else None
+
+
+def test_a_file_that_needs_a_part_is_handed_out_once_the_parts_are_likely_done(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    files = {"long": [Item()], "needs": [Item("installed")], "mid": [Item()],
+             "needs2": [Item(), Item("installed")], "short": [Item()], "last": [Item()],
+             "alone": [Item("alone")]}
+    seconds = {"long": 150.0, "needs": 100.0, "mid": 100.0, "needs2": 50.0, "short": 10.0,
+               "last": 5.0, "alone": 1.0}
+    order = list(files)
+
+    def moved(files: dict[str, list[Item]]) -> list[str]:
+        return after_the_parts([p for p in order if p in files], files,  # type: ignore[arg-type]
+                               seconds, None)  # type: ignore[arg-type]
+
+    # 150 s over 2 workers is not yet 120 s; 250 s is: both go after "mid", in their order
+    assert moved(files) == ["long", "mid", "needs", "needs2", "short", "last", "alone"]
+    # never after a file holding a test marked alone (the run's last turns)
+    del files["mid"]
+    assert moved(files) == ["long", "short", "last", "needs", "needs2", "alone"]
+    # nor lost when the run has nothing after them
+    del files["alone"]
+    assert moved(files) == ["long", "short", "last", "needs", "needs2"]
