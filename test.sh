@@ -4,11 +4,36 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh test
-# What the tests run besides corral installs in parts beside the lint, the type check and
-# the tests themselves, and a test that needs a part waits for it (scripts/setup-part.sh;
-# a fresh clone's set-up is short of cores, the suite's files mostly wait: bench/
-# RESULTS.md); a part that failed fails the run.
+# Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
+# /metrics exposition) and bubblewrap (sandbox = "bwrap"), pinned, installed with apt-get
+# where missing
+. scripts/browser.sh
+. scripts/prometheus.sh
+. scripts/bwrap.sh
+# Debian's redis-server, pinned, for the cluster tests (each starts its own server)
+. scripts/redis.sh
+echo "== ruff"
+.venv/bin/ruff check corral tests examples bench scripts
 parts=$(mktemp -d)
+# mypy beside the rest, niced: the type check of a fresh clone takes half a minute of one
+# core, which the tests' first collection wants; its verdict is read after the tests'
+# and fails the run as before
+echo "== mypy (beside the rest: its report after the tests')"
+typecheck="$parts/mypy"
+nice -n 10 .venv/bin/mypy >"$typecheck" 2>&1 &
+mypy=$!
+# a run that ends early stops what it started rather than leave it behind
+trap '[ -z "$mypy" ] || kill "$mypy" 2>/dev/null; rm -rf "$parts"' EXIT
+# the test modules collected once before the workers start: pytest keeps each module as
+# it rewrote its asserts (and Python the modules they import), so the workers that
+# collect them all at once find that done: in a fresh clone each paid 16 s of CPU for
+# it, 4 s once done (decision 983); alone, it took 16 s, beside the installs 42 s
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m pytest --collect-only -q \
+    -p no:cacheprovider >/dev/null 2>&1 || true
+# What the tests run besides corral installs in parts beside the tests, and a test that
+# needs a part waits for it (scripts/setup-part.sh: a fresh clone's set-up is short of
+# cores, the suite's files mostly wait; bench/RESULTS.md); a part that failed fails the
+# run.
 export CORRAL_SETUP_PARTS="$parts"
 . scripts/setup-part.sh
 # the real MCP servers, pinned, for the conformance tests (npm, and PyPI through uvx)
@@ -21,31 +46,6 @@ tools=$!
 # the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
 part frameworks scripts/frameworks.sh
 frameworks=$!
-# Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
-# /metrics exposition) and bubblewrap (sandbox = "bwrap"), pinned, installed with apt-get
-# where missing
-. scripts/browser.sh
-. scripts/prometheus.sh
-. scripts/bwrap.sh
-# Debian's redis-server, pinned, for the cluster tests (each starts its own server)
-. scripts/redis.sh
-echo "== ruff"
-.venv/bin/ruff check corral tests examples bench scripts
-# mypy beside the rest, niced: the type check of a fresh clone takes half a minute of one
-# core, which the installs and the tests' first collection want; its verdict is read
-# after the tests' and fails the run as before
-echo "== mypy (beside the rest: its report after the tests')"
-typecheck="$parts/mypy"
-nice -n 10 .venv/bin/mypy >"$typecheck" 2>&1 &
-mypy=$!
-# a run that ends early stops what it started rather than leave it behind
-trap '[ -z "$mypy" ] || kill "$mypy" 2>/dev/null; rm -rf "$parts"' EXIT
-# the test modules collected once before the workers start: pytest keeps each module as
-# it rewrote its asserts (and Python the modules they import), so the workers that
-# collect them all at once find that done: in a fresh clone each paid 16 s of CPU for
-# it, 4 s once done (decision 983)
-env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m pytest --collect-only -q \
-    -p no:cacheprovider >/dev/null 2>&1 || true
 # uv's cache, where the servers' part makes their environments
 . scripts/uv-cache.sh
 echo "== pytest"

@@ -400,16 +400,19 @@ _TURNS: Turns | None = None
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test that needs a part of the set-up still installing beside the run waits for
-    it here, before its fixtures (tests/setup_parts.py)."""
+    """A test that needs a part of the set-up that failed, or what the part installs is
+    missing, skips here, before its fixtures (tests/setup_parts.py)."""
     setup_parts.wait_for(item)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """A test's turn, taken outside its setup, teardown and timeout (the wait for one is
-    not the test's time). Only in a worker: a run of one process has no one beside it."""
+    not the test's time). Only in a worker: a run of one process has no one beside it.
+    Before it, the parts of the set-up the test needs (outside its timeout too: on a
+    loaded host they may take minutes; the setup below skips if one failed)."""
     global _TURNS
+    setup_parts.wait(item)
     if not hasattr(item.config, "workerinput"):
         yield
         return

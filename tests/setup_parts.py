@@ -40,6 +40,14 @@ def installed(*parts: str, check: Callable[[], str | None] | None = None
     return pytest.mark.installed(*parts, check=check)
 
 
+def wait(item: pytest.Item) -> None:
+    """The parts a test marked `installed` needs, waited for (before its turn and its
+    timeout: tests/conftest.py); wait_for, at its setup, then finds them ended."""
+    for mark in item.iter_markers("installed"):
+        for part in mark.args:
+            failed(part)
+
+
 def wait_for(item: pytest.Item) -> None:
     """The setup of a test marked `installed`: its parts waited for, its check made."""
     for mark in item.iter_markers("installed"):
