@@ -24,8 +24,6 @@ import uvloop
 
 from corral.supervisor import AgentSpec, Supervisor
 
-from . import setup_parts
-
 # pytest keeps each test file's rewritten (assert-introspecting) byte-code in __pycache__,
 # but writes none where PYTHONDONTWRITEBYTECODE is set (this machine's shell sets it):
 # every run's every worker then rewrote and compiled all 250 test files again, two
@@ -333,40 +331,7 @@ def longest_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytes
         alone = any(i.get_closest_marker("alone") for i in files[path])
         return (alone, -known, -len(files[path]))
 
-    order = sorted(files, key=rank)
-    if os.environ.get(setup_parts.VARIABLE):
-        order = after_the_parts(order, files, seconds, config)
-    return [item for path in order for item in files[path]]
-
-
-# how far into a run (its files' seconds over the workers) the set-up's parts, installing
-# beside it, are likely done: a file that needs one is handed out no sooner, lest its
-# worker wait for the part idle (bench/RESULTS.md, "The set-up beside the tests")
-PARTS_DONE_AFTER = 120.0
-
-
-def after_the_parts(order: list[str], files: dict[str, list[pytest.Item]],
-                    seconds: dict[str, float], config: pytest.Config) -> list[str]:
-    """`order` with the files that need a part of the set-up (marked `installed`) moved
-    back to where the run has gone PARTS_DONE_AFTER seconds, or to before the first file
-    holding an `alone` test if that comes first; each keeps its place among them."""
-    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    out: list[str] = []
-    held: list[str] = []
-    done = 0.0
-    for path in order:
-        items = files[path]
-        if held and (done / workers >= PARTS_DONE_AFTER
-                     or any(i.get_closest_marker("alone") for i in items)):
-            out += held
-            held = []
-            done = float("inf")  # handed out: the files after wait no more
-        if done < float("inf") and any(i.get_closest_marker("installed") for i in items):
-            held.append(path)
-            continue
-        out.append(path)
-        done += seconds.get(path, 0.0)
-    return out + held
+    return [item for path in sorted(files, key=rank) for item in files[path]]
 
 
 class Turns:
@@ -398,21 +363,11 @@ class Turns:
 _TURNS: Turns | None = None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test that needs a part of the set-up that failed, or what the part installs is
-    missing, skips here, before its fixtures (tests/setup_parts.py)."""
-    setup_parts.wait_for(item)
-
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """A test's turn, taken outside its setup, teardown and timeout (the wait for one is
-    not the test's time). Only in a worker: a run of one process has no one beside it.
-    Before it, the parts of the set-up the test needs (outside its timeout too: on a
-    loaded host they may take minutes; the setup below skips if one failed)."""
+    not the test's time). Only in a worker: a run of one process has no one beside it."""
     global _TURNS
-    setup_parts.wait(item)
     if not hasattr(item.config, "workerinput"):
         yield
         return

