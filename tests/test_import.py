@@ -83,7 +83,9 @@ def test_the_imported_config_runs(monkeypatch: pytest.MonkeyPatch) -> None:
             "display#0": "ready", "worker#0": "ready", "worker#1": "ready",
             "drain#0": "terminated"}, what="display and workers ready, drain done")
         st = d.status()["drain#0"]
-        assert (st["restarts"], st["last_exit"]) == (0, "exited with status 2")
+        # its log says why, should it have been restarted (corral's own lines in it)
+        assert (st["restarts"], st["last_exit"]) == (0, "exited with status 2"), \
+            d.cli("logs", "drain", "-n", "20").stdout
         said = lambda: d.cli("logs", "worker", "-n", "10").stdout  # noqa: E731
         wait_until(lambda: "worker 01 of blue: hello, world" in said()
                    and "worker 02 of blue: hello, world" in said(), what="both workers")
