@@ -223,7 +223,7 @@ exit 0
 def npm_project(tmp: Path) -> tuple[Path, dict[str, str]]:
     """A copy of the npm scripts with an npm on PATH that records its calls."""
     (tmp / "scripts").mkdir()
-    for name in ("npm-pin.sh", "npm-tools.sh"):
+    for name in ("npm-pin.sh", "npm-tools.sh", "mcp-servers.sh", "uv-cache.sh"):
         shutil.copy(ROOT / "scripts" / name, tmp / "scripts" / name)
     (tmp / "bin").mkdir()
     npm = tmp / "bin" / "npm"
@@ -232,6 +232,12 @@ def npm_project(tmp: Path) -> tuple[Path, dict[str, str]]:
     env = {**os.environ, "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
            "NPM_CALLS": str(tmp / "calls"), "NPM_FAILS": ""}
     return tmp, env
+
+
+def sourced(tmp: Path, env: dict[str, str], script: str) -> subprocess.CompletedProcess[str]:
+    """scripts/SCRIPT sourced by sh in the copy, as test.sh sources it."""
+    return subprocess.run(["sh", "-c", f". scripts/{script}"], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=60)
 
 
 def installed(prefix: Path, package: str, version: str) -> None:
@@ -273,12 +279,7 @@ def test_npm_pin_installs_in_one_command_only_the_packages_not_at_their_pin(
 def test_npm_tools_installs_its_prefixes_side_by_side_and_fails_naming_each_that_failed(
         tmp_path: Path) -> None:
     tmp, env = npm_project(tmp_path)
-
-    def tools() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["sh", "-c", ". scripts/npm-tools.sh"], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=60)
-
-    assert tools().returncode == 0
+    assert sourced(tmp, env, "npm-tools.sh").returncode == 0
     assert calls(tmp) == [
         "install --prefix .npm-conformance --no-audit --no-fund --silent "
         "@modelcontextprotocol/conformance@0.2.0-alpha.12",
@@ -287,13 +288,13 @@ def test_npm_tools_installs_its_prefixes_side_by_side_and_fails_naming_each_that
         "@modelcontextprotocol/conformance@0.1.16 @modelcontextprotocol/inspector@2.12.0"]
     # a prefix installed in the background that fails fails the script, named
     env["NPM_FAILS"] = ".npm-node22 .npm-conformance"
-    r = tools()
+    r = sourced(tmp, env, "npm-tools.sh")
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == (
         "corral: npm could not install .npm-node22 .npm-conformance (scripts/npm-tools.sh)")
     # the one installed in the foreground fails it too
     env["NPM_FAILS"] = ".npm-tools"
-    r = tools()
+    r = sourced(tmp, env, "npm-tools.sh")
     assert r.returncode == 1 and r.stderr == (
         "npm: no such package\n"
         "corral: npm could not install .npm-tools (scripts/npm-tools.sh)\n")
@@ -301,24 +302,17 @@ def test_npm_tools_installs_its_prefixes_side_by_side_and_fails_naming_each_that
 
 def test_mcp_servers_waits_for_its_npm_install_and_fails_with_it(tmp_path: Path) -> None:
     tmp, env = npm_project(tmp_path)
-    for name in ("mcp-servers.sh", "uv-cache.sh"):
-        shutil.copy(ROOT / "scripts" / name, tmp / "scripts" / name)
     # the PyPI servers' environments made and compiled by an earlier run: npm's part alone
     (tmp / ".uv-cache").mkdir()
     for stamp in (".corral-warm-1", ".corral-compiled-1"):
         (tmp / ".uv-cache" / stamp).touch()
-
-    def servers() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["sh", "-c", ". scripts/mcp-servers.sh"], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=60)
-
-    assert servers().returncode == 0
+    assert sourced(tmp, env, "mcp-servers.sh").returncode == 0
     assert calls(tmp) == [
         "install --prefix .npm-test --no-audit --no-fund --silent "
         + " ".join(f"@modelcontextprotocol/server-{s}@2026.8.31"
                    for s in ("everything", "filesystem", "memory", "sequential-thinking"))]
     env["NPM_FAILS"] = ".npm-test"
-    r = servers()
+    r = sourced(tmp, env, "mcp-servers.sh")
     assert r.returncode == 1 and r.stderr == (
         "npm: no such package\n"
         "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)\n")
