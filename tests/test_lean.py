@@ -46,8 +46,9 @@ async def test_a_running_replica_holds_no_task_and_a_bounded_number_of_objects(
         sup: Supervisor, warm: bool) -> None:
     # the zygote's own objects are not the replicas', nor what a first start imports
     # (alone, the first replica of the run pays for the modules a start imports lazily):
-    # made before counting
-    sup.add(agent("first", warm=warm))
+    # made before counting; and not restarted while counting (a beat late on a loaded
+    # host would be one, its new life's objects counted as the fleet's)
+    sup.add(agent("first", warm=warm, heartbeat_timeout=3600.0))
     await sup.wait_all_serving(timeout=60)
     # nor the default executor's threads, the process's, made as jobs come (as many as
     # run at once, so more on a loaded machine): all of them made before counting
