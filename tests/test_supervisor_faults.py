@@ -23,7 +23,7 @@ from corral.supervisor import Limits, LogBatch, State, Supervisor
 from corral.supervisor.replica import Transition
 from corral.supervisor.stream import Roster
 
-from .conftest import NOBODY_PY, PY, ROOT, agent, nobody_reason
+from .conftest import PY, ROOT, agent
 
 
 def drain(q: asyncio.Queue[Transition], name: str) -> list[Transition]:
@@ -271,31 +271,6 @@ async def test_file_size_cap_is_named(sup: Supervisor, tmp_path: Path) -> None:
     await sup.wait_state("big", State.TERMINATED)
     assert r.last_exit == "file size limit (RLIMIT_FSIZE 1 MiB)"
     assert (tmp_path / "f").stat().st_size <= 1024 * 1024
-
-
-# RLIMIT_NPROC counts every process of user nobody on the host, and the test counts the
-# nobody processes left after it: no other test's beside it
-@pytest.mark.alone
-@pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
-async def test_process_cap_as_unprivileged_user(sup: Supervisor,
-                                                 world_readable_tree: Path) -> None:
-    tree = world_readable_tree
-    sup.add(agent(
-        "forker", command=[NOBODY_PY, str(tree / "examples" / "misbehave.py")],
-        env={"PYTHONPATH": str(tree)}, cwd=str(tree), user="nobody",
-        limits=Limits(processes=12), restart="never",
-    ))
-    r = await sup.wait_state("forker", State.READY)
-    assert r.pid is not None
-    assert psutil.Process(r.pid).uids().real == 65534
-    with pytest.raises(RpcError):
-        await run_task(sup, "forker", {"do": "fork"})
-    await sup.wait_state("forker", State.TERMINATED)
-    assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
-    # its forked children were SIGKILLed with the group; death is asynchronous, so wait
-    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
-    _, alive = psutil.wait_procs(left, timeout=5)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 async def test_user_needs_root(sup: Supervisor) -> None:

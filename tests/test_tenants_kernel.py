@@ -1,6 +1,6 @@
 """Tenants that the kernel keeps apart (issue 23): a Unix user per tenant, its log
-directory, RLIMIT_NPROC per tenant, and a cgroup per tenant where the cgroup v2 subtree
-is delegated.
+directory, RLIMIT_NPROC per tenant (and an agent's own, under user nobody), and a cgroup
+per tenant where the cgroup v2 subtree is delegated.
 
 The user tests need root and two users that exist (`nobody`, `daemon`): none is created.
 The cgroup tests use test_cgroups' `delegated` fixture (a fresh cgroup marked as systemd
@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from corral.jsonrpc import RpcError
 from corral.supervisor import State, Supervisor
 from corral.supervisor.config import AgentSpec, ConfigError, Limits, TenantSpec
 from corral.supervisor.configload import load_config, parse_tenants
@@ -255,6 +256,34 @@ async def test_a_fork_bomb_under_its_tenants_user_is_named_by_the_tenants_cap(
     assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
     assert sup.stats.restarts_by_cause == {Cause.CAP: 1}
     await sup.remove("forker")
+    # its forked children were SIGKILLed with the group; death is asynchronous, so wait
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
+    _, alive = psutil.wait_procs(left, timeout=5)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+# RLIMIT_NPROC counts every process of user nobody on the host, and the test counts the
+# nobody processes left after it: no other test's beside it
+@pytest.mark.alone
+@pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
+async def test_a_fork_bomb_under_its_agents_user_is_named_by_the_agents_cap(
+        sup: Supervisor, world_readable_tree: Path) -> None:
+    """An agent's own process cap (no tenant): with restart = never, the replica ends
+    TERMINATED with the cap named, and no process of the user is left."""
+    tree = world_readable_tree
+    sup.add(agent(
+        "forker", command=[NOBODY_PY, str(tree / "examples" / "misbehave.py")],
+        env={"PYTHONPATH": str(tree)}, cwd=str(tree), user="nobody",
+        limits=Limits(processes=12), restart="never",
+    ))
+    r = await sup.wait_state("forker", State.READY)
+    assert r.pid is not None
+    assert psutil.Process(r.pid).uids().real == 65534
+    assert r.peer is not None
+    with pytest.raises(RpcError):
+        await r.peer.request("task/run", {"task_id": "t", "input": {"do": "fork"}})
+    await sup.wait_state("forker", State.TERMINATED)
+    assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
     # its forked children were SIGKILLed with the group; death is asynchronous, so wait
     left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
     _, alive = psutil.wait_procs(left, timeout=5)
