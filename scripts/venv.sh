@@ -7,7 +7,13 @@ if [ ! -x .venv/bin/python ]; then
     # pip -q says nothing for the minute a first install takes: say why we wait
     echo "corral: setting up .venv (first run: under a minute)…" >&2
     _said=1
-    "$PY" -m venv .venv
+    # without ensurepip's pip where the interpreter's own pip can put uv in (its
+    # --python, pip 22.3 on), which then installs pip with the rest: ensurepip was half
+    # of a fresh clone's venv (decision 1003)
+    { "$PY" -m venv --without-pip .venv &&
+        "$PY" -m pip --python .venv/bin/python install -q --disable-pip-version-check \
+            -c constraints.txt uv 2>/dev/null; } ||
+        { rm -rf .venv && "$PY" -m venv .venv; }
 fi
 # nothing to do when the install inputs are unchanged since the last install: ./run.sh
 # then starts in well under 2 s instead of ~17 s of pip (the install is editable, so
@@ -27,9 +33,12 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_inputs" ]; then
     # (its index unreachable where pip's local wheels are not, say). Compat mode: a plain
     # path in a .pth file, not an import hook that every Python started from this venv
     # (every worker) would pay ~10 ms for
-    { .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt uv &&
+    # (pip installs uv only where uv is not at its pin already)
+    { { [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" = \
+            "$(sed -n 's/^uv==//p' constraints.txt)" ] ||
+            .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt uv; } &&
         VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q -c constraints.txt \
-            -C editable_mode=compat -e ".[$1]"; } ||
+            -C editable_mode=compat -e ".[$1]" pip; } ||
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
         --config-settings editable_mode=compat -e ".[$1]" &&
         printf '%s' "$_inputs" > "$_stamp"
