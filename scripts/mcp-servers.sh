@@ -37,13 +37,15 @@ kept .uv-kept "uvx $(.venv/bin/uv --version) $(python3 -V) mcp==1.30.0 $_uv_tool
     _uv_make $_uv_tools || _uv_failed=1
 # the tests' uv writes into its cache (a `uv run --with` makes its environment there): a
 # copy of their own, its files hard links to the kept ones (uv replaces a file, never
-# writes into one), made anew when the kept one is another
+# writes into one), or copies where the store is on another file system; made anew when
+# the kept one is another
 if [ -z "${_uv_failed:-}" ]; then
     _uv_from=$(readlink .uv-kept)
     if [ "$(cat .uv-cache/.corral-from 2>/dev/null)" != "$_uv_from" ]; then
         rm -rf .uv-cache
-        { cp -al "$_uv_from" .uv-cache && echo "$_uv_from" > .uv-cache/.corral-from; } ||
-            _uv_failed=1
+        { cp -al "$_uv_from" .uv-cache 2>/dev/null ||
+            { rm -rf .uv-cache && cp -a "$_uv_from" .uv-cache; }; } &&
+            echo "$_uv_from" > .uv-cache/.corral-from || _uv_failed=1
     fi
 fi
 _npm_failed=""

@@ -418,6 +418,17 @@ def test_mcp_servers_keeps_the_pypi_servers_and_waits_for_its_npm_install(
         kept / "archive-v0" / "made").stat().st_ino
     assert [line for line in (tmp / "uv-calls").read_text().splitlines()
             if "--version" not in line] == []
+    # a store on another file system (no hard link across): the cache copied whole
+    (tmp / ".uv-cache").rename(tmp / "old-cache")
+    (tmp / "bin" / "cp").write_text(
+        '#!/bin/sh\n[ "$1" = -al ] && { echo "cp: cross-device link" >&2; exit 1; }\n'
+        f'exec {shutil.which("cp")} "$@"\n')
+    (tmp / "bin" / "cp").chmod(0o755)
+    r = sourced(tmp, env, "mcp-servers.sh")
+    assert r.returncode == 0, r.stderr
+    assert copied.read_text() == (kept / "archive-v0" / "made").read_text()
+    assert copied.stat().st_ino != (kept / "archive-v0" / "made").stat().st_ino
+    assert (tmp / ".uv-cache" / ".corral-from").read_text() == f"{kept}\n"
     # npm's failure and uv's each fail it, named
     env.update(NPM_FAILS="npm-test", UV_FAILS="1", CORRAL_KEPT=str(tmp / "kept2"))
     r = sourced(tmp, env, "mcp-servers.sh")
