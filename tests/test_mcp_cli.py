@@ -214,16 +214,20 @@ def test_mcp_start_stop_restart(daemon: Daemon) -> None:
 
 
 def test_audit_records_is_error_results_as_errors(daemon: Daemon) -> None:
-    import sqlite3
-
     # notes__add with a wrong argument type: the official SDK server answers isError
     assert daemon.cli("tools", "call", "lazy__echo", "--args", '{"text": "ok"}'
                       ).returncode == 0
     assert daemon.cli("tools", "call", "notes__add", "--args", '{"title": 1}').returncode == 1
-    db = sqlite3.connect(daemon.state / "corral.db")
-    rows = db.execute("SELECT outcome FROM audit WHERE method = 'tools.call'").fetchall()
-    assert rows[0] == ("ok",)
-    assert rows[1][0].startswith("error: isError result: ")
+
+    def calls() -> dict[str, str] | None:
+        # rows are written off the loop, batched: read once both are in
+        rows = {str(e["params"].get("name")): e["outcome"]
+                for e in daemon.json("audit")["entries"] if e["method"] == "tools.call"}
+        return rows if len(rows) == 2 else None
+
+    outcome = wait_until(calls, timeout=30, what="both calls audited")
+    assert outcome["lazy__echo"] == "ok"
+    assert outcome["notes__add"].startswith("error: isError result: "), outcome
 
 
 def test_a_failed_call_is_one_audit_line_on_stderr_as_in_corral_log() -> None:
