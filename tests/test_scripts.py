@@ -4,6 +4,7 @@ fail with any install; scripts/flaky.py and scripts/suite_times.py say what they
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -275,6 +276,16 @@ def keep(tmp: Path, env: dict[str, str], checkout: Path, word: str) -> subproces
                             stderr=subprocess.PIPE, text=True)
 
 
+def waiting_in_flock(pid: int) -> bool:
+    """Whether a `flock` among the shell's children runs (the others its short-lived
+    commands, which may be gone by the time they are looked at)."""
+    for p in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "flock" and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
 def test_kept_makes_an_install_once_a_machine_and_links_each_checkout_to_it(
         tmp_path: Path) -> None:
     tmp, env = scripts_copy(tmp_path)
@@ -299,8 +310,7 @@ def test_kept_makes_an_install_once_a_machine_and_links_each_checkout_to_it(
             time.sleep(0.01)
         second = keep(tmp, env, b, "two")
         # and the second is waiting once its `flock` is
-        while not any(p.name() == "flock" and p.status() != psutil.STATUS_ZOMBIE
-                      for p in psutil.Process(second.pid).children(recursive=True)):
+        while not waiting_in_flock(second.pid):
             assert time.monotonic() < deadline and second.poll() is None, second.stderr
             time.sleep(0.01)
         (a / "fifo").write_text("ok\n")
