@@ -203,6 +203,10 @@ def test_a_delayed_task_survives_a_daemon_restart(tmp_path: Path) -> None:
         info = d.json("task", task_id)
         assert info["status"] == "queued"
         at = info["not_before"]
+        # counted from the task's own creation, one clock read for both (a loaded host's
+        # admission between two reads once started a delayed task 12 ms before its
+        # created + delay)
+        assert at == info["created"] + 12.0
         shown = d.cli("task", task_id)
         assert f"waiting: delayed until {iso_time(at)}\n" in shown.stdout
         over = d.cli("submit", "w", "--input", "1", "--retries", "101")
