@@ -312,11 +312,8 @@ class TaskManager:
         run, as its submitter asked (taskoptions.py: its timeout, priority, start time,
         retry policy, session...); `traceparent`: the caller's trace context; `task_id`:
         an id made and recorded by the caller before (a workflow's step)."""
-        # one clock read for its creation and its start time: a delay counts from the
-        # task's own `created`, however long its admission took on a loaded host
-        now = time.time()
-        try:
-            not_before = options.start_at(now)
+        try:  # one clock read, its `created` too: a delay counts from it (decision 1004)
+            not_before = options.start_at(now := time.time())
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
         options = options_of(options)
@@ -353,8 +350,7 @@ class TaskManager:
             raise full
         retries = options.retry.retries if options.retry is not None else None
         task = Task(agent.name, raw, options.priority, timeout or agent.spec.task_timeout,
-                    agent.spec.retries if retries is None else retries, next(self._seq),
-                    now=now)
+                    agent.spec.retries if retries is None else retries, next(self._seq), now=now)
         task.options = options
         if task_id is not None:
             task.id = task_id
