@@ -47,6 +47,10 @@ collect() {  # collect FILE...: their modules compiled, their collection said no
     env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m pytest --collect-only -q \
         -p no:cacheprovider "$@" >/dev/null 2>&1 || true
 }
+# where a clone of the same tests ran here before, pytest's rewritten modules are found
+# kept under their sources' bytes (scripts/kept_pycs.py, decision 1005): the collection
+# then compiles only the installed packages its imports reach
+.venv/bin/python scripts/kept_pycs.py restore || true
 halves=$(find tests -name 'test_*.py' | sort)
 # shellcheck disable=SC2046
 collect $(echo "$halves" | awk 'NR % 2 == 1') &
@@ -62,6 +66,7 @@ collected2=$!
     >/dev/null 2>&1 || true) &
 wait "$collected"
 wait "$collected2"
+.venv/bin/python scripts/kept_pycs.py keep || true
 wait "$servers"
 wait "$tools"
 wait "$frameworks"

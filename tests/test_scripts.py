@@ -447,3 +447,74 @@ def test_mcp_servers_keeps_the_pypi_servers_and_waits_for_its_npm_install(
         "corral: uv could not make the PyPI MCP servers' environments "
         "(scripts/mcp-servers.sh)",
         "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)"]
+
+
+KEPT_TEST = "import helper\n\n\ndef test_it():\n    x = helper.ONE\n    assert x == 2\n"
+
+
+def pytest_in(checkout: Path, *args: str, write: bool) -> subprocess.CompletedProcess[str]:
+    """pytest over `checkout`'s tests, as the collection (`write`) or a worker (the suite's
+    PYTHONDONTWRITEBYTECODE: it reads byte code, writes none) runs it, saying where its
+    rewritten modules came from (PYTEST_DEBUG)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if not write:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "-o", "addopts=", "--rootdir", str(checkout), *args, str(checkout / "tests")],
+        cwd=checkout, env={**env, "PYTEST_DEBUG": "1"}, capture_output=True, text=True,
+        timeout=120)
+
+
+def kept_pycs(checkout: Path, store: Path, verb: str) -> str:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "kept_pycs.py"), verb],
+                       cwd=checkout, env={**os.environ, "CORRAL_KEPT": str(store)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stderr.strip()
+
+
+def test_kept_pycs_carry_a_collections_byte_code_to_another_checkout(tmp_path: Path
+                                                                      ) -> None:
+    """A collection's rewritten test module and its plain helper are kept by their bytes;
+    another checkout of the same sources, elsewhere, reads them, naming its own files; a
+    source edited since is compiled again."""
+    store = tmp_path / "store"
+    a, b, c = (tmp_path / n for n in "abc")
+    for checkout in (a, b, c):
+        (checkout / "tests").mkdir(parents=True)
+        (checkout / "tests" / "test_one.py").write_text(KEPT_TEST)
+        (checkout / "tests" / "helper.py").write_text("ONE = 1\n")
+        (checkout / "tests" / "conftest.py").write_text(
+            "import sys, os\nsys.path.insert(0, os.path.dirname(__file__))\n")
+    # c's test is another of the same size: its kept byte code is not a's
+    (c / "tests" / "test_one.py").write_text(KEPT_TEST.replace("== 2", "== 3"))
+    assert kept_pycs(a, store, "restore") == "kept_pycs: 0 byte-code files restored for " \
+                                             "3 sources"
+    assert pytest_in(a, "--collect-only", "-q", write=True).returncode == 0
+    # the rewritten test module and conftest, and the helper the test imports
+    assert kept_pycs(a, store, "keep") == "kept_pycs: 3 new byte-code files kept"
+    assert kept_pycs(a, store, "keep") == "kept_pycs: 0 new byte-code files kept"
+    assert kept_pycs(b, store, "restore") == "kept_pycs: 3 byte-code files restored for " \
+                                             "3 sources"
+    run = pytest_in(b, write=False)
+    assert run.returncode == 1, run.stdout
+    test = b / "tests" / "test_one.py"
+    assert f"found cached rewritten pyc for {test}" in run.stderr
+    assert f"rewriting {test!r}" not in run.stderr
+    # the rewritten code's failure, and the traceback naming b's file (relative to b, its
+    # root), not a's
+    assert "assert 1 == 2" in run.stdout
+    assert "\ntests/test_one.py:6: AssertionError" in run.stdout
+    assert str(a) not in run.stdout
+    # the helper's plain byte code is read as current for b's own file (its mtime)
+    helper = subprocess.run([sys.executable, "-v", "-c", "import helper"],
+                            cwd=b / "tests", capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert f"code object from '{b}/tests/__pycache__/helper." in helper.stderr
+    # c's test module has other bytes: not restored, rewritten as pytest does
+    assert kept_pycs(c, store, "restore") == "kept_pycs: 2 byte-code files restored for " \
+                                             "3 sources"
+    run = pytest_in(c, write=False)
+    assert f"rewriting {c / 'tests' / 'test_one.py'!r}" in run.stderr
+    assert "assert 1 == 3" in run.stdout

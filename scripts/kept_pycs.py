@@ -1,0 +1,155 @@
+"""The test modules' byte code, kept once per machine by their sources' contents.
+
+pytest rewrites each test module's asserts and compiles it, about 10 s of a core for the
+whole suite, and keeps the result beside the source (tests/**/__pycache__). A fresh clone
+had none, and made it all again in its collection (decision 1005). Here each such file is
+kept once a machine under a hash of its source's bytes and its name's tag (the
+interpreter's, and pytest's version for a rewritten module): `restore` writes those of
+this checkout's sources into their __pycache__, and `keep` keeps what a collection wrote.
+pytest's files are checked by the source's hash (PEP 552) and name the source where it is
+now when read, so they are restored as they are; a plain module's (a helper the tests
+import) is checked by its source's mtime and size, so its header is written anew from the
+source here, whose bytes are the kept ones. A source edited since is not found under its
+new bytes: it is compiled again, as it would be.
+
+usage: kept_pycs.py restore|keep [ROOT]   (ROOT: the tests' directory, tests/ by default;
+the store is $CORRAL_KEPT/pycs, ~/.cache/corral/pycs by default)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEADER = struct.Struct("<4sIII")  # magic, flags, the source's mtime, its size
+UNUSED_DAYS = 30  # a kept file no restore has used for this long is let go
+
+
+def store() -> Path:
+    base = os.environ.get("CORRAL_KEPT") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "corral")
+    return Path(base) / "pycs"
+
+
+def sources(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def tag_of(pyc: Path) -> tuple[str, str]:
+    """(module, tag) of `module.cpython-311[-pytest-9.2.0].pyc`."""
+    module, _, rest = pyc.name.partition(".")
+    return module, rest
+
+
+def key(source_bytes: bytes, tag: str) -> str:
+    return f"{hashlib.sha256(source_bytes).hexdigest()}.{tag}"
+
+
+def restore(root: Path, kept: Path) -> tuple[int, int]:
+    """Write every kept pyc of a source under `root` into its __pycache__: (written, of
+    sources)."""
+    if not kept.is_dir():
+        return 0, len(sources(root))
+    wanted: dict[str, list[Path]] = {}  # a source's bytes' hash: its kept files
+    for f in kept.iterdir():
+        digest, _, tag = f.name.partition(".")
+        if tag.endswith(".pyc"):
+            wanted.setdefault(digest, []).append(f)
+    written = 0
+    found = sources(root)
+    for source in found:
+        data = source.read_bytes()
+        for f in wanted.get(hashlib.sha256(data).hexdigest(), []):
+            tag = f.name.partition(".")[2]
+            try:
+                blob = f.read_bytes()
+                magic, flags, _, _ = HEADER.unpack_from(blob)
+            except (OSError, struct.error):
+                continue  # let go by another clone meanwhile: compiled again instead
+            if magic != importlib.util.MAGIC_NUMBER:
+                continue  # another interpreter's: its tag said so too
+            if flags == 0:  # checked by mtime and size: this source's
+                st = source.stat()
+                blob = HEADER.pack(magic, 0, int(st.st_mtime) & 0xFFFFFFFF,
+                                   st.st_size & 0xFFFFFFFF) + blob[HEADER.size:]
+            out = source.parent / "__pycache__" / f"{source.stem}.{tag}"
+            out.parent.mkdir(exist_ok=True)
+            atomic_write(out, blob)
+            os.utime(f)  # used: not let go
+            written += 1
+    return written, len(found)
+
+
+def keep(root: Path, kept: Path) -> int:
+    """Keep every current pyc of a source under `root` (its header names the source as it
+    is, by its hash or by its mtime and size): how many were new."""
+    kept.mkdir(parents=True, exist_ok=True)
+    new = 0
+    for pyc in sorted(root.rglob("__pycache__/*.pyc")):
+        module, tag = tag_of(pyc)
+        source = pyc.parent.parent / f"{module}.py"
+        try:
+            st = source.stat()
+            blob = pyc.read_bytes()
+            _, flags, mtime, size = HEADER.unpack_from(blob)
+            data = source.read_bytes()
+        except (OSError, struct.error):
+            continue
+        if flags == 0:
+            current = (mtime, size) == (int(st.st_mtime) & 0xFFFFFFFF,
+                                        st.st_size & 0xFFFFFFFF)
+        else:  # PEP 552's hash of the source (pytest's files)
+            current = blob[8:16] == importlib.util.source_hash(data)[:8]
+        if not current:
+            continue  # stale: not what a collection made of the source here
+        name = kept / key(data, tag)
+        if name.exists():
+            continue
+        atomic_write(name, blob)
+        new += 1
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    for f in kept.iterdir():
+        try:
+            if f.stat().st_mtime < cutoff:
+                f.unlink()
+        except OSError:
+            pass  # another clone let it go first
+    return new
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """`path` holds `data` whole or is as it was: a reader beside never sees half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2) or argv[0] not in ("restore", "keep"):
+        print(__doc__.rsplit("usage: ", 1)[1].strip(), file=sys.stderr)
+        return 2
+    root = Path(argv[1] if len(argv) == 2 else "tests")
+    if argv[0] == "restore":
+        written, of = restore(root, store())
+        print(f"kept_pycs: {written} byte-code files restored for {of} sources",
+              file=sys.stderr)
+    else:
+        print(f"kept_pycs: {keep(root, store())} new byte-code files kept", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
