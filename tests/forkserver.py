@@ -50,9 +50,21 @@ if TYPE_CHECKING:
 
 MAX_MESSAGE = 1 << 20
 FD_VARIABLE = "CORRAL_FORKSERVER_FD"
-# what the CLI and the daemon import, and the modules a child's setup needs
+# what the CLI and the daemon import, and the modules a child's setup needs; and what a
+# daemon imports as its config asks (its HTTP API, its cluster, the handlers of the
+# control methods it is asked): a test's daemon paid those imports again in each child,
+# most of its boot's CPU where it serves HTTP or joins a cluster (bench/RESULTS.md)
 PRELOAD = ("corral.cli.entry", "corral.cli.main", "corral.daemon.daemon", "io", "random",
-           "tempfile", "resource")
+           "tempfile", "resource", "uvloop", "difflib", "corral.cli.daemon",
+           "corral.cli.durations", "corral.cli.render", "corral.daemon.accesshandlers",
+           "corral.daemon.approvalhandlers", "corral.daemon.eventhandlers",
+           "corral.daemon.loghandlers", "corral.daemon.nodehandlers",
+           "corral.daemon.stathandlers", "corral.daemon.taskhandlers",
+           "corral.daemon.http.mcp", "corral.daemon.http.ui", "corral.daemon.http.context",
+           "corral.daemon.http.server", "corral.daemon.http.metrics",
+           "corral.daemon.http.rest", "corral.daemon.http.index",
+           "corral.daemon.http.openapi", "corral.cluster.node", "corral.cluster.queue",
+           "corral.cluster.schedules", "corral.daemon.tasks.clustered")
 
 
 # -- the server ---------------------------------------------------------------------------
