@@ -36,8 +36,11 @@ echo "== mypy (beside the rest: its report after the tests')"
 typecheck=$(mktemp)
 nice -n 10 .venv/bin/mypy >"$typecheck" 2>&1 &
 mypy=$!
-# a run that ends early (a failed install) stops it rather than leave it behind
-trap '[ -z "$mypy" ] || kill "$mypy" 2>/dev/null; rm -f "$typecheck"' EXIT
+# a run that ends early (a failed install) stops it, and the clients' compile below,
+# rather than leave them behind
+clients=""
+trap '[ -z "$mypy" ] || kill "$mypy" 2>/dev/null; [ -z "$clients" ] || kill "$clients" \
+    2>/dev/null; rm -f "$typecheck"' EXIT
 # the test modules collected once beside the installs: pytest keeps each module as it
 # rewrote its asserts (and Python the modules they import), so the workers that collect
 # them all at once find that done: in a fresh clone each paid 16 s of CPU for it, 4 s
@@ -61,9 +64,10 @@ collected2=$!
 # and, niced like mypy and not waited for, the official OpenAI and Anthropic clients,
 # which only the model gateway's agents import (a start of one compiled them again: ~0.7
 # s of its CPU, some thirty starts)
-(nice -n 10 .venv/bin/python -m compileall -q -j 0 \
+nice -n 10 .venv/bin/python -m compileall -q -j 0 \
     .venv/lib/python3*/site-packages/openai .venv/lib/python3*/site-packages/anthropic \
-    >/dev/null 2>&1 || true) &
+    >/dev/null 2>&1 &
+clients=$!
 wait "$collected"
 wait "$collected2"
 .venv/bin/python scripts/kept_pycs.py keep || true
@@ -80,6 +84,10 @@ echo "== pytest"
 # CORRAL_TEST_WORKERS=0 runs them one after another in this process
 status=0
 .venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-5}" --dist loadfile "$@" || status=$?
+# the clients' compile waited for (long done by now): reaped and not waited for, its pid
+# could be another process's by the time the trap above kills it
+wait "$clients" || true
+clients=""
 echo "== mypy"
 typed=0
 wait "$mypy" || typed=$?

@@ -62,7 +62,14 @@ class Beat(msgspec.Struct):
     sticky: bool = True
 
 
-_DAEMON = uuid.uuid4().hex  # this process's id in its beats
+_DAEMONS: dict[int, str] = {}
+
+
+def this_daemon() -> str:
+    """This process's id in its beats, made at its first use in the process: a process
+    forked from one that had imported this module (a test's fork server) is another
+    daemon, and must not beat as the one it was forked from."""
+    return _DAEMONS.setdefault(os.getpid(), uuid.uuid4().hex)
 
 
 def holder_text(b: Beat, cluster: str) -> str:
@@ -122,7 +129,7 @@ class Membership:
         self.redis = redis
         # NodeJoin and NodeFence go on it (the engine's, in a daemon)
         self.stream = stream if stream is not None else Stream()
-        self.daemon = _DAEMON  # this process's id in its beats
+        self.daemon = this_daemon()
         self.cluster = settings.name
         self.key = key  # the cluster key's fingerprint, in the beat
         self.duplicate: str | None = None  # why it does not join: another daemon is it

@@ -12,7 +12,7 @@ import time
 
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
-from corral.cluster.membership import Membership, NodeFence
+from corral.cluster.membership import Membership, NodeFence, this_daemon
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
@@ -179,3 +179,22 @@ async def test_a_join_whose_answer_comes_late_is_one_incarnation(
         await a.leave()
         await a.redis.aclose()
         proxy.close()
+
+
+def test_a_forked_process_beats_as_another_daemon() -> None:
+    """A daemon forked from a process that had imported membership (a test's fork server
+    is one) has an id of its own in its beats, not the one it was forked from."""
+    parent = this_daemon()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(w, this_daemon().encode())
+        os._exit(0)
+    os.close(w)
+    try:
+        child = os.read(r, 64).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert len(child) == 32 and child != parent
+    assert this_daemon() == parent
