@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .trees import file_tree, walked
+
 Slot = tuple[ast.expr | None, ast.expr | None]  # (annotation, value)
 
 
@@ -63,9 +65,9 @@ class Package:
 
     def __post_init__(self) -> None:
         for p in sorted(self.root.rglob("*.py")):
-            self.trees[p] = ast.parse(p.read_text())
+            self.trees[p] = file_tree(p)
         for t in self.trees.values():
-            for c in ast.walk(t):
+            for c in walked(t):
                 if isinstance(c, ast.ClassDef):
                     self.classes.setdefault(c.name, c)
         self.protocols = {n for n, c in self.classes.items()
@@ -77,7 +79,7 @@ class Package:
                         and isinstance(s.targets[0], ast.Name) and "Callable" in _named(s.value):
                     self.callables.add(s.targets[0].id)
         for t in self.trees.values():
-            for f in ast.walk(t):
+            for f in walked(t):
                 if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) and f.returns:
                     self.returns.setdefault(f.name, set()).add(self.class_of_ann(f.returns))
 

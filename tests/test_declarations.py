@@ -18,6 +18,8 @@ from corral.daemon.http.resources import RESOURCES
 from corral.daemon.visibility import RULES
 from corral.methods import REGISTRY
 
+from .trees import file_tree, parsed, walked
+
 ROOT = Path(__file__).resolve().parent.parent
 CORRAL = ROOT / "corral"
 DECLARATIONS = CORRAL / "methods"
@@ -25,7 +27,7 @@ DECLARATIONS = CORRAL / "methods"
 
 def _declared_names(path: Path) -> list[str]:
     """The names a module declares: the first argument of each `@method(...)`."""
-    return [d.args[0].value for node in ast.walk(ast.parse(path.read_text()))
+    return [d.args[0].value for node in walked(file_tree(path))
             if isinstance(node, ast.ClassDef) for d in node.decorator_list
             if isinstance(d, ast.Call) and isinstance(d.func, ast.Name)
             and d.func.id == "method" and isinstance(d.args[0], ast.Constant)]
@@ -42,7 +44,7 @@ def test_every_method_is_declared_once_and_implemented_once() -> None:
 
 def _name_strings(source: str) -> list[tuple[int, str]]:
     names = set(REGISTRY)
-    return [(n.lineno, n.value) for n in ast.walk(ast.parse(source))
+    return [(n.lineno, n.value) for n in walked(parsed(source))
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
 
 
@@ -106,7 +108,7 @@ def _chains(source: str, label: str) -> list[str]:
     first parameter (`d.teams.catalog.add(`: a handler reaching past its services, to a
     part of a part; `d.sup.mcp.list_tools` was a locator)."""
     found = []
-    for f in ast.walk(ast.parse(source)):
+    for f in walked(parsed(source)):
         if not isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) or not f.args.args:
             continue
         first = f.args.args[0].arg
@@ -145,7 +147,7 @@ def _whose(source: str, label: str) -> list[tuple[str, str, str]]:
     """The calls in a module's functions that ask whether the caller sees a record:
     (module, outermost function, the name called)."""
     found = []
-    for f in ast.parse(source).body:
+    for f in parsed(source).body:
         if not isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for node in ast.walk(f):

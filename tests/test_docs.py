@@ -26,6 +26,7 @@ from corral.supervisor.schedule import ScheduleSpec
 from corral.supervisor.teams import Rule, TeamSpec
 from corral.supervisor.workflows import Condition, StepSpec, WorkflowSpec
 
+from . import trees
 from .conftest import ROOT
 
 SECTIONS: dict[str, Any] = {
@@ -140,7 +141,7 @@ def missing_tests(text: str, root: Path, pending: list[str]) -> list[str]:
         if not name:
             continue
         if path not in defined:
-            tree = ast.parse(file.read_text(), str(file))
+            tree = trees.file_tree(file)
             defined[path] = {n.name for n in ast.walk(tree) if isinstance(
                 n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")}
         if name not in defined[path]:

@@ -10,6 +10,8 @@ import ast
 import re
 from pathlib import Path
 
+from .trees import file_tree, parsed, walked
+
 ROOT = Path(__file__).resolve().parent.parent
 CORRAL = ROOT / "corral"
 
@@ -31,9 +33,9 @@ def supervisor_members_reached(root: Path) -> dict[str, set[str]]:
         rel = path.relative_to(root.parent).as_posix()
         if rel.startswith("corral/supervisor/"):
             continue
-        tree = ast.parse(path.read_text())
+        tree = file_tree(path)
         held: set[str] = set()  # self.X holding the supervisor
-        functions = [n for n in ast.walk(tree)
+        functions = [n for n in walked(tree)
                      if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)]
         for fn in functions:
             names = {a.arg for a in fn.args.args + fn.args.kwonlyargs
@@ -89,7 +91,7 @@ def _long_functions(source: str, name: str, limit: int) -> list[str]:
     """Each function of `source` (a method, a nested one) longer than `limit` lines, its
     decorators counted."""
     return [f"{name}:{n.name} ({n.end_lineno - _start(n) + 1} lines)"
-            for n in ast.walk(ast.parse(source))
+            for n in walked(parsed(source))
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
             and n.end_lineno is not None and n.end_lineno - _start(n) + 1 > limit]
 
@@ -137,7 +139,7 @@ def test_no_handler_or_task_front_asks_whether_this_daemon_is_a_node() -> None:
              CORRAL / "daemon" / "http" / "metrics.py"]
     found = []
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in walked(file_tree(path)):
             if isinstance(node, ast.Compare) and any(
                     isinstance(op, ast.Is | ast.IsNot) for op in node.ops) and any(
                     isinstance(o, ast.Attribute) and o.attr == "cluster"
@@ -150,7 +152,7 @@ def _class_names() -> dict[str, list[str]]:
     """Each class name defined in corral/ -> where (file:line), every definition."""
     found: dict[str, list[str]] = {}
     for path in sorted(CORRAL.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in walked(file_tree(path)):
             if isinstance(node, ast.ClassDef):
                 found.setdefault(node.name, []).append(
                     f"{path.relative_to(ROOT)}:{node.lineno}")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .trees import file_tree, walked
+
 ROOT = Path(__file__).resolve().parent.parent / "corral"
 
 # who may import whom (and, through them, whom they may): DESIGN.md section 1
@@ -44,7 +46,7 @@ MODULES = modules()
 def imports(name: str, path: Path) -> Iterator[str]:
     """The corral modules `name` imports, wherever in the file (TYPE_CHECKING included)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in walked(file_tree(path)):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -332,7 +334,7 @@ def test_a_commands_start_declares_only_the_methods_it_calls(
 def _defined(path: Path) -> set[str]:
     """The public names a module defines itself (not those it imports)."""
     names: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in file_tree(path).body:
         if isinstance(node, ast.ClassDef | ast.FunctionDef):
             names.add(node.name)
         elif isinstance(node, ast.Assign):

@@ -28,6 +28,8 @@ from corral.supervisor.lifecycle import (
 )
 from corral.supervisor.restart import RestartPolicy
 
+from .trees import parsed, walked
+
 
 class Recorder:
     """A machine, fired as its executor fires it (executor.py), with what the executor
@@ -365,7 +367,7 @@ def _state_constants(tree: ast.Module) -> frozenset[str]:
     from the machine, and the module's own constants that are sets of state names (a
     copy of lifecycle's)."""
     out = set()
-    for node in ast.walk(tree):
+    for node in walked(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] in (
                 "lifecycle", "supervisor"):
             out.update(a.asname or a.name for a in node.names
@@ -391,10 +393,10 @@ def machine_violations(allowed: Iterable[tuple[str, str]] = ALLOWED) -> list[str
             continue
         rel = str(path.relative_to(CORRAL))
         source = path.read_text()
-        tree = ast.parse(source)
+        tree = parsed(source)
         lines = source.splitlines()
         constants = _state_constants(tree)
-        for node in ast.walk(tree):
+        for node in walked(tree):
             bad = None
             if isinstance(node, ast.Attribute) and node.attr in PRIVATES:
                 bad = f"reads the machine's {node.attr}"

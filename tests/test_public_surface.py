@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from .trees import file_tree, parsed, walked
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 # the standard library's underscored public names (os._exit, a namedtuple's _replace)
@@ -45,14 +47,14 @@ def defined(trees: Iterable[ast.AST]) -> set[str]:
 
 
 def corrals_privates() -> set[str]:
-    return defined(ast.parse(p.read_text()) for p in (ROOT / "corral").rglob("*.py"))
+    return defined(file_tree(p) for p in (ROOT / "corral").rglob("*.py"))
 
 
 def reaches(source: str, privates: set[str]) -> list[tuple[int, str]]:
     """(line, name) of each private attribute of corral's a test module reaches."""
-    tree = ast.parse(source)
-    own = defined([tree])
-    return sorted((node.lineno, node.attr) for node in ast.walk(tree)
+    module = parsed(source)
+    own = defined([module])
+    return sorted((node.lineno, node.attr) for node in walked(module)
                   if isinstance(node, ast.Attribute) and node.attr in privates
                   and _private(node.attr)
                   and node.attr not in own

@@ -32,6 +32,8 @@ from corral.supervisor.tasks.taskmachine import (
 )
 from corral.taskviews import Attempt, TaskFailure
 
+from .trees import file_tree, parsed, walked
+
 S, C = TaskStatus, TaskCause
 
 
@@ -329,7 +331,7 @@ def _assigned(tree: ast.AST, in_task: bool = False) -> list[tuple[int, str]]:
 def status_assignments() -> list[str]:
     out = []
     for path in sorted(CORRAL.rglob("*.py")):
-        for line, receiver in _assigned(ast.parse(path.read_text())):
+        for line, receiver in _assigned(file_tree(path)):
             if receiver not in NOT_TASKS:
                 out.append(f"{path.relative_to(CORRAL)}:{line}: {receiver}")
     return out
@@ -427,7 +429,7 @@ def _reads_status(node: ast.expr) -> bool:
 def status_comparisons(source: str, rel: str) -> list[tuple[str, str]]:
     lines = source.splitlines()
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in walked(parsed(source)):
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             literal = any(_reads_status(o) for o in operands)
