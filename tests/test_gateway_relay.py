@@ -13,6 +13,7 @@ wait are bounded, each refusal naming its bound."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -37,6 +38,11 @@ VERSION = "2026-07-28"
 ELICITING = {"elicitation": {}}
 ACCEPT = {"action": "accept", "content": {"confirm": "yes"}}
 B64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+# the gateway is plain HTTP on loopback: a client made with httpx's default TLS settings
+# loads the CA bundle first, most of a request's CPU here, for no TLS at all
+post = functools.partial(httpx2.post, verify=False)
+delete = functools.partial(httpx2.delete, verify=False)
+streamed = functools.partial(httpx2.stream, verify=False)
 
 
 class Gateway(NamedTuple):
@@ -101,7 +107,7 @@ def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any],
                "Accept": "application/json, text/event-stream",
                "MCP-Protocol-Version": VERSION, "Mcp-Method": method,
                **({"Mcp-Name": named} if isinstance(named, str) else {})}
-    answer: dict[str, Any] = httpx2.post(g.url, json=body, headers=headers,
+    answer: dict[str, Any] = post(g.url, json=body, headers=headers,
                                          timeout=60).json()
     return answer
 
@@ -395,18 +401,18 @@ class Session(NamedTuple):
     def answer(self, rid: Any, result: dict[str, Any], tenant: str | None = None
                ) -> httpx2.Response:
         """The client's response to a request the gateway sent it."""
-        return httpx2.post(self.g.url, json={"jsonrpc": "2.0", "id": rid, "result": result},
+        return post(self.g.url, json={"jsonrpc": "2.0", "id": rid, "result": result},
                            headers=self.headers(tenant), timeout=30)
 
 
 def legacy_session(g: Gateway, tenant: str, caps: dict[str, Any]) -> Session:
-    r = httpx2.post(g.url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    r = post(g.url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": LEGACY, "capabilities": caps,
         "clientInfo": {"name": "t", "version": "1"}}}, headers={
         "Authorization": f"Bearer {g.tokens[tenant]}",
         "Accept": "application/json, text/event-stream"}, timeout=30)
     sess = Session(g, tenant, r.headers["Mcp-Session-Id"])
-    httpx2.post(g.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+    post(g.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
                 headers=sess.headers(), timeout=30)
     return sess
 
@@ -423,7 +429,7 @@ def events(r: Any) -> Iterator[dict[str, Any]]:
 
 
 def legacy_call(s: Session, tool: str, args: dict[str, Any]) -> Any:
-    return httpx2.stream("POST", s.g.url, json={
+    return streamed("POST", s.g.url, json={
         "jsonrpc": "2.0", "id": 5, "method": "tools/call",
         "params": {"name": tool, "arguments": args}}, headers=s.headers(), timeout=60)
 
@@ -458,7 +464,7 @@ def test_a_2025_11_25_clients_error_answer_fails_the_call_saying_so(gateway: Gat
     with legacy_call(s, "confirm_delete", {"filename": "h.txt"}) as r:
         stream = events(r)
         asked = next(stream)
-        httpx2.post(gateway.url, json={"jsonrpc": "2.0", "id": asked["id"], "error": {
+        post(gateway.url, json={"jsonrpc": "2.0", "id": asked["id"], "error": {
             "code": -32603, "message": "the user closed the window"}}, headers=s.headers(),
             timeout=30)
         failed = next(stream)
@@ -521,7 +527,7 @@ def test_a_2026_servers_list_changed_reaches_a_clients_listen_stream(gateway: Ga
     headers = {"Authorization": f"Bearer {g.tokens['acme']}",
                "Accept": "application/json, text/event-stream",
                "MCP-Protocol-Version": VERSION, "Mcp-Method": "subscriptions/listen"}
-    with httpx2.stream("POST", g.url, json=body, headers=headers, timeout=60) as r:
+    with streamed("POST", g.url, json=body, headers=headers, timeout=60) as r:
         stream = events(r)
         ack = next(stream)
         assert ack["method"] == "notifications/subscriptions/acknowledged", ack
@@ -541,7 +547,7 @@ WATCHED = "test://watched-resource"
 
 
 def legacy_rpc(s: Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx2.post(s.g.url, json={
+    answer: dict[str, Any] = post(s.g.url, json={
         "jsonrpc": "2.0", "id": 9, "method": method, "params": params},
         headers=s.headers(), timeout=30).json()
     return answer
@@ -552,7 +558,7 @@ def test_a_sessions_subscription_hears_the_servers_update_on_its_get_stream(
     s = legacy_session(gateway, "acme", {})
     assert legacy_rpc(s, "resources/subscribe", {"uri": WATCHED}) == {
         "jsonrpc": "2.0", "id": 9, "result": {}}
-    with httpx2.stream("GET", gateway.url, headers={
+    with streamed("GET", gateway.url, headers={
             **s.headers(), "Accept": "text/event-stream"}, timeout=60) as r:
         stream = events(r)
         # the stream is open once its first event could come: touch until it does
@@ -584,7 +590,7 @@ def test_a_sessions_subscriptions_are_bounded_by_max_subscriptions(gateway: Gate
     legacy_rpc(s, "resources/unsubscribe", {"uri": "test://template/0/data"})
     assert legacy_rpc(s, "resources/subscribe", {"uri": "test://template/64/data"}).get(
         "result") == {}
-    httpx2.delete(gateway.url, headers=s.headers(), timeout=30)
+    delete(gateway.url, headers=s.headers(), timeout=30)
 
 
 def test_a_servers_roots_are_the_operators_never_a_gateway_clients(gateway: Gateway
@@ -651,7 +657,7 @@ def test_a_prompts_input_is_relayed_too_and_its_state_is_the_prompts_alone(
         "token mcp-acme for fx__confirm_delete"), other
     # a 2025-11-25 session is asked on the prompts/get's stream
     s = legacy_session(g, "acme", ELICITING)
-    with httpx2.stream("POST", g.url, json={"jsonrpc": "2.0", "id": 6, "method": "prompts/get",
+    with streamed("POST", g.url, json={"jsonrpc": "2.0", "id": 6, "method": "prompts/get",
                                             "params": {"name": prompt}},
                        headers=s.headers(), timeout=60) as r:
         stream = events(r)
