@@ -53,7 +53,8 @@ collect() {  # collect FILE...: their modules compiled, their collection said no
 # where a clone of the same tests ran here before, pytest's rewritten modules are found
 # kept under their sources' bytes (scripts/kept_pycs.py, decision 1005): the collection
 # then compiles only the installed packages its imports reach
-.venv/bin/python scripts/kept_pycs.py restore || true
+. scripts/kept.sh  # (where the store is: CORRAL_KEPT)
+.venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs" || true
 halves=$(find tests -name 'test_*.py' | sort)
 # shellcheck disable=SC2046
 collect $(echo "$halves" | awk 'NR % 2 == 1') &
@@ -70,7 +71,7 @@ nice -n 10 .venv/bin/python -m compileall -q -j 0 \
 clients=$!
 wait "$collected"
 wait "$collected2"
-.venv/bin/python scripts/kept_pycs.py keep || true
+.venv/bin/python scripts/kept_pycs.py keep "$CORRAL_KEPT/pycs" || true
 wait "$servers"
 wait "$tools"
 wait "$frameworks"

@@ -12,8 +12,9 @@ import) is checked by its source's mtime and size, so its header is written anew
 source here, whose bytes are the kept ones. A source edited since is not found under its
 new bytes: it is compiled again, as it would be.
 
-usage: kept_pycs.py restore|keep [ROOT]   (ROOT: the tests' directory, tests/ by default;
-the store is $CORRAL_KEPT/pycs, ~/.cache/corral/pycs by default)
+usage: kept_pycs.py restore|keep STORE [ROOT]   (STORE: the kept files' directory, test.sh's
+$CORRAL_KEPT/pycs as scripts/kept.sh places the store; ROOT: the tests' directory, tests/
+by default)
 """
 
 from __future__ import annotations
@@ -30,12 +31,6 @@ from pathlib import Path
 
 HEADER = struct.Struct("<4sIII")  # magic, flags, the source's mtime, its size
 UNUSED_DAYS = 30  # a kept file no restore has used for this long is let go
-
-
-def store() -> Path:
-    base = os.environ.get("CORRAL_KEPT") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "corral")
-    return Path(base) / "pycs"
 
 
 def sources(root: Path) -> list[Path]:
@@ -138,16 +133,17 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2) or argv[0] not in ("restore", "keep"):
+    if len(argv) not in (2, 3) or argv[0] not in ("restore", "keep"):
         print(__doc__.rsplit("usage: ", 1)[1].strip(), file=sys.stderr)
         return 2
-    root = Path(argv[1] if len(argv) == 2 else "tests")
+    store = Path(argv[1])
+    root = Path(argv[2] if len(argv) == 3 else "tests")
     if argv[0] == "restore":
-        written, of = restore(root, store())
+        written, of = restore(root, store)
         print(f"kept_pycs: {written} byte-code files restored for {of} sources",
               file=sys.stderr)
     else:
-        print(f"kept_pycs: {keep(root, store())} new byte-code files kept", file=sys.stderr)
+        print(f"kept_pycs: {keep(root, store)} new byte-code files kept", file=sys.stderr)
     return 0
 
 

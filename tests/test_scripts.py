@@ -467,9 +467,9 @@ def pytest_in(checkout: Path, *args: str, write: bool) -> subprocess.CompletedPr
 
 
 def kept_pycs(checkout: Path, store: Path, verb: str) -> str:
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "kept_pycs.py"), verb],
-                       cwd=checkout, env={**os.environ, "CORRAL_KEPT": str(store)},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "kept_pycs.py"), verb,
+                        str(store / "pycs")], cwd=checkout, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stderr.strip()
 
@@ -512,6 +512,14 @@ def test_kept_pycs_carry_a_collections_byte_code_to_another_checkout(tmp_path: P
                             cwd=b / "tests", capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert f"code object from '{b}/tests/__pycache__/helper." in helper.stderr
+    # a kept file cut short (a disk that filled) is passed over, not restored, and the
+    # restore goes on with the rest
+    (b / "tests" / "other.py").write_text("TWO = 2\n")
+    digest = hashlib.sha256(b"TWO = 2\n").hexdigest()
+    (store / "pycs" / f"{digest}.{sys.implementation.cache_tag}.pyc").write_bytes(b"\x00" * 7)
+    assert kept_pycs(b, store, "restore") == "kept_pycs: 3 byte-code files restored for " \
+                                             "4 sources"
+    assert not list((b / "tests" / "__pycache__").glob("other.*"))
     # c's test module has other bytes: not restored, rewritten as pytest does
     assert kept_pycs(c, store, "restore") == "kept_pycs: 2 byte-code files restored for " \
                                              "3 sources"
