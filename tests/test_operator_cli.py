@@ -9,7 +9,8 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,21 @@ def _events(text: str, name: str) -> list[tuple[int, str]]:
     return [(int(m.group(1)), m.group(2)) for m in map(pat.search, text.splitlines()) if m]
 
 
+def _lines_until(proc: subprocess.Popen[str], done: Callable[[str], bool]) -> str:
+    """What `proc` printed until `done` holds of it or its output ends; past a minute it is
+    killed, so a line that never comes fails the test's assertions, not its run."""
+    assert proc.stdout is not None
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    text = ""
+    try:
+        while not done(text) and (line := proc.stdout.readline()):
+            text += line
+    finally:
+        watchdog.cancel()
+    return text
+
+
 def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
         tmp: Path) -> None:
     work = MISBEHAVE.replace("[agents.misbehave", "[agents.work").replace(
@@ -239,6 +255,10 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
             with Client(d.sock) as c:
                 done = [c.call("tasks.get", {"task_id": i, "wait": True}) for i in ids]
             assert [t["status"] for t in done] == ["succeeded"] * 60
+            # the restart's answer may come before the follower printed the old processes'
+            # last events: read until each one's `shutting_down` is there
+            seen = _lines_until(follower, lambda text: all(
+                (old, "shutting_down") in _events(text, "work") for old in before.values()))
         finally:
             follower.send_signal(signal.SIGINT)
             try:
@@ -249,6 +269,7 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
                 # its SIGINT by a minute, not reproduced since)
                 follower.kill()
                 out, _ = follower.communicate(timeout=60)
+        out = seen + out
         after = {k: v["pid"] for k, v in d.status().items()}
         assert set(after) == set(before) and not set(after.values()) & set(before.values())
         serving = dict.fromkeys(before.values(), True)
