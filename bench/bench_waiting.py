@@ -14,7 +14,9 @@ by side with LangGraph's interrupt and DBOS's recv, in one run.
    agent's replicas with a pid, the daemon's descendants), and the daemon's memory per
    suspended task (RSS, USS and PSS from /proc by psutil, from outside: the daemon after
    a warm-up round that suspended and answered WARM tasks and its agent asleep, against
-   the same with the 10,000 suspended), then again once all are answered and done.
+   the same with the 10,000 suspended); then after an upgrade in place (`corral upgrade`:
+   the same pid, agents and tasks, the state read back by the new image) and after a
+   restart, against the cold daemon; then again once all are answered and done.
 2. **Resume after an answer.** A daemon of its own with three agents (the same script),
    each task making 20 tool calls to a stdio MCP server (bench/min_mcp_server.py, each
    call journaled) then asking: `awake` (min_replicas 1: its replica stays), `asleep`
@@ -56,6 +58,7 @@ import msgspec
 import psutil
 
 from .bench_cluster import Client
+from .bench_upgrade import upgrade
 from .harness import BIN, PY, ROOT, CorralDaemon, report, workdir
 
 AGENT = ROOT / "bench" / "waiting_agent.py"
@@ -283,6 +286,18 @@ def waiting(d: Path, n: int, warm_n: int, tenants: int, slots: int = SLOTS
         sample = c.call("tasks.get", {"task_id": ids[-1]})
         assert sample["status"] == "suspended", sample["status"]
         out["state_dir_bytes_per_task"] = round((state_bytes(d) - disk) / n)
+        # the same daemon upgraded in place (`corral upgrade`: its pid, its agents and the
+        # suspended tasks kept, its state read back by the new image): how an operator has
+        # the passage's high-water back without a stop
+        c.close()
+        out["upgrade_s"] = round(upgrade(daemon)[0], 2)
+        c = Client(daemon.sock)
+        assert count(c, "suspended") == n
+        wait_for("the agents asleep", lambda: asleep(c, agents), 120, 0.1)
+        time.sleep(2)
+        out["upgraded"] = memory(pid)
+        out["upgraded_per_task_bytes"] = {k: round((out["upgraded"][k] - out["cold"][k]) / n)
+                                          for k in before}
         # the same daemon restarted: the suspended tasks read back from its journal, none
         # of the traffic that brought them there (its memory's high-water) in the process
         c.close()

@@ -328,3 +328,55 @@ def test_the_stores_statements_make_no_cursor_each(tmp_path: Path) -> None:
         assert db.rows("SELECT count(*) FROM t") == [(301,)]
     finally:
         db.close()
+
+
+SQLITE_HEAP = """
+import ctypes, sqlite3, sys, _sqlite3
+from pathlib import Path
+from corral.daemon.storeschema import SQLITE_HEAP_BYTES, connect
+
+used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used  # (found in what it links)
+used.restype = ctypes.c_int64
+path = Path(sys.argv[1])
+
+def read_whole(dbs):
+    assert all(db.execute("SELECT count(*), sum(length(v)) FROM t").fetchone()
+               == (2000, 2000 * 4000) for db in dbs), "rows read back otherwise"
+    return used()
+
+plain = [sqlite3.connect(path) for _ in range(4)]
+print("plain", read_whole(plain))
+for db in plain:
+    db.close()
+if sys.argv[2] == "embedder":  # a program that embeds corral and set a limit of its own
+    sqlite3.connect(":memory:").execute("PRAGMA soft_heap_limit = 123456789")
+ours = [connect(path) for _ in range(4)]
+print("ours", read_whole(ours), SQLITE_HEAP_BYTES)
+print("limit", ours[0].execute("PRAGMA soft_heap_limit").fetchone()[0])
+"""
+
+
+@pytest.mark.parametrize("embedder", [False, True], ids=["daemon", "embedder"])
+def test_the_stores_sqlite_memory_is_bounded_in_all_not_per_connection(
+        tmp_path: Path, embedder: bool) -> None:
+    """Issue 55, decision 1007: each connection's page cache grew to 2 MiB of rows read or
+    written once (a wave of suspended tasks, their read-back at a restart): SQLite's heap
+    in all is bounded by a soft limit, unless a program embedding corral set its own."""
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # 8 MB of rows: four connections reading it whole
+        db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        db.executemany("INSERT INTO t VALUES (?, ?)", ((k, "x" * 4000) for k in range(2000)))
+    db.close()
+    r = subprocess.run([sys.executable, "-c", SQLITE_HEAP, str(path),
+                        "embedder" if embedder else "daemon"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    out = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in r.stdout.splitlines()}
+    (plain,), (ours, bound), (limit,) = out["plain"], out["ours"], out["limit"]
+    assert plain > 2 * bound, r.stdout  # a cache a connection, past the bound
+    if embedder:
+        assert limit == 123456789 and ours > 2 * bound, r.stdout
+    else:
+        # a soft limit: a read in progress may pass it by the pages it holds at once
+        assert ours < bound + 1024 * 1024 and limit == bound, r.stdout

@@ -9,6 +9,7 @@ import itertools
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import msgspec
@@ -264,3 +265,41 @@ async def test_a_commit_whose_waiter_is_cancelled_is_made_and_its_end_is_no_erro
         go.set()
         loop.set_exception_handler(None)
 
+
+
+async def test_the_writer_thread_keeps_no_job_it_has_run(tmp_path: Path) -> None:
+    """Issue 55, decision 1008: the thread held the last job it ran, and its callback, until
+    the next one came: a wave of suspended tasks' rows, one batch, was kept after it was
+    committed."""
+    store = StateStore(tmp_path / "corral.db")
+    writer = store.open_writer()
+    try:
+        class Batch:
+            pass
+
+        gone = {"job": threading.Event(), "done": threading.Event()}
+        told = asyncio.get_running_loop().create_future()
+
+        def hand_over() -> None:  # nothing of the batch is left in this frame
+            batch, settled = Batch(), Batch()
+            refs = [weakref.ref(batch, lambda _: gone["job"].set()),
+                    weakref.ref(settled, lambda _: gone["done"].set())]
+
+            def job(db: sqlite3.Connection) -> None:
+                assert batch is not None and db.execute("SELECT 1").fetchone() == (1,)
+
+            def done(error: str | None) -> None:
+                told.set_result((error, settled is not None))
+            writer.thread.run(job, done)
+            keep.extend(refs)
+
+        keep: list[weakref.ref[Batch]] = []
+        hand_over()
+        assert await told == (None, True)
+        assert writer.thread.handed == 1
+        # the thread lets both go before it waits for the next job; its callback has run
+        for what, event in gone.items():
+            assert await asyncio.to_thread(event.wait, 30), f"the writer thread kept the {what}"
+    finally:
+        await store.close_writer()
+        store.close()

@@ -41,6 +41,11 @@ from .revisions import MIGRATION as REVISIONS_MIGRATION
 from .spawnmigration import carry_spawn_trees
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
+# SQLite's memory in all, past which its connections' page caches reuse their pages rather
+# than grow (`PRAGMA soft_heap_limit`, the process's): without it each of the daemon's
+# connections keeps up to 2 MiB of pages, most of them rows read or written once — a wave
+# of suspended tasks' writes, their read-back at start-up (decision 1007)
+SQLITE_HEAP_BYTES = 4 * 1024 * 1024
 
 Migration = str | Callable[[sqlite3.Connection], None]
 
@@ -629,6 +634,8 @@ def connect(path: Path, *, sync: str = "normal") -> StoreConnection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        if not db.rows("PRAGMA soft_heap_limit")[0][0]:  # an embedding program's is its own
+            db.execute(f"PRAGMA soft_heap_limit = {SQLITE_HEAP_BYTES}")
     except sqlite3.Error:
         db.close()
         raise

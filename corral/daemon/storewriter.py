@@ -259,6 +259,10 @@ class WriterThread:
                 self._loop.call_soon_threadsafe(done, error)
             elif error is not None:
                 log.error("state database %s: %s", self.path, error)
+            # while it waits for the next job the thread would hold this one, and with it
+            # its batch: a wave of 10,000 suspended tasks' rows kept until the next write,
+            # each among the wave's short-lived objects, each holding an allocator's arena
+            del item, job, done
 
     def _failed(self, exc: Exception) -> str:
         if not isinstance(exc, sqlite3.Error):

@@ -314,6 +314,7 @@ class Worker(SupervisorLink):
                 self._waiting -= 1
                 self._last_take = time.monotonic()
             self._run_sync(rid, ctx, task_input)
+            del ctx, task_input  # not kept while the thread waits for the next (as 1008)
 
     def _now_idle(self) -> None:
         # counted before the reply goes out: the supervisor may send the next task the
