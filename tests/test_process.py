@@ -47,14 +47,15 @@ async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once
         raise AssertionError("attach connected a closed pipe")
     assert popen.wait(10) == -9  # killed: a process must not run on unwatched
     # the pipe no transport took is closed now; the one a transport took is the
-    # transport's to close (closed here too, its fd number would be free for the
-    # transport to close someone else's a turn later)
-    assert stderr.closed and not stdin.closed
+    # transport's to close: uvloop's was given a duplicate of it (pipeends.py), the file
+    # closed at once
+    assert stderr.closed and stdin.closed
     assert child.stdin is not None and child._stdout is None and child._stderr is None
+    taken = child.stdin.get_extra_info("pipe").fileno()
+    os.fstat(taken)  # open: the transport's
     child.close()
     await asyncio.sleep(0)  # transports close their pipes a turn later
     await asyncio.sleep(0)
-    assert stdin.closed
     popen.stdout.close()
     # (the loop may have made fds of its own meanwhile: pipes and pidfds are ours)
     assert {fd for fd in open_fds() - before if _is_pipe_or_pidfd(fd)} == set()
@@ -171,3 +172,56 @@ async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
             os.kill(popen.pid, 9)
             popen.wait(10)
         child.close()
+
+
+async def test_what_a_uvloop_transport_holds_of_a_pipe_closes_nothing_and_its_close_once(
+        ) -> None:
+    """Decision 1009: uvloop's pipe transport closes its fd (libuv) and then calls the
+    file object's `close()`, which closed the number again: in a daemon with threads,
+    another thread's file given that number in between (a deploy's scan, seen in
+    test_packages). What it holds closes nothing; libuv's close is the one."""
+    before = open_fds()
+    popen, child = _spawn("import sys; sys.stdin.buffer.read()")
+    given = _pipes(popen)
+    await child.attach(*given, on_stdout_line=print, on_stderr_lines=print,
+                       on_oversize=print)
+    fds = child.fds()
+    assert fds is not None and len(set(fds)) == 3
+    assert child.stdin is not None
+    held = child.stdin.get_extra_info("pipe")
+    held.close()  # what the transport calls after libuv closed the number
+    try:
+        os.fstat(fds[0])
+    except OSError as exc:
+        raise AssertionError("what the transport holds closed its fd, which libuv closes "
+                             f"too: {exc}") from None
+    assert all(f.closed for f in given)  # no second owner of the pipes left to a GC
+    child.close()
+    popen.kill()
+    popen.wait(10)
+    await wait_until_async(lambda: not {fd for fd in open_fds() - before
+                                        if _is_pipe_or_pidfd(fd)}, 10)
+
+
+def test_an_asyncio_loops_transport_is_given_the_pipe_it_closes_itself() -> None:
+    """asyncio's own pipe transports close their pipe through `close()` alone: given the
+    file object as it is, and nothing is left open."""
+    async def attached() -> None:
+        popen, child = _spawn("import sys; sys.stdin.buffer.read()")
+        given = _pipes(popen)
+        await child.attach(*given, on_stdout_line=print, on_stderr_lines=print,
+                           on_oversize=print)
+        assert child.stdin is not None
+        assert child.stdin.get_extra_info("pipe") is given[0] and not given[0].closed
+        child.close()
+        popen.kill()
+        popen.wait(10)
+        for _ in range(3):  # (its transports close their pipes a turn or two later)
+            await asyncio.sleep(0)
+        assert all(f.closed for f in given)
+
+    loop = asyncio.new_event_loop()  # the standard library's, not uvloop's
+    try:
+        loop.run_until_complete(attached())
+    finally:
+        loop.close()

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from ..cork import Cork, Parts
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
 from ..timeouts import within
+from . import pipeends
 from .caps import wrap_argv
 from .config import ConfigError, Limits, passwd_of
 from .containment import TOKEN_VARIABLE, Containment, place
@@ -320,11 +321,19 @@ class ChildProcess(asyncio.Protocol):
         loop = self.loop
         self._on_stderr_lines = on_stderr_lines
         self._on_stdout_eof = on_stdout_eof
+        pipes = [stdin, stdout, stderr]  # each as given to its transport, once it is
+
+        def given(i: int) -> Any:
+            pipes[i] = pipeends.for_transport(loop, pipes[i])
+            return pipes[i]
+
         try:
             if stdin is not None:  # (None: a plain program adopted, its stdin closed)
+                stdin = given(0)
                 stdin_t, _ = await loop.connect_write_pipe(lambda: self, stdin)
                 stdin_t.set_write_buffer_limits(high=STDIN_HIGH, low=STDIN_LOW)  # type: ignore[attr-defined]
                 self.stdin = stdin_t  # type: ignore[assignment]
+            stdout = given(1)
             if on_stdout_lines is not None:
                 self._stdout, _ = await loop.connect_read_pipe(
                     lambda: ChunkLines(on_stdout_lines, self._stdout_eof, max_line=max_line),
@@ -339,6 +348,7 @@ class ChildProcess(asyncio.Protocol):
                     stdout,
                 )
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
+            stderr = given(2)
             self._stderr, _ = await loop.connect_read_pipe(
                 lambda: ChunkLines(self._stderr_lines, self._stderr_eof, max_line=max_line),
                 stderr,
@@ -351,11 +361,10 @@ class ChildProcess(asyncio.Protocol):
             # a pipe a transport took is the transport's to close (close() does it, and
             # its fd is freed a turn later); closing that file here too would free the fd
             # number at once, for the transport to close someone else's a turn later
-            for pipe, transport in zip((stdin, stdout, stderr),
-                                       (self.stdin, self._stdout, self._stderr),
+            for pipe, transport in zip(pipes, (self.stdin, self._stdout, self._stderr),
                                        strict=True):
                 if transport is None and pipe is not None:
-                    pipe.close()
+                    pipeends.discard(pipe)
             raise
 
     # the stdin pipe's protocol: its write backlog crossed a mark

@@ -1,0 +1,74 @@
+"""Our ends of a child's pipes, as the loop's pipe transports take them.
+
+uvloop's pipe transport closes its fd itself (libuv's `uv_close`) and then calls the file
+object it was given's `close()`, which closes the same number again (its EBADF ignored).
+In a process with threads — a deploy's build opening its package's files, the state
+database's writer — another thread may be given that number in between, and the second
+close takes its file from under it (a package scan's directory fd was seen taken so, its
+number reused by a file opened meanwhile; a database's would be written through by
+whoever came next). So a transport of uvloop's is given a `LoopOwned` end instead: a
+duplicate of the pipe's fd, whose `close()` closes nothing, and the file object is closed
+at once, once. asyncio's own transports close their pipe only through `close()`: they are
+given the file object as it is (decision 1009)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+
+class LoopOwned:
+    """A pipe's fd that its transport's loop closes (libuv): `close()` only says so."""
+
+    __slots__ = ("_fd", "_pipe", "closed")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        st = os.fstat(fd)
+        self._pipe = (st.st_dev, st.st_ino)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        self.closed = True  # the fd is libuv's to close, and closed by it already
+
+    def close_if_ours(self) -> None:
+        """Close the fd unless a transport that failed to start closed it already (uvloop
+        closes what it opened): the number then is free, or another file's."""
+        try:
+            st = os.fstat(self._fd)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == self._pipe:
+            os.close(self._fd)
+
+
+def closes_its_pipes(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether `loop`'s pipe transports close their fd themselves (uvloop's)."""
+    uvloop = sys.modules.get("uvloop")  # (a loop of uvloop's: uvloop is imported)
+    return uvloop is not None and isinstance(loop, uvloop.Loop)
+
+
+def for_transport(loop: asyncio.AbstractEventLoop, pipe: Any) -> Any:
+    """What to give `loop.connect_*_pipe` for `pipe` (a file object, or None), `pipe`
+    closed if it is not that; a `LoopOwned` end no transport took is closed by
+    `discard`."""
+    if pipe is None or not closes_its_pipes(loop):
+        return pipe
+    end = LoopOwned(os.dup(pipe.fileno()))
+    pipe.close()
+    return end
+
+
+def discard(pipe: Any) -> None:
+    """Close an end no transport took."""
+    if isinstance(pipe, LoopOwned):
+        if not pipe.closed:
+            pipe.closed = True
+            pipe.close_if_ours()
+    else:
+        pipe.close()
