@@ -12,7 +12,10 @@ kept() {  # kept LINK KEY MAKER [ARG...]: `MAKER DIR ARG...` makes DIR, LINK lin
     # one maker per key (two clones set up at once): the other waits, then finds it made;
     # marked made only once its builder succeeded, a failed make leaves nothing behind
     (
-        flock 9
+        flock -n 9 || {
+            echo "corral: ${_kept_link#.}: another set-up is making it; waiting for it…" >&2
+            flock 9
+        }
         if [ ! -e "$_kept_dir/.corral-kept" ]; then
             rm -rf "$_kept_dir"
             _kept_maker=$1

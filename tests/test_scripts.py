@@ -4,7 +4,6 @@ fail with any install; scripts/flaky.py and scripts/suite_times.py say what they
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -13,10 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
-
-import psutil
 
 from .conftest import ROOT
 
@@ -261,8 +258,9 @@ def key(text: str) -> str:
 
 
 MAKER = """
-make() {  # make DIR WORD: logs it, then waits for the test's word on the fifo
+make() {  # make DIR WORD: logs it and says so, then waits for the test's word on the fifo
     echo "made $2" >> log
+    echo "making $2" >&2
     read -r word < fifo
     [ "$word" = ok ] && echo "$2" > "$1/made"
 }
@@ -276,14 +274,16 @@ def keep(tmp: Path, env: dict[str, str], checkout: Path, word: str) -> subproces
                             stderr=subprocess.PIPE, text=True)
 
 
-def waiting_in_flock(pid: int) -> bool:
-    """Whether a `flock` among the shell's children runs (the others its short-lived
-    commands, which may be gone by the time they are looked at)."""
-    for p in psutil.Process(pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if p.name() == "flock" and p.status() != psutil.STATUS_ZOMBIE:
-                return True
-    return False
+def said(proc: subprocess.Popen[str]) -> str:
+    """The next line `proc` writes to its stderr (a minute at most: then it is killed, and
+    the line is empty)."""
+    assert proc.stderr is not None
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        return proc.stderr.readline()
+    finally:
+        watchdog.cancel()
 
 
 def test_kept_makes_an_install_once_a_machine_and_links_each_checkout_to_it(
@@ -303,16 +303,12 @@ def test_kept_makes_an_install_once_a_machine_and_links_each_checkout_to_it(
     (a / "log").write_text("")
     first = keep(tmp, env, a, "one")
     try:
-        deadline = time.monotonic() + 30
         # the first holds the lock once it is making (blocked on its fifo)
-        while (a / "log").read_text() != "made one\n":
-            assert time.monotonic() < deadline and first.poll() is None, first.stderr
-            time.sleep(0.01)
+        assert said(first) == "making one\n"
         second = keep(tmp, env, b, "two")
-        # and the second is waiting once its `flock` is
-        while not waiting_in_flock(second.pid):
-            assert time.monotonic() < deadline and second.poll() is None, second.stderr
-            time.sleep(0.01)
+        # and the second says it waits for the lock
+        assert said(second) == ("corral: thing: another set-up is making it; waiting for "
+                                "it…\n")
         (a / "fifo").write_text("ok\n")
         assert (first.wait(timeout=60), second.wait(timeout=60)) == (0, 0)
     finally:
