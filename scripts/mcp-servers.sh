@@ -39,7 +39,7 @@ kept .uv-kept "uvx $(.venv/bin/uv --version) $(python3 -V) mcp==1.30.0 $_uv_tool
 # copy of their own, its files hard links to the kept ones (uv replaces a file, never
 # writes into one), or copies where the store is on another file system; made anew when
 # the kept one is another
-if [ -z "${_uv_failed:-}" ]; then
+if [ -z "$_uv_failed" ]; then
     _uv_from=$(readlink .uv-kept)
     if [ "$(cat .uv-cache/.corral-from 2>/dev/null)" != "$_uv_from" ]; then
         rm -rf .uv-cache
@@ -50,13 +50,13 @@ if [ -z "${_uv_failed:-}" ]; then
 fi
 _npm_failed=""
 wait "$_npm_servers" || _npm_failed=1
-if [ -n "${_uv_failed:-}" ]; then
+if [ -n "$_uv_failed" ]; then
     echo "corral: uv could not make the PyPI MCP servers' environments" \
         "(scripts/mcp-servers.sh)" >&2
 fi
 if [ -n "$_npm_failed" ]; then
     echo "corral: npm could not install the MCP servers (scripts/mcp-servers.sh)" >&2
 fi
-if [ -n "${_uv_failed:-}$_npm_failed" ]; then
+if [ -n "$_uv_failed$_npm_failed" ]; then
     return 1
 fi
