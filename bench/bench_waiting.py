@@ -265,6 +265,17 @@ def waiting(d: Path, n: int, warm_n: int, tenants: int, slots: int = SLOTS
     pid = daemon.proc.pid
     c = Client(daemon.sock)
     out: dict[str, Any] = {"tasks": n, "tenants": tenants, "warm_up": warm_n}
+
+    def read_back(name: str) -> None:
+        """The daemon (its image new, its state read back): every task still suspended,
+        the agents asleep, its memory against the cold daemon's."""
+        assert count(c, "suspended") == n
+        wait_for("the agents asleep", lambda: asleep(c, agents), 120, 0.1)
+        time.sleep(2)
+        out[name] = memory(pid)
+        out[f"{name}_per_task_bytes"] = {k: round((out[name][k] - out["cold"][k]) / n)
+                                         for k in out["cold"]}
+
     try:
         wait_for("the agents asleep", lambda: asleep(c, agents), 120, 0.1)
         time.sleep(2)
@@ -296,12 +307,7 @@ def waiting(d: Path, n: int, warm_n: int, tenants: int, slots: int = SLOTS
         c.close()
         out["upgrade_s"] = round(upgrade(daemon)[0], 2)
         c = Client(daemon.sock)
-        assert count(c, "suspended") == n
-        wait_for("the agents asleep", lambda: asleep(c, agents), 120, 0.1)
-        time.sleep(2)
-        out["upgraded"] = memory(pid)
-        out["upgraded_per_task_bytes"] = {k: round((out["upgraded"][k] - out["cold"][k]) / n)
-                                          for k in before}
+        read_back("upgraded")
         # the same daemon restarted: the suspended tasks read back from its journal, none
         # of the traffic that brought them there (its memory's high-water) in the process
         c.close()
@@ -312,12 +318,7 @@ def waiting(d: Path, n: int, warm_n: int, tenants: int, slots: int = SLOTS
         assert daemon.proc is not None
         pid = daemon.proc.pid
         c = Client(daemon.sock)
-        assert count(c, "suspended") == n
-        wait_for("the agents asleep", lambda: asleep(c, agents), 120, 0.1)
-        time.sleep(2)
-        out["restarted"] = memory(pid)
-        out["restarted_per_task_bytes"] = {k: round((out["restarted"][k] - out["cold"][k]) / n)
-                                           for k in before}
+        read_back("restarted")
         t = finish_all(c, daemon.sock, n, 1800)
         out["answer_all_and_done_s"] = round(t, 1)
         wait_for("the agents asleep", lambda: asleep(c, agents), 120, 0.1)
