@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from corral.daemon import checkpointer as checkpointer_mod
+from corral.daemon import storewriter
 from corral.daemon.checkpointer import Checkpointer
 from corral.daemon.storeschema import StoreConnection, connect
 from corral.daemon.storewriter import WriterThread
@@ -112,3 +113,35 @@ async def test_a_failing_checkpoint_is_told_once_and_its_recovery_once(
             *failed, f"state database {path}: WAL checkpoints work again"]
     finally:
         await asyncio.to_thread(cp.close)
+
+
+async def test_the_wal_a_burst_left_is_cut_back_once_it_is_copied(tmp_path: Path) -> None:
+    """Decision 1010: SQLite reuses its WAL file from the beginning rather than shrink it,
+    so a burst's high-water stayed on disk (10,000 tasks suspended at once left 180 MB);
+    the writer's next commit after a checkpoint copied it all cuts it back."""
+    path = tmp_path / "state.db"
+    make_table(path)
+    wal = tmp_path / "state.db-wal"
+    writer = WriterThread(path)
+    try:
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        def burst(db: sqlite3.Connection) -> None:  # 20 MiB in one transaction
+            db.executemany("INSERT INTO t VALUES (?, ?)",
+                           ((k, b"x" * (1 << 20)) for k in range(20)))
+
+        writer.run(burst, done.set_result)
+        assert await done is None
+        assert wal.stat().st_size > storewriter.WAL_KEPT_BYTES
+        await wait_until_async(lambda: writer.checkpointer.last[0] > 5000
+                               and writer.checkpointer.last[0] == writer.checkpointer.last[1],
+                               10)
+        assert wal.stat().st_size > storewriter.WAL_KEPT_BYTES  # copied, not yet cut back
+        await commit(writer, 100)  # the writer starts the WAL again from its beginning
+        assert wal.stat().st_size <= storewriter.WAL_KEPT_BYTES
+        reader = sqlite3.connect(path)
+        assert reader.execute("SELECT count(*), sum(length(v)) FROM t").fetchone() == (
+            21, 20 * (1 << 20) + len(ROW))
+        reader.close()
+    finally:
+        await writer.close()
