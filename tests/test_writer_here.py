@@ -266,7 +266,6 @@ async def test_a_commit_whose_waiter_is_cancelled_is_made_and_its_end_is_no_erro
         loop.set_exception_handler(None)
 
 
-
 async def test_the_writer_thread_keeps_no_job_it_has_run(tmp_path: Path) -> None:
     """Issue 55, decision 1008: the thread held the last job it ran, and its callback, until
     the next one came: a wave of suspended tasks' rows, one batch, was kept after it was
