@@ -120,7 +120,9 @@ def test_a_clusters_redis_down_at_start_is_told_and_the_agents_run() -> None:
             "local agents run on"]
         line = f"1 agent, 2/2 replicas serving, 0 failed; cluster Redis not answering ({refused})"
         # READY=1 may have gone out before the first beat failed: a later STATUS= tells it
-        assert statuses(d, "1 agent, 2/2 replicas serving, 0 failed; cluster") == line
+        # (on a loaded host a first beat's connect may time out before it is refused: the
+        # line says so, and the next beat's refusal is told in a line of its own)
+        assert statuses(d, line) == line
         redis.start()
         wait_until(lambda: d.status_json()["notices"] == [], timeout=30,
                    what="Redis answering")
