@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import textwrap
@@ -22,7 +21,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import NoSuchAgent, State, Supervisor, Transition
+from corral.supervisor import NoSuchAgent, State, Supervisor, Transition, containment
 from corral.supervisor.containment import cgroup_pids, read_stat
 from corral.taskoptions import TaskOptions
 
@@ -400,24 +399,10 @@ def cgroup_file(cg: Path, name: str) -> str:
     return (cg / name).read_text()
 
 
-def events_say(cg: Path, line: str, timeout: float = 30) -> bool:
-    """Whether the cgroup's cgroup.events says `line` within `timeout`: a freeze (a thaw)
-    is done once the kernel says so, and it tells a change of that file by EPOLLPRI (as
-    containment.wait_frozen waits for it)."""
-    fd = os.open(cg / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
-    ep = select.epoll()
-    try:
-        ep.register(fd, select.EPOLLPRI)
-        deadline = time.monotonic() + timeout
-        while line not in os.pread(fd, 4096, 0).decode().splitlines():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            ep.poll(left)
-        return True
-    finally:
-        ep.close()
-        os.close(fd)
+def events_say(cg: Path, frozen: bool) -> bool:
+    """Whether the kernel says the cgroup is frozen (thawed) within 30 s, waited for as the
+    daemon waits for a freeze (its notification of cgroup.events)."""
+    return asyncio.run(containment.wait_frozen(str(cg), 30, frozen))
 
 
 def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None:  # noqa: F811
@@ -560,12 +545,12 @@ def test_a_freeze_whose_events_cannot_be_read_is_said_so(delegated: Path) -> Non
         (cg / "cgroup.events").chmod(0o444)
         # frozen all the same, once the kernel is done (the daemon, which could not read
         # that file, did not wait for it: a loaded host's freeze may come after its answer)
-        assert events_say(cg, "frozen 1"), cgroup_file(cg, "cgroup.events")
+        assert events_say(cg, True), cgroup_file(cg, "cgroup.events")
         assert corral_lines(d, "w")[-1] == ("paused, but not seen frozen: "
                                             f"{cg}/cgroup.events cannot be read "
                                             "(Permission denied)")
         assert d.cli("resume", "w").returncode == 0
-        assert events_say(cg, "frozen 0"), cgroup_file(cg, "cgroup.events")
+        assert events_say(cg, False), cgroup_file(cg, "cgroup.events")
 
 
 def test_a_resume_whose_thaw_cannot_be_written_leaves_the_replica_paused(

@@ -269,12 +269,12 @@ def set_frozen(cgroup_dir: str, on: bool) -> None:
     write_knob(os.path.join(cgroup_dir, "cgroup.freeze"), "1" if on else "0")
 
 
-def _events_say_frozen(fd: int) -> bool:
+def _events_say_frozen(fd: int, frozen: bool) -> bool:
     # a read from the start is what re-arms the kernel's notification of the next change
     for line in os.pread(fd, 4096, 0).decode().splitlines():
         key, _, value = line.partition(" ")
         if key == "frozen":
-            return value.strip() == "1"
+            return value.strip() == ("1" if frozen else "0")
     return False
 
 
@@ -293,18 +293,19 @@ def _settle(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def wait_frozen(cgroup_dir: str, timeout: float) -> bool:
+async def wait_frozen(cgroup_dir: str, timeout: float, frozen: bool = True) -> bool:
     """Wait until the kernel says the cgroup is frozen (`frozen 1` in cgroup.events: a
-    freeze is done only once every task in it has stopped); False after `timeout`. The
-    kernel notifies a change of that file (EPOLLPRI): an epoll set holding it is watched
-    by the loop, so nothing polls. OSError if that file cannot be opened."""
+    freeze is done only once every task in it has stopped), or thawed with `frozen`
+    False; False after `timeout`. The kernel notifies a change of that file (EPOLLPRI):
+    an epoll set holding it is watched by the loop, so nothing polls. OSError if that
+    file cannot be opened."""
     fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
     ep = select.epoll()
     loop = asyncio.get_running_loop()
     try:
         ep.register(fd, select.EPOLLPRI)
         deadline = loop.time() + timeout
-        while not _events_say_frozen(fd):
+        while not _events_say_frozen(fd, frozen):
             left = deadline - loop.time()
             if left <= 0:
                 return False
