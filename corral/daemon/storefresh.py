@@ -3,7 +3,7 @@ made from at once (storeschema.migrate, decision 927). Made by
 scripts/fresh_schema.py from storeschema.MIGRATIONS; not edited by hand.
 """
 
-DIGEST = "8e8f33b2b62365a2a2d308d7978d75fffbf25c0165214b278cb95208d615b961"
+DIGEST = "0e2b0fe07462a6de617b4cc31fbbcdf33364c4fec8851e3693955675e766e33b"
 
 SCHEMA = (
     'CREATE TABLE runtime_agents (\n'
@@ -236,4 +236,14 @@ SCHEMA = (
     '    ) WITHOUT ROWID',
     'CREATE UNIQUE INDEX call_signals_key ON call_signals (call_id, key) WHERE key IS'
     ' NOT NULL',
+    'CREATE TABLE idempotency_keys (\n'
+    '        tenant TEXT NOT NULL,\n'
+    '        key TEXT NOT NULL,\n'
+    '        task_id TEXT NOT NULL,\n'
+    '        digest TEXT NOT NULL,\n'
+    '        created REAL NOT NULL,\n'
+    '        PRIMARY KEY (tenant, key)\n'
+    '    ) WITHOUT ROWID',
+    'CREATE INDEX idempotency_keys_held ON idempotency_keys (tenant, created)',
+    'CREATE INDEX idempotency_keys_age ON idempotency_keys (created)',
 )

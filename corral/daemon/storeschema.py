@@ -534,6 +534,21 @@ MIGRATIONS: list[Migration] = [
     # spawn trees are durable calls (supervisor/tasks/spawntree.py): carried out of the
     # step journal into the calls' tables (spawnmigration.py)
     carry_spawn_trees,
+    # submissions' idempotency keys (corral/taskkeys.py), each its tenant's, written in
+    # the transaction of its task's first row (taskjournal.py); `tenant` '' for none.
+    # The indexes: a tenant's keys counted against its bound, the old ones pruned
+    """
+    CREATE TABLE idempotency_keys (
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (tenant, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_keys_held ON idempotency_keys (tenant, created);
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,49 @@
+"""A submission's idempotency key (TaskOptions.idempotency_key), what every home keeps of
+it and says of it alike: the node's journal (daemon/taskjournal.py, the table
+idempotency_keys) and a cluster's Redis (cluster/clustertasks.py).
+
+A key is its tenant's (the tenant of the agent the task is for): the same key from
+another tenant is another key. It names the first task for KEEP_SECONDS at least, with
+the digest of what that submission asked (`digest`): the same key with the same request
+is the first task again, its id and its outcome, and runs nothing; with another request
+it is refused (409), naming the key. A tenant holds at most its bound of keys younger
+than KEEP_SECONDS: a new key past it is refused by the bound's name, since forgetting a
+live key early would have its client's retry run the work twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from . import jsonrpc
+from .jsonrpc import RpcError, visible
+from .taskoptions import TaskOptions, encoded, options_of
+
+KEEP_SECONDS = 24 * 3600.0  # a key names its task at least this long
+MAX_KEYS_PER_TENANT = 10_000  # keys younger than KEEP_SECONDS a tenant holds (default)
+BOUND_NAME = "idempotency_keys_per_tenant"  # [supervisor]'s setting of the bound
+
+
+def digest(agent: str, raw_input: bytes, options: TaskOptions, local: bool) -> str:
+    """What a submission asked, as its key remembers it: the agent, the input's bytes
+    and the options (the key among them), `local`; not how its caller waits (`wait`, run
+    or submit) nor its trace context, which a client's retry may send anew."""
+    return hashlib.sha256(b"\0".join((
+        agent.encode(), raw_input, encoded(options_of(options)) or b"",
+        b"local" if local else b"cluster"))).hexdigest()
+
+
+def other_request(key: str, task_id: str) -> RpcError:
+    """The key was first sent with another request (409: the same request with a new key
+    is accepted)."""
+    return RpcError(jsonrpc.CONFLICT, f"idempotency key {visible(key)} was used for "
+                                      f"another request (task {task_id}): send a new key")
+
+
+def bound_reached(tenant: str, held: int, bound: int) -> RpcError:
+    """A new key past its tenant's bound."""
+    return RpcError(jsonrpc.QUOTA_EXCEEDED, (
+        f"tenant {tenant} holds {held} idempotency keys of the last "
+        f"{KEEP_SECONDS / 3600:g} h ({BOUND_NAME} = {bound}): a new key is refused until "
+        "the oldest is that old (the same key sent again is still answered; a task "
+        "submitted with no key is accepted)"))
