@@ -121,11 +121,14 @@ def test_a_file_that_exists_is_not_replaced_but_with_force(tmp_path: Path) -> No
     ("eco.json", '{"apps": [{"name": "a"}]}', "apps[0]: script: is required (a string)"),
     ("eco.json", '{"apps": {"a": 1}}',
      'apps: expected a list of apps (PM2\'s {"apps": [...]})'),
-    # pm2 reads a .json as JavaScript, as node does where it is there
+    # a .json is data (JSON5 at most), never run as pm2 runs it (issue 74)
     ("eco.json", "{apps: [}",
-     "node could not evaluate it (exit status 1): SyntaxError: Unexpected token '}'"
-     if NODE else "not JSON: Expecting property name enclosed in double quotes: line 1 "
-                  "column 2 (char 1)"),
+     'not JSON (nor JSON5): line 1 column 9: expected a value (JSON5: an object, array, '
+     'string, number, true, false or null; a .json file is data, never run), found "}"'),
+    ("eco.json", "// a comment\n{apps: [{name: 'a', script: process.env.APP}]}",
+     'not JSON (nor JSON5): line 2 column 29: expected a value (JSON5: an object, array, '
+     'string, number, true, false or null; a .json file is data, never run), found '
+     '"process.env."'),
     ("eco.json", '{"apps": [{"script": "a", "instances": "lots"}]}',
      'apps[0] (a): instances: "lots" is not a number or "max"'),
     ("Procfile", "web gunicorn\n", "no process types (`TYPE: command` lines)"),

@@ -139,11 +139,10 @@ def test_pm2s_aliases_a_bom_and_exit_codes_as_text_are_read_as_pm2_reads_them(
                     "corral writes no pid file of an app (`corral status` shows its pid)"]
 
 
-@pytest.mark.skipif(NODE is None, reason="node reads a .json as pm2 does, as JavaScript")
 def test_a_pm2_json_with_comments_and_trailing_commas_is_read_as_pm2_reads_it(
         tmp_path: Path) -> None:
     """pm2 evaluates a .json file as a JavaScript expression: comments, trailing commas
-    and unquoted keys are its users' JSON too."""
+    and unquoted keys are its users' JSON too, read as JSON5 (data, never run)."""
     agents, said = imported(tmp_path, {"ecosystem.json": (
         b'// the site\n{\n  apps: [\n    { name: "web", script: "server.js", },'
         b" // its server\n  ],\n}\n")})

@@ -1,17 +1,15 @@
-"""PM2 ecosystem files: JSON (`{"apps": [...]}` or a list of apps), and JavaScript
-(`ecosystem.config.js`/`.cjs`/`.mjs`), which only node can read: it is run by node, under
-node's permission model (reads of the file's own directory, no writes, no child processes,
-no workers) in a network namespace of its own (node 20's model does not bound the network,
-and the file is given the environment corral import runs in), for at most EVAL_TIMEOUT
-seconds, and its export printed as JSON. Running it is running the operator's code:
-docs/security.md says so.
+"""PM2 ecosystem files: JSON (`{"apps": [...]}` or a list of apps; JSON5's comments,
+trailing commas and unquoted keys too, read as data: a `.json` is never run), and
+JavaScript (`ecosystem.config.js`/`.cjs`/`.mjs`), which only node can read: it is run by
+node in a sandbox with no reach beyond printing its export (jsbox.py), and the file is
+given the environment corral import runs in (less node's own options). Running it is
+still running the operator's code: docs/security.md says what it can and cannot do.
 
 Each app is a plain program (`protocol = "none"`), with PM2's defaults where they differ
 from corral's (autorestart: always; a `.js` script run by node)."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -23,11 +21,10 @@ from typing import Any
 from ..othernames import target
 from ..supervisor.config import ConfigError
 from ..supervisor.schedule import Cron, ScheduleError
+from . import jsbox, json5
 from .model import Conversion, How, text_of
 
-EVAL_TIMEOUT = 10.0
-_CLONE_NEWNET = 0x40000000
-_CLONE_NEWUSER = 0x10000000
+VERSION_TIMEOUT = 10.0
 # the interpreter PM2 runs a script with by its extension (where `interpreter` is unset)
 INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".py": "python",
                 ".sh": "bash", ".rb": "ruby", ".php": "php", ".pl": "perl",
@@ -49,11 +46,6 @@ _PRINT = (
     "fake, filename: fake, loaded: true, exports: stub, children: [], paths: []}; "
     "return fake; } }; const m = await import(process.argv[1]); "
     "process.stdout.write(JSON.stringify({exported: m.default ?? m, missing}))")
-# prints a .json file read as pm2 reads it: a JavaScript expression, run by node alone
-_EXPRESSION = ("const fs = await import('node:fs'); const t = fs.readFileSync(new "
-               "URL(process.argv[1]), 'utf8').replace(/^\\uFEFF/, ''); "
-               "process.stdout.write(JSON.stringify({exported: (0, eval)('(' + t + ')'), "
-               "missing: []}))")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
 NOT_CARRIED = {
@@ -127,19 +119,14 @@ def _load(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
         raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
     if path.suffix.lower() in (".json", ".json5"):
         try:
-            return json.loads(text), []
+            return json5.loads(text), []
         except ValueError as exc:
-            # pm2 reads a .json as a JavaScript expression (comments, trailing commas,
-            # unquoted keys): node reads it so where it is there
-            if shutil.which("node", path=env.get("PATH", os.defpath)) is None:
-                raise ConfigError(f"{path}: not JSON: {exc}") from None
-            return evaluate(path, env, _EXPRESSION)
+            raise ConfigError(f"{path}: not JSON (nor JSON5): {exc}") from None
     return evaluate(path, env)
 
 
-def evaluate(path: Path, env: dict[str, str], script: str = _PRINT
-             ) -> tuple[Any, list[str]]:
-    """A JavaScript ecosystem file's export, as node evaluates it (see the docstring)."""
+def evaluate(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
+    """A JavaScript ecosystem file's export, as node evaluates it in its sandbox."""
     node = shutil.which("node", path=env.get("PATH", os.defpath))
     if node is None:
         raise ConfigError(f"{path}: a JavaScript ecosystem file is read by running node, "
@@ -147,25 +134,16 @@ def evaluate(path: Path, env: dict[str, str], script: str = _PRINT
                           "(`node -p 'JSON.stringify(require(\"./FILE\"))' > "
                           "ecosystem.json`)")
     real = path.resolve()
-    argv = [node, _permission_flag(node, path), f"--allow-fs-read={real.parent}/*",
-            "--input-type=module", "-e", script, real.as_uri()]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=env,
-                              cwd=real.parent, timeout=EVAL_TIMEOUT,
-                              stdin=subprocess.DEVNULL, preexec_fn=_offline)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"{path}: node did not finish evaluating it within "
-                          f"{EVAL_TIMEOUT:g} s") from None
-    except subprocess.SubprocessError:  # _offline failed in the child
-        raise ConfigError(f"{path}: node is run in a network namespace of its own, and "
-                          "none can be made here (unshare is refused): give its JSON "
-                          "(`node -p 'JSON.stringify(require(\"./FILE\"))' > "
-                          "ecosystem.json`)") from None
-    if done.returncode != 0:
+        done = jsbox.evaluate(os.path.realpath(node), real, _permission_flag(node, path),
+                              _PRINT, env)
+    except jsbox.Refused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if done.status != 0:
         last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])
         said = next((ln for ln in last if "Error" in ln), last[-1])
         raise ConfigError(f"{path}: node could not evaluate it (exit status "
-                          f"{done.returncode}): {said.strip()}")
+                          f"{done.status}): {said.strip()}")
     try:
         said = json.loads(done.stdout)
         return said["exported"], [str(p) for p in said["missing"]]
@@ -174,21 +152,12 @@ def evaluate(path: Path, env: dict[str, str], script: str = _PRINT
             from None
 
 
-def _offline() -> None:
-    """In node's child, before it runs: a network namespace of its own, with no route
-    anywhere (a user namespace too where the network one alone needs root). The file
-    may still read the environment; it can tell no one but its output."""
-    unshare = ctypes.CDLL(None, use_errno=True).unshare
-    if unshare(_CLONE_NEWNET) != 0 and unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "unshare")
-
-
 def _permission_flag(node: str, path: Path) -> str:
     """The flag that turns node's permission model on: `--permission` from node 23,
     `--experimental-permission` in 20-22; an older node has none, and is not run."""
     try:
         said = subprocess.run([node, "--version"], capture_output=True, text=True,
-                              timeout=EVAL_TIMEOUT).stdout
+                              timeout=VERSION_TIMEOUT).stdout
     except (OSError, subprocess.TimeoutExpired):
         said = ""
     m = re.match(r"v(\d+)\.", said.strip())

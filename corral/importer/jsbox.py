@@ -1,0 +1,160 @@
+"""Where a JavaScript ecosystem file is evaluated: node under bubblewrap, with no reach
+beyond printing what the file exports.
+
+The file is the operator's code, but corral import runs as whoever the operator is, root
+often, and a file copied from elsewhere is not always read first (issue 74). So node runs
+in a sandbox that holds the system's programs and libraries read-only (/usr and its
+links: not /etc, not /run, not /home), node's own installation, and the file's directory
+tree read-only, and nothing else: a link in that tree to a file outside it finds no file.
+Namespaces of its own: user (no capability on the host), pid (it can signal no process
+of the host), network (no route, no abstract socket), ipc, uts, cgroup; a new session
+(no TIOCSTI into the operator's terminal). A seccomp filter refuses socket(2) and
+socketpair(2), so a unix socket inside its tree (corral's control socket, say) cannot be
+connected to either: connect(2) needs no write permission, a read-only mount is no guard.
+Node's own permission model runs inside it too (no child process, no worker, no write,
+reads of the file's tree alone). Bounded: MEMORY_MB of address space and a heap under it,
+TIME_LIMIT seconds, OUTPUT_LIMIT bytes of output.
+
+Where bubblewrap cannot make that sandbox (not installed, user namespaces forbidden), the
+file is not run at all, and the refusal says how to give its JSON instead."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import signal
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from ..supervisor.sandbox import find_program, program_paths, userns_forbidden
+
+TIME_LIMIT = 10.0
+MEMORY_MB = 2048  # address space: node 20 reserves about 1 GiB before it runs a line
+HEAP_MB = 256  # V8's old space: a file that grows past it ends with V8's OOM
+OUTPUT_LIMIT = 16 * 1024 * 1024
+# the host's system directories bound read-only where they are directories, recreated
+# where they are merged /usr's links; /etc is not among them (it holds secrets)
+SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# variables of the operator's environment node would act on: options and certificates
+# that are the operator's, not the file's
+DROPPED_ENV = ("NODE_OPTIONS", "NODE_EXTRA_CA_CERTS", "NODE_REPL_EXTERNAL_MODULE")
+ASK_JSON = ("give its JSON (`node -p 'JSON.stringify(require(\"./FILE\"))' > "
+            "ecosystem.json`)")
+
+# seccomp: (AUDIT_ARCH_*, socket, socketpair) by machine; an x86_64 x32 call (the bit
+# 0x40000000 set) is refused too, as it would pass a filter of x86_64's numbers
+_ARCHES = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}
+_X32 = 0x40000000
+_EACCES = 13
+
+
+class Refused(Exception):
+    """Why the file was not evaluated, or not to the end (the message says it whole)."""
+
+
+class Evaluated:
+    """What node printed and said: its exit status, stdout and stderr."""
+
+    def __init__(self, status: int, stdout: str, stderr: str) -> None:
+        self.status, self.stdout, self.stderr = status, stdout, stderr
+
+
+def seccomp_program(machine: str | None = None) -> bytes:
+    """A classic BPF program: socket(2) and socketpair(2) refused with EACCES, a call of
+    another architecture's numbering killed, anything else allowed."""
+    arch = _ARCHES.get(machine or platform.machine())
+    if arch is None:
+        raise Refused(f"no seccomp filter is known for this machine "
+                      f"({platform.machine()}): a JavaScript ecosystem file is not run "
+                      f"here; {ASK_JSON}")
+    audit, sock, pair = arch
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, kill, refuse = 0x7FFF0000, 0x80000000, 0x00050000 | _EACCES
+    ins = [(ld, 0, 0, 4), (jeq, 1, 0, audit), (ret, 0, 0, kill), (ld, 0, 0, 0),
+           (jge, 3, 0, _X32), (jeq, 2, 0, sock), (jeq, 1, 0, pair),
+           (ret, 0, 0, allow), (ret, 0, 0, refuse)]
+    return b"".join(struct.pack("=HBBI", *i) for i in ins)
+
+
+def argv(node: str, tree: Path, flag: str, script: str, target: str, filter_fd: int
+         ) -> list[str]:
+    """bwrap's command line running node's `script` on `target` with `tree` readable."""
+    bwrap = find_program("bwrap")
+    if bwrap is None:
+        raise Refused("a JavaScript ecosystem file is evaluated only in a sandbox "
+                      "(bubblewrap), which is not installed here (Debian's package is "
+                      f"bubblewrap): {ASK_JSON}")
+    args = [bwrap, "--die-with-parent", "--new-session", "--unshare-all",
+            "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+    for name in SYSTEM:
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), f"/{name}"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in program_paths(node):
+        args += ["--ro-bind-try", str(path), str(path)]
+    args += ["--ro-bind", str(tree), str(tree), "--remount-ro", "/",
+             "--add-seccomp-fd", str(filter_fd), "--chdir", str(tree), "--",
+             node, flag, f"--allow-fs-read={tree}/*", f"--max-old-space-size={HEAP_MB}",
+             "--input-type=module", "-e", script, target]
+    return args
+
+
+def _bounds() -> None:
+    """In the child, before bwrap runs: the bounds everything in the sandbox inherits."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_MB << 20, MEMORY_MB << 20))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def evaluate(node: str, path: Path, flag: str, script: str,
+             env: dict[str, str]) -> Evaluated:
+    """Run node's `script` on the file `path` (resolved) in the sandbox."""
+    tree = path.parent
+    if tree == Path("/"):
+        raise Refused("a JavaScript ecosystem file in / would be given the whole host to "
+                      "read: move it into a directory of its own")
+    program = seccomp_program()
+    env = {k: v for k, v in env.items() if k not in DROPPED_ENV}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryFile() as bpf:
+        bpf.write(program)
+        bpf.seek(0)
+        cmd = argv(node, tree, flag, script, path.as_uri(), bpf.fileno())
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env, cwd=tree, pass_fds=(bpf.fileno(),),
+                                preexec_fn=_bounds, start_new_session=True)
+        try:
+            status = proc.wait(TIME_LIMIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap's: the sandbox dies with it
+            proc.wait()
+            raise Refused(f"node did not finish evaluating it within {TIME_LIMIT:g} s "
+                          "(it was stopped)") from None
+        said = _tail(err)
+        if status != 0 and said.startswith("bwrap:"):
+            forbidden = userns_forbidden()
+            why = f" ({forbidden})" if forbidden else ""
+            raise Refused(f"a JavaScript ecosystem file is evaluated only in a sandbox, "
+                          f"and bubblewrap could not make one here{why}: "
+                          f"{said.splitlines()[0]}: {ASK_JSON}")
+        if status in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or \
+                out.tell() >= OUTPUT_LIMIT:
+            raise Refused(f"node's output passed {OUTPUT_LIMIT >> 20} MiB: not read")
+        if status != 0 and ("out of memory" in said or "OOM" in said):
+            raise Refused(f"node ran out of memory evaluating it (it may use "
+                          f"{HEAP_MB} MiB of heap, {MEMORY_MB} MiB in all)")
+        out.seek(0)
+        return Evaluated(status, out.read(OUTPUT_LIMIT).decode("utf-8", "replace"), said)
+
+
+def _tail(err: IO[bytes]) -> str:
+    """The last 64 KiB of what node said on stderr (the file is left at its end)."""
+    err.seek(max(0, err.tell() - 65536))
+    return err.read().decode("utf-8", "replace")
