@@ -622,6 +622,8 @@ class TaskAccepted(Result):
     output: Any | UnsetType = UNSET
     error: TaskFailure | UnsetType | None = UNSET
     attempts: list[Attempt] | UnsetType = UNSET
+    # true: the task an idempotency key sent before named, not a new one (corral/taskkeys.py)
+    replayed: bool | UnsetType = UNSET
 
 
 class AskList(Result):

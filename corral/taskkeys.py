@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 
+import msgspec
+
 from . import jsonrpc
 from .jsonrpc import RpcError, visible
 from .taskoptions import TaskOptions, encoded, options_of
@@ -25,11 +27,15 @@ BOUND_NAME = "idempotency_keys_per_tenant"  # [supervisor]'s setting of the boun
 
 
 def digest(agent: str, raw_input: bytes, options: TaskOptions, local: bool) -> str:
-    """What a submission asked, as its key remembers it: the agent, the input's bytes
-    and the options (the key among them), `local`; not how its caller waits (`wait`, run
-    or submit) nor its trace context, which a client's retry may send anew."""
+    """What a submission asked, as its key remembers it: the agent, the input (as its
+    JSON's values: its spacing and the order of its objects' keys are a client's, and
+    the same request from another client is the same request), the options (the key
+    among them) and `local`; not how its caller waits (`wait`, run or submit) nor its
+    trace context, which a client's retry may send anew. (Decoded only when a key is
+    given: a submission without one pays nothing.)"""
+    values = msgspec.json.encode(msgspec.json.decode(raw_input), order="sorted")
     return hashlib.sha256(b"\0".join((
-        agent.encode(), raw_input, encoded(options_of(options)) or b"",
+        agent.encode(), values, encoded(options_of(options)) or b"",
         b"local" if local else b"cluster"))).hexdigest()
 
 

@@ -23,6 +23,7 @@ MAX_DELAY = 366 * 86400.0  # the furthest a task may be delayed (a year and a da
 MAX_TASK_RETRIES = 100  # retries a task may ask for (its agent's `retries` is not bounded)
 MAX_TAGS = 16  # tags a task may carry (max_tags)
 MAX_TAG_LENGTH = 64  # characters of one tag (max_tag_length)
+MAX_IDEMPOTENCY_KEY = 255  # characters of an idempotency key (the header's bound)
 SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec's
 # a tag as a shell, a URL's query and a log line take it without quoting
@@ -117,6 +118,15 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                                  ". _ : = / @ + - (a letter or a digit first)")
 
     def start_at(self, now: float) -> float | None:
+    # kept with the task in its home (the journal's idempotency_keys, a cluster's key in
+    # Redis, corral/taskkeys.py): a client that lost its answer to a crash sends it again
+    idempotency_key: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
+        description="The same key sent again (by the same tenant, within 24 h) gives the "
+                    "first task, its id and outcome, and runs nothing twice, across a "
+                    "daemon's restart and on any node of a cluster; with another request, "
+                    "refused (409). The HTTP API takes it as the Idempotency-Key header.",
+        extra=_cli(metavar="KEY"))] | None = None
         """The wall time it may start at (None: at once); raises ValueError for a time
         past MAX_DELAY from now, or both `delay` and `not_before`."""
         if self.delay is not None and self.not_before is not None:

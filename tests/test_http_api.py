@@ -168,7 +168,7 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
              "invalid params: unknown query parameter `verbose` (known: names, tenant)"),
             ("POST", "/tasks", b'{"agent": "web-1", "inputs": 1}', 400,
              "invalid params: unknown field `inputs` (known: agent, input, local, timeout, "
-             "priority, delay, not_before, retry, session, tags)"),
+             "priority, delay, not_before, retry, session, tags, idempotency_key)"),
             ("POST", "/tasks?wait=forever", b'{"agent": "web-1"}', 400,
              "invalid params: Expected `float | null`, got `str` - at `$.wait`"),
             ("POST", "/tasks?wait=3601", b'{"agent": "web-1"}', 400,
@@ -229,12 +229,13 @@ async def test_tasks_submitted_waited_for_and_replayed_by_idempotency_key(
                 ).status in ("queued", "running")
         await api.d.dispatcher.call(SOCKET, "tasks.cancel", {"task_id": slow})
 
-        # Idempotency-Key: the first answer again, and no second task
+        # Idempotency-Key: the first answer again (the task's, said to be replayed), and
+        # no second task
         key = {"Idempotency-Key": "order-17"}
         submit = {"agent": "web-1", "input": {"name": "c"}}
         first = await api.ask("POST", "/tasks?wait=30", "runner", submit, headers=key)
         again = await api.ask("POST", "/tasks?wait=30", "runner", submit, headers=key)
-        assert first[0] == again[0] == 200 and first[1] == again[1]
+        assert first[0] == again[0] == 200 and again[1] == {**first[1], "replayed": True}
         assert again[2].headers["Idempotent-Replayed"] == "true"
         assert "Idempotent-Replayed" not in first[2].headers
         listed = await api.d.dispatcher.call(SOCKET, "tasks.list")
@@ -244,7 +245,8 @@ async def test_tasks_submitted_waited_for_and_replayed_by_idempotency_key(
         status, body, _ = await api.ask("POST", "/tasks", "runner",
                                         {"agent": "web-1", "input": 2}, headers=key)
         assert (status, body["detail"]) == (
-            409, "the Idempotency-Key was used for a different request: send a new key")
+            409, f"idempotency key order-17 was used for another request (task "
+                 f"{first[1]['task_id']}): send a new key")
         # a key too long: refused before anything is looked up or run (a problem titled
         # by its status, as every problem is)
         from corral.daemon.http.idempotency import MAX_KEY_LENGTH
@@ -253,11 +255,19 @@ async def test_tasks_submitted_waited_for_and_replayed_by_idempotency_key(
         assert (status, body["title"], body["detail"]) == (
             400, "bad request", f"an Idempotency-Key is 1 to {MAX_KEY_LENGTH} characters")
         assert len((await api.d.dispatcher.call(SOCKET, "tasks.list")).tasks) == 4
-        # keys are each token's own
+        # keys are each tenant's (tests/test_idempotent_submission.py): another token
+        # of the same tenant is answered the same task
         status, body, _ = await api.ask("POST", "/tasks?wait=30", "other", submit,
                                         headers=key)
-        assert status == 200 and body["task_id"] != first[1]["task_id"]
-        assert len((await api.d.dispatcher.call(SOCKET, "tasks.list")).tasks) == 5
+        assert (status, body["task_id"]) == (200, first[1]["task_id"])
+        # the header and the body's idempotency_key at odds: refused
+        status, body, _ = await api.ask("POST", "/tasks", "runner",
+                                        {**submit, "idempotency_key": "order-18"},
+                                        headers=key)
+        assert (status, body["detail"]) == (
+            400, "invalid params: the Idempotency-Key header and the body's "
+                 "idempotency_key differ: send one")
+        assert len((await api.d.dispatcher.call(SOCKET, "tasks.list")).tasks) == 4
 
 
 @pytest.mark.deadline(120)

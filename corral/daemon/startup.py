@@ -372,7 +372,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 journal = TaskJournalDB(store.path, sync=sc.journal_sync,
                                         max_age=sc.journal_max_age,
                                         max_tasks=sc.journal_max_tasks, on_error=error,
-                                        on_notice=notice, writer=store.thread)
+                                        on_notice=notice, writer=store.thread,
+                                        max_keys=sc.idempotency_keys_per_tenant)
                 own.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 # tasks' steps (docs/durable.md), kept and pruned with their tasks

@@ -72,6 +72,7 @@ from ..supervisor.tasks.budget import MINUTE
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.spawntree import KIND as SPAWN_TREE
 from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ
+from ..taskkeys import KEEP_SECONDS, MAX_KEYS_PER_TENANT
 from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
@@ -156,7 +157,19 @@ _attempts = msgspec.json.Decoder(list[Attempt])
 _error = msgspec.json.Decoder(TaskFailure | None)
 _usage = msgspec.json.Decoder(ModelUsage)
 
+# an idempotency key's row (corral/taskkeys.py): written in the transaction of its task's
+# first row (`keep_key`), so a crash keeps both or neither
+KEY_UPSERT = """
+INSERT INTO idempotency_keys (tenant, key, task_id, digest, created) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (tenant, key) DO UPDATE SET task_id = excluded.task_id,
+    digest = excluded.digest, created = excluded.created
+"""
+KEY_FIND = ("SELECT task_id, digest FROM idempotency_keys "
+            "WHERE tenant = ? AND key = ? AND created >= ?")
+KEY_COUNT = "SELECT count(*) FROM idempotency_keys WHERE tenant = ? AND created >= ?"
+
 Row = tuple[Any, ...]
+TASK_ROW = 20  # a task's row's length (UPSERT's); a key's row is shorter
 
 
 class TaskJournalDB:
@@ -166,10 +179,16 @@ class TaskJournalDB:
                  max_tasks: int = 100_000,
                  on_error: Callable[[str], None] | None = None,
                  on_notice: Callable[[str], None] | None = None,
-                 writer: WriterThread | None = None) -> None:
+                 writer: WriterThread | None = None,
+                 max_keys: int = MAX_KEYS_PER_TENANT) -> None:
         """`writer`: the daemon's one writer thread of the database (storewriter.py), shared
-        with the store's own writes; without one, the journal starts its own."""
+        with the store's own writes; without one, the journal starts its own. `max_keys`:
+        the idempotency keys a tenant holds (corral/taskkeys.py)."""
         self.path = path
+        self.max_keys = max_keys
+        # idempotency keys handed to the writer and not yet committed, by (tenant, key):
+        # (the task's id, the digest); a lookup sees them before the table has them
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         self.max_age = max_age
         self.max_tasks = max_tasks
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
@@ -220,13 +239,53 @@ class TaskJournalDB:
     def record(self, task_id: str) -> TaskRecord | None:
         """One task's row whole, read on the loop (a suspended task kept compact, rebuilt
         as it resumes: its row is committed before it is kept so)."""
+        with errors_named(self.path):
+            found = self._loop_rows().rows(WHOLE, (task_id,))
+        return _record(found[0]) if found else None
+
+    # -- idempotency keys (corral/taskkeys.py) ------------------------------------------
+    def _loop_rows(self) -> StoreConnection:
         rows = self._rows
         if rows is None:
             # the loop's own connection: the reader's lock is held by reads in threads
             rows = self._rows = connect(self.path)
+        return rows
+
+    def key_of(self, tenant: str, key: str) -> tuple[str, str] | None:
+        """The task a tenant's key names and the digest of its request, or None: a key
+        not kept (never sent, or older than KEEP_SECONDS). On the loop: one row by its
+        key, so that no other submission comes between the look and the keeping."""
+        found = self._keys.get((tenant, key))
+        if found is not None:
+            return found
         with errors_named(self.path):
-            found = rows.rows(WHOLE, (task_id,))
-        return _record(found[0]) if found else None
+            rows = self._loop_rows().rows(KEY_FIND, (tenant, key,
+                                                     time.time() - KEEP_SECONDS))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def keys_held(self, tenant: str) -> int:
+        """The tenant's keys younger than KEEP_SECONDS (a count on its index)."""
+        waiting = sum(1 for t, _ in self._keys if t == tenant)
+        with errors_named(self.path):
+            (held,) = self._loop_rows().rows(KEY_COUNT, (tenant,
+                                                         time.time() - KEEP_SECONDS))[0]
+        return int(held) + waiting
+
+    def keep_key(self, task: Task, tenant: str, key: str, digest: str) -> None:
+        """Keep a key with its new task: the task's first row leaves the young ones
+        (its client waits for it) and the key's row goes in the same batch, one
+        transaction."""
+        young = self._young.pop(task.id, None)
+        if young is not None:
+            self._group.put(task.id, _row(task, young[1], task.input))
+        self._keys[(tenant, key)] = (task.id, digest)
+        self._group.put((tenant, key), (tenant, key, task.id, digest, task.created))
+
+    def drop_key(self, tenant: str, key: str) -> None:
+        """Forget a key whose task was refused after all (its write failed): a retry of
+        the request is a new one."""
+        if self._keys.pop((tenant, key), None) is not None:
+            self._group.pending.pop((tenant, key), None)
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -333,6 +392,10 @@ class TaskJournalDB:
 
     def _settled(self, rows: list[Row], error: str | None) -> None:
         if error is None:
+            if self._keys:
+                for row in rows:
+                    if len(row) != TASK_ROW:  # a key's, in the table now
+                        self._keys.pop((row[0], row[1]), None)
             self._written(len(rows))
         elif self._group.first_failure:
             self._failed(error)
@@ -359,7 +422,11 @@ class TaskJournalDB:
     # -- on the writer thread (store.WriterThread) ------------------------------------
     def _write(self, db: sqlite3.Connection, rows: list[Row]) -> None:
         db.execute("BEGIN")
-        db.executemany(UPSERT, rows)
+        if all(len(row) == TASK_ROW for row in rows):
+            db.executemany(UPSERT, rows)
+        else:  # idempotency keys among them (keep_key)
+            db.executemany(UPSERT, [row for row in rows if len(row) == TASK_ROW])
+            db.executemany(KEY_UPSERT, [row for row in rows if len(row) != TASK_ROW])
         db.execute("COMMIT")
         self.batches += 1
         self.rows += len(rows)
@@ -373,6 +440,8 @@ class TaskJournalDB:
             delete_orphan_output(db)
         self._pruned_once = True
         results |= delete_ended(db, time.time() - ENDED_KEPT)
+        db.execute("DELETE FROM idempotency_keys WHERE created < ?",
+                   (time.time() - KEEP_SECONDS,))
         delete_ended_calls(db, SPAWN_TREE)
         if self.max_age > 0:
             old = time.time() - self.max_age
@@ -470,7 +539,7 @@ class TaskJournalDB:
             await self.committed()  # while failing: one more attempt
         self._group.cancel_retry()
         if self._group.pending:
-            ids = [row[0] for row in self._group.pending.values()]
+            ids = [row[0] for row in self._group.pending.values() if len(row) == TASK_ROW]
             self.on_error(
                 f"task journal {self.path}: the latest changes of {plural(len(ids), 'task')} "
                 f"could not be written before shutdown ({', '.join(ids[:10])}"
@@ -520,6 +589,8 @@ def _record(row: Row) -> TaskRecord:
 
 def _size(row: Row) -> int:
     """The bytes of a row's input and output, held in memory until it is written."""
+    if len(row) != TASK_ROW:
+        return 0  # a key's
     return (len(row[11]) if row[11] is not None else 0) + (
         len(row[12]) if row[12] is not None else 0)
 
@@ -527,6 +598,8 @@ def _size(row: Row) -> int:
 def _merged(older: Row, newer: Row) -> Row:
     """A task's newer snapshot, keeping what the older had and the engine has dropped
     since: the input (written with the first row only), and the output."""
+    if len(newer) != TASK_ROW:
+        return newer  # a key's, written again after a failed batch
     if newer[1] is None:  # the arrival, given at the first write only
         newer = (newer[0], older[1], *newer[2:])
     keep_input = newer[11] is None

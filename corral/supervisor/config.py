@@ -514,6 +514,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # and each tenant's (the operator's own agents count as one tenant)
     max_pending_asks: PositiveInt = 10_000
     max_pending_asks_per_tenant: PositiveInt = 1_000
+    # tasks' idempotency keys younger than 24 h a tenant holds (corral/taskkeys.py): a
+    # new key past it is refused
+    idempotency_keys_per_tenant: PositiveInt = 10_000
     # a person's waits (asks' deadlines, suspend_after) and restart_cron's minutes measured
     # by a clock that only `corral clock --advance` moves: for tests, never in production
     manual_clock: bool = False

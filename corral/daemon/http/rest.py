@@ -39,6 +39,8 @@ from .idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKeys, Pending
 from .resources import PREFIX, RESOURCES
 
 JSON = "application/json"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+KEPT_KEY = "idempotency_key"  # a body field that takes the header (kept by the method)
 
 
 def _fields(method: str) -> dict[str, mi.Field]:
@@ -132,6 +134,17 @@ class Api:
         for var, name in res.path_params.items():
             value = request.match_info[var]
             params[name] = [value] if name == "names" else value
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        if key is not None and KEPT_KEY in res.body:
+            # a key the method keeps with what it makes (a task's, in its home:
+            # corral/taskkeys.py), not in this process's memory
+            if not key or len(key) > MAX_KEY_LENGTH:
+                raise RpcError(jsonrpc.INVALID_REQUEST, "an Idempotency-Key is 1 to "
+                                                        f"{MAX_KEY_LENGTH} characters")
+            if params.setdefault(KEPT_KEY, key) != key:
+                raise RpcError(jsonrpc.INVALID_PARAMS, (
+                    f"invalid params: the Idempotency-Key header and the body's "
+                    f"{KEPT_KEY} differ: send one"))
         if "traceparent" in fields and "traceparent" not in params:
             # the W3C headers, as every traced HTTP client sends them; one that is not the
             # format starts a new trace, as the Recommendation asks (docs/tracing.md); the
@@ -255,6 +268,8 @@ class Api:
         if res.location is not None:
             headers["Location"] = PREFIX + res.location.format_map(
                 {k: getattr(result, k) for k in result.__struct_fields__})
+        if getattr(result, "replayed", None) is True:
+            headers["Idempotent-Replayed"] = "true"
         running = (res.done_when is not None
                    and getattr(result, res.done_when) is msgspec.UNSET)
         return web.Response(status=202 if running else 200,
@@ -264,8 +279,8 @@ class Api:
     async def idempotent(self, request: web.Request, caller: Caller, res: Resource | None,
                          body: bytes, run: Callable[[], Any]) -> web.Response:
         """`run()`'s answer, or with an Idempotency-Key seen before, the first one's."""
-        key = request.headers.get("Idempotency-Key")
-        if key is None or (res is not None and not res.idempotent):
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        if key is None or (res is not None and (not res.idempotent or KEPT_KEY in res.body)):
             response: web.Response = await run()
             return response
         if not key or len(key) > MAX_KEY_LENGTH:

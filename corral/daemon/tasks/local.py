@@ -5,6 +5,11 @@ the caller) only once the journal holds it, and while the journal cannot write n
 are refused before they reach an agent. A task that ended before its journal write was
 known to fail ran, and its outcome is the answer: refusing it would have the client run
 it twice.
+
+A submission with an idempotency key (corral/taskkeys.py) is looked up in the journal
+before anything is accepted, on the loop with no await between the look and the keeping:
+a key the journal holds answers its first task (`replayed`), and a new one is written
+with its task's first row, in one transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
+from ...supervisor.config import DEFAULT_TENANT
 from ...supervisor.tasks import (
     LOST_IN_RESTART,
     ON_WORKER,
@@ -28,13 +34,14 @@ from ...supervisor.tasks import (
     TaskProgress,
     Unfinished,
 )
+from ...taskkeys import bound_reached, digest, other_request
 from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
 from ...timeouts import within
 from ..caller import Channel
 from ..flowcontrol import Latest
 from ..taskjournal import TaskJournalDB, TaskJournalError
-from .front import Page, Sees, accepted, listing_window
+from .front import Page, Sees, accepted, listing_window, outcome_of, replayed
 
 
 class LocalFront:
@@ -77,7 +84,9 @@ class LocalFront:
         self.recovered.set()
 
     # -- handing a task in ----------------------------------------------------------------
-    def _accept(self, p: m.TaskParams) -> Task:
+    def _accept(self, p: m.TaskParams) -> Task | str:
+        """The task accepted, or the id of the one its idempotency key names (nothing is
+        accepted then)."""
         tasks = self.engine
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -89,8 +98,30 @@ class LocalFront:
                                             "journal (task_journal = false) a task accepted "
                                             "now would be lost: submit it again once the "
                                             "daemon is back")
-        return tasks.submit(p.agent, p.input, p, traceparent=p.traceparent,
+        key = p.idempotency_key
+        agent = self.agents.get(p.agent) if key is not None else None
+        if key is None or agent is None:  # (no such agent: submit says so)
+            return tasks.submit(p.agent, p.input, p, traceparent=p.traceparent,
+                                tracestate=p.tracestate)
+        journal = self.journal
+        if journal is None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, (
+                "invalid params: an idempotency key is kept in the task journal, and this "
+                "daemon has none (task_journal = false): submit it without one"))
+        tenant = agent.spec.tenant
+        asked = digest(p.agent, bytes(p.input), p, p.local)
+        found = journal.key_of(tenant, key)
+        if found is not None:
+            if found[1] != asked:
+                raise other_request(key, found[0])
+            return found[0]
+        held = journal.keys_held(tenant)
+        if held >= journal.max_keys:
+            raise bound_reached(tenant, held, journal.max_keys)
+        task = tasks.submit(p.agent, p.input, p, traceparent=p.traceparent,
                             tracestate=p.tracestate)
+        journal.keep_key(task, tenant, key, asked)
+        return task
 
     async def _committed(self, task: Task) -> None:
         """In the journal before it is acknowledged. The failure is known only when the
@@ -101,6 +132,9 @@ class LocalFront:
             await self.engine.committed()
         except TaskJournalError as exc:
             if not task.ended:
+                key = task.options.idempotency_key
+                if key is not None and self.journal is not None:
+                    self.journal.drop_key(task.tenant or DEFAULT_TENANT, key)
                 self.engine.cancel(task.id)
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
                                f"{exc}; the task was not accepted") from None
@@ -112,9 +146,19 @@ class LocalFront:
                 await self.engine.committed()
         return await self.engine.outcome(task)
 
+    async def _first(self, task_id: str, wait: float | None) -> TaskInfo:
+        """The task an idempotency key named, as it is now, or once it ends within
+        `wait` (seconds; None: now)."""
+        if wait is not None:
+            with contextlib.suppress(TimeoutError):
+                return await within(self.engine.info(task_id, wait=True), wait)
+        return await self.engine.info(task_id)
+
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         await self.recovered.wait()
         task = self._accept(p)
+        if isinstance(task, str):
+            return replayed(await self._first(task, p.wait))
         await self._committed(task)
         status = task.status
         if p.wait is None:
@@ -129,6 +173,9 @@ class LocalFront:
     async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
         await self.recovered.wait()
         task = self._accept(p)
+        if isinstance(task, str):
+            channel.notify("task.accepted", {"task_id": task})
+            return outcome_of(await self.engine.info(task, wait=True))
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
 

@@ -1,0 +1,172 @@
+"""A submission's idempotency key kept with its task in the journal (corral/taskkeys.py,
+docs/http.md#idempotency): the same key sent again — over HTTP's Idempotency-Key, the
+CLI's --idempotency-key, a control method's idempotency_key — is the first task, across a
+daemon's SIGKILL and restart, and runs nothing twice; another request with the key is
+refused naming it; keys are each tenant's, and bounded per tenant."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral.daemon.caller import Caller
+from corral.jsonrpc import RpcError
+
+from .conftest import PY, ROOT
+from .daemon_harness import Daemon, free_port, in_process, shared_tmpdir
+from .test_journal import kill_daemon_and_workers
+
+SOCKET = Caller(via="socket")
+RECORDER = Path(__file__).parent / "recording_agent.py"
+
+
+def recorder(name: str, record: Path, tenant: str = "default") -> str:
+    """An agent that appends each input it runs to `record` (one JSON line each)."""
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{RECORDER}"]
+        env = {{ PYTHONPATH = "{ROOT}", RECORD = "{record}", WHO = "{name}" }}
+        tenant = "{tenant}"
+        backoff_initial = 0.05
+        stop_timeout = 10.0
+    """)
+
+
+def runs(record: Path) -> list[Any]:
+    """The inputs the agent ran, in order."""
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def post(port: int, token: str, body: dict[str, Any], key: str, query: str = ""
+         ) -> tuple[int, Any, dict[str, str]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/tasks{query}", data=msgspec.json.encode(body),
+        method="POST", headers={"Authorization": f"Bearer {token}",
+                                "Content-Type": "application/json",
+                                "Idempotency-Key": key})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+@pytest.mark.deadline(180)
+def test_a_key_sent_again_after_a_sigkill_is_the_first_task_and_runs_nothing_twice(
+        ) -> None:
+    tmp = shared_tmpdir()
+    record, port = tmp / "record", free_port()
+    d = Daemon(tmp, recorder("rec", record)
+               + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    d.start()
+    try:
+        token = d.ask("tokens.create", {"name": "client",
+                                        "scopes": ["tasks:run", "tasks:read"]})["token"]
+        asked = {"agent": "rec", "input": {"n": 1, "m": 2}}
+        status, first, _ = post(port, token, asked, "order-1", "?wait=30")
+        assert (status, first["status"], first["output"]) == (200, "succeeded",
+                                                              {"by": "rec"})
+        # a key given by the CLI, its task ended too
+        r = d.cli("run", "rec", "--input", '{"n": 3}', "--idempotency-key", "order-2",
+                  "--json")
+        assert r.returncode == 0, r.stderr
+        second = json.loads(r.stdout)
+        assert runs(record) == [{"n": 1, "m": 2}, {"n": 3}]
+
+        kill_daemon_and_workers(d)
+        d.start()
+
+        # the same request with the key: the first task and its outcome, nothing run
+        status, again, headers = post(port, token, asked, "order-1", "?wait=30")
+        assert (status, headers["Idempotent-Replayed"]) == (200, "true")
+        assert again == {**first, "replayed": True}
+        # the CLI's run and submit with either key: the same tasks (the input as the
+        # CLI spells it: its spacing and its keys' order are not the request's)
+        r = d.cli("run", "rec", "--input", '{ "m": 2, "n": 1 }', "--idempotency-key",
+                  "order-1", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {k: first[k] for k in json.loads(r.stdout)}
+        r = d.cli("submit", "rec", "--input", '{"n": 3}', "--idempotency-key", "order-2")
+        assert (r.returncode, r.stdout.strip()) == (0, second["task_id"])
+        assert runs(record) == [{"n": 1, "m": 2}, {"n": 3}]
+        tasks = d.ask("tasks.list", {})["tasks"]
+        assert sorted(t["task_id"] for t in tasks) == sorted(
+            [first["task_id"], second["task_id"]])
+        assert d.task(first["task_id"])["options"] == {"idempotency_key": "order-1"}
+
+        # another request with a key: refused naming it, nothing run
+        status, body, _ = post(port, token, {"agent": "rec", "input": {"n": 2}},
+                               "order-1")
+        assert (status, body["detail"]) == (
+            409, f"idempotency key order-1 was used for another request (task "
+                 f"{first['task_id']}): send a new key")
+        r = d.cli("submit", "rec", "--input", '{"n": 4}', "--idempotency-key", "order-2")
+        assert r.returncode == 1
+        assert (f"idempotency key order-2 was used for another request (task "
+                f"{second['task_id']}): send a new key") in r.stderr
+        assert len(runs(record)) == 2
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.deadline(120)
+async def test_keys_are_each_tenants_and_a_tenants_bound_refuses_a_new_one(
+        tmp_path: Path) -> None:
+    record_a, record_b = tmp_path / "a", tmp_path / "b"
+    agents = (recorder("rec-a", record_a, "acme") + recorder("rec-b", record_b))
+    async with in_process(tmp_path, agents, "\n[tenants.acme]\n",
+                          "idempotency_keys_per_tenant = 2") as d:
+        async def run(agent: str, key: str | None, n: int) -> Any:
+            return await d.dispatcher.call(SOCKET, "tasks.submit", {
+                "agent": agent, "input": msgspec.Raw(msgspec.json.encode({"n": n})),
+                "idempotency_key": key, "wait": 30})
+
+        first = await run("rec-a", "k1", 1)
+        # the same key of another tenant's agent: another key, its own task (not a
+        # conflict with acme's, whose request was another)
+        other = await run("rec-b", "k1", 1)
+        assert other.task_id != first.task_id and other.status == "succeeded"
+        await run("rec-a", "k2", 2)
+        # acme holds two keys, its bound: a third is refused by the bound's name
+        with pytest.raises(RpcError) as refused:
+            await run("rec-a", "k3", 3)
+        assert (refused.value.code, refused.value.message) == (
+            jsonrpc.QUOTA_EXCEEDED,
+            "tenant acme holds 2 idempotency keys of the last 24 h "
+            "(idempotency_keys_per_tenant = 2): a new key is refused until the oldest is "
+            "that old (the same key sent again is still answered; a task submitted with "
+            "no key is accepted)")
+        # ... as its message says: a key it holds, and a task with none
+        again = await run("rec-a", "k1", 1)
+        assert (again.task_id, again.replayed) == (first.task_id, True)
+        assert (await run("rec-a", None, 4)).status == "succeeded"
+        # the default tenant's bound is its own
+        assert (await run("rec-b", "k2", 2)).status == "succeeded"
+        assert runs(record_a) == [{"n": 1}, {"n": 2}, {"n": 4}]
+        assert runs(record_b) == [{"n": 1}, {"n": 2}]
+
+
+@pytest.mark.deadline(120)
+async def test_a_key_without_a_journal_is_refused(tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    async with in_process(tmp_path, recorder("rec", record), "",
+                          "task_journal = false") as d:
+        with pytest.raises(RpcError) as refused:
+            await d.dispatcher.call(SOCKET, "tasks.submit", {
+                "agent": "rec", "input": msgspec.Raw(b"1"), "idempotency_key": "k"})
+        assert (refused.value.code, refused.value.message) == (
+            jsonrpc.INVALID_PARAMS,
+            "invalid params: an idempotency key is kept in the task journal, and this "
+            "daemon has none (task_journal = false): submit it without one")
+        assert (await d.dispatcher.call(SOCKET, "tasks.list", {})).tasks == []
