@@ -12,7 +12,7 @@ import msgspec
 
 from .. import methods as m
 from ..askviews import Ask, what_it_asks
-from ..text import plural
+from ..text import one_line, plural
 from .app import Ctx, command, command_group, doc, json_option, pass_ctx
 from .render import dumps, print_json, stamp, table
 
@@ -28,8 +28,11 @@ def approvals(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
-    table([[a.id, a.kind, a.task_id, a.agent, a.tenant or "-", stamp(a.created),
-            stamp(a.deadline) if a.deadline is not None else "-", what_it_asks(a)]
+    # an agent's words (a prompt, arguments) one line each: a newline in them never
+    # draws a row of its own, nor does a control character act on the terminal
+    table([[a.id, a.kind, one_line(a.task_id), one_line(a.agent), a.tenant or "-",
+            stamp(a.created), stamp(a.deadline) if a.deadline is not None else "-",
+            one_line(what_it_asks(a))]
            for a in res.asks],
           ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
 
@@ -38,13 +41,13 @@ def _shown(ask: Ask, as_json: bool) -> None:
     if as_json:
         print_json(ask)
         return
-    click.echo(f"ask {ask.id}: {ask.kind} of task {ask.task_id} ({ask.agent}): "
-               f"{what_it_asks(ask)}")
+    click.echo(one_line(f"ask {ask.id}: {ask.kind} of task {ask.task_id} ({ask.agent}): "
+                        f"{what_it_asks(ask)}"))
     if ask.end is None:
         click.echo("pending" + (f" until {stamp(ask.deadline)}" if ask.deadline else ""))
         return
     said = f"{ask.end} by {ask.by} at {stamp(ask.ended or 0)}"
-    click.echo(said + (f": {dumps(ask.data)}" if ask.data is not None else ""))
+    click.echo(one_line(said + (f": {dumps(ask.data)}" if ask.data is not None else "")))
 
 
 @command(m.ApprovalsGet)
@@ -116,10 +119,10 @@ def approvals_watch(obj: Ctx, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "approvals.ask":
             ask = msgspec.convert(params, Ask)
-            click.echo(dumps(params) if as_json else
+            click.echo(dumps(params) if as_json else one_line(
                        f"{ask.id} {ask.kind} of task {ask.task_id} ({ask.agent}): "
                        f"{what_it_asks(ask)}: "
-                       + ("pending" if ask.end is None else f"{ask.end} by {ask.by}"))
+                       + ("pending" if ask.end is None else f"{ask.end} by {ask.by}")))
         elif method == "approvals.missed":
             click.echo(f"corral: missed {plural(params['count'], 'ask')}", err=True)
         sys.stdout.flush()

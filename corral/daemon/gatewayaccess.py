@@ -51,6 +51,8 @@ from ..supervisor.lifecycle import serving_changed
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
+from ..supervisor.tasks.approvals import gate
+from ..supervisor.tasks.interceptors import ToolCall
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from ..workerproto import ToolsCallParams
@@ -168,6 +170,13 @@ class Identity(msgspec.Struct, kw_only=True):
     # and the attempt its address names, if any (attribution.py)
     replica: Any = None
     mark: AttemptMark | None = None
+    # an HTTP API token's agent glob and scopes (None: no token's), which mean at the
+    # gateway what they mean at the API (a glob's agents alone, at /mcp/corral too); and
+    # whether a client of no tenant is the operator (the socket's, an unlimited API
+    # token) or of the default tenant (a tokens file's client): never taken for granted
+    agents: str | None = None
+    scopes: frozenset[str] | None = None
+    operator: bool = False
 
 
 class CallCounter:
@@ -268,6 +277,9 @@ class GatewayService:
         # and its worker methods' `tools/call` (with no engine's tasks: none is)
         self.attribution = Attribution(tasks.active if tasks is not None else {})
         self.task_call = tasks.worker.task_call if tasks is not None else None
+        # a replica's call of no attempt: its incarnation's budget window and asks, under
+        # its agent's and tenant's policy as a task's call is (approvals.gate)
+        self.replica_calls = tasks.replica_calls if tasks is not None else None
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         # the states of servers' input requests relayed to clients (relayseal.py)
@@ -320,7 +332,7 @@ class GatewayService:
             spec = self.agents.agent(agent).spec  # NOT_FOUND for an unknown agent
             return Identity(name=f"agent:{agent}", allow=self.tools.allowlist(spec),
                             owner=f"{agent}#0", tenant=spec.tenant, **self._limits())
-        return Identity(name=OPERATOR, allow=None, owner="corral-cli",
+        return Identity(name=OPERATOR, allow=None, owner="corral-cli", operator=True,
                         **self._limits())
 
     def _tenant_sees(self, ident: Identity, tool: str) -> bool:
@@ -382,7 +394,8 @@ class GatewayService:
                                               "mcp:call scope the gateway needs")
         return Identity(name=f"token {token.name}", owner=f"token:{token.name}",
                         allow=self._token_allow(token.agents, token.tenant),
-                        tenant=token.tenant, **self._limits())
+                        tenant=token.tenant, agents=token.agents, scopes=token.scopes,
+                        operator=token.tenant is None, **self._limits())
 
     def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
         servers = {n: e.spec for n, e in self.tools.servers.items()}
@@ -726,6 +739,9 @@ class GatewayService:
             call: Awaitable[Any]
             if task is not None:
                 call = self._step(ident, task, name, arguments, context)
+            elif ident.replica is not None and self.replica_calls is not None:
+                call = self._replicas(ident, name, arguments, on_progress, relay, on_log,
+                                      context)
             else:
                 # the caller, tenant and all: a token's name made again for another
                 # tenant is another caller (relayseal.py)
@@ -747,6 +763,24 @@ class GatewayService:
         finally:
             limiter.in_flight -= 1
             self._record(ident, name, time.perf_counter() - start, outcome, who, task)
+
+    async def _replicas(self, ident: Identity, name: str, arguments: dict[str, Any],
+                        on_progress: Callable[[dict[str, Any]], None] | None,
+                        relay: InputRelay | None, on_log: LogRelay | None,
+                        context: Parent | None) -> Any:
+        """A replica's call of no attempt: its replica's, past the policy's gate (budget,
+        approval: approvals.gate), then made as any client's."""
+        assert self.replica_calls is not None
+        gated = await gate(self.replica_calls, ToolCall(ident.replica, name, arguments,
+                                                        None))
+        if isinstance(gated, dict):  # not approved: the tool's error
+            return gated
+        call: Awaitable[Any] = self.tools.call(
+            name, gated.arguments, owner=ident.owner, on_progress=on_progress, relay=relay,
+            on_log=on_log, caller=f"{ident.owner} of {ident.tenant}")
+        if context is not None:
+            call = self._traced(call, context, name, ident.name)
+        return await call
 
     def _count(self, ident: Identity, task: Task | None) -> None:
         """An agent replica's call, counted as a task's step or as no task's."""

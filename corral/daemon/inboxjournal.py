@@ -75,6 +75,12 @@ class AsksDB:
         found = self._select("id = ?", (ask_id,))
         return found[0] if found else None
 
+    def count(self, task_id: str) -> int:
+        with errors_named(self.store.path):
+            [(n,)] = self.store.db.rows("SELECT count(*) FROM asks WHERE task_id = ?",
+                                        (task_id,))
+        return int(n)
+
 
 def delete_asks(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:
     """Delete the asks of the tasks `where` (SQL on `tasks`) selects."""

@@ -35,6 +35,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -43,6 +44,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import ErrorObject, RpcError
 from ..mcp.pool import allowed
+from ..supervisor.config import DEFAULT_TENANT
 from ..text import plural
 from .caller import AlwaysWritable, Caller
 
@@ -88,6 +90,18 @@ class TaskClient(Protocol):
 
     @property
     def allow(self) -> list[str] | None: ...
+
+    @property
+    def agents(self) -> str | None: ...
+
+    @property
+    def scopes(self) -> frozenset[str] | None: ...
+
+    @property
+    def operator(self) -> bool: ...
+
+    @property
+    def replica(self) -> Any: ...
 
 
 def stamp(t: float) -> str:
@@ -271,10 +285,14 @@ def _sees(ident: TaskClient, handle: GatewayTask) -> bool:
 
 
 def caller_of(ident: TaskClient) -> Caller:
-    """The client as the Dispatcher sees it: its tenant's, holding what running and
-    reading tasks needs."""
-    return Caller(via="gateway", name=f"gateway client {ident.name}", tenant=ident.tenant,
-                  scopes=TASK_SCOPES)
+    """The client as the Dispatcher sees it: its tenant's (a client of no tenant that is
+    not the operator's is the default tenant's, never every tenant's), its API token's
+    agent glob kept, holding what running and reading tasks needs (an API token opens
+    the gateway by `mcp:call`, decision 172)."""
+    tenant = ident.tenant if ident.tenant is not None or ident.operator \
+        else DEFAULT_TENANT
+    return Caller(via="gateway", name=f"gateway client {ident.name}", tenant=tenant,
+                  scopes=TASK_SCOPES, agents=ident.agents)
 
 
 def _plain(result: Any) -> Any:
@@ -290,9 +308,23 @@ def _plain(result: Any) -> Any:
     return result
 
 
-def _admits(ident: TaskClient, agent: str) -> bool:
-    """Whether the client's allowlist names the agent's tool (`corral__AGENT`)."""
-    return ident.allow is None or allowed(f"{AGENTS_VIEW}__{agent}", ident.allow)
+def _admits(ident: TaskClient, agent: str) -> str | None:
+    """Why the client may not call the agent's tool (`corral__AGENT`), None when it may:
+    its allowlist, or for an API token its agent glob (as at the API: its allowlist is
+    its agents' tools, no word on running them); and for an agent's replica its agent's
+    `spawns` (a task it starts here is one it could spawn, DESIGN 27)."""
+    if ident.scopes is not None:
+        if ident.agents is not None and not fnmatchcase(agent, ident.agents):
+            return f"not within its token's agents {ident.agents}"
+    elif ident.allow is not None and not allowed(f"{AGENTS_VIEW}__{agent}", ident.allow):
+        return "not in its allowlist"
+    replica = ident.replica
+    if replica is not None:
+        listed: list[str] = list(getattr(replica.spec, "spawns", []))
+        if not allowed(agent, listed):
+            return (f"agent {replica.name} may not spawn tasks of agent {agent} (its "
+                    f"spawns list: {listed})")
+    return None
 
 
 class AgentTools:
@@ -313,14 +345,17 @@ class AgentTools:
                  "input",
                  "inputSchema": {"type": "object"},
                  "execution": {"taskSupport": "optional"}}
-                for a in self.agents() if caller.sees(a.name) and _admits(ident, a.name)]
+                for a in self.agents()
+                if caller.sees(a.name) and _admits(ident, a.name) is None]
 
     async def submit(self, ident: TaskClient, agent: str, arguments: dict[str, Any]) -> str:
         """The corral task of a call, accepted (durable) before the handle is given."""
-        if self.calls is None or ident.name == "anonymous" or not _admits(ident, agent):
+        why = "an anonymous client runs no agent" if ident.name == "anonymous" \
+            else _admits(ident, agent)
+        if self.calls is None or why is not None:
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
-                           f"{ident.name} may call")
+                           f"{ident.name} may call ({why})")
         accepted = await self.calls.call(caller_of(ident), m.TasksSubmit(
             agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments))))
         return str(accepted.task_id)

@@ -330,7 +330,8 @@ class Stores(msgspec.Struct, frozen=True):
 
 def asks_bounds(sc: SupervisorSettings) -> InboxBounds:
     """The pending asks held at once, by this node's inbox and by its cluster's."""
-    return InboxBounds(sc.max_pending_asks, sc.max_pending_asks_per_tenant)
+    return InboxBounds(sc.max_pending_asks, sc.max_pending_asks_per_tenant,
+                       sc.max_asks_per_task)
 
 
 @contextlib.asynccontextmanager

@@ -522,6 +522,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     manual_clock: bool = False
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000  # finished tasks kept in the journal
+    # asks one task (or one replica incarnation's calls of no task) makes over its life,
+    # pending or ended, on this node (docs/approvals.md#bounds)
+    max_asks_per_task: PositiveInt = 100
     # audit rows kept of each tenant's callers, and of the operator's apart: the oldest
     # of the same party go (a tenant's refused calls never push out another's); 0: all
     audit_max_rows: NonNegInt = 100_000

@@ -11,6 +11,11 @@ the originals); a denied or timed-out one is a tool error the agent sees (`isErr
 fails the task, as the policy says. Each call's ask is keyed by its tool, its arguments'
 hash and how many such calls came before it in the attempt, so that a retried attempt
 making the same calls finds the same asks.
+
+A call of no task (the worker's `tools/call` naming no task it runs, a replica's gateway
+call no attempt is found for) is its replica's, under the same policy (`gate`, DESIGN
+section 27): its ask is owned by the replica's incarnation (replicacalls.py), the call
+waiting for it, and it is counted against the incarnation's tool budget.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
 from .inbox import askable
 from .interceptors import TaskInterceptor, TaskPath, ToolCall
+from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
 from .steps import CallOrdinals
 from .worker import give_back_tool_call, take_tool_call
 
@@ -75,7 +81,8 @@ class Approvals(TaskInterceptor):
     def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
         task = call.task
         if task is None:
-            return next(call)
+            assert self._path is not None  # bound as the engine was made
+            return self._replica_call(self._path.replica_calls, call, next)
         # a claim of a cluster's carries no tenant: its agent's here is its (the cluster
         # routes a task to its tenant's agent, decision 439)
         tenant = task.tenant if task.tenant is not None else getattr(
@@ -84,6 +91,15 @@ class Approvals(TaskInterceptor):
         if policy is None or not allowed(call.name, policy.patterns):
             return next(call)
         return self._held(call, task, policy, next)
+
+    @staticmethod
+    async def _replica_call(calls: ReplicaCalls, call: ToolCall,
+                            next: Callable[[ToolCall], Any]) -> Any:
+        gated = await gate(calls, call)
+        if isinstance(gated, dict):
+            return gated
+        answer = next(gated)
+        return await answer if inspect.isawaitable(answer) else answer
 
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
         self._calls.forget(task.id)
@@ -122,6 +138,35 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
+async def gate(calls: ReplicaCalls, call: ToolCall) -> ToolCall | dict[str, Any]:
+    """A replica's call of no task, past its allowlist, under its agent's and tenant's
+    policy: counted in its incarnation's tool budget (TOOL_BUDGET_EXCEEDED past it), and
+    when `approve` names it, held until a person decides. The call to make (with the
+    arguments approved), or the tool error the caller reads instead (denied, timed out);
+    RpcError when the policy says `fail` (no task to fail: the call is refused), when
+    the replica exited first (REQUEST_CANCELLED), or past a bound of the inbox."""
+    r = call.replica
+    calls.take_tool_call(r)
+    policy = policy_of(r, getattr(r.spec, "tenant", None))
+    if policy is None or not allowed(call.name, policy.patterns):
+        return call
+    calls.give_back_tool_call(r)  # (held: counted once it is made)
+    ask = await calls.ask(r, ReplicaAsk(
+        AskKind.APPROVAL, "tool", {"tool": call.name, "arguments": call.arguments},
+        policy.timeout))
+    if ask.end is AskEnd.APPROVED:
+        calls.take_tool_call(r)
+        edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
+        return call if edited is None else call._replace(arguments=edited)
+    said = not_approved(ask, f"tool call {call.name}", policy.timeout)
+    if ask.end is AskEnd.WITHDRAWN:
+        raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
+    how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
+    if how == "fail":
+        raise RpcError(jsonrpc.TOOL_NOT_ALLOWED, said)
+    return tool_error(said)
+
+
 def not_approved(ask: Ask, call: str, timeout: float | None) -> str:
     """What the agent (or the task's error) is told of a call that was not approved
     (`call`: "tool call NAME", "model call NAME"; `timeout`: its approve_timeout)."""
@@ -129,6 +174,7 @@ def not_approved(ask: Ask, call: str, timeout: float | None) -> str:
         return (f"{call} was not approved within {timeout or 0:g} s "
                 f"(approve_timeout; ask {ask.id})")
     if ask.end is AskEnd.WITHDRAWN:
-        return f"{call} was not decided before its task ended (ask {ask.id})"
+        whose = "replica exited" if is_replica_owner(ask.task_id) else "task ended"
+        return f"{call} was not decided before its {whose} (ask {ask.id})"
     reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
     return f"{call} was denied by {ask.by} (ask {ask.id})" + (f": {reason}" if reason else "")

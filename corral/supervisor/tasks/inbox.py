@@ -49,6 +49,9 @@ MAX_SUBJECT_BYTES = 64 * 1024
 # tenant None, count as one tenant)
 MAX_PENDING = 10_000
 MAX_PENDING_PER_TENANT = 1_000
+# asks one task (or one replica's incarnation, for its calls of no task) makes over its
+# life, pending or ended: each is a row kept for the task's life, so one more is refused
+MAX_ASKS_PER_TASK = 100
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
 
 # a pending ask is held as its record packed, its fields in their order (one object, not
@@ -117,7 +120,8 @@ def check_subject(req: AskRequest) -> None:
 
 def too_many_asks(task_id: str, n: int, bound: int) -> str:
     """A task's ask past `bound` asks over its life (each call's, pending or ended; a
-    retry's finds its earlier attempt's): [cluster] max_asks_per_task."""
+    retry's finds its earlier attempt's): [supervisor] max_asks_per_task on a node,
+    [cluster] max_asks_per_task for a cluster's task."""
     return (f"task {task_id} has made {n} asks of a person, its bound "
             f"(max_asks_per_task {bound}): nothing more is asked")
 
@@ -134,6 +138,7 @@ class InboxBounds(NamedTuple):
 
     pending: int = MAX_PENDING
     per_tenant: int = MAX_PENDING_PER_TENANT
+    per_task: int = MAX_ASKS_PER_TASK  # [supervisor] max_asks_per_task
 
 
 DEFAULT_BOUNDS = InboxBounds()
@@ -169,6 +174,9 @@ class AskStore(Protocol):
 
     def get(self, ask_id: str) -> Ask | None: ...
 
+    def count(self, task_id: str) -> int:
+        """How many asks the task has made, ended or not."""
+
 
 class HeldAsks:
     """An AskStore in memory: an engine's without a state database (its asks end with
@@ -190,6 +198,9 @@ class HeldAsks:
     def get(self, ask_id: str) -> Ask | None:
         return self.asks.get(ask_id)
 
+    def count(self, task_id: str) -> int:
+        return sum(1 for a in self.asks.values() if a.task_id == task_id)
+
 
 class Inbox:
     """The engine's asks: the pending ones in memory, every one in `store` (HeldAsks
@@ -203,6 +214,7 @@ class Inbox:
         self.clock = clock if clock is not None else WaitClock()
         self.max_pending = MAX_PENDING
         self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
+        self.max_asks_per_task = MAX_ASKS_PER_TASK
         self._pending: dict[str, bytes] = {}  # ask id -> the ask packed
         # task id -> its pending ask's id, or their ids when it has several
         self._by_task: dict[str, str | tuple[str, ...]] = {}
@@ -240,7 +252,7 @@ class Inbox:
         pending asks it holds (after a restart) wait again, each with its deadline; how
         many. `ids`: task ids as the engine holds them, to hold each once."""
         self.store = store
-        self.max_pending, self.max_pending_per_tenant = bounds
+        self.max_pending, self.max_pending_per_tenant, self.max_asks_per_task = bounds
         for ask in self.store.pending():
             self._hold(ask, ids.get(ask.task_id, ask.task_id))
         return len(self._pending)
@@ -257,6 +269,10 @@ class Inbox:
         if found is not None:
             return found
         self._check_bounds(req.tenant)
+        made = self.store.count(req.task_id)
+        if made >= self.max_asks_per_task:
+            raise RpcError(jsonrpc.QUOTA_EXCEEDED,
+                           too_many_asks(req.task_id, made, self.max_asks_per_task))
         now = self.clock.time()
         ask = req.made(f"ask-{secrets.token_hex(8)}", now, req.tenant)
         storing = self._storing

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..replica import Replica
     from ..stream import Stream
     from .model import Task
+    from .replicacalls import ReplicaCalls
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -79,6 +80,8 @@ class TaskPath(NamedTuple):
     fail_task: Callable[[Task, TaskFailure], None]
 
 
+    # a replica's calls of no task: their budget window and asks (replicacalls.py)
+    replica_calls: ReplicaCalls
 class TaskInterceptor:
     """One concern's part in the task path; every method passes its input on unchanged."""
 

@@ -86,6 +86,7 @@ from .output import START, OutputChunk, position_of
 from .payload import Output, acyclic, encode_input
 from .questions import Questions
 from .queue import LocalQueue, Queue
+from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
@@ -183,10 +184,12 @@ class TaskManager:
         # an MCP server's elicitation in a task's call, asked of a person (elicitations.py)
         self.elicitations = Elicitations(self)
         interceptors.bind(TaskPath(self.active, self.stream, self.ask_person,
-                                   self.fail_task))
+                                   self.fail_task, self.replica_calls))
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
+        # a replica's calls of no task: their budget window and asks (replicacalls.py)
+        self.replica_calls = ReplicaCalls(self.inbox, self.stream)
         # a session of no agent now (gone from the file across a restart) expires too
         return agent.spec.session_ttl if agent is not None else DEFAULT_SESSION_TTL
 

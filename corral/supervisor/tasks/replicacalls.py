@@ -1,0 +1,137 @@
+"""A replica's calls of no task (DESIGN section 27, docs/security.md#calls-of-no-task): a
+`tools/call` on the worker link that names no task it runs, a gateway call that no
+attempt is found for (attribution.py: the replica runs none, or several), a model call
+likewise. Such a call is its replica's, under its agent's and tenant's policy in full;
+what a task gives that policy, the replica's current incarnation gives here:
+
+- its budget window: the calls of no task one incarnation of a replica makes share one
+  `max_tool_calls_per_task` (a worker that wants a budget per task names its task), begun
+  afresh when the replica is started again;
+- its asks: a call a policy holds asks a person as a task's does, the ask owned by the
+  incarnation (its `task_id` the incarnation's own id, `replica:LABEL:NONCE`, attempt 0),
+  listed and decided in `corral approvals` the same way; the call waits for it, and the
+  ask is withdrawn when the replica exits. The nonce keeps a later incarnation (or a
+  later daemon's) from ever finding an earlier one's decision by the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ... import jsonrpc
+from ...askviews import Ask, AskKind, AskRequest
+from ...jsonrpc import RpcError
+from ...text import plural
+from .inbox import Inbox, check_subject, too_many_asks
+
+if TYPE_CHECKING:
+    from ..process_replica import ReplicaExit
+    from ..replica import Replica
+    from ..stream import Stream
+
+OWNER_PREFIX = "replica:"
+
+
+def is_replica_owner(task_id: str) -> bool:
+    """Whether an ask's `task_id` names a replica's incarnation, not a task."""
+    return task_id.startswith(OWNER_PREFIX)
+
+
+class _Window:
+    """One incarnation's calls of no task: its ask owner id and what it has used."""
+
+    __slots__ = ("asks", "owner", "spawned_at", "tool_calls")
+
+    def __init__(self, label: str, spawned_at: float | None) -> None:
+        self.spawned_at = spawned_at
+        self.owner = f"{OWNER_PREFIX}{label}:{secrets.token_hex(4)}"
+        self.tool_calls = 0
+        self.asks = 0
+
+
+class ReplicaAsk(NamedTuple):
+    """What a held call of no task asks (`subject`: as a task's ask of the same call)."""
+
+    kind: AskKind
+    what: str  # "tool" or "model": its key's prefix
+    subject: dict[str, Any]
+    timeout: float | None
+
+
+class ReplicaCalls:
+    """The engine's windows of replicas' calls of no task, and their asks in `inbox`."""
+
+    def __init__(self, inbox: Inbox, stream: Stream) -> None:
+        from ..process_replica import ReplicaExit
+
+        self.inbox = inbox
+        self.windows: dict[str, _Window] = {}  # replica label -> its incarnation's
+        # asks one incarnation makes: the bound a task's asks have (inbox.max_asks_per_task)
+        stream.subscribe(self._exited, ReplicaExit)
+        self._withdrawing: set[asyncio.Task[Any]] = set()
+
+    def window(self, r: Replica) -> _Window:
+        """The replica's current incarnation's window (a new one once it was started
+        again)."""
+        spawned = getattr(r, "spawned_at", None)
+        w = self.windows.get(r.label)
+        if w is None or w.spawned_at != spawned:
+            w = self.windows[r.label] = _Window(r.label, spawned)
+        return w
+
+    def owner_of(self, r: Replica) -> str:
+        return self.window(r).owner
+
+    def take_tool_call(self, r: Replica) -> None:
+        """A call of no task made now counts against the incarnation's
+        max_tool_calls_per_task; TOOL_BUDGET_EXCEEDED when it has made them all."""
+        w = self.window(r)
+        budget = getattr(r.spec, "max_tool_calls_per_task", 0)
+        if w.tool_calls >= budget:
+            raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
+                           f"tool budget exceeded: replica {r.label} has made "
+                           f"{plural(w.tool_calls, 'tool call')} of no task "
+                           f"(max_tool_calls_per_task {budget}, counted per incarnation "
+                           f"for calls that name no task)")
+        w.tool_calls += 1
+
+    def give_back_tool_call(self, r: Replica) -> None:
+        """A call counted that is not made now (held for a person)."""
+        w = self.window(r)
+        w.tool_calls = max(0, w.tool_calls - 1)
+
+    async def ask(self, r: Replica, asked: ReplicaAsk) -> Ask:
+        """A person is asked about the replica's call, which waits until the ask ends
+        (the replica's exit withdraws it); the ask as it ended. Refused past the inbox's
+        bounds, and past max_asks_per_task asks of the incarnation."""
+        w = self.window(r)
+        bound = self.inbox.max_asks_per_task
+        if w.asks >= bound:
+            raise RpcError(jsonrpc.QUOTA_EXCEEDED, too_many_asks(w.owner, w.asks, bound))
+        req = AskRequest(asked.kind, getattr(r.spec, "tenant", None), w.owner, 0, r.name,
+                         f"{asked.what}:{w.asks + 1}", asked.subject, asked.timeout)
+        check_subject(req)
+        w.asks += 1
+        ask = await self.inbox.ask(req)
+        if not ask.pending:
+            return ask
+        if self.windows.get(r.label) is not w:  # exited while its ask was stored
+            await self.inbox.withdraw(w.owner)
+        # parked: not one of its worker's requests in flight, whose line is read on
+        peer = getattr(r, "peer", None)
+        parked = peer.park(asyncio.current_task()) if peer is not None else None
+        try:
+            return await self.inbox.wait(ask)
+        finally:
+            if parked is not None and peer is not None:
+                peer.unpark(parked)
+
+    def _exited(self, e: ReplicaExit) -> None:
+        w = self.windows.pop(e.replica.label, None)
+        if w is None or not self.inbox.asking(w.owner):
+            return
+        task = asyncio.get_running_loop().create_task(self.inbox.withdraw(w.owner))
+        self._withdrawing.add(task)
+        task.add_done_callback(self._withdrawing.discard)
