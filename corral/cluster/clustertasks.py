@@ -30,6 +30,7 @@ from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
 from ..supervisor.tasks.spawntree import Lineage
+from ..taskkeys import bound_reached, digest, other_request
 from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
@@ -43,6 +44,7 @@ from .outbox import Outbox
 from .replicas import UnconfirmedWrite
 from .rides import REFUSED, LostLease, Ride, RideScripts
 from .scripts import Scripts
+from .submitkeys import ACCEPTED, Claim, SubmitKeys
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
@@ -55,11 +57,14 @@ class ClusterTasks:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  membership: Membership, host: TaskHost,
                  report: Callable[[str], None], trust: Trust, submit_batch: Batcher,
-                 sessions: ClusterSessions, outbox: Outbox) -> None:
+                 sessions: ClusterSessions, outbox: Outbox, submit_keys: SubmitKeys
+                 ) -> None:
         """`submit_batch`: the plain submit's batcher (node.py gives submitclaim's
         SubmitClaims: a node that runs the agent claims its share as it submits);
         `sessions`: the submit of a task naming a session (sessions.py); `outbox`: the
-        outcomes of the tasks this node runs (a call's step's held for its next write)."""
+        outcomes of the tasks this node runs (a call's step's held for its next write);
+        `submit_keys`: the submissions' idempotency keys (submitkeys.py)."""
+        self.submit_keys = submit_keys
         self.redis = redis
         self.trust = trust
         self.scripts = scripts
@@ -367,14 +372,63 @@ class ClusterTasks:
                 if i is not None:
                     return i
 
+    async def _claimed(self, p: m.TaskParams) -> tuple[str, Claim]:
+        """A submission's idempotency key claimed (submitkeys.py): its tenant, and the
+        claim (the id its task is to be submitted under, or the one it names)."""
+        key = p.idempotency_key
+        assert key is not None
+        asked = digest(p.agent, bytes(p.input), p, p.local)
+        try:
+            tenant = await self._route(p.agent)
+            claim = await self.submit_keys.claim(tenant, key, new_id(), asked)
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, "the task was not accepted") from None
+        if claim.held is not None:
+            raise bound_reached(tenant, claim.held, self.submit_keys.bound)
+        if claim.digest != asked:
+            raise other_request(key, claim.task_id)
+        return tenant, claim
+
+    async def _keyed(self, p: m.TaskParams, tenant: str, claim: Claim, *,
+                     watched: bool = False) -> bool:
+        """The task of a claimed key submitted under its id, unless its key says it was
+        accepted; whether the key named a task submitted before. A submit refused (not
+        one Redis may have taken) lets go of a new claim."""
+        if claim.state == ACCEPTED:
+            return True
+        key = p.idempotency_key
+        assert key is not None
+        try:
+            await self._put(p, claim.task_id, watched=watched)
+        except RpcError as exc:
+            if claim.new and exc.code != jsonrpc.UNAVAILABLE:
+                with contextlib.suppress(RedisError):
+                    await self.submit_keys.release(tenant, key, claim)
+            raise
+        with contextlib.suppress(RedisError):  # (else a retry submits it again: a no-op)
+            await self.submit_keys.accepted(tenant, key, claim)
+        return not claim.new
+
     async def submit(self, p: m.TasksSubmit, wait: float | None
-                     ) -> tuple[str, m.TaskResult | None]:
+                     ) -> tuple[str, m.TaskResult | None, bool]:
         """Submit: the task's id once Redis holds it, and with `wait`, its outcome if it
-        ends within that many seconds (else None: it runs on)."""
+        ends within that many seconds (else None: it runs on); whether an idempotency
+        key named it, submitted before."""
+        if p.idempotency_key is not None:
+            tenant, claim = await self._claimed(p)
+            replayed = await self._keyed(p, tenant, claim)
+            if wait is None:
+                return claim.task_id, None, replayed
+            try:  # (its record read first: it may have ended)
+                got = await within(self._ended(claim.task_id, None), wait)
+            except TimeoutError:
+                return claim.task_id, None, replayed
+            return claim.task_id, (records.result(got) if isinstance(got, m.TaskInfo)
+                                   else got), replayed
         task_id = new_id()
         if wait is None:
             await self._put(p, task_id)
-            return task_id, None
+            return task_id, None, False
         fut = self._waiter(task_id)  # before the submit: no wake-up can come before it
         try:
             await self._put(p, task_id)
@@ -384,8 +438,8 @@ class ClusterTasks:
         try:
             got = await within(self._ended(task_id, fut), wait)
         except TimeoutError:
-            return task_id, None
-        return task_id, records.result(got) if isinstance(got, m.TaskInfo) else got
+            return task_id, None, False
+        return task_id, (records.result(got) if isinstance(got, m.TaskInfo) else got), False
 
     async def step(self, p: m.TaskParams, task_id: str, ride: Ride | None = None
                    ) -> m.TaskResult | m.TaskInfo:
@@ -426,15 +480,21 @@ class ClusterTasks:
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
                   progress: Progress) -> m.TaskResult:
         """Submit and wait for the outcome; `progress` hears the task's progress reports,
-        from whichever node runs it, as `task.progress`'s params."""
-        task_id = new_id()
-        fut = self._waiter(task_id)
+        from whichever node runs it, as `task.progress`'s params. With an idempotency
+        key, the task it names (its record read first: it may have ended)."""
+        claimed = await self._claimed(p) if p.idempotency_key is not None else None
+        task_id = claimed[1].task_id if claimed is not None else new_id()
+        fut: Waiter | None = self._waiter(task_id) if claimed is None else None
         self._following.setdefault(task_id, []).append(progress)
         try:
             try:
-                await self._put(p, task_id, watched=True)
+                if claimed is None:
+                    await self._put(p, task_id, watched=True)
+                else:
+                    await self._keyed(p, *claimed, watched=True)
             except BaseException:
-                self._unwait(task_id, fut)
+                if fut is not None:
+                    self._unwait(task_id, fut)
                 raise
             notify("task.accepted", {"task_id": task_id})
             got = await self._ended(task_id, fut)

@@ -32,6 +32,7 @@ from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.inbox import DEFAULT_BOUNDS, InboxBounds
 from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.teams.call import driven_with
+from ..taskkeys import MAX_KEYS_PER_TENANT
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
 from . import records, redischeck
@@ -58,6 +59,7 @@ from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
 from .steps import ClusterSteps
 from .submitclaim import SubmitClaims
+from .submitkeys import SubmitKeys
 from .trust import Trust
 
 
@@ -72,10 +74,12 @@ class ClusterNode:
                  apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
                  describe: Describe = lambda old, new: "changed",
                  key: bytes | None = None, calls: DurableStore | None = None,
-                 asks_bounds: InboxBounds = DEFAULT_BOUNDS) -> None:
+                 asks_bounds: InboxBounds = DEFAULT_BOUNDS,
+                 key_bound: int = MAX_KEYS_PER_TENANT) -> None:
         """`calls`: this node's journal of durable calls, which holds a copy of each
         call it drives (clustercalls.py; None: memory, lost with the process);
-        `asks_bounds`: the pending asks its tasks may hold ([supervisor]'s)."""
+        `asks_bounds`: the pending asks its tasks may hold ([supervisor]'s);
+        `key_bound`: the idempotency keys a tenant holds ([supervisor]'s, taskkeys.py)."""
         self.settings = settings
         self.host = host  # the agents, as the task path sees them
         self.agents = parts.agents
@@ -117,7 +121,8 @@ class ClusterNode:
                              report, settings.tasks_kept_for, trust)
         self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
                                 host, report, trust, self.submit_claims, sessions,
-                                self.outbox)
+                                self.outbox,
+                                SubmitKeys(self.redis, scripts, self.keys, key_bound))
         # its durable calls (workflow runs, team calls) and their steps' tasks in Redis,
         # taken over when it dies
         step_tasks = ClusterStepTasks(self.desk, self.cancel)

@@ -455,7 +455,8 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
                        prepare=fleet.fill_paths, apply=fleet.apply_spec,
                        describe=describe_change, key=cluster_key(conf, hub),
                        calls=CallJournal(store),
-                       asks_bounds=asks_bounds(conf.cfg.supervisor))
+                       asks_bounds=asks_bounds(conf.cfg.supervisor),
+                       key_bound=conf.cfg.supervisor.idempotency_keys_per_tenant)
     if taken is not None and taken.handoff.cluster is not None:
         from ..cluster import handover  # an upgrade's: the same daemon and incarnation
         handover.go_on(node, taken.handoff.cluster)

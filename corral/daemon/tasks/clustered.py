@@ -76,8 +76,11 @@ class ClusterFront:
         if p.local:
             return await self.local.submit(p, channel)
         await self.recovered.wait()
-        task_id, outcome = await self.desk.submit(self._admitted(p), p.wait)
-        return accepted(task_id, "queued", outcome)
+        task_id, outcome, replayed = await self.desk.submit(self._admitted(p), p.wait)
+        answer = accepted(task_id, "queued", outcome)
+        if replayed:
+            answer.replayed = True
+        return answer
 
     async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
         if p.local:

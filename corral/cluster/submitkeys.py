@@ -1,0 +1,100 @@
+"""A cluster task's idempotency key (corral/taskkeys.py) in Redis, where every node reads
+it: `corral:{NAME}:idem:TENANT:KEY` holds "TASK_ID DIGEST STATE" for KEEP_SECONDS, and
+the tenant's keys are a sorted set by time (`idems:TENANT`), its bound counted there.
+
+A key is claimed before its task is submitted, with the id the task is submitted under
+(CLAIM: one step, so that two nodes racing one key get one id): the submit is idempotent
+on the id, so the state says what a retry does. `p` (claimed): the claimer may have died
+before its submit was acknowledged, and a retry submits the task under the claimed id
+(Redis answers "already accepted" when the claimer's got there: one task either way);
+`a` (accepted): the task was acknowledged, and a retry submits nothing, even once the
+task's record has been trimmed. A submit refused (its queue full, no node runs its agent)
+lets go of its claim, so a retry is a new request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..taskkeys import KEEP_SECONDS
+from .keys import Keys
+from .scripts import Scripts
+
+# KEYS: the key's, its tenant's keys (a sorted set by time)
+# ARGV: task id, digest, now (seconds), KEEP_SECONDS, the tenant's bound, the key
+# -> the key's value when held (another submission's claim, or its task), else the
+#    number of keys the tenant holds when that is its bound (refused), else -1 (claimed)
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+local keep = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - keep)
+local count = redis.call('ZCARD', KEYS[2])
+if count >= tonumber(ARGV[5]) then return count end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' p', 'PX', math.floor(keep * 1000))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
+redis.call('EXPIRE', KEYS[2], math.ceil(keep))
+return -1
+"""
+
+# KEYS: the key's, its tenant's keys; ARGV: the claim's value, the key
+# -> 1 let go, 0 the key holds something else
+RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+CLAIMED = "p"
+ACCEPTED = "a"
+
+
+class Claim:
+    """A key as CLAIM left it: the task id it names, the digest of its request, its
+    state; `new`: this call claimed it; `held`: the tenant's count when refused."""
+
+    __slots__ = ("digest", "held", "new", "state", "task_id")
+
+    def __init__(self, task_id: str, digest: str, state: str, new: bool,
+                 held: int | None = None) -> None:
+        self.task_id, self.digest, self.state, self.new = task_id, digest, state, new
+        self.held = held
+
+
+class SubmitKeys:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, bound: int) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.bound = bound
+        self._claim = redis.register_script(CLAIM)
+        self._release = redis.register_script(RELEASE)
+
+    def _names(self, tenant: str, key: str) -> list[str]:
+        return [f"{self.keys.prefix}idem:{tenant}:{key}", f"{self.keys.prefix}idems:{tenant}"]
+
+    async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> Claim:
+        """The key claimed for `task_id`, or what holds it (RedisError: not answered)."""
+        [got] = await self.scripts.acknowledged([(self._claim, self._names(tenant, key), [
+            task_id, digest, repr(time.time()), KEEP_SECONDS, self.bound, key])])
+        if isinstance(got, Exception):
+            raise got
+        if isinstance(got, bytes):
+            held_id, held_digest, state = got.decode().split(" ")
+            return Claim(held_id, held_digest, state, False)
+        if got == -1:
+            return Claim(task_id, digest, CLAIMED, True)
+        return Claim(task_id, digest, CLAIMED, False, held=int(got))
+
+    async def accepted(self, tenant: str, key: str, claim: Claim) -> None:
+        """Its task acknowledged: a retry submits nothing (the key's time from now)."""
+        await self.redis.set(self._names(tenant, key)[0],
+                             f"{claim.task_id} {claim.digest} {ACCEPTED}", xx=True,
+                             px=int(KEEP_SECONDS * 1000))
+
+    async def release(self, tenant: str, key: str, claim: Claim) -> None:
+        """Let go of a claim whose submit was refused."""
+        await self.scripts.run([(self._release, self._names(tenant, key), [
+            f"{claim.task_id} {claim.digest} {CLAIMED}", key])])
