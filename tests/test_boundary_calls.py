@@ -34,10 +34,10 @@ from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 
 pytest.importorskip("mcp")
-import httpx2  # noqa: E402
-from mcp import ClientSession  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from mcp.shared.exceptions import MCPError  # noqa: E402
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 HERE = Path(__file__).parent
 PLAIN = "plain-gateway-client-token"  # a tokens file's client: no tenant
@@ -181,7 +181,7 @@ async def test_a_gateway_call_of_no_task_asks_at_mcp_and_at_the_servers_own_path
                                       ("/counting", "bump", 12, "deny")):
             async with session(url, token, at) as s:
                 call = asyncio.ensure_future(s.call_tool(tool, {"i": i}))
-                await wait_until_async(lambda: asks_of(d, "linked") or call.done())
+                await wait_until_async(lambda c=call: asks_of(d, "linked") or c.done())
                 assert not call.done(), call.result()
                 [ask] = asks_of(d, "linked")
                 assert ask["task_id"].startswith("replica:linked#0:"), ask

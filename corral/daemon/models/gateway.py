@@ -29,7 +29,7 @@ import msgspec
 from aiohttp import web
 
 from ... import jsonrpc
-from ...askviews import AskEnd, AskKind, AskRequest
+from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
@@ -37,6 +37,7 @@ from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
 from ...supervisor.tasks.inbox import askable
 from ...supervisor.tasks.model import TaskFinished
+from ...supervisor.tasks.replicacalls import ReplicaAsk
 from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
 from ...taskviews import TaskFailure
 from ...text import iso_time
@@ -361,7 +362,8 @@ class ModelGateway:
     async def _approved(self, request: web.Request, call: ModelCall) -> None:
         """A live call the agent's or its tenant's policy holds waits for a person (its
         task `waiting`, suspended past suspend_after: holds.py); ModelRefusal when it was
-        not approved, or cannot be asked (a call of no task, or a cluster's)."""
+        not approved, or cannot be asked (a cluster's); a call of no task is its
+        replica's, asked by its incarnation (replicacalls.py), the call waiting."""
         task = call.task
         policy = model_policy_of(call.replica, task.tenant
                                  if task is not None and task.tenant is not None
@@ -372,16 +374,25 @@ class ModelGateway:
         why = why_held(policy, call.name, cost)
         if why is None:
             return
-        if task is None or not askable(task):  # its ask would be no task's, or lost
+        asked = subject(call.name, call.endpoint.path, cost, why)
+        ask: Ask
+        if task is None:
+            # the replica's (DESIGN 27): its incarnation asks, the call waiting meanwhile
+            try:
+                ask = await self.tasks.replica_calls.ask(call.replica, ReplicaAsk(
+                    AskKind.APPROVAL, "model", asked, policy.timeout))
+            except RpcError as exc:  # a bound of the inbox's
+                raise ModelRefusal(429, exc.message) from None
+        elif not askable(task):  # its ask would be lost with this node
             raise ModelRefusal(403, f"model call {call.name} waits for a person's approval "
-                                    f"({why}), which a call of "
-                                    f"{'no task' if task is None else 'a cluster task'} "
-                                    f"cannot ask: refused")
-        key = "model:" + self._ordinals.key(task, call.name, call.body)
-        self.stream.listen(self._ends)
-        ask = await self.tasks.ask_person(AskRequest(
-            AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
-            subject(call.name, call.endpoint.path, cost, why), policy.timeout))
+                                    f"({why}), which a call of a cluster task cannot "
+                                    f"ask: refused")
+        else:
+            key = "model:" + self._ordinals.key(task, call.name, call.body)
+            self.stream.listen(self._ends)
+            ask = await self.tasks.ask_person(AskRequest(
+                AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
+                asked, policy.timeout))
         if ask.end is AskEnd.APPROVED:
             if request.transport is None or request.transport.is_closing():
                 raise ModelRefusal(409, f"model call {call.name} was approved after its "
@@ -389,7 +400,7 @@ class ModelGateway:
             return
         words = not_approved(ask, f"model call {call.name}", policy.timeout)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
-        if how == "fail" and ask.end is not AskEnd.WITHDRAWN:
+        if how == "fail" and ask.end is not AskEnd.WITHDRAWN and task is not None:
             self.tasks.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))
         raise ModelRefusal(403, words)
 
