@@ -56,7 +56,7 @@ def test_a_supervisord_template_placeholder_is_taken_as_written_and_said(
     would refuse one as it is; corral carries what it can and says the rest."""
     agents, said = imported(tmp_path, {"desktop.conf": (
         b"[program:panel]\ncommand=/usr/bin/panel --home %HOME%\ndirectory=%HOME%\n"
-        b"user=%USER%\nstopsignal=WINCH\n")})
+        b"stopsignal=WINCH\n")})
     assert agents == {"panel": {"command": "/usr/bin/panel --home %HOME%",
                                 "protocol": "none", "start_secs": 1}}
     why = "(supervisord refuses it: a template filled in before supervisord starts?)"
@@ -66,8 +66,6 @@ def test_a_supervisord_template_placeholder_is_taken_as_written_and_said(
         f"23 {why}",
         "desktop.conf: [program:panel]: directory: not carried: '%HOME%' is badly "
         f"formatted: unsupported format character 'H' (0x48) at index 1 {why}",
-        "desktop.conf: [program:panel]: user: not carried: '%USER%' is badly formatted: "
-        f"unsupported format character 'U' (0x55) at index 1 {why}",
         "desktop.conf: [program:panel]: stopsignal: WINCH: not carried: corral's "
         "stop_signal is one of TERM, HUP, INT, QUIT, KILL, USR1, USR2 (TERM is sent)",
     ]

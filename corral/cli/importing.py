@@ -68,8 +68,17 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         click.echo(text, nl=False)
         return
     target = Path(output)
-    if target.exists():
-        old = target.read_text(encoding="utf-8", errors="replace")
+    refusal = _refusal(target, force)
+    if refusal is not None:
+        click.echo(f"corral: {target}: {refusal}", err=True)
+        sys.exit(EXIT_FAILED)
+    if target.exists() and not target.is_symlink():
+        from ..importer.model import text_of
+
+        try:
+            old = text_of(target)
+        except OSError:  # a file it cannot read is refused above; too large: no diff
+            old = ""
         diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
                                             str(target), f"{target} (imported)"))
         click.echo(diff, err=True, nl=False)
@@ -77,6 +86,54 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
             click.echo(f"corral: {target} exists: not replaced (--force replaces it; the "
                        "difference is above)", err=True)
             sys.exit(EXIT_FAILED)
-    target.write_text(text, encoding="utf-8")
+    try:
+        _write(target, text)
+    except OSError as exc:
+        click.echo(f"corral: {target}: cannot write: {exc.strerror}", err=True)
+        sys.exit(EXIT_FAILED)
     n = sum(len(imp.agents) for imp in imports)
     click.echo(f"{target}: {n} agent{'s' if n != 1 else ''} written", err=True)
+
+
+def _refusal(target: os.PathLike[str], force: bool) -> str | None:
+    """Why -o may not write `target`: a link is never written through (a dangling one
+    would have the file made wherever it points, as root often), nor is what is not a
+    regular file; a link is replaced by the file only with --force."""
+    import stat
+
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot write: {exc.strerror}"
+    if stat.S_ISLNK(mode):
+        return None if force else ("a link: not written through (--force replaces the "
+                                   "link itself with the file)")
+    if not stat.S_ISREG(mode):
+        return "not a regular file: not written"
+    return None
+
+
+def _write(target: os.PathLike[str], text: str) -> None:
+    """The file written whole, then put in place of `target` (itself, not what a link
+    there points to); a new file is the owner's alone (its env may hold secrets), a file
+    replaced keeps its mode."""
+    import stat
+    import tempfile
+
+    path = os.fspath(target)
+    try:
+        st = os.lstat(path)
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o600
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(prefix=".corral-import-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -2,22 +2,66 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..supervisor.config import ConfigError
 from ..supervisor.names import NAME_RE, RESERVED
+
+# a user's or group's name (useradd's, with Samba's trailing $) or number
+USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
+# why an import refuses a program whose user it cannot resolve, rather than leave it out
+RUN_AS_ROOT = "refused: without its user the program would run as root"
+MAX_BYTES = 4 << 20  # a config file: a file larger is not one (nor is /dev/zero)
 
 
 def text_of(path: Path) -> str:
     """A file's text as its tool would make it out: UTF-8, less a byte-order mark; UTF-16
     where its mark says so (a file saved on Windows); a byte that is no character is
-    U+FFFD. Raises OSError."""
-    data = path.read_bytes()
+    U+FFFD. A regular file or a pipe (`corral import <(...)`), at most MAX_BYTES: a
+    device is not read (/dev/zero would be read to exhaustion, a tty would wait). Raises
+    OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)}): not read")
+        os.set_blocking(fd, True)  # a pipe's writer may be slower than its reader
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_BYTES >> 20} MiB: not a config "
+                                   "file corral import reads")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16", errors="replace")
     return data.decode("utf-8-sig", errors="replace")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a file")
+
+
+def named_text(path: Path, by: str) -> str:
+    """The text of a file another file names (a supervisord include, a systemd unit's
+    drop-in), read only when it is a regular file in the directory it is named in: a
+    link out of that directory is not followed (it may name any file of the host, read
+    as whoever runs the import, root often). Raises ConfigError, saying which and why."""
+    try:
+        real = path.resolve(strict=True)
+        if real.parent != path.parent.resolve():
+            raise ConfigError(f"{by}: {path}: a link to {real}, outside its directory: "
+                              "not read (move or copy the file there)")
+        if not real.is_file():
+            raise ConfigError(f"{by}: {path}: not a regular file: not read")
+        return text_of(real)
+    except OSError as exc:
+        raise ConfigError(f"{by}: {path}: cannot read: {exc.strerror}") from None
 
 
 class How(NamedTuple):

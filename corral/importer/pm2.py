@@ -22,7 +22,7 @@ from ..othernames import target
 from ..supervisor.config import ConfigError
 from ..supervisor.schedule import Cron, ScheduleError
 from . import jsbox, json5
-from .model import Conversion, How, text_of
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, text_of
 
 VERSION_TIMEOUT = 10.0
 # the interpreter PM2 runs a script with by its extension (where `interpreter` is unset)
@@ -184,11 +184,14 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
     replicas = _instances(app.get("instances", 1), where, imp)
     if replicas != 1:
         table[target("instances")] = replicas
-    user = app.get("uid", app.get("user"))
-    if user is not None:
-        table["user"] = str(user)
-    if app.get("gid") is not None:
-        table["group"] = str(app["gid"])
+    for key, corral in (("uid", "user"), ("user", "user"), ("gid", "group")):
+        value = app.get(key)
+        if value is None or corral in table:
+            continue
+        if isinstance(value, bool) or not USER_RE.fullmatch(str(value)):
+            raise ConfigError(f"{where}: {key}: {json.dumps(value)} is not a user's name "
+                              f"or number: {RUN_AS_ROOT}")
+        table[corral] = str(value)
     if app.get("autostart") is False:
         table["autostart"] = False
     codes = app.get("stop_exit_codes")

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import configparser
 import glob
+import json
 import platform
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import Conversion, How, text_of
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, named_text, text_of
 
 PROGRAM_KEYS_CARRIED = (
     "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
@@ -50,9 +51,17 @@ NOT_CARRIED = {
     "serverurl": "supervisorctl's; corral's CLI finds the daemon's socket itself",
 }
 # [supervisord] keys about supervisord itself, not its programs
-DAEMON_ONLY = {"nodaemon", "logfile", "logfile_maxbytes", "logfile_backups", "loglevel",
-               "pidfile", "identifier", "childlogdir", "nocleanup", "silent",
-               "strip_ansi"}
+DAEMON_ONLY = {"nodaemon", "identifier", "nocleanup", "silent", "strip_ansi"}
+# those of supervisord's own output and files, each said: corral has its own
+_OWN_LOG = ("supervisord's own log; corral's daemon logs to its stderr (the journal "
+            "under systemd)")
+DAEMON_OWN = {
+    "logfile": _OWN_LOG, "logfile_maxbytes": _OWN_LOG, "logfile_backups": _OWN_LOG,
+    "loglevel": _OWN_LOG,
+    "pidfile": "corral writes no pid file of its own (systemd, or `corral status`, "
+               "knows its pid)",
+    "childlogdir": "programs' logs (AUTO) are in corral's [supervisor] log_dir",
+}
 SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
 _PROCESS_NUM = re.compile(r"%\(process_num\)([-#0 +]*\d*)d")
 _RESTART = {"true": "always", "false": "never", "unexpected": "on-failure"}
@@ -72,7 +81,7 @@ def read(path: Path, how: How) -> Conversion:
     here = str(path.parent.resolve())
     base = {f"ENV_{k}": v for k, v in env.items()} | {
         "here": here, "host_node_name": platform.node()}
-    common_env = _daemon_section(parser, imp, base)
+    common = _daemon_section(parser, imp, base)
     groups = _groups(parser, imp, base)
     priorities: dict[str, tuple[int, str, list[str]]] = {}
     listeners: list[str] = []
@@ -80,7 +89,7 @@ def read(path: Path, how: How) -> Conversion:
         kind, _, name = section.partition(":")
         if kind == "program" and name:
             try:
-                _program(parser, section, name, imp, base, common_env,
+                _program(parser, section, name, imp, base, common,
                          groups.get(name, name), priorities)
             except ConfigError as exc:
                 raise ConfigError(f"{imp.source}: {exc}") from None
@@ -160,17 +169,22 @@ def _parse(path: Path, missing: list[str]) -> configparser.RawConfigParser:
 
 
 def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path],
-          missing: list[str]) -> None:
+          missing: list[str], by: str | None = None) -> None:
     """`path` into `parser`, then the files its [include] names (relative to it); a
-    pattern that matches none put in `missing`."""
+    pattern that matches none put in `missing`. An included file (`by` the file naming
+    it) is read only where it is a regular file in the directory its pattern names
+    (model.named_text)."""
     real = path.resolve()
     if real in seen:
         return
     seen.add(real)
-    try:
-        text = text_of(path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if by is not None:
+        text = named_text(path, by)
+    else:
+        try:
+            text = text_of(path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     included = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
                                             strict=False, interpolation=None)
     included.optionxform = str  # type: ignore[assignment,method-assign]
@@ -194,7 +208,7 @@ def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path],
         if not found:
             missing.append(pattern)
         for inc in found:
-            _read(parser, Path(inc), seen, missing)
+            _read(parser, Path(inc), seen, missing, f"{path}: [include] files")
 
 
 def expand(text: str, expansions: dict[str, Any], where: str) -> str:
@@ -209,24 +223,67 @@ def expand(text: str, expansions: dict[str, Any], where: str) -> str:
         raise ConfigError(f"{where}: {text!r} is badly formatted: {exc}") from None
 
 
+class Common(NamedTuple):
+    """What [supervisord] gives every program: its environment, and its user (the one
+    supervisord switched to as it started, and so ran them as)."""
+
+    env: dict[str, str]
+    user: str | None
+
+
 def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
-                    base: dict[str, Any]) -> dict[str, str]:
-    """[supervisord]'s environment (every program's), and a note for each setting of it
-    that changes what its programs do."""
+                    base: dict[str, Any]) -> Common:
+    """[supervisord]'s environment and user (every program's), and a note for each
+    setting of it that changes what its programs do or where its own output went."""
     if not parser.has_section("supervisord"):
-        return {}
+        return Common({}, None)
     env: dict[str, str] = {}
-    for k, v in parser["supervisord"].items():
-        if k == "environment":
-            try:
+    user: str | None = None
+    try:
+        for k, v in parser["supervisord"].items():
+            if k == "environment":
                 env = env_pairs(expand_here(v, base, "[supervisord]", k, imp) or "",
                                 "[supervisord]")
-            except ConfigError as exc:
-                raise ConfigError(f"{imp.source}: {exc}") from None
-        elif k not in DAEMON_ONLY:
-            imp.note("[supervisord]", k, "not carried: a setting of supervisord itself "
-                                         "(corral's own are [supervisor] in corral.toml)")
-    return env
+            elif k == "user":
+                user = user_of(v, base, "[supervisord]")
+                if user in ("root", "0"):
+                    imp.note("[supervisord]", k, f"{user}: each program that names no "
+                                                 "user runs as the daemon's (root, where "
+                                                 "it runs as root)")
+                    user = None
+                elif user:
+                    imp.note("[supervisord]", k, f"{user}: user = {json.dumps(user)} on "
+                                                 "each program that names no user of its "
+                                                 "own (supervisord ran as it, and them)")
+            elif k in DAEMON_OWN:
+                imp.note("[supervisord]", k, f"{v!r}: not carried: {DAEMON_OWN[k]}")
+            elif k not in DAEMON_ONLY:
+                imp.note("[supervisord]", k, "not carried: a setting of supervisord "
+                                             "itself (corral's own are [supervisor] in "
+                                             "corral.toml)")
+    except ConfigError as exc:
+        raise ConfigError(f"{imp.source}: {exc}") from None
+    return Common(env, user)
+
+
+def user_of(text: str, ex: dict[str, Any], where: str) -> str:
+    """A user= expanded now, or refused: a user that cannot be resolved here is never
+    left out (the program would run as root)."""
+    unset = sorted({v for v in re.findall(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)", text)
+                    if f"ENV_{v}" not in ex})
+    if unset:
+        names = ", ".join(f"${v}" for v in unset)
+        raise ConfigError(f"{where}: user: {text!r}: {names} not set where corral import "
+                          f"ran: {RUN_AS_ROOT} (set it, or write the user)")
+    try:
+        user = expand(text, ex, f"{where} user").strip()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: user: {text!r} cannot be resolved "
+                          f"({str(exc).split(': ', 1)[-1]}): {RUN_AS_ROOT}") from None
+    if user and not USER_RE.fullmatch(user):
+        raise ConfigError(f"{where}: user: {user!r} is not a user's name or number: "
+                          f"{RUN_AS_ROOT}")
+    return user
 
 
 def _groups(parser: configparser.RawConfigParser, imp: Conversion,
@@ -274,7 +331,7 @@ def env_pairs(text: str, where: str) -> dict[str, str]:
 
 
 def _program(parser: configparser.RawConfigParser, section: str, name: str, imp: Conversion,
-             base: dict[str, Any], common_env: dict[str, str], group: str,
+             base: dict[str, Any], common: Common, group: str,
              priorities: dict[str, tuple[int, str, list[str]]]) -> None:
     where = f"[{section}]"
     raw = dict(parser[section])
@@ -293,10 +350,11 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
                  f"AGENT#0..#{numprocs - 1} (the number is $CORRAL_REPLICA)")
     if cwd := get("directory", ""):
         table[target("directory")] = cwd
-    env = dict(common_env)
+    env = dict(common.env)
     if "environment" in raw:
         env |= env_pairs(get("environment", ""), where)
-    if user := get("user", ""):
+    user = user_of(raw["user"], ex, where) if "user" in raw else common.user
+    if user:
         table["user"] = user
     if "autostart" in raw:
         table["autostart"] = _bool(get("autostart", "true"), where, "autostart")

@@ -5,6 +5,8 @@ resetting it. The unit's name (less `.service`) is the agent's."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import Conversion, How, text_of
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, named_text, text_of
 
 # directives read below (lower case)
 CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "restart",
@@ -20,7 +22,7 @@ CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "res
            "successexitstatus", "startlimitburst", "startlimitintervalsec",
            "startlimitinterval", "type", "watchdogsec", "limitnofile", "nice",
            "description", "documentation", "wantedby", "alias", "killmode",
-           "environmentfile"}
+           "environmentfile", "dynamicuser"}
 # an order on other units: an agent's `after` where the unit is imported with it (link)
 ORDER = {"after", "requires"}
 LISTS = {"environment", "execstartpre", "execstartpost", "execstop", "execstoppost",
@@ -107,6 +109,10 @@ def _text(path: Path) -> str:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def _role(f: Path, unit: Path | None) -> str:
+    return "its unit" if f == unit else "its drop-in"
+
+
 def _unit_files(path: Path) -> tuple[Path | None, list[Path]]:
     """The unit and its drop-ins (`NAME.service.d/*.conf`, read after it, by name), as
     systemd reads them: a unit given finds its drop-ins beside it, a drop-in given finds
@@ -122,7 +128,14 @@ def _unit_files(path: Path) -> tuple[Path | None, list[Path]]:
 def read(path: Path, how: How) -> Conversion:
     skipped: list[int] = []
     unit, dropins = _unit_files(path)
-    texts = [_text(f) for f in ([unit] if unit else []) + dropins]
+    # the file given is the operator's; those found beside it are read only where they
+    # are regular files in their directory (model.named_text), a link to /dev/null
+    # being a drop-in masked, as systemd takes it
+    masked = [f for f in dropins if f != path and f.is_symlink()
+              and os.path.realpath(f) == os.devnull]
+    dropins = [f for f in dropins if f not in masked]
+    texts = [_text(f) if f == path else named_text(f, f"{path}: {_role(f, unit)}")
+             for f in ([unit] if unit else []) + dropins]
     sections = parse("\n".join(texts), str(path), skipped)
     if "Service" not in sections:
         raise ConfigError(f"{path}: no [Service] section: not a service unit")
@@ -133,6 +146,9 @@ def read(path: Path, how: How) -> Conversion:
     for f in dropins if unit else dropins[1:]:
         imp.note("[Service]", "(drop-in)", f"{f}: read over the unit, as systemd reads "
                                            "its drop-ins")
+    for f in masked:
+        imp.note("[Service]", "(drop-in)", f"{f}: a link to /dev/null: masked, not read "
+                                           "(as systemd masks it)")
     name = (unit or path).name.removesuffix(".in").removesuffix(".service")
     if path.parent.name.endswith(".service.d") and unit is None:
         name = path.parent.name.removesuffix(".service.d")
@@ -176,9 +192,7 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Convers
                                 "starts, which must stay in the foreground")
     if one("workingdirectory"):
         table["cwd"] = (one("workingdirectory") or "").lstrip("-")
-    for key in ("user", "group"):
-        if one(key):
-            table[key] = one(key)
+    _user(given, table, where, imp, name)
     env: dict[str, str] = {}
     for assignment in (given.get("environment", ("", "", []))[2]):
         try:
@@ -247,6 +261,36 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Convers
         for v in values if low in LISTS else values[-1:]:
             imp.note(where, key, f"{v}: {why}")
     return table
+
+
+_YES = {"yes", "true", "on", "1"}
+
+
+def _user(given: dict[str, tuple[str, str, list[str]]], table: dict[str, Any],
+          where: str, imp: Conversion, name: str) -> None:
+    """User= and Group= as written, or the unit refused: a user corral import cannot
+    resolve (a template's %i, a host's specifier) is never left out, nor is systemd's
+    DynamicUser=, which corral has no equivalent of (the program would run as root)."""
+    for low, key in (("user", "User"), ("group", "Group")):
+        values = given.get(low, ("", key, []))[2]
+        if not values:
+            continue
+        value = _specifiers(values[-1], name)
+        if not USER_RE.fullmatch(value):
+            said = repr(value) if value else "nothing"
+            raise ConfigError(f"{where}: {key}: {values[-1]!r} is {said} where corral "
+                              "import runs (a template's instance or a host's specifier "
+                              f"is not known to it): {RUN_AS_ROOT}")
+        table[low] = value
+    dynamic = given.get("dynamicuser", ("", "", []))[2]
+    if dynamic and dynamic[-1].lower() in _YES:
+        if "user" not in table:
+            raise ConfigError(f"{where}: DynamicUser: {dynamic[-1]}: corral makes no "
+                              f"dynamic user: {RUN_AS_ROOT} (give User= a user of its own, "
+                              "made on this host)")
+        imp.note(where, "DynamicUser", f"{dynamic[-1]}: user = {json.dumps(table['user'])}"
+                                       ", which must exist on this host (corral makes no "
+                                       "dynamic user)")
 
 
 def _limits(one: Any, where: str, imp: Conversion) -> dict[str, int]:
