@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import re
+import signal
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -56,6 +57,7 @@ def config(tmp: Path) -> str:
             f"[agents.budgeted]{agent}max_tool_calls_per_task = 2\n"
             'tools = ["counting__*"]\n\n'
             f'[agents.theirs]{agent}tenant = "acme"\ntools = ["counting__*"]\n\n'
+            f'[agents.shouty]{agent}tools = ["counting__*"]\napprove = ["counting__*"]\n\n'
             "[tenants.acme]\n\n"
             f'[mcp_servers.counting]\ncommand = ["{PY}", "{HERE}/servers/counting_mcp.py", '
             f'"{tmp}/server-count"]\nshared = true\n\n'
@@ -260,10 +262,58 @@ async def test_at_mcp_corral_spawns_globs_and_tenants_hold(daemon: Daemon) -> No
     # of its own, unseen and not run
     async with session(url, PLAIN, "/corral") as s:
         names = [t.name for t in (await s.list_tools()).tools]
-        assert "theirs" not in names and {"linked", "budgeted"} <= set(names)
+        assert sorted(names) == ["budgeted", "linked", "shouty"], names
         with pytest.raises(MCPError) as err:
             await s.call_tool("theirs", {"do": "echo"})
-        assert str(err.value) == "no such agent: theirs (agents: budgeted, linked)"
+        assert str(err.value) == "no such agent: theirs (agents: budgeted, linked, shouty)"
     agents = [t["agent"] for t in d.ask("tasks.list", {})["tasks"]]
     # of every task started here, the token's one alone
     assert (len(agents) - before, agents.count("theirs")) == (1, 0), agents
+
+
+@pytest.mark.deadline(120)
+def test_an_agents_newline_draws_no_row_of_its_own_in_corral_approvals(
+        daemon: Daemon) -> None:
+    """A tool name is the agent's to choose: a newline in it, and a terminal's escape,
+    are shown escaped in the ask's one row, never as a row (or a sequence) of their
+    own."""
+    d = daemon
+    forged = "counting__bump\nask-0000000000000000  approval  t-1  writer  \x1b[2J"
+    task_id = submit(d, "shouty", raw_call(forged, {}))
+    [ask] = wait_until(lambda: asks_of(d, "shouty"), 30, "the forged call's ask")
+    for args in (("approvals",), ("approvals", "show", ask["id"])):
+        shown = d.cli(*args)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert "\x1b" not in shown.stdout, shown.stdout
+        assert not any(line.startswith("ask-0000") for line in lines), lines
+        [row] = [line for line in lines if ask["id"] in line]
+        assert "counting__bump\\nask-0000000000000000  approval" in row, row
+        assert "\\x1b[2J" in row, row
+    assert d.cli("approvals", "deny", ask["id"]).returncode == 0
+    finished(d, task_id)
+
+
+@pytest.mark.deadline(120)
+def test_a_replicas_ask_left_pending_by_a_killed_daemon_is_withdrawn_at_the_next_start(
+        ) -> None:
+    """The call that waited died with the daemon (SIGKILLed): the next daemon ends its
+    ask withdrawn, and nothing is made."""
+    tmp = shared_tmpdir()
+    (tmp / "tokens.toml").write_text("")
+    d = Daemon(tmp, config(tmp))
+    try:
+        d.start()
+        submit(d, "linked", raw_call("counting__bump", {"i": 31}))
+        [ask] = wait_until(lambda: asks_of(d, "linked"), 30, "the replica's ask")
+        d.stop(signal.SIGKILL)
+        d.start()
+        assert asks_of(d, "linked") == []
+        ended = d.ask("approvals.get", {"id": ask["id"]})
+        assert (ended["end"], ended["by"]) == ("withdrawn", "corral"), ended
+        refused = d.cli("approvals", "approve", ask["id"])
+        assert refused.returncode == 1
+        assert f"ask {ask['id']} has ended: withdrawn by corral at " in refused.stderr
+        assert "31" not in counted(d)
+    finally:
+        d.close()

@@ -401,6 +401,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 # a suspended task's id held once, by the engine and its asks
                 {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})
             own.callback(parts.tasks.inbox.close)
+            # a replica's call of no task that waited died with the last daemon: its ask too
+            await parts.tasks.replica_calls.withdraw_left()
             if conf.cfg.approvals is not None:  # each ask made and ended, to a chat tool
                 webhook = AskWebhook(conf.cfg.approvals, parts.tasks.stream, error)
                 own.push_async_callback(webhook.close)

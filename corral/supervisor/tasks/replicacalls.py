@@ -128,6 +128,14 @@ class ReplicaCalls:
             if parked is not None and peer is not None:
                 peer.unpark(parked)
 
+    async def withdraw_left(self) -> int:
+        """At a daemon's start: the asks of replicas' calls an earlier daemon left pending
+        end withdrawn (the calls that waited on them ended with it); how many owners."""
+        owners = {a.task_id for a in self.inbox.pending() if is_replica_owner(a.task_id)}
+        for owner in sorted(owners):
+            await self.inbox.withdraw(owner)
+        return len(owners)
+
     def _exited(self, e: ReplicaExit) -> None:
         w = self.windows.pop(e.replica.label, None)
         if w is None or not self.inbox.asking(w.owner):

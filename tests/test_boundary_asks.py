@@ -1,0 +1,56 @@
+"""Asks per task are bounded on a node's home (issue 74; [supervisor] max_asks_per_task,
+docs/approvals.md#bounds): each ask is a row of the state database kept for its task's
+life, pending or ended, so a task that asks without end is refused by the bound's name
+once it has made that many — counted from the database, so a restart does not reset it —
+while a retry asking again for a call it asked before finds that ask, and another task
+is not touched. The inbox on the daemon's real state database (as test_inbox_store.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral import jsonrpc
+from corral.askviews import AskEnd
+from corral.jsonrpc import RpcError
+from corral.supervisor.tasks.inbox import Decision, InboxBounds
+
+from .test_inbox_store import Opened, _approval
+
+
+async def test_a_tasks_asks_past_max_asks_per_task_are_refused_by_name(
+        tmp_path: Path) -> None:
+    opened = Opened(tmp_path / "corral.db")
+    try:
+        await _bounded(opened)
+    finally:
+        await opened.close()
+    # the database opened again (a restart): the count is the database's
+    reopened = Opened(tmp_path / "corral.db")
+    try:
+        reopened.inbox.load(reopened.inbox.store, InboxBounds(per_task=2))
+        with pytest.raises(RpcError) as e:
+            await reopened.inbox.ask(_approval("t-1", key="tool:4"))
+        assert e.value.message.startswith("task t-1 has made 2 asks of a person")
+    finally:
+        await reopened.close()
+
+
+async def _bounded(opened: Opened) -> None:
+    inbox = opened.inbox
+    inbox.load(inbox.store, InboxBounds(per_task=2))
+    first = await inbox.ask(_approval("t-1", key="tool:1"))
+    await inbox.decide(Decision(first.id, AskEnd.APPROVED, "uid 0"))
+    await inbox.ask(_approval("t-1", key="tool:2"))
+    with pytest.raises(RpcError) as e:
+        await inbox.ask(_approval("t-1", key="tool:3"))
+    assert (e.value.code, e.value.message) == (
+        jsonrpc.QUOTA_EXCEEDED, "task t-1 has made 2 asks of a person, its bound "
+                                "(max_asks_per_task 2): nothing more is asked")
+    # a retry's ask of a call it asked before is that ask, not one more
+    again = await inbox.ask(_approval("t-1", key="tool:1", attempt=2))
+    assert (again.id, again.end) == (first.id, AskEnd.APPROVED)
+    assert (await inbox.ask(_approval("t-2", key="tool:1"))).pending
+    assert [a.key for a in inbox.waiting_for("t-1")] == ["tool:2"]
+
