@@ -49,6 +49,9 @@ ASK_JSON = ("give its JSON (`node -p 'JSON.stringify(require(\"./FILE\"))' > "
 # 0x40000000 set) is refused too, as it would pass a filter of x86_64's numbers
 _ARCHES = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}
 _X32 = 0x40000000
+# what node says when a bound of memory stopped it: V8's heap, its reservations, a
+# buffer's allocation (each may come first, by where the file was)
+_OUT_OF_MEMORY = ("out of memory", "Fatal process OOM", "allocation failed")
 _EACCES = 13
 
 
@@ -147,7 +150,7 @@ def evaluate(node: str, path: Path, flag: str, script: str,
         if status in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or \
                 out.tell() >= OUTPUT_LIMIT:
             raise Refused(f"node's output passed {OUTPUT_LIMIT >> 20} MiB: not read")
-        if status != 0 and ("out of memory" in said or "OOM" in said):
+        if status != 0 and any(sign in said for sign in _OUT_OF_MEMORY):
             raise Refused(f"node ran out of memory evaluating it (it may use "
                           f"{HEAP_MB} MiB of heap, {MEMORY_MB} MiB in all)")
         out.seek(0)
