@@ -1224,17 +1224,19 @@ class Peer:
             self._decoders[rid] = decode
 
     # teardown -----------------------------------------------------------------------------
-    def close(self, reason: str) -> None:
-        """Fail every pending request and cancel every running handler; idempotent."""
+    def close(self, reason: str, data: Any = None) -> None:
+        """Fail every pending request and cancel every running handler; idempotent.
+        `data` rides on each request's error (a worker's: what kind of loss its exit
+        was, tasks/losses.py)."""
         if self.closed is not None:
             return
-        self.closed = RpcError(PEER_CLOSED, reason)
+        self.closed = RpcError(PEER_CLOSED, reason, data)
         self.held = self.reader = None
         pending, self._pending = self._pending, {}
         self._decoders.clear()
         for fut in pending.values():
             if not fut.done():
-                fut.set_exception(RpcError(PEER_CLOSED, reason))
+                fut.set_exception(RpcError(PEER_CLOSED, reason, data))
         incoming, self._incoming = self._incoming, {}
         for task in incoming.values():
             task.cancel()

@@ -45,6 +45,9 @@ class AgentRetries(Protocol):
     @property
     def retry_on(self) -> tuple[str, ...]: ...
 
+    @property
+    def retry_lost(self) -> int: ...
+
 
 class RetryOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
                   omit_defaults=True):
@@ -59,10 +62,20 @@ class RetryOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         description="Outcomes of an attempt that are retried: lost, failed, timed_out "
                     "(default: the agent's retry_on).",
         extra=_cli(metavar="OUTCOME[,OUTCOME]"))] | None = None
+    retry_lost: Annotated[int, msgspec.Meta(
+        ge=0, le=MAX_TASK_RETRIES,
+        description="Attempts lost to infrastructure (its worker killed or hung, the "
+                    "daemon restarted, its node died) it may have and still run again, "
+                    "no retries spent; 0: at most once, never run again once lost "
+                    "(default: the agent's retry_lost).")] | None = None
 
     def outcomes(self, spec: AgentRetries) -> tuple[str, ...]:
         """The outcomes of an attempt this policy retries: its own, else its agent's."""
         return self.retry_on if self.retry_on is not None else spec.retry_on
+
+    def lost(self, spec: AgentRetries) -> int:
+        """Its retry_lost: its own, else its agent's."""
+        return self.retry_lost if self.retry_lost is not None else spec.retry_lost
 
 
 AGENTS_RETRY = RetryOptions()  # a task that gave none: its agent's, whole
@@ -105,6 +118,15 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                     f"{MAX_TAGS}, each at most {MAX_TAG_LENGTH} letters, digits and "
                     ". _ : = / @ + - (a letter or a digit first).",
         extra=_cli(flag="tag", metavar="TAG"))] = ()
+    # kept with the task in its home (the journal's idempotency_keys, a cluster's key in
+    # Redis, corral/taskkeys.py): a client that lost its answer to a crash sends it again
+    idempotency_key: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
+        description="The same key sent again (by the same tenant, within 24 h) gives the "
+                    "first task, its id and outcome, and runs nothing twice, across a "
+                    "daemon's restart and on any node of a cluster; with another request, "
+                    "refused (409). The HTTP API takes it as the Idempotency-Key header.",
+        extra=_cli(metavar="KEY"))] | None = None
 
     def __post_init__(self) -> None:
         if len(self.tags) > MAX_TAGS:
@@ -118,15 +140,6 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                                  ". _ : = / @ + - (a letter or a digit first)")
 
     def start_at(self, now: float) -> float | None:
-    # kept with the task in its home (the journal's idempotency_keys, a cluster's key in
-    # Redis, corral/taskkeys.py): a client that lost its answer to a crash sends it again
-    idempotency_key: Annotated[str, msgspec.Meta(
-        min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
-        description="The same key sent again (by the same tenant, within 24 h) gives the "
-                    "first task, its id and outcome, and runs nothing twice, across a "
-                    "daemon's restart and on any node of a cluster; with another request, "
-                    "refused (409). The HTTP API takes it as the Idempotency-Key header.",
-        extra=_cli(metavar="KEY"))] | None = None
         """The wall time it may start at (None: at once); raises ValueError for a time
         past MAX_DELAY from now, or both `delay` and `not_before`."""
         if self.delay is not None and self.not_before is not None:

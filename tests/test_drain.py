@@ -105,9 +105,9 @@ def test_a_task_past_drain_timeout_is_cancelled_and_retried_once_by_the_next_dae
         ) -> None:
     tmp = shared_tmpdir()
     gate = tmp / "gate"
-    # its own drain_timeout, under the fleet's; `once` has no retries: it must not run
-    # twice, so the drain does not hand it over to run again
-    once = sleeper("once") + "retries = 0\ndrain_timeout = 1\n"
+    # its own drain_timeout, under the fleet's; `once` is at most once (retry_lost = 0):
+    # it must not run twice, so the drain does not hand it over to run again
+    once = sleeper("once") + "retries = 0\nretry_lost = 0\ndrain_timeout = 1\n"
     d = Daemon(tmp, worker("w", "drain_timeout = 1\ncancel_grace = 5\n") + once,
                extra=DRAIN)
     try:
@@ -135,7 +135,8 @@ def test_a_task_past_drain_timeout_is_cancelled_and_retried_once_by_the_next_dae
         assert ("task journal: 1 unfinished task recovered: 1 queued again, 0 running "
                 "tasks retried, 0 lost") in log(d)
         lost = d.json("task", single)
-        assert (lost["status"], lost["error"]["message"]) == ("lost", why)
+        assert (lost["status"], lost["error"]["message"]) == (
+            "lost", f"{why} (not run again: at most once, retry_lost = 0)")
         assert attempts(d, single) == [("lost", why)]  # and not run again
         assert d.stop() == 0
     finally:

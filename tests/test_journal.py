@@ -44,8 +44,9 @@ def kill_daemon_and_workers(d: Daemon) -> None:
 
 
 def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
+    # `once` is at most once: a task lost to the restart is not run again (retry_lost)
     agents = (worker("keep", "max_concurrent_tasks = 1\nretries = 1")
-              + worker("once", "max_concurrent_tasks = 1\nretries = 0"))
+              + worker("once", "max_concurrent_tasks = 1\nretries = 0\nretry_lost = 0"))
     d = Daemon(shared_tmpdir(), agents)
     d.start()
     try:
@@ -60,7 +61,8 @@ def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
         kill_daemon_and_workers(d)
         d.start()
         once = d.json("task", running["once"])
-        assert (once["status"], once["error"]["message"]) == ("lost", "daemon restarted")
+        assert (once["status"], once["error"]["message"]) == (
+            "lost", "daemon restarted (not run again: at most once, retry_lost = 0)")
         assert [(a["outcome"], a["error"]) for a in once["attempts"]] == [
             ("lost", "daemon restarted")]
         # the retried task keeps its place: it runs again before the queued ones

@@ -15,6 +15,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor.lifecycle import IllegalTransition
 from corral.supervisor.tasks.taskmachine import (
     ANSWERED,
+    AT_MOST_ONCE,
     IGNORE,
     LATE,
     LATE_AGAIN,
@@ -22,6 +23,7 @@ from corral.supervisor.tasks.taskmachine import (
     TABLE,
     TERMINAL,
     AttemptOutcome,
+    LostBudget,
     TaskCause,
     TaskMachine,
     TaskStatus,
@@ -38,15 +40,22 @@ S, C = TaskStatus, TaskCause
 
 
 class Policy:
-    """A task's retry policy as its manager answers it, and how often it was asked."""
+    """A task's retry policy as its manager answers it, and how often it was asked
+    (`budget`: its retry_lost and lost attempts; None: no retry for a loss to
+    infrastructure but its retries')."""
 
-    def __init__(self, retried_on: Collection[str] | None) -> None:
+    def __init__(self, retried_on: Collection[str] | None,
+                 budget: LostBudget | None = None) -> None:
         self.on = retried_on
+        self.budget = budget
         self.asked = 0
 
     def retried_on(self, task: TaskMachine) -> Collection[str] | None:
         self.asked += 1
         return self.on
+
+    def lost_budget(self, task: TaskMachine) -> LostBudget | None:
+        return self.budget
 
 
 NEVER = Policy(())
@@ -72,7 +81,10 @@ ROWS: dict[tuple[TaskStatus, TaskCause], TaskStep] = {
     (S.RUNNING, C.ANSWERED): TaskStep(S.SUCCEEDED, ends=True),
     (S.RUNNING, C.FAILED): TaskStep(S.FAILED, retry=True, ends=True),
     (S.RUNNING, C.TIMED_OUT): TaskStep(S.TIMED_OUT, retry=True, ends=True),
-    (S.RUNNING, C.LOST): TaskStep(S.LOST, retry=True, ends=True),
+    # lost to infrastructure: retry_lost asked first
+    (S.RUNNING, C.LOST): TaskStep(S.LOST, retry=True, ends=True, infra=True),
+    # lost of its own doing or to a cap: as retries and retry_on say
+    (S.RUNNING, C.CRASHED): TaskStep(S.LOST, retry=True, ends=True),
     (S.QUEUED, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
     (S.RUNNING, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
     (S.QUEUED, C.DROPPED): TaskStep(S.LOST, ends=True),
@@ -84,7 +96,8 @@ ROWS: dict[tuple[TaskStatus, TaskCause], TaskStep] = {
     (S.WAITING, C.ANSWERED): TaskStep(S.SUCCEEDED, ends=True),
     (S.WAITING, C.FAILED): TaskStep(S.FAILED, retry=True, ends=True),
     (S.WAITING, C.TIMED_OUT): TaskStep(S.TIMED_OUT, retry=True, ends=True),
-    (S.WAITING, C.LOST): TaskStep(S.LOST, retry=True, ends=True),
+    (S.WAITING, C.LOST): TaskStep(S.LOST, retry=True, ends=True, infra=True),
+    (S.WAITING, C.CRASHED): TaskStep(S.LOST, retry=True, ends=True),
     (S.WAITING, C.CANCEL): TaskStep(S.CANCELLED, ends=True),
     (S.WAITING, C.RELEASED): TaskStep(S.QUEUED),
     # waited past suspend_after: no attempt, no slot, until nothing it asked is pending;
@@ -100,7 +113,7 @@ REFUSED = sorted({(s, c) for s in TaskStatus for c in TaskCause} - set(ROWS))
 
 def test_the_table_is_the_designs() -> None:
     assert TABLE == ROWS
-    assert len(REFUSED) == 27
+    assert len(REFUSED) == 29
 
 
 @pytest.mark.parametrize(("status", "cause"), sorted(ROWS))
@@ -132,18 +145,18 @@ def test_the_refused_pairs_are_the_bugs() -> None:
     task with no attempt on a worker, a resume of one not waiting, a suspension of one
     not waiting: each a bug in corral."""
     assert set(REFUSED) == {
-        *((S.QUEUED, c) for c in (C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST, C.RELEASED,
-                                  C.WAIT, C.RESUME, C.SUSPEND)),
+        *((S.QUEUED, c) for c in (C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST, C.CRASHED,
+                                  C.RELEASED, C.WAIT, C.RESUME, C.SUSPEND)),
         (S.RUNNING, C.START), (S.RUNNING, C.DROPPED), (S.RUNNING, C.RESUME),
         (S.RUNNING, C.SUSPEND),
         (S.WAITING, C.START), (S.WAITING, C.DROPPED),
         *((S.SUSPENDED, c) for c in (C.START, C.ANSWERED, C.FAILED, C.TIMED_OUT, C.LOST,
-                                     C.RELEASED, C.WAIT, C.SUSPEND)),
+                                     C.CRASHED, C.RELEASED, C.WAIT, C.SUSPEND)),
         *((s, C.START) for s in TERMINAL)}
 
 
 # -- the retry rule ---------------------------------------------------------------------------
-@pytest.mark.parametrize("cause", [C.FAILED, C.TIMED_OUT, C.LOST])
+@pytest.mark.parametrize("cause", [C.FAILED, C.TIMED_OUT, C.LOST, C.CRASHED])
 @pytest.mark.parametrize(("retries", "on", "retried"), [
     (1, ("failed", "timed_out", "lost"), True),  # named, one left: retried
     (2, ("failed", "timed_out", "lost"), True),
@@ -163,7 +176,7 @@ def test_a_bad_end_is_retried_while_the_policy_names_it_and_retries_last(
         assert (m.status, m.retries_left) == (ROWS[S.RUNNING, cause].target, retries)
 
 
-@pytest.mark.parametrize("cause", [C.FAILED, C.TIMED_OUT, C.LOST])
+@pytest.mark.parametrize("cause", [C.FAILED, C.TIMED_OUT, C.LOST, C.CRASHED])
 def test_the_policy_names_the_outcome_retried(cause: TaskCause) -> None:
     """An agent retrying only lost attempts does not retry a failed one, and so on."""
     target = ROWS[S.RUNNING, cause].target
@@ -208,6 +221,46 @@ def test_a_finished_task_has_one_outcome() -> None:
     assert (m.status, m.retries_left) == (S.SUCCEEDED, 1)
 
 
+# -- a loss to infrastructure (retry_lost) --------------------------------------------------
+@pytest.mark.parametrize("status", [S.RUNNING, S.WAITING])
+def test_a_loss_to_infrastructure_is_retried_while_retry_lost_lasts_spending_no_retry(
+        status: TaskStatus) -> None:
+    for lost in (1, 2):  # lost attempts so far, this one among them: within retry_lost 2
+        m = at(status, retries=0)
+        step = m.fire(C.LOST, Policy((), LostBudget(2, lost)))
+        assert step is RETRY and step.retried and not step.ends
+        assert (m.status, m.retries_left) == (S.QUEUED, 0)
+    # one more than retry_lost: the retries rule, here none left, so it ends lost
+    m = at(status, retries=0)
+    assert m.fire(C.LOST, Policy(("lost",), LostBudget(2, 3))) == ROWS[status, C.LOST]
+    assert m.status is S.LOST
+
+
+def test_past_retry_lost_an_agents_retries_still_retry_a_lost_attempt() -> None:
+    m = at(S.RUNNING, retries=1)
+    assert m.fire(C.LOST, Policy(("lost",), LostBudget(1, 2))) is RETRY
+    assert (m.status, m.retries_left) == (S.QUEUED, 0)
+
+
+def test_at_most_once_a_lost_task_is_never_retried_whatever_its_retries() -> None:
+    m = at(S.RUNNING, retries=3)
+    policy = Policy(("lost",), LostBudget(0, 1))
+    step = m.fire(C.LOST, policy)
+    assert step is AT_MOST_ONCE and step.ends and step.once and not step.retried
+    assert (m.status, m.retries_left, policy.asked) == (S.LOST, 3, 0)
+
+
+def test_a_crash_or_a_cap_kill_is_not_retried_by_retry_lost() -> None:
+    m = at(S.RUNNING, retries=0)
+    step = m.fire(C.CRASHED, Policy(("lost",), LostBudget(2, 1)))
+    assert step == ROWS[S.RUNNING, C.CRASHED] and step.ends and not step.once
+    assert m.status is S.LOST
+    # its agent's retries do (retry_on names lost), and retry_lost = 0 does not stop them
+    m = at(S.RUNNING, retries=1)
+    assert m.fire(C.CRASHED, Policy(("lost",), LostBudget(0, 1))) is RETRY
+    assert m.retries_left == 0
+
+
 # -- a restart ------------------------------------------------------------------------------
 @pytest.mark.parametrize("status", ["queued", "running", "waiting", "suspended"])
 def test_a_restored_task_takes_its_records_status(status: str) -> None:
@@ -248,6 +301,19 @@ def test_an_answer_succeeds() -> None:
     (RpcError(jsonrpc.PEER_CLOSED, "worker exited"), None,
      AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED, "worker exited")), "lost",
      "worker exited"),
+    # the kind of loss its worker's end was, on the error (losses.py)
+    (RpcError(jsonrpc.PEER_CLOSED, "worker exited: killed by SIGKILL", {"loss": "infra"}),
+     None, AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED,
+                                              "worker exited: killed by SIGKILL")),
+     "lost", "worker exited: killed by SIGKILL"),
+    (RpcError(jsonrpc.PEER_CLOSED, "worker exited: memory limit", {"loss": "cap"}), None,
+     AttemptOutcome(C.CRASHED, TaskFailure(jsonrpc.PEER_CLOSED,
+                                           "worker exited: memory limit")),
+     "lost", "worker exited: memory limit"),
+    (RpcError(jsonrpc.PEER_CLOSED, "worker exited with status 3", {"loss": "crash"}), None,
+     AttemptOutcome(C.CRASHED, TaskFailure(jsonrpc.PEER_CLOSED,
+                                           "worker exited with status 3")),
+     "lost", "worker exited with status 3"),
     # handed over: lost to the stop, whatever the cancelled worker answered
     (RpcError(jsonrpc.REQUEST_CANCELLED, "stopped"), "daemon stopping",
      AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED, "daemon stopping")), "lost",

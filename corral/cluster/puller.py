@@ -192,7 +192,8 @@ class Puller:
         args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
                            agent.spec.retries, repr(agent.spec.task_timeout),
                            want, self.keys.prefix, self.serving(agent), agent.spec.tenant,
-                           self.keys.sticky(agent.spec.tenant, name, consumer)]
+                           self.keys.sticky(agent.spec.tenant, name, consumer),
+                           agent.spec.retry_lost]
         [reply] = await self.scripts.run([(self.scripts.read_claim,
                                            [self.keys.fence, *streams], args)])
         if isinstance(reply, Exception):

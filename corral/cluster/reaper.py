@@ -1,6 +1,7 @@
 """Takeover: every beat each node looks at what is pending in the task streams and
 gives back to the cluster what a dead node incarnation held (scripts.TAKEOVER: re-run
-while the task has retries, else `lost`, "node N lost").
+while its lost attempts are within its retry_lost, or while it has retries, else `lost`,
+"node N lost").
 
 Never by idle time: Redis counts an entry's idle time from its delivery, not from its
 owner's death, so a healthy node's long task would be stolen again and again. A consumer
@@ -21,7 +22,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
-from ..supervisor.tasks import Task, TaskFailure
+from ..supervisor.config import RETRY_LOST
+from ..supervisor.tasks import AT_MOST_ONCE_NOTE, Task, TaskFailure
 from . import records
 from .connection import why
 from .keys import GROUP, Keys, split_consumer, split_route
@@ -106,6 +108,9 @@ class Reaper:
         reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
                             if orphans else f"node {node} lost")
         error = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED, reason))
+        # (a task of an agent at most once: retry_lost = 0)
+        once = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED,
+                                              f"{reason} ({AT_MOST_ONCE_NOTE})"))
         # (as the engine cancels a running task)
         cancelled = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
                                                    "cancelled while running"))
@@ -129,7 +134,8 @@ class Reaper:
                 args=[tid, entry, dead, repr(time.time()), reason, self.kept_for, error,
                       "orphan" if orphans else "dead", cancelled,
                       self.trust.outcome(tid, "0", "lost", b"", error),
-                      self.trust.outcome(tid, "0", "cancelled", b"", cancelled)])
+                      self.trust.outcome(tid, "0", "cancelled", b"", cancelled),
+                      RETRY_LOST, once, self.trust.outcome(tid, "0", "lost", b"", once)])
             if got == b"requeued" and unclaimed:
                 self.orphans += 1
                 self.report(f"cluster: task {tid} given to node {node} waited "

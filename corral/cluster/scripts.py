@@ -129,7 +129,8 @@ SUBMIT = submit_script()
 # task of another tenant than the claiming node's agent (its entry is in no stream of
 # this tenant's but by a Redis writer's hand: decision 439). One Lua function for CLAIM,
 # READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the claiming
-# node's retries and task_timeout, the tenant of its agent. A task's keys named from the
+# node's retries and task_timeout, the tenant of its agent, the claiming node's
+# retry_lost (nil: none said; TAKEOVER reads it off the record). A task's keys named from the
 # cluster's prefix (as TRIM names them: the hash slot of every key of the cluster).
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created, the task's checkpoint step (steps.py) or false, its session or false, the
@@ -156,6 +157,7 @@ local function claim(fence, stream, entry, id, prefix, c)
   local had = redis.call('HMGET', task, 'retries_left', 'timeout', 'started')
   if had[1] == '' then redis.call('HSET', task, 'retries_left', c[5]) end
   if had[2] == '' then redis.call('HSET', task, 'timeout', c[6]) end
+  if c[8] and c[8] ~= '' then redis.call('HSET', task, 'retry_lost', c[8]) end
   redis.call('HSET', task, 'status', 'running', 'fence', token, 'owner', c[1], 'node', c[2])
   if not had[3] then redis.call('HSET', task, 'started', c[3]) end
   redis.call('RPUSH', attempts, c[4])
@@ -172,14 +174,15 @@ end
 
 # One entry read: KEYS: task, attempts, fence, stream
 # ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
-#       task_timeout (for a task submitted without them), the tenant of its agent
+#       task_timeout (for a task submitted without them), the tenant of its agent, its
+#       retry_lost
 # -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
 CLAIM = _CLAIM_FN + """
 local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
 if not alive(prefix, ARGV[1]) then return false end
 local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
-  {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]})
+  {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]})
 if not got then return false end
 if not got[11] or got[11] == '' then
   got[11] = nil
@@ -201,7 +204,7 @@ return got
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
 #       count, the cluster's key prefix, the live nodes running the tenant's agent, the
 #       tenant of its agent, the list of the turns given to this incarnation (Keys.sticky:
-#       claimed first, sessionscripts.sticky_claims)
+#       claimed first, sessionscripts.sticky_claims), the claiming node's retry_lost
 # -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
 #    input, timeout, retries_left, priority, created, checkpoint or false, session or
 #    false, its state or false, trace context or false}, ...}, each
@@ -211,7 +214,7 @@ return got
 #    can start by then
 READ_CLAIM = _CLAIM_FN + """
 local prefix = ARGV[8]
-local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10]}
+local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10], ARGV[12]}
 local out = {}
 local want = tonumber(ARGV[7])
 if not alive(prefix, ARGV[1]) then want = 0 end
@@ -274,7 +277,8 @@ return {read, out, lasts, held}
 # (decision 797).
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
-#       retries and task_timeout, the cluster's key prefix; then SUBMIT's last four
+#       retries and task_timeout, the cluster's key prefix, its retry_lost; then SUBMIT's
+#       last four
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
 SUBMIT_CLAIM = _CLAIM_FN + """local added, direct
 local prefix = ARGV[18]
@@ -314,7 +318,7 @@ local function submit()
 local got = submit()
 if got ~= 1 then return {got} end
 if not alive(prefix, ARGV[12]) then return {1} end
-local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], tenant}
+local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], tenant, ARGV[19]}
 -- The entry just added, claimed without re-reading what submit() wrote: its record is
 -- queued under that entry, with no attempt, no start and no session (a session's turn
 -- has its own submit); the same writes as claim()'s, the same fence token.
@@ -326,6 +330,7 @@ local function fresh(s)
   local retries = ARGV[6] ~= '' and ARGV[6] or c[5]
   redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', c[1],
     'node', c[2], 'started', c[3], 'timeout', timeout, 'retries_left', retries)
+  if c[8] and c[8] ~= '' then redis.call('HSET', KEYS[1], 'retry_lost', c[8]) end
   redis.call('RPUSH', attempts, c[4])
   return {1, {s, added, ARGV[1], token, 0, ARGV[3], timeout, retries, ARGV[4], ARGV[7],
     false, false, false, ARGV[11]}}
@@ -464,6 +469,11 @@ end"""
 # it was running is re-run (queued again under a new entry, its fence withdrawn) while its
 # retries last, else it ends `lost`. Checked here, atomically: the consumer is still
 # dead, the entry is still the task's, and the task still that consumer's.
+# A dead node's task is lost to infrastructure: it is re-run with no retry spent while
+# its lost attempts (this one among them) are no more than its record's retry_lost (its
+# claiming node's; ARGV[12] for a record with none); past it, while it has retries; with
+# retry_lost = 0 (at most once) never, and it ends with ARGV[13] (its MAC ARGV[14]) saying
+# so: the task machine's rule (taskmachine.py).
 # The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
 # run (its claim's reply was lost with a connection); it waits again, no retry spent.
 # A task asked to cancel (CANCEL's mark, which its node did not live to act on) is not
@@ -472,7 +482,9 @@ end"""
 #       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
 #       error JSON (ends lost), 'dead' or 'orphan', error JSON (ends cancelled), the
-#       MACs of the outcome ending lost and ending cancelled (trust.OUTCOME, fence 0)
+#       MACs of the outcome ending lost and ending cancelled (trust.OUTCOME, fence 0),
+#       the retry_lost of a record that has none ('' none: no retry for the loss itself),
+#       the error JSON ending it lost at most once and its MAC
 # -> 'requeued', 'lost', 'cancelled', or false (nothing to do)
 TAKEOVER = f"""
 local orphan = ARGV[8] == 'orphan'
@@ -501,16 +513,29 @@ redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 local retries = tonumber(rec[4]) or 0
 local asked = redis.call('HGET', KEYS[1], 'cancel') == '1'
-if not asked and (orphan or retries > 0) then
+local retry_lost = tonumber(redis.call('HGET', KEYS[1], 'retry_lost') or ARGV[12] or '')
+local once, infra = false, false
+if not orphan and retry_lost then
+  local lost = 0
+  for _, a in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    if cjson.decode(a)['outcome'] == 'lost' then lost = lost + 1 end
+  end
+  once = retry_lost == 0
+  infra = not once and lost <= retry_lost
+end
+if not asked and (orphan or infra or (retries > 0 and not once)) then
   local entry = redis.call('XADD', home, '*', 'task', ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
     'entry', entry)
-  -- an orphan spends no retry: nothing it ran failed
-  if not orphan then redis.call('HSET', KEYS[1], 'retries_left', retries - 1) end
+  -- an orphan spends no retry (nothing it ran failed), nor a loss within retry_lost
+  if not orphan and not infra then
+    redis.call('HSET', KEYS[1], 'retries_left', retries - 1)
+  end
   return 'requeued'
 end
 local status, err, mac = 'lost', ARGV[7], ARGV[10] or ''
-if asked then status, err, mac = 'cancelled', ARGV[9], ARGV[11] or '' end
+if asked then status, err, mac = 'cancelled', ARGV[9], ARGV[11] or ''
+elseif once and ARGV[13] then err, mac = ARGV[13], ARGV[14] or '' end
 redis.call('HSET', KEYS[1], 'status', status, 'fence', '0', 'finished', ARGV[4],
   'error', err, 'mac', mac)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])

@@ -79,7 +79,8 @@ class SubmitClaims(Batcher):
             out.append((self.rides.submit_claim if riding else self.scripts.submit_claim,
                         [*own, self.puller.keys.fence, *last],
                         [*args[:-tail], consumer, node, repr(now), attempt, spec.retries,
-                         repr(spec.task_timeout), self.prefix, *args[-tail:]]))
+                         repr(spec.task_timeout), self.prefix, spec.retry_lost,
+                         *args[-tail:]]))
         return out
 
     def _claims(self, script: Any) -> bool:

@@ -39,6 +39,9 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 STEP_BYTES = 64 * 1024 * 1024
 # an agent's max_stream_bytes unless it says (one task's live output: tasks/output.py)
 STREAM_BYTES = 16 * 1024 * 1024
+# an agent's retry_lost unless it says: a task survives two losses to infrastructure (a
+# crash in the recovery from a crash among them) with no retries written
+RETRY_LOST = 2
 
 
 ExitCode = Annotated[int, Meta(ge=0, le=255)]
@@ -269,6 +272,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # to retry_backoff_max, with retry_jitter a random part of it (0: at once)
     retries: NonNegInt = 0
     retry_on: tuple[RetryOutcome, ...] = ("lost",)
+    # a task's attempt lost to infrastructure (its worker killed from outside or hung,
+    # the daemon restarted, its node died) runs again while the task has had no more
+    # lost attempts than this, with no `retries` spent; 0: at most once, a lost task is
+    # never retried (tasks/taskmachine.py, docs/durable.md)
+    retry_lost: NonNegInt = RETRY_LOST
     retry_backoff: NonNeg = 0.0
     retry_backoff_max: NonNeg = 600.0
     retry_jitter: bool = True
@@ -514,6 +522,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # and each tenant's (the operator's own agents count as one tenant)
     max_pending_asks: PositiveInt = 10_000
     max_pending_asks_per_tenant: PositiveInt = 1_000
+    # asks one task (or one replica incarnation's calls of no task) makes over its life,
+    # pending or ended, on this node (docs/approvals.md#bounds)
+    max_asks_per_task: PositiveInt = 100
     # tasks' idempotency keys younger than 24 h a tenant holds (corral/taskkeys.py): a
     # new key past it is refused
     idempotency_keys_per_tenant: PositiveInt = 10_000
@@ -522,9 +533,6 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     manual_clock: bool = False
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000  # finished tasks kept in the journal
-    # asks one task (or one replica incarnation's calls of no task) makes over its life,
-    # pending or ended, on this node (docs/approvals.md#bounds)
-    max_asks_per_task: PositiveInt = 100
     # audit rows kept of each tenant's callers, and of the operator's apart: the oldest
     # of the same party go (a tenant's refused calls never push out another's); 0: all
     audit_max_rows: NonNegInt = 100_000

@@ -19,12 +19,13 @@ from typing import Any
 from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
 from ..timeouts import within
-from . import procstat
+from . import losses, procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits
 from .envfiles import read_env_files
 from .executor import Executor, LifeEnd
 from .lifecycle import Cause
+from .losses import Loss
 from .process import ChildProcess, Launch, as_user, resolve_user
 from .replicaparts import ReplicaParts, Sample
 from .runas import run_as, tenant_of
@@ -336,6 +337,7 @@ class Life(ReplicaParts):
         cpu_used = self.sample.cpu_seconds
         reason = self.machine.taken_down_for()
         gone = Cause.CRASH
+        loss = None  # (taken down: the cause it was taken down for says)
         if reason is None:
             # the caps it ran under: its tenant's user's (runas.py), not only its own
             limits = self.run.limits if self.run is not None else self.spec.limits
@@ -348,23 +350,28 @@ class Life(ReplicaParts):
             )
             if oom or reason in describe(limits).values():  # a cap, named
                 gone = Cause.CAP
+            loss = losses.of_exit(self._exit_status(rc), gone is Cause.CAP)
         # an exit status of exit_codes (0 alone by default) of its own accord is clean
         clean = rc in self.spec.exit_codes and not self.machine.clean_exit_asked
         self._end_life(reason, proc, clean=clean,
-                       uptime=self._uptime_now(), gone=gone)
+                       uptime=self._uptime_now(), gone=gone, loss=loss)
 
     def _uptime_now(self) -> float:
         return time.monotonic() - (self.spawned_at or time.monotonic())
 
     def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
-                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH) -> None:
+                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH,
+                  loss: Loss | None = None) -> None:
         """What every end of a life does, whatever ended it (a reap, a process given up
         on after SIGKILL, corral's own error): the channel fails what is in flight with
         the reason, `proc` is closed (None: it stays watched), the host is told of the
         exit (`told`: a life that never had a process tells nothing), the life's fields
         are cleared, and the machine and the restart policy take it from there."""
         if self.peer is not None:
-            self.peer.close(self.exit_message(reason))
+            if loss is None:  # corral ended the life: as its cause says, else its own error
+                down = self.machine.down_cause
+                loss = Loss.INFRA if down is None else losses.of_take_down(down)
+            self.peer.close(self.exit_message(reason), losses.data(loss))
         if proc is not None:
             proc.close()
         self._close_proc_files()

@@ -413,6 +413,11 @@ class Machine:
         """Why corral is taking the process down (None: it is not)."""
         return self._down_reason
 
+    @property
+    def down_cause(self) -> Cause | None:
+        """What made corral take the process down (None: it did not)."""
+        return self._down_cause
+
     def taken_down_for(self) -> str | None:
         """Why corral took the process down (and how far the stop had to go), or None
         when it went by itself."""

@@ -17,6 +17,7 @@ from .config import ProcessSpec, TenantSpec
 from .containment import Containment, ProcStat
 from .lifecycle import Cause, Machine, State
 from .listening import ListeningClock
+from .losses import Loss
 from .process import ChildProcess
 from .runas import RunAs
 from .stats import HeartbeatWork, Stats
@@ -126,7 +127,8 @@ class ReplicaParts:
         raise NotImplementedError
 
     def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
-                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH) -> None:
+                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH,
+                  loss: Loss | None = None) -> None:
         raise NotImplementedError
 
     def _uptime_now(self) -> float:

@@ -14,6 +14,8 @@ Where the Lua differs from the table, on purpose:
 - the takeover of a dead node's task retries it whatever its agent's `retry_on` says:
   the record does not carry the agent's policy (a cluster refuses a task's own, and an
   agent's default, ("lost",), is what the Lua keeps). The cases here use that default.
+  Its retry_lost the record does carry (its claiming node's): a node's death is a loss to
+  infrastructure, retried by it as the machine retries a LOST attempt.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ from corral.cluster.clusterasks import ASK, END, SUSPEND
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
-from corral.supervisor.config import ClusterSettings
+from corral.supervisor.config import RETRY_LOST, ClusterSettings
 from corral.supervisor.lifecycle import IllegalTransition
 from corral.supervisor.tasks.elicitations import PREFIX as ELICITATION
-from corral.supervisor.tasks.taskmachine import TaskCause, TaskMachine, TaskStatus
+from corral.supervisor.tasks.taskmachine import (
+    AT_MOST_ONCE_NOTE,
+    LostBudget,
+    TaskCause,
+    TaskMachine,
+    TaskStatus,
+)
 
 from ..redis_harness import RedisServer
 
@@ -40,14 +48,27 @@ TID = "0190a5c0-0000-7000-8000-0000000000{:02d}"
 STREAM = K.stream("acme", "w", 0)
 LOST_ERR = b'{"code":-32001,"message":"node b lost"}'
 CANCEL_ERR = b'{"code":-32003,"message":"cancelled while running"}'
+ONCE_ERR = (b'{"code":-32001,"message":"node b lost (' + AT_MOST_ONCE_NOTE.encode()
+            + b')"}')
 C = TaskCause
 
 
+ONE_LOST = LostBudget(RETRY_LOST, 1)  # an agent's default retry_lost, one attempt lost
+
+
 class LuaRetryPolicy:
-    """The policy the Lua keeps for a lost attempt: an agent's default retry_on."""
+    """The policy the Lua keeps for a lost attempt: an agent's default retry_on, and the
+    record's retry_lost with its lost attempts (by default the agent's default, one
+    attempt lost)."""
+
+    def __init__(self, budget: LostBudget = ONE_LOST) -> None:
+        self.budget = budget
 
     def retried_on(self, task: TaskMachine) -> tuple[str, ...]:
         return ("lost",)
+
+    def lost_budget(self, task: TaskMachine) -> LostBudget:
+        return self.budget
 
 
 @pytest.fixture
@@ -73,15 +94,20 @@ class Record:
             args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme",
                   "mac"]) == 1
 
-    async def claim(self, retries: int | None = None) -> bool:
+    async def claim(self, retries: int | None = None, retry_lost: int = RETRY_LOST,
+                    lost_before: int = 0) -> bool:
         """Claimed by node b's incarnation 1, alive while it claims (dead after it: a
-        takeover finds it so)."""
+        takeover finds it so), with its agent's `retry_lost`, after `lost_before`
+        attempts of earlier claims that were lost."""
+        for _ in range(lost_before):
+            await self.c.rpush(K.attempts(self.tid),
+                               b'{"replica":0,"pid":1,"started":1.0,"outcome":"lost"}')
         await self.c.set(K.alive("b/1"), b"{}")
         try:
             got = await self.s.claim(
                 keys=[K.task(self.tid), K.attempts(self.tid), K.fence, STREAM],
                 args=["b/1", "b", "2.0", await self.entry(),
-                      records.claimed_attempt("b", 2.0), 2, "30.0", "acme"])
+                      records.claimed_attempt("b", 2.0), 2, "30.0", "acme", retry_lost])
         finally:
             await self.c.delete(K.alive("b/1"))
         if got is None:
@@ -102,7 +128,7 @@ class Record:
             keys=[K.task(self.tid), K.attempts(self.tid), STREAM, K.outcomes,
                   K.alive("b/1"), *K.listed],
             args=[self.tid, await self.entry(), "b/1", "5.0", "node b lost", 60, LOST_ERR,
-                  kind, CANCEL_ERR, "mac", "mac"])
+                  kind, CANCEL_ERR, "mac", "mac", RETRY_LOST, ONCE_ERR, "mac"])
 
     async def release(self) -> Any:
         return await self.s.release(keys=[K.task(self.tid), K.attempts(self.tid), STREAM],
@@ -162,12 +188,6 @@ CASES: list[tuple[str, int | None, Lua, TaskCause, Any]] = [
     ("an error with no retry ends it failed", 0, finishes(TaskStatus.FAILED), C.FAILED, 1),
     ("a timeout with no retry ends it timed out", 0, finishes(TaskStatus.TIMED_OUT),
      C.TIMED_OUT, 1),
-    ("a dead node's task with retries left waits again, one spent", 2, takes_over("dead"),
-     C.LOST, b"requeued"),
-    ("a dead node's task with one retry left waits again", 1, takes_over("dead"), C.LOST,
-     b"requeued"),
-    ("a dead node's task with no retry left is lost", 0, takes_over("dead"), C.LOST,
-     b"lost"),
     ("an orphaned claim waits again, no retry spent", 0, takes_over("orphan"), C.RELEASED,
      b"requeued"),
     ("an orphaned claim with retries keeps them", 2, takes_over("orphan"), C.RELEASED,
@@ -178,6 +198,42 @@ CASES: list[tuple[str, int | None, Lua, TaskCause, Any]] = [
     ("a cancel of a running task ends it cancelled, at its node's beat", 1,
      cancels_running, C.CANCEL, 1),
 ]
+
+
+# A dead node's task: (case, retries left, its retry_lost, attempts lost before its claim,
+# the Lua's answer); its cause on the machine a LOST, its policy the record's budget
+DEAD: list[tuple[str, int, int, int, bytes]] = [
+    ("a dead node's task within its retry_lost waits again, no retry spent", 0, 2, 0,
+     b"requeued"),
+    ("a dead node's task at its retry_lost's last waits again, no retry spent", 1, 2, 1,
+     b"requeued"),
+    ("a dead node's task past its retry_lost with retries left waits again, one spent", 2,
+     1, 1, b"requeued"),
+    ("a dead node's task past its retry_lost with one retry left waits again", 1, 1, 1,
+     b"requeued"),
+    ("a dead node's task past its retry_lost with no retry left is lost", 0, 1, 1,
+     b"lost"),
+    ("an at-most-once dead node's task is lost whatever its retries", 3, 0, 0, b"lost"),
+]
+
+
+@pytest.mark.parametrize(("case", "retries", "retry_lost", "before", "answer"), DEAD,
+                         ids=[c[0] for c in DEAD])
+async def test_the_lua_takes_a_dead_nodes_task_over_as_the_machine_retries_a_loss(
+        client: Any, case: str, retries: int, retry_lost: int, before: int,
+        answer: bytes) -> None:
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    assert await r.claim(retries, retry_lost, before)
+    m = machine(retries)
+    assert await r.state() == (m.status.value, m.retries_left)
+    assert await r.takeover("dead") == answer
+    step = m.fire(C.LOST, LuaRetryPolicy(LostBudget(retry_lost, before + 1)))
+    assert await r.state() == (m.status.value, m.retries_left), case
+    if answer == b"lost":  # and its error says why it was not run again, as the engine's
+        error = await client.hget(K.task(r.tid), "error")
+        assert error == (ONCE_ERR if step.once else LOST_ERR), case
+        assert step.once == (retry_lost == 0)
 
 
 def machine(retries: int | None) -> TaskMachine:

@@ -48,10 +48,11 @@ from .model import (
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .taskmachine import ON_WORKER, TERMINAL, TaskStatus
+from .taskmachine import AT_MOST_ONCE_NOTE, ON_WORKER, TERMINAL, TaskStatus
 from .waitclock import WaitClock
 
 __all__ = [
+    "AT_MOST_ONCE_NOTE",
     "CANCEL_GRACE",
     "FINISHED_KEPT",
     "FINISHED_KEPT_BYTES",

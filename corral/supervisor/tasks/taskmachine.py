@@ -17,9 +17,13 @@ held to it by tests/cluster/test_task_machine_lua.py. It reads:
         back; suspension.py)-> suspended -resume (nothing it asked is pending)-> queued:
         a new attempt, no retry spent, its journal answering the calls made before
     suspended -cancel-> cancelled; -dropped (its agent will not run it)-> lost
-    running -failed / timed out / lost-> queued: a retry, when the task's policy names
-        the outcome and a retry is left (one is spent)
-    running -failed / timed out / lost-> failed / timed_out / lost: no retry
+    running -failed / timed out / lost / crashed-> queued: a retry, when the task's
+        policy names the outcome and a retry is left (one is spent)
+    running -lost (to infrastructure: its worker killed from outside or hung, the daemon
+        restarted, its node died)-> queued: a retry, no retries spent, while the task
+        has had no more lost attempts than its retry_lost; else as above. With
+        retry_lost = 0 (at most once) -> lost, never retried, and it says so
+    running -failed / timed out / lost / crashed-> failed / timed_out / lost: no retry
     queued / running -cancel-> cancelled
     queued -dropped (its agent will not run it: failed, down, gone)-> lost
     running -released (a cluster node hands its claim back, or an orphaned claim is
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskviews import TaskFailure
+from .. import losses
 from ..lifecycle import IllegalTransition
 
 if TYPE_CHECKING:
@@ -76,7 +81,12 @@ class TaskCause(enum.StrEnum):
     ANSWERED = "answered"  # the worker answered the attempt with its output
     FAILED = "failed"  # the agent answered an error, or the attempt could not be made
     TIMED_OUT = "timed out"  # its deadline passed
-    LOST = "lost"  # its worker died, the daemon stopped under it or handed it over
+    # lost to infrastructure: its worker killed from outside or hung, the daemon stopped
+    # or restarted under it, its node died (losses.Loss.INFRA)
+    LOST = "lost"
+    # its worker died of its own doing or of a cap, or was stopped by hand: lost, as
+    # retry_on and retries say
+    CRASHED = "crashed"
     CANCEL = "cancel"  # someone cancelled it (or its worker answered that it did)
     DROPPED = "dropped"  # its agent will not run it (failed, down, gone)
     RELEASED = "released"  # a cluster node gave its claim back: nothing of it failed
@@ -87,6 +97,7 @@ class TaskCause(enum.StrEnum):
 
 S = TaskStatus
 C = TaskCause
+INFRA = losses.Loss.INFRA
 # the members a task's every start and end read, as names of this module: a member read
 # through its class goes through the enum's metaclass, many times the cost of a global
 _QUEUED, _RUNNING, _WAITING, _SUSPENDED, _SUCCEEDED = (S.QUEUED, S.RUNNING, S.WAITING,
@@ -101,12 +112,19 @@ class TaskStep(NamedTuple):
     # the attempt ended badly: the task's retry policy is asked, and a retry (RETRY)
     # taken instead of this row when it names the outcome (`target`) and one is left
     retry: bool = False
-    retried: bool = False  # a retry: one spent, the task waits again (for its backoff)
+    retried: bool = False  # a retry: the task waits again (for its backoff)
     ends: bool = False  # the task's one outcome: kept, journaled, its waiters told
+    # lost to infrastructure: retry_lost is asked before `retries`
+    infra: bool = False
+    # lost and not retried because its policy says at most once (retry_lost = 0)
+    once: bool = False
 
 
 IGNORE = TaskStep(None)
 RETRY = TaskStep(S.QUEUED, retried=True)
+AT_MOST_ONCE = TaskStep(S.LOST, ends=True, once=True)
+# what the error of a task lost and not run again for its retry_lost = 0 adds
+AT_MOST_ONCE_NOTE = "not run again: at most once, retry_lost = 0"
 
 
 def _table() -> dict[tuple[TaskStatus, TaskCause], TaskStep]:
@@ -124,7 +142,8 @@ def _table() -> dict[tuple[TaskStatus, TaskCause], TaskStep]:
     rows(on_worker, [C.ANSWERED], TaskStep(S.SUCCEEDED, ends=True))
     rows(on_worker, [C.FAILED], TaskStep(S.FAILED, retry=True, ends=True))
     rows(on_worker, [C.TIMED_OUT], TaskStep(S.TIMED_OUT, retry=True, ends=True))
-    rows(on_worker, [C.LOST], TaskStep(S.LOST, retry=True, ends=True))
+    rows(on_worker, [C.LOST], TaskStep(S.LOST, retry=True, ends=True, infra=True))
+    rows(on_worker, [C.CRASHED], TaskStep(S.LOST, retry=True, ends=True))
     rows([S.QUEUED, *on_worker, S.SUSPENDED], [C.CANCEL], TaskStep(S.CANCELLED, ends=True))
     rows([S.QUEUED, S.SUSPENDED], [C.DROPPED], TaskStep(S.LOST, ends=True))
     rows(on_worker, [C.RELEASED], TaskStep(S.QUEUED))
@@ -157,6 +176,17 @@ class RetryPolicy(Protocol[T]):
     def retried_on(self, task: T, /) -> Collection[str] | None:
         """The outcomes the task's policy retries; None: none (its agent is gone)."""
 
+    def lost_budget(self, task: T, /) -> LostBudget | None:
+        """The task's retry_lost and its lost attempts so far (the one just ended among
+        them); None: no retry (its agent is gone)."""
+
+
+class LostBudget(NamedTuple):
+    """What the retry rule reads for an attempt lost to infrastructure."""
+
+    retry_lost: int  # lost attempts a task may have and still run again (0: at most once)
+    lost: int  # its attempts lost so far, of every kind (the one just ended among them)
+
 
 class TaskMachine:
     """A task's status and retries left, and the table applied to them; nothing here
@@ -172,13 +202,23 @@ class TaskMachine:
 
     def fire(self: M, cause: TaskCause, policy: RetryPolicy[M] | None = None) -> TaskStep:
         """Apply the row of (status, cause), and the retry rule where the row asks it: a
-        retry is left and the task's `policy` names the outcome (no policy: no retry).
+        loss to infrastructure is retried, no retry spent, while the task's lost
+        attempts are no more than its retry_lost (0: never, AT_MOST_ONCE); else a retry
+        is left and the task's `policy` names the outcome (no policy: no retry).
         Returns the step taken (RETRY for a retry)."""
         try:
             step = _ROWS[self.status][cause]
         except KeyError:
             raise IllegalTransition(
                 f"no task transition from {self.status.value} on {cause.value}") from None
+        if step.infra and policy is not None:
+            budget = policy.lost_budget(self)
+            if budget is not None and budget.retry_lost == 0:
+                self.status = S.LOST
+                return AT_MOST_ONCE
+            if budget is not None and budget.lost <= budget.retry_lost:
+                self.status = _QUEUED
+                return RETRY
         if step.retry and policy is not None and self.retries_left > 0:
             retried_on = policy.retried_on(self)
             if retried_on is not None and step.target in retried_on:
@@ -258,7 +298,10 @@ def attempt_end(task: TaskMachine, attempt: Attempt, latest: Attempt,
         # lost with its worker, or to a stop (whatever the cancelled worker answered)
         lost = handed if handed is not None else getattr(exc, "message", str(exc))
         attempt.outcome, attempt.error = S.LOST, lost
-        return AttemptOutcome(C.LOST, TaskFailure(jsonrpc.PEER_CLOSED, lost))
+        # a hand-over is the daemon's; a worker's end says what kind of loss it was
+        infra = handed is not None or losses.of_error(getattr(exc, "data", None)) is INFRA
+        return AttemptOutcome(C.LOST if infra else C.CRASHED,
+                              TaskFailure(jsonrpc.PEER_CLOSED, lost))
     if not isinstance(exc, RpcError):
         attempt.outcome, attempt.error = S.FAILED, str(exc)
         return AttemptOutcome(C.FAILED, TaskFailure(jsonrpc.INTERNAL_ERROR, str(exc)))
