@@ -92,12 +92,9 @@ from .retry import backoff
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
 from .stepjournal import StepJournal
-from .steps import caller_task
 from .suspension import Suspensions
 from .taskmachine import (
-    AT_MOST_ONCE_NOTE,
     AttemptOutcome,
-    LostBudget,
     TaskCause,
     TaskStatus,
     TaskStep,
@@ -113,7 +110,6 @@ if TYPE_CHECKING:
     from .host import AgentLike, TaskHost
 
 
-_LOST = TaskStatus.LOST
 # the options a map's tasks do not take (submit_many)
 _NOT_MAPPED = frozenset({"delay", "not_before", "session"})
 
@@ -531,12 +527,6 @@ class TaskManager:
             if not task.waiting:
                 self.suspensions.release(task.id)
 
-    def _asks_pending(self, task_id: str) -> bool:
-        """Whether the task has an ask of a person pending (here, or where it is kept)."""
-        task = self.active.get(task_id)
-        kept = None if task is None or task.journal_here else task.asks_kept
-        return bool(self.inbox.waiting_for(task_id)) if kept is None else kept.waits(task_id)
-
     def fail_task(self, task: Task, error: TaskFailure) -> None:
         """The running task's attempt fails from outside its worker (TaskPath.fail_task):
         ended failed, or retried as its policy says once its worker has stopped it."""
@@ -561,9 +551,6 @@ class TaskManager:
             return step
         task.out = result
         task.error = end.error
-        if step.once and end.error is not None:  # it says why it was not run again
-            task.error = TaskFailure(end.error.code, f"{end.error.message} ({AT_MOST_ONCE_NOTE})",
-                                     end.error.data)
         task.finished = time.time()
         q = self.by_agent.get(task.agent)
         if q is not None:
@@ -609,15 +596,6 @@ class TaskManager:
         if agent is None or task.agent not in self.by_agent:
             return None
         return (task.options.retry or AGENTS_RETRY).outcomes(agent.spec)
-
-    def lost_budget(self, task: Task) -> LostBudget | None:
-        """The task's retry_lost (its own, else its agent's) and its lost attempts so far
-        (RetryPolicy); None (no retry) when its agent is gone."""
-        agent = self.sup.agents.get(task.agent)
-        if agent is None or task.agent not in self.by_agent:
-            return None
-        lost = sum(1 for a in task.attempts if a.outcome == _LOST)
-        return LostBudget((task.options.retry or AGENTS_RETRY).lost(agent.spec), lost)
 
     def retry(self, task: Task) -> None:
         """The machine retried the task (one retry spent: Outcomes.retry): it waits for its
