@@ -58,8 +58,10 @@ class TasksGet(Params):
     rest("POST", "/tasks", "Submit a task: 202 and its Location at once; "
          "with `wait`, its outcome (as `corral run --json` prints it) if it ends within that "
          "many seconds, else 202", query=("wait",),
-         body=("agent", "input", "local", *OPTION_NAMES), idempotent=True,
-         location="/tasks/{task_id}", done_when="attempts"),
+         # (its idempotency_key: the Idempotency-Key header, rest.py; one way to say it)
+         body=("agent", "input", "local", *(n for n in OPTION_NAMES
+                                             if n != "idempotency_key")),
+         idempotent=True, location="/tasks/{task_id}", done_when="attempts"),
 ))
 class TasksSubmit(TaskParams):
     """Submit a task and answer its id at once, while it runs on; with wait, hold the

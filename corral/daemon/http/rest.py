@@ -40,7 +40,7 @@ from .resources import PREFIX, RESOURCES
 
 JSON = "application/json"
 IDEMPOTENCY_KEY = "Idempotency-Key"
-KEPT_KEY = "idempotency_key"  # a body field that takes the header (kept by the method)
+KEPT_KEY = "idempotency_key"  # a param that takes the header (kept by the method)
 
 
 def _fields(method: str) -> dict[str, mi.Field]:
@@ -54,6 +54,12 @@ def _struct_fields(params: type[msgspec.Struct]) -> dict[str, mi.Field]:
     info = mi.type_info(params)
     assert isinstance(info, mi.StructType)
     return {f.encode_name: f for f in info.fields}
+
+
+def _keeps_key(res: Resource) -> bool:
+    """Whether a resource's Idempotency-Key is its method's param, kept by the method
+    (a task's), rather than in memory here."""
+    return res.idempotent and KEPT_KEY in _fields(res.method)
 
 
 def _is_list(f: mi.Field) -> bool:
@@ -135,16 +141,13 @@ class Api:
             value = request.match_info[var]
             params[name] = [value] if name == "names" else value
         key = request.headers.get(IDEMPOTENCY_KEY)
-        if key is not None and KEPT_KEY in res.body:
+        if key is not None and _keeps_key(res):
             # a key the method keeps with what it makes (a task's, in its home:
             # corral/taskkeys.py), not in this process's memory
             if not key or len(key) > MAX_KEY_LENGTH:
                 raise RpcError(jsonrpc.INVALID_REQUEST, "an Idempotency-Key is 1 to "
                                                         f"{MAX_KEY_LENGTH} characters")
-            if params.setdefault(KEPT_KEY, key) != key:
-                raise RpcError(jsonrpc.INVALID_PARAMS, (
-                    f"invalid params: the Idempotency-Key header and the body's "
-                    f"{KEPT_KEY} differ: send one"))
+            params[KEPT_KEY] = key
         if "traceparent" in fields and "traceparent" not in params:
             # the W3C headers, as every traced HTTP client sends them; one that is not the
             # format starts a new trace, as the Recommendation asks (docs/tracing.md); the
@@ -280,7 +283,7 @@ class Api:
                          body: bytes, run: Callable[[], Any]) -> web.Response:
         """`run()`'s answer, or with an Idempotency-Key seen before, the first one's."""
         key = request.headers.get(IDEMPOTENCY_KEY)
-        if key is None or (res is not None and (not res.idempotent or KEPT_KEY in res.body)):
+        if key is None or (res is not None and (not res.idempotent or _keeps_key(res))):
             response: web.Response = await run()
             return response
         if not key or len(key) > MAX_KEY_LENGTH:
