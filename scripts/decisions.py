@@ -6,9 +6,10 @@
 An entry is `N. **Title** ...` at the start of a line, its text running to the next entry
 or heading; its number is kept for good (code and docs cite "decision N"). An entry under
 a subsystem's heading stays there (move it by hand to regroup it); an entry appended at the
-end of the file (under the closing "Appended" heading, or in a file not grouped yet) goes
-to the subsystem its text names (`subsystem: KEY` anywhere in it), else to the one the
-paths it names point to, else to the one its title's words point to, else to "other".
+end of the file (under the closing "Added in this cut" heading, or in a file not grouped
+yet) goes to the subsystem its text names (`subsystem: KEY` anywhere in it), else to the
+one the paths it names point to, else to the one its title's words point to, else to
+"other".
 An entry is active unless it says `Status: superseded by N`; the script writes that line
 on the entries other entries say they supersede or replace ("decision N superseded",
 "superseded by decision N", "supersedes decision N", "replaces decision N").
@@ -27,14 +28,21 @@ DOC = ROOT / "docs" / "decisions.md"
 
 TITLE = "# Design decisions and departures from DESIGN.md"
 INTRO = """\
-Each entry: what, why, where. An entry's number is its name for good: code and docs cite
-"decision N". Entries are grouped by subsystem, each group in the order of its numbers; a
-new entry is appended at the end of this file, and `scripts/decisions.py` moves it into
-its group (it guesses the group from the paths the entry names, or takes `subsystem: KEY`
-written in it) and keeps the index true. An entry is active unless it ends with
-"Status: superseded by N"."""
+The design decisions in force, one short entry each: what was decided and why (the
+alternative rejected where it matters). An entry's number is its name for good: code and
+docs cite "decision N". Entries are grouped by subsystem, each group in the order of its
+numbers; a new entry is appended under the closing "Added in this cut" heading, and
+`scripts/decisions.py` moves it into its group (guessed from the paths it names, or
+`subsystem: KEY` written in it) and keeps the index true. A new entry takes the number
+after the highest: a removed entry's number is never given again. An entry that still
+stands in part, or that code cites, says "Status: superseded by N" where another replaced
+it.
+
+Decisions superseded or historical were removed on 2026-11-27, and the rest shortened; git
+history keeps every one in full (`git log -p docs/decisions.md`). The measurements behind
+them are in bench/RESULTS.md and its notebook, bench/notebook/RESULTS-archive.md."""
 INDEX = "## Index"
-APPENDED = "## Appended (scripts/decisions.py moves these into their groups)"
+APPENDED = "## Added in this cut"
 
 # (key, heading): the index's order and the file's
 SUBSYSTEMS = [
@@ -316,7 +324,8 @@ def render(parsed: Parsed) -> str:
     for key, heading in SUBSYSTEMS:
         if groups.get(key):
             parts += [f"## {heading}", ""]
-            parts += [with_status(e, superseded.get(e.number)) + "\n" for e in groups[key]]
+            # one entry a line-block, no blank line between: the file is a map, kept short
+            parts += [with_status(e, superseded.get(e.number)) for e in groups[key]] + [""]
     parts += [APPENDED, ""]
     return "\n".join(parts)
 
