@@ -94,7 +94,9 @@ from .spawn import REACH, Spawns
 from .stepjournal import StepJournal
 from .suspension import Suspensions
 from .taskmachine import (
+    AT_MOST_ONCE_NOTE,
     AttemptOutcome,
+    LostBudget,
     TaskCause,
     TaskStatus,
     TaskStep,
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
     from .host import AgentLike, TaskHost
 
 
+_LOST = TaskStatus.LOST
 # the options a map's tasks do not take (submit_many)
 _NOT_MAPPED = frozenset({"delay", "not_before", "session"})
 
@@ -183,13 +186,13 @@ class TaskManager:
         self.questions = Questions(self)  # task/ask: a question for a person (questions.py)
         # an MCP server's elicitation in a task's call, asked of a person (elicitations.py)
         self.elicitations = Elicitations(self)
+        # a replica's calls of no task: their budget window and asks (replicacalls.py)
+        self.replica_calls = ReplicaCalls(self.inbox, self.stream)
         interceptors.bind(TaskPath(self.active, self.stream, self.ask_person,
                                    self.fail_task, self.replica_calls))
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
-        # a replica's calls of no task: their budget window and asks (replicacalls.py)
-        self.replica_calls = ReplicaCalls(self.inbox, self.stream)
         # a session of no agent now (gone from the file across a restart) expires too
         return agent.spec.session_ttl if agent is not None else DEFAULT_SESSION_TTL
 
@@ -551,6 +554,9 @@ class TaskManager:
             return step
         task.out = result
         task.error = end.error
+        if step.once and end.error is not None:  # it says why it was not run again
+            task.error = TaskFailure(end.error.code, f"{end.error.message} ({AT_MOST_ONCE_NOTE})",
+                                     end.error.data)
         task.finished = time.time()
         q = self.by_agent.get(task.agent)
         if q is not None:
@@ -596,6 +602,15 @@ class TaskManager:
         if agent is None or task.agent not in self.by_agent:
             return None
         return (task.options.retry or AGENTS_RETRY).outcomes(agent.spec)
+
+    def lost_budget(self, task: Task) -> LostBudget | None:
+        """The task's retry_lost (its own, else its agent's) and its lost attempts so far
+        (RetryPolicy); None (no retry) when its agent is gone."""
+        agent = self.sup.agents.get(task.agent)
+        if agent is None or task.agent not in self.by_agent:
+            return None
+        lost = sum(1 for a in task.attempts if a.outcome == _LOST)
+        return LostBudget((task.options.retry or AGENTS_RETRY).lost(agent.spec), lost)
 
     def retry(self, task: Task) -> None:
         """The machine retried the task (one retry spent: Outcomes.retry): it waits for its
