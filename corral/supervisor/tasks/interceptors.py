@@ -78,10 +78,10 @@ class TaskPath(NamedTuple):
     # a running task's attempt failed from outside its worker (a denied call whose
     # policy fails the task): ended (or retried) and its worker asked to stop it
     fail_task: Callable[[Task, TaskFailure], None]
-
-
     # a replica's calls of no task: their budget window and asks (replicacalls.py)
     replica_calls: ReplicaCalls
+
+
 class TaskInterceptor:
     """One concern's part in the task path; every method passes its input on unchanged."""
 
