@@ -49,8 +49,6 @@ _PRINT = (
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
 NOT_CARRIED = {
-    "exec_mode": "corral runs each replica as a process of its own: PM2's cluster mode "
-                 "(replicas sharing one listening socket) has no equivalent",
     "error_file": "corral writes an app's stderr with its stdout, to one log",
     "merge_logs": "corral writes one log per agent, its replicas' lines tagged",
     "log_date_format": "corral's log lines carry an ISO 8601 time (log_format = \"tagged\")",
@@ -62,7 +60,6 @@ NOT_CARRIED = {
     "error": "corral writes an app's stderr with its stdout, to one log",
     "ignore_watch": "corral's watch takes globs of what to watch only",
     "instance_var": "corral gives each replica its number as $CORRAL_REPLICA",
-    "increment_var": "corral gives each replica its number as $CORRAL_REPLICA",
     "vizion": None, "automation": None, "pmx": None, "namespace": None, "time": None,
     "source_map_support": None, "disable_source_map_support": None, "filter_env": None,
     "autodump": None, "treekill": None, "combine_logs": None, "force": None,
@@ -74,7 +71,7 @@ CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
            "exp_backoff_restart_delay", "kill_timeout", "max_memory_restart", "watch",
            "listen_timeout", "uid", "user", "gid", "autostart", "out_file", "log_file",
            "env_file", "exec", "cmd", "exec_interpreter", "output", "log",
-           "cron_restart"}
+           "cron_restart", "exec_mode", "increment_var"}
 SCRIPT_KEYS = ("script", "exec", "cmd")
 
 
@@ -231,6 +228,7 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
     if isinstance(chosen, dict):  # as `pm2 start --env NAME` sets it over env
         table["env"] = {**table.get("env", {}), **{str(k): _text(v)
                                                    for k, v in chosen.items()}}
+    _ports(app, table, replicas, where, imp)
     if isinstance(app.get("env_file"), str):
         # PM2 reads it from the app's directory (its cwd, else the file's)
         table["env_file"] = [str(base.resolve() / table.get("cwd", ".") / app["env_file"])
@@ -244,8 +242,6 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
                                    f"{k[4:]}` sets it over env, as `pm2 start --env "
                                    f"{k[4:]}` does)")
             continue
-        if k == "exec_mode" and str(app[k]).startswith("fork"):
-            continue  # a process per replica: as corral runs them
         if k in NOT_CARRIED:
             why = NOT_CARRIED[k]
             if why is not None:
@@ -253,6 +249,45 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
             continue
         imp.note(where, k, f"{json.dumps(app[k])}: not carried: not a key of a PM2 app")
     imp.add(where, name, table)
+
+
+def _ports(app: dict[str, Any], table: dict[str, Any], replicas: int, where: str,
+           imp: Conversion) -> None:
+    """Replicas that would all listen on one port (issue 78). PM2's cluster mode has its
+    replicas share one listening socket; corral runs each as a process of its own, so
+    each is given its own port instead: the app's `increment_var` (PM2's own way of
+    that), else PORT, set to its value plus the replica's number as the process starts
+    (a `sh -c` reading $CORRAL_REPLICA). Where the port is not in the app's env, each
+    replica must pick its own, said."""
+    mode = str(app.get("exec_mode", "fork"))
+    cluster = mode.removesuffix("_mode") == "cluster"
+    var = app.get("increment_var") or ("PORT" if cluster else None)
+    if not cluster and var is None:
+        return
+    if replicas <= 1:
+        if cluster:
+            imp.note(where, "exec_mode", f"{json.dumps(mode)}: one replica, a process of "
+                                         "its own, as corral runs each")
+        return
+    key = "increment_var" if app.get("increment_var") else "exec_mode"
+    base = table.get("env", {}).get(str(var))
+    if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var) or \
+            base is None or not base.isdigit():
+        imp.note(where, key, f"{json.dumps(app[key])}: not carried: {replicas} replicas, "
+                 f"each a process of its own (corral has no shared listening socket), and "
+                 f"{json.dumps(var)} is not a port in the app's env to give each its own: "
+                 "each must choose its own port, or the second fails with EADDRINUSE")
+        return
+    first, last = int(base), int(base) + replicas - 1
+    command = table["command"]
+    argv = command if isinstance(command, list) else ["sh", "-c", f"exec {command}"]
+    table["command"] = ["sh", "-c", f'export {var}=$(({var} + CORRAL_REPLICA)); exec "$@"',
+                        "sh", *argv]
+    why = ("PM2's cluster mode shared one listening socket among them; corral has none, "
+           "so put a balancer in front" if cluster else "as PM2's increment_var did")
+    imp.note(where, key, f"{json.dumps(app[key])}: each replica listens on its own port: "
+                         f"{var} = {first} + $CORRAL_REPLICA ({first}..{last}), set by "
+                         f"`sh -c` as it starts ({why})")
 
 
 def _command(app: dict[str, Any], script: str, where: str, imp: Conversion) -> list[str]:
