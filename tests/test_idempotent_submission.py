@@ -6,7 +6,9 @@ refused naming it; keys are each tenant's, and bounded per tenant."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import textwrap
 import urllib.error
 import urllib.request
@@ -170,3 +172,47 @@ async def test_a_key_without_a_journal_is_refused(tmp_path: Path) -> None:
             "invalid params: an idempotency key is kept in the task journal, and this "
             "daemon has none (task_journal = false): submit it without one")
         assert (await d.dispatcher.call(SOCKET, "tasks.list", {})).tasks == []
+
+
+@pytest.mark.deadline(120)
+async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, recorder("rec", tmp_path / "record")) as d:
+        db = tmp_path / "state" / "corral.db"
+
+        async def submit() -> Any:
+            return await d.dispatcher.call(SOCKET, "tasks.submit", {
+                "agent": "rec", "input": msgspec.Raw(b'{"hold": 4}'),
+                "idempotency_key": "k", "wait": 30})
+
+        # (the task runs on past the journal's 2 s wait for its lock: one that ended
+        # first ran, and its outcome would be the answer)
+        holder = sqlite3.connect(db, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")  # every write of the journal fails now
+            with pytest.raises(RpcError) as refused:
+                await submit()
+            assert (refused.value.code, refused.value.message) == (
+                jsonrpc.INTERNAL_ERROR, f"task journal {db} cannot be written (database "
+                                        "is locked); the task was not accepted")
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while (await d.dispatcher.call(SOCKET, "stats.get")
+               ).supervisor.task_journal_refusing is not None:  # its catch-up, <= 1 s
+            assert loop.time() < deadline, "the journal never wrote again"
+            await asyncio.sleep(0.05)
+        # the task refused kept no key: the same request is a new task, then that one
+        again = await submit()
+        assert again.status == "succeeded" and again.replayed is msgspec.UNSET
+        assert (await submit()).task_id == again.task_id
+        listed = (await d.dispatcher.call(SOCKET, "tasks.list", {})).tasks
+        assert sorted(t.status for t in listed) == ["cancelled", "succeeded"]
+        keys = sqlite3.connect(db)
+        try:
+            assert keys.execute("SELECT tenant, key, task_id FROM idempotency_keys"
+                                ).fetchall() == [("default", "k", again.task_id)]
+        finally:
+            keys.close()
