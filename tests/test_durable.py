@@ -71,7 +71,9 @@ async def test_named_steps_are_given_back_to_a_retry(tmp_path: Path) -> None:
 async def test_a_diverging_retry_is_marked_and_finishes_live(tmp_path: Path) -> None:
     from corral.supervisor.tasks.steps import StepsDiverged
 
-    async with in_process(tmp_path, fleet(tmp_path)) as d:
+    # its one retry the loss's (retry_lost = 1): the retry is its last attempt
+    async with in_process(tmp_path, fleet(tmp_path).replace(
+            "retries = 1", "retries = 0\nretry_lost = 1")) as d:
         seen: list[StepsDiverged] = []
         d.sup.stream.subscribe(seen.append, StepsDiverged)
         res = await run_task(d, {"calls": 10, "stop_after": 5, "how": "die",
@@ -122,8 +124,9 @@ async def test_past_max_step_bytes_a_tool_call_is_refused(tmp_path: Path) -> Non
 
 
 async def test_a_task_with_no_retry_left_journals_nothing(tmp_path: Path) -> None:
-    async with in_process(tmp_path, fleet(tmp_path).replace("retries = 1",
-                                                            "retries = 0")) as d:
+    # no retries, and at most once (retry_lost = 0): no attempt could follow this one
+    async with in_process(tmp_path, fleet(tmp_path).replace(
+            "retries = 1", "retries = 0\nretry_lost = 0")) as d:
         res = await d.sup.tasks.run("durable", {"calls": 3}, TaskOptions(timeout=30))
         assert res.status == "succeeded"
         assert d.sup.tasks.stats()["steps"]["journaled"] == 0

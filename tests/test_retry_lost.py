@@ -24,7 +24,7 @@ from corral.supervisor.tasks import Task, TaskStatus
 from corral.taskoptions import RetryOptions, TaskOptions
 
 from .conftest import ROOT, agent
-from .daemon_harness import PY, Daemon
+from .daemon_harness import PY, Daemon, counting_fleet, in_process
 from .test_retry import attempt_ended
 
 # attempt 1 runs until it is stopped (the test kills its worker); attempt 2 answers
@@ -60,6 +60,26 @@ async def test_a_killed_workers_task_runs_again_with_no_retries_written(
     assert task.attempts[0].pid == first != task.attempts[1].pid  # on the restarted worker
     assert task.retries_left == 0  # none spent: there were none
     assert sup.tasks.stats()["agents"]["w"]["retried"] == 1
+
+
+async def test_a_lost_tasks_retry_replays_its_tool_calls_with_no_retries_written(
+        tmp_path: Path) -> None:
+    """Its steps are journaled for the retry retry_lost may give it: the MCP server sees
+    each call once."""
+    toml = counting_fleet(tmp_path, "durable", "durable_agent.py", "").replace(
+        "retries = 1\n", "")
+    assert "retries" not in toml
+    async with in_process(tmp_path, toml) as d:
+        res = await d.sup.tasks.run("durable", {
+            "calls": 6, "stop_after": 3, "how": "die", "marker": str(tmp_path / "marker")},
+            TaskOptions(timeout=60))
+        assert res.status == "succeeded", res
+        assert res.output["results"] == [f"bumped {i}" for i in range(1, 7)]
+        assert (tmp_path / "server-count").read_text().split() == [
+            str(i) for i in range(1, 7)]
+        first, second = res.attempts
+        assert (first.outcome, first.error) == ("lost", KILLED)
+        assert (second.outcome, second.replayed) == ("succeeded", 3)
 
 
 async def test_a_handler_that_raises_fails_once(sup: Supervisor) -> None:

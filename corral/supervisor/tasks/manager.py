@@ -88,7 +88,7 @@ from .questions import Questions
 from .queue import LocalQueue, Queue
 from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .retry import backoff
+from .retry import backoff, lost_attempts, retry_lost
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
 from .stepjournal import StepJournal
@@ -112,7 +112,6 @@ if TYPE_CHECKING:
     from .host import AgentLike, TaskHost
 
 
-_LOST = TaskStatus.LOST
 # the options a map's tasks do not take (submit_many)
 _NOT_MAPPED = frozenset({"delay", "not_before", "session"})
 
@@ -609,8 +608,7 @@ class TaskManager:
         agent = self.sup.agents.get(task.agent)
         if agent is None or task.agent not in self.by_agent:
             return None
-        lost = sum(1 for a in task.attempts if a.outcome == _LOST)
-        return LostBudget((task.options.retry or AGENTS_RETRY).lost(agent.spec), lost)
+        return LostBudget(retry_lost(task, agent.spec), lost_attempts(task.attempts))
 
     def retry(self, task: Task) -> None:
         """The machine retried the task (one retry spent: Outcomes.retry): it waits for its

@@ -40,6 +40,7 @@ from ..quotas import NO_QUOTAS
 from ..stream import Stream
 from .interceptors import Interceptors, StepReplay, TaskInterceptor
 from .model import Task, TaskFinished
+from .retry import runs_again
 from .stepjournal import CHECKPOINT_SEQ, NAMED_SEQ, Step, StepJournal
 
 if TYPE_CHECKING:
@@ -162,11 +163,11 @@ class TaskSteps:
         return self.journal if task.journal_here else task.steps_kept
 
     def _journaling(self, task: Task, spec: Any) -> StepJournal | None:
-        """The journal to write the task's steps to; None while no retry is left and its
-        agent (`spec`) does not suspend a waiting task (suspension.py): no next attempt
-        would read them."""
+        """The journal to write the task's steps to; None while no retry is left (nor a
+        loss to infrastructure within its retry_lost) and its agent (`spec`) does not
+        suspend a waiting task (suspension.py): no next attempt would read them."""
         suspends: float = getattr(spec, "suspend_after", 0.0)
-        if task.retries_left > 0 or suspends:
+        if suspends or runs_again(task, spec):
             return self._journal_of(task)
         return None
 
