@@ -22,7 +22,10 @@ then the call is sent again with the answers. Two kinds of call are tasks:
 
 Handles are in the daemon's memory: a restart loses them (an agent's corral task lives on,
 `corral task ID` shows it). A client holds at most `max_tasks_per_client` that have not
-ended (one more is refused naming the bound); an ended one is kept `task_ttl` seconds.
+ended (one more is refused naming the bound); an ended one is kept `task_ttl` seconds,
+and of a client's ended ones at most MAX_ENDED_PER_CLIENT, their results at most
+MAX_ENDED_BYTES_PER_CLIENT of JSON together: past either the oldest ended go first, and
+a tasks/get of one gone says which bound let it go (never a silent unknown id).
 Who sees a handle: its client, and a tenant's clients their tenant's
 (`Caller.sees_record`); any other taskId is unknown (-32602, the same words).
 """
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -59,6 +63,11 @@ ENDED = frozenset({"completed", "failed", "cancelled"})
 # a corral task's end as the extension says it: ran and answered, ran and failed (a tool
 # error: completed with isError, as SEP-2663 reserves `failed` for protocol errors)
 SUCCEEDED = "succeeded"
+# a client's ended handles kept (each holds its result until task_ttl): past either, the
+# oldest ended is let go, its id remembered (at most DROPPED_KEPT of them) to say so
+MAX_ENDED_PER_CLIENT = 64
+MAX_ENDED_BYTES_PER_CLIENT = 8 * 1024 * 1024
+DROPPED_KEPT = 4096
 
 
 class OutputRelay(AlwaysWritable):
@@ -128,6 +137,7 @@ class GatewayTask:
         self.result: Any = None
         self.error: ErrorObject | None = None
         self.runner: asyncio.Task[Any] | None = None
+        self.size = 0  # its result's (or error's) bytes of JSON, once ended
         # while input_required: the server's requests not answered yet, and the answers
         self.asked: dict[str, Any] = {}
         self.answers: dict[str, Any] = {}
@@ -193,6 +203,11 @@ class GatewayTask:
         else:
             self.status, self.error = "failed", RpcError(
                 jsonrpc.INTERNAL_ERROR, f"internal error: {exc}").to_object()
+        try:
+            self.size = len(msgspec.json.encode(self.result if self.error is None
+                                                else self.error))
+        except (TypeError, msgspec.EncodeError):  # (not JSON: counted at nothing)
+            self.size = 0
 
 
 class TaskHandles:
@@ -201,6 +216,8 @@ class TaskHandles:
     def __init__(self, settings: Callable[[], GatewaySettings]) -> None:
         self.settings = settings  # read at each use: a reload changes the bounds
         self.handles: dict[str, GatewayTask] = {}
+        # ended handles let go past a client's bounds: id -> (client, why)
+        self.dropped: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     def open(self, ident: TaskClient, follows: Follows | None,
              work: Callable[[GatewayTask], Coroutine[Any, Any, Any]]) -> dict[str, Any]:
@@ -210,6 +227,7 @@ class TaskHandles:
         handle = GatewayTask(ident.name, ident.tenant, follows)
         handle.runner = asyncio.ensure_future(work(handle))
         handle.runner.add_done_callback(handle.settle)
+        handle.runner.add_done_callback(lambda _: self._trim(handle.client))
         self.handles[handle.id] = handle
         return {**handle.view(self.settings().task_ttl), "resultType": "task"}
 
@@ -233,6 +251,11 @@ class TaskHandles:
         if not isinstance(tid, str):
             raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: a taskId is needed")
         handle = self.handles.get(tid)
+        gone = self.dropped.get(tid)
+        if handle is None and gone is not None and gone[0] == ident.name:
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"invalid params: task {tid} of this client ended and was let "
+                           f"go: {gone[1]}", {"taskId": tid})
         if handle is None or not _sees(ident, handle):
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: no task {tid} of this "
                                                    "client", {"taskId": tid})
@@ -267,6 +290,27 @@ class TaskHandles:
         for h in self.handles.values():
             if h.runner is not None:
                 h.runner.cancel()
+
+    def _trim(self, client: str) -> None:
+        """The client's ended handles within MAX_ENDED_PER_CLIENT and
+        MAX_ENDED_BYTES_PER_CLIENT: the oldest ended let go first (the newest is kept
+        whatever its size, for its client to read once)."""
+        ended = sorted((h for h in self.handles.values()
+                        if h.client == client and h.status in ENDED),
+                       key=lambda h: h.updated)
+        held = sum(h.size for h in ended)
+        while len(ended) > 1 and (len(ended) > MAX_ENDED_PER_CLIENT or
+                                  held > MAX_ENDED_BYTES_PER_CLIENT):
+            oldest = ended.pop(0)
+            why = (f"its client's ended tasks past MAX_ENDED_PER_CLIENT "
+                   f"({MAX_ENDED_PER_CLIENT})" if len(ended) + 1 > MAX_ENDED_PER_CLIENT
+                   else f"its client's ended tasks' results past "
+                        f"MAX_ENDED_BYTES_PER_CLIENT ({MAX_ENDED_BYTES_PER_CLIENT} bytes)")
+            held -= oldest.size
+            del self.handles[oldest.id]
+            self.dropped[oldest.id] = (client, why)
+            if len(self.dropped) > DROPPED_KEPT:
+                self.dropped.popitem(last=False)
 
     def _expire(self) -> None:
         gone = time.time() - self.settings().task_ttl
