@@ -3,16 +3,16 @@
     .venv/bin/python scripts/decisions.py          # rewrite docs/decisions.md in place
     .venv/bin/python scripts/decisions.py --check  # exit 1 if a run would change it
 
-An entry is `N. **Title** ...` at the start of a line, its text running to the next entry
-or heading; its number is kept for good (code and docs cite "decision N"). An entry under
-a subsystem's heading stays there (move it by hand to regroup it); an entry appended at the
-end of the file (under the closing "Added in this cut" heading, or in a file not grouped
-yet) goes to the subsystem its text names (`subsystem: KEY` anywhere in it), else to the
-one the paths it names point to, else to the one its title's words point to, else to
-"other".
-An entry is active unless it says `Status: superseded by N`; the script writes that line
-on the entries other entries say they supersede or replace ("decision N superseded",
-"superseded by decision N", "supersedes decision N", "replaces decision N").
+An entry is `N\\. **Title** ...` at the start of a line (`N. ` is read too), its text
+running to the next entry or heading; its number is kept for good (code and docs cite
+"decision N"). An entry under a subsystem's heading stays there (move it by hand to regroup
+it); an entry appended at the end of the file (under the closing "Added in this cut"
+heading, or in a file not grouped yet) goes to the subsystem its text names (`subsystem:
+KEY` anywhere in it), else to the one the paths it names point to, else to the one its
+title's words point to, else to "other". An entry is active unless it says `Status:
+superseded by N`; the script writes that line on the entries other entries say they
+supersede or replace ("decision N superseded", "superseded by decision N", "supersedes
+decision N", "replaces decision N").
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ WORD_RULES = [
     ("agent", "supervisor"),
 ]
 
-ENTRY = re.compile(r"^(\d+)\. ")
+# `N\. ` as written (the backslash keeps Markdown from taking the entries for one ordered
+# list, which it would number 1, 2, 3... whatever they say); `N. ` is read too
+ENTRY = re.compile(r"^(\d+)\\?\. ")
 PATH = re.compile(r"(?<![\w.])((?:corral/|tests/|bench/|scripts/)?[a-z_]+(?:/[a-z_]+)*"
                   r"(?:\.py|/))(?![\w])")
 EXPLICIT = re.compile(r"\bsubsystem: ([a-z]+)\b")
@@ -156,7 +158,7 @@ class Entry:
 
     @property
     def title(self) -> str:
-        m = re.match(r"\d+\. \*\*(.*?)\*\*", self.text, re.S)
+        m = re.match(r"\d+\\?\. \*\*(.*?)\*\*", self.text, re.S)
         return (m.group(1) if m else self.text.split("\n", 1)[0]).replace("\n", " ")
 
 
@@ -282,6 +284,11 @@ def with_status(entry: Entry, by: tuple[int, bool] | None) -> str:
     return f"{entry.text}\n{indent}Status: superseded by {by[0]}{part}."
 
 
+def escaped(text: str) -> str:
+    """An entry as the file writes it: `N\\. ` at its start."""
+    return ENTRY.sub(lambda m: f"{m.group(1)}\\. ", text, count=1)
+
+
 def numbers_text(numbers: list[int]) -> str:
     """1, 2, 3, 5 -> "1-3, 5"."""
     runs: list[list[int]] = []
@@ -324,8 +331,8 @@ def render(parsed: Parsed) -> str:
     for key, heading in SUBSYSTEMS:
         if groups.get(key):
             parts += [f"## {heading}", ""]
-            # one entry a line-block, no blank line between: the file is a map, kept short
-            parts += [with_status(e, superseded.get(e.number)) for e in groups[key]] + [""]
+            parts += [escaped(with_status(e, superseded.get(e.number))) + "\n"
+                      for e in groups[key]]
     parts += [APPENDED, ""]
     return "\n".join(parts)
 
