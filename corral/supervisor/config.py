@@ -624,6 +624,9 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_streams: PositiveInt = 1000
     max_streams_per_token: PositiveInt = 100
     idle_timeout: Positive = 60.0
+    # seconds a stream's client may take nothing it was sent before the stream is cut
+    # (its last event, `cut`, names the id to resume from)
+    stream_write_timeout: Positive = 60.0
     # metrics history: a sample every history_interval seconds, kept history_raw_hours;
     # rolled up per minute (kept history_minute_days) and per hour (history_hour_days)
     history_interval: Positive = 10.0

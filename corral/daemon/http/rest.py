@@ -225,7 +225,7 @@ class Api:
             if typed is not None:
                 return await sse.events(request, self.ring, caller, typed, tenant, stop)
             return await sse.follow(request, self.dispatcher, caller, res.method, params,
-                                    stop)
+                                    stop, self.ctx.settings.stream_write_timeout)
 
     @contextlib.contextmanager
     def lasting(self, request: web.Request, token: str | None, until: float | None

@@ -18,14 +18,18 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
   the method's `last_event_id` (daemon/fleetwatch.py says what it resumes). A call that
   ends (`/tasks/ID/stream`, tasks.stream) writes out what it sent, then its answer as
-  the last event (`result`, or `problem`).
+  the last event (`result`, or `problem`). A client that takes nothing for `[http]
+  stream_write_timeout` seconds is cut: its last event, `cut`, names why and the id to
+  resume from (every event before it was written), and its body ends as a whole one
+  does; one that does not take even that within CUT_GRACE is aborted.
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
 503 with Retry-After, before anything is followed); a stream's socket has a small kernel
 send buffer (STREAM_SNDBUF) and its transport a small high-water mark (STREAM_BUFFER), so a
 client that never reads pins little in the kernel or the daemon and costs no copying; and
-a write that waits on a client for WRITE_DEADLINE seconds ends its stream (the connection
-is aborted, not drained).
+a write that waits on a client for WRITE_DEADLINE seconds (a follow's: the configured
+bound) ends its stream (an event stream's connection is aborted, not drained; a follow's
+is cut, as above).
 """
 
 from __future__ import annotations
@@ -109,17 +113,47 @@ class Streams:
                 del self.open[who]
 
 
-async def send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
-    """Write, or end the stream (ConnectionResetError) when the client has not taken
-    what it was sent for WRITE_DEADLINE seconds: its connection is aborted, since a
-    close would wait for it to drain."""
+class Unread(ConnectionResetError):
+    """A stream's client has not taken what it was sent within the write bound: the
+    stream is cut (`cut`), its last words sent as the connection closes."""
+
+
+async def send(request: web.Request, response: web.StreamResponse, data: bytes,
+               deadline: float = WRITE_DEADLINE) -> None:
+    """Write, and wait for the client to take it while the transport is past its
+    high-water mark: Unread when it has not for `deadline` seconds."""
+    # (aiohttp's own wait in a write has no bound: `drained`'s has)
+    await _writer(request).write(data, drain=False)
+    if request.protocol.writing_paused:
+        await drained(request, deadline)
+
+
+def _writer(request: web.Request) -> StreamWriter:
+    writer = request.writer
+    assert isinstance(writer, StreamWriter)
+    return writer
+
+
+def _retrieved(wait: asyncio.Future[None]) -> None:
+    if not wait.cancelled():
+        wait.exception()  # a connection lost meanwhile: nothing to tell
+
+
+async def drained(request: web.Request, deadline: float) -> None:
+    """Until the client took what the transport holds, `deadline` seconds at most (else
+    Unread). aiohttp's drain waits on one future per connection, which a cancelled wait
+    cancels and which is not made anew: a wait given up on in place would make every
+    later write of the connection (the stream's last words, its end) raise
+    CancelledError. So the drain is a task of its own, given up on by its waiter only."""
+    wait = asyncio.ensure_future(_writer(request).drain())
     try:
-        async with asyncio.timeout(WRITE_DEADLINE):  # no task per write, as wait_for's
-            await response.write(data)
+        async with asyncio.timeout(deadline):  # no task per wait, as wait_for's
+            await asyncio.shield(wait)
     except TimeoutError:
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("the client does not read") from None
+        raise Unread(f"the client took nothing for {deadline:g} s") from None
+    finally:
+        if not wait.done():
+            wait.add_done_callback(_retrieved)
 
 
 def frame(event_id: str | None, event: str, data: bytes) -> bytes:
@@ -417,14 +451,18 @@ class SseChannel:
     """A follow's Channel onto one SSE response, bounded: past HIGH_WATER bytes not yet
     written it stops being writable, and the follow holds (its own queue is bounded)."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, deadline: float = WRITE_DEADLINE) -> None:
         self.request = request
+        self.deadline = deadline  # seconds a write may wait on the client
         self.response: web.StreamResponse | None = None  # opened after the call's checks
-        self.frames: deque[bytes] = deque()
+        # (the event's id, None for one without; its frame)
+        self.frames: deque[tuple[str | None, bytes]] = deque()
         self.pending = 0
         self._writable = asyncio.Event()
         self._writable.set()
         self.wake = asyncio.Event()
+        self.sent: str | None = None  # the id of the last event written that had one
+        self.ending = False  # the call ended: what is left is written out, then no more
 
     @property
     def writable(self) -> asyncio.Event:
@@ -436,56 +474,89 @@ class SseChannel:
         if method == "logs.lines" and params["lines"]:
             event_id = repr(params["lines"][-1].time)
         data = frame(event_id, method, msgspec.json.encode(params))
-        self.frames.append(data)
+        self.frames.append((event_id, data))
         self.pending += len(data)
         if self.pending > HIGH_WATER:
             self._writable.clear()
         self.wake.set()
 
     async def pump(self) -> None:
+        """Write the frames as they come; once `ending`, those left, then return."""
         response = self.response
         assert response is not None  # (started once it is open)
         while True:
+            if self.ending and not self.frames:
+                return
             try:
                 async with asyncio.timeout(KEEPALIVE):  # no task per wait, as wait_for's
                     await self.wake.wait()
             except TimeoutError:
-                await send(self.request, response, b": keepalive\n\n")
+                await send(self.request, response, b": keepalive\n\n", self.deadline)
                 continue
             self.wake.clear()
             while self.frames:
-                data = self.frames.popleft()
-                await send(self.request, response, data)
+                event_id, data = self.frames.popleft()
+                if event_id is not None:  # (written before send waits: Unread comes after)
+                    self.sent = event_id
+                await send(self.request, response, data, self.deadline)
                 self.pending -= len(data)
                 if self.pending <= HIGH_WATER // 2:
                     self._writable.set()
+
+    def end(self) -> None:
+        """The call ended: the pump writes every frame left (each within the bound; its
+        writes are never cut short), then returns."""
+        self.ending = True
+        self.wake.set()
 
 
 async def _ended(request: web.Request, response: web.StreamResponse, channel: SseChannel,
                  run: asyncio.Future[Any], pump: asyncio.Future[Any]) -> None:
     """A call that ends (tasks.stream, once its task has): what it sent is written out,
     then its answer as the stream's last event, `result` (or `problem`: a refusal's
-    code and detail; not `error`, which a browser's EventSource takes for its own)."""
-    pump.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await pump
-    for data in channel.frames:
-        await send(request, response, data)
-    channel.frames.clear()
+    code and detail; not `error`, which a browser's EventSource takes for its own). The
+    pump writes out what is left and returns (cancelled in a write, it would lose the
+    frame it was writing: see `drained`)."""
+    channel.end()
+    await pump  # Unread, ConnectionResetError: the stream ends there
     exc = run.exception()
     if exc is None:
-        await send(request, response, frame(None, "result", msgspec.json.encode(run.result())))
+        await send(request, response, frame(None, "result", msgspec.json.encode(
+            run.result())), channel.deadline)
     elif isinstance(exc, jsonrpc.RpcError):
         await send(request, response, frame(None, "problem", msgspec.json.encode(
-            {"code": exc.code, "detail": exc.message})))
+            {"code": exc.code, "detail": exc.message})), channel.deadline)
+
+
+CUT_GRACE = 5.0  # seconds a cut stream's client has to take its last words
+
+
+async def _cut(request: web.Request, channel: SseChannel, why: str) -> None:
+    """The daemon ends a stream its client does not read: its last event, `cut`, says
+    why and the id to resume from (Last-Event-ID: the last event written, every one
+    before it written too), the body then ends as a whole one does and the connection
+    closes; one whose client has not taken that within CUT_GRACE is aborted."""
+    data = frame(None, "cut", msgspec.json.encode({"reason": why,
+                                                   "last_event_id": channel.sent}))
+    with contextlib.suppress(Exception):  # (the transport may be closing)
+        await _writer(request).write(data, drain=False)
+    request.protocol.close()  # no other request on this connection
+
+    def abort() -> None:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    asyncio.get_running_loop().call_later(CUT_GRACE, abort)
 
 
 async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Caller,
-                 method: str, params: Any, stop: asyncio.Future[None] | None = None
-                 ) -> web.StreamResponse:
+                 method: str, params: Any, stop: asyncio.Future[None] | None = None,
+                 deadline: float = WRITE_DEADLINE) -> web.StreamResponse:
     """The client's own call, until it ends, the client goes, or `stop`. A call that
     ends (tasks.stream) opens the stream at its first notification: refused before it
-    (a task not found, a position not of the stream), it answers problem+json."""
+    (a task not found, a position not of the stream), it answers problem+json. A
+    client that takes nothing for `deadline` seconds is cut (`_cut`)."""
     last = _last_id(request)
     if last is not None and method == m.LogsFollow.declared.name:
         with contextlib.suppress(ValueError):
@@ -494,7 +565,7 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     elif last is not None and "last_event_id" in params.__struct_fields__:
         params = msgspec.structs.replace(params, last_event_id=last)
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
-    channel = SseChannel(request)
+    channel = SseChannel(request, deadline)
     run = asyncio.ensure_future(dispatcher.call(caller, method, params, channel))
     pump: asyncio.Future[None] | None = None
     try:
@@ -513,8 +584,15 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
         if stop is not None:
             waits.add(stop)
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if run.done() and not pump.done():
-            await _ended(request, response, channel, run, pump)
+        try:
+            if pump.done():
+                pump.result()  # Unread; the client gone (ConnectionResetError): it ends
+            elif run.done():
+                await _ended(request, response, channel, run, pump)
+        except Unread as exc:
+            await _cut(request, channel, str(exc))
+        except ConnectionResetError:
+            pass
     finally:
         tasks = [run] if pump is None else [run, pump]
         for task in tasks:

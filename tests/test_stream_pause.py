@@ -1,0 +1,190 @@
+"""A follower of a task's stream that stops reading for a while within the documented
+bound (docs/http.md: `[http] stream_write_timeout`, 60 s) and then reads on gets every
+chunk, once, in order, then `result`, and the body ends as a whole one does; one the
+daemon must end (the bound passed) is told so by a last event, `cut`, naming the id to
+resume from, the body then ends as a whole one does, and a follow resumed from that id
+gets the rest and `result`.
+
+The followers are raw sockets (http.client reads a chunked body of 4,000 events at a
+fraction of the daemon's pace), and their pause is what the tests are about: it is
+longer than the kernel's and the daemon's buffers take to fill (a 15 MiB stream)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from .daemon_harness import Daemon, free_port
+from .test_task_streams import streamer
+
+pytestmark = pytest.mark.long
+
+CHUNKS = 4000
+SIZE = 3900  # 4,000 chunks of it: a 15 MiB stream
+END = b"0\r\n\r\n"  # a chunked body's last chunk
+
+
+def unchunked(raw: bytes) -> tuple[bytes, bool]:
+    """An HTTP/1.1 response's chunked body, and whether it ended with its last chunk
+    (a connection cut mid-body: False)."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    body = bytearray()
+    view = memoryview(rest)
+    at = 0
+    while True:
+        eol = rest.find(b"\r\n", at)
+        if eol < 0:
+            return bytes(body), False
+        size = int(rest[at:eol], 16)
+        if size == 0:
+            return bytes(body), True
+        if eol + 2 + size + 2 > len(rest):
+            return bytes(body), False
+        body += view[eol + 2:eol + 2 + size]
+        at = eol + 2 + size + 2
+
+
+def events(body: bytes) -> list[dict[str, Any]]:
+    """The SSE events of a body (comments skipped)."""
+    out: list[dict[str, Any]] = []
+    for block in body.decode().split("\n\n"):
+        event: dict[str, Any] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            key, _, value = line.partition(": ")
+            event[key] = msgspec.json.decode(value) if key == "data" else value
+        if event:
+            out.append(event)
+    return out
+
+
+class Follower(threading.Thread):
+    """A client of /tasks/ID/stream that reads the response's first bytes, takes
+    nothing more for `pause` seconds (once `begun` lets the followers go together),
+    then reads to the end of the body or of the connection."""
+
+    def __init__(self, port: int, token: str, task_id: str, pause: float,
+                 begun: threading.Barrier | None = None, last_id: str | None = None
+                 ) -> None:
+        super().__init__(daemon=True)
+        self.port, self.token, self.task_id, self.pause = port, token, task_id, pause
+        self.begun = begun
+        self.last_id = last_id
+        self.raw = bytearray()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=120) as s:
+                resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
+                s.sendall(f"GET /api/v1/tasks/{self.task_id}/stream HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                          f"{resume}\r\n".encode())
+                self.raw += s.recv(1024)
+                if self.begun is not None:
+                    self.begun.wait(60)
+                time.sleep(self.pause)  # the reader's pause: what the test is about
+                while not self.raw.endswith(END):
+                    got = s.recv(1 << 20)
+                    if not got:
+                        break
+                    self.raw += got
+        except BaseException as exc:  # told to the test
+            self.error = exc
+
+    def result(self) -> tuple[list[dict[str, Any]], bool]:
+        """Its events, and whether the body ended whole."""
+        assert self.error is None, repr(self.error)
+        body, whole = unchunked(bytes(self.raw))
+        return events(body), whole
+
+
+def outputs(seen: list[dict[str, Any]]) -> list[str]:
+    return [e["id"] for e in seen if e["event"] == "tasks.output"]
+
+
+def daemon(tmp_path: Path, port: int, http: str = "") -> Daemon:
+    return Daemon(tmp_path, streamer(tmp_path, extra="max_stream_bytes = 0"),
+                  extra=f'\n[http]\nlisten = "127.0.0.1:{port}"\n{http}\n')
+
+
+def start_flood(d: Daemon) -> tuple[str, str]:
+    """A reader's token, and a task that sends CHUNKS chunks of SIZE bytes."""
+    token = d.json("token", "create", "reader", "--scope", "tasks:read")["token"]
+    task_id = d.cli("submit", "streamer", "--input",
+                    f'{{"size": {SIZE}, "count": {CHUNKS}}}').stdout.strip()
+    return token, task_id
+
+
+@pytest.mark.timeout(240)
+def test_three_followers_that_pause_25_s_each_get_every_chunk_then_the_result(
+        tmp_path: Path) -> None:
+    port = free_port()
+    d = daemon(tmp_path, port)
+    try:
+        d.start()
+        token, task_id = start_flood(d)
+        begun = threading.Barrier(3)
+        followers = [Follower(port, token, task_id, 25.0, begun) for _ in range(3)]
+        for f in followers:
+            f.start()
+        for f in followers:
+            f.join(180)
+            assert not f.is_alive()
+        for f in followers:
+            seen, whole = f.result()
+            assert whole, seen[-1]
+            assert seen[0]["event"] == "tasks.task"
+            assert outputs(seen) == [f"1-{n}" for n in range(1, CHUNKS + 1)]
+            assert all(len(e["data"]["data"]) == SIZE for e in seen
+                       if e["event"] == "tasks.output")
+            assert [e["event"] for e in seen[-1:]] == ["result"]
+            assert seen[-1]["data"]["status"] == "succeeded"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_follower_past_the_bound_is_cut_with_the_id_to_resume_from(
+        tmp_path: Path) -> None:
+    """A follower that takes nothing for longer than `stream_write_timeout` (1 s here)
+    is cut: what was written before the cut reaches it in order, then `cut` naming the
+    bound and the last id written, then the body's end; resumed from that id, it gets
+    every chunk after it and `result`."""
+    port = free_port()
+    d = daemon(tmp_path, port, "stream_write_timeout = 1.0")
+    try:
+        d.start()
+        token, task_id = start_flood(d)
+        first = Follower(port, token, task_id, 3.0)
+        first.start()
+        first.join(120)
+        seen, whole = first.result()
+        assert whole, seen[-1]
+        kept = outputs(seen)
+        assert kept == [f"1-{n}" for n in range(1, len(kept) + 1)]
+        assert 0 < len(kept) < CHUNKS
+        assert seen[-1] == {"event": "cut", "data": {
+            "reason": "the client took nothing for 1 s", "last_event_id": kept[-1]}}
+        assert [e["event"] for e in seen].count("result") == 0
+
+        rest = Follower(port, token, task_id, 0.0, last_id=kept[-1])
+        rest.start()
+        rest.join(120)
+        seen, whole = rest.result()
+        assert whole
+        assert outputs(seen) == [f"1-{n}" for n in range(len(kept) + 1, CHUNKS + 1)]
+        assert seen[-1]["event"] == "result"
+        assert seen[-1]["data"]["status"] == "succeeded"
+        assert d.stop() == 0
+    finally:
+        d.close()
