@@ -189,6 +189,9 @@ class TaskJournalDB:
         # idempotency keys handed to the writer and not yet committed, by (tenant, key):
         # (the task's id, the digest); a lookup sees them before the table has them
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        # each tenant's keys as counted once after a prune, then kept by keep_key and
+        # drop_key (a count of the table at each keyed submission was ~0.3 ms at 10 000)
+        self._held: dict[str, int] = {}
         self.max_age = max_age
         self.max_tasks = max_tasks
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
@@ -264,12 +267,16 @@ class TaskJournalDB:
         return (rows[0][0], rows[0][1]) if rows else None
 
     def keys_held(self, tenant: str) -> int:
-        """The tenant's keys younger than KEEP_SECONDS (a count on its index)."""
-        waiting = sum(1 for t, _ in self._keys if t == tenant)
-        with errors_named(self.path):
-            (held,) = self._loop_rows().rows(KEY_COUNT, (tenant,
-                                                         time.time() - KEEP_SECONDS))[0]
-        return int(held) + waiting
+        """The tenant's keys younger than KEEP_SECONDS (counted on its index once after
+        each prune, then kept: one older meanwhile counts until the next prune)."""
+        held = self._held.get(tenant)
+        if held is None:
+            waiting = sum(1 for t, _ in self._keys if t == tenant)
+            with errors_named(self.path):
+                (count,) = self._loop_rows().rows(KEY_COUNT, (
+                    tenant, time.time() - KEEP_SECONDS))[0]
+            held = self._held[tenant] = int(count) + waiting
+        return held
 
     def keep_key(self, task: Task, tenant: str, key: str, digest: str) -> None:
         """Keep a key with its new task: the task's first row leaves the young ones
@@ -280,12 +287,16 @@ class TaskJournalDB:
             self._group.put(task.id, _row(task, young[1], task.input))
         self._keys[(tenant, key)] = (task.id, digest)
         self._group.put((tenant, key), (tenant, key, task.id, digest, task.created))
+        if tenant in self._held:
+            self._held[tenant] += 1
 
     def drop_key(self, tenant: str, key: str) -> None:
         """Forget a key whose task was refused after all (its write failed): a retry of
         the request is a new one."""
         if self._keys.pop((tenant, key), None) is not None:
             self._group.pending.pop((tenant, key), None)
+            if tenant in self._held:
+                self._held[tenant] -= 1
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -308,6 +319,7 @@ class TaskJournalDB:
         self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
 
     def _pruned(self, error: str | None) -> None:
+        self._held.clear()  # counted again, without the keys pruned
         if error is not None and self._outage.failed(self._loop, self._cannot(error)):
             self._failed(self._cannot(error))  # the journal cannot be written either
 
