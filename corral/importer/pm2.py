@@ -194,6 +194,9 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
     codes = app.get("stop_exit_codes")
     if app.get("autorestart", True) is False:
         table["restart"] = "never"
+        if codes is not None:
+            imp.note(where, "stop_exit_codes", f"{json.dumps(codes)}: not carried: "
+                     "autorestart is false, so it is never restarted, whatever its status")
     elif codes is not None:
         codes = _statuses(codes, where)
         table["restart"] = "on-failure"  # restarted after any status but these
@@ -219,7 +222,7 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
         table["watch"] = (["**/*"] if watch is True else
                           [f"{w.rstrip('/')}/**/*" for w in
                            ([watch] if isinstance(watch, str) else watch)])
-    _log_file(app, table, where, imp)
+    _log_file(app, table, where, imp, base)
     _cron(app.get("cron_restart"), table, where, imp)
     env = app.get("env")
     if isinstance(env, dict):
@@ -394,17 +397,24 @@ def _text(v: Any) -> str:
 
 
 def _log_file(app: dict[str, Any], table: dict[str, Any], where: str,
-              imp: Conversion) -> None:
-    """PM2's log_file (both streams), else its out_file, as the agent's log_file."""
+              imp: Conversion, base: Path) -> None:
+    """PM2's log_file (both streams), else its out_file, as the agent's log_file; a
+    relative path is PM2's, resolved from the app's directory (its cwd, else the
+    file's), as env_file is."""
     # `log` and `output` are PM2's aliases of log_file and out_file
     key = next((k for k in ("log_file", "log", "out_file", "output") if app.get(k)),
                "out_file")
     path = app.get(key)
     if not path:
         return
-    if not isinstance(path, str) or not path.startswith("/") or path == "/dev/null":
-        imp.note(where, key, f"{json.dumps(path)}: not carried: corral's log_file is an "
-                             "absolute path (and every app keeps a log)")
+    if isinstance(path, str) and path.startswith("~/"):
+        path = os.path.expanduser(path)
+    if not isinstance(path, str) or path in ("/dev/null", "NULL"):
+        imp.note(where, key, f"{json.dumps(path)}: not carried: corral's log_file is a "
+                             "path (and every app keeps a log)")
         return
+    if not path.startswith("/"):
+        path = os.path.normpath(base.resolve() / table.get("cwd", ".") / path)
+        imp.note(where, key, f"{json.dumps(app[key])}: log_file = {json.dumps(path)} "
+                             "(resolved from the app's directory, as PM2 does)")
     table["log_file"] = path
-

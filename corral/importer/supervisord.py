@@ -244,6 +244,7 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
             if k == "environment":
                 env = env_pairs(expand_here(v, base, "[supervisord]", k, imp) or "",
                                 "[supervisord]")
+                dollars(env, "[supervisord]", imp)
             elif k == "user":
                 user = user_of(v, base, "[supervisord]")
                 if user in ("root", "0"):
@@ -306,11 +307,26 @@ def _groups(parser: configparser.RawConfigParser, imp: Conversion,
     return out
 
 
+def dollars(env: dict[str, str], where: str, imp: Conversion) -> None:
+    """Each value that names a $VARIABLE, said: supervisord expands none in an
+    environment (it read `USER=$USER_NAME` as USER="$"); nor does corral's env."""
+    for k, v in env.items():
+        if re.search(r"\$\{?[A-Za-z_]", v):
+            names = ", ".join(sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", v))))
+            imp.note(where, "environment", f"{k}={v}: taken as written (supervisord "
+                     "expands no $VARIABLE here, nor does corral's env: "
+                     + ", ".join(f"%(ENV_{n})s" for n in names.split(", "))
+                     + " is read from the environment)")
+
+
 def env_pairs(text: str, where: str) -> dict[str, str]:
     """supervisord's KEY=val,KEY2="val, with a comma" (its dict_of_key_value_pairs); a
     value left empty (`C=`: a variable not set where corral import runs) is empty."""
     lexer = shlex.shlex(text)
-    lexer.wordchars += "/.+-():"
+    # supervisord's own word characters, and those it splits a value at and then keeps
+    # part of (`USER=$USER_NAME` is its USER="$"): here, a value is taken whole
+    lexer.wordchars += "/.+-():$@%*!?~^&[]{}<>|;#"
+    lexer.commenters = ""
     tokens = list(lexer)
     out: dict[str, str] = {}
     i = 0
@@ -348,11 +364,18 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     if name_given is not None and numprocs > 1:
         imp.note(where, "process_name", f"{name_given!r}: replicas are named "
                  f"AGENT#0..#{numprocs - 1} (the number is $CORRAL_REPLICA)")
+    elif name_given is not None and name_given.strip() != "%(program_name)s":
+        # one process (numprocs 1, or one not resolved here): its name is the agent's
+        imp.note(where, "process_name", f"{name_given!r}: not carried: the agent is named "
+                 "after the program (its replicas AGENT#0.., the number is "
+                 "$CORRAL_REPLICA)")
     if cwd := get("directory", ""):
         table[target("directory")] = cwd
     env = dict(common.env)
     if "environment" in raw:
-        env |= env_pairs(get("environment", ""), where)
+        own = env_pairs(get("environment", ""), where)
+        dollars(own, where, imp)
+        env |= own
     user = user_of(raw["user"], ex, where) if "user" in raw else common.user
     if user:
         table["user"] = user
@@ -388,7 +411,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         if k in raw and not _bool(get(k, "false"), where, k):
             imp.note(where, k, "false: not carried: corral signals the program's whole "
                                "process group")
-    _logs(raw, get, table, where, imp)
+    _logs(raw, get, table, where, imp, numprocs)
     if env:
         table["env"] = env
     for k in raw:
@@ -497,7 +520,7 @@ def _bool(text: str, where: str, key: str) -> bool:
 
 
 def _logs(raw: dict[str, str], get: Any, table: dict[str, Any], where: str,
-          imp: Conversion) -> None:
+          imp: Conversion, numprocs: int) -> None:
     """stdout_logfile as the agent's log_file (/dev/stdout as the daemon's stdout), its
     size and backups as its rotation; stderr goes with it (`redirect_stderr` or not)."""
     out = get("stdout_logfile", "AUTO")
@@ -512,6 +535,10 @@ def _logs(raw: dict[str, str], get: Any, table: dict[str, Any], where: str,
                                           "(corral's log_file is one)")
         return
     table["log_file"] = out
+    if numprocs > 1 and _PROCESS_NUM.search(raw.get("stdout_logfile", "")):
+        imp.note(where, "stdout_logfile", f"{raw['stdout_logfile']!r}: one file for "
+                 f"every replica, {out} (corral's log_file is the agent's, each line "
+                 "tagged with its replica), not one a process")
     if out in ("/dev/stdout", "/dev/stderr"):
         return  # the daemon's stream: nothing to rotate (maxbytes = 0, as it must be)
     for key, corral in (("stdout_logfile_maxbytes", "log_max_bytes"),
