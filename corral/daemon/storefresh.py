@@ -3,7 +3,7 @@ made from at once (storeschema.migrate, decision 927). Made by
 scripts/fresh_schema.py from storeschema.MIGRATIONS; not edited by hand.
 """
 
-DIGEST = "0e2b0fe07462a6de617b4cc31fbbcdf33364c4fec8851e3693955675e766e33b"
+DIGEST = "9cdeebd365894e279afd1469f615b663a94b71e063d391d165f09af00a54b7b3"
 
 SCHEMA = (
     'CREATE TABLE runtime_agents (\n'
@@ -246,4 +246,11 @@ SCHEMA = (
     '    ) WITHOUT ROWID',
     'CREATE INDEX idempotency_keys_held ON idempotency_keys (tenant, created)',
     'CREATE INDEX idempotency_keys_age ON idempotency_keys (created)',
+    'CREATE TABLE stopped (\n'
+    '    agent TEXT NOT NULL,\n'
+    '    replica INTEGER NOT NULL,\n'
+    '    who TEXT NOT NULL,\n'
+    '    time REAL NOT NULL,\n'
+    '    PRIMARY KEY (agent, replica)\n'
+    ') WITHOUT ROWID',
 )

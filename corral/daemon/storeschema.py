@@ -39,6 +39,7 @@ from . import storefresh
 from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 from .spawnmigration import carry_spawn_trees
+from .stopmarks import MIGRATION as STOPMARKS_MIGRATION
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 # SQLite's memory in all, past which its connections' page caches reuse their pages rather
@@ -549,6 +550,8 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX idempotency_keys_held ON idempotency_keys (tenant, created);
     CREATE INDEX idempotency_keys_age ON idempotency_keys (created);
     """,
+    # stops by hand kept across daemon restarts, who and when (stopmarks.py)
+    STOPMARKS_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,110 @@
+"""A stop by hand lasts until a start by hand (DESIGN 26): across a graceful restart of
+the daemon, an upgrade and a crash. `corral stop` commits a mark for each replica it
+stops (who, when) before it stops any; a daemon that starts adds those replicas stopped
+(Agents.add's `held`), and `corral status` names who stopped each and when. A start by
+hand takes the mark away: `corral start` commits that before it starts any, and any
+other start by hand (a restart, a rollout that starts a stopped replica) is told by the
+replica's transition (Cause.SPAWN) and written through the store's writer.
+
+The table is one migration of storeschema.py; this module reads it (at start-up, on the
+loop's connection: a few rows) and makes its writes (functions of a connection, run by
+the writer thread).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from ..supervisor.lifecycle import Cause
+from ..supervisor.replicaparts import Transition
+
+# appended to storeschema.MIGRATIONS (one entry: see its rule)
+MIGRATION = """
+CREATE TABLE stopped (
+    agent TEXT NOT NULL,
+    replica INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (agent, replica)
+) WITHOUT ROWID;
+"""
+
+Write = Callable[[sqlite3.Connection], None]
+Place = tuple[str, int]  # (agent, replica index)
+
+
+class StopMark(NamedTuple):
+    who: str  # as revisions and the audit log name a caller
+    time: float  # unix time of the stop
+
+
+class StopMarks:
+    """The marks as the database holds them (kept in step by whoever commits a write)."""
+
+    def __init__(self, db: sqlite3.Connection, submit: Callable[[Write, str], None]
+                 ) -> None:
+        """`submit`: a write through the store's writer (kept while the database cannot
+        be written), for a start that was not `corral start`'s."""
+        self.submit = submit
+        self.marks: dict[Place, StopMark] = {
+            (agent, replica): StopMark(who, when) for agent, replica, who, when in
+            db.execute("SELECT agent, replica, who, time FROM stopped")}
+
+    def held(self, agent: str) -> frozenset[int]:
+        """The replicas of `agent` a stop by hand holds down."""
+        return frozenset(i for (a, i) in self.marks if a == agent)
+
+    def of(self, agent: str, replica: int) -> StopMark | None:
+        return self.marks.get((agent, replica))
+
+    @staticmethod
+    def marking(places: Iterable[Place], mark: StopMark) -> Write:
+        rows = [(a, i, mark.who, mark.time) for a, i in places]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO stopped (agent, replica, who, time) "
+                           "VALUES (?, ?, ?, ?)", rows)
+
+        return write
+
+    @staticmethod
+    def unmarking(places: Iterable[Place]) -> Write:
+        rows = list(places)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM stopped WHERE agent = ? AND replica = ?", rows)
+
+        return write
+
+    @staticmethod
+    def forgetting(agent: str, from_replica: int = 0) -> Write:
+        """Every mark of `agent` (from replica `from_replica` on: a scale down's)."""
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM stopped WHERE agent = ? AND replica >= ?",
+                       (agent, from_replica))
+
+        return write
+
+    def marked(self, places: Iterable[Place], mark: StopMark) -> None:
+        """`marking` was committed."""
+        for place in places:
+            self.marks[place] = mark
+
+    def unmarked(self, places: Iterable[Place]) -> None:
+        """`unmarking` was committed (or submitted)."""
+        for place in places:
+            self.marks.pop(place, None)
+
+    def forgotten(self, agent: str, from_replica: int = 0) -> None:
+        """`forgetting` was committed."""
+        self.unmarked([p for p in self.marks if p[0] == agent and p[1] >= from_replica])
+
+    def on_transition(self, e: Transition) -> None:
+        """A start by hand of a marked replica, whoever asked for it: the mark goes."""
+        if e.cause is Cause.SPAWN and self.marks and e.kind == "agent":
+            place = (e.name, e.replica)
+            if place in self.marks:
+                del self.marks[place]
+                self.submit(self.unmarking([place]), "stop mark")
