@@ -58,7 +58,7 @@ def config(tmp: Path) -> str:
             'tools = ["counting__*"]\n\n'
             f'[agents.theirs]{agent}tenant = "acme"\ntools = ["counting__*"]\n\n'
             f'[agents.shouty]{agent}tools = ["counting__*"]\napprove = ["counting__*"]\n\n'
-            "[tenants.acme]\n\n"
+            '[tenants.acme]\napprove = ["counting__big"]\n\n'
             f'[mcp_servers.counting]\ncommand = ["{PY}", "{HERE}/servers/counting_mcp.py", '
             f'"{tmp}/server-count"]\nshared = true\n\n'
             '[gateway]\nlisten = "127.0.0.1:0"\ntokens_file = "tokens.toml"\n')
@@ -318,3 +318,19 @@ def test_a_replicas_ask_left_pending_by_a_killed_daemon_is_withdrawn_at_the_next
         assert "31" not in counted(d)
     finally:
         d.close()
+
+
+@pytest.mark.deadline(120)
+def test_a_tenants_approve_holds_a_call_of_no_task_whatever_its_agent_says(
+        daemon: Daemon) -> None:
+    """acme's `approve` names counting__big; its agent's table names nothing: the call
+    of no task waits for a person all the same, the ask its tenant's."""
+    d = daemon
+    task_id = submit(d, "theirs", raw_call("counting__big", {"kb": 1}))
+    [ask] = wait_until(lambda: asks_of(d, "theirs"), 30, "the tenant's ask")
+    assert (ask["tenant"], ask["subject"]["tool"]) == ("acme", "counting__big"), ask
+    assert ask["task_id"].startswith("replica:theirs#0:")
+    assert d.task(task_id)["status"] == "running"
+    assert d.cli("approvals", "approve", ask["id"]).returncode == 0
+    result = finished(d, task_id)["output"]["result"]
+    assert result["isError"] is False and len(result["content"][0]["text"]) == 1024
