@@ -7,7 +7,8 @@ asking `say` + its number (or `texts[i]`), whole or streamed (`stream`); on its 
 attempt, after call `stop_after`, it writes `marker` and SIGKILLs itself; with
 `by_address` its clients name the attempt (`?task=ID&attempt=N`, `default_query`; `forge`:
 another task's id in its place); with `tools` N, a tool call (`counting__bump`) after each
-of its first N model calls; with `then`, a last Messages call of that model ("two").
+of its first N model calls; with `then`, a last Messages call of that model ("two");
+`extra`: more of a Chat Completions call's arguments (`n`, `max_tokens`).
 Its output:
 each answer's text, or the error a call raised (its status and message), and what its
 environment held."""
@@ -18,7 +19,7 @@ import signal
 from corral.worker import run
 
 
-def one(api, model, text, stream, query):
+def one(api, model, text, stream, query, extra=None):
     # each library imported by the first call of its format (the worker answers initialize
     # first), and only the one the call uses: either import is seconds of CPU
     if api == "messages":
@@ -44,8 +45,8 @@ def one(api, model, text, stream, query):
         return "".join(out)
     messages = [{"role": "user", "content": text}]
     if not stream:
-        return client.chat.completions.create(model=model, messages=messages) \
-            .choices[0].message.content
+        return client.chat.completions.create(model=model, messages=messages,
+                                              **(extra or {})).choices[0].message.content
     out = []
     for chunk in client.chat.completions.create(model=model, messages=messages, stream=True):
         if chunk.choices and chunk.choices[0].delta.content:
@@ -64,7 +65,7 @@ def handle(task_input, ctx):
     for i, text in enumerate(texts, 1):
         try:
             answers.append(one(api, task_input["model"], text, task_input.get("stream", False),
-                               query))
+                               query, task_input.get("extra")))
         except Exception as exc:  # the client library's APIError, said as it was raised
             answers.append({"error": type(exc).__name__,
                             "status": getattr(exc, "status_code", None), "message": str(exc)})

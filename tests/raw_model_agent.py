@@ -2,9 +2,10 @@
 what a hostile agent holding its replica's token may send, and all it is answered.
 
 A task's `calls` are made at once, each in a thread: `path` (under the gateway's
-address, ANTHROPIC_BASE_URL), `body` (JSON); with `tell`, its token is its first chunk of
-live output (a hostile agent hands it on). Its output: each answer's status, headers and
-body, in the order of `calls`."""
+address, ANTHROPIC_BASE_URL), `body` (JSON; with `pad` N, N small user messages before
+its own, built here so that a body of megabytes is no part of the task's input); with
+`tell`, its token is its first chunk of live output (a hostile agent hands it on). Its
+output: each answer's status, headers and body, in the order of `calls`."""
 
 import json
 import os
@@ -16,9 +17,13 @@ from corral.worker import run
 
 
 def one(call):
+    body = call["body"]
+    if call.get("pad"):
+        body = {**body, "messages": [{"role": "user", "content": "x"}] * call["pad"]
+                + body["messages"]}
     request = urllib.request.Request(
         os.environ["ANTHROPIC_BASE_URL"] + call["path"], method="POST",
-        data=json.dumps(call["body"]).encode(),
+        data=json.dumps(body).encode(),
         headers={"content-type": "application/json",
                  "authorization": "Bearer " + os.environ["OPENAI_API_KEY"]})
     try:

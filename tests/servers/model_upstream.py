@@ -6,6 +6,8 @@ sent, the body) so that a test can count the calls that really reached it.
 
 What the last user message says steers it:
 - `cut`: a stream cut after its first events (the connection closed mid-body);
+- `stall`: a stream that stops after its first three events, its connection kept open
+  (a caller's timeout ends it);
 - `half`: a whole answer cut mid-body (its Content-Length not reached);
 - `status NNN`: answered with that status and an error quoting the key it was sent (as a
   provider's 401 does), in the endpoint's format;
@@ -163,6 +165,7 @@ class StandIn:
             self.app.router.add_post(path, functools.partial(self.answer, api))
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.closing = asyncio.Event()  # what a stalled stream waits for
 
     def calls(self, path: str | None = None) -> int:
         return sum(1 for r in self.requests if path is None or r["path"] == path)
@@ -177,6 +180,7 @@ class StandIn:
         return self.url
 
     async def close(self) -> None:
+        self.closing.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -203,8 +207,8 @@ class StandIn:
                                              "param": None, "code": None}})
         return web.json_response(body, status=status)
 
-    async def _stream(self, request: web.Request, events: list[bytes], cut: bool
-                      ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, events: list[bytes], cut: bool,
+                      stall: bool = False) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "x-request-id": "req_standin"})
         await response.prepare(request)
@@ -212,6 +216,9 @@ class StandIn:
             if cut and i == 2:
                 assert request.transport is not None
                 request.transport.abort()  # mid-body: no chunked end, no last event
+                return response
+            if stall and i == 3:
+                await self.closing.wait()
                 return response
             await response.write(event)
         await response.write_eof()
@@ -239,7 +246,7 @@ class StandIn:
             return await self._half(request)
         if body.get("stream"):
             return await self._stream(request, api.events(model, f"echo: {text}", body),
-                                      text == "cut")
+                                      text == "cut", text == "stall")
         return web.json_response(api.body(model, f"echo: {text}"),
                                  headers={"x-request-id": "req_standin"})
 

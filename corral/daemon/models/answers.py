@@ -49,8 +49,9 @@ def passed_back(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower().startswith(PASSED_BACK_PREFIXES)}
 
 
-def refused(fmt: Format, status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=refusal(fmt, status, message),
+def refused(fmt: Format, status: int, message: str, param: str | None = None,
+            code: str | None = None) -> web.Response:
+    return web.Response(status=status, body=refusal(fmt, status, message, param, code),
                         content_type="application/json")
 
 
@@ -104,6 +105,7 @@ class Relay:
             raise StreamCut(f"the upstream's stream failed: {exc}") from None
         if not self.held:
             raise StreamCut("the upstream's stream ended before its last event")
+        self.usage.complete = True
         self.held = hidden(self.held + rest, self.key)
         return AnswerRecord(self.answer.status, SSE, hidden(b"".join(self.recorded),
                                                             self.key).decode(errors="replace"))
@@ -117,7 +119,9 @@ class Relay:
             end = events.find(b"\n\n", start) + 2
             event = events[start:end]
             self.usage.read_event(event)
-            if self.on_text is not None and (text := text_of(event)) is not None:
+            text = text_of(event)
+            self.usage.passed_event(event, text)  # (what a cut stream is counted by)
+            if self.on_text is not None and text is not None:
                 self.on_text(text)
             if is_last_event(self.fmt, event):
                 if start:

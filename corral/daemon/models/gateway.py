@@ -12,7 +12,13 @@ from the journal on a retry (no upstream call), its usage counted once, from wha
 upstream said. Which attempt a call is for is told as for the MCP gateway's calls
 (attribution.py). A replica's model calls in flight take its slots of the MCP
 gateway's `max_concurrent` (its tool calls' too): one past them is refused before its
-body is read, since each call holds its body, decoded, and its answer in memory."""
+body is read, since each call holds its body (once: request.py) and its answer in
+memory.
+
+Every call admitted holds its estimate against the agent's budgets while in flight
+(budget.py's `reserve`), and every call the upstream answered is counted at its end,
+whichever end it has (usage.py): whole, streamed to its end, cut by the upstream or by
+corral, timed out, failed, or its handler cancelled."""
 
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
+from ...supervisor.tasks.budget import BudgetHold, Reservation
 from ...supervisor.tasks.inbox import askable
 from ...supervisor.tasks.model import TaskFinished
 from ...supervisor.tasks.replicacalls import ReplicaAsk
@@ -44,10 +51,12 @@ from ...text import iso_time
 from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
+from . import request as requests
 from .answers import AnswerRecord, Relay, StreamCut
 from .holds import model_policy_of, most_cost, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
+from .request import BadBody, ModelRequest
 from .upstream import Upstream, UpstreamDown
 from .usage import CallUsage
 from .wire import ENDPOINTS, PASSED_ON, Endpoint, credential, upstream_auth
@@ -59,17 +68,19 @@ if TYPE_CHECKING:
     from ...supervisor.tracing import Tracer
     from ..gatewayaccess import Identity
 
-_decode = msgspec.json.Decoder()
 _record = msgspec.json.Decoder(AnswerRecord)
 
 
 class ModelRefusal(Exception):
     """A request corral answers itself: its HTTP status and the message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param  # (OpenAI's error names the request's member at fault)
+        self.code = code
 
 
 class UpstreamError(Exception):
@@ -82,17 +93,29 @@ class UpstreamError(Exception):
 
 
 class ModelCall(NamedTuple):
-    """One admitted request: whose, of which model, to which endpoint, and its body as
-    the agent sent it (`sent`: as it goes upstream)."""
+    """One admitted request: whose, of which model, to which endpoint, and its body
+    (held once, as it goes upstream: request.py)."""
 
     endpoint: Endpoint
     name: str
     spec: ModelSpec
     replica: Replica
     task: Task | None
-    body: dict[str, Any]
-    sent: bytes
-    stream: bool
+    request: ModelRequest
+    reservation: Reservation | None  # its estimate, held against its budgets until its end
+
+    @property
+    def sent(self) -> bytes:
+        return self.request.sent
+
+    @property
+    def stream(self) -> bool:
+        return self.request.stream
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """What a retry's same call is known by: its endpoint and its body's hash."""
+        return {"endpoint": self.endpoint.path, "body": self.request.digest}
 
 
 class ModelClients(Protocol):
@@ -178,9 +201,10 @@ class ModelGateway:
         with contextlib.ExitStack() as held:
             try:
                 found = self._client(request, held)
-                call = await self._admit(request, endpoint, found)
+                call = await self._admit(request, endpoint, found, held)
             except ModelRefusal as exc:
-                return answers.refused(endpoint.format, exc.status, exc.message)
+                return answers.refused(endpoint.format, exc.status, exc.message,
+                                       exc.param, exc.code)
             slot = held.pop_all()  # the call's own from here to its end
         # an admitted call goes on to its end when the agent hangs up (its handler is
         # cancelled): the upstream answers and bills it whole, so its usage is counted
@@ -211,28 +235,35 @@ class ModelGateway:
             raise ModelRefusal(429, f"rate limited: {exc.message}") from None
         return client.replica
 
-    async def _admit(self, request: web.Request, endpoint: Endpoint, found: Replica
-                     ) -> ModelCall:
+    async def _admit(self, request: web.Request, endpoint: Endpoint, found: Replica,
+                     held: contextlib.ExitStack) -> ModelCall:
         """The request checked: which model, whether the agent of `found` may use it
-        now; ModelRefusal saying why not."""
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        now (its estimate then held against its budgets until `held` is left);
+        ModelRefusal saying why not."""
+        raw = await _body(request)
+        if raw is None:
             self.unknown += 1
             raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
-                                    "bytes)") from None
+                                    "bytes)")
         try:
-            body = _decode.decode(raw)
-        except msgspec.DecodeError:
-            body = None
-        name = body.get("model") if isinstance(body, dict) else None
-        if not isinstance(body, dict) or not isinstance(name, str):
+            read = requests.read(raw, endpoint, self._upstream_name)
+        except BadBody as exc:
+            self.unknown += 1
+            raise ModelRefusal(400, exc.message, exc.param, exc.code) from None
+        del raw  # (`read.sent` is it, or holds it changed: the body is held once)
+        if read is None:
             self.unknown += 1
             raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
-        spec = self._usable(found, name, endpoint)
-        self._admit_now(found, name, spec)
-        return ModelCall(endpoint, name, spec, found, self._attempt(found, request), body,
-                         self._sent(raw, body, spec, endpoint), body.get("stream") is True)
+        spec = self._usable(found, read.model, endpoint)
+        task = self._attempt(found, request)
+        kept = self._admit_now(found, read, spec)
+        if kept is not None:
+            held.callback(kept.release)  # (a call refused or replayed: never settled)
+        return ModelCall(endpoint, read.model, spec, found, task, read, kept)
+
+    def _upstream_name(self, name: str) -> str | None:
+        spec = self.models.get(name)
+        return spec.model if spec is not None else None
 
     def _usable(self, replica: Replica, name: str, endpoint: Endpoint) -> ModelSpec:
         """The model the agent of `replica` named, if it is one it may use at this
@@ -255,9 +286,12 @@ class ModelGateway:
                                     f"(models.{name}.agents: {', '.join(spec.agents)})")
         return spec
 
-    def _admit_now(self, replica: Replica, name: str, spec: ModelSpec) -> None:
-        """The tenant's rate of the model, then the agent's and its tenant's budgets."""
-        tenant = replica.spec.tenant
+    def _admit_now(self, replica: Replica, read: ModelRequest, spec: ModelSpec
+                   ) -> Reservation | None:
+        """The tenant's rate of the model, then the agent's and its tenant's budgets: the
+        call's estimate held against them (the hold), unless what was used and what
+        calls in flight hold already reach one."""
+        tenant, name = replica.spec.tenant, read.model
         if spec.rate_per_minute:
             bucket = self.rates.get((name, tenant))
             if bucket is None:
@@ -267,12 +301,23 @@ class ModelGateway:
                 raise ModelRefusal(429, f"rate limited: tenant {tenant} is over model "
                                         f"{name}'s rate_per_minute ({spec.rate_per_minute:g})")
         agent = self.agents.get(replica.name)
-        held = self.tasks.budgets.over(agent) if agent is not None else None
-        if held is not None:
-            self._counter(name).refused += 1
+        if agent is None:
+            return None
+        kept = self.tasks.budgets.reserve(agent, read.input_estimate + read.output_estimate,
+                                          read.cost_estimate(spec.input_usd_per_mtok,
+                                                             spec.output_usd_per_mtok))
+        if not isinstance(kept, BudgetHold):
+            return kept
+        self._counter(name).refused += 1
+        if kept.reserved:
             raise ModelRefusal(429, f"budget exceeded: agent {replica.name}'s "
-                                    f"{held.budget} is {held.limit:g}, {held.used:g} used; "
-                                    f"room again at {iso_time(held.until)}")
+                                    f"{kept.budget} is {kept.limit:g}, {kept.used:g} used "
+                                    f"and {kept.reserved:g} held by its calls in flight "
+                                    "(each its estimate until it ends); room again as "
+                                    "they end")
+        raise ModelRefusal(429, f"budget exceeded: agent {replica.name}'s "
+                                f"{kept.budget} is {kept.limit:g}, {kept.used:g} used; "
+                                f"room again at {iso_time(kept.until)}")
 
     def _attempt(self, replica: Replica, request: web.Request) -> Task | None:
         """The task attempt a call of `replica` is for, as the MCP gateway's are told
@@ -288,20 +333,6 @@ class ModelGateway:
             self.unattributed += 1
         return task
 
-    @staticmethod
-    def _sent(raw: bytes, body: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> bytes:
-        """The body as it goes upstream: the upstream's name of the model, and a Chat
-        Completions stream asked to say its usage (its last chunk) — else as it came."""
-        changed = dict(body)
-        if spec.model is not None:
-            changed["model"] = spec.model
-        if body.get("stream") is True and endpoint.path == "/v1/chat/completions":
-            options = body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage")):
-                changed["stream_options"] = {**(options if isinstance(options, dict)
-                                                else {}), "include_usage": True}
-        return raw if changed == body else msgspec.json.encode(changed)
-
     async def _answer(self, request: web.Request, call: ModelCall) -> web.StreamResponse:
         """The call made (or, on a retry, answered from the task's steps) and its answer
         written back; a live call of a traced task is a span of its attempt."""
@@ -310,35 +341,35 @@ class ModelGateway:
         made: list[Relay | AnswerRecord] = []  # what `live` made, when it ran
         usage, start = CallUsage(), time.time()
 
-        async def live() -> Any:
+        async def live(idempotency: str | None = None) -> Any:  # (its key: steps.py)
             await self._approved(request, call)
-            made.append(await self._live(request, call, usage))
-            kept = made[-1]
-            if isinstance(kept, AnswerRecord):
-                self._count(call, counter, usage)
-                return kept
             try:
-                record = await kept.run()
-            finally:
-                kept.answer.release()
-            self._count(call, counter, usage)
-            return record
+                made.append(await self._live(request, call, usage, idempotency))
+                kept = made[-1]
+                if isinstance(kept, AnswerRecord):
+                    return kept
+                try:
+                    return await kept.run()
+                finally:
+                    kept.answer.release()
+            finally:  # every end: whole, cut, timed out, failed, cancelled (usage.py)
+                self._count(call, counter, usage)
 
         error: str | None = None
         try:
             if call.task is None:
                 await live()
             else:
-                arguments = {"endpoint": call.endpoint.path, "body": call.body}
                 kept = await self.tasks.steps.tool_call(
-                    call.task, call.replica, MODEL_STEP + call.name, arguments, live)
+                    call.task, call.replica, MODEL_STEP + call.name, call.arguments, live)
                 if not made:  # (its span is the step's replay: tracing.py)
                     counter.replayed += 1
                     return await answers.replayed(request, _record.decode(kept))
         except ModelRefusal as exc:
             counter.errors += exc.status == 502
             error = exc.message
-            return answers.refused(call.endpoint.format, exc.status, exc.message)
+            return answers.refused(call.endpoint.format, exc.status, exc.message,
+                                   exc.param, exc.code)
         except RpcError as exc:  # the task's step budget (max_step_bytes), said as a 429
             counter.refused += 1
             error = exc.message
@@ -370,7 +401,7 @@ class ModelGateway:
                                  else getattr(call.replica.spec, "tenant", None))
         if policy is None:
             return
-        cost = most_cost(call.body, len(call.sent), call.spec)
+        cost = most_cost(call.request, call.spec)
         why = why_held(policy, call.name, cost)
         if why is None:
             return
@@ -388,7 +419,7 @@ class ModelGateway:
                                     f"({why}), which a call of a cluster task cannot "
                                     f"ask: refused")
         else:
-            key = "model:" + self._ordinals.key(task, call.name, call.body)
+            key = "model:" + self._ordinals.key(task, call.name, call.request.digest)
             self.stream.listen(self._ends)
             ask = await self.tasks.ask_person(AskRequest(
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
@@ -428,13 +459,16 @@ class ModelGateway:
             attrs["gen_ai.response.model"] = usage.model
         self.tracer.model_call(call.task, f"chat {call.name}", start, error, attrs)
 
-    async def _live(self, request: web.Request, call: ModelCall, usage: CallUsage
-                    ) -> Relay | AnswerRecord:
+    async def _live(self, request: web.Request, call: ModelCall, usage: CallUsage,
+                    idempotency: str | None = None) -> Relay | AnswerRecord:
         """The call made upstream: a whole answer read (its usage in `usage`), or a
-        stream's relay, not yet run."""
+        stream's relay, not yet run. `idempotency`: a task's call's key, the same on every
+        attempt (steps.py), sent as `Idempotency-Key` in place of the agent's own."""
         spec, key = call.spec, self.keys.get(call.name)
         headers = {"content-type": "application/json"}
         headers.update((h, v) for h in PASSED_ON if (v := request.headers.get(h)) is not None)
+        if idempotency is not None:
+            headers["idempotency-key"] = idempotency
         if key is not None:
             headers.update(upstream_auth(spec.format, key))
         try:
@@ -443,7 +477,8 @@ class ModelGateway:
         except UpstreamDown as exc:
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
         ctype = answer.headers.get("content-type", "application/json")
-        if call.stream and answer.status < 300 and ctype.startswith(answers.SSE):
+        usage.answered = answer.status < 300
+        if call.stream and usage.answered and ctype.startswith(answers.SSE):
             return Relay(request, call.endpoint.format, answer, usage, self._output_of(call),
                          key)
         try:
@@ -452,10 +487,12 @@ class ModelGateway:
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
         finally:
             answer.release()
+            usage.passed_bytes(answer.received)  # (what a broken answer is counted by)
         if answer.status >= 300:
             raise UpstreamError(answer.status, body, ctype,
                                 hidden_headers(answers.passed_back(answer.headers), key))
         usage.read_body(body)
+        usage.complete = True
         return AnswerRecord(answer.status, ctype, body.decode(errors="replace"))
 
     def _output_of(self, call: ModelCall) -> Callable[[str], None] | None:
@@ -473,8 +510,14 @@ class ModelGateway:
         return told
 
     def _count(self, call: ModelCall, counter: ModelCounter, usage: CallUsage) -> None:
-        """A live call's usage against the task's, the agent's and its tenant's budgets
-        (a replayed one's was counted when it was made)."""
+        """A live call's usage, settled (usage.py), against the task's, the agent's and
+        its tenant's budgets, its estimate's hold let go at the same instant (a replayed
+        one's was counted when it was made)."""
+        if call.reservation is not None:
+            call.reservation.release()
+        usage.settle(call.request.input_estimate)
+        if not (usage.answered or usage.said):
+            return  # no answer, or an error's: nothing billed that corral knows of
         counter.input_tokens += usage.input
         counter.output_tokens += usage.output
         spec = call.spec
@@ -509,3 +552,19 @@ class ModelGateway:
 def _status(exc: RpcError) -> int:
     """A refusal of the engine's (a task's step budget) as an HTTP status."""
     return 429 if exc.code in (jsonrpc.STEP_BUDGET_EXCEEDED, jsonrpc.REFUSED) else 400
+
+
+async def _body(request: web.Request) -> bytes | None:
+    """The request's body, or None past MAX_BODY: refused by its Content-Length before any
+    of it is read, else as soon as what came passes it (read here, not by aiohttp's
+    `read`, which keeps a copy on the request for as long as the call lasts)."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

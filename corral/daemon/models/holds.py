@@ -2,8 +2,9 @@
 of a model the agent's or its tenant's `approve_models` names, and those whose cost may
 pass the agent's `approve_cost_over`. A call's most cost is its input's tokens, estimated
 at four bytes a token, and its bound on output tokens (`max_tokens`,
-`max_completion_tokens`, `max_output_tokens`) at the model's prices; a call with no bound
-on its output has no most cost, and waits whenever a ceiling is set. The ask and what
+`max_completion_tokens`, `max_output_tokens`) times its `n` (Chat Completions' choices,
+each written and billed) at the model's prices (request.py); a call with no bound on its
+output has no most cost, and waits whenever a ceiling is set. The ask and what
 its decision does are the gateway's (gateway.py), its words approvals.py's."""
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...mcp.pool import allowed
 from ...supervisor.config import ModelSpec
+from .request import ModelRequest
 
 if TYPE_CHECKING:
     from ...supervisor.replica import Replica
-
-BYTES_PER_TOKEN = 4  # the estimate of an input's tokens from its JSON's size
-OUTPUT_BOUNDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 class ModelPolicy(NamedTuple):
@@ -44,13 +43,11 @@ def model_policy_of(r: Replica, tenant: str | None) -> ModelPolicy | None:
                        getattr(spec, "on_timeout", "error"))
 
 
-def most_cost(body: dict[str, Any], size: int, spec: ModelSpec) -> float | None:
+def most_cost(request: ModelRequest, spec: ModelSpec) -> float | None:
     """The most the call may cost, in dollars; None: its output has no bound."""
-    bound = next((body[k] for k in OUTPUT_BOUNDS if isinstance(body.get(k), int)), None)
-    if not isinstance(bound, int):
+    if request.bound is None:
         return None
-    return (size / BYTES_PER_TOKEN * spec.input_usd_per_mtok
-            + bound * spec.output_usd_per_mtok) / 1e6
+    return request.cost_estimate(spec.input_usd_per_mtok, spec.output_usd_per_mtok)
 
 
 def why_held(policy: ModelPolicy, name: str, cost: float | None) -> str | None:

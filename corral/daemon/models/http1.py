@@ -109,6 +109,7 @@ class UpstreamAnswer:
         self._client, self._origin, self._wire, self._timer = client, origin, wire, timer
         self._framing = _Framing(status, headers, wire)
         self._done = False
+        self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
@@ -120,6 +121,7 @@ class UpstreamAnswer:
         async for raw in self._framing.parts():
             chunk = decoder.decompress(raw, MAX_ANSWER + 1 - total) if decoder else raw
             total += len(chunk)
+            self.received = total
             if total > MAX_ANSWER:
                 raise UpstreamFailed(f"the upstream's answer is over MAX_ANSWER "
                                      f"({MAX_ANSWER} bytes)")
@@ -249,6 +251,8 @@ def _head(data: bytes) -> tuple[int, dict[str, str]]:
 
 
 def _request(path: str, host: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """The request's head (its body is written after it, not joined to it: a copy of a
+    16 MiB body for as long as the call waits)."""
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
              "Accept-Encoding: identity"]
     for name, value in headers.items():
@@ -256,7 +260,7 @@ def _request(path: str, host: str, body: bytes, headers: dict[str, str]) -> byte
             raise UpstreamFailed(f"the header {name[:40]!r} for the upstream holds a line "
                                  "break")
         lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class UpstreamClient:
@@ -290,8 +294,9 @@ class UpstreamClient:
         port = port or (443 if tls else 80)
         origin = f"{parts.scheme}://{host}:{port}"
         shown = f"[{host}]" if ":" in host else host
-        message = _request((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                           shown if parts.port is None else f"{shown}:{port}", body, headers)
+        head = _request((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                        shown if parts.port is None else f"{shown}:{port}", body, headers)
+        message = (head, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         wire = self._reused(origin)
@@ -311,14 +316,14 @@ class UpstreamClient:
             raise UpstreamFailed(f"no connection: {type(exc).__name__}: {exc}") from None
         return await self._exchange(origin, wire, message, deadline, timeout)
 
-    async def _exchange(self, origin: str, wire: _Wire, message: bytes, deadline: float,
-                        timeout: float) -> UpstreamAnswer:
+    async def _exchange(self, origin: str, wire: _Wire, message: tuple[bytes, bytes],
+                        deadline: float, timeout: float) -> UpstreamAnswer:
         assert wire.transport is not None
         loop = asyncio.get_running_loop()
         timer = loop.call_at(deadline, wire.expire,
                              f"the upstream did not answer in {timeout:g} s")
         try:
-            wire.transport.write(message)
+            wire.transport.writelines(message)
             status = 100
             while status < 200:  # an interim answer (100 Continue): the real one follows
                 while (end := wire.buffer.find(b"\r\n\r\n")) < 0:

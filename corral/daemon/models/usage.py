@@ -6,6 +6,16 @@ the budgets count (supervisor/tasks/budget.py), never what the agent says.
 - Responses: `usage.input_tokens` and `output_tokens` (a stream's `response.completed`);
 - Messages: `usage.input_tokens` (with the cache's creation and read tokens) and
   `output_tokens` (a stream's `message_start`, then each `message_delta`'s running count).
+
+A call is counted at its end, whatever the end (issue 74: a stream cut uncounted let 235k
+tokens billed pass a 5,000-a-minute budget): a whole answer or a stream read to its end
+by what its upstream said, or, said nothing, by the estimate; an answer that broke
+(cut by the upstream or by corral at a bound, timed out, its call cancelled) by what the
+upstream said so far, its input otherwise estimated from the request's size
+(request.py) and its output at least what passed: a token for every four bytes of a
+whole answer's body, or of a stream's text, and at least one for every event of a
+stream that adds to its answer (a delta: providers send about one a token). An answer
+of an error status, or none (the upstream never answered), counts only what it said.
 """
 
 from __future__ import annotations
@@ -15,20 +25,47 @@ from typing import Any
 
 import msgspec
 
+from .request import BYTES_PER_TOKEN
 from .wire import field
 
 _decode = msgspec.json.Decoder()
 
 
 class CallUsage:
-    """Tokens in and out, and the model the upstream says answered."""
+    """Tokens in and out, and the model the upstream says answered; how far the answer
+    got (`answered`: a success's head came; `complete`: read to its end), whether the
+    upstream said its usage, and the output's estimate from what passed."""
 
-    __slots__ = ("input", "model", "output")
+    __slots__ = ("answered", "complete", "input", "model", "output", "passed", "said")
 
     def __init__(self) -> None:
         self.input = 0
         self.output = 0
         self.model: str | None = None
+        self.answered = self.complete = self.said = False
+        self.passed = 0
+
+    def passed_event(self, event: bytes, text: str | None) -> None:
+        """A stream's event passed: one that adds to the answer (a delta) counts its
+        text's estimate, at least a token."""
+        if b"delta" in event:
+            self.passed += max(1, -(-len(text.encode()) // BYTES_PER_TOKEN) if text else 1)
+
+    def passed_bytes(self, size: int) -> None:
+        """A whole answer's body, `size` bytes of it read."""
+        self.passed = -(-size // BYTES_PER_TOKEN)
+
+    def settle(self, input_estimate: int) -> None:
+        """The usage counted at the call's end (the module's rules)."""
+        if not self.answered:
+            return
+        if self.complete and self.said:
+            return
+        if self.complete:
+            self.input, self.output = input_estimate, self.passed
+            return
+        self.input = self.input or input_estimate
+        self.output = max(self.output, self.passed)
 
     def read(self, answer: Any) -> None:
         """Take what one JSON answer (or one streamed event's data) says."""
@@ -44,6 +81,7 @@ class CallUsage:
         usage = answer.get("usage")
         if not isinstance(usage, dict):
             return
+        self.said = True
         inp = _tokens(usage, "prompt_tokens") + _tokens(usage, "input_tokens") + \
             _tokens(usage, "cache_creation_input_tokens") + \
             _tokens(usage, "cache_read_input_tokens")

@@ -66,16 +66,18 @@ _TYPES: dict[int, tuple[str, str]] = {
 }
 
 
-def refusal(fmt: Format, status: int, message: str) -> bytes:
+def refusal(fmt: Format, status: int, message: str, param: str | None = None,
+            code: str | None = None) -> bytes:
     """A refusal of corral's, in the body a client of the format parses: OpenAI's
-    `{"error": {message, type, param, code}}`, Anthropic's `{"type": "error", "error":
-    {type, message}}`."""
+    `{"error": {message, type, param, code}}` (`param`: the member of the request at
+    fault; `code`, when not its type), Anthropic's `{"type": "error", "error": {type,
+    message}}`."""
     openai_type, anthropic_type = _TYPES.get(status, ("api_error", "api_error"))
     if fmt == "anthropic":
         return msgspec.json.encode({"type": "error", "error": {"type": anthropic_type,
                                                                "message": message}})
     return msgspec.json.encode({"error": {"message": message, "type": openai_type,
-                                          "param": None, "code": openai_type}})
+                                          "param": param, "code": code or openai_type}})
 
 
 _LAST_KINDS = {"openai": (b"response.completed", b"response.failed", b"response.incomplete"),

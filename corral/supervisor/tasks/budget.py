@@ -13,6 +13,14 @@ Nothing here stops an agent from spending: usage counts once reported, so a task
 running goes on, and what a task reports is what the next task's start is judged by. The
 `Budget` (the windows) knows nothing of agents, so a group of agents (a tenant) can share
 one.
+
+A model call through corral's gateway is judged before it is made (`reserve`): its
+estimate (daemon/models/request.py) is held against the agent's windows and its group's
+while it is in flight, and a call is refused while what was used and what calls in
+flight hold reach a limit; at its end the hold is let go as its usage is counted, at
+once. So calls made at once cross a budget by one call's estimate at most, not by every
+call's that was in flight (issue 74: 4x). Holds count for the gateway's admission alone:
+the gate of queued tasks judges what was used (a timer cannot tell when a call ends).
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ class BudgetHold(msgspec.Struct):
     limit: float
     used: float
     until: float  # wall time
+    reserved: float = 0.0  # what calls in flight held, when they made the limit reached
 
     def text(self) -> str:
         return (f"budget: {self.budget} {self.limit:g} used {self.used:g}, next at "
@@ -112,12 +121,15 @@ class BudgetHold(msgspec.Struct):
 class Budget:
     """The windows of one agent, or of a group of agents that share limits."""
 
-    __slots__ = ("day_cost", "day_tokens", "minute_tokens")
+    __slots__ = ("day_cost", "day_tokens", "minute_tokens", "reserved_cost",
+                 "reserved_tokens")
 
     def __init__(self) -> None:
         self.minute_tokens = SumWindow(MINUTE, 1.0)
         self.day_tokens = SumWindow(DAY, MINUTE)
         self.day_cost = SumWindow(DAY, MINUTE)
+        self.reserved_tokens = 0  # held by model calls in flight (Reservation)
+        self.reserved_cost = 0.0
 
     def add(self, tokens: int, cost_usd: float, when: float, *, day_only: bool = False
             ) -> None:
@@ -131,29 +143,59 @@ class Budget:
             self.day_cost.add(cost_usd, when)
 
     def held(self, tokens_per_minute: float, tokens_per_day: float,
-             max_cost_usd_per_day: float, now: float) -> BudgetHold | None:
+             max_cost_usd_per_day: float, now: float, *, reserved: bool = False
+             ) -> BudgetHold | None:
         """The limit that holds new work longest, or None when none is reached (0: no
-        limit). A limit is reached when what is used is at it or over."""
+        limit). A limit is reached when what is used is at it or over; with `reserved`,
+        what is used and what calls in flight hold (its `until`: when the window alone
+        has room beside them, if it ever will)."""
         worst: BudgetHold | None = None
-        for key, limit, window in (("tokens_per_minute", tokens_per_minute,
-                                    self.minute_tokens),
-                                   ("tokens_per_day", tokens_per_day, self.day_tokens),
-                                   ("max_cost_usd_per_day", max_cost_usd_per_day,
-                                    self.day_cost)):
+        for key, limit, window, held in (
+                ("tokens_per_minute", tokens_per_minute, self.minute_tokens,
+                 self.reserved_tokens),
+                ("tokens_per_day", tokens_per_day, self.day_tokens, self.reserved_tokens),
+                ("max_cost_usd_per_day", max_cost_usd_per_day, self.day_cost,
+                 self.reserved_cost)):
             if limit <= 0:
                 continue
             used = window.used(now)
-            if used < limit:
+            if used >= limit:
+                until = window.below_at(limit, now)
+                hold = BudgetHold(key, limit, round(used, 6), until)
+            elif reserved and used + held >= limit:
+                until = window.below_at(limit - held, now) if held < limit else math.inf
+                hold = BudgetHold(key, limit, round(used, 6), until, round(held, 6))
+            else:
                 continue
-            until = window.below_at(limit, now)
-            if worst is None or until > worst.until:
-                worst = BudgetHold(key, limit, round(used, 6), until)
+            if worst is None or hold.until > worst.until:
+                worst = hold
         return worst
 
     def figures(self, now: float) -> dict[str, float]:
         return {"tokens_last_minute": self.minute_tokens.used(now),
                 "tokens_last_day": self.day_tokens.used(now),
                 "cost_usd_last_day": round(self.day_cost.used(now), 6)}
+
+
+class Reservation:
+    """What a model call in flight holds of some budgets' windows, until `release` (at
+    its end: once, however often called)."""
+
+    __slots__ = ("cost", "tokens", "windows")
+
+    def __init__(self, windows: list[Budget], tokens: int, cost: float) -> None:
+        self.windows = windows
+        self.tokens = tokens
+        self.cost = cost
+        for w in windows:
+            w.reserved_tokens += tokens
+            w.reserved_cost += cost
+
+    def release(self) -> None:
+        for w in self.windows:
+            w.reserved_tokens -= self.tokens
+            w.reserved_cost = max(0.0, w.reserved_cost - self.cost)  # no float drift
+        self.windows = []
 
 
 class BadUsage(ValueError):
@@ -360,6 +402,31 @@ class Budgets:
             return None
         return own.held(spec.tokens_per_minute, spec.tokens_per_day,
                         spec.max_cost_usd_per_day, now)
+
+    def reserve(self, agent: AgentLike, tokens: int, cost: float
+                ) -> Reservation | BudgetHold:
+        """A model call's estimate held against the agent's budgets and its group's, or
+        the budget (its group's first) that what was used and what calls in flight hold
+        reach, nothing held. An agent with no budget holds nothing (an empty one)."""
+        now = time.time()
+        group = self.groups(agent.name) if self.sharing else None
+        windows: list[Budget] = []
+        if group is not None:
+            shared = self.window(group[0])
+            held = shared.held(group[1], 0, 0, now, reserved=True)
+            if held is not None:
+                held.budget = f"{group[0]} {held.budget}"
+                return held
+            windows.append(shared)
+        spec = agent.spec
+        if spec.tokens_per_minute or spec.tokens_per_day or spec.max_cost_usd_per_day:
+            own = self.window(agent.name)
+            held = own.held(spec.tokens_per_minute, spec.tokens_per_day,
+                            spec.max_cost_usd_per_day, now, reserved=True)
+            if held is not None:
+                return held
+            windows.append(own)
+        return Reservation(windows, tokens, cost)
 
     def waiting(self, agent: str) -> str | None:
         """Why the agent's queued tasks wait, if a budget holds them (and some wait: the

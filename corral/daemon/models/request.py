@@ -1,0 +1,156 @@
+"""A model request's body as the gateway reads it: held once, never decoded whole.
+
+The body is split at its top level only (each member's value left as the bytes that
+came: `msgspec.Raw`, which the JSON parser still checks), and the few members corral
+acts on decoded: `model`, `stream` (and `stream_options`), `n` and the output's bound.
+What goes upstream is the bytes that came, or, where corral changes a member (the
+upstream's name of the model, a Chat Completions stream asked for its usage), the
+members re-joined once; the bytes that came are then let go. Why: decoded into Python
+objects, a 16 MiB body of small messages took ~420 MiB for as long as its upstream
+answered (issue 74).
+
+The members corral reads are checked as the provider checks them, refused in its words
+(a `"stream": "true"` is OpenAI's `invalid_type` 400 and Anthropic's
+`invalid_request_error`), so that corral never judges a call by a value the upstream
+would read otherwise.
+
+A call's estimate (what the budgets reserve while it is in flight, what a call whose
+upstream never said its usage is counted by, and what `approve_cost_over` weighs): its
+input at a token for every four bytes of its body, and its output at its bound
+(`max_tokens`, `max_completion_tokens`, `max_output_tokens`; DEFAULT_OUTPUT without one)
+times its `n` (Chat Completions' choices)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .wire import Endpoint, Format
+
+BYTES_PER_TOKEN = 4  # the estimate of a text's tokens from its size
+OUTPUT_BOUNDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# the output a call with no bound is reserved at: a budget's reservation needs a number,
+# and a call that states none may write as much as its model allows
+DEFAULT_OUTPUT = 4096
+MAX_N = 128  # OpenAI's bound on a Chat Completions call's choices
+
+_members = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_decode = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder()
+_CHAT = "/v1/chat/completions"
+
+
+class BadBody(Exception):
+    """A body corral refuses as its provider would (400); `param` names the member."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ModelRequest(NamedTuple):
+    """A request read: the model it names, whether it streams, its estimate's inputs, the
+    hash of its body as it came (what a retry's same call is known by), and the bytes that
+    go upstream."""
+
+    model: str
+    stream: bool
+    n: int
+    bound: int | None  # its output's bound, in tokens; None: none stated
+    digest: str
+    size: int  # bytes of the body as it came
+    sent: bytes
+
+    @property
+    def input_estimate(self) -> int:
+        return -(-self.size // BYTES_PER_TOKEN)
+
+    @property
+    def output_estimate(self) -> int:
+        return (DEFAULT_OUTPUT if self.bound is None else self.bound) * self.n
+
+    def cost_estimate(self, input_usd_per_mtok: float, output_usd_per_mtok: float) -> float:
+        return (self.input_estimate * input_usd_per_mtok
+                + self.output_estimate * output_usd_per_mtok) / 1e6
+
+
+def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | None]
+         ) -> ModelRequest | None:
+    """The request of `raw` at `endpoint`; None when it is no JSON object naming its
+    model (corral's own refusal); BadBody when a member corral reads is not of the type
+    the provider takes. `upstream_name`: the name a model goes upstream by, if not the
+    agent's."""
+    try:
+        members = _members.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    model = _value(members, "model")
+    if not isinstance(model, str):
+        return None
+    fmt = endpoint.format
+    stream = _typed(members, "stream", bool, fmt)
+    n = _typed(members, "n", int, fmt) if endpoint.path == _CHAT else None
+    if n is not None and not 1 <= n <= MAX_N:
+        raise BadBody(_range_words("n", n), "n", "integer_below_min_value" if n < 1
+                      else "integer_above_max_value")
+    bound = next((b for k in OUTPUT_BOUNDS if (b := _typed(members, k, int, fmt))
+                  is not None), None)
+    changed: dict[str, Any] = {}
+    upstream_model = upstream_name(model)
+    if upstream_model is not None and upstream_model != model:
+        changed["model"] = upstream_model
+    if stream and endpoint.path == _CHAT:
+        options = _value(members, "stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage")):
+            changed["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                         "include_usage": True}
+    if changed:
+        members.update((k, msgspec.Raw(_encode.encode(v))) for k, v in changed.items())
+        sent = _encode.encode(members)
+    else:
+        sent = raw
+    return ModelRequest(model, bool(stream), n or 1, max(bound, 0) if bound is not None
+                        else None, hashlib.blake2b(raw, digest_size=16).hexdigest(),
+                        len(raw), sent)
+
+
+def _value(members: dict[str, msgspec.Raw], key: str) -> Any:
+    raw = members.get(key)
+    return None if raw is None else _decode.decode(raw)
+
+
+_KINDS = {bool: ("boolean", "a boolean", "a valid boolean"),
+          int: ("integer", "an integer", "a valid integer")}
+
+
+def _typed(members: dict[str, msgspec.Raw], key: str, kind: type, fmt: Format) -> Any:
+    """The member `key` when it is of `kind` or null (None, as absent); else BadBody in
+    the provider's words."""
+    value = _value(members, key)
+    if value is None or (type(value) is kind):
+        return value
+    _, article, valid = _KINDS[kind]
+    if fmt == "anthropic":
+        raise BadBody(f"{key}: Input should be {valid}", key)
+    raise BadBody(f"Invalid type for '{key}': expected {article}, but got "
+                  f"{_article_of(value)} instead.", key, "invalid_type")
+
+
+def _article_of(value: Any) -> str:
+    """How OpenAI names a JSON value's type in its refusal."""
+    return {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal",
+            list: "an array", dict: "an object"}.get(type(value), "a value")
+
+
+def _range_words(key: str, value: int) -> str:
+    if value < 1:
+        return f"Invalid '{key}': integer below minimum value. Expected a value >= 1, but " \
+               f"got {value} instead."
+    return f"Invalid '{key}': integer above maximum value. Expected a value <= {MAX_N}, " \
+           f"but got {value} instead."
