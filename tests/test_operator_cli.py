@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from corral.cli.client import Client
+from corral.supervisor.process import STDERR_RECENT
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import (
@@ -363,3 +364,36 @@ def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> No
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_kill_long_after_an_unrelated_error_line_is_explained_by_the_signal_alone(
+        tmp: Path) -> None:
+    """A worker that printed an error for a task, then was `kill -9`ed well after: its exit
+    reason names SIGKILL, not that line (issue 78: the on-call chased a 502 printed by an
+    unrelated task 20 s before the kill)."""
+    script = tmp / "noisy.py"
+    script.write_text(
+        "import sys\nfrom corral.worker import run\n\n"
+        "def handle(task, ctx):\n"
+        "    print('upstream said 502 Bad Gateway', file=sys.stderr, flush=True)\n"
+        "    return 'noted'\n\n"
+        "run(handle)\n")
+    agent = f"""
+[agents.noisy]
+command = ["{PY}", "{script}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+restart = "always"
+backoff_initial = 0.05
+"""
+    with running_daemon(tmp, agent) as d:
+        assert d.cli("run", "noisy").returncode == 0
+        pid = d.status()["noisy#0"]["pid"]
+        # the line is in the worker's log: written, and older than an exit's moment once
+        # STDERR_RECENT has passed
+        wait_until(lambda: "upstream said 502 Bad Gateway" in d.cli("logs", "noisy").stdout,
+                   what="the error line logged")
+        threading.Event().wait(STDERR_RECENT + 0.5)  # the line's age is the point
+        os.kill(pid, signal.SIGKILL)
+        st = wait_until(lambda: (s := d.status()["noisy#0"])["pid"] not in (None, pid)
+                        and s, what="the restart")
+        assert st["last_exit"] == "killed by SIGKILL", st

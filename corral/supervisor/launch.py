@@ -344,7 +344,7 @@ class Life(ReplicaParts):
             reason = oom_reason(limits) if oom else explain_exit(
                 self._exit_status(rc),
                 limits,
-                [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
+                proc.recent_stderr(),
                 cpu_seconds_used=cpu_used,
                 command=proc.argv0,
             )

@@ -21,6 +21,7 @@ import pwd
 import signal
 import subprocess
 import termios
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,10 @@ from .pacing import pacer
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # the last stderr lines of a process, kept to explain its exit
 STDERR_TAIL = 40
+# an exit is explained by the stderr lines written this shortly before it: an older line
+# is about something else (a task's error printed long before a kill from outside), and
+# quoting it would send the on-call after the wrong cause
+STDERR_RECENT = 5.0
 # 1 MiB pipes (the unprivileged maximum, /proc/sys/fs/pipe-max-size): a chatty worker
 # blocks less on stderr and corral reads its logs in bigger chunks; a large message on
 # stdin/stdout moves in one write and a few reads instead of sixteen 64 KiB handoffs,
@@ -239,6 +244,7 @@ class ChildProcess(asyncio.Protocol):
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
         self.stderr_tail: deque[bytes] | None = None
+        self.stderr_at = 0.0  # time.monotonic() of the tail's last line
         self._stdin_cork = Cork(loop, self._write_stdin)  # a burst of tasks wakes it twice
         loop.add_reader(pidfd, self._on_pidfd)
 
@@ -394,11 +400,21 @@ class ChildProcess(asyncio.Protocol):
         t = self.stdin
         return 0 if t is None else t.get_write_buffer_size()
 
+    def recent_stderr(self, now: float | None = None) -> list[str]:
+        """The tail of stderr if its last line came within STDERR_RECENT of `now` (the
+        exit's time, by default this moment), else nothing: what may explain an exit."""
+        tail = self.stderr_tail
+        if tail is None or (now if now is not None else time.monotonic()) - \
+                self.stderr_at > STDERR_RECENT:
+            return []
+        return [b.decode("utf-8", "replace") for b in tail]
+
     def _stderr_lines(self, lines: LineBlock) -> None:
         tail = self.stderr_tail
         if tail is None:
             tail = self.stderr_tail = deque(maxlen=STDERR_TAIL)
         tail.extend(lines.last(STDERR_TAIL))
+        self.stderr_at = time.monotonic()
         assert self._on_stderr_lines is not None
         self._on_stderr_lines(lines)
 
