@@ -30,7 +30,8 @@ from corral.daemon.http.auth import BAD_TOKEN
 from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
 
-from .daemon_harness import free_port, hello, in_process
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, free_port, hello, in_process
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -332,3 +333,33 @@ scrape_configs:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.mark.deadline(60)
+async def test_a_removed_agents_tasks_stay_counted_and_count_on_when_it_is_back(
+        tmp_path: Path) -> None:
+    """Counters never go backwards (issue 78: an hour's soak's totals lost exactly its
+    runtime agents' tasks): a removed agent's tasks stay in `stats`' total and in
+    corral_tasks_total, and the agent added again under its name counts on from them."""
+    async with running(tmp_path, hello("a")) as d:
+        op = Caller(via="socket")
+        spec = {"command": [PY, f"{EXAMPLES}/hello.py"], "env": {"PYTHONPATH": str(ROOT)},
+                "backoff_initial": 0.05}
+        await d.dispatcher.call(op, "agents.add", {"agents": {"b": spec}, "check": False})
+        for _ in range(2):
+            await d.sup.tasks.submit("b", {"name": "m"}).done
+        await d.dispatcher.call(op, "agents.remove", {"names": ["b"]})
+        stats = await d.dispatcher.call(op, "stats.get", {})
+        assert "b" not in msgspec.to_builtins(stats)["tasks"]["agents"]
+        assert msgspec.to_builtins(stats)["tasks"]["total"]["succeeded"] == 2
+        _, _, text = await scrape(d)
+        assert value(samples(text), "corral_tasks_total", agent="b",
+                     outcome="succeeded") == 2
+        await d.dispatcher.call(op, "agents.add", {"agents": {"b": spec}, "check": False})
+        await d.sup.tasks.submit("b", {"name": "m"}).done
+        _, _, text = await scrape(d)
+        assert value(samples(text), "corral_tasks_total", agent="b",
+                     outcome="succeeded") == 3
+        stats = msgspec.to_builtins(await d.dispatcher.call(op, "stats.get", {}))
+        assert stats["tasks"]["agents"]["b"]["succeeded"] == 3
+        assert stats["tasks"]["total"]["succeeded"] == 3

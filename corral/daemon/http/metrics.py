@@ -147,6 +147,7 @@ PER_AGENT = (
              "outcome"),
     PerAgent("corral_tasks_queued", GaugeMetricFamily, "An agent's tasks waiting."),
 )
+TASKS_FAMILY = 4  # corral_tasks' place in PER_AGENT
 
 
 # prometheus_client's own formatting of a value (Go's: `1.0`, `1.2345678e+07`, `+Inf`)
@@ -164,6 +165,12 @@ def escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
+def task_lines(agent: str, tenant: str, counts: dict[str, int]) -> str:
+    """corral_tasks_total's lines of one agent (`agent`, `tenant`: its labels' text)."""
+    return "".join(f'corral_tasks_total{agent},outcome="{outcome}",{tenant} '
+                   f"{integer(counts[outcome])}\n" for outcome in OUTCOMES if counts[outcome])
+
+
 def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
     """The agent's sample lines of each PER_AGENT family, as prometheus_client writes
     them (labels in name order, values by its floatToGoString; a sample line is the same
@@ -176,12 +183,7 @@ def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
                        f"{integer(n)}\n" for state, n in a.states.items())
     restarts = "".join(f'corral_agent_restarts_total{agent},cause="{escape(cause)}",'
                        f"{tenant} {integer(n)}\n" for cause, n in a.restarts.items())
-    tasks = ""
-    counts = a.counts
-    if counts is not None:
-        tasks = "".join(f'corral_tasks_total{agent},outcome="{outcome}",{tenant} '
-                        f"{integer(counts[outcome])}\n"
-                        for outcome in OUTCOMES if counts[outcome])
+    tasks = task_lines(agent, tenant, a.counts) if a.counts is not None else ""
     return (replicas, restarts,
             f"corral_agent_cpu_seconds_total{agent},{tenant} {number(a.cpu_seconds)}\n",
             f"corral_agent_resident_memory_bytes{agent},{tenant} {integer(a.rss_bytes)}\n",
@@ -493,6 +495,12 @@ async def exposition(services: Services, restarts: Restarts,
         finally:
             gc.enable()
         await asyncio.sleep(0)
+    # removed agents' task counts go on being said: a counter never goes backwards
+    tasks_family = lines[TASKS_FAMILY]
+    for name, (tenant, counts) in services.task_engine.retired.by_name.items():
+        if name not in services.agents:
+            tasks_family.append(task_lines(f'{{agent="{escape(name)}"',
+                                           f'tenant="{escape(tenant)}"}}', counts))
     parts = [encode(encoder, [build_info()])]
     for head, family in zip(heads, lines, strict=True):
         parts.append(head)

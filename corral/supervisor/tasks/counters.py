@@ -13,6 +13,10 @@ from ...ratelimit import TokenBucket
 from .taskmachine import TERMINAL
 
 LATENCY_WINDOW = 1000
+# removed agents whose counts are kept by name; past this many the oldest's are folded
+# into one row (FOLDED), so that churn of runtime agents keeps memory bounded
+RETIRED_AGENTS = 1024
+FOLDED = "(removed)"
 COUNTED = ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost", "retried",
            "refused")
 
@@ -52,6 +56,47 @@ def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     finished = sum(total[k] for k in TERMINAL)
     total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
     return total
+
+
+class Retired:
+    """The task counts of removed agents. Totals and `corral_tasks_total` never go
+    backwards when an agent goes (Prometheus counters are monotonic: a soak's totals lost
+    exactly its runtime agents' tasks), and an agent added again under its name counts on
+    from where it was."""
+
+    __slots__ = ("by_name",)
+
+    def __init__(self) -> None:
+        # name -> (its tenant, its counts); insertion order: the oldest removed first
+        self.by_name: dict[str, tuple[str, dict[str, int]]] = {}
+
+    def keep(self, name: str, tenant: str, q: AgentTasks) -> None:
+        self.by_name[name] = (tenant, dict(q.counts))
+        if len(self.by_name) > RETIRED_AGENTS:
+            oldest = next(n for n in self.by_name if n != FOLDED)
+            _, counts = self.by_name.pop(oldest)
+            _, folded = self.by_name.setdefault(FOLDED, ("", dict.fromkeys(COUNTED, 0)))
+            for k in COUNTED:
+                folded[k] += counts[k]
+
+    def count(self, name: str, outcome: str) -> None:
+        """A task of a removed agent ended (it ran as its agent was removed)."""
+        kept = self.by_name.get(name)
+        if kept is not None:
+            kept[1][outcome] += 1
+
+    def take(self, name: str, q: AgentTasks) -> None:
+        """The agent is back under its name: `q` counts on from its counts."""
+        kept = self.by_name.pop(name, None)
+        if kept is not None:
+            for k in COUNTED:
+                q.counts[k] += kept[1][k]
+
+    def stats(self) -> dict[str, Any]:
+        """Their counts summed, in AgentTasks.stats' shape (for `totals`)."""
+        total: dict[str, Any] = {k: sum(c[k] for _, c in self.by_name.values())
+                                 for k in COUNTED}
+        return {**total, "queue_depth": 0, "running": 0}
 
 
 class CounterSnapshot(msgspec.Struct, frozen=True):

@@ -65,7 +65,7 @@ from .admission import (
     refusal,
 )
 from .budget import BUDGET_PREFIX, Budgets, no_group
-from .counters import AgentTasks, totals
+from .counters import AgentTasks, Retired, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
@@ -144,6 +144,7 @@ class TaskManager:
         self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
+        self.retired = Retired()  # removed agents' counts: totals never go backwards
         # the agents' queue behind the sessions' lines (one task of a session at a time)
         self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
                                  self._session_ttl, self._session_bounds,
@@ -210,6 +211,7 @@ class TaskManager:
         q = self.by_agent.get(agent.name)
         if q is None:
             q = self.by_agent[agent.name] = AgentTasks(agent.spec.rate_per_minute)
+            self.retired.take(agent.name, q)
         return q
 
     # -- the engine's calls -----------------------------------------------------------
@@ -561,6 +563,8 @@ class TaskManager:
         if q is not None:
             q.counts[task.status] += 1
             q.latencies.append(task.finished - task.due)
+        else:
+            self.retired.count(task.agent, task.status)
         if self.journal is not None:
             self.record(task)
         self.active.pop(task.id, None)
@@ -948,7 +952,8 @@ class TaskManager:
         per_agent = {name: (self.by_agent.get(name) or AgentTasks(0)).stats(
                          self.queue.depth(name))
                      for name in self.sup.agents}
-        return {"total": totals(per_agent.values()), "agents": per_agent,
+        return {"total": totals([*per_agent.values(), self.retired.stats()]),
+                "agents": per_agent,
                 "steps": self.steps.stats(), "sessions": self.sessions.stats(),
                 "output": self.outputs.stats(), "suspensions": self.suspensions.stats()}
 
@@ -991,9 +996,12 @@ class TaskManager:
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""
         self.budgets.forget(name)
-        if self.by_agent.pop(name, None) is not None:
+        if name in self.by_agent:
             self._drain(name, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
+            agent = self.sup.agents.get(name)
+            self.retired.keep(name, agent.spec.tenant if agent is not None else
+                              DEFAULT_TENANT, self.by_agent.pop(name))
 
     # -- from workers ---------------------------------------------------------------------
     def _kept(self, task_id: str) -> Task | None:
