@@ -3,7 +3,8 @@ supervisor/tasks/inbox.py, docs/approvals.md). An ask's record is committed thro
 daemon's one writer (StateStore.commit) before the ask is made or its end told: a
 database that cannot be written refuses the ask, or the decision, and nothing changed.
 Reads are the loop's (one row by its key, or the pending ones at start-up). An ask goes
-with its task when the task journal prunes it (`delete_asks`)."""
+with its task when the task journal prunes it (`delete_asks`); a replica's ask of a call
+of no task, by its own age and count (`delete_replica_asks`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ..askviews import Ask, AskEnd, AskKind
+from ..supervisor.tasks.replicacalls import OWNER_PREFIX
 from .store import StateStore
 from .storeschema import errors_named
 
@@ -80,6 +82,17 @@ class AsksDB:
             [(n,)] = self.store.db.rows("SELECT count(*) FROM asks WHERE task_id = ?",
                                         (task_id,))
         return int(n)
+
+
+def delete_replica_asks(db: sqlite3.Connection, before: float | None, keep: int) -> None:
+    """The ended asks of replicas' calls of no task (supervisor/tasks/replicacalls.py),
+    which no task's row takes with it: those ended before `before` (None: by count
+    alone), and past the newest `keep` ended."""
+    owned = f"task_id LIKE '{OWNER_PREFIX}%' AND ended IS NOT NULL"
+    if before is not None:
+        db.execute(f"DELETE FROM asks WHERE {owned} AND ended < ?", (before,))
+    db.execute(f"DELETE FROM asks WHERE id IN (SELECT id FROM asks WHERE {owned} "
+               "ORDER BY ended DESC LIMIT -1 OFFSET ?)", (keep,))
 
 
 def delete_asks(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:

@@ -77,7 +77,7 @@ from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
 from .calljournal import delete_ended_calls
-from .inboxjournal import delete_asks
+from .inboxjournal import delete_asks, delete_replica_asks
 from .outputjournal import delete_orphan_output, delete_output
 from .sqlfilters import given
 from .steps import (
@@ -460,6 +460,7 @@ class TaskJournalDB:
             results |= delete_steps(db, "finished IS NOT NULL AND finished < ?", (old,))
             delete_output(db, "finished IS NOT NULL AND finished < ?", (old,))
             delete_asks(db, "finished IS NOT NULL AND finished < ?", (old,))
+            delete_replica_asks(db, old, self.max_tasks)
             db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
                        (old,))
         beyond = ("id IN (SELECT id FROM tasks WHERE finished IS NOT NULL ORDER BY finished "
@@ -467,6 +468,8 @@ class TaskJournalDB:
         results |= delete_steps(db, beyond, (self.max_tasks,))
         delete_output(db, beyond, (self.max_tasks,))
         delete_asks(db, beyond, (self.max_tasks,))
+        if self.max_age <= 0:
+            delete_replica_asks(db, None, self.max_tasks)
         db.execute(f"DELETE FROM tasks WHERE {beyond}", (self.max_tasks,))
         refs = drop_unused(db, results)
         db.execute("COMMIT")
