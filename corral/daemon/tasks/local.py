@@ -148,7 +148,20 @@ class LocalFront:
 
     async def _first(self, task_id: str, wait: float | None) -> TaskInfo:
         """The task an idempotency key named, as it is now, or once it ends within
-        `wait` (seconds; None: now)."""
+        `wait` (seconds; None: now). Durable before it is told: the first request may
+        still wait for its commit, and fail it (then this one is refused as it is)."""
+        try:
+            await self.engine.committed()
+        except TaskJournalError as exc:
+            # refused as the first is: its task still runs (the first's refusal cancels
+            # it), or the first has let go of the key already
+            task = self.engine.active.get(task_id) or self.engine.finished.get(task_id)
+            key = task.options.idempotency_key if task is not None else None
+            if task is not None and (not task.ended or key is None or self.journal is None
+                                     or self.journal.key_of(task.tenant or DEFAULT_TENANT,
+                                                            key) is None):
+                raise RpcError(jsonrpc.INTERNAL_ERROR,
+                               f"{exc}; the task was not accepted") from None
         if wait is not None:
             with contextlib.suppress(TimeoutError):
                 return await within(self.engine.info(task_id, wait=True), wait)
@@ -174,7 +187,10 @@ class LocalFront:
         await self.recovered.wait()
         task = self._accept(p)
         if isinstance(task, str):
+            first = await self._first(task, None)
             channel.notify("task.accepted", {"task_id": task})
+            if first.finished is not None:
+                return outcome_of(first)
             return outcome_of(await self.engine.info(task, wait=True))
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
