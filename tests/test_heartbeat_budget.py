@@ -80,7 +80,9 @@ async def test_a_worker_stopped_after_its_look_is_found_hung_at_its_turn(
 async def test_a_task_given_to_a_parked_worker_that_stopped_is_found_hung(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
     budget(monkeypatch, 0.02)  # a look every 50 s
-    sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0, heartbeat_timeout=1.0))
+    # (at most once: its task ends lost with the hang rather than wait 30 s to run again)
+    sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0, heartbeat_timeout=1.0,
+                  retry_lost=0))
     r = await sup.wait_state("frozen", State.READY)
     parked = sup.heartbeat_work.parked
     while sup.heartbeat_work.parked == parked:
@@ -96,3 +98,6 @@ async def test_a_task_given_to_a_parked_worker_that_stopped_is_found_hung(
     assert r.last_exit == "hung: no heartbeat for 1 s"
     await asyncio.wait_for(asyncio.shield(task.done), 10)
     assert task.status == "lost"
+    assert task.error is not None and task.error.message == (
+        "worker exited: hung: no heartbeat for 1 s (not run again: at most once, "
+        "retry_lost = 0)")
