@@ -297,7 +297,9 @@ def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
             (["--session", "s1"], "session (a session is one agent's)"),
             (["--timeout", "3"], "timeout (its tasks' timeout is the team's `timeout`)"),
             (["--retries", "1"], "retry (its tasks' retries are the team's `retries`)"),
-            (["--priority", "2"], "priority (its tasks run at their agents' order)")):
+            (["--priority", "2"], "priority (its tasks run at their agents' order)"),
+            (["--idempotency-key", "k"], "idempotency_key (a call's key is the "
+                                         "Idempotency-Key of POST /teams/NAME/calls)")):
         r = daemon.cli("run", "pick", "--input", "{}", *flags)
         assert (r.returncode, r.stderr.strip()) == (
             1, f"corral: invalid params: pick is a team: a team's call takes no {said}")

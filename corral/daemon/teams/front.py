@@ -31,6 +31,7 @@ _WHY_NOT = {
     "timeout": "its tasks' timeout is the team's `timeout`",
     "retry": "its tasks' retries are the team's `retries`",
     "priority": "its tasks run at their agents' order",
+    "idempotency_key": "a call's key is the Idempotency-Key of POST /teams/NAME/calls",
 }
 
 
