@@ -158,3 +158,22 @@ def test_a_rolling_restart_of_a_failed_agent_says_none_was_running(tmp_path: Pat
                             r"ready: .*exited with status 3.*; no old process was running "
                             r"\(it had failed\)\n", r.stderr), r.stderr
         assert d.status()["u#0"]["state"] == "failed"
+
+
+def test_a_revision_is_recorded_only_for_a_real_change(tmp_path: Path) -> None:
+    """An imported agent's `exit_codes = [0, 2]` and `retry_on` made a revision at every
+    daemon start and a spurious `exit_codes [0, 2] -> (0, 2)` in every update's text
+    (issue 78): a start that changed nothing records nothing, and a change says itself
+    alone."""
+    agent = hello("imp", extra='exit_codes = [0, 2]\nretry_on = ["lost", "failed"]\n')
+    with running_daemon(tmp_path, agent) as d:
+        first = d.json("history", "imp")["revisions"]
+        assert [r["revision"] for r in first] == [1], first
+        d.stop()
+        d.start()
+        assert d.json("history", "imp")["revisions"] == first
+        d.config.write_text(d.config.read_text().replace("replicas = 1", "replicas = 2"))
+        assert d.cli("reload").returncode == 0
+        revs = d.json("history", "imp")["revisions"]
+        assert [r["revision"] for r in revs] == [1, 2], revs
+        assert revs[1]["change"] == "replicas 1 -> 2"

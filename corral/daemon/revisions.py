@@ -66,9 +66,16 @@ def tenant_of(table: dict[str, Any]) -> str:
 
 def spec_table(spec: AgentSpec) -> dict[str, Any]:
     """The spec as a table (defaults left out); the name is the key, not a field."""
-    table: dict[str, Any] = msgspec.to_builtins(spec)
+    table: dict[str, Any] = _as_stored(spec)
     table.pop("name", None)
     return table
+
+
+def _as_stored(value: Any) -> Any:
+    """`value` as a revision's JSON reads back (a tuple a list): a spec compared with its
+    stored revision is equal when nothing changed (`exit_codes (0, 2)` was unequal to its
+    own `[0, 2]`: a revision at every start and a spurious change at every update)."""
+    return msgspec.json.decode(msgspec.json.encode(value))
 
 
 
@@ -82,9 +89,9 @@ def _defaults(struct: type[msgspec.Struct]) -> dict[str, Any]:
         if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
             table[field.name] = _defaults(kind)
         elif field.default is not msgspec.NODEFAULT:
-            table[field.name] = msgspec.to_builtins(field.default)
+            table[field.name] = _as_stored(field.default)
         elif field.default_factory is not msgspec.NODEFAULT:
-            table[field.name] = msgspec.to_builtins(field.default_factory())
+            table[field.name] = _as_stored(field.default_factory())
     return table
 
 
