@@ -154,6 +154,15 @@ def tags(a: Node, b: Node) -> str:
     return ran_on_b(got)
 
 
+def idempotency_key(a: Node, b: Node) -> str:
+    asked = {"agent": "w", "input": {"do": "echo"}, "idempotency_key": "parity",
+             "wait": 60}
+    got = answer_of(a, "tasks.submit", asked)
+    again = b.call("tasks.submit", asked)
+    assert (again["task_id"], again["replayed"]) == (got["result"]["task_id"], True), again
+    return ran_on_b(got)
+
+
 def local(a: Node, b: Node) -> str:
     assert "no such agent: w" in (error_of(a, "tasks.submit", {
         "agent": "w", "input": {}, "local": True}) or "")
@@ -227,7 +236,7 @@ FEATURE_PROBES: dict[str, Callable[[Node, Node], str]] = {"team calls": team_cal
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
     "agent": echo, "input": echo, "wait": echo, "timeout": timeout, "priority": priority,
-    "local": local, "session": session, "tags": tags,
+    "local": local, "session": session, "tags": tags, "idempotency_key": idempotency_key,
     "traceparent": lambda a, b: echo(a, b, traceparent=TRACE),
     "tracestate": lambda a, b: echo(a, b, traceparent=TRACE, tracestate="k=v"),
     "delay": policy("delay", 0.1), "not_before": policy("not_before", time.time() + 0.1),
