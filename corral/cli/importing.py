@@ -19,7 +19,7 @@ _MAPPING = ("\b\ncorral's key       the other tools' names for it (what has no e
 @cli.command("import", epilog=_MAPPING)
 @click.argument("files", nargs=-1, metavar="FILE...")
 @click.option("--from", "kind", default=None,
-              type=click.Choice(["supervisord", "pm2", "procfile", "systemd"]),
+              type=click.Choice(["supervisord", "pm2", "procfile", "systemd", "mcp"]),
               help="The tool the files are for (default: from each file's name and text).")
 @click.option("--output", "-o", metavar="PATH", default=None,
               help="Write the config here instead of printing it.")
@@ -32,11 +32,12 @@ _MAPPING = ("\b\ncorral's key       the other tools' names for it (what has no e
               help="Print corral's agent keys beside the other tools' names for them.")
 def import_(files: tuple[str, ...], kind: str | None, output: str | None,
             force: bool, profile: str | None, keys: bool) -> None:
-    """Turn supervisord .conf files, PM2 ecosystem files (.json; .js/.cjs run by node),
-    Procfiles and systemd .service units into corral's config (TOML, printed, or written
-    with -o). Each setting that could not be carried over is named on stderr with the
-    reason; the exit status is 0 when every file was read (docs/migrating.md). `--keys`
-    lists the other tools' names for corral's keys."""
+    """Turn supervisord .conf files, PM2 ecosystem files (.json; .js/.cjs run by node in
+    a sandbox), Procfiles, systemd .service units and MCP clients' server files
+    (mcpServers: Claude Desktop, Cursor; VS Code's servers) into corral's config (TOML,
+    printed, or written with -o). Each setting that could not be carried over is named
+    on stderr with the reason; the exit status is 0 when every file was read
+    (docs/migrating.md). `--keys` lists the other tools' names for corral's keys."""
     # imported here, as the others: `corral --help` imports this module for its help
     import difflib
     from pathlib import Path
@@ -92,7 +93,10 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         click.echo(f"corral: {target}: cannot write: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILED)
     n = sum(len(imp.agents) for imp in imports)
-    click.echo(f"{target}: {n} agent{'s' if n != 1 else ''} written", err=True)
+    m = sum(len(imp.servers) for imp in imports)
+    written = ([f"{n} agent{'s' if n != 1 else ''}"] if n or not m else []) + \
+        ([f"{m} MCP server{'s' if m != 1 else ''}"] if m else [])
+    click.echo(f"{target}: {' and '.join(written)} written", err=True)
 
 
 def _refusal(target: os.PathLike[str], force: bool) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..supervisor.config import ConfigError
-from . import pm2, procfile, supervisord, systemd
+from . import json5, mcpjson, pm2, procfile, supervisord, systemd
 from .model import Conversion, How, link, text_of, unique
 
 Reader = Callable[[Path, How], Conversion]
@@ -16,6 +16,7 @@ READERS: dict[str, Reader] = {
     "pm2": pm2.read,
     "procfile": procfile.read,
     "systemd": systemd.read,
+    "mcp": mcpjson.read,
 }
 KINDS = tuple(READERS)
 
@@ -27,12 +28,22 @@ def kind_of(path: Path) -> str:
         return "systemd"
     if name.startswith("procfile"):
         return "procfile"
-    if name.endswith((".json", ".js", ".cjs", ".mjs", ".json5")):
+    if name.endswith((".js", ".cjs", ".mjs")):
         return "pm2"
     try:
-        head = text_of(path)[:65536]
+        text = text_of(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if name.endswith((".json", ".json5")):
+        # an MCP client's file holds servers (mcpServers, VS Code's servers), a PM2
+        # file apps: what it holds says which (pm2's reader names what is wrong)
+        try:
+            data = json5.loads(text)
+        except ValueError:
+            return "pm2"
+        return "mcp" if mcpjson.servers_of(data) and not (
+            isinstance(data, dict) and "apps" in data) else "pm2"
+    head = text[:65536]
     if re.search(r"(?m)^\s*\[(program|group|supervisord|include|eventlistener):?", head):
         return "supervisord"
     if re.search(r"(?m)^\s*\[(Service|Unit)\]", head):

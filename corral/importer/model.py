@@ -78,8 +78,9 @@ class Conversion:
     each setting not carried over, or carried with a change, and why."""
 
     source: str
-    kind: str  # "supervisord", "pm2", "procfile", "systemd"
+    kind: str  # "supervisord", "pm2", "procfile", "systemd", "mcp"
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict)  # [mcp_servers.*]
     notes: list[str] = field(default_factory=list)
     # by agent: the units it is ordered after, as (where, directive, unit): an order
     # between files is known once every file is read (link)
@@ -140,7 +141,14 @@ def unique(imports: list[Conversion]) -> None:
     name an earlier one took is renamed (its own file's `after`/`requires` following),
     said."""
     taken: set[str] = set()
+    servers: set[str] = set()
     for imp in imports:
+        for name in [n for n in imp.servers if n in servers]:
+            other = agent_name(name, servers | set(imp.servers))
+            imp.servers[other] = imp.servers.pop(name)
+            imp.note("(file)", "name", f"{name!r} is server {other} (a file imported "
+                                       "before it has a server of that name)")
+        servers |= set(imp.servers)
         renamed: dict[str, str] = {}
         for name in list(imp.agents):
             if name in taken:

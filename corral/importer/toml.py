@@ -61,19 +61,21 @@ def value(v: Any) -> str:
 
 
 def render(imports: list[Conversion]) -> str:
-    """The agent tables of every import, in order; a nested table (limits, env) after
-    its agent's keys."""
+    """The agent tables of every import, then its MCP servers', in order; a nested table
+    (limits, env) after its owner's keys."""
     out: list[str] = []
     for imp in imports:
         # the path escaped as a string is: a newline in a file name would end the comment
         out.append(f"# imported from {string(imp.source)[1:-1]} ({imp.kind}) by corral "
                    "import")
-        for name, table in imp.agents.items():
-            out.append(f"\n[agents.{key(name)}]")
-            nested = {k: v for k, v in table.items() if isinstance(v, dict) and v}
-            out += [f"{key(k)} = {value(v)}" for k, v in table.items() if k not in nested]
-            for sub, inner in nested.items():
-                out.append(f"\n[agents.{key(name)}.{key(sub)}]")
-                out += [f"{key(k)} = {value(v)}" for k, v in inner.items()]
+        for kind, tables in (("agents", imp.agents), ("mcp_servers", imp.servers)):
+            for name, table in tables.items():
+                out.append(f"\n[{kind}.{key(name)}]")
+                nested = {k: v for k, v in table.items() if isinstance(v, dict) and v}
+                out += [f"{key(k)} = {value(v)}" for k, v in table.items()
+                        if k not in nested]
+                for sub, inner in nested.items():
+                    out.append(f"\n[{kind}.{key(name)}.{key(sub)}]")
+                    out += [f"{key(k)} = {value(v)}" for k, v in inner.items()]
         out.append("")
     return "\n".join(out)
