@@ -96,6 +96,45 @@ def test_a_js_file_is_bounded_in_memory_and_output(tmp_path: Path, body: str,
     assert (r.returncode, r.stdout, r.stderr) == (1, "", f"corral: eco.config.js: {said}\n")
 
 
+def _running_with(text: str) -> list[int]:
+    """The pids of processes whose command line holds `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return pids
+
+
+@needs_node
+def test_a_js_file_that_never_ends_is_stopped_with_its_sandbox(tmp_path: Path) -> None:
+    (tmp_path / "eco.config.js").write_text("for (;;) {}\n" + APPS)
+    r = corral("import", "eco.config.js", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        "corral: eco.config.js: node did not finish evaluating it within 10 s (it was "
+        "stopped)\n"))
+    assert _running_with(str(tmp_path)) == []  # neither bwrap nor node outlives it
+
+
+@needs_node
+def test_without_bubblewrap_a_js_file_is_not_run(tmp_path: Path) -> None:
+    """A PATH with node on it and no bwrap: no sandbox, so node is not run at all."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    assert NODE is not None
+    (bin_dir / "node").symlink_to(NODE)
+    (tmp_path / "eco.config.js").write_text(
+        "require('fs').writeFileSync('ran', 'x');\n" + APPS)
+    r = corral("import", "eco.config.js", cwd=tmp_path, env={"PATH": str(bin_dir)})
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        "corral: eco.config.js: a JavaScript ecosystem file is evaluated only in a sandbox "
+        "(bubblewrap), which is not installed here (Debian's package is bubblewrap): give "
+        "its JSON (`node -p 'JSON.stringify(require(\"./FILE\"))' > ecosystem.json`)\n"))
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_json_file_is_data_never_run(tmp_path: Path) -> None:
     """pm2 would evaluate it (and write the file); corral import reads JSON5 and stops
     where the text stops being data."""
