@@ -160,6 +160,8 @@ class DaemonInfoResult(Result):
     # the daemon's extras (HTTP server, gateway, metrics history): up, or retrying
     extras: list[ExtraStatus] = []
     draining: str | None = None  # while a stop drains: how far it is
+    # the PATH its agents' commands are looked up on (check-config's, an operator's only)
+    path: str | None = None
 
 
 class ExtraStatus(msgspec.Struct):

@@ -43,7 +43,8 @@ def test_help_shows_whole_descriptions_and_the_aliases() -> None:
     text = " ".join(got.output.split())
     assert ("check-config Validate a config file (and its includes) without starting "
             "anything: every key, and that every agent's and MCP server's command is an "
-            "executable on PATH or a file.") in text
+            "executable on the daemon's PATH (the running daemon's, else the installed "
+            "unit's, else yours) or a file.") in text
     assert "status ls, list, ps" in text and "remove delete, rm" in text
 
 

@@ -397,3 +397,32 @@ backoff_initial = 0.05
         st = wait_until(lambda: (s := d.status()["noisy#0"])["pid"] not in (None, pid)
                         and s, what="the restart")
         assert st["last_exit"] == "killed by SIGKILL", st
+
+
+def test_check_config_looks_commands_up_on_the_daemons_path_not_the_callers(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon runs the commands, with its PATH: check-config from a plain shell said
+    `uvx: not an executable on PATH` of what the daemon finds (issue 78). With a daemon
+    answering, its PATH is the one, and said when it is not the caller's."""
+    tools = tmp / "daemon-bin"
+    tools.mkdir()
+    (tools / "corral-test-tool").write_text("#!/bin/sh\nexec sleep 600\n")
+    (tools / "corral-test-tool").chmod(0o755)
+    checked = tmp / "check.toml"
+    checked.write_text('[agents.t]\ncommand = ["corral-test-tool"]\nprotocol = "none"\n')
+    yours = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{tools}:{yours}")
+    d = Daemon(tmp, hello("h")).start()
+    try:
+        monkeypatch.setenv("PATH", yours)
+        r = d.cli("check-config", str(checked))
+        pid = d.ask("daemon.info")["pid"]
+        assert (r.returncode, r.stdout) == (0, f"{checked}: ok (1 agent, 0 MCP servers)\n")
+        assert r.stderr == (f"corral: commands looked up on the running daemon's (pid {pid}) "
+                            f"PATH ({tools}:{yours}), not yours\n")
+    finally:
+        d.close()
+    # no daemon answers: the caller's (or an installed unit's) PATH, which has no such tool
+    r = corral_run(["--socket", str(d.sock), "check-config", str(checked)])
+    assert r.returncode == 1
+    assert "corral-test-tool: not an executable on PATH" in r.stderr, r.stderr

@@ -47,9 +47,12 @@ def daemon(obj: Ctx, config: str | None) -> None:
 @click.option("--no-check", is_flag=True,
               help="Do not check that each command is an executable (one that will exist "
                    "later).")
-def check_config(path: str | None, config: str | None, no_check: bool) -> None:
+@pass_ctx
+def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool) -> None:
     """Validate a config file (and its includes) without starting anything: every key, and
-    that every agent's and MCP server's command is an executable on PATH or a file."""
+    that every agent's and MCP server's command is an executable on the daemon's PATH (the
+    running daemon's, else the installed unit's, else yours) or a file."""
+    import os
     from pathlib import Path
 
     from ..supervisor.config import ConfigError
@@ -61,6 +64,14 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
     if _is_manifest(where):
         _check_manifest(where)
         return
+    if not no_check:
+        theirs = _daemons_path(obj)
+        if theirs is not None and theirs[0] != os.environ.get("PATH"):
+            # a command is run by the daemon, with its PATH: looked up on the caller's, a
+            # plain shell's said `uvx: not an executable` of what the daemon finds
+            click.echo(f"corral: commands looked up on {theirs[1]} PATH ({theirs[0]}), "
+                       f"not yours", err=True)
+            os.environ["PATH"] = theirs[0]
     try:
         cfg = load_config(where, commands=not no_check)
         if not no_check:
@@ -74,6 +85,34 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
         sys.exit(EXIT_FAILED)
     click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+
+
+UNIT_FILES = ("/etc/systemd/system/corral.service", "/run/systemd/system/corral.service",
+              "/usr/local/lib/systemd/system/corral.service",
+              "/lib/systemd/system/corral.service")
+
+
+def _daemons_path(obj: Ctx) -> tuple[str, str] | None:
+    """The PATH the daemon runs commands with, and whose it is: the running daemon's (if
+    one answers), else the installed unit's `Environment=PATH=`, else None."""
+    import pathlib
+
+    try:
+        with obj.client() as c:
+            info = c.ask(m.DaemonInfo())
+        if info.path is not None:
+            return info.path, f"the running daemon's (pid {info.pid})"
+    except (Unreachable, CallFailed, TimeoutError, OSError):
+        pass
+    for unit in UNIT_FILES:
+        try:
+            text = pathlib.Path(unit).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        found = re.findall(r"(?m)^\s*Environment=\"?PATH=([^\"\s]+)", text)
+        if found:
+            return found[-1], f"the installed unit's ({unit})"
+    return None
 
 
 def _is_manifest(path: Path) -> bool:

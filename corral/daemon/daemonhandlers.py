@@ -75,6 +75,7 @@ async def daemon_info(d: DaemonServices, p: m.DaemonInfo, caller: Caller, c: Cha
         containment=msgspec.to_builtins(d.containment.info()),
         extras=d.extras(),
         draining=d.draining(),
+        path=os.environ.get("PATH", os.defpath) if not caller.limited else None,
     )
 
 
