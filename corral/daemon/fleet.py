@@ -53,6 +53,7 @@ from .revisions import (
     spec_table,
     unrecording,
 )
+from .stopmarks import Place, StopMark, StopMarks
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter, what_to_do
@@ -74,6 +75,8 @@ class Fleet:
         self.revisions = revisions
         self.config_dir = config_dir
         self.report = report
+        # the replicas stopped by hand, kept across daemon restarts (stopmarks.py)
+        self.stops = StopMarks(store.db, lambda write, kind: writer.submit(write, kind))
         self.gateway = GatewaySettings()  # the config's, which network = "gateway" needs
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
@@ -265,8 +268,11 @@ class Fleet:
             # still there after our turn came; whose each is, whose sessions end with it
             owners = {n: self.agents.agent(n).spec.tenant for n in names}
             await self._unit([w for n in names for w in (
-                StateStore.forgetting_runtime_agent(n), forgetting_scaled(n))],
+                StateStore.forgetting_runtime_agent(n), forgetting_scaled(n),
+                StopMarks.forgetting(n))],
                 "nothing was removed", act, list)
+            for n in names:
+                self.stops.forgotten(n)
             await self.tasks.sessions.end_agents(owners)
         self.from_config.difference_update(names)
         return names
@@ -295,13 +301,40 @@ class Fleet:
             undo = self._as_kept_now(name)
             writes.append(recording(msgspec.structs.replace(agent.spec, replicas=replicas),
                                     who, None, made))
+            # the replicas that go take their stops by hand with them: a scale up later
+            # makes new ones in their places
+            writes.append(StopMarks.forgetting(name, replicas))
             # the act refuses when another agent's change grew the fleet past
             # max_replicas while this one recorded (the turn is this agent's, the bound
             # the fleet's)
             await self._unit(writes, f"{name} was not scaled",
                              lambda: self.agents.scale(name, replicas),
                              lambda: [*undo, *map(unrecording, made)])
+            self.stops.forgotten(name, replicas)
         self.told(made)
+
+    async def stopping(self, places: list[Place], who: str, when: float) -> None:
+        """Before an operator's stop of these replicas: its marks committed, so that no
+        later daemon starts them until an operator starts them. A stop is never
+        refused for want of the database (it is what an operator reaches for in an
+        outage): its marks then wait with the writes kept in memory meanwhile."""
+        mark = StopMark(who, when)
+        await self._keep(StopMarks.marking(places, mark))
+        self.stops.marked(places, mark)
+
+    async def starting(self, places: list[Place]) -> None:
+        """Before an operator's start of these replicas: their marks taken away, so
+        that a daemon that starts after a crash starts them too (as `stopping`)."""
+        places = [p for p in places if p in self.stops.marks]
+        if places:
+            await self._keep(StopMarks.unmarking(places))
+            self.stops.unmarked(places)
+
+    async def _keep(self, write: Write) -> None:
+        try:
+            await self.store.commit([write])
+        except StoreError:  # (the writer says so in the daemon's log, once each way)
+            self.writer.submit(write, "stop mark")
 
     def revision_of_release(self, name: str, release: str) -> int:
         """The newest revision of the agent that ran `release` (a release's directory
@@ -467,6 +500,10 @@ class Fleet:
                 self.writer.submit(StateStore.forgetting_runtime_agent(n), "runtime agent")
         owners = {n: self.agents[n].spec.tenant for n in agents["removed"]}
         await asyncio.gather(*(self.agents.remove(n) for n in agents["removed"]))
+        for n in agents["removed"]:  # (one added again later starts as any new one)
+            if self.stops.held(n):
+                self.stops.forgotten(n)
+                self.writer.submit(StopMarks.forgetting(n), "stop mark")
         await self.tasks.sessions.end_agents(owners)  # (their sessions end with them)
         for n in agents["added"]:
             self._add(cfg.agents[n])
@@ -540,10 +577,13 @@ class Fleet:
         spec.cwd = str((self.config_dir / (spec.cwd or "")).resolve())
         spec.sandbox_paths = [str((self.config_dir / p).resolve())
                               for p in spec.sandbox_paths]
+        spec.read_paths = [str((self.config_dir / p).resolve()) for p in spec.read_paths]
+        spec.write_paths = [str((self.config_dir / p).resolve()) for p in spec.write_paths]
 
     def _add(self, spec: AgentSpec) -> None:
+        """An agent of the config or restored, its replicas stopped by hand held down."""
         self.fill_cwd(spec)
-        self.agents.add(spec)
+        self.agents.add(spec, held=self.stops.held(spec.name))
 
     def origin(self, name: str, config_path: Path) -> str:
         """Where the agent comes from, as `corral describe` says it."""

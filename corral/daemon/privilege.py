@@ -85,6 +85,9 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
             return key, _differs(getattr(own, key), tenant, getattr(theirs, key), "")
     if spec.sandbox_paths:
         return "sandbox_paths", _differs(spec.sandbox_paths, tenant, None, "none")
+    for key in ("read_paths", "write_paths"):  # root binds them: any of the host's files
+        if getattr(spec, key):
+            return key, _differs(getattr(spec, key), tenant, None, "none")
     if spec.log_file is not None:  # root appends to it: a file anywhere, its lines the agent's
         return "log_file", _differs(spec.log_file, tenant, None, "none: its log directory")
     if spec.env_file:  # root reads it: /etc/shadow's lines in the agent's environment

@@ -202,7 +202,16 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
         taken.before_start(sup)
     sup.parts.tuning.sandbox_program = sc.bwrap
     sup.parts.tuning.protected_paths = conf.protected
+    sup.parts.tuning.gateway_relay = gateway_relay(conf.paths)
     return sup, queue
+
+
+def gateway_relay(paths: Paths) -> str | None:
+    """The unix socket TCP gateways are also served on, for egress = "gateways"
+    sandboxes: beside the control socket. None where that path is too long for a unix
+    socket (such an agent then does not start, saying the gateways have no socket)."""
+    path = f"{paths.socket}.gw"
+    return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
 
 
 def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services],
@@ -646,7 +655,8 @@ async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras:
         return
     from .http.mcp import HttpGateway
 
-    http = HttpGateway(gateway, cfg.gateway, conf.dir, listeners, models)
+    http = HttpGateway(gateway, cfg.gateway, conf.dir, listeners, models,
+                       relay=gateway_relay(conf.paths))
     try:
         if cfg.gateway.listen:
             async def attempt() -> None:

@@ -354,6 +354,14 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
     sandbox_paths: list[str] = []  # read-only in the sandbox besides what corral binds
+    # the boundary enforced (docs/sandbox.md#egress): "gateways" or "none" runs it
+    # sandboxed with only corral's gateways (or nothing) to connect to; the stricter of
+    # its own and its tenant's. "warn": run unenforced, with a warning, where this host
+    # cannot enforce it (else it does not start)
+    egress: Literal["any", "gateways", "none"] | None = None
+    egress_fallback: Literal["refuse", "warn"] = "refuse"
+    read_paths: list[str] = []  # more it may read in its sandbox (as sandbox_paths)
+    write_paths: list[str] = []  # more it may write in its sandbox besides its cwd
     # budgets (tasks/budget.py): from the usage the agent reports (`usage/report`); over
     # one, its waiting tasks wait until the window has room; 0: no budget
     tokens_per_minute: NonNegInt = 0
@@ -676,6 +684,7 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # tenants.Tenancy.sandbox_of)
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
+    egress: Literal["any", "gateways", "none"] | None = None  # the floor of its agents'
     # its agents' directory: one that names no cwd runs here, and a tenant's caller names
     # none outside it (daemon/privilege.py); unset: they run where the config file is
     dir: str | None = None
@@ -885,13 +894,27 @@ def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:
 
 class Isolation(NamedTuple):
     sandbox: str  # "none" | "bwrap"
-    network: str  # "host" | "none" | "gateway"
+    network: str  # "host" | "none" | "gateway" | "gateways" (egress: sandbox.py)
+    egress: str = "any"  # what set them: "any" (sandbox and network), else egress
+
+
+EGRESS_ORDER = ("any", "gateways", "none")  # each stricter than the one before
+
+
+def egress_of(spec: AgentSpec, tenant: TenantSpec | None = None) -> str:
+    """The agent's egress: the stricter of its own and its tenant's (a floor its agents
+    cannot lower)."""
+    asked = [e for e in (spec.egress, tenant.egress if tenant else None) if e]
+    return max(asked, key=EGRESS_ORDER.index) if asked else "any"
 
 
 def isolation(spec: AgentSpec, tenant: TenantSpec | None = None) -> Isolation:
-    """The sandbox and network an agent runs with: its own keys, else its tenant's
-    (`tenant`: its [tenants.NAME], None when it has none), else none and the host's
-    network."""
+    """The sandbox and network an agent runs with: with an egress of "gateways" or
+    "none", a sandbox with that network; else its own keys, else its tenant's (`tenant`:
+    its [tenants.NAME], None when it has none), else none and the host's network."""
+    egress = egress_of(spec, tenant)
+    if egress != "any":
+        return Isolation("bwrap", egress, egress)
     return Isolation(spec.sandbox or (tenant.sandbox if tenant else None) or "none",
                      spec.network or (tenant.network if tenant else None) or "host")
 

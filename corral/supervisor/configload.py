@@ -46,7 +46,7 @@ from .config import (
     isolation,
 )
 from .names import name_problem, shown
-from .sandbox import exposed, host_refusal
+from .sandbox import exposed, host_refusal, relayable
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .startorder import order_problem
 from .teams import TeamError, TeamSpec, check_team
@@ -543,6 +543,8 @@ def _resolve_paths(base: Path, agents: dict[str, AgentSpec], servers: dict[str, 
             tenants.get(getattr(pspec, "tenant", DEFAULT_TENANT)), str(base.resolve()))
     for aspec in local:
         aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
+        aspec.read_paths = [str((base / sp).resolve()) for sp in aspec.read_paths]
+        aspec.write_paths = [str((base / sp).resolve()) for sp in aspec.write_paths]
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
     if packages.dir is not None:
@@ -595,6 +597,13 @@ def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,
     if iso.network == "gateway" and not gateway.agent_tokens:
         return ('network: network = "gateway" needs [gateway] agent_tokens = true (the '
                 "agent is given the gateway's socket with its own token)")
+    if iso.network == "gateways" and not relayable(gateway.listen):
+        return ('egress: egress = "gateways" needs [gateway] listen on a loopback address '
+                'or "unix:PATH" (the gateways are relayed into the sandbox\'s empty '
+                "network namespace from there)")
+    if iso.network == "gateways" and not gateway.agent_tokens:
+        return ('egress: egress = "gateways" needs [gateway] agent_tokens = true (the '
+                "agent reaches the gateways with its own token)")
     return None
 
 
@@ -626,6 +635,13 @@ def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
         if isolation(spec, tenant).sandbox != "bwrap":
             continue
         why = host_refusal(program, spec.user or (tenant.user if tenant else None))
+        egress = isolation(spec, tenant).egress
+        if why and egress != "any":
+            if spec.egress_fallback == "warn":
+                continue  # it starts unenforced, saying so (replica.py)
+            raise ConfigError(
+                f'{where}: agents.{name}.egress: egress = "{egress}" cannot be enforced on '
+                f'this host: {why} (egress_fallback = "warn" runs it unenforced)')
         if why:
             raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
         why = exposed(spec.cwd or os.getcwd(), protected)

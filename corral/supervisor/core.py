@@ -296,6 +296,10 @@ class Supervisor:
     def release_sdk(self) -> str | None:
         return self.tuning.release_sdk
 
+    @property
+    def gateway_relay(self) -> str | None:
+        return self.tuning.gateway_relay
+
     # -- the ReplicaHost protocol (process_replica.py, replica.py, mcpserver.py) ----------
     def replica_added(self, r: ProcessReplica) -> None:
         """A new agent replica (in state Initial) joins the census."""
@@ -329,7 +333,7 @@ class Supervisor:
         # a task's: a person answers the server's elicitation within the call's deadline
         asker = self.tasks.elicitations.asker(call, self.mcp.timeout_of(call.name))
         return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
-                             on_progress=progress, asker=asker)
+                             on_progress=progress, asker=asker, key=call.key)
 
     async def _list_tools(self, replica: Replica) -> dict[str, Any]:
         return {"tools": await self.mcp.list_tools(owner=replica.label,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +26,9 @@ from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus, Transit
 from .release import release_environment
 from .runas import out_of_reach
 from .sandbox import (
+    Relay,
     exit_status,
+    host_refusal,
     program_paths,
     resolve_program,
     sandboxed,
@@ -60,6 +63,11 @@ class AgentHost(ReplicaHost, Protocol):
     @property
     def release_sdk(self) -> str | None:
         """Where the worker SDK every release imports is (None: nowhere of its own)."""
+
+    @property
+    def gateway_relay(self) -> str | None:
+        """The unix socket TCP gateways are relayed from into egress = "gateways"
+        sandboxes (None: none served)."""
 
     def initial_state(self, r: Replica) -> Any:
         """The state saved by a checkpoint, given back in `initialize`."""
@@ -162,6 +170,8 @@ class Replica(ProcessReplica):
         # the agent's keys, else its tenant's as it is now: a change of the tenant's
         # applies from a process's next start, and a running one is judged as it started
         self._iso = isolation(spec, self.host.tenant_spec(spec.tenant))
+        if self._iso.egress != "any" and spec.egress_fallback == "warn":
+            self._iso = self._enforceable(self._iso, uid)
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
@@ -197,6 +207,16 @@ class Replica(ProcessReplica):
         """The sandbox and network of the process started last (judged at its start)."""
         return self._iso
 
+    def _enforceable(self, iso: Isolation, uid: int | None) -> Isolation:
+        """With egress_fallback = "warn": `iso` where this host can sandbox the agent,
+        else none, said in its log (without "warn", the config was refused: configload)."""
+        why = host_refusal(self.host.sandbox_program, None if uid is None else str(uid))
+        if why is None:
+            return iso
+        self.note(f'egress = "{iso.egress}" is not enforced (egress_fallback = "warn"): '
+                  f"{why}")
+        return Isolation("none", "host")
+
     def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
               beside: bool = False) -> list[str]:
         """`argv` in the agent's sandbox, when it has one. A command run beside the agent
@@ -207,12 +227,13 @@ class Replica(ProcessReplica):
         iso = self._isolation()
         if iso.sandbox == "none":
             return argv
-        network = "none" if beside and iso.network == "gateway" else iso.network
+        network = ("none" if beside and iso.network in ("gateway", "gateways")
+                   else iso.network)
         argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
         # the SDK where the agent's user may reach it (bwrap binds as that user; one that
         # cannot would not import it outside a sandbox either: it has its own, or none)
         sdk = [SDK] if uid is None or out_of_reach(SDK, uid, _gid_of(uid)) is None else []
-        read_only = [*program_paths(argv[0]), *sdk, *spec.sandbox_paths]
+        read_only = [*program_paths(argv[0]), *sdk, *spec.sandbox_paths, *spec.read_paths]
         read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if spec.release is not None:
             # only a release imports the SDK's copy (release_environment): a plain agent's
@@ -225,7 +246,13 @@ class Replica(ProcessReplica):
             network=network, root=(os.geteuid() if uid is None else uid) == 0,
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
             protected=self.host.protected_paths,
-            notify_socket=None if beside else self._notify_socket())
+            notify_socket=None if beside else self._notify_socket(),
+            writable=spec.write_paths, relay=self._relay(env))
+
+    def _relay(self, env: dict[str, str]) -> Relay | None:
+        """Where TCP gateways are relayed from into an egress = "gateways" sandbox."""
+        url, path = env.get("CORRAL_MCP_URL"), self.host.gateway_relay
+        return Relay(url, path, sys.executable) if url and path else None
 
     def _notify_socket(self) -> str | None:
         """The $NOTIFY_SOCKET the next process is given, bound into its sandbox (a plain

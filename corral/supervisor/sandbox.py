@@ -29,6 +29,8 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 # the system directories bound read-only (or recreated as the symlinks they are, where
 # the host has merged /usr)
@@ -37,6 +39,9 @@ PROBE_TIMEOUT = 10.0
 MASK = "mask"  # a mount of one of corral's own paths: hidden, not bound
 # what an exit status above this means, from bwrap: killed by signal (status - 128)
 SIGNALLED = 128
+# egress = "gateways" over TCP: where the relay and the gateways' socket are bound, inside
+RELAY_DIR = "/run/corral"
+RELAY_SCRIPT = str(Path(__file__).with_name("egressrelay.py"))
 # the host settings that forbid unprivileged user namespaces, and the value that does
 USERNS_SYSCTLS = (
     ("kernel/unprivileged_userns_clone", "0"),  # Debian's and older Ubuntu's patch
@@ -97,6 +102,40 @@ def host_refusal(program: str, user: str | None, *,
         return (f"user namespaces are forbidden on this host ({forbidden}); bubblewrap "
                 f"needs one to sandbox a process ({said_last})")
     return f"bubblewrap cannot make a sandbox on this host: {said_last}"
+
+
+def relayable(listen: str | None) -> bool:
+    """Whether the gateways at `[gateway] listen` can be given to an egress =
+    "gateways" sandbox: a unix socket (bound in), or a loopback TCP address (relayed to,
+    inside, at the same address)."""
+    if listen is None:
+        return False
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+class Relay(NamedTuple):
+    """The gateways of an egress = "gateways" agent whose gateways are TCP: the address
+    its environment names (CORRAL_MCP_URL), what the daemon also serves them on (a unix
+    socket), and the interpreter the relay runs on (egressrelay.py)."""
+
+    url: str
+    socket: str
+    python: str
+
+
+def _relayed(relay: Relay, argv: list[str]) -> tuple[list[str], list[str]]:
+    """The bwrap arguments that bind the relay in, and the command that runs it first."""
+    parts = urlsplit(relay.url)
+    if parts.port is None or parts.hostname is None:
+        raise OSError(f"egress = \"gateways\": the gateway's URL {relay.url} names no port")
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+    script, sock = f"{RELAY_DIR}/relay.py", f"{RELAY_DIR}/gateways.sock"
+    binds = ["--ro-bind", RELAY_SCRIPT, script, "--bind", relay.socket, sock]
+    return binds, [relay.python, "-I", "-S", script, host, str(parts.port), sock, "--",
+                   *argv]
 
 
 def _system_args(root: Path = Path("/")) -> list[str]:
@@ -171,12 +210,16 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               network: str, root: bool, read_only: Iterable[str],
               gateway_socket: str | None = None,
               protected: Iterable[tuple[str, str]] = (),
-              notify_socket: str | None = None) -> list[str]:
+              notify_socket: str | None = None,
+              writable: Iterable[str] = (),
+              relay: Relay | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
 
-    `read_only`: what the agent may read besides the system; `cwd` is writable. Mounts are
-    made parents first, so a read-only directory inside the cwd (a venv) stays read-only,
-    and where the same path is both, writable wins (it is the agent's own)."""
+    `read_only`: what the agent may read besides the system; `cwd` and `writable` are
+    writable. Mounts are made parents first, so a read-only directory inside the cwd (a
+    venv) stays read-only, and where the same path is both, writable wins (it is the
+    agent's own). network = "gateways" (egress): the gateway's unix socket bound in as
+    "gateway"'s, or where the gateways are TCP, `relay` run first (egressrelay.py)."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
@@ -192,13 +235,24 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     if root:
         # root in the sandbox's user namespace has all its capabilities unless told
         args += ["--cap-drop", "ALL"]
-    if network in ("none", "gateway"):
+    if network in ("none", "gateway", "gateways"):
         args.append("--unshare-net")
     args += _system_args()
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    relay_binds: list[str] = []
+    if network == "gateways" and gateway_socket is not None:
+        network = "gateway"  # a unix gateway: its socket, as "gateway" binds it
+    elif network == "gateways":
+        if relay is None:
+            raise OSError('egress = "gateways": the gateways have no socket to relay to '
+                          "([gateway] listen is not served)")
+        relay_binds, argv = _relayed(relay, argv)
+        read_only = [*read_only, *map(str, program_paths(relay.python))]
     mounts: dict[str, str] = {}
     for path in read_only:
         mounts.setdefault(os.path.abspath(path), "--ro-bind-try")
+    for path in writable:
+        mounts[os.path.abspath(path)] = "--bind"
     mounts[os.path.abspath(cwd)] = "--bind"
     if network == "gateway":
         if gateway_socket is None:
@@ -220,6 +274,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
             args += [mounts[path], path, path]
     # the root is bwrap's scratch tmpfs, holding the mount points: read-only, so that
     # the only places the agent writes are its directory and its /tmp
+    args += relay_binds
     args += ["--remount-ro", "/", "--chdir", cwd, "--", *argv]
     return args
 

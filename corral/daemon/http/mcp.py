@@ -209,8 +209,11 @@ def parse_listen(listen: str) -> tuple[str, str | None, int]:
 class HttpGateway:
     def __init__(self, service: GatewayService, settings: GatewaySettings,
                  base: Path, listeners: Listeners | None = None,
-                 models: ModelGateway | None = None) -> None:
+                 models: ModelGateway | None = None, relay: str | None = None) -> None:
         self.service = service
+        # a TCP site is served on this unix socket too, for egress = "gateways"
+        # sandboxes to reach through their relay (supervisor/egressrelay.py)
+        self.relay = relay
         self.models = models  # the model gateway, served beside /mcp (docs/models.md)
         # where its own site's socket is held across `corral upgrade`'s exec, or taken from
         self.listeners = listeners
@@ -321,11 +324,23 @@ class HttpGateway:
             bound = sockets[0].getsockname()[1] if sockets else port
             shown = f"[{where}]" if where and ":" in where else where
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}{ENDPOINT}"
+            if self.relay is not None:
+                await self._serve_relay(self.relay, tls)
         elif inherited is None:
             Path(self.socket_path or "").chmod(0o660)
         if self.listeners is not None:
             held_across_upgrade(self.listeners, "gateway", self.settings.listen or "",
                                 self._runner, site, tls)
+
+    async def _serve_relay(self, path: str, tls: ssl.SSLContext | None) -> None:
+        """The TCP site's twin on a unix socket: the relay inside a sandbox passes the
+        agent's bytes through as they are (TLS too), so the same TLS is spoken here. Open
+        to every user, as the TCP site is: a client needs a token either way."""
+        assert self._runner is not None
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
+        await web.UnixSite(self._runner, path, ssl_context=tls).start()
+        Path(path).chmod(0o666)
 
     def _path(self, p: str) -> str:
         path = Path(p)
@@ -342,9 +357,10 @@ class HttpGateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.socket_path:
-            with contextlib.suppress(FileNotFoundError):
-                Path(self.socket_path).unlink()
+        for made in (self.socket_path, self.relay):
+            if made:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(made).unlink()
 
     def status(self) -> dict[str, Any]:
         return {"listen": self.settings.listen, "url": self.url,

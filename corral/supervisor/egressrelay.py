@@ -1,0 +1,87 @@
+"""The gateways inside an egress = "gateways" sandbox (sandbox.py, docs/sandbox.md#egress).
+
+Run as the sandbox's first program (`python -I -S egressrelay.py HOST PORT SOCKET --
+ARGV...`), in the sandbox's empty network namespace: it listens on HOST:PORT there — the
+address the agent's CORRAL_MCP_URL and OPENAI_BASE_URL name, so unmodified clients work —
+leaves a process behind that forwards each connection to SOCKET (the daemon's gateways'
+unix socket, bound in), and execs the agent. The listener is made before the exec, so the
+agent's first connection finds it.
+
+The forwarder is double-forked: it is the child of the sandbox's init, not the agent's
+(which may wait for its own children), and after the agent in the init's list of
+children (sandbox.sandboxed_pid takes the first). It ends with the sandbox: the init's
+death takes the whole pid namespace.
+
+Standard library only, and no site: it runs on the daemon's interpreter, before anything
+of the agent's is there, and its start is the whole of what egress adds to a start.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+
+BUFFER = 65536
+
+
+def pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while True:
+            data = src.recv(BUFFER)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    # the other direction may still be talking (a request sent whole, its answer not)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def serve(conn: socket.socket, path: str) -> None:
+    up = socket.socket(socket.AF_UNIX)
+    try:
+        up.connect(path)
+    except OSError:
+        up.close()
+        conn.close()  # the agent sees its connection reset: the gateway is not there
+        return
+    back = threading.Thread(target=pipe, args=(up, conn), daemon=True)
+    back.start()
+    pipe(conn, up)
+    back.join()
+    up.close()
+    conn.close()
+
+
+def forward(listener: socket.socket, path: str) -> None:
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn, path), daemon=True).start()
+
+
+def main(argv: list[str]) -> None:
+    host, port, path, sep = argv[1], int(argv[2]), argv[3], argv[4]
+    if sep != "--" or len(argv) < 6:
+        sys.exit("usage: egressrelay.py HOST PORT SOCKET -- ARGV...")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    if os.fork() == 0:
+        if os.fork() == 0:
+            os.setsid()  # out of the agent's group: a signal to it is not the relay's
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):  # the agent's stdio is its link to corral
+                os.dup2(devnull, fd)
+            forward(listener, path)
+        os._exit(0)
+    os.wait()
+    listener.close()  # (not inherited across exec either: Python's sockets are not)
+    os.execv(argv[5], argv[5:])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,278 @@
+"""egress = "gateways" | "none", read_paths, write_paths: the agent's boundary enforced
+(docs/sandbox.md#egress), on real bubblewrap in the real daemon. A compromised agent
+(tests/egress_agent.py) tries every way out it has, itself and from a child process, and
+each refusal comes back in the error's own words; its benign work through corral's
+gateways, with the official MCP and openai clients unchanged, succeeds beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral.supervisor.config import isolation
+from corral.supervisor.configload import check_commands, load_config
+from corral.supervisor.sandbox import host_refusal
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, config_text, free_port, in_process
+from .servers.model_upstream import StandIn
+from .test_http_api import SOCKET
+
+HERE = Path(__file__).resolve().parent
+KEY = "sk-provider-SECRET-egress"
+REFUSED = "ConnectionRefusedError: [Errno 111] Connection refused"
+NO_FILE = "FileNotFoundError: [Errno 2] No such file or directory"
+pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
+                                reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[StandIn]:
+    stand_in = StandIn()
+    await stand_in.start()
+    try:
+        yield stand_in
+    finally:
+        await stand_in.close()
+
+
+@pytest.fixture(autouse=True)
+def provider_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_TEST_PROVIDER_KEY", KEY)
+
+
+def fleet(tmp: Path, upstream: str, egress: str, extra: str = "") -> str:
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    return textwrap.dedent(f"""
+        [agents.box]
+        command = ["{PY}", "{HERE}/egress_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        cwd = "{home}"
+        egress = "{egress}"
+        tools = ["notes__*"]
+        stop_timeout = 5.0
+        {extra}
+
+        [mcp_servers.notes]
+        command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+        start_timeout = 30.0
+
+        [gateway]
+        listen = "127.0.0.1:{free_port()}"
+
+        [models.gpt-small]
+        url = "{upstream}/v1"
+        format = "openai"
+        key_env = "CORRAL_TEST_PROVIDER_KEY"
+    """)
+
+
+async def run(d: Any, task: dict[str, Any]) -> Any:
+    done = await asyncio.wait_for(d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(
+        {"agent": "box", "input": task})), 90)
+    done = msgspec.json.decode(msgspec.json.encode(done))
+    assert done["status"] == "succeeded", done
+    return done["output"]
+
+
+@contextlib.contextmanager
+def planted(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """What the test opens on the host for the agent to try: a TCP listener and a UDP
+    socket on loopback, a unix socket in the host's /tmp, an abstract one, a secret."""
+    name = f"corral-egress-{secrets.token_hex(4)}"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's secret")
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.socket(socket.AF_UNIX) as unix, socket.socket(socket.AF_UNIX) as abstract:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen(8)
+        udp.bind(("127.0.0.1", 0))
+        udp.setblocking(False)
+        unix.bind(f"/tmp/{name}.sock")
+        unix.listen(8)
+        abstract.bind("\0" + name)
+        abstract.listen(8)
+        try:
+            yield {"tcp_port": tcp.getsockname()[1], "udp_port": udp.getsockname()[1],
+                   "planted": f"/tmp/{name}.sock", "abstract": name,
+                   "control": str(tmp_path / "corral.sock"), "secret": str(secret),
+                   "udp": udp}
+        finally:
+            os.unlink(f"/tmp/{name}.sock")
+
+
+def attacks_refused(seen: dict[str, Any]) -> None:
+    assert seen["tcp"] == {"error": REFUSED}
+    # a datagram to loopback is sent, to the sandbox's own loopback: nothing listens
+    # there (the test's socket, on the host's, gets nothing: below); off the host, there
+    # is no route at all
+    assert seen["udp"] == {"ok": len(b"exfiltrated")}
+    assert seen["udp_out"] == {"error": "OSError: [Errno 101] Network is unreachable"}
+    assert seen["raw"] == {"error": "PermissionError: [Errno 1] Operation not permitted"}
+    assert seen["control"] == {"error": NO_FILE}
+    assert seen["planted"] == {"error": NO_FILE}
+    assert seen["abstract"] == {"error": REFUSED}  # abstract sockets are per netns
+    assert seen["secret"]["error"].startswith(NO_FILE)
+    assert seen["upstream"] == {"error": REFUSED}  # the provider, but for corral
+
+
+@pytest.mark.deadline(240)
+async def test_gateways_reach_corral_and_nothing_else(tmp_path: Path,
+                                                      upstream: StandIn) -> None:
+    host = upstream.url.rpartition(":")[2]
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url, "gateways")) as d:
+        with planted(tmp_path) as p:
+            udp = p.pop("udp")
+            seen = await run(d, {"do": "attack", "upstream_port": int(host), **p})
+            attacks_refused(seen["self"])
+            assert seen["child"] is not None, seen["child_err"]
+            attacks_refused(seen["child"])
+            # sendto on loopback queues the datagram before it returns: none came here
+            with pytest.raises(BlockingIOError):
+                udp.recvfrom(100)
+        # its benign work, meanwhile, through both gateways at its environment's
+        # addresses (TCP, as outside a sandbox), with the clients unchanged
+        out = await run(d, {"do": "gateways", "title": "otters", "say": "hello"})
+        assert out["tool"] == "stored otters"
+        assert out["model"] == "echo: hello"
+        assert out["env"]["CORRAL_MCP_SOCKET"] is None
+        assert out["env"]["CORRAL_MCP_URL"].startswith("http://127.0.0.1:")
+        assert [r["key"] for r in upstream.requests] == [KEY]
+
+
+@pytest.mark.deadline(240)
+async def test_none_reaches_not_even_the_gateways(tmp_path: Path, upstream: StandIn) -> None:
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url, "none")) as d:
+        out = await run(d, {"do": "gateways", "title": "otters", "say": "hello"})
+        assert out["tool"].startswith("error: ")
+        assert out["model"] == "error: APIConnectionError"
+        assert upstream.requests == []
+        with planted(tmp_path) as p:
+            p.pop("udp")
+            seen = await run(d, {"do": "attack", "upstream_port": free_port(), **p})
+            attacks_refused(seen["self"])
+
+
+@pytest.mark.deadline(240)
+async def test_read_and_write_paths_are_all_it_has_of_the_host(tmp_path: Path,
+                                                               upstream: StandIn) -> None:
+    shared, out = tmp_path / "shared", tmp_path / "out"
+    shared.mkdir()
+    out.mkdir()
+    (shared / "data.txt").write_text("shared data")
+    (tmp_path / "other.txt").write_text("not shared")
+    extra = f'read_paths = ["{shared}"]\nwrite_paths = ["{out}"]'
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url, "gateways", extra)) as d:
+        seen = await run(d, {"do": "files",
+                             "read": [str(shared / "data.txt"), str(tmp_path / "other.txt"),
+                                      str(Path.home() / ".bashrc")],
+                             "write": [str(out / "made.txt"), str(shared / "made.txt")]})
+    assert seen["read"] == {
+        str(shared / "data.txt"): {"ok": "shared data"},
+        str(tmp_path / "other.txt"): {
+            "error": f"{NO_FILE}: '{tmp_path / 'other.txt'}'"},
+        str(Path.home() / ".bashrc"): {
+            "error": f"{NO_FILE}: '{Path.home() / '.bashrc'}'"}}
+    assert seen["write"] == {
+        str(out / "made.txt"): {"ok": str(out / "made.txt")},
+        str(shared / "made.txt"): {
+            "error": f"OSError: [Errno 30] Read-only file system: '{shared / 'made.txt'}'"}}
+    assert (out / "made.txt").read_text() == "written from the sandbox"
+    assert not (shared / "made.txt").exists()
+
+
+def write_config(tmp_path: Path, agents: str, rest: str = "", supervisor: str = "") -> Path:
+    config = tmp_path / "corral.toml"
+    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state",
+                                  supervisor) + rest)
+    return config
+
+
+def test_an_egress_this_host_cannot_enforce_is_refused_unless_warned(
+        tmp_path: Path) -> None:
+    """No layer here can enforce it (bubblewrap absent: the one layer corral has for
+    egress): the agent does not start, with the reason; with egress_fallback = "warn"
+    the config stands."""
+    base = f'[agents.a]\ncommand = ["{PY}"]\ncwd = "{tmp_path}/a"\negress = "gateways"\n'
+    gw = '[gateway]\nlisten = "127.0.0.1:8765"\n'
+    cfg = write_config(tmp_path, base, gw, supervisor=f'bwrap = "{tmp_path}/no/bwrap"')
+    with pytest.raises(Exception) as err:
+        check_commands(load_config(cfg), str(cfg))
+    assert str(err.value) == (
+        f'{cfg}: agents.a.egress: egress = "gateways" cannot be enforced on this host: '
+        f"bubblewrap is not installed ({tmp_path}/no/bwrap not found; Debian's package is "
+        f'bubblewrap) (egress_fallback = "warn" runs it unenforced)')
+    cfg = write_config(tmp_path, base + 'egress_fallback = "warn"\n', gw,
+                       supervisor=f'bwrap = "{tmp_path}/no/bwrap"')
+    check_commands(load_config(cfg), str(cfg))
+
+
+@pytest.mark.deadline(120)
+async def test_warned_it_starts_unenforced_saying_why(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    agents = textwrap.dedent(f"""
+        [agents.box]
+        command = ["{PY}", "{HERE}/egress_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        cwd = "{home}"
+        egress = "none"
+        egress_fallback = "warn"
+    """)
+    async with in_process(tmp_path, agents, supervisor=f'bwrap = "{tmp_path}/no/bwrap"') as d:
+        with planted(tmp_path) as p:
+            p.pop("udp")
+            seen = await run(d, {"do": "attack", "upstream_port": free_port(), **p})
+        assert seen["self"]["tcp"] == {"ok": "connected"}  # unenforced: the host's network
+        logs = (tmp_path / "state" / "logs" / "box.log").read_text()
+        assert (f'egress = "none" is not enforced (egress_fallback = "warn"): bubblewrap is '
+                f"not installed ({tmp_path}/no/bwrap not found; Debian's package is "
+                "bubblewrap)") in logs
+
+
+def test_egress_config_errors_are_exact(tmp_path: Path) -> None:
+    base = f'[agents.a]\ncommand = ["{PY}"]\ncwd = "{tmp_path}/a"\negress = "gateways"\n'
+    for gateway, why in (
+            ("", 'egress = "gateways" needs [gateway] listen on a loopback address or '
+                 '"unix:PATH" (the gateways are relayed into the sandbox\'s empty network '
+                 "namespace from there)"),
+            ('[gateway]\nlisten = "0.0.0.0:8765"\nallow_remote = true\n',
+             'egress = "gateways" needs [gateway] listen on a loopback address or '
+             '"unix:PATH" (the gateways are relayed into the sandbox\'s empty network '
+             "namespace from there)"),
+            ('[gateway]\nlisten = "127.0.0.1:8765"\nagent_tokens = false\n',
+             'egress = "gateways" needs [gateway] agent_tokens = true (the agent reaches '
+             "the gateways with its own token)")):
+        with pytest.raises(Exception) as err:
+            load_config(write_config(tmp_path, base, gateway))
+        assert str(err.value) == f"{tmp_path / 'corral.toml'}: agents.a.egress: {why}"
+    with pytest.raises(Exception) as err:
+        load_config(write_config(tmp_path, base.replace('"gateways"', '"open"')))
+    assert "agents.a.egress: Invalid enum value 'open'" in str(err.value)
+
+
+def test_a_tenants_egress_is_a_floor_its_agents_cannot_lower(tmp_path: Path) -> None:
+    agents = "".join(f'[agents.{n}]\ncommand = ["{PY}"]\ncwd = "{tmp_path}/{n}"\n'
+                     f'tenant = "t"\n{e}\n'
+                     for n, e in (("plain", ""), ("lower", 'egress = "any"'),
+                                  ("stricter", 'egress = "none"'),
+                                  ("hostnet", 'sandbox = "none"\nnetwork = "host"')))
+    cfg = load_config(write_config(tmp_path, agents, '[tenants.t]\negress = "gateways"\n'
+                                   '[gateway]\nlisten = "127.0.0.1:8765"\n'))
+    tenant = cfg.tenants["t"]
+    got = {n: tuple(isolation(cfg.agents[n], tenant)) for n in cfg.agents}
+    assert got == {"plain": ("bwrap", "gateways", "gateways"),
+                   "lower": ("bwrap", "gateways", "gateways"),
+                   "stricter": ("bwrap", "none", "none"),
+                   "hostnet": ("bwrap", "gateways", "gateways")}
