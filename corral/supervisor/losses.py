@@ -1,8 +1,8 @@
 """What kind of loss a worker's end was, for the task's retry rule (tasks/taskmachine.py):
 a loss to infrastructure is retried by default (an agent's `retry_lost`); a cap kill, the
-worker's own death and a stop by hand are not (they keep their outcome unless `retries`
-and `retry_on` say otherwise: a bug run again fails again, a cap bites again, and a stop
-by hand lasts until a start by hand).
+worker's own death and a stop by hand are not (they keep their outcome unless the
+task's retry policy names lost attempts: a bug run again fails again, a cap bites again,
+and a stop by hand lasts until a start by hand).
 
 The replica decides it where it reaps a process (launch.py), as it decides the exit's
 reason, and hands it to the requests in flight on the error they fail with (its `data`):

@@ -85,7 +85,7 @@ class TaskCause(enum.StrEnum):
     # or restarted under it, its node died (losses.Loss.INFRA)
     LOST = "lost"
     # its worker died of its own doing or of a cap, or was stopped by hand: lost, as
-    # retry_on and retries say
+    # the task's retry policy says
     CRASHED = "crashed"
     CANCEL = "cancel"  # someone cancelled it (or its worker answered that it did)
     DROPPED = "dropped"  # its agent will not run it (failed, down, gone)
