@@ -164,8 +164,8 @@ class LocalFront:
                                f"{exc}; the task was not accepted") from None
         if wait is not None:
             with contextlib.suppress(TimeoutError):
-                return await within(self.engine.info(task_id, wait=True), wait)
-        return await self.engine.info(task_id)
+                return await within(self.get(task_id, wait=True), wait)
+        return await self.get(task_id, wait=False)
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         await self.recovered.wait()
@@ -191,7 +191,7 @@ class LocalFront:
             channel.notify("task.accepted", {"task_id": task})
             if first.finished is not None:
                 return outcome_of(first)
-            return outcome_of(await self.engine.info(task, wait=True))
+            return outcome_of(await self.get(task, wait=True))
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
 
