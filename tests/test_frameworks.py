@@ -11,12 +11,16 @@ four `counting__bump` calls. The MCP server kills the worker at its 3rd call, af
 call and no model call twice (each server counts its calls in a file), the task's tool
 budget and token usage count each once (its max_tool_calls_per_task and tokens_per_day
 hold each call once, not a replayed one again), and the trace shows each call under its
-attempt."""
+attempt. Then again with that 3rd tool call held at the server past the kill (`held`):
+the call outlives its worker, its answer is journaled and given to the retry, and the
+server has every call once, the killed one too (docs/durable.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import os
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -32,6 +36,7 @@ from corral.taskoptions import TaskOptions
 
 from .conftest import EXAMPLES, ROOT, SPARED
 from .daemon_harness import PY, free_port, in_process
+from .test_inflight import attempt_ended, release
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
 pytestmark = pytest.mark.long
@@ -141,17 +146,28 @@ async def worker_pid(d: Any) -> int:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("held", [False, True], ids=["answered-error", "held"])
 @pytest.mark.parametrize("framework", sorted(RECIPES))
 async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
-        tmp_path: Path, framework: str) -> None:
+        tmp_path: Path, framework: str, held: bool) -> None:
     if not interpreter(framework).exists():
         pytest.skip(f"{RECIPES[framework][0]} is not installed (scripts/frameworks.sh)")
     with stand_in_model(tmp_path) as model_url:
         async with in_process(tmp_path, fleet(tmp_path, framework, model_url)) as d:
-            # killed at its 3rd tool call: after its 3rd model call and 2nd tool call
-            (tmp_path / "kill").write_text(f"{await worker_pid(d)} 3")
-            res = await d.sup.tasks.run("recipe", {"prompt": "bump the counter 4 times"},
-                                        TaskOptions(timeout=240))
+            # killed at its 3rd tool call: after its 3rd model call and 2nd tool call;
+            # `held`: that call answered only once the killed attempt has ended
+            kill, gate = f"{await worker_pid(d)} 3", tmp_path / "gate"
+            if held:
+                os.mkfifo(gate)
+                kill += f" {gate}"
+            (tmp_path / "kill").write_text(kill)
+            first_ended = attempt_ended(d, "recipe", 1)
+            running = asyncio.ensure_future(d.sup.tasks.run(
+                "recipe", {"prompt": "bump the counter 4 times"}, TaskOptions(timeout=240)))
+            if held:
+                await asyncio.wait_for(first_ended, 240)
+                await release(gate)
+            res = await running
             assert res.status == "succeeded", res
             assert not (tmp_path / "kill").exists()  # the worker was killed once
             assert f"done {CALLS}" in str(res.output["answer"])
@@ -166,8 +182,8 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
             assert d.sup.stats.cold_fallbacks == 0
             info = await d.sup.tasks.info(res.task_id)
             # each call once, and the one that killed the worker (made: the server was
-            # called, and answered an error)
-            assert info.tool_calls == CALLS + 1
+            # called, and answered an error) again; held, it was answered: made once
+            assert info.tool_calls == CALLS + (not held)
             assert info.usage is not None  # the stand-in's 10 in and 5 out, each call once
             assert (info.usage.input_tokens, info.usage.output_tokens) == (
                 10 * (CALLS + 1), 5 * (CALLS + 1))
@@ -183,9 +199,12 @@ async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
                               and s.parent_id == runs[s.attributes["corral.attempt"]])
 
             # the first attempt's two live tool calls (its third killed it: no answer),
-            # the retry's two from the journal and two live
-            assert under_attempts("tools/call bump") == [
-                (1, False), (1, False), (2, False), (2, False), (2, True), (2, True)]
+            # the retry's two from the journal and two live; held, the third answered
+            # after the kill, and the retry's three from the journal and one live
+            assert under_attempts("tools/call bump") == ([
+                (1, False), (1, False), (1, False), (2, False), (2, True), (2, True),
+                (2, True)] if held else [
+                (1, False), (1, False), (2, False), (2, False), (2, True), (2, True)])
             # the first attempt's three model calls, the retry's three from the journal
             # and two live
             assert under_attempts(f"chat {MODELS[RECIPES[framework][2]]}") == [

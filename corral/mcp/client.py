@@ -51,6 +51,9 @@ from .paramheaders import ParamHeaders, designations
 from .relay import InputRelay, asks_input
 
 log = logging.getLogger("corral.mcp")
+# a task's call's idempotency key in its tools/call `_meta`: the same on every attempt of
+# the call (supervisor/tasks/steps.py), so that a server that honours it makes it once
+IDEMPOTENCY_META = "io.corral/idempotency-key"
 
 STATELESS = "2026-07-28"
 LEGACY = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
@@ -542,16 +545,20 @@ class McpClient:
                         on_progress: ProgressCallback | None = None,
                         relay: InputRelay | None = None,
                         on_log: LogRelay | None = None, asker: Asker | None = None,
-                        caller: str | None = None) -> Any:
+                        caller: str | None = None, key: str | None = None) -> Any:
         """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
         `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
         "required" are called as tasks and polled to their result. `relay`: the caller
         answers the server's input requests (relay.py); `on_log`: it gets the server's
         log messages of this call (logrelay.py); `asker`: a person answers its
-        elicitation (decision 680); `caller`: whose call it is (None: unnamed)."""
+        elicitation (decision 680); `caller`: whose call it is (None: unnamed); `key`:
+        its idempotency key (IDEMPOTENCY_META in its `_meta`: a server that honours it
+        makes a call sent again under it once)."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
+        if key is not None:
+            params["_meta"][IDEMPOTENCY_META] = key
         tool = self.tool(name) or {}
         as_task = (tool.get("execution") or {}).get("taskSupport") == "required"
         if on_progress is not None:

@@ -270,8 +270,11 @@ class McpPool(Generic[Spec, Inst]):
     async def call(self, qualified: str, arguments: dict[str, Any], *,
                    owner: str | None = None, on_progress: Progress | None = None,
                    relay: InputRelay | None = None, on_log: LogRelay | None = None,
-                   asker: Asker | None = None, caller: str | None = None) -> Any:
+                   asker: Asker | None = None, caller: str | None = None,
+                   key: str | None = None) -> Any:
         """Call a tool; the caller has checked its allowlist (tasks.py, for agents).
+        `key`: the call's idempotency key, the same on each attempt of its task (steps.py),
+        sent in its `_meta`.
         `caller`: whose call it is, for the server's log messages (client.py `_log_caller`).
         `relay`: the gateway's client answers the server's input requests (relay.py);
         `on_log`: it gets the server's log messages of the call (logrelay.py);
@@ -287,7 +290,8 @@ class McpPool(Generic[Spec, Inst]):
                                               f"has no tool {tool})")
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
                                            on_progress=on_progress, relay=relay,
-                                           on_log=on_log, asker=asker, caller=caller)
+                                           on_log=on_log, asker=asker, caller=caller,
+                                           key=key)
 
     # -- resources ------------------------------------------------------------------------
     # An allowlist admits a resource as SERVER__URI (`notes__*` admits every resource of

@@ -8,6 +8,9 @@ Tools: bump {i} (appends a line, answers "bumped I"), big {kb} (a result of that
 KiB, not counted). With KILL_FILE, holding `PID I`: the bump {i: I} SIGKILLs that
 process (the file removed) and is neither counted nor answered but with an error, so
 that a test kills its worker at that call, after the calls before it were answered.
+Holding `PID I GATE`, the call is at the server when its worker dies: after the kill it
+waits until the test opens the FIFO GATE and closes it, then is counted and answered as
+any other (the answer of a call that outlived its worker: docs/durable.md).
 """
 
 import json
@@ -40,10 +43,13 @@ for line in sys.stdin:
         if params["name"] == "bump" and kill and str(args.get("i")) == kill[1]:
             os.unlink(kill_file)
             os.kill(int(kill[0]), signal.SIGKILL)
-            out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
-                "code": -32000, "message": "the worker was killed"}}) + "\n")
-            out.flush()
-            continue
+            if len(kill) < 3:
+                out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
+                    "code": -32000, "message": "the worker was killed"}}) + "\n")
+                out.flush()
+                continue
+            with open(kill[2]) as gate:  # held until the test lets it go, then answered
+                gate.read()
         if params["name"] == "bump":
             fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             os.write(fd, f"{args.get('i')}\n".encode())

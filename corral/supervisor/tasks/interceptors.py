@@ -32,12 +32,14 @@ Out = TypeVar("Out")
 
 class ToolCall(NamedTuple):
     """A worker's tool call on its way to the pool: `task` None when the worker named no
-    task it runs (or the gateway's own calls)."""
+    task it runs (or the gateway's own calls); `key` its idempotency key, the same on
+    every attempt of its task (steps.py; None: no other attempt makes it)."""
 
     replica: Replica
     name: str
     arguments: dict[str, Any]
     task: Task | None
+    key: str | None = None
 
 
 class ToolPorts(NamedTuple):

@@ -92,6 +92,7 @@ from .retry import backoff, lost_attempts, retry_lost
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import REACH, Spawns
 from .stepjournal import StepJournal
+from .steps import caller_task
 from .suspension import Suspensions
 from .taskmachine import (
     AT_MOST_ONCE_NOTE,
@@ -161,7 +162,8 @@ class TaskManager:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
-        self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live)
+        self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live,
+                                    self._asks_pending)
         # each task's start and end as the interceptors hear them (tracing's), or None
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
@@ -516,7 +518,8 @@ class TaskManager:
             self.suspensions.hold(task)
         # parked: not one of its worker's MAX_IN_FLIGHT, whose line is read on meanwhile
         peer = task.replica.peer if task.replica is not None else None
-        parked = peer.park(asyncio.current_task()) if peer is not None else None
+        # (the request's own task: a call made in a flight of its own, steps.py)
+        parked = peer.park(caller_task()) if peer is not None else None
         asked = self.inbox.waiter(ask) if kept is None else asyncio.ensure_future(kept.wait(ask))
         try:
             return await self.suspensions.wait(task, asked)
@@ -530,6 +533,12 @@ class TaskManager:
                 self.record(task)
             if not task.waiting:
                 self.suspensions.release(task.id)
+
+    def _asks_pending(self, task_id: str) -> bool:
+        """Whether the task has an ask of a person pending (here, or where it is kept)."""
+        task = self.active.get(task_id)
+        kept = None if task is None or task.journal_here else task.asks_kept
+        return bool(self.inbox.waiting_for(task_id)) if kept is None else kept.waits(task_id)
 
     def fail_task(self, task: Task, error: TaskFailure) -> None:
         """The running task's attempt fails from outside its worker (TaskPath.fail_task):

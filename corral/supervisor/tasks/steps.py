@@ -20,11 +20,24 @@ next attempt reads its steps back). Past either, the task's next journaled call 
 refused, naming the bound.
 The engine works without a journal: the daemon's is SQLite (corral.daemon.steps), and a
 cluster node's tasks have theirs in Redis (corral.cluster.steps), fenced by their claim.
+
+A journaled call outlives its caller (DESIGN section 26): it runs in a task of its own
+(a flight), so that when its worker dies (or the agent's MCP client hangs up, or cancels
+it) the server's or provider's work is not cancelled: it goes on to its answer (or its
+timeout), which is journaled; a later attempt's same call waits for it and is answered
+from it, and the server sees the call once. Only a call held for a person (its task has
+an ask pending) is cancelled with its caller, as before: its retry waits on the same ask.
+A flight still running when its task ends is cancelled. Every call that may be made
+again by a later attempt carries an idempotency key, the same on every attempt (its
+task and its CallOrdinals key), which the pool puts in the upstream request's `_meta`
+(mcp/client.py IDEMPOTENCY_META) and the model gateway in its `Idempotency-Key`
+header: a call lost with the daemon is made again under the same key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -56,6 +69,17 @@ MODEL_STEP = "model:"
 
 _encode = msgspec.json.Encoder(order="sorted")
 
+# the task handling the request a flight's call is made for (the worker's `tools/call`):
+# what a call held for a person parks on its worker's line (TaskManager.ask_person)
+_CALLER_TASK: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "corral_step_caller", default=None)
+
+
+def caller_task() -> asyncio.Task[Any] | None:
+    """The task of the request the current call is made for: the handler's, when the
+    call runs in a flight of its own, else the current task."""
+    return _CALLER_TASK.get() or asyncio.current_task()
+
 
 class StepsDiverged(NamedTuple):
     """An attempt's tool call did not match the journal: the attempt went live at `seq`."""
@@ -86,11 +110,14 @@ class CallOrdinals:
         self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
 
     def key(self, task: Task, name: str, arguments: Any) -> str:
+        return self.key_of(task, name, args_hash(arguments))
+
+    def key_of(self, task: Task, name: str, h: bytes) -> str:
+        """`key`, given the arguments' hash."""
         attempt, made = self._made.get(task.id, (0, Counter()))
         if attempt != task.attempt:
             attempt, made = task.attempt, Counter()
             self._made[task.id] = (attempt, made)
-        h = args_hash(arguments)
         made[name, h] += 1
         return f"{name}:{h.hex()}:{made[name, h]}"
 
@@ -100,6 +127,24 @@ class CallOrdinals:
     def __len__(self) -> int:
         """How many tasks' calls are counted."""
         return len(self._made)
+
+
+def idempotency_key(task_id: str, ordinal: str) -> str:
+    """A call's idempotency key: the same for its task's every attempt's same call (its
+    CallOrdinals key), another task's never."""
+    return hashlib.blake2b(f"{task_id}\0{ordinal}".encode(), digest_size=16).hexdigest()
+
+
+class _Flight:
+    """A journaled call of one attempt, in its own asyncio task (`call`): `step` its
+    journaled answer once it has one."""
+
+    __slots__ = ("attempt", "call", "step")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.call: asyncio.Task[Any] | None = None
+        self.step: Step | None = None
 
 
 class _Attempt:
@@ -127,9 +172,17 @@ class TaskSteps:
     """The engine's side of the steps: the worker methods' handlers call it."""
 
     def __init__(self, stream: Stream, active: Callable[[str], Task | None],
-                 interceptors: Interceptors) -> None:
+                 interceptors: Interceptors,
+                 asking: Callable[[str], bool] | None = None) -> None:
+        """`asking`: whether a task has an ask of a person pending (its held call's
+        caller gone, the call is cancelled: its retry waits on the same ask)."""
         self.stream = stream
         self._active = active
+        self._asking = asking
+        # each task's journaled calls in flight, by their sequence number
+        self._flights: dict[str, dict[int, _Flight]] = {}
+        self._ordinals = CallOrdinals()  # the calls' idempotency keys
+        self.outlived = 0  # calls that went on after their caller went away
         self.journal: StepJournal | None = None  # the daemon's (`journal_to`)
         self._attempts: dict[str, _Attempt] = {}
         self.replayed = 0  # calls and named steps answered from the journal
@@ -148,6 +201,11 @@ class TaskSteps:
         self.journal = journal
 
     def _finished(self, e: TaskFinished) -> None:
+        self._ordinals.forget(e.task.id)
+        # no attempt follows: what is still in flight is no one's to read
+        for flight in self._flights.pop(e.task.id, {}).values():
+            if flight.call is not None:
+                flight.call.cancel()
         st = self._attempts.pop(e.task.id, None)
         if not self._attempts:
             self.stream.listen(self._ends, False)
@@ -197,20 +255,25 @@ class TaskSteps:
 
     # -- tool calls -----------------------------------------------------------------------
     async def tool_call(self, task: Task, r: Replica, name: str, arguments: dict[str, Any],
-                        live: Callable[[], Awaitable[Any]]) -> Any:
+                        live: Callable[[str | None], Awaitable[Any]]) -> Any:
         """A task's tool call: from the journal while the attempt matches it, else live
-        (and journaled before it is answered when its agent replays it)."""
+        (and journaled before it is answered when its agent replays it). `live(key)`
+        makes it, `key` its idempotency key (None: no later attempt can make it again)."""
         st = await self._state(task)
         seq = st.next_seq
         st.next_seq += 1
         # whether it replays, and the arguments' hash, only where they are asked: a task
         # with no retry left, on its first attempt, pays nothing for either
-        old = None if st.diverged else st.tools.get(seq)
         journal = self._journaling(task, r.spec)
+        h = args_hash(arguments) if journal is not None or task.attempt > 1 else None
+        key = None if h is None else idempotency_key(
+            task.id, self._ordinals.key_of(task, name, h))
+        old = None if st.diverged else st.tools.get(seq)
+        if old is None and not st.diverged:
+            old = await self._landed(task, seq)
         replays = (old is not None or journal is not None) and _replays(r.spec, name)
-        h: bytes | None = None
         if old is not None:
-            h = args_hash(arguments)
+            assert h is not None  # (an attempt after the first)
             if old.name != name or old.args != h:
                 why = (f"call {seq} is {name}, the journal's is {old.name}"
                        if old.name != name else f"call {seq} to {name} has other arguments")
@@ -218,17 +281,73 @@ class TaskSteps:
             elif old.body is not None and replays:
                 self.count_replay(task, "tool", name)
                 return msgspec.Raw(old.body)
-        if journal is not None and replays:
-            self._check_budget(task, r, st)
-        result = await live()
         if journal is None or not replays:
-            return result
+            return await live(key)
+        assert h is not None
+        self._check_budget(task, r, st)
+        return await self._fly(task, st, Step(task.id, seq, name, task.attempt, h, None),
+                               journal, live, key)
+
+    async def _landed(self, task: Task, seq: int) -> Step | None:
+        """The step an earlier attempt's call `seq`, still in flight, journals (None: it
+        failed, or there is none): this attempt's same call waits for it."""
+        flight = self._flights.get(task.id, {}).get(seq)
+        if flight is None or flight.attempt >= task.attempt or flight.call is None:
+            return None
+        await asyncio.wait((flight.call,))  # (this call cancelled: that one goes on)
+        return flight.step
+
+    async def _fly(self, task: Task, st: _Attempt, step: Step, journal: StepJournal,
+                   live: Callable[[str | None], Awaitable[Any]], key: str | None) -> Any:
+        """The call made in a flight of its own, its answer journaled there: the caller's
+        going away does not cancel it (unless its task waits for a person)."""
+        flight = _Flight(step.attempt)
+        mine = self._flights.setdefault(task.id, {})
+        said = _CALLER_TASK.set(asyncio.current_task())
+        try:
+            flight.call = call = asyncio.ensure_future(
+                self._made(task, st, step, flight, journal, live, key))
+        finally:
+            _CALLER_TASK.reset(said)
+        mine[step.seq] = flight
+        call.add_done_callback(lambda _: self._landing(task.id, step.seq, flight))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if not call.done():
+                if self._asking is not None and self._asking(task.id):
+                    call.cancel()  # held for a person: the retry waits on the same ask
+                else:
+                    self.outlived += 1
+            raise
+
+    def _landing(self, task_id: str, seq: int, flight: _Flight) -> None:
+        mine = self._flights.get(task_id)
+        if mine is not None and mine.get(seq) is flight:
+            del mine[seq]
+            if not mine:
+                del self._flights[task_id]
+
+    async def _made(self, task: Task, st: _Attempt, step: Step, flight: _Flight,
+                    journal: StepJournal, live: Callable[[str | None], Awaitable[Any]],
+                    key: str | None) -> Any:
+        result = await live(key)
         body = msgspec.json.encode(result)
-        journal.put(Step(task.id, seq, name, task.attempt,
-                         args_hash(arguments) if h is None else h, body))
-        self._count(st, len(body))
+        step = step._replace(body=body)
+        now = self._attempts.get(task.id)
+        if now is not st and now is not None:
+            # its caller's attempt ended while it was made: a later one reads it
+            if now.diverged:
+                return msgspec.Raw(body)  # (that attempt went live: no use to it)
+            if now.loaded is None or now.loaded.done():
+                self._count(now, len(body))
+            now.tools.setdefault(step.seq, step)
+        elif now is st:
+            self._count(st, len(body))
+        journal.put(step)
         self.journaled += 1
         await journal.committed(task.id)
+        flight.step = step
         return msgspec.Raw(body)
 
     def _diverge(self, task: Task, st: _Attempt, seq: int, why: str) -> None:
@@ -333,7 +452,8 @@ class TaskSteps:
 
     def stats(self) -> dict[str, int]:
         return {"journaled": self.journaled, "replayed": self.replayed,
-                "diverged": self.diverged, "refused": self.refused}
+                "diverged": self.diverged, "refused": self.refused,
+                "outlived": self.outlived}
 
 
 def _named_bytes(step: Step) -> int:

@@ -66,9 +66,11 @@ class WorkerMethods:
 
     def __init__(self, stream: Stream, active: Mapping[str, Task], tools: ToolPorts,
                  interceptors: Interceptors,
-                 live: Callable[[str], Task | None] | None = None) -> None:
+                 live: Callable[[str], Task | None] | None = None,
+                 asking: Callable[[str], bool] | None = None) -> None:
         """`live`: an unfinished task by its id, made whole if it was held compact (the
-        engine's `live`; else `active`'s)."""
+        engine's `live`; else `active`'s); `asking`: whether a task has an ask of a
+        person pending (TaskSteps)."""
         self.stream = stream
         self.active = active
         # the pool's tools behind the interceptors' (a team's leader's members, its spans)
@@ -79,7 +81,7 @@ class WorkerMethods:
         self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
                                              tools.allowed)
         # the task's steps (steps.py): a running task's tool calls are journaled there
-        self.steps = TaskSteps(stream, active.get, interceptors)
+        self.steps = TaskSteps(stream, active.get, interceptors, asking)
         # the tasks' live output (output.py): chunks kept, read back by position
         self.outputs = TaskOutputs(stream, live or active.get)
 
@@ -123,31 +125,33 @@ class WorkerMethods:
     def task_call(self, r: Replica, task: Task, p: ToolsCallParams) -> Any:
         """A call of the tool `p.name` that `r` makes for its running `task`, within its
         allowlist: a step of the task (answered from its journal, or made, counted in
-        its tool budget and journaled). The worker's `tools/call` and the gateway's
-        calls attributed to the task (daemon/attribution.py) alike."""
+        its tool budget and journaled; one made goes on when its caller goes away:
+        steps.py). The worker's `tools/call` and the gateway's calls attributed to the
+        task (daemon/attribution.py) alike."""
         name, arguments = p.name, p.arguments or {}
         return self.steps.tool_call(task, r, name, arguments,
-                                    lambda: self._live_call(r, name, arguments, task,
-                                                            p.meta))
+                                    lambda key: self._live_call(r, name, arguments, task,
+                                                                p.meta, key))
 
     async def _live_call(self, r: Replica, name: str, arguments: dict[str, Any],
-                         task: Task, meta: dict[str, Any] | None = None) -> Any:
+                         task: Task, meta: dict[str, Any] | None = None,
+                         key: str | None = None) -> Any:
         """A task's tool call made (not answered from its steps): counted against its
-        tool budget."""
+        tool budget; `key` its idempotency key."""
         if task is not None:
             take_tool_call(task, r)
-        result = self._routed(r, name, arguments, task, meta)
+        result = self._routed(r, name, arguments, task, meta, key)
         return await result if inspect.isawaitable(result) else result
 
     def _routed(self, r: Replica, name: str, arguments: dict[str, Any], task: Task | None,
-                meta: dict[str, Any] | None) -> Any:
+                meta: dict[str, Any] | None, key: str | None = None) -> Any:
         """The tool router's call (its answer, or an awaitable of it), with the worker's
         trace context (`_meta`) set while it starts (its span is made then: tracing.py)."""
         if meta is None:
-            return self.tool_router(ToolCall(r, name, arguments, task))
+            return self.tool_router(ToolCall(r, name, arguments, task, key))
         said = CALLER.set(meta)
         try:
-            return self.tool_router(ToolCall(r, name, arguments, task))
+            return self.tool_router(ToolCall(r, name, arguments, task, key))
         finally:
             CALLER.reset(said)
 

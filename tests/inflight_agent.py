@@ -1,0 +1,44 @@
+"""A worker for tests/test_inflight.py: a task of two tool calls of the slow server
+(`slow__work` {i: 1}, then {i: 2}; tests/servers/slow_mcp.py holds the first at the
+server while the test kills this process). `via` says how it calls: "sdk" (the worker
+link's tools/call, `ctx.call_tool`) or "gateway" (the official MCP SDK's client against
+corral's MCP gateway at the attempt's address, `ctx.mcp_url`, as an agent written with
+any framework calls). The output: the results, and the attempt that made them."""
+
+import os
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+CALLS = ({"i": 1}, {"i": 2})
+
+
+async def through_gateway(url: str) -> list[str]:
+    headers = {"Authorization": f"Bearer {os.environ['CORRAL_MCP_TOKEN']}"}
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60))
+    results = []
+    async with http, streamable_http_client(url, http_client=http) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        for arguments in CALLS:
+            res = await session.call_tool("slow__work", arguments)
+            results.append(res.content[0].text)
+    return results
+
+
+async def handle(task, ctx):
+    if task.get("via") == "gateway":
+        results = await through_gateway(ctx.mcp_url)
+    else:
+        results = []
+        for arguments in CALLS:
+            res = await ctx.call_tool("slow__work", arguments)
+            results.append(res["content"][0]["text"])
+    return {"results": results, "attempt": ctx.attempt}
+
+
+if __name__ == "__main__":
+    from corral.worker import run
+
+    run(handle)
