@@ -186,6 +186,28 @@ async def test_an_upstream_timeout_mid_stream_counts_what_it_said_and_what_passe
            lines_of(tmp_path / "state" / "logs" / "writer.log")
 
 
+async def test_a_whole_answer_not_given_in_time_is_counted_at_the_calls_estimate(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
+    """The upstream takes a call (max_tokens 50) and gives no answer within the model's
+    timeout, 1 s (a whole answer's head comes once all of it is made, and billed): the
+    agent has a 502 naming the timeout, the call is counted at its estimate (its
+    request's bytes / 4 in, 50 out), and tokens_per_minute 60 refuses the next."""
+    toml = fleet(tmp_path, upstream.url, agent_extra="tokens_per_minute = 60",
+                 models_extra="timeout = 1")
+    async with in_process(tmp_path, toml) as d:
+        res = await run_task(d, {"api": "chat", "model": "gpt-small",
+                                 "texts": ["slow", "after"], "extra": {"max_tokens": 50}})
+        slow, after = res.output["answers"]
+        assert (slow["status"], after["status"]) == (502, 429), res.output
+        assert "did not answer: the upstream did not answer in 1 s" in slow["message"]
+        usage = (await d.sup.tasks.info(res.task_id)).usage
+        assert usage is not None and usage.output_tokens == 50, usage
+        assert 15 <= usage.input_tokens <= 40, usage
+        assert (f"tokens_per_minute is 60, {usage.input_tokens + 50} used; room again at "
+                in after["message"]), after
+        assert upstream.calls() == 1
+
+
 async def test_a_member_of_the_wrong_type_is_refused_in_the_providers_words_never_sent(
         tmp_path: Path, holding: Holding) -> None:
     """`"stream": "true"` (a string) was counted as no stream: now a 400 in the format's

@@ -8,6 +8,7 @@ What the last user message says steers it:
 - `cut`: a stream cut after its first events (the connection closed mid-body);
 - `stall`: a stream that stops after its first three events, its connection kept open
   (a caller's timeout ends it);
+- `slow`: no answer at all, its connection kept open (a caller's timeout ends it);
 - `half`: a whole answer cut mid-body (its Content-Length not reached);
 - `status NNN`: answered with that status and an error quoting the key it was sent (as a
   provider's 401 does), in the endpoint's format;
@@ -242,6 +243,9 @@ class StandIn:
         if failed is not None:
             return failed
         model = body.get("model", "")
+        if text == "slow":
+            await self.closing.wait()
+            return web.Response(status=503)
         if text == "half":
             return await self._half(request)
         if body.get("stream"):

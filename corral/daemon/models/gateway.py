@@ -475,7 +475,9 @@ class ModelGateway:
             answer = await self.upstream.send(spec, spec.url.rstrip("/") +
                                               call.endpoint.upstream, call.sent, headers)
         except UpstreamDown as exc:
+            usage.unanswered = exc.unanswered
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
+        usage.unanswered = answer.unanswered
         ctype = answer.headers.get("content-type", "application/json")
         usage.answered = answer.status < 300
         if call.stream and usage.answered and ctype.startswith(answers.SSE):
@@ -515,8 +517,8 @@ class ModelGateway:
         one's was counted when it was made)."""
         if call.reservation is not None:
             call.reservation.release()
-        usage.settle(call.request.input_estimate)
-        if not (usage.answered or usage.said):
+        usage.settle(call.request.input_estimate, call.request.output_estimate)
+        if not usage.billed:
             return  # no answer, or an error's: nothing billed that corral knows of
         counter.input_tokens += usage.input
         counter.output_tokens += usage.output

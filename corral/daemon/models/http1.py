@@ -32,6 +32,12 @@ class UpstreamFailed(Exception):
     message says which."""
 
 
+class UpstreamUnanswered(UpstreamFailed):
+    """The request was sent and its answer's head did not come in time: the upstream may
+    have made the call (a whole answer's head comes after all of it is written), and
+    billed it."""
+
+
 class _Wire(asyncio.Protocol):
     """One connection's bytes as they arrive, and the one waiter for more."""
 
@@ -110,6 +116,7 @@ class UpstreamAnswer:
         self._framing = _Framing(status, headers, wire)
         self._done = False
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
+        self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
@@ -333,9 +340,11 @@ class UpstreamClient:
                     await wire.more()
                 status, headers = _head(wire.take(end + 4)[:-4])
             answer = UpstreamAnswer(self, origin, wire, status, headers, timer)
-        except BaseException:
+        except BaseException as exc:
             timer.cancel()
             wire.transport.abort()
+            if wire.expired and isinstance(exc, UpstreamFailed):
+                raise UpstreamUnanswered(str(exc)) from None
             raise
         return answer
 

@@ -9,7 +9,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ... import redact
-from .http1 import UpstreamAnswer, UpstreamClient, UpstreamFailed
+from .http1 import UpstreamAnswer, UpstreamClient, UpstreamFailed, UpstreamUnanswered
 
 if TYPE_CHECKING:
     from ...supervisor.config import ModelSpec
@@ -20,7 +20,12 @@ RETRIED = frozenset({429, 500, 502, 503, 504, 529})  # 529: Anthropic's overload
 
 
 class UpstreamDown(Exception):
-    """The upstream could not be reached (or did not answer in time), every try."""
+    """The upstream could not be reached (or did not answer in time), every try;
+    `unanswered`: the tries it took and did not answer in time (each may be billed)."""
+
+    def __init__(self, message: str, unanswered: int = 0) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 class Upstream:
@@ -35,17 +40,21 @@ class Upstream:
     async def send(self, spec: ModelSpec, url: str, body: bytes,
                    headers: dict[str, str]) -> UpstreamAnswer:
         """The upstream's answer, its status and headers read (its body not yet): the
-        caller reads or streams it, and releases it."""
+        caller reads or streams it, and releases it. Its `unanswered` (and UpstreamDown's):
+        the tries before it that the upstream took and did not answer in time."""
         wait = BACKOFF
+        unanswered = 0
         for left in range(spec.retries, -1, -1):
             try:
                 answer = await self.client.post(url, body, headers, spec.timeout)
             except UpstreamFailed as exc:
+                unanswered += isinstance(exc, UpstreamUnanswered)
                 if not left:
                     raise UpstreamDown(f"upstream {redact.url(url)} did not answer: "
-                                      f"{exc}") from None
+                                       f"{exc}", unanswered) from None
             else:
                 if not left or answer.status not in RETRIED:
+                    answer.unanswered = unanswered
                     return answer
                 wait = max(wait, _retry_after(answer.headers.get("retry-after")))
                 answer.release()

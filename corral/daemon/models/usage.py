@@ -15,7 +15,10 @@ upstream said so far, its input otherwise estimated from the request's size
 (request.py) and its output at least what passed: a token for every four bytes of a
 whole answer's body, or of a stream's text, and at least one for every event of a
 stream that adds to its answer (a delta: providers send about one a token). An answer
-of an error status, or none (the upstream never answered), counts only what it said.
+of an error status counts only what it said; a try the upstream took and did not answer
+in time (a whole answer's head comes once all of it is made) is counted at the call's
+whole estimate, input and output, as what it may have billed; one it never took (no
+connection), nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class CallUsage:
     got (`answered`: a success's head came; `complete`: read to its end), whether the
     upstream said its usage, and the output's estimate from what passed."""
 
-    __slots__ = ("answered", "complete", "input", "model", "output", "passed", "said")
+    __slots__ = ("answered", "complete", "input", "model", "output", "passed", "said",
+                 "unanswered")
 
     def __init__(self) -> None:
         self.input = 0
@@ -44,6 +48,7 @@ class CallUsage:
         self.model: str | None = None
         self.answered = self.complete = self.said = False
         self.passed = 0
+        self.unanswered = 0  # tries the upstream took and did not answer in time
 
     def passed_event(self, event: bytes, text: str | None) -> None:
         """A stream's event passed: one that adds to the answer (a delta) counts its
@@ -55,17 +60,21 @@ class CallUsage:
         """A whole answer's body, `size` bytes of it read."""
         self.passed = -(-size // BYTES_PER_TOKEN)
 
-    def settle(self, input_estimate: int) -> None:
+    def settle(self, input_estimate: int, output_estimate: int) -> None:
         """The usage counted at the call's end (the module's rules)."""
-        if not self.answered:
-            return
-        if self.complete and self.said:
-            return
-        if self.complete:
-            self.input, self.output = input_estimate, self.passed
-            return
-        self.input = self.input or input_estimate
-        self.output = max(self.output, self.passed)
+        if self.answered and not (self.complete and self.said):
+            if self.complete:
+                self.input, self.output = input_estimate, self.passed
+            else:
+                self.input = self.input or input_estimate
+                self.output = max(self.output, self.passed)
+        self.input += self.unanswered * input_estimate
+        self.output += self.unanswered * output_estimate
+
+    @property
+    def billed(self) -> bool:
+        """Whether the upstream may have billed the call (else nothing is counted)."""
+        return self.answered or self.said or self.unanswered > 0
 
     def read(self, answer: Any) -> None:
         """Take what one JSON answer (or one streamed event's data) says."""
