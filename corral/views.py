@@ -39,6 +39,9 @@ class ReplicaStatus(ProcessStatus):
     # down after a clean exit (a status of exit_codes, of its own accord) it is not
     # restarted from: a one-shot that did its work, not a failure
     done: bool = False
+    # stopped by hand (kept across daemon restarts until started by hand): who, when
+    stopped_by: str | None = None
+    stopped_at: float | None = None
 
 
 class Revision(msgspec.Struct):

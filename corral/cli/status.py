@@ -131,6 +131,9 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
             str(a.pid or "-"),
             human_time(a.uptime), str(a.restarts), percent(a.cpu_percent),
             human_bytes(a.rss_bytes) if a.rss_bytes else "-",
+            # a stop by hand holds it down (across daemon restarts): whose, since when
+            f"stopped by {a.stopped_by} at {iso_time(a.stopped_at)}"
+            if a.stopped_by is not None and a.stopped_at is not None else
             a.reason if not serving else (
                 f"unready: {a.health}" if unready and a.health else
                 # a plain program's own word (STATUS= on its $NOTIFY_SOCKET)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +27,7 @@ from ..supervisor.startstop import start_each, stop_all
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tools import Tools
 from ..text import plural
+from ..views import ReplicaStatus
 from .api import Commands, wire
 from .caller import SHARED, Caller, Channel
 from .clusterpeer import ClusterPeer
@@ -142,7 +144,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
     stats = d.task_engine.stats()["agents"]
     here = d.cluster.here
     return m.AgentsStatusResult(
-        agents=wire([r.status() for a in agents for r in a.replicas]),
+        agents=wire([_status(d, r) for a in agents for r in a.replicas]),
         mcp_servers=wire(servers),
         tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
@@ -150,6 +152,15 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
         cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
         notices=d.notices(),
     )
+
+
+def _status(d: AgentServices, r: Replica) -> ReplicaStatus:
+    """A replica's status, with who stopped it and when while a stop by hand holds it."""
+    st = r.status()
+    mark = d.fleet.stops.of(r.name, r.index) if r.stopped_by_hand else None
+    if mark is None:
+        return st
+    return msgspec.structs.replace(st, stopped_by=mark.who, stopped_at=mark.time)
 
 
 def _elastic(d: AgentServices, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
@@ -177,6 +188,9 @@ async def agents_start(d: AgentServices, p: m.AgentsStart, caller: Caller, c: Ch
     asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
     running = [(a, i) for a, i in targets if (a, i) not in asleep
                and all(r.machine.running for r in _replicas([(a, i)]))]
+    # the stops by hand it ends, committed first: a daemon that starts after a crash
+    # starts them too
+    await d.fleet.starting([(r.name, r.index) for r in _replicas(targets)])
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
     return m.StartResult(started=[_label(a, i) for a, i in targets
@@ -189,8 +203,11 @@ async def agents_start(d: AgentServices, p: m.AgentsStart, caller: Caller, c: Ch
 async def agents_stop(d: AgentServices, p: m.AgentsStop, caller: Caller, c: Channel
                       ) -> m.StopResult:
     targets = _targets(d, p.names, p.all)
+    replicas = _replicas(targets)
+    # kept (who, when) before any stops: no later daemon starts them until one is asked
+    await d.fleet.stopping([(r.name, r.index) for r in replicas], caller.who, time.time())
     # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
-    await stop_all(_replicas(targets), "stopped")
+    await stop_all(replicas, "stopped")
     return m.StopResult(stopped=[_label(a, i) for a, i in targets])
 
 

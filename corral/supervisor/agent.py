@@ -77,13 +77,18 @@ class Agent:
     def _new_replica(self, index: int) -> Replica:
         return self.host.new_replica(self.spec, self.name, index)
 
-    def start(self) -> None:
+    def start(self, held: frozenset[int] = frozenset()) -> None:
+        """Start its replicas but those `held` (stopped by hand before a daemon's
+        restart: they stay down until started by hand)."""
         if self.waiting is not None:
             return  # its start is due once `after`'s agents are up
         if self._may_start():
-            self._starter = start_all(self.replicas)
+            self._starter = start_all(self._starting(held))
         else:
-            self.waiting = asyncio.ensure_future(self._start_after())
+            self.waiting = asyncio.ensure_future(self._start_after(held))
+
+    def _starting(self, held: frozenset[int]) -> list[Replica]:
+        return [r for r in self.replicas if r.index not in held] if held else self.replicas
 
     def _may_start(self) -> bool:
         """Every agent of `after` is up (startorder.py), and every one of `requires`
@@ -91,13 +96,13 @@ class Agent:
         for good stops this one: daemon/dependents.py)."""
         return self.host.up(before(self.spec)) and self.host.serving(self.spec.requires)
 
-    async def _start_after(self) -> None:
+    async def _start_after(self, held: frozenset[int]) -> None:
         """Start once it may (_may_start)."""
         try:
             await self.host.wait_for(self._may_start, None)
         finally:
             self.waiting = None
-        self._starter = start_all(self.replicas)
+        self._starter = start_all(self._starting(held))
 
     async def stop(self, reason: str = "stopped") -> None:
         if self.waiting is not None:
@@ -182,9 +187,11 @@ class Agent:
         self.host.pump(self.name)
         await self._retire([old], spec, "replaced by a new process")
 
-    async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
+    async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str,
+                      within: float | None = None) -> None:
         """Processes out of dispatch finish their running tasks (each within its task's
-        deadline and grace), then stop."""
+        deadline and grace, or `within` seconds: a scale-down's stop_timeout), then
+        stop."""
         for r in old:
             if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
                 try:
@@ -193,11 +200,12 @@ class Agent:
                     r.note(f"{exc.message}: its tasks are not finished")
         busy = [r for r in old if r.tasks_running]
         for r in busy:
-            r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
+            r.note(f"{reason}: finishing {r.tasks_running} running task(s) first")
         if busy:
             with contextlib.suppress(TimeoutError):
-                await self.host.wait_for(lambda: not any(r.tasks_running for r in busy),
-                                        spec.task_timeout + spec.cancel_grace)
+                await self.host.wait_for(
+                    lambda: not any(r.tasks_running for r in busy),
+                    spec.task_timeout + spec.cancel_grace if within is None else within)
         await stop_all(old, reason)
         self.host.forget(old)
 
@@ -237,10 +245,12 @@ class Agent:
     async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
                     before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
                     ) -> int:
-        """To `n` replicas; returns the count reached. `idle_only` (the autoscaler):
-        only replicas with no running task are taken, from the end, so fewer may go
-        than asked. `before_stop`: awaited with the replicas going, once they are out of
-        dispatch and before they are asked to stop (hibernate's checkpoint)."""
+        """To `n` replicas; returns the count reached. Those that go are the last ones,
+        out of dispatch at once, each stopped once its running tasks end (within its
+        stop_timeout). `idle_only` (the autoscaler): only replicas with no running task
+        are taken, from the end, so fewer may go than asked. `before_stop`: awaited
+        with the replicas going, once they are out of dispatch and before they are
+        asked to stop (hibernate's checkpoint)."""
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
         self.host.check_room({self.name: (self.spec.tenant, n)},
@@ -259,12 +269,14 @@ class Agent:
                     keep -= 1
                 n = keep
             gone = self.replicas[n:]
-            del self.replicas[n:]
+            del self.replicas[n:]  # out of dispatch: no new task goes to them
             if gone:
                 self.host.roster_changed(self.name)
                 if before_stop is not None:
                     await before_stop(gone)
-                await stop_all(gone, reason)
-                self.host.forget(gone)
+                # a replica that goes drains: its running tasks end before it is asked
+                # to stop (asked at once, its worker exits and they are lost), within
+                # its stop_timeout, past which the stop takes them as any stop does
+                await self._retire(gone, self.spec, reason, self.spec.stop_timeout)
         self.spec.replicas = n
         return n

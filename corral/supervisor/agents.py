@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import (
+    Callable,
+    Collection,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    ValuesView,
+)
 from typing import TYPE_CHECKING
 
 from .. import jsonrpc
@@ -71,8 +79,11 @@ class Agents(Mapping[str, Agent]):
         return self._agents.items()
 
     # -- the API --------------------------------------------------------------------------
-    def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:
-        """Add an agent; starts it when `start` (default: its `autostart`)."""
+    def add(self, spec: AgentSpec, *, start: bool | None = None,
+            held: Collection[int] = ()) -> Agent:
+        """Add an agent; starts it when `start` (default: its `autostart`). `held`: the
+        replicas an operator's stop holds down (kept across a daemon's restart): added
+        stopped, and not started until an operator starts them."""
         problem = name_problem(spec.name)
         if problem:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {shown(spec.name)}: {problem}")
@@ -89,11 +100,14 @@ class Agents(Mapping[str, Agent]):
         self.check_room({spec.name: (spec.tenant, spec.replicas)}, f"agent {spec.name}",
                         f"adding {spec.name}")
         agent = Agent(self, spec)
+        for r in agent.replicas:
+            if r.index in held:
+                r.begin_stop("stopped by hand", graceful=True)
         self._agents[spec.name] = agent
         self.elastic.track(agent)
         self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
-            agent.start()
+            agent.start(held=frozenset(held))
         self.waits.look()  # an agent whose start waits for this one may go now
         return agent
 
