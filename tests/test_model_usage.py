@@ -255,15 +255,19 @@ async def test_a_member_of_the_wrong_type_is_refused_in_the_providers_words_neve
         assert d.services.gateway_status()["models"]["refused_unknown"] == len(cases)
 
 
+@pytest.mark.parametrize(("whose", "budget"), [
+    ("agent raw's", "tokens_per_minute = 1000"),
+    ("agent raw's tenant acme", 'tenant = "acme"')])
 async def test_calls_at_once_cross_a_token_budget_by_one_calls_estimate_at_most(
-        tmp_path: Path, holding: Holding) -> None:
-    """tokens_per_minute 1000, 15 used, and calls of max_tokens 400 (~420 tokens
-    estimated) held by the upstream: of 8 sent at once (calls of no task: the budget is
-    the agent's all the same), 3 are made and 5 refused naming what the 3 in flight hold;
-    once answered, each holds only its 15. Then one call with n 4 (its estimate 4 x 400
-    out) held: the next is refused for it. Fails with budgets judged on usage alone (the
-    8 all made: issue 74's 4x crossing)."""
-    toml = raw_fleet(holding, "tokens_per_minute = 1000")
+        tmp_path: Path, holding: Holding, whose: str, budget: str) -> None:
+    """tokens_per_minute 1000 (the agent's, or its tenant's), 15 used, and calls of
+    max_tokens 400 (~420 tokens estimated) held by the upstream: of 8 sent at once
+    (calls of no task: the budget is the agent's all the same), 3 are made and 5 refused
+    naming what the 3 in flight hold; once answered, each holds only its 15. Then one
+    call with n 4 (its estimate 4 x 400 out) held: the next is refused for it. Fails with
+    budgets judged on usage alone (the 8 all made: issue 74's 4x crossing)."""
+    toml = raw_fleet(holding, budget) + "shared = true\n[tenants.acme]\n" \
+        "tokens_per_minute = 1000\n"
     async with in_process(tmp_path, toml) as d:
         token = await token_of(d)
         url = d.services.gateway.url.rpartition("/mcp")[0] + CHAT
@@ -287,7 +291,7 @@ async def test_calls_at_once_cross_a_token_budget_by_one_calls_estimate_at_most(
                 answered |= done
             await holding.held(3)
             assert [c.result() for c in answered] == [(429, {"error": {
-                "message": f"budget exceeded: agent raw's tokens_per_minute is 1000, 15 "
+                "message": f"budget exceeded: {whose} tokens_per_minute is 1000, 15 "
                            f"used and {3 * each} held by its calls in flight (each its "
                            f"estimate until it ends); room again as they end",
                 "type": "rate_limit_exceeded", "param": None,
@@ -303,7 +307,7 @@ async def test_calls_at_once_cross_a_token_budget_by_one_calls_estimate_at_most(
             await holding.held(1)
             status, said = await post(msgspec.json.encode(chat("next")))
             assert (status, said["error"]["message"]) == (429, (
-                f"budget exceeded: agent raw's tokens_per_minute is 1000, 60 used and "
+                f"budget exceeded: {whose} tokens_per_minute is 1000, 60 used and "
                 f"{estimate(wide, 400, 4)} held by its calls in flight (each its estimate "
                 f"until it ends); room again as they end"))
             holding.release.set()
