@@ -12,7 +12,8 @@ from pathlib import Path
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_idempotent_submission import recorder, runs
-from .harness import nodes
+from .harness import nodes, sleeper
+from .test_failover import error_of
 
 
 def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
@@ -73,3 +74,23 @@ def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
         wait_until(lambda: len(runs(record)) == 3, what="k4's task")
         assert sorted(map(json.dumps, runs(record))) == sorted(
             map(json.dumps, [{"n": 1}, {"n": 3}, 4]))
+
+
+def test_a_keyed_submit_the_cluster_refused_lets_go_of_its_key(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": sleeper("w") + "max_queue = 1\n"}) as ns:
+        a = ns["a"]
+        # one running, one waiting: the queue is full
+        slow = [a.call("tasks.submit", {"agent": "w", "input": {
+            "do": "sleep", "seconds": 60}})["task_id"] for _ in range(2)]
+        wait_until(lambda: a.task(slow[0])["status"] == "running", what="running")
+        assert error_of(a, "tasks.submit", {
+            "agent": "w", "input": {"do": "echo"}, "idempotency_key": "q"}) == (
+            "agent w's cluster queue is full (1 waiting, max_queue)")
+        for task_id in slow:
+            a.call("tasks.cancel", {"task_id": task_id})
+        # the key names nothing: another request with it is a new task, not a conflict
+        got = a.call("tasks.submit", {"agent": "w", "input": {"do": "echo", "n": 2},
+                                      "idempotency_key": "q", "wait": 30})
+        assert (got["status"], got["output"]["n"], "replayed" in got) == (
+            "succeeded", 2, False)
