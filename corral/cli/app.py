@@ -147,8 +147,8 @@ class _Subgroup(_TakesRaw, click.Group):
 COMMANDS: dict[str, tuple[str, ...]] = {
     "approvals": ("approvals",),
     "cluster": ("drain", "nodes"),
-    "daemon": ("check-config", "clock", "daemon", "info", "reload", "shutdown", "ui",
-               "version"),
+    "daemon": ("check-config", "clock", "daemon", "doctor", "info", "reload", "shutdown",
+               "ui", "version"),
     "events": ("events",),
     "fleet": ("pause", "pid", "remove", "restart", "resume", "scale", "signal", "start",
               "stop"),

@@ -87,6 +87,42 @@ def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool)
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")
 
 
+@cli.command("doctor")
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file whose agents to judge (default: as for `corral daemon`).")
+@json_option
+def doctor(config: str | None, as_json: bool) -> None:
+    """What this host offers to enforce an agent's boundary (user namespaces, Landlock,
+    seccomp, cgroup delegation), each probed now and saying why where it is missing, and
+    which layer each agent of the config runs under (its egress), or why it cannot start.
+    Exits 1 when an agent could not start."""
+    from pathlib import Path
+
+    from ..daemon import doctor as probes
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import load_config
+
+    where = Path(config or default_config())
+    try:
+        cfg = load_config(where)
+    except ConfigError as exc:
+        click.echo(f"corral: invalid config: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    found = probes.host(cfg.supervisor.bwrap)
+    agents = probes.agents(cfg)
+    if as_json:
+        print_json({"host": [p._asdict() for p in found], "agents": agents})
+    else:
+        table([[p.name, "yes" if p.ok else "no", p.said] for p in found],
+              ["HOST", "OK", "WHAT IT SAID"])
+        if agents:
+            click.echo()
+            table([[a["agent"], a["egress"], a["layer"]] for a in agents],
+                  ["AGENT", "EGRESS", "LAYER"])
+    if not all(a["runs"] for a in agents):
+        sys.exit(EXIT_FAILED)
+
+
 UNIT_FILES = ("/etc/systemd/system/corral.service", "/run/systemd/system/corral.service",
               "/usr/local/lib/systemd/system/corral.service",
               "/lib/systemd/system/corral.service")
