@@ -9,6 +9,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import redis as redis_py
+
+from corral.supervisor.tasks import new_id
+from corral.taskkeys import KEEP_SECONDS, digest
+from corral.taskoptions import TaskOptions
+
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_idempotent_submission import recorder, runs
@@ -94,3 +100,27 @@ def test_a_keyed_submit_the_cluster_refused_lets_go_of_its_key(
                                       "idempotency_key": "q", "wait": 30})
         assert (got["status"], got["output"]["n"], "replayed" in got) == (
             "succeeded", 2, False)
+
+
+def test_a_claim_whose_node_died_before_its_submit_is_submitted_by_the_retry(
+        tmp: Path, redis: RedisServer) -> None:
+    record = tmp / "record"
+    with nodes(tmp, redis, {"a": recorder("rec", record)}) as ns:
+        a = ns["a"]
+        # what a node killed between its claim and its submit leaves in Redis
+        # (submitkeys.py): the key claimed for an id no task has
+        claimed = new_id()
+        asked = digest("rec", b'{"n": 1}', TaskOptions(idempotency_key="lost"), False)
+        direct = redis_py.Redis.from_url(redis.url)
+        try:
+            direct.set("corral:{test}:idem:default:lost", f"{claimed} {asked} p",
+                       px=int(KEEP_SECONDS * 1000))
+        finally:
+            direct.close()
+        got = a.call("tasks.submit", {"agent": "rec", "input": {"n": 1},
+                                      "idempotency_key": "lost", "wait": 30})
+        assert (got["task_id"], got["status"]) == (claimed, "succeeded")
+        again = a.call("tasks.submit", {"agent": "rec", "input": {"n": 1},
+                                        "idempotency_key": "lost"})
+        assert (again["task_id"], again["replayed"]) == (claimed, True)
+        assert runs(record) == [{"n": 1}]
