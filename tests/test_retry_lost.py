@@ -25,7 +25,13 @@ from corral.taskoptions import RetryOptions, TaskOptions
 
 from .conftest import ROOT, agent
 from .daemon_harness import PY, Daemon, counting_fleet, in_process
+from .test_daemon_cli import wait_until
 from .test_retry import attempt_ended
+from .test_spawn import counted
+from .test_spawn import fleet as spawn_fleet
+from .test_teams import _marks as team_marks
+from .test_teams import _steps as team_steps
+from .test_teams import agents_toml as team_agents
 
 # attempt 1 runs until it is stopped (the test kills its worker); attempt 2 answers
 HELD = {"do": "until", "attempt": 2, "how": "sleep"}
@@ -288,6 +294,79 @@ def test_a_workflow_with_no_retries_survives_a_daemon_sigkill_mid_map(
                 done.setdefault(f.name.split(".")[0], set()).add(f.name.split(".")[1])
         assert done == {f"done{i}": {rows[("sq", i)]["task_id"]} for i in range(4)}
         assert sum(1 for f in marks.iterdir() if f.name.startswith("done")) == 4
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+# -- a spawn tree with no retries survives its daemon's SIGKILL ------------------------------
+def test_a_spawn_tree_with_no_retries_survives_a_daemon_sigkill(tmp_path: Path) -> None:
+    """The orchestrator, its daemon killed after 4 of its 10 children answered, runs again
+    (lost to the restart: retry_lost), its 4 spawns answered from its step journal with
+    the same children, and each child runs once."""
+    toml = spawn_fleet().replace("retries = 1\n", "")
+    assert "retries" not in toml
+    d = Daemon(tmp_path, toml)
+    marker, count = tmp_path / "marker", tmp_path / "count"
+    try:
+        d.start()
+        task = {"children": 10, "stop_after": 4, "how": "hang", "marker": str(marker),
+                "count": str(count)}
+        r = d.cli("run", "orch", "--detach", "--input", json.dumps(task))
+        assert r.returncode == 0, r.stderr
+        task_id = r.stdout.strip()
+        # the kill after the daemon kept the 4 children's answers (a child's count is
+        # written before its answer: one killed between the two would count twice)
+        wait_until(lambda: marker.exists() and len(d.json(
+            "tasks", "--agent", "leaf", "--status", "succeeded")["tasks"]) == 4,
+            timeout=30, what="4 children answered and kept")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        d.start()
+        info = d.json("task", task_id, "--wait")
+        assert info["status"] == "succeeded", info
+        assert info["output"] == [i * 2 for i in range(10)]
+        assert counted(count) == list(range(10))
+        assert [(a["outcome"], a["error"]) for a in info["attempts"]] == [
+            ("lost", "daemon restarted"), ("succeeded", None)]
+        assert info["attempts"][1]["replayed"] == 4
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+# -- a team call with no retries survives its daemon's SIGKILL --------------------------------
+def test_a_team_call_with_no_retries_survives_a_daemon_sigkill(tmp_path: Path) -> None:
+    """A broadcast whose member b is at work when the daemon is killed: b's task, lost to
+    the restart, runs again (retry_lost) and the call succeeds; a, done, is not run
+    again."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    toml = team_agents(tmp_path, "a b", retries=0).replace("retries = 0\n", "")
+    assert "retries" not in toml
+    d = Daemon(tmp_path, toml + '[teams.all]\nmode = "broadcast"\nmembers = ["a", "b"]\n')
+    try:
+        d.start()
+        inp = {"mark": str(marks), "sleep_for": {"b": 3}}
+        r = d.cli("submit", "all", "--input", json.dumps(inp), "--json")
+        call_id = json.loads(r.stdout)["task_id"]
+        wait_until(lambda: team_steps(d, call_id).get("member:a", {}).get("status")
+                   == "succeeded", timeout=30, what="member a done")
+        assert team_steps(d, call_id)["member:b"]["status"] == "running"
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.start()
+        info = d.json("task", call_id, "--wait")
+        assert (info["agent"], info["status"]) == ("all", "succeeded"), info
+        steps = team_steps(d, call_id)
+        member_b = d.json("task", steps["member:b"]["task_id"])
+        assert [(a["outcome"], a["error"]) for a in member_b["attempts"]] == [
+            ("lost", "daemon restarted"), ("succeeded", None)]
+        marked = team_marks(marks)
+        assert marked == {"a": [steps["member:a"]["task_id"]],
+                          "b": [steps["member:b"]["task_id"]]}
         assert d.stop() == 0
     finally:
         d.close()
