@@ -1,8 +1,9 @@
 """A submission's idempotency key kept with its task in the journal (corral/taskkeys.py,
 docs/http.md#idempotency): the same key sent again — over HTTP's Idempotency-Key, the
 CLI's --idempotency-key, a control method's idempotency_key — is the first task, across a
-daemon's SIGKILL and restart, and runs nothing twice; another request with the key is
-refused naming it; keys are each tenant's, and bounded per tenant."""
+daemon's SIGKILL and restart and an upgrade in place, and runs nothing twice; another
+request with the key is refused naming it; keys are each tenant's, and bounded per
+tenant."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from corral.jsonrpc import RpcError
 
 from .conftest import PY, ROOT
 from .daemon_harness import Daemon, free_port, in_process, shared_tmpdir
+from .test_daemon_cli import wait_until
 from .test_journal import kill_daemon_and_workers
 
 SOCKET = Caller(via="socket")
@@ -117,6 +119,21 @@ def test_a_key_sent_again_after_a_sigkill_is_the_first_task_and_runs_nothing_twi
         assert (f"idempotency key order-2 was used for another request (task "
                 f"{second['task_id']}): send a new key") in r.stderr
         assert len(runs(record)) == 2
+
+        # a keyed task running across an upgrade in place: the key names it after, and
+        # it runs once
+        r = d.cli("submit", "rec", "--input", '{"hold": 2}', "--idempotency-key", "up")
+        assert r.returncode == 0, r.stderr
+        held = r.stdout.strip()
+        wait_until(lambda: d.task(held)["status"] == "running", what="running")
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        r = d.cli("run", "rec", "--input", '{"hold": 2}', "--idempotency-key", "up",
+                  "--json")
+        assert r.returncode == 0, r.stderr
+        assert (json.loads(r.stdout)["task_id"], json.loads(r.stdout)["status"]) == (
+            held, "succeeded")
+        assert runs(record)[2:] == [{"hold": 2}]
         assert d.stop() == 0
     finally:
         d.close()
