@@ -11,8 +11,10 @@ the task is given it as its CORRAL_MCP_URL). Then:
   another agent's, another tenant's) it is refused, in one text for both, so that the
   address alone opens nothing and tells nothing;
 - not named: the call is the replica's running task's when its agent runs one task at
-  a time (`max_concurrent_tasks = 1`) and it runs one now; otherwise it is unattributed
-  (made as before, and counted as such by the gateway).
+  a time (`max_concurrent_tasks = 1`) and it runs one now; otherwise it is unattributed:
+  the replica's own, under its agent's and tenant's policy all the same (approvals.gate:
+  its incarnation's budget window and asks, supervisor/tasks/replicacalls.py), and
+  counted as such by the gateway.
 
 The mark is not a secret: what it adds to the replica's credential is which of the
 replica's own attempts a call is for.
