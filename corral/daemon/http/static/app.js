@@ -599,7 +599,7 @@ class Agent extends Component {
 }
 
 // -- tasks ----------------------------------------------------------------------------------
-const TASK_STATES = ["", "queued", "running", "succeeded", "failed", "timed_out", "cancelled", "lost"];
+const TASK_STATES = ["", "queued", "running", "waiting", "suspended", "succeeded", "failed", "timed_out", "cancelled", "lost"];
 
 class Tasks extends Polled {
   key(props, state) {
@@ -713,6 +713,34 @@ const Waterfall = ({ trace }) => {
   </svg>`;
 };
 
+// a task's statuses before its end (taskmachine.UNFINISHED): no output yet, no trace
+const UNENDED = new Set(["queued", "running", "waiting", "suspended"]);
+
+// What an ask asks, in one line (askviews.what_it_asks: the CLI's words)
+function whatItAsks(a) {
+  const s = a.subject;
+  if (a.kind === "question") return `question: ${s.prompt}`;
+  if ("tool" in s) return `approval of ${s.tool} ${JSON.stringify(s.arguments ?? {})}`;
+  return `approval of a call to model ${s.model} (${typeof s.cost === "number"
+    ? `at most $${s.cost.toFixed(4)}` : "no bound on its cost"})`;
+}
+
+// What a task that has not ended waits for, with where to act on it: a person (its asks,
+// each linked to its card in the inbox) or, queued, what tasks.get's `waiting` says holds
+// it (its time, a budget, its agent's capacity: the agent's page acts on those)
+function WaitingFor({ t }) {
+  if (t.asks?.length) {
+    return html`<div id="task-waiting" class="waiting-for"><strong>Waiting for a person:</strong>
+      <ul>${t.asks.map((a) => html`<li data-ask=${a.id}><a class="waiting-ask" href=${`#/inbox/${a.id}`}>${
+        whatItAsks(a)}</a>, asked ${stamp(a.created)}${a.deadline ? `, times out ${stamp(a.deadline)}` : ""}</li>`)}</ul></div>`;
+  }
+  if (t.status === "queued" && t.waiting) {
+    return html`<div id="task-waiting" class="waiting-for"><strong>Not started:</strong>
+      <span class="waiting-why">${t.waiting}</span> (<a href=${`#/agent/${t.agent}`}>agent ${t.agent}</a>)</div>`;
+  }
+  return null;
+}
+
 // A task's live output (tasks.stream), followed while its view is open: the chunks as
 // they come, until the stream's `result`; the newest STREAM_CHARS of it shown.
 const STREAM_CHARS = 256 * 1024;
@@ -764,7 +792,7 @@ class Task extends Polled {
       this.input = "input" in t ? { value: t.input } : null;
       this.trace = undefined;
     }
-    const ended = t.status !== "queued" && t.status !== "running";
+    const ended = !UNENDED.has(t.status);
     if (ended && this.trace === undefined && session.methods.includes("traces.get")) {
       try {
         this.trace = await call("traces.get", { task_id: this.props.id });
@@ -790,6 +818,7 @@ class Task extends Polled {
         created ${stamp(t.created)}, ${t.tool_calls} tool calls</p>
       ${Object.keys(t.options ?? {}).length > 0 && html`<p id="task-options">Options as submitted: ${
         Object.entries(t.options).map(([k, v]) => html`<code>${k} = ${JSON.stringify(v)}</code> `)}</p>`}
+      <${WaitingFor} t=${t} />
       <h2>Attempts</h2>
       <table id="attempts">
         <thead><tr><th class="num">Replica</th><th class="num">PID</th><th>Started</th>
@@ -808,7 +837,7 @@ class Task extends Polled {
           : html`<p class="note" id="task-stream">${this.state.streamEnded
             ? "The task sent no live output." : "No live output yet."}</p>`}`}
       <h2>Output</h2>
-      <pre class="json" id="task-output">${t.status === "queued" || t.status === "running"
+      <pre class="json" id="task-output">${UNENDED.has(t.status)
         ? `(${t.status}…)` : JSON.stringify(t.error ?? t.output, null, 2)}</pre>
     </section>`;
   }
@@ -1352,6 +1381,10 @@ class AskCard extends Component {
     this.state = { args: props.ask.kind === "approval" && "arguments" in s ? pretty(s.arguments) : "",
       answer: "", reason: "", error: null, busy: false };
   }
+  // the card a task's page linked to (#/inbox/ASK) is brought into view
+  componentDidMount() {
+    if (this.props.focused) this.base.scrollIntoView({ block: "center" });
+  }
   params(decision) {
     const a = this.props.ask;
     const p = { id: a.id, decision };
@@ -1397,14 +1430,14 @@ class AskCard extends Component {
       this.setState({ error: e.message, busy: false });
     }
   }
-  render({ ask: a }, st) {
+  render({ ask: a, focused }, st) {
     const s = a.subject;
     const approval = a.kind === "approval";
     const button = (decision, label, cls) => html`<button class=${`decide-${decision}${cls ? ` ${cls}` : ""}`}
       disabled=${st.busy} onClick=${() => this.decide(decision)}>${label}</button>`;
-    return html`<div class="ask" data-ask=${a.id} data-kind=${a.kind}>
+    return html`<div class=${`ask${focused ? " focused" : ""}`} data-ask=${a.id} data-kind=${a.kind}>
       <h3>${approval ? "Approval" : "Question"} <code>${a.id}</code></h3>
-      <p>Task <a class="ask-task" href=${`#/task/${a.task_id}`}>${a.task_id}</a>, agent
+      <p>Task <a class="ask-task" href=${`#/task/${a.task_id}`}>${a.task_id}</a>, agent${" "}
         <a class="ask-agent" href=${`#/agent/${a.agent}`}>${a.agent}</a>${a.tenant ? ` of tenant ${a.tenant}` : ""},
         asked ${stamp(a.created)}, ${a.deadline ? `decided by ${stamp(a.deadline)} or it times out` : "no deadline"}</p>
       ${approval && "tool" in s && html`<p>Tool <code class="ask-tool">${s.tool}</code></p>
@@ -1426,14 +1459,14 @@ class AskCard extends Component {
   }
 }
 
-function Inbox({ inbox, decided }) {
+function Inbox({ inbox, decided, focus }) {
   if (!inbox) return html`<section id="inbox"><h2>Inbox</h2>
     <p class="note">This session does not hold the approvals scope: it sees no asks.</p></section>`;
   const pending = [...inbox.pending.values()];
   return html`<section id="inbox">
       <h2>Inbox: ${pending.length} waiting for a person</h2>
       ${pending.length ? html`<div id="inbox-pending">${pending.map((a) => html`<${AskCard} key=${a.id} ask=${a}
-        decided=${decided} />`)}</div>` : html`<p class="note" id="inbox-pending">No task waits for a person.</p>`}
+        focused=${a.id === focus} decided=${decided} />`)}</div>` : html`<p class="note" id="inbox-pending">No task waits for a person.</p>`}
     </section>
     <section>
       <h2>Decided while this page was open</h2>
@@ -1601,7 +1634,7 @@ class App extends Component {
         setRange=${(x) => this.setState({ range: x })} />`;
       case "mcp": return html`<${Mcp} />`;
       case "audit": return html`<${Audit} />`;
-      case "inbox": return html`<${Inbox} inbox=${this.inbox} tick=${this.state.inboxTick}
+      case "inbox": return html`<${Inbox} inbox=${this.inbox} tick=${this.state.inboxTick} focus=${r.arg}
         decided=${(a) => this.inboxChanged(() => this.inbox.ask(a))} />`;
       default: {
         const st = this.state;
