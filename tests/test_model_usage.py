@@ -318,6 +318,38 @@ async def test_calls_at_once_cross_a_token_budget_by_one_calls_estimate_at_most(
         assert stats["unattributed"] == 11  # (the test's own calls: no task)
 
 
+async def test_a_call_waiting_for_a_person_holds_none_of_its_budget_meanwhile(
+        tmp_path: Path, holding: Holding) -> None:
+    """tokens_per_minute 1000 and approve_cost_over 0.004: a call of n 4 and max_tokens
+    300 (~1,225 tokens estimated) waits for a person, holding nothing meanwhile, so a
+    small call with the same token is made; approved, the waiting one is judged again
+    (15 used) and made. Fails with a waiting call holding its estimate (the small one
+    refused, the agent's budget blocked for as long as a person takes)."""
+    toml = raw_fleet(holding, "tokens_per_minute = 1000\napprove_cost_over = 0.004") + \
+        "input_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\n"
+    async with in_process(tmp_path, toml) as d:
+        made = asks_made(d)
+        wide = {"path": CHAT, "body": chat("wide", max_tokens=300, n=4)}
+        task = d.sup.tasks.submit("raw", {"calls": [wide], "tell": True},
+                                  TaskOptions(timeout=60))
+        output = d.sup.tasks.output(task.id)
+        token = str((await anext(output)).data)
+        await output.aclose()
+        ask = await next_ask(made)
+        assert ask.subject["why"] == "approve_cost_over"
+        url = d.services.gateway.url.rpartition("/mcp")[0] + CHAT
+        async with aiohttp.ClientSession() as http, http.post(
+                url, json=chat("small", max_tokens=100),
+                headers={"authorization": f"Bearer {token}"}) as r:
+            assert r.status == 200, await r.text()
+        await d.dispatcher.call(OPERATOR, "approvals.resolve",
+                                {"id": ask.id, "decision": "approved"})
+        await d.sup.tasks.info(task.id, wait=True)
+        done = await d.sup.tasks.outcome(task, decode=True)
+        assert [a["status"] for a in done.output["answers"]] == [200], done
+        assert len(holding.sizes) == 2
+
+
 async def test_n_enters_approve_cost_over(tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
     """approve_cost_over 0.004 and 15.0 a million tokens out: a call bounded at 100 out
     (0.0015) is made without a person, the same call with n 4 (0.006) waits for one; its

@@ -41,7 +41,7 @@ from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
-from ...supervisor.tasks.budget import BudgetHold, Reservation
+from ...supervisor.tasks.budget import Reservation
 from ...supervisor.tasks.inbox import askable
 from ...supervisor.tasks.model import TaskFinished
 from ...supervisor.tasks.replicacalls import ReplicaAsk
@@ -102,7 +102,7 @@ class ModelCall(NamedTuple):
     replica: Replica
     task: Task | None
     request: ModelRequest
-    reservation: Reservation | None  # its estimate, held against its budgets until its end
+    reservation: Reservation  # its estimate, held against its budgets until its end
 
     @property
     def sent(self) -> bytes:
@@ -256,10 +256,13 @@ class ModelGateway:
             raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
         spec = self._usable(found, read.model, endpoint)
         task = self._attempt(found, request)
-        kept = self._admit_now(found, read, spec)
-        if kept is not None:
-            held.callback(kept.release)  # (a call refused or replayed: never settled)
-        return ModelCall(endpoint, read.model, spec, found, task, read, kept)
+        self._rate(found, read.model, spec)
+        kept = Reservation(read.input_estimate + read.output_estimate, read.cost_estimate(
+            spec.input_usd_per_mtok, spec.output_usd_per_mtok))
+        call = ModelCall(endpoint, read.model, spec, found, task, read, kept)
+        self._reserve(call)
+        held.callback(kept.release)  # (a call refused or replayed: never settled)
+        return call
 
     def _upstream_name(self, name: str) -> str | None:
         spec = self.models.get(name)
@@ -286,12 +289,9 @@ class ModelGateway:
                                     f"(models.{name}.agents: {', '.join(spec.agents)})")
         return spec
 
-    def _admit_now(self, replica: Replica, read: ModelRequest, spec: ModelSpec
-                   ) -> Reservation | None:
-        """The tenant's rate of the model, then the agent's and its tenant's budgets: the
-        call's estimate held against them (the hold), unless what was used and what
-        calls in flight hold already reach one."""
-        tenant, name = replica.spec.tenant, read.model
+    def _rate(self, replica: Replica, name: str, spec: ModelSpec) -> None:
+        """The tenant's rate of the model."""
+        tenant = replica.spec.tenant
         if spec.rate_per_minute:
             bucket = self.rates.get((name, tenant))
             if bucket is None:
@@ -300,15 +300,19 @@ class ModelGateway:
                 self._counter(name).refused += 1
                 raise ModelRefusal(429, f"rate limited: tenant {tenant} is over model "
                                         f"{name}'s rate_per_minute ({spec.rate_per_minute:g})")
+
+    def _reserve(self, call: ModelCall) -> None:
+        """The agent's and its tenant's budgets: the call's estimate held against them
+        (its reservation), unless what was used and what calls in flight hold already
+        reach one (ModelRefusal naming it)."""
+        replica = call.replica
         agent = self.agents.get(replica.name)
         if agent is None:
-            return None
-        kept = self.tasks.budgets.reserve(agent, read.input_estimate + read.output_estimate,
-                                          read.cost_estimate(spec.input_usd_per_mtok,
-                                                             spec.output_usd_per_mtok))
-        if not isinstance(kept, BudgetHold):
-            return kept
-        self._counter(name).refused += 1
+            return
+        kept = self.tasks.budgets.reserve(agent, call.reservation)
+        if kept is None:
+            return
+        self._counter(call.name).refused += 1
         if kept.reserved:
             raise ModelRefusal(429, f"budget exceeded: agent {replica.name}'s "
                                     f"{kept.budget} is {kept.limit:g}, {kept.used:g} used "
@@ -342,7 +346,11 @@ class ModelGateway:
         usage, start = CallUsage(), time.time()
 
         async def live(idempotency: str | None = None) -> Any:  # (its key: steps.py)
+            # a call waiting for a person holds none of its budgets meanwhile; approved,
+            # it is judged again (asked no one, at once: no await between the two)
+            call.reservation.release()
             await self._approved(request, call)
+            self._reserve(call)
             try:
                 made.append(await self._live(request, call, usage, idempotency))
                 kept = made[-1]
@@ -515,8 +523,7 @@ class ModelGateway:
         """A live call's usage, settled (usage.py), against the task's, the agent's and
         its tenant's budgets, its estimate's hold let go at the same instant (a replayed
         one's was counted when it was made)."""
-        if call.reservation is not None:
-            call.reservation.release()
+        call.reservation.release()
         usage.settle(call.request.input_estimate, call.request.output_estimate)
         if not usage.billed:
             return  # no answer, or an error's: nothing billed that corral knows of

@@ -179,17 +179,21 @@ class Budget:
 
 class Reservation:
     """What a model call in flight holds of some budgets' windows, until `release` (at
-    its end: once, however often called)."""
+    its end: once, however often called), or held again (`Budgets.reserve`, `kept`)."""
 
     __slots__ = ("cost", "tokens", "windows")
 
-    def __init__(self, windows: list[Budget], tokens: int, cost: float) -> None:
-        self.windows = windows
+    def __init__(self, tokens: int, cost: float) -> None:
+        self.windows: list[Budget] = []
         self.tokens = tokens
         self.cost = cost
+
+    def hold(self, windows: list[Budget]) -> None:
+        self.release()
+        self.windows = windows
         for w in windows:
-            w.reserved_tokens += tokens
-            w.reserved_cost += cost
+            w.reserved_tokens += self.tokens
+            w.reserved_cost += self.cost
 
     def release(self) -> None:
         for w in self.windows:
@@ -403,11 +407,12 @@ class Budgets:
         return own.held(spec.tokens_per_minute, spec.tokens_per_day,
                         spec.max_cost_usd_per_day, now)
 
-    def reserve(self, agent: AgentLike, tokens: int, cost: float
-                ) -> Reservation | BudgetHold:
-        """A model call's estimate held against the agent's budgets and its group's, or
-        the budget (its group's first) that what was used and what calls in flight hold
-        reach, nothing held. An agent with no budget holds nothing (an empty one)."""
+    def reserve(self, agent: AgentLike, kept: Reservation) -> BudgetHold | None:
+        """A model call's estimate (`kept`, let go if it was held) held against the
+        agent's budgets and its group's; or the budget (its group's first) that what was
+        used and what calls in flight hold reach, nothing held. An agent with no budget
+        holds nothing."""
+        kept.release()
         now = time.time()
         group = self.groups(agent.name) if self.sharing else None
         windows: list[Budget] = []
@@ -426,7 +431,8 @@ class Budgets:
             if held is not None:
                 return held
             windows.append(own)
-        return Reservation(windows, tokens, cost)
+        kept.hold(windows)
+        return None
 
     def waiting(self, agent: str) -> str | None:
         """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
