@@ -157,7 +157,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
 def _status(d: AgentServices, r: Replica) -> ReplicaStatus:
     """A replica's status, with who stopped it and when while a stop by hand holds it."""
     st = r.status()
-    mark = d.fleet.stops.of(r.name, r.index) if r.stopped_by_hand else None
+    mark = d.fleet.stop_mark(r.name, r.index) if r.stopped_by_hand else None
     if mark is None:
         return st
     return msgspec.structs.replace(st, stopped_by=mark.who, stopped_at=mark.time)

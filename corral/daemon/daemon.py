@@ -341,8 +341,6 @@ class Daemon:
         await enter("the event pump", part.event_pump(sup, heard))
         fleet = Fleet(parts, store, opened.writer, opened.revisions, conf.dir, hub.daemon)
         fleet.gateway = cfg.gateway
-        # a start by hand of a replica stopped by hand, whoever asked: its mark goes
-        parts.stream.subscribe(fleet.stops.on_transition, Transition)
         tenants = TenantRegistry(parts, store, self.config_path, hub.daemon,
                                  control.set_tenant_groups)
         node = await enter("the cluster node", part.cluster_node(conf, sup, queue, fleet,

@@ -41,6 +41,7 @@ from ..supervisor.errors import SupervisorError, UnreadyKept
 from ..supervisor.names import name_problem, shown
 from ..supervisor.parts import Parts
 from ..supervisor.release import READY
+from ..supervisor.replicaparts import Transition
 from ..text import plural
 from . import privilege
 from .revisions import (
@@ -75,8 +76,10 @@ class Fleet:
         self.revisions = revisions
         self.config_dir = config_dir
         self.report = report
-        # the replicas stopped by hand, kept across daemon restarts (stopmarks.py)
+        # the replicas stopped by hand, kept across daemon restarts (stopmarks.py); a
+        # start by hand of one, whoever asked, takes its mark away
         self.stops = StopMarks(store.db, lambda write, kind: writer.submit(write, kind))
+        parts.stream.subscribe(self.stops.on_transition, Transition)
         self.gateway = GatewaySettings()  # the config's, which network = "gateway" needs
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
@@ -312,6 +315,10 @@ class Fleet:
                              lambda: [*undo, *map(unrecording, made)])
             self.stops.forgotten(name, replicas)
         self.told(made)
+
+    def stop_mark(self, name: str, index: int) -> StopMark | None:
+        """Who stopped this replica by hand and when, while that holds it down."""
+        return self.stops.of(name, index)
 
     async def stopping(self, places: list[Place], who: str, when: float) -> None:
         """Before an operator's stop of these replicas: its marks committed, so that no
