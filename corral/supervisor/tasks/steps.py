@@ -136,13 +136,16 @@ def idempotency_key(task_id: str, ordinal: str) -> str:
 
 
 class _Flight:
-    """A journaled call of one attempt, in its own asyncio task (`call`): `step` its
-    journaled answer once it has one."""
+    """A journaled call of one attempt (`made`: its step, no answer yet), in its own
+    asyncio task (`call`): `step` its journaled answer once it has one; `awaited` once a
+    later attempt's same call waits for it."""
 
-    __slots__ = ("attempt", "call", "step")
+    __slots__ = ("attempt", "awaited", "call", "made", "step")
 
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
+    def __init__(self, made: Step) -> None:
+        self.made = made
+        self.attempt = made.attempt
+        self.awaited = False
         self.call: asyncio.Task[Any] | None = None
         self.step: Step | None = None
 
@@ -269,8 +272,8 @@ class TaskSteps:
         key = None if h is None else idempotency_key(
             task.id, self._ordinals.key_of(task, name, h))
         old = None if st.diverged else st.tools.get(seq)
-        if old is None and not st.diverged:
-            old = await self._landed(task, seq)
+        if old is None and not st.diverged and h is not None:
+            old = await self._landed(task, seq, name, h)
         replays = (old is not None or journal is not None) and _replays(r.spec, name)
         if old is not None:
             assert h is not None  # (an attempt after the first)
@@ -288,12 +291,15 @@ class TaskSteps:
         return await self._fly(task, st, Step(task.id, seq, name, task.attempt, h, None),
                                journal, live, key)
 
-    async def _landed(self, task: Task, seq: int) -> Step | None:
+    async def _landed(self, task: Task, seq: int, name: str, h: bytes) -> Step | None:
         """The step an earlier attempt's call `seq`, still in flight, journals (None: it
-        failed, or there is none): this attempt's same call waits for it."""
+        failed, or there is none): this attempt's same call (the same tool, the same
+        arguments) waits for it; another goes on live without it."""
         flight = self._flights.get(task.id, {}).get(seq)
-        if flight is None or flight.attempt >= task.attempt or flight.call is None:
+        if flight is None or flight.attempt >= task.attempt or flight.call is None or \
+                flight.made.name != name or flight.made.args != h:
             return None
+        flight.awaited = True
         await asyncio.wait((flight.call,))  # (this call cancelled: that one goes on)
         return flight.step
 
@@ -301,7 +307,7 @@ class TaskSteps:
                    live: Callable[[str | None], Awaitable[Any]], key: str | None) -> Any:
         """The call made in a flight of its own, its answer journaled there: the caller's
         going away does not cancel it (unless its task waits for a person)."""
-        flight = _Flight(step.attempt)
+        flight = _Flight(step)
         mine = self._flights.setdefault(task.id, {})
         said = _CALLER_TASK.set(asyncio.current_task())
         try:
@@ -336,9 +342,10 @@ class TaskSteps:
         step = step._replace(body=body)
         now = self._attempts.get(task.id)
         if now is not st and now is not None:
-            # its caller's attempt ended while it was made: a later one reads it
-            if now.diverged:
-                return msgspec.Raw(body)  # (that attempt went live: no use to it)
+            # its caller's attempt ended while it was made: a later one reads it, unless
+            # it went live, or past this call without it (its own answer is the journal's)
+            if now.diverged or (now.next_seq > step.seq and not flight.awaited):
+                return msgspec.Raw(body)
             if now.loaded is None or now.loaded.done():
                 self._count(now, len(body))
             now.tools.setdefault(step.seq, step)
