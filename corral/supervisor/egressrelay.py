@@ -13,19 +13,19 @@ children (sandbox.sandboxed_pid takes the first). It ends with the sandbox: the 
 death takes the whole pid namespace.
 
 Standard library only, and no site: it runs on the daemon's interpreter, before anything
-of the agent's is there, and its start is the whole of what egress adds to a start.
+of the agent's is there, and its start is the whole of what egress adds to a start: so
+the agent's side imports nothing but `_socket` (the listener), and the forwarder's
+modules are imported in the forwarder, after the fork.
 """
 
-import contextlib
+import _socket  # the listener's, made before anything else is imported
 import os
-import socket
 import sys
-import threading
 
 BUFFER = 65536
 
 
-def pipe(src: socket.socket, dst: socket.socket) -> None:
+def pipe(src: _socket.socket, dst: _socket.socket) -> None:
     try:
         while True:
             data = src.recv(BUFFER)
@@ -35,12 +35,16 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     # the other direction may still be talking (a request sent whole, its answer not)
-    with contextlib.suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)
+    try:  # noqa: SIM105  (contextlib is not imported on the agent's side)
+        dst.shutdown(_socket.SHUT_WR)
+    except OSError:
+        pass
 
 
-def serve(conn: socket.socket, path: str) -> None:
-    up = socket.socket(socket.AF_UNIX)
+def serve(conn: _socket.socket, path: str) -> None:
+    import threading
+
+    up = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         up.connect(path)
     except OSError:
@@ -55,7 +59,11 @@ def serve(conn: socket.socket, path: str) -> None:
     conn.close()
 
 
-def forward(listener: socket.socket, path: str) -> None:
+def forward(raw: _socket.socket, path: str) -> None:
+    import socket  # (the forwarder's alone: imported after the fork)
+    import threading
+
+    listener = socket.socket(fileno=raw.detach())
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=serve, args=(conn, path), daemon=True).start()
@@ -65,11 +73,11 @@ def main(argv: list[str]) -> None:
     host, port, path, sep = argv[1], int(argv[2]), argv[3], argv[4]
     if sep != "--" or len(argv) < 6:
         sys.exit("usage: egressrelay.py HOST PORT SOCKET -- ARGV...")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    listener = _socket.socket(family, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
-    listener.listen(128)
+    listener.listen(128)  # from here the agent's connects queue, whenever it makes them
     if os.fork() == 0:
         if os.fork() == 0:
             os.setsid()  # out of the agent's group: a signal to it is not the relay's
