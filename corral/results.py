@@ -575,12 +575,15 @@ class TasksStats(Result):
 class CallStats(Result):
     calls: int
     errors: int
+    # the calls' own time: a wait for a person's approval is not in it (it is `waited`)
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+    waited: int = 0  # calls that waited for a person (an approval: docs/approvals.md)
+    waited_ms: float = 0.0  # how long they waited, in all
 
 
-class ClientCallStats(CallStats):
+class ClientCallStats(CallStats, kw_only=True):  # (its fields after CallStats' defaults)
     in_flight: int
     # an agent replica's tool calls made as a task attempt's step, and made as no
     # task's (docs/gateway.md#calls-of-a-task); absent from other clients' rows

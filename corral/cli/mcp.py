@@ -35,14 +35,16 @@ def mcp_status(obj: Ctx, as_json: bool) -> None:
 def print_gateway(gw: m.GatewayStats) -> None:
     """Gateway calls per client and per tool, when there were any."""
     for what, stats in (("clients", gw.clients), ("tools", gw.tools)):
+        # the percentiles are the calls' own time; a person's wait is WAITED apart
         rows = [[name, str(s.calls), str(s.errors),
                  *(f"{v:.1f}" if v is not None else "-"
-                   for v in (s.p50_ms, s.p95_ms, s.p99_ms))]
+                   for v in (s.p50_ms, s.p95_ms, s.p99_ms)),
+                 f"{s.waited} ({s.waited_ms / 1000:.1f} s)" if s.waited else "-"]
                 for name, s in stats.items()]
         if rows:
             click.echo("")
             table(rows, ["GATEWAY " + what[:-1].upper(), "CALLS", "ERRORS", "P50 MS",
-                         "P95 MS", "P99 MS"])
+                         "P95 MS", "P99 MS", "WAITED FOR A PERSON"])
     if gw.attributed or gw.unattributed:
         click.echo(f"\nagent replicas' calls: {gw.attributed} a task's step, "
                    f"{gw.unattributed} of no task (docs/gateway.md#calls-of-a-task)")

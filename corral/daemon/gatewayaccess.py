@@ -53,6 +53,7 @@ from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tasks.approvals import gate
 from ..supervisor.tasks.interceptors import ToolCall
+from ..supervisor.tasks.personwait import timed
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from ..workerproto import ToolsCallParams
@@ -180,7 +181,12 @@ class Identity(msgspec.Struct, kw_only=True):
 
 
 class CallCounter:
-    __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed")
+    """Calls, errors and the calls' own latencies; the time they waited for a person
+    apart (personwait.py): an approval's minutes in the percentiles would make them a
+    person's, not the tool's."""
+
+    __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed", "waited",
+                 "waited_s")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -189,17 +195,23 @@ class CallCounter:
         # an agent replica's tool calls made as a task's step, and made as no task's
         self.attributed = 0
         self.unattributed = 0
+        self.waited = 0  # calls that waited for a person
+        self.waited_s = 0.0  # and how long, in all
 
-    def add(self, seconds: float, error: bool) -> None:
+    def add(self, seconds: float, error: bool, waited: float = 0.0) -> None:
         self.calls += 1
         self.errors += error
-        self.latencies.append(seconds)
+        self.latencies.append(max(0.0, seconds - waited))
+        if waited > 0:
+            self.waited += 1
+            self.waited_s += waited
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
         return {"calls": self.calls, "errors": self.errors,
                 "p50_ms": percentile_ms(lat, 0.50), "p95_ms": percentile_ms(lat, 0.95),
-                "p99_ms": percentile_ms(lat, 0.99)}
+                "p99_ms": percentile_ms(lat, 0.99), "waited": self.waited,
+                "waited_ms": round(self.waited_s * 1000, 1)}
 
     def replica_summary(self) -> dict[str, Any]:
         """A client's row: with, for an agent replica's, its calls by attribution."""
@@ -735,34 +747,36 @@ class GatewayService:
             self._count(ident, task)
         start = time.perf_counter()
         outcome = "ok"
-        try:
-            call: Awaitable[Any]
-            if task is not None:
-                call = self._step(ident, task, name, arguments, context)
-            elif ident.replica is not None and self.replica_calls is not None:
-                call = self._replicas(ident, name, arguments, on_progress, relay, on_log,
-                                      context)
-            else:
-                # the caller, tenant and all: a token's name made again for another
-                # tenant is another caller (relayseal.py)
-                call = self.tools.call(name, arguments, owner=ident.owner,
-                                       on_progress=on_progress, relay=relay, on_log=on_log,
-                                       caller=f"{ident.owner} of {ident.tenant}")
-                if context is not None:
-                    call = self._traced(call, context, name, ident.name)
-            result = await call
-            if isinstance(result, dict) and result.get("isError"):
-                outcome = "isError"
-            return result
-        except RpcError as exc:
-            outcome = f"error: {exc.message}"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            limiter.in_flight -= 1
-            self._record(ident, name, time.perf_counter() - start, outcome, who, task)
+        with timed() as person:  # the approval's wait, counted apart
+            try:
+                call: Awaitable[Any]
+                if task is not None:
+                    call = self._step(ident, task, name, arguments, context)
+                elif ident.replica is not None and self.replica_calls is not None:
+                    call = self._replicas(ident, name, arguments, on_progress, relay, on_log,
+                                          context)
+                else:
+                    # the caller, tenant and all: a token's name made again for another
+                    # tenant is another caller (relayseal.py)
+                    call = self.tools.call(name, arguments, owner=ident.owner,
+                                           on_progress=on_progress, relay=relay, on_log=on_log,
+                                           caller=f"{ident.owner} of {ident.tenant}")
+                    if context is not None:
+                        call = self._traced(call, context, name, ident.name)
+                result = await call
+                if isinstance(result, dict) and result.get("isError"):
+                    outcome = "isError"
+                return result
+            except RpcError as exc:
+                outcome = f"error: {exc.message}"
+                raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                limiter.in_flight -= 1
+                self._record(ident, name, time.perf_counter() - start, outcome, who, task,
+                             person.seconds)
 
     async def _replicas(self, ident: Identity, name: str, arguments: dict[str, Any],
                         on_progress: Callable[[dict[str, Any]], None] | None,
@@ -816,10 +830,10 @@ class GatewayService:
         return call
 
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
-                who: tuple[int, int], task: Task | None = None) -> None:
+                who: tuple[int, int], task: Task | None = None, waited: float = 0.0) -> None:
         error = outcome != "ok"
-        _entry(self.by_client, ident.name, CallCounter).add(seconds, error)
-        _entry(self.by_tool, tool, CallCounter).add(seconds, error)
+        _entry(self.by_client, ident.name, CallCounter).add(seconds, error, waited)
+        _entry(self.by_tool, tool, CallCounter).add(seconds, error, waited)
         params = {"client": ident.name, "tool": tool}
         if task is not None:
             params["task"] = task.id

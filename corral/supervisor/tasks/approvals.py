@@ -31,6 +31,7 @@ from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
 from .inbox import askable
 from .interceptors import TaskInterceptor, TaskPath, ToolCall
+from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
 from .steps import CallOrdinals
 from .worker import give_back_tool_call, take_tool_call
@@ -119,10 +120,11 @@ class Approvals(TaskInterceptor):
         # a held call is no call of the task's budget until it is made (its attempt may
         # be lost or suspended while it waits, and the next one make it again)
         give_back_tool_call(task)
-        ask = await self._path.ask_person(AskRequest(
-            AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
-            self._key(task, call), {"tool": call.name, "arguments": call.arguments},
-            policy.timeout))
+        with waiting():  # the person's time, not the call's (personwait.py)
+            ask = await self._path.ask_person(AskRequest(
+                AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
+                self._key(task, call), {"tool": call.name, "arguments": call.arguments},
+                policy.timeout))
         if ask.end is AskEnd.APPROVED:
             take_tool_call(task, call.replica)
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
@@ -151,9 +153,10 @@ async def gate(calls: ReplicaCalls, call: ToolCall) -> ToolCall | dict[str, Any]
     if policy is None or not allowed(call.name, policy.patterns):
         return call
     calls.give_back_tool_call(r)  # (held: counted once it is made)
-    ask = await calls.ask(r, ReplicaAsk(
-        AskKind.APPROVAL, "tool", {"tool": call.name, "arguments": call.arguments},
-        policy.timeout))
+    with waiting():  # the person's time, not the call's (personwait.py)
+        ask = await calls.ask(r, ReplicaAsk(
+            AskKind.APPROVAL, "tool", {"tool": call.name, "arguments": call.arguments},
+            policy.timeout))
     if ask.end is AskEnd.APPROVED:
         calls.take_tool_call(r)
         edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None

@@ -1099,11 +1099,14 @@ class Mcp extends Polled {
       <h2>Gateway clients ${data.gateway.url && html`<span class="note">${data.gateway.url}</span>`}</h2>
       <table id="gateway">
         <thead><tr><th>Client</th><th class="num">Calls</th><th class="num">Errors</th>
-          <th class="num">In flight</th><th class="num">p50</th><th class="num">p95</th></tr></thead>
-        <tbody>${clients.map(([name, c]) => html`<tr><td>${name}</td>
+          <th class="num">In flight</th><th class="num">p50</th><th class="num">p95</th>
+          <th class="num">Waited for a person</th></tr></thead>
+        <tbody>${clients.map(([name, c]) => html`<tr data-client=${name}><td>${name}</td>
           <td class="num">${c.calls}</td><td class="num">${c.errors}</td><td class="num">${c.in_flight}</td>
-          <td class="num">${c.p50_ms?.toFixed(1) ?? "–"}</td><td class="num">${c.p95_ms?.toFixed(1) ?? "–"}</td></tr>`)}</tbody>
+          <td class="num p50">${c.p50_ms?.toFixed(1) ?? "–"}</td><td class="num">${c.p95_ms?.toFixed(1) ?? "–"}</td>
+          <td class="num waited">${c.waited ? `${c.waited} (${(c.waited_ms / 1000).toFixed(1)} s)` : "–"}</td></tr>`)}</tbody>
       </table>
+      <p class="note">p50 and p95 (ms) are the calls' own time: a wait for a person's approval is counted apart.</p>
       ${clients.length === 0 && html`<p class="note">No gateway calls yet.</p>`}
     </section>`;
   }

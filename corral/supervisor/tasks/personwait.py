@@ -1,0 +1,52 @@
+"""The seconds a call waited for a person, told to whoever times the call.
+
+An approval holds a tool call inside the call (approvals.py waits for the ask where the
+call is made), so a timer around the call counts the person's wait as the call's: an
+approved tool's p50 was the minutes someone took to click, and its p95/p99 said nothing
+of the tool (issue 78). The gateway times each call with a holder in its context
+(`timed`); the approval's wait, made in that context (the call's own asyncio task, or
+one it started: a task copies the context, holder and all), adds its seconds to it
+(`waiting`). A wait nobody times (a worker's call, a model call) adds to no holder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+
+class PersonWait:
+    """Seconds the calls of one timed context waited for a person."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+_HELD: ContextVar[PersonWait | None] = ContextVar("corral_person_wait", default=None)
+
+
+@contextmanager
+def timed() -> Iterator[PersonWait]:
+    """A holder of the person's waits of what runs in this context until the end."""
+    held = PersonWait()
+    token = _HELD.set(held)
+    try:
+        yield held
+    finally:
+        _HELD.reset(token)
+
+
+@contextmanager
+def waiting() -> Iterator[None]:
+    """Around a wait for a person: its seconds added to the context's holder, if any."""
+    held = _HELD.get()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.seconds += time.perf_counter() - start
