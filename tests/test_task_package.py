@@ -182,7 +182,7 @@ async def _run_restored(journal: TaskJournalDB, records: list[TaskRecord]) -> li
     """Restore `records` into a new engine with one slot: the ids in the order they ran."""
     async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
         sup.add(agent("q", "misbehave.py", max_concurrent_tasks=1))
-        restored = sup.tasks.restore(records)
+        restored = sup.tasks.recovery.restore(records)
         await asyncio.gather(*(asyncio.shield(t.done) for t in restored))
         assert {t.status for t in restored} == {"succeeded"}
         await sup.tasks.committed()

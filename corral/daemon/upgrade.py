@@ -619,7 +619,7 @@ class Takeover:
             if rec is None:  # not journaled (task_journal = false): its answer is dropped
                 r.peer.take_over(0, [t.rid])
                 continue
-            self.sup.parts.tasks.adopt_running(rec, r, t.rid)
+            self.sup.parts.tasks.recovery.adopt_running(rec, r, t.rid)
             self._back(rec.task_id)
             self.kept_tasks += 1
 
@@ -632,7 +632,7 @@ class Takeover:
         if claims and self.node is not None:
             handover.give_back(self.node, claims, why)
         if recs:
-            self.sup.parts.tasks.restore(recs)
+            self.sup.parts.tasks.recovery.restore(recs)
             for rec in recs:
                 self._back(rec.task_id)
 

@@ -66,7 +66,7 @@ class LocalFront:
         then open the front. Called with no await since the agents were added, so no
         task is accepted before the journal's are back, queued after theirs."""
         self.reattached = reattached
-        tasks = self.engine.restore(records)
+        tasks = self.engine.recovery.restore(records)
         # those held compact are no Task (suspension.py): suspended, as they were
         compact = len(records) - len(tasks)
         if records:

@@ -81,11 +81,12 @@ from .interceptors import (
     TraceStart,
 )
 from .lanes import Lanes
-from .model import LOST_IN_RESTART, CompactTask, Task, TaskFinished, TaskRecord
+from .model import Task, TaskFinished
 from .output import START, OutputChunk, position_of
 from .payload import Output, acyclic, encode_input
 from .questions import Questions
 from .queue import LocalQueue, Queue
+from .recovery import Recovery, rebuilt
 from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, lost_attempts, retry_lost
@@ -162,6 +163,7 @@ class TaskManager:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
+        self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
         self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live,
                                     self._asks_pending)
         # each task's start and end as the interceptors hear them (tracing's), or None
@@ -209,7 +211,7 @@ class TaskManager:
         return self.sessions.checkpoint(
             self.worker.running_on(r, "session/checkpoint", p.task_id), p.state)
 
-    def _agent_tasks(self, agent: AgentLike) -> AgentTasks:
+    def agent_tasks(self, agent: AgentLike) -> AgentTasks:
         q = self.by_agent.get(agent.name)
         if q is None:
             q = self.by_agent[agent.name] = AgentTasks(agent.spec.rate_per_minute)
@@ -328,7 +330,7 @@ class TaskManager:
         options = options_of(options)
         timeout, session = options.timeout, options.session
         agent = self.sup.agent(agent_name)
-        q = self._agent_tasks(agent)
+        q = self.agent_tasks(agent)
         try:
             check_takes_tasks(agent)
         except RpcError:
@@ -402,7 +404,7 @@ class TaskManager:
                                                    "once, outside any session)")
         agent = self.sup.agent(agent_name)
         name, spec = agent.name, agent.spec
-        q = self._agent_tasks(agent)
+        q = self.agent_tasks(agent)
         counts = q.counts
         try:
             check_takes_tasks(agent)
@@ -483,7 +485,7 @@ class TaskManager:
             except RpcError:
                 self.trace_begin(TraceStart(task, None, None))
         task.seq = next(self._seq)
-        self._agent_tasks(agent).counts["accepted"] += 1
+        self.agent_tasks(agent).counts["accepted"] += 1
         self.active[task.id] = task
         self.record(task)
         self.queue.put(task)
@@ -678,84 +680,9 @@ class TaskManager:
             self.journal.write(task)
             task.journaled = True
 
-    # -- after a restart ------------------------------------------------------------------
-    def restore(self, records: Iterable[TaskRecord | CompactTask]) -> list[Task]:
-        """Take back a journal's unfinished tasks (in their order): queued ones wait again;
-        one that was running has lost its attempt to the restart and is retried when its
-        agent has retries left, else ends `lost`; a suspended one waits on, kept compact
-        (suspension.py). They keep their order before every task accepted after. The
-        Tasks made again (not those kept compact)."""
-        restored: list[Task] = []
-        waiting: list[Task] = []
-        now = time.time()
-        delayed: list[Task] = []
-        for rec in records:
-            seq = next(self._seq)
-            session = self.sessions.member(rec.task_id)
-            agent = self.sup.agents.get(rec.agent)
-            if isinstance(rec, CompactTask):
-                rec.seq = seq
-                if agent is not None and session is None and self.suspensions.keep(rec):
-                    self._agent_tasks(agent).counts["accepted"] += 1
-                    continue
-                whole = self.journal.record(rec.task_id) if self.journal is not None else None
-                if whole is None:  # (its row is read in the same start: it is there)
-                    continue
-                rec = whole
-            task = self._rebuilt(rec, seq, session)
-            self.traced_again(task)
-            self.active[task.id] = task
-            restored.append(task)
-            q = self._agent_tasks(agent) if agent is not None else None
-            if q is not None:
-                q.counts["accepted"] += 1
-            task.restored(rec.status)
-            if task.running:  # its attempt was lost to the restart: retried, or lost
-                for a in task.attempts:
-                    if a.outcome == TaskStatus.RUNNING:
-                        a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
-                if self.ended(task, AttemptOutcome(TaskCause.LOST, TaskFailure(
-                        jsonrpc.PEER_CLOSED, LOST_IN_RESTART))).ends:
-                    continue
-                assert q is not None  # (a retry is of an agent that exists)
-                q.counts["retried"] += 1
-                task.not_before = None  # the restart was its wait
-            if q is None:
-                self.finish(task, TaskCause.DROPPED, TaskFailure(
-                    jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
-                                         "exists"))
-                continue
-            if task.suspended and not self.suspensions.restored(task):
-                self.record(task)  # it waits on for a person, with no attempt
-                continue
-            self.record(task)
-            if task.not_before is not None and task.not_before > now:
-                delayed.append(task)  # waits for its time, as before the restart
-            else:
-                task.not_before = None
-                waiting.append(task)
-        for task in delayed:  # a retry waiting for its backoff keeps its session's turn
-            if task.attempts:
-                self.sessions.claim(task)
-        self.queue.recover(waiting)
-        for task in delayed:
-            self.delays.add(task)
-        # they wait for their agent's replicas to start (an agent that fails or is stopped
-        # ends them, as for any waiting task; one not started waits until it is)
-        for name in {t.agent for t in restored}:
-            self.dispatch.pump(name)
-        return restored
-
-    def _rebuilt(self, rec: TaskRecord, seq: int, session: str | None) -> Task:
-        """A journal's task made again, as its record was (its status not yet)."""
-        task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left, seq)
-        task.id, task.created, task.started = rec.task_id, rec.created, rec.started
-        task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
-        task.usage, task.checkpoint = rec.usage, rec.checkpoint
-        task.options, task.not_before = rec.options, rec.not_before
-        task.tenant, task.session = rec.tenant, session
-        task.due = max(rec.created, rec.not_before or rec.created)
-        return task
+    # -- after a restart (recovery.py) ----------------------------------------------------
+    def next_seq(self) -> int:
+        return next(self._seq)
 
     def live(self, task_id: str) -> Task | None:
         """An unfinished task of this engine; one suspended and kept compact is rebuilt
@@ -770,7 +697,7 @@ class TaskManager:
         if rec is None:  # (pruned rows are finished tasks': a suspended one's is kept)
             return None
         del self.suspensions.compact[task_id]
-        task = self._rebuilt(rec, seq, None)
+        task = rebuilt(rec, seq, None)
         task.restored(rec.status)
         self.traced_again(task)
         self.active[task_id] = task
@@ -786,25 +713,6 @@ class TaskManager:
         when it had one, is not kept across processes (docs/tracing.md)."""
         if self.trace_begin is not None and task.trace is None:
             self.trace_begin(TraceStart(task, None, None))
-
-    def adopt_running(self, rec: TaskRecord, r: Replica, rid: int) -> Task:
-        """A journaled task running on a worker the previous daemon image handed over
-        (corral upgrade): it runs on, on its attempt, and its answer ends it."""
-        task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left,
-                    next(self._seq))
-        task.id, task.created, task.started = rec.task_id, rec.created, rec.started
-        task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
-        task.usage, task.checkpoint, task.tenant = rec.usage, rec.checkpoint, rec.tenant
-        task.options = rec.options
-        task.session = self.sessions.member(task.id)
-        self.sessions.claim(task)
-        self.traced_again(task)
-        self.active[task.id] = task
-        agent = self.sup.agents.get(rec.agent)
-        if agent is not None:
-            self._agent_tasks(agent).counts["accepted"] += 1
-        self.dispatch.adopt(task, r, rid)
-        return task
 
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, options: TaskOptions = NO_OPTIONS, *,
