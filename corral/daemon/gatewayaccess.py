@@ -39,6 +39,7 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..mcp import toolsearch
 from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.logrelay import LogRelay
 from ..mcp.pool import allowed
@@ -459,7 +460,23 @@ class GatewayService:
 
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         """Tools and prompts are named SERVER__NAME; resources keep their URIs (a URI is
-        routed to the one server that lists it), as `server` says in each entry."""
+        routed to the one server that lists it), as `server` says in each entry. Under
+        tool search, the tools are `search_tools` and the pinned (toolsearch.py)."""
+        items = await self._items(ident, kind)
+        if kind == "tools" and self.searching(ident):
+            return toolsearch.listed(items, self.settings.tool_search_pinned)
+        return items
+
+    def searching(self, ident: Identity) -> bool:
+        """Whether the client lists tools by searching: at /mcp, under its tenant's
+        `tool_search`, else the gateway's (a server seen as itself lists its own)."""
+        if ident.server is not None:
+            return False
+        own = self.agents.tenancy.spec(ident.tenant).tool_search \
+            if ident.tenant is not None else None
+        return self.settings.tool_search if own is None else own
+
+    async def _items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         pool = self.tools
         listers = {"tools": pool.list_tools, "resources": pool.list_resources,
                    "resourceTemplates": pool.list_resource_templates,
@@ -511,6 +528,9 @@ class GatewayService:
         if not isinstance(name, str) or not isinstance(arguments, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
                            "invalid params: tools/call needs a name and object arguments")
+        if name == toolsearch.TOOL and self.searching(ident):
+            # over the client's own list: it finds nothing it could not have listed
+            return toolsearch.answer(await self._items(ident, "tools"), arguments)
         said = params.get("_meta")
         context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
             if isinstance(said, dict) else None

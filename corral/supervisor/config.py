@@ -580,6 +580,11 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the seconds a server's request for input relayed to a client (corral/mcp/relay.py)
     # waits for its answer: a task in input_required, or the state of a plain call's
     input_wait: Positive = 600.0
+    # tools/list at /mcp is `search_tools` and the tools matching tool_search_pinned, the
+    # rest found by searching (corral/mcp/toolsearch.py); a tenant's own says for its
+    # clients
+    tool_search: bool = False
+    tool_search_pinned: list[str] = msgspec.field(default_factory=list)
 
 
 # what an agent names a model by (its requests' `model`): printable, no spaces or quotes
@@ -694,6 +699,9 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # HTTP sessions of the MCP gateway its clients (its tokens, its agents' replicas)
     # hold together (daemon/http/mcpsessions.py)
     max_gateway_sessions: NonNegInt = 0
+    # [gateway] tool_search for its clients (its tokens, its agents' replicas); unset:
+    # the gateway's
+    tool_search: bool | None = None
     # step results: one task of its agents may journal (the smaller of this and its
     # agent's max_step_bytes), and its unfinished tasks together (supervisor/tasks/steps.py)
     max_step_bytes: NonNegInt = 0
