@@ -55,11 +55,11 @@ _OUT_OF_MEMORY = ("out of memory", "Fatal process OOM", "allocation failed")
 _EACCES = 13
 
 
-class Refused(Exception):
+class SandboxRefusal(Exception):
     """Why the file was not evaluated, or not to the end (the message says it whole)."""
 
 
-class Evaluated:
+class NodeOutput:
     """What node printed and said: its exit status, stdout and stderr."""
 
     def __init__(self, status: int, stdout: str, stderr: str) -> None:
@@ -71,7 +71,7 @@ def seccomp_program(machine: str | None = None) -> bytes:
     another architecture's numbering killed, anything else allowed."""
     arch = _ARCHES.get(machine or platform.machine())
     if arch is None:
-        raise Refused(f"no seccomp filter is known for this machine "
+        raise SandboxRefusal(f"no seccomp filter is known for this machine "
                       f"({platform.machine()}): a JavaScript ecosystem file is not run "
                       f"here; {ASK_JSON}")
     audit, sock, pair = arch
@@ -88,7 +88,7 @@ def argv(node: str, tree: Path, flag: str, script: str, target: str, filter_fd: 
     """bwrap's command line running node's `script` on `target` with `tree` readable."""
     bwrap = find_program("bwrap")
     if bwrap is None:
-        raise Refused("a JavaScript ecosystem file is evaluated only in a sandbox "
+        raise SandboxRefusal("a JavaScript ecosystem file is evaluated only in a sandbox "
                       "(bubblewrap), which is not installed here (Debian's package is "
                       f"bubblewrap): {ASK_JSON}")
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-all",
@@ -117,11 +117,11 @@ def _bounds() -> None:
 
 
 def evaluate(node: str, path: Path, flag: str, script: str,
-             env: dict[str, str]) -> Evaluated:
+             env: dict[str, str]) -> NodeOutput:
     """Run node's `script` on the file `path` (resolved) in the sandbox."""
     tree = path.parent
     if tree == Path("/"):
-        raise Refused("a JavaScript ecosystem file in / would be given the whole host to "
+        raise SandboxRefusal("a JavaScript ecosystem file in / would be given the whole host to "
                       "read: move it into a directory of its own")
     program = seccomp_program()
     env = {k: v for k, v in env.items() if k not in DROPPED_ENV}
@@ -138,23 +138,23 @@ def evaluate(node: str, path: Path, flag: str, script: str,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # bwrap's: the sandbox dies with it
             proc.wait()
-            raise Refused(f"node did not finish evaluating it within {TIME_LIMIT:g} s "
+            raise SandboxRefusal(f"node did not finish evaluating it within {TIME_LIMIT:g} s "
                           "(it was stopped)") from None
         said = _tail(err)
         if status != 0 and said.startswith("bwrap:"):
             forbidden = userns_forbidden()
             why = f" ({forbidden})" if forbidden else ""
-            raise Refused(f"a JavaScript ecosystem file is evaluated only in a sandbox, "
+            raise SandboxRefusal(f"a JavaScript ecosystem file is evaluated only in a sandbox, "
                           f"and bubblewrap could not make one here{why}: "
                           f"{said.splitlines()[0]}: {ASK_JSON}")
         if status in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or \
                 out.tell() >= OUTPUT_LIMIT:
-            raise Refused(f"node's output passed {OUTPUT_LIMIT >> 20} MiB: not read")
+            raise SandboxRefusal(f"node's output passed {OUTPUT_LIMIT >> 20} MiB: not read")
         if status != 0 and any(sign in said for sign in _OUT_OF_MEMORY):
-            raise Refused(f"node ran out of memory evaluating it (it may use "
+            raise SandboxRefusal(f"node ran out of memory evaluating it (it may use "
                           f"{HEAP_MB} MiB of heap, {MEMORY_MB} MiB in all)")
         out.seek(0)
-        return Evaluated(status, out.read(OUTPUT_LIMIT).decode("utf-8", "replace"), said)
+        return NodeOutput(status, out.read(OUTPUT_LIMIT).decode("utf-8", "replace"), said)
 
 
 def _tail(err: IO[bytes]) -> str:

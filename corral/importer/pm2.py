@@ -134,7 +134,7 @@ def evaluate(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
     try:
         done = jsbox.evaluate(os.path.realpath(node), real, _permission_flag(node, path),
                               _PRINT, env)
-    except jsbox.Refused as exc:
+    except jsbox.SandboxRefusal as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if done.status != 0:
         last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])

@@ -58,7 +58,7 @@ def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return total
 
 
-class Retired:
+class RetiredCounts:
     """The task counts of removed agents. Totals and `corral_tasks_total` never go
     backwards when an agent goes (Prometheus counters are monotonic: a soak's totals lost
     exactly its runtime agents' tasks), and an agent added again under its name counts on

@@ -65,7 +65,7 @@ from .admission import (
     refusal,
 )
 from .budget import BUDGET_PREFIX, Budgets, no_group
-from .counters import AgentTasks, Retired, totals
+from .counters import AgentTasks, RetiredCounts, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
@@ -146,7 +146,7 @@ class TaskManager:
         self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
-        self.retired = Retired()  # removed agents' counts: totals never go backwards
+        self.retired = RetiredCounts()  # removed agents' counts: totals never go backwards
         # the agents' queue behind the sessions' lines (one task of a session at a time)
         self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
                                  self._session_ttl, self._session_bounds,
