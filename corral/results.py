@@ -134,6 +134,7 @@ __all__ = [
     "TokenInfo",
     "TokenList",
     "ToolList",
+    "ToolPins",
     "TraceView",
     "UiLoginResult",
     "UpdateResult",
@@ -694,6 +695,14 @@ class ToolList(Result):
     unavailable: dict[str, str]
     failed: list[str]
     allow: list[str] | UnsetType = UNSET  # an agent's allowlist, when listed for one
+
+
+class ToolPins(Result):
+    """Every pinned tool definition (mcp/pins.py): server, tool, digest, pinned_at, and
+    `drifted`, the digest of a definition seen since that differs (blocked until a
+    person approves it), or null."""
+
+    pins: list[McpItem]
 
 
 class ResourceList(Result):

@@ -37,6 +37,19 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
                   empty=empty)
 
 
+@command(m.ToolsPins)
+@json_option
+@pass_ctx
+def tools_pins(obj: Ctx, as_json: bool) -> None:
+    res: m.ToolPins = obj.call(m.ToolsPins())
+    if as_json:
+        print_json(res.pins)
+        return
+    table([[f"{p['server']}__{p['tool']}", p["digest"][:12],
+            f"changed to {p['drifted'][:12]}: waits for approval" if p.get("drifted")
+            else "pinned"] for p in res.pins], ["TOOL", "DIGEST", "STATE"])
+
+
 @tools.command("describe")
 @click.argument("name", metavar="SERVER__TOOL")
 @json_option

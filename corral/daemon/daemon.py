@@ -38,6 +38,7 @@ from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import Transition
 from ..supervisor.tasks.approvals import Approvals
+from ..supervisor.tasks.pingate import PinGate
 from ..supervisor.teams.tools import LeaderTools
 from . import startup as part
 from .api import Dispatcher
@@ -316,7 +317,7 @@ class Daemon:
         # leader's call of a member is inside the leader's span, the member's task its child
         # approvals (docs/approvals.md) inside the span, around a leader's members too
         sup, queue = part.engine(conf, self.spared, self.taken,
-                                 [i for i in (tracer, Approvals(), leaders)
+                                 [i for i in (tracer, Approvals(), PinGate(), leaders)
                                   if i is not None])
         parts = sup.parts
         audit = Audit(hub)

@@ -71,6 +71,12 @@ async def tools_list(d: McpServices, p: m.ToolsList, caller: Caller, c: Channel)
                       allow=who.get("allow", msgspec.UNSET))
 
 
+@implements(m.ToolsPins)
+async def tools_pins(d: McpServices, p: m.ToolsPins, caller: Caller, c: Channel
+                     ) -> m.ToolPins:
+    return m.ToolPins(pins=d.tools.pins.listing())
+
+
 @implements(m.ToolsCall)
 async def tools_call(d: McpServices, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
     return await d.tools.call(p.name, p.arguments, owner=CLI_OWNER)

@@ -403,6 +403,7 @@ RULES: dict[str, AgentRule] = {
     "tools": AgentRule(_both(_AGENT_PARAM, _server("server")),
                        filter=_servers_filter("tools")),
     "tool": AgentRule(_tool("tool")),
+    "tool_pins": AgentRule(_nothing, filter=_servers_filter("pins")),
     "mcp_status": AgentRule(_nothing, filter=lambda r, c: _replace(
         _servers_filter("mcp_servers")(r, c), gateway=_gateway_filter(
             _get(r, "gateway"), c))),

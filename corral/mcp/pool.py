@@ -24,6 +24,7 @@ from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
 from .client import Asker, McpClient
 from .logrelay import LogRelay
+from .pins import Pins, ToolDrifted
 from .relay import InputRelay
 
 SEP = "__"
@@ -108,9 +109,13 @@ class ServerEntry(Generic[Spec, Inst]):
 
 class McpPool(Generic[Spec, Inst]):
     def __init__(self, factory: Callable[[Spec, str, int, str | None], Inst],
-                 wait_serving: Callable[[Inst, float], Awaitable[Inst]]) -> None:
+                 wait_serving: Callable[[Inst, float], Awaitable[Inst]],
+                 pins: Pins | None = None) -> None:
         self.factory = factory
         self.wait_serving = wait_serving
+        # every tool's definition pinned at first sight; a drifted one is not listed and
+        # not called until a person approves it (pins.py)
+        self.pins = pins if pins is not None else Pins()
         self.servers: dict[str, ServerEntry[Spec, Inst]] = {}
         # (server, uri) -> subscriber -> listener
         self.subscriptions: dict[tuple[str, str], dict[str, ResourceListener]] = {}
@@ -263,7 +268,10 @@ class McpPool(Generic[Spec, Inst]):
         for name, inst in await self._serving(owner, allow, server, unavailable):
             for tool in inst.client.tools:
                 qualified = f"{name}{SEP}{tool['name']}"
-                if allow is None or allowed(qualified, allow):
+                if allow is not None and not allowed(qualified, allow):
+                    continue
+                # a drifted tool is not shown: its new description may be the attack
+                if self.pins.seen(name, tool) is None:
                     out.append({**tool, "name": qualified, "server": name})
         return out
 
@@ -285,9 +293,13 @@ class McpPool(Generic[Spec, Inst]):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (no MCP server "
                                               f"{server})")
         inst = await self.instance(entry, owner)
-        if inst.client.tool(tool) is None:
+        definition = inst.client.tool(tool)
+        if definition is None:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (MCP server {server} "
                                               f"has no tool {tool})")
+        drift = self.pins.seen(server, definition)
+        if drift is not None:
+            raise ToolDrifted(qualified, drift, self.pins)
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
                                            on_progress=on_progress, relay=relay,
                                            on_log=on_log, asker=asker, caller=caller,

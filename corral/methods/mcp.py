@@ -21,6 +21,14 @@ class ToolsList(Params):
     server: str | None = None
 
 
+@method("tools.pins", result=ToolPins, scope="mcp:call", seen="tool_pins", cli="tools pins",
+        routes=(rest("GET", "/tools/pins", "The tools' pinned definitions"),))
+class ToolsPins(Params):
+    """Every tool definition pinned at its first sight (docs/security.md#tool-pins), and
+    which drifted since: a drifted tool is not listed and not called until a person
+    approves its change (an agent's call of it asks)."""
+
+
 @method("tools.call", result=McpResult, scope="mcp:call", mutating=True, seen="tool",
         cli="tools call", routes=(
     rest("POST", "/tools/{name}/call", "Call a tool", body=("arguments",)),

@@ -23,6 +23,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
+from ..mcp.pins import PINS_FILE, Pins
 from ..timeouts import cancel_all
 from ..workerproto import StateCheckpointParams
 from .agent import Agent
@@ -122,7 +123,9 @@ class Supervisor:
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
         on_notification(self.worker_notifications, StateCheckpointParams, self._on_checkpoint)
         self.waits = Waits(self.census)
-        self.mcp = Tools(self, self.waits, self.stream)
+        # tools' definitions pinned (mcp/pins.py), kept with the daemon's state
+        self.mcp = Tools(self, self.waits, self.stream, Pins(
+            state_dir / PINS_FILE if state_dir is not None else None))
         registry: dict[str, Agent] = {}  # the agents by name (the Agents part reads it)
         # the tenants' quotas (quotas.py): with none declared, nothing is bounded
         self.tenancy = Tenancy(registry, self.stream)

@@ -13,6 +13,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..mcp.pins import Pins
 from ..mcp.pool import McpPool
 from .config import ConfigError, McpServerSpec
 from .errors import SupervisorError
@@ -28,8 +29,9 @@ __all__ = ["Tools"]
 
 
 class Tools(McpPool[McpServerSpec, McpServerReplica]):
-    def __init__(self, host: McpHost, waits: Waits, stream: Stream) -> None:
-        super().__init__(self._new_instance, self._wait_serving)
+    def __init__(self, host: McpHost, waits: Waits, stream: Stream,
+                 pins: Pins | None = None) -> None:
+        super().__init__(self._new_instance, self._wait_serving, pins)
         self.host = host  # what each instance runs under (core.Supervisor)
         self.waits = waits
         self.stream = stream

@@ -1,0 +1,57 @@
+"""The pin gate (DESIGN section 27, docs/security.md#tool-pins): an agent's call of a tool
+whose definition drifted from its pin (the pool refuses it: mcp/pins.py `ToolDrifted`)
+waits for a person, who is shown both definitions and the difference; approved, the new
+definition is pinned and the call made; denied or timed out, the call is refused with the
+drift named. An interceptor of the task path (interceptors.py), so that a task's calls
+(the worker's and the gateway's attributed to it) and a replica's calls of no task ask
+alike; a client of the gateway that is no replica's is refused with the reason, and its
+change waits for an agent's call, or the next one, to be asked about."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ...askviews import AskEnd, AskKind, AskRequest
+from ...mcp.pins import ToolDrifted
+from .interceptors import TaskInterceptor, TaskPath, ToolCall
+from .personwait import waiting
+from .replicacalls import ReplicaAsk
+
+
+class PinGate(TaskInterceptor):
+    def __init__(self) -> None:
+        self._path: TaskPath | None = None
+
+    def bind(self, path: TaskPath) -> None:
+        self._path = path
+
+    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        return self._gated(call, next)
+
+    async def _gated(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+        try:
+            answer = next(call)
+            return await answer if inspect.isawaitable(answer) else answer
+        except ToolDrifted as drifted:
+            if not await self._approved(call, drifted):
+                raise
+            drifted.approve()
+        answer = next(call)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    async def _approved(self, call: ToolCall, drifted: ToolDrifted) -> bool:
+        assert self._path is not None  # bound as the engine was made
+        subject = {"tool": call.name, "arguments": call.arguments,
+                   "pin": drifted.drift.subject()}
+        task = call.task
+        with waiting():  # the person's time, not the call's (personwait.py)
+            if task is None:
+                ask = await self._path.replica_calls.ask(call.replica, ReplicaAsk(
+                    AskKind.APPROVAL, "pin", subject, None))
+            else:
+                ask = await self._path.ask_person(AskRequest(
+                    AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
+                    f"pin:{call.name}:{drifted.drift.digest[:16]}", subject, None))
+        return ask.end is AskEnd.APPROVED
