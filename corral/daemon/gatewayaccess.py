@@ -488,6 +488,9 @@ class GatewayService:
             return self.agent_tools.listed(ident) if kind == "tools" else []
         with self.slot(ident):
             items = await lister(owner=ident.owner, allow=ident.allow)
+        # its tenant's servers as they are now: an allowlist made when its session began
+        # may predate a server another tenant added since
+        items = [i for i in items if self._tenant_sees(ident, f"{i.get('server')}__")]
         if ident.server is not None:
             return [_as_itself(i, kind) for i in items if i.get("server") == ident.server]
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
@@ -674,6 +677,7 @@ class GatewayService:
         pool = self.tools
         if method == "prompts/get":
             name = str(params.get("name"))
+            self._prompt_seen(ident, name)
             relay, opened = self._relay(ident, name, params, name.partition("__")[0])
             return self._sealed(ident, name, opened, relay, await pool.get_prompt(
                 name, params.get("arguments") or {}, owner=ident.owner, allow=ident.allow,
@@ -688,12 +692,22 @@ class GatewayService:
             ref = dict(params.get("ref") or {})
             if ref.get("type") == "ref/prompt":
                 server, _, ref["name"] = str(ref.get("name")).partition("__")
+                self._prompt_seen(ident, f"{server}__{ref['name']}")
             else:
                 server = await self._server_of(ident, str(ref.get("uri")), templates=True)
             return await pool.complete(server, ref, params.get("argument") or {},
                                        params.get("context"), owner=ident.owner,
                                        allow=ident.allow)
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+
+    def _prompt_seen(self, ident: Identity, name: str) -> None:
+        """Refuses a prompt of a server the client's tenant does not see now (its
+        allowlist may predate the server)."""
+        if not self._tenant_sees(ident, name):
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"prompt {name} is not one gateway client {ident.name} may use: "
+                           f"tenant {ident.tenant} does not see MCP server "
+                           f"{name.partition('__')[0]}")
 
     async def subscribe(self, ident: Identity, uri: str, subscriber: str,
                         on_update: Callable[[str], None]) -> None:
@@ -731,6 +745,7 @@ class GatewayService:
             having = sorted({t["server"] for t in listed
                              if t.get("uriTemplate") == uri or _expands(t.get("uriTemplate"),
                                                                         uri)})
+        having = [h for h in having if self._tenant_sees(ident, f"{h}__")]
         if ident.server is not None:  # a server seen as itself: its own resources alone
             having = [h for h in having if h == ident.server]
         if len(having) != 1:
