@@ -276,7 +276,12 @@ class Agent:
                     await before_stop(gone)
                 # a replica that goes drains: its running tasks end before it is asked
                 # to stop (asked at once, its worker exits and they are lost), within
-                # its stop_timeout, past which the stop takes them as any stop does
-                await self._retire(gone, self.spec, reason, self.spec.stop_timeout)
+                # its stop_timeout, past which the stop takes them as any stop does;
+                # meanwhile a stop of the supervisor stops it too, as a rollout's
+                self.replacing.update(gone)
+                try:
+                    await self._retire(gone, self.spec, reason, self.spec.stop_timeout)
+                finally:
+                    self.replacing.difference_update(gone)
         self.spec.replicas = n
         return n
