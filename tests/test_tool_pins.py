@@ -123,3 +123,46 @@ def test_a_changed_definition_is_blocked_until_a_person_approves_it(daemon: Daem
     # and no one is asked again
     assert run(d, "d")["content"][0]["text"] == "fetched d"
     assert d.ask("approvals.list")["asks"] == []
+
+
+@pytest.mark.deadline(120)
+def test_a_name_that_would_shadow_another_is_refused_naming_both() -> None:
+    """A server listing one tool name twice: both left out (a client of /mcp/NAME or of
+    NAME__TOOL would see one for the other), its status and log naming the entries; a
+    reload adding a server named as a coordinate team (whose leader's tools TEAM__MEMBER
+    would shadow the server's SERVER__TOOL) is refused naming both, nothing changed."""
+    tmp = shared_tmpdir()
+    (tmp / "description").write_text(TRUSTED)
+    team = textwrap.dedent(f"""
+        [agents.lead]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+
+        [teams.dup]
+        mode = "coordinate"
+        leader = "lead"
+        members = ["reader"]
+    """)
+    twice = (f'\n[mcp_servers.twice]\ncommand = ["{PY}", "{HERE}/servers/drifting_mcp.py", '
+             f'"{tmp}/description", "twice"]\nstart = "eager"\n')
+    d = Daemon(tmp, fleet(tmp) + team + twice)
+    try:
+        d.start()
+        names = [t["name"] for t in d.ask("tools.list")["tools"]]
+        assert "twice__other" in names and "twice__fetch" not in names
+        [row] = [s for s in d.ask("mcp.status")["mcp_servers"] if s["name"] == "twice"]
+        assert row["rejected_tools"] == ["'fetch'"]
+        wait_for(lambda: "left out tool 'fetch': listed 2 times (entries 1, 2 of its list), "
+                         "each would shadow the other" in d.cli("logs", "twice").stdout,
+                 "the note naming both entries")
+        # a reload that would add a server the team's leader's tools would shadow
+        d.config.write_text(d.config.read_text() + (
+            f'\n[mcp_servers.dup]\ncommand = ["{PY}", "{HERE}/servers/drifting_mcp.py", '
+            f'"{tmp}/description"]\n'))
+        reload = d.cli("reload")
+        assert reload.returncode != 0
+        assert ("team dup: an MCP server has its name (a leader's tools dup__MEMBER would "
+                "shadow the server's)") in reload.stderr, reload.stderr
+        assert "dup" not in [s["name"] for s in d.ask("mcp.status")["mcp_servers"]]
+    finally:
+        d.close()

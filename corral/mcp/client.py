@@ -512,7 +512,9 @@ class McpClient:
 
     # -- tools ----------------------------------------------------------------------------
     async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
-        """All pages of tools/list; tools with names outside the spec are left out."""
+        """All pages of tools/list; tools with names outside the spec are left out, and
+        a name listed twice is left out whole: a client would see one for the other
+        (DESIGN section 27: no shadowed names)."""
         tools: list[dict[str, Any]] = []
         badly_named: list[str] = []
         rejected: list[str] = []
@@ -532,6 +534,15 @@ class McpClient:
         if badly_named:
             self._note(f"left out tools whose names break the MCP naming rule or contain "
                        f"'__': {', '.join(badly_named)}")
+        places: dict[str, list[int]] = {}
+        for i, tool in enumerate(tools, 1):
+            places.setdefault(tool["name"], []).append(i)
+        twice = {name: at for name, at in places.items() if len(at) > 1}
+        for name, at in twice.items():
+            rejected.append(repr(name))
+            self._note(f"left out tool {name!r}: listed {len(at)} times (entries "
+                       f"{', '.join(map(str, at))} of its list), each would shadow the other")
+        tools = [t for t in tools if t["name"] not in twice]
         self.tools = tools
         self.rejected_tools = badly_named + rejected
         self.param_headers.learn(marks)

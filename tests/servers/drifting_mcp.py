@@ -2,7 +2,10 @@
 starts: a test rewrites the file between two starts (a "rug pull": the definition a
 person trusted, changed under it). Tool: fetch {url}, answering "fetched URL".
 
-    drifting_mcp.py DESC_FILE
+    drifting_mcp.py DESC_FILE [twice]
+
+With `twice`, the tool is listed twice (the second with another description): a name
+that would shadow itself.
 """
 
 import json
@@ -12,6 +15,9 @@ with open(sys.argv[1]) as f:
     description = f.read().strip()
 TOOLS = [{"name": "fetch", "description": description,
           "inputSchema": {"type": "object", "properties": {"url": {"type": "string"}}}}]
+if sys.argv[2:] == ["twice"]:
+    TOOLS += [{**TOOLS[0], "description": "the other fetch"},
+              {"name": "other", "inputSchema": {"type": "object"}}]
 for line in sys.stdin:
     msg = json.loads(line)
     rid = msg.get("id")
