@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 from corral.methods import REGISTRY
 
 from .conftest import ROOT
-from .daemon_harness import hello
-from .test_http_api import serving
+from .daemon_harness import hello, in_process
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
 pytestmark = pytest.mark.long
@@ -63,10 +62,18 @@ EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
 # PATCH /agents/{name}: the patched agent's command must be an executable on this host's
 # PATH or a file (the run adds agents with check=false, whose commands are not; a patch
 # of any key checks the table it makes whole).
+# POST /agents/{name}/scale: the fleet's replicas at most this host's max_replicas (a
+# [supervisor] setting: the run's daemon has FLEET_MAX).
 EXCUSED = {("POST", "/api/v1/tenants"): ("user: no such user: ",
                                          "is above max_memory_mb"),
            ("POST", "/api/v1/tasks"): ("days from now",),
-           ("PATCH", "/api/v1/agents/{name}"): ("(--no-check to update it anyway)",)}
+           ("PATCH", "/api/v1/agents/{name}"): ("(--no-check to update it anyway)",),
+           ("POST", "/api/v1/agents/{name}/scale"): ("(a [supervisor] setting)",)}
+# Path parameters the run gives, not generated: an operation on an agent of a random
+# name is a 404 whatever its body, and its body's rules would go untested. The daemon's
+# one agent is scaled, within a fleet of FLEET_MAX replicas (few processes to start).
+NAMED = {("POST", "/api/v1/agents/{name}/scale"): {"name": "hello"}}
+FLEET_MAX = 3
 # Mended, not excluded (decision 273): an Idempotency-Key sent again with another request
 # is a 409, a conflict with the key's state (schemathesis sends the keys it made again,
 # with other bodies); a whole number spelled `2.0` is taken for an integer, as JSON
@@ -130,6 +137,7 @@ def run(url: str, token: str) -> list[str]:
         skip = EXCLUDED.get((op.method.upper(), op.path), set())
         these = [c for c in checks if c.__name__ not in skip]
         why = EXCUSED.get((op.method.upper(), op.path))
+        named = NAMED.get((op.method.upper(), op.path), {})
         if why:
             these = [excusing(c, why) if c.__name__ == "positive_data_acceptance" else c
                      for c in these]
@@ -143,6 +151,7 @@ def run(url: str, token: str) -> list[str]:
                                          hypothesis.Phase.generate])
             @hypothesis.given(case=op.as_strategy(generation_mode=mode))
             def test(case: Any) -> None:  # a schemathesis.Case
+                case.path_parameters = {**(case.path_parameters or {}), **named}  # noqa: B023
                 case.call_and_validate(base_url=url, checks=these, timeout=30)  # noqa: B023
 
             try:
@@ -159,9 +168,11 @@ def run(url: str, token: str) -> list[str]:
 @pytest.mark.deadline(300)
 @pytest.mark.timeout(300)
 async def test_schemathesis_finds_nothing_wrong_with_the_api(tmp_path: Path) -> None:
-    async with serving(tmp_path, hello("hello"), "rate_per_minute = 0") as api:
-        rc, out, err = await cli(api.d.services.socket_path, "token", "create",
+    async with in_process(tmp_path, hello("hello"),
+                          '\n[http]\nlisten = "127.0.0.1:0"\nrate_per_minute = 0\n',
+                          supervisor=f"max_replicas = {FLEET_MAX}") as d:
+        rc, out, err = await cli(d.services.socket_path, "token", "create",
                                  "schemathesis", "--scope", "admin")
         assert rc == 0, err
-        failures = await asyncio.to_thread(run, api.d.http_server.url, out.strip())
+        failures = await asyncio.to_thread(run, d.http_server.url, out.strip())
     assert not failures, "\n\n".join(failures)

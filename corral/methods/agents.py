@@ -223,8 +223,9 @@ class AgentsScale(Params):
     """Set the number of replicas of an agent."""
 
     name: str
-    # required: a body that forgets it must not scale the agent to some default
-    replicas: int
+    # required: a body that forgets it must not scale the agent to some default; past
+    # the fleet's max_replicas (a [supervisor] setting: no document can say it) refused
+    replicas: Annotated[int, msgspec.Meta(ge=0)]
 
 
 

@@ -247,8 +247,9 @@ def test_changes_of_a_cluster_agent_refused(tmp: Path, redis: RedisServer) -> No
                 "keeper`)") in r.stderr, r.stderr
         r = a.cli("rollback", "keeper")
         assert r.returncode != 0 and "no revision 0 of cluster agent keeper" in r.stderr
+        # (the method's params say it: the REST API's document too)
         assert refused(a, "agents.scale", {"name": "keeper", "replicas": -1}) == (
-            "replicas must be >= 0")
+            "invalid params: Expected `int` >= 0 - at `$.replicas`")
         # a batch is the cluster's or this node's, not both
         table = {"command": [PY, f"{EXAMPLES}/misbehave.py"]}
         assert refused(a, "agents.add", {"agents": {
