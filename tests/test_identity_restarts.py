@@ -1,0 +1,116 @@
+"""A session keeps its owner's identity through whatever the daemon goes through (issue
+74, DESIGN 20, decision 440): tenant acme's runtime agent `chat` keeps a secret in session
+`s1`; the daemon is stopped and started again, SIGKILLed and started again, or upgraded
+in place (`corral upgrade`); acme then removes `chat` and tenant globex adds a `chat` of
+its own. globex lists none of acme's sessions, `GET /agents/chat/sessions/s1` is 404 for
+it word for word as a session that never was, and its own first turn of `s1` is given no
+state. Removing the agent ended acme's sessions (docs/durable.md#sessions): acme and the
+operator list none of them after it either. A real daemon process, its HTTP API with a
+token of each tenant, real SDK workers (tests/session_agent.py); the cluster's takeover is
+tests/cluster/test_cluster_session_identity.py's."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+
+from .daemon_harness import Daemon as DaemonProcess
+from .daemon_harness import free_port
+from .test_daemon_cli import tmp  # noqa: F401  (a fixture)
+from .test_sessions_identity import SCOPES, TENANTS, chat_table, listed
+
+NOT_FOUND = {"type": "about:blank", "title": "not found", "status": 404,
+             "detail": "no such session: s1 of agent chat", "code": jsonrpc.NOT_FOUND}
+
+
+def _graceful(d: DaemonProcess) -> None:
+    assert d.stop() == 0
+    d.start()
+
+
+def _killed(d: DaemonProcess) -> None:
+    d.stop(signal.SIGKILL)
+    d.start()
+
+
+def _upgraded(d: DaemonProcess) -> None:
+    r = d.cli("upgrade")
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+RESTARTS: list[tuple[str, Callable[[DaemonProcess], None]]] = [
+    ("stopped and started", _graceful), ("SIGKILLed", _killed), ("upgraded", _upgraded)]
+
+
+@pytest.mark.timeout(300)
+def test_a_session_keeps_its_owner_through_a_restart_a_kill_and_an_upgrade(
+        tmp: Path) -> None:  # noqa: F811
+    port = free_port()
+    d = DaemonProcess(tmp, "", f'{TENANTS}[http]\nlisten = "127.0.0.1:{port}"\n')
+    base = f"http://127.0.0.1:{port}/api/v1"
+    tokens: dict[str, str] = {}
+
+    def ask(verb: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            base + path, method=verb, data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {tokens[token]}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=90) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def run(token: str, value: str) -> dict[str, Any]:
+        status, body = ask("POST", "/tasks?wait=60", token, {
+            "agent": "chat", "input": {"turn": value}, "session": "s1"})
+        assert status == 200 and body["status"] == "succeeded", body
+        out: dict[str, Any] = body["output"]
+        return out
+
+    try:
+        d.start()
+        for name, tenant in (("ta", "acme"), ("tg", "globex")):
+            r = d.cli("token", "create", name, "--tenant", tenant, "--json",
+                      *(w for s in SCOPES for w in ("--scope", s)))
+            assert r.returncode == 0, r.stderr
+            tokens[name] = json.loads(r.stdout)["token"]
+        for how, restart in RESTARTS:
+            secret = f"acme's secret before it was {how}"
+            status, body = ask("POST", "/agents", "ta", {"agents": {"chat": chat_table()}})
+            assert status == 200, (how, body)
+            out = run("ta", secret)
+            assert (out["turns"], out["given"]) == ([secret], False), how
+            restart(d)
+            # the session outlived it, acme's, and carries on with its state
+            assert listed(ask("GET", "/sessions", "ta")[1]) == [("acme", "chat", "s1")], how
+            out = run("ta", "again")
+            assert (out["turns"], out["given"]) == ([secret, "again"], True), how
+            assert ask("DELETE", "/agents/chat", "ta")[0] == 200, how
+            status, body = ask("POST", "/agents", "tg", {"agents": {"chat": chat_table()}})
+            assert status == 200, (how, body)
+            assert ask("GET", "/sessions", "tg") == (200, {"sessions": []}), how
+            assert ask("GET", "/sessions?agent=chat", "tg") == (200, {"sessions": []}), how
+            assert ask("GET", "/agents/chat/sessions/s1", "tg") == (404, NOT_FOUND), how
+            out = run("tg", "globex's first")
+            assert (out["turns"], out["given"]) == (["globex's first"], False), how
+            assert listed(ask("GET", "/sessions", "tg")[1]) == [("globex", "chat", "s1")]
+            # acme's ended with its agent: acme and the operator see globex's alone
+            assert ask("GET", "/sessions", "ta") == (200, {"sessions": []}), how
+            assert ask("GET", "/agents/chat/sessions/s1", "ta") == (404, NOT_FOUND), how
+            assert listed(d.json("sessions")) == [("globex", "chat", "s1")], how
+            assert secret not in json.dumps(d.json("sessions", "show", "chat", "s1"))
+            # the name freed again for the next round
+            assert ask("DELETE", "/agents/chat", "tg")[0] == 200, how
+            assert listed(d.json("sessions")) == [], how
+    finally:
+        d.close()
