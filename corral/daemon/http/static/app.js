@@ -699,12 +699,15 @@ const Waterfall = ({ trace }) => {
         text-anchor=${f === 0 ? "start" : f === 1 ? "end" : "middle"}>${spanTime(f * total)}</text></g>`)}
     ${rows.map(({ s, depth }, i) => {
       const y = W.axis + i * W.row;
-      const cls = ["bar", slow.has(s.span_id) && "slow", s.error && "failed"].filter(Boolean).join(" ");
+      const replayed = !!s.attributes?.["corral.step.replayed"];
+      const cls = ["bar", slow.has(s.span_id) && "slow", s.error && "failed", replayed && "replayed"]
+        .filter(Boolean).join(" ");
       const took = s.end - s.start;
-      const note = [spanTime(took), slow.has(s.span_id) && "slow", s.error && `failed: ${s.error}`]
-        .filter(Boolean).join(" · ");
-      return html`<g class="span-row" data-span=${s.span_id} data-name=${s.name} data-depth=${depth}>
-        <text class="span-name" x=${8 + depth * 16} y=${y + 15}>${s.name}</text>
+      const note = [spanTime(took), slow.has(s.span_id) && "slow", s.error && `failed: ${s.error}`,
+        replayed && "replayed: answered from the task's step journal, not made again"].filter(Boolean).join(" · ");
+      return html`<g class="span-row" data-span=${s.span_id} data-name=${s.name} data-depth=${depth}
+          data-replayed=${replayed ? "true" : null}>
+        <text class="span-name" x=${8 + depth * 16} y=${y + 15}>${s.name}${replayed ? " ↺ replayed" : ""}</text>
         <text class="span-took" x=${W.label - 8} y=${y + 15} text-anchor="end">${spanTime(took)}</text>
         <rect class=${cls} x=${x(s.start)} y=${y + 4} height=${W.row - 8}
           width=${Math.max(2, (took / total) * span)}><title>${`${s.name}: ${note}`}</title></rect>
@@ -739,6 +742,23 @@ function WaitingFor({ t }) {
       <span class="waiting-why">${t.waiting}</span> (<a href=${`#/agent/${t.agent}`}>agent ${t.agent}</a>)</div>`;
   }
   return null;
+}
+
+// What the task's worker reported it used (usage/report): tokens and dollars, per model
+// where it named models
+function TaskUsage({ u }) {
+  if (!u || !u.reports) return html`<p class="note" id="task-usage">No usage reported.</p>`;
+  const models = Object.entries(u.models ?? {});
+  const tokens = (x) => `${x.input_tokens.toLocaleString()} in, ${x.output_tokens.toLocaleString()} out`;
+  return html`<div id="task-usage"><p>Usage: <span class="usage-total">${tokens(u)} tokens, $${u.cost_usd.toFixed(4)}</span>
+      <span class="note">(${u.reports} report${u.reports === 1 ? "" : "s"})</span></p>
+    ${models.length > 0 && html`<table id="task-models">
+      <thead><tr><th>Model</th><th class="num">Input tokens</th><th class="num">Output tokens</th>
+        <th class="num">Cost</th><th class="num">Reports</th></tr></thead>
+      <tbody>${models.map(([name, x]) => html`<tr data-model=${name}><td class="wrap">${name}</td>
+        <td class="num">${x.input_tokens.toLocaleString()}</td><td class="num">${x.output_tokens.toLocaleString()}</td>
+        <td class="num">$${x.cost_usd.toFixed(4)}</td><td class="num">${x.reports}</td></tr>`)}</tbody>
+    </table>`}</div>`;
 }
 
 // A task's live output (tasks.stream), followed while its view is open: the chunks as
@@ -808,7 +828,8 @@ class Task extends Polled {
     if (tr.error) return html`<p class="note" id="trace-note">${tr.error}</p>`;
     if (!tr.spans.length) return html`<p class="note" id="trace-note">No trace kept for this task (not sampled, or pruned from the local store).</p>`;
     return html`<p class="note">Trace <code id="trace-id">${tr.trace_id}</code>; <span class="legend slow">slow</span>
-      a tool call over twice the median of the task's, <span class="legend failed">failed</span> one that failed.</p>
+      a tool call over twice the median of the task's, <span class="legend failed">failed</span> one that failed,${" "}
+      <span class="legend replayed">replayed</span> a retry's step answered from the task's step journal (not made again).</p>
       <${Waterfall} trace=${tr} />`;
   }
   show(t) {
@@ -819,14 +840,16 @@ class Task extends Polled {
       ${Object.keys(t.options ?? {}).length > 0 && html`<p id="task-options">Options as submitted: ${
         Object.entries(t.options).map(([k, v]) => html`<code>${k} = ${JSON.stringify(v)}</code> `)}</p>`}
       <${WaitingFor} t=${t} />
+      <${TaskUsage} u=${t.usage} />
       <h2>Attempts</h2>
       <table id="attempts">
         <thead><tr><th class="num">Replica</th><th class="num">PID</th><th>Started</th>
-          <th>Finished</th><th>Outcome</th><th>Error</th></tr></thead>
+          <th>Finished</th><th>Outcome</th><th>Steps replayed</th><th>Error</th></tr></thead>
         <tbody>${t.attempts.map((a) => html`<tr>
           <td class="num">${a.replica}</td><td class="num">${a.pid ?? "–"}</td>
-          <td>${stamp(a.started)}</td><td>${stamp(a.finished)}</td><td>${a.outcome}</td>
-          <td>${a.error ?? ""}</td></tr>`)}</tbody>
+          <td class="wrap">${stamp(a.started)}</td><td class="wrap">${stamp(a.finished)}</td><td>${a.outcome}</td>
+          <td class="wrap replayed">${a.replayed ? `${a.replayed}${a.diverged ? `, live from call ${a.diverged}` : ""}` : "–"}</td>
+          <td class="wrap attempt-error">${a.error ?? ""}</td></tr>`)}</tbody>
       </table>
       ${session.methods.includes("traces.get") && html`<h2>Trace</h2>${this.showTrace()}`}
       <h2>Input</h2>
