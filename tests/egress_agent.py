@@ -113,6 +113,8 @@ async def handle(t, ctx):
                 "child_err": child.stderr[-500:]}
     if t["do"] == "gateways":
         return await gateways(t)
+    if t["do"] == "processes":  # the pids of its sandbox (its own pid namespace)
+        return sorted(e for e in os.listdir("/proc") if e.isdigit())
     if t["do"] == "files":
         return {"read": {p: outcome(lambda p=p: read(p)) for p in t.get("read", [])},
                 "write": {p: outcome(lambda p=p: write(p)) for p in t.get("write", [])}}

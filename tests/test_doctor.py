@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from corral.daemon.doctor import GATEWAYS_HOW
 from corral.supervisor.landlock import abi
 from corral.supervisor.sandbox import host_refusal
 
@@ -66,22 +67,22 @@ def test_doctor_names_the_layer_on_this_host(tmp_path: Path) -> None:
     assert seen["host"]["user namespaces"] == (
         True, "bubblewrap makes a sandbox with a user namespace of its own")
     assert seen["host"]["egress layer"] == (
-        True, "bubblewrap: a network namespace of its own, the gateways relayed in")
+        True, "bubblewrap: a network namespace of its own, the gateways reachable in it")
     version, said = abi()
     assert seen["host"]["landlock"][0] == (version > 0)
     assert said in seen["host"]["landlock"][1]
     assert set(seen["host"]) == {"user namespaces", "landlock", "seccomp",
                                  "cgroup delegation", "egress layer"}
     assert seen["agents"] == {
-        "boxed": ("gateways", "bubblewrap: an empty network namespace, the gateways "
-                              "relayed in at 127.0.0.1:8765", True),
+        "boxed": ("gateways", "bubblewrap: a network namespace of its own, the gateways at "
+                              f"127.0.0.1:8765 in it ({GATEWAYS_HOW})", True),
         "cut": ("none", "bubblewrap: an empty network namespace", True),
         "open": ("any", "none: the host's network and files", True)}
     # and in words, for a person
     text = corral_run(["doctor", "-c", str(config(tmp_path))], timeout=60).stdout
     assert text.splitlines()[0].split() == ["HOST", "OK", "WHAT", "IT", "SAID"]
-    assert "boxed  gateways  bubblewrap: an empty network namespace, the gateways " \
-           "relayed in at 127.0.0.1:8765" in text
+    assert "boxed  gateways  bubblewrap: a network namespace of its own, the gateways " \
+           "at 127.0.0.1:8765 in it" in text
 
 
 def without_user_namespaces(args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import socket
+import subprocess
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -149,6 +150,11 @@ async def test_gateways_reach_corral_and_nothing_else(tmp_path: Path,
         assert out["env"]["CORRAL_MCP_SOCKET"] is None
         assert out["env"]["CORRAL_MCP_URL"].startswith("http://127.0.0.1:")
         assert [r["key"] for r in upstream.requests] == [KEY]
+        # as root the daemon holds the sandbox's network namespace and listens in it
+        # itself: nothing runs in the sandbox but bwrap's init and the agent; otherwise
+        # the relay's forwarder is a third
+        assert await run(d, {"do": "processes"}) == (
+            ["1", "2"] if os.geteuid() == 0 else ["1", "2", "3"])
 
 
 @pytest.mark.deadline(240)
@@ -276,3 +282,42 @@ def test_a_tenants_egress_is_a_floor_its_agents_cannot_lower(tmp_path: Path) -> 
                    "lower": ("bwrap", "gateways", "gateways"),
                    "stricter": ("bwrap", "none", "none"),
                    "hostnet": ("bwrap", "gateways", "gateways")}
+
+
+def test_the_relay_passes_a_connection_to_the_gateways_socket(tmp_path: Path) -> None:
+    """Without root (no namespace of the daemon's: egressdoors.py), the sandbox's first
+    program is the relay (egressrelay.py): a client inside reaches the address its
+    environment names, and what it sends arrives at the gateways' unix socket and back."""
+    from corral.supervisor.sandbox import Relay, sandboxed
+
+    port = free_port()
+    path = tmp_path / "gw.sock"
+    client = textwrap.dedent(f"""
+        import socket
+        with socket.create_connection(("127.0.0.1", {port}), timeout=10) as s:
+            s.sendall(b"ping")
+            s.shutdown(socket.SHUT_WR)
+            print(s.recv(100).decode())
+    """)
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket(socket.AF_UNIX) as gateways:
+        gateways.bind(str(path))
+        gateways.listen(1)
+        gateways.settimeout(30)
+        argv = sandboxed([PY, "-c", client], program="bwrap", cwd=str(home), env={},
+                         network="gateways", root=os.geteuid() == 0,
+                         read_only=[str(ROOT)],
+                         relay=Relay(f"http://127.0.0.1:{port}/mcp", str(path), PY))
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            conn, _ = gateways.accept()
+            with conn:
+                assert conn.recv(100) == b"ping"
+                conn.sendall(b"pong")
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert (proc.returncode, out) == (0, "pong\n")

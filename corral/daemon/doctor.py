@@ -23,6 +23,11 @@ NETWORKS = {
 }
 
 
+# who listens at the gateways' address in an egress = "gateways" sandbox
+GATEWAYS_HOW = ("the daemon's own listener where it runs as root, else a relay started "
+                "in the sandbox")
+
+
 class Probe(NamedTuple):
     name: str
     ok: bool
@@ -64,7 +69,7 @@ def host(program: str) -> list[Probe]:
                      f"ABI {version}: {said} (reported; not an egress layer: its network "
                      "rules are TCP by port alone)" if version else said)
     layer = Probe("egress layer", why is None,
-                  "bubblewrap: a network namespace of its own, the gateways relayed in"
+                  "bubblewrap: a network namespace of its own, the gateways reachable in it"
                   if why is None else f"none: {why}")
     return [userns, landlock, seccomp(), cgroups(), layer]
 
@@ -82,8 +87,8 @@ def layer(iso: Isolation, refusal: str | None, fallback: str, gateway_url: str |
     if network is None:  # "gateways"
         parts = urlsplit(gateway_url or "")
         network = (NETWORKS["gateway"] if gateway_url is None or parts.scheme == "unix"
-                   else f"an empty network namespace, the gateways relayed in at "
-                        f"{parts.hostname}:{parts.port}")
+                   else f"a network namespace of its own, the gateways at "
+                        f"{parts.hostname}:{parts.port} in it ({GATEWAYS_HOW})")
     return f"bubblewrap: {network}", True
 
 

@@ -30,6 +30,7 @@ from .agent import Agent
 from .agents import Agents
 from .config import AgentSpec, McpServerSpec, TenantSpec
 from .containment import CgroupMode, Containment
+from .egressdoors import Doors
 from .elastic import Elastic
 from .errors import NoSuchAgent, SupervisorError
 from .events import EventBus
@@ -123,6 +124,9 @@ class Supervisor:
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
         on_notification(self.worker_notifications, StateCheckpointParams, self._on_checkpoint)
         self.waits = Waits(self.census)
+        # egress = "gateways" agents' network namespaces, held by the daemon where it may
+        # make them (egressdoors.py)
+        self.egress_doors = Doors()
         # tools' definitions pinned (mcp/pins.py), kept with the daemon's state
         self.mcp = Tools(self, self.waits, self.stream, Pins(
             state_dir / PINS_FILE if state_dir is not None else None))
@@ -192,6 +196,7 @@ class Supervisor:
         for group in groups:
             await stop_all(group, "supervisor shutting down", graceful=graceful)
         self.zygotes.close()
+        self.egress_doors.close()  # (after the agents: their sandboxes are in them)
         self.tasks.budgets.close()  # no gate timer outlives the agents
         if self._heartbeat is not None:
             await cancel_all([self._heartbeat])

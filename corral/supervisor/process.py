@@ -34,6 +34,7 @@ from . import pipeends
 from .caps import wrap_argv
 from .config import ConfigError, Limits, passwd_of
 from .containment import TOKEN_VARIABLE, Containment, place
+from .egressdoors import spawning_in
 from .pacing import pacer
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -263,9 +264,11 @@ class ChildProcess(asyncio.Protocol):
         uid: int | None,
         gid: int | None,
         stop_timeout: float = 10.0,
+        netns: int | None = None,
         **channel: Any,
     ) -> ChildProcess:
-        """A cold start: fork/exec on the spawn threads, caps by the shell prologue."""
+        """A cold start: fork/exec on the spawn threads, caps by the shell prologue;
+        `netns`: made in that network namespace (egressdoors.py)."""
         kwargs: dict[str, Any] = {}
         if uid is not None:
             kwargs["user"] = uid
@@ -276,8 +279,11 @@ class ChildProcess(asyncio.Protocol):
         command = wrap_argv(argv, limits, gate=ticket.cgroup is not None)
         full_env = {**env, TOKEN_VARIABLE: ticket.token}
         try:
+            def fork() -> tuple[subprocess.Popen[bytes], int]:
+                return _popen(command, full_env, cwd, ticket.cgroup, kwargs)
+
             popen, pidfd = await off_loop(
-                lambda: _popen(command, full_env, cwd, ticket.cgroup, kwargs), _kill_popen)
+                fork if netns is None else lambda: spawning_in(netns, fork), _kill_popen)
         except BaseException:
             containment.abandon(ticket)
             raise

@@ -19,6 +19,7 @@ import msgspec
 from ..jsonrpc import Peer
 from .caps import nice_for_weight
 from .config import AgentSpec, Isolation, Limits, isolation
+from .egressdoors import Doors
 from .health import CheckState, HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import Cause, State
 from .process import ChildProcess
@@ -63,6 +64,10 @@ class AgentHost(ReplicaHost, Protocol):
     @property
     def release_sdk(self) -> str | None:
         """Where the worker SDK every release imports is (None: nowhere of its own)."""
+
+    @property
+    def egress_doors(self) -> Doors:
+        """The network namespaces the daemon holds for egress = "gateways" replicas."""
 
     @property
     def gateway_relay(self) -> str | None:
@@ -172,6 +177,8 @@ class Replica(ProcessReplica):
         self._iso = isolation(spec, self.host.tenant_spec(spec.tenant))
         if self._iso.egress != "any" and spec.egress_fallback == "warn":
             self._iso = self._enforceable(self._iso, uid)
+        if self._iso.network == "gateways":
+            await self._held(env, spawning)
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
@@ -207,6 +214,19 @@ class Replica(ProcessReplica):
         """The sandbox and network of the process started last (judged at its start)."""
         return self._iso
 
+    async def _held(self, env: dict[str, str], spawning: dict[str, Any]) -> None:
+        """egress = "gateways" over TCP where the daemon may hold the sandbox's network
+        namespace (root): the spawn is made in it, the gateways' listener the daemon's
+        own there (egressdoors.py), and nothing runs in the sandbox for it; else the
+        sandbox's own namespace and the relay (egressrelay.py)."""
+        url, relay = env.get("CORRAL_MCP_URL"), self.host.gateway_relay
+        if "CORRAL_MCP_SOCKET" in env or url is None or relay is None:
+            return
+        ns = await self.host.egress_doors.open(self.label, url, relay)
+        if ns is not None:
+            spawning["netns"] = ns
+            self._iso = self._iso._replace(network="held")
+
     def _enforceable(self, iso: Isolation, uid: int | None) -> Isolation:
         """With egress_fallback = "warn": `iso` where this host can sandbox the agent,
         else none, said in its log (without "warn", the config was refused: configload)."""
@@ -227,7 +247,7 @@ class Replica(ProcessReplica):
         iso = self._isolation()
         if iso.sandbox == "none":
             return argv
-        network = ("none" if beside and iso.network in ("gateway", "gateways")
+        network = ("none" if beside and iso.network in ("gateway", "gateways", "held")
                    else iso.network)
         argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
         # the SDK where the agent's user may reach it (bwrap binds as that user; one that

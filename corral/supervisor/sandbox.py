@@ -235,6 +235,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     if root:
         # root in the sandbox's user namespace has all its capabilities unless told
         args += ["--cap-drop", "ALL"]
+    # "held": the network namespace the spawn is made in, the daemon's (egressdoors.py)
     if network in ("none", "gateway", "gateways"):
         args.append("--unshare-net")
     args += _system_args()

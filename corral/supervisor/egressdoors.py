@@ -1,0 +1,176 @@
+"""egress = "gateways" where the daemon may make network namespaces (root): each agent
+replica's sandbox runs in a network namespace the daemon made and holds for it, empty but
+for a loopback and one listener of the daemon's own at the gateways' address (the one the
+replica's CORRAL_MCP_URL and OPENAI_BASE_URL name), which passes each connection on to
+the gateways' unix socket in the daemon's loop. Nothing is started in the sandbox for it,
+so its start costs what a sandbox's does (docs/sandbox.md#egress; without root, the relay
+of egressrelay.py does the same from inside).
+
+A namespace is made once per replica and kept across its restarts, so its listener is
+there before the replica's first process runs. It is made on a thread of its own, which
+enters it and leaves: no other thread of the daemon changes namespace. A spawn into it is
+made the same way (`spawning_in`): the process inherits the namespace of the thread that
+forks it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+IFREQ = "16sH14x"
+BUFFER = 65536
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _checked(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _on_a_thread(fn: Callable[[], T]) -> T:
+    """`fn` on a thread made for it (its namespace is its own to change), its result."""
+    out: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # raised again on the caller's thread
+            failed.append(exc)
+
+    t = threading.Thread(target=run, name="corral-netns")
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]
+    return out[0]
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        got = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack(IFREQ, b"lo", 0))
+        flags = struct.unpack(IFREQ, got)[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+
+
+def made(host: str, port: int) -> tuple[int, socket.socket]:
+    """A new network namespace (its fd) with its loopback up and a listener at
+    host:port in it. OSError where this process may not make one (not root)."""
+    def make() -> tuple[int, socket.socket]:
+        libc = _libc()
+        _checked(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _loopback_up()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(128)
+            listener.setblocking(False)
+        except BaseException:
+            os.close(ns)
+            raise
+        return ns, listener
+
+    return _on_a_thread(make)
+
+
+def spawning_in(ns: int, fn: Callable[[], T]) -> T:
+    """`fn` (a fork/exec) made from inside namespace `ns`: what it starts is in it."""
+    def run() -> T:
+        _checked(_libc().setns(ns, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+        return fn()
+
+    return _on_a_thread(run)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(BUFFER):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        writer.close()
+
+
+class Door:
+    """One replica's namespace and the daemon's listener in it, passing connections on
+    to the gateways' unix socket."""
+
+    def __init__(self, ns: int, server: asyncio.AbstractServer, url: str) -> None:
+        self.ns, self.server, self.url = ns, server, url
+
+    def close(self) -> None:
+        self.server.close()
+        os.close(self.ns)
+
+
+class Doors:
+    """The doors by replica label, made at a replica's first start."""
+
+    def __init__(self) -> None:
+        self.doors: dict[str, Door] = {}
+        self.refused: str | None = None  # why this process makes none (asked once)
+
+    async def open(self, label: str, url: str, gateways: str) -> int | None:
+        """The namespace replica `label`'s sandbox runs in, its listener at `url`'s
+        address passing on to `gateways`; None where this process may not make one."""
+        door = self.doors.get(label)
+        if door is not None and door.url == url:
+            return door.ns
+        if door is not None:  # the gateways moved (a new address): a new door
+            door.close()
+            del self.doors[label]
+        if self.refused is not None:
+            return None
+        parts = urlsplit(url)
+        if parts.hostname is None or parts.port is None:
+            return None
+        host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+        try:
+            ns, listener = made(host, parts.port)
+        except OSError as exc:
+            self.refused = str(exc)
+            return None
+
+        async def passed_on(reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_unix_connection(gateways)
+            except OSError:
+                writer.close()  # the agent sees its connection reset
+                return
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                up_writer.close()
+                writer.close()
+
+        server = await asyncio.start_server(passed_on, sock=listener)
+        self.doors[label] = Door(ns, server, url)
+        return ns
+
+    def close(self) -> None:
+        for door in self.doors.values():
+            with contextlib.suppress(OSError):
+                door.close()
+        self.doors.clear()
