@@ -61,6 +61,8 @@ from ..workerproto import ToolsCallParams
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
+from .gatewayskills import METHODS as SKILL_METHODS
+from .gatewayskills import GatewaySkills, is_skill
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
 from .relayseal import Holder, SealedState, StateSeal, answered
 
@@ -297,6 +299,8 @@ class GatewayService:
         self.unattributed = 0
         # the states of servers' input requests relayed to clients (relayseal.py)
         self.seal = StateSeal()
+        # the servers' skills (SEP-2640), each checked against its digest when served
+        self.skills = GatewaySkills(tools, self._tenant_sees)
 
     # -- configuration --------------------------------------------------------------------
     def open_tokens(self, authenticate: Callable[[str], ApiToken | None]) -> None:
@@ -511,6 +515,10 @@ class GatewayService:
         (logrelay.py)."""
         if ident.server == AGENTS_VIEW:
             return await self._agent_call(ident, method, params, None, on_progress)
+        if method in SKILL_METHODS or (method == "resources/read" and
+                                       is_skill(str(params.get("uri")))):
+            with self.slot(ident):
+                return await self.skills.serve(ident, method, params)
         if ident.server is not None:
             params = _qualified(ident.server, method, params)
         if method == "tools/call":

@@ -219,6 +219,13 @@ class McpPool(Generic[Spec, Inst]):
         found = await asyncio.gather(*(one(e) for e in entries))
         return [(name, inst) for name, inst in found if inst is not None]
 
+    async def extended(self, extension: str, owner: str | None, allow: list[str] | None,
+                       server: str | None = None) -> list[tuple[str, Inst]]:
+        """(name, instance) of every server some pattern could admit whose capabilities
+        declare `extension` (as the skills of SEP-2640), started where lazy."""
+        return [(n, i) for n, i in await self._serving(owner, allow, server, None)
+                if extension in (i.client.capabilities.get("extensions") or {})]
+
     async def _list_each(self, kind: str, owner: str | None, allow: list[str] | None,
                          server: str | None, unavailable: dict[str, str] | None,
                          key: Callable[[str, dict[str, Any]], str]) -> list[dict[str, Any]]:

@@ -70,6 +70,10 @@ CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
 # serves it to a client that declares it
 TASKS = "io.modelcontextprotocol/tasks"
 TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+# the skills extension (SEP-2640, daemon/gatewayskills.py): a backend with the feature
+# "skills" serves the servers' skills, each checked against its digest
+SKILLS = "io.modelcontextprotocol/skills"
+SKILL_METHODS = frozenset({"skills/list", "skills/get"})
 SUBSCRIBING = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # requests whose server may ask for input (SEP-2322)
 ASKING = frozenset({"tools/call", "prompts/get", "resources/read"})
@@ -286,13 +290,15 @@ class GatewaySession:
         return caps
 
     def _extensions(self, caps: dict[str, Any]) -> dict[str, Any]:
-        """`caps` with the tasks extension, when the backend serves it (to a 2025-11-25
-        client only if it declared it in initialize: an older client's schema has no
-        `extensions`)."""
-        if "tasks" not in self.backend.features or \
-                (self.version is not None and TASKS not in self.extensions):
-            return caps
-        return {**caps, "extensions": {TASKS: {}}}
+        """`caps` with the tasks and skills extensions the backend serves (to a
+        2025-11-25 client only those it declared in initialize: an older client's schema
+        has no `extensions`)."""
+        served = {TASKS: "tasks", SKILLS: "skills"}
+        extensions: dict[str, Any] = {
+            ext: {} for ext, feature in served.items()
+            if feature in self.backend.features
+            and (self.version is None or ext in self.extensions)}
+        return {**caps, "extensions": extensions} if extensions else caps
 
     def _listen(self, rid: Id, params: dict[str, Any], reply: Reply) -> Awaitable[Any]:
         """subscriptions/listen: acknowledged with the kinds corral will send of those
@@ -354,6 +360,8 @@ class GatewaySession:
         if method in SUBSCRIBING and "subscriptions" in self.backend.features \
                 and not stateless:
             return self._subscription(method, params)
+        if method in SKILL_METHODS and "skills" in self.backend.features:
+            return self._forward(method, params, None, stateless, reply, None)
         need = FORWARDED.get(method)
         if need is None or need not in self.backend.features:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")

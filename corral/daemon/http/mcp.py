@@ -59,6 +59,7 @@ from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
 from ..addresses import loopback
 from ..attribution import mark_of
+from ..mcptasks import AGENTS_VIEW
 from .mcpsessions import SessionsFull, SessionTable
 from .server import held_across_upgrade
 
@@ -101,7 +102,9 @@ class PoolBackend:
     @property
     def features(self) -> frozenset[str]:
         # its handles, and its subscriptions (this session's), are the daemon's
-        return self.service.features() | {"tasks", "subscriptions"}
+        # and its servers' skills, which the agents' view (/mcp/corral) has none of
+        skills = {"skills"} if self.ident.server != AGENTS_VIEW else set()
+        return self.service.features() | {"tasks", "subscriptions"} | skills
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         return await self.service.list_items(self.ident, kind)

@@ -1,0 +1,221 @@
+"""Skills at the gateway (SEP-2640, the extension `io.modelcontextprotocol/skills`): the
+skills of the servers a client may use, each verified against its digest before it is
+served.
+
+A server that declares the extension answers `skills/list` (entries: a `skill://NAME/
+SKILL.md` URI, its frontmatter, and its files — `uri`, `digest` "sha256:HEX", `size`)
+and `skills/get` ({uri}); the files are read with `resources/read`. At /mcp a skill is
+named as tools are, `SERVER__NAME` (`skill://SERVER__NAME/SKILL.md`, its files under
+it); at /mcp/NAME, as the server names it. What a client sees is what its allowlist
+admits under `SERVER__NAME` and its tenant sees now, as for prompts.
+
+Digests are what a host trusts a skill by: corral reads a skill's SKILL.md and checks
+it against the digest listed for it before it lists or gives the skill, and checks each
+file it serves against its entry's digest. A mismatch — a server whose skill changed
+under the digest it declared — is refused and logged, never served; so is a skill whose
+SKILL.md has no digest to check (`resources: "dynamic"`, or none listed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..mcp.pool import SEP, allowed
+
+if TYPE_CHECKING:
+    from ..supervisor.mcpserver import McpServerReplica
+    from ..supervisor.tools import Tools
+    from .gatewayaccess import Identity
+
+log = logging.getLogger("corral.gateway")
+
+SKILLS = "io.modelcontextprotocol/skills"
+METHODS = frozenset({"skills/list", "skills/get"})
+SCHEME = "skill://"
+SKILL_FILE = "SKILL.md"
+
+
+class Unverified(RpcError):
+    """A skill, or a file of one, whose content does not match its digest."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(jsonrpc.SERVER_ERROR, message)
+
+
+def is_skill(uri: str) -> bool:
+    return uri.startswith(SCHEME)
+
+
+def name_of(uri: str) -> str:
+    """The skill a `skill://NAME/…` URI is of."""
+    return uri[len(SCHEME):].partition("/")[0]
+
+
+class GatewaySkills:
+    def __init__(self, tools: Tools, sees: Callable[[Identity, str], bool]) -> None:
+        self.tools = tools
+        self.sees = sees  # whether the client's tenant sees a tool's server now
+
+    async def serve(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
+        """skills/list, skills/get, or resources/read of a `skill://` URI."""
+        if method == "skills/list":
+            if params.get("cursor") is not None:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: unknown cursor")
+            return {"skills": await self.listed(ident)}
+        uri = params.get("uri")
+        if not isinstance(uri, str) or not is_skill(uri):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"invalid params: {method} needs a {SCHEME} uri")
+        server, inst, theirs = await self._route(ident, uri)
+        if method == "skills/get":
+            got = await inst.client.request("skills/get", {"uri": theirs},
+                                            timeout=self._timeout(server))
+            skill = got.get("skill") if isinstance(got, dict) else None
+            if not isinstance(skill, dict) or skill.get("uri") != theirs:
+                raise RpcError(jsonrpc.SERVER_ERROR, f"skills/get {uri}: MCP server "
+                                                     f"{server} answered no entry of it")
+            await self._verify(server, inst, skill, uri)
+            return {"skill": _shown(ident, server, skill)}
+        # a file of a skill: checked against the digest its server lists for it
+        entries = await inst.client.list_all("skills/list", "skills", self._timeout(server))
+        skill = next((e for e in entries if name_of(str(e.get("uri"))) == name_of(theirs)),
+                     None)
+        want = _digest_of(skill, theirs) if skill is not None else None
+        if want is None:
+            raise self._refused(server, uri, "no digest is listed for it to be checked by")
+        contents = await self._read(server, inst, theirs, want, uri)
+        return {"contents": [{**c, "uri": uri} if c.get("uri") == theirs else c
+                             for c in contents]}
+
+    async def listed(self, ident: Identity) -> list[dict[str, Any]]:
+        """Every skill the client may see, each verified; one that fails is left out
+        (and logged), the others are served."""
+        out: list[dict[str, Any]] = []
+        for server, inst in await self._servers(ident):
+            entries = await inst.client.list_all("skills/list", "skills",
+                                                 self._timeout(server))
+            for skill in entries:
+                uri = str(skill.get("uri"))
+                if not is_skill(uri) or not self._admits(ident, server, name_of(uri)):
+                    continue
+                shown = _shown(ident, server, skill)
+                try:
+                    await self._verify(server, inst, skill, shown["uri"])
+                except Unverified:
+                    continue  # logged by _refused
+                out.append(shown)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+    async def _servers(self, ident: Identity) -> list[tuple[str, McpServerReplica]]:
+        found = await self.tools.extended(SKILLS, ident.owner, ident.allow, ident.server)
+        return [(n, i) for n, i in found if self.sees(ident, f"{n}{SEP}")]
+
+    def _admits(self, ident: Identity, server: str, skill: str) -> bool:
+        return (ident.allow is None or allowed(f"{server}{SEP}{skill}", ident.allow)) \
+            and self.sees(ident, f"{server}{SEP}")
+
+    async def _route(self, ident: Identity, uri: str
+                     ) -> tuple[str, McpServerReplica, str]:
+        """The server a skill URI the client gave is of, its instance, and the URI as
+        the server names it."""
+        name = name_of(uri)
+        if ident.server is not None:
+            server, skill, theirs = ident.server, name, uri
+        else:
+            server, sep, skill = name.partition(SEP)
+            theirs = SCHEME + skill + uri[len(SCHEME) + len(name):]
+            if not sep or not skill:
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"skill {uri}: at /mcp a skill is named SERVER__NAME",
+                               {"uri": uri})
+        found = dict(await self._servers(ident))
+        if server not in found or not self._admits(ident, server, skill):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"skill {uri}: no server this client may use has it", {"uri": uri})
+        return server, found[server], theirs
+
+    async def _verify(self, server: str, inst: McpServerReplica, skill: dict[str, Any],
+                      shown: str) -> None:
+        """The skill's SKILL.md read and checked against its listed digest."""
+        uri = str(skill.get("uri"))
+        want = _digest_of(skill, uri)
+        if want is None:
+            raise self._refused(server, shown, "its SKILL.md has no digest listed to be "
+                                               "checked by")
+        await self._read(server, inst, uri, want, shown)
+
+    async def _read(self, server: str, inst: McpServerReplica, uri: str, want: str,
+                    shown: str) -> list[dict[str, Any]]:
+        """The contents of a skill's file, once its bytes match `want` (sha256:HEX)."""
+        got = await inst.client.read_resource(uri, self._timeout(server))
+        contents = got.get("contents") if isinstance(got, dict) else None
+        if not isinstance(contents, list) or not contents:
+            raise self._refused(server, shown, f"resources/read of {uri} gave no contents")
+        data = _bytes_of(contents[0])
+        digest = "sha256:" + hashlib.sha256(data).hexdigest() if data is not None else None
+        if digest != want.lower():
+            raise self._refused(server, shown, f"{uri} does not match its digest "
+                                               f"(listed {want}, read {digest})")
+        return [c for c in contents if isinstance(c, dict)]
+
+    @staticmethod
+    def _refused(server: str, uri: str, why: str) -> Unverified:
+        message = f"skill {uri} of MCP server {server} refused: {why}"
+        log.warning("gateway: %s", message)
+        return Unverified(message)
+
+    def _timeout(self, server: str) -> float:
+        return float(self.tools.servers[server].spec.timeout)
+
+
+def _digest_of(skill: dict[str, Any], uri: str) -> str | None:
+    """The digest a skill's entry lists for its file `uri` (None: none listed)."""
+    files = skill.get("resources")
+    if not isinstance(files, list):  # "dynamic": nothing listed
+        return None
+    digest = next((f.get("digest") for f in files
+                   if isinstance(f, dict) and f.get("uri") == uri), None)
+    return digest if isinstance(digest, str) and digest.startswith("sha256:") else None
+
+
+def _bytes_of(content: Any) -> bytes | None:
+    if not isinstance(content, dict):
+        return None
+    if isinstance(content.get("text"), str):
+        return str(content["text"]).encode()
+    try:
+        return base64.b64decode(str(content.get("blob")), validate=True) \
+            if isinstance(content.get("blob"), str) else None
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _shown(ident: Identity, server: str, skill: dict[str, Any]) -> dict[str, Any]:
+    """A skill's entry as the client sees it: at /mcp, `SERVER__NAME` in its name and
+    in each of its URIs; at /mcp/NAME, as the server gave it."""
+    if ident.server is not None:
+        return skill
+    name = name_of(str(skill.get("uri")))
+    ours = f"{SCHEME}{server}{SEP}{name}/"
+
+    def renamed(uri: Any) -> Any:
+        prefix = f"{SCHEME}{name}/"
+        return ours + uri[len(prefix):] if isinstance(uri, str) and \
+            uri.startswith(prefix) else uri
+
+    out = {**skill, "uri": renamed(skill.get("uri"))}
+    front = skill.get("frontmatter")
+    if isinstance(front, dict) and front.get("name") == name:
+        out["frontmatter"] = {**front, "name": f"{server}{SEP}{name}"}
+    if isinstance(skill.get("resources"), list):
+        out["resources"] = [{**f, "uri": renamed(f.get("uri"))} if isinstance(f, dict)
+                            else f for f in skill["resources"]]
+    return out
