@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
-from .test_gateway_stdio import listed, text
+from .test_gateway_stdio import gateway, listed, text
 
 mcp = pytest.importorskip("mcp")
 import httpx2  # noqa: E402
@@ -194,3 +194,11 @@ async def test_a_server_seen_as_itself_and_a_tenant_without_search_list_every_to
             await s.call_tool("search_tools", {"query": "invoice"})
         assert str(err.value) == \
             "no such tool: search_tools (tools are named SERVER__TOOL)"
+
+
+async def test_corral_mcp_serve_searches_too(daemon: Daemon) -> None:
+    """Over stdio (the operator's client, of no tenant): the gateway's setting."""
+    async with gateway(daemon) as s:
+        assert await listed(s, "many__forecast_weather") == \
+            ["search_tools", "many__forecast_weather"]
+        assert await search(s, query="archive invoice", limit=1) == ["many__archive_invoice"]
