@@ -83,6 +83,8 @@ def test_skills_are_listed_named_by_server_verified_and_read(gateway: Gateway) -
     discovered = rpc(g, "acme", "server/discover", {})["result"]
     assert SKILLS in discovered["capabilities"]["extensions"]
     listed = rpc(g, "acme", "skills/list", {})["result"]
+    assert (listed["resultType"], listed["ttlMs"], listed["cacheScope"]) == \
+        ("complete", 0, "private")
     # liar's SKILL.md does not match the digest it lists: left out
     assert [s["uri"] for s in listed["skills"]] == [
         "skill://sk__weather-report/SKILL.md", "skill://sk__deploy-check/SKILL.md"]
