@@ -42,6 +42,8 @@ class ReplicaStatus(ProcessStatus):
     # stopped by hand (kept across daemon restarts until started by hand): who, when
     stopped_by: str | None = None
     stopped_at: float | None = None
+    # a sandboxed agent's: the layer its process runs under (docs/sandbox.md#egress)
+    boundary: str | None = None
 
 
 class Revision(msgspec.Struct):

@@ -87,6 +87,13 @@ async def run(d: Any, task: dict[str, Any]) -> Any:
     return done["output"]
 
 
+async def boundary(d: Any) -> str | None:
+    st = await d.dispatcher.call(SOCKET, "agents.status", msgspec.json.encode(
+        {"names": ["box"]}))
+    [replica] = msgspec.json.decode(msgspec.json.encode(st))["agents"]
+    return replica.get("boundary")
+
+
 @contextlib.contextmanager
 def planted(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """What the test opens on the host for the agent to try: a TCP listener and a UDP
@@ -155,6 +162,11 @@ async def test_gateways_reach_corral_and_nothing_else(tmp_path: Path,
         # the relay's forwarder is a third
         assert await run(d, {"do": "processes"}) == (
             ["1", "2"] if os.geteuid() == 0 else ["1", "2", "3"])
+        # and `corral status` names the layer
+        assert await boundary(d) == "egress gateways: " + (
+            "bubblewrap, in a network namespace corral holds: its gateways alone"
+            if os.geteuid() == 0 else
+            "bubblewrap, a network namespace of its own: its gateways alone, relayed")
 
 
 @pytest.mark.deadline(240)
@@ -164,6 +176,7 @@ async def test_none_reaches_not_even_the_gateways(tmp_path: Path, upstream: Stan
         assert out["tool"].startswith("error: ")
         assert out["model"] == "error: APIConnectionError"
         assert upstream.requests == []
+        assert await boundary(d) == "egress none: bubblewrap, an empty network namespace"
         with planted(tmp_path) as p:
             p.pop("udp")
             seen = await run(d, {"do": "attack", "upstream_port": free_port(), **p})
@@ -241,6 +254,7 @@ async def test_warned_it_starts_unenforced_saying_why(tmp_path: Path) -> None:
             p.pop("udp")
             seen = await run(d, {"do": "attack", "upstream_port": free_port(), **p})
         assert seen["self"]["tcp"] == {"ok": "connected"}  # unenforced: the host's network
+        assert await boundary(d) == 'egress none: not enforced (egress_fallback = "warn")'
         logs = (tmp_path / "state" / "logs" / "box.log").read_text()
         assert (f'egress = "none" is not enforced (egress_fallback = "warn"): bubblewrap is '
                 f"not installed ({tmp_path}/no/bwrap not found; Debian's package is "
@@ -321,3 +335,29 @@ def test_the_relay_passes_a_connection_to_the_gateways_socket(tmp_path: Path) ->
                 proc.kill()
                 proc.wait()
     assert (proc.returncode, out) == (0, "pong\n")
+
+
+def test_a_tenants_caller_may_tighten_egress_never_loosen_it(tmp_path: Path) -> None:
+    """What a tenant's caller may name (daemon/privilege.py): a stricter egress than its
+    tenant's stands (the stricter holds either way); a looser one is no loosening; but
+    no paths of the host, and no `egress_fallback = "warn"`, which would run the
+    tenant's floor unenforced."""
+    from corral.daemon.privilege import refusal
+    from corral.supervisor.config import AgentSpec, TenantSpec
+
+    tenant = TenantSpec(egress="gateways")
+
+    def asked(**keys: Any) -> tuple[str, str] | None:
+        spec = AgentSpec(name="a", command="true", tenant="t", cwd=str(tmp_path), **keys)
+        return refusal(spec, "t", tenant, str(tmp_path))
+
+    assert asked(egress="none") is None
+    assert asked(egress="any") is None
+    assert isolation(AgentSpec(name="a", command="true", egress="any"), tenant) == (
+        "bwrap", "gateways", "gateways")
+    assert asked(egress_fallback="warn") == (
+        "egress_fallback", "\"warn\" differs from tenant t's (\"refuse\")")
+    assert asked(read_paths=["/etc"]) == (
+        "read_paths", "[\"/etc\"] differs from tenant t's (none)")
+    assert asked(write_paths=["/srv"]) == (
+        "write_paths", "[\"/srv\"] differs from tenant t's (none)")

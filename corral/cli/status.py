@@ -141,6 +141,9 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
+    for a in st.agents:
+        if a.boundary is not None:  # the layer a sandboxed agent runs under
+            click.echo(f"{a.name}#{a.replica}: {a.boundary}")
     if with_mcp and st.mcp_servers:
         from .mcp import print_mcp
 

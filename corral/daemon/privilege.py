@@ -8,7 +8,9 @@ otherwise is refused with the key named — never quietly put right, so that the
 knows what runs is not what it asked for:
 
 - `tenant` (another tenant's user, quotas and directory), `user`, `group` (who);
-- `sandbox`, `network`, `sandbox_paths` (what the process sees of the host);
+- `sandbox`, `network`, `sandbox_paths`, `read_paths`, `write_paths` (what the process
+  sees of the host), `egress_fallback` (its `egress` may be stricter than its tenant's:
+  the stricter of the two holds);
 - `log_file` (a file the daemon appends the agent's lines to, as root);
 - `env_file` (files the daemon reads, as root, into the agent's environment);
 - `cwd` (the directory a sandbox binds writable): inside the tenant's `dir`, else where
@@ -88,6 +90,10 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     for key in ("read_paths", "write_paths"):  # root binds them: any of the host's files
         if getattr(spec, key):
             return key, _differs(getattr(spec, key), tenant, None, "none")
+    # (its `egress` may be stricter than the tenant's, never looser: config.egress_of; but
+    # "warn" would run the tenant's floor unenforced where the host cannot enforce it)
+    if spec.egress_fallback != "refuse":
+        return "egress_fallback", _differs(spec.egress_fallback, tenant, "refuse", "")
     if spec.log_file is not None:  # root appends to it: a file anywhere, its lines the agent's
         return "log_file", _differs(spec.log_file, tenant, None, "none: its log directory")
     if spec.env_file:  # root reads it: /etc/shadow's lines in the agent's environment

@@ -44,6 +44,23 @@ PROTOCOL_VERSION = "1"
 SDK = Path(__file__).resolve().parent.parent
 
 
+BOUNDARIES = {
+    "held": "bubblewrap, in a network namespace corral holds: its gateways alone",
+    "gateways": "bubblewrap, a network namespace of its own: its gateways alone, relayed",
+    "gateway": "bubblewrap, a network namespace of its own: the gateway's socket alone",
+    "none": "bubblewrap, an empty network namespace",
+    "host": "bubblewrap, the host's network",
+}
+
+
+def boundary(iso: Isolation) -> str | None:
+    """What `corral status` says of the layer a process runs under, None without one."""
+    said = "" if iso.egress == "any" else f"egress {iso.egress}: "
+    if iso.sandbox == "none":
+        return f'{said}not enforced (egress_fallback = "warn")' if said else None
+    return said + BOUNDARIES[iso.network]
+
+
 class AgentHost(ReplicaHost, Protocol):
     """What an agent's replica needs of the supervisor besides a process replica's."""
 
@@ -159,6 +176,7 @@ class Replica(ProcessReplica):
             h = self.health
             st.ready = h is not None and h.ready
             st.health = h.reason if h is not None else None
+        st.boundary = boundary(self._iso)
         return st
 
     def _environment(self, uid: int | None) -> dict[str, str]:
@@ -235,7 +253,7 @@ class Replica(ProcessReplica):
             return iso
         self.note(f'egress = "{iso.egress}" is not enforced (egress_fallback = "warn"): '
                   f"{why}")
-        return Isolation("none", "host")
+        return Isolation("none", "host", iso.egress)
 
     def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
               beside: bool = False) -> list[str]:
