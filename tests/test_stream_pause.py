@@ -11,9 +11,11 @@ longer than the kernel's and the daemon's buffers take to fill (a 15 MiB stream)
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,86 @@ def test_a_follower_past_the_bound_is_cut_with_the_id_to_resume_from(
         assert outputs(seen) == [f"1-{n}" for n in range(len(kept) + 1, CHUNKS + 1)]
         assert seen[-1]["event"] == "result"
         assert seen[-1]["data"]["status"] == "succeeded"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def publish(port: int, token: str, topic: str, data: Any) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/events", method="POST",
+        data=msgspec.json.encode({"topic": topic, "data": data}),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+
+
+def follow_events(port: int, token: str, pattern: str, last_id: str | None = None,
+                  rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf is not None:  # (before the connection: the window it starts with)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", port))
+    resume = f"Last-Event-ID: {last_id}\r\n" if last_id else ""
+    s.sendall(f"GET /api/v1/events/stream?pattern={pattern} HTTP/1.1\r\nHost: x\r\n"
+              f"Authorization: Bearer {token}\r\n{resume}\r\n".encode())
+    return s
+
+
+def read_until(s: socket.socket, raw: bytearray, done: bytes) -> None:
+    while done not in raw and not raw.endswith(END):
+        got = s.recv(1 << 20)
+        if not got:
+            return
+        raw += got
+
+
+@pytest.mark.timeout(120)
+def test_an_event_stream_past_the_bound_is_cut_with_the_id_to_resume_from(
+        tmp_path: Path) -> None:
+    """/events/stream: a client that takes nothing past the bound (1 s here) gets what
+    was written, then `cut` naming the id to resume from, then the body's end; resumed
+    from that id it gets every event after, none twice."""
+    port = free_port()
+    d = daemon(tmp_path, port, "stream_write_timeout = 1.0")
+    try:
+        d.start()
+        token = d.json("token", "create", "ev", "--scope", "events")["token"]
+        # the daemon follows the bus for its streams from the first one on: told by a
+        # warm-up event reaching a first stream
+        with follow_events(port, token, "warm") as warm:
+            seen = bytearray()
+            while b'"topic":"warm"' not in seen:
+                publish(port, token, "warm", 0)
+                warm.settimeout(0.2)
+                with contextlib.suppress(TimeoutError):
+                    seen += warm.recv(1 << 16)
+        pad = "x" * (64 << 10)
+        with follow_events(port, token, "big.*", rcvbuf=16 << 10) as slow:
+            raw = bytearray(slow.recv(1024))
+            for i in range(100):  # 6.4 MiB: more than every buffer on the way holds
+                publish(port, token, f"big.{i}", {"i": i, "pad": pad})
+            time.sleep(3.0)  # the client's pause: past the bound
+            read_until(slow, raw, END)
+        first, whole = unchunked(bytes(raw))
+        assert whole
+        *got, cut = events(first)
+        assert cut["event"] == "cut", cut
+        assert cut["data"]["reason"] == "the client took nothing for 1 s"
+        topics = [e["data"]["topic"] for e in got]
+        assert 0 < len(topics) < 100
+        assert topics == [f"big.{i}" for i in range(len(topics))]
+        assert int(cut["data"]["last_event_id"]) >= int(got[-1]["id"])
+
+        with follow_events(port, token, "big.*", cut["data"]["last_event_id"]) as again:
+            raw = bytearray()
+            read_until(again, raw, b'"topic":"big.99"')
+            while not raw.endswith(b"\n\n\r\n"):  # the rest of that event's chunk
+                raw += again.recv(1 << 20)
+        rest = events(unchunked(bytes(raw) + END)[0])
+        assert [e["data"]["topic"] for e in rest] == [
+            f"big.{i}" for i in range(len(topics), 100)]
         assert d.stop() == 0
     finally:
         d.close()

@@ -223,7 +223,8 @@ class Api:
             return refused
         with self.streams.held(caller.who), self.lasting(request, token, until) as stop:
             if typed is not None:
-                return await sse.events(request, self.ring, caller, typed, tenant, stop)
+                return await sse.events(request, self.ring, caller, typed, tenant, stop,
+                                        self.ctx.settings.stream_write_timeout)
             return await sse.follow(request, self.dispatcher, caller, res.method, params,
                                     stop, self.ctx.settings.stream_write_timeout)
 

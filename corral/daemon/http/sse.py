@@ -7,7 +7,8 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   that cursor and what its connection buffers. One fan-out task writes to every reader
   behind the ring, a batch each, a few milliseconds of it per turn of the loop, and never
   waits on a client: a reader whose connection has STREAM_BUFFER bytes waiting is passed
-  by until its client takes them (its own task waits for that, up to WRITE_DEADLINE), then
+  by until its client takes them (its own task waits for that, up to the bound, else it
+  is cut: below), then
   goes on from its cursor. A client slower than the ring turns over is told how many it
   missed (`event: missed`) and goes on from the oldest kept.
 - Logs (`/logs/stream`): the client's own `logs.follow`; an event's id is the time of its
@@ -27,9 +28,9 @@ Hostile clients: streams are counted, overall and per token (`Streams`: past eit
 503 with Retry-After, before anything is followed); a stream's socket has a small kernel
 send buffer (STREAM_SNDBUF) and its transport a small high-water mark (STREAM_BUFFER), so a
 client that never reads pins little in the kernel or the daemon and costs no copying; and
-a write that waits on a client for WRITE_DEADLINE seconds (a follow's: the configured
-bound) ends its stream (an event stream's connection is aborted, not drained; a follow's
-is cut, as above).
+a write that waits on a client for `[http] stream_write_timeout` seconds (WRITE_DEADLINE
+unless given) ends its stream: it is cut (`_cut`), its last event naming the id to
+resume from, and its connection aborted if even that is not taken.
 """
 
 from __future__ import annotations
@@ -391,11 +392,12 @@ def _last_id(request: web.Request) -> str | None:
 
 
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any,
-                 tenant: str | None, stop: asyncio.Future[None] | None = None
-                 ) -> web.StreamResponse:
+                 tenant: str | None, stop: asyncio.Future[None] | None = None,
+                 deadline: float = WRITE_DEADLINE) -> web.StreamResponse:
     """The stream's own task does no writing but keepalives: it waits for the fan-out to
-    say its client is slow (then for the client, within WRITE_DEADLINE) or gone, or for
-    `stop` (its token revoked or expired: rest.Api.lasting)."""
+    say its client is slow (then for the client, within `deadline` seconds, else the
+    stream is cut: `_cut`) or gone, or for `stop` (its token revoked or expired:
+    rest.Api.lasting)."""
     ring.start()
     last = _last_id(request)
     cursor = ring.last + 1
@@ -426,11 +428,11 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
             reader.wake.clear()
             if reader.held:
                 try:
-                    async with asyncio.timeout(WRITE_DEADLINE):
-                        await reader.writer.drain()
-                except TimeoutError:
-                    if request.transport is not None:
-                        request.transport.abort()  # a close would wait for it to drain
+                    await drained(request, deadline)
+                except Unread as exc:
+                    # every event before the cursor was written (a held reader is
+                    # written no more)
+                    await _cut(request, str(exc), str(reader.cursor - 1))
                     break
                 reader.held = False
                 ring.due()
@@ -531,13 +533,13 @@ async def _ended(request: web.Request, response: web.StreamResponse, channel: Ss
 CUT_GRACE = 5.0  # seconds a cut stream's client has to take its last words
 
 
-async def _cut(request: web.Request, channel: SseChannel, why: str) -> None:
+async def _cut(request: web.Request, why: str, last_id: str | None) -> None:
     """The daemon ends a stream its client does not read: its last event, `cut`, says
     why and the id to resume from (Last-Event-ID: the last event written, every one
     before it written too), the body then ends as a whole one does and the connection
     closes; one whose client has not taken that within CUT_GRACE is aborted."""
     data = frame(None, "cut", msgspec.json.encode({"reason": why,
-                                                   "last_event_id": channel.sent}))
+                                                   "last_event_id": last_id}))
     with contextlib.suppress(Exception):  # (the transport may be closing)
         await _writer(request).write(data, drain=False)
     request.protocol.close()  # no other request on this connection
@@ -590,7 +592,7 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
             elif run.done():
                 await _ended(request, response, channel, run, pump)
         except Unread as exc:
-            await _cut(request, channel, str(exc))
+            await _cut(request, str(exc), channel.sent)
         except ConnectionResetError:
             pass
     finally:
