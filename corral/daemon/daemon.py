@@ -57,6 +57,7 @@ from .history import History
 from .logs import LogHub
 from .notify import Notifier
 from .reloadlist import definitions_changed
+from .retention import retaining
 from .revisions import spec_table
 from .services import Services, Web
 from .stackdump import on_signal
@@ -438,6 +439,9 @@ class Daemon:
         s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:
             up.journal.start_pruning()
+        # once the agents are back: a removed agent's records are told from them
+        await up.teardown.enter("the retention sweeps", retaining(
+            s.agents, up.store, up.hub, up.conf.cfg.supervisor, up.sup.parts.stream))
         settled = asyncio.Event()
         if node is not None:
             if self.taken is not None:

@@ -3,7 +3,7 @@ made from at once (storeschema.migrate, decision 927). Made by
 scripts/fresh_schema.py from storeschema.MIGRATIONS; not edited by hand.
 """
 
-DIGEST = "9cdeebd365894e279afd1469f615b663a94b71e063d391d165f09af00a54b7b3"
+DIGEST = "c06409954880c3eb2c14919734e78ad6bca9beb92aa34f1c37c48e73bc220e81"
 
 SCHEMA = (
     'CREATE TABLE runtime_agents (\n'
@@ -253,4 +253,10 @@ SCHEMA = (
     '    time REAL NOT NULL,\n'
     '    PRIMARY KEY (agent, replica)\n'
     ') WITHOUT ROWID',
+    'CREATE TABLE removed_agents (\n'
+    '        agent TEXT NOT NULL,\n'
+    '        tenant TEXT NOT NULL,\n'
+    '        removed REAL NOT NULL,\n'
+    '        PRIMARY KEY (agent, tenant)\n'
+    '    ) WITHOUT ROWID',
 )

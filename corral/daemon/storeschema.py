@@ -552,6 +552,16 @@ MIGRATIONS: list[Migration] = [
     """,
     # stops by hand kept across daemon restarts, who and when (stopmarks.py)
     STOPMARKS_MIGRATION,
+    # when an agent of a tenant was removed, or first found gone, for its retention
+    # (retention.py); its row goes with its records, or once it is an agent again
+    """
+    CREATE TABLE removed_agents (
+        agent TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        removed REAL NOT NULL,
+        PRIMARY KEY (agent, tenant)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -551,6 +551,14 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # sessions' states held in memory (the recently used; the others read back from the
     # state database when their session's next task starts)
     session_memory_mb: NonNeg = 64
+    # agents' spec revisions kept of each agent (its tenant's), the newest, and their
+    # specs' bytes together (the newest is kept whatever its size); 0: no bound. Pruned
+    # by the retention sweeps (docs/operations.md#retention)
+    revisions_kept: NonNegInt = 50
+    revisions_kept_mb: NonNeg = 8
+    # seconds a removed agent's revisions and log files are kept after its removal; 0:
+    # at the sweep right after it
+    removed_retention: NonNeg = 7 * 86400
     bwrap: str = "bwrap"  # bubblewrap, for agents with sandbox = "bwrap"
 
 

@@ -1,0 +1,198 @@
+"""What grows with use besides tasks, bounded (issue 74, DESIGN 20; docs/operations.md#retention):
+an agent's spec revisions past `revisions_kept` (the newest kept) or past
+`revisions_kept_mb` of specs (the newest always kept), and what a removed agent left —
+its revisions and its log files — once `removed_retention` has passed since its removal.
+
+A removal is heard as it happens (the fleet's removals end the agent's sessions:
+SessionsEnding names each agent and its tenant) and its time written; an agent whose
+revisions are kept but which is no agent now and whose removal was never heard (the
+config file dropped it while the daemon was down) is counted as removed from the sweep
+that first finds it gone. Either way its records go at a sweep at least
+`removed_retention` later, and only if it is still no agent of that tenant then: one added
+again meanwhile keeps its past. Its log files go with them unless an agent (any tenant's)
+or a server of the name writes there again (they share the file's name).
+
+The sweeps run on the store's writer thread (one transaction each): just after start-up
+(once the agents are back), every SWEEP_EVERY seconds, and `removed_retention` after each
+removal heard. The bounds are read at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..supervisor.tasks.sessions import SessionsEnding
+from .logs import log_file_name
+
+if TYPE_CHECKING:
+    from ..supervisor.agents import Agents
+    from ..supervisor.config import SupervisorSettings
+    from ..supervisor.stream import Stream
+    from .logs import LogHub
+    from .store import StateStore
+
+# the table is storeschema's migration 30 (removed_agents)
+SWEEP_EVERY = 600.0
+# the first sweep after start-up (the agents are back: the fleet added them, an upgrade's
+# image too before it adopts their processes); a second after, not to add to the start
+FIRST_SWEEP = 1.0
+TENANTS = "tenants"  # tenantdirs.py's: LOG_DIR/tenants/T/ holds a tenant's agents' logs
+
+
+class Bounds(NamedTuple):
+    revisions: int  # kept of each agent; 0: all
+    revision_bytes: int  # their specs' together; 0: no bound
+    removed_after: float  # seconds a removed agent's records are kept
+
+
+def bounds_of(sc: SupervisorSettings) -> Bounds:
+    return Bounds(sc.revisions_kept, int(sc.revisions_kept_mb * 1024 * 1024),
+                  sc.removed_retention)
+
+
+def sweep(db: sqlite3.Connection, bounds: Bounds, live: set[tuple[str, str]], now: float,
+          out: list[tuple[str, str]]) -> None:
+    """One sweep, in the writer's transaction: the revisions past their bounds deleted,
+    and the removed agents' past their retention; (agent, tenant) of those put in `out`."""
+    out.clear()  # (a batch tried again runs its writes again)
+    db.execute(
+        "DELETE FROM revisions WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+        "row_number() OVER w AS n, sum(length(spec)) OVER w AS held FROM revisions "
+        "WINDOW w AS (PARTITION BY agent, tenant ORDER BY revision DESC)) "
+        "WHERE n > 1 AND ((?1 > 0 AND n > ?1) OR (?2 > 0 AND held > ?2)))",
+        (bounds.revisions, bounds.revision_bytes))
+    kept = set(db.execute("SELECT DISTINCT agent, tenant FROM revisions"))
+    marked = dict(((a, t), when) for a, t, when in db.execute(
+        "SELECT agent, tenant, removed FROM removed_agents"))
+    back = [k for k in marked if k in live]
+    db.executemany("DELETE FROM removed_agents WHERE agent = ? AND tenant = ?", back)
+    gone = [k for k in kept - live if k not in marked]
+    db.executemany("INSERT INTO removed_agents (agent, tenant, removed) VALUES (?, ?, ?)",
+                   [(a, t, now) for a, t in gone])
+    due = [k for k, when in marked.items() if k not in live and when + bounds.removed_after
+           <= now]
+    for agent, tenant in due:
+        db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ?", (agent, tenant))
+        db.execute("DELETE FROM removed_agents WHERE agent = ? AND tenant = ?",
+                   (agent, tenant))
+    out.extend(due)
+
+
+def removing(agents: dict[str, str], when: float) -> Callable[[sqlite3.Connection], None]:
+    """The write of agents' removal (name -> its tenant) heard at `when`."""
+    rows = [(a, t, when) for a, t in agents.items()]
+
+    def write(db: sqlite3.Connection) -> None:
+        db.executemany("INSERT OR REPLACE INTO removed_agents (agent, tenant, removed) "
+                       "VALUES (?, ?, ?)", rows)
+
+    return write
+
+
+def log_files(log_dir: Path, agent: str, tenant: str) -> list[Path]:
+    """The log files of an agent of this name and tenant in their places (LOG_DIR, its
+    tenant's directory), its rotated copies too: NAME.log, NAME.log.N, NAME.log.N.gz."""
+    name = log_file_name(agent)
+    copies = re.compile(re.escape(name) + r"(\.\d+(\.gz)?)?")
+    found: list[Path] = []
+    for place in (log_dir, log_dir / TENANTS / tenant):
+        with contextlib.suppress(OSError):
+            found += [p for p in place.iterdir() if copies.fullmatch(p.name) and p.is_file()]
+    return found
+
+
+class RetentionSweeps:
+    """The sweeps of a daemon's store (module doc)."""
+
+    def __init__(self, agents: Agents, store: StateStore, hub: LogHub, bounds: Bounds,
+                 stream: Stream) -> None:
+        self.agents = agents
+        self.store = store
+        self.hub = hub
+        self.bounds = bounds
+        self.sweeps = 0
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._deleting: set[asyncio.Task[None]] = set()
+        stream.subscribe(self._removed, SessionsEnding)
+
+    def start(self) -> None:
+        self._later(FIRST_SWEEP, periodic=True)
+
+    async def close(self) -> None:
+        for t in self._timers:
+            t.cancel()
+        self._timers.clear()
+        for job in list(self._deleting):
+            with contextlib.suppress(Exception):
+                await job
+
+    def _later(self, seconds: float, periodic: bool = False) -> None:
+        def due() -> None:
+            self._timers.discard(handle)
+            if periodic:
+                self._later(SWEEP_EVERY, periodic=True)
+            self.run()
+
+        handle = asyncio.get_running_loop().call_later(seconds, due)
+        self._timers.add(handle)
+
+    def _removed(self, e: SessionsEnding) -> None:
+        writer = self.store.writer
+        if writer is None or not e.owners:
+            return
+        writer.submit(removing(dict(e.owners), time.time()), "removed agent")
+        self._later(self.bounds.removed_after)
+
+    def run(self) -> None:
+        """A sweep: submitted to the writer; the log files of the removed agents whose
+        records it deleted are deleted once it is committed."""
+        writer = self.store.writer
+        if writer is None:
+            return
+        live = {(a.name, a.spec.tenant) for a in self.agents.values()}
+        out: list[tuple[str, str]] = []
+        now = time.time()
+        writer.submit(lambda db: sweep(db, self.bounds, live, now, out), "retention sweep",
+                      lambda: self._swept(out))
+
+    def _swept(self, due: list[tuple[str, str]]) -> None:
+        self.sweeps += 1
+        log_dir = self.hub.log_dir
+        for agent, tenant in due:
+            self.hub.daemon(f"{agent} (tenant {tenant}): removed over "
+                            f"{self.bounds.removed_after:g} s ago; its revisions and log "
+                            "files deleted")
+        # a name an agent (any tenant's) or a server writes to again keeps its files
+        names = [(a, t) for a, t in due if a not in self.agents and a not in self.hub.files]
+        if log_dir is None or not names:
+            return
+        job = asyncio.get_running_loop().create_task(asyncio.to_thread(_delete, log_dir,
+                                                                       names))
+        self._deleting.add(job)
+        job.add_done_callback(self._deleting.discard)
+
+
+def _delete(log_dir: Path, names: list[tuple[str, str]]) -> None:
+    for agent, tenant in names:
+        for p in log_files(log_dir, agent, tenant):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+@contextlib.asynccontextmanager
+async def retaining(agents: Agents, store: StateStore, hub: LogHub,
+                    sc: SupervisorSettings, stream: Stream) -> AsyncIterator[RetentionSweeps]:
+    """The sweeps, from once the agents are added until the daemon stops."""
+    retention = RetentionSweeps(agents, store, hub, bounds_of(sc), stream)
+    retention.start()
+    try:
+        yield retention
+    finally:
+        await retention.close()
