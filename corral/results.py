@@ -924,7 +924,8 @@ class HealthNote(Result):
 
 class ReplicaSample(msgspec.Struct, array_like=True):
     """A replica's figures that change without a transition: agent, replica, uptime,
-    CPU, resident memory, open descriptors, tasks running."""
+    CPU, resident memory, open descriptors, tasks running, and its calls waiting for a
+    person (the dashboard shows a replica whose every task waits so as waiting)."""
 
     agent: str
     replica: int
@@ -933,6 +934,7 @@ class ReplicaSample(msgspec.Struct, array_like=True):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    waiting_for_person: int = 0
 
 
 class ReplicaSamples(Result):

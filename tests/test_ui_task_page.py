@@ -1,10 +1,12 @@
 """The dashboard's task page says what a task waits for (issue 78): a real daemon, a real
 SDK agent whose tool call waits for a person (tests/test_approvals.py's fleet), its page
 open in a real Chromium. The page names the approval it waits for and links to its card
-in the inbox; approved there, the task runs on and its page no longer says it waits."""
+in the inbox; approved there, the task runs on and its page no longer says it waits. The
+fleet shows the replica whose task waits so as waiting, not busy."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -32,6 +34,10 @@ def test_a_task_waiting_for_approval_names_it_and_links_to_it() -> None:
                  "the task waiting")
         with chromium_page() as page:
             page.goto(d.cli("ui").stdout.strip())
+            # the fleet: the replica whose one task waits for a person is waiting, not
+            # busy (agents.sample's waiting_for_person)
+            replica = page.locator('#fleet tr[data-agent="writer"][data-replica="0"] .state')
+            expect(replica).to_have_text("waiting")
             page.goto(page.url.split("#")[0] + f"#/task/{task_id}")
             expect(page.locator("#task h2 .state")).to_have_text("waiting")
             waiting = page.locator("#task-waiting")
@@ -56,6 +62,8 @@ def test_a_task_waiting_for_approval_names_it_and_links_to_it() -> None:
             page.go_back()
             expect(page.locator("#task h2 .state")).to_have_text("succeeded")
             expect(page.locator("#task-waiting")).to_have_count(0)
+            page.click('nav a[href="#/fleet"]')
+            expect(replica).to_have_text(re.compile("^(ready|idle)$"))
             assert page.evaluate("window.__cspViolations") == []
         assert d.stop() == 0
     finally:

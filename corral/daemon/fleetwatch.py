@@ -176,7 +176,7 @@ class FleetWatch:
                 up, s = r.uptime, r.sample
                 rows.append(m.ReplicaSample(a.name, r.index, round(up, 3) if up else up,
                                             s.cpu_percent, s.rss_bytes, s.open_fds,
-                                            r.tasks_running))
+                                            r.tasks_running, r.waiting_for_person))
         return m.ReplicaSamples(time=time.time(), replicas=rows)
 
     def _agents(self, names: Collection[str]) -> list[Any]:

@@ -106,6 +106,9 @@ class ProcessReplica(Life, Monitor):
         self.ready_at = None
         self.sample = Sample()
         self.tasks_running = 0
+        # its calls held for a person's decision now (an approval, a question: its tasks'
+        # and its own): a replica whose every task waits so is waiting, not busy
+        self.waiting_for_person = 0
         # the task it started last: the one it runs when it runs one (the gateway's
         # attribution of a call made with its token, daemon/attribution.py)
         self.last_task: str | None = None

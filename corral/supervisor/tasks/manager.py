@@ -523,9 +523,14 @@ class TaskManager:
         # (the request's own task: a call made in a flight of its own, steps.py)
         parked = peer.park(caller_task()) if peer is not None else None
         asked = self.inbox.waiter(ask) if kept is None else asyncio.ensure_future(kept.wait(ask))
+        on = task.replica
+        if on is not None:
+            on.waiting_for_person += 1
         try:
             return await self.suspensions.wait(task, asked)
         finally:
+            if on is not None:
+                on.waiting_for_person -= 1
             self.inbox.unwait(ask.id, asked)  # (a cluster's ask: none here)
             if parked is not None and peer is not None:
                 peer.unpark(parked)

@@ -122,9 +122,11 @@ class ReplicaCalls:
         # parked: not one of its worker's requests in flight, whose line is read on
         peer = getattr(r, "peer", None)
         parked = peer.park(asyncio.current_task()) if peer is not None else None
+        r.waiting_for_person += 1
         try:
             return await self.inbox.wait(ask)
         finally:
+            r.waiting_for_person -= 1
             if parked is not None and peer is not None:
                 peer.unpark(parked)
 

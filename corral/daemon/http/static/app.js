@@ -112,11 +112,11 @@ class FleetModel {
     this.reindex();
   }
   sample(s) {
-    for (const [agent, replica, uptime, cpu, rss, fds, tasks] of s.replicas) {
+    for (const [agent, replica, uptime, cpu, rss, fds, tasks, waiting] of s.replicas) {
       const i = this.index.get(`${agent}#${replica}`);
       if (i === undefined) continue;
       this.rows[i] = { ...this.rows[i], uptime, cpu_percent: cpu, rss_bytes: rss,
-        open_fds: fds, tasks_running: tasks };
+        open_fds: fds, tasks_running: tasks, waiting_for_person: waiting ?? 0 };
     }
   }
 }
@@ -276,8 +276,11 @@ function Tenants({ tenants, error }) {
 }
 
 // A replica's state as shown: a one-shot that exited cleanly (`done`, as `corral status`
-// says it) is no failure, whatever its machine's state word
-const shown = (a) => (a.done ? "done" : a.state);
+// says it) is no failure, whatever its machine's state word; a busy one whose every task
+// waits for a person (agents.sample's waiting_for_person) is waiting, not working
+const shown = (a) => (a.done ? "done"
+  : a.state === "busy" && a.waiting_for_person > 0 && a.waiting_for_person >= a.tasks_running ? "waiting"
+    : a.state);
 
 const ReplicaRow = ({ a, tenant, act, busy }) => html`<tr data-agent=${a.name} data-replica=${a.replica}
     data-tenant=${tenant ?? ""}>
@@ -308,7 +311,7 @@ function SummaryRow({ name, replicas, stats, tenant, act, busy }) {
   // idle after a task, one ready) are a serving agent, coloured so, not as a warning
   const one = replicas.length ? new Set(replicas.map(shown)) : null;
   const badge = one === null ? words : one.size === 1 ? [...one][0]
-    : [...one].every((s) => SERVING.has(s)) ? "serving" : "mixed";
+    : [...one].every((s) => SERVING.has(s) || s === "waiting") ? "serving" : "mixed";
   return html`<tr class="summary" data-summary=${name} data-tenant=${tenant ?? ""}>
     <td class="wrap"><a href=${`#/agent/${name}`}>${name}</a></td>
     <td class="num">${replicas.length}</td>
