@@ -34,6 +34,9 @@ As a task, by its input {"do": WHAT, ...}:
   tools         call {"tool": NAME} {"times": N} times, return the results or the error
   tools-at-once call each of {"calls": [{"tool": NAME, "arguments": {...}}, ...]} at
                 once (a thread each), return their results in order
+  sequence      call each of {"calls": [{"tool": NAME, "arguments": {...}}, ...]} in
+                order, return the results or each one's error; an entry with "attempt": N
+                is called on attempt N only, and {"crash": N} exits (status 3) on attempt N
   publish       publish {"topic": T, "data": D} on the event bus
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
   checkpoint    checkpoint {"state": S}
@@ -187,6 +190,18 @@ def handle(task, ctx):
             try:
                 results.append(ctx.call_tool(task["tool"], task.get("arguments", {})))
             except Exception as exc:  # the refusal is the answer under test
+                results.append({"error": getattr(exc, "code", None), "message": str(exc)})
+        return results
+    if what == "sequence":
+        results = []
+        for step in task["calls"]:
+            if step.get("crash") == ctx.attempt:
+                os._exit(3)
+            if "tool" not in step or step.get("attempt", ctx.attempt) != ctx.attempt:
+                continue
+            try:
+                results.append(ctx.call_tool(step["tool"], step.get("arguments", {})))
+            except Exception as exc:  # a refusal is the answer under test
                 results.append({"error": getattr(exc, "code", None), "message": str(exc)})
         return results
     if what == "tools-at-once":

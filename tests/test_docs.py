@@ -19,6 +19,9 @@ from corral.supervisor.config import (
     Limits,
     McpServerSpec,
     ModelSpec,
+    PolicyMatch,
+    PolicyRule,
+    PolicyTest,
     SupervisorSettings,
     TenantSpec,
 )
@@ -43,10 +46,13 @@ SECTIONS: dict[str, Any] = {
     "[teams.NAME.rules]": Rule,
     "[schedules.NAME]": ScheduleSpec,
     "[models.NAME]": ModelSpec,
+    "[[policy]]": PolicyRule,
+    "[[policy]].match": PolicyMatch,
+    "[[policy]].when": PolicyTest,
 }
 for _f in mi.type_info(Config).fields:  # a new top-level table needs a section too
     if _f.name not in ("supervisor", "agents", "mcp_servers", "tenants", "workflows",
-                       "teams", "schedules", "models"):
+                       "teams", "schedules", "models", "policy"):
         # an optional table ([cluster]: absent means off) is its Struct or None
         _t = _f.type
         SECTIONS[f"[{_f.name}]"] = next(x.cls for x in _t.types if isinstance(
@@ -77,7 +83,7 @@ def _sections(text: str) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] | None = None
     for line in text.splitlines():
-        m = re.match(r"^## `(\[[^\]]+\])`", line)
+        m = re.match(r"^## `(\[[^`]+)`", line)
         if m:
             current = out.setdefault(m.group(1), {})
             continue
@@ -95,7 +101,7 @@ def test_every_config_key_is_in_docs_config_md_with_its_default() -> None:
         for f in mi.type_info(struct).fields:
             if f.name == "name" and "NAME" in heading:  # the table's key, not a field
                 continue
-            row = rows.get(f.name)
+            row = rows.get(f.encode_name)
             if row is None:
                 missing.append(f"{heading} {f.name}: not documented")
             elif row[2] != render_default(f):
@@ -103,7 +109,7 @@ def test_every_config_key_is_in_docs_config_md_with_its_default() -> None:
                                f"{render_default(f)} in the schema")
             elif not row[3]:
                 missing.append(f"{heading} {f.name}: no meaning given")
-        documented = set(rows) - {f.name for f in mi.type_info(struct).fields}
+        documented = set(rows) - {f.encode_name for f in mi.type_info(struct).fields}
         missing += [f"{heading} {k}: documented but not in the schema" for k in documented]
     assert not missing, "docs/config.md is out of date:\n" + "\n".join(missing)
 

@@ -36,6 +36,7 @@ from ..supervisor.config import Config, ConfigError, GatewaySettings
 from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
+from ..supervisor.policy import Compiled
 from ..supervisor.process_replica import Transition
 from ..supervisor.tasks.approvals import Approvals
 from ..supervisor.tasks.pingate import PinGate
@@ -318,7 +319,8 @@ class Daemon:
         # leader's call of a member is inside the leader's span, the member's task its child
         # approvals (docs/approvals.md) inside the span, around a leader's members too
         sup, queue = part.engine(conf, self.spared, self.taken,
-                                 [i for i in (tracer, Approvals(), PinGate(), leaders)
+                                 [i for i in (tracer, Approvals(Compiled(lambda: self.applied)),
+                                            PinGate(), leaders)
                                   if i is not None])
         parts = sup.parts
         audit = Audit(hub)

@@ -437,6 +437,12 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # client without the extension is refused, -32021), or "after_input" (a call asks
     # for its input in plain rounds, and the one that brings the answers is the task)
     task_tools: dict[str, Literal["optional", "required", "after_input"]] = {}
+    # taint (docs/security.md#taint): a task that called an untrusted tool (all of the
+    # server's, or these of its tools, globs) needs a person's approval for a sensitive one
+    untrusted: bool = False
+    tools_untrusted: list[str] = []
+    sensitive: bool = False
+    tools_sensitive: list[str] = []
 
     @property
     def remote(self) -> bool:
@@ -595,6 +601,50 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tool_search_pinned: list[str] = msgspec.field(default_factory=list)
 
 
+class PolicyMatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
+                  omit_defaults=True):
+    """A `[[policy]]` rule's calls: globs of the tenant, the agent and the tool
+    (SERVER__TOOL); absent: any."""
+
+    tenant: str | None = None
+    agent: str | None = None
+    tool: str | None = None
+
+
+class PolicyTest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
+                 omit_defaults=True):
+    """One test of a call's argument (a rule's `when`): exactly one of these."""
+
+    under: str | None = None  # a path at or under this one (normalised: no `..` escape)
+    in_: list[str] | None = msgspec.field(default=None, name="in")  # one of these strings
+    below: float | None = None  # a number less than this
+
+    def check(self) -> None:
+        given = [k for k in ("under", "in", "below")
+                 if getattr(self, "in_" if k == "in" else k) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"a when test takes exactly one of under, in, below "
+                              f"(given: {', '.join(given) or 'none'})")
+
+
+class PolicyRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
+                 omit_defaults=True):
+    """`[[policy]]` (and `[[tenants.NAME.policy]]`): a list's first rule matching a
+    call decides it (supervisor/policy.py)."""
+
+    name: str = ""  # shown to the agent and in the log; default: where it is written
+    match: PolicyMatch = msgspec.field(default_factory=PolicyMatch)
+    # "arguments.KEY" (dotted into nested tables) = a test; all must hold
+    when: dict[str, PolicyTest] = {}
+    effect: Literal["allow", "deny", "approve"]
+
+    def check(self) -> None:
+        for key, test in self.when.items():
+            if not key.startswith("arguments.") or key == "arguments.":
+                raise ConfigError(f"when: {key!r} is not arguments.KEY")
+            test.check()
+
+
 # what an agent names a model by (its requests' `model`): printable, no spaces or quotes
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 
@@ -723,8 +773,15 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     approve: list[str] = []
     # and model calls (the gateway's model names, globs) that do, as approve_models
     approve_models: list[str] = []
+    # policy rules of its agents' calls (docs/security.md#policy-rules), judged beside
+    # the operator's [[policy]], the stricter verdict holding; default_deny: a call no
+    # rule of its allows is denied
+    policy: list[PolicyRule] = []
+    default_deny: bool = False
 
     def check(self) -> None:
+        for rule in self.policy:
+            rule.check()
         if self.dir is not None and not os.path.isabs(self.dir):
             raise ConfigError(f"dir: {self.dir} is not an absolute path")
         if self.user is not None and passwd_of(self.user) is None:
@@ -900,6 +957,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     schedules: dict[str, ScheduleSpec] = {}
     # [models.NAME]: the model gateway's upstreams (docs/models.md)
     models: dict[str, ModelSpec] = {}
+    # [[policy]]: the operator's rules of every call (docs/security.md#policy-rules)
+    policy: list[PolicyRule] = []
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

@@ -37,6 +37,7 @@ from .config import (
     McpServerSpec,
     ModelSpec,
     PackagesSettings,
+    PolicyRule,
     ProcessSpec,
     SupervisorSettings,
     TenantSpec,
@@ -501,6 +502,15 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     teams = parse_teams(data, where, agents, servers, problems)
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
     models = parse_models(data, where, problems)
+    policy: list[PolicyRule] = []
+    if "policy" in data:
+        with errors():
+            policy = convert(data["policy"], list[PolicyRule], where=where, prefix="policy")
+            for i, rule in enumerate(policy):
+                try:
+                    rule.check()
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: policy[{i}]: {exc}") from None
     _resolve_paths(base, agents, servers, tenants, packages)
     if problems and commands:
         problems += command_problems(agents, servers, origin, where)
@@ -509,7 +519,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway, http=http,
                  packages=packages, cluster=cluster, tenants=tenants, tracing=tracing,
                  approvals=approvals, workflows=workflows, teams=teams, schedules=schedules,
-                 models=models)
+                 models=models, policy=policy)
     check_tenants_named(cfg, where)
     return cfg
 

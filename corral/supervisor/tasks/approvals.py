@@ -21,6 +21,7 @@ waiting for it, and it is counted against the incarnation's tool budget.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,8 +30,9 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
+from ..policy import Compiled, Policy, Taints, Verdict, shape
 from .inbox import askable
-from .interceptors import TaskInterceptor, TaskPath, ToolCall
+from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall
 from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
 from .steps import CallOrdinals
@@ -52,12 +54,16 @@ class ApprovalPolicy(NamedTuple):
 
 def policy_of(r: Replica, tenant: str | None) -> ApprovalPolicy | None:
     """None when no call of the replica's tasks waits for a person."""
-    spec = r.spec
-    own: list[str] = getattr(spec, "approve", [])
+    own: list[str] = getattr(r.spec, "approve", [])
     held = r.host.tenant_spec(tenant) if tenant is not None else None
     patterns = [*own, *(held.approve if held is not None else ())]
-    if not patterns:
-        return None
+    return terms_of(r, patterns) if patterns else None
+
+
+def terms_of(r: Replica, patterns: list[str]) -> ApprovalPolicy:
+    """The agent's terms of an approval (a policy rule's `approve` holds a call besides
+    `patterns`)."""
+    spec = r.spec
     timeout = getattr(spec, "approve_timeout", 0.0)
     return ApprovalPolicy(patterns, timeout or None, getattr(spec, "on_deny", "error"),
                           getattr(spec, "on_timeout", "error"))
@@ -69,12 +75,15 @@ def tool_error(text: str) -> dict[str, Any]:
 
 
 class Approvals(TaskInterceptor):
-    """The approval policy applied to every live tool call of a task."""
+    """The approval policy applied to every live tool call of a task, and the policy
+    rules and taint (supervisor/policy.py; `rules`: the config in force's, None: none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: Compiled | None = None) -> None:
         self._path: TaskPath | None = None
         # task id -> (its attempt, how many calls of each (tool, arguments) it made)
         self._calls = CallOrdinals()
+        self._rules = rules
+        self._taints = Taints()
 
     def bind(self, path: TaskPath) -> None:
         self._path = path
@@ -89,13 +98,32 @@ class Approvals(TaskInterceptor):
         tenant = task.tenant if task.tenant is not None else getattr(
             call.replica.spec, "tenant", None)
         policy = policy_of(call.replica, tenant)
+        rules = self._rules() if self._rules is not None else None
+        if rules is not None:
+            verdict = judged(rules, self._taints, task.id, call, tenant)
+            if verdict.effect == "deny":
+                return tool_error(verdict.said(call.name))
+            if verdict.effect == "approve":
+                return self._held(call, task, policy or terms_of(call.replica, []), next,
+                                  verdict.rule)
         if policy is None or not allowed(call.name, policy.patterns):
             return next(call)
         return self._held(call, task, policy, next)
 
-    @staticmethod
-    async def _replica_call(calls: ReplicaCalls, call: ToolCall,
+    async def _replica_call(self, calls: ReplicaCalls, call: ToolCall,
                             next: Callable[[ToolCall], Any]) -> Any:
+        rules = self._rules() if self._rules is not None else None
+        if rules is not None:  # the replica's incarnation is tainted as a task is
+            verdict = judged(rules, self._taints, calls.owner_of(call.replica), call,
+                             getattr(call.replica.spec, "tenant", None))
+            if verdict.effect == "deny":
+                return tool_error(verdict.said(call.name))
+            if verdict.effect == "approve":
+                gated = await gate(calls, call, verdict.rule)
+                if isinstance(gated, dict):
+                    return gated
+                answer = next(gated)
+                return await answer if inspect.isawaitable(answer) else answer
         gated = await gate(calls, call)
         if isinstance(gated, dict):
             return gated
@@ -104,13 +132,23 @@ class Approvals(TaskInterceptor):
 
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
         self._calls.forget(task.id)
+        self._taints.forget(task.id)
         next(task)
+
+    def intercept_step_replay(self, replay: StepReplay,
+                              next: Callable[[StepReplay], None]) -> None:
+        # an untrusted tool's output given back from the step journal (a retry after a
+        # restart) is read again: it taints as the live call did
+        rules = self._rules() if self._rules is not None else None
+        if replay.kind == "tool" and rules is not None and rules.untrusted(replay.name):
+            self._taints.mark(replay.task.id, replay.name)
+        next(replay)
 
     def _key(self, task: Task, call: ToolCall) -> str:
         return f"tool:{self._calls.key(task, call.name, call.arguments)}"
 
     async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
-                    next: Callable[[ToolCall], Any]) -> Any:
+                    next: Callable[[ToolCall], Any], why: str = "") -> Any:
         assert self._path is not None  # bound as the engine was made
         if not askable(task):  # its asks would be one node's, lost with it
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
@@ -123,8 +161,7 @@ class Approvals(TaskInterceptor):
         with waiting():  # the person's time, not the call's (personwait.py)
             ask = await self._path.ask_person(AskRequest(
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
-                self._key(task, call), {"tool": call.name, "arguments": call.arguments},
-                policy.timeout))
+                self._key(task, call), subject(call, why), policy.timeout))
         if ask.end is AskEnd.APPROVED:
             take_tool_call(task, call.replica)
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
@@ -140,7 +177,8 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-async def gate(calls: ReplicaCalls, call: ToolCall) -> ToolCall | dict[str, Any]:
+async def gate(calls: ReplicaCalls, call: ToolCall, why: str = ""
+               ) -> ToolCall | dict[str, Any]:
     """A replica's call of no task, past its allowlist, under its agent's and tenant's
     policy: counted in its incarnation's tool budget (TOOL_BUDGET_EXCEEDED past it), and
     when `approve` names it, held until a person decides. The call to make (with the
@@ -150,13 +188,14 @@ async def gate(calls: ReplicaCalls, call: ToolCall) -> ToolCall | dict[str, Any]
     r = call.replica
     calls.take_tool_call(r)
     policy = policy_of(r, getattr(r.spec, "tenant", None))
-    if policy is None or not allowed(call.name, policy.patterns):
+    if why:  # a policy rule's, or taint's (supervisor/policy.py)
+        policy = policy or terms_of(r, [])
+    elif policy is None or not allowed(call.name, policy.patterns):
         return call
     calls.give_back_tool_call(r)  # (held: counted once it is made)
     with waiting():  # the person's time, not the call's (personwait.py)
         ask = await calls.ask(r, ReplicaAsk(
-            AskKind.APPROVAL, "tool", {"tool": call.name, "arguments": call.arguments},
-            policy.timeout))
+            AskKind.APPROVAL, "tool", subject(call, why), policy.timeout))
     if ask.end is AskEnd.APPROVED:
         calls.take_tool_call(r)
         edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
@@ -168,6 +207,38 @@ async def gate(calls: ReplicaCalls, call: ToolCall) -> ToolCall | dict[str, Any]
     if how == "fail":
         raise RpcError(jsonrpc.TOOL_NOT_ALLOWED, said)
     return tool_error(said)
+
+
+def subject(call: ToolCall, why: str) -> dict[str, Any]:
+    """What a person is shown of a held call (`why`: the policy rule or the taint that
+    holds it, "" for the agent's `approve`)."""
+    shown: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
+    if why:
+        shown["policy"] = why
+    return shown
+
+
+def judged(rules: Policy, taints: Taints, owner: str, call: ToolCall,
+           tenant: str | None) -> Verdict:
+    """A call's verdict by the rules, and taint's: a sensitive tool called by an owner
+    (a task, a replica's incarnation) an untrusted tool's output reached waits for a
+    person though the rules allow it. A call of an untrusted tool taints its owner as it
+    is made (its output is the agent's from then). A decision other than allow goes to
+    the replica's log with the arguments' shape, never their values."""
+    spec = call.replica.host.tenant_spec(tenant) if tenant is not None else None
+    verdict = rules.judge(tenant, spec,
+                          call.replica.name, call.name, call.arguments)
+    if verdict.effect == "allow" and rules.sensitive(call.name):
+        source = taints.of(owner)
+        if source is not None:
+            verdict = Verdict("approve", f"taint (after untrusted {source})")
+    if verdict.effect != "deny" and rules.untrusted(call.name):
+        taints.mark(owner, call.name)
+    if verdict.effect != "allow":
+        call.replica.note(f"policy: {verdict.effect} {call.name} by "
+                          f"{verdict.rule or 'default_deny'} for {owner}; arguments "
+                          f"{json.dumps(shape(call.arguments), sort_keys=True)}")
+    return verdict
 
 
 def not_approved(ask: Ask, call: str, timeout: float | None) -> str:
