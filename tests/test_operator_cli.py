@@ -347,7 +347,7 @@ def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> No
             " rollback to revision 1: env.V changed, replicas 3 -> 2")
         r = d.cli("rollback", "work", "99")
         assert (r.returncode, r.stderr) == (1, "corral: no revision 99 of work (its "
-                                               "revisions: 1..4; see `corral history work`)\n")
+                                               "revisions kept: 1..4; see `corral history work`)\n")
         # a scale is kept across a daemon restart
         assert d.cli("scale", "work", "4").returncode == 0
         assert d.stop() == 0

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from corral import jsonrpc
 from corral.daemon.daemon import Daemon
+from corral.jsonrpc import RpcError
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, in_process
@@ -69,30 +71,37 @@ def rows(d: Daemon, sql: str) -> list[Any]:
 @pytest.mark.deadline(180)
 async def test_revisions_past_their_bound_are_pruned_the_newest_kept(
         tmp_path: Path) -> None:
-    async with in_process(tmp_path, "", supervisor="revisions_kept = 3") as d:
+    unbounded = "revisions_kept = 0\nrevisions_kept_mb = 0"
+    async with in_process(tmp_path, "", supervisor=unbounded) as d:
         await add(d, "chat")
         for n in range(1, 6):
             await change(d, "chat", n)
-    # a sweep just after start-up prunes to the bound: the newest three
+        assert await revisions(d, "chat") == [1, 2, 3, 4, 5, 6]
+    # a lower bound since: the sweep just after start-up prunes to it, the newest kept
     async with in_process(tmp_path, "", supervisor="revisions_kept = 3") as d:
         async def three() -> bool:
             return await revisions(d, "chat") == [4, 5, 6]
         await until("revisions pruned to 3", three)
-        # the next change is numbered on
+        # each change prunes its agent's at once, numbered on
         await change(d, "chat", 6)
-        assert (await revisions(d, "chat"))[-1] == 7
+        assert await revisions(d, "chat") == [5, 6, 7]
         history = await d.dispatcher.call(SOCKET, "agents.history", {"name": "chat"})
         assert history.revisions[-1].change == "env.N changed"
-    # by bytes: each spec is over 600 B with its 600-digit N; 1 KiB holds the newest alone
+        # a pruned one is not there to roll back to
+        with pytest.raises(RpcError) as refused:
+            await d.dispatcher.call(SOCKET, "agents.rollback", {"name": "chat",
+                                                                "revision": 2})
+        assert (refused.value.code, refused.value.message) == (
+            jsonrpc.NOT_FOUND, "no revision 2 of chat (its revisions kept: 5..7; see "
+                               "`corral history chat`)")
+    # by bytes: a spec with a 1000-digit N is over 1 KB; 1.5 KiB holds it and a small one,
+    # not two of it
     async with in_process(tmp_path, "", supervisor="revisions_kept = 0\n"
-                                                   "revisions_kept_mb = 0.001") as d:
-        await change(d, "chat", 7, pad=600)
-        await change(d, "chat", 8, pad=600)
-    async with in_process(tmp_path, "", supervisor="revisions_kept = 0\n"
-                                                   "revisions_kept_mb = 0.001") as d:
-        async def newest() -> bool:
-            return await revisions(d, "chat") == [9]
-        await until("revisions pruned to 1 KiB", newest)
+                                                   "revisions_kept_mb = 0.0015") as d:
+        await change(d, "chat", 7, pad=1000)
+        assert await revisions(d, "chat") == [7, 8]
+        await change(d, "chat", 8, pad=1000)
+        assert await revisions(d, "chat") == [9]
 
 
 @pytest.mark.deadline(180)

@@ -304,7 +304,7 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
                                         {"revision": target})
             assert (status, body["detail"]) == ((403, refused("token ta", name, said)) if said
                                                 else (404, f"no revision 2 of {name} (its "
-                                                           f"revisions: 1..1; see `corral "
+                                                           f"revisions kept: 1..1; see `corral "
                                                            f"history {name}`)")), key
             assert d.services.fleet.revision_of(name) == current
             assert d.sup.agents[name].spec == before
@@ -455,7 +455,7 @@ async def test_an_agent_another_tenant_had_of_the_same_name_is_not_its_past(
         assert "b-private" not in str(body)
         status, body = await tenant("POST", "/agents/reuse/rollback", {"revision": 0})
         assert (status, body["detail"]) == (
-            404, "no revision 0 of reuse (its revisions: 1..1; see `corral history "
+            404, "no revision 0 of reuse (its revisions kept: 1..1; see `corral history "
                  "reuse`)"), body
         assert "b-private" not in str(body)
         status, body = await ops("GET", "/agents/reuse/history")

@@ -214,7 +214,7 @@ class Fleet:
             undo = self._as_kept_now(name)
             await self._unit(
                 [StateStore.saving_runtime_agent(name, table),
-                 recording(spec, who, None, made)],
+                 recording(spec, who, None, made, self.revisions.kept)],
                 f"{name} was not updated", lambda: self.apply_spec(name, spec),
                 lambda: [*undo, *map(unrecording, made)])
         self.told(made)
@@ -252,7 +252,7 @@ class Fleet:
             await self._unit(
                 [w for n, spec in specs.items() for w in (
                     StateStore.saving_runtime_agent(n, tables[n]),
-                    recording(spec, who, None, made[n]))],
+                    recording(spec, who, None, made[n], self.revisions.kept))],
                 "nothing was added", act,
                 lambda: [w for n in specs for w in (
                     StateStore.forgetting_runtime_agent(n),
@@ -303,7 +303,7 @@ class Fleet:
                         name, {**table, "replicas": replicas}))
             undo = self._as_kept_now(name)
             writes.append(recording(msgspec.structs.replace(agent.spec, replicas=replicas),
-                                    who, None, made))
+                                    who, None, made, self.revisions.kept))
             # the replicas that go take their stops by hand with them: a scale up later
             # makes new ones in their places
             writes.append(StopMarks.forgetting(name, replicas))
@@ -371,9 +371,10 @@ class Fleet:
             # (its own: another tenant's agent of this name, before, has revisions of its own)
             rev = self.revisions.get(name, held, target)
             if rev is None:
+                oldest = self.revisions.oldest(name, held) or 1  # (older ones pruned)
                 raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {name} (its "
-                                                  f"revisions: 1..{current}; see `corral "
-                                                  f"history {name}`)")
+                                                  f"revisions kept: {oldest}..{current}; see "
+                                                  f"`corral history {name}`)")
             try:
                 spec = parse_agents({"agents": {name: rev.spec}}, f"revision {target}")[name]
             except ConfigError as exc:
@@ -397,7 +398,7 @@ class Fleet:
                 writes = [StateStore.saving_runtime_agent(name, rev.spec)]
             undo = self._as_kept_now(name)
             why = f"rollback to revision {target}"
-            writes.append(recording(spec, who, why, made))
+            writes.append(recording(spec, who, why, made, self.revisions.kept))
             # rolling; refuses when a new process does not become ready
             await self._unit(writes, f"{name} was not rolled back",
                              lambda: self.apply_spec(name, spec),
@@ -613,8 +614,8 @@ class Fleet:
         made, which is itself what a restart reads. A command's own revision is committed
         with its change, before it acts (`_unit`)."""
         out: list[Revision] = []
-        self.writer.submit(recording(spec, who, change, out), "spec revision",
-                           lambda: self.told(out))
+        self.writer.submit(recording(spec, who, change, out, self.revisions.kept),
+                           "spec revision", lambda: self.told(out))
 
     def told(self, revisions: Iterable[Revision]) -> None:
         for rev in revisions:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..supervisor.tasks.sessions import SessionsEnding
 from .logs import log_file_name
+from .revisions import Kept, kept_of, prune
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -47,27 +48,22 @@ TENANTS = "tenants"  # tenantdirs.py's: LOG_DIR/tenants/T/ holds a tenant's agen
 
 
 class Bounds(NamedTuple):
-    revisions: int  # kept of each agent; 0: all
-    revision_bytes: int  # their specs' together; 0: no bound
+    revisions: Kept  # of each agent
     removed_after: float  # seconds a removed agent's records are kept
 
 
 def bounds_of(sc: SupervisorSettings) -> Bounds:
-    return Bounds(sc.revisions_kept, int(sc.revisions_kept_mb * 1024 * 1024),
-                  sc.removed_retention)
+    return Bounds(kept_of(sc), sc.removed_retention)
 
 
 def sweep(db: sqlite3.Connection, bounds: Bounds, live: set[tuple[str, str]], now: float,
           out: list[tuple[str, str]]) -> None:
-    """One sweep, in the writer's transaction: the revisions past their bounds deleted,
-    and the removed agents' past their retention; (agent, tenant) of those put in `out`."""
+    """One sweep, in the writer's transaction: the revisions past their bounds deleted
+    (a change prunes its agent's; a lower bound since, or revisions from before there was
+    one, are pruned here), and the removed agents' past their retention; (agent, tenant)
+    of those put in `out`."""
     out.clear()  # (a batch tried again runs its writes again)
-    db.execute(
-        "DELETE FROM revisions WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
-        "row_number() OVER w AS n, sum(length(spec)) OVER w AS held FROM revisions "
-        "WINDOW w AS (PARTITION BY agent, tenant ORDER BY revision DESC)) "
-        "WHERE n > 1 AND ((?1 > 0 AND n > ?1) OR (?2 > 0 AND held > ?2)))",
-        (bounds.revisions, bounds.revision_bytes))
+    prune(db, bounds.revisions)
     kept = set(db.execute("SELECT DISTINCT agent, tenant FROM revisions"))
     marked = dict(((a, t), when) for a, t, when in db.execute(
         "SELECT agent, tenant, removed FROM removed_agents"))

@@ -20,13 +20,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from ..redact import NAMED_ONLY
 from ..supervisor.config import DEFAULT_TENANT, AgentSpec
 from ..views import Revision as Revision
+
+if TYPE_CHECKING:
+    from ..supervisor.config import SupervisorSettings
 
 # appended to storeschema.MIGRATIONS (one entry: see its rule)
 MIGRATION = """
@@ -155,9 +158,37 @@ def _show(v: Any) -> str:
     return str(v)
 
 
+class Kept(NamedTuple):
+    """The revisions kept of each agent (its tenant's): the `newest` (0: all), and
+    no more than `spec_bytes` of specs together, the newest whatever its size (0: no
+    bound). [supervisor] revisions_kept and revisions_kept_mb."""
+
+    newest: int
+    spec_bytes: int
+
+
+def kept_of(sc: SupervisorSettings) -> Kept:
+    return Kept(sc.revisions_kept, int(sc.revisions_kept_mb * 1024 * 1024))
+
+
+def prune(db: sqlite3.Connection, kept: Kept, agent: str | None = None,
+          tenant: str | None = None) -> None:
+    """Delete the revisions past `kept`, the oldest first: of one agent (of `tenant`), or
+    of every agent. Its newest is never deleted."""
+    one = "WHERE agent = ?3 AND tenant = ?4" if agent is not None else ""
+    db.execute(
+        "DELETE FROM revisions WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+        "row_number() OVER w AS n, sum(length(spec)) OVER w AS held FROM revisions "
+        f"{one} WINDOW w AS (PARTITION BY agent, tenant ORDER BY revision DESC)) "
+        "WHERE n > 1 AND ((?1 > 0 AND n > ?1) OR (?2 > 0 AND held > ?2)))",
+        (kept.newest, kept.spec_bytes, *((agent, tenant) if agent is not None else ())))
+
+
 class RevisionLog:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, kept: Kept | None = None) -> None:
         self.db = db
+        # what a change's revision is recorded with (`recording`); None: all kept
+        self.kept = kept
 
     def _rows(self, sql: str, *args: Any) -> list[Revision]:
         rows = self.db.execute(
@@ -175,6 +206,13 @@ class RevisionLog:
                           revision)
         return rows[0] if rows else None
 
+    def oldest(self, agent: str, tenant: str) -> int | None:
+        """The number of the agent's oldest revision kept (those before were pruned)."""
+        got: int | None = self.db.execute(
+            "SELECT MIN(revision) FROM revisions WHERE agent = ? AND tenant = ?",
+            (agent, tenant)).fetchone()[0]
+        return got
+
     def history(self, agent: str, tenant: str, limit: int = 100) -> list[Revision]:
         return list(reversed(self._rows(
             "WHERE agent = ? AND tenant = ? ORDER BY revision DESC LIMIT ?", agent, tenant,
@@ -190,11 +228,12 @@ Write = Callable[[sqlite3.Connection], None]
 
 
 def recording(spec: AgentSpec, who: str, change: str | None = None,
-              out: list[Revision] | None = None) -> Write:
+              out: list[Revision] | None = None, kept: Kept | None = None) -> Write:
     """A write of a new revision if `spec` differs from the agent's latest one; the
     revision it made is put in `out`. Numbered where it is written, so revisions queued or
     committed by two writers in turn never take the same number. `change`: what made it
-    (`rollback to revision 1`), said before the difference."""
+    (`rollback to revision 1`), said before the difference; `kept`: the agent's revisions
+    past it are deleted in the same transaction (the bound holds at every change)."""
     table = spec_table(spec)
     encoded = msgspec.json.encode(table).decode()
     when = time.time()
@@ -212,6 +251,8 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
             "INSERT INTO revisions (agent, tenant, revision, time, who, change, spec) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rev.agent, spec.tenant, rev.revision, rev.time, rev.who, rev.change, encoded))
+        if kept is not None:
+            prune(db, kept, spec.name, spec.tenant)
         if out is not None:
             out.append(rev)
 

@@ -60,7 +60,7 @@ from .logfiles import Rotation
 from .logs import LogDirError, LogHub
 from .outputjournal import OutputsDB
 from .packages.service import Packages
-from .revisions import RevisionLog, describe_change
+from .revisions import RevisionLog, describe_change, kept_of
 from .schedules import Ledger, LocalLedger, ScheduleService, schedule_agents, starter
 from .services import Services
 from .sessionjournal import SessionsDB
@@ -419,7 +419,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
             raise StartupError(str(exc)) from None
         parts.stream.subscribe(
             lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
-        yield Stores(store, writer, RevisionLog(store.db), journal, unfinished)
+        yield Stores(store, writer, RevisionLog(store.db, kept_of(conf.cfg.supervisor)),
+                     journal, unfinished)
 
 
 @contextlib.contextmanager

@@ -127,7 +127,8 @@ class Packages:
             if spec is not None:
                 writes.append(recording(spec, "daemon start-up", f"rollout to release "
                                         f"{rollout.release} interrupted by a daemon "
-                                        f"restart: back to {was}"))
+                                        f"restart: back to {was}", None,
+                                        self.revisions.kept))
         await self.store.commit(writes)  # StoreError: the daemon does not start
         await asyncio.to_thread(self.releases.end_rollout, name)
         self.report(f"{name}: the rollout to release {rollout.release} (by {rollout.who}) "
@@ -274,7 +275,7 @@ class Packages:
         made: list[Revision] = []
         version = f" (version {plan.manifest.version})" if plan.manifest.version else ""
         writes = [StateStore.saving_runtime_agent(name, table),
-                  recording(spec, who, "deployed", made)]
+                  recording(spec, who, "deployed", made, self.revisions.kept)]
         undo = [StateStore.saving_runtime_agent(name, before) if before is not None
                 else StateStore.forgetting_runtime_agent(name)]
         if agent is None:
