@@ -205,3 +205,52 @@ def test_a_tenant_shows_and_ends_its_own_cluster_session_and_not_anothers(
         assert r.exists(K.session(ACME), K.session_tasks(ACME)) == 0
         assert ask("GET", "/agents/chat/sessions/s1", "acme") == absent
     r.close()
+
+
+def test_a_session_taken_over_by_another_node_stays_its_owners(
+        tmp: Path, redis: RedisServer) -> None:
+    """acme's `chat` runs on nodes a and b; the node running acme's turn of `s1` is kill
+    -9'd mid-turn and the other takes the turn over, with the session's state. acme then
+    removes `chat` there and globex adds a `chat` of its own: its `s1` starts afresh, and
+    nothing of acme's session is left in Redis nor listed (issue 74: identity through a
+    takeover as through a restart, tests/test_identity_restarts.py)."""
+    r = redis_py.Redis(port=redis.port)
+    marker = tmp / "marker"
+    acmes = TENANTS + textwrap.dedent(f"""
+        [agents.chat]
+        command = ["{PY}", "{HERE}/session_agent.py"]
+        env = {{ PYTHONPATH = "{HERE.parent}" }}
+        retries = 1
+        stop_timeout = 5.0
+        tenant = "acme"
+    """)
+    with nodes(tmp, redis, {"a": acmes, "b": acmes}, extra=keyed(tmp)) as ns:
+        wait_until(lambda: sum(n["alive"] for n in ns["a"].nodes()["nodes"]) == 2,
+                   what="both nodes alive")
+        assert turn(ns["a"], SECRET)["output"]["turns"] == [SECRET]
+        hung = ns["a"].call("tasks.submit", {"agent": "chat", "session": "s1", "input": {
+            "turn": "more", "how": "hang", "marker": str(marker)}})["task_id"]
+        wait_until(marker.exists, 30, "the turn running")
+        killed = ns[ns["a"].call("tasks.get", {"task_id": hung})["attempts"][-1]["node"]]
+        other = ns["b" if killed.name == "a" else "a"]
+        killed.kill9()
+        taken = other.call("tasks.get", {"task_id": hung, "wait": True})
+        assert [(a["node"], a["outcome"]) for a in taken["attempts"]] == [
+            (killed.name, "lost"), (other.name, "succeeded")], taken
+        assert taken["output"]["turns"] == [SECRET, "more"]  # acme's state, taken over
+        assert [(s["tenant"], s["session"]) for s in other.call("sessions.list", {})[
+            "sessions"]] == [("acme", "s1")]
+        assert other.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
+        assert [k for k in r.scan_iter(match=K.prefix + "s*:*acme*")] == []
+        assert other.call("agents.add", {"agents": {"chat": chat("globex")}}) == {
+            "added": ["chat"]}
+        wait_until(lambda: any(n["node"] == other.name and "chat" in n["agents"]
+                               for n in other.nodes()["nodes"]), what="globex's chat")
+        done = turn(other, "globex's first")
+        assert done["status"] == "succeeded", done
+        assert (done["output"]["turns"], done["output"]["given"]) == (["globex's first"],
+                                                                      False)
+        assert [(s["tenant"], s["session"]) for s in other.call("sessions.list", {})[
+            "sessions"]] == [("globex", "s1")]
+        assert r.exists(K.session(ACME)) == 0
+    r.close()
