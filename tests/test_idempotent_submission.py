@@ -102,6 +102,9 @@ def test_a_key_sent_again_after_a_sigkill_is_the_first_task_and_runs_nothing_twi
         assert json.loads(r.stdout) == {k: first[k] for k in json.loads(r.stdout)}
         r = d.cli("submit", "rec", "--input", '{"n": 3}', "--idempotency-key", "order-2")
         assert (r.returncode, r.stdout.strip()) == (0, second["task_id"])
+        assert d.ask("tasks.submit", {"agent": "rec", "input": {"n": 3},
+                                      "idempotency_key": "order-2"}) == {
+            **second, "replayed": True}
         assert runs(record) == [{"n": 1, "m": 2}, {"n": 3}]
         tasks = d.ask("tasks.list", {})["tasks"]
         assert sorted(t["task_id"] for t in tasks) == sorted(

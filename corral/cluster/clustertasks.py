@@ -417,8 +417,13 @@ class ClusterTasks:
         if p.idempotency_key is not None:
             tenant, claim = await self._claimed(p)
             replayed = await self._keyed(p, tenant, claim)
-            if wait is None:
-                return claim.task_id, None, replayed
+            if wait is None:  # a replay's outcome, when its task has ended
+                ended = None
+                if replayed:
+                    with contextlib.suppress(RedisError):
+                        ended = await self._ended_info(claim.task_id)
+                return claim.task_id, (None if ended is None else records.result(ended)
+                                       ), replayed
             try:  # (its record read first: it may have ended)
                 got = await within(self._ended(claim.task_id, None), wait)
             except TimeoutError:

@@ -45,6 +45,9 @@ def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
         again = b.call("tasks.submit", {"agent": "rec", "input": {"n": 1},
                                         "idempotency_key": "k1", "wait": 30})
         assert again == {**first, "replayed": True}
+        # (with no wait: the same, its task having ended)
+        assert b.call("tasks.submit", {"agent": "rec", "input": {"n": 1},
+                                       "idempotency_key": "k1"}) == again
         # another request with the key: refused naming it
         r = b.cli("submit", "rec", "--input", '{"n": 2}', "--idempotency-key", "k1")
         assert r.returncode == 1
