@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import pytest
 
 from corral import jsonrpc
 from corral.daemon.daemon import Daemon
+from corral.daemon.retention import Bounds, sweep
+from corral.daemon.revisions import Kept
+from corral.daemon.storeschema import migrate
 from corral.jsonrpc import RpcError
 
 from .conftest import EXAMPLES, ROOT
@@ -129,3 +133,65 @@ async def test_a_removed_agents_revisions_and_logs_go_after_their_retention(
         # a chat added again starts anew
         await add(d, "chat")
         assert await revisions(d, "chat") == [1]
+
+
+@pytest.mark.deadline(180)
+async def test_an_agent_the_file_dropped_while_the_daemon_was_down_is_counted_from_then(
+        tmp_path: Path) -> None:
+    """No removal was heard: the start-up's sweep finds `gone` gone and counts its
+    retention from then (its records stay at that sweep, even with removed_retention 0);
+    a later sweep (the one a removal brings) deletes them."""
+    async with in_process(tmp_path, toml("gone") + toml("keep")) as d:
+        await add(d, "tmp")
+
+        async def spoken() -> bool:
+            return bool(logs_of(d, "gone"))
+        await until("gone logged", spoken)
+    async with in_process(tmp_path, toml("keep"), supervisor="removed_retention = 0") as d:
+        async def noticed() -> bool:
+            return rows(d, "SELECT agent, tenant FROM removed_agents") == [
+                ("gone", "default")]
+        await until("gone found gone", noticed)
+        assert logs_of(d, "gone") == ["gone.log"]
+        assert rows(d, "SELECT revision FROM revisions WHERE agent = 'gone'") == [(1,)]
+        rc, _, err = await cli(d, "remove", "tmp")
+        assert rc == 0, err
+
+        async def deleted() -> bool:
+            return not logs_of(d, "gone") and not logs_of(d, "tmp") and not rows(
+                d, "SELECT * FROM revisions WHERE agent IN ('gone', 'tmp')")
+        await until("gone's and tmp's records deleted", deleted)
+        assert logs_of(d, "keep") == ["keep.log"]
+        assert rows(d, "SELECT * FROM removed_agents") == []
+
+
+def test_a_removed_agents_records_stay_until_its_retention_has_passed(
+        tmp_path: Path) -> None:
+    """The sweep's rule, on a state database: an agent removed an hour ago with a day's
+    retention keeps its revisions; past the day they go (and only then); an agent of that
+    name and tenant added again keeps them whatever its removal's age."""
+    db = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    migrate(db)
+    spec = json.dumps({"command": ["x"]})
+    db.executemany("INSERT INTO revisions (agent, tenant, revision, time, who, change, "
+                   "spec) VALUES (?, 'default', 1, 0, 'test', 'created', ?)",
+                   [("old", spec), ("back", spec)])
+    now = 1_000_000.0
+    db.executemany("INSERT INTO removed_agents VALUES (?, 'default', ?)",
+                   [("old", now - 3600), ("back", now - 2 * 86400)])
+    day = Bounds(Kept(0, 0), 86400)
+    out: list[tuple[str, str]] = []
+    sweep(db, day, {("back", "default")}, now, out)
+    assert out == []
+    assert list(db.execute("SELECT agent FROM revisions ORDER BY agent")) == [
+        ("back",), ("old",)]
+    assert list(db.execute("SELECT agent FROM removed_agents")) == [("old",)]
+    sweep(db, day, set(), now + 86400 - 3601, out)
+    assert out == [] and db.execute("SELECT count(*) FROM revisions").fetchone() == (2,)
+    sweep(db, day, set(), now + 86400 - 3600, out)
+    assert out == [("old", "default")]
+    assert list(db.execute("SELECT agent FROM revisions")) == [("back",)]
+    # `back` is no agent now: counted from this sweep on, not from its old removal
+    assert list(db.execute("SELECT agent, removed FROM removed_agents")) == [
+        ("back", now + 86400 - 3601)]
+    db.close()
