@@ -147,3 +147,37 @@ def test_a_task_longer_than_the_stop_timeout_is_taken_by_the_stop(tmp_path: Path
         assert d.stop() == 0
     finally:
         d.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_task_for_an_agent_draining_to_zero_waits_for_the_drain(tmp_path: Path) -> None:
+    """An agent that sleeps at zero, scaled to 0 by hand while its replica runs a task:
+    a task that comes during the drain does not wake a second process in the place of
+    the one draining; it runs once the drain is over (the autoscaler's next tick wakes
+    the agent)."""
+    d = Daemon(tmp_path, fleet(tmp_path) + """
+        [agents.w.autoscale]
+        min_replicas = 0
+        max_replicas = 1
+        idle_after = 600.0
+    """)
+    try:
+        d.start()
+        with Client(d.sock) as c:
+            first = c.call("tasks.submit", {"agent": "w", "input": 2.0})["task_id"]
+        wait_until(lambda: busy(d), 30, "w#0 busy")
+        scaling = threading.Thread(target=lambda: d.cli("scale", "w", "0"), daemon=True)
+        scaling.start()
+        wait_until(lambda: d.status() == {}, 30, "w#0 out of dispatch")
+        with Client(d.sock) as c:
+            second = c.call("tasks.submit", {"agent": "w", "input": 0.0})["task_id"]
+            ran: Any = c.call("tasks.get", {"task_id": second, "wait": True})
+            before: Any = c.call("tasks.get", {"task_id": first})
+        scaling.join(30)
+        assert (before["status"], ran["status"]) == ("succeeded", "succeeded")
+        assert ran["attempts"][0]["started"] >= before["attempts"][0]["finished"], (
+            before, ran)
+        assert ran["attempts"][0]["pid"] != before["attempts"][0]["pid"]
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -238,6 +238,8 @@ class Elastic:
         agent = self.agents.get(name)
         if e is None or agent is None or e.applying or agent.replicas:
             return
+        if agent.replacing:  # scaled to 0 by hand, draining: its tick wakes it after
+            return
         load = self._queued(name, agent)
         if not load:
             # none, or held by a budget (whose timer pumps them, and so wakes it, when
