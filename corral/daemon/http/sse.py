@@ -116,7 +116,7 @@ class Streams:
 
 class Unread(ConnectionResetError):
     """A stream's client has not taken what it was sent within the write bound: the
-    stream is cut (`cut`), its last words sent as the connection closes."""
+    stream is cut (`_cut`), its last words sent as the connection closes."""
 
 
 async def send(request: web.Request, response: web.StreamResponse, data: bytes,
