@@ -22,12 +22,14 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.supervisor import State
 
 from .daemon_harness import Daemon as DaemonProcess
 from .daemon_harness import free_port
 from .test_daemon_cli import tmp  # noqa: F401  (a fixture)
 from .test_sessions_identity import SCOPES, TENANTS, chat_table, listed
 
+SECRET = "acme-private-4711"
 NOT_FOUND = {"type": "about:blank", "title": "not found", "status": 404,
              "detail": "no such session: s1 of agent chat", "code": jsonrpc.NOT_FOUND}
 
@@ -114,3 +116,33 @@ def test_a_session_keeps_its_owner_through_a_restart_a_kill_and_an_upgrade(
             assert listed(d.json("sessions")) == [], how
     finally:
         d.close()
+
+
+@pytest.mark.deadline(120)
+async def test_a_replicas_checkpointed_state_is_its_agents_not_its_names(
+        tmp_path: Path) -> None:
+    """acme's `chat` checkpoints a state (ctx.checkpoint, given back to its replica at its
+    next start); acme removes `chat` and globex adds one: globex's replica is given no
+    state, and after a restart of the daemon neither."""
+    from .test_identity import CHAT, daemon
+
+    async with daemon(tmp_path) as api:
+        status, body, _ = await api.ask("POST", "/agents", "acme", {"agents": {"chat": CHAT}})
+        assert status == 200, body
+        await api.d.sup.wait_state("chat", State.READY, timeout=30)
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "acme", {
+            "agent": "chat", "input": {"do": "checkpoint", "state": {"secret": SECRET}}})
+        assert (status, body["status"]) == (200, "succeeded"), body
+        await api.d.services.store.writer.written()  # (the checkpoint, committed)
+        assert (await api.ask("DELETE", "/agents/chat", "acme"))[0] == 200
+        status, body, _ = await api.ask("POST", "/agents", "globex", {"agents": {
+            "chat": CHAT}})
+        assert status == 200, body
+        await api.d.sup.wait_state("chat", State.READY, timeout=30)
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "globex", {
+            "agent": "chat", "input": {"do": "state"}})
+        assert (status, body["output"]) == (200, {"state": None}), body
+    async with daemon(tmp_path) as api:
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "globex", {
+            "agent": "chat", "input": {"do": "state"}})
+        assert (status, body["output"]) == (200, {"state": None}), body

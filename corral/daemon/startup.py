@@ -17,7 +17,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
 from ..supervisor.tasks.waitclock import WaitClock
+from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.teams.tools import LeaderTools
 from ..supervisor.tracing import Tracer
 from ..timeouts import within
@@ -423,6 +424,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                      journal, unfinished)
 
 
+        parts.stream.subscribe(lambda e: states_end(parts, store, e.owners), SessionsEnding)
 @contextlib.contextmanager
 def signals(put: Callable[[int], None]) -> Iterator[None]:
     """SIGTERM, SIGINT, SIGHUP and SIGUSR2 queued for the arbiter."""
@@ -560,6 +562,18 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
 async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
                     traces: Traces | None, node: ClusterNode | None
                     ) -> AsyncIterator[WorkflowService]:
+def states_end(parts: Parts, store: StateStore, agents: Iterable[str]) -> None:
+    """Removed agents' state checkpoints end with them (heard as their sessions end: the
+    fleet's removals, not a replacement of an agent's processes), in memory and in the
+    database: a later agent of the name, whoever's, starts with none (DESIGN 20). A
+    checkpoint still waiting for the writer is written before the delete."""
+    names = set(agents)
+    for key in [k for k in parts.checkpoints if k[0] in names]:
+        del parts.checkpoints[key]
+    if store.writer is not None:
+        store.writer.submit(StateStore.forgetting_states(names), "state checkpoints")
+
+
     """[workflows.NAME] and their runs (docs/workflows.md); entered after the engine runs,
     so a stop ends the runs' drivers (their runs resumed at the next start) before the
     agents stop under them. With [tracing], each run is a trace of its steps' tasks; with

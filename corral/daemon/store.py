@@ -118,6 +118,16 @@ class StateStore:
         else:
             write(self.db)
 
+    @staticmethod
+    def forgetting_states(names: Iterable[str]) -> Write:
+        """The write that deletes agents' state checkpoints (their agents removed)."""
+        rows = [(n,) for n in names]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM agent_state WHERE name = ?", rows)
+
+        return write
+
     def states(self) -> dict[tuple[str, int], tuple[float, Any]]:
         with errors_named(self.path):
             rows = self.db.execute("SELECT name, replica, time, state FROM agent_state")
