@@ -558,10 +558,6 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
             await node.hand_back()
 
 
-@contextlib.asynccontextmanager
-async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
-                    traces: Traces | None, node: ClusterNode | None
-                    ) -> AsyncIterator[WorkflowService]:
 def states_end(parts: Parts, store: StateStore, agents: Iterable[str]) -> None:
     """Removed agents' state checkpoints end with them (heard as their sessions end: the
     fleet's removals, not a replacement of an agent's processes), in memory and in the
@@ -574,6 +570,10 @@ def states_end(parts: Parts, store: StateStore, agents: Iterable[str]) -> None:
         store.writer.submit(StateStore.forgetting_states(names), "state checkpoints")
 
 
+@contextlib.asynccontextmanager
+async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
+                    traces: Traces | None, node: ClusterNode | None
+                    ) -> AsyncIterator[WorkflowService]:
     """[workflows.NAME] and their runs (docs/workflows.md); entered after the engine runs,
     so a stop ends the runs' drivers (their runs resumed at the next start) before the
     agents stop under them. With [tracing], each run is a trace of its steps' tasks; with
