@@ -36,8 +36,8 @@ from ..supervisor.tasks import CompactTask, Unfinished
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
-from ..supervisor.tasks.waitclock import WaitClock
 from ..supervisor.tasks.sessions import SessionsEnding
+from ..supervisor.tasks.waitclock import WaitClock
 from ..supervisor.teams.tools import LeaderTools
 from ..supervisor.tracing import Tracer
 from ..timeouts import within
