@@ -420,11 +420,11 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
             raise StartupError(str(exc)) from None
         parts.stream.subscribe(
             lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
+        parts.stream.subscribe(lambda e: states_end(parts, store, e.owners), SessionsEnding)
         yield Stores(store, writer, RevisionLog(store.db, kept_of(conf.cfg.supervisor)),
                      journal, unfinished)
 
 
-        parts.stream.subscribe(lambda e: states_end(parts, store, e.owners), SessionsEnding)
 @contextlib.contextmanager
 def signals(put: Callable[[int], None]) -> Iterator[None]:
     """SIGTERM, SIGINT, SIGHUP and SIGUSR2 queued for the arbiter."""
