@@ -43,14 +43,10 @@ ENDLESS = {"/api/v1" + route.path for declared in REGISTRY.values() if declared.
 # of the request is still checked (negative cases, the answers).
 # POST /packages: whether a path is a package depends on the host's files, not on the
 # request's shape.
-# POST /workflows: whether a table is accepted depends on the agents and workflows there
-# are (a step's agent must exist, a nested one too), and on the references between its
-# steps (a path in a string), which no schema can say.
 # POST /teams: the same, a team's members, router and leader must be agents there are
 # (and none the team itself), which no schema can say.
 EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
             ("POST", "/api/v1/packages"): {"positive_data_acceptance"},
-            ("POST", "/api/v1/workflows"): {"positive_data_acceptance"},
             ("POST", "/api/v1/teams"): {"positive_data_acceptance"}}
 # Narrower: refusals excused for an operation only when their message says why, each a
 # rule of the host or one between two keys that JSON Schema cannot state (it compares no
@@ -64,11 +60,20 @@ EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
 # of any key checks the table it makes whole).
 # POST /agents/{name}/scale: the fleet's replicas at most this host's max_replicas (a
 # [supervisor] setting: the run's daemon has FLEET_MAX).
+# POST /workflows: a step's agent, or nested workflow, must be one there is; and rules
+# between two values: a step name used once, a reference or join naming an earlier step
+# of the workflow, no cycle. What a step is by itself (its kind, a signal's name, a map's
+# or a condition's reference, map or join) the document says (openapi._step_rules): its
+# refusal fails the run.
 EXCUSED = {("POST", "/api/v1/tenants"): ("user: no such user: ",
                                          "is above max_memory_mb"),
            ("POST", "/api/v1/tasks"): ("days from now",),
            ("PATCH", "/api/v1/agents/{name}"): ("(--no-check to update it anyway)",),
-           ("POST", "/api/v1/agents/{name}/scale"): ("(a [supervisor] setting)",)}
+           ("POST", "/api/v1/agents/{name}/scale"): ("(a [supervisor] setting)",),
+           ("POST", "/api/v1/workflows"): ("no such agent: ", "no such workflow: ",
+                                           ": two steps named ", " names no step ",
+                                           "which comes after it", ": a cycle of ",
+                                           ": join names step ")}
 # Path parameters the run gives, not generated: an operation on an agent of a random
 # name is a 404 whatever its body, and its body's rules would go untested. The daemon's
 # one agent is scaled, within a fleet of FLEET_MAX replicas (few processes to start).

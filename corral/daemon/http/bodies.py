@@ -28,10 +28,10 @@ UNKNOWN = "Object contains unknown field `"
 INT_GOT_FLOAT = re.compile(r"Expected `[^`]*\bint\b[^`]*`, got `float`")
 # Past this no float spells one integer only.
 EXACT = 2**53
-# The body fields that carry config tables ([agents.NAME], [tenants.NAME], a patch of
-# one), typed by the config's Structs only after the body is read, as strictly as TOML's
-# ints and floats are told apart.
-TABLES = frozenset({"agents", "tenants", "set"})
+# The body fields that carry config tables ([agents.NAME], [tenants.NAME], [workflows.NAME],
+# [teams.NAME], a patch of one), typed by the config's Structs only after the body is
+# read, as strictly as TOML's ints and floats are told apart.
+TABLES = frozenset({"agents", "tenants", "workflows", "teams", "set"})
 
 
 @cache

@@ -22,6 +22,8 @@ from ...supervisor.tasks.output import EVENT_ID
 from ...supervisor.teams import TeamSpec
 from ...supervisor.workflows import WorkflowSpec
 from ...supervisor.workflows.plan import STEP_NAME
+from ...supervisor.workflows.refs import NAME as REF_NAME
+from ...supervisor.workflows.refs import PART as REF_PART
 from ...taskoptions import MAX_TAG_LENGTH, MAX_TAGS, TAG_PATTERN
 from ..tasks.front import STATUSES
 from ..workflows.runstore import RUN_STATUSES
@@ -148,6 +150,7 @@ def _tables() -> dict[str, Any]:
     tables["ConfigStepSpec"]["properties"]["name"] = {
         "type": "string", "pattern": f"^{STEP_NAME.pattern}$",
         "description": "unique among the workflow's steps"}
+    _step_rules(tables["ConfigStepSpec"], tables["ConfigCondition"])
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant),
                         ("WorkflowPatch", workflow), ("TeamPatch", team)):
         tables[name] = {
@@ -157,6 +160,37 @@ def _tables() -> dict[str, Any]:
             "properties": {k: {"anyOf": [v, {"type": "null"}]}
                            for k, v in whole["properties"].items()}}
     return tables
+
+
+def _step_rules(step: dict[str, Any], condition: dict[str, Any]) -> None:
+    """What compile_workflow refuses of a step by itself (workflows/plan.py), said in its
+    schema: it runs an agent, or a workflow, or waits for a signal (a name), one of the
+    three; a signal's step takes no map nor retries, a task's step no on_timeout; map or
+    join, not both; a reference's shape where a key holds one alone (map, when's ref: a
+    list's or a value's, not $item or $index, which are a map step's input's). What
+    depends on the other steps or on what there is (a step's agent, a name used twice, a
+    reference to a later step) no schema can say."""
+    null = {"type": "null"}
+    name = {"type": "string", "pattern": f"^{STEP_NAME.pattern}$"}
+    ref = {"type": "string", "pattern": rf"^\$(input|steps\.{REF_NAME}\.output)({REF_PART})*$",
+           "description": "a reference: $input or $steps.NAME.output, then .key or [N] parts"}
+    props = step["properties"]
+    props["signal"] = {"anyOf": [name, null], "default": None}
+    props["join"] = {"anyOf": [name, null], "default": None}
+    props["map"] = {"anyOf": [ref, null], "default": None}
+    condition["properties"]["ref"] = ref
+    step["oneOf"] = [
+        {"required": ["agent"], "properties": {"agent": {"type": "string"},
+                                               "workflow": null, "signal": null,
+                                               "on_timeout": null}},
+        {"required": ["workflow"], "properties": {"workflow": {"type": "string"},
+                                                  "agent": null, "signal": null,
+                                                  "on_timeout": null}},
+        {"required": ["signal"], "properties": {"signal": {"type": "string"},
+                                                "agent": null, "workflow": null,
+                                                "map": null, "retries": null}}]
+    step["not"] = {"required": ["map", "join"], "properties": {
+        "map": {"type": "string"}, "join": {"type": "string"}}}
 
 
 def _problem_responses() -> dict[str, Any]:

@@ -21,8 +21,8 @@ from typing import Any
 import msgspec
 
 NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
-_PART = rf"\.{NAME}|\[\d+\]"
-WHOLE = re.compile(rf"\$(input|item|index|steps\.({NAME})\.output)((?:{_PART})*)")
+PART = rf"\.{NAME}|\[\d+\]"  # (the REST document's step schema says these too)
+WHOLE = re.compile(rf"\$(input|item|index|steps\.({NAME})\.output)((?:{PART})*)")
 TEMPLATE = re.compile(r"\{(\$[^{}]*)\}")
 SHAPE = ("a reference is $input, $steps.NAME.output, $item or $index, followed by "
          ".key or [N] parts")
@@ -45,7 +45,7 @@ def parse(text: str) -> Ref | None:
     if m is None:
         return None
     path: list[str | int] = []
-    for part in re.findall(_PART, m.group(3)):
+    for part in re.findall(PART, m.group(3)):
         path.append(int(part[1:-1]) if part.startswith("[") else part[1:])
     root = "steps" if m.group(2) is not None else m.group(1)
     return Ref(text, root, m.group(2), tuple(path))
