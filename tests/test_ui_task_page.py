@@ -32,6 +32,10 @@ def test_a_task_waiting_for_approval_names_it_and_links_to_it() -> None:
         [ask] = wait_for(lambda: pending(d), "the call's ask")
         wait_for(lambda: d.ask("tasks.get", {"task_id": task_id})["status"] == "waiting",
                  "the task waiting")
+        # a second task queued behind it: the replica's one slot is the waiting task's
+        second = d.ask("tasks.submit", {"agent": "writer", "input": bump(4)})["task_id"]
+        queued = d.ask("tasks.get", {"task_id": second})
+        assert queued["status"] == "queued" and queued["waiting"], queued
         with chromium_page() as page:
             page.goto(d.cli("ui").stdout.strip())
             # the fleet: the replica whose one task waits for a person is waiting, not
@@ -46,6 +50,16 @@ def test_a_task_waiting_for_approval_names_it_and_links_to_it() -> None:
             expect(link).to_have_text('approval of counting__bump {"i":3}')
             expect(link).to_have_attribute("href", f"#/inbox/{ask['id']}")
             expect(page.locator("#task-output")).to_have_text("(waiting…)")
+
+            # the queued task's page says why it has not started, as tasks.get does, and
+            # links to its agent, where capacity is acted on
+            page.goto(page.url.split("#")[0] + f"#/task/{second}")
+            expect(page.locator("#task h2 .state")).to_have_text("queued")
+            why = d.ask("tasks.get", {"task_id": second})["waiting"]
+            expect(page.locator("#task-waiting")).to_have_text(
+                f"Not started: {why} (agent writer)")
+            expect(page.locator("#task-waiting a")).to_have_attribute("href", "#/agent/writer")
+            page.go_back()
 
             # the link opens the inbox on the ask's card, marked; approved there, the
             # call runs once and the task's page no longer says it waits
@@ -62,6 +76,12 @@ def test_a_task_waiting_for_approval_names_it_and_links_to_it() -> None:
             page.go_back()
             expect(page.locator("#task h2 .state")).to_have_text("succeeded")
             expect(page.locator("#task-waiting")).to_have_count(0)
+            # the second runs now, and asks in turn: approved, the replica is free
+            [ask2] = wait_for(lambda: pending(d), "the second call's ask")
+            assert ask2["task_id"] == second
+            assert d.cli("approvals", "approve", ask2["id"]).returncode == 0
+            done = d.ask("tasks.get", {"task_id": second, "wait": True})
+            assert done["status"] == "succeeded", done
             page.click('nav a[href="#/fleet"]')
             expect(replica).to_have_text(re.compile("^(ready|idle)$"))
             assert page.evaluate("window.__cspViolations") == []

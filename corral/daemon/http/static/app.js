@@ -741,7 +741,7 @@ function WaitingFor({ t }) {
         whatItAsks(a)}</a>, asked ${stamp(a.created)}${a.deadline ? `, times out ${stamp(a.deadline)}` : ""}</li>`)}</ul></div>`;
   }
   if (t.status === "queued" && t.waiting) {
-    return html`<div id="task-waiting" class="waiting-for"><strong>Not started:</strong>
+    return html`<div id="task-waiting" class="waiting-for"><strong>Not started:</strong>${" "}
       <span class="waiting-why">${t.waiting}</span> (<a href=${`#/agent/${t.agent}`}>agent ${t.agent}</a>)</div>`;
   }
   return null;
