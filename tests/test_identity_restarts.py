@@ -24,12 +24,14 @@ import pytest
 from corral import jsonrpc
 from corral.supervisor import State
 
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, free_port
 from .daemon_harness import Daemon as DaemonProcess
-from .daemon_harness import free_port
 from .test_daemon_cli import tmp  # noqa: F401  (a fixture)
 from .test_sessions_identity import SCOPES, TENANTS, chat_table, listed
 
 SECRET = "acme-private-4711"
+CHAT_COMMAND = [PY, str(EXAMPLES / "misbehave.py")]
 NOT_FOUND = {"type": "about:blank", "title": "not found", "status": 404,
              "detail": "no such session: s1 of agent chat", "code": jsonrpc.NOT_FOUND}
 
@@ -146,3 +148,41 @@ async def test_a_replicas_checkpointed_state_is_its_agents_not_its_names(
         status, body, _ = await api.ask("POST", "/tasks?wait=30", "globex", {
             "agent": "chat", "input": {"do": "state"}})
         assert (status, body["output"]) == (200, {"state": None}), body
+
+
+@pytest.mark.deadline(120)
+async def test_a_checkpoint_of_an_agent_the_file_dropped_is_not_the_next_holders(
+        tmp_path: Path) -> None:
+    """acme's `chat` is the file's and checkpoints a state; the daemon is restarted with a
+    file that no longer declares it (no removal heard), and globex adds a `chat`: it is
+    given no state. Put back in the file as acme's, `chat` is given its own again."""
+    import aiohttp
+
+    from .daemon_harness import in_process
+    from .test_http_api import Api
+    from .test_identity import CHAT_FILE, CONFIG, tenants_api
+
+    async with in_process(tmp_path, CHAT_FILE, CONFIG) as d, aiohttp.ClientSession() as http:
+        api = await tenants_api(d, http)
+        tokens = api.tokens  # (kept in the state database: the next daemons' too)
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "acme", {
+            "agent": "chat", "input": {"do": "checkpoint", "state": {"secret": SECRET}}})
+        assert (status, body["status"]) == (200, "succeeded"), body
+        await d.services.store.writer.written()
+    async with in_process(tmp_path, "", CONFIG) as d, aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        api.tokens = tokens
+        status, body, _ = await api.ask("POST", "/agents", "globex", {"agents": {
+            "chat": {"command": CHAT_COMMAND, "env": {"PYTHONPATH": str(ROOT)}}}})
+        assert status == 200, body
+        await d.sup.wait_state("chat", State.READY, timeout=30)
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "globex", {
+            "agent": "chat", "input": {"do": "state"}})
+        assert (status, body["output"]) == (200, {"state": None}), body
+        assert (await api.ask("DELETE", "/agents/chat", "globex"))[0] == 200
+    async with in_process(tmp_path, CHAT_FILE, CONFIG) as d, aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        api.tokens = tokens
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "acme", {
+            "agent": "chat", "input": {"do": "state"}})
+        assert (status, body["output"]) == (200, {"state": {"secret": SECRET}}), body

@@ -1,7 +1,8 @@
 """What grows with use besides tasks, bounded (issue 74, DESIGN 20; docs/operations.md#retention):
 an agent's spec revisions past `revisions_kept` (the newest kept) or past
 `revisions_kept_mb` of specs (the newest always kept), and what a removed agent left —
-its revisions and its log files — once `removed_retention` has passed since its removal.
+its revisions, its state checkpoints (one its removal was heard for ended at once) and
+its log files — once `removed_retention` has passed since its removal.
 
 A removal is heard as it happens (the fleet's removals end the agent's sessions:
 SessionsEnding names each agent and its tenant) and its time written; an agent whose
@@ -76,6 +77,7 @@ def sweep(db: sqlite3.Connection, bounds: Bounds, live: set[tuple[str, str]], no
            <= now]
     for agent, tenant in due:
         db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ?", (agent, tenant))
+        db.execute("DELETE FROM agent_state WHERE name = ? AND tenant = ?", (agent, tenant))
         db.execute("DELETE FROM removed_agents WHERE agent = ? AND tenant = ?",
                    (agent, tenant))
     out.extend(due)

@@ -17,7 +17,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ import msgspec
 
 from .. import __version__
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import Config, ConfigError, SupervisorSettings
+from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, SupervisorSettings
 from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.executor import KILL_GRACE
@@ -61,7 +61,7 @@ from .logfiles import Rotation
 from .logs import LogDirError, LogHub
 from .outputjournal import OutputsDB
 from .packages.service import Packages
-from .revisions import RevisionLog, describe_change, kept_of
+from .revisions import RevisionLog, describe_change, kept_of, tenant_of
 from .schedules import Ledger, LocalLedger, ScheduleService, schedule_agents, starter
 from .services import Services
 from .sessionjournal import SessionsDB
@@ -364,7 +364,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                                             sync=sc.journal_sync, stream=parts.stream,
                                             audit_max_rows=sc.audit_max_rows)
             own.callback(store.close)
-            parts.checkpoints.update(await asyncio.to_thread(store.states))
+            parts.checkpoints.update(await asyncio.to_thread(
+                lambda: store.states(holders(conf.cfg, store.runtime_agents()))))
             # every write (records, checkpoints, audit, revisions, commands' records) and
             # the task journal's go through one writer thread, off the loop
             writer = store.open_writer(on_error=error, on_notice=notice)
@@ -418,8 +419,9 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 own.push_async_callback(webhook.close)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        parts.stream.subscribe(
-            lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
+        parts.stream.subscribe(lambda c: store.save_state(
+            c.agent, c.replica, c.time, c.state,
+            parts.quotas.tenant_of(c.agent) or DEFAULT_TENANT), Checkpoint)
         parts.stream.subscribe(lambda e: states_end(parts, store, e.owners), SessionsEnding)
         yield Stores(store, writer, RevisionLog(store.db, kept_of(conf.cfg.supervisor)),
                      journal, unfinished)
@@ -558,16 +560,24 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
             await node.hand_back()
 
 
-def states_end(parts: Parts, store: StateStore, agents: Iterable[str]) -> None:
-    """Removed agents' state checkpoints end with them (heard as their sessions end: the
-    fleet's removals, not a replacement of an agent's processes), in memory and in the
-    database: a later agent of the name, whoever's, starts with none (DESIGN 20). A
-    checkpoint still waiting for the writer is written before the delete."""
-    names = set(agents)
-    for key in [k for k in parts.checkpoints if k[0] in names]:
+def holders(cfg: Config, runtime: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The tenant each agent's name is held by as the daemon starts: the file's agent,
+    else the one added at runtime (the file wins)."""
+    held = {name: tenant_of(table) for name, table in runtime.items()}
+    held.update((name, spec.tenant) for name, spec in cfg.agents.items())
+    return held
+
+
+def states_end(parts: Parts, store: StateStore, owners: Mapping[str, str]) -> None:
+    """Removed agents' (name -> its tenant) state checkpoints end with them (heard as their
+    sessions end: the fleet's removals, not a replacement of an agent's processes), in
+    memory and in the database: a later agent of the name, whoever's, starts with none
+    (DESIGN 20). A checkpoint still waiting for the writer is written before the delete."""
+    for key in [k for k in parts.checkpoints if k[0] in owners]:
         del parts.checkpoints[key]
     if store.writer is not None:
-        store.writer.submit(StateStore.forgetting_states(names), "state checkpoints")
+        store.writer.submit(StateStore.forgetting_states(owners.items()),
+                            "state checkpoints")
 
 
 @contextlib.asynccontextmanager

@@ -13,12 +13,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.containment import ProcessRecord
 from ..supervisor.stream import Stream
 from ..text import iso_time, plural
@@ -104,13 +105,15 @@ class StateStore:
 
         return write
 
-    def save_state(self, name: str, replica: int, when: float, state: Any) -> None:
-        """Through the writer when there is one (checkpoints come per agent)."""
-        row = (name, replica, when, msgspec.json.encode(state).decode())
+    def save_state(self, name: str, replica: int, when: float, state: Any,
+                   tenant: str = DEFAULT_TENANT) -> None:
+        """Through the writer when there is one (checkpoints come per agent). `tenant`:
+        its agent's."""
+        row = (name, replica, when, msgspec.json.encode(state).decode(), tenant)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO agent_state (name, replica, time, state) "
-                       "VALUES (?,?,?,?)", row)
+            db.execute("INSERT OR REPLACE INTO agent_state (name, replica, time, state, "
+                       "tenant) VALUES (?,?,?,?,?)", row)
 
         if self.writer is not None:
             self.writer.submit(write, "checkpoint", key=("agent_state", name, replica),
@@ -119,19 +122,27 @@ class StateStore:
             write(self.db)
 
     @staticmethod
-    def forgetting_states(names: Iterable[str]) -> Write:
-        """The write that deletes agents' state checkpoints (their agents removed)."""
-        rows = [(n,) for n in names]
+    def forgetting_states(agents: Iterable[tuple[str, str]]) -> Write:
+        """The write that deletes agents' state checkpoints (their agents, each a name and
+        its tenant, removed)."""
+        rows = list(agents)
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM agent_state WHERE name = ?", rows)
+            db.executemany("DELETE FROM agent_state WHERE name = ? AND tenant = ?", rows)
 
         return write
 
-    def states(self) -> dict[tuple[str, int], tuple[float, Any]]:
+    def states(self, holders: Mapping[str, str] | None = None
+               ) -> dict[tuple[str, int], tuple[float, Any]]:
+        """The checkpoints kept, by (agent, replica). `holders`: the tenant each agent's
+        name is held by now; a checkpoint another tenant's agent saved under the name (its
+        agent gone from the file while the daemon was down), or one of a name no agent
+        holds, is not read: it is no agent's of these (DESIGN 20)."""
         with errors_named(self.path):
-            rows = self.db.execute("SELECT name, replica, time, state FROM agent_state")
-            return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
+            rows = self.db.execute(
+                "SELECT name, replica, time, state, tenant FROM agent_state")
+            return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s, tenant in rows
+                    if holders is None or holders.get(n) == tenant}
 
     def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str,
               who: str | None = None, tenant: str | None = None) -> None:

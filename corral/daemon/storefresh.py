@@ -3,7 +3,7 @@ made from at once (storeschema.migrate, decision 927). Made by
 scripts/fresh_schema.py from storeschema.MIGRATIONS; not edited by hand.
 """
 
-DIGEST = "c06409954880c3eb2c14919734e78ad6bca9beb92aa34f1c37c48e73bc220e81"
+DIGEST = "e0c1843b29913fb410281900098ca6ee20929d82a829de18e031ed1ee9ac913f"
 
 SCHEMA = (
     'CREATE TABLE runtime_agents (\n'
@@ -15,7 +15,7 @@ SCHEMA = (
     '        name TEXT NOT NULL,\n'
     '        replica INTEGER NOT NULL,\n'
     '        time REAL NOT NULL,\n'
-    '        state TEXT NOT NULL,\n'
+    "        state TEXT NOT NULL, tenant TEXT NOT NULL DEFAULT 'default',\n"
     '        PRIMARY KEY (name, replica)\n'
     '    )',
     'CREATE TABLE audit (\n'

@@ -561,6 +561,12 @@ MIGRATIONS: list[Migration] = [
         removed REAL NOT NULL,
         PRIMARY KEY (agent, tenant)
     ) WITHOUT ROWID;
+    """,    # whose an agent state checkpoint is: the tenant of its agent when it was saved, given
+    # back only to an agent of that tenant holding the name (DESIGN 20); a row from before
+    # is the name's holder's by its newest revision
+    f"""
+    ALTER TABLE agent_state ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    UPDATE agent_state SET tenant = {HOLDER.format(agent="agent_state.name")};
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
