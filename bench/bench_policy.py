@@ -16,7 +16,7 @@ turns task by task (so that the machine's load drifts alike under each):
 
 A call's cost is (median task) / 20, and a mode's added cost per call its median task
 less bare's, / 20. The goal: policy - bare <= 50 us at p50. Beside it, the judging
-alone, in process (`judged` per call, no I/O).
+alone, in process (`Guard.judge` per call, no I/O).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import uvloop
 from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import Config, PolicyMatch, PolicyRule, PolicyTest
 from corral.supervisor.lifecycle import SERVING
-from corral.supervisor.policy import Compiled, Taints
-from corral.supervisor.tasks.approvals import Approvals, judged
+from corral.supervisor.policy import Guard
+from corral.supervisor.tasks.approvals import Approvals
 from corral.supervisor.tasks.interceptors import TaskInterceptor, TaskPath, ToolCall
 from corral.supervisor.tasks.pingate import PinGate
 
@@ -73,7 +73,7 @@ class Switch(TaskInterceptor):
         self.mode = "bare"
         self.shipped = (Approvals(None), PinGate())
         cfg = policy_config()
-        self.policy = (Approvals(Compiled(lambda: cfg)), PinGate())
+        self.policy = (Approvals(Guard(lambda: cfg)), PinGate())
 
     def bind(self, path: TaskPath) -> None:
         for member in (*self.shipped, *self.policy):
@@ -88,17 +88,16 @@ class Switch(TaskInterceptor):
 
 
 def judging_alone(sup: Supervisor) -> float:
-    """µs of `judged` a call (the rules, the taint lookup), in process."""
+    """µs of `Guard.judge` a call (the rules, the taint lookup), in process."""
     [replica] = sup.agents["caller"].replicas
     cfg = policy_config()
-    rules = Compiled(lambda: cfg)()
-    assert rules is not None
-    taints = Taints()
-    call = ToolCall(replica, "min__echo", {"text": "7"}, None)
+    guard = Guard(lambda: cfg)
+    arguments = {"text": "7"}
     n = 20000
     t0 = time.perf_counter()
     for _ in range(n):
-        judged(rules, taints, "task", call, "default")
+        guard.judge("task", replica, "default", "tool", "min__echo",
+                    {"arguments": arguments})
     return (time.perf_counter() - t0) / n * 1e6
 
 

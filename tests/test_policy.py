@@ -112,10 +112,10 @@ def test_a_rule_on_an_argument_denies_and_approves_as_written(daemon: Daemon) ->
         ), args
     assert d.ask("approvals.list")["asks"] == []
     # the log says which rule, and the arguments' shape, never their values
-    wait_for(lambda: "policy: deny pol__write_file by no write elsewhere for "
+    wait_for(lambda: "policy: deny tool call pol__write_file by no write elsewhere for "
                      in d.cli("logs", "worker").stdout, "the decision in the log")
     logged = d.cli("logs", "worker").stdout
-    assert '{"path": "str"}' in logged and "/etc/passwd" not in logged
+    assert '{"arguments": {"path": "str"}}' in logged and "/etc/passwd" not in logged
     # below the bound: allowed; at or above it: a person decides
     assert run(d, call("pay", amount=99.5)) == (False, made("pay", amount=99.5))
     task_id = d.ask("tasks.submit", {"agent": "worker",

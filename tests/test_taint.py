@@ -6,16 +6,34 @@ marks are written); one that did not calls it freely; the taint outlives a retry
 
 from __future__ import annotations
 
+import asyncio
 import os
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from corral.daemon.caller import Caller
+from corral.taskoptions import TaskOptions
+
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, in_process, shared_tmpdir
+from .servers.model_upstream import StandIn
+from .test_boundary_calls import (
+    asks_of,
+    finished,
+    raw_call,
+    replica_env,
+    session,
+    text,
+    two_running,
+)
+from .test_gateway_stdio import wait_until_async
+from .test_model_gateway import fleet, provider_key, upstream  # noqa: F401 (fixtures)
 from .test_policy import HERE, made, wait_for
+from .test_questions import asks_made
 
 FLEET = textwrap.dedent(f"""
     [agents.reader]
@@ -23,6 +41,7 @@ FLEET = textwrap.dedent(f"""
     env = {{ PYTHONPATH = "{ROOT}" }}
     tools = ["pol__*"]
     retries = 1
+    max_concurrent_tasks = 2
     stop_timeout = 10.0
 
     [mcp_servers.pol]
@@ -103,3 +122,92 @@ def test_the_taint_outlives_a_retry(daemon: Daemon) -> None:
     assert ask["subject"]["policy"] == "taint (after untrusted pol__fetch)"
     assert d.cli("approvals", "approve", ask["id"]).returncode == 0
     assert result(d, task_id) == [(False, made("send_mail", **SEND["arguments"]))]
+
+
+async def test_model_calls_pass_rules_on_their_model_and_max_tokens_and_taint(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811 - the fixture
+    """Through the model gateway, by the real client libraries (tests/model_agent.py): a
+    rule on a model's `max_tokens` allows a bounded call and denies one with no bound, in
+    the provider's words; a sensitive model called after an untrusted tool's output
+    waits for a person, and the same call before it does not."""
+    rules = textwrap.dedent("""
+        [[policy]]
+        name = "short answers"
+        match = { model = "gpt-*" }
+        when = { "max_tokens" = { below = 100 } }
+        effect = "allow"
+
+        [[policy]]
+        name = "no long gpt"
+        match = { model = "gpt-*" }
+        effect = "deny"
+    """)
+    toml = fleet(tmp_path, upstream.url, agent_extra='tools = ["counting__*"]',
+                 claude_extra="sensitive = true") + textwrap.dedent(f"""
+            [mcp_servers.counting]
+            command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp_path}/server-count"]
+            tools_untrusted = ["bump"]
+        """) + rules
+    async with in_process(tmp_path, toml) as d:
+        made = asks_made(d)
+
+        async def run(task_input: dict[str, Any]) -> Any:
+            res = await d.sup.tasks.run("writer", task_input, TaskOptions(timeout=60))
+            assert res.status == "succeeded", res
+            return res.output["answers"]
+
+        assert await run({"api": "chat", "model": "gpt-small", "calls": 1,
+                          "extra": {"max_tokens": 50}}) == ["echo: call 1"]
+        [refused] = await run({"api": "chat", "model": "gpt-small", "calls": 1})
+        assert refused["status"] == 403
+        assert "model call gpt-small is denied by policy rule no long gpt" in \
+            refused["message"], refused
+        assert len(upstream.requests) == 1  # the denied call never reached it
+        # the sensitive model: its first call before the untrusted tool, freely; the
+        # second after it, asked
+        running = asyncio.ensure_future(run({"api": "messages", "model": "claude-small",
+                                             "calls": 2, "tools": 1}))
+        ask = await asyncio.wait_for(made.get(), 30)
+        assert ask.subject == {"model": "claude-small", "endpoint": "/v1/messages",
+                               "cost": 0.0, "why": "taint (after untrusted counting__bump)"}
+        assert len(upstream.requests) == 2
+        await d.dispatcher.call(Caller(via="socket"), "approvals.resolve",
+                                {"id": ask.id, "decision": "approved"})
+        assert await running == ["echo: call 1", "bumped 1", "echo: call 2"]
+        assert made.empty()
+
+
+@pytest.mark.deadline(180)
+async def test_a_replicas_calls_of_no_task_are_tainted_at_every_door() -> None:
+    """A call of no task is its replica's incarnation's: an untrusted tool's output read
+    over the worker link (a `tools/call` naming no task) taints the incarnation, and its
+    sensitive call at the gateway's /mcp, of no task either (two tasks running), asks a
+    person owned by the incarnation; denied, the client reads the tool's error."""
+    d = Daemon(shared_tmpdir(), FLEET + '\n[gateway]\nlisten = "127.0.0.1:0"\n')
+    try:
+        await asyncio.to_thread(d.start)
+        read = await asyncio.to_thread(finished, d, submit_input(d, raw_call(
+            FETCH["tool"], FETCH["arguments"])))
+        assert read["output"]["result"]["content"][0]["text"] == made(
+            "fetch", **FETCH["arguments"])
+        env = await asyncio.to_thread(replica_env, d, "reader")
+        async with two_running(d, "reader"), session(env["CORRAL_MCP_URL"],
+                                                     env["CORRAL_MCP_TOKEN"]) as s:
+            call = asyncio.ensure_future(s.call_tool(SEND["tool"], SEND["arguments"]))
+            await wait_until_async(lambda: asks_of(d, "reader") or call.done())
+            assert not call.done(), call.result()
+            [ask] = asks_of(d, "reader")
+            assert ask["task_id"].startswith("replica:reader#0:"), ask
+            assert ask["subject"] == {**SEND, "policy": "taint (after untrusted pol__fetch)"}
+            said = await asyncio.to_thread(d.cli, "approvals", "deny", ask["id"])
+            assert said.returncode == 0, said.stderr
+            result = await call
+            assert result.is_error and text(result).startswith(
+                "tool call pol__send_mail was denied by "), result
+    finally:
+        await asyncio.to_thread(d.close)
+
+
+def submit_input(d: Daemon, task_input: dict[str, Any]) -> str:
+    task_id: str = d.ask("tasks.submit", {"agent": "reader", "input": task_input})["task_id"]
+    return task_id

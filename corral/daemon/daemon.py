@@ -36,7 +36,7 @@ from ..supervisor.config import Config, ConfigError, GatewaySettings
 from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
-from ..supervisor.policy import Compiled
+from ..supervisor.policy import Guard
 from ..supervisor.process_replica import Transition
 from ..supervisor.tasks.approvals import Approvals
 from ..supervisor.tasks.pingate import PinGate
@@ -318,14 +318,14 @@ class Daemon:
         # the task path's interceptors, the outermost first (tasks/interceptors.py): a
         # leader's call of a member is inside the leader's span, the member's task its child
         # approvals (docs/approvals.md) inside the span, around a leader's members too
+        guard = Guard(lambda: self.applied)  # policy rules and taint, on every path
         sup, queue = part.engine(conf, self.spared, self.taken,
-                                 [i for i in (tracer, Approvals(Compiled(lambda: self.applied)),
-                                            PinGate(), leaders)
+                                 [i for i in (tracer, Approvals(guard), PinGate(), leaders)
                                   if i is not None])
         parts = sup.parts
         audit = Audit(hub)
         dispatcher = part.dispatcher(audit)
-        gateway = part.gateway_service(conf, parts, audit, dispatcher, traces)
+        gateway = part.gateway_service(conf, parts, audit, dispatcher, traces, guard)
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)
         models = await enter("the model gateway",

@@ -49,6 +49,7 @@ from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings, PositiveInt
 from ..supervisor.lifecycle import serving_changed
+from ..supervisor.policy import Guard
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
@@ -262,8 +263,12 @@ class GatewayService:
     def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
                  settings: GatewaySettings | None = None,
                  calls: Dispatcher[Any] | None = None,
-                 tasks: TaskManager | None = None, tracer: Tracer | None = None) -> None:
+                 tasks: TaskManager | None = None, tracer: Tracer | None = None,
+                 guard: Guard | None = None) -> None:
         self.agents = agents
+        # the policy rules and taint a replica's call of no task passes (approvals.gate),
+        # and its model calls (models/gateway.py)
+        self.guard = guard
         self.stream = stream  # GatewayChanged goes on it
         self.tools = tools  # the pool it serves
         self.audit = audit  # every call's row: (client, tool, outcome, (uid, pid))
@@ -829,7 +834,7 @@ class GatewayService:
         approval: approvals.gate), then made as any client's."""
         assert self.replica_calls is not None
         gated = await gate(self.replica_calls, ToolCall(ident.replica, name, arguments,
-                                                        None))
+                                                        None), self.guard)
         if isinstance(gated, dict):  # not approved: the tool's error
             return gated
         call: Awaitable[Any] = self.tools.call(

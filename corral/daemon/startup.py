@@ -30,6 +30,7 @@ from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
+from ..supervisor.policy import Guard
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import CompactTask, Unfinished
@@ -216,12 +217,14 @@ def gateway_relay(paths: Paths) -> str | None:
 
 
 def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services],
-                    traces: Traces | None) -> GatewayService:
+                    traces: Traces | None, guard: Guard | None = None) -> GatewayService:
     """The MCP gateway's service, configured (its tokens file read); its agents' tools
-    submit their tasks through `calls`; with [tracing], its calls traced."""
+    submit their tasks through `calls`; with [tracing], its calls traced; `guard`: the
+    policy rules and taint its replicas' calls of no task pass (supervisor/policy.py)."""
     gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit, calls=calls,
                              tasks=parts.tasks,
-                             tracer=traces.tracer if traces is not None else None)
+                             tracer=traces.tracer if traces is not None else None,
+                             guard=guard)
     try:
         gateway.configure(conf.cfg.gateway, conf.dir)
     except ConfigError as exc:
@@ -240,7 +243,8 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
         return
     from .models.gateway import ModelGateway
 
-    models = ModelGateway(parts.tasks, parts.agents, gateway, gateway.attribution, tracer)
+    models = ModelGateway(parts.tasks, parts.agents, gateway, gateway.attribution, tracer,
+                          gateway.guard)
     try:
         models.configure(conf.cfg.models, conf.dir)
     except ConfigError as exc:

@@ -603,12 +603,14 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class PolicyMatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
                   omit_defaults=True):
-    """A `[[policy]]` rule's calls: globs of the tenant, the agent and the tool
-    (SERVER__TOOL); absent: any."""
+    """A `[[policy]]` rule's calls: globs of the tenant, the agent, the tool
+    (SERVER__TOOL) and the model (the model gateway's name); absent: any. A rule naming
+    a tool matches no model call, one naming a model no tool call."""
 
     tenant: str | None = None
     agent: str | None = None
     tool: str | None = None
+    model: str | None = None
 
 
 class PolicyTest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
@@ -634,14 +636,16 @@ class PolicyRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
 
     name: str = ""  # shown to the agent and in the log; default: where it is written
     match: PolicyMatch = msgspec.field(default_factory=PolicyMatch)
-    # "arguments.KEY" (dotted into nested tables) = a test; all must hold
+    # "arguments.KEY" (a tool call's, dotted into nested tables) or "max_tokens" (a
+    # model call's output bound) = a test; all must hold
     when: dict[str, PolicyTest] = {}
     effect: Literal["allow", "deny", "approve"]
 
     def check(self) -> None:
         for key, test in self.when.items():
-            if not key.startswith("arguments.") or key == "arguments.":
-                raise ConfigError(f"when: {key!r} is not arguments.KEY")
+            if key != "max_tokens" and (not key.startswith("arguments.")
+                                        or key == "arguments."):
+                raise ConfigError(f"when: {key!r} is neither arguments.KEY nor max_tokens")
             test.check()
 
 
@@ -671,6 +675,9 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     # prices, for max_cost_usd_per_day: dollars per million tokens
     input_usd_per_mtok: NonNeg = 0
     output_usd_per_mtok: NonNeg = 0
+    # a call of it by a task an untrusted tool's output reached waits for a person
+    # (docs/security.md#taint)
+    sensitive: bool = False
 
     def check(self) -> None:
         """An http(s) url, one source of the key at most; raises ConfigError."""

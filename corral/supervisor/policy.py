@@ -18,6 +18,7 @@ closes every other path, a missing one too.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .config import DEFAULT_TENANT, PolicyRule, PolicyTest, TenantSpec
 
 if TYPE_CHECKING:
     from .config import Config
+    from .replica import Replica
 
 EFFECTS = ("allow", "approve", "deny")  # each stricter than the one before
 CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
@@ -36,11 +38,12 @@ class Verdict(NamedTuple):
     effect: str  # "allow" | "approve" | "deny"
     rule: str  # the rule's name (or where it is written), "" when none matched
 
-    def said(self, tool: str) -> str:
-        """What the agent reads of a call this verdict refuses."""
+    def said(self, call: str) -> str:
+        """What the agent reads of a call this verdict refuses (`call`: "tool call
+        NAME", "model call NAME")."""
         if self.rule:
-            return f"tool call {tool} is denied by policy rule {self.rule}"
-        return f"tool call {tool} is denied: its tenant's policy is default_deny"
+            return f"{call} is denied by policy rule {self.rule}"
+        return f"{call} is denied: its tenant's policy is default_deny"
 
 
 ALLOWED = Verdict("allow", "")
@@ -53,13 +56,12 @@ def _glob(pattern: str | None) -> Callable[[str], bool]:
 
 
 def _test(path: str, test: PolicyTest) -> Callable[[dict[str, Any]], bool]:
-    """One `when` entry as a function of the call's arguments."""
+    """One `when` entry as a function of the call's facts (a tool call's
+    {"arguments": ...}, a model call's {"max_tokens": ...})."""
     keys = path.split(".")
-    if keys[0] == "arguments":
-        keys = keys[1:]
 
-    def value(arguments: dict[str, Any]) -> Any:
-        v: Any = arguments
+    def value(facts: dict[str, Any]) -> Any:
+        v: Any = facts
         for k in keys:
             if not isinstance(v, dict) or k not in v:
                 return None
@@ -98,37 +100,50 @@ class _Rule(NamedTuple):
     effect: str
     tenant: Callable[[str], bool]
     agent: Callable[[str], bool]
-    tool: Callable[[str], bool]
+    tool: Callable[[str], bool]  # a rule naming a model matches no tool call
+    model: Callable[[str], bool]  # and one naming a tool no model call
     tests: tuple[Callable[[dict[str, Any]], bool], ...]
+
+    def named(self, kind: str, name: str) -> bool:
+        return self.tool(name) if kind == "tool" else self.model(name)
+
+
+def _never(_: str) -> bool:
+    return False
 
 
 def _compile(rules: list[PolicyRule], where: str) -> tuple[_Rule, ...]:
     return tuple(_Rule(
         r.name or f"{where}[{i}]", r.effect, _glob(r.match.tenant), _glob(r.match.agent),
-        _glob(r.match.tool), tuple(_test(k, t) for k, t in r.when.items()))
+        _never if r.match.model is not None and r.match.tool is None
+        else _glob(r.match.tool),
+        _never if r.match.tool is not None and r.match.model is None
+        else _glob(r.match.model),
+        tuple(_test(k, t) for k, t in r.when.items()))
         for i, r in enumerate(rules))
 
 
 class _List:
     """One list of rules, its first match the verdict; the rules that could match a
-    (tenant, agent, tool) kept, so that a call tests only their arguments."""
+    (tenant, agent, kind, name) kept, so that a call tests only their `when`."""
 
     def __init__(self, rules: tuple[_Rule, ...], default: str) -> None:
         self.rules = rules
         self.default = Verdict(default, "")
-        self._cands: dict[tuple[str, str, str], tuple[_Rule, ...]] = {}
+        self._cands: dict[tuple[str, str, str, str], tuple[_Rule, ...]] = {}
 
-    def judge(self, tenant: str, agent: str, tool: str, arguments: dict[str, Any]
+    def judge(self, tenant: str, agent: str, kind: str, name: str, facts: dict[str, Any]
               ) -> Verdict:
-        key = (tenant, agent, tool)
+        key = (tenant, agent, kind, name)
         cands = self._cands.get(key)
         if cands is None:
             if len(self._cands) >= CACHED:
                 self._cands.clear()
             cands = self._cands[key] = tuple(
-                r for r in self.rules if r.tenant(tenant) and r.agent(agent) and r.tool(tool))
+                r for r in self.rules
+                if r.tenant(tenant) and r.agent(agent) and r.named(kind, name))
         for r in cands:
-            if all(t(arguments) for t in r.tests):
+            if all(t(facts) for t in r.tests):
                 return Verdict(r.effect, r.name)
         return self.default
 
@@ -150,6 +165,7 @@ class Policy:
                 f"{name}__{t}" for t in s.tools_sensitive]
         self._untrusted = _any(untrusted)
         self._sensitive = _any(sensitive)
+        self._sensitive_models = frozenset(n for n, m in cfg.models.items() if m.sensitive)
 
     def _tenant(self, name: str, spec: TenantSpec | None) -> _List | None:
         if spec is None:
@@ -162,14 +178,15 @@ class Policy:
             held = self._tenants[name] = (spec, rules)
         return held[1]
 
-    def judge(self, tenant: str | None, spec: TenantSpec | None, agent: str, tool: str,
-              arguments: dict[str, Any]) -> Verdict:
-        """The call's verdict (`spec`: its tenant's [tenants.NAME], None if none)."""
+    def judge(self, tenant: str | None, spec: TenantSpec | None, agent: str, kind: str,
+              name: str, facts: dict[str, Any]) -> Verdict:
+        """The call's verdict (`kind`: "tool" or "model"; `spec`: its tenant's
+        [tenants.NAME], None if none)."""
         tenant = tenant or DEFAULT_TENANT
-        verdict = self.operator.judge(tenant, agent, tool, arguments)
+        verdict = self.operator.judge(tenant, agent, kind, name, facts)
         own = self._tenant(tenant, spec)
         if own is not None:
-            theirs = own.judge(tenant, agent, tool, arguments)
+            theirs = own.judge(tenant, agent, kind, name, facts)
             if EFFECTS.index(theirs.effect) > EFFECTS.index(verdict.effect):
                 return theirs
         return verdict
@@ -177,8 +194,8 @@ class Policy:
     def untrusted(self, tool: str) -> bool:
         return self._untrusted(tool)
 
-    def sensitive(self, tool: str) -> bool:
-        return self._sensitive(tool)
+    def sensitive(self, kind: str, name: str) -> bool:
+        return self._sensitive(name) if kind == "tool" else name in self._sensitive_models
 
 
 def _any(patterns: list[str]) -> Callable[[str], bool]:
@@ -242,3 +259,45 @@ class Taints:
     def forget(self, owner: str) -> None:
         if self._by.pop(owner, None) is not None and owner.startswith("replica:"):
             self._replicas -= 1
+
+
+class Guard:
+    """The daemon's policy in force (`current`: its config) and the owners its untrusted
+    tools tainted: one for every path a call comes by (the task path's approvals, a
+    replica's calls of no task, the model gateway), so that a tool's output read by one
+    path taints a call made by another."""
+
+    def __init__(self, current: Callable[[], Config | None]) -> None:
+        self.rules = Compiled(current)
+        self.taints = Taints()
+
+    def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
+              name: str, facts: dict[str, Any]) -> Verdict:
+        """A call's verdict by the rules, and taint's: a sensitive tool or model called
+        by an owner (a task, a replica's incarnation) an untrusted tool's output reached
+        waits for a person though the rules allow it. A call of an untrusted tool taints
+        its owner as it is made (its output is the agent's from then). A decision other
+        than allow goes to the replica's log with the facts' shape, never their values."""
+        rules = self.rules()
+        if rules is None:
+            return ALLOWED
+        spec = replica.host.tenant_spec(tenant) if tenant is not None else None
+        verdict = rules.judge(tenant, spec, replica.name, kind, name, facts)
+        if verdict.effect == "allow" and rules.sensitive(kind, name):
+            source = self.taints.of(owner)
+            if source is not None:
+                verdict = Verdict("approve", f"taint (after untrusted {source})")
+        if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
+            self.taints.mark(owner, name)
+        if verdict.effect != "allow":
+            replica.note(f"policy: {verdict.effect} {kind} call {name} by "
+                         f"{verdict.rule or 'default_deny'} for {owner}; "
+                         f"{json.dumps(shape(facts), sort_keys=True)}")
+        return verdict
+
+    def replayed(self, owner: str, tool: str) -> None:
+        """A tool call's answer given back from a task's step journal (a retry after a
+        restart): an untrusted one taints as the live call did."""
+        rules = self.rules()
+        if rules is not None and rules.untrusted(tool):
+            self.taints.mark(owner, tool)

@@ -39,6 +39,7 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
+from ...supervisor.policy import Guard
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
 from ...supervisor.tasks.budget import Reservation
@@ -137,8 +138,10 @@ class ModelCounter:
 
 class ModelGateway:
     def __init__(self, tasks: TaskManager, agents: Agents, clients: ModelClients,
-                 attribution: Attribution, tracer: Tracer | None = None) -> None:
+                 attribution: Attribution, tracer: Tracer | None = None,
+                 guard: Guard | None = None) -> None:
         self.tasks = tasks  # their steps and budgets
+        self.guard = guard  # the policy rules and taint (supervisor/policy.py)
         self.agents = agents
         self.clients = clients  # a token -> the replica it was given to; its slots
         self.attribution = attribution  # a call's task attempt, as the MCP gateway's
@@ -404,13 +407,22 @@ class ModelGateway:
         not approved, or cannot be asked (a cluster's); a call of no task is its
         replica's, asked by its incarnation (replicacalls.py), the call waiting."""
         task = call.task
-        policy = model_policy_of(call.replica, task.tenant
-                                 if task is not None and task.tenant is not None
-                                 else getattr(call.replica.spec, "tenant", None))
+        tenant = task.tenant if task is not None and task.tenant is not None \
+            else getattr(call.replica.spec, "tenant", None)
+        rule = ""
+        if self.guard is not None:
+            owner = task.id if task is not None else \
+                self.tasks.replica_calls.owner_of(call.replica)
+            verdict = self.guard.judge(owner, call.replica, tenant, "model", call.name,
+                                       {"max_tokens": call.request.bound})
+            if verdict.effect == "deny":
+                raise ModelRefusal(403, verdict.said(f"model call {call.name}"))
+            rule = verdict.rule if verdict.effect == "approve" else ""
+        policy = model_policy_of(call.replica, tenant, bool(rule))
         if policy is None:
             return
         cost = most_cost(call.request, call.spec)
-        why = why_held(policy, call.name, cost)
+        why = rule or why_held(policy, call.name, cost)
         if why is None:
             return
         asked = subject(call.name, call.endpoint.path, cost, why)

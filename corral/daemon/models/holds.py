@@ -29,14 +29,16 @@ class ModelPolicy(NamedTuple):
     on_timeout: str
 
 
-def model_policy_of(r: Replica, tenant: str | None) -> ModelPolicy | None:
-    """None when no model call of the replica's tasks waits for a person."""
+def model_policy_of(r: Replica, tenant: str | None, held_by_rule: bool = False
+                    ) -> ModelPolicy | None:
+    """None when no model call of the replica's tasks waits for a person (unless
+    `held_by_rule`: a policy rule or taint holds this one, supervisor/policy.py)."""
     spec = r.spec
     held = r.host.tenant_spec(tenant) if tenant is not None else None
     models = [*getattr(spec, "approve_models", []),
               *(held.approve_models if held is not None else ())]
     cost_over: float = getattr(spec, "approve_cost_over", 0.0)
-    if not models and not cost_over:
+    if not models and not cost_over and not held_by_rule:
         return None
     timeout = getattr(spec, "approve_timeout", 0.0)
     return ModelPolicy(models, cost_over, timeout or None, getattr(spec, "on_deny", "error"),

@@ -21,7 +21,6 @@ waiting for it, and it is counted against the incarnation's tool budget.
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,7 +29,7 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
-from ..policy import Compiled, Policy, Taints, Verdict, shape
+from ..policy import Guard
 from .inbox import askable
 from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall
 from .personwait import waiting
@@ -76,14 +75,13 @@ def tool_error(text: str) -> dict[str, Any]:
 
 class Approvals(TaskInterceptor):
     """The approval policy applied to every live tool call of a task, and the policy
-    rules and taint (supervisor/policy.py; `rules`: the config in force's, None: none)."""
+    rules and taint (supervisor/policy.py; `guard`: the daemon's, None: none)."""
 
-    def __init__(self, rules: Compiled | None = None) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
         self._path: TaskPath | None = None
         # task id -> (its attempt, how many calls of each (tool, arguments) it made)
         self._calls = CallOrdinals()
-        self._rules = rules
-        self._taints = Taints()
+        self._guard = guard
 
     def bind(self, path: TaskPath) -> None:
         self._path = path
@@ -92,17 +90,17 @@ class Approvals(TaskInterceptor):
         task = call.task
         if task is None:
             assert self._path is not None  # bound as the engine was made
-            return self._replica_call(self._path.replica_calls, call, next)
+            return self._replica_call(self._path.replica_calls, call, next, self._guard)
         # a claim of a cluster's carries no tenant: its agent's here is its (the cluster
         # routes a task to its tenant's agent, decision 439)
         tenant = task.tenant if task.tenant is not None else getattr(
             call.replica.spec, "tenant", None)
         policy = policy_of(call.replica, tenant)
-        rules = self._rules() if self._rules is not None else None
-        if rules is not None:
-            verdict = judged(rules, self._taints, task.id, call, tenant)
+        if self._guard is not None:
+            verdict = self._guard.judge(task.id, call.replica, tenant, "tool", call.name,
+                                        {"arguments": call.arguments})
             if verdict.effect == "deny":
-                return tool_error(verdict.said(call.name))
+                return tool_error(verdict.said(f"tool call {call.name}"))
             if verdict.effect == "approve":
                 return self._held(call, task, policy or terms_of(call.replica, []), next,
                                   verdict.rule)
@@ -110,21 +108,10 @@ class Approvals(TaskInterceptor):
             return next(call)
         return self._held(call, task, policy, next)
 
-    async def _replica_call(self, calls: ReplicaCalls, call: ToolCall,
-                            next: Callable[[ToolCall], Any]) -> Any:
-        rules = self._rules() if self._rules is not None else None
-        if rules is not None:  # the replica's incarnation is tainted as a task is
-            verdict = judged(rules, self._taints, calls.owner_of(call.replica), call,
-                             getattr(call.replica.spec, "tenant", None))
-            if verdict.effect == "deny":
-                return tool_error(verdict.said(call.name))
-            if verdict.effect == "approve":
-                gated = await gate(calls, call, verdict.rule)
-                if isinstance(gated, dict):
-                    return gated
-                answer = next(gated)
-                return await answer if inspect.isawaitable(answer) else answer
-        gated = await gate(calls, call)
+    @staticmethod
+    async def _replica_call(calls: ReplicaCalls, call: ToolCall,
+                            next: Callable[[ToolCall], Any], guard: Guard | None) -> Any:
+        gated = await gate(calls, call, guard)
         if isinstance(gated, dict):
             return gated
         answer = next(gated)
@@ -132,16 +119,16 @@ class Approvals(TaskInterceptor):
 
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
         self._calls.forget(task.id)
-        self._taints.forget(task.id)
+        if self._guard is not None:
+            self._guard.taints.forget(task.id)
         next(task)
 
     def intercept_step_replay(self, replay: StepReplay,
                               next: Callable[[StepReplay], None]) -> None:
         # an untrusted tool's output given back from the step journal (a retry after a
         # restart) is read again: it taints as the live call did
-        rules = self._rules() if self._rules is not None else None
-        if replay.kind == "tool" and rules is not None and rules.untrusted(replay.name):
-            self._taints.mark(replay.task.id, replay.name)
+        if replay.kind == "tool" and self._guard is not None:
+            self._guard.replayed(replay.task.id, replay.name)
         next(replay)
 
     def _key(self, task: Task, call: ToolCall) -> str:
@@ -177,17 +164,27 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-async def gate(calls: ReplicaCalls, call: ToolCall, why: str = ""
+async def gate(calls: ReplicaCalls, call: ToolCall, guard: Guard | None = None
                ) -> ToolCall | dict[str, Any]:
     """A replica's call of no task, past its allowlist, under its agent's and tenant's
-    policy: counted in its incarnation's tool budget (TOOL_BUDGET_EXCEEDED past it), and
-    when `approve` names it, held until a person decides. The call to make (with the
-    arguments approved), or the tool error the caller reads instead (denied, timed out);
-    RpcError when the policy says `fail` (no task to fail: the call is refused), when
-    the replica exited first (REQUEST_CANCELLED), or past a bound of the inbox."""
+    policy: the policy rules and taint (`guard`'s: its incarnation tainted as a task
+    is), counted in its incarnation's tool budget (TOOL_BUDGET_EXCEEDED past it), and
+    when `approve` or a rule names it, held until a person decides. The call to make
+    (with the arguments approved), or the tool error the caller reads instead (denied,
+    timed out); RpcError when the policy says `fail` (no task to fail: the call is
+    refused), when the replica exited first (REQUEST_CANCELLED), or past a bound of the
+    inbox."""
     r = call.replica
+    tenant = getattr(r.spec, "tenant", None)
+    why = ""
+    if guard is not None:
+        verdict = guard.judge(calls.owner_of(r), r, tenant, "tool", call.name,
+                              {"arguments": call.arguments})
+        if verdict.effect == "deny":
+            return tool_error(verdict.said(f"tool call {call.name}"))
+        why = verdict.rule if verdict.effect == "approve" else ""
     calls.take_tool_call(r)
-    policy = policy_of(r, getattr(r.spec, "tenant", None))
+    policy = policy_of(r, tenant)
     if why:  # a policy rule's, or taint's (supervisor/policy.py)
         policy = policy or terms_of(r, [])
     elif policy is None or not allowed(call.name, policy.patterns):
@@ -216,29 +213,6 @@ def subject(call: ToolCall, why: str) -> dict[str, Any]:
     if why:
         shown["policy"] = why
     return shown
-
-
-def judged(rules: Policy, taints: Taints, owner: str, call: ToolCall,
-           tenant: str | None) -> Verdict:
-    """A call's verdict by the rules, and taint's: a sensitive tool called by an owner
-    (a task, a replica's incarnation) an untrusted tool's output reached waits for a
-    person though the rules allow it. A call of an untrusted tool taints its owner as it
-    is made (its output is the agent's from then). A decision other than allow goes to
-    the replica's log with the arguments' shape, never their values."""
-    spec = call.replica.host.tenant_spec(tenant) if tenant is not None else None
-    verdict = rules.judge(tenant, spec,
-                          call.replica.name, call.name, call.arguments)
-    if verdict.effect == "allow" and rules.sensitive(call.name):
-        source = taints.of(owner)
-        if source is not None:
-            verdict = Verdict("approve", f"taint (after untrusted {source})")
-    if verdict.effect != "deny" and rules.untrusted(call.name):
-        taints.mark(owner, call.name)
-    if verdict.effect != "allow":
-        call.replica.note(f"policy: {verdict.effect} {call.name} by "
-                          f"{verdict.rule or 'default_deny'} for {owner}; arguments "
-                          f"{json.dumps(shape(call.arguments), sort_keys=True)}")
-    return verdict
 
 
 def not_approved(ask: Ask, call: str, timeout: float | None) -> str:
