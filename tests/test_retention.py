@@ -143,6 +143,8 @@ async def test_an_agent_the_file_dropped_while_the_daemon_was_down_is_counted_fr
     a later sweep (the one a removal brings) deletes them."""
     async with in_process(tmp_path, toml("gone") + toml("keep")) as d:
         await add(d, "tmp")
+        rc, _, err = await cli(d, "scale", "gone", "2")  # (a scale kept across restarts)
+        assert rc == 0, err
 
         async def spoken() -> bool:
             return bool(logs_of(d, "gone"))
@@ -153,7 +155,8 @@ async def test_an_agent_the_file_dropped_while_the_daemon_was_down_is_counted_fr
                 ("gone", "default")]
         await until("gone found gone", noticed)
         assert logs_of(d, "gone") == ["gone.log"]
-        assert rows(d, "SELECT revision FROM revisions WHERE agent = 'gone'") == [(1,)]
+        assert rows(d, "SELECT revision FROM revisions WHERE agent = 'gone'") == [(1,), (2,)]
+        assert rows(d, "SELECT agent, replicas FROM scaled") == [("gone", 2)]
         rc, _, err = await cli(d, "remove", "tmp")
         assert rc == 0, err
 
@@ -163,6 +166,7 @@ async def test_an_agent_the_file_dropped_while_the_daemon_was_down_is_counted_fr
         await until("gone's and tmp's records deleted", deleted)
         assert logs_of(d, "keep") == ["keep.log"]
         assert rows(d, "SELECT * FROM removed_agents") == []
+        assert rows(d, "SELECT * FROM scaled") == []
 
 
 def test_a_removed_agents_records_stay_until_its_retention_has_passed(

@@ -1,8 +1,8 @@
 """What grows with use besides tasks, bounded (issue 74, DESIGN 20; docs/operations.md#retention):
 an agent's spec revisions past `revisions_kept` (the newest kept) or past
 `revisions_kept_mb` of specs (the newest always kept), and what a removed agent left —
-its revisions, its state checkpoints (one its removal was heard for ended at once) and
-its log files — once `removed_retention` has passed since its removal.
+its revisions, its state checkpoints (one its removal was heard for ended at once), its
+kept `corral scale` and its log files — once `removed_retention` has passed since its removal.
 
 A removal is heard as it happens (the fleet's removals end the agent's sessions:
 SessionsEnding names each agent and its tenant) and its time written; an agent whose
@@ -75,9 +75,12 @@ def sweep(db: sqlite3.Connection, bounds: Bounds, live: set[tuple[str, str]], no
                    [(a, t, now) for a, t in gone])
     due = [k for k, when in marked.items() if k not in live and when + bounds.removed_after
            <= now]
+    names = {agent for agent, _ in live}
     for agent, tenant in due:
         db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ?", (agent, tenant))
         db.execute("DELETE FROM agent_state WHERE name = ? AND tenant = ?", (agent, tenant))
+        if agent not in names:  # (a kept `corral scale` is its name's, of no tenant)
+            db.execute("DELETE FROM scaled WHERE agent = ?", (agent,))
         db.execute("DELETE FROM removed_agents WHERE agent = ? AND tenant = ?",
                    (agent, tenant))
     out.extend(due)
