@@ -42,6 +42,8 @@ class ReplicaStatus(ProcessStatus):
     # stopped by hand (kept across daemon restarts until started by hand): who, when
     stopped_by: str | None = None
     stopped_at: float | None = None
+    # out of dispatch after a scale-down, finishing its running tasks before it stops
+    draining: bool = False
     # a sandboxed agent's: the layer its process runs under (docs/sandbox.md#egress)
     boundary: str | None = None
 

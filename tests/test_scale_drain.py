@@ -7,6 +7,7 @@ a loss shows as one. bench/bench_scale_drain.py runs the 200 scale-downs of the 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -168,12 +169,17 @@ def test_a_task_for_an_agent_draining_to_zero_waits_for_the_drain(tmp_path: Path
         wait_until(lambda: busy(d), 30, "w#0 busy")
         scaling = threading.Thread(target=lambda: d.cli("scale", "w", "0"), daemon=True)
         scaling.start()
-        wait_until(lambda: d.status() == {}, 30, "w#0 out of dispatch")
+        # out of dispatch, shown draining while its task runs on
+        wait_until(lambda: d.status()["w#0"]["draining"], 30, "w#0 draining")
+        assert d.status()["w#0"]["state"] == "busy"
+        text = d.cli("status").stdout
+        assert re.search(r"^w#0 +busy \(draining\) +\d+ ", text, re.M), text
         with Client(d.sock) as c:
             second = c.call("tasks.submit", {"agent": "w", "input": 0.0})["task_id"]
             ran: Any = c.call("tasks.get", {"task_id": second, "wait": True})
             before: Any = c.call("tasks.get", {"task_id": first})
         scaling.join(30)
+        assert [s["draining"] for s in d.status().values()] == [False]  # the woken one
         assert (before["status"], ran["status"]) == ("succeeded", "succeeded")
         assert ran["attempts"][0]["started"] >= before["attempts"][0]["finished"], (
             before, ran)

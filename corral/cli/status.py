@@ -127,7 +127,8 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         unready = serving and a.ready is False
         rows.append([
             f"{a.name}#{a.replica}",
-            f"{a.state} (unready)" if unready else "done" if a.done else a.state,
+            f"{a.state} (unready)" if unready else "done" if a.done else
+            f"{a.state} (draining)" if a.draining else a.state,
             str(a.pid or "-"),
             human_time(a.uptime), str(a.restarts), percent(a.cpu_percent),
             human_bytes(a.rss_bytes) if a.rss_bytes else "-",

@@ -144,7 +144,10 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
     stats = d.task_engine.stats()["agents"]
     here = d.cluster.here
     return m.AgentsStatusResult(
-        agents=wire([_status(d, r) for a in agents for r in a.replicas]),
+        # each agent's replicas, then those a scale-down is draining
+        agents=wire([_status(d, r, draining) for a in agents
+                     for draining, rs in ((False, a.replicas), (True, a.draining))
+                     for r in rs]),
         mcp_servers=wire(servers),
         tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
@@ -154,13 +157,14 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
     )
 
 
-def _status(d: AgentServices, r: Replica) -> ReplicaStatus:
-    """A replica's status, with who stopped it and when while a stop by hand holds it."""
+def _status(d: AgentServices, r: Replica, draining: bool) -> ReplicaStatus:
+    """A replica's status, with who stopped it and when while a stop by hand holds it,
+    or whether a scale-down is draining it."""
     st = r.status()
     mark = d.fleet.stop_mark(r.name, r.index) if r.stopped_by_hand else None
-    if mark is None:
-        return st
-    return msgspec.structs.replace(st, stopped_by=mark.who, stopped_at=mark.time)
+    if mark is not None:
+        return msgspec.structs.replace(st, stopped_by=mark.who, stopped_at=mark.time)
+    return msgspec.structs.replace(st, draining=True) if draining else st
 
 
 def _elastic(d: AgentServices, agents: list[Agent]) -> dict[str, m.ElasticStatus]:

@@ -70,6 +70,9 @@ class Agent:
         # processes of a rollout not (or no longer) in `replicas`: the one starting and the
         # one finishing its tasks; the supervisor stops them too when it closes
         self.replacing: set[Replica] = set()
+        # those a scale-down took out of dispatch, finishing their running tasks before
+        # they stop (`corral status` shows them, draining)
+        self.draining: list[Replica] = []
         self._starter: Starter | None = None  # start_all's starts still due
         # a start waiting for the agents of `after` to be up
         self.waiting: asyncio.Future[None] | None = None
@@ -279,9 +282,11 @@ class Agent:
                 # its stop_timeout, past which the stop takes them as any stop does;
                 # meanwhile a stop of the supervisor stops it too, as a rollout's
                 self.replacing.update(gone)
+                self.draining = gone
                 try:
                     await self._retire(gone, self.spec, reason, self.spec.stop_timeout)
                 finally:
                     self.replacing.difference_update(gone)
+                    self.draining = []
         self.spec.replicas = n
         return n
