@@ -95,6 +95,8 @@ async def gateways(t):
             out["tool"] = done.content[0].text
     except BaseException as exc:
         out["tool"] = f"error: {type(exc).__name__}"
+    if t.get("say") is None:  # the tool alone
+        return out
     try:
         client = openai.OpenAI(max_retries=0, timeout=30)
         answer = client.chat.completions.create(
@@ -113,6 +115,11 @@ async def handle(t, ctx):
                 "child_err": child.stderr[-500:]}
     if t["do"] == "gateways":
         return await gateways(t)
+    if t["do"] == "metadata":  # the gateway's own page, at its environment's address
+        import urllib.request
+        base = os.environ["CORRAL_MCP_URL"].rpartition("/mcp")[0]
+        url = base + "/.well-known/oauth-protected-resource/mcp"
+        return outcome(lambda: urllib.request.urlopen(url, timeout=10).status)
     if t["do"] == "processes":  # the pids of its sandbox (its own pid namespace)
         return sorted(e for e in os.listdir("/proc") if e.isdigit())
     if t["do"] == "files":

@@ -361,3 +361,33 @@ def test_a_tenants_caller_may_tighten_egress_never_loosen_it(tmp_path: Path) -> 
         "read_paths", "[\"/etc\"] differs from tenant t's (none)")
     assert asked(write_paths=["/srv"]) == (
         "write_paths", "[\"/srv\"] differs from tenant t's (none)")
+
+
+@pytest.mark.deadline(240)
+def test_its_gateways_are_there_after_an_upgrade() -> None:
+    """`corral upgrade` keeps the agent's process; the gateways' listener in its network
+    namespace (the old image's, as root) is made again by the new one in the same
+    namespace, so the gateway answers it at the same address (the gateway's own page:
+    an agent's token across an upgrade is another matter)."""
+    from .daemon_harness import Daemon, shared_tmpdir
+
+    tmp = shared_tmpdir()
+    config = fleet(tmp, "http://127.0.0.1:9", "gateways")
+    d = Daemon(tmp, config[:config.index("[models.")])
+    try:
+        d.start()
+
+        def metadata() -> Any:
+            done = d.ask("tasks.run", {"agent": "box", "input": {"do": "metadata"}})
+            assert done["status"] == "succeeded", done
+            return done["output"]
+
+        assert metadata() == {"ok": 200}
+        pid = d.status()["box#0"]["pid"]
+        upgraded = d.cli("upgrade")
+        assert upgraded.returncode == 0, upgraded.stderr + upgraded.stdout
+        assert d.status()["box#0"]["pid"] == pid  # the same process, kept
+        assert metadata() == {"ok": 200}
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -510,6 +510,7 @@ class Takeover:
         self.sup: Supervisor | None = None
         self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
         self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
+        self._regains: set[asyncio.Future[None]] = set()  # (`_adopted`)
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
         # a cluster node's running claims, re-attached by its node (cluster/handover.py)
         self.claims = {c.task_id: c for c in h.cluster.claims} if h.cluster else {}
@@ -605,6 +606,12 @@ class Takeover:
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
+        if h.record.kind == "agent":
+            # its listener made again where the old image held its sandbox's network
+            # (egressdoors.py): the coroutine's first step makes it, before dispatch
+            regain = asyncio.ensure_future(r.regain_gateways())
+            self._regains.add(regain)
+            regain.add_done_callback(self._regains.discard)
         self._first.set()
         if h.record.kind == "mcp":
             self.kept_servers += 1

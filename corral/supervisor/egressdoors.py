@@ -69,15 +69,22 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 
 
-def made(host: str, port: int) -> tuple[int, socket.socket]:
+def made(host: str, port: int, within: str | None = None) -> tuple[int, socket.socket]:
     """A new network namespace (its fd) with its loopback up and a listener at
-    host:port in it. OSError where this process may not make one (not root)."""
+    host:port in it; `within`: the namespace at that path instead (a process's, kept
+    across an upgrade). OSError where this process may not make one (not root)."""
     def make() -> tuple[int, socket.socket]:
         libc = _libc()
-        _checked(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        if within is None:
+            _checked(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            ns = os.open(within, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _loopback_up()
+            if within is None:
+                _loopback_up()
+            else:
+                _checked(libc.setns(ns, CLONE_NEWNET), "setns(CLONE_NEWNET)")
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -131,11 +138,14 @@ class Doors:
         self.doors: dict[str, Door] = {}
         self.refused: str | None = None  # why this process makes none (asked once)
 
-    async def open(self, label: str, url: str, gateways: str) -> int | None:
+    async def open(self, label: str, url: str, gateways: str,
+                   within: str | None = None) -> int | None:
         """The namespace replica `label`'s sandbox runs in, its listener at `url`'s
-        address passing on to `gateways`; None where this process may not make one."""
+        address passing on to `gateways`; None where this process may not make one.
+        `within`: the namespace a process kept across `corral upgrade` runs in (the old
+        image's listener went with its exec), given a listener again."""
         door = self.doors.get(label)
-        if door is not None and door.url == url:
+        if door is not None and door.url == url and within is None:
             return door.ns
         if door is not None:  # the gateways moved (a new address): a new door
             door.close()
@@ -147,9 +157,10 @@ class Doors:
             return None
         host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
         try:
-            ns, listener = made(host, parts.port)
+            ns, listener = made(host, parts.port, within)
         except OSError as exc:
-            self.refused = str(exc)
+            if within is None:
+                self.refused = str(exc)
             return None
 
         async def passed_on(reader: asyncio.StreamReader,

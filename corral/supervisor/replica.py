@@ -245,6 +245,34 @@ class Replica(ProcessReplica):
             spawning["netns"] = ns
             self._iso = self._iso._replace(network="held")
 
+    async def regain_gateways(self) -> None:
+        """After `corral upgrade` kept this replica's process: where its sandbox runs in
+        a namespace the old image held (egressdoors.py), the new image listens in it
+        again (the old listener went with the exec). Its namespace is told by its
+        processes: the sandbox's agent and the bwrap outside it share one, not ours; its
+        gateways' address, by the bwrap's environment (the agent's own may be its process
+        title's room by now)."""
+        spec = self.spec
+        iso = isolation(spec, self.host.tenant_spec(spec.tenant))
+        outer = self.pid
+        inner = sandboxed_pid(outer) if outer is not None else None
+        relay = self.host.gateway_relay
+        if iso.network != "gateways" or inner is None or relay is None:
+            return
+        try:
+            env = dict(item.split("=", 1) for item in Path(
+                f"/proc/{outer}/environ").read_text().split("\0") if "=" in item)
+            nets = [os.stat(f"/proc/{p}/ns/net").st_ino for p in (inner, outer, "self")]
+        except (OSError, ValueError):
+            return
+        url = env.get("CORRAL_MCP_URL")
+        if url is None or "CORRAL_MCP_SOCKET" in env or nets[0] != nets[1] or \
+                nets[1] == nets[2]:
+            return  # a unix gateway's socket, or the relay in its own namespace
+        if await self.host.egress_doors.open(self.label, url, relay,
+                                             within=f"/proc/{inner}/ns/net") is not None:
+            self._iso = iso._replace(network="held")
+
     def _enforceable(self, iso: Isolation, uid: int | None) -> Isolation:
         """With egress_fallback = "warn": `iso` where this host can sandbox the agent,
         else none, said in its log (without "warn", the config was refused: configload)."""
