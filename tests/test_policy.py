@@ -187,3 +187,41 @@ def test_a_benign_agents_calls_all_pass_twenty_rules() -> None:
         assert d.ask("approvals.list")["asks"] == []
     finally:
         d.close()
+
+
+@pytest.mark.deadline(180)
+def test_each_decision_is_in_the_tasks_trace_and_a_denial_in_the_audit_log() -> None:
+    """A rule's allow and its deny are spans of the task's attempt; the deny is an audit
+    row besides (the agent's replica its caller); the arguments by shape, never values."""
+    d = Daemon(shared_tmpdir(), agent("worker") + SERVER + RULES +
+               "\n[tracing]\nexport_interval = 0.05\n")
+    try:
+        d.start()
+        done = d.ask("tasks.run", {"agent": "worker", "input": {"do": "sequence", "calls": [
+            {"tool": "pol__write_file", "arguments": {"path": "/workspace/a", "text": "s3"}},
+            {"tool": "pol__write_file", "arguments": {"path": "/etc/passwd", "text": "x"}},
+        ]}})
+        assert [r["isError"] for r in done["output"]] == [False, True], done
+
+        def policy_spans() -> list[dict[str, Any]]:
+            shown = d.cli("trace", done["task_id"], "--json")
+            if shown.returncode != 0:
+                return []
+            spans = json.loads(shown.stdout)["spans"]
+            return [s for s in spans if s["name"] == "policy pol__write_file"]
+        spans = wait_for(lambda: len(policy_spans()) == 2 and policy_spans(), "the spans")
+        shape = '{"arguments": {"path": "str", "text": "str"}}'
+        assert [{k: s["attributes"][f"corral.policy.{k}"] for k in ("effect", "rule",
+                                                                     "shape")}
+                for s in spans] == [
+            {"effect": "allow", "rule": "writes stay in the workspace", "shape": shape},
+            {"effect": "deny", "rule": "no write elsewhere", "shape": shape}]
+        [row] = [e for e in d.json("audit")["entries"] if e["method"] == "policy"]
+        assert (row["who"], row["outcome"], row["tenant"]) == (
+            "agent worker#0", "deny", "default")
+        assert row["params"] == {"call": "tool", "name": "pol__write_file",
+                                 "owner": done["task_id"], "rule": "no write elsewhere",
+                                 "shape": shape}
+        assert "/etc/passwd" not in json.dumps(d.json("audit"))
+    finally:
+        d.close()

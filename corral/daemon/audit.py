@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from .. import redact
+from ..supervisor.policy import Decision
 from .caller import Caller
 from .logs import LogHub
 from .store import StateStore
@@ -43,6 +44,13 @@ class Audit:
             self._row(self._store, caller, method, shown, outcome)
         elif len(self._held) < HELD:
             self._held.append((caller, method, shown, outcome))
+
+    def policy(self, d: Decision) -> None:
+        """A policy decision that denied or held an agent's call (supervisor/policy.py),
+        as the agent's replica's row: its facts by shape, never their values."""
+        self(Caller(via="policy", name=f"agent {d.replica}", tenant=d.tenant), "policy",
+             {"call": d.kind, "name": d.name, "owner": d.owner, "rule": d.rule,
+              "shape": d.shape}, d.effect)
 
     @staticmethod
     def _row(store: StateStore, caller: Caller, method: str, shown: Any,

@@ -318,12 +318,13 @@ class Daemon:
         # the task path's interceptors, the outermost first (tasks/interceptors.py): a
         # leader's call of a member is inside the leader's span, the member's task its child
         # approvals (docs/approvals.md) inside the span, around a leader's members too
-        guard = Guard(lambda: self.applied)  # policy rules and taint, on every path
+        audit = Audit(hub)
+        # policy rules and taint, on every path (their decisions traced and audited)
+        guard = Guard(lambda: self.applied, tracer, audit.policy)
         sup, queue = part.engine(conf, self.spared, self.taken,
                                  [i for i in (tracer, Approvals(guard), PinGate(), leaders)
                                   if i is not None])
         parts = sup.parts
-        audit = Audit(hub)
         dispatcher = part.dispatcher(audit)
         gateway = part.gateway_service(conf, parts, audit, dispatcher, traces, guard)
         if self.taken is not None:  # its HTTP parts start late: the address goes on

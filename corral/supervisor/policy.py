@@ -22,13 +22,14 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .config import DEFAULT_TENANT, PolicyRule, PolicyTest, TenantSpec
 
 if TYPE_CHECKING:
     from .config import Config
     from .replica import Replica
+    from .tasks.model import Task
 
 EFFECTS = ("allow", "approve", "deny")  # each stricter than the one before
 CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
@@ -261,23 +262,49 @@ class Taints:
             self._replicas -= 1
 
 
+class Decision(NamedTuple):
+    """A verdict a rule (or taint, or a tenant's default_deny) gave, as the trace and
+    the audit log keep it: the call's facts by shape only, never their values."""
+
+    owner: str  # the task's id, or the replica's incarnation's (replicacalls.py)
+    replica: str  # its label, NAME#N
+    tenant: str | None
+    kind: str  # "tool" | "model"
+    name: str
+    effect: str
+    rule: str  # the rule's name, "taint (after untrusted TOOL)", or "default_deny"
+    shape: str  # JSON of the facts' shape (keys and types)
+
+
+class DecisionSink(Protocol):
+    def policy_decision(self, task: Task, decision: Decision) -> None:
+        """A decision of a task's call: a span of its attempt (tracing.py)."""
+
+
 class Guard:
     """The daemon's policy in force (`current`: its config) and the owners its untrusted
     tools tainted: one for every path a call comes by (the task path's approvals, a
     replica's calls of no task, the model gateway), so that a tool's output read by one
-    path taints a call made by another."""
+    path taints a call made by another. `tracer`: where a task's decisions become spans;
+    `audit`: where a decision that denies or holds a call is written (the daemon's
+    audit log)."""
 
-    def __init__(self, current: Callable[[], Config | None]) -> None:
+    def __init__(self, current: Callable[[], Config | None],
+                 tracer: DecisionSink | None = None,
+                 audit: Callable[[Decision], None] | None = None) -> None:
         self.rules = Compiled(current)
         self.taints = Taints()
+        self._tracer = tracer
+        self._audit = audit
 
     def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
-              name: str, facts: dict[str, Any]) -> Verdict:
+              name: str, facts: dict[str, Any], task: Task | None = None) -> Verdict:
         """A call's verdict by the rules, and taint's: a sensitive tool or model called
         by an owner (a task, a replica's incarnation) an untrusted tool's output reached
         waits for a person though the rules allow it. A call of an untrusted tool taints
-        its owner as it is made (its output is the agent's from then). A decision other
-        than allow goes to the replica's log with the facts' shape, never their values."""
+        its owner as it is made (its output is the agent's from then). Every decision a
+        rule made is a span of the task's trace (`task`); one that denies or holds the
+        call is an audit row and a line of the replica's log besides."""
         rules = self.rules()
         if rules is None:
             return ALLOWED
@@ -289,11 +316,21 @@ class Guard:
                 verdict = Verdict("approve", f"taint (after untrusted {source})")
         if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
             self.taints.mark(owner, name)
-        if verdict.effect != "allow":
-            replica.note(f"policy: {verdict.effect} {kind} call {name} by "
-                         f"{verdict.rule or 'default_deny'} for {owner}; "
-                         f"{json.dumps(shape(facts), sort_keys=True)}")
+        if verdict.rule or verdict.effect != "allow":
+            self._record(Decision(owner, replica.label, tenant, kind, name, verdict.effect,
+                                  verdict.rule or "default_deny",
+                                  json.dumps(shape(facts), sort_keys=True)), replica, task)
         return verdict
+
+    def _record(self, d: Decision, replica: Replica, task: Task | None) -> None:
+        if task is not None and self._tracer is not None:
+            self._tracer.policy_decision(task, d)
+        if d.effect == "allow":
+            return
+        replica.note(f"policy: {d.effect} {d.kind} call {d.name} by {d.rule} for "
+                     f"{d.owner}; {d.shape}")
+        if self._audit is not None:
+            self._audit(d)
 
     def replayed(self, owner: str, tool: str) -> None:
         """A tool call's answer given back from a task's step journal (a retry after a

@@ -40,6 +40,7 @@ from ..tracecontext import (
     parse_or_none,
     parse_or_refuse,
 )
+from .policy import Decision
 from .process_replica import ReplicaExit
 from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
 from .tasks.model import Task
@@ -356,6 +357,23 @@ class Tracer(TaskInterceptor):
         self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
                            new_span_id(64) or 1, trace.attempt_span(attempt), span_name,
                            task.id, kind_of, now, now, None, attrs))
+
+    def policy_decision(self, task: Task, decision: Decision) -> None:
+        """A policy rule's verdict on a call of the task's attempt (policy.py): a span of
+        no length under the attempt, the call's facts by shape only."""
+        trace = self.full(task)
+        if trace is None:
+            return
+        now = time.time()
+        attrs: dict[str, Any] = {
+            "corral.task.id": task.id, "corral.attempt": task.attempt,
+            "corral.policy.call": decision.kind, "corral.policy.name": decision.name,
+            "corral.policy.effect": decision.effect, "corral.policy.rule": decision.rule,
+            "corral.policy.shape": decision.shape}
+        self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
+                           new_span_id(64) or 1, trace.attempt_span(task.attempt),
+                           f"policy {decision.name}", task.id, INTERNAL, now, now,
+                           None, attrs))
 
     def model_call(self, task: Task, name: str, start: float, error: str | None,
                    attrs: dict[str, Any]) -> None:

@@ -414,7 +414,7 @@ class ModelGateway:
             owner = task.id if task is not None else \
                 self.tasks.replica_calls.owner_of(call.replica)
             verdict = self.guard.judge(owner, call.replica, tenant, "model", call.name,
-                                       {"max_tokens": call.request.bound})
+                                       {"max_tokens": call.request.bound}, task)
             if verdict.effect == "deny":
                 raise ModelRefusal(403, verdict.said(f"model call {call.name}"))
             rule = verdict.rule if verdict.effect == "approve" else ""

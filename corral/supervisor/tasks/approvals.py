@@ -98,7 +98,7 @@ class Approvals(TaskInterceptor):
         policy = policy_of(call.replica, tenant)
         if self._guard is not None:
             verdict = self._guard.judge(task.id, call.replica, tenant, "tool", call.name,
-                                        {"arguments": call.arguments})
+                                        {"arguments": call.arguments}, task)
             if verdict.effect == "deny":
                 return tool_error(verdict.said(f"tool call {call.name}"))
             if verdict.effect == "approve":
