@@ -521,6 +521,9 @@ class StepStats(Result):
     replayed: int = 0
     diverged: int = 0
     refused: int = 0  # journaled calls refused past max_step_bytes or a tenant's bound
+    # calls that went on after their caller (a dead worker) went away, journaled for the
+    # retry (docs/durable.md#a-call-outlives-its-worker)
+    outlived: int = 0
 
 
 class SessionStats(Result):
