@@ -3,7 +3,9 @@ corral/supervisor/tasks/personwait.py): an approved call held for a person count
 person's seconds in `waited`/`waited_ms`, not in its tool's and client's p50/p95/p99; a
 call that waited for nobody adds nothing to `waited`. Both doors where an approval holds
 a gateway call: a replica's call attributed to the one task it runs (the approval
-interceptor of the task path) and one of no task (approvals.gate).
+interceptor of the task path) and one of no task (approvals.gate); and an MCP server's
+elicitation in a task's call, a question a person answers (asked from the server
+connection's reader, mid-call, or from an input_required result).
 
 Real processes: a daemon, agents of examples/misbehave.py, the counting MCP server, the
 official MCP SDK's client over Streamable HTTP with the replica's own token."""
@@ -11,16 +13,20 @@ official MCP SDK's client over Streamable HTTP with the replica's own token."""
 from __future__ import annotations
 
 import asyncio
+import json
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral.daemon.attribution import ATTEMPT_PARAM, TASK_PARAM
 
-from .daemon_harness import Daemon, running_daemon, shared_tmpdir
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_boundary_calls import asks_of, config, finished, replica_env, session, submit, text
 from .test_gateway_stdio import wait_until_async
 
@@ -41,7 +47,7 @@ def daemon() -> Iterator[Daemon]:
 async def running(d: Daemon, agent: str, n: int) -> AsyncIterator[list[str]]:
     """The agent's replica runs `n` tasks (each waiting for a file) meanwhile: their
     ids."""
-    holds = [d.dir / f"{agent}-wait-{n}-{i}" for i in range(n)]
+    holds = [d.dir / f"{agent}-wait-{time.monotonic_ns()}-{i}" for i in range(n)]
     ids = [submit(d, agent, {"do": "await", "path": str(p)}) for p in holds]
     await wait_until_async(lambda: all(d.task(t)["status"] == "running" for t in ids))
     try:
@@ -121,3 +127,52 @@ async def test_a_persons_wait_is_counted_apart_from_the_calls_latency(
     assert bump.endswith(f"2 ({waited_s:.1f} s)"), bump
     [big] = [ln for ln in shown.stdout.splitlines() if ln.startswith("counting__big ")]
     assert big.split()[-1] == "-", big
+
+
+SERVERS = {"legacy": "--legacy", "stateless": ""}  # (tests/test_elicitations.py's)
+
+
+def eliciting(tmp: Path) -> str:
+    here = Path(__file__).parent
+    servers = "".join(
+        f'[mcp_servers.{name}]\ncommand = ["{PY}", "{here}/servers/conformance_fixtures.py"'
+        + (f', "{flag}"' if flag else "") + ']\nshared = true\n\n'
+        for name, flag in SERVERS.items())
+    return textwrap.dedent(f"""
+        [agents.asker]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["legacy__*", "stateless__*"]
+
+    """) + servers + '[gateway]\nlisten = "127.0.0.1:0"\n'
+
+
+@pytest.mark.deadline(150)
+async def test_a_servers_question_answered_by_a_person_is_counted_apart() -> None:
+    tmp = shared_tmpdir()
+    with running_daemon(tmp, eliciting(tmp)) as d:
+        env = await asyncio.to_thread(replica_env, d, "asker")
+        url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+        took = {}
+        for server in SERVERS:
+            async with running(d, "asker", 1) as [task_id], \
+                    session(url, token, f"?{TASK_PARAM}={task_id}&{ATTEMPT_PARAM}=1") as s:
+                start = time.perf_counter()
+                call = asyncio.ensure_future(s.call_tool(f"{server}__ask_name",
+                                                         {"greeting": "Hi"}))
+                await wait_until_async(lambda c=call: asks_of(d, "asker") or c.done())
+                assert not call.done(), call.result()
+                [ask] = asks_of(d, "asker")
+                assert ask["kind"] == "question", ask
+                await asyncio.sleep(HELD)  # the person taking their time
+                said = await asyncio.to_thread(d.cli, "approvals", "answer", ask["id"],
+                                               "--data", json.dumps({"name": "Eve"}))
+                assert said.returncode == 0, said.stderr
+                assert text(await call) == "Hi, Eve!"
+                took[server] = time.perf_counter() - start
+        st = gateway(d)
+        for server, whole in took.items():
+            row = st["tools"][f"{server}__ask_name"]
+            assert (row["calls"], row["errors"], row["waited"]) == (1, 0, 1), (server, row)
+            assert HELD * 1000 <= row["waited_ms"] <= whole * 1000 + 1, (server, row, whole)
+            assert row["p50_ms"] <= (whole - HELD) * 1000, (server, row, whole)

@@ -33,6 +33,7 @@ from ...mcp.pool import split
 from ...workerproto import MAX_PROMPT_CHARS
 from .inbox import askable
 from .model import TaskFinished
+from .personwait import PersonWait, held, waiting
 from .questions import STEP, check_schema
 from .steps import CallOrdinals
 
@@ -89,13 +90,17 @@ class Elicitations:
         base = f"{PREFIX}{self._calls.key(task, call.name, call.arguments)}"
         self.engine.stream.listen(self._ends)
         asked = itertools.count(1)
+        # the call's timer (the gateway's), here where the call is made: the server's
+        # elicitation is asked from its connection's reader, another context
+        timing = held()
 
         async def ask(params: dict[str, Any]) -> dict[str, Any]:
-            return await self._ask(task, call, f"{base}:{next(asked)}", params, timeout)
+            return await self._ask(task, call, f"{base}:{next(asked)}", params, timeout,
+                                   timing)
         return ask
 
     async def _ask(self, task: Task, call: ToolCall, key: str, params: dict[str, Any],
-                   timeout: float | None) -> dict[str, Any]:
+                   timeout: float | None, timing: PersonWait | None) -> dict[str, Any]:
         server = split(call.name)[0]
         refused = _unaskable(task, params)
         if refused is not None:
@@ -111,9 +116,10 @@ class Elicitations:
             return result
         subject = {"prompt": params["message"], "schema": params["requestedSchema"],
                    "server": server, "tool": call.name}
-        ask = await self._ask_person(AskRequest(
-            AskKind.QUESTION, task.tenant, task.id, task.attempt, task.agent, key, subject,
-            timeout))
+        with waiting(timing):  # the person's time, not the call's (personwait.py)
+            ask = await self._ask_person(AskRequest(
+                AskKind.QUESTION, task.tenant, task.id, task.attempt, task.agent, key,
+                subject, timeout))
         if ask.end is AskEnd.ANSWERED:
             result = {"action": "accept", "content": ask.data}
         elif ask.end is AskEnd.DENIED:

@@ -6,7 +6,10 @@ approved tool's p50 was the minutes someone took to click, and its p95/p99 said 
 of the tool (issue 78). The gateway times each call with a holder in its context
 (`timed`); the approval's wait, made in that context (the call's own asyncio task, or
 one it started: a task copies the context, holder and all), adds its seconds to it
-(`waiting`). A wait nobody times (a worker's call, a model call) adds to no holder.
+(`waiting`). A wait made in another context on the call's behalf (an MCP server's
+elicitation, answered from its connection's reader) adds to the holder the call's context
+had when it was made (`held`). A wait nobody times (a worker's call, a model call) adds
+to no holder.
 """
 
 from __future__ import annotations
@@ -40,10 +43,16 @@ def timed() -> Iterator[PersonWait]:
         _HELD.reset(token)
 
 
+def held() -> PersonWait | None:
+    """The holder of this context's calls (None: nobody times them)."""
+    return _HELD.get()
+
+
 @contextmanager
-def waiting() -> Iterator[None]:
-    """Around a wait for a person: its seconds added to the context's holder, if any."""
-    held = _HELD.get()
+def waiting(into: PersonWait | None = None) -> Iterator[None]:
+    """Around a wait for a person: its seconds added to `into`, else to the context's
+    holder, if any."""
+    held = into if into is not None else _HELD.get()
     start = time.perf_counter()
     try:
         yield
