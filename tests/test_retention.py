@@ -16,8 +16,8 @@ import pytest
 
 from corral import jsonrpc
 from corral.daemon.daemon import Daemon
-from corral.daemon.retention import Bounds, sweep
-from corral.daemon.revisions import Kept
+from corral.daemon.retention import RetentionBounds, sweep
+from corral.daemon.revisions import RevisionBound
 from corral.daemon.storeschema import migrate
 from corral.jsonrpc import RpcError
 
@@ -183,7 +183,7 @@ def test_a_removed_agents_records_stay_until_its_retention_has_passed(
     now = 1_000_000.0
     db.executemany("INSERT INTO removed_agents VALUES (?, 'default', ?)",
                    [("old", now - 3600), ("back", now - 2 * 86400)])
-    day = Bounds(Kept(0, 0), 86400)
+    day = RetentionBounds(RevisionBound(0, 0), 86400)
     out: list[tuple[str, str]] = []
     sweep(db, day, {("back", "default")}, now, out)
     assert out == []

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..supervisor.tasks.sessions import SessionsEnding
 from .logs import log_file_name
-from .revisions import Kept, kept_of, prune
+from .revisions import RevisionBound, kept_of, prune
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -48,17 +48,17 @@ FIRST_SWEEP = 1.0
 TENANTS = "tenants"  # tenantdirs.py's: LOG_DIR/tenants/T/ holds a tenant's agents' logs
 
 
-class Bounds(NamedTuple):
-    revisions: Kept  # of each agent
+class RetentionBounds(NamedTuple):
+    revisions: RevisionBound  # of each agent
     removed_after: float  # seconds a removed agent's records are kept
 
 
-def bounds_of(sc: SupervisorSettings) -> Bounds:
-    return Bounds(kept_of(sc), sc.removed_retention)
+def bounds_of(sc: SupervisorSettings) -> RetentionBounds:
+    return RetentionBounds(kept_of(sc), sc.removed_retention)
 
 
-def sweep(db: sqlite3.Connection, bounds: Bounds, live: set[tuple[str, str]], now: float,
-          out: list[tuple[str, str]]) -> None:
+def sweep(db: sqlite3.Connection, bounds: RetentionBounds, live: set[tuple[str, str]],
+          now: float, out: list[tuple[str, str]]) -> None:
     """One sweep, in the writer's transaction: the revisions past their bounds deleted
     (a change prunes its agent's; a lower bound since, or revisions from before there was
     one, are pruned here), and the removed agents' past their retention; (agent, tenant)
@@ -112,8 +112,8 @@ def log_files(log_dir: Path, agent: str, tenant: str) -> list[Path]:
 class RetentionSweeps:
     """The sweeps of a daemon's store (module doc)."""
 
-    def __init__(self, agents: Agents, store: StateStore, hub: LogHub, bounds: Bounds,
-                 stream: Stream) -> None:
+    def __init__(self, agents: Agents, store: StateStore, hub: LogHub,
+                 bounds: RetentionBounds, stream: Stream) -> None:
         self.agents = agents
         self.store = store
         self.hub = hub

@@ -158,7 +158,7 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-class Kept(NamedTuple):
+class RevisionBound(NamedTuple):
     """The revisions kept of each agent (its tenant's): the `newest` (0: all), and
     no more than `spec_bytes` of specs together, the newest whatever its size (0: no
     bound). [supervisor] revisions_kept and revisions_kept_mb."""
@@ -167,11 +167,11 @@ class Kept(NamedTuple):
     spec_bytes: int
 
 
-def kept_of(sc: SupervisorSettings) -> Kept:
-    return Kept(sc.revisions_kept, int(sc.revisions_kept_mb * 1024 * 1024))
+def kept_of(sc: SupervisorSettings) -> RevisionBound:
+    return RevisionBound(sc.revisions_kept, int(sc.revisions_kept_mb * 1024 * 1024))
 
 
-def prune(db: sqlite3.Connection, kept: Kept, agent: str | None = None,
+def prune(db: sqlite3.Connection, kept: RevisionBound, agent: str | None = None,
           tenant: str | None = None) -> None:
     """Delete the revisions past `kept`, the oldest first: of one agent (of `tenant`), or
     of every agent. Its newest is never deleted."""
@@ -185,7 +185,7 @@ def prune(db: sqlite3.Connection, kept: Kept, agent: str | None = None,
 
 
 class RevisionLog:
-    def __init__(self, db: sqlite3.Connection, kept: Kept | None = None) -> None:
+    def __init__(self, db: sqlite3.Connection, kept: RevisionBound | None = None) -> None:
         self.db = db
         # what a change's revision is recorded with (`recording`); None: all kept
         self.kept = kept
@@ -228,7 +228,7 @@ Write = Callable[[sqlite3.Connection], None]
 
 
 def recording(spec: AgentSpec, who: str, change: str | None = None,
-              out: list[Revision] | None = None, kept: Kept | None = None) -> Write:
+              out: list[Revision] | None = None, kept: RevisionBound | None = None) -> Write:
     """A write of a new revision if `spec` differs from the agent's latest one; the
     revision it made is put in `out`. Numbered where it is written, so revisions queued or
     committed by two writers in turn never take the same number. `change`: what made it
