@@ -316,7 +316,9 @@ class Guard:
                 verdict = Verdict("approve", f"taint (after untrusted {source})")
         if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
             self.taints.mark(owner, name)
-        if verdict.rule or verdict.effect != "allow":
+        # an allow by no rule is no decision, and a traced allow's span needs a tracer
+        if verdict.effect != "allow" or (verdict.rule and task is not None
+                                         and self._tracer is not None):
             self._record(Decision(owner, replica.label, tenant, kind, name, verdict.effect,
                                   verdict.rule or "default_deny",
                                   json.dumps(shape(facts), sort_keys=True)), replica, task)
