@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import load_config
+
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
@@ -225,3 +228,45 @@ def test_each_decision_is_in_the_tasks_trace_and_a_denial_in_the_audit_log() -> 
         assert "/etc/passwd" not in json.dumps(d.json("audit"))
     finally:
         d.close()
+
+
+@pytest.mark.parametrize(("table", "said"), [
+    ('[[policy]]\nwhen = { "path" = { under = "/w" } }\neffect = "deny"\n',
+     "policy[0]: when: 'path' is neither arguments.KEY nor max_tokens"),
+    ('[[policy]]\nwhen = { "arguments.n" = { under = "/w", below = 3 } }\neffect = "deny"\n',
+     "policy[0]: a when test takes exactly one of under, in, below (given: under, below)"),
+    ('[[policy]]\nwhen = { "arguments.n" = {} }\neffect = "deny"\n',
+     "policy[0]: a when test takes exactly one of under, in, below (given: none)"),
+    ('[tenants.acme]\n[[tenants.acme.policy]]\nwhen = { "max_tokens" = { in = [] , '
+     'below = 1 } }\neffect = "allow"\n',
+     "tenants.acme: policy[0]: a when test takes exactly one of under, in, below "
+     "(given: in, below)"),
+])
+def test_a_bad_rule_is_refused_at_load_naming_it(tmp_path: Path, table: str,
+                                                 said: str) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(table)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {said}"
+
+
+def test_a_rule_without_an_effect_or_with_another_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text('[[policy]]\nmatch = { tool = "x" }\neffect = "maybe"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: policy[0].effect: Invalid enum value 'maybe' "
+                              "(valid: 'allow', 'approve', 'deny')")
+    path.write_text('[[policy]]\nmatch = { tool = "x" }\n\n[[policy]]\neffect = "deny"\n'
+                    'match = { tol = "x" }\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).splitlines() == [
+        f"{path}: policy[0]: Object missing required field `effect`",
+        f"{path}: policy[1].match: Object contains unknown field `tol` (did you mean "
+        f"`tool`?)"], err.value
+    path.write_text("policy = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: policy: expected an array of tables ([[policy]])"

@@ -787,8 +787,11 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     default_deny: bool = False
 
     def check(self) -> None:
-        for rule in self.policy:
-            rule.check()
+        for i, rule in enumerate(self.policy):
+            try:
+                rule.check()
+            except ConfigError as exc:
+                raise ConfigError(f"policy[{i}]: {exc}") from None
         if self.dir is not None and not os.path.isabs(self.dir):
             raise ConfigError(f"dir: {self.dir} is not an absolute path")
         if self.user is not None and passwd_of(self.user) is None:

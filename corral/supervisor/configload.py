@@ -415,6 +415,25 @@ def parse_models(data: dict[str, Any], where: str,
     return out
 
 
+def parse_policy(data: dict[str, Any], where: str, problems: list[str]) -> list[PolicyRule]:
+    """`[[policy]]`: each rule converted and checked alone, its problems named by its
+    place (`policy[2].effect`)."""
+    tables = data.get("policy", [])
+    if not isinstance(tables, list):
+        problems.append(f"{where}: policy: expected an array of tables ([[policy]])")
+        return []
+    rules: list[PolicyRule] = []
+    for i, table in enumerate(tables):
+        with _collected(problems):
+            rule = convert(table, PolicyRule, where=where, prefix=f"policy[{i}]")
+            try:
+                rule.check()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: policy[{i}]: {exc}") from None
+            rules.append(rule)
+    return rules
+
+
 def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     """Read the main file and its includes; every error names file and key path, and
     every error there is is said at once (one a line), not the first alone. With
@@ -502,15 +521,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     teams = parse_teams(data, where, agents, servers, problems)
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
     models = parse_models(data, where, problems)
-    policy: list[PolicyRule] = []
-    if "policy" in data:
-        with errors():
-            policy = convert(data["policy"], list[PolicyRule], where=where, prefix="policy")
-            for i, rule in enumerate(policy):
-                try:
-                    rule.check()
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: policy[{i}]: {exc}") from None
+    policy = parse_policy(data, where, problems)
     _resolve_paths(base, agents, servers, tenants, packages)
     if problems and commands:
         problems += command_problems(agents, servers, origin, where)
