@@ -633,6 +633,7 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
         "events.follow": ("own", None, None),
         "tools.list": ("missing", {"server": BS}, {"server": GHOST_S}),
         "tools.call": ("missing", {"name": f"{BS}__add"}, {"name": f"{GHOST_S}__add"}),
+        "tools.pins": ("listing", {}, None),
         "mcp.status": ("listing", {}, None),
         "mcp.start": ("missing", {"name": BS}, {"name": GHOST_S}),
         "mcp.stop": ("missing", {"name": BS}, {"name": GHOST_S}),
@@ -781,6 +782,12 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         st = await call(d, "agents.status", {}, a)
         assert {r.name for r in st.agents} == {"a1"} and set(st.tasks) == {"a1"}
         assert {s["name"] for s in st.mcp_servers} <= {"aserv", "common"}
+        # the pins of every server's tools (the operator's listing pins them all): a's
+        await call(d, "tools.list", {})
+        pinned = {p["server"] for p in (await call(d, "tools.pins", {})).pins}
+        assert BS in pinned, pinned
+        assert {p["server"] for p in (await call(d, "tools.pins", {}, a)).pins} == (
+            pinned - {BS})
         stats = await call(d, "stats.get", {}, a)
         assert set(stats.agents) == {"a1"} and set(stats.tasks["agents"]) <= {"a1"}
         # the task totals are a's (one task), not the two tenants' (two)

@@ -282,6 +282,10 @@ class McpPool(Generic[Spec, Inst]):
                     out.append({**tool, "name": qualified, "server": name})
         return out
 
+    def pinned(self) -> list[dict[str, Any]]:
+        """Every tool pinned, and which drifted since (`corral tools pins`)."""
+        return self.pins.listing()
+
     async def call(self, qualified: str, arguments: dict[str, Any], *,
                    owner: str | None = None, on_progress: Progress | None = None,
                    relay: InputRelay | None = None, on_log: LogRelay | None = None,
