@@ -36,7 +36,8 @@ As a task, by its input {"do": WHAT, ...}:
                 once (a thread each), return their results in order
   sequence      call each of {"calls": [{"tool": NAME, "arguments": {...}}, ...]} in
                 order, return the results or each one's error; an entry with "attempt": N
-                is called on attempt N only, and {"crash": N} exits (status 3) on attempt N
+                is called on attempt N only, {"crash": N} exits (status 3) on attempt N,
+                and {"await": PATH} (with "attempt") waits until PATH exists
   publish       publish {"topic": T, "data": D} on the event bus
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
   checkpoint    checkpoint {"state": S}
@@ -197,6 +198,10 @@ def handle(task, ctx):
         for step in task["calls"]:
             if step.get("crash") == ctx.attempt:
                 os._exit(3)
+            if "await" in step and step.get("attempt", ctx.attempt) == ctx.attempt:
+                while not os.path.exists(step["await"]):
+                    ctx.check_cancelled()
+                    time.sleep(0.01)
             if "tool" not in step or step.get("attempt", ctx.attempt) != ctx.attempt:
                 continue
             try:

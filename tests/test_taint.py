@@ -211,3 +211,26 @@ async def test_a_replicas_calls_of_no_task_are_tainted_at_every_door() -> None:
 def submit_input(d: Daemon, task_input: dict[str, Any]) -> str:
     task_id: str = d.ask("tasks.submit", {"agent": "reader", "input": task_input})["task_id"]
     return task_id
+
+
+@pytest.mark.deadline(240)
+def test_the_taint_outlives_a_daemon_restart_by_the_step_journal(daemon: Daemon) -> None:
+    """The first attempt reads the fetcher's output (journaled as its step) and is lost
+    with the daemon (stopped under it); the next daemon's attempt is given the fetcher's
+    answer back from the step journal, which taints it again: its sensitive call asks."""
+    d = daemon
+    hold = d.dir / "hold"
+    task_id = submit(d, FETCH, {"await": str(hold), "attempt": 1}, SEND)
+    # its step handed to the journal (a graceful stop writes what was handed to it)
+    wait_for(lambda: d.ask("stats.get")["tasks"]["steps"]["journaled"] == 1,
+             "the fetch journaled")
+    d.stop()
+    d.start()
+    [ask] = wait_for(lambda: d.ask("approvals.list")["asks"], "the next attempt's ask")
+    assert (ask["task_id"], ask["attempt"]) == (task_id, 2)
+    assert ask["subject"]["policy"] == "taint (after untrusted pol__fetch)"
+    assert d.cli("approvals", "approve", ask["id"]).returncode == 0
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["attempts"][-1]["replayed"] == 1, done
+    assert texts(done) == [(False, made("fetch", **FETCH["arguments"])),
+                           (False, made("send_mail", **SEND["arguments"]))]
