@@ -151,6 +151,7 @@ def _tables() -> dict[str, Any]:
         "type": "string", "pattern": f"^{STEP_NAME.pattern}$",
         "description": "unique among the workflow's steps"}
     _step_rules(tables["ConfigStepSpec"], tables["ConfigCondition"])
+    _policy_rules(tables["ConfigPolicyRule"], tables["ConfigPolicyTest"])
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant),
                         ("WorkflowPatch", workflow), ("TeamPatch", team)):
         tables[name] = {
@@ -191,6 +192,18 @@ def _step_rules(step: dict[str, Any], condition: dict[str, Any]) -> None:
                                                 "map": null, "retries": null}}]
     step["not"] = {"required": ["map", "join"], "properties": {
         "map": {"type": "string"}, "join": {"type": "string"}}}
+
+
+def _policy_rules(rule: dict[str, Any], test: dict[str, Any]) -> None:
+    """What a [[policy]] rule's own check refuses (config.PolicyRule.check), said in its
+    schema: a `when` key is arguments.KEY or max_tokens; a test is one of under, in,
+    below."""
+    rule["properties"]["when"]["propertyNames"] = {"pattern": r"^(max_tokens|arguments\..+)$"}
+    null = {"type": "null"}
+    kinds = list(test["properties"])
+    test["oneOf"] = [{"required": [k], "properties": {
+        o: test["properties"][k]["anyOf"][0] if o == k else null for o in kinds}}
+        for k in kinds]
 
 
 def _problem_responses() -> dict[str, Any]:
