@@ -99,13 +99,16 @@ async def test_revisions_past_their_bound_are_pruned_the_newest_kept(
             jsonrpc.NOT_FOUND, "no revision 2 of chat (its revisions kept: 5..7; see "
                                "`corral history chat`)")
     # by bytes: a spec with a 1000-digit N is over 1 KB; 1.5 KiB holds it and a small one,
-    # not two of it
+    # not two of it, but the newest two are kept whatever their size (the one before is
+    # what a failed change goes back to, and `corral rollback` too)
     async with in_process(tmp_path, "", supervisor="revisions_kept = 0\n"
                                                    "revisions_kept_mb = 0.0015") as d:
         await change(d, "chat", 7, pad=1000)
         assert await revisions(d, "chat") == [7, 8]
         await change(d, "chat", 8, pad=1000)
-        assert await revisions(d, "chat") == [9]
+        assert await revisions(d, "chat") == [8, 9]
+        await change(d, "chat", 9)
+        assert await revisions(d, "chat") == [9, 10]
 
 
 @pytest.mark.deadline(180)

@@ -160,8 +160,10 @@ def _show(v: Any) -> str:
 
 class RevisionBound(NamedTuple):
     """The revisions kept of each agent (its tenant's): the `newest` (0: all), and
-    no more than `spec_bytes` of specs together, the newest whatever its size (0: no
-    bound). [supervisor] revisions_kept and revisions_kept_mb."""
+    no more than `spec_bytes` of specs together (0: no bound); the newest two whatever
+    their size or the count, so that a change that fails takes its revision back to the
+    one before, and `corral rollback` has that one to go to. [supervisor] revisions_kept
+    and revisions_kept_mb."""
 
     newest: int
     spec_bytes: int
@@ -174,13 +176,13 @@ def kept_of(sc: SupervisorSettings) -> RevisionBound:
 def prune(db: sqlite3.Connection, kept: RevisionBound, agent: str | None = None,
           tenant: str | None = None) -> None:
     """Delete the revisions past `kept`, the oldest first: of one agent (of `tenant`), or
-    of every agent. Its newest is never deleted."""
+    of every agent. Its newest two are never deleted."""
     one = "WHERE agent = ?3 AND tenant = ?4" if agent is not None else ""
     db.execute(
         "DELETE FROM revisions WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
         "row_number() OVER w AS n, sum(length(spec)) OVER w AS held FROM revisions "
         f"{one} WINDOW w AS (PARTITION BY agent, tenant ORDER BY revision DESC)) "
-        "WHERE n > 1 AND ((?1 > 0 AND n > ?1) OR (?2 > 0 AND held > ?2)))",
+        "WHERE n > 2 AND ((?1 > 0 AND n > ?1) OR (?2 > 0 AND held > ?2)))",
         (kept.newest, kept.spec_bytes, *((agent, tenant) if agent is not None else ())))
 
 
