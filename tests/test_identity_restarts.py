@@ -186,3 +186,29 @@ async def test_a_checkpoint_of_an_agent_the_file_dropped_is_not_the_next_holders
         status, body, _ = await api.ask("POST", "/tasks?wait=30", "acme", {
             "agent": "chat", "input": {"do": "state"}})
         assert (status, body["output"]) == (200, {"state": {"secret": SECRET}}), body
+
+
+@pytest.mark.deadline(120)
+async def test_a_kept_scale_is_its_agents_not_the_next_holders(tmp_path: Path) -> None:
+    """The operator scales acme's `chat` (the file's) to 2, kept across restarts; the file
+    then gives `chat` to globex (decision 438): globex's `chat` runs the file's 1 replica,
+    after the reload and after a restart."""
+    from corral.daemon.caller import Caller
+
+    from .daemon_harness import in_process
+    from .test_identity import CHAT_FILE, CONFIG
+
+    operator = Caller(via="socket")
+    async with in_process(tmp_path, CHAT_FILE, CONFIG) as d:
+        await d.dispatcher.call(operator, "agents.scale", {"name": "chat", "replicas": 2})
+        await d.services.store.writer.written()
+        config = tmp_path / "corral.toml"
+        config.write_text(config.read_text().replace('tenant = "acme"', 'tenant = "globex"'))
+        await d.dispatcher.call(operator, "config.reload", {})
+        await d.sup.wait_state("chat", State.READY, timeout=30)
+        chat = d.sup.agents["chat"]
+        assert (chat.spec.tenant, chat.spec.replicas) == ("globex", 1)
+    globexs = CHAT_FILE.replace('tenant = "acme"', 'tenant = "globex"')
+    async with in_process(tmp_path, globexs, CONFIG) as d:
+        chat = d.sup.agents["chat"]
+        assert (chat.spec.tenant, chat.spec.replicas, len(chat.replicas)) == ("globex", 1, 1)

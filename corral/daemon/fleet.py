@@ -143,8 +143,9 @@ class Fleet:
         """The writes that put back what keeps the agent across daemon restarts as it is
         now (its kept scale, or its runtime table)."""
         if name in self.from_config:
-            was = self.revisions.scaled().get(name)
-            return [setting_scaled(name, *was) if was else forgetting_scaled(name)]
+            held = self.tenant_of(name)
+            was = self.revisions.scaled({name: held}).get(name)
+            return [setting_scaled(name, *was, held) if was else forgetting_scaled(name)]
         table = self.store.runtime_agents().get(name)
         return [StateStore.saving_runtime_agent(name, table) if table is not None
                 else StateStore.forgetting_runtime_agent(name)]
@@ -295,7 +296,8 @@ class Fleet:
             writes: list[Write] = []
             if name in self.from_config:
                 writes.append(setting_scaled(name, replicas,
-                                             self.declared_replicas.get(name, 1)))
+                                             self.declared_replicas.get(name, 1),
+                                             agent.spec.tenant))
             else:
                 table = self.store.runtime_agents().get(name)
                 if table is not None:
@@ -393,7 +395,7 @@ class Fleet:
             if name in self.from_config:
                 # lasts until the config file changes this agent (a reload applies it)
                 writes = [setting_scaled(name, spec.replicas,
-                                         self.declared_replicas.get(name, 1))]
+                                         self.declared_replicas.get(name, 1), held)]
             else:
                 writes = [StateStore.saving_runtime_agent(name, rev.spec)]
             undo = self._as_kept_now(name)
@@ -443,7 +445,9 @@ class Fleet:
         """A `corral scale` of a config-declared agent outlives daemon restarts and
         reloads, until the config file itself changes the agent's replica count."""
         self.declared_replicas = {n: s.replicas for n, s in agents.items()}
-        for name, (replicas, declared) in self.revisions.scaled().items():
+        # (another tenant's agent of the name kept none of these: decision 438)
+        held = {n: s.tenant for n, s in agents.items()}
+        for name, (replicas, declared) in self.revisions.scaled(held).items():
             spec = agents.get(name)
             if spec is None:
                 continue

@@ -75,12 +75,10 @@ def sweep(db: sqlite3.Connection, bounds: RetentionBounds, live: set[tuple[str, 
                    [(a, t, now) for a, t in gone])
     due = [k for k, when in marked.items() if k not in live and when + bounds.removed_after
            <= now]
-    names = {agent for agent, _ in live}
     for agent, tenant in due:
         db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ?", (agent, tenant))
         db.execute("DELETE FROM agent_state WHERE name = ? AND tenant = ?", (agent, tenant))
-        if agent not in names:  # (a kept `corral scale` is its name's, of no tenant)
-            db.execute("DELETE FROM scaled WHERE agent = ?", (agent,))
+        db.execute("DELETE FROM scaled WHERE agent = ? AND tenant = ?", (agent, tenant))
         db.execute("DELETE FROM removed_agents WHERE agent = ? AND tenant = ?",
                    (agent, tenant))
     out.extend(due)

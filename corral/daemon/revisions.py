@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -220,9 +220,12 @@ class RevisionLog:
             "WHERE agent = ? AND tenant = ? ORDER BY revision DESC LIMIT ?", agent, tenant,
             limit)))
 
-    def scaled(self) -> dict[str, tuple[int, int]]:
-        rows = self.db.execute("SELECT agent, replicas, declared FROM scaled")
-        return {a: (r, d) for a, r, d in rows}
+    def scaled(self, holders: Mapping[str, str] | None = None
+               ) -> dict[str, tuple[int, int]]:
+        """Each kept scale: (replicas, the config's count then). `holders`: the tenant of
+        each agent asked for; a scale another tenant's agent of the name kept is not its."""
+        rows = self.db.execute("SELECT agent, replicas, declared, tenant FROM scaled")
+        return {a: (r, d) for a, r, d, t in rows if holders is None or holders.get(a) == t}
 
 
 # -- writes: functions of the writer's connection (storewriter.py runs them on its thread) -----
@@ -273,14 +276,15 @@ def unrecording(rev: Revision) -> Write:
 
 
 # -- `corral scale`, kept -----------------------------------------------------------------
-def setting_scaled(agent: str, replicas: int, declared: int) -> Write:
+def setting_scaled(agent: str, replicas: int, declared: int,
+                   tenant: str = DEFAULT_TENANT) -> Write:
     """`declared`: the config's own count when it was scaled; a config that changes its
-    count since then wins over the scale."""
-    row = (agent, replicas, declared, time.time())
+    count since then wins over the scale. `tenant`: the agent's."""
+    row = (agent, replicas, declared, time.time(), tenant)
 
     def write(db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time) "
-                   "VALUES (?, ?, ?, ?)", row)
+        db.execute("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time, tenant) "
+                   "VALUES (?, ?, ?, ?, ?)", row)
 
     return write
 

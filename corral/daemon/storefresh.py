@@ -3,7 +3,7 @@ made from at once (storeschema.migrate, decision 927). Made by
 scripts/fresh_schema.py from storeschema.MIGRATIONS; not edited by hand.
 """
 
-DIGEST = "e0c1843b29913fb410281900098ca6ee20929d82a829de18e031ed1ee9ac913f"
+DIGEST = "9eac9e8a715df248a491d7469c4c1ba777d47b90c1ba342cbf1463ac37706986"
 
 SCHEMA = (
     'CREATE TABLE runtime_agents (\n'
@@ -44,7 +44,7 @@ SCHEMA = (
     '    replicas INTEGER NOT NULL,\n'
     '    declared INTEGER NOT NULL,\n'
     '    time REAL NOT NULL\n'
-    ')',
+    ", tenant TEXT NOT NULL DEFAULT 'default')",
     'CREATE TABLE "tasks" (\n'
     '        id TEXT PRIMARY KEY,\n'
     '        arrival INTEGER,\n'

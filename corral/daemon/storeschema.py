@@ -568,6 +568,12 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE agent_state ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
     UPDATE agent_state SET tenant = {HOLDER.format(agent="agent_state.name")};
     """,
+    # whose a kept `corral scale` is (revisions.py): its agent's tenant, applied to no
+    # other tenant's agent of the name (DESIGN 20)
+    f"""
+    ALTER TABLE scaled ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    UPDATE scaled SET tenant = {HOLDER.format(agent="scaled.agent")};
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
