@@ -115,11 +115,17 @@ async def main() -> dict[str, Any]:
 
         async def one(mode: str) -> float:
             switch.mode = mode
-            t0 = time.perf_counter()
-            r = await sup.tasks.run("caller", {"calls": CALLS})
-            took = time.perf_counter() - t0
-            assert r.status == "succeeded", r.error
-            return took
+            while True:
+                t0 = time.perf_counter()
+                r = await sup.tasks.run("caller", {"calls": CALLS})
+                took = time.perf_counter() - t0
+                if r.status == "succeeded":
+                    return took
+                # (a loaded machine's server may be taken for hung and restarted: the
+                # task is run again, counted, never timed)
+                assert r.error is not None and "MCP server min" in r.error.message, r.error
+                results["tasks_run_again"] = results.get("tasks_run_again", 0) + 1
+                await sup.wait_state("caller", SERVING)
 
         for _ in range(10):  # warm every path
             for mode in MODES:

@@ -97,8 +97,7 @@ def _test(path: str, test: PolicyTest) -> Callable[[dict[str, Any]], bool]:
 
 
 class _Rule(NamedTuple):
-    name: str
-    effect: str
+    verdict: Verdict
     tenant: Callable[[str], bool]
     agent: Callable[[str], bool]
     tool: Callable[[str], bool]  # a rule naming a model matches no tool call
@@ -115,7 +114,8 @@ def _never(_: str) -> bool:
 
 def _compile(rules: list[PolicyRule], where: str) -> tuple[_Rule, ...]:
     return tuple(_Rule(
-        r.name or f"{where}[{i}]", r.effect, _glob(r.match.tenant), _glob(r.match.agent),
+        Verdict(r.effect, r.name or f"{where}[{i}]"), _glob(r.match.tenant),
+        _glob(r.match.agent),
         _never if r.match.model is not None and r.match.tool is None
         else _glob(r.match.tool),
         _never if r.match.tool is not None and r.match.model is None
@@ -144,8 +144,11 @@ class _List:
                 r for r in self.rules
                 if r.tenant(tenant) and r.agent(agent) and r.named(kind, name))
         for r in cands:
-            if all(t(facts) for t in r.tests):
-                return Verdict(r.effect, r.name)
+            for test in r.tests:
+                if not test(facts):
+                    break
+            else:
+                return r.verdict
         return self.default
 
 
@@ -167,6 +170,8 @@ class Policy:
         self._untrusted = _any(untrusted)
         self._sensitive = _any(sensitive)
         self._sensitive_models = frozenset(n for n, m in cfg.models.items() if m.sensitive)
+        # a tool's marks by its name, (untrusted, sensitive), read once
+        self._marks: dict[str, tuple[bool, bool]] = {}
 
     def _tenant(self, name: str, spec: TenantSpec | None) -> _List | None:
         if spec is None:
@@ -192,11 +197,19 @@ class Policy:
                 return theirs
         return verdict
 
+    def _marks_of(self, tool: str) -> tuple[bool, bool]:
+        marks = self._marks.get(tool)
+        if marks is None:
+            if len(self._marks) >= CACHED:
+                self._marks.clear()
+            marks = self._marks[tool] = (self._untrusted(tool), self._sensitive(tool))
+        return marks
+
     def untrusted(self, tool: str) -> bool:
-        return self._untrusted(tool)
+        return self._marks_of(tool)[0]
 
     def sensitive(self, kind: str, name: str) -> bool:
-        return self._sensitive(name) if kind == "tool" else name in self._sensitive_models
+        return self._marks_of(name)[1] if kind == "tool" else name in self._sensitive_models
 
 
 def _any(patterns: list[str]) -> Callable[[str], bool]:
