@@ -50,6 +50,11 @@ def raw():
         return "opened"
 
 
+def family(name):
+    with socket.socket(getattr(socket, name), socket.SOCK_RAW):
+        return "opened"
+
+
 def read(path):
     with open(path) as f:
         return f.read()
@@ -67,6 +72,8 @@ def attack(t):
         "udp": outcome(lambda: udp("127.0.0.1", t["udp_port"])),
         "udp_out": outcome(lambda: udp("192.0.2.1", 53)),  # TEST-NET-1: off this host
         "raw": outcome(raw),
+        "netlink": outcome(lambda: family("AF_NETLINK")),
+        "packet": outcome(lambda: family("AF_PACKET")),
         "control": outcome(lambda: unix(t["control"])),
         "planted": outcome(lambda: unix(t["planted"])),
         "abstract": outcome(lambda: unix("\0" + t["abstract"])),

@@ -128,6 +128,10 @@ def attacks_refused(seen: dict[str, Any]) -> None:
     assert seen["udp"] == {"ok": len(b"exfiltrated")}
     assert seen["udp_out"] == {"error": "OSError: [Errno 101] Network is unreachable"}
     assert seen["raw"] == {"error": "PermissionError: [Errno 1] Operation not permitted"}
+    # no family but unix, IPv4 and IPv6 (sockfilter.py)
+    for name in ("netlink", "packet"):
+        assert seen[name] == {
+            "error": "OSError: [Errno 97] Address family not supported by protocol"}, name
     assert seen["control"] == {"error": NO_FILE}
     assert seen["planted"] == {"error": NO_FILE}
     assert seen["abstract"] == {"error": REFUSED}  # abstract sockets are per netns

@@ -35,6 +35,7 @@ from .sandbox import (
     sandboxed,
     sandboxed_pid,
 )
+from .sockfilter import filter_file
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Replica", "ReplicaStatus", "Transition"]
@@ -313,7 +314,8 @@ class Replica(ProcessReplica):
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
             protected=self.host.protected_paths,
             notify_socket=None if beside else self._notify_socket(),
-            writable=spec.write_paths, relay=self._relay(env))
+            writable=spec.write_paths, relay=self._relay(env),
+            seccomp=filter_file() if iso.egress != "any" else None)
 
     def _relay(self, env: dict[str, str]) -> Relay | None:
         """Where TCP gateways are relayed from into an egress = "gateways" sandbox."""

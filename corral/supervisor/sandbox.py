@@ -42,6 +42,8 @@ SIGNALLED = 128
 # egress = "gateways" over TCP: where the relay and the gateways' socket are bound, inside
 RELAY_DIR = "/run/corral"
 RELAY_SCRIPT = str(Path(__file__).with_name("egressrelay.py"))
+SHELL = "/bin/sh"
+SECCOMP_FD = 9  # the descriptor bwrap is told to read an egress filter from
 # the host settings that forbid unprivileged user namespaces, and the value that does
 USERNS_SYSCTLS = (
     ("kernel/unprivileged_userns_clone", "0"),  # Debian's and older Ubuntu's patch
@@ -212,14 +214,16 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               protected: Iterable[tuple[str, str]] = (),
               notify_socket: str | None = None,
               writable: Iterable[str] = (),
-              relay: Relay | None = None) -> list[str]:
+              relay: Relay | None = None,
+              seccomp: str | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
 
     `read_only`: what the agent may read besides the system; `cwd` and `writable` are
     writable. Mounts are made parents first, so a read-only directory inside the cwd (a
     venv) stays read-only, and where the same path is both, writable wins (it is the
     agent's own). network = "gateways" (egress): the gateway's unix socket bound in as
-    "gateway"'s, or where the gateways are TCP, `relay` run first (egressrelay.py)."""
+    "gateway"'s, or where the gateways are TCP, `relay` run first (egressrelay.py).
+    `seccomp`: a filter's file (sockfilter.py), opened by a shell that execs bwrap."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
@@ -277,6 +281,10 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     # the only places the agent writes are its directory and its /tmp
     args += relay_binds
     args += ["--remount-ro", "/", "--chdir", cwd, "--", *argv]
+    if seccomp is not None:
+        # bwrap reads the filter from a descriptor: the shell opens it and becomes bwrap
+        args = [SHELL, "-c", f'exec "$@" {SECCOMP_FD}<"$0"', seccomp, args[0],
+                "--seccomp", str(SECCOMP_FD), *args[1:]]
     return args
 
 
