@@ -71,6 +71,8 @@ def test_doctor_names_the_layer_on_this_host(tmp_path: Path) -> None:
     version, said = abi()
     assert seen["host"]["landlock"][0] == (version > 0)
     assert said in seen["host"]["landlock"][1]
+    assert seen["host"]["seccomp"] == (
+        True, "filters: an egress sandbox's sockets are unix, IPv4 and IPv6 alone")
     assert set(seen["host"]) == {"user namespaces", "landlock", "seccomp",
                                  "cgroup delegation", "egress layer"}
     assert seen["agents"] == {

@@ -8,6 +8,7 @@ forbid what the settings allow."""
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ from ..supervisor.config import Config, Isolation, isolation
 from ..supervisor.containment import is_delegated, own_cgroup
 from ..supervisor.landlock import abi
 from ..supervisor.sandbox import host_refusal
+from ..supervisor.sockfilter import program
 
 NETWORKS = {
     "host": "the host's network",
@@ -41,7 +43,11 @@ def seccomp() -> Probe:
     except OSError as exc:
         return Probe("seccomp", False, f"/proc/self/status unreadable: {exc.strerror}")
     if "Seccomp_filters" in fields:
-        return Probe("seccomp", True, "filters (not used by corral beyond bubblewrap's own)")
+        if program() is None:
+            return Probe("seccomp", False, f"filters, but corral has none for "
+                                           f"{platform.machine()} (sockfilter.py)")
+        return Probe("seccomp", True, "filters: an egress sandbox's sockets are unix, "
+                                      "IPv4 and IPv6 alone")
     if "Seccomp" in fields:
         return Probe("seccomp", False, "strict mode only: this kernel has no filters")
     return Probe("seccomp", False, "this kernel has no seccomp")
