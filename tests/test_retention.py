@@ -202,3 +202,22 @@ def test_a_removed_agents_records_stay_until_its_retention_has_passed(
     assert list(db.execute("SELECT agent, removed FROM removed_agents")) == [
         ("back", now + 86400 - 3601)]
     db.close()
+
+
+@pytest.mark.deadline(120)
+async def test_a_change_that_fails_goes_back_to_the_revision_before_whatever_the_bound(
+        tmp_path: Path) -> None:
+    """revisions_kept = 1 keeps the newest two: a change whose new process does not come
+    up takes its revision back, and the agent's current one is still there (its history
+    never empty, its current revision the one it runs)."""
+    async with in_process(tmp_path, "", supervisor="revisions_kept = 1") as d:
+        await add(d, "chat")
+        await change(d, "chat", 1)
+        await change(d, "chat", 2)
+        assert await revisions(d, "chat") == [2, 3]
+        with pytest.raises(RpcError) as refused:
+            await d.dispatcher.call(SOCKET, "agents.update", {"name": "chat", "set": {
+                "command": [PY, "-c", "raise SystemExit(3)"]}})
+        assert "did not become ready" in refused.value.message
+        got = await d.dispatcher.call(SOCKET, "agents.history", {"name": "chat"})
+        assert ([r.revision for r in got.revisions], got.current) == ([3], 3)
