@@ -5,7 +5,8 @@
 One supervisor, the minimal MCP stdio server (`bench/min_mcp_server.py`) and an SDK
 agent (`bench/tool_agent.py`) making 20 sequential tool calls a task, one task at a
 time; the task path's tool interceptors switched per task, the three modes taking
-turns task by task (so that the machine's load drifts alike under each):
+turns task by task, each first in its turn (so that the machine's load drifts alike
+under each):
 
 - bare: no interceptor on the call at all;
 - shipped: the approvals interceptor with no rules and the pin gate (the daemon's chain
@@ -131,8 +132,9 @@ async def main() -> dict[str, Any]:
             for mode in MODES:
                 await one(mode)
         acc: dict[str, list[float]] = {m: [] for m in MODES}
-        for _ in range(ROUNDS * TASKS):
-            for mode in MODES:
+        for i in range(ROUNDS * TASKS):
+            # each mode first, second and third in turn (none always follows another)
+            for mode in MODES[i % 3:] + MODES[:i % 3]:
                 acc[mode].append(await one(mode))
         results["judged_alone_us"] = round(judging_alone(sup), 2)
     per_call = {m: statistics.median(v) / CALLS * 1e6 for m, v in acc.items()}
