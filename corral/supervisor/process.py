@@ -265,11 +265,16 @@ class ChildProcess(asyncio.Protocol):
         gid: int | None,
         stop_timeout: float = 10.0,
         netns: int | None = None,
+        passed: int | None = None,
         **channel: Any,
     ) -> ChildProcess:
         """A cold start: fork/exec on the spawn threads, caps by the shell prologue;
-        `netns`: made in that network namespace (egressdoors.py)."""
+        `netns`: made in that network namespace (egressdoors.py); `passed`: a descriptor
+        of the caller's the process is given at the same number (an egress sandbox's
+        seccomp filter, which bwrap reads)."""
         kwargs: dict[str, Any] = {}
+        if passed is not None:
+            kwargs["pass_fds"] = (passed,)
         if uid is not None:
             kwargs["user"] = uid
             kwargs["extra_groups"] = []  # do not leak root's supplementary groups

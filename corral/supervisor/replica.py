@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import msgspec
 
@@ -126,6 +126,7 @@ class Replica(ProcessReplica):
         super().__init__(host, spec, name, index)
         self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
         self._iso = isolation(spec)  # judged again, with its tenant's, at each start
+        self._filter: BinaryIO | None = None  # its egress seccomp filter (`_filtered`)
         # this life's health checks ([health]), from Ready until it leaves serving
         self.health: ReplicaHealth | None = None
         # its checks' state as the previous daemon image left it (corral upgrade: adopt.py)
@@ -198,6 +199,7 @@ class Replica(ProcessReplica):
             self._iso = self._enforceable(self._iso, uid)
         if self._iso.network == "gateways":
             await self._held(env, spawning)
+        self._filtered(spawning)
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
@@ -232,6 +234,19 @@ class Replica(ProcessReplica):
     def _isolation(self) -> Isolation:
         """The sandbox and network of the process started last (judged at its start)."""
         return self._iso
+
+    def _filtered(self, spawning: dict[str, Any]) -> None:
+        """An egress sandbox's seccomp filter, opened afresh for each start (bwrap reads
+        it to its end: a descriptor already read gives nothing) and given to the spawn
+        at its number; the one of the start before closed (its process has read it)."""
+        if self._filter is not None:
+            self._filter.close()
+            self._filter = None
+        path = filter_file() if self._iso.egress != "any" and \
+            self._iso.sandbox != "none" else None
+        if path is not None:
+            self._filter = open(path, "rb", buffering=0)  # noqa: SIM115 - kept till next
+            spawning["passed"] = self._filter.fileno()
 
     async def _held(self, env: dict[str, str], spawning: dict[str, Any]) -> None:
         """egress = "gateways" over TCP where the daemon may hold the sandbox's network
@@ -315,7 +330,16 @@ class Replica(ProcessReplica):
             protected=self.host.protected_paths,
             notify_socket=None if beside else self._notify_socket(),
             writable=spec.write_paths, relay=self._relay(env),
-            seccomp=filter_file() if iso.egress != "any" else None)
+            seccomp=self._seccomp(beside))
+
+    def _seccomp(self, beside: bool) -> str | int | None:
+        """The filter bwrap is given: the replica's process's by its descriptor (opened
+        by `_filtered`), a check's by its file (a shell opens it)."""
+        if self._isolation().egress == "any":
+            return None
+        if not beside and self._filter is not None:
+            return self._filter.fileno()
+        return filter_file()
 
     def _relay(self, env: dict[str, str]) -> Relay | None:
         """Where TCP gateways are relayed from into an egress = "gateways" sandbox."""

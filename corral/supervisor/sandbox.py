@@ -215,7 +215,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               notify_socket: str | None = None,
               writable: Iterable[str] = (),
               relay: Relay | None = None,
-              seccomp: str | None = None) -> list[str]:
+              seccomp: str | int | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
 
     `read_only`: what the agent may read besides the system; `cwd` and `writable` are
@@ -223,7 +223,8 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     venv) stays read-only, and where the same path is both, writable wins (it is the
     agent's own). network = "gateways" (egress): the gateway's unix socket bound in as
     "gateway"'s, or where the gateways are TCP, `relay` run first (egressrelay.py).
-    `seccomp`: a filter's file (sockfilter.py), opened by a shell that execs bwrap."""
+    `seccomp`: a filter (sockfilter.py) as a descriptor the process is given, or as a
+    file, opened by a shell that execs bwrap."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
@@ -281,7 +282,9 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     # the only places the agent writes are its directory and its /tmp
     args += relay_binds
     args += ["--remount-ro", "/", "--chdir", cwd, "--", *argv]
-    if seccomp is not None:
+    if isinstance(seccomp, int):
+        args = [args[0], "--seccomp", str(seccomp), *args[1:]]
+    elif seccomp is not None:
         # bwrap reads the filter from a descriptor: the shell opens it and becomes bwrap
         args = [SHELL, "-c", f'exec "$@" {SECCOMP_FD}<"$0"', seccomp, args[0],
                 "--seccomp", str(SECCOMP_FD), *args[1:]]
