@@ -44,7 +44,7 @@ from .outbox import Outbox
 from .replicas import UnconfirmedWrite
 from .rides import REFUSED, LostLease, Ride, RideScripts
 from .scripts import Scripts
-from .submitkeys import ACCEPTED, Claim, SubmitKeys
+from .submitkeys import ACCEPTED, KeyClaim, SubmitKeys
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
@@ -372,7 +372,7 @@ class ClusterTasks:
                 if i is not None:
                     return i
 
-    async def _claimed(self, p: m.TaskParams) -> tuple[str, Claim]:
+    async def _claimed(self, p: m.TaskParams) -> tuple[str, KeyClaim]:
         """A submission's idempotency key claimed (submitkeys.py): its tenant, and the
         claim (the id its task is to be submitted under, or the one it names)."""
         key = p.idempotency_key
@@ -389,7 +389,7 @@ class ClusterTasks:
             raise other_request(key, claim.task_id)
         return tenant, claim
 
-    async def _keyed(self, p: m.TaskParams, tenant: str, claim: Claim, *,
+    async def _keyed(self, p: m.TaskParams, tenant: str, claim: KeyClaim, *,
                      watched: bool = False) -> bool:
         """The task of a claimed key submitted under its id, unless its key says it was
         accepted; whether the key named a task submitted before. A submit refused (not

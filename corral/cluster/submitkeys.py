@@ -51,7 +51,7 @@ CLAIMED = "p"
 ACCEPTED = "a"
 
 
-class Claim:
+class KeyClaim:
     """A key as CLAIM left it: the task id it names, the digest of its request, its
     state; `new`: this call claimed it; `held`: the tenant's count when refused."""
 
@@ -75,7 +75,7 @@ class SubmitKeys:
     def _names(self, tenant: str, key: str) -> list[str]:
         return [f"{self.keys.prefix}idem:{tenant}:{key}", f"{self.keys.prefix}idems:{tenant}"]
 
-    async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> Claim:
+    async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> KeyClaim:
         """The key claimed for `task_id`, or what holds it (RedisError: not answered)."""
         [got] = await self.scripts.acknowledged([(self._claim, self._names(tenant, key), [
             task_id, digest, repr(time.time()), KEEP_SECONDS, self.bound, key])])
@@ -83,18 +83,18 @@ class SubmitKeys:
             raise got
         if isinstance(got, bytes):
             held_id, held_digest, state = got.decode().split(" ")
-            return Claim(held_id, held_digest, state, False)
+            return KeyClaim(held_id, held_digest, state, False)
         if got == -1:
-            return Claim(task_id, digest, CLAIMED, True)
-        return Claim(task_id, digest, CLAIMED, False, held=int(got))
+            return KeyClaim(task_id, digest, CLAIMED, True)
+        return KeyClaim(task_id, digest, CLAIMED, False, held=int(got))
 
-    async def accepted(self, tenant: str, key: str, claim: Claim) -> None:
+    async def accepted(self, tenant: str, key: str, claim: KeyClaim) -> None:
         """Its task acknowledged: a retry submits nothing (the key's time from now)."""
         await self.redis.set(self._names(tenant, key)[0],
                              f"{claim.task_id} {claim.digest} {ACCEPTED}", xx=True,
                              px=int(KEEP_SECONDS * 1000))
 
-    async def release(self, tenant: str, key: str, claim: Claim) -> None:
+    async def release(self, tenant: str, key: str, claim: KeyClaim) -> None:
         """Let go of a claim whose submit was refused."""
         await self.scripts.run([(self._release, self._names(tenant, key), [
             f"{claim.task_id} {claim.digest} {CLAIMED}", key])])

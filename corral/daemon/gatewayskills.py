@@ -42,7 +42,7 @@ SCHEME = "skill://"
 SKILL_FILE = "SKILL.md"
 
 
-class Unverified(RpcError):
+class DigestMismatch(RpcError):
     """A skill, or a file of one, whose content does not match its digest."""
 
     def __init__(self, message: str) -> None:
@@ -108,7 +108,7 @@ class GatewaySkills:
                 shown = _shown(ident, server, skill)
                 try:
                     await self._verify(server, inst, skill, shown["uri"])
-                except Unverified:
+                except DigestMismatch:
                     continue  # logged by _refused
                 out.append(shown)
         return out
@@ -167,10 +167,10 @@ class GatewaySkills:
         return [c for c in contents if isinstance(c, dict)]
 
     @staticmethod
-    def _refused(server: str, uri: str, why: str) -> Unverified:
+    def _refused(server: str, uri: str, why: str) -> DigestMismatch:
         message = f"skill {uri} of MCP server {server} refused: {why}"
         log.warning("gateway: %s", message)
-        return Unverified(message)
+        return DigestMismatch(message)
 
     def _timeout(self, server: str) -> float:
         return float(self.tools.servers[server].spec.timeout)
