@@ -66,8 +66,10 @@ def what_it_asks(ask: Ask) -> str:
     if ask.kind is AskKind.QUESTION:
         return f"question: {s.get('prompt')}"
     if "tool" in s:
+        # a policy rule's or taint's hold says which (supervisor/policy.py)
+        why = f" by policy: {s['policy']}" if "policy" in s else ""
         return (f"approval of {s['tool']} "
-                f"{msgspec.json.encode(s.get('arguments', {})).decode()}")
+                f"{msgspec.json.encode(s.get('arguments', {})).decode()}{why}")
     cost = s.get("cost")
     most = f"at most ${cost:.4f}" if isinstance(cost, (int, float)) else "no bound on its cost"
     return f"approval of a call to model {s.get('model')} ({most})"

@@ -92,6 +92,8 @@ def test_a_sensitive_tool_after_an_untrusted_one_waits_for_a_person(daemon: Daem
     [ask] = wait_for(lambda: d.ask("approvals.list")["asks"], "the tainted call's ask")
     assert ask["task_id"] == task_id
     assert ask["subject"] == {**SEND, "policy": "taint (after untrusted pol__fetch)"}
+    assert ('approval of pol__send_mail {"to":"me@example.com","body":"hi"} by policy: '
+            "taint (after untrusted pol__fetch)") in d.cli("approvals").stdout
     assert d.cli("approvals", "approve", ask["id"]).returncode == 0
     assert result(d, task_id) == [(False, made("fetch", **FETCH["arguments"])),
                                   (False, made("send_mail", **SEND["arguments"]))]
