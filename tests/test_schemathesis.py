@@ -43,11 +43,8 @@ ENDLESS = {"/api/v1" + route.path for declared in REGISTRY.values() if declared.
 # of the request is still checked (negative cases, the answers).
 # POST /packages: whether a path is a package depends on the host's files, not on the
 # request's shape.
-# POST /teams: the same, a team's members, router and leader must be agents there are
-# (and none the team itself), which no schema can say.
 EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
-            ("POST", "/api/v1/packages"): {"positive_data_acceptance"},
-            ("POST", "/api/v1/teams"): {"positive_data_acceptance"}}
+            ("POST", "/api/v1/packages"): {"positive_data_acceptance"}}
 # Narrower: refusals excused for an operation only when their message says why, each a
 # rule of the host or one between two keys that JSON Schema cannot state (it compares no
 # two values); any other refusal of a schema-valid request still fails the run.
@@ -65,6 +62,11 @@ EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
 # of the workflow, no cycle. What a step is by itself (its kind, a signal's name, a map's
 # or a condition's reference, map or join) the document says (openapi._step_rules): its
 # refusal fails the run.
+# POST /teams: the same, a team's members, router and leader must be agents there are,
+# none a team, of one tenant, and the team's name no agent's nor server's; and between two
+# values: none the team itself, a rule's member and the default among the members, the
+# leader not. What a team is by itself (a member named once, its mode's keys, a rule's
+# ref) the document says (openapi._team_rules).
 EXCUSED = {("POST", "/api/v1/tenants"): ("user: no such user: ",
                                          "is above max_memory_mb"),
            ("POST", "/api/v1/tasks"): ("days from now",),
@@ -73,7 +75,13 @@ EXCUSED = {("POST", "/api/v1/tenants"): ("user: no such user: ",
            ("POST", "/api/v1/workflows"): ("no such agent: ", "no such workflow: ",
                                            ": two steps named ", " names no step ",
                                            "which comes after it", ": a cycle of ",
-                                           ": join names step ")}
+                                           ": join names step "),
+           ("POST", "/api/v1/teams"): (": no such agent", "is a team (", "an agent has its name",
+                                       "an MCP server has its name",
+                                       "(a team's agents are its tenant's)",
+                                       "its agents are of more than one tenant",
+                                       "is the team itself", "is not a member (members: ",
+                                       "is also a member")}
 # Path parameters the run gives, not generated: an operation on an agent of a random
 # name is a 404 whatever its body, and its body's rules would go untested. The daemon's
 # one agent is scaled, within a fleet of FLEET_MAX replicas (few processes to start).

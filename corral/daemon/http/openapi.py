@@ -110,7 +110,9 @@ RULES: dict[tuple[type[m.Params], str], dict[str, Any]] = {
                                          name="WorkflowTable")}},
     (m.WorkflowsUpdate, "set"): {"$ref": REF.format(name="WorkflowPatch")},
     # each table a team's ([teams.NAME]: supervisor/teams/definition.py)
-    (m.TeamsAdd, "teams"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+    # ("__" separates team and member in a leader's tool TEAM__MEMBER: teams/check.py)
+    (m.TeamsAdd, "teams"): {"minProperties": 1, "propertyNames": {"pattern": NAME,
+                                                                  "not": {"pattern": "__"}},
                              "additionalProperties": {"$ref": REF.format(name="TeamTable")}},
     (m.TeamsUpdate, "set"): {"$ref": REF.format(name="TeamPatch")},
 }
@@ -152,6 +154,7 @@ def _tables() -> dict[str, Any]:
         "description": "unique among the workflow's steps"}
     _step_rules(tables["ConfigStepSpec"], tables["ConfigCondition"])
     _policy_rules(tables["ConfigPolicyRule"], tables["ConfigPolicyTest"])
+    _team_rules(team, tables["ConfigRule"])
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant),
                         ("WorkflowPatch", workflow), ("TeamPatch", team)):
         tables[name] = {
@@ -204,6 +207,35 @@ def _policy_rules(rule: dict[str, Any], test: dict[str, Any]) -> None:
     test["oneOf"] = [{"required": [k], "properties": {
         o: test["properties"][k]["anyOf"][0] if o == k else null for o in kinds}}
         for k in kinds]
+
+
+def _team_rules(team: dict[str, Any], rule: dict[str, Any]) -> None:
+    """What check_team refuses of a team by itself (teams/check.py), said in its schema:
+    each member named once; rules, default and router are a route team's (rules or a
+    router, not both, one of them), a leader a coordinate team's (which needs one); a
+    rule's ref a reference to the input, with equals or contains, not both. What depends
+    on the agents and teams there are, or compares two values (a rule's member among the
+    members), no schema can say."""
+    null = {"type": "null"}
+    none = {"type": "array", "maxItems": 0}
+    some = {"type": "array", "minItems": 1}
+    team["properties"]["members"]["uniqueItems"] = True
+    team["oneOf"] = [
+        {"properties": {"mode": {"const": "broadcast"}, "rules": none, "default": null,
+                        "router": null, "leader": null}},
+        {"required": ["leader"], "properties": {
+            "mode": {"const": "coordinate"}, "rules": none, "default": null, "router": null,
+            "leader": {"type": "string"}}},
+        {"required": ["router"], "properties": {
+            "mode": {"const": "route"}, "rules": none, "default": null,
+            "router": {"type": "string"}, "leader": null}},
+        {"required": ["rules"], "properties": {
+            "mode": {"const": "route"}, "rules": some, "router": null, "leader": null}}]
+    rule["properties"]["ref"] = {"type": "string", "default": "$input",
+                                 "pattern": rf"^\$input({REF_PART})*$"}
+    given = {"not": null}
+    rule["not"] = {"required": ["equals", "contains"],
+                   "properties": {"equals": given, "contains": given}}
 
 
 def _problem_responses() -> dict[str, Any]:
