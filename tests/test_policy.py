@@ -270,3 +270,22 @@ def test_a_rule_without_an_effect_or_with_another_is_refused(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == f"{path}: policy: expected an array of tables ([[policy]])"
+
+
+@pytest.mark.deadline(180)
+def test_a_reload_judges_by_the_new_rules(daemon: Daemon) -> None:
+    """The rules are compiled from the config in force: a reload that turns the deny
+    into an allow, then one that adds a tenant's default_deny, is what the next call is
+    judged by."""
+    d = daemon
+    assert run(d, call("write_file", path="/etc/passwd"))[0] is True
+    d.config.write_text(d.config.read_text().replace('effect = "deny"', 'effect = "allow"'))
+    reloaded = d.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert run(d, call("write_file", path="/etc/passwd")) == (
+        False, made("write_file", path="/etc/passwd"))
+    d.config.write_text(d.config.read_text() + '\n[tenants.default]\ndefault_deny = true\n')
+    reloaded = d.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert run(d, call("http_get", host="a")) == (
+        True, "tool call pol__http_get is denied: its tenant's policy is default_deny")
