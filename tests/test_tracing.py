@@ -406,7 +406,7 @@ async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
     for context in (trace_of(b"00-nope\nx=y"), trace_of(b"\xff" * 600),
                     trace_of(trace_field(good, "k=v").encode())):
         task = Task("a", msgspec.Raw(b"{}"), 0, 30.0, 0, 0)
-        sup.tasks.adopt(task, *context)
+        sup.tasks.intake.adopt(task, *context)
         made.append(task)
     for task in made:
         await asyncio.wait_for(asyncio.shield(task.done), 30)
@@ -434,7 +434,7 @@ async def test_a_task_given_back_by_a_journal_is_traced_from_its_id(engines: Eng
     rec = TaskRecord(task_id=new_id(), agent="a", input=msgspec.Raw(b"{}"), priority=0,
                      timeout=30.0, retries_left=0, created=time.time(), started=None,
                      status="queued")
-    (task,) = sup.tasks.restore([rec])
+    (task,) = sup.tasks.recovery.restore([rec])
     await asyncio.wait_for(asyncio.shield(task.done), 30)
     assert task.status == "succeeded"
     (span,) = [s for s in spans_of(tracer) if s[3] == "invoke_agent a"]

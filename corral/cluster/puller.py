@@ -224,5 +224,5 @@ class Puller:
         if session:  # a turn of a session (sessions.py), with its state
             task.session, task.session_kept = session.decode(), state
         self.claims.watch(task)
-        self.tasks.adopt(task, traceparent, tracestate)
+        self.tasks.intake.adopt(task, traceparent, tracestate)
 

@@ -8,6 +8,7 @@ payload.py    inputs encoded, workers' answers read in one pass (Output)
 durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
 admission.py  refusals: an agent that cannot run it, input size, rate, a full queue;
               the step every task passes wherever it runs (admit)
+intake.py     a task's way in: submitted, a map's turn, a cluster's claimed (Intake)
 queue.py      the Queue protocol, and LocalQueue (the priority lines)
 dispatch.py   to a replica's free slot, deadlines, an attempt's end
 sessions.py   a session's tasks one at a time, on the replica that holds it, its state

@@ -14,7 +14,7 @@ deadline, its retries, its cancellation, its journal row, its events).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -27,6 +27,8 @@ from .model import Task
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
+    from .intake import Intake
+
 
 class Submits(Protocol):
     """What the lanes ask of the task manager."""
@@ -34,9 +36,8 @@ class Submits(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def submit_many(self, agent_name: str, inputs: Sequence[Any],
-                    options: TaskOptions = ..., *, decoded: bool = ...
-                    ) -> list[Task | RpcError]: ...
+    @property
+    def intake(self) -> Intake: ...
 
     def outcome(self, task: Task, *, decode: bool = False) -> Awaitable[TaskResult]: ...
 
@@ -111,7 +112,7 @@ class Lanes:
             base = len(results)
             results.extend([None] * len(batch))
             try:
-                made = tasks.submit_many(self.agent, batch, self.options, decoded=True)
+                made = tasks.intake.submit_many(self.agent, batch, self.options, decoded=True)
             except RpcError as exc:
                 made = [exc] * len(batch)
             for k, task in enumerate(made):

@@ -22,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from ... import jsonrpc
 from ...askviews import Ask, AskRequest
@@ -37,7 +35,6 @@ from ...taskoptions import (
     TaskFilters,
     TaskOptions,
     admits,
-    options_of,
 )
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
@@ -56,12 +53,6 @@ from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .admission import (
-    MAX_INPUT_BYTES,
-    admit,
-    asks_size_only,
-    check_input,
-    check_takes_tasks,
-    queue_full,
     refusal,
 )
 from .budget import BUDGET_PREFIX, Budgets, no_group
@@ -70,8 +61,8 @@ from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .elicitations import Elicitations
-from .ids import new_ids
 from .inbox import Inbox, check_subject
+from .intake import Intake
 from .interceptors import (
     NO_INTERCEPTORS,
     Interceptors,
@@ -83,7 +74,7 @@ from .interceptors import (
 from .lanes import Lanes
 from .model import Task, TaskFinished
 from .output import START, OutputChunk, position_of
-from .payload import Output, acyclic, encode_input
+from .payload import Output, acyclic
 from .questions import Questions
 from .queue import LocalQueue, Queue
 from .recovery import Recovery, rebuilt
@@ -91,7 +82,7 @@ from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, lost_attempts, retry_lost
 from .sessions import SessionBound, Sessions, session_bounds
-from .spawn import REACH, Spawns
+from .spawn import Spawns
 from .stepjournal import StepJournal
 from .steps import caller_task
 from .suspension import Suspensions
@@ -112,10 +103,6 @@ if TYPE_CHECKING:
     from ..quotas import Tenancy
     from ..replica import Replica
     from .host import AgentLike, TaskHost
-
-
-# the options a map's tasks do not take (submit_many)
-_NOT_MAPPED = frozenset({"delay", "not_before", "session"})
 
 
 def _note_first(agent: AgentLike, text: str) -> None:
@@ -164,6 +151,7 @@ class TaskManager:
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
+        self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
         self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live,
                                     self._asks_pending)
         # each task's start and end as the interceptors hear them (tracing's), or None
@@ -319,177 +307,9 @@ class TaskManager:
     def submit(self, agent_name: str, task_input: Any, options: TaskOptions = NO_OPTIONS,
                *, traceparent: str | None = None, tracestate: str | None = None,
                task_id: str | None = None) -> Task:
-        """Accept a task or refuse it at once with the reason. `options`: how it is to
-        run, as its submitter asked (taskoptions.py: its timeout, priority, start time,
-        retry policy, session...); `traceparent`: the caller's trace context; `task_id`:
-        an id made and recorded by the caller before (a workflow's step)."""
-        try:  # one clock read, its `created` too: a delay counts from it (decision 1004)
-            not_before = options.start_at(now := time.time())
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
-        options = options_of(options)
-        timeout, session = options.timeout, options.session
-        agent = self.sup.agent(agent_name)
-        q = self.agent_tasks(agent)
-        try:
-            check_takes_tasks(agent)
-        except RpcError:
-            q.counts["refused"] += 1
-            raise
-        why = refusal(agent)
-        if why:
-            q.counts["refused"] += 1
-            raise RpcError(jsonrpc.REFUSED, why)
-        raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
-            encode_input(task_input))
-        try:
-            timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=self.admitting,
-                            depth=self.queue.depth)
-        except RpcError:
-            q.counts["refused"] += 1
-            raise
-        # the tasks that wait for their time count against max_queue too
-        depth = self.queue.depth(agent.name) + self.delays.count(agent.name)
-        later = not_before is not None
-        if depth >= agent.spec.max_queue and (later or self.dispatch.free_replica(agent) is None
-                                              or self.dispatch.held is not None
-                                              or self.budgets.holds(agent)):
-            q.counts["refused"] += 1
-            raise queue_full(agent, depth)
-        if session is not None and (full := self.sessions.refusal(agent.name, session)):
-            q.counts["refused"] += 1
-            raise full
-        retries = options.retry.retries if options.retry is not None else None
-        task = Task(agent.name, raw, options.priority, timeout or agent.spec.task_timeout,
-                    agent.spec.retries if retries is None else retries, next(self._seq), now=now)
-        task.options = options
-        if task_id is not None:
-            task.id = task_id
-        if session is not None:
-            task.session = session
-        task.tenant = agent.spec.tenant
-        reach = REACH.get()
-        if reach is not None and getattr(agent.spec, "spawns", None):
-            self.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
-        if self.trace_begin is not None:
-            self.trace_begin(TraceStart(task, traceparent, tracestate))  # (a bad one refuses)
-        q.counts["accepted"] += 1
-        self.active[task.id] = task
-        if session is not None:
-            self.sessions.accept(task)
-        if not_before is not None:
-            task.not_before = task.due = not_before
-            self.record(task)
-            self.delays.add(task)
-            return task
-        self.record(task)
-        self.queue.put(task)
-        self.dispatch.pump(agent.name)
-        return task
-
-    def submit_many(self, agent_name: str, inputs: Sequence[Any],
-                    options: TaskOptions = NO_OPTIONS, *, decoded: bool = False
-                    ) -> list[Task | RpcError]:
-        """`submit` of a map's turn of inputs (lanes.py), each accepted or refused as
-        `submit` would, in order, every one with `options` (a map's tasks start at once,
-        outside any session: options that say otherwise refuse the turn): what is the
-        agent's is looked at once (its refusal, its counters, its queue's free room), the
-        ids are made in one call, and the agent's queue is pumped once at the end, so that
-        a worker is written the turn's tasks in one write. `decoded`: a Python caller
-        takes their outputs as values (Task.decoded), known before they start."""
-        unmapped = [n for n in options.given() if n in _NOT_MAPPED]
-        if unmapped:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: a map's tasks take no "
-                                                   f"{', '.join(unmapped)} (they start at "
-                                                   "once, outside any session)")
-        agent = self.sup.agent(agent_name)
-        name, spec = agent.name, agent.spec
-        q = self.agent_tasks(agent)
-        counts = q.counts
-        try:
-            check_takes_tasks(agent)
-            why = refusal(agent)
-            if why:
-                raise RpcError(jsonrpc.REFUSED, why)
-        except RpcError as exc:
-            counts["refused"] += len(inputs)
-            return [exc] * len(inputs)
-        dispatch, depth_of = self.dispatch, self.queue.depth
-        delayed = self.delays.count(name)
-        waiting = depth_of(name) + delayed  # (counted on here: only this loop adds)
-        reach = REACH.get() if getattr(spec, "spawns", None) else None
-        # a map's tasks have no session: they go to the agents' queue behind the lines
-        # at once (Sessions.put's own answer for them), and a journal hears of each
-        trace_begin, active, put = self.trace_begin, self.active, self.sessions.inner.put
-        record = self.record if self.journal is not None else None
-        seq, tenancy, bucket = self._seq, self.admitting, q.bucket
-        ids, now = new_ids(len(inputs)), time.time()
-        options = options_of(options)
-        timeout, priority = options.timeout, options.priority
-        size_only = asks_size_only(timeout, bucket, tenancy)
-        retries = options.retry.retries if options.retry is not None else None
-        if retries is None:
-            retries = spec.retries
-        # (what is the same for every input, read once)
-        raw_type, max_queue, tenant = msgspec.Raw, spec.max_queue, spec.tenant
-        out: list[Task | RpcError] = []
-        for x, task_id in zip(inputs, ids, strict=True):
-            try:
-                raw = x if isinstance(x, raw_type) else raw_type(encode_input(x))
-                if size_only:
-                    if len(raw) > MAX_INPUT_BYTES:
-                        check_input(len(raw))
-                    t = timeout
-                else:
-                    t = admit(agent, len(raw), timeout, bucket=bucket, tenancy=tenancy,
-                              depth=depth_of)
-                if waiting >= max_queue:
-                    dispatch.pump(name)  # what may start starts, as `submit`'s had
-                    waiting = depth_of(name) + delayed
-                    if waiting >= max_queue and (
-                            dispatch.free_replica(agent) is None
-                            or dispatch.held is not None or self.budgets.holds(agent)):
-                        raise queue_full(agent, waiting)
-                task = Task(name, raw, priority, t or spec.task_timeout, retries, next(seq),
-                            task_id, now)
-                task.tenant, task.options, task.decoded = tenant, options, decoded
-                if reach is not None:
-                    self.spawns.limit(task, *reach)
-                if trace_begin is not None:
-                    trace_begin(TraceStart(task, None, None))
-            except RpcError as exc:
-                counts["refused"] += 1
-                out.append(exc)
-                continue
-            counts["accepted"] += 1
-            active[task_id] = task
-            if record is not None:
-                record(task)
-            put(task)
-            waiting += 1
-            out.append(task)
-        dispatch.pump(name)
-        return out
-
-    def adopt(self, task: Task, traceparent: str | None = None,
-              tracestate: str | None = None) -> None:
-        """A task accepted elsewhere (a cluster task this node claimed) waits here for a
-        replica like one submitted here, its admission already done where it was
-        accepted; traced (with [tracing]) as a child of its caller's context, or from its
-        id when it came with none, or with one that does not parse (accepted by another
-        node, or written by whoever writes Redis: never a reason to refuse it here)."""
-        agent = self.sup.agent(task.agent)
-        if self.trace_begin is not None:
-            try:
-                self.trace_begin(TraceStart(task, traceparent, tracestate))
-            except RpcError:
-                self.trace_begin(TraceStart(task, None, None))
-        task.seq = next(self._seq)
-        self.agent_tasks(agent).counts["accepted"] += 1
-        self.active[task.id] = task
-        self.record(task)
-        self.queue.put(task)
-        self.dispatch.pump(agent.name)
+        """Intake.submit: the engine's public face (the Python API's `sup.tasks.submit`)."""
+        return self.intake.submit(agent_name, task_input, options, traceparent=traceparent,
+                                  tracestate=tracestate, task_id=task_id)
 
     # -- a person in the loop (inbox.py, docs/approvals.md) ---------------------------------
     def ask_of(self, ask_id: str) -> Ask | None:
