@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from corral.supervisor.tasks.model import AttemptEnded
@@ -42,8 +43,9 @@ listen = "127.0.0.1:0"
 LIMIT = 60.0  # seconds a wait may take, however loaded the machine
 
 
-def fleet(tmp: Path) -> str:
-    """Agent `inflight` (a retry left) whose tools are the slow server's."""
+def fleet(tmp: Path, instances: int = 1) -> str:
+    """Agent `inflight` (a retry left) whose tools are the slow server's (`instances`
+    processes of it)."""
     return textwrap.dedent(f"""
         [agents.inflight]
         command = ["{PY}", "{HERE}/inflight_agent.py"]
@@ -56,6 +58,7 @@ def fleet(tmp: Path) -> str:
         command = ["{PY}", "{HERE}/servers/slow_mcp.py", "{tmp}/server-log",
                    "{tmp}/started", "{tmp}/gate"]
         timeout = 60
+        instances = {instances}
     """)
 
 
@@ -224,3 +227,36 @@ async def test_a_tasks_model_calls_carry_their_idempotency_key_upstream(
                 assert len(set(keys)) == 2 and all(k and len(k) == 32 for k in keys), keys
     finally:
         await upstream.close()
+
+
+async def test_a_retry_whose_call_there_is_another_does_not_wait_for_the_held_one(
+        tmp_path: Path) -> None:
+    """The retry's first call is another (other arguments): it goes live at once (on the
+    server's other instance), the attempt marked diverged there, and the task ends while
+    the killed attempt's call is still held at the server; that call, no one's to read
+    any more, is cancelled with the task's end (the server is told so)."""
+    started, gate = fifos(tmp_path)
+    async with in_process(tmp_path, fleet(tmp_path, instances=2)) as d:
+        first_ended = attempt_ended(d, "inflight", 1)
+        task = d.sup.tasks.submit("inflight", {"via": "sdk", "diverge": True},
+                                  TaskOptions(timeout=LIMIT))
+        assert await call_started(started) == "1\n"
+        [attempt] = (await d.sup.tasks.info(task.id)).attempts
+        assert attempt.pid is not None
+        os.kill(attempt.pid, signal.SIGKILL)
+        await asyncio.wait_for(first_ended, LIMIT)
+        await asyncio.wait_for(asyncio.shield(task.done), LIMIT)  # the gate still shut
+        assert task.status == "succeeded", task.error
+        assert task.output == {"results": ["worked 10", "worked 2"], "attempt": 2}
+        second = task.attempts[1]
+        # (call 1 had no answer kept: the retry's went live with no verdict)
+        assert (second.diverged, second.replayed) == (msgspec.UNSET, msgspec.UNSET)
+        assert [line[:2] for line in server_log(tmp_path)] == [
+            ["start", "1"], ["start", "10"], ["done", "10"], ["start", "2"], ["done", "2"]]
+        await release(gate)  # (the first instance's call ends, its answer no one's)
+        deadline = asyncio.get_running_loop().time() + LIMIT
+        while server_log(tmp_path)[-1:] != [["cancelled"]]:  # read once it is let go
+            assert asyncio.get_running_loop().time() < deadline, server_log(tmp_path)
+            await asyncio.sleep(0.05)
+        assert server_log(tmp_path)[-2][:2] == ["done", "1"]
+        assert d.sup.tasks.stats()["steps"]["journaled"] == 2  # the retry's own two

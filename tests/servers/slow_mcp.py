@@ -4,11 +4,12 @@ times a call reached it, and under which idempotency key.
 
     slow_mcp.py LOG STARTED GATE
 
-Tool: work {i} appends `start I KEY` to LOG (KEY: the request's
-`_meta["io.corral/idempotency-key"]`, `-` when there is none); while the FIFO GATE
-exists, it then writes `I` to the FIFO STARTED (the test reads it: the call is at the
-server) and waits until the test opens GATE and closes it, and removes it: only the
-first call is held. Then it appends `done I KEY` and answers "worked I".
+Tool: work {i, hold} appends `start I KEY` to LOG (KEY: the request's
+`_meta["io.corral/idempotency-key"]`, `-` when there is none); with `hold`, while the
+FIFO GATE exists, it then writes `I` to the FIFO STARTED (the test reads it: the call is
+at the server) and waits until the test opens GATE and closes it, and removes it: only
+the first such call is held. Then it appends `done I KEY` and answers "worked I".
+A `notifications/cancelled` it reads appends `cancelled`.
 """
 
 import contextlib
@@ -32,6 +33,8 @@ for line in sys.stdin:
     msg = json.loads(line)
     rid = msg.get("id")
     if rid is None:
+        if msg.get("method") == "notifications/cancelled":
+            note("cancelled")
         continue
     method = msg.get("method")
     if method == "initialize":
@@ -41,10 +44,11 @@ for line in sys.stdin:
         result = {"tools": TOOLS}
     elif method == "tools/call":
         params = msg["params"]
-        i = (params.get("arguments") or {}).get("i")
+        arguments = params.get("arguments") or {}
+        i = arguments.get("i")
         key = (params.get("_meta") or {}).get(KEY) or "-"
         note(f"start {i} {key}")
-        if os.path.exists(gate):
+        if arguments.get("hold") and os.path.exists(gate):
             with open(started, "w") as f:
                 f.write(f"{i}\n")
             with open(gate) as f:

@@ -182,8 +182,8 @@ class TaskSteps:
         self.stream = stream
         self._active = active
         self._asking = asking
-        # each task's journaled calls in flight, by their sequence number
-        self._flights: dict[str, dict[int, _Flight]] = {}
+        # each task's journaled calls in flight, by their (sequence number, attempt)
+        self._flights: dict[str, dict[tuple[int, int], _Flight]] = {}
         self._ordinals = CallOrdinals()  # the calls' idempotency keys
         self.outlived = 0  # calls that went on after their caller went away
         self.journal: StepJournal | None = None  # the daemon's (`journal_to`)
@@ -295,9 +295,11 @@ class TaskSteps:
         """The step an earlier attempt's call `seq`, still in flight, journals (None: it
         failed, or there is none): this attempt's same call (the same tool, the same
         arguments) waits for it; another goes on live without it."""
-        flight = self._flights.get(task.id, {}).get(seq)
-        if flight is None or flight.attempt >= task.attempt or flight.call is None or \
-                flight.made.name != name or flight.made.args != h:
+        flight = max((f for (at, _), f in self._flights.get(task.id, {}).items()
+                      if at == seq and f.attempt < task.attempt),
+                     key=lambda f: f.attempt, default=None)
+        if flight is None or flight.call is None or flight.made.name != name or \
+                flight.made.args != h:
             return None
         flight.awaited = True
         await asyncio.wait((flight.call,))  # (this call cancelled: that one goes on)
@@ -315,8 +317,8 @@ class TaskSteps:
                 self._made(task, st, step, flight, journal, live, key))
         finally:
             _CALLER_TASK.reset(said)
-        mine[step.seq] = flight
-        call.add_done_callback(lambda _: self._landing(task.id, step.seq, flight))
+        mine[step.seq, step.attempt] = flight
+        call.add_done_callback(lambda _: self._landing(task.id, flight))
         try:
             return await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -327,12 +329,16 @@ class TaskSteps:
                     self.outlived += 1
             raise
 
-    def _landing(self, task_id: str, seq: int, flight: _Flight) -> None:
+    def _landing(self, task_id: str, flight: _Flight) -> None:
         mine = self._flights.get(task_id)
-        if mine is not None and mine.get(seq) is flight:
-            del mine[seq]
+        where = (flight.made.seq, flight.attempt)
+        if mine is not None and mine.get(where) is flight:
+            del mine[where]
             if not mine:
                 del self._flights[task_id]
+        call = flight.call
+        if call is not None and not call.cancelled():
+            call.exception()  # (told to its caller, or no one's once it went away)
 
     async def _made(self, task: Task, st: _Attempt, step: Step, flight: _Flight,
                     journal: StepJournal, live: Callable[[str | None], Awaitable[Any]],
