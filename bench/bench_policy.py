@@ -17,7 +17,7 @@ under each):
 
 A call's cost is (median task) / 20, and a mode's added cost per call its median task
 less bare's, / 20. The goal: policy - bare <= 50 us at p50. Beside it, the judging
-alone, in process (`Guard.judge` per call, no I/O).
+alone, in process (`PolicyGuard.judge` per call, no I/O).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import uvloop
 from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import Config, PolicyMatch, PolicyRule, PolicyTest
 from corral.supervisor.lifecycle import SERVING
-from corral.supervisor.policy import Guard
+from corral.supervisor.policy import PolicyGuard
 from corral.supervisor.tasks.approvals import Approvals
 from corral.supervisor.tasks.interceptors import TaskInterceptor, TaskPath, ToolCall
 from corral.supervisor.tasks.pingate import PinGate
@@ -74,7 +74,7 @@ class Switch(TaskInterceptor):
         self.mode = "bare"
         self.shipped = (Approvals(None), PinGate())
         cfg = policy_config()
-        self.policy = (Approvals(Guard(lambda: cfg)), PinGate())
+        self.policy = (Approvals(PolicyGuard(lambda: cfg)), PinGate())
 
     def bind(self, path: TaskPath) -> None:
         for member in (*self.shipped, *self.policy):
@@ -89,10 +89,10 @@ class Switch(TaskInterceptor):
 
 
 def judging_alone(sup: Supervisor) -> float:
-    """µs of `Guard.judge` a call (the rules, the taint lookup), in process."""
+    """µs of `PolicyGuard.judge` a call (the rules, the taint lookup), in process."""
     [replica] = sup.agents["caller"].replicas
     cfg = policy_config()
-    guard = Guard(lambda: cfg)
+    guard = PolicyGuard(lambda: cfg)
     arguments = {"text": "7"}
     n = 20000
     t0 = time.perf_counter()

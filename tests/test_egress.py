@@ -306,7 +306,7 @@ def test_the_relay_passes_a_connection_to_the_gateways_socket(tmp_path: Path) ->
     """Without root (no namespace of the daemon's: egressdoors.py), the sandbox's first
     program is the relay (egressrelay.py): a client inside reaches the address its
     environment names, and what it sends arrives at the gateways' unix socket and back."""
-    from corral.supervisor.sandbox import Relay, sandboxed
+    from corral.supervisor.sandbox import GatewayRelay, sandboxed
 
     port = free_port()
     path = tmp_path / "gw.sock"
@@ -326,7 +326,7 @@ def test_the_relay_passes_a_connection_to_the_gateways_socket(tmp_path: Path) ->
         argv = sandboxed([PY, "-c", client], program="bwrap", cwd=str(home), env={},
                          network="gateways", root=os.geteuid() == 0,
                          read_only=[str(ROOT)],
-                         relay=Relay(f"http://127.0.0.1:{port}/mcp", str(path), PY))
+                         relay=GatewayRelay(f"http://127.0.0.1:{port}/mcp", str(path), PY))
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
             conn, _ = gateways.accept()

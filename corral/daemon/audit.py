@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from .. import redact
-from ..supervisor.policy import Decision
+from ..supervisor.policy import PolicyVerdict
 from .caller import Caller
 from .logs import LogHub
 from .store import StateStore
@@ -45,7 +45,7 @@ class Audit:
         elif len(self._held) < HELD:
             self._held.append((caller, method, shown, outcome))
 
-    def policy(self, d: Decision) -> None:
+    def policy(self, d: PolicyVerdict) -> None:
         """A policy decision that denied or held an agent's call (supervisor/policy.py),
         as the agent's replica's row: its facts by shape, never their values."""
         self(Caller(via="policy", name=f"agent {d.replica}", tenant=d.tenant), "policy",

@@ -36,7 +36,7 @@ from ..supervisor.config import Config, ConfigError, GatewaySettings
 from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
-from ..supervisor.policy import Guard
+from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import Transition
 from ..supervisor.tasks.approvals import Approvals
 from ..supervisor.tasks.pingate import PinGate
@@ -320,7 +320,7 @@ class Daemon:
         # approvals (docs/approvals.md) inside the span, around a leader's members too
         audit = Audit(hub)
         # policy rules and taint, on every path (their decisions traced and audited)
-        guard = Guard(lambda: self.applied, tracer, audit.policy)
+        guard = PolicyGuard(lambda: self.applied, tracer, audit.policy)
         sup, queue = part.engine(conf, self.spared, self.taken,
                                  [i for i in (tracer, Approvals(guard), PinGate(), leaders)
                                   if i is not None])

@@ -49,7 +49,7 @@ from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings, PositiveInt
 from ..supervisor.lifecycle import serving_changed
-from ..supervisor.policy import Guard
+from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
@@ -264,7 +264,7 @@ class GatewayService:
                  settings: GatewaySettings | None = None,
                  calls: Dispatcher[Any] | None = None,
                  tasks: TaskManager | None = None, tracer: Tracer | None = None,
-                 guard: Guard | None = None) -> None:
+                 guard: PolicyGuard | None = None) -> None:
         self.agents = agents
         # the policy rules and taint a replica's call of no task passes (approvals.gate),
         # and its model calls (models/gateway.py)

@@ -30,7 +30,7 @@ from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
-from ..supervisor.policy import Guard
+from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import CompactTask, Unfinished
@@ -217,7 +217,7 @@ def gateway_relay(paths: Paths) -> str | None:
 
 
 def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services],
-                    traces: Traces | None, guard: Guard | None = None) -> GatewayService:
+                    traces: Traces | None, guard: PolicyGuard | None = None) -> GatewayService:
     """The MCP gateway's service, configured (its tokens file read); its agents' tools
     submit their tasks through `calls`; with [tracing], its calls traced; `guard`: the
     policy rules and taint its replicas' calls of no task pass (supervisor/policy.py)."""

@@ -35,7 +35,7 @@ EFFECTS = ("allow", "approve", "deny")  # each stricter than the one before
 CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
 
 
-class Verdict(NamedTuple):
+class RuleEffect(NamedTuple):
     effect: str  # "allow" | "approve" | "deny"
     rule: str  # the rule's name (or where it is written), "" when none matched
 
@@ -47,7 +47,7 @@ class Verdict(NamedTuple):
         return f"{call} is denied: its tenant's policy is default_deny"
 
 
-ALLOWED = Verdict("allow", "")
+ALLOWED = RuleEffect("allow", "")
 
 
 def _glob(pattern: str | None) -> Callable[[str], bool]:
@@ -97,7 +97,7 @@ def _test(path: str, test: PolicyTest) -> Callable[[dict[str, Any]], bool]:
 
 
 class _Rule(NamedTuple):
-    verdict: Verdict
+    verdict: RuleEffect
     tenant: Callable[[str], bool]
     agent: Callable[[str], bool]
     tool: Callable[[str], bool]  # a rule naming a model matches no tool call
@@ -114,7 +114,7 @@ def _never(_: str) -> bool:
 
 def _compile(rules: list[PolicyRule], where: str) -> tuple[_Rule, ...]:
     return tuple(_Rule(
-        Verdict(r.effect, r.name or f"{where}[{i}]"), _glob(r.match.tenant),
+        RuleEffect(r.effect, r.name or f"{where}[{i}]"), _glob(r.match.tenant),
         _glob(r.match.agent),
         _never if r.match.model is not None and r.match.tool is None
         else _glob(r.match.tool),
@@ -130,11 +130,11 @@ class _List:
 
     def __init__(self, rules: tuple[_Rule, ...], default: str) -> None:
         self.rules = rules
-        self.default = Verdict(default, "")
+        self.default = RuleEffect(default, "")
         self._cands: dict[tuple[str, str, str, str], tuple[_Rule, ...]] = {}
 
     def judge(self, tenant: str, agent: str, kind: str, name: str, facts: dict[str, Any]
-              ) -> Verdict:
+              ) -> RuleEffect:
         key = (tenant, agent, kind, name)
         cands = self._cands.get(key)
         if cands is None:
@@ -152,7 +152,7 @@ class _List:
         return self.default
 
 
-class Policy:
+class RuleBook:
     """A config's rules and marks, compiled."""
 
     def __init__(self, cfg: Config) -> None:
@@ -185,7 +185,7 @@ class Policy:
         return held[1]
 
     def judge(self, tenant: str | None, spec: TenantSpec | None, agent: str, kind: str,
-              name: str, facts: dict[str, Any]) -> Verdict:
+              name: str, facts: dict[str, Any]) -> RuleEffect:
         """The call's verdict (`kind`: "tool" or "model"; `spec`: its tenant's
         [tenants.NAME], None if none)."""
         tenant = tenant or DEFAULT_TENANT
@@ -219,21 +219,21 @@ def _any(patterns: list[str]) -> Callable[[str], bool]:
                       ).match  # type: ignore[return-value]
 
 
-class Compiled:
+class RuleBookInForce:
     """The policy of the config in force, compiled when it is first judged by: a reload's
     new config is compiled anew (the config is read through `current`, the daemon's)."""
 
     def __init__(self, current: Callable[[], Config | None]) -> None:
         self._current = current
-        self._last: tuple[Config, Policy] | None = None
+        self._last: tuple[Config, RuleBook] | None = None
 
-    def __call__(self) -> Policy | None:
+    def __call__(self) -> RuleBook | None:
         cfg = self._current()
         if cfg is None:
             return None
         last = self._last
         if last is None or last[0] is not cfg:
-            last = self._last = (cfg, Policy(cfg))
+            last = self._last = (cfg, RuleBook(cfg))
         return last[1]
 
 
@@ -275,7 +275,7 @@ class Taints:
             self._replicas -= 1
 
 
-class Decision(NamedTuple):
+class PolicyVerdict(NamedTuple):
     """A verdict a rule (or taint, or a tenant's default_deny) gave, as the trace and
     the audit log keep it: the call's facts by shape only, never their values."""
 
@@ -289,12 +289,12 @@ class Decision(NamedTuple):
     shape: str  # JSON of the facts' shape (keys and types)
 
 
-class DecisionSink(Protocol):
-    def policy_decision(self, task: Task, decision: Decision) -> None:
+class VerdictSink(Protocol):
+    def policy_decision(self, task: Task, decision: PolicyVerdict) -> None:
         """A decision of a task's call: a span of its attempt (tracing.py)."""
 
 
-class Guard:
+class PolicyGuard:
     """The daemon's policy in force (`current`: its config) and the owners its untrusted
     tools tainted: one for every path a call comes by (the task path's approvals, a
     replica's calls of no task, the model gateway), so that a tool's output read by one
@@ -303,15 +303,15 @@ class Guard:
     audit log)."""
 
     def __init__(self, current: Callable[[], Config | None],
-                 tracer: DecisionSink | None = None,
-                 audit: Callable[[Decision], None] | None = None) -> None:
-        self.rules = Compiled(current)
+                 tracer: VerdictSink | None = None,
+                 audit: Callable[[PolicyVerdict], None] | None = None) -> None:
+        self.rules = RuleBookInForce(current)
         self.taints = Taints()
         self._tracer = tracer
         self._audit = audit
 
     def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
-              name: str, facts: dict[str, Any], task: Task | None = None) -> Verdict:
+              name: str, facts: dict[str, Any], task: Task | None = None) -> RuleEffect:
         """A call's verdict by the rules, and taint's: a sensitive tool or model called
         by an owner (a task, a replica's incarnation) an untrusted tool's output reached
         waits for a person though the rules allow it. A call of an untrusted tool taints
@@ -326,18 +326,18 @@ class Guard:
         if verdict.effect == "allow" and rules.sensitive(kind, name):
             source = self.taints.of(owner)
             if source is not None:
-                verdict = Verdict("approve", f"taint (after untrusted {source})")
+                verdict = RuleEffect("approve", f"taint (after untrusted {source})")
         if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
             self.taints.mark(owner, name)
         # an allow by no rule is no decision, and a traced allow's span needs a tracer
         if verdict.effect != "allow" or (verdict.rule and task is not None
                                          and self._tracer is not None):
-            self._record(Decision(owner, replica.label, tenant, kind, name, verdict.effect,
+            self._record(PolicyVerdict(owner, replica.label, tenant, kind, name, verdict.effect,
                                   verdict.rule or "default_deny",
                                   json.dumps(shape(facts), sort_keys=True)), replica, task)
         return verdict
 
-    def _record(self, d: Decision, replica: Replica, task: Task | None) -> None:
+    def _record(self, d: PolicyVerdict, replica: Replica, task: Task | None) -> None:
         if task is not None and self._tracer is not None:
             self._tracer.policy_decision(task, d)
         if d.effect == "allow":

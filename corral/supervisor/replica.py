@@ -27,7 +27,7 @@ from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus, Transit
 from .release import release_environment
 from .runas import out_of_reach
 from .sandbox import (
-    Relay,
+    GatewayRelay,
     exit_status,
     host_refusal,
     program_paths,
@@ -341,10 +341,10 @@ class Replica(ProcessReplica):
             return self._filter.fileno()
         return filter_file()
 
-    def _relay(self, env: dict[str, str]) -> Relay | None:
+    def _relay(self, env: dict[str, str]) -> GatewayRelay | None:
         """Where TCP gateways are relayed from into an egress = "gateways" sandbox."""
         url, path = env.get("CORRAL_MCP_URL"), self.host.gateway_relay
-        return Relay(url, path, sys.executable) if url and path else None
+        return GatewayRelay(url, path, sys.executable) if url and path else None
 
     def _notify_socket(self) -> str | None:
         """The $NOTIFY_SOCKET the next process is given, bound into its sandbox (a plain

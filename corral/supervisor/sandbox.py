@@ -118,7 +118,7 @@ def relayable(listen: str | None) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
-class Relay(NamedTuple):
+class GatewayRelay(NamedTuple):
     """The gateways of an egress = "gateways" agent whose gateways are TCP: the address
     its environment names (CORRAL_MCP_URL), what the daemon also serves them on (a unix
     socket), and the interpreter the relay runs on (egressrelay.py)."""
@@ -128,7 +128,7 @@ class Relay(NamedTuple):
     python: str
 
 
-def _relayed(relay: Relay, argv: list[str]) -> tuple[list[str], list[str]]:
+def _relayed(relay: GatewayRelay, argv: list[str]) -> tuple[list[str], list[str]]:
     """The bwrap arguments that bind the relay in, and the command that runs it first."""
     parts = urlsplit(relay.url)
     if parts.port is None or parts.hostname is None:
@@ -214,7 +214,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               protected: Iterable[tuple[str, str]] = (),
               notify_socket: str | None = None,
               writable: Iterable[str] = (),
-              relay: Relay | None = None,
+              relay: GatewayRelay | None = None,
               seccomp: str | int | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
 

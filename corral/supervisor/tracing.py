@@ -40,7 +40,7 @@ from ..tracecontext import (
     parse_or_none,
     parse_or_refuse,
 )
-from .policy import Decision
+from .policy import PolicyVerdict
 from .process_replica import ReplicaExit
 from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
 from .tasks.model import Task
@@ -358,7 +358,7 @@ class Tracer(TaskInterceptor):
                            new_span_id(64) or 1, trace.attempt_span(attempt), span_name,
                            task.id, kind_of, now, now, None, attrs))
 
-    def policy_decision(self, task: Task, decision: Decision) -> None:
+    def policy_decision(self, task: Task, decision: PolicyVerdict) -> None:
         """A policy rule's verdict on a call of the task's attempt (policy.py): a span of
         no length under the attempt, the call's facts by shape only."""
         trace = self.full(task)

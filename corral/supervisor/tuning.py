@@ -18,5 +18,5 @@ class Tuning(msgspec.Struct):
     # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
     release_sdk: str | None = None
     # the unix socket the gateways are also served on when they are TCP, relayed into
-    # egress = "gateways" sandboxes (sandbox.Relay; the daemon's, beside its socket)
+    # egress = "gateways" sandboxes (sandbox.GatewayRelay; the daemon's, beside its socket)
     gateway_relay: str | None = None

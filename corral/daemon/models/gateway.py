@@ -39,7 +39,7 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...supervisor.config import ModelSpec
-from ...supervisor.policy import Guard
+from ...supervisor.policy import PolicyGuard
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
 from ...supervisor.tasks.budget import Reservation
@@ -139,7 +139,7 @@ class ModelCounter:
 class ModelGateway:
     def __init__(self, tasks: TaskManager, agents: Agents, clients: ModelClients,
                  attribution: Attribution, tracer: Tracer | None = None,
-                 guard: Guard | None = None) -> None:
+                 guard: PolicyGuard | None = None) -> None:
         self.tasks = tasks  # their steps and budgets
         self.guard = guard  # the policy rules and taint (supervisor/policy.py)
         self.agents = agents

@@ -29,7 +29,7 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
-from ..policy import Guard
+from ..policy import PolicyGuard
 from .inbox import askable
 from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall
 from .personwait import waiting
@@ -77,7 +77,7 @@ class Approvals(TaskInterceptor):
     """The approval policy applied to every live tool call of a task, and the policy
     rules and taint (supervisor/policy.py; `guard`: the daemon's, None: none)."""
 
-    def __init__(self, guard: Guard | None = None) -> None:
+    def __init__(self, guard: PolicyGuard | None = None) -> None:
         self._path: TaskPath | None = None
         # task id -> (its attempt, how many calls of each (tool, arguments) it made)
         self._calls = CallOrdinals()
@@ -110,7 +110,7 @@ class Approvals(TaskInterceptor):
 
     @staticmethod
     async def _replica_call(calls: ReplicaCalls, call: ToolCall,
-                            next: Callable[[ToolCall], Any], guard: Guard | None) -> Any:
+                            next: Callable[[ToolCall], Any], guard: PolicyGuard | None) -> Any:
         gated = await gate(calls, call, guard)
         if isinstance(gated, dict):
             return gated
@@ -164,7 +164,7 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-async def gate(calls: ReplicaCalls, call: ToolCall, guard: Guard | None = None
+async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = None
                ) -> ToolCall | dict[str, Any]:
     """A replica's call of no task, past its allowlist, under its agent's and tenant's
     policy: the policy rules and taint (`guard`'s: its incarnation tainted as a task
