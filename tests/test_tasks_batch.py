@@ -1,4 +1,4 @@
-"""`tasks.map`'s batch path (lanes.py, TaskManager.submit_many): each input of a turn's
+"""`tasks.map`'s batch path (lanes.py, Intake.submit_many): each input of a turn's
 batch keeps every behaviour of a task submitted alone, against real workers."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pull: for each agent this node runs, read the agent's streams (highest priority
 first) only while a replica has a free slot, claim each entry read (a fence token, this
 node as owner) and hand the task to the local engine, where it waits for the replica
-like any task (TaskManager.adopt). The read and the claims are one script call
+like any task (Intake.adopt). The read and the claims are one script call
 (scripts.READ_CLAIM: one round trip, one reply); having read all there was, it waits (a
 blocking XREAD, which takes nothing) for the next entry, then reads and claims what it
 can start by then. A node with a free slot claims what it submits itself as it submits it

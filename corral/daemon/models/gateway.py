@@ -441,7 +441,7 @@ class ModelGateway:
         else:
             key = "model:" + self._ordinals.key(task, call.name, call.request.digest)
             self.stream.listen(self._ends)
-            ask = await self.tasks.ask_person(AskRequest(
+            ask = await self.tasks.person.ask_person(AskRequest(
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
                 asked, policy.timeout))
         if ask.end is AskEnd.APPROVED:
@@ -452,7 +452,7 @@ class ModelGateway:
         words = not_approved(ask, f"model call {call.name}", policy.timeout)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if how == "fail" and ask.end is not AskEnd.WITHDRAWN and task is not None:
-            self.tasks.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))
+            self.tasks.person.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))
         raise ModelRefusal(403, words)
 
     def _cut(self, call: ModelCall, relay: Relay | AnswerRecord, why: str

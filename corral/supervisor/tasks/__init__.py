@@ -23,6 +23,7 @@ recovery.py   tasks taken back after a restart or an upgrade
 retention.py  what finished tasks keep in memory
 worker.py     task/progress, tools/call and tools/list from workers
 inbox.py      what tasks ask of a person (approvals, questions), decided once
+personloop.py a running task's call asks a person and waits; a task failed from outside
 suspension.py a task waiting for a person past suspend_after gives its attempt back
 waitclock.py  the clock a person's waits are measured by (manual in tests)
 manager.py    TaskManager, composing them

@@ -6,7 +6,7 @@ attributed to the task: both reach the router as a ToolCall with its task) carri
 Asker (mcp/client.py). A server that elicits during it (`elicitation/create` on
 2025-11-25, an `input_required` result asking it on 2026-07-28) gets a question of the
 task in the inbox: the server's message the prompt, its `requestedSchema` the schema,
-the server and the tool named. The task waits meanwhile (TaskManager.ask_person). The
+the server and the tool named. The task waits meanwhile (PersonLoop.ask_person). The
 person's answer goes back as the elicitation's `accept` with the answer as `content`;
 a declined question is `decline`; one that timed out or was withdrawn (its task ended)
 is `cancel`. The question's deadline is the server's `timeout`: the call it is part of
@@ -59,16 +59,15 @@ class ElicitingEngine(Protocol):
     stream: Stream
     steps: TaskSteps
 
-    async def ask_person(self, req: AskRequest) -> Ask: ...
-
 
 class Elicitations:
     """Askers for the engine's tasks' tool calls."""
 
     def __init__(self, engine: ElicitingEngine,
-                 ask_person: Callable[[AskRequest], Awaitable[Ask]] | None = None) -> None:
+                 ask_person: Callable[[AskRequest], Awaitable[Ask]]) -> None:
+        """`ask_person`: how a task's call asks a person and waits (PersonLoop's)."""
         self.engine = engine
-        self._ask_person = ask_person or engine.ask_person
+        self._ask_person = ask_person
         self.asked = 0  # elicitations put to a person
         self.replayed = 0  # answered from the journal or an earlier attempt's ask
         self.declined = 0  # declined unasked: a cluster's task, a URL or a bad form

@@ -72,7 +72,7 @@ class StepReplay(NamedTuple):
 class TaskPath(NamedTuple):
     """What an interceptor may read of the engine it is given to (`bind`): the tasks in
     flight by id, the engine's event stream, and how a call of a running task asks a
-    person and waits (the task `waiting` meanwhile: TaskManager.ask_person)."""
+    person and waits (the task `waiting` meanwhile: PersonLoop.ask_person)."""
 
     active: Mapping[str, Task]
     stream: Stream

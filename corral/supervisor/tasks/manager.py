@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
-from ...askviews import Ask, AskRequest
+from ...askviews import Ask
 from ...jsonrpc import RpcError
 from ...taskoptions import (
     AGENTS_RETRY,
@@ -61,7 +61,7 @@ from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .elicitations import Elicitations
-from .inbox import Inbox, check_subject
+from .inbox import Inbox
 from .intake import Intake
 from .interceptors import (
     NO_INTERCEPTORS,
@@ -75,6 +75,7 @@ from .lanes import Lanes
 from .model import Task, TaskFinished
 from .output import START, OutputChunk, position_of
 from .payload import Output, acyclic
+from .personloop import PersonLoop
 from .questions import Questions
 from .queue import LocalQueue, Queue
 from .recovery import Recovery, rebuilt
@@ -84,7 +85,6 @@ from .retry import backoff, lost_attempts, retry_lost
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import Spawns
 from .stepjournal import StepJournal
-from .steps import caller_task
 from .suspension import Suspensions
 from .taskmachine import (
     AT_MOST_ONCE_NOTE,
@@ -94,7 +94,6 @@ from .taskmachine import (
     TaskStatus,
     TaskStep,
     cancelled,
-    failed_outside,
 )
 from .waitclock import WaitClock
 from .worker import WorkerMethods, report_progress
@@ -152,8 +151,9 @@ class TaskManager:
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
         self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
+        self.person = PersonLoop(self)  # a running task's call asks a person, and waits
         self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live,
-                                    self._asks_pending)
+                                    self.person.asks_pending)
         # each task's start and end as the interceptors hear them (tracing's), or None
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
@@ -175,13 +175,13 @@ class TaskManager:
         self.inbox = Inbox(self.stream, clock=self.clock)
         # a task waiting past its agent's suspend_after gives its attempt back
         self.suspensions = Suspensions(self, self.clock)
-        self.questions = Questions(self)  # task/ask: a question for a person (questions.py)
+        self.questions = Questions(self, self.person.ask_person)  # task/ask (questions.py)
         # an MCP server's elicitation in a task's call, asked of a person (elicitations.py)
-        self.elicitations = Elicitations(self)
+        self.elicitations = Elicitations(self, self.person.ask_person)
         # a replica's calls of no task: their budget window and asks (replicacalls.py)
         self.replica_calls = ReplicaCalls(self.inbox, self.stream)
-        interceptors.bind(TaskPath(self.active, self.stream, self.ask_person,
-                                   self.fail_task, self.replica_calls))
+        interceptors.bind(TaskPath(self.active, self.stream, self.person.ask_person,
+                                   self.person.fail_task, self.replica_calls))
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
@@ -315,68 +315,6 @@ class TaskManager:
     def ask_of(self, ask_id: str) -> Ask | None:
         """An ask of the inbox by its id, pending or ended; None: no such ask."""
         return self.inbox.get(ask_id)
-
-    async def ask_person(self, req: AskRequest) -> Ask:
-        """A call of the running task `req.task_id` asks a person: the task waits
-        (`waiting`, journaled) until the ask ends, then runs on; the ask as it ended. The
-        ask its task made before for the same call (a retry's) is given back, at once
-        when it has ended. What it asks is bounded (check_subject) wherever it is kept."""
-        check_subject(req)
-        task = self.active.get(req.task_id)
-        if task is None or not task.running:
-            raise _not_asking(req)
-        # a cluster's task asks in Redis, found by any node (cluster/clusterasks.py)
-        kept = None if task.journal_here else task.asks_kept
-        ask = await (self.inbox.ask(req) if kept is None else kept.ask(task, req))
-        if task.ended and ask.pending and kept is None:
-            # ended while its ask was stored, before the ask was held for its end to withdraw
-            await self.inbox.withdraw(task.id)
-            raise _not_asking(req)
-        if not ask.pending:
-            return ask
-        if task.running:  # (still, after the ask's commit)
-            task.fire(TaskCause.WAIT)
-            self.record(task)
-            self.suspensions.hold(task)
-        # parked: not one of its worker's MAX_IN_FLIGHT, whose line is read on meanwhile
-        peer = task.replica.peer if task.replica is not None else None
-        # (the request's own task: a call made in a flight of its own, steps.py)
-        parked = peer.park(caller_task()) if peer is not None else None
-        asked = self.inbox.waiter(ask) if kept is None else asyncio.ensure_future(kept.wait(ask))
-        on = task.replica
-        if on is not None:
-            on.waiting_for_person += 1
-        try:
-            return await self.suspensions.wait(task, asked)
-        finally:
-            if on is not None:
-                on.waiting_for_person -= 1
-            self.inbox.unwait(ask.id, asked)  # (a cluster's ask: none here)
-            if parked is not None and peer is not None:
-                peer.unpark(parked)
-            if task.waiting and not (self.inbox.waiting_for(task.id) if kept is None
-                                     else kept.waits(task.id)):
-                task.fire(TaskCause.RESUME)
-                self.record(task)
-            if not task.waiting:
-                self.suspensions.release(task.id)
-
-    def _asks_pending(self, task_id: str) -> bool:
-        """Whether the task has an ask of a person pending (here, or where it is kept)."""
-        task = self.active.get(task_id)
-        kept = None if task is None or task.journal_here else task.asks_kept
-        return bool(self.inbox.waiting_for(task_id)) if kept is None else kept.waits(task_id)
-
-    def fail_task(self, task: Task, error: TaskFailure) -> None:
-        """The running task's attempt fails from outside its worker (TaskPath.fail_task):
-        ended failed, or retried as its policy says once its worker has stopped it."""
-        if not task.running or task.replica is None:
-            return
-        attempt, replica = task.attempts[-1], task.replica
-        self.dispatch.deadlines.discard(task, task.timeout)
-        if self.ended(task, failed_outside(attempt, error)).retried:
-            self.retry(task)
-        self.dispatch.stop_attempt(task, replica, attempt, "failed by its approval policy")
 
     # -- a task's end ---------------------------------------------------------------------
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
@@ -760,7 +698,3 @@ class TaskManager:
     def report_progress(self, task: Task, progress: dict[str, Any]) -> None:
         report_progress(self.stream, task, progress)
 
-
-def _not_asking(req: AskRequest) -> RpcError:
-    return RpcError(jsonrpc.CONFLICT, f"task {req.task_id} is not running: only a running "
-                                      "task's call asks a person")

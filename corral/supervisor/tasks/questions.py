@@ -26,6 +26,8 @@ from .steps import RESERVED, TaskSteps
 from .worker import WorkerMethods
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ..replica import Replica
     from .host import TaskHost
 
@@ -46,9 +48,6 @@ class AskingEngine(Protocol):
     steps: TaskSteps
     worker: WorkerMethods
     inbox: Inbox
-
-    async def ask_person(self, req: AskRequest) -> Ask:
-        """The ask as it ended, the task waiting meanwhile (TaskManager.ask_person)."""
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -71,8 +70,11 @@ def check_schema(schema: dict[str, Any]) -> None:
 class Questions:
     """The handler of `task/ask` over the engine's tasks and inbox."""
 
-    def __init__(self, engine: AskingEngine) -> None:
+    def __init__(self, engine: AskingEngine,
+                 ask_person: Callable[[AskRequest], Awaitable[Ask]]) -> None:
+        """`ask_person`: the ask as it ended, the task waiting meanwhile (PersonLoop's)."""
         self.engine = engine
+        self._ask_person = ask_person
         self.asked = 0  # questions put to a person
         self.replayed = 0  # answered from the journal or an earlier attempt's ask
         on_request(engine.sup.worker_methods, TaskAskParams, self.on_ask)
@@ -103,7 +105,7 @@ class Questions:
         earlier = self.engine.inbox.store.find(task.id, name) if task.journal_here else None
         replayed = earlier is not None and not earlier.pending
         # the task is `waiting` until the answer (or suspended past suspend_after)
-        ended = await self.engine.ask_person(AskRequest(
+        ended = await self._ask_person(AskRequest(
             AskKind.QUESTION, task.tenant, task.id, task.attempt, task.agent, name, subject,
             p.timeout))
         if ended.end is not AskEnd.ANSWERED:

@@ -1,0 +1,114 @@
+"""A person in the loop (inbox.py, docs/approvals.md): a running task's call asks a
+person and the task waits (`waiting`, journaled; suspended past its agent's
+suspend_after: suspension.py) until the ask ends; and a running task's attempt failed
+from outside its worker (a denied call whose policy fails the task)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from ... import jsonrpc
+from ...askviews import Ask, AskRequest
+from ...jsonrpc import RpcError
+from .inbox import Inbox, check_subject
+from .model import Task
+from .steps import caller_task
+from .taskmachine import AttemptOutcome, TaskCause, TaskStep, failed_outside
+
+if TYPE_CHECKING:
+    from ...taskviews import TaskFailure
+    from .dispatch import TaskDispatch
+    from .suspension import Suspensions
+
+
+class PersonLoopEngine(Protocol):
+    """What the person in the loop needs of the TaskManager."""
+
+    active: dict[str, Task]
+    inbox: Inbox
+    suspensions: Suspensions
+    dispatch: TaskDispatch
+
+    def record(self, task: Task) -> None: ...
+
+    def ended(self, task: Task, end: AttemptOutcome) -> TaskStep: ...
+
+    def retry(self, task: Task) -> None: ...
+
+
+class PersonLoop:
+    """A person in its engine's tasks' loop (made with it, one each)."""
+
+    def __init__(self, engine: PersonLoopEngine) -> None:
+        self.engine = engine
+
+    async def ask_person(self, req: AskRequest) -> Ask:
+        """A call of the running task `req.task_id` asks a person: the task waits
+        (`waiting`, journaled) until the ask ends, then runs on; the ask as it ended. The
+        ask its task made before for the same call (a retry's) is given back, at once
+        when it has ended. What it asks is bounded (check_subject) wherever it is kept."""
+        e = self.engine
+        check_subject(req)
+        task = e.active.get(req.task_id)
+        if task is None or not task.running:
+            raise _not_asking(req)
+        # a cluster's task asks in Redis, found by any node (cluster/clusterasks.py)
+        kept = None if task.journal_here else task.asks_kept
+        ask = await (e.inbox.ask(req) if kept is None else kept.ask(task, req))
+        if task.ended and ask.pending and kept is None:
+            # ended while its ask was stored, before the ask was held for its end to withdraw
+            await e.inbox.withdraw(task.id)
+            raise _not_asking(req)
+        if not ask.pending:
+            return ask
+        if task.running:  # (still, after the ask's commit)
+            task.fire(TaskCause.WAIT)
+            e.record(task)
+            e.suspensions.hold(task)
+        # parked: not one of its worker's MAX_IN_FLIGHT, whose line is read on meanwhile
+        peer = task.replica.peer if task.replica is not None else None
+        # (the request's own task: a call made in a flight of its own, steps.py)
+        parked = peer.park(caller_task()) if peer is not None else None
+        asked = e.inbox.waiter(ask) if kept is None else asyncio.ensure_future(kept.wait(ask))
+        on = task.replica
+        if on is not None:
+            on.waiting_for_person += 1
+        try:
+            return await e.suspensions.wait(task, asked)
+        finally:
+            if on is not None:
+                on.waiting_for_person -= 1
+            e.inbox.unwait(ask.id, asked)  # (a cluster's ask: none here)
+            if parked is not None and peer is not None:
+                peer.unpark(parked)
+            if task.waiting and not (e.inbox.waiting_for(task.id) if kept is None
+                                     else kept.waits(task.id)):
+                task.fire(TaskCause.RESUME)
+                e.record(task)
+            if not task.waiting:
+                e.suspensions.release(task.id)
+
+    def asks_pending(self, task_id: str) -> bool:
+        """Whether the task has an ask of a person pending (here, or where it is kept)."""
+        e = self.engine
+        task = e.active.get(task_id)
+        kept = None if task is None or task.journal_here else task.asks_kept
+        return bool(e.inbox.waiting_for(task_id)) if kept is None else kept.waits(task_id)
+
+    def fail_task(self, task: Task, error: TaskFailure) -> None:
+        """The running task's attempt fails from outside its worker (TaskPath.fail_task):
+        ended failed, or retried as its policy says once its worker has stopped it."""
+        e = self.engine
+        if not task.running or task.replica is None:
+            return
+        attempt, replica = task.attempts[-1], task.replica
+        e.dispatch.deadlines.discard(task, task.timeout)
+        if e.ended(task, failed_outside(attempt, error)).retried:
+            e.retry(task)
+        e.dispatch.stop_attempt(task, replica, attempt, "failed by its approval policy")
+
+
+def _not_asking(req: AskRequest) -> RpcError:
+    return RpcError(jsonrpc.CONFLICT, f"task {req.task_id} is not running: only a running "
+                                      "task's call asks a person")
