@@ -44,13 +44,13 @@ LIMIT = 60.0  # seconds a wait may take, however loaded the machine
 
 
 def fleet(tmp: Path, instances: int = 1) -> str:
-    """Agent `inflight` (a retry left) whose tools are the slow server's (`instances`
-    processes of it)."""
+    """Agent `inflight` whose tools are the slow server's (`instances` processes of it);
+    no `retries` written: a kill, the worker's or the daemon's, is retried by default
+    (retry_lost)."""
     return textwrap.dedent(f"""
         [agents.inflight]
         command = ["{PY}", "{HERE}/inflight_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
-        retries = 1
         backoff_initial = 0.05
         tools = ["slow__*"]
 
