@@ -30,7 +30,12 @@ Call = Callable[[int], Awaitable[float | None]]
 
 
 class Wrong(Exception):
-    """An answer that is not the right one."""
+    """An answer that is not the right one: its kind (what the errors are counted by)
+    and what it was."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
 
 
 def model_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call:
@@ -44,7 +49,7 @@ def model_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call:
             if not spec["stream"]:
                 raw = await r.read()
                 if r.status != 200 or b"echo" not in raw:
-                    raise Wrong(f"{r.status} {raw[:300]!r}")
+                    raise Wrong(f"status {r.status}", repr(raw[:300]))
                 return None
             first, seen = None, b""
             async for line in r.content:
@@ -68,7 +73,7 @@ async def mcp_post(session: aiohttp.ClientSession, url: str, headers: dict[str, 
             await r.read()
             return None, r
         if r.status != 200:
-            raise Wrong(f"{msg['method']}: {r.status} {(await r.read())[:300]!r}")
+            raise Wrong(f"{msg['method']}: status {r.status}", repr((await r.read())[:300]))
         if r.content_type == "application/json":
             return json.loads(await r.read()), r
         async for line in r.content:
@@ -90,7 +95,7 @@ async def mcp_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call
             "clientInfo": {"name": "bench-gateways", "version": "1"}}})
     assert init is not None
     if "result" not in init:
-        raise Wrong(f"initialize: {init}")
+        raise Wrong("initialize refused", str(init))
     if "mcp-session-id" in r.headers:
         headers["Mcp-Session-Id"] = r.headers["mcp-session-id"]
     headers["MCP-Protocol-Version"] = init["result"]["protocolVersion"]
@@ -102,7 +107,7 @@ async def mcp_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call
     names = [t["name"] for t in listed["result"]["tools"]]
     tool = next((n for n in names if n.endswith("echo")), None)
     if tool is None:
-        raise Wrong(f"no echo tool in {names}")
+        raise Wrong("no echo tool", str(names))
 
     async def call(i: int) -> float | None:
         text = f"hi {i}"
@@ -110,8 +115,12 @@ async def mcp_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call
             "jsonrpc": "2.0", "id": i + 2, "method": "tools/call",
             "params": {"name": tool, "arguments": {"text": text}}})
         result = (got or {}).get("result") or {}
-        if result.get("isError") or result.get("content", [{}])[0].get("text") != text:
-            raise Wrong(f"tools/call: {got}")
+        said = (result.get("content") or [{}])[0].get("text")
+        if said != text and isinstance(said, str) and said.startswith("hi "):
+            raise Wrong("tools/call answered with another call's result",
+                        f"asked {text!r}, answered {said!r}")
+        if result.get("isError") or said != text:
+            raise Wrong("tools/call: not its result", str(got)[:300])
         return None
 
     return call
@@ -122,7 +131,7 @@ async def drive(call: Call, n: int, c: int, start: int, seconds: float) -> dict[
     target far slower than the others is measured on fewer calls, not for an hour)."""
     latencies: list[float] = []
     firsts: list[float] = []
-    errors: list[str] = []
+    errors: list[tuple[str, str]] = []  # (kind, the first of that kind's words)
     numbers = itertools.count(start)
     end = start + n
 
@@ -131,8 +140,11 @@ async def drive(call: Call, n: int, c: int, start: int, seconds: float) -> dict[
             t0 = time.perf_counter()
             try:
                 first = await call(i)
-            except (TimeoutError, Wrong, aiohttp.ClientError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+            except Wrong as exc:
+                errors.append((exc.kind, str(exc)))
+                continue
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                errors.append((type(exc).__name__, f"{type(exc).__name__}: {exc}"))
                 continue
             latencies.append(time.perf_counter() - t0)
             if first is not None:
@@ -141,10 +153,11 @@ async def drive(call: Call, n: int, c: int, start: int, seconds: float) -> dict[
     t0 = time.perf_counter()
     stop_at = t0 + seconds
     await asyncio.gather(*(worker() for _ in range(c)))
-    kinds = Counter(e[:200] for e in errors).most_common(3)
+    kinds = Counter(kind for kind, _ in errors).most_common(3)
+    example = {kind: said for kind, said in reversed(errors)}
     return {"wall_s": time.perf_counter() - t0, "latencies": latencies,
             "first_chunks": firsts, "errors": len(errors),
-            "first_error": "; ".join(f"{n}x {e}" for e, n in kinds) or None}
+            "first_error": "; ".join(f"{n}x {example[k][:300]}" for k, n in kinds) or None}
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:

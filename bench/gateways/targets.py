@@ -224,10 +224,17 @@ def _corral_config(work: Path, body: str) -> Path:
     return config
 
 
-def _corral_version() -> str:
+def _git_head() -> str:
     r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                        capture_output=True, text=True)
     return f"main@{r.stdout.strip()}"
+
+
+CORRAL_VERSION = _git_head()  # the run's, once: HEAD may move while it runs
+
+
+def _corral_version() -> str:
+    return CORRAL_VERSION
 
 
 class CorralModel(Target):
@@ -272,7 +279,8 @@ class Portkey(Target):
 
     def launch(self) -> None:
         pin = pins()["portkey"]
-        self.version = pin.version
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True)
+        self.version = f"{pin.version} (node {node.stdout.strip().lstrip('v')})"
         self.port = free_port()
         script = pin.prefix / "node_modules" / "@portkey-ai" / "gateway" / "build" / \
             "start-server.js"
