@@ -411,7 +411,8 @@ async def test_the_openapi_document_is_made_from_the_methods(tmp_path: Path) -> 
         scale = doc["paths"]["/api/v1/agents/{name}/scale"]["post"]
         assert scale["requestBody"]["content"]["application/json"]["schema"] == {
             "type": "object", "additionalProperties": False,
-            "properties": {"replicas": {"type": "integer"}}, "required": ["replicas"]}
+            "properties": {"replicas": {"type": "integer", "minimum": 0}},
+            "required": ["replicas"]}
         post = doc["paths"]["/api/v1/tasks"]["post"]
         submit = post["requestBody"]["content"]["application/json"]["schema"]
         assert submit["properties"]["input"] == {"description": (

@@ -223,6 +223,7 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("tools.list")
         assert ask("tools.list", {"agent": "hello"}).allow == ["notes__*"]
         ask("tools.list", {"agent": "idle"})  # an empty allowlist: `allow` is []
+        assert isinstance(ask("tools.pins").pins, list)  # every tool seen, pinned by digest
         ask("tools.call", {"name": "notes__add", "arguments": {"title": "a", "text": "b"}})
         ask("resources.list", {})
         ask("resources.read", {"uri": "mem://doc/0", "server": "docs"})

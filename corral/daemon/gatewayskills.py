@@ -23,7 +23,7 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -32,9 +32,24 @@ from ..mcp.pool import SEP, allowed
 if TYPE_CHECKING:
     from ..supervisor.mcpserver import McpServerReplica
     from ..supervisor.tools import Tools
-    from .gatewayaccess import Identity
 
 log = logging.getLogger("corral.gateway")
+
+
+class SkillCaller(Protocol):
+    """What the skills read of a gateway client (gatewayaccess.Identity)."""
+
+    @property
+    def owner(self) -> str | None: ...
+
+    @property
+    def allow(self) -> list[str] | None: ...
+
+    @property
+    def server(self) -> str | None: ...
+
+
+Identity = TypeVar("Identity", bound=SkillCaller)
 
 SKILLS = "io.modelcontextprotocol/skills"
 METHODS = frozenset({"skills/list", "skills/get"})
@@ -58,7 +73,7 @@ def name_of(uri: str) -> str:
     return uri[len(SCHEME):].partition("/")[0]
 
 
-class GatewaySkills:
+class GatewaySkills(Generic[Identity]):
     def __init__(self, tools: Tools, sees: Callable[[Identity, str], bool]) -> None:
         self.tools = tools
         self.sees = sees  # whether the client's tenant sees a tool's server now

@@ -29,6 +29,11 @@ from .relay import InputRelay
 
 SEP = "__"
 
+# what a replica's status says that an MCP server instance's does not
+AGENT_ONLY = ("ready", "health", "status_text", "done", "stopped_by", "stopped_at",
+              "draining", "boundary")
+
+
 class ServerSpec(Protocol):
     """What the pool reads of a server's configuration."""
     name: str
@@ -436,8 +441,10 @@ class McpPool(Generic[Spec, Inst]):
                 row = msgspec.structs.asdict(i.status())
                 row["instance"] = row.pop("replica")
                 # an agent's health checks, a plain program's STATUS= and a one-shot's
-                # clean end: none here
-                del row["ready"], row["health"], row["status_text"], row["done"]
+                # clean end, a stop's mark, a drain, a sandbox's boundary: none here (a
+                # key left in would be a field McpInstanceStatus does not declare)
+                for key in AGENT_ONLY:
+                    row.pop(key, None)
                 row.update({
                     "owner": i.owner, "scope": entry.spec.scope,
                     "protocol_version": i.client.version, "tools": len(i.client.tools),
