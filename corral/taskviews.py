@@ -21,7 +21,7 @@ from .taskoptions import NO_OPTIONS, TaskOptions
 
 
 # gc=False: scalars, and a dict of names to scalars, can be in no cycle; a finished task
-# that reported usage then adds nothing for the cyclic collector to walk (manager.finish)
+# that reported usage then adds nothing for the cyclic collector to walk (Endings.ended)
 class Usage(msgspec.Struct, gc=False):
     """Tokens and dollars an agent's worker reported (`usage/report`), and in how many
     reports."""

@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral.supervisor.config import isolation
 from corral.supervisor.configload import check_commands, load_config
+from corral.supervisor.isolation import isolation
 from corral.supervisor.sandbox import host_refusal
 
 from .conftest import EXAMPLES, ROOT

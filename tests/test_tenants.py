@@ -1148,7 +1148,8 @@ async def test_a_reload_brings_new_tenants_and_keeps_those_runtime_agents_are_in
 # -- the sandbox's values of a tenant ---------------------------------------------------------
 def test_an_agent_takes_its_tenants_sandbox_and_network_unless_it_sets_its_own(
         tmp_path: Path) -> None:
-    from corral.supervisor.config import Isolation, TenantSpec, isolation
+    from corral.supervisor.config import TenantSpec
+    from corral.supervisor.isolation import Isolation, isolation
 
     path = tmp_path / "corral.toml"
     path.write_text(textwrap.dedent("""

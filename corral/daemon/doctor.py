@@ -12,8 +12,9 @@ import platform
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from ..supervisor.config import Config, Isolation, isolation
+from ..supervisor.config import Config
 from ..supervisor.containment import is_delegated, own_cgroup
+from ..supervisor.isolation import Isolation, isolation
 from ..supervisor.landlock import abi
 from ..supervisor.sandbox import host_refusal
 from ..supervisor.sockfilter import program

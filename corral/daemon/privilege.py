@@ -52,7 +52,8 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..supervisor.config import AgentSpec, TenantSpec, isolation
+from ..supervisor.config import AgentSpec, TenantSpec
+from ..supervisor.isolation import isolation
 from ..supervisor.runas import same_user
 
 

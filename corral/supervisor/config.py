@@ -13,7 +13,7 @@ import pwd
 import re
 import shlex
 import signal
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -975,38 +975,3 @@ def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:
     """Where a process that names no cwd runs: its tenant's `dir`, else where the config
     file is (`config_dir`)."""
     return tenant.dir if tenant is not None and tenant.dir is not None else config_dir
-
-
-class Isolation(NamedTuple):
-    sandbox: str  # "none" | "bwrap"
-    network: str  # "host" | "none" | "gateway" | "gateways" (egress: sandbox.py)
-    egress: str = "any"  # what set them: "any" (sandbox and network), else egress
-
-
-EGRESS_ORDER = ("any", "gateways", "none")  # each stricter than the one before
-
-
-def egress_of(spec: AgentSpec, tenant: TenantSpec | None = None) -> str:
-    """The agent's egress: the stricter of its own and its tenant's (a floor its agents
-    cannot lower)."""
-    asked = [e for e in (spec.egress, tenant.egress if tenant else None) if e]
-    return max(asked, key=EGRESS_ORDER.index) if asked else "any"
-
-
-def isolation(spec: AgentSpec, tenant: TenantSpec | None = None) -> Isolation:
-    """The sandbox and network an agent runs with: with an egress of "gateways" or
-    "none", a sandbox with that network; else its own keys, else its tenant's (`tenant`:
-    its [tenants.NAME], None when it has none), else none and the host's network."""
-    egress = egress_of(spec, tenant)
-    if egress != "any":
-        return Isolation("bwrap", egress, egress)
-    return Isolation(spec.sandbox or (tenant.sandbox if tenant else None) or "none",
-                     spec.network or (tenant.network if tenant else None) or "host")
-
-
-def gateway_socket(gateway: GatewaySettings) -> str | None:
-    """The MCP gateway's unix socket as configured (`listen = "unix:PATH"`), or None."""
-    listen = gateway.listen
-    return listen[len("unix:"):] if listen and listen.startswith("unix:") else None
-
-

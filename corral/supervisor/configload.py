@@ -43,9 +43,8 @@ from .config import (
     TenantSpec,
     TracingSettings,
     default_cwd,
-    gateway_socket,
-    isolation,
 )
+from .isolation import gateway_socket, isolation
 from .names import name_problem, shown
 from .sandbox import exposed, host_refusal, relayable
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule

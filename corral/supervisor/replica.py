@@ -18,9 +18,10 @@ import msgspec
 
 from ..jsonrpc import Peer
 from .caps import nice_for_weight
-from .config import AgentSpec, Isolation, Limits, isolation
+from .config import AgentSpec, Limits
 from .egressdoors import Doors
 from .health import CheckState, HealthBoard, ReplicaHealth, environment_of
+from .isolation import Isolation, isolation
 from .lifecycle import Cause, State
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus, Transition

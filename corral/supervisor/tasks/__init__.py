@@ -19,6 +19,7 @@ delays.py     tasks not to start before a time (a delay, a backoff), behind one 
 budget.py     usage agents report, token and cost budgets, the gate dispatch asks
 deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window
+endings.py    a task's end (its one outcome), a retry, an agent's waiting tasks ended
 recovery.py   tasks taken back after a restart or an upgrade
 retention.py  what finished tasks keep in memory
 worker.py     task/progress, tools/call and tools/list from workers

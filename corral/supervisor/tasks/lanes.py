@@ -44,7 +44,7 @@ class Submits(Protocol):
 
 class _Lane:
     """One lane: the task it waits for and that task's place in the results. It is the
-    task's `waiter` (manager.finish calls `set_result` once the task has ended)."""
+    task's `waiter` (Endings.ended calls `set_result` once the task has ended)."""
 
     __slots__ = ("i", "run", "settled", "task")
 

@@ -13,15 +13,16 @@ daemon's is SQLite) about every accepted task and every change, and a journal gi
 unfinished tasks back (`restore`) after a crash. Memory stays flat in the number of
 finished tasks (retention.py).
 
-The TaskManager composes the parts: admission (admission.py), the Queue, the TaskDispatch,
-Retention and the workers' methods (worker.py); what happens at a task's end is here.
+The TaskManager composes the parts, each a role of its own made with it: a task's way in
+(intake.py, its refusals admission.py's), the Queue, the TaskDispatch, a task's end and
+its retry (endings.py), a person in the loop (personloop.py), the restart's recovery
+(recovery.py), Retention and the workers' methods (worker.py); it answers the API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ from ... import jsonrpc
 from ...askviews import Ask
 from ...jsonrpc import RpcError
 from ...taskoptions import (
-    AGENTS_RETRY,
     NO_FILTERS,
     NO_OPTIONS,
     TaskFilters,
@@ -52,15 +52,13 @@ from ...workerproto import (
 from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
-from .admission import (
-    refusal,
-)
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, RetiredCounts, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
 from .durable import Sees, TaskJournal, unknown_cursor
 from .elicitations import Elicitations
+from .endings import Endings
 from .inbox import Inbox
 from .intake import Intake
 from .interceptors import (
@@ -72,27 +70,22 @@ from .interceptors import (
     TraceStart,
 )
 from .lanes import Lanes
-from .model import Task, TaskFinished
+from .model import Task
 from .output import START, OutputChunk, position_of
-from .payload import Output, acyclic
+from .payload import acyclic
 from .personloop import PersonLoop
 from .questions import Questions
 from .queue import LocalQueue, Queue
 from .recovery import Recovery, rebuilt
 from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .retry import backoff, lost_attempts, retry_lost
 from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import Spawns
 from .stepjournal import StepJournal
 from .suspension import Suspensions
 from .taskmachine import (
-    AT_MOST_ONCE_NOTE,
-    AttemptOutcome,
-    LostBudget,
     TaskCause,
     TaskStatus,
-    TaskStep,
     cancelled,
 )
 from .waitclock import WaitClock
@@ -129,7 +122,6 @@ class TaskManager:
         self.retention = Retention(kept, kept_bytes)
         self.finished = self.retention.finished  # in the order they ended
         self.memory = self.retention.memory  # the payloads let go go back to the system
-        self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
         self.retired = RetiredCounts()  # removed agents' counts: totals never go backwards
@@ -140,10 +132,11 @@ class TaskManager:
         self.queue: Queue = self.sessions
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first,
                                tenancy.budget if tenancy is not None else no_group)
+        self.endings = Endings(self)  # a task's end, a retry, an agent's waiting tasks ended
         self.dispatch = TaskDispatch(
-            sup, self.queue, self.by_agent, self, self.budgets, self.sessions,
+            sup, self.queue, self.by_agent, self.endings, self.budgets, self.sessions,
             TenantGate(self._tenant_full, self._freed) if tenancy is not None else None)
-        self.delays = Delays(self._due)  # tasks not to start before a time
+        self.delays = Delays(self.endings.due)  # tasks not to start before a time
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)
@@ -223,7 +216,7 @@ class TaskManager:
         tasks end now. (`terminated` comes before the restart policy decides: look once it
         has.)"""
         if r.kind == "agent":
-            asyncio.get_running_loop().call_soon(self._drain_if_down, r.name)
+            asyncio.get_running_loop().call_soon(self.endings.drain_if_down, r.name)
 
     def pump(self, agent_name: str) -> None:
         """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""
@@ -315,121 +308,6 @@ class TaskManager:
     def ask_of(self, ask_id: str) -> Ask | None:
         """An ask of the inbox by its id, pending or ended; None: no such ask."""
         return self.inbox.get(ask_id)
-
-    # -- a task's end ---------------------------------------------------------------------
-    def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
-        """The task's machine moves it by `end` (Outcomes.ended: an attempt's end, its
-        `result` the output answered; or a cancel, its agent down), its policy (the task's
-        own, else its agent's) asked where the attempt ended badly. An end is its one
-        outcome (a second is ignored), kept, counted, journaled and told here; a retry
-        (`step.retried`) is the caller's to follow (`retry`, or a restart's own)."""
-        assert end.cause is not None
-        step = task.fire(end.cause, self)
-        if not step.ends:
-            return step
-        task.out = result
-        task.error = end.error
-        if step.once and end.error is not None:  # it says why it was not run again
-            task.error = TaskFailure(end.error.code, f"{end.error.message} ({AT_MOST_ONCE_NOTE})",
-                                     end.error.data)
-        task.finished = time.time()
-        q = self.by_agent.get(task.agent)
-        if q is not None:
-            q.counts[task.status] += 1
-            q.latencies.append(task.finished - task.due)
-        else:
-            self.retired.count(task.agent, task.status)
-        if self.journal is not None:
-            self.record(task)
-        self.active.pop(task.id, None)
-        self.retention.keep(task)
-        done, task._done = task._done, self._done or self._finished()
-        if done is not None and not done.done():
-            done.set_result(None)
-        waiter, task.waiter = task.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        elif result is not None and result.fresh:
-            result.forget()  # (its caller went away: a cancelled run)
-        watchers, task.watchers = task.watchers, None
-        if self.trace_end is not None:
-            self.trace_end(task)
-        stream = self.stream
-        if watchers or TaskFinished in stream.wanted:
-            event = TaskFinished(task)
-            if watchers:
-                stream.tell(watchers, event)
-            stream.emit(event)
-        # what a finished task keeps has no container a full collection must walk again (a
-        # stall of the loop with thousands kept: RESULTS.md), nor its last checkpoint
-        task.attempts = tuple(task.attempts)
-        task.checkpoint = None
-        return step
-
-    def finish(self, task: Task, cause: TaskCause, error: TaskFailure) -> None:
-        """A task ended by `cause` other than its attempt's end (a cancel, its agent down
-        or gone): its one outcome (a second one is ignored)."""
-        self.ended(task, AttemptOutcome(cause, error))
-
-    # -- a retry ----------------------------------------------------------------------
-    def retried_on(self, task: Task) -> tuple[str, ...] | None:
-        """The outcomes of an attempt the task's policy retries (RetryPolicy): its own,
-        else its agent's (retry.py); None (no retry) when its agent is gone."""
-        agent = self.sup.agents.get(task.agent)
-        if agent is None or task.agent not in self.by_agent:
-            return None
-        return (task.options.retry or AGENTS_RETRY).outcomes(agent.spec)
-
-    def lost_budget(self, task: Task) -> LostBudget | None:
-        """The task's retry_lost (its own, else its agent's) and its lost attempts so far
-        (RetryPolicy); None (no retry) when its agent is gone."""
-        agent = self.sup.agents.get(task.agent)
-        if agent is None or task.agent not in self.by_agent:
-            return None
-        return LostBudget(retry_lost(task, agent.spec), lost_attempts(task.attempts))
-
-    def retry(self, task: Task) -> None:
-        """The machine retried the task (one retry spent: Outcomes.retry): it waits for its
-        backoff (`not_before`), and a timed-out attempt's retry for that attempt to stop
-        too (dispatch calls `again`)."""
-        agent = self.sup.agent(task.agent)  # (there is one: retried_on said so)
-        self.by_agent[task.agent].counts["retried"] += 1
-        attempt = task.attempts[-1]
-        delay = backoff(agent.spec, len(task.attempts))
-        if delay or agent.spec.retry_backoff:
-            attempt.backoff = delay
-        task.replica = None
-        task.not_before = time.time() + delay if delay else None
-        if attempt.finished is None:  # timed out: its worker has yet to stop it
-            self.record(task)
-        else:
-            self.again(task)
-
-    def again(self, task: Task) -> None:
-        """A task to retry waits for its time, or at once for a replica."""
-        if task.not_before is not None and task.not_before > time.time():
-            self.record(task)
-            self.delays.add(task)
-            return
-        self._due(task)
-
-    def _due(self, task: Task) -> None:
-        """A delayed task's time has come: it waits in its agent's queue, at its arrival
-        place (an agent that will not run again ends it, as every waiting task)."""
-        task.not_before = None
-        self.record(task)
-        self.queue.requeue(task)
-        self.dispatch.pump(task.agent)
-        self._drain_if_down(task.agent)
-
-    def _finished(self) -> asyncio.Future[None]:
-        if self._done is None:
-            self._done = self._loop().create_future()
-            self._done.set_result(None)
-        return self._done
-
-    def stopped(self, task: Task) -> None:
-        self.suspensions.settle(task)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         # asked once: get_running_loop() is a getpid(2) each time
@@ -610,11 +488,11 @@ class TaskManager:
             raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
         if task.queued:
             self.queue.remove(task) or self.delays.remove(task)
-            self.finish(task, TaskCause.CANCEL, TaskFailure(
+            self.endings.finish(task, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
             return task
         if task.suspended:
-            self.finish(task, TaskCause.CANCEL, TaskFailure(
+            self.endings.finish(task, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while suspended (waiting for a person)"))
             return task
         attempt = task.attempts[-1]
@@ -622,7 +500,7 @@ class TaskManager:
         self.dispatch.deadlines.discard(task, task.timeout)
         replica = task.replica
         assert replica is not None
-        self.finish(task, TaskCause.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED,
+        self.endings.finish(task, TaskCause.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED,
                                                         "cancelled while running"))
         self.dispatch.stop_attempt(task, replica, attempt, "was cancelled")
         return task
@@ -637,47 +515,11 @@ class TaskManager:
                 "steps": self.steps.stats(), "sessions": self.sessions.stats(),
                 "output": self.outputs.stats(), "suspensions": self.suspensions.stats()}
 
-    def _drain_if_down(self, name: str) -> None:
-        """Tasks waiting for an agent that will not run again end now, with the reason."""
-        agent = self.sup.agents.get(name)
-        if agent is None or refusal(agent) is None or not (self.queue.depth(name)
-                                                           or self.delays.count(name)):
-            return
-        if self.sup.closing and self.journal is not None:
-            return  # they stay queued in the journal, for the next daemon
-        cause: TaskCause
-        if any(x.machine.failed for x in agent.replicas):
-            cause, error = TaskCause.DROPPED, TaskFailure(jsonrpc.PEER_CLOSED,
-                                                          refusal(agent) or "")
-        elif all(x.machine.stays_down for x in agent.replicas):
-            cause, error = TaskCause.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED,
-                                                         f"agent {name} was stopped")
-        else:
-            last = next((x.last_exit for x in agent.replicas if x.last_exit), "unknown")
-            cause, error = TaskCause.DROPPED, TaskFailure(jsonrpc.PEER_CLOSED,
-                                                          f"agent {name} is down: {last}")
-        self._drain(name, cause, error)
-
-    def _drain(self, name: str, cause: TaskCause, error: TaskFailure) -> None:
-        """End every task still waiting for agent `name`."""
-        waiting = self.delays.of(name)
-        for delayed in waiting:
-            self.delays.remove(delayed)
-        waiting += self.sessions.drain(name)  # first: the lines move as tasks end
-        while (task := self.queue.take(name)) is not None:
-            waiting.append(task)
-        # and those that wait for a person with no attempt, which would wait for it next
-        waiting += [t for t in self.active.values() if t.suspended and t.agent == name]
-        waiting += [t for i in self.suspensions.of_agent(name)
-                    if (t := self.live(i)) is not None and t.agent == name]
-        for task in waiting:
-            self.finish(task, cause, error)
-
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""
         self.budgets.forget(name)
         if name in self.by_agent:
-            self._drain(name, TaskCause.CANCEL, TaskFailure(
+            self.endings.drain(name, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
             agent = self.sup.agents.get(name)
             self.retired.keep(name, agent.spec.tenant if agent is not None else

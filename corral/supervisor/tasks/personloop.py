@@ -14,11 +14,12 @@ from ...jsonrpc import RpcError
 from .inbox import Inbox, check_subject
 from .model import Task
 from .steps import caller_task
-from .taskmachine import AttemptOutcome, TaskCause, TaskStep, failed_outside
+from .taskmachine import TaskCause, failed_outside
 
 if TYPE_CHECKING:
     from ...taskviews import TaskFailure
     from .dispatch import TaskDispatch
+    from .endings import Endings
     from .suspension import Suspensions
 
 
@@ -30,11 +31,9 @@ class PersonLoopEngine(Protocol):
     suspensions: Suspensions
     dispatch: TaskDispatch
 
+    endings: Endings
+
     def record(self, task: Task) -> None: ...
-
-    def ended(self, task: Task, end: AttemptOutcome) -> TaskStep: ...
-
-    def retry(self, task: Task) -> None: ...
 
 
 class PersonLoop:
@@ -104,8 +103,8 @@ class PersonLoop:
             return
         attempt, replica = task.attempts[-1], task.replica
         e.dispatch.deadlines.discard(task, task.timeout)
-        if e.ended(task, failed_outside(attempt, error)).retried:
-            e.retry(task)
+        if e.endings.ended(task, failed_outside(attempt, error)).retried:
+            e.endings.retry(task)
         e.dispatch.stop_attempt(task, replica, attempt, "failed by its approval policy")
 
 

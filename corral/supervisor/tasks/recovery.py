@@ -19,11 +19,11 @@ if TYPE_CHECKING:
     from .delays import Delays
     from .dispatch import TaskDispatch
     from .durable import TaskJournal
+    from .endings import Endings
     from .host import AgentLike, TaskHost
     from .queue import Queue
     from .sessions import Sessions
     from .suspension import Suspensions
-    from .taskmachine import TaskStep
 
 
 class RecoveringEngine(Protocol):
@@ -36,6 +36,7 @@ class RecoveringEngine(Protocol):
     queue: Queue
     delays: Delays
     dispatch: TaskDispatch
+    endings: Endings
 
     @property
     def journal(self) -> TaskJournal | None: ...
@@ -45,10 +46,6 @@ class RecoveringEngine(Protocol):
     def agent_tasks(self, agent: AgentLike) -> AgentTasks: ...
 
     def traced_again(self, task: Task) -> None: ...
-
-    def ended(self, task: Task, end: AttemptOutcome) -> TaskStep: ...
-
-    def finish(self, task: Task, cause: TaskCause, error: TaskFailure) -> None: ...
 
     def record(self, task: Task) -> None: ...
 
@@ -107,14 +104,14 @@ class Recovery:
                 for a in task.attempts:
                     if a.outcome == TaskStatus.RUNNING:
                         a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
-                if e.ended(task, AttemptOutcome(TaskCause.LOST, TaskFailure(
+                if e.endings.ended(task, AttemptOutcome(TaskCause.LOST, TaskFailure(
                         jsonrpc.PEER_CLOSED, LOST_IN_RESTART))).ends:
                     continue
                 assert q is not None  # (a retry is of an agent that exists)
                 q.counts["retried"] += 1
                 task.not_before = None  # the restart was its wait
             if q is None:
-                e.finish(task, TaskCause.DROPPED, TaskFailure(
+                e.endings.finish(task, TaskCause.DROPPED, TaskFailure(
                     jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
                                          "exists"))
                 continue

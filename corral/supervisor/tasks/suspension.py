@@ -57,6 +57,13 @@ REREAD = 1.0  # seconds: a record Redis did not answer for is read again after
 ATTEMPT_BYTES = 4096
 
 
+class Requeuing(Protocol):
+    """Where a task whose wait has ended goes (the engine's Endings)."""
+
+    def again(self, task: Task) -> None:
+        """A queued task waits for its time, or at once for a replica."""
+
+
 class SuspendingEngine(Protocol):
     """What suspension needs of the TaskManager."""
 
@@ -71,8 +78,8 @@ class SuspendingEngine(Protocol):
 
     def record(self, task: Task) -> None: ...
 
-    def again(self, task: Task) -> None:
-        """A queued task waits for its time, or at once for a replica."""
+    @property
+    def endings(self) -> Requeuing: ...
 
     def live(self, task_id: str) -> Task | None:
         """The unfinished task, rebuilt whole if it was kept compact."""
@@ -299,7 +306,7 @@ class Suspensions:
             # waiting for its timed-out attempt)
             self.engine.record(task)
         else:
-            self.engine.again(task)
+            self.engine.endings.again(task)
         return True
 
     def settle(self, task: Task) -> None:

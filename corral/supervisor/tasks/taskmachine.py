@@ -267,7 +267,7 @@ class TaskMachine:
 class AttemptOutcome(NamedTuple):
     """What moves a task, with the error it ends with should it end: how an attempt
     ended, as `attempt_end` decides it, or a cause from outside its attempt (a cancel, its
-    agent down: TaskManager.finish). Cause None: the attempt ended late (after a timeout
+    agent down: Endings.finish). Cause None: the attempt ended late (after a timeout
     or a cancel had moved the task on), and `again` when the task's retry waited for it
     to stop."""
 
