@@ -38,8 +38,6 @@ from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import Transition
-from ..supervisor.tasks.approvals import Approvals
-from ..supervisor.tasks.pingate import PinGate
 from ..supervisor.teams.tools import LeaderTools
 from . import startup as part
 from .api import Dispatcher
@@ -315,15 +313,11 @@ class Daemon:
         traces = traces_of(cfg.tracing, conf.paths.state_dir, self.spared)
         leaders = LeaderTools()
         tracer = traces.tracer if traces is not None else None
-        # the task path's interceptors, the outermost first (tasks/interceptors.py): a
-        # leader's call of a member is inside the leader's span, the member's task its child
-        # approvals (docs/approvals.md) inside the span, around a leader's members too
         audit = Audit(hub)
         # policy rules and taint, on every path (their decisions traced and audited)
         guard = PolicyGuard(lambda: self.applied, tracer, audit.policy)
         sup, queue = part.engine(conf, self.spared, self.taken,
-                                 [i for i in (tracer, Approvals(guard), PinGate(), leaders)
-                                  if i is not None])
+                                 part.interceptors(tracer, guard, leaders))
         parts = sup.parts
         dispatcher = part.dispatcher(audit)
         gateway = part.gateway_service(conf, parts, audit, dispatcher, traces, guard)

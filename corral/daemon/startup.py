@@ -34,9 +34,11 @@ from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import CompactTask, Unfinished
+from ..supervisor.tasks.approvals import Approvals
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
+from ..supervisor.tasks.pingate import PinGate
 from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.tasks.waitclock import WaitClock
 from ..supervisor.teams.tools import LeaderTools
@@ -181,6 +183,15 @@ def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
         return
     with contextlib.closing(JournalSender()) as sender:
         yield sender
+
+
+def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
+                 ) -> list[TaskInterceptor]:
+    """The task path's interceptors, the outermost first (tasks/interceptors.py): a
+    leader's call of a member is inside the leader's span, the member's task its child;
+    approvals (docs/approvals.md, the policy's rules and taint) inside the span, around a
+    leader's members too; then the tools' pins."""
+    return [i for i in (tracer, Approvals(guard), PinGate(), leaders) if i is not None]
 
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,

@@ -45,9 +45,10 @@ from .plain import make_replica
 from .process_replica import LogBatch, ProcessReplica, ReplicaExit, ReplicaStatus, Transition
 from .quotas import QuotasChanged, Tenancy
 from .replica import Replica
+from .replicastates import ReplicaStates
 from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
-from .stream import Checkpoint, Stream, Subscription
+from .stream import Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager, WaitClock
 from .tasks.interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .tenantcgroups import TenantNodes
@@ -118,11 +119,10 @@ class Supervisor:
         self.listening = ListeningClock()
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
-        # agent state checkpoints by (agent, replica): (wall time, state), given back in
-        # `initialize` after a restart; subscribers to Checkpoint persist them (the
-        # daemon: SQLite)
-        self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
-        on_notification(self.worker_notifications, StateCheckpointParams, self._on_checkpoint)
+        self.states = ReplicaStates(self.stream)  # agents' state checkpoints, by replica
+        self.checkpoints = self.states.saved
+        on_notification(self.worker_notifications, StateCheckpointParams,
+                        self.states.on_checkpoint)
         self.waits = Waits(self.census)
         # egress = "gateways" agents' network namespaces, held by the daemon where it may
         # make them (egressdoors.py)
@@ -398,20 +398,7 @@ class Supervisor:
         return env
 
     def initial_state(self, replica: Replica) -> Any:
-        saved = self.checkpoints.get((replica.name, replica.index))
-        if saved is None:
-            return None
-        ttl = replica.spec.state_ttl
-        if ttl and time.time() - saved[0] > ttl:
-            return None
-        return saved[1]
-
-    def _on_checkpoint(self, replica: Replica, p: StateCheckpointParams) -> None:
-        if p.state is msgspec.UNSET:
-            return
-        when = time.time()
-        self.checkpoints[(replica.name, replica.index)] = (when, p.state)
-        self.stream.emit(Checkpoint(replica.name, replica.index, when, p.state))
+        return self.states.initial(replica)
 
     def worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
         handler = self.worker_methods.get(method)
