@@ -1,6 +1,6 @@
 """A tenant's admission quotas set while the engine runs apply to the next task, and
 taken away stop applying: the task path looks at them only while some tenant sets one
-(TaskManager.admitting), so a change must install and remove that look."""
+(QuotaHooks.admitting, quotahooks.py), so a change must install and remove that look."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ admission.py  refusals: an agent that cannot run it, input size, rate, a full qu
               the step every task passes wherever it runs (admit)
 intake.py     a task's way in: submitted, a map's turn, a cluster's claimed (Intake)
 queue.py      the Queue protocol, and LocalQueue (the priority lines)
+quotahooks.py the tenants' quotas' admission check and gates, only while some tenant sets one
 dispatch.py   to a replica's free slot, deadlines, an attempt's end
 sessions.py   a session's tasks one at a time, on the replica that holds it, its state
 taskmachine.py a task's lifecycle, without I/O: TaskStatus, the table (status, cause)

@@ -30,7 +30,6 @@ from .payload import encode_input
 from .spawn import REACH
 
 if TYPE_CHECKING:
-    from ..quotas import Tenancy
     from .budget import Budgets
     from .counters import AgentTasks
     from .delays import Delays
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from .durable import TaskJournal
     from .host import AgentLike, TaskHost
     from .queue import Queue
+    from .quotahooks import QuotaHooks
     from .sessions import Sessions
     from .spawn import Spawns
 
@@ -50,7 +50,7 @@ class AdmittingEngine(Protocol):
     """What intake needs of the TaskManager."""
 
     sup: TaskHost
-    admitting: Tenancy | None
+    quotas: QuotaHooks
     active: dict[str, Task]
     queue: Queue
     delays: Delays
@@ -104,7 +104,7 @@ class Intake:
         raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
             encode_input(task_input))
         try:
-            timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=e.admitting,
+            timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=e.quotas.admitting,
                             depth=e.queue.depth)
         except RpcError:
             q.counts["refused"] += 1
@@ -184,7 +184,7 @@ class Intake:
         # at once (Sessions.put's own answer for them), and a journal hears of each
         trace_begin, active, put = e.trace_begin, e.active, e.sessions.inner.put
         record = e.record if e.journal is not None else None
-        next_seq, tenancy, bucket = e.next_seq, e.admitting, q.bucket
+        next_seq, tenancy, bucket = e.next_seq, e.quotas.admitting, q.bucket
         ids, now = new_ids(len(inputs)), time.time()
         options = options_of(options)
         timeout, priority = options.timeout, options.priority

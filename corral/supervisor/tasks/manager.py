@@ -52,7 +52,7 @@ from ...workerproto import (
 from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
-from .budget import BUDGET_PREFIX, Budgets, no_group
+from .budget import Budgets, no_group
 from .counters import AgentTasks, RetiredCounts, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
@@ -76,6 +76,7 @@ from .payload import acyclic
 from .personloop import PersonLoop
 from .questions import Questions
 from .queue import LocalQueue, Queue
+from .quotahooks import QuotaHooks
 from .recovery import Recovery, rebuilt
 from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
@@ -115,8 +116,6 @@ class TaskManager:
         (default the wall's: waitclock.py)."""
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
-        # the tenants' quotas a task's admission checks: None while no tenant sets one
-        self.admitting: Tenancy | None = None
         self.journal = journal
         self.active: dict[str, Task] = {}  # queued and running
         self.retention = Retention(kept, kept_bytes)
@@ -130,17 +129,18 @@ class TaskManager:
                                  self._session_ttl, self._session_bounds,
                                  tenant_of=self._session_owner, pump=self.pump)
         self.queue: Queue = self.sessions
-        self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first,
+        self.quotas = QuotaHooks(self)  # the tenants' quotas' admission check and gates
+        self.budgets = Budgets(self._kept, self.quotas.reopen, self.queue.depth, _note_first,
                                tenancy.budget if tenancy is not None else no_group)
         self.endings = Endings(self)  # a task's end, a retry, an agent's waiting tasks ended
         self.dispatch = TaskDispatch(
             sup, self.queue, self.by_agent, self.endings, self.budgets, self.sessions,
-            TenantGate(self._tenant_full, self._freed) if tenancy is not None else None)
+            TenantGate(self.quotas.tenant_full, self.quotas.freed) if tenancy is not None else None)
         self.delays = Delays(self.endings.due)  # tasks not to start before a time
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
-            self.stream.subscribe(self._quotas_changed, QuotasChanged)
-            self._quotas_changed()
+            self.stream.subscribe(self.quotas.changed, QuotasChanged)
+            self.quotas.changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
         self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
@@ -221,52 +221,6 @@ class TaskManager:
     def pump(self, agent_name: str) -> None:
         """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""
         self.dispatch.pump(agent_name)
-
-    def _reopen(self, key: str) -> None:
-        """A budget has room again: its agent's tasks, or every agent's of a tenant whose
-        shared budget it is."""
-        if key.startswith(BUDGET_PREFIX) and self.tenancy is not None:
-            for a in self.tenancy.members(key.removeprefix(BUDGET_PREFIX)):
-                self.dispatch.pump(a.name)
-        else:
-            self.dispatch.pump(key)
-
-    def _quotas_changed(self, _: QuotasChanged | None = None) -> None:
-        """The tenants' quotas changed (start-up, `tenants.set`, a reload): the hooks a
-        tenant's quota needs on every task are in place only while some tenant sets that
-        quota, so that a host using none pays nothing for them per task. Every agent's
-        waiting tasks are looked at again: a gate taken away or widened lets them go."""
-        tenancy = self.tenancy
-        assert tenancy is not None
-        concurrent = tenancy.bounds_concurrency()
-        self.dispatch.gated = concurrent
-        self.admitting = tenancy if tenancy.bounds_admission() else None
-        self.budgets.sharing = tenancy.shares_budgets()
-        # a tenant's shared window goes with its tokens_per_minute (or the tenant): no
-        # longer fed, it would show a use that only fades (`corral tenants`)
-        for key in [k for k in self.budgets.windows if k.startswith(BUDGET_PREFIX)]:
-            spec = tenancy.specs.get(key.removeprefix(BUDGET_PREFIX))
-            if spec is None or not spec.tokens_per_minute:
-                self.budgets.forget(key)
-        for name in list(self.by_agent):
-            if self.queue.depth(name):
-                self.dispatch.pump(name)
-
-    def _tenant_full(self, agent: AgentLike) -> bool:
-        assert self.tenancy is not None
-        return self.tenancy.full(agent, self.running)
-
-    def _freed(self, agent_name: str) -> None:
-        """A task of the agent ended: where its tenant bounds the tasks running at once,
-        the tenant's other agents' waiting tasks may start."""
-        tenancy = self.tenancy
-        assert tenancy is not None  # installed by _quotas_changed only
-        tenant = tenancy.tenant_of(agent_name)
-        if tenant is None or not tenancy.spec(tenant).max_concurrent_tasks:
-            return
-        for a in tenancy.members(tenant):
-            if a.name != agent_name:
-                self.dispatch.pump(a.name)
 
     # -- holding: a drain (and later an upgrade) takes no new task to a worker ---------
     def hold(self, why: str) -> None:

@@ -1,0 +1,89 @@
+"""The tenants' quotas on the engine's tasks: the admission check and the dispatch gate a
+tenant's quota needs are in place only while some tenant sets that quota (a host using
+none pays nothing for them per task); a budget with room again, or a task ended under a
+tenant's max_concurrent_tasks, lets the waiting tasks it held go."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .budget import BUDGET_PREFIX
+
+if TYPE_CHECKING:
+    from ..quotas import QuotasChanged, Tenancy
+    from .budget import Budgets
+    from .counters import AgentTasks
+    from .dispatch import TaskDispatch
+    from .host import AgentLike
+    from .queue import Queue
+
+
+class QuotaEngine(Protocol):
+    """What the quotas' hooks need of the TaskManager."""
+
+    tenancy: Tenancy | None
+    by_agent: dict[str, AgentTasks]
+    queue: Queue
+    budgets: Budgets
+    dispatch: TaskDispatch
+
+    def running(self, agent_name: str) -> int: ...
+
+
+class QuotaHooks:
+    """Its engine's hooks of the tenants' quotas (made with it, one each)."""
+
+    def __init__(self, engine: QuotaEngine) -> None:
+        self.engine = engine
+        # the tenants' quotas a task's admission checks: None while no tenant sets one
+        self.admitting: Tenancy | None = None
+
+    def reopen(self, key: str) -> None:
+        """A budget has room again: its agent's tasks, or every agent's of a tenant whose
+        shared budget it is."""
+        e = self.engine
+        if key.startswith(BUDGET_PREFIX) and e.tenancy is not None:
+            for a in e.tenancy.members(key.removeprefix(BUDGET_PREFIX)):
+                e.dispatch.pump(a.name)
+        else:
+            e.dispatch.pump(key)
+
+    def changed(self, _: QuotasChanged | None = None) -> None:
+        """The tenants' quotas changed (start-up, `tenants.set`, a reload): the hooks a
+        tenant's quota needs on every task are in place only while some tenant sets that
+        quota, so that a host using none pays nothing for them per task. Every agent's
+        waiting tasks are looked at again: a gate taken away or widened lets them go."""
+        e = self.engine
+        tenancy = e.tenancy
+        assert tenancy is not None
+        concurrent = tenancy.bounds_concurrency()
+        e.dispatch.gated = concurrent
+        self.admitting = tenancy if tenancy.bounds_admission() else None
+        e.budgets.sharing = tenancy.shares_budgets()
+        # a tenant's shared window goes with its tokens_per_minute (or the tenant): no
+        # longer fed, it would show a use that only fades (`corral tenants`)
+        for key in [k for k in e.budgets.windows if k.startswith(BUDGET_PREFIX)]:
+            spec = tenancy.specs.get(key.removeprefix(BUDGET_PREFIX))
+            if spec is None or not spec.tokens_per_minute:
+                e.budgets.forget(key)
+        for name in list(e.by_agent):
+            if e.queue.depth(name):
+                e.dispatch.pump(name)
+
+    def tenant_full(self, agent: AgentLike) -> bool:
+        e = self.engine
+        assert e.tenancy is not None
+        return e.tenancy.full(agent, e.running)
+
+    def freed(self, agent_name: str) -> None:
+        """A task of the agent ended: where its tenant bounds the tasks running at once,
+        the tenant's other agents' waiting tasks may start."""
+        e = self.engine
+        tenancy = e.tenancy
+        assert tenancy is not None  # installed by `changed` only
+        tenant = tenancy.tenant_of(agent_name)
+        if tenant is None or not tenancy.spec(tenant).max_concurrent_tasks:
+            return
+        for a in tenancy.members(tenant):
+            if a.name != agent_name:
+                e.dispatch.pump(a.name)
