@@ -108,8 +108,10 @@ class StepStats(Result):
     diverged: int = 0
     refused: int = 0  # journaled calls refused past max_step_bytes or a tenant's bound
     # calls that went on after their caller (a dead worker) went away, journaled for the
-    # retry (docs/durable.md#a-call-outlives-its-worker)
+    # retry, and calls of a retry that waited for one of them to be answered
+    # (docs/durable.md#a-call-outlives-its-worker)
     outlived: int = 0
+    awaited: int = 0
 
 
 class SessionStats(Result):

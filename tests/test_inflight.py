@@ -115,14 +115,17 @@ def attempt_ended(d: Any, agent: str, attempt: int) -> asyncio.Future[None]:
     return ended
 
 
+@pytest.mark.parametrize("retry_first", [False, True], ids=["answer-first", "retry-first"])
 @pytest.mark.parametrize("via", ["sdk", "gateway"])
 async def test_a_call_at_the_server_when_its_worker_is_killed_is_made_once(
-        tmp_path: Path, via: str) -> None:
+        tmp_path: Path, via: str, retry_first: bool) -> None:
     """The worker SIGKILLed while its first call is held at the server; the server let go
     only once the attempt has ended: its answer is journaled and answers the retry's
     same call (the server sent it once, under one key), the task succeeds on attempt 2.
     `sdk`: the worker link's tools/call; `gateway`: the agent's own MCP client calling
-    corral's gateway at its attempt's address (the call attributed to its task)."""
+    corral's gateway at its attempt's address (the call attributed to its task).
+    `retry_first`: let go only once the retry's same call waits for it (`stats.get`'s
+    tasks.steps.awaited), else at once: the retry finds it journaled."""
     started, gate = fifos(tmp_path)
     async with in_process(tmp_path, fleet(tmp_path), GATEWAY) as d:
         first_ended = attempt_ended(d, "inflight", 1)
@@ -133,6 +136,11 @@ async def test_a_call_at_the_server_when_its_worker_is_killed_is_made_once(
         os.kill(attempt.pid, signal.SIGKILL)
         await asyncio.wait_for(first_ended, LIMIT)
         assert server_log(tmp_path)[-1][:2] == ["start", "1"]  # still at the server
+        if retry_first:
+            deadline = asyncio.get_running_loop().time() + LIMIT
+            while not d.sup.tasks.stats()["steps"]["awaited"]:
+                assert asyncio.get_running_loop().time() < deadline, "the retry's call"
+                await asyncio.sleep(0.02)
         await release(gate)
         await asyncio.wait_for(asyncio.shield(task.done), LIMIT)
         assert task.status == "succeeded", task.error
@@ -146,6 +154,8 @@ async def test_a_call_at_the_server_when_its_worker_is_killed_is_made_once(
         assert len(one) == len(two) == 32 and one != two  # each call its own key
         steps = d.sup.tasks.stats()["steps"]
         assert (steps["outlived"], steps["replayed"]) == (1, 1)
+        if retry_first:  # (let go at once, the answer is kept long before the retry calls)
+            assert steps["awaited"] == 1
         info = await d.sup.tasks.info(task.id)
         assert info.tool_calls == 2  # the call counted once, when it was made
 

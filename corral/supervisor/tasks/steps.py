@@ -186,6 +186,7 @@ class TaskSteps:
         self._flights: dict[str, dict[tuple[int, int], _Flight]] = {}
         self._ordinals = CallOrdinals()  # the calls' idempotency keys
         self.outlived = 0  # calls that went on after their caller went away
+        self.awaited = 0  # calls of a retry that waited for an earlier attempt's same one
         self.journal: StepJournal | None = None  # the daemon's (`journal_to`)
         self._attempts: dict[str, _Attempt] = {}
         self.replayed = 0  # calls and named steps answered from the journal
@@ -302,6 +303,7 @@ class TaskSteps:
                 flight.made.args != h:
             return None
         flight.awaited = True
+        self.awaited += 1
         await asyncio.wait((flight.call,))  # (this call cancelled: that one goes on)
         return flight.step
 
@@ -466,7 +468,7 @@ class TaskSteps:
     def stats(self) -> dict[str, int]:
         return {"journaled": self.journaled, "replayed": self.replayed,
                 "diverged": self.diverged, "refused": self.refused,
-                "outlived": self.outlived}
+                "outlived": self.outlived, "awaited": self.awaited}
 
 
 def _named_bytes(step: Step) -> int:
