@@ -20,6 +20,13 @@ tree (sampled every 100 ms over its start and its loads) and its cold start (its
 process started to its first right answer). Peers are installed once from pins.txt
 (peers.py); one that does not install or start is said so and the rest run. Writes
 bench/results/gateways.json and prints the table (markdown).
+
+How each is set (targets.py): corral from this tree, its caller a replica running no
+task (token_agent.py's token: calls of no task, not journaled); Portkey with the mock as
+its custom host; LiteLLM one worker, no database; ContextForge one uvicorn worker on
+SQLite, its rate limits off (corral has none set either), the bridge registered through
+its API; translate `--stateless`. `errors` counts every answer that was not the right
+one (a failed status, a stream without the echo, another call's tool result).
 """
 
 from __future__ import annotations
