@@ -70,7 +70,7 @@ MODEL_STEP = "model:"
 _encode = msgspec.json.Encoder(order="sorted")
 
 # the task handling the request a flight's call is made for (the worker's `tools/call`):
-# what a call held for a person parks on its worker's line (TaskManager.ask_person)
+# what a call held for a person parks on its worker's line (PersonLoop.ask_person)
 _CALLER_TASK: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
     "corral_step_caller", default=None)
 
