@@ -63,7 +63,7 @@ from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
 from .gatewayskills import METHODS as SKILL_METHODS
-from .gatewayskills import GatewaySkills, is_skill
+from .gatewayskills import GatewaySkills, is_skill, pooled
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
 from .relayseal import Holder, SealedState, StateSeal, answered
 
@@ -502,6 +502,8 @@ class GatewayService:
         items = [i for i in items if self._tenant_sees(ident, f"{i.get('server')}__")]
         if ident.server is not None:
             return [_as_itself(i, kind) for i in items if i.get("server") == ident.server]
+        if kind == "resources":  # a skill's file is read at /mcp by the name skills give it
+            items = [{**i, "uri": pooled(str(i.get("server")), i.get("uri"))} for i in items]
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
 
     def sees_server(self, ident: Identity, server: str) -> bool:

@@ -4,10 +4,12 @@ served.
 
 A server that declares the extension answers `skills/list` (entries: a `skill://NAME/
 SKILL.md` URI, its frontmatter, and its files — `uri`, `digest` "sha256:HEX", `size`)
-and `skills/get` ({uri}); the files are read with `resources/read`. At /mcp a skill is
-named as tools are, `SERVER__NAME` (`skill://SERVER__NAME/SKILL.md`, its files under
-it); at /mcp/NAME, as the server names it. What a client sees is what its allowlist
-admits under `SERVER__NAME` and its tenant sees now, as for prompts.
+and `skills/get` ({uri}); the files are read with `resources/read`. At /mcp a skill's
+URIs have its server's name as their first segment (`skill://SERVER/NAME/SKILL.md`, its
+files under it): SEP-2640 requires a SKILL.md's last path segment to be its
+frontmatter's name, and the frontmatter to be the file's, so neither can carry the
+server as tools' names do; at /mcp/NAME, as the server names it. What a client sees is
+what its allowlist admits under `SERVER__NAME` and its tenant sees now, as for prompts.
 
 Digests are what a host trusts a skill by: corral reads a skill's SKILL.md and checks
 it against the digest listed for it before it lists or gives the skill, and checks each
@@ -68,9 +70,24 @@ def is_skill(uri: str) -> bool:
     return uri.startswith(SCHEME)
 
 
-def name_of(uri: str) -> str:
-    """The skill a `skill://NAME/…` URI is of."""
-    return uri[len(SCHEME):].partition("/")[0]
+def name_of(uri: str) -> str | None:
+    """The name of the skill whose SKILL.md `uri` is (`skill://PATH/NAME/SKILL.md`)."""
+    parts = uri[len(SCHEME):].split("/") if is_skill(uri) else []
+    return parts[-2] if len(parts) >= 2 and parts[-1] == SKILL_FILE and parts[-2] else None
+
+
+def pooled(server: str, uri: Any) -> Any:
+    """A skill URI of `server` as /mcp names it (its server's name first); any other
+    value as it is."""
+    return f"{SCHEME}{server}/{uri[len(SCHEME):]}" if isinstance(uri, str) and \
+        is_skill(uri) else uri
+
+
+def of_skill(entry: dict[str, Any], uri: str) -> bool:
+    """Whether `uri` is the SKILL.md of the skill `entry` lists, or a file under it."""
+    own = str(entry.get("uri"))
+    return uri == own or (name_of(own) is not None
+                          and uri.startswith(own[:-len(SKILL_FILE)]))
 
 
 class GatewaySkills(Generic[Identity]):
@@ -90,6 +107,7 @@ class GatewaySkills(Generic[Identity]):
                            f"invalid params: {method} needs a {SCHEME} uri")
         server, inst, theirs = await self._route(ident, uri)
         if method == "skills/get":
+            self._admit(ident, server, name_of(theirs), uri)
             got = await inst.client.request("skills/get", {"uri": theirs},
                                             timeout=self._timeout(server))
             skill = got.get("skill") if isinstance(got, dict) else None
@@ -100,8 +118,9 @@ class GatewaySkills(Generic[Identity]):
             return {"skill": _shown(ident, server, skill)}
         # a file of a skill: checked against the digest its server lists for it
         entries = await inst.client.list_all("skills/list", "skills", self._timeout(server))
-        skill = next((e for e in entries if name_of(str(e.get("uri"))) == name_of(theirs)),
-                     None)
+        skill = next((e for e in entries if of_skill(e, theirs)), None)
+        if skill is not None:
+            self._admit(ident, server, name_of(str(skill.get("uri"))), uri)
         want = _digest_of(skill, theirs) if skill is not None else None
         if want is None:
             raise self._refused(server, uri, "no digest is listed for it to be checked by")
@@ -117,8 +136,8 @@ class GatewaySkills(Generic[Identity]):
             entries = await inst.client.list_all("skills/list", "skills",
                                                  self._timeout(server))
             for skill in entries:
-                uri = str(skill.get("uri"))
-                if not is_skill(uri) or not self._admits(ident, server, name_of(uri)):
+                name = name_of(str(skill.get("uri")))
+                if name is None or not self._admits(ident, server, name):
                     continue
                 shown = _shown(ident, server, skill)
                 try:
@@ -137,24 +156,29 @@ class GatewaySkills(Generic[Identity]):
         return (ident.allow is None or allowed(f"{server}{SEP}{skill}", ident.allow)) \
             and self.sees(ident, f"{server}{SEP}")
 
+    def _admit(self, ident: Identity, server: str, skill: str | None, uri: str) -> None:
+        """Refuses a skill the client's allowlist does not admit (one not named by its
+        URI: none is, but where every skill is admitted)."""
+        if ident.allow is not None and (skill is None or not self._admits(ident, server,
+                                                                          skill)):
+            raise _unknown(uri)
+
     async def _route(self, ident: Identity, uri: str
                      ) -> tuple[str, McpServerReplica, str]:
         """The server a skill URI the client gave is of, its instance, and the URI as
         the server names it."""
-        name = name_of(uri)
         if ident.server is not None:
-            server, skill, theirs = ident.server, name, uri
+            server, theirs = ident.server, uri
         else:
-            server, sep, skill = name.partition(SEP)
-            theirs = SCHEME + skill + uri[len(SCHEME) + len(name):]
-            if not sep or not skill:
+            server, sep, path = uri[len(SCHEME):].partition("/")
+            theirs = SCHEME + path
+            if not sep or not path:
                 raise RpcError(jsonrpc.INVALID_PARAMS,
-                               f"skill {uri}: at /mcp a skill is named SERVER__NAME",
-                               {"uri": uri})
+                               f"skill {uri}: at /mcp a skill's URI is skill://SERVER/"
+                               f"followed by its server's own", {"uri": uri})
         found = dict(await self._servers(ident))
-        if server not in found or not self._admits(ident, server, skill):
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           f"skill {uri}: no server this client may use has it", {"uri": uri})
+        if server not in found:
+            raise _unknown(uri)
         return server, found[server], theirs
 
     async def _verify(self, server: str, inst: McpServerReplica, skill: dict[str, Any],
@@ -191,6 +215,11 @@ class GatewaySkills(Generic[Identity]):
         return float(self.tools.servers[server].spec.timeout)
 
 
+def _unknown(uri: str) -> RpcError:
+    return RpcError(jsonrpc.INVALID_PARAMS,
+                    f"skill {uri}: no server this client may use has it", {"uri": uri})
+
+
 def _digest_of(skill: dict[str, Any], uri: str) -> str | None:
     """The digest a skill's entry lists for its file `uri` (None: none listed)."""
     files = skill.get("resources")
@@ -214,23 +243,13 @@ def _bytes_of(content: Any) -> bytes | None:
 
 
 def _shown(ident: Identity, server: str, skill: dict[str, Any]) -> dict[str, Any]:
-    """A skill's entry as the client sees it: at /mcp, `SERVER__NAME` in its name and
-    in each of its URIs; at /mcp/NAME, as the server gave it."""
+    """A skill's entry as the client sees it: at /mcp, its server's name first in each of
+    its URIs (its frontmatter the file's, as SEP-2640 requires); at /mcp/NAME, as the
+    server gave it."""
     if ident.server is not None:
         return skill
-    name = name_of(str(skill.get("uri")))
-    ours = f"{SCHEME}{server}{SEP}{name}/"
-
-    def renamed(uri: Any) -> Any:
-        prefix = f"{SCHEME}{name}/"
-        return ours + uri[len(prefix):] if isinstance(uri, str) and \
-            uri.startswith(prefix) else uri
-
-    out = {**skill, "uri": renamed(skill.get("uri"))}
-    front = skill.get("frontmatter")
-    if isinstance(front, dict) and front.get("name") == name:
-        out["frontmatter"] = {**front, "name": f"{server}{SEP}{name}"}
+    out = {**skill, "uri": pooled(server, skill.get("uri"))}
     if isinstance(skill.get("resources"), list):
-        out["resources"] = [{**f, "uri": renamed(f.get("uri"))} if isinstance(f, dict)
+        out["resources"] = [{**f, "uri": pooled(server, f.get("uri"))} if isinstance(f, dict)
                             else f for f in skill["resources"]]
     return out

@@ -62,7 +62,7 @@ FILTERS = {"tools": "toolsListChanged", "resources": "resourcesListChanged",
            "prompts": "promptsListChanged"}
 SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
 # 2026-07-28 results that carry the caching hints (SEP-2549), besides the lists'
-CACHEABLE = frozenset({"resources/read", "skills/list"})
+CACHEABLE = frozenset({"resources/read", "skills/list", "skills/get"})
 # what corral says of a result's freshness: nothing kept (the servers behind may change
 # it at any time), and for this client alone (it is filtered by the client's allowlist)
 CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}

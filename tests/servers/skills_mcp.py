@@ -1,8 +1,8 @@
 """An MCP stdio server of skills (SEP-2640, extension io.modelcontextprotocol/skills):
 skills/list, skills/get and resources/read of skill:// URIs, each file's SHA-256 digest
-listed as it was at start. Tool `tamper` {skill} rewrites that skill's SKILL.md and still
-lists the old digest (a server whose skill changed under corral), and skill `liar`
-lists a digest that never matched."""
+listed as it was at start, and each SKILL.md in resources/list. Tool `tamper` {skill}
+rewrites that skill's SKILL.md and still lists the old digest (a server whose skill
+changed under corral), and skill `liar` lists a digest that never matched."""
 
 import hashlib
 import json
@@ -71,8 +71,10 @@ def main() -> None:
                 result = {"skill": found[0]}
             else:
                 error = (-32602, f"no skill {params.get('uri')}")
-        elif method == "resources/list":
-            result = {"resources": []}
+        elif method == "resources/list":  # each SKILL.md, named as its frontmatter is
+            result = {"resources": [
+                {"uri": f"skill://{name}/SKILL.md", "name": name, "description": about,
+                 "mimeType": "text/markdown"} for name, about in DESCRIPTIONS.items()]}
         elif method == "resources/read":
             uri = params.get("uri")
             if uri in FILES:
