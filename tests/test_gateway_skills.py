@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 
 httpx2 = pytest.importorskip("httpx2")
 
@@ -63,8 +63,8 @@ listen = "127.0.0.1:0"
 
 def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any], at: str = ""
         ) -> dict[str, Any]:
-    """One 2026-07-28 request as `tenant`'s token: its JSON-RPC answer."""
-    headers = {"Authorization": f"Bearer {g.tokens[tenant]}",
+    """One 2026-07-28 request as `tenant`'s token (""; none): its JSON-RPC answer."""
+    headers = {**({"Authorization": f"Bearer {g.tokens[tenant]}"} if tenant else {}),
                "Accept": "application/json, text/event-stream",
                "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}
     if method in ("tools/call", "resources/read"):
@@ -157,3 +157,27 @@ def test_a_tenant_sees_only_its_servers_skills(gateway: Gateway) -> None:
     # the agents' view has no skills, and says so
     assert SKILLS not in rpc(g, "beta", "server/discover", {}, at="/corral")["result"][
         "capabilities"].get("extensions", {})
+
+
+def test_an_allowlist_admits_a_skill_by_server_and_name() -> None:
+    with running_daemon(shared_tmpdir(), f"""
+[mcp_servers.sk]
+command = ["{PY}", "{SERVER}"]
+start_timeout = 30.0
+
+[gateway]
+listen = "127.0.0.1:0"
+anonymous_tools = ["sk__deploy-check"]
+""") as d:
+        g = Gateway(d, d.json("mcp", "status")["gateway"]["http"]["url"], {})
+        assert [s["uri"] for s in rpc(g, "", "skills/list", {})["result"]["skills"]] == [
+            "skill://sk/deploy-check/SKILL.md"]
+        assert rpc(g, "", "skills/get", {"uri": "skill://sk/deploy-check/SKILL.md"})[
+            "result"]["skill"]["frontmatter"]["name"] == "deploy-check"
+        for method, uri in (("skills/get", "skill://sk/weather-report/SKILL.md"),
+                            ("resources/read", "skill://sk/weather-report/SKILL.md"),
+                            ("resources/read",
+                             "skill://sk/weather-report/templates/report.md")):
+            assert rpc(g, "", method, {"uri": uri})["error"] == {
+                "code": -32602, "message": f"skill {uri}: no server this client may use "
+                                           "has it", "data": {"uri": uri}}, (method, uri)
