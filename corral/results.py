@@ -240,7 +240,7 @@ class ClockTime(Result):
 
     time: float
     manual: bool  # moved only by `corral clock --advance`
-    ahead: float  # seconds a manual clock was moved ahead of the wall
+    ahead: float  # seconds a manual clock was moved (it stands still between moves)
 
 
 class Stopping(Result):

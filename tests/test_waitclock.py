@@ -73,3 +73,26 @@ async def test_a_thousand_waiting_timers_cost_a_few_hundred_bytes_each() -> None
     assert held / len(timers) < 300, held / len(timers)  # (before: 661)
     for t in timers:
         t.cancel()
+
+
+async def test_a_manual_clock_stands_still_between_moves() -> None:
+    """The wall's seconds do not move it (an ask's deadline under it is due only by
+    `advance`, issue 72); a timer due now fires all the same."""
+    loop = asyncio.get_running_loop()
+    clock = WaitClock(manual=True)
+    fired: list[str] = []
+    clock.call_later(0.05, lambda: fired.append("due"))
+    stood = clock.time()
+    walled: asyncio.Future[None] = loop.create_future()
+    # a loop timer past the clock's: the loop's timers fire in their order
+    loop.call_later(0.1, walled.set_result, None)
+    await walled
+    assert (fired, clock.time()) == ([], stood)
+    now: asyncio.Future[None] = loop.create_future()
+    clock.call_later(0, lambda: now.set_result(None))
+    await now
+    assert fired == []
+    clock.advance(0.05)
+    while not fired:
+        await asyncio.sleep(0.001)
+    assert (fired, clock.time(), clock.timers) == (["due"], stood + 0.05, set())

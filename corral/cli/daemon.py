@@ -259,7 +259,7 @@ def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
-    kind = f"manual, {res.ahead:g} s ahead of the wall" if res.manual else "the wall's"
+    kind = f"manual, moved {res.ahead:g} s" if res.manual else "the wall's"
     click.echo(f"{iso_time(res.time)} ({kind})")
 
 

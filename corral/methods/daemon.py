@@ -56,8 +56,9 @@ class ConfigReload(Params):
 class DaemonClock(Params):
     """The clock a person's waits are measured by (asks' deadlines, suspend_after). With
     --advance (a duration: 90, 90s, 10m, 2h, 1d), a manual clock ([supervisor]
-    manual_clock = true, for tests) is moved that far ahead and the waits it passes fall
-    due at once; without manual_clock, --advance is refused. An admin's."""
+    manual_clock = true, for tests; it stands still between moves) is moved that far
+    ahead and the waits it passes fall due at once; without manual_clock, --advance is
+    refused. An admin's."""
 
     advance: float = 0.0
 

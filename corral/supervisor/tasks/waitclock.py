@@ -4,8 +4,9 @@
 
 It is the wall's, or, for a test that must show what days of waiting do in seconds, a
 manual one ([supervisor] manual_clock = true) that only `corral clock --advance` moves
-forward: its timers are each due when the clock's time reaches it, so moving it fires
-at once every timer it passed, in their order."""
+forward: it stands at the time it was made until moved (a wait of the wall's seconds under
+it would be a test's race), its timers each due when the clock's time reaches it, so moving
+it fires at once every timer it passed, in their order."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ class WaitClock:
 
     def __init__(self, manual: bool = False) -> None:
         self.manual = manual
-        self.offset = 0.0  # how far a manual clock was moved ahead of the wall
+        self.offset = 0.0  # how far a manual clock was moved
+        self._made_at = time.time()  # where a manual clock stands before it is moved
         self._heap: list[tuple[float, int, WaitTimer]] = []
         self._made = itertools.count()  # (timers due at once fire in the order made)
         self._cancelled = 0  # of the heap's timers
@@ -60,7 +62,7 @@ class WaitClock:
         self._at = math.inf  # when the loop's timer fires
 
     def time(self) -> float:
-        return time.time() + self.offset
+        return (self._made_at if self.manual else time.time()) + self.offset
 
     @property
     def timers(self) -> set[WaitTimer]:
@@ -90,8 +92,10 @@ class WaitClock:
             self._at = math.inf
             return
         self._at = self._heap[0][0]
-        self._handle = asyncio.get_running_loop().call_later(
-            max(0.0, self._at - self.time()), self._fire)
+        delay = self._at - self.time()
+        if self.manual and delay > RESOLUTION:  # due only once `advance` reaches it
+            return
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, delay), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
@@ -125,6 +129,6 @@ class WaitClock:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"a clock moves forward, by at most ten "
                                                    f"years: not {seconds:g} s")
         self.offset += seconds
-        if self._handle is not None:
+        if self._heap:
             self._arm()
         return self.time()
