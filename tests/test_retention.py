@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from .test_tokens import cli
 
 def speaking(name: str) -> list[str]:
     """An agent's command that says its name on stderr (a line of its log), then serves."""
-    return ["/bin/sh", "-c", f'echo "{name} was here" >&2; exec {PY} {EXAMPLES}/hello.py']
+    hello = shlex.quote(f"{EXAMPLES}/hello.py")  # (a checkout's path may hold a space)
+    return ["/bin/sh", "-c", f'echo "{name} was here" >&2; exec {shlex.quote(PY)} {hello}']
 
 
 def toml(name: str) -> str:
