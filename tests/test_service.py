@@ -21,7 +21,10 @@ from corral.cli.install import quoted
 from .conftest import ROOT
 from .nsystemd import NSystemd, install_corral, skip_reason
 
-CLI = "/opt/corral/bin/corral"
+# the venv's interpreter on corral's module, not its `corral` script: a checkout under a
+# path with a space gets a script that is a /bin/sh trampoline, which the namespace's sh
+# ran from a working directory it could not see (getcwd() failed)
+CLI = ("/opt/corral/bin/python", "-m", "corral")
 TALK = textwrap.dedent("""
     import sys
     print("hello from talk", file=sys.stderr, flush=True)
@@ -81,12 +84,12 @@ def test_under_systemd_the_journal_has_every_line_and_the_group_reaches_the_sock
         nsd.run("systemctl", "start", "corral")  # Type=notify: returns after READY=1
         # the group reaches the socket, found without --socket
         as_member = nsd.run("setpriv", "--reuid=member", "--regid=member", "--init-groups",
-                            CLI, "status", "--json", check=False)
+                            *CLI, "status", "--json", check=False)
         assert as_member.returncode == 0, as_member.stderr
         talk = json.loads(as_member.stdout)["agents"][0]
         assert (talk["name"], talk["state"]) == ("talk", "ready")
         as_stranger = nsd.run("setpriv", "--reuid=stranger", "--regid=stranger",
-                              "--init-groups", CLI, "status", check=False)
+                              "--init-groups", *CLI, "status", check=False)
         assert as_stranger.returncode == 3
         assert "/run/corral/corral.sock: permission denied" in as_stranger.stderr
         mode = nsd.run("stat", "-c", "%A %U %G", "/run/corral", "/run/corral/corral.sock")
@@ -105,7 +108,7 @@ def test_under_systemd_the_journal_has_every_line_and_the_group_reaches_the_sock
         own = _wait_journal(nsd, "ready: 1 agent, 1/1 replica serving, 0 failed")
         assert own["PRIORITY"] == "6" and "CORRAL_AGENT" not in own
         # and agents still run their programs in the sandbox: a task round trip
-        r = nsd.run(CLI, "run", "talk", "--input", '{"x": 1}', check=False)
+        r = nsd.run(*CLI, "run", "talk", "--input", '{"x": 1}', check=False)
         assert (r.returncode, json.loads(r.stdout)) == (0, {"x": 1}), r.stderr
         nsd.run("systemctl", "stop", "corral")
 
