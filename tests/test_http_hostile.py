@@ -376,10 +376,12 @@ async def test_a_held_stream_that_never_drains_is_aborted_at_its_write_deadline(
     from .daemon_harness import in_process
     from .test_gateway_stdio import wait_until_async
 
-    monkeypatch.setattr(sse, "WRITE_DEADLINE", 1.0)
+    # a client that never reads takes not even the cut's last words (CUT_GRACE)
+    monkeypatch.setattr(sse, "CUT_GRACE", 1.0)
     own = Caller(via="socket")
     async with in_process(tmp_path, hello("hello"),
-                          '\n[http]\nlisten = "127.0.0.1:0"\nrate_per_minute = 0\n') as d:
+                          '\n[http]\nlisten = "127.0.0.1:0"\nrate_per_minute = 0\n'
+                          'stream_write_timeout = 1.0\n') as d:
         token = (await d.dispatcher.call(own, "tokens.create", {
             "name": "ev", "scopes": ["events"]})).token
         api = d.http_server.app[API_KEY]
@@ -395,7 +397,9 @@ async def test_a_held_stream_that_never_drains_is_aborted_at_its_write_deadline(
         await wait_until_async(lambda: not api.ring.readers and api.streams.count == 0,
                                timeout=10)
         assert asyncio.get_running_loop().time() - held_at >= 0.9
-        assert reader.request.transport is None or reader.request.transport.is_closing()
+        # and the connection, its cut's last words never taken, aborted after CUT_GRACE
+        await wait_until_async(lambda: reader.request.transport is None
+                               or reader.request.transport.is_closing(), timeout=10)
         got = b""
         with contextlib.suppress(ConnectionError):
             while chunk := await asyncio.wait_for(stream.reader.read(65536), 10):
