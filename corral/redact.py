@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from .methods import AgentsAdd, AgentsUpdate, ApprovalsResolve, RunsSignal, WorkflowsRun
+from .methods import AgentsAdd, AgentsUpdate, ApprovalsResolve, McpAdd, RunsSignal, WorkflowsRun
 
 MASK = "***"  # what a hidden value reads as
 
@@ -60,6 +60,8 @@ NOT_SECRET = re.compile(
 # it holds them by name (agents.add) or is one table (agents.update's merge patch)
 SPEC_PARAMS = {AgentsAdd.declared.name: ("agents", True),
                AgentsUpdate.declared.name: ("set", False)}
+# the methods whose params are themselves one [mcp_servers.NAME] table (its env hidden)
+TABLE_PARAMS = frozenset({McpAdd.declared.name})
 # a caller's data, as a task's input (which no audit row holds): its row and log line say
 # its size, so a run's input of megabytes is not a log line of megabytes, nor read with
 # audit:read by who may not read tasks (a person's answer to a task's question and the
@@ -162,6 +164,8 @@ def params(method: str, given: Any) -> Any:
     sized = SIZED_PARAMS.get(method)
     if sized is not None and given is not None:
         return _sized(given, sized)
+    if method in TABLE_PARAMS and given is not None:
+        return table(given if isinstance(given, Mapping) else msgspec.to_builtins(given))
     spec = SPEC_PARAMS.get(method)
     if spec is None or given is None:
         return given

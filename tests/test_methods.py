@@ -259,6 +259,9 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert ask("daemon.upgrade", {"report": True}).state == "none"
         # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
         done.add("ui.login")
+        # need [supervisor] mcp_servers_file: their answers (config.reload's ReloadResult)
+        # decoded by the CLI in tests/test_mcp_add.py
+        done.update({"mcp.add", "mcp.remove"})
         # needs [cluster] and Redis: held to NodesResult in tests/cluster/
         done.add("nodes.list")
         done.add("nodes.drain")

@@ -638,6 +638,10 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
         "mcp.start": ("missing", {"name": BS}, {"name": GHOST_S}),
         "mcp.stop": ("missing", {"name": BS}, {"name": GHOST_S}),
         "mcp.restart": ("missing", {"name": BS}, {"name": GHOST_S}),
+        # the servers file is the operator's (admin): a tenant's server is declared in
+        # the config, under its tenant
+        "mcp.add": ("forbidden", {"name": "x", "command": ["true"]}, None),
+        "mcp.remove": ("forbidden", {"name": BS}, None),
         "resources.list": ("missing", {"server": BS}, {"server": GHOST_S}),
         "resources.read": ("missing", {"uri": "note://x", "server": BS},
                            {"uri": "note://x", "server": GHOST_S}),

@@ -201,6 +201,11 @@ def reload(obj: Ctx, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
+    print_reload(res)
+
+
+def print_reload(res: m.ReloadResult) -> None:
+    """What a reload changed (`corral reload`'s, `corral mcp add`'s and `remove`'s)."""
     kinds = (("agent", msgspec.structs.asdict(res)), ("MCP server", res.mcp_servers),
              ("workflow", res.workflows), ("team", res.teams), ("schedule", res.schedules))
     rows = [[kind, name, "failed" if kind == "agent" and name in res.failed else change]

@@ -83,6 +83,43 @@ for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),
     _mcp_verb(_declared, _done)
 
 
+@command(m.McpAdd, more="\n\nCOMMAND is the server's, after `--` (`corral mcp add docs -- "
+                     "npx -y @acme/docs-mcp`); prints what the reload changed.",
+         context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("server_command", metavar="-- COMMAND...", nargs=-1, required=True,
+                type=click.UNPROCESSED)
+@click.option("--env", "env", metavar="KEY=VALUE", multiple=True,
+              help="An environment variable of the server (repeat).")
+@json_option
+@pass_ctx
+def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str, ...],
+            as_json: bool) -> None:
+    pairs = [e.partition("=") for e in env]
+    bad = [e for e, (_, eq, _) in zip(env, pairs, strict=True) if not eq]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--env")
+    _reloaded(obj.call(m.McpAdd(name=name, command=list(server_command),
+                                env={k: v for k, _, v in pairs})), as_json)
+
+
+@command(m.McpRemove, more="\n\nPrints what the reload changed.")
+@click.argument("name")
+@json_option
+@pass_ctx
+def mcp_remove(obj: Ctx, name: str, as_json: bool) -> None:
+    _reloaded(obj.call(m.McpRemove(name=name)), as_json)
+
+
+def _reloaded(res: m.ReloadResult, as_json: bool) -> None:
+    from .daemon import print_reload
+
+    if as_json:
+        print_json(res)
+    else:
+        print_reload(res)
+
+
 @mcp_group.command("login")
 @click.argument("name")
 @click.option("--config", "-c", "config", metavar="PATH", default=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
 from ..supervisor.lifecycle import RESTARTED
 from ..supervisor.tools import Tools
+from . import mcpfile
 from .api import Commands, wire
 from .caller import Caller, Channel
 from .services import Services
@@ -25,10 +27,12 @@ class McpServices(msgspec.Struct, frozen=True):
     tools: Tools  # the MCP tool-server pool
     agents: Agents  # whose allowlist a listing takes
     gateway_status: Callable[[], dict[str, Any]]  # the gateway's figures, beside the pool's
+    config_path: Path  # whose mcp_servers_file `mcp add` and `mcp remove` write
+    reload: Callable[[str], Awaitable[m.ReloadResult]]  # who asked -> what changed
 
 
 def mcp_services(d: Services) -> McpServices:
-    return McpServices(d.tools, d.agents, d.gateway_status)
+    return McpServices(d.tools, d.agents, d.gateway_status, d.config_path, d.reload)
 
 
 COMMANDS: Commands[Services, McpServices] = Commands(mcp_services)
@@ -111,6 +115,18 @@ async def mcp_start(d: McpServices, p: m.McpStart, caller: Caller, c: Channel
 async def mcp_stop(d: McpServices, p: m.McpStop, caller: Caller, c: Channel
                    ) -> m.McpInstances:
     return await _each_instance(d, p.name, "stop")
+
+
+@implements(m.McpAdd)
+async def mcp_add(d: McpServices, p: m.McpAdd, caller: Caller, c: Channel
+                  ) -> m.ReloadResult:
+    return await mcpfile.add(d.config_path, p, lambda: d.reload(caller.who))
+
+
+@implements(m.McpRemove)
+async def mcp_remove(d: McpServices, p: m.McpRemove, caller: Caller, c: Channel
+                     ) -> m.ReloadResult:
+    return await mcpfile.remove(d.config_path, p, lambda: d.reload(caller.who))
 
 
 @implements(m.McpRestart)

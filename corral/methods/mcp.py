@@ -118,3 +118,23 @@ class PromptsGet(Params):
 
     name: str
     arguments: dict[str, str] = {}
+
+
+@method("mcp.add", result=ReloadResult, scope="admin", mutating=True, seen=None,
+        cli="mcp add")
+class McpAdd(Params):
+    """Add a stdio MCP server to the file [supervisor] mcp_servers_file names (its
+    {"mcpServers": ...}) and reload: it is served without a restart, and kept, as the
+    file's, by the next reload or start. Refused where no such file is named, or the name
+    is taken; a reload that fails leaves the file as it was."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] = {}
+
+
+@method("mcp.remove", result=ReloadResult, scope="admin", mutating=True, seen=None,
+        cli="mcp remove")
+class McpRemove(McpSelection):
+    """Remove an MCP server from the file [supervisor] mcp_servers_file names and reload:
+    its instances are stopped. One the config file itself declares is removed there."""

@@ -1,0 +1,105 @@
+"""`corral mcp add` and `corral mcp remove`: a stdio server written into, or taken out of,
+the JSON file [supervisor] mcp_servers_file names ({"mcpServers": ...}, a desktop
+client's format), then the config reloaded. The file is where such a server lives — one
+added to the running daemon alone would be dropped by the next reload or start — and the
+operator's own config file is never rewritten (its comments and layout are theirs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.config import Config, ConfigError
+from ..supervisor.configload import load_config
+from ..supervisor.names import name_problem
+
+Reload = Callable[[], Awaitable[m.ReloadResult]]
+
+
+async def add(config_path: Path, p: m.McpAdd, reload: Reload) -> m.ReloadResult:
+    cfg, path = _named_file(config_path, "add")
+    problem = name_problem(p.name, server=True)
+    if problem:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp add: MCP server {p.name}: {problem}")
+    if not p.command or not p.command[0]:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp add: MCP server {p.name}: give the "
+                                               "command that starts it")
+    before, doc = _read(path)
+    entries = doc["mcpServers"]
+    if p.name in cfg.mcp_servers or p.name in entries:
+        where = path if p.name in entries else config_path
+        raise RpcError(jsonrpc.CONFLICT, f"mcp add: MCP server {p.name} exists already "
+                                         f"(in {where})")
+    entries[p.name] = {"command": p.command[0], "args": p.command[1:],
+                       **({"env": p.env} if p.env else {})}
+    return await _written(path, before, doc, reload, "add")
+
+
+async def remove(config_path: Path, p: m.McpRemove, reload: Reload) -> m.ReloadResult:
+    cfg, path = _named_file(config_path, "remove")
+    before, doc = _read(path)
+    entries = doc["mcpServers"]
+    if p.name not in entries:
+        if p.name in cfg.mcp_servers:
+            raise RpcError(jsonrpc.CONFLICT, f"mcp remove: MCP server {p.name} is declared "
+                                             f"in {config_path}, not in {path}: remove it "
+                                             "there, then `corral reload`")
+        raise RpcError(jsonrpc.NOT_FOUND, f"mcp remove: no MCP server {p.name} in {path}")
+    del entries[p.name]
+    return await _written(path, before, doc, reload, "remove")
+
+
+def _named_file(config_path: Path, verb: str) -> tuple[Config, Path]:
+    """The config as its file says now, and the servers file it names."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp {verb} rejected, nothing changed: "
+                                               f"{exc}") from None
+    named = cfg.supervisor.mcp_servers_file
+    if not named:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp {verb}: {config_path} names no "
+                                               "[supervisor] mcp_servers_file, the JSON file "
+                                               "servers are added to and removed from")
+    return cfg, config_path.parent / named  # (an absolute one is kept by the join)
+
+
+def _read(path: Path) -> tuple[bytes | None, dict[str, Any]]:
+    """The file's bytes as they are (None: no file yet) and its document."""
+    try:
+        before = path.read_bytes()
+    except FileNotFoundError:
+        return None, {"mcpServers": {}}
+    doc = json.loads(before)  # (load_config has just read it: it is an object of servers)
+    return before, doc
+
+
+async def _written(path: Path, before: bytes | None, doc: dict[str, Any], reload: Reload,
+                   verb: str) -> m.ReloadResult:
+    """`doc` written (whole, by a rename: a reader never sees half of it), then the
+    config reloaded; a reload that fails puts the file back as it was."""
+    _replace(path, json.dumps(doc, indent=2).encode() + b"\n")
+    try:
+        return await reload()
+    except ConfigError as exc:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            _replace(path, before)
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp {verb} rejected, nothing changed: "
+                                               f"{exc}") from None
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.corral-tmp")
+    tmp.write_bytes(data)
+    if path.exists():
+        shutil.copymode(path, tmp)  # (a file the operator made private stays so)
+    os.replace(tmp, path)
