@@ -27,7 +27,8 @@ it) the server's or provider's work is not cancelled: it goes on to its answer (
 timeout), which is journaled; a later attempt's same call waits for it and is answered
 from it, and the server sees the call once. Only a call held for a person (its task has
 an ask pending) is cancelled with its caller, as before: its retry waits on the same ask.
-A flight still running when its task ends is cancelled. Every call that may be made
+A tool call's flight still running when its task ends is cancelled (a model call's
+reads on to its end, counted: decision 636). Every call that may be made
 again by a later attempt carries an idempotency key, the same on every attempt (its
 task and its CallOrdinals key), which the pool puts in the upstream request's `_meta`
 (mcp/client.py IDEMPOTENCY_META) and the model gateway in its `Idempotency-Key`
@@ -206,9 +207,11 @@ class TaskSteps:
 
     def _finished(self, e: TaskFinished) -> None:
         self._ordinals.forget(e.task.id)
-        # no attempt follows: what is still in flight is no one's to read
+        # no attempt follows: a tool call still in flight is no one's to read; a model
+        # call reads on to its end, its usage counted (the upstream bills it whole:
+        # decision 636), its slot held meanwhile
         for flight in self._flights.pop(e.task.id, {}).values():
-            if flight.call is not None:
+            if flight.call is not None and not flight.made.name.startswith(MODEL_STEP):
                 flight.call.cancel()
         st = self._attempts.pop(e.task.id, None)
         if not self._attempts:
