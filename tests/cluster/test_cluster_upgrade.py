@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -126,7 +127,7 @@ def test_a_key_lapsed_in_the_hand_over_fences_the_new_image(
     slow = tmp / "slow-python"
     slow.write_text('#!/bin/sh\n[ -n "$CORRAL_HANDOFF" ] && '
                     f'while [ ! -e "{gate}" ]; do sleep 0.05; done\n'
-                    f'exec {sys.executable} "$@"\n')
+                    f'exec {shlex.quote(sys.executable)} "$@"\n')  # (a path may hold a space)
     slow.chmod(0o755)
     a = Node(tmp / "a", "a", redis, sleeper("sleepy", retries=1))
     b = Node(tmp / "b", "b", redis, sleeper("sleepy", retries=1))
