@@ -102,7 +102,26 @@ def test_skills_are_listed_named_by_server_verified_and_read(gateway: Gateway) -
                {"uri": "skill://sk/weather-report/templates/report.md"})["result"]
     assert read["contents"] == [{"uri": "skill://sk/weather-report/templates/report.md",
                                  "mimeType": "text/markdown", "text": "## {city}\n\n{summary}\n"}]
+    # its directories, read from its entry (SEP-2640's directory read)
+    assert discovered["capabilities"]["extensions"][SKILLS] == {"directoryRead": True}
+    top = rpc(g, "acme", "resources/directory/read", {"uri": "skill://sk/weather-report"})
+    assert top["result"]["resources"] == [
+        {"uri": "skill://sk/weather-report/SKILL.md", "name": "SKILL.md"},
+        {"uri": "skill://sk/weather-report/templates", "name": "templates",
+         "mimeType": "inode/directory"}]
+    sub = rpc(g, "acme", "resources/directory/read",
+              {"uri": "skill://sk/weather-report/templates/"})["result"]["resources"]
+    assert sub == [{"uri": "skill://sk/weather-report/templates/report.md",
+                    "name": "report.md"}]
+    for uri, why in (("skill://sk/weather-report/SKILL.md", "a file, not a directory"),
+                     ("skill://sk/weather-report/nope", "no directory of a skill")):
+        assert rpc(g, "acme", "resources/directory/read", {"uri": uri})["error"] == {
+            "code": -32602, "message": f"resources/directory/read {uri}: {why}",
+            "data": {"uri": uri}}
     # at /mcp/sk, as the server names them
+    assert rpc(g, "acme", "resources/directory/read", {"uri": "skill://weather-report"},
+               at="/sk")["result"]["resources"][1]["uri"] == \
+        "skill://weather-report/templates"
     own = rpc(g, "acme", "skills/list", {}, at="/sk")["result"]["skills"]
     assert [s["uri"] for s in own] == ["skill://weather-report/SKILL.md",
                                        "skill://deploy-check/SKILL.md"]
@@ -131,6 +150,9 @@ def test_a_skill_changed_under_its_digest_is_refused_and_logged(gateway: Gateway
     read = rpc(g, "acme", "resources/read", {"uri": "skill://sk/weather-report/SKILL.md"})
     assert read["error"]["message"] == refusal
     assert "secrets" not in str(read) and "secrets" not in str(got)
+    dir_read = rpc(g, "acme", "resources/directory/read", {"uri": "skill://sk/weather-report"})
+    assert dir_read["error"]["message"] == refusal.replace(
+        "skill://sk/weather-report/SKILL.md of", "skill://sk/weather-report of")
     # its other file is unchanged: still served against its own digest
     assert "result" in rpc(g, "acme", "resources/read",
                            {"uri": "skill://sk/weather-report/templates/report.md"})

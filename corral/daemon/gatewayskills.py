@@ -15,7 +15,8 @@ Digests are what a host trusts a skill by: corral reads a skill's SKILL.md and c
 it against the digest listed for it before it lists or gives the skill, and checks each
 file it serves against its entry's digest. A mismatch — a server whose skill changed
 under the digest it declared — is refused and logged, never served; so is a skill whose
-SKILL.md has no digest to check (`resources: "dynamic"`, or none listed).
+SKILL.md has no digest to check (`resources: "dynamic"`, or none listed). A skill's
+directories are read from its entry's files, by corral (`resources/directory/read`).
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class SkillCaller(Protocol):
 Identity = TypeVar("Identity", bound=SkillCaller)
 
 SKILLS = "io.modelcontextprotocol/skills"
-METHODS = frozenset({"skills/list", "skills/get"})
+METHODS = frozenset({"skills/list", "skills/get", "resources/directory/read"})
 SCHEME = "skill://"
 SKILL_FILE = "SKILL.md"
+DIRECTORY = "inode/directory"  # a directory's mimeType (SEP-2640's directory read)
 
 
 class DigestMismatch(RpcError):
@@ -96,7 +98,8 @@ class GatewaySkills(Generic[Identity]):
         self.sees = sees  # whether the client's tenant sees a tool's server now
 
     async def serve(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
-        """skills/list, skills/get, or resources/read of a `skill://` URI."""
+        """skills/list, skills/get, resources/directory/read of a skill's directory, or
+        resources/read of a `skill://` URI."""
         if method == "skills/list":
             if params.get("cursor") is not None:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: unknown cursor")
@@ -118,6 +121,8 @@ class GatewaySkills(Generic[Identity]):
             return {"skill": _shown(ident, server, skill)}
         # a file of a skill: checked against the digest its server lists for it
         entries = await inst.client.list_all("skills/list", "skills", self._timeout(server))
+        if method == "resources/directory/read":
+            return await self._directory(ident, server, inst, entries, uri, theirs)
         skill = next((e for e in entries if of_skill(e, theirs)), None)
         if skill is not None:
             self._admit(ident, server, name_of(str(skill.get("uri"))), uri)
@@ -180,6 +185,34 @@ class GatewaySkills(Generic[Identity]):
         if server not in found:
             raise _unknown(uri)
         return server, found[server], theirs
+
+    async def _directory(self, ident: Identity, server: str, inst: McpServerReplica,
+                         entries: list[dict[str, Any]], uri: str, theirs: str
+                         ) -> dict[str, Any]:
+        """A skill's directory, or one within it, as its entry lists its files: its direct
+        children, a subdirectory's mimeType inode/directory. Served by corral from the
+        entry whether or not the server reads directories (so every skill's can be), once
+        the skill's SKILL.md matches its digest."""
+        prefix = theirs.rstrip("/") + "/"
+        skill = next((e for e in entries if of_skill(e, prefix)), None)
+        files = skill.get("resources") if skill is not None else None
+        listed = [str(f.get("uri")) for f in files if isinstance(f, dict)] \
+            if isinstance(files, list) else []
+        below = [u[len(prefix):] for u in listed if u.startswith(prefix)]
+        if skill is not None:
+            self._admit(ident, server, name_of(str(skill.get("uri"))), uri)
+        if skill is None or not below:
+            why = "a file, not a directory" if theirs in listed else "no directory of a skill"
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"resources/directory/read {uri}: {why}",
+                           {"uri": uri})
+        await self._verify(server, inst, skill, uri)
+        shown = _shown(ident, server, {"uri": prefix})["uri"]
+        children: dict[str, dict[str, Any]] = {}
+        for rest in below:
+            head, sub, _ = rest.partition("/")
+            children.setdefault(head, {"uri": shown + head, "name": head,
+                                       **({"mimeType": DIRECTORY} if sub else {})})
+        return {"resources": list(children.values())}
 
     async def _verify(self, server: str, inst: McpServerReplica, skill: dict[str, Any],
                       shown: str) -> None:

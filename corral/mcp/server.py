@@ -73,7 +73,7 @@ TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 # the skills extension (SEP-2640, daemon/gatewayskills.py): a backend with the feature
 # "skills" serves the servers' skills, each checked against its digest
 SKILLS = "io.modelcontextprotocol/skills"
-SKILL_METHODS = frozenset({"skills/list", "skills/get"})
+SKILL_METHODS = frozenset({"skills/list", "skills/get", "resources/directory/read"})
 SUBSCRIBING = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # requests whose server may ask for input (SEP-2322)
 ASKING = frozenset({"tools/call", "prompts/get", "resources/read"})
@@ -294,8 +294,11 @@ class GatewaySession:
         2025-11-25 client only those it declared in initialize: an older client's schema
         has no `extensions`)."""
         served = {TASKS: "tasks", SKILLS: "skills"}
+        # a skill's directories are read from its entry's files, whatever its server
+        # does (gatewayskills.py)
+        settings: dict[str, Any] = {SKILLS: {"directoryRead": True}}
         extensions: dict[str, Any] = {
-            ext: {} for ext, feature in served.items()
+            ext: settings.get(ext, {}) for ext, feature in served.items()
             if feature in self.backend.features
             and (self.version is None or ext in self.extensions)}
         return {**caps, "extensions": extensions} if extensions else caps
