@@ -337,14 +337,7 @@ def _end(request: web.Request, stop: asyncio.Future[None]) -> None:
     if stop.done():
         return
     stop.set_result(None)
-    request.protocol.close()  # no other request on this connection
-
-    def abort() -> None:
-        transport = request.transport
-        if transport is not None and not transport.is_closing():
-            transport.abort()
-
-    asyncio.get_running_loop().call_later(END_GRACE, abort)
+    sse.end_connection(request, END_GRACE)
 
 
 @web.middleware

@@ -542,14 +542,20 @@ async def _cut(request: web.Request, why: str, last_id: str | None) -> None:
                                                    "last_event_id": last_id}))
     with contextlib.suppress(Exception):  # (the transport may be closing)
         await _writer(request).write(data, drain=False)
-    request.protocol.close()  # no other request on this connection
+    end_connection(request, CUT_GRACE)
+
+
+def end_connection(request: web.Request, grace: float) -> None:
+    """No other request on the request's connection, and the connection aborted if its
+    client has not taken what was sent within `grace` seconds."""
+    request.protocol.close()
 
     def abort() -> None:
         transport = request.transport
         if transport is not None and not transport.is_closing():
             transport.abort()
 
-    asyncio.get_running_loop().call_later(CUT_GRACE, abort)
+    asyncio.get_running_loop().call_later(grace, abort)
 
 
 async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Caller,
