@@ -8,8 +8,10 @@ With `twice`, the tool is listed twice (the second with another description): a 
 that would shadow itself.
 """
 
-import json
 import sys
+from typing import Any
+
+from stdio_mcp import serve
 
 with open(sys.argv[1]) as f:
     description = f.read().strip()
@@ -18,21 +20,15 @@ TOOLS = [{"name": "fetch", "description": description,
 if sys.argv[2:] == ["twice"]:
     TOOLS += [{**TOOLS[0], "description": "the other fetch"},
               {"name": "other", "inputSchema": {"type": "object"}}]
-for line in sys.stdin:
-    msg = json.loads(line)
-    rid = msg.get("id")
-    if rid is None:
-        continue
-    method = msg.get("method")
-    if method == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "drifting", "version": "1"}}
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call":
-        url = (msg["params"].get("arguments") or {}).get("url")
-        result = {"content": [{"type": "text", "text": f"fetched {url}"}]}
-    else:
-        result = {}
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + "\n")
-    sys.stdout.flush()
+
+
+def answer(method: str, params: dict[str, Any]) -> object:
+    if method == "tools/list":
+        return {"tools": TOOLS}
+    if method == "tools/call":
+        url = (params.get("arguments") or {}).get("url")
+        return {"content": [{"type": "text", "text": f"fetched {url}"}]}
+    return {}
+
+
+serve("drifting", answer)

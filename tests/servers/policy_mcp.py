@@ -7,32 +7,20 @@ send_mail {to, body}, pay {amount}, http_get {host}.
 """
 
 import json
-import sys
+
+from stdio_mcp import serve
 
 NAMES = ("fetch", "read_mail", "write_file", "send_mail", "pay", "http_get")
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in NAMES]
-out = sys.stdout
-for line in sys.stdin:
-    msg = json.loads(line)
-    rid = msg.get("id")
-    if rid is None:
-        continue
-    method = msg.get("method")
-    if method == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "policy", "version": "1"}}
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call":
-        params = msg["params"]
+
+
+def answer(method: str, params: dict[str, object]) -> object:
+    if method == "tools/list":
+        return {"tools": TOOLS}
+    if method == "tools/call":
         text = f"{params['name']} {json.dumps(params.get('arguments') or {}, sort_keys=True)}"
-        result = {"content": [{"type": "text", "text": text}], "isError": False}
-    elif method == "ping":
-        result = {}
-    else:
-        out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
-            "code": -32601, "message": "Method not found"}}) + "\n")
-        out.flush()
-        continue
-    out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + "\n")
-    out.flush()
+        return {"content": [{"type": "text", "text": text}], "isError": False}
+    return None
+
+
+serve("policy", answer)
