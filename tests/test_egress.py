@@ -63,6 +63,9 @@ def fleet(tmp: Path, upstream: str, egress: str, extra: str = "") -> str:
         egress = "{egress}"
         tools = ["notes__*"]
         stop_timeout = 5.0
+        # its start imports the openai and mcp clients in a sandbox: beside a busy loop
+        # per core that passed the default 10 s, and five kills failed the agent
+        start_timeout = 60.0
         {extra}
 
         [mcp_servers.notes]
