@@ -100,12 +100,23 @@ def made(host: str, port: int, within: str | None = None) -> tuple[int, socket.s
 
 
 def spawning_in(ns: int, fn: Callable[[], T]) -> T:
-    """`fn` (a fork/exec) made from inside namespace `ns`: what it starts is in it."""
-    def run() -> T:
-        _checked(_libc().setns(ns, CLONE_NEWNET), "setns(CLONE_NEWNET)")
-        return fn()
-
-    return _on_a_thread(run)
+    """`fn` (a fork/exec) made from inside namespace `ns`, on the calling thread, moved
+    into `ns` for the fork and back: what it starts is in it. The caller is the daemon's
+    main thread, the one that lives through an upgrade's exec: a sandbox's
+    `--die-with-parent` is tied to the thread that forked it, and a thread made for one
+    fork ended at once, killing the sandbox whenever bwrap had set its death signal before
+    that (a loaded host's egress agents died of SIGKILL at start); a spawn thread ends at
+    the exec."""
+    libc = _libc()
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _checked(libc.setns(ns, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+        try:
+            return fn()
+        finally:
+            _checked(libc.setns(home, CLONE_NEWNET), "setns(CLONE_NEWNET) back")
+    finally:
+        os.close(home)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

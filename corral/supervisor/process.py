@@ -287,8 +287,9 @@ class ChildProcess(asyncio.Protocol):
             def fork() -> tuple[subprocess.Popen[bytes], int]:
                 return _popen(command, full_env, cwd, ticket.cgroup, kwargs)
 
-            popen, pidfd = await off_loop(
-                fork if netns is None else lambda: spawning_in(netns, fork), _kill_popen)
+            # an egress sandbox forked from this (the main) thread: egressdoors.spawning_in
+            popen, pidfd = await off_loop(fork, _kill_popen) if netns is None else \
+                spawning_in(netns, fork)
         except BaseException:
             containment.abandon(ticket)
             raise
