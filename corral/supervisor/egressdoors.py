@@ -8,9 +8,10 @@ of egressrelay.py does the same from inside).
 
 A namespace is made once per replica and kept across its restarts, so its listener is
 there before the replica's first process runs. It is made on a thread of its own, which
-enters it and leaves: no other thread of the daemon changes namespace. A spawn into it is
-made the same way (`spawning_in`): the process inherits the namespace of the thread that
-forks it."""
+enters it and leaves. A spawn into it (`spawning_in`) is forked by the daemon's main
+thread, moved into the namespace for the fork and back with nothing else run meanwhile:
+the process inherits the namespace of the thread that forks it, and its sandbox's
+`--die-with-parent` that thread's life."""
 
 from __future__ import annotations
 
