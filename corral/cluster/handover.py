@@ -137,7 +137,7 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
     before the adoption) cancels it at once: the cluster runs it elsewhere."""
     t = ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
                     c.created, token=c.token, base=c.base, entry=c.entry, stream=c.stream,
-                    consumer=c.consumer, kept=node.puller.kept)
+                    consumer=c.consumer, home=node.puller.home)
     t.started, t.attempts, t.tool_calls = c.started, tuple(c.attempts), c.tool_calls
     t.usage, t.checkpoint = c.usage, c.checkpoint
     t.session, t.session_kept = c.session, c.session_kept

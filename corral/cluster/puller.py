@@ -31,9 +31,10 @@ from .clusterasks import ClusterAsks
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
 from .connection import why
+from .home import ClusterHome
 from .keys import GROUP, Keys, route
 from .membership import Membership
-from .queue import ClaimStores, ClusterQueue, ClusterTask
+from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
 from .steps import ClusterSteps
 
@@ -75,7 +76,8 @@ class Puller:
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
         # each claimed task's
-        self.kept = ClaimStores(claims.steps, claims.turns, claims.spawns, claims.asks)
+        self.home = ClusterHome(claims.steps, claims.turns, claims.spawns, claims.asks,
+                                tasks.outputs.memory)
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
@@ -218,7 +220,7 @@ class Puller:
         task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                            float(timeout), int(retries), float(created), token=int(token),
                            base=int(base), entry=entry.decode(), stream=stream,
-                           consumer=consumer, kept=self.kept)
+                           consumer=consumer, home=self.home)
         if checkpoint:
             self.claims.steps.resume(task, checkpoint)
         if session:  # a turn of a session (sessions.py), with its state

@@ -13,7 +13,6 @@ write of its outcome must show, the stream entry, and the incarnation that claim
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
 
 import msgspec
 
@@ -21,6 +20,7 @@ from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
 from ..supervisor.tasks.model import AsksElsewhere, SpawnsElsewhere, TurnsElsewhere
 from ..supervisor.tasks.stepjournal import StepJournal
+from .home import ClusterHome
 
 
 class ClusterTask(Task):
@@ -32,7 +32,7 @@ class ClusterTask(Task):
     def __init__(self, task_id: str, agent: str, raw_input: msgspec.Raw, priority: int,
                  timeout: float, retries: int, created: float, *, token: int, base: int,
                  entry: str, stream: str, consumer: str,
-                 kept: ClaimStores | None = None) -> None:
+                 home: ClusterHome | None = None) -> None:
         super().__init__(agent, raw_input, priority, timeout, retries, 0)
         self.id = task_id
         self.created = created
@@ -41,14 +41,14 @@ class ClusterTask(Task):
         self.entry = entry  # its stream entry (acknowledged with the outcome)
         self.stream = stream
         self.consumer = consumer  # the node incarnation that claimed it
-        # its steps and its session's turns, in Redis (the node's stores), which the
-        # engine reads and writes through these (None: a claim not run here, one given
-        # back as it is made)
-        self.steps_kept: StepJournal | None = kept.steps if kept is not None else None
-        self.turns_kept: TurnsElsewhere | None = kept.turns if kept is not None else None
-        self.spawns_kept: SpawnsElsewhere | None = kept.spawns if kept is not None else None
-        # and its asks of a person (clusterasks.py)
-        self.asks_kept: AsksElsewhere | None = kept.asks if kept is not None else None
+        # its steps, its session's turns, its spawns and asks in Redis (home.py); None:
+        # a claim not run here, one given back as it is made, keeps nothing here
+        if home is not None:
+            self.home = home
+        self.steps_kept: StepJournal | None = home.steps if home is not None else None
+        self.turns_kept: TurnsElsewhere | None = home.turns if home is not None else None
+        self.spawns_kept: SpawnsElsewhere | None = home.spawns if home is not None else None
+        self.asks_kept: AsksElsewhere | None = home.asks if home is not None else None
         # its session's state as its claim read it or its last checkpoint wrote it (the
         # MAC, a space, the JSON)
         self.session_kept: bytes | None = None
@@ -57,16 +57,6 @@ class ClusterTask(Task):
     def attempt(self) -> int:
         """Counted across the cluster: the attempts of earlier claims (other nodes) too."""
         return self.base + len(self.attempts)
-
-
-class ClaimStores(NamedTuple):
-    """Where a node keeps its claimed tasks' steps, their sessions' turns, their spawns
-    and their asks of a person (Redis): given to each ClusterTask as the claim makes it."""
-
-    steps: StepJournal
-    turns: TurnsElsewhere
-    spawns: SpawnsElsewhere
-    asks: AsksElsewhere
 
 
 def free_slots(agent: AgentLike) -> int:

@@ -22,7 +22,8 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..supervisor.tasks.output import START, OutputChunk, Position, paged
+from ..supervisor.tasks.chunks import START, OutputChunk, Position
+from ..supervisor.tasks.output import paged
 from .journalstore import JournalStore, JournalWords
 from .storeschema import errors_named
 from .storewriter import WriterThread

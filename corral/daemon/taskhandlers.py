@@ -10,7 +10,8 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.tasks.output import START, TaskOutputs, position_of
+from ..supervisor.tasks.chunks import START
+from ..supervisor.tasks.output import TaskOutputs, position_of
 from .api import Commands
 from .caller import Caller, Channel
 from .services import Services

@@ -25,7 +25,7 @@ from .admission import (
 )
 from .ids import new_ids
 from .interceptors import TraceStart
-from .model import Task
+from .model import Task, TaskHome
 from .payload import encode_input
 from .spawn import REACH
 
@@ -50,6 +50,7 @@ class AdmittingEngine(Protocol):
     """What intake needs of the TaskManager."""
 
     sup: TaskHost
+    home: TaskHome
     quotas: QuotaHooks
     active: dict[str, Task]
     queue: Queue
@@ -123,7 +124,7 @@ class Intake:
         retries = options.retry.retries if options.retry is not None else None
         task = Task(agent.name, raw, options.priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries if retries is None else retries, e.next_seq(), now=now)
-        task.options = options
+        task.home, task.options = e.home, options
         if task_id is not None:
             task.id = task_id
         if session is not None:
@@ -215,6 +216,7 @@ class Intake:
                 task = Task(name, raw, priority, t or spec.task_timeout, retries, next_seq(),
                             task_id, now)
                 task.tenant, task.options, task.decoded = tenant, options, decoded
+                task.home = e.home
                 if reach is not None:
                     e.spawns.limit(task, *reach)
                 if trace_begin is not None:

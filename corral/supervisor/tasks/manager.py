@@ -53,6 +53,7 @@ from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
+from .chunks import START, OutputChunk
 from .counters import AgentTasks, RetiredCounts, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, TenantGate, why_delayed
@@ -70,8 +71,9 @@ from .interceptors import (
     TraceStart,
 )
 from .lanes import Lanes
-from .model import Task
-from .output import START, OutputChunk, position_of
+from .model import Task, TaskHome
+from .nodehome import NodeHome
+from .output import position_of
 from .payload import acyclic
 from .personloop import PersonLoop
 from .questions import Questions
@@ -117,6 +119,7 @@ class TaskManager:
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         self.journal = journal
+        self.home: TaskHome = NodeHome(self)  # where the tasks it accepts are kept (nodehome.py)
         self.active: dict[str, Task] = {}  # queued and running
         self.retention = Retention(kept, kept_bytes)
         self.finished = self.retention.finished  # in the order they ended
@@ -271,9 +274,7 @@ class TaskManager:
         return loop
 
     def record(self, task: Task) -> None:
-        if self.journal is not None and task.journal_here:
-            self.journal.write(task)
-            task.journaled = True
+        task.home.record(task)
 
     # -- after a restart (recovery.py) ----------------------------------------------------
     def next_seq(self) -> int:
@@ -292,7 +293,7 @@ class TaskManager:
         if rec is None:  # (pruned rows are finished tasks': a suspended one's is kept)
             return None
         del self.suspensions.compact[task_id]
-        task = rebuilt(rec, seq, None)
+        task = rebuilt(rec, seq, None, self.home)
         task.restored(rec.status)
         self.traced_again(task)
         self.active[task_id] = task

@@ -22,6 +22,7 @@ from ...taskviews import (
     queue_wait,
 )
 from ..stream import Subscription
+from .chunks import DROPPED, OutputJournal
 from .ids import new_id
 from .payload import Output
 from .taskmachine import TaskMachine
@@ -106,6 +107,7 @@ class Task(TaskMachine):
         "due",
         "error",
         "finished",
+        "home",
         "id",
         "input",
         "journaled",
@@ -147,6 +149,9 @@ class Task(TaskMachine):
         TaskMachine.__init__(self, retries)
         self.id = new_id() if task_id is None else task_id
         self.agent = agent
+        # where everything durable about it is kept, chosen once: the engine's when it
+        # accepts it, its cluster's when a node claims it; until then nowhere
+        self.home: TaskHome = NOWHERE
         self.input = raw_input
         self.priority = priority
         self.timeout = timeout
@@ -268,6 +273,48 @@ class Task(TaskMachine):
 
 
 # the tasks' events on the engine's Stream (and to a task's own watchers, Task.watch)
+class TaskHome(Protocol):
+    """Where everything durable about a task is kept (DESIGN 25): its row, its steps, its
+    live output, its session's turns, its spawns, its asks of a person. Chosen once, when
+    the task is accepted (the engine's: nodehome.NodeHome, SQLite) or claimed (its
+    cluster's: corral.cluster.home.ClusterHome, Redis); the engine asks it and never which
+    one it is. A home holds records and answers atomic questions: the waits, deadlines,
+    retry rule and replay above it are the engine's, written once."""
+
+    @property
+    def steps(self) -> StepJournal | None:
+        """Where its steps are written and read back; None: nowhere (a next attempt
+        would find none: its calls run again)."""
+
+    @property
+    def outputs(self) -> OutputJournal:
+        """Where its live output's chunks are kept and read back."""
+
+    def record(self, task: Task) -> None:
+        """Its row (status, attempts, checkpoint) kept where a restart finds it."""
+
+
+class Nowhere:
+    """The home of a task made apart from an engine's intake and a cluster's claim (a
+    claim given back as it is made, a unit's): it keeps nothing."""
+
+    __slots__ = ()
+
+    @property
+    def steps(self) -> StepJournal | None:
+        return None
+
+    @property
+    def outputs(self) -> OutputJournal:
+        return DROPPED
+
+    def record(self, task: Task) -> None:
+        return None
+
+
+NOWHERE: TaskHome = Nowhere()
+
+
 class TurnsElsewhere(Protocol):
     """Where the turns of a session are kept in order outside this engine (a cluster's
     Redis: corral.cluster.clustersessions.ClusterSessions), for the tasks that carry it

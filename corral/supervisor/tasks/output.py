@@ -28,18 +28,17 @@ import itertools
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING
 
 from ...text import plural
 from ..quotas import NO_QUOTAS
 from ..stream import Stream
+from .chunks import START, OutputChunk, OutputJournal, Position
 from .model import Task, TaskFinished
 
 if TYPE_CHECKING:
     from ..replica import Replica
 
-Position = tuple[int, int]  # (attempt, n)
-START: Position = (0, 0)  # before a task's first chunk
 BATCH = 256  # chunks a reader is given at once, at most
 BATCH_BYTES = 1 << 20  # and bytes of their text, past the first
 MAX_CHUNK_BYTES = 1 << 20  # of one chunk's text: a page holds one
@@ -47,26 +46,6 @@ KEPT = 1000  # tasks whose streams the engine's own journal keeps
 # A position as an SSE event id, `ATTEMPT-N`: ASCII digits, each few enough to be a SQLite
 # integer (the journal is read from it), so the REST document says the same pattern.
 EVENT_ID = re.compile(r"[0-9]{1,18}-[0-9]{1,18}")
-
-
-class OutputChunk(NamedTuple):
-    """A chunk of a task's output; `truncated`: the stream's own word, in place of the
-    chunk that reached a bound, that the attempt's later chunks are not kept."""
-
-    task_id: str
-    attempt: int
-    n: int
-    data: str
-    truncated: bool = False
-
-    @property
-    def position(self) -> Position:
-        return (self.attempt, self.n)
-
-    @property
-    def id(self) -> str:
-        """The position as an SSE event id (`Last-Event-ID`): `ATTEMPT-N`."""
-        return f"{self.attempt}-{self.n}"
 
 
 def position_of(event_id: str) -> Position:
@@ -89,30 +68,6 @@ def paged(chunks: Iterable[OutputChunk], limit: int) -> list[OutputChunk]:
             break
         page.append(chunk)
     return page
-
-
-class OutputJournal(Protocol):
-    """Where chunks are kept and read back (the daemon's: corral.daemon.outputjournal)."""
-
-    def put(self, chunk: OutputChunk) -> None:
-        """Keep a chunk; does not block."""
-
-    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
-        """The task's chunks after `after`, in order: a page of at most `limit` (paged)."""
-
-    def resumed(self, task_id: str) -> tuple[Position, int]:
-        """The last position and the bytes kept of a task begun before this engine (the
-        journal's records of unfinished tasks); START and 0 for any other."""
-
-    def ended(self, task_id: str) -> None:
-        """The task ended: nothing more is put for it."""
-
-    def behind(self) -> bool:
-        """Whether more is waiting to be written than it holds in memory: the worker
-        that sent the last chunk is then read no further until `caught_up`."""
-
-    async def caught_up(self) -> None:
-        """Until what waited to be written has been."""
 
 
 class OutputsInMemory:
@@ -196,7 +151,7 @@ class TaskOutputs:
                 "holds": self.holds, "open": len(self.live)}
 
     def _journal_of(self, task: Task) -> OutputJournal:
-        return self.journal if task.journal_here else self.memory
+        return task.home.outputs
 
     def _live_of(self, task: Task) -> _OpenStream:
         live = self.live.get(task.id)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ... import jsonrpc
 from ...taskviews import TaskFailure
-from .model import LOST_IN_RESTART, CompactTask, Task, TaskRecord
+from .model import LOST_IN_RESTART, CompactTask, Task, TaskHome, TaskRecord
 from .taskmachine import AttemptOutcome, TaskCause, TaskStatus
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ class RecoveringEngine(Protocol):
     """What recovery needs of the TaskManager."""
 
     sup: TaskHost
+    home: TaskHome
     active: dict[str, Task]
     sessions: Sessions
     suspensions: Suspensions
@@ -50,9 +51,11 @@ class RecoveringEngine(Protocol):
     def record(self, task: Task) -> None: ...
 
 
-def rebuilt(rec: TaskRecord, seq: int, session: str | None) -> Task:
-    """A journal's task made again, as its record was (its status not yet)."""
+def rebuilt(rec: TaskRecord, seq: int, session: str | None, home: TaskHome) -> Task:
+    """A journal's task made again, as its record was (its status not yet), kept where
+    it was (`home`: the engine's)."""
     task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left, seq)
+    task.home = home
     task.id, task.created, task.started = rec.task_id, rec.created, rec.started
     task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
     task.usage, task.checkpoint = rec.usage, rec.checkpoint
@@ -92,7 +95,7 @@ class Recovery:
                 if whole is None:  # (its row is read in the same start: it is there)
                     continue
                 rec = whole
-            task = rebuilt(rec, seq, session)
+            task = rebuilt(rec, seq, session, e.home)
             e.traced_again(task)
             e.active[task.id] = task
             restored.append(task)
@@ -140,7 +143,7 @@ class Recovery:
         """A journaled task running on a worker the previous daemon image handed over
         (corral upgrade): it runs on, on its attempt, and its answer ends it."""
         e = self.engine
-        task = rebuilt(rec, e.next_seq(), None)
+        task = rebuilt(rec, e.next_seq(), None, e.home)
         task.not_before, task.due = None, time.time()
         task.session = e.sessions.member(task.id)
         e.sessions.claim(task)

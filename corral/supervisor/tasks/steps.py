@@ -223,9 +223,8 @@ class TaskSteps:
                 journal.ended(e.task.id)
 
     def _journal_of(self, task: Task) -> StepJournal | None:
-        """Where the task's steps are: this daemon's journal, or where the task says it
-        is kept (a cluster's claim)."""
-        return self.journal if task.journal_here else task.steps_kept
+        """Where the task's steps are: its home's."""
+        return task.home.steps
 
     def _journaling(self, task: Task, spec: Any) -> StepJournal | None:
         """The journal to write the task's steps to; None while no retry is left (nor a

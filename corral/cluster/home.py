@@ -1,0 +1,34 @@
+"""The cluster's home for the tasks a node claims (DESIGN 25; the protocol:
+corral.supervisor.tasks.model.TaskHome): their steps, their sessions' turns, their spawns
+and their asks of a person in the cluster's Redis, where whichever node runs the task next
+finds them; their live output in the node's memory (the record that survives is Redis's,
+which this node's journal would not prune). Their row is written by the claim's fence on
+each outcome (outbox.py), not by the engine's record."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..supervisor.tasks.chunks import OutputJournal
+    from ..supervisor.tasks.model import AsksElsewhere, SpawnsElsewhere, Task, TurnsElsewhere
+    from ..supervisor.tasks.stepjournal import StepJournal
+
+
+class ClusterHome:
+    """One per node, given to each task it claims (a claim given back as it is made has
+    none: it keeps nothing here)."""
+
+    __slots__ = ("asks", "outputs", "spawns", "steps", "turns")
+
+    def __init__(self, steps: StepJournal, turns: TurnsElsewhere, spawns: SpawnsElsewhere,
+                 asks: AsksElsewhere, outputs: OutputJournal) -> None:
+        self.steps: StepJournal | None = steps
+        self.turns = turns
+        self.spawns = spawns
+        self.asks = asks
+        self.outputs = outputs
+
+    def record(self, task: Task) -> None:
+        # (its outcome is fenced into Redis by the claim: outbox.py)
+        return None

@@ -1,0 +1,80 @@
+"""A task's output as it is kept: a chunk, its position, and the protocol of the journal
+that keeps them (the daemon's SQLite, the engine's memory); output.py makes and reads them."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+Position = tuple[int, int]  # (attempt, n)
+START: Position = (0, 0)  # before a task's first chunk
+
+
+class OutputChunk(NamedTuple):
+    """A chunk of a task's output; `truncated`: the stream's own word, in place of the
+    chunk that reached a bound, that the attempt's later chunks are not kept."""
+
+    task_id: str
+    attempt: int
+    n: int
+    data: str
+    truncated: bool = False
+
+    @property
+    def position(self) -> Position:
+        return (self.attempt, self.n)
+
+    @property
+    def id(self) -> str:
+        """The position as an SSE event id (`Last-Event-ID`): `ATTEMPT-N`."""
+        return f"{self.attempt}-{self.n}"
+
+
+class OutputJournal(Protocol):
+    """Where chunks are kept and read back (the daemon's: corral.daemon.outputjournal)."""
+
+    def put(self, chunk: OutputChunk) -> None:
+        """Keep a chunk; does not block."""
+
+    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        """The task's chunks after `after`, in order: a page of at most `limit` (paged)."""
+
+    def resumed(self, task_id: str) -> tuple[Position, int]:
+        """The last position and the bytes kept of a task begun before this engine (the
+        journal's records of unfinished tasks); START and 0 for any other."""
+
+    def ended(self, task_id: str) -> None:
+        """The task ended: nothing more is put for it."""
+
+    def behind(self) -> bool:
+        """Whether more is waiting to be written than it holds in memory: the worker
+        that sent the last chunk is then read no further until `caught_up`."""
+
+    async def caught_up(self) -> None:
+        """Until what waited to be written has been."""
+
+
+class Discarder:
+    """The output journal of a home that keeps nothing: what is put goes."""
+
+    __slots__ = ()
+
+    def put(self, chunk: OutputChunk) -> None:
+        return None
+
+    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        return []
+
+    def resumed(self, task_id: str) -> tuple[Position, int]:
+        return START, 0
+
+    def ended(self, task_id: str) -> None:
+        return None
+
+    def behind(self) -> bool:
+        return False
+
+    async def caught_up(self) -> None:
+        return None
+
+
+DROPPED: OutputJournal = Discarder()

@@ -1,0 +1,58 @@
+"""The engine's own home for its tasks (DESIGN 25; the protocol: model.TaskHome): the
+daemon's state database when it has one (the task journal, the step journal, the output
+journal), else the engine's memory. Given to each task the engine accepts or takes back
+after a restart; a cluster's claimed task has its cluster's (corral.cluster.home)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .chunks import OutputJournal
+    from .durable import TaskJournal
+    from .model import Task
+    from .stepjournal import StepJournal
+
+
+class _Journals(Protocol):
+    journal: StepJournal | None
+
+
+class _Outputs(Protocol):
+    journal: OutputJournal
+
+
+class HomeEngine(Protocol):
+    """The engine whose journals the home reads (TaskManager)."""
+
+    journal: TaskJournal | None
+
+    @property
+    def steps(self) -> _Journals: ...
+
+    @property
+    def outputs(self) -> _Outputs: ...
+
+
+class NodeHome:
+    """Reads the engine's journals as they are now: the daemon attaches them after the
+    engine is made (`TaskManager.journal`, `Steps.journal_to`, `TaskOutputs.journal`)."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: HomeEngine) -> None:
+        self.engine = engine
+
+    @property
+    def steps(self) -> StepJournal | None:
+        return self.engine.steps.journal
+
+    @property
+    def outputs(self) -> OutputJournal:
+        return self.engine.outputs.journal
+
+    def record(self, task: Task) -> None:
+        journal = self.engine.journal
+        if journal is not None:
+            journal.write(task)
+            task.journaled = True
