@@ -1,0 +1,154 @@
+"""Asks, on each home (DESIGN 23, 25): an ask (a call's approval, a task's question) is
+decided once, whoever races to decide it, and the loser is told how it ended; an ask past
+its timeout ends `timed_out`; a task that ends withdraws its pending asks. The agents:
+examples/misbehave.py calling the counting MCP server with `approve` on its tool, and
+tests/asking_agent.py (`ctx.ask`)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+from corral.cli.client import CallFailed
+
+from ..conftest import ROOT
+from ..daemon_harness import PY
+from ..test_approvals import bump, fleet
+from .home import Home, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+HERE = Path(__file__).parent.parent
+
+
+def agents(directory: Path) -> str:
+    return fleet(directory) + textwrap.dedent(f"""
+        [agents.asker]
+        command = ["{PY}", "{HERE}/asking_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_concurrent_tasks = 2
+    """)
+
+
+def made_calls(home: Home) -> list[str]:
+    path = home.dir / "server-count"
+    return path.read_text().split() if path.exists() else []
+
+
+def ask_id_in(pattern: str, said: str) -> str:
+    found = re.fullmatch(pattern, said)
+    assert found is not None, (pattern, said)
+    return found.group(1)
+
+
+def test_an_ask_two_deciders_race_for_is_decided_once(home: Home) -> None:
+    """An approve at one entry and a deny at the other (the other node of a cluster), at
+    once: one wins, the other is refused naming how the ask ended, and the call runs as
+    the winner said, once."""
+    (home.dir / "server-count").unlink(missing_ok=True)
+    task_id = home.submit("writer", bump(1))
+    ask = home.ask_of(task_id)
+    assert (ask["kind"], ask["agent"], ask["subject"], ask["end"]) == (
+        "approval", "writer", {"tool": "counting__bump", "arguments": {"i": 1}}, None)
+    assert [a["id"] for a in home.asks(at=1)] == [ask["id"]]
+    start = threading.Barrier(2)
+    said: dict[str, Any] = {}
+
+    def decide(decision: str, at: int) -> None:
+        start.wait()
+        try:
+            said[decision] = home.decide(ask["id"], decision, at=at, reason="not now")
+        except CallFailed as e:
+            said[decision] = e
+
+    racers = [threading.Thread(target=decide, args=(d, at))
+              for at, d in enumerate(("approved", "denied"))]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join(60)
+    [(won, ended)] = [(d, got) for d, got in said.items() if not isinstance(got, Exception)]
+    [refused] = [got for got in said.values() if isinstance(got, CallFailed)]
+    assert ended["end"] == won
+    assert refused.code == jsonrpc.CONFLICT, refused.code
+    # the loser finds the ask ended, or (a node's decision in its write) being decided
+    assert re.fullmatch(rf"ask {ask['id']} has ended: {won} by uid \d+ pid \d+ at \S+"
+                        rf"|ask {ask['id']} is being decided by another caller",
+                        refused.message), refused.message
+    done = home.wait(task_id)
+    assert done["status"] == "succeeded", done
+    [result] = done["output"]
+    if won == "approved":
+        assert result["content"][0]["text"] == "bumped 1"
+        assert made_calls(home) == ["1"]
+    else:
+        assert result["isError"] is True
+        assert made_calls(home) == []
+    for at in (0, 1):
+        got = home.call("approvals.get", {"id": ask["id"]}, at=at)
+        assert (got["end"], got["by"]) == (won, ended["by"])
+        assert home.asks(at=at) == []
+
+
+def test_an_approval_past_its_timeout_ends_timed_out_and_its_task_fails(home: Home
+                                                                          ) -> None:
+    done = home.run("hasty", bump(3))
+    assert done["status"] == "failed", done
+    ask_id = ask_id_in(r"tool call counting__bump was not approved within 0\.5 s "
+                       r"\(approve_timeout; ask (\S+)\)", done["error"]["message"])
+    got = home.call("approvals.get", {"id": ask_id}, at=1)
+    assert (got["end"], got["by"], got["task_id"]) == ("timed_out", "corral",
+                                                       done["task_id"])
+    assert home.asks() == []
+
+
+def test_a_question_past_its_timeout_ends_timed_out_and_the_agent_is_told(home: Home
+                                                                         ) -> None:
+    done = home.run("asker", {"prompt": "Quick?", "timeout": 0.5})
+    assert done["status"] == "succeeded", done
+    assert done["output"]["code"] == jsonrpc.REQUEST_TIMEOUT
+    ask_id = ask_id_in(r"task/ask: question (\S+) had no answer within 0\.5s",
+                       done["output"]["refused"])
+    got = home.call("approvals.get", {"id": ask_id}, at=1)
+    assert (got["kind"], got["end"], got["task_id"]) == ("question", "timed_out",
+                                                         done["task_id"])
+
+
+def test_a_question_is_answered_once_and_the_answer_reaches_the_agent(home: Home) -> None:
+    task_id = home.submit("asker", {"prompt": "Which file?"})
+    ask = home.ask_of(task_id, at=1)
+    assert (ask["kind"], ask["subject"]) == ("question", {"prompt": "Which file?"})
+    home.decide(ask["id"], "answered", at=1, answer="/srv/a")
+    done = home.wait(task_id)
+    assert done["status"] == "succeeded", done
+    assert done["output"]["answer"] == "/srv/a"
+    code, message = home.refusal("approvals.resolve", {
+        "id": ask["id"], "decision": "answered", "answer": "/srv/b"})
+    assert code == jsonrpc.CONFLICT
+    assert re.fullmatch(rf"ask {ask['id']} has ended: answered by uid \d+ pid \d+ at \S+",
+                        message), message
+
+
+def test_a_task_that_ends_withdraws_its_pending_asks(home: Home) -> None:
+    """Once the task's end is readable, a decision of its ask is refused as withdrawn.
+    (The listing may lag it a moment on a node: its withdrawal is written after the
+    task's end is told, where a cluster's is before.)"""
+    (home.dir / "server-count").unlink(missing_ok=True)
+    task_id = home.submit("writer", bump(4))
+    ask = home.ask_of(task_id, at=1)
+    home.call("tasks.cancel", {"task_id": task_id})
+    assert home.wait(task_id)["status"] == "cancelled"
+    code, message = home.refusal("approvals.resolve", {"id": ask["id"],
+                                                       "decision": "approved"}, at=1)
+    assert code == jsonrpc.CONFLICT
+    assert message.startswith(f"ask {ask['id']} has ended: withdrawn by corral at "), message
+    for at in (0, 1):
+        wait_until("no ask pending", lambda at=at: home.asks(at=at) == [])
+        got = home.call("approvals.get", {"id": ask["id"]}, at=at)
+        assert (got["end"], got["by"]) == ("withdrawn", "corral"), got
+    assert made_calls(home) == []
