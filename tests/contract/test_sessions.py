@@ -1,0 +1,93 @@
+"""Sessions in order, on each home (DESIGN 17, 25): the turns of one session run one at
+a time, in the order they were submitted, each handed the state the last one left; a
+turn waiting for its session says so; a turn in flight when its home crashes is run
+again with the last state kept, and the next turn follows it. The agent:
+tests/session_agent.py (each turn appends its number to the session's state)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT
+from ..daemon_harness import PY
+from .home import Home, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+HERE = Path(__file__).parent.parent
+
+
+def agents(directory: Path) -> str:
+    del directory
+    return textwrap.dedent(f"""
+        [agents.chat]
+        command = ["{PY}", "{HERE}/session_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        max_concurrent_tasks = 2
+        stop_timeout = 5.0
+    """)
+
+
+def test_a_sessions_turns_run_one_at_a_time_in_order_each_given_the_last_state(
+        home: Home) -> None:
+    # submitted at both entries in turn, all at once
+    ids = [home.submit("chat", {"turn": i}, at=i, session="s1") for i in range(1, 7)]
+    got = [home.wait(t) for t in ids]
+    for i, rec in enumerate(got, 1):
+        assert rec["status"] == "succeeded", rec
+        assert rec["output"]["turns"] == list(range(1, i + 1))  # in order, each once
+        assert (rec["output"]["given"], rec["output"]["session"]) == (i > 1, "s1")
+        assert len(rec["attempts"]) == 1
+    for before, after in itertools.pairwise(got):  # one at a time
+        assert after["attempts"][0]["started"] >= before["attempts"][0]["finished"]
+    shown = home.session("chat", "s1", at=1)
+    assert [t["task_id"] for t in shown["history"]] == ids
+    assert (shown["session"]["tasks"], shown["session"]["running"],
+            shown["session"]["waiting"]) == (6, None, 0)
+
+
+@pytest.mark.differs("a cluster turn queued behind its session's running turn says "
+                     "nothing of why: its record's `waiting` is None, where a node's says "
+                     "\"session S: task ID runs\"")
+def test_a_turn_waits_while_its_sessions_turn_before_it_runs(home: Home, tmp_path: Path
+                                                             ) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    first = home.submit("chat", {"turn": 1, "hold": str(gate)}, session="s2")
+    home.status_of(first, "running")
+    second = home.submit("chat", {"turn": 2}, at=1, session="s2")
+    queued = home.status_of(second, "queued", at=1)
+    shown = home.session("chat", "s2")
+    assert (shown["session"]["running"], shown["session"]["waiting"]) == (first, 1)
+    opened = threading.Thread(target=lambda: open(gate, "wb").close())
+    opened.start()
+    done = home.wait(second)
+    opened.join(10)
+    assert done["output"]["turns"] == [1, 2], done
+    assert done["attempts"][0]["started"] >= home.task(first)["finished"]
+    # and while it waited, its record said why (last: where a home differs, the rest held)
+    assert queued["waiting"] == f"session s2: task {first} runs", queued
+
+
+def test_a_turn_in_flight_at_a_crash_runs_again_with_the_last_state(home: Home,
+                                                                    tmp_path: Path) -> None:
+    assert home.run("chat", {"turn": 1}, session="s3")["output"]["turns"] == [1]
+    marker = tmp_path / "marker"
+    second = home.submit("chat", {"turn": 2, "how": "hang", "marker": str(marker)},
+                         session="s3")
+    third = home.submit("chat", {"turn": 3}, at=1, session="s3")
+    wait_until("turn 2 in flight", marker.exists)
+    home.crash(second)
+    done = home.wait(second)
+    assert done["status"] == "succeeded", done
+    assert done["output"]["turns"] == [1, 2]
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
+    after = home.wait(third)
+    assert after["output"]["turns"] == [1, 2, 3]
+    assert after["attempts"][0]["started"] >= done["finished"]
