@@ -307,6 +307,36 @@ async def test_an_api_token_with_mcp_call_opens_the_gateway_narrowed_by_its_glob
     assert st["clients"]["token mcp-all"]["calls"] >= 1
 
 
+async def test_a_token_that_opened_the_gateway_is_refused_once_its_client_is_removed(
+        daemon: Daemon) -> None:
+    """A token's digest is computed once (tokendigests.py): once its client is gone from
+    the tokens file, the same token, known before, is 401."""
+    tokens = daemon.dir / "tokens.toml"
+    before = tokens.read_text()
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    secret = "gone-soon-token-for-tests"
+    headers = {"Authorization": f"Bearer {secret}",
+               "Accept": "application/json, text/event-stream"}
+    try:
+        tokens.write_text(before + f'\n[clients.gone]\ntoken_sha256 = "{sha(secret)}"\n')
+        assert "client gone added" in (await asyncio.to_thread(daemon.cli, "reload")).stdout
+        async with httpx2.AsyncClient() as c:
+            for _ in range(2):  # the second time, from what the first one made known
+                r = await c.post(url(daemon), json=body, headers=headers)
+                assert r.status_code == 200, r.text
+            tokens.write_text(before)
+            said = (await asyncio.to_thread(daemon.cli, "reload")).stdout
+            assert "client gone removed" in said
+            r = await c.post(url(daemon), json=body, headers=headers)
+            assert r.status_code == 401, r.text
+    finally:
+        if tokens.read_text() != before:
+            tokens.write_text(before)
+            await asyncio.to_thread(daemon.cli, "reload")
+
+
 def test_reload_says_what_it_changed_of_the_gateway(daemon: Daemon) -> None:
     tokens = daemon.dir / "tokens.toml"
     before = tokens.read_text()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import re
 import secrets
@@ -66,6 +65,7 @@ from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
 from .relayseal import Holder, SealedState, StateSeal, answered
+from .tokendigests import TokenDigests, hash_token
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -122,10 +122,6 @@ class TokenEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class TokensFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     clients: dict[str, TokenEntry] = {}
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
@@ -278,6 +274,7 @@ class GatewayService:
         # allowlist follows the servers there are now)
         self.replica_tokens: dict[str, ProcessReplica] = {}
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
+        self.digests = TokenDigests()  # a token's hash, once (not once a request)
         self.url: str | None = None  # the HTTP gateway's, for agents' environment
         self.socket_path: str | None = None  # when it listens on a unix socket
         self.by_client: dict[str, CallCounter] = {}
@@ -329,6 +326,8 @@ class GatewayService:
         said += [f"client {n} removed" for n in sorted(set(before) - set(after))]
         said += [f"client {n} changed" for n in sorted(set(before) & set(after))
                  if before[n] != after[n]]
+        for gone in set(self.tokens) - set(tokens):
+            self.digests.forget(gone)
         self.settings = settings
         self.tokens = tokens
         return said
@@ -383,21 +382,27 @@ class GatewayService:
     def replica_client(self, token: str) -> Identity | None:
         """The agent replica whose token this is, as a client (None: no replica's): a
         model gateway request's caller is one (daemon/models/)."""
-        replica = self.replica_tokens.get(hash_token(token))
+        return self._replica_client(token, self.digests.of(token))
+
+    def _replica_client(self, token: str, digest: str) -> Identity | None:
+        replica = self.replica_tokens.get(digest)
         if replica is None:
             return None
+        self.digests.known(token, digest)
         return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec),
                         owner=replica.label, tenant=tenant_of(replica.spec),
                         replica=replica, **self._limits())
 
     def by_token(self, token: str) -> Identity | None:
-        ident = self.replica_client(token)
+        digest = self.digests.of(token)
+        ident = self._replica_client(token, digest)
         if ident is not None:
             return ident
         # looked up by digest: timing can tell at most something of a SHA-256 of the token
-        found = self.tokens.get(hash_token(token))
+        found = self.tokens.get(digest)
         if found is None:
             return self._api_identity(token)
+        self.digests.known(token, digest)
         name, entry = found
         return Identity(name=name, allow=list(entry.tools), owner=f"gateway:{name}",
                         **self._limits(entry))
@@ -439,6 +444,7 @@ class GatewayService:
         old = self._replica_hash.pop(replica.label, None)
         if old is not None:
             self.replica_tokens.pop(old, None)
+            self.digests.forget(old)
         self._replica_hash[replica.label] = digest
         self.replica_tokens[digest] = replica
         env = {"CORRAL_MCP_URL": self.url, "CORRAL_MCP_TOKEN": token}
@@ -450,6 +456,7 @@ class GatewayService:
         digest = self._replica_hash.pop(e.replica.label, None)
         if digest is not None:
             self.replica_tokens.pop(digest, None)
+            self.digests.forget(digest)
 
     # -- what a client sees and calls -----------------------------------------------------
     def features(self) -> frozenset[str]:
@@ -682,6 +689,19 @@ class GatewayService:
                            "invalid params: tools/call needs a name and object arguments")
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
+        if ident.replica is not None and self.replica_calls is not None:
+            # an agent's call of an agent is a tool call as any (DESIGN 27): past its
+            # allowlist and `spawns`, its replica's policy, budget and approvals
+            # (approvals.gate), as a call of no task at /mcp is
+            self.agent_tools.admit(ident, name)
+            gated = await gate(self.replica_calls, ToolCall(
+                ident.replica, f"{AGENTS_VIEW}__{name}", arguments, None), self.guard)
+            if isinstance(gated, dict):  # not approved, or denied: the tool's error
+                refused = gated
+                if handles is None:
+                    return refused
+                return handles.open(ident, None, lambda _: _said(refused))
+            arguments = gated.arguments
         task_id = await self.agent_tools.submit(ident, name, arguments)
         if handles is None:
             return await self.agent_tools.outcome(ident, task_id, on_progress)
@@ -883,7 +903,7 @@ class GatewayService:
                 who: tuple[int, int], task: Task | None = None, waited: float = 0.0) -> None:
         error = outcome != "ok"
         _entry(self.by_client, ident.name, CallCounter).add(seconds, error, waited)
-        _entry(self.by_tool, tool, CallCounter).add(seconds, error, waited)
+        _entry(self.by_tool, self._counted_as(tool), CallCounter).add(seconds, error, waited)
         params = {"client": ident.name, "tool": tool}
         if task is not None:
             params["task"] = task.id
@@ -891,6 +911,16 @@ class GatewayService:
         self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
                           name=f"gateway client {ident.name}"),
                    m.GatewayCall.declared.name, params, outcome)
+
+    def _counted_as(self, tool: str) -> str:
+        """The name a call is counted under: its tool's, or, for a name no server has,
+        NO_SUCH_TOOL's (a client names what it likes: each name kept was a counter, and
+        2 MB names grew the daemon without bound)."""
+        server, _, name = tool.partition("__")
+        entry = self.tools.servers.get(server)
+        known = entry is not None and any(i.client.tool(name) is not None
+                                          for i in entry.all())
+        return tool if known else NO_SUCH_TOOL
 
     def stats(self) -> dict[str, Any]:
         clients = {}
@@ -928,6 +958,14 @@ class GatewayService:
         have changed."""
         if event.kind == "mcp" and serving_changed(event.previous, event.state):
             self.changed(["tools", "resources", "prompts"])
+
+
+NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
+
+
+async def _said(result: dict[str, Any]) -> dict[str, Any]:
+    """A handle's work that is its result already (a call the policy refused)."""
+    return result
 
 
 def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:

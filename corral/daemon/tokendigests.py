@@ -1,0 +1,54 @@
+"""The SHA-256 of a gateway token, computed once per token rather than once per request.
+
+The gateways know their callers by the digest of the token they carry (only digests are
+kept as the authority: the tokens file's `token_sha256`, a replica's token's), and
+hashing the token anew on every request was a visible part of a model call's CPU (issue
+77). This is a memo of that pure function, so it can never answer for a revoked token:
+the lookup by digest still decides. Only a token that named a client is kept (an unknown
+one is hashed every time, so that a flood of made-up tokens neither fills it nor is
+answered in another time than before), at most MAX_KNOWN of them, the oldest dropped
+first; `forget` drops a token whose client is gone, so that its text is not held.
+
+Timing: the memo is a dict keyed by the raw token. Python's string hash is keyed per
+process (SipHash), and a key's text is compared only on a full 64-bit hash match, so
+how long a lookup takes tells nothing of a kept token that a guess does not already
+equal."""
+
+from __future__ import annotations
+
+import hashlib
+
+MAX_KNOWN = 4096  # tokens remembered (one per live replica, and the tokens file's)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenDigests:
+    def __init__(self, bound: int = MAX_KNOWN) -> None:
+        self.bound = bound
+        self._known: dict[str, str] = {}  # token -> its digest, oldest first
+        self._token_of: dict[str, str] = {}  # and back (one token has each digest)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def of(self, token: str) -> str:
+        digest = self._known.get(token)
+        return digest if digest is not None else hash_token(token)
+
+    def known(self, token: str, digest: str) -> None:
+        """`token` (whose digest is `digest`) named a client: remembered."""
+        if token in self._known:
+            return
+        if len(self._known) >= self.bound:
+            self._token_of.pop(self._known.pop(next(iter(self._known))), None)
+        self._known[token] = digest
+        self._token_of[digest] = token
+
+    def forget(self, digest: str) -> None:
+        """The client of `digest` is gone: its token is no longer held."""
+        token = self._token_of.pop(digest, None)
+        if token is not None:
+            del self._known[token]
