@@ -81,6 +81,12 @@ class Keys:
         looks through)."""
         return f"{self.prefix}agents"
 
+    @property
+    def due(self) -> str:
+        """Sorted set (scored by the wall time each may start): the queued tasks held out
+        of their streams until then (a delay, a retry's backoff: due.py)."""
+        return f"{self.prefix}due"
+
     def task(self, task_id: str) -> str:
         """Hash: a cluster task's record (input, status, outcome, fence, owner)."""
         return f"{self.prefix}task:{task_id}"

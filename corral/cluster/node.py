@@ -45,6 +45,7 @@ from .clusterspawns import ClusterSpawns
 from .clustertasks import ClusterTasks
 from .connection import WAITS, connect, place, unavailable, why
 from .declared import Declarations
+from .due import DueClock
 from .events import EventRelay
 from .keys import Keys
 from .membership import Membership, NodeFence, NodeView
@@ -135,6 +136,8 @@ class ClusterNode:
         self.durables = Durables(self.calls, step_tasks)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
                              settings.tasks_kept_for, trust)
+        # the delayed tasks moved into their streams when due, by whichever node is first
+        self.due = DueClock(self.redis, self.keys, self.membership, settings.beat, report)
         self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
                                           settings)
         self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)
@@ -221,6 +224,7 @@ class ClusterNode:
                     f"{place(self.settings)}")
         for name, loop in (("membership", self.membership.run), ("beat", self._beat),
                            ("outbox", self.outbox.run), ("outcomes", self.desk.tail),
+                           ("due", self.due.run),
                            ("placement", self.placement.run),
                            ("events out", self.events.run_out),
                            ("events in", self.events.run_in)):

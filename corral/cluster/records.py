@@ -16,6 +16,7 @@ from .. import methods as m
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskFailure
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
+from ..text import iso_time
 from ..tracecontext import parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
 
@@ -103,13 +104,17 @@ def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
 def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
     """`corral task ID` of a cluster task, from its record."""
     err = rec.get(b"error")
+    # held out of its stream until then (due.py), as a local delayed task waits
+    not_before = _f(rec, b"not_before") if rec.get(b"status") == b"queued" else None
     return m.TaskInfo(
         task_id=task_id, agent=_s(rec, b"agent"), status=_s(rec, b"status"),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
         started=_f(rec, b"started"), finished=_f(rec, b"finished"), tool_calls=0,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
-        attempts=[_attempt.decode(a) for a in attempts], options=options_in(rec))
+        attempts=[_attempt.decode(a) for a in attempts], options=options_in(rec),
+        not_before=not_before, waiting=None if not_before is None
+        else f"delayed until {iso_time(not_before)}")
 
 
 def options_in(rec: dict[bytes, bytes]) -> TaskOptions:

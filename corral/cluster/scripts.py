@@ -83,6 +83,20 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""
 
 
+# A task with a delay or a not_before (its options, taskoptions.start_at: the front
+# refused a bad one) is due at that time, counted from its `created`: it is held out of
+# its stream, in the cluster's due set (Keys.due, with its record's `not_before`), until a
+# node's beat moves it there (due.py). `due`: that time, or false (it is queued at once).
+_DUE = """local due = false
+local opts = ARGV[#ARGV - 3]
+if opts ~= '' and (string.find(opts, '"delay"', 1, true)
+    or string.find(opts, '"not_before"', 1, true)) then
+  local o, now = cjson.decode(opts), tonumber(ARGV[7])
+  local at = o['not_before'] or (o['delay'] and now + o['delay'])
+  if at and at > now then due = at end
+end"""
+
+
 # KEYS: task, stream, priorities (the tenant's agent's: Keys.stream, Keys.priorities),
 #       agents (routes), live tasks (listed)
 # ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
@@ -104,9 +118,17 @@ local max_queue = tonumber(ARGV[9])
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM')
 elseif max_queue > 0 and redis.call('XLEN', KEYS[2]) >= max_queue then
+  -- (what waits unread: a claimed entry stays, pending, until its outcome, and a task
+  -- running is not waiting, as on one node; a task claimed at its submission is in no
+  -- priority stream at all)
   return -1
 end
-{entry.format(xadd="redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])")}
+{_DUE}
+{entry.format(xadd="(due and '' or redis.call('XADD', KEYS[2], '*', 'task', ARGV[1]))")}
+if due then
+  redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'due', due, ARGV[1])
+  redis.call('HSET', KEYS[1], 'not_before', due)
+end
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
   'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2],
@@ -313,8 +335,8 @@ local function add_claimed()
 end
 local function submit()
 """ + submit_script(
-    entry="local entry\n  if first() then entry = add_claimed() else entry = {xadd} end\n"
-          "  added = entry") + """end
+    entry="local entry\n  if not due and first() then entry = add_claimed() else entry = {xadd} "
+          "end\n  added = entry") + """end
 local got = submit()
 if got ~= 1 then return {got} end
 if not alive(prefix, ARGV[12]) then return {1} end
@@ -582,6 +604,8 @@ if rec[1] == 'queued' or rec[1] == 'suspended' then
   if rec[2] ~= '' then
     redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
     redis.call('XDEL', KEYS[3], rec[2])
+  else  -- (held until due: Keys.due)
+    redis.call('ZREM', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[1])
   end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
   {_ended('ARGV[1]', 'ARGV[4]', 5)}

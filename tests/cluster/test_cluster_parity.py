@@ -239,7 +239,8 @@ OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
     "local": local, "session": session, "tags": tags, "idempotency_key": idempotency_key,
     "traceparent": lambda a, b: echo(a, b, traceparent=TRACE),
     "tracestate": lambda a, b: echo(a, b, traceparent=TRACE, tracestate="k=v"),
-    "delay": policy("delay", 0.1), "not_before": policy("not_before", time.time() + 0.1),
+    "delay": lambda a, b: echo(a, b, delay=0.1),
+    "not_before": lambda a, b: echo(a, b, not_before=time.time() + 0.1),
     "retry": policy("retry", {"retries": 1}),
 }
 # a value that a cluster agent's table refuses, for each key the table says is refused

@@ -6,6 +6,7 @@ attempt); an id the cluster has not is this node's own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -25,10 +26,10 @@ from .front import Page, Sees, accepted, listing_window
 from .local import LocalFront
 
 P = TypeVar("P", m.TasksRun, m.TasksSubmit)
-# the options (taskoptions.py) a cluster's queue does not keep: a cluster task runs at
-# once, retried by the policy of its agent on the node that runs it; every other option is
-# kept with its record (ClusterTasks)
-NOT_KEPT = frozenset({"delay", "not_before", "retry"})
+# the options (taskoptions.py) a cluster's queue does not keep: a cluster task is retried
+# by the policy of its agent on the node that runs it; every other option is kept with its
+# record (ClusterTasks; a delay holds it out of its stream until due: cluster/due.py)
+NOT_KEPT = frozenset({"retry"})
 
 
 class ClusterFront:
@@ -57,9 +58,18 @@ class ClusterFront:
             raise RpcError(jsonrpc.INVALID_PARAMS, (
                 f"invalid params: {' and '.join(refused)} "
                 f"{'is' if len(refused) == 1 else 'are'} not kept by the cluster's queue (a "
-                "cluster task runs at once, retried by the policy of its agent on the node "
-                "that runs it): submit it with local = true (corral run --local) to delay "
-                "it or give it a policy on this node"))
+                "cluster task is retried by the policy of its agent on the node that runs "
+                "it): submit it with local = true (corral run --local) to give it a policy "
+                "on this node"))
+        try:  # a start time checked as a local task's is, in its words (intake.py)
+            p.start_at(time.time())
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+        if p.session is not None and (p.delay is not None or p.not_before is not None):
+            raise RpcError(jsonrpc.INVALID_PARAMS, (
+                "invalid params: a session's turn on a cluster is not delayed (its turns "
+                "run one at a time, in the order they came): submit it without delay and "
+                "not_before"))
         return self._admit(p)
 
     def _admit(self, p: P) -> P:

@@ -1,0 +1,86 @@
+"""Cluster tasks that may not start before a time (a delay, a not_before: the submit
+scripts hold them in the cluster's due set, Keys.due), moved into their streams when due.
+
+Every live node runs the move (DUE) at each beat, and at the earliest due time it last
+read when that comes sooner: one script call moves what is due, each task exactly once
+whichever nodes run it together (a task leaves the set in the call that queues it). So a
+due time fires across any node's death, as long as one node lives; nothing reads the set
+more often than a beat but for the one time it is known to be due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .connection import why
+from .keys import GROUP, Keys
+from .membership import Membership
+
+AT_ONCE = 256  # tasks one call moves (what is left is moved at once by the next)
+
+# The tasks due by ARGV[1] moved from the due set to their streams (their records' own,
+# made with its group where it is gone): one still queued and held (no entry) gets one;
+# one cancelled meanwhile only leaves the set (CANCEL takes it out too).
+# KEYS: due; ARGV: now, the cluster's key prefix, at most this many
+# -> {tasks moved, the earliest due time left (a string) or false}
+DUE = f"""
+local moved = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
+    tonumber(ARGV[3]))) do
+  redis.call('ZREM', KEYS[1], id)
+  local task = ARGV[2] .. 'task:' .. id
+  local rec = redis.call('HMGET', task, 'status', 'entry', 'stream')
+  if rec[1] == 'queued' and rec[2] == '' and rec[3] then
+    if redis.call('EXISTS', rec[3]) == 0 then
+      redis.call('XGROUP', 'CREATE', rec[3], '{GROUP}', '0', 'MKSTREAM')
+    end
+    redis.call('HSET', task, 'entry', redis.call('XADD', rec[3], '*', 'task', id))
+    redis.call('HDEL', task, 'not_before')
+    moved = moved + 1
+  end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {{moved, first[2] or false}}
+"""
+
+
+class DueClock:
+    """A node's part in moving the cluster's due tasks (one per node)."""
+
+    def __init__(self, redis: Any, keys: Keys, membership: Membership, beat: float,
+                 report: Callable[[str], None]) -> None:
+        self.keys = keys
+        self.membership = membership
+        self.beat = beat
+        self.report = report
+        self.script = redis.register_script(DUE)
+        self.moved = 0  # tasks this node moved to their streams
+        self._failing = False
+
+    async def step(self) -> float | None:
+        """What is due now moved to its streams; the earliest due time left (None: none)."""
+        moved, first = await self.script(keys=[self.keys.due], args=[
+            repr(time.time()), self.keys.prefix, AT_ONCE])
+        self.moved += int(moved)
+        return None if first is None else float(first)
+
+    async def run(self) -> None:
+        while True:
+            wait = self.beat
+            if self.membership.member:
+                try:
+                    first = await self.step()
+                    self._failing = False
+                except RedisError as exc:
+                    first = None
+                    if not self._failing:
+                        self.report(f"cluster: moving due tasks: {why(exc)}")
+                    self._failing = True
+                if first is not None:
+                    wait = min(wait, max(0.0, first - time.time()))
+            await asyncio.sleep(wait)

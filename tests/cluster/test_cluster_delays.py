@@ -1,0 +1,149 @@
+"""A cluster task's `delay` and `not_before` (issue 72): held out of its agent's streams in
+the cluster's due set until its time, shown `queued` with its `not_before` meanwhile, then
+moved into its stream by whichever live node's beat finds it due, exactly once; a bad
+value is refused in the local path's words; a cancel ends it before it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from corral.cluster.due import DUE
+from corral.cluster.keys import Keys
+
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import Node, nodes, sleeper
+from .test_failover import error_of
+
+ECHO = {"do": "echo"}
+
+
+def both_alive(a: Node) -> None:
+    wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
+               what="both nodes alive")
+
+
+def ended(n: Node, task_id: str) -> Any:
+    return n.call("tasks.get", {"task_id": task_id, "wait": True})
+
+
+def test_a_delayed_task_waits_queued_and_then_runs_on_one_of_two_nodes(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": sleeper("w"), "b": sleeper("w")}) as ns:
+        a, b = ns["a"], ns["b"]
+        both_alive(a)
+        task_id = a.call("tasks.submit", {"agent": "w", "input": ECHO,
+                                          "delay": 1.5})["task_id"]
+        # on either node: queued, its start time said as a local delayed task's is
+        seen = b.call("tasks.get", {"task_id": task_id})
+        assert seen["status"] == "queued", seen
+        assert abs(seen["not_before"] - (seen["created"] + 1.5)) < 0.01, seen
+        assert seen["waiting"].startswith("delayed until "), seen
+        assert seen["options"]["delay"] == 1.5 and seen["attempts"] == []
+        listed = {t["task_id"]: t for t in a.call("tasks.list", {})["tasks"]}
+        assert listed[task_id]["status"] == "queued"
+        done = ended(a, task_id)
+        assert done["status"] == "succeeded", done
+        (attempt,) = done["attempts"]
+        assert attempt["node"] in ("a", "b")
+        assert attempt["started"] >= done["created"] + 1.5 - 0.01, done
+        assert done.get("not_before") is None
+
+
+def test_a_not_before_in_the_past_runs_at_once_and_bad_values_are_refused_as_locally(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w")}) as ns:
+        a, b = ns["a"], ns["b"]
+        both_alive(a)
+        past = time.time() - 3600
+        got = a.call("tasks.submit", {"agent": "w", "input": ECHO, "not_before": past,
+                                      "wait": 60})
+        assert got["status"] == "succeeded", got
+        # not held for any time of its own (a minute: a loaded machine's start at most)
+        info = b.call("tasks.get", {"task_id": got["task_id"]})
+        assert info["attempts"][0]["started"] < info["created"] + 60, info
+        assert info["options"]["not_before"] == past
+        # refused as a local task is, in the same words, with nothing accepted
+        for bad, said in (
+                ({"delay": 5, "not_before": time.time() + 5},
+                 "invalid params: give delay or not_before, not both"),
+                ({"not_before": time.time() + 400 * 86400},
+                 "invalid params: not_before is more than 366 days from now"),
+                ({"delay": -1}, "Expected `float` >= 0.0 - at `$.delay`")):
+            asked = {"agent": "w", "input": ECHO, **bad}
+            assert error_of(a, "tasks.submit", asked) == error_of(
+                b, "tasks.submit", {**asked, "local": True}), bad
+            assert said in (error_of(a, "tasks.submit", asked) or ""), bad
+        assert error_of(a, "tasks.submit", {
+            "agent": "w", "input": ECHO, "delay": 1, "session": "s"}) == (
+            "invalid params: a session's turn on a cluster is not delayed (its turns run "
+            "one at a time, in the order they came): submit it without delay and "
+            "not_before")
+        assert [t["task_id"] for t in a.call("tasks.list", {})["tasks"]] == [
+            got["task_id"]]
+
+
+def test_a_delayed_task_outlives_the_node_that_accepted_it(
+        tmp: Path, redis: RedisServer) -> None:
+    """a, which runs no agent w, takes the task and is killed -9 before its time: b's
+    beat moves it when due and b runs it."""
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w")}) as ns:
+        a, b = ns["a"], ns["b"]
+        both_alive(a)
+        task_id = a.call("tasks.submit", {"agent": "w", "input": ECHO,
+                                          "delay": 2.0})["task_id"]
+        a.kill9()
+        done = ended(b, task_id)
+        assert done["status"] == "succeeded", done
+        (attempt,) = done["attempts"]
+        assert attempt["node"] == "b"
+        assert attempt["started"] >= done["created"] + 2.0 - 0.01
+
+
+def test_a_delayed_task_cancelled_ends_cancelled_and_never_runs(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": sleeper("w"), "b": sleeper("w")}) as ns:
+        a, b = ns["a"], ns["b"]
+        both_alive(a)
+        task_id = a.call("tasks.submit", {"agent": "w", "input": ECHO,
+                                          "delay": 1.0})["task_id"]
+        # a later one, due after it: once it has run, the first's time had come too
+        later = a.call("tasks.submit", {"agent": "w", "input": ECHO,
+                                        "delay": 1.5})["task_id"]
+        cancelled = b.call("tasks.cancel", {"task_id": task_id})
+        assert cancelled["status"] == "cancelled", cancelled
+        assert cancelled["error"]["message"] == "cancelled while queued"
+        assert ended(a, later)["status"] == "succeeded"
+        after = a.call("tasks.get", {"task_id": task_id})
+        assert (after["status"], after["attempts"]) == ("cancelled", []), after
+        assert after.get("not_before") is None
+
+
+async def test_two_nodes_moving_due_tasks_at_once_move_each_exactly_once(
+        client: Any) -> None:
+    """DUE, as every node's beat runs it, called many times at once: each due task gets
+    one stream entry, a task not yet due none, a cancelled one none."""
+    k = Keys("t")
+    stream = k.stream("acme", "w", 0)
+    ids = [f"0190a5c0-0000-7000-8000-0000000001{i:02d}" for i in range(20)]
+    for i, tid in enumerate(ids):
+        await client.hset(k.task(tid), mapping={
+            "status": "cancelled" if i == 0 else "queued", "entry": "", "stream": stream,
+            "not_before": "1"})
+        await client.zadd(k.due, {tid: 1.0 if i < 19 else time.time() + 3600})
+    due = client.register_script(DUE)
+    answers = await asyncio.gather(*(due(keys=[k.due], args=[
+        repr(time.time()), k.prefix, 7]) for _ in range(8)))
+    assert sum(moved for moved, _first in answers) == 18
+    entries = await client.xrange(stream)
+    assert sorted(f[b"task"].decode() for _e, f in entries) == sorted(ids[1:19])
+    for tid, (entry_id, _f) in zip(sorted(ids[1:19]), sorted(
+            entries, key=lambda e: e[1][b"task"]), strict=True):
+        assert await client.hget(k.task(tid), "entry") == entry_id
+        assert await client.hget(k.task(tid), "not_before") is None
+    assert await client.hget(k.task(ids[0]), "entry") == b""
+    assert await client.zrange(k.due, 0, -1) == [ids[19].encode()]
+    assert float(answers[-1][1]) > time.time()
