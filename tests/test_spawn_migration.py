@@ -140,7 +140,7 @@ async def test_a_tree_whose_tasks_ended_unseen_is_ended_by_the_next_daemon(
     (the daemon stopped first), and whose other child was kept but never submitted: the
     next daemon ends the first child's row as its task did, the other `lost` (no attempt
     of its ended parent will ask for it), and the tree with its root's status."""
-    from corral.supervisor.tasks.spawn import NOT_KEPT
+    from corral.supervisor.tasks.nodespawns import NOT_KEPT
 
     from .daemon_harness import in_process
 

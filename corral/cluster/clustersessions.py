@@ -10,7 +10,7 @@ carrying a MAC made with the cluster key (trust.SESSION, over the session's tena
 agent, the session and the state): one that does not verify is refused as every forged
 record is (said, counted), and the turn starts without a state. The CLAIM of a turn reads
 it (sessionscripts.claimed); this node's engine gives it to the worker (`task/run`'s
-`session_state`) through the claimed task's `turns_kept` (supervisor.tasks.model).
+`session_state`) through the claimed task's home (`home.turns`: supervisor.tasks.model).
 
 A session is its owner's (decision 440): its keys and its MAC name the tenant of its agent
 where its turns are submitted, so another tenant's agent of the same name, on any node,
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.exceptions import RedisError
@@ -64,6 +64,9 @@ from .membership import Membership
 from .queue import ClusterTask
 from .scripts import Scripts, submit_script
 from .trust import SESSION, Trust
+
+if TYPE_CHECKING:
+    from ..supervisor.replica import Replica
 
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
@@ -115,13 +118,14 @@ class ClusterSessions:
                                          f"(max_sessions {most}); wait for one to expire "
                                          "(session_ttl)")
 
-    # -- a claimed task's turns_kept (TurnsElsewhere) ------------------------------------------
-    def started(self, task: Task) -> msgspec.Raw | None:
-        """The state the CLAIM of this turn read, if its MAC verifies."""
-        if not isinstance(task, ClusterTask) or task.session_kept is None:
+    # -- a claimed task's home.turns (TurnStore) -------------------------------------------
+    def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
+        """The state the CLAIM of this turn read, if its MAC verifies (where it runs is
+        the claim's: sessionscripts.py)."""
+        if not isinstance(task, ClusterTask) or task.session_state is None:
             return None
         assert task.session is not None
-        mac, _, body = task.session_kept.partition(b" ")
+        mac, _, body = task.session_state.partition(b" ")
         if not self.trust.valid(mac, SESSION, self._tenant(task.agent), task.agent,
                                 task.session, body):
             self.trust.refuse(SESSION, f"{task.session} of agent {task.agent}", mac,
@@ -151,7 +155,7 @@ class ClusterSessions:
                                                 f"cluster's Redis did not take it ({exc})"
                            ) from None
         if got == 1:
-            task.session_kept = mac.encode() + b" " + body
+            task.session_state = mac.encode() + b" " + body
             return {}
         if got == 0:
             raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: task {task.id} is no "

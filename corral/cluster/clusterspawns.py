@@ -82,7 +82,7 @@ def lineage_field(trust: Trust, task_id: str, lineage: Lineage, parent: str = ""
 
 
 class ClusterSpawns:
-    """The SpawnsElsewhere of cluster tasks (a claimed task's `spawns_kept`)."""
+    """The SpawnStore of cluster tasks (a claimed task's `home.spawns`)."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust, node: str,
                  serves: Callable[[str, str], Awaitable[bool]],
@@ -117,8 +117,9 @@ class ClusterSpawns:
                 row, lineage = await read(get)
         except RedisError as exc:
             raise _unavailable(exc) from None
+        mine = self._lineage(task.id, lineage)
         return (None if row is None else self._child(task.id, key, row),
-                self._lineage(task.id, lineage))
+                mine._replace(depth=mine.depth + 1))
 
     def _child(self, parent_id: str, key: str, row: bytes, method: str = "task/spawn"
                ) -> str:

@@ -56,7 +56,8 @@ class Claim(msgspec.Struct, frozen=True):
     usage: ModelUsage | None = None
     checkpoint: msgspec.Raw | None = None
     session: str | None = None
-    session_kept: bytes | None = None
+    # (named as an earlier image hands it over)
+    session_state: bytes | None = msgspec.field(default=None, name="session_kept")
 
 
 class NodeHanded(msgspec.Struct, frozen=True):
@@ -115,7 +116,7 @@ def handed(node: ClusterNode) -> NodeHanded:
     claims = [Claim(
         t.id, t.agent, t.input, t.priority, t.timeout, t.retries_left, t.created,
         t.started, list(t.attempts), t.token, t.base, t.entry, t.stream, t.consumer,
-        t.tool_calls, t.usage, t.checkpoint, t.session, t.session_kept)
+        t.tool_calls, t.usage, t.checkpoint, t.session, t.session_state)
         for t in node._held() if t.running]
     return NodeHanded(m.daemon, node.node, m.incarnation, m.consumer, wall, claims)
 
@@ -140,7 +141,7 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
                     consumer=c.consumer, home=node.puller.home)
     t.started, t.attempts, t.tool_calls = c.started, tuple(c.attempts), c.tool_calls
     t.usage, t.checkpoint = c.usage, c.checkpoint
-    t.session, t.session_kept = c.session, c.session_kept
+    t.session, t.session_state = c.session, c.session_state
     tasks = node.tasks
     tasks.traced_again(t)
     tasks.active[t.id] = t

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..supervisor.tasks.chunks import OutputJournal
-    from ..supervisor.tasks.model import AsksElsewhere, SpawnsElsewhere, Task, TurnsElsewhere
+    from ..supervisor.tasks.model import AskShelf, SpawnStore, Task, TurnStore
     from ..supervisor.tasks.stepjournal import StepJournal
 
 
@@ -21,8 +21,8 @@ class ClusterHome:
 
     __slots__ = ("asks", "outputs", "spawns", "steps", "turns")
 
-    def __init__(self, steps: StepJournal, turns: TurnsElsewhere, spawns: SpawnsElsewhere,
-                 asks: AsksElsewhere, outputs: OutputJournal) -> None:
+    def __init__(self, steps: StepJournal, turns: TurnStore, spawns: SpawnStore,
+                 asks: AskShelf, outputs: OutputJournal) -> None:
         self.steps: StepJournal | None = steps
         self.turns = turns
         self.spawns = spawns

@@ -224,7 +224,7 @@ class Puller:
         if checkpoint:
             self.claims.steps.resume(task, checkpoint)
         if session:  # a turn of a session (sessions.py), with its state
-            task.session, task.session_kept = session.decode(), state
+            task.session, task.session_state = session.decode(), state
         self.claims.watch(task)
         self.tasks.intake.adopt(task, traceparent, tracestate)
 

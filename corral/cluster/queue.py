@@ -18,16 +18,13 @@ import msgspec
 
 from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
-from ..supervisor.tasks.model import AsksElsewhere, SpawnsElsewhere, TurnsElsewhere
 from ..supervisor.tasks.stepjournal import StepJournal
 from .home import ClusterHome
 
 
 class ClusterTask(Task):
-    __slots__ = ("asks_kept", "base", "consumer", "entry", "session_kept", "spawns_kept",
-                 "steps_kept", "stream", "token", "turns_kept")
-    journal_here = False
-    session_here = False  # its session's turns are kept in order by Redis (sessions.py)
+    __slots__ = ("base", "consumer", "entry", "session_state", "steps_kept", "stream",
+                 "token")
 
     def __init__(self, task_id: str, agent: str, raw_input: msgspec.Raw, priority: int,
                  timeout: float, retries: int, created: float, *, token: int, base: int,
@@ -46,12 +43,9 @@ class ClusterTask(Task):
         if home is not None:
             self.home = home
         self.steps_kept: StepJournal | None = home.steps if home is not None else None
-        self.turns_kept: TurnsElsewhere | None = home.turns if home is not None else None
-        self.spawns_kept: SpawnsElsewhere | None = home.spawns if home is not None else None
-        self.asks_kept: AsksElsewhere | None = home.asks if home is not None else None
         # its session's state as its claim read it or its last checkpoint wrote it (the
-        # MAC, a space, the JSON)
-        self.session_kept: bytes | None = None
+        # MAC, a space, the JSON): what home.turns gives its next attempt here
+        self.session_state: bytes | None = None
 
     @property
     def attempt(self) -> int:

@@ -233,7 +233,7 @@ class TaskDispatch:
             params["resumed"], params["task_state"] = True, task.checkpoint
         if task.session is not None and self.sessions is not None:
             params["session"] = task.session
-            params["session_state"] = self.sessions.started(task, r)
+            params["session_state"] = task.home.turns.started(task, r)
         run = _Run(self, task, r, attempt)
         # (a task known to be decoded at its start is read by read_values itself)
         decode = read_values if task.decoded else run.decode

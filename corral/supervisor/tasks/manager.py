@@ -192,8 +192,8 @@ class TaskManager:
         return session_bounds(self.sup.agents.get(agent_name), self.tenancy)
 
     def _on_session_checkpoint(self, r: Replica, p: SessionCheckpointParams) -> Any:
-        return self.sessions.checkpoint(
-            self.worker.running_on(r, "session/checkpoint", p.task_id), p.state)
+        task = self.worker.running_on(r, "session/checkpoint", p.task_id)
+        return task.home.turns.checkpoint(task, p.state)
 
     def agent_tasks(self, agent: AgentLike) -> AgentTasks:
         q = self.by_agent.get(agent.name)

@@ -5,12 +5,15 @@ shared with the CLI."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
+from ... import jsonrpc
+from ...jsonrpc import RpcError
 from ...taskoptions import NO_OPTIONS, TaskOptions
 from ...taskviews import (
     Attempt,
@@ -28,7 +31,7 @@ from .payload import Output
 from .taskmachine import TaskMachine
 
 if TYPE_CHECKING:
-    from ...askviews import Ask, AskRequest
+    from ...askviews import Ask, AskEnd, AskRequest
     from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
     from .spawntree import Lineage
@@ -130,18 +133,9 @@ class Task(TaskMachine):
         "watchers",
     )
 
-    # whether this node's journal keeps the task: not one a cluster keeps (its record in
-    # Redis is what survives, and a restart here must not run it again beside a takeover)
-    journal_here = True
-    # its session's turns are kept in order here (Sessions), not elsewhere (a cluster's)
-    session_here = True
-    # a task kept elsewhere (a cluster's claim): where its steps, its session's turns,
-    # its spawns and its asks of a person are, given when the claim made it
-    # (corral.cluster.queue.ClusterTask)
+    # a task kept elsewhere (a cluster's claim): where its steps are, given when the
+    # claim made it (corral.cluster.queue.ClusterTask)
     steps_kept: StepJournal | None = None
-    turns_kept: TurnsElsewhere | None = None
-    spawns_kept: SpawnsElsewhere | None = None
-    asks_kept: AsksElsewhere | None = None
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int, task_id: str | None = None,
@@ -290,13 +284,26 @@ class TaskHome(Protocol):
     def outputs(self) -> OutputJournal:
         """Where its live output's chunks are kept and read back."""
 
+    @property
+    def turns(self) -> TurnStore:
+        """Where its session's turns are kept in order."""
+
+    @property
+    def spawns(self) -> SpawnStore:
+        """Where its spawns are kept, and its children with them."""
+
+    @property
+    def asks(self) -> AskShelf:
+        """Where its asks of a person are kept."""
+
     def record(self, task: Task) -> None:
         """Its row (status, attempts, checkpoint) kept where a restart finds it."""
 
 
 class Nowhere:
     """The home of a task made apart from an engine's intake and a cluster's claim (a
-    claim given back as it is made, a unit's): it keeps nothing."""
+    claim given back as it is made, a unit's): it keeps nothing, its turns are given no
+    state and it spawns no child (one made here would be no other node's to find)."""
 
     __slots__ = ()
 
@@ -308,56 +315,148 @@ class Nowhere:
     def outputs(self) -> OutputJournal:
         return DROPPED
 
+    @property
+    def turns(self) -> TurnStore:
+        return self
+
+    @property
+    def spawns(self) -> SpawnStore:
+        return self
+
+    @property
+    def asks(self) -> AskShelf:
+        return self
+
     def record(self, task: Task) -> None:
         return None
+
+    async def keep(self, task: Task, req: AskRequest) -> Ask:
+        # (one a node kept would not be found by the node that resumes the task)
+        raise RpcError(jsonrpc.REFUSED, f"task {task.id} is the cluster's and its asks of "
+                                        f"a person are not kept here: its {req.kind} "
+                                        "was not asked")
+
+    async def find(self, task: Task, key: str) -> Ask | None:
+        return None
+
+    async def read(self, ask_id: str) -> Ask | None:
+        return None
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
+        raise jsonrpc.not_found("ask", ask.id)
+
+    async def withdraw(self, task_id: str) -> list[Ask]:
+        return []
+
+    def heed(self, ask: Ask) -> Ask | None:
+        return None
+
+    def unheed(self, ask: Ask) -> bool:
+        return False
+
+    async def give_back(self, task: Task, why: str) -> Given:
+        return Given.NOT
+
+    async def holds(self, task: Task) -> bool:
+        return True
+
+    def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
+        return None
+
+    async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
+        raise RpcError(jsonrpc.REFUSED, f"session/checkpoint: task {task.id} is the "
+                                        "cluster's and its session is not kept here")
+
+    async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
+        raise _not_kept(task)
+
+    async def serves(self, agent: str, tenant: str) -> bool:
+        return False
+
+    async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
+        raise _not_kept(task)
+
+    async def children(self, task: Task) -> Container[str]:
+        return ()
+
+    async def outcome(self, child_id: str) -> dict[str, Any]:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"task/wait: task {child_id} is not kept here")
 
 
 NOWHERE: TaskHome = Nowhere()
 
 
-class TurnsElsewhere(Protocol):
-    """Where the turns of a session are kept in order outside this engine (a cluster's
-    Redis: corral.cluster.clustersessions.ClusterSessions), for the tasks that carry it
-    (`Task.turns_kept`)."""
+def _not_kept(task: Task) -> RpcError:
+    return RpcError(jsonrpc.REFUSED, f"task/spawn: task {task.id} is the cluster's and its "
+                                     "spawns are not kept here")
 
-    def started(self, task: Task) -> msgspec.Raw | None:
-        """The state the task's turn is given."""
+
+class TurnStore(Protocol):
+    """Where a session's turns are kept in order (a task's `home.turns`): the engine's
+    table and its journal (sessions.Sessions), or a cluster's Redis
+    (corral.cluster.clustersessions.ClusterSessions)."""
+
+    def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
+        """The state the task's turn is given as it starts on `replica`."""
 
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: kept before it is answered."""
 
 
-class AsksElsewhere(Protocol):
-    """Where the asks of a person a task makes are kept outside this engine (a cluster's
-    Redis: corral.cluster.clusterasks.ClusterAsks), for the tasks that carry it
-    (`Task.asks_kept`): any node lists and decides them, and the node that takes the
-    task over after this one died finds them."""
+class Given(enum.Enum):
+    """Whom a suspension gave the waiting task to (AskShelf.give_back)."""
 
-    async def ask(self, task: Task, req: AskRequest) -> Ask:
+    NOT = 0  # no one: what it asked ended first, or a next attempt could not take it up
+    ENGINE = 1  # this engine, which keeps it suspended and queues it when its asks end
+    HOME = 2  # its home, which queues it again when its asks end: the engine lets it go
+
+
+class AskShelf(Protocol):
+    """Where a task's asks of a person are kept (a task's `home.asks`): the engine's
+    inbox (inbox.Inbox, SQLite), or a cluster's Redis
+    (corral.cluster.clusterasks.ClusterAsks), where any node lists and decides them and
+    the node that takes the task over finds them. Records and atomic questions only: the
+    waits, deadlines and withdrawal at a task's end are the engine's (askwaits.py)."""
+
+    async def keep(self, task: Task, req: AskRequest) -> Ask:
         """The ask of `req`'s call: the one the task made before under its key (pending
         or ended), else a new one, kept before this returns (RpcError: not kept)."""
 
-    async def wait(self, ask: Ask) -> Ask:
-        """The ask as it ended (at once when it has), its deadline kept."""
+    async def find(self, task: Task, key: str) -> Ask | None:
+        """The task's ask under `key`, pending or ended; None: none yet."""
 
-    def waits(self, task_id: str) -> bool:
-        """Whether an attempt here waits on an ask of the task (another call of it may
-        have ended its own)."""
+    async def read(self, ask_id: str) -> Ask | None:
+        """The ask, pending or as it ended; None: no such ask."""
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
+        """The pending ask ended so, once: written, and told (AskEnded), before this
+        returns; the ask as it ended first when it had. RpcError: not written (it
+        stays pending), or CONFLICT while another caller ends it."""
+
+    async def withdraw(self, task_id: str) -> list[Ask]:
+        """The ended task's pending asks, withdrawn and told."""
+
+    def heed(self, ask: Ask) -> Ask | None:
+        """Its end, wherever it is written, told here from now on (AskEnded, AskHeard);
+        the ask as it ended when that is known here already."""
+
+    def unheed(self, ask: Ask) -> bool:
+        """No one here waits on the ask now; True: its deadline is still this engine's
+        to keep, False: kept where the ask is (a cluster's beat)."""
+
+    async def give_back(self, task: Task, why: str) -> Given:
+        """The waiting task suspended where its asks are kept, in one step that finds
+        what it asked still pending (and no MCP server's elicitation among it, whose
+        tool call no next attempt takes up). RpcError: not written."""
 
     async def holds(self, task: Task) -> bool:
-        """Whether this node's claim still holds the task where it is kept (RpcError:
-        not read)."""
-
-    async def suspend(self, task: Task, why: str) -> bool:
-        """The waiting task's claim given back, the task suspended where its asks are
-        kept, to be queued again there when they end (suspension.py); False: not (what
-        it asked ended first, or it waits on something no next attempt takes up).
-        RpcError: not written."""
+        """Whether this engine still holds the running task where it is kept (a
+        give_back's answer lost). RpcError: not read."""
 
 
 class SpawnOrder(NamedTuple):
-    """A child to spawn elsewhere, its bounds checked but its parent's `max_children`
-    (counted where the spawns are kept, with the spawn itself)."""
+    """A child to spawn, its bounds checked but its parent's `max_children` (counted
+    where the spawns are kept, with the spawn itself)."""
 
     agent: str
     tenant: str  # its agent's, the parent's
@@ -371,7 +470,7 @@ class SpawnOrder(NamedTuple):
 
 
 class SpawnReply(NamedTuple):
-    """What a spawn kept elsewhere came to: its child (None: the parent has
+    """What a spawn came to: its child (None: the parent has
     max_children already, `children` of them), and whether the key had it already (a
     spawn of the same key that came first, from another attempt of the parent)."""
 
@@ -380,14 +479,15 @@ class SpawnReply(NamedTuple):
     had: bool = False
 
 
-class SpawnsElsewhere(Protocol):
-    """Where a task's spawns are kept outside this engine (a cluster's Redis:
-    corral.cluster.clusterspawns.ClusterSpawns), for the tasks that carry it
-    (`Task.spawns_kept`): its children are tasks kept there too, run on any node."""
+class SpawnStore(Protocol):
+    """Where a task's spawns are kept, each with its child (a task's `home.spawns`): the
+    engine's spawn trees (nodespawns.NodeSpawns, SQLite), or a cluster's Redis
+    (corral.cluster.clusterspawns.ClusterSpawns), where its children are cluster tasks
+    run on any node. The bounds, the replay of a key and the wait are spawn.py's."""
 
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
-        """The child the task spawned under `key` (None: none yet), and the task's own
-        place in its tree."""
+        """The child the task spawned under `key` (None: none yet), and the place in
+        its tree a child of the task has."""
 
     async def serves(self, agent: str, tenant: str) -> bool:
         """Whether a task of the tenant's agent of the name would be run where the
@@ -398,7 +498,7 @@ class SpawnsElsewhere(Protocol):
         when the key has one already); None and the children the task has when it has
         max_children already."""
 
-    async def children(self, task: Task) -> set[str]:
+    async def children(self, task: Task) -> Container[str]:
         """The ids of the task's children."""
 
     async def outcome(self, child_id: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The engine's own home for its tasks (DESIGN 25; the protocol: model.TaskHome): the
 daemon's state database when it has one (the task journal, the step journal, the output
-journal), else the engine's memory. Given to each task the engine accepts or takes back
-after a restart; a cluster's claimed task has its cluster's (corral.cluster.home)."""
+journal, the sessions' journal, the spawn trees, the inbox's asks), else the engine's
+memory. Given to each task the engine accepts or takes back after a restart; a cluster's
+claimed task has its cluster's (corral.cluster.home)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .chunks import OutputJournal
     from .durable import TaskJournal
-    from .model import Task
+    from .model import AskShelf, SpawnStore, Task, TurnStore
     from .stepjournal import StepJournal
 
 
@@ -22,16 +23,30 @@ class _Outputs(Protocol):
     journal: OutputJournal
 
 
+class _Spawns(Protocol):
+    @property
+    def node(self) -> SpawnStore: ...
+
+
 class HomeEngine(Protocol):
     """The engine whose journals the home reads (TaskManager)."""
 
     journal: TaskJournal | None
 
     @property
+    def inbox(self) -> AskShelf: ...
+
+    @property
     def steps(self) -> _Journals: ...
 
     @property
     def outputs(self) -> _Outputs: ...
+
+    @property
+    def sessions(self) -> TurnStore: ...
+
+    @property
+    def spawns(self) -> _Spawns: ...
 
 
 class NodeHome:
@@ -50,6 +65,18 @@ class NodeHome:
     @property
     def outputs(self) -> OutputJournal:
         return self.engine.outputs.journal
+
+    @property
+    def turns(self) -> TurnStore:
+        return self.engine.sessions
+
+    @property
+    def spawns(self) -> SpawnStore:
+        return self.engine.spawns.node
+
+    @property
+    def asks(self) -> AskShelf:
+        return self.engine.inbox
 
     def record(self, task: Task) -> None:
         journal = self.engine.journal

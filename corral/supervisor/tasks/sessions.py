@@ -202,11 +202,6 @@ class Session:
         return self.tenant, self.agent, self.name, self.gen
 
 
-def _here(task: Task) -> bool:
-    """A task of a session kept in this engine's table (not elsewhere's)."""
-    return task.session is not None and task.session_here
-
-
 class Sessions:
     """The engine's sessions, and the Queue in front of the agents' queue (`inner`)."""
 
@@ -282,8 +277,14 @@ class Sessions:
             key = self.key_of(task.agent, task.session)
             s = self.table.get(key) or self._new(key, time.time())
             self._turns[task.id] = s
+            self._names.pop(task.id, None)
             self._bound()
         return s
+
+    def _holds(self, task: Task) -> bool:
+        """Whether the task is a turn of a session of this table: bound to it as it was
+        accepted or restored (a cluster's turn is kept in order by its cluster)."""
+        return task.id in self._turns or task.id in self._names
 
     def _bound(self) -> None:
         """A task is bound to a session here: its end is to be heard."""
@@ -435,7 +436,7 @@ class Sessions:
     def member(self, task_id: str) -> str | None:
         """The session of a task restored from the journal."""
         kept = self._turns.get(task_id)
-        return kept.name if kept is not None else self._names.pop(task_id, None)
+        return kept.name if kept is not None else self._names.get(task_id)
 
     def claim(self, task: Task) -> None:
         """A restored task of a session that is not in the queue (running on a worker
@@ -486,13 +487,13 @@ class Sessions:
 
     # -- the Queue --------------------------------------------------------------------------
     def put(self, task: Task) -> None:
-        if not _here(task) or self._turn(task, front=False):
+        if not self._holds(task) or self._turn(task, front=False):
             self.inner.put(task)
 
     def requeue(self, task: Task) -> None:
         """A retry of the session's current task goes back; a later task (delayed until
         now) waits its turn."""
-        if not _here(task) or self._turn(task, front=True):
+        if not self._holds(task) or self._turn(task, front=True):
             self.inner.requeue(task)
 
     def _turn(self, task: Task, front: bool) -> bool:
@@ -539,15 +540,14 @@ class Sessions:
             self.pump(task.agent)
 
     def remove(self, task: Task) -> bool:
-        if _here(task):
-            s = self._turns.get(task.id)
-            if s is not None and (task in s.line or s.warming is task):
-                if s.warming is task:
-                    s.warming = None
-                else:
-                    s.line.remove(task)
-                self._parked[task.agent] -= 1
-                return True
+        s = self._turns.get(task.id)
+        if s is not None and (task in s.line or s.warming is task):
+            if s.warming is task:
+                s.warming = None
+            else:
+                s.line.remove(task)
+            self._parked[task.agent] -= 1
+            return True
         return self.inner.remove(task)
 
     def depth(self, agent: str) -> int:
@@ -580,8 +580,6 @@ class Sessions:
 
     def why_waiting(self, task: Task) -> str | None:
         """Why a queued task of a session does not start: another task of it runs."""
-        if not _here(task):
-            return None
         s = self._turns.get(task.id)
         if s is not None and s.warming is task:
             return f"session {task.session}: its state is being read back"
@@ -594,7 +592,7 @@ class Sessions:
 
     def _finished(self, e: TaskFinished) -> None:
         task = e.task
-        if task.session is None or not task.session_here:  # (_here, on every task's end)
+        if task.session is None:  # (on every task's end)
             return
         self._names.pop(task.id, None)
         s = self._turns.pop(task.id, None)
@@ -624,8 +622,6 @@ class Sessions:
     def prefer(self, task: Task, r: Replica, agent: AgentLike) -> Replica:
         """The replica that holds the session when it is the same process and has a free
         slot, else `r` (the least loaded)."""
-        if not _here(task):
-            return r
         s = self._turns.get(task.id)
         held = s.replica if s is not None else None
         if (held is None or held is r or s is None or held.pid != s.pid
@@ -636,8 +632,6 @@ class Sessions:
 
     def started(self, task: Task, r: Replica) -> msgspec.Raw | None:
         """The session's task starts on `r`: the state it is given."""
-        if task.turns_kept is not None:
-            return task.turns_kept.started(task)
         s = self._of(task)
         if not self._held(s):
             return None  # its session ended with its agent: nothing of it is given
@@ -658,8 +652,6 @@ class Sessions:
     # -- the worker's -----------------------------------------------------------------------
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: the session's state, durable before it is answered."""
-        if task.turns_kept is not None:
-            return await task.turns_kept.checkpoint(task, state)
         if task.session is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
                                                    "has no session")
