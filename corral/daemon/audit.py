@@ -14,6 +14,12 @@ from .logs import LogHub
 from .store import StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
+# what a row holds of what a caller chose (a tool's name, a table's strings, a refusal
+# naming them): each text cut past TEXT_CUT characters, a row's params past PARAMS_CUT
+# bytes shown by their size alone, so that audit_max_rows bounds the table's bytes too
+# (an agent's calls of a tool named by 2 MB made rows of 6 MB)
+TEXT_CUT = 1024
+PARAMS_CUT = 64 * 1024
 
 
 class Audit:
@@ -37,7 +43,8 @@ class Audit:
         changes the command's answer (it is kept and written when the database can be:
         StoreWriter). Params that carry specs are written by the one rule (redact.py):
         neither the table nor the log holds a secret value."""
-        shown = redact.params(method, params)
+        shown = _bounded(redact.params(method, params))
+        outcome = _cut(outcome)
         text = f"{caller.who}: {method} {msgspec.json.encode(shown).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
         if self._store is not None:
@@ -57,3 +64,27 @@ class Audit:
              outcome: str) -> None:
         store.audit(caller.uid, caller.pid, method, shown, outcome,
                     None if caller.peer else caller.who, caller.tenant)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= TEXT_CUT:
+        return text
+    return f"{text[:TEXT_CUT]}… (cut: {len(text)} characters)"
+
+
+def _bounded(shown: Any) -> Any:
+    """`shown` with each text cut (keys too), and past PARAMS_CUT bytes its size alone."""
+    def cut(v: Any) -> Any:
+        if isinstance(v, str):
+            return _cut(v)
+        if isinstance(v, dict):
+            return {_cut(str(k)): cut(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [cut(x) for x in v]
+        return v
+    raw = msgspec.json.encode(shown)
+    if len(raw) <= TEXT_CUT:  # (most rows: nothing in them to cut)
+        return shown
+    out = cut(msgspec.json.decode(raw))
+    size = len(msgspec.json.encode(out))
+    return out if size <= PARAMS_CUT else {"cut": f"params of {size} bytes"}

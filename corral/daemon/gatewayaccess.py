@@ -689,6 +689,19 @@ class GatewayService:
                            "invalid params: tools/call needs a name and object arguments")
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
+        if ident.replica is not None and self.replica_calls is not None:
+            # an agent's call of an agent is a tool call as any (DESIGN 27): past its
+            # allowlist and `spawns`, its replica's policy, budget and approvals
+            # (approvals.gate), as a call of no task at /mcp is
+            self.agent_tools.admit(ident, name)
+            gated = await gate(self.replica_calls, ToolCall(
+                ident.replica, f"{AGENTS_VIEW}__{name}", arguments, None), self.guard)
+            if isinstance(gated, dict):  # not approved, or denied: the tool's error
+                refused = gated
+                if handles is None:
+                    return refused
+                return handles.open(ident, None, lambda _: _said(refused))
+            arguments = gated.arguments
         task_id = await self.agent_tools.submit(ident, name, arguments)
         if handles is None:
             return await self.agent_tools.outcome(ident, task_id, on_progress)
@@ -890,7 +903,7 @@ class GatewayService:
                 who: tuple[int, int], task: Task | None = None, waited: float = 0.0) -> None:
         error = outcome != "ok"
         _entry(self.by_client, ident.name, CallCounter).add(seconds, error, waited)
-        _entry(self.by_tool, tool, CallCounter).add(seconds, error, waited)
+        _entry(self.by_tool, self._counted_as(tool), CallCounter).add(seconds, error, waited)
         params = {"client": ident.name, "tool": tool}
         if task is not None:
             params["task"] = task.id
@@ -898,6 +911,16 @@ class GatewayService:
         self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
                           name=f"gateway client {ident.name}"),
                    m.GatewayCall.declared.name, params, outcome)
+
+    def _counted_as(self, tool: str) -> str:
+        """The name a call is counted under: its tool's, or, for a name no server has,
+        NO_SUCH_TOOL's (a client names what it likes: each name kept was a counter, and
+        2 MB names grew the daemon without bound)."""
+        server, _, name = tool.partition("__")
+        entry = self.tools.servers.get(server)
+        known = entry is not None and any(i.client.tool(name) is not None
+                                          for i in entry.all())
+        return tool if known else NO_SUCH_TOOL
 
     def stats(self) -> dict[str, Any]:
         clients = {}
@@ -935,6 +958,14 @@ class GatewayService:
         have changed."""
         if event.kind == "mcp" and serving_changed(event.previous, event.state):
             self.changed(["tools", "resources", "prompts"])
+
+
+NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
+
+
+async def _said(result: dict[str, Any]) -> dict[str, Any]:
+    """A handle's work that is its result already (a call the policy refused)."""
+    return result
 
 
 def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:

@@ -392,14 +392,20 @@ class AgentTools:
                 for a in self.agents()
                 if caller.sees(a.name) and _admits(ident, a.name) is None]
 
-    async def submit(self, ident: TaskClient, agent: str, arguments: dict[str, Any]) -> str:
-        """The corral task of a call, accepted (durable) before the handle is given."""
+    def admit(self, ident: TaskClient, agent: str) -> None:
+        """Refuses a call of the agent's tool the client may not make (TOOL_NOT_ALLOWED):
+        its allowlist, its token's glob, its replica's `spawns`."""
         why = "an anonymous client runs no agent" if ident.name == "anonymous" \
             else _admits(ident, agent)
         if self.calls is None or why is not None:
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
                            f"{ident.name} may call ({why})")
+
+    async def submit(self, ident: TaskClient, agent: str, arguments: dict[str, Any]) -> str:
+        """The corral task of a call, accepted (durable) before the handle is given."""
+        self.admit(ident, agent)
+        assert self.calls is not None  # (admit refuses without the daemon's methods)
         accepted = await self.calls.call(caller_of(ident), m.TasksSubmit(
             agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments))))
         return str(accepted.task_id)

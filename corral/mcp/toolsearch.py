@@ -10,6 +10,10 @@ finds is called by its own name with `tools/call`, as any listed tool is.
 Ranking: each word of the query scores a tool where it is a word of the tool's name
 (4), part of its name (2), a word of its description or title (1), or part of one (0.5);
 ties go by name, so an answer is the same each time for the same list.
+
+A query is bounded (`MAX_QUERY` characters, `MAX_TERMS` words) before it is scored: the
+scoring runs on the daemon's event loop, and its cost is the list's size times the
+query's words, so that a gateway client's 200 KB query held every other request 7 s.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from ..jsonrpc import RpcError
 TOOL = "search_tools"  # no pool tool has this name: theirs are SERVER__NAME
 LIMIT = 10
 MAX_LIMIT = 50
+MAX_QUERY = 1024  # characters of a query: what a model writes to find a tool
+MAX_TERMS = 32  # distinct words of one
 DEFINITION: dict[str, Any] = {
     "name": TOOL,
     "title": "Search tools",
@@ -34,7 +40,7 @@ DEFINITION: dict[str, Any] = {
     "inputSchema": {
         "type": "object",
         "properties": {
-            "query": {"type": "string",
+            "query": {"type": "string", "maxLength": MAX_QUERY,
                       "description": "words of what the tool should do or be called"},
             "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                       "description": f"at most this many tools ({LIMIT})"}},
@@ -56,7 +62,15 @@ def answer(tools: list[dict[str, Any]], arguments: dict[str, Any]) -> dict[str, 
     first, as JSON text and as `structuredContent`; bad arguments are INVALID_PARAMS."""
     query = arguments.get("query")
     limit = arguments.get("limit", LIMIT)
+    if isinstance(query, str) and len(query) > MAX_QUERY:
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       f"invalid params: {TOOL}'s query is {len(query)} characters, past "
+                       f"its bound of {MAX_QUERY} (MAX_QUERY)")
     terms = _words(query) if isinstance(query, str) else []
+    if len(terms) > MAX_TERMS:
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       f"invalid params: {TOOL}'s query has {len(terms)} words, past its "
+                       f"bound of {MAX_TERMS} (MAX_TERMS)")
     if not terms:
         raise RpcError(jsonrpc.INVALID_PARAMS,
                        f"invalid params: {TOOL} needs a query of at least one word")

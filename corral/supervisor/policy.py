@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 EFFECTS = ("allow", "approve", "deny")  # each stricter than the one before
 CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
+# a tool's name is the agent's to choose (one that names no tool is judged all the same):
+# one longer than this is judged without being kept, so the caches' bytes are bounded as
+# their entries are (4,096 names of 2 MB each were 8 GB)
+NAME_CACHED = 256
 
 
 class RuleEffect(NamedTuple):
@@ -140,9 +144,10 @@ class _List:
         if cands is None:
             if len(self._cands) >= CACHED:
                 self._cands.clear()
-            cands = self._cands[key] = tuple(
-                r for r in self.rules
-                if r.tenant(tenant) and r.agent(agent) and r.named(kind, name))
+            cands = tuple(r for r in self.rules
+                          if r.tenant(tenant) and r.agent(agent) and r.named(kind, name))
+            if len(name) <= NAME_CACHED:
+                self._cands[key] = cands
         for r in cands:
             for test in r.tests:
                 if not test(facts):
@@ -202,7 +207,9 @@ class RuleBook:
         if marks is None:
             if len(self._marks) >= CACHED:
                 self._marks.clear()
-            marks = self._marks[tool] = (self._untrusted(tool), self._sensitive(tool))
+            marks = (self._untrusted(tool), self._sensitive(tool))
+            if len(tool) <= NAME_CACHED:
+                self._marks[tool] = marks
         return marks
 
     def untrusted(self, tool: str) -> bool:

@@ -1,0 +1,293 @@
+"""An attacker's pass over the newest surfaces (issue 74's families, DESIGN section 27):
+`corral mcp add`, the gateway's tool search, agents as tools at /mcp/corral, a tool's
+name (the caller's to choose) in what the daemon keeps, and who may post policy.
+
+Each attack is made for real against a running daemon: agents of examples/misbehave.py,
+the many-tools MCP server, the official MCP SDK's client over Streamable HTTP, the HTTP
+API with a tenant's token. What got through before is refused now, saying why; what
+held is tested so that it keeps holding."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import stat
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.daemon.audit import TEXT_CUT
+from corral.mcp.toolsearch import MAX_QUERY, MAX_TERMS
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .test_gateway_stdio import wait_until_async
+
+pytest.importorskip("mcp")
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+MANY = Path(__file__).parent / "servers" / "many_tools.py"
+FULL = "full-token-of-the-newest-attacks"
+
+
+def config(tmp: Path, port: int) -> str:
+    agent = textwrap.dedent(f"""
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_concurrent_tasks = 2
+    """)
+    return (f'[agents.boss]{agent}spawns = ["minion"]\napprove = ["corral__minion"]\n'
+            'max_tool_calls_per_task = 1\ntools = ["corral__*"]\n\n'
+            f'[agents.denied]{agent}spawns = ["minion"]\ntools = ["corral__*", "many__*"]\n\n'
+            f"[agents.minion]{agent}\n"
+            '[[policy]]\nname = "no agents as tools for denied"\n'
+            'match = { agent = "denied", tool = "corral__*" }\neffect = "deny"\n\n'
+            "[tenants.acme]\n\n"
+            f'[mcp_servers.many]\ncommand = ["{PY}", "{MANY}", "40"]\nstart_timeout = 30.0\n'
+            "shared = true\n\n"
+            f'[http]\nlisten = "127.0.0.1:{port}"\n\n'
+            '[gateway]\nlisten = "127.0.0.1:0"\ntokens_file = "tokens.toml"\n'
+            "tool_search = true\n")
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    digest = hashlib.sha256(FULL.encode()).hexdigest()
+    (tmp / "tokens.toml").write_text(f'[clients.full]\ntoken_sha256 = "{digest}"\n')
+    (tmp / "mcp.json").write_text(json.dumps({"mcpServers": {}}))
+    (tmp / "mcp.json").chmod(0o644)
+    port = free_port()
+    with running_daemon(tmp, config(tmp, port),
+                        extra=f'mcp_servers_file = "{tmp}/mcp.json"') as d:
+        d.port = port  # type: ignore[attr-defined]
+        yield d
+
+
+def gateway_url(d: Daemon) -> str:
+    u: str = d.json("mcp", "status")["gateway"]["http"]["url"]
+    return u
+
+
+@asynccontextmanager
+async def session(url: str, token: str, at: str = "") -> AsyncIterator[ClientSession]:
+    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                timeout=httpx2.Timeout(30, read=60))
+    async with client, streamable_http_client(url + at, http_client=client) as (r, w), \
+            ClientSession(r, w) as s:
+        await s.initialize()
+        yield s
+
+
+def replica_env(d: Daemon, agent: str) -> dict[str, str]:
+    """The replica's own gateway address and token, as it was given them: a call at
+    that address names no task."""
+    task_id = d.ask("tasks.submit", {"agent": agent, "input": {"do": "env"}})["task_id"]
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    env: dict[str, str] = done["output"]
+    return env
+
+
+def tasks_of(d: Daemon, agent: str) -> list[dict[str, Any]]:
+    return [t for t in d.ask("tasks.list", {})["tasks"] if t["agent"] == agent]
+
+
+def asks_of(d: Daemon, agent: str) -> list[dict[str, Any]]:
+    return [a for a in d.ask("approvals.list")["asks"] if a["agent"] == agent]
+
+
+def text(result: Any) -> str:
+    said: str = result.content[0].text
+    return said
+
+
+def rss_kb(d: Daemon) -> int:
+    pid = d.json("info")["pid"]
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+
+
+# -- agents as tools at /mcp/corral: the call of an agent is a tool call as any ----------
+@pytest.mark.deadline(120)
+async def test_at_mcp_corral_an_agents_call_meets_its_policy_rules(daemon: Daemon) -> None:
+    """Got through: the operator's rule denying `corral__*` to agent denied, and the
+    call started a task of minion all the same, three times."""
+    d = daemon
+    env = await asyncio.to_thread(replica_env, d, "denied")
+    before = len(await asyncio.to_thread(tasks_of, d, "minion"))
+    async with session(env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"], "/corral") as s:
+        assert [t.name for t in (await s.list_tools()).tools] == ["minion"]
+        for i in range(3):
+            result = await s.call_tool("minion", {"do": "echo", "i": i})
+            assert (result.is_error, text(result)) == (
+                True, "tool call corral__minion is denied by policy rule no agents as "
+                      "tools for denied")
+    assert len(await asyncio.to_thread(tasks_of, d, "minion")) == before
+    # the denial is the policy's audit row, by shape, as at every other door
+    rows = [e for e in d.json("audit")["entries"] if e["method"] == "policy"
+            and e["params"].get("name") == "corral__minion"]
+    assert rows and rows[-1]["outcome"] == "deny", rows
+
+
+@pytest.mark.deadline(120)
+async def test_at_mcp_corral_an_agents_call_asks_its_approval_and_spends_its_budget(
+        daemon: Daemon) -> None:
+    """Got through: boss's `approve` names corral__minion and its max_tool_calls_per_task
+    is 1; each call started a task, no person asked. Now the first waits for a person
+    (the replica's ask) and runs once approved; the second is past the budget."""
+    d = daemon
+    env = await asyncio.to_thread(replica_env, d, "boss")
+    before = len(await asyncio.to_thread(tasks_of, d, "minion"))
+    async with session(env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"], "/corral") as s:
+        call = asyncio.ensure_future(s.call_tool("minion", {"do": "echo", "n": 1}))
+        await wait_until_async(lambda: asks_of(d, "boss") or call.done())
+        assert not call.done(), call.result()
+        [ask] = asks_of(d, "boss")
+        assert ask["task_id"].startswith("replica:boss#0:"), ask
+        assert ask["subject"] == {"tool": "corral__minion",
+                                  "arguments": {"do": "echo", "n": 1}}
+        assert len(await asyncio.to_thread(tasks_of, d, "minion")) == before
+        said = await asyncio.to_thread(d.cli, "approvals", "approve", ask["id"])
+        assert said.returncode == 0, said.stderr
+        result = await call
+        assert not result.is_error and json.loads(text(result)) == {"do": "echo", "n": 1}
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("minion", {"do": "echo", "n": 2})
+        assert str(err.value) == (
+            "tool budget exceeded: replica boss#0 has made 1 tool call of no task "
+            "(max_tool_calls_per_task 1, counted per incarnation for calls that name no "
+            "task)")
+    assert len(await asyncio.to_thread(tasks_of, d, "minion")) == before + 1
+
+
+# -- tool search: a query bounded before it is scored ---------------------------------
+@pytest.mark.deadline(120)
+async def test_a_search_query_past_its_bounds_is_refused_before_it_is_scored(
+        daemon: Daemon) -> None:
+    """Got through: a query of 200 KB held the daemon's loop 7 s (every other request,
+    the control socket's too); each client with `mcp:call` may search."""
+    d = daemon
+    async with session(gateway_url(d), FULL) as s:
+        found = await s.call_tool("search_tools", {"query": "invoice"})
+        assert not found.is_error
+        for query, message in (
+                ("x" * (MAX_QUERY + 1),
+                 f"invalid params: search_tools's query is {MAX_QUERY + 1} characters, "
+                 f"past its bound of {MAX_QUERY} (MAX_QUERY)"),
+                (" ".join(f"w{i}" for i in range(MAX_TERMS + 1)),
+                 f"invalid params: search_tools's query has {MAX_TERMS + 1} words, past "
+                 f"its bound of {MAX_TERMS} (MAX_TERMS)"),
+                ("abcdefg " * 100_000,
+                 "invalid params: search_tools's query is 800000 characters, past its "
+                 f"bound of {MAX_QUERY} (MAX_QUERY)")):
+            start = time.monotonic()
+            with pytest.raises(MCPError) as err:
+                await s.call_tool("search_tools", {"query": query})
+            assert (str(err.value), err.value.error.code) == (message, -32602)
+            assert time.monotonic() - start < 5
+        # at the bounds, a search is made (the same words repeated are one term)
+        at = await s.call_tool("search_tools", {"query": ("invoice " * 200)[:MAX_QUERY]})
+        assert not at.is_error and at.structured_content is not None
+        assert at.structured_content["tools"]
+        listed = (await s.list_tools()).tools
+        assert listed[0].input_schema["properties"]["query"]["maxLength"] == MAX_QUERY
+
+
+# -- a tool's name, the caller's own: what the daemon keeps of it is bounded ----------------
+@pytest.mark.deadline(180)
+async def test_calls_naming_tools_no_server_has_grow_neither_the_daemon_nor_its_audit(
+        daemon: Daemon) -> None:
+    """Got through: 20 calls by an agent's replica of `many__` and 2 MB each kept every
+    name — a counter each in the gateway's stats, a policy cache entry each, audit rows
+    of 6 MB — 62 MB of the daemon's memory, for good. Now names no server has are
+    counted together, long names judged without being kept, audit rows cut."""
+    d = daemon
+    env = await asyncio.to_thread(replica_env, d, "denied")
+    async with session(gateway_url(d), FULL) as s:  # the servers are up
+        assert not (await s.call_tool("many__forecast_weather", {"city": "Oslo"})).is_error
+    before = await asyncio.to_thread(rss_kb, d)
+    long = "many__" + "x" * 2_000_000
+    async with session(env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]) as s:
+        for i in range(20):
+            with pytest.raises(MCPError) as err:
+                await s.call_tool(f"{long}{i}", {})
+            assert str(err.value).startswith("no such tool: many__xxx"), str(err.value)[:200]
+    grown = await asyncio.to_thread(rss_kb, d) - before
+    assert grown < 25_000, f"the daemon grew {grown} KB"
+    stats = d.json("mcp", "status")["gateway"]["tools"]
+    assert stats["(no such tool)"]["calls"] >= 20, stats
+    assert stats["many__forecast_weather"]["calls"] >= 1
+    assert max(len(name) for name in stats) < 100, [n[:40] for n in stats]
+    rows = [e for e in d.json("audit")["entries"] if e["method"] == "gateway.call"
+            and e["params"]["tool"].startswith("many__xxx")]
+    assert len(rows) >= 20
+    for row in rows:
+        shown = row["params"]["tool"]
+        assert re.fullmatch(rf"many__x{{{TEXT_CUT - 6}}}… \(cut: 200000\d characters\)",
+                            shown), shown[-60:]
+        assert len(row["outcome"]) < TEXT_CUT + 40, row["outcome"][-60:]
+
+
+# -- corral mcp add: what it writes -------------------------------------------------------
+@pytest.mark.deadline(120)
+def test_mcp_add_writes_through_no_planted_link_and_keeps_an_envs_values_private(
+        daemon: Daemon) -> None:
+    """Got through: the servers file is replaced through a temporary of a fixed name
+    beside it, opened following links: one planted there (the directory another user may
+    write) had root truncate and write the file it names; and a server's env values
+    (hidden from the audit) were written in a file others read (0644)."""
+    d = daemon
+    victim = d.dir / "victim.txt"
+    victim.write_text("untouched\n")
+    planted = d.dir / ".mcp.json.corral-tmp"
+    planted.symlink_to(victim)
+    r = d.cli("mcp", "add", "fresh", "--env", "TOKEN=s3cret-91", "--", PY, str(MANY), "3")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert victim.read_text() == "untouched\n"
+    assert not os.path.lexists(planted)
+    st = os.lstat(d.dir / "mcp.json")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    assert "s3cret-91" in (d.dir / "mcp.json").read_text()  # the server needs it
+    r = d.cli("mcp", "remove", "fresh")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((d.dir / "mcp.json").read_text()) == {"mcpServers": {}}
+
+
+# -- what held -------------------------------------------------------------------------------
+@pytest.mark.deadline(120)
+def test_a_tenants_caller_posts_no_policy_and_no_server(daemon: Daemon) -> None:
+    """Held: policy rules are the operator's ([[policy]]) and a tenant's table's, which
+    the operator writes; a tenant's token, `admin` among its scopes, posts neither a
+    policy nor `default_deny = false` into its table, nor one into an agent's table, nor
+    an MCP server."""
+    d = daemon
+    made = d.json("token", "create", "acme-admin", "--tenant", "acme", "--scope", "admin",
+                  "--scope", "agents:write", "--scope", "agents:read")
+    headers = {"Authorization": f"Bearer {made['token']}"}
+    base = f"http://127.0.0.1:{d.port}/api/v1"  # type: ignore[attr-defined]
+    loosen = [{"name": "open", "effect": "allow"}]
+    with httpx2.Client(headers=headers, timeout=30) as http:
+        r = http.patch(f"{base}/tenants/acme", json={"set": {"policy": loosen,
+                                                             "default_deny": False}})
+        assert r.status_code == 403, r.text
+        r = http.post(f"{base}/tenants", json={"tenants": {"acme2": {"policy": loosen}}})
+        assert r.status_code == 403, r.text
+        r = http.post(f"{base}/agents", json={"agents": {"sneaky": {
+            "command": [PY, "-c", "pass"], "policy": loosen}}})
+        assert r.status_code == 400 and "policy" in r.text, r.text
+    assert "acme2" not in [t["name"] for t in d.json("tenants")["tenants"]]
+    assert "sneaky" not in [a["name"] for a in d.status_json()["agents"]]
+    r = d.cli("audit")
+    assert r.returncode == 0
