@@ -58,7 +58,7 @@ class _Ops:
 
 
 class ClusterSteps:
-    """The StepJournal of cluster tasks (a claimed task's `steps_kept`); `active` finds a
+    """The StepJournal of cluster tasks (a claimed task's `home.steps`); `active` finds a
     running task by id (its claim's fence token)."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
