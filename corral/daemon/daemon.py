@@ -52,6 +52,7 @@ from .extras import Extras
 from .filewatch import FileWatches
 from .fleet import Fleet
 from .fleetwatch import FleetWatch
+from .heapdump import from_env as heap_dumps
 from .history import History
 from .logs import LogHub
 from .notify import Notifier
@@ -304,6 +305,7 @@ class Daemon:
         keep(contextlib.closing(self.notifier))
         hub = keep(part.log_hub(conf))
         keep(on_signal(hub.daemon))  # SIGUSR1: every task's stack in the log
+        keep(heap_dumps())  # CORRAL_HEAP_DUMP=DIR alone: the heap, now and then
         teardown = Teardown(stack, lambda text: hub.daemon(text, priority=4))
         enter = teardown.enter
         extras = Extras(lambda text, priority: hub.daemon(text, priority=priority),

@@ -1,0 +1,144 @@
+"""A debug hook, off unless its variable is set: where a long-running daemon's memory goes.
+
+With CORRAL_HEAP_DUMP=DIR in its environment the daemon traces its allocations
+(tracemalloc, CORRAL_HEAP_FRAMES frames deep, default 12) and every
+CORRAL_HEAP_DUMP_EVERY seconds (default 300) writes to DIR, named by the seconds since
+it started:
+- heap-SECONDS.tracemalloc: the snapshot of every live traced allocation;
+- heap-SECONDS.json: its RSS, what tracemalloc holds, glibc's own account (mallinfo2:
+  bytes in use, bytes free but kept in its arenas) and the live objects counted by type
+  (gc.get_objects), the largest counts first.
+
+Two of them compared (`python -m corral.daemon.heapdump OLD NEW`) say what grew, by
+traceback and by type: what grows with tasks served is a leak; RSS rising while
+tracemalloc's total and glibc's bytes in use stay flat is the allocator settling
+(freed memory kept in its arenas, MALLOC_ARENA_MAX and malloc_trim's business).
+Tracing costs memory and time, so nothing of it runs without the variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_DIR = "CORRAL_HEAP_DUMP"
+ENV_EVERY = "CORRAL_HEAP_DUMP_EVERY"
+ENV_FRAMES = "CORRAL_HEAP_FRAMES"
+TYPES_KEPT = 150  # the types a dump's json counts, the most numerous first
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo() -> dict[str, int] | None:
+    """glibc's account of its heap (None elsewhere): `in_use` bytes handed out, `free`
+    bytes it keeps, `mmapped` in blocks of their own."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        call = libc.mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    call.restype = _MallInfo2
+    info = call()
+    return {"arena": info.arena, "in_use": info.uordblks, "free": info.fordblks,
+            "mmapped": info.hblkhd}
+
+
+def _rss() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path("/proc/self/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    return 0
+
+
+def write(where: Path, seconds: int) -> Path:
+    """One dump: the snapshot and its json; the json's path."""
+    snap = tracemalloc.take_snapshot()
+    snap.dump(str(where / f"heap-{seconds}.tracemalloc"))
+    types = Counter(type(o).__qualname__ for o in gc.get_objects())
+    traced, peak = tracemalloc.get_traced_memory()
+    out = where / f"heap-{seconds}.json"
+    out.write_text(json.dumps({
+        "seconds": seconds, "rss": _rss(), "traced": traced, "traced_peak": peak,
+        "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory(),
+        "malloc": _mallinfo(), "gc_counts": gc.get_count(),
+        "objects": sum(types.values()), "types": dict(types.most_common(TYPES_KEPT))}))
+    return out
+
+
+@contextlib.contextmanager
+def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread | None]:
+    """While entered, the dumps the environment asks for (none: nothing runs)."""
+    where = env.get(ENV_DIR)
+    if not where:
+        yield None
+        return
+    every = float(env.get(ENV_EVERY) or 300)
+    directory = Path(where)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(int(env.get(ENV_FRAMES) or 12))
+    began = time.monotonic()
+    halt = threading.Event()
+
+    def dumps() -> None:
+        while not halt.wait(every):
+            with contextlib.suppress(OSError):
+                write(directory, round(time.monotonic() - began))
+
+    # a thread, not a task of the loop: a dump blocks for as long as it walks the heap,
+    # which the loop's latency gauges would otherwise count against the daemon
+    thread = threading.Thread(target=dumps, name="corral-heapdump", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        halt.set()
+
+
+def compare(old: Path, new: Path, top: int = 25) -> list[str]:
+    """What grew from one dump to the next: by traceback (the snapshots), by type (their
+    json beside them)."""
+    before = tracemalloc.Snapshot.load(str(old))
+    after = tracemalloc.Snapshot.load(str(new))
+    lines = [f"{old.name} -> {new.name}: top {top} by traceback"]
+    for stat in after.compare_to(before, "traceback")[:top]:
+        lines.append(f"{stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8d} blocks "
+                     f"(now {stat.size / 1024:.1f} KiB in {stat.count})")
+        lines += [f"      {frame}" for frame in stat.traceback.format()[-8:]]
+    counts: list[dict[str, Any]] = []
+    for snap in (old, new):
+        side = snap.with_suffix(".json")
+        counts.append(json.loads(side.read_text()) if side.exists() else {})
+    if all(counts):
+        a, b = counts
+        lines.append(f"rss {a['rss'] / 2**20:.1f} -> {b['rss'] / 2**20:.1f} MiB, traced "
+                     f"{a['traced'] / 2**20:.1f} -> {b['traced'] / 2**20:.1f} MiB, malloc "
+                     f"{a['malloc']} -> {b['malloc']}, objects {a['objects']} -> "
+                     f"{b['objects']}")
+        grew = sorted(((b["types"].get(t, 0) - a["types"].get(t, 0), t)
+                       for t in {*a["types"], *b["types"]}), reverse=True)
+        lines.append("types that grew: " + ", ".join(
+            f"{t} {n:+d}" for n, t in grew[:top] if n > 0))
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(compare(Path(sys.argv[1]), Path(sys.argv[2]),
+                            int(sys.argv[3]) if len(sys.argv) > 3 else 25)))
