@@ -37,13 +37,15 @@ def no_calls_yet(home: Home) -> Iterator[None]:
 def test_a_retried_attempt_is_answered_its_earlier_tool_calls_each_made_once(
         home: Home, tmp_path: Path) -> None:
     done = home.run("durable", {"calls": 6, "stop_after": 3, "how": "die",
-                                "marker": str(tmp_path / "marker")})
+                                "marker": str(tmp_path / "marker"), "checkpoint": True})
     assert done["status"] == "succeeded", done
     assert done["output"]["results"] == [f"bumped {i}" for i in range(1, 7)]
     assert made_calls(home) == [str(i) for i in range(1, 7)]
     first, second = done["attempts"]
     assert (first["outcome"], second["outcome"]) == ("lost", "succeeded")
     assert second["replayed"] == 3 and "diverged" not in second
+    # and the retry was given the task's last checkpoint
+    assert (done["output"]["resumed"], done["output"]["task_state"]) == (True, {"done": 3})
 
 
 def test_a_retried_attempt_is_given_its_named_steps_each_run_once(
@@ -73,7 +75,7 @@ def test_a_crash_of_the_home_costs_only_the_work_in_flight(home: Home, tmp_path:
                                                            ) -> None:
     marker = tmp_path / "marker"
     task_id = home.submit("durable", {"calls": 6, "stop_after": 4, "how": "hang",
-                                      "marker": str(marker), "checkpoint": True})
+                                      "marker": str(marker)})
     wait_until("the worker past call 4", marker.exists)
     home.crash(task_id)
     done = home.wait(task_id)
@@ -83,5 +85,3 @@ def test_a_crash_of_the_home_costs_only_the_work_in_flight(home: Home, tmp_path:
     assert made_calls(home) == [str(i) for i in range(1, 7)]
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
     assert done["attempts"][1]["replayed"] == 4
-    # and the retry was given the task's last checkpoint
-    assert (done["output"]["resumed"], done["output"]["task_state"]) == (True, {"done": 4})
