@@ -169,8 +169,10 @@ class ClusterTasks:
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),
                 self.keys.priorities(tenant, p.agent), self.keys.agents, self.keys.live]
+        # (its retries: its own policy's, else the claiming node's agent's)
+        retries = "" if p.retry is None or p.retry.retries is None else p.retry.retries
         args = [task_id, p.agent, raw, p.priority,
-                "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
+                "" if p.timeout is None else repr(p.timeout), retries, repr(time.time()),
                 self.membership.node, max_queue, "1" if watched else "0",
                 records.trace_field(p.traceparent, p.tracestate)]
         submit = self.scripts.submit

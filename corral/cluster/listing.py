@@ -144,4 +144,4 @@ def _summary(tid: bytes, rec: list[Any], trust: Trust) -> m.TaskSummary | None:
         # the node running it, or that ran it last; none while it waits
         node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,
         tenant=trust.tenant_of(tid.decode(), agent, tenant, mac),
-        options=options_in({b"options": options} if options else {}))
+        options=options_in(options or None))

@@ -210,8 +210,8 @@ class Puller:
     def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
         """A task this incarnation claimed (a claim's reply: entry, task id, token,
         attempts before, input, timeout, retries left, priority, created, checkpoint,
-        session, its state, the caller's trace context) handed to the engine, here or at
-        its submission (submitclaim.py)."""
+        session, its state, the caller's trace context, its options) handed to the
+        engine, here or at its submission (submitclaim.py)."""
         (entry, task_id, token, base, raw, timeout, retries, prio, created, checkpoint,
          session, state) = claim[:12]
         traceparent, tracestate = records.trace_of(claim[12] if len(claim) > 12 else None)
@@ -221,6 +221,8 @@ class Puller:
                            float(timeout), int(retries), float(created), token=int(token),
                            base=int(base), entry=entry.decode(), stream=stream,
                            consumer=consumer, home=self.home)
+        # its own retry policy among them, which the engine applies (Endings)
+        task.options = records.options_in(claim[13] if len(claim) > 13 else None)
         if checkpoint:
             self.claims.steps.resume(task, checkpoint)
         if session:  # a turn of a session (sessions.py), with its state

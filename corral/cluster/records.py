@@ -112,17 +112,17 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
         started=_f(rec, b"started"), finished=_f(rec, b"finished"), tool_calls=0,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
-        attempts=[_attempt.decode(a) for a in attempts], options=options_in(rec),
+        attempts=[_attempt.decode(a) for a in attempts], options=options_in(rec.get(b"options")),
         not_before=not_before, waiting=None if not_before is None
         else f"delayed until {iso_time(not_before)}")
 
 
-def options_in(rec: dict[bytes, bytes]) -> TaskOptions:
-    """A record's options (taskoptions.py): none when it has none, or ones that do not
-    decode (written by a Redis writer, not by a node: shown as none, never a failure of
-    the read)."""
+def options_in(field: bytes | None) -> TaskOptions:
+    """A record's options field (taskoptions.py): none when it has none, or ones that do
+    not decode (written by a Redis writer, not by a node: shown as none, never a failure
+    of the read)."""
     try:
-        return decoded(rec.get(b"options"))
+        return decoded(field or None)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return NO_OPTIONS
 

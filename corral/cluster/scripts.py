@@ -156,7 +156,8 @@ SUBMIT = submit_script()
 # cluster's prefix (as TRIM names them: the hash slot of every key of the cluster).
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created, the task's checkpoint step (steps.py) or false, its session or false, the
-#    session's state or false, the caller's trace context or false}
+#    session's state or false, the caller's trace context or false[, its options (JSON,
+#    taskoptions.py) when they carry a retry policy of its own]}
 _CLAIM_FN = f"""
 -- A claim is a live incarnation's: one whose liveness key has lapsed (its node is to fence
 -- itself at its next beat) takes nothing, and reads nothing it would then hold. A claim
@@ -164,6 +165,16 @@ _CLAIM_FN = f"""
 -- already dead, which retention may have let go (decision 515).
 local function alive(prefix, consumer)
   return redis.call('EXISTS', prefix .. 'alive:' .. consumer) == 1
+end
+-- the task's own retry_lost, in its options (taskoptions.RetryOptions), over the node's
+local function own_lost(options)
+  return options and string.match(options, '"retry_lost":(%d+)')
+end
+-- its options, for the engine of the node that runs it, when they carry a retry policy
+-- of its own (nil else: nothing more in the reply)
+local function policy(options)
+  if options and string.find(options, '"retry"', 1, true) then return options end
+  return nil
 end
 local function claim(fence, stream, entry, id, prefix, c)
   local task = prefix .. 'task:' .. id
@@ -179,18 +190,20 @@ local function claim(fence, stream, entry, id, prefix, c)
   local had = redis.call('HMGET', task, 'retries_left', 'timeout', 'started')
   if had[1] == '' then redis.call('HSET', task, 'retries_left', c[5]) end
   if had[2] == '' then redis.call('HSET', task, 'timeout', c[6]) end
-  if c[8] and c[8] ~= '' then redis.call('HSET', task, 'retry_lost', c[8]) end
+  local lost = own_lost(redis.call('HGET', task, 'options')) or c[8]
+  if lost and lost ~= '' then redis.call('HSET', task, 'retry_lost', lost) end
   redis.call('HSET', task, 'status', 'running', 'fence', token, 'owner', c[1], 'node', c[2])
   if not had[3] then redis.call('HSET', task, 'started', c[3]) end
   redis.call('RPUSH', attempts, c[4])
   local v = redis.call('HMGET', task, 'input', 'timeout', 'retries_left', 'priority',
-    'created', 'trace')
+    'created', 'trace', 'options')
   local cp = false
   if base > 0 then
     cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
   end
   {sessionscripts.claimed()}
-  return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state, v[6] or false}}
+  return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state, v[6] or false,
+    policy(v[7])}}
 end
 """
 
@@ -199,18 +212,21 @@ end
 #       task_timeout (for a task submitted without them), the tenant of its agent, its
 #       retry_lost
 # -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
-#    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
+#    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one,
+#    ..., its options with a retry policy]}
 CLAIM = _CLAIM_FN + """
 local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
 if not alive(prefix, ARGV[1]) then return false end
 local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
   {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]})
 if not got then return false end
-if not got[11] or got[11] == '' then
-  got[11] = nil
-  if not got[9] then
-    got[9], got[10] = nil, nil
-    if not got[8] then got[8] = nil end
+if not got[12] then
+  if not got[11] or got[11] == '' then
+    got[11] = nil
+    if not got[9] then
+      got[9], got[10] = nil, nil
+      if not got[8] then got[8] = nil end
+    end
   end
 end
 return got
@@ -229,7 +245,7 @@ return got
 #       claimed first, sessionscripts.sticky_claims), the claiming node's retry_lost
 # -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
 #    input, timeout, retries_left, priority, created, checkpoint or false, session or
-#    false, its state or false, trace context or false}, ...}, each
+#    false, its state or false, trace context or false[, options]}, ...}, each
 #    stream's newest entry id ('0-0' none), 1 when the share held it back from more}: a
 #    node that read fewer than it asked for, and was not held back, waits (XREAD, which
 #    takes nothing) for what comes after those ids, and reads and claims with what it
@@ -271,7 +287,7 @@ for s = 2, #KEYS do
           local got = claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c)
           if got then
             out[#out + 1] = {s - 2, e[1], f[j + 1], got[1], got[2], got[3], got[4], got[5],
-              got[6], got[7], got[8], got[9], got[10], got[11]}
+              got[6], got[7], got[8], got[9], got[10], got[11], got[12]}
           end
           break
         end
@@ -352,10 +368,11 @@ local function fresh(s)
   local retries = ARGV[6] ~= '' and ARGV[6] or c[5]
   redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', c[1],
     'node', c[2], 'started', c[3], 'timeout', timeout, 'retries_left', retries)
-  if c[8] and c[8] ~= '' then redis.call('HSET', KEYS[1], 'retry_lost', c[8]) end
+  local lost = own_lost(ARGV[#ARGV - 3]) or c[8]
+  if lost and lost ~= '' then redis.call('HSET', KEYS[1], 'retry_lost', lost) end
   redis.call('RPUSH', attempts, c[4])
   return {1, {s, added, ARGV[1], token, 0, ARGV[3], timeout, retries, ARGV[4], ARGV[7],
-    false, false, false, ARGV[11]}}
+    false, false, false, ARGV[11], policy(ARGV[#ARGV - 3])}}
 end
 if direct then
   local mine = fresh(direct)
@@ -363,7 +380,7 @@ if direct then
   -- an attempts list there already: claimed as claim() claims, which counts it
   local got = claim(KEYS[6], direct, added, ARGV[1], prefix, c)
   return {1, {direct, added, ARGV[1], got[1], got[2], got[3], got[4], got[5], got[6],
-    got[7], got[8], got[9], got[10], got[11]}}
+    got[7], got[8], got[9], got[10], got[11], got[12]}}
 end
 for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   local s = stream_of .. p
@@ -384,7 +401,7 @@ for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
     if claimed then
       return {1, {s, e[1], id, claimed[1], claimed[2], claimed[3], claimed[4],
         claimed[5], claimed[6], claimed[7], claimed[8], claimed[9], claimed[10],
-        claimed[11]}}
+        claimed[11], claimed[12]}}
     end
   end
 end

@@ -6,6 +6,7 @@ value is refused in the local path's words; a cancel ends it before it runs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,63 @@ async def test_two_nodes_moving_due_tasks_at_once_move_each_exactly_once(
     assert await client.hget(k.task(ids[0]), "entry") == b""
     assert await client.zrange(k.due, 0, -1) == [ids[19].encode()]
     assert float(answers[-1][1]) > time.time()
+
+
+# -- a task's own retry policy (`retry`), kept with its record -----------------------------
+BACKOFF = 0.3
+POLICY = f"retry_backoff = {BACKOFF}\nretry_jitter = false\n"
+
+
+def test_a_tasks_own_retry_policy_runs_it_again_after_its_backoff_counted_in_its_record(
+        tmp: Path, redis: RedisServer) -> None:
+    """The agents retry nothing of their own (retries = 0): the task's policy does, each
+    attempt numbered across the cluster (ctx.attempt) and listed in the record."""
+    with nodes(tmp, redis, {"a": sleeper("w") + POLICY, "b": sleeper("w") + POLICY}) as ns:
+        a, b = ns["a"], ns["b"]
+        both_alive(a)
+        policy = {"retries": 2, "retry_on": ["failed"]}
+        got = a.call("tasks.submit", {"agent": "w", "input": {"do": "until", "attempt": 3},
+                                      "retry": policy, "wait": 60})
+        assert (got["status"], got["output"]) == ("succeeded", {"attempt": 3}), got
+        attempts = got["attempts"]
+        assert [x["outcome"] for x in attempts] == ["failed", "failed", "succeeded"]
+        assert all(x["node"] in ("a", "b") for x in attempts), attempts
+        for i, (before, after) in enumerate(itertools.pairwise(attempts)):
+            assert after["started"] - before["finished"] >= BACKOFF * 2 ** i - 0.002, (
+                attempts)
+        assert b.call("tasks.get", {"task_id": got["task_id"]})["options"]["retry"] == (
+            policy)
+        # its retries spent: failed, with every attempt and its error in the record
+        got = b.call("tasks.submit", {"agent": "w", "input": {"do": "until", "attempt": 3},
+                                      "retry": {"retries": 1, "retry_on": ["failed"]},
+                                      "wait": 60})
+        assert got["status"] == "failed", got
+        assert [(x["outcome"], x["error"]) for x in got["attempts"]] == [
+            ("failed", "attempt 1 failed on request"),
+            ("failed", "attempt 2 failed on request")]
+        # a policy that retries no failure: one attempt, as a local task's
+        got = a.call("tasks.submit", {"agent": "w", "input": {"do": "until", "attempt": 2},
+                                      "retry": {"retries": 3, "retry_on": ["timed_out"]},
+                                      "wait": 60})
+        assert [x["outcome"] for x in got["attempts"]] == ["failed"], got
+
+
+def test_a_tasks_own_retry_lost_decides_its_takeover_when_its_node_dies(
+        tmp: Path, redis: RedisServer) -> None:
+    """retry_lost = 0 (at most once): its node killed -9 mid-attempt, the other node's
+    reaper ends it lost rather than running it again (its agents' retry_lost is 2)."""
+    with nodes(tmp, redis, {"a": sleeper("w"), "b": sleeper("w")}) as ns:
+        a, b = ns["a"], ns["b"]
+        both_alive(a)
+        task_id = a.call("tasks.submit", {"agent": "w", "input": {
+            "do": "sleep", "seconds": 60}, "retry": {"retry_lost": 0}})["task_id"]
+        running = wait_until(lambda: (lambda t: t if t["status"] == "running" else None)(
+            b.call("tasks.get", {"task_id": task_id})), what="the task claimed")
+        victim = ns[running["attempts"][-1]["node"]]
+        other = b if victim is a else a
+        victim.kill9()
+        done = ended(other, task_id)
+        assert done["status"] == "lost", done
+        assert done["error"]["message"].endswith(
+            "(not run again: at most once, retry_lost = 0)"), done
+        assert [x["outcome"] for x in done["attempts"]] == ["lost"]

@@ -19,7 +19,6 @@ import pytest
 
 from corral import methods as m
 from corral.cli.client import Client
-from corral.daemon.tasks.clustered import NOT_KEPT
 from corral.supervisor.config import AgentSpec
 
 from ..conftest import EXAMPLES, ROOT
@@ -81,9 +80,8 @@ def test_every_task_option_and_agent_key_has_one_row_and_no_row_more() -> None:
     assert set(options) == submit, (
         f"options without a row: {sorted(submit - set(options))}; rows of no option: "
         f"{sorted(set(options) - submit)}")
-    # the options the cluster's front refuses by name are the rows that say refused
-    assert {r.name for r in rows if r.kind == "option" and r.verdict == "refused"} == (
-        NOT_KEPT)
+    # the cluster keeps every option a task may be given (issue 72)
+    assert not [r.name for r in rows if r.kind == "option" and r.verdict == "refused"]
     spec = {f.name for f in msgspec.structs.fields(AgentSpec)}
     assert set(keys) == spec, (
         f"agent keys without a row: {sorted(spec - set(keys))}; rows of no key: "
@@ -171,18 +169,6 @@ def local(a: Node, b: Node) -> str:
     return "local"
 
 
-def policy(name: str, value: Any) -> Callable[[Node, Node], str]:
-    def probe(a: Node, b: Node) -> str:
-        refused = error_of(a, "tasks.submit", {"agent": "w", "input": {}, name: value})
-        assert refused is not None, name
-        # the way the refusal points to: the same option, on b's own agent
-        got = b.call("tasks.submit", {"agent": "w", "input": {}, name: value,
-                                      "local": True, "wait": 60})
-        assert got["status"] == "succeeded", got
-        return f"refused: {refused}"
-    return probe
-
-
 def session(a: Node, b: Node) -> str:
     first = answer_of(a, "tasks.submit", {"agent": "chat", "input": {"turn": 1},
                                           "session": "p", "wait": 60})
@@ -241,7 +227,7 @@ OPTION_PROBES: dict[str, Callable[[Node, Node], str]] = {
     "tracestate": lambda a, b: echo(a, b, traceparent=TRACE, tracestate="k=v"),
     "delay": lambda a, b: echo(a, b, delay=0.1),
     "not_before": lambda a, b: echo(a, b, not_before=time.time() + 0.1),
-    "retry": policy("retry", {"retries": 1}),
+    "retry": lambda a, b: echo(a, b, retry={"retries": 1, "retry_on": ["failed"]}),
 }
 # a value that a cluster agent's table refuses, for each key the table says is refused
 REFUSED_KEYS: dict[str, Any] = {

@@ -1,8 +1,6 @@
 """The retry policy on a cluster (issue 36, item 5): a cluster task whose attempt fails is
 retried, after its backoff, by the policy of its agent on the node that claimed it (its
-record keeps every attempt and its error); a task's own policy is not kept by the
-cluster's queue, and such a submission is refused with the reason (a delay runs as well
-with --local)."""
+record keeps every attempt and its error); a delay runs as well with --local."""
 
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ from .harness import nodes, sleeper
 POLICY = 'retry_on = ["failed"]\nretry_backoff = 0.3\nretry_jitter = false\n'
 
 
-def test_a_failed_cluster_task_is_retried_on_its_node_and_a_delay_refused(
+def test_a_failed_cluster_task_is_retried_on_its_node_by_its_agents_policy(
         tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": sleeper("w", retries=1) + POLICY}) as ns:
         a = ns["a"]
@@ -37,15 +35,6 @@ def test_a_failed_cluster_task_is_retried_on_its_node_and_a_delay_refused(
         assert res["status"] == "failed"
         assert [x["error"] for x in res["attempts"]] == [
             "attempt 1 failed on request", "attempt 2 failed on request"]
-        # a policy of its own is refused for a cluster task, with the reason
-        for extra in (("--retries", "2"), ("--delay", "5s", "--retry-on", "failed")):
-            r = a.cli("run", "w", "--input", "1", *extra)
-            assert r.returncode == 1
-            assert r.stderr == (
-                "corral: invalid params: retry is not kept by the cluster's queue (a cluster "
-                "task is retried by the policy of its agent on the node that runs it): "
-                "submit it with local = true (corral run --local) to give it a policy on "
-                "this node\n")
         # on the node that runs the agent, --local delays it there
         b = ns["b"]
         r = b.cli("submit", "w", "--input", '{"do": "echo"}', "--delay", "1s", "--local")

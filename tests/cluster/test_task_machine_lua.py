@@ -12,8 +12,9 @@ Where the Lua differs from the table, on purpose:
 - a record is never `waiting` (a node's attempt waiting for a person is `running` in
   Redis): SUSPEND moves a running record, as the machine's wait then suspend move a task;
 - the takeover of a dead node's task retries it whatever its agent's `retry_on` says:
-  the record does not carry the agent's policy (a cluster refuses a task's own, and an
-  agent's default, ("lost",), is what the Lua keeps). The cases here use that default.
+  the record does not carry the agent's policy (an agent's default, ("lost",), is what
+  the Lua keeps; a task's own retry_on is its node's engine's to apply). The cases here
+  use that default.
   Its retry_lost the record does carry (its claiming node's): a node's death is a loss to
   infrastructure, retried by it as the machine retries a LOST attempt.
 """

@@ -7,6 +7,7 @@ examples/misbehave.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 import time
@@ -25,10 +26,6 @@ from .home import Home
 pytestmark = pytest.mark.timeout(120)
 
 BACKOFF = 0.5  # seconds: the agent's retry_backoff, doubled per retry (no jitter)
-# the cluster refuses these options today (daemon/tasks/clustered.py NOT_KEPT): another
-# change makes it keep them; then these cases pass and their strict marks come off
-REFUSED = ("a cluster task refuses `{}`: \"invalid params: {} is not kept by the "
-           "cluster's queue ...\"")
 
 
 def agents(directory: Path) -> str:
@@ -70,7 +67,6 @@ def test_an_attempt_past_its_timeout_ends_timed_out(home: Home) -> None:
     assert done["finished"] - done["started"] < 10
 
 
-@pytest.mark.differs(REFUSED.format("delay", "delay"))
 def test_a_delayed_task_is_queued_until_its_time(home: Home) -> None:
     task_id = home.submit("sleeper", {"do": "echo"}, delay=1.5)
     queued = home.task(task_id, at=1)
@@ -81,7 +77,6 @@ def test_a_delayed_task_is_queued_until_its_time(home: Home) -> None:
     assert done["attempts"][0]["started"] >= queued["not_before"] - 0.002
 
 
-@pytest.mark.differs(REFUSED.format("not_before", "not_before"))
 def test_a_not_before_past_runs_at_once_and_one_ahead_waits_for_it(home: Home) -> None:
     done = home.run("sleeper", {"do": "echo"}, not_before=time.time() - 60)
     assert done["status"] == "succeeded", done
@@ -97,7 +92,6 @@ def test_a_not_before_past_runs_at_once_and_one_ahead_waits_for_it(home: Home) -
                                "invalid params: give delay or not_before, not both")
 
 
-@pytest.mark.differs(REFUSED.format("retry", "retry"))
 def test_a_tasks_retry_policy_runs_it_again_after_its_backoff(home: Home) -> None:
     policy = {"retries": 2, "retry_on": ["failed"]}
     done = home.run("sleeper", {"do": "until", "attempt": 3}, retry=policy)
@@ -105,7 +99,7 @@ def test_a_tasks_retry_policy_runs_it_again_after_its_backoff(home: Home) -> Non
     assert done["output"] == {"attempt": 3}
     attempts = done["attempts"]
     assert [a["outcome"] for a in attempts] == ["failed", "failed", "succeeded"]
-    for i, (before, after) in enumerate(zip(attempts, attempts[1:], strict=False)):
+    for i, (before, after) in enumerate(itertools.pairwise(attempts)):
         assert after["started"] - before["finished"] >= BACKOFF * 2 ** i - 0.05, attempts
     # its retries spent: failed, every attempt listed
     done = home.run("sleeper", {"do": "until", "attempt": 3}, at=1,

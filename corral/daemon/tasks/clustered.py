@@ -26,10 +26,6 @@ from .front import Page, Sees, accepted, listing_window
 from .local import LocalFront
 
 P = TypeVar("P", m.TasksRun, m.TasksSubmit)
-# the options (taskoptions.py) a cluster's queue does not keep: a cluster task is retried
-# by the policy of its agent on the node that runs it; every other option is kept with its
-# record (ClusterTasks; a delay holds it out of its stream until due: cluster/due.py)
-NOT_KEPT = frozenset({"retry"})
 
 
 class ClusterFront:
@@ -51,16 +47,8 @@ class ClusterFront:
         self.local.recover(records, reattached)
 
     def _admitted(self, p: P) -> P:
-        """(An option the cluster's queue does not keep is refused by its name, pointing
-        to `local`.)"""
-        refused = [name for name in p.given() if name in NOT_KEPT]
-        if refused:
-            raise RpcError(jsonrpc.INVALID_PARAMS, (
-                f"invalid params: {' and '.join(refused)} "
-                f"{'is' if len(refused) == 1 else 'are'} not kept by the cluster's queue (a "
-                "cluster task is retried by the policy of its agent on the node that runs "
-                "it): submit it with local = true (corral run --local) to give it a policy "
-                "on this node"))
+        """(Every option is kept with the task's record: ClusterTasks; a delay holds it
+        out of its stream until due, cluster/due.py.)"""
         try:  # a start time checked as a local task's is, in its words (intake.py)
             p.start_at(time.time())
         except ValueError as exc:
