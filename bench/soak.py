@@ -5,30 +5,34 @@ One real `corral daemon` in a temporary directory serves two tenants, acme and g
 each through a token of its own on the HTTP API. Each tenant, in a thread of its own,
 churns without pause: it takes an agent name from a pool both share (chat0..chat2, so a
 name one tenant freed is soon the other's), adds its agent under it, runs tasks on it
-(plain ones, turns of session s1, named steps, a spawn tree), adds a workflow and a team
-under names both reuse too, runs the workflow and calls the team, reads a trace, then
-removes all three. The config file's schedules fire a task of each tenant's own agent
-every few seconds. The operator, between the tenants' rounds, reloads the config (the
-schedules' clocks and the base agents' environment changed), restarts the daemon and
-upgrades it (`corral upgrade`) at set points.
+(plain ones, turns of session s1, named steps, a spawn tree, one that asks it a question
+it answers through the inbox, one whose worker crashes, one its timeout caps), scales it
+to two replicas and back, adds a workflow and a team under names both reuse too, runs
+the workflow and calls the team, reads a trace, then removes all three. The config
+file's schedules fire a task of each tenant's own agent every few seconds. The operator,
+between the tenants' rounds, reloads the config (the schedules' clocks and the base
+agents' environment changed), restarts the daemon and upgrades it (`corral upgrade`) at
+set points.
 
 Meanwhile the gauges (bench/soak_fit.py) are read every INTERVAL s: the daemon's RSS,
 open fds and threads, the state database's and the trace store's bytes; each gauge's
 least-squares slope per hour, past the first minutes, is set against its bound. After
 each of its rounds a tenant reads its views (tasks, runs, team calls, sessions, traces,
 steps, definitions and their history, schedules, logs) and asks for some of the other
-tenant's ids directly: bench/soak_views.py notes every record of the other tenant seen.
-The stores are bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`:
---kept) so that minutes of churn take them to their bound, as days would with the
-defaults.
+tenant's ids directly (tasks, runs, asks): bench/soak_views.py notes every record of the
+other tenant seen; right after each restart and upgrade, before any round, each tenant
+looks too (what the new life read back), its sightings counted apart. The stores are
+bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`: --kept) so that
+minutes of churn take them to their bound, as days would with the defaults.
 
     .venv/bin/python -m bench.soak [--minutes 20] [--warmup 120] [--interval 2]
         [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--pause 0.25]
         [--max-slope GAUGE=PER_HOUR ...] [--json PATH] [--keep-dir]
 
-Prints a table; exit status 0 when every slope is within its bound and nothing was
-sighted, 1 on a slope past its bound or any sighting, 2 when the soak itself failed
-(the daemon did not start, a tenant's work kept failing).
+Prints a table (with the RSS at each minute, its slope over the second half, and the
+state and log directories' bytes on disk); exit status 0 when every slope is within its
+bound and nothing was sighted, 1 on a slope past its bound or any sighting, 2 when the
+soak itself failed (the daemon did not start, a tenant's work kept failing).
 """
 
 from __future__ import annotations
@@ -46,27 +50,30 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.cli.client import CallFailed, Client, Unreachable
 
 from .harness import ENV, PY, ROOT, CorralDaemon, free_port, workdir
-from .soak_fit import GAUGES, Sampler, Slope, fit
+from .soak_fit import GAUGES, Sample, Sampler, Slope, fit
 from .soak_views import Ledger, Watch
 
+T = TypeVar("T")
 AGENT = ROOT / "bench" / "soak_agent.py"
 TENANTS = ("acme", "globex")
 NAMES = ("chat0", "chat1", "chat2")  # the agent names both tenants take in turn
-SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read")
+SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read", "approvals")
 WAIT = 60  # seconds a task or a run is waited for over HTTP
+ENDED = ("succeeded", "failed", "cancelled", "timed_out", "lost")  # a task's last statuses
 UPGRADE_TRIES = 3  # a refused upgrade is tried again, as its refusal invites
 STOP_WAIT = 120  # seconds the daemon's stop may take (its teardown's own bounds are less)
 # the default bounds of the gauges' slopes, per hour, for the 20-minute soak: each above
 # what a flat daemon measured here and below a leak worth a day's notice (bench/RESULTS.md)
+GAUGE_OF = {g.key: g for g in GAUGES}
 BOUNDS = {"rss_mib": 40.0, "fds": 60.0, "threads": 20.0, "state_db_mib": 8.0,
           "trace_store_mib": 8.0}
 
@@ -208,6 +215,10 @@ class Work:
     runs: int = 0
     team_calls: int = 0
     spawns: int = 0
+    asks: int = 0  # questions its tasks asked and it answered through the inbox
+    crashes: int = 0  # tasks whose worker exited under them
+    caps: int = 0  # tasks ended by their timeout
+    scales: int = 0
     agents_added: int = 0
     failures: int = 0
     first_failures: dict[str, str] = field(default_factory=dict)
@@ -269,6 +280,11 @@ class Tenant(threading.Thread):
             if spawned is not None:
                 self.ledger.keep("task", (spawned.get("output") or {}).get("children", []))
                 self.work.spawns += 1
+            self.asked(name)
+            self.ended_badly(name, {"do": "crash"}, ("failed", "lost"), "crashes")
+            self.ended_badly(name, {"do": "sleep", "seconds": 5}, ("timed_out",), "caps",
+                             timeout=0.5)
+            self.scaled(name)
             self.workflow(name)
             last = self.team(name)
             if last is not None:
@@ -301,6 +317,83 @@ class Tenant(threading.Thread):
             self.failed(f"task {task_input.get('do')}", f"{status} {str(out)[:300]}")
             return None
         return out  # type: ignore[no-any-return]
+
+    def asked(self, name: str) -> None:
+        """A task that asks its tenant a question (its mark in the prompt), answered
+        through the inbox; the ask's id kept for the other tenant to probe."""
+        mark = self.ledger.mark
+        status, out = self.ask("POST", "/tasks", {"agent": name,
+                                                  "input": {"do": "ask", "mark": mark}})
+        if not isinstance(out, dict) or "task_id" not in out:
+            self.failed("task ask", f"{status} {str(out)[:300]}")
+            return
+        tid = str(out["task_id"])
+        self.ledger.keep("task", [tid])
+        self.work.tasks += 1
+        asked = self.until(lambda: next((a["id"] for a in self.ask("GET", "/approvals")[1]
+                                         .get("asks", []) if a["task_id"] == tid), None))
+        if asked is None:
+            if not self.halt.is_set():  # (the soak's end does not wait for it)
+                self.failed("ask", f"task {tid} asked nothing within {WAIT} s")
+            return
+        self.ledger.keep("ask", [asked])
+        status, body = self.ask("POST", f"/approvals/{asked}/resolve",
+                                {"decision": "answered", "answer": mark})
+        if status != 200:
+            self.failed("approvals.resolve", f"{status} {str(body)[:300]}")
+            return
+        done = self.ended(tid)
+        if done is None and self.halt.is_set():
+            return
+        if done is None or done.get("status") != "succeeded" or \
+                (done.get("output") or {}).get("answer") != mark:
+            self.failed("task ask", str(done)[:300])
+            return
+        self.work.asks += 1
+
+    def ended_badly(self, name: str, task_input: dict[str, Any], statuses: tuple[str, ...],
+                    count: str, timeout: float | None = None) -> None:
+        """A task that is to end in one of `statuses` (its worker crashed, its timeout
+        capped it); `count` the Work field it adds one to."""
+        body: dict[str, Any] = {"agent": name, "input": task_input | {"mark": self.ledger.mark}}
+        if timeout is not None:
+            body["timeout"] = timeout
+        code, out = self.ask("POST", f"/tasks?wait={WAIT}", body)
+        if isinstance(out, dict) and "task_id" in out:
+            self.ledger.keep("task", [out["task_id"]])
+            self.work.tasks += 1
+        if not isinstance(out, dict) or out.get("status") not in statuses:
+            self.failed(f"task {task_input['do']}", f"{code} {str(out)[:300]}")
+            return
+        setattr(self.work, count, getattr(self.work, count) + 1)
+
+    def scaled(self, name: str) -> None:
+        """Two replicas, then one again."""
+        for n in (2, 1):
+            status, body = self.ask("POST", f"/agents/{name}/scale", {"replicas": n})
+            if status != 200:
+                self.failed("agents.scale", f"{status} {str(body)[:300]}")
+                return
+        self.work.scales += 1
+
+    def ended(self, tid: str) -> dict[str, Any] | None:
+        """The task once it has ended (None: not within WAIT)."""
+        def last() -> dict[str, Any] | None:
+            out = self.ask("GET", f"/tasks/{tid}")[1]
+            return out if isinstance(out, dict) and out.get("status") in ENDED else None
+        return self.until(last)
+
+    def until(self, look: Callable[[], T | None]) -> T | None:
+        """What `look()` answers once it is not None, asked every 0.1 s (None: not
+        within WAIT, or the soak ending)."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            got = look()
+            if got is not None:
+                return got
+            if self.halt.wait(0.1):
+                break
+        return None
 
     def workflow(self, name: str) -> None:
         mark = self.ledger.mark
@@ -344,7 +437,7 @@ class Tenant(threading.Thread):
         """Read every view a tenant has of the daemon's records; ask for a few of the
         other tenant's by id."""
         paths = ["/agents", "/tasks?limit=100", "/runs?limit=100", "/sessions",
-                 "/workflows", "/teams", "/schedules"]
+                 "/workflows", "/teams", "/schedules", "/approvals"]
         for n in NAMES:
             paths += [f"/tasks?agent={n}&limit=100", f"/agents/{n}", f"/agents/{n}/history",
                       f"/agents/{n}/logs", f"/agents/{n}/sessions/s1",
@@ -361,6 +454,9 @@ class Tenant(threading.Thread):
                     self.watch.probed(self.name_, path, self.api.call("GET", path)[0])
             for rid in other.sample("run", 3, self.rng):
                 path = f"/runs/{rid}"
+                self.watch.probed(self.name_, path, self.api.call("GET", path)[0])
+            for aid in other.sample("ask", 3, self.rng):
+                path = f"/approvals/{aid}"
                 self.watch.probed(self.name_, path, self.api.call("GET", path)[0])
 
     def ask(self, verb: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -585,8 +681,8 @@ class Run:
 def soak(plan: Plan, d: Path) -> Run:
     ledgers = {t: Ledger(t, f"{t}-{secrets.token_hex(4)}") for t in TENANTS}
     daemon = SoakDaemon(d, free_port(), plan.kept, {t: ledgers[t].mark for t in TENANTS})
-    run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval),
-              NamePool())
+    run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval,
+                                            d / "logs"), NamePool())
     gate = Gate()
     t0 = time.monotonic()
     try:
@@ -612,10 +708,14 @@ def soak(plan: Plan, d: Path) -> Run:
             with gate.closed():
                 getattr(daemon, kind)()
                 wait_http(daemon.port, tokens[TENANTS[0]])
+                took = time.monotonic() - began
+                seen = looked_after(run) if kind != "reload" else None
             run.events.append({"at": round(began - t0, 1), "kind": kind,
-                               "seconds": round(time.monotonic() - began, 2)})
-            print(f"[soak] {began - t0:7.1f} s: {kind} "
-                  f"({time.monotonic() - began:.1f} s)", file=sys.stderr, flush=True)
+                               "seconds": round(took, 2)}
+                              | ({} if seen is None else {"sightings": seen}))
+            print(f"[soak] {began - t0:7.1f} s: {kind} ({took:.1f} s)"
+                  + ("" if seen is None else f"; each tenant looked: {seen} sightings"),
+                  file=sys.stderr, flush=True)
         for tenant in run.tenants:
             tenant.halt.set()
         for tenant in run.tenants:
@@ -632,6 +732,19 @@ def soak(plan: Plan, d: Path) -> Run:
         run.stopped = daemon.stop()
         run.seconds = time.monotonic() - t0
     return run
+
+
+def looked_after(run: Run) -> int:
+    """Each tenant's look at every view and probe of the other's ids, at once after a
+    restart or an upgrade (before any round: what the new life read back from disk):
+    the sightings in them."""
+    before = run.watch.sightings
+    for tenant in run.tenants:  # their rounds wait at the gate: their connections are free
+        try:
+            tenant.look()
+        except (OSError, http.client.HTTPException) as exc:
+            tenant.failed("look after a restart", repr(exc))
+    return run.watch.sightings - before
 
 
 def why_failed(run: Run, daemon: SoakDaemon) -> str:
@@ -677,11 +790,44 @@ def report(run: Run) -> dict[str, Any]:
             "ids": {t: {"tasks": led.count("task"), "runs": led.count("run")}
                     for t, led in w.ledgers.items()}},
         "state_tables": growth(run.sampler.tables, plan.warmup),
+        "rss_minutes": per_minute(samples, "rss_mib"),
+        "rss_second_half": second_half(samples, run.seconds, plan.warmup),
+        "dirs": dirs(run.sampler.dirs, plan.warmup),
         "work": {t.name_: asdict(t.work) for t in run.tenants},
         "names_taken_from_the_other_tenant": run.names.crossed,
         "samples": [{"t": round(s.t, 1), "life": s.life, "since_start": round(s.since_start, 1),
                      "values": {k: round(v, 3) for k, v in s.values.items()}}
                     for s in samples]}
+
+
+def per_minute(samples: list[Sample], key: str) -> list[float]:
+    """A gauge's last reading in each minute of the soak (a minute with none left out)."""
+    last: dict[int, float] = {}
+    for s in samples:
+        last[int(s.t // 60)] = s.values[key]
+    return [round(last[m], 1) for m in sorted(last)]
+
+
+def second_half(samples: list[Sample], seconds: float, warmup: float) -> dict[str, Any]:
+    """The RSS's least-squares slope over the soak's second half (each life's warm-up
+    left out): past the settling of the first half, what is left is growth."""
+    slope = fit([s for s in samples if s.t >= seconds / 2], GAUGE_OF["rss_mib"], warmup)
+    return {"from_s": round(seconds / 2), "samples": 0 if slope is None else slope.samples,
+            "slope_per_hour": None if slope is None else round(slope.per_hour, 3),
+            "stderr_per_hour": None if slope is None else round(slope.stderr, 3)}
+
+
+def dirs(looks: list[tuple[float, int, int]], warmup: float) -> dict[str, Any]:
+    """The state and log directories' bytes on disk (MiB): at the first look past the
+    warm-up, at the last, and the most."""
+    past = [look for look in looks if look[0] >= warmup] or looks
+    out: dict[str, Any] = {}
+    for i, name in ((1, "state_mib"), (2, "logs_mib")):
+        sizes = [look[i] / 2**20 for look in past]
+        out[name] = {"first": round(sizes[0], 2) if sizes else None,
+                     "last": round(sizes[-1], 2) if sizes else None,
+                     "max": round(max(sizes), 2) if sizes else None}
+    return out
 
 
 def growth(looks: list[tuple[float, dict[str, int]]], warmup: float) -> list[dict[str, Any]]:
@@ -712,6 +858,16 @@ def table(rep: dict[str, Any]) -> str:
     if grew:
         rows.append("the state database's tables that grew (KiB/h): " + ", ".join(
             f"{r['table']} {r['kib_per_hour']}" for r in grew))
+    rows.append("daemon RSS each minute (MiB): " + " ".join(f"{v:g}" for v in rep["rss_minutes"]))
+    half = rep["rss_second_half"]
+    se = half["stderr_per_hour"]
+    rows.append(f"daemon RSS slope over the second half (from {half['from_s']} s, "
+                f"{half['samples']} samples): {_num(half['slope_per_hour'], '+')} MiB/h "
+                f"(± 2 se {_num(None if se is None else 2 * se)})")
+    rows.append("; ".join(f"{label} dir {v['first']} MiB after warm-up, {v['last']} at end "
+                          f"(most {v['max']})" for label, v in (
+                              ("state", rep["dirs"]["state_mib"]),
+                              ("log", rep["dirs"]["logs_mib"]))))
     x = rep["cross_tenant"]
     rows.append(f"cross-tenant: {x['views']} answers read ({x['strings']} strings), "
                 f"{x['probes']} probes of the other's ids: {x['sightings']} sightings")
@@ -720,9 +876,15 @@ def table(rep: dict[str, Any]) -> str:
     for tenant, w in rep["work"].items():
         rows.append(f"{tenant}: {w['rounds']} rounds, {w['agents_added']} agents added, "
                     f"{w['tasks']} tasks, {w['turns']} session turns, {w['runs']} runs, "
-                    f"{w['team_calls']} team calls, {w['spawns']} spawn trees; "
+                    f"{w['team_calls']} team calls, {w['spawns']} spawn trees, {w['asks']} "
+                    f"asks answered, {w['crashes']} crashes, {w['caps']} caps, "
+                    f"{w['scales']} scales; "
                     f"{w['failures']} failures {w['first_failures'] or ''}")
     kinds = [e["kind"] for e in rep["events"]]
+    after = [e["sightings"] for e in rep["events"] if "sightings" in e]
+    if after:
+        rows.append(f"looks by each tenant right after {len(after)} restarts and upgrades: "
+                    f"{sum(after)} cross-tenant sightings")
     rows.append(f"a name freed by one tenant taken by the other: "
                 f"{rep['names_taken_from_the_other_tenant']} times; "
                 + ", ".join(f"{kinds.count(k)} {k}s" for k in ("restart", "upgrade", "reload"))

@@ -7,10 +7,15 @@ record read by the wrong tenant gives itself away:
   answers every turn the state held, so a turn given another tenant's state says so;
 - `steps`: `n` named steps (`ctx.step`), journaled;
 - `spawn`: `n` children of this same agent (`ctx.spawn`, then `ctx.wait`), their ids
-  answered.
+  answered;
+- `ask`: a question to a person (`ctx.ask`, the tenant answers it), answered back;
+- `crash`: the worker exits mid-task (the task fails, the replica is started again);
+- `sleep`: `seconds` asleep (past the task's timeout: the cap ends it).
 """
 
+import os
 import sys
+import time
 
 from corral.worker import run
 
@@ -30,6 +35,13 @@ def handle(task_input, ctx):
                for _ in range(task_input.get("n", 2))]
         ctx.wait(ids)
         return {"mark": mark, "children": ids}
+    if do == "ask":
+        answer = ctx.ask(f"a question of {mark}", {"type": "string"})
+        return {"mark": mark, "answer": answer}
+    if do == "crash":
+        os._exit(3)
+    if do == "sleep":
+        time.sleep(task_input.get("seconds", 5))
     print(f"hello from {mark}", file=sys.stderr, flush=True)
     return {"mark": mark}
 

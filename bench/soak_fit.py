@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -97,6 +98,17 @@ def tables(path: Path) -> dict[str, int]:
         db.close()
 
 
+def du(directory: Path) -> int:
+    """The bytes of every file under a directory (its links not followed), as it is now:
+    files come and go as it is walked, and one gone is not counted."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 def measure(pid: int, state_dir: Path) -> dict[str, float]:
     """One reading of every gauge (psutil.Error if the process is gone, sqlite3.Error
     if a database could not be read now)."""
@@ -118,15 +130,18 @@ class Sampler(threading.Thread):
     restart or an upgrade under way)."""
 
     def __init__(self, where: Callable[[], tuple[int, int, float] | None],
-                 state_dir: Path, interval: float) -> None:
+                 state_dir: Path, interval: float, log_dir: Path | None = None) -> None:
         super().__init__(name="soak-sampler", daemon=True)
         self.where = where
         self.state_dir = state_dir
+        self.log_dir = log_dir
         self.interval = interval
         self.t0 = time.monotonic()
         self.samples: list[Sample] = []
         # what each table of the state database holds, now and then: (t, table -> bytes)
         self.tables: list[tuple[float, dict[str, int]]] = []
+        # the bytes of the state and log directories on disk, now and then: (t, state, logs)
+        self.dirs: list[tuple[float, int, int]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -144,6 +159,8 @@ class Sampler(threading.Thread):
             if not self.tables or now - self.t0 - self.tables[-1][0] >= TABLES_EVERY:
                 with contextlib.suppress(sqlite3.Error):
                     self.tables.append((now - self.t0, tables(self.state_dir / "corral.db")))
+                self.dirs.append((now - self.t0, du(self.state_dir),
+                                  du(self.log_dir) if self.log_dir is not None else 0))
 
 
 def fit(samples: list[Sample], gauge: Gauge, warmup: float) -> Slope | None:

@@ -117,7 +117,7 @@ def test_the_soak_did_its_churn(soaked: tuple[int, dict[str, Any], str]) -> None
     assert kinds == ["reload", "restart", "reload", "upgrade", "reload"], rep["events"]
     for tenant, w in rep["work"].items():
         for key in ("rounds", "agents_added", "tasks", "turns", "runs", "team_calls",
-                    "spawns"):
+                    "spawns", "asks", "crashes", "caps", "scales"):
             assert w[key] >= 5, (tenant, key, w)
         assert w["failures"] == 0, (tenant, w["first_failures"])
     assert rep["names_taken_from_the_other_tenant"] >= 5
@@ -130,6 +130,9 @@ def test_no_record_of_one_tenant_is_seen_by_the_other(
     _, rep, _ = soaked
     x = rep["cross_tenant"]
     assert x["sightings"] == 0, (x["groups"], x["examples"][:10])
+    # each tenant looked right after the restart and the upgrade, before any round
+    assert [(e["kind"], e.get("sightings")) for e in rep["events"] if e["kind"] != "reload"
+            ] == [("restart", 0), ("upgrade", 0)], rep["events"]
 
 
 @pytest.mark.timeout(700)
@@ -175,6 +178,22 @@ def test_a_fit_takes_the_growth_within_each_life_and_not_a_restarts_drop() -> No
     flat = fit(samples, GAUGE["fds"], warmup=20)
     assert flat is not None and flat.per_hour == pytest.approx(0.0)
     assert fit(samples[:2], GAUGE["fds"], warmup=0) is None  # too few to fit
+
+
+def test_the_second_half_slope_leaves_the_first_halfs_settling_out() -> None:
+    """RSS that rises fast for the first half of an hour's soak (a daemon settling)
+    and then 1 MiB a minute fits 60 MiB/h over the second half; each minute's last
+    reading is the minute's."""
+    from bench.soak import per_minute, second_half
+
+    samples = [Sample(float(t), 0, float(t), {"rss_mib": 100.0 + (
+        t / 6 if t < 1800 else 300.0 + (t - 1800) / 60)}) for t in range(0, 3600, 10)]
+    half = second_half(samples, 3600.0, warmup=120)
+    assert half["from_s"] == 1800 and half["samples"] == 180
+    assert half["slope_per_hour"] == pytest.approx(60.0)
+    minutes = per_minute(samples, "rss_mib")
+    assert len(minutes) == 60 and minutes[0] == round(100 + 50 / 6, 1)
+    assert minutes[-1] == round(300.0 + 100 + (3590 - 1800) / 60, 1)
 
 
 def test_a_file_gauge_is_fitted_across_lives() -> None:
