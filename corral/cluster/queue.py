@@ -18,13 +18,11 @@ import msgspec
 
 from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
-from ..supervisor.tasks.stepjournal import StepJournal
 from .home import ClusterHome
 
 
 class ClusterTask(Task):
-    __slots__ = ("base", "consumer", "entry", "session_state", "steps_kept", "stream",
-                 "token")
+    __slots__ = ("base", "consumer", "entry", "session_state", "stream", "token")
 
     def __init__(self, task_id: str, agent: str, raw_input: msgspec.Raw, priority: int,
                  timeout: float, retries: int, created: float, *, token: int, base: int,
@@ -42,7 +40,6 @@ class ClusterTask(Task):
         # a claim not run here, one given back as it is made, keeps nothing here
         if home is not None:
             self.home = home
-        self.steps_kept: StepJournal | None = home.steps if home is not None else None
         # its session's state as its claim read it or its last checkpoint wrote it (the
         # MAC, a space, the JSON): what home.turns gives its next attempt here
         self.session_state: bytes | None = None

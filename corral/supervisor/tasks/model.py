@@ -133,10 +133,6 @@ class Task(TaskMachine):
         "watchers",
     )
 
-    # a task kept elsewhere (a cluster's claim): where its steps are, given when the
-    # claim made it (corral.cluster.queue.ClusterTask)
-    steps_kept: StepJournal | None = None
-
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int, task_id: str | None = None,
                  now: float | None = None) -> None:
