@@ -214,14 +214,15 @@ class Home:
         return dict(self.call("sessions.get", {"agent": agent, "session": session}, at))
 
     # -- faults -------------------------------------------------------------------------
-    def crash(self, task_id: str) -> None:
-        """kill -9 of the daemon whose attempt of the task runs (and of its workers), then
-        started again: a node home takes the task back from its journal at its start, a
-        cluster's other node takes it over (the killed one rejoins as a new incarnation)."""
+    def crash(self, task_id: str | None = None) -> None:
+        """kill -9 of the daemon whose attempt of the task runs or ran (of the first
+        entry, for a task not started or none), and of its workers, then started again:
+        a node home takes its tasks back from its journal at its start, a cluster's other
+        node takes them over (the killed one rejoins as a new incarnation)."""
         at = 0
-        if self.kind == "cluster":
-            node = self.task(task_id)["attempts"][-1]["node"]
-            at = ["a", "b"].index(node)
+        if self.kind == "cluster" and task_id is not None:
+            attempts = self.task(task_id)["attempts"]
+            at = ["a", "b"].index(attempts[-1]["node"]) if attempts else 0
         d = self.entries[at]
         kill9(d)
         d.start()

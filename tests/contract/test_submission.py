@@ -52,6 +52,10 @@ def test_a_keyed_submission_sent_again_is_the_first_task_and_runs_nothing_twice(
     assert home.call("tasks.submit", asked, at=1)["task_id"] == first["task_id"]
     assert runs(record) == [{"n": 1}]
     assert home.task(first["task_id"], at=1)["options"] == {"idempotency_key": "k1"}
+    # and after a crash of the home (the client lost its answer to it): the same
+    home.crash(first["task_id"])
+    assert home.call("tasks.submit", {**asked, "wait": 30}) == again
+    assert runs(record) == [{"n": 1}]
     # another request under the key: refused naming it, nothing run
     code, message = home.refusal("tasks.submit", {**asked, "input": {"n": 2}})
     assert (code, message) == (jsonrpc.CONFLICT, f"idempotency key k1 was used for "
@@ -75,6 +79,19 @@ def test_a_delayed_task_is_queued_until_its_time(home: Home) -> None:
     done = home.wait(task_id)
     assert done["status"] == "succeeded", done
     assert done["attempts"][0]["started"] >= queued["not_before"] - 0.002
+
+
+def test_a_delayed_task_outlives_a_crash_of_its_home_and_runs_once_at_its_time(
+        home: Home) -> None:
+    record = home.dir / "record"
+    task_id = home.submit("rec", {"delayed": 1}, delay=2.0)
+    not_before = home.task(task_id)["not_before"]
+    home.crash()  # (at once: before its time; a loaded host's restart may outlast it)
+    done = home.wait(task_id, at=1)
+    assert done["status"] == "succeeded", done
+    assert [a["outcome"] for a in done["attempts"]] == ["succeeded"]
+    assert done["attempts"][0]["started"] >= not_before - 0.002
+    assert [r for r in runs(record) if r == {"delayed": 1}] == [{"delayed": 1}]
 
 
 def test_a_not_before_past_runs_at_once_and_one_ahead_waits_for_it(home: Home) -> None:
