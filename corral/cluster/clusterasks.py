@@ -1,6 +1,6 @@
 """A cluster task's asks of a person, in Redis (issue 55; docs/approvals.md#on-a-cluster,
 decision 770): what a node's inbox (supervisor/tasks/inbox.py) is for its own tasks, for
-the tasks a node claimed from its cluster (`Task.asks_kept`), so that any node lists them
+the tasks a node claimed from its cluster (their home's `asks`), so that any node lists them
 (`corral approvals`, `GET /api/v1/approvals`), any node decides one, exactly once, and
 the node that takes the task over after the asking node died finds the ask its attempt
 made (pending, or decided meanwhile) and is never asked again.
@@ -22,12 +22,15 @@ them). An ask made here, and an end written here, is told on this node's stream 
 inbox's are (AskEnded): its feeds (`approvals.watch`) and its webhook have it, each
 once in the cluster.
 
-The attempt waiting for an ask is told its end at once when this node decides it, else
-by a read of the asks waited on here (one pipeline) woken by END's message on the asks'
-channel (Keys.asks_ended), and once a beat while any is waited on, which stands in for
-a message lost (the subscription not yet made, Redis away and back): decision 770.
-Its deadline (approve_timeout, a question's timeout) is kept by the node waiting: the
-node that takes the task over waits out what is left of it.
+The waits on an ask, its deadline (approve_timeout, a question's timeout) and its
+withdrawal when its task ends here are the engine's (supervisor/tasks/askwaits.py), as
+for a node's own: an end written here is told at once (AskEnded); one written on another
+node is learned by a read of the asks heeded here (one pipeline) woken by END's message
+on the asks' channel (Keys.asks_ended), and once a beat while any is heeded, which stands
+in for a message lost (the subscription not yet made, Redis away and back): decision
+770; and told to the engine's waits (AskHeard). The node that takes a task over waits out
+what is left of its asks' deadlines; a suspended task's (no node waits on them) are
+found by any node's beat and ended by its engine's waits.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisError
@@ -46,21 +49,19 @@ from .. import jsonrpc
 from ..askviews import Ask, AskEnd, AskRequest
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
-from ..supervisor.stream import Stream
 from ..supervisor.tasks import TERMINAL, Task
-from ..supervisor.tasks.elicitations import PREFIX as ELICITATION
+from ..supervisor.tasks.askwaits import CORRAL, AskEnded, AskHeard
 from ..supervisor.tasks.inbox import (
-    CORRAL,
     DEFAULT_BOUNDS,
+    ELICITED,
     MAX_PENDING,
-    AskEnded,
     Decision,
     InboxBounds,
     check_decision,
     ended_message,
     too_many_asks,
 )
-from ..supervisor.tasks.model import TaskFinished
+from ..supervisor.tasks.model import Resumer
 from ..supervisor.tasks.taskmachine import suspension_error
 from ..timeouts import within
 from . import records
@@ -70,6 +71,9 @@ from .queue import ClusterTask
 from .scripts import Scripts
 from .trust import ASK as ASK_KIND
 from .trust import Trust
+
+if TYPE_CHECKING:
+    from ..supervisor.tasks.askwaits import AskWaits
 
 log = logging.getLogger("corral.cluster.asks")
 SWEPT = 64  # asks past their deadline timed out per beat, at most
@@ -198,17 +202,6 @@ _ask = msgspec.json.Decoder(Ask)
 _ending = msgspec.json.Decoder(AskEnding)
 
 
-class _AskWait:
-    """An ask waited on here: its record, the future its waiters share, how many."""
-
-    __slots__ = ("ask", "fut", "waiters")
-
-    def __init__(self, ask: Ask) -> None:
-        self.ask = ask
-        self.fut: asyncio.Future[Ask] = asyncio.get_running_loop().create_future()
-        self.waiters = 0
-
-
 class EndWritten(NamedTuple):
     """What END answered: its code (above) and the ask as it ended (None: not ended)."""
 
@@ -217,14 +210,15 @@ class EndWritten(NamedTuple):
 
 
 class ClusterAsks:
-    """The asks of the cluster's tasks: made, waited on, listed, read and decided from
-    any node."""
+    """The asks of the cluster's tasks (the AskShelf of a claimed task's home): made,
+    listed, read and decided from any node."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
-                 settings: ClusterSettings, stream: Stream,
+                 settings: ClusterSettings, waits: AskWaits,
                  bounds: InboxBounds = DEFAULT_BOUNDS) -> None:
-        """`bounds`: [supervisor] max_pending_asks and max_pending_asks_per_tenant, held
-        by the cluster's ask script as the inbox holds its own."""
+        """`waits`: the engine's (its clock, its stream); `bounds`: [supervisor]
+        max_pending_asks and max_pending_asks_per_tenant, held by the cluster's ask
+        script as the inbox holds its own."""
         self.redis = redis
         self.bounds = bounds
         self.scripts = scripts
@@ -234,27 +228,24 @@ class ClusterAsks:
         self._ask = redis.register_script(ASK)
         self._end = redis.register_script(END)
         self._suspend = redis.register_script(SUSPEND)
-        # task id -> ask id -> the ask waited on here: a task waits while it has one
-        self._waiting: dict[str, dict[str, _AskWait]] = {}
-        # ask id -> the same waits: what the channel names (an ask id per end) found at
-        # once, and the asks read; kept in step with _waiting by _hold and _unwait alone
-        self._by_ask: dict[str, _AskWait] = {}
-        self._poller: asyncio.Task[None] | None = None
+        self.waits = waits
+        self.clock = waits.clock  # (the engine's: a manual one moves the deadlines)
+        self.stream = waits.stream
+        # ask id -> an ask a call here waits on: its end, wherever it is written, told
+        # to the engine's waits (AskHeard)
+        self._heeded: dict[str, Ask] = {}
+        self._hearer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._woken = asyncio.Event()  # an ask waited on here ended (its channel said)
-        # ask id -> its withdrawal under way (one, however many listings find it)
-        self._withdrawing: dict[str, asyncio.Task[Any]] = {}
-        self._unread = False  # the last read of the asks waited on failed (said once)
+        self._woken = asyncio.Event()  # an ask heeded here ended (its channel said)
+        self._unread = False  # the last read of the asks heeded failed (said once)
         self.asked = 0  # asks made here
         self.decided = 0  # decisions made here (a person's, a deadline's)
         self.suspended = 0  # claims given back here by a suspension (SUSPEND)
-        self.stream = stream
-        stream.subscribe(self._finished, TaskFinished)
 
-    # -- asking (AsksElsewhere) -----------------------------------------------------------
-    async def ask(self, task: Task, req: AskRequest) -> Ask:
+    # -- the home of a claimed task's asks (AskShelf) -----------------------------------
+    async def keep(self, task: Task, req: AskRequest) -> Ask:
         assert isinstance(task, ClusterTask)  # (only a claim carries this store)
-        now = time.time()
+        now = self.clock.time()
         # a claim's tenant is its agent's here: the cluster routed it to this tenant's
         # agent of the name (decision 439)
         tenant = req.tenant if req.tenant is not None else (
@@ -276,7 +267,7 @@ class ClusterAsks:
             self.stream.emit(AskEnded(ask))
             return ask
         if code == 2:
-            return await self._earlier(task, req, got[1].decode())
+            return await self._earlier(task, req.key, got[1].decode())
         if code == 0:
             raise RpcError(jsonrpc.CONFLICT, f"task {task.id} is no longer this node's claim "
                                              f"(fence {task.token}): {what}")
@@ -290,30 +281,57 @@ class ClusterAsks:
         raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"{whose} {int(got[1])} pending asks, its "
                                                f"bound ({bound[0]} {bound[1]})")
 
-    async def _earlier(self, task: Task, req: AskRequest, ask_id: str) -> Ask:
+    async def _earlier(self, task: Task, key: str, ask_id: str) -> Ask:
         """The ask the task made before under the call's key (an earlier attempt's, on
         this node or one that died): the same task's and call's, or refused."""
         found = await self.get(ask_id)
-        if found is None or found.task_id != task.id or found.key != req.key:
-            raise RpcError(jsonrpc.REFUSED, f"task {task.id}'s ask for {req.key} in the "
+        if found is None or found.task_id != task.id or found.key != key:
+            raise RpcError(jsonrpc.REFUSED, f"task {task.id}'s ask for {key} in the "
                                             f"cluster's Redis ({ask_id}) is not one this "
                                             f"cluster made for it: refused, not asked "
                                             f"again (`corral stats` -> cluster.trust)")
         return found
 
-    async def wait(self, ask: Ask) -> Ask:
-        if not ask.pending:
-            return ask
-        held = self._by_ask.get(ask.id) or self._hold(ask)
-        held.waiters += 1
-        if self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+    async def find(self, task: Task, key: str) -> Ask | None:
         try:
-            return await asyncio.shield(held.fut)
-        finally:
-            held.waiters -= 1
-            if not held.waiters and self._held(ask) is held:
-                self._unwait(ask)
+            ask_id = await read(lambda: self.redis.hget(self.keys.task_asks(task.id), key))
+        except RedisError as exc:
+            raise unavailable(self.settings, exc, f"task {task.id}'s asks were not read"
+                              ) from None
+        return None if ask_id is None else await self._earlier(task, key, ask_id.decode())
+
+    async def read(self, ask_id: str) -> Ask | None:
+        return await self.get(ask_id)
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
+        written = await self._write_end(ask, end, by, data, "decide")
+        if written.ask is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
+        return written.ask
+
+    async def withdraw(self, task_id: str) -> list[Ask]:
+        # (written where the ask is next read, once its record says its task ended: its
+        # outcome may not be in Redis yet)
+        ended = [msgspec.structs.replace(a, end=AskEnd.WITHDRAWN, ended=self.clock.time(),
+                                         by=CORRAL)
+                 for a in list(self._heeded.values()) if a.task_id == task_id]
+        for ask in ended:
+            self._heard(ask)
+        return ended
+
+    def heed(self, ask: Ask) -> Ask | None:
+        self._heeded[ask.id] = ask
+        if self._hearer is None:
+            self._hearer = asyncio.get_running_loop().create_task(self._hear())
+        return None
+
+    def unheed(self, ask: Ask) -> bool:
+        self._heeded.pop(ask.id, None)
+        return False  # (an ask no node waits on is timed out by a node's beat: sweep)
+
+    def _heard(self, ask: Ask) -> None:
+        if self._heeded.pop(ask.id, None) is not None:
+            self.stream.emit(AskHeard(ask))
 
     async def holds(self, task: Task) -> bool:
         assert isinstance(task, ClusterTask)
@@ -325,13 +343,11 @@ class ClusterAsks:
                               ) from None
         return bool(fence == str(task.token).encode() and status == b"running")
 
-    def waits(self, task_id: str) -> bool:
-        return task_id in self._waiting
-
-    async def suspend(self, task: Task, why: str) -> bool:
-        """Give the waiting task's claim back, suspended in Redis (SUSPEND); False: it was
-        not (what it asked ended first, an elicitation is pending, a cancel was asked, or
-        the claim is no longer this node's). RpcError: Redis did not answer."""
+    async def give_back(self, task: Task, why: str) -> Resumer:
+        """Give the waiting task's claim back, suspended in Redis (SUSPEND), its cluster
+        to queue it again; NOT: it was not (what it asked ended first, an elicitation is
+        pending, a cancel was asked, or the claim is no longer this node's). RpcError:
+        Redis did not answer."""
         assert isinstance(task, ClusterTask)
         node = task.consumer.rsplit("/", 1)[0]
         attempt = records.suspended_attempt(task.attempts[-1], node, time.time(),
@@ -339,18 +355,19 @@ class ClusterAsks:
         keys = [self.keys.task(task.id), self.keys.attempts(task.id), task.stream,
                 self.keys.task_asks(task.id)]
         got = await self._write(self._suspend, keys,
-                                [task.token, task.entry, attempt, ELICITATION],
+                                [task.token, task.entry, attempt, ELICITED],
                                 f"task {task.id} was not suspended: it waits on its "
                                 f"attempt")
         if int(got) != 1:
-            return False
+            return Resumer.NOBODY
         self.suspended += 1
-        return True
+        return Resumer.HOME
 
     async def sweep(self) -> None:
-        """The asks whose deadline passed ended timed out (a node's beat): those a
-        suspended task made have no node waiting on them. RedisError: not now."""
-        now = time.time()
+        """The asks whose deadline passed given to the engine's waits, which end them
+        timed out (a node's beat): those a suspended task made have no node waiting on
+        them. RedisError: not now."""
+        now = self.clock.time()
         ids = [i.decode() for i in await self.redis.zrangebyscore(
             self.keys.ask_deadlines, "-inf", repr(now), start=0, num=SWEPT)]
         for ask_id, ask in zip(ids, await self._rows(ids), strict=True):
@@ -358,7 +375,7 @@ class ClusterAsks:
                 # gone, ended by a forged hand, or listed by one (no deadline signed)
                 await self.redis.zrem(self.keys.ask_deadlines, ask_id)
             elif ask.deadline <= now:
-                await self._time_out(ask)
+                self.waits.hold(self, ask)
             else:  # listed due before its signed deadline: due then
                 await self.redis.zadd(self.keys.ask_deadlines, {ask_id: ask.deadline})
 
@@ -380,10 +397,11 @@ class ClusterAsks:
                               ) from None
         live = []
         for ask, status in zip(asks, statuses, strict=True):
-            if status is None or status.decode() in TERMINAL:
-                self._withdraw_later(ask)
-            else:
+            if status is not None and status.decode() not in TERMINAL:
                 live.append(ask)
+                continue
+            with contextlib.suppress(RpcError):  # (withdrawn where it is next read)
+                await self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None, "withdraw")
         return live
 
     async def of_task(self, task_id: str) -> list[Ask]:
@@ -461,7 +479,7 @@ class ClusterAsks:
         the inbox's, then END: once)."""
         check_decision(ask, decision)
         # past its (signed) deadline, not yet timed out by a beat: timed out now
-        late = ask.deadline is not None and ask.deadline <= time.time()
+        late = ask.deadline is not None and ask.deadline <= self.clock.time()
         written = await (self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
                          if late else self._write_end(ask, decision.end, decision.by,
                                                       decision.data, "decide"))
@@ -473,7 +491,7 @@ class ClusterAsks:
 
     async def _write_end(self, ask: Ask, end: AskEnd, by: str, data: Any, how: str
                          ) -> EndWritten:
-        now = time.time()
+        now = self.clock.time()
         mine = _encode(AskEnding(end, now, by, data))
         gone = _encode(AskEnding(AskEnd.WITHDRAWN, now, CORRAL, None))
         tenant = ask.tenant if ask.tenant is not None else DEFAULT_TENANT
@@ -495,8 +513,10 @@ class ClusterAsks:
         if code == 1:
             self.decided += 1
         if code in (1, 3):  # written here: told here, once in the cluster
+            self._heeded.pop(ask.id, None)
             self.stream.emit(AskEnded(ended))
-        self._settle(ended)
+        else:
+            self._heard(ended)
         return EndWritten(code, ended)
 
     async def _write(self, script: Any, keys: list[Any], args: list[Any], what: str
@@ -511,45 +531,20 @@ class ClusterAsks:
             raise got
         return got
 
-    def _settle(self, ask: Ask) -> None:
-        held = self._unwait(ask)
-        if held is not None and not held.fut.done():
-            held.fut.set_result(ask)
-
-    def _held(self, ask: Ask) -> _AskWait | None:
-        return self._by_ask.get(ask.id)
-
-    def _hold(self, ask: Ask) -> _AskWait:
-        held = self._by_ask[ask.id] = _AskWait(ask)
-        self._waiting.setdefault(ask.task_id, {})[ask.id] = held
-        return held
-
-    def _unwait(self, ask: Ask) -> _AskWait | None:
-        held = self._by_ask.pop(ask.id, None)
-        if held is None:
-            return None
-        task_id = held.ask.task_id
-        asks = self._waiting[task_id]
-        del asks[ask.id]
-        if not asks:  # its last: the task waits no more
-            del self._waiting[task_id]
-        return held
-
-    # -- the asks waited on here ----------------------------------------------------------
-    async def _poll(self) -> None:
+    # -- the ends of the asks heeded here ------------------------------------------------
+    async def _hear(self) -> None:
         """Their ends read when the channel says one ended, and once a beat while any is
-        waited on (a message lost, Redis away and back); a deadline passed ends its ask
-        timed out (END: unless a person decided it first)."""
+        heeded (a message lost, Redis away and back)."""
         try:
-            while self._waiting:
+            while self._heeded:
                 if self._listener is None or self._listener.done():
                     self._listener = asyncio.get_running_loop().create_task(self._listen())
                 with contextlib.suppress(TimeoutError):
                     await within(self._woken.wait(), self.settings.beat)
                 self._woken.clear()
-                waited = list(self._by_ask.values())
+                heeded = list(self._heeded)
                 try:
-                    rows = await self._rows([held.ask.id for held in waited])
+                    rows = await self._rows(heeded)
                 except RedisError as exc:
                     if not self._unread:
                         log.warning("cluster: the asks waited on here were not read "
@@ -557,30 +552,25 @@ class ClusterAsks:
                     self._unread = True
                     continue
                 self._unread = False
-                now = time.time()
-                for held, ask in zip(waited, rows, strict=True):
-                    if ask is None or self._held(held.ask) is not held:
-                        continue
-                    if not ask.pending:
-                        self._settle(ask)
-                    elif ask.deadline is not None and ask.deadline <= now:
-                        await self._time_out(ask)
+                for ask in rows:
+                    if ask is not None and not ask.pending:
+                        self._heard(ask)
         finally:
-            self._poller = None
+            self._hearer = None
 
     async def _listen(self) -> None:
-        """The ends published on the asks' channel while any ask is waited on here: one
-        of those wakes the read at once. Redis away: the beat's read stands in."""
+        """The ends published on the asks' channel while any ask is heeded here: one of
+        those wakes the read at once. Redis away: the beat's read stands in."""
         pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(self.keys.asks_ended)
-            while self._waiting:
+            while self._heeded:
                 got = await pubsub.get_message(ignore_subscribe_messages=True,
                                                timeout=self.settings.beat)
                 if got is None:
                     continue
                 ended = got["data"].decode(errors="replace")
-                if ended in self._by_ask:
+                if ended in self._heeded:
                     self._woken.set()
         except (RedisError, OSError):
             return
@@ -588,49 +578,16 @@ class ClusterAsks:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
 
-    async def _time_out(self, ask: Ask) -> None:
-        try:
-            await self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
-        except RpcError as exc:  # tried again at the next read
-            log.warning("cluster: ask %s was not timed out (%s)", ask.id, exc.message)
-
-    def _finished(self, e: TaskFinished) -> None:
-        """A task of this node ended while it waited: its waiters are told withdrawn
-        (written where the ask is next read, once its record says it ended)."""
-        for held in list(self._waiting.get(e.task.id, {}).values()):
-            self._settle(msgspec.structs.replace(held.ask, end=AskEnd.WITHDRAWN,
-                                                 ended=time.time(), by=CORRAL))
-
-    def _withdraw_later(self, ask: Ask) -> None:
-        if ask.id not in self._withdrawing:
-            self._withdrawing[ask.id] = asyncio.get_running_loop().create_task(
-                self._withdraw(ask))
-
-    async def _withdraw(self, ask: Ask) -> None:
-        try:
-            await self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None, "withdraw")
-        except RpcError as exc:  # withdrawn where it is next read
-            log.warning("cluster: an ask of an ended task was not withdrawn (%s)",
-                        exc.message)
-        finally:
-            del self._withdrawing[ask.id]
-
     def status(self) -> dict[str, int]:
         """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
         return {"asked": self.asked, "decided": self.decided,
-                "waited_on": len(self._by_ask), "suspended": self.suspended}
+                "waited_on": len(self._heeded), "suspended": self.suspended}
 
     async def close(self) -> None:
-        work = [t for t in (self._poller, self._listener, *self._withdrawing.values())
-                if t is not None]
+        work = [t for t in (self._hearer, self._listener) if t is not None]
         for t in work:
             t.cancel()
         for t in work:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for held in self._by_ask.values():
-            if not held.fut.done():
-                held.fut.cancel()
-        self._waiting.clear()
-        self._by_ask.clear()
-
+        self._heeded.clear()

@@ -24,6 +24,7 @@ from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import (
+    Task,
     TaskFailure,
     TaskFinished,
     is_task_id,
@@ -109,12 +110,13 @@ class ClusterNode:
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id))
         # its claimed tasks' asks of a person, in Redis: listed and decided on any node
-        self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings, host.stream,
-                                asks_bounds)
+        self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings,
+                                tasks.inbox.waits, asks_bounds)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
                              ClaimParts(self.steps, sessions, spawns, self._watch,
-                                        self._serving_nodes, self.asks), self.waits)
+                                        self._serving_nodes, self.asks, self._requeue),
+                             self.waits)
         # what this node has free slots for starts here as it is submitted (fair share)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
@@ -189,6 +191,11 @@ class ClusterNode:
         task.watch(outbox.progress)
 
     outbox_watch = _watch  # (a claim handed over by an upgrade: handover.py)
+
+    def _requeue(self, task: Task, at: float | None) -> None:
+        """A retry of a task this node claimed, for any node (ClusterHome.queue_again)."""
+        if isinstance(task, ClusterTask):
+            self.outbox.requeue(task, at)
 
     def _offer(self) -> tuple[int, int, dict[str, str]]:
         agents = self.host.agents

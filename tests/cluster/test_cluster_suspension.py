@@ -389,18 +389,21 @@ def test_a_suspended_cluster_tasks_ask_times_out_as_its_policy_says(
         tmp: Path, redis: RedisServer) -> None:
     """Its deadline kept by no waiting node: any node's beat ends it timed out, which
     queues the task again, and its resumed attempt fails as `on_timeout` says."""
-    # its deadline is real time: past the ask, its suspension (~0.7 s at load 10) with
-    # margin, and waited out in full
-    agents = fleet(tmp, 'approve_timeout = 4.0\non_timeout = "fail"\n')
+    # its deadline is the node's clock's, as suspend_after is: past the suspension (ten
+    # minutes of the runner's clock), not yet past its deadline until moved again
+    agents = fleet(tmp, 'approve_timeout = 900.0\non_timeout = "fail"\n')
     with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(5)}
                                )["task_id"]
         runner, ask = suspended_here(ns, task_id)
+        assert runner.call("approvals.get", {"id": ask["id"]})["end"] is None
+        moved = runner.cli("clock", "--advance", "10m")
+        assert moved.returncode == 0, moved.stderr
         done = runner.call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "failed", done
         assert done["error"]["message"] == (
-            f"tool call counting__bump was not approved within 4 s (approve_timeout; "
+            f"tool call counting__bump was not approved within 900 s (approve_timeout; "
             f"ask {ask['id']})")
         assert [x["outcome"] for x in done["attempts"]] == ["suspended", "failed"]
         got = runner.call("approvals.get", {"id": ask["id"]})

@@ -43,7 +43,6 @@ from ...supervisor.policy import PolicyGuard
 from ...supervisor.replica import Replica
 from ...supervisor.tasks.approvals import not_approved
 from ...supervisor.tasks.budget import Reservation
-from ...supervisor.tasks.inbox import askable
 from ...supervisor.tasks.model import TaskFinished
 from ...supervisor.tasks.replicacalls import ReplicaAsk
 from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
@@ -434,10 +433,6 @@ class ModelGateway:
                     AskKind.APPROVAL, "model", asked, policy.timeout))
             except RpcError as exc:  # a bound of the inbox's
                 raise ModelRefusal(429, exc.message) from None
-        elif not askable(task):  # its ask would be lost with this node
-            raise ModelRefusal(403, f"model call {call.name} waits for a person's approval "
-                                    f"({why}), which a call of a cluster task cannot "
-                                    f"ask: refused")
         else:
             key = "model:" + self._ordinals.key(task, call.name, call.request.digest)
             self.stream.listen(self._ends)

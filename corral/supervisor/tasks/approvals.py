@@ -30,7 +30,6 @@ from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
 from ..policy import PolicyGuard
-from .inbox import askable
 from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall
 from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
@@ -137,11 +136,6 @@ class Approvals(TaskInterceptor):
     async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
                     next: Callable[[ToolCall], Any], why: str = "") -> Any:
         assert self._path is not None  # bound as the engine was made
-        if not askable(task):  # its asks would be one node's, lost with it
-            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                           f"tool call {call.name} waits for a person's approval "
-                           f"(approve), which a cluster's task cannot ask yet: refused "
-                           f"(docs/cluster.md)")
         # a held call is no call of the task's budget until it is made (its attempt may
         # be lost or suspended while it waits, and the next one make it again)
         give_back_tool_call(task)

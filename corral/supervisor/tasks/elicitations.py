@@ -31,7 +31,7 @@ from ...jsonrpc import RpcError
 from ...mcp.client import Asker
 from ...mcp.pool import split
 from ...workerproto import MAX_PROMPT_CHARS
-from .inbox import askable
+from .inbox import ELICITED
 from .model import TaskFinished
 from .personwait import PersonWait, held, waiting
 from .questions import STEP, check_schema
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.elicitations")
 
-PREFIX = "ask:elicit:"  # an elicitation's key in the inbox (a question's is "ask:KEY")
+PREFIX = ELICITED  # an elicitation's key in the inbox (a question's is "ask:KEY")
 DECLINE = {"action": "decline"}
 CANCEL = {"action": "cancel"}
 
@@ -101,7 +101,7 @@ class Elicitations:
     async def _ask(self, task: Task, call: ToolCall, key: str, params: dict[str, Any],
                    timeout: float | None, timing: PersonWait | None) -> dict[str, Any]:
         server = split(call.name)[0]
-        refused = _unaskable(task, params)
+        refused = _unaskable(params)
         if refused is not None:
             self.declined += 1
             log.warning("task %s: the elicitation of MCP server %s (tool %s) was declined "
@@ -132,11 +132,8 @@ class Elicitations:
         return result
 
 
-def _unaskable(task: Task, params: dict[str, Any]) -> str | None:
+def _unaskable(params: dict[str, Any]) -> str | None:
     """Why an elicitation is declined without asking anyone, else None."""
-    if not askable(task):
-        # its ask would be this node's, not found by the node that resumes the task
-        return "a cluster's task cannot ask a person yet"
     mode = params.get("mode", "form")
     if mode != "form":
         return f"mode {mode!r}: only form elicitation is asked of a person"

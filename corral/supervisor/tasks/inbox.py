@@ -8,19 +8,19 @@ Each ask is keyed within its task by its `key`, the call it holds: a retried att
 asks again for the same call finds the ask it made before (still pending, or decided, and
 then its decision holds), never a second one.
 
-`Inbox` is the service: `ask` records an ask (committed to its store before it returns),
-`wait` until it ends, `decide` ends it (approved, denied, answered), its deadline ends it
-timed out, and `withdraw` ends the asks of a task that ended. An ask ends once: a decision
-after its end is refused naming how and by whom it ended. The pending asks are held in
-memory as well as stored, bounded per tenant and per daemon; a bound reached refuses the
-ask by its name. The store is the daemon's state database (daemon/inboxjournal.py).
+`Inbox` is the engine's home for asks (model.AskShelf, a node task's `home.asks`): `ask`
+records an ask (committed to its store before it returns), `decide` ends it (approved,
+denied, answered), `end` ends it otherwise (timed out, withdrawn). An ask ends once: a
+decision after its end is refused naming how and by whom it ended. The pending asks are
+held in memory as well as stored, bounded per tenant and per daemon; a bound reached
+refuses the ask by its name. The store is the daemon's state database
+(daemon/inboxjournal.py). The waits on asks, their deadlines and their withdrawal when a
+task ends are the engine's for every home (askwaits.AskWaits, `Inbox.waits`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -34,10 +34,11 @@ from ...jsonrpc import RpcError
 from ...text import iso_time
 from ..config import DEFAULT_TENANT
 from ..stream import Stream
-from .model import Task, TaskFinished
-from .waitclock import WaitClock, WaitTimer
-
-log = logging.getLogger("corral.inbox")
+from .askwaits import CORRAL as CORRAL
+from .askwaits import AskEnded as AskEnded
+from .askwaits import AskWaits
+from .model import Resumer, Task
+from .waitclock import WaitClock
 
 # a decision's edited arguments, or an answer, as JSON: past this it is refused by name
 MAX_DECISION_BYTES = 64 * 1024
@@ -52,7 +53,9 @@ MAX_PENDING_PER_TENANT = 1_000
 # asks one task (or one replica's incarnation, for its calls of no task) makes over its
 # life, pending or ended: each is a row kept for the task's life, so one more is refused
 MAX_ASKS_PER_TASK = 100
-EXPIRE_RETRY = 1.0  # seconds: a deadline's end the store refused is tried again after
+# an MCP server's elicitation's key (a question's is "ask:KEY"): asked from inside its
+# tool call, which no next attempt takes up where it stopped (its task is not suspended)
+ELICITED = "ask:elicit:"
 
 # a pending ask is held as its record packed, its fields in their order (one object, not
 # a dozen: thousands of suspended tasks may wait for days), unpacked where it is read;
@@ -81,15 +84,6 @@ def _unpack(ask_id: str, packed: bytes) -> Ask:
 # the ends a person decides, by the kind of ask they decide
 DECIDED = {AskKind.APPROVAL: frozenset({AskEnd.APPROVED, AskEnd.DENIED}),
            AskKind.QUESTION: frozenset({AskEnd.ANSWERED, AskEnd.DENIED})}
-# who ends an ask when no person does
-CORRAL = "corral"
-
-
-def askable(task: Task) -> bool:
-    """Whether an ask of the task would be found again by whoever runs it next: this
-    engine's (its journal is here), or a cluster's claim that keeps its asks in Redis
-    (Task.asks_kept; a claim given back as it is made keeps none)."""
-    return task.journal_here or task.asks_kept is not None
 
 
 def check_decision(ask: Ask, decision: Decision) -> None:
@@ -153,13 +147,6 @@ class Decision(NamedTuple):
     data: Any = None
 
 
-class AskEnded(NamedTuple):
-    """An ask was made (`ask.pending`) or ended: told on the engine's stream, for the
-    inbox's feeds."""
-
-    ask: Ask
-
-
 class AskStore(Protocol):
     """Where asks are kept (daemon/inboxjournal.py): `save` commits an ask's record (new
     or ended) before it returns, or raises StoreError."""
@@ -204,47 +191,25 @@ class HeldAsks:
 
 class Inbox:
     """The engine's asks: the pending ones in memory, every one in `store` (HeldAsks
-    until the daemon gives its database's, before `load`). A task that ends withdraws its
-    pending asks."""
+    until the daemon gives its database's, before `load`); `waits` the engine's waits on
+    asks of every home, which attend each of these pending asks (its deadline, its
+    task's end)."""
 
     def __init__(self, stream: Stream, store: AskStore | None = None,
                  clock: WaitClock | None = None) -> None:
         self.store: AskStore = store if store is not None else HeldAsks()
         self.stream = stream
         self.clock = clock if clock is not None else WaitClock()
+        self.waits = AskWaits(stream, self.clock)
         self.max_pending = MAX_PENDING
         self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
         self.max_asks_per_task = MAX_ASKS_PER_TASK
         self._pending: dict[str, bytes] = {}  # ask id -> the ask packed
-        # task id -> its pending ask's id, or their ids when it has several
-        self._by_task: dict[str, str | tuple[str, ...]] = {}
         self._per_tenant: dict[str | None, int] = {}
         # asks checked against the bounds whose records are being stored: counted as
         # pending, so that asks made at once do not pass a bound together
         self._storing: dict[str | None, int] = {}
-        # ask id -> the futures of those waiting on its end, one each (none kept for an
-        # ask no one waits on: a suspended task's, thousands of which may wait for days)
-        self._waiters: dict[str, list[asyncio.Future[Ask]]] = {}
-        self._timers: dict[str, WaitTimer] = {}
         self._deciding: set[str] = set()
-        self._expiring: set[asyncio.Task[None]] = set()
-        # told of a task's end while an ask of a task is pending here
-        self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
-
-    def _finished(self, e: TaskFinished) -> None:
-        if not self._by_task:
-            self.stream.listen(self._ends, False)
-        elif e.task.id in self._by_task:
-            task = asyncio.get_running_loop().create_task(self._withdrawn(e.task.id))
-            self._expiring.add(task)
-
-    async def _withdrawn(self, task_id: str) -> None:
-        try:
-            await self.withdraw(task_id)
-        except Exception as exc:  # pending in the store: withdrawn at its next load
-            log.error("the asks of task %s could not be withdrawn (%s)", task_id, exc)
-        finally:
-            self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS,
              ids: Mapping[str, str] = MappingProxyType({})) -> int:
@@ -256,6 +221,41 @@ class Inbox:
         for ask in self.store.pending():
             self._hold(ask, ids.get(ask.task_id, ask.task_id))
         return len(self._pending)
+
+    # -- the home of a node's task's asks (model.AskShelf) ------------------------------
+    async def keep(self, task: Task, req: AskRequest) -> Ask:
+        return await self.ask(req)
+
+    async def find(self, task: Task, key: str) -> Ask | None:
+        return self.store.find(task.id, key)
+
+    async def read(self, ask_id: str) -> Ask | None:
+        return self.get(ask_id)
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
+        held = self._held(ask.id)
+        if held is None or ask.id in self._deciding:
+            ended = self.store.get(ask.id)
+            if ended is not None and not ended.pending:
+                return ended
+            raise self._not_pending(ask.id)
+        return await self._end(held, end, by, data)
+
+    def heed(self, ask: Ask) -> Ask | None:
+        # (its end is this inbox's to write, and told when written)
+        return None if ask.id in self._pending else self.store.get(ask.id)
+
+    def unheed(self, ask: Ask) -> bool:
+        return True  # (its deadline is kept here with its record)
+
+    async def give_back(self, task: Task, why: str) -> Resumer:
+        asks = self.waiting_for(task.id)
+        if not asks or any(a.key.startswith(ELICITED) for a in asks):
+            return Resumer.NOBODY
+        return Resumer.ENGINE  # (its row is the engine's journal's: the engine writes it)
+
+    async def holds(self, task: Task) -> bool:
+        return True
 
     # -- asking ---------------------------------------------------------------------------
     async def ask(self, req: AskRequest) -> Ask:
@@ -303,72 +303,20 @@ class Inbox:
 
     def _hold(self, ask: Ask, task_id: str | None = None) -> None:
         self._pending[ask.id] = _pack(ask)
-        task_id = ask.task_id if task_id is None else task_id
-        had = self._by_task.get(task_id)
-        self._by_task[task_id] = (ask.id if had is None else
-                                  (had, ask.id) if isinstance(had, str) else (*had, ask.id))
-        self.stream.listen(self._ends)
         self._per_tenant[ask.tenant] = self._per_tenant.get(ask.tenant, 0) + 1
-        if ask.deadline is not None:
-            self._arm(ask.id, ask.deadline)
-
-    def _arm(self, ask_id: str, deadline: float) -> None:
-        # (the timer holds its id, not the ask unpacked, for days)
-        delay = max(0.0, deadline - self.clock.time())
-        self._timers[ask_id] = self.clock.call_later(delay, lambda: self._expire(ask_id))
+        self.waits.hold(self, ask, task_id)
 
     def _release(self, ask: Ask) -> None:
         self._pending.pop(ask.id, None)
-        left = tuple(i for i in self._ids(ask.task_id) if i != ask.id)
-        if not left:
-            self._by_task.pop(ask.task_id, None)
-        else:
-            self._by_task[ask.task_id] = left[0] if len(left) == 1 else left
         count = self._per_tenant.get(ask.tenant, 0) - 1
         if count > 0:
             self._per_tenant[ask.tenant] = count
         else:
             self._per_tenant.pop(ask.tenant, None)
-        timer = self._timers.pop(ask.id, None)
-        if timer is not None:
-            timer.cancel()
 
-    # -- waiting --------------------------------------------------------------------------
     async def wait(self, ask: Ask) -> Ask:
         """The ask as it ended (at once when it has)."""
-        fut = self.waiter(ask)
-        try:
-            return await fut
-        finally:
-            self.unwait(ask.id, fut)
-
-    def waiter(self, ask: Ask) -> asyncio.Future[Ask]:
-        """A future of the caller's own that the ask's end resolves with the ask as it
-        ended (done already when it has); a caller that stops waiting before, or sets it
-        itself, lets it go (`unwait`). No coroutine, no shield: one object a waiter."""
-        fut: asyncio.Future[Ask] = asyncio.get_running_loop().create_future()
-        if not ask.pending:
-            fut.set_result(ask)
-            return fut
-        if ask.id not in self._pending:  # ended while the caller held the record
-            ended = self.store.get(ask.id)
-            if ended is not None and not ended.pending:
-                fut.set_result(ended)
-                return fut
-        waiting = self._waiters.get(ask.id)
-        if waiting is None:
-            self._waiters[ask.id] = [fut]
-        else:
-            waiting.append(fut)
-        return fut
-
-    def unwait(self, ask_id: str, fut: asyncio.Future[Ask]) -> None:
-        """`fut` (`waiter`'s) no longer waits on the ask's end."""
-        waiting = self._waiters.get(ask_id)
-        if waiting is not None and fut in waiting:
-            waiting.remove(fut)
-            if not waiting:
-                del self._waiters[ask_id]
+        return await self.waits.wait(self, ask)
 
     # -- ending ---------------------------------------------------------------------------
     async def decide(self, decision: Decision) -> Ask:
@@ -395,24 +343,6 @@ class Inbox:
         mine = [a for a in self.waiting_for(task_id) if a.id not in self._deciding]
         return [await self._end(a, AskEnd.WITHDRAWN, CORRAL, None) for a in mine]
 
-    def _expire(self, ask_id: str) -> None:
-        self._timers.pop(ask_id, None)
-        ask = self._held(ask_id)
-        if ask is None or ask_id in self._deciding:
-            return
-        self._expiring.add(asyncio.get_running_loop().create_task(self._time_out(ask)))
-
-    async def _time_out(self, ask: Ask) -> None:
-        try:
-            await self._end(ask, AskEnd.TIMED_OUT, CORRAL, None)
-        except Exception as exc:  # the store refused: tried again, pending meanwhile
-            log.error("ask %s could not be timed out (%s); trying again", ask.id, exc)
-            if ask.id in self._pending:
-                self._timers[ask.id] = self.clock.call_later(
-                    EXPIRE_RETRY, lambda: self._expire(ask.id))
-        finally:
-            self._expiring.discard(asyncio.current_task())  # type: ignore[arg-type]
-
     async def _end(self, ask: Ask, end: AskEnd, by: str, data: Any) -> Ask:
         """The ask ended, committed before anyone waiting is told (a store that cannot be
         written refuses the decision; the ask stays pending)."""
@@ -424,10 +354,7 @@ class Inbox:
         finally:
             self._deciding.discard(ask.id)
         self._release(ask)
-        for fut in self._waiters.pop(ask.id, ()):
-            if not fut.done():
-                fut.set_result(ended)
-        self._tell(ended)
+        self._tell(ended)  # (whoever waits is told: askwaits.py)
         return ended
 
     def _tell(self, ask: Ask) -> None:
@@ -450,29 +377,15 @@ class Inbox:
         packed = self._pending.get(ask_id)
         return None if packed is None else _unpack(ask_id, packed)
 
-    def _ids(self, task_id: str) -> tuple[str, ...]:
-        held = self._by_task.get(task_id)
-        return () if held is None else (held,) if isinstance(held, str) else held
-
     def asking(self, task_id: str) -> bool:
         """Whether the task waits for something now."""
-        return task_id in self._by_task
+        return any(i in self._pending for i in self.waits.ids(task_id))
 
     def waiting_for(self, task_id: str) -> list[Ask]:
         """What the task waits for now."""
-        return [_unpack(i, self._pending[i]) for i in self._ids(task_id)]
+        pending = self._pending
+        return [_unpack(i, pending[i]) for i in self.waits.ids(task_id) if i in pending]
 
     def close(self) -> None:
         """Stop the deadlines (the asks stay pending in the store)."""
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        for waiting in self._waiters.values():
-            for fut in waiting:
-                if not fut.done():
-                    fut.cancel()
-        self._waiters.clear()
-        for task in self._expiring:
-            task.cancel()
-
-
+        self.waits.close()

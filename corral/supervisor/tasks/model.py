@@ -295,6 +295,12 @@ class TaskHome(Protocol):
     def record(self, task: Task) -> None:
         """Its row (status, attempts, checkpoint) kept where a restart finds it."""
 
+    def queue_again(self, task: Task, at: float | None) -> bool:
+        """A retry of it (its machine's rule: Endings.retry), due at `at` (None: at
+        once), queued where every engine that may run it finds it: True when this home
+        did (a cluster's Redis, for any node: this engine lets the task go); False: it
+        waits in this engine (its delays, then its queue)."""
+
 
 class Nowhere:
     """The home of a task made apart from an engine's intake and a cluster's claim (a
@@ -326,6 +332,9 @@ class Nowhere:
     def record(self, task: Task) -> None:
         return None
 
+    def queue_again(self, task: Task, at: float | None) -> bool:
+        return False
+
     async def keep(self, task: Task, req: AskRequest) -> Ask:
         # (one a node kept would not be found by the node that resumes the task)
         raise RpcError(jsonrpc.REFUSED, f"task {task.id} is the cluster's and its asks of "
@@ -350,8 +359,8 @@ class Nowhere:
     def unheed(self, ask: Ask) -> bool:
         return False
 
-    async def give_back(self, task: Task, why: str) -> Given:
-        return Given.NOT
+    async def give_back(self, task: Task, why: str) -> Resumer:
+        return Resumer.NOBODY
 
     async def holds(self, task: Task) -> bool:
         return True
@@ -399,10 +408,10 @@ class TurnStore(Protocol):
         """session/checkpoint: kept before it is answered."""
 
 
-class Given(enum.Enum):
+class Resumer(enum.Enum):
     """Whom a suspension gave the waiting task to (AskShelf.give_back)."""
 
-    NOT = 0  # no one: what it asked ended first, or a next attempt could not take it up
+    NOBODY = 0  # no one: what it asked ended first, or a next attempt could not take it up
     ENGINE = 1  # this engine, which keeps it suspended and queues it when its asks end
     HOME = 2  # its home, which queues it again when its asks end: the engine lets it go
 
@@ -440,7 +449,7 @@ class AskShelf(Protocol):
         """No one here waits on the ask now; True: its deadline is still this engine's
         to keep, False: kept where the ask is (a cluster's beat)."""
 
-    async def give_back(self, task: Task, why: str) -> Given:
+    async def give_back(self, task: Task, why: str) -> Resumer:
         """The waiting task suspended where its asks are kept, in one step that finds
         what it asked still pending (and no MCP server's elicitation among it, whose
         tool call no next attempt takes up). RpcError: not written."""

@@ -1,11 +1,11 @@
 """A person in the loop (inbox.py, docs/approvals.md): a running task's call asks a
-person and the task waits (`waiting`, journaled; suspended past its agent's
-suspend_after: suspension.py) until the ask ends; and a running task's attempt failed
-from outside its worker (a denied call whose policy fails the task)."""
+person where its home keeps its asks (`task.home.asks`) and the task waits (`waiting`,
+journaled; suspended past its agent's suspend_after: suspension.py) until the ask ends
+(the engine's waits: askwaits.py); and a running task's attempt failed from outside its
+worker (a denied call whose policy fails the task)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from ... import jsonrpc
@@ -52,12 +52,12 @@ class PersonLoop:
         task = e.active.get(req.task_id)
         if task is None or not task.running:
             raise _not_asking(req)
-        # a cluster's task asks in Redis, found by any node (cluster/clusterasks.py)
-        kept = None if task.journal_here else task.asks_kept
-        ask = await (e.inbox.ask(req) if kept is None else kept.ask(task, req))
-        if task.ended and ask.pending and kept is None:
-            # ended while its ask was stored, before the ask was held for its end to withdraw
-            await e.inbox.withdraw(task.id)
+        shelf = task.home.asks
+        ask = await shelf.keep(task, req)
+        if task.ended and ask.pending:
+            # ended while its ask was kept, before the ask was attended for its end to
+            # withdraw
+            await shelf.withdraw(task.id)
             raise _not_asking(req)
         if not ask.pending:
             return ask
@@ -69,7 +69,8 @@ class PersonLoop:
         peer = task.replica.peer if task.replica is not None else None
         # (the request's own task: a call made in a flight of its own, steps.py)
         parked = peer.park(caller_task()) if peer is not None else None
-        asked = e.inbox.waiter(ask) if kept is None else asyncio.ensure_future(kept.wait(ask))
+        waits = e.inbox.waits
+        asked = waits.waiter(shelf, ask)
         on = task.replica
         if on is not None:
             on.waiting_for_person += 1
@@ -78,22 +79,19 @@ class PersonLoop:
         finally:
             if on is not None:
                 on.waiting_for_person -= 1
-            e.inbox.unwait(ask.id, asked)  # (a cluster's ask: none here)
+            waits.unwait(shelf, ask, asked)
             if parked is not None and peer is not None:
                 peer.unpark(parked)
-            if task.waiting and not (e.inbox.waiting_for(task.id) if kept is None
-                                     else kept.waits(task.id)):
+            if task.waiting and not waits.attends(task.id):
                 task.fire(TaskCause.RESUME)
                 e.record(task)
             if not task.waiting:
                 e.suspensions.release(task.id)
 
     def asks_pending(self, task_id: str) -> bool:
-        """Whether the task has an ask of a person pending (here, or where it is kept)."""
-        e = self.engine
-        task = e.active.get(task_id)
-        kept = None if task is None or task.journal_here else task.asks_kept
-        return bool(e.inbox.waiting_for(task_id)) if kept is None else kept.waits(task_id)
+        """Whether the task has an ask of a person pending (attended here, wherever it
+        is kept)."""
+        return self.engine.inbox.waits.attends(task_id)
 
     def fail_task(self, task: Task, error: TaskFailure) -> None:
         """The running task's attempt fails from outside its worker (TaskPath.fail_task):

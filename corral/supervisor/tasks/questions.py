@@ -11,6 +11,7 @@ task goes on waiting."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -20,7 +21,6 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...workerproto import MAX_PROMPT_CHARS, MAX_SCHEMA_BYTES, TaskAskParams
 from ..workercalls import on_request
-from .inbox import Inbox, askable
 from .model import Task
 from .steps import RESERVED, TaskSteps
 from .worker import WorkerMethods
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
 PREFIX = "ask:"  # a question's key in the inbox
 STEP = "corral/"  # before that key, the named step of its answer (a worker writes none)
 assert STEP.startswith(RESERVED)
-# a cluster task's question would be this node's ask: the node that resumes the task
-# after this one died would not find it, and would ask again
-CLUSTER_ASK = ("task/ask: a cluster task cannot ask a person yet (its question would be "
-               "this node's, not found by the node that resumes it): submit it with "
-               "local = true (corral run --local)")
 
 
 class AskingEngine(Protocol):
@@ -47,7 +42,6 @@ class AskingEngine(Protocol):
     sup: TaskHost
     steps: TaskSteps
     worker: WorkerMethods
-    inbox: Inbox
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -68,7 +62,7 @@ def check_schema(schema: dict[str, Any]) -> None:
 
 
 class Questions:
-    """The handler of `task/ask` over the engine's tasks and inbox."""
+    """The handler of `task/ask` over the engine's tasks and their homes' asks."""
 
     def __init__(self, engine: AskingEngine,
                  ask_person: Callable[[AskRequest], Awaitable[Ask]]) -> None:
@@ -81,8 +75,6 @@ class Questions:
 
     def on_ask(self, r: Replica, p: TaskAskParams) -> Any:
         task = self.engine.worker.running_on(r, "task/ask", p.task_id)
-        if not askable(task):
-            raise RpcError(jsonrpc.REFUSED, CLUSTER_ASK)
         if len(p.prompt) > MAX_PROMPT_CHARS:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the prompt is "
                                                    f"{len(p.prompt)} characters, more than "
@@ -102,7 +94,9 @@ class Questions:
         if p.schema is not None:
             subject["schema"] = p.schema
         # asked before (an earlier attempt's question, answered since): not asked again
-        earlier = self.engine.inbox.store.find(task.id, name) if task.journal_here else None
+        earlier = None
+        with contextlib.suppress(RpcError):  # (not read: asking says why, or asks)
+            earlier = await task.home.asks.find(task, name)
         replayed = earlier is not None and not earlier.pending
         # the task is `waiting` until the answer (or suspended past suspend_after)
         ended = await self._ask_person(AskRequest(

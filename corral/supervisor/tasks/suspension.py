@@ -9,19 +9,19 @@ and its next attempt replays: its journal answers every call made before the wai
 held call finds its ask decided and the question its answer, so that nothing runs twice
 and no one is asked twice. No retry is spent.
 
-Only a task whose calls are journaled is suspended (a daemon with its state database,
-the agent's `replay` on, a task of this node): one whose calls would run again keeps its
-attempt while it waits; so does one waiting on an MCP server's elicitation, whose tool
-call is in flight at the server. The waits are measured by the WaitClock (waitclock.py), which a
-test may move.
+Only a task whose calls are journaled is suspended (its home keeps its steps: a
+daemon with its state database, a cluster; the agent's `replay` on): one whose calls
+would run again keeps its attempt while it waits; so does one waiting on an MCP server's
+elicitation, whose tool call is in flight at the server. The waits are measured by the
+WaitClock (waitclock.py), which a test may move.
 
-A cluster's task (kept elsewhere: `Task.asks_kept`) whose agent suspends is suspended
-where it is kept (decision 780): the claim given back in Redis first, in one step that
-finds what it asked still pending (AsksElsewhere.suspend); only then is its attempt
-stopped here, and the Task let go once that attempt ended: the cluster queues it again
-when what it asked ends, and whichever node claims it resumes it by replay. An answer
-that reaches the attempt while that step is under way waits for it: a task suspended
-there does not also run on here.
+A task is suspended where its asks are kept first (AskShelf.give_back, decision 780), in
+one step that finds what it asked still pending: the engine's inbox keeps it here (the
+engine queues it again when what it asked ends); a cluster gives its claim back in Redis
+(the cluster queues it again, and whichever node claims it resumes it by replay: the
+Task is let go here once its attempt ended). Only then is its attempt stopped. An
+answer that reaches the attempt while that step is under way waits for it: a task
+suspended there does not also run on here.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ import msgspec
 from ... import jsonrpc
 from ...askviews import Ask
 from ...jsonrpc import RpcError
-from .elicitations import PREFIX as ELICITATION
 from .inbox import AskEnded, Inbox
-from .model import AsksElsewhere, CompactTask
+from .model import CompactTask, Resumer
 from .taskmachine import TaskCause, suspended
 from .waitclock import WaitClock, WaitTimer
 
@@ -96,7 +95,7 @@ class _Wait:
         self.timer = timer
         self.gone = False  # suspended: its held calls end REQUEST_CANCELLED
         self.calls: list[asyncio.Future[Ask]] = []
-        # a cluster's task: its suspension being written where it is kept (True: done)
+        # its suspension being written where its asks are kept (True: done)
         self.writing: asyncio.Future[bool] | None = None
 
 
@@ -114,29 +113,25 @@ class Suspensions:
         # suspended tasks whose stopped attempt ended, to keep compact once committed
         self._settled: list[Task] = []
         self._settling: asyncio.Task[None] | None = None
-        self._writes: set[asyncio.Task[None]] = set()  # cluster tasks' suspensions
+        self._writes: set[asyncio.Task[None]] = set()  # suspensions being written
+        # suspended tasks whose home queues them again (a cluster's), let go once their
+        # stopped attempt ended
+        self._handed: set[str] = set()
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
-        self.unwritten = 0  # cluster tasks' suspensions Redis did not take: they wait on
+        self.unwritten = 0  # suspensions their home did not take: they wait on
         # of those, found written when the record was read again: given back after all
         self.unsure = 0
         engine.stream.subscribe(self._ask_ended, AskEnded)
 
     def suspendable(self, task: Task) -> bool:
         """Whether the waiting task's calls are journaled, so that a next attempt is
-        answered them (the daemon's journal and a task of this node, or a cluster's task
-        whose steps and asks its cluster keeps; its agent's `replay` on, and its calls
+        answered them (its home keeps its steps; its agent's `replay` on, and its calls
         written: it has a retry left, or its agent suspends: steps.py)."""
         r = task.replica
-        if r is None:
+        if r is None or task.home.steps is None:
             return False
         spec = r.spec
-        if task.journal_here:
-            if self.engine.journal is None:
-                return False
-        # a cluster's task: its steps and asks are in its cluster's Redis
-        elif task.asks_kept is None or task.steps_kept is None:
-            return False
         return bool(getattr(spec, "replay", True)) and (
             task.retries_left > 0 or bool(getattr(spec, "suspend_after", 0.0)))
 
@@ -195,19 +190,18 @@ class Suspensions:
             held.timer.cancel()
 
     def suspend(self, task: Task, why: str) -> bool:
-        """Give the waiting task's attempt back (`why`: the attempt's error says it);
-        False: it was not held here, or no longer waits (its asks all ended: it is
-        about to run on)."""
+        """Give the waiting task's attempt back (`why`: the attempt's error says it) once
+        its home has it suspended; False: it was not held here, or no longer waits, or is
+        being suspended already (True: being written)."""
         held = self._held.get(task.id)
-        if not task.journal_here:
-            return self._suspend_elsewhere(task, held, why)
-        asks = self.engine.inbox.waiting_for(task.id)
-        if (held is None or not task.waiting or task.attempt != held.attempt or not asks
-                # an MCP server's elicitation is asked from inside its tool call, which
-                # no next attempt could take up where it stopped: its task keeps the call
-                or any(a.key.startswith(ELICITATION) for a in asks)):
+        if (held is None or not task.waiting or task.attempt != held.attempt
+                or held.writing is not None):
             return False
-        self._give_back(task, held, why)
+        loop = asyncio.get_running_loop()
+        held.writing = loop.create_future()
+        write = loop.create_task(self._write(task, held, why))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
         return True
 
     def _give_back(self, task: Task, held: _Wait, why: str) -> None:
@@ -230,41 +224,32 @@ class Suspensions:
             call.cancel()
         engine.dispatch.stop_attempt(task, replica, attempt, "was suspended")
 
-    def _suspend_elsewhere(self, task: Task, held: _Wait | None, why: str) -> bool:
-        """A cluster's task: its suspension written where it is kept, its attempt given
-        back here once that is done (True: being written)."""
-        if (held is None or not task.waiting or task.attempt != held.attempt
-                or held.writing is not None or task.asks_kept is None):
-            return False
-        loop = asyncio.get_running_loop()
-        held.writing = loop.create_future()
-        write = loop.create_task(self._write(task, task.asks_kept, held, why))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
-        return True
-
-    async def _write(self, task: Task, kept: AsksElsewhere, held: _Wait, why: str) -> None:
-        done = False
+    async def _write(self, task: Task, held: _Wait, why: str) -> None:
+        given = Resumer.NOBODY
+        shelf = task.home.asks
         try:
-            done = await kept.suspend(task, why)
+            given = await shelf.give_back(task, why)
         except RpcError as exc:  # (its message names the task: it waits on its attempt)
             self.unwritten += 1
             log.warning("%s", exc.message)
-            # Redis may have taken it all the same (no replica confirmed it, its answer
-            # lost): what the record says decides, read until Redis answers, while an
-            # answer that reaches the attempt waits (else it would run here and again
-            # where the cluster queues it)
-            done = await self._written(task, kept, held)
+            # its home may have taken it all the same (its answer lost): what the record
+            # says decides, read until it answers, while an answer that reaches the
+            # attempt waits (else it would run here and again where it is queued)
+            if await self._written(task, held):
+                given = Resumer.HOME
         finally:
-            if done and task.waiting and task.attempt == held.attempt:
+            done = given is not Resumer.NOBODY and task.waiting and task.attempt == held.attempt
+            if done:
+                if given is Resumer.HOME:
+                    self._handed.add(task.id)
                 self._give_back(task, held, why)
             assert held.writing is not None
             held.writing.set_result(done)
 
-    async def _written(self, task: Task, kept: AsksElsewhere, held: _Wait) -> bool:
+    async def _written(self, task: Task, held: _Wait) -> bool:
         while task.waiting and task.attempt == held.attempt:
             try:
-                gone = not await kept.holds(task)
+                gone = not await task.home.asks.holds(task)
             except RpcError:
                 await asyncio.sleep(REREAD)
                 continue
@@ -275,9 +260,9 @@ class Suspensions:
 
     def suspend_all(self, why: str) -> int:
         """Every waiting task that can be suspended, suspended now (a daemon about to be
-        upgraded: a worker's request held open cannot be handed over); how many. A
-        cluster's is being suspended: its attempt given back once Redis has it, which
-        the upgrade's wait for quiet channels waits for."""
+        upgraded: a worker's request held open cannot be handed over); how many: each
+        is being suspended, its attempt given back once its home has it, which the
+        upgrade's wait for quiet channels waits for."""
         return sum(self.suspend(t, why) for t in list(self.engine.active.values())
                    if t.waiting)
 
@@ -294,10 +279,10 @@ class Suspensions:
 
     def resume(self, task: Task) -> bool:
         """A suspended task with nothing pending is queued again (after a restart too);
-        False: it was not suspended, or still waits."""
-        if not task.suspended or not task.journal_here or \
+        False: it was not suspended, or still waits, or its home queues it again."""
+        if not task.suspended or task.id in self._handed or \
                 self.engine.inbox.waiting_for(task.id):
-            return False  # (a cluster's task is queued again by its cluster)
+            return False
         task.fire(TaskCause.RESUME)
         self.resumed += 1
         last = task.attempts[-1] if task.attempts else None
@@ -312,11 +297,12 @@ class Suspensions:
     def settle(self, task: Task) -> None:
         """The suspended task's stopped attempt ended: once its row is committed it is
         kept compact, when nothing but the engine holds its Task and what it asked is
-        pending (a session's turn, a traced task, one someone waits on stay whole). A
-        cluster's task is let go: the cluster keeps it, and queues it again."""
+        pending (a session's turn, a traced task, one someone waits on stay whole). One
+        its home queues again is let go: its home keeps it."""
         # what the attempt held goes back to the system once the wave of them is over
         self.engine.memory.settled(ATTEMPT_BYTES)
-        if not task.journal_here:
+        if task.id in self._handed:
+            self._handed.discard(task.id)
             if task.suspended and self.engine.active.get(task.id) is task:
                 del self.engine.active[task.id]
             return
@@ -329,7 +315,7 @@ class Suspensions:
             self._settling = asyncio.get_running_loop().create_task(self._compacted())
 
     def _compactable(self, task: Task) -> bool:
-        return (task.suspended and task.journal_here and task.session is None
+        return (task.suspended and task.id not in self._handed and task.session is None
                 and task.trace is None and not task.awaited and task.id not in self._held
                 and all(a.finished is not None for a in task.attempts)
                 and self.engine.active.get(task.id) is task
