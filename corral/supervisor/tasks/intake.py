@@ -132,7 +132,7 @@ class Intake:
         task.tenant = agent.spec.tenant
         reach = REACH.get()
         if reach is not None and getattr(agent.spec, "spawns", None):
-            e.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
+            e.spawns.node.limit(task, *reach)  # a caller limited to some agents: so is its tree
         if e.trace_begin is not None:
             e.trace_begin(TraceStart(task, traceparent, tracestate))  # (a bad one refuses)
         q.counts["accepted"] += 1
@@ -218,7 +218,7 @@ class Intake:
                 task.tenant, task.options, task.decoded = tenant, options, decoded
                 task.home = e.home
                 if reach is not None:
-                    e.spawns.limit(task, *reach)
+                    e.spawns.node.limit(task, *reach)
                 if trace_begin is not None:
                     trace_begin(TraceStart(task, None, None))
             except RpcError as exc:

@@ -69,10 +69,6 @@ class Spawns:
         on_request(engine.sup.worker_methods, TaskSpawnParams, self.on_spawn)
         on_request(engine.sup.worker_methods, TaskWaitParams, self.on_wait)
 
-    def limit(self, task: Task, who: str, reach: str) -> None:
-        """A task submitted by a caller limited to the agents `reach`: so is its tree."""
-        self.node.limit(task, who, reach)
-
     def keep_in(self, store: DurableStore) -> None:
         self.node.keep_in(store)
 
