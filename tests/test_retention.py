@@ -223,3 +223,47 @@ async def test_a_change_that_fails_goes_back_to_the_revision_before_whatever_the
         assert "did not become ready" in refused.value.message
         got = await d.dispatcher.call(SOCKET, "agents.history", {"name": "chat"})
         assert ([r.revision for r in got.revisions], got.current) == ([3], 3)
+
+
+def timers_due_after(seconds: float) -> int:
+    """The timers of this loop not yet cancelled and due more than `seconds` from now,
+    counted among the live objects (the loop's kind of timer, asyncio's or uvloop's)."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    probe = loop.call_later(seconds + 1e6, lambda: None)
+    kind = type(probe)
+    probe.cancel()
+    later = loop.time() + seconds
+    return sum(1 for o in gc.get_objects()
+               if type(o) is kind and not o.cancelled() and o.when() > later)
+
+
+@pytest.mark.deadline(240)
+async def test_removals_wait_on_one_timer_and_each_goes_at_its_due(tmp_path: Path) -> None:
+    """A timer for each removal, held for the retention (a week by default), grew the
+    daemon with every agent removed (issue 74's soak): thirty removals wait on one. Each
+    still goes at its due: the sweep of the first finds the second next in the store and
+    waits for it (the periodic sweep is ten minutes away)."""
+    (tmp_path / "hour").mkdir()
+    async with in_process(tmp_path / "hour", "", supervisor="removed_retention = 3600") as d:
+        for i in range(30):
+            await add(d, f"tmp{i}")
+            rc, _, err = await cli(d, "remove", f"tmp{i}")
+            assert rc == 0, err
+
+        async def written() -> bool:  # (the store's writer writes each removal's row)
+            return len(rows(d, "SELECT * FROM removed_agents")) == 30
+        await until("thirty removals written", written)
+        assert timers_due_after(3000) == 1
+    (tmp_path / "short").mkdir()
+    async with in_process(tmp_path / "short", "", supervisor="removed_retention = 1") as d:
+        for name in ("one", "two"):
+            await add(d, name)
+        for name in ("one", "two"):
+            rc, _, err = await cli(d, "remove", name)
+            assert rc == 0, err
+        async def both_gone() -> bool:
+            return not rows(d, "SELECT * FROM revisions WHERE agent IN ('one', 'two')") \
+                and not rows(d, "SELECT * FROM removed_agents")
+        await until("both removed agents' records deleted", both_gone)

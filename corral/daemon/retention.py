@@ -15,7 +15,10 @@ or a server of the name writes there again (they share the file's name).
 
 The sweeps run on the store's writer thread (one transaction each): just after start-up
 (once the agents are back), every SWEEP_EVERY seconds, and `removed_retention` after each
-removal heard. The bounds are read at start-up.
+removal heard. The bounds are read at start-up. One timer waits for the earliest removal
+due, whatever the removals heard: the sweep it brings finds the next due in the store and
+waits for that one (a timer a removal, kept for a week's retention, grew the daemon with
+every agent removed).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ SWEEP_EVERY = 600.0
 # the first sweep after start-up (the agents are back: the fleet added them, an upgrade's
 # image too before it adopts their processes); a second after, not to add to the start
 FIRST_SWEEP = 1.0
+# past a removal's due: libuv counts whole milliseconds, and a timer a little early would
+# find nothing due and wait again for what is due at once
+DUE_SLACK = 0.01
 TENANTS = "tenants"  # tenantdirs.py's: LOG_DIR/tenants/T/ holds a tenant's agents' logs
 
 
@@ -117,6 +123,8 @@ class RetentionSweeps:
         self.hub = hub
         self.bounds = bounds
         self._timers: set[asyncio.TimerHandle] = set()
+        # the one timer for the earliest removal due (wall time), and when it is due
+        self._removal: tuple[asyncio.TimerHandle, float] | None = None
         self._deleting: set[asyncio.Task[None]] = set()
         stream.subscribe(self._removed, SessionsEnding)
 
@@ -127,6 +135,9 @@ class RetentionSweeps:
         for t in self._timers:
             t.cancel()
         self._timers.clear()
+        if self._removal is not None:
+            self._removal[0].cancel()
+            self._removal = None
         for job in list(self._deleting):
             with contextlib.suppress(Exception):
                 await job
@@ -145,22 +156,48 @@ class RetentionSweeps:
         writer = self.store.writer
         if writer is None or not e.owners:
             return
-        writer.submit(removing(dict(e.owners), time.time()), "removed agent")
-        self._later(self.bounds.removed_after)
+        now = time.time()
+        writer.submit(removing(dict(e.owners), now), "removed agent")
+        self._removal_due(now + self.bounds.removed_after)
 
-    def run(self) -> None:
+    def _removal_due(self, when: float) -> None:
+        """A sweep at `when` (wall time), unless one waits for an earlier removal: its
+        sweep finds this one next."""
+        if self._removal is not None:
+            if self._removal[1] <= when:
+                return
+            self._removal[0].cancel()
+
+        def due() -> None:
+            self._removal = None
+            self.run(chained=True)
+
+        delay = max(0.0, when - time.time()) + DUE_SLACK
+        self._removal = (asyncio.get_running_loop().call_later(delay, due), when)
+
+    def run(self, chained: bool = False) -> None:
         """A sweep: submitted to the writer; the log files of the removed agents whose
-        records it deleted are deleted once it is committed."""
+        records it deleted are deleted once it is committed. `chained`: the sweep of a
+        removal due, which then waits for the next removal the store holds."""
         writer = self.store.writer
         if writer is None:
             return
         live = {(a.name, a.spec.tenant) for a in self.agents.values()}
         out: list[tuple[str, str]] = []
+        after: list[float] = []  # the removal the store holds next, when chained
         now = time.time()
-        writer.submit(lambda db: sweep(db, self.bounds, live, now, out), "retention sweep",
-                      lambda: self._swept(out))
 
-    def _swept(self, due: list[tuple[str, str]]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            sweep(db, self.bounds, live, now, out)
+            if chained:
+                after[:] = [when for (when,) in db.execute(
+                    "SELECT min(removed) FROM removed_agents") if when is not None]
+
+        writer.submit(write, "retention sweep", lambda: self._swept(out, after))
+
+    def _swept(self, due: list[tuple[str, str]], after: list[float]) -> None:
+        if after:
+            self._removal_due(after[0] + self.bounds.removed_after)
         log_dir = self.hub.log_dir
         for agent, tenant in due:
             self.hub.daemon(f"{agent} (tenant {tenant}): removed over "
