@@ -12,18 +12,19 @@ usage is what the call is counted by)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from aiohttp import web
 
 from .http1 import UpstreamAnswer, UpstreamFailed
 from .keys import hidden, hidden_headers
-from .textdeltas import text_of
+from .textdeltas import text_in
 from .usage import CallUsage
-from .wire import PASSED_BACK_PREFIXES, Format, is_last_event, refusal
+from .wire import PASSED_BACK_PREFIXES, Format, event_fields, is_last, refusal
 
 SSE = "text/event-stream"
+_decode = msgspec.json.Decoder()
 
 
 class AnswerRecord(msgspec.Struct, array_like=True):
@@ -37,6 +38,18 @@ class AnswerRecord(msgspec.Struct, array_like=True):
     @property
     def streamed(self) -> bool:
         return self.type.startswith(SSE)
+
+
+class Whole(NamedTuple):
+    """An answer read whole, its body as the upstream sent it (the key hidden): written
+    to the agent as it is, and made a record (decoded) only for a task's journal."""
+
+    status: int
+    type: str
+    body: bytes
+
+    def record(self) -> AnswerRecord:
+        return AnswerRecord(self.status, self.type, self.body.decode(errors="replace"))
 
 
 class StreamCut(Exception):
@@ -55,20 +68,31 @@ def refused(fmt: Format, status: int, message: str, param: str | None = None,
                         content_type="application/json")
 
 
-def whole(record: AnswerRecord, headers: dict[str, str] | None = None) -> web.Response:
+def whole(record: AnswerRecord | Whole, headers: dict[str, str] | None = None
+          ) -> web.Response:
     """An answer given whole (a journaled stream too: its events at once)."""
     ctype, _, charset = record.type.partition("; charset=")
-    return web.Response(status=record.status, body=record.body.encode(), headers=headers,
+    body = record.body if isinstance(record, Whole) else record.body.encode()
+    return web.Response(status=record.status, body=body, headers=headers,
                         content_type=ctype or "application/json", charset=charset or None)
+
+
+class _HeadWithEvents(web.StreamResponse):
+    """A stream whose head is written with its first events, in one write, when they are
+    at hand as it begins (aiohttp's own Response buffers its head so; its StreamResponse
+    writes it at once: a write, and a wake-up of the agent, more a call; issue 77)."""
+
+    _send_headers_immediately = False
 
 
 class Relay:
     """One streamed answer passed on as it comes and recorded; its last event held back
-    until `finish`; the provider's key hidden wherever the upstream quoted it."""
+    until `finish`; the provider's key hidden wherever the upstream quoted it. Each read
+    of the upstream's is one write to the agent: its complete events, as they came."""
 
     def __init__(self, request: web.Request, fmt: Format, answer: UpstreamAnswer,
                  usage: CallUsage, on_text: Callable[[str], None] | None = None,
-                 key: str | None = None) -> None:
+                 key: str | None = None, record: bool = True) -> None:
         self.request = request
         self.fmt = fmt
         self.answer = answer
@@ -76,22 +100,26 @@ class Relay:
         # the text each event adds, told as it passes (the task's live output)
         self.on_text = on_text
         self.key = key
-        self.response = web.StreamResponse(status=answer.status, headers=hidden_headers(
+        self.response = _HeadWithEvents(status=answer.status, headers=hidden_headers(
             passed_back(answer.headers), key))
         self.response.content_type = SSE
         self.response.headers["Cache-Control"] = "no-cache"
-        self.recorded: list[bytes] = []
+        # the stream as it came, for a task's journal (a call of no task keeps none)
+        self.recorded: list[bytes] | None = [] if record else None
         self.held = b""  # the last event, and anything after it
         self.gone = False  # the agent hung up: nothing more is written to it
 
-    async def run(self) -> AnswerRecord:
-        """Every event but the last passed on; the whole stream recorded; StreamCut when
-        it ends without its last event."""
+    async def run(self) -> AnswerRecord | None:
+        """Every event but the last passed on; the whole stream recorded (when it is);
+        StreamCut when it ends without its last event."""
         await self._write(None)
+        if not self.answer.at_hand():  # none of it yet: the head now, as the upstream's came
+            await self._write(b"")
         rest = b""
         try:
             async for chunk in self.answer.chunks():
-                self.recorded.append(chunk)
+                if self.recorded is not None:
+                    self.recorded.append(chunk)
                 if self.held:
                     self.held += chunk  # past the last event: kept with it
                     continue
@@ -107,6 +135,8 @@ class Relay:
             raise StreamCut("the upstream's stream ended before its last event")
         self.usage.complete = True
         self.held = hidden(self.held + rest, self.key)
+        if self.recorded is None:
+            return None
         return AnswerRecord(self.answer.status, SSE, hidden(b"".join(self.recorded),
                                                             self.key).decode(errors="replace"))
 
@@ -118,12 +148,15 @@ class Relay:
         while start < len(events):
             end = events.find(b"\n\n", start) + 2
             event = events[start:end]
-            self.usage.read_event(event)
-            text = text_of(event)
+            kind, data = event_fields(event)
+            body = _data_of(event, data)
+            if body is not None and (b'"usage"' in event or b'"model"' in event):
+                self.usage.read(body)
+            text = text_in(body) if b"delta" in event else None
             self.usage.passed_event(event, text)  # (what a cut stream is counted by)
             if self.on_text is not None and text is not None:
                 self.on_text(text)
-            if is_last_event(self.fmt, event):
+            if is_last(self.fmt, kind, data):
                 if start:
                     await self._write(events[:start])
                 self.held = events[start:]
@@ -144,10 +177,13 @@ class Relay:
             self.gone = True
 
     async def finish(self) -> web.StreamResponse:
-        """The held last event written, the stream ended: the agent has its answer."""
-        await self._write(self.held)
+        """The held last event written and the stream ended, in one write: the agent has
+        its answer."""
         if not self.gone:
-            await self.response.write_eof()
+            try:
+                await self.response.write_eof(self.held)
+            except ConnectionResetError:
+                self.gone = True
         return self.response
 
     def cut(self) -> None:
@@ -156,6 +192,18 @@ class Relay:
         transport = self.request.transport
         if transport is not None:
             transport.abort()
+
+
+def _data_of(event: bytes, data: bytes | None) -> Any:
+    """An event's data decoded, once, when it may say usage or add text (else None, and
+    None when it is not JSON)."""
+    if data is None or data == b"[DONE]" or not (
+            b"delta" in event or b'"usage"' in event or b'"model"' in event):
+        return None
+    try:
+        return _decode.decode(data)
+    except msgspec.DecodeError:
+        return None
 
 
 async def replayed(request: web.Request, record: AnswerRecord) -> web.StreamResponse:

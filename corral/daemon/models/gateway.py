@@ -52,7 +52,7 @@ from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
 from . import request as requests
-from .answers import AnswerRecord, Relay, StreamCut
+from .answers import AnswerRecord, Relay, StreamCut, Whole
 from .holds import model_policy_of, most_cost, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
@@ -344,7 +344,7 @@ class ModelGateway:
         written back; a live call of a traced task is a span of its attempt."""
         counter = self._counter(call.name)
         counter.calls += 1
-        made: list[Relay | AnswerRecord] = []  # what `live` made, when it ran
+        made: list[Relay | Whole] = []  # what `live` made, when it ran
         usage, start = CallUsage(), time.time()
 
         async def live(idempotency: str | None = None) -> Any:  # (its key: steps.py)
@@ -356,8 +356,8 @@ class ModelGateway:
             try:
                 made.append(await self._live(request, call, usage, idempotency))
                 kept = made[-1]
-                if isinstance(kept, AnswerRecord):
-                    return kept
+                if isinstance(kept, Whole):  # (decoded for a task's journal alone)
+                    return kept.record() if call.task is not None else None
                 try:
                     return await kept.run()
                 finally:
@@ -450,7 +450,7 @@ class ModelGateway:
             self.tasks.person.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))
         raise ModelRefusal(403, words)
 
-    def _cut(self, call: ModelCall, relay: Relay | AnswerRecord, why: str
+    def _cut(self, call: ModelCall, relay: Relay | Whole, why: str
              ) -> web.StreamResponse:
         """A stream the upstream cut, cut for the agent too, and said."""
         call.replica.note(f"model {call.name}: {why}; the agent's stream was cut too, and "
@@ -475,7 +475,7 @@ class ModelGateway:
         self.tracer.model_call(call.task, f"chat {call.name}", start, error, attrs)
 
     async def _live(self, request: web.Request, call: ModelCall, usage: CallUsage,
-                    idempotency: str | None = None) -> Relay | AnswerRecord:
+                    idempotency: str | None = None) -> Relay | Whole:
         """The call made upstream: a whole answer read (its usage in `usage`), or a
         stream's relay, not yet run. `idempotency`: a task's call's key, the same on every
         attempt (steps.py), sent as `Idempotency-Key` in place of the agent's own."""
@@ -497,7 +497,7 @@ class ModelGateway:
         usage.answered = answer.status < 300
         if call.stream and usage.answered and ctype.startswith(answers.SSE):
             return Relay(request, call.endpoint.format, answer, usage, self._output_of(call),
-                         key)
+                         key, record=call.task is not None)
         try:
             body = hidden(await answer.read(), key)
         except UpstreamFailed as exc:
@@ -510,7 +510,7 @@ class ModelGateway:
                                 hidden_headers(answers.passed_back(answer.headers), key))
         usage.read_body(body)
         usage.complete = True
-        return AnswerRecord(answer.status, ctype, body.decode(errors="replace"))
+        return Whole(answer.status, ctype, body)
 
     def _output_of(self, call: ModelCall) -> Callable[[str], None] | None:
         """A live streamed answer's text, into its task's live output as it passes

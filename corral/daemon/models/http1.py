@@ -118,6 +118,10 @@ class UpstreamAnswer:
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
         self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
 
+    def at_hand(self) -> bool:
+        """Whether some of the body has come already (read without a wait)."""
+        return bool(self._wire.buffer) or self._framing.length == 0
+
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
 

@@ -8,24 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 
-from .wire import field
-
-_decode = msgspec.json.Decoder()
-
-
-def text_of(event: bytes) -> str | None:
-    """The text an SSE event of a streamed answer adds, or None."""
-    if b"delta" not in event:
-        return None
-    data = field(event, b"data")
-    if data is None or data == b"[DONE]":
-        return None
-    try:
-        body: Any = _decode.decode(data)
-    except msgspec.DecodeError:
-        return None
+def text_in(body: Any) -> str | None:
+    """The text an SSE event of a streamed answer adds (its data, decoded), or None."""
     if not isinstance(body, dict):
         return None
     kind = body.get("type")

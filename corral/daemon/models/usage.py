@@ -29,7 +29,6 @@ from typing import Any
 import msgspec
 
 from .request import BYTES_PER_TOKEN
-from .wire import field
 
 _decode = msgspec.json.Decoder()
 
@@ -103,14 +102,6 @@ class CallUsage:
     def read_body(self, body: bytes) -> None:
         with contextlib.suppress(msgspec.DecodeError):  # not JSON: no usage said (none)
             self.read(_decode.decode(body))
-
-    def read_event(self, event: bytes) -> None:
-        """An SSE event of a stream: read when its data may say usage."""
-        if b'"usage"' not in event and b'"model"' not in event:
-            return
-        data = field(event, b"data")
-        if data is not None and data != b"[DONE]":
-            self.read_body(data)
 
 
 def _tokens(usage: dict[str, Any], key: str) -> int:

@@ -84,18 +84,22 @@ _LAST_KINDS = {"openai": (b"response.completed", b"response.failed", b"response.
                "anthropic": (b"message_stop",)}
 
 
-def field(event: bytes, name: bytes) -> bytes | None:
-    """The value of an SSE event's first `name:` line, or None."""
+def event_fields(event: bytes) -> tuple[bytes | None, bytes | None]:
+    """The values of an SSE event's first `event:` line and first `data:` line (None
+    where it has none), read in one pass."""
+    kind = data = None
     for line in event.split(b"\n"):
-        if line.startswith(name + b":"):
-            return line[len(name) + 1:].strip()
-    return None
+        if data is None and line.startswith(b"data:"):
+            data = line[5:].strip()
+        elif kind is None and line.startswith(b"event:"):
+            kind = line[6:].strip()
+    return kind, data
 
 
-def is_last_event(fmt: Format, event: bytes) -> bool:
-    """Whether an SSE event ends its stream: Chat Completions' `data: [DONE]`,
-    Responses' `response.completed` (or failed, or incomplete), Messages'
-    `message_stop`."""
-    if field(event, b"event") in _LAST_KINDS[fmt]:
+def is_last(fmt: Format, kind: bytes | None, data: bytes | None) -> bool:
+    """Whether an SSE event (its `event_fields`) ends its stream: Chat Completions'
+    `data: [DONE]`, Responses' `response.completed` (or failed, or incomplete),
+    Messages' `message_stop`."""
+    if kind in _LAST_KINDS[fmt]:
         return True
-    return fmt == "openai" and field(event, b"data") == b"[DONE]"
+    return fmt == "openai" and data == b"[DONE]"
