@@ -54,6 +54,8 @@ def config(tmp: Path, port: int) -> str:
             '[[policy]]\nname = "no agents as tools for denied"\n'
             'match = { agent = "denied", tool = "corral__*" }\neffect = "deny"\n\n'
             "[tenants.acme]\n\n"
+            f'[mcp_servers.acmes]\ncommand = ["{PY}", "{MANY}", "3"]\nstart_timeout = 30.0\n'
+            'tenant = "acme"\n\n'
             f'[mcp_servers.many]\ncommand = ["{PY}", "{MANY}", "40"]\nstart_timeout = 30.0\n'
             "shared = true\n\n"
             f'[http]\nlisten = "127.0.0.1:{port}"\n\n'
@@ -238,6 +240,36 @@ async def test_calls_naming_tools_no_server_has_grow_neither_the_daemon_nor_its_
         assert re.fullmatch(rf"many__x{{{TEXT_CUT - 6}}}… \(cut: 200000\d characters\)",
                             shown), shown[-60:]
         assert len(row["outcome"]) < TEXT_CUT + 40, row["outcome"][-60:]
+
+
+# -- a client of no tenant: the default tenant's at every path, unless the operator --------
+@pytest.mark.deadline(120)
+async def test_a_tokens_file_client_of_no_tenant_uses_no_tenants_own_server(
+        daemon: Daemon) -> None:
+    """Got through: a `[gateway] tokens_file` client (no tenant, `tools` of its default,
+    `*`) listed, found and called tenant acme's own server at /mcp, while /mcp/corral
+    took it for the default tenant's. Now it is the default tenant's at every path;
+    an API token of no tenant is the operator, and still reaches every server."""
+    d = daemon
+    async with session(gateway_url(d), FULL) as s:
+        found = await s.call_tool("search_tools", {"query": "precipitation"})
+        assert found.structured_content is not None
+        assert [t["name"] for t in found.structured_content["tools"]] == \
+            ["many__forecast_weather"]
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("acmes__forecast_weather", {"city": "Oslo"})
+        assert str(err.value) == ("tool acmes__forecast_weather is not in the allowlist "
+                                  "of gateway client full (*)")
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(gateway_url(d) + "/acmes", json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+            headers={"Authorization": f"Bearer {FULL}",
+                     "Accept": "application/json, text/event-stream"})
+        assert r.status_code == 404, r.text
+    ops = d.json("token", "create", "ops-mcp", "--scope", "mcp:call")["token"]
+    async with session(gateway_url(d), ops) as s:
+        called = await s.call_tool("acmes__forecast_weather", {"city": "Oslo"})
+        assert not called.is_error, text(called)
 
 
 # -- corral mcp add: what it writes -------------------------------------------------------

@@ -1258,7 +1258,8 @@ async def test_a_gateway_client_of_a_tenant_calls_no_other_tenants_server_whatev
         # its own tenant's and the shared ones it calls
         assert await gw.call(ident, "aserv__add", {"text": "x"}) is not None
         assert await gw.call(ident, "common__add", {"text": "x"}) is not None
-        # an operator's client (no tenant) calls every server
+        # an operator's client (no tenant, and saying so) calls every server; one of no
+        # tenant that is not the operator's is the default tenant's (issue 74)
         ops = Identity(name="ops", allow=None, owner="ops", max_concurrent=4,
-                       rate_per_minute=0, max_sessions=1)
+                       rate_per_minute=0, max_sessions=1, operator=True)
         assert await gw.call(ops, "zserv__add", {"text": "x"}) is not None

@@ -46,7 +46,7 @@ from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
 from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
-from ..supervisor.config import GatewaySettings, PositiveInt
+from ..supervisor.config import DEFAULT_TENANT, GatewaySettings, PositiveInt
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
@@ -357,12 +357,15 @@ class GatewayService:
                         **self._limits())
 
     def _tenant_sees(self, ident: Identity, tool: str) -> bool:
-        """Whether the server of `tool` is the client's tenant's, or shared (a client of
-        no tenant sees every server)."""
-        if ident.tenant is None:
+        """Whether the server of `tool` is the client's tenant's, or shared. A client of
+        no tenant is the default tenant's unless it is the operator (the socket's, an API
+        token of no tenant), as at /mcp/corral (mcptasks.caller_of): a tokens file's
+        client, or an anonymous one, listed and called a tenant's own servers (issue 74)."""
+        if ident.operator:
             return True
+        tenant = ident.tenant if ident.tenant is not None else DEFAULT_TENANT
         entry = self.tools.servers.get(tool.partition("__")[0])
-        return entry is None or entry.spec.shared or entry.spec.tenant == ident.tenant
+        return entry is None or entry.spec.shared or entry.spec.tenant == tenant
 
     def tenant_sessions(self, ident: Identity) -> int:
         """The HTTP sessions the client's tenant's clients may hold together (0: no

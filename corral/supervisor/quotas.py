@@ -267,19 +267,27 @@ class Tenancy:
                          running=sum(running(a.name) for a in members))
 
 
+AGENTS_VIEW = "corral"  # the gateway's view of the agents as tools (daemon/mcptasks.py)
+
+
 def visible_allow(allow: list[str], tenant: str, servers: Mapping[str, McpServerSpec]
                   ) -> list[str]:
     """An agent's tools allowlist as its tenant narrows it: only servers of its tenant, or
     shared ones. Unchanged where the agent sees every server (a config without tenants);
     else each pattern is rooted at each server it sees (`*` -> `notes__*`), so that no
     pattern can admit another tenant's server. A pattern without SERVER__ other than `*`
-    admits nothing then (narrower, never wider)."""
+    admits nothing then (narrower, never wider). The agents' view (`corral__AGENT`, no
+    server's) is kept as written: whose agents it reaches is its tenant's, judged where
+    they are called (daemon/mcptasks.py); dropped, an agent's `corral__*` admitted nothing
+    once a tenant had a server of its own."""
     seen = [n for n, s in servers.items() if s.shared or s.tenant == tenant]
     if len(seen) == len(servers):
         return allow
     out: list[str] = []
     for pattern in allow:
         server, sep, rest = pattern.partition("__")
+        if sep and fnmatchcase(AGENTS_VIEW, server):
+            out.append(f"{AGENTS_VIEW}__{rest}")
         for name in seen:
             if sep and fnmatchcase(name, server):
                 out.append(f"{name}__{rest}")
