@@ -67,3 +67,26 @@ def _next_dump(where: Path, seen: set[Path]) -> Path:
             return min(new, key=lambda p: int(p.stem.split("-")[1]))
         time.sleep(0.05)
     raise AssertionError(f"no dump in {where} within 30 s")
+
+
+@pytest.mark.deadline(60)
+def test_no_frames_writes_the_accounts_alone_and_traces_nothing(tmp_path: Path) -> None:
+    """CORRAL_HEAP_FRAMES=0: a run measured as it runs, untraced (tracing costs memory and
+    time), its accounts still written: RSS, glibc's, SQLite's and the objects by type."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")  # SQLite's account counts every connection's bytes
+    db.execute("CREATE TABLE t (x)")
+    env = {heapdump.ENV_DIR: str(tmp_path), heapdump.ENV_EVERY: "0.2",
+           heapdump.ENV_FRAMES: "0"}
+    with heapdump.from_env(env) as thread:
+        assert thread is not None and not tracemalloc.is_tracing()
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("heap-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    db.close()
+    dumps = list(tmp_path.glob("heap-*.json"))
+    assert dumps and not list(tmp_path.glob("*.tracemalloc"))
+    account = json.loads(dumps[0].read_text())
+    assert account["traced"] is None and account["rss"] > 0
+    assert account["sqlite"] is None or account["sqlite"]["used"] > 0

@@ -1,13 +1,14 @@
 """A debug hook, off unless its variable is set: where a long-running daemon's memory goes.
 
 With CORRAL_HEAP_DUMP=DIR in its environment the daemon traces its allocations
-(tracemalloc, CORRAL_HEAP_FRAMES frames deep, default 12) and every
-CORRAL_HEAP_DUMP_EVERY seconds (default 300) writes to DIR, named by the seconds since
-it started:
+(tracemalloc, CORRAL_HEAP_FRAMES frames deep, default 12; 0: not traced, the accounts
+alone) and every CORRAL_HEAP_DUMP_EVERY seconds (default 300) writes to DIR, named by the
+seconds since it started:
 - heap-SECONDS.tracemalloc: the snapshot of every live traced allocation;
 - heap-SECONDS.json: its RSS, what tracemalloc holds, glibc's own account (mallinfo2:
-  bytes in use, bytes free but kept in its arenas) and the live objects counted by type
-  (gc.get_objects), the largest counts first.
+  bytes in use, bytes free but kept in its arenas), SQLite's (its page caches and
+  statements: native, never traced) and the live objects counted by type
+  (gc.get_objects; what start-up froze is not among them), the largest counts first.
 
 Two of them compared (`python -m corral.daemon.heapdump OLD NEW`) say what grew, by
 traceback and by type: what grows with tasks served is a leak; RSS rising while
@@ -60,6 +61,21 @@ def _mallinfo() -> dict[str, int] | None:
             "mmapped": info.hblkhd}
 
 
+def _sqlite() -> dict[str, int] | None:
+    """The bytes SQLite holds now and at most (every connection's: the library the
+    sqlite3 module loaded), None where it cannot be found."""
+    import sqlite3  # noqa: F401 - loads the library the daemon's connections use
+
+    name = ctypes.util.find_library("sqlite3")
+    try:
+        lib = ctypes.CDLL(name)
+        used, highwater = lib.sqlite3_memory_used, lib.sqlite3_memory_highwater
+    except (OSError, AttributeError, TypeError):
+        return None
+    used.restype = highwater.restype = ctypes.c_int64
+    return {"used": used(), "highwater": highwater(0)}
+
+
 def _rss() -> int:
     with contextlib.suppress(OSError, ValueError, IndexError):
         fields = Path("/proc/self/statm").read_text().split()
@@ -69,16 +85,19 @@ def _rss() -> int:
 
 def write(where: Path, seconds: int) -> Path:
     """One dump: the snapshot and its json; the json's path."""
-    snap = tracemalloc.take_snapshot()
-    snap.dump(str(where / f"heap-{seconds}.tracemalloc"))
+    tracing = tracemalloc.is_tracing()
+    if tracing:
+        tracemalloc.take_snapshot().dump(str(where / f"heap-{seconds}.tracemalloc"))
     types = Counter(type(o).__qualname__ for o in gc.get_objects())
-    traced, peak = tracemalloc.get_traced_memory()
+    traced, peak = tracemalloc.get_traced_memory() if tracing else (None, None)
     out = where / f"heap-{seconds}.json"
-    out.write_text(json.dumps({
+    part = out.with_suffix(".json.part")  # renamed when whole: a reader never sees half
+    part.write_text(json.dumps({
         "seconds": seconds, "rss": _rss(), "traced": traced, "traced_peak": peak,
-        "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory(),
-        "malloc": _mallinfo(), "gc_counts": gc.get_count(),
+        "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory() if tracing else None,
+        "malloc": _mallinfo(), "sqlite": _sqlite(), "gc_counts": gc.get_count(),
         "objects": sum(types.values()), "types": dict(types.most_common(TYPES_KEPT))}))
+    part.rename(out)
     return out
 
 
@@ -92,8 +111,9 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
     every = float(env.get(ENV_EVERY) or 300)
     directory = Path(where)
     directory.mkdir(parents=True, exist_ok=True)
-    if not tracemalloc.is_tracing():
-        tracemalloc.start(int(env.get(ENV_FRAMES) or 12))
+    frames = int(env.get(ENV_FRAMES) or 12)
+    if frames > 0 and not tracemalloc.is_tracing():
+        tracemalloc.start(frames)
     began = time.monotonic()
     halt = threading.Event()
 
@@ -130,8 +150,8 @@ def compare(old: Path, new: Path, top: int = 25) -> list[str]:
         a, b = counts
         lines.append(f"rss {a['rss'] / 2**20:.1f} -> {b['rss'] / 2**20:.1f} MiB, traced "
                      f"{a['traced'] / 2**20:.1f} -> {b['traced'] / 2**20:.1f} MiB, malloc "
-                     f"{a['malloc']} -> {b['malloc']}, objects {a['objects']} -> "
-                     f"{b['objects']}")
+                     f"{a['malloc']} -> {b['malloc']}, sqlite {a.get('sqlite')} -> "
+                     f"{b.get('sqlite')}, objects {a['objects']} -> {b['objects']}")
         grew = sorted(((b["types"].get(t, 0) - a["types"].get(t, 0), t)
                        for t in {*a["types"], *b["types"]}), reverse=True)
         lines.append("types that grew: " + ", ".join(
