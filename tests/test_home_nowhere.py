@@ -1,7 +1,7 @@
 """A task made apart from an engine's intake and a cluster's claim (a claim given back
 as it is made) is kept nowhere (model.NOWHERE, DESIGN 25): its session's turn is given no
 state and keeps no checkpoint, and it spawns no child, each refusal in its words (a child
-or a state kept on this node would be no other node's to find)."""
+or a state kept on this node would be no other node's to find), and it asks no person."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
+from corral.askviews import AskKind, AskRequest
 from corral.jsonrpc import RpcError
 from corral.supervisor.tasks import Task
-from corral.supervisor.tasks.model import NOWHERE, SpawnOrder
+from corral.supervisor.tasks.model import NOWHERE, Resumer, SpawnOrder
 from corral.supervisor.tasks.spawntree import Lineage
 
 
@@ -45,3 +46,20 @@ async def test_a_task_kept_nowhere_spawns_nothing_and_its_turns_keep_nothing() -
     assert (checkpoint.value.code, checkpoint.value.message) == (
         jsonrpc.REFUSED,
         "session/checkpoint: task t1 is the cluster's and its session is not kept here")
+
+
+async def test_a_task_kept_nowhere_asks_no_one() -> None:
+    """Its ask would be this node's, not found by the node that resumes it: refused before
+    anything is kept, and no suspension gives it to anyone."""
+    task = _apart()
+    asks = task.home.asks
+    req = AskRequest(AskKind.APPROVAL, None, "t1", 1, "orch", "tool:1", {"tool": "x"}, None)
+    with pytest.raises(RpcError) as kept:
+        await asks.keep(task, req)
+    assert (kept.value.code, kept.value.message) == (
+        jsonrpc.REFUSED, "task t1 is the cluster's and its asks of a person are not kept "
+                         "here: its approval was not asked")
+    assert await asks.find(task, "tool:1") is None
+    assert await asks.read("ask-1") is None
+    assert await asks.withdraw("t1") == []
+    assert await asks.give_back(task, "waited") is Resumer.NOBODY

@@ -7,6 +7,7 @@ finds its call's ask again, and every refusal names what refused it."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from corral.daemon.inboxjournal import AsksDB
 from corral.daemon.store import StateStore
 from corral.jsonrpc import RpcError
 from corral.supervisor.stream import Stream
+from corral.supervisor.tasks.askwaits import EXPIRE_RETRY
 from corral.supervisor.tasks.inbox import (
     MAX_DECISION_BYTES,
     AskEnded,
@@ -26,6 +28,7 @@ from corral.supervisor.tasks.inbox import (
     Inbox,
     InboxBounds,
 )
+from corral.supervisor.tasks.waitclock import WaitClock
 
 
 def _approval(task_id: str = "t-1", key: str = "tool:1", attempt: int = 1,
@@ -38,11 +41,11 @@ def _approval(task_id: str = "t-1", key: str = "tool:1", attempt: int = 1,
 class Opened:
     """The state database opened as the daemon opens it, and the inbox on it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: WaitClock | None = None) -> None:
         self.store = StateStore(path)
         self.store.open_writer()
         self.stream = Stream()
-        self.inbox = Inbox(self.stream, AsksDB(self.store))
+        self.inbox = Inbox(self.stream, AsksDB(self.store), clock)
         self.told: list[AskEnded] = []
         self.stream.subscribe(self.told.append, AskEnded)
 
@@ -213,3 +216,77 @@ async def test_a_withdrawn_task_ends_its_asks_and_wakes_their_waiters(
     assert await asyncio.wait_for(waiter, 5) == withdrawn
     assert opened.inbox.pending() == [other]
     assert opened.inbox.waiting_for("t-1") == []
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> str:
+    """The first record saying `text`, once it is said (within 5 s)."""
+    for _ in range(500):
+        said = [r.getMessage() for r in caplog.records if text in r.getMessage()]
+        if said:
+            return said[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never said: {text}")
+
+
+async def test_a_deadline_the_store_refuses_is_tried_again_until_it_is_written(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The deadline's end not written (the asks' table gone from under the writer): said,
+    the ask pending and its waiter waiting; tried again EXPIRE_RETRY later on the
+    engine's clock, it ends timed out once the store takes it."""
+    clock = WaitClock(manual=True)
+    o = Opened(tmp_path / "corral.db", clock)
+    side = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    try:
+        ask = await o.inbox.ask(_approval(timeout=60))
+        waiter = asyncio.ensure_future(o.inbox.wait(ask))
+        side.execute("ALTER TABLE asks RENAME TO asks_away")
+        clock.advance(60)
+        said = await _logged(caplog, f"ask {ask.id} could not be timed out")
+        assert said.endswith("; trying again") and "no such table: asks" in said, said
+        assert o.inbox.get(ask.id) == ask and not waiter.done()
+        side.execute("ALTER TABLE asks_away RENAME TO asks")
+        clock.advance(EXPIRE_RETRY)
+        ended = await asyncio.wait_for(waiter, 5)
+        assert (ended.end, ended.by, ended.ended) == (AskEnd.TIMED_OUT, "corral",
+                                                      clock.time())
+        assert o.inbox.store.get(ask.id) == ended
+        assert o.inbox.waits.ids(ask.task_id) == ()
+    finally:
+        side.close()
+        await o.close()
+
+
+async def test_a_deadline_met_while_a_person_decides_leaves_the_ask_as_decided(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The decision's record being written (the write lock held a moment by another
+    connection) when the deadline comes: the deadline's end is refused as another
+    caller's, quietly, and tried again later; the person's decision is the end."""
+    clock = WaitClock(manual=True)
+    o = Opened(tmp_path / "corral.db", clock)
+    side = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    try:
+        ask = await o.inbox.ask(_approval(timeout=60))
+        side.execute("BEGIN IMMEDIATE")
+        deciding = asyncio.ensure_future(o.inbox.decide(
+            Decision(ask.id, AskEnd.APPROVED, "token alice")))
+        clock.advance(60)
+        again = clock.time() + EXPIRE_RETRY
+        for _ in range(500):  # the deadline refused: tried again EXPIRE_RETRY later
+            if any(t.when == again for t in clock.timers):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the deadline was not tried again")
+        assert not deciding.done()
+        side.execute("ROLLBACK")
+        decided = await asyncio.wait_for(deciding, 5)
+        assert (decided.end, decided.by) == (AskEnd.APPROVED, "token alice")
+        clock.advance(EXPIRE_RETRY)
+        assert await asyncio.wait_for(o.inbox.wait(ask), 5) == decided
+        assert o.inbox.store.get(ask.id) == decided
+        assert [e.ask.end for e in o.told] == [None, AskEnd.APPROVED]
+        assert not clock.timers and o.inbox.waits.ids(ask.task_id) == ()
+        assert not [r for r in caplog.records if "could not be timed out" in r.getMessage()]
+    finally:
+        side.close()
+        await o.close()
