@@ -134,8 +134,8 @@ async def audit_list(d: DaemonServices, p: m.AuditList, caller: Caller, c: Chann
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
                      params=redact.params(method, msgspec.json.decode(params)),
                      outcome=outcome, who=who, tenant=tenant)
-        for t, uid, pid, method, params, outcome, who, tenant in d.store.audit_log(
-            row_limit(p.limit))])
+        for t, uid, pid, method, params, outcome, who, tenant in
+        await d.store.audit_log_now(row_limit(p.limit))])
 
 
 @implements(m.DaemonClock)

@@ -165,8 +165,8 @@ class StateStore:
                            "audit WHERE tenant IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                            (tenant, tenant, self.audit_max_rows))
 
-        if self.writer is not None:
-            self.writer.submit(write, "audit row", size=len(row[4]))
+        if self.writer is not None:  # (lazy: one transaction for many calls' rows)
+            self.writer.submit(write, "audit row", size=len(row[4]), lazy=True)
             return
         try:  # no writer (before it opens, after it closes): here, and never raised
             with self.db:
@@ -194,6 +194,14 @@ class StateStore:
                                                 ).decode(),
                             f"error: {plural(rows, 'audit row')} could not be recorded: "
                             f"the state database could not be written ({reason})"))
+
+    async def audit_log_now(self, limit: int = 100) -> list[tuple[Any, ...]]:
+        """The audit log with every row queued so far in it (a row's write lingers: it
+        is committed here first), unless the database cannot be written now (the rows
+        wait in memory: what it holds is answered at once, as ever)."""
+        if self.writer is not None and not self.writer.outage.failing:
+            await self.writer.committed()
+        return self.audit_log(limit)
 
     def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
         rows = self.db.execute(

@@ -43,6 +43,10 @@ HERE_PAUSE = 10.0
 # reuses the file rather than shrinking it): a burst's high-water (10,000 tasks suspended
 # at once left 180 MB) is given back, steady work's WAL stays below it (decision 1010)
 WAL_KEPT_BYTES = 16 * 1024 * 1024
+# a write nobody waits for (an audit row: a gateway call's) waits this long for others to
+# join its batch: one transaction for many calls' rows, not one for each (issue 77);
+# `committed()` and every other write take it along at once
+LINGER = 0.05
 MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
 # SQLite's primary result codes of a write that may work when tried again: a full disk, an
 # I/O error (EFBIG past a file size limit is one), a read-only file (a remount), a lock
@@ -331,19 +335,26 @@ class GroupCommit(Generic[V]):
         self._pending_done: asyncio.Future[None] | None = None
         self._inflight_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
+        self._lingering: asyncio.TimerHandle | None = None  # a lazy write's flush, later
         self._hot = False  # a write was begun at once this turn (put's `now`)
         self.outage = Outage()
         self.first_failure = False  # the batch just settled failed, and began the outage
         self._retry: asyncio.Handle | None = None
 
-    def put(self, key: Hashable, value: V, *, now: bool = False) -> None:
+    def put(self, key: Hashable, value: V, *, now: bool = False, lazy: bool = False
+            ) -> None:
         """Add a write to the next batch. `now`: a write someone waits on at once (a step
         before its answer): when nothing else waits or is being written, it is the batch,
         begun now rather than at the turn's end (on the loop when the thread is idle, so
         `committed()` has nothing left to wait for); once a turn, so that many such
-        writes of one turn are still one batch."""
+        writes of one turn are still one batch. `lazy`: a write nobody waits for, whose
+        batch may begin up to LINGER seconds later."""
         self._put(key, value)
         if self._flush_scheduled or self._inflight_done is not None:
+            return
+        if lazy and not self.outage.failing:
+            if self._lingering is None:
+                self._lingering = self._loop.call_later(LINGER, self._flush)
             return
         if (now and not self._hot and len(self.pending) == 1
                 and not self.outage.failing):
@@ -387,6 +398,10 @@ class GroupCommit(Generic[V]):
 
     async def committed(self) -> None:
         """Until everything put so far has been tried (see the class doc for a failure)."""
+        if self.pending and self._lingering is not None and not self._flush_scheduled:
+            self._lingering.cancel()  # someone waits for the lazy writes now
+            self._lingering = None
+            self._schedule()
         if self.pending:
             if self._pending_done is None:
                 self._pending_done = self._loop.create_future()
@@ -397,6 +412,9 @@ class GroupCommit(Generic[V]):
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._retry = None
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         if self._inflight_done is not None or not self.pending:
             return
         items = list(self.pending.items())
@@ -505,21 +523,22 @@ class StoreWriter:
 
     def submit(self, write: Write, kind: str = "write",
                then: Callable[[], None] | None = None, key: Hashable | None = None,
-               size: int = 0) -> None:
+               size: int = 0, lazy: bool = False) -> None:
         """Queue `write(connection)` for the next batch (never blocks the loop); `kind`
         names it in the counts told while the database cannot be written; `then` runs on
         the loop once it is committed. A write with a `key` replaces a waiting one of the
         same key (an upsert of the same row: a replica's state checkpoint), so writes that
         supersede each other do not fill what is kept during an outage. `size`: the bytes
         it writes, where they may be many (a batch of many is not committed on the loop:
-        WriterThread.run_here)."""
+        WriterThread.run_here). `lazy`: nothing waits for it, so its batch may begin up to
+        LINGER seconds later, with others (GroupCommit.put)."""
         kept = _QueuedWrite(write, kind, then, key, size)
         slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
         if (self.outage.failing and len(self._group.pending) >= self.max_kept
                 and slot not in self._group.pending):
             self._drop(kind)
             return
-        self._group.put(slot, kept)
+        self._group.put(slot, kept, lazy=lazy)
 
     async def committed(self) -> None:
         """Until everything submitted so far has been tried (committed, or kept again
