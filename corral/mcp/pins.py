@@ -26,6 +26,7 @@ from ..jsonrpc import RpcError
 PINS_FILE = "tool-pins.json"  # in the daemon's state directory
 # what a definition is, for its pin: what a model reads and what it may send
 PINNED_KEYS = ("name", "description", "inputSchema", "annotations")
+MEMO = 4096  # listed definitions whose digest is remembered (Pins.seen)
 
 
 class Pin(msgspec.Struct, frozen=True):
@@ -99,6 +100,13 @@ class Pins:
         # (server, tool) -> the digest of the drifted definition seen last (not kept: a
         # server seen again says it again)
         self.drifted: dict[tuple[str, str], str] = {}
+        # a listed definition's digest, by the identity of the dict a server's listing
+        # made (held here, so that no other object takes its id): every call of a tool
+        # is seen, and its canonical JSON and SHA-256 anew each time were a visible part
+        # of a gateway call's CPU (issue 77). A server's listing is never changed in place
+        # (the client keeps it as decoded; a new listing is new dicts), so a new
+        # definition is always hashed.
+        self._memo: dict[int, tuple[dict[str, Any], dict[str, Any], str]] = {}
         if path is not None:
             try:
                 raw = path.read_bytes()
@@ -109,8 +117,7 @@ class Pins:
     def seen(self, server: str, tool: dict[str, Any]) -> Drift | None:
         """A definition seen now: pinned if its tool has no pin, else its drift (None when
         it is the pinned one)."""
-        definition = definition_of(tool)
-        digest = digest_of(definition)
+        definition, digest = self._digest(tool)
         pin = self.pins.get(server, {}).get(tool["name"])
         if pin is None:
             self._pin(server, tool["name"], digest, definition)
@@ -120,6 +127,17 @@ class Pins:
             return None
         self.drifted[(server, tool["name"])] = digest
         return Drift(server, tool["name"], pin, definition, digest)
+
+    def _digest(self, tool: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        known = self._memo.get(id(tool))
+        if known is not None and known[0] is tool:
+            return known[1], known[2]
+        definition = definition_of(tool)
+        digest = digest_of(definition)
+        if len(self._memo) >= MEMO:
+            self._memo.clear()
+        self._memo[id(tool)] = (tool, definition, digest)
+        return definition, digest
 
     def approve(self, drift: Drift) -> None:
         """A person approved the change: the new definition is the pin."""
