@@ -117,7 +117,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local max_queue = tonumber(ARGV[9])
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM')
-elseif max_queue > 0 and redis.call('XLEN', KEYS[2]) >= max_queue then
+elseif max_queue > 0 and redis.call('XLEN', KEYS[2])
+    - redis.call('XPENDING', KEYS[2], '{GROUP}')[1] >= max_queue then
   -- (what waits unread: a claimed entry stays, pending, until its outcome, and a task
   -- running is not waiting, as on one node; a task claimed at its submission is in no
   -- priority stream at all)

@@ -89,10 +89,18 @@ def test_a_keyed_submit_the_cluster_refused_lets_go_of_its_key(
         tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": sleeper("w") + "max_queue = 1\n"}) as ns:
         a = ns["a"]
-        # one running, one waiting: the queue is full
-        slow = [a.call("tasks.submit", {"agent": "w", "input": {
-            "do": "sleep", "seconds": 60}})["task_id"] for _ in range(2)]
-        wait_until(lambda: a.task(slow[0])["status"] == "running", what="running")
+
+        def sleeping() -> str:
+            return str(a.call("tasks.submit", {"agent": "w", "input": {
+                "do": "sleep", "seconds": 60}})["task_id"])
+
+        # one running (its replica's one slot taken), then one waiting: the queue is full
+        # (max_queue counts what waits, not the first's entry left pending in the stream)
+        slow = [sleeping()]
+        wait_until(lambda: a.task(slow[0])["status"] == "running"
+                   and a.status()["w#0"]["tasks_running"] == 1, what="the first running")
+        slow.append(sleeping())
+        assert a.task(slow[1])["status"] == "queued"
         assert error_of(a, "tasks.submit", {
             "agent": "w", "input": {"do": "echo"}, "idempotency_key": "q"}) == (
             "agent w's cluster queue is full (1 waiting, max_queue)")

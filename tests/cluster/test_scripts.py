@@ -117,6 +117,30 @@ async def test_max_queue_counts_the_tenants_agent_alone(client: Any) -> None:
     assert await client.smembers(K.agents) == {b"acme:w", b"globex:w"}
 
 
+async def test_max_queue_counts_what_waits_not_what_runs(client: Any) -> None:
+    """A claimed entry stays in its stream (pending) until its outcome: it runs, it does
+    not wait, and max_queue counts what waits unread alone, as one node's queue does."""
+    s = Scripts(client)
+    stream = K.stream("acme", "w", 0)
+    await client.set(K.alive("n/1"), b"{}")
+
+    async def read_claim() -> list[bytes]:
+        [(_, claims, *_)] = await s.run([(s.read_claim, [K.fence, stream], [
+            "n/1", "n", "2.0", records.claimed_attempt("n", 2.0), 2, "30.0", 1, K.prefix,
+            1, "acme"])])
+        return [c[2] for c in claims]
+
+    assert await submit(s, 1, max_queue=1) == 1
+    assert await submit(s, 2, max_queue=1) == -1  # 1 waits
+    assert await read_claim() == [TID.format(1).encode()]
+    assert await client.xlen(stream) == 1  # its entry, pending until its outcome
+    assert await submit(s, 2, max_queue=1) == 1  # 1 runs, 2 waits
+    assert await submit(s, 3, max_queue=1) == -1
+    assert await read_claim() == [TID.format(2).encode()]
+    assert await submit(s, 3, max_queue=1) == 1
+    assert await client.xlen(stream) == 3
+
+
 async def test_one_call_reads_and_claims_by_priority_its_share_of_what_waits(
         client: Any) -> None:
     """READ_CLAIM: the streams read highest priority first up to the count, at most the
