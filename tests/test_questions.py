@@ -151,21 +151,23 @@ async def test_a_bad_schema_or_a_prompt_past_its_bound_is_refused_to_the_agent(
         assert made.empty()  # nothing was asked of anyone
 
 
-async def test_the_inboxs_bounds_are_the_configs(tmp_path: Path) -> None:
-    """[supervisor] max_pending_asks_per_tenant 1: a second task's question is refused to
-    its agent by the bound's name while the first waits; the first answered, the next one
-    is asked."""
-    async with in_process(tmp_path, fleet(),
-                          supervisor="max_pending_asks_per_tenant = 1") as d:
+@pytest.mark.parametrize(("bound", "refused"), [
+    ("max_pending_asks_per_tenant", "the operator's tasks hold 1 pending asks, its bound "
+                                    "(max_pending_asks_per_tenant 1)"),
+    ("max_pending_asks", "the inbox holds 1 pending asks, its bound (max_pending_asks 1)")])
+async def test_the_inboxs_bounds_are_the_configs(tmp_path: Path, bound: str, refused: str
+                                                 ) -> None:
+    """[supervisor] max_pending_asks_per_tenant 1, or the daemon's max_pending_asks 1: a
+    second task's question is refused to its agent by the bound's name while the first
+    waits; the first answered, the next one is asked."""
+    async with in_process(tmp_path, fleet(), supervisor=f"{bound} = 1") as d:
         made = asks_made(d)
         tasks = d.sup.tasks
         first = asyncio.ensure_future(tasks.run("asker", {"prompt": "One?"},
                                                 TaskOptions(timeout=60)))
         ask = await asyncio.wait_for(made.get(), 30)
         second = await tasks.run("asker", {"prompt": "Two?"}, TaskOptions(timeout=60))
-        assert second.output == {"refused": "the operator's tasks hold 1 pending asks, its "
-                                            "bound (max_pending_asks_per_tenant 1)",
-                                 "code": jsonrpc.QUOTA_EXCEEDED}
+        assert second.output == {"refused": refused, "code": jsonrpc.QUOTA_EXCEEDED}
         await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann", "yes"))
         assert (await first).output["answer"] == "yes"
         third = asyncio.ensure_future(tasks.run("asker", {"prompt": "Three?"},
