@@ -32,6 +32,7 @@ def agents(directory: Path) -> str:
         command = ["{PY}", "{HERE}/asking_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         max_concurrent_tasks = 2
+        retries = 1
     """)
 
 
@@ -95,6 +96,19 @@ def test_an_ask_two_deciders_race_for_is_decided_once(home: Home) -> None:
         assert home.asks(at=at) == []
 
 
+@pytest.mark.differs("a cluster task held for a person's decision reads `running`, "
+                     "where a node's reads `waiting` (DESIGN 21's waiting state); both list "
+                     "the ask in the record's `asks`")
+def test_a_task_held_for_a_decision_reads_waiting_and_names_its_ask(home: Home) -> None:
+    task_id = home.submit("writer", bump(6))
+    ask = home.ask_of(task_id)
+    held = home.task(task_id, at=1)
+    home.decide(ask["id"], "denied", at=1, reason="not now")
+    assert home.wait(task_id)["status"] == "succeeded"
+    assert [a["id"] for a in held["asks"]] == [ask["id"]], held
+    assert held["status"] == "waiting", held
+
+
 def test_an_approval_past_its_timeout_ends_timed_out_and_its_task_fails(home: Home
                                                                           ) -> None:
     done = home.run("hasty", bump(3))
@@ -132,6 +146,38 @@ def test_a_question_is_answered_once_and_the_answer_reaches_the_agent(home: Home
     assert code == jsonrpc.CONFLICT
     assert re.fullmatch(rf"ask {ask['id']} has ended: answered by uid \d+ pid \d+ at \S+",
                         message), message
+
+
+def test_an_answer_is_a_step_a_retry_is_given_without_asking_again(home: Home,
+                                                                    tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    task_id = home.submit("asker", {"prompt": "Go?", "die_after_answer": True,
+                                    "marks": str(marks)})
+    home.decide(home.ask_of(task_id)["id"], "answered", at=1, answer="yes")
+    done = home.wait(task_id)
+    assert done["status"] == "succeeded", done
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
+    # the retry asked again and was answered from the journal: no ask made
+    assert done["output"] == {"answer": "yes", "second": None, "attempt": 2}
+    assert marks.read_text() == "1\n2\n"
+    assert home.asks() == []
+
+
+def test_a_pending_ask_outlives_a_crash_and_approved_its_call_runs_once(home: Home
+                                                                       ) -> None:
+    (home.dir / "server-count").unlink(missing_ok=True)
+    task_id = home.submit("writer", bump(5))
+    ask = home.ask_of(task_id)
+    home.crash(task_id)
+    # the same ask, pending; the task's retry made the same call and waits on it again
+    wait_until("the retry waiting on the same ask", lambda: [
+        a["id"] for a in home.task(task_id, at=1).get("asks", [])] == [ask["id"]])
+    assert [a["id"] for a in home.asks(at=1)] == [ask["id"]]
+    home.decide(ask["id"], "approved", at=1)
+    done = home.wait(task_id)
+    assert done["status"] == "succeeded", done
+    assert done["output"][0]["content"][0]["text"] == "bumped 5"
+    assert made_calls(home) == ["5"]
 
 
 def test_a_task_that_ends_withdraws_its_pending_asks(home: Home) -> None:

@@ -94,6 +94,14 @@ def test_a_delayed_task_outlives_a_crash_of_its_home_and_runs_once_at_its_time(
     assert [r for r in runs(record) if r == {"delayed": 1}] == [{"delayed": 1}]
 
 
+def test_a_delayed_task_cancelled_ends_cancelled_and_never_runs(home: Home) -> None:
+    task_id = home.submit("rec", {"never": 1}, delay=30.0)
+    home.call("tasks.cancel", {"task_id": task_id}, at=1)
+    done = home.wait(task_id)
+    assert (done["status"], done["attempts"]) == ("cancelled", []), done
+    assert {"never": 1} not in runs(home.dir / "record")
+
+
 def test_a_not_before_past_runs_at_once_and_one_ahead_waits_for_it(home: Home) -> None:
     done = home.run("sleeper", {"do": "echo"}, not_before=time.time() - 60)
     assert done["status"] == "succeeded", done
