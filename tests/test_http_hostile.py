@@ -261,6 +261,52 @@ def test_a_thousand_streams_that_never_read_are_bounded_and_capped(http: Http) -
     settled(http, rss0, 160 * MiB, probe)
 
 
+def test_the_stream_caps_are_the_configs(tmp: Path) -> None:
+    """[http] max_streams 3 and max_streams_per_token 2: a token's third stream is refused
+    naming its limit, and anyone's past the server's three naming the server's; a stream
+    closed frees its slot."""
+    port = free_port()
+    with running_daemon(tmp, hello("hello") + f"""
+[http]
+listen = "127.0.0.1:{port}"
+max_streams = 3
+max_streams_per_token = 2
+""") as d:
+        h = Http(d, port)
+        a, b = h.token("a"), h.token("b")
+
+        def opened(token: str) -> tuple[socket.socket, bytes]:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(request(token, "/api/v1/events/stream?pattern=*"))
+            s.settimeout(10)
+            return s, s.recv(4096)
+
+        def refused(token: str) -> bytes:
+            s, got = opened(token)
+            got += answer_of(s, 5)
+            s.close()
+            assert got.startswith(b"HTTP/1.1 503"), got
+            return got
+
+        socks: list[socket.socket] = []
+        try:
+            for token in (a, a, b):
+                s, head = opened(token)
+                socks.append(s)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                if len(socks) == 2:
+                    assert b"holds 2 streams, its limit (max_streams_per_token)" in refused(a)
+            assert b"3 streams are open, the server's limit (max_streams)" in refused(b)
+            socks.pop(0).close()
+            wait_until(lambda: h.connections() == 2, what="a's first stream closed")
+            s, head = opened(a)
+            socks.append(s)
+            assert head.startswith(b"HTTP/1.1 200"), head
+        finally:
+            for s in socks:
+                s.close()
+
+
 # -- a stream's flow control, in this process (the fan-out's state is visible) ---------------
 class RawStream:
     """`/events/stream` on a socket with a small receive buffer, read only when asked:
