@@ -27,8 +27,9 @@ class Gateway(NamedTuple):
     tokens: dict[str, str]  # tenant -> its API token (mcp:call)
 
 
-@pytest.fixture
-def gateway() -> Iterator[Gateway]:
+@contextlib.contextmanager
+def started(gateway: str = "") -> Iterator[Gateway]:
+    """acme's agent chat and globex's w behind the gateway (`gateway`: more of its keys)."""
     tmp = shared_tmpdir()
     port = free_port()
     agents = sleeper("chat") + 'tenant = "acme"\n' + sleeper("w") + 'tenant = "globex"\n'
@@ -38,10 +39,17 @@ def gateway() -> Iterator[Gateway]:
 [gateway]
 listen = "127.0.0.1:{port}"
 max_tasks_per_client = {BOUND}
+{gateway}
 """) as d:
         tokens = {t: d.json("token", "create", f"mcp-{t}", "--scope", "mcp:call",
                             "--tenant", t)["token"] for t in ("acme", "globex")}
         yield Gateway(d, f"http://127.0.0.1:{port}", tokens)
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    with started() as g:
+        yield g
 
 
 def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any],
@@ -195,3 +203,19 @@ def test_a_2025_11_25_session_that_declared_the_extension_is_offered_it_and_no_o
             "code": -32602, "message": "invalid params: a taskId is needed"}
         assert ask("tasks/get", {"taskId": handle["taskId"]})["result"]["taskId"] == \
             handle["taskId"]
+
+
+def test_an_ended_handle_is_kept_task_ttl_seconds() -> None:
+    """[gateway] task_ttl 2: a handle says its ttl, and is let go that long after it
+    ended (its corral task is kept as any: only the handle goes)."""
+    with started("task_ttl = 2") as g:
+        handle = rpc(g, "acme", "tools/call", {"name": "chat", "arguments": {
+            "do": "echo"}})["result"]
+        assert handle["ttlMs"] == 2000
+        tid, task_id = handle["taskId"], handle["_meta"]["corral/task"]
+        assert ended(g, "acme", tid)["ttlMs"] == 2000
+        gone = wait_until(lambda: rpc(g, "acme", "tasks/get", {"taskId": tid}).get("error"),
+                          timeout=30, what="the handle let go")
+        assert gone == {"code": -32602, "message": f"invalid params: no task {tid} of "
+                        "this client", "data": {"taskId": tid}}
+        assert corral_task(g, task_id)["status"] == "succeeded"
