@@ -278,7 +278,7 @@ async def test_a_tree_ends_with_its_tasks_and_is_pruned_by_the_next_daemon(
     async with in_process(tmp_path, fleet()) as d:
         res = await run(d, {"children": 3, "count": str(count)})
         assert res.status == "succeeded", res
-        await d.sup.tasks.spawns.close()  # the rows' ends kept
+        await d.sup.tasks.spawns.node.close()  # the rows' ends kept
         db = sqlite3.connect(db_path)
         assert db.execute("SELECT kind, name, status FROM calls WHERE call_id = ?",
                           (res.task_id,)).fetchone() == ("spawn", "orch", "succeeded")

@@ -161,7 +161,7 @@ async def test_a_tree_whose_tasks_ended_unseen_is_ended_by_the_next_daemon(
     finally:
         store.close()
     async with in_process(tmp_path, fleet()) as d:
-        await d.sup.tasks.spawns.close()  # its recovery and the ends it kept
+        await d.sup.tasks.spawns.node.close()  # its recovery and the ends it kept
         calls = CallJournal(d.services.store)
         tree = calls.load(root)
         assert tree is not None and tree.status == "succeeded"

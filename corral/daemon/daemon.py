@@ -433,7 +433,7 @@ class Daemon:
         # for the daemon's life, must not keep thousands of suspended tasks' twice
         unfinished.clear()
         s.workflows.recover()  # after the tasks: a run's recorded task is found
-        up.sup.parts.tasks.spawns.recover()  # (a spawn's child's end is found)
+        up.sup.parts.tasks.spawns.node.recover()  # (a spawn's child's end is found)
         s.teams.recover()  # (so is a team call's)
         s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:

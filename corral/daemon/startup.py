@@ -411,8 +411,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 await asyncio.to_thread(steps.recover)  # the step log a kill left
                 parts.tasks.journal_to(journal, steps)
                 # spawn trees, durable calls (supervisor/tasks/spawntree.py), read back
-                parts.tasks.spawns.keep_in(CallJournal(store))
-                own.push_async_callback(parts.tasks.spawns.close)
+                parts.tasks.spawns.node.keep_in(CallJournal(store))
+                own.push_async_callback(parts.tasks.spawns.node.close)
                 # tasks' live output (docs/streams.md), kept and pruned with their tasks
                 outputs = OutputsDB(store.path, store.thread, on_error=error)
                 own.push_async_callback(outputs.close)

@@ -38,7 +38,6 @@ from .steps import TaskSteps
 from .worker import WorkerMethods
 
 if TYPE_CHECKING:
-    from ..durable.store import DurableStore
     from ..replica import Replica
 
 # who submits tasks now, when a glob limits the agents they reach (a token's `--agents`),
@@ -68,15 +67,6 @@ class Spawns:
         self.replayed = 0  # spawns answered from where they are kept
         on_request(engine.sup.worker_methods, TaskSpawnParams, self.on_spawn)
         on_request(engine.sup.worker_methods, TaskWaitParams, self.on_wait)
-
-    def keep_in(self, store: DurableStore) -> None:
-        self.node.keep_in(store)
-
-    def recover(self) -> None:
-        self.node.recover()
-
-    async def close(self) -> None:
-        await self.node.close()
 
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
