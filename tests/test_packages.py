@@ -449,9 +449,11 @@ async def test_builds_are_bounded_and_leave_nothing_when_they_fail(
     slow = slow_package(tmp_path / "slow", tmp_path / "marker")
     big = package(tmp_path / "big", "9.0")
     (big / "data.bin").write_bytes(os.urandom(2 << 20))
+    huge = package(tmp_path / "huge", "9.1")
+    (huge / "data.bin").write_bytes(os.urandom(4 << 20))
     v1 = package(tmp_path / "v1", "1.0")
     async with in_process(tmp_path, "", packages_toml(
-            uv_cache, "build_timeout = 4\nmax_release_mb = 1\n")) as d:
+            uv_cache, "build_timeout = 4\nmax_release_mb = 1\nmax_source_mb = 3\n")) as d:
         packages = d.services.packages
         await deploy(d, v1)
         pid = d.sup.agent("greeter").replicas[0].pid
@@ -466,12 +468,18 @@ async def test_builds_are_bounded_and_leave_nothing_when_they_fail(
             await deploy(d, big)
         assert err.value.message == ("deploy of greeter: the release grew past [packages] "
                                      "max_release_mb (1 MB); nothing changed")
+        with pytest.raises(RpcError) as err:
+            await deploy(d, huge)
+        assert err.value.message == (
+            f"deploy of greeter: source: more than 3 MB under {huge}: data.bin (4 MB) takes "
+            "it past [packages] max_source_mb; leave out what is not the package with "
+            "exclude = [...]; nothing changed")
         # nothing left of either; the running release untouched
         assert [p.name for p, _, _ in packages.releases.of("greeter")] == [
             d.sup.agent("greeter").spec.release.rsplit("/", 1)[1]]
         assert d.sup.agent("greeter").replicas[0].pid == pid
         assert (await ask(d))["version"] == "1.0"
-        assert packages.builder.failed == 2
+        assert packages.builder.failed == 2  # (a source past its bound starts no build)
         packages.settings.min_free_mb = 1 << 40
         with pytest.raises(RpcError) as err:
             await deploy(d, package(tmp_path / "v2", "2.0"))
