@@ -290,3 +290,30 @@ async def test_a_deadline_met_while_a_person_decides_leaves_the_ask_as_decided(
     finally:
         side.close()
         await o.close()
+
+
+async def test_a_decision_met_by_its_tasks_withdrawal_is_told_the_withdrawal(
+        opened: Opened) -> None:
+    """The task's end withdraws its ask (the record being written: the write lock held a
+    moment by another connection) as a person decides it: the decision waits for that
+    write and is refused naming the withdrawal, not another caller."""
+    ask = await opened.inbox.ask(_approval("t-1"))
+    side = sqlite3.connect(opened.store.path, isolation_level=None)
+    try:
+        side.execute("BEGIN IMMEDIATE")
+        withdrawing = asyncio.ensure_future(opened.inbox.withdraw("t-1"))
+        await asyncio.sleep(0)  # (its end being written)
+        deciding = asyncio.ensure_future(opened.inbox.decide(
+            Decision(ask.id, AskEnd.APPROVED, "token alice")))
+        await asyncio.sleep(0.05)
+        assert not deciding.done() and not withdrawing.done()
+        side.execute("ROLLBACK")
+        [withdrawn] = await asyncio.wait_for(withdrawing, 5)
+        with pytest.raises(RpcError) as refused:
+            await asyncio.wait_for(deciding, 5)
+    finally:
+        side.close()
+    assert refused.value.code == jsonrpc.CONFLICT
+    assert refused.value.message.startswith(
+        f"ask {ask.id} has ended: withdrawn by corral at "), refused.value.message
+    assert opened.inbox.store.get(ask.id) == withdrawn

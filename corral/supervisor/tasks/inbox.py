@@ -20,6 +20,7 @@ task ends are the engine's for every home (askwaits.AskWaits, `Inbox.waits`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -210,6 +211,9 @@ class Inbox:
         # pending, so that asks made at once do not pass a bound together
         self._storing: dict[str | None, int] = {}
         self._deciding: set[str] = set()
+        # ask id -> its end by corral being written (a withdrawal, a deadline): a decision
+        # meanwhile is told that end once written
+        self._corral: dict[str, asyncio.Future[Ask | None]] = {}
 
     def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS,
              ids: Mapping[str, str] = MappingProxyType({})) -> int:
@@ -323,6 +327,9 @@ class Inbox:
         """End a pending ask as a person decided. Refused (exact messages in
         docs/approvals.md): no such pending ask (NOT_FOUND: ended asks say how), an end
         its kind does not take, data past MAX_DECISION_BYTES (INVALID_PARAMS)."""
+        ending = self._corral.get(decision.ask_id)
+        if ending is not None and (ended := await asyncio.shield(ending)) is not None:
+            raise RpcError(jsonrpc.CONFLICT, ended_message(ended))
         ask = self._held(decision.ask_id)
         if ask is None or decision.ask_id in self._deciding:
             raise self._not_pending(decision.ask_id)
@@ -347,12 +354,20 @@ class Inbox:
         """The ask ended, committed before anyone waiting is told (a store that cannot be
         written refuses the decision; the ask stays pending)."""
         self._deciding.add(ask.id)
+        ending = None
+        if by == CORRAL:
+            ending = self._corral[ask.id] = asyncio.get_running_loop().create_future()
+        ended = msgspec.structs.replace(ask, end=end, ended=self.clock.time(), by=by,
+                                        data=data)
+        written = None
         try:
-            ended = msgspec.structs.replace(ask, end=end, ended=self.clock.time(), by=by,
-                                            data=data)
             await self.store.save(ended)
+            written = ended
         finally:
             self._deciding.discard(ask.id)
+            if ending is not None:
+                del self._corral[ask.id]
+                ending.set_result(written)
         self._release(ask)
         self._tell(ended)  # (whoever waits is told: askwaits.py)
         return ended
