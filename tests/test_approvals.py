@@ -367,6 +367,59 @@ async def test_the_webhook_delivers_each_ask_signed_in_order_retried(tmp_path: P
         f"{ask_id}:approved", "approved", "uid -1 pid -1")
 
 
+@pytest.mark.deadline(120)
+async def test_the_webhooks_bounds_are_the_configs(tmp_path: Path) -> None:
+    """webhook_timeout 0.5, webhook_retries 1, webhook_queue 1, to a receiver that never
+    answers: the pending ask's delivery is tried twice, each cut at its timeout, then
+    given up; the approval's, told while the first is being delivered, finds the queue
+    full and is dropped. Each said in the daemon's log by the bound's name."""
+    hung: list[bytes] = []
+
+    async def never(request: web.Request) -> web.Response:
+        hung.append(await request.read())
+        await asyncio.sleep(60)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", never)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}/hook"
+    try:
+        table = (f'\n[approvals]\nwebhook = "{url}"\nwebhook_secret = '
+                 '"sixteen-chars-or-more"\nwebhook_timeout = 0.5\nwebhook_retries = 1\n'
+                 'webhook_queue = 1\n')
+        async with in_process(tmp_path, fleet(tmp_path), table) as d:
+            await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+                {"agent": "writer", "input": bump(8)}))
+            await wait_until_async(lambda: len(hung) == 1)
+            ask_id = msgspec.json.decode(hung[0])["ask"]["id"]
+            await d.dispatcher.call(OPERATOR, "approvals.resolve",
+                                    {"id": ask_id, "decision": "approved"})
+
+            async def said() -> list[str]:
+                lines = await d.dispatcher.call(SOCKET, "logs.tail",
+                                                {"names": ["corral"], "lines": 500})
+                return [ln.text for ln in lines.lines if "approvals webhook" in ln.text]
+
+            gave_up = (f"approvals webhook: delivery {ask_id}:pending given up after 2 "
+                       f"attempts to {url} (")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            seen = await said()
+            while not any(t.startswith(gave_up) for t in seen):
+                assert loop.time() < deadline, seen
+                await asyncio.sleep(0.05)
+                seen = await said()
+    finally:
+        await runner.cleanup()
+    assert [msgspec.json.decode(b)["delivery"] for b in hung] == [f"{ask_id}:pending"] * 2
+    assert (f"approvals webhook: a delivery of ask {ask_id} dropped: 1 wait for {url}, "
+            "the bound (webhook_queue 1)") in seen, seen
+
+
 @pytest.mark.parametrize(("table", "said"), [
     ('webhook = "ftp://x/hook"\nwebhook_secret = "sixteen-chars-or-more"',
      "approvals.webhook: 'ftp://x/hook' is not an http:// or https:// URL"),
