@@ -323,6 +323,67 @@ async def test_tracing_starts_before_the_state_directory_exists(engines: Engines
         await traces.close()
 
 
+async def test_an_export_is_cut_at_export_timeout(engines: Engines, tmp_path: Path) -> None:
+    """[tracing] export_timeout 0.5 against a collector that answers after 2 s: the export
+    fails at its timeout and is counted (the default 5 s would have waited for it)."""
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(2)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", slow)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/traces"
+    sup, traces = traced(engines, tracing(url, export_interval=3600, export_timeout=0.5),
+                         tmp_path)
+    await start_traces(traces)
+    try:
+        sup.add(agent("a"))
+        await sup.wait_state("a", State.READY)
+        assert (await sup.tasks.run("a", {"name": "x"})).status == "succeeded"
+        await traces.sync(sent=True)
+        assert (traces.export_failures, traces.exported) == (1, 0)
+        assert traces.last_error is not None and "timed out" in traces.last_error, (
+            traces.last_error)
+    finally:
+        await traces.close()
+        await runner.cleanup()
+
+
+async def test_the_store_keeps_the_newest_keep_spans(engines: Engines, tmp_path: Path
+                                                     ) -> None:
+    """[tracing] keep_spans 3 (a task's three spans): the store, pruned as an exporter
+    starts writing (and once a minute after), keeps the last task's trace alone."""
+    cfg = tracing(None, keep_spans=3, export_interval=3600)
+    ids = []
+    for runs in (2, 1):  # two daemons' lives on one state directory
+        sup, traces = traced(engines, cfg, tmp_path)
+        await start_traces(traces)
+        try:
+            sup.add(agent("a"))
+            await sup.wait_state("a", State.READY)
+            for i in range(runs):
+                ids.append((await sup.tasks.run("a", {"name": str(i)})).task_id)
+                await traces.sync()
+            assert len((await traces.trace(ids[-1])).spans) == 3
+            if runs == 2:  # nothing pruned yet: the first prune saw one task's
+                assert len((await traces.trace(ids[0])).spans) == 3
+        finally:
+            await traces.close()
+        await sup.close(graceful=False)
+    traces = traces_of(cfg, tmp_path, SPARED)
+    assert traces is not None
+    await start_traces(traces)
+    try:
+        assert [len((await traces.trace(t)).spans) for t in ids] == [0, 0, 3]
+    finally:
+        await traces.close()
+
+
 # -- sampling -------------------------------------------------------------------------------------
 def test_the_head_decision() -> None:
     s = Sampling(ratio=0.5)
