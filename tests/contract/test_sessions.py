@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from corral import jsonrpc
+
 from ..conftest import ROOT
 from ..daemon_harness import PY
 from .home import Home, wait_until
@@ -91,3 +93,23 @@ def test_a_turn_in_flight_at_a_crash_runs_again_with_the_last_state(home: Home,
     after = home.wait(third)
     assert after["output"]["turns"] == [1, 2, 3]
     assert after["attempts"][0]["started"] >= done["finished"]
+
+
+def test_a_session_is_ended_only_with_no_turn_unfinished_and_then_starts_afresh(
+        home: Home, tmp_path: Path) -> None:
+    assert home.run("chat", {"turn": 1}, session="s4")["output"]["turns"] == [1]
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    held = home.submit("chat", {"turn": 2, "hold": str(gate)}, session="s4")
+    home.status_of(held, "running")
+    code, message = home.refusal("sessions.end", {"agent": "chat", "session": "s4"}, at=1)
+    assert (code, message) == (jsonrpc.CONFLICT, f"session s4 of agent chat has 1 "
+                               f"unfinished task: task {held} is running; cancel them or "
+                               "wait for them to end")
+    opened = threading.Thread(target=lambda: open(gate, "wb").close())
+    opened.start()
+    assert home.wait(held)["output"]["turns"] == [1, 2]
+    opened.join(10)
+    home.call("sessions.end", {"agent": "chat", "session": "s4"}, at=1)
+    again = home.run("chat", {"turn": 3}, session="s4")
+    assert (again["output"]["turns"], again["output"]["given"]) == ([3], False)

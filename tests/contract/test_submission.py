@@ -71,6 +71,19 @@ def test_an_attempt_past_its_timeout_ends_timed_out(home: Home) -> None:
     assert done["finished"] - done["started"] < 10
 
 
+def test_a_running_task_cancelled_at_another_entry_ends_cancelled(home: Home) -> None:
+    task_id = home.submit("sleeper", {"do": "sleep", "seconds": 60})
+    home.status_of(task_id, "running")
+    home.call("tasks.cancel", {"task_id": task_id}, at=1)
+    done = home.wait(task_id)
+    assert done["status"] == "cancelled", done
+    assert [a["outcome"] for a in done["attempts"]] == ["cancelled"]
+    assert done["finished"] - done["started"] < 30
+    code, message = home.refusal("tasks.cancel", {"task_id": task_id})
+    assert (code, message) == (jsonrpc.CONFLICT, f"task {task_id} already finished "
+                               "(cancelled)")
+
+
 def test_a_delayed_task_is_queued_until_its_time(home: Home) -> None:
     task_id = home.submit("sleeper", {"do": "echo"}, delay=1.5)
     queued = home.task(task_id, at=1)
