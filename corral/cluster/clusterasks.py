@@ -22,15 +22,11 @@ them). An ask made here, and an end written here, is told on this node's stream 
 inbox's are (AskEnded): its feeds (`approvals.watch`) and its webhook have it, each
 once in the cluster.
 
-The waits on an ask, its deadline (approve_timeout, a question's timeout) and its
-withdrawal when its task ends here are the engine's (supervisor/tasks/askwaits.py), as
-for a node's own: an end written here is told at once (AskEnded); one written on another
-node is learned by a read of the asks heeded here (one pipeline) woken by END's message
-on the asks' channel (Keys.asks_ended), and once a beat while any is heeded, which stands
-in for a message lost (the subscription not yet made, Redis away and back): decision
-770; and told to the engine's waits (AskHeard). The node that takes a task over waits out
-what is left of its asks' deadlines; a suspended task's (no node waits on them) are
-found by any node's beat and ended by its engine's waits.
+The waits, deadlines and withdrawal at a task's end are the engine's (askwaits.py): an
+end written on another node is learned by a read of the asks heeded here woken by END's
+message on the asks' channel (Keys.asks_ended), and once a beat, which stands in for a
+message lost (decision 770); a suspended task's asks past their deadline, which no node
+waits on, are found by any node's beat.
 """
 
 from __future__ import annotations

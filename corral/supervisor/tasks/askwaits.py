@@ -1,13 +1,7 @@
-"""The engine's waits on asks of a person, whichever home keeps them (DESIGN 23, 25;
-docs/approvals.md): a call's wait for its ask's end, each ask's deadline (a question's
-`timeout`, a call's `approve_timeout`) on the engine's WaitClock (so a manual clock
-moves every home's), and the withdrawal of a task's pending asks when it ends.
-
-Written once above the homes' AskShelf (model.py): the node's inbox (inbox.py, SQLite)
-and a cluster's (corral.cluster.clusterasks, Redis) keep the records and answer atomic
-questions (found or made, ended once). An end is learned from AskEnded (written on this
-node, told on its feeds) or AskHeard (learned by a home from where it is kept: another
-node wrote it)."""
+"""The engine's waits on asks of a person, whichever home keeps them (model.AskShelf:
+the node's inbox, a cluster's Redis; DESIGN 25): a call's wait for its ask's end, each
+ask's deadline on the engine's WaitClock (a manual clock moves every home's), and the
+withdrawal of a task's pending asks when it ends."""
 
 from __future__ import annotations
 
