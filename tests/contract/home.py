@@ -52,10 +52,12 @@ class Tenant:
         self.base = f"http://127.0.0.1:{port}/api/v1"
         self.secret = secret
 
-    def __call__(self, verb: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def __call__(self, verb: str, path: str, body: Any = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=verb, headers={
-            "Authorization": f"Bearer {self.secret}", "Content-Type": "application/json"})
+            "Authorization": f"Bearer {self.secret}", "Content-Type": "application/json",
+            **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=PATIENCE) as r:
                 return r.status, json.loads(r.read() or b"null")

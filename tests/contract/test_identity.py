@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 HERE = Path(__file__).parent.parent
 CHAT = {"command": [PY, str(EXAMPLES / "misbehave.py")], "env": {"PYTHONPATH": str(ROOT)},
         "stop_timeout": 5.0}
+TALK = {**CHAT, "command": [PY, str(HERE / "session_agent.py")]}
 
 
 def agents(directory: Path) -> str:
@@ -37,6 +38,11 @@ def agents(directory: Path) -> str:
         command = ["{PY}", "{HERE}/session_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         tenant = "acme"
+
+        [agents.globex-chat]
+        command = ["{PY}", "{HERE}/session_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "globex"
     """)
 
 
@@ -108,3 +114,35 @@ def test_a_tenant_taking_a_freed_name_is_shown_nothing_its_earlier_holder_left(
     status, body = acme("GET", f"/tasks/{task_id}")
     assert (status, body["tenant"], body["output"]["secret"]) == (200, "acme", "acme-4711")
     assert globex("DELETE", "/agents/chat")[0] == 200
+
+
+def test_a_session_behind_a_freed_name_is_not_handed_to_its_new_holder(home: Home
+                                                                       ) -> None:
+    acme, globex = home.tenant("acme"), home.tenant("globex", at=1)
+    assert acme("POST", "/agents", {"agents": {"talk": TALK}})[0] == 200
+    status, body = acme("POST", "/tasks?wait=30", {"agent": "talk", "session": "s",
+                                                  "input": {"turn": "acme-4711"}})
+    assert (status, body["output"]["turns"]) == (200, ["acme-4711"]), body
+    assert acme("DELETE", "/agents/talk")[0] == 200
+    assert globex("POST", "/agents", {"agents": {"talk": TALK}})[0] == 200
+    assert unseen(globex, "/sessions", "acme-4711") == (200, {"sessions": []})
+    status, body = unseen(globex, "/agents/talk/sessions/s", "acme-4711")
+    assert status == 404, body
+    status, body = globex("POST", "/tasks?wait=30", {"agent": "talk", "session": "s",
+                                                    "input": {"turn": 1}})
+    # its own session of the name, started afresh: nothing of acme's state
+    assert (status, body["output"]["turns"], body["output"]["given"]) == (
+        200, [1], False), body
+    assert globex("DELETE", "/agents/talk")[0] == 200
+
+
+def test_an_idempotency_key_is_each_tenants_own(home: Home) -> None:
+    acme, globex = home.tenant("acme"), home.tenant("globex", at=1)
+    key = {"Idempotency-Key": "order-7"}
+    ran = [who("POST", "/tasks?wait=30", {"agent": "acme-chat" if who is acme else
+                                          "globex-chat", "input": {"turn": 1}}, key)
+           for who in (acme, globex, acme)]
+    assert [status for status, _ in ran] == [200, 200, 200], ran
+    first, other, again = (body for _, body in ran)
+    assert other["task_id"] != first["task_id"]
+    assert (again["task_id"], again["replayed"]) == (first["task_id"], True)
