@@ -7,19 +7,30 @@ really made, across every kill."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..daemon_harness import counting_fleet
+from corral import jsonrpc
+
+from ..daemon_harness import PY, counting_fleet
 from .home import Home, wait_until
 
 pytestmark = pytest.mark.timeout(120)
+HERE = Path(__file__).parent.parent
 
 
 def agents(directory: Path) -> str:
-    return counting_fleet(directory, "durable", "durable_agent.py")
+    # `asks`: a raw worker (tests/replaying_agent.py) that keeps step "s" by the protocol
+    # on its first attempt, exits, and asks for it again and again on its retry
+    return counting_fleet(directory, "durable", "durable_agent.py") + textwrap.dedent(f"""
+        [agents.asks]
+        command = ["{PY}", "{HERE}/replaying_agent.py"]
+        retries = 1
+        backoff_initial = 0.05
+    """)
 
 
 def made_calls(home: Home) -> list[str]:
@@ -58,6 +69,18 @@ def test_a_retried_attempt_is_given_its_named_steps_each_run_once(
     assert counter.read_text().split() == [str(i) for i in range(1, 6)]
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
     assert done["attempts"][1]["replayed"] == 2
+
+
+def test_a_named_step_kept_by_the_protocol_is_given_to_every_ask_of_the_retry(
+        home: Home) -> None:
+    done = home.run("asks", {"asks": 50})
+    assert done["status"] == "succeeded", done
+    assert done["output"] == {"got": [{"found": True, "result": 42}] * 50, "own": {
+        "code": jsonrpc.INVALID_PARAMS,
+        "message": "step/get: the step name 'corral/lineage' is reserved: names "
+                   "beginning spawn: or corral/ are corral's own steps"}}
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
+    assert done["attempts"][1]["replayed"] == 1
 
 
 def test_a_retry_that_diverges_is_marked_and_goes_on_live(home: Home, tmp_path: Path
