@@ -458,6 +458,38 @@ def test_a_decision_past_the_asks_deadline_is_refused_and_the_ask_timed_out(
         assert counted(tmp) == []
 
 
+def test_an_asks_deadline_is_the_clock_of_the_node_that_waits_on_it(
+        tmp: Path, redis: RedisServer) -> None:
+    """Kept by the engine's waits, as a node task's ask's is: on a node's manual clock a
+    decision past the wall's deadline is applied (the clock has not reached it), and a
+    move of that clock past it ends the next ask timed out, its task failed as its
+    policy says."""
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents}, supervisor="manual_clock = true") as ns:
+        a = ns["a"]
+        both_alive(ns)
+        first = a.call("tasks.submit", {"agent": "hasty", "input": bump(7)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), what="its ask")
+        wait_until(lambda: time.time() > ask["deadline"] + 1.0, what="the wall past it")
+        assert a.cli("approvals", "approve", ask["id"]).returncode == 0
+        done = a.call("tasks.get", {"task_id": first, "wait": True})
+        assert done["status"] == "succeeded", done
+        assert counted(tmp) == ["7"]
+        second = a.call("tasks.submit", {"agent": "hasty", "input": bump(8)})["task_id"]
+        [ask] = wait_until(lambda: pending(a), what="its ask")
+        wait_until(lambda: running_task(ns, second), what="its attempt waiting")
+        moved = a.cli("clock", "--advance", "1")
+        assert moved.returncode == 0, moved.stderr
+        done = a.call("tasks.get", {"task_id": second, "wait": True})
+        assert done["status"] == "failed", done
+        assert done["error"]["message"] == (
+            f"tool call counting__bump was not approved within 0.5 s (approve_timeout; "
+            f"ask {ask['id']})")
+        got = a.call("approvals.get", {"id": ask["id"]})
+        assert (got["end"], got["by"]) == ("timed_out", "corral")
+        assert counted(tmp) == ["7"]
+
+
 def test_redis_away_the_inbox_says_so_and_nothing_asked_is_lost(
         tmp: Path, redis: RedisServer) -> None:
     redis.appendfsync = "always"
