@@ -10,9 +10,11 @@ import asyncio
 import json
 import shlex
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from corral import jsonrpc
@@ -138,6 +140,49 @@ async def test_a_removed_agents_revisions_and_logs_go_after_their_retention(
         # a chat added again starts anew
         await add(d, "chat")
         assert await revisions(d, "chat") == [1]
+
+
+async def test_a_finished_task_past_journal_max_age_is_pruned_from_the_journal(
+        tmp_path: Path) -> None:
+    """[supervisor] journal_max_age 1: a task finished more than a second before a start
+    is gone from the journal then (the journal prunes at start and every minute); one
+    finished since is kept."""
+    async def run(d: Daemon) -> tuple[str, float]:
+        r = await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(
+            {"agent": "keep", "input": {}}))
+        assert r.status == "succeeded"
+        return r.task_id, time.time()  # (at or after its finish)
+
+    async def status(d: Daemon, task_id: str) -> str:
+        try:
+            return str((await d.dispatcher.call(SOCKET, "tasks.get",
+                                                {"task_id": task_id})).status)
+        except RpcError as exc:
+            return exc.message
+
+    async with in_process(tmp_path, toml("keep"), supervisor="journal_max_age = 1") as d:
+        old, finished = await run(d)
+    await until("a second since it finished", lambda: asyncio.sleep(
+        0.05, time.time() > finished + 1))
+    async with in_process(tmp_path, toml("keep"), supervisor="journal_max_age = 1") as d:
+        new, _ = await run(d)
+        assert (await status(d, old)).startswith(f"no such task: {old}")
+        assert await status(d, new) == "succeeded"
+
+
+async def test_outputs_past_tasks_kept_mb_leave_memory(tmp_path: Path) -> None:
+    """[supervisor] tasks_kept_mb (0.0002: ~200 bytes) with no journal to read them back
+    from: the older finished task's output is dropped, said so, the newest kept."""
+    async with in_process(tmp_path, toml("keep"), supervisor=(
+            "task_journal = false\ntasks_kept_mb = 0.0002")) as d:
+        ids = [(await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
+            "agent": "keep", "input": {"name": str(i) * 100}}))).task_id for i in range(2)]
+        got = [await d.dispatcher.call(SOCKET, "tasks.get", {"task_id": t}) for t in ids]
+        assert [(g.output_dropped, g.output is None) for g in got] == [
+            (True, True), (False, False)]
+        rc, out, err = await cli(d, "task", ids[0])
+        assert rc == 0, err
+        assert "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)" in out
 
 
 @pytest.mark.deadline(180)
