@@ -57,6 +57,11 @@ def config(tmp: Path, port: int) -> str:
             'max_tool_calls_per_task = 1\ntools = ["corral__*"]\n\n'
             f'[agents.denied]{agent}spawns = ["minion"]\ntools = ["corral__*", "many__*"]\n\n'
             f"[agents.minion]{agent}\n"
+            f'[agents.ops-a]{agent}tools = ["many__*"]\n\n'
+            '[[policy]]\nname = "ops make invoices"\n'
+            'match = { agent = "ops-*", tool = "many__create_invoice" }\neffect = "allow"\n\n'
+            '[[policy]]\nname = "no one else does"\n'
+            'match = { tool = "many__create_invoice" }\neffect = "deny"\n\n'
             '[[policy]]\nname = "no agents as tools for denied"\n'
             'match = { agent = "denied", tool = "corral__*" }\neffect = "deny"\n\n'
             "[tenants.acme]\n\n"
@@ -254,6 +259,36 @@ async def test_calls_naming_tools_no_server_has_grow_neither_the_daemon_nor_its_
         assert re.fullmatch(rf"many__x{{{TEXT_CUT - 6}}}… \(cut: 200000\d characters\)",
                             shown), shown[-60:]
         assert len(row["outcome"]) < TEXT_CUT + 40, row["outcome"][-60:]
+
+
+# -- a policy rule's agent glob: a name a tenant's caller chooses opens nothing ----------
+@pytest.mark.deadline(120)
+def test_a_tenant_naming_its_agent_to_fit_an_operators_allow_takes_nothing(
+        daemon: Daemon) -> None:
+    """Got through: the operator allows `ops-*` to make invoices and denies everyone
+    else; acme's caller added an agent named ops-evil and it made invoices. An operator's
+    rule naming agents and no tenant is the operator's agents' alone now."""
+    d = daemon
+    made = d.json("token", "create", "acme-adder", "--tenant", "acme", "--scope",
+                  "agents:write", "--scope", "agents:read")
+    base = f"http://127.0.0.1:{d.port}/api/v1"  # type: ignore[attr-defined]
+    table = {"command": [PY, str(EXAMPLES / "misbehave.py")],
+             "env": {"PYTHONPATH": str(ROOT)}, "tools": ["many__*"]}
+    with httpx2.Client(headers={"Authorization": f"Bearer {made['token']}"},
+                       timeout=30) as http:
+        r = http.post(f"{base}/agents", json={"agents": {"ops-evil": table}})
+        assert r.status_code == 200, r.text
+    invoice = {"do": "tools", "tool": "many__create_invoice", "arguments": {"id": "I-1"}}
+    said = {}
+    for agent in ("ops-a", "ops-evil"):
+        done = d.ask("tasks.run", {"agent": agent, "input": invoice})
+        assert done["status"] == "succeeded", done
+        said[agent] = done["output"][0]
+    assert said["ops-a"].get("isError") is not True, said["ops-a"]
+    assert said["ops-evil"]["isError"] is True
+    assert said["ops-evil"]["content"][0]["text"] == (
+        "tool call many__create_invoice is denied by policy rule no one else does")
+    assert d.cli("remove", "ops-evil").returncode == 0
 
 
 # -- a client of no tenant: the default tenant's at every path, unless the operator --------

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from .config import DEFAULT_TENANT, PolicyRule, PolicyTest, TenantSpec
+from .config import DEFAULT_TENANT, PolicyMatch, PolicyRule, PolicyTest, TenantSpec
 
 if TYPE_CHECKING:
     from .config import Config
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .tasks.model import Task
 
 EFFECTS = ("allow", "approve", "deny")  # each stricter than the one before
+OPERATORS = "policy"  # where the operator's list is written ([[policy]])
 CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
 # a tool's name is the agent's to choose (one that names no tool is judged all the same):
 # one longer than this is judged without being kept, so the caches' bytes are bounded as
@@ -116,10 +117,20 @@ def _never(_: str) -> bool:
     return False
 
 
+def _tenant_glob(match: PolicyMatch, operators: bool) -> Callable[[str], bool]:
+    """The tenants a rule matches. An agent's name is its tenant's caller's to choose: an
+    operator's rule naming agents (other than `*`) and no tenant matches the operator's
+    own agents, the default tenant's, alone — else a tenant naming its agent to fit an
+    `allow` written for the operator's (`ops-*`) took that allow (issue 74)."""
+    if operators and match.tenant is None and match.agent not in (None, "*"):
+        return _glob(DEFAULT_TENANT)
+    return _glob(match.tenant)
+
+
 def _compile(rules: list[PolicyRule], where: str) -> tuple[_Rule, ...]:
     return tuple(_Rule(
-        RuleEffect(r.effect, r.name or f"{where}[{i}]"), _glob(r.match.tenant),
-        _glob(r.match.agent),
+        RuleEffect(r.effect, r.name or f"{where}[{i}]"),
+        _tenant_glob(r.match, where == OPERATORS), _glob(r.match.agent),
         _never if r.match.model is not None and r.match.tool is None
         else _glob(r.match.tool),
         _never if r.match.tool is not None and r.match.model is None
@@ -161,7 +172,7 @@ class RuleBook:
     """A config's rules and marks, compiled."""
 
     def __init__(self, cfg: Config) -> None:
-        self.operator = _List(_compile(cfg.policy, "policy"), "allow")
+        self.operator = _List(_compile(cfg.policy, OPERATORS), "allow")
         # a tenant's list, by its name, with the spec it was compiled from (a tenant
         # added or changed at run time, tenants.add, is compiled when next judged by)
         self._tenants: dict[str, tuple[TenantSpec, _List | None]] = {}
