@@ -21,8 +21,6 @@ from collections.abc import Container
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
@@ -32,6 +30,7 @@ from ..workercalls import on_request
 from .admission import admit
 from .model import SpawnOrder, Task
 from .nodespawns import NodeSpawns, TreeEngine
+from .payload import encode_input
 from .queue import Queue
 from .spawntree import Lineage
 from .steps import TaskSteps
@@ -90,7 +89,7 @@ class Spawns:
         if not await kept.serves(p.agent, spec.tenant):
             raise jsonrpc.not_found("agent", p.agent)
         self._bounds(parent, r, p, child)
-        raw = msgspec.json.encode(p.input)
+        raw = encode_input(p.input)  # (the engine's: a small input is kept at its size)
         engine = self.engine
         agent = engine.sup.agents.get(p.agent)
         if agent is not None and agent.spec.tenant != spec.tenant:
