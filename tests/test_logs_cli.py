@@ -54,6 +54,36 @@ def test_logs_are_filtered_by_text_and_stream_in_the_daemon() -> None:
         assert r.returncode == 2 and "--grep" in r.stderr, r.stderr
 
 
+def test_the_in_memory_tail_is_bounded_by_lines_and_bytes(tmp_path: Path) -> None:
+    """[supervisor] log_tail_lines 5 and log_tail_bytes 300: a filter reads a source's
+    last 5 lines; a source of longer lines keeps at most 300 bytes of its last ones (its
+    oldest batches let go, a longer one cut to its end)."""
+    go = tmp_path / "go"
+    short = [f"line {i}" for i in range(10, 30)]  # 8 bytes each: 160 in all
+    wide = [f"{ln} {'.' * 30}" for ln in short]  # 40 bytes each
+    agents = ""
+    for name, said in (("short", short), ("wide", wide)):
+        # (each says its lines once both are ready: after its last event)
+        script = (f"while [ ! -e '{go}' ]; do sleep 0.05; done; "
+                  + "".join(f"echo '{ln}'; " for ln in said) + "exec sleep 3600")
+        agents += (f'[agents.{name}]\ncommand = ["sh", "-c", "{script}"]\n'
+                   'protocol = "none"\n')
+    with running_daemon(tmp_path, agents,
+                        extra="log_tail_lines = 5\nlog_tail_bytes = 300") as d:
+        wait_until(lambda: all(r["state"] == "ready" for r in d.status().values()),
+                   what="both ready")
+        go.touch()
+
+        def said_by(*args: str) -> list[str]:
+            return [ln.split(": ", 1)[1] for ln in
+                    d.cli("logs", *args, "-n", "1000").stdout.splitlines()]
+        wait_until(lambda: said_by("short")[-1:] == short[-1:]
+                   and said_by("wide")[-1:] == wide[-1:], what="their last lines")
+        assert said_by("short", "--grep", "line") == short[-5:]
+        kept = said_by("wide")
+        assert kept == wide[-len(kept):] and len(kept) * 40 <= 300, kept
+
+
 def test_a_follow_goes_on_across_a_restart_of_the_daemon(tmp_path: Path) -> None:
     d = Daemon(shared_tmpdir(), misbehave("work"))
     follower = None
