@@ -72,13 +72,14 @@ def _next_dump(where: Path, seen: set[Path]) -> Path:
 @pytest.mark.deadline(60)
 def test_no_frames_writes_the_accounts_alone_and_traces_nothing(tmp_path: Path) -> None:
     """CORRAL_HEAP_FRAMES=0: a run measured as it runs, untraced (tracing costs memory and
-    time), its accounts still written: RSS, glibc's, SQLite's and the objects by type."""
+    time), its accounts still written: RSS, glibc's, SQLite's and the objects by type;
+    with CORRAL_HEAP_TRIM=1 the RSS after a malloc_trim too."""
     import sqlite3
 
     db = sqlite3.connect(":memory:")  # SQLite's account counts every connection's bytes
     db.execute("CREATE TABLE t (x)")
     env = {heapdump.ENV_DIR: str(tmp_path), heapdump.ENV_EVERY: "0.2",
-           heapdump.ENV_FRAMES: "0"}
+           heapdump.ENV_FRAMES: "0", heapdump.ENV_TRIM: "1"}
     with heapdump.from_env(env) as thread:
         assert thread is not None and not tracemalloc.is_tracing()
         deadline = time.monotonic() + 30
@@ -90,3 +91,5 @@ def test_no_frames_writes_the_accounts_alone_and_traces_nothing(tmp_path: Path) 
     account = json.loads(dumps[0].read_text())
     assert account["traced"] is None and account["rss"] > 0
     assert account["sqlite"] is None or account["sqlite"]["used"] > 0
+    # malloc_trim gave back what glibc kept free: the RSS after it is no more than before
+    assert account["rss_trimmed"] is None or 0 < account["rss_trimmed"] <= account["rss"]

@@ -10,6 +10,9 @@ seconds since it started:
   statements: native, never traced) and the live objects counted by type
   (gc.get_objects; what start-up froze is not among them), the largest counts first.
 
+With CORRAL_HEAP_TRIM=1 too, each dump ends with glibc's malloc_trim(0) and its json
+says the RSS after it (`rss_trimmed`): how much of the RSS was free memory glibc kept.
+
 Two of them compared (`python -m corral.daemon.heapdump OLD NEW`) say what grew, by
 traceback and by type: what grows with tasks served is a leak; RSS rising while
 tracemalloc's total and glibc's bytes in use stay flat is the allocator settling
@@ -37,6 +40,7 @@ from typing import Any
 ENV_DIR = "CORRAL_HEAP_DUMP"
 ENV_EVERY = "CORRAL_HEAP_DUMP_EVERY"
 ENV_FRAMES = "CORRAL_HEAP_FRAMES"
+ENV_TRIM = "CORRAL_HEAP_TRIM"
 TYPES_KEPT = 150  # the types a dump's json counts, the most numerous first
 
 
@@ -83,8 +87,19 @@ def _rss() -> int:
     return 0
 
 
-def write(where: Path, seconds: int) -> Path:
-    """One dump: the snapshot and its json; the json's path."""
+def _trimmed() -> int | None:
+    """The RSS after malloc_trim(0) (None without glibc)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim(0)
+    return _rss()
+
+
+def write(where: Path, seconds: int, trim: bool = False) -> Path:
+    """One dump: the snapshot and its json (with `trim`, the RSS after a malloc_trim);
+    the json's path."""
     tracing = tracemalloc.is_tracing()
     if tracing:
         tracemalloc.take_snapshot().dump(str(where / f"heap-{seconds}.tracemalloc"))
@@ -96,6 +111,7 @@ def write(where: Path, seconds: int) -> Path:
         "seconds": seconds, "rss": _rss(), "traced": traced, "traced_peak": peak,
         "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory() if tracing else None,
         "malloc": _mallinfo(), "sqlite": _sqlite(), "gc_counts": gc.get_count(),
+        "rss_trimmed": _trimmed() if trim else None,
         "objects": sum(types.values()), "types": dict(types.most_common(TYPES_KEPT))}))
     part.rename(out)
     return out
@@ -109,6 +125,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
         yield None
         return
     every = float(env.get(ENV_EVERY) or 300)
+    trim = env.get(ENV_TRIM) == "1"
     directory = Path(where)
     directory.mkdir(parents=True, exist_ok=True)
     frames = int(env.get(ENV_FRAMES) or 12)
@@ -120,7 +137,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
     def dumps() -> None:
         while not halt.wait(every):
             with contextlib.suppress(OSError):
-                write(directory, round(time.monotonic() - began))
+                write(directory, round(time.monotonic() - began), trim)
 
     # a thread, not a task of the loop: a dump blocks for as long as it walks the heap,
     # which the loop's latency gauges would otherwise count against the daemon
