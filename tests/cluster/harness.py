@@ -75,15 +75,19 @@ class Node(Daemon):
             c.close()
 
     def kill9(self) -> None:
-        """kill -9 of the daemon, and then of the workers it leaves behind (their own
-        sessions would outlive it), each by pid."""
-        assert self.proc is not None
-        workers = psutil.Process(self.proc.pid).children(recursive=True)
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        for w in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.pid, signal.SIGKILL)
+        kill9(self)
+
+
+def kill9(d: Daemon) -> None:
+    """kill -9 of the daemon, and then of the workers it leaves behind (their own
+    sessions would outlive it), each by pid."""
+    assert d.proc is not None
+    workers = psutil.Process(d.proc.pid).children(recursive=True)
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    for w in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGKILL)
 
 
 def run(n: Node, agent: str, task_input: Any, **params: Any) -> Any:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -21,28 +18,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from corral.cli.client import CallFailed, Client
 
+from ..cluster.harness import Node, kill9
 from ..daemon_harness import Daemon, free_port
 from ..redis_harness import RedisServer, redis_server
+from ..test_daemon_cli import wait_until as waited
 
 KINDS = ("node", "cluster")
 PATIENCE = 60.0  # seconds a wait for an event may take on a loaded 2-core host
 
 
 def wait_until(what: str, fn: Callable[[], Any], timeout: float = PATIENCE) -> Any:
-    """`fn()` once it is true (it is asked every 50 ms); its last value fails the test
-    after `timeout`, with what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: last {value!r}")
-        time.sleep(0.05)
+    """The suite's wait_until, what it waits for first, a loaded host's patience."""
+    return waited(fn, timeout, what)
 
 
 class Tenant:
@@ -63,36 +52,6 @@ class Tenant:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
-
-
-def kill9(d: Daemon) -> None:
-    """kill -9 of the daemon, and then of the workers it leaves behind (their own sessions
-    would outlive it), each by pid."""
-    assert d.proc is not None
-    workers = psutil.Process(d.proc.pid).children(recursive=True)
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait(10)
-    for w in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(w.pid, signal.SIGKILL)
-
-
-def cluster_lines(redis: RedisServer, node: str, extra: str) -> str:
-    """A node's [cluster] table: a short TTL, so that a dead node is found within a
-    test's patience, and the cluster's shared key."""
-    key = redis.dir / "cluster.key"
-    if not key.exists():
-        key.write_bytes(os.urandom(32).hex().encode())
-        key.chmod(0o600)
-    return textwrap.dedent(f"""
-        [cluster]
-        redis = "{redis.url}"
-        name = "contract"
-        node = "{node}"
-        node_ttl = 1.0
-        beat = 0.25
-        key_file = "{key}"
-    """) + extra
 
 
 class Home:
@@ -116,10 +75,12 @@ class Home:
             port = free_port()
             self.ports.append(port)
             toml = agents + f'\n[http]\nlisten = "127.0.0.1:{port}"\n'
-            if self.redis is not None:
-                toml += cluster_lines(self.redis, name, cluster)
-            (directory / name).mkdir(parents=True, exist_ok=True)
-            self.entries.append(Daemon(directory / name, toml, extra=supervisor))
+            if self.redis is None:
+                (directory / name).mkdir(parents=True, exist_ok=True)
+                self.entries.append(Daemon(directory / name, toml, extra=supervisor))
+            else:  # (a short TTL: a dead node is found within a test's patience)
+                self.entries.append(Node(directory / name, name, self.redis, toml,
+                                         supervisor, extra=cluster))
 
     def start(self) -> Home:
         # side by side, each awaited on its own READY (a daemon's start is ~0.5 s of CPU)
