@@ -165,6 +165,7 @@ class MiniAuthServer:
         self.access: set[str] = set()
         self.refresh: set[str] = set()
         self.refreshes = 0
+        self.scopes: list[str | None] = []  # each token request's scope
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -219,6 +220,8 @@ class MiniAuthServer:
 
     async def token(self, request: Request) -> Response:
         form = await request.form()
+        scope = form.get("scope")
+        self.scopes.append(scope if isinstance(scope, str) else None)
         if form.get("grant_type") == "authorization_code":
             challenge, redirect = self.codes.pop(str(form.get("code")), ("", ""))
             verifier = str(form.get("code_verifier", "")).encode()
@@ -243,7 +246,8 @@ class MiniAuthServer:
                              "expires_in": self.lifetime, "refresh_token": refresh})
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse({"refreshes": self.refreshes, "clients": len(self.clients)})
+        return JSONResponse({"refreshes": self.refreshes, "clients": len(self.clients),
+                             "scopes": self.scopes})
 
 
 def main() -> None:

@@ -308,6 +308,7 @@ auth = "oauth"
 oauth_grant = "client_credentials"
 oauth_client_id = "machine"
 oauth_client_secret = "${{MACHINE_SECRET}}"
+oauth_scopes = ["crm:read", "crm:write"]
 start = "eager"
 """
     try:
@@ -320,6 +321,9 @@ start = "eager"
             assert stored["client"] == {"client_id": "machine", "client_secret": None,
                                         "auth_method": "client_secret_basic",
                                         "redirect_uri": "http://127.0.0.1/callback"}
+            # the scopes asked for are the config's (the server named none)
+            assert _get_json(f"http://127.0.0.1:{server.port}/oauth-stats")["scopes"] == [
+                "crm:read crm:write"]
     finally:
         server.stop()
 
