@@ -167,3 +167,36 @@ async def test_a_tree_whose_tasks_ended_unseen_is_ended_by_the_next_daemon(
         assert tree is not None and tree.status == "succeeded"
         assert {k[0]: (r.status, r.error) for k, r in tree.rows.items()} == {
             f"{root}/1": ("failed", None), f"{root}/2": ("lost", NOT_KEPT)}
+
+
+async def test_a_kept_child_never_submitted_is_submitted_at_its_parents_max_children(
+        tmp_path: Path) -> None:
+    """Its row is one of the parent's `max_children` already: submitted under its kept id
+    when the parent's next attempt spawns its key, not refused as a child more."""
+    from .daemon_harness import in_process
+
+    count = tmp_path / "count"
+    path = tmp_path / "state" / "corral.db"
+    _old_database(path).close()
+    store = StateStore(path)  # the schema as it is now
+    root, first, second = (f"01a20000-0000-7000-8000-0000000000d{i}" for i in (1, 2, 3))
+    try:
+        _task(store.db, root, "orch", "queued", task_input={"children": 2, "count": str(count)},
+              retries=1)
+        _task(store.db, first, "leaf", "succeeded", 0)
+        store.db.execute("INSERT INTO calls (call_id, kind, name, tenant, definition, input, "
+                         "status, created) VALUES (?, 'spawn', 'orch', 'default', X'', "
+                         "'{}', 'running', 0)", (root,))
+        store.db.executemany("INSERT INTO call_steps (call_id, step, item, task_id, status, "
+                             "started) VALUES (?, ?, -1, ?, ?, 0)",
+                             [(root, f"{root}/1", first, "succeeded"),
+                              (root, f"{root}/2", second, "running")])
+    finally:
+        store.close()
+    async with in_process(tmp_path, fleet("max_children = 2")) as d:
+        res = await d.sup.tasks.info(root, wait=True)
+        assert res.status == "succeeded", res
+        assert json.loads(bytes(res.output)) == [0, 2]
+        assert counted(count) == [1]  # the first child not run again
+        assert (await d.sup.tasks.info(second)).status == "succeeded"
+        assert d.sup.tasks.spawns.stats() == {"spawned": 0, "replayed": 2}
