@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx2
 import pytest
 
-from .daemon_harness import Daemon, free_port, running_daemon, shared_tmpdir, sleeper
+from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
 TASKS = "io.modelcontextprotocol/tasks"
+MANY = Path(__file__).parent / "servers" / "many_tools.py"
 BOUND = 2
 
 
@@ -53,8 +55,8 @@ def gateway() -> Iterator[Gateway]:
 
 
 def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any],
-        tasks: bool = True) -> dict[str, Any]:
-    """One 2026-07-28 request at /mcp/corral as `tenant`'s token: its JSON-RPC answer."""
+        tasks: bool = True, at: str = "/mcp/corral") -> dict[str, Any]:
+    """One 2026-07-28 request at `at` as `tenant`'s token: its JSON-RPC answer."""
     caps: dict[str, Any] = {"extensions": {TASKS: {}}} if tasks else {}
     body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {
         **params, "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -64,7 +66,7 @@ def rpc(g: Gateway, tenant: str, method: str, params: dict[str, Any],
                "Accept": "application/json, text/event-stream",
                "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method,
                **({"Mcp-Name": named} if isinstance(named, str) else {})}
-    r = httpx2.post(f"{g.origin}/mcp/corral", json=body, headers=headers, timeout=60)
+    r = httpx2.post(g.origin + at, json=body, headers=headers, timeout=60)
     answer: dict[str, Any] = r.json()
     return answer
 
@@ -219,3 +221,35 @@ def test_an_ended_handle_is_kept_task_ttl_seconds() -> None:
         assert gone == {"code": -32602, "message": f"invalid params: no task {tid} of "
                         "this client", "data": {"taskId": tid}}
         assert corral_task(g, task_id)["status"] == "succeeded"
+
+
+def test_a_servers_tools_run_as_tasks_as_its_task_tools_say() -> None:
+    """[mcp_servers.NAME] task_tools: tools their server offers as no task are tasks as
+    the operator says — "optional": a client of the extension is given a handle, one
+    without it the result at once; "required": a client without it is refused, naming
+    the extension; a tool it names not: answered at once to either."""
+    with started(f"""
+[mcp_servers.many]
+command = ["{PY}", "{MANY}", "3"]
+start_timeout = 30.0
+tenant = "acme"
+task_tools = {{ "forecast_*" = "optional", "create_invoice" = "required" }}
+""") as g:
+        def call(tool: str, tasks: bool) -> dict[str, Any]:
+            return rpc(g, "acme", "tools/call", {"name": f"many__{tool}", "arguments": {
+                "city": "Oslo"}}, tasks=tasks, at="/mcp")
+
+        handle = call("forecast_weather", True)["result"]
+        assert (handle["resultType"], handle["status"]) == ("task", "working"), handle
+        done = wait_until(lambda: (r := rpc(g, "acme", "tasks/get", {
+            "taskId": handle["taskId"]}, at="/mcp")["result"])["status"] == "completed"
+            and r, timeout=30, what="the forecast's task completed")
+        said = done["result"]["content"][0]["text"]
+        assert "forecast_weather" in said and "Oslo" in said, done
+        assert "taskId" not in call("forecast_weather", False)["result"]
+        assert call("create_invoice", False)["error"] == {
+            "code": -32021, "message": "missing required client capability: tool "
+            f"many__create_invoice needs the {TASKS} extension",
+            "data": {"requiredCapabilities": {"extensions": {TASKS: {}}}}}
+        assert call("create_invoice", True)["result"]["resultType"] == "task"
+        assert "taskId" not in call("create_ticket", True)["result"]
