@@ -102,7 +102,7 @@ class Spawns:
             agent.spec.max_queue if agent is not None else 0))
         if got.child is None:
             raise _fanned_out(parent, got.children, fan)
-        if got.had:  # (the key spawned by another attempt between the read and here)
+        if got.had:  # (the key's row came first: another attempt's, or a child kept unsubmitted)
             return self._replayed(parent, p, got.child)
         self.spawned += 1
         return {"child": got.child, "replayed": False}
