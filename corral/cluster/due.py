@@ -1,5 +1,6 @@
-"""Cluster tasks that may not start before a time (a delay, a not_before: the submit
-scripts hold them in the cluster's due set, Keys.due), moved into their streams when due.
+"""Cluster tasks that may not start before a time (a delay, a not_before, a retry's
+backoff: the submit scripts and FINISH hold them in the cluster's due set, Keys.due), moved
+into their streams when due.
 
 Every live node runs the move (DUE) at each beat, and at the earliest due time it last
 read when that comes sooner: one script call moves what is due, each task exactly once

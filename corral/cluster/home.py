@@ -7,6 +7,7 @@ each outcome (outbox.py), not by the engine's record."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,15 +20,24 @@ class ClusterHome:
     """One per node, given to each task it claims (a claim given back as it is made has
     none: it keeps nothing here)."""
 
-    __slots__ = ("asks", "outputs", "spawns", "steps", "turns")
+    __slots__ = ("_requeue", "asks", "outputs", "spawns", "steps", "turns")
 
     def __init__(self, steps: StepJournal, turns: TurnStore, spawns: SpawnStore,
-                 asks: AskShelf, outputs: OutputJournal) -> None:
+                 asks: AskShelf, outputs: OutputJournal,
+                 requeue: Callable[[Task, float | None], None]) -> None:
+        """`requeue`: a retry written to Redis (Outbox.requeue)."""
         self.steps: StepJournal | None = steps
         self.turns = turns
         self.spawns = spawns
         self.asks = asks
         self.outputs = outputs
+        self._requeue = requeue
+
+    def queue_again(self, task: Task, at: float | None) -> bool:
+        # in Redis, for whichever node has room when it is due (due.py): its attempts,
+        # steps and retries left are the record's, not this node's
+        self._requeue(task, at)
+        return True
 
     def record(self, task: Task) -> None:
         # (its outcome is fenced into Redis by the claim: outbox.py)

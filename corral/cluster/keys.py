@@ -84,7 +84,7 @@ class Keys:
     @property
     def due(self) -> str:
         """Sorted set (scored by the wall time each may start): the queued tasks held out
-        of their streams until then (a delay, a not_before: due.py)."""
+        of their streams until then (a delay, a retry's backoff: due.py)."""
         return f"{self.prefix}due"
 
     def task(self, task_id: str) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from ..supervisor.tasks import TaskFinished, TaskProgress
+from .. import jsonrpc
+from ..supervisor.tasks import TaskFailure, TaskFinished, TaskProgress
 from ..timeouts import within
 from . import records
 from .connection import why
@@ -87,6 +88,23 @@ class Outbox:
         self.pending.append((task, args))
         self._kick.set()
         return None
+
+    def requeue(self, task: ClusterTask, at: float | None) -> None:
+        """A retry of the task (its machine retried the attempt that ended here): queued
+        again in Redis for any node, due at `at` (None: at once), its attempts and the
+        retries left written with it, fenced and in order with the outcomes (FINISH)."""
+        self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
+        if task.consumer in self.given_up:
+            return
+        # (its end had it been asked to cancel meanwhile: FINISH ends it so instead)
+        cancelled = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
+                                                   "cancelled while running"))
+        self.pending.append((task, [
+            task.token, task.id, "queued", b"", cancelled, "" if at is None else repr(at),
+            task.entry, task.base, self.kept_for, task.retries_left, "0",
+            self.trust.outcome(task.id, "0", "cancelled", b"", cancelled),
+            *(records.attempt_json(a, self.node) for a in task.attempts)]))
+        self._kick.set()
 
     def _release(self, task_id: str) -> None:
         held = self.held.pop(task_id, None)

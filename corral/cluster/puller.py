@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from ..supervisor.tasks import TaskManager
+from ..supervisor.tasks import Task, TaskManager
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
@@ -52,6 +52,7 @@ class ClaimParts(NamedTuple):
     watch: Callable[[ClusterTask], None]
     serving: Callable[[AgentLike], int]
     asks: ClusterAsks
+    requeue: Callable[[Task, float | None], None]  # a retry to Redis (ClusterHome)
 
 
 class Puller:
@@ -77,7 +78,7 @@ class Puller:
         self.claims = claims
         # each claimed task's
         self.home = ClusterHome(claims.steps, claims.turns, claims.spawns, claims.asks,
-                                tasks.outputs.memory)
+                                tasks.outputs.memory, claims.requeue)
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too

@@ -409,11 +409,37 @@ end
 return {1}
 """
 
+# A retry (status 'queued': the task's machine retried it, taskmachine.py), from the node
+# that ended the attempt: the task waits again for any node, its fence withdrawn, its
+# retries left the machine's, due after its backoff (ARGV[6], '' at once) in the due set
+# (due.py) with its not_before, else at once in its record's stream. One asked to cancel
+# while it ran (CANCEL's mark) ends cancelled instead, as a takeover ends it: ARGV[5] its
+# error, ARGV[12] that outcome's MAC (fence 0).
+_AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+    local t = redis.call('TIME')
+    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'fence', '0', 'finished',
+      tonumber(t[1]) + tonumber(t[2]) / 1000000, 'error', ARGV[5], 'mac', ARGV[12],
+      'retries_left', ARGV[10])
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+    {_ended('ARGV[2]', 'ARGV[9]', 5)}
+    return 1
+  end
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
+    'retries_left', ARGV[10])
+  if ARGV[6] ~= '' then
+    redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[6], ARGV[2])
+    redis.call('HSET', KEYS[1], 'entry', '', 'not_before', ARGV[6])
+  else
+    redis.call('HSET', KEYS[1], 'entry', redis.call('XADD',
+      redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*', 'task', ARGV[2]))
+  end"""
+
 # The outcome of an attempt, from the node that holds its fence token, and only while the
 # task is still running under that token: a node paused past its TTL, whose task was
-# taken over, is refused (0), so a task never gets two outcomes.
+# taken over, is refused (0), so a task never gets two outcomes; or its retry (_AGAIN).
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed)
-# ARGV: token, task_id, status, output JSON ('' none), error JSON ('' none), finished,
+# ARGV: token, task_id, status ('queued': a retry), output JSON ('' none), error JSON
+#       ('' none), finished (a retry: when it is due, '' at once),
 #       entry, attempts before the claim, seconds a finished record is kept,
 #       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
 #       every attempt is this node's: the waiting client needs no read of the record),
@@ -423,10 +449,6 @@ return {1}
 FINISH = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],
-  'retries_left', ARGV[10], 'mac', ARGV[12])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 local base = tonumber(ARGV[8])
 if base == 0 then
   redis.call('DEL', KEYS[2])
@@ -440,6 +462,14 @@ for i = 13, #ARGV do
 end
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[7])
 redis.call('XDEL', KEYS[3], ARGV[7])
+if ARGV[3] == 'queued' then
+  {_AGAIN}
+  return 1
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],
+  'retries_left', ARGV[10], 'mac', ARGV[12])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[11] == '1' then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2],
     'status', ARGV[3], 'output', ARGV[4], 'error', ARGV[5],

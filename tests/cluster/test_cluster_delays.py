@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from corral.cluster.due import DUE
 from corral.cluster.keys import Keys
 
@@ -208,3 +210,31 @@ def test_a_tasks_own_retry_lost_decides_its_takeover_when_its_node_dies(
         assert done["error"]["message"].endswith(
             "(not run again: at most once, retry_lost = 0)"), done
         assert [x["outcome"] for x in done["attempts"]] == ["lost"]
+
+
+def test_a_retry_waits_out_its_backoff_in_the_cluster_and_outlives_its_node(
+        tmp: Path, redis: RedisServer) -> None:
+    """A failed attempt with a retry left is queued again for any node, due after its
+    backoff: the node that ran it killed -9 meanwhile, the other runs the retry when it
+    is due, the record listing both attempts."""
+    slow = "retry_backoff = 2.0\nretry_jitter = false\n"
+    with nodes(tmp, redis, {"a": sleeper("w") + slow, "b": sleeper("w") + slow}) as ns:
+        a = ns["a"]
+        both_alive(a)
+        task_id = a.call("tasks.submit", {
+            "agent": "w", "input": {"do": "until", "attempt": 2},
+            "retry": {"retries": 1, "retry_on": ["failed"]}})["task_id"]
+        waiting = wait_until(lambda: (lambda t: t if t["status"] == "queued" and t[
+            "attempts"] else None)(a.call("tasks.get", {"task_id": task_id})),
+            what="the first attempt failed and its retry queued")
+        (first,) = waiting["attempts"]
+        assert first["outcome"] == "failed", waiting
+        assert waiting["not_before"] == pytest.approx(first["finished"] + 2.0, abs=0.1)
+        assert waiting["waiting"].startswith("delayed until "), waiting
+        ran, other = ns[first["node"]], ns["b" if first["node"] == "a" else "a"]
+        ran.kill9()
+        done = ended(other, task_id)
+        assert (done["status"], done["output"]) == ("succeeded", {"attempt": 2}), done
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+            (ran.name, "failed"), (other.name, "succeeded")]
+        assert done["attempts"][1]["started"] >= waiting["not_before"] - 0.002

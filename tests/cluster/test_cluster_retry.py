@@ -1,6 +1,7 @@
 """The retry policy on a cluster (issue 36, item 5): a cluster task whose attempt fails is
-retried, after its backoff, by the policy of its agent on the node that claimed it (its
-record keeps every attempt and its error); a delay runs as well with --local."""
+retried by the policy of its agent, as the node that ran the attempt decides, queued again
+for any node after its backoff (its record keeps every attempt and its error); a delay
+runs as well with --local."""
 
 from __future__ import annotations
 

@@ -422,3 +422,64 @@ async def test_suspend_is_refused_unless_the_claim_waits_on_a_pending_ask(
     assert await r.cancel() == b"asked"
     assert await a.suspend() == 4
     assert (await r.state())[0] == "running"
+
+
+class FailedRetried(LuaRetryPolicy):
+    """A policy that retries a failure (a task's own `retry_on`, or its agent's)."""
+
+    def retried_on(self, task: TaskMachine) -> tuple[str, ...]:
+        return ("failed",)
+
+
+@pytest.mark.parametrize("due", ["", "9.5"], ids=["at once", "after its backoff"])
+async def test_a_retried_failure_queues_the_record_again_as_the_machine_queues_the_task(
+        client: Any, due: str) -> None:
+    """The node's machine retried a failed attempt (one retry spent): FINISH with status
+    queued leaves the record as the task, for any node: in its stream at once, or held
+    in the due set until its backoff's end (due.py), its fence withdrawn."""
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    assert await r.claim(1)
+    m = machine(1)
+    step = m.fire(C.FAILED, FailedRetried())
+    assert step.retried and (m.status.value, m.retries_left) == ("queued", 0)
+    entry = await r.entry()
+    assert await r.s.finish(
+        keys=[K.task(r.tid), K.attempts(r.tid), STREAM, K.outcomes, *K.listed],
+        args=[r.token, r.tid, "queued", b"", b"", due, entry, 0, 60, m.retries_left, "0",
+              "", b'{"replica":0,"pid":1,"started":2.0,"node":"b","outcome":"failed"}']) == 1
+    assert await r.state() == (m.status.value, m.retries_left)
+    rec = await client.hgetall(K.task(r.tid))
+    assert (rec[b"fence"], rec[b"owner"]) == (b"0", b"")
+    assert await client.llen(K.attempts(r.tid)) == 1
+    assert entry not in [e for e, _f in await client.xrange(STREAM)]  # acknowledged
+    if due:
+        assert (rec[b"entry"], rec[b"not_before"]) == (b"", due.encode())
+        assert await client.zscore(K.due, r.tid) == float(due)
+    else:
+        assert [e for e, _f in await client.xrange(STREAM)] == [rec[b"entry"]]
+        assert await r.claim(0)  # any node's claim takes it, as a queued task
+
+
+async def test_a_retry_of_a_task_asked_to_cancel_ends_it_cancelled_as_the_machine(
+        client: Any) -> None:
+    """CANCEL marked it while it ran; its node's machine then retried its failed attempt
+    (queued), which the cancel ends: the record ends cancelled, never queued again."""
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    assert await r.claim(1)
+    assert await r.cancel() == b"asked"
+    m = machine(1)
+    m.fire(C.FAILED, FailedRetried())
+    m.fire(C.CANCEL, FailedRetried())
+    assert await r.s.finish(
+        keys=[K.task(r.tid), K.attempts(r.tid), STREAM, K.outcomes, *K.listed],
+        args=[r.token, r.tid, "queued", b"", CANCEL_ERR, "9.5", await r.entry(), 0, 60,
+              0, "0", "mac", b'{"replica":0,"pid":1,"started":2.0,"outcome":"failed"}']) == 1
+    assert await r.state() == (m.status.value, m.retries_left) == ("cancelled", 0)
+    rec = await client.hgetall(K.task(r.tid))
+    assert (rec[b"error"], rec[b"mac"], rec[b"fence"]) == (CANCEL_ERR, b"mac", b"0")
+    assert float(rec[b"finished"]) > 0
+    assert await client.zscore(K.due, r.tid) is None
+    assert await client.zscore(K.live, r.tid) is None  # listed among the finished
+    assert [f[b"task"] for _e, f in await client.xrange(K.outcomes)] == [r.tid.encode()]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .queue import Queue
     from .retention import Retention
     from .sessions import Sessions
+    from .steps import TaskSteps
     from .suspension import Suspensions
 
 
@@ -47,6 +48,7 @@ class EndingEngine(Protocol):
     dispatch: TaskDispatch
     sessions: Sessions
     suspensions: Suspensions
+    steps: TaskSteps
 
     @property
     def journal(self) -> TaskJournal | None: ...
@@ -154,7 +156,7 @@ class Endings:
         agent = e.sup.agent(task.agent)  # (there is one: retried_on said so)
         e.by_agent[task.agent].counts["retried"] += 1
         attempt = task.attempts[-1]
-        delay = backoff(agent.spec, len(task.attempts))
+        delay = backoff(agent.spec, task.attempt)  # (a cluster's: counted across nodes)
         if delay or agent.spec.retry_backoff:
             attempt.backoff = delay
         task.replica = None
@@ -165,8 +167,15 @@ class Endings:
             self.again(task)
 
     def again(self, task: Task) -> None:
-        """A task to retry waits for its time, or at once for a replica."""
+        """A task to retry waits for its time, or at once for a replica: here, or where
+        its home queues it again (a cluster's, for any node), which this engine then lets
+        go (it has no outcome here). One with a call still in flight waits here: the
+        call's answer, journaled by its flight, is to answer the retry's same call."""
         e = self.engine
+        if not e.steps.in_flight(task.id) and task.home.queue_again(task, task.not_before):
+            task.not_before = None
+            e.active.pop(task.id, None)
+            return
         if task.not_before is not None and task.not_before > time.time():
             e.record(task)
             e.delays.add(task)

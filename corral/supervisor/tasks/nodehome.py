@@ -83,3 +83,6 @@ class NodeHome:
         if journal is not None:
             journal.write(task)
             task.journaled = True
+
+    def queue_again(self, task: Task, at: float | None) -> bool:
+        return False  # (it waits in this engine: its journal keeps its not_before)

@@ -333,6 +333,11 @@ class TaskSteps:
                     self.outlived += 1
             raise
 
+    def in_flight(self, task_id: str) -> bool:
+        """Whether a call of the task is still in flight here (its answer, journaled by
+        the flight, answers a retry's same call: Endings.again keeps that retry here)."""
+        return bool(self._flights.get(task_id))
+
     def _landing(self, task_id: str, flight: _Flight) -> None:
         mine = self._flights.get(task_id)
         where = (flight.made.seq, flight.attempt)
