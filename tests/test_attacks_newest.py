@@ -62,6 +62,9 @@ def config(tmp: Path, port: int) -> str:
             'match = { agent = "ops-*", tool = "many__create_invoice" }\neffect = "allow"\n\n'
             '[[policy]]\nname = "no one else does"\n'
             'match = { tool = "many__create_invoice" }\neffect = "deny"\n\n'
+            f'[models.invoicer]\nurl = "http://127.0.0.1:{free_port()}/v1"\n'
+            f'format = "openai"\nkey_file = "{tmp}/model.key"\nshared = true\n'
+            'agents = ["ops-*"]\n\n'
             '[[policy]]\nname = "no agents as tools for denied"\n'
             'match = { agent = "denied", tool = "corral__*" }\neffect = "deny"\n\n'
             "[tenants.acme]\n\n"
@@ -87,6 +90,8 @@ def daemon() -> Iterator[Daemon]:
         f'[clients.full]\ntoken_sha256 = "{digest}"\n\n[clients.narrow]\n'
         f'token_sha256 = "{narrow}"\ntools = ["sk__deploy-check", "many__*"]\n')
     (tmp / "description").write_text(TRUSTED)
+    (tmp / "model.key").write_text("sk-not-a-real-key\n")
+    (tmp / "model.key").chmod(0o600)
     (tmp / "mcp.json").write_text(json.dumps({"mcpServers": {}}))
     (tmp / "mcp.json").chmod(0o644)
     port = free_port()
@@ -266,8 +271,9 @@ async def test_calls_naming_tools_no_server_has_grow_neither_the_daemon_nor_its_
 def test_a_tenant_naming_its_agent_to_fit_an_operators_allow_takes_nothing(
         daemon: Daemon) -> None:
     """Got through: the operator allows `ops-*` to make invoices and denies everyone
-    else; acme's caller added an agent named ops-evil and it made invoices. An operator's
-    rule naming agents and no tenant is the operator's agents' alone now."""
+    else, and shares a model with `ops-*` alone; acme's caller added an agent named
+    ops-evil, and it made invoices and used the model. An operator's rule naming agents
+    and no tenant is the operator's agents' alone now, and so is a model's agent glob."""
     d = daemon
     made = d.json("token", "create", "acme-adder", "--tenant", "acme", "--scope",
                   "agents:write", "--scope", "agents:read")
@@ -288,6 +294,18 @@ def test_a_tenant_naming_its_agent_to_fit_an_operators_allow_takes_nothing(
     assert said["ops-evil"]["isError"] is True
     assert said["ops-evil"]["content"][0]["text"] == (
         "tool call many__create_invoice is denied by policy rule no one else does")
+    # a shared model for ops-* agents (the upstream away: a call let through is a 502)
+    answers = {}
+    for agent in ("ops-a", "ops-evil"):
+        env = replica_env(d, agent)
+        r = httpx2.post(env["OPENAI_BASE_URL"] + "/chat/completions", timeout=30,
+                        headers={"Authorization": f"Bearer {env['OPENAI_API_KEY']}"},
+                        json={"model": "invoicer", "max_tokens": 5,
+                              "messages": [{"role": "user", "content": "hi"}]})
+        answers[agent] = (r.status_code, r.json()["error"]["message"])
+    assert answers["ops-a"][0] == 502, answers
+    assert answers["ops-evil"] == (
+        403, "model invoicer is not for agent ops-evil (models.invoicer.agents: ops-*)")
     assert d.cli("remove", "ops-evil").returncode == 0
 
 

@@ -285,7 +285,11 @@ class ModelGateway:
             counter.refused += 1
             raise ModelRefusal(400, f"model {name} speaks the {spec.format} format, not that "
                                     f"of {endpoint.path}")
-        if not any(fnmatchcase(replica.name, glob) for glob in spec.agents):
+        # an agent's name is its tenant's caller's to choose: a glob naming agents (not
+        # `*`) names the model's own tenant's, so that a tenant's agent named to fit a
+        # shared model's `ops-*` uses it no more than an unnamed one (issue 74)
+        if not any(fnmatchcase(replica.name, glob)
+                   and (glob == "*" or tenant == spec.tenant) for glob in spec.agents):
             counter.refused += 1
             raise ModelRefusal(403, f"model {name} is not for agent {replica.name} "
                                     f"(models.{name}.agents: {', '.join(spec.agents)})")
