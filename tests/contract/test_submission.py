@@ -146,3 +146,16 @@ def test_a_tasks_retry_policy_runs_it_again_after_its_backoff(home: Home) -> Non
     assert [a["outcome"] for a in done["attempts"]] == ["failed", "failed"]
     assert json.dumps(done["options"]["retry"]) == json.dumps(
         {"retries": 1, "retry_on": ["failed"]})
+
+
+def test_a_task_asking_for_at_most_once_is_not_run_again_after_a_crash_and_says_so(
+        home: Home) -> None:
+    task_id = home.submit("sleeper", {"do": "sleep", "seconds": 60},
+                          retry={"retry_lost": 0})
+    home.status_of(task_id, "running")
+    home.crash(task_id)
+    done = home.wait(task_id)
+    assert done["status"] == "lost", done
+    assert done["error"]["message"].endswith(
+        "(not run again: at most once, retry_lost = 0)"), done
+    assert [a["outcome"] for a in done["attempts"]] == ["lost"]
