@@ -144,7 +144,13 @@ def main() -> None:
     print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}:")
     for w in works:
         meds = [statistics.median(got[(w, i)]) for i in range(len(trees))]
-        ratio = f"  B/A {meds[1] / meds[0]:.2f}" if len(meds) == 2 else ""
+        # each round's B over its A, the median of those: what drifts between rounds
+        # (the machine's load) cancels within a pair
+        ratio = ""
+        if len(meds) == 2:
+            paired = statistics.median(b / a for a, b in zip(got[(w, 0)], got[(w, 1)],
+                                                             strict=True))
+            ratio = f"  B/A {meds[1] / meds[0]:.2f} (paired {paired:.2f})"
         print(f"  {w:<7} " + "  ".join(f"{t.name or t}: {m:.0f} us" for t, m in
                                         zip(trees, meds, strict=True)) + ratio)
     print(json.dumps({f"{w}/{i}": v for (w, i), v in got.items()}))
