@@ -180,6 +180,50 @@ def test_a_pending_ask_outlives_a_crash_and_approved_its_call_runs_once(home: Ho
     assert made_calls(home) == ["5"]
 
 
+SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}},
+          "required": ["path"]}
+
+
+def test_every_bad_decision_is_refused_with_its_words_and_the_ask_kept(home: Home
+                                                                        ) -> None:
+    (home.dir / "server-count").unlink(missing_ok=True)
+    asking = home.submit("asker", {"prompt": "Which?", "schema": SCHEMA})
+    question = home.ask_of(asking)["id"]
+    calling = home.submit("writer", bump(7))
+    approval = home.ask_of(calling)["id"]
+    for params, said in [
+        ({"id": question, "decision": "answered", "answer": "x"},
+         f"the answer does not fit ask {question}'s schema: the answer: 'x' is not of "
+         "type 'object'"),
+        ({"id": question, "decision": "approved"},
+         f"ask {question} is a question: it is answered or denied, not approved"),
+        ({"id": approval, "decision": "answered", "answer": 1},
+         f"ask {approval} is an approval: it is approved or denied, not answered")]:
+        assert home.refusal("approvals.resolve", params, at=1) == (
+            jsonrpc.INVALID_PARAMS, said)
+    assert home.refusal("approvals.resolve", {"id": "ask-none", "decision": "denied"}
+                        ) == (jsonrpc.NOT_FOUND, "no such ask: ask-none")
+    assert sorted(a["id"] for a in home.asks()) == sorted([question, approval])
+    # decided as they may be: an answer that fits, an approval with other arguments
+    home.decide(question, "answered", at=1, answer={"path": "/a"})
+    assert home.wait(asking)["output"]["answer"] == {"path": "/a"}
+    home.decide(approval, "approved", arguments={"i": 8})
+    assert home.wait(calling)["output"][0]["content"][0]["text"] == "bumped 8"
+    assert made_calls(home) == ["8"]
+
+
+def test_a_denied_call_is_the_agents_error_naming_who_and_why(home: Home) -> None:
+    task_id = home.submit("writer", bump(9))
+    ask = home.ask_of(task_id)
+    denied = home.decide(ask["id"], "denied", at=1, reason="not today")
+    assert denied["end"] == "denied"
+    [result] = home.wait(task_id)["output"]
+    assert result["isError"] is True
+    assert result["content"][0]["text"] == (f"tool call counting__bump was denied by "
+                                            f"{denied['by']} (ask {ask['id']}): not today")
+    assert re.fullmatch(r"uid \d+ pid \d+", denied["by"]), denied
+
+
 def test_a_task_that_ends_withdraws_its_pending_asks(home: Home) -> None:
     """Once the task's end is readable, a decision of its ask is refused as withdrawn.
     (The listing may lag it a moment on a node: its withdrawal is written after the
