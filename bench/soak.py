@@ -43,6 +43,7 @@ import json
 import random
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -58,7 +59,7 @@ from typing import Any, TypeVar
 
 from corral.cli.client import CallFailed, Client, Unreachable
 
-from .harness import ENV, PY, ROOT, CorralDaemon, free_port, workdir
+from .harness import BIN, ENV, PY, ROOT, CorralDaemon, free_port, workdir
 from .soak_fit import GAUGES, Sample, Sampler, Slope, fit
 from .soak_views import Ledger, Watch
 
@@ -91,6 +92,8 @@ class Plan:
     kept: int  # journal_max_tasks, tasks_kept, log_tail_lines; the trace store: 4 spans each
     pause: float  # seconds a tenant waits between two rounds
     bounds: dict[str, float]
+    # a command the daemon is run under (a memory profiler's: `heaptrack -o FILE`)
+    wrap: tuple[str, ...] = ()
 
     def events(self) -> list[tuple[float, str]]:
         """When (seconds from the start) the operator does what: the restarts and the
@@ -481,9 +484,12 @@ class SoakDaemon:
     """The one daemon of the soak (bench/harness.py's), restarted, upgraded and reloaded
     in place; which life of it runs now, for the sampler."""
 
-    def __init__(self, d: Path, port: int, kept: int, marks: dict[str, str]) -> None:
+    def __init__(self, d: Path, port: int, kept: int, marks: dict[str, str],
+                 wrap: tuple[str, ...] = ()) -> None:
         self.port = port
-        self.daemon = CorralDaemon(d, base_agents(marks), extra=supervisor_extra(port, kept))
+        launcher = [*wrap, str(BIN / "corral"), "daemon"] if wrap else None
+        self.daemon = CorralDaemon(d, base_agents(marks), extra=supervisor_extra(port, kept),
+                                   launcher=launcher)
         self.state_dir = d / "state"
         self.life = -1
         self.began = 0.0
@@ -680,7 +686,8 @@ class Run:
 
 def soak(plan: Plan, d: Path) -> Run:
     ledgers = {t: Ledger(t, f"{t}-{secrets.token_hex(4)}") for t in TENANTS}
-    daemon = SoakDaemon(d, free_port(), plan.kept, {t: ledgers[t].mark for t in TENANTS})
+    daemon = SoakDaemon(d, free_port(), plan.kept, {t: ledgers[t].mark for t in TENANTS},
+                        plan.wrap)
     run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval,
                                             d / "logs"), NamePool())
     gate = Gate()
@@ -931,6 +938,10 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
                     help="the share of the soak's tasks that may fail (else exit 2)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     ap.add_argument("--keep-dir", action="store_true", help="keep the daemon's directory")
+    ap.add_argument("--wrap", default="", metavar="COMMAND",
+                    help="run the daemon under this command (e.g. 'heaptrack -o FILE'; "
+                    "a profiler's pid is no daemon's: with --restarts 0 --upgrades 0, and "
+                    "the gauges are the wrapper's)")
     a = ap.parse_args(argv)
     bounds = dict(BOUNDS)
     for item in a.max_slope:
@@ -939,7 +950,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
             ap.error(f"--max-slope: no gauge {key} (gauges: {', '.join(BOUNDS)})")
         bounds[key] = float(value)
     return Plan(a.minutes, a.warmup, a.interval, a.restarts, a.upgrades, a.reload_every,
-                a.kept, a.pause, bounds), a
+                a.kept, a.pause, bounds, tuple(shlex.split(a.wrap))), a
 
 
 def _stopped(signum: int, _frame: object) -> None:
