@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from ..supervisor.tasks.askwaits import AskWaits
 
 log = logging.getLogger("corral.cluster.asks")
-SWEPT = 64  # asks past their deadline timed out per beat, at most
+SWEPT = 64  # asks past their deadline found per beat, at most (the waits end them)
 
 # KEYS: the task's record, its asks by call (Keys.task_asks), the ask, the pending asks,
 #       its tenant's

@@ -225,10 +225,10 @@ class Suspensions:
         engine.dispatch.stop_attempt(task, replica, attempt, "was suspended")
 
     async def _write(self, task: Task, held: _Wait, why: str) -> None:
-        given = Resumer.NOBODY
+        resumer = Resumer.NOBODY
         shelf = task.home.asks
         try:
-            given = await shelf.give_back(task, why)
+            resumer = await shelf.give_back(task, why)
         except RpcError as exc:  # (its message names the task: it waits on its attempt)
             self.unwritten += 1
             log.warning("%s", exc.message)
@@ -236,11 +236,12 @@ class Suspensions:
             # says decides, read until it answers, while an answer that reaches the
             # attempt waits (else it would run here and again where it is queued)
             if await self._written(task, held):
-                given = Resumer.HOME
+                resumer = Resumer.HOME
         finally:
-            done = given is not Resumer.NOBODY and task.waiting and task.attempt == held.attempt
+            done = (resumer is not Resumer.NOBODY and task.waiting
+                    and task.attempt == held.attempt)
             if done:
-                if given is Resumer.HOME:
+                if resumer is Resumer.HOME:
                     self._handed.add(task.id)
                 self._give_back(task, held, why)
             assert held.writing is not None
