@@ -340,10 +340,10 @@ class ClusterAsks:
         return bool(fence == str(task.token).encode() and status == b"running")
 
     async def give_back(self, task: Task, why: str) -> Resumer:
-        """Give the waiting task's claim back, suspended in Redis (SUSPEND), its cluster
-        to queue it again; NOT: it was not (what it asked ended first, an elicitation is
-        pending, a cancel was asked, or the claim is no longer this node's). RpcError:
-        Redis did not answer."""
+        """Give the waiting task's claim back, suspended in Redis (SUSPEND), its
+        cluster to queue it again; NOBODY: it was not (what it asked ended first, an
+        elicitation is pending, a cancel was asked, or the claim is no longer this
+        node's). RpcError: Redis did not answer."""
         assert isinstance(task, ClusterTask)
         node = task.consumer.rsplit("/", 1)[0]
         attempt = records.suspended_attempt(task.attempts[-1], node, time.time(),
