@@ -68,6 +68,7 @@ def config(tmp: Path, port: int) -> str:
             '[[policy]]\nname = "no agents as tools for denied"\n'
             'match = { agent = "denied", tool = "corral__*" }\neffect = "deny"\n\n'
             "[tenants.acme]\n\n"
+            '[teams.crew]\nmode = "coordinate"\nleader = "minion"\nmembers = ["ops-a"]\n\n'
             f'[mcp_servers.acmes]\ncommand = ["{PY}", "{MANY}", "3"]\nstart_timeout = 30.0\n'
             'tenant = "acme"\n\n'
             f'[mcp_servers.drift]\ncommand = ["{PY}", "{SERVERS}/drifting_mcp.py", '
@@ -429,6 +430,20 @@ def test_mcp_add_writes_through_no_planted_link_and_keeps_an_envs_values_private
     r = d.cli("mcp", "remove", "fresh")
     assert r.returncode == 0, r.stderr
     assert json.loads((d.dir / "mcp.json").read_text()) == {"mcpServers": {}}
+    # held: a server named as a coordinate team (its leader's TEAM__MEMBER would be
+    # shadowed by SERVER__TOOL) or as the agents' view is refused, the file left as it was
+    listed = (d.dir / "mcp.json").read_bytes()
+    for name, why in (
+            ("crew", f"mcp add rejected, nothing changed: {d.config}: team crew: an MCP "
+                     "server has its name (a leader's tools crew__MEMBER would shadow the "
+                     "server's)"),
+            ("corral", "mcp add: MCP server corral: the name 'corral' is reserved for the "
+                       "daemon's own log")):
+        r = d.cli("mcp", "add", name, "--", PY, str(MANY), "3")
+        assert (r.returncode, r.stderr) == (1, f"corral: {why}\n"), name
+    assert (d.dir / "mcp.json").read_bytes() == listed
+    assert [s["name"] for s in d.json("mcp", "status")["mcp_servers"]
+            if s["name"] in ("crew", "corral")] == []
 
 
 @pytest.mark.deadline(120)
