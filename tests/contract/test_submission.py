@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from corral import jsonrpc
 from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY
 from ..test_idempotent_submission import recorder, runs
-from .home import Home
+from .home import Home, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,6 +36,13 @@ def agents(directory: Path) -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         max_concurrent_tasks = 4
         retry_backoff = {BACKOFF}
+        retry_jitter = false
+        stop_timeout = 5.0
+
+        [agents.patient]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retry_backoff = 3.0
         retry_jitter = false
         stop_timeout = 5.0
     """)
@@ -146,6 +154,22 @@ def test_a_tasks_retry_policy_runs_it_again_after_its_backoff(home: Home) -> Non
     assert [a["outcome"] for a in done["attempts"]] == ["failed", "failed"]
     assert json.dumps(done["options"]["retry"]) == json.dumps(
         {"retries": 1, "retry_on": ["failed"]})
+
+
+@pytest.mark.differs("a cluster task waiting out its retry's backoff says only \"delayed "
+                     "until T\", where a node's says \"delayed until T: retry 1 after "
+                     "attempt 1 failed (backoff 3 s)\"")
+def test_a_retry_waiting_out_its_backoff_is_queued_and_says_why(home: Home) -> None:
+    task_id = home.submit("patient", {"do": "until", "attempt": 2},
+                          retry={"retries": 1, "retry_on": ["failed"]})
+    held = wait_until("the retry in its backoff", lambda: (
+        t := home.task(task_id))["status"] == "queued" and t["attempts"] and t)
+    done = home.wait(task_id)
+    assert [a["outcome"] for a in done["attempts"]] == ["failed", "succeeded"], done
+    assert held["not_before"] == pytest.approx(
+        done["attempts"][0]["finished"] + 3.0, abs=0.5), held
+    assert re.fullmatch(r"delayed until \S+: retry 1 after attempt 1 failed "
+                        r"\(backoff 3 s\)", held["waiting"]), held
 
 
 def test_a_task_asking_for_at_most_once_is_not_run_again_after_a_crash_and_says_so(
