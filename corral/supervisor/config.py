@@ -717,7 +717,6 @@ class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """[packages]: how `corral deploy` builds releases (docs/packages.md)."""
 
     dir: str | None = None  # default: STATE_DIR/packages
-    uv: str | None = None  # the uv binary; default: the one installed with corral
     cache_dir: str | None = None  # uv's cache, shared by every build; default: DIR/.cache
     build_timeout: Positive = 600.0  # seconds a whole build may take
     max_release_mb: PositiveInt = 2048  # a release bigger than this is refused

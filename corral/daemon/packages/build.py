@@ -94,11 +94,9 @@ class Plan(msgspec.Struct, kw_only=True):
     source: str  # the hash of the source
 
 
-def find_uv(configured: str | None) -> str | None:
-    """The uv binary: the configured one, else the one installed with corral (the uv
-    package, a dependency of corral[daemon]), else one on PATH."""
-    if configured:
-        return configured
+def find_uv() -> str | None:
+    """The uv binary: the one installed with corral (the uv package, a dependency of
+    corral[daemon], pinned: the uv its builds are tested with), else one on PATH."""
     with contextlib.suppress(ImportError, FileNotFoundError):
         from uv import find_uv_bin
 
@@ -333,12 +331,12 @@ class Builder:
         """Looked for at the first build or status that asks, not at the daemon's start:
         the uv package's import and its search were ~10 ms of every boot's CPU, and
         most daemons never deploy a package."""
-        return find_uv(self.settings.uv)
+        return find_uv()
 
     def _uv(self) -> str:
         if self.uv is None:
-            raise BuildError("uv not found: install corral[daemon] (it brings uv), or set "
-                             "[packages] uv")
+            raise BuildError("uv not found: install corral[daemon] (it brings uv), or put "
+                             "uv on PATH")
         return self.uv
 
     # -- the build -----------------------------------------------------------------------
