@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def agents(directory: Path) -> str:
     del directory
-    return fleet() + fleet().split("[agents.leaf]")[0].replace(
+    return fleet("max_spawn_depth = 2") + fleet().split("[agents.leaf]")[0].replace(
         "[agents.orch]", "[agents.small]").replace(
         'spawns = ["leaf", "orch"]', 'spawns = ["leaf"]\nmax_children = 2')
 
@@ -79,3 +79,21 @@ def test_a_wait_for_a_task_that_is_not_a_child_is_refused(home: Home, tmp_path: 
     done = home.run("orch", {"wait_for": other, "catch": True}, at=1)
     assert done["output"] == {"refused": f"task/wait: task {other} is not a child of task "
                               f"{done['task_id']}", "code": jsonrpc.INVALID_PARAMS}
+
+
+def test_a_spawn_beyond_the_parents_reach_or_depth_is_refused_with_its_words(
+        home: Home) -> None:
+    done = home.run("orch", {"children": 1, "agent": "other", "count": "x", "catch": True})
+    assert done["output"] == {"refused": "task/spawn: agent orch may not spawn tasks of "
+                              "agent other (its spawns list: ['leaf', 'orch'])",
+                              "code": jsonrpc.REFUSED}
+    done = home.run("orch", {"children": 1, "agent": "ghost", "count": "x", "catch": True},
+                    at=1)
+    assert done["output"] == {"refused": "no such agent: ghost", "code": jsonrpc.NOT_FOUND}
+    # depth: orch -> orch (1) -> orch (2) -> a third level is refused
+    deepest = home.run("orch", {"recurse": 3})["output"]
+    assert deepest["status"] == "failed", deepest
+    assert deepest["error"] == (f"RequestError: task/spawn: spawn depth exceeded: a child "
+                                f"of task {deepest['task_id']} would be at depth 3 "
+                                "(max_spawn_depth 2 of agent orch)")
+    assert home.run("orch", {"recurse": 2}, at=1)["output"] == 2
