@@ -127,6 +127,22 @@ def replica_env(d: Daemon, agent: str) -> dict[str, str]:
     return env
 
 
+def stateless(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One 2026-07-28 request of a client that declares the tasks extension."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {
+                "extensions": {"io.modelcontextprotocol/tasks": {}}}}
+    named = params.get("name", params.get("taskId"))
+    r = httpx2.post(url, timeout=60, json={"jsonrpc": "2.0", "id": 7, "method": method,
+                                           "params": {**params, "_meta": meta}},
+                    headers={"Authorization": f"Bearer {token}",
+                             "Accept": "application/json, text/event-stream",
+                             "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method,
+                             **({"Mcp-Name": named} if isinstance(named, str) else {})})
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
 def tasks_of(d: Daemon, agent: str) -> list[dict[str, Any]]:
     return [t for t in d.ask("tasks.list", {})["tasks"] if t["agent"] == agent]
 
@@ -161,6 +177,22 @@ async def test_at_mcp_corral_an_agents_call_meets_its_policy_rules(daemon: Daemo
             assert (result.is_error, text(result)) == (
                 True, "tool call corral__minion is denied by policy rule no agents as "
                       "tools for denied")
+    # a client of the tasks extension is given a handle whose result is the refusal
+    handle = await asyncio.to_thread(stateless, env["CORRAL_MCP_URL"] + "/corral",
+                                     env["CORRAL_MCP_TOKEN"], "tools/call",
+                                     {"name": "minion", "arguments": {"do": "echo"}})
+    assert handle["result"]["resultType"] == "task", handle
+    task = handle["result"]["taskId"]
+
+    def ended() -> dict[str, Any] | None:
+        got: dict[str, Any] = stateless(env["CORRAL_MCP_URL"] + "/corral",
+                                        env["CORRAL_MCP_TOKEN"], "tasks/get",
+                                        {"taskId": task})["result"]
+        return got if got["status"] not in ("working", "input_required") else None
+    got = await asyncio.to_thread(wait_until, ended, 30, "the refused call's handle")
+    assert (got["status"], got["result"]) == ("completed", {"isError": True, "content": [
+        {"type": "text", "text": "tool call corral__minion is denied by policy rule no "
+                                 "agents as tools for denied"}]})
     assert len(await asyncio.to_thread(tasks_of, d, "minion")) == before
     # the denial is the policy's audit row, by shape, as at every other door
     rows = [e for e in d.json("audit")["entries"] if e["method"] == "policy"
