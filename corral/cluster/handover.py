@@ -56,8 +56,7 @@ class Claim(msgspec.Struct, frozen=True):
     usage: ModelUsage | None = None
     checkpoint: msgspec.Raw | None = None
     session: str | None = None
-    # (named as an earlier image hands it over)
-    session_state: bytes | None = msgspec.field(default=None, name="session_kept")
+    session_state: bytes | None = None
 
 
 class NodeHanded(msgspec.Struct, frozen=True):
