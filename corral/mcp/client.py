@@ -69,7 +69,6 @@ DISCOVER_SHARE = 0.5
 MAX_PAGES = 1000
 # the spec's tool-name rule; "__" is refused too, as corral's SERVER__TOOL separator
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 TASK_DONE = ("completed", "failed", "cancelled")
 TASK_POLL_DEFAULT = 0.5  # seconds, when the server suggests no pollInterval
 TASK_POLL_MAX = 5.0

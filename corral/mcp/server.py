@@ -41,7 +41,7 @@ from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
 from . import envelope
 from .askclient import WAIT, PendingAsks
-from .client import LEGACY, META_CAPABILITIES, META_CLIENT, META_VERSION, SUPPORTED
+from .client import LEGACY, META_CAPABILITIES, META_VERSION, SUPPORTED
 from .envelope import Mirror, Refusal
 from .logrelay import LEVELS, META_LOG_LEVEL, LogRelay, valid_level
 from .relay import NEEDS, asks_input
@@ -127,7 +127,6 @@ class GatewaySession:
         self.backend = backend
         self.push = push
         self.version: str | None = None  # negotiated by initialize (legacy revisions)
-        self.client_info: dict[str, Any] = {}
         self.initialized = False
         # a 2025-11-25 client's, from initialize: its extensions, and what of a server's
         # input requests it can be asked (askclient.py)
@@ -336,8 +335,6 @@ class GatewaySession:
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else None
         asked = meta.get(META_VERSION) if meta else None
         stateless = asked is not None and method != "initialize"
-        if stateless and meta and isinstance(meta.get(META_CLIENT), dict):
-            self.client_info = meta[META_CLIENT]
         if method == "initialize":
             return self._initialize(params)
         if method == "server/discover":
@@ -456,8 +453,6 @@ class GatewaySession:
     def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         asked = params.get("protocolVersion")
         self.version = asked if asked in LEGACY else LEGACY[0]
-        info = params.get("clientInfo")
-        self.client_info = info if isinstance(info, dict) else {}
         caps = params.get("capabilities")
         self.client_capabilities = caps if isinstance(caps, dict) else {}
         extensions = caps.get("extensions") if isinstance(caps, dict) else None

@@ -749,8 +749,7 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # its processes' nice value (caps.nice_for_weight), where no cgroup weighs CPU
     cpu_weight: Annotated[int, Meta(ge=0, le=10000)] = 0
     max_processes: NonNegInt = 0
-    # the sandbox's settings, which the agent's own take over (the sandbox work's hook:
-    # tenants.Tenancy.sandbox_of)
+    # the sandbox's settings, which the agent's own take over (isolation.py)
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
     egress: Literal["any", "gateways", "none"] | None = None  # the floor of its agents'

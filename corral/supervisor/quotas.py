@@ -28,7 +28,7 @@ from .tasks.admission import retry_after
 from .tasks.budget import BUDGET_PREFIX
 
 if TYPE_CHECKING:
-    from .config import AgentSpec, McpServerSpec
+    from .config import McpServerSpec
     from .replica import Replica
     from .tasks.host import AgentLike
 
@@ -116,14 +116,6 @@ class Tenancy:
     def unknown(self, what: str, tenant: str) -> str:
         return (f"{what}: no tenant {tenant} (declared: {', '.join(self.names())}; "
                 "add it with [tenants.NAME] or `corral tenants add`)")
-
-    # -- the sandbox's hook -------------------------------------------------------------
-    def sandbox_of(self, spec: AgentSpec | McpServerSpec) -> tuple[str | None, str | None]:
-        """The tenant's (sandbox, network) for a process of it, None where it sets none:
-        a process's own setting takes over; this is the value the sandbox's resolution
-        starts from."""
-        t = self.spec(spec.tenant)
-        return t.sandbox, t.network
 
     # -- agents and replicas ------------------------------------------------------------
     def refusal(self, want: Mapping[str, tuple[str, int]], what: str) -> str | None:

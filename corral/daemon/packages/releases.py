@@ -28,7 +28,6 @@ SDK = ".sdk"
 CACHE = ".cache"
 ROLLOUT = "ROLLOUT"
 BUILD_LOCK = ".build.lock"
-WRITABLE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
 class ReleaseInfo(msgspec.Struct, kw_only=True):
