@@ -55,7 +55,7 @@ from ..results import SessionInfo, SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
-from ..supervisor.tasks.sessions import SessionKey
+from ..supervisor.tasks.sessions import SessionKey, sessions_full
 from ..text import plural
 from . import sessionscripts
 from .connection import read
@@ -113,10 +113,7 @@ class ClusterSessions:
         self.refused += 1
         local = self.host.agents.get(agent)
         most = local.spec.max_sessions if local is not None else 0
-        return RpcError(jsonrpc.REFUSED, f"sessions full: agent {agent} has "
-                                         f"{plural(most, 'live session')} in cluster "
-                                         f"(max_sessions {most}); wait for one to expire "
-                                         "(session_ttl)")
+        return RpcError(jsonrpc.REFUSED, sessions_full(f"agent {agent}", most, most))
 
     # -- a claimed task's home.turns (TurnStore) -------------------------------------------
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:

@@ -189,9 +189,9 @@ def test_max_sessions_refuses_a_new_one_and_an_expired_one_frees_its_place(
         assert done(a, submit(a, 1, "one"))["status"] == "succeeded"
         r = a.cli("run", "chat", "--input", json.dumps({"turn": 1}), "--session", "two")
         assert r.returncode == 1
-        assert r.stderr == ("corral: sessions full: agent chat has 1 live session in "
-                            "cluster (max_sessions 1); wait for one to expire "
-                            "(session_ttl)\n")
+        assert r.stderr == ("corral: sessions full: agent chat has 1 live session "
+                            "(max_sessions 1); end one (corral sessions end) or wait for "
+                            "one to expire (session_ttl)\n")
         assert done(a, submit(a, 2, "one"))["output"]["turns"] == [1, 2]  # its own: taken
         rc = redis_py.Redis(port=redis.port)
         try:  # session_ttl after its last turn: gone from Redis, by the keys' expiry

@@ -26,14 +26,16 @@ HERE = Path(__file__).parent.parent
 
 def agents(directory: Path) -> str:
     del directory
-    return textwrap.dedent(f"""
-        [agents.chat]
+    chat = textwrap.dedent(f"""
         command = ["{PY}", "{HERE}/session_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         retries = 1
         max_concurrent_tasks = 2
         stop_timeout = 5.0
     """)
+    # `small`: one live session, of 40 bytes of state at most
+    return (f"[agents.chat]{chat}\n[agents.small]{chat}max_sessions = 1\n"
+            "max_session_bytes = 40\n")
 
 
 def test_a_sessions_turns_run_one_at_a_time_in_order_each_given_the_last_state(
@@ -113,3 +115,25 @@ def test_a_session_is_ended_only_with_no_turn_unfinished_and_then_starts_afresh(
     home.call("sessions.end", {"agent": "chat", "session": "s4"}, at=1)
     again = home.run("chat", {"turn": 3}, session="s4")
     assert (again["output"]["turns"], again["output"]["given"]) == ([3], False)
+
+
+def test_a_session_past_its_agents_bounds_is_refused_with_their_words(home: Home) -> None:
+    first = home.run("small", {"turn": 1}, session="only")
+    assert first["output"]["turns"] == [1], first
+    # a state past max_session_bytes: the turn fails, the session keeps its last state
+    big = home.run("small", {"turn": "x" * 50}, at=1, session="only")
+    assert (big["status"], big["error"]["message"]) == ("failed", (
+        "RequestError: session/checkpoint: session state too large: agent small's live "
+        "sessions would hold 66 bytes of state (max_session_bytes 40); the session keeps "
+        "its last state")), big
+    assert home.run("small", {"turn": 2}, session="only")["output"]["turns"] == [1, 2]
+    # a second live session past max_sessions: refused, until the first is ended
+    code, message = home.refusal("tasks.submit", {"agent": "small", "input": {"turn": 1},
+                                                  "session": "other"}, at=1)
+    home.call("sessions.end", {"agent": "small", "session": "only"})
+    again = home.run("small", {"turn": 1}, at=1, session="other")
+    assert again["output"]["turns"] == [1], again
+    home.call("sessions.end", {"agent": "small", "session": "other"})
+    assert (code, message) == (jsonrpc.REFUSED, (
+        "sessions full: agent small has 1 live session (max_sessions 1); end one (corral "
+        "sessions end) or wait for one to expire (session_ttl)"))

@@ -113,6 +113,14 @@ def session_bounds(agent: AgentLike | None, tenancy: Tenancy | None) -> list[Ses
     return out
 
 
+def sessions_full(who: str, live: int, most: int) -> str:
+    """Why one more session is refused past a bound, on either home (a cluster's
+    session is ended as a node's)."""
+    return (f"sessions full: {who} has {plural(live, 'live session')} (max_sessions "
+            f"{most}); end one (corral sessions end) or wait for one to expire "
+            "(session_ttl)")
+
+
 class SessionJournal(Protocol):
     """Where sessions are made durable (the daemon's: corral.daemon.sessionjournal.SessionsDB)."""
 
@@ -457,9 +465,7 @@ class Sessions:
         for b in self._bounds_of(key.agent):
             live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
             if more and b.max_sessions and live + more > b.max_sessions:
-                return (f"sessions full: {b.who} has {plural(live, 'live session')} "
-                        f"(max_sessions {b.max_sessions}); end one (corral sessions end) "
-                        "or wait for one to expire (session_ttl)")
+                return sessions_full(b.who, live, b.max_sessions)
             held = sum(self._bytes.get((key.tenant, a), 0) for a in b.agents)
             if size > 0 and b.max_bytes and held + size > b.max_bytes:
                 return (f"session state too large: {b.who}'s live sessions would hold "
