@@ -5,6 +5,7 @@ fixture asserts that no process, zombie or fd outlives each test."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import platform
 import re
@@ -23,7 +24,6 @@ from corral.supervisor.containment import (
     CgroupTree,
     Containment,
     ProcessRecord,
-    is_subreaper,
     read_stat,
     read_token,
     token_owner,
@@ -32,6 +32,14 @@ from corral.supervisor.containment import (
 from .chaos.procs import wait_until
 from .conftest import agent
 from .test_gateway_stdio import wait_until_async
+
+
+def is_subreaper() -> bool:
+    """prctl(PR_GET_CHILD_SUBREAPER): whether this process is a child subreaper."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = ctypes.c_int(0)
+    libc.prctl(37, ctypes.byref(out), 0, 0, 0)
+    return out.value != 0
 
 
 def alive(pid: int) -> bool:

@@ -48,7 +48,6 @@ from .stream import Stream
 log = logging.getLogger("corral.containment")
 
 PR_SET_CHILD_SUBREAPER = 36
-PR_GET_CHILD_SUBREAPER = 37
 # every process corral starts carries its spawn token; descendants inherit it
 TOKEN_VARIABLE = "CORRAL_SPAWN"
 SUPERVISOR_LEAF = "supervisor"
@@ -71,13 +70,6 @@ def _prctl(option: int, arg: int) -> None:
 def set_subreaper(on: bool) -> None:
     """Make this process a child subreaper (or stop being one)."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
-
-
-def is_subreaper() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    out = ctypes.c_int(0)
-    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(out), 0, 0, 0)
-    return out.value != 0
 
 
 # -- /proc --------------------------------------------------------------------------------
