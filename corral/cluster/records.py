@@ -15,8 +15,8 @@ from msgspec import UNSET, UnsetType
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskFailure
+from ..supervisor.tasks.dispatch import why_delayed
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
-from ..text import iso_time
 from ..tracecontext import parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
 
@@ -40,6 +40,7 @@ class ClusterAttempt(msgspec.Struct, omit_defaults=True):
     error: str | None = None
     replayed: int | UnsetType = UNSET  # its steps answered from the task's (steps.py)
     diverged: int | UnsetType = UNSET
+    backoff: float | UnsetType = UNSET  # (Attempt's: it was retried after so long)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -47,7 +48,7 @@ _encode = msgspec.json.Encoder().encode
 
 def attempt_json(a: Attempt, node: str) -> bytes:
     return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, a.finished, a.outcome,
-                                  a.error, a.replayed, a.diverged))
+                                  a.error, a.replayed, a.diverged, a.backoff))
 
 
 def suspended_attempt(a: Attempt, node: str, now: float, error: str) -> bytes:
@@ -106,15 +107,16 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
     err = rec.get(b"error")
     # held out of its stream until then (due.py), as a local delayed task waits
     not_before = _f(rec, b"not_before") if rec.get(b"status") == b"queued" else None
+    tried = [_attempt.decode(a) for a in attempts]
     return m.TaskInfo(
         task_id=task_id, agent=_s(rec, b"agent"), status=_s(rec, b"status"),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
         started=_f(rec, b"started"), finished=_f(rec, b"finished"), tool_calls=0,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
-        attempts=[_attempt.decode(a) for a in attempts], options=options_in(rec.get(b"options")),
+        attempts=tried, options=options_in(rec.get(b"options")),
         not_before=not_before, waiting=None if not_before is None
-        else f"delayed until {iso_time(not_before)}")
+        else why_delayed(not_before, tried, True))
 
 
 def options_in(field: bytes | None) -> TaskOptions:

@@ -156,9 +156,6 @@ def test_a_tasks_retry_policy_runs_it_again_after_its_backoff(home: Home) -> Non
         {"retries": 1, "retry_on": ["failed"]})
 
 
-@pytest.mark.differs("a cluster task waiting out its retry's backoff says only \"delayed "
-                     "until T\", where a node's says \"delayed until T: retry 1 after "
-                     "attempt 1 failed (backoff 3 s)\"")
 def test_a_retry_waiting_out_its_backoff_is_queued_and_says_why(home: Home) -> None:
     task_id = home.submit("patient", {"do": "until", "attempt": 2},
                           retry={"retries": 1, "retry_on": ["failed"]})

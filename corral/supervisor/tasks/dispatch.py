@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -420,15 +420,16 @@ def _room(r: Replica, replicas: list[Replica], limit: int) -> int:
     return cap - r.tasks_running
 
 
-def why_delayed(task: Task, delayed: bool) -> str | None:
-    """Why a queued task is not in its agent's queue (None: it is): it waits for its
-    time (`delayed`: a delay it was submitted with, or a retry's backoff), or its retry
-    waits for its timed-out attempt to stop."""
-    last = task.attempts[-1] if task.attempts else None
-    retry = (f"retry {len(task.attempts)} after attempt {len(task.attempts)} "
+def why_delayed(not_before: float | None, attempts: Sequence[Attempt], delayed: bool
+                ) -> str | None:
+    """Why a queued task is not in its agent's queue (None: it is), on either home: it
+    waits for its time (`delayed`: a delay it was submitted with, or a retry's backoff,
+    until `not_before`), or its retry waits for its timed-out attempt to stop."""
+    last = attempts[-1] if attempts else None
+    retry = (f"retry {len(attempts)} after attempt {len(attempts)} "
              f"{str(last.outcome).replace('_', ' ')}" if last is not None else None)
-    if delayed and task.not_before is not None:
-        until = f"delayed until {iso_time(task.not_before)}"
+    if delayed and not_before is not None:
+        until = f"delayed until {iso_time(not_before)}"
         if retry is None or last is None:
             return until
         return f"{until}: {retry} (backoff {last.backoff if last.backoff else 0:g} s)"
