@@ -43,9 +43,9 @@ class Audit:
         changes the command's answer (it is kept and written when the database can be:
         StoreWriter). Params that carry specs are written by the one rule (redact.py):
         neither the table nor the log holds a secret value."""
-        shown = _bounded(redact.params(method, params))
+        shown, encoded = _bounded(redact.params(method, params))
         outcome = _cut(outcome)
-        text = f"{caller.who}: {method} {msgspec.json.encode(shown).decode()} -> {outcome}"
+        text = f"{caller.who}: {method} {encoded.decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
         if self._store is not None:
             self._row(self._store, caller, method, shown, outcome)
@@ -72,8 +72,9 @@ def _cut(text: str) -> str:
     return f"{text[:TEXT_CUT]}… (cut: {len(text)} characters)"
 
 
-def _bounded(shown: Any) -> Any:
-    """`shown` with each text cut (keys too), and past PARAMS_CUT bytes its size alone."""
+def _bounded(shown: Any) -> tuple[Any, bytes]:
+    """`shown` with each text cut (keys too), and past PARAMS_CUT bytes its size alone;
+    and its JSON (encoded once: a row is written at every gateway call)."""
     def cut(v: Any) -> Any:
         if isinstance(v, str):
             return _cut(v)
@@ -84,7 +85,10 @@ def _bounded(shown: Any) -> Any:
         return v
     raw = msgspec.json.encode(shown)
     if len(raw) <= TEXT_CUT:  # (most rows: nothing in them to cut)
-        return shown
+        return shown, raw
     out = cut(msgspec.json.decode(raw))
-    size = len(msgspec.json.encode(out))
-    return out if size <= PARAMS_CUT else {"cut": f"params of {size} bytes"}
+    raw = msgspec.json.encode(out)
+    if len(raw) > PARAMS_CUT:
+        out = {"cut": f"params of {len(raw)} bytes"}
+        raw = msgspec.json.encode(out)
+    return out, raw
