@@ -55,13 +55,14 @@ from ..results import SessionInfo, SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
-from ..supervisor.tasks.sessions import SessionKey, sessions_full
+from ..supervisor.tasks.sessions import SessionKey, sessions_full, turn_waits
 from ..text import plural
 from . import sessionscripts
 from .connection import read
 from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
+from .records import ON_WORKER
 from .scripts import Scripts, submit_script
 from .trust import SESSION, Trust
 
@@ -246,6 +247,28 @@ class ClusterSessions:
                                              f"{plural(unfinished, 'unfinished task')}{now}; "
                                              "cancel them or wait for them to end")
         return view
+
+    async def why_waiting(self, task_id: str, rec: dict[bytes, bytes]) -> str | None:
+        """Why a queued task (its record `rec`) waits in its session's line, in a node's
+        words (turn_waits): its session's current task runs, or waits to. RedisError
+        when Redis does not answer."""
+        name, tenant = rec.get(b"session"), rec.get(b"stenant")
+        if name is None or tenant is None:
+            return None
+        key = SessionKey(tenant.decode(), rec[b"agent"].decode(), name.decode())
+
+        async def line() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.keys.session(key), "cur")
+            pipe.lrange(self.keys.session_line(key), 0, -1)
+            return list(await pipe.execute())
+
+        cur, waiting = await read(line)
+        mine = task_id.encode()
+        if not cur or mine not in waiting:
+            return None
+        status = await read(lambda: self.redis.hget(self.keys.task(cur.decode()), "status"))
+        return turn_waits(key.name, cur.decode(), status in ON_WORKER, waiting.index(mine))
 
     async def _whose(self, tenant: str | None, agent: str, name: str) -> SessionKey | None:
         if tenant is not None:

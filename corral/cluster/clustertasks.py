@@ -320,6 +320,8 @@ class ClusterTasks:
         info = records.info(task_id, rec, attempts)
         info.tenant = self.trust.tenant_of(task_id, rec[b"agent"], rec.get(b"tenant"),
                                            rec.get(b"tenant_mac"))
+        if info.status == "queued" and info.waiting is None:
+            info.waiting = await self.sessions.why_waiting(task_id, rec)
         return info, True
 
     def _waiter(self, task_id: str) -> Waiter:

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .. import methods as m
+from ..supervisor.tasks import ON_WORKER as TASK_ON_WORKER
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskFailure
 from ..supervisor.tasks.dispatch import why_delayed
@@ -22,6 +23,7 @@ from ..tracecontext import traceparent as format_traceparent
 
 # the engine's, as the record's status field holds them
 TERMINAL = frozenset(s.encode() for s in TASK_TERMINAL)
+ON_WORKER = frozenset(s.encode() for s in TASK_ON_WORKER)  # (an attempt of it runs)
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
 _attempt = msgspec.json.Decoder(m.Attempt)

@@ -56,9 +56,6 @@ def test_a_sessions_turns_run_one_at_a_time_in_order_each_given_the_last_state(
             shown["session"]["waiting"]) == (6, None, 0)
 
 
-@pytest.mark.differs("a cluster turn queued behind its session's running turn says "
-                     "nothing of why: its record's `waiting` is None, where a node's says "
-                     "\"session S: task ID runs\"")
 def test_a_turn_waits_while_its_sessions_turn_before_it_runs(home: Home, tmp_path: Path
                                                              ) -> None:
     gate = tmp_path / "gate"

@@ -121,6 +121,13 @@ def sessions_full(who: str, live: int, most: int) -> str:
             "(session_ttl)")
 
 
+def turn_waits(session: str | None, current: str, runs: bool, ahead: int) -> str:
+    """Why a queued turn of a session does not start, on either home: its session's
+    current task runs (or waits to), and `ahead` turns of it come before this one."""
+    more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
+    return f"session {session}: task {current} {'runs' if runs else 'waits before it'}{more}"
+
+
 class SessionJournal(Protocol):
     """Where sessions are made durable (the daemon's: corral.daemon.sessionjournal.SessionsDB)."""
 
@@ -591,10 +598,8 @@ class Sessions:
             return f"session {task.session}: its state is being read back"
         if s is None or task not in s.line or s.current is None:
             return None
-        ahead = s.line.index(task)
-        more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
-        return (f"session {task.session}: task {s.current.id} "
-                f"{'runs' if s.current.running else 'waits before it'}{more}")
+        return turn_waits(task.session, s.current.id, s.current.running,
+                          s.line.index(task))
 
     def _finished(self, e: TaskFinished) -> None:
         task = e.task
