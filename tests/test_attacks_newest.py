@@ -401,6 +401,22 @@ async def test_a_search_finds_no_drifted_tool_nor_its_new_description(
         assert "evil" not in json.dumps(found.structured_content)
 
 
+@pytest.mark.deadline(120)
+async def test_a_glob_tokens_search_reaches_its_agents_tools_alone(daemon: Daemon) -> None:
+    """Held: an API token limited to an agent glob (no tenant) searches the tools its
+    agents' allowlists admit, nothing else: minion's (none) finds nothing, ops-a's
+    (`many__*`) finds many's weather tool and no other server's."""
+    d = daemon
+    for glob, found in (("minion", []), ("ops-a", ["many__forecast_weather"])):
+        made = d.json("token", "create", f"search-{glob}", "--scope", "mcp:call",
+                      "--agents", glob)
+        async with session(gateway_url(d), made["token"]) as s:
+            res = await s.call_tool("search_tools", {"query": "weather fetch skill"})
+            assert res.structured_content is not None, text(res)
+            names = [t["name"] for t in res.structured_content["tools"]]
+            assert names == found, (glob, names)
+
+
 def skill_rpc(d: Daemon, token: str, method: str, uri: str) -> dict[str, Any]:
     """One stateless 2026-07-28 request of a skill's URI (the MCP SDK has no skills
     client): its JSON-RPC answer."""
