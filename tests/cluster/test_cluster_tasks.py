@@ -158,8 +158,9 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
         low = [submit(0) for _ in range(3)]
         high = [submit(5) for _ in range(3)]
         # the bound is per stream (an agent and a priority), by the submitting node's
-        # max_queue: priority 0 holds the running task's entry and 3 waiting, so 2 more
-        more = [submit(0), submit(0)]
+        # max_queue, of what waits unread: priority 0 holds 3 waiting (and the running
+        # task's entry, pending: not counted), so 3 more
+        more = [submit(0) for _ in range(3)]
         r = a.run("sleepy", '{"do": "echo"}', "--priority", "0")
         assert r.returncode == 1
         assert r.stderr.strip() == ("corral: agent sleepy's cluster queue is full (6 waiting, "
