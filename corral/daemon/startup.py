@@ -402,13 +402,16 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                                         on_notice=notice, writer=store.thread,
                                         max_keys=sc.idempotency_keys_per_tenant)
                 own.push_async_callback(journal.close)
-                unfinished = await asyncio.to_thread(journal.unfinished)
                 # tasks' steps (docs/durable.md), kept and pruned with their tasks
                 assert store.thread is not None  # open_writer made it
                 steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
                                 on_error=error)
                 own.push_async_callback(steps.close)
-                await asyncio.to_thread(steps.recover)  # the step log a kill left
+                # the step log a kill left, into the database before the tasks are read:
+                # a task's checkpoint is read with its row, and the last one answered may
+                # be only in the log (issue 73)
+                await asyncio.to_thread(steps.recover)
+                unfinished = await asyncio.to_thread(journal.unfinished)
                 parts.tasks.journal_to(journal, steps)
                 # spawn trees, durable calls (supervisor/tasks/spawntree.py), read back
                 parts.tasks.spawns.node.keep_in(CallJournal(store))

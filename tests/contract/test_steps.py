@@ -98,7 +98,7 @@ def test_a_crash_of_the_home_costs_only_the_work_in_flight(home: Home, tmp_path:
                                                            ) -> None:
     marker = tmp_path / "marker"
     task_id = home.submit("durable", {"calls": 6, "stop_after": 4, "how": "hang",
-                                      "marker": str(marker)})
+                                      "marker": str(marker), "checkpoint": True})
     wait_until("the worker past call 4", marker.exists)
     home.crash(task_id)
     done = home.wait(task_id)
@@ -108,3 +108,5 @@ def test_a_crash_of_the_home_costs_only_the_work_in_flight(home: Home, tmp_path:
     assert made_calls(home) == [str(i) for i in range(1, 7)]
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
     assert done["attempts"][1]["replayed"] == 4
+    # and the retry was given the checkpoint answered before the crash: durable then
+    assert (done["output"]["resumed"], done["output"]["task_state"]) == (True, {"done": 4})
