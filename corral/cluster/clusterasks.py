@@ -64,6 +64,7 @@ from . import records
 from .connection import read, unavailable
 from .keys import GROUP, Keys
 from .queue import ClusterTask
+from .records import on_worker
 from .scripts import Scripts
 from .trust import ASK as ASK_KIND
 from .trust import Trust
@@ -82,12 +83,19 @@ SWEPT = 64  # asks past their deadline found per beat, at most (the waits end th
 #       ask having no node waiting on it), the bound of a task's asks
 # -> {1} asked, {2, id} asked before under the key, {0} not this claim's (the fence),
 #    {-1, n} / {-2, n} the cluster's / the tenant's pending asks at their bound, {-3, n}
-#    the task's asks at their bound
+#    the task's asks at their bound. The task waits (`waiting`: its machine's wait) while
+#    what it asked, now or before, is pending: END moves it on (its resume)
 ASK = """
 local t = redis.call('HMGET', KEYS[1], 'fence', 'status')
-if t[1] ~= ARGV[1] or t[2] ~= 'running' then return {0} end
+if t[1] ~= ARGV[1] or not ON_WORKER then return {0} end
 local had = redis.call('HGET', KEYS[2], ARGV[2])
-if had then return {2, had} end
+if had then
+  local a = string.match(KEYS[1], '^(.*)task:') .. 'ask:' .. had
+  if redis.call('HEXISTS', a, 'rec') == 1 and redis.call('HEXISTS', a, 'end') == 0 then
+    redis.call('HSET', KEYS[1], 'status', 'waiting')
+  end
+  return {2, had}
+end
 local n = redis.call('HLEN', KEYS[2])
 if n >= tonumber(ARGV[10]) then return {-3, n} end
 n = redis.call('ZCARD', KEYS[4])
@@ -98,20 +106,22 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'rec', ARGV[4], 'mac', ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'waiting')
 if ARGV[9] and ARGV[9] ~= '' then
   redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'askdue', ARGV[9], ARGV[3])
 end
 return {1}
-"""
+""".replace("ON_WORKER", on_worker("t[2]"))
 
 # KEYS: the ask, the pending asks, its tenant's, its task's record
 # ARGV: the ask's id, its end (JSON), that end's MAC, a withdrawal (JSON) and its MAC,
 #       seconds an ended ask is kept, 'decide' or 'withdraw' (only of an ended task), the
 #       channel its end is published on (Keys.asks_ended)
 # -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
-#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask. A suspended
-#    task (SUSPEND) with nothing else pending is queued again in its agent's stream in
-#    the same step: whichever node claims it resumes it by replay (decision 780)
+#    had ended before, {4} not withdrawn (its task runs on), {0} no such ask. Its task,
+#    with nothing else it asked pending, resumes in the same step (its machine's resume):
+#    a waiting one runs on, a suspended one (SUSPEND) is queued again in its agent's
+#    stream, whichever node claims it resuming it by replay (decision 780)
 _END = """
 local a = redis.call('HMGET', KEYS[1], 'rec', 'end', 'emac')
 if not a[1] then return {0} end
@@ -129,8 +139,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZREM', prefix .. 'askdue', ARGV[1])
-if code == 1 and status == 'suspended' then
-  -- its task waits with no attempt: queued again, once nothing else it asked is pending
+if code == 1 and (status == 'suspended' or status == 'waiting') then
   local waiting = false
   for _, other in ipairs(redis.call('HVALS', prefix .. 'asks:' .. id)) do
     local o = prefix .. 'ask:' .. other
@@ -139,7 +148,9 @@ if code == 1 and status == 'suspended' then
       waiting = true
     end
   end
-  if not waiting then
+  if not waiting and status == 'waiting' then
+    redis.call('HSET', KEYS[4], 'status', 'running')
+  elseif not waiting then
     local entry = redis.call('XADD', redis.call('HGET', KEYS[4], 'stream'), '*', 'task', id)
     redis.call('HSET', KEYS[4], 'status', 'queued', 'entry', entry)
   end
@@ -161,7 +172,7 @@ return {code, e, m}
 #    pending, 4 a cancel was asked
 SUSPEND = f"""
 local t = redis.call('HMGET', KEYS[1], 'fence', 'status', 'cancel')
-if t[1] ~= ARGV[1] or t[2] ~= 'running' then return 0 end
+if t[1] ~= ARGV[1] or not {on_worker('t[2]')} then return 0 end
 if t[3] == '1' then return 4 end
 local prefix = string.match(KEYS[1], '^(.*)task:')
 local asks = redis.call('HGETALL', KEYS[4])
@@ -337,7 +348,7 @@ class ClusterAsks:
         except RedisError as exc:
             raise unavailable(self.settings, exc, f"task {task.id}'s record was not read"
                               ) from None
-        return bool(fence == str(task.token).encode() and status == b"running")
+        return bool(fence == str(task.token).encode() and status in records.ON_WORKER)
 
     async def give_back(self, task: Task, why: str) -> Resumer:
         """Give the waiting task's claim back, suspended in Redis (SUSPEND), its

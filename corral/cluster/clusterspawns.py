@@ -42,6 +42,7 @@ from ..taskviews import TaskInfo
 from .connection import never_sent, read
 from .keys import Keys
 from .queue import ClusterTask
+from .records import on_worker
 from .scripts import Scripts, submit_script
 from .trust import SPAWN as SIGNED_SPAWN
 from .trust import TENANT, Trust
@@ -66,12 +67,13 @@ _lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
 #    claim's, {'had', row} the key's row, {'fan', n} the parent has n children already
 SPAWN = submit_script(first="""
 local parent = redis.call('HMGET', KEYS[6], 'fence', 'status')
-if parent[1] ~= ARGV[12] or parent[2] ~= 'running' then return {'fence'} end
+if parent[1] ~= ARGV[12] or not ON_WORKER then return {'fence'} end
 local had = redis.call('HGET', KEYS[7], ARGV[13])
 if had then return {'had', had} end
 local n = redis.call('HLEN', KEYS[7])
 if n >= tonumber(ARGV[14]) then return {'fan', n} end""",
-                      then="redis.call('HSET', KEYS[7], ARGV[13], ARGV[15])")
+                      then="redis.call('HSET', KEYS[7], ARGV[13], ARGV[15])").replace(
+                          "ON_WORKER", on_worker("parent[2]"))
 
 
 def lineage_field(trust: Trust, task_id: str, lineage: Lineage, parent: str = "") -> str:

@@ -20,6 +20,7 @@ import msgspec
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL, TaskStatus
 from ..supervisor.tasks.durable import Sees, unknown_cursor
+from ..supervisor.tasks.taskmachine import UNFINISHED
 from ..taskoptions import NO_FILTERS, TaskFilters, admits
 from .connection import read
 from .keys import Keys
@@ -32,7 +33,6 @@ BATCH = 256  # ids read from each set, and records then read, per round trip
 ID_SLACK = 1.0
 _FIELDS = ("agent", "status", "priority", "created", "started", "finished", "node", "tenant",
            "tenant_mac", "options")
-_UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 
 
 def id_floor(t: float) -> str:
@@ -61,7 +61,7 @@ async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
         if owner is None or (sees is not None and not sees(
                 owner.decode(), trust.tenant_of(before, owner, tenant, mac))):
             raise unknown_cursor(before)
-    if status in _UNFINISHED:
+    if status in UNFINISHED:
         sets = [keys.live]
     elif status in TERMINAL:
         sets = [keys.done]

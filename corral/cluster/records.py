@@ -24,6 +24,13 @@ from ..tracecontext import traceparent as format_traceparent
 # the engine's, as the record's status field holds them
 TERMINAL = frozenset(s.encode() for s in TASK_TERMINAL)
 ON_WORKER = frozenset(s.encode() for s in TASK_ON_WORKER)  # (an attempt of it runs)
+
+
+def on_worker(status: str) -> str:
+    """Lua: whether a record's status (`status`, an expression) is one of an attempt on a
+    worker: running, or waiting for a person (taskmachine.ON_WORKER), as the machine's
+    every cause but a wait moves both alike."""
+    return "(" + " or ".join(f"{status} == '{s}'" for s in sorted(TASK_ON_WORKER)) + ")"
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
 _attempt = msgspec.json.Decoder(m.Attempt)

@@ -13,6 +13,7 @@ from redis.exceptions import NoScriptError
 
 from . import sessionscripts
 from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, OUTCOMES_KEPT
+from .records import on_worker
 from .replicas import Acks
 
 # the asks of a tenant's ended tasks whose records a cluster keeps: the newest, as many
@@ -448,7 +449,7 @@ _AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
 #       each)
 FINISH = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 local base = tonumber(ARGV[8])
 if base == 0 then
   redis.call('DEL', KEYS[2])
@@ -489,7 +490,7 @@ return 1
 # KEYS: task, outcomes; ARGV: token, progress JSON, task_id -> 1 written, 0 refused
 PROGRESS = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'watched')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 if rec[3] == '1' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[3],
@@ -505,9 +506,9 @@ return 1
 # are deleted first (an attempt that diverged there).
 # KEYS: task, steps; ARGV: token, drop from seq, field, value, field, value...
 #   -> 1 written, 0 refused
-STEP = """
+STEP = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 if ARGV[2] ~= '' then
   local from = tonumber(ARGV[2])
   for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -577,7 +578,7 @@ if rec[1] == 'queued' then
   redis.call('HSET', KEYS[1], 'entry', entry)
   return 'requeued'
 end
-if rec[1] ~= 'running' or rec[3] ~= ARGV[3] then return false end
+if not {on_worker('rec[1]')} or rec[3] ~= ARGV[3] then return false end
 {_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
@@ -619,7 +620,7 @@ return status
 # the task is no longer this claim's
 RELEASE = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 {_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
@@ -659,7 +660,7 @@ if rec[1] == 'queued' or rec[1] == 'suspended' then
   {_ended('ARGV[1]', 'ARGV[4]', 5)}
   return 'cancelled'
 end
-if rec[1] == 'running' then
+if {on_worker('rec[1]')} then
   redis.call('HSET', KEYS[1], 'cancel', '1')
   return 'asked'
 end

@@ -18,6 +18,7 @@ Redis's own (TIME): one clock for every node.
 from __future__ import annotations
 
 from .keys import GROUP
+from .records import on_worker
 
 # Seconds a node's list of the turns given to it (Keys.sticky) outlives its last one: its
 # items are stale once the busy bound has passed (they are checked as they are taken),
@@ -185,7 +186,7 @@ redis.call('ZADD', sall, 'inf', name)
 #   session's tenant} when it is not the one signed for
 CHECKPOINT = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'agent', 'session', 'stenant')
-if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or not rec[4] then return 0 end
+if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} or not rec[4] then return 0 end
 local agent, name, tenant = rec[3], rec[4], rec[5]
 if tenant and tenant ~= ARGV[5] then return {{-3, tenant}} end
 {_NAMES}

@@ -510,7 +510,7 @@ def test_redis_away_at_its_suspend_after_the_task_waits_on_with_its_attempt(
         wait_until(lambda: [x["id"] for x in pending(a) or []] == [ask["id"]], 30,
                    "its ask listed again")
         info = record(a, task_id)
-        assert (info["status"], info["attempts"][-1]["outcome"]) == ("running", "running")
+        assert (info["status"], info["attempts"][-1]["outcome"]) == ("waiting", "running")
         assert a.call("stats.get")["cluster"]["asks"]["suspended"] == 0
         assert a.cli("approvals", "approve", ask["id"]).returncode == 0
         done = a.call("tasks.get", {"task_id": task_id, "wait": True})

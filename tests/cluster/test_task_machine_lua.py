@@ -9,8 +9,6 @@ Where the Lua differs from the table, on purpose:
 - a cancel of a running task marks it (CANCEL answers 'asked') and the node running it
   cancels it at its next beat, its outcome written by FINISH: the end is the table's,
   one beat later;
-- a record is never `waiting` (a node's attempt waiting for a person is `running` in
-  Redis): SUSPEND moves a running record, as the machine's wait then suspend move a task;
 - the takeover of a dead node's task retries it whatever its agent's `retry_on` says:
   the record does not carry the agent's policy (an agent's default, ("lost",), is what
   the Lua keeps; a task's own retry_on is its node's engine's to apply). The cases here
@@ -353,6 +351,7 @@ async def suspended_record(client: Any, i: int, *keys: str) -> tuple[Record, Ask
         assert await a.ask(key, f"ask-{i}-{n}") == [1]
     m = machine(1)
     m.fire(C.WAIT)
+    assert await r.state() == (m.status.value, m.retries_left) == ("waiting", 1)
     assert await a.suspend() == 1
     m.fire(C.SUSPEND)
     assert await r.state() == (m.status.value, m.retries_left) == ("suspended", 1)
@@ -406,7 +405,7 @@ async def test_suspend_is_refused_unless_the_claim_waits_on_a_pending_ask(
         client: Any) -> None:
     """Not this claim's (0); nothing pending (2: the answer came first, its attempt
     runs on); an MCP server's elicitation pending (3); a cancel asked (4): the record
-    stays running, as the machine's waiting task does."""
+    stays waiting, as the machine's waiting task does."""
     r = Record(Scripts(client), client, 5)
     await r.submit()
     await r.claim(1)
@@ -421,7 +420,53 @@ async def test_suspend_is_refused_unless_the_claim_waits_on_a_pending_ask(
     assert await a.ask("tool:y", "ask-5-2") == [1]
     assert await r.cancel() == b"asked"
     assert await a.suspend() == 4
+    assert (await r.state())[0] == "waiting"
+
+
+async def test_an_ask_makes_a_record_wait_and_the_end_of_the_last_resumes_it(
+        client: Any) -> None:
+    """ASK moves a running record to waiting (the machine's wait), a second ask of the
+    attempt changes nothing (a wait of a waiting task); END of one ask with another
+    pending leaves it waiting, END of the last resumes it running; the same call asked
+    again (a retry's) waits on its ask while it is pending, and runs on once it ended."""
+    r = Record(Scripts(client), client, 6)
+    await r.submit()
+    await r.claim(1)
+    a, m = Asking(r), machine(1)
+    assert await a.ask("tool:x", "ask-6-0") == [1]
+    assert m.fire(C.WAIT).target == TaskStatus.WAITING
+    assert await r.state() == (m.status.value, m.retries_left) == ("waiting", 1)
+    assert await a.ask("tool:y", "ask-6-1") == [1]
+    assert m.fire(C.WAIT).target is None
+    assert await a.ask("tool:x", "ask-6-2") == [2, b"ask-6-0"]  # pending: it waits on
+    assert await r.state() == (m.status.value, m.retries_left) == ("waiting", 1)
+    assert (await a.end("ask-6-1"))[0] == 1
+    assert await r.state() == (m.status.value, m.retries_left)  # the other pending
+    assert (await a.end("ask-6-0"))[0] == 1
+    m.fire(C.RESUME)
+    assert await r.state() == (m.status.value, m.retries_left) == ("running", 1)
+    assert await a.ask("tool:x", "ask-6-3") == [2, b"ask-6-0"]  # ended: it runs on
     assert (await r.state())[0] == "running"
+
+
+@pytest.mark.parametrize(("case", "retries", "lua", "cause", "answer"),
+                         [c for c in CASES if c[1] is not None],
+                         ids=[c[0] for c in CASES if c[1] is not None])
+async def test_a_waiting_record_moves_as_a_running_one_as_the_machine_moves_a_task(
+        client: Any, case: str, retries: int, lua: Lua, cause: TaskCause,
+        answer: Any) -> None:
+    """Every cause but a wait and a resume moves a waiting task as a running one (its
+    attempt is on its worker): so the Lua moves a waiting record."""
+    r = Record(Scripts(client), client, 7)
+    await r.submit()
+    assert await r.claim(retries)
+    assert await Asking(r).ask("tool:x", "ask-7-0") == [1]
+    m = machine(retries)
+    m.fire(C.WAIT)
+    assert await r.state() == (m.status.value, m.retries_left)
+    assert await lua(r) == answer
+    m.fire(cause, LuaRetryPolicy())
+    assert await r.state() == (m.status.value, m.retries_left), case
 
 
 class FailedRetried(LuaRetryPolicy):

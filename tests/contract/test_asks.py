@@ -96,9 +96,6 @@ def test_an_ask_two_deciders_race_for_is_decided_once(home: Home) -> None:
         assert home.asks(at=at) == []
 
 
-@pytest.mark.differs("a cluster task held for a person's decision reads `running`, "
-                     "where a node's reads `waiting` (DESIGN 21's waiting state); both list "
-                     "the ask in the record's `asks`")
 def test_a_task_held_for_a_decision_reads_waiting_and_names_its_ask(home: Home) -> None:
     task_id = home.submit("writer", bump(6))
     ask = home.ask_of(task_id)
