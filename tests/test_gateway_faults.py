@@ -189,7 +189,8 @@ listen = "0.0.0.0:0"
 
 
 def test_a_clients_rate_is_limited_per_minute() -> None:
-    from corral.daemon.gatewayaccess import Identity, Limiter
+    from corral.daemon.gatewayaccess import Identity
+    from corral.daemon.gatewaylimits import Limiter
     from corral.jsonrpc import RpcError
 
     ident = Identity(name="c", allow=None, owner=None, max_concurrent=10, rate_per_minute=2,

@@ -27,7 +27,6 @@ import re
 import secrets
 import time
 import tomllib
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -44,8 +43,6 @@ from ..mcp.logrelay import LogRelay
 from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
-from ..percentile import percentile_ms
-from ..ratelimit import TokenBucket
 from ..supervisor.config import DEFAULT_TENANT, GatewaySettings, PositiveInt
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
@@ -55,12 +52,12 @@ from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tasks.approvals import gate
 from ..supervisor.tasks.interceptors import ToolCall
 from ..supervisor.tasks.personwait import timed
-from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from ..workerproto import ToolsCallParams
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
+from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
@@ -98,7 +95,6 @@ OPERATOR = "operator"
 # resources one gateway session may subscribe to at once (each may hold a listen stream
 # to its server): one more is refused naming it
 MAX_SUBSCRIPTIONS = 64
-LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
 
 
 def _expands(template: Any, uri: str) -> bool:
@@ -178,73 +174,6 @@ class Identity(msgspec.Struct, kw_only=True):
     agents: str | None = None
     scopes: frozenset[str] | None = None
     operator: bool = False
-
-
-class CallCounter:
-    """Calls, errors and the calls' own latencies; the time they waited for a person
-    apart (personwait.py): an approval's minutes in the percentiles would make them a
-    person's, not the tool's."""
-
-    __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed", "waited",
-                 "waited_s")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.errors = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        # an agent replica's tool calls made as a task's step, and made as no task's
-        self.attributed = 0
-        self.unattributed = 0
-        self.waited = 0  # calls that waited for a person
-        self.waited_s = 0.0  # and how long, in all
-
-    def add(self, seconds: float, error: bool, waited: float = 0.0) -> None:
-        self.calls += 1
-        self.errors += error
-        self.latencies.append(max(0.0, seconds - waited))
-        if waited > 0:
-            self.waited += 1
-            self.waited_s += waited
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-        return {"calls": self.calls, "errors": self.errors,
-                "p50_ms": percentile_ms(lat, 0.50), "p95_ms": percentile_ms(lat, 0.95),
-                "p99_ms": percentile_ms(lat, 0.99), "waited": self.waited,
-                "waited_ms": round(self.waited_s * 1000, 1)}
-
-    def replica_summary(self) -> dict[str, Any]:
-        """A client's row: with, for an agent replica's, its calls by attribution."""
-        row = self.summary()
-        if self.attributed or self.unattributed:
-            row.update(attributed=self.attributed, unattributed=self.unattributed)
-        return row
-
-
-class Limiter:
-    """A client's calls in flight and its rate (a token bucket of its rate_per_minute, made
-    again when a reload changes the rate)."""
-
-    __slots__ = ("bucket", "in_flight")
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.bucket: TokenBucket | None = None
-
-    def admit(self, ident: Identity, rated: bool = True) -> None:
-        """Take a slot (and, for a call, a token of its rate) or refuse."""
-        if self.in_flight >= ident.max_concurrent:
-            raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
-                                            f"{plural(self.in_flight, 'call')} in flight, its "
-                                            "limit (max_concurrent)")
-        if rated and ident.rate_per_minute:
-            if self.bucket is None or self.bucket.per_minute != ident.rate_per_minute:
-                self.bucket = TokenBucket(ident.rate_per_minute)
-            if not self.bucket.take():
-                raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} is over its "
-                                                f"rate of {plural(ident.rate_per_minute, 'call')} "
-                                                "a minute")
-        self.in_flight += 1
 
 
 class GatewayChanged(NamedTuple):

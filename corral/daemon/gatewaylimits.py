@@ -1,0 +1,95 @@
+"""A gateway client's counts and limits: its calls, errors and latencies (CallCounter),
+and its calls in flight and rate (Limiter), as GatewayService keeps them per client."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..percentile import percentile_ms
+from ..ratelimit import TokenBucket
+from ..text import plural
+
+LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
+
+
+class LimitedClient(Protocol):
+    """A client as its limits see it (gatewayaccess.Identity)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_concurrent(self) -> int: ...
+
+    @property
+    def rate_per_minute(self) -> int: ...
+
+
+class CallCounter:
+    """Calls, errors and the calls' own latencies; the time they waited for a person
+    apart (personwait.py): an approval's minutes in the percentiles would make them a
+    person's, not the tool's."""
+
+    __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed", "waited",
+                 "waited_s")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        # an agent replica's tool calls made as a task's step, and made as no task's
+        self.attributed = 0
+        self.unattributed = 0
+        self.waited = 0  # calls that waited for a person
+        self.waited_s = 0.0  # and how long, in all
+
+    def add(self, seconds: float, error: bool, waited: float = 0.0) -> None:
+        self.calls += 1
+        self.errors += error
+        self.latencies.append(max(0.0, seconds - waited))
+        if waited > 0:
+            self.waited += 1
+            self.waited_s += waited
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {"calls": self.calls, "errors": self.errors,
+                "p50_ms": percentile_ms(lat, 0.50), "p95_ms": percentile_ms(lat, 0.95),
+                "p99_ms": percentile_ms(lat, 0.99), "waited": self.waited,
+                "waited_ms": round(self.waited_s * 1000, 1)}
+
+    def replica_summary(self) -> dict[str, Any]:
+        """A client's row: with, for an agent replica's, its calls by attribution."""
+        row = self.summary()
+        if self.attributed or self.unattributed:
+            row.update(attributed=self.attributed, unattributed=self.unattributed)
+        return row
+
+
+class Limiter:
+    """A client's calls in flight and its rate (a token bucket of its rate_per_minute, made
+    again when a reload changes the rate)."""
+
+    __slots__ = ("bucket", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.bucket: TokenBucket | None = None
+
+    def admit(self, ident: LimitedClient, rated: bool = True) -> None:
+        """Take a slot (and, for a call, a token of its rate) or refuse."""
+        if self.in_flight >= ident.max_concurrent:
+            raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
+                                            f"{plural(self.in_flight, 'call')} in flight, its "
+                                            "limit (max_concurrent)")
+        if rated and ident.rate_per_minute:
+            if self.bucket is None or self.bucket.per_minute != ident.rate_per_minute:
+                self.bucket = TokenBucket(ident.rate_per_minute)
+            if not self.bucket.take():
+                raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} is over its "
+                                                f"rate of {plural(ident.rate_per_minute, 'call')} "
+                                                "a minute")
+        self.in_flight += 1
