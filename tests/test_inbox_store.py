@@ -17,6 +17,7 @@ from corral import jsonrpc
 from corral.askviews import AskEnd, AskKind, AskOrigin
 from corral.daemon.inboxjournal import AsksDB
 from corral.daemon.store import StateStore
+from corral.daemon.storeschema import StoreError
 from corral.jsonrpc import RpcError
 from corral.supervisor.stream import Stream
 from corral.supervisor.tasks.askwaits import EXPIRE_RETRY
@@ -27,6 +28,7 @@ from corral.supervisor.tasks.inbox import (
     Decision,
     Inbox,
     InboxBounds,
+    ended_message,
 )
 from corral.supervisor.tasks.waitclock import WaitClock
 
@@ -317,3 +319,78 @@ async def test_a_decision_met_by_its_tasks_withdrawal_is_told_the_withdrawal(
     assert refused.value.message.startswith(
         f"ask {ask.id} has ended: withdrawn by corral at "), refused.value.message
     assert opened.inbox.store.get(ask.id) == withdrawn
+
+
+async def test_a_withdrawal_reads_so_from_its_tasks_end_while_it_is_written(
+        opened: Opened) -> None:
+    """The task's end withdraws its ask (the record being written: the write lock held a
+    moment by another connection): from the call on, the ask reads withdrawn, listed no
+    more and nothing its task waits for, as its task's end reads ended; it is told once
+    written."""
+    ask = await opened.inbox.ask(_approval("t-1"))
+    other = await opened.inbox.ask(_approval("t-2"))
+    side = sqlite3.connect(opened.store.path, isolation_level=None)
+    try:
+        side.execute("BEGIN IMMEDIATE")
+        withdrawing = opened.inbox.withdraw("t-1")
+        got = opened.inbox.get(ask.id)
+        assert got is not None and (got.end, got.by) == (AskEnd.WITHDRAWN, "corral")
+        assert opened.inbox.pending() == [other]
+        assert (opened.inbox.waiting_for("t-1"), opened.inbox.asking("t-1")) == ([], False)
+        await asyncio.sleep(0.05)
+        assert not withdrawing.done()
+        assert [e.ask.end for e in opened.told] == [None, None]  # (told once written)
+        side.execute("ROLLBACK")
+        assert await asyncio.wait_for(withdrawing, 5) == [got]
+    finally:
+        side.close()
+    assert opened.inbox.store.get(ask.id) == got == opened.inbox.get(ask.id)
+    assert [e.ask for e in opened.told][-1] == got
+
+
+async def test_a_withdrawal_not_written_leaves_the_ask_pending_and_decidable(
+        opened: Opened) -> None:
+    """The withdrawal's record refused (the asks' table gone from under the writer): its
+    future fails naming SQLite's reason, and the ask reads pending again, as it is kept."""
+    ask = await opened.inbox.ask(_approval("t-1"))
+    side = sqlite3.connect(opened.store.path, isolation_level=None)
+    try:
+        side.execute("ALTER TABLE asks RENAME TO asks_away")
+        with pytest.raises(StoreError) as refused:
+            await asyncio.wait_for(opened.inbox.withdraw("t-1"), 5)
+        assert "no such table: asks" in str(refused.value), refused.value
+        assert opened.inbox.get(ask.id) == ask
+        assert opened.inbox.pending() == [ask] and opened.inbox.waiting_for("t-1") == [ask]
+        side.execute("ALTER TABLE asks_away RENAME TO asks")
+    finally:
+        side.close()
+    decided = await opened.inbox.decide(Decision(ask.id, AskEnd.DENIED, "token alice"))
+    assert opened.inbox.store.get(ask.id) == decided
+
+
+async def test_the_loser_of_a_decision_race_waits_for_the_winners_write_and_is_told_it(
+        opened: Opened) -> None:
+    """Two people decide the ask at once (the first decision's record being written: the
+    write lock held a moment by another connection): the second waits for that write and
+    is refused naming the first's end, never as "another caller"."""
+    ask = await opened.inbox.ask(_approval("t-1"))
+    side = sqlite3.connect(opened.store.path, isolation_level=None)
+    try:
+        side.execute("BEGIN IMMEDIATE")
+        first = asyncio.ensure_future(opened.inbox.decide(
+            Decision(ask.id, AskEnd.APPROVED, "token alice")))
+        await asyncio.sleep(0)  # (its end being written)
+        second = asyncio.ensure_future(opened.inbox.decide(
+            Decision(ask.id, AskEnd.DENIED, "token bob")))
+        await asyncio.sleep(0.05)
+        assert not first.done() and not second.done()
+        side.execute("ROLLBACK")
+        won = await asyncio.wait_for(first, 5)
+        with pytest.raises(RpcError) as refused:
+            await asyncio.wait_for(second, 5)
+    finally:
+        side.close()
+    assert (won.end, won.by) == (AskEnd.APPROVED, "token alice")
+    assert refused.value.code == jsonrpc.CONFLICT
+    assert refused.value.message == ended_message(won)
+    assert opened.inbox.store.get(ask.id) == won

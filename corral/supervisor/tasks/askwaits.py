@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -175,11 +175,12 @@ class AskWaits:
         if not self._by_task:
             self.stream.listen(self._ends, False)
         elif e.task.id in self._by_task:
-            self._spawn(self._withdrawn(e.task.home.asks, e.task.id))
+            # (asked now, with the end: written after)
+            self._spawn(self._withdrawn(e.task.home.asks.withdraw(e.task.id), e.task.id))
 
-    async def _withdrawn(self, shelf: AskShelf, task_id: str) -> None:
+    async def _withdrawn(self, withdrawal: Awaitable[list[Ask]], task_id: str) -> None:
         try:
-            await shelf.withdraw(task_id)
+            await withdrawal
         except Exception as exc:  # pending where they are kept: withdrawn when next read
             log.error("the asks of task %s could not be withdrawn (%s)", task_id, exc)
 

@@ -210,10 +210,12 @@ class Inbox:
         # asks checked against the bounds whose records are being stored: counted as
         # pending, so that asks made at once do not pass a bound together
         self._storing: dict[str | None, int] = {}
-        self._deciding: set[str] = set()
-        # ask id -> its end by corral being written (a withdrawal, a deadline): a decision
-        # meanwhile is told that end once written
-        self._corral: dict[str, asyncio.Future[Ask | None]] = {}
+        # ask id -> its end being written, resolved with it as written (None: not written,
+        # the ask pending still): a decision meanwhile waits for it and is told that end,
+        # as a cluster's loser is
+        self._ending: dict[str, asyncio.Future[Ask | None]] = {}
+        # ask id -> its withdrawal being written: read so from its task's end on
+        self._withdrawn: dict[str, Ask] = {}
 
     def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS,
              ids: Mapping[str, str] = MappingProxyType({})) -> int:
@@ -238,7 +240,7 @@ class Inbox:
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
         held = self._held(ask.id)
-        if held is None or ask.id in self._deciding:
+        if held is None or ask.id in self._ending:
             ended = self.store.get(ask.id)
             if ended is not None and not ended.pending:
                 return ended
@@ -327,17 +329,19 @@ class Inbox:
         """End a pending ask as a person decided. Refused (exact messages in
         docs/approvals.md): no such pending ask (NOT_FOUND: ended asks say how), an end
         its kind does not take, data past MAX_DECISION_BYTES (INVALID_PARAMS)."""
-        ending = self._corral.get(decision.ask_id)
-        if ending is not None and (ended := await asyncio.shield(ending)) is not None:
-            raise RpcError(jsonrpc.CONFLICT, ended_message(ended))
+        while (ending := self._ending.get(decision.ask_id)) is not None:
+            # another end being written (a decision, a deadline, a withdrawal): told it
+            # once written; one not written leaves the ask pending, decided here then
+            if (ended := await asyncio.shield(ending)) is not None:
+                raise RpcError(jsonrpc.CONFLICT, ended_message(ended))
         ask = self._held(decision.ask_id)
-        if ask is None or decision.ask_id in self._deciding:
+        if ask is None:
             raise self._not_pending(decision.ask_id)
         check_decision(ask, decision)
         return await self._end(ask, decision.end, decision.by, decision.data)
 
     def _not_pending(self, ask_id: str) -> RpcError:
-        if ask_id in self._deciding:
+        if ask_id in self._ending:
             return RpcError(jsonrpc.CONFLICT, f"ask {ask_id} is being decided by another "
                                               f"caller")
         ended = self.store.get(ask_id)
@@ -345,29 +349,38 @@ class Inbox:
             return RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask_id}")
         return RpcError(jsonrpc.CONFLICT, ended_message(ended))
 
-    async def withdraw(self, task_id: str) -> list[Ask]:
-        """End the task's pending asks (it ended while they waited)."""
-        mine = [a for a in self.waiting_for(task_id) if a.id not in self._deciding]
-        return [await self._end(a, AskEnd.WITHDRAWN, CORRAL, None) for a in mine]
+    def withdraw(self, task_id: str) -> asyncio.Future[list[Ask]]:
+        """End the task's pending asks withdrawn (it ended while they waited): read so
+        from this call on, with the task's end (a cluster's read so once their task has
+        ended), written and told after; the future is them as written. One being decided
+        is its decision's; one whose withdrawal is not written reads pending again."""
+        writes = []
+        for ask in self.waiting_for(task_id):
+            if ask.id not in self._ending:
+                gone = self._begin(ask, AskEnd.WITHDRAWN, CORRAL, None)
+                self._withdrawn[ask.id] = gone
+                writes.append(self._write(ask, gone))
+        return asyncio.gather(*writes)
 
     async def _end(self, ask: Ask, end: AskEnd, by: str, data: Any) -> Ask:
-        """The ask ended, committed before anyone waiting is told (a store that cannot be
-        written refuses the decision; the ask stays pending)."""
-        self._deciding.add(ask.id)
-        ending = None
-        if by == CORRAL:
-            ending = self._corral[ask.id] = asyncio.get_running_loop().create_future()
-        ended = msgspec.structs.replace(ask, end=end, ended=self.clock.time(), by=by,
-                                        data=data)
+        return await self._write(ask, self._begin(ask, end, by, data))
+
+    def _begin(self, ask: Ask, end: AskEnd, by: str, data: Any) -> Ask:
+        """The ask's end, being written from now on."""
+        self._ending[ask.id] = asyncio.get_running_loop().create_future()
+        return msgspec.structs.replace(ask, end=end, ended=self.clock.time(), by=by,
+                                       data=data)
+
+    async def _write(self, ask: Ask, ended: Ask) -> Ask:
+        """`ended` (_begin's) committed before anyone waiting is told (a store that cannot
+        be written refuses it; the ask stays pending)."""
         written = None
         try:
             await self.store.save(ended)
             written = ended
         finally:
-            self._deciding.discard(ask.id)
-            if ending is not None:
-                del self._corral[ask.id]
-                ending.set_result(written)
+            self._withdrawn.pop(ask.id, None)
+            self._ending.pop(ask.id).set_result(written)
         self._release(ask)
         self._tell(ended)  # (whoever waits is told: askwaits.py)
         return ended
@@ -378,28 +391,32 @@ class Inbox:
     # -- reading --------------------------------------------------------------------------
     def pending(self, seen: Callable[[Ask], bool] | None = None) -> list[Ask]:
         """The pending asks (those `seen` admits), oldest first."""
-        asks: Iterable[Ask] = map(_unpack, self._pending.keys(), self._pending.values())
+        asks: Iterable[Ask] = (_unpack(i, packed) for i, packed in self._pending.items()
+                               if i not in self._withdrawn)
         if seen is not None:
             asks = filter(seen, asks)
         return sorted(asks, key=lambda a: (a.created, a.id))
 
     def get(self, ask_id: str) -> Ask | None:
         """A pending ask, else the stored record (ended), else None."""
-        ask = self._held(ask_id)
+        ask = self._withdrawn.get(ask_id) or self._held(ask_id)
         return ask if ask is not None else self.store.get(ask_id)
 
     def _held(self, ask_id: str) -> Ask | None:
         packed = self._pending.get(ask_id)
-        return None if packed is None else _unpack(ask_id, packed)
+        return None if packed is None or ask_id in self._withdrawn else _unpack(ask_id,
+                                                                                packed)
 
     def asking(self, task_id: str) -> bool:
         """Whether the task waits for something now."""
-        return any(i in self._pending for i in self.waits.ids(task_id))
+        return any(i in self._pending and i not in self._withdrawn
+                   for i in self.waits.ids(task_id))
 
     def waiting_for(self, task_id: str) -> list[Ask]:
         """What the task waits for now."""
         pending = self._pending
-        return [_unpack(i, pending[i]) for i in self.waits.ids(task_id) if i in pending]
+        return [_unpack(i, pending[i]) for i in self.waits.ids(task_id)
+                if i in pending and i not in self._withdrawn]
 
     def close(self) -> None:
         """Stop the deadlines (the asks stay pending in the store)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -438,8 +438,10 @@ class AskShelf(Protocol):
         returns; the ask as it ended first when it had. RpcError: not written (it
         stays pending), or CONFLICT while another caller ends it."""
 
-    async def withdraw(self, task_id: str) -> list[Ask]:
-        """The ended task's pending asks, withdrawn and told."""
+    def withdraw(self, task_id: str) -> Awaitable[list[Ask]]:
+        """The ended task's pending asks, withdrawn and told once awaited; called as the
+        task ends (a home that reads them withdrawn from then on, the inbox, is read so
+        with the task's end)."""
 
     def heed(self, ask: Ask) -> Ask | None:
         """Its end, wherever it is written, told here from now on (AskEnded, AskHeard);

@@ -70,7 +70,7 @@ class ReplicaCalls:
         self.windows: dict[str, _Window] = {}  # replica label -> its incarnation's
         # asks one incarnation makes: the bound a task's asks have (inbox.max_asks_per_task)
         stream.subscribe(self._exited, ReplicaExit)
-        self._withdrawing: set[asyncio.Task[Any]] = set()
+        self._withdrawing: set[asyncio.Future[Any]] = set()
 
     def window(self, r: Replica) -> _Window:
         """The replica's current incarnation's window (a new one once it was started
@@ -142,6 +142,6 @@ class ReplicaCalls:
         w = self.windows.pop(e.replica.label, None)
         if w is None or not self.inbox.asking(w.owner):
             return
-        task = asyncio.get_running_loop().create_task(self.inbox.withdraw(w.owner))
-        self._withdrawing.add(task)
-        task.add_done_callback(self._withdrawing.discard)
+        withdrawal = self.inbox.withdraw(w.owner)
+        self._withdrawing.add(withdrawal)
+        withdrawal.add_done_callback(self._withdrawing.discard)
