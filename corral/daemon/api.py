@@ -138,9 +138,10 @@ class Dispatcher(Generic[Ctx]):
         self._narrowed: dict[Commands[Ctx, Any], Any] = {}
 
     def bind(self, caller: Caller) -> Caller:
-        """A tenant's caller, given the way to tell whose each object is (before the
-        services exist: nothing is anyone's, so nothing is seen)."""
-        if caller.tenant is None or caller.owner is not None:
+        """A limited caller (a tenant's, an agent glob's), given the way to tell whose
+        each object is (before the services exist: nothing is anyone's, so nothing is
+        seen)."""
+        if not caller.limited or caller.owner is not None:
             return caller
         ready, owner = self._context, self.owner
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..methods import SCOPES
+from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.names import RESERVED
 
 SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared = true`)
@@ -34,9 +35,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     scopes: frozenset[str] = SCOPES
     # a glob: the only agents it may see and touch (a token's `--agents`); None: all
     agents: str | None = None
-    # for a tenant's caller, bound by the Dispatcher: the tenant an agent (kind "agent")
-    # or an MCP server ("server") is of, None when there is none; SHARED for a server
-    # every tenant may use
+    # for a limited caller (a tenant's, a glob's), bound by the Dispatcher: the tenant an
+    # agent (kind "agent") or an MCP server ("server") is of, None when there is none;
+    # SHARED for a server every tenant may use
     owner: Callable[[str, str], str | None] | None = None
 
     @property
@@ -57,7 +58,10 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
                                         or not fnmatchcase(name, self.agents)):
             return False
         if self.tenant is None:
-            return True
+            # a glob names the operator's (the default tenant's) agents alone: an agent's
+            # name is its tenant's caller's to choose (a tenant's web-evil is no web*)
+            return self.agents is None or (self.owner is not None and
+                                           self.owner("agent", name) == DEFAULT_TENANT)
         return self.owner is not None and self.owner("agent", name) == self.tenant
 
     def sees_record(self, agent: str, tenant: str | None) -> bool:
@@ -68,7 +72,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         if self.agents is not None and (agent == RESERVED
                                         or not fnmatchcase(agent, self.agents)):
             return False
-        return self.tenant is None or (tenant is not None and tenant == self.tenant)
+        if self.tenant is None:  # (a glob: the operator's records alone, as `sees`)
+            return self.agents is None or tenant in (None, DEFAULT_TENANT)
+        return tenant is not None and tenant == self.tenant
 
     def owns(self, agents: Collection[str], tenant: str | None) -> bool:
         """Whether a record of `tenant` naming `agents` (a workflow, a team, a run, a

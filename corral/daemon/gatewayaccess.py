@@ -361,8 +361,10 @@ class GatewayService:
         if agents is None:
             return None if tenant is None else visible_allow(["*"], tenant, servers)
         out: set[str] = set()
+        # a glob of no tenant names the operator's agents alone (Caller.sees)
+        whose = tenant if tenant is not None else DEFAULT_TENANT
         for a in self.agents.values():
-            if fnmatchcase(a.name, agents) and tenant in (None, a.spec.tenant):
+            if fnmatchcase(a.name, agents) and a.spec.tenant == whose:
                 out.update(self.tools.allowlist(a.spec))
         return sorted(out)
 
