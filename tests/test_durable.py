@@ -441,3 +441,42 @@ async def test_a_named_step_asked_for_again_is_one_replay_and_corrals_own_are_re
                                        {"task_id": res.task_id})
         assert [s.name for s in view.spans if s.attributes.get("corral.step.replayed")] == [
             "step s"]
+
+
+def test_a_checkpoint_a_killed_daemon_left_in_its_step_log_is_the_one_its_retry_is_given(
+        tmp_path: Path) -> None:
+    """A checkpoint answered is one write() to the step log (journal_sync "normal"); a
+    daemon kill -9ed before that batch reached the database leaves it only there. The next
+    daemon reads the log back before it takes its tasks back, each with its checkpoint, so
+    the retry is given the last one answered. (A real kill catches it there only within
+    the batch's 50 ms: tests/contract/test_steps.py; here the log holds a checkpoint newer
+    than the database's by construction, as that kill leaves it.)"""
+    from corral.cli.client import Client
+    from corral.daemon.steplog import StepLog, log_dir
+    from corral.supervisor.tasks.stepjournal import CHECKPOINT_SEQ, Step
+
+    from .cluster.harness import kill9
+    from .daemon_harness import Daemon
+    from .test_daemon_cli import wait_until
+
+    marker = tmp_path / "m"
+    d = Daemon(tmp_path, fleet(tmp_path))
+    try:
+        d.start()
+        with Client(d.sock) as c:
+            task_id = c.call("tasks.submit", {"agent": "durable", "input": {
+                "calls": 3, "stop_after": 2, "how": "hang", "checkpoint": True,
+                "marker": str(marker)}})["task_id"]
+        wait_until(marker.exists, 30, "the first attempt past its second checkpoint")
+        kill9(d)
+        log = StepLog(log_dir(d.state / "corral.db"))
+        assert log.append(Step(task_id, CHECKPOINT_SEQ, "", 1, b"", b'{"done":99}'))
+        log.rotate()
+        d.start()
+        with Client(d.sock) as c:
+            done = c.call("tasks.get", {"task_id": task_id, "wait": True})
+    finally:
+        d.close()
+    assert done["status"] == "succeeded", done
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"]
+    assert (done["output"]["resumed"], done["output"]["task_state"]) == (True, {"done": 99})
