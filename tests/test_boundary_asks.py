@@ -17,7 +17,7 @@ from corral.askviews import AskEnd
 from corral.daemon.storeschema import open_database
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.jsonrpc import RpcError
-from corral.supervisor.tasks.inbox import Decision, InboxBounds
+from corral.supervisor.tasks.inbox import Decision, InboxBounds, decide
 
 from .test_inbox_store import Opened, _approval
 
@@ -44,7 +44,7 @@ async def _bounded(opened: Opened) -> None:
     inbox = opened.inbox
     inbox.load(inbox.store, InboxBounds(per_task=2))
     first = await inbox.ask(_approval("t-1", key="tool:1"))
-    await inbox.decide(Decision(first.id, AskEnd.APPROVED, "uid 0"))
+    await decide(inbox, Decision(first.id, AskEnd.APPROVED, "uid 0"))
     await inbox.ask(_approval("t-1", key="tool:2"))
     with pytest.raises(RpcError) as e:
         await inbox.ask(_approval("t-1", key="tool:3"))

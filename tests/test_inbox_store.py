@@ -28,6 +28,7 @@ from corral.supervisor.tasks.inbox import (
     Decision,
     Inbox,
     InboxBounds,
+    decide,
     ended_message,
 )
 from corral.supervisor.tasks.waitclock import WaitClock
@@ -72,8 +73,8 @@ async def test_a_decision_wakes_its_waiter_and_the_record_keeps_both_arguments(
     await asyncio.sleep(0)
     assert not waiter.done()
     edited = {"arguments": {"path": "/tmp/y", "content": "hi"}}
-    decided = await opened.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "token alice",
-                                                 edited))
+    decided = await decide(opened.inbox, Decision(ask.id, AskEnd.APPROVED, "token alice",
+                                                  edited))
     ended = await asyncio.wait_for(waiter, 5)
     assert ended == decided
     assert (ended.end, ended.by, ended.data) == (AskEnd.APPROVED, "token alice", edited)
@@ -109,8 +110,8 @@ async def test_a_retried_attempt_finds_its_calls_ask_pending_or_decided(
     assert await opened.inbox.ask(_approval(attempt=2)) == ask
     other = await opened.inbox.ask(_approval(key="tool:2", attempt=2))
     assert other.id != ask.id
-    denied = await opened.inbox.decide(Decision(ask.id, AskEnd.DENIED, "uid 0",
-                                                {"reason": "no"}))
+    denied = await decide(opened.inbox, Decision(ask.id, AskEnd.DENIED, "uid 0",
+                                                 {"reason": "no"}))
     assert await opened.inbox.ask(_approval(attempt=3)) == denied
     assert await opened.inbox.wait(denied) == denied
 
@@ -118,9 +119,9 @@ async def test_a_retried_attempt_finds_its_calls_ask_pending_or_decided(
 async def test_a_decision_replayed_is_refused_naming_how_the_ask_ended(
         opened: Opened) -> None:
     ask = await opened.inbox.ask(_approval())
-    await opened.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "token alice"))
+    await decide(opened.inbox, Decision(ask.id, AskEnd.APPROVED, "token alice"))
     with pytest.raises(RpcError) as e:
-        await opened.inbox.decide(Decision(ask.id, AskEnd.DENIED, "token bob"))
+        await decide(opened.inbox, Decision(ask.id, AskEnd.DENIED, "token bob"))
     assert e.value.code == jsonrpc.CONFLICT
     assert e.value.message.startswith(f"ask {ask.id} has ended: approved by token alice at ")
     assert opened.inbox.store.get(ask.id).by == "token alice"  # type: ignore[union-attr]
@@ -129,16 +130,16 @@ async def test_a_decision_replayed_is_refused_naming_how_the_ask_ended(
 async def test_bad_decisions_are_refused_and_leave_the_ask_pending(opened: Opened) -> None:
     ask = await opened.inbox.ask(_approval())
     with pytest.raises(RpcError) as e:
-        await opened.inbox.decide(Decision("ask-nope", AskEnd.APPROVED, "uid 0"))
+        await decide(opened.inbox, Decision("ask-nope", AskEnd.APPROVED, "uid 0"))
     assert (e.value.code, e.value.message) == (jsonrpc.NOT_FOUND, "no such ask: ask-nope")
     with pytest.raises(RpcError) as e:
-        await opened.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "uid 0", 1))
+        await decide(opened.inbox, Decision(ask.id, AskEnd.ANSWERED, "uid 0", 1))
     assert (e.value.code, e.value.message) == (
         jsonrpc.INVALID_PARAMS, f"ask {ask.id} is an approval: it is approved or denied, "
                                 f"not answered")
     big = {"arguments": {"content": "x" * MAX_DECISION_BYTES}}
     with pytest.raises(RpcError) as e:
-        await opened.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "uid 0", big))
+        await decide(opened.inbox, Decision(ask.id, AskEnd.APPROVED, "uid 0", big))
     assert e.value.code == jsonrpc.INVALID_PARAMS
     assert e.value.message == (f"the decision's data is {MAX_DECISION_BYTES + 28} bytes of "
                                f"JSON, over the bound (max_decision_bytes "
@@ -168,10 +169,10 @@ async def test_a_question_is_answered_or_denied(opened: Opened) -> None:
         AskKind.QUESTION, None, "t-q", 1, "writer", "ask:1",
         {"prompt": "which file?", "schema": {"type": "string"}}))
     with pytest.raises(RpcError) as e:
-        await opened.inbox.decide(Decision(q.id, AskEnd.APPROVED, "uid 0"))
+        await decide(opened.inbox, Decision(q.id, AskEnd.APPROVED, "uid 0"))
     assert e.value.message == f"ask {q.id} is a question: it is answered or denied, " \
                               f"not approved"
-    answered = await opened.inbox.decide(Decision(q.id, AskEnd.ANSWERED, "uid 0", "/a"))
+    answered = await decide(opened.inbox, Decision(q.id, AskEnd.ANSWERED, "uid 0", "/a"))
     assert (answered.end, answered.data) == (AskEnd.ANSWERED, "/a")
 
 
@@ -269,8 +270,8 @@ async def test_a_deadline_met_while_a_person_decides_leaves_the_ask_as_decided(
     try:
         ask = await o.inbox.ask(_approval(timeout=60))
         side.execute("BEGIN IMMEDIATE")
-        deciding = asyncio.ensure_future(o.inbox.decide(
-            Decision(ask.id, AskEnd.APPROVED, "token alice")))
+        deciding = asyncio.ensure_future(decide(
+            o.inbox, Decision(ask.id, AskEnd.APPROVED, "token alice")))
         clock.advance(60)
         again = clock.time() + EXPIRE_RETRY
         for _ in range(500):  # the deadline refused: tried again EXPIRE_RETRY later
@@ -305,8 +306,8 @@ async def test_a_decision_met_by_its_tasks_withdrawal_is_told_the_withdrawal(
         side.execute("BEGIN IMMEDIATE")
         withdrawing = asyncio.ensure_future(opened.inbox.withdraw("t-1"))
         await asyncio.sleep(0)  # (its end being written)
-        deciding = asyncio.ensure_future(opened.inbox.decide(
-            Decision(ask.id, AskEnd.APPROVED, "token alice")))
+        deciding = asyncio.ensure_future(decide(
+            opened.inbox, Decision(ask.id, AskEnd.APPROVED, "token alice")))
         await asyncio.sleep(0.05)
         assert not deciding.done() and not withdrawing.done()
         side.execute("ROLLBACK")
@@ -364,7 +365,7 @@ async def test_a_withdrawal_not_written_leaves_the_ask_pending_and_decidable(
         side.execute("ALTER TABLE asks_away RENAME TO asks")
     finally:
         side.close()
-    decided = await opened.inbox.decide(Decision(ask.id, AskEnd.DENIED, "token alice"))
+    decided = await decide(opened.inbox, Decision(ask.id, AskEnd.DENIED, "token alice"))
     assert opened.inbox.store.get(ask.id) == decided
 
 
@@ -377,11 +378,11 @@ async def test_the_loser_of_a_decision_race_waits_for_the_winners_write_and_is_t
     side = sqlite3.connect(opened.store.path, isolation_level=None)
     try:
         side.execute("BEGIN IMMEDIATE")
-        first = asyncio.ensure_future(opened.inbox.decide(
-            Decision(ask.id, AskEnd.APPROVED, "token alice")))
+        first = asyncio.ensure_future(decide(
+            opened.inbox, Decision(ask.id, AskEnd.APPROVED, "token alice")))
         await asyncio.sleep(0)  # (its end being written)
-        second = asyncio.ensure_future(opened.inbox.decide(
-            Decision(ask.id, AskEnd.DENIED, "token bob")))
+        second = asyncio.ensure_future(decide(
+            opened.inbox, Decision(ask.id, AskEnd.DENIED, "token bob")))
         await asyncio.sleep(0.05)
         assert not first.done() and not second.done()
         side.execute("ROLLBACK")

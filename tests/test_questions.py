@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
-from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, AskKind, Decision
+from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, AskKind, Decision, decide
 from corral.taskoptions import TaskOptions
 from corral.workerproto import MAX_KEY_CHARS, MAX_PROMPT_CHARS
 
@@ -53,7 +53,7 @@ def asks_made(d: Any) -> asyncio.Queue[Ask]:
 
 async def answered(d: Any, made: asyncio.Queue[Ask], data: Any) -> Ask:
     ask = await asyncio.wait_for(made.get(), 30)
-    return await d.sup.tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann", data))
+    return await decide(d.sup.tasks.inbox, Decision(ask.id, AskEnd.ANSWERED, "token ann", data))
 
 
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}},
@@ -72,8 +72,8 @@ async def test_a_question_waits_for_a_person_and_the_answer_comes_back(
         assert (ask.kind, ask.agent, ask.key, ask.subject) == (
             AskKind.QUESTION, agent, "ask:1", {"prompt": "Which file?", "schema": SCHEMA})
         assert [a.id for a in tasks.inbox.waiting_for(ask.task_id)] == [ask.id]
-        await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                          {"path": "/srv/a"}))
+        await decide(tasks.inbox, Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                           {"path": "/srv/a"}))
         res = await running
         assert (res.task_id, res.status) == (ask.task_id, "succeeded"), res
         assert res.output["answer"] == {"path": "/srv/a"}
@@ -109,8 +109,8 @@ async def test_a_declined_or_unanswered_question_is_the_agents_error(tmp_path: P
         running = asyncio.ensure_future(tasks.run("asker", {"prompt": "Delete it?"},
                                                   TaskOptions(timeout=60)))
         ask = await asyncio.wait_for(made.get(), 30)
-        await tasks.inbox.decide(Decision(ask.id, AskEnd.DENIED, "token ann",
-                                          {"reason": "not today"}))
+        await decide(tasks.inbox, Decision(ask.id, AskEnd.DENIED, "token ann",
+                                           {"reason": "not today"}))
         res = await running
         assert res.output == {"refused": f"task/ask: question {ask.id} was declined by "
                                          "token ann: not today", "code": jsonrpc.REFUSED}
@@ -168,7 +168,7 @@ async def test_the_inboxs_bounds_are_the_configs(tmp_path: Path, bound: str, ref
         ask = await asyncio.wait_for(made.get(), 30)
         second = await tasks.run("asker", {"prompt": "Two?"}, TaskOptions(timeout=60))
         assert second.output == {"refused": refused, "code": jsonrpc.QUOTA_EXCEEDED}
-        await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann", "yes"))
+        await decide(tasks.inbox, Decision(ask.id, AskEnd.ANSWERED, "token ann", "yes"))
         assert (await first).output["answer"] == "yes"
         third = asyncio.ensure_future(tasks.run("asker", {"prompt": "Three?"},
                                                 TaskOptions(timeout=60)))
@@ -200,8 +200,8 @@ async def test_a_worker_whose_tasks_wait_for_more_asks_than_its_requests_in_flig
         asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
         assert len(tasks.inbox.pending()) == n
         for ask in asks:
-            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                              ask.subject["prompt"]))
+            await decide(tasks.inbox, Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                               ask.subject["prompt"]))
         done = await asyncio.wait_for(asyncio.gather(*running), 60)
         assert [(r.status, r.output["answer"]) for r in done] == [
             ("succeeded", f"#{i}?") for i in range(n)]
@@ -233,7 +233,7 @@ async def test_held_calls_past_a_workers_requests_in_flight_are_all_asked(
                    for _ in range(n)]
         asks = [await asyncio.wait_for(made.get(), 30) for _ in range(n)]
         for ask in asks:
-            await tasks.inbox.decide(Decision(ask.id, AskEnd.APPROVED, "token ann", None))
+            await decide(tasks.inbox, Decision(ask.id, AskEnd.APPROVED, "token ann", None))
         done = await asyncio.wait_for(asyncio.gather(*running), 60)
         assert [(r.status, r.output["bumped"]) for r in done] == [
             ("succeeded", ["bumped 0"])] * n
@@ -269,8 +269,8 @@ async def test_a_question_that_may_be_suspended_waits_with_no_task_of_its_own(
         # each: the test's tasks.run and its worker's task/ask request, nothing more
         assert len(asyncio.all_tasks()) - before == 2 * n
         for ask in asks:
-            await tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                              ask.subject["prompt"]))
+            await decide(tasks.inbox, Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                               ask.subject["prompt"]))
         done = await asyncio.wait_for(asyncio.gather(*running), 60)
         assert sorted((r.status, r.output["answer"]) for r in done) == sorted(
             ("succeeded", f"#{i}?") for i in range(n))

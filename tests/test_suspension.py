@@ -28,7 +28,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.cli.client import CallFailed, Client
-from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, Decision
+from corral.supervisor.tasks.inbox import Ask, AskEnd, AskEnded, Decision, decide
 from corral.supervisor.tasks.model import AttemptEnded
 from corral.taskoptions import TaskOptions
 from corral.taskviews import Attempt
@@ -501,8 +501,8 @@ async def _answered(d: Any, asks: list[Ask], running: list[asyncio.Future[Any]]
                     ) -> list[Any]:
     """Each question answered: every task succeeds on its second attempt, with its answer."""
     for ask in asks:
-        await d.sup.tasks.inbox.decide(Decision(ask.id, AskEnd.ANSWERED, "token ann",
-                                                ask.subject["prompt"]))
+        await decide(d.sup.tasks.inbox, Decision(ask.id, AskEnd.ANSWERED, "token ann",
+                                                 ask.subject["prompt"]))
     done = await asyncio.wait_for(asyncio.gather(*running), 60)
     assert sorted((r.status, r.output["answer"], len(r.attempts)) for r in done) == \
         sorted(("succeeded", f"#{i}?", 2) for i in range(len(asks)))

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.exceptions import RedisError
@@ -51,10 +51,7 @@ from ..supervisor.tasks.inbox import (
     DEFAULT_BOUNDS,
     ELICITED,
     MAX_PENDING,
-    Decision,
     InboxBounds,
-    check_decision,
-    ended_message,
     too_many_asks,
 )
 from ..supervisor.tasks.model import Resumer
@@ -209,13 +206,6 @@ _ask = msgspec.json.Decoder(Ask)
 _ending = msgspec.json.Decoder(AskEnding)
 
 
-class EndWritten(NamedTuple):
-    """What END answered: its code (above) and the ask as it ended (None: not ended)."""
-
-    code: int
-    ask: Ask | None
-
-
 class ClusterAsks:
     """The asks of the cluster's tasks (the AskShelf of a claimed task's home): made,
     listed, read and decided from any node."""
@@ -311,10 +301,13 @@ class ClusterAsks:
         return await self.get(ask_id)
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
+        if by != CORRAL and ask.deadline is not None and ask.deadline <= self.clock.time():
+            # past its (signed) deadline, not yet timed out by a beat: timed out now
+            end, by, data = AskEnd.TIMED_OUT, CORRAL, None
         written = await self._write_end(ask, end, by, data, "decide")
-        if written.ask is None:
+        if written is None:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
-        return written.ask
+        return written
 
     async def withdraw(self, task_id: str) -> list[Ask]:
         # (written where the ask is next read, once its record says its task ended: its
@@ -432,7 +425,7 @@ class ClusterAsks:
         if status is not None and status.decode() not in TERMINAL:
             return ask
         gone = await self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None, "withdraw")
-        return gone.ask if gone.ask is not None else ask
+        return gone if gone is not None else ask
 
     async def _rows(self, ids: list[str]) -> list[Ask | None]:
         async def fetch() -> list[Any]:
@@ -481,23 +474,9 @@ class ClusterAsks:
         return msgspec.structs.replace(ask, end=e.end, ended=e.ended, by=e.by, data=e.data)
 
     # -- ending ---------------------------------------------------------------------------
-    async def decide(self, ask: Ask, decision: Decision) -> Ask:
-        """End the pending ask as a person decided, on whichever node (the checks of
-        the inbox's, then END: once)."""
-        check_decision(ask, decision)
-        # past its (signed) deadline, not yet timed out by a beat: timed out now
-        late = ask.deadline is not None and ask.deadline <= self.clock.time()
-        written = await (self._write_end(ask, AskEnd.TIMED_OUT, CORRAL, None, "decide")
-                         if late else self._write_end(ask, decision.end, decision.by,
-                                                      decision.data, "decide"))
-        if written.code == 0 or written.ask is None:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
-        if late or written.code != 1:
-            raise RpcError(jsonrpc.CONFLICT, ended_message(written.ask))
-        return written.ask
-
     async def _write_end(self, ask: Ask, end: AskEnd, by: str, data: Any, how: str
-                         ) -> EndWritten:
+                         ) -> Ask | None:
+        """The ask as END left it (None: not ended: no such ask, or its task runs on)."""
         now = self.clock.time()
         mine = _encode(AskEnding(end, now, by, data))
         gone = _encode(AskEnding(AskEnd.WITHDRAWN, now, CORRAL, None))
@@ -511,7 +490,7 @@ class ClusterAsks:
                                 f"ask {ask.id} was not ended (it is still pending)")
         code = int(got[0])
         if code in (0, 4):
-            return EndWritten(code, None)
+            return None
         ended = self._ended(ask, got[1], got[2])
         if ended.pending:  # an end there this node cannot verify
             raise RpcError(jsonrpc.CONFLICT, f"ask {ask.id} has an end in the cluster's "
@@ -524,7 +503,7 @@ class ClusterAsks:
             self.stream.emit(AskEnded(ended))
         else:
             self._heard(ended)
-        return EndWritten(code, ended)
+        return ended
 
     async def _write(self, script: Any, keys: list[Any], args: list[Any], what: str
                      ) -> Any:

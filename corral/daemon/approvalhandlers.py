@@ -13,7 +13,7 @@ from .. import methods as m
 from ..askviews import Ask, AskEnd, AskKind
 from ..jsonrpc import RpcError
 from ..supervisor.followers import Follower
-from ..supervisor.tasks.inbox import AskEnded, Decision, Inbox, ended_message
+from ..supervisor.tasks.inbox import AskEnded, AskRecords, Decision, Inbox, decide
 from .api import Commands
 from .caller import Caller, Channel
 from .clusterpeer import ClusterInbox
@@ -88,17 +88,14 @@ async def approvals_get(inboxes: Inboxes, p: m.ApprovalsGet, caller: Caller, c: 
 @implements(m.ApprovalsResolve)
 async def approvals_resolve(inboxes: Inboxes, p: m.ApprovalsResolve, caller: Caller,
                             c: Channel) -> Ask:
-    ask = inboxes.local.get(p.id)
-    if ask is not None:
-        return await inboxes.local.decide(Decision(p.id, AskEnd(p.decision), caller.who,
-                                                   decision_data(ask, p)))
-    ask = await inboxes.cluster.get(p.id)
+    # one decision for the asks of either home, where the ask is kept
+    shelf: AskRecords = inboxes.local if inboxes.local.get(p.id) is not None else \
+        inboxes.cluster
+    ask = await shelf.read(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
-    if not ask.pending:
-        raise RpcError(jsonrpc.CONFLICT, ended_message(ask))
-    return await inboxes.cluster.decide(ask, Decision(p.id, AskEnd(p.decision), caller.who,
-                                                      decision_data(ask, p)))
+    return await decide(shelf, Decision(p.id, AskEnd(p.decision), caller.who,
+                                        decision_data(ask, p)))
 
 
 def decision_data(ask: Ask, p: m.ApprovalsResolve) -> Any:

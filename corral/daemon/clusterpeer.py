@@ -12,20 +12,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..supervisor.tasks.inbox import AskRecords
 
 if TYPE_CHECKING:
-    from ..askviews import Ask
+    from ..askviews import Ask, AskEnd
     from ..cluster.membership import NodeView
     from ..cluster.node import ClusterNode
     from ..results import SessionInfo, SessionView
-    from ..supervisor.tasks.inbox import Decision
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
 
-class ClusterInbox(Protocol):
+class ClusterInbox(AskRecords, Protocol):
     """The asks of a person the cluster's tasks made (corral.cluster.clusterasks), read
-    and decided on any node; none off a cluster."""
+    and decided on any node (inbox.decide); none off a cluster."""
 
     async def pending(self, tenant: str | None = None) -> list[Ask]:
         """Every pending ask of the cluster's tasks (of one tenant's), oldest first."""
@@ -33,10 +33,6 @@ class ClusterInbox(Protocol):
 
     async def get(self, ask_id: str) -> Ask | None:
         """The ask, pending or ended; None: no such ask of the cluster's."""
-        ...
-
-    async def decide(self, ask: Ask, decision: Decision) -> Ask:
-        """End the pending `ask` as a person decided, once in the cluster."""
         ...
 
 
@@ -104,7 +100,10 @@ class NoClusterAsks:
     async def get(self, ask_id: str) -> Ask | None:
         return None
 
-    async def decide(self, ask: Ask, decision: Decision) -> Ask:
+    async def read(self, ask_id: str) -> Ask | None:
+        return None
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
         raise jsonrpc.not_found("ask", ask.id)
 
 

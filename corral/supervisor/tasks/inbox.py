@@ -9,9 +9,10 @@ asks again for the same call finds the ask it made before (still pending, or dec
 then its decision holds), never a second one.
 
 `Inbox` is the engine's home for asks (model.AskShelf, a node task's `home.asks`): `ask`
-records an ask (committed to its store before it returns), `decide` ends it (approved,
-denied, answered), `end` ends it otherwise (timed out, withdrawn). An ask ends once: a
-decision after its end is refused naming how and by whom it ended. The pending asks are
+records an ask (committed to its store before it returns), `end` ends it (approved,
+denied, answered: a person's decision through `decide`, written once for the asks of
+every home; timed out, withdrawn). An ask ends once: a decision after its end is refused
+naming how and by whom it ended. The pending asks are
 held in memory as well as stored, bounded per tenant and per daemon; a bound reached
 refuses the ask by its name. The store is the daemon's state database
 (daemon/inboxjournal.py). The waits on asks, their deadlines and their withdrawal when a
@@ -124,6 +125,37 @@ def too_many_asks(task_id: str, n: int, bound: int) -> str:
 def ended_message(ask: Ask) -> str:
     """What a decision of an ask that has ended is told."""
     return f"ask {ask.id} has ended: {ask.end} by {ask.by} at {iso_time(ask.ended or 0.0)}"
+
+
+class AskRecords(Protocol):
+    """What a decision reads and writes where its ask is kept (model.AskShelf's
+    members): the node's inbox, or a cluster's Redis."""
+
+    async def read(self, ask_id: str) -> Ask | None: ...
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask: ...
+
+
+async def decide(shelf: AskRecords, decision: Decision) -> Ask:
+    """A person's decision of an ask, wherever it is kept: its end written once there
+    (AskShelf.end). Refused (exact messages in docs/approvals.md): no such ask
+    (NOT_FOUND); an end its kind does not take, data past MAX_DECISION_BYTES
+    (INVALID_PARAMS); an ask that has ended (CONFLICT, naming how and by whom): also the
+    loser of two decisions at once, and one that came past the ask's deadline where
+    deadlines are kept late (a cluster's, at a beat). Who may decide is the visibility
+    rules', checked before. (The same decision by the same caller as the one that won is
+    answered with it: that caller's request made twice.)"""
+    ask = await shelf.read(decision.ask_id)
+    if ask is None:
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {decision.ask_id}")
+    if ask.pending:
+        check_decision(ask, decision)
+    mine = (decision.end, decision.by, decision.data)
+    # (of one ended already, its end as written: one being written is waited for)
+    ended = await shelf.end(ask, *mine)
+    if ask.pending and (ended.end, ended.by, ended.data) == mine:
+        return ended
+    raise RpcError(jsonrpc.CONFLICT, ended_message(ended))
 
 
 class InboxBounds(NamedTuple):
@@ -239,13 +271,22 @@ class Inbox:
         return self.get(ask_id)
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
-        held = self._held(ask.id)
-        if held is None or ask.id in self._ending:
-            ended = self.store.get(ask.id)
-            if ended is not None and not ended.pending:
+        while (ending := self._ending.get(ask.id)) is not None:
+            # another end being written (a decision, a deadline, a withdrawal): a
+            # person's is that end once written (one not written leaves the ask pending,
+            # ended here then); corral's, a deadline's, is refused: its waits try again
+            if by == CORRAL:
+                raise RpcError(jsonrpc.CONFLICT, f"ask {ask.id} is being ended by "
+                                                 "another caller")
+            if (ended := await asyncio.shield(ending)) is not None:
                 return ended
-            raise self._not_pending(ask.id)
-        return await self._end(held, end, by, data)
+        held = self._held(ask.id)
+        if held is not None:
+            return await self._end(held, end, by, data)
+        ended = self.store.get(ask.id)
+        if ended is None or ended.ended is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
+        return ended
 
     def heed(self, ask: Ask) -> Ask | None:
         # (its end is this inbox's to write, and told when written)
@@ -325,30 +366,6 @@ class Inbox:
         return await self.waits.wait(self, ask)
 
     # -- ending ---------------------------------------------------------------------------
-    async def decide(self, decision: Decision) -> Ask:
-        """End a pending ask as a person decided. Refused (exact messages in
-        docs/approvals.md): no such pending ask (NOT_FOUND: ended asks say how), an end
-        its kind does not take, data past MAX_DECISION_BYTES (INVALID_PARAMS)."""
-        while (ending := self._ending.get(decision.ask_id)) is not None:
-            # another end being written (a decision, a deadline, a withdrawal): told it
-            # once written; one not written leaves the ask pending, decided here then
-            if (ended := await asyncio.shield(ending)) is not None:
-                raise RpcError(jsonrpc.CONFLICT, ended_message(ended))
-        ask = self._held(decision.ask_id)
-        if ask is None:
-            raise self._not_pending(decision.ask_id)
-        check_decision(ask, decision)
-        return await self._end(ask, decision.end, decision.by, decision.data)
-
-    def _not_pending(self, ask_id: str) -> RpcError:
-        if ask_id in self._ending:
-            return RpcError(jsonrpc.CONFLICT, f"ask {ask_id} is being decided by another "
-                                              f"caller")
-        ended = self.store.get(ask_id)
-        if ended is None or ended.ended is None:
-            return RpcError(jsonrpc.NOT_FOUND, f"no such ask: {ask_id}")
-        return RpcError(jsonrpc.CONFLICT, ended_message(ended))
-
     def withdraw(self, task_id: str) -> asyncio.Future[list[Ask]]:
         """End the task's pending asks withdrawn (it ended while they waited): read so
         from this call on, with the task's end (a cluster's read so once their task has

@@ -435,8 +435,10 @@ class AskShelf(Protocol):
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
         """The pending ask ended so, once: written, and told (AskEnded), before this
-        returns; the ask as it ended first when it had. RpcError: not written (it
-        stays pending), or CONFLICT while another caller ends it."""
+        returns; the ask as it ended first when it had (a person's decision, inbox.decide,
+        tells the two apart; one past the ask's deadline where deadlines are kept late
+        ends it timed out). RpcError: not written (it stays pending), or CONFLICT to
+        corral's end (a deadline's) while another is being written."""
 
     def withdraw(self, task_id: str) -> Awaitable[list[Ask]]:
         """The ended task's pending asks, withdrawn and told once awaited; called as the
