@@ -613,7 +613,9 @@ class GatewayService:
                           on_progress: Callable[[dict[str, Any]], None] | None = None
                           ) -> Any:
         """A call of an agent's tool (/mcp/corral): its corral task, followed by a handle
-        (`handles`) or waited for (its live output told as progress, `on_progress`)."""
+        (`handles`) or waited for (its live output told as progress, `on_progress`). A
+        replica's call is judged first, inside its handle (a person's decision it waits
+        for holds no client of the tasks extension)."""
         name, arguments = params.get("name"), params.get("arguments") or {}
         if method != "tools/call":
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
@@ -623,24 +625,42 @@ class GatewayService:
                            "invalid params: tools/call needs a name and object arguments")
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
-        if ident.replica is not None and self.replica_calls is not None:
-            # an agent's call of an agent is a tool call as any (DESIGN 27): past its
-            # allowlist and `spawns`, its replica's policy, budget and approvals
-            # (approvals.gate), as a call of no task at /mcp is
-            self.agent_tools.admit(ident, name)
-            gated = await gate(self.replica_calls, ToolCall(
-                ident.replica, f"{AGENTS_VIEW}__{name}", arguments, None), self.guard)
-            if isinstance(gated, dict):  # not approved, or denied: the tool's error
-                refused = gated
-                if handles is None:
-                    return refused
-                return handles.open(ident, None, lambda _: _said(refused))
-            arguments = gated.arguments
-        task_id = await self.agent_tools.submit(ident, name, arguments)
+        if ident.replica is None or self.replica_calls is None:
+            task_id = await self.agent_tools.submit(ident, name, arguments)
+            if handles is None:
+                return await self.agent_tools.outcome(ident, task_id, on_progress)
+            return handles.open(ident, Follows(name, task_id),
+                                lambda handle: self.agent_tools.outcome(ident, task_id))
+        # an agent's call of an agent is a tool call as any (DESIGN 27), past its
+        # allowlist and `spawns`
+        self.agent_tools.admit(ident, name)
+        task = self.attribution.task_of(ident.replica, ident.mark)
+        self._count(ident, task)
         if handles is None:
-            return await self.agent_tools.outcome(ident, task_id, on_progress)
-        return handles.open(ident, Follows(name, task_id),
-                            lambda handle: self.agent_tools.outcome(ident, task_id))
+            return await self._replica_agent_call(ident, task, name, arguments, on_progress)
+        return handles.open(ident, None, lambda _: self._replica_agent_call(
+            ident, task, name, arguments, None))
+
+    async def _replica_agent_call(self, ident: Identity, task: Task | None, name: str,
+                                  arguments: dict[str, Any],
+                                  on_progress: Callable[[dict[str, Any]], None] | None
+                                  ) -> Any:
+        """A replica's call of an agent: its attempt's is the task's spawn, made by the
+        task's tool path as its worker's `tools/call` of corral__AGENT is (journal,
+        policy, approvals, tool budget; then `spawns`, max_children, max_spawn_depth,
+        cancelled with it: spawn.py); one of no task passes its replica's policy, budget
+        and approvals (approvals.gate) as a call of no task at /mcp does, and is a task
+        of its own."""
+        tool = f"{AGENTS_VIEW}__{name}"
+        if task is not None and self.task_call is not None:
+            return await self._step(ident, task, tool, arguments, None)
+        assert self.replica_calls is not None
+        gated = await gate(self.replica_calls, ToolCall(ident.replica, tool, arguments,
+                                                        None), self.guard)
+        if isinstance(gated, dict):  # not approved, or denied: the tool's error
+            return gated
+        task_id = await self.agent_tools.submit(ident, name, gated.arguments)
+        return await self.agent_tools.outcome(ident, task_id, on_progress)
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         pool = self.tools
@@ -895,11 +915,6 @@ class GatewayService:
 
 
 NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
-
-
-async def _said(result: dict[str, Any]) -> dict[str, Any]:
-    """A handle's work that is its result already (a call the policy refused)."""
-    return result
 
 
 def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .model import Task
     from .replicacalls import ReplicaCalls
 
+# an agent as a tool (`corral__AGENT`, the gateway's /mcp/corral view; "corral" no
+# server may be named): a task's call of one is its spawn (spawn.py `Spawns.as_tool`)
+AGENT_TOOL = "corral__"
+
 In = TypeVar("In")
 Out = TypeVar("Out")
 

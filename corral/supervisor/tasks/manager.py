@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -67,6 +67,7 @@ from .interceptors import (
     Interceptors,
     TaskInterceptor,
     TaskPath,
+    ToolCall,
     ToolPorts,
     TraceStart,
 )
@@ -148,8 +149,10 @@ class TaskManager:
         self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
         self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
         self.person = PersonLoop(self)  # a running task's call asks a person, and waits
+        # (a task's call of an agent as a tool is its spawn: `self.spawns`, made below)
         self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live,
-                                    self.person.asks_pending)
+                                    self.person.asks_pending,
+                                    self._agent_tool)
         # each task's start and end as the interceptors hear them (tracing's), or None
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
@@ -371,6 +374,10 @@ class TaskManager:
         if task is None:
             raise jsonrpc.not_found("task", task_id)
         return task
+
+    def _agent_tool(self, call: ToolCall) -> Awaitable[dict[str, Any]]:
+        """A task's call of an agent as a tool: its spawn (spawn.py)."""
+        return self.spawns.as_tool(call)
 
     def why_waiting(self, task: Task) -> str:
         """Why a queued task has not started: its time not come, or what holds its

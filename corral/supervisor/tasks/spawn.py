@@ -17,9 +17,12 @@ another: each waits for its child's end, and those that ended meanwhile are read
 from __future__ import annotations
 
 import contextvars
+import secrets
 from collections.abc import Container
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -28,6 +31,7 @@ from ...text import plural
 from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..workercalls import on_request
 from .admission import admit
+from .interceptors import AGENT_TOOL, ToolCall
 from .model import SpawnOrder, Task
 from .nodespawns import NodeSpawns, TreeEngine
 from .payload import encode_input
@@ -127,6 +131,34 @@ class Spawns:
                            f"task/spawn: spawn depth exceeded: a child of task {parent.id} "
                            f"would be at depth {child.depth} (max_spawn_depth {most} of "
                            f"agent {parent.agent})")
+
+    # -- an agent called as a tool ----------------------------------------------------------
+    async def as_tool(self, call: ToolCall) -> dict[str, Any]:
+        """A running task's call of an agent as a tool (`corral__AGENT`: at /mcp/corral
+        at its attempt's address, or its worker's `tools/call`), made once the task's
+        tool path passed it (its journal, policy, approvals and tool budget): the task's
+        spawn, as `ctx.spawn`'s (its `spawns`, reach, `max_spawn_depth`, `max_children`,
+        cancelled with it), under the call's key, so that a retry's same call is answered
+        with the same child; then its wait, the child's end as a tool result."""
+        parent = call.task
+        assert parent is not None  # (a call of no task is the gateway's to refuse)
+        key = call.key if call.key is not None else secrets.token_hex(16)
+        got = await self._spawn(parent, call.replica, TaskSpawnParams(
+            task_id=parent.id, agent=call.name.removeprefix(AGENT_TOOL), key=key,
+            input=call.arguments))
+        child = got["child"]
+        end = await parent.home.spawns.outcome(child)
+        output = end.get("output")
+        if isinstance(output, msgspec.Raw):
+            output = msgspec.json.decode(output)
+        ok = end["status"] == "succeeded"
+        text = msgspec.json.encode(output).decode() if ok else (
+            f"task {child} {end['status']}: {end.get('error') or 'no output'}")
+        result: dict[str, Any] = {"content": [{"type": "text", "text": text}],
+                                  "isError": not ok, "_meta": {"corral/task": child}}
+        if ok and isinstance(output, dict):
+            result["structuredContent"] = output
+        return result
 
     # -- task/wait ------------------------------------------------------------------------
     def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:

@@ -5,7 +5,7 @@ agent's allowlist) and `tools/list`; their params come decoded (workerproto.py, 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -23,7 +23,7 @@ from ...workerproto import (
     ToolsListParams,
 )
 from ..stream import Stream
-from .interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
+from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .model import Task, TaskProgress
 from .output import TaskOutputs
 from .steps import TaskSteps
@@ -67,15 +67,19 @@ class WorkerMethods:
     def __init__(self, stream: Stream, active: Mapping[str, Task], tools: ToolPorts,
                  interceptors: Interceptors,
                  live: Callable[[str], Task | None] | None = None,
-                 asking: Callable[[str], bool] | None = None) -> None:
+                 asking: Callable[[str], bool] | None = None,
+                 agent_call: Callable[[ToolCall], Awaitable[Any]] | None = None) -> None:
         """`live`: an unfinished task by its id, made whole if it was held compact (the
         engine's `live`; else `active`'s); `asking`: whether a task has an ask of a
-        person pending (TaskSteps)."""
+        person pending (TaskSteps); `agent_call`: a task's call of an agent as a tool
+        (`corral__AGENT`), its spawn (spawn.py `Spawns.as_tool`)."""
         self.stream = stream
         self.active = active
+        self.tools = tools
+        self.agent_call = agent_call
         # the pool's tools behind the interceptors' (a team's leader's members, its spans)
         self.tool_router = interceptors.compose(TaskInterceptor.intercept_tool_call,
-                                                tools.call)
+                                                self._made)
         self.tool_lister = interceptors.compose(TaskInterceptor.intercept_tool_list,
                                                 tools.listing)
         self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
@@ -84,6 +88,15 @@ class WorkerMethods:
         self.steps = TaskSteps(stream, active.get, interceptors, asking)
         # the tasks' live output (output.py): chunks kept, read back by position
         self.outputs = TaskOutputs(stream, live or active.get)
+
+    def _made(self, call: ToolCall) -> Any:
+        """Where a call past the interceptors is made: a task's call of an agent
+        (`corral__AGENT`) is the task's spawn, past the same journal, policy, approvals
+        and budget as any of its tool calls (DESIGN 27); any other, the pool's."""
+        if call.task is not None and self.agent_call is not None and \
+                call.name.startswith(AGENT_TOOL):
+            return self.agent_call(call)
+        return self.tools.call(call)
 
     def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
         task = self.active.get(task_id) if task_id is not None else None
