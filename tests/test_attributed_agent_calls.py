@@ -216,3 +216,26 @@ async def test_a_tasks_extension_clients_call_held_for_a_person_is_given_its_han
     done = await asyncio.to_thread(wait_until, ended, 30, "the handle's end")
     assert done["status"] == "completed" and not done["result"]["isError"], done
     assert json.loads(done["result"]["content"][0]["text"]) == {"do": "echo", "n": 7}
+
+
+@pytest.mark.deadline(120)
+def test_on_the_worker_link_a_tasks_call_of_an_agent_is_its_spawn_and_one_of_no_task_none(
+        daemon: Daemon) -> None:
+    """The same door from the worker: `ctx.call_tool("corral__minion")` spawns within
+    boss's max_children 1; a `tools/call` of it naming no task starts nothing."""
+    d = daemon
+    spawned = len(tasks_of(d, "minion"))
+    task_id = submit(d, "boss", {"do": "tools", "tool": "corral__minion", "times": 2,
+                                 "arguments": {"do": "echo", "n": 8}})
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+    made, refused = done["output"]
+    assert (made["isError"], made["structuredContent"]) == (False, {"do": "echo", "n": 8})
+    assert refused["message"] == (f"task/spawn: fan-out exceeded: task {task_id} has "
+                                  "spawned 1 child (max_children 1 of agent boss)"), refused
+    raw = d.ask("tasks.get", {"task_id": submit(d, "boss", {
+        "do": "raw", "method": "tools/call",
+        "params": {"name": "corral__minion", "arguments": {"do": "echo"}}}), "wait": True})
+    assert raw["output"] == {"error": -32010, "message": "no such tool: corral__minion "
+                                                         "(no MCP server corral)"}, raw
+    assert len(tasks_of(d, "minion")) == spawned + 1
