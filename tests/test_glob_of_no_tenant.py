@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from .daemon_harness import sleeper
+from .daemon_harness import PY, sleeper
 from .test_gateway_stdio import wait_until_async
 from .test_http_adversary import api_of
 from .test_http_api import SOCKET, serving, sse_events
@@ -29,6 +29,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+MANY = Path(__file__).parent / "servers" / "many_tools.py"
 UNSEEN = "no such agent: web-evil (did you mean `web-a`?)"  # as one there is not
 
 
@@ -45,9 +46,13 @@ async def session(url: str, token: str) -> AsyncIterator[ClientSession]:
 @pytest.mark.deadline(120)
 async def test_a_glob_of_no_tenant_sees_and_acts_on_no_tenants_agent_of_its_letters(
         tmp_path: Path) -> None:
-    agents = sleeper("web-a") + sleeper("web-evil") + 'tenant = "acme"\n'
+    agents = (sleeper("web-a") + 'tools = ["ours__*"]\n' + sleeper("web-evil")
+              + 'tenant = "acme"\ntools = ["theirs__*"]\n')
+    servers = "".join(f'[mcp_servers.{name}]\ncommand = ["{PY}", "{MANY}", "2"]\n'
+                      f'start_timeout = 30.0\ntenant = "{tenant}"\n\n'
+                      for name, tenant in (("ours", "default"), ("theirs", "acme")))
     async with serving(tmp_path, agents, http='[tenants.acme]\n[gateway]\n'
-                       'listen = "127.0.0.1:0"\n') as api:
+                       f'listen = "127.0.0.1:0"\n\n{servers}') as api:
         d = api.d
         await api.token("glob", "agents:read", "agents:write", "tasks:run", "tasks:read",
                         "events", "mcp:call", agents="web*")
@@ -93,6 +98,16 @@ async def test_a_glob_of_no_tenant_sees_and_acts_on_no_tenants_agent_of_its_lett
             ran = await s.call_tool("web-a", {"do": "echo", "n": 1})
             assert not ran.is_error, ran
             assert json.loads(ran.content[0].text) == {"do": "echo", "n": 1}  # type: ignore[union-attr]
+        # at /mcp, the tools of its agents' allowlists: web-a's, never web-evil's
+        # (acme's own server's)
+        async with session(api.base.removesuffix("/api/v1") + "/mcp",
+                           api.tokens["glob"]) as s:
+            names = sorted(t.name for t in (await s.list_tools()).tools)
+            assert names and all(n.startswith("ours__") for n in names), names
+            with pytest.raises(MCPError) as err:
+                await s.call_tool("theirs__create_invoice", {})
+            assert str(err.value).startswith("tool theirs__create_invoice is not in the "
+                                              "allowlist of gateway client token glob")
         listed = await d.dispatcher.call(SOCKET, "tasks.list", {"agent": "web-evil"})
         # (of web-evil's tasks, the operator's two alone: the refused call ran none)
         assert sorted(t.task_id for t in listed.tasks) == sorted(mine[:2]), listed
