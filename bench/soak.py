@@ -22,8 +22,9 @@ steps, definitions and their history, schedules, logs) and asks for some of the 
 tenant's ids directly (tasks, runs, asks): bench/soak_views.py notes every record of the
 other tenant seen; right after each restart and upgrade, before any round, each tenant
 looks too (what the new life read back), its sightings counted apart. The stores are
-bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`: --kept) so that
-minutes of churn take them to their bound, as days would with the defaults.
+bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`, `log_max_bytes`:
+--kept) so that minutes of churn take them to their bound, as days would with the
+defaults.
 
     .venv/bin/python -m bench.soak [--minutes 20] [--warmup 120] [--interval 2]
         [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--pause 0.25]
@@ -621,6 +622,10 @@ def supervisor_extra(port: int, kept: int) -> str:
         tasks_kept = {kept}
         log_tail_lines = {kept}
         audit_max_rows = {kept * 10}
+        # each log file's bound (its size, its copies) reached within the warm-up, as days
+        # would reach the default's 10 MiB and 5 copies
+        log_max_bytes = {kept * 1024}
+        log_backups = 2
 
         [http]
         listen = "127.0.0.1:{port}"
