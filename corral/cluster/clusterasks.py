@@ -281,7 +281,7 @@ class ClusterAsks:
     async def _earlier(self, task: Task, key: str, ask_id: str) -> Ask:
         """The ask the task made before under the call's key (an earlier attempt's, on
         this node or one that died): the same task's and call's, or refused."""
-        found = await self.get(ask_id)
+        found = await self.read(ask_id)
         if found is None or found.task_id != task.id or found.key != key:
             raise RpcError(jsonrpc.REFUSED, f"task {task.id}'s ask for {key} in the "
                                             f"cluster's Redis ({ask_id}) is not one this "
@@ -296,9 +296,6 @@ class ClusterAsks:
             raise unavailable(self.settings, exc, f"task {task.id}'s asks were not read"
                               ) from None
         return None if ask_id is None else await self._earlier(task, key, ask_id.decode())
-
-    async def read(self, ask_id: str) -> Ask | None:
-        return await self.get(ask_id)
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
         if by != CORRAL and ask.deadline is not None and ask.deadline <= self.clock.time():
@@ -412,7 +409,7 @@ class ClusterAsks:
         return sorted((a for a in rows if a is not None and a.pending
                        and a.task_id == task_id), key=lambda a: (a.created, a.id))
 
-    async def get(self, ask_id: str) -> Ask | None:
+    async def read(self, ask_id: str) -> Ask | None:
         """The ask (pending, or as it ended), None when there is none or its record does
         not verify. A pending ask of a task that has ended is withdrawn first."""
         try:

@@ -79,7 +79,7 @@ async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
 @implements(m.ApprovalsGet)
 async def approvals_get(inboxes: Inboxes, p: m.ApprovalsGet, caller: Caller, c: Channel
                         ) -> Ask:
-    ask = inboxes.local.get(p.id) or await inboxes.cluster.get(p.id)
+    ask = inboxes.local.get(p.id) or await inboxes.cluster.read(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
     return ask

@@ -31,10 +31,6 @@ class ClusterInbox(AskRecords, Protocol):
         """Every pending ask of the cluster's tasks (of one tenant's), oldest first."""
         ...
 
-    async def get(self, ask_id: str) -> Ask | None:
-        """The ask, pending or ended; None: no such ask of the cluster's."""
-        ...
-
 
 class ClusterPeer(Protocol):
     redis_warnings: list[str]
@@ -96,9 +92,6 @@ class NoClusterAsks:
 
     async def pending(self, tenant: str | None = None) -> list[Ask]:
         return []
-
-    async def get(self, ask_id: str) -> Ask | None:
-        return None
 
     async def read(self, ask_id: str) -> Ask | None:
         return None

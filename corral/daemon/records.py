@@ -139,7 +139,7 @@ def ask(field: str) -> Record:
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         ask_id = getattr(params, field)
         cluster_asks = d.cluster.asks  # (a cluster task's asks: in Redis, any node's)
-        found = d.task_engine.ask_of(ask_id) or await cluster_asks.get(ask_id)
+        found = d.task_engine.ask_of(ask_id) or await cluster_asks.read(ask_id)
         if found is None or not sees_task(caller, found):
             raise jsonrpc.not_found("ask", ask_id)
 
