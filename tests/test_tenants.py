@@ -828,8 +828,9 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                      (await call(d, "mcp.status", {}, a)).gateway):
             assert set(seen["clients"]) == {"agent:a1"}, seen
             assert set(seen["tools"]) == {"aserv__add"}, seen
-        # a token limited to an agent glob is told of its agents' clients alone too
-        glob = Caller(via="http", token="g", agents="a*")
+        # a token limited to an agent glob is told of its agents' clients alone too (a
+        # glob of no tenant names the default tenant's agents alone: issue 74)
+        glob = Caller(via="http", token="g", agents="a*", tenant="a")
         assert set((await call(d, "stats.get", {}, glob)).gateway["clients"]) == {"agent:a1"}
         # the bus's followers: b's say what b follows
         bus = d.sup.events
@@ -934,6 +935,12 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
                 return r.status, (await r.json() if r.content_type.endswith("json")
                                   else await r.text())
 
+        # g, of no tenant, names the default tenant's agents alone: tenant a's a1 is
+        # none of its (issue 74), and it is refused the aggregates all the same
+        [token] = [t for t in tokens_of(d.services.store).list() if t.name == "g"]
+        g = Caller(via="http", token="g", scopes=token.scopes, agents=token.agents)
+        assert await refused(d, g, "stats.history", {"agent": "a1"}) == (
+            jsonrpc.NOT_FOUND, "no such agent: a1 (there are no agents)")
         for name in ("g", "ga"):
             status, body = await get(name, "/api/v1/tenants")
             assert (status, body["detail"]) == (403, (
@@ -947,6 +954,8 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
             assert await refused(d, caller, "stats.history", {}) == (
                 jsonrpc.FORBIDDEN, f"forbidden: token {name} is limited to agents "
                                    "matching a1: name an agent")
+            if name == "g":
+                continue
             await call(d, "stats.history", {"agent": "a1"}, caller)
             assert (await call(d, "daemon.info", {}, caller)).status == (
                 "1 agent, 1/1 replica serving, 0 failed")
@@ -976,7 +985,7 @@ async def test_a_limited_callers_status_names_no_other_elastic_agent(
                           + sleeper(B, "b", "hibernate_after = 600\n"), TWO) as d:
         assert set((await call(d, "agents.status", {})).elastic) == {"a1", B}
         for caller in (Caller(via="http", token="ta", tenant="a"),
-                       Caller(via="http", token="g", agents="a*")):
+                       Caller(via="http", token="g", agents="a*", tenant="a")):
             st = await call(d, "agents.status", {}, caller)
             assert set(st.elastic) == {"a1"} and {r.name for r in st.agents} == {"a1"}
 

@@ -59,9 +59,10 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
             return False
         if self.tenant is None:
             # a glob names the operator's (the default tenant's) agents alone: an agent's
-            # name is its tenant's caller's to choose (a tenant's web-evil is no web*)
-            return self.agents is None or (self.owner is not None and
-                                           self.owner("agent", name) == DEFAULT_TENANT)
+            # name is its tenant's caller's to choose (a tenant's web-evil is no web*);
+            # one this node does not hold (another node's) by its name, as before
+            return self.agents is None or (self.owner is not None and self.owner(
+                "agent", name) in (None, DEFAULT_TENANT))
         return self.owner is not None and self.owner("agent", name) == self.tenant
 
     def sees_record(self, agent: str, tenant: str | None) -> bool:
