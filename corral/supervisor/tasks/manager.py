@@ -382,7 +382,7 @@ class TaskManager:
     def why_waiting(self, task: Task) -> str:
         """Why a queued task has not started: its time not come, or what holds its
         agent's tasks, and its place among them."""
-        delayed = why_delayed(task, self.delays.holds(task))
+        delayed = why_delayed(task.not_before, task.attempts, self.delays.holds(task))
         if delayed is not None:
             return delayed
         turn = self.sessions.why_waiting(task)
