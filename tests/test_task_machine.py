@@ -444,6 +444,8 @@ STATUS_ALLOWED: dict[tuple[str, str], str] = {
         "a drain report's wire rows, shown",
     ("daemon/taskjournal.py", 'not_before=not_before if status == "queued" else None,'):
         "a journal row read back",
+    ("cluster/clustertasks.py", 'if info.status == "queued" and info.waiting is None:'):
+        "a cluster record read back (why a queued turn waits: its session's)",
     ("daemon/tasks/local.py", 'lost = sum(1 for t in tasks if t.status == "lost")'):
         "the recovery's report",
     ("daemon/tasks/local.py",
