@@ -373,13 +373,13 @@ class Nowhere:
                                         "cluster's and its session is not kept here")
 
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
-        raise _not_kept(task)
+        raise _keeps_none(task)
 
     async def serves(self, agent: str, tenant: str) -> bool:
         return False
 
     async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
-        raise _not_kept(task)
+        raise _keeps_none(task)
 
     async def children(self, task: Task) -> Container[str]:
         return ()
@@ -391,7 +391,7 @@ class Nowhere:
 NOWHERE: TaskHome = Nowhere()
 
 
-def _not_kept(task: Task) -> RpcError:
+def _keeps_none(task: Task) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"task/spawn: task {task.id} is the cluster's and its "
                                      "spawns are not kept here")
 
