@@ -17,8 +17,7 @@ import re
 import stat
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,12 @@ from corral.mcp.toolsearch import MAX_QUERY, MAX_TERMS
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .test_boundary_calls import session
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 
 pytest.importorskip("mcp")
 import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 SERVERS = Path(__file__).parent / "servers"
@@ -105,16 +103,6 @@ def daemon() -> Iterator[Daemon]:
 def gateway_url(d: Daemon) -> str:
     u: str = d.json("mcp", "status")["gateway"]["http"]["url"]
     return u
-
-
-@asynccontextmanager
-async def session(url: str, token: str, at: str = "") -> AsyncIterator[ClientSession]:
-    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                timeout=httpx2.Timeout(30, read=60))
-    async with client, streamable_http_client(url + at, http_client=client) as (r, w), \
-            ClientSession(r, w) as s:
-        await s.initialize()
-        yield s
 
 
 def replica_env(d: Daemon, agent: str) -> dict[str, str]:

@@ -24,11 +24,9 @@ from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_attacks_newest import stateless
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
+from .test_http_mcp import mcp_session as session
 
 pytest.importorskip("mcp")
-import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 
@@ -90,16 +88,6 @@ async def holding(d: Daemon, agent: str) -> AsyncIterator[tuple[str, str, str]]:
     finally:
         hold.touch()
         await asyncio.to_thread(d.ask, "tasks.get", {"task_id": task_id, "wait": True})
-
-
-@asynccontextmanager
-async def session(url: str, token: str) -> AsyncIterator[ClientSession]:
-    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                timeout=httpx2.Timeout(30, read=60))
-    async with client, streamable_http_client(url, http_client=client) as (r, w), \
-            ClientSession(r, w) as s:
-        await s.initialize()
-        yield s
 
 
 def text(result: Any) -> str:

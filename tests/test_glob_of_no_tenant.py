@@ -11,8 +11,6 @@ server), agents of examples/misbehave.py, the official MCP SDK's client."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -22,25 +20,13 @@ from .daemon_harness import PY, sleeper
 from .test_gateway_stdio import wait_until_async
 from .test_http_adversary import api_of
 from .test_http_api import SOCKET, serving, sse_events
+from .test_http_mcp import mcp_session as session
 
 pytest.importorskip("mcp")
-import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 MANY = Path(__file__).parent / "servers" / "many_tools.py"
 UNSEEN = "no such agent: web-evil (did you mean `web-a`?)"  # as one there is not
-
-
-@asynccontextmanager
-async def session(url: str, token: str) -> AsyncIterator[ClientSession]:
-    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                timeout=httpx2.Timeout(30, read=60))
-    async with client, streamable_http_client(url, http_client=client) as (r, w), \
-            ClientSession(r, w) as s:
-        await s.initialize()
-        yield s
 
 
 @pytest.mark.deadline(120)
