@@ -51,6 +51,7 @@ def agents(directory: Path) -> str:
 def test_a_keyed_submission_sent_again_is_the_first_task_and_runs_nothing_twice(
         home: Home) -> None:
     record = home.dir / "record"
+    earlier = len(runs(record))  # (the runs of the module's other tests, in any order)
     asked: dict[str, Any] = {"agent": "rec", "input": {"n": 1}, "idempotency_key": "k1"}
     first = home.call("tasks.submit", {**asked, "wait": 30})
     assert (first["status"], first["output"]) == ("succeeded", {"by": "rec"}), first
@@ -58,17 +59,17 @@ def test_a_keyed_submission_sent_again_is_the_first_task_and_runs_nothing_twice(
     again = home.call("tasks.submit", {**asked, "wait": 30}, at=1)
     assert again == {**first, "replayed": True}
     assert home.call("tasks.submit", asked, at=1)["task_id"] == first["task_id"]
-    assert runs(record) == [{"n": 1}]
+    assert runs(record)[earlier:] == [{"n": 1}]
     assert home.task(first["task_id"], at=1)["options"] == {"idempotency_key": "k1"}
     # and after a crash of the home (the client lost its answer to it): the same
     home.crash(first["task_id"])
     assert home.call("tasks.submit", {**asked, "wait": 30}) == again
-    assert runs(record) == [{"n": 1}]
+    assert runs(record)[earlier:] == [{"n": 1}]
     # another request under the key: refused naming it, nothing run
     code, message = home.refusal("tasks.submit", {**asked, "input": {"n": 2}})
     assert (code, message) == (jsonrpc.CONFLICT, f"idempotency key k1 was used for "
                                f"another request (task {first['task_id']}): send a new key")
-    assert runs(record) == [{"n": 1}]
+    assert runs(record)[earlier:] == [{"n": 1}]
 
 
 def test_an_attempt_past_its_timeout_ends_timed_out(home: Home) -> None:
