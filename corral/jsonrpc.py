@@ -72,15 +72,12 @@ ERROR_NAMES = {
     UNSUPPORTED_VERSION: "unsupported protocol version",
     MESSAGE_TOO_LARGE: "message too large",
 }
-# a request id kept as a peer's `last_id` is at most this long (a string's characters)
-MAX_KEPT_ID = 256
+MAX_KEPT_ID = 256  # a string id longer is not kept as a peer's `last_id`
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
 OVERSIZE_ENDS = 256  # bytes kept of each end of a discarded line: where its id is
 # seconds between log lines about one reader's failing line handlers: a flood of lines
-# whose handling raises (an agent's stdout, a client's requests) is one line per reader
-# at most this often, each counting the failures since the last, not a line with its
-# traceback for each (stream.LOG_EVERY's rule for a failing subscriber)
+# whose handling raises is one line per reader this often, counting the rest
 HANDLER_LOG_EVERY = 10.0
 # ids of requests given up on without a cancel, kept so their late answers are not garbage
 FORGOTTEN_KEPT = 64
@@ -283,10 +280,9 @@ class LineProtocol(asyncio.BufferedProtocol):
     the current read is held, at most one read's worth); `resume()` delivers the held lines
     and reads again. A reader whose answers are not being read uses it to stop taking work.
 
-    A line's handler (`on_line`, `on_oversize`) that raises is logged with the line and
-    the reader goes on with the next line: an error let out of a read is the transport's
-    fatal error, the end of all reading of the channel (decision 840). A reader logs one
-    such error every HANDLER_LOG_EVERY seconds at most, the others counted (870).
+    A line's handler that raises is logged with the line and the reader goes on with the
+    next line: an error let out of a read is the transport's fatal error, the end of all
+    reading of the channel.
     """
 
     def __init__(
@@ -301,7 +297,7 @@ class LineProtocol(asyncio.BufferedProtocol):
         name: str = "a line reader",
     ) -> None:
         self.on_line = on_line
-        self.name = name  # what is read, for the log of a handler's error
+        self.name = name  # for the log of a handler's error
         # told once the lines of one read are delivered: what their handlers began can be
         # finished for all of them at once (a worker's answers free slots; the next tasks
         # start together)
@@ -316,15 +312,14 @@ class LineProtocol(asyncio.BufferedProtocol):
         self._rbuf = bytearray(IDLE_BUFFER)
         # unconsumed bytes are _rbuf[_start:_end]; _start:_scanned holds no newline
         self._start = self._end = self._scanned = 0
-        self._long = 0  # the last long line's size: a line that outgrows the buffer gets
-        # room for as much at once
+        self._long = 0  # the last long line's size (`_make_room`)
         self._skipping = 0  # bytes skipped of the current oversized line, 0 when not skipping
         self._head = b""  # the first bytes of the line being skipped
         self._tail = b""  # its last bytes so far
         self.transport: asyncio.BaseTransport | None = None
         self.paused = False
         self.at_eof = False
-        self.handler_failures = 0  # lines whose handler raised, in all
+        self.handler_failures = 0
         self._unlogged = 0  # of those, the ones not in the log yet
         self._logged_at = float("-inf")
 
@@ -361,8 +356,8 @@ class LineProtocol(asyncio.BufferedProtocol):
         return memoryview(self._rbuf)[self._end:]
 
     def _make_room(self) -> None:
-        """The unconsumed bytes to the buffer's start; in a new buffer if they need more
-        room: twice the size, or room for the last long line if that is more."""
+        """The unconsumed bytes to the buffer's start; in a new buffer (twice the size, or
+        the last long line's) if they need more room."""
         part, start = self._end - self._start, self._start
         if part + MIN_READ <= len(self._rbuf):  # (start > 0: else there would be room)
             view = memoryview(self._rbuf)
@@ -510,10 +505,8 @@ class LineProtocol(asyncio.BufferedProtocol):
                 self._handler_failed(head, exc, size)
 
     def _handler_failed(self, line: bytes, exc: Exception, size: int | None = None) -> None:
-        """A line's handler raised: logged with the line's start, and the next line is
-        read (decision 840). `size`: a discarded line's, `line` its first bytes. One log
-        line every HANDLER_LOG_EVERY seconds at most, with the count since the last; the
-        rest counted, said when the reading ends (decision 870)."""
+        """`size`: a discarded line's, `line` its first bytes. The failures not logged are
+        counted and said when the reading ends."""
         self.handler_failures += 1
         now = time.monotonic()
         if now - self._logged_at < HANDLER_LOG_EVERY:
@@ -656,10 +649,9 @@ REQUEST_TASK = "jsonrpc request"
 
 
 class _Answerer:
-    """A request's handler ended: its Peer answers it. The done callback of the handler's
-    task, one small object where a closure over the peer and the id was three (a function,
-    its two cells and their tuple, ~300 bytes a request in flight; issue 55: a worker's
-    question to a person may be in flight for days)."""
+    """The done callback of a request handler's task: one small object where a closure
+    over the peer and the id was three (~300 bytes a request in flight, which a question
+    to a person may be for days)."""
 
     __slots__ = ("peer", "rid")
 
@@ -717,7 +709,7 @@ class Peer:
         # pending requests whose answer is decoded whole, in one pass, by their own decoder
         self._decoders: dict[Id, Callable[[bytes], tuple[int, Any]]] = {}
         # made at the first: a deque kept by every peer would be walked by every full
-        # pass of the cyclic collector (decision 60)
+        # pass of the cyclic collector
         self._forgotten: deque[Id] | None = None
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None
@@ -726,12 +718,10 @@ class Peer:
         # set after each request ends either way (its answer taken, or its handler done),
         # made when first asked for (`ends`)
         self._ends: asyncio.Event | None = None
-        # Flow control of the other side's requests, for an owner that sets it up (`flow`;
-        # plain attributes, no callbacks: a supervisor keeps a peer per process, decision 60).
-        # While `requests_paused` (the owner's: its answers are not being read), or while
-        # `max_handling` of them are worked on, a request waits, with those of its line
-        # after it, in `held`, and `reader` stops reading; `release()` takes them when
-        # allowed again (by itself as requests are answered) and lets `reader` go on.
+        # Flow control of the other side's requests (`flow`): while `requests_paused` (its
+        # answers are not being read), or while `max_handling` of them are worked on, a
+        # request waits, with those of its line after it, in `held`, and `reader` stops
+        # reading; `release()` takes them when allowed again and lets `reader` go on.
         self.reader: LineProtocol | None = None
         self.requests_paused = False
         self.max_handling = 0  # 0: no limit
@@ -780,11 +770,9 @@ class Peer:
         """Send a request; the future resolves to its raw `result` or fails with RpcError.
 
         `decode`, for a result that may be large: it is given the whole answer line (when
-        the line starts as `_RESULT_HEAD`) and returns the answer's id and what becomes the
-        result, so the line is read once, not scanned for its envelope and then decoded
-        again. If it raises
-        (an error response, another layout), the answer takes the usual way: the future
-        then has the raw result, and the caller must expect either.
+        the line starts as `_RESULT_HEAD`) and returns the answer's id and the result, so
+        the line is read once. If it raises (an error response, another layout), the
+        future has the raw result: the caller must expect either.
         `piece`: the Raw that the `SPLICE` in `params` stands for (`encode_parts`).
         """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -813,10 +801,8 @@ class Peer:
         decode: Callable[[bytes], tuple[int, Any]] | None = None,
         piece: Raw | None = None,
     ) -> Id:
-        """`request_callback` for an owner whose own object is settled by the answer (its
-        `set_result` called as the answer is read, its `set_exception` as a closed peer's
-        or an unencodable request's): no relay and no closure made per request. The
-        other two send through it; a task's request is this one call."""
+        """`request_callback` for an owner whose own object is settled by the answer: no
+        relay and no closure made per request."""
         if self.closed is not None:
             pending.set_exception(self.closed)
             return -1
@@ -848,7 +834,6 @@ class Peer:
         return rid
 
     def _take(self, rid: Id) -> PendingAnswer | None:
-        """The pending request `rid`, no longer pending."""
         self._decoders.pop(rid, None)
         pending = self._pending.pop(rid, None)
         if pending is not None and self._ends is not None:
@@ -863,11 +848,9 @@ class Peer:
         timeout: float | None = None,
         type: type[Any] = Any,  # type: ignore[assignment]
     ) -> Any:
-        """Send a request and wait for its result, decoded as `type`.
-
-        On timeout or cancellation the request is forgotten and, where the protocol has one,
-        a cancel notification is sent so the other side can stop working on it.
-        """
+        """Send a request and wait for its result, decoded as `type`; on timeout or
+        cancellation the request is forgotten and a cancel notification sent where the
+        protocol has one."""
         rid, fut = self.request_future(method, params, decode=_answer_decoder(type))
         try:
             if timeout is None:
@@ -948,26 +931,9 @@ class Peer:
         self.silent_timeouts = 0
         if self._decoders and self._decoded(line):
             return
-        if line[:1] == b"[":
-            try:
-                batch = _batch_decoder.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._garbage(line, str(exc))
-                return
-            except UnicodeDecodeError as exc:
-                self._garbage(line, _not_utf8(exc))
-                return
-            except RecursionError:
-                self._garbage(line, TOO_DEEP)
-                return
-            if not batch:
-                self._garbage(line, "empty batch")
-                return
-            for env in batch:
-                self._handle(env, line)
-            return
         try:
-            env = _envelope_decoder.decode(line)
+            decoded = _batch_decoder.decode(line) if line[:1] == b"[" else \
+                _envelope_decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._garbage(line, str(exc))
             return
@@ -977,10 +943,16 @@ class Peer:
         except RecursionError:  # msgspec's own depth limit, not a crash of ours
             self._garbage(line, TOO_DEEP)
             return
-        self._handle(env, line)
+        if not isinstance(decoded, list):
+            self._handle(decoded, line)
+            return
+        if not decoded:
+            self._garbage(line, "empty batch")
+            return
+        for env in decoded:
+            self._handle(env, line)
 
     def _decoded(self, line: bytes) -> bool:
-        """A success answer to a request with its own decoder, decoded by it (one pass)."""
         head = _RESULT_HEAD.match(line)
         if head is None:
             return False
@@ -1096,7 +1068,6 @@ class Peer:
         return None
 
     def unpark(self, rid: Id) -> None:
-        """The parked request `rid` is worked on again (or ended)."""
         if self._parked is not None:
             self._parked.discard(rid)
 
@@ -1157,7 +1128,6 @@ class Peer:
 
     @property
     def handling(self) -> int:
-        """Requests from the other side still being worked on."""
         return len(self._incoming)
 
     def _finish(self, rid: Id, task: asyncio.Future[Any]) -> None:
@@ -1188,7 +1158,6 @@ class Peer:
             self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {describe(exc)}"))
 
     def send_error(self, rid: Id | None, exc: RpcError) -> None:
-        """An error response; `rid` None where the request could not be read."""
         self.send_message(ErrorResponse(rid, exc.to_object()))
 
     def answer_unfinished(self, exc: RpcError) -> int:
