@@ -23,6 +23,7 @@ from .admission import (
     queue_full,
     refusal,
 )
+from .endings import EndingEngine
 from .ids import new_ids
 from .interceptors import TraceStart
 from .model import Task, TaskHome
@@ -32,13 +33,8 @@ from .spawn import REACH
 if TYPE_CHECKING:
     from .budget import Budgets
     from .counters import AgentTasks
-    from .delays import Delays
-    from .dispatch import TaskDispatch
-    from .durable import TaskJournal
-    from .host import AgentLike, TaskHost
-    from .queue import Queue
+    from .host import AgentLike
     from .quotahooks import QuotaHooks
-    from .sessions import Sessions
     from .spawn import Spawns
 
 
@@ -46,29 +42,18 @@ if TYPE_CHECKING:
 _NOT_MAPPED = frozenset({"delay", "not_before", "session"})
 
 
-class AdmittingEngine(Protocol):
-    """What intake needs of the TaskManager."""
+class AdmittingEngine(EndingEngine, Protocol):
+    """What intake needs of the TaskManager, besides what a task's end does."""
 
-    sup: TaskHost
     home: TaskHome
     quotas: QuotaHooks
-    active: dict[str, Task]
-    queue: Queue
-    delays: Delays
-    dispatch: TaskDispatch
     budgets: Budgets
-    sessions: Sessions
     spawns: Spawns
     trace_begin: Callable[[TraceStart], None] | None
-
-    @property
-    def journal(self) -> TaskJournal | None: ...
 
     def next_seq(self) -> int: ...
 
     def agent_tasks(self, agent: AgentLike) -> AgentTasks: ...
-
-    def record(self, task: Task) -> None: ...
 
 
 class Intake:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from ... import jsonrpc
 from ...askviews import Ask, AskRequest
 from ...jsonrpc import RpcError
+from .endings import EndingEngine
 from .inbox import Inbox, check_subject
 from .model import Task
 from .steps import caller_task
@@ -18,22 +19,15 @@ from .taskmachine import TaskCause, failed_outside
 
 if TYPE_CHECKING:
     from ...taskviews import TaskFailure
-    from .dispatch import TaskDispatch
     from .endings import Endings
-    from .suspension import Suspensions
 
 
-class PersonLoopEngine(Protocol):
-    """What the person in the loop needs of the TaskManager."""
+class PersonLoopEngine(EndingEngine, Protocol):
+    """What the person in the loop needs of the TaskManager, besides what a task's end
+    does."""
 
-    active: dict[str, Task]
     inbox: Inbox
-    suspensions: Suspensions
-    dispatch: TaskDispatch
-
     endings: Endings
-
-    def record(self, task: Task) -> None: ...
 
 
 class PersonLoop:

@@ -8,24 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from .budget import BUDGET_PREFIX
+from .endings import EndingEngine
 
 if TYPE_CHECKING:
     from ..quotas import QuotasChanged, Tenancy
     from .budget import Budgets
-    from .counters import AgentTasks
-    from .dispatch import TaskDispatch
     from .host import AgentLike
-    from .queue import Queue
 
 
-class QuotaEngine(Protocol):
-    """What the quotas' hooks need of the TaskManager."""
+class QuotaEngine(EndingEngine, Protocol):
+    """What the quotas' hooks need of the TaskManager, besides what a task's end does."""
 
     tenancy: Tenancy | None
-    by_agent: dict[str, AgentTasks]
-    queue: Queue
     budgets: Budgets
-    dispatch: TaskDispatch
 
     def running(self, agent_name: str) -> int: ...
 

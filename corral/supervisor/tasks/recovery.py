@@ -10,45 +10,21 @@ from typing import TYPE_CHECKING, Protocol
 
 from ... import jsonrpc
 from ...taskviews import TaskFailure
+from .intake import AdmittingEngine
 from .model import LOST_IN_RESTART, CompactTask, Task, TaskHome, TaskRecord
 from .taskmachine import AttemptOutcome, TaskCause, TaskStatus
 
 if TYPE_CHECKING:
     from ..replica import Replica
-    from .counters import AgentTasks
-    from .delays import Delays
-    from .dispatch import TaskDispatch
-    from .durable import TaskJournal
     from .endings import Endings
-    from .host import AgentLike, TaskHost
-    from .queue import Queue
-    from .sessions import Sessions
-    from .suspension import Suspensions
 
 
-class RecoveringEngine(Protocol):
-    """What recovery needs of the TaskManager."""
+class RecoveringEngine(AdmittingEngine, Protocol):
+    """What recovery needs of the TaskManager, besides what intake does."""
 
-    sup: TaskHost
-    home: TaskHome
-    active: dict[str, Task]
-    sessions: Sessions
-    suspensions: Suspensions
-    queue: Queue
-    delays: Delays
-    dispatch: TaskDispatch
     endings: Endings
 
-    @property
-    def journal(self) -> TaskJournal | None: ...
-
-    def next_seq(self) -> int: ...
-
-    def agent_tasks(self, agent: AgentLike) -> AgentTasks: ...
-
     def traced_again(self, task: Task) -> None: ...
-
-    def record(self, task: Task) -> None: ...
 
 
 def rebuilt(rec: TaskRecord, seq: int, session: str | None, home: TaskHome) -> Task:
