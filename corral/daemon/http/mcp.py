@@ -1,31 +1,15 @@
 """The HTTP gateway: the pool as one MCP server over Streamable HTTP, in the daemon.
 
-Served at `/mcp` of the daemon's HTTP server (`[http] listen`, with the REST API: the
-routes are mounted on its application) and, with `[gateway] listen = "unix:PATH" |
-"HOST:PORT"`, on a site of its own too; either way by the same handlers and sessions,
-with the gateway's own tokens. One endpoint, `/mcp`:
-- POST: one JSON-RPC message (or a batch, for 2025-03-26 clients). Notifications and
-  responses get 202. A request gets its answer as JSON, or — when it asked for progress
-  and progress came before the answer — as an SSE stream: its progress notifications,
-  then the answer. Each event has an id;
-  a client that lost the stream resumes it with GET and `Last-Event-ID` (the last
-  `REPLAY` events of a session are kept). A stream lost mid-call and not resumed within
-  `RESUME_GRACE` seconds cancels the call upstream, as a client gone away should.
-- GET: the session's stream for what the server says unasked (`list_changed`).
-- DELETE: ends the session, cancelling its calls.
-- Sessions (2024-11-05 … 2025-11-25): `initialize` creates one (`Mcp-Session-Id`); an
-  unknown or expired id gets 404, which tells a client to initialize again. The stateless
-  2026-07-28 revision needs no session: each POST stands alone.
-- Bearer tokens (GatewayService.by_token); none or an unknown one gets 401 with the
-  protected-resource metadata's address (RFC 9728), which is served too. `Origin`, when
-  sent, must be a loopback origin (DNS-rebinding protection, as the transport spec asks).
-- Bounds: sessions per client and per gateway, the least recently used idle one evicted
-  to make room and a new one refused (503, naming the bound) only when every one is busy
-  (mcpsessions.py); sessions idle for `session_idle_timeout` are closed, a request body
-  is at most 16 MiB, and a stream whose reader does not read keeps at most `MAX_PENDING`
-  events and `MAX_PENDING_BYTES` of them (progress is dropped first; an answer never is),
-  a session's events kept for a resumption at most `REPLAY` and `REPLAY_BYTES`: a
-  progress event carries a chunk of a task's live output, up to a MiB.
+Served at `/mcp` of the daemon's HTTP server and, with `[gateway] listen`, on a site of
+its own too, by the same handlers and sessions. A POST's answer is JSON, or an SSE stream
+when progress came before it; a client that lost a stream resumes it with GET and
+`Last-Event-ID`, and one not resumed within `RESUME_GRACE` seconds cancels the call
+upstream, as a client gone away should. 2024-11-05 … 2025-11-25 clients hold a session
+(`Mcp-Session-Id`; 404 tells them to initialize again); 2026-07-28 POSTs stand alone.
+`Origin`, when sent, must be loopback (DNS-rebinding protection, as the transport spec
+asks). A stream whose reader does not read keeps at most `MAX_PENDING` events and
+`MAX_PENDING_BYTES` (progress is dropped, an answer never is), and a session's replay
+`REPLAY` and `REPLAY_BYTES`: a progress event carries up to a MiB of a task's output.
 
 aiohttp is imported here only, and this module only when the gateway is served over HTTP.
 """
@@ -147,7 +131,6 @@ class SseStream:
         return data
 
     def full(self) -> bool:
-        """Whether a reader that does not read has let the stream's bounds fill."""
         return len(self.pending) >= MAX_PENDING or self.pending_bytes >= MAX_PENDING_BYTES
 
 
@@ -232,8 +215,7 @@ class HttpGateway:
 
     # -- start and stop -------------------------------------------------------------------
     def mount(self, app: web.Application) -> None:
-        """The endpoint and its metadata as routes of `app`: this gateway's own site's,
-        or the daemon's HTTP server's."""
+        """On this gateway's own site's application, or the daemon's HTTP server's."""
         for path in (ENDPOINT, ENDPOINT + VIEW):
             app.router.add_route("POST", path, self.post)
             app.router.add_route("GET", path, self.get)
@@ -244,10 +226,6 @@ class HttpGateway:
             self.models.mount(app)
         # a session's streams end when their server stops, rather than holding its stop
         app.on_shutdown.append(self._end_sessions)
-        self.open()
-
-    def open(self) -> None:
-        """Idle sessions are closed from now on."""
         if self._reaper is None:
             self._reaper = asyncio.ensure_future(self._reap())
 
@@ -266,7 +244,6 @@ class HttpGateway:
             self._end(sid)
 
     async def start(self) -> None:
-        """A site of its own, at `[gateway] listen`."""
         s = self.settings
         assert s.listen is not None
         kind, where, port = parse_listen(s.listen)
@@ -376,14 +353,10 @@ class HttpGateway:
         idle = self.settings.session_idle_timeout
         while True:
             await asyncio.sleep(min(30.0, idle / 4))
-            self._expire(time.monotonic() - idle)
-
-    def _expire(self, before: float) -> int:
-        gone = [sid for sid, s in self.sessions.items()
-                if s.last_seen < before and not s.busy]
-        for sid in gone:
-            self._end(sid)
-        return len(gone)
+            before = time.monotonic() - idle
+            for sid in [sid for sid, s in self.sessions.items()
+                        if s.last_seen < before and not s.busy]:
+                self._end(sid)
 
     def _end(self, sid: str) -> None:
         sess = self.sessions.pop(sid)
@@ -520,10 +493,9 @@ class HttpGateway:
 
     async def _stateless(self, request: web.Request, ident: Identity, env: Envelope,
                          mirror: Mirror) -> web.StreamResponse:
-        """A 2026-07-28 request: it stands alone, answered on its own POST. An error keeps
-        its id; one of the envelope has its own status (envelope.py), a method corral
-        does not have is 404, so that a client tells a 2026-07-28 server apart unread, and
-        a capability the client did not declare 400 (STATELESS_STATUS)."""
+        """A 2026-07-28 request, answered on its own POST. An error keeps its id and has
+        its own status (envelope.py, STATELESS_STATUS): a 404 for a method corral does
+        not have lets a client tell a 2026-07-28 server apart unread."""
         sess = HttpSession(None, ident, PoolBackend(self.service, ident))
         refusal = sess.mcp.screen(env, mirror)
         if refusal is not None:
@@ -678,8 +650,7 @@ class HttpGateway:
 
 
 def _origin(request: web.Request) -> str:
-    """The server as the client addressed it (the gateway may be served at several
-    addresses): the resource its metadata names is the one the client asked."""
+    """As the client addressed it: the gateway may be served at several addresses."""
     return str(request.url.origin())
 
 

@@ -1,21 +1,14 @@
-"""`/metrics`: Prometheus' exposition of figures the daemon already holds (DESIGN section
-12; decision 68), in the format `prometheus_client` negotiates (OpenMetrics when the
-scraper asks for it).
+"""`/metrics`: Prometheus' exposition of figures the daemon already holds, in the format
+`prometheus_client` negotiates (OpenMetrics when the scraper asks for it).
 
-A scrape reads plain numbers out of the engine on the loop (each replica's heartbeat
-sample and state, the task counters, the queue's depths, the task times
-`history.TaskTimes` keeps): nothing is measured per agent. The per-agent families, which
-are nearly all of the exposition, are written line by line here (`render`), a slice of
-the agents per turn of the loop; their headers and every other family are
+A scrape reads plain numbers out of the engine on the loop: nothing is measured per
+agent. The per-agent families, nearly all of the exposition, are written line by line
+here (`render`), a slice of the agents per turn of the loop; every other family is
 `prometheus_client`'s own (a test holds the lines to what it makes of the same figures).
-The daemon's own `process_*` figures are read in a thread (counting its open files is a
-walk of /proc/self/fd, thousands of entries at a thousand agents). Labels are names
-(agent, state, cause, outcome, server, route, code, model, kind, attribution), never a
-task, request or session id; a removed agent's series are gone at the next scrape.
+Labels are names, never a task, request or session id.
 
 Who may scrape: with `[http] metrics_public = true` on a loopback address (or a unix
-socket) anyone who reaches it; otherwise a caller one of `ctx.authenticators` recognises,
-holding `metrics:read`. 401 and 403 are problem+json.
+socket) anyone who reaches it; otherwise a caller holding `metrics:read`.
 """
 
 from __future__ import annotations
@@ -62,8 +55,7 @@ SLICE = 0.002  # seconds of per-agent lines written before the loop turns
 
 class Restarts:
     """Restarts per agent by the cause that ended the life restarted, counted from the
-    event stream (the engine counts them by cause for the whole fleet only): O(1) per
-    event. Counted when decided, as the machine counts them (lifecycle.MachineStep.tally)."""
+    event stream (the engine counts them by cause for the whole fleet only)."""
 
     def __init__(self, services: Services) -> None:
         self.agents = services.agents
@@ -101,7 +93,6 @@ class AgentFigures:
 
 def figures(name: str, agent: Any, restarts: Restarts, by_agent: dict[str, Any],
             depth: Callable[[str], int]) -> AgentFigures:
-    """One agent's, on the loop: plain values only."""
     states: dict[str, int] = {}
     cpu = 0.0
     rss = 0
@@ -166,17 +157,14 @@ def escape(value: str) -> str:
 
 
 def task_lines(agent: str, tenant: str, counts: dict[str, int]) -> str:
-    """corral_tasks_total's lines of one agent (`agent`, `tenant`: its labels' text)."""
     return "".join(f'corral_tasks_total{agent},outcome="{outcome}",{tenant} '
                    f"{integer(counts[outcome])}\n" for outcome in OUTCOMES if counts[outcome])
 
 
 def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
     """The agent's sample lines of each PER_AGENT family, as prometheus_client writes
-    them (labels in name order, values by its floatToGoString; a sample line is the same
-    in both formats): about a microsecond a line against its encoder's six."""
-    # prometheus_client writes labels sorted by name: agent, then state/cause/outcome,
-    # then tenant
+    them (labels sorted by name; a sample line is the same in both formats): about a
+    microsecond a line against its encoder's six."""
     agent = f'{{agent="{escape(a.name)}"'
     tenant = f'tenant="{escape(a.tenant)}"}}'
     replicas = "".join(f'corral_agent_replicas{agent},state="{escape(state)}",{tenant} '
@@ -193,7 +181,7 @@ def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
 
 @dataclass(slots=True)
 class Snapshot:
-    """The fleet-wide figures of a scrape, copied on the loop: plain values only."""
+    """The fleet-wide figures of a scrape, copied on the loop."""
 
     mcp: dict[str, tuple[int, int]] = field(default_factory=dict)  # server: calls, errors
     # agent replicas' gateway tool calls: a task attempt's steps, and no task's
@@ -262,7 +250,6 @@ def build_info() -> Metric:
 
 
 def fleet_families(snap: Snapshot) -> Iterator[Metric]:
-    """The families after the per-agent ones."""
     duration = HistogramMetricFamily(
         "corral_task_duration_seconds", "Tasks' execution time (started to finished), "
         "every agent's.")
@@ -315,7 +302,6 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
 
 def counted(name: str, documentation: str, labels: tuple[str, str],
             counts: Mapping[tuple[str, str], int]) -> Metric:
-    """A counter family of a series per key of `counts` (its label values)."""
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, n in counts.items():
         family.add_metric(list(key), n)
@@ -347,8 +333,7 @@ CLUSTER_COUNTERS = (
 
 
 def cluster_families(snap: Snapshot) -> Iterator[Metric]:
-    """Series per node (`node` label): the cluster as this node's last beat saw it, and
-    this node's own counters. No task ids."""
+    """The cluster as this node's last beat saw it, and this node's own counters."""
     st = snap.cluster
     if st is None:
         return
@@ -404,8 +389,6 @@ def cluster_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 def trace_families(traces: Traces | None) -> Iterator[Metric]:
-    """With [tracing]: the spans exported, and those dropped (a full buffer, a failed
-    export: docs/tracing.md)."""
     if traces is None:
         return
     for name, text, value in (
@@ -466,7 +449,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def exposition(services: Services, restarts: Restarts,
                      requests: dict[tuple[str, str], int], heads: list[bytes],
                      encoder: Encoder) -> bytes:
-    """The whole page: every agent's series, the fleet's, the cluster's, the process's."""
     services.history.times.poll()
     restarts.forget_gone()
     fleet = take(services, requests)

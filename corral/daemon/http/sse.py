@@ -1,36 +1,24 @@
 """Streams as Server-Sent Events: every event has an id, and a client that reconnects
 with `Last-Event-ID` is sent what it missed while it is still kept.
 
-- Events (`/events/stream`): one follower of the bus for every client, through the
-  Dispatcher as the daemon's own caller, fills a ring of the newest events, numbered and
-  framed once; a client is a cursor into the ring (a `Reader`), so it costs nothing but
-  that cursor and what its connection buffers. One fan-out task writes to every reader
-  behind the ring, a batch each, a few milliseconds of it per turn of the loop, and never
-  waits on a client: a reader whose connection has STREAM_BUFFER bytes waiting is passed
-  by until its client takes them (its own task waits for that, up to the bound, else it
-  is cut: below), then
-  goes on from its cursor. A client slower than the ring turns over is told how many it
-  missed (`event: missed`) and goes on from the oldest kept.
+- Events (`/events/stream`): one follower of the bus fills a ring of the newest events,
+  numbered and framed once; a client is a cursor into the ring (a `Reader`), so it costs
+  nothing but that cursor and what its connection buffers. One fan-out task writes to
+  every reader behind the ring, a few milliseconds per turn of the loop, and never waits
+  on a client: a reader whose connection has STREAM_BUFFER bytes waiting is passed by
+  until its client takes them. A client slower than the ring turns over is told how many
+  it missed (`event: missed`).
 - Logs (`/logs/stream`): the client's own `logs.follow`; an event's id is the time of its
-  last line, and a reconnect resumes from the log tail the hub keeps (`since`), at least
-  once. A client that does not read stops the follow at a bounded buffer, and the
-  follower's bounded queue counts what it drops (`event: logs.missed`).
+  last line, and a reconnect resumes from the log tail the hub keeps (`since`).
 - The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
-  notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
-  the method's `last_event_id` (daemon/fleetwatch.py says what it resumes). A call that
-  ends (`/tasks/ID/stream`, tasks.stream) writes out what it sent, then its answer as
-  the last event (`result`, or `problem`). A client that takes nothing for `[http]
-  stream_write_timeout` seconds is cut: its last event, `cut`, names why and the id to
-  resume from (every event before it was written), and its body ends as a whole one
-  does; one that does not take even that within CUT_GRACE is aborted.
+  reconnect's Last-Event-ID is the method's `last_event_id`. A call that ends
+  (tasks.stream) writes out what it sent, then its answer as the last event.
 
-Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
-503 with Retry-After, before anything is followed); a stream's socket has a small kernel
-send buffer (STREAM_SNDBUF) and its transport a small high-water mark (STREAM_BUFFER), so a
-client that never reads pins little in the kernel or the daemon and costs no copying; and
-a write that waits on a client for `[http] stream_write_timeout` seconds (WRITE_DEADLINE
-unless given) ends its stream: it is cut (`_cut`), its last event naming the id to
-resume from, and its connection aborted if even that is not taken.
+Hostile clients: streams are counted, overall and per token (`Streams`); a stream's
+socket has a small kernel send buffer and its transport a small high-water mark, so a
+client that never reads pins little; and a write that waits on a client for `[http]
+stream_write_timeout` seconds ends its stream: it is cut (`_cut`), its last event naming
+the id to resume from, and its connection aborted if even that is not taken.
 """
 
 from __future__ import annotations
@@ -79,8 +67,6 @@ Item = tuple[int, str | None, bytes, str | None, Of]
 
 
 class Streams:
-    """The open streams, overall and per caller, under the [http] caps."""
-
     def __init__(self, total: int, per_caller: int) -> None:
         self.total = total
         self.per_caller = per_caller
@@ -272,7 +258,7 @@ class EventRing:
         return self.items[0][0] if self.items else self.last + 1
 
     def at(self, number: int) -> Item:
-        """The item numbered `number`, kept (first <= number <= last)."""
+        """`number` is kept: first <= number <= last."""
         return self.items[number - self.items[0][0]]
 
     def attach(self, reader: Reader) -> None:
@@ -283,7 +269,6 @@ class EventRing:
         self.readers.pop(reader, None)
 
     def due(self) -> None:
-        """A reader may be written to again."""
         self._due.set()
 
     async def _write_out(self) -> None:
@@ -316,10 +301,8 @@ class Reader:
 
     def __init__(self, request: web.Request, pattern: str, cursor: int,
                  tenant: str | None, viewer: Viewer | None = None) -> None:
-        writer = request.writer
-        assert isinstance(writer, StreamWriter)
         self.request = request
-        self.writer = writer
+        self.writer = _writer(request)
         self.pattern = None if pattern == "*" else pattern
         # the tenant whose events it is sent (None: every tenant's), as a follower's
         self.tenant = tenant
@@ -347,7 +330,6 @@ class Reader:
             self.wake.set()
 
     async def pump(self, ring: EventRing) -> None:
-        """Write the next batch of what the ring holds past the cursor."""
         cursor = self.cursor
         parts: list[bytes] = []
         size = missed = 0
@@ -464,7 +446,7 @@ class SseChannel:
         self._writable.set()
         self.wake = asyncio.Event()
         self.sent: str | None = None  # the id of the last event written that had one
-        self.ending = False  # the call ended: what is left is written out, then no more
+        self.ending = False
 
     @property
     def writable(self) -> asyncio.Event:
@@ -483,7 +465,6 @@ class SseChannel:
         self.wake.set()
 
     async def pump(self) -> None:
-        """Write the frames as they come; once `ending`, those left, then return."""
         response = self.response
         assert response is not None  # (started once it is open)
         while True:
@@ -506,8 +487,8 @@ class SseChannel:
                     self._writable.set()
 
     def end(self) -> None:
-        """The call ended: the pump writes every frame left (each within the bound; its
-        writes are never cut short), then returns."""
+        """The call ended: the pump writes every frame left (each within the bound),
+        then returns."""
         self.ending = True
         self.wake.set()
 
@@ -535,9 +516,8 @@ CUT_GRACE = 5.0  # seconds a cut stream's client has to take its last words
 
 async def _cut(request: web.Request, why: str, last_id: str | None) -> None:
     """The daemon ends a stream its client does not read: its last event, `cut`, says
-    why and the id to resume from (Last-Event-ID: the last event written, every one
-    before it written too), the body then ends as a whole one does and the connection
-    closes; one whose client has not taken that within CUT_GRACE is aborted."""
+    why and the id to resume from (every event before it was written), and the
+    connection closes, aborted if its client has not taken that within CUT_GRACE."""
     data = frame(None, "cut", msgspec.json.encode({"reason": why,
                                                    "last_event_id": last_id}))
     with contextlib.suppress(Exception):  # (the transport may be closing)

@@ -1,10 +1,7 @@
 """The dashboard (`/ui`): one page and its vendored libraries, served under a strict
 Content-Security-Policy, and one JSON endpoint through which the page calls an allowlist
-of control methods on the one Dispatcher (docs/http.md, "The dashboard"; decision 69).
-
-The page follows the fleet (agents.watch), the runtime figures (stats.watch) and an
-agent's log (logs.follow) as Server-Sent Events at `GET /ui/stream/METHOD`, with the
-session's cookie and the REST API's caps on open streams.
+of control methods on the one Dispatcher (docs/http.md, "The dashboard"). Its streams are
+Server-Sent Events at `GET /ui/stream/METHOD`, with the session's cookie.
 
 Login: `corral ui` calls `ui.login` on the control socket, which mints a one-time code
 (`Sessions.issue`); `GET /ui/login?code=...` trades it for a session cookie (HttpOnly,
@@ -86,9 +83,7 @@ class LoginRefused(Exception):
 
 
 @dataclass(kw_only=True)
-class LoginSession:
-    id: str
-    csrf: str
+class _Grant:
     caller: Caller
     expires: float
     # the bearer token that asked for the link (None: a socket peer): the session ends
@@ -97,10 +92,9 @@ class LoginSession:
 
 
 @dataclass(kw_only=True)
-class _Grant:
-    caller: Caller
-    expires: float
-    token: Caller | None = None
+class LoginSession(_Grant):
+    id: str
+    csrf: str
 
 
 @dataclass(kw_only=True)
@@ -141,7 +135,7 @@ class LoginSessions:
         return code, expires
 
     def redeem(self, code: str) -> LoginSession:
-        """The code's new session; the code is gone whatever the outcome."""
+        """The code is gone whatever the outcome."""
         now = self.clock()
         grant = self.codes.pop(code, None)
         self._prune(now)
@@ -234,9 +228,6 @@ class Guard:
             self._hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
         return self._hostnames
 
-    def origin_ok(self, request: web.Request) -> bool:
-        return request.headers.get("Origin") == f"{self._server().scheme}://{request.host}"
-
     def caller(self, request: web.Request) -> Caller | None:
         """The session's Caller, None without a session cookie; raises RpcError when a
         write breaks a rule. Also the HTTP server's authenticator for the cookie."""
@@ -248,8 +239,8 @@ class Guard:
         return session.caller
 
     def check_write(self, request: web.Request, session: LoginSession) -> None:
-        if not self.origin_ok(request):
-            origin = request.headers.get("Origin")
+        origin = request.headers.get("Origin")
+        if origin != f"{self._server().scheme}://{request.host}":
             raise RpcError(jsonrpc.FORBIDDEN, "forbidden: a write needs this dashboard's "
                            "Origin header, and none was sent" if origin is None else
                            f"forbidden: Origin {origin!r} is not this dashboard's")
@@ -311,19 +302,8 @@ REFUSED_PAGE = """<!doctype html>
 """
 
 
-def wants_html(request: web.Request) -> bool:
-    """Whether the client asked for a page (a browser's navigation) rather than JSON."""
-    return "text/html" in request.headers.get("Accept", "")
-
-
-def refused_page(why: str) -> str:
-    return REFUSED_PAGE.format(why=html.escape(why))
-
-
 async def _rules_of(guard: Guard, request: web.Request,
                     handler: Handler) -> web.StreamResponse:
-    """Every /ui answer: this server's Host only, problems for errors, the page's
-    security headers."""
     if not guard.host_ok(request.headers.get("Host")):
         response: web.StreamResponse = problem(
             421, f"Host {request.headers.get('Host')!r} is not this server's")
@@ -341,8 +321,6 @@ async def _rules_of(guard: Guard, request: web.Request,
 
 
 class Pages:
-    """The dashboard's routes over one server's sessions and Dispatcher."""
-
     def __init__(self, ctx: HttpContext, sessions: LoginSessions) -> None:
         self.ctx = ctx
         self.sessions = sessions
@@ -404,9 +382,10 @@ class Pages:
         try:
             session = self.sessions.redeem(request.query.get("code", ""))
         except LoginRefused as exc:
-            if wants_html(request):  # a browser: a page a person reads, not a problem
-                return web.Response(status=401, text=refused_page(str(exc)),
-                                    content_type="text/html")
+            # a browser's navigation: a page a person reads, not a problem
+            if "text/html" in request.headers.get("Accept", ""):
+                return web.Response(status=401, content_type="text/html",
+                                    text=REFUSED_PAGE.format(why=html.escape(str(exc))))
             return problem(401, str(exc))
         response = web.Response(status=303, headers={"Location": f"{PREFIX}/"})
         response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True,

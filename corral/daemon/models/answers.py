@@ -80,7 +80,7 @@ def whole(record: AnswerRecord | Whole, headers: dict[str, str] | None = None
 class _HeadWithEvents(web.StreamResponse):
     """A stream whose head is written with its first events, in one write, when they are
     at hand as it begins (aiohttp's own Response buffers its head so; its StreamResponse
-    writes it at once: a write, and a wake-up of the agent, more a call; issue 77)."""
+    writes it at once: a write, and a wake-up of the agent, more a call)."""
 
     _send_headers_immediately = False
 

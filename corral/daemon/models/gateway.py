@@ -2,23 +2,12 @@
 served beside the MCP gateway, each request passed to the upstream of the model it names
 (`[models.NAME]`) with the provider's key, which the agent never holds (docs/models.md).
 
-A request is the replica's whose token it carries (the one corral gives it as
-CORRAL_MCP_TOKEN, and as OPENAI_API_KEY and ANTHROPIC_API_KEY); it is refused, in the
-endpoint's own error format and naming why, when the model is not the agent's to use,
-when its tenant is over the model's rate, or when the agent or its tenant is over a
-token or cost budget. A call of a task's attempt (the replica runs that one task) is a
-step of the task: journaled with its answer before the agent has all of it, answered
-from the journal on a retry (no upstream call), its usage counted once, from what the
-upstream said. Which attempt a call is for is told as for the MCP gateway's calls
-(attribution.py). A replica's model calls in flight take its slots of the MCP
-gateway's `max_concurrent` (its tool calls' too): one past them is refused before its
-body is read, since each call holds its body (once: request.py) and its answer in
-memory.
-
-Every call admitted holds its estimate against the agent's budgets while in flight
-(budget.py's `reserve`), and every call the upstream answered is counted at its end,
-whichever end it has (usage.py): whole, streamed to its end, cut by the upstream or by
-corral, timed out, failed, or its handler cancelled."""
+A call of a task's attempt is a step of the task: journaled with its answer, answered
+from the journal on a retry, its usage counted once. A replica's model calls in flight
+take its slots of the MCP gateway's `max_concurrent`: one past them is refused before
+its body is read, since each call holds its body and its answer in memory. Every call
+admitted holds its estimate against the agent's budgets while in flight, and every call
+the upstream answered is counted at its end, whichever end it has (usage.py)."""
 
 from __future__ import annotations
 
@@ -103,19 +92,6 @@ class ModelCall(NamedTuple):
     task: Task | None
     request: ModelRequest
     reservation: Reservation  # its estimate, held against its budgets until its end
-
-    @property
-    def sent(self) -> bytes:
-        return self.request.sent
-
-    @property
-    def stream(self) -> bool:
-        return self.request.stream
-
-    @property
-    def arguments(self) -> dict[str, Any]:
-        """What a retry's same call is known by: its endpoint and its body's hash."""
-        return {"endpoint": self.endpoint.path, "body": self.request.digest}
 
 
 class ModelClients(Protocol):
@@ -220,8 +196,7 @@ class ModelGateway:
             return await self._answer(request, call)
 
     def _client(self, request: web.Request, held: contextlib.ExitStack) -> Replica:
-        """Whose the request is (its token), one of its client's slots held in `held`;
-        ModelRefusal when it is no replica's, or all its slots are taken."""
+        """Whose the request is (its token), one of its client's slots held in `held`."""
         token = credential(request.headers.get("authorization"),
                            request.headers.get("x-api-key"))
         client = self.clients.replica_client(token) if token else None
@@ -240,8 +215,7 @@ class ModelGateway:
     async def _admit(self, request: web.Request, endpoint: Endpoint, found: Replica,
                      held: contextlib.ExitStack) -> ModelCall:
         """The request checked: which model, whether the agent of `found` may use it
-        now (its estimate then held against its budgets until `held` is left);
-        ModelRefusal saying why not."""
+        now (its estimate then held against its budgets until `held` is left)."""
         raw = await _body(request)
         if raw is None:
             self.unknown += 1
@@ -287,7 +261,7 @@ class ModelGateway:
                                     f"of {endpoint.path}")
         # an agent's name is its tenant's caller's to choose: a glob naming agents (not
         # `*`) names the model's own tenant's, so that a tenant's agent named to fit a
-        # shared model's `ops-*` uses it no more than an unnamed one (issue 74)
+        # shared model's `ops-*` uses it no more than an unnamed one
         if not any(fnmatchcase(replica.name, glob)
                    and (glob == "*" or tenant == spec.tenant) for glob in spec.agents):
             counter.refused += 1
@@ -296,7 +270,6 @@ class ModelGateway:
         return spec
 
     def _rate(self, replica: Replica, name: str, spec: ModelSpec) -> None:
-        """The tenant's rate of the model."""
         tenant = replica.spec.tenant
         if spec.rate_per_minute:
             bucket = self.rates.get((name, tenant))
@@ -308,9 +281,8 @@ class ModelGateway:
                                         f"{name}'s rate_per_minute ({spec.rate_per_minute:g})")
 
     def _reserve(self, call: ModelCall) -> None:
-        """The agent's and its tenant's budgets: the call's estimate held against them
-        (its reservation), unless what was used and what calls in flight hold already
-        reach one (ModelRefusal naming it)."""
+        """The call's estimate held against the agent's and its tenant's budgets, unless
+        what was used and what calls in flight hold already reach one."""
         replica = call.replica
         agent = self.agents.get(replica.name)
         if agent is None:
@@ -331,8 +303,7 @@ class ModelGateway:
 
     def _attempt(self, replica: Replica, request: web.Request) -> Task | None:
         """The task attempt a call of `replica` is for, as the MCP gateway's are told
-        (attribution.py): the attempt its address names (`?task=ID&attempt=N`), else the
-        one task of a replica that runs one at a time; else none (counted)."""
+        (attribution.py); none is counted."""
         try:
             task = self.attribution.task_of(replica, mark_of(request.query))
         except ValueError as exc:
@@ -374,8 +345,10 @@ class ModelGateway:
             if call.task is None:
                 await live()
             else:
+                # a retry's same call is known by its endpoint and its body's hash
+                same = {"endpoint": call.endpoint.path, "body": call.request.digest}
                 kept = await self.tasks.steps.tool_call(
-                    call.task, call.replica, MODEL_STEP + call.name, call.arguments, live)
+                    call.task, call.replica, MODEL_STEP + call.name, same, live)
                 if not made:  # (its span is the step's replay: tracing.py)
                     counter.replayed += 1
                     return await answers.replayed(request, _record.decode(kept))
@@ -456,7 +429,6 @@ class ModelGateway:
 
     def _cut(self, call: ModelCall, relay: Relay | Whole, why: str
              ) -> web.StreamResponse:
-        """A stream the upstream cut, cut for the agent too, and said."""
         call.replica.note(f"model {call.name}: {why}; the agent's stream was cut too, and "
                           "nothing of it journaled")
         assert isinstance(relay, Relay)
@@ -465,13 +437,12 @@ class ModelGateway:
 
     def _span(self, call: ModelCall, start: float, usage: CallUsage,
               error: str | None) -> None:
-        """A live call's span under its task's attempt (with [tracing]), by the GenAI
-        conventions."""
+        """By the GenAI conventions."""
         if self.tracer is None or call.task is None:
             return
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat", "gen_ai.provider.name": call.spec.format,
-            "gen_ai.request.model": call.name, "corral.model.stream": call.stream,
+            "gen_ai.request.model": call.name, "corral.model.stream": call.request.stream,
             "gen_ai.usage.input_tokens": usage.input,
             "gen_ai.usage.output_tokens": usage.output}
         if usage.model is not None:
@@ -492,14 +463,14 @@ class ModelGateway:
             headers.update(upstream_auth(spec.format, key))
         try:
             answer = await self.upstream.send(spec, spec.url.rstrip("/") +
-                                              call.endpoint.upstream, call.sent, headers)
+                                              call.endpoint.upstream, call.request.sent, headers)
         except UpstreamDown as exc:
             usage.unanswered = exc.unanswered
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
         usage.unanswered = answer.unanswered
         ctype = answer.headers.get("content-type", "application/json")
         usage.answered = answer.status < 300
-        if call.stream and usage.answered and ctype.startswith(answers.SSE):
+        if call.request.stream and usage.answered and ctype.startswith(answers.SSE):
             return Relay(request, call.endpoint.format, answer, usage, self._output_of(call),
                          key, record=call.task is not None)
         try:
@@ -531,9 +502,8 @@ class ModelGateway:
         return told
 
     def _count(self, call: ModelCall, counter: ModelCounter, usage: CallUsage) -> None:
-        """A live call's usage, settled (usage.py), against the task's, the agent's and
-        its tenant's budgets, its estimate's hold let go at the same instant (a replayed
-        one's was counted when it was made)."""
+        """A live call's usage, settled against its budgets, its estimate's hold let go
+        at the same instant (a replayed one's was counted when it was made)."""
         call.reservation.release()
         usage.settle(call.request.input_estimate, call.request.output_estimate)
         if not usage.billed:
@@ -558,8 +528,6 @@ class ModelGateway:
         return counter
 
     def stats(self) -> dict[str, Any]:
-        """Per model: calls, those answered from a task's steps, refused, upstream
-        errors passed on, streams cut, tokens; and the calls of no task."""
         return {"models": {n: {k: getattr(c, k) for k in ModelCounter.__slots__}
                            for n, c in sorted(self.counters.items())},
                 "refused_unknown": self.unknown, "unattributed": self.unattributed,
@@ -570,7 +538,6 @@ class ModelGateway:
 
 
 def _status(exc: RpcError) -> int:
-    """A refusal of the engine's (a task's step budget) as an HTTP status."""
     return 429 if exc.code in (jsonrpc.STEP_BUDGET_EXCEEDED, jsonrpc.REFUSED) else 400
 
 
