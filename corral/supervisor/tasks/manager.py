@@ -1,22 +1,14 @@
 """Tasks: work given to agents, each ending in exactly one terminal outcome.
 
-A task goes to the least-loaded serving replica with a free slot (`max_concurrent_tasks`);
-otherwise it waits in the agent's bounded queue, ordered by priority then arrival
-(queue.py; dispatch.py starts it). Outcomes: succeeded, failed (the agent's error),
-timed_out, cancelled, lost (with its worker). A task is finished once. An attempt that
-ends in an outcome its retry policy names (retry.py) runs again, after
-its backoff; every attempt is recorded. A task submitted with a delay, or a retry's
-backoff, waits for its time out of the queue (delays.py).
+A task goes to the least-loaded serving replica with a free slot, else waits in the
+agent's bounded queue (queue.py; dispatch.py starts it). An attempt that ends in an
+outcome its retry policy names (retry.py) runs again after its backoff. Durability is a
+`TaskJournal`'s (durable.py; the daemon's is SQLite): it hears of every accepted task and
+every change, and gives unfinished tasks back after a crash (recovery.py).
 
-Durability is not the engine's business: it tells a `TaskJournal` (durable.py; the
-daemon's is SQLite) about every accepted task and every change, and a journal gives
-unfinished tasks back (`restore`) after a crash. Memory stays flat in the number of
-finished tasks (retention.py).
-
-The TaskManager composes the parts, each a role of its own made with it: a task's way in
-(intake.py, its refusals admission.py's), the Queue, the TaskDispatch, a task's end and
-its retry (endings.py), a person in the loop (personloop.py), the restart's recovery
-(recovery.py), Retention and the workers' methods (worker.py); it answers the API.
+The TaskManager composes the parts, each a role of its own made with it: intake.py,
+the Queue, the TaskDispatch, endings.py, personloop.py, recovery.py, Retention and the
+workers' methods (worker.py); it answers the API.
 """
 
 from __future__ import annotations
@@ -29,13 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ... import jsonrpc
 from ...askviews import Ask
 from ...jsonrpc import RpcError
-from ...taskoptions import (
-    NO_FILTERS,
-    NO_OPTIONS,
-    TaskFilters,
-    TaskOptions,
-    admits,
-)
+from ...taskoptions import NO_FILTERS, NO_OPTIONS, TaskFilters, TaskOptions, admits
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import (
@@ -87,11 +73,7 @@ from .sessions import SessionBound, Sessions, session_bounds
 from .spawn import Spawns
 from .stepjournal import StepJournal
 from .suspension import Suspensions
-from .taskmachine import (
-    TaskCause,
-    TaskStatus,
-    cancelled,
-)
+from .taskmachine import TaskCause, TaskStatus, cancelled
 from .waitclock import WaitClock
 from .worker import WorkerMethods, report_progress
 
@@ -219,13 +201,11 @@ class TaskManager:
 
     def replica_down(self, r: Replica) -> None:
         """A replica failed or terminated: if its agent will not run again, its waiting
-        tasks end now. (`terminated` comes before the restart policy decides: look once it
-        has.)"""
+        tasks end (looked at once the restart policy has decided)."""
         if r.kind == "agent":
             asyncio.get_running_loop().call_soon(self.endings.drain_if_down, r.name)
 
     def pump(self, agent_name: str) -> None:
-        """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""
         self.dispatch.pump(agent_name)
 
     # -- holding: a drain (and later an upgrade) takes no new task to a worker ---------
@@ -307,9 +287,8 @@ class TaskManager:
         return task_id in self.active or task_id in self.suspensions.compact
 
     def traced_again(self, task: Task) -> None:
-        """A task this process did not accept (a journal's after a restart, one handed
-        over by an upgrade) traced, with [tracing], from its id: its caller's context,
-        when it had one, is not kept across processes (docs/tracing.md)."""
+        """A task this process did not accept (after a restart, or an upgrade) traced
+        from its id: its caller's context is not kept across processes."""
         if self.trace_begin is not None and task.trace is None:
             self.trace_begin(TraceStart(task, None, None))
 
@@ -336,7 +315,7 @@ class TaskManager:
     async def output(self, task_id: str, after: str | None = None
                      ) -> AsyncIterator[OutputChunk]:
         """The task's live output chunk by chunk as it comes (after the chunk whose id is
-        `after`), until the task has ended and every chunk kept is read (output.py)."""
+        `after`), until the task has ended and every chunk kept is read."""
         start = START if after is None else position_of(after)
         async for chunks in self.outputs.follow(task_id, start):
             for chunk in chunks:
@@ -353,18 +332,13 @@ class TaskManager:
         return task.result(decode=decode)
 
     async def committed(self) -> None:
-        """Everything so far is durable (at once without a journal)."""
         if self.journal is not None:
             await self.journal.committed()
 
     async def map(self, agent: str, inputs: Iterable[Any], options: TaskOptions = NO_OPTIONS,
                   *, concurrency: int = 8) -> list[TaskResult]:
         """Run many tasks with at most `concurrency` at once; results in input order.
-        A refused task is a result with status "refused" rather than an exception.
-
-        `concurrency` lanes take the inputs in turn, one task each at a time, a lane's
-        next input submitted when its task ends (lanes.py): nothing is made per input but
-        its Task."""
+        A refused task is a result with status "refused" rather than an exception."""
         return await Lanes(self, agent, iter(inputs), concurrency=concurrency,
                            options=options).run()
 
@@ -419,11 +393,9 @@ class TaskManager:
                     since: float | None = None, limit: int = 100,
                     before: str | None = None, sees: Sees | None = None,
                     filters: TaskFilters = NO_FILTERS) -> list[TaskSummary]:
-        """Tasks created since `since` (wall time), newest last: from the journal when
-        there is one (every task until pruned), else from memory, in the order they were
-        accepted; with `before` (a task id), those accepted before it (a page's cursor);
-        with `sees`, those it admits; those whose options pass `filters`
-        (TaskJournal.query)."""
+        """Tasks created since `since` (wall time), newest last, from the journal when
+        there is one, else from memory; `before`, `sees` and `filters` as
+        TaskJournal.query's."""
         if limit <= 0:
             return []
         if self.journal is not None:
@@ -492,9 +464,8 @@ class TaskManager:
         return self.active.get(task_id) or self.finished.get(task_id)
 
     def _on_usage(self, r: Replica, params: UsageReportParams) -> None:
-        """usage/report: counted for the task, its agent and its model (budget.py). The
-        task's journal row carries it from the task's next change (its end, as progress
-        does); a report after the end is written at once."""
+        """usage/report: counted (budget.py). The task's journal row carries it from the
+        task's next change; a report after its end is written at once."""
         task = self.budgets.on_report(r, params)
         if task is not None and task.ended:
             self.record(task)

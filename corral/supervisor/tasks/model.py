@@ -64,13 +64,10 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 
 class CompactTask:
-    """A suspended task as a journal gives it back after a restart, to be kept compact
-    while it waits for a person (suspension.py keeps its id and `seq` only): what finds
-    it (its id, its agent, its tenant when it was accepted) and its place among the tasks
-    (`seq`, as Task's); the rest is its journal row's, read back whole when it resumes,
-    ends or is waited on (TaskManager.live). `settled` False when its stopped attempt has
-    yet to be seen ended (the restart ends it: the task is rebuilt at once), `seq` its
-    arrival until the engine gives it its place (in place: thousands are read back)."""
+    """A suspended task as a journal gives it back after a restart, kept compact while it
+    waits for a person (thousands are read back): its id, agent, tenant and `seq`; the rest
+    is its journal row's, read back whole when it resumes, ends or is waited on
+    (TaskManager.live). `settled` False: its stopped attempt has yet to be seen ended."""
 
     __slots__ = ("agent", "seq", "settled", "task_id", "tenant")
     status = "suspended"
@@ -84,7 +81,6 @@ class CompactTask:
         self.settled = settled
 
 
-# what a journal gives back of its unfinished tasks after a restart
 Unfinished = TaskRecord | CompactTask
 
 
@@ -97,8 +93,7 @@ class Waiter(Protocol):
 
 
 class Task(TaskMachine):
-    """A task: its status and retries left are its machine's (taskmachine.py), which
-    alone moves them."""
+    """A task: its status and retries left are its machine's (taskmachine.py)."""
 
     __slots__ = (
         "_done",
@@ -159,18 +154,14 @@ class Task(TaskMachine):
         self.due = self.created
         self.started: float | None = None
         self.finished: float | None = None
-        # the output, read from the worker's answer in one pass and kept as its bytes
-        # (forwarded as they came; decoded for a Python caller when it asks)
-        self.out: Output | None = None
-        # a Python caller takes its output as values (run, map): its answer is decoded
-        # into them as it is read (payload.read_values)
+        self.out: Output | None = None  # kept as the worker's bytes, forwarded as they came
+        # a Python caller's (run, map): its answer is decoded to values as it is read
         self.decoded = False
         self.output_dropped = False  # left in the journal, or dropped to bound memory
         self.journaled = False  # handed to a journal, input and all (its first row may wait)
         self.error: TaskFailure | None = None
-        # a tuple, never a list kept (dispatch makes a new one per attempt, a finished task
-        # a tuple): a queued task is then one object the garbage collector looks into, not
-        # three, and a flood of queued tasks makes its full passes fewer and shorter
+        # a tuple, never a list: a queued task is then one object the garbage collector
+        # looks into, not three (a flood of them makes its full passes fewer and shorter)
         self.attempts: Sequence[Attempt] = ()
         self.progress: Any = None
         self.tool_calls = 0
@@ -178,14 +169,13 @@ class Task(TaskMachine):
         # its last task/checkpoint, given to a retried attempt (steps.py)
         self.checkpoint: msgspec.Raw | None = None
         self.replica: Replica | None = None
-        # done when the task is: made when first asked for (most tasks have only `waiter`)
+        # made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None
         # the submitter's own: run()'s future, or a lane of map() (lanes.py)
         self.waiter: Waiter | None = None
         # its own subscribers (Task.watch): () until the first (nothing for the collector
         # to look into), None once finished
         self.watchers: tuple[Subscription, ...] | None = ()
-        # its trace, when the engine traces (tracing.py)
         self.trace: TaskTrace | FromId | None = None
 
     @property
@@ -198,10 +188,9 @@ class Task(TaskMachine):
 
     def watch(self, watcher: Callable[[TaskProgress | TaskFinished], None]
               ) -> Subscription | None:
-        """`watcher(event)` hears this task's `TaskProgress` and then its `TaskFinished`,
-        as the engine's Stream delivers (contained and counted): a channel of the task's
-        own, so that a caller waiting for one task costs the other tasks nothing. None
-        once the task has finished (there is nothing more to hear)."""
+        """`watcher(event)` hears this task's `TaskProgress`, then its `TaskFinished`: a
+        channel of its own, so a caller waiting for one task costs the others nothing.
+        None once the task has finished."""
         if self.watchers is None:
             return None
         sub = Subscription(watcher, (TaskProgress, TaskFinished))
@@ -214,8 +203,7 @@ class Task(TaskMachine):
 
     @property
     def awaited(self) -> bool:
-        """Whether someone holds on to this Task for its end (its submitter, a wait for
-        it, its watchers): it is not to be stood in for by another."""
+        """Whether someone holds on to this Task for its end: no other may stand in."""
         return self.waiter is not None or self._done is not None or bool(self.watchers)
 
     @property
@@ -226,12 +214,10 @@ class Task(TaskMachine):
 
     @property
     def output(self) -> Any:
-        """The output as Python values."""
         return None if self.out is None else self.out.python()
 
     @property
     def raw_output(self) -> msgspec.Raw | None:
-        """The output's JSON bytes, to send on without a decode and an encode."""
         return None if self.out is None else self.out.raw
 
     @property
@@ -241,8 +227,8 @@ class Task(TaskMachine):
         return None if out is None else msgspec.Raw(b"".join((b'{"output":', out, b"}")))
 
     def result(self, *, decode: bool = False) -> TaskResult:
-        """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
-        is when sent on) unless `decode` asks for Python values (the Python API)."""
+        """The outcome; `output` stays the worker's JSON bytes unless `decode` asks for
+        Python values (the Python API)."""
         out = self.out
         output = None if out is None else out.python() if decode else out.raw
         return TaskResult(self.id, self.status, output, self.error, tuple(self.attempts))
@@ -260,52 +246,42 @@ class Task(TaskMachine):
                            self.started, self.finished, len(self.attempts),
                            tenant=self.tenant, options=self.options)
 
-
-
-# the tasks' events on the engine's Stream (and to a task's own watchers, Task.watch)
 class TaskHome(Protocol):
-    """Where everything durable about a task is kept (DESIGN 25): its row, its steps, its
-    live output, its session's turns, its spawns, its asks of a person. Chosen once, when
-    the task is accepted (the engine's: nodehome.NodeHome, SQLite) or claimed (its
-    cluster's: corral.cluster.home.ClusterHome, Redis); the engine asks it and never which
-    one it is. A home holds records and answers atomic questions: the waits, deadlines,
-    retry rule and replay above it are the engine's, written once."""
+    """Where everything durable about a task is kept (DESIGN 25), chosen once: when the
+    task is accepted (the engine's: nodehome.NodeHome, SQLite) or claimed (its cluster's:
+    corral.cluster.home.ClusterHome, Redis); the engine never asks which one it is. A home
+    holds records and answers atomic questions: the waits, deadlines, retry rule and
+    replay above it are the engine's, written once."""
 
     @property
     def steps(self) -> StepJournal | None:
-        """Where its steps are written and read back; None: nowhere (a next attempt
-        would find none: its calls run again)."""
+        """None: nowhere (a next attempt would find none: its calls run again)."""
 
     @property
-    def outputs(self) -> OutputJournal:
-        """Where its live output's chunks are kept and read back."""
+    def outputs(self) -> OutputJournal: ...
 
     @property
-    def turns(self) -> TurnStore:
-        """Where its session's turns are kept in order."""
+    def turns(self) -> TurnStore: ...
 
     @property
-    def spawns(self) -> SpawnStore:
-        """Where its spawns are kept, and its children with them."""
+    def spawns(self) -> SpawnStore: ...
 
     @property
-    def asks(self) -> AskShelf:
-        """Where its asks of a person are kept."""
+    def asks(self) -> AskShelf: ...
 
     def record(self, task: Task) -> None:
         """Its row (status, attempts, checkpoint) kept where a restart finds it."""
 
     def queue_again(self, task: Task, at: float | None) -> bool:
-        """A retry of it (its machine's rule: Endings.retry), due at `at` (None: at
-        once), queued where every engine that may run it finds it: True when this home
-        did (a cluster's Redis, for any node: this engine lets the task go); False: it
-        waits in this engine (its delays, then its queue)."""
+        """A retry of it, due at `at` (None: at once), queued where every engine that may
+        run it finds it: True when this home did (a cluster's: this engine lets the task
+        go); False: it waits in this engine."""
 
 
 class Nowhere:
-    """The home of a task made apart from an engine's intake and a cluster's claim (a
-    claim given back as it is made, a unit's): it keeps nothing, its turns are given no
-    state and it spawns no child (one made here would be no other node's to find)."""
+    """The home of a task made apart from an engine's intake and a cluster's claim: it
+    keeps nothing, its turns are given no state and it spawns no child (one made here
+    would be no other node's to find)."""
 
     __slots__ = ()
 
@@ -397,8 +373,7 @@ def _keeps_none(task: Task) -> RpcError:
 
 
 class TurnStore(Protocol):
-    """Where a session's turns are kept in order (a task's `home.turns`): the engine's
-    table and its journal (sessions.Sessions), or a cluster's Redis
+    """Where a session's turns are kept in order: sessions.Sessions, or a cluster's
     (corral.cluster.clustersessions.ClusterSessions)."""
 
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
@@ -417,11 +392,10 @@ class Resumer(enum.Enum):
 
 
 class AskShelf(Protocol):
-    """Where a task's asks of a person are kept (a task's `home.asks`): the engine's
-    inbox (inbox.Inbox, SQLite), or a cluster's Redis
-    (corral.cluster.clusterasks.ClusterAsks), where any node lists and decides them and
-    the node that takes the task over finds them. Records and atomic questions only: the
-    waits, deadlines and withdrawal at a task's end are the engine's (askwaits.py)."""
+    """Where a task's asks of a person are kept: inbox.Inbox, or a cluster's
+    (corral.cluster.clusterasks.ClusterAsks), where any node lists and decides them.
+    Records and atomic questions only: the waits, deadlines and withdrawal at a task's
+    end are the engine's (askwaits.py)."""
 
     async def keep(self, task: Task, req: AskRequest) -> Ask:
         """The ask of `req`'s call: the one the task made before under its key (pending
@@ -430,20 +404,17 @@ class AskShelf(Protocol):
     async def find(self, task: Task, key: str) -> Ask | None:
         """The task's ask under `key`, pending or ended; None: none yet."""
 
-    async def read(self, ask_id: str) -> Ask | None:
-        """The ask, pending or as it ended; None: no such ask."""
+    async def read(self, ask_id: str) -> Ask | None: ...
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
-        """The pending ask ended so, once: written, and told (AskEnded), before this
-        returns; the ask as it ended first when it had (a person's decision, inbox.decide,
-        tells the two apart; one past the ask's deadline where deadlines are kept late
-        ends it timed out). RpcError: not written (it stays pending), or CONFLICT to
-        corral's end (a deadline's) while another is being written."""
+        """The pending ask ended so, once: written and told (AskEnded) before this
+        returns; the ask as it ended first when it had (one past its deadline where
+        deadlines are kept late ends timed out). RpcError: not written (it stays
+        pending), or CONFLICT to corral's end (a deadline's) while another is written."""
 
     def withdraw(self, task_id: str) -> Awaitable[list[Ask]]:
         """The ended task's pending asks, withdrawn and told once awaited; called as the
-        task ends (a home that reads them withdrawn from then on, the inbox, is read so
-        with the task's end)."""
+        task ends."""
 
     def heed(self, ask: Ask) -> Ask | None:
         """Its end, wherever it is written, told here from now on (AskEnded, AskHeard);
@@ -455,12 +426,12 @@ class AskShelf(Protocol):
 
     async def give_back(self, task: Task, why: str) -> Resumer:
         """The waiting task suspended where its asks are kept, in one step that finds
-        what it asked still pending (and no MCP server's elicitation among it, whose
-        tool call no next attempt takes up). RpcError: not written."""
+        what it asked still pending (and no MCP server's elicitation among it: no next
+        attempt takes its tool call up). RpcError: not written."""
 
     async def holds(self, task: Task) -> bool:
         """Whether this engine still holds the running task where it is kept (a
-        give_back's answer lost). RpcError: not read."""
+        give_back's answer lost)."""
 
 
 class SpawnOrder(NamedTuple):
@@ -479,9 +450,8 @@ class SpawnOrder(NamedTuple):
 
 
 class SpawnReply(NamedTuple):
-    """What a spawn came to: its child (None: the parent has
-    max_children already, `children` of them), and whether the key had it already (a
-    spawn of the same key that came first, from another attempt of the parent)."""
+    """What a spawn came to: its child (None: the parent has max_children already,
+    `children` of them), and whether the key had it already (another attempt's)."""
 
     child: str | None
     children: int = 0
@@ -489,10 +459,9 @@ class SpawnReply(NamedTuple):
 
 
 class SpawnStore(Protocol):
-    """Where a task's spawns are kept, each with its child (a task's `home.spawns`): the
-    engine's spawn trees (nodespawns.NodeSpawns, SQLite), or a cluster's Redis
-    (corral.cluster.clusterspawns.ClusterSpawns), where its children are cluster tasks
-    run on any node. The bounds, the replay of a key and the wait are spawn.py's."""
+    """Where a task's spawns are kept, each with its child: nodespawns.NodeSpawns, or a
+    cluster's (corral.cluster.clusterspawns.ClusterSpawns), whose children run on any
+    node. The bounds, the replay of a key and the wait are spawn.py's."""
 
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
         """The child the task spawned under `key` (None: none yet), and the place in
@@ -504,17 +473,15 @@ class SpawnStore(Protocol):
 
     async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
         """The child once it is kept, submitted with its row (the row's child, `had`,
-        when the key has one already); None and the children the task has when it has
-        max_children already."""
+        when the key has one already)."""
 
-    async def children(self, task: Task) -> Container[str]:
-        """The ids of the task's children."""
+    async def children(self, task: Task) -> Container[str]: ...
 
     async def outcome(self, child_id: str) -> dict[str, Any]:
-        """`task/wait`'s answer for one child, once it has ended (asked for one child
-        after another: a wait holds no more of where they are kept than one read)."""
+        """`task/wait`'s answer for one child, once it has ended."""
 
 
+# the tasks' events on the engine's Stream (and to a task's own watchers, Task.watch)
 class TaskProgress(NamedTuple):
     """A running task's worker (or a tool it called) reported how far it is:
     `{progress, total?, message?}` (`tool` too, from a tool's progress)."""
@@ -524,14 +491,13 @@ class TaskProgress(NamedTuple):
 
 
 class TaskFinished(NamedTuple):
-    """A task ended, once, with its terminal status (a cluster node publishes the
-    outcomes of its tasks from it)."""
+    """A task ended, once, with its terminal status."""
 
     task: Task
 
 
 class AttemptEnded(NamedTuple):
-    """An attempt on a worker ended, its slot free: the task finished, or waits again
-    (a retry, a hand-over). A drain counts the tasks still running by it."""
+    """An attempt on a worker ended, its slot free (a drain counts the tasks still
+    running by it)."""
 
     task: Task

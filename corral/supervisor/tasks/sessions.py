@@ -1,35 +1,23 @@
 """Sessions: a conversation's tasks, one at a time, with a state that outlives each
 (DESIGN section 17, docs/durable.md).
 
-A task may name a `session` of its agent. The tasks of one session run one at a time,
-in the order they were submitted: the session's first unfinished task (its `current`)
-waits in the agent's queue like any task, and the later ones wait in the session's
-line, out of the queue, until it has finished (retries and all). `Sessions` is the
-Queue the dispatcher takes from: the agents' own queue behind it, the lines in front.
+The tasks of one session run one at a time, in submission order: its first unfinished
+task (its `current`) waits in the agent's queue, the later ones in the session's line,
+out of the queue, until it has finished (retries and all). `Sessions` is the Queue the
+dispatcher takes from: the agents' own queue behind it, the lines in front. Dispatch
+prefers the replica that ran the session's last task (the worker's memory of the
+conversation is the fast path); the state (`session/checkpoint`, durable before it is
+answered) is given to each task in `task/run`, so any replica carries on after a crash.
 
-While a session lives on a replica (the one that ran its last task, still the same
-process), dispatch prefers that replica when it has a free slot: the worker's memory
-of the conversation is the fast path. Its state (`session/checkpoint`, durable before it
-is answered) is given to each of its tasks in `task/run` (`session`, `session_state`),
-so any replica, after a crash, a restart of the daemon or a hibernation, carries on
-where the last checkpoint left it.
+A session is its owner's, not its name's (DESIGN 20): kept under the tenant its agent was
+of when it began (`SessionKey`), each task bound to that life of it as it is accepted, so
+a later agent of the same name, another tenant's, can neither be given its state nor
+address it. Removing an agent ends its sessions; one idle for `session_ttl` is dropped.
 
-A session is its owner's, not its name's (DESIGN 20): it is kept under the tenant its
-agent was of when the session began, with the agent's and its own name (`SessionKey`),
-and each task of it is bound to that life of it as it is accepted. So a later agent of
-the same name, another tenant's, can neither be given its state nor address it; and
-removing an agent ends its sessions (`end_agents`: their states deleted, here and where
-the turns are kept elsewhere).
-
-A session idle (no task of it unfinished) for its agent's `session_ttl` is
-dropped, state and history; its next task starts it afresh, told so by no state.
-The engine works without a journal; the daemon's is SQLite (corral.daemon.sessionjournal).
-
-Memory is bounded: with a journal, only the recently used states stay in memory
-(`HotStates`, a byte budget), the others are read back before their session's next
-task starts; an agent's (and its tenant's) live sessions are bounded in number
-(`max_sessions`: a task naming one more is refused) and in state bytes
-(`max_session_bytes`: a checkpoint past it is refused).
+Memory is bounded: with a journal (the daemon's: corral.daemon.sessionjournal) only the
+recently used states stay in memory (`HotStates`, a byte budget), the others are read
+back before their session's next task starts; live sessions are bounded in number
+(`max_sessions`) and in state bytes (`max_session_bytes`), per agent and per tenant.
 """
 
 from __future__ import annotations
@@ -77,8 +65,7 @@ class SessionBound(NamedTuple):
 
 
 class SessionKey(NamedTuple):
-    """Whose a session is: the tenant its agent was of when it began, the agent's name,
-    and its own."""
+    """Whose a session is: its agent's tenant when it began, the agent's name, its own."""
 
     tenant: str
     agent: str
@@ -114,16 +101,14 @@ def session_bounds(agent: AgentLike | None, tenancy: Tenancy | None) -> list[Ses
 
 
 def sessions_full(who: str, live: int, most: int) -> str:
-    """Why one more session is refused past a bound, on either home (a cluster's
-    session is ended as a node's)."""
+    """Why one more session is refused past a bound, on either home."""
     return (f"sessions full: {who} has {plural(live, 'live session')} (max_sessions "
             f"{most}); end one (corral sessions end) or wait for one to expire "
             "(session_ttl)")
 
 
 def turn_waits(session: str | None, current: str, runs: bool, ahead: int) -> str:
-    """Why a queued turn of a session does not start, on either home: its session's
-    current task runs (or waits to), and `ahead` turns of it come before this one."""
+    """Why a queued turn of a session does not start, on either home."""
     more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
     return f"session {session}: task {current} {'runs' if runs else 'waits before it'}{more}"
 
@@ -134,8 +119,7 @@ class SessionJournal(Protocol):
     def put(self, row: SessionRow) -> None:
         """Keep the session's row (a newer one replaces it); does not block."""
 
-    def put_state(self, row: SessionRow, state: bytes) -> None:
-        """Keep the session's state (JSON)."""
+    def put_state(self, row: SessionRow, state: bytes) -> None: ...
 
     def add_task(self, row: SessionRow, task_id: str) -> None:
         """A task of the session was accepted (its history)."""
@@ -185,8 +169,7 @@ class Session:
         self.replica: Replica | None = None
         self.pid: int | None = None
         self.current: Task | None = None  # the one task of it that may run
-        # after a restart: the id of its first unfinished task, its current one once the
-        # engine has it back (queued again, or re-attached to a worker an upgrade kept)
+        # after a restart: its first unfinished task's id, until the engine has it back
         self.first: str | None = None
         self.line: list[Task] = []  # the later ones, in submission order
         # its current task while its state is read back (out of the queue till then), and
@@ -227,8 +210,7 @@ class Sessions:
                  pump: Callable[[str], None] | None = None) -> None:
         """`pump`: the dispatcher's, told when a line moved (a task of it may start)."""
         self.inner = inner
-        # a task is taken from the agents' queue as it is (a session's line feeds that
-        # queue, never the take): the inner queue's own method, no call in between
+        # the inner queue's own, no call in between: a line feeds that queue, not the take
         self.take: Callable[[str], Task | None] = inner.take
         self._ttl_of = ttl_of
         self._bounds_of = bounds_of or (lambda agent: [])
@@ -236,8 +218,7 @@ class Sessions:
         self._tenant_of = tenant_of or (lambda agent: DEFAULT_TENANT)
         self.table: dict[SessionKey, Session] = {}
         self._parked: dict[str, int] = {}  # tasks waiting in the lines, per agent
-        # task id -> the life of the session it is a turn of, from its acceptance (or its
-        # restoring) to its end: what the task does to a session, it does to that one
+        # task id -> the life of the session it is a turn of, from its acceptance to its end
         self._turns: dict[str, Session] = {}
         # task id -> its session's name, for a restored task whose session was not kept
         self._names: dict[str, str] = {}
@@ -283,9 +264,8 @@ class Sessions:
         s.state_bytes = size
 
     def _of(self, task: Task) -> Session:
-        """The life of its session the task is a turn of: the one it was accepted (or
-        restored) into, else (a restored task its journal kept no session for) one begun
-        now for its agent's owner."""
+        """The life of its session the task is a turn of; for a restored task its journal
+        kept no session for, one begun now."""
         s = self._turns.get(task.id)
         if s is None:
             assert task.session is not None
@@ -297,12 +277,11 @@ class Sessions:
         return s
 
     def _holds(self, task: Task) -> bool:
-        """Whether the task is a turn of a session of this table: bound to it as it was
-        accepted or restored (a cluster's turn is kept in order by its cluster)."""
+        """Whether the task is a turn of a session of this table (a cluster's turn is kept
+        in order by its cluster)."""
         return task.id in self._turns or task.id in self._names
 
     def _bound(self) -> None:
-        """A task is bound to a session here: its end is to be heard."""
         self.stream.listen(self._ends)
 
     def _held(self, s: Session) -> bool:
@@ -345,11 +324,9 @@ class Sessions:
             self._drop(s)
 
     async def end_agents(self, owners: Mapping[str, str]) -> None:
-        """Agents (name -> their tenant) were removed: their sessions end, here (their
-        states deleted from memory and the journal) and where turns are kept elsewhere
-        (a cluster's). A task of one still unfinished keeps its life of it, which is no
-        longer the table's: it is given nothing more of it, and its checkpoints are
-        refused."""
+        """Agents (name -> their tenant) were removed: their sessions end, here and where
+        turns are kept elsewhere (a cluster's). A task of one still unfinished keeps its
+        life of it, no longer the table's: given nothing more, its checkpoints refused."""
         for s in [s for s in self.table.values() if owners.get(s.agent) == s.tenant]:
             self.ended += 1
             self._drop(s)
@@ -370,8 +347,8 @@ class Sessions:
             self.journal.put(s.row())
 
     def accept(self, task: Task) -> None:
-        """A task naming a session was accepted: the session of its agent's owner is made
-        (again, when it expired), the task is bound to it and in its history."""
+        """A task naming a session was accepted: bound to the session (made again when
+        it expired) and in its history."""
         assert task.session is not None
         key = self.key_of(task.agent, task.session)
         s = self.table.get(key)
@@ -408,10 +385,9 @@ class Sessions:
         """Forget a session that has no task queued or running."""
         s = self.get(key)
         if not s.idle:
-            unfinished = s.pending
             now = f": task {s.current.id} is {s.current.status}" if s.current else ""
             raise RpcError(jsonrpc.CONFLICT, f"session {key.name} of agent {key.agent} has "
-                                             f"{plural(unfinished, 'unfinished task')}{now}; "
+                                             f"{plural(s.pending, 'unfinished task')}{now}; "
                                              "cancel them or wait for them to end")
         self._drop(s)
         return s
@@ -430,9 +406,8 @@ class Sessions:
     def restore(self, sessions: Iterable[tuple[SessionRow, int | None]],
                 members: Iterable[tuple[str, SessionKey]]) -> None:
         """The sessions a journal kept (with their states' sizes: the states stay there
-        till used), and (task id, its session) of each unfinished task in the order they
-        were accepted: before the tasks are restored (`member`). The first of each
-        session is its current one, whichever way it comes back."""
+        till used), and (task id, its session) of each unfinished task in the order
+        accepted, before the tasks are restored: the first of each is its current one."""
         for row, size in sessions:
             s = self._new(SessionKey(row.tenant, row.agent, row.name), row.created)
             s.gen, s.last_used, s.tasks, s.holder = row.gen, row.last_used, row.tasks, None
@@ -454,8 +429,8 @@ class Sessions:
         return kept.name if kept is not None else self._names.get(task_id)
 
     def claim(self, task: Task) -> None:
-        """A restored task of a session that is not in the queue (running on a worker
-        handed over, or a retry waiting for its backoff) is its session's current one."""
+        """A restored task of a session not in the queue (running on a worker handed
+        over, a retry waiting for its backoff) is its session's current one."""
         if task.session is not None:
             self._of(task).turn_of(task)
 
@@ -467,8 +442,7 @@ class Sessions:
 
     # -- the bounds -----------------------------------------------------------------------
     def _over(self, key: SessionKey, more: int, size: int) -> str | None:
-        """Why `more` sessions and `size` bytes of state more are past a bound of the
-        session's agent (of its tenant), or None."""
+        """Why `more` sessions and `size` bytes of state more are past a bound, or None."""
         for b in self._bounds_of(key.agent):
             live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
             if more and b.max_sessions and live + more > b.max_sessions:
@@ -481,8 +455,7 @@ class Sessions:
         return None
 
     def refusal(self, agent: str, name: str) -> RpcError | None:
-        """Why a task naming session `name` of `agent` is refused (it would start one
-        more than a bound allows), or None."""
+        """Why a task naming session `name` of `agent` is refused, or None."""
         key = self.key_of(agent, name)
         s = self.table.get(key)
         now = time.time()
@@ -510,8 +483,8 @@ class Sessions:
             self.inner.requeue(task)
 
     def _turn(self, task: Task, front: bool) -> bool:
-        """Whether the session's task may wait in the agents' queue now; else it is put
-        in the session's line, or waits for its session's state to be read back."""
+        """Whether the session's task may wait in the agents' queue now; else it waits
+        in the session's line, or for its session's state to be read back."""
         s = self._of(task)
         if s.turn_of(task):
             if not s.state_bytes or self.journal is None or self.hot.get(s.key) is not None:
@@ -534,7 +507,6 @@ class Sessions:
             self._read_back(s, task)
 
     async def _load(self, s: Session, task: Task) -> None:
-        """Read a session's state back, then let its task into the queue."""
         assert self.journal is not None
         try:
             state = await self.journal.state(s.row())
@@ -578,8 +550,8 @@ class Sessions:
         return self.inner.position(task)
 
     def drain(self, agent: str) -> list[Task]:
-        """Every task of the agent waiting in a line, out of it (the agent will not run
-        again: they end with the queue's)."""
+        """Every task of the agent waiting in a line, out of it (they end with the
+        queue's)."""
         out: list[Task] = []
         for s in self.table.values():
             if s.agent == agent and s.warming is not None:
@@ -592,7 +564,6 @@ class Sessions:
         return out
 
     def why_waiting(self, task: Task) -> str | None:
-        """Why a queued task of a session does not start: another task of it runs."""
         s = self._turns.get(task.id)
         if s is not None and s.warming is task:
             return f"session {task.session}: its state is being read back"
@@ -632,7 +603,7 @@ class Sessions:
     # -- dispatch's -----------------------------------------------------------------------
     def prefer(self, task: Task, r: Replica, agent: AgentLike) -> Replica:
         """The replica that holds the session when it is the same process and has a free
-        slot, else `r` (the least loaded)."""
+        slot, else `r`."""
         s = self._turns.get(task.id)
         held = s.replica if s is not None else None
         if (held is None or held is r or s is None or held.pid != s.pid
@@ -642,7 +613,6 @@ class Sessions:
         return held
 
     def started(self, task: Task, r: Replica) -> msgspec.Raw | None:
-        """The session's task starts on `r`: the state it is given."""
         s = self._of(task)
         if not self._held(s):
             return None  # its session ended with its agent: nothing of it is given
