@@ -734,8 +734,7 @@ async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services
     from .http.context import HttpContext
     from .http.server import HttpServer
 
-    ctx = HttpContext(services=services, dispatcher=calls, settings=settings,
-                      config_dir=conf.dir)
+    ctx = HttpContext(services=services, dispatcher=calls, settings=settings)
     serving = Serving()
 
     async def attempt() -> None:

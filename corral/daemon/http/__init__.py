@@ -1,4 +1,4 @@
 """The daemon's HTTP server: one aiohttp runner, a site per listen address, mounting the
 REST API (`/api/v1`), Prometheus (`/metrics`), the dashboard (`/ui`), `/healthz` and
-`/readyz` (DESIGN section 12). Every route that runs a control method calls the one
-Dispatcher (daemon/api.py)."""
+`/readyz`. Every route that runs a control method calls the one Dispatcher (daemon/api.py).
+"""

@@ -36,7 +36,6 @@ def bearer(tokens: Tokens) -> Callable[[web.Request], Caller | None]:
 
 
 def authenticate(ctx: HttpContext, request: web.Request) -> Caller:
-    """The request's Caller, or RpcError(UNAUTHORIZED)."""
     for way in ctx.authenticators:
         caller = way(request)
         if caller is not None:

@@ -1,5 +1,5 @@
 """Request bodies: read only after the caller may make the call, within the route's limit,
-and decoded straight into the method's typed params (decision 158).
+and decoded straight into the method's typed params.
 
 A body decoded as untyped JSON first costs a Python object per value whatever the route
 takes: 16 MiB of `[{},{},...]` was 400 MB and a quarter of a second of the loop before
@@ -58,7 +58,6 @@ def field_types(params: type[msgspec.Struct], fields: Iterable[str]) -> list[Any
 
 
 def malformed(exc: BaseException) -> RpcError:
-    """A body that is not JSON, as a 400 naming why."""
     if isinstance(exc, RecursionError):
         return RpcError(jsonrpc.PARSE_ERROR, "malformed JSON: nested too deeply")
     if isinstance(exc, UnicodeDecodeError):

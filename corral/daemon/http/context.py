@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +24,6 @@ class HttpContext:
     services: Services
     dispatcher: Dispatcher[Any]
     settings: HttpSettings
-    config_dir: Path
     # the request's Caller, or raise RpcError(UNAUTHORIZED): bearer tokens (rest.py's
     # auth), and the dashboard's session cookie (ui.py) where one is set up
     authenticators: list[Authenticator] = field(default_factory=list)

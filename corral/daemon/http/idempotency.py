@@ -4,8 +4,7 @@ request again with the same key and gets the first answer, and nothing is done t
 Keys are the caller's own (a key is looked up under the token that sent it), kept in
 memory, bounded in number and in age: a daemon restart forgets them, as it would a
 connection. A task's key is not kept here: `POST /tasks` gives the header to the task as
-its `idempotency_key`, kept in the task's home across restarts and nodes (rest.py,
-corral/taskkeys.py)."""
+its `idempotency_key`, kept in the task's home (corral/taskkeys.py)."""
 
 from __future__ import annotations
 

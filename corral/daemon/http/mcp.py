@@ -240,7 +240,7 @@ class HttpGateway:
     async def _end_sessions(self, app: web.Application) -> None:
         if self._abandoning:
             return
-        for sid in list(self.sessions):
+        for sid in self.sessions:
             self._end(sid)
 
     async def start(self) -> None:

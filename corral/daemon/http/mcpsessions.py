@@ -1,4 +1,4 @@
-"""The HTTP gateway's sessions and their bounds (issue 52): per client and per daemon.
+"""The HTTP gateway's sessions and their bounds: per client and per daemon.
 
 A client that never sends DELETE (the default of several SDKs) leaves a session behind at
 each start. Sessions are bounded three times: each client (one token, one agent replica,
@@ -28,8 +28,6 @@ EVICTED_KEPT = 1024  # evicted sessions whose id is still told why
 
 
 class SessionEntry(Protocol):
-    """What the table reads of a session."""
-
     @property
     def ident(self) -> Identity: ...
 
@@ -48,8 +46,6 @@ S = TypeVar("S", bound=SessionEntry)
 
 
 class SessionTable(Generic[S]):
-    """The sessions by id, each client's and the gateway's bound kept."""
-
     def __init__(self) -> None:
         self._by_id: dict[str, S] = {}
         self._evicted: OrderedDict[str, str] = OrderedDict()  # id -> why
@@ -57,9 +53,6 @@ class SessionTable(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-    def __contains__(self, sid: object) -> bool:
-        return sid in self._by_id
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._by_id))
@@ -77,7 +70,6 @@ class SessionTable(Generic[S]):
         return self._by_id.pop(sid, None)
 
     def why_gone(self, sid: str) -> str | None:
-        """Why a session of this id was evicted, if it was lately."""
         return self._evicted.get(sid)
 
     def make_room(self, ident: Identity, tenant_most: int, most: int) -> list[str]:

@@ -1,12 +1,10 @@
-"""The REST API (`/api/v1`): resources over the control methods (DESIGN section 12).
+"""The REST API (`/api/v1`): resources over the control methods.
 
 Each resource is a row of `RESOURCES`: an HTTP method and path, the control method it
-calls, which params the path gives, and which the query string or the JSON body may give.
-One generic handler serves every row: authenticate (a bearer token), the per-token rate
-limit, params built from the request, one call on the Dispatcher, the answer as JSON or
-as problem+json (202 and a Location for a row whose answer says the work runs on). The
-OpenAPI document (openapi.py) is made from the same rows and the methods' Structs.
-Nothing here knows what a method does.
+calls, and which params the path, the query string or the JSON body give. One generic
+handler serves every row: authenticate, the per-token rate limit, params built from the
+request, one call on the Dispatcher, the answer as JSON or as problem+json. The OpenAPI
+document (openapi.py) is made from the same rows. Nothing here knows what a method does.
 """
 
 from __future__ import annotations
@@ -86,7 +84,6 @@ class Api:
 
     # -- the way in ----------------------------------------------------------------------
     def caller(self, request: web.Request) -> Caller | web.Response:
-        """The request's Caller, or the 401/429 that answers it."""
         try:
             caller = authenticate(self.ctx, request)
         except RpcError as exc:  # no token (401), or a dashboard write breaking a rule (403)
@@ -97,9 +94,6 @@ class Api:
                 429, f"{caller.who} is over its {self.limiter.per_minute} requests per minute",
                 jsonrpc.REFUSED, {"Retry-After": str(math.ceil(wait))})
         return caller
-
-    async def call(self, caller: Caller, method: str, params: Any) -> Any:
-        return await self.dispatcher.call(caller, method, params)
 
     # -- params from the request ----------------------------------------------------------
     @staticmethod
@@ -174,8 +168,8 @@ class Api:
             if isinstance(caller, web.Response):
                 return caller
             try:
-                # refused before a byte of the body is read (decision 158), with what
-                # the query string asks for too
+                # refused before a byte of the body is read, with what the query
+                # string asks for too
                 self.dispatcher.admit(caller, res.method, request.query.keys())
             except RpcError as exc:
                 return route.rpc_problem(exc)
@@ -255,13 +249,13 @@ class Api:
                     self.held_by.pop(token, None)
 
     def revoked(self, e: TokenRevoked) -> None:
-        """A token revoked: its streams end now, not when their clients go."""
+        """Its streams end now, not when their clients go."""
         for request, stop in list(self.held_by.get(e.token.name, {}).values()):
             _end(request, stop)
 
     async def answer(self, request: web.Request, caller: Caller, res: Resource,
                      params: Any) -> web.Response:
-        result = await self.call(caller, res.method, params)
+        result = await self.dispatcher.call(caller, res.method, params)
         headers = {}
         following = getattr(result, "next", None)
         if res.cursor is not None and isinstance(following, str):
@@ -280,11 +274,11 @@ class Api:
                             body=msgspec.json.encode(result), content_type=JSON,
                             headers=headers or None)
 
-    async def idempotent(self, request: web.Request, caller: Caller, res: Resource | None,
+    async def idempotent(self, request: web.Request, caller: Caller, res: Resource,
                          body: bytes, run: Callable[[], Any]) -> web.Response:
         """`run()`'s answer, or with an Idempotency-Key seen before, the first one's."""
         key = request.headers.get(IDEMPOTENCY_KEY)
-        if key is None or (res is not None and (not res.idempotent or _keeps_key(res))):
+        if key is None or not res.idempotent or _keeps_key(res):
             response: web.Response = await run()
             return response
         if not key or len(key) > MAX_KEY_LENGTH:
@@ -297,7 +291,7 @@ class Api:
             first = self.keys.begin(who, key, fingerprint)
         except ValueError as exc:
             # a conflict with what the key was first sent with, not a request of the
-            # wrong shape: the same request with a new key is answered (decision 273)
+            # wrong shape: the same request with a new key is answered
             return route.problem(409, f"{exc}: send a new key", jsonrpc.CONFLICT)
         if isinstance(first, Pending):
             return route.problem(409, "a request with this Idempotency-Key is "

@@ -1,7 +1,7 @@
 """An HTTP route for any control method: the request becomes a `Caller` and a call on the
-one Dispatcher, so a method served over HTTP needs no handler code of its own (DESIGN
-section 1). Errors are answered as problem+json (RFC 9457) with the status their code
-maps to; a mutating call is audited by the Dispatcher, as on the socket."""
+one Dispatcher, so a method served over HTTP needs no handler code of its own. Errors are
+answered as problem+json (RFC 9457) with the status their code maps to; a mutating call is
+audited by the Dispatcher, as on the socket."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ RETRY_AFTER = 1
 
 PROBLEM = "application/problem+json"
 
-# A problem's title is its status's name, whatever raised it (decision 146): its `type` is
+# A problem's title is its status's name, whatever raised it: its `type` is
 # about:blank, and RFC 9457 has such a title read as the status does. Which JSON-RPC
 # error it was is the body's `code`; what happened is its `detail`.
 TITLES = {
@@ -42,16 +42,12 @@ TITLES = {
 }
 
 
-def title_of(status: int, reason: str = "error") -> str:
-    return TITLES.get(status, reason.lower())
-
-
 def problem(status: int, detail: str, code: int | None = None,
             headers: Mapping[str, str] | None = None, *, reason: str = "error"
             ) -> web.Response:
     """A problem document (RFC 9457) titled by its status (`reason`, aiohttp's, for a
     status TITLES does not name)."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title_of(status, reason),
+    body: dict[str, Any] = {"type": "about:blank", "title": TITLES.get(status, reason.lower()),
                             "status": status, "detail": detail}
     if code is not None:
         body["code"] = code
@@ -91,8 +87,8 @@ def _carries_document(tp: Any) -> bool:
 
 
 def limit_of(types: Iterable[Any]) -> int:
-    """The body a call whose fields have these types may send (decision 158): read at
-    request time, so that a test may change MAX_BODY."""
+    """The body a call whose fields have these types may send: read at request time, so
+    that a test may change MAX_BODY."""
     return MAX_BODY if any(_carries_document(t) for t in types) else SMALL_BODY
 
 
@@ -128,7 +124,7 @@ def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             caller = authenticate(request)
-            # the scope before the body (decision 158)
+            # the scope before the body
             dispatcher.admit(caller, method)
         except RpcError as exc:  # 401 without a caller, 403 a write breaking a rule
             return rpc_problem(exc)

@@ -74,11 +74,9 @@ REFUSED_EVERY = 10.0  # seconds between two log lines about refused requests, at
 
 class Refusals:
     """Requests aiohttp refused before any route saw them (a malformed head, a line or
-    a header past its bound, a method that is no HTTP one): anyone who reaches the port
-    can send them, so each is counted (corral_http_requests_total, route `refused`) and
-    told in one line, at most one every REFUSED_EVERY seconds, saying how many were
-    not told since the last. aiohttp's own multi-line ERROR traceback for each one was
-    a journal any client could fill."""
+    a header past its bound): anyone who reaches the port can send them, so each is
+    counted and told in one line, at most one every REFUSED_EVERY seconds. aiohttp's own
+    multi-line ERROR traceback for each one was a journal any client could fill."""
 
     def __init__(self, counts: dict[tuple[str, str], int]) -> None:
         self.counts = counts
@@ -103,14 +101,11 @@ class Refusals:
 class _Connection(RequestHandler):
     """aiohttp's connection, reading nothing more once a request's head was refused.
 
-    aiohttp answers a malformed head (past max_line_size, max_field_size, max_headers)
-    with a 400, but keeps feeding what follows on the connection to its parser until the
-    answer is sent and the connection closed. The parser, already failed, turns each chunk
-    read into one more error holding the whole chunk twice (its repr and a pointer line
-    as long), and uvloop reads up to 32 chunks of 256 kB in one callback: a client that
-    sends megabytes of one header line pinned about that much on each of its connections
-    (decision 76). `close()` is aiohttp's own "no more requests on this connection": its
-    data_received drops what comes after, and the 400 already queued is still answered.
+    aiohttp answers a malformed head with a 400, but keeps feeding what follows on the
+    connection to its failed parser, which turns each chunk read into one more error
+    holding the whole chunk twice: a client that sends megabytes of one header line
+    pinned about that much on each of its connections. `close()` is aiohttp's own "no
+    more requests on this connection": the 400 already queued is still answered.
     """
 
     __slots__ = ()
@@ -167,7 +162,6 @@ class _Runner(web.AppRunner):
 
 
 def listening_fd(site: web.BaseSite) -> int | None:
-    """The fd of a started site's listening socket."""
     sockets = getattr(getattr(site, "_server", None), "sockets", None) or []
     return sockets[0].fileno() if sockets else None
 
@@ -175,13 +169,10 @@ def listening_fd(site: web.BaseSite) -> int | None:
 def drain(runner: web.BaseRunner, site: web.BaseSite, tls: ssl.SSLContext | None,
           served: Callable[[web.BaseSite], None]) -> Drain:
     """The drain of a site (corral upgrade; handoff.Listeners). The site stops accepting
-    (its socket kept open by a dup: connections wait in its backlog for the next image,
-    never served by this one and cut at its exec); each open connection is closed, an
-    idle keep-alive one at once, one with a request in flight after its answer, no
-    other read on it. Nothing waits for those answers: the exec
-    waits for no HTTP request (a stream would hold it), so one still being answered at
-    the exec is cut, as before. `served`: told of the site that serves again if nothing
-    is handed over."""
+    (its socket kept open by a dup: connections wait in its backlog for the next image);
+    each open connection is closed, an idle keep-alive one at once, one with a request in
+    flight after its answer. Nothing waits for those answers: a stream would hold the
+    exec. `served`: told of the site that serves again if nothing is handed over."""
 
     async def go() -> tuple[int, Callable[[], Awaitable[None]]]:
         fd = listening_fd(site)
@@ -245,9 +236,7 @@ class HttpServer:
         tls = self._tls = tls_context(self.ctx.settings)
         self.mount()
         # a connection that has not sent a whole request within idle_timeout is closed
-        # (aiohttp's keep-alive timer runs from the connection's start); a request's head
-        # is bounded by aiohttp's parser: lines of 8190 bytes, 128 headers, and nothing after
-        # a head it refused is read (_Connection). A client that
+        # (aiohttp's keep-alive timer runs from the connection's start). A client that
         # goes away cancels its handler, as on the control socket: a stream's slot is
         # free when the kernel says the connection closed, not at the next write to it
         self.runner = _Runner(self.app, Refusals(self.ctx.requests), access_log=None,

@@ -38,7 +38,7 @@ from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
 from ...taskviews import TaskFailure
 from ...text import iso_time
 from ..attribution import Attribution, mark_of
-from ..http.route import MAX_BODY
+from ..http.route import MAX_BODY, body_of
 from . import answers
 from . import request as requests
 from .answers import AnswerRecord, Relay, StreamCut, Whole
@@ -216,8 +216,10 @@ class ModelGateway:
                      held: contextlib.ExitStack) -> ModelCall:
         """The request checked: which model, whether the agent of `found` may use it
         now (its estimate then held against its budgets until `held` is left)."""
-        raw = await _body(request)
-        if raw is None:
+        # (read by body_of, not by aiohttp's `read`, which keeps a copy on the request for
+        # as long as the call lasts)
+        raw = await body_of(request)
+        if isinstance(raw, web.Response):
             self.unknown += 1
             raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
                                     "bytes)")
@@ -539,19 +541,3 @@ class ModelGateway:
 
 def _status(exc: RpcError) -> int:
     return 429 if exc.code in (jsonrpc.STEP_BUDGET_EXCEEDED, jsonrpc.REFUSED) else 400
-
-
-async def _body(request: web.Request) -> bytes | None:
-    """The request's body, or None past MAX_BODY: refused by its Content-Length before any
-    of it is read, else as soon as what came passes it (read here, not by aiohttp's
-    `read`, which keeps a copy on the request for as long as the call lasts)."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -1,21 +1,16 @@
-"""Building a release with uv (docs/packages.md, decision 73).
+"""Building a release with uv (docs/packages.md).
 
-A release is named by a hash of what makes it: the package's source (every file, its
-bytes and whether it is executable; the manifest and the lock file are part of it), the
-interpreter (its real path and version) and this recipe's version. Deploying what was
-deployed before finds the release by that name and builds nothing.
+A release is named by a hash of what makes it: the package's source (paths, bytes,
+executable bits), the interpreter (its real path and version) and this recipe's version.
+Deploying what was deployed before finds the release by that name and builds nothing.
 
 A build: the source is copied (and checked against the hash while it is copied), a venv
 is made by uv at the release's final path (a venv cannot be moved), the lock is installed
-into it from uv's cache (shared by every build; files copied from it, never linked, so a
-release does not change with the cache), every module is compiled, the whole is made
-read-only, and READY is written last. Builds take turns on the host (one lock file in the
-packages directory), are bounded in time (build_timeout, every process of the build
-killed at it) and disk (max_release_mb, watched while uv installs; min_free_mb free to
-start), and one that fails or is cancelled leaves nothing: its directory is removed, and
-a directory without READY (a daemon killed half-way) is removed at start-up. uv and the
-interpreter run as children of the daemon known to containment like any process corral
-starts, so a crash of the daemon does not leave them running.
+into it from uv's shared cache, every module is compiled, the whole is made read-only,
+and READY is written last. Builds take turns on the host, are bounded in time and disk,
+and one that fails or is cancelled leaves nothing; a directory without READY (a daemon
+killed half-way) is removed at start-up. uv and the interpreter run as children known to
+containment, so a crash of the daemon does not leave them running.
 """
 
 from __future__ import annotations
@@ -79,7 +74,7 @@ Say = Callable[[str], None]
 
 
 class BuildError(Exception):
-    """A build failed; the message says which step and why."""
+    """The message says which step failed, and why."""
 
 
 class Plan(msgspec.Struct, kw_only=True):
@@ -90,7 +85,6 @@ class Plan(msgspec.Struct, kw_only=True):
     interpreter: str  # real path
     python_version: str
     files: list[str]  # relative paths of the source, as copied
-    source_bytes: int
     source: str  # the hash of the source
 
 
@@ -107,9 +101,8 @@ def find_uv() -> str | None:
 def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None = None
                 ) -> tuple[list[str], int, str]:
     """The package's files and links (relative paths, sorted), their size, and the hash
-    of them (paths, executable bits, contents; a link's text). Nothing is read before it
-    is looked at (checked.py): a size past `max_bytes` is refused before a byte is read.
-    Blocking: in a thread (checked.in_thread)."""
+    of them. A size past `max_bytes` is refused before a byte is read. Blocking: in a
+    thread (checked.in_thread)."""
     root = _open_root(manifest)
     try:
         found = _walk(root, manifest, stop)
@@ -199,9 +192,8 @@ def _is_venv(root: int, rel: str) -> bool:
 def _hash_entry(root: int, rel: str, st: os.stat_result, files: set[str],
                 digest: hashlib._Hash, dest: Path | None, stop: threading.Event | None
                 ) -> None:
-    """Add a file or link of the source to the hash, and copy it to `dest` if given:
-    a file read in chunks (what was looked at, no more than its size), a link made anew
-    in the release when it names a file of the source."""
+    """Add a file or link of the source to the hash, and copy it to `dest` if given: a
+    file read no further than the size it was looked at with."""
     if stat.S_ISLNK(st.st_mode):
         target = checked.read_link(root, rel)
         inside = checked.link_target(rel, target)
@@ -302,11 +294,11 @@ class Builder:
     # -- what a deploy would build -----------------------------------------------------
     async def plan(self, manifest: Manifest) -> Plan:
         interpreter, version = await self._interpreter(manifest.python)
-        files, size, source = await checked.in_thread(
+        files, _, source = await checked.in_thread(
             lambda stop: scan_source(manifest, self.settings.max_source_mb << 20, stop))
         return Plan(manifest=manifest, release=release_name(interpreter, version, source),
                     interpreter=interpreter, python_version=version, files=files,
-                    source_bytes=size, source=source)
+                    source=source)
 
     async def _interpreter(self, wanted: str | None) -> tuple[str, str]:
         """(real path, version) of the interpreter a release of `wanted` is made from:
@@ -341,7 +333,7 @@ class Builder:
 
     # -- the build -----------------------------------------------------------------------
     async def build(self, name: str, plan: Plan, who: str, say: Say) -> tuple[Path, bool]:
-        """The release's directory, and whether it was built now (False: it was there)."""
+        """The release's directory, and whether it was built now."""
         final = self.releases.directory(name, plan.release)
         if self.releases.ready(final):
             self.reused += 1
@@ -463,9 +455,9 @@ class Builder:
 
     async def _run(self, argv: list[str], *, kind: str, name: str, cwd: Path | None,
                    timeout: float, what: str, watch: Path | None = None) -> list[bytes]:
-        """Run one step as a child known to containment; its stdout lines, or BuildError
-        with its last lines of output. Killed (its whole group) at `timeout`, when
-        `watch` grows past max_release_mb, or when the deploy is cancelled."""
+        """One step's stdout lines, or BuildError with its last lines of output. Killed
+        (its whole group) at `timeout`, when `watch` grows past max_release_mb, or when
+        the deploy is cancelled."""
         out: deque[bytes] = deque(maxlen=1000)
         err: deque[bytes] = deque(maxlen=TAIL)
 
@@ -590,7 +582,6 @@ def _os_error(what: str, exc: OSError, final: Path) -> str:
 
 
 def _open_root(manifest: Manifest) -> int:
-    """The package's directory, opened as checked.py opens it; BuildError naming it."""
     try:
         return checked.open_root(str(manifest.directory))
     except OSError as exc:

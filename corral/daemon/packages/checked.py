@@ -1,4 +1,4 @@
-"""Reading a package's directory as its writer may have left it (issue 34, decision 156).
+"""Reading a package's directory as its writer may have left it.
 
 The daemon reads a package as root, and whoever may write the directory is less trusted
 than that: a `watch` redeploys on their change without the operator. So nothing in it is

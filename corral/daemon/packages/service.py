@@ -5,10 +5,9 @@ database) whose table names a release; its revisions are the fleet's, so `corral
 shows each switch and `corral rollback` returns to a kept release without building.
 
 A deploy builds (or finds) the release, then switches the agent to it under the agent's
-turn (Fleet.changing). The switch is recorded before it is made (decision 61), and a
-ROLLOUT marker beside the releases is written before that: a daemon that dies during the
-switch leaves the marker, and the next daemon puts the agent's table from before back (the
-old release, or no agent for a first deploy) before it starts any agent, so the release
+turn (Fleet.changing). The switch is recorded before it is made, and a ROLLOUT marker
+beside the releases is written before that: the next daemon after one that died during the
+switch puts the agent's table from before back before it starts any agent, so the release
 that was being tried never becomes current without having been seen healthy.
 """
 
@@ -81,7 +80,7 @@ class Packages:
     @functools.cached_property
     def builder(self) -> Builder:
         """Made at the first deploy or status that needs it: most daemons never deploy,
-        and the build's modules were part of every boot's imports (decision 926)."""
+        and the build's modules were part of every boot's imports."""
         from .build import Builder
 
         return Builder(self.releases, self.settings, self._containment, self._cache)
@@ -172,10 +171,9 @@ class Packages:
         return await asyncio.shield(switch)
 
     async def close(self) -> None:
-        """The daemon stops: a deploy still planning or building is cancelled, and its
-        end awaited while the loop runs (its build's processes killed and its directory
-        removed, build.py), not left to the loop's last cancellation, which would cut
-        that cleanup short."""
+        """A deploy still planning or building is cancelled, and its end awaited while
+        the loop runs, not left to the loop's last cancellation, which would cut its
+        cleanup short."""
         building = list(self._building)
         for task in building:
             task.cancel()
@@ -183,7 +181,6 @@ class Packages:
             await asyncio.wait(building, timeout=BUILD_STOP)
 
     def _told(self, switch: asyncio.Future[m.DeployResult]) -> None:
-        """A switch's failure is in the daemon's log, whether its client waits or not."""
         if switch.cancelled():
             return
         exc = switch.exception()
@@ -352,8 +349,6 @@ class Packages:
         return [p.name for p in gone]
 
     def _by_release(self, name: str, tenant: str) -> dict[str, list[Revision]]:
-        """The agent's revisions (its tenant's agent of the name), by the release each
-        ran."""
         out: dict[str, list[Revision]] = {}
         for rev in self.revisions.history(name, tenant, 1_000_000):
             if rev.release:
@@ -389,7 +384,6 @@ class Packages:
                                 releases=entries)
 
     def source_of(self, release: str) -> str | None:
-        """The directory a release was built from (read once per release)."""
         if release not in self._sources:
             info = self.releases.info(Path(release))
             self._sources[release] = info.source if info is not None else None

@@ -1,9 +1,6 @@
-"""The team methods' handlers (corral.methods.definitions), put in the daemon's table by
-commandtable.py: the teams listed and described, and those added at runtime changed with
-revisions (catalog.py). A limited caller (a tenant's, an agent glob's) sees a team only
-when it sees every agent of it, as a workflow: each method's declaration names the record
-the dispatcher asks of first (records.py); a table it adds names only the agents it
-sees."""
+"""The team methods' handlers (corral.methods.definitions). A limited caller sees a team
+only when it sees every agent of it, as a workflow: each method's declaration names the
+record the dispatcher asks of first (records.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ from .service import TeamService
 
 
 def _there(d: TeamServices, name: str) -> TeamSpec:
-    """A team there is, or NOT_FOUND."""
     spec = d.catalog.specs().get(name)
     if spec is None:
         raise jsonrpc.not_found("team", name)
@@ -106,12 +102,10 @@ async def teams_rollback(d: TeamServices, p: m.TeamsRollback, caller: Caller, c:
     return rolled_back(p.name, restored, made)
 
 
-
 # -- a team's calls (methods/calls.py): the task front's own path for a team's name
 # (teams/front.py), the team and the call asked first as a workflow and its run are ------
 async def _call(d: TeamServices, call_id: str) -> None:
-    """A call of a team there is (on a cluster: in Redis), else NOT_FOUND (not a task's
-    words)."""
+    """NOT_FOUND for a call of no team there is (not a task's words)."""
     await d.teams.read(call_id)
     if d.teams.find(call_id) is None:
         raise jsonrpc.not_found("call", call_id)

@@ -1,7 +1,6 @@
-"""The workflow methods' handlers (corral.methods.definitions), put in the daemon's table
-by commandtable.py. What a limited caller sees of them is said in visibility.py: the
-dispatcher asks whose the workflow or the run a call names is before the handler runs
-(records.py), as a listing is filtered."""
+"""The workflow methods' handlers (corral.methods.definitions). What a limited caller sees
+of them is said in visibility.py: the dispatcher asks whose the workflow or the run a call
+names is before the handler runs (records.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from .service import WorkflowService
 from .signals import Signal
 
 # a run's output, and a page of its rows' outputs, shown up to this many bytes of JSON
-# (the rest read a page at a time: decision 444)
+# (the rest read a page at a time)
 MAX_OUTPUT_SHOWN = 4 * 1024 * 1024
 
 
@@ -92,7 +91,6 @@ def _page(run: Run, store: RunStore, p: m.RunsGet) -> tuple[list[m.RunStepView],
 
 def _rows(run: Run, wanted: list[StepRow], blobs: Iterator[bytes | None] | None,
           total: int, offset: int) -> tuple[list[m.RunStepView], int | None]:
-    """The page of `wanted` (from `offset` of `total`), with the outputs `blobs` gives."""
     page: list[m.RunStepView] = []
     shown = 0
     for r in wanted:
@@ -162,7 +160,6 @@ async def workflows_list(d: WorkflowServices, p: m.WorkflowsList, caller: Caller
 # -- runtime changes (catalog.py): a limited caller names only the agents and workflows
 # it sees, and sees only workflows of its tenant all of whose agents it sees -----------
 def _check(d: WorkflowServices, caller: Caller) -> Check[WorkflowSpec]:
-    """A workflow checked against the agents and workflows the caller sees."""
     def agent(name: str) -> str | None:
         return d.workflows.agent_tenant(name) if caller.sees(name) else None
 
