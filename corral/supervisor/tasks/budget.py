@@ -2,25 +2,17 @@
 (`usage/report`), counted per agent, per task and per model, and the gate that holds an
 agent's waiting tasks while it is over a budget.
 
-Windows are sliding, in buckets: an amount reported at time t is counted in the bucket of
-`step` seconds that holds t, and leaves the window once the bucket's end is `length`
-seconds past (between `length` and `length + step` seconds after it was reported). The
-minute window has 1-second buckets, the day window 1-minute ones. A gate that shuts arms
-one timer, for the moment enough of the window has left it, and that timer pumps the
-agent's queue again: there is no polling.
-
-Nothing here stops an agent from spending: usage counts once reported, so a task that is
-running goes on, and what a task reports is what the next task's start is judged by. The
-`Budget` (the windows) knows nothing of agents, so a group of agents (a tenant) can share
-one.
+Windows are sliding, in buckets of `step` seconds (the minute window's 1 s, the day's
+1 min). A gate that shuts arms one timer, for the moment enough of the window has left
+it, which pumps the agent's queue again: there is no polling. Nothing here stops a
+running task from spending: what a task reports is what the next task's start is judged
+by. The `Budget` knows nothing of agents, so a group of agents (a tenant) can share one.
 
 A model call through corral's gateway is judged before it is made (`reserve`): its
-estimate (daemon/models/request.py) is held against the agent's windows and its group's
-while it is in flight, and a call is refused while what was used and what calls in
-flight hold reach a limit; at its end the hold is let go as its usage is counted, at
-once. So calls made at once cross a budget by one call's estimate at most, not by every
-call's that was in flight (issue 74: 4x). Holds count for the gateway's admission alone:
-the gate of queued tasks judges what was used (a timer cannot tell when a call ends).
+estimate is held against the windows while it is in flight, so calls made at once cross
+a budget by one call's estimate at most, not by every call's in flight. Holds count for
+the gateway's admission alone: the gate of queued tasks judges what was used (a timer
+cannot tell when a call ends).
 """
 
 from __future__ import annotations
@@ -179,7 +171,7 @@ class Budget:
 
 class Reservation:
     """What a model call in flight holds of some budgets' windows, until `release` (at
-    its end: once, however often called), or held again (`Budgets.reserve`, `kept`)."""
+    its end: once, however often called)."""
 
     __slots__ = ("cost", "tokens", "windows")
 
@@ -221,8 +213,8 @@ def _count(key: str, value: int | float | None) -> int:
 
 
 def parse_report(p: UsageReportParams) -> tuple[str, int, int, float, str]:
-    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report (its types
-    already checked, workerproto.py), or BadUsage."""
+    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report, or
+    BadUsage."""
     task_id = p.task_id
     if not task_id:
         raise BadUsage("task_id must be a task's id")
@@ -248,12 +240,9 @@ def no_group(agent: str) -> tuple[str, int] | None:
 
 
 class Budgets:
-    """Every agent's usage and windows, the gate, and its timers.
-
-    `find(task_id)` gives a task kept in memory; `reopen(agent)` is called when a held
+    """Every agent's usage and windows, the gate, and its timers. `reopen(agent)`: a held
     agent's window has room again (the dispatcher's pump); `depth(agent)`: its tasks
-    waiting (a hold is shown only while some wait); `tell(agent, text)`: a hold's start,
-    for the agent's log."""
+    waiting (a hold is shown only while some wait); `tell`: a hold's start, logged."""
 
     def __init__(self, find: Callable[[str], Task | None],
                  reopen: Callable[[str], None],
@@ -276,14 +265,12 @@ class Budgets:
 
     # -- reports ------------------------------------------------------------------------
     def refused(self, r: Replica, exc: BadParams) -> None:
-        """A usage/report whose params are not of its shape (noted in the replica's log
-        where it is decoded): counted as ignored, as a wrong amount is."""
+        """A usage/report whose params are not of its shape: counted as ignored."""
         self.bad_reports += 1
 
     def on_report(self, r: Replica, params: UsageReportParams) -> Task | None:
         """`usage/report` from a worker: counted (the task it was for), or counted as bad
-        and noted in the replica's log (None; never an error the worker sees: it is a
-        notification)."""
+        and noted in the replica's log (None)."""
         try:
             task_id, inp, out, cost, model = parse_report(params)
             task = self.find(task_id)
@@ -331,9 +318,8 @@ class Budgets:
 
     # -- the gate -----------------------------------------------------------------------
     def holds(self, agent: AgentLike, now: float | None = None) -> bool:
-        """True while the agent is over a budget at `now` (the pump's instant, which its
-        starts record: a task never shows a start before the edge its gate opened at), its
-        waiting tasks then queued, and a timer reopens it at the window's edge."""
+        """True while the agent is over a budget at `now` (the pump's instant: a task
+        never shows a start before the edge its gate opened at); a timer reopens it."""
         if not self.windows:
             return False  # nothing reported yet, so nothing over a budget (a fleet's start)
         spec = agent.spec
@@ -357,8 +343,8 @@ class Budgets:
 
     def _holds_group(self, agent: AgentLike, key: str, tokens_per_minute: int,
                      now: float) -> bool:
-        """The shared budget of the agent's group, judged as its own are: held under the
-        group's key, whose timer reopens every agent of the group."""
+        """The agent's group's shared budget, held under the group's key (whose timer
+        reopens every agent of the group)."""
         w = self.windows.get(key)
         if w is None:
             return False
@@ -391,8 +377,7 @@ class Budgets:
 
     def over(self, agent: AgentLike) -> BudgetHold | None:
         """The budget the agent is over now, its group's first, or None; unlike `holds`,
-        no timer armed and nothing told (a model call through corral is refused for it:
-        daemon/models/)."""
+        no timer armed and nothing told."""
         now = time.time()
         group = self.groups(agent.name) if self.sharing else None
         shared = self.windows.get(group[0]) if group is not None else None
@@ -408,10 +393,8 @@ class Budgets:
                         spec.max_cost_usd_per_day, now)
 
     def reserve(self, agent: AgentLike, kept: Reservation) -> BudgetHold | None:
-        """A model call's estimate (`kept`, let go if it was held) held against the
-        agent's budgets and its group's; or the budget (its group's first) that what was
-        used and what calls in flight hold reach, nothing held. An agent with no budget
-        holds nothing."""
+        """A model call's estimate (`kept`) held against the agent's budgets and its
+        group's; or the budget that what was used and calls in flight hold reach."""
         kept.release()
         now = time.time()
         group = self.groups(agent.name) if self.sharing else None
@@ -435,8 +418,7 @@ class Budgets:
         return None
 
     def waiting(self, agent: str) -> str | None:
-        """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
-        last may have been cancelled since)."""
+        """Why the agent's queued tasks wait, if a budget holds them (and some wait)."""
         held = self.holding.get(agent)
         group = self.groups(agent) if self.sharing else None
         if held is None and group is not None:
@@ -445,20 +427,16 @@ class Budgets:
 
     # -- shown --------------------------------------------------------------------------
     def stats(self, agent: str) -> dict[str, Any] | None:
-        """The agent's usage and windows (`corral stats`); None if it never reported
-        (nor did it before a restart: a report makes its windows, as a restore does)."""
+        """The agent's usage and windows (`corral stats`); None if it never reported."""
         w = self.windows.get(agent)
         if w is None:
             return None
-        used = self.usage.get(agent)
-        if used is None:
-            used = ModelUsage()  # restored windows only
+        used = self.usage.get(agent) or ModelUsage()  # (or restored windows only)
         return {**msgspec.structs.asdict(used),
                 "models": {m: msgspec.structs.asdict(u) for m, u in used.models.items()},
                 **w.figures(time.time()), "waiting": self.waiting(agent)}
 
     def forget(self, agent: str) -> None:
-        """The agent was removed."""
         self.usage.pop(agent, None)
         self.windows.pop(agent, None)
         self.holding.pop(agent, None)

@@ -1,20 +1,15 @@
 """Dispatch: a waiting task goes to the least-loaded serving replica of its agent with a
-free slot (`max_concurrent_tasks`), taken from the Queue only then; each attempt has its
-deadline, and a task whose attempt ends lost, failed or timed out runs again when its
-retry policy says so (how the attempt ended, and whether the task runs again, are the
-task's machine's: taskmachine.py).
+free slot (`max_concurrent_tasks`), taken from the Queue only then; how its attempt ended,
+and whether it runs again, are the task's machine's (taskmachine.py).
 
 Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
-that has not answered within `cancel_grace` is treated as hung and restarted. A paused
-replica (corral pause) takes no task; the deadline of one it runs keeps running (the
-caller is answered on time), and its cancel grace counts once it is resumed. A late
-answer after a timeout or cancel is recorded on its attempt, never reported again.
+that has not answered within `cancel_grace` is treated as hung and restarted (a paused
+replica's grace counts once it is resumed). A late answer after a timeout or cancel is
+recorded on its attempt, never reported again.
 
-Held (`hold`: a daemon that drains before it stops), no task goes to a worker: they wait
-in the queue (and the journal) for the next daemon, while those running go on. A running
-task handed over (`hand_over`: still running at the drain's deadline) is asked to stop;
-unless it succeeds meanwhile, its attempt is lost to the stop, as to a worker that exits,
-and the task waits again (a retry spent, as for any lost attempt; none left: lost).
+Held (a daemon that drains before it stops), no task goes to a worker: they wait for the
+next daemon, while those running go on. A running task handed over (`hand_over`) is
+asked to stop; unless it succeeds meanwhile, its attempt is lost to the stop.
 """
 
 from __future__ import annotations
@@ -58,13 +53,11 @@ class Outcomes(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def record(self, task: Task) -> None:
-        """The task changed: its journal hears of it."""
+    def record(self, task: Task) -> None: ...
 
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
         """Its running attempt ended as `end` says (`result`: the output it answered):
-        the task's machine moves it (an end is its one outcome). Returns the step taken:
-        a retry (`retried`) is then told to `retry`."""
+        the step the task's machine took (a retry is then told to `retry`)."""
 
     def retry(self, task: Task) -> None:
         """The machine retried the task: it waits again, for its backoff."""
@@ -78,8 +71,7 @@ class Outcomes(Protocol):
 
 class TenantGate(NamedTuple):
     """A bound shared with other agents (a tenant's max_concurrent_tasks): while `full`
-    says so, the agent's tasks wait; `freed` is told of each task's end, so that the
-    others' waiting tasks start."""
+    says so, the agent's tasks wait; `freed` is told of each task's end."""
 
     full: Callable[[AgentLike], bool]
     freed: Callable[[str], None]
@@ -89,10 +81,8 @@ class TaskDispatch:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
                  outcomes: Outcomes, budgets: Budgets | None = None,
                  sessions: Sessions | None = None, gate: TenantGate | None = None) -> None:
-        """`sessions`: a session's task prefers the replica that holds it, and is given
-        the session's state; `gate`: the tenants' (None: no tenants), consulted only
-        while `gated` (some tenant bounds its tasks at once), so that a host bounding
-        none pays nothing for it per task."""
+        """`gate`: the tenants' (None: no tenants), consulted only while `gated` (some
+        tenant bounds its tasks), so that a host bounding none pays nothing per task."""
         self.sup = sup
         self.budgets = budgets
         self.queue = queue
@@ -113,15 +103,12 @@ class TaskDispatch:
         # at its end (`answers_read`), in the order they were freed
         self.freed: dict[str, None] = {}
         # each stopped attempt's cancel-grace timer, by the attempt's id() (unique while
-        # the timer, holding it, is here): cancelled as the attempt ends, so that the
-        # timer lets the attempt go then rather than at its grace (a wave of suspensions
-        # stops thousands at once: their timers, attempts and contexts outlived them by
-        # `cancel_grace`, amid the objects the wave made anew)
+        # the timer holds it): cancelled as the attempt ends, so that the attempt is let
+        # go then, not at its grace (a wave of suspensions stops thousands at once)
         self.stopping: dict[int, asyncio.TimerHandle] = {}
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
-        limit = agent.spec.max_concurrent_tasks
-        best, fewest = None, limit
+        best, fewest = None, agent.spec.max_concurrent_tasks
         for r in agent.replicas:
             # (whether it takes tasks, the dearer question, asked of a better one only)
             if r.tasks_running < fewest and r.takes_tasks:
@@ -129,8 +116,7 @@ class TaskDispatch:
         return best
 
     def why_waiting(self, agent_name: str) -> str | None:
-        """Why the agent's waiting tasks do not start now, as pump would find it (None:
-        nothing holds them: they start at its next turn)."""
+        """Why the agent's waiting tasks do not start now, as pump would find it."""
         agent = self.sup.agents.get(agent_name)
         if agent is None:
             return None
@@ -215,9 +201,7 @@ class TaskDispatch:
         if self.outcomes.journal is not None:
             self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
-        # message; a small one is copied in, which costs less than the pieces), and the
-        # answer is read in one pass: its output kept as its bytes, or decoded into the
-        # values a Python caller takes (payload.read_values)
+        # message; a small one is copied in, which costs less than the pieces)
         piece = task.input if len(task.input) >= SPLICED_INPUT else None
         params: dict[str, Any] = {"task_id": task.id, "attempt": number,
                                   "input": task.input if piece is None else jsonrpc.SPLICE,
@@ -243,7 +227,7 @@ class TaskDispatch:
 
     def answers_read(self) -> None:
         """The answers of one read of a worker's stdout are handled: the agents whose
-        slots they freed start their next tasks, one pump each (decision 790)."""
+        slots they freed start their next tasks, one pump each."""
         freed = self.freed
         if freed:
             self.freed = {}
@@ -268,7 +252,6 @@ class TaskDispatch:
         if q is not None:
             q.running -= 1
         r.task_finished(task.id)
-        # the attempt's end and what the task does are the machine's (taskmachine.py)
         handed = self.handed
         end = attempt_end(task, attempt, task.attempts[-1], exc,
                           handed.pop(task.id, None) if handed else None)
@@ -297,9 +280,8 @@ class TaskDispatch:
 
     def adopt(self, task: Task, r: Replica, rid: jsonrpc.Id) -> None:
         """A task running on a worker the previous daemon image handed over (corral
-        upgrade), on its last attempt: the worker's answer to request `rid` ends it as
-        `_start`'s would. Its deadline counts afresh from now (the worker was given its
-        own, absolute, with the task)."""
+        upgrade): the worker's answer to request `rid` ends it as `_start`'s would. Its
+        deadline counts afresh from now."""
         assert r.peer is not None
         attempt = task.attempts[-1]
         task.fire(_START)
@@ -327,9 +309,8 @@ class TaskDispatch:
         self.stop_attempt(task, r, attempt, "timed out")
 
     def hand_over(self, task: Task, why: str) -> None:
-        """A running task the daemon stops under: its worker is asked to stop it
-        (task/cancel), and its attempt's end, unless a success, hands it over (`why` is
-        the attempt's error). A worker that does not stop is the stop's to end."""
+        """A running task the daemon stops under: its worker is asked to stop it, and
+        its attempt's end, unless a success, hands it over (`why`: the attempt's error)."""
         r = task.replica
         if not task.running or r is None or task.id in self.handed:
             return
@@ -347,15 +328,13 @@ class TaskDispatch:
         if attempt.finished is not None or id(attempt) in self.stopping:
             return  # (ended already; or its grace counts from the first stop)
         # the timer's arguments, not a closure: a closure that schedules itself is a
-        # cycle (its cell holds it), garbage until a full collection, thousands of them
-        # after a wave of suspensions (bench/RESULTS.md, "cycles left by a suspension")
+        # cycle (its cell holds it), garbage until a full collection
         self.stopping[id(attempt)] = asyncio.get_running_loop().call_later(
             grace, _stopped_in_time, self.stopping, task_id, r, attempt, why, grace)
 
 
 def _stopped_in_time(stopping: dict[int, asyncio.TimerHandle], task_id: str, r: Replica,
                      attempt: Attempt, why: str, grace: float) -> None:
-    """A stopped attempt's grace is over: its worker, when it has not ended it, is hung."""
     if attempt.finished is not None:  # (its end cancels this timer: a guard)
         stopping.pop(id(attempt), None)
         return
@@ -370,9 +349,8 @@ def _stopped_in_time(stopping: dict[int, asyncio.TimerHandle], task_id: str, r: 
 
 
 class _Run(msgspec.Struct):
-    """An attempt's `task/run` request as its peer holds it until the answer: settled by
-    the answer as it is read, which goes to `_on_reply` (one object per attempt, in place
-    of a relay and the closures around it: fewer objects for the collector per task; a
+    """An attempt's `task/run` request as its peer holds it until the answer (one object
+    per attempt, in place of a relay and closures: fewer objects for the collector; a
     Struct, made without a call of Python's)."""
 
     dispatch: TaskDispatch
@@ -404,10 +382,9 @@ class _Run(msgspec.Struct):
 
 
 def _room(r: Replica, replicas: list[Replica], limit: int) -> int:
-    """How many tasks `r`, the least loaded replica taking tasks (the first of them in
-    `replicas`), takes before pump's scan would find another (or none): it stays the one
-    found while it runs fewer than each taker before it, and no more than each after it,
-    and under `limit`."""
+    """How many tasks `r`, the least loaded replica taking tasks, takes before pump's scan
+    would find another: while it runs fewer than each taker before it, no more than each
+    after it, and under `limit`."""
     cap, before = limit, True
     for c in replicas:
         if c is r:
@@ -423,8 +400,7 @@ def _room(r: Replica, replicas: list[Replica], limit: int) -> int:
 def why_delayed(not_before: float | None, attempts: Sequence[Attempt], delayed: bool
                 ) -> str | None:
     """Why a queued task is not in its agent's queue (None: it is), on either home: it
-    waits for its time (`delayed`: a delay it was submitted with, or a retry's backoff,
-    until `not_before`), or its retry waits for its timed-out attempt to stop."""
+    waits for its time, or its retry waits for its timed-out attempt to stop."""
     last = attempts[-1] if attempts else None
     retry = (f"retry {len(attempts)} after attempt {len(attempts)} "
              f"{str(last.outcome).replace('_', ' ')}" if last is not None else None)
@@ -444,5 +420,4 @@ def _not_taking(r: Replica) -> str:
     st = r.status()
     if st.ready is False:
         return f"unready ({st.health})" if st.health else "unready"
-    why = st.reason if st.reason else ""
-    return f"{st.state}: {why}" if why else str(st.state)
+    return f"{st.state}: {st.reason}" if st.reason else str(st.state)

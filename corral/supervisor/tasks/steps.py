@@ -1,38 +1,23 @@
 """A task's steps: every tool call it makes through corral, and every step its agent names
 (`step/get`, `step/put`), journaled before the worker has the result, so that a later
-attempt of the task is answered from the journal instead of doing the work again
-(DESIGN section 17, docs/durable.md).
+attempt is answered from the journal instead of doing the work again (DESIGN section 17,
+docs/durable.md).
 
-Tool calls are matched by order: the attempt's n-th call is answered with the n-th step
-of the journal when it names the same tool with the same arguments (their hash); at the
-first call that does not match, the attempt goes live for the rest of its calls and is
-marked diverged (an event, its Attempt's `diverged`, a counter), never failed. A call
-the journal holds no answer for (the earlier attempt's call failed, or its tool is not
-replayed) runs live without a verdict. Named steps are matched by name, wherever the
-agent asks. A task's checkpoint (`task/checkpoint`) is kept on the Task and journaled,
-and a retried attempt is given it in `task/run`.
-
-Nothing is journaled for a task that has no retry left (no later attempt can read it).
-What a task journals is bounded by its agent's `max_step_bytes` and its tenant's, the
-smaller; what a tenant's unfinished tasks hold together by its `max_step_journal_bytes`
-(counted here, in this daemon's life: a task restored from the journal counts once its
-next attempt reads its steps back). Past either, the task's next journaled call is
-refused, naming the bound.
-The engine works without a journal: the daemon's is SQLite (corral.daemon.steps), and a
-cluster node's tasks have theirs in Redis (corral.cluster.steps), fenced by their claim.
+Tool calls are matched by order: the attempt's n-th call is answered with the journal's
+n-th step when it names the same tool with the same arguments (their hash); at the first
+call that does not match, the attempt goes live for the rest of its calls and is marked
+diverged, never failed. Named steps are matched by name. Nothing is journaled for a task
+that has no retry left (no later attempt can read it). What a task journals is bounded by
+`max_step_bytes` (its agent's and its tenant's, the smaller), what a tenant's unfinished
+tasks hold together by `max_step_journal_bytes` (counted in this daemon's life).
 
 A journaled call outlives its caller (DESIGN section 26): it runs in a task of its own
-(a flight), so that when its worker dies (or the agent's MCP client hangs up, or cancels
-it) the server's or provider's work is not cancelled: it goes on to its answer (or its
-timeout), which is journaled; a later attempt's same call waits for it and is answered
-from it, and the server sees the call once. Only a call held for a person (its task has
-an ask pending) is cancelled with its caller, as before: its retry waits on the same ask.
-A tool call's flight still running when its task ends is cancelled (a model call's
-reads on to its end, counted: decision 636). Every call that may be made
-again by a later attempt carries an idempotency key, the same on every attempt (its
-task and its CallOrdinals key), which the pool puts in the upstream request's `_meta`
-(mcp/client.py IDEMPOTENCY_META) and the model gateway in its `Idempotency-Key`
-header: a call lost with the daemon is made again under the same key.
+(a flight), so that when its worker dies the server's or provider's work is not
+cancelled: its answer is journaled, a later attempt's same call waits for it, and the
+server sees the call once. Only a call held for a person is cancelled with its caller
+(its retry waits on the same ask). Every call that may be made again carries an
+idempotency key, the same on every attempt: a call lost with the daemon is made again
+under the same key.
 """
 
 from __future__ import annotations
@@ -77,8 +62,7 @@ _CALLER_TASK: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.Con
 
 
 def caller_task() -> asyncio.Task[Any] | None:
-    """The task of the request the current call is made for: the handler's, when the
-    call runs in a flight of its own, else the current task."""
+    """The task of the request the current call is made for (a flight's handler's)."""
     return _CALLER_TASK.get() or asyncio.current_task()
 
 
@@ -92,8 +76,7 @@ class StepsDiverged(NamedTuple):
 
 
 def _replays(spec: Any, name: str) -> bool:
-    """Whether the agent's calls of the tool `name` are replayed (`replay`, less its
-    `replay_tools`)."""
+    """Whether the agent's calls of the tool `name` are replayed."""
     return bool(getattr(spec, "replay", True)) and not allowed(
         name, getattr(spec, "replay_tools", []))
 
@@ -104,8 +87,7 @@ def args_hash(arguments: Any) -> bytes:
 
 class CallOrdinals:
     """A key for each tool call of a task's attempt that a retried attempt's same call
-    reads again: its tool, its arguments' hash and how many calls of both the attempt has
-    made, so that a call made twice has two keys and a retry's second call the second."""
+    reads again: its tool, its arguments' hash and how many such calls the attempt made."""
 
     def __init__(self) -> None:
         self._made: dict[str, tuple[int, Counter[tuple[str, bytes]]]] = {}
@@ -114,7 +96,6 @@ class CallOrdinals:
         return self.key_of(task, name, args_hash(arguments))
 
     def key_of(self, task: Task, name: str, h: bytes) -> str:
-        """`key`, given the arguments' hash."""
         attempt, made = self._made.get(task.id, (0, Counter()))
         if attempt != task.attempt:
             attempt, made = task.attempt, Counter()
@@ -126,20 +107,17 @@ class CallOrdinals:
         self._made.pop(task_id, None)
 
     def __len__(self) -> int:
-        """How many tasks' calls are counted."""
         return len(self._made)
 
 
 def idempotency_key(task_id: str, ordinal: str) -> str:
-    """A call's idempotency key: the same for its task's every attempt's same call (its
-    CallOrdinals key), another task's never."""
+    """The same for its task's every attempt's same call, another task's never."""
     return hashlib.blake2b(f"{task_id}\0{ordinal}".encode(), digest_size=16).hexdigest()
 
 
 class _Flight:
-    """A journaled call of one attempt (`made`: its step, no answer yet), in its own
-    asyncio task (`call`): `step` its journaled answer once it has one; `awaited` once a
-    later attempt's same call waits for it."""
+    """A journaled call of one attempt in its own asyncio task (`call`): `step` its
+    journaled answer once it has one; `awaited` once a later attempt's call waits for it."""
 
     __slots__ = ("attempt", "awaited", "call", "made", "step")
 
@@ -152,8 +130,8 @@ class _Flight:
 
 
 class _Attempt:
-    """What the steps of one running attempt need: the journal's history (read once, on
-    a retry), the next call's position, and the verdict."""
+    """One running attempt's journal history (read once, on a retry), next call's
+    position, and verdict."""
 
     __slots__ = ("attempt", "bytes", "diverged", "given", "loaded", "named", "next_seq",
                  "tenant", "tools")
@@ -173,13 +151,11 @@ class _Attempt:
 
 
 class TaskSteps:
-    """The engine's side of the steps: the worker methods' handlers call it."""
 
     def __init__(self, stream: Stream, active: Callable[[str], Task | None],
                  interceptors: Interceptors,
                  asking: Callable[[str], bool] | None = None) -> None:
-        """`asking`: whether a task has an ask of a person pending (its held call's
-        caller gone, the call is cancelled: its retry waits on the same ask)."""
+        """`asking`: whether a task has an ask of a person pending."""
         self.stream = stream
         self._active = active
         self._asking = asking
@@ -195,21 +171,18 @@ class TaskSteps:
         self.journaled = 0  # steps written
         self.refused = 0  # journaled calls refused past a bound of bytes
         self.held: dict[str, int] = {}  # tenant -> its unfinished tasks' journaled bytes
-        # told of each call and named step answered from the journal; with [tracing],
-        # the tracer's (its span marked replayed)
+        # told of each call and named step answered from the journal (tracing's)
         self.on_replay = interceptors.notify(TaskInterceptor.intercept_step_replay)
         # told of a task's end while an attempt's steps are held here
         self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     def journal_to(self, journal: StepJournal) -> None:
-        """Where this daemon's tasks' steps are kept (its state database's)."""
         self.journal = journal
 
     def _finished(self, e: TaskFinished) -> None:
         self._ordinals.forget(e.task.id)
         # no attempt follows: a tool call still in flight is no one's to read; a model
-        # call reads on to its end, its usage counted (the upstream bills it whole:
-        # decision 636), its slot held meanwhile
+        # call reads on to its end, its usage counted (the upstream bills it whole)
         for flight in self._flights.pop(e.task.id, {}).values():
             if flight.call is not None and not flight.made.name.startswith(MODEL_STEP):
                 flight.call.cancel()
@@ -218,22 +191,15 @@ class TaskSteps:
             self.stream.listen(self._ends, False)
         if st is not None:
             self._count(st, -st.bytes)
-            journal = self._journal_of(e.task)
+            journal = e.task.home.steps
             if journal is not None:
                 journal.ended(e.task.id)
 
-    def _journal_of(self, task: Task) -> StepJournal | None:
-        """Where the task's steps are: its home's."""
-        return task.home.steps
-
     def _journaling(self, task: Task, spec: Any) -> StepJournal | None:
-        """The journal to write the task's steps to; None while no retry is left (nor a
-        loss to infrastructure within its retry_lost) and its agent (`spec`) does not
-        suspend a waiting task (suspension.py): no next attempt would read them."""
+        """The journal to write the task's steps to; None when no next attempt would read
+        them (no retry left, and its agent does not suspend a waiting task)."""
         suspends: float = getattr(spec, "suspend_after", 0.0)
-        if suspends or runs_again(task, spec):
-            return self._journal_of(task)
-        return None
+        return task.home.steps if suspends or runs_again(task, spec) else None
 
     async def _state(self, task: Task) -> _Attempt:
         st = self._attempts.get(task.id)
@@ -242,7 +208,7 @@ class TaskSteps:
                 self._count(st, -st.bytes)
             st = self._attempts[task.id] = _Attempt(task.attempt)
             self.stream.listen(self._ends)
-            journal = self._journal_of(task)
+            journal = task.home.steps
             if task.attempt > 1 and journal is not None:
                 st.loaded = asyncio.get_running_loop().create_future()
                 try:
@@ -262,9 +228,8 @@ class TaskSteps:
     # -- tool calls -----------------------------------------------------------------------
     async def tool_call(self, task: Task, r: Replica, name: str, arguments: dict[str, Any],
                         live: Callable[[str | None], Awaitable[Any]]) -> Any:
-        """A task's tool call: from the journal while the attempt matches it, else live
-        (and journaled before it is answered when its agent replays it). `live(key)`
-        makes it, `key` its idempotency key (None: no later attempt can make it again)."""
+        """A task's tool call: from the journal while the attempt matches it, else live.
+        `live(key)` makes it, `key` its idempotency key (None: made once at most)."""
         st = await self._state(task)
         seq = st.next_seq
         st.next_seq += 1
@@ -295,9 +260,8 @@ class TaskSteps:
                                journal, live, key)
 
     async def _landed(self, task: Task, seq: int, name: str, h: bytes) -> Step | None:
-        """The step an earlier attempt's call `seq`, still in flight, journals (None: it
-        failed, or there is none): this attempt's same call (the same tool, the same
-        arguments) waits for it; another goes on live without it."""
+        """The step an earlier attempt's call `seq`, still in flight, journals, when this
+        attempt's call is the same (None: it failed, or there is none)."""
         flight = max((f for (at, _), f in self._flights.get(task.id, {}).items()
                       if at == seq and f.attempt < task.attempt),
                      key=lambda f: f.attempt, default=None)
@@ -311,8 +275,8 @@ class TaskSteps:
 
     async def _fly(self, task: Task, st: _Attempt, step: Step, journal: StepJournal,
                    live: Callable[[str | None], Awaitable[Any]], key: str | None) -> Any:
-        """The call made in a flight of its own, its answer journaled there: the caller's
-        going away does not cancel it (unless its task waits for a person)."""
+        """The call made in a flight of its own: the caller's going away does not cancel
+        it (unless its task waits for a person)."""
         flight = _Flight(step)
         mine = self._flights.setdefault(task.id, {})
         said = _CALLER_TASK.set(asyncio.current_task())
@@ -334,8 +298,8 @@ class TaskSteps:
             raise
 
     def in_flight(self, task_id: str) -> bool:
-        """Whether a call of the task is still in flight here (its answer, journaled by
-        the flight, answers a retry's same call: Endings.again keeps that retry here)."""
+        """Whether a call of the task is still in flight here (its answer is a retry's:
+        Endings.again keeps that retry here)."""
         return bool(self._flights.get(task_id))
 
     def _landing(self, task_id: str, flight: _Flight) -> None:
@@ -377,7 +341,7 @@ class TaskSteps:
         self.diverged += 1
         if task.attempts:
             task.attempts[-1].diverged = seq
-        journal = self._journal_of(task)
+        journal = task.home.steps
         if journal is not None:
             journal.drop_from(task.id, seq)
         st.tools = {}
@@ -385,8 +349,7 @@ class TaskSteps:
             self.stream.emit(StepsDiverged(task, task.attempt, seq, why))
 
     def count_replay(self, task: Task, kind: str, name: str) -> None:
-        """A call or step of the attempt answered from what an earlier one kept (a
-        spawn's child from its tree: spawn.py)."""
+        """A call or step of the attempt answered from what an earlier one kept."""
         self.replayed += 1
         if task.attempts:
             a = task.attempts[-1]
@@ -403,9 +366,8 @@ class TaskSteps:
                 del self.held[st.tenant]
 
     def _check_budget(self, task: Task, r: Replica, st: _Attempt) -> None:
-        """Refuse the task's next journaled step past a bound of bytes: its own (its
-        agent's max_step_bytes, or its tenant's if smaller) or its tenant's over its
-        unfinished tasks (max_step_journal_bytes)."""
+        """Refuse the task's next journaled step past max_step_bytes or its tenant's
+        max_step_journal_bytes."""
         if st.tenant is None:  # from now on its bytes count in its tenant's
             st.tenant = r.spec.tenant
             self.held[st.tenant] = self.held.get(st.tenant, 0) + st.bytes
