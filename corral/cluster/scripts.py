@@ -1,9 +1,6 @@
 """The Lua scripts: every change of a cluster task's record is one of these, atomic in
-Redis, and every write of an attempt checks the fence token its claim issued.
-
-Only Redis 7.0 commands (Debian's redis-server 7.0, newer Redis and Valkey).
-Statuses are the engine's (supervisor.tasks.TaskStatus values).
-"""
+Redis, and every write of an attempt checks the fence token its claim issued. Only Redis
+7.0 commands (Debian's redis-server 7.0, newer Redis and Valkey)."""
 
 from __future__ import annotations
 
@@ -28,29 +25,22 @@ def _steps_key(task: str) -> str:
 
 
 def _asks_key(task: str) -> str:
-    """The task's asks by call (Keys.task_asks), named as `_steps_key` names its steps."""
     return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'asks:' .. {task}"
 
 
 def _spawns_key(task: str) -> str:
-    """The task's spawns (Keys.spawns), named as `_steps_key` names its steps."""
     return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'spawn:' .. {task}"
 
 
 def _ended(task: str, kept: str, live: int) -> str:
-    """A task that ended: its record and its attempts (KEYS[1], KEYS[2]) kept `kept`
-    seconds, and the task moved from the listed live tasks (KEYS[live]) to the finished
-    ones (KEYS[live + 1]): what `corral tasks` reads, with no SCAN of the cluster's keys,
-    and what a node's beat trims to the newest `tasks_kept`, deleting the records of
-    those it takes out (TRIM, retention.py). One fragment for every end, so that no end
-    leaves a key without its expiry (TRIM forgets the ids older than tasks_kept_for,
-    trusting their keys to have expired). Its steps (STEP), its spawns' rows (SPAWN) and
-    its asks by call (clusterasks.py) go at once: no attempt follows an end to spawn or
-    ask again (its children live on, their places in the tree in their own records; a
-    pending ask of it leaves the pending asks the bounds count, its record kept as long
-    as the task's, and is withdrawn where it is next read or decided). Its asks join its
-    tenant's ended ones (Keys.asks_done), whose records beyond the newest ASKS_KEPT go:
-    asks a tenant's tasks make and end at once are not kept for tasks_kept_for each."""
+    """A task that ended: its record and attempts (KEYS[1], KEYS[2]) kept `kept` seconds,
+    the task moved from the live tasks (KEYS[live]) to the finished (KEYS[live + 1]),
+    which TRIM keeps to the newest `tasks_kept`. One fragment for every end, so that no
+    end leaves a key without its expiry (TRIM trusts the keys of ids older than
+    tasks_kept_for to have expired). Its steps, spawns' rows and asks by call go at once:
+    no attempt follows an end. A pending ask of it is withdrawn where it is next read;
+    its asks join the tenant's ended ones (Keys.asks_done), kept to the newest ASKS_KEPT
+    so that a tenant's asks are not each kept for tasks_kept_for."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
 local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)
@@ -84,10 +74,9 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""
 
 
-# A task with a delay or a not_before (its options, taskoptions.start_at: the front
-# refused a bad one) is due at that time, counted from its `created`: it is held out of
-# its stream, in the cluster's due set (Keys.due, with its record's `not_before`), until a
-# node's beat moves it there (due.py). `due`: that time, or false (it is queued at once).
+# A task with a delay or a not_before (taskoptions.start_at) is held out of its stream, in
+# the due set (Keys.due), until a node's beat moves it there (due.py). `due`: that time,
+# or false (queued at once).
 _DUE = """local due = false
 local opts = ARGV[#ARGV - 3]
 if opts ~= '' and (string.find(opts, '"delay"', 1, true)
@@ -98,19 +87,15 @@ if opts ~= '' and (string.find(opts, '"delay"', 1, true)
 end"""
 
 
-# KEYS: task, stream, priorities (the tenant's agent's: Keys.stream, Keys.priorities),
-#       agents (routes), live tasks (listed)
+# KEYS: task, stream, priorities (Keys.stream, Keys.priorities), agents (routes), live
+#       tasks (listed)
 # ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
 #       the claiming node's), created, submitted_on, max_queue (0: unbounded), '1' when
-#       a client waits for its progress (it goes on the outcomes stream, see PROGRESS),
-#       else '0' (the record keeps either: one HSET per submit, not a second one for
-#       each `corral run`), the caller's trace context ('' none; records.trace_field);
-#       LAST, after whatever a variant's own arguments are, the task's options (JSON, ''
-#       none: taskoptions.py), its place in a spawn tree ('' none: a root of no limited
-#       caller's; clusterspawns.py), its tenant and its MAC (trust.TENANT; decision
-#       436), so that no variant's arguments move
-# -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
-# (`submit_script`: the same around a session's, sessionscripts.py)
+#       a client waits for its progress (PROGRESS) else '0', the caller's trace context
+#       ('' none); LAST, after a variant's own arguments (so that none of them move), the
+#       task's options (JSON, '' none), its place in a spawn tree ('' none), its tenant
+#       and its MAC (trust.TENANT)
+# -> 1 accepted, 0 already accepted (a retried submit), -1 the queue is full
 def submit_script(first: str = "", entry: str = "local entry = {xadd}",
                   then: str = "") -> str:
     return f"""{first}
@@ -120,9 +105,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM')
 elseif max_queue > 0 and redis.call('XLEN', KEYS[2])
     - redis.call('XPENDING', KEYS[2], '{GROUP}')[1] >= max_queue then
-  -- (what waits unread: a claimed entry stays, pending, until its outcome, and a task
-  -- running is not waiting, as on one node; a task claimed at its submission is in no
-  -- priority stream at all)
+  -- (what waits unread: a claimed entry stays pending until its outcome)
   return -1
 end
 {_DUE}
@@ -148,32 +131,23 @@ return 1
 SUBMIT = submit_script()
 
 # A node that read an entry takes its task: a new fence token, the node as owner, an
-# attempt begun. A task no longer queued (finished meanwhile, or taken over and queued
-# again under a new entry) is not taken, and the stale entry leaves the stream; nor is a
-# task of another tenant than the claiming node's agent (its entry is in no stream of
-# this tenant's but by a Redis writer's hand: decision 439). One Lua function for CLAIM,
-# READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the claiming
-# node's retries and task_timeout, the tenant of its agent, the claiming node's
-# retry_lost (nil: none said; TAKEOVER reads it off the record). A task's keys named from the
-# cluster's prefix (as TRIM names them: the hash slot of every key of the cluster).
+# attempt begun. A task no longer queued (finished, or queued again under a new entry) is
+# not taken and the stale entry leaves the stream; nor is a task of another tenant than
+# the claiming agent's (only a Redis writer's hand puts it there). One Lua function for
+# CLAIM, READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the
+# claiming node's retries, task_timeout, agent's tenant and retry_lost (nil: none said).
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
-#    created, the task's checkpoint step (steps.py) or false, its session or false, the
-#    session's state or false, the caller's trace context or false[, its options (JSON,
-#    taskoptions.py) when they carry a retry policy of its own]}
+#    created, checkpoint step or false, session or false, its state or false, trace
+#    context or false[, options (JSON) when they carry a retry policy of their own]}
 _CLAIM_FN = f"""
--- A claim is a live incarnation's: one whose liveness key has lapsed (its node is to fence
--- itself at its next beat) takes nothing, and reads nothing it would then hold. A claim
--- delayed in Redis past its node's lapse would otherwise hold a task for a consumer
--- already dead, which retention may have let go (decision 515).
+-- A claim is a live incarnation's: one delayed in Redis past its node's lapse would
+-- otherwise hold a task for a dead consumer, which retention may have let go.
 local function alive(prefix, consumer)
   return redis.call('EXISTS', prefix .. 'alive:' .. consumer) == 1
 end
--- the task's own retry_lost, in its options (taskoptions.RetryOptions), over the node's
 local function own_lost(options)
   return options and string.match(options, '"retry_lost":(%d+)')
 end
--- its options, for the engine of the node that runs it, when they carry a retry policy
--- of its own (nil else: nothing more in the reply)
 local function policy(options)
   if options and string.find(options, '"retry"', 1, true) then return options end
   return nil
@@ -210,12 +184,9 @@ end
 """
 
 # One entry read: KEYS: task, attempts, fence, stream
-# ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
-#       task_timeout (for a task submitted without them), the tenant of its agent, its
-#       retry_lost
-# -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
-#    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one,
-#    ..., its options with a retry policy]}
+# ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries,
+#       task_timeout, agent's tenant and retry_lost
+# -> false, or claim()'s answer, its trailing falses cut
 CLAIM = _CLAIM_FN + """
 local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
 if not alive(prefix, ARGV[1]) then return false end
@@ -234,24 +205,18 @@ end
 return got
 """
 
-# Read and claim in one call (one round trip, one reply): entries read from the agent's
-# streams in KEYS order (highest priority first) until ARGV[7] entries, each claimed as
-# CLAIM claims one: the same checks, the same writes, its own fence token. With ARGV[9]
-# nodes serving the agent, at most its share of what waits unread (one in as many as
-# there are such nodes, rounded up): a node woken with another by a burst leaves the
-# other its part, and reads again at once for what is left.
+# Read and claim in one round trip: entries read from the agent's streams in KEYS order
+# until ARGV[7], each claimed as CLAIM claims one. With ARGV[9] nodes serving the agent,
+# at most its share of what waits unread (rounded up): a node woken with another by a
+# burst leaves the other its part, and reads again at once for what is left.
 # KEYS: fence, the tenant's agent's streams (highest priority first)
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
-#       count, the cluster's key prefix, the live nodes running the tenant's agent, the
-#       tenant of its agent, the list of the turns given to this incarnation (Keys.sticky:
-#       claimed first, sessionscripts.sticky_claims), the claiming node's retry_lost
-# -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
-#    input, timeout, retries_left, priority, created, checkpoint or false, session or
-#    false, its state or false, trace context or false[, options]}, ...}, each
-#    stream's newest entry id ('0-0' none), 1 when the share held it back from more}: a
-#    node that read fewer than it asked for, and was not held back, waits (XREAD, which
-#    takes nothing) for what comes after those ids, and reads and claims with what it
-#    can start by then
+#       count, the cluster's key prefix, the live nodes running the agent, the agent's
+#       tenant, this incarnation's list of sticky turns (Keys.sticky), its retry_lost
+# -> {entries read, {{stream's place, entry, task id, claim()'s answer...}, ...}, each
+#    stream's newest entry id ('0-0' none), 1 when the share held it back}: a node that
+#    read fewer than it asked for, not held back, waits (XREAD) for what comes after
+#    those ids
 READ_CLAIM = _CLAIM_FN + """
 local prefix = ARGV[8]
 local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10], ARGV[12]}
@@ -262,8 +227,7 @@ if not alive(prefix, ARGV[1]) then want = 0 end
 local serving = tonumber(ARGV[9])
 local held = 0
 if want > 0 and serving > 1 then
-  -- what waits unread: every entry but those given out and not yet acknowledged (an
-  -- acknowledgement deletes its entry in the same script)
+  -- (an acknowledgement deletes its entry: what is not pending waits unread)
   local waiting = 0
   for s = 2, #KEYS do
     if redis.call('EXISTS', KEYS[s]) == 1 then
@@ -306,15 +270,10 @@ return {read, out, lasts, held}
 """
 
 # Submit and claim in one call: a node with a free slot for the agent submits the task as
-# SUBMIT does (the record, the stream entry: a cluster task like any other, taken over by
-# the reaper if this node dies) and claims for itself, as READ_CLAIM claims, the first
-# entry its group has not yet given out, highest priority first (on an idle cluster the
-# one just added; behind a backlog, the oldest waiting: no task jumps the queue), in the
-# streams of the task's tenant's agent alone (the submitting node's agent's: it claims
-# only a task of its own agent). The claim is fenced by its own token and the consumer
-# (this incarnation), as any claim. The task it claims is the one it adds when nothing
-# waits unread: its entry then goes to the route's claimed stream, not its priority's
-# (decision 797).
+# SUBMIT does and claims, as READ_CLAIM claims, the first entry its group has not yet
+# given out, highest priority first (behind a backlog the oldest waiting: no task jumps
+# the queue). When nothing waits unread it claims the task it adds, whose entry then goes
+# to the route's claimed stream, not its priority's.
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix, its retry_lost; then SUBMIT's
@@ -324,8 +283,7 @@ SUBMIT_CLAIM = _CLAIM_FN + """local added, direct
 local prefix = ARGV[18]
 local tenant = ARGV[#ARGV - 1]
 local stream_of = prefix .. 'q:' .. tenant .. ':' .. ARGV[2] .. ':'
--- Whether the task is the one this claim takes: nothing waits unread in the agent's
--- streams (an acknowledgement deletes its entry: what is not pending waits unread)
+-- Whether the task is the one this claim takes: nothing waits unread in the agent's streams
 local function first()
   if not alive(prefix, ARGV[12]) then return false end
   for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -337,10 +295,9 @@ local function first()
   end
   return true
 end
--- The task claimed at submission goes to the agent's claimed stream (Keys.claimed),
--- given to this consumer as it is added: no puller reads or waits on it, so no node's
--- blocking read wakes for a task already taken (decision 797); its record keeps its
--- priority's stream, where a takeover queues it again.
+-- The task claimed at submission goes to the claimed stream (Keys.claimed), which no
+-- puller waits on: no node's blocking read wakes for a task already taken. Its record
+-- keeps its priority's stream, where a takeover queues it again.
 local function add_claimed()
   direct = stream_of .. '""" + CLAIMED + """'
   if redis.call('EXISTS', direct) == 0 then
@@ -359,9 +316,8 @@ local got = submit()
 if got ~= 1 then return {got} end
 if not alive(prefix, ARGV[12]) then return {1} end
 local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], tenant, ARGV[19]}
--- The entry just added, claimed without re-reading what submit() wrote: its record is
--- queued under that entry, with no attempt, no start and no session (a session's turn
--- has its own submit); the same writes as claim()'s, the same fence token.
+-- The entry just added, claimed without re-reading what submit() wrote (no attempt, no
+-- start, no session yet): claim()'s writes.
 local function fresh(s)
   local attempts = prefix .. 'att:' .. ARGV[1]
   if redis.call('LLEN', attempts) > 0 then return nil end
@@ -410,12 +366,10 @@ end
 return {1}
 """
 
-# A retry (status 'queued': the task's machine retried it, taskmachine.py), from the node
-# that ended the attempt: the task waits again for any node, its fence withdrawn, its
-# retries left the machine's, due after its backoff (ARGV[6], '' at once) in the due set
-# (due.py) with its not_before, else at once in its record's stream. One asked to cancel
-# while it ran (CANCEL's mark) ends cancelled instead, as a takeover ends it: ARGV[5] its
-# error, ARGV[12] that outcome's MAC (fence 0).
+# A retry (status 'queued') from the node that ended the attempt: the task waits again,
+# its fence withdrawn, due after its backoff (ARGV[6], '' at once) in the due set, else
+# in its record's stream. One asked to cancel while it ran (CANCEL's mark) ends cancelled
+# instead: ARGV[5] its error, ARGV[12] that outcome's MAC (fence 0).
 _AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
     local t = redis.call('TIME')
     redis.call('HSET', KEYS[1], 'status', 'cancelled', 'fence', '0', 'finished',
@@ -435,18 +389,15 @@ _AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
       redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*', 'task', ARGV[2]))
   end"""
 
-# The outcome of an attempt, from the node that holds its fence token, and only while the
-# task is still running under that token: a node paused past its TTL, whose task was
-# taken over, is refused (0), so a task never gets two outcomes; or its retry (_AGAIN).
+# The outcome of an attempt (or its retry, _AGAIN), only while the task still runs under
+# the writer's fence token: a node paused past its TTL, whose task was taken over, is
+# refused (0), so a task never gets two outcomes.
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed)
 # ARGV: token, task_id, status ('queued': a retry), output JSON ('' none), error JSON
-#       ('' none), finished (a retry: when it is due, '' at once),
-#       entry, attempts before the claim, seconds a finished record is kept,
-#       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
-#       every attempt is this node's: the waiting client needs no read of the record),
-#       the outcome's MAC (trust.OUTCOME: over the task id, the token, status, output and
-#       error; kept in the record and on the stream), then this node's attempts (JSON
-#       each)
+#       ('' none), finished (a retry: when it is due, '' at once), entry, attempts before
+#       the claim, seconds a finished record is kept, retries_left, '1' when the outcome
+#       rides on the outcomes stream (the waiting client then reads no record), the
+#       outcome's MAC (trust.OUTCOME), then this node's attempts (JSON each)
 FINISH = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
@@ -483,10 +434,8 @@ end
 return 1
 """
 
-# Progress of a running attempt, fenced as its outcome is. When a client waits for the
-# task (`corral run`, on any node), the report also goes on the outcomes stream, before
-# the outcome, for the client's node to pass on; progress no one waits for stays in the
-# record.
+# Progress of a running attempt, fenced as its outcome is; also on the outcomes stream
+# when a client waits for the task (`corral run`, on any node).
 # KEYS: task, outcomes; ARGV: token, progress JSON, task_id -> 1 written, 0 refused
 PROGRESS = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'watched')
@@ -499,11 +448,9 @@ end
 return 1
 """
 
-# A step of a running attempt (corral.cluster.steps: a tool call's result, a named step),
-# fenced as its outcome is: only the claim that holds the task writes its steps, so a
-# node paused past its TTL cannot put a step under its successor's. Each step is a hash
-# field of the task's steps and its value; the fields numbered ARGV[2] or more ('' none)
-# are deleted first (an attempt that diverged there).
+# A step of a running attempt (steps.py), fenced as its outcome is: a node paused past
+# its TTL cannot put a step under its successor's. The fields numbered ARGV[2] or more
+# ('' none) are deleted first (an attempt that diverged there).
 # KEYS: task, steps; ARGV: token, drop from seq, field, value, field, value...
 #   -> 1 written, 0 refused
 STEP = f"""
@@ -522,9 +469,8 @@ end
 return 1
 """
 
-# The attempt a node was running ends `lost` (unless it had ended meanwhile), shared by
-# TAKEOVER and RELEASE, whose KEYS[2] is the attempts list, ARGV[4] now, ARGV[5] the
-# reason.
+# The attempt a node was running ends `lost` (unless it had ended meanwhile): KEYS[2] the
+# attempts list, ARGV[4] now, ARGV[5] the reason.
 _END_LAST_ATTEMPT = """local last = redis.call('LINDEX', KEYS[2], -1)
 if last then
   local a = cjson.decode(last)
@@ -536,19 +482,14 @@ if last then
   end
 end"""
 
-# A reaper found an entry pending with a consumer whose liveness key is gone: the task
-# it was running is re-run (queued again under a new entry, its fence withdrawn) while its
-# retries last, else it ends `lost`. Checked here, atomically: the consumer is still
-# dead, the entry is still the task's, and the task still that consumer's.
-# A dead node's task is lost to infrastructure: it is re-run with no retry spent while
-# its lost attempts (this one among them) are no more than its record's retry_lost (its
-# claiming node's; ARGV[12] for a record with none); past it, while it has retries; with
-# retry_lost = 0 (at most once) never, and it ends with ARGV[13] (its MAC ARGV[14]) saying
-# so: the task machine's rule (taskmachine.py).
-# The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
-# run (its claim's reply was lost with a connection); it waits again, no retry spent.
-# A task asked to cancel (CANCEL's mark, which its node did not live to act on) is not
-# run again: it ends cancelled.
+# A reaper found an entry pending with a consumer whose liveness key is gone: checked
+# again here, atomically (the consumer still dead, the entry still the task's, the task
+# still that consumer's), the task is queued again under a new entry, or ends `lost`.
+# The task machine's rule: a loss is re-run with no retry spent while its lost attempts
+# are no more than the record's retry_lost (ARGV[12] for a record with none), then while
+# it has retries; with retry_lost = 0 (at most once) never, ending with ARGV[13] (its MAC
+# ARGV[14]). An orphan (ARGV[8] = 'orphan': held by a live node that does not run it, its
+# claim's reply lost) waits again, no retry spent. One asked to cancel ends cancelled.
 # KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, live and
 #       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
@@ -562,13 +503,11 @@ local orphan = ARGV[8] == 'orphan'
 if not orphan and redis.call('EXISTS', KEYS[5]) == 1 then return false end
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left')
 if rec[2] ~= ARGV[2] then
-  -- the entry is stale (its task was queued again, or is gone)
   redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
   redis.call('XDEL', KEYS[3], ARGV[2])
   return false
 end
--- queued again in its record's stream: its priority's, also for an entry of the claimed
--- stream (a task claimed at its submission)
+-- (its priority's stream, also for an entry of the claimed stream)
 local home = redis.call('HGET', KEYS[1], 'stream') or KEYS[3]
 if rec[1] == 'queued' then
   -- read but not yet claimed when its reader died: it waits again as it was
@@ -615,7 +554,7 @@ return status
 """
 
 # A node that stops hands back what it holds: the task waits again under a new entry,
-# its retries untouched (nothing failed), this node's attempt ended with the reason.
+# its retries untouched.
 # KEYS: task, attempts, stream; ARGV: token, task_id, entry, now, reason -> 1, or 0 when
 # the task is no longer this claim's
 RELEASE = f"""
@@ -624,19 +563,15 @@ if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 {_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
--- (its record's stream: its priority's, when KEYS[3] is the claimed stream)
 local entry = redis.call('XADD', redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*',
   'task', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entry', entry)
 return 1
 """
 
-# `corral cancel` of a cluster task, on any node: one still queued ends here (its
-# attempts, when it ran before and waits again, kept as long as its record); a running
-# one is marked, and the node running it cancels it at its next beat (its outcome, then,
-# is written through the fence like any other).
-# A suspended one (clusterasks.SUSPEND: no claim, no entry) ends here too, with its own
-# error; its pending asks are withdrawn where they are next read.
+# `corral cancel` of a cluster task, on any node: one queued or suspended ends here; a
+# running one is marked, and the node running it cancels it at its next beat (its
+# outcome written through the fence like any other).
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed); ARGV: task_id,
 # now, error JSON, seconds a finished record is kept, the MAC of the outcome
 # (trust.OUTCOME, fence 0), the error JSON and MAC of a suspended one's ('' none: ARGV[3]
@@ -667,9 +602,8 @@ end
 return 'ended:' .. rec[1]
 """
 
-# Membership: one daemon per node name. A beat in the nodes hash from another daemon
-# (its id in the beat) whose incarnation's liveness key exists means that daemon is the
-# node: JOIN and BEAT then return that beat (JSON) and change nothing.
+# One daemon per node name: another daemon's beat in the nodes hash, its incarnation
+# alive, makes JOIN and BEAT return that beat (JSON) and change nothing.
 # KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms, this daemon's id, the liveness keys'
 # prefix
 _ONE_DAEMON = """local cur = redis.call('HGET', KEYS[2], ARGV[1])
@@ -681,8 +615,8 @@ if cur and ARGV[4] then
   end
 end"""
 
-# JOIN: a new incarnation's liveness key (NX: never another's) and its entry in the nodes
-# hash -> 1, 0 when the key was somehow there, or another live daemon's beat.
+# JOIN: a new incarnation's liveness key (NX) and its entry in the nodes hash
+# -> 1, 0 when the key was somehow there, or another live daemon's beat
 JOIN = f"""
 {_ONE_DAEMON}
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
@@ -702,9 +636,8 @@ return 1
 
 
 def _epoch_is(agents: int, placement: int) -> str:
-    """The compare-and-set of PLACE and SET_AGENT: -1 when ARGV[1] is no cluster agent
-    (KEYS[agents]), 0 when its placement (KEYS[placement]) is no longer at epoch ARGV[2];
-    else `cur` (its placement, or nil) and `epoch` are set."""
+    """The compare-and-set of PLACE and SET_AGENT: -1 when ARGV[1] is no cluster agent,
+    0 when its placement is no longer at epoch ARGV[2]; else `cur` and `epoch` are set."""
     return f"""if redis.call('HEXISTS', KEYS[{agents}], ARGV[1]) == 0 then return -1 end
 local cur = redis.call('HGET', KEYS[{placement}], ARGV[1])
 local epoch = 0
@@ -712,10 +645,8 @@ if cur then epoch = cjson.decode(cur)['epoch'] end
 if epoch ~= tonumber(ARGV[2]) then return 0 end"""
 
 
-# PLACE: a cluster agent's placement, compare-and-set on its epoch: of two nodes placing
-# at once from the same epoch, one wins and the other reads the winner's at its next
-# beat. The slots are written as given (JSON built by the caller: cjson would turn an
-# empty list into an object).
+# PLACE: a cluster agent's placement, compare-and-set on its epoch. The slots are written
+# as given (cjson would turn an empty list into an object).
 # KEYS: placement, cluster agents; ARGV: agent, expected epoch, slots JSON
 #   -> the new epoch; 0: the epoch moved on; -1: no such cluster agent (removed)
 PLACE = f"""
@@ -725,8 +656,8 @@ redis.call('HSET', KEYS[1], ARGV[1],
 return epoch + 1
 """
 
-# CHECKPOINT: fenced by the placement: only the incarnation a slot is placed on writes
-# its state (one that lost the slot, paused or cut off, cannot overwrite its successor).
+# CHECKPOINT: only the incarnation a slot is placed on writes its state (one that lost
+# the slot cannot overwrite its successor).
 # KEYS: placement, state; ARGV: agent, slot (from 0), consumer, [time, state] JSON
 #   -> 1 written, 0 refused
 CHECKPOINT = """
@@ -738,8 +669,7 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return 1
 """
 
-# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all),
-# each with its MAC (trust.py) and its first revision in its history.
+# ADD_AGENTS: cluster agents' tables, all or none, each with its MAC and first revision.
 # KEYS: cluster agents, their MACs, then each agent's history; ARGV: name, table JSON,
 # revision 1 (JSON), MAC, name, ... -> '' or the name that exists
 ADD_AGENTS = """
@@ -757,11 +687,9 @@ return ''
 """
 
 # SET_AGENT: a cluster agent's table changed in place (`corral scale`, `rollback`, a
-# reload), compare-and-set on its placement epoch, which it moves on: a change made from
-# a stale read, or a placement computed from the old table, loses and reads again. The
-# slots stay; the nodes bring them to the new table at their next beat. Its history gets
-# the next revision (the entry's JSON after `{"revision":N,`, built by the caller), and
-# keeps the last ARGV[5]. The table's MAC (trust.py) is written with it.
+# reload), compare-and-set on its placement epoch, which it moves on: a placement computed
+# from the old table loses and reads again. Its history gets the next revision (the
+# entry's JSON after `{"revision":N,`) and keeps the last ARGV[5].
 # KEYS: cluster agents, placement, history, the tables' MACs
 # ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept, MAC
 #   -> the new revision; 0: the epoch moved on; -1: no such cluster agent
@@ -784,8 +712,7 @@ return revision
 """
 
 
-# Which of the given liveness keys exist, in one call: a command each made every node's
-# beat send as many commands as there are nodes (bench_cluster_capacity).
+# Which of the given liveness keys exist, in one call (not one per node in every beat).
 # KEYS: liveness keys -> 1 or 0 each, in order
 ALIVE = """
 local out = {}
@@ -793,10 +720,9 @@ for i, k in ipairs(KEYS) do out[i] = redis.call('EXISTS', k) end
 return out
 """
 
-# A dead consumer that holds nothing leaves its stream's group, checked and done in one
-# step: a claim or read that reached Redis after the caller's look (delayed past its
-# node's lapse) would otherwise have its entry forgotten with the consumer, its task
-# running forever for nobody (decision 515).
+# A dead consumer that holds nothing leaves its stream's group, checked in the same step:
+# a claim delayed past the caller's look would otherwise have its entry forgotten with
+# the consumer, its task running forever for nobody.
 # KEYS: stream, the consumer's liveness key; ARGV: consumer -> 1 removed, 0 kept
 DROP_CONSUMER = f"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -805,14 +731,11 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], '{GROUP}', ARGV[1])
 return 1
 """
 
-# TRIM: the finished tasks (keys.done, every score 0, ordered by id and so by the time
-# each was made) beyond the newest `kept` taken out of the set and their records (task,
-# attempts) deleted in the same step, exactly those however many nodes trim at once: one
-# who reads the set trimmed never finds their records still there. The ids made before
-# the cutoff (an id prefix) leave the set alone: their records have expired, or will
-# within tasks_kept_for of their end. The records' names are made here from the prefix
-# (Keys.task, Keys.attempts): every key of a cluster shares its hash tag, so they are in
-# the slot of KEYS[1].
+# TRIM: the finished tasks (keys.done, scored 0, so ordered by id: by creation) beyond the
+# newest `kept` taken out of the set and their records deleted in the same step, however
+# many nodes trim at once. The ids before the cutoff (an id prefix) just leave the set:
+# their records have expired. The records' names are made from the prefix: every key of
+# a cluster shares its hash tag.
 # KEYS: done; ARGV: kept, cutoff id prefix, the cluster's key prefix -> the ids trimmed
 TRIM = """
 redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[2])
@@ -832,8 +755,8 @@ Call = tuple[Any, list[Any], list[Any]]  # (a registered script, keys, args)
 
 
 class Scripts:
-    """The scripts registered with a client: called by their SHA (EVALSHA), loaded again
-    where a restarted Redis has forgotten them."""
+    """The scripts registered with a client, loaded again where a restarted Redis has
+    forgotten them."""
 
     def __init__(self, redis: Any, acks: Acks | None = None) -> None:
         self.redis = redis
@@ -859,16 +782,14 @@ class Scripts:
         self.alive = redis.register_script(ALIVE)
 
     async def run(self, calls: list[Call]) -> list[Any]:
-        """Many script calls in one pipeline (one round trip), each answer or its error in
-        order. Not redis-py's own way of piping scripts, which asks SCRIPT EXISTS before
-        every pipeline (a round trip more each time): a script Redis does not know
-        answers NOSCRIPT, having done nothing, and those calls go again once loaded."""
+        """Many script calls in one round trip, each answer or its error in order. Not
+        redis-py's piped scripts, which ask SCRIPT EXISTS first (a round trip more): a
+        call answered NOSCRIPT did nothing, and goes again once loaded."""
         return await self._run(calls, None)
 
     async def acknowledged(self, calls: list[Call]) -> list[Any]:
-        """`run`, for writes a client or a worker is told were kept: with the replicas'
-        confirmation where [cluster] ack_replicas asks for it (replicas.UnconfirmedWrite, a
-        RedisError, when they do not give it in time: the calls did run)."""
+        """`run`, with the replicas' confirmation where [cluster] ack_replicas asks for it
+        (replicas.UnconfirmedWrite when it does not come in time: the calls did run)."""
         return await self._run(calls, self.acks)
 
     async def _run(self, calls: list[Call], acks: Acks | None) -> list[Any]:
@@ -878,8 +799,7 @@ class Scripts:
         if missing:
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
-            # the calls that ran are confirmed with those run again: a WAIT confirms
-            # every write Redis took before it (its replication stream is in order)
+            # a WAIT confirms every write Redis took before it: those that ran too
             answers = await self._pipe([calls[i] for i in missing], acks)
             for i, r in zip(missing, answers, strict=False):
                 results[i] = r
@@ -888,9 +808,7 @@ class Scripts:
         return results
 
     async def _pipe(self, calls: list[Call], acks: Acks | None) -> list[Any]:
-        """The calls' answers, then (with `acks`) the confirmation's two, unchecked: a
-        call Redis did not know the script of did not run, and a confirmation that falls
-        short is not yet a refusal of it (`_run`)."""
+        """The calls' answers, then (with `acks`) the confirmation's two, unchecked."""
         pipe = self.redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
