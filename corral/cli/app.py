@@ -14,6 +14,7 @@ import click
 
 from .. import methods as m
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable, default_timeout
+from .render import print_json
 from .terminal import raw_option
 
 if TYPE_CHECKING:
@@ -103,6 +104,15 @@ class Ctx:
             click.echo(f"corral: the daemon did not answer {method} within "
                        f"{default_timeout():g} s", err=True)
             sys.exit(EXIT_FAILED)
+
+    def call_json(self, params: m.Params, as_json: bool, **kw: Any) -> Any:
+        """`call`, the result printed as JSON if `as_json` and None answered then: the
+        caller prints nothing more."""
+        res = self.call(params, **kw)
+        if as_json:
+            print_json(res)
+            return None
+        return res
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

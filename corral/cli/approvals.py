@@ -24,9 +24,8 @@ from .render import dumps, print_json, stamp, table
 def approvals(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    res: m.AskList = obj.call(m.ApprovalsList())
-    if as_json:
-        print_json(res)
+    res: m.AskList | None = obj.call_json(m.ApprovalsList(), as_json)
+    if res is None:
         return
     # an agent's words (a prompt, arguments) one line each: a newline in them never
     # draws a row of its own, nor does a control character act on the terminal

@@ -8,16 +8,15 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, json_option, pass_ctx
-from .render import human_time, print_json, table
+from .render import human_time, table
 
 
 @command(m.NodesList)
 @json_option
 @pass_ctx
 def nodes_list(obj: Ctx, as_json: bool) -> None:
-    res: m.NodesResult = obj.call(m.NodesList())
-    if as_json:
-        print_json(res)
+    res: m.NodesResult | None = obj.call_json(m.NodesList(), as_json)
+    if res is None:
         return
     print_nodes(res)
 
@@ -37,7 +36,7 @@ def print_nodes(res: m.NodesResult) -> None:
 
 
 def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:
-    """What the alive nodes' cluster keys say of the cluster's trust (decision 162)."""
+    """What the alive nodes' cluster keys say of the cluster's trust."""
     alive = [n for n in nodes if n.alive]
     out = []
     bare = [n.node for n in alive if not n.key]

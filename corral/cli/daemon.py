@@ -197,9 +197,8 @@ def version(obj: Ctx) -> None:
 @json_option
 @pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
-    res: m.ReloadResult = obj.call(m.ConfigReload())
-    if as_json:
-        print_json(res)
+    res: m.ReloadResult | None = obj.call_json(m.ConfigReload(), as_json)
+    if res is None:
         return
     print_reload(res)
 
@@ -260,9 +259,8 @@ def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
         seconds = duration(advance) or 0.0
     except click.BadParameter as exc:
         raise click.BadParameter(exc.message, param_hint="--advance") from None
-    res: m.ClockTime = obj.call(m.DaemonClock(advance=seconds))
-    if as_json:
-        print_json(res)
+    res: m.ClockTime | None = obj.call_json(m.DaemonClock(advance=seconds), as_json)
+    if res is None:
         return
     kind = f"manual, moved {res.ahead:g} s" if res.manual else "the wall's"
     click.echo(f"{iso_time(res.time)} ({kind})")
@@ -280,9 +278,8 @@ def info(obj: Ctx, name: str | None, as_json: bool) -> None:
         assert describe is not None
         ctx.invoke(describe, name=name, as_json=as_json)
         return
-    res: m.DaemonInfoResult = obj.call(m.DaemonInfo())
-    if as_json:
-        print_json(res)
+    res: m.DaemonInfoResult | None = obj.call_json(m.DaemonInfo(), as_json)
+    if res is None:
         return
     for k, v in msgspec.to_builtins(res).items():
         if k == "extras":  # one line each: serving, or why not and when it is retried
@@ -313,9 +310,8 @@ def _plain(value: Any) -> str:
 @json_option
 @pass_ctx
 def ui_login(obj: Ctx, as_json: bool) -> None:
-    res: m.UiLoginResult = obj.call(m.UiLogin())
-    if as_json:
-        print_json(res)
+    res: m.UiLoginResult | None = obj.call_json(m.UiLogin(), as_json)
+    if res is None:
         return
     # the link alone on stdout, so that `xdg-open "$(corral ui)"` works
     click.echo(res.url)

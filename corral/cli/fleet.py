@@ -12,7 +12,6 @@ from .. import methods as m
 from ..text import plural
 from .app import Ctx, cli, command, complete_agents, json_option, names_arg, pass_ctx
 from .client import EXIT_FAILED
-from .render import print_json
 
 
 def _selection_command(declared: type[m.Selection], done: str) -> None:
@@ -78,9 +77,8 @@ def _pause_command(declared: type[m.AgentsPause | m.AgentsResume]) -> None:
             name, index = m.parse_target(target)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
-        res: m.PauseResult = obj.call(declared(name=name, replica=index))
-        if as_json:
-            print_json(res)
+        res: m.PauseResult | None = obj.call_json(declared(name=name, replica=index), as_json)
+        if res is None:
             return
         for r in res.replicas:
             click.echo(f"{res.agent}#{r.replica}: {r.state}"

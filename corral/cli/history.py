@@ -7,7 +7,7 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, complete_agents, json_option, pass_ctx
-from .render import dumps, print_json, stamp, table
+from .render import dumps, stamp, table
 
 
 @command(m.AgentsHistory)
@@ -16,9 +16,9 @@ from .render import dumps, print_json, stamp, table
 @json_option
 @pass_ctx
 def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-    res: m.HistoryResult = obj.call(m.AgentsHistory(name=name, limit=limit))
-    if as_json:
-        print_json(res)
+    res: m.HistoryResult | None = obj.call_json(m.AgentsHistory(name=name, limit=limit),
+                                                as_json)
+    if res is None:
         return
     print_history(res)
 
@@ -63,9 +63,8 @@ def rollback(obj: Ctx, name: str, rev: str | None) -> None:
 @json_option
 @pass_ctx
 def audit(obj: Ctx, limit: int, as_json: bool) -> None:
-    res: m.AuditResult = obj.call(m.AuditList(limit=limit))
-    if as_json:
-        print_json(res)
+    res: m.AuditResult | None = obj.call_json(m.AuditList(limit=limit), as_json)
+    if res is None:
         return
     # who acted as revisions name it: a token by its name, a socket peer by uid and pid
     rows = [[stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,

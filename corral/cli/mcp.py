@@ -24,9 +24,8 @@ def mcp_group() -> None:
 @json_option
 @pass_ctx
 def mcp_status(obj: Ctx, as_json: bool) -> None:
-    res: m.McpStatusResult = obj.call(m.McpStatus())
-    if as_json:
-        print_json(res)
+    res: m.McpStatusResult | None = obj.call_json(m.McpStatus(), as_json)
+    if res is None:
         return
     print_mcp(res.mcp_servers)
     print_gateway(res.gateway)

@@ -11,7 +11,7 @@ does not come back, the reason goes to stderr (which hosts show) and the process
 A daemon going away for `corral upgrade` says the last request it read (GOING_AWAY): a
 call sent after that one, or asked while the link is down after such a notice, was never
 made, and is sent to the next image once the link is back (within `reconnect`), as the
-CLI's client does (decision 970).
+CLI's client does.
 """
 
 from __future__ import annotations

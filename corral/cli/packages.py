@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, complete_agents, json_option, pass_ctx
-from .render import human_bytes, print_json, stamp, table
+from .render import human_bytes, stamp, table
 
 
 @command(m.PackagesDeploy, more="\n\nPATH: the package's directory (or its "
@@ -26,10 +26,9 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
     params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
     # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
     # healthy_deadline, and Ctrl-C ends the wait
-    res: m.DeployResult = obj.call(params, on_notification=progress,
-                                   wait_forever=True)
-    if as_json:
-        print_json(res)
+    res: m.DeployResult | None = obj.call_json(params, as_json, on_notification=progress,
+                                               wait_forever=True)
+    if res is None:
         return
     version = f" (version {res.version})" if res.version else ""
     if not res.changed:
@@ -45,9 +44,8 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def releases(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.ReleasesResult = obj.call(m.PackagesReleases(name=name))
-    if as_json:
-        print_json(res)
+    res: m.ReleasesResult | None = obj.call_json(m.PackagesReleases(name=name), as_json)
+    if res is None:
         return
     if not res.releases:  # a header over nothing reads as a fault of the command
         click.echo(f"{name}: no releases (an agent deployed from a package has them: "

@@ -13,7 +13,7 @@ import msgspec
 
 from .. import methods as m
 from .app import Ctx, command, json_option, pass_ctx
-from .render import dumps, print_json, stamp, table
+from .render import dumps, stamp, table
 from .tasks import _read_input
 
 
@@ -92,9 +92,8 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @json_option
     @pass_ctx
     def describe(obj: Ctx, name: str, as_json: bool) -> None:
-        res = obj.call(verbs.describe(name=name))
-        if as_json:
-            print_json(res)
+        res = obj.call_json(verbs.describe(name=name), as_json)
+        if res is None:
             return
         where = ("the config file" if res.source == "config"
                  else f"added at runtime, revision {res.revision}"
@@ -108,9 +107,8 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @json_option
     @pass_ctx
     def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-        res = obj.call(verbs.history(name=name, limit=limit))
-        if as_json:
-            print_json(res)
+        res = obj.call_json(verbs.history(name=name, limit=limit), as_json)
+        if res is None:
             return
         table([[("* " if r.revision == res.current else "  ") + str(r.revision),
                 stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],

@@ -17,9 +17,8 @@ from .render import print_json, stamp, table
 def schedules(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    res: m.ScheduleList = obj.call(m.SchedulesList())
-    if as_json:
-        print_json(res)
+    res: m.ScheduleList | None = obj.call_json(m.SchedulesList(), as_json)
+    if res is None:
         return
     table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
             f"every {s.every}" if s.every else f"cron {s.cron}", s.missed,

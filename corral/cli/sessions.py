@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, doc, json_option, pass_ctx
-from .render import human_bytes, human_time, print_json, stamp, table
+from .render import human_bytes, human_time, stamp, table
 
 USAGE = "[AGENT] | show AGENT SESSION | end AGENT SESSION"
 
@@ -40,19 +40,17 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
             raise click.UsageError(f"usage: corral sessions {words[0]} AGENT SESSION")
         agent, session = words[1], words[2]
         if words[0] == "end":
-            ended: m.SessionView = obj.call(m.SessionsEnd(
-                agent=agent, session=session))
-            if as_json:
-                print_json(ended)
+            ended: m.SessionView | None = obj.call_json(
+                m.SessionsEnd(agent=agent, session=session), as_json)
+            if ended is None:
                 return
             click.echo(f"session {ended.session} of {ended.agent} ended: its state "
                        f"({_state(ended.state_bytes)}) and the history of its "
                        f"{ended.tasks} tasks dropped")
             return
-        info: m.SessionInfo = obj.call(m.SessionsGet(agent=agent,
-                                                                      session=session))
-        if as_json:
-            print_json(info)
+        info: m.SessionInfo | None = obj.call_json(
+            m.SessionsGet(agent=agent, session=session), as_json)
+        if info is None:
             return
         s = info.session
         click.echo(f"session {s.session} of {s.agent}: {s.tasks} tasks, state "
@@ -64,12 +62,11 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
         return
     if len(words) > 1:
         raise click.UsageError(f"usage: corral sessions {USAGE}")
-    res: m.SessionList = obj.call(m.SessionsList(
-        agent=words[0] if words else None))
-    if as_json:
-        print_json(res)
+    res: m.SessionList | None = obj.call_json(
+        m.SessionsList(agent=words[0] if words else None), as_json)
+    if res is None:
         return
-    # whose each is (the tenant its agent was of when it began: decision 440)
+    # whose each is (the tenant its agent was of when it began)
     table([[s.tenant, s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
             _state(s.state_bytes), _now(s)] for s in res.sessions],
           ["TENANT", "AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])

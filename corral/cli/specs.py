@@ -11,7 +11,7 @@ import click
 from .. import methods as m
 from .app import Ctx, cli, command, complete_agents, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
-from .render import dumps, print_json
+from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
            "stable_after", "start_timeout", "stop_timeout")
@@ -40,9 +40,8 @@ def _spec_value(v: Any) -> str:
 @json_option
 @pass_ctx
 def describe(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.DescribeResult = obj.call(m.AgentsDescribe(name=name))
-    if as_json:
-        print_json(res)
+    res: m.DescribeResult | None = obj.call_json(m.AgentsDescribe(name=name), as_json)
+    if res is None:
         return
     spec = res.spec
     click.echo(f"name: {res.name}")

@@ -11,7 +11,7 @@ import msgspec
 
 from .. import methods as m
 from .app import Ctx, cli, command, json_option, pass_ctx
-from .render import dumps, print_json, table
+from .render import dumps, table
 from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
 
@@ -27,9 +27,8 @@ def teams() -> None:
 @json_option
 @pass_ctx
 def teams_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TeamList = obj.call(m.TeamsList())
-    if as_json:
-        print_json(res)
+    res: m.TeamList | None = obj.call_json(m.TeamsList(), as_json)
+    if res is None:
         return
     table([[t.name, t.mode, ", ".join(t.members),
             "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
@@ -51,10 +50,9 @@ runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsD
 @json_option
 @pass_ctx
 def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bool) -> None:
-    res: m.TaskAccepted = obj.call(m.TeamsCall(name=name, input=_read_input(input_),
-                                               wait=wait))
-    if as_json:
-        print_json(res)
+    res: m.TaskAccepted | None = obj.call_json(
+        m.TeamsCall(name=name, input=_read_input(input_), wait=wait), as_json)
+    if res is None:
         return
     click.echo(f"{res.task_id} {res.status}")
     if res.output is not msgspec.UNSET and res.output is not None:
@@ -73,10 +71,9 @@ def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bo
 @pass_ctx
 def teams_calls(obj: Ctx, name: str, status: str | None, limit: int, before: str | None,
                 as_json: bool) -> None:
-    res: m.TaskList = obj.call(m.CallsList(name=name, status=status, limit=limit,
-                                           before=before))
-    if as_json:
-        print_json(res)
+    res: m.TaskList | None = obj.call_json(
+        m.CallsList(name=name, status=status, limit=limit, before=before), as_json)
+    if res is None:
         return
     table([[t.task_id, t.status, time.strftime("%Y-%m-%d %H:%M:%S",
                                                time.localtime(t.created))]

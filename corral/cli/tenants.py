@@ -8,7 +8,7 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, command_group, json_option, pass_ctx
-from .render import print_json, table
+from .render import table
 
 
 @command_group(m.TenantsList)
@@ -18,9 +18,8 @@ from .render import print_json, table
 def tenants(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    res: m.TenantList = obj.call(m.TenantsList())
-    if as_json:
-        print_json(res)
+    res: m.TenantList | None = obj.call_json(m.TenantsList(), as_json)
+    if res is None:
         return
     rows = []
     for t in res.tenants:

@@ -7,7 +7,7 @@ import click
 from .. import methods as m
 from .app import Ctx, cli, command, json_option, pass_ctx
 from .durations import duration
-from .render import print_json, stamp, table
+from .render import stamp, table
 
 
 @cli.group()
@@ -44,11 +44,10 @@ def _when(t: float | None) -> str:
 @pass_ctx
 def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
                  expires: str | None, tenant: str | None, as_json: bool) -> None:
-    res: m.TokenCreated = obj.call(m.TokensCreate(
+    res: m.TokenCreated | None = obj.call_json(m.TokensCreate(
         name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires),
-        tenant=tenant))
-    if as_json:
-        print_json(res)
+        tenant=tenant), as_json)
+    if res is None:
         return
     click.echo(res.token)
     click.echo(f"corral: token {res.name} ({', '.join(res.scopes)}"
@@ -61,9 +60,8 @@ def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | Non
 @json_option
 @pass_ctx
 def token_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TokenList = obj.call(m.TokensList())
-    if as_json:
-        print_json(res)
+    res: m.TokenList | None = obj.call_json(m.TokensList(), as_json)
+    if res is None:
         return
     table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
             stamp(t.created), _when(t.expires)] for t in res.tokens],

@@ -180,8 +180,7 @@ def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool
         res = obj.call(m.ResourcesRead(uri=rest[0], server=server))
         _show_content(res, as_json, "contents")
         return
-    listed: m.ResourceList = obj.call(
-                                      m.ResourcesList(server=server, agent=agent))
+    listed: m.ResourceList = obj.call(m.ResourcesList(server=server, agent=agent))
     rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
             for r in listed.resources]
     rows += [[t["server"], t.get("uriTemplate", ""), t.get("name", ""), "(template)"]

@@ -8,7 +8,6 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, json_option, pass_ctx
-from .render import print_json
 
 BAR = 40  # columns of the time axis
 
@@ -67,9 +66,8 @@ def _detail(s: m.SpanView) -> str:
 @json_option
 @pass_ctx
 def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
-    res: m.TraceView = obj.call(m.TracesGet(task_id=task_id))
-    if as_json:
-        print_json(res)
+    res: m.TraceView | None = obj.call_json(m.TracesGet(task_id=task_id), as_json)
+    if res is None:
         return
     lines = waterfall(res)
     if not lines:

@@ -14,7 +14,7 @@ from .. import methods as m
 from .app import Ctx, cli, command, command_group, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .durations import duration
-from .render import dumps, print_json, table
+from .render import dumps, table
 from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
 
@@ -29,9 +29,8 @@ def workflows() -> None:
 @json_option
 @pass_ctx
 def workflows_list(obj: Ctx, as_json: bool) -> None:
-    res: m.WorkflowList = obj.call(m.WorkflowsList())
-    if as_json:
-        print_json(res)
+    res: m.WorkflowList | None = obj.call_json(m.WorkflowsList(), as_json)
+    if res is None:
         return
     table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
             "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
@@ -52,9 +51,8 @@ def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None
     if path is not None:
         click.echo(_plan_of_file(path, name))
         return
-    res: m.WorkflowPlan = obj.call(m.WorkflowsPlan(name=name))
-    if as_json:
-        print_json(res)
+    res: m.WorkflowPlan | None = obj.call_json(m.WorkflowsPlan(name=name), as_json)
+    if res is None:
         return
     click.echo(res.plan)
 
@@ -95,11 +93,10 @@ def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run:
         plan: m.WorkflowPlan = obj.call(m.WorkflowsPlan(name=name))
         click.echo(plan.plan)
         return
-    res: m.RunView = obj.call(m.WorkflowsRun(
+    res: m.RunView | None = obj.call_json(m.WorkflowsRun(
         name=name, input=_read_input(input_), wait=wait, traceparent=traceparent,
-        tracestate=tracestate), wait_forever=wait is not None)
-    if as_json:
-        print_json(res)
+        tracestate=tracestate), as_json, wait_forever=wait is not None)
+    if res is None:
         return
     if wait is None:
         click.echo(res.run_id)
@@ -189,9 +186,8 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     # the tree is drawn from the graph: no rows are read for it
     page = (m.RunsGet(run_id=run_id, wait=wait, step=step, outputs=outputs, offset=offset)
             if as_json else m.RunsGet(run_id=run_id, wait=wait, limit=0, outputs=False))
-    res: m.RunView = obj.call(page, wait_forever=wait is not None)
-    if as_json:
-        print_json(res)
+    res: m.RunView | None = obj.call_json(page, as_json, wait_forever=wait is not None)
+    if res is None:
         return
     _tree(res, obj)
 
@@ -214,11 +210,10 @@ def runs_list(ctx: click.Context, obj: Ctx, workflow: str | None, status: str | 
               since: str | None, before: str | None, limit: int, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    res: m.RunList = obj.call(m.RunsList(
+    res: m.RunList | None = obj.call_json(m.RunsList(
         workflow=workflow, status=status, limit=limit, since=duration(since),
-        before=before))
-    if as_json:
-        print_json(res)
+        before=before), as_json)
+    if res is None:
         return
     table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), whose(r.tenant),
             r.error or ""]
@@ -238,10 +233,9 @@ def runs_list(ctx: click.Context, obj: Ctx, workflow: str | None, status: str | 
 @pass_ctx
 def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
                 as_json: bool) -> None:
-    res: m.SignalSent = obj.call(m.RunsSignal(run_id=run_id, name=name,
-                                              data=_read_input(data, "--data"), key=key))
-    if as_json:
-        print_json(res)
+    res: m.SignalSent | None = obj.call_json(m.RunsSignal(
+        run_id=run_id, name=name, data=_read_input(data, "--data"), key=key), as_json)
+    if res is None:
         return
     click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
                + (", sent before under this key" if res.duplicate else ""))

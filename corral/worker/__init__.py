@@ -103,7 +103,6 @@ class Worker(SupervisorLink):
         self._last_take = self._last_put = 0.0
         self._health = HealthAnswers(self._reply, self._ensure_loop)
 
-
     # -- the read loop --------------------------------------------------------------------
     def run(self) -> None:
         title = os.environ.get("CORRAL_PROCTITLE")
@@ -190,7 +189,6 @@ class Worker(SupervisorLink):
                     print_exc()
         elif rid is not None:
             self._error(rid, METHOD_NOT_FOUND, f"method not found: {method}")
-
 
     def _initialize(self, rid: Any, params: dict[str, Any]) -> None:
         self.agent = params.get("agent", self.agent)
