@@ -1,22 +1,15 @@
 """The inbox: what tasks ask of a person, and the person's decisions (DESIGN section 23,
 docs/approvals.md).
 
-An ask is an approval (a tool call or a model call held until a person approves it) or a
-question (a prompt and the JSON schema its answer must fit). It belongs to the task that
-asked, and to that task's tenant as it was when the task was accepted (DESIGN section 20).
-Each ask is keyed within its task by its `key`, the call it holds: a retried attempt that
-asks again for the same call finds the ask it made before (still pending, or decided, and
-then its decision holds), never a second one.
+An ask (an approval of a held call, or a question) belongs to the task that asked, and
+to that task's tenant as it was when the task was accepted (DESIGN section 20). It is
+keyed within its task by the call it holds: a retried attempt that asks again for the
+same call finds the ask it made before, never a second one. An ask ends once: a decision
+after its end is refused naming how and by whom it ended.
 
-`Inbox` is the engine's home for asks (model.AskShelf, a node task's `home.asks`): `ask`
-records an ask (committed to its store before it returns), `end` ends it (approved,
-denied, answered: a person's decision through `decide`, written once for the asks of
-every home; timed out, withdrawn). An ask ends once: a decision after its end is refused
-naming how and by whom it ended. The pending asks are
-held in memory as well as stored, bounded per tenant and per daemon; a bound reached
-refuses the ask by its name. The store is the daemon's state database
-(daemon/inboxjournal.py). The waits on asks, their deadlines and their withdrawal when a
-task ends are the engine's for every home (askwaits.AskWaits, `Inbox.waits`).
+`Inbox` is the engine's home for asks (model.AskShelf): pending asks are held in memory
+as well as stored (daemon/inboxjournal.py), bounded per tenant and per daemon. The waits
+on asks, their deadlines and their withdrawal are askwaits.AskWaits' (`Inbox.waits`).
 """
 
 from __future__ import annotations
@@ -44,8 +37,7 @@ from .waitclock import WaitClock
 
 # a decision's edited arguments, or an answer, as JSON: past this it is refused by name
 MAX_DECISION_BYTES = 64 * 1024
-# what an ask shows a person (a call's arguments, a question, a server's form) as JSON:
-# an agent's or an MCP server's to choose, held by the inbox or the cluster's Redis for
+# what an ask shows a person as JSON: an agent's or an MCP server's to choose, held for
 # as long as it waits, so past this the call is refused by name and nothing is asked
 MAX_SUBJECT_BYTES = 64 * 1024
 # pending asks held at once: the daemon's, and each tenant's (the operator's own tasks,
@@ -59,10 +51,9 @@ MAX_ASKS_PER_TASK = 100
 # tool call, which no next attempt takes up where it stopped (its task is not suspended)
 ELICITED = "ask:elicit:"
 
-# a pending ask is held as its record packed, its fields in their order (one object, not
-# a dozen: thousands of suspended tasks may wait for days), unpacked where it is read;
-# not its id, which is the key it is held by, nor how it ended, which it has yet to (a
-# pending ask's packed record then fits a smaller block of the allocator's)
+# a pending ask is held as its record packed (one object, not a dozen: thousands of
+# suspended tasks may wait for days), without its id (its key) nor how it ended (not
+# yet): it then fits a smaller block of the allocator's
 _ENDED = frozenset({"end", "ended", "by", "data"})
 _FIELDS = tuple(f for f in Ask.__struct_fields__ if f != "id" and f not in _ENDED)
 _encode = msgspec.msgpack.Encoder().encode
@@ -89,8 +80,7 @@ DECIDED = {AskKind.APPROVAL: frozenset({AskEnd.APPROVED, AskEnd.DENIED}),
 
 
 def check_decision(ask: Ask, decision: Decision) -> None:
-    """A decision the pending `ask` takes, else RpcError (INVALID_PARAMS) saying why: an
-    end its kind does not take, data past MAX_DECISION_BYTES."""
+    """A decision the pending `ask` takes, else RpcError (INVALID_PARAMS) saying why."""
     if decision.end not in DECIDED[ask.kind]:
         takes = " or ".join(sorted(DECIDED[ask.kind]))
         raise RpcError(jsonrpc.INVALID_PARAMS,
@@ -115,9 +105,7 @@ def check_subject(req: AskRequest) -> None:
 
 
 def too_many_asks(task_id: str, n: int, bound: int) -> str:
-    """A task's ask past `bound` asks over its life (each call's, pending or ended; a
-    retry's finds its earlier attempt's): [supervisor] max_asks_per_task on a node,
-    [cluster] max_asks_per_task for a cluster's task."""
+    """A task's ask past `bound` asks over its life, on either home."""
     return (f"task {task_id} has made {n} asks of a person, its bound "
             f"(max_asks_per_task {bound}): nothing more is asked")
 
@@ -128,8 +116,7 @@ def ended_message(ask: Ask) -> str:
 
 
 class AskRecords(Protocol):
-    """What a decision reads and writes where its ask is kept (model.AskShelf's
-    members): the node's inbox, or a cluster's Redis."""
+    """What a decision reads and writes where its ask is kept (of model.AskShelf)."""
 
     async def read(self, ask_id: str) -> Ask | None: ...
 
@@ -137,14 +124,11 @@ class AskRecords(Protocol):
 
 
 async def decide(shelf: AskRecords, decision: Decision) -> Ask:
-    """A person's decision of an ask, wherever it is kept: its end written once there
-    (AskShelf.end). Refused (exact messages in docs/approvals.md): no such ask
-    (NOT_FOUND); an end its kind does not take, data past MAX_DECISION_BYTES
-    (INVALID_PARAMS); an ask that has ended (CONFLICT, naming how and by whom): also the
-    loser of two decisions at once, and one that came past the ask's deadline where
-    deadlines are kept late (a cluster's, at a beat). Who may decide is the visibility
-    rules', checked before. (The same decision by the same caller as the one that won is
-    answered with it: that caller's request made twice.)"""
+    """A person's decision of an ask, wherever it is kept: its end written once there.
+    Refused: no such ask (NOT_FOUND); a bad decision (INVALID_PARAMS); an ask that has
+    ended (CONFLICT, naming how and by whom), also the loser of two decisions at once.
+    The same decision by the caller that won is answered with it (its request made
+    twice)."""
     ask = await shelf.read(decision.ask_id)
     if ask is None:
         raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {decision.ask_id}")
@@ -159,13 +143,11 @@ async def decide(shelf: AskRecords, decision: Decision) -> Ask:
 
 
 class InboxBounds(NamedTuple):
-    """Pending asks held at once: the daemon's, and each tenant's (the operator's own
-    tasks, tenant None, count as one tenant); [supervisor] max_pending_asks and
-    max_pending_asks_per_tenant."""
+    """[supervisor] max_pending_asks, max_pending_asks_per_tenant, max_asks_per_task."""
 
     pending: int = MAX_PENDING
     per_tenant: int = MAX_PENDING_PER_TENANT
-    per_task: int = MAX_ASKS_PER_TASK  # [supervisor] max_asks_per_task
+    per_task: int = MAX_ASKS_PER_TASK
 
 
 DEFAULT_BOUNDS = InboxBounds()
@@ -199,8 +181,7 @@ class AskStore(Protocol):
 
 
 class HeldAsks:
-    """An AskStore in memory: an engine's without a state database (its asks end with
-    the process)."""
+    """An AskStore in memory: an engine's without a state database."""
 
     def __init__(self) -> None:
         self.asks: dict[str, Ask] = {}
@@ -224,9 +205,7 @@ class HeldAsks:
 
 class Inbox:
     """The engine's asks: the pending ones in memory, every one in `store` (HeldAsks
-    until the daemon gives its database's, before `load`); `waits` the engine's waits on
-    asks of every home, which attend each of these pending asks (its deadline, its
-    task's end)."""
+    until the daemon gives its database's: `load`)."""
 
     def __init__(self, stream: Stream, store: AskStore | None = None,
                  clock: WaitClock | None = None) -> None:
@@ -242,18 +221,16 @@ class Inbox:
         # asks checked against the bounds whose records are being stored: counted as
         # pending, so that asks made at once do not pass a bound together
         self._storing: dict[str | None, int] = {}
-        # ask id -> its end being written, resolved with it as written (None: not written,
-        # the ask pending still): a decision meanwhile waits for it and is told that end,
-        # as a cluster's loser is
+        # ask id -> its end being written, resolved with it as written (None: not written):
+        # a decision meanwhile waits for it and is told that end
         self._ending: dict[str, asyncio.Future[Ask | None]] = {}
         # ask id -> its withdrawal being written: read so from its task's end on
         self._withdrawn: dict[str, Ask] = {}
 
     def load(self, store: AskStore, bounds: InboxBounds = DEFAULT_BOUNDS,
              ids: Mapping[str, str] = MappingProxyType({})) -> int:
-        """Keep asks in `store` (the daemon's database) within `bounds` from now on: the
-        pending asks it holds (after a restart) wait again, each with its deadline; how
-        many. `ids`: task ids as the engine holds them, to hold each once."""
+        """Keep asks in `store` within `bounds` from now on: the pending asks it holds
+        wait again; how many. `ids`: task ids as the engine holds them, to hold each once."""
         self.store = store
         self.max_pending, self.max_pending_per_tenant, self.max_asks_per_task = bounds
         for ask in self.store.pending():
@@ -306,9 +283,8 @@ class Inbox:
 
     # -- asking ---------------------------------------------------------------------------
     async def ask(self, req: AskRequest) -> Ask:
-        """The ask of `req`'s call: the one its task made before for the same key (pending
-        or ended), else a new one, stored before this returns. Refused past a bound
-        (QUOTA_EXCEEDED, naming it)."""
+        """The ask of `req`'s call: the one its task made before for the same key, else
+        a new one, stored before this returns. Refused past a bound (QUOTA_EXCEEDED)."""
         held = next((a for a in self.waiting_for(req.task_id) if a.key == req.key), None)
         if held is not None:
             return held
@@ -362,15 +338,13 @@ class Inbox:
             self._per_tenant.pop(ask.tenant, None)
 
     async def wait(self, ask: Ask) -> Ask:
-        """The ask as it ended (at once when it has)."""
         return await self.waits.wait(self, ask)
 
     # -- ending ---------------------------------------------------------------------------
     def withdraw(self, task_id: str) -> asyncio.Future[list[Ask]]:
-        """End the task's pending asks withdrawn (it ended while they waited): read so
-        from this call on, with the task's end (a cluster's read so once their task has
-        ended), written and told after; the future is them as written. One being decided
-        is its decision's; one whose withdrawal is not written reads pending again."""
+        """End the task's pending asks withdrawn: read so from this call on, written and
+        told after; the future is them as written. One being decided is its decision's;
+        one whose withdrawal is not written reads pending again."""
         writes = []
         for ask in self.waiting_for(task_id):
             if ask.id not in self._ending:
@@ -383,14 +357,13 @@ class Inbox:
         return await self._write(ask, self._begin(ask, end, by, data))
 
     def _begin(self, ask: Ask, end: AskEnd, by: str, data: Any) -> Ask:
-        """The ask's end, being written from now on."""
         self._ending[ask.id] = asyncio.get_running_loop().create_future()
         return msgspec.structs.replace(ask, end=end, ended=self.clock.time(), by=by,
                                        data=data)
 
     async def _write(self, ask: Ask, ended: Ask) -> Ask:
-        """`ended` (_begin's) committed before anyone waiting is told (a store that cannot
-        be written refuses it; the ask stays pending)."""
+        """`ended` committed before anyone waiting is told (a store that cannot be written
+        refuses it; the ask stays pending)."""
         written = None
         try:
             await self.store.save(ended)
@@ -399,7 +372,7 @@ class Inbox:
             self._withdrawn.pop(ask.id, None)
             self._ending.pop(ask.id).set_result(written)
         self._release(ask)
-        self._tell(ended)  # (whoever waits is told: askwaits.py)
+        self._tell(ended)
         return ended
 
     def _tell(self, ask: Ask) -> None:
@@ -415,7 +388,6 @@ class Inbox:
         return sorted(asks, key=lambda a: (a.created, a.id))
 
     def get(self, ask_id: str) -> Ask | None:
-        """A pending ask, else the stored record (ended), else None."""
         ask = self._withdrawn.get(ask_id) or self._held(ask_id)
         return ask if ask is not None else self.store.get(ask_id)
 
@@ -425,12 +397,10 @@ class Inbox:
                                                                                 packed)
 
     def asking(self, task_id: str) -> bool:
-        """Whether the task waits for something now."""
         return any(i in self._pending and i not in self._withdrawn
                    for i in self.waits.ids(task_id))
 
     def waiting_for(self, task_id: str) -> list[Ask]:
-        """What the task waits for now."""
         pending = self._pending
         return [_unpack(i, pending[i]) for i in self.waits.ids(task_id)
                 if i in pending and i not in self._withdrawn]

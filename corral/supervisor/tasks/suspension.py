@@ -1,26 +1,17 @@
-"""Waiting without a process (issue 55 item 4; docs/approvals.md#waiting-without-a-process).
+"""Waiting without a process (docs/approvals.md#waiting-without-a-process).
 
-A task that has waited for a person (an approval, a question, an MCP server's
-elicitation: inbox.py) for its agent's `suspend_after` gives its attempt back: the worker
-is asked to stop it (its slot, and the process when nothing else holds it, go back to
-the agent) and the task is `suspended`, kept only in memory and the journal. When
-nothing it asked is pending any more (decided, answered, timed out) it is queued again
-and its next attempt replays: its journal answers every call made before the wait, the
-held call finds its ask decided and the question its answer, so that nothing runs twice
-and no one is asked twice. No retry is spent.
+A task that has waited for a person for its agent's `suspend_after` gives its attempt
+back (its slot, and the process when nothing else holds it) and is `suspended`, kept
+only in memory and the journal. When nothing it asked is pending any more it is queued
+again and its next attempt replays: its journal answers every call made before the wait,
+so nothing runs twice and no one is asked twice. No retry is spent. Only a task whose
+calls are journaled is suspended, and none waiting on an MCP server's elicitation (its
+tool call is in flight at the server).
 
-Only a task whose calls are journaled is suspended (its home keeps its steps: a
-daemon with its state database, a cluster; the agent's `replay` on): one whose calls
-would run again keeps its attempt while it waits; so does one waiting on an MCP server's
-elicitation, whose tool call is in flight at the server. The waits are measured by the
-WaitClock (waitclock.py), which a test may move.
-
-A task is suspended where its asks are kept first (AskShelf.give_back, decision 780), in
-one step that finds what it asked still pending: the engine's inbox keeps it here (the
-engine queues it again when what it asked ends); a cluster gives its claim back in Redis
-(the cluster queues it again, and whichever node claims it resumes it by replay: the
-Task is let go here once its attempt ended). Only then is its attempt stopped. An
-answer that reaches the attempt while that step is under way waits for it: a task
+A task is suspended where its asks are kept first (AskShelf.give_back), in one step that
+finds what it asked still pending: the engine's inbox keeps it here; a cluster gives its
+claim back (whichever node claims it resumes it by replay). Only then is its attempt
+stopped; an answer that reaches the attempt meanwhile waits for that step, so a task
 suspended there does not also run on here.
 """
 
@@ -59,8 +50,7 @@ ATTEMPT_BYTES = 4096
 class Requeuing(Protocol):
     """Where a task whose wait has ended goes (the engine's Endings)."""
 
-    def again(self, task: Task) -> None:
-        """A queued task waits for its time, or at once for a replica."""
+    def again(self, task: Task) -> None: ...
 
 
 class SuspendingEngine(Protocol):
@@ -80,8 +70,7 @@ class SuspendingEngine(Protocol):
     @property
     def endings(self) -> Requeuing: ...
 
-    def live(self, task_id: str) -> Task | None:
-        """The unfinished task, rebuilt whole if it was kept compact."""
+    def live(self, task_id: str) -> Task | None: ...
 
 
 class _Wait:
@@ -100,8 +89,6 @@ class _Wait:
 
 
 class Suspensions:
-    """The suspend timers of the engine's waiting tasks, and their suspensions and
-    resumptions."""
 
     def __init__(self, engine: SuspendingEngine, clock: WaitClock) -> None:
         self.engine = engine
@@ -126,8 +113,7 @@ class Suspensions:
 
     def suspendable(self, task: Task) -> bool:
         """Whether the waiting task's calls are journaled, so that a next attempt is
-        answered them (its home keeps its steps; its agent's `replay` on, and its calls
-        written: it has a retry left, or its agent suspends: steps.py)."""
+        answered them."""
         r = task.replica
         if r is None or task.home.steps is None:
             return False
@@ -136,8 +122,7 @@ class Suspensions:
             task.retries_left > 0 or bool(getattr(spec, "suspend_after", 0.0)))
 
     def hold(self, task: Task) -> None:
-        """The task waits for a person (at its first held call): a task that can be
-        suspended is held here, its agent's suspend_after timed."""
+        """The task waits for a person (at its first held call): its suspend_after timed."""
         if task.id in self._held or not self.suspendable(task):
             return
         assert task.replica is not None  # (suspendable: its attempt is on its worker)
@@ -151,9 +136,8 @@ class Suspensions:
         self.suspend(task, f"waited {seconds:g} s for a person (suspend_after)")
 
     async def wait(self, task: Task, asked: asyncio.Future[Ask]) -> Ask:
-        """The ask as it ended (`asked`: the caller's future of its end, Inbox.waiter's),
-        or REQUEST_CANCELLED once the task was suspended (its worker is asked to stop the
-        attempt: what it asked is the next attempt's). The suspension cancels `asked`:
+        """The ask as it ended (`asked`: the caller's future of its end), or
+        REQUEST_CANCELLED once the task was suspended. The suspension cancels `asked`:
         no task, no `asyncio.wait` and its callbacks per held call."""
         held = self._held.get(task.id)
         if held is not None:
@@ -184,15 +168,13 @@ class Suspensions:
         return ask
 
     def release(self, task_id: str) -> None:
-        """The task runs on (what it waited for ended) or ended: no timer."""
         held = self._held.pop(task_id, None)
         if held is not None and held.timer is not None:
             held.timer.cancel()
 
     def suspend(self, task: Task, why: str) -> bool:
-        """Give the waiting task's attempt back (`why`: the attempt's error says it) once
-        its home has it suspended; False: it was not held here, or no longer waits, or is
-        being suspended already (True: being written)."""
+        """Give the waiting task's attempt back once its home has it suspended; False: it
+        was not held here, or no longer waits, or is being suspended already."""
         held = self._held.get(task.id)
         if (held is None or not task.waiting or task.attempt != held.attempt
                 or held.writing is not None):
@@ -261,9 +243,7 @@ class Suspensions:
 
     def suspend_all(self, why: str) -> int:
         """Every waiting task that can be suspended, suspended now (a daemon about to be
-        upgraded: a worker's request held open cannot be handed over); how many: each
-        is being suspended, its attempt given back once its home has it, which the
-        upgrade's wait for quiet channels waits for."""
+        upgraded: a worker's request held open cannot be handed over); how many."""
         return sum(self.suspend(t, why) for t in list(self.engine.active.values())
                    if t.waiting)
 
@@ -297,9 +277,8 @@ class Suspensions:
 
     def settle(self, task: Task) -> None:
         """The suspended task's stopped attempt ended: once its row is committed it is
-        kept compact, when nothing but the engine holds its Task and what it asked is
-        pending (a session's turn, a traced task, one someone waits on stay whole). One
-        its home queues again is let go: its home keeps it."""
+        kept compact, when nothing but the engine holds its Task. One its home queues
+        again is let go."""
         # what the attempt held goes back to the system once the wave of them is over
         self.engine.memory.settled(ATTEMPT_BYTES)
         if task.id in self._handed:
@@ -346,8 +325,7 @@ class Suspensions:
 
     def keep(self, task: CompactTask) -> bool:
         """A journal's suspended task after a restart, kept compact while what it asked
-        is pending; False: it is to be made whole (its stopped attempt ended with the
-        daemon that stopped it, or nothing it asked is pending: it resumes)."""
+        is pending; False: it is to be made whole."""
         if not task.settled or not self.engine.inbox.asking(task.task_id):
             return False
         self.compact[task.task_id] = task.seq
@@ -355,16 +333,14 @@ class Suspensions:
 
     def of_agent(self, name: str) -> list[str]:
         """The ids of the tasks kept compact that agent `name` may hold: those whose asks
-        name it, and any whose asks have all ended (their rebuild failed: read whole,
-        the caller sees)."""
+        name it, and any whose asks have all ended (their rebuild failed)."""
         inbox = self.engine.inbox
         return [i for i in self.compact
                 if not (asks := inbox.waiting_for(i)) or asks[0].agent == name]
 
     def restored(self, task: Task) -> bool:
-        """A journal's suspended task after a restart (its stopped attempt ended with the
-        daemon that stopped it): True when nothing it asked is pending and it is queued
-        again (the caller queues it); False: it waits on, suspended."""
+        """A journal's suspended task after a restart: True when nothing it asked is
+        pending (the caller queues it); False: it waits on, suspended."""
         now = time.time()
         for a in task.attempts:
             if a.finished is None:
@@ -377,13 +353,11 @@ class Suspensions:
 
 
 def _cancelling() -> bool:
-    """Whether the current task is being cancelled (not only its wait)."""
     current = asyncio.current_task()
     return current is not None and current.cancelling() > 0
 
 
 def _suspended_call(task: Task) -> RpcError:
-    """What a held call of a task suspended meanwhile is answered."""
     return RpcError(jsonrpc.REQUEST_CANCELLED,
                     f"task {task.id} was suspended while it waited for a person: its next "
                     f"attempt asks again")

@@ -1,4 +1,5 @@
-"""A task's lifecycle: the machine, as pure data and code without I/O.
+"""A task's lifecycle: the machine, as pure data and code without I/O (docs/tasks.md
+draws it).
 
 A table keyed by (status, cause) gives a task's next status and what follows (an end:
 the outcome kept and told; a retry: one spent, the task waits again); a pair not in the
@@ -6,31 +7,7 @@ table is a bug in corral and raises. `TaskMachine` holds the status and the retr
 and applies the table to them: every task is one (Task is a TaskMachine), and no other
 module assigns a task's status (tests/test_task_machine.py walks corral for that). The
 cluster's Lua (cluster/scripts.py) keeps the same table for a task's record in Redis,
-held to it by tests/cluster/test_task_machine_lua.py. It reads:
-
-    queued -start-> running -answered-> succeeded
-    running -wait (a call of it asks a person: inbox.py)-> waiting -resume (what it asked
-        has ended: approved, denied, answered, timed out)-> running; a waiting task's
-        attempt is still on its worker, and every other cause moves it as a running one's
-    waiting -wait (a second call of the attempt asks too)-> no change
-    waiting -suspend (it waited `suspend_after`: its attempt is stopped, its slot given
-        back; suspension.py)-> suspended -resume (nothing it asked is pending)-> queued:
-        a new attempt, no retry spent, its journal answering the calls made before
-    suspended -cancel-> cancelled; -dropped (its agent will not run it)-> lost
-    running -failed / timed out / lost / crashed-> queued: a retry, when the task's
-        policy names the outcome and a retry is left (one is spent)
-    running -lost (to infrastructure: its worker killed from outside or hung, the daemon
-        restarted, its node died)-> queued: a retry, no retries spent, while the task
-        has had no more lost attempts than its retry_lost; else as above. With
-        retry_lost = 0 (at most once) -> lost, never retried, and it says so
-    running -failed / timed out / lost / crashed-> failed / timed_out / lost: no retry
-    queued / running -cancel-> cancelled
-    queued -dropped (its agent will not run it: failed, down, gone)-> lost
-    running -released (a cluster node hands its claim back, or an orphaned claim is
-        taken back: nothing it ran failed, no retry spent)-> queued
-    succeeded / failed / timed_out / cancelled / lost -(any but start)-> no change: a
-        task has one outcome, and what comes after it (a late answer, a second cancel) is
-        not another
+held to it by tests/cluster/test_task_machine_lua.py.
 """
 
 from __future__ import annotations
@@ -105,8 +82,7 @@ _QUEUED, _RUNNING, _WAITING, _SUSPENDED, _SUCCEEDED = (S.QUEUED, S.RUNNING, S.WA
 
 
 class TaskStep(NamedTuple):
-    """A row of the table: the next status (None: stay, nothing changes) and what
-    follows it."""
+    """A row of the table: the next status (None: nothing changes) and what follows."""
 
     target: TaskStatus | None
     # the attempt ended badly: the task's retry policy is asked, and a retry (RETRY)
@@ -170,8 +146,8 @@ T = TypeVar("T", bound="TaskMachine", contravariant=True)
 
 
 class RetryPolicy(Protocol[T]):
-    """Whose retry policy a task has (the task manager's answer: the task's own, else its
-    agent's), asked only when an attempt ended in an outcome a policy may retry."""
+    """A task's retry policy (its own, else its agent's), asked only when an attempt
+    ended in an outcome a policy may retry."""
 
     def retried_on(self, task: T, /) -> Collection[str] | None:
         """The outcomes the task's policy retries; None: none (its agent is gone)."""
@@ -189,10 +165,9 @@ class LostBudget(NamedTuple):
 
 
 class TaskMachine:
-    """A task's status and retries left, and the table applied to them; nothing here
-    does I/O. A Task is one: `fire` moves it and says what follows, for its manager and
-    dispatch to do; what the rest of corral decides from a task's status it asks here
-    (`queued`, `running`, `ended`)."""
+    """A task's status and retries left, and the table applied to them: `fire` moves it
+    and says what follows; what the rest of corral decides from a task's status it asks
+    here (`queued`, `running`, `ended`)."""
 
     __slots__ = ("retries_left", "status")
 
@@ -202,10 +177,9 @@ class TaskMachine:
 
     def fire(self: M, cause: TaskCause, policy: RetryPolicy[M] | None = None) -> TaskStep:
         """Apply the row of (status, cause), and the retry rule where the row asks it: a
-        loss to infrastructure is retried, no retry spent, while the task's lost
-        attempts are no more than its retry_lost (0: never, AT_MOST_ONCE); else a retry
-        is left and the task's `policy` names the outcome (no policy: no retry).
-        Returns the step taken (RETRY for a retry)."""
+        loss to infrastructure is retried, no retry spent, while the task's lost attempts
+        are within its retry_lost (0: AT_MOST_ONCE); else when a retry is left and
+        `policy` names the outcome. Returns the step taken (RETRY for a retry)."""
         try:
             step = _ROWS[self.status][cause]
         except KeyError:
@@ -229,8 +203,8 @@ class TaskMachine:
         return step
 
     def restored(self, status: str) -> None:
-        """A journal's unfinished task, made again after a restart, takes the status its
-        record had (a running one's attempt is then lost to the restart: `fire(LOST)`)."""
+        """A journal's unfinished task, made again after a restart, takes its record's
+        status."""
         if status not in UNFINISHED:
             raise IllegalTransition(f"a task restored from a journal is unfinished, "
                                     f"not {status}")
@@ -265,11 +239,9 @@ class TaskMachine:
 
 
 class AttemptOutcome(NamedTuple):
-    """What moves a task, with the error it ends with should it end: how an attempt
-    ended, as `attempt_end` decides it, or a cause from outside its attempt (a cancel, its
-    agent down: Endings.finish). Cause None: the attempt ended late (after a timeout
-    or a cancel had moved the task on), and `again` when the task's retry waited for it
-    to stop."""
+    """What moves a task, with the error it ends with should it end. Cause None: the
+    attempt ended late (after a timeout or a cancel had moved the task on); `again`: the
+    task's retry waited for it to stop."""
 
     cause: TaskCause | None
     error: TaskFailure | None = None
@@ -283,10 +255,9 @@ LATE_AGAIN = AttemptOutcome(None, again=True)
 
 def attempt_end(task: TaskMachine, attempt: Attempt, latest: Attempt,
                 exc: BaseException | None, handed: str | None) -> AttemptOutcome:
-    """The worker answered `attempt` (`exc` None: with its output; else the error its
-    request raised), or its request ended without an answer; `latest` is the task's last
-    attempt, `handed` why the attempt was handed over (a drain's deadline) when it was.
-    Records the attempt's outcome and error, and says what the task does."""
+    """The worker answered `attempt` (`exc` None: with its output), or its request ended
+    without an answer; `handed`: why the attempt was handed over, when it was. Records
+    the attempt's outcome and error, and says what the task does."""
     if attempt.outcome != _RUNNING or task.status in TERMINAL:
         attempt.error = attempt.error or ("answered after the task ended" if exc is None
                                           else getattr(exc, "message", str(exc)))
@@ -321,24 +292,21 @@ def timed_out(attempt: Attempt, timeout: float) -> AttemptOutcome:
 
 def failed_outside(attempt: Attempt, error: TaskFailure) -> AttemptOutcome:
     """A running attempt failed from outside its worker (a denied call whose policy
-    fails the task: approvals.py); its worker is then asked to stop it."""
+    fails the task)."""
     attempt.outcome, attempt.error = S.FAILED, error.message
     return AttemptOutcome(C.FAILED, error)
 
 
 def suspended(attempt: Attempt, why: str) -> None:
-    """A waiting attempt is stopped to give its slot back (`why`: suspend_after passed,
-    an upgrade)."""
+    """A waiting attempt is stopped to give its slot back."""
     attempt.outcome = S.SUSPENDED
     # one string for every task suspended for the same reason: thousands may wait
     attempt.error = sys.intern(suspension_error(why))
 
 
 def suspension_error(why: str) -> str:
-    """What a suspended attempt's error says (`why` it was suspended)."""
     return f"{why}: its task resumes by replay when what it asked has ended"
 
 
 def cancelled(attempt: Attempt) -> None:
-    """A running task's last attempt ends with its cancel."""
     attempt.outcome = S.CANCELLED
