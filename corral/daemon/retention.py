@@ -28,13 +28,14 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..supervisor.tasks.sessions import SessionsEnding
 from .logs import log_file_name
 from .revisions import RevisionBound, kept_of, prune
+from .sqlwrites import Write, each
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -90,15 +91,10 @@ def sweep(db: sqlite3.Connection, bounds: RetentionBounds, live: set[tuple[str, 
     out.extend(due)
 
 
-def removing(agents: dict[str, str], when: float) -> Callable[[sqlite3.Connection], None]:
+def removing(agents: dict[str, str], when: float) -> Write:
     """The write of agents' removal (name -> its tenant) heard at `when`."""
-    rows = [(a, t, when) for a, t in agents.items()]
-
-    def write(db: sqlite3.Connection) -> None:
-        db.executemany("INSERT OR REPLACE INTO removed_agents (agent, tenant, removed) "
-                       "VALUES (?, ?, ?)", rows)
-
-    return write
+    return each("INSERT OR REPLACE INTO removed_agents (agent, tenant, removed) "
+                "VALUES (?, ?, ?)", ((a, t, when) for a, t in agents.items()))
 
 
 def log_files(log_dir: Path, agent: str, tenant: str) -> list[Path]:

@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -27,6 +27,8 @@ import msgspec
 from ..redact import NAMED_ONLY
 from ..supervisor.config import DEFAULT_TENANT, AgentSpec
 from ..views import Revision as Revision
+from .sqlwrites import Write as Write
+from .sqlwrites import statement
 
 if TYPE_CHECKING:
     from ..supervisor.config import SupervisorSettings
@@ -49,8 +51,6 @@ CREATE TABLE scaled (
     time REAL NOT NULL
 );
 """
-
-
 
 
 def revision(agent: str, number: int, when: float, who: str, change: str,
@@ -79,8 +79,6 @@ def _as_stored(value: Any) -> Any:
     stored revision is equal when nothing changed (`exit_codes (0, 2)` was unequal to its
     own `[0, 2]`: a revision at every start and a spurious change at every update)."""
     return msgspec.json.decode(msgspec.json.encode(value))
-
-
 
 
 def _defaults(struct: type[msgspec.Struct]) -> dict[str, Any]:
@@ -229,9 +227,6 @@ class RevisionLog:
 
 
 # -- writes: functions of the writer's connection (storewriter.py runs them on its thread) -----
-Write = Callable[[sqlite3.Connection], None]
-
-
 def recording(spec: AgentSpec, who: str, change: str | None = None,
               out: list[Revision] | None = None, kept: RevisionBound | None = None) -> Write:
     """A write of a new revision if `spec` differs from the agent's latest one; the
@@ -266,13 +261,8 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
 
 def unrecording(rev: Revision) -> Write:
     """The write that takes back a revision recorded for a change that then failed."""
-    key = (rev.agent, tenant_of(rev.spec), rev.revision)
-
-    def write(db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ? AND revision = ?",
-                   key)
-
-    return write
+    return statement("DELETE FROM revisions WHERE agent = ? AND tenant = ? AND revision = ?",
+                     (rev.agent, tenant_of(rev.spec), rev.revision))
 
 
 # -- `corral scale`, kept -----------------------------------------------------------------
@@ -280,17 +270,10 @@ def setting_scaled(agent: str, replicas: int, declared: int,
                    tenant: str = DEFAULT_TENANT) -> Write:
     """`declared`: the config's own count when it was scaled; a config that changes its
     count since then wins over the scale. `tenant`: the agent's."""
-    row = (agent, replicas, declared, time.time(), tenant)
-
-    def write(db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time, tenant) "
-                   "VALUES (?, ?, ?, ?, ?)", row)
-
-    return write
+    return statement("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time, "
+                     "tenant) VALUES (?, ?, ?, ?, ?)",
+                     (agent, replicas, declared, time.time(), tenant))
 
 
 def forgetting_scaled(agent: str) -> Write:
-    def write(db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM scaled WHERE agent = ?", (agent,))
-
-    return write
+    return statement("DELETE FROM scaled WHERE agent = ?", (agent,))

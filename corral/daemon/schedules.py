@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NamedTuple, Protocol
@@ -37,6 +36,7 @@ from ..supervisor.schedule import ScheduleRow as Row
 from ..supervisor.stream import Stream
 from ..text import plural
 from .caller import Discard
+from .sqlwrites import statement
 from .store import StateStore
 
 
@@ -99,12 +99,10 @@ class LocalLedger:
 
     async def save(self, name: str, row: Row, *, fire: bool = False,
                    new: bool = False) -> bool:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO schedules (name, last_fire, fires, "
-                       "last_started, paused) VALUES (?, ?, ?, ?, ?)",
-                       (name, row.last_fire, row.fires, row.last_started,
-                        None if row.paused is None else int(row.paused)))
-        await self.store.commit([write])
+        await self.store.commit([statement(
+            "INSERT OR REPLACE INTO schedules (name, last_fire, fires, last_started, paused) "
+            "VALUES (?, ?, ?, ?, ?)", (name, row.last_fire, row.fires, row.last_started,
+                                      None if row.paused is None else int(row.paused)))])
         return True
 
     def holds(self, name: str) -> bool:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from ..supervisor.lifecycle import Cause
 from ..supervisor.replicaparts import Transition
+from .sqlwrites import Write, each, statement
 
 # appended to storeschema.MIGRATIONS (one entry: see its rule)
 MIGRATION = """
@@ -31,7 +32,6 @@ CREATE TABLE stopped (
 ) WITHOUT ROWID;
 """
 
-Write = Callable[[sqlite3.Connection], None]
 Place = tuple[str, int]  # (agent, replica index)
 
 
@@ -61,31 +61,18 @@ class StopMarks:
 
     @staticmethod
     def marking(places: Iterable[Place], mark: StopMark) -> Write:
-        rows = [(a, i, mark.who, mark.time) for a, i in places]
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR REPLACE INTO stopped (agent, replica, who, time) "
-                           "VALUES (?, ?, ?, ?)", rows)
-
-        return write
+        return each("INSERT OR REPLACE INTO stopped (agent, replica, who, time) "
+                    "VALUES (?, ?, ?, ?)", ((a, i, mark.who, mark.time) for a, i in places))
 
     @staticmethod
     def unmarking(places: Iterable[Place]) -> Write:
-        rows = list(places)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM stopped WHERE agent = ? AND replica = ?", rows)
-
-        return write
+        return each("DELETE FROM stopped WHERE agent = ? AND replica = ?", places)
 
     @staticmethod
     def forgetting(agent: str, from_replica: int = 0) -> Write:
         """Every mark of `agent` (from replica `from_replica` on: a scale down's)."""
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM stopped WHERE agent = ? AND replica >= ?",
-                       (agent, from_replica))
-
-        return write
+        return statement("DELETE FROM stopped WHERE agent = ? AND replica >= ?",
+                         (agent, from_replica))
 
     def marked(self, places: Iterable[Place], mark: StopMark) -> None:
         """`marking` was committed."""

@@ -23,8 +23,9 @@ from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.containment import ProcessRecord
 from ..supervisor.stream import Stream
 from ..text import iso_time, plural
+from .sqlwrites import Write, each, statement
 from .storeschema import errors_named, open_database
-from .storewriter import CaughtUp, StoreWriter, Write, WriterThread, counted
+from .storewriter import CaughtUp, StoreWriter, WriterThread, counted
 
 log = logging.getLogger("corral.store")
 
@@ -90,31 +91,21 @@ class StateStore:
 
     @staticmethod
     def saving_runtime_agent(name: str, table: dict[str, Any]) -> Write:
-        row = (name, msgspec.json.encode(table).decode(), time.time())
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO runtime_agents (name, spec, added_at) "
-                       "VALUES (?, ?, ?)", row)
-
-        return write
+        return statement("INSERT OR REPLACE INTO runtime_agents (name, spec, added_at) "
+                         "VALUES (?, ?, ?)",
+                         (name, msgspec.json.encode(table).decode(), time.time()))
 
     @staticmethod
     def forgetting_runtime_agent(name: str) -> Write:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM runtime_agents WHERE name = ?", (name,))
-
-        return write
+        return statement("DELETE FROM runtime_agents WHERE name = ?", (name,))
 
     def save_state(self, name: str, replica: int, when: float, state: Any,
                    tenant: str = DEFAULT_TENANT) -> None:
         """Through the writer when there is one (checkpoints come per agent). `tenant`:
         its agent's."""
         row = (name, replica, when, msgspec.json.encode(state).decode(), tenant)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO agent_state (name, replica, time, state, "
-                       "tenant) VALUES (?,?,?,?,?)", row)
-
+        write = statement("INSERT OR REPLACE INTO agent_state (name, replica, time, state, "
+                          "tenant) VALUES (?,?,?,?,?)", row)
         if self.writer is not None:
             self.writer.submit(write, "checkpoint", key=("agent_state", name, replica),
                                size=len(row[3]))
@@ -125,12 +116,7 @@ class StateStore:
     def forgetting_states(agents: Iterable[tuple[str, str]]) -> Write:
         """The write that deletes agents' state checkpoints (their agents, each a name and
         its tenant, removed)."""
-        rows = list(agents)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM agent_state WHERE name = ? AND tenant = ?", rows)
-
-        return write
+        return each("DELETE FROM agent_state WHERE name = ? AND tenant = ?", agents)
 
     def states(self, holders: Mapping[str, str] | None = None
                ) -> dict[tuple[str, int], tuple[float, Any]]:

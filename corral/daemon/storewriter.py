@@ -24,11 +24,10 @@ from ..supervisor.stream import Stream
 from ..text import iso_time, plural
 from . import storeschema
 from .checkpointer import Checkpointer
+from .sqlwrites import Write as Write
 from .storeschema import StoreError, connect
 
 log = logging.getLogger("corral.store")
-
-Write = Callable[[sqlite3.Connection], None]
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
 # WriterThread.run_here: a batch this small may be committed on the loop; a job there that

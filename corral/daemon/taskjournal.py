@@ -1,43 +1,23 @@
 """The task journal: every accepted task in SQLite, so a daemon crash loses none.
 
-(Not to be confused with journald.py, which sends the daemon's log lines to systemd's
-journal.) Rows are keyed by the task id; `arrival` numbers them in the order they were
-accepted, across daemons: it is what a restarted daemon queues them again by, and the
-order of `corral tasks`. It is given at a task's first write (one more than the highest
-in the database when the journal opened, then counting), since the engine's own
-sequence numbers start again in every process and ids of tasks from before UUIDv7 ids
-do not sort by time.
+(Not journald.py, which sends the daemon's log lines to systemd's journal.) Rows are keyed
+by the task id; `arrival` numbers them in the order accepted, across daemons (what a
+restarted daemon queues them again by, and `corral tasks`'s order): the engine's sequence
+numbers start again in every process, and ids from before UUIDv7 do not sort by time.
 
-The engine calls `write(task)` on the loop at each change; the row is snapshotted at once
-and queued. A new task's first row is the exception: while nobody waits for a commit
-(`committed()`, which `tasks.run` awaits before it acknowledges), it waits up to
-YOUNG_FOR, made then from the task as it is, so a task that ends meanwhile is one row
-(one insert rather than an insert and an update). One flush per loop turn hands the
-queued rows to a writer thread, which writes them in one transaction (an upsert per task,
-whatever number of changes it had); while it writes, the next batch gathers, so commits
-group themselves under load and there is never one fsync per task. A small batch while
-the thread is idle is committed on the loop instead (store.WriterThread.run_here): a lone
-task's commits then cost no hand-over to the thread and back. `committed()` resolves
-once everything written so far is durable: `tasks.run` acknowledges a task only after
-that. With `journal_sync = "normal"` (SQLite synchronous=NORMAL in WAL) a commit survives
-a crash of the daemon; with `"full"` it also survives a power loss, at the cost of an
-fsync per batch.
+`write(task)` snapshots the row on the loop and queues it; a new task's first row waits up
+to YOUNG_FOR while nobody awaits `committed()`, so a task that ends meanwhile is one
+insert. The batching (one transaction a loop turn, on the writer thread or on the loop when
+small), the keeping of a batch that cannot be written and its retries are storewriter.py's
+GroupCommit, shared with StoreWriter. `committed()` resolves once everything written so far
+is durable (`tasks.run` acknowledges only then), and fails while the journal cannot be
+written, so a task that cannot be recorded is refused.
 
-A task's input is written once and kept with its row until the row is pruned: a
-restarted daemon needs it to run the task again, and `tasks.get` with `input` shows it
-afterwards (decision 170). The `output` column holds the worker's `task/run` result as it sent
-it (`{"output": ...}`), kept as bytes end to end. Reads (`load`, `query`) run in a thread
-on a connection of their own, after the rows written so far are committed. Finished tasks
-are pruned by age and count in the writer thread, at start-up and every `PRUNE_EVERY`
-seconds; so are the steps of tasks that ended a while before (steps.py).
-
-A batch that cannot be written (a full disk, an I/O error) is not lost: its rows go back
-under the newer changes of their tasks and are tried again every `RETRY_EVERY` seconds.
-Meanwhile `committed()` fails for what waits on the failed attempt (so `tasks.run` refuses
-a task it cannot record), reads still answer, and running tasks go on. The failure is told
-once, and so is the write that catches up; what is still unwritten at shutdown is named.
-The batching, the keeping and the retries are storewriter.py's GroupCommit, which StoreWriter
-uses as well, so the rest of the database's writes behave alike.
+A task's input is kept with its row until the row is pruned: a restarted daemon runs the
+task again with it, and `tasks.get` with `input` shows it. Reads run in a thread on a
+connection of their own, after what was written is committed. Finished tasks, and the
+steps of tasks that ended a while before (steps.py), are pruned by age and count in the
+writer thread, at start-up and every PRUNE_EVERY seconds.
 """
 
 from __future__ import annotations
@@ -116,10 +96,9 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 # the usage of the tasks that ended since :since (or have not), summed per agent and
-# bucket (module doc of supervisor/tasks/budget.py); two halves, each on its partial index
-# of the table. (CAST: a BLOB is JSONB to a newer SQLite's json functions; ours is text)
-# Only the tasks of the tenant that holds each name: another tenant's agent of the name,
-# removed since, spent no budget of this one (decision 436).
+# bucket (supervisor/tasks/budget.py); two halves, each on its partial index. (CAST: a
+# BLOB is JSONB to a newer SQLite's json functions.) Only the tasks of the tenant that
+# holds each name: another tenant's agent of the name spent no budget of this one.
 USAGE_SINCE = """
 SELECT agent, w, tokens, cost FROM (
 SELECT agent, t, CASE WHEN f < :recent THEN CAST(f / :minute AS INTEGER) * :minute
@@ -181,9 +160,8 @@ class TaskJournalDB:
                  on_notice: Callable[[str], None] | None = None,
                  writer: WriterThread | None = None,
                  max_keys: int = MAX_KEYS_PER_TENANT) -> None:
-        """`writer`: the daemon's one writer thread of the database (storewriter.py), shared
-        with the store's own writes; without one, the journal starts its own. `max_keys`:
-        the idempotency keys a tenant holds (corral/taskkeys.py)."""
+        """`writer`: the daemon's one writer thread (storewriter.py); without one, the
+        journal starts its own. `max_keys`: the idempotency keys a tenant holds."""
         self.path = path
         self.max_keys = max_keys
         # idempotency keys handed to the writer and not yet committed, by (tenant, key):
@@ -221,10 +199,9 @@ class TaskJournalDB:
 
     # -- start-up -------------------------------------------------------------------------
     def unfinished(self) -> list[TaskRecord | CompactTask]:
-        """The tasks a crashed daemon left queued or running, in the order they arrived;
-        the suspended ones as CompactTasks, their `seq` their arrival (read whole when
-        they resume: TaskManager.live). Read row by row: a restart of thousands of
-        suspended tasks makes no heap of rows it would keep the memory of."""
+        """The tasks a crashed daemon left queued or running, in arrival order; the
+        suspended ones as CompactTasks (read whole when they resume: TaskManager.live).
+        Row by row: thousands of suspended tasks make no heap of rows."""
         out: list[TaskRecord | CompactTask] = []
         with errors_named(self.path):
             for row in self._reader.execute(UNFINISHED):
@@ -240,8 +217,7 @@ class TaskJournalDB:
         return out
 
     def record(self, task_id: str) -> TaskRecord | None:
-        """One task's row whole, read on the loop (a suspended task kept compact, rebuilt
-        as it resumes: its row is committed before it is kept so)."""
+        """One task's row whole, read on the loop (a compact suspended task resuming)."""
         with errors_named(self.path):
             found = self._loop_rows().rows(WHOLE, (task_id,))
         return _record(found[0]) if found else None
@@ -255,9 +231,8 @@ class TaskJournalDB:
         return rows
 
     def key_of(self, tenant: str, key: str) -> tuple[str, str] | None:
-        """The task a tenant's key names and the digest of its request, or None: a key
-        not kept (never sent, or older than KEEP_SECONDS). On the loop: one row by its
-        key, so that no other submission comes between the look and the keeping."""
+        """The task a tenant's key names and its request's digest, or None. On the loop,
+        so that no other submission comes between the look and the keeping."""
         found = self._keys.get((tenant, key))
         if found is not None:
             return found
@@ -279,9 +254,8 @@ class TaskJournalDB:
         return held
 
     def keep_key(self, task: Task, tenant: str, key: str, digest: str) -> None:
-        """Keep a key with its new task: the task's first row leaves the young ones
-        (its client waits for it) and the key's row goes in the same batch, one
-        transaction."""
+        """Keep a key with its new task: the task's first row leaves the young ones and
+        the key's row goes in the same transaction."""
         young = self._young.pop(task.id, None)
         if young is not None:
             self._group.put(task.id, _row(task, young[1], task.input))
@@ -299,11 +273,10 @@ class TaskJournalDB:
                 self._held[tenant] -= 1
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
-        """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
-        after `since` (wall time), or have not ended (`when`: now), reported: what the
-        budgets' windows are rebuilt from at start-up, each task's usage counted at its
-        end. Summed per agent and minute (the day window's bucket), and to the second in
-        the last minute (the minute window's), in SQL: one row per bucket comes back."""
+        """(agent, when, tokens, dollars) of the tasks that ended at or after `since`, or
+        have not (`when`: now): the budgets' windows rebuilt at start-up. Summed in SQL
+        per agent and minute (the day window's bucket), and to the second in the last
+        minute (the minute window's)."""
         now = time.time()
         with errors_named(self.path):
             rows = self._reader.execute(USAGE_SINCE, {
@@ -328,8 +301,7 @@ class TaskJournalDB:
         self.writes += 1
         young = self._young.get(task.id)
         if young is None and not task.journaled and task.finished is None:
-            # a new task that nobody waits to see committed: its first row waits (module
-            # doc), and the task's changes meanwhile cost nothing here
+            # a new task that nobody waits to see committed: its first row waits
             self._young[task.id] = (self._loop.time(), next(self._arrivals), task)
             if self._release_timer is None:
                 self._release_timer = self._loop.call_later(YOUNG_FOR, self._release)
@@ -340,13 +312,11 @@ class TaskJournalDB:
             del self._young[task.id]
             self._group.put(task.id, _row(task, young[1], task.input))  # its one row
             return
-        # the input is written once, with the task's first row
         raw_input = None if task.journaled else task.input
         arrival = None if task.journaled else next(self._arrivals)
         self._group.put(task.id, _row(task, arrival, raw_input))
 
     def _release(self) -> None:
-        """Young rows old enough go to the writer (as their tasks are now)."""
         self._release_timer = None
         young = self._young
         if not young:
@@ -379,8 +349,7 @@ class TaskJournalDB:
         return await asyncio.to_thread(self._load, task_id)
 
     async def load_input(self, task_id: str) -> msgspec.Raw | None:
-        """The task's input as it was sent, or None: no such row, or a row from before
-        inputs were kept past a task's end."""
+        """The task's input as sent, or None (no such row)."""
         with contextlib.suppress(TaskJournalError):
             await self.committed()
         return await asyncio.to_thread(self._load_input, task_id)
@@ -414,8 +383,7 @@ class TaskJournalDB:
 
     @property
     def refusing(self) -> str | None:
-        """While its writes fail, why (the first failure): new tasks are refused at once
-        then, before they reach an agent."""
+        """While its writes fail, why: new tasks are refused before they reach an agent."""
         return self._outage.error if self._outage.failing else None
 
     def _failed(self, error: str) -> None:
@@ -481,9 +449,7 @@ class TaskJournalDB:
             row = self._reader.execute(
                 "SELECT id, agent, status, priority, created, started, finished, tool_calls, "
                 "progress, output, error, attempts, usage, not_before, tenant, options "
-                "FROM tasks "
-                "WHERE id = ?",
-                (task_id,)).fetchone()
+                "FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             return None
         (tid, agent, status, prio, created, started, finished, calls, progress, output,
@@ -545,7 +511,6 @@ class TaskJournalDB:
 
     # -- shutdown -------------------------------------------------------------------------
     async def close(self) -> None:
-        """Write what is pending, then stop the thread and close."""
         if self._prune_timer is not None:
             self._prune_timer.cancel()
         if self._release_timer is not None:
@@ -568,7 +533,7 @@ class TaskJournalDB:
 
 
 class TaskJournalError(Exception):
-    """The journal could not write; the message names the file and SQLite's reason."""
+    """The message names the file and SQLite's reason."""
 
 
 def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
@@ -578,7 +543,7 @@ def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
         task.id, arrival, task.agent, task.priority, task.timeout, task.retries_left,
         task.created, task.started, task.finished, task.status, task.tool_calls,
         raw_input,
-        task.raw_result,  # the worker's result as sent: {"output": ...}
+        task.raw_result,  # the worker's result as sent: {"output": ...}, kept as bytes
         None if task.error is None else _encode(task.error),
         _encode(task.attempts),
         None if task.progress is None else _encode(task.progress),
@@ -611,8 +576,8 @@ def _size(row: Row) -> int:
 
 
 def _merged(older: Row, newer: Row) -> Row:
-    """A task's newer snapshot, keeping what the older had and the engine has dropped
-    since: the input (written with the first row only), and the output."""
+    """A task's newer snapshot, keeping the input and the output the engine has dropped
+    since."""
     if len(newer) != TASK_ROW:
         return newer  # a key's, written again after a failed batch
     if newer[1] is None:  # the arrival, given at the first write only

@@ -32,6 +32,7 @@ from ..supervisor.configload import parse_tenants
 from ..supervisor.parts import Parts
 from ..supervisor.tasks.budget import BUDGET_PREFIX
 from ..supervisor.tenantcgroups import TenantOomKill, notice
+from .sqlwrites import Write, statement
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import what_to_do
@@ -233,7 +234,7 @@ class TenantRegistry:
         self._apply({n: t for n, t in self.tables.items() if n not in names})
         return names
 
-    async def _commit(self, writes: list[Any], unchanged: str) -> None:
+    async def _commit(self, writes: list[Write], unchanged: str) -> None:
         try:
             await self.store.commit(writes)
         except StoreError as exc:
@@ -273,26 +274,20 @@ class TenantRegistry:
         return row[0] if row is not None else None
 
 
-def _saving(name: str, table: dict[str, Any], declared: dict[str, Any] | None) -> Any:
-    row = (name, msgspec.json.encode(table).decode(),
-           msgspec.json.encode(declared).decode() if declared is not None else None,
-           time.time())
-
-    def write(db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR REPLACE INTO runtime_tenants (name, spec, declared, time) "
-                   "VALUES (?, ?, ?, ?)", row)
-
-    return write
+def _saving(name: str, table: dict[str, Any], declared: dict[str, Any] | None) -> Write:
+    return statement("INSERT OR REPLACE INTO runtime_tenants (name, spec, declared, time) "
+                     "VALUES (?, ?, ?, ?)", (
+                         name, msgspec.json.encode(table).decode(),
+                         msgspec.json.encode(declared).decode() if declared is not None
+                         else None, time.time()))
 
 
-def _forgetting(name: str) -> Any:
-    def write(db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM runtime_tenants WHERE name = ?", (name,))
-
-    return write
+def _forgetting(name: str) -> Write:
+    return statement("DELETE FROM runtime_tenants WHERE name = ?", (name,))
 
 
-def _revising(name: str, who: str, old: dict[str, Any] | None, new: dict[str, Any]) -> Any:
+def _revising(name: str, who: str, old: dict[str, Any] | None, new: dict[str, Any]
+              ) -> Write:
     key = REVISION_PREFIX + name
     change = _change(old, new)
     spec = msgspec.json.encode(new).decode()

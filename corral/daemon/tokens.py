@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 import weakref
 from typing import NamedTuple
@@ -24,6 +23,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.names import NAME_RE, RULE
 from .api import scopes_of
+from .sqlwrites import statement
 from .store import StateStore
 
 PREFIX = "crl_"
@@ -105,14 +105,10 @@ class Tokens:
         now = time.time()
         token = Token(name, held, agents, now,
                       now + expires_in if expires_in is not None else None, tenant)
-        row = (name, hashed, msgspec.json.encode(sorted(held)).decode(), agents, now,
-               token.expires, tenant)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO tokens (name, hash, scopes, agents, created, expires, "
-                       "tenant) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-
-        await self.store.commit([write])
+        await self.store.commit([statement(
+            "INSERT INTO tokens (name, hash, scopes, agents, created, expires, tenant) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, hashed, msgspec.json.encode(
+                sorted(held)).decode(), agents, now, token.expires, tenant))])
         if name in self.hash_of:  # created by a call that overtook this one's commit
             raise RpcError(jsonrpc.CONFLICT, f"token {name} exists (revoke it first)")
         self._keep(hashed, token)
@@ -134,12 +130,8 @@ class Tokens:
         token = self.by_hash.pop(hashed)
         del self.hash_of[name]
         self.stream.emit(TokenRevoked(token))
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM tokens WHERE name = ?", (name,))
-
         try:
-            await self.store.commit([write])
+            await self.store.commit([statement("DELETE FROM tokens WHERE name = ?", (name,))])
         except BaseException:
             self._keep(hashed, token)
             raise

@@ -256,39 +256,22 @@ def _gateway_filter(stats: Any, caller: Caller) -> Any:
                     http=None)
 
 
-def _tasks_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, tasks=[t for t in result.tasks if sees_task(caller, t)])
+def _list_filter(field: str, sees: Callable[[Caller, Any], bool]
+                 ) -> Callable[[Any, Caller], Any]:
+    """A listing's `field` without the rows `sees` refuses the caller."""
+    def seen(result: Any, caller: Caller) -> Any:
+        return _replace(result, **{field: [r for r in _get(result, field) if sees(caller, r)]})
+
+    return seen
 
 
-def _asks_filter(result: Any, caller: Caller) -> Any:
-    # an ask is its task's: its tenant's and its agent's (docs/approvals.md)
-    return _replace(result, asks=[a for a in result.asks if sees_task(caller, a)])
+def _owned(caller: Caller, row: Any) -> bool:
+    return caller.owns(row.agents, row.tenant)
 
 
-def _workflows_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, workflows=[w for w in result.workflows
-                                       if caller.owns(w.agents, w.tenant)])
-
-
-def _teams_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, teams=[t for t in result.teams
-                                   if caller.owns(t.agents, t.tenant)])
-
-
-def _runs_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, runs=[r for r in result.runs
-                                  if caller.owns(r.agents, r.tenant)])
-
-
-def _schedules_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, schedules=[s for s in result.schedules
-                                       if caller.owns(s.agents, s.tenant)])
-
-
-def _sessions_filter(result: Any, caller: Caller) -> Any:
-    # whose a session is, is whose its agent was when it began (decision 440)
-    return _replace(result, sessions=[s for s in result.sessions
-                                      if caller.sees_record(s.agent, s.tenant)])
+def _record_seen(caller: Caller, row: Any) -> bool:
+    # whose a session is, is whose its agent was when it began
+    return caller.sees_record(row.agent, row.tenant)
 
 
 def _lines_filter(result: Any, caller: Caller) -> Any:
@@ -373,17 +356,17 @@ RULES: dict[str, AgentRule] = {
     # a task's agent may be a team's name (its calls are tasks of it)
     "agent": AgentRule(_AGENT_PARAM, record=records.task_agent("agent")),
     "task": AgentRule(_nothing, record=records.task("task_id")),
-    "tasks": AgentRule(_AGENT_PARAM, filter=_tasks_filter,
+    "tasks": AgentRule(_AGENT_PARAM, filter=_list_filter("tasks", sees_task),
                        record=records.task_agent("agent")),
-    # an ask of the inbox is its task's (docs/approvals.md)
-    "asks": AgentRule(_nothing, filter=_asks_filter),
+    # an ask of the inbox is its task's: its tenant's and its agent's (docs/approvals.md)
+    "asks": AgentRule(_nothing, filter=_list_filter("asks", sees_task)),
     "ask": AgentRule(_nothing, record=records.ask("id")),
     "ask_stream": AgentRule(_nothing, channel=_seen({
         "approvals.ask": lambda ask, caller: ask if sees_task(caller, ask) else None})),
     # a record the params name (records.py): a workflow, a team, a schedule and their
     # runs are a limited caller's when all their agents are; a session when it is the
-    # caller's record (decision 440)
-    "workflows": AgentRule(_nothing, filter=_workflows_filter),
+    # caller's record
+    "workflows": AgentRule(_nothing, filter=_list_filter("workflows", _owned)),
     "workflow": AgentRule(_nothing, record=records.workflow("name")),
     "workflow_names": AgentRule(_nothing, record=records.workflow("names")),
     "workflow_past": AgentRule(_nothing, record=records.workflow_past),
@@ -394,10 +377,10 @@ RULES: dict[str, AgentRule] = {
     "team_past": AgentRule(_nothing, record=records.team_past),
     "call": AgentRule(_nothing, record=records.call),
     "session": AgentRule(_nothing, record=records.session),
-    "runs": AgentRule(_nothing, filter=_runs_filter),
-    "schedules": AgentRule(_nothing, filter=_schedules_filter),
-    "teams": AgentRule(_nothing, filter=_teams_filter),
-    "sessions": AgentRule(_nothing, filter=_sessions_filter),
+    "runs": AgentRule(_nothing, filter=_list_filter("runs", _owned)),
+    "schedules": AgentRule(_nothing, filter=_list_filter("schedules", _owned)),
+    "teams": AgentRule(_nothing, filter=_list_filter("teams", _owned)),
+    "sessions": AgentRule(_nothing, filter=_list_filter("sessions", _record_seen)),
     "own_tenant": AgentRule(_own_tenant),
     "event_stream": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools": AgentRule(_both(_AGENT_PARAM, _server("server")),
