@@ -1,33 +1,23 @@
 """The gateway's tasks: the MCP tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663
 as the conformance suite 0.2.0-alpha.12 reads it) over the pool and over corral's agents.
 
-A client that declares the extension (in a request's `_meta` client capabilities, or in a
-2025-11-25 session's `initialize`) and calls a task-supporting tool gets a handle at once
-(a CreateTaskResult: `resultType: "task"`, `taskId`, `status`, `ttlMs`, ...) while the call
-runs on; `tasks/get` reads it (the tool's result inlined once `completed`, a protocol
-error once `failed`), `tasks/cancel` cancels it (an empty ack). A call whose server asks
-for input the client can give (corral/mcp/relay.py) waits in `input_required`, its
-`inputRequests` shown by `tasks/get`, until `tasks/update` has answered every one of
-them (a partial answer leaves the rest pending), at most `[gateway] input_wait` seconds;
-then the call is sent again with the answers. Two kinds of call are tasks:
-- a tool of a server behind that says it supports them (`execution.taskSupport` optional
-  or required): the gateway holds the call and the handle follows it;
-- an agent's, at `/mcp/corral` (a name no server may have): each agent is a tool, its
-  arguments the task's input, and a call is a corral task (durable in the task journal,
-  retried and budgeted as its agent says, refused at once by its agent's queue bound),
-  submitted through the Dispatcher as the client (its tenant: it runs only its tenant's
-  agents); the handle waits for it, and cancelling the handle cancels the task. A plain
-  call (no handle) that carries a progressToken is sent the task's live output as it
-  comes, each chunk a `notifications/progress` message (docs/streams.md).
+A client that declares the extension and calls a task-supporting tool gets a handle at
+once while the call runs on; `tasks/get` reads it, `tasks/cancel` cancels it. A call whose
+server asks for input the client can give (corral/mcp/relay.py) waits in
+`input_required` until `tasks/update` has answered every request, at most `[gateway]
+input_wait` seconds; then the call is sent again with the answers. Two kinds of call are
+tasks:
+- a tool of a server behind that says it supports them: the gateway holds the call;
+- an agent's, at `/mcp/corral`: each agent is a tool, and a call is a corral task
+  (durable, retried and budgeted as its agent says) submitted through the Dispatcher as
+  the client; cancelling the handle cancels the task. A plain call that carries a
+  progressToken is sent the task's live output, each chunk a progress notification.
 
-Handles are in the daemon's memory: a restart loses them (an agent's corral task lives on,
-`corral task ID` shows it). A client holds at most `max_tasks_per_client` that have not
-ended (one more is refused naming the bound); an ended one is kept `task_ttl` seconds,
-and of a client's ended ones at most MAX_ENDED_PER_CLIENT, their results at most
-MAX_ENDED_BYTES_PER_CLIENT of JSON together: past either the oldest ended go first, and
-a tasks/get of one gone says which bound let it go (never a silent unknown id).
-Who sees a handle: its client, and a tenant's clients their tenant's
-(`Caller.sees_record`); any other taskId is unknown (-32602, the same words).
+Handles are in the daemon's memory: a restart loses them (an agent's corral task lives
+on). A client holds at most `max_tasks_per_client` not ended; an ended one is kept
+`task_ttl` seconds, within MAX_ENDED_PER_CLIENT and MAX_ENDED_BYTES_PER_CLIENT, and a
+tasks/get of one let go says which bound did (never a silent unknown id). A handle is
+seen by its client, and by a tenant's clients when it is their tenant's.
 """
 
 from __future__ import annotations
@@ -72,9 +62,8 @@ DROPPED_KEPT = 4096
 
 class OutputRelay(AlwaysWritable):
     """tasks.stream's channel for a gateway client's call of an agent: each chunk of the
-    task's live output becomes an MCP progress notification, its text the `message`
-    (MCP has no partial results of a tool call; progress is what it lets a server send
-    while one runs). Always writable: the gateway's own stream to the client is bounded
+    task's live output becomes an MCP progress notification (MCP has no partial results
+    of a tool call). Always writable: the gateway's own stream to the client is bounded
     where it is written (http/mcp.py)."""
 
     def __init__(self, on_progress: Callable[[dict[str, Any]], None]) -> None:
@@ -144,8 +133,6 @@ class GatewayTask:
         self._answered = asyncio.Event()
 
     def view(self, ttl: float) -> dict[str, Any]:
-        """The Task fields (CreateTaskResult's and tasks/get's), with the result or error
-        once it ended."""
         out: dict[str, Any] = {"taskId": self.id, "status": self.status,
                                "createdAt": stamp(self.created),
                                "lastUpdatedAt": stamp(self.updated),
@@ -161,8 +148,8 @@ class GatewayTask:
         return out
 
     async def ask(self, requests: dict[str, Any], wait: float) -> dict[str, Any]:
-        """Waits in `input_required` until every one of a server's `requests` is answered
-        (`answer`), at most `wait` seconds (`[gateway] input_wait`); the answers."""
+        """Waits in `input_required` until every one of a server's `requests` is answered,
+        at most `wait` seconds; the answers."""
         self.asked, self.answers = dict(requests), {}
         self._answered.clear()
         self.status, self.updated = "input_required", time.time()
@@ -178,8 +165,8 @@ class GatewayTask:
         return self.answers
 
     def answer(self, responses: dict[str, Any]) -> None:
-        """A client's answers: those of requests still pending are taken (any other is
-        ignored, as the extension asks); once none is pending, the call goes on."""
+        """Those of requests still pending are taken (any other is ignored, as the
+        extension asks); once none is pending, the call goes on."""
         if self.status != "input_required":
             return
         for key in [k for k in responses if k in self.asked]:
@@ -190,7 +177,6 @@ class GatewayTask:
             self._answered.set()
 
     def settle(self, runner: asyncio.Task[Any]) -> None:
-        """Its call ended: how, as the extension says it."""
         self.updated = time.time()
         if runner.cancelled():
             self.status = "cancelled"
@@ -221,8 +207,7 @@ class TaskHandles:
 
     def open(self, ident: TaskClient, follows: Follows | None,
              work: Callable[[GatewayTask], Coroutine[Any, Any, Any]]) -> dict[str, Any]:
-        """A handle for `work(handle)`, running from now on: its CreateTaskResult. Refused
-        (and `work` never run) at the client's bound."""
+        """A handle for `work(handle)`, running from now on: its CreateTaskResult."""
         self.room(ident)
         handle = GatewayTask(ident.name, ident.tenant, follows)
         handle.runner = asyncio.ensure_future(work(handle))
@@ -232,8 +217,6 @@ class TaskHandles:
         return {**handle.view(self.settings().task_ttl), "resultType": "task"}
 
     def room(self, ident: TaskClient) -> None:
-        """Refuses at the client's bound on handles not ended (before anything of a new
-        one is done)."""
         self._expire()
         bound = self.settings().max_tasks_per_client
         live = sum(1 for h in self.handles.values()
@@ -245,7 +228,6 @@ class TaskHandles:
                            "or cancel one")
 
     def find(self, ident: TaskClient, params: dict[str, Any]) -> GatewayTask:
-        """The handle `params.taskId` names, if the client may see it."""
         self._expire()
         tid = params.get("taskId")
         if not isinstance(tid, str):
@@ -266,16 +248,12 @@ class TaskHandles:
                 "resultType": "complete"}
 
     def cancel(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
-        """An empty ack, whether it was running (now cancelled) or had ended."""
         handle = self.find(ident, params)
         if handle.runner is not None and not handle.runner.done():
             handle.runner.cancel()
         return {"resultType": "complete"}
 
     def update(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
-        """An ack; the answers of the handle's pending input requests are passed on (a
-        client's responses that no request asked for are ignored, as the extension
-        asks)."""
         handle = self.find(ident, params)
         responses = params.get("inputResponses")
         if not isinstance(responses, dict):
@@ -285,16 +263,14 @@ class TaskHandles:
         return {"resultType": "complete"}
 
     def close(self) -> None:
-        """The daemon stops: calls the gateway holds end (an agent's task is journaled
-        and lives on)."""
+        """Calls the gateway holds end (an agent's task is journaled and lives on)."""
         for h in self.handles.values():
             if h.runner is not None:
                 h.runner.cancel()
 
     def _trim(self, client: str) -> None:
-        """The client's ended handles within MAX_ENDED_PER_CLIENT and
-        MAX_ENDED_BYTES_PER_CLIENT: the oldest ended let go first (the newest is kept
-        whatever its size, for its client to read once)."""
+        """The oldest ended let go first (the newest is kept whatever its size, for its
+        client to read once)."""
         ended = sorted((h for h in self.handles.values()
                         if h.client == client and h.status in ENDED),
                        key=lambda h: h.updated)
@@ -320,8 +296,6 @@ class TaskHandles:
 
 
 def _sees(ident: TaskClient, handle: GatewayTask) -> bool:
-    """Its own client's, or for a tenant's client its tenant's (a client of no tenant
-    sees its own handles alone)."""
     if handle.client == ident.name:
         return True
     agent = handle.follows.agent if handle.follows is not None else ""
@@ -331,8 +305,7 @@ def _sees(ident: TaskClient, handle: GatewayTask) -> bool:
 def caller_of(ident: TaskClient) -> Caller:
     """The client as the Dispatcher sees it: its tenant's (a client of no tenant that is
     not the operator's is the default tenant's, never every tenant's), its API token's
-    agent glob kept, holding what running and reading tasks needs (an API token opens
-    the gateway by `mcp:call`, decision 172)."""
+    agent glob kept, holding what running and reading tasks needs."""
     tenant = ident.tenant if ident.tenant is not None or ident.operator \
         else DEFAULT_TENANT
     return Caller(via="gateway", name=f"gateway client {ident.name}", tenant=tenant,
@@ -353,10 +326,9 @@ def _plain(result: Any) -> Any:
 
 
 def _admits(ident: TaskClient, agent: str) -> str | None:
-    """Why the client may not call the agent's tool (`corral__AGENT`), None when it may:
-    its allowlist, or for an API token its agent glob (as at the API: its allowlist is
-    its agents' tools, no word on running them); and for an agent's replica its agent's
-    `spawns` (a task it starts here is one it could spawn, DESIGN 27)."""
+    """Why the client may not call the agent's tool, None when it may: its allowlist,
+    or for an API token its agent glob; and for an agent's replica its agent's `spawns`
+    (a task it starts here is one it could spawn)."""
     if ident.scopes is not None:
         if ident.agents is not None and not fnmatchcase(agent, ident.agents):
             return f"not within its token's agents {ident.agents}"
@@ -380,7 +352,6 @@ class AgentTools:
         self.agents = agents
 
     def listed(self, ident: TaskClient) -> list[dict[str, Any]]:
-        """The agents the client's tenant has, as tools."""
         if self.calls is None or ident.name == "anonymous":
             return []
         caller = self.calls.bind(caller_of(ident))
@@ -393,8 +364,6 @@ class AgentTools:
                 if caller.sees(a.name) and _admits(ident, a.name) is None]
 
     def admit(self, ident: TaskClient, agent: str) -> None:
-        """Refuses a call of the agent's tool the client may not make (TOOL_NOT_ALLOWED):
-        its allowlist, its token's glob, its replica's `spawns`."""
         why = "an anonymous client runs no agent" if ident.name == "anonymous" \
             else _admits(ident, agent)
         if self.calls is None or why is not None:
@@ -414,8 +383,7 @@ class AgentTools:
                       on_progress: Callable[[dict[str, Any]], None] | None = None
                       ) -> dict[str, Any]:
         """The task's end as a tool result; cancelled, it cancels the task. With
-        `on_progress` (the client's call carried a progressToken), the task's live
-        output first, each chunk as a progress notification's message (OutputRelay)."""
+        `on_progress`, the task's live output first (OutputRelay)."""
         assert self.calls is not None
         caller = caller_of(ident)
         try:

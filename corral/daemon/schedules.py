@@ -1,19 +1,15 @@
-"""Schedules fired (`[schedules.NAME]`, corral/supervisor/schedule.py; docs/workflows.md
-#schedules): one loop timer per schedule, at its next fire time; a fire submits a task of
-its agent through the task front (a cluster's, with [cluster]) or starts a run of its
+"""Schedules fired (`[schedules.NAME]`): one loop timer per schedule, at its next fire
+time; a fire submits a task of its agent through the task front or starts a run of its
 workflow.
 
-Each schedule's last fire time is kept in a ledger (this daemon's state database, or
-with [cluster] Redis behind a fenced lease: corral/cluster/schedules.py), written
-*before* the task is submitted: a fire happens at most once, whatever dies when. At
-start-up the fires missed while the daemon was down are `skip`ped, run `once`, or caught
-up (`catch_up`, the latest `max_catch_up` of them). A paused schedule fires nothing, and
-resumes from the time it is resumed (what it would have fired while paused is not caught
-up). A fire is an event on the Stream (ScheduleFired).
+Each schedule's last fire time is kept in a ledger (the state database, or with [cluster]
+Redis behind a fenced lease: corral/cluster/schedules.py), written *before* the task is
+submitted: a fire happens at most once, whatever dies when. A paused schedule resumes
+from the time it is resumed (what it would have fired meanwhile is not caught up).
 
-A schedule naming an agent is of the tenant the file gives that agent (DESIGN 20): should
-that agent be removed and another tenant take its name, the schedule neither fires into
-the new agent (its input was written for the old one) nor is shown to its tenant.
+A schedule naming an agent is of the tenant the file gives that agent: should another
+tenant take the name, the schedule neither fires into the new agent (its input was
+written for the old one) nor is shown to its tenant.
 """
 
 from __future__ import annotations
@@ -75,8 +71,7 @@ class Ledger(Protocol):
 
 
 class LocalLedger:
-    """The rows in this daemon's state database (migration 14); every schedule is this
-    daemon's to fire."""
+    """The rows in this daemon's state database; every schedule is this daemon's to fire."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -155,13 +150,12 @@ class ScheduleService:
     def start(self) -> None:
         """Once the tasks are recovered: each schedule's missed fires settled by its
         policy, then its timer set (in the background: a cluster's task front waits for
-        the node's start, which comes after)."""
+        the node's start)."""
         self._started = True
         self._syncing = self._spawn(self._sync())
 
     async def settled(self) -> None:
-        """Return once the schedules last configured are set up (missed fires settled,
-        timers set)."""
+        """Return once the schedules last configured are set up."""
         if self._syncing is not None:
             await asyncio.shield(self._syncing)
 
@@ -249,8 +243,8 @@ class ScheduleService:
         return task
 
     async def _tick(self, live: _Live) -> None:
-        """The timer went off: the latest fire time due (one, however late the loop
-        woke), then the next timer."""
+        """The latest fire time due (one, however late the loop woke), then the next
+        timer."""
         try:
             times, _ = live.sched.due(live.row.last_fire, time.time(), 1)
             if times and self.live.get(live.sched.name) is live:

@@ -1,12 +1,9 @@
-"""The daemon's parts, each set up with its teardown beside it (decision 210).
+"""The daemon's parts, each set up with its teardown beside it.
 
-A part is a context manager (async where its set-up or teardown waits) that sets one
-thing up, yields what it made and tears it down; `Daemon._setup` enters them in order on
-one `AsyncExitStack`, as aiohttp's `cleanup_ctx` does, so the stack unwinds them in
-reverse and the teardown order is the order of the list: a start-up that fails half-way
-tears down exactly what it set up. What a part makes is handed to the next ones as
-arguments, then collected into the `Services`. Steps without a teardown are plain
-functions.
+A part is a context manager that sets one thing up, yields what it made and tears it
+down; `Daemon._setup` enters them in order on one `AsyncExitStack`, so a start-up that
+fails half-way tears down exactly what it set up, in reverse. What a part makes is handed
+to the next ones as arguments, then collected into the `Services`.
 """
 
 from __future__ import annotations
@@ -125,8 +122,7 @@ def paths_of(cfg: Config, config_path: Path, socket: str | None) -> Paths:
 
 def protected(cfg: Config, config_path: Path, paths: Paths) -> list[tuple[str, str]]:
     """What no sandboxed agent may write or reach: corral's config files, its state,
-    logs and control socket (the socket is where `paths` says, even before it is bound:
-    the sandbox masks it if it is there when an agent starts)."""
+    logs and control socket (masked if it is there when an agent starts)."""
     return [*config_files(cfg, config_path),
             (str(paths.state_dir), "corral's state directory"),
             (str(paths.log_dir), "corral's log directory"),
@@ -136,8 +132,7 @@ def protected(cfg: Config, config_path: Path, paths: Paths) -> list[tuple[str, s
 def read_config(config_path: Path, socket: str | None, loaded: Config | None = None
                 ) -> Conf:
     """The config, checked whole (its sandboxes too) before anything is set up.
-    `loaded`: the file's, read a moment ago (an upgrade's new image reads it before it
-    takes the handoff: upgrade.Takeover)."""
+    `loaded`: the file's, read a moment ago (by an upgrade's new image)."""
     try:
         cfg = loaded if loaded is not None else load_config(config_path)
         paths = paths_of(cfg, config_path, socket)
@@ -187,18 +182,16 @@ def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
 
 def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
                  ) -> list[TaskInterceptor]:
-    """The task path's interceptors, the outermost first (tasks/interceptors.py): a
-    leader's call of a member is inside the leader's span, the member's task its child;
-    approvals (docs/approvals.md, the policy's rules and taint) inside the span, around a
-    leader's members too; then the tools' pins."""
+    """The task path's interceptors, the outermost first: a leader's call of a member is
+    inside the leader's span; approvals inside the span, around a leader's members too;
+    then the tools' pins."""
     return [i for i in (tracer, Approvals(guard), PinGate(), leaders) if i is not None]
 
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,
            interceptors: Sequence[TaskInterceptor]) -> tuple[Supervisor, ClusterQueue | None]:
-    """The engine, made and not yet open (`running` opens it), its task path composed
-    with `interceptors`, and with [cluster] the queue its tasks wait on (no Redis in it:
-    the node that pulls into it is made later)."""
+    """The engine, not yet open (`running` opens it), and with [cluster] the queue its
+    tasks wait on (the node that pulls into it is made later)."""
     sc = conf.cfg.supervisor
     queue = None
     if conf.cfg.cluster is not None:
@@ -221,17 +214,15 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
 
 def gateway_relay(paths: Paths) -> str | None:
     """The unix socket TCP gateways are also served on, for egress = "gateways"
-    sandboxes: beside the control socket. None where that path is too long for a unix
-    socket (such an agent then does not start, saying the gateways have no socket)."""
+    sandboxes, beside the control socket; None where that path is too long."""
     path = f"{paths.socket}.gw"
     return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
 
 
 def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services],
                     traces: Traces | None, guard: PolicyGuard | None = None) -> GatewayService:
-    """The MCP gateway's service, configured (its tokens file read); its agents' tools
-    submit their tasks through `calls`; with [tracing], its calls traced; `guard`: the
-    policy rules and taint its replicas' calls of no task pass (supervisor/policy.py)."""
+    """The MCP gateway's service, configured (its tokens file read); `guard`: the
+    policy its replicas' calls of no task pass."""
     gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit, calls=calls,
                              tasks=parts.tasks,
                              tracer=traces.tracer if traces is not None else None,
@@ -246,9 +237,8 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Se
 @contextlib.asynccontextmanager
 async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
                         tracer: Tracer | None) -> AsyncIterator[ModelGateway | None]:
-    """The model gateway, where [models] names any (docs/models.md): served beside the
-    MCP gateway, its callers known by the MCP gateway's per-replica tokens; its keys read
-    now (one that cannot be read stops the start, naming it)."""
+    """The model gateway, where [models] names any: its callers known by the MCP
+    gateway's per-replica tokens; its keys read now (one unreadable stops the start)."""
     if not conf.cfg.models:
         yield None
         return
@@ -260,15 +250,12 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
         models.configure(conf.cfg.models, conf.dir)
     except ConfigError as exc:
         raise StartupError(f"invalid config: {exc}") from None
-    try:
+    async with closed(models.close):
         yield models
-    finally:
-        await models.close()
 
 
 def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
          gateway: GatewayService) -> EngineLog:
-    """What the daemon hears from the engine: its logs, and the gateway's lists."""
     heard = EngineLog(hub, sender)
     heard.subscribe(parts.stream)
     parts.stream.subscribe(gateway.on_transition, Transition)
@@ -284,8 +271,7 @@ def replica_environment(parts: Parts, hub: LogHub, gateway: GatewayService,
                         models: ModelGateway | None = None
                         ) -> Callable[[ProcessReplica], dict[str, str]]:
     """Each replica's environment (its tenant's directories, the gateways' addresses and
-    its token), for `running` to open the engine with: the engine asks it as each
-    process is about to start (decision 710)."""
+    its token), asked by the engine as each process is about to start."""
     dirs = TenantDirs(parts, hub, hub.daemon)
 
     def environment(r: ProcessReplica) -> dict[str, str]:
@@ -297,7 +283,6 @@ def replica_environment(parts: Parts, hub: LogHub, gateway: GatewayService,
 
 
 def dispatcher(audit: Audit) -> Dispatcher[Services]:
-    """The one Dispatcher; calls wait in it for the services (`Dispatcher.serve`)."""
     return Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
 
 
@@ -319,8 +304,7 @@ async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
                          taken: Takeover | None, graceful: Callable[[], bool]
                          ) -> AsyncIterator[ControlServer]:
     """The control socket (inherited across an upgrade): it answers from here on. Its
-    teardown says `stopped` last, when a stop was asked for (a start-up that failed has
-    said why on stderr)."""
+    teardown says `stopped` last, when a stop was asked for."""
     sc = conf.cfg.supervisor
     control = ControlServer(calls, hub.daemon, conf.paths.socket, sc.group,
                             max_connections=sc.max_connections,
@@ -354,15 +338,14 @@ class Stores(msgspec.Struct, frozen=True):
 
 
 def asks_bounds(sc: SupervisorSettings) -> InboxBounds:
-    """The pending asks held at once, by this node's inbox and by its cluster's."""
     return InboxBounds(sc.max_pending_asks, sc.max_pending_asks_per_tenant,
                        sc.max_asks_per_task)
 
 
 @contextlib.asynccontextmanager
 async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Stores]:
-    """The state database, its writer thread and the task journal on it; the engine's
-    checkpoints and budgets as they left them."""
+    """The state database, its writer thread and the journals on it; the engine's
+    checkpoints, sessions, tasks and budgets as they left them."""
     sc = conf.cfg.supervisor
 
     def error(text: str) -> None:
@@ -381,12 +364,9 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
             own.callback(store.close)
             parts.checkpoints.update(await asyncio.to_thread(
                 lambda: store.states(holders(conf.cfg, store.runtime_agents()))))
-            # every write (records, checkpoints, audit, revisions, commands' records) and
-            # the task journal's go through one writer thread, off the loop
             writer = store.open_writer(on_error=error, on_notice=notice)
             own.push_async_callback(store.close_writer)  # checkpoints too
-            # the tasks' sessions, their states (docs/durable.md#sessions): back before
-            # the journal's tasks, which find their sessions in them
+            # the sessions back before the journal's tasks, which find theirs in them
             assert store.thread is not None  # open_writer made it
             sessions = SessionsDB(store.path, store.thread, on_error=error)
             own.push_async_callback(sessions.close)
@@ -402,30 +382,24 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                                         on_notice=notice, writer=store.thread,
                                         max_keys=sc.idempotency_keys_per_tenant)
                 own.push_async_callback(journal.close)
-                # tasks' steps (docs/durable.md), kept and pruned with their tasks
                 assert store.thread is not None  # open_writer made it
                 steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
                                 on_error=error)
                 own.push_async_callback(steps.close)
                 # the step log a kill left, into the database before the tasks are read:
-                # a task's checkpoint is read with its row, and the last one answered may
-                # be only in the log (issue 73)
+                # a task's checkpoint is read with its row, and the last may be only there
                 await asyncio.to_thread(steps.recover)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 parts.tasks.journal_to(journal, steps)
-                # spawn trees, durable calls (supervisor/tasks/spawntree.py), read back
                 parts.tasks.spawns.node.keep_in(CallJournal(store))
                 own.push_async_callback(parts.tasks.spawns.node.close)
-                # tasks' live output (docs/streams.md), kept and pruned with their tasks
                 outputs = OutputsDB(store.path, store.thread, on_error=error)
                 own.push_async_callback(outputs.close)
                 await asyncio.to_thread(outputs.load)
                 parts.tasks.outputs.journal = outputs
-                # the budgets' windows as the journaled tasks' usage left them
                 for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
-            # the inbox's asks (docs/approvals.md): the pending ones wait again
             parts.tasks.inbox.load(AsksDB(store), asks_bounds(sc),
                 # a suspended task's id held once, by the engine and its asks
                 {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})
@@ -447,7 +421,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
 
 @contextlib.contextmanager
 def signals(put: Callable[[int], None]) -> Iterator[None]:
-    """SIGTERM, SIGINT, SIGHUP and SIGUSR2 queued for the arbiter."""
+    """Queued for the arbiter."""
     loop = asyncio.get_running_loop()
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
     try:
@@ -461,7 +435,6 @@ def signals(put: Callable[[int], None]) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
-    """The lifecycle's transitions written to the logs, a turn after they happen."""
     events = sup.subscribe(maxsize=100_000)
     background = Background(heard.hub.daemon)
     background.start("event pump", lambda: heard.pump(events))
@@ -476,9 +449,8 @@ async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
 async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
                        fleet: Fleet, hub: LogHub, taken: Takeover | None,
                        store: StateStore) -> AsyncIterator[ClusterNode | None]:
-    """With [cluster], this node, refused at start while another daemon is it; it
-    leaves its cluster after the agents have stopped (their last outcomes are in its
-    outbox by then): made before the engine opens, it is left after it closes."""
+    """With [cluster], this node: made before the engine opens, it leaves its cluster
+    after the agents have stopped (their last outcomes are in its outbox by then)."""
     settings = conf.cfg.cluster
     if settings is None:
         yield None
@@ -495,15 +467,13 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
         from ..cluster import handover  # an upgrade's: the same daemon and incarnation
         handover.go_on(node, taken.handoff.cluster)
         taken.node = node
-    try:
+    async with closed(node.close):
         await one_node(node, hub)
         yield node
-    finally:
-        await node.close()
 
 
 def cluster_key(conf: Conf, hub: LogHub) -> bytes | None:
-    """[cluster] key_file's key (decision 162); None, said loudly, without one."""
+    """[cluster] key_file's key; None, said loudly, without one."""
     from ..cluster.trust import NO_KEY_WARNING, load_key
     settings = conf.cfg.cluster
     assert settings is not None
@@ -517,8 +487,8 @@ def cluster_key(conf: Conf, hub: LogHub) -> bytes | None:
 
 
 async def one_node(node: ClusterNode, hub: LogHub) -> None:
-    """One daemon per node name (decision 163): refused at start while another daemon
-    is this node; Redis away, the membership loop checks at each join."""
+    """One daemon per node name: refused at start while another daemon is this node;
+    Redis away, the membership loop checks at each join."""
     from redis.exceptions import RedisError
     try:
         await within(node.membership.check_unique(), 2 * node.settings.node_ttl
@@ -535,10 +505,9 @@ async def one_node(node: ClusterNode, hub: LogHub) -> None:
 async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
                   environment: Callable[[ProcessReplica], dict[str, str]],
                   graceful: Callable[[], bool]) -> AsyncIterator[None]:
-    """The engine open, each process it starts given `environment`'s: what a crashed
-    incarnation left running is stopped before anything starts, and this one's
-    processes are recorded. Its teardown stops every agent (gracefully when a stop was
-    asked for), then ends the incarnation."""
+    """The engine open: what a crashed incarnation left running is stopped before
+    anything starts, and this one's processes are recorded. Its teardown stops every
+    agent (gracefully when a stop was asked for), then ends the incarnation."""
     sup.open(environment)
     records: ProcessRecords | None = None
     try:
@@ -558,10 +527,9 @@ async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
 
 def stop_bound(sup: Supervisor) -> float:
     """Seconds the agents' stop (`running`'s teardown) may take before it is more than a
-    slow stop: the checkpoints asked first, each layer of the stop (`after`'s, then
-    the tool servers), containment's last sweep, each as long as the longest replica's
-    stop may be (2 * stop_timeout + KILL_GRACE: ProcessReplica.stop), and a step's
-    own deadline on top."""
+    slow stop: the checkpoints, each layer of the stop, the tool servers and
+    containment's last sweep, each as long as the longest replica's stop may be
+    (ProcessReplica.stop), and a step's own deadline on top."""
     replicas = [*sup.agents.replicas(), *sup.mcp.instances()]
     longest = max((r.spec.stop_timeout for r in replicas), default=0.0)
     steps = len(sup.agents.stop_layers()) + 3
@@ -579,18 +547,16 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
 
 
 def holders(cfg: Config, runtime: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The tenant each agent's name is held by as the daemon starts: the file's agent,
-    else the one added at runtime (the file wins)."""
+    """The tenant each agent's name is held by as the daemon starts (the file wins)."""
     held = {name: tenant_of(table) for name, table in runtime.items()}
     held.update((name, spec.tenant) for name, spec in cfg.agents.items())
     return held
 
 
 def states_end(parts: Parts, store: StateStore, owners: Mapping[str, str]) -> None:
-    """Removed agents' (name -> its tenant) state checkpoints end with them (heard as their
-    sessions end: the fleet's removals, not a replacement of an agent's processes), in
-    memory and in the database: a later agent of the name, whoever's, starts with none
-    (DESIGN 20). A checkpoint still waiting for the writer is written before the delete."""
+    """Removed agents' (name -> its tenant) state checkpoints end with them, in memory
+    and in the database: a later agent of the name, whoever's, starts with none. A
+    checkpoint still waiting for the writer is written before the delete."""
     for key in [k for k in parts.checkpoints if k[0] in owners]:
         del parts.checkpoints[key]
     if store.writer is not None:
@@ -602,11 +568,9 @@ def states_end(parts: Parts, store: StateStore, owners: Mapping[str, str]) -> No
 async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
                     traces: Traces | None, node: ClusterNode | None
                     ) -> AsyncIterator[WorkflowService]:
-    """[workflows.NAME] and their runs (docs/workflows.md); entered after the engine runs,
-    so a stop ends the runs' drivers (their runs resumed at the next start) before the
-    agents stop under them. With [tracing], each run is a trace of its steps' tasks; with
-    [cluster], the runs are the cluster's (kept in Redis, their steps cluster tasks, a
-    dead node's taken over: cluster/clustercalls.py)."""
+    """[workflows.NAME] and their runs; entered after the engine runs, so a stop ends
+    the runs' drivers (resumed at the next start) before the agents stop under them.
+    With [cluster], the runs are the cluster's (cluster/clustercalls.py)."""
     service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon,
                               traces.tracer if traces is not None else None,
                               node.durables if node is not None else None)
@@ -614,37 +578,30 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
     publish_runs(parts.stream, parts.bus)
     sc = conf.cfg.supervisor
     service.retain(sc.journal_max_age, sc.journal_max_tasks)
-    try:
+    async with closed(service.close):
         yield service
-    finally:
-        await service.close()
 
 
 @contextlib.asynccontextmanager
 async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
                 leaders: LeaderTools, node: ClusterNode | None
                 ) -> AsyncIterator[TeamService]:
-    """[teams.NAME] and their calls (docs/teams.md); entered after the engine runs, so a
-    stop ends the calls' drivers (resumed at the next start) before the agents stop.
-    `leaders`: the engine's interceptor that gives a leader its members as tools; with
-    [cluster], the calls are the cluster's, as workflow runs are (`workflows`)."""
+    """[teams.NAME] and their calls, entered after the engine runs as `workflows` is.
+    `leaders`: the engine's interceptor that gives a leader its members as tools."""
     service = TeamService(parts.agents, parts.tasks, store, hub.daemon, leaders,
                           traced=conf.cfg.tracing is not None, tools=parts.tools,
                           durables=node.durables if node is not None else None)
     service.configure(conf.cfg.teams)
-    try:
+    async with closed(service.close):
         yield service
-    finally:
-        await service.close()
 
 
 @contextlib.asynccontextmanager
 async def schedules(conf: Conf, parts: Parts, store: StateStore, tasks: TaskFront,
                     workflows: WorkflowService, node: ClusterNode | None, hub: LogHub
                     ) -> AsyncIterator[ScheduleService]:
-    """[schedules.NAME] (docs/workflows.md#schedules): configured now, fired once the
-    tasks are recovered (ScheduleService.start); with [cluster], each fired by the node
-    holding its lease in Redis."""
+    """[schedules.NAME]: configured now, fired once the tasks are recovered; with
+    [cluster], each fired by the node holding its lease in Redis."""
     ledger: Ledger = LocalLedger(store)
     if node is not None:
         from ..cluster.schedules import ClusterLedger
@@ -654,21 +611,19 @@ async def schedules(conf: Conf, parts: Parts, store: StateStore, tasks: TaskFron
     service = ScheduleService(ledger, starter(tasks, workflows), parts.stream, hub.daemon,
                               schedule_agents(workflows), parts.agents)
     service.configure(conf.cfg)
-    try:
+    async with closed(service.close):
         yield service
-    finally:
-        await service.close()
 
 
 def task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | None,
                 hub: LogHub) -> TaskFront:
-    """The task front, chosen once: with [cluster], the cluster's (this node's own
-    behind it, for `local`)."""
+    """With [cluster], the cluster's (this node's own behind it, for `local`)."""
     local = LocalFront(parts.agents, parts.tasks, journal, hub.daemon)
     if node is None:
         return local
     from .tasks.clustered import ClusterFront
     return ClusterFront(local, node, parts.quotas)
+
 
 async def packages(conf: Conf, parts: Parts, opened: Stores, fleet: Fleet,
                     node: ClusterNode | None, hub: LogHub) -> Packages:
@@ -690,8 +645,7 @@ async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras:
                        listeners: Listeners, models: ModelGateway | None = None
                        ) -> AsyncIterator[HttpGateway | None]:
     """The HTTP gateway, before any agent starts (agents are given its URL): at `/mcp`
-    of the [http] server (mounted there when it starts), and on a site of its own at
-    `[gateway] listen`, an extra."""
+    of the [http] server, and on a site of its own at `[gateway] listen`, an extra."""
     cfg = conf.cfg
     if not (cfg.gateway.listen or cfg.http.listen):
         yield None
@@ -725,8 +679,7 @@ class Serving:
 async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services],
                       extras: Extras, listeners: Listeners) -> AsyncIterator[Serving | None]:
     """[http]: the REST API, /metrics and the dashboard, once the services exist
-    (aiohttp is imported only then: a daemon without HTTP does not carry it); an extra,
-    retried until it binds (a fresh server at each attempt)."""
+    (aiohttp imported only then); an extra, retried until it binds."""
     settings = conf.cfg.http
     if not settings.listen:
         yield None
@@ -766,7 +719,7 @@ async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services
 async def extra(extras: Extras, name: str, listen: str,
                 attempt: Callable[[], Awaitable[None]]) -> None:
     """Start an extra (retried in the background when it fails), unless its config is
-    refused: then the daemon does not start, and says why."""
+    refused: then the daemon does not start."""
     try:
         await extras.start(name, listen, attempt)
     except ConfigError as exc:
@@ -774,7 +727,6 @@ async def extra(extras: Extras, name: str, listen: str,
 
 
 def dashboard_sessions(conf: Conf) -> Any:
-    """The dashboard's logins, where [http] serves it."""
     if not conf.cfg.http.listen:
         return None
     from .http.ui import LoginSessions  # with aiohttp: only where [http] is configured
@@ -784,13 +736,9 @@ def dashboard_sessions(conf: Conf) -> Any:
 
 def freeze_heap(*, collect: bool = True) -> None:
     """Modules, classes, config and the daemon's own parts live as long as the process:
-    out of every full pass of the cyclic collector from here on, which then walks what
-    the fleet holds and no more (decision 60). `collect`: a pass over the young
-    generations first, what the set-up just made (not in an image that took an
-    upgrade's handoff, whose dispatch waits: it started with the collector off, and the
-    little its imports left is kept). Not a full pass: it walked every module's objects
-    for ~17 ms, the largest part of a boot's CPU after its imports, and found nothing to
-    free in a daemon's boot (decision 925)."""
+    out of every full pass of the cyclic collector from here on. `collect`: a pass over
+    the young generations first (not in an upgrade's image, whose dispatch waits). Not a
+    full pass: it took ~17 ms of a boot and found nothing to free."""
     if collect:
         gc.collect(1)
     gc.freeze()
@@ -798,14 +746,14 @@ def freeze_heap(*, collect: bool = True) -> None:
 
 def export_bound(cfg: Config) -> float:
     """Seconds the trace exporter's teardown may take: its last export's timeout, and
-    the wait for its process to end after it (Traces.close)."""
+    the wait for its process to end."""
     return (cfg.tracing.export_timeout if cfg.tracing is not None else 0.0) + TEARDOWN_STEP
 
 
 @contextlib.asynccontextmanager
 async def tracing(conf: Conf, traces: Traces | None) -> AsyncIterator[Traces | None]:
-    """[tracing] (docs/tracing.md): the spans' exporter and local store, of the engine's
-    tracer; closed after the agents stop, so that their last spans are kept."""
+    """[tracing]: the spans' exporter and local store; closed after the agents stop,
+    so that their last spans are kept."""
     try:
         await start_traces(traces)
     except OSError as exc:  # its store's files (a link in their place: statefiles.py)

@@ -1,28 +1,21 @@
-"""The step journal: tasks' steps in the state database (the engine's StepJournal,
-corral.supervisor.tasks.steps; docs/durable.md).
+"""The step journal: tasks' steps in the state database (the engine's StepJournal;
+docs/durable.md).
 
-A step's result is stored once by its content hash (`step_results`), however many steps
-of however many tasks return it; one larger than REF_ABOVE is a file of its own in the
-state directory (`step-results/HASH`), written before the row that names it. Steps go
-through a GroupCommit on the daemon's one writer thread, like the task journal's rows:
-a lone step is committed as it is put, on the loop when the thread is idle, so it costs
-one SQLite commit and no loop turn; the steps of a turn after it are one transaction at
-the turn's end (decision 221, storewriter.py).
-The engine awaits `committed()` before it answers the worker: a step it answered from is
-never lost to a crash of the daemon (`journal_sync = "normal"`) or, with `"full"`, of the
-machine. With `"normal"` a step is one write() to the step log (corral.daemon.steplog)
-and committed then; the log's records reach the database in batches, a log file each,
-every FLUSH_EVERY seconds or LOG_BATCH steps; one result past LOG_MAX, a drop, and
-everything with `"full"` go through the GroupCommit as they come (the log's pending
-records handed to it first, so that the database sees every write in the order made).
+A step's result is stored once by its content hash (`step_results`); one larger than
+REF_ABOVE is a file of its own in the state directory, written before the row that
+names it. The engine awaits `committed()` before it answers the worker: a step it
+answered from is never lost to a crash of the daemon (`journal_sync = "normal"`) or,
+with `"full"`, of the machine. With `"normal"` a step is one write() to the step log
+(steplog.py) and committed then; the log's records reach the database in batches, every
+FLUSH_EVERY seconds or LOG_BATCH steps. A result past LOG_MAX, a drop, and everything
+with `"full"` go through the GroupCommit as they come (the log's pending records handed
+to it first, so that the database sees every write in the order made).
 
 Steps are read by their task's next attempt alone, and no attempt follows an end: the
-task journal's pruning (every PRUNE_EVERY seconds) deletes the steps of tasks that ended
-ENDED_KEPT seconds before (`delete_ended`, decision 450), those of a pruned task, and the
-results no step names any more (`delete_steps`, `drop_unused`); a diverged attempt's
-obsolete steps go at once (`drop_from`), and their results with them. Its end is
-committed in the same database before its steps go: a task the next daemon would run
-again never loses them.
+task journal's pruning deletes the steps of tasks that ended ENDED_KEPT seconds before,
+those of a pruned task, and the results no step names any more; a diverged attempt's
+obsolete steps go at once (`drop_from`). A task's end is committed before its steps go:
+a task the next daemon would run again never loses them.
 """
 
 from __future__ import annotations
@@ -68,7 +61,7 @@ _Op = Step | _Drop | _Retire
 
 
 class StepsError(Exception):
-    """Steps could not be written; the message names the file and SQLite's reason."""
+    """The message names the file and SQLite's reason."""
 
 
 def results_dir(db_path: Path) -> Path:
@@ -196,9 +189,8 @@ class StepsDB:
                 db.execute("BEGIN")
                 continue
             if isinstance(op, _Drop):
-                rows = db.execute("DELETE FROM steps WHERE task_id = ? AND seq >= ? "
-                                  "RETURNING result", op).fetchall()
-                unlink += drop_unused(db, {r[0] for r in rows if r[0] is not None})
+                unlink += drop_unused(db, _deleted(
+                    db, "DELETE FROM steps WHERE task_id = ? AND seq >= ?", op))
                 continue
             result = None
             if op.body is not None:
@@ -256,33 +248,31 @@ class StepsDB:
         return steps
 
     async def close(self) -> None:
-        """Write what is pending (the writer thread closes after), then close."""
         self._flush()
         await self._store.close()
 
 
 def delete_steps(db: sqlite3.Connection, where: str, args: Iterable[object]) -> set[bytes]:
-    """Delete the steps of the tasks `where` (SQL on `tasks`) selects; the results they
-    named (for drop_unused)."""
-    rows = db.execute(f"DELETE FROM steps WHERE task_id IN (SELECT id FROM tasks WHERE "
-                      f"{where}) RETURNING result", tuple(args)).fetchall()
-    return {r[0] for r in rows if r[0] is not None}
+    """Delete the steps of the tasks `where` (SQL on `tasks`) selects."""
+    return _deleted(db, f"DELETE FROM steps WHERE task_id IN (SELECT id FROM tasks WHERE "
+                        f"{where})", tuple(args))
 
 
 def delete_ended(db: sqlite3.Connection, before: float) -> set[bytes]:
-    """Delete the steps of the tasks that ended before `before` (their end committed);
-    the results they named (for drop_unused). Looked up from the steps, which hold only
-    tasks not ended or lately ended, not from every task the journal keeps."""
-    rows = db.execute("DELETE FROM steps WHERE EXISTS (SELECT 1 FROM tasks WHERE tasks.id "
-                      "= steps.task_id AND tasks.finished < ?) RETURNING result",
-                      (before,)).fetchall()
-    return {r[0] for r in rows if r[0] is not None}
+    """Delete the steps of the tasks that ended before `before`. Looked up from the
+    steps, which hold only tasks not ended or lately ended, not from every task."""
+    return _deleted(db, "DELETE FROM steps WHERE EXISTS (SELECT 1 FROM tasks WHERE "
+                        "tasks.id = steps.task_id AND tasks.finished < ?)", (before,))
 
 
 def delete_orphans(db: sqlite3.Connection) -> set[bytes]:
     """Steps of tasks the journal does not hold (their task's row never committed)."""
-    rows = db.execute("DELETE FROM steps WHERE task_id NOT IN (SELECT id FROM tasks) "
-                      "RETURNING result").fetchall()
+    return _deleted(db, "DELETE FROM steps WHERE task_id NOT IN (SELECT id FROM tasks)")
+
+
+def _deleted(db: sqlite3.Connection, delete: str, args: Iterable[object] = ()) -> set[bytes]:
+    """The results the steps `delete` deletes named (for drop_unused)."""
+    rows = db.execute(delete + " RETURNING result", tuple(args)).fetchall()
     return {r[0] for r in rows if r[0] is not None}
 
 

@@ -1,26 +1,21 @@
 """The state database's schema and opening: an SQLite database (WAL) in the state
-directory, created 0600 in a 0700 directory (SQLite gives its -wal and -shm files the same
-mode), and brought to this corral's schema version before anything reads it.
+directory, created 0600 in a 0700 directory, and brought to this corral's schema version
+before anything reads it.
 
-Schema versions. The database's schema version is SQLite's `PRAGMA user_version`: the
-number of entries of `MIGRATIONS` that have been applied to it. At start-up `open_database`
-applies the missing ones in order, each in its own transaction together with the new
-version number, so a crash mid-migration leaves the previous version intact. To change the
-schema, append ONE entry to `MIGRATIONS` (SQL, or a function of the connection for a data
-migration) and never edit an entry that has landed: databases in the field have run it.
+The schema version is `PRAGMA user_version`: the number of entries of `MIGRATIONS`
+applied. `open_database` applies the missing ones in order, each in its own transaction
+with the new version number, so a crash mid-migration leaves the previous version
+intact. To change the schema, append ONE entry (SQL, or a function of the connection)
+and never edit one that has landed: databases in the field have run it.
 
-    MIGRATIONS.append(...)      # that is the whole procedure
+A new database is made at once from storefresh.py, the schema the migrations end in (~3
+ms rather than ~13 ms of ALTERs), when that file was made from these very migrations
+(`digest`); after an append, until `scripts/fresh_schema.py` makes it again, a new
+database is migrated as an old one is.
 
-A new database (no table, version 0) is not migrated step by step: it is made at once
-from storefresh.py, the schema the migrations end in (~3 ms of CPU rather than ~13 ms of
-ALTERs and table rebuilds; most daemons the suite starts have a new state directory),
-when that file was made from these very migrations (`digest`); after an append it is
-not, and a new database is migrated as an old one is until `scripts/fresh_schema.py`
-makes it again (tests/test_store.py says so). Decision 927.
-
-A database written by a newer corral (a higher version than this code knows), one that is
-locked by another process, read-only or corrupt stops the daemon at start-up with a
-`StoreError` that names the file and what to do; nothing is ever reset silently.
+A database written by a newer corral, locked by another process, read-only or corrupt
+stops the daemon with a `StoreError` that names the file and what to do; nothing is ever
+reset silently.
 """
 
 from __future__ import annotations
@@ -43,18 +38,15 @@ from .stopmarks import MIGRATION as STOPMARKS_MIGRATION
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 # SQLite's memory in all, past which its connections' page caches reuse their pages rather
-# than grow (`PRAGMA soft_heap_limit`, the process's): without it each of the daemon's
-# connections keeps up to 2 MiB of pages, most of them rows read or written once — a wave
-# of suspended tasks' writes, their read-back at start-up (decision 1007)
+# than grow: without it each connection keeps up to 2 MiB of pages, most of them rows read
+# or written once (a wave of suspended tasks' writes, their read-back at start-up)
 SQLITE_HEAP_BYTES = 4 * 1024 * 1024
 
 Migration = str | Callable[[sqlite3.Connection], None]
 
-# the tenant of the agent that holds the name `agent` (as a migration runs, or as the
-# daemon starts): its newest revision's, `default` when that names none
-# (revisions.tenant_of); migrations 18, 20 and 21, the task journal's usage (taskjournal.py)
-# (a revision whose spec is not JSON, hand-edited or damaged, is passed over: it must not
-# stop a daemon's start)
+# the tenant of the agent that holds the name `agent`: its newest revision's, `default`
+# when that names none (a revision whose spec is not JSON is passed over: it must not stop
+# a daemon's start)
 HOLDER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
           "WHERE r.agent = {agent} AND json_valid(r.spec) "
           "ORDER BY r.time DESC, r.revision DESC LIMIT 1), 'default')")
@@ -346,7 +338,7 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE runs ADD COLUMN traceparent TEXT;
     ALTER TABLE runs ADD COLUMN tracestate TEXT;
     """,
-    # 18: a session is its owner's (decision 440): its rows keyed by the tenant its agent
+    # 18: a session is its owner's: its rows keyed by the tenant its agent
     # was of when it began, so that another tenant's agent of the same name addresses
     # rows of its own. A row written before reads as the tenant of the agent that held
     # the name then: its newest revision's (`default` when it names none)
@@ -376,18 +368,15 @@ MIGRATIONS: list[Migration] = [
     # tenant, the operator's), and a definition's revision (its agents' tenant when it was
     # made, no longer its maker's: a tenant's revisions were already). '?' marks the rows
     # from before, told whose by the next daemon from the agents holding their names
-    # then (definitions.UNSTAMPED; decision 443)
+    # then (definitions.UNSTAMPED)
     """
     ALTER TABLE runs ADD COLUMN tenant TEXT DEFAULT '?';
     UPDATE definitions SET tenant = '?' WHERE tenant IS NULL;
     """,
     # 20: whose a task and an agent's revision are: the tenant its agent was of when it
-    # was made (DESIGN 20, decision 436), so that a tenant taking a freed name is never
-    # shown what its earlier holder left. A task's row from before reads as of the tenant
-    # of the agent's latest revision (the one that holds or last held the name), else of
-    # the default tenant; a revision's is its own table's. A revision is numbered within
-    # its agent's tenant: a later holder of the name starts at 1 (a tenant's own revisions,
-    # under `tenant:NAME`, are the default tenant's).
+    # was made, so that a tenant taking a freed name is never shown what its earlier
+    # holder left. A task's row from before reads as the name's holder's (HOLDER); a
+    # revision's is its own table's, numbered within its agent's tenant.
     f"""
     ALTER TABLE tasks ADD COLUMN tenant TEXT;
     UPDATE tasks SET tenant = {HOLDER.format(agent="tasks.agent")};
@@ -409,7 +398,7 @@ MIGRATIONS: list[Migration] = [
     DROP TABLE revisions;
     ALTER TABLE revisions_of_tenants RENAME TO revisions;
     """,
-    # 21: whose an agent's metrics history row is (history.WRITTEN; decision 437): its
+    # 21: whose an agent's metrics history row is (history.WRITTEN): its
     # agent's tenant when sampled, so that a tenant taking a freed name is not shown its
     # earlier holder's figures; rows from before read as the name's holder's now
     f"""
@@ -561,15 +550,15 @@ MIGRATIONS: list[Migration] = [
         removed REAL NOT NULL,
         PRIMARY KEY (agent, tenant)
     ) WITHOUT ROWID;
-    """,    # whose an agent state checkpoint is: the tenant of its agent when it was saved, given
-    # back only to an agent of that tenant holding the name (DESIGN 20); a row from before
-    # is the name's holder's by its newest revision
+    """,
+    # whose an agent state checkpoint is: the tenant of its agent when it was saved, given
+    # back only to an agent of that tenant holding the name
     f"""
     ALTER TABLE agent_state ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
     UPDATE agent_state SET tenant = {HOLDER.format(agent="agent_state.name")};
     """,
     # whose a kept `corral scale` is (revisions.py): its agent's tenant, applied to no
-    # other tenant's agent of the name (DESIGN 20)
+    # other tenant's agent of the name
     f"""
     ALTER TABLE scaled ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
     UPDATE scaled SET tenant = {HOLDER.format(agent="scaled.agent")};
@@ -583,7 +572,6 @@ class StoreError(Exception):
 
 
 def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
-    """Turn SQLite's error into one an operator can act on."""
     text = str(exc)
     code = getattr(exc, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
@@ -628,17 +616,13 @@ def prepare_state_dir(directory: Path) -> None:
 
 class StoreConnection(sqlite3.Connection):
     """A connection whose `execute` and `executemany` run a statement that reads no rows
-    (a write, a pragma set) on a cursor it keeps, made anew only while a caller still
-    holds the last one (its rowcount unread). A query's cursor is the caller's alone, as
-    `sqlite3.Connection`'s is: dropped, it ends its statement (its read of the database)
-    at once, where one kept would hold it open until the next statement.
+    on a cursor it keeps, made anew only while a caller still holds the last one. A
+    query's cursor is the caller's alone: dropped, it ends its read at once.
 
-    CPython's sqlite3 (3.11) keeps a weak reference to each cursor a connection makes,
-    `Connection.execute`'s own included, and drops the dead ones only once every 200
-    cursors: a burst of statements (thousands of tasks suspended at once) leaves up to
-    200 dead references a connection, long-lived objects scattered among the burst's
-    short-lived ones, each able to keep a 1 MiB arena of the allocator's from going back
-    (bench/RESULTS.md, decision 950)."""
+    CPython's sqlite3 keeps a weak reference to each cursor a connection makes and drops
+    the dead ones only once every 200 cursors: a burst of statements leaves up to 200
+    dead references, long-lived objects among the burst's short-lived ones, each able to
+    keep a 1 MiB arena of the allocator's from going back (bench/RESULTS.md)."""
 
     _kept: sqlite3.Cursor | None = None
 

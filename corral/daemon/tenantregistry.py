@@ -1,8 +1,6 @@
-"""The tenants of a running daemon (issue 23, docs/tenants.md): those of the config file
-and those added or changed at runtime (`tenants.add`, `tenants.set`, `tenants.remove`),
-kept in the state database (the `runtime_tenants` table, store migration 9), each change
-a revision (the `revisions` table, under `tenant:NAME`, which no agent name can be) and an
-audit row (the Dispatcher's, as every mutating call's).
+"""The tenants of a running daemon (docs/tenants.md): those of the config file and those
+added or changed at runtime, kept in the state database (`runtime_tenants`), each change a
+revision (under `tenant:NAME`, which no agent name can be).
 
 A config tenant changed at runtime keeps the change across daemon restarts and reloads
 until the file itself changes that tenant (as a kept `corral scale` does): the table the
@@ -78,8 +76,7 @@ class TenantRegistry:
     def __init__(self, parts: Parts, store: StateStore, config_path: Path,
                  report: Report,
                  on_groups: Callable[[dict[int, str]], None] | None = None) -> None:
-        """`on_groups`: told the tenants' unix groups each time they change (the control
-        socket's, which serves a tenant's peer as its tenant)."""
+        """`on_groups`: told the tenants' unix groups each time they change."""
         self.quotas = parts.quotas
         self.tools = parts.tools
         self.tasks = parts.tasks

@@ -1,11 +1,9 @@
 """Traces, the daemon's side: the [tracing] settings (with the OTEL_* variables), and the
-engine's spans (supervisor/tracing.py) handed in batches to the exporter process
-(traceexport.py), which keeps them in the local store (tracestore.py, for `corral trace`)
-and sends them to an OTLP/HTTP collector; `traces.get` reads the store (docs/tracing.md).
+engine's spans handed in batches to the exporter process (traceexport.py), which keeps
+them in the local store (tracestore.py) and sends them to an OTLP/HTTP collector.
 
 A collector that is away, or an exporter that is slow or dead, costs spans, never a task:
-each place that drops spans counts them, and they add up to
-`corral_trace_spans_dropped_total`.
+each place that drops spans counts them (`corral_trace_spans_dropped_total`).
 """
 
 from __future__ import annotations
@@ -88,7 +86,7 @@ def _sampler(env: Mapping[str, str]) -> tuple[float, bool]:
 PIPE_BOUND = 8 << 20  # bytes of batches waiting for the exporter to read; past it, dropped
 # full batches handed over together: the exporter woken a few times a second at most,
 # not at each batch (its runs beside the loop cost the loop more than the hand-over's
-# size; decision 427), and the pipe made as large as the system lets it be for them
+# size), and the pipe made as large as the system lets it be for them
 HANDOVER = 16
 PIPE_SIZE = 1 << 20
 FLUSH_WAIT = 5.0  # seconds a read waits for the exporter to store what it was sent
@@ -97,8 +95,7 @@ STEADY = 60.0  # seconds an exporter lives for its restart delay to start over
 
 
 class ExporterLine(msgspec.Struct, frozen=True):
-    """A line of the exporter's (traceexport.py): ready; a flush answered; its counts,
-    in spans since it started."""
+    """A line of the exporter's: ready; a flush answered; its counts since it started."""
 
     ready: bool = False
     flushed: int | None = None
@@ -122,19 +119,14 @@ class Counts:
 
 
 class Traces:
-    """The exporter process (traceexport.py) fed with the engine's records, one msgpack
-    frame a batch down its stdin, restarted when it dies; and what `traces.get` and
-    /metrics ask.
-
-    The loop's part of a span: the engine's record encoded into its batch (tracing.py),
-    then its share of one pipe write. Nothing waits for the
-    process: a batch it has not read while `PIPE_BOUND` bytes wait is dropped, and while
-    it is dead (until its restart) the engine's buffer keeps the spans to its bound."""
+    """The exporter process fed with the engine's records, one msgpack frame a batch
+    down its stdin, restarted when it dies. Nothing waits for the process: a batch it
+    has not read while `PIPE_BOUND` bytes wait is dropped, and while it is dead the
+    engine's buffer keeps the spans to its bound."""
 
     def __init__(self, cfg: TracingSettings, resolved: Settings, state_dir: Path, node: str,
                  spared: set[int] | None = None) -> None:
-        """Made before the engine, whose task path its tracer is given to (an
-        interceptor); its exporter started later (`start`)."""
+        """Made before the engine, whose task path its tracer is given to."""
         self.tracer = Tracer(resolved.sampling, capacity=cfg.buffer, batch=cfg.batch,
                              ready=self._ready)
         self.cfg = cfg
@@ -187,7 +179,7 @@ class Traces:
     # -- the process --------------------------------------------------------------------------
     async def until(self, condition: Callable[[], bool]) -> None:
         """Until `condition()` holds, asked again each time an exporter process starts,
-        says it is ready, or ends (what a restart's watcher waits on)."""
+        says it is ready, or ends."""
         while not condition():
             await self._changed.wait()
 
@@ -196,9 +188,6 @@ class Traces:
         changed.set()
 
     async def start(self) -> None:
-        await self._spawn()
-
-    async def _spawn(self) -> None:
         from .. import __version__
         from .traceexport import ExportConfig
 
@@ -261,7 +250,7 @@ class Traces:
             return
         delay, self._delay = self._delay, min(self._delay * 2, BACKOFF[1])
         self._restart = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._spawn()))
+            delay, lambda: asyncio.ensure_future(self.start()))
 
     def _heard(self, line: bytes) -> None:
         try:
@@ -287,9 +276,8 @@ class Traces:
 
     # -- feeding it ---------------------------------------------------------------------------
     def _ready(self) -> None:
-        """The engine's buffer had its first span, or a batch's worth (Tracer.put): the
-        batches handed over when HANDOVER of them wait, or half the buffer's room in
-        records or in bytes (long records fill its bytes first)."""
+        """The engine's buffer had its first span, or a batch's worth: the batches handed
+        over when HANDOVER of them wait, or half the buffer's room in records or bytes."""
         if self._closing:
             return  # its last batches are flushed by `close`
         tracer = self.tracer
@@ -348,7 +336,6 @@ class Traces:
                          spans=spans)
 
     async def close(self) -> None:
-        """The last spans stored and sent (each export within its timeout)."""
         self._flush()
         self._closing = True
         for handle in (self._timer, self._restart):
@@ -385,9 +372,8 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 def traces_of(cfg: TracingSettings | None, state_dir: Path,
               spared: set[int] | None = None) -> Traces | None:
-    """With [tracing], the engine's traces: their tracer (an interceptor of the engine's
-    task path, given to it as it is made), its sampling as the table and the `OTEL_*`
-    variables say; `spared`: where the daemon lists its own children (Supervisor's)."""
+    """With [tracing], the engine's traces; `spared`: where the daemon lists its own
+    children (Supervisor's)."""
     if cfg is None:
         return None
     import socket
@@ -395,11 +381,8 @@ def traces_of(cfg: TracingSettings | None, state_dir: Path,
     return Traces(cfg, settings(cfg), state_dir, socket.gethostname(), spared)
 
 
-async def start(traces: Traces | None) -> Traces | None:
-    """Its store made and its exporter process started (a change of the table takes a
-    restart of the daemon)."""
-    if traces is None:
-        return None
-    await asyncio.to_thread(tracestore.create, traces.path)
-    await traces.start()
-    return traces
+async def start(traces: Traces | None) -> None:
+    """Its store made and its exporter process started."""
+    if traces is not None:
+        await asyncio.to_thread(tracestore.create, traces.path)
+        await traces.start()
