@@ -1,5 +1,5 @@
 """Tasks with [cluster]: handed to the cluster (Redis holds them; whichever node has room
-runs them, cluster/clustertasks.py) unless submitted `local`, which this node's LocalFront takes.
+runs them) unless submitted `local`, which this node's LocalFront takes.
 A task id is looked up in the cluster first: a cluster task's record is the truth,
 wherever it ran (one this node ran is in its engine too, but its record has every
 attempt); an id the cluster has not is this node's own."""
@@ -58,14 +58,8 @@ class ClusterFront:
                 "invalid params: a session's turn on a cluster is not delayed (its turns "
                 "run one at a time, in the order they came): submit it without delay and "
                 "not_before"))
-        return self._admit(p)
-
-    def _admit(self, p: P) -> P:
-        """The one admission step (supervisor.tasks.admission.admit), as a local task
-        passes it: for an agent this node runs, its tenant's task quotas at submission
-        (rate_per_minute, this node's count; max_queue, the tenant's tasks waiting on
-        this node) and its timeout capped at max_task_seconds. (An agent this node does
-        not run has no tenant here.)"""
+        # the one admission step, as a local task passes it: for an agent this node runs,
+        # its tenant's task quotas (this node's counts) and max_task_seconds
         timeout = admit(self.agents.get(p.agent), len(p.input), p.timeout,
                         tenancy=self.quotas, depth=self.engine.queue.depth)
         return p if timeout == p.timeout else msgspec.structs.replace(p, timeout=timeout)

@@ -79,7 +79,6 @@ def page_window(status: str | None, before: str | None, since: float | None,
 
 
 def outcome_of(info: TaskInfo) -> TaskResult:
-    """An ended task's outcome, as `run` answers it."""
     return TaskResult(info.task_id, info.status, info.output, info.error,
                       tuple(info.attempts))
 

@@ -62,8 +62,8 @@ class LocalFront:
 
     def recover(self, records: list[Unfinished],
                 reattached: Callable[[str], Awaitable[None]] | None = None) -> None:
-        """Finish the story of every task the previous daemon accepted (DESIGN section 8),
-        then open the front. Called with no await since the agents were added, so no
+        """Finish the story of every task the previous daemon accepted, then open the
+        front. Called with no await since the agents were added, so no
         task is accepted before the journal's are back, queued after theirs."""
         self.reattached = reattached
         tasks = self.engine.recovery.restore(records)
@@ -93,7 +93,7 @@ class LocalFront:
             raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
                                                    "accepted")
         if tasks.held is not None and self.journal is None:
-            # nothing would keep it for the next daemon (decision 164)
+            # nothing would keep it for the next daemon
             raise RpcError(jsonrpc.REFUSED, f"refused: {tasks.held}, and without a task "
                                             "journal (task_journal = false) a task accepted "
                                             "now would be lost: submit it again once the "
@@ -140,8 +140,7 @@ class LocalFront:
                                f"{exc}; the task was not accepted") from None
 
     async def _outcome(self, task: Task) -> TaskResult:
-        """A finished task's outcome, once its end is in the journal (when it can be)."""
-        if self.refusing is None:  # else written when it can be
+        if self.refusing is None:  # else its end is written when it can be
             with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands
                 await self.engine.committed()
         return await self.engine.outcome(task)
@@ -219,7 +218,6 @@ class LocalFront:
         return await self.engine.info(task_id, wait=wait)
 
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
-        """The engine's while the task may run, else the journal's (kept with its row)."""
         task = self.engine.active.get(task_id)
         if task is not None:
             return task.input

@@ -118,7 +118,7 @@ class TeamFront:
             return [], None
         await self.teams.read(newest=limit + 1)  # (on a cluster: the newest page first)
         # a limited caller, which sees the team now, pages through the calls made for
-        # its tenant then: not those of an earlier team of the name (decision 443)
+        # its tenant then: not those of an earlier team of the name
         tenant = self.teams.tenant_of(p.agent) if sees is not None else None
         page = self.teams.rows.listing(p.agent, p.status, since, p.before, limit + 1,
                                        tenant)

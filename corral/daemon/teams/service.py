@@ -1,9 +1,8 @@
 """The teams in the daemon (the config's and those added at runtime: catalog.py): their
 calls kept in the state database (store.py), resumed after a restart where their steps
 say they stopped, and each shown as a task of the team (`corral task ID`). On a cluster
-node the calls are the cluster's (kept in Redis, cluster/clustercalls.py): a call whose
-node died is taken over by this one at a beat (told on the engine's stream:
-CallHandover), and a call another node drives is read from Redis when it is asked for."""
+node the calls are the cluster's (kept in Redis): a call whose node died is taken over by
+this one, and a call another node drives is read from Redis when it is asked for."""
 
 from __future__ import annotations
 
@@ -63,8 +62,8 @@ class TeamService(Teams):
     # -- the Python API (as AgentOS's add_team; docs/teams.md) ----------------------------
     async def add_team(self, name: str, definition: TeamSpec | dict[str, Any], *,
                        who: str = "python api") -> int:
-        """Add a team at runtime, kept and revisioned as `corral teams add` keeps it
-        (checked against every agent and MCP server); its revision."""
+        """Kept and revisioned as `corral teams add` keeps it (checked against every agent
+        and MCP server); its revision."""
         table = table_of(definition) if isinstance(definition, TeamSpec) else definition
         await self.catalog.add({name: table}, who, None,
                                        self.check(lambda agent: True))
@@ -76,35 +75,30 @@ class TeamService(Teams):
         await self.catalog.remove([name], who, None)
 
     def check(self, seen: Callable[[str], bool]) -> Check[TeamSpec]:
-        """A team's check against the agents there are (`seen`: those the caller sees),
-        the teams and the MCP servers."""
-        def tenant_of(name: str) -> str | None:
-            agent = self.agents.get(name)
-            return agent.spec.tenant if agent is not None else None
-
+        """`seen`: the agents the caller sees."""
         servers = list(self.tools.servers) if self.tools is not None else []
-        return against(tenant_of, seen, self.specs, servers)
+        return against(self._agent_tenant, seen, self.specs, servers)
+
+    def _agent_tenant(self, name: str) -> str | None:
+        agent = self.agents.get(name)
+        return agent.spec.tenant if agent is not None else None
 
     def defined(self, name: str) -> TeamSpec | None:
-        """The team of this name there is now; None: none."""
         return self.specs.get(name)
 
     def tenant_of(self, name: str) -> str | None:
-        """A team's tenant (its own, else its agents': checked one on load; a runtime
-        team's, pinned when it was made: TeamCatalog.pinned), None when there is no such
-        team or its agents are gone."""
+        """A team's tenant (its own, else its agents': checked one on load), None when
+        there is no such team or its agents are gone."""
         spec = self.specs.get(name)
         if spec is None:
             return None
         if spec.tenant is not None:
             return spec.tenant
-        agent = self.agents.get(spec.members[0])
-        return agent.spec.tenant if agent is not None else None
+        return self._agent_tenant(spec.members[0])
 
     def recover(self) -> None:
         """Every call the previous daemon left running, driven on from its steps (once
-        the task journal's tasks are back in the engine, so a recorded task is found);
-        the revisions kept before each was its tenant's told whose (decision 443)."""
+        the task journal's tasks are back in the engine, so a recorded task is found)."""
         # (a cluster node's are the cluster's, taken by its beat: none resumed here)
         calls = self.rows.unfinished_calls() if self.shared is None else []
         self.resume(calls)
@@ -114,7 +108,6 @@ class TeamService(Teams):
         self._stamping = asyncio.ensure_future(self._stamp())
 
     def _handed_over(self, e: CallHandover) -> None:
-        """A call whose node died, taken by this one: driven on from its rows."""
         if e.record.kind == KIND and e.record.call_id not in self.live:
             self.resume([TeamCall.kept(e.record)])
             if self.report is not None:
@@ -143,8 +136,7 @@ class TeamService(Teams):
 
     async def _stamp(self) -> None:
         def owner(name: str, spec: TeamSpec) -> str | None:
-            return check_team(name, spec, tenant_of=lambda a: (
-                agent.spec.tenant if (agent := self.agents.get(a)) is not None else None))
+            return check_team(name, spec, tenant_of=self._agent_tenant)
         try:
             await self.catalog.stamp(owner)
         except StoreError as exc:
@@ -166,8 +158,7 @@ class TeamService(Teams):
         return call
 
     async def _made(self, n: int) -> None:
-        """Calls made or copied here: the ended past the newest kept pruned now and then
-        (a pruning that fails is said, and tried again at the next)."""
+        """Calls made or copied here: the ended past the newest kept pruned now and then."""
         try:
             await self.rows.made(n)
         except StoreError as exc:
@@ -183,7 +174,6 @@ class TeamService(Teams):
         await super().cancel(call)
 
     def find(self, call_id: str) -> TeamCall | None:
-        """A call of a team by its id (a task id), live or kept; None: no team's."""
         live = self.calls.live.get(call_id)
         return live[0] if live is not None else self.rows.call(call_id)
 
@@ -194,7 +184,7 @@ class TeamService(Teams):
         return call
 
 
-def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
+def call_info(call: TeamCall) -> TaskInfo:
     """A call as `corral task ID` shows it: a task of the team, its progress its steps."""
     started = min((s.started for s in call.rows.values() if s.started is not None),
                   default=None)
@@ -202,18 +192,15 @@ def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
         {"step": s.step, "task_id": s.task_id, "status": s.status}
         | ({"error": s.error} if s.error else {})
         for s in sorted(call.rows.values(), key=lambda s: s.started or 0.0)]
-    info = TaskInfo(task_id=call.call_id, agent=call.team,
+    return TaskInfo(task_id=call.call_id, agent=call.team,
                     status=call.status, priority=0, created=call.created, started=started,
                     finished=call.ended, tool_calls=0,
                     progress={"mode": call.spec.mode, "steps": steps},
                     output=call.output, error=error_of(call), attempts=[],
                     tenant=call.tenant)  # whose the call is (records.sees_task)
-    if with_input:
-        info.input = call.input
-    return info
 
 
 def sees_call(caller: Caller, call: TeamCall) -> bool:
     """Whether a call is the caller's: made for the caller's tenant, every agent of the
-    team it started on seen, whoever holds the team's name now (decision 443)."""
+    team it started on seen, whoever holds the team's name now."""
     return not caller.limited or caller.owns(call.spec.agents, call.tenant)

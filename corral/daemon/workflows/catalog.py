@@ -35,15 +35,11 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
         super().__init__(store, KIND, "workflows", WorkflowSpec)
 
     def workflow(self, name: str) -> Workflow:
-        """A workflow compiled with the others (its nested ones' agents), or NOT_FOUND."""
         specs = self.specs()
         spec = specs.get(name)
         if spec is None:
             raise jsonrpc.not_found("workflow", name)
-        try:
-            return compile_workflow(name, spec, None, specs)
-        except WorkflowError:  # a nested one gone by a reload: said when it is run
-            return compile_workflow(name, spec)
+        return _compiled(name, spec, specs)
 
     def tenant(self, name: str, tenant_of: TenantOf) -> str | None:
         """Whose a workflow is: a runtime one's, its revision's (the tenant its agents
@@ -54,12 +50,9 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
             return rev.tenant
         return one_tenant(self.workflow(name).agents, tenant_of)
 
-    def users_of(self, name: str) -> list[str]:
-        return sorted(n for n, s in self.specs().items()
-                      if any(st.workflow == name for st in s.steps) and n != name)
-
     def in_use(self, name: str, removed: list[str]) -> str | None:
-        users = [u for u in self.users_of(name) if u not in removed]
+        users = sorted(n for n, s in self.specs().items() if n != name and n not in removed
+                       and any(st.workflow == name for st in s.steps))
         return (f"workflow {name} is a step of workflow {users[0]}: change or remove "
                 f"{users[0]} first") if users else None
 
@@ -68,9 +61,13 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
         specs = self.specs()
 
         def owner(name: str, spec: WorkflowSpec) -> str | None:
-            try:
-                agents = compile_workflow(name, spec, None, specs).agents
-            except WorkflowError:
-                agents = compile_workflow(name, spec).agents
-            return one_tenant(agents, tenant_of)
+            return one_tenant(_compiled(name, spec, specs).agents, tenant_of)
         return await self.stamp(owner)
+
+
+def _compiled(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSpec]) -> Workflow:
+    """Compiled with the others (its nested ones' agents)."""
+    try:
+        return compile_workflow(name, spec, None, specs)
+    except WorkflowError:  # a nested one gone by a reload: said when it is run
+        return compile_workflow(name, spec)

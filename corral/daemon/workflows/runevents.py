@@ -2,14 +2,11 @@
 committed (a step's row, a run's), and published on the event bus for `corral events
 tail 'corral.step.*'` and the HTTP event stream.
 
-Topics: `corral.run.started`, `corral.run.STATUS` at its end (succeeded, failed,
-cancelled, timed_out); `corral.step.started`, `corral.step.STATUS` at a step's or a map
-item's end (succeeded, failed, skipped, cancelled, timed_out, lost). A run resumed after
-a restart is not started again. The data names every agent of the run (`agents`): a
-caller limited to some agents is sent a run's events only when it sees them all, as it
-sees the run (visibility.py); in the bus they are in the part of the run's tenant, and
-a run of no one tenant (its agents of several) in no tenant's part (operators' followers
-alone). On a cluster a run's events are its node's, as the run is."""
+Topics: `corral.run.started`, `corral.run.STATUS` at its end; `corral.step.started`,
+`corral.step.STATUS` at a step's or a map item's end. The data names every agent of the
+run (`agents`): a caller limited to some agents is sent a run's events only when it sees
+them all, as it sees the run (visibility.py). On a cluster a run's events are its
+node's, as the run is."""
 
 from __future__ import annotations
 
@@ -29,8 +26,6 @@ class RunStarted(NamedTuple):
 
 
 class RunEnded(NamedTuple):
-    """A run ended (its row committed with its status)."""
-
     run: Run
 
 
@@ -42,8 +37,6 @@ class StepStarted(NamedTuple):
 
 
 class StepEnded(NamedTuple):
-    """A step (or a map's item) ended, its row committed with its status."""
-
     run: Run
     row: StepRow
 
@@ -88,14 +81,13 @@ def topic_and_data(e: RunEvent) -> tuple[str, dict[str, Any]]:
 
 def publish_runs(stream: Stream, bus: EventBus) -> None:
     """Every run event on the Stream, published on the bus from now on, in the part of
-    the run's tenant (its workflow's when it started, whoever holds its agents' names
-    now)."""
+    the run's tenant (a run of no one tenant: operators' followers alone)."""
     def publish(e: RunEvent) -> None:
         if not bus.followers and not bus.subscriptions:
             return  # nobody on this node could hear it: nothing built
         topic, data = topic_and_data(e)
         tenant = e.run.tenant if e.run.tenant is not None else NO_TENANT
-        # to this node's followers and workers only: a run is its node's (decision 307),
+        # to this node's followers and workers only: a run is its node's,
         # and a map's thousand steps are not sent through Redis to every other node
         bus.publish_here(topic, data, "corral", tenant)
 

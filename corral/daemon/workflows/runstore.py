@@ -78,7 +78,7 @@ class Run(msgspec.Struct):
 class Outputs(Mapping[str, Any]):
     """A run's ended steps' outputs (a map step's: the list of its items'), read back
     from its rows as one is named and held while the asker holds this: a run keeps none
-    in memory, however many items its maps have (decision 444)."""
+    in memory, however many items its maps have."""
 
     def __init__(self, run: Run, store: RunStore) -> None:
         self.run, self.store = run, store
@@ -107,8 +107,7 @@ class Outputs(Mapping[str, Any]):
 
 
 class RunStore:
-    """The runs: kept by the calls' journal (their writes, loads), read by their own
-    queries (a step's output, a page of runs, the pruning)."""
+    """The runs: kept by the calls' journal, read by their own queries."""
 
     def __init__(self, store: StateStore, calls: DurableStore | None = None) -> None:
         """`calls`: where the runs are kept when not in `store` alone (a cluster node's:
@@ -132,7 +131,6 @@ class RunStore:
         return row[0] if row is not None else None
 
     def output(self, run_id: str, step: str, item: int) -> Any:
-        """One row's output, read back."""
         return self.journal.output(run_id, step, item)
 
     def outputs_of(self, run_id: str, rows: list[tuple[str, int]]
@@ -170,7 +168,6 @@ class RunStore:
         return 2 + int(size or 0) + max(0, int(n) - 1)
 
     def items_output(self, run_id: str, step: str) -> list[Any]:
-        """A map step's output: its items' outputs, in their order."""
         return [msgspec.json.decode(o) if o is not None else None
                 for (o,) in self.store.db.execute(
                     "SELECT output FROM call_steps WHERE call_id = ? AND step = ? AND item >= 0"
@@ -185,7 +182,7 @@ class RunStore:
 
     async def stamp(self, tenant_of: Callable[[str], str | None]) -> int:
         """The runs kept before each was its tenant's, told whose: the tenant all their
-        agents are of now (`tenant_of`); how many."""
+        agents are of now; how many."""
         told = []
         for (run_id,) in self.store.db.execute("SELECT call_id FROM calls WHERE kind = ? AND "
                                                 "tenant = ?", (KIND, UNSTAMPED)).fetchall():
@@ -228,10 +225,9 @@ class RunStore:
         return [Run.kept(record_of(r)) for r in rows]
 
     async def prune(self, max_age: float, max_runs: int) -> int:
-        """Ended runs, and their steps' rows, past the task journal's retention: ended
-        more than `max_age` seconds ago (0: no limit), or older than the newest
-        `max_runs` ended ones. Never a running run, nor a nested run a running run's
-        step names (resumed, that step waits for it). How many went."""
+        """Ended runs, and their steps' rows, past the task journal's retention. Never a
+        running run, nor a nested run a running run's step names (resumed, that step
+        waits for it). How many went."""
         gone = 0
 
         def write(db: sqlite3.Connection) -> None:

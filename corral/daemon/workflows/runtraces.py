@@ -4,18 +4,12 @@ under its step's span, the task submitted with that span's context as its tracep
 that the engine's tracer parents it there. A nested step's run is a child of its step,
 in the same trace.
 
-The ids are derived, not kept: the run's trace and span from its id (as a task traced
-from its id), a step's span from the run's, the step's name and its item. A step's task
-is given its parent before the step's span exists (it is made when the step ends), and a
-run resumed by the next daemon keeps its ids. A run's parent (the caller's context it was
-started with, a nested run's step) is written on the run (`Run.traceparent`, saved with
-its row as it starts), so that the next daemon resumes it in the same trace, under the
-same parent, with the sampling decision it was started with (a run of no parent is
-decided again from its id, by the ratio in force).
-
-Sampling: the run's head decision as a new trace's (the ratio), honoured by its steps'
-tasks as a parent's; a run or a step that did not succeed is kept whatever it said, as a
-failed task is."""
+The ids are derived, not kept: the run's trace and span from its id, a step's span from
+the run's, the step's name and its item, so that a step's task is given its parent before
+the step's span exists, and a run resumed by the next daemon keeps its ids. A run's parent
+is saved with its row (`Run.traceparent`), so that the next daemon resumes it in the same
+trace, under the same parent, with the sampling decision it was started with. A run or a
+step that did not succeed is kept whatever the sampling said, as a failed task is."""
 
 from __future__ import annotations
 
@@ -49,7 +43,6 @@ class RunTraceContext(NamedTuple):
 
 
 def run_trace(run_id: str) -> tuple[int, int]:
-    """A run's trace id and span id, from its id."""
     if FORMAT.fullmatch(run_id):
         trace_id = id_trace(run_id)
     else:  # an id of another form: its hash
@@ -79,8 +72,8 @@ class RunTraces:
         stream.subscribe(self._run_ended, RunEnded)
 
     def context(self, run: Run) -> RunTraceContext:
-        """The run's (made when it is first asked for: the service asks as it makes the
-        run, with its parent named just before)."""
+        """Made when it is first asked for: the service asks as it makes the run, with
+        its parent named just before."""
         ctx = self._runs.get(run.run_id)
         if ctx is None:
             trace_id, span_id = run_trace(run.run_id)
@@ -100,7 +93,6 @@ class RunTraces:
         return ctx
 
     def forget(self, run_id: str) -> None:
-        """A run made that will not run (its row not saved)."""
         self._parents.pop(run_id, None)
         self._runs.pop(run_id, None)
 
@@ -110,16 +102,14 @@ class RunTraces:
         self._parents.pop(run_id, None)
 
     def step_context(self, run: Run, step: str, item: int) -> tuple[str, str | None]:
-        """The context a step's task is submitted with: its step's span (`traceparent`,
-        and the caller's `tracestate`)."""
+        """The context a step's task is submitted with: its step's span."""
         ctx = self.context(run)
         return (traceparent(ctx.trace_id, step_span(ctx.span_id, step, item), ctx.sampled),
                 ctx.tracestate)
 
     def caller(self, run_id: str, traceparent: str, tracestate: str | None) -> None:
-        """A run (made next, under this id) is a child of its caller's context, its
-        sampling decided as a caller's task's is (RpcError when it is not the format, as
-        a task's is refused)."""
+        """A run (made next, under this id) is a child of its caller's context (RpcError
+        when it is not the format, as a task's is refused)."""
         p = parse_or_refuse(traceparent, tracestate)
         self._parents[run_id] = RunTraceContext(p.trace_id, 0, p.span_id,
                                                 self.tracer.sampling.head(p.trace_id, p.sampled),

@@ -36,7 +36,6 @@ PRUNE_EVERY = 60.0  # seconds between two prunings of ended runs (as the task jo
 
 
 def unknown_run_cursor(run_id: str) -> RpcError:
-    """A page's cursor (`before`) that names no run kept (as tasks' unknown_cursor)."""
     return RpcError(jsonrpc.NOT_FOUND, f"no such run: {run_id} (the cursor `before` "
                                        "names no run kept: pruned, or never started; "
                                        "list again from the newest)")
@@ -46,10 +45,8 @@ class WorkflowService:
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
                  report: Callable[[str], None], tracer: Tracer | None = None,
                  durables: Durables | None = None) -> None:
-        """`tracer`: with [tracing], the engine's: each run a trace (runtraces.py);
-        `durables`: where runs are kept and their steps run when not in `store` and on
-        `engine` alone (a cluster node's: Redis and the cluster's tasks), a run taken
-        over from a dead node told on the engine's stream (CallHandover)."""
+        """`durables`: where runs are kept and their steps run when not in `store` and on
+        `engine` alone (a cluster node's: Redis and the cluster's tasks)."""
         self.agents = agents
         self.rows = RunStore(store, durables.store if durables is not None else None)
         self.shared = durables.store if durables is not None else None
@@ -81,13 +78,12 @@ class WorkflowService:
         return self.catalog.workflow(name)
 
     def agent_tenant(self, name: str) -> str | None:
-        """An agent's tenant now; None when there is no such agent."""
         agent = self.agents.get(name)
         return agent.spec.tenant if agent is not None else None
 
     def tenant(self, name: str) -> str | None:
-        """Whose a workflow is (catalog.Catalog.tenant): what its runs are stamped with,
-        and what a caller's tenant must be to see it (decision 443)."""
+        """Whose a workflow is: what its runs are stamped with, and what a caller's
+        tenant must be to see it."""
         return self.catalog.tenant(name, self.agent_tenant)
 
     @property
@@ -97,8 +93,7 @@ class WorkflowService:
     # -- the Python API (as AgentOS's add_workflow; docs/workflows.md) -----------------------
     async def add_workflow(self, name: str, definition: WorkflowSpec | dict[str, Any], *,
                            who: str = "python api") -> int:
-        """Add a workflow at runtime, kept and revisioned as `corral workflows add` keeps
-        it; its revision."""
+        """Kept and revisioned as `corral workflows add` keeps it; its revision."""
         table = table_of(definition) if isinstance(definition, WorkflowSpec) else definition
         await self.catalog.add({name: table}, who, None,
                                against(self.agent_tenant, self.catalog.specs()))
@@ -113,9 +108,7 @@ class WorkflowService:
     async def start(self, name: str, run_input: Any, run_id: str | None = None, *,
                     traceparent: str | None = None, tracestate: str | None = None) -> Run:
         """A run started (its row committed first); `run_id`: a nested step's, recorded
-        in its parent's rows before this; `traceparent`: the caller's trace context (with
-        [tracing], the run's trace is a child of it; RpcError when it is not the
-        format)."""
+        in its parent's rows before this."""
         specs = self.catalog.specs()
         spec = specs.get(name)
         if spec is None:
@@ -165,22 +158,18 @@ class WorkflowService:
         return live[0]
 
     async def cancel_child(self, run_id: str, why: str) -> None:
-        """A nested run its parent no longer waits for, ended as its parent did."""
         live = self.live.get(run_id)
         if live is not None and live[0].status not in RUN_ENDED:
             await self.calls.cancel(run_id, why)
 
     def _handed_over(self, e: CallHandover) -> None:
-        """A run whose node died, taken by this one: driven on from its rows."""
         if e.record.kind == KIND and e.record.call_id not in self.live:
             self.calls.drive(Run.kept(e.record))
             self.report(f"workflows: run {e.record.call_id} taken over from {e.holder}")
 
     def recover(self) -> None:
         """Every run the previous daemon left running, driven on from its rows (once the
-        task journal's tasks are back in the engine, so a recorded task is found); the
-        runs and revisions kept before each was its tenant's told whose, from the
-        agents that hold their names now (decision 443)."""
+        task journal's tasks are back in the engine, so a recorded task is found)."""
         # (a run started since the services are served is driven already)
         runs = [r for r in self.rows.unfinished() if r.run_id not in self.live]
         for run in runs:
@@ -195,15 +184,7 @@ class WorkflowService:
             self._pruning = asyncio.ensure_future(self._prune_every())
 
     def retain(self, max_age: float, max_runs: int) -> None:
-        """Ended runs kept as the task journal keeps finished tasks (`journal_max_age`
-        seconds, 0: no limit; the newest `journal_max_tasks`): pruned from `recover` on,
-        then every PRUNE_EVERY seconds."""
         self.max_age, self.max_runs = max_age, max_runs
-
-    async def prune(self) -> int:
-        """The ended runs past the retention removed, with their steps' rows, now."""
-        assert self.max_runs is not None
-        return await self.rows.prune(self.max_age, self.max_runs)
 
     async def _stamp(self) -> None:
         try:
@@ -218,16 +199,16 @@ class WorkflowService:
                         "were their tenant's told whose, from the agents there are now")
 
     async def _prune_every(self) -> None:
+        assert self.max_runs is not None
         while True:
             try:
-                await self.prune()
+                await self.rows.prune(self.max_age, self.max_runs)
             except StoreError as exc:  # told, and tried again at the next
                 self.report(f"workflows: ended runs could not be pruned: {exc}")
             await asyncio.sleep(PRUNE_EVERY)
 
     def stopped(self, run: Run, why: str) -> None:
-        """A run's driver stopped with the run running (the store failed; `why` says
-        when it is resumed: durable/calls.py): said."""
+        """A run's driver stopped with the run running (the store failed)."""
         self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {why}")
         if self.traces is not None:  # made again from its row when it is driven again
             self.traces.forget(run.run_id)
@@ -257,8 +238,7 @@ class WorkflowService:
              limit: int, before: str | None, sees: Sees | None = None
              ) -> tuple[list[Run], str | None]:
         """A page of runs, newest first, and the cursor of the next (older runs), or
-        None when there is none (runstore.RunStore.listing); `unknown_run_cursor` for a
-        `before` that names no run kept."""
+        None when there is none."""
         if limit <= 0:
             return [], None
         page = self.rows.listing(workflow, status, since, limit + 1, before, sees)
@@ -278,12 +258,10 @@ class WorkflowService:
         return run
 
     async def signal(self, run_id: str, signal: Signal) -> SignalReceipt:
-        """A signal kept for the run's step that waits for it (signals.py)."""
         return await self.signals.send(self.get(run_id), signal)
 
     async def close(self) -> None:
-        """The daemon stops: each driver stops where it is (its run resumed at the next
-        start, its tasks left to the task journal)."""
+        """Each driver stops where it is (its run resumed at the next start)."""
         for chore in (self._pruning, self._stamping):
             if chore is not None:
                 chore.cancel()

@@ -4,7 +4,7 @@ same transaction that names the step's row id as its taker: a step resumed after
 finds the signal it took before, never a second one, and a signal sent before its step
 waits is there when it does. A run keeps as many signals of a name as it has steps that
 wait for it; one more is refused, and one re-sent under the key it was sent with is
-answered as the first (DBOS's `send`/`recv`, Temporal's signals)."""
+answered as the first."""
 
 from __future__ import annotations
 
@@ -42,8 +42,7 @@ class SignalReceipt(msgspec.Struct, frozen=True):
 
 
 class SignalWait(msgspec.Struct, frozen=True):
-    """A signal step's wait: the run, the name, its row's id (the taker), and until when
-    (None: as long as its run lasts) and what then."""
+    """`step_id`: its row's id (the taker); `deadline` None: as long as its run lasts."""
 
     run_id: str
     name: str
@@ -138,8 +137,6 @@ class RunSignals:
         return True, msgspec.json.decode(got[0])
 
     async def wait(self, w: SignalWait) -> StepEnd:
-        """The step's end: succeeded with the signal's data, or past its deadline
-        skipped or timed out."""
         woken = asyncio.Event()
         waiters = self._waiting.setdefault((w.run_id, w.name), set())
         waiters.add(woken)
