@@ -1,21 +1,13 @@
 """Approvals: a task's tool calls that the policy names wait for a person (DESIGN section
-23, docs/approvals.md), an interceptor of the task path (interceptors.py) so that every
-call a task makes live passes it: the worker's `tools/call` and the gateway's calls
-attributed to the task alike; a call answered from the task's step journal ran before,
-approved, and is not asked again.
+23, docs/approvals.md), an interceptor of the task path so that every call a task makes
+live passes it; a call answered from the task's step journal ran before, approved, and
+is not asked again.
 
-The policy is the agent's `approve` (patterns of SERVER__TOOL) and its tenant's, which an
-agent's table cannot take away; `approve_timeout`, `on_deny` and `on_timeout` are the
-agent's. An approved call runs once with the arguments the person approved (edited, or
-the originals); a denied or timed-out one is a tool error the agent sees (`isError`), or
-fails the task, as the policy says. Each call's ask is keyed by its tool, its arguments'
-hash and how many such calls came before it in the attempt, so that a retried attempt
-making the same calls finds the same asks.
-
-A call of no task (the worker's `tools/call` naming no task it runs, a replica's gateway
-call no attempt is found for) is its replica's, under the same policy (`gate`, DESIGN
-section 27): its ask is owned by the replica's incarnation (replicacalls.py), the call
-waiting for it, and it is counted against the incarnation's tool budget.
+The policy is the agent's `approve` and its tenant's, which an agent's table cannot take
+away. Each call's ask is keyed by its tool, its arguments' hash and how many such calls
+came before it in the attempt, so that a retried attempt making the same calls finds the
+same asks. A call of no task is its replica's, under the same policy (`gate`): its ask is
+owned by the replica's incarnation (replicacalls.py).
 """
 
 from __future__ import annotations
@@ -59,8 +51,7 @@ def policy_of(r: Replica, tenant: str | None) -> ApprovalPolicy | None:
 
 
 def terms_of(r: Replica, patterns: list[str]) -> ApprovalPolicy:
-    """The agent's terms of an approval (a policy rule's `approve` holds a call besides
-    `patterns`)."""
+    """The agent's terms of an approval."""
     spec = r.spec
     timeout = getattr(spec, "approve_timeout", 0.0)
     return ApprovalPolicy(patterns, timeout or None, getattr(spec, "on_deny", "error"),
@@ -74,7 +65,7 @@ def tool_error(text: str) -> dict[str, Any]:
 
 class Approvals(TaskInterceptor):
     """The approval policy applied to every live tool call of a task, and the policy
-    rules and taint (supervisor/policy.py; `guard`: the daemon's, None: none)."""
+    rules and taint (`guard`: supervisor/policy.py's)."""
 
     def __init__(self, guard: PolicyGuard | None = None) -> None:
         self._path: TaskPath | None = None
@@ -161,13 +152,11 @@ class Approvals(TaskInterceptor):
 async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = None
                ) -> ToolCall | dict[str, Any]:
     """A replica's call of no task, past its allowlist, under its agent's and tenant's
-    policy: the policy rules and taint (`guard`'s: its incarnation tainted as a task
-    is), counted in its incarnation's tool budget (TOOL_BUDGET_EXCEEDED past it), and
-    when `approve` or a rule names it, held until a person decides. The call to make
-    (with the arguments approved), or the tool error the caller reads instead (denied,
-    timed out); RpcError when the policy says `fail` (no task to fail: the call is
-    refused), when the replica exited first (REQUEST_CANCELLED), or past a bound of the
-    inbox."""
+    policy (its incarnation tainted as a task is), counted in its incarnation's tool
+    budget, and held until a person decides when `approve` or a rule names it. The call
+    to make (with the arguments approved), or the tool error the caller reads instead;
+    RpcError when the policy says `fail` (no task to fail: the call is refused), or the
+    replica exited first."""
     r = call.replica
     tenant = getattr(r.spec, "tenant", None)
     why = ""
@@ -201,8 +190,7 @@ async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = 
 
 
 def subject(call: ToolCall, why: str) -> dict[str, Any]:
-    """What a person is shown of a held call (`why`: the policy rule or the taint that
-    holds it, "" for the agent's `approve`)."""
+    """What a person is shown of a held call (`why`: the policy rule or taint holding it)."""
     shown: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
     if why:
         shown["policy"] = why
@@ -210,8 +198,7 @@ def subject(call: ToolCall, why: str) -> dict[str, Any]:
 
 
 def not_approved(ask: Ask, call: str, timeout: float | None) -> str:
-    """What the agent (or the task's error) is told of a call that was not approved
-    (`call`: "tool call NAME", "model call NAME"; `timeout`: its approve_timeout)."""
+    """What the agent (or the task's error) is told of a call that was not approved."""
     if ask.end is AskEnd.TIMED_OUT:
         return (f"{call} was not approved within {timeout or 0:g} s "
                 f"(approve_timeout; ask {ask.id})")

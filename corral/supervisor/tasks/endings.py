@@ -1,7 +1,7 @@
 """A task's end: its one outcome kept, counted, journaled and told (TaskFinished); a
 retry waiting for its backoff, then queued again; and the waiting tasks of an agent that
-will not run again (failed, stopped, removed) ended with the reason. The task's machine
-decides each move (taskmachine.py); this is what follows it."""
+will not run again ended with the reason. The task's machine decides each move; this is
+what follows it."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ class EndingEngine(Protocol):
 
 
 class Endings:
-    """Its engine's tasks' ends (made with it, one each): the Outcomes dispatch tells, and
-    the RetryPolicy a task's machine asks."""
+    """Its engine's tasks' ends: the Outcomes dispatch tells, and the RetryPolicy a task's
+    machine asks."""
 
     def __init__(self, engine: EndingEngine) -> None:
         self.engine = engine
@@ -71,15 +71,12 @@ class Endings:
         return self.engine.journal
 
     def record(self, task: Task) -> None:
-        """The task changed: its engine's journal hears of it."""
         self.engine.record(task)
 
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
-        """The task's machine moves it by `end` (Outcomes.ended: an attempt's end, its
-        `result` the output answered; or a cancel, its agent down), its policy (the task's
-        own, else its agent's) asked where the attempt ended badly. An end is its one
-        outcome (a second is ignored), kept, counted, journaled and told here; a retry
-        (`step.retried`) is the caller's to follow (`retry`, or a restart's own)."""
+        """The task's machine moves it by `end` (`result`: the output answered). An end
+        is its one outcome, kept, counted, journaled and told here; a retry
+        (`step.retried`) is the caller's to follow."""
         e = self.engine
         assert end.cause is not None
         step = task.fire(end.cause, self)
@@ -119,20 +116,18 @@ class Endings:
                 stream.tell(watchers, event)
             stream.emit(event)
         # what a finished task keeps has no container a full collection must walk again (a
-        # stall of the loop with thousands kept: RESULTS.md), nor its last checkpoint
+        # stall of the loop with thousands kept), nor its last checkpoint
         task.attempts = tuple(task.attempts)
         task.checkpoint = None
         return step
 
     def finish(self, task: Task, cause: TaskCause, error: TaskFailure) -> None:
-        """A task ended by `cause` other than its attempt's end (a cancel, its agent down
-        or gone): its one outcome (a second one is ignored)."""
+        """A task ended by `cause` other than its attempt's end (a cancel, its agent down)."""
         self.ended(task, AttemptOutcome(cause, error))
 
     # -- a retry ----------------------------------------------------------------------
     def retried_on(self, task: Task) -> tuple[str, ...] | None:
-        """The outcomes of an attempt the task's policy retries (RetryPolicy): its own,
-        else its agent's (retry.py); None (no retry) when its agent is gone."""
+        """The outcomes the task's policy retries; None (no retry): its agent is gone."""
         e = self.engine
         agent = e.sup.agents.get(task.agent)
         if agent is None or task.agent not in e.by_agent:
@@ -140,8 +135,7 @@ class Endings:
         return (task.options.retry or AGENTS_RETRY).outcomes(agent.spec)
 
     def lost_budget(self, task: Task) -> LostBudget | None:
-        """The task's retry_lost (its own, else its agent's) and its lost attempts so far
-        (RetryPolicy); None (no retry) when its agent is gone."""
+        """The task's retry_lost and its lost attempts so far; None: its agent is gone."""
         e = self.engine
         agent = e.sup.agents.get(task.agent)
         if agent is None or task.agent not in e.by_agent:
@@ -149,9 +143,8 @@ class Endings:
         return LostBudget(retry_lost(task, agent.spec), lost_attempts(task.attempts))
 
     def retry(self, task: Task) -> None:
-        """The machine retried the task (one retry spent: Outcomes.retry): it waits for its
-        backoff (`not_before`), and a timed-out attempt's retry for that attempt to stop
-        too (dispatch calls `again`)."""
+        """The machine retried the task: it waits for its backoff, and a timed-out
+        attempt's retry for that attempt to stop too (dispatch calls `again`)."""
         e = self.engine
         agent = e.sup.agent(task.agent)  # (there is one: retried_on said so)
         e.by_agent[task.agent].counts["retried"] += 1
@@ -168,9 +161,8 @@ class Endings:
 
     def again(self, task: Task) -> None:
         """A task to retry waits for its time, or at once for a replica: here, or where
-        its home queues it again (a cluster's, for any node), which this engine then lets
-        go (it has no outcome here). One with a call still in flight waits here: the
-        call's answer, journaled by its flight, is to answer the retry's same call."""
+        its home queues it again (this engine then lets it go). One with a call still in
+        flight waits here: that call's answer is to answer the retry's same call."""
         e = self.engine
         if not e.steps.in_flight(task.id) and task.home.queue_again(task, task.not_before):
             task.not_before = None
@@ -184,7 +176,7 @@ class Endings:
 
     def due(self, task: Task) -> None:
         """A delayed task's time has come: it waits in its agent's queue, at its arrival
-        place (an agent that will not run again ends it, as every waiting task)."""
+        place."""
         e = self.engine
         task.not_before = None
         e.record(task)
@@ -199,7 +191,6 @@ class Endings:
         return self._done
 
     def stopped(self, task: Task) -> None:
-        """A suspended task's stopped attempt ended (Suspensions.settle)."""
         self.engine.suspensions.settle(task)
 
     # -- an agent that will not run again ---------------------------------------------------
@@ -226,7 +217,6 @@ class Endings:
         self.drain(name, cause, error)
 
     def drain(self, name: str, cause: TaskCause, error: TaskFailure) -> None:
-        """End every task still waiting for agent `name`."""
         e = self.engine
         waiting = e.delays.of(name)
         for delayed in waiting:

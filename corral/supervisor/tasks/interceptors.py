@@ -1,15 +1,12 @@
 """The task path's interceptors: what tracing, a team's tools and the cluster add to the
 engine's tasks, each a `TaskInterceptor` given to the engine at its construction, in one
-ordered list (the daemon's is written once, in its setup: daemon/startup.py `engine`).
-Temporal's Python SDK's interceptors are the model: a concern overrides the `intercept_*`
-methods it needs, each taking one input value and `next`, the rest of the chain, which it
-calls to go on (or not: a team's tool is answered by its member, never by the pool).
+ordered list (daemon/startup.py `engine`). As Temporal's SDK's: a concern overrides the
+`intercept_*` methods it needs, each taking one input value and `next`, the rest of the
+chain, which it calls to go on (or not).
 
-The chain is composed once, when the engine is made (`Interceptors.compose`): a method
-that no interceptor overrides is the engine's own call alone, and a notification no one
-overrides is None, so that an engine without tracing pays nothing per task for it. The
-first interceptor in the list is the outermost: tracing before a team's tools makes the
-span of a leader's call to a member the parent of the member's task.
+The chain is composed once, when the engine is made: a method no interceptor overrides is
+the engine's own call alone, and a notification no one overrides is None, so an engine
+without tracing pays nothing per task for it. The first interceptor is the outermost.
 """
 
 from __future__ import annotations
@@ -35,9 +32,8 @@ Out = TypeVar("Out")
 
 
 class ToolCall(NamedTuple):
-    """A worker's tool call on its way to the pool: `task` None when the worker named no
-    task it runs (or the gateway's own calls); `key` its idempotency key, the same on
-    every attempt of its task (steps.py; None: no other attempt makes it)."""
+    """A worker's tool call on its way to the pool: `task` None when it is of no task;
+    `key` its idempotency key (None: no other attempt makes it)."""
 
     replica: Replica
     name: str
@@ -47,8 +43,7 @@ class ToolCall(NamedTuple):
 
 
 class ToolPorts(NamedTuple):
-    """Where the chain's tool methods end: the engine's pool (a call, a replica's list,
-    the patterns its agent may call)."""
+    """Where the chain's tool methods end: the engine's pool."""
 
     call: Callable[[ToolCall], Any]
     listing: Callable[[Replica], Any]
@@ -56,8 +51,7 @@ class ToolPorts(NamedTuple):
 
 
 class TraceStart(NamedTuple):
-    """A task accepted (or given back by the journal, its context None): the caller's
-    W3C trace context, as it came."""
+    """A task accepted, with the caller's W3C trace context as it came."""
 
     task: Task
     traceparent: str | None
@@ -65,8 +59,7 @@ class TraceStart(NamedTuple):
 
 
 class StepReplay(NamedTuple):
-    """A tool call (`kind` "tool") or a named step ("step") of a retried attempt answered
-    from the task's step journal (steps.py)."""
+    """A tool call (`kind` "tool") or a named step ("step") answered from the journal."""
 
     task: Task
     kind: str
@@ -74,17 +67,13 @@ class StepReplay(NamedTuple):
 
 
 class TaskPath(NamedTuple):
-    """What an interceptor may read of the engine it is given to (`bind`): the tasks in
-    flight by id, the engine's event stream, and how a call of a running task asks a
-    person and waits (the task `waiting` meanwhile: PersonLoop.ask_person)."""
+    """What an interceptor may read of the engine it is given to (`bind`)."""
 
     active: Mapping[str, Task]
     stream: Stream
     ask_person: Callable[[AskRequest], Awaitable[Ask]]
-    # a running task's attempt failed from outside its worker (a denied call whose
-    # policy fails the task): ended (or retried) and its worker asked to stop it
+    # a running task's attempt failed from outside its worker (a denied call)
     fail_task: Callable[[Task, TaskFailure], None]
-    # a replica's calls of no task: their budget window and asks (replicacalls.py)
     replica_calls: ReplicaCalls
 
 

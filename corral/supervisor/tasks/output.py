@@ -1,23 +1,14 @@
 """A task's live output (DESIGN 23, docs/streams.md): the chunks of text its worker sends
-(`task/output`, the SDK's `ctx.emit`), each at a position — (attempt, n), n from 1
-within the attempt — and put in the output journal as they come, so that whoever follows
-the task reads them back by position. A reader costs its position, never a buffer the
-agent's chunks pile up in: a slow one holds neither the agent nor the engine, and one
-that lost its connection goes on after the last position it had.
+(`task/output`), each at a position (attempt, n) and put in the output journal as they
+come, so whoever follows the task reads them back by position. A reader costs its
+position, never a buffer the agent's chunks pile up in: a slow one holds neither the
+agent nor the engine, and one that lost its connection goes on after its last position.
 
-Bounds: one task's output by the smaller of its agent's `max_stream_bytes` and its
-tenant's, a tenant's unfinished tasks' together by its `max_stream_journal_bytes`
-(counted in this engine's life and from what the journal held of them at its start),
-one chunk by MAX_CHUNK_BYTES. The chunk past any is not kept: in its place the stream
-says once per attempt that it is truncated, naming the bound; the attempt's later
-chunks are counted, not kept. Nothing is coalesced. A reader is given a page at a time,
-at most BATCH chunks and BATCH_BYTES of text past the first: what it holds while its
-client does not read (a tenant's caller may open `max_streams_per_token` readers of one
-task) is a page, never a task's whole output.
-
-The engine's own journal keeps the streams of its newest tasks in memory
-(OutputsInMemory); the daemon's is the state database's (corral.daemon.outputjournal),
-pruned with the task journal's records.
+Bounds: `max_stream_bytes` (its agent's and its tenant's, the smaller),
+`max_stream_journal_bytes` over a tenant's unfinished tasks, MAX_CHUNK_BYTES a chunk. The
+chunk past any is not kept: the stream says once per attempt that it is truncated,
+naming the bound. A reader is given a page at a time (BATCH, BATCH_BYTES): what it holds
+while its client does not read is a page, never a task's whole output.
 """
 
 from __future__ import annotations
@@ -58,8 +49,7 @@ def position_of(event_id: str) -> Position:
 
 
 def paged(chunks: Iterable[OutputChunk], limit: int) -> list[OutputChunk]:
-    """The first of `chunks`: at most `limit` of them and BATCH_BYTES of text past the
-    first."""
+    """The first of `chunks`: at most `limit` and BATCH_BYTES of text past the first."""
     page: list[OutputChunk] = []
     size = 0
     for chunk in chunks:
@@ -127,8 +117,7 @@ class TaskOutputs:
     """The running tasks' streams: chunks numbered, bounded and kept; readers woken."""
 
     def __init__(self, stream: Stream, live: Callable[[str], Task | None]) -> None:
-        """`live`: an unfinished task of the engine by its id (a suspended one held
-        compact made whole: it is followed until it ends)."""
+        """`live`: an unfinished task of the engine by its id."""
         self.live_task = live
         # the daemon's journal, where it has one; a task a cluster keeps (its record is
         # not in this node's journal, which would not prune its output) is in memory
@@ -146,17 +135,13 @@ class TaskOutputs:
         self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     def stats(self) -> dict[str, int]:
-        """What the tasks' live output has come to in this engine's life (`corral stats`)."""
         return {"chunks": self.chunks, "bytes": self.bytes, "dropped": self.dropped,
                 "holds": self.holds, "open": len(self.live)}
-
-    def _journal_of(self, task: Task) -> OutputJournal:
-        return task.home.outputs
 
     def _live_of(self, task: Task) -> _OpenStream:
         live = self.live.get(task.id)
         if live is None:
-            last, size = self._journal_of(task).resumed(task.id)
+            last, size = task.home.outputs.resumed(task.id)
             tenant = task.tenant or ""
             live = self.live[task.id] = _OpenStream(tenant, last, size)
             self.stream.listen(self._ends)
@@ -164,8 +149,7 @@ class TaskOutputs:
         return live
 
     def put(self, task: Task, r: Replica, data: str) -> None:
-        """A chunk of the running task `task` (its worker is `r`): kept, or past a bound
-        counted and said."""
+        """A chunk of the running task: kept, or past a bound counted and said."""
         live = self._live_of(task)
         if live.attempt != task.attempt:
             live.attempt, live.n = task.attempt, 0
@@ -175,7 +159,7 @@ class TaskOutputs:
         size = len(data.encode())
         why = self._refusal(task, r, live, size)
         live.n += 1
-        journal = self._journal_of(task)
+        journal = task.home.outputs
         if why is None:
             live.bytes += size
             self.held[live.tenant] += size
@@ -193,8 +177,7 @@ class TaskOutputs:
 
     def _hold(self, r: Replica, journal: OutputJournal) -> None:
         """A worker whose output comes faster than it is written: its pipe is read no
-        further until it is (the worker's writes wait, as on a pipe to a slow reader),
-        so that a flood is never held in the daemon's memory."""
+        further until it is, so that a flood is never held in the daemon's memory."""
         reader = r.peer.reader if r.peer is not None else None
         if reader is None:
             return
@@ -212,7 +195,6 @@ class TaskOutputs:
         asyncio.get_running_loop().create_task(release())
 
     def _refusal(self, task: Task, r: Replica, live: _OpenStream, size: int) -> str | None:
-        """Why the chunk is not kept (the bound it reached), or None."""
         tenant = r.host.tenant_spec(live.tenant) or NO_QUOTAS
         if size > MAX_CHUNK_BYTES:
             return (f"output truncated: a chunk of task {task.id} of "
@@ -242,7 +224,7 @@ class TaskOutputs:
                 self.held[live.tenant] = left
             else:
                 del self.held[live.tenant]
-            self._journal_of(e.task).ended(e.task.id)
+            e.task.home.outputs.ended(e.task.id)
             live.wake()
 
     async def follow(self, task_id: str, after: Position = START

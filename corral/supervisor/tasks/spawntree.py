@@ -1,12 +1,8 @@
-"""A spawn tree as one durable call (decision 618): the call's id is its root task's, its
-input the reach the root was submitted under, and each spawn a keyed step of it (the
-parent's id and the spawn's key), its child's id kept before the child is submitted
-(StepEngine.begin), the row ended as the child ends (kept with the tree's end). The
-call's planner is the agent's own code (`task/spawn`, `task/wait`): nothing here decides
-a step; this keeps the tree, knows each task's place in it (its depth and reach: its
-lineage), and ends the tree once its root and every child have ended. After a restart
-the running trees are read back whole, so a task's lineage is known wherever it is in
-the tree."""
+"""A spawn tree as one durable call: the call's id is its root task's, its input the
+reach the root was submitted under, and each spawn a keyed step of it (the parent's id
+and the spawn's key), its child's id kept before the child is submitted. The planner is
+the agent's own code (`task/spawn`, `task/wait`): this keeps the tree, knows each task's
+place in it (its lineage), and ends the tree once its root and every child have ended."""
 
 from __future__ import annotations
 
@@ -67,8 +63,7 @@ class SpawnTree(msgspec.Struct):
                           self.tenant, self.ended)
 
     def end(self) -> None:
-        """Its root and every child ended: it ends as its root did (a root lost is a
-        tree failed: a call's end is one of CALL_ENDED)."""
+        """Its root and every child ended: it ends as its root did (a root lost: failed)."""
         root = self.root_ended or "failed"
         self.status = root if root in CALL_ENDED else "failed"
         self.ended = time.time()
@@ -131,8 +126,7 @@ class SpawnTrees:
         return place.lineage if place is not None else Lineage(0)
 
     def deeper(self, mine: Lineage) -> Lineage:
-        """A child's lineage: one object for every child of the same lineage (10,000
-        pending children hold one, not 10,000)."""
+        """A child's lineage: one object for every child of the same lineage."""
         child = self._shared.get(mine)
         if child is None:
             child = self._shared[mine] = mine._replace(depth=mine.depth + 1)
@@ -141,8 +135,8 @@ class SpawnTrees:
     # -- a tree's rows --------------------------------------------------------------------
     def tree(self, task_id: str, agent: str, tenant: str | None,
              lineage: Lineage) -> SpawnTree:
-        """The task's tree; a task in none is the root of a new one, in place now (its
-        lineage with it) and being kept (`planted`)."""
+        """The task's tree; a task in none is the root of a new one, being kept
+        (`planted`)."""
         place = self.places.get(task_id)
         if place is not None:
             return place.tree
@@ -155,7 +149,7 @@ class SpawnTrees:
 
     async def planted(self, tree: SpawnTree) -> None:
         """The tree's call kept, before any row of it is (a row of a call never kept
-        would be read back by no one): its store's failure raised to every spawn."""
+        would be read back by no one)."""
         planting = self._planting.get(tree.call_id)
         if planting is not None:
             await asyncio.shield(planting)
@@ -168,8 +162,7 @@ class SpawnTrees:
 
     async def begin(self, tree: SpawnTree, parent_id: str, key: str,
                     child: Lineage) -> StepRow:
-        """The spawn's row, made and kept with its child's id when it is new; the child
-        is then the tree's (its lineage known), to be submitted under that id."""
+        """The spawn's row, made and kept with its child's id when it is new."""
         step = step_of(parent_id, key)
         made = step not in tree.rows
         row = await self.steps.begin(tree, step)
@@ -187,9 +180,8 @@ class SpawnTrees:
     # -- ends -----------------------------------------------------------------------------
     def finished(self, task_id: str, status: str, error: str | None) -> None:
         """A task of a tree ended: its row ended here, kept with the tree's end (a row
-        is one write while its child runs; a restart asks the task journal how a running
-        row's child ended); the tree ended once its root and every child have. Its
-        place is kept until then (a parent waits for a child that has ended)."""
+        is one write while its child runs); the tree ended once its root and every child
+        have. Its place is kept until then (a parent waits for a child that has ended)."""
         self.fanned.pop(task_id, None)
         self._planting.pop(task_id, None)
         place = self.places.get(task_id)
@@ -245,14 +237,12 @@ class SpawnTrees:
                 self.places.pop(r.task_id, None)
 
     async def close(self) -> None:
-        """The rows ended so far kept before the store closes."""
         if self._ender is not None:
             await asyncio.gather(self._ender, return_exceptions=True)
 
     # -- after a restart ------------------------------------------------------------------
     def keep_in(self, store: DurableStore) -> None:
-        """The daemon's store (before any task is accepted): its running trees read back,
-        each task's place in them known again."""
+        """The daemon's store (before any task is accepted): its running trees read back."""
         self.steps.store = store
         for rec in store.unfinished(KIND):
             tree = SpawnTree.kept(rec)
@@ -265,8 +255,7 @@ class SpawnTrees:
             self._place(tree, tree.call_id, under)
 
     def _place(self, tree: SpawnTree, parent_id: str, under: dict[str, list[StepRow]]) -> None:
-        """Each child under a placed parent, its lineage one deeper (a parent's own place
-        first: the tree walked from its root)."""
+        """Each child under a placed parent, its lineage one deeper."""
         todo = [parent_id]
         while todo:
             parent = todo.pop()
