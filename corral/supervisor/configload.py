@@ -1,7 +1,6 @@
-"""Reading the configuration: a TOML file (and the files it includes, and the desktop
-MCP servers file) into the Structs of config.py, with every error naming its file and key,
-and what the Structs cannot check one by one (names, protocols, isolation, sandboxes,
-commands, tenants declared)."""
+"""Reading the configuration: a TOML file, its includes and the desktop MCP servers file
+into the Structs of config.py, every error naming its file and key, and what the Structs
+cannot check one by one."""
 
 from __future__ import annotations
 
@@ -52,25 +51,44 @@ from .startorder import order_problem
 from .teams import TeamError, TeamSpec, check_team
 from .workflows import WorkflowError, WorkflowSpec, compile_workflow
 
+_S = TypeVar("_S", bound=msgspec.Struct)
+_T = TypeVar("_T")
+_C = TypeVar("_C", TenantSpec, ModelSpec, PolicyRule, McpServerSpec)
+
 
 def parse_tenants(data: dict[str, Any], where: str,
                   problems: list[str] | None = None) -> dict[str, TenantSpec]:
-    """The `[tenants.NAME]` tables of a document (`tenants.add` takes them too); with
-    `problems`, as parse_agents."""
-    tables = data.get("tenants", {})
+    """The `[tenants.NAME]` tables of a document (`tenants.add` takes them too)."""
+    def one(name: str, table: Any) -> TenantSpec:
+        validate_name("tenants", name, where)
+        return _checked_as(table, TenantSpec, where, f"tenants.{name}")
+
+    return _each(data, "tenants", where, problems, one)
+
+
+def _each(data: dict[str, Any], section: str, where: str, problems: list[str] | None,
+          one: Callable[[str, Any], _T]) -> dict[str, _T]:
+    """`one(NAME, table)` of each `[SECTION.NAME]` table. With `problems`, a table's error
+    is added to it and the table left out, instead of raised (check-config says every
+    error of a file at once)."""
+    tables = data.get(section, {})
     if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: tenants: expected a table")
-    out: dict[str, TenantSpec] = {}
+        raise ConfigError(f"{where}: {section}: expected a table")
+    out: dict[str, _T] = {}
     for name, table in tables.items():
         with _collected(problems):
-            validate_name("tenants", name, where)
-            spec = convert(table, TenantSpec, where=where, prefix=f"tenants.{name}")
-            try:
-                spec.check()
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: tenants.{name}: {exc}") from None
-            out[name] = spec
+            out[name] = one(name, table)
     return out
+
+
+def _checked_as(table: Any, kind: type[_C], where: str, key: str) -> _C:
+    """`table` as a `kind`, its `check()` passed, each error naming `key`."""
+    spec: _C = convert(table, kind, where=where, prefix=key)
+    try:
+        spec.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    return spec
 
 
 def check_tenants_named(cfg: Config, where: str) -> None:
@@ -84,6 +102,8 @@ def check_tenants_named(cfg: Config, where: str) -> None:
                 raise ConfigError(f"{where}: {kind}.{name}.tenant: no tenant "
                                   f"{shown(spec.tenant)} (declared: "
                                   f"{', '.join(sorted(known))})")
+
+
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
     """Split msgspec's 'problem - at `$.a.b`' into (problem, 'a.b')."""
     text = str(exc)
@@ -106,8 +126,8 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
 
 
 def _said(type_: type[Any], problem: str, path: str, where: str, prefix: str) -> str:
-    """One problem as check-config says it: the file, the key path, the problem, the
-    values an enum takes, corral's key for another tool's or the nearest one."""
+    """One problem as check-config says it, with the values an enum takes, corral's key
+    for another tool's or the nearest one."""
     if problem.startswith("Invalid enum value"):
         values = _enum_values(type_, path)
         if values:
@@ -122,10 +142,9 @@ def _said(type_: type[Any], problem: str, path: str, where: str, prefix: str) ->
 
 
 def every_problem(data: Any, type_: Any) -> list[tuple[str, str]]:
-    """Every problem of `data` as a `type_`, as (problem, key path), in the order of its
-    keys: each key of a table checked alone against its field, each unknown key and each
-    missing required one named. Empty when none is found key by key (a check of the
-    whole, such as __post_init__'s, failed: the caller says that one)."""
+    """Every problem of `data` as a `type_`, as (problem, key path), each key of a table
+    checked alone. Empty when none is found key by key (a check of the whole, such as
+    __post_init__'s, failed: the caller says that one)."""
     struct = _struct_of(data, type_)
     if struct is None:
         try:
@@ -160,8 +179,7 @@ def _struct_of(data: Any, type_: Any) -> type[msgspec.Struct] | None:
 
 
 def _type_at(type_: type[Any], path: str) -> Any:
-    """The schema (msgspec.inspect) of what is at `path` (dotted) in `type_`, or None:
-    errors then say exactly what the Structs accept."""
+    """The schema (msgspec.inspect) of what is at `path` (dotted) in `type_`, or None."""
     info: Any = msgspec.inspect.type_info(type_)
     for key in path.split(".") if path else []:
         info = _not_none(info)
@@ -182,13 +200,11 @@ def _not_none(info: Any) -> Any:
 
 
 def _enum_values(type_: type[Any], path: str) -> list[Any]:
-    """The allowed values of the Literal at `path`."""
     info = _type_at(type_, path)
     return list(info.values) if isinstance(info, msgspec.inspect.LiteralType) else []
 
 
 def _field_names(type_: type[Any], path: str) -> list[str]:
-    """The keys the table at `path` takes (for a misspelt one, the nearest)."""
     info = _type_at(type_, path)
     if isinstance(info, msgspec.inspect.StructType):
         return [f.encode_name for f in info.fields]
@@ -196,7 +212,6 @@ def _field_names(type_: type[Any], path: str) -> list[str]:
 
 
 def validate_name(kind: str, name: str, where: str) -> None:
-    """DESIGN section 10's rule (names.py); server names may not contain "__"."""
     problem = name_problem(name, server=kind in ("mcp_servers", "mcpServers"))
     if problem:
         raise ConfigError(f"{where}: {kind}.{shown(name)}: {problem}")
@@ -204,17 +219,8 @@ def validate_name(kind: str, name: str, where: str) -> None:
 
 def parse_agents(data: dict[str, Any], where: str,
                  problems: list[str] | None = None) -> dict[str, AgentSpec]:
-    """The `[agents.NAME]` tables of a document, validated (used by `corral add` too).
-    With `problems`, a table's error is added to it and the table left out, instead of
-    raised (check-config says every error of a file at once)."""
-    agents = data.get("agents", {})
-    if not isinstance(agents, dict):
-        raise ConfigError(f"{where}: agents: expected a table")
-    out: dict[str, AgentSpec] = {}
-    for name, table in agents.items():
-        with _collected(problems):
-            out[name] = _agent(name, table, where)
-    return out
+    """The `[agents.NAME]` tables of a document, validated (used by `corral add` too)."""
+    return _each(data, "agents", where, problems, functools.partial(_agent, where))
 
 
 @contextlib.contextmanager
@@ -228,7 +234,7 @@ def _collected(problems: list[str] | None) -> Iterator[None]:
         problems.append(str(exc))
 
 
-def _agent(name: str, table: Any, where: str) -> AgentSpec:
+def _agent(where: str, name: str, table: Any) -> AgentSpec:
     validate_name("agents", name, where)
     spec: AgentSpec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
     spec.name = name
@@ -251,12 +257,7 @@ PLAIN = 'a plain program (protocol = "none")'
 
 
 def protocol_problem(spec: AgentSpec) -> str | None:
-    """What the agent's keys ask that its protocol cannot give ("KEY: problem"), or None.
-    A plain program takes no tasks and answers nothing on its stdio: what follows tasks
-    (autoscale, hibernation), what needs a worker (a warm start from the SDK's zygote, the
-    worker's own health/check) and a cluster's placement (which is for its tasks) are
-    refused; readiness and the watchdog by sd_notify are a plain program's alone (a worker
-    is ready when it answers initialize, and the heartbeat watches it)."""
+    """What the agent's keys ask that its protocol cannot give ("KEY: problem"), or None."""
     if spec.protocol == "corral":
         if spec.ready is not None:
             return ('ready: is for protocol = "none" (a worker is ready when it answers '
@@ -300,7 +301,7 @@ def cluster_problem(spec: AgentSpec, clustered: bool) -> str | None:
 
 def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
     """What is wrong with the agent's autoscale bounds ("KEY: problem"), or None. A
-    `replicas` the table does not give is brought within them (the count it starts with)."""
+    `replicas` the table does not give is brought within them."""
     auto = spec.autoscale
     if auto is None:
         return None
@@ -331,26 +332,20 @@ Spec = TypeVar("Spec", WorkflowSpec, TeamSpec, ScheduleSpec)
 
 def _decoded(data: dict[str, Any], where: str, section: str, spec_type: type[Spec],
              problems: list[str]) -> dict[str, Spec]:
-    """The `[SECTION.NAME]` tables of a kind of definition, each decoded as its Struct; a
-    problem is added to `problems` and the table left out."""
-    tables = data.get(section, {})
-    if not isinstance(tables, dict):
-        problems.append(f"{where}: {section}: expected a table")
-        return {}
-    out: dict[str, Spec] = {}
-    for name, table in tables.items():
-        try:
-            validate_name(section, name, where)
-            out[name] = convert(table, spec_type, where=where, prefix=f"{section}.{name}")
-        except ConfigError as exc:
-            problems.append(str(exc))
-    return out
+    """The `[SECTION.NAME]` tables, each decoded; a problem goes to `problems`."""
+    def one(name: str, table: Any) -> Spec:
+        validate_name(section, name, where)
+        spec: Spec = convert(table, spec_type, where=where, prefix=f"{section}.{name}")
+        return spec
+
+    with _collected(problems):
+        return _each(data, section, where, problems, one)
+    return {}
 
 
 def _checked(specs: dict[str, Spec], where: str,
              check: Callable[[str, Spec], object], problems: list[str]) -> dict[str, Spec]:
-    """Those of `specs` that `check` passes (its error, said with the file, in
-    `problems`)."""
+    """Those of `specs` that `check` passes (its error goes to `problems`)."""
     out: dict[str, Spec] = {}
     for name, spec in specs.items():
         try:
@@ -364,8 +359,7 @@ def _checked(specs: dict[str, Spec], where: str,
 
 def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
                     problems: list[str]) -> dict[str, WorkflowSpec]:
-    """The `[workflows.NAME]` tables, each checked whole against the agents declared and
-    the others (nested workflows: docs/workflows.md)."""
+    """Each checked whole against the agents and the other (nested) workflows."""
     specs = _decoded(data, where, "workflows", WorkflowSpec, problems)
     return _checked(specs, where, lambda name, spec: compile_workflow(
         name, spec, agents.__contains__, specs), problems)
@@ -373,8 +367,6 @@ def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
 
 def parse_teams(data: dict[str, Any], where: str, agents: dict[str, AgentSpec],
                 servers: Collection[str], problems: list[str]) -> dict[str, TeamSpec]:
-    """The `[teams.NAME]` tables, each checked whole against the agents and servers
-    declared (docs/teams.md)."""
     tables = data.get("teams", {})
     return _checked(_decoded(data, where, "teams", TeamSpec, problems), where,
                     lambda name, spec: check_team(
@@ -384,7 +376,6 @@ def parse_teams(data: dict[str, Any], where: str, agents: dict[str, AgentSpec],
 
 def parse_schedules(data: dict[str, Any], where: str, agents: set[str], workflows: set[str],
                     problems: list[str]) -> dict[str, ScheduleSpec]:
-    """The `[schedules.NAME]` tables, each checked whole (its target, its clock)."""
     return _checked(_decoded(data, where, "schedules", ScheduleSpec, problems), where,
                     lambda name, spec: compile_schedule(name, spec, agents, workflows),
                     problems)
@@ -392,31 +383,21 @@ def parse_schedules(data: dict[str, Any], where: str, agents: set[str], workflow
 
 def parse_models(data: dict[str, Any], where: str,
                  problems: list[str]) -> dict[str, ModelSpec]:
-    """The `[models.NAME]` tables (docs/models.md): a name as agents' requests give it
-    (MODEL_NAME: dots and slashes allowed), each table checked."""
-    tables = data.get("models", {})
-    if not isinstance(tables, dict):
-        problems.append(f"{where}: models: expected a table")
-        return {}
-    out: dict[str, ModelSpec] = {}
-    for name, table in tables.items():
-        with _collected(problems):
-            if not MODEL_NAME.match(name):
-                raise ConfigError(f"{where}: models.{shown(name)}: a model's name is 1 to "
-                                  "200 letters, digits and . _ : / @ + -, beginning with a "
-                                  "letter or a digit")
-            spec = convert(table, ModelSpec, where=where, prefix=f"models.{name}")
-            try:
-                spec.check()
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: models.{name}: {exc}") from None
-            out[name] = spec
-    return out
+    """A model's name is as agents' requests give it (dots and slashes allowed)."""
+    def one(name: str, table: Any) -> ModelSpec:
+        if not MODEL_NAME.match(name):
+            raise ConfigError(f"{where}: models.{shown(name)}: a model's name is 1 to 200 "
+                              "letters, digits and . _ : / @ + -, beginning with a letter "
+                              "or a digit")
+        return _checked_as(table, ModelSpec, where, f"models.{name}")
+
+    with _collected(problems):
+        return _each(data, "models", where, problems, one)
+    return {}
 
 
 def parse_policy(data: dict[str, Any], where: str, problems: list[str]) -> list[PolicyRule]:
-    """`[[policy]]`: each rule converted and checked alone, its problems named by its
-    place (`policy[2].effect`)."""
+    """Each rule checked alone, its problems named by its place (`policy[2].effect`)."""
     tables = data.get("policy", [])
     if not isinstance(tables, list):
         problems.append(f"{where}: policy: expected an array of tables ([[policy]])")
@@ -424,20 +405,14 @@ def parse_policy(data: dict[str, Any], where: str, problems: list[str]) -> list[
     rules: list[PolicyRule] = []
     for i, table in enumerate(tables):
         with _collected(problems):
-            rule = convert(table, PolicyRule, where=where, prefix=f"policy[{i}]")
-            try:
-                rule.check()
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: policy[{i}]: {exc}") from None
-            rules.append(rule)
+            rules.append(_checked_as(table, PolicyRule, where, f"policy[{i}]"))
     return rules
 
 
 def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
-    """Read the main file and its includes; every error names file and key path, and
-    every error there is is said at once (one a line), not the first alone. With
-    `commands`, a file with errors has its tables' commands checked too (check_commands)
-    and said with them, so that `check-config` lists everything at once."""
+    """Read the main file and its includes; every error is said at once, one a line. With
+    `commands`, a file with errors has its commands checked too and said with them, so
+    that `check-config` lists everything at once."""
     path = Path(path)
     data = read_toml(path)
     where = str(path)
@@ -537,8 +512,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
 def _optional_tables(data: dict[str, Any], where: str,
                      errors: Callable[[], contextlib.AbstractContextManager[None]]
                      ) -> tuple[TracingSettings | None, ApprovalsSettings | None]:
-    """[tracing] and [approvals], each None when absent (or refused: its problem
-    collected by `errors`)."""
+    """[tracing] and [approvals], each None when absent (or refused)."""
     tracing: TracingSettings | None = None
     approvals: ApprovalsSettings | None = None
     if "tracing" in data:
@@ -573,12 +547,8 @@ def _resolve_paths(base: Path, agents: dict[str, AgentSpec], servers: dict[str, 
         packages.cache_dir = str((base / packages.cache_dir).resolve())
 
 
-_S = TypeVar("_S", bound=msgspec.Struct)
-
-
 def _include(inc: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],
              origin: dict[str, str], problems: list[str]) -> None:
-    """An included file's [agents] and [mcp_servers] tables, added to the config's."""
     idata = read_toml(inc)
     bad = set(idata) - {"agents", "mcp_servers"}
     if bad:
@@ -676,10 +646,8 @@ def _define(origin: dict[str, str], key: str, where: str) -> None:
 
 
 def check_command(spec: ProcessSpec) -> str | None:
-    """Why `spec`'s command cannot be run here (naming the path tried), or None.
-
-    A name without a slash is looked up on PATH (the agent's own PATH if its env sets
-    one, as exec would); a path is taken relative to the process's cwd."""
+    """Why `spec`'s command cannot be run here, or None. A name is looked up on the
+    agent's own PATH if its env sets one, as exec would."""
     program = spec.argv()[0]
     if "/" in program:
         path = Path(program) if os.path.isabs(program) else Path(spec.cwd or ".") / program
@@ -696,8 +664,6 @@ def check_command(spec: ProcessSpec) -> str | None:
 
 def command_problems(agents: Mapping[str, AgentSpec], servers: Mapping[str, McpServerSpec],
                      origin: Mapping[str, str], where: str) -> list[str]:
-    """Why each agent's and MCP server's command cannot be run here, one a line, each
-    naming the file that declares it."""
     problems: list[str] = []
     for kind, specs in (("agents", agents), ("mcp_servers", servers)):
         for name, pspec in specs.items():
@@ -712,8 +678,6 @@ def command_problems(agents: Mapping[str, AgentSpec], servers: Mapping[str, McpS
 
 
 def check_commands(cfg: Config, where: str) -> None:
-    """Every agent's and MCP server's command can be run (all said at once), else a
-    ConfigError."""
     problems = command_problems(cfg.agents, cfg.mcp_servers, {}, where)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -723,8 +687,7 @@ def check_commands(cfg: Config, where: str) -> None:
 
 class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One entry of a desktop MCP client's `mcpServers` file: every field those clients
-    write (Claude Desktop, Cursor, VS Code, Windsurf); anything else is refused with its key
-    path rather than silently ignored."""
+    write; anything else is refused rather than silently ignored."""
 
     command: str | None = None
     args: list[str] = []
@@ -745,8 +708,6 @@ _TRANSPORTS: dict[str, Literal["stdio", "http", "sse"]] = {
 
 
 def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
-    """A standard {"mcpServers": {NAME: {command, args, env, cwd | url, headers, type,
-    disabled}}} file; disabled servers are left out."""
     try:
         data = msgspec.json.decode(path.read_bytes())
     except OSError as exc:
@@ -784,28 +745,19 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
 
 
 def _server(name: str, table: dict[str, Any], where: str, key: str) -> McpServerSpec:
-    spec: McpServerSpec = convert(
-        {k: v for k, v in table.items() if v is not None and k != "name"},
-        McpServerSpec, where=where, prefix=key)
+    spec = _checked_as({k: v for k, v in table.items() if v is not None and k != "name"},
+                       McpServerSpec, where, key)
     spec.name = name
-    try:
-        spec.check()
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {key}: {exc}") from None
     return spec
 
 
 def parse_servers(data: dict[str, Any], where: str,
                   problems: list[str] | None = None) -> dict[str, McpServerSpec]:
-    servers = data.get("mcp_servers", {})
-    if not isinstance(servers, dict):
-        raise ConfigError(f"{where}: mcp_servers: expected a table")
-    out: dict[str, McpServerSpec] = {}
-    for name, table in servers.items():
-        with _collected(problems):
-            validate_name("mcp_servers", name, where)
-            if not isinstance(table, dict):
-                raise ConfigError(f"{where}: mcp_servers.{name}: expected a table")
-            out[name] = _server(name, table, where, f"mcp_servers.{name}")
-    return out
+    def one(name: str, table: Any) -> McpServerSpec:
+        validate_name("mcp_servers", name, where)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: mcp_servers.{name}: expected a table")
+        return _server(name, table, where, f"mcp_servers.{name}")
+
+    return _each(data, "mcp_servers", where, problems, one)
 
