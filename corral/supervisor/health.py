@@ -1,39 +1,26 @@
 """Health checks: readiness gates dispatch, liveness restarts, recovery actions.
 
-`[agents.NAME.health]` (config.HealthSpec) gives an agent a readiness check, a liveness
-check or both. Each is the worker's own (`health/check`, answered `{ok, message?}`; the
-SDK's `@health_check` functions), a command run beside it (exit status 0 passes), or a
-tcp or http probe from the daemon (probes.py).
+Each check is the worker's own (`health/check`, answered `{ok, message?}`), a command run
+beside it (exit status 0 passes), or a tcp or http probe from the daemon (probes.py).
 
-- `CheckCounter` is the pure part: consecutive failures and passes against `failures`
-  and `successes`, failures inside `start_period` not counted; it says when a check
-  flips (passing, failed, failing again). Unit-tested without processes.
-- `ReplicaHealth` runs one replica's checks for one life: made when the replica is Ready,
-  closed when it leaves serving (so a restart starts from nothing). Each check is a loop
-  timer armed `interval` after the last ended, and a request (or a command) bounded by
-  `timeout`: an agent without `[health]` costs nothing at all, one with it a timer per
-  check.
-- `HealthBoard` is the supervisor's: it acts on a flip (the recovery: restart through the
-  restart policy with cause UNHEALTHY, drain, exec a command, an event only), keeps the
-  failure counts `/metrics` shows, raises one event when every serving replica of an
-  agent is unready (and one when one is ready again), and lets one replica of an agent at
-  a time be restarted for its health, so that a failure all replicas share (their
-  database is down) never restarts the whole agent at once.
+- `CheckCounter` is the pure part: consecutive failures and passes, failures inside
+  `start_period` not counted; it says when a check flips.
+- `ReplicaHealth` runs one replica's checks for one life (so a restart starts from
+  nothing): a loop timer per check, so an agent without `[health]` costs nothing.
+- `HealthBoard` acts on a flip, keeps the failure counts, raises one event when every
+  serving replica of an agent is unready, and lets one replica of an agent at a time be
+  restarted for its health, so that a failure all replicas share (their database is
+  down) never restarts the whole agent at once.
 
-Command checks and `exec` recoveries run as the agent does, for every agent: its user
-and group, its caps, in a sandbox made as its own (bubblewrap, where it has one), never
-as corral (issue 34: a tenant's check ran as root, outside its sandbox). The replica
-prepares them with what prepares its own process (`Checked.beside`). They are processes
-of containment (process.ChildProcess: their own session and process group, a cgroup in
-the agent's tenant's where delegated): at the timeout the whole group is killed and the
-process reaped, and what it left in its group goes with it whether it timed out or not;
-escapees are containment's, as for any agent process.
+Command checks and `exec` recoveries run as the agent does: its user and group, its caps,
+in a sandbox made as its own, never as corral (a tenant's check once ran as root, outside
+its sandbox). They are processes of containment in their own process group: at the end
+or the timeout the whole group is killed and the process reaped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import shlex
@@ -48,7 +35,6 @@ import msgspec
 
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
-from ..timeouts import within
 from .config import CheckSpec, HealthSpec
 from .lifecycle import Cause, State
 from .probes import probe_http, probe_tcp
@@ -63,12 +49,9 @@ READINESS = "readiness"
 LIVENESS = "liveness"
 DEFAULT_RECOVERY = {READINESS: "drain", LIVENESS: "restart"}
 HEALTH_TOPIC = "corral.health"  # the event bus's topic of every check's flip
-# what containment calls a check's or a recovery's process: in its agent's tenant's
-# cgroup, as the agent's are (Supervisor.tenant_of_process)
+# containment's kind of a check's process: placed in its agent's tenant's cgroup
 CHECK_KIND = "health"
-# how long a killed check may take to be reaped before it is given up on (containment
-# reaps it when it does die)
-KILL_GRACE = 5.0
+KILL_GRACE = 5.0  # then containment reaps it when it does die
 OUTPUT_KEPT = 5  # the last lines of a command's output, for the failure's message
 MESSAGE_MAX = 300  # a worker's message beyond this is cut (it goes into reasons, logs)
 
@@ -155,9 +138,8 @@ def worker_verdict(fut: asyncio.Future[Any]) -> Verdict:
 
 async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *,
                       containment: Containment, timeout: float) -> Verdict:
-    """Run `argv` for replica `r` as `r`'s own process runs (its user, caps and sandbox:
-    Checked.beside) to its end or `timeout`, then kill its process group (and cgroup)
-    and reap it: nothing it started is left. Exit status 0 passes."""
+    """Run `argv` as `r`'s own process runs to its end or `timeout`, then kill its process
+    group (and cgroup) and reap it: nothing it started is left."""
     tail: deque[str] = deque(maxlen=OUTPUT_KEPT)
 
     def out(line: bytes) -> None:
@@ -178,9 +160,9 @@ async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *
         return Verdict(False, f"cannot run {argv[0]}: {exc}")
     try:
         proc.close_stdin()
-        if not await _wait(proc.exited, timeout):
+        if not await proc.exited_within(timeout):
             proc.kill_group(signal.SIGKILL)
-            await _wait(proc.exited, KILL_GRACE)
+            await proc.exited_within(KILL_GRACE)
             return Verdict(False, f"no exit within {timeout:g} s: killed with its process "
                                   "group")
         proc.kill_group(signal.SIGKILL)  # what it left in its group
@@ -197,13 +179,6 @@ async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *
         proc.close()
 
 
-async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
-    if not fut.done():
-        with contextlib.suppress(TimeoutError):
-            await within(asyncio.shield(fut), timeout)
-    return fut.done()
-
-
 class CheckedReplica(Protocol):
     """The replica a ReplicaHealth checks (replica.Replica)."""
 
@@ -218,14 +193,10 @@ class CheckedReplica(Protocol):
     @property
     def serving(self) -> bool: ...
 
-    def check_environment(self) -> dict[str, str]:
-        """The environment of a command check or exec recovery: the agent's, and
-        CORRAL_AGENT, CORRAL_REPLICA, CORRAL_PID."""
-        ...
+    def check_environment(self) -> dict[str, str]: ...
 
     def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
-        """`argv` prepared as the replica's own process was: its user and group, its
-        directory, its caps, its sandbox (process_replica.ProcessReplica.beside)."""
+        """`argv` prepared as the replica's own process was (user, caps, sandbox)."""
         ...
 
     def take_down(self, reason: str, *, graceful: bool, cause: Cause = ...) -> None: ...
@@ -337,8 +308,8 @@ class ReplicaHealth:
         return None
 
     def close(self) -> None:
-        """The life is over (or leaving serving): no more checks; a command running is
-        killed with its group (its task's clean-up)."""
+        """The life is over (or leaving serving); a command running is killed with its
+        group (its task's clean-up)."""
         if self.closed:
             return
         self.closed = True
@@ -405,7 +376,6 @@ class ReplicaHealth:
         self._done(run, v)
 
     async def _probe(self, run: CheckRun, turn: int) -> None:
-        """A tcp or http check, made from the daemon (probes.py)."""
         spec = run.spec
         if spec.tcp is not None:
             ok, said = await probe_tcp(spec.tcp, spec.timeout)
@@ -439,12 +409,10 @@ class HealthBoard:
                  agents: Mapping[str, BoardAgent], readiness_changed: Callable[[Any], None],
                  publish: Callable[[str, Any], None]) -> None:
         self.stream = stream
-        self._containment = containment
+        self.containment = containment
         self.agents = agents  # whose replicas hold each agent's places now
-        # a replica's readiness changed: its agent's queue is pumped, waiters woken
-        self.readiness_changed = readiness_changed
-        # an event on the event bus (workers' `events/subscribe`, `corral events`)
-        self.publish = publish
+        self.readiness_changed = readiness_changed  # its agent's queue is pumped
+        self.publish = publish  # on the event bus
         # failed checks (every failure, counted or not) by (agent, check kind)
         self.failures: Counter[tuple[str, str]] = Counter()
         self.unready_agents: set[str] = set()  # the all-unready event is raised for these
@@ -452,10 +420,6 @@ class HealthBoard:
         self.restarting: dict[str, set[Any]] = {}
         self.exec_runs = 0  # exec recoveries begun (for tests and stats)
         self.checks = 0  # checks ended, in all (bench/bench_health.py)
-
-    @property
-    def containment(self) -> Containment:
-        return self._containment
 
     def start(self, r: Any, spec: HealthSpec, carried: Sequence[CheckState] = ()
               ) -> ReplicaHealth:
@@ -560,7 +524,6 @@ class HealthBoard:
         r = h.r
         self.stream.emit(HealthChange(time.time(), r.name, r.index, r.pid, run.kind,
                                            run.label, v.ok, v.message, action, text))
-        # on the event bus too: what an agent or an operator's script reacts to
         self.publish(HEALTH_TOPIC, {"agent": r.name, "replica": r.index, "pid": r.pid,
                                          "check": run.kind, "ok": v.ok, "action": action,
                                          "message": v.message, "text": text})
@@ -571,8 +534,7 @@ class HealthBoard:
         serving = [r for r in places
                    if r.machine.takes_work and getattr(r, "health", None) is not None]
         if not serving:
-            if agent in self.unready_agents:
-                self.unready_agents.discard(agent)
+            self.unready_agents.discard(agent)
             return
         unready = all(not r.health.ready for r in serving)
         if unready and agent not in self.unready_agents:
@@ -591,7 +553,6 @@ class HealthBoard:
         return a.replicas if a is not None else []
 
     def forget(self, agent: str) -> None:
-        """The agent is gone."""
         self.unready_agents.discard(agent)
         self.restarting.pop(agent, None)
         for key in [k for k in self.failures if k[0] == agent]:

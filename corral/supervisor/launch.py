@@ -8,7 +8,6 @@ replica (process_replica.py); the restart decision after is the executor's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import signal
@@ -18,7 +17,6 @@ from typing import Any
 
 from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
-from ..timeouts import within
 from . import losses, procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits
@@ -41,9 +39,8 @@ MAX_IN_FLIGHT = 256
 class Life(ReplicaParts):
     """The launch's members of a process replica. A life is one process from spawn to
     reap. Tasks run only its spawn and its reap: while the process runs, it is watched by
-    callbacks (its exit future, the handshake's answer), so a running fleet holds no task
-    or coroutine per replica, objects every full pass of the cyclic collector would walk
-    (decision 60)."""
+    callbacks, so a running fleet holds no task or coroutine per replica, objects every
+    full pass of the cyclic collector would walk."""
 
     name_variable: str
     title_prefix: str
@@ -91,10 +88,8 @@ class Life(ReplicaParts):
 
     def _life_failed(self, life: int, exc: BaseException) -> None:
         """corral's own handling of life `life` failed (a bug, logged by the loop): the
-        life ends all the same, as an exit with the error for its reason, and the restart
-        policy decides, so that the replica is never stuck half-way and stop() and close()
-        never wait for it forever. A process still running is killed first: its exit then
-        ends the life, with the same reason."""
+        life ends all the same, so that the replica is never stuck half-way and stop() and
+        close() never wait for it forever. A process still running is killed first."""
         if not self._living or self._lives != life:
             return
         reason = f"corral error: {type(exc).__name__}: {exc}"
@@ -115,7 +110,6 @@ class Life(ReplicaParts):
             over.set_result(None)
 
     def _limits(self) -> Limits:
-        """The caps the next process starts under (its user's: runas.py)."""
         return self.run.limits if self.run is not None else self.spec.limits
 
     def _environment(self, uid: int | None) -> dict[str, str]:
@@ -198,17 +192,15 @@ class Life(ReplicaParts):
 
     def _launch(self, argv: list[str], env: dict[str, str], uid: int | None,
                 gid: int | None, *, beside: bool = False) -> Launch:
-        """`argv` started as this replica's processes are: in its directory, under its
-        caps, as `uid`/`gid`, wrapped as `_wrap` says (`beside`: a command corral runs
+        """`argv` started as this replica's processes are (`beside`: a command corral runs
         for the replica, not its own process)."""
         return Launch(self._wrap(argv, env, uid, beside=beside), env, self.spec.cwd,
                       self._limits(), uid, gid)
 
     def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
         """A command corral runs for this replica (a health check, a recovery), started
-        as the replica's process started last was: its user and group, its caps, its
-        sandbox — never as corral itself (issue 34). Raises ConfigError or OSError when
-        it cannot be (the user is gone, bubblewrap is missing)."""
+        as the replica's process started last was — never as corral itself. Raises
+        ConfigError or OSError when it cannot be (the user is gone, bubblewrap is missing)."""
         run = self.run or run_as(self.spec, self.host.tenant_spec(tenant_of(self.spec)))
         uid, gid = resolve_user(run.user, run.group)
         return self._launch(argv, as_user(env, uid), uid, gid, beside=True)
@@ -277,8 +269,6 @@ class Life(ReplicaParts):
         self._life_ended(clean=False, uptime=0.0, reason=reason)
 
     def _spawn_failed_for_want_of(self, exc: OSError) -> None:
-        """corral itself is out of fds, memory or processes: the process never ran, so
-        this is no restart of it; try again once corral may have recovered."""
         reason = f"spawn failed for want of corral's own resources: {exc}"
         self._life_over()
         self.last_exit = reason
@@ -363,10 +353,8 @@ class Life(ReplicaParts):
                   uptime: float, told: bool = True, gone: Cause = Cause.CRASH,
                   loss: Loss | None = None) -> None:
         """What every end of a life does, whatever ended it (a reap, a process given up
-        on after SIGKILL, corral's own error): the channel fails what is in flight with
-        the reason, `proc` is closed (None: it stays watched), the host is told of the
-        exit (`told`: a life that never had a process tells nothing), the life's fields
-        are cleared, and the machine and the restart policy take it from there."""
+        on after SIGKILL, corral's own error). `proc` None: it stays watched; `told`
+        False: a life that never had a process tells its host nothing."""
         if self.peer is not None:
             if loss is None:  # corral ended the life: as its cause says, else its own error
                 down = self.machine.down_cause
@@ -387,15 +375,5 @@ class Life(ReplicaParts):
 
     def _life_ended(self, *, clean: bool, uptime: float, reason: str,
                     gone: Cause = Cause.CRASH) -> None:
-        """The life is over: Terminated, and the restart policy's decision."""
         self.executor.fire(self.machine.exit_cause, reason,
                            end=LifeEnd(clean=clean, uptime=uptime, gone=gone))
-
-
-async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
-    """True if `fut` finished within `timeout`; never cancels it."""
-    if fut.done():  # wait_for would still take a turn, a timer and a waiter
-        return True
-    with contextlib.suppress(TimeoutError):
-        await within(asyncio.shield(fut), timeout)
-    return fut.done()

@@ -3,10 +3,8 @@
 The kernel tells us when the process exits (a pidfd becomes readable), so exits are seen
 at once, with no polling and no SIGCHLD races with other child watchers. Signals go
 through the pidfd too, so a recycled pid can never be hit. stdin/stdout carry JSON-RPC,
-stderr carries the log stream. (A plain program's stdout is a log too: `attach`'s
-`on_stdout_lines`.) What the process leaves outside its process group (setsid,
-double fork) is containment.py's business: this module asks it for a ticket before the
-spawn and tells it about signals and the exit.
+stderr the log stream. What the process leaves outside its process group is
+containment.py's business.
 """
 
 from __future__ import annotations
@@ -38,39 +36,32 @@ from .egressdoors import spawning_in
 from .pacing import pacer
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-# the last stderr lines of a process, kept to explain its exit
-STDERR_TAIL = 40
+STDERR_TAIL = 40  # the last stderr lines of a process, kept to explain its exit
 # an exit is explained by the stderr lines written this shortly before it: an older line
 # is about something else (a task's error printed long before a kill from outside), and
 # quoting it would send the on-call after the wrong cause
 STDERR_RECENT = 5.0
-# 1 MiB pipes (the unprivileged maximum, /proc/sys/fs/pipe-max-size): a chatty worker
-# blocks less on stderr and corral reads its logs in bigger chunks; a large message on
-# stdin/stdout moves in one write and a few reads instead of sixteen 64 KiB handoffs,
-# each a wakeup of the other side
+# 1 MiB pipes (the unprivileged maximum): a large message moves in one write and a few
+# reads instead of sixteen 64 KiB handoffs, each a wakeup of the other side
 PIPE_SIZE = 1 << 20
-# What corral keeps unwritten toward one process's stdin (answers to its requests, task
-# inputs, events), when the process does not read it: over STDIN_HIGH the process is
-# "full" until it has read all but STDIN_LOW, and its peer takes none of its requests
-# meanwhile (`Peer.requests_paused`). (What corral sends unasked is bounded where it is
-# sent: events are dropped meanwhile, tasks by the agent's concurrency.)
+# What corral keeps unwritten toward a process's stdin when it does not read it: over
+# STDIN_HIGH the process is "full" until it has read all but STDIN_LOW, and its peer
+# takes none of its requests meanwhile (what corral sends unasked is bounded where it is
+# sent)
 STDIN_HIGH = 1024 * 1024
 STDIN_LOW = 256 * 1024
-# how long a reap waits for stdout and stderr to reach EOF once nothing is left in them to
-# read (a grandchild that escaped the kill may hold them open), and at most in all while
-# the loop is still behind what the process wrote before its exit (up to a pipe's 1 MiB
-# each, read and handled line by line: seconds on a loaded host)
+# how long a reap waits for stdout and stderr to reach EOF once nothing is left in them
+# (a grandchild that escaped the kill may hold them open), and at most while the loop is
+# still behind what the process wrote before its exit (seconds on a loaded host)
 OUTPUT_GRACE = 1.0
 OUTPUT_MOST = 30.0
 T = TypeVar("T")
-# the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
-STATUS_LOST = 255
+STATUS_LOST = 255  # a zygote's child's status when the zygote did not tell it
 STATUS_GRACE = 2.0
 
 
 class Launch(NamedTuple):
-    """A process as it is to be started: what a replica's start prepares, for its own
-    process and for the commands corral runs for it (process_replica.beside)."""
+    """A process as it is to be started, for a replica or the commands run for it."""
 
     argv: list[str]  # wrapped in the sandbox, where there is one
     env: dict[str, str]
@@ -199,11 +190,8 @@ class ChildProcess(asyncio.Protocol):
     """A spawned process with line-framed stdout, stderr lines, and an exit future.
 
     Its exit status comes from `reap` (waitpid of our own child) when the pidfd says it
-    has exited, or, for a process forked by a zygote (zygote.py), from `status`, which the
-    zygote that reaped it sets (or waitpid, if the zygote died first and corral, the
-    subreaper, inherited it). It is its stdin pipe's protocol too, told when what is
-    written there and not read crosses STDIN_HIGH or STDIN_LOW (no object of its own per
-    process, decision 60)."""
+    has exited, or, for a zygote's child, from `status`, which the zygote that reaped it
+    sets. It is its stdin pipe's protocol too (no object of its own per process)."""
 
     def __init__(
         self,
@@ -230,20 +218,18 @@ class ChildProcess(asyncio.Protocol):
         self._on_stderr_lines: Callable[[LineBlock], None] | None = None
         self._on_stdout_eof: Callable[[Exception | None], None] | None = None
         self.reader: LineProtocol | None = None  # stdout's
-        # the peer over the pipes, which takes none of the process's requests while its
-        # stdin is full (set by the owner; a reference, no callback: decision 60)
+        # takes none of the process's requests while its stdin is full (set by the owner)
         self.peer: Peer | None = None
         self.stdin_full = False  # the stdin backlog went over STDIN_HIGH, not yet down
         # what lives as long as the process is kept to plain attributes; the rest is made
-        # when first needed (decision 60): the future of the output's EOF when someone
-        # waits for it, the tail when the process first writes to stderr
+        # when first needed
         self._unread_pipes = 2  # stdout and stderr, until each reaches EOF
         # their fds while they are open (-2 once at EOF: the number may be another's then)
         self._pipe_fds = [-1, -1]
         self._output_closed: asyncio.Future[None] | None = None
         self.argv0 = ""  # the program asked for (not the caps prologue's shell)
-        # this process's own last stderr lines: an exit is explained by them, never by an
-        # earlier process's (the tail lives and dies with the process)
+        # the tail lives and dies with the process: an exit is never explained by an
+        # earlier process's lines
         self.stderr_tail: deque[bytes] | None = None
         self.stderr_at = 0.0  # time.monotonic() of the tail's last line
         self._stdin_cork = Cork(loop, self._write_stdin)  # a burst of tasks wakes it twice
@@ -328,12 +314,10 @@ class ChildProcess(asyncio.Protocol):
         max_line: int = DEFAULT_MAX_LINE,
         on_stdout_end: Callable[[], None] | None = None,
     ) -> None:
-        """Connect our ends of the process's stdio pipes (file objects) to the loop; on
-        failure the process is killed and the pipes no transport took are closed.
-        stdout is a channel of messages, one a line (`on_stdout_line`), or, for a process
-        that speaks no protocol, a log like stderr (`on_stdout_lines`); `on_stdout_end`
-        is told after the messages of each read. `on_attach` is
-        told of the process before its first line can be read (its lines name its pid)."""
+        """Connect our ends of the process's stdio pipes to the loop; on failure the
+        process is killed and the pipes no transport took are closed. stdout is messages
+        (`on_stdout_line`) or, for a plain program, a log (`on_stdout_lines`). `on_attach`
+        is told of the process before its first line can be read (its lines name its pid)."""
         if on_attach is not None:
             on_attach(self)
         loop = self.loop
@@ -408,7 +392,6 @@ class ChildProcess(asyncio.Protocol):
 
     @property
     def stdin_backlog(self) -> int:
-        """Bytes written toward the process that it has not read yet (beyond its pipe)."""
         t = self.stdin
         return 0 if t is None else t.get_write_buffer_size()
 
@@ -475,12 +458,11 @@ class ChildProcess(asyncio.Protocol):
 
     @property
     def output_done(self) -> bool:
-        """stdout and stderr have reached EOF: all the process wrote has been read."""
         return self._unread_pipes <= 0
 
     @property
     def output_closed(self) -> asyncio.Future[None]:
-        """Done once stdout and stderr have reached EOF (made when first asked for)."""
+        """Done once stdout and stderr have reached EOF."""
         fut = self._output_closed
         if fut is None:
             fut = self._output_closed = self.loop.create_future()
@@ -523,6 +505,13 @@ class ChildProcess(asyncio.Protocol):
     def alive(self) -> bool:
         return not self.exited.done()
 
+    async def exited_within(self, timeout: float) -> bool:
+        """Whether the process exited within `timeout` (never cancels `exited`)."""
+        if not self.exited.done():  # wait_for would still take a turn, a timer and a waiter
+            with contextlib.suppress(TimeoutError):
+                await within(asyncio.shield(self.exited), timeout)
+        return self.exited.done()
+
     @property
     def zygote_child(self) -> bool:
         return self._status is not None
@@ -542,9 +531,8 @@ class ChildProcess(asyncio.Protocol):
             out.append(pipe.fileno() if pipe is not None and not pipe.closed else -1)
         return out
 
-    # stdin is written through a Cork (cork.py): a burst of tasks (a `map`, a queue
-    # draining) wakes the worker twice, not once a message, and it reads them in a read or
-    # two
+    # stdin is written through a Cork (cork.py): a burst of tasks wakes the worker twice,
+    # not once a message
     def write(self, data: bytes) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
             self._stdin_cork.write_one(data)
@@ -564,7 +552,6 @@ class ChildProcess(asyncio.Protocol):
             self.stdin.close()
 
     def signal(self, sig: int) -> None:
-        """Signal the process itself (not its group)."""
         if self.pidfd >= 0:
             with contextlib.suppress(OSError):  # gone already
                 signal.pidfd_send_signal(self.pidfd, sig)
@@ -577,8 +564,8 @@ class ChildProcess(asyncio.Protocol):
 
     def close(self) -> None:
         """Release pipes and the pidfd; call once the process is gone."""
-        self.reader = self.peer = None  # lines held unread are nobody's now (the next
-        # life's peer must never see them)
+        # lines held unread are nobody's now (the next life's peer must never see them)
+        self.reader = self.peer = None
         for t in (self.stdin, self._stdout, self._stderr):
             if t is not None:
                 t.close()

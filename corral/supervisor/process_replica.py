@@ -1,12 +1,11 @@
 """One supervised process at a time, driven through the lifecycle: the base of an agent's
 replica (replica.py) and of an MCP tool server (mcpserver.py), siblings over it.
 
-A replica owns its machine (lifecycle.py: its state, and what each event does) and the
-executor that runs every step's actions (executor.py), as h11's Connection owns its
-ConnectionState; its parts are a life from spawn to reap (launch.py) and the heartbeat's
-look at the live process (monitor.py). It tells its host (a `ReplicaHost`: the
-Supervisor) through the methods of that protocol, never through the host's private
-members; and what the rest of corral decides from its state, it asks `replica.machine`.
+A replica owns its machine (lifecycle.py) and the executor that runs every step's actions
+(executor.py), as h11's Connection owns its ConnectionState; its parts are a life from
+spawn to reap (launch.py) and the heartbeat's look at the live process (monitor.py). It
+tells its host through the methods of `ReplicaHost`, never through the host's private
+members.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from .config import ProcessSpec
 from .containment import populated, set_frozen, wait_frozen
 from .executor import Executor
 from .launch import MAX_IN_FLIGHT as MAX_IN_FLIGHT
-from .launch import Life, _wait
+from .launch import Life
 from .lifecycle import Cause, Machine, State
 from .monitor import Monitor
 from .process import ChildProcess
@@ -31,9 +30,8 @@ from .replicaparts import ReplicaStatus as ReplicaStatus
 from .replicaparts import Transition as Transition
 from .restart import RestartPolicy, StartWindow
 
-# how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in
-# it stopped: one in uninterruptible sleep is frozen when its system call returns), unless
-# the agent's pause_timeout says otherwise
+# how long a pause waits for the kernel to say a replica's cgroup is frozen (one in
+# uninterruptible sleep is frozen when its system call returns)
 FREEZE_WAIT = 2.0
 
 
@@ -63,8 +61,7 @@ class ReplicaExit(NamedTuple):
 class ReplicaHost(PartsHost, Protocol):
     """What a replica needs of the supervisor that runs it."""
 
-    def replica_added(self, r: ProcessReplica) -> None:
-        """A new replica, in state Initial."""
+    def replica_added(self, r: ProcessReplica) -> None: ...
 
     def transitioned(self, r: ProcessReplica, event: Transition) -> None:
         """`r` took a transition (its state is event.state already)."""
@@ -74,16 +71,13 @@ class ReplicaHost(PartsHost, Protocol):
     def replica_exited(self, r: ProcessReplica, reason: str) -> None:
         """`r`'s process is gone; its state is not Terminated yet."""
 
-    def environment(self, r: ProcessReplica) -> dict[str, str]:
-        """More environment for `r`'s process about to start."""
-        ...
+    def environment(self, r: ProcessReplica) -> dict[str, str]: ...
 
 
 class ProcessReplica(Life, Monitor):
     kind = "process"
     title_prefix = "corral:"
     name_variable = "CORRAL_PROCESS"  # tells the process whose replica it is
-    # the opening exchange, as exit reasons name it when it times out / fails
     handshake = "the handshake"
     handshake_failed = "handshake failed"
     host: ReplicaHost
@@ -110,7 +104,7 @@ class ProcessReplica(Life, Monitor):
         # and its own): a replica whose every task waits so is waiting, not busy
         self.waiting_for_person = 0
         # the task it started last: the one it runs when it runs one (the gateway's
-        # attribution of a call made with its token, daemon/attribution.py)
+        # attribution of a call made with its token)
         self.last_task: str | None = None
         self._life_init()
         self._monitor_init()
@@ -186,10 +180,9 @@ class ProcessReplica(Life, Monitor):
 
     # -- pause ----------------------------------------------------------------------------
     async def pause(self, reason: str, wait: float = FREEZE_WAIT) -> bool:
-        """Freeze a serving replica's process where it is, its memory kept (False: it is
-        not serving, nothing done). Returns once the kernel says its cgroup is frozen, or
-        that the process is stopped (SIGSTOP takes effect when it next leaves the kernel),
-        `wait` seconds at most. No ping, hang check or usage sample while paused."""
+        """Freeze a serving replica's process where it is (False: it is not serving).
+        Returns once the kernel says its cgroup is frozen, or that the process is stopped
+        (SIGSTOP takes effect when it next leaves the kernel), `wait` seconds at most."""
         if not self.executor.fire(Cause.PAUSE, reason).freeze:
             return False
         how = self.executor.frozen
@@ -204,7 +197,7 @@ class ProcessReplica(Life, Monitor):
             if done and proc is not None and not populated(how):
                 # an empty cgroup reads frozen: the process died as it was frozen, and
                 # what the pause answers is that exit, seen first (not "paused")
-                await _wait(proc.exited, wait)
+                await proc.exited_within(wait)
         else:
             done = await self._wait_stopped(wait)
         if not done and self.machine.paused:
@@ -281,14 +274,11 @@ class ProcessReplica(Life, Monitor):
     async def stop(self, reason: str = "stopped", *, graceful: bool = True) -> None:
         """Take the replica down and keep it down; returns once it is Terminated.
 
-        Graceful: ask (the protocol's own request, if it has one, and stdin closed), then
-        after `stop_timeout` SIGTERM to the process group, and after another
-        `stop_timeout` SIGKILL. Not graceful: SIGKILL at once (the supervisor must go
-        now). A process still not reaped KILL_GRACE after SIGKILL (uninterruptible sleep)
-        is given up on: the replica is Terminated with a reason that says so, the fact is
-        in its log and counted (Stats.stuck_after_kill), and stop() returns; the process
-        is reaped whenever it dies. So stop() returns within 2 * stop_timeout +
-        KILL_GRACE, whatever the process does."""
+        Graceful: ask (the protocol's own request, if any, and stdin closed), then after
+        `stop_timeout` SIGTERM to the process group, and after another `stop_timeout`
+        SIGKILL. A process still not reaped KILL_GRACE after SIGKILL (uninterruptible
+        sleep) is given up on (Stats.stuck_after_kill) and reaped whenever it dies. So
+        stop() returns within 2 * stop_timeout + KILL_GRACE, whatever the process does."""
         self.begin_stop(reason, graceful=graceful)
         await self.stopped()
 
@@ -297,7 +287,6 @@ class ProcessReplica(Life, Monitor):
         self.take_down(reason, graceful=graceful, cause=Cause.STOP)
 
     async def stopped(self) -> None:
-        """Wait for the process of a stop begun to be gone (and the replica Terminated)."""
         if self._living:
             if self._over is None:
                 self._over = asyncio.get_running_loop().create_future()
