@@ -89,26 +89,21 @@ class Supervisor:
         interceptors: Sequence[TaskInterceptor] = (),
         clock: WaitClock | None = None,
     ) -> None:
-        """`journal` makes tasks durable (the daemon passes its SQLite journal); at most
-        `tasks_kept` finished tasks, and `tasks_kept_bytes` of their outputs, stay in
-        memory; `task_queue` holds waiting tasks (default: the local heap; a cluster
-        node's: corral.cluster.queue); `spared`: the embedding program's own children
-        (containment.Containment); `interceptors`: the task path's (tasks/interceptors.py)."""
+        """`journal` makes tasks durable; `task_queue` holds waiting tasks (default: the
+        local heap; a cluster node's: corral.cluster.queue); `spared`: the embedding
+        program's own children (containment.Containment)."""
         self.tuning = Tuning(heartbeat_interval, heartbeat_timeout,
                              max_replicas or default_max_replicas())
         self.max_line = max_line
         self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
-        # every event (transitions, log lines, exits, ticks, ...) goes out on this stream;
-        # its subscribers cannot break it (stream.py)
-        self.stream = Stream()
-        # subreaper, cgroups and process records: nothing a process starts outlives it
+        self.stream = Stream()  # every event goes out on it; its subscribers cannot break it
         self.containment = Containment(cgroups, stream=self.stream, spared=spared)
         self.stats = Stats()
         self.heartbeat_work = HeartbeatWork()
         self.zygotes = Zygotes(self.containment)
         self.spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
-        # agent replicas by state, kept as transitions happen: status lines and readiness
-        # checks read it in O(1) instead of scanning every replica per event
+        # agent replicas by state, kept as transitions happen: read in O(1) instead of
+        # scanning every replica per event
         self.census: Counter[State] = Counter()
         self.closing = False
         self.started_at = time.monotonic()
@@ -124,14 +119,10 @@ class Supervisor:
         on_notification(self.worker_notifications, StateCheckpointParams,
                         self.states.on_checkpoint)
         self.waits = Waits(self.census)
-        # egress = "gateways" agents' network namespaces, held by the daemon where it may
-        # make them (egressdoors.py)
         self.egress_doors = Doors()
-        # tools' definitions pinned (mcp/pins.py), kept with the daemon's state
         self.mcp = Tools(self, self.waits, self.stream, Pins(
             state_dir / PINS_FILE if state_dir is not None else None))
         registry: dict[str, Agent] = {}  # the agents by name (the Agents part reads it)
-        # the tenants' quotas (quotas.py): with none declared, nothing is bounded
         self.tenancy = Tenancy(registry, self.stream)
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
         tools = ToolPorts(self._route_tool, self._list_tools, lambda r: self.mcp.allowlist(r.spec))
@@ -140,7 +131,6 @@ class Supervisor:
                                  tenancy=self.tenancy, interceptors=Interceptors(interceptors))
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
-        # autoscaling, sleep and wake of elastic agents (elastic.py)
         self.elastic = Elastic(registry, self.tasks, self.stream, self.tenancy, self.tuning)
         self.health_board = HealthBoard(self.stream, self.containment, registry,
                                         self.readiness_changed, self.publish)
@@ -148,8 +138,7 @@ class Supervisor:
                              census=self.census, stream=self.stream, waits=self.waits,
                              tasks=self.tasks, elastic=self.elastic, health=self.health_board,
                              tenancy=self.tenancy, tuning=self.tuning)
-        # plain programs' $NOTIFY_SOCKETs (plain.py), one a life, in a directory of its own
-        self.notify_dir = NotifyDir()
+        self.notify_dir = NotifyDir()  # plain programs' $NOTIFY_SOCKETs
         self.beat = Heartbeat(lambda: [*self.agents.replicas(), *self.mcp.instances()],
                               tuning=self.tuning, listening=self.listening,
                               work=self.heartbeat_work, containment=self.containment,
@@ -172,8 +161,7 @@ class Supervisor:
     def open(self, environment: Callable[[ProcessReplica], dict[str, str]] | None = None
              ) -> None:
         """Open the engine (again: a no-op but for `environment`): more environment for
-        each process it starts from now on (the daemon's: the gateway's token and
-        addresses, the tenant's directories; decision 710)."""
+        each process it starts from now on (the daemon's)."""
         self._environment = environment
         self.containment.open()
         tree = self.containment.tree
@@ -283,7 +271,7 @@ class Supervisor:
         if sub is not None:
             self.stream.unsubscribe(sub)
 
-    # -- the settings a reload changes (tuning.py), as the host protocol reads them -------
+    # -- the settings a reload changes (tuning.py) ----------------------------------------
     @property
     def heartbeat_interval(self) -> float:
         return self.tuning.heartbeat_interval
@@ -296,21 +284,8 @@ class Supervisor:
     def sandbox_program(self, program: str) -> None:
         self.tuning.sandbox_program = program
 
-    @property
-    def protected_paths(self) -> list[tuple[str, str]]:
-        return self.tuning.protected_paths
-
-    @property
-    def release_sdk(self) -> str | None:
-        return self.tuning.release_sdk
-
-    @property
-    def gateway_relay(self) -> str | None:
-        return self.tuning.gateway_relay
-
     # -- the ReplicaHost protocol (process_replica.py, replica.py, mcpserver.py) ----------
     def replica_added(self, r: ProcessReplica) -> None:
-        """A new agent replica (in state Initial) joins the census."""
         if r.kind == "agent":
             self.census[r.state] += 1
 
@@ -379,7 +354,6 @@ class Supervisor:
         self.tasks.dispatch.answers_read()
 
     def wake(self, name: str) -> None:
-        """A task waits for `name`, which has no replica: an elastic agent wakes."""
         self.elastic.wake(name)
 
     def environment(self, r: ProcessReplica) -> dict[str, str]:
@@ -388,8 +362,7 @@ class Supervisor:
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]:
         """What a zygote's preload imports run with: corral's own environment and the
-        agent's PYTHONPATH (part of the zygote's key); each agent gets its own complete
-        environment in the forked child, before any of its code runs."""
+        agent's PYTHONPATH (each agent gets its own in the forked child)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
         if "PYTHONPATH" in agent_env:
             env["PYTHONPATH"] = agent_env["PYTHONPATH"]

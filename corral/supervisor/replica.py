@@ -1,8 +1,7 @@
 """One replica of an agent: a process that speaks the corral worker protocol.
 
-The lifecycle, caps, restart policy and heartbeat are the process replica's
-(process_replica.py); what is an agent's own is here: the `initialize` handshake with its
-config and saved state, the `shutdown` request, warm starts from a zygote, the worker's
+What is an agent's own beside a process replica's (process_replica.py): the `initialize`
+handshake, the `shutdown` request, warm starts from a zygote, its sandbox, the worker's
 requests to the supervisor, and its tasks (Busy / Idle).
 """
 
@@ -37,6 +36,7 @@ from .sandbox import (
     sandboxed_pid,
 )
 from .sockfilter import filter_file
+from .tuning import Tuning
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Replica", "ReplicaStatus", "Transition"]
@@ -72,26 +72,10 @@ class AgentHost(ReplicaHost, Protocol):
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]: ...
 
     @property
-    def sandbox_program(self) -> str:
-        """bubblewrap, for agents with sandbox = "bwrap" ([supervisor] bwrap)."""
+    def tuning(self) -> Tuning: ...  # the sandbox program, corral's files, the SDK, the relay
 
     @property
-    def protected_paths(self) -> list[tuple[str, str]]:
-        """corral's own files, as (path, what): a sandbox may not hold them writable, and
-        masks them where it binds what holds them."""
-
-    @property
-    def release_sdk(self) -> str | None:
-        """Where the worker SDK every release imports is (None: nowhere of its own)."""
-
-    @property
-    def egress_doors(self) -> Doors:
-        """The network namespaces the daemon holds for egress = "gateways" replicas."""
-
-    @property
-    def gateway_relay(self) -> str | None:
-        """The unix socket TCP gateways are relayed from into egress = "gateways"
-        sandboxes (None: none served)."""
+    def egress_doors(self) -> Doors: ...
 
     def initial_state(self, r: Replica) -> Any:
         """The state saved by a checkpoint, given back in `initialize`."""
@@ -100,15 +84,14 @@ class AgentHost(ReplicaHost, Protocol):
 
     def worker_notification(self, r: Replica, method: str, params: Any) -> None: ...
 
-    def replica_ready(self, r: Replica) -> None:
-        """`r` answered initialize and takes tasks."""
+    def replica_ready(self, r: Replica) -> None: ...
 
     def replica_down(self, r: Replica) -> None:
         """`r` is Terminated or Failed: tasks waiting for it may have to end."""
 
     def answers_read(self) -> None:
         """The messages of one read of a worker's stdout are handled: the slots their
-        answers freed take their next tasks (TaskDispatch.answers_read)."""
+        answers freed take their next tasks."""
 
     @property
     def health_board(self) -> HealthBoard: ...
@@ -128,28 +111,23 @@ class Replica(ProcessReplica):
         self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
         self._iso = isolation(spec)  # judged again, with its tenant's, at each start
         self._filter: BinaryIO | None = None  # its egress seccomp filter (`_filtered`)
-        # this life's health checks ([health]), from Ready until it leaves serving
-        self.health: ReplicaHealth | None = None
-        # its checks' state as the previous daemon image left it (corral upgrade: adopt.py)
-        self.health_carried: list[CheckState] = []
+        self.health: ReplicaHealth | None = None  # this life's, from Ready till it leaves serving
+        self.health_carried: list[CheckState] = []  # as the previous daemon image left it
         # its worker said in `initialize` that it derives a task's trace context from the
-        # task's id (docs/protocol.md#trace-context): a task traced from its id is sent
-        # `trace` (its flag), not `_meta` (decision 428). Not known of an adopted
-        # worker, whose handshake was the last image's: it is sent `_meta`.
+        # task's id (docs/protocol.md#trace-context). Not known of an adopted worker,
+        # whose handshake was the last image's: it is sent `_meta`.
         self.trace_from_id = False
 
     # -- health (health.py) ---------------------------------------------------------------
     @property
     def health_ready(self) -> bool:
-        """Whether its health lets it take new tasks (no [health]: always). (Its checks
-        begin just after the transition to Ready is announced: not before.)"""
+        """Whether its health lets it take new tasks (no [health]: always)."""
         h = self.health
         return h.ready if h is not None else self.spec.health is None
 
     @property
     def takes_tasks(self) -> bool:
-        """Dispatch may give it a task, slots allowing: serving, its pipe open, ready by
-        its health checks (a local queue's dispatch and a cluster node's pull alike)."""
+        """Dispatch may give it a task, slots allowing."""
         if not self.machine.takes_work or self.peer is None:
             return False
         h = self.health  # (health_ready, written out: asked at every task's start)
@@ -185,13 +163,13 @@ class Replica(ProcessReplica):
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = super()._environment(uid)
         if self.spec.release is not None:  # an agent package's release (release.py)
-            release_environment(env, self.spec.release, self.host.release_sdk)
+            release_environment(env, self.spec.release, self.host.tuning.release_sdk)
         return env
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
                         spawning: dict[str, Any]) -> ChildProcess | None:
         """A fork from the zygote of this agent's interpreter, preload set and user, when
-        the spec asks for one; None (and the reason in the log) to start cold."""
+        the spec asks for one; None to start cold."""
         spec = self.spec
         # the agent's keys, else its tenant's as it is now: a change of the tenant's
         # applies from a process's next start, and a running one is judged as it started
@@ -204,7 +182,7 @@ class Replica(ProcessReplica):
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
-        if self._isolation().sandbox != "none":
+        if self._iso.sandbox != "none":
             # a zygote's fork would be outside the sandbox: a sandboxed agent starts cold
             self.host.stats.cold_fallbacks += 1
             self.note("warm start unavailable, starting cold: the agent is sandboxed")
@@ -223,18 +201,14 @@ class Replica(ProcessReplica):
 
     def _limits(self) -> Limits:
         """The agent's caps, and the nice value its tenant's cpu_weight gives where it is
-        lower than the agent's own (docs/tenants.md): a tenant's weight holds on a host
-        whose cgroups cannot weigh CPU. As the sandbox, judged at each start."""
+        lower than the agent's own: a tenant's weight holds on a host whose cgroups cannot
+        weigh CPU."""
         limits = super()._limits()
         tenant = self.host.tenant_spec(self.spec.tenant)
         nice = nice_for_weight(tenant.cpu_weight) if tenant is not None else 0
         if nice > limits.nice:
             return msgspec.structs.replace(limits, nice=nice)
         return limits
-
-    def _isolation(self) -> Isolation:
-        """The sandbox and network of the process started last (judged at its start)."""
-        return self._iso
 
     def _filtered(self, spawning: dict[str, Any]) -> None:
         """An egress sandbox's seccomp filter, opened afresh for each start (bwrap reads
@@ -254,7 +228,7 @@ class Replica(ProcessReplica):
         namespace (root): the spawn is made in it, the gateways' listener the daemon's
         own there (egressdoors.py), and nothing runs in the sandbox for it; else the
         sandbox's own namespace and the relay (egressrelay.py)."""
-        url, relay = env.get("CORRAL_MCP_URL"), self.host.gateway_relay
+        url, relay = env.get("CORRAL_MCP_URL"), self.host.tuning.gateway_relay
         if "CORRAL_MCP_SOCKET" in env or url is None or relay is None:
             return
         ns = await self.host.egress_doors.open(self.label, url, relay)
@@ -273,7 +247,7 @@ class Replica(ProcessReplica):
         iso = isolation(spec, self.host.tenant_spec(spec.tenant))
         outer = self.pid
         inner = sandboxed_pid(outer) if outer is not None else None
-        relay = self.host.gateway_relay
+        relay = self.host.tuning.gateway_relay
         if iso.network != "gateways" or inner is None or relay is None:
             return
         try:
@@ -293,7 +267,8 @@ class Replica(ProcessReplica):
     def _enforceable(self, iso: Isolation, uid: int | None) -> Isolation:
         """With egress_fallback = "warn": `iso` where this host can sandbox the agent,
         else none, said in its log (without "warn", the config was refused: configload)."""
-        why = host_refusal(self.host.sandbox_program, None if uid is None else str(uid))
+        why = host_refusal(self.host.tuning.sandbox_program,
+                           None if uid is None else str(uid))
         if why is None:
             return iso
         self.note(f'egress = "{iso.egress}" is not enforced (egress_fallback = "warn"): '
@@ -307,7 +282,7 @@ class Replica(ProcessReplica):
         "gateway" its network is empty, without the gateway's socket (whose token is
         the replica's, not the check's)."""
         spec = self.spec
-        iso = self._isolation()
+        iso = self._iso
         if iso.sandbox == "none":
             return argv
         network = ("none" if beside and iso.network in ("gateway", "gateways", "held")
@@ -322,13 +297,13 @@ class Replica(ProcessReplica):
             # only a release imports the SDK's copy (release_environment): a plain agent's
             # sandbox binds none, so its user need not reach [packages] dir
             read_only.append(spec.release)
-            if self.host.release_sdk is not None:
-                read_only.append(self.host.release_sdk)
+            if self.host.tuning.release_sdk is not None:
+                read_only.append(self.host.tuning.release_sdk)
         return sandboxed(
-            argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
+            argv, program=self.host.tuning.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
             network=network, root=(os.geteuid() if uid is None else uid) == 0,
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
-            protected=self.host.protected_paths,
+            protected=self.host.tuning.protected_paths,
             notify_socket=None if beside else self._notify_socket(),
             writable=spec.write_paths, relay=self._relay(env),
             seccomp=self._seccomp(beside))
@@ -336,15 +311,14 @@ class Replica(ProcessReplica):
     def _seccomp(self, beside: bool) -> str | int | None:
         """The filter bwrap is given: the replica's process's by its descriptor (opened
         by `_filtered`), a check's by its file (a shell opens it)."""
-        if self._isolation().egress == "any":
+        if self._iso.egress == "any":
             return None
         if not beside and self._filter is not None:
             return self._filter.fileno()
         return filter_file()
 
     def _relay(self, env: dict[str, str]) -> GatewayRelay | None:
-        """Where TCP gateways are relayed from into an egress = "gateways" sandbox."""
-        url, path = env.get("CORRAL_MCP_URL"), self.host.gateway_relay
+        url, path = env.get("CORRAL_MCP_URL"), self.host.tuning.gateway_relay
         return GatewayRelay(url, path, sys.executable) if url and path else None
 
     def _notify_socket(self) -> str | None:
@@ -353,9 +327,8 @@ class Replica(ProcessReplica):
         return None
 
     def _measured_pid(self, proc: ChildProcess) -> int | None:
-        """A sandboxed agent's own process, not the bwrap around it (found once per
-        process, when its sandbox has started it)."""
-        if self._isolation().sandbox == "none":
+        """A sandboxed agent's own process, not the bwrap around it."""
+        if self._iso.sandbox == "none":
             return proc.pid
         known = self._inner
         if known is None or known[0] is not proc:
@@ -366,7 +339,7 @@ class Replica(ProcessReplica):
         return known[1]
 
     def _exit_status(self, rc: int) -> int:
-        return exit_status(rc) if self._isolation().sandbox != "none" else rc
+        return exit_status(rc) if self._iso.sandbox != "none" else rc
 
     def _make_peer(self, proc: ChildProcess) -> Peer | None:
         return Peer(

@@ -12,11 +12,10 @@ class Tuning(msgspec.Struct):
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     max_replicas: int = 16
-    sandbox_program: str = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
-    # corral's own files, which no sandboxed agent may write or reach (the daemon's)
+    sandbox_program: str = "bwrap"  # [supervisor] bwrap
+    # corral's own files (path, what), which no sandboxed agent may write or reach
     protected_paths: list[tuple[str, str]] = msgspec.field(default_factory=list)
-    # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
-    release_sdk: str | None = None
+    release_sdk: str | None = None  # the worker SDK on every release's PYTHONPATH
     # the unix socket the gateways are also served on when they are TCP, relayed into
-    # egress = "gateways" sandboxes (sandbox.GatewayRelay; the daemon's, beside its socket)
+    # egress = "gateways" sandboxes
     gateway_relay: str | None = None
