@@ -1,11 +1,9 @@
 """The lifecycle of a supervised process: the machine, as pure data and code without I/O.
 
-A table keyed by (state, cause) gives the next state and the actions the replica runs
-(spawn, shut down, ask the restart policy, arm a timer, tell its host it serves or is
-down); a pair not in the table is a bug in corral and raises. `Machine` holds the state
-and the "extra bits" (stay down, why corral is taking the process down, the escalation,
-the restart decision), so that all of it is unit-tested without processes
-(tests/test_machine.py). It reads like the diagram in DESIGN.md section 4:
+A table keyed by (state, cause) gives the next state and the actions the replica runs; a
+pair not in the table is a bug in corral and raises. `Machine` holds the state and the
+"extra bits" (stay down, why corral is taking the process down, the escalation, the
+restart decision), so that all of it is unit-tested without processes:
 
     Initial -spawn-> Starting -ready-> Ready -task-> Busy -done-> Idle -task-> Busy
     Ready / Busy / Idle -pause-> Paused -resume-> back to where it was (a task that ended
@@ -73,25 +71,19 @@ class Cause(StrEnum):
 S = State
 C = Cause
 
-# has answered initialize and can take work
-SERVING = frozenset({S.READY, S.BUSY, S.IDLE})
-# a process exists, runs, and is meant to keep running
-RUNNING = frozenset({S.STARTING}) | SERVING
-# a process exists (maybe frozen, maybe on its way out)
-LIVE = RUNNING | {S.PAUSED, S.SHUTTING_DOWN}
-# a process on its way up or down: what a wait for a settled fleet waits out (a paused
-# replica is settled: it stays so until an operator resumes it)
+SERVING = frozenset({S.READY, S.BUSY, S.IDLE})  # has answered initialize
+RUNNING = frozenset({S.STARTING}) | SERVING  # and is meant to keep running
+LIVE = RUNNING | {S.PAUSED, S.SHUTTING_DOWN}  # a process exists
+# a paused replica is settled: it stays so until an operator resumes it
 TRANSIENT = frozenset({S.STARTING, S.SHUTTING_DOWN})
-# no process, and none will be started without an operator or a policy
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
-# on its way up or down, or waiting to restart: a fleet with one is not settled
 UNSETTLED = TRANSIENT | {S.BACKOFF}
 
-# corral decided the process must go
 # the reason a replica stopped by a restart someone asked for gives: its `last exit`
 # then reads as what happened, not as a fault
 RESTARTED = "restarted on request"
 
+# corral decided the process must go
 TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNREAD, C.UNHEALTHY, C.ERROR})
 
 
@@ -222,11 +214,10 @@ RESOURCE_RETRY_MAX = 5.0
 
 
 class Machine:
-    """A replica's state, the extra bits, and the table applied to them; nothing here does
-    I/O. The replica owns one (as h11's Connection owns its ConnectionState): `fire` gives
-    the step whose actions the replica's executor runs (executor.py), and what the rest of
-    corral decides from a replica's state it asks here, through the predicates below,
-    never by comparing states itself (tests/test_machine.py walks the code for that)."""
+    """A replica's state, the extra bits, and the table applied to them; no I/O. `fire`
+    gives the step whose actions the replica's executor runs, and the rest of corral asks
+    a replica's state through the predicates below, never by comparing states itself
+    (tests/test_machine.py walks the code for that)."""
 
     __slots__ = ("_down_cause", "_down_reason", "_escalation", "_paused_in",
                  "_restart_cause", "_spawn_retries", "_stay_down", "policy", "reason",
@@ -246,7 +237,6 @@ class Machine:
         self._spawn_retries = 0  # consecutive spawns failed for corral's own resources
 
     def row(self, cause: Cause) -> MachineStep:
-        """The step `cause` would take now."""
         try:
             return _ROWS[self.state][cause]
         except KeyError:
@@ -254,9 +244,8 @@ class Machine:
                 f"no transition from {self.state.value} on {cause.value}") from None
 
     def fire(self, cause: Cause, reason: str) -> MachineStep:
-        """Apply the row of (state, cause): the extra bits, then the state. Returns the
-        step, whose actions the executor runs (the state changed when it is not the one
-        before: no row leads a state to itself)."""
+        """Apply the row of (state, cause): the extra bits, then the state (no row leads a
+        state to itself)."""
         step = self.row(cause)
         if step.forgive:
             self.policy.reset()
@@ -292,7 +281,6 @@ class Machine:
     # -- what the rest of corral asks ------------------------------------------------------
     @property
     def takes_work(self) -> bool:
-        """It has answered its handshake and serves (Ready, Busy or Idle)."""
         return self.state in SERVING
 
     @property
@@ -302,28 +290,23 @@ class Machine:
 
     @property
     def starting(self) -> bool:
-        """Its process is spawned (or spawning) and has not answered the handshake yet."""
         return self.state is State.STARTING
 
     @property
     def running(self) -> bool:
-        """A process exists, runs, and is meant to keep running (starting or serving)."""
         return self.state in RUNNING
 
     @property
     def live(self) -> bool:
-        """A process exists (maybe frozen, maybe on its way out): its pid and uptime mean
-        something."""
+        """A process exists (maybe frozen, maybe on its way out)."""
         return self.state in LIVE
 
     @property
     def paused(self) -> bool:
-        """Frozen by an operator: it reads nothing until resumed."""
         return self.state is State.PAUSED
 
     @property
     def leaving(self) -> bool:
-        """corral is taking its process down (Shutting down)."""
         return self.state is State.SHUTTING_DOWN
 
     @property
@@ -333,38 +316,32 @@ class Machine:
 
     @property
     def will_run_again(self) -> bool:
-        """It has a process (maybe on its way out: what waits for it sees whether it comes
-        back) or a restart is due: work given to its agent may yet run on it."""
+        """It has a process or a restart is due: work given to its agent may yet run on
+        it."""
         return self.state in LIVE or self.state is State.BACKOFF
 
     @property
     def settled(self) -> bool:
-        """Neither on its way up or down nor waiting to restart: what a wait for a settled
-        fleet (READY=1 to systemd) waits for. A paused replica is settled."""
+        """What a wait for a settled fleet (READY=1 to systemd) waits for."""
         return self.state not in UNSETTLED
 
     @property
     def untouched(self) -> bool:
-        """No start has been asked of it since it was made (a mass start reaches it
-        later)."""
         return self.state is State.INITIAL
 
     @property
     def down(self) -> bool:
-        """No process and none coming without a start: never started, ended for good, or
-        given up on (what breaks a rollout's new process)."""
+        """No process and none coming without a start."""
         return self.state in STOPPED
 
     @property
     def startable(self) -> bool:
-        """No process and none coming, and not given up on: a start brings it up (a tool
-        server started on first use)."""
+        """No process and none coming, and not given up on."""
         return self.state is State.INITIAL or self.state is State.TERMINATED
 
     @property
     def ended(self) -> bool:
-        """Its process ended and the policy starts no other (a stop, a one-shot's exit):
-        down, and not given up on."""
+        """Its process ended and the policy starts no other: down, not given up on."""
         return self.state is State.TERMINATED
 
     @property
@@ -379,13 +356,11 @@ class Machine:
 
     @property
     def stopped_by_hand(self) -> bool:
-        """Down until an operator starts it: stopped by one (no policy restarts it), or
-        never started."""
+        """Down until an operator starts it: stopped by one, or never started."""
         return self.state is State.INITIAL or (self.state in STOPPED and self._stay_down)
 
     @property
     def paused_in(self) -> State | None:
-        """The state a paused replica goes back to on resume (None: not paused)."""
         return self._paused_in
 
     @property
@@ -395,12 +370,10 @@ class Machine:
 
     # -- the life's end --------------------------------------------------------------------
     def escalated(self, how: str) -> None:
-        """The stop went past asking (`how`: SIGTERM, SIGKILL, given up after it): said
-        with the reason the process was taken down for."""
+        """The stop went past asking (`how`: SIGTERM, SIGKILL, given up after it)."""
         self._escalation = how if self._escalation is None else f"{self._escalation}; {how}"
 
     def escalate_anew(self, how: str) -> None:
-        """The stop's next signal: it replaces the last one said."""
         self._escalation = how
 
     @property
@@ -410,12 +383,10 @@ class Machine:
 
     @property
     def down_reason(self) -> str | None:
-        """Why corral is taking the process down (None: it is not)."""
         return self._down_reason
 
     @property
     def down_cause(self) -> Cause | None:
-        """What made corral take the process down (None: it did not)."""
         return self._down_cause
 
     def taken_down_for(self) -> str | None:
@@ -429,18 +400,15 @@ class Machine:
 
     @property
     def clean_exit_asked(self) -> bool:
-        """corral asked for the exit (an exit status of 0 then is no clean exit of its
-        own accord)."""
+        """(An exit status of 0 then is no clean exit of its own accord.)"""
         return self._down_reason is not None
 
     def spawned(self) -> None:
-        """A spawn succeeded: corral's resources are back."""
         self._spawn_retries = 0
 
     def retry(self, *, closing: bool, reason: str) -> ExitDecision | None:
-        """The decision after a spawn that failed for want of corral's own resources: the
-        process never ran, so no restart of it; tried again once corral may have
-        recovered (None: stopped by hand, or the supervisor closing)."""
+        """After a spawn that failed for want of corral's own resources: the process never
+        ran, so no restart of it (None: stopped by hand, or the supervisor closing)."""
         if self._stay_down or closing:
             return None
         delay = min(self.policy.backoff(self._spawn_retries), RESOURCE_RETRY_MAX)
@@ -451,10 +419,8 @@ class Machine:
 
     def decide(self, *, clean: bool, uptime: float, now: float, closing: bool,
                reason: str, gone: Cause = Cause.CRASH) -> ExitDecision | None:
-        """The restart decision after an exit (`reason`): None when the replica stays down
-        (stopped by hand, the supervisor closing, or the policy wants no restart).
-        `gone`: what ended a life corral did not take down, as restarts are counted
-        (CAP: a limit in force ended it, RLIMIT_AS or an OOM kill)."""
+        """The restart decision after an exit: None when the replica stays down. `gone`:
+        what ended a life corral did not take down, as restarts are counted."""
         if self._stay_down or closing:
             return None
         d = self.policy.on_exit(clean_exit=clean, uptime=uptime, now=now)
@@ -480,10 +446,8 @@ class Machine:
 
 
 def began_serving(previous: State, state: State) -> bool:
-    """Whether a transition made a replica take work (it has free slots now)."""
     return state in SERVING and previous not in SERVING
 
 
 def serving_changed(previous: State, state: State) -> bool:
-    """Whether a transition began or ended serving (what a replica offers changed)."""
     return (previous in SERVING) != (state in SERVING)

@@ -3,12 +3,11 @@ decision, and each span as one tuple appended to a bounded buffer. No I/O here: 
 daemon (daemon/traces.py) hands the tuples in batches to its exporter process, which
 stores, encodes and sends them (docs/tracing.md).
 
-What the loop pays for a span is a tuple and a deque append; the spans of a task, its
-queue waits and its attempts are made from what the Task already records, once, when it
-finishes (`intercept_task_end`). Only a tool call is timed as it happens:
-its client span is the one whose context goes to the MCP server in `params._meta`. A task
-that starts a trace is traced from its id (tracecontext.FromId): nothing is made for it
-until its end's record, which carries the id alone.
+What the loop pays for a span is a tuple and a deque append; a task's spans are made from
+what the Task already records, once, when it finishes. Only a tool call is timed as it
+happens: its client span's context goes to the MCP server in `params._meta`. A task that
+starts a trace is traced from its id (tracecontext.FromId): nothing is made for it until
+its end's record, which carries the id alone.
 """
 
 from __future__ import annotations
@@ -80,18 +79,14 @@ FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.LOST})
 SUCCEEDED = TaskStatus.SUCCEEDED
 HELD_MAX = 256  # tool spans an unsampled task keeps for the tail rule; past it, dropped
 EVENTS_MAX = 64  # exits recorded on one task's attempts
-# characters kept of a span's name, error and text attributes: an agent's error message or
-# a tool's name is a worker's to make (a protocol line long), and the store keeps spans by
-# count (keep_spans), so each is bounded here, in the exporter, before it is stored or sent
+# characters kept of a span's texts: an error message or a tool's name is a worker's to
+# make (a protocol line long), and the store keeps spans by count (keep_spans)
 TEXT_MAX = 1024
-# a record's encoded bytes past which its texts are cut before it is buffered (a task's
-# record with a few attempts and its texts within TEXT_MAX fits), and the buffer's bytes
-# past which records are dropped: what the records waiting may hold of the daemon's memory
+# a record's encoded bytes past which its texts are cut before it is buffered, and the
+# buffer's bytes past which records are dropped
 RECORD_MAX = 16 * TEXT_MAX
 BUFFER_BYTES = 64 << 20
-# a batch's bytes past which it is full whatever its records (a worker's long texts):
-# the hand-over then comes from bytes as well as from records, never past BUFFER_BYTES
-FRAME_BYTES = 1 << 20
+FRAME_BYTES = 1 << 20  # a batch's bytes past which it is full whatever its records
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 LOW56 = (1 << 56) - 1
 UNSAMPLED = FROM_ID[False]
@@ -118,7 +113,7 @@ class Sampling(NamedTuple):
 
 class Tracer(TaskInterceptor):
     """The spans of the engine's tasks, buffered for an exporter: an interceptor of the
-    task path (given to the engine at its construction: tasks/interceptors.py)."""
+    task path (tasks/interceptors.py)."""
 
     def __init__(self, sampling: Sampling | None = None, *, capacity: int = 65536,
                  batch: int = 512, ready: Callable[[], None] | None = None) -> None:
@@ -132,9 +127,9 @@ class Tracer(TaskInterceptor):
         self.buffered = 0  # records waiting, in `_frames` and `_frame`
         self._bytes = 0  # their bytes in `_frames`
         self._frame_spans = 0  # the spans the records in `_frame` make
-        # each record encoded as it is put (decision 426): a batch's records are the
-        # items of one msgpack array (the exporter's frame), `_frame` the one filling,
-        # `_frames` the full ones as (records, spans, bytes with the array's header)
+        # each record encoded as it is put (see `put`): a batch's records are the items
+        # of one msgpack array, `_frame` the one filling, `_frames` the full ones as
+        # (records, spans, bytes with the array's header)
         self._frame = bytearray()
         self._in_frame = 0
         self._frames: deque[tuple[int, int, bytes]] = deque()
@@ -150,10 +145,9 @@ class Tracer(TaskInterceptor):
     def sampling(self, sampling: Sampling) -> None:
         self._sampling = sampling
         self._all = sampling.ratio >= 1.0  # every new trace sampled: no decision to make
-        # a new trace's head decision as `head` makes it, against its id's low 56 bits:
-        # the bound written as an id's tail ("hh-" and 12 hex digits), so that the id's
-        # own tail is compared with it as text, unparsed (fixed width, lower-case hex:
-        # the order of the texts is the numbers'; decision 420)
+        # `head`'s bound on an id's low 56 bits written as an id's tail ("hh-" and 12 hex
+        # digits), so that the id's own tail is compared with it as text, unparsed (fixed
+        # width, lower-case hex: the order of the texts is the numbers')
         below = int(sampling.ratio * (1 << 56))
         self._below = "" if below <= 0 else "~" if self._all else \
             f"{below >> 48:02x}-{below & ((1 << 48) - 1):012x}"
@@ -161,7 +155,6 @@ class Tracer(TaskInterceptor):
 
     # -- the engine's interceptor ----------------------------------------------------------
     def bind(self, path: TaskPath) -> None:
-        """Its workers' exits, events of the attempts of the tasks they run."""
         self._active = path.active
         path.stream.subscribe(self._exited, ReplicaExit)
 
@@ -199,8 +192,8 @@ class Tracer(TaskInterceptor):
             task.trace = TaskTrace(p.trace_id, p.span_id,
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
-            # `head`'s decision for a new trace, read from the id's last 14 hex digits
-            # without parsing them: every unsampled task pays it (decisions 363, 420)
+            # `head`'s decision, read from the id's last 14 hex digits without parsing
+            # them: every unsampled task pays it
             task.trace = FROM_ID[task.id[21:] < self._below]
         else:  # an id from before UUIDv7 (a caller's): one draw for the trace and span ids
             bits = new_span_id(192)
@@ -221,10 +214,9 @@ class Tracer(TaskInterceptor):
     def put(self, record: Record, spans: int = 1) -> None:
         """`spans`: how many spans the record makes (counted, when it is dropped).
 
-        The record is encoded here, into the batch's frame, and not kept: a tuple kept
-        until its batch left survived the collector's young passes with the task's
-        attempts it holds, and brought on full passes of a heap that holds thousands of
-        finished tasks, costing the loop more than the spans (decision 426)."""
+        The record is encoded here and not kept: a tuple kept until its batch left
+        survived the collector's young passes with the task's attempts it holds, and
+        brought on full passes of a heap of thousands of finished tasks."""
         if self.buffered >= self.capacity:
             self.dropped += spans
             return
@@ -265,7 +257,6 @@ class Tracer(TaskInterceptor):
 
     @property
     def batches(self) -> int:
-        """Full batches waiting."""
         return len(self._frames)
 
     @property
@@ -321,7 +312,7 @@ class Tracer(TaskInterceptor):
 
     def _keep(self, trace: TaskTrace, record: Record) -> None:
         """A span of a task's attempt: buffered when its trace is sampled, else held
-        (to HELD_MAX) until its outcome, for the tail rule (`finished`)."""
+        until its outcome, for the tail rule."""
         if trace.sampled:
             self.put(record)
             return
@@ -333,8 +324,8 @@ class Tracer(TaskInterceptor):
 
     def replayed(self, task: Task, kind: str, name: str) -> None:
         """A tool call (`kind` "tool") or a named step ("step") of a retried attempt,
-        answered from the task's step journal (steps.py): a span of no length under the
-        attempt, marked `corral.step.replayed`, where the live call's span would be."""
+        answered from the task's step journal: a span of no length where the live call's
+        would be."""
         trace = self.full(task)
         if trace is None:
             return
@@ -377,9 +368,8 @@ class Tracer(TaskInterceptor):
 
     def model_call(self, task: Task, name: str, start: float, error: str | None,
                    attrs: dict[str, Any]) -> None:
-        """A model call a task's attempt made through corral's model gateway
-        (daemon/models/): a client span under the attempt, named and attributed as the
-        OpenTelemetry GenAI conventions say (`chat MODEL`, `gen_ai.*`)."""
+        """A model call a task's attempt made through corral's model gateway: a client
+        span named and attributed as the GenAI conventions say (`chat MODEL`)."""
         trace = self.full(task)
         if trace is None:
             return
@@ -432,7 +422,6 @@ class Tracer(TaskInterceptor):
 
     # -- a task's end -------------------------------------------------------------------------
     def finished(self, task: Task) -> None:
-        """A task ended (`intercept_task_end`): its record, when it is kept."""
         trace = task.trace
         if trace is None:
             return
@@ -447,9 +436,8 @@ class Tracer(TaskInterceptor):
             return
         error = task.error
         attempts = task.attempts
-        # the status's text, not its enum member (the same on the wire): a record of plain
-        # values is one the collector stops tracking at its first pass, where a member
-        # kept every buffered record tracked, and promoted (decision 361)
+        # the status's text, not its enum member: a record of plain values is one the
+        # collector stops tracking at its first pass
         text = status._value_
         spans = 1 + (2 * len(attempts) or 1)  # as `spans_of` counts them
         if isinstance(trace, FromId):  # its ids are its id's: the exporter's to derive
@@ -475,9 +463,8 @@ class Tracer(TaskInterceptor):
 
 def own_span(traceparent: Any, trace_id: int) -> int:
     """The span id of a worker's `traceparent` when it is of `trace_id` and valid, else 0
-    (`parse_or_none`'s reading). A worker sends back, with each tool call, the context it
-    was given or its own span's, in version 00's one layout: read by its fixed places
-    without the regular expression (decision 425); any other text the long way."""
+    (`parse_or_none`'s reading). Version 00's one layout, what workers send with each
+    tool call, is read by its fixed places without the regular expression."""
     if type(traceparent) is str and len(traceparent) == 55 and traceparent[:3] == "00-" \
             and traceparent[35] == "-" and traceparent[52] == "-":
         try:
@@ -500,9 +487,8 @@ def queue_span(task_span: int, attempt: int) -> int:
 
 def expand(record: Sequence[Any], short: bool = False) -> list[Span]:
     """The spans of a record as the pipe brings it (msgpack: structs as maps, tuples as
-    arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md), each
-    text within TEXT_MAX. `short`: the record's msgpack is TEXT_MAX bytes at most, so
-    none of its texts is longer (nothing to look for)."""
+    arrays), each text within TEXT_MAX. `short`: the record's msgpack is TEXT_MAX bytes
+    at most, so none of its texts is longer."""
     if short:
         return _spans(record)
     return [_bounded(s) for s in _spans(record)]
@@ -510,13 +496,10 @@ def expand(record: Sequence[Any], short: bool = False) -> list[Span]:
 
 def spans_of(record: Sequence[Any]) -> int:
     """How many spans `expand` makes of a record."""
-    if record[0] != TASK:
-        return 1
-    return 1 + (2 * len(record[14]) or 1)
+    return 1 if record[0] != TASK else 1 + (2 * len(record[14]) or 1)
 
 
 def bounded(value: Any) -> Any:
-    """A record (or any part of one) with each text within TEXT_MAX."""
     if isinstance(value, str):
         return _cut(value)
     if isinstance(value, list | tuple):
