@@ -9,8 +9,7 @@ Three mechanisms, one module:
   an exit (never one per process), attributed to their agent by process group, session or
   the spawn token every process inherits (`CORRAL_SPAWN`), and killed once their agent's
   process is gone. Zombies among them are reaped by pid (waitid with WNOWAIT to look,
-  waitpid on that pid to reap), so subprocess.Popen's own statuses are never stolen and
-  the pidfd exit watch of decisions #2 is untouched.
+  waitpid on that pid to reap), so subprocess.Popen's own statuses are never stolen.
 - **Cgroups v2 where delegated.** When corral's own cgroup is a writable cgroup v2 directory
   that systemd delegated (`Delegate=yes` sets the `trusted.delegate` xattr), corral moves
   itself into a `supervisor` leaf, each replica gets a child cgroup it is placed in before
@@ -68,7 +67,6 @@ def _prctl(option: int, arg: int) -> None:
 
 
 def set_subreaper(on: bool) -> None:
-    """Make this process a child subreaper (or stop being one)."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
 
 
@@ -113,7 +111,6 @@ def scan_processes() -> Iterator[ProcStat]:
 
 
 def read_token(pid: int) -> str | None:
-    """The spawn token in a process's environment, if it has one we may read."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             env = f.read()
@@ -163,7 +160,7 @@ def group_alive(pgid: int) -> bool:
 
 
 def try_reap(pid: int) -> bool:
-    """Reap `pid` if it is our child and has exited; True when nothing is left of it."""
+    """True when nothing is left of `pid` (reaped now, or not our child)."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -183,11 +180,8 @@ def write_knob(path: str, value: str) -> None:
 
 
 def place(cgroup_dir: str, pid: int) -> None:
-    """Move process `pid` into the cgroup at `cgroup_dir`.
-
-    The one placement primitive: the spawn path calls it between fork and the agent's
-    first instruction (the child waits at the gate of its shell prologue), and so can
-    any other spawner (a zygote, a spawn thread)."""
+    """Move process `pid` into the cgroup: between fork and the agent's first instruction
+    (the child waits at the gate of its shell prologue)."""
     write_knob(os.path.join(cgroup_dir, "cgroup.procs"), str(pid))
 
 
@@ -230,7 +224,7 @@ def cgroup_kill(cgroup_dir: str) -> None:
 
 
 def remove_cgroup(cgroup_dir: str) -> bool:
-    """rmdir the cgroup and its children (deepest first); False while any is busy."""
+    """False while any of the cgroup and its children is busy."""
     ok = True
     for dirpath, dirnames, _ in os.walk(cgroup_dir, topdown=False):
         del dirnames
@@ -257,7 +251,6 @@ def oom_kills(cgroup_dir: str) -> int:
 
 # -- the freezer (corral pause) ----------------------------------------------------------
 def set_frozen(cgroup_dir: str, on: bool) -> None:
-    """Freeze everything in the cgroup and below (or let it run again): cgroup.freeze."""
     write_knob(os.path.join(cgroup_dir, "cgroup.freeze"), "1" if on else "0")
 
 
@@ -286,11 +279,9 @@ def _settle(fut: asyncio.Future[None]) -> None:
 
 
 async def wait_frozen(cgroup_dir: str, timeout: float, frozen: bool = True) -> bool:
-    """Wait until the kernel says the cgroup is frozen (`frozen 1` in cgroup.events: a
-    freeze is done only once every task in it has stopped), or thawed with `frozen`
-    False; False after `timeout`. The kernel notifies a change of that file (EPOLLPRI):
-    an epoll set holding it is watched by the loop, so nothing polls. OSError if that
-    file cannot be opened."""
+    """Wait until the kernel says the cgroup is frozen (a freeze is done only once every
+    task in it has stopped), or thawed with `frozen` False; False after `timeout`. The
+    kernel notifies a change of cgroup.events (EPOLLPRI), so nothing polls."""
     fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
     ep = select.epoll()
     loop = asyncio.get_running_loop()
@@ -331,7 +322,7 @@ def _cgroup2_mount() -> tuple[str, str] | None:
 
 
 def own_cgroup() -> str | None:
-    """The directory of this process's cgroup v2, or None (no v2 hierarchy mounted)."""
+    """The directory of this process's cgroup v2, or None."""
     try:
         with open("/proc/self/cgroup") as f:
             rel = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
@@ -366,7 +357,7 @@ class CgroupTree:
 
     @classmethod
     def detect(cls, mode: CgroupMode) -> tuple[CgroupTree | None, str]:
-        """The tree to use, or None; and a sentence saying which and why."""
+        """The tree to use, or None; and a sentence saying why."""
         if mode == "off":
             return None, "cgroups: off (configured); containment by subreaper and records"
         own = own_cgroup()
@@ -414,8 +405,8 @@ class CgroupTree:
         return os.path.join(parent or self.root, f"{kind}-{name}-{index}")
 
     def prepare(self, path: str, limits: Limits, controllers: set[str] | None = None) -> None:
-        """Create the replica's cgroup (if needed) and write its limits (those of
-        `controllers`, its parent's grant: by default the tree's)."""
+        """Create the replica's cgroup and write its limits (those of `controllers`, its
+        parent's grant)."""
         os.makedirs(path, exist_ok=True)
         self.apply_limits(path, limits, controllers)
 
@@ -461,8 +452,6 @@ class ProcessRecord(msgspec.Struct, frozen=True):
 
 
 class ProcessStarted(NamedTuple):
-    """A process was spawned and is tracked (the daemon records it)."""
-
     record: ProcessRecord
 
 
@@ -480,15 +469,13 @@ class ProcessWatch(msgspec.Struct):
 
 
 class Ticket(NamedTuple):
-    """A spawn in preparation: its token (for the environment) and cgroup, if any."""
+    """A spawn in preparation."""
 
     token: str
     cgroup: str | None
 
 
 class ContainmentInfo(msgspec.Struct):
-    """What `corral info` shows of containment."""
-
     mode: str  # the configured cgroups mode
     cgroup: str | None  # the delegated cgroup corral manages, if any
     controllers: list[str]
@@ -524,11 +511,9 @@ class Containment:
 
     def __init__(self, cgroups: CgroupMode = "auto", *, stream: Stream | None = None,
                  spared: Container[int] = frozenset()) -> None:
-        """`stream`: where ProcessStarted and ProcessEnded go (the supervisor's).
-        `spared`: children of a program that embeds a Supervisor and starts processes of
-        its own (a test's subprocesses beside an in-process daemon), as it adds them: not
-        corral's, so neither reaped by the tick (their owner's wait would never learn the
-        status) nor killed as orphans."""
+        """`spared`: children of a program that embeds a Supervisor and starts processes
+        of its own, as it adds them: not corral's, so neither reaped by the tick (their
+        owner's wait would never learn the status) nor killed as orphans."""
         self.stream = stream if stream is not None else Stream()
         self.spared = spared
         # the incarnation: a random id, so tokens of two daemons (or two runs) never meet
@@ -556,7 +541,6 @@ class Containment:
         self.sweeps = 0  # passes over /proc, for tests and stats
         self.orphans_killed = 0
         self.min_sweep_interval = 1.0
-        # a cgroup per tenant (tenantcgroups.py), where delegated (`divide`)
         self.nodes: Nodes | None = None
         self._tenant_of: dict[str, str] = {}  # token -> the tenant whose node it is in
         # processes the previous image handed over (corral upgrade: adopt.py), taken by
@@ -628,7 +612,6 @@ class Containment:
         return Ticket(token, path)
 
     def abandon(self, ticket: Ticket) -> None:
-        """The spawn for `ticket` failed before any process was tracked."""
         self._pending.pop(ticket.token, None)
         self._left(ticket.token)
 
@@ -639,7 +622,6 @@ class Containment:
 
     def started(self, ticket: Ticket, pid: int, *, kind: str, name: str, index: int,
                 stop_timeout: float) -> ProcessRecord:
-        """A process was spawned for `ticket` (and placed in its cgroup): track it."""
         st = read_stat(pid)
         rec = ProcessRecord(
             token=ticket.token, kind=kind, name=name, replica=index, pid=pid,
@@ -654,7 +636,6 @@ class Containment:
 
     @property
     def issued(self) -> int:
-        """Spawn tokens issued so far."""
         return self._seq
 
     def go_on_from(self, owner: str, issued: int, handed: Callable[[Any], bool]) -> None:
@@ -665,12 +646,10 @@ class Containment:
         self.handed = handed
 
     def divide(self, nodes: Nodes) -> None:
-        """The tree divided by tenant (tenantcgroups.py), once it is open: a process
-        started from then on is placed in its tenant's node."""
+        """A process started from now on is placed in its tenant's node."""
         self.nodes = nodes
 
     def adopted(self, rec: ProcessRecord) -> None:
-        """A process the previous image started (and recorded) is tracked again."""
         t = ProcessWatch(rec, oom_kills(rec.cgroup) if rec.cgroup else 0)
         self.live[rec.token] = t
         self._by_pid[rec.pid] = t
@@ -691,7 +670,6 @@ class Containment:
             cgroup_kill(t.record.cgroup)
 
     def cgroup_of(self, token: str) -> str | None:
-        """The cgroup of a tracked process, where it has one of its own."""
         t = self.live.get(token)
         return t.record.cgroup if t is not None and self.tree is not None else None
 
@@ -707,7 +685,7 @@ class Containment:
                 and oom_kills(t.record.cgroup) > t.oom_before)
 
     def ended(self, token: str) -> None:
-        """The process of `token` exited (and was reaped): its descendants go now."""
+        """The process of `token` exited: its descendants go now."""
         t = self.live.pop(token, None)
         if t is None:
             return

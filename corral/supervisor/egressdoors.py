@@ -1,10 +1,8 @@
 """egress = "gateways" where the daemon may make network namespaces (root): each agent
 replica's sandbox runs in a network namespace the daemon made and holds for it, empty but
-for a loopback and one listener of the daemon's own at the gateways' address (the one the
-replica's CORRAL_MCP_URL and OPENAI_BASE_URL name), which passes each connection on to
-the gateways' unix socket in the daemon's loop. Nothing is started in the sandbox for it,
-so its start costs what a sandbox's does (docs/sandbox.md#egress; without root, the relay
-of egressrelay.py does the same from inside).
+for a loopback and one listener of the daemon's own at the gateways' address, which
+passes each connection on to the gateways' unix socket. Nothing is started in the sandbox
+for it (without root, the relay of egressrelay.py does the same from inside).
 
 A namespace is made once per replica and kept across its restarts, so its listener is
 there before the replica's first process runs. It is made on a thread of its own, which
@@ -144,8 +142,6 @@ class Door:
 
 
 class Doors:
-    """The doors by replica label, made at a replica's first start."""
-
     def __init__(self) -> None:
         self.doors: dict[str, Door] = {}
         self.refused: str | None = None  # why this process makes none (asked once)

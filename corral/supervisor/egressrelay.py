@@ -27,10 +27,7 @@ BUFFER = 65536
 
 def pipe(src: _socket.socket, dst: _socket.socket) -> None:
     try:
-        while True:
-            data = src.recv(BUFFER)
-            if not data:
-                break
+        while data := src.recv(BUFFER):
             dst.sendall(data)
     except OSError:
         pass

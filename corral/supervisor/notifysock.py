@@ -11,8 +11,7 @@ one). The socket is a file in a directory only root may list, owned by the repli
 user, mode 0600: no other user may connect. Processes of the same user could still find
 a sibling's path (its environment), so every datagram is also checked by its sender's
 credentials (SO_PASSCRED, given by the kernel, translated across pid namespaces): only the
-replica's own process and its descendants are heard; anything else is dropped and noted
-(decision 166).
+replica's own process and its descendants are heard; anything else is dropped and noted.
 """
 
 from __future__ import annotations
@@ -150,7 +149,7 @@ class NotifySocket:
         return self.sock.fileno() if self.sock is not None else None
 
     def listen(self) -> None:
-        """Read what arrives (what arrived before waits for this in the socket)."""
+        """(What arrived before waits for this in the socket.)"""
         if self.sock is not None and not self._listening:
             self._listening = True
             self._loop.add_reader(self.sock.fileno(), self._readable)
@@ -163,9 +162,7 @@ class NotifySocket:
         for _ in range(READ_BURST):
             try:
                 data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM, space)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # (BlockingIOError: nothing more to read)
                 return
             pid = None
             for level, kind, payload in ancillary:

@@ -1,7 +1,7 @@
-"""Policy on every call (DESIGN section 27, docs/security.md#policy-rules): the `[[policy]]`
-rules of the operator and of a call's tenant (`[tenants.NAME] policy`), and the marks that
-taint a task (`untrusted`, `sensitive` on `[mcp_servers.NAME]`), compiled once per config
-(`compiled`) into what a call is judged by without parsing anything again.
+"""Policy on every call (docs/security.md#policy-rules): the `[[policy]]` rules of the
+operator and of a call's tenant, and the marks that taint a task (`untrusted`,
+`sensitive`), compiled once per config into what a call is judged by without parsing
+anything again.
 
 A list's first rule that matches a call is its verdict (`allow`, `deny` or `approve`); the
 operator's list and the tenant's are judged apart, and the stricter verdict holds
@@ -121,7 +121,7 @@ def _tenant_glob(match: PolicyMatch, operators: bool) -> Callable[[str], bool]:
     """The tenants a rule matches. An agent's name is its tenant's caller's to choose: an
     operator's rule naming agents (other than `*`) and no tenant matches the operator's
     own agents, the default tenant's, alone — else a tenant naming its agent to fit an
-    `allow` written for the operator's (`ops-*`) took that allow (issue 74)."""
+    `allow` written for the operator's (`ops-*`) took that allow."""
     if operators and match.tenant is None and match.agent not in (None, "*"):
         return _glob(DEFAULT_TENANT)
     return _glob(match.tenant)
@@ -308,17 +308,15 @@ class PolicyVerdict(NamedTuple):
 
 
 class VerdictSink(Protocol):
-    def policy_decision(self, task: Task, decision: PolicyVerdict) -> None:
-        """A decision of a task's call: a span of its attempt (tracing.py)."""
+    def policy_decision(self, task: Task, decision: PolicyVerdict) -> None: ...
 
 
 class PolicyGuard:
     """The daemon's policy in force (`current`: its config) and the owners its untrusted
     tools tainted: one for every path a call comes by (the task path's approvals, a
     replica's calls of no task, the model gateway), so that a tool's output read by one
-    path taints a call made by another. `tracer`: where a task's decisions become spans;
-    `audit`: where a decision that denies or holds a call is written (the daemon's
-    audit log)."""
+    path taints a call made by another. `audit`: where a decision that denies or holds a
+    call is written."""
 
     def __init__(self, current: Callable[[], Config | None],
                  tracer: VerdictSink | None = None,
@@ -333,9 +331,7 @@ class PolicyGuard:
         """A call's verdict by the rules, and taint's: a sensitive tool or model called
         by an owner (a task, a replica's incarnation) an untrusted tool's output reached
         waits for a person though the rules allow it. A call of an untrusted tool taints
-        its owner as it is made (its output is the agent's from then). Every decision a
-        rule made is a span of the task's trace (`task`); one that denies or holds the
-        call is an audit row and a line of the replica's log besides."""
+        its owner as it is made (its output is the agent's from then)."""
         rules = self.rules()
         if rules is None:
             return ALLOWED

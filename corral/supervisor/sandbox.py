@@ -9,7 +9,7 @@ corral's control socket. `network = "none"` gives it an empty network namespace 
 loopback of its own); `"gateway"` the same, with the MCP gateway's unix socket bound in at
 the path CORRAL_MCP_SOCKET already names.
 
-How it fits corral's process handling (decision 101): bwrap is exec'd by the caps
+How it fits corral's process handling: bwrap is exec'd by the caps
 prologue, so rlimits are in force and the process is in its cgroup (the spawn gate) before
 bwrap runs; every process of the sandbox inherits both. No `--new-session`: the agent has
 no controlling terminal (corral starts it in a session of its own), so there is no TIOCSTI
