@@ -2,22 +2,16 @@
 
 The daemon that upgrades itself execs a new image in place (the same pid: its children
 stay its children, `waitpid` and the subreaper go on working). Before it does, `hand`
-describes each worker it keeps: the pid with its start time (the same process, never a
-recycled pid), the fds of its stdio pipes (kept open across the exec), the last request
-id of its JSON-RPC conversation, the requests still unanswered (a `task/run` among them
-is routed to its task again; the others, pings, are dropped quietly when answered), and
-its counters. The new image's replica, when it starts, takes that process (`adopt`)
-instead of spawning one: no `initialize` is sent again, it is Ready at once, and its
-running tasks go on (the daemon re-attaches them: `Adoptions.on_adopted`).
+describes each worker it keeps: the pid with its start time (never a recycled pid), the
+fds of its stdio pipes (kept open across the exec), its JSON-RPC conversation's last id
+and unanswered requests, and its counters. The new image's replica takes that process
+(`adopt`) instead of spawning one: no `initialize` again, Ready at once, its running
+tasks going on.
 
 Only what can be handed whole is: a worker mid-handshake, mid-stop, or with a request of
-its own being answered is waited for by the daemon before it hands over
-(daemon/upgrade.py). An MCP server is handed the same way, with its client's session
-(`mcp.client.ServerSession`: the negotiated revision, the server's capabilities and tools), once
-no request is in flight to it: the new image's client goes on with it, no `initialize`
-again. Zygotes are not adopted: they are ended by the new image and started again on
-demand (their children are adopted: once the zygote is gone they are corral's own, by the
-subreaper).
+its own being answered is waited for before the hand-over. An MCP server is handed with
+its client's session. Zygotes are not adopted (their children are: once the zygote is
+gone they are corral's own, by the subreaper).
 """
 
 from __future__ import annotations

@@ -24,9 +24,7 @@ __all__ = ["Agent", "AgentOwner"]
 class AgentOwner(Protocol):
     """What an agent needs of the engine around it (agents.Agents implements it)."""
 
-    def new_replica(self, spec: AgentSpec, name: str, index: int) -> Replica:
-        """A replica of this spec in place `index` (not started)."""
-        ...
+    def new_replica(self, spec: AgentSpec, name: str, index: int) -> Replica: ...
 
     def roster_changed(self, name: str) -> None:
         """The agent's list of replicas changed (`Roster` on the stream)."""
@@ -39,17 +37,14 @@ class AgentOwner(Protocol):
         """None once `new` are ready and stayed so; else why not (waits.py)."""
         ...
 
-    def pump(self, name: str) -> None:
-        """New processes take the agent's waiting tasks."""
+    def pump(self, name: str) -> None: ...
 
     def up(self, names: Iterable[str]) -> bool:
         """Whether the agents named are there and up, none waiting to start."""
 
-    def serving(self, names: Iterable[str]) -> bool:
-        """Whether the agents named are up and serving (a replica ready)."""
+    def serving(self, names: Iterable[str]) -> bool: ...
 
-    async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
-        """Until `cond()` holds; TimeoutError after `timeout`."""
+    async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None: ...
 
     def check_room(self, want: dict[str, tuple[str, int]], fleet_what: str, tenant_what: str
                    ) -> None:
@@ -64,9 +59,7 @@ class Agent:
         self.host = host
         self.spec = spec
         self.name = spec.name
-        self.replicas: list[Replica] = [
-            self._new_replica(i) for i in range(spec.replicas)
-        ]
+        self.replicas = [self._new_replica(i) for i in range(spec.replicas)]
         # processes of a rollout not (or no longer) in `replicas`: the one starting and the
         # one finishing its tasks; the supervisor stops them too when it closes
         self.replacing: set[Replica] = set()
@@ -94,13 +87,11 @@ class Agent:
         return [r for r in self.replicas if r.index not in held] if held else self.replicas
 
     def _may_start(self) -> bool:
-        """Every agent of `after` is up (startorder.py), and every one of `requires`
-        serves: one down, failed or a one-shot that ended is waited for (one that fails
-        for good stops this one: daemon/dependents.py)."""
+        """Every agent of `after` is up, and every one of `requires` serves (one that
+        fails for good stops this one: daemon/dependents.py)."""
         return self.host.up(before(self.spec)) and self.host.serving(self.spec.requires)
 
     async def _start_after(self, held: frozenset[int]) -> None:
-        """Start once it may (_may_start)."""
         try:
             await self.host.wait_for(self._may_start, None)
         finally:
@@ -122,12 +113,10 @@ class Agent:
         taken out of dispatch, and the old one finishes its running tasks before it stops,
         so the agent never serves with fewer replicas and no task is dropped. A new process
         that does not become ready aborts the rollout, the old one kept.
-        A replica stopped by hand (or never started) is replaced without starting, unless
-        `start_stopped`. A failed one has no process to keep serving: its new process
-        takes its place at once (_supplant), and one that does not become ready leaves
-        the agent on `spec` all the same, what an operator fixing a broken command
-        expects of the next start (decision 592); SupervisorError says so once the
-        other replicas are replaced."""
+        A replica stopped by hand is replaced without starting, unless `start_stopped`. A
+        failed one has no process to keep serving: its new process takes its place at
+        once, and one that does not become ready leaves the agent on `spec` all the same,
+        what an operator fixing a broken command expects of the next start."""
         new_spec = spec or self.spec
         unready: list[str] = []
         for i in replicas if replicas is not None else range(len(self.replicas)):
@@ -215,12 +204,10 @@ class Agent:
     async def switch(self, spec: AgentSpec) -> None:
         """Replace every replica at once with processes of `spec` (a release of a
         package): they start beside the running ones, and only once all are Ready and
-        have stayed so for `spec.min_healthy_time` (within `spec.healthy_deadline`) do
-        they take the agent's tasks, together, while the old ones finish theirs and
-        stop. Until then the old ones serve as before; a new process that exits or is
-        late stops the switch (SupervisorError with its reason) and the new ones are
-        stopped. Replicas stopped by hand (or never started) are replaced without
-        starting; Failed ones are started (a new release is how one is fixed)."""
+        have stayed so for `spec.min_healthy_time` do they take the agent's tasks,
+        together, while the old ones finish theirs and stop. A new process that exits or
+        is late stops the switch. Failed replicas are started (a new release is how one
+        is fixed)."""
         old = list(self.replicas)
         new = [self.host.new_replica(spec, self.name, i) for i in range(len(old))]
         started = [n for n, o in zip(new, old, strict=True)
@@ -251,9 +238,8 @@ class Agent:
         """To `n` replicas; returns the count reached. Those that go are the last ones,
         out of dispatch at once, each stopped once its running tasks end (within its
         stop_timeout). `idle_only` (the autoscaler): only replicas with no running task
-        are taken, from the end, so fewer may go than asked. `before_stop`: awaited
-        with the replicas going, once they are out of dispatch and before they are
-        asked to stop (hibernate's checkpoint)."""
+        are taken, so fewer may go than asked. `before_stop`: awaited with the replicas
+        going before they are asked to stop (hibernate's checkpoint)."""
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
         self.host.check_room({self.name: (self.spec.tenant, n)},
@@ -278,9 +264,8 @@ class Agent:
                 if before_stop is not None:
                     await before_stop(gone)
                 # a replica that goes drains: its running tasks end before it is asked
-                # to stop (asked at once, its worker exits and they are lost), within
-                # its stop_timeout, past which the stop takes them as any stop does;
-                # meanwhile a stop of the supervisor stops it too, as a rollout's
+                # to stop (asked at once, its worker exits and they are lost); meanwhile
+                # a stop of the supervisor stops it too, as a rollout's
                 self.replacing.update(gone)
                 self.draining = gone
                 try:

@@ -147,8 +147,7 @@ class Agents(Mapping[str, Agent]):
 
     async def pause(self, name: str, index: int | None = None, reason: str = "paused"
                     ) -> list[Replica]:
-        """Freeze an agent's replicas (or replica `index`) where they are, memory kept: no
-        task goes to them and no heartbeat judges them until resumed. Refused (nothing
+        """Freeze an agent's replicas (or replica `index`) where they are. Refused (nothing
         done) when one named is not running. Returns the replicas named."""
         agent = self.agent(name)
         await asyncio.gather(*(r.pause(reason, agent.spec.pause_timeout)
@@ -157,9 +156,8 @@ class Agents(Mapping[str, Agent]):
 
     def resume(self, name: str, index: int | None = None, reason: str = "resumed"
                ) -> list[Replica]:
-        """Let paused replicas run on, each back in the state it was paused in (same
-        process: no restart); their agent's waiting tasks go to them. Returns the
-        replicas named."""
+        """Let paused replicas run on, each back in the state it was paused in. Returns
+        the replicas named."""
         agent = self.agent(name)
         failed = []
         for r in to_resume(agent, index):
@@ -202,7 +200,6 @@ class Agents(Mapping[str, Agent]):
 
     def check_room(self, want: dict[str, tuple[str, int]], fleet_what: str,
                    tenant_what: str) -> None:
-        """check_fleet and check_tenants at once (agent.AgentOwner)."""
         self.check_fleet({n: count for n, (_, count) in want.items()}, fleet_what)
         self.check_tenants(want, tenant_what)
 
@@ -222,7 +219,6 @@ class Agents(Mapping[str, Agent]):
         self.stream.emit(Roster(name))
 
     def forget(self, replicas: Iterable[Replica]) -> None:
-        """Agent replicas that are gone for good leave the census."""
         for r in replicas:
             self.census[r.state] -= 1
 
@@ -247,7 +243,6 @@ class Agents(Mapping[str, Agent]):
                    for a in (self._agents.get(n) for n in names))
 
     def failed(self, names: Iterable[str]) -> list[str]:
-        """Those of the agents named that are down for good (startorder.failed_for_good)."""
         return [n for n in names if (a := self._agents.get(n)) is not None
                 and startorder.failed_for_good(a.replicas)]
 

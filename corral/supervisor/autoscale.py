@@ -4,17 +4,13 @@ and the reason in words.
 Knative's KPA, on corral's measure of load (tasks running + queued): the count a moment
 asks for is ceil(load / target_load). Two windows of those wishes decide:
 - the panic window (`upscale_delay`): the count rises to the least wish of the window, so
-  a rise held for upscale_delay seconds scales up (a spike shorter than that does not);
+  a spike shorter than it does not scale up;
 - the stable window (`downscale_delay`): the count falls to the greatest wish of the
-  window, so it falls only after the load has stayed lower for the whole window, and
-  never sooner than a whole window after the last change: an oscillating load (or one
-  falling in steps) changes the count at most once per stable window.
+  window, and never sooner than a whole window after the last change: an oscillating
+  load changes the count at most once per stable window.
 Each window keeps its wishes in a monotone deque, so a decision costs O(1) amortised
-whatever the windows' lengths (a thousand agents are fed every second).
-
-Sleep: at `min_replicas = 0` an agent with no work for `idle_after` seconds goes to zero;
-`hibernate_after` (any agent) does the same, the loop asking its workers to checkpoint
-first. A task for a sleeping agent wakes it at once (no panic window: it is waiting).
+(a thousand agents are fed every second). A task for a sleeping agent wakes it at once
+(no panic window: it is waiting).
 """
 
 from __future__ import annotations
@@ -27,8 +23,7 @@ from ..text import plural
 
 
 class Policy(NamedTuple):
-    """An agent's bounds and windows (from [agents.NAME.autoscale] and hibernate_after).
-    An agent without autoscale has min = max = its replica count."""
+    """An agent without autoscale has min = max = its replica count."""
 
     min_replicas: int
     max_replicas: int

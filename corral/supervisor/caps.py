@@ -26,13 +26,11 @@ PROLOGUE_NAME = "corral-caps"
 # where `nice` is (coreutils); dash has no builtin for it. The prologue execs it, and it
 # execs the agent: the pid stays the same
 NICE = shutil.which("nice") or "/usr/bin/nice"
-# The session's autogroup (sched(7)): where the kernel has autogroups on and the CPU
-# controller's group is the root one, the scheduler weighs each session as one nice-0
-# group, and a nice value weighs a process only against its own session's others. Every
-# replica is a session of its own, so its nice value is also written as its session's
-# autogroup's, or it would weigh nothing against other sessions (decision 132). Written by
-# the process itself before the agent runs; a kernel without the file, or one that refuses
-# the write, leaves the session as it was.
+# The session's autogroup (sched(7)): with autogroups on, the scheduler weighs each
+# session as one nice-0 group, and a nice value weighs a process only against its own
+# session's others. Every replica is a session of its own, so its nice value is also
+# written as its session's autogroup's, or it would weigh nothing against other sessions.
+# A kernel without the file, or one that refuses the write, leaves the session as it was.
 AUTOGROUP = "/proc/self/autogroup"
 # cgroup v2's cpu.weight of a group with no weight of its own (nice 0's share)
 DEFAULT_CPU_WEIGHT = 100
@@ -53,13 +51,12 @@ _ULIMIT = {
 
 
 def rlimits(limits: Limits) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) for each cap in force: the one definition both start paths
-    apply, the shell prologue of a cold start and setrlimit in a zygote's child.
+    """(resource, soft, hard) for each cap in force: what both start paths apply (the
+    shell prologue of a cold start, setrlimit in a zygote's child).
 
     The CPU hard limit is one second above the soft one so the kernel sends SIGXCPU
-    (nameable) before SIGKILL. core_mb = 0 means no core files; only its soft limit is
-    set, which anyone may raise to the hard one, so core_mb > 0 works where the hard limit
-    allows it."""
+    (nameable) before SIGKILL. Only the core soft limit is set, which anyone may raise to
+    the hard one."""
     out = []
     if limits.memory_mb:
         out.append((resource.RLIMIT_AS, limits.memory_mb * MIB, limits.memory_mb * MIB))
@@ -78,19 +75,17 @@ def rlimits(limits: Limits) -> list[tuple[int, int, int]]:
 
 
 def nice_for_weight(cpu_weight: int) -> int:
-    """The nice value that gives a process about the share a cgroup's cpu.weight gives:
-    weight 100 (the kernel's default) is nice 0, each factor 1.25 below it one step more,
-    to 19. A weight above 100 is nice 0 too: an unprivileged daemon may lower a
-    process's priority but never raise it, so tenants are favoured by lowering the
-    others' weights. 0 (no weight) is nice 0."""
+    """The nice value that gives a process about the share a cgroup's cpu.weight gives.
+    A weight above 100 is nice 0: an unprivileged daemon may lower a process's priority
+    but never raise it, so tenants are favoured by lowering the others' weights."""
     if cpu_weight <= 0 or cpu_weight >= DEFAULT_CPU_WEIGHT:
         return 0
     return min(19, round(math.log(DEFAULT_CPU_WEIGHT / cpu_weight, NICE_STEP)))
 
 
 def ulimit_script(limits: Limits) -> str:
-    """The shell prologue for these limits, or "" when there is nothing to set.
-    The soft limit must be lowered before the hard one or the kernel refuses (EINVAL)."""
+    """The shell prologue for these limits. The soft limit must be lowered before the
+    hard one or the kernel refuses (EINVAL)."""
     parts = []
     for which, soft, hard in rlimits(limits):
         flag, unit = _ULIMIT[which]
@@ -104,10 +99,9 @@ def ulimit_script(limits: Limits) -> str:
 
 
 # The spawn gate: the prologue reads one line from stdin before anything else, so the
-# parent can do what must happen before the agent's first instruction (put the process in
-# its cgroup) and then let it go by writing "\n". The shell's `read` takes one byte at a
-# time from a pipe, so nothing of the protocol that follows is consumed. An EOF instead of
-# the line (the parent could not place it, or died) ends the prologue with status 125.
+# parent can put the process in its cgroup before the agent's first instruction. The
+# shell's `read` takes one byte at a time from a pipe, so nothing of the protocol that
+# follows is consumed. An EOF (the parent could not place it, or died) exits 125.
 GATE = "read _ || exit 125"
 
 
@@ -138,7 +132,7 @@ def disable_own_core_dumps() -> None:
 def raise_own_open_files() -> int:
     """The daemon's soft RLIMIT_NOFILE up to the hard limit: a supervisor holds several
     fds per agent and per client, and the soft default (often 1024) is not a budget
-    anyone chose. Agents inherit it; `limits.open_files` caps one. Returns the limit."""
+    anyone chose. Returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -147,7 +141,6 @@ def raise_own_open_files() -> int:
 
 
 def describe(limits: Limits) -> dict[str, str]:
-    """Each cap in force, named as exit reasons name it."""
     out = {}
     if limits.memory_mb:
         out["memory"] = f"memory limit (RLIMIT_AS {limits.memory_mb} MiB)"
@@ -163,7 +156,6 @@ def describe(limits: Limits) -> dict[str, str]:
 
 
 def oom_reason(limits: Limits) -> str:
-    """The exit reason when memory.events counted an OOM kill in the replica's cgroup."""
     if limits.memory_mb:
         return f"memory limit (memory.max {limits.memory_mb} MiB): killed by the OOM killer"
     return "killed by the OOM killer (memory.events oom_kill)"

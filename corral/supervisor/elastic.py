@@ -1,19 +1,13 @@
 """The autoscaler's loop: once per heartbeat interval it feeds every elastic agent's
-decider (autoscale.py) with its load and applies what it decides through `Agent.scale`,
-the code `corral scale` runs; a task for a sleeping agent wakes it at once (`wake`, from
-dispatch).
+decider (autoscale.py) with its load and applies what it decides through `Agent.scale`;
+a task for a sleeping agent wakes it at once (`wake`).
 
-Scale-down takes idle replicas only, from the end (`Agent.scale(idle_only=True)`): a
-replica with a running task is never stopped by it; the count falls as they finish.
-Going to zero by `hibernate_after` first asks each worker to `hibernate` (it checkpoints
-its state, which `initialize` gives back on the wake); one that does not answer within its
-stop_timeout is stopped anyway, its state as last checkpointed, and the event says so.
+Scale-down takes idle replicas only: a replica with a running task is never stopped by
+it. Going to zero by `hibernate_after` first asks each worker to `hibernate` (checkpoint
+its state); one that does not answer within its stop_timeout is stopped anyway.
 
-Every decision that changes the count is a `Scaling` event with its reason (the daemon
-logs it under the agent, counts it for /metrics and keeps the last ones for `corral
-history`). A decision is not a config revision and is not kept across daemon restarts: a
-new daemon starts the agent at its (kept) `replicas` and the autoscaler takes it from
-there.
+A decision is not a config revision and is not kept across daemon restarts: a new daemon
+starts the agent at its `replicas` and the autoscaler takes it from there.
 """
 
 from __future__ import annotations
@@ -140,7 +134,6 @@ class Elastic:
             del self.counts[key]
 
     def decided(self, name: str) -> Sequence[Scaling]:
-        """The agent's last decisions, oldest first (`corral history`)."""
         return self.decisions.get(name, ())
 
     def status(self, name: str) -> ElasticEntry | None:
@@ -232,8 +225,7 @@ class Elastic:
 
     # -- changes ----------------------------------------------------------------------------
     def wake(self, name: str) -> None:
-        """A task waits for an agent with no replica: start one now (dispatch calls this;
-        the loop does not wait for its tick)."""
+        """A task waits for an agent with no replica: start one now, not at the tick."""
         e = self.entries.get(name)
         agent = self.agents.get(name)
         if e is None or agent is None or e.applying or agent.replicas:
@@ -310,8 +302,8 @@ class Elastic:
             self.wake(agent.name)  # a task came while it went to sleep
 
     def _bounds(self, agent: ElasticAgent) -> list[tuple[int, str]]:
-        """The replicas the agent may still add under each bound on the whole fleet's
-        count (the supervisor's max_replicas, its tenant's: quotas.py), and the bound."""
+        """The replicas the agent may still add under each bound on the fleet's count,
+        and the bound."""
         used = sum(len(a.replicas) for a in self.agents.values())
         most = self.tuning.max_replicas
         out = [(most - used, f"max_replicas = {most} (a [supervisor] setting)")]
@@ -321,7 +313,6 @@ class Elastic:
         return out
 
     async def _hibernate(self, gone: list[Replica]) -> None:
-        """Ask each worker to checkpoint (`hibernate`), each within its stop_timeout."""
         await asyncio.gather(*(self._ask_hibernate(r) for r in gone))
 
     async def _ask_hibernate(self, r: Replica) -> None:

@@ -16,10 +16,9 @@ class SupervisorError(RpcError):
 
 
 class NoSuchAgent(SupervisorError):
-    """`no such agent: NAME`, and what there is instead: the closest name, else the
-    agents there are (`known`; None: not known here, nothing said). Every refusal of an
-    unknown agent is one, so that a caller limited to some agents is told of those alone
-    (daemon.api words it again for such a caller)."""
+    """`no such agent: NAME`, and what there is instead (`known`; None: nothing said).
+    Every refusal of an unknown agent is one, so that a caller limited to some agents is
+    told of those alone (daemon.api words it again for such a caller)."""
 
     def __init__(self, name: str, known: Iterable[str] | None, note: str | None = None
                  ) -> None:
@@ -38,5 +37,5 @@ class NoSuchAgent(SupervisorError):
 
 class UnreadyKept(SupervisorError):
     """A rollout of a failed agent whose new process did not become ready: there was no
-    old process to keep serving, so the agent keeps the new spec (Agent.roll), and a
-    change that records it keeps the record (decision 592)."""
+    old process to keep serving, so the agent keeps the new spec, and a change that
+    records it keeps the record."""

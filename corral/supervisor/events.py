@@ -2,14 +2,11 @@
 
 Delivery is at most once and never blocks the publisher: a worker is sent an `event`
 notification only while its stdin pipe has room (else the event is dropped for it and
-counted), and a CLI follower has a bounded queue. Subscriptions are patterns
-(`orders.*`, fnmatch rules) and end with the worker's process.
+counted), and a CLI follower has a bounded queue.
 
-The bus is split by tenant: an event is published in a tenant (a worker's, its agent's
-tenant; a tenant caller's, its own; corral's own about an agent, that agent's) and reaches
-the workers and followers of that tenant only. An operator's event without a tenant, and
-an operator's follower without one, are every tenant's. Without [tenants] everything is
-in `default`, and the bus is the one it always was.
+The bus is split by tenant: an event published in a tenant reaches the workers and
+followers of that tenant only. An operator's event without a tenant, and an operator's
+follower without one, are every tenant's.
 """
 
 from __future__ import annotations
@@ -42,9 +39,7 @@ class Delivery(msgspec.Struct, omit_defaults=True):
     source: str
     time: float
     tenant: str | None = None  # the tenant it was published in; None: every tenant's
-    # the agents glob of the caller that published it (a token's `--agents`): a follower
-    # limited to another glob is not sent it; None: not a limited caller's
-    glob: str | None = None
+    glob: str | None = None  # a limited caller's agents glob (a token's `--agents`)
 
 
 class _Origin(msgspec.Struct):
@@ -61,7 +56,7 @@ class Within(msgspec.Struct, frozen=True):
 
 
 class Viewer(Protocol):
-    """Who follows the bus, as far as what it is sent goes (the daemon's Caller)."""
+    """Who follows the bus (the daemon's Caller)."""
 
     @property
     def agents(self) -> str | None: ...
@@ -81,11 +76,9 @@ Of = str | tuple[str, ...] | Within | None
 
 def agent_of(encoded: bytes) -> Of:
     """The agent an encoded Delivery is of: the one whose worker published it (source
-    `NAME#N`), or the one corral's own event is about (`data.agent`; a run's:
-    `data.agents`, all of them); None for a caller's event (a token's, a socket peer's),
-    which is no agent's, unless a caller limited to an agents glob published it
-    (`Within`). An event relayed from another node of a cluster is judged by its source
-    on that node (`NODE:SOURCE`)."""
+    `NAME#N`), or the one(s) corral's own event is about; None for a caller's event,
+    unless a caller limited to an agents glob published it (`Within`). An event relayed
+    from another node of a cluster is judged by its source on that node (`NODE:SOURCE`)."""
     origin = msgspec.json.decode(encoded, type=_Origin)
     if origin.glob is not None:
         return Within(origin.glob)
@@ -132,15 +125,12 @@ class EventBus:
     def __init__(self, stream: Stream,
                  worker_methods: dict[str, Callable[[Replica, Any], Any]],
                  worker_notifications: dict[str, Callable[[Replica, Any], None]]) -> None:
-        """Serves the workers' events/* methods (registered in these tables)."""
         self.subscriptions: dict[Replica, set[str]] = {}
         self.followers: set[EventFollower] = set()
         self.published = 0
         self.delivered = 0
         self.dropped = 0
-        # each event published here goes on it too, where a cluster node relays it to the
-        # other nodes (cluster/events.py)
-        self.stream = stream
+        self.stream = stream  # where a cluster node hears what to relay (cluster/events.py)
         on_notification(worker_notifications, EventsPublishParams, self._on_publish)
         on_request(worker_methods, EventsSubscribeParams, self._on_subscribe)
         stream.subscribe(self._on_exit, ReplicaExit)
@@ -148,9 +138,7 @@ class EventBus:
     def publish(self, topic: str, data: Any, source: str, tenant: str | None = None,
                 glob: str | None = None) -> int:
         """Deliver to every live subscriber of the tenant (None: of every tenant) whose
-        pattern matches; returns how many got it here (with [cluster], the other nodes'
-        subscribers get it too: the node's relay hears it on the stream). `glob`: the
-        agents glob of the caller that publishes it (Delivery.glob)."""
+        pattern matches; returns how many got it here."""
         if not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
         self.published += 1
@@ -167,8 +155,6 @@ class EventBus:
         return self.deliver(Delivery(topic, data, source, time.time(), tenant))
 
     def deliver(self, d: Delivery) -> int:
-        """An event to this node's subscribers (published here, or on another node of
-        the cluster) in its tenant: patterns are matched here."""
         topic, tenant = d.topic, d.tenant
         n = 0
         for r, patterns in list(self.subscriptions.items()):
@@ -177,8 +163,7 @@ class EventBus:
                 continue
             proc, peer = r.process, r.peer
             stdin = proc.stdin if proc is not None else None
-            # a worker whose stdin is over its budget unread (process.STDIN_HIGH) misses
-            # events meanwhile
+            # a worker whose stdin is over its budget unread misses events meanwhile
             if peer is None or proc is None or stdin is None or stdin.is_closing() or \
                     proc.stdin_full:
                 self.dropped += 1

@@ -1,12 +1,8 @@
 """A replica's executor: the one place where the actions of a lifecycle step are run.
 
 The machine (lifecycle.py) says what a cause does; `Executor.fire` fires it and runs every
-action of the step it gives, in one order, whoever fired it (a start, a stop, the
-heartbeat, an exit, a timer): the event, freeze and thaw, telling the host it serves or is
-down, beginning a life, taking the process down (asking, then SIGTERM, then SIGKILL, then
-giving up on it), the restart decision, and the timer of a backoff. What is the replica's
-own (its events, its host, its protocol's way of asking a process to exit) it does through
-the replica's hooks (parts.ReplicaParts).
+action of the step it gives, in one order, whoever fired it. What is the replica's own it
+does through the replica's hooks (replicaparts.ReplicaParts).
 """
 
 from __future__ import annotations
@@ -28,8 +24,6 @@ KILL_GRACE = 5.0
 
 
 class LifeEnd(NamedTuple):
-    """What the restart decision after an exit needs to know of the life that ended."""
-
     clean: bool  # it exited 0 of its own accord
     uptime: float
     gone: Cause = Cause.CRASH  # what ended a life corral did not take down
@@ -38,8 +32,7 @@ class LifeEnd(NamedTuple):
 
 
 class Executor:
-    """Runs the steps of one replica's machine. Owns the timers a step arms (a backoff's,
-    the escalation of a stop) and how a paused process was frozen."""
+    """Runs the steps of one replica's machine; owns the timers a step arms."""
 
     __slots__ = ("escalate", "frozen", "machine", "r", "timer")
 
@@ -55,9 +48,8 @@ class Executor:
 
     def fire(self, cause: Cause, reason: str, *, graceful: bool = False,
              end: LifeEnd | None = None) -> MachineStep:
-        """Fire `cause` and run the step's actions. `graceful`: how a take-down goes
-        (ask first, or SIGKILL now); `end`: the life that ended, for the restart
-        decision of an exit."""
+        """Fire `cause` and run the step's actions. `end`: the life that ended, for the
+        restart decision of an exit."""
         r, m = self.r, self.machine
         previous = m.state
         step = m.fire(cause, reason)
@@ -216,7 +208,6 @@ class Executor:
         r._end_life(reason, None, clean=False, uptime=r._uptime_now())
 
     def _late_reap(self, proc: ChildProcess) -> None:
-        """A process given up on after SIGKILL has died at last."""
         self.r.host.containment.ended(proc.token)
         proc.close()
         self.r.note(f"pid {proc.pid}, given up on after SIGKILL, is reaped")

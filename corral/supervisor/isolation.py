@@ -1,6 +1,6 @@
 """The isolation an agent runs with, as its config and its tenant's say: the sandbox,
-the network and the egress (DESIGN section 27, docs/sandbox.md), and the gateway's unix
-socket a sandbox binds in."""
+the network and the egress (docs/sandbox.md), and the gateway's unix socket a sandbox
+binds in."""
 
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ def egress_of(spec: AgentSpec, tenant: TenantSpec | None = None) -> str:
 
 
 def isolation(spec: AgentSpec, tenant: TenantSpec | None = None) -> Isolation:
-    """The sandbox and network an agent runs with: with an egress of "gateways" or
-    "none", a sandbox with that network; else its own keys, else its tenant's (`tenant`:
-    its [tenants.NAME], None when it has none), else none and the host's network."""
+    """With an egress of "gateways" or "none", a sandbox with that network; else its own
+    keys, else its tenant's, else none and the host's network."""
     egress = egress_of(spec, tenant)
     if egress != "any":
         return Isolation("bwrap", egress, egress)
@@ -41,5 +40,3 @@ def gateway_socket(gateway: GatewaySettings) -> str | None:
     """The MCP gateway's unix socket as configured (`listen = "unix:PATH"`), or None."""
     listen = gateway.listen
     return listen[len("unix:"):] if listen and listen.startswith("unix:") else None
-
-

@@ -8,9 +8,8 @@ holes the others leave. Measured: after 10,000 tasks of 100 KB the supervisor's 
 with ~30 MiB to give, 0.1 ms with none). So once payloads of at least TRIM_AFTER bytes
 have been let go, a trim runs TRIM_DELAY later: at most one a second while tasks flow,
 and one within a second of the last, so memory is back to what is live when the work
-stops. A wave of suspended tasks' attempts (suspension.py) asks for a trim within
-TRIM_DELAY whatever it let go (`settled`, decision 891). The trim runs on a thread of the
-loop's default executor, not on the loop.
+stops. A wave of suspended tasks' attempts asks for a trim within TRIM_DELAY whatever it
+let go (`settled`). The trim runs on a thread of the loop's default executor.
 
 Not taken: a fixed, lower mmap threshold (`M_MMAP_THRESHOLD` 64 KiB), which keeps RSS at
 what is live without trimming, made a 100 KB task's round trip 60 % slower and a 1 MB
@@ -64,7 +63,6 @@ class Releaser:
             self._arm()
 
     def _arm(self) -> None:
-        """A trim TRIM_DELAY from now, unless one is due already."""
         if self._timer is None:
             self._loop = asyncio.get_running_loop()
             self._timer = self._loop.call_later(TRIM_DELAY, self.trim)

@@ -77,8 +77,7 @@ class Monitor(ReplicaParts):
         self._unread_left = 0
 
     def _stdio(self) -> dict[str, Any]:
-        """How the process's output is read (ChildProcess.attach's callbacks): stdout
-        is the protocol's channel, stderr its log."""
+        """ChildProcess.attach's callbacks: stdout the protocol's channel, stderr its log."""
         return {"on_stdout_line": self._on_stdout_line,
                 "on_stderr_lines": self._on_stderr_lines,
                 "on_oversize": self._on_oversize,
@@ -101,7 +100,6 @@ class Monitor(ReplicaParts):
                       "its channel was made")
 
     def _early_lines(self, peer: Peer | None) -> None:
-        """The lines read before the channel was made, to it (None: dropped)."""
         early, self._early, self._early_size = self._early, None, 0
         if early is not None and peer is not None:
             for line in early:
@@ -112,7 +110,6 @@ class Monitor(ReplicaParts):
 
     @property
     def max_line(self) -> int:
-        """The longest stdout line (one message) this process may write."""
         return self.host.max_line
 
     def _on_oversize(self, size: int, head: bytes, tail: bytes) -> None:
@@ -151,10 +148,8 @@ class Monitor(ReplicaParts):
 
     # -- heartbeat ------------------------------------------------------------------------
     def heartbeat(self, now: float, timeout: float, sample: bool, sample_fds: bool) -> None:
-        """One visit of the heartbeat: hang check, a ping only if the worker has been quiet,
-        a usage sample when this visit is one of this replica's sampling turns. `now` is
-        the supervisor's listening clock (listening.py): silence during its stalls is not
-        the worker's."""
+        """One visit of the heartbeat. `now` is the supervisor's listening clock
+        (listening.py): silence during its stalls is not the worker's."""
         if not self.machine.takes_work or self.peer is None:
             if self.machine.starting and self.process is not None and sample:
                 self._sample(sample_fds)
@@ -224,7 +219,6 @@ class Monitor(ReplicaParts):
         return True
 
     def liveness_request(self) -> tuple[str, dict[str, Any]]:
-        """What a silent process is pinged with."""
         return "ping", {}
 
     @property
@@ -240,7 +234,7 @@ class Monitor(ReplicaParts):
         thread spinning while it holds the interpreter would keep a ping from being
         answered). Anything else, or a /proc that will not say, and it is pinged: a
         stopped process (SIGSTOP) is not asleep, a deadlocked or busy main thread is not
-        reading. An idle SDK worker is never woken (decision 79)."""
+        reading."""
         proc = self.process
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
                 or proc.stdin_backlog or not procstat.READ_CALLS):

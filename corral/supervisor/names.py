@@ -1,4 +1,4 @@
-"""The one rule for agent and MCP server names (DESIGN section 10).
+"""The one rule for agent and MCP server names.
 
 A name becomes a log file name, a process title, a key in SQLite and part of
 SERVER__TOOL, so it is checked wherever one comes in: the config file, `agents.add`,

@@ -1,6 +1,5 @@
 """Pause and resume of an agent's replicas (corral pause|resume NAME[#N]): which replicas
-a command names, and why it is refused. The freezing is the replica's (process_replica.py),
-what each cause does to a paused replica the machine's (lifecycle.py)."""
+a command names, and why it is refused."""
 
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ if TYPE_CHECKING:
 
 
 class PausableAgent(Protocol):
-    """An agent as a pause sees it (core.Agent)."""
-
     @property
     def name(self) -> str: ...
     @property

@@ -9,7 +9,7 @@ number reused by a file opened meanwhile; a database's would be written through 
 whoever came next). So a transport of uvloop's is given a `LoopOwned` end instead: a
 duplicate of the pipe's fd, whose `close()` closes nothing, and the file object is closed
 at once, once. asyncio's own transports close their pipe only through `close()`: they are
-given the file object as it is (decision 1009)."""
+given the file object as it is."""
 
 from __future__ import annotations
 
@@ -65,7 +65,6 @@ def for_transport(loop: asyncio.AbstractEventLoop, pipe: Any) -> Any:
 
 
 def discard(pipe: Any) -> None:
-    """Close an end no transport took."""
     if isinstance(pipe, LoopOwned):
         if not pipe.closed:
             pipe.closed = True

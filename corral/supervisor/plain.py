@@ -1,10 +1,9 @@
 """A replica of a plain program (protocol = "none"): any process, supervised as an agent.
 
 A web server, a script, a Node or Go service speaks no corral protocol. It gets all an
-agent's replica gives (caps, user, sandbox, cgroups and containment, the restart policy,
-logs, rolling restarts, packages, health checks), through the same lifecycle table, and
-none of what needs the protocol: no `initialize`, no heartbeat ping, no task (admission
-refuses them, tasks/admission.py). In their place, what systemd gives a service:
+agent's replica gives through the same lifecycle table, and none of what needs the
+protocol: no `initialize`, no heartbeat ping, no task. In their place, what systemd gives
+a service:
 
 - stdin is at EOF (closed at once, as systemd's /dev/null), and stdout is a log like
   stderr: both go to the agent's log, each line marked by its stream;
@@ -47,8 +46,7 @@ REFUSALS_NOTED = 3
 
 class PlainHanded(msgspec.Struct, frozen=True):
     """What a plain program's life is besides its process and log pipes, handed across
-    `corral upgrade` (supervisor/adopt.py): its $NOTIFY_SOCKET (the fd kept open across
-    the exec, its path in the program's environment) and what the program said on it."""
+    `corral upgrade`: its $NOTIFY_SOCKET and what the program said on it."""
 
     notify_fd: int | None = None
     notify_path: str | None = None
@@ -171,9 +169,8 @@ class PlainReplica(Replica):
         self._watchdog_fed = self.host.listening.now()
 
     def _ask_to_stop(self, proc: ChildProcess) -> int:
-        """As systemd stops a service: SIGTERM (`stop_signal`) to the group (and its
-        cgroup), SIGKILL after stop_timeout. (Closing stdin asks nothing of a program that
-        does not read it.)"""
+        """As systemd stops a service (closing stdin asks nothing of a program that does
+        not read it)."""
         proc.kill_group(self.spec.stop_signum)
         return signal.SIGKILL
 
@@ -182,7 +179,6 @@ class PlainReplica(Replica):
 
     # -- across `corral upgrade` (adopt.py) -----------------------------------------------
     def handed(self) -> PlainHanded:
-        """This life's notify socket and state, for the next daemon image."""
         sock = self.notify
         fd = sock.fileno() if sock is not None else None
         return PlainHanded(
@@ -204,7 +200,6 @@ class PlainReplica(Replica):
         self._ready_seen, self.status_text = h.ready_seen, h.status_text
 
     def ready_again(self, h: PlainHanded) -> None:
-        """Once Ready again: its watchdog's clock goes on from where it was."""
         self._watchdog_fed = self.host.listening.now() - h.watchdog_age
 
     # -- $NOTIFY_SOCKET -------------------------------------------------------------------

@@ -1,11 +1,8 @@
 """Health checks corral makes itself, from the daemon: a TCP connection and an HTTP GET.
 
-What a program that speaks no protocol offers for readiness and liveness is what any
-service offers: a port that accepts, a URL that answers. Each probe is bounded by its
-check's timeout and leaves nothing behind (the connection is closed whatever happens).
-They connect from the daemon's network namespace, so an agent with a network of its own
-(network = "none" or "gateway") is refused such a check at config time
-(configload.isolation_problem).
+Each probe is bounded by its check's timeout and leaves nothing behind. They connect from
+the daemon's network namespace, so an agent with a network of its own is refused such a
+check at config time (configload.isolation_problem).
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ class ProbeResult(NamedTuple):
 
 
 async def probe_tcp(address: str, timeout: float) -> ProbeResult:
-    """Passes when a connection to "HOST:PORT" is accepted within `timeout`."""
     parsed = tcp_address(address)
     if parsed is None:  # (config refuses it; a probe never raises)
         return ProbeResult(False, f"{address!r} is not HOST:PORT")

@@ -1,15 +1,12 @@
-"""Tenants (DESIGN section 13, docs/tenants.md): the quotas a group of agents shares,
-checked at admission.
+"""Tenants (docs/tenants.md): the quotas a group of agents shares, checked at admission.
 
-Every agent belongs to one tenant (`tenant = "NAME"`, default `default`). A quota is a
-bound on what the tenant's agents may be given: agents and replicas when they are added
-or scaled, tasks when they are accepted (queue, rate, timeout) or started (concurrency),
-and one token budget over all of them. A refusal names the quota, its value and the
-current use. As with Kubernetes' ResourceQuota, nothing here ever stops what runs: a quota
+A quota bounds what the tenant's agents may be given: agents and replicas when they are
+added or scaled, tasks when they are accepted or started, and one token budget over all
+of them. As with Kubernetes' ResourceQuota, nothing here ever stops what runs: a quota
 lowered below the use refuses the next admission and kills nothing.
 
-The engine asks this module; it raises nothing itself (the caller wraps a refusal in its
-own error type), so it imports neither the supervisor nor the task manager.
+It raises nothing itself (the caller wraps a refusal in its own error type), so it
+imports neither the supervisor nor the task manager.
 """
 
 from __future__ import annotations
@@ -34,8 +31,6 @@ if TYPE_CHECKING:
 
 NO_QUOTAS = TenantSpec()
 CPU_ROUNDS = 3  # heartbeat rounds a tenant is over max_cpu_percent before a restart
-
-
 
 
 class QuotasChanged(NamedTuple):
@@ -96,17 +91,13 @@ class Tenancy:
         return any(s.max_concurrent_tasks for s in self.specs.values())
 
     def bounds_admission(self) -> bool:
-        """Whether some tenant sets a quota a task's admission checks (max_queue,
-        rate_per_minute, max_task_seconds)."""
         return any(s.max_queue or s.rate_per_minute or s.max_task_seconds
                    for s in self.specs.values())
 
     def shares_budgets(self) -> bool:
-        """Whether some tenant sets tokens_per_minute (a budget its agents share)."""
         return any(s.tokens_per_minute for s in self.specs.values())
 
     def tenant_of(self, agent: str) -> str | None:
-        """The tenant of an agent there is (None: no such agent)."""
         a = self.agents.get(agent)
         return a.spec.tenant if a is not None else None
 
@@ -200,10 +191,8 @@ class Tenancy:
     # -- tasks --------------------------------------------------------------------------
     def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]
                      ) -> RpcError | None:
-        """The refusal of a task for the tenant of `agent`, if it takes no more now: why,
-        and when it will again if that is known (a rate's next token, a refused task's
-        Retry-After; nothing for a full queue, which drains at no known time); or None
-        (the rate quota's token is taken when it passes)."""
+        """The refusal of a task for the tenant of `agent`, if it takes no more now, with
+        a Retry-After where it is known; or None (the rate quota's token is then taken)."""
         tenant = agent.spec.tenant
         spec = self.specs.get(tenant)
         if spec is None:
@@ -226,14 +215,12 @@ class Tenancy:
         return None
 
     def timeout(self, agent: AgentLike, asked: float) -> float:
-        """A task's timeout, capped at its tenant's max_task_seconds."""
         spec = self.specs.get(agent.spec.tenant)
         cap = spec.max_task_seconds if spec is not None else 0
         return min(asked, cap) if cap else asked
 
     def full(self, agent: AgentLike, running: Callable[[str], int]) -> bool:
-        """Whether the tenant of `agent` runs as many tasks as max_concurrent_tasks: a
-        task of it waits in its queue until one of the tenant's ends."""
+        """Whether the tenant of `agent` runs as many tasks as max_concurrent_tasks."""
         spec = self.specs.get(agent.spec.tenant)
         if spec is None or not spec.max_concurrent_tasks:
             return False
@@ -241,8 +228,7 @@ class Tenancy:
                    ) >= spec.max_concurrent_tasks
 
     def budget(self, agent: str) -> tuple[str, int] | None:
-        """The shared token budget of the agent's tenant: (its Budget's key, its
-        tokens_per_minute), or None."""
+        """The shared token budget of the agent's tenant: (its key, tokens_per_minute)."""
         tenant = self.tenant_of(agent)
         if tenant is None:
             return None
@@ -290,4 +276,3 @@ def visible_allow(allow: list[str], tenant: str, servers: Mapping[str, McpServer
 
 def _reached(used: int, quota: int) -> str:
     return "reached " if used >= quota else ""
-

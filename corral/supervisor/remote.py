@@ -1,11 +1,9 @@
 """A remote MCP server (`url = ...`) supervised like a local one.
 
 There is no process: a connection (an HTTP session, mcp/http.py) takes its place in the
-same lifecycle. Connecting and the MCP handshake are Starting; a session that ends (the
-server unreachable, the session gone with HTTP 404, the SSE stream lost, no answer to
-pings) is an exit, and the restart policy decides as for a process: Backoff, then a new
-session, or Failed after too many. So a remote server that is down shows `backoff` with
-the reason in `corral status`, and comes back by itself when it is reachable again.
+same lifecycle. Connecting and the MCP handshake are Starting; a session that ends is an
+exit, and the restart policy decides as for a process. So a remote server that is down
+shows `backoff` in `corral status`, and comes back by itself when it is reachable again.
 
 aiohttp is imported (through mcp/http.py) only when such a server starts.
 """
@@ -37,7 +35,6 @@ class RemoteMcpServer(McpServerReplica):
         self._ended: asyncio.Future[str] | None = None
 
     async def _lifetime(self) -> None:
-        """One session from connect to its end, then the restart policy's decision."""
         spec = self.mcp_spec
         assert spec.url is not None
         loop = asyncio.get_running_loop()
@@ -100,7 +97,6 @@ class RemoteMcpServer(McpServerReplica):
             self.peer.feed_line(data)
 
     def _shut_down(self, reason: str, *, graceful: bool) -> None:
-        """No process: the session ends, with the reason."""
         if self._ended is not None:
             _end(self._ended, reason)
 

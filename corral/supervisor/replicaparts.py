@@ -1,8 +1,6 @@
 """What every part of a process replica shares: the members they read and write, the
-host's members they use (`PartsHost`), and the rows they make (a transition's `Transition`, a
-usage `Sample`, a `ReplicaStatus`). The parts: launch.py (a life from spawn to reap),
-monitor.py (the heartbeat's look at a live process), executor.py (a step's actions);
-process_replica.py puts them together."""
+host's members they use (`PartsHost`), and the rows they make. The parts: launch.py,
+monitor.py, executor.py; process_replica.py puts them together."""
 
 from __future__ import annotations
 
@@ -100,11 +98,9 @@ class ReplicaParts:
         self._log("corral", LineBlock.one(text))
 
     def _log(self, stream: str, lines: LineBlock) -> None:
-        """Lines of its log, to its host."""
         raise NotImplementedError
 
     def take_down(self, reason: str, *, graceful: bool, cause: Cause = Cause.HANG) -> None:
-        """corral decided this process must go (`cause`: stop, hang, cap, unhealthy)."""
         raise NotImplementedError
 
     def _measured_pid(self, proc: ChildProcess) -> int | None:
@@ -119,11 +115,9 @@ class ReplicaParts:
         raise NotImplementedError
 
     def _early_lines(self, peer: Peer | None) -> None:
-        """The stdout lines read before the channel was made, to it (the monitor's)."""
         raise NotImplementedError
 
     def _stdio(self) -> dict[str, Any]:
-        """How the process's output is read (monitor.py)."""
         raise NotImplementedError
 
     def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
@@ -151,7 +145,6 @@ class ReplicaParts:
         """It is down, maybe for good (an agent's waiting tasks may end)."""
 
     def _begin_life(self) -> None:
-        """Spawn a process (launch.py)."""
         raise NotImplementedError
 
     def _shut_down(self, reason: str, *, graceful: bool) -> None:

@@ -68,16 +68,11 @@ class RestartPolicy:
         self._rng = rng or _JITTER
         # the times of recent restarts, made at the first: most replicas never restart,
         # and a deque each would be walked by every full pass of the collector
-        # (decision 60)
         self._restarts: deque[float] | None = None
         self._attempt = 0  # consecutive quick failures; drives the exponent
 
     def wants_restart(self, clean_exit: bool) -> bool:
-        if self.mode == "always":
-            return True
-        if self.mode == "on-failure":
-            return not clean_exit
-        return False
+        return self.mode == "always" or (self.mode == "on-failure" and not clean_exit)
 
     def backoff(self, attempt: int) -> float:
         """Delay before restart number `attempt` (0-based): equal jitter in [d/2, d]."""

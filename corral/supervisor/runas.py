@@ -1,5 +1,5 @@
-"""Who a process runs as: its own `user`, else its tenant's (docs/tenants.md, decision
-110), and the process limits that follow from that.
+"""Who a process runs as: its own `user`, else its tenant's (docs/tenants.md), and the
+process limits that follow from that.
 
 A tenant's `user` makes the kernel keep tenants apart: processes of different uids cannot
 signal or ptrace each other, nor read each other's 0700 directories. Under its tenant's

@@ -5,9 +5,9 @@ of a workflow started on a clock, `every = "30s"` or `cron = "*/5 * * * *"`; no 
 The cron syntax is the classic five fields, minute hour day-of-month month day-of-week,
 each `*`, a number, a range `a-b`, any of those with a step `/n`, or a list of them
 `a,b-c`; day-of-week 0-7 (0 and 7 are Sunday); when both day fields are restricted, a day
-matching either fires (as cron does). Times are UTC. Our own parser (decision 318): the
-syntax is small, and a library's extensions (seconds, `L`, `#`, names) would be accepted
-here and refused by the next cron the operator reads it with.
+matching either fires (as cron does). Times are UTC. Our own parser: the syntax is small,
+and a library's extensions (seconds, `L`, `#`, names) would be accepted here and refused
+by the next cron the operator reads it with.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _EVERY = re.compile(r"(\d+(?:\.\d+)?)(s|m|h|d)")
 
 
 class ScheduleError(ValueError):
-    """A schedule that cannot be kept; the text says which and why."""
+    """A schedule that cannot be kept."""
 
 
 class ScheduleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
@@ -45,9 +45,7 @@ class ScheduleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
 
 
 class ScheduleRow(msgspec.Struct):
-    """A schedule's durable part: its last fire time accounted for (fired, or skipped as
-    missed), its fires, what the last one started, and the operator's pause (None: as
-    declared)."""
+    """A schedule's durable part (`paused` None: as declared)."""
 
     last_fire: float
     fires: int = 0

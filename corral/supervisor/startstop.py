@@ -18,13 +18,12 @@ __all__ = ["Starter", "start_all", "start_each", "stop_all"]
 
 
 class Starter:
-    """The starts of one start_all still waiting for their turn (pacing.py)."""
+    """The starts of one start_all still waiting for their turn."""
 
     def __init__(self) -> None:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Those not started yet stay down (the agent was stopped meanwhile)."""
         self.cancelled = True
 
     def start(self, r: Replica) -> None:
@@ -33,10 +32,8 @@ class Starter:
 
 
 def start_all(replicas: list[Replica]) -> Starter | None:
-    """Start these replicas: BATCH now, the rest BATCH per later turn of the loop, in the
-    loop's one queue of paced work (pacing.py); returns what cancels those still waiting
-    (None when none are). Starting a replica is a lifecycle event and the first steps of
-    its process: a thousand in one turn stalled the loop for a second."""
+    """Start these replicas: BATCH now, the rest BATCH per later turn of the loop; returns
+    what cancels those still waiting (None when none are)."""
     for r in replicas[:BATCH]:
         r.start(by_hand=True)
     if len(replicas) <= BATCH:
@@ -50,10 +47,9 @@ def start_all(replicas: list[Replica]) -> Starter | None:
 
 async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
                    graceful: bool = True) -> None:
-    """Stop these replicas concurrently; returns when all are down (each after at most its
-    own grace periods: no waits add up). Each stop's first steps (its event, the shutdown
-    request, stdin closed) take a place in the loop's queue of paced work, as do the
-    exits that follow (process.py), so a mass stop runs BATCH steps per turn."""
+    """Stop these replicas concurrently; returns when all are down (no waits add up). Each
+    stop's first steps take a place in the loop's queue of paced work, as do the exits
+    that follow, so a mass stop runs BATCH steps per turn."""
     replicas = list(replicas)
     p = pacer()
     for r in replicas:
@@ -63,9 +59,8 @@ async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
 
 
 async def start_each(replicas: Iterable[Replica]) -> None:
-    """Start these replicas by hand, paced as stop_all's stops are (one FIFO per loop: a
-    stop asked after them still comes after them); returns once every start has begun
-    (each replica is Starting, or refused and says why)."""
+    """Start these replicas by hand, paced as stop_all's stops are (a stop asked after
+    them still comes after them); returns once every start has begun."""
     p = pacer()
     for r in replicas:
         p.submit(functools.partial(r.start, by_hand=True))

@@ -2,20 +2,15 @@
 changed, tokens revoked, ...) to subscribers: every notification in corral is one of
 these, never a list of callbacks of its own.
 
-Delivery is synchronous and in subscription order, O(subscribers) per event with nothing
-allocated for it. Subscribers cannot break it: one that raises is logged (at most once per
-LOG_EVERY seconds per subscriber, with the number since) and counted, and the others, and
-whatever the emitter does next (the restart decision after a `terminated`), go on.
+Delivery is synchronous and in subscription order, with nothing allocated for it.
+Subscribers cannot break it: one that raises is logged (at most once per LOG_EVERY
+seconds) and counted, and the others, and whatever the emitter does next, go on.
 
-An object with subscribers of its own (a task's watchers, Task.watch: a caller waiting
-for one task must cost the others nothing) keeps their `Subscription`s and has the
-stream `tell` them, with the same containment and counts.
-
-A subscriber that has nothing to do with most events of its types (a part of the task
-engine told of every task's end while it holds something of a few tasks) subscribes
-`listening=False` and `listen`s only while it holds something: it keeps its place in the
-order, and meanwhile costs the emitter nothing (an event nobody listens to is not even
-made: `wanted`).
+An object with subscribers of its own (a task's watchers: a caller waiting for one task
+must cost the others nothing) keeps their `Subscription`s and has the stream `tell` them.
+A subscriber that has nothing to do with most events of its types subscribes
+`listening=False` and `listen`s only while it holds something: meanwhile it costs the
+emitter nothing (an event nobody listens to is not even made: `wanted`).
 """
 
 from __future__ import annotations
@@ -33,8 +28,6 @@ LOG_EVERY = 10.0  # seconds between log lines about one failing subscriber
 
 
 class Subscription:
-    """What `subscribe` returns: give it back to `unsubscribe`."""
-
     __slots__ = ("callback", "failures", "listening", "logged_at", "types", "unlogged")
 
     def __init__(self, callback: Callable[[Any], None], types: tuple[type, ...],
@@ -100,8 +93,6 @@ class Stream:
             self._callbacks.pop(t, None)
 
     def wants(self, t: type) -> bool:
-        """Whether an event of type `t` has subscribers listening (to skip building it
-        if not)."""
         return t in self._callbacks
 
     def emit(self, event: object) -> None:
@@ -116,8 +107,7 @@ class Stream:
         self.delivered += 1
 
     def tell(self, subs: tuple[Subscription, ...], event: object) -> None:
-        """Deliver `event` to subscriptions an object keeps for its own events (made by
-        it, never given to `subscribe`): contained and counted as every delivery."""
+        """Deliver `event` to subscriptions an object keeps for its own events."""
         for sub in subs:
             try:
                 sub.callback(event)
@@ -152,10 +142,7 @@ class Stream:
                 "failing": sorted(repr(s.callback) for s in subs if s.failures)}
 
 
-# the supervisor's own events; the others are beside what emits them: a replica's in
-# process_replica.py, a process record's in containment.py, a task's in tasks/model.py,
-# the tenants' in quotas.py, and the daemon's and the cluster's in their modules
-# (tokens.py, storewriter.py, gatewayaccess.py, cluster/membership.py)
+# the supervisor's own events; the others are beside what emits them
 class Tick:
     """A round of the heartbeat loop is over (about every heartbeat_interval)."""
 
@@ -189,8 +176,7 @@ class ListChanged(NamedTuple):
 
 
 class Roster(NamedTuple):
-    """An agent's list of replicas changed: the agent was added or removed, scaled, or a
-    rollout put a new process in a replica's place. (What each process does is its own
-    transitions, `Event`s; this says which processes hold the agent's places.)"""
+    """An agent's list of replicas changed: added or removed, scaled, or a rollout put a
+    new process in a replica's place."""
 
     agent: str

@@ -1,15 +1,11 @@
-"""A cgroup per tenant where the cgroup v2 subtree is delegated (docs/tenants.md,
-decision 112).
+"""A cgroup per tenant where the cgroup v2 subtree is delegated (docs/tenants.md).
 
 Under corral's delegated cgroup each tenant other than `default` has an inner node,
 `tenant-NAME`, that holds no process; its agents' and MCP servers' replicas get their
-leaves beneath it (`tenant-acme/agent-researcher-0`). The kernel then bounds the tenant as
-a whole, on the node, from its quotas: `memory.max` (max_memory_mb), `memory.high`
-(memory_high_mb), `cpu.max` (max_cpu_percent), `cpu.weight` (cpu_weight), `pids.max`
-(max_processes), each where its controller is enabled in the subtree (the node enables in
-its own subtree_control what its parent gives it, so that the leaves keep their own
-limits). An OOM kill anywhere in the tenant is read from the node's `memory.events` and
-attributed to the tenant: an event and a counter.
+leaves beneath it. The kernel then bounds the tenant as a whole, on the node, from its
+quotas, each where its controller is enabled in the subtree (the node enables in its own
+subtree_control what its parent gives it, so that the leaves keep their own limits). An
+OOM kill anywhere in the tenant is read from the node's `memory.events`.
 
 A node is made at the first process of its tenant, its knobs rewritten when the tenant
 changes, and removed once no process is in it and its tenant has no agent or server left.
@@ -42,15 +38,12 @@ QUOTAS = {"memory": ("max_memory_mb", "memory_high_mb"), "cpu": ("max_cpu_percen
 
 
 class TenantHook(Protocol):
-    """What the tenant nodes need of the supervisor."""
-
     def tenant_of_process(self, kind: str, name: str) -> str | None:
         """The tenant of an agent or MCP server there is (None: none, or a zygote)."""
 
     def tenant_spec(self, tenant: str) -> TenantSpec | None: ...
 
-    def tenant_in_use(self, tenant: str) -> bool:
-        """Whether any agent or MCP server is in the tenant."""
+    def tenant_in_use(self, tenant: str) -> bool: ...
 
 
 class TenantOomKill(NamedTuple):
@@ -116,7 +109,6 @@ class TenantNodes:
         self.inside[tenant] = max(0, self.inside.get(tenant, 0) - 1)
 
     def retune(self, tenant: str) -> None:
-        """Write the tenant's quotas to its node, if they changed since."""
         spec = self.hook.tenant_spec(tenant) or TenantSpec()
         if self.written.get(tenant) == spec or tenant not in self.controllers:
             return

@@ -38,7 +38,6 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         self.on_change = self._list_changed
 
     def add_server(self, spec: McpServerSpec) -> None:
-        """Add a tool server, its name and spec checked first (SupervisorError)."""
         problem = name_problem(spec.name, server=True)
         if problem:
             raise SupervisorError(jsonrpc.INVALID_PARAMS,
@@ -72,7 +71,6 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
             yield from entry.all()
 
     def allowlist(self, spec: Any) -> list[str]:
-        """An agent's tools allowlist, narrowed to the MCP servers its tenant sees."""
         return visible_allow(list(getattr(spec, "tools", [])), spec.tenant,
                              {n: e.spec for n, e in self.servers.items()})
 

@@ -53,10 +53,9 @@ class Waits:
 
     async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
                       ) -> str | None:
-        """None once every process of `new` (being started) is Ready, passes its readiness
-        check where the agent has one ([health], health.py), and has stayed so for
-        `spec.min_healthy_time` seconds, all within `deadline` seconds; else why not (the
-        exit's reason, as `status` shows it)."""
+        """None once every process of `new` is Ready, passes its readiness check, and has
+        stayed so for `spec.min_healthy_time` seconds, all within `deadline` seconds; else
+        why not."""
         give_up = time.monotonic() + deadline
 
         def broke() -> Replica | None:
@@ -89,9 +88,7 @@ class Waits:
         return None
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
-        """Wait until `cond()` holds, checked now and after every event and readiness
-        change (states, task counts and readiness only change with one); TimeoutError
-        after `timeout` (None: no bound)."""
+        """Wait until `cond()` holds; TimeoutError after `timeout` (None: no bound)."""
         if cond():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

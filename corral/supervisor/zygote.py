@@ -1,11 +1,9 @@
 """Warm starts: zygotes that have imported an agent's modules and fork agents on request.
 
-One zygote per (interpreter, preload set, user, group, PYTHONPATH), started the first
-time an agent with `warm = true` or `preload = [...]` starts, and again after it dies.
-The zygote program is corral/worker/zygote.py; this is corral's side of it: start and
-watch it, hand it a spawn request with the agent's stdio pipe ends, and give back a
-ChildProcess that the rest of corral cannot tell from a cold start (same pidfd watch,
-same pipes, the exit status the zygote reaped).
+One zygote per (interpreter, preload set, user, group, PYTHONPATH), started on first use
+and again after it dies. The zygote program is corral/worker/zygote.py; this is corral's
+side of it, giving back a ChildProcess that the rest of corral cannot tell from a cold
+start (same pidfd watch, same pipes, the exit status the zygote reaped).
 
 Anything that goes wrong with a zygote is `ZygoteUnavailable` with the reason; the
 replica logs it and starts cold. A zygote that failed to start is not tried again for
@@ -53,15 +51,13 @@ MAX_MESSAGE = 1 << 20
 class ExitStatuses:
     """The exit statuses a zygote tells of its children. The zygote may tell a child's
     exit before the spawn that forked it has read its pid (a child that dies at once), so
-    whichever side comes first makes the entry and the other removes it: the table holds
-    one entry per running child and nothing once both sides have met. No callback per
-    child: it would be a closure held as long as the child runs (decision 60)."""
+    whichever side comes first makes the entry and the other removes it. No callback per
+    child: it would be a closure held as long as the child runs."""
 
     def __init__(self) -> None:
         self._table: dict[int, asyncio.Future[int]] = {}
 
     def expect(self, pid: int) -> asyncio.Future[int]:
-        """The exit status of child `pid`, done already if it was told first."""
         fut = self._table.get(pid)
         if fut is None:
             fut = self._table[pid] = asyncio.get_running_loop().create_future()
@@ -76,7 +72,6 @@ class ExitStatuses:
         fut.set_result(status)
 
     def lose_all(self) -> None:
-        """The zygote is gone: the children it would have told of are told as lost."""
         for fut in self._table.values():
             if not fut.done():
                 fut.set_result(STATUS_LOST)
@@ -232,7 +227,6 @@ class Zygote:
                 os.kill(pid, signal.SIGKILL)
 
     def _die(self, reason: str) -> None:
-        """The zygote is gone or useless: fail what waits on it, stop it."""
         if self.dead is not None:
             return
         self.dead = reason
@@ -308,7 +302,7 @@ class Zygote:
             containment.abandon(ticket)
             if pid is None and fut.done() and not fut.cancelled() and fut.exception() is None:
                 # the pid came while this task was being cancelled, before it could read
-                # it: forked all the same (decision 980)
+                # it: forked all the same
                 pid = fut.result()
             if pid is not None:
                 self._given_up(pid)
@@ -409,9 +403,8 @@ class Zygotes:
         return z
 
     def _died(self, z: Zygote) -> None:
-        """Supervised: a zygote that served and died is started again at once, so the
-        next restart of its agents is warm (a failing start is not retried for
-        RETRY_AFTER; meanwhile its agents start cold)."""
+        """A zygote that served and died is started again at once, so the next restart of
+        its agents is warm."""
         log.warning("zygote %s died: %s; starting it again", z.key, z.dead)
         if self.closed or self.zygotes.get(z.key) is not z:
             return
