@@ -1,7 +1,7 @@
 """The one rate limit: a token bucket holding a minute's worth (at least one), refilled
 continuously, so a burst is allowed and a steady rate above the limit is not. An agent's
 and a tenant's task admissions, a token's HTTP requests and a gateway client's tool calls
-are all limited by it (decision 195)."""
+are all limited by it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What of a spec may leave the daemon: the one rule (decision 160) applied wherever an
+"""What of a spec may leave the daemon: the one rule applied wherever an
 agent's or an MCP server's table, or a call's params that carry one, is shown, logged or
 written for people to read — `describe`, `history`, the audit table and its log line,
 the dashboard, every transport (they all answer through the same handlers), cluster
@@ -18,7 +18,7 @@ A change between two revisions names a key of `env`, `config` or `headers`, neve
 values (`NAMED_ONLY`): "env.TOKEN changed".
 
 An audit row and its log line (`params`) hide more: `config` is shown as `env` is, its
-keys without a value (decision 452). A config is where an agent's keys go whatever they
+keys without a value. A config is where an agent's keys go whatever they
 are named (`openai = "sk-…"`), and the audit is read by whoever holds `audit:read` or
 `logs:read`, not only by who may describe the agent.
 """

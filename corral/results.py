@@ -162,7 +162,6 @@ __all__ = [
 ]
 
 
-
 # Not forbid_unknown_fields: a CLI older than its daemon still reads the fields it knows.
 class DaemonInfoResult(Result):
     version: str
@@ -268,8 +267,6 @@ class ReloadResult(msgspec.Struct):
     schedules: dict[str, list[str]] = {}
 
 
-
-
 class McpInstanceStatus(ProcessStatus, kw_only=True):
     """One MCP server instance: a process's status and its MCP side."""
 
@@ -358,8 +355,6 @@ class DescribeResult(Result):
     argv: list[str]
     spec: dict[str, Any]  # every key of the spec, env reduced to its keys: an open table
     replicas: list[ReplicaBrief]
-
-
 
 
 class ScalingDecision(msgspec.Struct):
@@ -621,7 +616,7 @@ class DrainResult(Result):
     incarnation: int  # the incarnation asked to drain
 
 
-# -- tokens (issue 21) ---------------------------------------------------------------------
+# -- tokens ---------------------------------------------------------------------
 class TokenInfo(Result):
     """A token as `corral token list` shows it: never its secret, which is not kept."""
 
@@ -637,7 +632,7 @@ class TokenList(Result):
     tokens: list[TokenInfo]
 
 
-# -- metrics history (issue 21) ------------------------------------------------------------
+# -- metrics history ------------------------------------------------------------
 class MetricsSample(msgspec.Struct):
     """One period of the metrics history (the fleet's, or one agent's). Counts and
     gauges are the period's (gauges averaged over its samples in a roll-up); times are
@@ -685,7 +680,7 @@ class TaskChunk(Result):
     truncated: bool = False
 
 
-# -- watching the fleet live (issue 21) ------------------------------------------------------
+# -- watching the fleet live ------------------------------------------------------
 class FleetSnapshot(Result):
     """`agents.snapshot`: every replica the watch covers, as agents.status shows them; the
     changes after it follow. Sent first, and again (`resync`) when changes were lost to
@@ -769,7 +764,7 @@ class ReplicaSamples(Result):
     replicas: list[ReplicaSample]
 
 
-# -- the dashboard (issue 21) --------------------------------------------------------------
+# -- the dashboard --------------------------------------------------------------
 class UiLoginResult(Result):
     code: str
     path: str  # the link's path on the HTTP server: /ui/login?code=...
@@ -777,7 +772,7 @@ class UiLoginResult(Result):
     expires: float  # unix time; the code also ends when it is used once
 
 
-# -- agent packages (issue 25, docs/packages.md) -------------------------------------------
+# -- agent packages (docs/packages.md) -------------------------------------------
 class DeployResult(Result):
     name: str
     release: str  # the release now current (its name: a hash of what it is made of)

@@ -4,12 +4,6 @@ something put in a file's place — a symbolic link, a hard link to another file
 a device — is refused, naming the path and what is there, and nothing outside is
 written, truncated or chmodded. The daemon runs as root: a link in its directory would
 make it write a file of the link's choosing.
-
-`open_file` is `os.open` with the checks (`O_NOFOLLOW`, non-blocking while it opens,
-then a regular file of one link; `O_TRUNC` only once that is known); `make_dir` is a
-`mkdir` that refuses a link in a directory's place; `check_free` is for the names a
-library opens itself (SQLite: the database, its `-wal`, `-shm` and `-journal`), looked
-at with `lstat` first.
 """
 
 from __future__ import annotations

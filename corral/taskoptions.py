@@ -27,7 +27,6 @@ MAX_IDEMPOTENCY_KEY = 255  # characters of an idempotency key (the header's boun
 SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec's
 # a tag as a shell, a URL's query and a log line take it without quoting
-# a tag, as the server checks it and the OpenAPI document says it
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:=/@+-]*$"
 _TAG = re.compile(TAG_PATTERN)
 
@@ -225,13 +224,9 @@ def filter_sql(filters: TaskFilters, column: str) -> list[tuple[str, Any]]:
         if wanted is None:
             continue
         path = f"'$.{FILTERED[name]}'"
-        many = _is_list(FILTERED[name])
+        many = isinstance(dict(_DEFAULTS)[FILTERED[name]], tuple | list)
         conditions.append((
             f"EXISTS (SELECT 1 FROM json_each(CAST({column} AS TEXT), {path}) "
             "WHERE value = ?)" if many
             else f"json_extract(CAST({column} AS TEXT), {path}) = ?", wanted))
     return conditions
-
-
-def _is_list(option: str) -> bool:
-    return isinstance(dict(_DEFAULTS)[option], tuple | list)

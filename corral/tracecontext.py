@@ -127,8 +127,7 @@ class FromId:
     the id's low half, the task's span that ^ GOLDEN (as TaskTrace derives an attempt's
     from the task's). Nothing is made per task to trace it: one of two shared objects
     (FROM_ID) stands for it until a tool call or an exit needs a TaskTrace (`of_id`);
-    what a task costs the loop to carry its context is then its `task/run`'s `_meta`
-    (decision 288)."""
+    what a task costs the loop to carry its context is then its `task/run`'s `_meta`."""
 
     __slots__ = ("bit", "flags", "sampled")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..supervisor.config import ConfigError
 from . import json5, mcpjson, pm2, procfile, supervisord, systemd
-from .model import Conversion, How, link, text_of, unique
+from .model import Conversion, How, config_text, link, unique
 
 Reader = Callable[[Path, How], Conversion]
 READERS: dict[str, Reader] = {
@@ -30,10 +30,7 @@ def kind_of(path: Path) -> str:
         return "procfile"
     if name.endswith((".js", ".cjs", ".mjs")):
         return "pm2"
-    try:
-        text = text_of(path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    text = config_text(path)
     if name.endswith((".json", ".json5")):
         # an MCP client's file holds servers (mcpServers, VS Code's servers), a PM2
         # file apps: what it holds says which (pm2's reader names what is wrong)

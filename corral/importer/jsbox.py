@@ -2,7 +2,7 @@
 beyond printing what the file exports.
 
 The file is the operator's code, but corral import runs as whoever the operator is, root
-often, and a file copied from elsewhere is not always read first (issue 74). So node runs
+often, and a file copied from elsewhere is not always read first. So node runs
 in a sandbox that holds the system's programs and libraries read-only (/usr and its
 links: not /etc, not /run, not /home), node's own installation, and the file's directory
 tree read-only, and nothing else: a link in that tree to a file outside it finds no file.

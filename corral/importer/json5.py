@@ -1,15 +1,14 @@
 """JSON5 read as data: what PM2's users write in a `.json` ecosystem file besides JSON
 (comments, trailing commas, unquoted keys, single-quoted strings, hexadecimal numbers,
-Infinity and NaN). pm2 evaluates a `.json` as JavaScript; corral import never runs one
-(issue 74): anything past JSON5 (a call, a variable, `process.env`) is refused where it
-stands, naming its line and column."""
+Infinity and NaN). pm2 evaluates a `.json` as JavaScript; corral import never runs one:
+anything past JSON5 (a call, a variable, `process.env`) is refused where it stands."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 _IDENT = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 _NUMBER = re.compile(r"[+-]?(0[xX][0-9A-Fa-f]+|Infinity|NaN|(\d+\.?\d*|\.\d+)"
@@ -38,7 +37,7 @@ class _Reader:
     def __init__(self, text: str) -> None:
         self.text, self.pos = text, 0
 
-    def fail(self, expected: str) -> None:
+    def fail(self, expected: str) -> NoReturn:
         line = self.text.count("\n", 0, self.pos) + 1
         column = self.pos - (self.text.rfind("\n", 0, self.pos) + 1) + 1
         found = self.text[self.pos:self.pos + 12].split("\n")[0]
@@ -46,7 +45,6 @@ class _Reader:
                          f"{json.dumps(found) if found else 'the end'}")
 
     def space(self) -> None:
-        """Past white space and comments."""
         while True:
             m = _SPACE.match(self.text, self.pos)
             if m is None or m.end() == self.pos:
@@ -76,7 +74,6 @@ class _Reader:
             return _WORDS[m[0]]
         self.fail("a value (JSON5: an object, array, string, number, true, false or "
                   "null; a .json file is data, never run)")
-        return None  # pragma: no cover - fail raises
 
     def members(self, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -93,7 +90,6 @@ class _Reader:
                 m = _IDENT.match(self.text, self.pos)
                 if m is None:
                     self.fail("a key or }")
-                    return out  # pragma: no cover
                 key, self.pos = m[0], m.end()
             self.space()
             if not self.text.startswith(":", self.pos):

@@ -1,4 +1,4 @@
-"""MCP clients' server files (issue 76): Claude Desktop's and Cursor's (and Windsurf's,
+"""MCP clients' server files: Claude Desktop's and Cursor's (and Windsurf's,
 Cline's) `{"mcpServers": {NAME: {...}}}`, VS Code's `{"servers": {...}, "inputs": [...]}`
 (or its settings' `{"mcp": {"servers": ...}}`), each server as `[mcp_servers.NAME]`: a
 command with its args, env and cwd, or a url with its headers; each key or value corral
@@ -13,7 +13,7 @@ from typing import Any
 
 from ..supervisor.config import ConfigError
 from . import json5
-from .model import Conversion, How, agent_name, text_of
+from .model import Conversion, How, agent_name, config_text
 
 TRANSPORTS = {"stdio": "stdio", "http": "http", "streamable-http": "http",
               "streamableHttp": "http", "sse": "sse"}
@@ -43,10 +43,9 @@ def servers_of(data: Any) -> tuple[str, dict[str, Any]] | None:
 
 
 def read(path: Path, how: How) -> Conversion:
+    text = config_text(path)
     try:
-        data = json5.loads(text_of(path))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        data = json5.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{path}: not JSON (nor JSON5): {exc}") from None
     found = servers_of(data)

@@ -41,6 +41,21 @@ def text_of(path: Path) -> str:
     return data.decode("utf-8-sig", errors="replace")
 
 
+def config_text(path: Path) -> str:
+    """`text_of`, or ConfigError saying why the file cannot be read."""
+    try:
+        return text_of(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def whole(text: str, where: str, key: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {key}: {text!r} is not a whole number") from None
+
+
 def _kind(mode: int) -> str:
     kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
              (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"))

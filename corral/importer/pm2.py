@@ -22,14 +22,13 @@ from ..othernames import target
 from ..supervisor.config import ConfigError
 from ..supervisor.schedule import Cron, ScheduleError
 from . import jsbox, json5
-from .model import RUN_AS_ROOT, USER_RE, Conversion, How, text_of
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, config_text
 
 VERSION_TIMEOUT = 10.0
 # the interpreter PM2 runs a script with by its extension (where `interpreter` is unset)
 INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".py": "python",
                 ".sh": "bash", ".rb": "ruby", ".php": "php", ".pl": "perl",
                 ".coffee": "coffee", ".ts": "ts-node", ".tsx": "ts-node"}
-# prints the file's export (module.exports, or an ES module's default) as JSON
 # prints the file's export (module.exports, or an ES module's default) as JSON, and the
 # packages it requires that are not installed beside it: each stood in by an empty module
 # (any property, call or text of it is one again), as an ecosystem file read away from
@@ -76,8 +75,7 @@ SCRIPT_KEYS = ("script", "exec", "cmd")
 
 
 def read(path: Path, how: How) -> Conversion:
-    env = how.env
-    data, missing = _load(path, env)
+    data, missing = _load(path, how.env)
     apps = data.get("apps") if isinstance(data, dict) else data
     if not isinstance(apps, list):
         raise ConfigError(f"{path}: apps: expected a list of apps (PM2's "
@@ -110,10 +108,7 @@ def read(path: Path, how: How) -> Conversion:
 def _load(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
     """The file's apps as PM2 reads them, and the packages it requires that are not
     installed beside it."""
-    try:
-        text = text_of(path)  # a BOM, as node passes over it
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
+    text = config_text(path)  # a BOM, as node passes over it
     if path.suffix.lower() in (".json", ".json5"):
         try:
             return json5.loads(text), []
@@ -256,7 +251,7 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
 
 def _ports(app: dict[str, Any], table: dict[str, Any], replicas: int, where: str,
            imp: Conversion) -> None:
-    """Replicas that would all listen on one port (issue 78). PM2's cluster mode has its
+    """Replicas that would all listen on one port. PM2's cluster mode has its
     replicas share one listening socket; corral runs each as a process of its own, so
     each is given its own port instead: the app's `increment_var` (PM2's own way of
     that), else PORT, set to its value plus the replica's number as the process starts

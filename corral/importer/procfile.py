@@ -8,17 +8,14 @@ import re
 from pathlib import Path
 
 from ..supervisor.config import ConfigError
-from .model import Conversion, How, text_of
+from .model import Conversion, How, config_text
 
 BASE_PORT = 5000  # foreman's and honcho's
 _LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.*)$")
 
 
 def read(path: Path, how: How) -> Conversion:
-    try:
-        lines = text_of(path).splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    lines = config_text(path).splitlines()
     imp = Conversion(str(path), "procfile")
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import RUN_AS_ROOT, USER_RE, Conversion, How, named_text, text_of
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, config_text, named_text, whole
 
 PROGRAM_KEYS_CARRIED = (
     "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
@@ -70,7 +70,6 @@ _FALSE = {"false", "no", "off", "0"}
 
 
 def read(path: Path, how: How) -> Conversion:
-    env = how.env
     """The programs of a supervisord config file and the files it includes."""
     missing: list[str] = []
     parser = _parse(path, missing)
@@ -79,7 +78,7 @@ def read(path: Path, how: How) -> Conversion:
         imp.note("[include]", "files", f"{pattern}: no file here matches it: not read "
                                        "(its programs are not imported; give them too)")
     here = str(path.parent.resolve())
-    base = {f"ENV_{k}": v for k, v in env.items()} | {
+    base = {f"ENV_{k}": v for k, v in how.env.items()} | {
         "here": here, "host_node_name": platform.node()}
     common = _daemon_section(parser, imp, base)
     groups = _groups(parser, imp, base)
@@ -178,13 +177,7 @@ def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path],
     if real in seen:
         return
     seen.add(real)
-    if by is not None:
-        text = named_text(path, by)
-    else:
-        try:
-            text = text_of(path)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    text = named_text(path, by) if by is not None else config_text(path)
     included = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
                                             strict=False, interpolation=None)
     included.optionxform = str  # type: ignore[assignment,method-assign]
@@ -353,8 +346,8 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     raw = dict(parser[section])
     ex = base | {"program_name": name, "group_name": group}
     get = _getter(raw, ex, where, imp)
-    numprocs = _int(get("numprocs", "1"), where, "numprocs")
-    start = _int(get("numprocs_start", "0"), where, "numprocs_start")
+    numprocs = whole(get("numprocs", "1"), where, "numprocs")
+    start = whole(get("numprocs_start", "0"), where, "numprocs_start")
     ex |= {"numprocs": numprocs, "process_num": start}
     table: dict[str, Any] = {"command": _command(raw, ex, where, start, imp),
                              "protocol": "none"}
@@ -387,14 +380,14 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
                           "false or unexpected")
     if restart != "unexpected":
         table[target("autorestart")] = _RESTART[restart]
-    codes = [_int(c, where, "exitcodes") for c in get("exitcodes", "0").split(",")]
+    codes = [whole(c, where, "exitcodes") for c in get("exitcodes", "0").split(",")]
     if codes != [0]:
         table[target("exitcodes")] = codes
-    secs = _int(get("startsecs", "1"), where, "startsecs")  # supervisord's default: 1
+    secs = whole(get("startsecs", "1"), where, "startsecs")  # supervisord's default: 1
     if secs:
         table[target("startsecs")] = secs
     if "startretries" in raw:
-        table[target("startretries")] = _int(get("startretries", "3"), where, "startretries")
+        table[target("startretries")] = whole(get("startretries", "3"), where, "startretries")
     signal = get("stopsignal", "TERM").upper().removeprefix("SIG")
     if signal not in SIGNALS:
         imp.note(where, "stopsignal", f"{signal}: not carried: corral's stop_signal is "
@@ -402,8 +395,8 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     elif signal != "TERM":
         table[target("stopsignal")] = signal
     if "stopwaitsecs" in raw:
-        table[target("stopwaitsecs")] = _int(get("stopwaitsecs", "10"), where, "stopwaitsecs")
-    prio = _int(get("priority", "999"), where, "priority")
+        table[target("stopwaitsecs")] = whole(get("stopwaitsecs", "10"), where, "stopwaitsecs")
+    prio = whole(get("priority", "999"), where, "priority")
     # what a program waits for, as the plugins that give supervisord an order spell it
     needs = [w.split(":")[0] for k in DEPENDS for w in re.split(r"[\s,]+", get(k, ""))
              if w]
@@ -501,13 +494,6 @@ def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
     imp.note(where, "command", f"run by `sh -c`: {' and '.join(sorted(read))} read as "
                                "the process starts")
     return ["sh", "-c", f"exec {script}"]
-
-
-def _int(text: str, where: str, key: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ConfigError(f"{where}: {key}: {text!r} is not a whole number") from None
 
 
 def _bool(text: str, where: str, key: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..othernames import target
 from ..supervisor.config import ConfigError
-from .model import RUN_AS_ROOT, USER_RE, Conversion, How, named_text, text_of
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, config_text, named_text, whole
 
 # directives read below (lower case)
 CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "restart",
@@ -102,13 +102,6 @@ def parse(text: str, where: str, skipped: list[int] | None = None
     return out
 
 
-def _text(path: Path) -> str:
-    try:
-        return text_of(path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-
-
 def _role(f: Path, unit: Path | None) -> str:
     return "its unit" if f == unit else "its drop-in"
 
@@ -134,7 +127,7 @@ def read(path: Path, how: How) -> Conversion:
     masked = [f for f in dropins if f != path and f.is_symlink()
               and os.path.realpath(f) == os.devnull]
     dropins = [f for f in dropins if f not in masked]
-    texts = [_text(f) if f == path else named_text(f, f"{path}: {_role(f, unit)}")
+    texts = [config_text(f) if f == path else named_text(f, f"{path}: {_role(f, unit)}")
              for f in ([unit] if unit else []) + dropins]
     sections = parse("\n".join(texts), str(path), skipped)
     if "Service" not in sections:
@@ -190,8 +183,8 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Convers
     elif kind == "forking":
         imp.note(where, "Type", "forking: not carried: corral supervises the process it "
                                 "starts, which must stay in the foreground")
-    if one("workingdirectory"):
-        table["cwd"] = (one("workingdirectory") or "").lstrip("-")
+    if cwd := one("workingdirectory"):
+        table["cwd"] = cwd.lstrip("-")
     _user(given, table, where, imp, name)
     env: dict[str, str] = {}
     for assignment in (given.get("environment", ("", "", []))[2]):
@@ -223,18 +216,16 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Convers
     for key in ("restartsec", "timeoutstopsec", "timeoutstartsec", "startlimitintervalsec"):
         if one(key) and (secs := seconds(one(key) or "", where, given[key][1])) > 0:
             table[target(key)] = secs
-    if one("timeoutsec"):
-        secs = seconds(one("timeoutsec") or "", where, "TimeoutSec")
+    if span := one("timeoutsec"):
+        secs = seconds(span, where, "TimeoutSec")
         table.setdefault("start_timeout", secs)
         table.setdefault("stop_timeout", secs)
-    if one("startlimitinterval") and "restart_window" not in table:
-        table["restart_window"] = seconds(one("startlimitinterval") or "", where,
-                                          "StartLimitInterval")
-    if one("startlimitburst"):
-        table[target("startlimitburst")] = _int(one("startlimitburst") or "", where,
-                                                "StartLimitBurst")
-    if one("killsignal"):
-        sig = (one("killsignal") or "").upper().removeprefix("SIG")
+    if (span := one("startlimitinterval")) and "restart_window" not in table:
+        table["restart_window"] = seconds(span, where, "StartLimitInterval")
+    if burst := one("startlimitburst"):
+        table[target("startlimitburst")] = whole(burst, where, "StartLimitBurst")
+    if killsignal := one("killsignal"):
+        sig = killsignal.upper().removeprefix("SIG")
         if sig not in _SIGNALS:
             imp.note(where, "KillSignal", f"{sig}: not carried: corral's stop_signal is "
                                           f"one of {', '.join(_SIGNALS)} (TERM is sent)")
@@ -243,9 +234,8 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Convers
     codes = _exit_codes(given.get("successexitstatus", ("", "", []))[2], where, imp)
     if codes != [0]:
         table[target("successexitstatus")] = codes
-    if one("watchdogsec") and kind == "notify":
-        table[target("watchdogsec")] = seconds(one("watchdogsec") or "", where,
-                                               "WatchdogSec")
+    if (span := one("watchdogsec")) and kind == "notify":
+        table[target("watchdogsec")] = seconds(span, where, "WatchdogSec")
     mode = (one("killmode") or "control-group").lower()
     if mode != "control-group":
         imp.note(where, "KillMode", f"{mode}: not carried: corral signals the program's "
@@ -299,10 +289,10 @@ def _limits(one: Any, where: str, imp: Conversion) -> dict[str, int]:
     if nofile:
         soft = nofile.split(":")[0]
         if soft.lower() != "infinity":
-            out[target("limitnofile").split(".")[1]] = _int(soft, where, "LimitNOFILE")
+            out[target("limitnofile").split(".")[1]] = whole(soft, where, "LimitNOFILE")
     nice = one("nice")
     if nice:
-        n = _int(nice, where, "Nice")
+        n = whole(nice, where, "Nice")
         if n > 0:
             out["nice"] = n
         elif n < 0:
@@ -369,10 +359,3 @@ def seconds(text: str, where: str, key: str) -> float:
     if pos != len(t) or pos == 0:
         raise ConfigError(f"{where}: {key}: {text!r} is not a time span")
     return round(total, 3)
-
-
-def _int(text: str, where: str, key: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ConfigError(f"{where}: {key}: {text!r} is not a whole number") from None

@@ -47,7 +47,6 @@ class TokensRevoke(Params):
     name: str
 
 
-
 @method("ui.login", result=UiLoginResult, scope="admin", mutating=True, seen="unnamed",
         cli="ui", routes=(
     rest("POST", "/ui/login", "A one-time link that logs a browser in to the "

@@ -228,7 +228,6 @@ class AgentsScale(Params):
     replicas: Annotated[int, msgspec.Meta(ge=0)]
 
 
-
 @method("agents.watch", result=None, scope="agents:read", endless=True, seen="fleet_stream",
         dashboard=True, routes=(
     rest("GET", "/replicas/stream", "The fleet's replicas, then each state "

@@ -19,7 +19,6 @@ class StatsGet(Params):
     """Runtime statistics of the supervisor and per agent."""
 
 
-
 @method("stats.history", result=MetricsHistoryResult, scope="metrics:read", seen="agent_metrics",
         dashboard=True, routes=(
     rest("GET", "/metrics/history", "The metrics history of the fleet or "
@@ -34,7 +33,6 @@ class StatsHistory(Params):
     since: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     agent: str | None = None
     resolution: Literal["raw", "minute", "hour"] | None = None
-
 
 
 class StatsSample(StatsResult, kw_only=True):

@@ -1,5 +1,5 @@
 # ruff: noqa: F405 - the results are corral.results', named by the methods
-"""Tenants (issue 23, docs/tenants.md)."""
+"""Tenants (docs/tenants.md)."""
 
 from __future__ import annotations
 

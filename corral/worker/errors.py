@@ -49,7 +49,7 @@ class RequestError(Exception):
         self.data = data
 
 
-# its name before decision 491: agents that catch it by that name keep working
+# its former name: agents that catch it by that name keep working
 RpcError = RequestError
 
 
