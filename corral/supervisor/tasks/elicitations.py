@@ -1,23 +1,16 @@
-"""An MCP server's elicitation during a task's tool call, asked of a person (issue 55
-item 3, decision 680; docs/approvals.md#questions).
+"""An MCP server's elicitation during a task's tool call, asked of a person
+(docs/approvals.md#questions).
 
-A tool call made for an agent's task (the worker's `tools/call`, or the gateway's call
-attributed to the task: both reach the router as a ToolCall with its task) carries an
-Asker (mcp/client.py). A server that elicits during it (`elicitation/create` on
-2025-11-25, an `input_required` result asking it on 2026-07-28) gets a question of the
-task in the inbox: the server's message the prompt, its `requestedSchema` the schema,
-the server and the tool named. The task waits meanwhile (PersonLoop.ask_person). The
-person's answer goes back as the elicitation's `accept` with the answer as `content`;
-a declined question is `decline`; one that timed out or was withdrawn (its task ended)
-is `cancel`. The question's deadline is the server's `timeout`: the call it is part of
-ends then anyway.
+A tool call made for a task carries an Asker (mcp/client.py): a server that elicits
+during it gets a question of the task in the inbox (its message the prompt, its
+`requestedSchema` the schema), the task waiting meanwhile. The answer goes back as
+`accept`; a declined question is `decline`; one that timed out or was withdrawn is
+`cancel`. The question's deadline is the server's `timeout`: the call ends then anyway.
 
-The person's decision is a step of the task (`corral/ask:elicit:...`, journaled as a
-question's answer is, questions.py) before the server has it, and the ask is keyed by
-the call (its tool, its arguments' hash, how many such calls came before it in the
-attempt) and by how many elicitations of that call came before: a retried attempt that
-makes the same call, and is asked the same, is answered from the journal or from the
-ask its earlier attempt made, and a person is never asked twice.
+The person's decision is a step of the task before the server has it, and the ask is
+keyed by the call and by how many elicitations of that call came before: a retried
+attempt that makes the same call, and is asked the same, is answered from the journal or
+from its earlier attempt's ask, and a person is never asked twice.
 """
 
 from __future__ import annotations
@@ -65,13 +58,11 @@ class Elicitations:
 
     def __init__(self, engine: ElicitingEngine,
                  ask_person: Callable[[AskRequest], Awaitable[Ask]]) -> None:
-        """`ask_person`: how a task's call asks a person and waits (PersonLoop's)."""
         self.engine = engine
         self._ask_person = ask_person
         self.asked = 0  # elicitations put to a person
         self.replayed = 0  # answered from the journal or an earlier attempt's ask
         self.declined = 0  # declined unasked: a cluster's task, a URL or a bad form
-        # task id -> (its attempt, how many calls of each (tool, arguments) it made)
         self._calls = CallOrdinals()
         # told of a task's end while a task's calls are counted here
         self._ends = engine.stream.subscribe(self._finished, TaskFinished, listening=False)
@@ -125,8 +116,7 @@ class Elicitations:
             result = DECLINE
         else:  # timed out, or withdrawn: nobody answered
             return CANCEL
-        # the person's decision is the task's before the server has it: a retry is
-        # given it back, the person not asked again
+        # the task's before the server has it: a retry is given it back
         await steps.put(task, call.replica, STEP + key, result)
         self.asked += 1
         return result

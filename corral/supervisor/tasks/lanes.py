@@ -3,12 +3,8 @@ the next input when its task ends, the results in input order.
 
 A lane is one object for the whole map, its task's `waiter`: the task's end marks it
 ready, and once per turn of the loop the ready lanes keep their results and submit their
-next inputs. Nothing is made per input but its Task (no coroutine, no future, no wake-up
-of a coroutine per task: those were a fifth of the supervisor's CPU per tiny task, and
-what the cyclic collector walked). The lanes ready in one turn take their next inputs as
-one batch (`submit_many`): the agent's refusal and counters looked at once, the ids made
-in one call, its queue pumped once, each input still a task of its own (its id, its
-deadline, its retries, its cancellation, its journal row, its events).
+next inputs as one batch (`submit_many`). Nothing is made per input but its Task (no
+coroutine, no future: those were a fifth of the supervisor's CPU per tiny task).
 """
 
 from __future__ import annotations
@@ -43,8 +39,7 @@ class Submits(Protocol):
 
 
 class _Lane:
-    """One lane: the task it waits for and that task's place in the results. It is the
-    task's `waiter` (Endings.ended calls `set_result` once the task has ended)."""
+    """One lane: the task it waits for (as its `waiter`) and its place in the results."""
 
     __slots__ = ("i", "run", "settled", "task")
 
@@ -71,7 +66,6 @@ class _Lane:
 
 
 class Lanes:
-    """One `map` (module doc)."""
 
     def __init__(self, tasks: Submits, agent: str, inputs: Iterator[Any], *,
                  concurrency: int, options: TaskOptions) -> None:
@@ -100,10 +94,8 @@ class Lanes:
         return cast(list[TaskResult], self.results)
 
     def _next(self, lanes: list[_Lane]) -> None:
-        """The lanes take their next inputs, as one batch of the manager's (`submit_many`:
-        the agent looked at once, one write per worker). A refused task, or one ended at
-        once, is a result, and its lane takes the input after it; lanes left without an
-        input stay idle."""
+        """The lanes take their next inputs, as one batch. A refused task, or one ended at
+        once, is a result, and its lane takes the input after it."""
         tasks, results, todo = self.tasks, self.results, self.todo
         while lanes:
             batch = list(islice(todo, len(lanes)))
@@ -135,9 +127,8 @@ class Lanes:
             self.results[i] = task.result(decode=True)
 
     def refill(self) -> None:
-        """The lanes whose tasks ended (`_Lane.set_result`, within each task's end) keep
-        their results and take their next inputs, on the loop's next turn after the
-        first of them, as waiting coroutines would have been."""
+        """The lanes whose tasks ended keep their results and take their next inputs, on
+        the loop's next turn after the first of them."""
         ready, self.ready = self.ready, []
         if self.stopped:
             return

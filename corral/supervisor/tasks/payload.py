@@ -1,8 +1,6 @@
 """A task's payloads on the wire: inputs encoded to JSON once, and a worker's `task/run`
 answer read in one pass, its output kept as the bytes it came in, in an `Output`, which
-the garbage collector never walks. For a Python caller (`tasks.run`, `tasks.map`) that one
-pass decodes the answer into the values it takes, and the output's bytes are read from
-the line only if something asks for them (decision 366)."""
+the garbage collector never walks; for a Python caller that pass decodes the values."""
 
 from __future__ import annotations
 
@@ -23,10 +21,8 @@ def _not_native(value: Any) -> Any:
     raise TypeError
 
 
-# orjson writes into a buffer of a KiB or more and hands it over as the bytes, so a short
-# input held by a queued or kept task holds the whole buffer (in the heap's fragments once
-# shrunk); below this size an exact copy costs less than what it gives back. The figures:
-# bench/RESULTS.md, "Memory per pending child".
+# orjson hands over its buffer of a KiB or more as the bytes, so a short input held by a
+# queued task holds the whole buffer; below this size an exact copy costs less
 _COPY_BELOW = 16384
 
 
@@ -69,14 +65,10 @@ class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Output(msgspec.Struct, gc=False):
-    """A succeeded task's output as its JSON bytes; a Python caller's values are decoded
-    from them when asked for, and are the caller's: what a finished task keeps is never
-    an object graph for every full pass of the garbage collector to walk (decision 78).
-    (Not tracked by the collector itself: bytes hold nothing.)
-
-    An answer read for a Python caller (`read_values`) comes decoded once: its values
-    wait here for the caller to take them, and the output's bytes are read from the
-    answer's line only if something asks for them (a journal, a socket client)."""
+    """A succeeded task's output as its JSON bytes: what a finished task keeps is never
+    an object graph for every full pass of the garbage collector to walk. An answer read
+    for a Python caller (`read_values`) comes decoded once: its values wait here for the
+    caller, and the bytes are read from the answer's line only if something asks."""
 
     held: msgspec.Raw | None  # the output's bytes, once read
     size: int  # bytes held, for `kept_bytes`
@@ -95,7 +87,7 @@ class Output(msgspec.Struct, gc=False):
         return held
 
     def forget(self) -> None:
-        """No caller will take the values: only the bytes are kept (decision 78)."""
+        """No caller will take the values: only the bytes are kept."""
         self.value, self.fresh = None, False
 
     def python(self) -> Any:
@@ -110,9 +102,8 @@ _raw_answer = msgspec.json.Decoder(_RawAnswer)
 
 def acyclic(raw: bytes) -> Any:
     """JSON as Python values, without a pass of the cyclic collector meanwhile: what is
-    decoded has no cycles, and a pass in the middle of a large document (one every 700
-    containers) would only move the half-built values up a generation, until the full
-    pass that walks the whole heap for them."""
+    decoded has no cycles, and a pass amid a large document would only move the half-built
+    values up a generation."""
     if not gc.isenabled():
         return msgspec.json.decode(raw)
     gc.disable()
@@ -147,7 +138,7 @@ _FEW_CONTAINERS = 1024
 
 def read_values(line: bytes) -> tuple[int, Output]:
     """`read_raw` for a Python caller: the output decoded in the one pass that reads the
-    answer (one pass over a large output, not a scan and then a decode)."""
+    answer."""
     size = len(line)
     if size < _FEW_CONTAINERS or not gc.isenabled():
         answer = _answer.decode(line)
@@ -161,8 +152,7 @@ def read_values(line: bytes) -> tuple[int, Output]:
 
 
 def output_of(result: Any) -> Output:
-    """What a `task/run` answer's decoder made of it, or its raw result where the answer
-    took the usual way (another layout, or a result that is not an object)."""
+    """What a `task/run` answer's decoder made of it, or of its raw result."""
     if isinstance(result, Output):
         return result
     return Output(raw_output_of(result), len(result))

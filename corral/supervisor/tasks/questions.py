@@ -1,13 +1,9 @@
-"""A task's questions for a person (`task/ask`, the SDK's `ctx.ask`; docs/protocol.md#
-questions): each an ask of the inbox (inbox.py) that the task waits on, its answer a
-step of the task (`corral/ask:KEY`, journaled before the worker is given it), so a
-retried or resumed attempt asking under the same key is answered from the journal, or
-from the ask its earlier attempt made, and a person is never asked twice.
-
-The schema the answer must fit is checked when the question is asked (a schema that is
-not one is the agent's error, said to it); the answer is checked against it where a
-person gives it (the inbox's surfaces), so a bad answer is refused to the person and the
-task goes on waiting."""
+"""A task's questions for a person (`task/ask`; docs/protocol.md#questions): each an ask
+of the inbox that the task waits on, its answer a step of the task (`corral/ask:KEY`,
+journaled before the worker is given it), so a retried or resumed attempt asking under
+the same key is answered from the journal, and a person is never asked twice. The
+schema is checked when the question is asked; the answer against it where a person
+gives it, so a bad answer is refused to the person and the task goes on waiting."""
 
 from __future__ import annotations
 
@@ -45,8 +41,7 @@ class AskingEngine(Protocol):
 
 
 def check_schema(schema: dict[str, Any]) -> None:
-    """A JSON Schema an answer can be checked against, else RpcError saying what is
-    wrong with it."""
+    """A JSON Schema an answer can be checked against, else RpcError saying why not."""
     size = len(msgspec.json.encode(schema))
     if size > MAX_SCHEMA_BYTES:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"task/ask: the schema is {size} bytes of "
@@ -66,7 +61,6 @@ class Questions:
 
     def __init__(self, engine: AskingEngine,
                  ask_person: Callable[[AskRequest], Awaitable[Ask]]) -> None:
-        """`ask_person`: the ask as it ended, the task waiting meanwhile (PersonLoop's)."""
         self.engine = engine
         self._ask_person = ask_person
         self.asked = 0  # questions put to a person
@@ -114,7 +108,6 @@ class Questions:
 
 
 def _unanswered(ask: Ask) -> RpcError:
-    """What the agent is told of a question that ended without an answer."""
     if ask.end is AskEnd.DENIED:
         reason = ask.data.get("reason") if isinstance(ask.data, dict) else None
         return RpcError(jsonrpc.REFUSED, f"task/ask: question {ask.id} was declined by "

@@ -1,11 +1,9 @@
 """Where accepted tasks wait for a replica: the `Queue` protocol, and `LocalQueue`, the
 priority lines of one process.
 
-Order: higher priority first, then arrival. A task lost with its worker and retried goes
-back to its arrival place, before every task of its priority that arrived after it. The
-dispatcher takes from the queue only when a replica of the agent has a free slot, so a
-queue never holds a task it could not place; another implementation (one a cluster
-shares) keeps the same contract.
+Order: higher priority first, then arrival; a retried task goes back to its arrival
+place. The dispatcher takes from the queue only when a replica of the agent has a free
+slot, so a queue never holds a task it could not place.
 """
 
 from __future__ import annotations
@@ -21,34 +19,28 @@ from .model import Task
 class Queue(Protocol):
     """The tasks waiting for each agent, in dispatch order."""
 
-    def put(self, task: Task) -> None:
-        """A task accepted for `task.agent` waits its turn."""
+    def put(self, task: Task) -> None: ...
 
     def take(self, agent: str) -> Task | None:
-        """The next task for a replica of `agent` that has a free slot, out of the queue;
-        None when none waits."""
+        """The next task for a replica of `agent` that has a free slot, out of the queue."""
 
     def requeue(self, task: Task) -> None:
-        """A task that lost its attempt waits again, in front of those that arrived after
-        it."""
+        """A task that lost its attempt waits again, at its arrival place."""
 
     def remove(self, task: Task) -> bool:
         """Take a waiting task out (it was cancelled); False if it was not waiting."""
 
-    def depth(self, agent: str) -> int:
-        """How many tasks wait for `agent`."""
+    def depth(self, agent: str) -> int: ...
 
     def recover(self, tasks: Iterable[Task]) -> None:
         """The waiting tasks a journal gave back after a restart, in their order."""
 
     def position(self, task: Task) -> int | None:
-        """Its place among its agent's waiting tasks (1: the next to start), None when it
-        does not wait here."""
+        """Its place among its agent's waiting tasks (1: the next to start)."""
 
 
 class _Lines:
-    """One agent's waiting tasks: a line per priority, each in arrival order, the lines
-    highest priority first (the dict's order), and how many wait in all."""
+    """One agent's waiting tasks: a line per priority (highest first), and the count."""
 
     __slots__ = ("by_priority", "count")
 
@@ -62,10 +54,8 @@ def _by_seq(task: Task) -> int:
 
 
 class LocalQueue:
-    """A line per agent and priority, in arrival order (`seq`, unique in this process):
-    a task arriving goes to its line's end, the next to start is the first of the highest
-    priority's line. (A heap of (-priority, seq, task) gave the same order at a log's
-    worth of tuple comparisons per task put and taken.)"""
+    """A line per agent and priority, in arrival order (`seq`). (A heap of (-priority,
+    seq, task) gave the same order at a log's worth of tuple comparisons per task.)"""
 
     __slots__ = ("_lines",)
 

@@ -1,17 +1,10 @@
 """A replica's calls of no task (DESIGN section 27, docs/security.md#calls-of-no-task): a
-`tools/call` on the worker link that names no task it runs, a gateway call that no
-attempt is found for (attribution.py: the replica runs none, or several), a model call
-likewise. Such a call is its replica's, under its agent's and tenant's policy in full;
-what a task gives that policy, the replica's current incarnation gives here:
-
-- its budget window: the calls of no task one incarnation of a replica makes share one
-  `max_tool_calls_per_task` (a worker that wants a budget per task names its task), begun
-  afresh when the replica is started again;
-- its asks: a call a policy holds asks a person as a task's does, the ask owned by the
-  incarnation (its `task_id` the incarnation's own id, `replica:LABEL:NONCE`, attempt 0),
-  listed and decided in `corral approvals` the same way; the call waits for it, and the
-  ask is withdrawn when the replica exits. The nonce keeps a later incarnation (or a
-  later daemon's) from ever finding an earlier one's decision by the same key.
+`tools/call` naming no task it runs, a gateway call no attempt is found for. Such a call
+is its replica's, under its agent's and tenant's policy in full; what a task gives that
+policy, the replica's current incarnation gives here: its budget window (one
+`max_tool_calls_per_task`, afresh when the replica is started again), and its asks, owned
+by the incarnation (`replica:LABEL:NONCE`) and withdrawn when the replica exits. The
+nonce keeps a later incarnation from ever finding an earlier one's decision by its key.
 """
 
 from __future__ import annotations
@@ -68,13 +61,11 @@ class ReplicaCalls:
 
         self.inbox = inbox
         self.windows: dict[str, _Window] = {}  # replica label -> its incarnation's
-        # asks one incarnation makes: the bound a task's asks have (inbox.max_asks_per_task)
         stream.subscribe(self._exited, ReplicaExit)
         self._withdrawing: set[asyncio.Future[Any]] = set()
 
     def window(self, r: Replica) -> _Window:
-        """The replica's current incarnation's window (a new one once it was started
-        again)."""
+        """The replica's current incarnation's window."""
         spawned = getattr(r, "spawned_at", None)
         w = self.windows.get(r.label)
         if w is None or w.spawned_at != spawned:
@@ -85,8 +76,7 @@ class ReplicaCalls:
         return self.window(r).owner
 
     def take_tool_call(self, r: Replica) -> None:
-        """A call of no task made now counts against the incarnation's
-        max_tool_calls_per_task; TOOL_BUDGET_EXCEEDED when it has made them all."""
+        """A call of no task made now counts against the incarnation's budget."""
         w = self.window(r)
         budget = getattr(r.spec, "max_tool_calls_per_task", 0)
         if w.tool_calls >= budget:
@@ -103,9 +93,8 @@ class ReplicaCalls:
         w.tool_calls = max(0, w.tool_calls - 1)
 
     async def ask(self, r: Replica, asked: ReplicaAsk) -> Ask:
-        """A person is asked about the replica's call, which waits until the ask ends
-        (the replica's exit withdraws it); the ask as it ended. Refused past the inbox's
-        bounds, and past max_asks_per_task asks of the incarnation."""
+        """A person is asked about the replica's call, which waits until the ask ends;
+        refused past the inbox's bounds, and past max_asks_per_task of the incarnation."""
         w = self.window(r)
         bound = self.inbox.max_asks_per_task
         if w.asks >= bound:
@@ -132,7 +121,7 @@ class ReplicaCalls:
 
     async def withdraw_left(self) -> int:
         """At a daemon's start: the asks of replicas' calls an earlier daemon left pending
-        end withdrawn (the calls that waited on them ended with it); how many owners."""
+        end withdrawn; how many owners."""
         owners = {a.task_id for a in self.inbox.pending() if is_replica_owner(a.task_id)}
         for owner in sorted(owners):
             await self.inbox.withdraw(owner)

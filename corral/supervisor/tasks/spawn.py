@@ -1,17 +1,11 @@
 """Code-first orchestration: a running task starts tasks of other agents (`task/spawn`)
-and waits for their outcomes (`task/wait`), from a worker in any language
-(docs/protocol.md, docs/workflows.md#spawn).
+and waits for their outcomes (`task/wait`) (docs/workflows.md#spawn).
 
-Written once over the parent's home (`home.spawns`: model.SpawnStore): the engine's spawn
-trees (nodespawns.py, decision 618) or its cluster's Redis (corral.cluster.clusterspawns,
-decision 740), where each spawn's row is kept with its child, so that the parent's next
-attempt (after its worker, its daemon or its node died) that spawns under the same key is
-answered with that child, never a second one. A child is a task of an agent the parent's
-agent lists in `spawns`, of the same tenant (another tenant's agent is no agent to it),
-within the reach of the token that submitted the tree's root (REACH, kept with the tree),
-within `max_spawn_depth` and `max_children` per parent (counted where the rows are, with
-the spawn itself); a child's depth is its place in the tree. A wait reads one child after
-another: each waits for its child's end, and those that ended meanwhile are read at once.
+Written once over the parent's home (`home.spawns`), where each spawn's row is kept with
+its child, so that the parent's next attempt that spawns under the same key is answered
+with that child, never a second one. A child is a task of an agent the parent's agent
+lists in `spawns`, of the same tenant, within the reach of the token that submitted the
+tree's root (REACH), within `max_spawn_depth` and `max_children` per parent.
 """
 
 from __future__ import annotations
@@ -43,9 +37,9 @@ from .worker import WorkerMethods
 if TYPE_CHECKING:
     from ..replica import Replica
 
-# who submits tasks now, when a glob limits the agents they reach (a token's `--agents`),
-# as (who, glob): set by the daemon's Dispatcher around a limited caller's call; the tasks
-# submitted under it, and every task they spawn, reach no agent outside the glob
+# (who, glob) of a caller a glob limits the agents of (a token's `--agents`), set by the
+# daemon's Dispatcher around its call: its tasks, and every task they spawn, reach no agent
+# outside the glob
 REACH: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "corral_reach", default=None)
 SPAWN_STEP = "spawn:"  # a replayed spawn's name, as a replayed step's span shows it
@@ -60,8 +54,8 @@ class Engine(TreeEngine, Protocol):
 
 
 class Spawns:
-    """The handlers of `task/spawn` and `task/wait` over the engine's tasks, and the
-    engine's own spawn store (`node`, the home.spawns of the tasks it keeps)."""
+    """The handlers of `task/spawn` and `task/wait`, and the engine's own spawn store
+    (`node`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -82,9 +76,7 @@ class Spawns:
         return {"child": child_id, "replayed": True}
 
     async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams) -> dict[str, Any]:
-        """Checked where the parent runs, its child's agent's tenant the parent's; the
-        row and the child kept where the parent's spawns are, `max_children` counted
-        there with them."""
+        """Checked where the parent runs; `max_children` counted where its spawns are."""
         kept = parent.home.spawns
         had, child = await kept.placed(parent, p.key)
         if had is not None:
@@ -112,8 +104,7 @@ class Spawns:
         return {"child": got.child, "replayed": False}
 
     def _bounds(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
-        """The bounds of a spawn but its parent's fan-out: the parent's `spawns`, its
-        tree's reach, `max_spawn_depth`."""
+        """The bounds of a spawn but its parent's fan-out."""
         spec = r.spec
         listed: list[str] = list(getattr(spec, "spawns", []))
         if not allowed(p.agent, listed):
@@ -134,12 +125,10 @@ class Spawns:
 
     # -- an agent called as a tool ----------------------------------------------------------
     async def as_tool(self, call: ToolCall) -> dict[str, Any]:
-        """A running task's call of an agent as a tool (`corral__AGENT`: at /mcp/corral
-        at its attempt's address, or its worker's `tools/call`), made once the task's
-        tool path passed it (its journal, policy, approvals and tool budget): the task's
-        spawn, as `ctx.spawn`'s (its `spawns`, reach, `max_spawn_depth`, `max_children`,
-        cancelled with it), under the call's key, so that a retry's same call is answered
-        with the same child; then its wait, the child's end as a tool result."""
+        """A running task's call of an agent as a tool (`corral__AGENT`), once the task's
+        tool path passed it: the task's spawn, under the call's key (a retry's same call
+        is answered with the same child); then its wait, the child's end as a tool
+        result."""
         parent = call.task
         assert parent is not None  # (a call of no task is the gateway's to refuse)
         key = call.key if call.key is not None else secrets.token_hex(16)
@@ -168,9 +157,8 @@ class Spawns:
     async def _wait(self, parent: Task, children: list[str]) -> dict[str, Any]:
         kept = parent.home.spawns
         _named(parent, children, await kept.children(parent))
-        # one after another: each waits for its child's end, and those that ended while
-        # it waited are read at once (all at once, a wait of a thousand children would
-        # hold a thousand reads)
+        # one after another: all at once, a wait of a thousand children would hold a
+        # thousand reads
         return {"results": [await kept.outcome(c) for c in children]}
 
     def stats(self) -> dict[str, int]:
@@ -185,7 +173,6 @@ def _fanned_out(parent: Task, had: int, fan: int) -> RpcError:
 
 
 def _named(parent: Task, children: list[str], mine: Container[str]) -> None:
-    """`task/wait`'s children, each a child of the parent and named once."""
     named: set[str] = set()
     for c in children:
         if c not in mine:

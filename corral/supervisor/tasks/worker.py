@@ -69,10 +69,9 @@ class WorkerMethods:
                  live: Callable[[str], Task | None] | None = None,
                  asking: Callable[[str], bool] | None = None,
                  agent_call: Callable[[ToolCall], Awaitable[Any]] | None = None) -> None:
-        """`live`: an unfinished task by its id, made whole if it was held compact (the
-        engine's `live`; else `active`'s); `asking`: whether a task has an ask of a
-        person pending (TaskSteps); `agent_call`: a task's call of an agent as a tool
-        (`corral__AGENT`), its spawn (spawn.py `Spawns.as_tool`)."""
+        """`live`: an unfinished task by its id, made whole if it was held compact;
+        `asking`: whether a task has an ask of a person pending; `agent_call`: a task's
+        call of an agent as a tool, its spawn."""
         self.stream = stream
         self.active = active
         self.tools = tools
@@ -84,15 +83,13 @@ class WorkerMethods:
                                                 tools.listing)
         self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
                                              tools.allowed)
-        # the task's steps (steps.py): a running task's tool calls are journaled there
         self.steps = TaskSteps(stream, active.get, interceptors, asking)
-        # the tasks' live output (output.py): chunks kept, read back by position
         self.outputs = TaskOutputs(stream, live or active.get)
 
     def _made(self, call: ToolCall) -> Any:
-        """Where a call past the interceptors is made: a task's call of an agent
-        (`corral__AGENT`) is the task's spawn, past the same journal, policy, approvals
-        and budget as any of its tool calls (DESIGN 27); any other, the pool's."""
+        """Where a call past the interceptors is made: a task's call of an agent is the
+        task's spawn (past the same journal, policy and budget as any); any other, the
+        pool's."""
         if call.task is not None and self.agent_call is not None and \
                 call.name.startswith(AGENT_TOOL):
             return self.agent_call(call)
@@ -136,11 +133,8 @@ class WorkerMethods:
         return self._routed(r, name, p.arguments or {}, task, p.meta)
 
     def task_call(self, r: Replica, task: Task, p: ToolsCallParams) -> Any:
-        """A call of the tool `p.name` that `r` makes for its running `task`, within its
-        allowlist: a step of the task (answered from its journal, or made, counted in
-        its tool budget and journaled; one made goes on when its caller goes away:
-        steps.py). The worker's `tools/call` and the gateway's calls attributed to the
-        task (daemon/attribution.py) alike."""
+        """A call that `r` makes for its running `task`, within its allowlist: a step of
+        the task (the worker's `tools/call` and the gateway's calls attributed to it)."""
         name, arguments = p.name, p.arguments or {}
         return self.steps.tool_call(task, r, name, arguments,
                                     lambda key: self._live_call(r, name, arguments, task,
@@ -149,17 +143,15 @@ class WorkerMethods:
     async def _live_call(self, r: Replica, name: str, arguments: dict[str, Any],
                          task: Task, meta: dict[str, Any] | None = None,
                          key: str | None = None) -> Any:
-        """A task's tool call made (not answered from its steps): counted against its
-        tool budget; `key` its idempotency key."""
-        if task is not None:
-            take_tool_call(task, r)
+        """A task's tool call made (not answered from its steps)."""
+        take_tool_call(task, r)
         result = self._routed(r, name, arguments, task, meta, key)
         return await result if inspect.isawaitable(result) else result
 
     def _routed(self, r: Replica, name: str, arguments: dict[str, Any], task: Task | None,
                 meta: dict[str, Any] | None, key: str | None = None) -> Any:
-        """The tool router's call (its answer, or an awaitable of it), with the worker's
-        trace context (`_meta`) set while it starts (its span is made then: tracing.py)."""
+        """The tool router's call, with the worker's trace context (`_meta`) set while it
+        starts (its span is made then)."""
         if meta is None:
             return self.tool_router(ToolCall(r, name, arguments, task, key))
         said = CALLER.set(meta)
@@ -171,25 +163,23 @@ class WorkerMethods:
     def on_tool_list(self, r: Replica, p: ToolsListParams) -> Any:
         return self.tool_lister(r)
 
-    def _running(self, r: Replica, method: str, task_id: str) -> Task:
+    def running_on(self, r: Replica, method: str, task_id: str) -> Task:
         task = self._task_of(r, task_id)
         if task is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: task {task_id} is not running "
                                                    f"on {r.label}")
         return task
 
-    running_on = _running  # (the sessions' session/checkpoint, manager.py)
-
     def on_step_get(self, r: Replica, p: StepGetParams) -> Any:
-        task = self._running(r, "step/get", p.task_id)
+        task = self.running_on(r, "step/get", p.task_id)
         self.steps.reserved(p.name, "step/get")
         return self.steps.get(task, p.name)
 
     def on_step_put(self, r: Replica, p: StepPutParams) -> Any:
-        task = self._running(r, "step/put", p.task_id)
+        task = self.running_on(r, "step/put", p.task_id)
         self.steps.reserved(p.name, "step/put")
         return self.steps.put(task, r, p.name, p.result)
 
     def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
-        return self.steps.checkpoint(self._running(r, "task/checkpoint", p.task_id),
+        return self.steps.checkpoint(self.running_on(r, "task/checkpoint", p.task_id),
                                      p.state)
