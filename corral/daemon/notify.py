@@ -25,9 +25,7 @@ RETRY_MAX = 1.0
 
 
 class Notifier:
-    """Sends READY=1, WATCHDOG=1, STATUS=..., STOPPING=1, RELOADING=1 datagrams.
-
-    Does nothing when the daemon was not started by systemd (no NOTIFY_SOCKET)."""
+    """Does nothing when the daemon was not started by systemd (no NOTIFY_SOCKET)."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         env = dict(os.environ) if env is None else env

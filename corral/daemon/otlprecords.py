@@ -5,7 +5,7 @@ attempt) written from a template kept per shape, every other record through its 
 
 A tiny task's spans differ from its agent's last task's only in their ids, their times
 and the task id: the rest of their bytes (names, kinds, every other attribute) is the
-same while the shape is (decision 358). So a template is the three spans' bytes as
+same while the shape is. So a template is the three spans' bytes as
 otlp.py writes them for the first record of a shape, cut where the varying fields lie,
 with a `Struct` that joins the cuts and the next record's fields in one call. A template
 is checked when it is made: filled with its own record's fields it must give the bytes

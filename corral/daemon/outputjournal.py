@@ -1,15 +1,11 @@
-"""Tasks' live output in the state database (the engine's OutputJournal,
-corral.supervisor.tasks.output; docs/streams.md).
+"""Tasks' live output in the state database (the engine's OutputJournal; docs/streams.md).
 
-A chunk is a row (`task_output`, keyed by task and position) written through a
-GroupCommit on the daemon's one writer thread, the chunks of FLUSH_EVERY seconds a
-transaction. The newest chunks of
+A chunk is a row, the chunks of FLUSH_EVERY seconds a transaction. The newest chunks of
 each task being written are kept in memory too (its tail, TAIL_BYTES at most), so that a
-reader keeping up is answered from memory, in the turn the chunk came; one further
-behind reads the rows, once what was put before is committed. A task's tail goes when it
-ends. A restarted daemon learns, for each unfinished task, where its output stopped and
+reader keeping up is answered in the turn the chunk came; one further behind reads the
+rows. A restarted daemon learns, for each unfinished task, where its output stopped and
 how much it holds (`load`), so that its next chunks follow on and its bound still counts
-them. The rows go when the task journal prunes their task (`delete_output`).
+them. The rows go when the task journal prunes their task.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ FLUSH_EVERY = 0.02
 
 
 class OutputError(Exception):
-    """Output could not be written; the message names the file and SQLite's reason."""
+    """The message names the file and SQLite's reason."""
 
 
 _WORDS = JournalWords("output", "tasks' output waits in memory until it can be",
@@ -106,7 +102,6 @@ class OutputsDB:
             self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
 
     def _flush(self) -> None:
-        """What gathered, to the writer as one batch."""
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
@@ -173,13 +168,7 @@ class OutputsDB:
             # stepped a row at a time: no more of the task's output is read than a page
             return paged((OutputChunk(t, a, i, d, bool(x)) for t, a, i, d, x in rows), limit)
 
-    async def stored(self) -> None:
-        """Until every chunk put so far has been tried."""
-        self._flush()
-        await self._store.group.committed()
-
     async def close(self) -> None:
-        """Write what is pending (the writer thread closes after), then close."""
         self._flush()
         await self._store.close()
 

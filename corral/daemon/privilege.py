@@ -1,44 +1,21 @@
-"""What a tenant's caller may name in an agent's table (issue 34, decision 154).
+"""What a tenant's caller may name in an agent's table.
 
-A tenant's caller (a token limited to a tenant, a socket peer in a tenant's group) adds
-agents to its tenant and rolls them back; the operator decides who they run as and where.
-Every key that reaches a spawn as a privilege is the tenant's, as its `[tenants.NAME]`
-table and the config file give it, and a table of a tenant's caller that names one
-otherwise is refused with the key named — never quietly put right, so that the caller
-knows what runs is not what it asked for:
-
-- `tenant` (another tenant's user, quotas and directory), `user`, `group` (who);
-- `sandbox`, `network`, `sandbox_paths`, `read_paths`, `write_paths` (what the process
-  sees of the host), `egress_fallback` (its `egress` may be stricter than its tenant's:
-  the stricter of the two holds);
-- `log_file` (a file the daemon appends the agent's lines to, as root);
-- `env_file` (files the daemon reads, as root, into the agent's environment);
-- `cwd` (the directory a sandbox binds writable): inside the tenant's `dir`, else where
-  the tenant's agents run when they name none;
-- `warm`, `preload` (a zygote: what it imports, shared by the agents of one user);
-- `placement` (a cluster's agents run on every node, past one node's quotas);
-- `release` (a package the operator deployed, for this agent: a rollback may restore
-  one the agent ran before, nothing else may name one);
-- a bound on what the agent makes the daemon keep (`CEILINGS`: `max_step_bytes`, what
-  one task journals; `max_stream_bytes`, its live output; `max_sessions` and
-  `max_session_bytes`, its sessions' count and state; `max_children` and
-  `max_spawn_depth`, a spawn tree's reach) lifted past its tenant's own (the
-  `[tenants.NAME]` key of the same name, where there is one) or, when the tenant sets
-  none, past the default, or set to 0 where 0 means no bound (issue 52).
-  The default itself passes, whatever the tenant's: its tenant's, if smaller, bounds the
-  agent when it runs.
+A tenant's caller adds agents to its tenant and rolls them back; the operator decides who
+they run as and where. Every key that reaches a spawn as a privilege (who runs, what the
+process sees of the host, files the daemon reads or appends to as root, a zygote shared
+by one user's agents, a cluster's placement, a deployed release, a bound on what the
+agent makes the daemon keep) is the tenant's, as its `[tenants.NAME]` table and the
+config file give it, and a table that names one otherwise is refused with the key named:
+never quietly put right, so that the caller knows what runs is not what it asked for.
 
 The rest is the agent's own business inside its user and sandbox: its command, `env`
-(LD_PRELOAD, PYTHONPATH: read and bound by the process's own user), `limits` (the caps
-prologue runs as that user, so it can lower its limits only, and runas.py keeps the
-tenant's `max_processes`), its health checks (run as the agent: health.py), quotas the
-tenant's bound. The operator (the config file, an unlimited token, root or the socket's
-group) is never asked: every key stays theirs.
+(read and bound by the process's own user), `limits` (the caps prologue runs as that
+user, so it can lower its limits only), its health checks (run as the agent). The
+operator is never asked: every key stays theirs.
 
 One rule, here, for every way a tenant's caller makes or restores a table: `agents.add`
-(the control socket, HTTP, the CLI) and `agents.rollback` (Fleet.add, Fleet.rollback);
-packages are deployed by callers that see every agent only (visibility.AGENT_RULES), and MCP
-servers come from the config file alone.
+and `agents.rollback`; packages are deployed by callers that see every agent only, and
+MCP servers come from the config file alone.
 """
 
 from __future__ import annotations
@@ -151,7 +128,7 @@ class Ceiling(NamedTuple):
 @functools.cache
 def _spec_defaults() -> dict[str, Any]:
     """Made at the first check, not at import: reading the fields evaluates every
-    annotation of AgentSpec (~1.5 ms of each daemon's start)."""
+    annotation of AgentSpec (~1.5 ms)."""
     return {f.name: f.default for f in msgspec.structs.fields(AgentSpec)}
 
 

@@ -2,25 +2,21 @@
 input (SEP-2322, corral/mcp/relay.py): the server's own state wrapped with whose it is.
 
 The gateway keeps nothing of a plain call that asks for input: the client is told the
-server's `inputRequests` and a state that carries the rest, and sends the call again
-with its answers. That state is the client's to hold but not to forge: it is sealed
-(HMAC-SHA256 under a key the daemon draws at start) over the client's name and tenant,
-the tool, the round, when it expires, the server's own state and the keys and methods
-of the input requests relayed with it; a call that brings it
-back is refused unless it is this client's, for this tool, not expired and not past
-MAX_INPUT_ROUNDS. So another client (another tenant's) cannot answer a request made
-for someone else, nor replay their state, and a server asking for ever is given up.
-Answers are taken only to the requests the state lists (`answered`): a client cannot
-hand a server input it never asked of it through corral (say roots of its own choosing,
-to a server whose roots are the operator's: decisions 554, 661). But for answers shaped
-as elicitation results alone, which a client that is no agent's may bring with no state
-(SEP-2322's clients do, and its servers re-ask or ignore them): a server's elicitation of
-such a client's call is that client's to answer anyway, so an answer given before it was
-asked grants nothing; an agent's call may be its task's, whose elicitation is a person's
-in the inbox (decision 680), so an agent's stay refused.
-A client's name is not an identity: a token revoked may be made again under its name for
-another tenant, and an agent removed may be added again by another tenant (its replicas
-named as before), so the tenant is sealed too (DESIGN section 20).
+server's `inputRequests` and a state that carries the rest, and sends the call again with
+its answers. That state is the client's to hold but not to forge: it is sealed
+(HMAC-SHA256 under a key drawn at start) over the client's name and tenant, the tool, the
+round, its expiry, the server's own state and the input requests relayed with it; a call
+that brings it back is refused unless it is this client's, for this tool, not expired and
+not past MAX_INPUT_ROUNDS. So another client cannot answer a request made for someone
+else, nor replay their state, and a server asking for ever is given up.
+Answers are taken only to the requests the state lists (`answered`): a client cannot hand
+a server input it never asked of it (say roots of its own choosing, to a server whose
+roots are the operator's). But for answers shaped as elicitation results alone, which a
+client that is no agent's may bring with no state: a server's elicitation of such a
+client's call is that client's to answer anyway; an agent's call may be its task's, whose
+elicitation is a person's in the inbox, so an agent's stay refused.
+A client's name is not an identity (a token or an agent may be made again under its name
+for another tenant), so the tenant is sealed too.
 """
 
 from __future__ import annotations
@@ -40,8 +36,7 @@ from ..mcp.client import MAX_INPUT_ROUNDS
 
 
 class Holder(NamedTuple):
-    """Whom a state is sealed to: the gateway client's name and its tenant (None: a
-    client of no tenant)."""
+    """Whom a state is sealed to: the gateway client's name and its tenant."""
 
     name: str
     tenant: str | None
@@ -168,7 +163,7 @@ def _b64(data: bytes) -> str:
 def _unb64(text: str) -> bytes:
     """What `_b64` made `text` of; any other spelling refused (ValueError): the decoder
     skips characters outside the alphabet and the unused low bits of the last one, so
-    other strings than corral's decode to the same bytes (decision 712)."""
+    other strings than corral's decode to the same bytes."""
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:

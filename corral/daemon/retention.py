@@ -1,24 +1,19 @@
-"""What grows with use besides tasks, bounded (issue 74, DESIGN 20; docs/operations.md#retention):
-an agent's spec revisions past `revisions_kept` (the newest kept) or past
-`revisions_kept_mb` of specs (the newest always kept), and what a removed agent left —
-its revisions, its state checkpoints (one its removal was heard for ended at once), its
-kept `corral scale` and its log files — once `removed_retention` has passed since its removal.
+"""What grows with use besides tasks, bounded (docs/operations.md#retention): an agent's
+spec revisions past `revisions_kept` or `revisions_kept_mb`, and what a removed agent left
+(its revisions, state checkpoints, kept `corral scale` and log files) once
+`removed_retention` has passed since its removal.
 
-A removal is heard as it happens (the fleet's removals end the agent's sessions:
-SessionsEnding names each agent and its tenant) and its time written; an agent whose
-revisions are kept but which is no agent now and whose removal was never heard (the
-config file dropped it while the daemon was down) is counted as removed from the sweep
-that first finds it gone. Either way its records go at a sweep at least
-`removed_retention` later, and only if it is still no agent of that tenant then: one added
-again meanwhile keeps its past. Its log files go with them unless an agent (any tenant's)
-or a server of the name writes there again (they share the file's name).
+A removal is heard as it happens (SessionsEnding) and its time written; an agent whose
+revisions are kept but whose removal was never heard (the config file dropped it while
+the daemon was down) is counted as removed from the sweep that first finds it gone. Its
+records go only if it is still no agent of that tenant then: one added again meanwhile
+keeps its past. Its log files go with them unless an agent or a server of the name writes
+there again (they share the file's name).
 
-The sweeps run on the store's writer thread (one transaction each): just after start-up
-(once the agents are back), every SWEEP_EVERY seconds, and `removed_retention` after each
-removal heard. The bounds are read at start-up. One timer waits for the earliest removal
-due, whatever the removals heard: the sweep it brings finds the next due in the store and
-waits for that one (a timer a removal, kept for a week's retention, grew the daemon with
-every agent removed).
+The sweeps run on the store's writer thread: just after start-up, every SWEEP_EVERY
+seconds, and `removed_retention` after each removal heard. One timer waits for the
+earliest removal due: the sweep it brings finds the next due in the store (a timer a
+removal, kept for a week's retention, grew the daemon with every agent removed).
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ if TYPE_CHECKING:
     from .logs import LogHub
     from .store import StateStore
 
-# the table is storeschema's migration 30 (removed_agents)
 SWEEP_EVERY = 600.0
 # the first sweep after start-up (the agents are back: the fleet added them, an upgrade's
 # image too before it adopts their processes); a second after, not to add to the start
@@ -110,7 +104,6 @@ def log_files(log_dir: Path, agent: str, tenant: str) -> list[Path]:
 
 
 class RetentionSweeps:
-    """The sweeps of a daemon's store (module doc)."""
 
     def __init__(self, agents: Agents, store: StateStore, hub: LogHub,
                  bounds: RetentionBounds, stream: Stream) -> None:

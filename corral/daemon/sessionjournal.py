@@ -1,15 +1,11 @@
-"""Sessions in the state database (the engine's SessionJournal,
-corral.supervisor.tasks.sessions; docs/durable.md#sessions).
+"""Sessions in the state database (the engine's SessionJournal; docs/durable.md#sessions).
 
-A session's row (its counts, last use, holder) and its state are written through a
-GroupCommit on the daemon's one writer thread, like the steps: a `session/checkpoint` is
-answered once its state is committed. The tasks of each session are kept in the order
-accepted (its history, the last HISTORY_KEPT), and give each unfinished task its session
-back after a restart. Ending a session (or its expiry) deletes its row, state and
-history; the rows of one life of a session carry its `gen`, so that a name ended and begun
-again in one batch never mixes the two. Every row is keyed by the session's owner too (the
-tenant its agent was of when it began, decision 440): another tenant's agent of the same
-name addresses rows of its own.
+A `session/checkpoint` is answered once its state is committed. The tasks of each session
+are kept in the order accepted (the last HISTORY_KEPT), and give each unfinished task its
+session back after a restart. The rows of one life of a session carry its `gen`, so that
+a name ended and begun again in one batch never mixes the two; every row is keyed by the
+session's owner too (its agent's tenant when it began): another tenant's agent of the
+same name addresses rows of its own.
 """
 
 from __future__ import annotations
@@ -50,7 +46,7 @@ _Op = SessionRow | _State | _Task | _End
 
 
 class SessionsError(Exception):
-    """Sessions could not be written; the message names the file and SQLite's reason."""
+    """The message names the file and SQLite's reason."""
 
 
 _WORDS = JournalWords("sessions", "session checkpoints wait until they can",
@@ -165,5 +161,4 @@ class SessionsDB:
                 (*row[:3], row.gen, limit)).fetchall()][::-1]
 
     async def close(self) -> None:
-        """Write what is pending (the writer thread closes after), then close."""
         await self._store.close()

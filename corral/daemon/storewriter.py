@@ -31,20 +31,17 @@ log = logging.getLogger("corral.store")
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
 # WriterThread.run_here: a batch this small may be committed on the loop; a job there that
-# took longer than HERE_SLOW and waited meanwhile (the disk is slow: the thread slept in
-# it, where a busy host's preemption alone is no wait of the job's) sends the next ones
-# to the thread for HERE_PAUSE seconds, so a slow disk holds the loop up once in that time
+# took longer than HERE_SLOW and waited meanwhile (a slow disk, not a busy host's
+# preemption) sends the next ones to the thread for HERE_PAUSE seconds
 HERE_MAX = 16
 HERE_BYTES = 64 * 1024  # and a batch this large in all (a task's output, a checkpoint)
 HERE_SLOW = 0.02
 HERE_PAUSE = 10.0
-# the WAL file's size kept after the writer starts it again from its beginning (SQLite
-# reuses the file rather than shrinking it): a burst's high-water (10,000 tasks suspended
-# at once left 180 MB) is given back, steady work's WAL stays below it (decision 1010)
+# the WAL file's size kept after the writer starts it again from its beginning: a burst's
+# high-water (10,000 tasks suspended at once left 180 MB) is given back
 WAL_KEPT_BYTES = 16 * 1024 * 1024
-# a write nobody waits for (an audit row: a gateway call's) waits this long for others to
-# join its batch: one transaction for many calls' rows, not one for each (issue 77);
-# `committed()` and every other write take it along at once
+# a write nobody waits for (an audit row) waits this long for others to join its batch:
+# one transaction for many calls' rows; `committed()` and every other write take it along
 LINGER = 0.05
 MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
 # SQLite's primary result codes of a write that may work when tried again: a full disk, an
@@ -61,10 +58,9 @@ def _slept() -> int:
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether a write that raised `exc` may work when tried again (the database cannot be
-    written now), rather than being wrong (a constraint, a missing table). An error SQLite
-    itself did not raise has no result code (a parameter Python cannot bind, a bug in the
-    write): trying it again would fail the same way, so it is wrong, never an outage."""
+    """Whether a write that raised `exc` may work when tried again, rather than being
+    wrong (a constraint, a missing table). An error SQLite itself did not raise has no
+    result code: trying it again would fail the same way, so it is wrong, never an outage."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in TRANSIENT
 
@@ -80,10 +76,9 @@ def what_to_do() -> str:
 
 
 class Outage:
-    """A writer's failure to write, from the first failed attempt until one works: the
-    task journal and StoreWriter share it, so both behave alike. `failed()` says whether
-    this failure is the first (the one to tell); `recovered()` the wall time the outage
-    began (the catch-up to tell), or None when there was none; `schedule()` the next
+    """A writer's failure to write, from the first failed attempt until one works.
+    `failed()` says whether this failure is the first (the one to tell); `recovered()`
+    the wall time the outage began, or None when there was none; `schedule()` the next
     attempt: this loop turn's end, or RETRY_EVERY after the last failure."""
 
     __slots__ = ("error", "retry_at", "since")
@@ -117,21 +112,17 @@ class Outage:
 
 class WriterThread:
     """The state database's one writer: a thread with its own connection that runs jobs
-    (functions of the connection) in the order given. The task journal's batches and
-    prunes, StoreWriter's batches and the control commands' records (`commit`) all run
-    here, so SQLite work never waits on the loop and two writers never contend for the
-    database's write lock. A job's `done(error)` is called on the loop, with SQLite's
-    message if the job raised (after a rollback). The writer's commits never checkpoint
-    the WAL: a Checkpointer thread beside it does (checkpointer.py).
+    (functions of the connection) in the order given, so SQLite work never waits on the
+    loop and two writers never contend for the write lock. A job's `done(error)` is
+    called on the loop, with SQLite's message if the job raised (after a rollback). The
+    WAL is checkpointed by a Checkpointer thread beside it, never by its commits.
 
     `run_here(job)` runs a job on the loop instead, on the same connection, when that
     cannot hold the loop up for long or put a job out of order: nothing is queued or
-    running here, a commit is not an fsync (sync "normal": only the one that starts the
-    WAL again after a checkpoint copied all of it syncs the WAL's header), the last such
-    job was quick, and another process holding the write lock makes it give way at once
-    rather than wait. A small batch is then committed without the two hand-overs between
-    the loop and this thread, each a wake-up that a busy host can delay by a scheduler
-    tick (bench/RESULTS.md, "one hand-over fewer")."""
+    running here, a commit is not an fsync (sync "normal"), the last such job was quick,
+    and another process holding the write lock makes it give way at once. A small batch
+    is then committed without the two hand-overs between the loop and this thread, each
+    a wake-up a busy host can delay by a scheduler tick (bench/RESULTS.md)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
@@ -170,9 +161,8 @@ class WriterThread:
         self._jobs.put((job, done))
 
     def run_here(self, job: Write) -> tuple[bool, str | None]:
-        """Run `job` on the calling (loop) thread if it can be done without waiting (see
-        the class doc): (True, its error or None), or (False, None) when it was not run
-        and should be given to `run`, as when another connection holds the write lock."""
+        """(True, its error or None), or (False, None) when it was not run and should be
+        given to `run`."""
         if self.sync != "normal" or self._closing or time.monotonic() < self._here_until:
             return False, None
         with self._count_lock:
@@ -211,7 +201,6 @@ class WriterThread:
         return True, None
 
     def _wait_for_locks(self, db: storeschema.StoreConnection) -> None:
-        """On the thread, before its job: its busy timeout again, after the loop's jobs."""
         if self._waits:
             return
         try:
@@ -223,9 +212,7 @@ class WriterThread:
                       self.path, exc)
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        """Run `writes` in one transaction, now; StoreError, naming the file and the
-        reason, if it is not committed. StateStore.commit puts it behind what StoreWriter
-        holds."""
+        """Run `writes` in one transaction, now; StoreError if it is not committed."""
         batch = list(writes)
         done: asyncio.Future[str | None] = self._loop.create_future()
 
@@ -284,8 +271,7 @@ class WriterThread:
                 db.execute("ROLLBACK")
 
     async def close(self) -> None:
-        """After the jobs given so far: stop the thread and the checkpointer's, close the
-        connections."""
+        """After the jobs given so far."""
         self._closing = True
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
@@ -299,19 +285,15 @@ V = TypeVar("V")
 class GroupCommit(Generic[V]):
     """Writes gathered on the loop and committed by the writer thread in one transaction a
     batch (group commit without a timer): one flush per loop turn hands what waits to the
-    thread, and while it writes, the next batch gathers. A batch small enough is
-    committed on the loop when the thread is idle (`WriterThread.run_here`). The task
-    journal (its rows) and StoreWriter (its writes) are both one of these.
+    thread, and while it writes, the next batch gathers.
 
     Writes are keyed: one with the key of a waiting one takes its place, `merge`d with it
     (a task's newer snapshot, a superseded checkpoint). A batch that cannot be written
-    (`Outage`) loses nothing: its writes wait again in front of the newer ones (merged
-    under them) and are tried again every RETRY_EVERY seconds. `settled(batch, error)` is
-    told on the loop after each attempt, once the writes are back in place if it failed;
-    what waits on the batch (`committed()`) then resolves, or fails with `error_type`
-    when there is one; `explain` turns SQLite's message into the one they all see.
-    (`first_failure` says, while `settled` runs, whether a failure
-    began an outage: it is told once.)"""
+    loses nothing: its writes wait again in front of the newer ones and are tried again
+    every RETRY_EVERY seconds. `settled(batch, error)` is told on the loop after each
+    attempt; what waits on the batch (`committed()`) then resolves, or fails with
+    `error_type` when there is one. (`first_failure` says, while `settled` runs, whether
+    a failure began an outage: it is told once.)"""
 
     def __init__(self, thread: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None],
@@ -342,12 +324,10 @@ class GroupCommit(Generic[V]):
 
     def put(self, key: Hashable, value: V, *, now: bool = False, lazy: bool = False
             ) -> None:
-        """Add a write to the next batch. `now`: a write someone waits on at once (a step
-        before its answer): when nothing else waits or is being written, it is the batch,
-        begun now rather than at the turn's end (on the loop when the thread is idle, so
-        `committed()` has nothing left to wait for); once a turn, so that many such
-        writes of one turn are still one batch. `lazy`: a write nobody waits for, whose
-        batch may begin up to LINGER seconds later."""
+        """Add a write to the next batch. `now`: a write someone waits on at once: when
+        nothing else waits or is being written, it is the batch, begun now rather than
+        at the turn's end; once a turn, so that many such writes of one turn are still
+        one batch. `lazy`: a write nobody waits for (LINGER)."""
         self._put(key, value)
         if self._flush_scheduled or self._inflight_done is not None:
             return
@@ -378,7 +358,6 @@ class GroupCommit(Generic[V]):
         self.pending[key] = value
 
     def _schedule(self) -> None:
-        """The next flush: this loop turn's end, or the next attempt while failing."""
         self._flush_scheduled = True
         self._retry = self.outage.schedule(self._loop, self._flush)
 
@@ -396,7 +375,7 @@ class GroupCommit(Generic[V]):
             self._flush_scheduled = False
 
     async def committed(self) -> None:
-        """Until everything put so far has been tried (see the class doc for a failure)."""
+        """Until everything put so far has been tried."""
         if self.pending and self._lingering is not None and not self._flush_scheduled:
             self._lingering.cancel()  # someone waits for the lazy writes now
             self._lingering = None
@@ -464,8 +443,6 @@ class GroupCommit(Generic[V]):
 
 
 class _QueuedWrite(NamedTuple):
-    """One write waiting in StoreWriter: what it is (for the counts an operator reads),
-    what runs after its commit, and the row it replaces whole (or None)."""
     write: Write
     kind: str
     then: Callable[[], None] | None
@@ -474,8 +451,8 @@ class _QueuedWrite(NamedTuple):
 
 
 class CaughtUp(NamedTuple):
-    """The state database is written again after an outage that lost writes: how many of
-    each kind, since when, and why (StateStore records the audit rows lost)."""
+    """The state database is written again after an outage that lost writes (StateStore
+    records the audit rows lost)."""
 
     dropped: dict[str, int]
     since: float
@@ -483,23 +460,16 @@ class CaughtUp(NamedTuple):
 
 
 class StoreWriter:
-    """Writes that are many, or must never hold up what caused them: process records at
-    every spawn and exit, state checkpoints, audit rows, spec revisions the config file
-    made. A thousand agents make a thousand of them in a few turns of the loop, and each
-    synchronous SQLite commit (and now and then a WAL checkpoint with its fsyncs) was loop
-    time. They are queued as functions of the connection and written by a GroupCommit, as
-    the task journal's rows are, one transaction a batch. Order is kept: a record written
-    and then deleted stays deleted. `committed()` resolves once everything queued so far
-    has been tried (synchronous=NORMAL in WAL: a commit survives a crash of the daemon).
+    """Writes that are many, or must never hold up what caused them: process records,
+    state checkpoints, audit rows, spec revisions the config file made. A thousand agents
+    make a thousand of them in a few turns of the loop, and each synchronous commit was
+    loop time: they are written by a GroupCommit, one transaction a batch, in order.
 
-    When the database cannot be written (a full disk, an I/O error, a read-only remount,
-    a lock held too long), nothing is lost and nothing waits on it: the batch's writes go
-    back in front of the queue and are tried again every RETRY_EVERY seconds, as the task
-    journal's are (`Outage`), up to `max_kept` of them; writes past that are dropped and
-    counted by kind. The failure is told once to `on_error`, and the write that catches up
-    once to `on_notice`, with what was kept and what was dropped. A write that is wrong
-    rather than unlucky (a constraint, a missing table) is dropped alone and told: it runs
-    in a savepoint of its own, so it never holds the others back."""
+    When the database cannot be written, nothing is lost and nothing waits on it: the
+    writes are kept and tried again, up to `max_kept` of them; writes past that are
+    dropped and counted by kind. The failure is told once to `on_error`, and the catch-up
+    once to `on_notice`. A write that is wrong rather than unlucky (a constraint, a
+    missing table) is dropped alone and told: it runs in a savepoint of its own."""
 
     def __init__(self, thread: WriterThread,
                  on_error: Callable[[str], None] | None = None,
@@ -523,14 +493,12 @@ class StoreWriter:
     def submit(self, write: Write, kind: str = "write",
                then: Callable[[], None] | None = None, key: Hashable | None = None,
                size: int = 0, lazy: bool = False) -> None:
-        """Queue `write(connection)` for the next batch (never blocks the loop); `kind`
-        names it in the counts told while the database cannot be written; `then` runs on
-        the loop once it is committed. A write with a `key` replaces a waiting one of the
-        same key (an upsert of the same row: a replica's state checkpoint), so writes that
-        supersede each other do not fill what is kept during an outage. `size`: the bytes
-        it writes, where they may be many (a batch of many is not committed on the loop:
-        WriterThread.run_here). `lazy`: nothing waits for it, so its batch may begin up to
-        LINGER seconds later, with others (GroupCommit.put)."""
+        """Queue `write(connection)` for the next batch; `kind` names it in the counts
+        told while the database cannot be written; `then` runs on the loop once it is
+        committed. A write with a `key` replaces a waiting one of the same key, so writes
+        that supersede each other do not fill what is kept during an outage. `size`: the
+        bytes it writes (a batch of many is not committed on the loop). `lazy`: nothing
+        waits for it (GroupCommit.put)."""
         kept = _QueuedWrite(write, kind, then, key, size)
         slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
         if (self.outage.failing and len(self._group.pending) >= self.max_kept
@@ -540,15 +508,13 @@ class StoreWriter:
         self._group.put(slot, kept, lazy=lazy)
 
     async def committed(self) -> None:
-        """Until everything submitted so far has been tried (committed, or kept again
-        after a failure: see on_error)."""
+        """Until everything submitted so far has been tried (committed, or kept again)."""
         await self._group.committed()
 
     async def written(self) -> None:
-        """Until everything submitted so far is committed, trying what is kept once more
-        now; StoreError (the outage's reason) while it cannot be. What a command records
-        waits for this: records are committed in the order the daemon made them, so a
-        kept write never lands after (and undoes) a newer record."""
+        """Until everything submitted so far is committed; StoreError while it cannot be.
+        What a command records waits for this, so a kept write never lands after (and
+        undoes) a newer record."""
         self._group.retry_now()  # the command is waiting: try now, not at the next second
         await self.committed()
         if self.outage.failing:
@@ -610,7 +576,6 @@ class StoreWriter:
         self.lost += 1
 
     def stats(self) -> dict[str, Any]:
-        """For `corral stats`: failing since (or None), writes waiting by kind, lost."""
         since = self.outage.since
         return {"failing_since": None if since is None else iso_time(since),
                 "waiting": self.pending(), "lost": self.lost}
@@ -629,8 +594,7 @@ class StoreWriter:
             self.stream.emit(CaughtUp(dropped, since, self.outage.error))
 
     def pending(self) -> dict[str, int]:
-        """The writes not yet committed (kept while failing, being written, or waiting for
-        the next batch), by kind."""
+        """The writes not yet committed, by kind."""
         return _kinds([v for _, v in self._group.inflight]
                       + list(self._group.pending.values()))
 

@@ -1,21 +1,17 @@
 """The exporter process: the spans the daemon sends down a pipe, kept in the local store
-and sent to an OTLP/HTTP collector, encoded by otlp.py. A process of its own so that
-the encoding and the writes cost the daemon's event loop nothing: under one GIL they took
-most of a tiny task's time (decision 230).
+and sent to an OTLP/HTTP collector. A process of its own so that the encoding and the
+writes cost the daemon's event loop nothing: under one GIL they took most of a tiny
+task's time.
 
     python -m corral.daemon.traceexport CONFIG_JSON
 
 In, on stdin, msgpack documents, each after its length (4 bytes, big-endian): an array
-is a batch of the engine's records (supervisor/tracing.py: a task and its attempts, or a
-tool call), stored as it came and made its spans for the collector (otlprecords.py, in the
-sending thread); `{"flush": N}` asks for `{"flushed":
-N}` once every batch before it is in the store, `{"flush": N, "sent": true}` once it was
-also exported (or failed). Out, on stdout, one JSON object a line: those answers, and
-`{"done": D, "exported": E, "dropped": X, "failures": F, "error": ...}` (counts since
-this process started, in spans: `done` those stored and then exported or dropped, in
-whatever order its batches finish) whenever they change. It
-ends at the end of its input, after the batches already taken are sent (each within the
-export timeout).
+is a batch of the engine's records, stored as it came and made its spans for the
+collector in the sending thread; `{"flush": N}` asks for `{"flushed": N}` once every
+batch before it is in the store, `{"flush": N, "sent": true}` once it was also exported
+(or failed). Out, on stdout, one JSON object a line: those answers, and the counts since
+this process started, in spans (`done`: stored and then exported or dropped), whenever
+they change. It ends at the end of its input, after the batches taken are sent.
 """
 
 from __future__ import annotations
@@ -178,9 +174,7 @@ class Exporter:
                                          zip(records, sizes, strict=True)], spans))
                 return
             except queue.Full:  # the collector is slower than the spans come
-                with self._lock:
-                    self.dropped += spans
-                    self.done += spans
+                self._lost(spans)
         self._counts()
 
     def _send_loop(self) -> None:
@@ -197,30 +191,21 @@ class Exporter:
 
     def _send(self, batch: list[Any], spans: int) -> None:
         """A batch's spans made (in this thread, off the store's) and sent; `batch`:
-        (record, whether its msgpack was short enough to hold no text to cut) pairs;
-        `spans`: how many the daemon counts it for (`spans_of` its records)."""
+        (record, whether its msgpack was short enough to hold no text to cut) pairs."""
         cfg = self.cfg
         assert cfg.endpoint is not None
         try:
             body, _ = encode(batch, cfg.service, cfg.node, cfg.version)
         except Exception as exc:  # a record it cannot make spans of: that batch, not the
             # thread (which every later batch needs)
-            with self._lock:
-                self.failures += 1
-                self.dropped += spans
-                self.done += spans
-                self.error = f"a batch could not be encoded: {exc!r:.200}"
+            self._lost(spans, f"a batch could not be encoded: {exc!r:.200}")
             log.warning("tracing: %s", self.error)
             return
         try:
             self._collector.post(body)
         except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException
                 ) as exc:
-            with self._lock:
-                self.failures += 1
-                self.dropped += spans
-                self.done += spans
-                self.error = str(exc)
+            self._lost(spans, str(exc))
             now = time.monotonic()
             if now - self._warned >= 60:
                 log.warning("tracing: export to %s failed (%s): %d spans dropped; the "
@@ -232,8 +217,16 @@ class Exporter:
             self.exported += spans
             self.done += spans
 
+    def _lost(self, spans: int, error: str | None = None) -> None:
+        """Dropped; with an error, a failure of the export."""
+        with self._lock:
+            self.dropped += spans
+            self.done += spans
+            if error is not None:
+                self.failures += 1
+                self.error = error
+
     def close(self) -> None:
-        """The batches taken sent (each within the timeout), then the last counts."""
         if self._sender is not None:
             self._queue.put(None)
             self._sender.join()
