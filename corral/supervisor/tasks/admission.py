@@ -16,8 +16,7 @@ if TYPE_CHECKING:
 
 
 class TenantQuotas(Protocol):
-    """What admission asks of the tenants (supervisor.quotas.Tenancy implements it): a
-    Protocol, as the tenants module imports this one."""
+    """What admission asks of the tenants (supervisor.quotas.Tenancy)."""
 
     def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]
                      ) -> RpcError | None: ...
@@ -49,8 +48,8 @@ def refusal(agent: AgentLike) -> str | None:
 
 
 def check_takes_tasks(agent: AgentLike) -> None:
-    """A plain program (protocol = "none") takes no task, ever: a conflict with what the
-    agent is, not a refusal for now (every transport's tasks come through here)."""
+    """A plain program (protocol = "none") takes no task, ever: a conflict, not a refusal
+    for now."""
     if agent.spec.protocol == "none":
         raise RpcError(jsonrpc.CONFLICT, f"agent {agent.name} runs a plain program "
                                          '(protocol = "none"): it takes no tasks')
@@ -81,21 +80,18 @@ def queue_full(agent: AgentLike, depth: int) -> RpcError:
 
 def asks_size_only(timeout: float | None, bucket: TokenBucket | None,
                    tenancy: TenantQuotas | None) -> bool:
-    """Whether `admit` of a task with these would ask nothing of it but its input's size
-    (a valid timeout, no rate, no tenant's quota): a batch then checks the size alone
-    (`check_input`), as `admit` would, without the rest per task."""
+    """Whether `admit` of a task with these would ask nothing of it but its input's size:
+    a batch then checks the size alone."""
     return bucket is None and tenancy is None and (timeout is None or timeout > 0)
 
 
 def admit(agent: AgentLike | None, size: int, timeout: float | None, *,
           bucket: TokenBucket | None = None, tenancy: TenantQuotas | None = None,
           depth: Callable[[str], int] = lambda name: 0) -> float | None:
-    """The one admission step every task passes wherever it is to run (this engine's
-    queue, or a cluster's, from any front end): its input fits a protocol line, its
-    timeout is positive, and for an agent this node runs (`agent`), the agent's rate
-    (`bucket`) and its tenant's quotas hold. Raises the refusal; answers the timeout the
-    task runs with: `timeout` as asked, or its tenant's max_task_seconds where that is
-    lower (None: the agent's own task_timeout, applied where it runs)."""
+    """The one admission step every task passes wherever it is to run: its input fits a
+    protocol line, its timeout is positive, and for an agent this node runs, its rate
+    and its tenant's quotas hold. Raises the refusal; answers the timeout the task runs
+    with (None: the agent's own task_timeout, applied where it runs)."""
     check_input(size)
     check_timeout(timeout)
     if agent is None:

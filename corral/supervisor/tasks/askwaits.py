@@ -1,7 +1,6 @@
-"""The engine's waits on asks of a person, whichever home keeps them (model.AskShelf:
-the node's inbox, a cluster's Redis; DESIGN 25): a call's wait for its ask's end, each
-ask's deadline on the engine's WaitClock (a manual clock moves every home's), and the
-withdrawal of a task's pending asks when it ends."""
+"""The engine's waits on asks of a person, whichever home keeps them: a call's wait for
+its ask's end, each ask's deadline on the engine's WaitClock, and the withdrawal of a
+task's pending asks when it ends."""
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ EXPIRE_RETRY = 1.0  # seconds: a deadline's end the home refused is tried again 
 
 
 class AskEnded(NamedTuple):
-    """An ask was made (`ask.pending`) or ended on this node: told on the engine's
-    stream, for the inbox's feeds and webhook."""
+    """An ask was made (`ask.pending`) or ended on this node (the inbox's feeds, webhook)."""
 
     ask: Ask
 
@@ -42,8 +40,8 @@ class AskHeard(NamedTuple):
 
 
 class AskWaits:
-    """The asks attended here: those a call waits on, and (the node's) every pending ask
-    of its inbox, each with its deadline; a task that ends withdraws its pending asks."""
+    """The asks attended here: those a call waits on, and every pending ask of the node's
+    inbox, each with its deadline."""
 
     def __init__(self, stream: Stream, clock: WaitClock) -> None:
         self.stream = stream
@@ -62,9 +60,8 @@ class AskWaits:
 
     # -- attending ------------------------------------------------------------------------
     def hold(self, shelf: AskShelf, ask: Ask, task_id: str | None = None) -> None:
-        """The pending ask is attended here until it ends: its deadline kept (ended
-        timed out through `shelf`), its task's end withdraws it. `task_id`: the task's id
-        as the engine holds it (one string for thousands of asks read back)."""
+        """The pending ask is attended here until it ends. `task_id`: the task's id as
+        the engine holds it (one string for thousands of asks read back)."""
         ids = self.ids(ask.task_id)
         if ask.id in ids:
             return
@@ -91,19 +88,16 @@ class AskWaits:
             timer.cancel()
 
     def ids(self, task_id: str) -> tuple[str, ...]:
-        """The ids of the task's pending asks attended here."""
         held = self._by_task.get(task_id)
         return () if held is None else (held,) if isinstance(held, str) else held
 
     def attends(self, task_id: str) -> bool:
-        """Whether the task has a pending ask attended here (waits for something)."""
         return task_id in self._by_task
 
     # -- waiting --------------------------------------------------------------------------
     def waiter(self, shelf: AskShelf, ask: Ask) -> asyncio.Future[Ask]:
-        """A future of the caller's own that the ask's end resolves with the ask as it
-        ended (done already when it has); a caller that stops waiting before, or sets it
-        itself, lets it go (`unwait`). No coroutine, no shield: one object a waiter."""
+        """A future of the caller's own that the ask's end resolves (a caller that stops
+        waiting lets it go: `unwait`). No coroutine, no shield: one object a waiter."""
         fut: asyncio.Future[Ask] = asyncio.get_running_loop().create_future()
         if not ask.pending:
             fut.set_result(ask)
@@ -121,8 +115,8 @@ class AskWaits:
         return fut
 
     def unwait(self, shelf: AskShelf, ask: Ask, fut: asyncio.Future[Ask]) -> None:
-        """`fut` (`waiter`'s) no longer waits on the ask's end; the last one gone, the
-        ask is attended on only if its home keeps its deadline here (`unheed`)."""
+        """`fut` no longer waits on the ask's end; the last one gone, the ask is attended
+        on only if its home keeps its deadline here."""
         waiting = self._waiters.get(ask.id)
         if waiting is None or fut not in waiting:
             return
@@ -133,7 +127,6 @@ class AskWaits:
                 self._forget(ask.task_id, ask.id)
 
     async def wait(self, shelf: AskShelf, ask: Ask) -> Ask:
-        """The ask as it ended (at once when it has)."""
         fut = self.waiter(shelf, ask)
         try:
             return await fut

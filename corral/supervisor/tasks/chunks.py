@@ -11,7 +11,7 @@ START: Position = (0, 0)  # before a task's first chunk
 
 class OutputChunk(NamedTuple):
     """A chunk of a task's output; `truncated`: the stream's own word, in place of the
-    chunk that reached a bound, that the attempt's later chunks are not kept."""
+    chunk that reached a bound."""
 
     task_id: str
     attempt: int
@@ -32,25 +32,22 @@ class OutputChunk(NamedTuple):
 class OutputJournal(Protocol):
     """Where chunks are kept and read back (the daemon's: corral.daemon.outputjournal)."""
 
-    def put(self, chunk: OutputChunk) -> None:
-        """Keep a chunk; does not block."""
+    def put(self, chunk: OutputChunk) -> None: ...
 
     async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
-        """The task's chunks after `after`, in order: a page of at most `limit` (paged)."""
+        """The task's chunks after `after`, in order: a page of at most `limit`."""
 
     def resumed(self, task_id: str) -> tuple[Position, int]:
-        """The last position and the bytes kept of a task begun before this engine (the
-        journal's records of unfinished tasks); START and 0 for any other."""
+        """The last position and the bytes kept of a task begun before this engine; START
+        and 0 for any other."""
 
-    def ended(self, task_id: str) -> None:
-        """The task ended: nothing more is put for it."""
+    def ended(self, task_id: str) -> None: ...
 
     def behind(self) -> bool:
         """Whether more is waiting to be written than it holds in memory: the worker
         that sent the last chunk is then read no further until `caught_up`."""
 
-    async def caught_up(self) -> None:
-        """Until what waited to be written has been."""
+    async def caught_up(self) -> None: ...
 
 
 class Discarder:

@@ -22,8 +22,7 @@ COUNTED = ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost", 
 
 
 class AgentTasks:
-    """An agent's counts by outcome, its tasks running, the latency of its last
-    LATENCY_WINDOW finished tasks, and its rate limit's bucket."""
+    """An agent's counts by outcome, tasks running, latencies, and rate limit's bucket."""
 
     __slots__ = ("bucket", "counts", "latencies", "running")
 
@@ -48,8 +47,7 @@ class AgentTasks:
 
 
 def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Agents' stats (AgentTasks.stats) summed: every agent's for the daemon's total, the
-    agents a caller sees for its own."""
+    """Agents' stats (AgentTasks.stats) summed."""
     rows = list(per_agent)
     total: dict[str, Any] = {k: sum(s[k] for s in rows)
                              for k in (*COUNTED, "queue_depth", "running")}
@@ -59,10 +57,8 @@ def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 class RetiredCounts:
-    """The task counts of removed agents. Totals and `corral_tasks_total` never go
-    backwards when an agent goes (Prometheus counters are monotonic: a soak's totals lost
-    exactly its runtime agents' tasks), and an agent added again under its name counts on
-    from where it was."""
+    """The task counts of removed agents: totals never go backwards when an agent goes
+    (Prometheus counters are monotonic), and an agent added again counts on from them."""
 
     __slots__ = ("by_name",)
 
@@ -80,7 +76,7 @@ class RetiredCounts:
                 folded[k] += counts[k]
 
     def count(self, name: str, outcome: str) -> None:
-        """A task of a removed agent ended (it ran as its agent was removed)."""
+        """A task of a removed agent ended."""
         kept = self.by_name.get(name)
         if kept is not None:
             kept[1][outcome] += 1
@@ -93,15 +89,13 @@ class RetiredCounts:
                 q.counts[k] += kept[1][k]
 
     def stats(self) -> dict[str, Any]:
-        """Their counts summed, in AgentTasks.stats' shape (for `totals`)."""
         total: dict[str, Any] = {k: sum(c[k] for _, c in self.by_name.values())
                                  for k in COUNTED}
         return {**total, "queue_depth": 0, "running": 0}
 
 
 class CounterSnapshot(msgspec.Struct, frozen=True):
-    """An agent's counters handed to the next daemon image (`corral upgrade`): `corral
-    stats` goes on from them rather than from zero."""
+    """An agent's counters handed to the next daemon image (`corral upgrade`)."""
 
     counts: dict[str, int]
     latencies: list[float] = []
@@ -113,9 +107,8 @@ def carry(by_agent: Mapping[str, AgentTasks]) -> dict[str, CounterSnapshot]:
 
 
 def carry_on(q: AgentTasks, c: CounterSnapshot, counted_again: int) -> None:
-    """`q` (made by the new image, nothing counted yet) takes `c`'s counts and latencies.
-    `counted_again`: the agent's tasks the new image accepts once more as it takes them
-    back (recovered from the journal, or re-attached to a kept worker): accepted once."""
+    """`q` (nothing counted yet) takes `c`'s counts and latencies. `counted_again`: the
+    agent's tasks the new image accepts once more as it takes them back."""
     for k in COUNTED:
         q.counts[k] += c.counts.get(k, 0)
     q.counts["accepted"] -= counted_again

@@ -1,13 +1,9 @@
 """The deadlines of running attempts, behind one timer.
 
-A timer per attempt (uvloop makes a libuv timer for each `call_later`, and closes it on
-`cancel`) cost more than the rest of a tiny task's dispatch. Here the attempts of one
-timeout are kept in the order they started, which is the order of their deadlines
+A timer per attempt cost more than the rest of a tiny task's dispatch. Here the attempts
+of one timeout are kept in the order they started, which is the order of their deadlines
 (`loop.time()` never goes back): an insertion-ordered dict per timeout, an attempt that
-ends taken out in O(1), and one timer set for the earliest deadline of all. When it
-fires, what has expired is handed on and the timer is set for the next; a deadline whose
-attempt has already ended costs one wake-up that finds nothing and sets the timer again.
-Only the key is kept: what its expiry needs (a task's replica and attempt) the key has.
+ends taken out in O(1), and one timer set for the earliest deadline of all.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ class Deadlines(Generic[K]):
         self._at = math.inf  # when the timer fires
 
     def add(self, key: K, timeout: float) -> None:
-        """`key` expires `timeout` seconds from now, unless discarded before."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -48,7 +43,7 @@ class Deadlines(Generic[K]):
             self._arm(at)
 
     def discard(self, key: K, timeout: float) -> bool:
-        """`key` will not expire (its attempt ended); whether it was waiting to."""
+        """`key` will not expire; whether it was waiting to."""
         group = self._by_timeout.get(timeout)
         if group is None:
             return False

@@ -1,12 +1,10 @@
 """Tasks that may not start before a time (`not_before`: submitted with a delay, or a
 retry's backoff), behind one timer.
 
-A delayed task waits here, not in the Queue: it holds no place among its agent's waiting
-tasks and no slot, and `due(task)` hands it to the queue when its time comes. One heap of
-(not_before, arrival) and one loop timer set for the earliest: the loop wakes when a task
-is due, never to look. Times are wall-clock (a journal keeps them across a restart); the
-timer counts on the loop's clock from the wall time left when it is set, and a task
-found early when it fires waits for a timer set again.
+A delayed task waits here, not in the Queue (no place among its agent's waiting tasks,
+no slot); `due(task)` hands it to the queue when its time comes. Times are wall-clock (a
+journal keeps them across a restart): a task found early when the timer fires waits for
+a timer set again.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ class Delays:
         self._at = float("inf")  # the wall time the timer is set for
 
     def add(self, task: Task) -> None:
-        """`task` waits until its `not_before`."""
         at = task.not_before
         assert at is not None
         self.remove(task)
@@ -47,8 +44,8 @@ class Delays:
             self._arm(at)
 
     def remove(self, task: Task) -> bool:
-        """It waits no longer (cancelled, its agent gone); whether it was waiting. Its
-        heap entry stays until it comes up, and is passed over then."""
+        """It waits no longer; whether it was waiting. Its heap entry is passed over when
+        it comes up."""
         if self._waiting.pop(task.id, None) is None:
             return False
         n = self._per_agent[task.agent] - 1
@@ -62,7 +59,6 @@ class Delays:
         return task.id in self._waiting
 
     def count(self, agent: str) -> int:
-        """How many of the agent's tasks wait for their time."""
         return self._per_agent.get(agent, 0)
 
     def of(self, agent: str) -> list[Task]:

@@ -18,20 +18,16 @@ Sees = Callable[[str, str | None], bool]
 
 
 def unknown_cursor(task_id: str) -> RpcError:
-    """A page's cursor (`before`) that names no task kept: 404, as a task id that names
-    nothing is elsewhere (a well-formed request, of a task that is gone)."""
+    """A page's cursor (`before`) that names no task kept: 404, as elsewhere."""
     return RpcError(jsonrpc.NOT_FOUND, f"no such task: {task_id} (the cursor `before` "
                                        "names no task kept: pruned, or never accepted; "
                                        "list again from the newest)")
 
 
 class TaskJournal(Protocol):
-    """Where tasks are made durable; the engine works without one.
-
-    `write` is called on the loop when a task is accepted and whenever it changes; it must
-    not block (snapshot the task, write later, in batches). The engine may drop a finished
-    task's input and output from memory once `write` has returned.
-    """
+    """`write` is called on the loop when a task is accepted and whenever it changes; it
+    must not block. The engine may drop a finished task's input and output from memory
+    once `write` has returned."""
 
     def write(self, task: Task) -> None: ...
 
@@ -42,20 +38,17 @@ class TaskJournal(Protocol):
     async def committed(self) -> None:
         """Return once everything written so far is durable; raise if it cannot be."""
 
-    async def load(self, task_id: str) -> TaskInfo | None:
-        """A task no longer (wholly) in memory."""
+    async def load(self, task_id: str) -> TaskInfo | None: ...
 
     def record(self, task_id: str) -> TaskRecord | None:
-        """A task's committed row whole, as a restart takes it back: a suspended task
-        kept compact rebuilt (suspension.py). On the loop: one row by its key."""
+        """A task's committed row whole, as a restart takes it back (on the loop)."""
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
                     sees: Sees | None = None, filters: TaskFilters = NO_FILTERS
                     ) -> list[TaskSummary]:
         """Tasks created at or after `since` (wall time), oldest first, the newest `limit`;
-        with `before` (a task id), only those that arrived before that task; with `sees`,
-        only the tasks it admits by agent and tenant (another reads as absent, the cursor
-        too); only those whose options pass `filters`. Raises `unknown_cursor(before)`
-        when it names no task."""
+        with `before` (a task id), those that arrived before it; with `sees`, the tasks it
+        admits (another reads as absent, the cursor too); those whose options pass
+        `filters`. Raises `unknown_cursor(before)` when it names no task."""
 

@@ -1,6 +1,5 @@
-"""What the task manager needs of the engine that runs it: agents by name, their specs
-and replicas, and the worker-method tables. The Supervisor implements it; a Protocol, so
-that the task package never imports the module that builds it (no cycle)."""
+"""What the task manager needs of the engine that runs it (the Supervisor): a Protocol, so
+that the task package never imports the module that builds it."""
 
 from __future__ import annotations
 

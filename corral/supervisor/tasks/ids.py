@@ -1,13 +1,10 @@
 """Task ids: UUIDv7 (RFC 9562), unique across processes and nodes, and sortable.
 
-An id is the canonical text of a version-7 UUID: 48 bits of Unix time in milliseconds,
-then 12 bits that count ids made within one millisecond (seeded at random each
-millisecond), then 62 random bits; 122 bits in all that are time or random. The text
-sorts as the ids were made: ids made by one process are strictly increasing, even when
-the wall clock steps back (the last millisecond is reused, and borrowed from the next one
-when its counter runs out), and ids made elsewhere interleave by their time. A task's
-place in its queue can therefore be told from its id alone, which is what a shared queue
-needs (ids of tasks accepted before ids were UUIDv7, 12 hex characters, stay valid ids).
+48 bits of Unix time in milliseconds, 12 bits that count ids made within one millisecond
+(seeded at random each millisecond), then 62 random bits. Ids made by one process are
+strictly increasing, even when the wall clock steps back, so a task's place in a shared
+queue can be told from its id alone (ids from before UUIDv7, 12 hex characters, stay
+valid).
 """
 
 from __future__ import annotations
@@ -45,8 +42,8 @@ class IdClock:
         self.last_ms = -1
         self.counter = 0
         # os.urandom's bytes as hex, taken in batches: a syscall per id cost as much as
-        # the rest of making one; an id's text is cut from the digits, not formatted from
-        # a 128-bit integer, which took twice as long
+        # the rest of making one; an id's text is cut from the digits (twice as fast as
+        # formatting a 128-bit integer)
         self._random = ""
         self._used = 0
         self._head = ""  # the text of `last_ms`: the id's first two groups, their dashes
@@ -81,9 +78,8 @@ class IdClock:
                 f"{rand[used + 1:used + 4]}-{rand[used + 4:used + 16]}")
 
     def make_many(self, n: int, now_ns: int) -> list[str]:
-        """`make(now_ns)` `n` times, the ids as `make` makes them: within a millisecond
-        that is not new (the clock read once) each is cut from the same head with the
-        counter's next value, without a call per id."""
+        """`make(now_ns)` `n` times: within a millisecond that is not new each is cut from
+        the same head with the counter's next value, without a call per id."""
         ids: list[str] = []
         ms = now_ns // 1_000_000
         while len(ids) < n:
@@ -111,7 +107,6 @@ os.register_at_fork(after_in_child=_clock.forget_random)
 
 
 def new_id() -> str:
-    """A new task id (module doc)."""
     return _clock.make()
 
 
@@ -121,13 +116,11 @@ def new_ids(n: int) -> list[str]:
 
 
 def id_time(task_id: str) -> float | None:
-    """The Unix time (seconds) an id was made, or None for an id that is not a UUIDv7
-    (one from before, 12 hex characters)."""
+    """The Unix time (seconds) an id was made, or None for an id from before UUIDv7."""
     if not FORMAT.fullmatch(task_id):
         return None
     return int(task_id[:8] + task_id[9:13], 16) / 1000
 
 
 def is_task_id(text: str) -> bool:
-    """Whether `text` has the shape of a task id (of now, or from before UUIDv7 ids)."""
     return ANY.fullmatch(text) is not None

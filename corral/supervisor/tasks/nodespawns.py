@@ -1,10 +1,8 @@
-"""The engine's own spawn store (model.SpawnStore, a node task's `home.spawns`): its spawn
-trees (spawntree.py, decision 618), each spawn a keyed step of its tree whose child's id
-is kept *before* the child is submitted, so that a resumed attempt of the parent (its
-worker killed, the daemon restarted) that spawns under the same key is answered with that
-child, never a second one; a child the engine never had (the daemon stopped between the
-two writes) is submitted then under the kept id. A child's depth is its place in the
-tree, read back whole after a restart; `max_children` is counted by the tree's rows."""
+"""The engine's own spawn store (model.SpawnStore): its spawn trees (spawntree.py), each
+spawn's child's id kept *before* the child is submitted, so that a resumed attempt of the
+parent that spawns under the same key is answered with that child, never a second one; a
+child the engine never had (the daemon stopped between the two writes) is submitted then
+under the kept id."""
 
 from __future__ import annotations
 
@@ -47,14 +45,12 @@ class TreeEngine(Protocol):
 
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo: ...
 
-    def holds(self, task_id: str) -> bool:
-        """Whether the task is unfinished here (a suspended one kept compact too)."""
+    def holds(self, task_id: str) -> bool: ...
 
     def live(self, task_id: str) -> Task | None: ...
 
 
 class NodeSpawns:
-    """The engine's spawn trees, and each tree's tasks' ends heard while one is held."""
 
     def __init__(self, engine: TreeEngine) -> None:
         self.engine = engine
@@ -70,13 +66,10 @@ class NodeSpawns:
             self.engine.stream.listen(self._ends, False)
 
     def _held(self) -> None:
-        """The trees hold a task now: its end is to be heard."""
         self.engine.stream.listen(self._ends)
 
     def limit(self, task: Task, who: str, reach: str) -> None:
-        """A task submitted by a caller limited to the agents `reach`: so is its tree
-        (kept with its task journal row, or the next commit: a crash between loses the
-        bound of that one task)."""
+        """A task submitted by a caller limited to the agents `reach`: so is its tree."""
         self.trees.tree(task.id, task.agent, task.tenant, Lineage(0, reach, who))
         self._held()
 
@@ -89,9 +82,8 @@ class NodeSpawns:
 
     def recover(self) -> None:
         """Once the task journal's tasks are back: a task of a tree that ended while no
-        daemon ran (or whose end was not kept) ended in its tree now; a child no engine
-        ever had (the process stopped between its row and its submission) ended lost
-        when its parent has ended too (no attempt will ask for it again)."""
+        daemon ran ended in its tree now; a child no engine ever had ended lost when its
+        parent has ended too (no attempt will ask for it again)."""
         self._recovering = asyncio.ensure_future(self._recover())
 
     async def _recover(self) -> None:
@@ -108,7 +100,6 @@ class NodeSpawns:
                                 info.error.message if info.error is not None else None)
 
     async def _had(self, task_id: str) -> TaskInfo | None:
-        """The task as the engine has (or had) it; None: it never had it (or pruned it)."""
         try:
             return await self.engine.info(task_id)
         except RpcError as exc:
@@ -123,8 +114,7 @@ class NodeSpawns:
 
     # -- the SpawnStore -------------------------------------------------------------------
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
-        """A row whose child the engine never had is no spawn yet: `spawn` submits that
-        child, checked as a new spawn is (as of now)."""
+        """A row whose child the engine never had is no spawn yet: `spawn` submits it."""
         trees = self.trees
         row = trees.row(task.id, key)
         if row is not None and row.task_id is not None and (
@@ -133,7 +123,6 @@ class NodeSpawns:
         return None, trees.deeper(trees.lineage(task.id))
 
     async def serves(self, agent: str, tenant: str) -> bool:
-        """Another tenant's agent of the name is no agent to the parent."""
         a = self.engine.sup.agents.get(agent)
         return a is not None and (self.engine.tenancy is None or a.spec.tenant == tenant)
 

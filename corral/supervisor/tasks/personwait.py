@@ -1,15 +1,11 @@
 """The seconds a call waited for a person, told to whoever times the call.
 
-An approval holds a tool call inside the call (approvals.py waits for the ask where the
-call is made), so a timer around the call counts the person's wait as the call's: an
-approved tool's p50 was the minutes someone took to click, and its p95/p99 said nothing
-of the tool (issue 78). The gateway times each call with a holder in its context
-(`timed`); the approval's wait, made in that context (the call's own asyncio task, or
-one it started: a task copies the context, holder and all), adds its seconds to it
-(`waiting`). A wait made in another context on the call's behalf (an MCP server's
-elicitation, answered from its connection's reader) adds to the holder the call's context
-had when it was made (`held`). A wait nobody times (a worker's call, a model call) adds
-to no holder.
+An approval holds a tool call inside the call, so a timer around the call would count
+the person's wait as the call's (an approved tool's p50 was the minutes someone took to
+click). The gateway times each call with a holder in its context (`timed`); a wait for a
+person made in that context adds its seconds to it (`waiting`); one made in another
+context on the call's behalf (an MCP server's elicitation) adds to the holder the call's
+context had (`held`).
 """
 
 from __future__ import annotations
@@ -21,9 +17,8 @@ from contextvars import ContextVar, Token
 
 
 class PersonWait:
-    """Seconds the calls of one timed context waited for a person; entered, the holder
-    of what runs in this context until it is left (`timed`). (A class, not a generator's
-    context manager: every gateway call enters one, and this is a third of the cost.)"""
+    """Seconds the calls of one timed context waited for a person. (A class, not a
+    generator's context manager: every gateway call enters one, a third of the cost.)"""
 
     __slots__ = ("_token", "seconds")
 

@@ -1,11 +1,8 @@
 """The pin gate (DESIGN section 27, docs/security.md#tool-pins): an agent's call of a tool
-whose definition drifted from its pin (the pool refuses it: mcp/pins.py `ToolDrifted`)
-waits for a person, who is shown both definitions and the difference; approved, the new
-definition is pinned and the call made; denied or timed out, the call is refused with the
-drift named. An interceptor of the task path (interceptors.py), so that a task's calls
-(the worker's and the gateway's attributed to it) and a replica's calls of no task ask
-alike; a client of the gateway that is no replica's is refused with the reason, and its
-change waits for an agent's call, or the next one, to be asked about."""
+whose definition drifted from its pin (mcp/pins.py `ToolDrifted`) waits for a person, who
+is shown both definitions; approved, the new definition is pinned and the call made;
+denied or timed out, the call is refused with the drift named. An interceptor of the
+task path, so that a task's calls and a replica's calls of no task ask alike."""
 
 from __future__ import annotations
 
@@ -46,7 +43,7 @@ class PinGate(TaskInterceptor):
         subject = {"tool": call.name, "arguments": call.arguments,
                    "pin": drifted.drift.subject()}
         task = call.task
-        with waiting():  # the person's time, not the call's (personwait.py)
+        with waiting():  # the person's time, not the call's
             if task is None:
                 ask = await self._path.replica_calls.ask(call.replica, ReplicaAsk(
                     AskKind.APPROVAL, "pin", subject, None))

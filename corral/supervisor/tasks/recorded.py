@@ -1,12 +1,8 @@
 """A task whose id a durable record (a workflow run's step, a team call's step) held before
-the task existed: after a restart it is waited for where the engine has it, its outcome
-read where it ended, and submitted under that id only where it never reached the task
-journal, so that a step has one task whatever the crashes between.
-
-A record is its tenant's (decision 443), and so is each task it submits: the agent that
-holds the name when a later step is submitted (or resumed after a restart) may be another
-tenant's, which took the name since the run or call began; such an agent is none to the
-record, which is refused as its tenant's caller would be (decision 481)."""
+the task existed: after a restart it is waited for where the engine has it, and submitted
+under that id only where it never reached the task journal, so that a step has one task
+whatever the crashes between. A record is its tenant's, and so is each task it submits:
+an agent of the name that is now another tenant's is none to the record."""
 
 from __future__ import annotations
 
@@ -25,9 +21,7 @@ if TYPE_CHECKING:
 
 
 class RecordedTask(msgspec.Struct, frozen=True):
-    """A step's task as its record names it: its id, its agent, and the tenant the record
-    (run, call) was made for (None or "": of no one tenant, which runs whatever agents
-    its definition names, as when it started)."""
+    """A step's task as its record names it (`tenant` None or "": of no one tenant)."""
 
     task_id: str
     agent: str
@@ -36,10 +30,8 @@ class RecordedTask(msgspec.Struct, frozen=True):
 
 async def outcome(engine: TaskManager, task: RecordedTask, submit: Callable[[], Task]
                   ) -> TaskInfo:
-    """The recorded task to its end: waited for where the engine has it, read where it
-    ended (memory or the task journal), or made by `submit` (which submits it under
-    `task.task_id`) when the engine has never heard of it and its agent is still of the
-    record's tenant (else NoSuchAgent)."""
+    """The recorded task to its end, made by `submit` (under `task.task_id`) when the
+    engine has never heard of it and its agent is still of the record's tenant."""
     try:
         return await engine.info(task.task_id, wait=True)
     except RpcError:  # no such task: it never reached the task journal

@@ -1,11 +1,9 @@
 """What a finished task keeps: only what `corral task ID` shows cheaply, within a count
 and a byte budget, with nothing the garbage collector must walk.
 
-Its input is dropped at once; outputs are held up to `kept_bytes` in all, and past that
-the oldest are dropped from memory (read back from the journal when there is one, else
-gone); at most `kept` finished tasks stay in memory (older ones are answered from the
-journal). Every payload let go is counted to the Releaser, which hands the freed pages
-back to the system (memory.py).
+Its input is dropped at once; outputs are held up to `kept_bytes` in all, the oldest
+dropped past that (read back from the journal when there is one); at most `kept` finished
+tasks stay in memory. Every payload let go is counted to the Releaser (memory.py).
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ class Retention:
         self.memory = Releaser()
 
     def keep(self, task: Task) -> None:
-        """A task that has just finished (and been handed to its journal)."""
         freed = len(task.input)  # (told to the Releaser once, with the outputs dropped)
         task.input = _NO_INPUT
         task.replica = None
@@ -64,7 +61,6 @@ class Retention:
         self.memory.let_go(freed)
 
     def _drop(self, task: Task) -> int:
-        """The task's output dropped from memory: its bytes, for the Releaser."""
         size = task.out.size if task.out is not None else 0
         self.held_bytes -= size
         task.out, task.output_dropped = None, True

@@ -1,12 +1,10 @@
 """Sessions' states in memory: the recently used ones, within a byte budget
 (docs/durable.md#storage-bounds, docs/security.md).
 
-A session's state is durable in the daemon's journal (corral.daemon.sessionjournal) before a
-`session/checkpoint` is answered; memory keeps only the hot ones, least recently used
-first out once their bytes pass `budget`, so the daemon's memory does not grow with the
-number of sessions nor with their states. One evicted is read back when a task of its
-session is about to start. Without a journal (the engine alone) nothing is evicted:
-memory is where states live then.
+A session's state is durable in the daemon's journal before a `session/checkpoint` is
+answered; memory keeps only the hot ones, least recently used first out past `budget`
+(one evicted is read back when a task of its session is about to start). Without a
+journal nothing is evicted: memory is where states live then.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ Key = tuple[str, str, str, int]  # (tenant, agent, session, gen): one life of a 
 
 
 class HotStates:
-    """The states held in memory, most recently used last."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget  # bytes; 0: none held once they are durable

@@ -10,9 +10,8 @@ NAMED_SEQ = 0  # the rows of named steps (keyed by name); tool calls count from 
 
 
 class Step(NamedTuple):
-    """One journaled step: a tool call (seq from 1, `name` the tool), a named step (seq
-    NAMED_SEQ) or the task's checkpoint (seq CHECKPOINT_SEQ). `body` is the result's JSON
-    (None: none to give back)."""
+    """One journaled step: a tool call (seq from 1), a named step (NAMED_SEQ) or the task's
+    checkpoint (CHECKPOINT_SEQ); `body` the result's JSON (None: none to give back)."""
 
     task_id: str
     seq: int
@@ -32,11 +31,9 @@ class StepJournal(Protocol):
         """Forget the task's tool-call steps from `seq` on (an attempt diverged there)."""
 
     async def committed(self, task_id: str | None = None) -> None:
-        """Return once everything put so far (of the task `task_id`, or of all) is
-        durable; raise if it cannot be."""
+        """Return once everything put so far (of `task_id`, or of all) is durable."""
 
-    async def history(self, task_id: str) -> list[Step]:
-        """Every step of the task, tool calls in order."""
+    async def history(self, task_id: str) -> list[Step]: ...
 
     def ended(self, task_id: str) -> None:
-        """The task ended: its steps are read by nobody until a retention prunes them."""
+        """The task ended: its steps are read by nobody until pruned."""

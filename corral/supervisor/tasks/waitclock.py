@@ -3,10 +3,8 @@
 `restart_cron` matches (daemon/cronrestart.py).
 
 It is the wall's, or, for a test that must show what days of waiting do in seconds, a
-manual one ([supervisor] manual_clock = true) that only `corral clock --advance` moves
-forward: it stands at the time it was made until moved (a wait of the wall's seconds under
-it would be a test's race), its timers each due when the clock's time reaches it, so moving
-it fires at once every timer it passed, in their order."""
+manual one ([supervisor] manual_clock = true) that only `corral clock --advance` moves:
+moving it fires at once every timer it passed, in their order."""
 
 from __future__ import annotations
 
@@ -27,8 +25,7 @@ MANUAL_ONLY = ("the daemon's clock is the wall's: only a manual clock moves ([su
 
 
 class WaitTimer:
-    """A callback due at a time of its clock; `cancel` before it is due and it is not
-    called."""
+    """A callback due at a time of its clock."""
 
     __slots__ = ("_clock", "callback", "when")
 
@@ -46,10 +43,8 @@ class WaitTimer:
 class WaitClock:
     """Time, and callbacks at a time of it; `manual`: moved only by `advance`.
 
-    Its timers are kept in a heap behind one timer of the loop, set for the earliest: a
-    loop timer each (uvloop's handle, its libuv timer, a context) cost some 600 bytes a
-    waiting task, thousands of which may wait at once. A cancelled timer stays in the
-    heap until it comes due or the cancelled outnumber the rest."""
+    Its timers are kept in a heap behind one loop timer, set for the earliest: a loop
+    timer each cost some 600 bytes a waiting task, thousands of which may wait at once."""
 
     def __init__(self, manual: bool = False) -> None:
         self.manual = manual
@@ -122,7 +117,7 @@ class WaitClock:
 
     def advance(self, seconds: float) -> float:
         """Move a manual clock `seconds` ahead: the timers it passes fire now. Its new
-        time; refused (REFUSED) on the wall's clock, or for a negative or absurd move."""
+        time."""
         if not self.manual:
             raise RpcError(jsonrpc.REFUSED, MANUAL_ONLY)
         if not 0 <= seconds <= 10 * 365 * 86400:
