@@ -3,11 +3,8 @@ and decoded straight into the method's typed params.
 
 A body decoded as untyped JSON first costs a Python object per value whatever the route
 takes: 16 MiB of `[{},{},...]` was 400 MB and a quarter of a second of the loop before
-anything looked at it. Decoded into a Struct of the fields the route takes, with
-unknown fields forbidden, a body of the wrong shape is refused at its first wrong byte,
-and a field holds only what its type admits. Routes whose fields are all scalars (a
-number, a name, a list of names) take at most route.SMALL_BODY; a route carrying a
-document (an agent's table, an event's data, a tool's arguments) up to route.MAX_BODY.
+anything looked at it. Decoded into a Struct of the fields the route takes, with unknown
+fields forbidden, a body of the wrong shape is refused at its first wrong byte.
 """
 
 from __future__ import annotations

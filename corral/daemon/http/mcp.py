@@ -76,8 +76,6 @@ _batch = msgspec.json.Decoder(list[Envelope])
 
 
 class PoolBackend:
-    """A session's view of the pool: one client's identity."""
-
     def __init__(self, service: GatewayService, ident: Identity) -> None:
         self.service = service
         self.ident = ident

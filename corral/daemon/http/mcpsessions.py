@@ -1,16 +1,11 @@
 """The HTTP gateway's sessions and their bounds: per client and per daemon.
 
 A client that never sends DELETE (the default of several SDKs) leaves a session behind at
-each start. Sessions are bounded three times: each client (one token, one agent replica,
-`anonymous`) holds at most its `max_sessions` (`[gateway] max_sessions_per_client`, or
-its tokens-file entry's), each tenant's clients together at most its
-`max_gateway_sessions`, and the gateway at most `[gateway] max_sessions`. At a bound,
-the least recently used idle session under it makes room: the client's own at its
-bound, its tenant's at the tenant's, anyone's at the gateway's — so one client's flood
-recycles its own sessions and never refuses another's. Only when every session under
-the bound is busy (a call in flight, a stream open) is a new one refused, naming the
-bound. An evicted session's id is told why at its next request (404: initialize
-again), for the newest EVICTED_KEPT.
+each start. Sessions are bounded per client, per tenant and per gateway. At a bound, the
+least recently used idle session under it makes room, so one client's flood recycles its
+own sessions and never refuses another's. Only when every session under the bound is
+busy is a new one refused, naming the bound. An evicted session's id is told why at its
+next request (404: initialize again), for the newest EVICTED_KEPT.
 """
 
 from __future__ import annotations

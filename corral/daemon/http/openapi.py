@@ -168,12 +168,8 @@ def _tables() -> dict[str, Any]:
 
 def _step_rules(step: dict[str, Any], condition: dict[str, Any]) -> None:
     """What compile_workflow refuses of a step by itself (workflows/plan.py), said in its
-    schema: it runs an agent, or a workflow, or waits for a signal (a name), one of the
-    three; a signal's step takes no map nor retries, a task's step no on_timeout; map or
-    join, not both; a reference's shape where a key holds one alone (map, when's ref: a
-    list's or a value's, not $item or $index, which are a map step's input's). What
-    depends on the other steps or on what there is (a step's agent, a name used twice, a
-    reference to a later step) no schema can say."""
+    schema. What depends on the other steps or on what there is (a step's agent, a name
+    used twice, a reference to a later step) no schema can say."""
     null = {"type": "null"}
     name = {"type": "string", "pattern": f"^{STEP_NAME.pattern}$"}
     ref = {"type": "string", "pattern": rf"^\$(input|steps\.{REF_NAME}\.output)({REF_PART})*$",
@@ -199,8 +195,7 @@ def _step_rules(step: dict[str, Any], condition: dict[str, Any]) -> None:
 
 def _policy_rules(rule: dict[str, Any], test: dict[str, Any]) -> None:
     """What a [[policy]] rule's own check refuses (config.PolicyRule.check), said in its
-    schema: a `when` key is arguments.KEY or max_tokens; a test is one of under, in,
-    below."""
+    schema."""
     rule["properties"]["when"]["propertyNames"] = {"pattern": r"^(max_tokens|arguments\..+)$"}
     null = {"type": "null"}
     kinds = list(test["properties"])
@@ -210,12 +205,9 @@ def _policy_rules(rule: dict[str, Any], test: dict[str, Any]) -> None:
 
 
 def _team_rules(team: dict[str, Any], rule: dict[str, Any]) -> None:
-    """What check_team refuses of a team by itself (teams/check.py), said in its schema:
-    each member named once; rules, default and router are a route team's (rules or a
-    router, not both, one of them), a leader a coordinate team's (which needs one); a
-    rule's ref a reference to the input, with equals or contains, not both. What depends
-    on the agents and teams there are, or compares two values (a rule's member among the
-    members), no schema can say."""
+    """What check_team refuses of a team by itself (teams/check.py), said in its schema.
+    What depends on the agents and teams there are, or compares two values (a rule's
+    member among the members), no schema can say."""
     null = {"type": "null"}
     none = {"type": "array", "maxItems": 0}
     some = {"type": "array", "minItems": 1}

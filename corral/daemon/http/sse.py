@@ -294,8 +294,6 @@ class EventRing:
 
 
 class Reader:
-    """A client of `/events/stream`: its cursor into the ring, and its connection."""
-
     __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "tenant",
                  "viewer", "wake", "writer")
 

@@ -61,8 +61,6 @@ _record = msgspec.json.Decoder(AnswerRecord)
 
 
 class ModelRefusal(Exception):
-    """A request corral answers itself: its HTTP status and the message."""
-
     def __init__(self, status: int, message: str, param: str | None = None,
                  code: str | None = None) -> None:
         super().__init__(message)

@@ -1,11 +1,8 @@
 """Which model calls wait for a person (docs/approvals.md#approvals-of-model-calls): those
 of a model the agent's or its tenant's `approve_models` names, and those whose cost may
-pass the agent's `approve_cost_over`. A call's most cost is its input's tokens, estimated
-at four bytes a token, and its bound on output tokens (`max_tokens`,
-`max_completion_tokens`, `max_output_tokens`) times its `n` (Chat Completions' choices,
-each written and billed) at the model's prices (request.py); a call with no bound on its
-output has no most cost, and waits whenever a ceiling is set. The ask and what
-its decision does are the gateway's (gateway.py), its words approvals.py's."""
+pass the agent's `approve_cost_over`. A call's most cost is its estimate at the model's
+prices (request.py); a call with no bound on its output has no most cost, and waits
+whenever a ceiling is set. The ask and what its decision does are the gateway's."""
 
 from __future__ import annotations
 
@@ -20,8 +17,6 @@ if TYPE_CHECKING:
 
 
 class ModelPolicy(NamedTuple):
-    """What a replica's agent (and its tenant) say of its tasks' model calls."""
-
     models: list[str]
     cost_over: float
     timeout: float | None
@@ -53,7 +48,6 @@ def most_cost(request: ModelRequest, spec: ModelSpec) -> float | None:
 
 
 def why_held(policy: ModelPolicy, name: str, cost: float | None) -> str | None:
-    """Why the call waits for a person (None: it does not)."""
     if policy.models and allowed(name, policy.models):
         return "approve_models"
     if policy.cost_over and (cost is None or cost > policy.cost_over):

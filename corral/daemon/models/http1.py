@@ -223,7 +223,6 @@ async def _more(wire: _Wire, what: str) -> None:
 
 
 async def _line(wire: _Wire, what: str) -> bytes:
-    """A CRLF-ended line of a chunked body, without its end."""
     while (end := wire.buffer.find(b"\r\n")) < 0:
         if len(wire.buffer) > MAX_HEAD:
             raise UpstreamFailed(f"the upstream's line in {what} is over MAX_HEAD "
@@ -243,7 +242,6 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
 
 
 def _head(data: bytes) -> tuple[int, dict[str, str]]:
-    """An answer's status and headers, from its head without the blank line."""
     lines = data.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]

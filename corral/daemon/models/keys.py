@@ -50,8 +50,6 @@ def read_key(name: str, spec: ModelSpec, base: Path, taken: dict[str, str]) -> s
 
 def read_keys(models: Mapping[str, ModelSpec], base: Path, taken: dict[str, str]
               ) -> dict[str, str | None]:
-    """Every model's key; the first that cannot be read raises ConfigError (nothing of
-    the new table applied)."""
     return {name: read_key(name, spec, base, taken) for name, spec in models.items()}
 
 
@@ -64,7 +62,6 @@ def hidden(body: bytes, key: str | None) -> bytes:
 
 
 def hidden_headers(headers: dict[str, str], key: str | None) -> dict[str, str]:
-    """`headers` with every occurrence of `key` in their values hidden."""
     if not key:
         return headers
     return {k: v.replace(key, MASK) for k, v in headers.items()}

@@ -5,20 +5,17 @@ came: `msgspec.Raw`, which the JSON parser still checks), and the few members co
 acts on decoded: `model`, `stream` (and `stream_options`), `n` and the output's bound.
 What goes upstream is the bytes that came, or, where corral changes a member (the
 upstream's name of the model, a Chat Completions stream asked for its usage), the
-members re-joined once; the bytes that came are then let go. Why: decoded into Python
-objects, a 16 MiB body of small messages took ~420 MiB for as long as its upstream
-answered (issue 74).
+members re-joined once. Why: decoded into Python objects, a 16 MiB body of small
+messages took ~420 MiB for as long as its upstream answered.
 
 The members corral reads are checked as the provider checks them, refused in its words
 (a `"stream": "true"` is OpenAI's `invalid_type` 400 and Anthropic's
 `invalid_request_error`), so that corral never judges a call by a value the upstream
 would read otherwise.
 
-A call's estimate (what the budgets reserve while it is in flight, what a call whose
-upstream never said its usage is counted by, and what `approve_cost_over` weighs): its
-input at a token for every four bytes of its body, and its output at its bound
-(`max_tokens`, `max_completion_tokens`, `max_output_tokens`; DEFAULT_OUTPUT without one)
-times its `n` (Chat Completions' choices)."""
+A call's estimate (what the budgets reserve while it is in flight, and what a call whose
+upstream never said its usage is counted by): its input at a token for every four bytes
+of its body, and its output at its bound (DEFAULT_OUTPUT without one) times its `n`."""
 
 from __future__ import annotations
 
@@ -82,10 +79,8 @@ class ModelRequest(NamedTuple):
 
 def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | None]
          ) -> ModelRequest | None:
-    """The request of `raw` at `endpoint`; None when it is no JSON object naming its
-    model (corral's own refusal); BadBody when a member corral reads is not of the type
-    the provider takes. `upstream_name`: the name a model goes upstream by, if not the
-    agent's."""
+    """None when `raw` is no JSON object naming its model (corral's own refusal);
+    BadBody when a member corral reads is not of the type the provider takes."""
     try:
         members = _members.decode(raw)
     except msgspec.DecodeError:
@@ -143,7 +138,6 @@ def _typed(members: dict[str, msgspec.Raw], key: str, kind: type, fmt: Format) -
 
 
 def _article_of(value: Any) -> str:
-    """How OpenAI names a JSON value's type in its refusal."""
     return {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal",
             list: "an array", dict: "an object"}.get(type(value), "a value")
 

@@ -10,7 +10,6 @@ from typing import Any
 
 
 def text_in(body: Any) -> str | None:
-    """The text an SSE event of a streamed answer adds (its data, decoded), or None."""
     if not isinstance(body, dict):
         return None
     kind = body.get("type")

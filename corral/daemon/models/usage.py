@@ -7,18 +7,13 @@ the budgets count (supervisor/tasks/budget.py), never what the agent says.
 - Messages: `usage.input_tokens` (with the cache's creation and read tokens) and
   `output_tokens` (a stream's `message_start`, then each `message_delta`'s running count).
 
-A call is counted at its end, whatever the end (issue 74: a stream cut uncounted let 235k
+A call is counted at its end, whatever the end (a stream cut uncounted once let 235k
 tokens billed pass a 5,000-a-minute budget): a whole answer or a stream read to its end
-by what its upstream said, or, said nothing, by the estimate; an answer that broke
-(cut by the upstream or by corral at a bound, timed out, its call cancelled) by what the
-upstream said so far, its input otherwise estimated from the request's size
-(request.py) and its output at least what passed: a token for every four bytes of a
-whole answer's body, or of a stream's text, and at least one for every event of a
-stream that adds to its answer (a delta: providers send about one a token). An answer
-of an error status counts only what it said; a try the upstream took and did not answer
-in time (a whole answer's head comes once all of it is made) is counted at the call's
-whole estimate, input and output, as what it may have billed; one it never took (no
-connection), nothing.
+by what its upstream said, or, said nothing, by the estimate; an answer that broke by
+what the upstream said so far, its output at least what passed (a token for every four
+bytes, and at least one for every delta of a stream). An answer of an error status counts
+only what it said; a try the upstream took and did not answer in time is counted at the
+call's whole estimate, as what it may have billed; one it never took, nothing.
 """
 
 from __future__ import annotations
@@ -56,11 +51,9 @@ class CallUsage:
             self.passed += max(1, -(-len(text.encode()) // BYTES_PER_TOKEN) if text else 1)
 
     def passed_bytes(self, size: int) -> None:
-        """A whole answer's body, `size` bytes of it read."""
         self.passed = -(-size // BYTES_PER_TOKEN)
 
     def settle(self, input_estimate: int, output_estimate: int) -> None:
-        """The usage counted at the call's end (the module's rules)."""
         if self.answered and not (self.complete and self.said):
             if self.complete:
                 self.input, self.output = input_estimate, self.passed
@@ -76,7 +69,6 @@ class CallUsage:
         return self.answered or self.said or self.unanswered > 0
 
     def read(self, answer: Any) -> None:
-        """Take what one JSON answer (or one streamed event's data) says."""
         if not isinstance(answer, dict):
             return
         if answer.get("type") == "message_start" and isinstance(answer.get("message"), dict):

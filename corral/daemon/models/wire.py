@@ -38,7 +38,6 @@ PASSED_BACK_PREFIXES = ("x-request-id", "request-id", "retry-after", "x-ratelimi
 
 
 def upstream_auth(fmt: Format, key: str) -> dict[str, str]:
-    """The header that carries corral's key to the upstream, as its format says."""
     if fmt == "anthropic":
         return {"x-api-key": key}
     return {"authorization": f"Bearer {key}"}

@@ -1,13 +1,11 @@
 """Reading a package's directory as its writer may have left it.
 
 The daemon reads a package as root, and whoever may write the directory is less trusted
-than that: a `watch` redeploys on their change without the operator. So nothing in it is
-read before it is looked at: every path is walked from the package's directory one
-component at a time (`O_NOFOLLOW`, a directory's fd, never a path string that the kernel
-would resolve through a link), each entry is `lstat`ed, only a regular file is opened
-(`O_NOFOLLOW|O_NONBLOCK`: a FIFO swapped in after the look neither blocks nor is read),
-the opened fd is `fstat`ed to be the file that was looked at, its size is counted against
-the bound before a byte is read, and it is read in chunks, no more than that size.
+than that. So nothing in it is read before it is looked at: every path is walked one
+component at a time (`O_NOFOLLOW`, a directory's fd, never a path string the kernel would
+resolve through a link), only a regular file is opened (`O_NONBLOCK`: a FIFO swapped in
+after the look neither blocks nor is read), the opened fd is `fstat`ed to be the file
+that was looked at, and it is read no further than the size it was counted at.
 
 A link is never followed. One whose target is relative and names, inside the package, a
 file of what is copied is kept as the same link in the release (what it points at is the
@@ -138,7 +136,6 @@ def read_small(root: int, rel: str, limit: int) -> bytes:
 
 
 def is_regular(root: int, rel: str) -> bool:
-    """Whether `rel` is a regular file of the package (not a link to one)."""
     try:
         dfd = open_dir(root, rel.rpartition("/")[0])
     except PathRefusal:

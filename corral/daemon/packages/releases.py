@@ -92,7 +92,6 @@ class Releases:
         self.root.chmod(0o711)
 
     def incomplete(self) -> Iterator[Path]:
-        """Release directories without READY: builds that were interrupted."""
         try:
             names = [e for e in os.scandir(self.root) if e.is_dir()
                      and not e.name.startswith(".")]

@@ -1,4 +1,4 @@
-"""What a package's requirements may make uv read (issue 34, decision 156).
+"""What a package's requirements may make uv read.
 
 uv installs a release's requirements as the daemon's user (root), and says in its error
 what it read: a requirements file that includes `/etc/shadow` (`-r /etc/shadow`), or
@@ -35,8 +35,7 @@ def check_file(root: int, rel: str) -> None:
 
 
 def check_text(root: int, rel: str, text: str) -> None:
-    """Requirements made from the package (uv export's), `rel` naming where their
-    relative paths are from."""
+    """`rel`: where the relative paths of uv export's text are from."""
     _check(root, rel, text, [0])
 
 

@@ -29,8 +29,6 @@ P = TypeVar("P", m.TasksRun, m.TasksSubmit)
 
 
 class ClusterFront:
-    """The TaskFront of a cluster node."""
-
     def __init__(self, local: LocalFront, node: ClusterNode, quotas: Tenancy) -> None:
         self.local = local
         self.node = node

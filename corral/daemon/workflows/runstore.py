@@ -107,8 +107,6 @@ class Outputs(Mapping[str, Any]):
 
 
 class RunStore:
-    """The runs: kept by the calls' journal, read by their own queries."""
-
     def __init__(self, store: StateStore, calls: DurableStore | None = None) -> None:
         """`calls`: where the runs are kept when not in `store` alone (a cluster node's:
         Redis, with a copy in `store`, which the reads here read)."""
