@@ -1,18 +1,14 @@
 """A server's requests for input asked of a 2025-11-25 client as its own requests.
 
-A client of a 2025-11-25 session reads no `input_required` result (SEP-2322 is
-2026-07-28's): to it a server asks for input by sending it a request in the context of
-the call (`elicitation/create`, `sampling/createMessage`, `roots/list`), and the client
-answers with a response. So when the gateway relays a server's `input_required` to such
-a session (server.py), each of its `inputRequests` goes to the client as a request on
-the call's own channel (the POST's SSE stream; stdout for `corral mcp serve`), and the
+A client of a 2025-11-25 session reads no `input_required` result: to it a server asks
+for input by sending it a request in the context of the call. So each of a relayed
+`inputRequests` goes to the client as a request on the call's own channel, and the
 client's responses are the `inputResponses` the call is sent again with.
 
-Bounded: at most MAX_ASKED requests wait for the client's answer on one session (a
-round asking more is refused, naming the bound, before any is sent), each at most
-`wait` seconds (`[gateway] input_wait`); the session's end cancels them all. A response
-is matched by its id alone on the session that asked, which is its client's (a
-session of another client is refused at the transport).
+Bounded: at most MAX_ASKED requests wait for the client's answer on one session, each at
+most `wait` seconds; the session's end cancels them all. A response is matched by its id
+alone on the session that asked (a session of another client is refused at the
+transport).
 """
 
 from __future__ import annotations
@@ -41,8 +37,8 @@ class PendingAsks:
         self._ids = itertools.count(1)
 
     async def ask(self, requests: Any, send: Callable[[Any], None]) -> dict[str, Any]:
-        """Each of a server's `inputRequests` sent to the client by `send`; its answers,
-        by the server's keys."""
+        """Each of a server's `inputRequests` sent to the client; its answers, by the
+        server's keys."""
         if not isinstance(requests, dict) or not requests:
             raise RpcError(jsonrpc.INVALID_REQUEST,
                            "the server asked for input without inputRequests")

@@ -1,33 +1,18 @@
-"""An MCP client (host side) on corral's JSON-RPC layer, over any transport.
+"""An MCP client (host side) on corral's JSON-RPC layer, over any transport: it speaks
+through a `jsonrpc.Peer` (`make_peer`) whose `send` is the transport's write (a stdio
+server's pipes, supervisor/mcpserver.py, or mcp/http.py).
 
-The transport seam: the client speaks through a `jsonrpc.Peer` (`make_peer`) whose `send`
-is the transport's write and whose `feed_line` the transport calls with every message from
-the server. For a supervised stdio server that is the process's stdin/stdout
-(supervisor/mcpserver.py); for a remote server it is `mcp/http.py` (Streamable HTTP or the
-legacy HTTP+SSE transport), which also needs the negotiated revision for its
-`MCP-Protocol-Version` header: `on_version` tells it. Everything MCP is here: the
-lifecycle, tools, resources, prompts, completion, roots, logging and task-augmented calls.
+Lifecycle, per revision (the official SDK's rules, `mcp/client/_probe.py`): 2026-07-28
+(stateless) `server/discover` first, then `_meta` on every request and no ping; older
+revisions `initialize`, then `notifications/initialized`. The probe gets a share of the
+start timeout to itself (slow starters take seconds); then `initialize` is sent on the
+same connection while the probe stays pending: a late discover answer still wins, and a
+server that meanwhile locked the connection to 2026-07-28 rejects `initialize` with
+-32022, which leads to one re-probe.
 
-Lifecycle, per revision (the official SDK's rules, `mcp/client/_probe.py`):
-- 2026-07-28 (stateless): `server/discover` first; every request then carries `_meta` with
-  the protocol version and client capabilities; there is no ping.
-- 2024-11-05 … 2025-11-25: `initialize` with version negotiation, then
-  `notifications/initialized`.
-The probe gets a share of the server's start timeout to itself (slow starters such as the
-SDK 2.x servers under `uvx` take seconds). If it is not answered by then, `initialize` is
-sent on the same connection while the probe stays pending: a late discover answer still
-wins, and a server that meanwhile locked the connection to 2026-07-28 rejects `initialize`
-with -32022, which is modern evidence and leads to one re-probe.
-
-Tool results are returned as the server sent them (`content`, `isError`,
-`structuredContent`, …); a `structuredContent` that breaks the tool's `outputSchema` is
-reported to the caller as an error result, not hidden.
-
-Sampling requests from a server are refused with a clear error: corral has no model of
-its own to sample from (docs/decisions.md). Elicitation is asked of a person through the
-inbox when the call was made for an agent's task, which gives the call an `Asker`
-(supervisor/tasks/elicitations.py, decision 680); any other call's is refused (2025-11-25)
-or declined (2026-07-28), as it always was.
+Sampling is refused: corral has no model of its own. Elicitation is asked of a person
+(through the inbox) when the call was made for an agent's task, which gives it an
+`Asker`; any other call's is refused (2025-11-25) or declined (2026-07-28).
 """
 
 from __future__ import annotations
@@ -129,9 +114,8 @@ class ServerSession(msgspec.Struct, frozen=True):
 
 
 class ServerNews(NamedTuple):
-    """What a client tells its owner of its server, given at the client's construction:
-    its log lines, and that its tools, resources or prompts changed (the notification's
-    method), or that a subscribed resource was updated (its uri and params)."""
+    """What a client tells its owner of its server: its log lines, that its lists
+    changed, or that a subscribed resource was updated."""
 
     log: Callable[[str], None]
     tools_changed: Callable[[], None]
@@ -140,10 +124,8 @@ class ServerNews(NamedTuple):
 
 
 class McpClient:
-    """Speaks MCP to one server over a Peer the owner feeds with the server's messages.
-
-    Create the Peer with `make_peer(send)`; it routes the server's requests and
-    notifications here and cancels abandoned requests with `notifications/cancelled`."""
+    """Speaks MCP to one server over the Peer `make_peer(send)` makes, which the owner
+    feeds with the server's messages."""
 
     def __init__(self, name: str, *, roots: list[str] | None = None,
                  log_level: str | None = None, news: ServerNews | None = None) -> None:
@@ -163,8 +145,7 @@ class McpClient:
         self.calls_in_flight = 0
         self._tokens = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
-        # the calls in flight whose callers asked for the server's log messages, each with
-        # its caller
+        # the calls in flight whose callers asked for the server's log messages
         self._logs: dict[Any, tuple[str | None, LogRelay]] = {}
         # the callers of every request made for one on this session (None: one corral
         # cannot name, such as an agent's task's step): a 2025-11-25 server's log
@@ -209,9 +190,8 @@ class McpClient:
             if self.stateless:  # capabilities a relay put there stand (request)
                 meta = {**self._meta(), **meta}
             if span is not None:
-                # the trace context of the call it is made for (a task's tool call): the
-                # keys the MCP revision 2026-07-28 reserves, understood by every revision's
-                # OpenTelemetry instrumentation (docs/tracing.md)
+                # the keys 2026-07-28 reserves, read by every revision's OpenTelemetry
+                # instrumentation (docs/tracing.md)
                 meta.update(span.meta)
             params = {**params, "_meta": meta}
         return params
@@ -219,12 +199,10 @@ class McpClient:
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
                       timeout: float | None, relay: InputRelay | None = None,
                       asker: Asker | None = None) -> Any:
-        """One request, with the revision's `_meta` where it needs one (`timeout` None: the
-        caller keeps the deadline). A 2026-07-28 result that asks for input
-        (`resultType: input_required`) is answered and the request sent again, with the
-        server's `requestState` as it was, up to MAX_INPUT_ROUNDS times; with a `relay`
-        whose caller can answer it, it is returned unanswered (relay.py); with an `asker`,
-        its elicitation is asked of it."""
+        """One request, with the revision's `_meta` (`timeout` None: the caller keeps the
+        deadline). A 2026-07-28 result that asks for input is answered and the request
+        sent again with the server's `requestState`, up to MAX_INPUT_ROUNDS times; one a
+        `relay`'s caller can answer is returned unanswered (relay.py)."""
         params = params or {}
         if asker is not None and self.stateless and relay is None:
             meta = dict(params.get("_meta") or {})
@@ -254,9 +232,8 @@ class McpClient:
 
     async def _inputs(self, method: str, asked: Any, asker: Asker | None = None
                       ) -> dict[str, Any]:
-        """The answers to a server's input requests: roots as configured, elicitation
-        asked of `asker` (a person, for a task's call), else declined (nobody to ask);
-        sampling, which has no way to decline, fails the request that asked for it."""
+        """The answers to a server's input requests: elicitation declined when there is
+        no `asker`; sampling, which has no way to decline, fails the request."""
         if not isinstance(asked, dict):
             raise RpcError(jsonrpc.INVALID_REQUEST,
                            f"{method}: MCP server {self.name} asked for input without "
@@ -282,14 +259,12 @@ class McpClient:
         assert self.peer is not None
         span = CURRENT.get()
         if span is not None and method == "tools/call":
-            # the id this request is about to be sent with (the peer numbers them in order,
-            # and nothing is awaited before it is sent): the span's jsonrpc.request.id
+            # the id it is about to be sent with (nothing is awaited before it is sent)
             span.request_id = getattr(self.peer, "_next_id", -1) + 1
             span.transport = self.network
         return await self.peer.request(method, self._with_meta(params), timeout=timeout)
 
     def session(self) -> ServerSession | None:
-        """The session to hand over; None before one was negotiated."""
         if self.version is None:
             return None
         return ServerSession(self.version, self.capabilities, self.server_info, self.instructions,
@@ -308,7 +283,6 @@ class McpClient:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, timeout: float) -> str:
-        """Negotiate a protocol version within `timeout`; returns it."""
         deadline = time.monotonic() + timeout
         patience = timeout * DISCOVER_SHARE
         for attempt in range(2):
@@ -356,7 +330,6 @@ class McpClient:
             if exc.code == MCP_UNSUPPORTED_VERSION and STATELESS in _supported_of(exc):
                 return _REPROBE  # refused, yet named as supported: once more
             if exc.code == MCP_UNSUPPORTED_VERSION and _supported_of(exc) \
-                    and STATELESS not in _supported_of(exc) \
                     and not any(v in LEGACY for v in _supported_of(exc)):
                 raise UnsupportedVersion(
                     f"server/discover: the server supports protocol versions "
@@ -466,11 +439,9 @@ class McpClient:
 
     def _listen(self) -> None:
         """A 2026-07-28 server says its lists changed only on a `subscriptions/listen`
-        stream (SEP-2575): one is opened for the kinds it says change (`listChanged`),
-        over a pipe, and forgotten at once: it lasts as long as the connection (across
-        `corral upgrade` too, the server keeping it), its notifications are handled as
-        any (`on_notification`), and it is no request in flight. A remote server's is
-        not opened: its stream would be one HTTP response held for ever."""
+        stream (SEP-2575): one is opened over a pipe and forgotten at once (it lasts as
+        long as the connection and is no request in flight). A remote server's is not
+        opened: its stream would be one HTTP response held for ever."""
         asked = {field: True for cap, field in LISTENED
                  if (self.capabilities.get(cap) or {}).get("listChanged")}
         if not asked or self.network != "pipe" or self.peer is None:
@@ -481,9 +452,7 @@ class McpClient:
         fut.add_done_callback(_forget)
 
     def liveness_request(self) -> tuple[str, dict[str, Any]]:
-        """The request that asks whether the server is there: `ping`; the stateless
-        revision has none, and `server/discover` (which a client may send at any time)
-        stands for it."""
+        """`ping`, or for the stateless revision (which has none) `server/discover`."""
         if self.stateless:
             return "server/discover", {"_meta": self._meta()}
         return "ping", {}
@@ -494,7 +463,6 @@ class McpClient:
 
     # -- lists ----------------------------------------------------------------------------
     async def list_all(self, method: str, key: str, timeout: float) -> list[dict[str, Any]]:
-        """Every page of a paginated list (`tools/list`, `resources/list`, …)."""
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
@@ -511,9 +479,8 @@ class McpClient:
 
     # -- tools ----------------------------------------------------------------------------
     async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
-        """All pages of tools/list; tools with names outside the spec are left out, and
-        a name listed twice is left out whole: a client would see one for the other
-        (DESIGN section 27: no shadowed names)."""
+        """Tools with names outside the spec are left out, and a name listed twice is left
+        out whole: a client would see one for the other."""
         tools: list[dict[str, Any]] = []
         badly_named: list[str] = []
         rejected: list[str] = []
@@ -557,13 +524,10 @@ class McpClient:
                         on_log: LogRelay | None = None, asker: Asker | None = None,
                         caller: str | None = None, key: str | None = None) -> Any:
         """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
-        `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
-        "required" are called as tasks and polled to their result. `relay`: the caller
-        answers the server's input requests (relay.py); `on_log`: it gets the server's
-        log messages of this call (logrelay.py); `asker`: a person answers its
-        elicitation (decision 680); `caller`: whose call it is (None: unnamed); `key`:
-        its idempotency key (IDEMPOTENCY_META in its `_meta`: a server that honours it
-        makes a call sent again under it once)."""
+        `tasks/cancel` for a tool whose `execution.taskSupport` is "required", called as a
+        task and polled). `on_log` gets the server's log messages of this call
+        (logrelay.py); `caller`: whose call it is (None: unnamed); `key`: its
+        idempotency key."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
@@ -688,9 +652,8 @@ class McpClient:
                                   relay=relay)
 
     async def subscribe(self, uri: str, timeout: float) -> None:
-        """Updates of `uri` from now on (notifications/resources/updated): asked by
-        `resources/subscribe`, or of a 2026-07-28 server (which has none) by a listen
-        stream of its own, opened as the list changes' is (`_listen`)."""
+        """`resources/subscribe`, or of a 2026-07-28 server (which has none) a listen
+        stream of its own, opened as `_listen` opens one."""
         if not self.stateless:
             self._callers.add(None)
             await self.request("resources/subscribe", {"uri": uri}, timeout=timeout)
@@ -736,7 +699,6 @@ class McpClient:
 
     # -- roots and logging ----------------------------------------------------------------
     def set_roots(self, roots: list[str]) -> None:
-        """New roots (a reload); the server is told they changed."""
         uris = [root_uri(r) for r in roots]
         if uris == self.roots:
             return
@@ -781,13 +743,10 @@ class McpClient:
                 caller(params)
 
     def _log_caller(self) -> LogRelay | None:
-        """The call a log message of the server's can only be of (logrelay.py): the one
-        in flight that asked for logs, when a 2026-07-28 server (which logs for no other)
-        has one. An older server logs for the session, and a call's work may outlive its
-        answer (a task between polls, a thread it left running), so a request in flight
-        alone says nothing of whose work logs: there the message is the call's only when
-        it is the one request in flight and every request made for a caller on the
-        session since it began was this caller's (decision 660)."""
+        """The call a log message of the server's can only be of: the one in flight that
+        asked for logs, for a 2026-07-28 server (which logs for no other). An older server
+        logs for the session, and a call's work may outlive its answer, so there it must
+        be the one request in flight and every caller on the session must be its own."""
         if len(self._logs) != 1:
             return None
         caller, relay = next(iter(self._logs.values()))
@@ -797,9 +756,8 @@ class McpClient:
         return relay
 
     def _asker(self) -> Asker | None:
-        """Who answers a 2025-11-25 server's elicitation/create, which names no call of
-        its own: the call in flight with an Asker, when it is the one request corral has
-        in flight to the server (else nobody can say whose it is: refused as before)."""
+        """Who answers a 2025-11-25 server's elicitation/create, which names no call: the
+        call with an Asker, when it is the one request in flight (else it is refused)."""
         if len(self._askers) != 1 or self.peer is None or self.peer.in_flight != 1:
             return None
         return next(iter(self._askers.values()))
@@ -831,7 +789,7 @@ def _offers_stateless(found: Any) -> bool:
 
 
 def _forget(fut: asyncio.Future[Any]) -> None:
-    """Retrieve a settled future's exception so it is not logged as never retrieved."""
+    """So that a settled future's exception is not logged as never retrieved."""
     if fut.done() and not fut.cancelled():
         with contextlib.suppress(BaseException):
             fut.exception()

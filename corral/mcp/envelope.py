@@ -2,10 +2,8 @@
 
 The stateless revision has no handshake: every request carries, in `params._meta`, the
 version it speaks and the client's capabilities, and over Streamable HTTP says its
-version, method and target again in headers (`MCP-Protocol-Version`, `Mcp-Method`,
-`Mcp-Name`) so that an intermediary can route it unread. A request that breaks this is
-refused here, with its own id, and with the HTTP status the revision gives each refusal
-(`Refusal.status`; stdio ignores it):
+version, method and target again in headers. A request that breaks this is refused here,
+with its own id and the HTTP status the revision gives each refusal:
 - no `_meta`, or one without the version or the client's capabilities: -32602, 400;
 - a header that does not say what the body says (or a missing `Mcp-Method`, or a missing
   `Mcp-Name` where the body names a tool, prompt, resource or task): -32020, 400;
@@ -50,7 +48,7 @@ _B64 = ("=?base64?", "?=")  # SEP-2243's form of a value that is not printable A
 
 class Mirror(NamedTuple):
     """What a Streamable HTTP request says of its body in headers, each None when
-    absent (stdio has no headers: no Mirror at all)."""
+    absent."""
 
     version: str | None
     method: str | None
@@ -66,7 +64,6 @@ class Refusal(NamedTuple):
 
 
 def meta_of(env: Envelope) -> dict[str, Any] | None:
-    """The request's `params._meta`, when it is an object."""
     if env.params is UNSET:
         return None
     try:
@@ -95,7 +92,6 @@ def stateless(env: Envelope, mirror: Mirror | None) -> bool:
 
 
 def check(env: Envelope, mirror: Mirror | None) -> Refusal | None:
-    """The refusal of a 2026-07-28 request for its envelope, or None."""
     assert isinstance(env.method, str)
     try:
         params = msgspec.json.decode(env.params) if env.params is not UNSET else {}

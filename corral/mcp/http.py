@@ -1,28 +1,15 @@
 """MCP over HTTP: the Streamable HTTP transport, and the legacy HTTP+SSE transport that
-older servers speak (found by the spec's backwards-compatibility procedure).
+older servers speak (found by the spec's backwards-compatibility procedure). It sits
+under a `jsonrpc.Peer`: `send` takes each message the Peer writes, and every message from
+the server goes to `feed`.
 
-The transport sits under a `jsonrpc.Peer` (see the seam in client.py): `send` takes each
-encoded message the Peer writes, and every message from the server goes to `feed`.
+Streamable HTTP: a 404 for a request with a session id means the session is gone
+(`on_lost`: the owner re-initializes); a response stream that ends before its response
+arrived is resumed with GET and `Last-Event-ID`. Legacy HTTP+SSE (2024-11-05): when the
+`initialize` POST fails with a 4xx, a GET opens an SSE stream whose first `endpoint`
+event names the URL to POST to.
 
-Streamable HTTP (revision 2025-03-26 and later):
-- every message is POSTed to the endpoint; the answer is `application/json`, an SSE stream
-  (`text/event-stream`, which may carry server requests and notifications before the
-  response), or 202 for notifications and responses;
-- the session id the server gives with the `initialize` answer (`Mcp-Session-Id`) is sent
-  with every later request, with `MCP-Protocol-Version` once negotiated; a 404 for a
-  request with a session id means the session is gone (`on_lost`: the owner
-  re-initializes);
-- a GET stream carries what the server sends outside any request; a stream that ends
-  before its response arrived is resumed with GET and `Last-Event-ID` after the server's
-  `retry` delay;
-- DELETE ends the session on close.
-
-Legacy HTTP+SSE (2024-11-05): when the `initialize` POST fails with a 4xx, a GET opens an
-SSE stream whose first `endpoint` event names the URL to POST to; every message from the
-server then comes on that stream.
-
-aiohttp is imported here; this module is loaded only when a remote server is configured,
-so a daemon without one does not load it.
+Loaded only when a remote server is configured: a daemon without one loads no aiohttp.
 """
 
 from __future__ import annotations
@@ -76,8 +63,7 @@ class _Target(msgspec.Struct):
 
 class _Head(msgspec.Struct):
     """What the transport needs to know of a message: is it a request, its id, and what
-    its headers say of it (2026-07-28: `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`, and the
-    version its `_meta` names)."""
+    its headers say of it."""
 
     id: jsonrpc.Id | None = None
     method: str | None = None
@@ -85,8 +71,7 @@ class _Head(msgspec.Struct):
 
     def mirrored(self, marks: ParamHeaders) -> dict[str, str]:
         """The headers that say the method, its target and its revision again, for
-        intermediaries (SEP-2243; a 2026-07-28 server requires them, an older one ignores
-        them)."""
+        intermediaries (SEP-2243; an older server ignores them)."""
         if self.method is None:
             return {}
         h = {METHOD_HEADER: self.method}
@@ -162,7 +147,6 @@ class HttpTransport:
 
     # -- the seam ---------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        """One message from the Peer (bytes ending in a newline)."""
         if self._closed:
             return
         head = _head.decode(data)
@@ -180,7 +164,6 @@ class HttpTransport:
 
     @property
     def protocol_version(self) -> str | None:
-        """The version its client negotiated (ParamHeaders.negotiated), None before."""
         return self.param_headers.protocol_version
 
     async def close(self) -> None:
@@ -188,10 +171,10 @@ class HttpTransport:
         if self._closed:
             return
         self._closed = True
-        for t in [*self._tasks, *([self._listener] if self._listener else [])]:
+        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, *([self._listener] if self._listener else []),
-                             return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         http = self._http
         if http is not None:
             if self.session_id is not None and not self.legacy:
@@ -240,7 +223,6 @@ class HttpTransport:
             self._start_listener()
 
     def _fail(self, head: _Head, message: str) -> None:
-        """Fail the request this message was (if it was one) with `message`."""
         if head.method is None or head.id is None:
             log.warning("%s: %s", self.name, message)
             return
@@ -303,9 +285,8 @@ class HttpTransport:
         await self._legacy_post(data)
 
     async def _fed_error(self, resp: aiohttp.ClientResponse, head: _Head) -> bool:
-        """Feed a 4xx answer that is this request's JSON-RPC error (2026-07-28 sends its
-        errors so); False when the answer is no JSON, or may be a legacy server's refusal
-        of `initialize`; any other JSON answer is the request's HttpError."""
+        """Feed a 4xx answer that is this request's JSON-RPC error; False when the answer
+        is no JSON, or may be a legacy server's refusal of `initialize`."""
         if head.id is None or resp.content_type != JSON:
             return False
         body = await _read_bounded(resp, self.max_message)
@@ -328,9 +309,8 @@ class HttpTransport:
         parser = sse.Parser(self.max_message)
         answered = await self._pump(resp, parser, head.id)
         if answered:
-            # the server ends the stream after the answer: read it to its end, so that the
-            # connection goes back to the pool (left unread, it would be closed, and every
-            # call would pay a new connection)
+            # read to its end, so that the connection goes back to the pool (left unread,
+            # it would be closed, and every call would pay a new connection)
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with asyncio.timeout(DRAIN_TIMEOUT):
                     await self._pump(resp, parser, None)
@@ -412,8 +392,7 @@ class HttpTransport:
             self.legacy = True
             self._legacy_endpoint = asyncio.get_running_loop().create_future()
             self._listener = asyncio.ensure_future(self._legacy_stream())
-        endpoint = await self._legacy_endpoint
-        self._post_url = endpoint
+        self._post_url = await self._legacy_endpoint
 
     async def _legacy_stream(self) -> None:
         assert self._legacy_endpoint is not None
@@ -457,7 +436,6 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 def _answers(data: bytes, rid: jsonrpc.Id) -> bool:
-    """Whether this message (or batch) is the response to request `rid`."""
     try:
         if data.lstrip()[:1] == b"[":
             return any(h.method is None and h.id == rid
@@ -497,6 +475,5 @@ def _error_text(resp: aiohttp.ClientResponse, raw: bytes) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text
+    return str(exc) or type(exc).__name__
 

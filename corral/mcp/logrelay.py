@@ -1,18 +1,11 @@
 """A server's log messages passed on to the client a call was made for.
 
-A gateway client that asked for log messages (a 2025-11-25 session by
-`logging/setLevel`, a 2026-07-28 request by `io.modelcontextprotocol/logLevel` in its
-`_meta`) gets the `notifications/message` a server sends during a tools/call it made, on
-that call's own stream, at its level or above. Nothing on the wire ties a log message to
-a request over a pipe (the SDKs set no related request id there), so the client of the
-server (client.py) gives one to a call only when no other could have caused it: on a
-2026-07-28 server, which logs only for a request that carried a logLevel, when exactly one
-such call is in flight on that session; on an older server, which logs for the session
-and whose calls' work may outlive their answers, when that call is the one request in
-flight on it and every request made for a caller on the session since it began was this
-caller's (client.py `_log_caller`). Any other message stays in corral's own log alone, as
-every one does: a message sent to the wrong client would leak what one caller's call did
-to another (decision 660).
+A gateway client that asked for log messages gets the `notifications/message` a server
+sends during a tools/call it made, on that call's own stream, at its level or above.
+Nothing on the wire ties a log message to a request over a pipe, so the client of the
+server gives one to a call only when no other could have caused it (client.py
+`_log_caller`). Any other message stays in corral's own log alone: a message sent to the
+wrong client would leak what one caller's call did to another.
 """
 
 from __future__ import annotations
@@ -35,8 +28,8 @@ class LogRelay:
         self.send = send
 
     def __call__(self, params: dict[str, Any]) -> None:
-        """A message of the server's, passed on when at the caller's level or above (one
-        of no level MCP names is not passed on)."""
+        """Passed on when at the caller's level or above (one of no level MCP names is
+        not)."""
         level = params.get("level")
         if level in LEVELS and LEVELS.index(level) >= LEVELS.index(self.level):
             self.send(params)

@@ -1,23 +1,16 @@
 """OAuth 2.1 for remote MCP servers, as the MCP authorization spec (2025-11-25) describes.
 
-Discovery, from the server's 401:
-- the protected-resource metadata (RFC 9728): the `resource_metadata` URL of the
-  `WWW-Authenticate` header, else `/.well-known/oauth-protected-resource/<path>`, then at
-  the root; its `resource` must name this server (RFC 8707), or corral refuses;
-- the authorization server's metadata (RFC 8414 / OpenID Discovery), tried in the spec's
-  order for an issuer with or without a path;
-- a server with no protected-resource metadata is a 2025-03-26 one: its origin is the
-  authorization server, with `/authorize`, `/token`, `/register` when it has no metadata.
+Discovery from the server's 401: the protected-resource metadata (RFC 9728), whose
+`resource` must name this server (RFC 8707), then the authorization server's metadata
+(RFC 8414 / OpenID Discovery) in the spec's order; a server with no protected-resource
+metadata is a 2025-03-26 one, its origin the authorization server.
 
-The client: a configured `oauth_client_id` (pre-registered), else a client id metadata
-document URL where the server supports one, else dynamic client registration (RFC 7591).
-Tokens: the authorization code grant with PKCE (S256), run once by `corral mcp login NAME`
-(the `authorize` callback shows the URL and waits for the redirect), or the client
-credentials grant for machine clients. Scopes: the challenge's `scope`, else the
-resource's `scopes_supported` (`offline_access` added where the authorization server
-lists it, for a refresh token). A 403 `insufficient_scope` asks once for the union of
-scopes (never in a loop). Tokens are kept in the state directory, mode 0600, and
-refreshed before they expire.
+The client: a configured `oauth_client_id`, else a client id metadata document URL where
+the server supports one, else dynamic client registration (RFC 7591). Tokens: the
+authorization code grant with PKCE (S256), run once by `corral mcp login NAME`, or the
+client credentials grant. A 403 `insufficient_scope` asks once for the union of scopes
+(never in a loop). Tokens are kept in the state directory, mode 0600, and refreshed
+before they expire.
 """
 
 from __future__ import annotations
@@ -44,7 +37,6 @@ from .http import Auth, HttpError
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFRESH_MARGIN = 60.0  # seconds before expiry at which a token is refreshed
 JSON_ACCEPT = {"Accept": "application/json"}
-
 
 
 class Redirect(msgspec.Struct, frozen=True):
@@ -407,12 +399,10 @@ class OAuth(Auth):
         return {"grant_type": "authorization_code", "code": got.code, "redirect_uri": redirect,
                 "code_verifier": verifier}
 
-
     def _check_iss(self, meta: dict[str, Any], got: Redirect) -> None:
-        """RFC 9207: a redirect that names an issuer must name the one asked, as it is
-        (no case folding, no trailing slash dropped); one that names none is refused where
-        the server said it always names itself. Else a code from another authorization
-        server (a mix-up attack) would be redeemed here."""
+        """RFC 9207: a redirect must name the issuer asked, as it is, or none where the
+        server does not say it always names itself: else a code from another
+        authorization server (a mix-up attack) would be redeemed here."""
         issuer = meta.get("issuer")
         if got.iss is not None and got.iss != issuer:
             raise HttpError(f"{self.name}: the authorization response names issuer "
@@ -424,7 +414,7 @@ class OAuth(Auth):
 
 def application_type(redirect_uri: str) -> str:
     """OpenID registration's application_type (SEP-837): "native" for a redirect to this
-    machine's loopback or to a private scheme (corral mcp login's listener), else "web"."""
+    machine's loopback or to a private scheme, else "web"."""
     parts = urlsplit(redirect_uri)
     if parts.scheme not in ("http", "https"):
         return "native"
@@ -445,8 +435,7 @@ def _origin(url: str) -> str:
 
 
 def _covers(resource: str, url: str) -> bool:
-    """Whether the resource identifier `resource` names the server at `url` (the same
-    origin, and a path that is the URL's or a parent of it)."""
+    """The same origin, and a path that is the URL's or a parent of it."""
     r, u = urlsplit(resource), urlsplit(url)
     if (r.scheme.lower(), r.netloc.lower()) != (u.scheme.lower(), u.netloc.lower()):
         return False

@@ -3,14 +3,8 @@
 A tool's `inputSchema` may mark a property with `x-mcp-header: NAME`; a Streamable HTTP
 client then sends that argument's value as the header `Mcp-Param-NAME` with every call of
 the tool, so that a gateway or load balancer can route on it without reading the body.
-The rules a definition must keep (else the client leaves that one tool out, and keeps the
-others): the name is a non-empty HTTP token, unique within the tool whatever its case,
-and the property is a string, an integer or a boolean. A value is sent as it is when it is
-printable ASCII without whitespace at its ends, else as `=?base64?…?=`; a null or missing
-argument sends no header.
-
-The transport (mcp/http.py) asks `ParamHeaders.headers` for each `tools/call`; the client
-(mcp/client.py) fills it from every `tools/list` it reads.
+A definition that breaks the rules (`designations`) is left out, alone. A null or
+missing argument sends no header.
 """
 
 from __future__ import annotations
@@ -73,9 +67,8 @@ def _text(value: Any) -> str | None:
 
 class ParamHeaders:
     """The header marks of one server's tools, as its last `tools/list` gave them, and
-    the protocol version its client negotiated (sent as a header with every request
-    after): what a client shares with its HTTP transport, given at the transport's
-    construction."""
+    the protocol version its client negotiated: what a client shares with its HTTP
+    transport."""
 
     def __init__(self) -> None:
         self._marks: dict[str, dict[str, str]] = {}

@@ -1,12 +1,10 @@
-"""Pins of tool definitions (DESIGN section 27, docs/security.md#tool-pins): the first time
-corral sees a server's tool, its definition — name, description, input schema,
-annotations — is pinned by digest; a later definition that differs ("rug pull": a
-description rewritten after it was trusted) blocks calls of that tool until a person
-approves the change, which pins the new one.
+"""Pins of tool definitions (docs/security.md#tool-pins): the first time corral sees a
+server's tool, its definition is pinned by digest; a later definition that differs ("rug
+pull": a description rewritten after it was trusted) blocks calls of that tool until a
+person approves the change, which pins the new one.
 
 The pins outlive the daemon and the server (a server whose tool changed between two
-starts is the case to catch): one JSON file in the state directory, written whole
-(atomically) at each change, which is rare — a first sight or an approval."""
+starts is the case to catch): one JSON file in the state directory, written whole."""
 
 from __future__ import annotations
 
@@ -45,7 +43,6 @@ def digest_of(definition: dict[str, Any]) -> str:
 
 
 def difference(was: dict[str, Any], now: dict[str, Any]) -> str:
-    """The change, as a unified diff of the two definitions' JSON, for a person."""
     def lines(d: dict[str, Any]) -> list[str]:
         return json.dumps(d, sort_keys=True, indent=2).splitlines()
 
@@ -54,8 +51,6 @@ def difference(was: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 class Drift(NamedTuple):
-    """A tool whose definition differs from its pin."""
-
     server: str
     tool: str
     pinned: Pin
@@ -73,7 +68,7 @@ class Drift(NamedTuple):
                 "one (corral approvals)")
 
     def subject(self) -> dict[str, Any]:
-        """What the person is shown: both definitions and the difference."""
+        """What the person is shown."""
         return {"was": self.pinned.definition, "now": self.now,
                 "diff": difference(self.pinned.definition, self.now),
                 "digest": self.digest}
@@ -101,11 +96,9 @@ class Pins:
         # server seen again says it again)
         self.drifted: dict[tuple[str, str], str] = {}
         # a listed definition's digest, by the identity of the dict a server's listing
-        # made (held here, so that no other object takes its id): every call of a tool
-        # is seen, and its canonical JSON and SHA-256 anew each time were a visible part
-        # of a gateway call's CPU (issue 77). A server's listing is never changed in place
-        # (the client keeps it as decoded; a new listing is new dicts), so a new
-        # definition is always hashed.
+        # made (held here, so that no other object takes its id): hashed anew at every
+        # call it was a visible part of a gateway call's CPU. A listing is never changed
+        # in place, so a new definition is always hashed.
         self._memo: dict[int, tuple[dict[str, Any], dict[str, Any], str]] = {}
         if path is not None:
             try:
@@ -140,7 +133,6 @@ class Pins:
         return definition, digest
 
     def approve(self, drift: Drift) -> None:
-        """A person approved the change: the new definition is the pin."""
         self._pin(drift.server, drift.tool, drift.digest, drift.now)
         self.drifted.pop((drift.server, drift.tool), None)
 

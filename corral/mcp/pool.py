@@ -1,13 +1,11 @@
 """The tool-server pool: MCP servers by name, their instances, and tool routing.
 
 Agents see tools as `SERVER__TOOL` and prompts as `SERVER__PROMPT`; resources keep
-their URIs and carry their `server`. A call is checked against the agent's allowlist
-(fnmatch patterns), then sent to the instance of the server with the fewest requests in
-flight (`scope = "shared"`), or to the calling replica's own instance
-(`scope = "per-agent"`). Servers start with the daemon (`start = "eager"`) or on first use
-(`"lazy"`). The instances themselves are supervised processes made by `factory` (the
-supervisor's McpServerReplica); this module knows them only by the Protocols below, so it
-depends on the wire layer and the MCP client alone.
+their URIs and carry their `server`. A call goes to the instance of the server with the
+fewest requests in flight (`scope = "shared"`), or to the calling replica's own instance
+(`scope = "per-agent"`). The instances are supervised processes made by `factory`, known
+here only by the Protocols below: this module depends on the wire layer and the MCP
+client alone.
 """
 
 from __future__ import annotations
@@ -118,15 +116,13 @@ class McpPool(Generic[Spec, Inst]):
                  pins: Pins | None = None) -> None:
         self.factory = factory
         self.wait_serving = wait_serving
-        # every tool's definition pinned at first sight; a drifted one is not listed and
-        # not called until a person approves it (pins.py)
+        # a drifted tool is not listed and not called until a person approves it
         self.pins = pins if pins is not None else Pins()
         self.servers: dict[str, ServerEntry[Spec, Inst]] = {}
         # (server, uri) -> subscriber -> listener
         self.subscriptions: dict[tuple[str, str], dict[str, ResourceListener]] = {}
         # told (server, "tools" | "resources" | "prompts") when a server's list changed
-        # (its notifications/*/list_changed; for tools, once corral has the new list):
-        # the supervisor puts it on its event stream
+        # (for tools, once corral has the new list)
         self.on_change: Callable[[str, str], None] | None = None
 
     # -- servers --------------------------------------------------------------------------
@@ -200,15 +196,13 @@ class McpPool(Generic[Spec, Inst]):
         if all(i.machine.never_started for i in candidates):  # cannot start
             raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is not serving: "
                                             f"{candidates[0].reason}")
-        ready: Inst = await self.wait_serving(candidates[0],
-                                                           entry.spec.start_timeout)
-        return ready
+        return await self.wait_serving(candidates[0], entry.spec.start_timeout)
 
     # -- listing across servers -----------------------------------------------------------
     async def _serving(self, owner: str | None, allow: list[str] | None, server: str | None,
                        unavailable: dict[str, str] | None) -> list[tuple[str, Inst]]:
-        """(name, instance) of every server some pattern could admit, started where lazy,
-        concurrently; servers that cannot serve are told in `unavailable` with the reason."""
+        """(name, instance) of every server some pattern could admit, started where lazy;
+        servers that cannot serve are told in `unavailable` with the reason."""
         entries = [self.server(server)] if server is not None else list(self.servers.values())
         entries = [e for e in entries
                    if allow is None or any(could_match(e.name, p) for p in allow)]
@@ -226,16 +220,15 @@ class McpPool(Generic[Spec, Inst]):
 
     async def extended(self, extension: str, owner: str | None, allow: list[str] | None,
                        server: str | None = None) -> list[tuple[str, Inst]]:
-        """(name, instance) of every server some pattern could admit whose capabilities
-        declare `extension` (as the skills of SEP-2640), started where lazy."""
+        """`_serving`'s servers whose capabilities declare `extension` (SEP-2640)."""
         return [(n, i) for n, i in await self._serving(owner, allow, server, None)
                 if extension in (i.client.capabilities.get("extensions") or {})]
 
     async def _list_each(self, kind: str, owner: str | None, allow: list[str] | None,
                          server: str | None, unavailable: dict[str, str] | None,
                          key: Callable[[str, dict[str, Any]], str]) -> list[dict[str, Any]]:
-        """resources, templates or prompts of every server (the server advertising the
-        capability), each item with its `server`, admitted by `allow` under `key`."""
+        """Each item of `kind` of every server, with its `server`, admitted by `allow`
+        under `key`."""
         capability = kind.split("/")[0]
         serving = [(n, i) for n, i in await self._serving(owner, allow, server, unavailable)
                    if capability in i.client.capabilities]
@@ -274,8 +267,7 @@ class McpPool(Generic[Spec, Inst]):
     async def list_tools(self, *, owner: str | None = None, allow: list[str] | None = None,
                          server: str | None = None,
                          unavailable: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """The tools as SERVER__TOOL (with `server`); servers that cannot serve are left
-        out and, when `unavailable` is given, named there with the reason."""
+        """The tools as SERVER__TOOL (with `server`)."""
         out: list[dict[str, Any]] = []
         for name, inst in await self._serving(owner, allow, server, unavailable):
             for tool in inst.client.tools:
@@ -296,13 +288,8 @@ class McpPool(Generic[Spec, Inst]):
                    relay: InputRelay | None = None, on_log: LogRelay | None = None,
                    asker: Asker | None = None, caller: str | None = None,
                    key: str | None = None) -> Any:
-        """Call a tool; the caller has checked its allowlist (tasks.py, for agents).
-        `key`: the call's idempotency key, the same on each attempt of its task (steps.py),
-        sent in its `_meta`.
-        `caller`: whose call it is, for the server's log messages (client.py `_log_caller`).
-        `relay`: the gateway's client answers the server's input requests (relay.py);
-        `on_log`: it gets the server's log messages of the call (logrelay.py);
-        `asker`: a person answers the server's elicitation (a task's call, decision 680)."""
+        """Call a tool; the caller has checked its allowlist (McpClient.call_tool says
+        the rest)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
         if entry is None:
@@ -328,7 +315,6 @@ class McpPool(Generic[Spec, Inst]):
                              allow: list[str] | None = None, server: str | None = None,
                              unavailable: dict[str, str] | None = None
                              ) -> list[dict[str, Any]]:
-        """Every page of every server's resources/list, each with its `server`."""
         return await self._list_each("resources", owner, allow, server, unavailable,
                                      lambda s, r: f"{s}{SEP}{r.get('uri')}")
 
@@ -351,8 +337,8 @@ class McpPool(Generic[Spec, Inst]):
     async def subscribe(self, server: str, uri: str, subscriber: str,
                         on_update: ResourceListener, *, owner: str | None = None,
                         allow: list[str] | None = None) -> None:
-        """Tell `on_update(server, uri, params)` of every notifications/resources/updated
-        for `uri` until `unsubscribe` (by the same `subscriber` name)."""
+        """`on_update` hears every update of `uri` until `unsubscribe` (by the same
+        `subscriber` name)."""
         entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
                                            owner, allow)
         if not (inst.client.capabilities.get("resources") or {}).get("subscribe"):
@@ -383,17 +369,15 @@ class McpPool(Generic[Spec, Inst]):
 
     def resubscribe(self, server: str, uri: str, subscriber: str,
                     on_update: ResourceListener) -> None:
-        """A subscription the server holds already (made before an upgrade, on a server
-        kept across it): listened to again, not asked for again."""
+        """A subscription the server holds already (across an upgrade): listened to
+        again, not asked for again."""
         self.subscriptions.setdefault((server, uri), {})[subscriber] = on_update
 
     def drop_subscriber(self, subscriber: str) -> None:
-        """Forget every subscription of one subscriber (an agent replica that exited)."""
         for key in [k for k, ls in self.subscriptions.items() if subscriber in ls]:
             self.subscriptions[key].pop(subscriber, None)
 
     def resource_updated(self, server: str, uri: str, params: dict[str, Any]) -> None:
-        """An instance of `server` said `uri` changed (instances call this)."""
         for listener in list(self.subscriptions.get((server, uri), {}).values()):
             listener(server, uri, params)
 
@@ -402,8 +386,8 @@ class McpPool(Generic[Spec, Inst]):
             self.list_changed(server, kind)
 
     def list_changed(self, server: str, kind: str) -> None:
-        """An instance of `server` said its `kind` list changed (instances call this), or
-        the server was added or removed."""
+        """An instance of `server` said its `kind` list changed, or the server came or
+        went."""
         if self.on_change is not None:
             self.on_change(server, kind)
 
@@ -411,7 +395,6 @@ class McpPool(Generic[Spec, Inst]):
     async def list_prompts(self, *, owner: str | None = None, allow: list[str] | None = None,
                            server: str | None = None,
                            unavailable: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Every server's prompts, named SERVER__PROMPT (with `server`)."""
         prompts = await self._list_each("prompts", owner, allow, server, unavailable,
                                         lambda s, p: f"{s}{SEP}{p.get('name')}")
         return [{**p, "name": f"{p['server']}{SEP}{p.get('name')}"} for p in prompts]
@@ -426,8 +409,8 @@ class McpPool(Generic[Spec, Inst]):
     async def complete(self, server: str, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None = None, *, owner: str | None = None,
                        allow: list[str] | None = None) -> Any:
-        """completion/complete for a prompt's (`ref/prompt`, name unqualified) or a resource
-        template's (`ref/resource`) argument."""
+        """completion/complete for a prompt's (name unqualified) or a resource template's
+        argument."""
         subject = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
         entry, inst = await self._admitted(server, "completion for",
                                            f"{server}{SEP}{subject}", owner, allow)
@@ -440,9 +423,7 @@ class McpPool(Generic[Spec, Inst]):
             for i in entry.all():
                 row = msgspec.structs.asdict(i.status())
                 row["instance"] = row.pop("replica")
-                # an agent's health checks, a plain program's STATUS= and a one-shot's
-                # clean end, a stop's mark, a drain, a sandbox's boundary: none here (a
-                # key left in would be a field McpInstanceStatus does not declare)
+                # (a key left in would be a field McpInstanceStatus does not declare)
                 for key in AGENT_ONLY:
                     row.pop(key, None)
                 row.update({

@@ -1,20 +1,11 @@
 """A server's request for input passed on to the client a call was made for.
 
 A 2026-07-28 server asks its client for input by answering a request with
-`resultType: input_required` (SEP-2322): `inputRequests` keyed by ids it minted, and a
-`requestState` to echo when the request is sent again with `inputResponses`. corral's
-MCP client answers those itself (client.py: roots as configured, elicitation declined,
-sampling refused: corral runs unattended). A call the gateway makes for a client that
-can answer them carries an `InputRelay`: that client's declared capabilities and its
-answers to the previous round. The server's `input_required` then comes back unanswered
-when the client declared every capability the requests need; else corral answers them
-as it does without a relay (a client that cannot answer gets what it would have got).
-The answers a relay carries are those the gateway let through: only to the requests it
-relayed with the state they came back with (daemon/relayseal.py `answered`).
-
-A call made for an agent's task carries none: it carries an Asker instead (client.py),
-and its elicitation is a question of the task in the inbox (supervisor/tasks/
-elicitations.py, decision 680).
+`resultType: input_required` (SEP-2322). corral's MCP client answers those itself. A call
+the gateway makes for a client that can answer them carries an `InputRelay`: that
+client's declared capabilities and its answers to the previous round. The server's
+`input_required` then comes back unanswered when the client declared every capability
+the requests need; else corral answers them as it does without a relay.
 """
 
 from __future__ import annotations
@@ -25,9 +16,9 @@ import msgspec
 
 INPUT_REQUIRED = "input_required"
 # the client capability each kind of input request a caller may answer needs. Not
-# roots/list: a server's roots are the operator's (`[mcp_servers.NAME] roots`), and a
-# gateway client's answer would widen what a filesystem server lets it reach; unless the
-# operator says the server's callers' roots are theirs (`relay_roots`, decision 661)
+# roots/list: a server's roots are the operator's, and a gateway client's answer would
+# widen what a filesystem server lets it reach; unless the operator says the server's
+# callers' roots are theirs (`relay_roots`)
 NEEDS = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling"}
 ROOTS = {"roots/list": "roots"}
 
@@ -58,12 +49,10 @@ class InputRelay(msgspec.Struct, frozen=True):
         return True
 
     def offered(self) -> dict[str, Any]:
-        """The caller's capabilities a server's input requests may use (relayed)."""
         return {c: self.capabilities[c] for c in self._needs().values()
                 if isinstance(self.capabilities.get(c), dict)}
 
     def params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """A request's params carrying this round's answers and the server's state."""
         out = {k: v for k, v in params.items()
                if k not in ("inputResponses", "requestState")}
         if self.input_responses is not None:
@@ -74,5 +63,4 @@ class InputRelay(msgspec.Struct, frozen=True):
 
 
 def asks_input(result: Any) -> bool:
-    """Whether a result is a 2026-07-28 server's request for input."""
     return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED

@@ -2,29 +2,18 @@
 
 One `GatewaySession` per MCP client, whatever carries its messages (stdio for
 `corral mcp serve`, Streamable HTTP in the daemon). The transport hands each incoming
-message to `receive` with a `reply` function that reaches the client in the context of
-that message (stdout; or the HTTP response / SSE stream of that POST); unsolicited
-notifications (`list_changed`) go to `push`, which the transport sets where it has a
-channel for them (stdout; the HTTP GET stream).
+message to `receive` with a `reply` that reaches the client in the context of that
+message; unsolicited notifications go to `push`, where the transport has a channel.
 
-Revisions, negotiated per client as the MCP client in client.py does from the other side:
-- 2024-11-05 … 2025-11-25: `initialize` picks the version (the client's when corral
-  speaks it, else the newest corral speaks), then `notifications/initialized`.
-- 2026-07-28 (stateless): `server/discover` answers what corral speaks; each request names
-  its version in `_meta`, and its result carries `resultType` (and, where the revision
-  requires them, the caching hints `ttlMs` and `cacheScope`). A request's envelope is
-  checked first, by each transport calling `screen` (envelope.py): a request without its
-  `_meta`, naming a version corral does not speak, or of a method the revision removed is
-  refused there. `subscriptions/listen` opens a stream of the notifications the client
-  asked for (`list_changed` of tools, resources, prompts), acknowledged first, each tagged
-  with the listen request's id; it lasts until the client cancels it or goes away.
+Revisions: 2024-11-05 … 2025-11-25 negotiate with `initialize`; to 2026-07-28
+(stateless) `server/discover` answers what corral speaks, each request names its
+version in `_meta` (checked first by the transport calling `screen`, envelope.py) and its
+result carries `resultType`. `subscriptions/listen` opens a stream of the list_changed
+notifications the client asked for, until it cancels it or goes away.
 
 What the session serves comes from a `Backend` (the daemon's pool, directly or through
-the control socket): tools, resources and prompts named `SERVER__NAME`, completion. The
-session owns progress (the client's `progressToken` is given back on every progress
-notification of its request) and cancellation (`notifications/cancelled` cancels the
-request's task, which cancels the upstream call; no response is sent for it, as the
-spec asks).
+the control socket), named `SERVER__NAME`. A cancelled request gets no response, as the
+spec asks.
 """
 
 from __future__ import annotations
@@ -95,26 +84,22 @@ class Backend(Protocol):
         ...
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
-        """Every item of a kind ("tools", "resources", "resourceTemplates", "prompts")
-        this client may see."""
+        """Every item of a kind this client may see."""
         ...
 
     async def forward(self, method: str, params: dict[str, Any],
                       on_progress: Progress | None, on_log: LogRelay | None = None) -> Any:
-        """A request for one upstream server (tools/call, resources/read, prompts/get,
-        completion/complete), checked against the client's allowlist; `on_log`: the
-        client gets the server's log messages of a tools/call (logrelay.py)."""
+        """A request for one upstream server, checked against the client's allowlist;
+        `on_log`: the client gets the server's log messages of a tools/call."""
         ...
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
-        """A request of the tasks extension (with the feature "tasks"): a tools/call of a
-        client that declared it (a CreateTaskResult for a tool that supports tasks, else
-        the tool's result), or tasks/get, tasks/update, tasks/cancel."""
+        """A request of the tasks extension (the feature "tasks"): a tools/call of a
+        client that declared it, or tasks/get, tasks/update, tasks/cancel."""
         ...
 
     async def subscribe(self, uri: str, on_update: Callable[[str], None]) -> None:
-        """`on_update(uri)` at each update of the resource (with the feature
-        "subscriptions"), until `unsubscribe`."""
+        """`on_update(uri)` at each update of the resource, until `unsubscribe`."""
         ...
 
     async def unsubscribe(self, uri: str) -> None:
@@ -128,27 +113,23 @@ class GatewaySession:
         self.push = push
         self.version: str | None = None  # negotiated by initialize (legacy revisions)
         self.initialized = False
-        # a 2025-11-25 client's, from initialize: its extensions, and what of a server's
-        # input requests it can be asked (askclient.py)
+        # a 2025-11-25 client's, from initialize
         self.extensions: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
         self.asks = PendingAsks(ask_wait)
-        # a 2025-11-25 client's, from logging/setLevel: it gets the log messages of its
-        # calls' servers at this level or above (logrelay.py)
+        # a 2025-11-25 client's, from logging/setLevel (logrelay.py)
         self.log_level: str | None = None
         self.subscribed: set[str] = set()  # its resources/subscribe URIs
         self._ending: set[asyncio.Task[Any]] = set()
         self.inflight: dict[Id, asyncio.Task[Any]] = {}
         self._cancelled: set[Id] = set()
-        # subscriptions/listen streams: the listen request's id -> (the list kinds it
-        # asked for, where its notifications go)
+        # subscriptions/listen streams by request id: (the kinds asked for, their channel)
         self.listening: dict[Id, tuple[frozenset[str], Reply]] = {}
 
     # -- what the transport calls ---------------------------------------------------------
     def screen(self, env: Envelope, mirror: Mirror | None) -> Refusal | None:
         """The refusal of a 2026-07-28 request for its envelope (envelope.py), or None;
-        `mirror`: what its HTTP headers said (None over stdio). A request of a 2025-11-25
-        session passes unless it names a version itself."""
+        `mirror`: what its HTTP headers said (None over stdio)."""
         if self.version is not None and (envelope.meta_of(env) or {}).get(META_VERSION) \
                 is None:
             return None
@@ -158,7 +139,7 @@ class GatewaySession:
 
     def receive(self, env: Envelope, reply: Reply) -> asyncio.Task[Any] | None:
         """Handle one incoming message; a request's answer goes to `reply`. Returns the
-        task answering a request that needs one (the HTTP transport waits for it)."""
+        task answering a request that needs one."""
         if env.jsonrpc != "2.0":
             if env.method is not UNSET and env.id is not UNSET and env.id is not None:
                 reply(ErrorResponse(env.id, RpcError(
@@ -193,8 +174,7 @@ class GatewaySession:
         return task
 
     def notify_changed(self, kinds: list[str]) -> None:
-        """The pool's lists changed: tell a client that has a channel for it (a
-        2025-11-25 session's, and each listen stream that asked for the kind)."""
+        """The pool's lists changed: tell a client that has a channel for it."""
         kinds = [k for k in kinds if k in CHANGED and k in self.backend.features]
         for rid, (wanted, reply) in list(self.listening.items()):
             for kind in kinds:
@@ -223,8 +203,7 @@ class GatewaySession:
 
     def may_ask(self, env: Envelope) -> bool:
         """Whether answering `env` may first mean asking the client (a server's input
-        request relayed to a 2025-11-25 session's client that can answer one), or telling
-        it a server's log messages (its session set a level): the transport then keeps a
+        request), or telling it a server's log messages: the transport then keeps a
         channel for it (HTTP: the POST's SSE stream)."""
         return (env.method in ASKING and self._askable()) or \
             (env.method == "tools/call" and self.version is not None
@@ -271,7 +250,6 @@ class GatewaySession:
             if task is not None and rid is not None:
                 self._cancelled.add(rid)
                 task.cancel()
-        # progress, roots/list_changed and anything else: nothing for corral to do
 
     def capabilities(self) -> dict[str, Any]:
         f = self.backend.features
@@ -290,11 +268,10 @@ class GatewaySession:
 
     def _extensions(self, caps: dict[str, Any]) -> dict[str, Any]:
         """`caps` with the tasks and skills extensions the backend serves (to a
-        2025-11-25 client only those it declared in initialize: an older client's schema
-        has no `extensions`)."""
+        2025-11-25 client only those it declared: an older client's schema has no
+        `extensions`)."""
         served = {TASKS: "tasks", SKILLS: "skills"}
-        # a skill's directories are read from its entry's files, whatever its server
-        # does (gatewayskills.py)
+        # (a skill's directories are read from its entry's files, gatewayskills.py)
         settings: dict[str, Any] = {SKILLS: {"directoryRead": True}}
         extensions: dict[str, Any] = {
             ext: settings.get(ext, {}) for ext, feature in served.items()
@@ -303,8 +280,8 @@ class GatewaySession:
         return {**caps, "extensions": extensions} if extensions else caps
 
     def _listen(self, rid: Id, params: dict[str, Any], reply: Reply) -> Awaitable[Any]:
-        """subscriptions/listen: acknowledged with the kinds corral will send of those
-        asked (the ones it serves), then each list_changed of them until cancelled."""
+        """subscriptions/listen: acknowledged with the kinds corral will send, then each
+        list_changed of them until cancelled."""
         meta = params.get("_meta")
         if not isinstance(meta, dict) or META_VERSION not in meta or self.version is not None:
             # a 2025-11-25 session has its GET stream instead: a listen held inside one
@@ -388,11 +365,9 @@ class GatewaySession:
         return self._forward(method, upstream, on_progress, stateless, reply, on_log)
 
     def _passed(self, meta: dict[str, Any] | None, stateless: bool) -> dict[str, Any]:
-        """What of the client's `_meta` the gateway reads: its W3C trace context (the
-        keys MCP 2026-07-28 reserves: the call's span is its child, and the upstream
-        server's spans join its trace, tracing.md), and its capabilities, which say
-        what it can answer of a server's input requests (relay.py): a 2026-07-28
-        request's own, a 2025-11-25 session's from initialize."""
+        """What of the client's `_meta` goes upstream: its W3C trace context, and its
+        capabilities (what it can answer of a server's input requests: a 2026-07-28
+        request's own, a 2025-11-25 session's from initialize)."""
         passed = {k: meta[k] for k in TRACE_KEYS if k in meta} \
             if meta and "traceparent" in meta else {}
         if stateless and meta and isinstance(meta.get(META_CAPABILITIES), dict):
@@ -402,8 +377,7 @@ class GatewaySession:
         return passed
 
     async def _subscription(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """resources/subscribe, resources/unsubscribe (2025-11-25): updates go to the
-        session's channel for what the server says unasked (HTTP: its GET stream)."""
+        """resources/subscribe, resources/unsubscribe (2025-11-25): updates go to `push`."""
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {method} needs a uri")
@@ -420,8 +394,7 @@ class GatewaySession:
             self.push(Notification("notifications/resources/updated", {"uri": uri}))
 
     def _declares_tasks(self, meta: dict[str, Any] | None) -> bool:
-        """Whether the client declared the tasks extension: in this request's client
-        capabilities, or in its session's initialize."""
+        """In this request's client capabilities, or in its session's initialize."""
         said = meta.get(META_CAPABILITIES) if meta else None
         extensions = said.get("extensions") if isinstance(said, dict) else None
         return TASKS in self.extensions or (isinstance(extensions, dict)
@@ -437,8 +410,7 @@ class GatewaySession:
                            stateless)
         while not stateless and self._askable() and _asks(result):
             # a 2025-11-25 client reads no input_required: it is asked each request on
-            # the call's channel, and the call goes again with its answers (the rounds
-            # are bounded by the gateway's seal, MAX_INPUT_ROUNDS)
+            # the call's channel, and the call goes again with its answers
             asked = msgspec.json.decode(result) if isinstance(result, msgspec.Raw) \
                 else result
             answers = await self.asks.ask(asked.get("inputRequests"), reply)
@@ -484,8 +456,7 @@ class GatewaySession:
 
 
 def needs_tasks(what: str) -> RpcError:
-    """MissingRequiredClientCapability for a request only a client of the tasks extension
-    may make."""
+    """For a request only a client of the tasks extension may make."""
     return RpcError(MISSING_CAPABILITY, f"missing required client capability: {what} needs "
                                         f"the {TASKS} extension",
                     {"requiredCapabilities": {"extensions": {TASKS: {}}}})

@@ -2,18 +2,15 @@
 the tools it pinned, and `search_tools` finds the rest by name and description.
 
 A host that puts every tool's description in every model request pays for hundreds of
-tools it does not use; with tool search it pays for one, and asks for what it needs.
-What the search looks in is the client's own list (its allowlist, its tenant's servers),
-handed in by the caller: the search sees nothing the client could not list. A tool it
-finds is called by its own name with `tools/call`, as any listed tool is.
+tools it does not use; with tool search it pays for one. What the search looks in is the
+client's own list, handed in by the caller: it sees nothing the client could not list.
 
 Ranking: each word of the query scores a tool where it is a word of the tool's name
 (4), part of its name (2), a word of its description or title (1), or part of one (0.5);
 ties go by name, so an answer is the same each time for the same list.
 
-A query is bounded (`MAX_QUERY` characters, `MAX_TERMS` words) before it is scored: the
-scoring runs on the daemon's event loop, and its cost is the list's size times the
-query's words, so that a gateway client's 200 KB query held every other request 7 s.
+A query is bounded before it is scored: the scoring runs on the daemon's event loop, and
+its cost is the list's size times the query's words.
 """
 
 from __future__ import annotations
@@ -85,7 +82,6 @@ def answer(tools: list[dict[str, Any]], arguments: dict[str, Any]) -> dict[str, 
 
 
 def search(tools: list[dict[str, Any]], terms: list[str]) -> list[dict[str, Any]]:
-    """The tools any of `terms` scores, best first."""
     scored = [(s, str(t.get("name")), t) for t in tools if (s := score(t, terms)) > 0]
     scored.sort(key=lambda x: (-x[0], x[1]))
     return [t for _, _, t in scored]
