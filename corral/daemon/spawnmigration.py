@@ -1,12 +1,10 @@
-"""The migration that carries spawn trees out of the step journal into the calls' tables
-(decision 619). Before, a spawn was a named step `spawn:KEY` of its parent task (its body
-the child's id and agent) and a child's depth and reach a step `corral/lineage` of its
-own; now a tree is one call of kind `spawn` (supervisor/tasks/spawntree.py): its id its
-root's, its input the root's reach, a row a spawn keyed by the parent's id and the key.
-A tree with a task still unfinished is carried, each row ended as its child's task row
-says (running while the child is unfinished or unknown: the next daemon ends it once it
-knows); a tree whose every task has ended is read by no one and is not. The steps are
-then deleted, with the results only they named."""
+"""The migration that carries spawn trees out of the step journal into the calls' tables.
+Before, a spawn was a named step `spawn:KEY` of its parent task and a child's depth and
+reach a step `corral/lineage` of its own; now a tree is one call of kind `spawn`
+(supervisor/tasks/spawntree.py), a row a spawn. A tree with a task still unfinished is
+carried, each row ended as its child's task row says; a tree whose every task has ended
+is read by no one and is not. The steps are then deleted, with the results only they
+named."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""SIGUSR1: what the daemon is waiting on, written to its log (corral.log, and stderr,
-hence the journal): every asyncio task's chain of awaits down to the future it waits
-for, and every thread's stack. A daemon that does not stop or does not answer is asked
-while it runs, without a debugger attached (the JVM's thread dump on SIGQUIT, Go's
-goroutine dump, are the models).
+"""SIGUSR1: what the daemon is waiting on, written to its log: every asyncio task's chain
+of awaits down to the future it waits for, and every thread's stack. A daemon that does
+not stop or does not answer is asked while it runs, without a debugger attached.
 
 Tasks with the same stack (one reader per replica, one per connection) are one line
 with their count; at most STACK_DUMP_LINES lines a dump, the rest counted in its last.

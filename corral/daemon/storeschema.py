@@ -77,9 +77,7 @@ MIGRATIONS: list[Migration] = [
         outcome TEXT NOT NULL
     );
     """,
-    # 2: the task journal. `seq` is the engine's acceptance order (the queue's tie-break);
-    # input, error, attempts and progress are JSON as the engine holds them; `output` is
-    # the worker's task/run result as it sent it ({"output": ...}).
+    # 2: the task journal; `output` is the worker's task/run result as it sent it
     """
     CREATE TABLE tasks (
         seq INTEGER PRIMARY KEY,
@@ -103,9 +101,8 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
     CREATE INDEX tasks_created ON tasks (created);
     """,
-    # 3: containment. An incarnation is one run of the daemon, committed before it starts
-    # anything and deleted at a clean shutdown; `processes` holds the record of each
-    # process it runs (containment.ProcessRecord as JSON), deleted at its exit.
+    # 3: containment: an incarnation is one run of the daemon, committed before it starts
+    # anything and deleted at a clean shutdown; the record of each process it runs
     """
     CREATE TABLE incarnations (
         owner TEXT PRIMARY KEY,
@@ -122,8 +119,8 @@ MIGRATIONS: list[Migration] = [
     """,
     # 4: agents' spec revisions and kept scale counts (revisions.py)
     REVISIONS_MIGRATION,
-    # 5: the task journal keyed by the task id (ids are unique across processes: UUIDv7);
-    # `arrival` is the order tasks were accepted in, across daemons (the old `seq`)
+    # 5: the task journal keyed by the task id; `arrival` is the order accepted, across
+    # daemons
     """
     CREATE TABLE tasks_by_id (
         id TEXT PRIMARY KEY,
@@ -157,9 +154,7 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX tasks_created ON tasks (created);
     """,
     # 6: the HTTP API's bearer tokens (tokens.py): a token's SHA-256, never the token;
-    # `scopes` a JSON list, `agents` a glob of the agent names it may see, `expires`
-    # unix time or NULL; and who asked, on audit rows ("token NAME", or NULL: a socket
-    # peer, whose uid and pid say it)
+    # and who asked, on audit rows ("token NAME", or NULL: a socket peer)
     """
     CREATE TABLE tokens (
         name TEXT PRIMARY KEY,
@@ -173,14 +168,12 @@ MIGRATIONS: list[Migration] = [
     """,
     # 7: the metrics history (history.py): samples, per-minute and per-hour roll-ups
     HISTORY_MIGRATION,
-    # 8: the usage a task's worker reported (usage/report; tasks/budget.py), JSON: the
-    # budgets' windows are rebuilt from it after a restart
+    # 8: the usage a task's worker reported: the budgets' windows are rebuilt from it
     """
     ALTER TABLE tasks ADD COLUMN usage BLOB;
     """,
-    # 9: tenants (daemon/tenantregistry.py): those added or changed at runtime
-    # (`declared`: a config tenant's table when it was changed, so that an edit of the
-    # file wins), the tenant of a token, and the caller's tenant on audit rows
+    # 9: tenants added or changed at runtime (`declared`: a config tenant's table when it
+    # was changed, so that an edit of the file wins); a token's and an audit row's tenant
     """
     CREATE TABLE runtime_tenants (
         name TEXT PRIMARY KEY,
@@ -191,9 +184,8 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE tokens ADD COLUMN tenant TEXT;
     ALTER TABLE audit ADD COLUMN tenant TEXT;
     """,
-    # 10: tasks' steps (steps.py, docs/durable.md): each result once by its content hash
-    # (`body`, or NULL and `ref`, a file of the state directory, past a size); a step is
-    # a task's tool call (seq from 1), a named step (seq 0) or its checkpoint (seq -1)
+    # 10: tasks' steps (steps.py): each result once by its content hash (`ref`: a file,
+    # past a size); a tool call (seq from 1), a named step (0) or the checkpoint (-1)
     """
     CREATE TABLE step_results (
         hash BLOB PRIMARY KEY,
@@ -212,17 +204,14 @@ MIGRATIONS: list[Migration] = [
     ) WITHOUT ROWID;
     CREATE INDEX steps_result ON steps (result);
     """,
-    # 11: a queued task's earliest start (a delay, a retry's backoff; wall time), and its
-    # own retry policy's outcomes (JSON; NULL: its agent's): taskjournal.py
+    # 11: a queued task's earliest start, and its own retry policy's outcomes
     """
     ALTER TABLE tasks ADD COLUMN not_before REAL;
     ALTER TABLE tasks ADD COLUMN retry_on TEXT;
     """,
-    # 12: workflow runs
-    # (daemon/workflows/runstore.py, docs/workflows.md), each with the definition it
-    # started on (JSON), and each step's row: a plain step's at item -1 with its task, a
-    # map step's at -1 (its state) and one per item (0...) with its task; a step's task
-    # id is written here before the task is submitted
+    # 12: workflow runs, each with the definition it started on, and each step's row (a
+    # map step's at -1, one per item from 0); a step's task id is written before the
+    # task is submitted
     """
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
@@ -249,9 +238,8 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, step, item)
     ) WITHOUT ROWID;
     """,
-    # 13: sessions (sessions.py, docs/durable.md#sessions): each live session of an
-    # agent, its state (JSON) and `gen`, the life of it its rows belong to (an ended
-    # session's name may begin another); the tasks of each, in the order accepted
+    # 13: sessions: each live session, its state and `gen`, the life of it its rows
+    # belong to (an ended session's name may begin another); the tasks of each
     """
     CREATE TABLE sessions (
         agent TEXT NOT NULL,
@@ -272,9 +260,8 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX session_tasks_of ON session_tasks (agent, session, gen);
     """,
-    # 14: definitions changed at runtime, a revision of a kind and name each (a workflow;
-    # a team): spec NULL is a removal (daemon/definitions.py); a run's revision of its
-    # workflow (NULL: the config file's) and the agents it may run, nested workflows' too
+    # 14: definitions changed at runtime (spec NULL: a removal; definitions.py); a run's
+    # revision of its workflow (NULL: the config file's) and the agents it may run
     """
     CREATE TABLE definitions (
         kind TEXT NOT NULL,
@@ -290,9 +277,8 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE runs ADD COLUMN revision INTEGER;
     ALTER TABLE runs ADD COLUMN agents TEXT;
     """,
-    # 15: teams' calls (daemon/teams/store.py, docs/teams.md), each with the definition
-    # it started on (JSON), and each step's row (the router's, a member's, the leader's, a
-    # leader's tool call) with its task, whose id is written here before it is submitted
+    # 15: teams' calls, each with the definition it started on, and each step's row, its
+    # task's id written before the task is submitted
     """
     CREATE TABLE team_calls (
         call_id TEXT PRIMARY KEY,
@@ -321,8 +307,7 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (call_id, key)
     ) WITHOUT ROWID;
     """,
-    # 16: schedules (daemon/schedules.py): each schedule's last fire time accounted for
-    # (fired or skipped), the task or run it started, its count, and whether it is paused
+    # 16: schedules: each one's last fire time accounted for (fired or skipped)
     """
     CREATE TABLE schedules (
         name TEXT PRIMARY KEY,
@@ -364,11 +349,8 @@ MIGRATIONS: list[Migration] = [
     DROP INDEX session_tasks_of;
     CREATE INDEX session_tasks_of ON session_tasks (tenant, agent, session, gen);
     """,
-    # 19: whose a workflow run is (its workflow's tenant when it started; NULL: of no one
-    # tenant, the operator's), and a definition's revision (its agents' tenant when it was
-    # made, no longer its maker's: a tenant's revisions were already). '?' marks the rows
-    # from before, told whose by the next daemon from the agents holding their names
-    # then (definitions.UNSTAMPED)
+    # 19: whose a workflow run and a definition's revision are (NULL: the operator's);
+    # '?' marks the rows from before, told whose by the next daemon (definitions.UNSTAMPED)
     """
     ALTER TABLE runs ADD COLUMN tenant TEXT DEFAULT '?';
     UPDATE definitions SET tenant = '?' WHERE tenant IS NULL;
@@ -398,17 +380,15 @@ MIGRATIONS: list[Migration] = [
     DROP TABLE revisions;
     ALTER TABLE revisions_of_tenants RENAME TO revisions;
     """,
-    # 21: whose an agent's metrics history row is (history.WRITTEN): its
-    # agent's tenant when sampled, so that a tenant taking a freed name is not shown its
-    # earlier holder's figures; rows from before read as the name's holder's now
+    # 21: whose an agent's metrics history row is: its agent's tenant when sampled, so
+    # that a tenant taking a freed name is not shown its earlier holder's figures
     f"""
     ALTER TABLE metrics_history ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
     UPDATE metrics_history SET tenant = {HOLDER.format(agent="metrics_history.agent")}
         WHERE agent != '';
     """,
     # 22: a task's options as its submitter asked, one JSON value (taskoptions.py) in
-    # place of the one column each option had: a row's own retry outcomes become its
-    # retry policy's (its retries were never kept apart from retries_left)
+    # place of a column each
     """
     ALTER TABLE tasks ADD COLUMN options BLOB;
     UPDATE tasks SET options = json_object('retry', json_object(
@@ -416,10 +396,8 @@ MIGRATIONS: list[Migration] = [
         WHERE retry_on IS NOT NULL AND json_valid(CAST(retry_on AS TEXT));
     ALTER TABLE tasks DROP COLUMN retry_on;
     """,
-    # 23: one durable engine (supervisor/durable/, daemon/calljournal.py): a workflow's
-    # runs and a team's calls are calls of a kind, kept in one pair of tables, their rows
-    # carried over (a team's step keyed by its key at item -1, a run's output its last
-    # step's as before; the agents a team's call may run read from its definition)
+    # 23: one durable engine (calljournal.py): a workflow's runs and a team's calls are
+    # calls of a kind, kept in one pair of tables, their rows carried over
     """
     CREATE TABLE calls (
         call_id TEXT PRIMARY KEY,
@@ -468,9 +446,7 @@ MIGRATIONS: list[Migration] = [
     DROP TABLE team_steps;
     DROP TABLE team_calls;
     """,
-    # 24: tasks' live output (outputjournal.py, docs/streams.md): a row a chunk, at its
-    # position (the attempt, and n from 1 within it); `truncated`: the stream's own word
-    # that a bound was reached
+    # 24: tasks' live output (outputjournal.py): a row a chunk, at its position
     """
     CREATE TABLE task_output (
         task_id TEXT NOT NULL,
@@ -481,9 +457,8 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (task_id, attempt, n)
     ) WITHOUT ROWID;
     """,
-    # 25: the inbox of asks (inboxjournal.py, docs/approvals.md): an approval or a
-    # question of a task, keyed within it by the call it holds; `outcome` NULL while it
-    # is pending, else how it ended, when, by whom and with what (`data`)
+    # 25: the inbox of asks (inboxjournal.py), keyed within a task by the call it holds;
+    # `outcome` NULL while it is pending
     """
     CREATE TABLE asks (
         id TEXT PRIMARY KEY,
@@ -504,9 +479,8 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX asks_pending ON asks (created) WHERE outcome IS NULL;
     """,
-    # workflow runs' signals (daemon/workflows/signals.py): kept before they are
-    # answered, each taken by the step row it became the output of (`taken_by`, that
-    # row's id); `key`: the sender's, a second send of which is the first
+    # workflow runs' signals (workflows/signals.py), each taken by the step row it became
+    # the output of; `key`: the sender's, a second send of which is the first
     """
     CREATE TABLE call_signals (
         call_id TEXT NOT NULL,
@@ -524,9 +498,8 @@ MIGRATIONS: list[Migration] = [
     # spawn trees are durable calls (supervisor/tasks/spawntree.py): carried out of the
     # step journal into the calls' tables (spawnmigration.py)
     carry_spawn_trees,
-    # submissions' idempotency keys (corral/taskkeys.py), each its tenant's, written in
-    # the transaction of its task's first row (taskjournal.py); `tenant` '' for none.
-    # The indexes: a tenant's keys counted against its bound, the old ones pruned
+    # submissions' idempotency keys (corral/taskkeys.py), written in the transaction of
+    # their task's first row; `tenant` '' for none
     """
     CREATE TABLE idempotency_keys (
         tenant TEXT NOT NULL,

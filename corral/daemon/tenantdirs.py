@@ -1,13 +1,11 @@
-"""Each tenant's log directory (docs/tenants.md, decision 111): `LOG_DIR/tenants/T/`,
-owned by the tenant's user, mode 0700, holding the log files of the tenant's agents and
-MCP servers that run as that user.
+"""Each tenant's log directory (docs/tenants.md): `LOG_DIR/tenants/T/`, owned by the
+tenant's user, mode 0700, holding the log files of the tenant's processes that run as
+that user: corral (root) writes them, the tenant's user may list them, no other tenant's
+user may enter it.
 
-A source's place is asked when its file is opened (LogHub.locate), from its spec and its
-tenant's as they are then; the directory is made (and its owner set) there, so a tenant
-whose user changes has its directory handed over. A process that runs as another user
-(its own `user`, or a tenant without one) logs to LOG_DIR as before. corral itself (root)
-writes the files; the tenant's user may list its directory, no other tenant's user may
-enter it.
+A source's place is asked when its file is opened, from its spec and its tenant's as they
+are then; the directory is made (and its owner set) there, so a tenant whose user changes
+has its directory handed over.
 """
 
 from __future__ import annotations

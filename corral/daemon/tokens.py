@@ -1,11 +1,9 @@
-"""Bearer tokens of the HTTP API (DESIGN section 7): random, shown once, kept as a hash.
+"""Bearer tokens of the HTTP API: random, shown once, kept as a hash.
 
-A token is `crl_` and `secrets.token_urlsafe(32)`; the state database keeps its SHA-256
-(the `tokens` table, store migration 6), its name, scopes, optional agent glob and expiry.
 A fast hash is enough: the secret has 256 bits of entropy, so there is nothing for a slow
 hash to protect against, and every HTTP request checks one. The table is read once into
-memory; every change goes through `Tokens`, committed before it is answered, so the
-memory and the database never disagree about a revoked token.
+memory; every change is committed before it is answered, so the memory and the database
+never disagree about a revoked token.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from .sqlwrites import statement
 from .store import StateStore
 
 PREFIX = "crl_"
+
 
 class Token(msgspec.Struct, frozen=True):
     name: str
@@ -53,7 +52,7 @@ class TokenRevoked(NamedTuple):
 
 class Tokens:
     """The tokens of one state database, in memory by hash; each revocation told on the
-    store's stream (the daemon's: the engine's) as TokenRevoked."""
+    store's stream as TokenRevoked."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -142,8 +141,7 @@ _OF: weakref.WeakKeyDictionary[StateStore, Tokens] = weakref.WeakKeyDictionary()
 
 
 def tokens_of(store: StateStore) -> Tokens:
-    """The one `Tokens` of a state database, made on first use (the services have no
-    field for it: the HTTP server and the handlers both reach it through the store)."""
+    """The one `Tokens` of a state database, made on first use."""
     tokens = _OF.get(store)
     if tokens is None:
         tokens = _OF[store] = Tokens(store)

@@ -18,14 +18,11 @@ from ..methods import SpanView
 from ..statefiles import check_database, make_dir, open_file
 from ..supervisor.tracing import bounded, expand
 
-# a row a batch of records (supervisor/tracing.py: a task and its attempts, or a tool
-# call), the frame as the pipe brought it (msgpack), made its spans when read (`of_task`);
-# and a row a key and batch that holds records of tasks of that key, what a read looks
-# up: a UUIDv7 task id's key is its first 13 characters, the millisecond it was made in
-# (any other id is its own key), so that a batch of tasks made together is a few index
-# rows, not a row a task (decision 429; a row a record cost the exporter twice a task's
-# index row, decision 360). `spans`: the spans stored up to this batch's, what
-# `keep_spans` bounds; `written`: when it was stored, what `keep_days` bounds.
+# a row a batch of records, the frame as the pipe brought it, made its spans when read;
+# and a row a key and batch that holds records of tasks of that key: a UUIDv7 task id's
+# key is the millisecond it was made in (any other id is its own key), so that a batch
+# of tasks made together is a few index rows, not a row a task. `spans`: the spans
+# stored up to this batch's, what `keep_spans` bounds.
 SCHEMA = """
 DROP TABLE IF EXISTS spans;
 DROP TABLE IF EXISTS records;
@@ -36,7 +33,7 @@ CREATE TABLE IF NOT EXISTS batch_keys (
     key TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (key, batch)
 ) WITHOUT ROWID;
 """
-# a store indexed a row a task (before decision 429): its batches have no keys; dropped
+# a store indexed a row a task (an older corral's): its batches have no keys; dropped
 OLD_INDEX = "DROP TABLE IF EXISTS batch_tasks; DELETE FROM batches;"
 
 
@@ -52,6 +49,7 @@ def _schema(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
     if old:
         db.executescript(OLD_INDEX)
+
 
 KINDS = {1: "internal", 2: "server", 3: "client"}
 CUT_PAST = 4096  # bytes of a record past which its texts are cut before it is stored
@@ -107,12 +105,11 @@ class TraceStore:
 
 
 def create(path: Path) -> None:
-    """The store's tables, before its writer starts (a read finds them at once); its
-    directory made as the state database's is (tracing starts before that is opened)."""
+    """The store's tables, before its writer starts (a read finds them at once)."""
     make_dir(path.parent)
-    # the daemon's alone, as the state database is: it holds every tenant's task errors,
-    # agent and tool names (SQLite makes its -wal and -shm of the file's mode; a store
-    # made before this was 0644); none of its files a link (chmod and SQLite follow one)
+    # the daemon's alone, as the state database is: it holds every tenant's task errors
+    # (a store made by an older corral was 0644); none of its files a link (chmod and
+    # SQLite follow one)
     check_database(path)
     os.close(open_file(path, os.O_RDWR | os.O_CREAT))
     for made in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
