@@ -69,10 +69,6 @@ def _json(text: str, option: str) -> Any:
         raise click.UsageError(f"{option}: not JSON: {exc}{hint}") from None
 
 
-def _decide(obj: Ctx, p: m.ApprovalsResolve, as_json: bool) -> None:
-    _shown(obj.call(p), as_json)
-
-
 @approvals.command("approve", help=doc(m.ApprovalsResolve),
                    short_help="Approve a held call: it runs (with --args, with those).")
 @click.argument("ask_id")
@@ -84,8 +80,8 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
     edited = _json(arguments, "--args") if arguments is not None else None
     if edited is not None and not isinstance(edited, dict):
         raise click.UsageError("--args: the arguments are a JSON object")
-    _decide(obj, m.ApprovalsResolve(id=ask_id, decision="approved", arguments=edited),
-            as_json)
+    _shown(obj.call(m.ApprovalsResolve(id=ask_id, decision="approved", arguments=edited)),
+           as_json)
 
 
 @approvals.command("deny", help=doc(m.ApprovalsResolve),
@@ -95,7 +91,7 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
 @json_option
 @pass_ctx
 def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> None:
-    _decide(obj, m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason), as_json)
+    _shown(obj.call(m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason)), as_json)
 
 
 @approvals.command("answer", help=doc(m.ApprovalsResolve),
@@ -106,8 +102,8 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
 @json_option
 @pass_ctx
 def approvals_answer(obj: Ctx, ask_id: str, data: str, as_json: bool) -> None:
-    _decide(obj, m.ApprovalsResolve(id=ask_id, decision="answered",
-                                    answer=_json(data, "--data")), as_json)
+    _shown(obj.call(m.ApprovalsResolve(id=ask_id, decision="answered",
+                                       answer=_json(data, "--data"))), as_json)
 
 
 @command(m.ApprovalsWatch, more="\n\nOne line each: the ask, then `pending` or how it "

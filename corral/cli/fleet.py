@@ -69,14 +69,18 @@ def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
         click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
 
 
+def _target(target: str) -> tuple[str, int | None]:
+    try:
+        return m.parse_target(target)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+
+
 def _pause_command(declared: type[m.AgentsPause | m.AgentsResume]) -> None:
     """`corral pause|resume NAME[#N]`: one shape, two control methods."""
 
     def run(obj: Ctx, target: str, as_json: bool) -> None:
-        try:
-            name, index = m.parse_target(target)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+        name, index = _target(target)
         res: m.PauseResult | None = obj.call_json(declared(name=name, replica=index), as_json)
         if res is None:
             return
@@ -98,10 +102,7 @@ for _paused in (m.AgentsPause, m.AgentsResume):
 @click.argument("target", shell_complete=complete_agents)
 @pass_ctx
 def pid(obj: Ctx, target: str) -> None:
-    try:
-        name, index = m.parse_target(target)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+    name, index = _target(target)
     st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=[name]))
     reps = [a for a in st.agents if index is None or a.replica == index]
     if index is not None and not reps:

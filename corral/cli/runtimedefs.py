@@ -58,7 +58,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     """The kind's runtime commands (`corral workflows add`...), each the front of its
     method (the declarations name them)."""
 
-
     @command(verbs.add, more=f"\n\nFILE holds [{section}.NAME] tables (TOML, as the config "
              "file writes them; or JSON, with .json).")
     @click.argument("file", type=click.Path(dir_okay=False))

@@ -38,17 +38,14 @@ def _show(s: m.ScheduleEntry, as_json: bool) -> None:
     click.echo(f"schedule {s.name}: {state}")
 
 
-@command(m.SchedulesPause)
-@click.argument("name")
-@json_option
-@pass_ctx
-def schedules_pause(obj: Ctx, name: str, as_json: bool) -> None:
-    _show(obj.call(m.SchedulesPause(name=name)), as_json)
+def _verb(declared: type[m.SchedulesPause | m.SchedulesResume]) -> None:
+    @command(declared)
+    @click.argument("name")
+    @json_option
+    @pass_ctx
+    def verb(obj: Ctx, name: str, as_json: bool) -> None:
+        _show(obj.call(declared(name=name)), as_json)
 
 
-@command(m.SchedulesResume)
-@click.argument("name")
-@json_option
-@pass_ctx
-def schedules_resume(obj: Ctx, name: str, as_json: bool) -> None:
-    _show(obj.call(m.SchedulesResume(name=name)), as_json)
+for _declared in (m.SchedulesPause, m.SchedulesResume):
+    _verb(_declared)

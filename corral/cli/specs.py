@@ -74,6 +74,13 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
                    + (f" (pid {r.pid})" if r.pid else ""))
 
 
+def _env(pairs: tuple[str, ...]) -> dict[str, str]:
+    split = [e.split("=", 1) for e in pairs]
+    if any(len(p) != 2 for p in split):
+        raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+    return dict(split)
+
+
 def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
     import tomllib
     from pathlib import Path
@@ -151,10 +158,7 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         if ready is not None:
             table["ready"] = ready
         if env:
-            pairs = [e.split("=", 1) for e in env]
-            if any(len(p) != 2 for p in pairs):
-                raise click.BadParameter("use KEY=VALUE", param_hint="--env")
-            table["env"] = dict(pairs)
+            table["env"] = _env(env)
         agents = {name: table}
     res: m.AddResult = obj.call(m.AgentsAdd(agents=agents, check=not no_check, cluster=cluster))
     click.echo(f"added: {', '.join(res.added)}")
@@ -202,14 +206,10 @@ def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
     if replicas is not None:
         patch["replicas"] = replicas
     if env or unset_env:
-        pairs = [e.split("=", 1) for e in env]
-        if any(len(p) != 2 for p in pairs):
-            raise click.BadParameter("use KEY=VALUE", param_hint="--env")
-        patch.setdefault("env", {}).update({**dict(pairs), **dict.fromkeys(unset_env)})
+        patch.setdefault("env", {}).update({**_env(env), **dict.fromkeys(unset_env)})
     if not patch:
         raise click.UsageError("nothing to change: give --command, --replicas, --env, "
                                "--unset-env or --set")
-    res: m.UpdateResult = obj.call(m.AgentsUpdate(name=name, set=patch,
-                                                                   check=not no_check))
+    res: m.UpdateResult = obj.call(m.AgentsUpdate(name=name, set=patch, check=not no_check))
     click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                               if res.revision is not None else res.change))

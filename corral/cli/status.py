@@ -55,8 +55,7 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
                                    "watch instead")
         _watch(obj, names, as_json)
         return
-    st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=list(names),
-                                                                         tenant=tenant))
+    st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=list(names), tenant=tenant))
     nodes: m.NodesResult | None = obj.call(m.NodesList()) if cluster else None
     # a one-shot that exited cleanly (done) did its work: not down as a failure is
     down = any(a.state not in RUNNING_STATES and not a.done for a in st.agents)

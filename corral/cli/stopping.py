@@ -54,8 +54,7 @@ def shutdown(client: Client, *, now: bool, wait: bool) -> None:
             with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(pid)
         try:
-            res: m.Stopping = client.ask(m.DaemonShutdown(wait=wait,
-                                                                               now=now))
+            res: m.Stopping = client.ask(m.DaemonShutdown(wait=wait, now=now))
         except Unreachable:
             # it went before it could answer: what it drained is in its log
             res = m.Stopping(stopping=True)

@@ -34,16 +34,13 @@ def upgrade(obj: Ctx, python: str | None, pythonpath: str | None, no_wait: bool,
             report: bool, as_json: bool) -> None:
     began: m.UpgradeReport = obj.call(m.DaemonUpgrade(
         python=python, pythonpath=pythonpath, report=report), wait_forever=True)
-    if report:
-        print_json(began) if as_json else click.echo(said(began))
-        return
-    if not no_wait:
+    if not (report or no_wait):
         began = wait_for(obj, began)
     if as_json:
         print_json(began)
     else:
         click.echo(said(began))
-    if began.state not in ("done", "handing_over"):
+    if not report and began.state not in ("done", "handing_over"):
         sys.exit(EXIT_FAILED)
 
 

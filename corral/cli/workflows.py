@@ -155,8 +155,7 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
                    f"{_took(g.started, g.ended)}{task}{extra}"
                    + (f"  ({g.error})" if g.error else ""))
         if g.run_id is not None and obj is not None and depth < NESTED_SHOWN:
-            child: m.RunView = obj.call(m.RunsGet(run_id=g.run_id, limit=0,
-                                                              outputs=False))
+            child: m.RunView = obj.call(m.RunsGet(run_id=g.run_id, limit=0, outputs=False))
             _steps(child, bar, obj, depth + 1)
         if obj is None or not any(k != "succeeded" for k in g.items):
             continue
