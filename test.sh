@@ -33,6 +33,16 @@ echo "== ruff"
 # core, which the installs and the tests' collection want (the set-up is short of cores:
 # bench/RESULTS.md); its verdict is read after the tests' and fails the run as before
 echo "== mypy (beside the rest: its report after the tests')"
+# its cache kept once per machine, as the test modules' byte code is (below): a fresh
+# clone's check was 18-30 s of a core, nearly all of it the modules no commit changed.
+# mypy takes a module from its cache only where the source's hash, its options and
+# mypy's own version are the ones it was checked with (a clone's new mtimes and paths
+# make it hash each source), and checks again whatever they reach that changed
+. scripts/kept.sh
+mypy_kept="$CORRAL_KEPT/mypy-cache"
+if [ ! -d .mypy_cache ] && [ -d "$mypy_kept" ]; then
+    cp -r "$mypy_kept" .mypy_cache || rm -rf .mypy_cache
+fi
 typecheck=$(mktemp)
 nice -n 10 .venv/bin/mypy >"$typecheck" 2>&1 &
 mypy=$!
@@ -52,8 +62,7 @@ collect() {  # collect FILE...: their modules compiled, their collection said no
 }
 # where a clone of the same tests ran here before, pytest's rewritten modules are found
 # kept under their sources' bytes (scripts/kept_pycs.py, decision 1005): the collection
-# then compiles only the installed packages its imports reach
-. scripts/kept.sh  # (where the store is: CORRAL_KEPT)
+# then compiles only the installed packages its imports reach (the store: CORRAL_KEPT, above)
 .venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs" || true
 halves=$(find tests -name 'test_*.py' | sort)
 # shellcheck disable=SC2046
@@ -96,5 +105,10 @@ mypy=""
 cat "$typecheck"
 if [ "$typed" -ne 0 ]; then
     status=1
+else
+    # what this check left, kept for the next clone's (a kept one replaced whole, by a
+    # rename: a clone copying it meanwhile reads the files it opened to their end)
+    mkdir -p "$CORRAL_KEPT" && kept_tmp=$(mktemp -d "$mypy_kept.XXXXXX") && cp -r .mypy_cache/. "$kept_tmp" &&
+        rm -rf "$mypy_kept" && mv -T "$kept_tmp" "$mypy_kept" || rm -rf "${kept_tmp:-}"
 fi
 exit "$status"
