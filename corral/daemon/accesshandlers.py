@@ -1,6 +1,5 @@
 """Who may call: the HTTP API's tokens created, listed and revoked, and the dashboard's
-one-time login links (corral.methods.access). They take the state store (the tokens), the
-tenants' quotas, and the web parts alone (`AccessServices`)."""
+one-time login links (corral.methods.access)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.quotas import Tenancy
 from .api import Commands
 from .caller import Caller, Channel
-from .services import Logins, Services, Web
+from .services import Services, Web
 from .store import StateStore
 from .tokens import Token, tokens_of
 
@@ -24,10 +23,6 @@ class AccessServices(msgspec.Struct, frozen=True):
     quotas: Tenancy  # the tenants there are: a token names one
     web: Web  # the dashboard's logins, once [http] serves it
     extras: Callable[[], list[m.ExtraStatus]]  # whether the HTTP server serves
-
-    @property
-    def ui(self) -> Logins | None:
-        return self.web.logins
 
 
 def access_services(d: Services) -> AccessServices:
@@ -69,7 +64,8 @@ async def tokens_revoke(d: AccessServices, p: m.TokensRevoke, caller: Caller, c:
 @implements(m.UiLogin)
 async def ui_login(d: AccessServices, p: m.UiLogin, caller: Caller, c: Channel
                    ) -> m.UiLoginResult:
-    if d.ui is not None and not d.ui.url:
+    ui = d.web.logins
+    if ui is not None and not ui.url:
         # configured, but not serving (its port taken, as by another daemon's dashboard):
         # a link to its address would log in to whatever answers there
         down = next((e for e in d.extras() if e.name == "HTTP server" and not e.serving),
@@ -79,9 +75,9 @@ async def ui_login(d: AccessServices, p: m.UiLogin, caller: Caller, c: Channel
         raise RpcError(jsonrpc.UNAVAILABLE, f"the dashboard's HTTP server{where} is not "
                        f"serving{why}; it is tried again with backoff: free that address, "
                        "or give [http] listen another and restart the daemon")
-    if d.ui is None:
+    if ui is None:
         raise RpcError(jsonrpc.CONFLICT, "the dashboard is served by the HTTP server, and "
                                          "this daemon has none: set [http] listen")
-    code, expires = d.ui.issue(caller)
+    code, expires = ui.issue(caller)
     path = f"/ui/login?code={code}"
-    return m.UiLoginResult(code=code, path=path, url=d.ui.url + path, expires=expires)
+    return m.UiLoginResult(code=code, path=path, url=ui.url + path, expires=expires)

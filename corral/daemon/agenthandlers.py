@@ -1,7 +1,5 @@
-"""The agents methods' handlers (corral.methods.agents): the replicas' state, start, stop,
-restart, signal, pause and resume; an agent described, added, removed, scaled, changed
-and rolled back, with its revisions; the fleet watched. They take the agents' services
-alone (`AgentServices`)."""
+"""The agents methods' handlers (corral.methods.agents): the replicas' lifecycle, an
+agent's spec and revisions, the fleet watched. They take the agents' services alone."""
 
 from __future__ import annotations
 
@@ -87,7 +85,6 @@ def owner_of(d: Owners, kind: str, name: str) -> str | None:
     return SHARED if spec.shared else spec.tenant
 
 
-
 COMMANDS: Commands[Services, AgentServices] = Commands(agent_services)
 implements = COMMANDS.implements
 
@@ -125,8 +122,7 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
 async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     placed = d.cluster.slots
-    # a cluster agent with no slot on this node is named all the same: its slots are
-    # elsewhere
+    # a cluster agent with no slot on this node is named all the same: its slots are elsewhere
     agents = ([d.agents.agent(n) for n in p.names if n in d.agents or n not in placed]
               if p.names else list(d.agents.values()))
     slots = {n: [s.split("/", 1)[0] if s else None for s in placed[n]]
@@ -137,14 +133,12 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
             raise jsonrpc.not_found("tenant", p.tenant)
         agents = [a for a in agents if a.spec.tenant == p.tenant]
         slots = {n: v for n, v in slots.items() if owner_of(d, "agent", n) == p.tenant}
-        # the servers the tenant's own callers see (Caller.sees_server): the operator's
-        # view of a tenant is the tenant's view
+        # the operator's view of a tenant is the tenant's view
         servers = [s for s in servers
                    if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
     stats = d.task_engine.stats()["agents"]
     here = d.cluster.here
     return m.AgentsStatusResult(
-        # each agent's replicas, then those a scale-down is draining
         agents=wire([_status(d, r, draining) for a in agents
                      for draining, rs in ((False, a.replicas), (True, a.draining))
                      for r in rs]),
@@ -192,8 +186,7 @@ async def agents_start(d: AgentServices, p: m.AgentsStart, caller: Caller, c: Ch
     asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
     running = [(a, i) for a, i in targets if (a, i) not in asleep
                and all(r.machine.running for r in _replicas([(a, i)]))]
-    # the stops by hand it ends, committed first: a daemon that starts after a crash
-    # starts them too
+    # the stops by hand it ends, committed first: a daemon that starts after a crash too
     await d.fleet.starting([(r.name, r.index) for r in _replicas(targets)])
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
@@ -208,9 +201,8 @@ async def agents_stop(d: AgentServices, p: m.AgentsStop, caller: Caller, c: Chan
                       ) -> m.StopResult:
     targets = _targets(d, p.names, p.all)
     replicas = _replicas(targets)
-    # kept (who, when) before any stops: no later daemon starts them until one is asked
     await d.fleet.stopping([(r.name, r.index) for r in replicas], caller.who, time.time())
-    # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
+    # paced: a thousand stops begun in one turn stalled the loop for a second
     await stop_all(replicas, "stopped")
     return m.StopResult(stopped=[_label(a, i) for a, i in targets])
 
@@ -291,8 +283,6 @@ async def agents_describe(d: AgentServices, p: m.AgentsDescribe,
     node = d.cluster.joined() if spec.placement == "cluster" else None
     return m.DescribeResult(
         name=agent.name,
-        # a cluster agent's replicas here run the cluster's table, of the cluster's
-        # revision
         origin="cluster" if node is not None else d.fleet.origin(agent.name, d.config_path),
         revision=(await node.revision_of(agent.name) if node is not None
                   else d.fleet.revision_of(agent.name)),
@@ -335,7 +325,6 @@ async def add_cluster_agents(d: AgentServices, p: m.AgentsAdd, who: str) -> list
             if why:
                 raise ConfigError(f"agents.add: agents.{name}.command: {why} "
                                   "(--no-check to add it anyway)")
-            # what the config file and a change in place refuse (configload.cluster_problem)
             problem = cluster_problem(msgspec.structs.replace(spec, placement="cluster"),
                                       True)
             if problem:
@@ -380,8 +369,7 @@ async def agents_history(d: AgentServices, p: m.AgentsHistory,
         # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
                                revisions=kept[max(0, len(kept) - row_limit(p.limit)):])
-    # the agent's own: an agent of this name another tenant had (removed since) is not
-    # its past, for anyone (revisions.py)
+    # an agent of this name another tenant had (removed since) is not its past
     revs = d.revisions.history(p.name, d.fleet.tenant_of(p.name), row_limit(p.limit))
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
@@ -423,5 +411,5 @@ async def agents_rollback(d: AgentServices, p: m.AgentsRollback, caller: Caller,
 
 @implements(m.AgentsWatch)
 async def agents_watch(d: AgentServices, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
-    """Streams until the client goes away (daemon/fleetwatch.py)."""
+    """Streams until the client goes away."""
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)

@@ -28,8 +28,6 @@ from .visibility import AgentRule, agent_rule
 Ctx = TypeVar("Ctx")
 Narrow = TypeVar("Narrow")
 
-# a control method's handler: the narrow services of its domain, its typed params, the
-# Caller and a Channel
 Handler = Callable[[Narrow, Any, Caller, Channel], Awaitable[Any]]
 
 
@@ -57,8 +55,7 @@ class Commands(Generic[Ctx, Narrow]):
 
 def wire(value: Any) -> Any:
     """The engine's answer where corral.methods declares its wire twin: the two encode
-    alike (tests/test_methods.py decodes the daemon's answers into the declared results),
-    and converting would only copy."""
+    alike, and converting would only copy."""
     return value
 
 
@@ -67,8 +64,7 @@ class Handlers(Generic[Ctx]):
     Commands, each method in one of them. A domain's module is named by the first part
     of its methods' names (`agents.status`: `agents`) and imported the first time one of
     its methods is called, not at the daemon's start: a daemon is asked a few domains'
-    methods, and their modules (and what only they import) were ~5 ms of every boot's
-    CPU (decision 926). `table` imports them all (the tests' and the checks' view)."""
+    methods, and their modules were ~5 ms of every boot's CPU. `table` imports them all."""
 
     def __init__(self, package: str, domains: Mapping[str, str]) -> None:
         self.package = package
@@ -131,16 +127,13 @@ class Dispatcher(Generic[Ctx]):
         self.handlers = handlers
         self.audit = audit
         self.agents = agents  # the names of the agents there are, for a refusal to name
-        # whose an agent or a server is (Caller.owner), for the callers of a tenant
-        self.owner = owner
+        self.owner = owner  # whose an agent or a server is, for the callers of a tenant
         self._context: asyncio.Future[Ctx] | None = None
-        # each domain's narrow services, made the first time one of its methods runs
         self._narrowed: dict[Commands[Ctx, Any], Any] = {}
 
     def bind(self, caller: Caller) -> Caller:
-        """A limited caller (a tenant's, an agent glob's), given the way to tell whose
-        each object is (before the services exist: nothing is anyone's, so nothing is
-        seen)."""
+        """A limited caller, given the way to tell whose each object is (before the
+        services exist: nothing is anyone's, so nothing is seen)."""
         if not caller.limited or caller.owner is not None:
             return caller
         ready, owner = self._context, self.owner
@@ -153,7 +146,6 @@ class Dispatcher(Generic[Ctx]):
         return msgspec.structs.replace(caller, owner=owner_of)
 
     def serve(self, context: Ctx) -> None:
-        """From now on, handlers run with `context` (the services)."""
         self._ready().set_result(context)
 
     def _ready(self) -> asyncio.Future[Ctx]:
@@ -195,9 +187,7 @@ class Dispatcher(Generic[Ctx]):
 
     def admit(self, caller: Caller, name: str, given: Collection[str] = ()) -> None:
         """What `dispatch` refuses without the params, for a transport that has not read
-        them yet (an HTTP body): an unknown method, a caller without the scope (and
-        without what the params `given` so far need), a method closed to a limited
-        caller. Raises RpcError, audited as `dispatch`'s refusals."""
+        them yet (an HTTP body); audited as `dispatch`'s refusals."""
         caller = self.bind(caller)
         try:
             spec = self.method(name)
@@ -231,9 +221,8 @@ class Dispatcher(Generic[Ctx]):
         return spec, typed, rule
 
     def _as_seen(self, exc: NoSuchAgent, caller: Caller) -> NoSuchAgent:
-        """A refusal of an unknown agent, for a caller limited to some: the agents it
-        names are the caller's own, so that one it may not see is as absent as one that
-        does not exist."""
+        """A refusal of an unknown agent, for a caller limited to some: one it may not see
+        is as absent as one that does not exist."""
         ready = self._context
         known = (self.agents(ready.result()) if self.agents is not None and ready is not None
                  and ready.done() else None)
@@ -242,8 +231,8 @@ class Dispatcher(Generic[Ctx]):
 
     async def call(self, caller: Caller, request: str | Params, params: Any = None,
                    channel: Channel | None = None) -> Any:
-        """The answer to a call of the method whose params `request` is (or named so,
-        with its params), made in the daemon."""
+        """A call made in the daemon of the method whose params `request` is (or named
+        so, with its params)."""
         name, params = named(request, params)
         return await self.dispatch(caller, name, params, channel or Discard())
 
@@ -253,8 +242,7 @@ class Dispatcher(Generic[Ctx]):
         context = ready.result() if ready.done() else await asyncio.shield(ready)
         try:
             if rule is not None and rule.record is not None:
-                # the record the params name must be the caller's, asked before the call
-                # acts on it: no handler asks whose a record is
+                # the record the params name must be the caller's: no handler asks
                 await rule.record(context, params, caller)
             # the tasks a caller limited to some agents submits spawn none beyond them
             reach = REACH.set((caller.who, caller.agents)) if caller.agents else None
@@ -315,14 +303,12 @@ def outcome(result: Any) -> str:
         content = result.get("content")
         first = content[0] if isinstance(content, list) and content else None
         text = first.get("text") if isinstance(first, dict) else None
-        # one line, bounded, cut between words: a server's message is often several
-        # lines ending in a URL (pydantic's "For further information visit https://…")
+        # one line, bounded, cut between words: a server's message is often several lines
         said = f": {clip(one_line(text), OUTCOME_TEXT)}" if isinstance(text, str) else ""
         return f"error: isError result{said}"
     return "ok"
 
 
-# how an RpcError reads as an HTTP status, for transports that speak HTTP
 _HTTP_STATUS = {
     jsonrpc.PARSE_ERROR: 400,
     jsonrpc.INVALID_REQUEST: 400,
@@ -334,7 +320,7 @@ _HTTP_STATUS = {
     jsonrpc.CONFLICT: 409,
     jsonrpc.REFUSED: 429,
     # a fixed quota is no rate: 403 as Kubernetes' ResourceQuota answers, never a 429
-    # whose Retry-After a client would honour for ever (decision 147)
+    # whose Retry-After a client would honour for ever
     jsonrpc.QUOTA_EXCEEDED: 403,
     jsonrpc.UNAVAILABLE: 503,
     jsonrpc.TOOL_NOT_ALLOWED: 403,

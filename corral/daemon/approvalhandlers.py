@@ -1,8 +1,6 @@
-"""The inbox's methods' handlers (corral.methods.approvals, docs/approvals.md): the pending
-asks listed, one read, one decided. They take the engine's inbox and the cluster's asks
-(none off a cluster: a cluster task's asks are in Redis, clusterasks.py). Who sees and
-decides an ask is the visibility rules' (an ask is its task's tenant's and agent's:
-visibility.sees_task), checked before a decision reaches the inbox."""
+"""The inbox's methods' handlers (corral.methods.approvals): the pending asks listed, one
+read, one decided, in this daemon's inbox or the cluster's. Who sees and decides an ask is
+the visibility rules', checked before a decision reaches the inbox."""
 
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ WATCH_BATCH = 100  # sent in one turn of the loop
 
 
 class Inboxes(NamedTuple):
-    """Where asks are: this daemon's inbox (its own tasks'), and its cluster's (the
-    cluster tasks' of every node, in Redis: corral/cluster/clusterasks.py)."""
+    """Where asks are: this daemon's inbox (its own tasks'), and its cluster's."""
 
     local: Inbox
     cluster: ClusterInbox
@@ -51,7 +48,7 @@ async def approvals_list(inboxes: Inboxes, p: m.ApprovalsList, caller: Caller, c
 async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
                           c: Channel) -> None:
     # every pending ask, then those made and ended on this node: a cluster task's ask
-    # is told on the node that asked it and on the one that ended it (clusterasks.py)
+    # is told on the node that asked it and on the one that ended it
     inbox = inboxes.local
     # bounded: a reader that does not read is told what it missed, never grows the daemon
     follower: Follower[Ask] = Follower(WATCH_QUEUE)
@@ -59,8 +56,8 @@ async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
     def told(e: AskEnded) -> None:
         follower.push(e.ask)
 
-    # told from now on, before the cluster's are read: one made meanwhile is told twice
-    # rather than never
+    # told from now on, before the cluster's are read: one made meanwhile is told twice,
+    # not never
     sub = inbox.stream.subscribe(told, AskEnded)
 
     def send_some() -> None:

@@ -1,15 +1,13 @@
-"""The inbox's outbound webhook ([approvals] webhook, docs/approvals.md): each ask made
-and each ask ended is POSTed, as JSON, to the operator's URL, for a chat tool to show and
-a person to answer through the API.
+"""The inbox's outbound webhook ([approvals] webhook): each ask made and each ask ended is
+POSTed, as JSON, to the operator's URL, for a chat tool to show and a person to answer
+through the API.
 
-A delivery is signed: `X-Corral-Signature: sha256=HEX`, the HMAC-SHA256 of the body with
-`webhook_secret`; `X-Corral-Delivery` names it (the ask's id and its state), the same on
-every attempt, so a receiver applies a delivery once. Deliveries go one at a time, in the
-order the asks changed, each tried again on a failure (a connection refused, a timeout,
-an answer not 2xx) after 0.5 s doubling to 30 s, `webhook_retries` times; then it is
-given up, and said in the daemon's log. At most `webhook_queue` wait: past it one is
-dropped, and the drop said, naming the bound. Nothing of it runs in the way of the loop:
-a receiver that never answers holds only its own queue."""
+A delivery is signed (`X-Corral-Signature`, the HMAC-SHA256 of the body with
+`webhook_secret`); `X-Corral-Delivery` names it, the same on every attempt, so a receiver
+applies a delivery once. Deliveries go one at a time, in the order the asks changed, each
+tried again with backoff `webhook_retries` times, then given up, said in the daemon's log.
+Past `webhook_queue` waiting, one is dropped and the drop said: a receiver that never
+answers holds only its own queue."""
 
 from __future__ import annotations
 
@@ -52,8 +50,7 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class AskWebhook:
-    """Deliveries of the asks told on `stream` to the webhook `settings` names; `report`
-    is the daemon's log."""
+    """Deliveries of the asks told on `stream` to the webhook `settings` names."""
 
     def __init__(self, settings: ApprovalsSettings, stream: Stream,
                  report: Callable[[str], None]) -> None:
@@ -82,8 +79,7 @@ class AskWebhook:
         self._wakeup.set()
 
     async def _run(self) -> None:
-        # imported here: a daemon with no webhook (most) does not pay aiohttp's import
-        # (~0.1-0.15 s of CPU) at every start
+        # imported here: a daemon with no webhook does not pay aiohttp's import (~0.1 s)
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout)

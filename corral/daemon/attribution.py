@@ -1,20 +1,16 @@
-"""Which task attempt a call through corral's gateways belongs to (DESIGN section 22,
-decision 568): the one lookup of the tool gateway's and the model gateway's.
+"""Which task attempt a call through corral's gateways belongs to: the one lookup of the
+tool gateway's and the model gateway's.
 
-A call from an agent's replica carries the replica's own credential (its token: which
-replica). It may name its attempt too, by the attempt's address: the gateway's URL with
-`?task=ID&attempt=N` (the worker SDK's `ctx.mcp_url`; a process the worker spawns for
-the task is given it as its CORRAL_MCP_URL). Then:
+A call from an agent's replica carries the replica's own credential (its token). It may
+name its attempt too, by the attempt's address: the gateway's URL with
+`?task=ID&attempt=N` (the worker SDK's `ctx.mcp_url`). Then:
 
 - named: the call is the attempt's when that attempt is running now on the replica the
-  credential names; otherwise (the attempt ended, or it is no attempt of this replica's:
-  another agent's, another tenant's) it is refused, in one text for both, so that the
-  address alone opens nothing and tells nothing;
+  credential names; otherwise it is refused, in one text whatever the reason, so that
+  the address alone opens nothing and tells nothing;
 - not named: the call is the replica's running task's when its agent runs one task at
-  a time (`max_concurrent_tasks = 1`) and it runs one now; otherwise it is unattributed:
-  the replica's own, under its agent's and tenant's policy all the same (approvals.gate:
-  its incarnation's budget window and asks, supervisor/tasks/replicacalls.py), and
-  counted as such by the gateway.
+  a time and it runs one now; otherwise it is unattributed: the replica's own, under its
+  agent's and tenant's policy all the same.
 
 The mark is not a secret: what it adds to the replica's credential is which of the
 replica's own attempts a call is for.
@@ -60,8 +56,7 @@ def mark_of(query: Mapping[str, str]) -> AttemptMark | None:
 
 
 class Attribution:
-    """The running task a replica's call is for, from the engine's tasks in flight
-    (`active`, the task manager's: task id -> Task)."""
+    """The running task a replica's call is for, from the engine's tasks in flight."""
 
     def __init__(self, active: Mapping[str, Task]) -> None:
         self.active = active
@@ -83,6 +78,4 @@ class Attribution:
             return None
         last = replica.last_task
         task = self.active.get(last) if last is not None else None
-        if task is None or task.replica is not replica or not task.running:
-            return None
-        return task
+        return task if task is not None and task.replica is replica and task.running else None

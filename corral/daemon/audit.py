@@ -14,10 +14,9 @@ from .logs import LogHub
 from .store import StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
-# what a row holds of what a caller chose (a tool's name, a table's strings, a refusal
-# naming them): each text cut past TEXT_CUT characters, a row's params past PARAMS_CUT
-# bytes shown by their size alone, so that audit_max_rows bounds the table's bytes too
-# (an agent's calls of a tool named by 2 MB made rows of 6 MB)
+# what a row holds of what a caller chose: each text cut past TEXT_CUT characters, a
+# row's params past PARAMS_CUT bytes shown by their size alone, so that audit_max_rows
+# bounds the table's bytes too (a tool named by 2 MB made rows of 6 MB)
 TEXT_CUT = 1024
 PARAMS_CUT = 64 * 1024
 
@@ -40,9 +39,8 @@ class Audit:
 
     def __call__(self, caller: Caller, method: str, params: Any, outcome: str) -> None:
         """Written through the store's writer, so a row that cannot be written never
-        changes the command's answer (it is kept and written when the database can be:
-        StoreWriter). Params that carry specs are written by the one rule (redact.py):
-        neither the table nor the log holds a secret value."""
+        changes the command's answer. Params are redacted: neither the table nor the log
+        holds a secret value."""
         shown, encoded = _bounded(redact.params(method, params))
         outcome = _cut(outcome)
         text = f"{caller.who}: {method} {encoded.decode()} -> {outcome}"
@@ -53,8 +51,8 @@ class Audit:
             self._held.append((caller, method, shown, outcome))
 
     def policy(self, d: PolicyVerdict) -> None:
-        """A policy decision that denied or held an agent's call (supervisor/policy.py),
-        as the agent's replica's row: its facts by shape, never their values."""
+        """A policy decision that denied or held an agent's call, as the agent's replica's
+        row: its facts by shape, never their values."""
         self(Caller(via="policy", name=f"agent {d.replica}", tenant=d.tenant), "policy",
              {"call": d.kind, "name": d.name, "owner": d.owner, "rule": d.rule,
               "shape": d.shape}, d.effect)

@@ -25,7 +25,6 @@ class Background:
         self.failures = 0
 
     def start(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `body()` until it returns; if it raises, say so and run it again."""
         self.tasks[name] = asyncio.ensure_future(self._keep(name, body))
 
     async def _keep(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -48,10 +48,8 @@ def preflight(config: str) -> int:
 
 def compiled() -> bool:
     """Every module of this install compiled here, before the exec, not by the new
-    image in the dispatch pause: those it imports later too (the HTTP parts', in a
-    thread), and a .pyc older than its source (an install changed in place) written
-    again. False where the byte-code cannot be written (a read-only install): the
-    new image then compiles what it imports as it starts."""
+    image in the dispatch pause. False where the byte-code cannot be written (a
+    read-only install): the new image then compiles what it imports as it starts."""
     import compileall
 
     package = Path(__file__).resolve().parent.parent
@@ -76,5 +74,3 @@ def resume() -> int:
     from .upgrade import Takeover
 
     return run_daemon(Path(h.config), h.socket, taken=Takeover(h, path, failed, config))
-
-

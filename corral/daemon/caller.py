@@ -28,27 +28,23 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     gid: int = -1
     pid: int = -1
     token: str | None = None  # the name of the token it presented
-    # a caller inside the daemon, as the audit log names it ("signal SIGHUP", "gateway
-    # client NAME"); None: a socket peer or a token's holder
+    # a caller inside the daemon, as the audit log names it ("signal SIGHUP")
     name: str | None = None
     tenant: str | None = None  # None: every tenant (an operator)
     scopes: frozenset[str] = SCOPES
     # a glob: the only agents it may see and touch (a token's `--agents`); None: all
     agents: str | None = None
-    # for a limited caller (a tenant's, a glob's), bound by the Dispatcher: the tenant an
-    # agent (kind "agent") or an MCP server ("server") is of, None when there is none;
-    # SHARED for a server every tenant may use
+    # for a limited caller, bound by the Dispatcher: the tenant an agent (kind "agent") or
+    # an MCP server ("server") is of, None when there is none
     owner: Callable[[str, str], str | None] | None = None
 
     @property
     def limited(self) -> bool:
-        """Whether the caller sees only some agents (a glob, a tenant)."""
         return self.agents is not None or self.tenant is not None
 
     @property
     def user(self) -> str:
-        """The user behind a call (not the one process: `who`), as a pause's reason and an
-        event's source name it."""
+        """The user behind a call (not the one process: `who`)."""
         return f"token {self.token}" if self.token is not None else f"uid {self.uid}"
 
     def sees(self, name: str) -> bool:
@@ -58,18 +54,16 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
                                         or not fnmatchcase(name, self.agents)):
             return False
         if self.tenant is None:
-            # a glob names the operator's (the default tenant's) agents alone: an agent's
-            # name is its tenant's caller's to choose (a tenant's web-evil is no web*);
-            # one this node does not hold (another node's) by its name, as before
+            # a glob names the operator's agents alone: an agent's name is its tenant's
+            # caller's to choose (a tenant's web-evil is no web*)
             return self.agents is None or (self.owner is not None and self.owner(
                 "agent", name) in (None, DEFAULT_TENANT))
         return self.owner is not None and self.owner("agent", name) == self.tenant
 
     def sees_record(self, agent: str, tenant: str | None) -> bool:
-        """Whether a record made for `agent` while that agent was of `tenant` (None: the
-        operator's) is this caller's to see. Who holds the name now does not matter: a
-        tenant that takes a freed name never sees what its earlier holder left
-        (DESIGN 20)."""
+        """Whether a record made for `agent` while that agent was of `tenant` is this
+        caller's to see: a tenant that takes a freed name never sees what its earlier
+        holder left."""
         if self.agents is not None and (agent == RESERVED
                                         or not fnmatchcase(agent, self.agents)):
             return False
@@ -78,14 +72,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         return tenant is not None and tenant == self.tenant
 
     def owns(self, agents: Collection[str], tenant: str | None) -> bool:
-        """Whether a record of `tenant` naming `agents` (a workflow, a team, a run, a
-        schedule) is this limited caller's: every agent of it is its to see, whoever holds
-        the names now (DESIGN 20); one of no agent known is the operator's alone."""
+        """Whether a record of `tenant` naming `agents` is this limited caller's: every
+        agent of it is its to see; one of no agent known is the operator's alone."""
         return bool(agents) and all(self.sees_record(a, tenant) for a in agents)
 
     def sees_server(self, name: str) -> bool:
-        """Whether an MCP server of this name exists for this caller: its tenant's, or
-        one shared on purpose."""
+        """Whether an MCP server of this name exists for this caller."""
         if self.tenant is None:
             return True
         owner = self.owner("server", name) if self.owner is not None else None
@@ -93,7 +85,6 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def who(self) -> str:
-        """As revisions and the audit log name the caller."""
         if self.name is not None:
             return self.name
         if self.token is not None:

@@ -1,9 +1,8 @@
-"""Durable calls in the state database (migration 23, supervisor/durable/): each call of
-every kind (a workflow's run, a team's call) with the definition it started on, and each
-step's row. Writes are committed (StateStore.commit) before what they describe is done: a
-step's task id before its task is submitted. Step rows are group-committed: those saved
-while a commit is under way go in the next one, together (a map's lanes, many calls),
-each saver waiting for its own."""
+"""Durable calls in the state database: each call of every kind (a workflow's run, a
+team's call) with the definition it started on, and each step's row. Writes are committed
+before what they describe is done: a step's task id before its task is submitted. Step
+rows are group-committed: those saved while a commit is under way go in the next one,
+together, each saver waiting for its own."""
 
 from __future__ import annotations
 
@@ -50,14 +49,14 @@ def record_of(row: tuple[Any, ...]) -> CallRecord:
 
 def delete_ended_calls(db: sqlite3.Connection, kind: str) -> None:
     """The ended calls of a kind no one reads once it has ended (a spawn tree), gone with
-    their rows (in the task journal's pruning, beside the steps of the tasks pruned)."""
+    their rows."""
     db.execute("DELETE FROM call_steps WHERE call_id IN (SELECT call_id FROM calls WHERE "
                "kind = ? AND status != 'running')", (kind,))
     db.execute("DELETE FROM calls WHERE kind = ? AND status != 'running'", (kind,))
 
 
 class CallJournal:
-    """The state database's durable calls (supervisor/durable/store.DurableStore)."""
+    """The state database's durable calls (a DurableStore)."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -122,10 +121,7 @@ class CallJournal:
             f"SELECT {COLUMNS} FROM calls WHERE kind = ? AND status = 'running' "
             "ORDER BY call_id", (kind,))]
 
-    def _blob(self, call_id: str, step: str, item: int) -> bytes | None:
+    def output(self, call_id: str, step: str, item: int) -> Any:
         row = self.store.db.execute("SELECT output FROM call_steps WHERE call_id = ? AND "
                                     "step = ? AND item = ?", (call_id, step, item)).fetchone()
-        return row[0] if row is not None else None
-
-    def output(self, call_id: str, step: str, item: int) -> Any:
-        return _value(self._blob(call_id, step, item))
+        return _value(row[0] if row is not None else None)

@@ -2,21 +2,12 @@
 
 By default SQLite checkpoints inside the commit that takes the WAL past 1000 pages: that
 commit copies the WAL into the database file and fsyncs both, and whatever waits on it (a
-task's acknowledgement waits on its journal row's commit) waits for the disk; under a
-flood of another tenant's tasks those commits came every second or so, and a quiet
-tenant's `tasks.run` paid for them (bench/RESULTS.md, issue 23). So the writer's
-connection never checkpoints (`wal_autocheckpoint = 0`, `WriterThread`), and this thread,
-on a connection of its own, does: a PASSIVE checkpoint (it neither waits for nor holds up
-the writer or a reader: the writer appends to the WAL while earlier frames are copied)
-after the writer has committed, at most every MIN_GAP seconds. The WAL therefore grows by
-at most what is committed in MIN_GAP plus one checkpoint, and the writer restarts it from
-its beginning once a checkpoint has copied all of it (SQLite does that by itself).
-
-Shutdown: `close()` stops the thread after the checkpoint in progress (every wait here is
-bounded by it or by MIN_GAP) and closes its connection; SQLite checkpoints once more when
-the last connection to the database closes. A checkpoint that fails (a full disk, an I/O
-error) is logged once until one succeeds again; the commits are unaffected by it (the
-WAL keeps what they wrote) and the next write tries again.
+task's acknowledgement) waits for the disk; under a flood of another tenant's tasks, a
+quiet tenant's `tasks.run` paid for them. So the writer's connection never checkpoints,
+and this thread, on a connection of its own, does: a PASSIVE checkpoint (it neither waits
+for nor holds up the writer or a reader) after the writer has committed, at most every
+MIN_GAP seconds. A checkpoint that fails is logged once until one succeeds again; the
+commits are unaffected by it (the WAL keeps what they wrote).
 """
 
 from __future__ import annotations
@@ -51,7 +42,6 @@ class Checkpointer:
         self._thread.start()
 
     def wrote(self) -> None:
-        """Called by the writer after a commit: a checkpoint is due."""
         if not self._wrote.is_set():
             self._wrote.set()
 

@@ -1,9 +1,6 @@
 """What the command layer asks of the cluster, and what a daemon with no [cluster] answers
-instead: handlers never ask whether this daemon is a node (decision 251).
-
-`ClusterNode` (corral.cluster.node) is the one implementation on a node; `NotANode` is the
-daemon's without a [cluster] table: nothing placed, no cluster agent, and a refusal that
-says so where only a node can answer (the nodes, a drain, adding a cluster agent)."""
+instead: handlers never ask whether this daemon is a node. `ClusterNode` is the one
+implementation on a node; `NotANode` is the daemon's without a [cluster] table."""
 
 from __future__ import annotations
 
@@ -36,9 +33,7 @@ class ClusterPeer(Protocol):
     redis_warnings: list[str]
 
     @property
-    def asks(self) -> ClusterInbox:
-        """The cluster's tasks' asks of a person."""
-        ...
+    def asks(self) -> ClusterInbox: ...
 
     @property
     def slots(self) -> Mapping[str, list[str | None]]:
@@ -55,7 +50,7 @@ class ClusterPeer(Protocol):
         ...
 
     def views(self) -> list[NodeView]:
-        """The nodes as this one last saw them (/metrics)."""
+        """The nodes as this one last saw them."""
         ...
 
     def joined(self, why: str = "") -> ClusterNode:
@@ -67,7 +62,7 @@ class ClusterPeer(Protocol):
         ...
 
     async def remove_agents(self, names: list[str]) -> list[str]:
-        """The cluster agents among `names`, removed from the cluster."""
+        """The cluster agents among `names`, removed."""
         ...
 
     async def sessions(self, agent: str | None) -> list[SessionView]:
@@ -76,8 +71,8 @@ class ClusterPeer(Protocol):
 
     async def session(self, tenant: str | None, agent: str, name: str
                       ) -> SessionInfo | None:
-        """The cluster's session `name` of `agent`, `tenant`'s (None: the operator's pick,
-        decision 440); None off a cluster or when there is none."""
+        """The cluster's session `name` of `agent`, `tenant`'s; None off a cluster or
+        when there is none."""
         ...
 
     async def end_session(self, tenant: str | None, agent: str, name: str

@@ -1,6 +1,6 @@
 """Every handler module's Commands, in the one table the Dispatcher takes: each declared
-method (corral.methods) implemented once, in the module of its domain, which is imported
-the first time one of its methods is called (api.Handlers, decision 926)."""
+method implemented once, in the module of its domain, which is imported the first time
+one of its methods is called."""
 
 from __future__ import annotations
 

@@ -6,22 +6,19 @@
 - Mode 0660; every connection's peer uid is checked with SO_PEERCRED: root, the daemon's
   uid, and members of the configured group are served; anyone else gets an error and is
   disconnected.
-- A transport only: framing, SO_PEERCRED -> `Caller`, flow control. Every request goes to
-  the one `Dispatcher` (api.py), which this module never looks behind; it never imports
-  the handlers.
-- Every client is on a budget (DESIGN section 9), so no client can stall the loop or grow
-  the daemon's memory: once REPLY_HIGH bytes of its replies are unread, its requests are
-  no longer read (the kernel's socket buffer then stops the client); replies it still
-  does not read for `control_idle_timeout`, or a backlog past REPLY_LIMIT, close it; at
-  most MAX_IN_FLIGHT of a client's requests are worked on at once. A
-  connection that completes no request within that timeout is closed too. At most
-  `max_connections` are served at once; more are refused with the reason. Lines that are
-  not JSON-RPC are answered, and logged once per interval with a count.
-- `corral upgrade`'s drain (`go_away`, HTTP/2's GOAWAY): no connection is accepted any
-  more (the listening socket stays open, handed to the next image: new ones wait in its
-  backlog), no request read; each one read is answered, then each client is told the
-  last request read (GOING_AWAY) and disconnected. What a client sent and was not
-  read it sends again to the next image (cli/client.py): nothing is lost or run twice.
+- A transport only: framing, SO_PEERCRED -> `Caller`, flow control; every request goes to
+  the one `Dispatcher` (api.py).
+- Every client is on a budget, so no client can stall the loop or grow the daemon's
+  memory: once REPLY_HIGH bytes of its replies are unread, its requests are no longer
+  read; replies it still does not read for `control_idle_timeout`, or a backlog past
+  REPLY_LIMIT, close it; at most MAX_IN_FLIGHT of its requests are worked on at once. A
+  connection that completes no request within that timeout is closed too, and past
+  `max_connections` one is refused with the reason.
+- `corral upgrade`'s drain (`go_away`, HTTP/2's GOAWAY): no connection is accepted (new
+  ones wait in the backlog of the listening socket handed to the next image), no request
+  read; each one read is answered, then each client is told the last request read
+  (GOING_AWAY) and disconnected. What was not read the client sends again to the next
+  image: nothing is lost or run twice.
 """
 
 from __future__ import annotations
@@ -72,9 +69,7 @@ def _cancel_id(raw: Any) -> jsonrpc.Id | None:
     """The request a `request.cancel {id}` notification names."""
     try:
         params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else None
-    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
-        return None
-    except UnicodeDecodeError:  # a string in it not UTF-8 (the envelope's check skips it)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # a string in it not UTF-8
         return None
     rid = params.get("id") if isinstance(params, dict) else None
     return rid if isinstance(rid, int | str) else None
@@ -101,8 +96,8 @@ class Connection(LineProtocol):
         self._unread_since: float | None = None  # replies not read since (loop time)
         self._watch: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
-        # requests of a streaming method (`corral run`'s wait for its task): what an
-        # upgrade's drain does not wait for (dispatch is held: the task would not end)
+        # requests of a streaming method, which an upgrade's drain does not wait for
+        # (dispatch is held: the task would not end)
         self._waits = 0
         self.leaving = False  # corral upgrade's drain: no request read any more
         self._cork = Cork(asyncio.get_running_loop(), self._write)
@@ -176,8 +171,7 @@ class Connection(LineProtocol):
             return
         t.writelines(parts)
         # the backlog before these messages counts: one large answer the client asked for
-        # (an MCP tool's 34 MB image) is not a client that does not read; requests are not
-        # read while replies are unread (REPLY_HIGH), so only pushed notifications pile up
+        # is not a client that does not read
         if not self.writable.is_set() and \
                 t.get_write_buffer_size() - sum(map(len, parts)) > REPLY_LIMIT:
             self.disconnect(f"{t.get_write_buffer_size()} bytes of replies unread "
@@ -198,7 +192,6 @@ class Connection(LineProtocol):
             cast(asyncio.WriteTransport, self.transport).abort()
 
     def _check(self) -> None:
-        """Every idle_timeout: is the client still doing its part?"""
         self._watch = None
         if self.transport is None or self.transport.is_closing():
             return
@@ -228,8 +221,7 @@ class Connection(LineProtocol):
 
     def _flow(self) -> None:
         """Read requests only while the client reads its replies and has fewer than
-        MAX_IN_FLIGHT of them being worked on: what one client costs is bounded whatever
-        it sends, not by how much one read of its socket holds."""
+        MAX_IN_FLIGHT of them being worked on."""
         busy = self.peer is not None and self.peer.handling >= MAX_IN_FLIGHT
         if not self.writable.is_set() or busy or self.leaving:
             self.pause()
@@ -313,8 +305,7 @@ class Connection(LineProtocol):
 
     @property
     def working(self) -> bool:
-        """A request read is being answered that the drain waits for (not a stream, not
-        a wait for a task)."""
+        """A request read is being answered that the drain waits for."""
         return self.peer is not None and \
             self.peer.handling > len(self._streams) + self._waits
 
@@ -372,10 +363,6 @@ class ControlServer:
         log.warning("%s", text)
         self.report(text, "event")
 
-    @property
-    def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
-
     def set_tenant_groups(self, groups: dict[int, str]) -> None:
         self.tenant_groups = dict(groups)
         if self._server is not None:
@@ -383,16 +370,13 @@ class ControlServer:
 
     def _open_to_tenants(self) -> None:
         """With tenants' groups, the socket is open to every local user (0666), as one
-        file has one group: each peer is then judged by its credentials (SO_PEERCRED) at
-        connect, and one of no tenant's group nor the operators' is refused with the
-        reason."""
+        file has one group: each peer is then judged by its credentials at connect."""
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o666 if self.tenant_groups else 0o660)
 
     def tenant_of(self, uid: int, gid: int) -> str | None:
-        """The tenant a peer calls as: the one whose group it is in (its primary group or
-        one of its others, as the user database says). Root and the daemon's uid are
-        operators; a peer in the groups of two tenants is refused (UNAUTHORIZED)."""
+        """The tenant a peer calls as: the one whose group it is in. Root and the daemon's
+        uid are operators; a peer in the groups of two tenants is refused."""
         if uid in (0, os.geteuid()) or not self.tenant_groups:
             return None
         found = {t for g, t in self.tenant_groups.items() if g in self._groups(uid, gid)}
@@ -412,32 +396,20 @@ class ControlServer:
     def authorized(self, uid: int, gid: int) -> bool:
         if uid in (0, os.geteuid()):
             return True
-        if self.tenant_groups and self.tenant_groups.keys() & self._groups(uid, gid):
-            return True
-        if self.group_gid is None:
-            return False
-        if gid == self.group_gid:
-            return True
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return False
-        return self.group_gid in os.getgrouplist(name, gid)
+        groups = self._groups(uid, gid)
+        return bool(self.tenant_groups.keys() & groups) or self.group_gid in groups
 
     def fds(self) -> tuple[int, int]:
-        """The listening socket's fd and the lock file's (handed over by corral
-        upgrade: connections wait in the backlog across the exec)."""
+        """The listening socket's fd and the lock file's, handed over by corral upgrade."""
         if self._kept is not None:
             return self._kept.fileno(), self._lock_fd
         assert self._server is not None
         return cast(asyncio.Server, self._server).sockets[0].fileno(), self._lock_fd
 
     async def go_away(self, reason: str, wait: float = DRAIN_WAIT) -> int:
-        """corral upgrade's drain: accept no connection (the listening socket kept open:
-        they wait in its backlog for the next image), read no request; the requests read
-        are answered (those still worked on after `wait`, and the streams, UNAVAILABLE),
-        each client is told the last one read, GOING_AWAY, and disconnected once that is
-        written (LEAVE_WAIT at most). How many connections were told."""
+        """corral upgrade's drain (the module's docstring says what it does); those still
+        worked on after `wait`, and the streams, are answered UNAVAILABLE. How many
+        connections were told."""
         if self._server is None or self._kept is not None:
             return 0
         listen = cast(asyncio.Server, self._server).sockets[0]
@@ -487,8 +459,7 @@ class ControlServer:
             lambda: Connection(self), sock=kept, backlog=128)
 
     async def start(self, inherited: tuple[int, int] | None = None) -> None:
-        """Bind the socket, or serve `inherited` (listening fd, locked lock file's fd)
-        that the image before an exec bound."""
+        """Bind the socket, or serve `inherited` (listening fd, locked lock file's fd)."""
         if inherited is not None:
             listen_fd, self._lock_fd = inherited
             os.set_inheritable(self._lock_fd, False)
@@ -503,7 +474,8 @@ class ControlServer:
         own_dir = not self.path.parent.exists() or self.path.parent == runtime_directory()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # beside a socket in a shared directory (/tmp) too: a link there is refused
-        self._lock_fd = open_file(self.lock_path, os.O_RDWR | os.O_CREAT)
+        self._lock_fd = open_file(self.path.with_name(self.path.name + ".lock"),
+                                  os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

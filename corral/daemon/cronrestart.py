@@ -1,6 +1,6 @@
 """A restart on a schedule: `restart_cron = "0 3 * * *"` on an agent restarts it at each
-minute those five cron fields match (UTC; the schedules' parser, supervisor/schedule.py),
-as PM2's cron_restart does: a program that leaks, or reads its files only as it starts.
+minute those five cron fields match (UTC), as PM2's cron_restart does: a program that
+leaks, or reads its files only as it starts.
 
 The restart is graceful, as `corral restart` is: an agent speaking corral's protocol is
 replaced rolling (each new process serving before the old one finishes its tasks and
@@ -10,12 +10,8 @@ beside the first would fight it for its port. A replica stopped by hand stays st
 and a restart waits for the agent's turn (Fleet.changing): never during a deploy, a
 rollback or a reload of it.
 
-Which agents have a schedule follows the fleet: every lifecycle event of an agent looks
-whether its schedule is the one kept, O(1), as filewatch.py's watches do.
-
 The minutes are the daemon's WaitClock's, the wall's in production: with `[supervisor]
-manual_clock = true` a test moves them with `corral clock --advance` as it moves a
-person's waits, rather than waiting for the wall's next minute.
+manual_clock = true` a test moves them with `corral clock --advance`.
 """
 
 from __future__ import annotations
@@ -49,9 +45,7 @@ class ScheduledRestarts(AgentLoops[str]):
         return spec.restart_cron  # type: ignore[no-any-return]
 
     async def run_loop(self, name: str, key: str) -> None:
-        await self._keep(name, Cron(key))
-
-    async def _keep(self, name: str, cron: Cron) -> None:
+        cron = Cron(key)
         while True:
             due = cron.next_after(self.clock.time())
             while self.clock.time() < due:  # the clock's minute, not the loop's

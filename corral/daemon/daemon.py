@@ -4,13 +4,9 @@
 order on one `AsyncExitStack`, so that a start-up that fails half-way tears down exactly
 what it set up, in reverse, and a stop tears everything down in the reverse of the list;
 then runs the arbiter loop: signals are queued into the event loop and handled there,
-gunicorn-style — SIGTERM/SIGINT (or `daemon.shutdown`) drain (drain.py: no new task to a
-worker, running tasks finish within drain_timeout; the same signal again, or `shutdown
---now`, cuts it short), stop every agent gracefully and exit 0; SIGHUP reloads the
-config; SIGUSR2 (or `daemon.upgrade`) hands over to a new image (upgrade.py). It speaks
-sd_notify when systemd started it (status.py): READY=1 once every autostart agent is up,
-WATCHDOG=1 from the heartbeat loop, STATUS= lines (`draining 3 tasks ...` during a
-drain), RELOADING=1, STOPPING=1. The HTTP server and the gateway's site are extras
+gunicorn-style — SIGTERM/SIGINT (or `daemon.shutdown`) drain (drain.py), stop every agent
+gracefully and exit 0; SIGHUP reloads the config; SIGUSR2 (or `daemon.upgrade`) hands over
+to a new image (upgrade.py). The HTTP server and the gateway's site are extras
 (extras.py): a failure to start one is reported and retried, never a failure of the
 daemon.
 """
@@ -87,17 +83,17 @@ class Assembly(msgspec.Struct, frozen=True, kw_only=True):
     """What the set-up made that the daemon itself uses once it runs."""
 
     conf: part.Conf  # the config as it was at start-up
-    sup: Supervisor  # the engine embedded (tests reach it); services get its parts
+    sup: Supervisor
     hub: LogHub
     control: ControlServer
-    dispatcher: Dispatcher[Services]  # for another front end to call
+    dispatcher: Dispatcher[Services]
     store: StateStore
     journal: TaskJournalDB | None
-    cluster: ClusterNode | None  # with [cluster]: this node
+    cluster: ClusterNode | None
     status: Status
     extras: Extras
     services: Services
-    teardown: Teardown  # the parts' stack, each step bounded
+    teardown: Teardown
 
 
 class Daemon:
@@ -116,20 +112,18 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
         self._signals: asyncio.Queue[int] = asyncio.Queue()
-        # set once the parts are up and the agents added: what an embedding program (a
-        # test running the daemon in its own loop) waits for before it uses `services`
+        # set once the parts are up and the agents added: what an embedding program waits
+        # for before it uses `services`
         self.set_up = asyncio.Event()
-        # what the set-up made, once it has (the one attribute bound late: `_setup`'s)
-        self.up: Assembly | None = None
+        self.up: Assembly | None = None  # the one attribute bound late: `_setup`'s
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
         self.failed: str | None = None  # why an agent stopped the daemon (fatal = true)
-        self.drain_timeout = 0.0  # [supervisor] drain_timeout (set from the config)
-        self.start_config: Config | None = None  # what the tables read at start said
+        self.drain_timeout = 0.0
+        self.start_config: Config | None = None
         self.applied: Config | None = None  # the config the last start or reload applied
-        self._drained: asyncio.Future[DrainReport] | None = None  # what it did, once over
-        # corral upgrade (upgrade.py): asked, handed over; `taken`: this image took one
-        self.taken = taken
+        self._drained: asyncio.Future[DrainReport] | None = None
+        self.taken = taken  # this image took over from an upgrade's old one
         if taken is not None:
             self.started_at = taken.handoff.started_at
         self.upgrades = Upgrades(self, lambda: self._signals.put_nowait(UPGRADE), taken)
@@ -173,19 +167,12 @@ class Daemon:
         return self._up().cluster
 
     @property
-    def extras(self) -> Extras:
-        return self._up().extras
-
-    @property
     def http_server(self) -> HttpServer | None:
         serving: part.Serving | None = self.services.web.server
         return serving.server if serving is not None else None
 
     def status_line(self) -> str:
         return self._up().status.line()
-
-    def notices(self) -> list[str]:
-        return self._up().status.notices()
 
     # -- the arbiter ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -231,9 +218,9 @@ class Daemon:
         self._stopped_drain().set_result(drained)
 
     async def _drain(self, s: Services, *, now: bool) -> DrainReport:
-        """Before the agents stop: no new task to a worker, and the running ones finish
-        within their drain_timeout (drain.py). Signals are still heard meanwhile: a
-        second SIGTERM or SIGINT, or `shutdown --now`, cuts it short."""
+        """Before the agents stop: the running tasks finish within drain_timeout. Signals
+        are still heard meanwhile: a second SIGTERM or SIGINT, or `shutdown --now`, cuts
+        it short."""
         status = self._up().status
         drain = status.drain = Drain(s.task_engine, s.agents, self.drain_timeout,
                                      s.hub.daemon, self.notifier.status_changed)
@@ -279,7 +266,7 @@ class Daemon:
         return self._drained
 
     async def drained(self) -> DrainReport:
-        """What the stop's drain did: waits for a stop to be asked for and drained."""
+        """What the stop's drain did, once a stop was asked for and drained."""
         return await asyncio.shield(self._stopped_drain())
 
     def request_stop(self, now: bool = False) -> None:
@@ -384,7 +371,7 @@ class Daemon:
             traces=traces)
         if self.taken is None:  # (an upgrade's new image: once its agents are adopted)
             await self._web(teardown, conf, services, dispatcher, extras)
-        history.start()  # (issue 21) the metrics history sampler
+        history.start()
         await enter("the metrics history", part.closed(history.close))
         if self.freeze_heap:
             part.freeze_heap(collect=self.taken is None)
@@ -395,20 +382,17 @@ class Daemon:
 
     async def _web(self, teardown: Teardown, conf: part.Conf, s: Services,
                    dispatcher: Dispatcher[Services], extras: Extras) -> None:
-        """[http] and [gateway] listen, aiohttp's (imported here): the HTTP gateway, the
-        dashboard's logins, the HTTP server. Before the agents start (they are given the
-        gateway's address), but in an upgrade's new image once its agents are adopted
-        and dispatch goes on: their listening sockets are inherited, so a client waits
-        in the backlog meanwhile, and the address is the old image's
-        (Takeover.gateway_address)."""
+        """[http] and [gateway] listen (aiohttp's): the HTTP gateway, the dashboard's
+        logins, the HTTP server. Before the agents start (they are given the gateway's
+        address), but in an upgrade's new image once its agents are adopted: their
+        listening sockets are inherited, so a client waits in the backlog meanwhile."""
         enter, listeners, web = teardown.enter, self.upgrades.listeners, s.web
         web.gateway = await enter("the HTTP gateway", part.http_gateway(
             conf, s.gateway, s.hub, extras, listeners, s.models))
         web.logins = part.dashboard_sessions(conf)
         web.server = await enter("the HTTP server", part.http_server(
             conf, s, dispatcher, extras, listeners))
-        # no more attempts at an extra once the stop begins tearing down (before the
-        # servers close)
+        # no more attempts at an extra once the stop begins tearing down
         await enter("the extras' retries", part.closed(extras.close))
 
     async def _begin(self, up: Assembly, unfinished: list[Unfinished]) -> None:
@@ -433,8 +417,8 @@ class Daemon:
         # for the daemon's life, must not keep thousands of suspended tasks' twice
         unfinished.clear()
         s.workflows.recover()  # after the tasks: a run's recorded task is found
-        up.sup.parts.tasks.spawns.node.recover()  # (a spawn's child's end is found)
-        s.teams.recover()  # (so is a team call's)
+        up.sup.parts.tasks.spawns.node.recover()
+        s.teams.recover()
         s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:
             up.journal.start_pruning()
@@ -447,13 +431,12 @@ class Daemon:
                 node.place_after(settled)
             node.start()
         if self.taken is not None:
-            # aiohttp imported from the first adoption on, in a thread: the loop adopts
-            # and dispatches meanwhile (an import holds the interpreter a few ms at a
-            # time, not the whole import long)
+            # aiohttp imported in a thread from the first adoption on: the loop adopts
+            # and dispatches meanwhile
             try:
                 await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
                 await self._web(up.teardown, up.conf, s, up.dispatcher, up.extras)
-                if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
+                if self.freeze_heap:
                     part.freeze_heap(collect=False)
                 self.upgrades.report = await self.taken.settle(up.hub)
             finally:
@@ -469,12 +452,10 @@ class Daemon:
             protected = part.protected(cfg, self.config_path, part.paths_of(
                 cfg, self.config_path, self.socket_override))
             check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
-            # the tokens file is re-read: rotating a token is an edit and a reload; the
-            # keys its listener was made with stay as they were (restart_needed says so)
+            # the keys its listener was made with stay as they were (restart_needed says so)
             gateway = (cfg.gateway if self.start_config is None
                        else as_listening(self.start_config.gateway, cfg.gateway))
             gateway_changes = s.gateway.configure(gateway, self.config_path.parent)
-            # (made at start where [models] named any: added since, restart_needed says so)
             if s.models is not None:
                 gateway_changes += s.models.configure(cfg.models, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
@@ -497,7 +478,7 @@ class Daemon:
         result.gateway = gateway_changes
         if self.start_config is not None:
             result.restart_needed = read_at_start(self.start_config, cfg)
-        if result.restart_needed:  # (the fleet's line above says what was applied)
+        if result.restart_needed:
             s.hub.daemon(f"reload: {', '.join(result.restart_needed)} changed in the file: "
                          "read at start, not applied until the daemon restarts", priority=4)
         if before is not None:
@@ -517,24 +498,19 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
     return msgspec.structs.replace(cfg, agents=local), declared
 
 
-
-
 # The tables a running daemon took at its start and does not take again on a reload.
 START_ONLY = ("tracing", "http", "cluster", "packages")
 
 
-# [gateway]'s keys its HTTP listener was made with at start (http/mcp.py): a reload
-# keeps them as they were (decision 591)
+# [gateway]'s keys its HTTP listener was made with at start: a reload keeps them
 GATEWAY_AT_START = ("listen", "allow_remote", "tls_cert", "tls_key", "max_sessions",
                     "session_idle_timeout")
 
 
 def read_at_start(started: Config, now: Config) -> list[str]:
     """What the file changes since the daemon started that a reload does not apply: the
-    START_ONLY tables (`[tracing]`...), GATEWAY_AT_START's keys (`[gateway] listen`),
-    and a [models] where the daemon started with none: the model gateway is made at
-    start, its routes on the HTTP gateway and its variables in each replica's
-    environment (decision 590)."""
+    START_ONLY tables, GATEWAY_AT_START's keys, and a [models] where the daemon started
+    with none (the model gateway is made at start)."""
     said = [f"[{name}]" for name in START_ONLY if getattr(started, name) != getattr(now, name)]
     said += [f"[gateway] {key}" for key in GATEWAY_AT_START
              if getattr(started.gateway, key) != getattr(now.gateway, key)]
@@ -587,12 +563,10 @@ def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) 
 
 
 def exit_without_finalizing(status: int) -> NoReturn:
-    """The end of `corral daemon`'s process once the daemon has stopped: what the
-    interpreter's shutdown does that anyone can see (non-daemon threads joined, atexit's
-    functions run, logging's flush among them, stdout and stderr flushed), then the exit,
-    without the shutdown's teardown of every module and object: that only frees memory
-    the exit frees anyway, and was ~50 ms of CPU, a fifth of an empty daemon's boot and
-    stop (decision 928). As the zygote's children end (corral/worker/zygote.py)."""
+    """The end of `corral daemon`'s process: what the interpreter's shutdown does that
+    anyone can see (threads joined, atexit's functions run, streams flushed), then the
+    exit, without the teardown of every module and object: that only frees memory the
+    exit frees anyway, and was ~50 ms of CPU, a fifth of an empty daemon's boot and stop."""
     import atexit
     import threading
 
@@ -605,9 +579,9 @@ def exit_without_finalizing(status: int) -> NoReturn:
 
 
 async def exit_past_skipped(daemon: Daemon) -> int:
-    """Run `daemon`; when a teardown step was skipped past its deadline (decision 516),
-    the process exits as soon as the rest is torn down: the skipped step may never end,
-    and the event loop's close waits for every task and every executor thread."""
+    """Run `daemon`; when a teardown step was skipped past its deadline, the process
+    exits as soon as the rest is torn down: the skipped step may never end, and the event
+    loop's close waits for every task and every executor thread."""
     status = await daemon.run()
     if daemon.up is not None and daemon.up.teardown.skipped:
         sys.stdout.flush()

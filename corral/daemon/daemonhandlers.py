@@ -1,7 +1,5 @@
 """The daemon's own methods' handlers (corral.methods.daemon): what the daemon is, its
-shutdown, its upgrade, a reload of its config, its audit log. They take the daemon's own
-parts alone (`DaemonServices`): its files, its start, its stop and what it runs beside
-the engine."""
+shutdown, its upgrade, a reload of its config, its audit log."""
 
 from __future__ import annotations
 
@@ -88,8 +86,7 @@ def _limited_status(d: DaemonServices, caller: Caller) -> str:
 
 
 def fleet_line(agents: int, census: Counter[State]) -> str:
-    """The status line's agents and replicas (Daemon.status_line's, from the supervisor's
-    census; a limited caller's, from its agents' replicas)."""
+    """The status line's agents and replicas."""
     line = (f"{plural(agents, 'agent')}, {sum(census[s] for s in SERVING)}/"
             f"{plural(census.total(), 'replica')} serving")
     if census[State.PAUSED]:
@@ -129,8 +126,7 @@ async def config_reload(d: DaemonServices, p: m.ConfigReload, caller: Caller, c:
 async def audit_list(d: DaemonServices, p: m.AuditList, caller: Caller, c: Channel
                      ) -> m.AuditResult:
     return m.AuditResult(entries=[
-        # rows are written by the rule already; read by it too, for rows an earlier
-        # corral wrote with the values in them
+        # redacted on reading too: an earlier corral wrote rows with the values in them
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
                      params=redact.params(method, msgspec.json.decode(params)),
                      outcome=outcome, who=who, tenant=tenant)

@@ -1,9 +1,8 @@
 """A kind of definition that is the config file's and changeable at runtime (a workflow, a
-team): those added by a command, each change a revision in the state database
-(definitions.py) committed before it takes effect and restored by the next daemon; the
-config file's, changed only by an edit and a reload. What a definition is and how it is
-checked whole is its kind's (`check`, raising ValueError with what is wrong); the refusals
-are said alike for every kind (docs/workflows.md, docs/teams.md)."""
+team): those added by a command, each change a revision in the state database committed
+before it takes effect and restored by the next daemon; the config file's, changed only by
+an edit and a reload. How a definition is checked whole is its kind's (`check`); the
+refusals are said alike for every kind."""
 
 from __future__ import annotations
 
@@ -27,26 +26,22 @@ from .storewriter import what_to_do
 
 S = TypeVar("S", bound=msgspec.Struct)
 # definitions of a kind added at runtime, at most: each is a row restored and checked at
-# every start and held in memory, so what callers may add is bounded per tenant, for the
-# tenants together, and for the daemon, whose share past the tenants' is the operator's
-# alone (a tenant's use never refuses the operator: decision 445)
+# every start and held in memory; the daemon's share past the tenants' is the operator's
+# alone (a tenant's use never refuses the operator)
 MAX_RUNTIME = 2000  # the daemon's
 MAX_TENANTS = 1000  # every tenant's together
 MAX_PER_TENANT = 100  # one tenant's
 # a definition's table, as JSON: it is held whole in memory, kept in every revision and
 # shown whole by describe and history
 MAX_DEFINITION_BYTES = 128 * 1024
-# the revisions kept of each name (the newest; older ones are pruned as one is made)
 KEEP_REVISIONS = 10
 # a definition checked whole, with the others of its kind being added beside it: raises
-# ValueError saying what is wrong, or answers the tenant whose definition it is (its
-# agents' tenant; None: of no one tenant)
+# ValueError saying what is wrong, or answers the tenant whose definition it is
 Check = Callable[[str, S, Mapping[str, S]], "str | None"]
 
 
 def _own(rev: DefRevision, tenant: str | None) -> bool:
-    """Whether a revision is the caller's to see (a tenant's: its tenant's alone, even
-    one the operator made; none made while the definition was another's)."""
+    """Whether a revision is the caller's to see (a tenant's: its tenant's alone)."""
     return tenant is None or rev.tenant == tenant
 
 
@@ -77,7 +72,6 @@ class RuntimeCatalog(Generic[S]):
         self._turn = asyncio.Lock()  # one change at a time: its record, then its effect
 
     def parse(self, name: str, table: Any, where: str) -> S:
-        """A table as the config loader reads it, with its messages (ConfigError)."""
         at = f"{where}: {self.section}.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{at}: expected a table")
@@ -109,7 +103,7 @@ class RuntimeCatalog(Generic[S]):
 
     def restore(self, report: Callable[[str], None]) -> None:
         """The definitions added at runtime by an earlier daemon (a table no longer valid
-        is reported and left out: the others are restored)."""
+        is reported and left out)."""
         for name, rev in self.revisions.current().items():
             try:
                 self._put(name, (self.parse(name, rev.spec, "state database"),
@@ -143,7 +137,6 @@ class RuntimeCatalog(Generic[S]):
 
     @property
     def config(self) -> dict[str, S]:
-        """The config file's (a reload replaces them)."""
         return self._config
 
     @config.setter
@@ -165,9 +158,8 @@ class RuntimeCatalog(Generic[S]):
         self._specs = None
 
     def specs(self) -> dict[str, S]:
-        """Every definition (the config file's wins over a runtime one of its name, which
-        it can only be since a reload added it); read on every task's way, so made once
-        per change, and not to be changed."""
+        """Every definition (the config file's wins over a runtime one of its name); read
+        on every task's way, so made once per change, and not to be changed."""
         if self._specs is None:
             self._specs = {**{n: s for n, (s, _, _) in self.runtime.items()}, **self._config}
         return self._specs
@@ -191,7 +183,7 @@ class RuntimeCatalog(Generic[S]):
         """Each (name, table or None for a removal, its tenant) a revision, committed."""
         made: dict[str, list[DefRevision]] = {n: [] for n, _, _ in writes}
         # a removed name holds no quota: the histories its owner keeps of such are bounded
-        # as its definitions are (its most recently removed), in the same transaction
+        # as its definitions are, in the same transaction
         forgotten = {owner for _, t, owner in writes if t is None}
         try:
             await self.revisions.store.commit(
@@ -261,14 +253,9 @@ class RuntimeCatalog(Generic[S]):
             raise jsonrpc.not_found(self.noun, name)
         return held
 
-    def owner(self, name: str) -> str | None:
-        """The tenant a runtime definition is of now (its current revision's)."""
-        return self._runtime(name, "see")[2].tenant
-
     async def update(self, name: str, changes: dict[str, Any], who: str,
                      tenant: str | None, check: Check[S]) -> DefRevision | None:
-        """`changes` merged into its table (a JSON merge patch: a table merges key by
-        key, null takes a key away, a list is replaced whole); the revision made, None
+        """`changes` merged into its table as a JSON merge patch; the revision made, None
         when nothing changed."""
         where = f"{self.section}.update"
         if not changes:
@@ -314,27 +301,17 @@ class RuntimeCatalog(Generic[S]):
             raise jsonrpc.not_found(self.noun, name)
         return revs
 
-    def last_revision(self, name: str, tenant: str | None) -> DefRevision | None:
-        """The newest revision of a name that defines it, of a tenant's (None: any):
-        what a removed one was, and whose."""
-        held = self.runtime.get(name)
-        if held is not None and _own(held[2], tenant):
-            return held[2]
-        for rev in reversed(self.revisions.history(name, KEEP_REVISIONS, tenant)):
-            if rev.spec is not None:
-                return rev
-        return None
-
     def last_defined(self, name: str, tenant: str | None) -> tuple[S, str | None] | None:
         """A runtime definition as it is, or as its newest revision of the caller's
         tenant defined it (removed since), and whose: what decides who may see its
         history."""
-        rev = self.last_revision(name, tenant)
+        held = self.runtime.get(name)
+        if held is not None and _own(held[2], tenant):
+            return held[0], held[2].tenant
+        rev = next((r for r in reversed(self.revisions.history(name, KEEP_REVISIONS, tenant))
+                    if r.spec is not None), None)
         if rev is None:
             return None
-        held = self.runtime.get(name)
-        if held is not None and held[2] is rev:
-            return held[0], rev.tenant
         try:
             return self.parse(name, rev.spec, "revision"), rev.tenant
         except ConfigError:

@@ -1,13 +1,10 @@
-"""Definitions changed at runtime, of any kind (a workflow; a team next): each change of
-one is a numbered revision of its kind and name — who made it, when, for which tenant,
-what changed, and the whole definition, or none for a removal — so `history` shows it,
-`rollback` goes back to any of them, and the next daemon restores each name's newest
-revision that is not a removal.
+"""Definitions changed at runtime, of any kind (a workflow, a team): each change of one
+is a numbered revision of its kind and name — who, when, for which tenant, what changed,
+and the whole definition, or none for a removal — so `history` shows it, `rollback` goes
+back to any of them, and the next daemon restores each name's newest one.
 
-The table is migration 14 of storeschema.py (`definitions`); this module reads it on the loop's
-connection and makes its writes (functions of a connection, run by storewriter.py's writer
-thread), each numbered where it is written: two changes queued together never take one
-number. What a definition is, and how it is checked, is its kind's owner's."""
+Writes are functions of a connection, run by the store's writer thread, each numbered
+where it is written: two changes queued together never take one number."""
 
 from __future__ import annotations
 
@@ -30,9 +27,8 @@ class DefRevision(msgspec.Struct, frozen=True):
     revision: int
     time: float
     who: str
-    # whose definition it is: the tenant its agents were of when it was made (a removal's:
-    # the removed one's); None: of no one tenant, the operator's. A tenant's caller sees
-    # its own tenant's revisions only (decision 443)
+    # the tenant its agents were of when it was made (a removal's: the removed one's);
+    # None: the operator's
     tenant: str | None
     change: str  # "created", "removed", "timeout 60 -> 30, steps changed", ...
     spec: dict[str, Any] | None  # None: this revision removed it
@@ -110,12 +106,8 @@ class Definitions:
     def history(self, name: str, limit: int, tenant: str | None = None
                 ) -> list[DefRevision]:
         """The newest `limit` revisions (a tenant's: of its own tenant's), oldest first."""
-        if tenant is None:
-            rows = self._rows(self.store.db, "AND name = ? ORDER BY revision DESC LIMIT ?",
-                              name, limit)
-        else:
-            rows = self._rows(self.store.db, "AND name = ? AND tenant = ? ORDER BY "
-                              "revision DESC LIMIT ?", name, tenant, limit)
+        rows = self._rows(self.store.db, "AND name = ? AND (? IS NULL OR tenant = ?) ORDER BY "
+                          "revision DESC LIMIT ?", name, tenant, tenant, limit)
         return list(reversed(rows))
 
     def unstamped(self) -> list[DefRevision]:
@@ -149,9 +141,8 @@ class Definitions:
                   tenant: str | None, why: str | None, out: list[DefRevision],
                   keep: int | None = None) -> Write:
         """The write of a new revision (`spec` None: removed) when it differs from the
-        newest one; the revision made is put in `out`. `why`: what made it (`rollback to
-        revision 2`), said before the difference; `keep`: the revisions of the name kept,
-        the newest (older ones deleted with it)."""
+        newest one; the revision made is put in `out`. `why`: what made it, said before
+        the difference; `keep`: how many of the name's newest revisions are kept."""
         encoded = msgspec.json.encode(spec).decode() if spec is not None else None
         when = time.time()
 

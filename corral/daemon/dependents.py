@@ -15,6 +15,7 @@ from ..supervisor.process_replica import Transition
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
+    from ..supervisor.core import Agent
 
 
 class Dependents:
@@ -42,10 +43,7 @@ class Dependents:
                     self.report(f"agent {agent.name} is not started: it requires "
                                 f"{event.name}, which failed (`corral start {agent.name}` "
                                 "once it is up)")
-                task = asyncio.ensure_future(agent.stop(
-                    f"requires {event.name}, which failed"))
-                self.stopping.add(task)
-                task.add_done_callback(self.stopping.discard)
+                self._stop(agent, f"requires {event.name}, which failed")
 
     def _stopped(self, name: str) -> None:
         """An agent stopped by hand stops those that require it, as systemd's Requires=
@@ -56,10 +54,12 @@ class Dependents:
             if name in agent.spec.requires and not self.agents.stopped_by_hand([agent.name]):
                 self.report(f"agent {agent.name} is stopped: it requires {name}, which "
                             f"was stopped (`corral start {name} {agent.name}` starts both)")
-                task = asyncio.ensure_future(agent.stop(f"requires {name}, which was "
-                                                        "stopped"))
-                self.stopping.add(task)
-                task.add_done_callback(self.stopping.discard)
+                self._stop(agent, f"requires {name}, which was stopped")
+
+    def _stop(self, agent: Agent, why: str) -> None:
+        task = asyncio.ensure_future(agent.stop(why))
+        self.stopping.add(task)
+        task.add_done_callback(self.stopping.discard)
 
     async def close(self) -> None:
         self.closed = True

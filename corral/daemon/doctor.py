@@ -1,5 +1,5 @@
 """`corral doctor`: what this host offers to enforce an agent's boundary, and which layer
-each agent of a config runs under, or why it cannot (docs/sandbox.md#egress).
+each agent of a config runs under, or why it cannot.
 
 Every answer is a probe made now (a real sandbox tried, the Landlock syscall made), never
 a guess from the kernel's version: a container, an AppArmor profile or a systemd unit may
@@ -102,9 +102,7 @@ def layer(iso: Isolation, refusal: str | None, fallback: str, gateway_url: str |
 def agents(cfg: Config) -> list[dict[str, Any]]:
     program = cfg.supervisor.bwrap
     listen = cfg.gateway.listen
-    url = None
-    if listen and not listen.startswith("unix:"):
-        url = f"http://{listen}"
+    url = f"http://{listen}" if listen and not listen.startswith("unix:") else None
     refusals: dict[str | None, str | None] = {}
     out = []
     for name, spec in sorted(cfg.agents.items()):

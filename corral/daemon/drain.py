@@ -1,18 +1,11 @@
-"""A stop that loses no work: the daemon drains before its agents stop (decision 164).
+"""A stop that loses no work: the daemon drains before its agents stop.
 
-`Drain.run`: no new task goes to a worker (`TaskManager.hold`: what is submitted meanwhile
-waits in the journal for the next daemon), and every task running has up to its agent's
-`drain_timeout` (else [supervisor] drain_timeout) to finish; what ends so is recorded
-once, as any outcome, and never runs again. One still running at its deadline is handed
-over (`Dispatcher.hand_over`: task/cancel, and its attempt lost to the stop, as to a
-worker that exits, so that the journal gives it to the next daemon), and has its
-`cancel_grace` to stop before the stop goes on and ends it with its worker. An agent
-with drain_timeout = 0 is not drained: its tasks are ended by the stop, as before.
-A second stop request (`corral shutdown --now`, SIGTERM or SIGINT again) cuts the drain
-short (`cut`).
-
-The hold is the engine's (TaskManager.hold/release), not this module's: an upgrade can
-take it the same way.
+`Drain.run`: no new task goes to a worker (what is submitted meanwhile waits in the
+journal for the next daemon), and every task running has up to its agent's
+`drain_timeout` to finish; what ends so is recorded once and never runs again. One still
+running at its deadline is handed over (its attempt lost to the stop, so that the journal
+gives it to the next daemon), and has its `cancel_grace` to stop before the stop ends it
+with its worker. A second stop request cuts the drain short (`cut`).
 """
 
 from __future__ import annotations
@@ -58,8 +51,7 @@ class Drain:
         return getattr(a.spec, "cancel_grace", CANCEL_GRACE) if a is not None else 0.0
 
     def cut(self) -> None:
-        """Stop waiting: what still runs is ended by the stop (and handed over, as
-        before drains)."""
+        """Stop waiting: what still runs is ended by the stop (and handed over)."""
         self._cut = True
         self._wake.set()
 
@@ -123,4 +115,3 @@ class Drain:
         if running:
             self.report(f"drained in {drained.seconds:.1f} s: {drained.summary()}")
         return drained
-

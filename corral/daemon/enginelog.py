@@ -42,12 +42,10 @@ class EngineLog:
                                   [text.encode()])
 
     def on_scaling(self, s: Scaling) -> None:
-        """An autoscaling decision: a line of the agent's log, as its transitions are."""
         text = f"autoscale {s.direction} {s.previous} -> {s.replicas}: {s.reason}"
         self.hub.emit(s.agent, 0, 0, "event", LineBlock.one(text), when=s.time)
 
     def on_health(self, e: HealthChange) -> None:
-        """A check flipped: a line in the replica's log (`corral logs`), as transitions."""
         self.hub.emit(e.agent, e.replica, e.pid or 0, "event", LineBlock.one(e.text),
                       when=e.time)
         if self.sender is not None:

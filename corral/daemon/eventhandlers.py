@@ -1,6 +1,5 @@
 """The event bus's methods' handlers (corral.methods.events): an event published to the
-workers and followers subscribed to its topic, and the events followed. They take the bus
-and the tenants' quotas (which tenants there are) alone (`EventServices`)."""
+workers and followers subscribed to its topic, and the events followed."""
 
 from __future__ import annotations
 
@@ -38,9 +37,8 @@ async def events_publish(d: EventServices, p: m.EventsPublish, caller: Caller, c
 
 
 def event_tenant(quotas: Tenancy, named: str | None, caller: Caller) -> str | None:
-    """The tenant of the bus a call publishes in or follows (or of the HTTP stream's
-    ring it reads, rest.Api.stream): a tenant caller's own (the command layer refused
-    another's), else the one named, which must exist."""
+    """The tenant of the bus a call publishes in or follows: a tenant caller's own (the
+    command layer refused another's), else the one named, which must exist."""
     if caller.tenant is not None:
         return caller.tenant
     if named is not None and not quotas.known(named):

@@ -1,14 +1,11 @@
-"""The daemon's extras: parts it runs without needing them (decision 165).
+"""The daemon's extras: parts it runs without needing them.
 
 The HTTP server and the gateway's own site are extras: a failure to bind them (a port
 already taken, a certificate not there yet) must not keep the agents from starting, nor
 the daemon from running. Each is tried once in line, so that one that can serves before
-the agents start, as they are given its address; one that fails is reported — the log,
-`corral status` and `corral info`, /readyz when the HTTP server serves, sd_notify STATUS=
-— and tried again with backoff (RETRY_FIRST, doubling up to RETRY_MAX) until it serves
-or the daemon stops. Only what the daemon cannot run without (the state database, the
-control socket) fails its start — and a config an extra refuses (a remote address without
-TLS): that is a rule, not a fault, and retrying would not change it.
+the agents start, as they are given its address; one that fails is reported and tried
+again with backoff until it serves or the daemon stops. A config an extra refuses (a
+remote address without TLS) fails the start: that is a rule, not a fault.
 """
 
 from __future__ import annotations
@@ -28,8 +25,7 @@ Report = Callable[[str, int], None]  # (text, syslog priority): the daemon's log
 
 
 def reason(exc: BaseException) -> str:
-    """The OS's reason without errno's prefix (asyncio's bind error words it anew: its
-    errno's), a config's, else the exception's."""
+    """The OS's reason without errno's prefix, a config's, else the exception's."""
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
@@ -90,8 +86,6 @@ class Extras:
     async def _try(self, extra: Extra, first: bool = False) -> bool:
         try:
             await extra.attempt()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             if first and isinstance(exc, ConfigError):
                 raise  # a rule the config breaks; later (a certificate gone bad): a fault

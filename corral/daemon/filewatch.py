@@ -1,5 +1,5 @@
 """Development mode: `watch = ["*.py"]` on an agent restarts it when a matching file
-changes, as PM2's --watch and uvicorn's --reload do (docs/packages.md).
+changes, as PM2's --watch and uvicorn's --reload do.
 
 The kernel tells of changes (inotify, through watchfiles; never a polling loop); changes
 that come together are taken as one (watchfiles' debounce, then a quiet `STEP`). A plain
@@ -9,14 +9,10 @@ from (a release is read-only: what changed is its source), which builds a new re
 (its dependencies from uv's cache) and switches to it if it comes up, so an edit that
 breaks the agent is refused and the running release keeps serving. Either waits for the
 agent's turn (Fleet.changing): never during a deploy, a rollback or a reload of it.
-
-Which agents are watched follows the fleet: every lifecycle event of an agent looks
-whether its watch (globs, directory) is the one being watched, O(1).
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import os
 from collections.abc import Callable
@@ -55,12 +51,8 @@ class FileWatches(AgentLoops[WatchKey]):
         self.restarts = 0
 
     def key_of(self, spec: Any) -> WatchKey | None:
-        return self._key(spec) if spec.watch else None
-
-    async def run_loop(self, name: str, key: WatchKey) -> None:
-        await self._watch(name, key)
-
-    def _key(self, spec: Any) -> WatchKey | None:
+        if not spec.watch:
+            return None
         if spec.release is not None:
             source = self.packages.source_of(spec.release)
             if source is None:
@@ -68,7 +60,7 @@ class FileWatches(AgentLoops[WatchKey]):
             return WatchKey(tuple(spec.watch), source, True)
         return WatchKey(tuple(spec.watch), os.path.abspath(spec.cwd or "."), False)
 
-    async def _watch(self, name: str, key: WatchKey) -> None:
+    async def run_loop(self, name: str, key: WatchKey) -> None:
         try:
             from watchfiles import DefaultFilter, awatch
         except ImportError:
@@ -84,8 +76,7 @@ class FileWatches(AgentLoops[WatchKey]):
                 return False
             # a change under a link out of the directory (the kernel's watches follow
             # it) is not the agent's: another user's files must not restart it, nor be
-            # named in its log
-            # (the directory it is in, resolved: a link in the directory is its own)
+            # named in its log (a link in the directory is its own)
             where = os.path.realpath(os.path.dirname(path))
             if os.path.commonpath([where, real_root]) != real_root:
                 return False
@@ -103,8 +94,6 @@ class FileWatches(AgentLoops[WatchKey]):
                                         debounce=DEBOUNCE_MS, recursive=True):
                 paths = sorted({os.path.relpath(p, root) for _, p in changes})
                 await self._changed(name, key, paths)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the watcher's own failure: told, never the daemon's
             self.report(f"{name}: watch stopped: {type(exc).__name__}: {exc}", priority=3)
 

@@ -3,10 +3,9 @@
 Every change of what runs — an agent added, removed, scaled or rolled back by a command; a
 reload of the config file; the runtime agents and kept scales restored at start-up — goes
 through `Fleet`, whatever front end asked for it. A command's change is committed to the
-state database BEFORE it is made (decision 61): a database that cannot be written refuses
-the command with nothing changed, and a change that then fails is taken back, record and
-all. Two changes of one agent take turns (`changing`), so a record and the act it stands
-for never interleave with another's.
+state database BEFORE it is made: a database that cannot be written refuses the command
+with nothing changed, and a change that then fails is taken back, record and all. Two
+changes of one agent take turns (`changing`).
 """
 
 from __future__ import annotations
@@ -70,20 +69,17 @@ class Fleet:
         self.quotas = parts.quotas
         self.elastic = parts.elastic
         self.tasks = parts.tasks
-        self.tuning = parts.tuning  # the heartbeat's, the sandbox's: a reload sets them
+        self.tuning = parts.tuning
         self.store = store
         self.writer = writer
         self.revisions = revisions
         self.config_dir = config_dir
         self.report = report
-        # the replicas stopped by hand, kept across daemon restarts (stopmarks.py); a
-        # start by hand of one, whoever asked, takes its mark away
         self.stops = StopMarks(store.db, lambda write, kind: writer.submit(write, kind))
         parts.stream.subscribe(self.stops.on_transition, Transition)
         self.gateway = GatewaySettings()  # the config's, which network = "gateway" needs
-        self.from_config: set[str] = set()  # agents declared by the config file
-        # the replica count each config-declared agent has in the file (before a kept
-        # `corral scale` is applied)
+        self.from_config: set[str] = set()
+        # each config-declared agent's replicas in the file (before a kept `corral scale`)
         self.declared_replicas: dict[str, int] = {}
         # agents a change is under way for: name -> [lock, changes holding or awaiting it]
         self._changing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -92,12 +88,10 @@ class Fleet:
     async def _unit(self, writes: list[Write], unchanged: str,
                     act: Callable[[], Awaitable[None]],
                     undo: Callable[[], list[Write]]) -> None:
-        """Commit `writes`, then `act`; when the act fails (SupervisorError), commit
-        what `undo()` gives (made once the record is: it names the revisions made) and
-        say in the error whether that could be done; an act that keeps the change all
-        the same (UnreadyKept) keeps its record. A database that cannot be written
-        refuses the change, `unchanged` saying so, and the operator may simply try again
-        once it can."""
+        """Commit `writes`, then `act`; when the act fails, commit what `undo()` gives
+        (made once the record is: it names the revisions made) and say in the error
+        whether that could be done. A database that cannot be written refuses the change,
+        `unchanged` saying so."""
         try:
             await self.store.commit(writes)
         except StoreError as exc:
@@ -119,7 +113,7 @@ class Fleet:
     @contextlib.asynccontextmanager
     async def changing(self, names: Iterable[str]) -> AsyncIterator[None]:
         """While a change of these agents records, then acts: a second change of any of
-        them waits its turn (and sees the first's result)."""
+        them waits its turn."""
         waiting: list[str] = []
         acquired: list[asyncio.Lock] = []
         try:
@@ -153,9 +147,8 @@ class Fleet:
     # -- commands ---------------------------------------------------------------------------
     def _specs(self, tables: dict[str, dict[str, Any]], what: str, who: str, *,
                check: bool, tenant: str | None) -> dict[str, AgentSpec]:
-        """The specs of runtime [agents.NAME] tables, as `add` and `update` take them:
-        held to a tenant's caller's tenant, commands checked, sandboxes possible;
-        INVALID_PARAMS (or FORBIDDEN) naming the key otherwise."""
+        """The specs of runtime [agents.NAME] tables: held to a tenant's caller's tenant,
+        commands checked, sandboxes possible; INVALID_PARAMS (or FORBIDDEN) otherwise."""
         try:
             for name, t in tables.items():
                 if redact.deeper_than(t, redact.MAX_DEPTH):
@@ -182,9 +175,8 @@ class Fleet:
     async def update(self, name: str, changes: dict[str, Any], who: str, *, check: bool,
                      tenant: str | None = None) -> str:
         """Change a runtime agent in place: `changes` merged into its table as a JSON
-        merge patch (RFC 7386: a table merges key by key, null takes a key away), then a
-        new revision rolled out as a reload rolls one (replicas replaced one at a time,
-        each new one ready first); what it changed (`env.V changed, command changed`)."""
+        merge patch, then the new revision rolled out as a reload rolls one; what it
+        changed (`env.V changed, command changed`)."""
         if name in self.from_config:
             raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared in the config file: "
                                              "change it there and `corral reload`")
@@ -203,8 +195,8 @@ class Fleet:
             spec = self._specs({name: table}, AgentsUpdate.declared.name, who, check=check,
                                tenant=tenant)[name]
             if spec.tenant != agent.spec.tenant:
-                # another tenant's agent is another agent (decision 438): its queued
-                # tasks, log, budget and sessions are not the new tenant's to take over
+                # another tenant's agent is another agent: its queued tasks, log, budget
+                # and sessions are not the new tenant's to take over
                 raise RpcError(jsonrpc.CONFLICT, f"agents.update: agents.{name}.tenant: "
                                f"{name} is tenant {agent.spec.tenant}'s and stays so; "
                                f"remove it and add an agent of tenant {spec.tenant}; "
@@ -224,8 +216,7 @@ class Fleet:
     async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool,
                   tenant: str | None = None) -> list[str]:
         """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon.
-        `tenant`: the tenant of a tenant's caller, whose tables name who runs what, where
-        as the tenant does (privilege.py)."""
+        `tenant`: a tenant's caller's, whose tables are held to it (privilege.py)."""
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
         specs = self._specs(tables, AgentsAdd.declared.name, who, check=check, tenant=tenant)
@@ -291,8 +282,7 @@ class Fleet:
             if why:
                 raise RpcError(jsonrpc.INVALID_PARAMS, why)
             self.agents.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
-            # kept across daemon restarts: a runtime agent's table, or beside the config's
-            # count; recorded before any replica starts or stops
+            # recorded before any replica starts or stops
             writes: list[Write] = []
             if name in self.from_config:
                 writes.append(setting_scaled(name, replicas,
@@ -306,12 +296,10 @@ class Fleet:
             undo = self._as_kept_now(name)
             writes.append(recording(msgspec.structs.replace(agent.spec, replicas=replicas),
                                     who, None, made, self.revisions.kept))
-            # the replicas that go take their stops by hand with them: a scale up later
-            # makes new ones in their places
+            # the replicas that go take their stops by hand with them
             writes.append(StopMarks.forgetting(name, replicas))
             # the act refuses when another agent's change grew the fleet past
-            # max_replicas while this one recorded (the turn is this agent's, the bound
-            # the fleet's)
+            # max_replicas while this one recorded (the turn is this agent's alone)
             await self._unit(writes, f"{name} was not scaled",
                              lambda: self.agents.scale(name, replicas),
                              lambda: [*undo, *map(unrecording, made)])
@@ -324,16 +312,14 @@ class Fleet:
 
     async def stopping(self, places: list[Place], who: str, when: float) -> None:
         """Before an operator's stop of these replicas: its marks committed, so that no
-        later daemon starts them until an operator starts them. A stop is never
-        refused for want of the database (it is what an operator reaches for in an
-        outage): its marks then wait with the writes kept in memory meanwhile."""
+        later daemon starts them. A stop is never refused for want of the database (it is
+        what an operator reaches for in an outage): its marks then wait in memory."""
         mark = StopMark(who, when)
         await self._keep(StopMarks.marking(places, mark))
         self.stops.marked(places, mark)
 
     async def starting(self, places: list[Place]) -> None:
-        """Before an operator's start of these replicas: their marks taken away, so
-        that a daemon that starts after a crash starts them too (as `stopping`)."""
+        """Before an operator's start of these replicas: their marks taken away."""
         places = [p for p in places if p in self.stops.marks]
         if places:
             await self._keep(StopMarks.unmarking(places))
@@ -359,9 +345,8 @@ class Fleet:
                        release: str | None = None, *, tenant: str | None = None
                        ) -> tuple[int, str]:
         """Back to an earlier spec revision (default: the one before the current; with
-        `release`, the newest that ran it); the revision restored, and what that changed
-        (`replicas 3 -> 2, env.V changed`). `tenant`: as `add`'s; the releases the agent
-        ran before may be restored."""
+        `release`, the newest that ran it); the revision restored, and what that changed.
+        `tenant`: as `add`'s; the releases the agent ran before may be restored."""
         made: list[Revision] = []
         async with self.changing([name]):
             held = self.tenant_of(name)
@@ -370,7 +355,6 @@ class Fleet:
             if release is not None:
                 revision = self.revision_of_release(name, release)
             target = revision if revision is not None else current - 1
-            # (its own: another tenant's agent of this name, before, has revisions of its own)
             rev = self.revisions.get(name, held, target)
             if rev is None:
                 oldest = self.revisions.oldest(name, held) or 1  # (older ones pruned)
@@ -382,7 +366,6 @@ class Fleet:
             except ConfigError as exc:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             self.fill_cwd(spec)
-            # (the releases of its revisions: deployed for it by the operator)
             self.held_to(spec, who, tenant, releases={
                 r.spec.get("release") for r in self.revisions.history(name, held, 1 << 62)
             } if tenant is not None else ())
@@ -401,7 +384,6 @@ class Fleet:
             undo = self._as_kept_now(name)
             why = f"rollback to revision {target}"
             writes.append(recording(spec, who, why, made, self.revisions.kept))
-            # rolling; refuses when a new process does not become ready
             await self._unit(writes, f"{name} was not rolled back",
                              lambda: self.apply_spec(name, spec),
                              lambda: [*undo, *map(unrecording, made)])
@@ -445,7 +427,6 @@ class Fleet:
         """A `corral scale` of a config-declared agent outlives daemon restarts and
         reloads, until the config file itself changes the agent's replica count."""
         self.declared_replicas = {n: s.replicas for n, s in agents.items()}
-        # (another tenant's agent of the name kept none of these: decision 438)
         held = {n: s.tenant for n, s in agents.items()}
         for name, (replicas, declared) in self.revisions.scaled(held).items():
             spec = agents.get(name)
@@ -495,9 +476,8 @@ class Fleet:
         agents = diff({n: self.agents[n].spec for n in self.from_config
                        if n in self.agents}, cfg.agents)
         fresh = agents["added"]
-        # an agent the file gives another tenant is another agent (decision 438): the
-        # old one is removed (its queued tasks, log, budget and sessions end with it) and
-        # the new one added, never the old one's to take over
+        # an agent the file gives another tenant is another agent: the old one removed,
+        # the new one added
         moved = [n for n in agents["changed"]
                  if self.agents[n].spec.tenant != cfg.agents[n].tenant]
         if moved:
@@ -516,7 +496,7 @@ class Fleet:
             if self.stops.held(n):
                 self.stops.forgotten(n)
                 self.writer.submit(StopMarks.forgetting(n), "stop mark")
-        await self.tasks.sessions.end_agents(owners)  # (their sessions end with them)
+        await self.tasks.sessions.end_agents(owners)
         for n in agents["added"]:
             self._add(cfg.agents[n])
             self.record(cfg.agents[n], who)
@@ -598,16 +578,13 @@ class Fleet:
         self.agents.add(spec, held=self.stops.held(spec.name))
 
     def origin(self, name: str, config_path: Path) -> str:
-        """Where the agent comes from, as `corral describe` says it."""
         return f"file {config_path}" if name in self.from_config else "runtime"
 
     def tenant_of(self, name: str) -> str:
-        """The tenant of the agent of this name (NoSuchAgent when there is none): whose
-        revisions are its (revisions.py)."""
+        """Whose revisions are the agent's (NoSuchAgent when there is none)."""
         return self.agents.agent(name).spec.tenant
 
     def revision_of(self, name: str) -> int | None:
-        """The number of the agent's current spec revision in the store."""
         agent = self.agents.get(name)
         last = self.revisions.latest(name, agent.spec.tenant) if agent is not None else None
         return last.revision if last is not None else None
@@ -615,8 +592,7 @@ class Fleet:
     def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
         """A new spec revision of the agent, when its spec changed, through the store's
         writer (kept while the database cannot be written): for a change the config file
-        made, which is itself what a restart reads. A command's own revision is committed
-        with its change, before it acts (`_unit`)."""
+        made, which is itself what a restart reads."""
         out: list[Revision] = []
         self.writer.submit(recording(spec, who, change, out, self.revisions.kept),
                            "spec revision", lambda: self.told(out))

@@ -2,25 +2,22 @@
 stream numbers every agent replica's transition and every change of an agent's list of
 replicas (`Roster`), and keeps the newest in a ring shared by every watcher, each built
 once whatever the number of watchers. A watcher is a cursor into the ring: it is sent a
-snapshot, then the changes after it, in order. A watcher that has sent everything and
-whose transport is writable is sent a new change at once, as the stream delivers it (no
-turn of the loop between the change and its write); the others are woken to catch up.
+snapshot, then the changes after it, in order; one caught up and writable is sent a new
+change as the stream delivers it, the others are woken to catch up.
 
-A watcher that does not read is not sent more (its transport says when it is writable
-again) and costs its cursor: it is never queued for. When it reads again, the changes
-after its cursor are sent if the ring still holds them; if the ring has turned over past
-them it is sent a new snapshot marked `resync`, with how many changes it missed, and
-goes on from there (drop and resync, rather than coalescing per replica: what a slow
-client costs is then the same whatever the fleet's size, and the snapshot says plainly
-that changes were lost). A client that reconnects names the last change it saw
-(`last_event_id`, an SSE client's Last-Event-ID) and is sent what followed, or a resync.
-Ids carry this daemon life's epoch: an id of another life is not mistaken for one of
-this.
+A watcher that does not read is not sent more and costs its cursor: it is never queued
+for. When it reads again, the changes after its cursor are sent if the ring still holds
+them; else it is sent a new snapshot marked `resync`, with how many changes it missed
+(drop and resync, rather than coalescing per replica: what a slow client costs is then
+the same whatever the fleet's size). A client that reconnects names the last change it
+saw (`last_event_id`) and is sent what followed, or a resync. Ids carry this daemon
+life's epoch: an id of another life is not mistaken for one of this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import deque
@@ -31,6 +28,7 @@ from .. import methods as m
 from ..supervisor.health import HealthChange
 from ..supervisor.process_replica import Transition
 from ..supervisor.stream import Roster
+from .api import wire
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -110,14 +108,14 @@ class FleetWatch:
         self._keep(Notice(seq, e.name, "agents.transition", m.ReplicaChange(
             id=self.id_of(seq), time=e.time, agent=e.name, replica=e.replica,
             state=e.state, previous=e.previous, pid=e.pid, cause=e.cause, reason=e.reason,
-            row=_wire(row)), 1))
+            row=wire(row)), 1))
 
     def _on_roster(self, e: Roster) -> None:
         agent = self.agents.get(e.agent)
         rows = [r.status() for r in agent.replicas] if agent is not None else []
         seq = self.last + 1
         self._keep(Notice(seq, e.agent, "agents.roster", m.AgentRoster(
-            id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=_wire(rows),
+            id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=wire(rows),
             removed=agent is None),
             max(1, len(rows))))
 
@@ -128,7 +126,7 @@ class FleetWatch:
         seq = self.last + 1
         self._keep(Notice(seq, e.agent, "agents.health", m.HealthNote(
             id=self.id_of(seq), time=e.time, agent=e.agent, replica=e.replica,
-            check=e.check, ok=e.ok, action=e.action, text=e.text, row=_wire(row)), 1))
+            check=e.check, ok=e.ok, action=e.action, text=e.text, row=wire(row)), 1))
 
     def _keep(self, kept: Notice) -> None:
         self.last = kept.seq
@@ -165,7 +163,7 @@ class FleetWatch:
     def snapshot(self, names: Collection[str], resync: bool, missed: int | None
                  ) -> m.FleetSnapshot:
         return m.FleetSnapshot(id=self.id_of(self.last), time=time.time(),
-                               replicas=_wire([r.status() for a in self._agents(names)
+                               replicas=wire([r.status() for a in self._agents(names)
                                                for r in a.replicas]),
                                resync=resync, missed=missed)
 
@@ -211,11 +209,9 @@ class FleetWatch:
                         due = loop.time() + interval
                     continue
                 w.wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(due):
                         await w.wake.wait()
-                except TimeoutError:
-                    pass
         finally:
             self.watchers.discard(w)
 
@@ -235,9 +231,3 @@ class FleetWatch:
                 if not w.c.writable.is_set():
                     break
         return bool(items)
-
-
-def _wire(value: Any) -> Any:
-    """The engine's ReplicaStatus where corral.methods declares its wire twin: the two
-    encode alike, and converting would only copy."""
-    return value

@@ -12,10 +12,8 @@ Clients are identified by
   environment as CORRAL_MCP_TOKEN, with CORRAL_MCP_URL), valid while that replica runs;
 - nothing (an operator on the control socket): everything.
 
-A replica's call is attributed to the task attempt it is for (attribution.py): then it
-is a step of that task, as the worker's `tools/call` is (journaled, replayed on a retry,
-counted in its tool budget, a span of the attempt); a replica's call that is no
-attempt's is made as any client's, and counted as unattributed.
+A replica's call of a task attempt (attribution.py) is a step of that task, as the
+worker's `tools/call` is; one of no attempt is made as any client's, counted unattributed.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
 
 import msgspec
 
@@ -71,23 +69,7 @@ if TYPE_CHECKING:
     from ..supervisor.tasks.model import Task
     from ..supervisor.tools import Tools
     from ..supervisor.tracing import Tracer
-
-
-
-class ApiToken(Protocol):
-    """What the gateway reads of an HTTP API token (tokens.Token)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def scopes(self) -> frozenset[str]: ...
-
-    @property
-    def agents(self) -> str | None: ...
-
-    @property
-    def tenant(self) -> str | None: ...
+    from .tokens import Token
 
 
 E = TypeVar("E")
@@ -157,20 +139,18 @@ class Identity(msgspec.Struct, kw_only=True):
     max_concurrent: int
     rate_per_minute: int
     max_sessions: int  # its HTTP sessions at once (daemon/http/mcpsessions.py)
-    # whose servers it may call, judged at each call (None: every server): an allowlist
-    # made when it started may predate a server another tenant added since
+    # judged at each call: an allowlist made when it started may predate a server
+    # another tenant added since
     tenant: str | None = None
-    # the one server it sees as itself (at /mcp/NAME): that server's tools and prompts by
-    # their own names, its resources alone; None: every server's, named SERVER__NAME
+    # the one server it sees as itself (at /mcp/NAME), by its own names; None: every
+    # server's, named SERVER__NAME
     server: str | None = None
-    # an agent replica's token: the replica (its calls are attributed to its attempts),
-    # and the attempt its address names, if any (attribution.py)
+    # an agent replica's token: the replica, and the attempt its address names, if any
     replica: Any = None
     mark: AttemptMark | None = None
-    # an HTTP API token's agent glob and scopes (None: no token's), which mean at the
-    # gateway what they mean at the API (a glob's agents alone, at /mcp/corral too); and
-    # whether a client of no tenant is the operator (the socket's, an unlimited API
-    # token) or of the default tenant (a tokens file's client): never taken for granted
+    # an HTTP API token's agent glob and scopes, which mean here what they mean at the
+    # API; whether a client of no tenant is the operator or of the default tenant is
+    # never taken for granted
     agents: str | None = None
     scopes: frozenset[str] | None = None
     operator: bool = False
@@ -178,8 +158,7 @@ class Identity(msgspec.Struct, kw_only=True):
 
 class GatewayChanged(NamedTuple):
     """What the gateway offers changed: these lists ("tools", "resources", "prompts"),
-    once per loop turn however many changes (its MCP sessions and `gateway.watch`
-    streams tell their clients)."""
+    once per loop turn however many changes."""
 
     kinds: list[str]
 
@@ -191,57 +170,47 @@ class GatewayService:
                  tasks: TaskManager | None = None, tracer: Tracer | None = None,
                  guard: PolicyGuard | None = None) -> None:
         self.agents = agents
-        # the policy rules and taint a replica's call of no task passes (approvals.gate),
-        # and its model calls (models/gateway.py)
-        self.guard = guard
+        self.guard = guard  # what a replica's call of no task passes (approvals.gate)
         self.stream = stream  # GatewayChanged goes on it
-        self.tools = tools  # the pool it serves
-        self.audit = audit  # every call's row: (client, tool, outcome, (uid, pid))
+        self.tools = tools
+        self.audit = audit
         self.settings = settings or GatewaySettings()
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
-        # token hash -> the replica it was made for (its identity made at each use: the
-        # allowlist follows the servers there are now)
+        # token hash -> its replica (the identity made at each use: the allowlist follows
+        # the servers there are now)
         self.replica_tokens: dict[str, ProcessReplica] = {}
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
         self.digests = TokenDigests()  # a token's hash, once (not once a request)
         self.url: str | None = None  # the HTTP gateway's, for agents' environment
-        self.socket_path: str | None = None  # when it listens on a unix socket
+        self.socket_path: str | None = None
         self.by_client: dict[str, CallCounter] = {}
         self.by_tool: dict[str, CallCounter] = {}
         self.limiters: dict[str, Limiter] = {}
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
-        # the HTTP API's tokens (tokens.Tokens.authenticate): one holding `mcp:call` (or
-        # `admin`) opens /mcp too, its agent glob and tenant narrowing the tools it sees
-        self.api_tokens: Callable[[str], ApiToken | None] | None = None
-        self.tracer = tracer  # with [tracing]: a call's span (its client's)
-        # the tasks extension: handles, and the agents as tools (through `calls`, the
-        # daemon's Dispatcher: a call is a task submitted as the client)
+        # the HTTP API's tokens: one holding `mcp:call` (or `admin`) opens /mcp too
+        self.api_tokens: Callable[[str], Token | None] | None = None
+        self.tracer = tracer
+        # the tasks extension; an agent as a tool is a task submitted through `calls`
         self.handles = TaskHandles(lambda: self.settings)
         self.agent_tools = AgentTools(calls, lambda: list(agents.values()))
-        # a replica's call made as its task attempt's step: the engine's tasks in flight,
-        # and its worker methods' `tools/call` (with no engine's tasks: none is)
+        # a replica's call of an attempt is its step (with no engine's tasks: none is)
         self.attribution = Attribution(tasks.active if tasks is not None else {})
         self.task_call = tasks.worker.task_call if tasks is not None else None
-        # a replica's call of no attempt: its incarnation's budget window and asks, under
-        # its agent's and tenant's policy as a task's call is (approvals.gate)
         self.replica_calls = tasks.replica_calls if tasks is not None else None
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
-        # the states of servers' input requests relayed to clients (relayseal.py)
-        self.seal = StateSeal()
-        # the servers' skills (SEP-2640), each checked against its digest when served
+        self.seal = StateSeal()  # the states of input requests relayed to clients
         self.skills = GatewaySkills(tools, self._tenant_sees)
 
     # -- configuration --------------------------------------------------------------------
-    def open_tokens(self, authenticate: Callable[[str], ApiToken | None]) -> None:
+    def open_tokens(self, authenticate: Callable[[str], Token | None]) -> None:
         """The HTTP API's tokens, once the state database that keeps them is open."""
         self.api_tokens = authenticate
 
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
-        """Apply [gateway] (at start and on reload): the tokens file is re-read, so
-        rotating a token is an edit and a reload. What changed, in words (a reload says
-        it); raises ConfigError, changing nothing."""
+        """Apply [gateway] (at start and on reload: rotating a token is an edit and a
+        reload). What changed, in words; raises ConfigError, changing nothing."""
         tokens: dict[str, tuple[str, TokenEntry]] = {}
         if settings.tokens_file:
             path = Path(settings.tokens_file)
@@ -287,9 +256,7 @@ class GatewayService:
 
     def _tenant_sees(self, ident: Identity, tool: str) -> bool:
         """Whether the server of `tool` is the client's tenant's, or shared. A client of
-        no tenant is the default tenant's unless it is the operator (the socket's, an API
-        token of no tenant), as at /mcp/corral (mcptasks.caller_of): a tokens file's
-        client, or an anonymous one, listed and called a tenant's own servers (issue 74)."""
+        no tenant is the default tenant's unless it is the operator, as at /mcp/corral."""
         if ident.operator:
             return True
         tenant = ident.tenant if ident.tenant is not None else DEFAULT_TENANT
@@ -298,7 +265,7 @@ class GatewayService:
 
     def tenant_sessions(self, ident: Identity) -> int:
         """The HTTP sessions the client's tenant's clients may hold together (0: no
-        bound; a client of no tenant has none)."""
+        bound)."""
         if ident.tenant is None:
             return 0
         return self.agents.tenancy.spec(ident.tenant).max_gateway_sessions
@@ -312,8 +279,7 @@ class GatewayService:
                         **self._limits())
 
     def replica_client(self, token: str) -> Identity | None:
-        """The agent replica whose token this is, as a client (None: no replica's): a
-        model gateway request's caller is one (daemon/models/)."""
+        """The agent replica whose token this is, as a client (the model gateway's)."""
         return self._replica_client(token, self.digests.of(token))
 
     def _replica_client(self, token: str, digest: str) -> Identity | None:
@@ -340,10 +306,8 @@ class GatewayService:
                         **self._limits(entry))
 
     def _api_identity(self, secret: str) -> Identity | None:
-        """An API token's identity at /mcp: it needs `mcp:call` (or `admin`: one without
-        is refused, FORBIDDEN, naming the scope); the tools it
-        sees are its tenant's servers', and with an agent glob those the matching agents'
-        allowlists admit (none: nothing)."""
+        """An API token's identity at /mcp: it needs `mcp:call` (or `admin`); it sees its
+        tenant's servers, and with an agent glob what the matching agents' allowlists admit."""
         token = self.api_tokens(secret) if self.api_tokens is not None else None
         if token is None:
             return None
@@ -399,8 +363,7 @@ class GatewayService:
     @contextlib.contextmanager
     def slot(self, ident: Identity) -> Iterator[None]:
         """One of the client's `max_concurrent` slots for a request that is not a tool
-        call (lists, reads, prompts, completion, a replica's model call: daemon/models/):
-        nothing a client sends runs unbounded."""
+        call: nothing a client sends runs unbounded."""
         limiter = _entry(self.limiters, ident.name, Limiter)
         limiter.admit(ident, rated=False)
         try:
@@ -409,9 +372,8 @@ class GatewayService:
             limiter.in_flight -= 1
 
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
-        """Tools and prompts are named SERVER__NAME; resources keep their URIs (a URI is
-        routed to the one server that lists it), as `server` says in each entry. Under
-        tool search, the tools are `search_tools` and the pinned (toolsearch.py)."""
+        """Tools and prompts are named SERVER__NAME; resources keep their URIs. Under tool
+        search, the tools are `search_tools` and the pinned."""
         items = await self._items(ident, kind)
         if kind == "tools" and self.searching(ident):
             return toolsearch.listed(items, self.settings.tool_search_pinned)
@@ -438,8 +400,7 @@ class GatewayService:
             return self.agent_tools.listed(ident) if kind == "tools" else []
         with self.slot(ident):
             items = await lister(owner=ident.owner, allow=ident.allow)
-        # its tenant's servers as they are now: an allowlist made when its session began
-        # may predate a server another tenant added since
+        # an allowlist made when its session began may predate a server added since
         items = [i for i in items if self._tenant_sees(ident, f"{i.get('server')}__")]
         if ident.server is not None:
             return [_as_itself(i, kind) for i in items if i.get("server") == ident.server]
@@ -448,9 +409,8 @@ class GatewayService:
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
 
     def sees_server(self, ident: Identity, server: str) -> bool:
-        """Whether `server` is one the client may see as itself: it exists and is its
-        tenant's or shared (what it may call of it, its allowlist says at each call); or
-        the agents' view, /mcp/corral."""
+        """Whether the client may see `server` as itself: it exists and is its tenant's
+        or shared; or the agents' view, /mcp/corral."""
         if server == AGENTS_VIEW:
             return True
         return server in self.tools.servers and self._tenant_sees(ident, f"{server}__")
@@ -459,8 +419,6 @@ class GatewayService:
                       on_progress: Callable[[dict[str, Any]], None] | None,
                       who: tuple[int, int] = (-1, -1), on_log: LogRelay | None = None
                       ) -> Any:
-        """`on_log`: the client gets the server's log messages of a tools/call
-        (logrelay.py)."""
         if ident.server == AGENTS_VIEW:
             return await self._agent_call(ident, method, params, None, on_progress)
         if method in SKILL_METHODS or (method == "resources/read" and
@@ -481,12 +439,7 @@ class GatewayService:
                          on_progress: Callable[[dict[str, Any]], None] | None,
                          who: tuple[int, int] = (-1, -1), on_log: LogRelay | None = None
                          ) -> Any:
-        """tools/call of the pool's tool `params.name`, as `call` makes it."""
-        name = params.get("name")
-        arguments = params.get("arguments") or {}
-        if not isinstance(name, str) or not isinstance(arguments, dict):
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           "invalid params: tools/call needs a name and object arguments")
+        name, arguments = _call_params(params)
         if name == toolsearch.TOOL and self.searching(ident):
             # over the client's own list: it finds nothing it could not have listed
             return toolsearch.answer(await self._items(ident, "tools"), arguments)
@@ -515,13 +468,9 @@ class GatewayService:
     def _relay(self, ident: Identity, name: str, params: dict[str, Any],
                server: str | None) -> tuple[InputRelay | None, SealedState | None]:
         """Who answers the server's input requests of this call: the client, when it
-        declared its capabilities (a 2026-07-28 request's, relay.py), with its answers
-        and the server's state it brought back (opened: this client's, this tool's);
-        None: corral, as for an agent's call. `server`'s `relay_roots` says whether its
-        roots/list is the client's to answer too. Answers to requests corral did not relay
-        with the state they came with are refused before the server sees any
-        (relayseal.answered), but elicitation results a client that is no agent's replica
-        gives with no state."""
+        declared its capabilities, with its answers and the state it brought back; None:
+        corral. Answers to requests corral did not relay are refused before the server
+        sees any, but elicitation results a client that is no replica gives with no state."""
         responses = params.get("inputResponses")
         if "inputResponses" in params and not isinstance(responses, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS,
@@ -533,8 +482,8 @@ class GatewayService:
         roots = entry is not None and entry.spec.relay_roots
         if responses:
             # any call of a replica's, not only one attributed now: its next call may be
-            # its task's once a task starts (attribution.py), and a task's elicitation is
-            # asked of a person (decision 680), never answered ahead by the agent
+            # its task's, and a task's elicitation is asked of a person, never answered
+            # ahead by the agent
             answered(name, responses, opened, server, roots, unasked=ident.replica is None)
         said = params.get("_meta")
         caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
@@ -546,12 +495,10 @@ class GatewayService:
     async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         """A request of the tasks extension (mcptasks.py): tools/call of a client that
         declared it, tasks/get, tasks/update, tasks/cancel."""
-        if method == "tasks/get":
-            return self.handles.get(ident, params)
-        if method == "tasks/cancel":
-            return self.handles.cancel(ident, params)
-        if method == "tasks/update":
-            return self.handles.update(ident, params)
+        handled = {"tasks/get": self.handles.get, "tasks/cancel": self.handles.cancel,
+                   "tasks/update": self.handles.update}.get(method)
+        if handled is not None:
+            return handled(ident, params)
         if ident.server == AGENTS_VIEW:
             return await self._agent_call(ident, method, params, self.handles)
         if ident.server is not None:
@@ -564,9 +511,8 @@ class GatewayService:
 
     async def _held_call(self, ident: Identity, params: dict[str, Any],
                          handle: GatewayTask) -> Any:
-        """A call the gateway holds as a task: a server's input requests the client can
-        answer wait in the handle (`input_required`) for `tasks/update`, and the call is
-        sent again with the answers."""
+        """A call the gateway holds as a task: a server's input requests wait in the
+        handle for `tasks/update`, and the call is sent again with the answers."""
         for _ in range(MAX_INPUT_ROUNDS + 1):
             result = await self._tool_call(ident, params, None)
             if not asks_input(result):
@@ -579,8 +525,7 @@ class GatewayService:
 
     async def _task_support(self, ident: Identity, name: Any) -> str | None:
         """How the pool's tool `name` runs as a task: as its server's `task_tools` say,
-        or as it says itself (`execution.taskSupport` optional or required); None: not
-        one (a tool the client may not see is not: its call is refused as any)."""
+        or as it says itself; None: not one (nor is a tool the client may not see)."""
         if not isinstance(name, str) or "__" not in name:
             return None
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
@@ -613,16 +558,11 @@ class GatewayService:
                           on_progress: Callable[[dict[str, Any]], None] | None = None
                           ) -> Any:
         """A call of an agent's tool (/mcp/corral): its corral task, followed by a handle
-        (`handles`) or waited for (its live output told as progress, `on_progress`). A
-        replica's call is judged first, inside its handle (a person's decision it waits
-        for holds no client of the tasks extension)."""
-        name, arguments = params.get("name"), params.get("arguments") or {}
+        or waited for. A replica's call is judged inside its handle."""
         if method != "tools/call":
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
                                                      "agents' view has tools alone)")
-        if not isinstance(name, str) or not isinstance(arguments, dict):
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           "invalid params: tools/call needs a name and object arguments")
+        name, arguments = _call_params(params)
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
         if ident.replica is None or self.replica_calls is None:
@@ -631,8 +571,7 @@ class GatewayService:
                 return await self.agent_tools.outcome(ident, task_id, on_progress)
             return handles.open(ident, Follows(name, task_id),
                                 lambda handle: self.agent_tools.outcome(ident, task_id))
-        # an agent's call of an agent is a tool call as any (DESIGN 27), past its
-        # allowlist and `spawns`
+        # an agent's call of an agent is a tool call as any, past its allowlist and `spawns`
         self.agent_tools.admit(ident, name)
         task = self.attribution.task_of(ident.replica, ident.mark)
         self._count(ident, task)
@@ -645,12 +584,8 @@ class GatewayService:
                                   arguments: dict[str, Any],
                                   on_progress: Callable[[dict[str, Any]], None] | None
                                   ) -> Any:
-        """A replica's call of an agent: its attempt's is the task's spawn, made by the
-        task's tool path as its worker's `tools/call` of corral__AGENT is (journal,
-        policy, approvals, tool budget; then `spawns`, max_children, max_spawn_depth,
-        cancelled with it: spawn.py); one of no task passes its replica's policy, budget
-        and approvals (approvals.gate) as a call of no task at /mcp does, and is a task
-        of its own."""
+        """A replica's call of an agent: its attempt's is the task's spawn; one of no task
+        passes its replica's policy as a call of no task at /mcp does."""
         tool = f"{AGENTS_VIEW}__{name}"
         if task is not None and self.task_call is not None:
             return await self._step(ident, task, tool, arguments, None)
@@ -701,8 +636,7 @@ class GatewayService:
     async def subscribe(self, ident: Identity, uri: str, subscriber: str,
                         on_update: Callable[[str], None]) -> None:
         """`on_update(uri)` at each update of a resource the client may read, until
-        `unsubscribe` (a 2025-11-25 session's `resources/subscribe`; `subscriber` is the
-        session's own key), at most MAX_SUBSCRIPTIONS of one subscriber."""
+        `unsubscribe`; at most MAX_SUBSCRIPTIONS of one subscriber (a session)."""
         pool = self.tools
         mine = [key for key, ls in pool.subscriptions.items() if subscriber in ls]
         if len(mine) >= MAX_SUBSCRIPTIONS and uri not in {u for _, u in mine}:
@@ -750,9 +684,7 @@ class GatewayService:
                    who: tuple[int, int] = (-1, -1), context: Parent | None = None,
                    relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
         """One tools/call by a gateway client: allowlist, attribution, limits, accounting,
-        audit; `context`: the client's trace context (its `_meta`), the call's span's
-        parent; `relay`: the client answers the server's input requests (relay.py; an
-        agent's task's step has none, decision 548)."""
+        audit; `context`: the client's trace context, the call's span's parent."""
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
                 not self._tenant_sees(ident, name):
             self._record(ident, name, 0.0, "refused: not in the allowlist", who)
@@ -780,13 +712,8 @@ class GatewayService:
                     call = self._replicas(ident, name, arguments, on_progress, relay, on_log,
                                           context)
                 else:
-                    # the caller, tenant and all: a token's name made again for another
-                    # tenant is another caller (relayseal.py)
-                    call = self.tools.call(name, arguments, owner=ident.owner,
-                                           on_progress=on_progress, relay=relay, on_log=on_log,
-                                           caller=f"{ident.owner} of {ident.tenant}")
-                    if context is not None:
-                        call = self._traced(call, context, name, ident.name)
+                    call = self._pooled(ident, name, arguments, on_progress, relay, on_log,
+                                        context)
                 result = await call
                 if isinstance(result, dict) and result.get("isError"):
                     outcome = "isError"
@@ -806,19 +733,25 @@ class GatewayService:
                         on_progress: Callable[[dict[str, Any]], None] | None,
                         relay: InputRelay | None, on_log: LogRelay | None,
                         context: Parent | None) -> Any:
-        """A replica's call of no attempt: its replica's, past the policy's gate (budget,
-        approval: approvals.gate), then made as any client's."""
+        """A replica's call of no attempt: past the policy's gate, then as any client's."""
         assert self.replica_calls is not None
         gated = await gate(self.replica_calls, ToolCall(ident.replica, name, arguments,
                                                         None), self.guard)
         if isinstance(gated, dict):  # not approved: the tool's error
             return gated
-        call: Awaitable[Any] = self.tools.call(
-            name, gated.arguments, owner=ident.owner, on_progress=on_progress, relay=relay,
-            on_log=on_log, caller=f"{ident.owner} of {ident.tenant}")
-        if context is not None:
-            call = self._traced(call, context, name, ident.name)
-        return await call
+        return await self._pooled(ident, name, gated.arguments, on_progress, relay,
+                                  on_log, context)
+
+    def _pooled(self, ident: Identity, name: str, arguments: dict[str, Any],
+                on_progress: Callable[[dict[str, Any]], None] | None,
+                relay: InputRelay | None, on_log: LogRelay | None,
+                context: Parent | None) -> Awaitable[Any]:
+        # the caller, tenant and all: a token's name made again for another tenant is
+        # another caller (relayseal.py)
+        call = self.tools.call(name, arguments, owner=ident.owner, on_progress=on_progress,
+                               relay=relay, on_log=on_log,
+                               caller=f"{ident.owner} of {ident.tenant}")
+        return call if context is None else self._traced(call, context, name, ident.name)
 
     def _count(self, ident: Identity, task: Task | None) -> None:
         """An agent replica's call, counted as a task's step or as no task's."""
@@ -832,10 +765,7 @@ class GatewayService:
 
     async def _step(self, ident: Identity, task: Task, name: str,
                     arguments: dict[str, Any], context: Parent | None) -> Any:
-        """A replica's call as its task's step, past the gateway's allowlist: the worker's
-        `tools/call` for the task (step journal and replay, tool budget, and the
-        attempt's span, a child of the client's own when it is of the attempt's
-        trace)."""
+        """A replica's call as its task's step: the worker's `tools/call` for the task."""
         assert self.task_call is not None  # a task was found: the engine's tasks are here
         said = None if context is None else meta(context.trace_id, context.span_id,
                                                  context.sampled, context.tracestate)
@@ -861,15 +791,13 @@ class GatewayService:
         params = {"client": ident.name, "tool": tool}
         if task is not None:
             params["task"] = task.id
-        # the row every command's is, by the Dispatcher's audit (api.Audit)
         self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
                           name=f"gateway client {ident.name}"),
                    m.GatewayCall.declared.name, params, outcome)
 
     def _counted_as(self, tool: str) -> str:
-        """The name a call is counted under: its tool's, or, for a name no server has,
-        NO_SUCH_TOOL's (a client names what it likes: each name kept was a counter, and
-        2 MB names grew the daemon without bound)."""
+        """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names
+        what it likes: 2 MB names, each a counter, grew the daemon without bound)."""
         server, _, name = tool.partition("__")
         entry = self.tools.servers.get(server)
         known = entry is not None and any(i.client.tool(name) is not None
@@ -889,8 +817,7 @@ class GatewayService:
 
     # -- list_changed ---------------------------------------------------------------------
     def changed(self, kinds: list[str]) -> None:
-        """Lists changed; watchers hear once per loop turn, however many changes
-        (GatewayChanged)."""
+        """Lists changed; watchers hear once per loop turn, however many changes."""
         self._pending.update(kinds)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self._tell)
@@ -901,15 +828,13 @@ class GatewayService:
         self.stream.emit(GatewayChanged(kinds))
 
     def watch(self, watcher: Callable[[GatewayChanged], None]) -> Subscription:
-        """`watcher` hears each GatewayChanged (on the engine's stream) until `unwatch`."""
         return self.stream.subscribe(watcher, GatewayChanged)
 
     def unwatch(self, sub: Subscription) -> None:
         self.stream.unsubscribe(sub)
 
     def on_transition(self, event: Transition) -> None:
-        """An MCP server instance started serving or stopped: what the pool offers may
-        have changed."""
+        """An MCP server started serving or stopped: what the pool offers may change."""
         if event.kind == "mcp" and serving_changed(event.previous, event.state):
             self.changed(["tools", "resources", "prompts"])
 
@@ -918,12 +843,20 @@ NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted tog
 
 
 def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:
-    """The table's entry for `key`, made when it has none (setdefault made one at every
-    call, a counter's deque of latencies among it, to throw away)."""
+    """The table's entry for `key`, made only when it has none (setdefault would make one
+    at every call)."""
     entry = table.get(key)
     if entry is None:
         entry = table[key] = make()
     return entry
+
+
+def _call_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name, arguments = params.get("name"), params.get("arguments") or {}
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       "invalid params: tools/call needs a name and object arguments")
+    return name, arguments
 
 
 def _as_itself(item: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -1,7 +1,6 @@
-"""The gateway methods' handlers (corral.methods.gateway), put in the daemon's table by
-commandtable.py: an operator's view of the MCP gateway and a CLI client's way through it
-(`corral mcp call`, `corral gateway watch`), each call identified as the gateway's own
-clients are (gatewayaccess.py)."""
+"""The gateway methods' handlers (corral.methods.gateway): an operator's view of the MCP
+gateway and a CLI client's way through it, each call identified as the gateway's own
+clients are."""
 
 from __future__ import annotations
 
@@ -90,7 +89,6 @@ async def gateway_watch(d: GatewayServices, p: m.GatewayWatch, caller: Caller, c
 @implements(m.GatewayStatus)
 async def gateway_status(d: GatewayServices, p: m.GatewayStatus, caller: Caller, c: Channel
                          ) -> m.GatewayStats:
-    # the engine's answer is its wire twin's dict (api.wire): it encodes alike
+    # the engine's answer is its wire twin's dict: it encodes alike
     stats: m.GatewayStats = cast(Any, d.gateway_status())
     return stats
-

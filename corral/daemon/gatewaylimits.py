@@ -30,8 +30,7 @@ class LimitedClient(Protocol):
 
 class CallCounter:
     """Calls, errors and the calls' own latencies; the time they waited for a person
-    apart (personwait.py): an approval's minutes in the percentiles would make them a
-    person's, not the tool's."""
+    apart: an approval's minutes in the percentiles would make them a person's."""
 
     __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed", "waited",
                  "waited_s")
@@ -40,11 +39,10 @@ class CallCounter:
         self.calls = 0
         self.errors = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        # an agent replica's tool calls made as a task's step, and made as no task's
-        self.attributed = 0
+        self.attributed = 0  # a replica's calls made as a task's step, and as none's
         self.unattributed = 0
-        self.waited = 0  # calls that waited for a person
-        self.waited_s = 0.0  # and how long, in all
+        self.waited = 0  # calls that waited for a person, and how long in all
+        self.waited_s = 0.0
 
     def add(self, seconds: float, error: bool, waited: float = 0.0) -> None:
         self.calls += 1

@@ -2,21 +2,17 @@
 skills of the servers a client may use, each verified against its digest before it is
 served.
 
-A server that declares the extension answers `skills/list` (entries: a `skill://NAME/
-SKILL.md` URI, its frontmatter, and its files — `uri`, `digest` "sha256:HEX", `size`)
-and `skills/get` ({uri}); the files are read with `resources/read`. At /mcp a skill's
-URIs have its server's name as their first segment (`skill://SERVER/NAME/SKILL.md`, its
-files under it): SEP-2640 requires a SKILL.md's last path segment to be its
-frontmatter's name, and the frontmatter to be the file's, so neither can carry the
-server as tools' names do; at /mcp/NAME, as the server names it. What a client sees is
-what its allowlist admits under `SERVER__NAME` and its tenant sees now, as for prompts.
+At /mcp a skill's URIs have its server's name as their first segment
+(`skill://SERVER/NAME/SKILL.md`): SEP-2640 requires a SKILL.md's last path segment to be
+its frontmatter's name, so neither can carry the server as tools' names do; at /mcp/NAME,
+as the server names it. What a client sees is what its allowlist admits under
+`SERVER__NAME` and its tenant sees now, as for prompts.
 
-Digests are what a host trusts a skill by: corral reads a skill's SKILL.md and checks
-it against the digest listed for it before it lists or gives the skill, and checks each
-file it serves against its entry's digest. A mismatch — a server whose skill changed
-under the digest it declared — is refused and logged, never served; so is a skill whose
-SKILL.md has no digest to check (`resources: "dynamic"`, or none listed). A skill's
-directories are read from its entry's files, by corral (`resources/directory/read`).
+Digests are what a host trusts a skill by: corral checks a skill's SKILL.md against its
+listed digest before it lists or gives the skill, and each file it serves against its
+entry's digest. A mismatch is refused and logged, never served; so is a skill whose
+SKILL.md has no digest to check. A skill's directories are read from its entry's files,
+by corral.
 """
 
 from __future__ import annotations
@@ -98,8 +94,6 @@ class GatewaySkills(Generic[Identity]):
         self.sees = sees  # whether the client's tenant sees a tool's server now
 
     async def serve(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
-        """skills/list, skills/get, resources/directory/read of a skill's directory, or
-        resources/read of a `skill://` URI."""
         if method == "skills/list":
             if params.get("cursor") is not None:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: unknown cursor")
@@ -162,8 +156,8 @@ class GatewaySkills(Generic[Identity]):
             and self.sees(ident, f"{server}{SEP}")
 
     def _admit(self, ident: Identity, server: str, skill: str | None, uri: str) -> None:
-        """Refuses a skill the client's allowlist does not admit (one not named by its
-        URI: none is, but where every skill is admitted)."""
+        """Refuses a skill the client's allowlist does not admit (one its URI names no
+        skill of is admitted only where every skill is)."""
         if ident.allow is not None and (skill is None or not self._admits(ident, server,
                                                                           skill)):
             raise _unknown(uri)
@@ -189,10 +183,9 @@ class GatewaySkills(Generic[Identity]):
     async def _directory(self, ident: Identity, server: str, inst: McpServerReplica,
                          entries: list[dict[str, Any]], uri: str, theirs: str
                          ) -> dict[str, Any]:
-        """A skill's directory, or one within it, as its entry lists its files: its direct
-        children, a subdirectory's mimeType inode/directory. Served by corral from the
-        entry whether or not the server reads directories (so every skill's can be), once
-        the skill's SKILL.md matches its digest."""
+        """A skill's directory, or one within it, as its entry lists its files: served by
+        corral whether or not the server reads directories, once the skill's SKILL.md
+        matches its digest."""
         prefix = theirs.rstrip("/") + "/"
         skill = next((e for e in entries if of_skill(e, prefix)), None)
         files = skill.get("resources") if skill is not None else None
@@ -216,7 +209,6 @@ class GatewaySkills(Generic[Identity]):
 
     async def _verify(self, server: str, inst: McpServerReplica, skill: dict[str, Any],
                       shown: str) -> None:
-        """The skill's SKILL.md read and checked against its listed digest."""
         uri = str(skill.get("uri"))
         want = _digest_of(skill, uri)
         if want is None:
@@ -277,8 +269,7 @@ def _bytes_of(content: Any) -> bytes | None:
 
 def _shown(ident: Identity, server: str, skill: dict[str, Any]) -> dict[str, Any]:
     """A skill's entry as the client sees it: at /mcp, its server's name first in each of
-    its URIs (its frontmatter the file's, as SEP-2640 requires); at /mcp/NAME, as the
-    server gave it."""
+    its URIs; at /mcp/NAME, as the server gave it."""
     if ident.server is not None:
         return skill
     out = {**skill, "uri": pooled(server, skill.get("uri"))}

@@ -1,23 +1,12 @@
 """A debug hook, off unless its variable is set: where a long-running daemon's memory goes.
 
-With CORRAL_HEAP_DUMP=DIR in its environment the daemon traces its allocations
-(tracemalloc, CORRAL_HEAP_FRAMES frames deep, default 12; 0: not traced, the accounts
-alone) and every CORRAL_HEAP_DUMP_EVERY seconds (default 300) writes to DIR, named by the
-seconds since it started:
-- heap-SECONDS.tracemalloc: the snapshot of every live traced allocation;
-- heap-SECONDS.json: its RSS, what tracemalloc holds, glibc's own account (mallinfo2:
-  bytes in use, bytes free but kept in its arenas), SQLite's (its page caches and
-  statements: native, never traced) and the live objects counted by type
-  (gc.get_objects; what start-up froze is not among them), the largest counts first.
-
-With CORRAL_HEAP_TRIM=1 too, each dump ends with glibc's malloc_trim(0) and its json
-says the RSS after it (`rss_trimmed`): how much of the RSS was free memory glibc kept.
-
-Two of them compared (`python -m corral.daemon.heapdump OLD NEW`) say what grew, by
-traceback and by type: what grows with tasks served is a leak; RSS rising while
-tracemalloc's total and glibc's bytes in use stay flat is the allocator settling
-(freed memory kept in its arenas, MALLOC_ARENA_MAX and malloc_trim's business).
-Tracing costs memory and time, so nothing of it runs without the variable.
+With CORRAL_HEAP_DUMP=DIR the daemon traces its allocations (CORRAL_HEAP_FRAMES deep,
+default 12; 0: untraced, the accounts alone) and every CORRAL_HEAP_DUMP_EVERY seconds
+(default 300) writes heap-SECONDS.tracemalloc and heap-SECONDS.json (RSS, glibc's and
+SQLite's accounts, live objects by type) to DIR; with CORRAL_HEAP_TRIM=1, the RSS after a
+malloc_trim(0) too. `python -m corral.daemon.heapdump OLD NEW` says what grew between
+two dumps: RSS rising while the traced total and glibc's bytes in use stay flat is the
+allocator settling, not a leak.
 """
 
 from __future__ import annotations
@@ -51,8 +40,7 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _mallinfo() -> dict[str, int] | None:
-    """glibc's account of its heap (None elsewhere): `in_use` bytes handed out, `free`
-    bytes it keeps, `mmapped` in blocks of their own."""
+    """glibc's account of its heap (None elsewhere)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
@@ -66,8 +54,7 @@ def _mallinfo() -> dict[str, int] | None:
 
 
 def _sqlite() -> dict[str, int] | None:
-    """The bytes SQLite holds now and at most (every connection's: the library the
-    sqlite3 module loaded), None where it cannot be found."""
+    """The bytes SQLite holds now and at most (native, never traced)."""
     import sqlite3  # noqa: F401 - loads the library the daemon's connections use
 
     name = ctypes.util.find_library("sqlite3")
@@ -88,7 +75,6 @@ def _rss() -> int:
 
 
 def _trimmed() -> int | None:
-    """The RSS after malloc_trim(0) (None without glibc)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -98,8 +84,7 @@ def _trimmed() -> int | None:
 
 
 def write(where: Path, seconds: int, trim: bool = False) -> Path:
-    """One dump: the snapshot and its json (with `trim`, the RSS after a malloc_trim);
-    the json's path."""
+    """One dump: the snapshot and its json; the json's path."""
     tracing = tracemalloc.is_tracing()
     if tracing:
         tracemalloc.take_snapshot().dump(str(where / f"heap-{seconds}.tracemalloc"))
@@ -119,7 +104,6 @@ def write(where: Path, seconds: int, trim: bool = False) -> Path:
 
 @contextlib.contextmanager
 def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread | None]:
-    """While entered, the dumps the environment asks for (none: nothing runs)."""
     where = env.get(ENV_DIR)
     if not where:
         yield None
@@ -150,8 +134,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
 
 
 def compare(old: Path, new: Path, top: int = 25) -> list[str]:
-    """What grew from one dump to the next: by traceback (the snapshots), by type (their
-    json beside them)."""
+    """What grew from one dump to the next, by traceback and by type."""
     before = tracemalloc.Snapshot.load(str(old))
     after = tracemalloc.Snapshot.load(str(new))
     lines = [f"{old.name} -> {new.name}: top {top} by traceback"]

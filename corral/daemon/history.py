@@ -1,18 +1,13 @@
 """The metrics history: fleet and per-agent figures sampled every `[http]
 history_interval` seconds into the state database, rolled up per minute and per hour, and
-kept within a retention per resolution and a row budget (DESIGN section 12; decision 68).
+kept within a retention per resolution and a row budget.
 
-A sample reads only what the engine already holds (each replica's heartbeat `sample`, the
-task counters, the queue's depths): nothing is measured for it, and its work is one pass
-over the replicas. Rates come from differences of counters between two samples; execution
-and queue-wait times from the tasks finished since the last look (`TaskTimes`, which also
-feeds /metrics' histograms). The rows are written by the store's writer thread, with the
-roll-ups and the pruning in the same transaction, so nothing of it runs on the loop.
-
-Roll-ups are SQL over what is stored, bounded by the sample's own time: every write rolls
-up the complete minutes (hours) after the newest minute (hour) row, so a restart or a gap
-loses nothing that was sampled, and a test drives the whole of it with the times it
-chooses (`History.tick(now)`).
+A sample reads only what the engine already holds: nothing is measured for it, and its
+work is one pass over the replicas. The rows are written by the store's writer thread,
+with the roll-ups and the pruning in the same transaction, so nothing of it runs on the
+loop. Roll-ups are SQL over what is stored, bounded by the sample's own time, so a
+restart or a gap loses nothing that was sampled, and a test drives the whole of it with
+the times it chooses (`History.tick(now)`).
 """
 
 from __future__ import annotations
@@ -175,14 +170,12 @@ class TaskTimes:
                 times = agents[task.agent] = AgentTimes()
             end = task.finished or 0.0
             started = task.started
-            if started is None:  # never ran (cancelled or lost while queued)
-                waited = max(0.0, end - task.created)
-                times.wait.add(waited)
-                self.wait.add(waited)
-                continue
-            waited = max(0.0, started - task.created)
+            # one that never ran (cancelled or lost while queued) waited until its end
+            waited = max(0.0, (end if started is None else started) - task.created)
             times.wait.add(waited)
             self.wait.add(waited)
+            if started is None:
+                continue
             took = max(0.0, end - started)
             times.duration.add(took)
             times.interval.add(took)
@@ -200,11 +193,7 @@ class OutcomeCounts(msgspec.Struct):
 
 
 def _row(resolution: int, when: float, agent: str, gauges: tuple[float, ...],
-         seconds: float, finished: int, errors: int, times: Times | None
-         ) -> tuple[Any, ...]:
-    if times is None:
-        return (resolution, when, agent, *gauges, seconds, finished, errors, 0.0, 0,
-                *([0] * NBUCKETS))
+         seconds: float, finished: int, errors: int, times: Times) -> tuple[Any, ...]:
     return (resolution, when, agent, *gauges, seconds, finished, errors, times.sum,
             times.count, *times.buckets)
 
@@ -290,7 +279,6 @@ class History:
         self.times.poll()
 
     def tick(self, now: float) -> None:
-        """Take a sample at wall time `now` and hand it to the writer."""
         writer = self.store.writer
         rows = self.sample(now)
         if writer is None or writer.outage.failing:
@@ -346,7 +334,7 @@ class History:
             for i, g in enumerate(gauges):
                 total[i] += g
             t = timed.get(name)
-            interval = None
+            interval = Times()
             if t is not None:
                 interval, t.interval = t.interval, Times()
                 for i, n in enumerate(interval.buckets):
@@ -393,7 +381,7 @@ class History:
                    ) -> MetricsHistoryResult:
         """The samples of the last `since` seconds, oldest first, read on a connection
         of its own in a thread (a long history is thousands of rows); with `tenant`, its
-        agent's alone (not those of another tenant's agent of the name, before)."""
+        agent's alone."""
         res = resolution or self.resolution_for(since)
         now = time.time() if now is None else now
         rows, truncated = await asyncio.to_thread(
@@ -447,4 +435,3 @@ def figures(row: tuple[Any, ...]) -> MetricsSample:
         avg_ms=round(exec_sum / exec_count * 1000, 2) if exec_count else None,
         p50_ms=None if p50 is None else round(p50 * 1000, 2),
         p95_ms=None if p95 is None else round(p95 * 1000, 2))
-

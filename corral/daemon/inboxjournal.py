@@ -1,10 +1,7 @@
-"""The inbox's asks in the state database (migration 25; the service is
-supervisor/tasks/inbox.py, docs/approvals.md). An ask's record is committed through the
-daemon's one writer (StateStore.commit) before the ask is made or its end told: a
-database that cannot be written refuses the ask, or the decision, and nothing changed.
-Reads are the loop's (one row by its key, or the pending ones at start-up). An ask goes
-with its task when the task journal prunes it (`delete_asks`); a replica's ask of a call
-of no task, by its own age and count (`delete_replica_asks`)."""
+"""The inbox's asks in the state database. An ask's record is committed before the ask is
+made or its end told: a database that cannot be written refuses the ask, or the decision,
+and nothing changed. An ask goes with its task when the task journal prunes it; a
+replica's ask of a call of no task, by its own age and count."""
 
 from __future__ import annotations
 
@@ -85,9 +82,8 @@ class AsksDB:
 
 
 def delete_replica_asks(db: sqlite3.Connection, before: float | None, keep: int) -> None:
-    """The ended asks of replicas' calls of no task (supervisor/tasks/replicacalls.py),
-    which no task's row takes with it: those ended before `before` (None: by count
-    alone), and past the newest `keep` ended."""
+    """The ended asks of replicas' calls of no task, which no task's row takes with it:
+    those ended before `before` (None: by count alone), and past the newest `keep`."""
     owned = f"task_id LIKE '{OWNER_PREFIX}%' AND ended IS NOT NULL"
     if before is not None:
         db.execute(f"DELETE FROM asks WHERE {owned} AND ended < ?", (before,))

@@ -3,9 +3,8 @@
 Each entry is one datagram to /run/systemd/journal/socket holding `FIELD=value` lines; a
 value with a newline is sent as `FIELD\\n`, its length as 64-bit little-endian, the bytes,
 `\\n`. An entry too big for a datagram goes in a sealed memfd passed with SCM_RIGHTS, as
-sd_journal_sendv does. Sends never block the loop: the socket is non-blocking and an entry
-the journal cannot take right now (EAGAIN: journald is behind) is counted and dropped —
-the log files keep every line.
+sd_journal_sendv does. Sends never block the loop: an entry the journal cannot take right
+now is counted and dropped — the log files keep every line.
 
 Agents' and MCP servers' lines carry fields to filter on:
 `journalctl -u corral CORRAL_AGENT=hello` (or CORRAL_MCP_SERVER=notes), CORRAL_REPLICA,
@@ -128,11 +127,10 @@ def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
 
 class StderrEcho:
     """The daemon's own log lines on stderr, at or above `level`: under systemd with a
-    `<N>` priority prefix that journald turns into PRIORITY=N (sd-daemon(3)), else as
-    `corral: TEXT`. stderr is made non-blocking: a reader that does not read costs lines
-    (counted), never a stalled daemon, and never half a line: the end of a line the pipe
-    took only part of is written before any other (a record cut mid-way would run into
-    the next one)."""
+    `<N>` priority prefix (sd-daemon(3)), else as `corral: TEXT`. stderr is made
+    non-blocking: a reader that does not read costs lines (counted), never a stalled
+    daemon, and never half a line: the end of a line the pipe took only part of is
+    written before any other."""
 
     def __init__(self, level: str = "info") -> None:
         self.max = LEVELS[level]

@@ -19,8 +19,8 @@ V = TypeVar("V")
 
 
 class JournalWords(NamedTuple):
-    """How a journal's failures read: `what` it holds ("steps"), `waits` (what waits
-    while it cannot be written, after the error), and the error type its waiters see."""
+    """How a journal's failures read: `what` it holds ("steps"), what `waits` while it
+    cannot be written, and the error type its waiters see."""
 
     what: str
     waits: str
@@ -28,8 +28,8 @@ class JournalWords(NamedTuple):
 
 
 class JournalStore(Generic[V]):
-    """A journal's reader (`reader`, under `read_lock`) and its writes (`group`) on the
-    state database `path`; `on_error` is told when an outage begins."""
+    """A journal's reader (under `read_lock`) and its writes (`group`); `on_error` is told
+    when an outage begins."""
 
     def __init__(self, path: Path, writer: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None], words: JournalWords,

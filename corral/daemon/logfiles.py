@@ -2,15 +2,12 @@
 rotated copies gzipped if asked (NAME.log.1.gz ..), or the daemon's own stdout or stderr
 (a container's `docker logs`).
 
-A file is rotated by renaming (NAME.log to NAME.log.1, the older ones moved up): a
-reader that follows the name (`tail -F`) reopens it, one that holds the file reads its
-end. Time rotation is by the wall clock's periods of `every` seconds (a day: at
-midnight UTC): the first line written in a new period rotates a file whose last line
-was written in an earlier one, so a daemon restarted within a period keeps appending,
-and a quiet source's file is rotated at its next line, not by a timer. A rotated copy
-is compressed on a thread of its own (a 10 MiB file would hold the event loop for a
-tenth of a second); the next rotation of that file waits for it, so the copies are
-never moved while one is written.
+A file is rotated by renaming (NAME.log to NAME.log.1, the older ones moved up). Time
+rotation is by the wall clock's periods of `every` seconds: the first line written in a
+new period rotates a file whose last line was written in an earlier one, so a daemon
+restarted within a period keeps appending. A rotated copy is compressed on a thread of
+its own (a 10 MiB file would hold the event loop for a tenth of a second); the next
+rotation of that file waits for it.
 """
 
 from __future__ import annotations
@@ -55,7 +52,6 @@ def _open_log(path: Path) -> int:
 
 
 def _own_file(path: Path, flags: int) -> int:
-    """`path` opened with `flags`, if it is a file of its own (_open_log)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
     except OSError as exc:
@@ -70,7 +66,6 @@ def _own_file(path: Path, flags: int) -> int:
 
 
 def copy_name(path: Path, n: int, compressed: bool) -> Path:
-    """The name of the n-th rotated copy of `path`."""
     return path.with_name(f"{path.name}.{n}{GZ if compressed else ''}")
 
 
@@ -117,8 +112,7 @@ class RotatingFile:
 
     def turn(self, when: float) -> None:
         """The next lines are of time `when`: the file is rotated first if its last line
-        was of an earlier period (a line's own time decides, not the clock's now, so a
-        line read just before a period ends is in that period's file)."""
+        was of an earlier period (a line's own time decides, not the clock's now)."""
         if self.rotation.every > 0:
             period = self._period_of(when)
             if period > self._period:
@@ -139,8 +133,7 @@ class RotatingFile:
             self.rotate()
 
     def rotate(self) -> None:
-        """The file moved to NAME.log.1 (the older copies up one, the oldest past
-        `backups` removed) and a new one begun."""
+        """The file moved to NAME.log.1 (the older copies up one) and a new one begun."""
         self.wait()
         os.close(self._fd)
         self._fd = -1
@@ -167,7 +160,6 @@ class RotatingFile:
         self.size = 0
 
     def wait(self) -> None:
-        """The copy being compressed, done."""
         if self._compressing is not None:
             self._compressing.join()
             self._compressing = None

@@ -1,6 +1,5 @@
 """The logs methods' handlers (corral.methods.logs): the last lines of agents (or of one
-replica, of a text, of some streams), a follow, a rotation. They take the log hub and the
-agents alone (`LogServices`)."""
+replica, of a text, of some streams), a follow, a rotation."""
 
 from __future__ import annotations
 
@@ -47,11 +46,10 @@ def _log_sources(d: LogServices, p: m.LogsTail
                  ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
     """The sources to read for NAME / NAME#N targets, and a filter when a replica, a
     text (`grep`) or streams are named (None: every line of the sources)."""
-    by_replica = _replica_sources(d, p.names)
-    sources, replica_keep = by_replica
+    sources, replica_keep = _replica_sources(d, p.names)
     text, streams = p.grep, frozenset(p.streams)
     if text is None and not streams:
-        return by_replica
+        return sources, replica_keep
 
     def keep(line: m.LogLine) -> bool:
         # the text is looked for in the line as it is printed (who and pid too)
@@ -64,8 +62,7 @@ def _log_sources(d: LogServices, p: m.LogsTail
 
 def _replica_sources(d: LogServices, names: list[str]
                      ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
-    """The sources to read for NAME / NAME#N targets, and a filter when a replica is
-    named (None: every line of the sources)."""
+    """As `_log_sources`, the filter for replicas alone."""
     sources: list[str] = []
     replicas: dict[str, set[int] | None] = {}
     for target in names:
@@ -96,9 +93,8 @@ def _replica_sources(d: LogServices, names: list[str]
 @implements(m.LogsRotate)
 async def logs_rotate(d: LogServices, p: m.LogsRotate, caller: Caller, c: Channel
                       ) -> m.LogsRotated:
-    """Each named agent's log file (every agent's, its MCP servers' and the daemon's when
-    none is named) rotated now; a file that cannot be moved is said, naming it, those
-    before it rotated."""
+    """Each named agent's log file (every one when none is named) rotated now; a file
+    that cannot be moved is said, naming it, those before it rotated."""
     for name in p.names:
         if "#" in name:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{name}: a log file is an agent's, "

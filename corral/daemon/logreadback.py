@@ -1,7 +1,6 @@
 """The end of a log file an earlier daemon wrote, read back as the batches it was written
-from: `corral logs` after a restart (or an upgrade) of the daemon shows what came before
-it, as `supervisorctl tail` and `pm2 logs` read their files. Only files written as
-corral renders lines (time, who, pid, stream); a raw file has no times to order by."""
+from: `corral logs` after a restart of the daemon shows what came before it. Only files
+written as corral renders lines; a raw file has no times to order by."""
 
 from __future__ import annotations
 

@@ -11,12 +11,11 @@ them. Files are written unbuffered, so a line that reached corral is in the file
 corral dies next. Followers never slow workers down: each has a bounded queue, and what
 overflows it is counted and reported to the follower as missed.
 
-The log directory is checked at start-up (`LogDirError`: the daemon stops with one line
-saying what to do). A file that cannot be written later (a full disk, an I/O error, a file
-size limit) stops nothing: the failure is told once, its lines still reach the tail and the
-followers but are counted as dropped from the file, and the file is tried again at most
-every `RETRY_EVERY` seconds; when a write succeeds again, the gap is marked in the file
-and told with its count.
+The log directory is checked at start-up (`LogDirError`). A file that cannot be written
+later (a full disk, an I/O error) stops nothing: the failure is told once, its lines still
+reach the tail and the followers but are counted as dropped from the file, and the file is
+tried again at most every `RETRY_EVERY` seconds; when a write succeeds again, the gap is
+marked in the file and told with its count.
 """
 
 from __future__ import annotations
@@ -211,7 +210,6 @@ class LogHub:
         raw: bool = False,
         echo: Callable[[str, int], None] | None = None,
     ) -> None:
-        """`echo`: where the daemon's own lines go too (stderr: StderrEcho)."""
         self.raw = raw
         self.log_dir = log_dir
         self.rotation = rotation  # [supervisor]'s, a source's unless its own says
@@ -226,9 +224,8 @@ class LogHub:
         self.followers: set[LogFollower] = set()
         self.lines_written = 0
         self.lines_dropped = 0  # lines that reached corral but not their log file
-        self.echo = echo
-        # where a source's file is when not LOG_DIR/NAME.log (its own log_file, its
-        # tenant's directory: tenantdirs.py), asked when the file is opened
+        self.echo = echo  # where the daemon's own lines go too (stderr)
+        # where a source's file is when not LOG_DIR/NAME.log, asked when the file is opened
         self.locate: Callable[[str], LogPlace | None] | None = None
         # by source: a log file an earlier daemon wrote, and its size before this one
         # wrote to it; read back into the source's tail when it is first asked for
@@ -254,9 +251,8 @@ class LogHub:
             f.close()
 
     def rotate(self, sources: Iterable[str]) -> list[Path]:
-        """`corral logs --rotate`: each source's file rotated now (one not open yet, but
-        there, opened to be); the files rotated. A file that cannot be moved is an
-        OSError naming it, the files before it rotated."""
+        """`corral logs --rotate`: each source's file rotated now; the files rotated. A
+        file that cannot be moved is an OSError naming it, the files before it rotated."""
         done: list[Path] = []
         if self.log_dir is None:
             return done
@@ -273,9 +269,8 @@ class LogHub:
         return done
 
     def forget(self, source: str) -> None:
-        """A source gone for good (its agent removed): its lines in memory are dropped and
-        its file rotated aside (NAME.log.1, the operator's), so whoever takes the name
-        next (another tenant's agent) is shown none of them, now or read back later."""
+        """A source gone for good: its lines in memory are dropped and its file rotated
+        aside, so whoever takes the name next (another tenant's agent) is shown none."""
         self.tails.pop(source, None)
         self.unread.pop(source, None)
         self.broken.pop(source, None)
@@ -289,9 +284,8 @@ class LogHub:
             f.close()
 
     def _write(self, batch: Batch, source: str, *parts: bytes) -> None:
-        """Append the batch's lines (`parts`, as tagged) to the source's file, in the
-        period of the clock the batch is of; a file that cannot be written drops them,
-        counted, and is tried again at most every RETRY_EVERY seconds."""
+        """Append the batch's lines (`parts`, as tagged) to the source's file; a file that
+        cannot be written drops them, counted."""
         assert self.log_dir is not None
         count = batch.count
         broken = self.broken.get(source)
@@ -347,7 +341,6 @@ class LogHub:
             f"writable by uid {os.geteuid()}")
 
     def failing(self) -> dict[str, int]:
-        """The log files that cannot be written now, with the lines each has dropped."""
         if self.log_dir is None:
             return {}
         return {str(self.path_of(source)): b.dropped
@@ -384,14 +377,11 @@ class LogHub:
                 follower.push(batch)
 
     def place_by(self, locate: Callable[[str], LogPlace | None]) -> None:
-        """Where a source's file is from now on (its tenant's directory: tenantdirs.py),
-        asked as each file is opened."""
         self.locate = locate
 
     def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
-        """A line of the daemon's own (syslog `priority`: 6 info, 5 notice, 4 warning):
-        into corral.log, and to `echo` (stderr, hence the journal under systemd): one line
-        in both, whatever `text` holds (a server's multi-line error, escaped)."""
+        """A line of the daemon's own (syslog `priority`): into corral.log and to `echo`,
+        one line in both whatever `text` holds."""
         text = one_line(text)
         self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, LineBlock.one(text))
         if self.echo is not None:
@@ -414,7 +404,7 @@ class LogHub:
 
     def _read_back(self, source: str, budget: int) -> None:
         """The end of the source's file as an earlier daemon left it (`budget` bytes at
-        most), before the lines this one has (logreadback.py); once."""
+        most), before the lines this one has; once."""
         path, end = self.unread.pop(source)
         earlier = _Tail(self.tail_lines, self.tail_bytes)
         for when, replica, pid, stream, lines in read_back(path, end, budget):
