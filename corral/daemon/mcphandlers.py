@@ -93,28 +93,20 @@ async def mcp_status(d: McpServices, p: m.McpStatus, caller: Caller, c: Channel
                              gateway=wire(d.gateway_status()))
 
 
-async def _each_instance(d: McpServices, name: str, verb: str) -> m.McpInstances:
-    entry = d.tools.server(name)
-    insts = entry.all()
-    if verb in ("stop", "restart"):
-        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else RESTARTED)
+@implements(m.McpStart)
+@implements(m.McpStop)
+@implements(m.McpRestart)
+async def mcp_instances(d: McpServices, p: m.McpSelection, caller: Caller, c: Channel
+                        ) -> m.McpInstances:
+    """Each of the server's instances started, stopped or restarted."""
+    insts = d.tools.server(p.name).all()
+    if not isinstance(p, m.McpStart):
+        await asyncio.gather(*(i.stop("stopped" if isinstance(p, m.McpStop) else RESTARTED)
                                for i in insts))
-    if verb in ("start", "restart"):
+    if not isinstance(p, m.McpStop):
         for i in insts:
             i.start(by_hand=True)
-    return m.McpInstances(name=name, instances=len(insts))
-
-
-@implements(m.McpStart)
-async def mcp_start(d: McpServices, p: m.McpStart, caller: Caller, c: Channel
-                    ) -> m.McpInstances:
-    return await _each_instance(d, p.name, "start")
-
-
-@implements(m.McpStop)
-async def mcp_stop(d: McpServices, p: m.McpStop, caller: Caller, c: Channel
-                   ) -> m.McpInstances:
-    return await _each_instance(d, p.name, "stop")
+    return m.McpInstances(name=p.name, instances=len(insts))
 
 
 @implements(m.McpAdd)
@@ -127,12 +119,6 @@ async def mcp_add(d: McpServices, p: m.McpAdd, caller: Caller, c: Channel
 async def mcp_remove(d: McpServices, p: m.McpRemove, caller: Caller, c: Channel
                      ) -> m.ReloadResult:
     return await mcpfile.remove(d.config_path, p, lambda: d.reload(caller.who))
-
-
-@implements(m.McpRestart)
-async def mcp_restart(d: McpServices, p: m.McpRestart, caller: Caller, c: Channel
-                      ) -> m.McpInstances:
-    return await _each_instance(d, p.name, "restart")
 
 
 @implements(m.ResourcesList)

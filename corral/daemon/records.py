@@ -1,9 +1,7 @@
 """Whose the record a call names is, asked before its handler runs (visibility.AgentRule's
-`record`): a task, a team, a team's call, a workflow, a run, a schedule, a session, looked
-up in the services of its domain. A limited caller reaches only its own records; any other
-is answered in the words a record that does not exist is answered with, so that the answer
-does not tell it exists (DESIGN 20). Handlers then look a record up for what it is, never
-for whose.
+`record`). A limited caller reaches only its own records; any other is answered in the
+words a record that does not exist is answered with, so that the answer does not tell it
+exists. Handlers then look a record up for what it is, never for whose.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from .workflows import WorkflowService
 
 
 class Holders(Protocol):
-    """The services a record is looked up in (the daemon's Services are them)."""
+    """The services a record is looked up in (the daemon's Services)."""
 
     @property
     def tasks(self) -> TaskFront: ...
@@ -66,8 +64,6 @@ def _mine(caller: Caller, agents: Iterable[str], tenant: str | None, what: str,
 
 
 def team(field: str) -> Record:
-    """A team named by a param (or each of a list of them): one the caller does not see
-    is as absent as one that does not exist."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         named = getattr(params, field)
         for name in [named] if isinstance(named, str) else named:
@@ -81,8 +77,7 @@ def team(field: str) -> Record:
 
 async def team_past(d: Holders, params: Any, caller: Caller) -> None:
     """A team there is, or one removed that was last of the caller's tenant (its history,
-    a rollback): any other is answered as one that never was (not "declared in the config
-    file")."""
+    a rollback)."""
     catalog = d.teams.catalog
     if params.name in catalog.config:
         await team("name")(d, params, caller)
@@ -95,7 +90,7 @@ async def team_past(d: Holders, params: Any, caller: Caller) -> None:
 
 def task_agent(field: str) -> Record:
     """A task's agent that is a team's name: a team's calls are tasks of its name, reached
-    only as the team is (decision 443); an agent's name is the rule's `check`."""
+    only as the team is; an agent's name is the rule's `check`."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         name = getattr(params, field)
         spec = d.teams.defined(name) if name is not None else None
@@ -106,18 +101,17 @@ def task_agent(field: str) -> Record:
 
 
 def sees_task(caller: Caller, task: Any) -> bool:
-    """Whether a task (a TaskInfo, a TaskSummary) is the caller's: asked of the tenant its
-    agent was of when it was accepted, never of who holds the name now (DESIGN 20). A
-    record its front stamps with no tenant (a team's call) is asked of the name's holder."""
+    """Whether a task is the caller's: asked of the tenant its agent was of when it was
+    accepted, never of who holds the name now (a team's call, of no tenant: the name's
+    holder)."""
     if task.tenant is None:
         return caller.sees(task.agent)
     return caller.sees_record(task.agent, task.tenant)
 
 
 def task(field: str) -> Record:
-    """A task named by its id: of an agent the caller sees, of its tenant when it was
-    accepted (sees_task); a team's call made for the caller's tenant, every agent of its
-    team seen, whoever holds the team's name now (decision 443)."""
+    """A task named by its id (sees_task); a team's call made for the caller's tenant,
+    every agent of its team seen, whoever holds the team's name now."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         task_id = getattr(params, field)
         info = await d.tasks.get(task_id, wait=False)  # an unknown task: not found
@@ -147,14 +141,12 @@ def ask(field: str) -> Record:
 
 
 async def call(d: Holders, params: Any, caller: Caller) -> None:
-    """A team's call, named by its id."""
     found = d.teams.find(params.call_id)
     if found is None or not sees_call(caller, found):
         raise jsonrpc.not_found("call", params.call_id)
 
 
 def workflow(field: str) -> Record:
-    """A workflow named by a param (or each of a list of them)."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         named = getattr(params, field)
         for name in [named] if isinstance(named, str) else named:
@@ -181,7 +173,6 @@ async def workflow_past(d: Holders, params: Any, caller: Caller) -> None:
 
 
 async def run(d: Holders, params: Any, caller: Caller) -> None:
-    """A workflow's run, named by its id."""
     found = d.workflows.get(params.run_id)  # an unknown one: not found
     _mine(caller, found.agents, found.tenant, "run", found.run_id)
 
@@ -195,9 +186,8 @@ async def schedule(d: Holders, params: Any, caller: Caller) -> None:
 
 def session_named(sessions: Sessions, agents: Agents, tenant: str | None, agent: str,
                   name: str) -> Session:
-    """The session a caller of `tenant` names: under its tenant (a tenant's caller), else
-    under the tenant that holds the agent's name now, else (the agent gone) the most
-    recently used of the name (decision 440)."""
+    """The session a caller of `tenant` names: under its tenant, else under the tenant
+    that holds the agent's name now, else (the agent gone) the most recently used."""
     if tenant is not None:
         key = SessionKey(tenant, agent, name)
     elif agent in agents:

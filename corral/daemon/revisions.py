@@ -1,15 +1,11 @@
 """Agents' spec history: every change of an agent's spec is a numbered revision in the
-state database (who, when, what changed, the whole spec), so `corral history` can show it
-and `corral rollback` can go back to any of them. Also where `corral scale` is kept, so a
-scaled agent keeps its replica count across daemon restarts and reloads.
+state database (who, when, what changed, the whole spec), for `corral history` and
+`corral rollback`. Also where `corral scale` is kept, so a scaled agent keeps its replica
+count across daemon restarts and reloads.
 
 A revision is its agent's tenant's: numbered within (agent, tenant), so that an agent a
 tenant adds under a name another tenant's agent had starts at revision 1 and is never
-shown, nor rolled back to, the other's (decision 436). The tables are migration 4 of
-storeschema.py (19 made the tenant part of a revision's key); this module only reads
-them (RevisionLog, on the loop's connection) and makes their writes (functions of a
-connection, run by storewriter.py's writer thread: a command's own in the transaction it
-commits before acting, the config file's through StoreWriter).
+shown, nor rolled back to, the other's.
 """
 
 from __future__ import annotations
@@ -76,8 +72,7 @@ def spec_table(spec: AgentSpec) -> dict[str, Any]:
 
 def _as_stored(value: Any) -> Any:
     """`value` as a revision's JSON reads back (a tuple a list): a spec compared with its
-    stored revision is equal when nothing changed (`exit_codes (0, 2)` was unequal to its
-    own `[0, 2]`: a revision at every start and a spurious change at every update)."""
+    stored revision is equal when nothing changed."""
     return msgspec.json.decode(msgspec.json.encode(value))
 
 
@@ -98,8 +93,8 @@ def _defaults(struct: type[msgspec.Struct]) -> dict[str, Any]:
 
 @functools.cache
 def spec_defaults() -> dict[str, Any]:
-    """AgentSpec's defaults as a table, made at the first change described: reading the
-    fields evaluates every annotation of the spec (~1.5 ms, at each daemon's import)."""
+    """Made at the first change described, not at import (reading the fields evaluates
+    every annotation of the spec: ~1.5 ms)."""
     return _defaults(AgentSpec)
 
 
@@ -157,11 +152,9 @@ def _show(v: Any) -> str:
 
 
 class RevisionBound(NamedTuple):
-    """The revisions kept of each agent (its tenant's): the `newest` (0: all), and
-    no more than `spec_bytes` of specs together (0: no bound); the newest two whatever
-    their size or the count, so that a change that fails takes its revision back to the
-    one before, and `corral rollback` has that one to go to. [supervisor] revisions_kept
-    and revisions_kept_mb."""
+    """The revisions kept of each agent: the `newest` (0: all), and no more than
+    `spec_bytes` of specs together (0: no bound); the newest two whatever their size,
+    so that a change that fails, and `corral rollback`, have the one before to go to."""
 
     newest: int
     spec_bytes: int
@@ -187,7 +180,6 @@ def prune(db: sqlite3.Connection, kept: RevisionBound, agent: str | None = None,
 class RevisionLog:
     def __init__(self, db: sqlite3.Connection, kept: RevisionBound | None = None) -> None:
         self.db = db
-        # what a change's revision is recorded with (`recording`); None: all kept
         self.kept = kept
 
     def _rows(self, sql: str, *args: Any) -> list[Revision]:
@@ -207,7 +199,6 @@ class RevisionLog:
         return rows[0] if rows else None
 
     def oldest(self, agent: str, tenant: str) -> int | None:
-        """The number of the agent's oldest revision kept (those before were pruned)."""
         got: int | None = self.db.execute(
             "SELECT MIN(revision) FROM revisions WHERE agent = ? AND tenant = ?",
             (agent, tenant)).fetchone()[0]
@@ -230,10 +221,9 @@ class RevisionLog:
 def recording(spec: AgentSpec, who: str, change: str | None = None,
               out: list[Revision] | None = None, kept: RevisionBound | None = None) -> Write:
     """A write of a new revision if `spec` differs from the agent's latest one; the
-    revision it made is put in `out`. Numbered where it is written, so revisions queued or
-    committed by two writers in turn never take the same number. `change`: what made it
-    (`rollback to revision 1`), said before the difference; `kept`: the agent's revisions
-    past it are deleted in the same transaction (the bound holds at every change)."""
+    revision it made is put in `out`. Numbered where it is written, so two writers in
+    turn never take the same number. `change`: what made it (`rollback to revision 1`);
+    `kept`: the agent's revisions past it are deleted in the same transaction."""
     table = spec_table(spec)
     encoded = msgspec.json.encode(table).decode()
     when = time.time()
@@ -269,7 +259,7 @@ def unrecording(rev: Revision) -> Write:
 def setting_scaled(agent: str, replicas: int, declared: int,
                    tenant: str = DEFAULT_TENANT) -> Write:
     """`declared`: the config's own count when it was scaled; a config that changes its
-    count since then wins over the scale. `tenant`: the agent's."""
+    count since then wins over the scale."""
     return statement("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time, "
                      "tenant) VALUES (?, ?, ?, ?, ?)",
                      (agent, replicas, declared, time.time(), tenant))

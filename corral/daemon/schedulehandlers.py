@@ -27,13 +27,8 @@ async def schedules_list(s: ScheduleService, p: m.SchedulesList, caller: Caller,
 
 
 @implements(m.SchedulesPause)
-async def schedules_pause(s: ScheduleService, p: m.SchedulesPause, caller: Caller, c: Channel
-                          ) -> m.ScheduleEntry:
-    return s.entry(await s.pause(p.name, True))
-
-
 @implements(m.SchedulesResume)
-async def schedules_resume(s: ScheduleService, p: m.SchedulesResume, caller: Caller, c: Channel
-                           ) -> m.ScheduleEntry:
-    return s.entry(await s.pause(p.name, False))
+async def schedules_pause(s: ScheduleService, p: m.SchedulesPause | m.SchedulesResume,
+                          caller: Caller, c: Channel) -> m.ScheduleEntry:
+    return s.entry(await s.pause(p.name, isinstance(p, m.SchedulesPause)))
 

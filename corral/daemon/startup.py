@@ -100,8 +100,6 @@ class Paths(msgspec.Struct, frozen=True):
 
 
 class Conf(msgspec.Struct, frozen=True):
-    """The config file as read at start-up, and where it puts things."""
-
     cfg: Config
     path: Path  # the file
     paths: Paths
@@ -145,7 +143,6 @@ def read_config(config_path: Path, socket: str | None, loaded: Config | None = N
 
 @contextlib.asynccontextmanager
 async def closed(close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    """A part made elsewhere whose teardown is its `close`."""
     try:
         yield
     finally:
@@ -155,7 +152,6 @@ async def closed(close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
 # -- the parts, in the order they are entered -------------------------------------------------
 @contextlib.contextmanager
 def log_hub(conf: Conf) -> Iterator[LogHub]:
-    """The daemon's logs (`corral logs`), its own lines echoed on stderr."""
     sc = conf.cfg.supervisor
     try:
         hub = LogHub(conf.paths.log_dir,
@@ -171,7 +167,6 @@ def log_hub(conf: Conf) -> Iterator[LogHub]:
 
 @contextlib.contextmanager
 def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
-    """The systemd journal's sender, where `log_journal` asks for it."""
     sc = conf.cfg.supervisor
     if not (sc.log_journal is True or (sc.log_journal == "auto" and journald.available())):
         yield None
@@ -421,7 +416,6 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
 
 @contextlib.contextmanager
 def signals(put: Callable[[int], None]) -> Iterator[None]:
-    """Queued for the arbiter."""
     loop = asyncio.get_running_loop()
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
     try:
@@ -473,7 +467,6 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
 
 
 def cluster_key(conf: Conf, hub: LogHub) -> bytes | None:
-    """[cluster] key_file's key; None, said loudly, without one."""
     from ..cluster.trust import NO_KEY_WARNING, load_key
     settings = conf.cfg.cluster
     assert settings is not None
@@ -538,7 +531,6 @@ def stop_bound(sup: Supervisor) -> float:
 
 @contextlib.asynccontextmanager
 async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
-    """Before the agents stop, the node hands back the cluster tasks it holds."""
     try:
         yield
     finally:
@@ -617,7 +609,6 @@ async def schedules(conf: Conf, parts: Parts, store: StateStore, tasks: TaskFron
 
 def task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | None,
                 hub: LogHub) -> TaskFront:
-    """With [cluster], the cluster's (this node's own behind it, for `local`)."""
     local = LocalFront(parts.agents, parts.tasks, journal, hub.daemon)
     if node is None:
         return local

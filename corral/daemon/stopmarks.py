@@ -1,14 +1,9 @@
-"""A stop by hand lasts until a start by hand (DESIGN 26): across a graceful restart of
-the daemon, an upgrade and a crash. `corral stop` commits a mark for each replica it
-stops (who, when) before it stops any; a daemon that starts adds those replicas stopped
-(Agents.add's `held`), and `corral status` names who stopped each and when. A start by
+"""A stop by hand lasts until a start by hand: across a graceful restart of the daemon,
+an upgrade and a crash. `corral stop` commits a mark for each replica it stops (who,
+when) before it stops any; a daemon that starts adds those replicas stopped. A start by
 hand takes the mark away: `corral start` commits that before it starts any, and any
 other start by hand (a restart, a rollout that starts a stopped replica) is told by the
 replica's transition (Cause.SPAWN) and written through the store's writer.
-
-The table is one migration of storeschema.py; this module reads it (at start-up, on the
-loop's connection: a few rows) and makes its writes (functions of a connection, run by
-the writer thread).
 """
 
 from __future__ import annotations
@@ -45,8 +40,8 @@ class StopMarks:
 
     def __init__(self, db: sqlite3.Connection, submit: Callable[[Write, str], None]
                  ) -> None:
-        """`submit`: a write through the store's writer (kept while the database cannot
-        be written), for a start that was not `corral start`'s."""
+        """`submit`: a write through the store's writer, for a start that was not
+        `corral start`'s."""
         self.submit = submit
         self.marks: dict[Place, StopMark] = {
             (agent, replica): StopMark(who, when) for agent, replica, who, when in

@@ -1,10 +1,7 @@
-"""The daemon's durable state: what must survive a restart of the daemon, read and
-written through one object (`StateStore`): agents added at runtime (the TOML file stays
-the operator's declaration), agent state checkpoints, the audit log of control
-operations, and the records of every process the daemon runs (a daemon that starts after
-a crash stops what the crashed one left running: `supervisor/containment.py`). The task
-journal (`taskjournal.py`) shares its database and writer thread. The schema and its
-migrations are `storeschema.py`; the commit path `storewriter.py`.
+"""The daemon's durable state, read and written through one object (`StateStore`):
+agents added at runtime, agent state checkpoints, the audit log, and the records of every
+process the daemon runs (a daemon that starts after a crash stops what the crashed one
+left running). The schema is `storeschema.py`; the commit path `storewriter.py`.
 """
 
 from __future__ import annotations
@@ -31,23 +28,18 @@ log = logging.getLogger("corral.store")
 
 
 def row_limit(limit: int) -> int:
-    """A count of rows asked for, as SQLite can take it: 0 to 2**62 (a larger one is
-    all of them, not an overflow)."""
+    """A count of rows asked for, as SQLite can take it (a larger one is all of them)."""
     return min(max(0, limit), 1 << 62)
 
 
 class StateStore:
-    """The small tables: runtime agents, spec revisions, state checkpoints, audit,
-    incarnations and process records. Reads run on the loop's connection (`db`); writes
-    run on the writer thread (`thread`, WriterThread, shared with the task journal), never
-    on the loop once it is open:
-    - what a control command changes that must outlive the daemon (runtime agents, kept
-      scale counts, their revisions) is committed by the command before it acts
-      (`commit`): a database that cannot be written refuses the command, nothing changed
-      (decision 61);
-    - what is many or must not hold up its cause (process records, checkpoints, audit
-      rows, revisions the config file made) goes through `writer` (StoreWriter), batched,
-      and kept and tried again while the database cannot be written."""
+    """Reads run on the loop's connection (`db`); writes on the writer thread, never on
+    the loop once it is open:
+    - what a control command changes that must outlive the daemon is committed by the
+      command before it acts (`commit`): a database that cannot be written refuses the
+      command, nothing changed;
+    - what is many or must not hold up its cause goes through `writer` (StoreWriter),
+      batched, and kept and tried again while the database cannot be written."""
 
     def __init__(self, path: Path, *, sync: str = "normal",
                  stream: Stream | None = None, audit_max_rows: int = 0) -> None:
@@ -60,7 +52,6 @@ class StateStore:
         self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
         self.db = open_database(path, sync=sync)
-        # open_writer(), on the loop: the one writer thread, shared with the task journal
         self.thread: WriterThread | None = None
         self.writer: StoreWriter | None = None
 
@@ -72,7 +63,7 @@ class StateStore:
         return self.writer
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        """Commit `writes` in one transaction now, or raise StoreError (see WriterThread)."""
+        """Commit `writes` in one transaction now, or raise StoreError."""
         if self.thread is None:  # before the writer is open (tests): on this connection
             with errors_named(self.path), self.db:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -101,8 +92,6 @@ class StateStore:
 
     def save_state(self, name: str, replica: int, when: float, state: Any,
                    tenant: str = DEFAULT_TENANT) -> None:
-        """Through the writer when there is one (checkpoints come per agent). `tenant`:
-        its agent's."""
         row = (name, replica, when, msgspec.json.encode(state).decode(), tenant)
         write = statement("INSERT OR REPLACE INTO agent_state (name, replica, time, state, "
                           "tenant) VALUES (?,?,?,?,?)", row)
@@ -121,9 +110,8 @@ class StateStore:
     def states(self, holders: Mapping[str, str] | None = None
                ) -> dict[tuple[str, int], tuple[float, Any]]:
         """The checkpoints kept, by (agent, replica). `holders`: the tenant each agent's
-        name is held by now; a checkpoint another tenant's agent saved under the name (its
-        agent gone from the file while the daemon was down), or one of a name no agent
-        holds, is not read: it is no agent's of these (DESIGN 20)."""
+        name is held by now; a checkpoint another tenant's agent saved under the name is
+        not read."""
         with errors_named(self.path):
             rows = self.db.execute(
                 "SELECT name, replica, time, state, tenant FROM agent_state")
@@ -132,9 +120,8 @@ class StateStore:
 
     def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str,
               who: str | None = None, tenant: str | None = None) -> None:
-        """An audit row, through the writer: it never holds up, nor fails, what it records
-        (kept while the database cannot be written; StoreWriter). `who`: a token's
-        caller ("token NAME"); a socket peer is its uid and pid. `tenant`: the caller's."""
+        """An audit row, through the writer: it never holds up, nor fails, what it records.
+        `who`: a token's caller ("token NAME"); a socket peer is its uid and pid."""
         self.audit_row((time.time(), uid, pid, method, msgspec.json.encode(params).decode(),
                         outcome), who, tenant)
 
@@ -162,8 +149,7 @@ class StateStore:
                       self.path, exc, full)
 
     def _audit_prune_due(self, tenant: str | None) -> bool:
-        """Whether this row's write prunes its party's past `audit_max_rows`: once in
-        every tenth of the bound, so that a party holds at most 1.1 times it."""
+        """Once in every tenth of the bound, so that a party holds at most 1.1 times it."""
         if not self.audit_max_rows:
             return False
         seen = self._audited.get(tenant, 0) + 1
@@ -172,7 +158,6 @@ class StateStore:
         return due
 
     def _audit_gap(self, e: CaughtUp) -> None:
-        """After a catch-up that lost audit rows: a row that says so, where they would be."""
         rows, since, reason = e.dropped.get("audit row", 0), e.since, e.reason
         if rows:
             self.audit_row((time.time(), os.geteuid(), os.getpid(), "audit.dropped",
@@ -182,9 +167,8 @@ class StateStore:
                             f"the state database could not be written ({reason})"))
 
     async def audit_log_now(self, limit: int = 100) -> list[tuple[Any, ...]]:
-        """The audit log with every row queued so far in it (a row's write lingers: it
-        is committed here first), unless the database cannot be written now (the rows
-        wait in memory: what it holds is answered at once, as ever)."""
+        """The audit log with every row queued so far in it (a row's write lingers),
+        unless the database cannot be written now."""
         if self.writer is not None and not self.writer.outage.failing:
             await self.writer.committed()
         return self.audit_log(limit)
@@ -192,14 +176,11 @@ class StateStore:
     def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
         rows = self.db.execute(
             "SELECT time, uid, pid, method, params, outcome, who, tenant FROM audit "
-            "ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
+            "ORDER BY id DESC LIMIT ?", (limit,))
         return list(reversed(rows.fetchall()))
 
     # -- containment: incarnations of the daemon and the processes they run --------------
     def begin_incarnation(self, owner: str, pid: int, start_time: int) -> None:
-        """Written (and committed) before the daemon starts anything."""
         self.db.execute(
             "INSERT OR REPLACE INTO incarnations (owner, pid, start_time, started_at) "
             "VALUES (?, ?, ?, ?)", (owner, pid, start_time, time.time()))
@@ -220,7 +201,6 @@ class StateStore:
     @staticmethod
     def write_processes(started: Iterable[ProcessRecord], ended: Iterable[str]
                         ) -> Write:
-        """A write (for StoreWriter) of spawns' records and exits'."""
         rows = [(r.token, r.owner, msgspec.json.encode(r).decode()) for r in started]
         gone = [(t,) for t in ended]
 
@@ -234,7 +214,6 @@ class StateStore:
 
     @staticmethod
     def ending_incarnations(owners: Iterable[str]) -> Write:
-        """A write that forgets incarnations whose processes are all gone."""
         owners = list(owners)
 
         def write(db: sqlite3.Connection) -> None:
@@ -251,7 +230,7 @@ class StateStore:
             self.ending_incarnations(owners)(self.db)
 
     async def close_writer(self) -> None:
-        """Commit what is queued, then stop the writer thread (after the journal's close:
+        """Commit what is queued, then stop the writer thread (after the journals' close:
         the thread is shared)."""
         if self.writer is not None:
             writer, self.writer = self.writer, None

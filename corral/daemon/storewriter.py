@@ -212,7 +212,6 @@ class WriterThread:
                       self.path, exc)
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        """Run `writes` in one transaction, now; StoreError if it is not committed."""
         batch = list(writes)
         done: asyncio.Future[str | None] = self._loop.create_future()
 
@@ -362,7 +361,6 @@ class GroupCommit(Generic[V]):
         self._retry = self.outage.schedule(self._loop, self._flush)
 
     def retry_now(self) -> None:
-        """While failing, try at once rather than at the next attempt's time."""
         if self.outage.failing and self._retry is not None:
             self.cancel_retry()
             self._flush_scheduled = True
@@ -375,7 +373,6 @@ class GroupCommit(Generic[V]):
             self._flush_scheduled = False
 
     async def committed(self) -> None:
-        """Until everything put so far has been tried."""
         if self.pending and self._lingering is not None and not self._flush_scheduled:
             self._lingering.cancel()  # someone waits for the lazy writes now
             self._lingering = None
@@ -594,7 +591,6 @@ class StoreWriter:
             self.stream.emit(CaughtUp(dropped, since, self.outage.error))
 
     def pending(self) -> dict[str, int]:
-        """The writes not yet committed, by kind."""
         return _kinds([v for _, v in self._group.inflight]
                       + list(self._group.pending.values()))
 

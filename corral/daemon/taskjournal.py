@@ -152,8 +152,6 @@ TASK_ROW = 20  # a task's row's length (UPSERT's); a key's row is shorter
 
 
 class TaskJournalDB:
-    """The daemon's `TaskJournal` (see corral.supervisor.tasks.durable)."""
-
     def __init__(self, path: Path, *, sync: str = "normal", max_age: float = 7 * 86400,
                  max_tasks: int = 100_000,
                  on_error: Callable[[str], None] | None = None,
@@ -349,7 +347,6 @@ class TaskJournalDB:
         return await asyncio.to_thread(self._load, task_id)
 
     async def load_input(self, task_id: str) -> msgspec.Raw | None:
-        """The task's input as sent, or None (no such row)."""
         with contextlib.suppress(TaskJournalError):
             await self.committed()
         return await asyncio.to_thread(self._load_input, task_id)
