@@ -1,9 +1,8 @@
-"""Durable calls driven to their ends: each started call (kept before it is answered)
-driven by its planner in the background, bounded by its deadline, waited for, cancelled
-with a reason, abandoned when it ends otherwise than by its steps, and resumed after a
-restart from its rows; a call whose store failed is told and left running, resumed at
-the next start (a store several daemons share: let go, taken again by whichever daemon's
-next beat comes first). One driver for every kind: a planner says what differs."""
+"""Durable calls driven to their ends: each started call driven by its planner in the
+background, bounded by its deadline, cancelled with a reason, abandoned when it ends
+otherwise than by its steps, and resumed after a restart from its rows; a call whose
+store failed is told and left running, resumed at the next start. One driver for every
+kind: a planner says what differs."""
 
 from __future__ import annotations
 
@@ -39,8 +38,7 @@ class Planner(Protocol[C_contra]):
         """The call's end is kept (told to whoever follows it)."""
 
     def stopped(self, call: C_contra, why: str) -> None:
-        """The call's driver stopped with the call running (its store failed): `why`,
-        and when it is resumed."""
+        """The call's driver stopped with the call running (its store failed)."""
 
 
 class Calls(Generic[C]):
@@ -105,8 +103,7 @@ class Calls(Generic[C]):
                 await within(asyncio.shield(live[1]), timeout)
 
     async def cancel(self, call_id: str, why: str) -> bool:
-        """The call's driver cancelled, the call ended `cancelled` with `why`; False when
-        it is not driven here (ended, or never)."""
+        """The call ended `cancelled` with `why`; False when it is not driven here."""
         live = self.live.get(call_id)
         if live is None:
             return False
@@ -123,8 +120,7 @@ class Calls(Generic[C]):
         return True
 
     async def close(self) -> None:
-        """The process stops: each driver stops where it is (its call resumed at the next
-        start, its tasks left to the task journal)."""
+        """The process stops: each driver stops where it is (resumed at the next start)."""
         drivers = [d for _, d in self.live.values()]
         for d in drivers:
             d.cancel()

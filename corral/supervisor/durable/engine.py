@@ -1,8 +1,7 @@
 """A call's steps run at most once each, kept as they go. The rule: a step's id is
-committed in the call's rows before its work starts (its task submitted, its nested run
-made), and a row that names an id is only ever waited for, its work started again under
-that same id only where it never began (the process stopped between the two writes: the
-work says so, tasks.py). The engine is pure over its store and the work it is given."""
+committed in the call's rows before its work starts, and a row that names an id is only
+ever waited for, its work started again under that id only where it never began (the
+process stopped between the two writes). Pure over its store and the work it is given."""
 
 from __future__ import annotations
 
@@ -31,12 +30,11 @@ class Cancels(Protocol):
 @runtime_checkable
 class RowCarrier(Protocol):
     """A step's work that keeps its step's new row itself, in the act that starts it (a
-    cluster node's step task: the row written by its submit script, decision 752): the
-    row is the call's no later than its work exists. `noted` once the store has it."""
+    cluster node's step task): the row is the call's no later than its work exists."""
 
     def carry(self, store: DurableStore, call_id: str, row: StepRow,
               noted: Callable[[], None]) -> Awaitable[StepEnd]:
-        """The step's work to its end, its row kept as it starts."""
+        """The step's work to its end, its row kept as it starts (`noted` then)."""
 
 
 class StepEngine:
@@ -47,10 +45,9 @@ class StepEngine:
         self.observe = observe
 
     async def step(self, call: Durable, key: StepKey, work: Work) -> StepRow:
-        """The step to its end: its row as it ended before (its output left in the store:
-        `output`), else its work run under the id its row holds, made and kept first when
-        it has none. A refusal (RpcError) is the step's failure, ended so and raised on
-        for its planner to say."""
+        """The step to its end: its row as it ended before, else its work run under the
+        id its row holds (made and kept first). A refusal (RpcError) is the step's
+        failure, ended so and raised on for its planner to say."""
         row = call.rows.get(key)
         if row is not None and row.status in STEP_ENDED:
             return row
@@ -66,8 +63,7 @@ class StepEngine:
         return await self.end(call, key, end)
 
     async def _carried(self, call: Durable, key: StepKey, work: RowCarrier) -> StepRow:
-        """A new step whose work keeps its row as it starts. Refused (RpcError), the step
-        ends failed under the id it was given, as a work refused after its row does."""
+        """A new step whose work keeps its row as it starts."""
         row = StepRow(key[0], key[1], "running", new_id(), time.time())
         # in the call's rows while its submit is in flight: a call abandoned meanwhile
         # cancels its task and ends its row as it does those kept
@@ -82,8 +78,7 @@ class StepEngine:
 
     async def begin(self, call: Durable, key: StepKey) -> StepRow:
         """The step's row as it is, else one made running under a new id and kept: the id
-        is the call's before its work exists (a planner whose work is started elsewhere,
-        a spawn's child, starts it under this id and ends the row when it ends)."""
+        is the call's before its work exists."""
         row = call.rows.get(key)
         if row is None:
             row = StepRow(key[0], key[1], "running", new_id(), time.time())
@@ -91,7 +86,6 @@ class StepEngine:
         return row
 
     async def end(self, call: Durable, key: StepKey, end: StepEnd) -> StepRow:
-        """The step's row ended so (its output with it, kept in the store alone)."""
         row = call.rows.get(key)
         ended = StepRow(key[0], key[1], end.status, row.task_id if row is not None else None,
                         row.started if row is not None else time.time(), time.time(),
@@ -104,7 +98,6 @@ class StepEngine:
         self._noted(call, rows)
 
     def _noted(self, call: Durable, rows: list[StepRow]) -> None:
-        """Rows the store has kept, in the call's view (its run events told)."""
         for r in rows:
             # its output is the store's alone, read back when it is asked for
             call.rows[(r.step, r.item)] = replace(r, output=None) if r.output is not None else r
@@ -112,14 +105,13 @@ class StepEngine:
                 self.observe(call, r)
 
     def output(self, call: Durable, row: StepRow) -> Any:
-        """A row's output (as it ended now, or read back from the store)."""
         if row.output is not None:
             return row.output
         return self.store.output(call.call_id, row.step, row.item)
 
     async def abandon(self, call: Durable, end: StepEnd) -> None:
         """A call that ended otherwise than by its steps: every step still running ended
-        so, its task cancelled if it is still queued or running."""
+        so, its task cancelled."""
         now = time.time()
         ended: list[StepRow] = []
         for r in call.rows.values():

@@ -33,9 +33,8 @@ class StepEnd(msgspec.Struct, frozen=True):
 
 
 class CallRecord(msgspec.Struct):
-    """A call as a store keeps it: `kind` ("workflow", "team") says whose planner reads
-    `definition` (the kind's own JSON, pinned when the call started); `rows` its steps'
-    (without their outputs: a store reads one back when it is asked, DurableStore.output)."""
+    """A call as a store keeps it: `kind` says whose planner reads `definition` (pinned
+    when the call started); `rows` without their outputs (read back when asked for)."""
 
     call_id: str
     kind: str
@@ -57,8 +56,8 @@ class CallRecord(msgspec.Struct):
 
 
 class Durable(Protocol):
-    """A call of some kind as the engine drives it: its planner's own record (a run, a
-    team's call), keyed rows and all, made into a CallRecord to be kept."""
+    """A call as the engine drives it: its planner's own record, made into a CallRecord
+    to be kept."""
 
     @property
     def call_id(self) -> str: ...
@@ -78,9 +77,8 @@ class Durable(Protocol):
 
 
 class CallHandover(NamedTuple):
-    """A call whose holder (a cluster node incarnation) died, taken by this node and
-    copied into its store: its kind's planner drives it on from its rows (told on the
-    engine's stream, cluster/clustercalls.py)."""
+    """A call whose holder (a cluster node incarnation) died, taken by this node: its
+    kind's planner drives it on from its rows."""
 
     record: CallRecord
     holder: str

@@ -1,6 +1,6 @@
 """Where durable calls are kept: the one narrow interface the engine writes and reads
-through (the daemon's is SQLite, daemon/callstore.py; a cluster's may be Redis), and the
-memory store an embedded engine uses (the Python API's teams, not kept across a restart)."""
+through (the daemon's: daemon/callstore.py), and the memory store an embedded engine
+uses."""
 
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ class DurableStore(Protocol):
     def unfinished(self, kind: str) -> list[CallRecord]:
         """The calls of this kind still running, oldest first."""
 
-    def output(self, call_id: str, step: str, item: int) -> Any:
-        """One row's output, read back."""
+    def output(self, call_id: str, step: str, item: int) -> Any: ...
 
 
 class SharedStore(DurableStore, Protocol):
-    """A store several daemons share (a cluster's, cluster/clustercalls.py): each keeps a
-    copy of the calls it drives, and of those it is asked about, which its reads read."""
+    """A store several daemons share (cluster/clustercalls.py): each keeps a copy of the
+    calls it drives and of those it is asked about."""
 
     async def newest(self, kind: str, n: int) -> list[str]:
         """The ids of the newest `n` calls of `kind`, whoever drives them."""
@@ -40,12 +39,10 @@ class SharedStore(DurableStore, Protocol):
 
     def stopped(self, call_id: str) -> None:
         """The call's driver here stopped with the call running (the store failed): it
-        is to be taken and driven again, by this daemon or another."""
+        is to be driven again, here or elsewhere."""
 
 
 class MemoryStore:
-    """Calls kept in memory, lost with the process."""
-
     def __init__(self) -> None:
         self.calls: dict[str, CallRecord] = {}
         self.outputs: dict[tuple[str, str, int], Any] = {}

@@ -12,14 +12,13 @@ from ...jsonrpc import RpcError
 from ...taskoptions import TaskOptions
 from ..tasks import TERMINAL, TaskManager
 from ..tasks.recorded import RecordedTask, outcome
-from .engine import Work
+from .engine import Cancels, Work
 from .record import StepEnd
 from .store import SharedStore
 
 
 class AgentTask(msgspec.Struct, frozen=True):
-    """What a step's task is: its agent, input and options, the tenant of the call, and
-    the trace context it is a child of."""
+    """What a step's task is, the tenant of the call, and its parent trace context."""
 
     agent: str
     input: Any
@@ -30,34 +29,28 @@ class AgentTask(msgspec.Struct, frozen=True):
 
 
 def step_end(info: Any) -> StepEnd:
-    """How a step's task ended (a TaskInfo, on one node or a cluster's), as a step's end."""
     output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
               else info.output)
     return StepEnd(str(info.status), output,
                    info.error.message if info.error is not None else None)
 
 
-class StepWork(Protocol):
-    """How a durable call's steps run their tasks: the engine's (StepTasks); on a
-    cluster node, the cluster's (cluster/calltasks.py)."""
+class StepWork(Cancels, Protocol):
+    """How a durable call's steps run their tasks: StepTasks, or a cluster's
+    (cluster/calltasks.py)."""
 
     def work(self, step: AgentTask) -> Work: ...
-
-    def cancel_task(self, task_id: str) -> None: ...
 
 
 class Durables(msgspec.Struct, frozen=True):
     """Where a daemon's durable calls are kept and how their steps' tasks run, when not
-    the state database's journal and the engine's (a cluster node's: in Redis and the
-    cluster's tasks)."""
+    the state database's and the engine's (a cluster node's)."""
 
     store: SharedStore
     tasks: StepWork
 
 
 class StepTasks:
-    """The engine's tasks as a durable call's steps run them."""
-
     def __init__(self, engine: TaskManager) -> None:
         self.engine = engine
 

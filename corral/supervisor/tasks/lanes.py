@@ -66,7 +66,6 @@ class _Lane:
 
 
 class Lanes:
-
     def __init__(self, tasks: Submits, agent: str, inputs: Iterator[Any], *,
                  concurrency: int, options: TaskOptions) -> None:
         self.tasks = tasks

@@ -51,7 +51,6 @@ class TreeEngine(Protocol):
 
 
 class NodeSpawns:
-
     def __init__(self, engine: TreeEngine) -> None:
         self.engine = engine
         self.trees = SpawnTrees()

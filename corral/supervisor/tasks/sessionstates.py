@@ -17,7 +17,6 @@ Key = tuple[str, str, str, int]  # (tenant, agent, session, gen): one life of a 
 
 
 class HotStates:
-
     def __init__(self, budget: int) -> None:
         self.budget = budget  # bytes; 0: none held once they are durable
         self.spills = False  # whether a journal holds every state (set with it)

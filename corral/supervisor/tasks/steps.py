@@ -151,7 +151,6 @@ class _Attempt:
 
 
 class TaskSteps:
-
     def __init__(self, stream: Stream, active: Callable[[str], Task | None],
                  interceptors: Interceptors,
                  asking: Callable[[str], bool] | None = None) -> None:

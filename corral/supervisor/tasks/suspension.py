@@ -89,7 +89,6 @@ class _Wait:
 
 
 class Suspensions:
-
     def __init__(self, engine: SuspendingEngine, clock: WaitClock) -> None:
         self.engine = engine
         self.clock = clock

@@ -1,7 +1,6 @@
-"""A team's call as it is kept: the definition it started on, its input and outcome, and
-its steps (the router's, each member's, the leader's, each tool call of the leader's),
-each naming its task: a durable call of kind "team" (supervisor/durable/), its rows keyed
-(KEY, WHOLE)."""
+"""A team's call as it is kept: a durable call of kind "team", its definition pinned, its
+steps (the router's, each member's, the leader's, each tool call of the leader's) each
+naming its task."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ def key_of(key: str) -> StepKey:
 
 def driven_with(record: CallRecord) -> list[str]:
     """The agents a node must run itself to drive this call (a cluster's node taking it
-    over): a coordinate team's leader, whose task is the driving node's (runner.py);
-    none for a call of another kind or mode."""
+    over): a coordinate team's leader."""
     if record.kind != KIND:
         return []
     leader = msgspec.json.decode(record.definition, type=TeamSpec).leader

@@ -1,7 +1,6 @@
-"""Teams on an engine: the definitions, each call started (saved before it is answered),
-driven in the background to its one outcome, waited for, cancelled, resumed from its kept
-steps. The daemon's are kept in its state database (daemon/teams/); the Python API's in
-memory:
+"""Teams on an engine: the definitions, each call started (saved before it is answered)
+and driven to its one outcome. The daemon's are kept in its state database; the Python
+API's in memory:
 
     tools = LeaderTools()  # a coordinate team's leader calls its members as tools
     sup = Supervisor(interceptors=[tools])
@@ -38,11 +37,9 @@ class Teams:
                  report: Callable[[str], None] | None = None,
                  tools: LeaderTools | None = None, traced: bool = False,
                  durables: Durables | None = None) -> None:
-        """`tools`: the interceptor the engine was made with that gives a coordinate
-        team's leader its members as tools (None: no coordinate team is called);
-        `traced`: the engine traces its tasks (a caller's context is checked then);
-        `durables`: a cluster node's, where the calls are kept and their steps run
-        instead of `store` and the engine (runner.py)."""
+        """`tools`: the engine's interceptor that gives a coordinate team's leader its
+        members as tools (None: no coordinate team is called); `traced`: the engine
+        traces its tasks; `durables`: a cluster node's, instead of `store` and the engine."""
         self.engine = engine
         self.store: DurableStore = (durables.store if durables is not None
                                     else store if store is not None else MemoryStore())
@@ -74,9 +71,8 @@ class Teams:
         return spec
 
     def _checked(self, name: str) -> str:
-        """The team checked against the agents there now (one may have been removed, or
-        its name taken by another tenant's: no agent of a team of its tenant, and not
-        named to its caller as another tenant's)."""
+        """The team checked against the agents there now (an agent of the name now another
+        tenant's is none to it); its tenant."""
         agents = self.engine.sup.agents
         spec = self.spec(name)
 
@@ -113,7 +109,6 @@ class Teams:
         return result(call)
 
     def resume(self, calls: list[TeamCall]) -> None:
-        """Calls a previous daemon left running, driven on from their steps."""
         for call in calls:
             if call.call_id not in self.calls.live:
                 self.runner.adopt(call)
@@ -140,7 +135,6 @@ def error_of(call: TeamCall) -> TaskFailure | None:
 
 
 def result(call: TeamCall) -> TaskResult:
-    """The call as `corral run TEAM` answers it (a team's call has no attempts of its own:
-    its steps' tasks have theirs)."""
+    """The call as `corral run TEAM` answers it (its steps' tasks have the attempts)."""
     return TaskResult(task_id=call.call_id, status=call.status, output=call.output,
                       error=error_of(call), attempts=[])

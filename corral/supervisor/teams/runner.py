@@ -1,14 +1,10 @@
-"""A team's call planned by its mode on the durable engine (supervisor/durable/): route
-(a rule or a router picks a member), broadcast (every member at once), coordinate (a
-leader calls its members as tools: tools.py); each a step, a task of its agent run at
-most once per call. A call resumed after a restart skips every step that ended.
+"""A team's call planned by its mode on the durable engine: route, broadcast, coordinate;
+each a step, a task of its agent run at most once per call.
 
-On a cluster node (`durables`: Redis and the cluster's tasks, cluster/clustercalls.py)
-the router's and the members' tasks are cluster tasks, run by whichever node has room,
-while a coordinate leader's task is one of the node driving the call: its members' tools
-are served there (tools.py), each tool call a step written under that node's lease. A
-node that takes the call over submits the leader's task again under the id its row holds
-(it died with its node), and the leader's calls of members are answered from their rows."""
+On a cluster node the router's and the members' tasks are cluster tasks, while a
+coordinate leader's task is one of the node driving the call, where its members' tools
+are served. A node that takes the call over submits the leader's task again under the
+id its row holds, and the leader's calls of members are answered from their rows."""
 
 from __future__ import annotations
 
@@ -36,7 +32,6 @@ class TeamRunner:
     def __init__(self, engine: TaskManager, store: DurableStore,
                  report: Callable[[str], None] | None = None,
                  durables: Durables | None = None) -> None:
-        """`durables`: a cluster node's (its calls are the cluster's, `store` among them)."""
         self.engine = engine
         self.leads = StepTasks(engine)  # a leader's task: where its tools are served
         self.tasks: StepWork = durables.tasks if durables is not None else self.leads
@@ -45,9 +40,8 @@ class TeamRunner:
         self.leaders: dict[str, TeamCall] = {}  # a running leader's task id -> its call
 
     def adopt(self, call: TeamCall) -> None:
-        """A call resumed after a restart: its leader's task, back in the engine and
-        perhaps dispatched before the call's driver first runs, has its members' tools
-        from the start."""
+        """A call resumed after a restart: its leader's task, perhaps dispatched before the
+        call's driver first runs, has its members' tools from the start."""
         st = call.rows.get(key_of("leader"))
         if st is not None and st.status == "running" and st.task_id is not None:
             self.leaders[st.task_id] = call
@@ -125,8 +119,8 @@ class TeamRunner:
 
     async def step(self, call: TeamCall, key: str, agent: str, task_input: Any,
                    context: dict[str, str] | None = None) -> StepRow:
-        """A step to its end, its output with it; `context`: the trace context its task is
-        a child of (else the call's caller's)."""
+        """A step to its end, its output with it; `context`: its task's parent trace
+        context (else the call's caller's)."""
         parent = context if context is not None else {
             "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
         work = (self.leads if key == "leader" else self.tasks).work(AgentTask(
@@ -155,9 +149,8 @@ class TeamRunner:
 
 
 class _Cancels:
-    """A call's steps' tasks cancelled wherever they are: a member's (the cluster's on a
-    cluster node) and a leader's (this node's engine); each does nothing for a task it
-    does not hold or that has ended, so both are asked."""
+    """A call's steps' tasks cancelled wherever they are (a member's, a leader's): both
+    are asked, each doing nothing for a task it does not hold."""
 
     def __init__(self, tasks: StepWork, leads: StepTasks) -> None:
         self.kinds = (tasks, leads) if tasks is not leads else (leads,)
@@ -168,7 +161,6 @@ class _Cancels:
 
 
 def _with_output(steps: StepEngine, call: TeamCall, st: StepRow) -> StepRow:
-    """A step as it ended, its output read back when it ended before this driver."""
     if st.output is None:
         st = replace(st, output=steps.output(call, st))
     return st

@@ -1,10 +1,7 @@
 """A coordinate team's members as the leader's tools (`TEAM__MEMBER`): in the tool list
-and the allowlist of a replica only while it runs a task as a team's leader, and a call of
-one a step of the team's call, the member's own task (its budgets, allowlist and retries).
-An interceptor of the engine's task path (tasks/interceptors.py), given to it at its
-construction: a tool that is no team's goes on to the pool unchanged. After tracing in the
-chain (the daemon's order), a call of a member is inside the leader's client span, which
-the member's task is a child of."""
+and the allowlist of a replica only while it runs a task as a team's leader, and a call
+of one a step of the team's call, the member's own task. An interceptor of the engine's
+task path: a tool that is no team's goes on to the pool unchanged."""
 
 from __future__ import annotations
 
@@ -42,8 +39,6 @@ def tool_result(output: Any, error: str | None) -> dict[str, Any]:
             "structuredContent": {"output": output}, "isError": False}
 
 class LeaderTools(TaskInterceptor):
-    """The members of the teams whose calls the runners it serves drive (`serve`)."""
-
     def __init__(self) -> None:
         self._runners: list[TeamRunner] = []
         self._active: Mapping[str, Task] = {}  # the engine's tasks in flight (`bind`)

@@ -73,9 +73,7 @@ def compile_workflow(name: str, spec: WorkflowSpec,
                      known_agent: Callable[[str], bool] | None = None,
                      workflows: Mapping[str, WorkflowSpec] | None = None) -> Workflow:
     """Check a definition whole and compile it, or raise WorkflowError with the first
-    thing wrong (`known_agent`: whether an agent of that name is there to run a step;
-    `workflows`: the other workflows there are, which its nested steps must name, with
-    no cycle through them)."""
+    thing wrong (`workflows`: the others there are, which its nested steps must name)."""
     where = f"workflow {name}"
     names: dict[str, int] = {}
     for i, s in enumerate(spec.steps):
@@ -257,8 +255,7 @@ def plan_text(wf: Workflow) -> str:
         runs_on = (f"agent {sp.agent}" if sp.agent is not None
                    else f"signal {sp.signal} (waited for)" if sp.signal is not None
                    else f"workflow {sp.workflow} (a run of it)")
-        head = f"{s.index + 1}. {s.name}: {runs_on}, after {after}"
-        lines.append(head)
+        lines.append(f"{s.index + 1}. {s.name}: {runs_on}, after {after}")
         if sp.map is not None:
             lines.append(f"     map over {sp.map}, {sp.concurrency} at a time")
         if sp.join is not None:

@@ -52,8 +52,7 @@ def parse(text: str) -> Ref | None:
 
 
 def refs_in(value: Any) -> list[str]:
-    """Every reference-like text in a value (each `$...` string and template part), for
-    the validation to parse."""
+    """Every reference-like text in a value (each `$...` string and template part)."""
     out: list[str] = []
     if isinstance(value, str):
         if value.startswith("$"):
@@ -70,8 +69,7 @@ def refs_in(value: Any) -> list[str]:
 
 
 class Scope(msgspec.Struct):
-    """What references resolve against: the run's input, the steps' outputs so far, and
-    a map's item."""
+    """What references resolve against."""
 
     input: Any
     outputs: Mapping[str, Any]  # (a run's reads each back from its rows as it is named)
