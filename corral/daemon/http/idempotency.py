@@ -31,9 +31,7 @@ class Pending:
 
 
 class IdempotencyKeys:
-    def __init__(self, max_keys: int = MAX_KEYS, keep: float = KEEP_SECONDS) -> None:
-        self.max_keys = max_keys
-        self.keep = keep
+    def __init__(self) -> None:
         # (who, key) -> (when, the request's fingerprint, its answer or Pending)
         self.seen: OrderedDict[tuple[str, str], tuple[float, str, Answer | Pending]] = (
             OrderedDict())
@@ -46,9 +44,9 @@ class IdempotencyKeys:
     def _expire(self, now: float) -> None:
         while self.seen:
             key, (when, _, answer) = next(iter(self.seen.items()))
-            if now - when < self.keep and len(self.seen) <= self.max_keys:
+            if now - when < KEEP_SECONDS and len(self.seen) <= MAX_KEYS:
                 return
-            if isinstance(answer, Pending) and now - when < self.keep:
+            if isinstance(answer, Pending) and now - when < KEEP_SECONDS:
                 # never forget a request in flight: its answer is still to be kept
                 self.seen.move_to_end(key)
                 if all(isinstance(a, Pending) for _, _, a in self.seen.values()):

@@ -73,10 +73,8 @@ class Restarts:
         counts[cause] = counts.get(cause, 0) + 1
 
     def forget_gone(self) -> None:
-        agents = self.agents
-        if len(self.by_agent) > len(agents) or any(n not in agents for n in self.by_agent):
-            for name in [n for n in self.by_agent if n not in agents]:
-                del self.by_agent[name]
+        for name in [n for n in self.by_agent if n not in self.agents]:
+            del self.by_agent[name]
 
 
 @dataclass(slots=True)

@@ -41,15 +41,11 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 KEPT_KEY = "idempotency_key"  # a param that takes the header (kept by the method)
 
 
-def _fields(method: str) -> dict[str, mi.Field]:
-    return _struct_fields(REGISTRY[method].params)
-
-
 @cache
-def _struct_fields(params: type[msgspec.Struct]) -> dict[str, mi.Field]:
+def _fields(method: str) -> dict[str, mi.Field]:
     """Read, never changed: msgspec's inspection of a Struct evaluates every annotation
     (0.5-0.9 ms), which every request paid before (the soak: a fifth of the daemon's CPU)."""
-    info = mi.type_info(params)
+    info = mi.type_info(REGISTRY[method].params)
     assert isinstance(info, mi.StructType)
     return {f.encode_name: f for f in info.fields}
 

@@ -92,8 +92,7 @@ def limit_of(types: Iterable[Any]) -> int:
     return MAX_BODY if any(_carries_document(t) for t in types) else SMALL_BODY
 
 
-def too_large(size: int | None, limit: int | None = None) -> web.Response:
-    limit = MAX_BODY if limit is None else limit
+def too_large(size: int | None, limit: int) -> web.Response:
     said = f"{size} bytes is" if size is not None else "the body is"
     return problem(413, f"{said} over the {limit}-byte limit")
 

@@ -189,9 +189,8 @@ class EventRing:
 
     def __init__(self, dispatcher: Dispatcher[Any]) -> None:
         self.dispatcher = dispatcher
-        # (number, topic, SSE frame, tenant published in, agent it is of); a number the
-        # bus dropped before the ring saw it is kept as a gap (topic None), so that
-        # numbers and places stay in step
+        # a number the bus dropped before the ring saw it is kept as a gap (topic None),
+        # so that numbers and places stay in step
         self.items: deque[Item] = deque(maxlen=RING)
         self.last = 0  # the number of the newest event
         self.bytes = 0

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -103,8 +103,7 @@ def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None
     """The package's files and links (relative paths, sorted), their size, and the hash
     of them. A size past `max_bytes` is refused before a byte is read. Blocking: in a
     thread (checked.in_thread)."""
-    root = _open_root(manifest)
-    try:
+    with _source(manifest) as root:
         found = _walk(root, manifest, stop)
         files = [rel for rel, _ in found]
         total = 0
@@ -122,10 +121,6 @@ def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None
         for rel, st in found:
             _hash_entry(root, rel, st, known, digest, None, stop)
         return files, total, digest.hexdigest()
-    except checked.PathRefusal as exc:
-        raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
-    finally:
-        os.close(root)
 
 
 def _walk(root: int, manifest: Manifest, stop: threading.Event | None
@@ -251,8 +246,7 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
     """Copy the files to `dest`, hashing what is written: a source that changed since it
     was planned is refused (its release would not be what its name says)."""
     digest = hashlib.sha256()
-    root = _open_root(manifest)
-    try:
+    with _source(manifest) as root:
         known = set(files)
         for rel in files:
             if stop is not None and stop.is_set():
@@ -268,10 +262,6 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
                 os.close(fd)
             (dest / parent).mkdir(parents=True, exist_ok=True)
             _hash_entry(root, rel, st, known, digest, dest, stop)
-    except checked.PathRefusal as exc:
-        raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
-    finally:
-        os.close(root)
     if digest.hexdigest() != expected:
         raise BuildError(f"source: {manifest.directory} changed while it was deployed; "
                          "deploy again")
@@ -581,9 +571,18 @@ def _os_error(what: str, exc: OSError, final: Path) -> str:
     return f"{what}: {exc.strerror or exc} ({exc.filename or final})"
 
 
-def _open_root(manifest: Manifest) -> int:
+@contextlib.contextmanager
+def _source(manifest: Manifest) -> Iterator[int]:
+    """The package's directory, opened as checked.py opens it; a path refused in it a
+    BuildError."""
     try:
-        return checked.open_root(str(manifest.directory))
+        root = checked.open_root(str(manifest.directory))
     except OSError as exc:
         raise BuildError(f"source: cannot read {manifest.directory}: {exc.strerror}"
                          ) from None
+    try:
+        yield root
+    except checked.PathRefusal as exc:
+        raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
+    finally:
+        os.close(root)
