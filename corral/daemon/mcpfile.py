@@ -1,8 +1,7 @@
 """`corral mcp add` and `corral mcp remove`: a stdio server written into, or taken out of,
-the JSON file [supervisor] mcp_servers_file names ({"mcpServers": ...}, a desktop
-client's format), then the config reloaded. The file is where such a server lives — one
-added to the running daemon alone would be dropped by the next reload or start — and the
-operator's own config file is never rewritten (its comments and layout are theirs)."""
+the JSON file [supervisor] mcp_servers_file names, then the config reloaded. One added to
+the running daemon alone would be dropped by the next reload; the operator's own config
+file is never rewritten (its comments and layout are theirs)."""
 
 from __future__ import annotations
 

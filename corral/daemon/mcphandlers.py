@@ -1,6 +1,6 @@
-"""The MCP pool's methods' handlers (corral.methods.mcp): the servers' tools, resources and
-prompts listed and called as an operator (or as an agent's allowlist sees them), and the
-servers started and stopped. They take the pool alone (`McpServices`)."""
+"""The MCP pool's methods' handlers: the servers' tools, resources and prompts listed and
+called as an operator (or as an agent's allowlist sees them), the servers started and
+stopped."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The cluster's methods' handlers (corral.methods.cluster; docs/cluster.md): the nodes
-listed and drained. They take this daemon's part in the cluster alone (a daemon with no
+"""The cluster's methods' handlers: the nodes listed and drained (a daemon with no
 [cluster] answers that it has none)."""
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The agent packages' methods' handlers (corral.methods.packages; docs/packages.md): a
-release built and deployed, the releases kept. They take the packages and the log hub (a
-deploy's progress in the daemon's log) alone (`PackageServices`)."""
+"""The agent packages' methods' handlers: a release built and deployed, the releases
+kept."""
 
 from __future__ import annotations
 

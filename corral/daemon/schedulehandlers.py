@@ -1,7 +1,5 @@
-"""The schedule methods' handlers (corral.methods.definitions), put in the daemon's table
-by commandtable.py: a limited caller sees, pauses and resumes only the schedules whose
-agents it all sees (visibility.py filters the listing, records.py asks of the one a call
-names). They take the schedules alone."""
+"""The schedule methods' handlers: a limited caller sees, pauses and resumes only the
+schedules whose agents it all sees (visibility.py, records.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""What the command handlers are given: the daemon's services, each one set up before the
-first handler runs (the Dispatcher holds calls until then), so no handler reaches a part
-that may not exist yet."""
+"""What the command handlers are given: the daemon's services, each set up before the
+first handler runs, so no handler reaches a part that may not exist yet."""
 
 from __future__ import annotations
 

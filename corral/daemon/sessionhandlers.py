@@ -1,8 +1,5 @@
-"""The sessions methods' handlers (corral/methods.py; docs/durable.md#sessions), put in
-the daemon's table by commandtable.py. A session is looked up by name, whether its agent runs
-or not, and by whose it is (decision 440): a tenant's caller asks for its tenant's; the
-operator for those of the tenant that holds the agent's name now, else (its agent gone)
-for the one of that name most recently used."""
+"""The sessions methods' handlers. A session is looked up by name, whether its agent runs
+or not, and by whose it is (records.session_named)."""
 
 from __future__ import annotations
 

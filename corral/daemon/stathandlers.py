@@ -1,6 +1,5 @@
-"""The statistics methods' handlers (corral.methods.stats): the supervisor's and each
-agent's figures now, as they come, and their history. They take what they count alone
-(`StatsServices`)."""
+"""The statistics methods' handlers: the supervisor's and each agent's figures now, as
+they come, and their history."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """What the daemon says of itself: the status line (sd_notify STATUS=, `corral status`),
 READY=1 once every autostart agent is up, WATCHDOG=1 at each heartbeat, and the notices
-of what is wrong with it or going on in it (a drain, an extra not serving, the cluster's
-Redis away)."""
+of what is wrong with it or going on in it."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ class Status:
         """Every heartbeat: WATCHDOG=1, and the STATUS line again when what no lifecycle
         event tells has changed (a drain's countdown, the cluster's Redis)."""
         self.notifier.watchdog()
-        faults = (self.drain.progress() if self.drain is not None else None,
-                  self.redis_error())
+        faults = (self.draining(), self.redis_error())
         if faults != self._faults:
             self._faults = faults
             self.notifier.status_changed()
@@ -97,7 +95,6 @@ class Status:
         return out
 
     def draining(self) -> str | None:
-        """How far a drain under way is."""
         return self.drain.progress() if self.drain is not None else None
 
     def fleet(self) -> str:

@@ -1,7 +1,5 @@
-"""The tasks methods' handlers (corral.methods.tasks): a task submitted, run, read, listed
-or cancelled through the task front (local, or the cluster's), a task's trace, and its
-live output (read back by position from the engine's output journal). They take the
-tasks' services alone (`TaskServices`), made from the daemon's once."""
+"""The tasks methods' handlers: a task submitted, run, read, listed or cancelled through
+the task front (local, or the cluster's), a task's trace, and its live output."""
 
 from __future__ import annotations
 

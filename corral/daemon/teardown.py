@@ -1,9 +1,7 @@
-"""The daemon's parts (startup.py) torn down in the reverse of their order, each within a
-deadline (decision 516): a step that has not finished by then is said in the daemon's
-log by name, cancelled and not waited for, and the stop goes on to the next. One stuck
-step (an await that nothing will ever answer) cannot hang the stop: under systemd the
-daemon would be SIGKILLed at TimeoutStopSec, before the steps after it (the state
-database's last writes, the trace exporter's last spans, the control socket's file)."""
+"""The daemon's parts torn down in the reverse of their order, each within a deadline: a
+step that has not finished by then is said in the log, cancelled and not waited for. One
+stuck step cannot hang the stop: under systemd the daemon would be SIGKILLed at
+TimeoutStopSec, before the steps after it (the state database's last writes)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The tenants methods' handlers (corral.methods.tenants; docs/tenants.md): the tenants
-listed with their use, added, changed and removed at runtime. They take the tenants'
-registry alone."""
+"""The tenants methods' handlers: the tenants listed with their use, added, changed and
+removed at runtime."""
 
 from __future__ import annotations
 
