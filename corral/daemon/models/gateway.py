@@ -404,7 +404,7 @@ class ModelGateway:
         asked = subject(call.name, call.endpoint.path, cost, why)
         ask: Ask
         if task is None:
-            # the replica's (DESIGN 27): its incarnation asks, the call waiting meanwhile
+            # the replica's: its incarnation asks, the call waiting meanwhile
             try:
                 ask = await self.tasks.replica_calls.ask(call.replica, ReplicaAsk(
                     AskKind.APPROVAL, "model", asked, policy.timeout))

@@ -4,7 +4,7 @@ headers, a body by Content-Length, chunked or to the connection's end).
 
 Why not aiohttp's client: on the gateway's forward hop its request and response
 machinery (a task, several futures and a stream reader per call) was a third of the
-latency the gateway added to a small completion (decision 628); a call here is one write
+latency the gateway added to a small completion; a call here is one write
 and, when the answer fits in a segment, one wake-up.
 
 Bounds: an answer's head past MAX_HEAD, or its body past MAX_ANSWER (decoded), fails

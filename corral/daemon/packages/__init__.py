@@ -1,2 +1,2 @@
 """Agent packages (docs/packages.md): the manifest, uv builds of immutable releases, and
-the service that deploys them and keeps them (DESIGN section 15)."""
+the service that deploys them and keeps them."""

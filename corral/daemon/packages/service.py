@@ -122,8 +122,8 @@ class Packages:
             try:
                 spec = parse_agents({"agents": {name: rollout.previous}}, "ROLLOUT")[name]
             except ConfigError:
-                spec = None
-            if spec is not None:
+                pass  # its table is put back all the same, unrecorded
+            else:
                 writes.append(recording(spec, "daemon start-up", f"rollout to release "
                                         f"{rollout.release} interrupted by a daemon "
                                         f"restart: back to {was}", None,

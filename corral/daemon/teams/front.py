@@ -57,24 +57,22 @@ class TeamFront:
                 reattached: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.inner.recover(records, reattached)
 
-    async def _start(self, p: m.TaskParams) -> TeamCall:
+    async def _start(self, p: m.TaskParams) -> tuple[TeamCall, asyncio.Future[None] | None]:
+        """The call started, and its driver (None: it ended already)."""
         _refused(p)
         if self.refusing is not None:
             raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
                                                    "accepted")
         await self.teams.recovered.wait()
-        return await self.teams.start(p.agent, msgspec.json.decode(p.input),
+        call = await self.teams.start(p.agent, msgspec.json.decode(p.input),
                                       p.traceparent, p.tracestate)
-
-    def _driver(self, call: TeamCall) -> asyncio.Future[None] | None:
         live = self.teams.calls.live.get(call.call_id)
-        return live[1] if live is not None else None
+        return call, live[1] if live is not None else None
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         if p.agent not in self.teams:
             return await self.inner.submit(p, channel)
-        call = await self._start(p)
-        driver = self._driver(call)
+        call, driver = await self._start(p)
         if p.wait is not None and driver is not None:
             with contextlib.suppress(TimeoutError):
                 await within(asyncio.shield(driver), p.wait)
@@ -85,8 +83,7 @@ class TeamFront:
     async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
         if p.agent not in self.teams:
             return await self.inner.run(p, channel)
-        call = await self._start(p)
-        driver = self._driver(call)
+        call, driver = await self._start(p)
         channel.notify("task.accepted", {"task_id": call.call_id})
         if driver is not None:
             await asyncio.shield(driver)  # a caller that goes away leaves the call
