@@ -51,12 +51,10 @@ def settings(cfg: TracingSettings, env: Mapping[str, str] = os.environ) -> Setti
                             or env.get("OTEL_EXPORTER_OTLP_HEADERS") or ""))
     headers.update(cfg.headers)
     ratio, parent_based = _sampler(env)
-    if cfg.sample is not None:
-        ratio = cfg.sample
-    if cfg.parent_based is not None:
-        parent_based = cfg.parent_based
+    sampling = Sampling(ratio if cfg.sample is None else cfg.sample,
+                        parent_based if cfg.parent_based is None else cfg.parent_based, cfg.slow)
     service = cfg.service_name or env.get("OTEL_SERVICE_NAME") or "corral"
-    return Settings(endpoint, headers, Sampling(ratio, parent_based, cfg.slow), service)
+    return Settings(endpoint, headers, sampling, service)
 
 
 def _headers(text: str) -> list[tuple[str, str]]:
