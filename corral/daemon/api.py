@@ -32,9 +32,8 @@ Handler = Callable[[Narrow, Any, Caller, Channel], Awaitable[Any]]
 
 
 class Commands(Generic[Ctx, Narrow]):
-    """One domain's handlers (a module's), each the implementation of a declared method,
-    and the narrow services they take: `narrow` makes them from the daemon's services,
-    once, the first time one of them is called."""
+    """One domain's handlers and the narrow services they take, made by `narrow` from the
+    daemon's services the first time one of them is called."""
 
     def __init__(self, narrow: Callable[[Ctx], Narrow]) -> None:
         self.narrow = narrow
@@ -60,11 +59,9 @@ def wire(value: Any) -> Any:
 
 
 class Handlers(Generic[Ctx]):
-    """The implementation of each method in corral.methods.REGISTRY: every domain's
-    Commands, each method in one of them. A domain's module is named by the first part
-    of its methods' names (`agents.status`: `agents`) and imported the first time one of
-    its methods is called, not at the daemon's start: a daemon is asked a few domains'
-    methods, and their modules were ~5 ms of every boot's CPU. `table` imports them all."""
+    """Every domain's Commands. A domain's module is imported the first time one of its
+    methods is called, not at the daemon's start: their modules were ~5 ms of every boot's
+    CPU. `table` imports them all."""
 
     def __init__(self, package: str, domains: Mapping[str, str]) -> None:
         self.package = package
@@ -113,10 +110,8 @@ Audit = Callable[[Caller, str, Any, str], None]
 
 
 class Dispatcher(Generic[Ctx]):
-    """Every front end's one way in: `dispatch(caller, method, params, channel)`.
-
-    A transport may take calls before the services exist (the control socket answers
-    while the state database opens): they wait until `serve(context)` is called."""
+    """Every front end's one way in. A transport may take calls before the services exist
+    (the control socket answers while the state database opens): they wait until `serve`."""
 
     def __init__(self, handlers: Handlers[Ctx], audit: Audit,
                  agents: Callable[[Ctx], Iterable[str]] | None = None,
@@ -162,9 +157,8 @@ class Dispatcher(Generic[Ctx]):
 
     def dispatch(self, caller: Caller, name: str, params: Any, channel: Channel
                  ) -> Awaitable[Any]:
-        """Check and decode a call at once (an unknown method, params of the wrong shape
-        or a caller without the scope raise RpcError before anything runs), then return
-        the handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
+        """Check and decode a call at once (RpcError before anything runs), then return the
+        handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
         caller = self.bind(caller)
         try:
             spec, typed, rule = self._check(caller, name, params)

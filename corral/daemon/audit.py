@@ -38,9 +38,8 @@ class Audit:
             self._row(store, caller, method, shown, outcome)
 
     def __call__(self, caller: Caller, method: str, params: Any, outcome: str) -> None:
-        """Written through the store's writer, so a row that cannot be written never
-        changes the command's answer. Params are redacted: neither the table nor the log
-        holds a secret value."""
+        """Written through the store's writer, so a row that cannot be written never changes
+        the command's answer; redacted: neither table nor log holds a secret."""
         shown, encoded = _bounded(redact.params(method, params))
         outcome = _cut(outcome)
         text = f"{caller.who}: {method} {encoded.decode()} -> {outcome}"

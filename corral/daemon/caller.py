@@ -19,9 +19,8 @@ SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared =
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
-    """Who asked, as the transport authenticated them: a socket peer's credentials
-    (SO_PEERCRED) or a token's name; the tenant whose objects they see, and the scopes
-    they hold."""
+    """Who asked, as the transport authenticated them (a socket peer's credentials or a
+    token's name), the tenant whose objects they see, and the scopes they hold."""
 
     via: str  # the transport: "socket", "http", ...
     uid: int = -1
@@ -61,9 +60,8 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         return self.owner is not None and self.owner("agent", name) == self.tenant
 
     def sees_record(self, agent: str, tenant: str | None) -> bool:
-        """Whether a record made for `agent` while that agent was of `tenant` is this
-        caller's to see: a tenant that takes a freed name never sees what its earlier
-        holder left."""
+        """Whether a record made for `agent` while it was of `tenant` is this caller's: a
+        tenant that takes a freed name never sees what its earlier holder left."""
         if self.agents is not None and (agent == RESERVED
                                         or not fnmatchcase(agent, self.agents)):
             return False
@@ -112,7 +110,7 @@ class Channel(Protocol):
 
 class AlwaysWritable:
     """A Channel that never holds its stream back (what it sends to is bounded, or is
-    nothing); what `notify` does with a notification is the subclass's."""
+    nothing)."""
 
     def __init__(self) -> None:
         self._writable = asyncio.Event()
@@ -124,8 +122,8 @@ class AlwaysWritable:
 
 
 class Discard(AlwaysWritable):
-    """The channel of a caller that takes one answer and no stream (a plain HTTP
-    request): notifications go nowhere."""
+    """The channel of a caller that takes one answer and no stream: notifications go
+    nowhere."""
 
     def notify(self, method: str, params: Any) -> None:
         pass

@@ -21,8 +21,7 @@ NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster
 
 
 class ClusterInbox(AskRecords, Protocol):
-    """The asks of a person the cluster's tasks made (corral.cluster.clusterasks), read
-    and decided on any node (inbox.decide); none off a cluster."""
+    """The asks of a person the cluster's tasks made, read and decided on any node."""
 
     async def pending(self, tenant: str | None = None) -> list[Ask]:
         """Every pending ask of the cluster's tasks (of one tenant's), oldest first."""

@@ -298,8 +298,8 @@ class Connection(LineProtocol):
 
     # corral upgrade's drain --------------------------------------------------------------
     def stop_reading(self) -> None:
-        """Read no more requests: the lines not delivered yet stay unread (the client
-        sends them again to the next image)."""
+        """Read no more requests: those not read yet the client sends again to the next
+        image."""
         self.leaving = True
         self.pause()
 
@@ -396,6 +396,8 @@ class ControlServer:
     def authorized(self, uid: int, gid: int) -> bool:
         if uid in (0, os.geteuid()):
             return True
+        if self.group_gid is None and not self.tenant_groups:
+            return False
         groups = self._groups(uid, gid)
         return bool(self.tenant_groups.keys() & groups) or self.group_gid in groups
 

@@ -218,9 +218,8 @@ class Daemon:
         self._stopped_drain().set_result(drained)
 
     async def _drain(self, s: Services, *, now: bool) -> DrainReport:
-        """Before the agents stop: the running tasks finish within drain_timeout. Signals
-        are still heard meanwhile: a second SIGTERM or SIGINT, or `shutdown --now`, cuts
-        it short."""
+        """Before the agents stop: the running tasks finish within drain_timeout; signals
+        are heard meanwhile, and a second stop cuts it short."""
         status = self._up().status
         drain = status.drain = Drain(s.task_engine, s.agents, self.drain_timeout,
                                      s.hub.daemon, self.notifier.status_changed)
@@ -382,10 +381,9 @@ class Daemon:
 
     async def _web(self, teardown: Teardown, conf: part.Conf, s: Services,
                    dispatcher: Dispatcher[Services], extras: Extras) -> None:
-        """[http] and [gateway] listen (aiohttp's): the HTTP gateway, the dashboard's
-        logins, the HTTP server. Before the agents start (they are given the gateway's
-        address), but in an upgrade's new image once its agents are adopted: their
-        listening sockets are inherited, so a client waits in the backlog meanwhile."""
+        """[http] and [gateway] listen: before the agents start (they are given the
+        gateway's address), but in an upgrade's new image once its agents are adopted: the
+        sockets are inherited, so a client waits in the backlog meanwhile."""
         enter, listeners, web = teardown.enter, self.upgrades.listeners, s.web
         web.gateway = await enter("the HTTP gateway", part.http_gateway(
             conf, s.gateway, s.hub, extras, listeners, s.models))
@@ -396,9 +394,8 @@ class Daemon:
         await enter("the extras' retries", part.closed(extras.close))
 
     async def _begin(self, up: Assembly, unfinished: list[Unfinished]) -> None:
-        """Once every part is set up: the services served, the agents added, the
-        journal's tasks recovered, the cluster's loops started; in an upgrade's new
-        image, its HTTP parts once its agents are adopted."""
+        """Once every part is set up: the services served, the agents added, the journal's
+        tasks recovered, the cluster's loops started."""
         s, node = up.services, up.cluster
         up.dispatcher.serve(s)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
@@ -491,8 +488,7 @@ class Daemon:
 
 
 def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
-    """The config with its local agents alone (the fleet's), and the tables of its
-    cluster agents (placement = "cluster": the cluster's, registered in Redis)."""
+    """The config with its local agents alone, and the tables of its cluster agents."""
     local = {n: s for n, s in cfg.agents.items() if s.placement != "cluster"}
     declared = {n: spec_table(s) for n, s in cfg.agents.items() if s.placement == "cluster"}
     return msgspec.structs.replace(cfg, agents=local), declared
@@ -508,9 +504,8 @@ GATEWAY_AT_START = ("listen", "allow_remote", "tls_cert", "tls_key", "max_sessio
 
 
 def read_at_start(started: Config, now: Config) -> list[str]:
-    """What the file changes since the daemon started that a reload does not apply: the
-    START_ONLY tables, GATEWAY_AT_START's keys, and a [models] where the daemon started
-    with none (the model gateway is made at start)."""
+    """What the file changes since the daemon started that a reload does not apply (the
+    model gateway, for one, is made at start)."""
     said = [f"[{name}]" for name in START_ONLY if getattr(started, name) != getattr(now, name)]
     said += [f"[gateway] {key}" for key in GATEWAY_AT_START
              if getattr(started.gateway, key) != getattr(now.gateway, key)]

@@ -59,8 +59,8 @@ def table_of(spec: msgspec.Struct) -> dict[str, Any]:
 
 
 class RuntimeCatalog(Generic[S]):
-    """The definitions of one kind: `noun` (workflow) in the config's `[section.NAME]`
-    tables (workflows), each a `struct`."""
+    """The definitions of one kind (`noun`, in the config's `[section.NAME]` tables), each a
+    `struct`."""
 
     def __init__(self, store: StateStore, noun: str, section: str, struct: type[S]) -> None:
         self.revisions = Definitions(store, noun)
@@ -102,8 +102,8 @@ class RuntimeCatalog(Generic[S]):
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {exc}") from None
 
     def restore(self, report: Callable[[str], None]) -> None:
-        """The definitions added at runtime by an earlier daemon (a table no longer valid
-        is reported and left out)."""
+        """The definitions added at runtime by an earlier daemon; one no longer valid is
+        reported and left out."""
         for name, rev in self.revisions.current().items():
             try:
                 self._put(name, (self.parse(name, rev.spec, "state database"),
@@ -113,8 +113,7 @@ class RuntimeCatalog(Generic[S]):
 
     async def stamp(self, owner: Callable[[str, S], str | None]) -> int:
         """The revisions kept before each was its tenant's, told whose they are from the
-        agents that hold the names their definitions run now (`owner`; a removal's: the
-        revision's before it); how many."""
+        agents their definitions run now (`owner`); how many."""
         told: list[tuple[DefRevision, str | None]] = []
         last: dict[str, str | None] = {}
         for rev in self.revisions.unstamped():
@@ -197,9 +196,8 @@ class RuntimeCatalog(Generic[S]):
         return {n: revs[0] for n, revs in made.items() if revs}
 
     def _room(self, where: str, tenant: str | None, owners: list[str | None]) -> None:
-        """Past a bound on how many are added at runtime: refused with its name. A
-        tenant's caller is bounded by its tenant's count and every tenant's together;
-        the operator by the daemon's alone, which the tenants' never fill."""
+        """Past a bound on how many are added at runtime: refused with its name. The
+        operator is bounded by the daemon's count alone, which the tenants' never fill."""
         held = [rev.tenant for _, _, rev in self.runtime.values()]
         if tenant is not None:
             mine = sum(1 for t in held if t == tenant)
@@ -277,8 +275,7 @@ class RuntimeCatalog(Generic[S]):
 
     async def remove(self, names: list[str], who: str, tenant: str | None) -> list[str]:
         """Runtime definitions removed (a removal is a revision of the removed one's
-        tenant: history and rollback still have them); refused while another uses one
-        (`in_use`)."""
+        tenant); refused while another uses one."""
         async with self._turn:
             owners = {}
             for name in names:
@@ -319,9 +316,8 @@ class RuntimeCatalog(Generic[S]):
 
     async def rollback(self, name: str, revision: int | None, who: str,
                        tenant: str | None, check: Check[S]) -> tuple[int, DefRevision | None]:
-        """Back to an earlier revision (default: the one before the newest; a removed
-        definition comes back so); the revision restored and the one made (None: it was
-        that already)."""
+        """Back to an earlier revision (default: the one before the newest; a removed one
+        comes back so); the revision restored and the one made (None: none)."""
         async with self._turn:
             if name in self.config:
                 raise self.in_config(name, "change")

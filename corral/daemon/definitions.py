@@ -58,8 +58,7 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> s
 
 def one_tenant(agents: Iterable[str], tenant_of: Callable[[str], str | None]
                ) -> str | None:
-    """The tenant every one of these agents is of; None when they are of several, or of
-    none there is."""
+    """The tenant every one of these agents is of; None when they are of several or none."""
     tenants = {tenant_of(a) for a in agents}
     return tenants.pop() if len(tenants) == 1 else None
 
@@ -124,9 +123,8 @@ class Definitions:
         return write
 
     def forgetting(self, tenant: str | None, keep: int) -> Write:
-        """The write that deletes the revisions of a tenant's removed names (those whose
-        newest revision is its removal) past its `keep` most recently removed: a removed
-        name holds no quota, so its history is what bounds it."""
+        """The write that deletes the revisions of a tenant's removed names past its `keep`
+        most recently removed: a removed name holds no quota, so this bounds it."""
         def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "DELETE FROM definitions WHERE kind = ? AND tenant IS ? AND name IN ("

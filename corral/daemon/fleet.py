@@ -88,10 +88,9 @@ class Fleet:
     async def _unit(self, writes: list[Write], unchanged: str,
                     act: Callable[[], Awaitable[None]],
                     undo: Callable[[], list[Write]]) -> None:
-        """Commit `writes`, then `act`; when the act fails, commit what `undo()` gives
-        (made once the record is: it names the revisions made) and say in the error
-        whether that could be done. A database that cannot be written refuses the change,
-        `unchanged` saying so."""
+        """Commit `writes`, then `act`; when the act fails, commit what `undo()` gives and
+        say in the error whether that could be done. A database that cannot be written
+        refuses the change, `unchanged` saying so."""
         try:
             await self.store.commit(writes)
         except StoreError as exc:
@@ -174,9 +173,8 @@ class Fleet:
 
     async def update(self, name: str, changes: dict[str, Any], who: str, *, check: bool,
                      tenant: str | None = None) -> str:
-        """Change a runtime agent in place: `changes` merged into its table as a JSON
-        merge patch, then the new revision rolled out as a reload rolls one; what it
-        changed (`env.V changed, command changed`)."""
+        """Change a runtime agent in place: `changes` merged into its table as a JSON merge
+        patch, then rolled out as a reload rolls one; what it changed."""
         if name in self.from_config:
             raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared in the config file: "
                                              "change it there and `corral reload`")
@@ -333,7 +331,7 @@ class Fleet:
 
     def revision_of_release(self, name: str, release: str) -> int:
         """The newest revision of the agent that ran `release` (a release's directory
-        name, as `corral releases` prints it)."""
+        name)."""
         ran = [r for r in self.revisions.history(name, self.tenant_of(name), limit=10_000)
                if (path := r.spec.get("release")) and os.path.basename(path) == release]
         if not ran:
@@ -442,8 +440,8 @@ class Fleet:
                 self.writer.submit(forgetting_scaled(name), "kept scale")
 
     async def reload(self, cfg: Config, who: str) -> ReloadResult:
-        """Apply the config file's difference; changed agents are brought to their new
-        spec without downtime (apply_spec)."""
+        """Apply the config file's difference; changed agents are brought to their new spec
+        without downtime."""
         # every agent's turn, since a reload may add, remove, scale or change any of them
         async with self.changing(set(cfg.agents) | set(self.agents)):
             agents, failed = await self._reload_agents(cfg, who)
@@ -549,8 +547,8 @@ class Fleet:
         self.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
-        """An agent added at runtime without a cwd runs in its tenant's dir, else where
-        the config file is, as the config's own agents do (load_config)."""
+        """An agent added at runtime without a cwd runs in its tenant's dir, else where the
+        config file is."""
         if spec.cwd is None:
             spec.cwd = default_cwd(self.quotas.specs.get(spec.tenant), str(self.config_dir))
 
@@ -603,8 +601,7 @@ class Fleet:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: `patch` applied to `target` (a table merges key by key, null takes a key
-    away, anything else replaces)."""
+    """RFC 7386: `patch` applied to `target` (null takes a key away)."""
     if not isinstance(patch, dict):
         return patch
     out = dict(target) if isinstance(target, dict) else {}

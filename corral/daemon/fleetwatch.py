@@ -48,8 +48,7 @@ class Notice(NamedTuple):
 
 
 class Watcher:
-    """One client: its channel, the agents it watches (empty: all) and the number of the
-    next change it is to be sent."""
+    """One client: its channel, the agents it watches (empty: all) and its cursor."""
 
     __slots__ = ("c", "cursor", "names", "wake")
 

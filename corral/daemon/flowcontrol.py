@@ -22,8 +22,7 @@ FOLLOW_BATCH = 500
 
 async def drain(c: Channel, follower: Follower[T], missed_method: str,
                 send_some: Callable[[], None]) -> NoReturn:
-    """Send a follower's items to a client until the client goes away (the Peer then
-    cancels this task)."""
+    """Send a follower's items to a client until the client goes away."""
     while True:
         await follower.wakeup.wait()
         follower.wakeup.clear()

@@ -68,8 +68,8 @@ class CallCounter:
 
 
 class Limiter:
-    """A client's calls in flight and its rate (a token bucket of its rate_per_minute, made
-    again when a reload changes the rate)."""
+    """A client's calls in flight and its rate (its token bucket made again when a reload
+    changes the rate)."""
 
     __slots__ = ("bucket", "in_flight")
 

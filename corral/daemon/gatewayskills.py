@@ -75,8 +75,7 @@ def name_of(uri: str) -> str | None:
 
 
 def pooled(server: str, uri: Any) -> Any:
-    """A skill URI of `server` as /mcp names it (its server's name first); any other
-    value as it is."""
+    """A skill URI of `server` as /mcp names it; any other value as it is."""
     return f"{SCHEME}{server}/{uri[len(SCHEME):]}" if isinstance(uri, str) and \
         is_skill(uri) else uri
 
@@ -129,7 +128,7 @@ class GatewaySkills(Generic[Identity]):
 
     async def listed(self, ident: Identity) -> list[dict[str, Any]]:
         """Every skill the client may see, each verified; one that fails is left out
-        (and logged), the others are served."""
+        (logged)."""
         out: list[dict[str, Any]] = []
         for server, inst in await self._servers(ident):
             entries = await inst.client.list_all("skills/list", "skills",
@@ -184,8 +183,7 @@ class GatewaySkills(Generic[Identity]):
                          entries: list[dict[str, Any]], uri: str, theirs: str
                          ) -> dict[str, Any]:
         """A skill's directory, or one within it, as its entry lists its files: served by
-        corral whether or not the server reads directories, once the skill's SKILL.md
-        matches its digest."""
+        corral, once the skill's SKILL.md matches its digest."""
         prefix = theirs.rstrip("/") + "/"
         skill = next((e for e in entries if of_skill(e, prefix)), None)
         files = skill.get("resources") if skill is not None else None

@@ -33,9 +33,8 @@ if TYPE_CHECKING:
 
 
 class Store(Protocol):
-    """What the history needs of the StateStore (storeschema.py imports this module for
-    its migration, so not the class itself): the file, and its writer once open (StoreWriter,
-    or None)."""
+    """What the history needs of the StateStore (storeschema.py imports this module for its
+    migration, so not the class itself)."""
 
     @property
     def path(self) -> Path: ...
@@ -137,10 +136,9 @@ class AgentTimes:
 
 class TaskTimes:
     """Execution and queue-wait times of finished tasks, read from the task manager's
-    finished tasks (newest last) back to the last one seen: O(1) per task, and nothing
-    added to the engine. Looked at every POLL_EVERY seconds, at each sample and at each
-    scrape; more tasks finishing between two looks than the manager keeps are counted by
-    the counters but not timed. Agents gone are forgotten at the next sample."""
+    finished tasks back to the last one seen: O(1) per task, and nothing added to the
+    engine. More tasks finishing between two looks than the manager keeps are counted but
+    not timed."""
 
     def __init__(self, finished: OrderedDict[str, Task]) -> None:
         self.finished = finished
@@ -379,9 +377,8 @@ class History:
     async def read(self, since: float, agent: str | None, resolution: str | None,
                    now: float | None = None, *, tenant: str | None = None
                    ) -> MetricsHistoryResult:
-        """The samples of the last `since` seconds, oldest first, read on a connection
-        of its own in a thread (a long history is thousands of rows); with `tenant`, its
-        agent's alone."""
+        """The samples of the last `since` seconds, oldest first, read in a thread (a long
+        history is thousands of rows); with `tenant`, its agent's alone."""
         res = resolution or self.resolution_for(since)
         now = time.time() if now is None else now
         rows, truncated = await asyncio.to_thread(

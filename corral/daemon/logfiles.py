@@ -93,8 +93,7 @@ def compress(plain: Path) -> None:
 
 
 class RotatingFile:
-    """An append-only file rotated by size and time to NAME.log.1 .. NAME.log.N (each
-    gzipped when the rotation says so)."""
+    """An append-only file rotated by size and time to NAME.log.1 .. NAME.log.N."""
 
     def __init__(self, place: LogPlace) -> None:
         self.path = place.path
@@ -177,7 +176,7 @@ STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 class StreamFile:
     """The daemon's stdout or stderr as a source's log: written as a file is, never
-    rotated (what reads it keeps what it wants)."""
+    rotated."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

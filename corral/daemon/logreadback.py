@@ -19,9 +19,8 @@ Written = tuple[float, int, int, str, LineBlock]
 
 
 def read_back(path: Path, end: int, budget: int) -> list[Written]:
-    """The whole lines of `path` before byte `end` (its size when this daemon began, so
-    none of this daemon's own lines), at most `budget` bytes of them, grouped as they
-    were written; lines not in corral's form are left out."""
+    """The whole lines of `path` before byte `end` (none of this daemon's own), at most
+    `budget` bytes of them, grouped as they were written."""
     try:
         with path.open("rb") as f:
             start = max(0, end - budget)

@@ -59,8 +59,7 @@ class LogDirError(Exception):
 
 
 def _earlier_files(directory: Path) -> dict[str, tuple[Path, int]]:
-    """The log files of the sources an earlier daemon wrote in `directory`, with their
-    sizes now (a listing, nothing read)."""
+    """The log files an earlier daemon wrote in `directory`, with their sizes now."""
     found: dict[str, tuple[Path, int]] = {}
     try:
         with os.scandir(directory) as entries:
@@ -244,8 +243,8 @@ class LogHub:
         return where or LogPlace(self.log_dir / log_file_name(source), self.rotation)
 
     def reopen(self, source: str) -> None:
-        """The source's file is closed, and opened again (where `locate` says) at its
-        next line."""
+        """The source's file closed, to be opened again (where `locate` says) at its next
+        line."""
         f = self.files.pop(source, None)
         if f is not None:
             f.close()
