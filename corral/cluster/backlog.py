@@ -1,12 +1,10 @@
 """Elastic agents and cluster tasks: what waits in an agent's streams is load.
 
 A node pulls a task only into a serving replica with a free slot, so a task in the
-cluster's streams would never wake an agent asleep at `min_replicas = 0`, and the
-autoscaler, counting the tasks queued on its own node, would not see it. Once a beat,
-for each elastic agent this node runs, the tasks waiting unread in its streams (XLEN less
-the entries pending, which are running somewhere) are read in one round trip, shared
-between the live nodes that run the agent, and given to the autoscaler as load
-(`Elastic.backlog`); an agent asleep with tasks waiting is woken at once.
+cluster's streams would never wake an agent asleep at `min_replicas = 0`. Once a beat,
+for each elastic agent this node runs, the tasks waiting unread in its streams are
+shared between the live nodes that run it and given to the autoscaler as load; an agent
+asleep with tasks waiting is woken at once.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ class Backlog:
             del elastic.backlog[gone]
         if not names:
             return
-        # (an agent's streams are its tenant's: decision 439)
         tenants = {n: self.agents[n].spec.tenant for n in names}
         pipe = self.redis.pipeline(transaction=False)
         for n in names:

@@ -1,18 +1,12 @@
-"""A cluster node's durable calls' steps as cluster tasks (supervisor/durable/tasks.py's
-StepTasks on one node): each step's task submitted to the cluster under the id its row
-holds and waited for from its record, so that the node driving the call is not the one
-its tasks live on. A call taken over from a dead node submits each running step again
-under that id, which the submit takes as the one it has (idempotent on the id): the
-task the dead node's call submitted is the one waited for, retried or lost by the
-cluster's rules for a dead node's tasks (reaper.py), never made a second time.
+"""A cluster node's durable calls' steps as cluster tasks: each step's task submitted to
+the cluster under the id its row holds and waited for from its record, so that the node
+driving the call is not the one its tasks live on. A call taken over from a dead node
+submits each running step again under that id, which the submit takes as the one it has:
+the task the dead node's call submitted is the one waited for, never made a second time.
 
 The step's task that ended is told to the calls' store (`settled`): its ended row rides
-with the call's next write (clustercalls.py), the task's record keeping its end meanwhile.
-A new step's running row rides with its task's submit (StepSubmit.carry, rides.py): one
-script writes the row, the call's held rows and the task, under the call's lease.
-
-A step's `retries` is not kept by the cluster's queue: its task is retried by its
-agent's policy on the node that runs it, as every cluster task is (docs/cluster.md).
+with the call's next write. A new step's running row rides with its task's submit
+(rides.py). A step's task is retried by its agent's policy on the node that runs it.
 """
 
 from __future__ import annotations
@@ -41,7 +35,6 @@ class ClusterStepTasks:
 
     def __init__(self, desk: ClusterTasks,
                  cancel: Callable[[str], Awaitable[Any]]) -> None:
-        """`cancel`: a cluster task cancelled from this node (ClusterNode.cancel)."""
         self.desk = desk
         self._cancel = cancel
         self._cancels: set[asyncio.Task[None]] = set()
@@ -56,7 +49,6 @@ class ClusterStepTasks:
             tracestate=step.tracestate))
 
     def ended(self, task_id: str, got: m.TaskResult | m.TaskInfo) -> StepEnd:
-        """The step's end, its task remembered as one that ended here (`settled`)."""
         end = step_end(got)
         if len(self._settled) >= SETTLED_KEPT:
             del self._settled[next(iter(self._settled))]
@@ -64,13 +56,13 @@ class ClusterStepTasks:
         return end
 
     def settled(self, task_id: str) -> bool:
-        """Whether `task_id` is a step's task that ended here, its record holding its
-        end (asked once: forgotten as it is answered)."""
+        """Whether `task_id` is a step's task that ended here (asked once: forgotten as
+        it is answered)."""
         return self._settled.pop(task_id, 0) is None
 
     def cancel_task(self, task_id: str) -> None:
         """Cancelled wherever it runs, in the background (the engine's call is not
-        awaited); a task already ended stays as it ended."""
+        awaited)."""
         async def cancelling() -> None:
             with contextlib.suppress(RpcError):
                 await self._cancel(task_id)
@@ -80,8 +72,8 @@ class ClusterStepTasks:
 
 
 class StepSubmit:
-    """A step's work on a cluster node (the engine's Work): its task submitted and waited
-    for; a new step's row kept by that submit (the engine's RowCarrier, decision 752)."""
+    """A step's work on a cluster node: its task submitted and waited for; a new step's
+    row kept by that submit."""
 
     def __init__(self, tasks: ClusterStepTasks, params: m.TasksSubmit) -> None:
         self.tasks = tasks
@@ -92,8 +84,8 @@ class StepSubmit:
 
     async def carry(self, store: DurableStore, call_id: str, row: StepRow,
                     noted: Callable[[], None]) -> StepEnd:
-        """The row written by the task's submit script under the call's lease; a call
-        whose lease another node took now: refused (RpcError CONFLICT), no task made."""
+        """The row written by the task's submit script under the call's lease (a lost
+        lease: RpcError CONFLICT, no task made)."""
         assert row.task_id is not None
         if not isinstance(store, ClusterCalls):  # (a cluster node's calls are)
             await store.save_steps(call_id, [row])

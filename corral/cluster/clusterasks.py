@@ -1,32 +1,20 @@
-"""A cluster task's asks of a person, in Redis (issue 55; docs/approvals.md#on-a-cluster,
-decision 770): what a node's inbox (supervisor/tasks/inbox.py) is for its own tasks, for
-the tasks a node claimed from its cluster (their home's `asks`), so that any node lists them
-(`corral approvals`, `GET /api/v1/approvals`), any node decides one, exactly once, and
-the node that takes the task over after the asking node died finds the ask its attempt
-made (pending, or decided meanwhile) and is never asked again.
+"""A cluster task's asks of a person, in Redis (docs/approvals.md#on-a-cluster): what a
+node's inbox is for its own tasks, for the tasks it claimed from its cluster, so that any
+node lists them, any node decides one, exactly once, and the node that takes the task
+over after the asking node died finds the ask its attempt made and is never asked again.
 
-An ask is a hash (Keys.ask): its record (`rec`, the Ask as JSON while pending) with a MAC
-made with the cluster key (trust.ASK over its id), and once it ended its end (`end`:
-how, when, by whom, what the person gave) with a MAC of its own. A record or an end
-whose MAC does not verify is refused as every forged record is (said once, counted in
-`corral stats` -> cluster.trust.refused.asks): a forged ask is listed nowhere and
-decided by no one, a forged end is never applied.
+An ask is a hash (Keys.ask): its record (`rec`) and once it ended its end (`end`), each
+with a MAC made with the cluster key: a forged ask is listed nowhere and decided by no
+one, a forged end is never applied.
 
-ASK makes the ask, fenced by the claim's token as the task's steps are (a node whose
-task was taken over cannot ask for it), and finds the one its task made before under
-the same call's key (Keys.task_asks, deleted with the task's end). END ends it once: a
-second decision, on any node, is refused naming how and by whom it ended; an ask whose
-task has ended (or whose record expired) is withdrawn instead, and the decision refused
-as such. The pending asks are a sorted set, and a tenant's another (the bounds count
-them). An ask made here, and an end written here, is told on this node's stream as the
-inbox's are (AskEnded): its feeds (`approvals.watch`) and its webhook have it, each
-once in the cluster.
+ASK makes the ask, fenced by the claim's token (a node whose task was taken over cannot
+ask for it), or finds the one its task made before under the same call's key. END ends it
+once; an ask whose task has ended is withdrawn instead. An ask made or ended here is
+told on this node's stream (AskEnded): its feeds and webhook have it, once in the cluster.
 
-The waits, deadlines and withdrawal at a task's end are the engine's (askwaits.py): an
-end written on another node is learned by a read of the asks heeded here woken by END's
-message on the asks' channel (Keys.asks_ended), and once a beat, which stands in for a
-message lost (decision 770); a suspended task's asks past their deadline, which no node
-waits on, are found by any node's beat.
+The waits and deadlines are the engine's (askwaits.py): an end written on another node is
+learned by a read of the asks heeded here, woken by END's message on the asks' channel,
+and once a beat, which stands in for a message lost.
 """
 
 from __future__ import annotations
@@ -75,13 +63,12 @@ SWEPT = 64  # asks past their deadline found per beat, at most (the waits end th
 # KEYS: the task's record, its asks by call (Keys.task_asks), the ask, the pending asks,
 #       its tenant's
 # ARGV: the claim's fence token, the call's key, the ask's id, its record, its MAC, when
-#       it was asked, the bounds: the cluster's and a tenant's, its deadline ('' none:
-#       kept in Keys.ask_deadlines, which any node's beat times out, a suspended task's
-#       ask having no node waiting on it), the bound of a task's asks
+#       it was asked, the bounds: the cluster's and a tenant's, its deadline ('' none;
+#       any node's beat times it out: a suspended task's ask has no node waiting on it),
+#       the bound of a task's asks
 # -> {1} asked, {2, id} asked before under the key, {0} not this claim's (the fence),
 #    {-1, n} / {-2, n} the cluster's / the tenant's pending asks at their bound, {-3, n}
-#    the task's asks at their bound. The task waits (`waiting`: its machine's wait) while
-#    what it asked, now or before, is pending: END moves it on (its resume)
+#    the task's asks at their bound. The task is `waiting` while what it asked is pending
 ASK = """
 local t = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if t[1] ~= ARGV[1] or not ON_WORKER then return {0} end
@@ -116,9 +103,8 @@ return {1}
 #       channel its end is published on (Keys.asks_ended)
 # -> {1, end, mac} ended so, {3, end, mac} withdrawn (its task had ended), {2, end, mac}
 #    had ended before, {4} not withdrawn (its task runs on), {0} no such ask. Its task,
-#    with nothing else it asked pending, resumes in the same step (its machine's resume):
-#    a waiting one runs on, a suspended one (SUSPEND) is queued again in its agent's
-#    stream, whichever node claims it resuming it by replay (decision 780)
+#    with nothing else it asked pending, resumes in the same step: a waiting one runs on,
+#    a suspended one is queued again (whichever node claims it resumes it by replay)
 _END = """
 local a = redis.call('HMGET', KEYS[1], 'rec', 'end', 'emac')
 if not a[1] then return {0} end
@@ -155,13 +141,11 @@ end
 redis.call('PUBLISH', ARGV[8], ARGV[1])
 return {code, e, m}
 """
-# A waiting attempt gives its claim back past its agent's suspend_after (decision 780):
-# the task is `suspended`, its attempt ended so (as the node writes it), its stream entry
-# gone, no claim, its steps and its asks kept (an end deletes them, this does not): END of
-# what it asked queues it again. Refused while nothing it asked is pending (the answer
-# came first: its attempt runs on with it), while an MCP server's elicitation is pending
-# (its tool call is in flight at the server: no next attempt takes it up), and when a
-# cancel was asked (the node cancels it at its beat).
+# A waiting attempt gives its claim back past its agent's suspend_after: the task is
+# `suspended`, its stream entry gone, its steps and asks kept: END of what it asked queues
+# it again. Refused while nothing it asked is pending (the answer came first), while an
+# MCP server's elicitation is pending (its tool call is in flight at the server: no next
+# attempt takes it up), and when a cancel was asked.
 # KEYS: the task's record, its attempts, its stream, its asks by call (Keys.task_asks)
 # ARGV: the claim's fence token, its stream entry, its attempt as it ended (JSON), the
 #       prefix of an elicitation's call key
@@ -213,9 +197,6 @@ class ClusterAsks:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  settings: ClusterSettings, waits: AskWaits,
                  bounds: InboxBounds = DEFAULT_BOUNDS) -> None:
-        """`waits`: the engine's (its clock, its stream); `bounds`: [supervisor]
-        max_pending_asks and max_pending_asks_per_tenant, held by the cluster's ask
-        script as the inbox holds its own."""
         self.redis = redis
         self.bounds = bounds
         self.scripts = scripts
@@ -228,8 +209,8 @@ class ClusterAsks:
         self.waits = waits
         self.clock = waits.clock  # (the engine's: a manual one moves the deadlines)
         self.stream = waits.stream
-        # ask id -> an ask a call here waits on: its end, wherever it is written, told
-        # to the engine's waits (AskHeard)
+        # the asks a call here waits on: each end, wherever it is written, told to the
+        # engine's waits (AskHeard)
         self._heeded: dict[str, Ask] = {}
         self._hearer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -243,8 +224,7 @@ class ClusterAsks:
     async def keep(self, task: Task, req: AskRequest) -> Ask:
         assert isinstance(task, ClusterTask)  # (only a claim carries this store)
         now = self.clock.time()
-        # a claim's tenant is its agent's here: the cluster routed it to this tenant's
-        # agent of the name (decision 439)
+        # (the cluster routed the claim to this tenant's agent of the name)
         tenant = req.tenant if req.tenant is not None else (
             task.replica.spec.tenant if task.replica is not None else DEFAULT_TENANT)
         ask = req.made(f"ask-{secrets.token_hex(8)}", now, tenant)
@@ -260,7 +240,6 @@ class ClusterAsks:
         code = int(got[0])
         if code == 1:
             self.asked += 1
-            # told here, once in the cluster: the inbox's feeds and webhook of this node
             self.stream.emit(AskEnded(ask))
             return ask
         if code == 2:
@@ -279,8 +258,8 @@ class ClusterAsks:
                                                f"bound ({bound[0]} {bound[1]})")
 
     async def _earlier(self, task: Task, key: str, ask_id: str) -> Ask:
-        """The ask the task made before under the call's key (an earlier attempt's, on
-        this node or one that died): the same task's and call's, or refused."""
+        """The ask an earlier attempt made under the call's key: the same task's and
+        call's, or refused."""
         found = await self.read(ask_id)
         if found is None or found.task_id != task.id or found.key != key:
             raise RpcError(jsonrpc.REFUSED, f"task {task.id}'s ask for {key} in the "
@@ -341,10 +320,8 @@ class ClusterAsks:
         return bool(fence == str(task.token).encode() and status in records.ON_WORKER)
 
     async def give_back(self, task: Task, why: str) -> Resumer:
-        """Give the waiting task's claim back, suspended in Redis (SUSPEND), its
-        cluster to queue it again; NOBODY: it was not (what it asked ended first, an
-        elicitation is pending, a cancel was asked, or the claim is no longer this
-        node's). RpcError: Redis did not answer."""
+        """Give the waiting task's claim back, suspended in Redis (SUSPEND); NOBODY: it
+        was not."""
         assert isinstance(task, ClusterTask)
         node = task.consumer.rsplit("/", 1)[0]
         attempt = records.suspended_attempt(task.attempts[-1], node, time.time(),
@@ -362,8 +339,7 @@ class ClusterAsks:
 
     async def sweep(self) -> None:
         """The asks whose deadline passed given to the engine's waits, which end them
-        timed out (a node's beat): those a suspended task made have no node waiting on
-        them. RedisError: not now."""
+        timed out: those a suspended task made have no node waiting on them."""
         now = self.clock.time()
         ids = [i.decode() for i in await self.redis.zrangebyscore(
             self.keys.ask_deadlines, "-inf", repr(now), start=0, num=SWEPT)]
@@ -378,11 +354,8 @@ class ClusterAsks:
 
     # -- reading --------------------------------------------------------------------------
     async def pending(self, tenant: str | None = None) -> list[Ask]:
-        """Every pending ask of the cluster's tasks, or of one tenant's, oldest first (the
-        caller's sight is the visibility rules'). Those whose task has ended are
-        withdrawn, not listed."""
-        # a tenant's caller reads its tenant's set: never every tenant's records, nor
-        # as many as the cluster holds
+        """Every pending ask of the cluster's tasks, or of one tenant's (never every
+        tenant's records), oldest first. Those whose task has ended are withdrawn."""
         key = self.keys.asks_pending(tenant)
         try:
             ids = await read(lambda: self.redis.zrange(key, 0, MAX_PENDING - 1))
@@ -402,8 +375,7 @@ class ClusterAsks:
         return live
 
     async def of_task(self, task_id: str) -> list[Ask]:
-        """What the task waits for: its pending asks, oldest first (RedisError when Redis
-        does not answer)."""
+        """What the task waits for: its pending asks, oldest first."""
         ids = await read(lambda: self.redis.hvals(self.keys.task_asks(task_id)))
         rows = await self._rows(sorted({i.decode() for i in ids}))
         return sorted((a for a in rows if a is not None and a.pending
@@ -458,8 +430,7 @@ class ClusterAsks:
         return ask if end is None else self._ended(ask, end, emac)
 
     def _ended(self, ask: Ask, end: bytes, emac: bytes | None) -> Ask:
-        """The ask as its end says, when that end verifies (else the ask as it was,
-        pending: a forged end is never applied)."""
+        """The ask as its end says, when that end verifies (else as it was, pending)."""
         if not self.trust.valid(emac, ASK_KIND, ask.id, "end", end):
             self.trust.refuse(ASK_KIND, f"{ask.id}'s end", emac,
                               "it is not applied: its task goes on waiting")
@@ -516,8 +487,8 @@ class ClusterAsks:
 
     # -- the ends of the asks heeded here ------------------------------------------------
     async def _hear(self) -> None:
-        """Their ends read when the channel says one ended, and once a beat while any is
-        heeded (a message lost, Redis away and back)."""
+        """Their ends read when the channel says one ended, and once a beat (a message
+        lost)."""
         try:
             while self._heeded:
                 if self._listener is None or self._listener.done():
@@ -542,8 +513,7 @@ class ClusterAsks:
             self._hearer = None
 
     async def _listen(self) -> None:
-        """The ends published on the asks' channel while any ask is heeded here: one of
-        those wakes the read at once. Redis away: the beat's read stands in."""
+        """An end published on the asks' channel of an ask heeded here wakes the read."""
         pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(self.keys.asks_ended)
@@ -562,7 +532,6 @@ class ClusterAsks:
                 await pubsub.aclose()
 
     def status(self) -> dict[str, int]:
-        """`corral stats` -> cluster.asks: asks made and ended here, and waited on now."""
         return {"asked": self.asked, "decided": self.decided,
                 "waited_on": len(self._heeded), "suspended": self.suspended}
 

@@ -1,32 +1,23 @@
 """Durable calls on a cluster (a workflow's run, a team's call: supervisor/durable/): kept
-in Redis, where every node reads them, each driven by one node incarnation at a time
-under a lease, and taken over by a live node when its holder dies.
+in Redis, each driven by one node incarnation at a time under a lease, and taken over by
+a live node when its holder dies.
 
-The lease is the call's `holder` and `fence` in its hash (Keys.call): TAKE gives it to a
-node only while no live incarnation holds it (the holder's liveness key is gone, as the
-reaper judges a task's), with a new fence token from the cluster's counter. Every write
-(SAVE_CALL, SAVE_STEPS) shows the token and is refused, atomically, when the call's
-fence is another: a node frozen past its TTL and thawed cannot write over its
-successor's steps. The record and each step's row carry a MAC made with the cluster key
-(trust.CALL): a record or row whose MAC does not verify is refused by name (logged,
-counted) and never driven.
+The lease is the call's `holder` and `fence` in its hash: TAKE gives it only while no live
+incarnation holds it, with a new fence token. Every write shows the token and is refused
+when the call's fence is another: a node frozen past its TTL and thawed cannot write over
+its successor's steps. The record and each row carry a MAC made with the cluster key: one
+that does not verify is refused by name and never driven.
 
-A step's row that ended with its task, whose end that task's record keeps (every node reads
-it), is held here and rides with the call's next write (the next step's row, or the
-call's end, in the same round trip), or goes alone after HOLD_FOR (decision 750): a
-chain's edge pays one write to Redis, not two. A node that dies holding one leaves the
-row running in Redis, naming its task: the node that takes the call over submits the task
-again under that id, which the cluster answers with the task it has (ended: its record's
-end), so nothing runs twice and the step ends as it did.
+A step's row that ended with its task (whose record keeps its end) is held here and rides
+with the call's next write, or goes alone after HOLD_FOR: a chain's edge pays one write
+to Redis, not two. A node that dies holding one leaves the row running in Redis, naming
+its task: its taker submits the task again under that id, which the cluster answers with
+the task it has, so nothing runs twice. A step's task this node ran may have ended here
+before its record says so (its outcome held in the outbox): its ended row goes to Redis
+only after that outcome (carried by the ride, or sent first: `outcomes_first`).
 
-A step's task this node ran may have ended here before its record says so: its outcome
-told to the call at once and held in the outbox (decision 795). Its ended row then goes
-to Redis only after that outcome: carried by the ride and checked by its guard
-(rides.py), or sent first (`outcomes_first`) when the row goes with another write.
-
-Redis is the truth; the node's own journal (`local`, the SQLite one) holds a copy of each
-call it drives, which is what the engine's synchronous reads (a row's output, a listing)
-are answered from: a call taken over is copied into it whole before it is driven.
+Redis is the truth; the node's own journal (`local`) holds a copy of each call it drives,
+which answers the engine's synchronous reads: a call taken over is copied in first.
 """
 
 from __future__ import annotations
@@ -37,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import msgspec
+from msgspec.structs import astuple
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
@@ -69,8 +61,7 @@ return token
 
 # KEYS: call, the running calls, the kind's calls, the call's steps; ARGV: token, call
 # id, status, the signed record, seconds an ended call is kept, how many of a kind's
-# ended calls are listed (as a cluster keeps its finished tasks: tasks_kept_for,
-# tasks_kept) -> 1 written, 0 refused (the fence is another's)
+# ended calls are listed -> 1 written, 0 refused (the fence is another's)
 SAVE_CALL = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'status', ARGV[3])
@@ -99,7 +90,7 @@ return 1
 
 
 class _CallEntry(msgspec.Struct, array_like=True):
-    """A call's record as Redis holds it (without its rows)."""
+    """A call's record as Redis holds it: CallRecord's fields, in its order, but its rows."""
 
     call_id: str
     kind: str
@@ -119,7 +110,7 @@ class _CallEntry(msgspec.Struct, array_like=True):
     tracestate: str | None
 
 
-class _Row(msgspec.Struct, array_like=True):
+class _Row(msgspec.Struct, array_like=True):  # StepRow's fields, in its order
     step: str
     item: int
     status: str
@@ -166,18 +157,15 @@ class ClusterCalls:
                  outcomes_first: Callable[[list[str]], Awaitable[bool]] | None = None
                  ) -> None:
         """`kept`: an ended call's seconds in Redis, and how many of a kind's are
-        listed ([cluster] tasks_kept_for, tasks_kept); `drivable`: whether this node
-        can drive a call (it runs the agents its kind needs on the driving node: a
-        coordinate team's leader), else it leaves the call to a node that can;
-        `settled`: whether a task id is a step's cluster task that ended (its record
-        keeps its end: its row may be held, calltasks.py); `outcomes_first`: these tasks'
-        outcomes held here written (outbox.send_held), False when one was refused."""
+        listed; `drivable`: whether this node runs the agents a call's kind needs on the
+        driving node; `settled`: whether a task id is a step's cluster task that ended
+        (its row may be held); `outcomes_first`: these tasks' outcomes held here written,
+        False when one was refused."""
         self.redis = redis
         self.outcomes_first = outcomes_first
         self.drivable = drivable
         self.settled = settled
-        # call id -> its ended rows not yet in Redis (field -> signed row), each held at
-        # most HOLD_FOR; and the calls whose held rows go alone then
+        # call id -> its ended rows not yet in Redis (field -> signed row)
         self.held: dict[str, dict[str, bytes]] = {}
         self.held_tasks: dict[str, list[str]] = {}  # and the tasks those rows name
         self._timed: set[str] = set()
@@ -192,8 +180,7 @@ class ClusterCalls:
         self.local = local
         self.leases: dict[str, Lease] = {}  # call id -> this node's lease of it
         # call id -> the lease this node held until another node took the call (its
-        # later writes are refused so too, without asking Redis); bounded by the calls
-        # this node started or took while it lives
+        # later writes are refused without asking Redis)
         self.lost: dict[str, Lease] = {}
         self._take = redis.register_script(TAKE)
         self._save_call = redis.register_script(SAVE_CALL)
@@ -218,10 +205,9 @@ class ClusterCalls:
         return token
 
     async def _member(self, call_id: str) -> str:
-        """This node's incarnation, once it is a member: a call taken before its join (a
-        run started just after the daemon's READY) or while it is fenced would be leased
-        to no live incarnation, and taken over by the next node to look. Waited for up to
-        a TTL, as the beat joins; refused after (nothing written)."""
+        """This node's incarnation, once it is a member (waited for up to a TTL): a call
+        taken before its join or while it is fenced would be leased to no live
+        incarnation, and taken over by the next node to look."""
         m = self.membership
         if not m.member:
             with contextlib.suppress(TimeoutError):
@@ -238,9 +224,8 @@ class ClusterCalls:
 
     async def _fenced(self, call_id: str, calls: list[tuple[Any, list[str], list[Any]]]
                       ) -> None:
-        """The call's writes (script, keys, args without the token) in one round trip,
-        each under this node's lease, in order: each refused when the lease is
-        another's, so a refused one refuses those after it."""
+        """The call's writes (args without the token) in one round trip, each under this
+        node's lease: a refused one refuses those after it."""
         lease = self.leases.get(call_id)
         if lease is None:
             raise self._not_ours(call_id)
@@ -275,11 +260,7 @@ class ClusterCalls:
         if record.call_id not in self.leases and (
                 record.call_id in self.lost or not await self.take(record.call_id, "")):
             raise self._not_ours(record.call_id)
-        payload = msgspec.json.encode(_CallEntry(
-            record.call_id, record.kind, record.name, record.definition, record.input,
-            record.status, record.created, record.tenant, record.ended, record.deadline,
-            record.output, record.error, record.revision, record.agents,
-            record.traceparent, record.tracestate))
+        payload = msgspec.json.encode(_CallEntry(*astuple(record)[:-1]))
         mac = self.trust.sign(CALL, record.call_id, payload)
         await self._outcomes_first(record.call_id, [])
         # its held rows first: an ended call's rows are all in Redis as it ends
@@ -295,7 +276,7 @@ class ClusterCalls:
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
         """Kept in Redis when it returns, but for rows that ended with their step's
-        task (`settled`), which are held (decision 750); all in this node's journal."""
+        task (`settled`), which are held."""
         fields = self._signed_rows(call_id, rows)
         settled = [r.status in STEP_ENDED and r.task_id is not None
                    and self.settled(r.task_id) for r in rows]
@@ -314,15 +295,13 @@ class ClusterCalls:
         fields: dict[str, bytes] = {}
         for r in rows:
             field = field_of(r.step, r.item)
-            payload = msgspec.json.encode(_Row(r.step, r.item, r.status, r.task_id,
-                                               r.started, r.ended, r.output, r.error))
+            payload = msgspec.json.encode(_Row(*astuple(r)))
             fields[field] = _signed(self.trust.sign(CALL, call_id, field, payload), payload)
         return fields
 
     def ride(self, call_id: str, row: StepRow, noted: Callable[[], None]) -> Ride:
         """A step's new running row, and the call's held rows, to be written by its task's
-        submit script under this node's lease (rides.py, decision 752); in the node's
-        journal once Redis has them (`noted` then: the engine's)."""
+        submit script under this node's lease (rides.py); `noted` once Redis has them."""
         lease = self.leases.get(call_id)
         if lease is None:
             raise self._not_ours(call_id)
@@ -337,7 +316,6 @@ class ClusterCalls:
                     lambda: self._held_again(call_id, held, tasks, own))
 
     def lost_lease(self, call_id: str) -> RpcError:
-        """A ride refused by the call's fence: the call is another node's."""
         lease = self.leases.pop(call_id, None)
         if lease is not None:
             self.lost[call_id] = lease
@@ -363,9 +341,8 @@ class ClusterCalls:
     async def _held_write(self, call_id: str, fields: dict[str, bytes],
                           then: list[tuple[Any, list[str], list[Any]]] | None = None
                           ) -> None:
-        """The SAVE_STEPS of the call's held rows (taken) and `fields` (none when both are
-        empty), then `then`, in one fenced round trip. Redis away: the held rows are
-        held again (decision 796)."""
+        """The SAVE_STEPS of the call's held rows and `fields`, then `then`, in one fenced
+        round trip. Redis away: the held rows are held again."""
         held = self.held.pop(call_id, {})
         rows = {**held, **fields}
         args: list[Any] = []
@@ -382,11 +359,10 @@ class ClusterCalls:
 
     def _held_again(self, call_id: str, rows: dict[str, bytes], tasks: list[str],
                     newer: dict[str, bytes]) -> None:
-        """Held rows a write took that Redis may not have (it did not answer, or the
-        ride's submit failed): held again for the call's next write, or alone after
-        HOLD_FOR, with the tasks whose outcomes go first (decision 796). Not a row of a
-        step held anew since or written by that write (`newer`), and none once the
-        lease is let go or lost: the call is then taken again from what Redis holds."""
+        """Held rows a write took that Redis may not have: held again, with the tasks
+        whose outcomes go first. Not a row held anew since or written by that write
+        (`newer`), and none once the lease is let go or lost: the call is then taken
+        again from what Redis holds."""
         again = {f: v for f, v in rows.items() if f not in newer}
         if call_id not in self.leases or self.closed or not (again or tasks):
             return
@@ -413,10 +389,7 @@ class ClusterCalls:
 
     async def _flush(self, call_id: str) -> None:
         """The call's held rows alone. Refused (the lease was lost): the driver's next
-        write is refused too, and it stops; Redis away: they are held again and go with
-        the call's next write or after HOLD_FOR once more (decision 796), unless the
-        driver stops first (its write failed too: the call is taken again from what
-        Redis holds)."""
+        write is refused too, and it stops; Redis away: they are held again."""
         try:
             await self._outcomes_first(call_id, [])
         except RpcError as exc:
@@ -427,8 +400,8 @@ class ClusterCalls:
             await self._held_write(call_id, {})
 
     async def close(self) -> None:
-        """The held rows sent (a node about to stop), while Redis answers; those it does
-        not take are dropped, as a dead node's are."""
+        """The held rows sent while Redis answers; those it does not take are dropped,
+        as a dead node's are."""
         self.closed = True
         for call_id in list(self.held):
             await self._flush(call_id)
@@ -449,8 +422,8 @@ class ClusterCalls:
 
     # -- read from Redis ------------------------------------------------------------------
     async def fetch(self, call_id: str) -> CallRecord | None:
-        """The call as Redis holds it, its rows with their outputs (ForeignRecord: a record
-        or row whose MAC does not verify; said, counted)."""
+        """The call as Redis holds it (ForeignRecord: a record or row whose MAC does not
+        verify)."""
         def both() -> Any:
             # a pipeline made again for each try: one executed is emptied, whatever the
             # outcome, and a read tried again on a dead connection would run nothing
@@ -463,15 +436,12 @@ class ClusterCalls:
         if raw is None:
             return None
         k = _entry.decode(self._verified(call_id, "record", raw, (call_id,)))
-        record = CallRecord(k.call_id, k.kind, k.name, k.definition, k.input, k.status,
-                            k.created, k.tenant, k.ended, k.deadline, k.output, k.error,
-                            k.revision, k.agents, k.traceparent, k.tracestate)
+        record = CallRecord(*astuple(k))
         for f, value in steps.items():
             field = f.decode(errors="replace")
             r = _row.decode(self._verified(call_id, f"step {field!r}", value,
                                            (call_id, field)))
-            record.rows[(r.step, r.item)] = StepRow(r.step, r.item, r.status, r.task_id,
-                                                    r.started, r.ended, r.output, r.error)
+            record.rows[(r.step, r.item)] = StepRow(*astuple(r))
         return record
 
     def _verified(self, call_id: str, what: str, value: bytes,
@@ -486,9 +456,8 @@ class ClusterCalls:
 
     async def orphans(self) -> list[CallHandover]:
         """The calls running under a dead incarnation's lease, taken by this node and
-        copied into its journal: each to be driven on from its rows by its kind's
-        planner. (None while this node is no member, or Redis has not answered for a
-        TTL and a beat: a missing liveness key may be a node yet to beat again.)"""
+        copied into its journal. (None while Redis has not answered for a TTL and a
+        beat: a missing liveness key may be a node yet to beat again.)"""
         if not self.membership.member or not self.membership.settled():
             return []
         ids = [i.decode() for i in await read(
@@ -526,9 +495,8 @@ class ClusterCalls:
         return taken
 
     def stopped(self, call_id: str) -> None:
-        """Its driver here stopped (Redis did not take a write, or refused it): the lease
-        is let go here, so the next beat's `orphans` takes the call again while this
-        incarnation still holds it in Redis (another node's take is refused by TAKE)."""
+        """Its driver here stopped: the lease is let go here, so the next beat's
+        `orphans` takes the call again."""
         self.leases.pop(call_id, None)
         self.held.pop(call_id, None)  # (the call is taken again from what Redis holds)
         self.held_tasks.pop(call_id, None)
@@ -540,14 +508,12 @@ class ClusterCalls:
 
     # -- what another node drives, read here (`corral runs`, `run-status`) ---------------
     async def newest(self, kind: str, n: int) -> list[str]:
-        """The ids of the cluster's newest `n` calls of `kind`."""
         return [i.decode() for i in await read(
             lambda: self.redis.zrevrange(self.keys.calls(kind), 0, n - 1))]
 
     async def copy(self, call_ids: list[str]) -> None:
         """These calls copied into this node's journal as Redis holds them now (those it
-        drives aside: its copy is theirs); one whose record does not verify is left out
-        (refused, said). Redis away: the copies stay as they were."""
+        drives aside); Redis away: the copies stay as they were."""
         for call_id in call_ids:
             if call_id in self.leases:
                 continue

@@ -1,43 +1,21 @@
-"""Sessions on a cluster (docs/durable.md#sessions-on-a-cluster, decisions 339-343): a
-cluster task may name a session; Redis keeps its turns in order (sessionscripts.py: the
-one task of it in the agent's stream, the later ones in its line, each end moving the
-next one in), so they run one at a time in submission order on whichever nodes take
-them, and each is given the session's state as the last turn checkpointed it.
+"""Sessions on a cluster (docs/durable.md#sessions-on-a-cluster): Redis keeps a session's
+turns in order (sessionscripts.py), so they run one at a time in submission order on
+whichever nodes take them, each given the session's state as the last turn checkpointed.
 
-The state is a field of the session's hash, written by the CHECKPOINT script under the
-claim's fence (a node whose turn was taken over cannot write over its successor's),
-carrying a MAC made with the cluster key (trust.SESSION, over the session's tenant, the
-agent, the session and the state): one that does not verify is refused as every forged
-record is (said, counted), and the turn starts without a state. The CLAIM of a turn reads
-it (sessionscripts.claimed); this node's engine gives it to the worker (`task/run`'s
-`session_state`) through the claimed task's home (`home.turns`: supervisor.tasks.model).
+The state is written under the claim's fence (a node whose turn was taken over cannot
+write over its successor's), with a MAC made with the cluster key over the session's
+tenant, agent, name and state: one that does not verify is refused, and the turn starts
+without a state. A session is its owner's: its keys and its MAC name the tenant of its
+agent where its turns are submitted, so another tenant's agent of the same name neither
+addresses nor verifies it. Removing an agent ends its sessions in Redis unless another
+live node still runs it.
 
-A session is its owner's (decision 440): its keys and its MAC name the tenant of its agent
-where its turns are submitted, so another tenant's agent of the same name, on any node,
-neither addresses nor verifies it; a node gives a turn the state only when it was signed
-for its own agent's tenant, and refuses a checkpoint of a session of another tenant.
-Removing an agent ends its sessions in Redis (`end_agent`) unless another live node still
-runs an agent of its name.
-
-`corral sessions` on any node lists the cluster's live sessions beside its own (`listing`:
-each tenant's agent's sorted set of them, found by SCAN, and each session's hash);
-`sessions show` and `sessions end` find a cluster session when the node has no local one
-of the name (`info`, `end`: the END script refuses while a turn is queued or running).
-
-Sticky (decisions 760-763): a session's next turn runs on the node incarnation that ran
-its last one while that lives, runs the tenant's agent and is not draining, its memory of
-the conversation the fast path. The claim of a turn remembers its incarnation in the
-session (`node`, shown as the session's `holder`); a turn entering the stream (a submit
-to an idle session, an end moving the line) is delivered in the stream's group to that
-incarnation as its own read would, and named in its list (Keys.sticky), which its next
-read claims first: no polling, no round trip more. Delivered, the turn is pending with
-that consumer, which the cluster already knows how to take back: the reaper queues it
-again once its liveness key has expired (kill -9, frozen past its TTL), and the node's
-own orphan pass once it has held it unclaimed for ORPHAN_BEATS beats (busy: the bound on
-how long a live node may hold a session's turn). A turn behind a backlog of the agent's
-is not delivered (it would jump it), nor one of a node whose beat says `sticky: false`
-([cluster] sticky_sessions). The worker is given the state at every turn all the same
-(`task/run`'s `session_state`: the protocol has no "you have it" for a worker to trust).
+Sticky: a session's next turn runs on the node incarnation that ran its last one while
+that lives, runs the agent and is not draining, its memory of the conversation the fast
+path: the turn is delivered in the stream's group to that incarnation as its own read
+would, with no polling. Pending with it, the turn is what the cluster already knows how
+to take back (the reaper; the node's own orphan pass when it is busy). The worker is given
+the state at every turn all the same: the protocol has no "you have it" for it to trust.
 """
 
 from __future__ import annotations
@@ -71,11 +49,11 @@ if TYPE_CHECKING:
 
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
+_FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
 
 
 class ClusterSessions:
-    """The cluster's side of sessions: the submit of a turn, its state at its start, its
-    checkpoints."""
+    """The cluster's side of sessions: the submit of a turn, its state, its checkpoints."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  host: TaskHost, membership: Membership,
@@ -95,8 +73,7 @@ class ClusterSessions:
     # -- submit ----------------------------------------------------------------------------
     def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
         """What SUBMIT takes after the plain submit's arguments: the session, the
-        bounds of its agent as this node knows them (none, when it does not run it), and
-        its owner: the task's tenant (ClusterTasks._route)."""
+        bounds of its agent as this node knows them, and its owner."""
         local = self.host.agents.get(agent)
         if local is None:
             return [session, 0, 0, tenant]
@@ -118,8 +95,7 @@ class ClusterSessions:
 
     # -- a claimed task's home.turns (TurnStore) -------------------------------------------
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
-        """The state the CLAIM of this turn read, if its MAC verifies (where it runs is
-        the claim's: sessionscripts.py)."""
+        """The state the CLAIM of this turn read, if its MAC verifies."""
         if not isinstance(task, ClusterTask) or task.session_state is None:
             return None
         assert task.session is not None
@@ -132,8 +108,7 @@ class ClusterSessions:
         return msgspec.Raw(body)
 
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
-        """session/checkpoint of a turn this node claimed: kept in Redis under the
-        claim's fence before it is answered."""
+        """Kept in Redis under the claim's fence before it is answered."""
         if not isinstance(task, ClusterTask) or task.session is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
                                                    "has no session")
@@ -172,9 +147,8 @@ class ClusterSessions:
 
     # -- reading -------------------------------------------------------------------------------
     async def listing(self, agent: str | None) -> list[SessionView]:
-        """The cluster's live sessions (of `agent`), every tenant's: whose each is, its
-        view says (the caller's visibility rule keeps its own). RedisError when Redis
-        does not answer."""
+        """The cluster's live sessions (of `agent`), every tenant's (each view says
+        whose)."""
         head = self.keys.sessions("", "")[:-1]  # the sets' names up to the tenant
         now = time.time()
         out: list[SessionView] = []
@@ -188,8 +162,7 @@ class ClusterSessions:
             pipe = self.redis.pipeline(transaction=False)
             for name, _ in live:
                 key = SessionKey(tenant, name_of, name)
-                pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state",
-                      "node")
+                pipe.hmget(self.keys.session(key), *_FIELDS)
                 pipe.llen(self.keys.session_line(key))
             got = await pipe.execute() if live else []
             for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
@@ -201,8 +174,7 @@ class ClusterSessions:
     async def info(self, tenant: str | None, agent: str, name: str) -> SessionInfo | None:
         """`sessions.get` of a cluster session: the one of `tenant` (a tenant's caller's),
         else of the tenant whose agent of the name this node runs, else the most recently
-        used of the name (decision 440, as on one node); None when there is none.
-        RedisError when Redis does not answer."""
+        used of the name."""
         key = await self._whose(tenant, agent, name)
         if key is None:
             return None
@@ -225,9 +197,8 @@ class ClusterSessions:
             for task_id, (status, created) in zip(ids, rows, strict=True)])
 
     async def end(self, tenant: str | None, agent: str, name: str) -> SessionView | None:
-        """`sessions.end` of a cluster session (found as `info` finds it): its keys
-        deleted in one script, refused while a turn of it is queued or running; its view
-        as it was, None when there is none. RedisError when Redis does not answer."""
+        """`sessions.end` of a cluster session (found as `info` finds it), refused while
+        a turn of it is queued or running; its view as it was."""
         key = await self._whose(tenant, agent, name)
         view = None if key is None else await read(lambda: self._read(key))
         if key is None or view is None:
@@ -249,9 +220,7 @@ class ClusterSessions:
         return view
 
     async def why_waiting(self, task_id: str, rec: dict[bytes, bytes]) -> str | None:
-        """Why a queued task (its record `rec`) waits in its session's line, in a node's
-        words (turn_waits): its session's current task runs, or waits to. RedisError
-        when Redis does not answer."""
+        """Why a queued task waits in its session's line, in a node's words."""
         name, tenant = rec.get(b"session"), rec.get(b"stenant")
         if name is None or tenant is None:
             return None
@@ -293,8 +262,7 @@ class ClusterSessions:
 
     async def _read(self, key: SessionKey) -> SessionView | None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.session(key), "cur", "last", "created", "tasks", "state",
-                      "node")
+        pipe.hmget(self.keys.session(key), *_FIELDS)
         pipe.llen(self.keys.session_line(key))
         pipe.zscore(self.keys.sessions(key.tenant, key.agent), key.name)
         fields, waiting, score = await pipe.execute()
@@ -303,9 +271,7 @@ class ClusterSessions:
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:
         """This node's agent `agent` of `tenant` was removed: the cluster's sessions of it
-        end (their states, lines and histories deleted), unless another live node still
-        runs the tenant's agent of the name (the sessions are its too; another tenant's
-        of the name never had them)."""
+        end, unless another live node still runs it (the sessions are its too)."""
         try:
             nodes = await self.membership.nodes()
         except (RedisError, OSError) as exc:
@@ -316,23 +282,19 @@ class ClusterSessions:
             await self._end(agent, tenant)
 
     async def owners(self, names: list[str]) -> dict[str, str]:
-        """The tenant of the cluster's agent of each name (`default` when its table names
-        none, or there is none); RedisError when Redis does not answer."""
+        """The tenant of the cluster's agent of each name (`default` when none)."""
         tables = await self.redis.hmget(self.keys.cluster_agents, names)
         tenants = [msgspec.json.decode(t).get("tenant") if t else None for t in tables]
         return {n: t if isinstance(t, str) else DEFAULT_TENANT
                 for n, t in zip(names, tenants, strict=True)}
 
     async def end_cluster_agents(self, owners: dict[str, str]) -> None:
-        """Cluster agents (name -> tenant) were removed from the cluster: their sessions
-        end, wherever their replicas ran."""
         for agent, tenant in owners.items():
             await self._end(agent, tenant)
 
     async def _end(self, agent: str, tenant: str) -> None:
-        """Delete the sessions of `tenant`'s agent `agent` from Redis; Redis away, they
-        are left to expire (session_ttl), said: no other tenant's agent can address
-        them."""
+        """Redis away, they are left to expire (session_ttl): no other tenant's agent can
+        address them."""
         live = self.keys.sessions(tenant, agent)
         try:
             names = [n.decode() for n in await self.redis.zrange(live, 0, -1)]
@@ -354,7 +316,7 @@ class ClusterSessions:
 
 def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float
           ) -> SessionView | None:
-    """A session's view from its hash's fields (None: no such hash, or expired)."""
+    """None: no such hash, or expired."""
     cur, last, created, tasks, state, node = fields
     if created is None:
         return None

@@ -1,24 +1,13 @@
-"""A cluster task's spawns (`task/spawn`, `task/wait`: supervisor/tasks/spawn.py), kept in
-the cluster's Redis (decision 740): its children are cluster tasks, run by whichever node
-has room, so that a parent whose node died and whose attempt another node runs finds them.
+"""A cluster task's spawns (`task/spawn`, `task/wait`), kept in the cluster's Redis: its
+children are cluster tasks, run by whichever node has room, so that a parent whose node
+died and whose attempt another node runs finds them.
 
-- **A spawn's row and its child in one script** (SPAWN, below), fenced by the parent's
-  claim as its steps are: the row (Keys.spawns of the parent: the spawn's key -> the
-  child's id, signed with the cluster key over the parent, the key and the child) is
-  written only with the child's record and stream entry, by the node that holds the
-  parent now. A key that has a row answers that row's child, never a second one: the
-  parent's next attempt, on any node, spawns under the same key and gets the same child
-  (a row is never without its child, so nothing is submitted again on a replay).
-- **The bounds as on one node.** `max_children` is the number of the parent's rows,
-  counted by the script that would add one; a child's depth and its tree's reach (its
-  root's limited caller's agents) are its place (supervisor.tasks.spawntree.Lineage),
-  kept signed in its record (`lineage`, SUBMIT's argument), read by the node that runs it
-  when it spawns in turn. A root submitted by a limited caller has its reach there too
-  (ClusterTasks._put); a task without one is a root of no limited caller's.
-- **Waiting** for a child is waiting for a cluster task's outcome: on any node, woken by
-  the outcomes stream (ClusterTasks.wait).
-- **Bounded**: the rows go with the parent's end (scripts._ended); a child's place with
-  its record.
+A spawn's row (the spawn's key -> the child's id, signed) is written with the child's
+record and stream entry in one script, fenced by the parent's claim. A key that has a row
+answers that row's child, never a second one: the parent's next attempt, on any node,
+gets the same child. `max_children` is the number of the parent's rows, counted by the
+script that would add one; a child's depth and its tree's reach are its place
+(spawntree.Lineage), kept signed in its record. The rows go with the parent's end.
 """
 
 from __future__ import annotations
@@ -47,13 +36,10 @@ from .scripts import Scripts, submit_script
 from .trust import SPAWN as SIGNED_SPAWN
 from .trust import TENANT, Trust
 
-# what no node of the cluster keeps: a child whose record has gone (its parent asked for
-# it more than tasks_kept_for after it ended, or beyond tasks_kept)
 NOT_KEPT = "no task of this id is kept (its record has gone: tasks_kept, tasks_kept_for)"
 ROOT = Lineage(0)
-# spawns in Redis at once (a map's spawns come together): the node's pool
-# (connection.POOL), which the pullers' blocking reads and the outcomes' tail share, is
-# not all one map's
+# spawns in Redis at once (a map's spawns come together): the node's pool is not all one
+# map's
 AT_ONCE = 16
 _lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
 
@@ -90,9 +76,7 @@ class ClusterSpawns:
                  serves: Callable[[str, str], Awaitable[bool]],
                  ended: Callable[[str], Awaitable[TaskInfo]],
                  info: Callable[[str], Awaitable[TaskInfo | None]]) -> None:
-        """`serves`: whether a live node runs the tenant's agent of a name
-        (ClusterTasks.serves); `ended`, `info`: a cluster task's record once it ended,
-        and as it is now (None: none)."""
+        """`ended`, `info`: a cluster task's record once it ended, and as it is now."""
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
@@ -138,8 +122,7 @@ class ClusterSpawns:
     def _lineage(self, task_id: str, field: bytes | None) -> Lineage:
         if field is None and self.trust.key is None:
             return ROOT  # (without a key every record is taken as it is)
-        # every task's record has its place, signed (ClusterTasks' submit, SPAWN): one
-        # without it had it deleted, and is refused as one changed is
+        # every task's record has its place, signed: one without it had it deleted
         mac, _, body = (field or b"").decode(errors="replace").partition(" ")
         if self.trust.valid(mac, SIGNED_SPAWN, task_id, body):
             try:

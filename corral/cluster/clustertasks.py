@@ -1,13 +1,10 @@
-"""Cluster tasks handed in and asked about, on any node: the submit (a Lua script,
-idempotent on the task id, acknowledged once Redis has it), `corral task ID` from the
-record, and the wait for an outcome, woken by the outcomes stream every node tails.
+"""Cluster tasks handed in and asked about, on any node: the submit (idempotent on the
+task id, acknowledged once Redis has it), `corral task ID` from the record, and the wait
+for an outcome, woken by the outcomes stream every node tails.
 
 Redis away: a submission is refused with the reason (never accepted and lost); a client
-already waiting keeps waiting, and hears the outcome once Redis answers again.
-
-An outcome is believed only when its MAC verifies with the cluster key (trust.py): a
-forged one, on the outcomes stream or in the record, is refused (said, counted), and the
-client waiting for the task keeps waiting for its real outcome.
+already waiting keeps waiting. An outcome is believed only when its MAC verifies with the
+cluster key (trust.py): a client waiting for a forged one's task waits on for the real.
 """
 
 from __future__ import annotations
@@ -59,11 +56,8 @@ class ClusterTasks:
                  report: Callable[[str], None], trust: Trust, submit_batch: Batcher,
                  sessions: ClusterSessions, outbox: Outbox, submit_keys: SubmitKeys
                  ) -> None:
-        """`submit_batch`: the plain submit's batcher (node.py gives submitclaim's
-        SubmitClaims: a node that runs the agent claims its share as it submits);
-        `sessions`: the submit of a task naming a session (sessions.py); `outbox`: the
-        outcomes of the tasks this node runs (a call's step's held for its next write);
-        `submit_keys`: the submissions' idempotency keys (submitkeys.py)."""
+        """`submit_batch`: the plain submit's batcher (a node that runs the agent claims
+        its share as it submits: submitclaim.py)."""
         self.submit_keys = submit_keys
         self.redis = redis
         self.trust = trust
@@ -77,7 +71,6 @@ class ClusterTasks:
         # clients waiting here, by task: woken with the outcome when the outcomes stream
         # carries it, else with None (read the record)
         self._waiting: dict[str, list[Waiter]] = {}
-        # clients following a task's progress here (`corral run`), by task
         self._following: dict[str, list[Progress]] = {}
         self.submit_batch = submit_batch
         self.outbox = outbox
@@ -91,18 +84,14 @@ class ClusterTasks:
         self.view = await self.membership.nodes()
 
     async def _route(self, agent: str) -> str:
-        """The tenant whose agent of this name a task of `agent` is for (its stream's and
-        its record's, decision 439): this node's agent's when it runs one, else that of
-        the live nodes' agents of the name, else the cluster agent's table's (its tasks
-        wait for its replicas while it is (re)placed). Refused at once when no live
-        node runs that tenant's agent (it would wait forever), and on a node that runs
-        none when the live nodes' agents of the name are of several tenants (which is
-        meant cannot be told here)."""
+        """The tenant whose agent of this name a task of `agent` is for: this node's
+        agent's when it runs one, else that of the live nodes' agents of the name, else
+        the cluster agent's table's. Refused when no live node runs it (it would wait
+        forever), or when the live nodes' agents of the name are of several tenants."""
         local = self.host.agents.get(agent)
         if local is not None:
-            # this node runs it, and claims its share as it submits: its own beat may
-            # still name the agent the name had before (a removal and an add between
-            # two beats), which must not refuse the task
+            # (its own beat may still name the agent the name had before, which must not
+            # refuse the task)
             return local.spec.tenant
         for fresh in (False, True):
             if fresh:
@@ -124,9 +113,8 @@ class ClusterTasks:
                                         f"runs agent {agent}")
 
     async def serves(self, agent: str, tenant: str) -> bool:
-        """Whether a task of the tenant's agent of the name would be run: this node's
-        agent of the name is the tenant's, or a live node's is (as its beat says, the
-        view read again before a no), or the cluster's table of the agent names it."""
+        """Whether a task of the tenant's agent of the name would be run (as `_route`
+        finds it, the view read again before a no)."""
         local = self.host.agents.get(agent)
         if local is not None and local.spec.tenant == tenant:
             return True
@@ -139,9 +127,9 @@ class ClusterTasks:
         return await self._table_tenant(agent) == tenant
 
     async def _landed_first(self, ride: Ride) -> None:
-        """The outcomes of the ride's tasks that wait in the outbox (a failed write's:
-        not held, so not carried) in their records before the ride's rows: a row ended
-        there never stands beside its task still running (decision 796)."""
+        """The outcomes of the ride's tasks that wait in the outbox (a failed write's)
+        in their records before the ride's rows: a row ended there never stands beside
+        its task still running."""
         if not self.outbox.waiting(ride.tasks):
             return
         try:
@@ -152,12 +140,10 @@ class ClusterTasks:
 
     async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False,
                    ride: Ride | None = None) -> bool:
-        """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
-        once Redis holds it; RpcError with the reason otherwise (nothing was accepted).
-        `watched`: a client follows its progress, which the node running it then sends
-        on the outcomes stream; `ride`: a durable call's rows the submit writes (a step's
-        task, rides.py), LostLease when the call's fence refused them (and the task).
-        False: Redis had a task of this id already."""
+        """Accept a cluster task: done once Redis holds it; RpcError otherwise (nothing
+        was accepted). `watched`: a client follows its progress; `ride`: a durable
+        call's rows the submit writes (LostLease when the call's fence refused them and
+        the task). False: Redis had a task of this id already."""
         raw = bytes(p.input)
         try:
             tenant = await self._route(p.agent)
@@ -165,7 +151,6 @@ class ClusterTasks:
             raise unavailable(self.settings, exc, "the task was not accepted"
                               ) from None
         local = self.host.agents.get(p.agent)
-        # (this node's agent, when it runs one, is the tenant's the task is routed to)
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),
                 self.keys.priorities(tenant, p.agent), self.keys.agents, self.keys.live]
@@ -179,10 +164,8 @@ class ClusterTasks:
         if p.session is not None:
             args += self.sessions.submit_args(p.agent, p.session, tenant)
             submit = self.sessions.submit
-        # last (SUBMIT): the options the cluster keeps (ClusterFront refused the others),
-        # and its place as a root of a spawn tree with a limited caller's reach, which its
-        # spawns are held to on any node: signed for every task, so that a place deleted
-        # by a Redis writer does not read as a root's free of any reach
+        # its place in a spawn tree, signed for every task: a place deleted by a Redis
+        # writer must not read as a root's free of any reach
         reach = REACH.get()
         args += [encoded(options_of(p)) or b"",
                  lineage_field(self.trust, task_id, ROOT if reach is None
@@ -226,9 +209,8 @@ class ClusterTasks:
 
     async def _again(self, submit: Any, keys: list[Any], args: list[Any], task_id: str
                      ) -> Any:
-        """A submit whose answer was lost (not necessarily the submit), or that the
-        replicas did not confirm in time, once more with the same id: a submit Redis
-        already holds answers 0, and counts as accepted once confirmed."""
+        """A submit whose answer was lost, or not confirmed by the replicas in time, once
+        more with the same id: one Redis already holds answers 0."""
         try:
             [got] = await self.scripts.acknowledged([(submit, keys, args)])
             if isinstance(got, RedisError):
@@ -246,8 +228,7 @@ class ClusterTasks:
         return got
 
     async def _table_tenant(self, agent: str) -> str | None:
-        """The tenant the cluster's table of `agent` names, when Redis holds one that
-        verifies with the cluster key (a table without one is the default tenant's)."""
+        """The tenant the cluster's table of `agent` names, when it verifies."""
         table, mac = await read(lambda: self._table_of(agent))
         if table is None or not self.trust.valid(mac, AGENT, agent, table):
             return None
@@ -264,9 +245,8 @@ class ClusterTasks:
     # -- ask --------------------------------------------------------------------------------
     async def list(self, p: m.TasksList, since: float | None, limit: int,
                    sees: Sees | None) -> tuple[list[m.TaskSummary], str | None]:
-        """`corral tasks`: the cluster's tasks on every node (listing.py). Redis away: refused
-        with the reason, not answered with this node's tasks alone, which would read as
-        the cluster's."""
+        """`corral tasks`: the cluster's tasks. Redis away: refused, not answered with
+        this node's tasks alone, which would read as the cluster's."""
         try:
             return await listing.page(self.redis, self.keys, self.trust, agent=p.agent,
                                       status=p.status, since=since, limit=limit,
@@ -277,9 +257,7 @@ class ClusterTasks:
                               "lists this node's own)") from None
 
     async def info(self, task_id: str) -> m.TaskInfo | None:
-        """The task's record, or None when the cluster has no such task; RedisError when
-        Redis does not answer; RpcError when it says the task ended with an outcome whose
-        MAC does not verify."""
+        """The task's record, or None; RpcError when its outcome does not verify."""
         i, signed = await self._read(task_id)
         if not signed:
             raise RpcError(jsonrpc.REFUSED, f"task {task_id}'s outcome in Redis is not "
@@ -288,16 +266,14 @@ class ClusterTasks:
         return i
 
     async def _ended_info(self, task_id: str) -> m.TaskInfo | None:
-        """The task's record once it has ended with an outcome that verifies, else None
-        (a client waiting for it waits on)."""
+        """The task's record once it has ended with an outcome that verifies."""
         i, signed = await self._read(task_id)
         if i is None or not signed or i.status.encode() not in records.TERMINAL:
             return None
         return i
 
     async def _read(self, task_id: str) -> tuple[m.TaskInfo | None, bool]:
-        """The task's record, and whether it is not an ended one whose outcome does not
-        verify."""
+        """The task's record, and False for an ended one whose outcome does not verify."""
         if not is_task_id(task_id):
             return None, True
 
@@ -338,9 +314,8 @@ class ClusterTasks:
 
     async def _ended(self, task_id: str, fut: Waiter | None) -> m.TaskResult | m.TaskInfo:
         """The task's outcome once it has ended: as the outcomes stream carried it, or
-        its record. `fut`: a waiter registered before the task was submitted, so that no
-        wake-up can come before it. The record is also read every few beats, so a
-        wake-up lost with a connection costs only time."""
+        its record. `fut`: a waiter registered before the task was submitted. The record
+        is also read every few beats: a wake-up lost with a connection costs only time."""
         while True:
             try:
                 if fut is None:
@@ -366,7 +341,6 @@ class ClusterTasks:
                         return i
 
     async def wait(self, task_id: str) -> m.TaskInfo:
-        """The task's record once it has ended (`corral task ID --wait`)."""
         while True:
             got = await self._ended(task_id, None)
             if isinstance(got, m.TaskInfo):
@@ -377,8 +351,7 @@ class ClusterTasks:
                     return i
 
     async def _claimed(self, p: m.TaskParams) -> tuple[str, KeyClaim]:
-        """A submission's idempotency key claimed (submitkeys.py): its tenant, and the
-        claim (the id its task is to be submitted under, or the one it names)."""
+        """A submission's idempotency key claimed (submitkeys.py), with its tenant."""
         key = p.idempotency_key
         assert key is not None
         asked = digest(p.agent, bytes(p.input), p, p.local)
@@ -395,9 +368,8 @@ class ClusterTasks:
 
     async def _keyed(self, p: m.TaskParams, tenant: str, claim: KeyClaim, *,
                      watched: bool = False) -> bool:
-        """The task of a claimed key submitted under its id, unless its key says it was
-        accepted; whether the key named a task submitted before. A submit refused (not
-        one Redis may have taken) lets go of a new claim."""
+        """The task of a claimed key submitted, unless its key says it was accepted;
+        whether it was submitted before. A refused submit lets go of a new claim."""
         if claim.state == ACCEPTED:
             return True
         key = p.idempotency_key
@@ -415,9 +387,8 @@ class ClusterTasks:
 
     async def submit(self, p: m.TasksSubmit, wait: float | None
                      ) -> tuple[str, m.TaskResult | None, bool]:
-        """Submit: the task's id once Redis holds it, and with `wait`, its outcome if it
-        ends within that many seconds (else None: it runs on); whether an idempotency
-        key named it, submitted before."""
+        """The task's id once Redis holds it, with `wait` its outcome if it ends within
+        that many seconds, and whether an idempotency key named it, submitted before."""
         if p.idempotency_key is not None:
             tenant, claim = await self._claimed(p)
             replayed = await self._keyed(p, tenant, claim)
@@ -452,10 +423,8 @@ class ClusterTasks:
 
     async def step(self, p: m.TaskParams, task_id: str, ride: Ride | None = None
                    ) -> m.TaskResult | m.TaskInfo:
-        """A durable call's step's task (calltasks.py) to its end: submitted under
-        `task_id`, or found submitted before under it (a call taken over: it may have
-        ended already, its record is read first), and its outcome. `ride`: the call's
-        rows its submit writes, kept (`Ride.kept`) once Redis has them."""
+        """A durable call's step's task to its end: submitted under `task_id`, or found
+        submitted before (a call taken over: its record is read first)."""
         fut = self._waiter(task_id)  # before the submit (as `submit`'s)
         self._stepping.add(task_id)
         try:
@@ -472,8 +441,8 @@ class ClusterTasks:
             self._stepping.discard(task_id)
 
     async def _stepped(self, p: m.TaskParams, task_id: str, ride: Ride | None) -> bool:
-        """`_put` with the ride; its held rows held again when the submit fails other
-        than by the call's fence (Redis may not have them: decision 796)."""
+        """`_put` with the ride; its rows held again when the submit fails other than by
+        the call's fence (Redis may not have them)."""
         if ride is None:
             return await self._put(p, task_id)
         try:
@@ -488,9 +457,8 @@ class ClusterTasks:
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
                   progress: Progress) -> m.TaskResult:
-        """Submit and wait for the outcome; `progress` hears the task's progress reports,
-        from whichever node runs it, as `task.progress`'s params. With an idempotency
-        key, the task it names (its record read first: it may have ended)."""
+        """Submit and wait for the outcome; `progress` hears the task's progress reports
+        from whichever node runs it."""
         claimed = await self._claimed(p) if p.idempotency_key is not None else None
         task_id = claimed[1].task_id if claimed is not None else new_id()
         fut: Waiter | None = self._waiter(task_id) if claimed is None else None
@@ -520,9 +488,8 @@ class ClusterTasks:
 
     # -- the outcomes of the tasks this node ran -----------------------------------------
     def finished(self, e: TaskFinished) -> None:
-        """A task's end here (on the engine's stream): its outcome to the outbox; that of
-        a call's step waited for here told to the step at once, as the outcomes stream
-        would carry it, its FINISH held for the call's next write (decision 795)."""
+        """A task's end here: its outcome to the outbox; that of a call's step waited for
+        here told to the step at once, its FINISH held for the call's next write."""
         args = self.outbox.finished(e, hold=e.task.id in self._stepping)
         if args is not None:
             self._wake(e.task.id, records.inline_result(e.task.id, {
@@ -536,8 +503,8 @@ class ClusterTasks:
                 fut.set_result(result)
 
     async def tail(self) -> None:
-        """Every outcome of the cluster as it is written: the clients waiting here for
-        those tasks wake. After Redis was away, every waiter reads its record again."""
+        """Every outcome of the cluster as it is written wakes the clients waiting here.
+        After Redis was away, every waiter reads its record again."""
         last: bytes | None = None
         block = max(1, int(self.settings.beat * 1000))
         while True:
@@ -567,9 +534,8 @@ class ClusterTasks:
                         self._carried(tid, fields)
 
     def _carried(self, task_id: str, fields: dict[bytes, bytes]) -> None:
-        """An outcomes stream entry for a task waited for here: its outcome, when the
-        entry carries one, told only when its MAC verifies; an entry that carries none
-        has the waiters read the record (which is checked as it is read)."""
+        """An outcome carried on the stream is told only when its MAC verifies; an entry
+        that carries none has the waiters read the record."""
         status = fields.get(b"status")
         if status is not None and not self.trust.outcome_valid(
                 fields.get(b"mac"), task_id, fields.get(b"fence"), status,
@@ -581,7 +547,6 @@ class ClusterTasks:
         self._wake(task_id, records.inline_result(task_id, fields))
 
     def _progressed(self, task_id: str, raw: bytes) -> None:
-        """A progress report of a task followed here, as the worker sent it."""
         following = self._following.get(task_id)
         if not following:
             return

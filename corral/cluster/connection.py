@@ -86,8 +86,7 @@ WAITS = 1000
 
 
 class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """The Sentinels' pool (a connection to the primary they name), waiting as the
-    blocking pool does."""
+    """The Sentinels' pool, waiting as the blocking pool does."""
 
 
 def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
@@ -110,9 +109,8 @@ def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
 
 
 def _primary_of(settings: ClusterSettings, options: dict[str, Any]) -> Any:
-    """A client of the primary the Sentinels name: every connection it makes asks them
-    first, and one to a primary since demoted is dropped (redis-py's sentinel pool).
-    The URL gives the password, the database and TLS; the Sentinels, host and port."""
+    """A client of the primary the Sentinels name, asked at every connection. The URL
+    gives the password, the database and TLS; the Sentinels, host and port."""
     parsed: dict[str, Any] = dict(parse_url(settings.redis))
     tls = parsed.pop("connection_class", None) is SSLConnection
     url = {k: v for k, v in parsed.items() if k not in ("host", "port", "path")}
@@ -126,8 +124,7 @@ def _primary_of(settings: ClusterSettings, options: dict[str, Any]) -> Any:
 
 
 def place(settings: ClusterSettings) -> str:
-    """Where the cluster's Redis is, as messages and `corral nodes` say it (never with
-    its password)."""
+    """Where the cluster's Redis is, as messages say it (never with its password)."""
     if settings.sentinels:
         return (f"{settings.sentinel_master} (the primary Sentinel "
                 f"{', '.join(settings.sentinels)} names)")
@@ -135,13 +132,11 @@ def place(settings: ClusterSettings) -> str:
 
 
 def shown(url: str) -> str:
-    """The URL without a password."""
     return redact.url(url)
 
 
 def why(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.rstrip(".")
+    return (str(exc) or type(exc).__name__).rstrip(".")
 
 
 async def read(call: Callable[[], Awaitable[T]]) -> T:

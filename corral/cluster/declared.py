@@ -2,9 +2,9 @@
 registered in Redis when the daemon starts and at each reload.
 
 The cluster has one table per agent, in Redis; several nodes' files may declare it. The
-rule (decision 123): **a change a node's file makes is applied; a file that did not
-change undoes nothing.** Each node remembers in Redis (keys.declared) the table its file
-last declared, so at a start or a reload:
+rule: **a change a node's file makes is applied; a file that did not change undoes
+nothing.** Each node remembers in Redis the table its file last declared, so at a start
+or a reload:
 
 - an agent the cluster does not have is added;
 - an agent whose table in this node's file changed since the file last declared it gets
@@ -12,14 +12,11 @@ last declared, so at a start or a reload:
   kept where the file did not change `replicas`), as a new revision;
 - an agent the file declared before and declares no more is removed from the cluster;
 - a file that declares an agent otherwise than the cluster's table, and did not change
-  it, leaves the cluster's standing and says what differs (the log, and `corral stats` →
-  cluster.agents.differs): a node restarted with an old file never undoes a change made
-  elsewhere, and two files that disagree do not fight.
+  it, leaves the cluster's standing and says what differs: a node restarted with an old
+  file never undoes a change made elsewhere, and two files that disagree do not fight.
 
-What a file last declared is signed with the cluster key (trust.DECLARED), as the
-cluster's tables are: a declared table that does not verify is as none (it removes
-nothing, changes nothing), and a cluster table that does not verify is as none too (the
-file's table is written over it, signed).
+What a file last declared is signed with the cluster key: a declared table that does not
+verify is as none, and so is a cluster table (the file's is written over it, signed).
 """
 
 from __future__ import annotations
@@ -64,7 +61,6 @@ class Declarations:
         self._lock = asyncio.Lock()
 
     def declare(self, tables: dict[str, Table]) -> None:
-        """The config file's cluster agents, to register at the next sync."""
         self.pending = tables
 
     async def sync(self) -> dict[str, str]:
@@ -127,8 +123,7 @@ class Declarations:
 
     async def _one(self, name: str, table: Table, before: Table | None, who: str
                    ) -> str | None:
-        """Register one agent; how the file differs from the cluster's table, where it
-        stands."""
+        """Register one agent; how the file differs from the cluster's table."""
         cluster, _, signed = await self.specs.read_any(name)
         if cluster is None:
             try:

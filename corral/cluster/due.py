@@ -1,12 +1,9 @@
 """Cluster tasks that may not start before a time (a delay, a not_before, a retry's
-backoff: the submit scripts and FINISH hold them in the cluster's due set, Keys.due), moved
-into their streams when due.
+backoff), moved from the due set into their streams when due.
 
-Every live node runs the move (DUE) at each beat, and at the earliest due time it last
-read when that comes sooner: one script call moves what is due, each task exactly once
-whichever nodes run it together (a task leaves the set in the call that queues it). So a
-due time fires across any node's death, as long as one node lives; nothing reads the set
-more often than a beat but for the one time it is known to be due.
+Every live node runs the move at each beat, and at the earliest due time it last read
+when that comes sooner: each task moves exactly once whichever nodes run it together. So
+a due time fires across any node's death, as long as one node lives.
 """
 
 from __future__ import annotations
@@ -64,7 +61,7 @@ class DueClock:
         self._failing = False
 
     async def step(self) -> float | None:
-        """What is due now moved to its streams; the earliest due time left (None: none)."""
+        """The earliest due time left (None: none)."""
         moved, first = await self.script(keys=[self.keys.due], args=[
             repr(time.time()), self.keys.prefix, AT_ONCE])
         self.moved += int(moved)

@@ -1,11 +1,9 @@
 """The event bus across the cluster: one capped stream every node tails.
 
-An event published on a node is delivered to that node's subscribers at once (as without
-[cluster]) and appended to the cluster's events stream (`XADD … MAXLEN ~`); every other
-node reads the stream (`XREAD BLOCK` from the last id it read) and delivers each event
-to its own subscribers, matching their topic patterns itself. Not Pub/Sub: a node whose
-connection dropped reads on from where it was, so nothing published meanwhile (within
-the stream's cap) is missed. Delivery stays at most once, as on one node.
+An event published on a node is delivered to that node's subscribers at once and
+appended to the cluster's events stream, which every other node reads. Not Pub/Sub: a
+node whose connection dropped reads on from where it was, so nothing published meanwhile
+(within the stream's cap) is missed. Delivery stays at most once, as on one node.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ class EventRelay:
         self._ready.set()
 
     async def run_out(self) -> None:
-        """Append what was published here, in order, a pipeline at a time."""
         failed = False
         while True:
             if not self._out:

@@ -1,21 +1,16 @@
 """A cluster node's part of `corral upgrade` (daemon/upgrade.py): what the new image needs
 to go on as the same node, and the old image's settling of its claims before the exec.
 
-The old image, dispatch held: it reads nothing more (its pull loops ended, no claim at
-submission), hands back to the cluster the claims it holds but has not started (the other
-nodes take them at once, as a drain's do) and what a pull loop read without its answer
-being known here, sends the outcomes it has, and renews its liveness key last. What it
-then hands over (`NodeHanded`) is its daemon id, its incarnation and every claim running
-on a kept worker: the stream, the entry, the fence token and the attempts. The new image
-goes on as that daemon and that incarnation (no join: its beat renews the key, `SET XX`),
-and each claim is re-attached to its kept worker; its outcome goes through the fence as
-any other's.
+The old image reads nothing more, hands back to the cluster the claims it has not
+started, sends the outcomes it has, and renews its liveness key last; it hands over its
+daemon id, its incarnation and every claim running on a kept worker. The new image goes
+on as that daemon and that incarnation (no join: its beat renews the key, `SET XX`), and
+each claim is re-attached to its kept worker.
 
 A key that lapsed meanwhile (the exec and the adoptions took longer than `node_ttl`) is
-found by the new image's first beat: the membership fences itself, the cluster has taken
-the claims over (or will, as a dead incarnation's), and what the kept workers still run
-of them is cancelled here with its outcome never sent, so each runs to an outcome once,
-elsewhere. A claim adopted after the fence is cancelled as it is adopted."""
+found by the new image's first beat: the membership fences itself, and what the kept
+workers still run of the claims is cancelled here with its outcome never sent, so each
+runs to an outcome once, elsewhere."""
 
 from __future__ import annotations
 
@@ -70,9 +65,8 @@ class NodeHanded(msgspec.Struct, frozen=True):
 
 # -- the old image -------------------------------------------------------------------------
 def unsettled(node: ClusterNode) -> str:
-    """What of the cluster's still waits here to be sent or started ("": nothing, and the
-    exec may follow without an await: an outcome pending, or a claim queued, would be lost
-    with the old image)."""
+    """What of the cluster's still waits here to be sent or started ("": nothing; an
+    outcome pending, or a claim queued, would be lost with the old image)."""
     queued = sum(1 for t in node._held() if t.queued)
     if queued:
         return (f"{plural(queued, 'cluster task')} waiting on this node could not be "
@@ -84,9 +78,8 @@ def unsettled(node: ClusterNode) -> str:
 
 
 async def settle(node: ClusterNode) -> None:
-    """Before the exec, dispatch held: read nothing more; what waits here goes back to the
-    cluster; the outcomes go; the key renewed last (the new image has a whole TTL from
-    here to beat). Redis away: what is not sent waits for the TTL (the takeover)."""
+    """Before the exec: the key renewed last (the new image has a whole TTL from here to
+    beat). Redis away: what is not sent waits for the TTL (the takeover)."""
     node.puller.paused = True  # (and no claim at submission: submitclaim.py)
     loops = list(node.puller.loops.values())
     node.puller.loops.clear()
@@ -103,7 +96,7 @@ async def settle(node: ClusterNode) -> None:
 
 
 def resume_taking(node: ClusterNode) -> None:
-    """The upgrade was refused after `settle`: the node reads again."""
+    """The upgrade was refused after `settle`."""
     node.puller.paused = False
     node.puller.sync()
 
@@ -122,9 +115,8 @@ def handed(node: ClusterNode) -> NodeHanded:
 
 # -- the new image -------------------------------------------------------------------------
 def go_on(node: ClusterNode, h: NodeHanded) -> None:
-    """Before the node's start (and its check that no other daemon is it): the same
-    daemon and incarnation, a member since the old image's last renewal. Its first beat
-    renews the key, or finds it gone and fences itself (membership.py)."""
+    """Before the node's start: the same daemon and incarnation, a member since the old
+    image's last renewal."""
     m = node.membership
     m.daemon, m.incarnation, m.consumer = h.daemon, h.incarnation, h.consumer
     m.state = "member"
@@ -132,9 +124,8 @@ def go_on(node: ClusterNode, h: NodeHanded) -> None:
 
 
 def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
-    """A handed claim, re-attached to its kept worker: it runs on, its answer ends it and
-    its outcome goes through its fence. An incarnation fenced already (its key lapsed
-    before the adoption) cancels it at once: the cluster runs it elsewhere."""
+    """A handed claim, re-attached to its kept worker. An incarnation fenced already
+    cancels it at once: the cluster runs it elsewhere."""
     t = ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
                     c.created, token=c.token, base=c.base, entry=c.entry, stream=c.stream,
                     consumer=c.consumer, home=node.puller.home)
@@ -155,8 +146,8 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
 
 
 def give_back(node: ClusterNode, claims: list[Claim], why: str) -> None:
-    """Handed claims whose worker was not adopted: back to the cluster now, their retries
-    untouched (else the cluster's orphan rule would, beats later)."""
+    """Handed claims whose worker was not adopted: back to the cluster now (else the
+    orphan rule would, beats later)."""
     tasks = [ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout,
                          c.retries_left, c.created, token=c.token, base=c.base,
                          entry=c.entry, stream=c.stream, consumer=c.consumer)

@@ -1,9 +1,7 @@
-"""The cluster's home for the tasks a node claims (DESIGN 25; the protocol:
-corral.supervisor.tasks.model.TaskHome): their steps, their sessions' turns, their spawns
-and their asks of a person in the cluster's Redis, where whichever node runs the task next
-finds them; their live output in the node's memory (the record that survives is Redis's,
-which this node's journal would not prune). Their row is written by the claim's fence on
-each outcome (outbox.py), not by the engine's record."""
+"""The cluster's home for the tasks a node claims (supervisor.tasks.model.TaskHome): their
+steps, turns, spawns and asks in the cluster's Redis, where whichever node runs the task
+next finds them; their live output in the node's memory (the record that survives is
+Redis's, which this node's journal would not prune)."""
 
 from __future__ import annotations
 
@@ -25,7 +23,6 @@ class ClusterHome:
     def __init__(self, steps: StepJournal, turns: TurnStore, spawns: SpawnStore,
                  asks: AskShelf, outputs: OutputJournal,
                  requeue: Callable[[Task, float | None], None]) -> None:
-        """`requeue`: a retry written to Redis (Outbox.requeue)."""
         self.steps: StepJournal | None = steps
         self.turns = turns
         self.spawns = spawns
@@ -34,8 +31,8 @@ class ClusterHome:
         self._requeue = requeue
 
     def queue_again(self, task: Task, at: float | None) -> bool:
-        # in Redis, for whichever node has room when it is due (due.py): its attempts,
-        # steps and retries left are the record's, not this node's
+        # in Redis, for whichever node has room when it is due: its attempts, steps and
+        # retries left are the record's, not this node's
         self._requeue(task, at)
         return True
 

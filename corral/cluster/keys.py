@@ -1,8 +1,8 @@
 """The names of everything a cluster keeps in Redis, in one place.
 
-Every key of a cluster starts with `corral:{NAME}:` (the braces are a hash tag: were the
-keys ever spread over Redis Cluster slots, a cluster's would share one, so its Lua
-scripts may touch several). Several clusters may share one Redis.
+Every key of a cluster starts with `corral:{NAME}:` (a hash tag: were the keys ever spread
+over Redis Cluster slots, a cluster's would share one, so its Lua scripts may touch
+several). Several clusters may share one Redis.
 """
 
 from __future__ import annotations
@@ -58,33 +58,29 @@ class Keys:
         """Counter: a node's incarnations (INCR at each join)."""
         return f"{self.prefix}inc:{node}"
 
-    # -- tasks: queued by route, the tenant of the agent they are for and its name (no
-    # ':' in either), so that another tenant's agent of the name, on any node, has
-    # streams of its own and never reads them (decision 439) ---------------------------
+    # -- tasks: queued by route (tenant and agent name: no ':' in either), so that another
+    # tenant's agent of the name has streams of its own -------------------------------
     def stream(self, tenant: str, agent: str, priority: int) -> str:
         return f"{self.prefix}q:{tenant}:{agent}:{priority}"
 
     def claimed(self, tenant: str, agent: str) -> str:
-        """Stream: the tenant's agent's tasks claimed by a node as it submitted them
-        (scripts.SUBMIT_CLAIM), each given to its claimer as it is added: pending there,
-        where the reaper looks, and read by no puller (decision 797)."""
+        """Stream: the tasks claimed by a node as it submitted them, pending with their
+        claimer (where the reaper looks) and read by no puller."""
         return f"{self.prefix}q:{tenant}:{agent}:{CLAIMED}"
 
     def priorities(self, tenant: str, agent: str) -> str:
-        """Sorted set: the priorities a tenant's agent's streams exist for (scored by
-        priority)."""
+        """Sorted set: the priorities a tenant's agent's streams exist for."""
         return f"{self.prefix}prio:{tenant}:{agent}"
 
     @property
     def agents(self) -> str:
-        """Set: the routes (`route(tenant, agent)`) that have task streams (what a reaper
-        looks through)."""
+        """Set: the routes that have task streams (what a reaper looks through)."""
         return f"{self.prefix}agents"
 
     @property
     def due(self) -> str:
         """Sorted set (scored by the wall time each may start): the queued tasks held out
-        of their streams until then (a delay, a retry's backoff: due.py)."""
+        of their streams until then (due.py)."""
         return f"{self.prefix}due"
 
     def task(self, task_id: str) -> str:
@@ -96,12 +92,12 @@ class Keys:
         return f"{self.prefix}att:{task_id}"
 
     def steps(self, task_id: str) -> str:
-        """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
+        """Hash: a running cluster task's steps, deleted at its end."""
         return f"{self.prefix}steps:{task_id}"
 
     def spawns(self, task_id: str) -> str:
-        """Hash: a running cluster task's spawns (cluster/clusterspawns.py), each spawn's
-        key -> its child's id (signed), deleted at its end."""
+        """Hash: a running cluster task's spawns, each spawn's key -> its child's id
+        (signed), deleted at its end."""
         return f"{self.prefix}spawn:{task_id}"
 
     # -- asks of a person (clusterasks.py) -----------------------------------------------
@@ -111,8 +107,7 @@ class Keys:
         return f"{self.prefix}ask:{ask_id}"
 
     def task_asks(self, task_id: str) -> str:
-        """Hash: a cluster task's asks, each call's key -> its ask's id; deleted at the
-        task's end (scripts._ended)."""
+        """Hash: a cluster task's asks, each call's key -> its ask's id."""
         return f"{self.prefix}asks:{task_id}"
 
     def asks_pending(self, tenant: str | None = None) -> str:
@@ -121,21 +116,18 @@ class Keys:
         return f"{self.prefix}askq" + ("" if tenant is None else f":{tenant}")
 
     def asks_done(self, tenant: str) -> str:
-        """Sorted set (scored by when their task ended, in ms): the asks of a tenant's tasks
-        that have ended, whose records a task's end trims to the newest ASKS_KEPT
-        (scripts._ended): what a tenant's agents ask is not kept without bound."""
+        """Sorted set (scored by when their task ended, in ms): the asks of a tenant's
+        ended tasks, whose records are trimmed to the newest ASKS_KEPT."""
         return f"{self.prefix}askdone:{tenant}"
 
     @property
     def ask_deadlines(self) -> str:
-        """Sorted set (scored by deadline): the pending asks that have one, which any
-        node's beat times out (a suspended task's ask has no node waiting on it)."""
+        """Sorted set (scored by deadline): the pending asks that have one."""
         return f"{self.prefix}askdue"
 
     @property
     def asks_ended(self) -> str:
-        """Pub/sub channel: the id of each ask as it ends (END publishes it), which wakes
-        the node waiting on it at once (a beat's read else)."""
+        """Pub/sub channel: the id of each ask as it ends."""
         return f"{self.prefix}askend"
 
     # -- durable calls (a workflow's run, a team's call: clustercalls.py) --------------
@@ -150,20 +142,17 @@ class Keys:
 
     @property
     def calls_running(self) -> str:
-        """Sorted set (every score 0: by id, which is by time): the running calls of
-        every kind, what a takeover looks through."""
+        """Sorted set (every score 0: by id, which is by time): the running calls."""
         return f"{self.prefix}crun"
 
     def calls(self, kind: str) -> str:
-        """Sorted set, as `calls_running`: a kind's calls, running or ended (`corral
-        runs` on any node)."""
+        """Sorted set, as `calls_running`: a kind's calls, running or ended."""
         return f"{self.prefix}calls:{kind}"
 
-    # -- sessions (sessions.py; tenant and agent names have no ':'), each under its owner,
-    # the tenant its agent was of at its submit (decision 440) ---------------------------
+    # -- sessions, each under its owner (the tenant its agent was of at its submit) -----
     def session(self, key: SessionKey) -> str:
         """Hash: a cluster session (its signed state, its current task, ttl, last use,
-        tasks); it expires, with its line and history, session_ttl after its last task."""
+        tasks); it expires session_ttl after its last task."""
         return f"{self.prefix}sess:{key.tenant}:{key.agent}:{key.name}"
 
     def session_line(self, key: SessionKey) -> str:
@@ -184,9 +173,8 @@ class Keys:
         return f"{self.prefix}sbytes:{tenant}:{agent}"
 
     def sticky(self, tenant: str, agent: str, consumer_name: str) -> str:
-        """List: the turns of sessions given to a node incarnation (`entry task` each:
-        delivered to it in their stream's group), which its next read of the tenant's
-        agent claims first (sessionscripts._stick)."""
+        """List: the turns of sessions given to a node incarnation (`entry task` each),
+        which its next read claims first."""
         return f"{self.prefix}stk:{tenant}:{agent}:{consumer_name}"
 
     @property
@@ -201,14 +189,13 @@ class Keys:
 
     @property
     def live(self) -> str:
-        """Sorted set (every score 0, so ordered by id, which is by time): the tasks
-        queued or running, for `corral tasks`; bounded by the queues."""
+        """Sorted set (every score 0: by id, which is by time): the tasks queued or
+        running."""
         return f"{self.prefix}live"
 
     @property
     def done(self) -> str:
-        """Sorted set, as `live`: the finished tasks whose records are kept, trimmed to
-        the newest `tasks_kept` (retention.py)."""
+        """Sorted set, as `live`: the finished tasks whose records are kept."""
         return f"{self.prefix}done"
 
     @property
@@ -218,39 +205,34 @@ class Keys:
 
     @property
     def outcomes(self) -> str:
-        """Stream: `task_id` of each task as it finishes (capped), which every node tails
-        to wake its waiting clients; and the progress of tasks a client waits for."""
+        """Stream: `task_id` of each task as it finishes (capped), and the progress of
+        tasks a client waits for."""
         return f"{self.prefix}outcomes"
 
     # -- cluster agents (placement.py) --------------------------------------------------
     @property
     def cluster_agents(self) -> str:
-        """Hash: agent -> its [agents.NAME] table (JSON), for agents placed by the
-        cluster."""
+        """Hash: agent -> its [agents.NAME] table (JSON)."""
         return f"{self.prefix}cagents"
 
     @property
     def agent_macs(self) -> str:
-        """Hash: agent -> the MAC of its table in `cluster_agents`, made with the cluster
-        key (trust.py), written with the table by the same script."""
+        """Hash: agent -> the MAC of its table in `cluster_agents`."""
         return f"{self.prefix}cagents:mac"
 
     @property
     def placement(self) -> str:
         """Hash: agent -> {"epoch": N, "slots": [consumer, ...]} (JSON): which node
-        incarnation runs each of its replicas, changed only by compare-and-set on the
-        epoch."""
+        incarnation runs each of its replicas."""
         return f"{self.prefix}place"
 
     def history(self, agent: str) -> str:
-        """List: a cluster agent's revisions (JSON each: revision, time, who, change,
-        spec), oldest first, the last HISTORY_KEPT of them (`corral history`, `rollback`)."""
+        """List: a cluster agent's revisions (JSON each), oldest first."""
         return f"{self.prefix}hist:{agent}"
 
     def declared(self, node: str) -> str:
         """Hash: agent -> the table (JSON) the node's config file last declared for a
-        cluster agent: what tells a change its file made from a file that did not change
-        (declared.py)."""
+        cluster agent (declared.py)."""
         return f"{self.prefix}decl:{node}"
 
     def declared_macs(self, node: str) -> str:
@@ -264,12 +246,11 @@ class Keys:
 
     @property
     def draining(self) -> str:
-        """Hash: node -> the incarnation asked to drain (`corral drain`); it takes the
-        field out once drained (a node restarted since is a new incarnation, not asked)."""
+        """Hash: node -> the incarnation asked to drain (a node restarted since is not
+        asked)."""
         return f"{self.prefix}draining"
 
     @property
     def events(self) -> str:
-        """Stream: the events published on every node (capped), which every node tails
-        (events.py)."""
+        """Stream: the events published on every node (capped)."""
         return f"{self.prefix}events"

@@ -1,14 +1,11 @@
 """`corral tasks` of a cluster: its tasks on every node, read from two sorted sets the
 task scripts keep (scripts.py), never by scanning the cluster's keys.
 
-`live` holds the tasks queued or running, `done` the newest finished ones
-(`tasks_kept`, retention.py); every score is 0, so each set is ordered by member, and task ids
-(UUIDv7) sort by the time they were made: a page is a range by id, newest first, its
-cursor (`before`) an id, and `since` (nearly) the id prefix of a time. Filters other than
-time (agent, status, a limited caller's agents, the options' filters) are applied to the
-records, read a batch at a time, until a page is full or the sets are exhausted: at most
-what the sets hold, which the queues and `tasks_kept` bound. A member whose record has
-expired is dropped as it is met.
+Every score is 0, so each set is ordered by member, and task ids (UUIDv7) sort by the
+time they were made: a page is a range by id, newest first, its cursor (`before`) an id,
+and `since` (nearly) the id prefix of a time. Other filters are applied to the records,
+read a batch at a time, until a page is full or the sets are exhausted. A member whose
+record has expired is dropped as it is met.
 """
 
 from __future__ import annotations
@@ -52,9 +49,7 @@ async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
                sees: Sees | None, filters: TaskFilters = NO_FILTERS
                ) -> tuple[list[m.TaskSummary], str | None]:
     """Up to `limit` tasks, newest last, and the cursor of the older ones (None: none
-    left). RedisError when Redis does not answer; `unknown_cursor` for a `before` that
-    names no task of the cluster (or one `sees` does not admit). A record's tenant is
-    believed when its MAC verifies (trust.TENANT), else it is the operator's alone."""
+    left); `unknown_cursor` for a `before` that names no task `sees` admits."""
     if before is not None:
         owner, tenant, mac = await read(lambda: redis.hmget(
             keys.task(before), "agent", "tenant", "tenant_mac"))

@@ -1,17 +1,13 @@
 """Membership: a node incarnation is alive exactly while its liveness key exists.
 
-Joining takes a new incarnation (a counter per node name) and sets the key with a TTL
-(`SET NX PX`); every beat renews it only while it exists (`SET XX PX`), with what the node
-offers (capacity, load, agents). A key found expired means the cluster may already have
-taken this incarnation's tasks, and a node that could not renew for 2 x TTL must assume
-so too: either way the node fences itself (takes nothing new, cancels what was taken from
-it; `NodeFence` on the stream) and joins again as a new incarnation. Redis being away kills
-no node: the beat keeps trying, and the view says why it is not a member.
+Joining takes a new incarnation and sets the key with a TTL (`SET NX PX`); every beat
+renews it only while it exists (`SET XX PX`). A key found expired means the cluster may
+already have taken this incarnation's tasks, and a node that could not renew for 2 x TTL
+must assume so too: either way the node fences itself (takes nothing new, cancels what was
+taken from it) and joins again as a new incarnation. Redis being away kills no node.
 
-One daemon per node name (decision 163): each beat carries its daemon's id, pid and host,
-and a daemon does not join, nor renew, while another daemon's incarnation of its node
-name is alive (scripts.JOIN, BEAT); a daemon refuses to start as a node that another
-daemon still is (`holder`).
+One daemon per node name: a daemon does not join, nor renew, while another daemon's
+incarnation of its node name is alive.
 """
 
 from __future__ import annotations
@@ -55,8 +51,8 @@ class Beat(msgspec.Struct):
     pid: int = 0
     host: str = ""
     key: str = ""  # its cluster key's fingerprint ("": it has none, trust.py)
-    # agent -> the tenant it is of: whose streams the node reads (decision 439); an
-    # agent not named is the default tenant's (a beat of a node from before it)
+    # agent -> the tenant it is of: whose streams the node reads (one not named: the
+    # default tenant's)
     tenants: dict[str, str] = {}
     # it takes a session's next turn when it ran the last ([cluster] sticky_sessions)
     sticky: bool = True
@@ -66,14 +62,12 @@ _DAEMONS: dict[int, str] = {}
 
 
 def this_daemon() -> str:
-    """This process's id in its beats, made at its first use in the process: a process
-    forked from one that had imported this module (a test's fork server) is another
-    daemon, and must not beat as the one it was forked from."""
+    """This process's id in its beats, made at its first use in the process: a forked
+    process is another daemon, and must not beat as the one it was forked from."""
     return _DAEMONS.setdefault(os.getpid(), uuid.uuid4().hex)
 
 
 def holder_text(b: Beat, cluster: str) -> str:
-    """Who else is node `b.node`, for the refusal."""
     return (f"node {b.node} is already a member of cluster {cluster}: incarnation "
             f"{b.incarnation}, pid {b.pid or '?'} on host {b.host or '?'}, last beat "
             f"{max(0.0, time.time() - b.last_beat):.1f} s ago; two daemons must not share "
@@ -81,8 +75,7 @@ def holder_text(b: Beat, cluster: str) -> str:
 
 
 class NodeView(NodeInfo):
-    """One line of `corral nodes`, its consumer name in the cluster's groups, and the
-    tenant of each agent it runs (not shown: ClusterNode.nodes)."""
+    """One line of `corral nodes`, with the tenant of each agent it runs (not shown)."""
 
     tenants: dict[str, str] = {}
 
@@ -91,13 +84,12 @@ class NodeView(NodeInfo):
         return consumer(self.node, self.incarnation)
 
     def runs(self, tenant: str, agent: str) -> bool:
-        """Whether it is alive and runs `tenant`'s agent `agent`."""
         return (self.alive and agent in self.agents
                 and self.tenants.get(agent, DEFAULT_TENANT) == tenant)
 
     def info(self) -> NodeInfo:
-        """What `corral nodes` shows of it: its agents' tenants are not a caller's to
-        read (a tenant's token lists the nodes too)."""
+        """Without its agents' tenants: not a caller's to read (a tenant's token lists
+        the nodes too)."""
         return NodeInfo(**{f: getattr(self, f) for f in NodeInfo.__struct_fields__})
 
 
@@ -108,14 +100,12 @@ _beat = msgspec.json.Decoder(Beat)
 
 
 class NodeJoin(NamedTuple):
-    """This node joined the cluster as a new incarnation (`consumer`)."""
-
     consumer: str
 
 
 class NodeFence(NamedTuple):
     """This node's incarnation `consumer` fenced itself: what was taken from it is the
-    cluster's again (the node gives it up and cancels it here)."""
+    cluster's again."""
 
     consumer: str
 
@@ -125,9 +115,7 @@ class Membership:
                  node: str, offer: Offer, report: Callable[[str], None],
                  key: str = "", stream: Stream | None = None,
                  places: Places | None = None) -> None:
-        """`places`: what placement says in each beat (room, placed, draining)."""
         self.redis = redis
-        # NodeJoin and NodeFence go on it (the engine's, in a daemon)
         self.stream = stream if stream is not None else Stream()
         self.daemon = this_daemon()
         self.cluster = settings.name
@@ -175,7 +163,6 @@ class Membership:
                                         self.sticky))
 
     def _one_daemon(self) -> list[Any]:
-        """What JOIN and BEAT need to tell another daemon of this node name."""
         return [self.daemon, self.keys.alive("")]
 
     async def holder(self) -> Beat | None:
@@ -191,8 +178,8 @@ class Membership:
 
     async def check_unique(self) -> None:
         """At start: RuntimeError naming the holder while another daemon is this node.
-        A holder that beats no more within TTL + a beat (its daemon was killed, and its
-        key is yet to expire) is waited out, not refused."""
+        A holder that beats no more within TTL + a beat (killed, its key yet to expire) is
+        waited out."""
         first = await self.holder()
         if first is None:
             return
@@ -271,8 +258,6 @@ class Membership:
         return bool(ok)
 
     def fence(self, why_: str) -> None:
-        """Take nothing new, give up what was taken from this incarnation; join again at
-        the next beat."""
         if self.state != "member":
             return
         old = self.consumer
@@ -285,13 +270,10 @@ class Membership:
         self.changed.clear()
 
     async def step(self) -> None:
-        """One beat: join, or renew (fencing when the key has expired), and note whether
-        Redis answered."""
         if self.state == "left":
             return  # drained: out of the cluster until the daemon starts again
         try:
-            if self.state == "member" and not await within(self.renew(),
-                                                                     self.beat):
+            if self.state == "member" and not await within(self.renew(), self.beat):
                 self.fence(f"its liveness key expired (no renewal within "
                            f"{self.ttl:g} s)")
             if self.state != "member":
@@ -312,11 +294,9 @@ class Membership:
             self.fence(f"no renewal for {2 * self.ttl:g} s (2 x node_ttl)")
 
     async def _join_or_wait(self) -> None:
-        """Join, waiting a beat for it; a join that takes longer goes on and is waited for
-        again at the next beat, not cut off and begun anew: a join cut after its INCR took
-        a number the node never knew it had, and one cut after its JOIN left the key of an
-        incarnation no daemon was, so that a node on a loaded host went from incarnation 2
-        to 4 with no fence said (tests/cluster/test_membership.py)."""
+        """Join, waiting a beat for it; a join that takes longer goes on, not cut off and
+        begun anew: a join cut after its INCR took a number the node never knew it had,
+        and one cut after its JOIN left the key of an incarnation no daemon was."""
         if self._joining is None:
             self._joining = asyncio.ensure_future(self.join())
         joining = self._joining
@@ -346,7 +326,7 @@ class Membership:
             self.changed.clear()
 
     async def nodes(self) -> list[NodeView]:
-        """Every node that ever beat in this cluster, alive or not, by name."""
+        """Every node that ever beat in this cluster, by name."""
         got = await read(lambda: self.redis.hgetall(self.keys.nodes))
         beats = [_beat.decode(v) for v in got.values()]
         beats.sort(key=lambda b: b.node)
@@ -358,7 +338,6 @@ class Membership:
                          b.draining, b.pid, b.host, b.key, b.tenants) for b in beats]
 
     async def alive(self, consumers: list[str]) -> set[str]:
-        """Which of these consumers' liveness keys exist now."""
         if not consumers:
             return set()
 

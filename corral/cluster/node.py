@@ -1,7 +1,5 @@
 """A corral node of a cluster: membership, the desk, the pullers, the outbox and the
-reaper around one Redis client, and the loops that drive them. The daemon makes one
-where [cluster] is configured, before its agents start (the engine's task queue is the
-node's `ClusterQueue`)."""
+reaper around one Redis client, and the loops that drive them."""
 
 from __future__ import annotations
 
@@ -78,10 +76,8 @@ class ClusterNode:
                  key: bytes | None = None, calls: DurableStore | None = None,
                  asks_bounds: InboxBounds = DEFAULT_BOUNDS,
                  key_bound: int = MAX_KEYS_PER_TENANT) -> None:
-        """`calls`: this node's journal of durable calls, which holds a copy of each
-        call it drives (clustercalls.py; None: memory, lost with the process);
-        `asks_bounds`: the pending asks its tasks may hold ([supervisor]'s);
-        `key_bound`: the idempotency keys a tenant holds ([supervisor]'s, taskkeys.py)."""
+        """`calls`: this node's journal of the durable calls it drives (None: memory,
+        lost with the process)."""
         self.settings = settings
         self.host = host  # the agents, as the task path sees them
         self.agents = parts.agents
@@ -93,31 +89,25 @@ class ClusterNode:
         self.waits = connect(settings, self.node, WAITS)  # (the pullers' blocking reads)
         self.keys = Keys(settings.name)
         self.scripts = scripts = Scripts(self.redis, acks_of(settings, self.keys.acks))
-        # `key`: [cluster] key_file's (trust.load_key), None without one
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
                                      self._offer, report, trust.fingerprint, host.stream,
                                      self._places)
-        # a task naming a session: its own submit and its state in Redis
         sessions = ClusterSessions(self.redis, scripts, self.keys, trust, host,
                                    self.membership, report)
-        # its claimed tasks' steps, in Redis (a retry on another node is answered there)
         self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
-        # its claimed tasks' spawns, in Redis, their children cluster tasks (the desk's,
-        # made below)
+        # (the desk is made below)
         spawns = ClusterSpawns(self.redis, scripts, self.keys, trust, self.node,
                                lambda agent, tenant: self.desk.serves(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id))
-        # its claimed tasks' asks of a person, in Redis: listed and decided on any node
         self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings,
                                 tasks.inbox.waits, asks_bounds)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
-                             ClaimParts(self.steps, sessions, spawns, self._watch,
+                             ClaimParts(self.steps, sessions, spawns, self.outbox_watch,
                                         self._serving_nodes, self.asks, self._requeue),
                              self.waits)
-        # what this node has free slots for starts here as it is submitted (fair share)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
@@ -126,8 +116,6 @@ class ClusterNode:
                                 host, report, trust, self.submit_claims, sessions,
                                 self.outbox,
                                 SubmitKeys(self.redis, scripts, self.keys, key_bound))
-        # its durable calls (workflow runs, team calls) and their steps' tasks in Redis,
-        # taken over when it dies
         step_tasks = ClusterStepTasks(self.desk, self.cancel)
         self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
                                   calls if calls is not None else MemoryStore(),
@@ -138,7 +126,6 @@ class ClusterNode:
         self.durables = Durables(self.calls, step_tasks)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
                              settings.tasks_kept_for, trust)
-        # the delayed tasks moved into their streams when due, by whichever node is first
         self.due = DueClock(self.redis, self.keys, self.membership, settings.beat, report)
         self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
                                           settings)
@@ -152,20 +139,17 @@ class ClusterNode:
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
         host.stream.subscribe(self.desk.finished, TaskFinished)
-        # an agent removed here ends its cluster sessions too (unless another node runs it)
         host.stream.subscribe(self._sessions_ending, SessionsEnding)
         host.stream.subscribe(self._fenced, NodeFence)
         # a replica that starts serving has free slots: its agent's pull loop reads now,
-        # not at its next beat (it waits while the agent has none)
+        # not at its next beat
         self._serving = host.stream.subscribe(self._on_transition, Transition)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
-        # what Redis's configuration risks (redischeck.py), as last read
-        self.redis_warnings: list[str] = []
+        self.redis_warnings: list[str] = []  # (redischeck.py, as last read)
         self._beats = 0
 
     async def _apply(self, name: str, spec: AgentSpec) -> None:
-        """A changed spec, without the daemon's fleet (all at once)."""
         await self.agents.remove(name)
         self.agents.add(spec)
 
@@ -174,8 +158,8 @@ class ClusterNode:
             self.queue.wake(e.name)
 
     def _serving_nodes(self, agent: AgentLike) -> int:
-        """The live nodes running `agent` (its tenant's of its name) as last read (at
-        least this one): how many share a burst (submitclaim.py, READ_CLAIM)."""
+        """The live nodes running `agent` as last read (at least this one): how many
+        share a burst."""
         return max(1, sum(1 for n in self.desk.view if n.runs(agent.spec.tenant,
                                                               agent.name)))
 
@@ -186,14 +170,10 @@ class ClusterNode:
         e.endings.extend(self.desk.sessions.end_agent(agent, tenant)
                          for agent, tenant in e.owners.items())
 
-    def _watch(self, task: ClusterTask) -> None:
-        outbox = self.outbox
-        task.watch(outbox.progress)
-
-    outbox_watch = _watch  # (a claim handed over by an upgrade: handover.py)
+    def outbox_watch(self, task: ClusterTask) -> None:
+        task.watch(self.outbox.progress)
 
     def _requeue(self, task: Task, at: float | None) -> None:
-        """A retry of a task this node claimed, for any node (ClusterHome.queue_again)."""
         if isinstance(task, ClusterTask):
             self.outbox.requeue(task, at)
 
@@ -207,9 +187,8 @@ class ClusterNode:
     def _fenced(self, e: NodeFence) -> None:
         """What was taken from this incarnation is the cluster's now: its outcomes are
         not sent, and it stops here."""
-        consumer = e.consumer
-        self.outbox.give_up(consumer)
-        for task in self._held(consumer):
+        self.outbox.give_up(e.consumer)
+        for task in self._held(e.consumer):
             self.tasks.cancel(task.id)
 
     def _held(self, consumer: str | None = None) -> list[ClusterTask]:
@@ -221,9 +200,8 @@ class ClusterNode:
     # -- the loops --------------------------------------------------------------------
     def place_after(self, event: asyncio.Event) -> None:
         """The cluster's agents placed here from when `event` is set on (an upgrade's new
-        image: once its handed processes are adopted or given back, so that a cluster
-        agent's worker is never adopted by a replica placed while the others settle:
-        its claim goes back to the cluster, decision 404)."""
+        image, once its handed processes settled: a cluster agent's worker is never
+        adopted by a replica placed meanwhile)."""
         self.placement.after = event
 
     def start(self) -> None:
@@ -256,15 +234,13 @@ class ClusterNode:
             self.puller.sync()
             if self.membership.member:
                 try:
-                    # held: what runs here, and what ended here with its outcome not
-                    # yet written
+                    # what runs here, and what ended here with its outcome not yet written
                     held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
                     await self.reaper.refresh(held, self.puller.streams())
                     await self._cancels()
                     await self.asks.sweep()  # a suspended task's asks' deadlines
                     await self.desk.refresh_view()
                     await self.backlog.step(self.desk.view)
-                    # every stream of the cluster, read once for both
                     streams = await self.reaper.streams()
                     await self.reaper.reap(streams)
                     for handover in await self.calls.orphans():  # (their kinds drive them)
@@ -291,8 +267,8 @@ class ClusterNode:
 
     async def _drain_step(self) -> None:
         """Asked to drain: read no more tasks, let the cluster place this node's cluster
-        agents elsewhere (the beat says it drains), finish what was taken, then leave
-        the cluster for good (until the daemon starts again); local work goes on."""
+        agents elsewhere, finish what was taken, then leave the cluster for good (until
+        the daemon starts again); local work goes on."""
         if not self.draining:
             # asked of this incarnation: a node restarted since is not drained again
             asked = await self.redis.hget(self.keys.draining, self.node)
@@ -311,7 +287,6 @@ class ClusterNode:
                     f"{self.settings.name}")
 
     async def drain(self, node: str) -> NodeInfo:
-        """Ask `node` (any live node, this one too) to drain; it does at its next beat."""
         views = {v.node: v for v in await self.nodes()}
         view = views.get(node)
         if view is None:
@@ -325,10 +300,9 @@ class ClusterNode:
         return view
 
     async def stop_taking(self) -> None:
-        """The daemon drains before it stops: this node reads no more tasks (as when
-        `corral drain` asks it to), and the cluster tasks waiting here go back to the
-        cluster at once, for the other nodes; those running finish here, or are handed
-        back by `hand_back`."""
+        """The daemon drains before it stops: this node reads no more tasks, and those
+        waiting here go back to the cluster at once; those running finish here, or are
+        handed back by `hand_back`."""
         self.puller.paused = self.placement.draining = True
         await self.stop_queued(f"node {self.node} is stopping")
 
@@ -339,16 +313,15 @@ class ClusterNode:
             self.tasks.queue.remove(t)
             self.tasks.active.pop(t.id, None)
         if waiting and self.membership.member:
-            await self._release(waiting, reason)
+            await self.release(waiting, reason)
 
     async def flush_outbox(self) -> None:
-        """The outcomes that wait, sent while Redis answers within a TTL."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await within(self.outbox.flush(), self.settings.node_ttl)
 
     async def give_back_unknown(self, running: set[str], reason: str) -> None:
-        """What this incarnation holds in the streams it read but does not run (`running`:
-        the entries it does; a pull loop ended in its claim's round trip) waits again."""
+        """What this incarnation holds in the streams it read but does not run (a pull
+        loop ended in its claim's round trip) waits again."""
         try:
             await within(self.reaper.give_back(self.puller.streams(),
                                                self.membership.consumer, reason,
@@ -360,9 +333,8 @@ class ClusterNode:
 
     async def hand_back(self) -> None:
         """A node about to stop (before its agents do): it reads nothing more, sends the
-        outcomes it has, and hands back what it still holds, at once and with its retries
-        untouched (no TTL to wait out; `corral drain` is the way to let them finish
-        first)."""
+        outcomes it has, and hands back what it still holds, its retries untouched (no
+        TTL to wait out)."""
         await self.puller.close()
         if not self.membership.member:
             return
@@ -372,13 +344,12 @@ class ClusterNode:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await within(self._cancels(), self.settings.node_ttl)
         # what is not sent is taken over once this incarnation's key is gone
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await within(self.outbox.flush(), self.settings.node_ttl)
+        await self.flush_outbox()
         self.outbox.give_up(consumer)
         reason = f"node {self.node} stopped"
         held = self._held(consumer)
         if held:
-            await self._release(held, reason)
+            await self.release(held, reason)
         # a claim whose answer the closed pull loop never read (cancelled in its round
         # trip) is this incarnation's in Redis and unknown here: it waits again, no retry
         # spent, rather than being taken over as a dead node's once the key is gone
@@ -396,9 +367,6 @@ class ClusterNode:
 
     async def release(self, held: list[ClusterTask], reason: str) -> None:
         """These claims back to the cluster at once, their retries untouched."""
-        await self._release(held, reason)
-
-    async def _release(self, held: list[ClusterTask], reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for t in held:
             await self.scripts.release(
@@ -434,8 +402,7 @@ class ClusterNode:
     # -- for the command layer ----------------------------------------------------------
     @contextlib.contextmanager
     def _said(self, what: str) -> Iterator[None]:
-        """Redis not answering, as the command's error: the Redis, why, and `what` (what
-        did not happen)."""
+        """Redis not answering, as the command's error (`what` did not happen)."""
         try:
             yield
         except RedisError as exc:
@@ -465,8 +432,7 @@ class ClusterNode:
         return self if await self.runs_cluster_agent(name) else None
 
     async def remove_agents(self, names: list[str]) -> list[str]:
-        """Those of `names` that are cluster agents, removed from the cluster, their
-        sessions ended (decision 442)."""
+        """Those of `names` that are cluster agents, removed, their sessions ended."""
         with self._said("nothing was removed"):
             owners = await self.desk.sessions.owners(names)
             gone = await self.specs.remove(names)
@@ -502,8 +468,7 @@ class ClusterNode:
 
     async def refuse_deploy(self, name: str) -> None:
         """`corral deploy` is refused for a cluster agent: it builds a release on this
-        node alone, which the cluster's other nodes, where its replicas are placed, do
-        not have."""
+        node alone."""
         try:
             cluster = await self.runs_cluster_agent(name)
         except RpcError:
@@ -528,7 +493,7 @@ class ClusterNode:
             return await self.specs.rollback(name, revision, who)
 
     async def revision_of(self, name: str) -> int | None:
-        """A cluster agent's current revision (None: not known, or Redis away)."""
+        """None: not known, or Redis away."""
         try:
             return await self.specs.revision(name)
         except RedisError:
@@ -539,9 +504,8 @@ class ClusterNode:
             return await self.specs.history(name)
 
     async def declare(self, tables: dict[str, dict[str, Any]], wait: float) -> dict[str, str]:
-        """The config file's cluster agents (a start, a reload): registered now when Redis
-        answers within `wait`, else by the placement loop once it does; the agents whose
-        change was refused (name -> why)."""
+        """The config file's cluster agents, registered now when Redis answers within
+        `wait`, else by the placement loop; the agents whose change was refused (-> why)."""
         self.declared.declare(tables)
         try:
             return await within(self.declared.sync(), wait)
@@ -556,8 +520,7 @@ class ClusterNode:
             return [n.info() for n in await self.membership.nodes()]
 
     async def task(self, task_id: str, *, wait: bool = False) -> m.TaskInfo | None:
-        """A cluster task's record (after its end, with `wait`), or None when the cluster
-        has no such task (a local one: the engine answers)."""
+        """A cluster task's record (after its end, with `wait`); None: not the cluster's."""
         try:
             info = await self.desk.info(task_id)
             if info is not None and wait and info.status.encode() not in records.TERMINAL:
@@ -574,8 +537,7 @@ class ClusterNode:
 
     async def cancel(self, task_id: str) -> m.TaskInfo | None:
         """Cancel a cluster task from any node: at once when queued or running here,
-        else the node running it does at its next beat; the task's record after (None: no
-        such cluster task)."""
+        else the node running it does at its next beat."""
         mine = self.tasks.active.get(task_id)
         # (one being suspended is its cluster's already: cancelled there)
         if isinstance(mine, ClusterTask) and not mine.ended and not mine.suspended:
@@ -627,7 +589,6 @@ class ClusterNode:
                 self.tasks.cancel(t.id)
 
     def status(self) -> dict[str, Any]:
-        """This node's view of itself (stats)."""
         m = self.membership
         return {"node": self.node, "cluster": self.settings.name, "state": m.state,
                 "draining": self.draining,

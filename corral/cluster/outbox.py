@@ -1,15 +1,10 @@
-"""Outcomes of the cluster tasks this node ran, on their way to the task records: each
-written by scripts.FINISH, which accepts it only from the holder of the task's fence
-token while the task still runs under it. Outcomes wait here in order while Redis is
-away and go once it answers (the outbox); a refused one (the task was taken over from
-this node while it was paused or cut off) is counted, logged and dropped: the cluster
-already gave the task to another node, or ended it `lost`.
+"""Outcomes of the cluster tasks this node ran, on their way to the task records (FINISH,
+fenced). Outcomes wait here in order while Redis is away; a refused one (the task was
+taken over from this node) is counted, logged and dropped.
 
-An outcome told at once to a durable call's step waiting on this node (`finished`'s
-`hold`, decision 795) is held here instead, for the call's next write to carry in its
-own round trip (`take`, `landed`): the step goes on without waiting for Redis, and the
-call's next write is refused unless the outcome is in the record (rides.py). One the
-call does not carry within a beat goes as any other (its driver went away).
+An outcome told at once to a durable call's step waiting on this node is held here, for
+the call's next write to carry in its own round trip: the step goes on without waiting
+for Redis. One the call does not carry within a beat goes as any other.
 """
 
 from __future__ import annotations
@@ -64,10 +59,9 @@ class Outbox:
         self._sending = asyncio.Lock()
 
     def finished(self, e: TaskFinished, hold: bool = False) -> list[Any] | None:
-        """A task's end (on the engine's stream): its outcome goes to its record. `hold`:
-        a call's step waits for it here, and its next write may carry it: an outcome
-        that rides along on the outcomes stream is then held (its FINISH's arguments
-        returned, None when it goes as any other)."""
+        """A task's end: its outcome goes to its record. `hold`: a call's step waits for
+        it here, and an outcome that rides on the outcomes stream is then held (its
+        FINISH's arguments returned, None when it goes as any other)."""
         task = e.task
         self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
         if not isinstance(task, ClusterTask) or task.consumer in self.given_up:
@@ -90,9 +84,8 @@ class Outbox:
         return None
 
     def requeue(self, task: ClusterTask, at: float | None) -> None:
-        """A retry of the task (its machine retried the attempt that ended here): queued
-        again in Redis for any node, due at `at` (None: at once), its attempts and the
-        retries left written with it, fenced and in order with the outcomes (FINISH)."""
+        """A retry of the task, queued again in Redis for any node, due at `at` (None: at
+        once), fenced and in order with the outcomes (FINISH)."""
         self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
         if task.consumer in self.given_up:
             return
@@ -113,13 +106,12 @@ class Outbox:
             self._kick.set()
 
     def take(self, task_ids: list[str]) -> list[tuple[ClusterTask, list[Any]]]:
-        """The held outcomes of these tasks, for a call's write to carry (its FINISH
-        calls first in the write's pipeline); each then `landed`."""
+        """The held outcomes of these tasks, for a call's write to carry; each then
+        `landed`."""
         return [self.held.pop(t) for t in task_ids if t in self.held]
 
     def waiting(self, task_ids: list[str]) -> bool:
-        """Whether an outcome of these tasks waits to be sent (not held: a failed write
-        gave it back)."""
+        """Whether an outcome of these tasks waits to be sent (not held)."""
         mine = set(task_ids)
         return any(t.id in mine for t, _args in self.pending)
 
@@ -129,8 +121,7 @@ class Outbox:
                 args)
 
     def landed(self, item: tuple[ClusterTask, list[Any]], answer: Any) -> None:
-        """A carried outcome's answer: written (1), else it goes as any other, whose send
-        tells a refusal from an outcome written before (`_sent_before`)."""
+        """A carried outcome's answer: written (1), else it goes as any other."""
         if answer == 1:
             self.published += 1
             return
@@ -139,9 +130,8 @@ class Outbox:
 
     async def send_held(self, task_ids: list[str]) -> bool:
         """These tasks' outcomes in their records before a call's write that does not
-        carry them: False when one was refused (the task was taken over from this node);
-        RedisError when Redis does not take them. Those waiting already (a ride that
-        carried them failed, and `landed` them here) go too (decision 796)."""
+        carry them: False when one was refused; RedisError when Redis does not take
+        them."""
         self.pending.extendleft(reversed(self.take(task_ids)))
         mine = set(task_ids)
         while any(t.id in mine for t, _args in self.pending):
@@ -151,8 +141,8 @@ class Outbox:
         return not turned
 
     def progress(self, e: TaskProgress | TaskFinished) -> None:
-        """A watcher of each claimed task (Task.watch): its newest progress goes to the
-        record, fenced like its outcome; a report not yet sent is replaced by a newer."""
+        """A watcher of each claimed task: its newest progress goes to the record, fenced
+        like its outcome; a report not yet sent is replaced by a newer."""
         task = e.task
         if not isinstance(e, TaskProgress) or not isinstance(task, ClusterTask) or \
                 task.consumer in self.given_up:
@@ -162,7 +152,7 @@ class Outbox:
 
     def give_up(self, consumer: str) -> None:
         """A fenced incarnation's tasks are the cluster's again: none of its outcomes go."""
-        self.given_up.add(consumer)  # what waits of it is let go as it comes up (send)
+        self.given_up.add(consumer)
 
     async def run(self) -> None:
         while True:
@@ -181,8 +171,7 @@ class Outbox:
 
     async def send(self) -> bool:
         """One batch to Redis; False when it did not answer (the batch still waits). One
-        send at a time: a batch leaves the outbox only once Redis has answered for it;
-        an outcome Redis refused with an error (a full Redis: noeviction) waits again."""
+        send at a time; an outcome Redis refused with an error (noeviction) waits again."""
         async with self._sending:
             reports, self.reports = self.reports, {}
             taken = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
@@ -226,8 +215,7 @@ class Outbox:
 
     async def _sent_before(self, refused: list[ClusterTask]) -> list[ClusterTask]:
         """Of the outcomes FINISH refused, those it refused for being there already: sent
-        before, their answer lost (a connection dropped, or the replicas had not yet
-        confirmed them), and so written under this claim's token."""
+        before, their answer lost."""
         if not refused:
             return []
         pipe = self.redis.pipeline(transaction=False)

@@ -2,21 +2,15 @@
 placed on live node incarnations by free room, under a placement epoch.
 
 An agent's placement is a list of slots, one per replica, each naming the incarnation
-(`node/N`) that runs it. Every node, every beat, reads the specs and the placements, and
-where a slot's incarnation is no longer alive (or drains), or the count differs from the
-spec's replicas, it computes a new list and writes it by compare-and-set on the epoch
-(scripts.PLACE): of nodes placing at once, one wins and the others read the winner's.
-Then each node runs exactly the slots placed on its own incarnation (reconcile), and
-nothing else: a node that lost a slot stops the replica. The slots of a dead incarnation
-are re-placed only once Redis has answered for TTL + a beat (Membership.settled), so a
-Redis restart moves nothing.
+that runs it. Every node, every beat, reads the specs and the placements, and where a
+slot's incarnation is no longer alive (or drains), or the count differs from the spec's
+replicas, it writes a new list by compare-and-set on the epoch: of nodes placing at once,
+one wins and the others read the winner's. Each node runs exactly the slots placed on its
+own incarnation. The slots of a dead incarnation are re-placed only once Redis has
+answered for TTL + a beat, so a Redis restart moves nothing.
 
-A table is placed and run only when its MAC verifies with the cluster key (trust.py): one
-a Redis writer without the key wrote is refused, and where a table that verified runs
-here, it goes on as it was.
-
-A cluster agent's checkpoints go to Redis by slot, fenced by the placement (only the
-incarnation a slot is placed on writes it, scripts.CHECKPOINT); a replica placed on
+A table is placed and run only when its MAC verifies with the cluster key. A cluster
+agent's checkpoints go to Redis by slot, fenced by the placement; a replica placed on
 another node starts with the state its slot last checkpointed.
 """
 
@@ -106,8 +100,7 @@ class Placement:
         self.beat = beat
         self.report = report
         self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
-        # every cluster agent's slots as this node last read them (a beat old at most):
-        # the incarnation each is placed on, None waiting for a node with room
+        # every cluster agent's slots as last read (None: waiting for a node with room)
         self.slots: dict[str, list[str | None]] = {}
         self.tables: dict[str, bytes] = {}  # agent -> the table (JSON) run here
         self.draining = False
@@ -117,14 +110,12 @@ class Placement:
         self.checkpoints_refused = 0  # refused by the fence (the slot moved on)
         self._problems: dict[str, str] = {}  # agent -> what stops it here (said once)
         self._writes: set[asyncio.Task[None]] = set()
-        # set: the loop's first step waits for it (an upgrade's new image: its handed
-        # processes adopted or given back first, decision 404)
+        # set: the loop's first step waits for it (ClusterNode.place_after)
         self.after: asyncio.Event | None = None
         parts.stream.subscribe(self._on_checkpoint, Checkpoint)
 
     def places(self) -> tuple[int, list[str], bool]:
-        """What this node's beat says of placement: its room for replicas, the cluster
-        agents placed here, whether it drains."""
+        """What this node's beat says of placement (room, placed, draining)."""
         have = sum(len(a.replicas) for a in self.agents.values())
         return max(0, self.tuning.max_replicas - have), sorted(self.placed), self.draining
 
@@ -140,8 +131,8 @@ class Placement:
             await asyncio.sleep(self.beat)
 
     async def step(self) -> None:
-        """One beat: the config's cluster agents registered (after a start or a reload),
-        then place what needs it, then run here what is placed here."""
+        """One beat: the config's cluster agents registered, then place what needs it,
+        then run here what is placed here."""
         if self.declared.pending is not None:
             await self.declared.sync()
         m = self.membership
@@ -187,9 +178,8 @@ class Placement:
 
     def _verified(self, tables: dict[str, bytes], macs: dict[str, bytes]
                   ) -> dict[str, bytes]:
-        """The tables whose MAC verifies; for one that does not, the table that last
-        did and runs here (its replicas go on unchanged), else none (never placed, never
-        run here)."""
+        """The tables whose MAC verifies; for one that does not, the table that last did
+        and runs here (its replicas go on unchanged), else none."""
         trust = self.declared.specs.trust
         out: dict[str, bytes] = {}
         for name, raw in tables.items():
@@ -208,8 +198,7 @@ class Placement:
 
     async def _reconcile(self, tables: dict[str, bytes], places: dict[str, SlotMap]
                          ) -> None:
-        """Run here exactly the slots placed on this incarnation, each by its agent's
-        table now."""
+        """Run here exactly the slots placed on this incarnation."""
         me = self.membership.consumer if self.membership.member else None
         for name in sorted(set(tables) | set(self.placed)):
             p = places.get(name, SlotMap())
@@ -241,12 +230,10 @@ class Placement:
                     await self._load_states(name, mine)
                     self.agents.add(self._spec(name, table, len(mine)))
                 elif self.tables.get(name) != table:
-                    # changed in place (`corral scale`, `rollback`, a reload): tried
-                    # once per table, as a reload tries a local agent's change once
+                    # changed in place: tried once per table, as a reload tries a local
+                    # agent's change once; its new slots here start with their states
                     self.tables[name] = table
                     self.placed[name] = mine
-                    # the slots it places here too (placed in the same beat) start with
-                    # their states, as in a scale
                     await self._load_states(name, mine[len(have):], len(have))
                     await self.apply(name, self._spec(name, table, len(mine)))
                     self.report(f"cluster: {name} brought to its changed spec here")
@@ -276,7 +263,7 @@ class Placement:
 
     async def _load_states(self, name: str, slots: list[int], first: int = 0) -> None:
         """The states the slots last checkpointed, given to the replicas that start
-        here (by their local index, the first of them `first`)."""
+        here (the first of them local index `first`)."""
         if not slots:
             return
         got = await read(lambda: self.redis.hmget(self.keys.state(name),

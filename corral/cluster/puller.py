@@ -1,15 +1,9 @@
-"""Pull: for each agent this node runs, read the agent's streams (highest priority
-first) only while a replica has a free slot, claim each entry read (a fence token, this
-node as owner) and hand the task to the local engine, where it waits for the replica
-like any task (Intake.adopt). The read and the claims are one script call
-(scripts.READ_CLAIM: one round trip, one reply); having read all there was, it waits (a
-blocking XREAD, which takes nothing) for the next entry, then reads and claims what it
-can start by then. A node with a free slot claims what it submits itself as it submits it
-(submitclaim.py).
-
-A node reads at most what it can start, so the least loaded node takes the work. An entry
-read but not claimed when its reader dies stays pending with a dead consumer: the reaper
-queues it again.
+"""Pull: for each agent this node runs, read and claim the agent's streams' entries in
+one script call, only while a replica has a free slot, and hand each task to the local
+engine; having read all there was, wait (a blocking XREAD, which takes nothing) for the
+next entry. A node reads at most what it can start, so the least loaded node takes the
+work. An entry read but not claimed when its reader dies stays pending with a dead
+consumer: the reaper queues it again.
 """
 
 from __future__ import annotations
@@ -40,11 +34,9 @@ from .steps import ClusterSteps
 
 
 class ClaimParts(NamedTuple):
-    """What each claim is given, at the puller's construction: where the node keeps a
-    claimed task's steps (a retried claim resumed from its checkpoint there), its
-    session's turns and its spawns, how its progress is watched, how many live nodes
-    share an agent's burst (as this node last read them), and where its asks of a
-    person are kept."""
+    """What each claim is given: where the node keeps a claimed task's steps, turns,
+    spawns and asks, how its progress is watched, and how many live nodes share an
+    agent's burst."""
 
     steps: ClusterSteps
     turns: ClusterSessions
@@ -59,7 +51,6 @@ class Puller:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
                  queue: ClusterQueue, host: TaskHost, tasks: TaskManager, beat: float,
                  report: Callable[[str], None], claims: ClaimParts, waits: Any) -> None:
-        """`waits`: the client of the blocking reads (connection.WAITS)."""
         self.redis = redis
         self.waits = waits
         self.scripts = scripts
@@ -76,7 +67,6 @@ class Puller:
         self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
-        # each claimed task's
         self.home = ClusterHome(claims.steps, claims.turns, claims.spawns, claims.asks,
                                 tasks.outputs.memory, claims.requeue)
         self.closed = False
@@ -84,10 +74,6 @@ class Puller:
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
         self.read = 0  # entries they read
         self.errors = 0
-
-    def serving(self, agent: AgentLike) -> int:
-        """The live nodes running `agent` (its tenant's), as this node last read them."""
-        return self.claims.serving(agent)
 
     def sync(self) -> None:
         """A pull loop for each agent this node runs, and none for one it no longer does."""
@@ -100,7 +86,6 @@ class Puller:
             self.loops.pop(name).cancel()
 
     async def close(self) -> None:
-        """Read nothing more, for good."""
         self.closed = True
         loops = list(self.loops.values())
         self.loops.clear()
@@ -129,9 +114,8 @@ class Puller:
                 got = await self._read_claim(agent, consumer, streams, want)
                 if got is not None and got[0] < want and not got[2]:
                     # drained: wait for what comes after the newest entries it saw. The
-                    # wait takes nothing (XREAD, not the group's read): the next call
-                    # reads and claims what this node can start by then, so a node whose
-                    # slots were taken meanwhile (by claims at submission) takes none
+                    # wait takes nothing: a node whose slots were taken meanwhile (by
+                    # claims at submission) takes none
                     reply = await self.waits.xread(dict(zip(streams, got[1], strict=True)),
                                                    count=1, block=block)
                     if not reply:
@@ -149,16 +133,14 @@ class Puller:
                 await asyncio.sleep(self.beat)
 
     def streams(self) -> list[str]:
-        """Every stream this node has read."""
+        """Every stream this node has read (where the reaper looks)."""
         return sorted(self._read)
 
     async def _streams(self, agent: AgentLike) -> list[str]:
-        """The agent's streams (its tenant's: another tenant's agent of the name has its
-        own, decision 439), highest priority first; read again at most every beat
-        (or after a blocking read found nothing). The default priority's is always
-        among them, made here with its group if no task has gone to it yet: the blocking
-        read then waits on it, and the first task submitted to an idle cluster wakes it
-        (with no stream to wait on, a node slept a beat, and a burst waited for it)."""
+        """The agent's streams, highest priority first; read again at most every beat.
+        The default priority's is always among them, made here if no task has gone to it
+        yet: the blocking read then waits on it, and the first task submitted to an idle
+        cluster wakes it (else a burst waited a beat)."""
         now = time.monotonic()
         tenant, name = agent.spec.tenant, agent.name
         known = self._prios.get(route(tenant, name))
@@ -173,8 +155,8 @@ class Puller:
         return known[1]
 
     async def _make_default(self, stream: str) -> None:
-        """The default priority's stream and its group (as the submit script makes them:
-        from the stream's start), unless they exist."""
+        """The default priority's stream and its group (from the stream's start, as the
+        submit script makes them), unless they exist."""
         try:
             await self.redis.xgroup_create(stream, GROUP, "0", mkstream=True)
         except ResponseError as exc:
@@ -183,10 +165,9 @@ class Puller:
 
     async def _read_claim(self, agent: AgentLike, consumer: str, streams: list[str],
                           want: int) -> tuple[int, list[bytes], bool] | None:
-        """Read and claim up to `want` entries in one script call, at most this node's
-        share of what waits; each task claimed handed to the engine. -> entries read,
-        each stream's newest entry id, and whether the share held it back from more; or
-        None when this node was fenced or lost the agent meanwhile."""
+        """Read and claim up to `want` entries, at most this node's share of what waits.
+        -> entries read, each stream's newest entry id, and whether the share held it
+        back; None when this node was fenced or lost the agent meanwhile."""
         name = agent.name
         if self.host.agents.get(name) is not agent or consumer != self.membership.consumer:
             return None
@@ -194,7 +175,7 @@ class Puller:
         now = time.time()
         args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
                            agent.spec.retries, repr(agent.spec.task_timeout),
-                           want, self.keys.prefix, self.serving(agent), agent.spec.tenant,
+                           want, self.keys.prefix, self.claims.serving(agent), agent.spec.tenant,
                            self.keys.sticky(agent.spec.tenant, name, consumer),
                            agent.spec.retry_lost]
         [reply] = await self.scripts.run([(self.scripts.read_claim,
@@ -209,20 +190,17 @@ class Puller:
         return int(read), lasts, bool(held)
 
     def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
-        """A task this incarnation claimed (a claim's reply: entry, task id, token,
-        attempts before, input, timeout, retries left, priority, created, checkpoint,
-        session, its state, the caller's trace context, its options) handed to the
-        engine, here or at its submission (submitclaim.py)."""
+        """A task this incarnation claimed (a claim's reply, scripts.READ_CLAIM) handed
+        to the engine, here or at its submission (submitclaim.py)."""
         (entry, task_id, token, base, raw, timeout, retries, prio, created, checkpoint,
          session, state) = claim[:12]
         traceparent, tracestate = records.trace_of(claim[12] if len(claim) > 12 else None)
         self.claimed += 1
-        self._read.add(stream)  # the reaper looks there for what this node holds
+        self._read.add(stream)
         task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                            float(timeout), int(retries), float(created), token=int(token),
                            base=int(base), entry=entry.decode(), stream=stream,
                            consumer=consumer, home=self.home)
-        # its own retry policy among them, which the engine applies (Endings)
         task.options = records.options_in(claim[13] if len(claim) > 13 else None)
         if checkpoint:
             self.claims.steps.resume(task, checkpoint)

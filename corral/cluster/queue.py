@@ -1,13 +1,7 @@
-"""The cluster's side of the engine's Queue: a node's TaskManager is given a
-`ClusterQueue`, which holds what waits on this node (tasks submitted with `--local`, and
-cluster tasks this node claimed) in the local priority lines, and says how many more tasks
-each agent's replicas could start now: that is what the node pulls from the agent's
-streams (pull: a node takes work only when it has a free slot, so the least loaded node
-takes it). What waits for the whole cluster stays in Redis, in the streams, until a node
-with room reads it.
-
-A `ClusterTask` is the engine's Task with what its claim gave: the fence token every
-write of its outcome must show, the stream entry, and the incarnation that claimed it.
+"""The cluster's side of the engine's Queue: a `ClusterQueue` holds what waits on this
+node in the local priority lines, and says how many more tasks each agent's replicas
+could start now: that is what the node pulls from the agent's streams, so the least
+loaded node takes the work. A `ClusterTask` is the engine's Task with what its claim gave.
 """
 
 from __future__ import annotations
@@ -36,12 +30,11 @@ class ClusterTask(Task):
         self.entry = entry  # its stream entry (acknowledged with the outcome)
         self.stream = stream
         self.consumer = consumer  # the node incarnation that claimed it
-        # its steps, its session's turns, its spawns and asks in Redis (home.py); None:
-        # a claim not run here, one given back as it is made, keeps nothing here
+        # None: a claim given back as it is made keeps nothing here
         if home is not None:
             self.home = home
         # its session's state as its claim read it or its last checkpoint wrote it (the
-        # MAC, a space, the JSON): what home.turns gives its next attempt here
+        # MAC, a space, the JSON)
         self.session_state: bytes | None = None
 
     @property
@@ -52,7 +45,7 @@ class ClusterTask(Task):
 
 def free_slots(agent: AgentLike) -> int:
     """Tasks the agent's serving replicas could start now (those dispatch would give a
-    task: serving, and ready by their health checks)."""
+    task)."""
     limit = agent.spec.max_concurrent_tasks
     return sum(max(0, limit - r.tasks_running) for r in agent.replicas if r.takes_tasks)
 
@@ -83,7 +76,7 @@ class ClusterQueue(LocalQueue):
         return ev
 
     def wake(self, agent: str) -> None:
-        """A slot of `agent` may have freed (a task of it ended here)."""
+        """A slot of `agent` may have freed."""
         ev = self._wake.get(agent)
         if ev is not None:
             ev.set()

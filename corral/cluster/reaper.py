@@ -1,7 +1,5 @@
 """Takeover: every beat each node looks at what is pending in the task streams and
-gives back to the cluster what a dead node incarnation held (scripts.TAKEOVER: re-run
-while its lost attempts are within its retry_lost, or while it has retries, else `lost`,
-"node N lost").
+gives back to the cluster what a dead node incarnation held (scripts.TAKEOVER).
 
 Never by idle time: Redis counts an entry's idle time from its delivery, not from its
 owner's death, so a healthy node's long task would be stolen again and again. A consumer
@@ -54,10 +52,8 @@ class Reaper:
         self.beat = membership.beat
 
     async def streams(self) -> list[str]:
-        """Every task stream of the cluster (a tenant's agent's, a priority each, and its
-        claimed stream where it exists), in two round trips however many agents there
-        are. (What a takeover queues again goes back to its record's stream: its
-        tenant's, its priority's.)"""
+        """Every task stream of the cluster (a priority each, and the claimed stream where
+        it exists), in two round trips however many agents there are."""
         routes = sorted(split_route(a.decode())
                         for a in await self.redis.smembers(self.keys.agents))
         # (a member without a tenant is a name from before streams had one: not read)
@@ -75,8 +71,7 @@ class Reaper:
                           *([self.keys.claimed(tenant, name)] if claimed else [])]]
 
     async def reap(self, streams: list[str]) -> None:
-        """One pass over every stream of the cluster (`streams()`): what dead consumers
-        hold goes back."""
+        """What dead consumers hold in `streams` goes back."""
         if not self.membership.member or not self.membership.settled():
             return
         for stream in streams:
@@ -90,8 +85,7 @@ class Reaper:
     async def give_back(self, streams: Iterable[str], consumer: str, reason: str,
                         held: frozenset[bytes] = frozenset()) -> None:
         """A stopping node's last pass: every entry `consumer` still holds in `streams`
-        (it has handed back what it ran; an upgrade's: but `held`, what runs on) is an
-        orphan, queued again at once."""
+        (but `held`, what runs on) is an orphan, queued again at once."""
         for stream in streams:
             await self._take_over(stream, consumer, idle=0, held=held, reason=reason)
 

@@ -28,8 +28,7 @@ ON_WORKER = frozenset(s.encode() for s in TASK_ON_WORKER)  # (an attempt of it r
 
 def on_worker(status: str) -> str:
     """Lua: whether a record's status (`status`, an expression) is one of an attempt on a
-    worker: running, or waiting for a person (taskmachine.ON_WORKER), as the machine's
-    every cause but a wait moves both alike."""
+    worker: running, or waiting for a person (the machine moves both alike)."""
     return "(" + " or ".join(f"{status} == '{s}'" for s in sorted(TASK_ON_WORKER)) + ")"
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
@@ -61,7 +60,6 @@ def attempt_json(a: Attempt, node: str) -> bytes:
 
 
 def suspended_attempt(a: Attempt, node: str, now: float, error: str) -> bytes:
-    """The attempt a suspension ends (clusterasks.SUSPEND), as its record keeps it."""
     return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, now, "suspended",
                                   error, a.replayed, a.diverged))
 
@@ -72,9 +70,8 @@ def claimed_attempt(node: str, now: float) -> bytes:
 
 
 def trace_field(traceparent: str | None, tracestate: str | None) -> str:
-    """The caller's trace context as the record keeps it ('' none): the `traceparent`,
-    written again from its parts, then its `tracestate` (cut to its bound) after a line
-    break; RpcError, as a task submitted here is refused, when it is not the format."""
+    """The caller's trace context as the record keeps it ('' none): the `traceparent`
+    written again from its parts, then its `tracestate` after a line break."""
     if not traceparent:
         return ""
     p = parse_or_refuse(traceparent, tracestate)
@@ -83,9 +80,7 @@ def trace_field(traceparent: str | None, tracestate: str | None) -> str:
 
 
 def trace_of(field: Any) -> tuple[str | None, str | None]:
-    """(traceparent, tracestate) of a record's trace field (bytes, or false: none); read
-    as the node that runs the task reads any caller's context (a bad one starts a trace
-    of its own there)."""
+    """(traceparent, tracestate) of a record's trace field (bytes, or false: none)."""
     if not isinstance(field, bytes) or not field:
         return None, None
     text = field.decode(errors="replace")
@@ -112,7 +107,6 @@ def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
 
 
 def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
-    """`corral task ID` of a cluster task, from its record."""
     err = rec.get(b"error")
     # held out of its stream until then (due.py), as a local delayed task waits
     not_before = _f(rec, b"not_before") if rec.get(b"status") == b"queued" else None
@@ -129,9 +123,8 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
 
 
 def options_in(field: bytes | None) -> TaskOptions:
-    """A record's options field (taskoptions.py): none when it has none, or ones that do
-    not decode (written by a Redis writer, not by a node: shown as none, never a failure
-    of the read)."""
+    """A record's options field: none also for ones that do not decode (a Redis
+    writer's: never a failure of the read)."""
     try:
         return decoded(field or None)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -139,7 +132,6 @@ def options_in(field: bytes | None) -> TaskOptions:
 
 
 def result(i: m.TaskInfo) -> m.TaskResult:
-    """What `corral run` answers, from `corral task ID`'s."""
     return m.TaskResult(i.task_id, i.status, i.output, i.error, i.attempts)
 
 

@@ -1,11 +1,9 @@
 """What the cluster's Redis is configured to do against what docs/cluster.md asks of it:
 AOF on, `appendfsync` everysec or always, `maxmemory-policy noeviction`, and the replicas
 `ack_replicas` counts on. A Redis that loses or evicts writes loses acknowledged tasks,
-outcomes or a node's liveness without a word, and one short of replicas acknowledges
-nothing; a node says so when it joins and whenever the answer changes (CONFIG and INFO
-are read again every CHECK_BEATS beats, an operator may change them live, and at the
-next beat after a write its replicas did not confirm: the refusals' reason is said
-when they start)."""
+outcomes or a node's liveness without a word; a node says so when it joins and whenever
+the answer changes (read again every CHECK_BEATS beats: an operator may change them
+live)."""
 
 from __future__ import annotations
 
@@ -45,8 +43,7 @@ def replicas_short(connected: int, wanted: int) -> str | None:
 async def warnings(redis: Any, wanted: int) -> list[str]:
     """The warnings for the Redis `redis` talks to, whose writes `wanted` replicas are
     to confirm; one saying so when it refuses CONFIG (an ACL user without it, a renamed
-    command: then the operator checks by hand). RedisError otherwise (Redis away:
-    nothing is known)."""
+    command)."""
     from redis.exceptions import ResponseError
 
     try:

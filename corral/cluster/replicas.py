@@ -21,10 +21,8 @@ from ..supervisor.config import ClusterSettings
 
 
 class UnconfirmedWrite(RedisError):
-    """The primary took the write and fewer replicas than `ack_replicas` confirmed it
-    in time: not acknowledged (a failover now could lose it). A RedisError, so that
-    each caller does what it does when Redis does not answer: a submit is refused, an
-    outcome waits in the outbox and goes again, a step is not kept."""
+    """Fewer replicas than `ack_replicas` confirmed the write in time: not acknowledged.
+    A RedisError, so that each caller does what it does when Redis does not answer."""
 
 
 class Acks:
@@ -55,13 +53,11 @@ class Acks:
 
     def fell_short(self) -> bool:
         """Whether a write went unconfirmed since the last time this was asked: the node
-        reads Redis's replicas again at its next beat, not up to CHECK_BEATS later (the
-        operator is told why writes are refused as soon as they are)."""
+        reads Redis's replicas again at its next beat, not up to CHECK_BEATS later."""
         short, self.short = self.short, False
         return short
 
 
 def acks_of(settings: ClusterSettings, marker: str) -> Acks | None:
-    """What acknowledges a write on this cluster; None: Redis's own answer."""
     n = settings.replicas_acked
     return Acks(n, settings.ack_timeout, marker) if n else None

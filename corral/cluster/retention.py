@@ -1,15 +1,11 @@
 """What a cluster keeps in Redis, bounded once its queues drain.
 
-A task's stream entry goes with its outcome (FINISH deletes it); its record (outcome,
-attempts) stays, readable from every node, for `tasks_kept_for` seconds (EXPIRE) and
-among the newest `tasks_kept` finished ones: at each beat a node takes the ids beyond
-that count out of the done set (`corral tasks` reads it too) and deletes their records,
-in one step (scripts.TRIM: exactly those, however many nodes trim at once, and never the
-set trimmed with their records left behind).
-The outcomes and events streams are capped where they are written. What else would
-grow with time is the consumers of dead incarnations in each stream's group (one per
-node start, fence or rejoin): once the reaper has taken over what one held, it is
-deleted here.
+A task's record stays for `tasks_kept_for` seconds (EXPIRE) and among the newest
+`tasks_kept` finished ones: at each beat a node trims the rest (scripts.TRIM). The
+outcomes and events streams are capped where they are written. What else would grow
+with time is the consumers of dead incarnations in each stream's group (one per node
+start, fence or rejoin): once the reaper has taken over what one held, it is deleted
+here.
 """
 
 from __future__ import annotations
@@ -36,8 +32,7 @@ class ClusterRetention:
         self.consumers_removed = 0  # dead incarnations' consumers deleted, by this node
 
     async def step(self, streams: list[str]) -> None:
-        """One beat's trimming, `streams` every task stream of the cluster (RedisError:
-        the next beat tries again)."""
+        """One beat's trimming, `streams` every task stream of the cluster."""
         m = self.membership
         if not m.member or not m.settled():
             return  # after a Redis restart, a missing key is not yet a dead node

@@ -1,20 +1,14 @@
-"""A durable call's new step row written by its task's submit (decision 752): one script
-for the row, the call's held ended rows (decision 750) and the submit, where two round
-trips were (the row's SAVE_STEPS, then the submit). The rule a call's steps keep holds:
-the row names the task in Redis no later than the task exists, and in the same script,
-under the call's lease. The script writes nothing, and makes no task, when the call's
-fence is not this node's token (another node took the call), or the call has ended (a
-run cancelled while its step's submit was on its way: the row it ended stays so, and
-no task is left running for it): a pipeline of SAVE_STEPS
-then SUBMIT would not do, a refused row with a submit that went on leaving a task that
-no row names, whose step the taker would make again under a new id.
+"""A durable call's new step row written by its task's submit: one script for the row,
+the call's held ended rows and the submit, under the call's lease, so that the row names
+the task in Redis no later than the task exists. The script writes nothing, and makes no
+task, when the call's fence is not this node's token, or the call has ended: a pipeline
+of SAVE_STEPS then SUBMIT would not do, a refused row with a submit that went on leaving
+a task that no row names, whose step the taker would make again under a new id.
 
-The outcomes of the call's ended steps' tasks that this node ran and told the call at
-once (outbox.py's `hold`, decision 795) go in the same round trip, their FINISH calls
-first in the pipeline; the guard then refuses the ride, writing nothing, unless each is
-in its task's record under this node's claim (its fence and status): an ended row never
-lands without its task's end, which a takeover of the task (this node paused past its
-TTL) would have refused.
+The outcomes of the call's ended steps' tasks held here (outbox.py) go in the same round
+trip, their FINISH calls first; the guard then refuses the ride, writing nothing, unless
+each is in its task's record under this node's claim: an ended row never lands without
+its task's end.
 
 The guarded scripts are SUBMIT's and SUBMIT_CLAIM's with the guard before them: their
 keys, then the call's and its steps' (KEYS[#KEYS - 1], KEYS[#KEYS]); their arguments,
@@ -72,8 +66,8 @@ class LostLease(Exception):
 
 @dataclass
 class Ride:
-    """A call's rows to write with its step's task's submit (ClusterCalls.ride), and what
-    to do once Redis has them (`kept`: the node's journal, the engine told)."""
+    """A call's rows to write with its step's task's submit, and what to do once Redis
+    has them (`kept`)."""
 
     call_id: str
     keys: list[str]  # the call's, its steps'
@@ -81,15 +75,13 @@ class Ride:
     rows: list[tuple[str, bytes]]
     kept: Callable[[], Awaitable[None]]
     tasks: list[str]  # the tasks of its ended rows (their outcomes may be carried)
-    # its ended rows held again by the call's store: the submit failed, or was not
-    # answered (they may not be in Redis)
+    # its ended rows held again: the submit failed, or was not answered
     unsent: Callable[[], None]
 
     def args(self, ended: Sequence[tuple[str, int, str]] = ()) -> list[Any]:
-        """The three arguments the guard reads: `ended`, the carried outcomes (task key,
-        fence token, status), the token, the rows (a signed row is JSON after its MAC:
-        text, packed as msgpack strings, which Redis's cmsgpack reads; its binary type
-        not)."""
+        """The three arguments the guard reads: `ended` (task key, fence token, status),
+        the token, the rows (packed as msgpack strings: Redis's cmsgpack does not read
+        its binary type)."""
         return [msgspec.msgpack.encode([str(x) for e in ended for x in e]), self.token,
                 msgspec.msgpack.encode(
                     [x for field, row in self.rows for x in (field, row.decode())])]

@@ -3,13 +3,11 @@ hash: its last fire time, fires, last start, pause) beside a fenced lease, so th
 exactly one node fires each schedule.
 
 Every write is one script that holds the lease: it takes it when it is free or has
-expired (a new fence token, from the hash's own counter), renews it when this node
-incarnation holds it, and refuses when another's lease is live. A fire's write also
-refuses a fire time not later than the stored one: two nodes that both see a time come
-cannot both fire it, even across a lease's expiry (the other node's write finds the time
-taken). Times are Redis's (`TIME`), never the nodes' clocks. Every node keeps its
-schedules' leases warm (`watch`), a third of `node_ttl` apart: the holder renews, the
-others learn who holds, and take over within `node_ttl` of the holder's death.
+expired, renews it when this node incarnation holds it, and refuses when another's lease
+is live. A fire's write also refuses a fire time not later than the stored one: two nodes
+that both see a time come cannot both fire it, even across a lease's expiry. Times are
+Redis's (`TIME`). Every node keeps its schedules' leases warm, a third of `node_ttl`
+apart: the others take over within `node_ttl` of the holder's death.
 """
 
 from __future__ import annotations
@@ -66,8 +64,7 @@ def _text(v: Any) -> str | None:
 
 
 class ClusterLedger:
-    """The schedules' rows and leases in the cluster's Redis (corral.daemon.schedules'
-    Ledger)."""
+    """The schedules' rows and leases in the cluster's Redis (a schedules Ledger)."""
 
     def __init__(self, redis: Any, prefix: str, membership: Any, ttl: float,
                  report: Callable[[str], None]) -> None:
@@ -102,7 +99,7 @@ class ClusterLedger:
 
     # -- the Ledger protocol --------------------------------------------------------------
     async def ready(self) -> None:
-        """Once the node is a member: its missed fires are settled under its lease."""
+        """Once the node is a member (its missed fires are settled under its lease)."""
         while not self.membership.member:
             await self.membership.changed.wait()
 

@@ -18,18 +18,10 @@ from .replicas import Acks
 ASKS_KEPT = 1_000
 
 
-def _steps_key(task: str) -> str:
-    """The task's steps (Keys.steps), named from its record's key KEYS[1] (Keys.task):
-    the same prefix, so the same hash slot."""
-    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'steps:' .. {task}"
-
-
-def _asks_key(task: str) -> str:
-    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'asks:' .. {task}"
-
-
-def _spawns_key(task: str) -> str:
-    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'spawn:' .. {task}"
+def _task_key(kind: str, task: str) -> str:
+    """A key of the task's (Keys.steps, Keys.spawns, Keys.task_asks), named from its
+    record's key KEYS[1] (Keys.task): the same prefix, so the same hash slot."""
+    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. '{kind}:' .. {task}"
 
 
 def _ended(task: str, kept: str, live: int) -> str:
@@ -46,7 +38,7 @@ redis.call('EXPIRE', KEYS[2], {kept})
 local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)
 local ask_tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
 do
-local asks = redis.call('HVALS', {_asks_key(task)})
+local asks = redis.call('HVALS', {_task_key('asks', task)})
 if #asks > 0 then
   local done = ask_prefix .. 'askdone:' .. ask_tenant  -- (scored in ms)
   local t = redis.call('TIME')
@@ -68,7 +60,8 @@ if #asks > 0 then
   redis.call('EXPIRE', done, {kept})
 end
 end
-redis.call('DEL', {_steps_key(task)}, {_spawns_key(task)}, {_asks_key(task)})
+redis.call('DEL', {_task_key('steps', task)}, {_task_key('spawn', task)},
+  {_task_key('asks', task)})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""

@@ -1,18 +1,14 @@
-"""The Lua of sessions on a cluster (cluster/clustersessions.py, docs/durable.md#sessions): a
-session's turns kept in order by Redis itself, with no polling.
+"""The Lua of sessions on a cluster (docs/durable.md#sessions): a session's turns kept in
+order by Redis itself, with no polling.
 
-A session is a hash (Keys.session) whose `cur` is the one task of it in the agent's stream
-(queued or running), and a line (Keys.session_line) of the later ones, which have a
-record (status queued, entry "0-0": no stream entry) but wait out of the stream. Every end
-of a task (finished, lost, cancelled: scripts._ended) moves the next one of the line into
-the stream; the last one's end starts the session's session_ttl (the keys' expiry).
+A session is a hash whose `cur` is the one task of it in the agent's stream, and a line
+of the later ones, which have a record (status queued, entry "0-0") but wait out of the
+stream. Every end of a task (scripts._ended) moves the next one of the line into the
+stream; the last one's end starts the session's session_ttl.
 
 Every key of a session is its owner's: the tenant its agent was of where its first turn
-was submitted (`stenant` of each turn's record, decision 440), so another tenant's agent
-of the same name has keys of its own. Sessions are counted per tenant's agent in a sorted
-set (Keys.sessions) scored by when each expires, and their states' bytes in a hash
-(Keys.session_bytes): expired ones leave both when a script next counts them. Times are
-Redis's own (TIME): one clock for every node.
+was submitted (`stenant` of each turn's record). Expired sessions leave the counts when a
+script next counts them. Times are Redis's own (TIME): one clock for every node.
 """
 
 from __future__ import annotations
@@ -25,10 +21,9 @@ from .records import on_worker
 # and a dead incarnation's list must not stay.
 STICKY_KEPT = 3600
 
-# The session's keys named from a task's record key (KEYS[1], Keys.task) and the session's
-# tenant, agent and name: the same prefix, so the same hash slot. (A turn submitted before
-# sessions had owners has no tenant: its session's keys are named as they were then, so
-# that its line still moves.)
+# The session's keys named from a task's record key (KEYS[1]) and the session's tenant,
+# agent and name. (A turn submitted before sessions had owners has no tenant: its
+# session's keys are named as they were then, so that its line still moves.)
 _NAMES = """local prefix = string.match(KEYS[1], '^(.*)task:')
 local owned = tenant and (tenant .. ':' .. agent) or agent
 local skey = prefix .. 'sess:' .. owned .. ':' .. name
@@ -47,15 +42,12 @@ redis.call('ZREMRANGEBYSCORE', sall, '-inf', '(' .. now)"""
 
 
 def _stick(stream: str) -> str:
-    """The turn just added to `stream` (its tenant's agent's) given to the node that ran
-    its session's last turn (the session's `node`, a consumer), while that incarnation is
-    alive (its liveness key, whose value is its beat), runs the tenant's agent, is not
-    draining and takes sticky turns (its beat's `sticky`), and while the turn jumps no
-    backlog (it is the one entry of the agent's streams no node has read): delivered to
-    that consumer in the group, as its own read would, and named in its list
-    (Keys.sticky), which its next read claims first. Pending with it, the turn is what
-    the cluster already knows how to take back: by the reaper when it dies, by its own
-    orphan pass when it is too busy to claim it for ORPHAN_BEATS (reaper.py)."""
+    """The turn just added to `stream` given to the node that ran its session's last
+    turn, while that incarnation is alive, runs the agent, is not draining and takes
+    sticky turns, and while the turn jumps no backlog: delivered to that consumer in the
+    group, as its own read would, and named in its list, which its next read claims
+    first. Pending with it, the turn is what the cluster already knows how to take back
+    (by the reaper, or its own orphan pass: reaper.py)."""
     return f"""do
 local holder = tenant and redis.call('HGET', skey, 'node')
 local beat = holder and redis.call('GET', prefix .. 'alive:' .. holder)
@@ -100,10 +92,9 @@ end"""
 
 
 def ended(task: str) -> str:
-    """(A fragment of scripts._ended.) A task of a session ended: the session's current
-    one makes way for the next of its line (into the stream it was submitted to), or
-    leaves the session idle, to expire session_ttl from now; one that ended waiting in
-    the line (cancelled) leaves it."""
+    """(A fragment of scripts._ended.) A session's current task makes way for the next
+    of its line, or leaves the session idle, to expire session_ttl from now; one that
+    ended waiting in the line (cancelled) leaves it."""
     return f"""do
 local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session', 'stenant')
 if agent_name[2] then
@@ -135,10 +126,9 @@ end
 end"""
 
 
-# SUBMIT of a task naming a session (scripts.submit_script(SUBMIT_FIRST, SUBMIT_THEN)):
-# a new session is refused past max_sessions (-2, nothing written); the task goes into
-# the stream when the session has nothing unfinished, else into its line, which
-# max_queue bounds as it does the stream (-1).
+# SUBMIT of a task naming a session: a new session is refused past max_sessions (-2); the
+# task goes into the stream when the session has nothing unfinished, else into its line,
+# which max_queue bounds (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its agent's session_ttl
 #   (seconds, 0: none), the agent's max_sessions (0: none), its agent's tenant
 SUBMIT_FIRST = f"""
@@ -176,9 +166,8 @@ redis.call('PERSIST', shist)
 redis.call('ZADD', sall, 'inf', name)
 """.replace("STICK", _stick("KEYS[2]"))
 
-# session/checkpoint of a running cluster task: its session's state, fenced by the
-# claim's token as every write of an attempt is, and bounded by the agent's
-# max_session_bytes over its live sessions.
+# session/checkpoint of a running cluster task: fenced by the claim's token, bounded by
+# the agent's max_session_bytes over its live sessions.
 # KEYS: task; ARGV: token, the state (its MAC, a space, its JSON), its size in bytes, the
 #   agent's max_session_bytes (0: none), the tenant it was signed for (the checkpointing
 #   node's agent's)
@@ -205,11 +194,10 @@ return 1
 
 
 def claimed() -> str:
-    """(A fragment of scripts' claim function, before it answers.) A task of a session is
-    given its name and its state, signed as the last turn checkpointed it (`sess`,
-    `state`; false when the task is no turn of a session, or its session has no state);
-    the session remembers the claiming incarnation (`node`: its next turn's, while it
-    lives, `_stick`), unless it has ended (its agent removed: no hash is made again)."""
+    """(A fragment of scripts' claim function.) A task of a session is given its name and
+    its state (`sess`, `state`, else false); the session remembers the claiming
+    incarnation for its next turn (`_stick`), unless it has ended (no hash is made
+    again)."""
     return """local sess, state = false, false
   local agent_name = redis.call('HMGET', task, 'agent', 'session', 'stenant')
   if agent_name[2] then
@@ -222,12 +210,11 @@ def claimed() -> str:
 
 
 def sticky_claims() -> str:
-    """(A fragment of scripts.READ_CLAIM, before it reads the streams.) The turns given
-    to this incarnation (`_stick`: its list, ARGV[11]) claimed first, up to `want`: each
-    one only while its record is still queued under the entry given, that entry is still
-    pending with this consumer, and its stream is one of this read's (the tenant's
-    agent's): an item a Redis writer forged, or one the busy bound or a takeover queued
-    again meanwhile, is dropped, touching nothing. -> `sticky`: how many were claimed."""
+    """(A fragment of scripts.READ_CLAIM.) The turns given to this incarnation (its list,
+    ARGV[11]) claimed first, up to `want`, each only while its record is still queued
+    under the entry given, pending with this consumer, in one of this read's streams:
+    another item (forged, or queued again meanwhile) is dropped, touching nothing.
+    -> `sticky`: how many were claimed."""
     return f"""local sticky = 0
 while want > 0 and ARGV[11] do
   local item = redis.call('LPOP', ARGV[11])
@@ -257,9 +244,9 @@ while want > 0 and ARGV[11] do
 end"""
 
 
-# sessions.end of a cluster session (ClusterSessions.end): its keys deleted and its place
-# in its agent's count given back, refused while a turn of it is queued or running (a
-# turn's end moves the next one of its line in: it would find no session).
+# sessions.end of a cluster session: its keys deleted, refused while a turn of it is
+# queued or running (a turn's end moves the next one of its line in: it would find no
+# session).
 # KEYS: the session's hash, line, history, its agent's sessions (sorted set) and bytes
 #   (hash); ARGV: the session's name, the task records' key prefix
 #   -> 0 no such session (or expired), {-1, the current task ('' when none, or its record

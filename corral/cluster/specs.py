@@ -1,9 +1,6 @@
 """The cluster agents' tables in Redis and their history: added (all or none), changed in
-place (`corral scale`, `rollback`, a reload of a config that declares them) under the
-placement epoch, removed. Each change is a numbered revision, kept in Redis (the last
-HISTORY_KEPT), so that `corral history` and `corral rollback` answer the same on every
-node. The nodes bring their replicas to a changed table at their next beat
-(placement.py)."""
+place under the placement epoch, removed. Each change is a numbered revision kept in
+Redis, so that `corral history` and `corral rollback` answer the same on every node."""
 
 from __future__ import annotations
 
@@ -50,8 +47,7 @@ def encoded(table: Table) -> bytes:
 
 
 def checked(name: str, table: Table, where: str) -> AgentSpec:
-    """The table's spec, as a cluster agent; ConfigError naming the key when it is not
-    one."""
+    """The table's spec, as a cluster agent (else ConfigError)."""
     spec = parse_agents({"agents": {name: table}}, where)[name]
     problem = cluster_problem(msgspec.structs.replace(spec, placement="cluster"), True)
     if problem:
@@ -83,8 +79,7 @@ class ClusterSpecs:
         return self.trust.sign(REVISION, name, encoded(table))
 
     async def add(self, tables: dict[str, Table], who: str) -> list[str]:
-        """Cluster agents from their tables (checked by the caller), all or none; placed
-        at the next beat of some node. SupervisorError (conflict) on a name taken."""
+        """Cluster agents from their tables (checked by the caller), all or none."""
         now = time.time()
         keys = [self.keys.cluster_agents, self.keys.agent_macs]
         args: list[Any] = []
@@ -101,17 +96,15 @@ class ClusterSpecs:
         return sorted(tables)
 
     async def read(self, name: str) -> tuple[Table | None, int]:
-        """The agent's table (None: no such cluster agent) and its placement epoch, read
-        together; SupervisorError (conflict) when the table does not verify with the
-        cluster key."""
+        """The agent's table (None: no such cluster agent) and its placement epoch;
+        SupervisorError when the table does not verify."""
         table, epoch, signed = await self.read_any(name)
         if not signed:
             raise unsigned(name)
         return table, epoch
 
     async def read_any(self, name: str) -> tuple[Table | None, int, bool]:
-        """As `read`, and whether the table verifies (True when there is none), rather
-        than refusing one that does not."""
+        """As `read`, and whether the table verifies, rather than refusing one."""
 
         async def both() -> list[Any]:
             pipe = self.redis.pipeline(transaction=True)
@@ -132,11 +125,10 @@ class ClusterSpecs:
     async def change(self, name: str, make: Callable[[Table], Table], who: str,
                      why: str | None = None, *, replace: bool = False) -> tuple[int, str]:
         """The agent's table made anew from the current one by `make`, as its next
-        revision, compare-and-set on the placement epoch (a lost race reads again and
-        makes again); the revision now current and what changed. `make` raises
-        SupervisorError to refuse. A current table that does not verify is refused,
-        unless `replace` (`make` does not build on it: a rollback, a config file's table),
-        which then writes even an equal table, signed."""
+        revision, compare-and-set on the placement epoch (a lost race makes it again);
+        the revision now current and what changed. A current table that does not verify
+        is refused, unless `replace` (`make` does not build on it), which then writes
+        even an equal table, signed."""
         for _ in range(RACES):
             table, epoch, signed = await self.read_any(name)
             if table is None:
@@ -170,7 +162,6 @@ class ClusterSpecs:
                                                 "made: nothing changed; try again")
 
     async def history(self, name: str) -> list[Entry]:
-        """The agent's revisions kept, oldest first ([] for no such cluster agent)."""
         got = await read(lambda: self.redis.lrange(self.keys.history(name), 0, -1))
         return [_entry.decode(raw) for raw in got]
 
@@ -181,7 +172,7 @@ class ClusterSpecs:
     async def rollback(self, name: str, revision: int | None, who: str
                        ) -> tuple[int, int, str]:
         """Back to a kept revision (default: the one before the current), as a new
-        revision; (the revision restored, the new current one, what changed)."""
+        revision."""
         kept = {e.revision: e for e in await self.history(name)}
         if not kept:
             raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")
@@ -205,8 +196,7 @@ class ClusterSpecs:
 
     async def remove(self, names: list[str]) -> list[str]:
         """The cluster agents of these names, gone from Redis with their placement,
-        checkpoints and history (their nodes stop them at their next beat); the names
-        that were cluster agents."""
+        checkpoints and history; the names that were cluster agents."""
         pipe = self.redis.pipeline(transaction=True)
         for n in names:
             pipe.hdel(self.keys.cluster_agents, n)

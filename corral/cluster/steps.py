@@ -1,19 +1,13 @@
 """A cluster task's steps, in Redis (docs/durable.md, "The cluster"): the StepJournal of
-the tasks a node claimed from its cluster (ClusterTask), so that a retry of the task on
-another node, after this one's kill -9, is answered from what this attempt did.
+the tasks a node claimed, so that a retry of the task on another node, after this one's
+kill -9, is answered from what this attempt did.
 
-Every write is the STEP script, fenced by the token of the claim, as the attempt's
-progress and outcome are: a node whose task was taken over (paused past its TTL, cut
-off) cannot write under its successor's claim. A step is a field of the task's hash
-(Keys.steps): "SEQ" a tool call, "0:NAME" a named step, "cp" the task's checkpoint
-(read by the CLAIM of a retry, and given to it: `resume`). Its value carries a MAC made with
-the cluster key (trust.STEP, over the task id, the field and the value): a step whose MAC
-does not verify is refused as every forged record is (logged, counted), and its call
-runs live. The hash is deleted when the task ends (scripts._ended): no attempt follows
-an end.
-
-The writes of one loop turn go to Redis in one pipeline, one STEP call a task, in the
-order they were put: a divergence's drop is never overtaken by the step after it.
+Every write is fenced by the token of the claim: a node whose task was taken over cannot
+write under its successor's claim. A step is a field of the task's hash: "SEQ" a tool
+call, "0:NAME" a named step, "cp" the task's checkpoint. Its value carries a MAC made
+with the cluster key: a step whose MAC does not verify is refused, and its call runs
+live. The writes of one loop turn go to Redis in one pipeline, in the order they were
+put: a divergence's drop is never overtaken by the step after it.
 """
 
 from __future__ import annotations
@@ -58,8 +52,7 @@ class _Ops:
 
 
 class ClusterSteps:
-    """The StepJournal of cluster tasks (a claimed task's `home.steps`); `active` finds a
-    running task by id (its claim's fence token)."""
+    """The StepJournal of cluster tasks; `active` finds a running task by id."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  active: Callable[[str], Task | None]) -> None:
@@ -124,16 +117,14 @@ class ClusterSteps:
         return sorted((s for s in steps if s is not None), key=lambda s: s.seq)
 
     def resume(self, task: ClusterTask, value: bytes) -> None:
-        """A retried claim (Puller.resume), given its task's last checkpoint as CLAIM read
-        it, as a retry on the daemon that ran it is (`task/run`'s `task_state`); one that
-        does not verify is refused, and the retry starts without it."""
+        """A retried claim given its task's last checkpoint as CLAIM read it, if it
+        verifies."""
         step = self._step(task.id, CHECKPOINT_FIELD, value)
         if step is not None and step.body is not None:
             task.checkpoint = msgspec.Raw(step.body)
 
     def _step(self, task_id: str, field: str, value: bytes) -> Step | None:
-        """The step a field holds, None when its MAC does not verify (refused, said) or
-        it is not one this corral wrote."""
+        """None when its MAC does not verify, or it is not one this corral wrote."""
         mac, _, payload = value.partition(b" ")
         if not self.trust.valid(mac, STEP, task_id, field, payload):
             self.trust.refuse(STEP, f"{field} of task {task_id}", mac,

@@ -1,16 +1,11 @@
 """Claim at submission: a node that runs the agent and has a free slot for it submits a
 cluster task and claims it for itself in one script call (scripts.SUBMIT_CLAIM), so the
-task starts here without waiting for any node's read of the stream. The task is a cluster
-task like any other: its record and its stream entry exist, its claim has its own fence
-token and this incarnation as its consumer, and if this node dies it is taken over. When
-nothing waited before it, its entry is in the route's claimed stream (Keys.claimed),
-which no pull loop reads or waits on: no node wakes for a task already taken (decision
-797).
+task starts here without waiting for any node's read of the stream; if this node dies it
+is taken over as any other.
 
-Fair to the other nodes: of the submissions batched in one turn of the loop (a burst on
-one socket), this node claims at most its share, one in as many as there are live nodes
-running the agent, and never more than its free slots less what it is claiming already;
-the rest go to the streams, where every node's pull loop (this one's too) reads them.
+Fair to the other nodes: of the submissions batched in one turn of the loop, this node
+claims at most its share, one in as many as there are live nodes running the agent, and
+never more than its free slots; the rest go to the streams.
 """
 
 from __future__ import annotations
@@ -43,12 +38,11 @@ class SubmitClaims(Batcher):
         self.rides = RideScripts(scripts.redis)
 
     def _share(self, agent: str, submitted: int) -> int:
-        """How many of `submitted` tasks of `agent` this node claims as it submits them."""
         a = self.puller.host.agents.get(agent)
         if (a is None or not self.membership.member or self.puller.paused
                 or self.puller.closed):
             return 0
-        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.serving(a)))
+        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.claims.serving(a)))
 
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
         by_agent: dict[str, int] = {}
@@ -60,8 +54,7 @@ class SubmitClaims(Batcher):
         out: list[Call] = []
         for keys, args in calls:
             agent = args[1]
-            # a durable call's rows ride with it (rides.py): its keys and arguments after
-            # SUBMIT's own (and the claim's)
+            # (a durable call's rows ride with it: its keys and arguments after SUBMIT's)
             riding = len(keys) == RIDING_KEYS
             own, last = (keys[:-2], keys[-2:]) if riding else (keys, [])
             tail = 7 if riding else 4
@@ -74,8 +67,7 @@ class SubmitClaims(Batcher):
                 continue
             self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
             spec = self.puller.host.agents[agent].spec
-            # (SUBMIT's last four, the options, the place in a spawn tree, the tenant and
-            # its MAC, stay last: scripts.py)
+            # (SUBMIT's last four stay last)
             out.append((self.rides.submit_claim if riding else self.scripts.submit_claim,
                         [*own, self.puller.keys.fence, *last],
                         [*args[:-tail], consumer, node, repr(now), attempt, spec.retries,
@@ -98,8 +90,8 @@ class SubmitClaims(Batcher):
 
     def answer(self, call: Call, result: Any) -> Any:
         """SUBMIT's answer; a task claimed with it goes to the engine here, unless this
-        incarnation was fenced or lost the agent meanwhile (the claim is then an orphan,
-        or a dead consumer's, which the reaper queues again)."""
+        incarnation was fenced or lost the agent meanwhile (the reaper then queues it
+        again)."""
         script, _keys, args = call
         if not self._claims(script):
             return result

@@ -3,12 +3,10 @@ it: `corral:{NAME}:idem:TENANT:KEY` holds "TASK_ID DIGEST STATE" for KEEP_SECOND
 the tenant's keys are a sorted set by time (`idems:TENANT`), its bound counted there.
 
 A key is claimed before its task is submitted, with the id the task is submitted under
-(CLAIM: one step, so that two nodes racing one key get one id): the submit is idempotent
-on the id, so the state says what a retry does. `p` (claimed): the claimer may have died
-before its submit was acknowledged, and a retry submits the task under the claimed id
-(Redis answers "already accepted" when the claimer's got there: one task either way);
-`a` (accepted): the task was acknowledged, and a retry submits nothing, even once the
-task's record has been trimmed. A submit refused (its queue full, no node runs its agent)
+(one step, so that two nodes racing one key get one id). `p` (claimed): the claimer may
+have died before its submit was acknowledged, and a retry submits the task under the
+claimed id (one task either way: the submit is idempotent on the id); `a` (accepted): a
+retry submits nothing, even once the task's record has been trimmed. A refused submit
 lets go of its claim, so a retry is a new request.
 """
 
@@ -76,7 +74,7 @@ class SubmitKeys:
         return [f"{self.keys.prefix}idem:{tenant}:{key}", f"{self.keys.prefix}idems:{tenant}"]
 
     async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> KeyClaim:
-        """The key claimed for `task_id`, or what holds it (RedisError: not answered)."""
+        """The key claimed for `task_id`, or what holds it."""
         [got] = await self.scripts.acknowledged([(self._claim, self._names(tenant, key), [
             task_id, digest, repr(time.time()), KEEP_SECONDS, self.bound, key])])
         if isinstance(got, Exception):
@@ -95,6 +93,5 @@ class SubmitKeys:
                              px=int(KEEP_SECONDS * 1000))
 
     async def release(self, tenant: str, key: str, claim: KeyClaim) -> None:
-        """Let go of a claim whose submit was refused."""
         await self.scripts.run([(self._release, self._names(tenant, key), [
             f"{claim.task_id} {claim.digest} {CLAIMED}", key])])

@@ -1,9 +1,8 @@
 """The cluster key: records in Redis that decide what a node runs (cluster agents' tables,
 their revisions, the tables a node's file declared) or what a client is told a task
 answered (outcomes) carry an HMAC-SHA256 made with a key Redis never holds, read from the
-file `[cluster] key_file` names (decision 162). A node refuses a record whose MAC is
-missing or wrong: it never runs that table, never tells that outcome; it says so in its
-log (once per record) and counts it (`corral stats` -> cluster.trust).
+file `[cluster] key_file` names. A node refuses a record whose MAC is missing or wrong,
+says so in its log (once per record) and counts it (`corral stats` -> cluster.trust).
 
 Each MAC covers what the record is (its kind), the cluster's name and the name it is kept
 under (agent, node, task id and fence token), so a record signed for one name does not
@@ -40,14 +39,12 @@ OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task a
 STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
 SESSION = b"session"  # a session's state (keys.session, cluster/clustersessions.py), by agent, name
 CALL = b"call"  # a durable call's record and step rows (cluster/clustercalls.py), by call
-# a spawn's row (keys.spawns: by parent, key and child) and a task's place in its spawn
-# tree (its record's `lineage`: by task), cluster/clusterspawns.py
+# a spawn's row (by parent, key and child) and a task's place in its spawn tree (by task)
 SPAWN = b"spawn"
-# whose a task is (its record's `tenant`, its agent's where it was submitted), by task and
-# agent: a Redis writer does not move a task into another tenant's sight (decision 436)
+# whose a task is, by task and agent: a Redis writer does not move a task into another
+# tenant's sight
 TENANT = b"tenant"
-# an ask of a cluster task (keys.ask: its record and its end), by ask id (clusterasks.py)
-ASK = b"ask"
+ASK = b"ask"  # an ask of a cluster task (its record and its end), by ask id
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
          OUTCOME: "outcomes", STEP: "steps",
          SESSION: "sessions", CALL: "calls", SPAWN: "spawns",
@@ -63,8 +60,7 @@ NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluste
 
 def load_key(path: Path) -> bytes:
     """The key in `path`: a regular file owned by this process's user, readable by it
-    alone (mode 0600 or 0400), of at least MIN_KEY bytes. ConfigError saying which rule
-    it breaks."""
+    alone, of at least MIN_KEY bytes (else ConfigError)."""
     where = f"cluster.key_file: {path}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -126,7 +122,6 @@ class Trust:
         return hmac.new(self.key, _DOMAIN + b"fingerprint", hashlib.sha256).hexdigest()[:16]
 
     def sign(self, kind: bytes, *parts: bytes | str) -> str:
-        """The MAC of a record of `kind` kept under `parts` ("" without a key)."""
         if self.key is None:
             return ""
         return _mac(self.key, (kind, self.cluster, *parts))
@@ -156,9 +151,8 @@ class Trust:
 
     def tenant_of(self, task_id: str, agent: bytes, tenant: bytes | None,
                   mac: bytes | None) -> str:
-        """The tenant a task's record names, when its MAC verifies (bound to the task and
-        its agent); else "" — the operator's record alone, refused and said when it names
-        one (a record from before tenants were kept names none: not said)."""
+        """The tenant a task's record names, when its MAC verifies; else "": the
+        operator's record alone (refused and said when it names one)."""
         if not tenant:
             return ""
         if not self.valid(mac, TENANT, task_id, agent, tenant):
