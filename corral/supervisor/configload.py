@@ -72,12 +72,13 @@ def _each(data: dict[str, Any], section: str, where: str, problems: list[str] | 
     is added to it and the table left out, instead of raised (check-config says every
     error of a file at once)."""
     tables = data.get(section, {})
-    if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: {section}: expected a table")
     out: dict[str, _T] = {}
-    for name, table in tables.items():
-        with _collected(problems):
-            out[name] = one(name, table)
+    with _collected(problems):
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{where}: {section}: expected a table")
+        for name, table in tables.items():
+            with _collected(problems):
+                out[name] = one(name, table)
     return out
 
 
@@ -110,8 +111,7 @@ def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
     m = re.search(r" - at `\$\.?([^`]*)`$", text)
     if not m:
         return text, ""
-    path = re.sub(r"\[(\d+)\]", r"[\1]", m.group(1))
-    return text[: m.start()], path
+    return text[: m.start()], m.group(1)
 
 
 def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
@@ -128,13 +128,14 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
 def _said(type_: type[Any], problem: str, path: str, where: str, prefix: str) -> str:
     """One problem as check-config says it, with the values an enum takes, corral's key
     for another tool's or the nearest one."""
-    if problem.startswith("Invalid enum value"):
-        values = _enum_values(type_, path)
-        if values:
-            problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
+    info = _type_at(type_, path)
+    if problem.startswith("Invalid enum value") and isinstance(
+            info, msgspec.inspect.LiteralType):
+        problem += " (valid: " + ", ".join(repr(v) for v in info.values) + ")"
     unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
     if unknown:
-        keys = _field_names(type_, path)
+        keys = ([f.encode_name for f in info.fields]
+                if isinstance(info, msgspec.inspect.StructType) else [])
         other = hint(unknown[1], keys)
         problem += did_you_mean(unknown[1], keys) if other is None else other
     full = ".".join(p for p in (prefix, path) if p)
@@ -197,18 +198,6 @@ def _not_none(info: Any) -> Any:
         info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
                     None)
     return info
-
-
-def _enum_values(type_: type[Any], path: str) -> list[Any]:
-    info = _type_at(type_, path)
-    return list(info.values) if isinstance(info, msgspec.inspect.LiteralType) else []
-
-
-def _field_names(type_: type[Any], path: str) -> list[str]:
-    info = _type_at(type_, path)
-    if isinstance(info, msgspec.inspect.StructType):
-        return [f.encode_name for f in info.fields]
-    return []
 
 
 def validate_name(kind: str, name: str, where: str) -> None:
@@ -338,9 +327,7 @@ def _decoded(data: dict[str, Any], where: str, section: str, spec_type: type[Spe
         spec: Spec = convert(table, spec_type, where=where, prefix=f"{section}.{name}")
         return spec
 
-    with _collected(problems):
-        return _each(data, section, where, problems, one)
-    return {}
+    return _each(data, section, where, problems, one)
 
 
 def _checked(specs: dict[str, Spec], where: str,
@@ -391,9 +378,7 @@ def parse_models(data: dict[str, Any], where: str,
                               "or a digit")
         return _checked_as(table, ModelSpec, where, f"models.{name}")
 
-    with _collected(problems):
-        return _each(data, "models", where, problems, one)
-    return {}
+    return _each(data, "models", where, problems, one)
 
 
 def parse_policy(data: dict[str, Any], where: str, problems: list[str]) -> list[PolicyRule]:
@@ -438,23 +423,17 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
     for key in sorted(set(data) - set(tables)):
         problems.append(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
-    agents: dict[str, AgentSpec] = {}
-    tenants: dict[str, TenantSpec] = {}
-    servers: dict[str, McpServerSpec] = {}
-    with errors():
-        agents = parse_agents(data, where, problems)
-    with errors():
-        tenants = parse_tenants(data, where, problems)
+    agents = parse_agents(data, where, problems)
+    tenants = parse_tenants(data, where, problems)
     declared = data.get("mcp_servers", {})
     overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
                 and "command" not in t and "url" not in t} if isinstance(declared, dict) else {}
     for name in overlays:
         with errors():
             validate_name("mcp_servers", name, where)
-    with errors():
-        servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
-                                                 if n not in overlays}}
-                                if overlays else data, where, problems)
+    servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
+                                             if n not in overlays}}
+                            if overlays else data, where, problems)
     # which file declared each name, so a second declaration can say where the first is
     origin = {f"agents.{n}": where for n in agents} | {f"mcp_servers.{n}": where
                                                        for n in servers}

@@ -691,7 +691,9 @@ class Containment:
             return
         self._by_pid.pop(t.record.pid, None)
         self._left(token)
-        self._kill_escapees(t)
+        for pid, start in t.escapees.items():
+            self._kill_orphan(pid, start)
+        t.escapees.clear()
         if t.record.cgroup:
             cgroup_kill(t.record.cgroup)
         else:
@@ -701,11 +703,6 @@ class Containment:
             self._dying_groups.add(t.record.pgid)
             self._maybe_sweep()
         self.stream.emit(ProcessEnded(t.record))
-
-    def _kill_escapees(self, t: ProcessWatch) -> None:
-        for pid, start in t.escapees.items():
-            self._kill_orphan(pid, start)
-        t.escapees.clear()
 
     # -- the tick: zombies and re-parented orphans ----------------------------------------
     def tick(self) -> None:

@@ -207,7 +207,7 @@ class Elastic:
             if (current and e.spec.autoscale is None
                     and current != e.decider.policy.min_replicas):
                 self._respec(e, agent)  # `corral scale` set the count it wakes to
-            if current and _stopped_by_hand(agent):
+            if current and all(r.machine.stopped_by_hand for r in agent.replicas):
                 continue  # an operator stopped it: it stays down
             d = e.decider.decide(now, load, current, now - e.last_work)
             e.desired = d.desired
@@ -351,7 +351,3 @@ def scale_refusal(spec: AgentSpec, n: int) -> str | None:
     return (f"{spec.name} autoscales between min_replicas {a.min_replicas} and max_replicas "
             f"{a.max_replicas}: {n} is outside them (change [agents.{spec.name}.autoscale] "
             "to go further)")
-
-
-def _stopped_by_hand(agent: ElasticAgent) -> bool:
-    return all(r.machine.stopped_by_hand for r in agent.replicas)

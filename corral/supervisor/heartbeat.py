@@ -81,7 +81,9 @@ class Heartbeat:
                 # back to back after one stall do not count it again
                 stall = self.listening.tick(woke - max(due, prev_end))
                 if stall:
-                    self._on_stall(stall)
+                    log.warning("event loop stalled for %.2f s; not counted as silence of any "
+                                "worker", stall)
+                    self.stream.emit(Stall(stall))
                 t0 = time.perf_counter()
                 now = self.listening.now()
                 sampled = passed = 0
@@ -124,8 +126,3 @@ class Heartbeat:
             for r, why in self.tenancy.caps():
                 r.take_down(why, graceful=True, cause=Cause.CAP)
             self.stream.emit(TICK)
-
-    def _on_stall(self, seconds: float) -> None:
-        log.warning("event loop stalled for %.2f s; not counted as silence of any worker",
-                    seconds)
-        self.stream.emit(Stall(seconds))

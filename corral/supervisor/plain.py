@@ -83,10 +83,6 @@ class PlainReplica(Replica):
         self._watchdog_fed = 0.0  # listening clock: the last WATCHDOG=1 (or Ready)
 
     @property
-    def ready_mode(self) -> str:
-        return self.spec.ready or "started"
-
-    @property
     def takes_tasks(self) -> bool:
         return False
 
@@ -144,7 +140,7 @@ class PlainReplica(Replica):
         proc = self.process
         if proc is not None:
             proc.close_stdin()  # it reads EOF, as from systemd's /dev/null
-        if self.ready_mode != "notify":
+        if self.spec.ready != "notify":
             return "started"
         if not self._ready_seen:
             fut = self._ready_told = asyncio.get_running_loop().create_future()
