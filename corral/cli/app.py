@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -95,15 +95,11 @@ class Ctx:
         except Unreachable as exc:
             if not reachable:
                 raise
-            click.echo(f"corral: {exc}", err=True)
-            sys.exit(EXIT_UNREACHABLE)
+            fail(str(exc), EXIT_UNREACHABLE)
         except CallFailed as exc:
-            click.echo(f"corral: {exc.message}", err=True)
-            sys.exit(EXIT_FAILED)
+            fail(exc.message)
         except TimeoutError:
-            click.echo(f"corral: the daemon did not answer {method} within "
-                       f"{default_timeout():g} s", err=True)
-            sys.exit(EXIT_FAILED)
+            fail(f"the daemon did not answer {method} within {default_timeout():g} s")
 
     def call_json(self, params: m.Params, as_json: bool, **kw: Any) -> Any:
         """`call`, the result printed as JSON if `as_json` and None answered then: the
@@ -113,6 +109,12 @@ class Ctx:
             print_json(res)
             return None
         return res
+
+
+def fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
+    """`corral: MESSAGE` on stderr, and the command exits with `status`."""
+    click.echo(f"corral: {message}", err=True)
+    sys.exit(status)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

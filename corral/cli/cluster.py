@@ -16,9 +16,8 @@ from .render import human_time, table
 @pass_ctx
 def nodes_list(obj: Ctx, as_json: bool) -> None:
     res: m.NodesResult | None = obj.call_json(m.NodesList(), as_json)
-    if res is None:
-        return
-    print_nodes(res)
+    if res is not None:
+        print_nodes(res)
 
 
 def print_nodes(res: m.NodesResult) -> None:

@@ -13,7 +13,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, cli, command, complete_agents, default_config, json_option, pass_ctx
+from .app import Ctx, cli, command, complete_agents, default_config, fail, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
 from .render import human_time, print_json, table
@@ -35,8 +35,7 @@ def daemon(obj: Ctx, config: str | None) -> None:
 
     path = Path(config or default_config())
     if not path.exists():
-        click.echo(f"corral: no config file at {path} (give one with --config)", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"no config file at {path} (give one with --config)")
     sys.exit(run_daemon(path, obj.socket))
 
 
@@ -106,8 +105,7 @@ def doctor(config: str | None, as_json: bool) -> None:
     try:
         cfg = load_config(where)
     except ConfigError as exc:
-        click.echo(f"corral: invalid config: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"invalid config: {exc}")
     found = probes.host(cfg.supervisor.bwrap)
     agents = probes.agents(cfg)
     if as_json:
@@ -169,8 +167,7 @@ def _check_manifest(path: Path) -> None:
     try:
         manifest = read_manifest(path.resolve())
     except ConfigError as exc:
-        click.echo(f"corral: invalid manifest: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"invalid manifest: {exc}")
     lock = f"lock {manifest.lock.name}" if manifest.lock else "no dependencies"
     click.echo(f"{manifest.file}: ok (package {manifest.name}, version "
                f"{manifest.version or '-'}, {lock})")
@@ -198,9 +195,8 @@ def version(obj: Ctx) -> None:
 @pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
     res: m.ReloadResult | None = obj.call_json(m.ConfigReload(), as_json)
-    if res is None:
-        return
-    print_reload(res)
+    if res is not None:
+        print_reload(res)
 
 
 def print_reload(res: m.ReloadResult) -> None:
@@ -242,11 +238,9 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
     try:
         stop(obj.client(wait_forever=True), now=now, wait=not no_wait)
     except Unreachable as exc:
-        click.echo(f"corral: {exc}", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        fail(str(exc), EXIT_UNREACHABLE)
     except CallFailed as exc:
-        click.echo(f"corral: {exc.message}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(exc.message)
 
 
 @command(m.DaemonClock)

@@ -3,15 +3,13 @@ remove, and the pids of their replicas."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, complete_agents, json_option, names_arg, pass_ctx
-from .client import EXIT_FAILED
+from .app import Ctx, cli, command, complete_agents, fail, json_option, names_arg, pass_ctx
 
 
 def _selection_command(declared: type[m.Selection], done: str) -> None:
@@ -106,14 +104,12 @@ def pid(obj: Ctx, target: str) -> None:
     st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=[name]))
     reps = [a for a in st.agents if index is None or a.replica == index]
     if index is not None and not reps:
-        click.echo(f"corral: no such replica: {target}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"no such replica: {target}")
     pids = [a.pid for a in reps if a.pid]
     for p in pids:
         click.echo(p)
     if not pids:
-        click.echo(f"corral: {target} has no running process", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"{target} has no running process")
 
 
 @command(m.AgentsRemove)

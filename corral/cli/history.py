@@ -18,9 +18,8 @@ from .render import dumps, stamp, table
 def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
     res: m.HistoryResult | None = obj.call_json(m.AgentsHistory(name=name, limit=limit),
                                                 as_json)
-    if res is None:
-        return
-    print_history(res)
+    if res is not None:
+        print_history(res)
 
 
 def print_history(res: m.HistoryResult) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
 from ..othernames import listing
-from .app import cli
-from .client import EXIT_FAILED
+from .app import cli, fail
 
 # the mapping, under the help's text (`corral help import`, `corral import --help`)
 _MAPPING = ("\b\ncorral's key       the other tools' names for it (what has no equivalent, "
@@ -56,8 +54,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     try:
         imports = read_all([Path(f) for f in files], How(dict(os.environ), profile), kind)
     except ConfigError as exc:
-        click.echo(f"corral: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(str(exc))
     for imp in imports:
         for line in imp.notes:
             click.echo(f"corral import: {line}", err=True)
@@ -71,8 +68,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     target = Path(output)
     refusal = _refusal(target, force)
     if refusal is not None:
-        click.echo(f"corral: {target}: {refusal}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"{target}: {refusal}")
     if target.exists() and not target.is_symlink():
         from ..importer.model import text_of
 
@@ -84,14 +80,11 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
                                             str(target), f"{target} (imported)"))
         click.echo(diff, err=True, nl=False)
         if not force:
-            click.echo(f"corral: {target} exists: not replaced (--force replaces it; the "
-                       "difference is above)", err=True)
-            sys.exit(EXIT_FAILED)
+            fail(f"{target} exists: not replaced (--force replaces it; the difference is above)")
     try:
         _write(target, text)
     except OSError as exc:
-        click.echo(f"corral: {target}: cannot write: {exc.strerror}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"{target}: cannot write: {exc.strerror}")
     n = sum(len(imp.agents) for imp in imports)
     m = sum(len(imp.servers) for imp in imports)
     written = ([f"{n} agent{'s' if n != 1 else ''}"] if n or not m else []) + \

@@ -13,7 +13,7 @@ import msgspec
 from .. import methods as m
 from ..methods import LogLine
 from ..text import plural
-from .app import Ctx, cli, command, json_option, names_arg, pass_ctx
+from .app import Ctx, cli, command, fail, json_option, names_arg, pass_ctx
 from .client import EXIT_UNREACHABLE, Disconnection
 from .durations import parse_since
 from .render import dumps
@@ -140,9 +140,7 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
         deadline = time.monotonic() + reconnect
         while not obj.reachable():
             if time.monotonic() >= deadline:
-                click.echo(f"corral: the daemon did not come back within {reconnect:g} s",
-                           err=True)
-                sys.exit(EXIT_UNREACHABLE)
+                fail(f"the daemon did not come back within {reconnect:g} s", EXIT_UNREACHABLE)
             time.sleep(0.2)
         if last:
             params = m.LogsFollow(**{**msgspec.structs.asdict(want), "since": last[0],

@@ -9,9 +9,8 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, default_config, json_option, pass_ctx
-from .client import EXIT_FAILED
-from .render import print_json, table
+from .app import Ctx, cli, command, default_config, fail, json_option, pass_ctx
+from .render import table
 from .terminal import unguarded
 
 
@@ -98,8 +97,8 @@ def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str
     bad = [e for e, (_, eq, _) in zip(env, pairs, strict=True) if not eq]
     if bad:
         raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--env")
-    _reloaded(obj.call(m.McpAdd(name=name, command=list(server_command),
-                                env={k: v for k, _, v in pairs})), as_json)
+    _reloaded(obj.call_json(m.McpAdd(name=name, command=list(server_command),
+                                     env={k: v for k, _, v in pairs}), as_json))
 
 
 @command(m.McpRemove, more="\n\nPrints what the reload changed.")
@@ -107,15 +106,13 @@ def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str
 @json_option
 @pass_ctx
 def mcp_remove(obj: Ctx, name: str, as_json: bool) -> None:
-    _reloaded(obj.call(m.McpRemove(name=name)), as_json)
+    _reloaded(obj.call_json(m.McpRemove(name=name), as_json))
 
 
-def _reloaded(res: m.ReloadResult, as_json: bool) -> None:
+def _reloaded(res: m.ReloadResult | None) -> None:
     from .daemon import print_reload
 
-    if as_json:
-        print_json(res)
-    else:
+    if res is not None:  # (printed as JSON)
         print_reload(res)
 
 
@@ -136,8 +133,7 @@ def mcp_login(name: str, config: str | None, port: int) -> None:
         path = asyncio.run(login(Path(config or default_config()), name, port,
                                  lambda text: click.echo(text)))
     except LoginError as exc:
-        click.echo(f"corral: login to {name} failed: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"login to {name} failed: {exc}")
     click.echo(f"logged in to {name}; tokens in {path}")
 
 

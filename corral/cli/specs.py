@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, command, complete_agents, doc, json_option, pass_ctx
-from .client import EXIT_FAILED
+from .app import Ctx, cli, command, complete_agents, doc, fail, json_option, pass_ctx
 from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
@@ -90,12 +88,10 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
     except OSError as exc:
         raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        click.echo(f"corral: {path}: syntax error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"{path}: syntax error: {exc}")
     agents = data.get("agents")
     if not isinstance(agents, dict) or not agents:
-        click.echo(f"corral: {path}: no [agents.NAME] tables", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"{path}: no [agents.NAME] tables")
     base = Path(path).resolve().parent
     for table in agents.values():
         if isinstance(table, dict):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from .app import cli
-from .client import EXIT_FAILED
+from .app import cli, fail
 
 
 @cli.group("systemd")
@@ -34,8 +31,7 @@ def systemd_install(unit_dir: str, config: str, force: bool, dry_run: bool) -> N
     try:
         done = install(Path(unit_dir), Path(config), force, dry_run)
     except (OSError, FileExistsError) as exc:
-        click.echo(f"corral: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(str(exc))
     for line in done:
         click.echo(line)
     if not dry_run:

@@ -13,7 +13,7 @@ import msgspec
 from .. import methods as m
 from ..askviews import what_it_asks
 from ..taskoptions import TaskFilters, TaskOptions
-from .app import Ctx, command, complete_agents, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, fail, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .durations import duration
 from .render import dumps, human_time, millis, print_json, stamp, table
@@ -36,9 +36,7 @@ def _read_input(value: str, hint: str = "--input") -> msgspec.Raw:
     else:
         data = value.encode()
     if len(data) > MAX_INPUT:
-        click.echo(f"corral: input too large: {len(data)} bytes is over the {MAX_INPUT}-byte "
-                   "limit", err=True)
-        sys.exit(EXIT_FAILED)
+        fail(f"input too large: {len(data)} bytes is over the {MAX_INPUT}-byte limit")
     try:
         # checked here (a clear usage error), sent on as the bytes it is: no objects built
         raw: msgspec.Raw = msgspec.json.decode(data, type=msgspec.Raw)
@@ -77,12 +75,10 @@ def _reconnecting(obj: Ctx, ask: Callable[[Client], m.TaskInfo],
             if deadline is None:
                 deadline = time.monotonic() + reconnect
             if time.monotonic() >= deadline:
-                click.echo(f"corral: {exc}", err=True)
-                sys.exit(EXIT_UNREACHABLE)
+                fail(str(exc), EXIT_UNREACHABLE)
             time.sleep(0.2)
         except CallFailed as exc:
-            click.echo(f"corral: {exc.message}", err=True)
-            sys.exit(EXIT_FAILED)
+            fail(exc.message)
 
 
 def task_options(fn: Any) -> Any:
@@ -190,8 +186,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
                        wait_forever=True)
     except Unreachable as exc:
         if not accepted:  # never acknowledged: it may not exist
-            click.echo(f"corral: {exc}", err=True)
-            sys.exit(EXIT_UNREACHABLE)
+            fail(str(exc), EXIT_UNREACHABLE)
         info = _wait_again(obj, accepted[0], reconnect)
         res = m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
     _finish(res, "json" if as_json else "text")

@@ -146,14 +146,6 @@ def _show_listing(res: m.ToolList | m.ResourceList | m.PromptList, as_json: bool
         sys.exit(EXIT_FAILED)
 
 
-def _show_content(res: dict[str, Any], as_json: bool, key: str) -> None:
-    """One resource read or prompt got: as JSON, or its contents (messages) as text."""
-    if as_json:
-        print_json(res)
-    else:
-        _print_content(res.get(key) or [])
-
-
 def _print_content(items: list[dict[str, Any]]) -> None:
     for item in items:
         if isinstance(item.get("text"), str):
@@ -177,8 +169,9 @@ def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool
     if rest:
         if len(rest) != 1:
             raise click.UsageError("usage: corral resources [SERVER] read URI")
-        res = obj.call(m.ResourcesRead(uri=rest[0], server=server))
-        _show_content(res, as_json, "contents")
+        res = obj.call_json(m.ResourcesRead(uri=rest[0], server=server), as_json)
+        if res is not None:
+            _print_content(res.get("contents") or [])
         return
     listed: m.ResourceList = obj.call(m.ResourcesList(server=server, agent=agent))
     rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
@@ -217,8 +210,9 @@ def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
             raise click.UsageError("usage: corral prompts get SERVER__PROMPT [--args JSON]")
         arguments = _json_object(args, "--args")
         name = rest[0] if server is None or "__" in rest[0] else f"{server}__{rest[0]}"
-        res = obj.call(m.PromptsGet(name=name, arguments=arguments))
-        _show_content(res, as_json, "messages")
+        res = obj.call_json(m.PromptsGet(name=name, arguments=arguments), as_json)
+        if res is not None:
+            _print_content(res.get("messages") or [])
         return
     listed: m.PromptList = obj.call(m.PromptsList(server=server, agent=agent))
     rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .. import methods as m
-from .app import Ctx, command, json_option, pass_ctx
+from .app import Ctx, command, fail, json_option, pass_ctx
 
 BAR = 40  # columns of the time axis
 
@@ -71,7 +69,6 @@ def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
         return
     lines = waterfall(res)
     if not lines:
-        click.echo(f"corral: no trace kept for task {task_id} (not sampled, not finished "
-                   "yet, or pruned from the local store)", err=True)
-        sys.exit(1)
+        fail(f"no trace kept for task {task_id} (not sampled, not finished yet, or pruned "
+             "from the local store)")
     click.echo("\n".join(lines))

@@ -11,7 +11,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, command, json_option, pass_ctx
+from .app import Ctx, command, fail, json_option, pass_ctx
 from .client import EXIT_FAILED, CallFailed, Unreachable
 from .render import print_json
 
@@ -59,9 +59,8 @@ def wait_for(obj: Ctx, began: m.UpgradeReport) -> m.UpgradeReport:
         if now.attempt == began.attempt and now.state != "handing_over":
             return now
         time.sleep(POLL)
-    click.echo(f"corral: the daemon did not say how upgrade #{began.attempt} went within "
-               f"{WAIT:g} s: look at its log", err=True)
-    sys.exit(EXIT_FAILED)
+    fail(f"the daemon did not say how upgrade #{began.attempt} went within "
+         f"{WAIT:g} s: look at its log")
 
 
 def said(r: m.UpgradeReport) -> str:

@@ -11,7 +11,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, command_group, json_option, pass_ctx
+from .app import Ctx, cli, command, command_group, fail, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import dumps, table
@@ -52,9 +52,8 @@ def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None
         click.echo(_plan_of_file(path, name))
         return
     res: m.WorkflowPlan | None = obj.call_json(m.WorkflowsPlan(name=name), as_json)
-    if res is None:
-        return
-    click.echo(res.plan)
+    if res is not None:
+        click.echo(res.plan)
 
 
 def _plan_of_file(path: str, name: str) -> str:
@@ -65,13 +64,11 @@ def _plan_of_file(path: str, name: str) -> str:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        click.echo(f"corral: invalid config: {exc}", err=True)
-        raise SystemExit(EXIT_FAILED) from None
+        fail(f"invalid config: {exc}")
     spec = cfg.workflows.get(name)
     if spec is None:
-        click.echo(f"corral: no such workflow: {name} in {path} (workflows: "
-                   f"{', '.join(sorted(cfg.workflows)) or 'none'})", err=True)
-        raise SystemExit(EXIT_FAILED)
+        fail(f"no such workflow: {name} in {path} (workflows: "
+             f"{', '.join(sorted(cfg.workflows)) or 'none'})")
     return plan_text(compile_workflow(name, spec, None, cfg.workflows))
 
 
