@@ -558,11 +558,9 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
             first = asyncio.ensure_future(channel.wake.wait())
             await asyncio.wait({run, first}, return_when=asyncio.FIRST_COMPLETED)
             first.cancel()
-            if run.done() and not channel.frames and isinstance(run.exception(),
-                                                                jsonrpc.RpcError):
-                exc = run.exception()
-                assert isinstance(exc, jsonrpc.RpcError)
-                return route.rpc_problem(exc)
+            if run.done() and not channel.frames and isinstance(
+                    refused := run.exception(), jsonrpc.RpcError):
+                return route.rpc_problem(refused)
         response = channel.response = await open_stream(request)
         pump = asyncio.ensure_future(channel.pump())
         waits: set[asyncio.Future[Any]] = {run, pump}
