@@ -24,8 +24,7 @@ class HttpContext:
     services: Services
     dispatcher: Dispatcher[Any]
     settings: HttpSettings
-    # the request's Caller, or raise RpcError(UNAUTHORIZED): bearer tokens (rest.py's
-    # auth), and the dashboard's session cookie (ui.py) where one is set up
+    # bearer tokens (rest.py), and the dashboard's session cookie (ui.py) where one is set up
     authenticators: list[Authenticator] = field(default_factory=list)
     url: str = ""  # where the server listens, once it does
     # requests answered, by route pattern and status (corral_http_requests_total); those
