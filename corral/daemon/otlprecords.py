@@ -110,20 +110,27 @@ def _template(key: tuple[Any, ...], record: Sequence[Any]) -> Filler | None:
                 return None
             cuts.append((at + found, len(x), f"{len(x)}s"))
         whole += one
-    code = ["<"]
-    kept: list[bytes] = []
-    at = 0
-    for offset, length, field in cuts:
-        kept.append(bytes(whole[at:offset]))
-        code += (f"{offset - at}s", field)
-        at = offset + length
-    kept.append(bytes(whole[at:]))
-    code.append(f"{len(whole) - at}s")
-    fill = _filler(Struct("".join(code)).pack, kept)
+    fill = _filler(*_cut(bytes(whole), cuts))
     a = record[14][0]
     checked: Filler | None = fill if fill(record, a) == whole else None
     _templates[key] = checked
     return checked
+
+
+def _cut(whole: bytes, cuts: list[tuple[int, int, str]]
+         ) -> tuple[Callable[..., bytes], list[bytes]]:
+    """A template's `pack` of `whole` cut at `cuts` ((offset, length, struct code) each,
+    in order), and the bytes kept between the cuts."""
+    code = ["<"]
+    kept: list[bytes] = []
+    at = 0
+    for offset, length, field in cuts:
+        kept.append(whole[at:offset])
+        code += (f"{offset - at}s", field)
+        at = offset + length
+    kept.append(whole[at:])
+    code.append(f"{len(whole) - at}s")
+    return Struct("".join(code)).pack, kept
 
 
 def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
@@ -187,16 +194,7 @@ def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
         x = text.encode()
         cuts.append((at + found + len(made) - len(x), len(x), f"{len(x)}s"))
     cuts.sort()
-    code = ["<"]
-    kept: list[bytes] = []
-    pos = 0
-    for offset, length, field in cuts:
-        kept.append(whole[pos:offset])
-        code += (f"{offset - pos}s", field)
-        pos = offset + length
-    kept.append(whole[pos:])
-    code.append(f"{len(whole) - pos}s")
-    fill = _tool_filler(Struct("".join(code)).pack, kept, not gateway, record[9] is not None)
+    fill = _tool_filler(*_cut(whole, cuts), not gateway, record[9] is not None)
     checked: ToolFiller | None = fill
     probe = _probe(record, gateway)
     ps = expand(probe, True)[0]
