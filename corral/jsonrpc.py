@@ -261,28 +261,21 @@ MIN_READ = 1024  # the least room a read is given
 class LineProtocol(asyncio.BufferedProtocol):
     """Splits a byte stream into lines with a hard cap on line length.
 
-    Reads go straight into the protocol's own buffer (uvloop reads into a BufferedProtocol;
-    asyncio's pipe transports call `data_received`, which copies into it), and each line is
-    copied out of it once, as bytes: a 1 MB line costs one copy, not a bytes object per
-    read and a growing join. A line that outgrows the buffer moves to a larger one (twice
-    the size, or at once as large as the last long line); that one is kept while long
-    lines keep coming (a channel that carries 1 MB messages reads each straight into it)
-    and given back at the next short line, so an idle channel holds IDLE_BUFFER. (The
-    buffer is never resized in place: the transport may hold a view of it while it
-    reports a read.)
+    Reads go straight into the protocol's own buffer (asyncio's pipe transports call
+    `data_received`, which copies into it) and each line is copied out of it once: a 1 MB
+    line costs one copy, not a bytes object per read and a growing join. A line that
+    outgrows the buffer moves to a larger one, kept while long lines keep coming and given
+    back at the next short line, so an idle channel holds IDLE_BUFFER (never resized in
+    place: the transport may hold a view of it while it reports a read).
 
-    A line longer than `max_line` is never buffered: the bytes seen so far are dropped,
-    the rest of the line is skipped up to its newline, and `on_oversize` is told once,
-    with the line's size and its first and last `OVERSIZE_ENDS` bytes (where a JSON-RPC
+    A line longer than `max_line` is never buffered: it is skipped up to its newline, and
+    `on_oversize` told its size and first and last `OVERSIZE_ENDS` bytes (where a
     response's id is: `Peer.oversized` fails that request at once).
 
-    `pause()` stops both reading and the delivery of lines already read (what is left of
-    the current read is held, at most one read's worth); `resume()` delivers the held lines
-    and reads again. A reader whose answers are not being read uses it to stop taking work.
-
-    A line's handler that raises is logged with the line and the reader goes on with the
-    next line: an error let out of a read is the transport's fatal error, the end of all
-    reading of the channel.
+    `pause()` stops both reading and the delivery of lines already read (at most one
+    read's worth is held); `resume()` delivers them and reads again. A line's handler that
+    raises is logged with the line and the next line read: an error let out of a read is
+    the transport's fatal error, the end of all reading of the channel.
     """
 
     def __init__(
