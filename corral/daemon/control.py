@@ -1,13 +1,10 @@
 """The control socket: a unix socket speaking JSON-RPC, one connection per client.
 
 - One daemon per socket: a lock file beside the socket is held (flock) for the daemon's
-  life, so a second daemon refuses at once and a stale socket left by a killed daemon is
-  safely replaced (whoever holds the lock owns the path).
-- Mode 0660; every connection's peer uid is checked with SO_PEERCRED: root, the daemon's
-  uid, and members of the configured group are served; anyone else gets an error and is
-  disconnected.
-- A transport only: framing, SO_PEERCRED -> `Caller`, flow control; every request goes to
-  the one `Dispatcher` (api.py).
+  life, so a second daemon refuses at once and a stale socket is safely replaced.
+- Mode 0660; root, the daemon's uid, and members of the configured group (SO_PEERCRED)
+  are served; anyone else gets an error and is disconnected. Every request goes to the
+  one `Dispatcher`.
 - Every client is on a budget, so no client can stall the loop or grow the daemon's
   memory: once REPLY_HIGH bytes of its replies are unread, its requests are no longer
   read; replies it still does not read for `control_idle_timeout`, or a backlog past

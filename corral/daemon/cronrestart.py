@@ -2,13 +2,10 @@
 minute those five cron fields match (UTC), as PM2's cron_restart does: a program that
 leaks, or reads its files only as it starts.
 
-The restart is graceful, as `corral restart` is: an agent speaking corral's protocol is
-replaced rolling (each new process serving before the old one finishes its tasks and
-goes: no task is dropped, it never serves with fewer replicas); a plain program is
-stopped (its stop signal, its stop_timeout) and started again, since a second copy of it
+The restart is graceful: an agent speaking corral's protocol is replaced rolling (no task
+is dropped); a plain program is stopped and started again, since a second copy of it
 beside the first would fight it for its port. A replica stopped by hand stays stopped,
-and a restart waits for the agent's turn (Fleet.changing): never during a deploy, a
-rollback or a reload of it.
+and a restart waits for the agent's turn: never during a deploy, a rollback or a reload.
 
 The minutes are the daemon's WaitClock's, the wall's in production: with `[supervisor]
 manual_clock = true` a test moves them with `corral clock --advance`.

@@ -1,14 +1,12 @@
 """Development mode: `watch = ["*.py"]` on an agent restarts it when a matching file
 changes, as PM2's --watch and uvicorn's --reload do.
 
-The kernel tells of changes (inotify, through watchfiles; never a polling loop); changes
-that come together are taken as one (watchfiles' debounce, then a quiet `STEP`). A plain
-agent is restarted rolling (each new process Ready before the old one goes) in its own
-directory (cwd); an agent package is deployed again from the directory it was deployed
-from (a release is read-only: what changed is its source), which builds a new release
-(its dependencies from uv's cache) and switches to it if it comes up, so an edit that
-breaks the agent is refused and the running release keeps serving. Either waits for the
-agent's turn (Fleet.changing): never during a deploy, a rollback or a reload of it.
+The kernel tells of changes (inotify, through watchfiles); changes that come together are
+taken as one. A plain agent is restarted rolling in its own directory; an agent package
+is deployed again from its source directory (a release is read-only), which switches to
+the new release only if it comes up, so an edit that breaks the agent is refused and the
+running release keeps serving. Either waits for the agent's turn: never during a deploy,
+a rollback or a reload of it.
 """
 
 from __future__ import annotations

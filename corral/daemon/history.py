@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import sqlite3
 import time
 from collections import OrderedDict
@@ -392,15 +393,12 @@ class History:
 
 def read_rows(path: Path, resolution: int, agent: str, since: float,
               tenant: str | None = None) -> tuple[list[tuple[Any, ...]], bool]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         rows = db.execute(
             f"SELECT {', '.join(COLUMNS[1:])} FROM metrics_history WHERE resolution = ? "
             f"AND agent = ? AND time >= ? AND (? IS NULL OR tenant = ?) "
             f"ORDER BY time DESC LIMIT ?",
             (resolution, agent, since, tenant, tenant, MAX_POINTS + 1)).fetchall()
-    finally:
-        db.close()
     truncated = len(rows) > MAX_POINTS
     rows = rows[:MAX_POINTS]
     rows.reverse()
@@ -408,12 +406,9 @@ def read_rows(path: Path, resolution: int, agent: str, since: float,
 
 
 def has_rows(path: Path, agent: str) -> bool:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return db.execute("SELECT 1 FROM metrics_history WHERE agent = ? LIMIT 1",
                           (agent,)).fetchone() is not None
-    finally:
-        db.close()
 
 
 def figures(row: tuple[Any, ...]) -> MetricsSample:

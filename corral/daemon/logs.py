@@ -5,11 +5,10 @@ to a bounded in-memory tail per source, to a size-rotated file per source in the
 directory, and to live followers.
 
 The hot path is per read, not per line: the lines of one read from a worker share one tag
-and one timestamp, are written to the file with one `join` and one write(2), and are kept
-as raw bytes in a `Batch`; they become `LogLine`s (decoded text) only when someone reads
-them. Files are written unbuffered, so a line that reached corral is in the file even if
-corral dies next. Followers never slow workers down: each has a bounded queue, and what
-overflows it is counted and reported to the follower as missed.
+and one timestamp, are written with one write(2), and are kept as raw bytes in a `Batch`
+until someone reads them. Files are written unbuffered, so a line that reached corral is
+in the file even if corral dies next. Followers never slow workers down: each has a
+bounded queue, and what overflows it is reported to the follower as missed.
 
 The log directory is checked at start-up (`LogDirError`). A file that cannot be written
 later (a full disk, an I/O error) stops nothing: the failure is told once, its lines still
