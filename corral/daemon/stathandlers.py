@@ -59,19 +59,16 @@ implements = COMMANDS.implements
 async def stats_get(d: StatsServices, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
     stats = msgspec.structs.asdict(d.runtime_stats())
     writer = d.store.writer  # the store's writer thread, once the store is open
-    per_agent = {}
-    for a in d.agents.values():
-        per_agent[a.name] = m.AgentStats(
-            replicas=len(a.replicas),
-            serving=sum(1 for r in a.replicas if r.serving),
-            restarts=sum(r.restarts for r in a.replicas),
-            # a float even for no replicas, as the field says
-            cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
-            rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
-            usage=wire(d.budgets.stats(a.name)),
-            tenant=a.spec.tenant,
-            elastic=d.elastic.shown_state(a.name),
-        )
+    per_agent = {a.name: m.AgentStats(
+        replicas=len(a.replicas),
+        serving=sum(1 for r in a.replicas if r.serving),
+        restarts=sum(r.restarts for r in a.replicas),
+        # a float even for no replicas, as the field says
+        cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
+        rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
+        usage=wire(d.budgets.stats(a.name)),
+        tenant=a.spec.tenant,
+        elastic=d.elastic.shown_state(a.name)) for a in d.agents.values()}
     there = sum(a.restarts for a in per_agent.values())
     return m.StatsResult(
         supervisor=m.SupervisorStats(

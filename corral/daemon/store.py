@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,7 @@ class StateStore:
             writer, self.writer = self.writer, None
             await writer.committed()  # while failing: one more attempt
             writer.cancel_retry()
-            lost = writer.pending()
-            for kind, n in writer.dropped.items():
-                lost[kind] = lost.get(kind, 0) + n
+            lost = Counter(writer.pending()) + Counter(writer.dropped)
             if lost:
                 writer.on_error(f"state database {self.path}: not written before shutdown, "
                                 f"lost: {counted(lost)}")

@@ -16,6 +16,7 @@ import resource
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -603,10 +604,7 @@ def _kept_size(kept: _QueuedWrite) -> int:
 
 
 def _kinds(batch: list[_QueuedWrite]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for kept in batch:
-        counts[kept.kind] = counts.get(kept.kind, 0) + 1
-    return counts
+    return dict(Counter(kept.kind for kept in batch))
 
 
 def counted(counts: dict[str, int]) -> str:
