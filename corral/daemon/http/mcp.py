@@ -1,15 +1,6 @@
-"""The HTTP gateway: the pool as one MCP server over Streamable HTTP, in the daemon.
-
-Served at `/mcp` of the daemon's HTTP server and, with `[gateway] listen`, on a site of
-its own too, by the same handlers and sessions. A POST's answer is JSON, or an SSE stream
-when progress came before it; a client that lost a stream resumes it with GET and
-`Last-Event-ID`, and one not resumed within `RESUME_GRACE` seconds cancels the call
-upstream, as a client gone away should. 2024-11-05 … 2025-11-25 clients hold a session
-(`Mcp-Session-Id`; 404 tells them to initialize again); 2026-07-28 POSTs stand alone.
-`Origin`, when sent, must be loopback (DNS-rebinding protection, as the transport spec
-asks). A stream whose reader does not read keeps at most `MAX_PENDING` events and
-`MAX_PENDING_BYTES` (progress is dropped, an answer never is), and a session's replay
-`REPLAY` and `REPLAY_BYTES`: a progress event carries up to a MiB of a task's output.
+"""The HTTP gateway: the pool as one MCP server over Streamable HTTP, in the daemon
+(docs/http.md, "The MCP gateway"), at `/mcp` of the daemon's HTTP server and, with
+`[gateway] listen`, on a site of its own too, by the same handlers and sessions.
 
 aiohttp is imported here only, and this module only when the gateway is served over HTTP.
 """

@@ -1,14 +1,8 @@
-"""`/metrics`: Prometheus' exposition of figures the daemon already holds, in the format
-`prometheus_client` negotiates (OpenMetrics when the scraper asks for it).
-
-A scrape reads plain numbers out of the engine on the loop: nothing is measured per
-agent. The per-agent families, nearly all of the exposition, are written line by line
-here (`render`), a slice of the agents per turn of the loop; every other family is
-`prometheus_client`'s own (a test holds the lines to what it makes of the same figures).
-Labels are names, never a task, request or session id.
-
-Who may scrape: with `[http] metrics_public = true` on a loopback address (or a unix
-socket) anyone who reaches it; otherwise a caller holding `metrics:read`.
+"""`/metrics` (docs/http.md, "Metrics and history"): Prometheus' exposition of figures the
+daemon already holds. The per-agent families, nearly all of the exposition, are written
+line by line here (`render`), a slice of the agents per turn of the loop; every other
+family is `prometheus_client`'s own (a test holds the lines to what it makes of the same
+figures). Labels are names, never a task, request or session id.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
-"""Streams as Server-Sent Events: every event has an id, and a client that reconnects
-with `Last-Event-ID` is sent what it missed while it is still kept.
-
-- Events (`/events/stream`): one follower of the bus fills a ring of the newest events,
-  numbered and framed once; a client is a cursor into the ring (a `Reader`), so it costs
-  nothing but that cursor and what its connection buffers. One fan-out task writes to
-  every reader behind the ring, a few milliseconds per turn of the loop, and never waits
-  on a client: a reader whose connection has STREAM_BUFFER bytes waiting is passed by
-  until its client takes them. A client slower than the ring turns over is told how many
-  it missed (`event: missed`).
-- Logs (`/logs/stream`): the client's own `logs.follow`; an event's id is the time of its
-  last line, and a reconnect resumes from the log tail the hub keeps (`since`).
-- The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
-  reconnect's Last-Event-ID is the method's `last_event_id`. A call that ends
-  (tasks.stream) writes out what it sent, then its answer as the last event.
-
-Hostile clients: streams are counted, overall and per token (`Streams`); a stream's
-socket has a small kernel send buffer and its transport a small high-water mark, so a
-client that never reads pins little; and a write that waits on a client for `[http]
-stream_write_timeout` seconds ends its stream: it is cut (`_cut`), its last event naming
-the id to resume from, and its connection aborted if even that is not taken.
+"""Streams as Server-Sent Events (docs/http.md, "Streams" and "Limits"): every event has an
+id, and a client that reconnects with `Last-Event-ID` is sent what it missed while it is
+still kept. `/events/stream` is a cursor (`Reader`) into one ring the bus fills, written by
+one fan-out task that never waits on a client; every other stream is the client's own call
+(`follow`). A stream whose client takes nothing for `deadline` seconds is cut (`_cut`).
 """
 
 from __future__ import annotations
@@ -165,10 +149,9 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     transport = request.transport
     if transport is not None:
-        # what a client that does not read can pin: STREAM_BUFFER bytes here (then its
-        # writes wait, or the fan-out passes it by), and a kernel send buffer that does
-        # not grow to megabytes (autotuning would let it, and copying that much into it
-        # for a thousand such clients is what stalled the loop)
+        # what a client that does not read can pin: STREAM_BUFFER bytes here, and a
+        # kernel send buffer that autotuning would grow to megabytes (copying that much
+        # for a thousand such clients stalled the loop)
         transport.set_write_buffer_limits(high=STREAM_BUFFER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -271,10 +254,8 @@ class EventRing:
         self._due.set()
 
     async def _write_out(self) -> None:
-        """Every reader behind the ring gets a batch per pass; a pass yields to the loop
-        every SLICE seconds, so a burst of events to a thousand streams is many short
-        turns, not one long one; a reader whose client does not take what it was sent
-        is passed by (held) until its own task has seen it drain."""
+        """A batch per reader behind the ring per pass, yielding to the loop every SLICE
+        seconds; a held reader is passed by until its own task has seen it drain."""
         due = self._due
         clock = time.perf_counter
         while True:
@@ -373,10 +354,8 @@ def _last_id(request: web.Request) -> str | None:
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any,
                  tenant: str | None, stop: asyncio.Future[None] | None = None,
                  deadline: float = WRITE_DEADLINE) -> web.StreamResponse:
-    """The stream's own task does no writing but keepalives: it waits for the fan-out to
-    say its client is slow (then for the client, within `deadline` seconds, else the
-    stream is cut: `_cut`) or gone, or for `stop` (its token revoked or expired:
-    rest.Api.lasting)."""
+    """The stream's own task writes only keepalives: it waits for the fan-out to say its
+    client is slow or gone, or for `stop` (its token revoked or expired)."""
     ring.start()
     last = _last_id(request)
     cursor = ring.last + 1
@@ -492,11 +471,9 @@ class SseChannel:
 
 async def _ended(request: web.Request, response: web.StreamResponse, channel: SseChannel,
                  run: asyncio.Future[Any], pump: asyncio.Future[Any]) -> None:
-    """A call that ends (tasks.stream, once its task has): what it sent is written out,
-    then its answer as the stream's last event, `result` (or `problem`: a refusal's
-    code and detail; not `error`, which a browser's EventSource takes for its own). The
-    pump writes out what is left and returns (cancelled in a write, it would lose the
-    frame it was writing: see `drained`)."""
+    """What the call sent written out, then its answer as the last event, `result` or
+    `problem` (not `error`, which a browser's EventSource takes for its own). The pump
+    returns by itself: cancelled in a write, it would lose that frame (`drained`)."""
     channel.end()
     await pump  # Unread, ConnectionResetError: the stream ends there
     exc = run.exception()
@@ -512,9 +489,8 @@ CUT_GRACE = 5.0  # seconds a cut stream's client has to take its last words
 
 
 async def _cut(request: web.Request, why: str, last_id: str | None) -> None:
-    """The daemon ends a stream its client does not read: its last event, `cut`, says
-    why and the id to resume from (every event before it was written), and the
-    connection closes, aborted if its client has not taken that within CUT_GRACE."""
+    """The last event, `cut`, says why and the id to resume from (every event before it
+    was written); the connection is aborted if that is not taken within CUT_GRACE."""
     data = frame(None, "cut", msgspec.json.encode({"reason": why,
                                                    "last_event_id": last_id}))
     with contextlib.suppress(Exception):  # (the transport may be closing)
@@ -539,9 +515,8 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
                  method: str, params: Any, stop: asyncio.Future[None] | None = None,
                  deadline: float = WRITE_DEADLINE) -> web.StreamResponse:
     """The client's own call, until it ends, the client goes, or `stop`. A call that
-    ends (tasks.stream) opens the stream at its first notification: refused before it
-    (a task not found, a position not of the stream), it answers problem+json. A
-    client that takes nothing for `deadline` seconds is cut (`_cut`)."""
+    ends (tasks.stream) opens the stream at its first notification: refused before it,
+    it answers problem+json."""
     last = _last_id(request)
     if last is not None and method == m.LogsFollow.declared.name:
         with contextlib.suppress(ValueError):

@@ -1,13 +1,9 @@
-"""The dashboard (`/ui`): one page and its vendored libraries, served under a strict
-Content-Security-Policy, and one JSON endpoint through which the page calls an allowlist
-of control methods on the one Dispatcher (docs/http.md, "The dashboard"). Its streams are
-Server-Sent Events at `GET /ui/stream/METHOD`, with the session's cookie.
-
-Login: `corral ui` calls `ui.login` on the control socket, which mints a one-time code
-(`Sessions.issue`); `GET /ui/login?code=...` trades it for a session cookie (HttpOnly,
-SameSite=Strict, Path=/ui). A call from the page must carry the session's CSRF token in
-`X-CSRF-Token` and a same-origin `Origin`; every `/ui` request must name this server in
-its `Host` (a DNS-rebinding page names its own)."""
+"""The dashboard (`/ui`, docs/http.md, "The dashboard"): one page and its vendored
+libraries under a strict Content-Security-Policy, one JSON endpoint through which the page
+calls an allowlist of control methods on the one Dispatcher, and its SSE streams at
+`GET /ui/stream/METHOD`. The login, the cookie and the checks of Host, Origin and the CSRF
+token are the table in docs/http.md.
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """What the model gateway writes back to the agent: an answer as the upstream gave it, a
-streamed one passed on as it comes (recorded, its last event held back until the
-answer is journaled), a journaled one given again (a stream as the same stream), and a
-refusal in the endpoint's format.
-
-A stream that ends without its format's last event (the upstream cut it, or its
-connection failed) is not an answer: nothing is journaled, and the agent's connection
-is cut too, so that its client raises as it would have talking to the provider. An agent
-that hangs up is written no more, and the upstream's stream read on to its end (its
-usage is what the call is counted by)."""
+streamed one passed on as it comes (its last event held back until the answer is
+journaled), a journaled one given again, and a refusal in the endpoint's format. A stream
+that ends without its format's last event is no answer: nothing is journaled, and the
+agent's connection is cut, so that its client raises as it would talking to the provider.
+"""
 
 from __future__ import annotations
 

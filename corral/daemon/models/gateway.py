@@ -1,13 +1,9 @@
-"""The model gateway: OpenAI's Chat Completions and Responses and Anthropic's Messages
-served beside the MCP gateway, each request passed to the upstream of the model it names
-(`[models.NAME]`) with the provider's key, which the agent never holds (docs/models.md).
-
-A call of a task's attempt is a step of the task: journaled with its answer, answered
-from the journal on a retry, its usage counted once. A replica's model calls in flight
-take its slots of the MCP gateway's `max_concurrent`: one past them is refused before
-its body is read, since each call holds its body and its answer in memory. Every call
-admitted holds its estimate against the agent's budgets while in flight, and every call
-the upstream answered is counted at its end, whichever end it has (usage.py)."""
+"""The model gateway (docs/models.md): OpenAI's Chat Completions and Responses and
+Anthropic's Messages served beside the MCP gateway, each request passed to the upstream of
+the model it names with the provider's key, which the agent never holds. A call of a task's
+attempt is a step of the task: journaled with its answer, answered from the journal on a
+retry, its usage counted once (usage.py), whichever end it has.
+"""
 
 from __future__ import annotations
 

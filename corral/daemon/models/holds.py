@@ -1,8 +1,8 @@
 """Which model calls wait for a person (docs/approvals.md#approvals-of-model-calls): those
-of a model the agent's or its tenant's `approve_models` names, and those whose cost may
-pass the agent's `approve_cost_over`. A call's most cost is its estimate at the model's
-prices (request.py); a call with no bound on its output has no most cost, and waits
-whenever a ceiling is set. The ask and what its decision does are the gateway's."""
+of a model `approve_models` names, and those whose most cost (their estimate at the model's
+prices; none without a bound on output, so they wait whenever a ceiling is set) may pass
+`approve_cost_over`. The ask and what its decision does are the gateway's.
+"""
 
 from __future__ import annotations
 

@@ -1,14 +1,9 @@
 """The model gateway's HTTP/1.1 client for its upstreams: one request at a time on each
-kept-alive connection, over an asyncio Protocol, its answer parsed here (a status line,
-headers, a body by Content-Length, chunked or to the connection's end).
-
-Why not aiohttp's client: on the gateway's forward hop its request and response
-machinery (a task, several futures and a stream reader per call) was a third of the
-latency the gateway added to a small completion; a call here is one write
-and, when the answer fits in a segment, one wake-up.
-
-Bounds: an answer's head past MAX_HEAD, or its body past MAX_ANSWER (decoded), fails
-the call naming the bound; nothing past them is kept."""
+kept-alive connection, over an asyncio Protocol, its answer parsed here. Not aiohttp's
+client: its machinery per call (a task, several futures, a stream reader) was a third of
+the latency the gateway added to a small completion. An answer's head past MAX_HEAD, or its
+body past MAX_ANSWER, fails the call naming the bound.
+"""
 
 from __future__ import annotations
 

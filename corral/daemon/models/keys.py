@@ -1,10 +1,8 @@
-"""The providers' keys, read by the daemon from its own environment or a file when
-[models] is applied (start, reload), and held in its memory alone: never in an agent's
-environment, files or answers. A key read from the daemon's environment is taken out of
-it, since every process corral starts (agents, MCP servers, health checks, zygotes)
-inherits that environment; a reload finds it where it was taken to. An upstream's answer
-that quotes the key it was sent (its error, its body, a stream's event, a header passed
-back) has it hidden before the agent sees it or the journal keeps it."""
+"""The providers' keys (docs/models.md, "Keys"), read by the daemon from its environment or
+a file when [models] is applied, held in its memory alone. A key read from the daemon's
+environment is taken out of it, since every process corral starts inherits that
+environment; a reload finds it where it was taken to.
+"""
 
 from __future__ import annotations
 

@@ -1,21 +1,11 @@
 """A model request's body as the gateway reads it: held once, never decoded whole.
 
-The body is split at its top level only (each member's value left as the bytes that
-came: `msgspec.Raw`, which the JSON parser still checks), and the few members corral
-acts on decoded: `model`, `stream` (and `stream_options`), `n` and the output's bound.
-What goes upstream is the bytes that came, or, where corral changes a member (the
-upstream's name of the model, a Chat Completions stream asked for its usage), the
-members re-joined once. Why: decoded into Python objects, a 16 MiB body of small
-messages took ~420 MiB for as long as its upstream answered.
-
-The members corral reads are checked as the provider checks them, refused in its words
-(a `"stream": "true"` is OpenAI's `invalid_type` 400 and Anthropic's
-`invalid_request_error`), so that corral never judges a call by a value the upstream
-would read otherwise.
-
-A call's estimate (what the budgets reserve while it is in flight, and what a call whose
-upstream never said its usage is counted by): its input at a token for every four bytes
-of its body, and its output at its bound (DEFAULT_OUTPUT without one) times its `n`."""
+The body is split at its top level only (each member's value the bytes that came, as
+`msgspec.Raw`), and the few members corral acts on decoded, checked as the provider checks
+them and refused in its words. What goes upstream is the bytes that came, or the members
+re-joined once where corral changes one. Why: decoded into Python objects, a 16 MiB body of
+small messages took ~420 MiB for as long as its upstream answered.
+"""
 
 from __future__ import annotations
 

@@ -1,19 +1,7 @@
-"""A model call's usage as its upstream said it, in either format, whole or streamed: what
-the budgets count (supervisor/tasks/budget.py), never what the agent says.
-
-- Chat Completions: `usage.prompt_tokens` and `completion_tokens` (a stream's last chunk
-  before `[DONE]`, which the gateway asks for with `stream_options.include_usage`);
-- Responses: `usage.input_tokens` and `output_tokens` (a stream's `response.completed`);
-- Messages: `usage.input_tokens` (with the cache's creation and read tokens) and
-  `output_tokens` (a stream's `message_start`, then each `message_delta`'s running count).
-
-A call is counted at its end, whatever the end (a stream cut uncounted once let 235k
-tokens billed pass a 5,000-a-minute budget): a whole answer or a stream read to its end
-by what its upstream said, or, said nothing, by the estimate; an answer that broke by
-what the upstream said so far, its output at least what passed (a token for every four
-bytes, and at least one for every delta of a stream). An answer of an error status counts
-only what it said; a try the upstream took and did not answer in time is counted at the
-call's whole estimate, as what it may have billed; one it never took, nothing.
+"""A model call's usage as its upstream said it, in each format, whole or streamed: what
+the budgets count, never what the agent says (docs/models.md, "Usage", the table of where
+each format says it). A call is counted at its end, whatever the end: a stream cut
+uncounted once let 235k tokens billed pass a 5,000-a-minute budget.
 """
 
 from __future__ import annotations

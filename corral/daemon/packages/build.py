@@ -1,16 +1,10 @@
-"""Building a release with uv (docs/packages.md).
+"""Building a release with uv (docs/packages.md, "Builds").
 
 A release is named by a hash of what makes it: the package's source (paths, bytes,
-executable bits), the interpreter (its real path and version) and this recipe's version.
-Deploying what was deployed before finds the release by that name and builds nothing.
-
-A build: the source is copied (and checked against the hash while it is copied), a venv
-is made by uv at the release's final path (a venv cannot be moved), the lock is installed
-into it from uv's shared cache, every module is compiled, the whole is made read-only,
-and READY is written last. Builds take turns on the host, are bounded in time and disk,
-and one that fails or is cancelled leaves nothing; a directory without READY (a daemon
-killed half-way) is removed at start-up. uv and the interpreter run as children known to
-containment, so a crash of the daemon does not leave them running.
+executable bits), the interpreter (its real path and version) and this recipe's version,
+so deploying what was deployed before builds nothing. A venv cannot be moved: it is made
+at the release's final path, and READY is written last. uv and the interpreter run as
+children known to containment, so a crash of the daemon does not leave them running.
 """
 
 from __future__ import annotations

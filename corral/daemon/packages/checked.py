@@ -1,16 +1,11 @@
-"""Reading a package's directory as its writer may have left it.
+"""Reading a package's directory as its writer may have left it (docs/packages.md).
 
-The daemon reads a package as root, and whoever may write the directory is less trusted
-than that. So nothing in it is read before it is looked at: every path is walked one
-component at a time (`O_NOFOLLOW`, a directory's fd, never a path string the kernel would
+The daemon reads as root what someone less trusted may write: every path is walked one
+component at a time (`O_NOFOLLOW` from a directory's fd, never a path the kernel would
 resolve through a link), only a regular file is opened (`O_NONBLOCK`: a FIFO swapped in
-after the look neither blocks nor is read), the opened fd is `fstat`ed to be the file
-that was looked at, and it is read no further than the size it was counted at.
-
-A link is never followed. One whose target is relative and names, inside the package, a
-file of what is copied is kept as the same link in the release (what it points at is the
-release's own copy); any other is refused. Errors name the path and the reason, never
-what a file holds.
+after the look neither blocks nor is read), the fd is `fstat`ed to be the file looked at,
+and read no further than the size it was counted at. A link is kept only when relative and
+naming a file of what is copied; any other is refused. Errors never quote a file.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""What a package's requirements may make uv read.
+"""What a package's requirements may make uv read (docs/packages.md, the lock's rules).
 
-uv installs a release's requirements as the daemon's user (root), and says in its error
-what it read: a requirements file that includes `/etc/shadow` (`-r /etc/shadow`), or
-names a local index or file (`--find-links /root`, `pkg @ file:///root/…`), would have
-root's files read and their lines quoted in the deploy's error and the daemon's log. So
-before uv sees it, the lock (a requirements file, or what `uv export` made of a uv.lock)
-is read line by line: an include (`-r`, `-c`), an editable or a path is allowed only as
-a relative path inside the package (no `..` out of it, no `~`, no `$VAR`), an index or
-find-links only as a URL that is not `file:`, and an option corral does not know is
-refused. Errors name the file, the line's number and the option, never its text.
+uv runs as root and quotes in its error what it read: `-r /etc/shadow` or
+`--find-links /root` would put root's files in the deploy's error and the daemon's log. So
+the lock is read line by line before uv sees it, and errors name the file, the line's
+number and the option, never its text.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""Agent packages as a service of the daemon: deploy, releases, and what start-up finds.
-
-A packaged agent is a runtime agent (`corral add`'s kind: its table in the state
-database) whose table names a release; its revisions are the fleet's, so `corral history`
-shows each switch and `corral rollback` returns to a kept release without building.
-
-A deploy builds (or finds) the release, then switches the agent to it under the agent's
-turn (Fleet.changing). The switch is recorded before it is made, and a ROLLOUT marker
-beside the releases is written before that: the next daemon after one that died during the
-switch puts the agent's table from before back before it starts any agent, so the release
-that was being tried never becomes current without having been seen healthy.
+"""Agent packages as a service of the daemon: deploy, releases, and what start-up finds
+(docs/packages.md, "The switch"). A deploy builds (or finds) the release, then switches
+the agent to it under the agent's turn (Fleet.changing), the switch recorded and a ROLLOUT
+marker written before it is made, so that the next daemon after one that died mid-switch
+puts the agent's table back before it starts any agent.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""Tasks on this node's engine, made durable by its journal.
+"""Tasks on this node's engine, made durable by its journal (docs/durable.md).
 
-The durability rule holds for every front end: a task is acknowledged (its id told to
-the caller) only once the journal holds it, and while the journal cannot write new tasks
-are refused before they reach an agent. A task that ended before its journal write was
-known to fail ran, and its outcome is the answer: refusing it would have the client run
-it twice.
-
-A submission with an idempotency key (corral/taskkeys.py) is looked up in the journal
-before anything is accepted, on the loop with no await between the look and the keeping:
-a key the journal holds answers its first task (`replayed`), and a new one is written
-with its task's first row, in one transaction.
+A task is acknowledged only once the journal holds it; while the journal cannot write, new
+tasks are refused. A task that ended before its failed journal write was known ran, and
+its outcome is the answer: refusing it would have the client run it twice. An idempotency
+key is looked up and kept with no await between (corral/taskkeys.py).
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""A run's events: typed events on the Stream, each emitted once what it says is
-committed (a step's row, a run's), and published on the event bus for `corral events
-tail 'corral.step.*'` and the HTTP event stream.
-
-Topics: `corral.run.started`, `corral.run.STATUS` at its end; `corral.step.started`,
-`corral.step.STATUS` at a step's or a map item's end. The data names every agent of the
-run (`agents`): a caller limited to some agents is sent a run's events only when it sees
-them all, as it sees the run (visibility.py). On a cluster a run's events are its
-node's, as the run is."""
+"""A run's events (`corral.run.*`, `corral.step.*`): emitted once what each says is
+committed, and published on the event bus. The data names every agent of the run
+(`agents`): a caller limited to some agents is sent a run's events only when it sees them
+all, as it sees the run (visibility.py).
+"""
 
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
-"""A workflow run as one trace (docs/tracing.md): the run's span (`invoke_workflow NAME`),
-a span for each step under it (a map's items under their step's), and each step's task
-under its step's span, the task submitted with that span's context as its traceparent so
-that the engine's tracer parents it there. A nested step's run is a child of its step,
-in the same trace.
-
-The ids are derived, not kept: the run's trace and span from its id, a step's span from
-the run's, the step's name and its item, so that a step's task is given its parent before
-the step's span exists, and a run resumed by the next daemon keeps its ids. A run's parent
-is saved with its row (`Run.traceparent`), so that the next daemon resumes it in the same
-trace, under the same parent, with the sampling decision it was started with. A run or a
-step that did not succeed is kept whatever the sampling said, as a failed task is."""
+"""A workflow run as one trace (docs/tracing.md): the run's span, a span for each step
+under it, and each step's task under its step's span (submitted with that span as its
+traceparent). The ids are derived from the run's id, the step's name and its item, not
+kept: a step's task is given its parent before the step's span exists, and a run resumed
+by the next daemon keeps its ids (its own parent is saved: `Run.traceparent`).
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""A run's signals (`runs.signal`, docs/workflows.md#signals): each kept in the state
-database before it is answered, and taken by the step that waits for its name in the
-same transaction that names the step's row id as its taker: a step resumed after a crash
-finds the signal it took before, never a second one, and a signal sent before its step
-waits is there when it does. A run keeps as many signals of a name as it has steps that
-wait for it; one more is refused, and one re-sent under the key it was sent with is
-answered as the first."""
+"""A run's signals (`runs.signal`, docs/workflows.md#signals): each kept before it is
+answered, and taken by the step that waits for its name in the same transaction that names
+the step's row as its taker: a step resumed after a crash finds the signal it took before,
+never a second one. A run keeps as many signals of a name as it has steps that wait for it.
+"""
 
 from __future__ import annotations
 
