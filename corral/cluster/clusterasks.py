@@ -46,7 +46,7 @@ from ..supervisor.tasks.model import Resumer
 from ..supervisor.tasks.taskmachine import suspension_error
 from ..timeouts import within
 from . import records
-from .connection import read, unavailable
+from .connection import read, said
 from .keys import GROUP, Keys
 from .queue import ClusterTask
 from .records import on_worker
@@ -269,11 +269,8 @@ class ClusterAsks:
         return found
 
     async def find(self, task: Task, key: str) -> Ask | None:
-        try:
+        with said(self.settings, f"task {task.id}'s asks were not read"):
             ask_id = await read(lambda: self.redis.hget(self.keys.task_asks(task.id), key))
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, f"task {task.id}'s asks were not read"
-                              ) from None
         return None if ask_id is None else await self._earlier(task, key, ask_id.decode())
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
@@ -311,12 +308,9 @@ class ClusterAsks:
 
     async def holds(self, task: Task) -> bool:
         assert isinstance(task, ClusterTask)
-        try:
+        with said(self.settings, f"task {task.id}'s record was not read"):
             fence, status = await read(lambda: self.redis.hmget(
                 self.keys.task(task.id), "fence", "status"))
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, f"task {task.id}'s record was not read"
-                              ) from None
         return bool(fence == str(task.token).encode() and status in records.ON_WORKER)
 
     async def give_back(self, task: Task, why: str) -> Resumer:
@@ -357,14 +351,11 @@ class ClusterAsks:
         """Every pending ask of the cluster's tasks, or of one tenant's (never every
         tenant's records), oldest first. Those whose task has ended are withdrawn."""
         key = self.keys.asks_pending(tenant)
-        try:
+        with said(self.settings, "the cluster's asks were not read"):
             ids = await read(lambda: self.redis.zrange(key, 0, MAX_PENDING - 1))
             rows = await self._rows([i.decode() for i in ids])
             asks = [a for a in rows if a is not None and a.pending]
             statuses = await self._statuses([a.task_id for a in asks])
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, "the cluster's asks were not read"
-                              ) from None
         live = []
         for ask, status in zip(asks, statuses, strict=True):
             if status is not None and status.decode() not in TERMINAL:
@@ -384,13 +375,11 @@ class ClusterAsks:
     async def read(self, ask_id: str) -> Ask | None:
         """The ask (pending, or as it ended), None when there is none or its record does
         not verify. A pending ask of a task that has ended is withdrawn first."""
-        try:
+        with said(self.settings, f"ask {ask_id} was not read"):
             [ask] = await self._rows([ask_id])
             if ask is None or not ask.pending:
                 return ask
             [status] = await self._statuses([ask.task_id])
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, f"ask {ask_id} was not read") from None
         if status is not None and status.decode() not in TERMINAL:
             return ask
         gone = await self._write_end(ask, AskEnd.WITHDRAWN, CORRAL, None, "withdraw")
@@ -475,15 +464,8 @@ class ClusterAsks:
 
     async def _write(self, script: Any, keys: list[Any], args: list[Any], what: str
                      ) -> Any:
-        try:
-            [got] = await self.scripts.acknowledged([(script, keys, args)])
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, what) from None
-        if isinstance(got, RedisError):
-            raise unavailable(self.settings, got, what)
-        if isinstance(got, BaseException):
-            raise got
-        return got
+        with said(self.settings, what):
+            return await self.scripts.one(script, keys, args)
 
     # -- the ends of the asks heeded here ------------------------------------------------
     async def _hear(self) -> None:

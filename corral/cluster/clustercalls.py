@@ -193,12 +193,8 @@ class ClusterCalls:
         """The call's lease, from `holder` ('' none) which must be dead (or this node):
         its fence token, 0 when another holds it now."""
         me = await self._member(call_id)
-        got = await self.scripts.acknowledged([(self._take, [
-            self.keys.call(call_id), self.keys.fence, self.keys.alive(holder)],
-            [me, holder])])
-        if isinstance(got[0], BaseException):
-            raise got[0]
-        token = int(got[0])
+        token = int(await self.scripts.one(self._take, [
+            self.keys.call(call_id), self.keys.fence, self.keys.alive(holder)], [me, holder]))
         if token:
             self.leases[call_id] = Lease(token, me)
             self.lost.pop(call_id, None)

@@ -118,11 +118,9 @@ class ClusterSessions:
         local = self.host.agents.get(task.agent)
         most = local.spec.max_session_bytes if local is not None else 0
         try:
-            [got] = await self.scripts.acknowledged([(
+            got = await self.scripts.one(
                 self.checkpoint_script, [self.keys.task(task.id)],
-                [task.token, mac.encode() + b" " + body, len(body), most, tenant])])
-            if isinstance(got, RedisError):
-                raise got
+                [task.token, mac.encode() + b" " + body, len(body), most, tenant])
         except (RedisError, OSError) as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, f"session/checkpoint: not kept: the "
                                                 f"cluster's Redis did not take it ({exc})"

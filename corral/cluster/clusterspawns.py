@@ -177,10 +177,7 @@ class ClusterSpawns:
         for again in (False, True):
             try:
                 async with self._calls:
-                    [got] = await self.scripts.acknowledged([(self.script, keys, args)])
-                if isinstance(got, RedisError):
-                    raise got
-                return got
+                    return await self.scripts.one(self.script, keys, args)
             except RedisError as exc:
                 if again or never_sent(exc):
                     raise _unavailable(exc) from None

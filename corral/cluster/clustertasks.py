@@ -34,7 +34,7 @@ from . import listing, records
 from .batch import Batcher
 from .clustersessions import ClusterSessions
 from .clusterspawns import ROOT, lineage_field
-from .connection import never_sent, place, read, unavailable, why
+from .connection import never_sent, place, read, said, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .outbox import Outbox
@@ -132,11 +132,9 @@ class ClusterTasks:
         its task still running."""
         if not self.outbox.waiting(ride.tasks):
             return
-        try:
+        with said(self.settings, "the task was not accepted"):
             if not await self.outbox.send_held(ride.tasks):
                 raise LostLease(ride.call_id)
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, "the task was not accepted") from None
 
     async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False,
                    ride: Ride | None = None) -> bool:
@@ -145,11 +143,8 @@ class ClusterTasks:
         call's rows the submit writes (LostLease when the call's fence refused them and
         the task). False: Redis had a task of this id already."""
         raw = bytes(p.input)
-        try:
+        with said(self.settings, "the task was not accepted"):
             tenant = await self._route(p.agent)
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, "the task was not accepted"
-                              ) from None
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),
@@ -212,9 +207,7 @@ class ClusterTasks:
         """A submit whose answer was lost, or not confirmed by the replicas in time, once
         more with the same id: one Redis already holds answers 0."""
         try:
-            [got] = await self.scripts.acknowledged([(submit, keys, args)])
-            if isinstance(got, RedisError):
-                raise got
+            return await self.scripts.one(submit, keys, args)
         except UnconfirmedWrite as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, (
                 f"the task was not acknowledged: the cluster's Redis at "
@@ -225,7 +218,6 @@ class ClusterTasks:
                 self.settings, again,
                 f"the task was not accepted, unless Redis took it before it stopped "
                 f"answering (`corral task {task_id}` tells once it answers)") from None
-        return got
 
     async def _table_tenant(self, agent: str) -> str | None:
         """The tenant the cluster's table of `agent` names, when it verifies."""
@@ -247,14 +239,11 @@ class ClusterTasks:
                    sees: Sees | None) -> tuple[list[m.TaskSummary], str | None]:
         """`corral tasks`: the cluster's tasks. Redis away: refused, not answered with
         this node's tasks alone, which would read as the cluster's."""
-        try:
+        with said(self.settings, "the cluster's tasks cannot be listed (`corral tasks "
+                                 "--local` lists this node's own)"):
             return await listing.page(self.redis, self.keys, self.trust, agent=p.agent,
                                       status=p.status, since=since, limit=limit,
                                       before=p.before, sees=sees, filters=p)
-        except RedisError as exc:
-            raise unavailable(self.settings, exc,
-                              "the cluster's tasks cannot be listed (`corral tasks --local` "
-                              "lists this node's own)") from None
 
     async def info(self, task_id: str) -> m.TaskInfo | None:
         """The task's record, or None; RpcError when its outcome does not verify."""
@@ -355,11 +344,9 @@ class ClusterTasks:
         key = p.idempotency_key
         assert key is not None
         asked = digest(p.agent, bytes(p.input), p, p.local)
-        try:
+        with said(self.settings, "the task was not accepted"):
             tenant = await self._route(p.agent)
             claim = await self.submit_keys.claim(tenant, key, new_id(), asked)
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, "the task was not accepted") from None
         if claim.held is not None:
             raise bound_reached(tenant, claim.held, self.submit_keys.bound)
         if claim.digest != asked:

@@ -6,7 +6,8 @@ is the primary, so that a node follows a failover without a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import hiredis
@@ -159,4 +160,13 @@ def never_sent(exc: RedisError) -> bool:
 def unavailable(settings: ClusterSettings, exc: RedisError, what: str) -> RpcError:
     return RpcError(jsonrpc.UNAVAILABLE, f"the cluster's Redis at {place(settings)} is "
                                          f"unreachable ({why(exc)}): {what}")
+
+
+@contextlib.contextmanager
+def said(settings: ClusterSettings, what: str) -> Iterator[None]:
+    """Redis not answering, as the command's error (`what` did not happen)."""
+    try:
+        yield
+    except RedisError as exc:
+        raise unavailable(settings, exc, what) from None
 

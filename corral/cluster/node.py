@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -42,7 +42,7 @@ from .clustercalls import ClusterCalls
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
 from .clustertasks import ClusterTasks
-from .connection import WAITS, connect, place, unavailable, why
+from .connection import WAITS, connect, place, said, unavailable, why
 from .declared import Declarations
 from .due import DueClock
 from .events import EventRelay
@@ -295,7 +295,7 @@ class ClusterNode:
         if not view.alive:
             raise RpcError(jsonrpc.CONFLICT, f"node {node} is not alive: there is nothing "
                                              "to drain")
-        with self._said(f"node {node} was not asked to drain"):
+        with said(self.settings, f"node {node} was not asked to drain"):
             await self.redis.hset(self.keys.draining, node, view.incarnation)
         return view
 
@@ -400,16 +400,8 @@ class ClusterNode:
                 await within(client.aclose(), self.settings.beat)
 
     # -- for the command layer ----------------------------------------------------------
-    @contextlib.contextmanager
-    def _said(self, what: str) -> Iterator[None]:
-        """Redis not answering, as the command's error (`what` did not happen)."""
-        try:
-            yield
-        except RedisError as exc:
-            raise unavailable(self.settings, exc, what) from None
-
     async def add_agents(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
-        with self._said("nothing was added"):
+        with said(self.settings, "nothing was added"):
             return await self.specs.add(
                 {n: {**t, "placement": "cluster"} for n, t in tables.items()}, who)
 
@@ -433,24 +425,24 @@ class ClusterNode:
 
     async def remove_agents(self, names: list[str]) -> list[str]:
         """Those of `names` that are cluster agents, removed, their sessions ended."""
-        with self._said("nothing was removed"):
+        with said(self.settings, "nothing was removed"):
             owners = await self.desk.sessions.owners(names)
             gone = await self.specs.remove(names)
         await self.desk.sessions.end_cluster_agents({n: owners[n] for n in gone})
         return gone
 
     async def sessions(self, agent: str | None) -> list[m.SessionView]:
-        with self._said("the cluster's sessions were not read"):
+        with said(self.settings, "the cluster's sessions were not read"):
             return await self.desk.sessions.listing(agent)
 
     async def session(self, tenant: str | None, agent: str, name: str
                       ) -> m.SessionInfo | None:
-        with self._said("the cluster's sessions were not read"):
+        with said(self.settings, "the cluster's sessions were not read"):
             return await self.desk.sessions.info(tenant, agent, name)
 
     async def end_session(self, tenant: str | None, agent: str, name: str
                           ) -> m.SessionView | None:
-        with self._said("the session was not ended"):
+        with said(self.settings, "the session was not ended"):
             return await self.desk.sessions.end(tenant, agent, name)
 
     async def runs_cluster_agent(self, name: str) -> bool:
@@ -483,13 +475,13 @@ class ClusterNode:
     async def scale_agent(self, name: str, replicas: int, who: str) -> None:
         if replicas < 0:
             raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-        with self._said(f"{name} was not scaled"):
+        with said(self.settings, f"{name} was not scaled"):
             await self.specs.change(name, lambda t: {**t, "replicas": replicas}, who,
                                     "corral scale")
 
     async def rollback_agent(self, name: str, revision: int | None, who: str
                              ) -> tuple[int, int, str]:
-        with self._said(f"{name} was not rolled back"):
+        with said(self.settings, f"{name} was not rolled back"):
             return await self.specs.rollback(name, revision, who)
 
     async def revision_of(self, name: str) -> int | None:
@@ -500,7 +492,7 @@ class ClusterNode:
             return None
 
     async def agent_history(self, name: str) -> list[Entry]:
-        with self._said(f"{name}'s history cannot be read"):
+        with said(self.settings, f"{name}'s history cannot be read"):
             return await self.specs.history(name)
 
     async def declare(self, tables: dict[str, dict[str, Any]], wait: float) -> dict[str, str]:
@@ -516,7 +508,7 @@ class ClusterNode:
             return {}
 
     async def nodes(self) -> list[NodeInfo]:
-        with self._said("the nodes cannot be listed"):
+        with said(self.settings, "the nodes cannot be listed"):
             return [n.info() for n in await self.membership.nodes()]
 
     async def task(self, task_id: str, *, wait: bool = False) -> m.TaskInfo | None:
@@ -553,15 +545,13 @@ class ClusterNode:
                 rec = await self.redis.hmget(self.keys.task(task_id), "stream")
                 if rec[0] is None:
                     return None
-                [got] = await self.scripts.acknowledged([(
+                got = await self.scripts.one(
                     self.scripts.cancel,
                     [self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
                      self.keys.outcomes, *self.keys.listed],
                     [task_id, repr(time.time()), error, int(self.settings.tasks_kept_for),
                      self.trust.outcome(task_id, "0", "cancelled", b"", error), waiting,
-                     self.trust.outcome(task_id, "0", "cancelled", b"", waiting)])])
-                if isinstance(got, RedisError):
-                    raise got
+                     self.trust.outcome(task_id, "0", "cancelled", b"", waiting)])
             except RedisError as exc:
                 raise unavailable(self.settings, exc,
                                   f"task {task_id} was not cancelled") from None

@@ -780,6 +780,13 @@ class Scripts:
         call answered NOSCRIPT did nothing, and goes again once loaded."""
         return await self._run(calls, None)
 
+    async def one(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """One `acknowledged` call: its answer, or its error raised."""
+        [got] = await self.acknowledged([(script, keys, args)])
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
     async def acknowledged(self, calls: list[Call]) -> list[Any]:
         """`run`, with the replicas' confirmation where [cluster] ack_replicas asks for it
         (replicas.UnconfirmedWrite when it does not come in time: the calls did run)."""

@@ -75,10 +75,8 @@ class SubmitKeys:
 
     async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> KeyClaim:
         """The key claimed for `task_id`, or what holds it."""
-        [got] = await self.scripts.acknowledged([(self._claim, self._names(tenant, key), [
-            task_id, digest, repr(time.time()), KEEP_SECONDS, self.bound, key])])
-        if isinstance(got, Exception):
-            raise got
+        got = await self.scripts.one(self._claim, self._names(tenant, key), [
+            task_id, digest, repr(time.time()), KEEP_SECONDS, self.bound, key])
         if isinstance(got, bytes):
             held_id, held_digest, state = got.decode().split(" ")
             return KeyClaim(held_id, held_digest, state, False)
