@@ -1,17 +1,9 @@
-"""Processes handed over across a re-execution of the daemon (`corral upgrade`).
-
-The daemon that upgrades itself execs a new image in place (the same pid: its children
-stay its children, `waitpid` and the subreaper go on working). Before it does, `hand`
-describes each worker it keeps: the pid with its start time (never a recycled pid), the
-fds of its stdio pipes (kept open across the exec), its JSON-RPC conversation's last id
-and unanswered requests, and its counters. The new image's replica takes that process
-(`adopt`) instead of spawning one: no `initialize` again, Ready at once, its running
-tasks going on.
-
-Only what can be handed whole is: a worker mid-handshake, mid-stop, or with a request of
-its own being answered is waited for before the hand-over. An MCP server is handed with
-its client's session. Zygotes are not adopted (their children are: once the zygote is
-gone they are corral's own, by the subreaper).
+"""Processes handed over across a re-execution of the daemon (`corral upgrade`,
+docs/operations.md): the new image, the same pid, takes each worker `hand` described (pid
+and start time, its stdio pipe fds kept open across the exec, its JSON-RPC conversation)
+instead of spawning one. Only what can be handed whole is: a worker mid-handshake,
+mid-stop or with a request of its own being answered is waited for first. Zygotes are not
+adopted (their children are: the subreaper makes them corral's own).
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""The autoscaler's decider: pure, no I/O, fed what the loop sees, giving a replica count
-and the reason in words.
-
-Knative's KPA, on corral's measure of load (tasks running + queued): the count a moment
-asks for is ceil(load / target_load). Two windows of those wishes decide:
-- the panic window (`upscale_delay`): the count rises to the least wish of the window, so
-  a spike shorter than it does not scale up;
-- the stable window (`downscale_delay`): the count falls to the greatest wish of the
-  window, and never sooner than a whole window after the last change: an oscillating
-  load changes the count at most once per stable window.
-Each window keeps its wishes in a monotone deque, so a decision costs O(1) amortised
-(a thousand agents are fed every second). A task for a sleeping agent wakes it at once
-(no panic window: it is waiting).
+"""The autoscaler's decider (docs/elastic.md): pure, no I/O, fed what the loop sees,
+giving a replica count and the reason in words. Each window keeps its wishes in a
+monotone deque, so a decision costs O(1) amortised (a thousand agents are fed a second).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Resource caps: how they are put in force, and how an exit is explained by them.
 
-Caps must hold before the agent's first instruction, and corral may not run Python in a
-forked child (preexec_fn is unsafe in a threaded process and forbidden under
-subinterpreters). So the child execs a tiny POSIX shell prologue that lowers its own
-rlimits with `ulimit` and then `exec`s the agent: the pid stays the same, the limits are
-inherited by exec, and no Python runs between fork and exec. Privileges are dropped
-before that by subprocess's own C code (`user=`/`group=`), so the limits are set by
-the unprivileged user and cannot be raised again.
+Caps hold before the agent's first instruction with no Python in the forked child
+(preexec_fn is unsafe in a threaded process): the child execs a POSIX shell prologue that
+lowers its rlimits with `ulimit` and `exec`s the agent. subprocess dropped privileges
+before that, so the unprivileged user cannot raise the limits again.
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
 """Containment: no process corral starts, and no descendant of one, outlives its agent or
-corral itself.
-
-Three mechanisms, one module:
-
-- **Subreaper.** corral is a child subreaper (PR_SET_CHILD_SUBREAPER): a grandchild that
-  double-forks or calls setsid() is re-parented to corral, not to PID 1. Re-parented
-  processes are found by one pass over /proc, at most one per heartbeat tick and only after
-  an exit (never one per process), attributed to their agent by process group, session or
-  the spawn token every process inherits (`CORRAL_SPAWN`), and killed once their agent's
-  process is gone. Zombies among them are reaped by pid (waitid with WNOWAIT to look,
-  waitpid on that pid to reap), so subprocess.Popen's own statuses are never stolen.
-- **Cgroups v2 where delegated.** When corral's own cgroup is a writable cgroup v2 directory
-  that systemd delegated (`Delegate=yes` sets the `trusted.delegate` xattr), corral moves
-  itself into a `supervisor` leaf, each replica gets a child cgroup it is placed in before
-  its first instruction (the spawn gate, see `place`), `cgroup.kill` ends everything in it,
-  and `memory.max`, `pids.max`, `cpu.max` are written where the controllers are enabled;
-  `memory.events` tells an OOM kill.
-- **Records.** Every process corral starts is described by a `ProcessRecord` (pid, start
-  time from /proc/PID/stat, pgid, sid, cgroup, spawn token) handed to listeners (the
-  daemon stores them). After a crash, `reclaim` finds the previous incarnation's live
-  processes by those records (a pid whose start time differs is someone else) and by their
-  spawn tokens, and stops them: SIGTERM, grace, SIGKILL, `cgroup.kill`.
-"""
+corral itself: the subreaper (re-parented orphans found by one pass over /proc per tick at
+most), a cgroup per replica where cgroups v2 are delegated, and `ProcessRecord`s by which
+`reclaim` stops a crashed incarnation's processes (docs/containment.md)."""
 
 from __future__ import annotations
 
@@ -824,12 +804,9 @@ class Containment:
     async def reclaim(self, records: Iterable[ProcessRecord], owners: Iterable[str],
                       *, grace: float | None = None) -> ReclaimReport:
         """Stop every live process of earlier incarnations `owners`: those in `records`
-        (pid and start time must both match), the members of their groups, anything
-        carrying one of their spawn tokens, and everything in their cgroups.
-
-        The normal stop sequence without the pipes they lost: SIGTERM (and a thaw: one
-        may have been paused), the grace period (the longest stop_timeout among them),
-        SIGKILL, cgroup.kill."""
+        (pid and start time must both match), their groups' members, anything carrying
+        one of their spawn tokens, everything in their cgroups; SIGTERM, the longest
+        stop_timeout among them, SIGKILL, cgroup.kill."""
         records = list(records)
         owners = set(owners) | {r.owner for r in records}
         report = ReclaimReport()

@@ -1,10 +1,7 @@
 """The Supervisor: the engine's composition (its parts, each given what it needs), the
 replica registry and census, the host protocol its processes run under, the heartbeat,
-and the Python API.
-
-One asyncio event loop owns everything; nothing here blocks it. Exits arrive from the
-kernel (pidfd), deadlines are loop timers, and the heartbeat loop only pings and samples.
-A service is given the parts (`Supervisor.parts`), never the Supervisor.
+and the Python API. One event loop owns everything and nothing here blocks it; a service
+is given the parts (`Supervisor.parts`), never the Supervisor.
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
-"""egress = "gateways" where the daemon may make network namespaces (root): each agent
-replica's sandbox runs in a network namespace the daemon made and holds for it, empty but
-for a loopback and one listener of the daemon's own at the gateways' address, which
-passes each connection on to the gateways' unix socket. Nothing is started in the sandbox
-for it (without root, the relay of egressrelay.py does the same from inside).
+"""egress = "gateways" as root (docs/sandbox.md#egress): a network namespace per replica,
+made and held by the daemon (kept across restarts), with its listener at the gateways'
+address passing connections on to their unix socket.
 
-A namespace is made once per replica and kept across its restarts, so its listener is
-there before the replica's first process runs. It is made on a thread of its own, which
-enters it and leaves. A spawn into it (`spawning_in`) is forked by the daemon's main
-thread, moved into the namespace for the fork and back with nothing else run meanwhile:
-the process inherits the namespace of the thread that forks it, and its sandbox's
-`--die-with-parent` that thread's life."""
+A spawn into it (`spawning_in`) is forked by the daemon's main thread, moved into the
+namespace for the fork and back with nothing else run meanwhile: the process inherits the
+namespace of the thread that forks it, and its sandbox's `--die-with-parent` that thread's
+life."""
 
 from __future__ import annotations
 

@@ -1,21 +1,12 @@
-"""The gateways inside an egress = "gateways" sandbox (sandbox.py, docs/sandbox.md#egress).
+"""The gateways inside an egress = "gateways" sandbox (docs/sandbox.md#egress), without
+root: `python -I -S egressrelay.py HOST PORT SOCKET -- ARGV...` listens on HOST:PORT in the
+sandbox's empty network namespace, leaves a forwarder to SOCKET behind and execs the agent
+(the listener exists before the exec, so the agent's first connection finds it).
 
-Run as the sandbox's first program (`python -I -S egressrelay.py HOST PORT SOCKET --
-ARGV...`), in the sandbox's empty network namespace: it listens on HOST:PORT there — the
-address the agent's CORRAL_MCP_URL and OPENAI_BASE_URL name, so unmodified clients work —
-leaves a process behind that forwards each connection to SOCKET (the daemon's gateways'
-unix socket, bound in), and execs the agent. The listener is made before the exec, so the
-agent's first connection finds it.
-
-The forwarder is double-forked: it is the child of the sandbox's init, not the agent's
-(which may wait for its own children), and after the agent in the init's list of
-children (sandbox.sandboxed_pid takes the first). It ends with the sandbox: the init's
-death takes the whole pid namespace.
-
-Standard library only, and no site: it runs on the daemon's interpreter, before anything
-of the agent's is there, and its start is the whole of what egress adds to a start: so
-the agent's side imports nothing but `_socket` (the listener), and the forwarder's
-modules are imported in the forwarder, after the fork.
+The forwarder is double-forked: the child of the sandbox's init, not of the agent (which
+may wait for its own children), and after the agent in the init's children
+(sandbox.sandboxed_pid takes the first). Standard library only, no site: its start is all
+egress adds to a start, so the agent's side imports nothing but `_socket`.
 """
 
 import _socket  # the listener's, made before anything else is imported

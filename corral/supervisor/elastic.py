@@ -1,13 +1,7 @@
-"""The autoscaler's loop: once per heartbeat interval it feeds every elastic agent's
-decider (autoscale.py) with its load and applies what it decides through `Agent.scale`;
-a task for a sleeping agent wakes it at once (`wake`).
-
-Scale-down takes idle replicas only: a replica with a running task is never stopped by
-it. Going to zero by `hibernate_after` first asks each worker to `hibernate` (checkpoint
-its state); one that does not answer within its stop_timeout is stopped anyway.
-
-A decision is not a config revision and is not kept across daemon restarts: a new daemon
-starts the agent at its `replicas` and the autoscaler takes it from there.
+"""The autoscaler's loop (docs/elastic.md): once per heartbeat interval it feeds every
+elastic agent's decider (autoscale.py) and applies what it decides through `Agent.scale`;
+a task for a sleeping agent wakes it at once (`wake`). Scale-down takes idle replicas
+only; a decision is not kept across daemon restarts.
 """
 
 from __future__ import annotations

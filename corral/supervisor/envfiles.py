@@ -1,10 +1,6 @@
-"""Environment files (`env_file`: systemd's EnvironmentFile=, docker's and PM2's
-env_file), read as each process starts, so that a file a container's runtime writes, or
-an edit, reaches the next start: `KEY=VALUE` lines, `#` and `;` comments, an optional
-`export `, a value in matching quotes taken inside them. A path written `-/path` may be
-absent (systemd's `-`); any other that cannot be read fails the start, saying why. The
-agent's own `env` is set over them (docker compose's order: the table is the nearer
-word)."""
+"""Environment files (`env_file`, systemd's EnvironmentFile=; syntax in docs/config.md),
+read as each process starts, so an edit reaches the next start. The agent's own `env` is
+set over them (docker compose's order)."""
 
 from __future__ import annotations
 

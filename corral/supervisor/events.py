@@ -1,12 +1,7 @@
-"""The event bus: topics published by workers or operators, delivered to live subscribers.
-
-Delivery is at most once and never blocks the publisher: a worker is sent an `event`
-notification only while its stdin pipe has room (else the event is dropped for it and
-counted), and a CLI follower has a bounded queue.
-
-The bus is split by tenant: an event published in a tenant reaches the workers and
-followers of that tenant only. An operator's event without a tenant, and an operator's
-follower without one, are every tenant's.
+"""The event bus: topics published by workers or operators, delivered to live subscribers
+of the same tenant (an operator's without one is every tenant's). Delivery is at most once
+and never blocks the publisher: a worker whose stdin pipe has no room misses the event
+(counted), a CLI follower has a bounded queue.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
-"""Health checks: readiness gates dispatch, liveness restarts, recovery actions.
+"""Health checks: readiness gates dispatch, liveness restarts, recovery actions
+(docs/elastic.md). `CheckCounter` is the pure part; `ReplicaHealth` runs one replica's
+checks for one life; `HealthBoard` acts on a flip and restarts one replica of an agent at
+a time, so a failure all replicas share never restarts the whole agent at once.
 
-Each check is the worker's own (`health/check`, answered `{ok, message?}`), a command run
-beside it (exit status 0 passes), or a tcp or http probe from the daemon (probes.py).
-
-- `CheckCounter` is the pure part: consecutive failures and passes, failures inside
-  `start_period` not counted; it says when a check flips.
-- `ReplicaHealth` runs one replica's checks for one life (so a restart starts from
-  nothing): a loop timer per check, so an agent without `[health]` costs nothing.
-- `HealthBoard` acts on a flip, keeps the failure counts, raises one event when every
-  serving replica of an agent is unready, and lets one replica of an agent at a time be
-  restarted for its health, so that a failure all replicas share (their database is
-  down) never restarts the whole agent at once.
-
-Command checks and `exec` recoveries run as the agent does: its user and group, its caps,
-in a sandbox made as its own, never as corral (a tenant's check once ran as root, outside
-its sandbox). They are processes of containment in their own process group: at the end
-or the timeout the whole group is killed and the process reaped.
+Command checks and `exec` recoveries run as the agent does (its user, caps and sandbox,
+never as corral), in their own process group, killed whole at the end or the timeout.
 """
 
 from __future__ import annotations

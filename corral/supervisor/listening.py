@@ -1,10 +1,8 @@
 """How long the loop was able to listen: monotonic time minus the loop's own stalls.
 
-A worker's silence is only its fault for the time corral was able to read its pipe. When
-the event loop is stalled (a blocking call, a flood of work, the daemon stopped by a
-signal or starved of CPU) a pong sits unread in the pipe and the heartbeat timer fires,
-late, before the loop gets to read it. So the heartbeat loop measures how late each of
-its ticks woke up, and that lateness is taken off the clock hang detection reads.
+A worker's silence is its fault only for the time corral could read its pipe: in a stalled
+loop a pong sits unread while the heartbeat timer fires late. So the heartbeat loop
+measures how late each tick woke up, and hang detection's clock leaves that out.
 """
 
 from __future__ import annotations

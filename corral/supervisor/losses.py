@@ -1,12 +1,7 @@
 """What kind of loss a worker's end was, for the task's retry rule (tasks/taskmachine.py):
-a loss to infrastructure is retried by default (an agent's `retry_lost`); a cap kill, the
-worker's own death and a stop by hand are not (they keep their outcome unless the
-task's retry policy names lost attempts: a bug run again fails again, a cap bites again,
-and a stop by hand lasts until a start by hand).
-
-The replica decides it where it reaps a process (launch.py), as it decides the exit's
-reason, and hands it to the requests in flight on the error they fail with (its `data`):
-the task's attempt then reads it off the error, never off the reason's words.
+a loss to infrastructure is retried by default (`retry_lost`); a cap kill, the worker's
+own death and a stop by hand are not. The replica decides it at the reap (launch.py) and
+hands it to the requests in flight on their error's `data`, never in the reason's words.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
-"""What agents may ask of the tool-server pool besides tools: resources and prompts.
-
-Tools are in tasks.py (a call counts against its task's tool budget); everything here is
-checked against the same `tools = [...]` allowlist, a resource as `SERVER__URI`, a prompt
-as `SERVER__PROMPT`. Worker protocol (docs/protocol.md; params decoded by
-workerproto.py):
-
-    resources/list {server?}                 -> {"resources": [...]}  (each with "server")
-    resources/templates/list {server?}       -> {"resourceTemplates": [...]}
-    resources/read {server, uri}             -> the MCP result ({"contents": [...]})
-    resources/subscribe {server, uri}        -> {}; then `resources/updated {server, uri}`
-    resources/unsubscribe {server, uri}      -> {}
-    prompts/list {server?}                   -> {"prompts": [...]}  (named SERVER__PROMPT)
-    prompts/get {name, arguments?}           -> the MCP result ({"messages": [...]})
+"""What agents may ask of the tool-server pool besides tools: resources and prompts
+(methods in docs/protocol.md; params decoded by workerproto.py). Each is checked against
+the same `tools = [...]` allowlist, a resource as `SERVER__URI`, a prompt as
+`SERVER__PROMPT`; tools are in tasks.py (a call counts against its task's tool budget).
 """
 
 from __future__ import annotations

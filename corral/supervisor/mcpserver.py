@@ -1,11 +1,8 @@
 """An MCP tool server as a supervised process: a Replica that speaks MCP instead of the
-corral worker protocol (same caps, lifecycle, restart policy, logs).
-
-What differs from an agent's replica: the handshake is the MCP client's; a server in a
-call is not hung for missing pings while that call is within its timeout (a FastMCP 1.x
-server runs a sync tool on its event loop and answers no ping until it returns); the line
-limit is the server's `max_message_mb`; and stopping follows the MCP stdio shutdown
-(close stdin, SIGTERM, SIGKILL): MCP has no `shutdown` request."""
+corral worker protocol (same caps, lifecycle, restart policy, logs). A server in a call is
+not hung for missing pings while the call is within its timeout (a FastMCP 1.x server
+answers no ping while a sync tool runs); a stop is the MCP stdio shutdown (no `shutdown`
+request)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,9 @@
-"""Giving the memory of finished tasks' payloads back to the system.
+"""Giving the memory of finished tasks' payloads back to the system (docs/operations.md).
 
-glibc's malloc serves blocks below its mmap threshold (128 KiB at first) from its heaps,
-and a block freed in the middle of a heap stays mapped: a task's 100 KB input and output
-are such blocks, and the finished outputs kept (`tasks_kept_mb`) pin the pages around the
-holes the others leave. Measured: after 10,000 tasks of 100 KB the supervisor's RSS was
-95-114 MiB of which 77 MiB was live; `malloc_trim(0)` gives the free pages back (1.8 ms
-with ~30 MiB to give, 0.1 ms with none). So once payloads of at least TRIM_AFTER bytes
-have been let go, a trim runs TRIM_DELAY later: at most one a second while tasks flow,
-and one within a second of the last, so memory is back to what is live when the work
-stops. A wave of suspended tasks' attempts asks for a trim within TRIM_DELAY whatever it
-let go (`settled`). The trim runs on a thread of the loop's default executor.
-
-Not taken: a fixed, lower mmap threshold (`M_MMAP_THRESHOLD` 64 KiB), which keeps RSS at
-what is live without trimming, made a 100 KB task's round trip 60 % slower and a 1 MB
-one's twice as slow (each message mapped and faulted in anew).
+glibc keeps a freed block below its mmap threshold mapped in its heap, and kept outputs pin
+the pages around the holes; `malloc_trim(0)` gives them back (1.8 ms with ~30 MiB). So
+once TRIM_AFTER bytes were let go a trim runs TRIM_DELAY later, on a thread. Not taken: a
+lower `M_MMAP_THRESHOLD`, which made a 100 KB task's round trip 60 % slower.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The one rule for agent and MCP server names.
-
-A name becomes a log file name, a process title, a key in SQLite and part of
-SERVER__TOOL, so it is checked wherever one comes in: the config file, `agents.add`,
-the Python API and the state database (a name stored by an older corral is reported and
-skipped, not fatal).
+"""The one rule for agent and MCP server names: a name becomes a log file name, a process
+title, a key in SQLite and part of SERVER__TOOL, so it is checked wherever one comes in (a
+name an older corral stored is reported and skipped, not fatal).
 """
 
 from __future__ import annotations

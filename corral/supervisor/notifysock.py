@@ -1,17 +1,10 @@
-"""The receiving end of sd_notify: a `NOTIFY_SOCKET` per life of a plain program's replica.
+"""The receiving end of sd_notify: a `NOTIFY_SOCKET` per life of a plain program's
+replica, read as systemd reads a Type=notify service's (`READY=1`, `STATUS=`, `WATCHDOG=1`).
 
-systemd hands a Type=notify service a datagram socket and reads `READY=1`, `STATUS=...`,
-`WATCHDOG=1` from it; corral does the same for each replica of a plain program
-(protocol = "none"), so a program written for systemd (sd_notify(3), or any language's
-few lines over a datagram socket) says when it is ready and that it is alive.
-
-One socket per life, not one shared: a message is the replica's by where it arrived, and
-a replica's socket dies with its life (a datagram from a dead life cannot reach the next
-one). The socket is a file in a directory only root may list, owned by the replica's
-user, mode 0600: no other user may connect. Processes of the same user could still find
-a sibling's path (its environment), so every datagram is also checked by its sender's
-credentials (SO_PASSCRED, given by the kernel, translated across pid namespaces): only the
-replica's own process and its descendants are heard; anything else is dropped and noted.
+One socket per life, so a message is the life's by where it arrived. The socket is a 0600
+file of the replica's user in a directory only root may list; a same-user process could
+still learn its path, so every datagram is also checked by its sender's credentials
+(SO_PASSCRED): only the replica's process and its descendants are heard.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""Work that comes in bursts, one item per replica, run at most BATCH items per loop turn.
-
-A thousand agents started or stopped at once, or a thousand exits readable in one poll of
-the loop, are a thousand small pieces of work (a lifecycle event, a spawn, a reap, a
-restart decision) that would otherwise all run in one turn of the loop: the control
-socket and the heartbeat would wait behind all of them (a 378 ms stall measured at 1000
-agents). Here they wait in one queue per loop, in order, and each turn runs at most BATCH
-of them; the loop serves its sockets between slices and the whole stays O(N).
-
-One queue for all kinds of work: a mass stop is its stops and its exits together, and
-each slice's budget covers both.
+"""Work that comes in bursts, one item per replica, run at most BATCH items per loop turn:
+a thousand starts, stops or exits at once would otherwise all run in one turn while the
+control socket and the heartbeat wait (a 378 ms stall at 1000 agents). One queue for all
+kinds of work: a mass stop's stops and exits share each slice's budget.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Our ends of a child's pipes, as the loop's pipe transports take them.
 
-uvloop's pipe transport closes its fd itself (libuv's `uv_close`) and then calls the file
-object it was given's `close()`, which closes the same number again (its EBADF ignored).
-In a process with threads — a deploy's build opening its package's files, the state
-database's writer — another thread may be given that number in between, and the second
-close takes its file from under it (a package scan's directory fd was seen taken so, its
-number reused by a file opened meanwhile; a database's would be written through by
-whoever came next). So a transport of uvloop's is given a `LoopOwned` end instead: a
-duplicate of the pipe's fd, whose `close()` closes nothing, and the file object is closed
-at once, once. asyncio's own transports close their pipe only through `close()`: they are
-given the file object as it is."""
+uvloop's transport closes its fd itself and then calls the file object's `close()`, which
+closes the same number again: another thread may have been given that number in between
+(a package scan's directory fd was seen taken so). So uvloop's transport gets a `LoopOwned`
+end, a duplicate fd whose `close()` closes nothing, and the file object is closed once.
+asyncio's own transports close only through `close()`: they get the file object as it is."""
 
 from __future__ import annotations
 

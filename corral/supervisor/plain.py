@@ -1,21 +1,10 @@
-"""A replica of a plain program (protocol = "none"): any process, supervised as an agent.
+"""A replica of a plain program (protocol = "none"): any process, supervised as an agent
+through the same lifecycle table, with no `initialize`, heartbeat ping or task; in their
+place what systemd gives a service (stdin at EOF, stdout logged as stderr is, readiness
+`started` or `notify`, `WATCHDOG=1`, `STATUS=`, SIGTERM then SIGKILL: docs/config.md).
 
-A web server, a script, a Node or Go service speaks no corral protocol. It gets all an
-agent's replica gives through the same lifecycle table, and none of what needs the
-protocol: no `initialize`, no heartbeat ping, no task. In their place, what systemd gives
-a service:
-
-- stdin is at EOF (closed at once, as systemd's /dev/null), and stdout is a log like
-  stderr: both go to the agent's log, each line marked by its stream;
-- readiness: `ready = "started"` (Ready once spawned) or `"notify"` (Ready on `READY=1`
-  to `$NOTIFY_SOCKET`, within start_timeout); a readiness check gates it besides;
-- liveness: the process being alive, `WATCHDOG=1` at least every `watchdog_sec` once
-  ready (else it is taken down as hung), and a liveness check;
-- `STATUS=` text, shown by `corral status`;
-- a stop is SIGTERM to the process group (and cgroup), SIGKILL after stop_timeout.
-
-The notify socket is one per life (notifysock.py); it is heard only once the process is
-known, so a datagram is always judged against the process that the life spawned.
+The notify socket (notifysock.py) is heard only once the process is known, so a datagram
+is always judged against the process the life spawned.
 """
 
 from __future__ import annotations

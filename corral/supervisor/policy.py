@@ -1,18 +1,8 @@
 """Policy on every call (docs/security.md#policy-rules): the `[[policy]]` rules of the
-operator and of a call's tenant, and the marks that taint a task (`untrusted`,
-`sensitive`), compiled once per config into what a call is judged by without parsing
-anything again.
-
-A list's first rule that matches a call is its verdict (`allow`, `deny` or `approve`); the
-operator's list and the tenant's are judged apart, and the stricter verdict holds
-(deny > approve > allow), so that neither can loosen the other: a tenant's `allow` does
-not open what the operator denies, and the operator's `allow` does not open what a
-tenant's `default_deny` closes. Nothing matching: allow, or deny for a tenant with
-`default_deny`. Agents have no rules of their own: a rule matches agents by name.
-
-An argument a rule's `when` tests that is absent or of another type fails the test (the
-rule does not match): a rule `allow` under a prefix followed by a `deny` of the tool
-closes every other path, a missing one too.
+operator and of a call's tenant, and the taint marks (`untrusted`, `sensitive`), compiled
+once per config. Each list's first matching rule is its verdict, the two judged apart, the
+stricter holding (deny > approve > allow) so neither loosens the other. An argument a
+rule's `when` tests that is absent or of another type fails the test.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""One OS process under corral: spawned capped in its own session, watched by pidfd.
-
-The kernel tells us when the process exits (a pidfd becomes readable), so exits are seen
-at once, with no polling and no SIGCHLD races with other child watchers. Signals go
-through the pidfd too, so a recycled pid can never be hit. stdin/stdout carry JSON-RPC,
-stderr the log stream. What the process leaves outside its process group is
+"""One OS process under corral: spawned capped in its own session, watched by pidfd (exits
+seen at once, no SIGCHLD races; signals through the pidfd never hit a recycled pid).
+stdin/stdout carry JSON-RPC, stderr the log; what the process leaves outside its group is
 containment.py's business.
 """
 

@@ -1,11 +1,7 @@
 """One supervised process at a time, driven through the lifecycle: the base of an agent's
-replica (replica.py) and of an MCP tool server (mcpserver.py), siblings over it.
-
-A replica owns its machine (lifecycle.py) and the executor that runs every step's actions
-(executor.py), as h11's Connection owns its ConnectionState; its parts are a life from
-spawn to reap (launch.py) and the heartbeat's look at the live process (monitor.py). It
-tells its host through the methods of `ReplicaHost`, never through the host's private
-members.
+replica (replica.py) and of an MCP tool server (mcpserver.py). It owns its machine
+(lifecycle.py) and the executor of every step's actions (executor.py); its parts are a life
+(launch.py) and the heartbeat's look (monitor.py); it tells its host through `ReplicaHost`.
 """
 
 from __future__ import annotations

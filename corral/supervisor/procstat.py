@@ -1,13 +1,7 @@
-"""A process's usage for the heartbeat's samples: one read of /proc/PID/stat; and whether
-it is parked on its stdin, from /proc/PID/syscall.
-
-psutil's `oneshot()` costs several file opens and Python objects per process; the
-heartbeat samples every live process, so at a thousand agents that was most of the loop's
-idle work. `/proc/PID/stat` (parsed once, in containment.parse_stat) has CPU time and RSS.
-The pid cannot be recycled under us: it is corral's unreaped child, or a zygote's child
-watched by pidfd. A replica keeps its process's files open (`open_proc`) and reads them
-with one pread each: a third of the cost of opening, reading and closing, and an open
-file names that process, never a later one with the same pid.
+"""A process's usage for the heartbeat's samples: one pread of /proc/PID/stat (CPU time,
+RSS); and whether it is parked on its stdin, from /proc/PID/syscall. psutil's `oneshot()`
+was most of the loop's idle work at a thousand agents. The files stay open (`open_proc`):
+an open file names that process, never a later one with the same pid.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""Tenants (docs/tenants.md): the quotas a group of agents shares, checked at admission.
-
-A quota bounds what the tenant's agents may be given: agents and replicas when they are
-added or scaled, tasks when they are accepted or started, and one token budget over all
-of them. As with Kubernetes' ResourceQuota, nothing here ever stops what runs: a quota
-lowered below the use refuses the next admission and kills nothing.
-
-It raises nothing itself (the caller wraps a refusal in its own error type), so it
-imports neither the supervisor nor the task manager.
+"""Tenants (docs/tenants.md): the quotas a group of agents shares, checked at admission;
+nothing here stops what runs (a quota lowered below the use refuses the next admission).
+It raises nothing itself (the caller wraps a refusal in its own error type), so it imports
+neither the supervisor nor the task manager.
 """
 
 from __future__ import annotations

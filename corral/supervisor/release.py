@@ -1,11 +1,6 @@
-"""What running an agent from a release means to its process (docs/packages.md).
-
-A release is a directory that `corral deploy` built (daemon/packages/): the package's
-source and a venv beside it. An agent whose spec names a release runs with the release's
-venv first on PATH (so `python` in its command is the release's interpreter, found the
-same way by a cold start and by a warm one, whose zygote is then the release's own) and
-the running corral's worker SDK on PYTHONPATH (so a package's lock need not name corral).
-Both spawners take this environment as it is: nothing else about a start changes.
+"""What running an agent from a release means to its process (docs/packages.md): the
+release's venv first on PATH (so `python` in its command is the release's, cold or warm)
+and the running corral's worker SDK on PYTHONPATH (a package's lock need not name corral).
 """
 
 from __future__ import annotations

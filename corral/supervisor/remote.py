@@ -1,11 +1,6 @@
-"""A remote MCP server (`url = ...`) supervised like a local one.
-
-There is no process: a connection (an HTTP session, mcp/http.py) takes its place in the
-same lifecycle. Connecting and the MCP handshake are Starting; a session that ends is an
-exit, and the restart policy decides as for a process. So a remote server that is down
-shows `backoff` in `corral status`, and comes back by itself when it is reachable again.
-
-aiohttp is imported (through mcp/http.py) only when such a server starts.
+"""A remote MCP server (`url = ...`) supervised like a local one: a connection (mcp/http.py)
+takes the process's place in the same lifecycle; connecting and the handshake are
+Starting, a session that ends is an exit. aiohttp is imported only when one starts.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
-"""The restart policy: when to restart, after how long, and when to give up.
-
-- `restart`: "always" restarts after any exit; "on-failure" after any exit but a clean
-  one (status 0 that corral did not ask for); "never" not at all.
-- The delay grows exponentially from `backoff_initial` to `backoff_max` with jitter, so a
-  crashing fleet does not restart in lockstep; it resets once a process has been up for
-  `stable_after` seconds.
-- More than `max_restarts` restarts within `restart_window` seconds gives up (Failed),
-  the OTP intensity/period rule and systemd's StartLimitBurst.
-- The start window (`start_secs`, supervisord's startsecs): an exit sooner after the
-  spawn, whatever its status and whatever `restart` says, is a failed start: retried (with
-  the backoff) while fewer than `start_retries` have failed in a row, then given up on. A
-  failed start is not a restart of a process that ran, so it is not counted against
-  `max_restarts`; a life that reaches the window's end clears the count.
+"""The restart policy: when to restart, after how long, and when to give up (the keys'
+meanings: docs/config.md). A failed start (an exit within `start_secs`) is not a restart
+of a process that ran, so it does not count against `max_restarts`; a life that reaches
+the window's end clears the count.
 """
 
 from __future__ import annotations

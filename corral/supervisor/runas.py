@@ -1,14 +1,7 @@
 """Who a process runs as: its own `user`, else its tenant's (docs/tenants.md), and the
-process limits that follow from that.
-
-A tenant's `user` makes the kernel keep tenants apart: processes of different uids cannot
-signal or ptrace each other, nor read each other's 0700 directories. Under its tenant's
-user a process's RLIMIT_NPROC is the tenant's `max_processes` (the smaller of it and the
-process's own `limits.processes`): the kernel counts it per real uid, so that is one
-count over all the tenant's processes. A process that names another `user` than its
-tenant's is the operator's choice and keeps its own limits; one that names its tenant's
-user runs as its tenant's (its cap and directory too: a table naming the user it would
-have anyway must not shed the tenant's cap).
+process limits that follow. Under its tenant's user RLIMIT_NPROC is the tenant's
+`max_processes` (the kernel counts per real uid); a process naming its tenant's user gets
+its tenant's cap too, one naming another user keeps its own limits.
 """
 
 from __future__ import annotations

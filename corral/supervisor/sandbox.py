@@ -1,24 +1,10 @@
 """`sandbox = "bwrap"`: an agent's process run under bubblewrap (docs/sandbox.md).
 
-The sandbox is built from what corral knows of the agent: the system read-only (/usr, the
-/bin, /lib* links or directories, /etc), a private /tmp, /proc of a pid namespace of its
-own, a minimal /dev, the agent's cwd writable, and read-only what it needs to run (its
-interpreter's installation and venv, corral's worker SDK, its PYTHONPATH, its release,
-`sandbox_paths`). Nothing else of the host's filesystem is there: not /home, not /run, not
-corral's control socket. `network = "none"` gives it an empty network namespace (a
-loopback of its own); `"gateway"` the same, with the MCP gateway's unix socket bound in at
-the path CORRAL_MCP_SOCKET already names.
-
-How it fits corral's process handling: bwrap is exec'd by the caps
-prologue, so rlimits are in force and the process is in its cgroup (the spawn gate) before
-bwrap runs; every process of the sandbox inherits both. No `--new-session`: the agent has
-no controlling terminal (corral starts it in a session of its own), so there is no TIOCSTI
-to guard against, and the sandbox stays in corral's process group, which is what `stop`
-signals. `--die-with-parent` ties the sandbox's pid namespace to the outer bwrap, so when
-that dies (of SIGTERM, SIGKILL) the kernel kills everything inside: nothing outlives it.
-
-This module knows nothing of the config's Structs (configload.py imports it to check a
-host): it takes plain values.
+bwrap is exec'd by the caps prologue, so rlimits and the cgroup hold before it runs. No
+`--new-session`: the agent has no controlling terminal (no TIOCSTI), and it must stay in
+corral's process group, which `stop` signals. `--die-with-parent` ties the sandbox's pid
+namespace to the outer bwrap: nothing outlives it. Plain values only: configload.py
+imports this to check a host.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Schedules (`[schedules.NAME]`, docs/workflows.md#schedules): a task of an agent or a run
-of a workflow started on a clock, `every = "30s"` or `cron = "*/5 * * * *"`; no I/O here
-(the daemon's corral/daemon/schedules.py fires them and keeps their last fire time).
-
-The cron syntax is the classic five fields, minute hour day-of-month month day-of-week,
-each `*`, a number, a range `a-b`, any of those with a step `/n`, or a list of them
-`a,b-c`; day-of-week 0-7 (0 and 7 are Sunday); when both day fields are restricted, a day
-matching either fires (as cron does). Times are UTC. Our own parser: the syntax is small,
-and a library's extensions (seconds, `L`, `#`, names) would be accepted here and refused
-by the next cron the operator reads it with.
+"""Schedules (`[schedules.NAME]`, docs/workflows.md#schedules): `every = "30s"` or a
+classic five-field `cron` (UTC; both day fields restricted: either matches, as cron does);
+no I/O here (daemon/schedules.py fires them). Our own parser: a library's extensions would
+be accepted here and refused by the next cron the operator reads it with.
 """
 
 from __future__ import annotations

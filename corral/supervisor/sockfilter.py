@@ -1,13 +1,7 @@
 """The socket families an egress sandbox may open (docs/sandbox.md#egress): a seccomp
-filter, given to bubblewrap (`--seccomp FD`), under which `socket(2)` makes only unix,
-IPv4 and IPv6 sockets — no netlink, packet or other family (EAFNOSUPPORT, as a kernel
-without it would say) — and io_uring, which can make a socket past the filter, is not
-there (ENOSYS). The network namespace already leaves nothing to reach; this takes away
-the kernel's other doors into the network stack.
-
-The filter is classic BPF, built here (no libseccomp): for the architecture this process
-runs on, and every call of another ABI (a 32-bit one on a 64-bit kernel) refused. On an
-architecture this module does not know there is no filter, and `program()` says None."""
+filter for bubblewrap's `--seccomp FD` under which `socket(2)` makes only unix, IPv4 and
+IPv6 sockets (else EAFNOSUPPORT), io_uring is absent (ENOSYS) and every call of another ABI
+is refused. Classic BPF built here; on an unknown architecture `program()` says None."""
 
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
-"""One stream of typed events (transitions, log lines, exits, ticks, tasks' ends, quotas
-changed, tokens revoked, ...) to subscribers: every notification in corral is one of
-these, never a list of callbacks of its own.
-
-Delivery is synchronous and in subscription order, with nothing allocated for it.
-Subscribers cannot break it: one that raises is logged (at most once per LOG_EVERY
-seconds) and counted, and the others, and whatever the emitter does next, go on.
-
-An object with subscribers of its own (a task's watchers: a caller waiting for one task
-must cost the others nothing) keeps their `Subscription`s and has the stream `tell` them.
-A subscriber that has nothing to do with most events of its types subscribes
-`listening=False` and `listen`s only while it holds something: meanwhile it costs the
-emitter nothing (an event nobody listens to is not even made: `wanted`).
+"""One stream of typed events to subscribers: every notification in corral is one of these,
+never a list of callbacks of its own. Delivery is synchronous, in subscription order; one
+subscriber that raises is logged and counted, and the others go on. A subscriber idle for
+most events subscribes `listening=False` and `listen`s only while it holds something (an
+event nobody listens to is not even made: `wanted`).
 """
 
 from __future__ import annotations

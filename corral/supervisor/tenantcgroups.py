@@ -1,14 +1,7 @@
-"""A cgroup per tenant where the cgroup v2 subtree is delegated (docs/tenants.md).
-
-Under corral's delegated cgroup each tenant other than `default` has an inner node,
-`tenant-NAME`, that holds no process; its agents' and MCP servers' replicas get their
-leaves beneath it. The kernel then bounds the tenant as a whole, on the node, from its
-quotas, each where its controller is enabled in the subtree (the node enables in its own
-subtree_control what its parent gives it, so that the leaves keep their own limits). An
-OOM kill anywhere in the tenant is read from the node's `memory.events`.
-
-A node is made at the first process of its tenant, its knobs rewritten when the tenant
-changes, and removed once no process is in it and its tenant has no agent or server left.
+"""A cgroup per tenant where the cgroup v2 subtree is delegated (docs/tenants.md#cgroups):
+a `tenant-NAME` node holding no process, its replicas' leaves beneath it, its knobs from
+the tenant's quotas. The node enables in its own subtree_control what its parent gives it,
+so the leaves keep their own limits; it is removed once empty and its tenant has nothing.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Traces of tasks, the engine's side: the context a task starts with, the sampling
-decision, and each span as one tuple appended to a bounded buffer. No I/O here: the
-daemon (daemon/traces.py) hands the tuples in batches to its exporter process, which
-stores, encodes and sends them (docs/tracing.md).
-
-What the loop pays for a span is a tuple and a deque append; a task's spans are made from
-what the Task already records, once, when it finishes. Only a tool call is timed as it
-happens: its client span's context goes to the MCP server in `params._meta`. A task that
-starts a trace is traced from its id (tracecontext.FromId): nothing is made for it until
-its end's record, which carries the id alone.
+"""Traces of tasks, the engine's side (docs/tracing.md): the context a task starts with,
+the sampling decision, and each span as one tuple appended to a bounded buffer; no I/O
+(daemon/traces.py hands the tuples to the exporter). A task's spans are made once, at its
+end, from what the Task records; only a tool call is timed as it happens.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The handlers of what workers send, put in the engine's tables typed: each one is given
-its method's params decoded into the method's Struct (workerproto.py), never a raw dict.
-
-Params that do not fit are refused in the protocol's words: a request with an error
-(`-32602`, `METHOD: FIELD must be WHAT`); a notification, which cannot be answered, with
-a line in the replica's log (`ignored METHOD: FIELD must be WHAT`).
+"""The handlers of what workers send, each given its method's params decoded into the
+method's Struct (workerproto.py). Params that do not fit are refused in the protocol's
+words: a request with `-32602`, a notification with a line in the replica's log.
 """
 
 from __future__ import annotations

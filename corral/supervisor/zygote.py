@@ -1,13 +1,7 @@
-"""Warm starts: zygotes that have imported an agent's modules and fork agents on request.
-
-One zygote per (interpreter, preload set, user, group, PYTHONPATH), started on first use
-and again after it dies. The zygote program is corral/worker/zygote.py; this is corral's
-side of it, giving back a ChildProcess that the rest of corral cannot tell from a cold
-start (same pidfd watch, same pipes, the exit status the zygote reaped).
-
-Anything that goes wrong with a zygote is `ZygoteUnavailable` with the reason; the
-replica logs it and starts cold. A zygote that failed to start is not tried again for
-RETRY_AFTER seconds (its preload would be paid, and fail, at every restart).
+"""Warm starts: corral's side of the zygotes (corral/worker/zygote.py), one per
+(interpreter, preload set, user, group, PYTHONPATH), giving back a ChildProcess a cold start
+cannot be told from. Anything wrong is `ZygoteUnavailable` (the replica starts cold); a
+zygote that failed to start is not tried again for RETRY_AFTER seconds.
 """
 
 from __future__ import annotations
