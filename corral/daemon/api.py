@@ -1,11 +1,8 @@
 """The command layer: the handler registry, and the one `Dispatcher` every front end calls.
 
-A transport (the control socket, the HTTP API, a cluster peer) turns what arrived into a
-`Caller` (caller.py) and a method call on the Dispatcher, and nothing else: decoding the
-typed params, the caller's scope and what it may see (visibility.py), running the
-handler, the audit row of a mutating call and the mapping of errors all happen here,
-once, so that a rule that holds for one front end holds for all of them. Handlers never
-see a transport: they get the services, their typed params, the Caller and a Channel.
+Decoding the typed params, the caller's scope and visibility, the handler, the audit row
+of a mutating call and the mapping of errors all happen here, once, so that a rule that
+holds for one front end holds for all. Handlers never see a transport.
 """
 
 from __future__ import annotations

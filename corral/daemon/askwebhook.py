@@ -1,13 +1,8 @@
 """The inbox's outbound webhook ([approvals] webhook): each ask made and each ask ended is
-POSTed, as JSON, to the operator's URL, for a chat tool to show and a person to answer
-through the API.
-
-A delivery is signed (`X-Corral-Signature`, the HMAC-SHA256 of the body with
-`webhook_secret`); `X-Corral-Delivery` names it, the same on every attempt, so a receiver
-applies a delivery once. Deliveries go one at a time, in the order the asks changed, each
-tried again with backoff `webhook_retries` times, then given up, said in the daemon's log.
-Past `webhook_queue` waiting, one is dropped and the drop said: a receiver that never
-answers holds only its own queue."""
+POSTed, as JSON, to the operator's URL (signing, retries and the queue's bound:
+docs/approvals.md). Deliveries go one at a time, in the order the asks changed, so a
+receiver that never answers holds only its own queue.
+"""
 
 from __future__ import annotations
 

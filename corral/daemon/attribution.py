@@ -1,19 +1,9 @@
 """Which task attempt a call through corral's gateways belongs to: the one lookup of the
-tool gateway's and the model gateway's.
+tool gateway's and the model gateway's (the rules: docs/gateway.md, "Calls of a task").
 
-A call from an agent's replica carries the replica's own credential (its token). It may
-name its attempt too, by the attempt's address: the gateway's URL with
-`?task=ID&attempt=N` (the worker SDK's `ctx.mcp_url`). Then:
-
-- named: the call is the attempt's when that attempt is running now on the replica the
-  credential names; otherwise it is refused, in one text whatever the reason, so that
-  the address alone opens nothing and tells nothing;
-- not named: the call is the replica's running task's when its agent runs one task at
-  a time and it runs one now; otherwise it is unattributed: the replica's own, under its
-  agent's and tenant's policy all the same.
-
-The mark is not a secret: what it adds to the replica's credential is which of the
-replica's own attempts a call is for.
+A named attempt not running on the credential's replica is refused in one text whatever
+the reason, so that the address alone opens nothing and tells nothing. The mark is not a
+secret: it adds which of the replica's own attempts a call is for.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """WAL checkpoints off the commit path.
 
-By default SQLite checkpoints inside the commit that takes the WAL past 1000 pages: that
-commit copies the WAL into the database file and fsyncs both, and whatever waits on it (a
-task's acknowledgement) waits for the disk; under a flood of another tenant's tasks, a
-quiet tenant's `tasks.run` paid for them. So the writer's connection never checkpoints,
-and this thread, on a connection of its own, does: a PASSIVE checkpoint (it neither waits
-for nor holds up the writer or a reader) after the writer has committed, at most every
-MIN_GAP seconds. A checkpoint that fails is logged once until one succeeds again; the
-commits are unaffected by it (the WAL keeps what they wrote).
+SQLite by default checkpoints inside the commit that takes the WAL past 1000 pages, and
+whatever waits on that commit (a task's acknowledgement) waits for the disk. So the
+writer's connection never checkpoints: this thread, on a connection of its own, makes a
+PASSIVE checkpoint (it neither waits for nor holds up the writer or a reader) after the
+writer has committed, at most every MIN_GAP seconds.
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """The control socket: a unix socket speaking JSON-RPC, one connection per client.
 
-- One daemon per socket: a lock file beside the socket is held (flock) for the daemon's
-  life, so a second daemon refuses at once and a stale socket is safely replaced.
-- Mode 0660; root, the daemon's uid, and members of the configured group (SO_PEERCRED)
-  are served; anyone else gets an error and is disconnected. Every request goes to the
-  one `Dispatcher`.
-- Every client is on a budget, so no client can stall the loop or grow the daemon's
-  memory: once REPLY_HIGH bytes of its replies are unread, its requests are no longer
-  read; replies it still does not read for `control_idle_timeout`, or a backlog past
-  REPLY_LIMIT, close it; at most MAX_IN_FLIGHT of its requests are worked on at once. A
-  connection that completes no request within that timeout is closed too, and past
-  `max_connections` one is refused with the reason.
-- `corral upgrade`'s drain (`go_away`, HTTP/2's GOAWAY): no connection is accepted (new
-  ones wait in the backlog of the listening socket handed to the next image), no request
-  read; each one read is answered, then each client is told the last request read
-  (GOING_AWAY) and disconnected. What was not read the client sends again to the next
-  image: nothing is lost or run twice.
+A lock file beside the socket is held (flock) for the daemon's life, so a second daemon
+refuses at once and a stale socket is safely replaced. Who is served and each client's
+budgets (the constants below): docs/operations.md, docs/guide.md.
 """
 
 from __future__ import annotations
@@ -406,9 +393,10 @@ class ControlServer:
         return cast(asyncio.Server, self._server).sockets[0].fileno(), self._lock_fd
 
     async def go_away(self, reason: str, wait: float = DRAIN_WAIT) -> int:
-        """corral upgrade's drain (the module's docstring says what it does); those still
-        worked on after `wait`, and the streams, are answered UNAVAILABLE. How many
-        connections were told."""
+        """corral upgrade's drain: no connection accepted (they wait in the backlog of the
+        socket handed to the next image), no request read; those read are answered (still
+        worked on after `wait`, and streams: UNAVAILABLE), then each client is told the
+        last request read (GOING_AWAY) and cut. How many connections were told."""
         if self._server is None or self._kept is not None:
             return 0
         listen = cast(asyncio.Server, self._server).sockets[0]

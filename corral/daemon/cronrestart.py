@@ -1,14 +1,9 @@
 """A restart on a schedule: `restart_cron = "0 3 * * *"` on an agent restarts it at each
-minute those five cron fields match (UTC), as PM2's cron_restart does: a program that
-leaks, or reads its files only as it starts.
+minute those five cron fields match (UTC), as PM2's cron_restart does.
 
-The restart is graceful: an agent speaking corral's protocol is replaced rolling (no task
-is dropped); a plain program is stopped and started again, since a second copy of it
-beside the first would fight it for its port. A replica stopped by hand stays stopped,
-and a restart waits for the agent's turn: never during a deploy, a rollback or a reload.
-
-The minutes are the daemon's WaitClock's, the wall's in production: with `[supervisor]
-manual_clock = true` a test moves them with `corral clock --advance`.
+An agent speaking corral's protocol is replaced rolling; a plain program is stopped and
+started again (a second copy beside it would fight it for its port). The minutes are the
+daemon's WaitClock's (`manual_clock`: a test moves them).
 """
 
 from __future__ import annotations

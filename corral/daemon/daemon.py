@@ -1,14 +1,9 @@
 """`corral daemon`: the supervisor as a service, and the composition root of its parts.
 
-`Daemon.run` enters the parts (startup.py: each sets one thing up and tears it down) in
-order on one `AsyncExitStack`, so that a start-up that fails half-way tears down exactly
-what it set up, in reverse, and a stop tears everything down in the reverse of the list;
-then runs the arbiter loop: signals are queued into the event loop and handled there,
-gunicorn-style — SIGTERM/SIGINT (or `daemon.shutdown`) drain (drain.py), stop every agent
-gracefully and exit 0; SIGHUP reloads the config; SIGUSR2 (or `daemon.upgrade`) hands over
-to a new image (upgrade.py). The HTTP server and the gateway's site are extras
-(extras.py): a failure to start one is reported and retried, never a failure of the
-daemon.
+`Daemon.run` enters the parts (startup.py) in order on one `AsyncExitStack`, so that a
+start-up that fails half-way tears down exactly what it set up, in reverse; then runs the
+arbiter loop, where signals are queued and handled (SIGTERM/SIGINT: drain.py, SIGHUP:
+reload, SIGUSR2: upgrade.py).
 """
 
 from __future__ import annotations

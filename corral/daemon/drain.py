@@ -1,11 +1,9 @@
-"""A stop that loses no work: the daemon drains before its agents stop.
+"""A stop that loses no work: the daemon drains before its agents stop
+(docs/operations.md, "Stopping: drain").
 
-`Drain.run`: no new task goes to a worker (what is submitted meanwhile waits in the
-journal for the next daemon), and every task running has up to its agent's
-`drain_timeout` to finish; what ends so is recorded once and never runs again. One still
-running at its deadline is handed over (its attempt lost to the stop, so that the journal
-gives it to the next daemon), and has its `cancel_grace` to stop before the stop ends it
-with its worker. A second stop request cuts the drain short (`cut`).
+A task still running at its agent's `drain_timeout` is handed over (its attempt lost to
+the stop, so that the journal gives it to the next daemon). A second stop request cuts
+the drain short (`cut`).
 """
 
 from __future__ import annotations

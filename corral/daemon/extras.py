@@ -1,11 +1,10 @@
-"""The daemon's extras: parts it runs without needing them.
+"""The daemon's extras: parts it runs without needing them (the HTTP server, the
+gateway's own site).
 
-The HTTP server and the gateway's own site are extras: a failure to bind them (a port
-already taken, a certificate not there yet) must not keep the agents from starting, nor
-the daemon from running. Each is tried once in line, so that one that can serves before
-the agents start, as they are given its address; one that fails is reported and tried
-again with backoff until it serves or the daemon stops. A config an extra refuses (a
-remote address without TLS) fails the start: that is a rule, not a fault.
+A failure to bind one must not keep the agents from starting: each is tried once in line
+(one that can serves before the agents start, as they are given its address), and one
+that fails is reported and retried with backoff. A config an extra refuses (a remote
+address without TLS) fails the start: that is a rule, not a fault.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Development mode: `watch = ["*.py"]` on an agent restarts it when a matching file
 changes, as PM2's --watch and uvicorn's --reload do.
 
-The kernel tells of changes (inotify, through watchfiles); changes that come together are
-taken as one. A plain agent is restarted rolling in its own directory; an agent package
-is deployed again from its source directory (a release is read-only), which switches to
-the new release only if it comes up, so an edit that breaks the agent is refused and the
-running release keeps serving. Either waits for the agent's turn: never during a deploy,
-a rollback or a reload of it.
+Changes that come together (inotify, through watchfiles) are taken as one. An agent
+package is deployed again from its source directory (a release is read-only), so an edit
+that breaks the agent is refused and the running release keeps serving.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Changes of the fleet, each one unit of work: record, act, undo on failure.
 
-Every change of what runs — an agent added, removed, scaled or rolled back by a command; a
-reload of the config file; the runtime agents and kept scales restored at start-up — goes
-through `Fleet`, whatever front end asked for it. A command's change is committed to the
-state database BEFORE it is made: a database that cannot be written refuses the command
-with nothing changed, and a change that then fails is taken back, record and all. Two
-changes of one agent take turns (`changing`).
+Every change of what runs (a command's, a reload's, start-up's restore) goes through
+`Fleet`. A command's change is committed to the state database BEFORE it is made: a
+database that cannot be written refuses it with nothing changed, and a change that then
+fails is taken back, record and all. Two changes of one agent take turns (`changing`).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The fleet as it changes (`agents.watch`): one subscriber to the supervisor's event
 stream numbers every agent replica's transition and every change of an agent's list of
-replicas (`Roster`), and keeps the newest in a ring shared by every watcher, each built
-once whatever the number of watchers. A watcher is a cursor into the ring: it is sent a
-snapshot, then the changes after it, in order; one caught up and writable is sent a new
-change as the stream delivers it, the others are woken to catch up.
-
-A watcher that does not read is not sent more and costs its cursor: it is never queued
-for. When it reads again, the changes after its cursor are sent if the ring still holds
-them; else it is sent a new snapshot marked `resync`, with how many changes it missed
-(drop and resync, rather than coalescing per replica: what a slow client costs is then
-the same whatever the fleet's size). A client that reconnects names the last change it
-saw (`last_event_id`) and is sent what followed, or a resync. Ids carry this daemon
-life's epoch: an id of another life is not mistaken for one of this.
+replicas (`Roster`), and keeps the newest in a ring shared by every watcher, each change
+built once whatever the number of watchers. A watcher is a cursor into the ring; one that
+falls behind it is sent a new snapshot marked `resync` (drop and resync, not coalescing:
+a slow client costs the same whatever the fleet's size; docs/http.md). Ids carry this
+daemon life's epoch, so an id of another life is not mistaken for one of this.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """The gateway's daemon side: who a client is, what it may use, and what it did.
 
-Every gateway call — from `corral mcp serve` through the control socket, or from the
-HTTP gateway — goes through `GatewayService.call`, once: the client's allowlist, its
-concurrency and rate limits, accounting (per client and per tool: calls, errors,
-latency percentiles; an `isError` result counts as an error) and the audit log.
-
-Clients are identified by
-- an agent's name (`corral mcp serve --agent NAME`): that agent's `tools` allowlist;
-- a token from `[gateway] tokens_file` (only its SHA-256 is stored there);
-- a per-replica token corral mints for each agent replica it starts (in the replica's
-  environment as CORRAL_MCP_TOKEN, with CORRAL_MCP_URL), valid while that replica runs;
-- nothing (an operator on the control socket): everything.
-
-A replica's call of a task attempt (attribution.py) is a step of that task, as the
-worker's `tools/call` is; one of no attempt is made as any client's, counted unattributed.
+Every gateway call, from `corral mcp serve` over the control socket or from the HTTP
+gateway, goes through `GatewayService.call` once: the client's allowlist, its limits,
+accounting and the audit log. Who the clients are: docs/gateway.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Skills at the gateway (SEP-2640, the extension `io.modelcontextprotocol/skills`): the
 skills of the servers a client may use, each verified against its digest before it is
-served.
-
-At /mcp a skill's URIs have its server's name as their first segment
-(`skill://SERVER/NAME/SKILL.md`): SEP-2640 requires a SKILL.md's last path segment to be
-its frontmatter's name, so neither can carry the server as tools' names do; at /mcp/NAME,
-as the server names it. What a client sees is what its allowlist admits under
-`SERVER__NAME` and its tenant sees now, as for prompts.
-
-Digests are what a host trusts a skill by: corral checks a skill's SKILL.md against its
-listed digest before it lists or gives the skill, and each file it serves against its
-entry's digest. A mismatch is refused and logged, never served; so is a skill whose
-SKILL.md has no digest to check. A skill's directories are read from its entry's files,
-by corral.
+served (what a client sees, and why the URIs carry the server: docs/gateway.md, "Skills").
 """
 
 from __future__ import annotations

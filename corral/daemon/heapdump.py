@@ -1,12 +1,9 @@
-"""A debug hook, off unless its variable is set: where a long-running daemon's memory goes.
+"""A debug hook, off unless its variable is set: where a long-running daemon's memory goes
+(the variables: docs/operations.md, "Troubleshooting").
 
-With CORRAL_HEAP_DUMP=DIR the daemon traces its allocations (CORRAL_HEAP_FRAMES deep,
-default 12; 0: untraced, the accounts alone) and every CORRAL_HEAP_DUMP_EVERY seconds
-(default 300) writes heap-SECONDS.tracemalloc and heap-SECONDS.json (RSS, glibc's and
-SQLite's accounts, live objects by type) to DIR; with CORRAL_HEAP_TRIM=1, the RSS after a
-malloc_trim(0) too. `python -m corral.daemon.heapdump OLD NEW` says what grew between
-two dumps: RSS rising while the traced total and glibc's bytes in use stay flat is the
-allocator settling, not a leak.
+`python -m corral.daemon.heapdump OLD NEW` says what grew between two dumps: RSS rising
+while the traced total and glibc's bytes in use stay flat is the allocator settling, not
+a leak.
 """
 
 from __future__ import annotations

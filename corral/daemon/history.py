@@ -1,13 +1,11 @@
 """The metrics history: fleet and per-agent figures sampled every `[http]
-history_interval` seconds into the state database, rolled up per minute and per hour, and
-kept within a retention per resolution and a row budget.
+history_interval` seconds into the state database, rolled up per minute and per hour,
+kept within a retention per resolution and a row budget (docs/http.md).
 
-A sample reads only what the engine already holds: nothing is measured for it, and its
-work is one pass over the replicas. The rows are written by the store's writer thread,
-with the roll-ups and the pruning in the same transaction, so nothing of it runs on the
-loop. Roll-ups are SQL over what is stored, bounded by the sample's own time, so a
-restart or a gap loses nothing that was sampled, and a test drives the whole of it with
-the times it chooses (`History.tick(now)`).
+A sample reads only what the engine already holds. The rows, roll-ups and pruning are one
+transaction on the store's writer thread, never on the loop. Roll-ups are SQL over what
+is stored, bounded by the sample's own time: a restart or a gap loses nothing sampled,
+and a test drives it all with the times it chooses (`History.tick(now)`).
 """
 
 from __future__ import annotations

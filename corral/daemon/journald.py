@@ -3,15 +3,8 @@
 Each entry is one datagram to /run/systemd/journal/socket holding `FIELD=value` lines; a
 value with a newline is sent as `FIELD\\n`, its length as 64-bit little-endian, the bytes,
 `\\n`. An entry too big for a datagram goes in a sealed memfd passed with SCM_RIGHTS, as
-sd_journal_sendv does. Sends never block the loop: an entry the journal cannot take right
-now is counted and dropped — the log files keep every line.
-
-Agents' and MCP servers' lines carry fields to filter on:
-`journalctl -u corral CORRAL_AGENT=hello` (or CORRAL_MCP_SERVER=notes), CORRAL_REPLICA,
-CORRAL_STREAM, and OBJECT_PID (journald then adds the agent's OBJECT_COMM, OBJECT_EXE, …).
-Priority: stderr lines are info (6) unless they start with a `<N>` prefix as
-sd-daemon(3) describes (then N, prefix removed); corral's own lines about a process are
-notice (5).
+sd_journal_sendv does. Sends never block the loop: an entry the journal cannot take now is
+counted and dropped (the log files keep every line). The fields: docs/operations.md.
 """
 
 from __future__ import annotations

@@ -2,12 +2,8 @@
 rotated copies gzipped if asked (NAME.log.1.gz ..), or the daemon's own stdout or stderr
 (a container's `docker logs`).
 
-A file is rotated by renaming (NAME.log to NAME.log.1, the older ones moved up). Time
-rotation is by the wall clock's periods of `every` seconds: the first line written in a
-new period rotates a file whose last line was written in an earlier one, so a daemon
-restarted within a period keeps appending. A rotated copy is compressed on a thread of
-its own (a 10 MiB file would hold the event loop for a tenth of a second); the next
-rotation of that file waits for it.
+A rotated copy is compressed on a thread of its own (a 10 MiB file would hold the event
+loop for a tenth of a second); the next rotation of that file waits for it.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Log aggregation: every worker's stderr and the daemon's events, in one place.
 
-Each line is tagged with time, source (agent or "corral"), replica, pid and stream; it goes
-to a bounded in-memory tail per source, to a size-rotated file per source in the log
-directory, and to live followers.
-
-The hot path is per read, not per line: the lines of one read from a worker share one tag
-and one timestamp, are written with one write(2), and are kept as raw bytes in a `Batch`
-until someone reads them. Files are written unbuffered, so a line that reached corral is
-in the file even if corral dies next. Followers never slow workers down: each has a
-bounded queue, and what overflows it is reported to the follower as missed.
-
-The log directory is checked at start-up (`LogDirError`). A file that cannot be written
-later (a full disk, an I/O error) stops nothing: the failure is told once, its lines still
-reach the tail and the followers but are counted as dropped from the file, and the file is
-tried again at most every `RETRY_EVERY` seconds; when a write succeeds again, the gap is
-marked in the file and told with its count.
+Each line is tagged (time, source, replica, pid, stream) and goes to a bounded in-memory
+tail per source, a size-rotated file per source and live followers. The hot path is per
+read, not per line: one read's lines share one tag and timestamp, one write(2), and stay
+raw bytes in a `Batch` until read. Files are written unbuffered (a line that reached
+corral is in its file if corral dies next); one that cannot be written stops nothing
+(docs/operations.md, "Logs").
 """
 
 from __future__ import annotations
