@@ -25,15 +25,14 @@ def approvals(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     res: m.AskList | None = obj.call_json(m.ApprovalsList(), as_json)
-    if res is None:
-        return
-    # an agent's words (a prompt, arguments) one line each: a newline in them never
-    # draws a row of its own, nor does a control character act on the terminal
-    table([[a.id, a.kind, one_line(a.task_id), one_line(a.agent), a.tenant or "-",
-            stamp(a.created), stamp(a.deadline) if a.deadline is not None else "-",
-            one_line(what_it_asks(a))]
-           for a in res.asks],
-          ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
+    if res is not None:
+        # an agent's words (a prompt, arguments) one line each: a newline in them never
+        # draws a row of its own, nor does a control character act on the terminal
+        table([[a.id, a.kind, one_line(a.task_id), one_line(a.agent), a.tenant or "-",
+                stamp(a.created), stamp(a.deadline) if a.deadline is not None else "-",
+                one_line(what_it_asks(a))]
+               for a in res.asks],
+              ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
 
 
 def _shown(ask: Ask, as_json: bool) -> None:

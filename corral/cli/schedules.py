@@ -18,15 +18,14 @@ def schedules(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     res: m.ScheduleList | None = obj.call_json(m.SchedulesList(), as_json)
-    if res is None:
-        return
-    table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
-            f"every {s.every}" if s.every else f"cron {s.cron}", s.missed,
-            "paused" if s.paused else "running", str(s.fires),
-            stamp(s.last_fire), stamp(s.next_fire) if s.next_fire is not None else "-",
-            s.last_started or "-"] for s in res.schedules],
-          ["NAME", "STARTS", "WHEN", "MISSED", "STATE", "FIRES", "LAST", "NEXT",
-           "LAST STARTED"])
+    if res is not None:
+        table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
+                f"every {s.every}" if s.every else f"cron {s.cron}", s.missed,
+                "paused" if s.paused else "running", str(s.fires),
+                stamp(s.last_fire), stamp(s.next_fire) if s.next_fire is not None else "-",
+                s.last_started or "-"] for s in res.schedules],
+              ["NAME", "STARTS", "WHEN", "MISSED", "STATE", "FIRES", "LAST", "NEXT",
+               "LAST STARTED"])
 
 
 def _show(s: m.ScheduleEntry, as_json: bool) -> None:

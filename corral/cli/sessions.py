@@ -64,9 +64,8 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
         raise click.UsageError(f"usage: corral sessions {USAGE}")
     res: m.SessionList | None = obj.call_json(
         m.SessionsList(agent=words[0] if words else None), as_json)
-    if res is None:
-        return
-    # whose each is (the tenant its agent was of when it began)
-    table([[s.tenant, s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
-            _state(s.state_bytes), _now(s)] for s in res.sessions],
-          ["TENANT", "AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])
+    if res is not None:
+        # whose each is (the tenant its agent was of when it began)
+        table([[s.tenant, s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
+                _state(s.state_bytes), _now(s)] for s in res.sessions],
+              ["TENANT", "AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])

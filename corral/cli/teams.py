@@ -28,13 +28,12 @@ def teams() -> None:
 @pass_ctx
 def teams_list(obj: Ctx, as_json: bool) -> None:
     res: m.TeamList | None = obj.call_json(m.TeamsList(), as_json)
-    if res is None:
-        return
-    table([[t.name, t.mode, ", ".join(t.members),
-            "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
-            t.description]
-           for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT",
-                                 "DESCRIPTION"])
+    if res is not None:
+        table([[t.name, t.mode, ", ".join(t.members),
+                "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
+                t.description]
+               for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT",
+                                     "DESCRIPTION"])
 
 
 runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsDescribe,

@@ -61,11 +61,10 @@ def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | Non
 @pass_ctx
 def token_list(obj: Ctx, as_json: bool) -> None:
     res: m.TokenList | None = obj.call_json(m.TokensList(), as_json)
-    if res is None:
-        return
-    table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
-            stamp(t.created), _when(t.expires)] for t in res.tokens],
-          ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
+    if res is not None:
+        table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
+                stamp(t.created), _when(t.expires)] for t in res.tokens],
+              ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
 
 
 @command(m.TokensRevoke)

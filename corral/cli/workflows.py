@@ -30,13 +30,12 @@ def workflows() -> None:
 @pass_ctx
 def workflows_list(obj: Ctx, as_json: bool) -> None:
     res: m.WorkflowList | None = obj.call_json(m.WorkflowsList(), as_json)
-    if res is None:
-        return
-    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
-            "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
-            w.description]
-           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "TENANT",
-                                     "DESCRIPTION"])
+    if res is not None:
+        table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
+                "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
+                w.description]
+               for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "TENANT",
+                                         "DESCRIPTION"])
 
 
 @command(m.WorkflowsPlan, more="\n\nWith --file, the plan of a "
@@ -183,9 +182,8 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     page = (m.RunsGet(run_id=run_id, wait=wait, step=step, outputs=outputs, offset=offset)
             if as_json else m.RunsGet(run_id=run_id, wait=wait, limit=0, outputs=False))
     res: m.RunView | None = obj.call_json(page, as_json, wait_forever=wait is not None)
-    if res is None:
-        return
-    _tree(res, obj)
+    if res is not None:
+        _tree(res, obj)
 
 
 @command_group(m.RunsList)
@@ -231,10 +229,9 @@ def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
                 as_json: bool) -> None:
     res: m.SignalSent | None = obj.call_json(m.RunsSignal(
         run_id=run_id, name=name, data=_read_input(data, "--data"), key=key), as_json)
-    if res is None:
-        return
-    click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
-               + (", sent before under this key" if res.duplicate else ""))
+    if res is not None:
+        click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
+                   + (", sent before under this key" if res.duplicate else ""))
 
 
 @command(m.RunsCancel)
