@@ -53,8 +53,6 @@ class StreamCut(Exception):
 
 
 def passed_back(headers: Any) -> dict[str, str]:
-    """The upstream's headers the agent sees: its request id and what it says of its
-    limits (never its cookies, nor the hop-by-hop ones)."""
     return {k: v for k, v in headers.items() if k.lower().startswith(PASSED_BACK_PREFIXES)}
 
 
@@ -82,9 +80,8 @@ class _HeadWithEvents(web.StreamResponse):
 
 
 class Relay:
-    """One streamed answer passed on as it comes and recorded; its last event held back
-    until `finish`; the provider's key hidden wherever the upstream quoted it. Each read
-    of the upstream's is one write to the agent: its complete events, as they came."""
+    """One streamed answer passed on as it comes (each read of the upstream's one write of
+    its complete events) and recorded; its last event held back until `finish`."""
 
     def __init__(self, request: web.Request, fmt: Format, answer: UpstreamAnswer,
                  usage: CallUsage, on_text: Callable[[str], None] | None = None,
@@ -173,8 +170,7 @@ class Relay:
             self.gone = True
 
     async def finish(self) -> web.StreamResponse:
-        """The held last event written and the stream ended, in one write: the agent has
-        its answer."""
+        """The held last event written and the stream ended, in one write."""
         if not self.gone:
             try:
                 await self.response.write_eof(self.held)

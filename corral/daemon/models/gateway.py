@@ -149,9 +149,8 @@ class ModelGateway:
 
     @staticmethod
     def environment(mcp: Mapping[str, str]) -> dict[str, str]:
-        """A replica's model variables, from the MCP gateway's (its URL and the replica's
-        token): the OpenAI and Anthropic SDKs' base URLs and keys, pointing at corral. A
-        gateway on a unix socket gives none (those SDKs reach TCP addresses alone)."""
+        """The OpenAI and Anthropic SDKs' base URLs and keys, from the MCP gateway's URL and
+        token; none over a unix socket (those SDKs reach TCP addresses alone)."""
         url, token = mcp.get("CORRAL_MCP_URL"), mcp.get("CORRAL_MCP_TOKEN")
         if not url or not token or "CORRAL_MCP_SOCKET" in mcp:
             return {}
@@ -374,10 +373,8 @@ class ModelGateway:
         return answers.whole(result)
 
     async def _approved(self, request: web.Request, call: ModelCall) -> None:
-        """A live call the agent's or its tenant's policy holds waits for a person (its
-        task `waiting`, suspended past suspend_after: holds.py); ModelRefusal when it was
-        not approved, or cannot be asked (a cluster's); a call of no task is its
-        replica's, asked by its incarnation (replicacalls.py), the call waiting."""
+        """A live call the policy holds waits for a person (holds.py); ModelRefusal when
+        it was not approved, or cannot be asked (a cluster's)."""
         task = call.task
         tenant = task.tenant if task is not None and task.tenant is not None \
             else getattr(call.replica.spec, "tenant", None)
@@ -447,9 +444,8 @@ class ModelGateway:
 
     async def _live(self, request: web.Request, call: ModelCall, usage: CallUsage,
                     idempotency: str | None = None) -> Relay | Whole:
-        """The call made upstream: a whole answer read (its usage in `usage`), or a
-        stream's relay, not yet run. `idempotency`: a task's call's key, the same on every
-        attempt (steps.py), sent as `Idempotency-Key` in place of the agent's own."""
+        """A whole answer read (its usage in `usage`), or a stream's relay, not yet run.
+        `idempotency`: a task's call's key, the same on every attempt, sent upstream."""
         spec, key = call.spec, self.keys.get(call.name)
         headers = {"content-type": "application/json"}
         headers.update((h, v) for h in PASSED_ON if (v := request.headers.get(h)) is not None)
@@ -484,8 +480,7 @@ class ModelGateway:
         return Whole(answer.status, ctype, body)
 
     def _output_of(self, call: ModelCall) -> Callable[[str], None] | None:
-        """A live streamed answer's text, into its task's live output as it passes
-        (docs/streams.md), while the task runs on the replica that called."""
+        """A live streamed answer's text, into its task's live output as it passes."""
         task = call.task
         if task is None:
             return None

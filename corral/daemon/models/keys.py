@@ -17,9 +17,8 @@ MAX_KEY_BYTES = 16 * 1024  # a key file larger than this is refused, not read
 
 
 def read_key(name: str, spec: ModelSpec, base: Path, taken: dict[str, str]) -> str | None:
-    """The key of model `name` (None: its upstream takes none); ConfigError naming the
-    variable or the file when it is not there. A variable read is moved from the
-    environment into `taken` (variable -> key)."""
+    """The key of model `name` (None: its upstream takes none), or ConfigError. A variable
+    read is moved from the environment into `taken` (variable -> key)."""
     if spec.key_env is not None:
         key = os.environ.pop(spec.key_env, "").strip() or taken.get(spec.key_env, "")
         if not key:

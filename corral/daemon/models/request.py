@@ -42,9 +42,8 @@ class BadBody(Exception):
 
 
 class ModelRequest(NamedTuple):
-    """A request read: the model it names, whether it streams, its estimate's inputs, the
-    hash of its body as it came (what a retry's same call is known by), and the bytes that
-    go upstream."""
+    """A request read; `digest` of its body as it came is what a retry's same call is
+    known by."""
 
     model: str
     stream: bool

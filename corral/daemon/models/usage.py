@@ -17,9 +17,8 @@ _decode = msgspec.json.Decoder()
 
 
 class CallUsage:
-    """Tokens in and out, and the model the upstream says answered; how far the answer
-    got (`answered`: a success's head came; `complete`: read to its end), whether the
-    upstream said its usage, and the output's estimate from what passed."""
+    """What the upstream said of a call, and how far its answer got (`answered`: a
+    success's head came; `complete`: read to its end)."""
 
     __slots__ = ("answered", "complete", "input", "model", "output", "passed", "said",
                  "unanswered")

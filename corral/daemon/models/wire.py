@@ -67,10 +67,8 @@ _TYPES: dict[int, tuple[str, str]] = {
 
 def refusal(fmt: Format, status: int, message: str, param: str | None = None,
             code: str | None = None) -> bytes:
-    """A refusal of corral's, in the body a client of the format parses: OpenAI's
-    `{"error": {message, type, param, code}}` (`param`: the member of the request at
-    fault; `code`, when not its type), Anthropic's `{"type": "error", "error": {type,
-    message}}`."""
+    """A refusal of corral's, in the body a client of the format parses (`param`: the
+    member of the request at fault; `code`, when not its type)."""
     openai_type, anthropic_type = _TYPES.get(status, ("api_error", "api_error"))
     if fmt == "anthropic":
         return msgspec.json.encode({"type": "error", "error": {"type": anthropic_type,

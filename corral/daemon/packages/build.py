@@ -83,8 +83,7 @@ class Plan(msgspec.Struct, kw_only=True):
 
 
 def find_uv() -> str | None:
-    """The uv binary: the one installed with corral (the uv package, a dependency of
-    corral[daemon], pinned: the uv its builds are tested with), else one on PATH."""
+    """The uv corral[daemon] pins (the uv its builds are tested with), else one on PATH."""
     with contextlib.suppress(ImportError, FileNotFoundError):
         from uv import find_uv_bin
 
@@ -95,8 +94,7 @@ def find_uv() -> str | None:
 def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None = None
                 ) -> tuple[list[str], int, str]:
     """The package's files and links (relative paths, sorted), their size, and the hash
-    of them. A size past `max_bytes` is refused before a byte is read. Blocking: in a
-    thread (checked.in_thread)."""
+    of them. A size past `max_bytes` is refused before a byte is read. Blocking."""
     with _source(manifest) as root:
         found = _walk(root, manifest, stop)
         files = [rel for rel, _ in found]
@@ -439,9 +437,8 @@ class Builder:
 
     async def _run(self, argv: list[str], *, kind: str, name: str, cwd: Path | None,
                    timeout: float, what: str, watch: Path | None = None) -> list[bytes]:
-        """One step's stdout lines, or BuildError with its last lines of output. Killed
-        (its whole group) at `timeout`, when `watch` grows past max_release_mb, or when
-        the deploy is cancelled."""
+        """One step's stdout lines, or BuildError with its last lines of output. Its group
+        is killed at `timeout`, when `watch` grows past max_release_mb, or cancelled."""
         out: deque[bytes] = deque(maxlen=1000)
         err: deque[bytes] = deque(maxlen=TAIL)
 

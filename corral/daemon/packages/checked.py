@@ -198,11 +198,9 @@ def _why(exc: OSError) -> str:
 
 
 async def in_thread(work: Callable[[threading.Event], T]) -> T:
-    """`work(stop)` in a thread of its own that never holds up the daemon's exit (a
-    daemon thread: a read that a hung file system never answers is left behind, not
-    joined). Cancelling the await sets `stop` (work looks at it between reads and
-    files), gives the work GRACE seconds to see it (so that what it wrote is not being
-    written while the caller removes it), and returns."""
+    """`work(stop)` in a daemon thread (a read a hung file system never answers is left
+    behind, not joined). Cancelled, it sets `stop` and gives the work GRACE seconds to
+    see it, so that what it wrote is not being written while the caller removes it."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
     # an outcome nobody waits for any more is no "exception never retrieved"

@@ -1,10 +1,7 @@
-"""An agent package's manifest: `[agent]` in the package directory's corral.toml, or
-`[tool.corral.agent]` in its pyproject.toml (docs/packages.md).
-
-Besides the package's own keys (name, version, python, lock, exclude), the table takes
-every key of an `[agents.NAME]` table, checked by the same schema (AgentSpec), so a key
-means one thing in a config file and in a manifest. What the manifest cannot say is where
-the release is: `release` is corral's, and `cwd` is relative to the package's source.
+"""An agent package's manifest (docs/packages.md, "The manifest"): `[agent]` in the
+package's corral.toml, or `[tool.corral.agent]` in its pyproject.toml. Besides the
+package's own keys, it takes every key of an `[agents.NAME]` table, checked by the same
+schema (AgentSpec), so a key means one thing in a config file and in a manifest.
 """
 
 from __future__ import annotations
@@ -52,9 +49,7 @@ class Manifest(msgspec.Struct, kw_only=True):
 
 def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Manifest:
     """The manifest of the package at `path` (its directory, or the manifest file);
-    `name` overrides the manifest's. ConfigError names the file and the key. What the
-    package holds is read as checked.py reads it: the manifest and pyproject.toml must
-    be regular files of the directory (never read through a link)."""
+    `name` overrides the manifest's. ConfigError names the file and the key."""
     given = Path(path)
     if not given.is_absolute():
         raise ConfigError(f"{given}: the package's path must be absolute")

@@ -1,9 +1,6 @@
-"""Releases on disk: PACKAGES/NAME/RELEASE, each a directory that is a release only once
-its READY marker is there (written last by the build), read-only from then on.
-
-Also what lives beside them: the worker SDK every release imports (PACKAGES/.sdk/HASH,
-the running corral's own, copied at start-up), a marker per agent while a rollout is
-under way (NAME/ROLLOUT), and the clean-up at start-up of what an interrupted build left.
+"""Releases on disk (docs/packages.md, "Releases": the layout): PACKAGES/NAME/RELEASE, a
+release only once its READY marker is there, read-only from then on; beside them the worker
+SDK every release imports, the ROLLOUT markers, and the clean-up of interrupted builds.
 Blocking file work: callers run it in a thread.
 """
 
@@ -48,8 +45,7 @@ class ReleaseInfo(msgspec.Struct, kw_only=True):
 
 class Rollout(msgspec.Struct, kw_only=True):
     """NAME/ROLLOUT: a switch to `release` is under way; `previous` is the agent's table
-    before it (None: the agent did not exist), what a daemon that finds the marker at
-    start-up puts back."""
+    before it, put back at start-up (None: the agent did not exist)."""
 
     release: str
     previous: dict[str, Any] | None
@@ -136,9 +132,8 @@ class Releases:
 
     # -- the SDK -----------------------------------------------------------------------
     def install_sdk(self, package: Path) -> Path:
-        """A read-only copy of the running corral's worker SDK (`corral/__init__.py` and
-        `corral/worker/`, stdlib only), the directory to put on PYTHONPATH; copies made
-        by other versions of corral are removed."""
+        """A read-only copy of the running corral's worker SDK, the directory to put on
+        PYTHONPATH; other versions' copies are removed."""
         files = [package / "__init__.py", *sorted((package / "worker").glob("*.py"))]
         digest = hashlib.sha256()
         for f in files:

@@ -165,9 +165,8 @@ class Packages:
         return await asyncio.shield(switch)
 
     async def close(self) -> None:
-        """A deploy still planning or building is cancelled, and its end awaited while
-        the loop runs, not left to the loop's last cancellation, which would cut its
-        cleanup short."""
+        """A deploy still planning or building is cancelled and its end awaited here: the
+        loop's last cancellation would cut its cleanup short."""
         building = list(self._building)
         for task in building:
             task.cancel()

@@ -1,8 +1,6 @@
-"""Tasks with [cluster]: handed to the cluster (Redis holds them; whichever node has room
-runs them) unless submitted `local`, which this node's LocalFront takes.
-A task id is looked up in the cluster first: a cluster task's record is the truth,
-wherever it ran (one this node ran is in its engine too, but its record has every
-attempt); an id the cluster has not is this node's own."""
+"""Tasks with [cluster]: handed to the cluster unless submitted `local`, which this node's
+LocalFront takes. A task id is looked up in the cluster first: a cluster task's record has
+every attempt, wherever it ran; an id the cluster has not is this node's own."""
 
 from __future__ import annotations
 

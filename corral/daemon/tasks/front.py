@@ -50,16 +50,13 @@ class TaskFront(Protocol):
         """A task's input as it was sent, where it is kept; None when not."""
 
     async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
-        """A page of tasks, newest last, and the cursor of the page before it (older
-        tasks), or None when there is none; with `sees`, those it admits (their agent and
-        the tenant it was of when each was accepted)."""
+        """A page of tasks, newest last, and the cursor of the page before it, or None;
+        with `sees`, those it admits."""
 
     async def cancel(self, task_id: str) -> TaskInfo: ...
 
 
 def listing_window(p: m.TasksList) -> tuple[float | None, int]:
-    """A listing's params checked as every front checks them: since as wall time, and
-    the page's size."""
     return page_window(p.status, p.before, p.since, p.limit, STATUSES, "task")
 
 

@@ -118,10 +118,9 @@ class LocalFront:
         return task
 
     async def _committed(self, task: Task) -> None:
-        """In the journal before it is acknowledged. The failure is known only when the
-        write that held the task fails, and the task may have reached an agent meanwhile:
-        one still queued or running is cancelled and refused; one that has already ended
-        ran, and its outcome is the answer (its row is written when the journal can)."""
+        """In the journal before it is acknowledged. A failed write is known only after the
+        task may have reached an agent: one still queued or running is cancelled and
+        refused; one that has ended ran (its row is written when the journal can)."""
         try:
             await self.engine.committed()
         except TaskJournalError as exc:

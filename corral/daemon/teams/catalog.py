@@ -31,10 +31,8 @@ class TeamCatalog(RuntimeCatalog[TeamSpec]):
 
 def against(tenant_of: Callable[[str], str | None], seen: Callable[[str], bool],
             teams: Collection[str], servers: Collection[str]) -> Check[TeamSpec]:
-    """A team checked whole as the config loader checks one, against the agents the
-    caller sees, the teams there are and those added with it, and the MCP servers. Its
-    own name is checked against every agent: a team of an agent's name would take that
-    agent's tasks."""
+    """A team checked whole as the config loader checks one. Its own name is checked
+    against every agent: a team of an agent's name would take that agent's tasks."""
     def check(name: str, spec: TeamSpec, others: Mapping[str, TeamSpec]) -> str | None:
         return check_team(name, spec, teams={*teams, *others}, servers=servers,
                    tenant_of=lambda a: tenant_of(a) if a == name or seen(a) else None)

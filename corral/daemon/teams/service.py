@@ -115,9 +115,8 @@ class TeamService(Teams):
                             f"from {e.holder}")
 
     async def read(self, call_id: str | None = None, newest: int = 0) -> None:
-        """On a cluster: this node's copies of a call (`call_id`) or of the `newest`
-        calls, whichever node drives them, as Redis holds them now (`find` and `rows`
-        read the copies); a call this node drives, or one ended here, is its own."""
+        """On a cluster: this node's copies of a call or the `newest` calls refreshed from
+        Redis; a call this node drives, or one ended here, is its own."""
         if self.shared is None:
             return
         if call_id is None:

@@ -42,9 +42,8 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
         return _compiled(name, spec, specs)
 
     def tenant(self, name: str, tenant_of: TenantOf) -> str | None:
-        """Whose a workflow is: a runtime one's, its revision's (the tenant its agents
-        were of when it was made); the config file's, the tenant all its agents are of
-        now (the file names them: they are the operator's to move)."""
+        """Whose a workflow is: a runtime one's, its revision's; the config file's, the
+        tenant all its agents are of now (they are the operator's to move)."""
         rev = self.revision_of(name)
         if rev is not None:
             return rev.tenant

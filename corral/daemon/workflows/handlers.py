@@ -73,9 +73,8 @@ def _graph(run: Run) -> list[m.RunGraphStep]:
 
 
 def _page(run: Run, store: RunStore, p: m.RunsGet) -> tuple[list[m.RunStepView], int | None]:
-    """A page of the run's step rows (of `p.step`), each with its output read back when
-    asked, the page ended early past MAX_OUTPUT_SHOWN bytes of them (one row at least);
-    and the offset of the next page, None at the last."""
+    """A page of the run's step rows, ended early past MAX_OUTPUT_SHOWN bytes of their
+    outputs (one row at least); and the offset of the next page, None at the last."""
     order = {s.name: s.index for s in run.wf.steps}
     rows = sorted((r for r in run.rows.values() if r.step in order
                    and (p.step is None or r.step == p.step)),

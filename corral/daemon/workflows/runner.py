@@ -206,9 +206,8 @@ class Runner:
         return StepEnd(child.status, output, child.error)
 
     async def abandon(self, run: Run) -> None:
-        """A run that ended otherwise than by its steps (cancelled, timed out, a step
-        failed): its nested runs still running ended as it did, and every step row still
-        running ended so, its task cancelled."""
+        """A run ended otherwise than by its steps: its nested runs and its step rows still
+        running ended as it did, their tasks cancelled."""
         why = run.error or run.status if run.status != "failed" else "the run failed"
         for r in list(run.rows.values()):
             if r.status == "running" and r.task_id is not None \

@@ -76,9 +76,8 @@ class Run(msgspec.Struct):
 
 
 class Outputs(Mapping[str, Any]):
-    """A run's ended steps' outputs (a map step's: the list of its items'), read back
-    from its rows as one is named and held while the asker holds this: a run keeps none
-    in memory, however many items its maps have."""
+    """A run's ended steps' outputs, read back from its rows as one is named: a run keeps
+    none in memory, however many items its maps have."""
 
     def __init__(self, run: Run, store: RunStore) -> None:
         self.run, self.store = run, store
@@ -196,10 +195,8 @@ class RunStore:
 
     def listing(self, workflow: str | None, status: str | None, since: float | None,
                 limit: int, before: str | None, sees: Sees | None) -> list[Run] | None:
-        """The newest runs first (their ids sort as they were made), made since `since`
-        (wall time), before the run `before` (a page's cursor: None when it names no run
-        kept that `sees` admits); with `sees`, the runs all of whose agents it admits of
-        the run's tenant."""
+        """The newest runs first (their ids sort as made), since `since` (wall time), before
+        the run `before` (None when it names no run kept that `sees` admits)."""
         where, args = given(("kind = ?", KIND), ("name = ?", workflow),
                             ("status = ?", status), ("created >= ?", since))
         seen = ""
@@ -223,9 +220,8 @@ class RunStore:
         return [Run.kept(record_of(r)) for r in rows]
 
     async def prune(self, max_age: float, max_runs: int) -> int:
-        """Ended runs, and their steps' rows, past the task journal's retention. Never a
-        running run, nor a nested run a running run's step names (resumed, that step
-        waits for it). How many went."""
+        """Ended runs and their rows past the task journal's retention, never a nested run
+        a running run's step names (resumed, that step waits for it). How many went."""
         gone = 0
 
         def write(db: sqlite3.Connection) -> None:

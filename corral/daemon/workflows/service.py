@@ -217,9 +217,8 @@ class WorkflowService:
         await self.calls.wait(run_id, timeout)
 
     async def read(self, run_id: str | None = None, newest: int = 0) -> None:
-        """On a cluster: this node's copies of a run (`run_id`) or the `newest` runs,
-        whichever node drives them, as Redis holds them now (the reads that follow
-        read the copies)."""
+        """On a cluster: this node's copies of a run or the `newest` runs refreshed from
+        Redis, whichever node drives them."""
         if self.shared is None:
             return
         ids = [run_id] if run_id is not None else await self.shared.newest(KIND, newest)
