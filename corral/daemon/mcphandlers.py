@@ -98,7 +98,6 @@ async def mcp_status(d: McpServices, p: m.McpStatus, caller: Caller, c: Channel
 @implements(m.McpRestart)
 async def mcp_instances(d: McpServices, p: m.McpSelection, caller: Caller, c: Channel
                         ) -> m.McpInstances:
-    """Each of the server's instances started, stopped or restarted."""
     insts = d.tools.server(p.name).all()
     if not isinstance(p, m.McpStart):
         await asyncio.gather(*(i.stop("stopped" if isinstance(p, m.McpStop) else RESTARTED)

@@ -75,8 +75,6 @@ def _position(chunk: OutputChunk) -> Position:
 
 
 class OutputsDB:
-    """The daemon's OutputJournal, on the state database `path`, written by `writer`."""
-
     def __init__(self, path: Path, writer: WriterThread,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.path = path

@@ -155,7 +155,6 @@ class ScheduleService:
         self._syncing = self._spawn(self._sync())
 
     async def settled(self) -> None:
-        """Return once the schedules last configured are set up."""
         if self._syncing is not None:
             await asyncio.shield(self._syncing)
 

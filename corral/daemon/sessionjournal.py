@@ -54,8 +54,6 @@ _WORDS = JournalWords("sessions", "session checkpoints wait until they can",
 
 
 class SessionsDB:
-    """The daemon's SessionJournal, on the state database `path`, written by `writer`."""
-
     def __init__(self, path: Path, writer: WriterThread,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
@@ -92,7 +90,6 @@ class SessionsDB:
         return await asyncio.to_thread(self.state_now, row)
 
     def state_now(self, row: SessionRow) -> bytes | None:
-        """The session's state as written so far."""
         with self._store.read_lock, errors_named(self.path):
             got = self._store.reader.execute(
                 "SELECT state FROM sessions WHERE tenant = ? AND agent = ? AND session = ? "

@@ -73,8 +73,6 @@ def _hash(body: bytes) -> bytes:
 
 
 class StepsDB:
-    """The daemon's StepJournal, on the state database `path`, written by `writer`."""
-
     def __init__(self, path: Path, writer: WriterThread, *, sync: str = "normal",
                  on_error: Callable[[str], None] | None = None) -> None:
         self.path = path

@@ -48,7 +48,6 @@ class StopMarks:
             db.execute("SELECT agent, replica, who, time FROM stopped")}
 
     def held(self, agent: str) -> frozenset[int]:
-        """The replicas of `agent` a stop by hand holds down."""
         return frozenset(i for (a, i) in self.marks if a == agent)
 
     def of(self, agent: str, replica: int) -> StopMark | None:

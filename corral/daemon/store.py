@@ -64,7 +64,6 @@ class StateStore:
         return self.writer
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        """Commit `writes` in one transaction now, or raise StoreError."""
         if self.thread is None:  # before the writer is open (tests): on this connection
             with errors_named(self.path), self.db:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -225,7 +224,6 @@ class StateStore:
         return write
 
     def end_incarnations(self, owners: Iterable[str]) -> None:
-        """Forget incarnations whose processes are all gone (stopped or reclaimed)."""
         with self.db:
             self.db.execute("BEGIN")
             self.ending_incarnations(owners)(self.db)
