@@ -155,7 +155,7 @@ def _status(d: AgentServices, r: Replica, draining: bool) -> ReplicaStatus:
     """A replica's status, with who stopped it by hand and when, or whether a scale-down
     drains it."""
     st = r.status()
-    mark = d.fleet.stop_mark(r.name, r.index) if r.stopped_by_hand else None
+    mark = d.fleet.stops.of(r.name, r.index) if r.stopped_by_hand else None
     if mark is not None:
         return msgspec.structs.replace(st, stopped_by=mark.who, stopped_at=mark.time)
     return msgspec.structs.replace(st, draining=True) if draining else st

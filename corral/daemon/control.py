@@ -43,9 +43,8 @@ REPLY_HIGH = 1024 * 1024
 REPLY_LOW = 256 * 1024
 REPLY_LIMIT = 32 * 1024 * 1024
 MAX_IN_FLIGHT = 64  # requests of one client being worked on at once; then it waits
-# corral upgrade's drain: how long the requests read before it (a submit whose journal
-# write is under way) have to be answered, and how long the clients' last bytes have to
-# be written before they are cut (a client that does not read)
+# corral upgrade's drain: how long the requests read before it have to be answered, and
+# the clients' last bytes to be written before they are cut
 DRAIN_WAIT = 2.0
 LEAVE_WAIT = 1.0
 
@@ -80,8 +79,7 @@ class Connection(LineProtocol):
         self._unread_since: float | None = None  # replies not read since (loop time)
         self._watch: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
-        # requests of a streaming method, which an upgrade's drain does not wait for
-        # (dispatch is held: the task would not end)
+        # streaming requests, which an upgrade's drain does not wait for (they would not end)
         self._waits = 0
         self.leaving = False  # corral upgrade's drain: no request read any more
         self._cork = Cork(asyncio.get_running_loop(), self._write)
@@ -204,8 +202,7 @@ class Connection(LineProtocol):
         self._flow()
 
     def _flow(self) -> None:
-        """Read requests only while the client reads its replies and has fewer than
-        MAX_IN_FLIGHT of them being worked on."""
+        """Read requests only while the client reads its replies, under MAX_IN_FLIGHT."""
         busy = self.peer is not None and self.peer.handling >= MAX_IN_FLIGHT
         if not self.writable.is_set() or busy or self.leaving:
             self.pause()
@@ -282,8 +279,7 @@ class Connection(LineProtocol):
 
     # corral upgrade's drain --------------------------------------------------------------
     def stop_reading(self) -> None:
-        """Read no more requests: those not read yet the client sends again to the next
-        image."""
+        """Read no more requests (the client sends those to the next image)."""
         self.leaving = True
         self.pause()
 
@@ -337,8 +333,7 @@ class ControlServer:
         self.tenant_groups: dict[int, str] = {}
         self._server: asyncio.AbstractServer | None = None
         self._lock_fd = -1
-        # the listening socket while no connection is accepted (corral upgrade's drain):
-        # open, so that connections wait in its backlog for the next image
+        # the listening socket during the upgrade's drain: connections wait in its backlog
         self._kept: socket.socket | None = None
         self._leaving: set[Connection] = set()
         self._left: asyncio.Event | None = None

@@ -107,8 +107,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
         self._signals: asyncio.Queue[int] = asyncio.Queue()
-        # set once the parts are up and the agents added: what an embedding program waits
-        # for before it uses `services`
+        # what an embedding program waits for before it uses `services`
         self.set_up = asyncio.Event()
         self.up: Assembly | None = None  # the one attribute bound late: `_setup`'s
         # a stop asked for (not a start-up that failed): what was started ends gracefully
@@ -132,10 +131,6 @@ class Daemon:
     @property
     def sup(self) -> Supervisor:
         return self._up().sup
-
-    @property
-    def parts(self) -> Parts:
-        return self._up().sup.parts
 
     @property
     def services(self) -> Services:
@@ -165,9 +160,6 @@ class Daemon:
     def http_server(self) -> HttpServer | None:
         serving: part.Serving | None = self.services.web.server
         return serving.server if serving is not None else None
-
-    def status_line(self) -> str:
-        return self._up().status.line()
 
     # -- the arbiter ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -213,8 +205,7 @@ class Daemon:
         self._stopped_drain().set_result(drained)
 
     async def _drain(self, s: Services, *, now: bool) -> DrainReport:
-        """Before the agents stop: the running tasks finish within drain_timeout; signals
-        are heard meanwhile, and a second stop cuts it short."""
+        """Before the agents stop: signals are heard meanwhile, a second stop cuts it short."""
         status = self._up().status
         drain = status.drain = Drain(s.task_engine, s.agents, self.drain_timeout,
                                      s.hub.daemon, self.notifier.status_changed)
@@ -389,8 +380,7 @@ class Daemon:
         await enter("the extras' retries", part.closed(extras.close))
 
     async def _begin(self, up: Assembly, unfinished: list[Unfinished]) -> None:
-        """Once every part is set up: the services served, the agents added, the journal's
-        tasks recovered, the cluster's loops started."""
+        """Once every part is set up: the agents added, then what recovers after them."""
         s, node = up.services, up.cluster
         up.dispatcher.serve(s)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
@@ -423,8 +413,7 @@ class Daemon:
                 node.place_after(settled)
             node.start()
         if self.taken is not None:
-            # aiohttp imported in a thread from the first adoption on: the loop adopts
-            # and dispatches meanwhile
+            # aiohttp imported in a thread meanwhile: the loop adopts and dispatches
             try:
                 await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
                 await self._web(up.teardown, up.conf, s, up.dispatcher, up.extras)
@@ -454,11 +443,11 @@ class Daemon:
                                          for a in s.agents.values()
                                          if a.name not in s.fleet.from_config])
         except ConfigError:
-            self.notifier.ready(self.status_line())
+            self.notifier.ready(s.status_line())
             raise
         s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
-        self.parts.tuning.sandbox_program = cfg.supervisor.bwrap
-        self.parts.tuning.protected_paths = protected
+        self.sup.parts.tuning.sandbox_program = cfg.supervisor.bwrap
+        self.sup.parts.tuning.protected_paths = protected
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = gateway
         s.workflows.configure(cfg.workflows)
@@ -478,7 +467,7 @@ class Daemon:
         if self.cluster is not None:
             result.failed.update(await self.cluster.declare(
                 declared, self.cluster.settings.node_ttl))
-        self.notifier.ready(self.status_line())
+        self.notifier.ready(s.status_line())
         return result
 
 
@@ -499,8 +488,7 @@ GATEWAY_AT_START = ("listen", "allow_remote", "tls_cert", "tls_key", "max_sessio
 
 
 def read_at_start(started: Config, now: Config) -> list[str]:
-    """What the file changes since the daemon started that a reload does not apply (the
-    model gateway, for one, is made at start)."""
+    """What the file changed since the start that a reload does not apply."""
     said = [f"[{name}]" for name in START_ONLY if getattr(started, name) != getattr(now, name)]
     said += [f"[gateway] {key}" for key in GATEWAY_AT_START
              if getattr(started.gateway, key) != getattr(now.gateway, key)]

@@ -131,8 +131,7 @@ class Fleet:
                     del self._changing[name]
 
     def _as_kept_now(self, name: str) -> list[Write]:
-        """The writes that put back what keeps the agent across daemon restarts as it is
-        now (its kept scale, or its runtime table)."""
+        """The writes that put back the agent's kept scale, or runtime table, as it is now."""
         if name in self.from_config:
             held = self.tenant_of(name)
             was = self.revisions.scaled({name: held}).get(name)
@@ -272,8 +271,6 @@ class Fleet:
         made: list[Revision] = []
         async with self.changing([name]):
             agent = self.agents.agent(name)
-            if replicas < 0:
-                raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
             why = scale_refusal(agent.spec, replicas)
             if why:
                 raise RpcError(jsonrpc.INVALID_PARAMS, why)
@@ -302,14 +299,10 @@ class Fleet:
             self.stops.forgotten(name, replicas)
         self.told(made)
 
-    def stop_mark(self, name: str, index: int) -> StopMark | None:
-        """Who stopped this replica by hand and when, while that holds it down."""
-        return self.stops.of(name, index)
-
     async def stopping(self, places: list[Place], who: str, when: float) -> None:
         """Before an operator's stop of these replicas: its marks committed, so that no
-        later daemon starts them. A stop is never refused for want of the database (it is
-        what an operator reaches for in an outage): its marks then wait in memory."""
+        later daemon starts them. Never refused for want of the database (an operator's
+        tool in an outage): its marks then wait in memory."""
         mark = StopMark(who, when)
         await self._keep(StopMarks.marking(places, mark))
         self.stops.marked(places, mark)
@@ -328,8 +321,7 @@ class Fleet:
             self.writer.submit(write, "stop mark")
 
     def revision_of_release(self, name: str, release: str) -> int:
-        """The newest revision of the agent that ran `release` (a release's directory
-        name)."""
+        """The newest revision of the agent that ran `release` (its directory's name)."""
         ran = [r for r in self.revisions.history(name, self.tenant_of(name), limit=10_000)
                if (path := r.spec.get("release")) and os.path.basename(path) == release]
         if not ran:
@@ -388,8 +380,7 @@ class Fleet:
 
     # -- the config file --------------------------------------------------------------------
     def start(self, cfg: Config) -> None:
-        """Start-up: the config's tool servers and agents (with their kept scales), then
-        the agents added at runtime by an earlier daemon."""
+        """Start-up: the config's tool servers and agents, then the runtime agents."""
         for sspec in cfg.mcp_servers.values():
             self.tools.add_server(sspec)
         self._apply_scaled(cfg.agents)
@@ -438,8 +429,7 @@ class Fleet:
                 self.writer.submit(forgetting_scaled(name), "kept scale")
 
     async def reload(self, cfg: Config, who: str) -> ReloadResult:
-        """Apply the config file's difference; changed agents are brought to their new spec
-        without downtime."""
+        """Apply the config file's difference, changed agents without downtime."""
         # every agent's turn, since a reload may add, remove, scale or change any of them
         async with self.changing(set(cfg.agents) | set(self.agents)):
             agents, failed = await self._reload_agents(cfg, who)
@@ -472,8 +462,7 @@ class Fleet:
         agents = diff({n: self.agents[n].spec for n in self.from_config
                        if n in self.agents}, cfg.agents)
         fresh = agents["added"]
-        # an agent the file gives another tenant is another agent: the old one removed,
-        # the new one added
+        # an agent the file gives another tenant is another agent: removed, then added
         moved = [n for n in agents["changed"]
                  if self.agents[n].spec.tenant != cfg.agents[n].tenant]
         if moved:
@@ -545,8 +534,7 @@ class Fleet:
         self.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
-        """An agent added at runtime without a cwd runs in its tenant's dir, else where the
-        config file is."""
+        """An agent with no cwd runs in its tenant's dir, else where the config file is."""
         if spec.cwd is None:
             spec.cwd = default_cwd(self.quotas.specs.get(spec.tenant), str(self.config_dir))
 
@@ -587,8 +575,7 @@ class Fleet:
 
     def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
         """A new spec revision of the agent, when its spec changed, through the store's
-        writer (kept while the database cannot be written): for a change the config file
-        made, which is itself what a restart reads."""
+        writer: for a change the config file made, itself what a restart reads."""
         out: list[Revision] = []
         self.writer.submit(recording(spec, who, change, out, self.revisions.kept),
                            "spec revision", lambda: self.told(out))

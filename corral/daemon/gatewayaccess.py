@@ -63,14 +63,12 @@ if TYPE_CHECKING:
 
 E = TypeVar("E")
 OPERATOR = "operator"
-# resources one gateway session may subscribe to at once (each may hold a listen stream
-# to its server): one more is refused naming it
+# resources one gateway session may subscribe to at once (each may hold a listen stream)
 MAX_SUBSCRIPTIONS = 64
 
 
 def _expands(template: Any, uri: str) -> bool:
-    """Whether `uri` is an expansion of an RFC 6570 template (each {expression} stands for
-    one or more characters)."""
+    """Whether `uri` expands an RFC 6570 template (an {expression}: one or more characters)."""
     if not isinstance(template, str) or "{" not in template:
         return False
     parts = re.split(r"\{[^}]*\}", template)
@@ -119,8 +117,7 @@ class _Limits(TypedDict):
 
 
 class Identity(msgspec.Struct, kw_only=True):
-    """A gateway client: its name, its allowlist (None: everything), whose per-agent
-    server instances it uses, and its limits."""
+    """A gateway client: its name, allowlist (None: everything), owner and limits."""
 
     name: str
     allow: list[str] | None
@@ -137,17 +134,15 @@ class Identity(msgspec.Struct, kw_only=True):
     # an agent replica's token: the replica, and the attempt its address names, if any
     replica: Any = None
     mark: AttemptMark | None = None
-    # an HTTP API token's agent glob and scopes, which mean here what they mean at the
-    # API; whether a client of no tenant is the operator or of the default tenant is
-    # never taken for granted
+    # an HTTP API token's agent glob and scopes, meaning here what they mean at the API;
+    # a client of no tenant is the operator only when `operator` says so
     agents: str | None = None
     scopes: frozenset[str] | None = None
     operator: bool = False
 
 
 class GatewayChanged(NamedTuple):
-    """What the gateway offers changed: these lists ("tools", "resources", "prompts"),
-    once per loop turn however many changes."""
+    """What the gateway offers changed: these lists, once per loop turn however many."""
 
     kinds: list[str]
 
@@ -165,8 +160,7 @@ class GatewayService:
         self.audit = audit
         self.settings = settings or GatewaySettings()
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
-        # token hash -> its replica (the identity made at each use: the allowlist follows
-        # the servers there are now)
+        # token hash -> its replica (its identity made at each use, with today's servers)
         self.replica_tokens: dict[str, ProcessReplica] = {}
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
         self.digests = TokenDigests()  # a token's hash, once (not once a request)
@@ -253,8 +247,7 @@ class GatewayService:
         return entry is None or entry.spec.shared or entry.spec.tenant == tenant
 
     def tenant_sessions(self, ident: Identity) -> int:
-        """The HTTP sessions the client's tenant's clients may hold together (0: no
-        bound)."""
+        """The HTTP sessions the client's tenant's clients may hold together (0: no bound)."""
         if ident.tenant is None:
             return 0
         return self.agents.tenancy.spec(ident.tenant).max_gateway_sessions
@@ -322,8 +315,7 @@ class GatewayService:
         return sorted(out)
 
     def replica_environment(self, replica: ProcessReplica) -> dict[str, str]:
-        """CORRAL_MCP_URL and a fresh token for an agent replica being started; the
-        replica's previous token stops working."""
+        """CORRAL_MCP_URL and a fresh token for an agent replica (its previous one void)."""
         if replica.kind != "agent" or self.url is None or not self.settings.agent_tokens:
             return {}
         token = secrets.token_urlsafe(32)
@@ -361,8 +353,8 @@ class GatewayService:
             limiter.in_flight -= 1
 
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
-        """Tools and prompts are named SERVER__NAME; resources keep their URIs. Under tool
-        search, the tools are `search_tools` and the pinned."""
+        """Tools and prompts named SERVER__NAME; under tool search, `search_tools` and the
+        pinned."""
         items = await self._items(ident, kind)
         if kind == "tools" and self.searching(ident):
             return toolsearch.listed(items, self.settings.tool_search_pinned)
@@ -398,8 +390,7 @@ class GatewayService:
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
 
     def sees_server(self, ident: Identity, server: str) -> bool:
-        """Whether the client may see `server` as itself: it exists and is its tenant's
-        or shared; or the agents' view, /mcp/corral."""
+        """Whether the client may see `server` (or /mcp/corral) as itself."""
         if server == AGENTS_VIEW:
             return True
         return server in self.tools.servers and self._tenant_sees(ident, f"{server}__")
@@ -482,8 +473,7 @@ class GatewayService:
                           roots=roots), opened
 
     async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
-        """A request of the tasks extension (mcptasks.py): tools/call of a client that
-        declared it, tasks/get, tasks/update, tasks/cancel."""
+        """A request of the tasks extension (mcptasks.py)."""
         handled = {"tasks/get": self.handles.get, "tasks/cancel": self.handles.cancel,
                    "tasks/update": self.handles.update}.get(method)
         if handled is not None:
@@ -533,8 +523,7 @@ class GatewayService:
         return how if how in ("optional", "required") else None
 
     def _task_tool(self, name: str) -> str | None:
-        """What the server's `task_tools` say of the pool's tool `name`: "optional",
-        "required", "after_input", or None (not a task)."""
+        """What the server's `task_tools` say of the pool's tool `name` (None: no task)."""
         server, _, own = name.partition("__")
         entry = self.tools.servers.get(server)
         if entry is None:
@@ -614,8 +603,7 @@ class GatewayService:
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
 
     def _prompt_seen(self, ident: Identity, name: str) -> None:
-        """Refuses a prompt of a server the client's tenant does not see now (its
-        allowlist may predate the server)."""
+        """Refuses a prompt of a server the client's tenant does not see now."""
         if not self._tenant_sees(ident, name):
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"prompt {name} is not one gateway client {ident.name} may use: "
@@ -645,8 +633,7 @@ class GatewayService:
             await self.tools.unsubscribe(server, uri, subscriber, owner=ident.owner)
 
     async def _server_of(self, ident: Identity, uri: str, templates: bool = False) -> str:
-        """The one server whose resources (or, failing that, resource templates) this
-        client may use and that has `uri`."""
+        """The one server this client may use whose resources (or templates) have `uri`."""
         pool = self.tools
         having: list[str] = []
         if not templates:
@@ -735,8 +722,7 @@ class GatewayService:
                 on_progress: Callable[[dict[str, Any]], None] | None,
                 relay: InputRelay | None, on_log: LogRelay | None,
                 context: Parent | None) -> Awaitable[Any]:
-        # the caller, tenant and all: a token's name made again for another tenant is
-        # another caller (relayseal.py)
+        # tenant and all: a token's name made again for another tenant is another caller
         call = self.tools.call(name, arguments, owner=ident.owner, on_progress=on_progress,
                                relay=relay, on_log=on_log,
                                caller=f"{ident.owner} of {ident.tenant}")
@@ -832,8 +818,7 @@ NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted tog
 
 
 def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:
-    """The table's entry for `key`, made only when it has none (setdefault would make one
-    at every call)."""
+    """The table's entry for `key`, made only when missing (setdefault makes one each call)."""
     entry = table.get(key)
     if entry is None:
         entry = table[key] = make()

@@ -115,8 +115,7 @@ class GatewaySkills(Generic[Identity]):
                              for c in contents]}
 
     async def listed(self, ident: Identity) -> list[dict[str, Any]]:
-        """Every skill the client may see, each verified; one that fails is left out
-        (logged)."""
+        """Every skill the client may see, each verified (one that fails: left out, logged)."""
         out: list[dict[str, Any]] = []
         for server, inst in await self._servers(ident):
             entries = await inst.client.list_all("skills/list", "skills",
@@ -151,8 +150,7 @@ class GatewaySkills(Generic[Identity]):
 
     async def _route(self, ident: Identity, uri: str
                      ) -> tuple[str, McpServerReplica, str]:
-        """The server a skill URI the client gave is of, its instance, and the URI as
-        the server names it."""
+        """The server of a skill URI the client gave, its instance, and the server's URI."""
         if ident.server is not None:
             server, theirs = ident.server, uri
         else:

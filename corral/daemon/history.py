@@ -122,8 +122,7 @@ class Times:
 
 
 class AgentTimes:
-    """An agent's task times: since it was first seen (for /metrics) and since the last
-    sample (for the history)."""
+    """An agent's task times: since first seen (/metrics), and since the last sample."""
 
     __slots__ = ("duration", "interval", "wait")
 
@@ -135,9 +134,8 @@ class AgentTimes:
 
 class TaskTimes:
     """Execution and queue-wait times of finished tasks, read from the task manager's
-    finished tasks back to the last one seen: O(1) per task, and nothing added to the
-    engine. More tasks finishing between two looks than the manager keeps are counted but
-    not timed."""
+    finished tasks back to the last one seen: O(1) per task, nothing added to the engine.
+    More finishing between two looks than the manager keeps are counted, not timed."""
 
     def __init__(self, finished: OrderedDict[str, Task]) -> None:
         self.finished = finished
@@ -376,8 +374,7 @@ class History:
     async def read(self, since: float, agent: str | None, resolution: str | None,
                    now: float | None = None, *, tenant: str | None = None
                    ) -> MetricsHistoryResult:
-        """The samples of the last `since` seconds, oldest first, read in a thread (a long
-        history is thousands of rows); with `tenant`, its agent's alone."""
+        """The samples of the last `since` seconds, oldest first, read in a thread."""
         res = resolution or self.resolution_for(since)
         now = time.time() if now is None else now
         rows, truncated = await asyncio.to_thread(

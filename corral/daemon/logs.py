@@ -179,8 +179,7 @@ class _Tail:
 
 
 def _last_bytes(block: bytes, n: int) -> LineBlock:
-    """The last whole lines of `block` that fit in `n` bytes; the end of the last line
-    when not even that one fits."""
+    """The last whole lines of `block` that fit in `n` bytes (else the last one's end)."""
     cut = block[-n:]
     nl = cut.find(b"\n")
     if 0 <= nl < len(cut) - 1:
@@ -207,8 +206,7 @@ class LogHub:
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile | StreamFile] = {}
         self.broken: dict[str, _Outage] = {}  # by file source: files that cannot be written
-        # by file source: a file that fails, comes back and fails again is not told every
-        # time (one throttle per file: another file's failure is its own news)
+        # one throttle per file: a file that fails again is not told every time
         self.file_errors: dict[str, Throttle] = {}
         self.followers: set[LogFollower] = set()
         self.lines_written = 0
@@ -233,8 +231,7 @@ class LogHub:
         return where or LogPlace(self.log_dir / log_file_name(source), self.rotation)
 
     def reopen(self, source: str) -> None:
-        """The source's file closed, to be opened again (where `locate` says) at its next
-        line."""
+        """The source's file closed, opened again (where `locate` says) at its next line."""
         f = self.files.pop(source, None)
         if f is not None:
             f.close()
@@ -273,8 +270,7 @@ class LogHub:
             f.close()
 
     def _write(self, batch: Batch, source: str, *parts: bytes) -> None:
-        """Append the batch's lines (`parts`, as tagged) to the source's file; a file that
-        cannot be written drops them, counted."""
+        """Append the batch's tagged lines to the source's file (or drop them, counted)."""
         assert self.log_dir is not None
         count = batch.count
         broken = self.broken.get(source)
@@ -369,8 +365,7 @@ class LogHub:
         self.locate = locate
 
     def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
-        """A line of the daemon's own (syslog `priority`): into corral.log and to `echo`,
-        one line in both whatever `text` holds."""
+        """A line of the daemon's own (syslog `priority`): into corral.log and to `echo`."""
         text = one_line(text)
         self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, LineBlock.one(text))
         if self.echo is not None:
@@ -392,8 +387,7 @@ class LogHub:
         return merged[-n:]
 
     def _read_back(self, source: str, budget: int) -> None:
-        """The end of the source's file as an earlier daemon left it (`budget` bytes at
-        most), before the lines this one has; once."""
+        """Once: the end (`budget` bytes) of the file an earlier daemon left, before ours."""
         path, end = self.unread.pop(source)
         earlier = _Tail(self.tail_lines, self.tail_bytes)
         for when, replica, pid, stream, lines in read_back(path, end, budget):
