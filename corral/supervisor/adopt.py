@@ -158,11 +158,8 @@ def same_process(rec: ProcessRecord) -> bool:
 
 class Adoptions:
     """The new image's side: the handed processes, waiting for their replica to start.
-
-    `on_adopted(replica, handed)` is told once a replica has its handed process and
-    channel, before it is Ready (its running tasks are re-attached then, before dispatch
-    can give it more); `on_lost(handed, why)` of a handed process that is not adopted
-    (gone, or it cannot be attached): its tasks are recovered as after a restart."""
+    `on_adopted` is told before the replica is Ready, so its running tasks are re-attached
+    before dispatch gives it more; `on_lost`: its tasks are recovered as after a restart."""
 
     def __init__(self, handed: list[HandedProcess],
                  on_adopted: Callable[[Replica, HandedProcess], None],
@@ -172,10 +169,8 @@ class Adoptions:
         self.on_lost = on_lost
         self.adopted = 0
         self.pending: set[asyncio.Task[None]] = set()
-        # the first adoption is attached alone: dispatch goes on as soon as one replica
-        # is Ready, and its attach takes a few turns of the loop that the adoptions begun
-        # meanwhile (a mass start's slices) would fill; the others wait for this, set
-        # when it ends either way (or FIRST_ALONE)
+        # the first adoption is attached alone, so dispatch goes on as soon as one is
+        # Ready (the others' attaches would fill its turns); the others wait for this
         self.first_over: asyncio.Future[None] | None = None
 
     def take(self, r: ProcessReplica) -> bool:

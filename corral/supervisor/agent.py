@@ -109,14 +109,11 @@ class Agent:
     async def roll(self, spec: AgentSpec | None = None, *, replicas: list[int] | None = None,
                    start_stopped: bool = True) -> None:
         """Replace replicas one at a time (all, or those listed) with processes of `spec`
-        (default: the current one): each new process is serving before the old one is
-        taken out of dispatch, and the old one finishes its running tasks before it stops,
-        so the agent never serves with fewer replicas and no task is dropped. A new process
-        that does not become ready aborts the rollout, the old one kept.
-        A replica stopped by hand is replaced without starting, unless `start_stopped`. A
-        failed one has no process to keep serving: its new process takes its place at
-        once, and one that does not become ready leaves the agent on `spec` all the same,
-        what an operator fixing a broken command expects of the next start."""
+        (default: the current one), each new one serving before the old one leaves
+        dispatch and drains: no task dropped. A new process not ready aborts the rollout,
+        the old one kept; a failed replica has none to keep, so the agent stays on `spec`
+        (what an operator fixing a broken command expects). A replica stopped by hand is
+        replaced without starting, unless `start_stopped`."""
         new_spec = spec or self.spec
         unready: list[str] = []
         for i in replicas if replicas is not None else range(len(self.replicas)):
@@ -202,12 +199,10 @@ class Agent:
         self.host.forget(old)
 
     async def switch(self, spec: AgentSpec) -> None:
-        """Replace every replica at once with processes of `spec` (a release of a
-        package): they start beside the running ones, and only once all are Ready and
-        have stayed so for `spec.min_healthy_time` do they take the agent's tasks,
-        together, while the old ones finish theirs and stop. A new process that exits or
-        is late stops the switch. Failed replicas are started (a new release is how one
-        is fixed)."""
+        """Replace every replica at once with processes of `spec` (a release): they start
+        beside the old ones and take the agent's tasks together once all stayed Ready for
+        `spec.min_healthy_time`; one that exits or is late stops the switch. Failed
+        replicas are started too (a new release is how one is fixed)."""
         old = list(self.replicas)
         new = [self.host.new_replica(spec, self.name, i) for i in range(len(old))]
         started = [n for n, o in zip(new, old, strict=True)

@@ -44,13 +44,9 @@ class ScaleDecision(NamedTuple):
 
 
 class ExtremumWindow:
-    """The least (or greatest) of the values seen in the last `span` seconds; a value
-    holds from its time until the next one's.
-
-    Kept as segments of time, (start, value), the values strictly monotone: a new value
-    absorbs the segments at its back it beats (its segment starts at theirs), so a value
-    fed again and again stays one segment, and the front, whose segment holds the window's
-    start, is the answer."""
+    """The least (or greatest) of the values seen in the last `span` seconds, a value
+    holding until the next one's: segments (start, value), strictly monotone, a new value
+    absorbing those at the back it beats; the front is the answer."""
 
     __slots__ = ("greatest", "span", "values")
 

@@ -23,11 +23,9 @@ PROLOGUE_NAME = "corral-caps"
 # where `nice` is (coreutils); dash has no builtin for it. The prologue execs it, and it
 # execs the agent: the pid stays the same
 NICE = shutil.which("nice") or "/usr/bin/nice"
-# The session's autogroup (sched(7)): with autogroups on, the scheduler weighs each
-# session as one nice-0 group, and a nice value weighs a process only against its own
-# session's others. Every replica is a session of its own, so its nice value is also
-# written as its session's autogroup's, or it would weigh nothing against other sessions.
-# A kernel without the file, or one that refuses the write, leaves the session as it was.
+# The session's autogroup (sched(7)): the scheduler weighs each session as one group, and
+# every replica is a session of its own, so its nice value is written there too, or it
+# would weigh nothing against other sessions (no file, or a refused write: left as it was)
 AUTOGROUP = "/proc/self/autogroup"
 # cgroup v2's cpu.weight of a group with no weight of its own (nice 0's share)
 DEFAULT_CPU_WEIGHT = 100
@@ -48,12 +46,9 @@ _ULIMIT = {
 
 
 def rlimits(limits: Limits) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) for each cap in force: what both start paths apply (the
-    shell prologue of a cold start, setrlimit in a zygote's child).
-
-    The CPU hard limit is one second above the soft one so the kernel sends SIGXCPU
-    (nameable) before SIGKILL. Only the core soft limit is set, which anyone may raise to
-    the hard one."""
+    """(resource, soft, hard) for each cap in force, for both start paths (the prologue,
+    a zygote's child). The CPU hard limit is a second above the soft one, so SIGXCPU
+    (nameable) comes before SIGKILL; of core, only the soft limit is set."""
     out = []
     if limits.memory_mb:
         out.append((resource.RLIMIT_AS, limits.memory_mb * MIB, limits.memory_mb * MIB))

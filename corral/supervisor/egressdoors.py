@@ -95,13 +95,10 @@ def made(host: str, port: int, within: str | None = None) -> tuple[int, socket.s
 
 
 def spawning_in(ns: int, fn: Callable[[], T]) -> T:
-    """`fn` (a fork/exec) made from inside namespace `ns`, on the calling thread, moved
-    into `ns` for the fork and back: what it starts is in it. The caller is the daemon's
-    main thread, the one that lives through an upgrade's exec: a sandbox's
-    `--die-with-parent` is tied to the thread that forked it, and a thread made for one
-    fork ended at once, killing the sandbox whenever bwrap had set its death signal before
-    that (a loaded host's egress agents died of SIGKILL at start); a spawn thread ends at
-    the exec."""
+    """`fn` (a fork/exec) run on the calling thread moved into namespace `ns` and back:
+    what it starts is in it. The caller is the daemon's main thread, which lives through
+    an upgrade's exec: `--die-with-parent` is tied to the forking thread, and a thread made
+    for one fork ended at once and SIGKILLed the sandbox."""
     libc = _libc()
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:

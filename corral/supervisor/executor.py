@@ -187,10 +187,8 @@ class Executor:
             self.escalate = None
 
     def _unreaped(self, proc: ChildProcess) -> None:
-        """`proc` outlived SIGKILL by KILL_GRACE: it is in uninterruptible sleep (a hung
-        mount, a driver), and dies only when its system call returns. The life ends now,
-        so that stop() returns and the policy decides; the process stays watched, and is
-        reaped whenever it does die."""
+        """`proc` outlived SIGKILL by KILL_GRACE (uninterruptible sleep): the life ends now,
+        so stop() returns and the policy decides; the process stays watched until reaped."""
         self.escalate = None
         r = self.r
         if proc is not r.process or proc.exited.done():

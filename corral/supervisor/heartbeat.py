@@ -26,10 +26,8 @@ log = logging.getLogger("corral.supervisor")
 
 # the heartbeat's visits per turn of the loop
 HEARTBEAT_SLICE = 64
-# usage samples a second, and looks at quiet workers found parked (monitor.py), for the
-# whole fleet: a floor, then growing as the square root of the fleet, so that an idle
-# fleet of a thousand costs little more than one of a hundred (a death is told by the
-# kernel, not found by a look; a worker given work is watched at once)
+# usage samples and looks at parked workers a second for the whole fleet: a floor, then
+# the square root of the fleet, so an idle thousand costs little more than a hundred
 BUDGET_FLOOR = 50.0
 BUDGET_GROWTH = 1.6
 FDS_EVERY = 5
@@ -53,11 +51,8 @@ class Heartbeat:
         self.stream = stream
 
     async def run(self) -> None:
-        """Visit every live replica once per interval, in slices spread over the interval so
-        that no turn of the loop does more than HEARTBEAT_SLICE visits; sample usage at
-        most `fleet_budget` times a second in all (a large fleet is sampled less often
-        per replica), and pass by those found parked until their turn of as many looks a
-        second (monitor.py)."""
+        """Visit every live replica once per interval, in slices of HEARTBEAT_SLICE spread
+        over it; sample usage and look at parked ones `fleet_budget` times a second in all."""
         loop = asyncio.get_running_loop()
         round_start = prev_end = loop.time()
         rnd = 0

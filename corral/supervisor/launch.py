@@ -37,10 +37,9 @@ MAX_IN_FLIGHT = 256
 
 
 class Life(ReplicaParts):
-    """The launch's members of a process replica. A life is one process from spawn to
-    reap. Tasks run only its spawn and its reap: while the process runs, it is watched by
-    callbacks, so a running fleet holds no task or coroutine per replica, objects every
-    full pass of the cyclic collector would walk."""
+    """The launch's members of a process replica; a life is one process from spawn to
+    reap. Only its spawn and reap are tasks: a running fleet holds no task or coroutine
+    per replica for the cyclic collector to walk (callbacks watch the process)."""
 
     name_variable: str
     title_prefix: str

@@ -157,11 +157,9 @@ class Monitor(ReplicaParts):
         if self._unread_too_long(now, timeout):
             return
         if self.pings:
-            # silence counts only while corral was able to read the pipe (`now` is the
-            # listening clock) and chose to (not while it holds the process's requests),
-            # not while corral has bytes for the process it did not take (a ping would wait
-            # behind them; that has its own timeout, above), and not while the process is
-            # excused (an MCP server in a call within its timeout)
+            # silence counts only while corral could and would read the pipe (not while it
+            # holds the requests or has bytes unread by the process: a ping would wait
+            # behind them), and not while the process is excused
             if self._heard or self.silence_excused or self._unread_since is not None or \
                     self.peer.held is not None:
                 self._heard = False
@@ -227,14 +225,10 @@ class Monitor(ReplicaParts):
         return False
 
     def _parked(self) -> bool:
-        """Whether the process shows, without being woken, that it would answer a ping now:
-        its main thread asleep reading its stdin (corral's pipe, so nothing of corral's is
-        unread), no task or request of corral's on it, and no CPU used since the last
-        look that found it so, or since its handshake (nothing else in it running: a
-        thread spinning while it holds the interpreter would keep a ping from being
-        answered). Anything else, or a /proc that will not say, and it is pinged: a
-        stopped process (SIGSTOP) is not asleep, a deadlocked or busy main thread is not
-        reading."""
+        """Whether the process shows, unwoken, that it would answer a ping now: its main
+        thread asleep reading its stdin, nothing of corral's on it, and no CPU used since
+        the last such look or its handshake (a thread spinning while it holds the
+        interpreter would keep a ping from being answered). Else, or /proc mute: pinged."""
         proc = self.process
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
                 or proc.stdin_backlog or not procstat.READ_CALLS):

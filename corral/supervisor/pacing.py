@@ -15,11 +15,9 @@ from typing import Any
 
 log = logging.getLogger("corral.supervisor")
 
-# items per turn of the loop. An exit's slice item is cheap, but each one settles an exit
-# whose reap, events and pipes' ends then run in the next turn, while a thousand exiting
-# interpreters contend for the cores: at 32 a control call waited 40-57 ms per turn of a
-# mass stop of 1000 agents, at 16 it waits 21-31 ms, and the stop takes as long (0.6 s;
-# bench/RESULTS.md)
+# items per turn: each exit settled runs its reap, events and pipes' ends next turn; in a
+# mass stop of 1000 a control call waited 40-57 ms a turn at 32, 21-31 ms at 16, the stop
+# as long
 BATCH = 16
 
 

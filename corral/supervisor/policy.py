@@ -302,11 +302,9 @@ class VerdictSink(Protocol):
 
 
 class PolicyGuard:
-    """The daemon's policy in force (`current`: its config) and the owners its untrusted
-    tools tainted: one for every path a call comes by (the task path's approvals, a
-    replica's calls of no task, the model gateway), so that a tool's output read by one
-    path taints a call made by another. `audit`: where a decision that denies or holds a
-    call is written."""
+    """The daemon's policy in force and the owners its untrusted tools tainted: one for
+    every path a call comes by, so a tool's output read by one path taints a call made by
+    another. `audit`: where a decision that denies or holds a call is written."""
 
     def __init__(self, current: Callable[[], Config | None],
                  tracer: VerdictSink | None = None,
@@ -318,10 +316,9 @@ class PolicyGuard:
 
     def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
               name: str, facts: dict[str, Any], task: Task | None = None) -> RuleEffect:
-        """A call's verdict by the rules, and taint's: a sensitive tool or model called
-        by an owner (a task, a replica's incarnation) an untrusted tool's output reached
-        waits for a person though the rules allow it. A call of an untrusted tool taints
-        its owner as it is made (its output is the agent's from then)."""
+        """A call's verdict by the rules, and taint's: a sensitive call by an owner an
+        untrusted tool's output reached waits for a person though the rules allow it. An
+        untrusted tool's call taints its owner as it is made."""
         rules = self.rules()
         if rules is None:
             return ALLOWED

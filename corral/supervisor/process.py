@@ -97,12 +97,9 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int |
     return uid, gid
 
 
-# Spawns run on a few threads: fork/exec (~20 ms with the exec of an interpreter) never
-# blocks the loop, and a mass start is paced to SPAWN_THREADS spawns in flight, where one
-# slow exec holds up one thread and nothing else. _posixsubprocess runs no Python between
-# fork and exec, so forking from a thread is safe; the pipes are close-on-exec, so one
-# thread's child never inherits another's. Containment's bookkeeping (tickets, records)
-# stays on the loop: only the fork/exec, the cgroup placement and the gate run there.
+# Spawns (~20 ms of fork/exec) run on a few threads, never on the loop: _posixsubprocess
+# runs no Python between fork and exec, and the pipes are close-on-exec, so one thread's
+# child never inherits another's. Containment's bookkeeping stays on the loop.
 SPAWN_THREADS = 4
 _spawn_pool: ThreadPoolExecutor | None = None
 
@@ -184,11 +181,9 @@ def _settle(fut: asyncio.Future[int], value: int) -> None:
 
 
 class ChildProcess(asyncio.Protocol):
-    """A spawned process with line-framed stdout, stderr lines, and an exit future.
-
-    Its exit status comes from `reap` (waitpid of our own child) when the pidfd says it
-    has exited, or, for a zygote's child, from `status`, which the zygote that reaped it
-    sets. It is its stdin pipe's protocol too (no object of its own per process)."""
+    """A spawned process with line-framed stdout, stderr lines, and an exit future, whose
+    status is `reap`'s (our child) or, for a zygote's child, `status` (the zygote's). It is
+    its stdin pipe's protocol too (no object of its own per process)."""
 
     def __init__(
         self,

@@ -268,13 +268,9 @@ class ProcessReplica(Life, Monitor):
         self.executor.fire(cause, reason, graceful=graceful)
 
     async def stop(self, reason: str = "stopped", *, graceful: bool = True) -> None:
-        """Take the replica down and keep it down; returns once it is Terminated.
-
-        Graceful: ask (the protocol's own request, if any, and stdin closed), then after
-        `stop_timeout` SIGTERM to the process group, and after another `stop_timeout`
-        SIGKILL. A process still not reaped KILL_GRACE after SIGKILL (uninterruptible
-        sleep) is given up on (Stats.stuck_after_kill) and reaped whenever it dies. So
-        stop() returns within 2 * stop_timeout + KILL_GRACE, whatever the process does."""
+        """Take the replica down and keep it down; returns once it is Terminated: within
+        2 * stop_timeout + KILL_GRACE (ask, SIGTERM, SIGKILL; one unreaped after that is
+        given up on and reaped whenever it dies), whatever the process does."""
         self.begin_stop(reason, graceful=graceful)
         await self.stopped()
 

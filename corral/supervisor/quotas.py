@@ -245,14 +245,11 @@ AGENTS_VIEW = "corral"  # the gateway's view of the agents as tools (daemon/mcpt
 
 def visible_allow(allow: list[str], tenant: str, servers: Mapping[str, McpServerSpec]
                   ) -> list[str]:
-    """An agent's tools allowlist as its tenant narrows it: only servers of its tenant, or
-    shared ones. Unchanged where the agent sees every server (a config without tenants);
-    else each pattern is rooted at each server it sees (`*` -> `notes__*`), so that no
-    pattern can admit another tenant's server. A pattern without SERVER__ other than `*`
-    admits nothing then (narrower, never wider). The agents' view (`corral__AGENT`, no
-    server's) is kept as written: whose agents it reaches is its tenant's, judged where
-    they are called (daemon/mcptasks.py); dropped, an agent's `corral__*` admitted nothing
-    once a tenant had a server of its own."""
+    """An agent's tools allowlist as its tenant narrows it: each pattern rooted at each
+    server of its tenant or shared (`*` -> `notes__*`), so none admits another tenant's
+    server; one without SERVER__ other than `*` then admits nothing. Unchanged where the
+    agent sees every server. The agents' view (`corral__AGENT`) is kept as written: its
+    reach is judged where agents are called (daemon/mcptasks.py)."""
     seen = [n for n, s in servers.items() if s.shared or s.tenant == tenant]
     if len(seen) == len(servers):
         return allow

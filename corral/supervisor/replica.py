@@ -224,10 +224,8 @@ class Replica(ProcessReplica):
             spawning["passed"] = self._filter.fileno()
 
     async def _held(self, env: dict[str, str], spawning: dict[str, Any]) -> None:
-        """egress = "gateways" over TCP where the daemon may hold the sandbox's network
-        namespace (root): the spawn is made in it, the gateways' listener the daemon's
-        own there (egressdoors.py), and nothing runs in the sandbox for it; else the
-        sandbox's own namespace and the relay (egressrelay.py)."""
+        """egress = "gateways" over TCP: the spawn made in a namespace the daemon holds
+        (root: egressdoors.py), else the relay in the sandbox's own (egressrelay.py)."""
         url, relay = env.get("CORRAL_MCP_URL"), self.host.tuning.gateway_relay
         if "CORRAL_MCP_SOCKET" in env or url is None or relay is None:
             return
@@ -237,12 +235,10 @@ class Replica(ProcessReplica):
             self._iso = self._iso._replace(network="held")
 
     async def regain_gateways(self) -> None:
-        """After `corral upgrade` kept this replica's process: where its sandbox runs in
-        a namespace the old image held (egressdoors.py), the new image listens in it
-        again (the old listener went with the exec). Its namespace is told by its
-        processes: the sandbox's agent and the bwrap outside it share one, not ours; its
-        gateways' address, by the bwrap's environment (the agent's own may be its process
-        title's room by now)."""
+        """After `corral upgrade` kept this replica's process in a namespace the old image
+        held (egressdoors.py), listen in it again. The namespace is the one its processes
+        share (not ours); the address is read from the bwrap's environment (the agent's
+        own may be its process title's room by now)."""
         spec = self.spec
         iso = isolation(spec, self.host.tenant_spec(spec.tenant))
         outer = self.pid
@@ -277,10 +273,9 @@ class Replica(ProcessReplica):
 
     def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
               beside: bool = False) -> list[str]:
-        """`argv` in the agent's sandbox, when it has one. A command run beside the agent
-        (a check) is in a sandbox of its own made the same way; with network =
-        "gateway" its network is empty, without the gateway's socket (whose token is
-        the replica's, not the check's)."""
+        """`argv` in the agent's sandbox, when it has one; one run `beside` it (a check)
+        in its own made the same way, without the gateway's socket (whose token is the
+        replica's, not the check's)."""
         spec = self.spec
         iso = self._iso
         if iso.sandbox == "none":

@@ -59,13 +59,9 @@ def find_program(program: str) -> str | None:
 
 def host_refusal(program: str, user: str | None, *,
                  sysctl: Path = Path("/proc/sys")) -> str | None:
-    """Why this host cannot sandbox a process of `user` with bubblewrap, or None.
-
-    Every sandbox has a user namespace of its own (root's too: it is what lets the agent
-    make no further one), which a host may forbid. A real sandbox is tried (as that user)
-    rather than the settings guessed at: an AppArmor profile may allow bwrap where the
-    sysctl says restricted, and a container or a systemd unit (RestrictNamespaces=) may
-    refuse where the sysctls allow. The settings then say why."""
+    """Why this host cannot sandbox a process of `user` with bubblewrap, or None. A real
+    sandbox is tried as that user rather than the settings guessed at (docs/sandbox.md:
+    AppArmor, RestrictNamespaces=); the settings then say why."""
     path = find_program(program)
     if path is None:
         return (f"bubblewrap is not installed ({program} not found; Debian's package is "
@@ -202,15 +198,11 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               writable: Iterable[str] = (),
               relay: GatewayRelay | None = None,
               seccomp: str | int | None = None) -> list[str]:
-    """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
-
-    `read_only`: what the agent may read besides the system; `cwd` and `writable` are
-    writable. Mounts are made parents first, so a read-only directory inside the cwd (a
-    venv) stays read-only, and where the same path is both, writable wins (it is the
-    agent's own). network = "gateways" (egress): the gateway's unix socket bound in as
-    "gateway"'s, or where the gateways are TCP, `relay` run first (egressrelay.py).
-    `seccomp`: a filter (sockfilter.py) as a descriptor the process is given, or as a
-    file, opened by a shell that execs bwrap."""
+    """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed; `cwd` and
+    `writable` writable. Mounts are made parents first, so a read-only directory inside
+    the cwd (a venv) stays read-only; a path both read-only and writable is writable.
+    `relay`: run first where the gateways are TCP (egressrelay.py). `seccomp`: a filter
+    (sockfilter.py) as a descriptor, or a file opened by a shell that execs bwrap."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
@@ -292,10 +284,8 @@ def _children(pid: int) -> list[int]:
 
 
 def sandboxed_pid(outer: int) -> int | None:
-    """The host's pid of the program bwrap (pid `outer`) runs: the first child of the
-    sandbox's init, the outer bwrap's child; None until both are there. What corral
-    samples (CPU, RSS, the soft caps) and looks at (parked on its stdin) is that
-    process, not bwrap."""
+    """The host's pid of the program bwrap (pid `outer`) runs, what corral samples and
+    looks at: the first child of the sandbox's init; None until both are there."""
     for init in _children(outer):
         for pid in _children(init):
             return pid

@@ -43,10 +43,9 @@ MAX_MESSAGE = 1 << 20
 
 
 class ExitStatuses:
-    """The exit statuses a zygote tells of its children. The zygote may tell a child's
-    exit before the spawn that forked it has read its pid (a child that dies at once), so
-    whichever side comes first makes the entry and the other removes it. No callback per
-    child: it would be a closure held as long as the child runs."""
+    """The exit statuses a zygote tells of its children, which may come before the spawn
+    read the child's pid: whichever side comes first makes the entry, the other removes
+    it. No callback per child (a closure held as long as the child runs)."""
 
     def __init__(self) -> None:
         self._table: dict[int, asyncio.Future[int]] = {}
