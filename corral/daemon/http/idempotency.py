@@ -1,10 +1,6 @@
-"""`Idempotency-Key` on the requests that create something other than a task (agents,
-tenants, definitions, team calls): a client that did not hear the answer sends the
-request again with the same key and gets the first answer, and nothing is done twice.
-Keys are the caller's own (a key is looked up under the token that sent it), kept in
-memory, bounded in number and in age: a daemon restart forgets them, as it would a
-connection. A task's key is not kept here: `POST /tasks` gives the header to the task as
-its `idempotency_key`, kept in the task's home (corral/taskkeys.py)."""
+"""`Idempotency-Key` on the requests that create something other than a task
+(docs/http.md, "Idempotency"): kept in memory under the token that sent it, bounded in
+number and in age. A task's key is the task's own, kept in its home (corral/taskkeys.py)."""
 
 from __future__ import annotations
 

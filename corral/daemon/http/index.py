@@ -1,7 +1,6 @@
 """Where a newcomer lands: `/` goes to the dashboard, `/api/v1/` lists the API's resources
-(JSON), `/api/v1/reference` shows them as a page, each with its method and scope, beside
-the OpenAPI document. Nothing here needs a token: it says what the API is, never what the
-fleet holds (the OpenAPI document is public too)."""
+(JSON), `/api/v1/reference` shows them as a page. No token needed: it says what the API
+is, never what the fleet holds."""
 
 from __future__ import annotations
 

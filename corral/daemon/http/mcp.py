@@ -219,9 +219,8 @@ class HttpGateway:
             self._reaper = asyncio.ensure_future(self._reap())
 
     def served_at(self, base: str, socket_path: str | None) -> None:
-        """Mounted on the daemon's HTTP server at `base` (its URL; over a unix socket,
-        `http://localhost` and the socket): the address agents are given, unless the
-        gateway has a site of its own."""
+        """Mounted on the daemon's HTTP server at `base`: the address agents are given,
+        unless the gateway has a site of its own."""
         self.mounted = base + ENDPOINT
         if not self.url:
             self.url, self.socket_path = self.mounted, socket_path
@@ -531,10 +530,9 @@ class HttpGateway:
 
     async def _stream_answer(self, request: web.Request, sess: HttpSession, env: Envelope,
                              headers: dict[str, str]) -> web.StreamResponse:
-        """A request that may say things before its answer (progress, a listen's ack): an
-        SSE stream once it says one, else its answer as JSON — a call whose result comes
-        with no progress before it is one body, which clients that refuse an SSE event
-        over 1 MiB (the official SDK, fastmcp) read whatever its size."""
+        """An SSE stream once the call says something before its answer, else its answer
+        as JSON: one body, which clients that refuse an SSE event over 1 MiB (the
+        official SDK, fastmcp) read whatever its size."""
         stream = SseStream(f"post-{secrets.token_hex(6)}")
         first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 

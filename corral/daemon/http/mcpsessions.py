@@ -1,11 +1,7 @@
-"""The HTTP gateway's sessions and their bounds: per client and per daemon.
-
-A client that never sends DELETE (the default of several SDKs) leaves a session behind at
-each start. Sessions are bounded per client, per tenant and per gateway. At a bound, the
-least recently used idle session under it makes room, so one client's flood recycles its
-own sessions and never refuses another's. Only when every session under the bound is
-busy is a new one refused, naming the bound. An evicted session's id is told why at its
-next request (404: initialize again), for the newest EVICTED_KEPT.
+"""The HTTP gateway's sessions and their bounds, per client, per tenant and per gateway
+(docs/gateway.md, docs/config.md `[gateway] max_sessions`): at a bound the least recently
+used idle session under it makes room; an evicted session's id is told why at its next
+request, for the newest EVICTED_KEPT.
 """
 
 from __future__ import annotations
@@ -69,10 +65,9 @@ class SessionTable(Generic[S]):
 
     def make_room(self, ident: Identity, tenant_most: int, most: int) -> list[str]:
         """The sessions to end so that `ident` may open one more under its own bound, its
-        tenant's (`tenant_most`, 0: none) and the gateway's (`most`); raises SessionsFull
-        naming the bound none can be ended under. Each bound's sessions hold the
-        narrower's, so one session ended under the narrowest bound reached makes room
-        under every wider one."""
+        tenant's (`tenant_most`, 0: none) and the gateway's (`most`), or SessionsFull.
+        Each bound's sessions hold the narrower's: one ended under the narrowest bound
+        reached makes room under every wider one."""
         scopes: list[tuple[str, str, int, list[tuple[str, S]]]] = [
             (f"gateway client {ident.name}", "max_sessions_per_client", ident.max_sessions,
              [(sid, s) for sid, s in self._by_id.items() if s.ident.name == ident.name])]

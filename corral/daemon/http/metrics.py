@@ -155,8 +155,7 @@ def task_lines(agent: str, tenant: str, counts: dict[str, int]) -> str:
 
 def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
     """The agent's sample lines of each PER_AGENT family, as prometheus_client writes
-    them (labels sorted by name; a sample line is the same in both formats): about a
-    microsecond a line against its encoder's six."""
+    them in both formats: a microsecond a line against its encoder's six."""
     agent = f'{{agent="{escape(a.name)}"'
     tenant = f'tenant="{escape(a.tenant)}"}}'
     replicas = "".join(f'corral_agent_replicas{agent},state="{escape(state)}",{tenant} '

@@ -127,10 +127,8 @@ ONE_OF_THESE = (("delay", "not_before"),)
 
 
 def _tables() -> dict[str, Any]:
-    """The agent and tenant tables, closed, from the config's Structs (the keys the
-    config file takes, their types, bounds and choices), and a patch of each: any of its
-    keys, null taking one away (a tenant's 0 too), at least one. The Structs within
-    (Limits, HealthSpec...) are named Config* beside the methods' own types."""
+    """The agent and tenant tables, closed, from the config's Structs, and a patch of
+    each: any of its keys, null taking one away (a tenant's 0 too), at least one."""
     _, found = msgspec.json.schema_components(
         [AgentSpec, TenantSpec, WorkflowSpec, TeamSpec],
         ref_template=REF.format(name="Config{name}"))
@@ -167,9 +165,8 @@ def _tables() -> dict[str, Any]:
 
 
 def _step_rules(step: dict[str, Any], condition: dict[str, Any]) -> None:
-    """What compile_workflow refuses of a step by itself (workflows/plan.py), said in its
-    schema. What depends on the other steps or on what there is (a step's agent, a name
-    used twice, a reference to a later step) no schema can say."""
+    """What compile_workflow refuses of a step by itself, said in its schema (what
+    depends on the other steps or on the agents there are no schema can say)."""
     null = {"type": "null"}
     name = {"type": "string", "pattern": f"^{STEP_NAME.pattern}$"}
     ref = {"type": "string", "pattern": rf"^\$(input|steps\.{REF_NAME}\.output)({REF_PART})*$",
@@ -205,9 +202,8 @@ def _policy_rules(rule: dict[str, Any], test: dict[str, Any]) -> None:
 
 
 def _team_rules(team: dict[str, Any], rule: dict[str, Any]) -> None:
-    """What check_team refuses of a team by itself (teams/check.py), said in its schema.
-    What depends on the agents and teams there are, or compares two values (a rule's
-    member among the members), no schema can say."""
+    """What check_team refuses of a team by itself, said in its schema (what depends on
+    the agents there are, or compares two values, no schema can say)."""
     null = {"type": "null"}
     none = {"type": "array", "maxItems": 0}
     some = {"type": "array", "minItems": 1}

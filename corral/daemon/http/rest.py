@@ -1,10 +1,6 @@
-"""The REST API (`/api/v1`): resources over the control methods.
-
-Each resource is a row of `RESOURCES`: an HTTP method and path, the control method it
-calls, and which params the path, the query string or the JSON body give. One generic
-handler serves every row: authenticate, the per-token rate limit, params built from the
-request, one call on the Dispatcher, the answer as JSON or as problem+json. The OpenAPI
-document (openapi.py) is made from the same rows. Nothing here knows what a method does.
+"""The REST API (`/api/v1`, docs/http.md, "The REST API"): one generic handler serves
+every row of `RESOURCES` (authenticate, rate limit, params from the request, one call on
+the Dispatcher, the answer as JSON or problem+json). Nothing here knows what a method does.
 """
 
 from __future__ import annotations
@@ -116,9 +112,8 @@ class Api:
         return params
 
     def params(self, request: web.Request, res: Resource, body: bytes) -> Any:
-        """The method's params from the path, the query string and the body: a Struct
-        (the body decoded straight into its fields' types, the query string's strings
-        converted), raising RpcError (400) when any of them is wrong."""
+        """The method's params from the path, the query string and the body, or RpcError
+        (400)."""
         spec = REGISTRY[res.method]
         fields = _fields(res.method)
         params = self.query_params(request, res, fields)
@@ -196,9 +191,8 @@ class Api:
     async def stream(self, request: web.Request, caller: Caller, res: Resource, params: Any,
                      *, token: str | None = None, until: float | None = None
                      ) -> web.StreamResponse:
-        """An SSE stream, refused (503) past the caps on open streams, ended when the
-        token it came with (`token`: the caller's own, or a dashboard session's) is
-        revoked or expires, or at `until` (unix time)."""
+        """An SSE stream, refused (503) past the caps on open streams, ended when `token`
+        (the caller's, or a dashboard session's) is revoked or expires, or at `until`."""
         typed = tenant = None
         if token is None and caller.via == "http":
             token = caller.token
@@ -320,10 +314,8 @@ END_GRACE = 5.0  # seconds an ended stream's client has to take its end
 
 
 def _end(request: web.Request, stop: asyncio.Future[None]) -> None:
-    """End a stream now: it sends nothing more, and its response ends as a whole one
-    does (an EventSource sees a stream that ended, not a broken connection); then its
-    connection is closed, and aborted if its client has not taken the end within
-    END_GRACE."""
+    """End a stream now, its response ended as a whole one is (an EventSource sees a
+    stream that ended, not a broken connection); its connection aborted past END_GRACE."""
     if stop.done():
         return
     stop.set_result(None)

@@ -1,7 +1,6 @@
 """An HTTP route for any control method: the request becomes a `Caller` and a call on the
-one Dispatcher, so a method served over HTTP needs no handler code of its own. Errors are
-answered as problem+json (RFC 9457) with the status their code maps to; a mutating call is
-audited by the Dispatcher, as on the socket."""
+one Dispatcher, so a method served over HTTP needs no handler code of its own; errors are
+problem+json (RFC 9457)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,7 @@ if TYPE_CHECKING:
 
 def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
     """HTTPS with tls_cert and tls_key, plain HTTP with neither; a non-loopback address
-    needs TLS or `allow_insecure_remote = true` (a bearer token in clear text crosses
-    the network otherwise). Raises ConfigError."""
+    needs TLS or `allow_insecure_remote = true`. Raises ConfigError."""
     listen = settings.listen or ""
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[http] tls_cert and tls_key go together: give both or neither")
@@ -73,10 +72,9 @@ REFUSED_EVERY = 10.0  # seconds between two log lines about refused requests, at
 
 
 class Refusals:
-    """Requests aiohttp refused before any route saw them (a malformed head, a line or
-    a header past its bound): anyone who reaches the port can send them, so each is
-    counted and told in one line, at most one every REFUSED_EVERY seconds. aiohttp's own
-    multi-line ERROR traceback for each one was a journal any client could fill."""
+    """Requests aiohttp refused before any route saw them, counted and told in one line
+    at most every REFUSED_EVERY seconds: aiohttp's own traceback for each one was a
+    journal any client could fill."""
 
     def __init__(self, counts: dict[tuple[str, str], int]) -> None:
         self.counts = counts
@@ -101,11 +99,9 @@ class Refusals:
 class _Connection(RequestHandler):
     """aiohttp's connection, reading nothing more once a request's head was refused.
 
-    aiohttp answers a malformed head with a 400, but keeps feeding what follows on the
-    connection to its failed parser, which turns each chunk read into one more error
-    holding the whole chunk twice: a client that sends megabytes of one header line
-    pinned about that much on each of its connections. `close()` is aiohttp's own "no
-    more requests on this connection": the 400 already queued is still answered.
+    aiohttp feeds what follows a malformed head to its failed parser, each chunk one more
+    error holding it twice: megabytes of one header line pinned that much per connection.
+    `close()` is aiohttp's "no more requests": the 400 already queued is still answered.
     """
 
     __slots__ = ()
@@ -168,11 +164,10 @@ def listening_fd(site: web.BaseSite) -> int | None:
 
 def drain(runner: web.BaseRunner, site: web.BaseSite, tls: ssl.SSLContext | None,
           served: Callable[[web.BaseSite], None]) -> Drain:
-    """The drain of a site (corral upgrade; handoff.Listeners). The site stops accepting
-    (its socket kept open by a dup: connections wait in its backlog for the next image);
-    each open connection is closed, an idle keep-alive one at once, one with a request in
-    flight after its answer. Nothing waits for those answers: a stream would hold the
-    exec. `served`: told of the site that serves again if nothing is handed over."""
+    """The drain of a site for `corral upgrade`: it stops accepting (its socket kept open
+    by a dup for the next image) and each open connection is closed after its answer,
+    which nothing waits for: a stream would hold the exec. `served`: told of the site
+    that serves again if nothing is handed over."""
 
     async def go() -> tuple[int, Callable[[], Awaitable[None]]]:
         fd = listening_fd(site)
