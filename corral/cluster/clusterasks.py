@@ -46,7 +46,7 @@ from ..supervisor.tasks.model import Resumer
 from ..supervisor.tasks.taskmachine import suspension_error
 from ..timeouts import within
 from . import records
-from .connection import read, said
+from .connection import read, read_all, said
 from .keys import GROUP, Keys
 from .queue import ClusterTask
 from .records import on_worker
@@ -386,21 +386,17 @@ class ClusterAsks:
         return gone if gone is not None else ask
 
     async def _rows(self, ids: list[str]) -> list[Ask | None]:
-        async def fetch() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             for i in ids:
                 pipe.hmget(self.keys.ask(i), "rec", "mac", "end", "emac")
-            return list(await pipe.execute())
-        rows = await read(fetch) if ids else []
+        rows = await read_all(self.redis, fill) if ids else []
         return [self._verified(i, *row) for i, row in zip(ids, rows, strict=True)]
 
     async def _statuses(self, task_ids: list[str]) -> list[bytes | None]:
-        async def fetch() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             for t in task_ids:
                 pipe.hget(self.keys.task(t), "status")
-            return list(await pipe.execute())
-        return await read(fetch) if task_ids else []
+        return await read_all(self.redis, fill) if task_ids else []
 
     def _verified(self, ask_id: str, rec: bytes | None, mac: bytes | None,
                   end: bytes | None, emac: bytes | None) -> Ask | None:

@@ -36,7 +36,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.durable import STEP_ENDED, CallHandover, CallRecord, StepRow
 from ..supervisor.durable.store import DurableStore
 from ..timeouts import within
-from .connection import read, why
+from .connection import read, read_all, why
 from .keys import Keys
 from .membership import Membership
 from .rides import Ride
@@ -420,15 +420,11 @@ class ClusterCalls:
     async def fetch(self, call_id: str) -> CallRecord | None:
         """The call as Redis holds it (ForeignRecord: a record or row whose MAC does not
         verify)."""
-        def both() -> Any:
-            # a pipeline made again for each try: one executed is emptied, whatever the
-            # outcome, and a read tried again on a dead connection would run nothing
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             pipe.hget(self.keys.call(call_id), "rec")
             pipe.hgetall(self.keys.call_steps(call_id))
-            return pipe.execute()
 
-        raw, steps = await read(both)
+        raw, steps = await read_all(self.redis, fill)
         if raw is None:
             return None
         k = _entry.decode(self._verified(call_id, "record", raw, (call_id,)))
@@ -461,14 +457,12 @@ class ClusterCalls:
         ids = [i for i in ids if i not in self.leases]
         if not ids:
             return []
-        def holders_of() -> Any:
-            pipe = self.redis.pipeline(transaction=False)  # (made again for each try)
+        def fill(pipe: Any) -> None:
             for i in ids:
                 pipe.hget(self.keys.call(i), "holder")
-            return pipe.execute()
 
         holders = {i: (h.decode() if h else "") for i, h in zip(
-            ids, await read(holders_of), strict=True)}
+            ids, await read_all(self.redis, fill), strict=True)}
         alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
         me = self.membership.consumer
         taken = []

@@ -36,7 +36,7 @@ from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import SessionKey, sessions_full, turn_waits
 from ..text import plural
 from . import sessionscripts
-from .connection import read
+from .connection import read, read_all
 from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
@@ -182,13 +182,11 @@ class ClusterSessions:
         ids = [t.decode() for t in await read(
             lambda: self.redis.lrange(self.keys.session_tasks(key), 0, -1))]
 
-        async def history() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             for task_id in ids:
                 pipe.hmget(self.keys.task(task_id), "status", "created")
-            return list(await pipe.execute())
 
-        rows = await read(history) if ids else []
+        rows = await read_all(self.redis, fill) if ids else []
         return SessionInfo(session=view, history=[
             SessionTask(task_id=task_id, status=status.decode() if status else None,
                         created=float(created) if created else None)
@@ -224,13 +222,11 @@ class ClusterSessions:
             return None
         key = SessionKey(tenant.decode(), rec[b"agent"].decode(), name.decode())
 
-        async def line() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             pipe.hget(self.keys.session(key), "cur")
             pipe.lrange(self.keys.session_line(key), 0, -1)
-            return list(await pipe.execute())
 
-        cur, waiting = await read(line)
+        cur, waiting = await read_all(self.redis, fill)
         mine = task_id.encode()
         if not cur or mine not in waiting:
             return None

@@ -28,7 +28,7 @@ from ..supervisor.tasks.spawntree import Lineage
 from ..supervisor.tasks.taskmachine import TERMINAL
 from ..taskoptions import encoded, step_options
 from ..taskviews import TaskInfo
-from .connection import never_sent, read
+from .connection import never_sent, read, read_all
 from .keys import Keys
 from .queue import ClusterTask
 from .records import on_worker
@@ -92,15 +92,13 @@ class ClusterSpawns:
 
     # -- task/spawn -----------------------------------------------------------------------
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
-        async def get() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             pipe.hget(self.keys.spawns(task.id), key)
             pipe.hget(self.keys.task(task.id), "lineage")
-            return list(await pipe.execute())
 
         try:
             async with self._calls:
-                row, lineage = await read(get)
+                row, lineage = await read_all(self.redis, fill)
         except RedisError as exc:
             raise _unavailable(exc) from None
         mine = self._lineage(task.id, lineage)

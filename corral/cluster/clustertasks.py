@@ -34,7 +34,7 @@ from . import listing, records
 from .batch import Batcher
 from .clustersessions import ClusterSessions
 from .clusterspawns import ROOT, lineage_field
-from .connection import never_sent, place, read, said, unavailable, why
+from .connection import never_sent, place, read_all, said, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .outbox import Outbox
@@ -221,18 +221,15 @@ class ClusterTasks:
 
     async def _table_tenant(self, agent: str) -> str | None:
         """The tenant the cluster's table of `agent` names, when it verifies."""
-        table, mac = await read(lambda: self._table_of(agent))
+        def fill(pipe: Any) -> None:
+            pipe.hget(self.keys.cluster_agents, agent)
+            pipe.hget(self.keys.agent_macs, agent)
+
+        table, mac = await read_all(self.redis, fill, transaction=True)
         if table is None or not self.trust.valid(mac, AGENT, agent, table):
             return None
         tenant = msgspec.json.decode(table).get("tenant", DEFAULT_TENANT)
         return tenant if isinstance(tenant, str) else None
-
-    async def _table_of(self, agent: str) -> tuple[bytes | None, bytes | None]:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(self.keys.cluster_agents, agent)
-        pipe.hget(self.keys.agent_macs, agent)
-        table, mac = await pipe.execute()
-        return table, mac
 
     # -- ask --------------------------------------------------------------------------------
     async def list(self, p: m.TasksList, since: float | None, limit: int,
@@ -266,13 +263,11 @@ class ClusterTasks:
         if not is_task_id(task_id):
             return None, True
 
-        async def get() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             pipe.hgetall(self.keys.task(task_id))
             pipe.lrange(self.keys.attempts(task_id), 0, -1)
-            return list(await pipe.execute())
 
-        rec, attempts = await read(get)
+        rec, attempts = await read_all(self.redis, fill)
         if not rec:
             return None, True
         status = rec.get(b"status", b"")

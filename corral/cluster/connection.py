@@ -150,6 +150,17 @@ async def read(call: Callable[[], Awaitable[T]]) -> T:
         return await call()
 
 
+async def read_all(redis: Any, fill: Callable[[Any], object], *,
+                   transaction: bool = False) -> list[Any]:
+    """`read` of a pipeline `fill` puts its commands in, made again for each try: one
+    executed is emptied, whatever the outcome."""
+    async def once() -> list[Any]:
+        pipe = redis.pipeline(transaction=transaction)
+        fill(pipe)
+        return list(await pipe.execute())
+    return await read(once)
+
+
 def never_sent(exc: RedisError) -> bool:
     """The command cannot have reached Redis: no connection could be made (nor a primary
     found: the Sentinels name none while one fails over)."""

@@ -29,7 +29,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..supervisor.core import SupervisorError
-from .connection import read
+from .connection import read_all
 from .keys import Keys
 from .specs import ClusterSpecs, Describe, Table, encoded
 from .trust import DECLARED
@@ -80,13 +80,11 @@ class Declarations:
         key, macs = self.keys.declared(self.node), self.keys.declared_macs(self.node)
         trust = self.specs.trust
 
-        async def both() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=True)
+        def fill(pipe: Any) -> None:
             pipe.hgetall(key)
             pipe.hgetall(macs)
-            return list(await pipe.execute())
 
-        raw, raw_macs = await read(both)
+        raw, raw_macs = await read_all(self.redis, fill, transaction=True)
         last: dict[str, Table] = {}
         for k, v in raw.items():
             name, mac = k.decode(), raw_macs.get(k)

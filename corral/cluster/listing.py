@@ -19,7 +19,7 @@ from ..supervisor.tasks import TERMINAL, TaskStatus
 from ..supervisor.tasks.durable import Sees, unknown_cursor
 from ..supervisor.tasks.taskmachine import UNFINISHED
 from ..taskoptions import NO_FILTERS, TaskFilters, admits
-from .connection import read
+from .connection import read, read_all
 from .keys import Keys
 from .records import options_in
 from .trust import Trust
@@ -97,13 +97,11 @@ async def _next_ids(redis: Any, sets: list[str], high: str, low: str
     """The next ids below `high`, newest first, from the sets merged, and whether more
     may follow. Read in one transaction, so a task that ends meanwhile (moving from one
     set to the other) is in exactly one of them."""
-    async def get() -> list[list[bytes]]:
-        pipe = redis.pipeline(transaction=True)
+    def fill(pipe: Any) -> None:
         for key in sets:
             pipe.zrange(key, high, low, desc=True, bylex=True, offset=0, num=BATCH)
-        return list(await pipe.execute())
 
-    got = await read(get)
+    got: list[list[bytes]] = await read_all(redis, fill, transaction=True)
     full = [ids[-1] for ids in got if len(ids) == BATCH]
     merged = sorted({i for ids in got for i in ids}, reverse=True)
     if not full:
@@ -114,15 +112,13 @@ async def _next_ids(redis: Any, sets: list[str], high: str, low: str
 
 
 async def _records(redis: Any, keys: Keys, ids: list[bytes]) -> list[list[Any]]:
-    async def get() -> list[Any]:
-        pipe = redis.pipeline(transaction=False)
+    def fill(pipe: Any) -> None:
         for tid in ids:
             t = tid.decode()
             pipe.hmget(keys.task(t), *_FIELDS)
             pipe.llen(keys.attempts(t))
-        return list(await pipe.execute())
 
-    got = await read(get)
+    got = await read_all(redis, fill)
     return [[*got[i], got[i + 1]] for i in range(0, len(got), 2)]
 
 

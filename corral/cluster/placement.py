@@ -28,7 +28,7 @@ from ..supervisor.configload import parse_agents
 from ..supervisor.errors import SupervisorError
 from ..supervisor.parts import Parts
 from ..supervisor.stream import Checkpoint
-from .connection import read, why
+from .connection import read, read_all, why
 from .declared import Declarations
 from .keys import Keys
 from .membership import Membership, NodeView
@@ -142,14 +142,12 @@ class Placement:
             await self._reconcile({}, {})
             return
 
-        async def both() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=True)
+        def fill(pipe: Any) -> None:
             pipe.hgetall(self.keys.cluster_agents)
             pipe.hgetall(self.keys.placement)
             pipe.hgetall(self.keys.agent_macs)
-            return list(await pipe.execute())
 
-        raw_tables, raw_places, macs = await read(both)
+        raw_tables, raw_places, macs = await read_all(self.redis, fill, transaction=True)
         tables = self._verified({k.decode(): v for k, v in raw_tables.items()},
                                 {k.decode(): v for k, v in macs.items()})
         places = {k.decode(): _placed.decode(v) for k, v in raw_places.items()}

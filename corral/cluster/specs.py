@@ -14,7 +14,7 @@ from .. import jsonrpc
 from ..supervisor.config import AgentSpec, ConfigError
 from ..supervisor.configload import cluster_problem, parse_agents
 from ..supervisor.core import SupervisorError
-from .connection import read
+from .connection import read, read_all
 from .keys import Keys
 from .scripts import Scripts
 from .trust import AGENT, REVISION, Trust
@@ -106,14 +106,12 @@ class ClusterSpecs:
     async def read_any(self, name: str) -> tuple[Table | None, int, bool]:
         """As `read`, and whether the table verifies, rather than refusing one."""
 
-        async def both() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=True)
+        def fill(pipe: Any) -> None:
             pipe.hget(self.keys.cluster_agents, name)
             pipe.hget(self.keys.placement, name)
             pipe.hget(self.keys.agent_macs, name)
-            return list(await pipe.execute())
 
-        raw, placed, mac = await read(both)
+        raw, placed, mac = await read_all(self.redis, fill, transaction=True)
         epoch = int(msgspec.json.decode(placed)["epoch"]) if placed else 0
         if raw is None:
             return None, epoch, True
