@@ -78,19 +78,14 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     heartbeat_timeout: Positive | None = None  # default: the supervisor's
     limits: Limits = msgspec.field(default_factory=Limits)
     exit_codes: tuple[ExitCode, ...] = (0,)  # clean exits, not restarted by "on-failure"
-    # ready only once up start_secs; one that exits sooner is a failed start, retried
-    # start_retries times in a row before the replica is failed
     start_secs: NonNeg = 0.0
     start_retries: NonNegInt = 3
     stop_signal: StopSignal = "TERM"  # SIGKILL follows after stop_timeout as ever
-    # its own log file: an absolute path, or /dev/stdout or /dev/stderr; the rotation
-    # settings default to [supervisor]'s. The operator's to name (privilege.py)
     log_file: str | None = None
     log_max_bytes: PositiveInt | None = None
     log_backups: NonNegInt | None = None
     log_rotate_every: NonNeg | None = None
     log_compress: bool | None = None
-    # absolute paths (`-/path`: may be absent), the operator's to name (envfiles.py)
     env_file: list[str] = []
 
     def __post_init__(self) -> None:
@@ -139,14 +134,10 @@ class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     timeout: Positive = 5.0  # a check not answered (a command not exited) by then fails
     failures: PositiveInt = 3  # consecutive failures that make the check failed
     successes: PositiveInt = 1  # consecutive passes that make it passing again
-    # one of: the worker's check (`health/check`: this one, or None for all), a command
-    # run beside it (exit 0 passes), a "HOST:PORT" that accepts, a URL whose GET answers
-    # 200-399 (probes.py)
     check: str | None = None
     command: list[str] | None = None
     tcp: str | None = None
     http: str | None = None
-    # default: readiness drains, liveness restarts
     recovery: Literal["restart", "drain", "exec", "event"] | None = None
     exec: list[str] | None = None  # recovery = "exec": the command run
 
@@ -190,7 +181,6 @@ def tcp_address(text: str) -> tuple[str, int] | None:
 class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """[agents.NAME.health]: readiness gates dispatch, liveness restarts (health.py)."""
 
-    # seconds after Ready in which failed checks are not counted (a slow warm-up)
     start_period: NonNeg = 0.0
     readiness: CheckSpec | None = None
     liveness: CheckSpec | None = None
@@ -208,16 +198,12 @@ class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
 
 class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     name: str = ""
-    # "none": any program, supervised alike but taking no tasks (plain.py)
     protocol: Literal["corral", "none"] = "corral"
-    # a plain program's readiness: "started" (the default) or "notify" (READY=1 to
-    # $NOTIFY_SOCKET within start_timeout); a readiness check, if any, must pass besides
     ready: Literal["started", "notify"] | None = None
     watchdog_sec: NonNeg = 0  # WATCHDOG=1 at least this often once ready, else hung
     replicas: NonNegInt = 1
     autostart: bool = True
     after: list[str] = []  # started after these are up, stopped before them (startorder.py)
-    # as `after`, and stopped when one of them fails for good (systemd's Requires=)
     requires: list[str] = []
     fatal: bool = False  # the daemon exits (status 1) when this agent fails for good
     max_concurrent_tasks: PositiveInt = 1
@@ -225,34 +211,26 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     task_timeout: Positive = 300.0
     cancel_grace: Positive = 5.0  # after task/cancel, then the worker is hung
     pause_timeout: Positive = 2.0  # for the kernel to say a replica is frozen
-    # running tasks' time to finish at a stop; None: [supervisor] drain_timeout
     drain_timeout: NonNeg | None = None
-    # retries of an attempt that ends in one of `retry_on` (docs/tasks.md)
     retries: NonNegInt = 0
     retry_on: tuple[RetryOutcome, ...] = ("lost",)
-    # attempts lost to infrastructure re-run with no `retries` spent (docs/durable.md)
     retry_lost: NonNegInt = RETRY_LOST
     retry_backoff: NonNeg = 0.0
     retry_backoff_max: NonNeg = 600.0
     retry_jitter: bool = True
     rate_per_minute: NonNeg = 0
     max_tool_calls_per_task: NonNegInt = 50
-    # replay of a retried task's tool calls from its step journal (docs/durable.md)
     replay: bool = True
     replay_tools: list[str] = []  # SERVER__TOOL patterns always run again (a clock)
     max_step_bytes: NonNegInt = STEP_BYTES
     max_stream_bytes: NonNegInt = STREAM_BYTES  # a task's live output kept (docs/streams.md)
-    # tool calls (SERVER__TOOL patterns) that wait for a person (docs/approvals.md)
     approve: list[str] = []
     approve_timeout: NonNeg = 3600.0
     on_deny: Literal["error", "fail"] = "error"
     on_timeout: Literal["error", "fail"] = "error"
-    # model calls that wait for a person: of these models (globs), or that may cost more
     approve_models: list[str] = []
     approve_cost_over: NonNeg = 0.0
-    # a wait for a person this long gives the attempt's slot and process back
     suspend_after: NonNeg = 0.0
-    # task/spawn (docs/workflows.md#spawn): the agents (globs) its tasks may start
     spawns: list[str] = []
     max_spawn_depth: NonNegInt = 3
     max_children: NonNegInt = 1000
@@ -262,14 +240,10 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     tools: list[str] = []
     state_ttl: NonNeg = 0
     config: dict[str, Any] = {}  # passed to the worker in `initialize`
-    # warm starts (zygote.py): fork from a zygote that imported the SDK and `preload`
     warm: bool = False
     preload: list[str] = []
-    # rolling replacement: a new process takes tasks once Ready this long, which must
-    # happen within healthy_deadline of its start
     min_healthy_time: NonNeg = 0
     healthy_deadline: Positive = 60.0
-    # an agent package (docs/packages.md): its release directory and version
     release: str | None = None
     version: str | None = None
     keep_releases: PositiveInt = 5
@@ -277,17 +251,13 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     restart_cron: str | None = None  # five cron fields (UTC): a graceful restart
     autoscale: Autoscale | None = None  # docs/elastic.md
     hibernate_after: NonNeg = 0  # idle this long: checkpoint, then stop; 0: never
-    # isolation (docs/sandbox.md); unset: the tenant's, else "none" and "host"
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
     sandbox_paths: list[str] = []  # read-only in the sandbox besides what corral binds
-    # the stricter of its own and its tenant's (docs/sandbox.md#egress); "warn": run
-    # unenforced where this host cannot enforce it, else it does not start
     egress: Literal["any", "gateways", "none"] | None = None
     egress_fallback: Literal["refuse", "warn"] = "refuse"
     read_paths: list[str] = []
     write_paths: list[str] = []  # besides its cwd
-    # budgets of the usage it reports (tasks/budget.py); 0: none
     tokens_per_minute: NonNegInt = 0
     tokens_per_day: NonNegInt = 0
     max_cost_usd_per_day: NonNeg = 0
@@ -339,7 +309,6 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     start: Literal["lazy", "eager"] = "lazy"
     timeout: Positive = 30.0
     roots: list[str] = []  # offered to the server as MCP roots (paths or URIs)
-    # a gateway client's own roots answer roots/list asked in a call it made
     relay_roots: bool = False
     log_level: LogLevel | None = None  # sent as logging/setLevel when the server logs
     # one stdout line at most: base64 images make MCP answers far larger than workers'
@@ -347,10 +316,7 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_message_mb: PositiveInt = 64
     tenant: str = DEFAULT_TENANT  # whose agents may use it (tenants.md)
     shared: bool = False  # usable by every tenant's agents, not only its own
-    # tools (globs) the gateway runs as MCP tasks (daemon/mcptasks.py), beside those the
-    # server says support them
     task_tools: dict[str, Literal["optional", "required", "after_input"]] = {}
-    # taint (docs/security.md#taint): all of its tools, or these (globs)
     untrusted: bool = False
     tools_untrusted: list[str] = []
     sensitive: bool = False
@@ -412,8 +378,6 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     drain_timeout: NonNeg = 30.0  # running tasks' time to finish at a stop; 0: none
     include: list[str] = []
     mcp_servers_file: str | None = None
-    # "raw": an agent's file holds its stderr exactly as written (corral's own lines for
-    # it go, tagged, to corral.log)
     log_format: Literal["tagged", "raw"] = "tagged"
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegInt = 5
@@ -422,8 +386,6 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     log_tail_lines: PositiveInt = 1000
     log_level: Literal["debug", "info", "notice", "warning", "error"] = "info"
     log_journal: Literal["auto"] | bool = "auto"  # agents' lines also to the systemd journal
-    # "auto": a cgroup per replica when systemd delegated corral's (Delegate=yes); "on":
-    # also when its cgroup v2 is writable without that mark
     cgroups: Literal["auto", "on", "off"] = "auto"
     log_tail_bytes: PositiveInt = 4 * 1024 * 1024  # per source, whatever the line count
     max_connections: PositiveInt = 1000
@@ -431,24 +393,17 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     max_replicas: PositiveInt | None = None  # None: what the machine can hold (core.py)
     task_journal: bool = True
     journal_sync: Literal["normal", "full"] = "normal"  # full: survives power loss too
-    # the inbox's bounds (docs/approvals.md#bounds)
     max_pending_asks: PositiveInt = 10_000
     max_pending_asks_per_tenant: PositiveInt = 1_000
     max_asks_per_task: PositiveInt = 100
     idempotency_keys_per_tenant: PositiveInt = 10_000  # keys younger than 24 h
-    # waits for a person and restart_cron measured by a clock only `corral clock
-    # --advance` moves: for tests, never in production
     manual_clock: bool = False
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000
-    # per party (each tenant's callers, the operator's): a tenant's refused calls never
-    # push out another's rows; 0: all kept
     audit_max_rows: NonNegInt = 100_000
-    # finished tasks in memory, and their outputs' bytes (past it read back from the journal)
     tasks_kept: NonNegInt = 10_000
     tasks_kept_mb: NonNeg = 32
     session_memory_mb: NonNeg = 64
-    # per agent; the newest is kept whatever its size (docs/operations.md#retention)
     revisions_kept: NonNegInt = 50
     revisions_kept_mb: NonNeg = 8
     removed_retention: NonNeg = 7 * 86400  # a removed agent's revisions and log files
@@ -463,20 +418,16 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_remote: bool = False  # listen on a non-loopback address without TLS
     tls_cert: str | None = None  # PEM files; with both, the gateway speaks HTTPS
     tls_key: str | None = None
-    # at either bound the least recently used idle session makes room (mcpsessions.py)
     max_sessions: PositiveInt = 256
     max_sessions_per_client: PositiveInt = 32
     session_idle_timeout: Positive = 600.0  # seconds without a request or an open stream
     max_concurrent: PositiveInt = 16  # calls in flight per client, unless its entry says
     rate_per_minute: NonNegInt = 0  # calls per client per minute; 0: unlimited
     agent_tokens: bool = True  # agents get CORRAL_MCP_URL and a per-replica token
-    # a request with no token is client "anonymous" with this allowlist (for a unix
-    # socket whose mode already says who may connect); absent: 401
     anonymous_tools: list[str] | None = None
     max_tasks_per_client: PositiveInt = 64  # the tasks extension (daemon/mcptasks.py)
     task_ttl: Positive = 3600.0
     input_wait: Positive = 600.0  # for a client's answer to a relayed input request
-    # tools/list is `search_tools` and the pinned tools (corral/mcp/toolsearch.py)
     tool_search: bool = False
     tool_search_pinned: list[str] = msgspec.field(default_factory=list)
 
@@ -536,13 +487,11 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     url: str  # the upstream's base URL, as its own SDK's base_url says it
     format: Literal["openai", "anthropic"]  # its wire format, passed through untranslated
     model: str | None = None  # the upstream's name of it, if not NAME
-    # the provider's key, held by the daemon alone; neither: the upstream takes none
     key_env: str | None = None
     key_file: str | None = None
     agents: list[str] = msgspec.field(default_factory=lambda: ["*"])  # who may use it (globs)
     tenant: str = DEFAULT_TENANT  # whose agents may use it
     shared: bool = False  # every tenant's agents may
-    # of a 429, 5xx or failed connection before any answer was passed on
     retries: NonNegInt = 0
     timeout: Positive = 600.0  # seconds for the whole call upstream
     rate_per_minute: NonNeg = 0  # calls of it per tenant a minute; 0: unlimited
@@ -566,12 +515,10 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_insecure_remote: bool = False  # a non-loopback address without TLS
     metrics_public: bool = False  # /metrics without a token (loopback only)
     rate_per_minute: NonNegInt = 600  # requests per token per minute; 0: unlimited
-    # hostile clients: SSE streams (past either: 503), and a slow-loris's seconds
     max_streams: PositiveInt = 1000
     max_streams_per_token: PositiveInt = 100
     idle_timeout: Positive = 60.0
     stream_write_timeout: Positive = 60.0  # a stream's client taking nothing: it is cut
-    # metrics history: raw samples, rolled up per minute and per hour
     history_interval: Positive = 10.0
     history_raw_hours: Positive = 6.0
     history_minute_days: Positive = 7.0
@@ -587,8 +534,6 @@ class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     max_release_mb: PositiveInt = 2048  # a release bigger than this is refused
     min_free_mb: NonNegInt = 256  # a build needs this much free space to start
     max_source_mb: PositiveInt = 256  # a package's source (what is copied) at most
-    # "hardlink": a rebuild several times faster; a release's files are then the cache's,
-    # made read-only with it
     link_mode: Literal["copy", "hardlink"] = "copy"
 
 
@@ -605,31 +550,25 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     rate_per_minute: NonNeg = 0  # tasks accepted a minute, over all its agents
     max_task_seconds: NonNeg = 0  # a task's timeout is capped at this
     tokens_per_minute: NonNegInt = 0  # one budget shared by all its agents (budget.py)
-    # a cgroup per tenant where delegated, else sampled or RLIMIT_NPROC
     max_memory_mb: NonNegInt = 0
     memory_high_mb: NonNegInt = 0
     max_cpu_percent: NonNeg = 0
     cpu_weight: Annotated[int, Meta(ge=0, le=10000)] = 0  # a nice value without a cgroup
     max_processes: NonNegInt = 0
-    # the sandbox's settings, which the agent's own take over (isolation.py)
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
     egress: Literal["any", "gateways", "none"] | None = None  # the floor of its agents'
-    # its agents' default cwd, and a tenant's caller names none outside it (privilege.py)
     dir: str | None = None
     max_sessions: NonNegInt = 0
     max_session_bytes: NonNegInt = 0
     max_gateway_sessions: NonNegInt = 0
     tool_search: bool | None = None  # unset: the gateway's
-    # one task's (the smaller of this and its agent's), and its unfinished tasks' together
     max_step_bytes: NonNegInt = 0
     max_step_journal_bytes: NonNegInt = 0
     max_stream_bytes: NonNegInt = 0
     max_stream_journal_bytes: NonNegInt = 0
-    # besides its agents' own, which cannot take these away (docs/approvals.md)
     approve: list[str] = []
     approve_models: list[str] = []
-    # judged beside the operator's [[policy]], the stricter verdict holding
     policy: list[PolicyRule] = []
     default_deny: bool = False
 
@@ -671,22 +610,15 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: str | None = None  # default: the host name
     node_ttl: Positive = 3.0  # seconds a node counts as alive after its last beat
     beat: Positive = 1.0  # seconds between beats (renewing the membership key)
-    # finished cluster tasks' records kept in Redis: the newest, each for at most this
     tasks_kept: PositiveInt = 100_000
     tasks_kept_for: Positive = 7 * 86400.0
-    # the key the nodes sign cluster records with, which Redis never holds; without one
-    # records are taken unchecked, so only with `insecure`
     key_file: str | None = None
     insecure: bool = False
-    # Redis with Sentinel: `redis` then gives the scheme, password and database
     sentinels: list[str] = []
     sentinel_master: str | None = None
-    # a write is acknowledged once this many replicas have it (WAIT); absent: 1 with
-    # `sentinels`, else 0
     ack_replicas: NonNegInt | None = None
     ack_timeout: Positive = 1.0
     sticky_sessions: bool = True  # a session's next turn goes to the node of its last
-    # Redis keeps each ask for its task's life (docs/approvals.md#bounds)
     max_asks_per_task: PositiveInt = 1_000
 
     @property
@@ -747,8 +679,6 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ApprovalsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[approvals]: the inbox's outbound webhook (docs/approvals.md); absent: none."""
 
-    # each ask made and ended is POSTed here, signed with webhook_secret (HMAC-SHA256 of
-    # the body, X-Corral-Signature), in order, never holding the daemon up
     webhook: str
     webhook_secret: str
     webhook_retries: NonNegInt = 5  # attempts after the first, 0.5 s doubling to 30 s
@@ -770,7 +700,6 @@ class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     endpoint: str | None = None  # OTLP/HTTP traces URL; none: the local store only
     headers: dict[str, str] = {}  # sent with each export (an API key's header)
-    # the share of new traces sampled; absent: OTEL_TRACES_SAMPLER(_ARG), else 1.0
     sample: Annotated[float, Meta(ge=0, le=1)] | None = None
     parent_based: bool | None = None  # a caller's sampled flag decides (default yes)
     slow: Positive = 10.0  # seconds: a task this slow is kept whatever the sampling said
@@ -779,7 +708,6 @@ class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch: PositiveInt = 512  # records a batch: handed to the exporter when one is ready
     export_interval: Positive = 2.0  # seconds between exports of what is there
     export_timeout: Positive = 5.0
-    # the local store (`corral trace`): spans kept at most keep_days, the newest keep_spans
     keep_days: NonNeg = 7.0
     keep_spans: NonNegInt = 200_000
 
