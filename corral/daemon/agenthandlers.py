@@ -75,8 +75,7 @@ class Owners(Protocol):
 
 
 def owner_of(d: Owners, kind: str, name: str) -> str | None:
-    """Whose an agent or an MCP server is: its tenant, SHARED for a shared server, None when
-    there is no such object."""
+    """Whose an agent or an MCP server is: its tenant, SHARED, or None (no such object)."""
     if kind == "agent":  # (a team is called as an agent is: its tenant's)
         return d.quotas.tenant_of(name) or d.teams.tenant_of(name)
     spec = d.tools.spec_of(name)
@@ -90,8 +89,7 @@ implements = COMMANDS.implements
 
 
 def _targets(d: AgentServices, names: list[str], all_: bool) -> list[tuple[Agent, int | None]]:
-    """(agent, replica index or None) for NAME / NAME#N targets; an unknown one is refused
-    before anything is done."""
+    """(agent, replica index or None) for NAME / NAME#N targets, all checked first."""
     if all_:
         return [(a, None) for a in d.agents.values()]
     if not names:
@@ -152,8 +150,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
 
 
 def _status(d: AgentServices, r: Replica, draining: bool) -> ReplicaStatus:
-    """A replica's status, with who stopped it by hand and when, or whether a scale-down
-    drains it."""
+    """A replica's status, with who stopped it by hand, or whether a scale-down drains it."""
     st = r.status()
     mark = d.fleet.stops.of(r.name, r.index) if r.stopped_by_hand else None
     if mark is not None:

@@ -29,8 +29,7 @@ Handler = Callable[[Narrow, Any, Caller, Channel], Awaitable[Any]]
 
 
 class Commands(Generic[Ctx, Narrow]):
-    """One domain's handlers and the narrow services they take, made by `narrow` from the
-    daemon's services the first time one of them is called."""
+    """One domain's handlers and the narrow services they take (`narrow`, made once)."""
 
     def __init__(self, narrow: Callable[[Ctx], Narrow]) -> None:
         self.narrow = narrow
@@ -56,9 +55,8 @@ def wire(value: Any) -> Any:
 
 
 class Handlers(Generic[Ctx]):
-    """Every domain's Commands. A domain's module is imported the first time one of its
-    methods is called, not at the daemon's start: their modules were ~5 ms of every boot's
-    CPU. `table` imports them all."""
+    """Every domain's Commands, each module imported at its first call (they were ~5 ms of
+    every boot's CPU); `table` imports them all."""
 
     def __init__(self, package: str, domains: Mapping[str, str]) -> None:
         self.package = package
@@ -222,8 +220,7 @@ class Dispatcher(Generic[Ctx]):
 
     async def call(self, caller: Caller, request: str | Params, params: Any = None,
                    channel: Channel | None = None) -> Any:
-        """A call made in the daemon of the method whose params `request` is (or named
-        so, with its params)."""
+        """A call made in the daemon, of `request`'s method (or one named, with params)."""
         name, params = named(request, params)
         return await self.dispatch(caller, name, params, channel or Discard())
 

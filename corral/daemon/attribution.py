@@ -31,8 +31,7 @@ class AttemptMark(NamedTuple):
 
 
 def mark_of(query: Mapping[str, str]) -> AttemptMark | None:
-    """The attempt a request's query names (None: none); ValueError, saying what is
-    wrong, when it names one badly."""
+    """The attempt a request's query names (None: none); ValueError when named badly."""
     task_id, attempt = query.get(TASK_PARAM), query.get(ATTEMPT_PARAM)
     if task_id is None and attempt is None:
         return None
@@ -52,8 +51,7 @@ class Attribution:
         self.active = active
 
     def task_of(self, replica: Any, mark: AttemptMark | None) -> Task | None:
-        """The task whose running attempt a call of `replica` is (None: unattributed);
-        a mark that names no attempt running on `replica` is refused (NOT_FOUND)."""
+        """The task whose running attempt a call of `replica` is (None: unattributed)."""
         if mark is not None:
             task = self.active.get(mark.task_id)
             if task is None or task.replica is not replica or not task.running or \

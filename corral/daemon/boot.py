@@ -47,9 +47,8 @@ def preflight(config: str) -> int:
 
 
 def compiled() -> bool:
-    """Every module of this install compiled here, before the exec, not by the new
-    image in the dispatch pause. False where the byte-code cannot be written (a
-    read-only install): the new image then compiles what it imports as it starts."""
+    """Every module of this install compiled here, not by the new image in the dispatch
+    pause; False where the byte-code cannot be written (a read-only install)."""
     import compileall
 
     package = Path(__file__).resolve().parent.parent
@@ -57,8 +56,7 @@ def compiled() -> bool:
 
 
 def resume() -> int:
-    """BOOT's: take the handoff named by the environment and run the daemon on it.
-    Anything raised before `committed` is set makes BOOT fall back to the old image."""
+    """BOOT's: take the handoff named by the environment and run the daemon on it."""
     global committed
     path = Path(os.environ[VARIABLE])
     h = handoff.read(path)

@@ -109,8 +109,7 @@ class Channel(Protocol):
 
 
 class AlwaysWritable:
-    """A Channel that never holds its stream back (what it sends to is bounded, or is
-    nothing)."""
+    """A Channel that never holds its stream back (what it sends to is bounded)."""
 
     def __init__(self) -> None:
         self._writable = asyncio.Event()
@@ -122,8 +121,7 @@ class AlwaysWritable:
 
 
 class Discard(AlwaysWritable):
-    """The channel of a caller that takes one answer and no stream: notifications go
-    nowhere."""
+    """The channel of a caller that takes one answer and no stream."""
 
     def notify(self, method: str, params: Any) -> None:
         pass

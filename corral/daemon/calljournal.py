@@ -48,8 +48,7 @@ def record_of(row: tuple[Any, ...]) -> CallRecord:
 
 
 def delete_ended_calls(db: sqlite3.Connection, kind: str) -> None:
-    """The ended calls of a kind no one reads once it has ended (a spawn tree), gone with
-    their rows."""
+    """The ended calls of a kind no one reads once ended (a spawn tree), with their rows."""
     db.execute("DELETE FROM call_steps WHERE call_id IN (SELECT call_id FROM calls WHERE "
                "kind = ? AND status != 'running')", (kind,))
     db.execute("DELETE FROM calls WHERE kind = ? AND status != 'running'", (kind,))
@@ -77,8 +76,7 @@ class CallJournal:
         await self.store.commit([write])
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
-        """Committed when this returns (or StoreError), with whatever else was saved
-        meanwhile."""
+        """Committed when this returns (or StoreError), with what else was saved meanwhile."""
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         mine = self._next

@@ -70,8 +70,7 @@ class ClusterPeer(Protocol):
 
     async def session(self, tenant: str | None, agent: str, name: str
                       ) -> SessionInfo | None:
-        """The cluster's session `name` of `agent`, `tenant`'s; None off a cluster or
-        when there is none."""
+        """The cluster's session `name` of `agent`, `tenant`'s (None: none, or no cluster)."""
         ...
 
     async def end_session(self, tenant: str | None, agent: str, name: str

@@ -59,8 +59,7 @@ def table_of(spec: msgspec.Struct) -> dict[str, Any]:
 
 
 class RuntimeCatalog(Generic[S]):
-    """The definitions of one kind (`noun`, in the config's `[section.NAME]` tables), each a
-    `struct`."""
+    """The definitions of one kind (`noun`, the config's `[section.NAME]`), each a `struct`."""
 
     def __init__(self, store: StateStore, noun: str, section: str, struct: type[S]) -> None:
         self.revisions = Definitions(store, noun)
@@ -102,8 +101,8 @@ class RuntimeCatalog(Generic[S]):
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {exc}") from None
 
     def restore(self, report: Callable[[str], None]) -> None:
-        """The definitions added at runtime by an earlier daemon; one no longer valid is
-        reported and left out."""
+        """The runtime definitions of an earlier daemon (one no longer valid: reported, left
+        out)."""
         for name, rev in self.revisions.current().items():
             try:
                 self._put(name, (self.parse(name, rev.spec, "state database"),
@@ -253,8 +252,7 @@ class RuntimeCatalog(Generic[S]):
 
     async def update(self, name: str, changes: dict[str, Any], who: str,
                      tenant: str | None, check: Check[S]) -> DefRevision | None:
-        """`changes` merged into its table as a JSON merge patch; the revision made, None
-        when nothing changed."""
+        """`changes` merged into its table (JSON merge patch); the revision made, or None."""
         where = f"{self.section}.update"
         if not changes:
             raise RpcError(jsonrpc.INVALID_PARAMS, "nothing to change")
@@ -299,9 +297,8 @@ class RuntimeCatalog(Generic[S]):
         return revs
 
     def last_defined(self, name: str, tenant: str | None) -> tuple[S, str | None] | None:
-        """A runtime definition as it is, or as its newest revision of the caller's
-        tenant defined it (removed since), and whose: what decides who may see its
-        history."""
+        """A runtime definition as it is, or as its newest revision of the caller's tenant
+        defined it (removed since), and whose: who may see its history."""
         held = self.runtime.get(name)
         if held is not None and _own(held[2], tenant):
             return held[0], held[2].tenant

@@ -139,8 +139,7 @@ class Definitions:
                   tenant: str | None, why: str | None, out: list[DefRevision],
                   keep: int | None = None) -> Write:
         """The write of a new revision (`spec` None: removed) when it differs from the
-        newest one; the revision made is put in `out`. `why`: what made it, said before
-        the difference; `keep`: how many of the name's newest revisions are kept."""
+        newest one, made into `out`; `why` is said before the difference."""
         encoded = msgspec.json.encode(spec).decode() if spec is not None else None
         when = time.time()
 

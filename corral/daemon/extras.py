@@ -73,8 +73,8 @@ class Extras:
 
     async def start(self, name: str, address: str,
                     attempt: Callable[[], Awaitable[None]]) -> bool:
-        """Try `attempt` now; on failure, report it and retry it in the background.
-        Whether it serves now. A ConfigError is raised: the daemon does not start."""
+        """Try `attempt` now (a failure reported and retried in the background); whether it
+        serves now. A ConfigError is raised: the daemon does not start."""
         extra = Extra(name, address, attempt)
         served = await self._try(extra, first=True)
         self.extras.append(extra)

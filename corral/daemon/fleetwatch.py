@@ -67,8 +67,7 @@ class FleetWatch:
         self._subs: list[Subscription] = []
 
     def open(self) -> None:
-        """Number the changes from now on: before the first watcher nothing is kept
-        (a watcher starts from a snapshot)."""
+        """Number the changes from now on (before the first watcher, nothing is kept)."""
         if not self._subs:
             stream = self.stream
             self._subs = [stream.subscribe(self._on_transition, Transition),

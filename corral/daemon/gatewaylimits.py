@@ -68,8 +68,7 @@ class CallCounter:
 
 
 class Limiter:
-    """A client's calls in flight and its rate (its token bucket made again when a reload
-    changes the rate)."""
+    """A client's calls in flight and its rate (its bucket made again when that changes)."""
 
     __slots__ = ("bucket", "in_flight")
 

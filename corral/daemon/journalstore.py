@@ -28,8 +28,7 @@ class JournalWords(NamedTuple):
 
 
 class JournalStore(Generic[V]):
-    """A journal's reader (under `read_lock`) and its writes (`group`); `on_error` is told
-    when an outage begins."""
+    """A journal's reader (under `read_lock`) and its writes (`group`)."""
 
     def __init__(self, path: Path, writer: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None], words: JournalWords,

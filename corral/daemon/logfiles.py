@@ -66,8 +66,7 @@ def copy_name(path: Path, n: int, compressed: bool) -> Path:
 
 
 def compress(plain: Path) -> None:
-    """`plain` as `plain.gz`, written aside and renamed into place, then removed; a copy
-    that cannot be compressed (a full disk) is left as it is."""
+    """`plain` as `plain.gz`, written aside and renamed into place (or left, on failure)."""
     done = plain.with_name(plain.name + GZ)
     part = plain.with_name(plain.name + GZ + ".part")
     try:
@@ -171,8 +170,7 @@ STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 
 class StreamFile:
-    """The daemon's stdout or stderr as a source's log: written as a file is, never
-    rotated."""
+    """The daemon's stdout or stderr as a source's log, never rotated."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -93,8 +93,7 @@ def _replica_sources(d: LogServices, names: list[str]
 @implements(m.LogsRotate)
 async def logs_rotate(d: LogServices, p: m.LogsRotate, caller: Caller, c: Channel
                       ) -> m.LogsRotated:
-    """Each named agent's log file (every one when none is named) rotated now; a file
-    that cannot be moved is said, naming it, those before it rotated."""
+    """Each named agent's log file (none named: every one) rotated now."""
     for name in p.names:
         if "#" in name:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{name}: a log file is an agent's, "
