@@ -1,13 +1,8 @@
 """Writes gathered per turn of the loop: one writev and one wake-up of the reader for a
-burst, not one a message.
-
-The first write in a turn goes at once (a request and its answer, one at a time, wait for
-no turn); what follows it in the same turn is gathered and written once at the turn's
-end. Past `limit` bytes what is gathered goes at once, so it stays small beside the
-transport's buffer, which is what the backlog checks look at. A worker's stdin (a burst of
-tasks) and a control client's socket (a burst of answers, when a batch of the task
-journal commits) are both written through one.
-"""
+burst, not one a message. The first write in a turn goes at once (a request and its
+answer wait for no turn); what follows in the same turn is written once at its end, or at
+once past `limit` bytes, so it stays small beside the transport's buffer, which is what
+the backlog checks look at."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""What other supervisors call corral's agent keys: supervisord's `[program:x]` keys,
-PM2's ecosystem-file keys and systemd's `[Service]`/`[Unit]` directives, each beside the
-key of an agent table that does what it does (a nested key as `limits.rss_mb`).
-
+"""What other supervisors call corral's agent keys (supervisord's, PM2's, systemd's), each
+beside the agent table's key that does what it does (a nested key as `limits.rss_mb`).
 One table for two readers: check-config names corral's key when a file uses another
 tool's (a spelling guess would propose `autostart` for supervisord's `autorestart`, a key
-that means something else), and `corral import` says which key a program's setting went to.
-"""
+that means something else), and `corral import` says which key a setting went to."""
 
 from __future__ import annotations
 

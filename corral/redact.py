@@ -1,27 +1,7 @@
-"""What of a spec may leave the daemon: the one rule applied wherever an
-agent's or an MCP server's table, or a call's params that carry one, is shown, logged or
-written for people to read — `describe`, `history`, the audit table and its log line,
-the dashboard, every transport (they all answer through the same handlers), cluster
-listings. The revision store, the runtime agents' table and the cluster's Redis keep the
-real values: a rollback, a restart and a node placing an agent need them.
-
-The rule:
-- `env` (an agent's or a server's) and `headers` (a remote server's): every value hidden,
-  the keys shown (they say what is set);
-- `oauth_client_secret`: hidden;
-- `config` (what the worker is given in `initialize`): the value of every key, at any
-  depth, whose name looks like a secret's (`SECRET_NAME`) is hidden; the rest is shown,
-  since it is the worker's settings an operator needs to read (a secret belongs in `env`);
-- a URL anywhere in `config`, and a server's `url`: its password hidden, as the cluster's
-  Redis URL always was (`url`).
-A change between two revisions names a key of `env`, `config` or `headers`, never its
-values (`NAMED_ONLY`): "env.TOKEN changed".
-
-An audit row and its log line (`params`) hide more: `config` is shown as `env` is, its
-keys without a value. A config is where an agent's keys go whatever they
-are named (`openai = "sk-…"`), and the audit is read by whoever holds `audit:read` or
-`logs:read`, not only by who may describe the agent.
-"""
+"""What of a spec may leave the daemon: the one rule applied wherever an agent's or an MCP
+server's table, or a call's params that carry one, is shown, logged or written for people
+to read (docs/security.md says the rule). The stores keep the real values: a rollback, a
+restart and a node placing an agent need them."""
 
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
 """A submission's idempotency key (TaskOptions.idempotency_key), what every home keeps of
-it and says of it alike: the node's journal (daemon/taskjournal.py, the table
-idempotency_keys) and a cluster's Redis (cluster/clustertasks.py).
-
-A key is its tenant's (the tenant of the agent the task is for): the same key from
-another tenant is another key. It names the first task for KEEP_SECONDS at least, with
-the digest of what that submission asked (`digest`): the same key with the same request
-is the first task again, its id and its outcome, and runs nothing; with another request
-it is refused (409), naming the key. A tenant holds at most its bound of keys younger
-than KEEP_SECONDS: a new key past it is refused by the bound's name, since forgetting a
-live key early would have its client's retry run the work twice.
-"""
+it and says of it alike: the node's journal (daemon/taskjournal.py) and a cluster's Redis
+(cluster/clustertasks.py); docs/tasks.md#idempotency-keys says what a client sees. A
+tenant past its bound of live keys is refused a new one rather than have an old one
+forgotten early: that key's client's retry would run the work twice."""
 
 from __future__ import annotations
 

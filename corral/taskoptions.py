@@ -1,15 +1,9 @@
 """A task's submission options: one typed value, defined here once, that travels whole
-from the CLI and the REST API (their fields derived from it) through the fronts, the task
-manager (`submit`, `submit_many`, `run`), the journal (one column) and a cluster's record
-(Temporal's start options are the model).
-
-Adding an option is adding a field here: the control methods' params inherit it
-(methods.TaskParams), the CLI's options and the REST body are read off these fields, the
-journal and the cluster keep the value whole, and `corral task` shows it. An option a
-transport does not carry (a cluster's queue, a team's call) is refused there by its name.
-A filter on an option (`TaskFilters`) is a field of the listings' params, applied alike by
-the journal (SQL over the stored value) and by a cluster's listing.
-"""
+from the CLI and the REST API through the fronts, the task manager, the journal (one
+column) and a cluster's record. Adding an option is adding a field here: the control
+methods' params (methods.TaskParams), the CLI's flags and the REST body are read off
+these fields; a transport that does not carry an option (a cluster's queue, a team's
+call) refuses it by its name. `TaskFilters` are the listings' filters on them."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """What a task looks like from outside the engine: its outcome, its record, its line in a
-listing, its attempts and the usage its worker reported.
-
-One definition for the engine that makes them (corral.supervisor.tasks), the daemon and
-the cluster that answer them, and the CLI that decodes them (corral.methods names them as
-the control methods' results): the CLI imports this module, so it holds plain Structs
-and nothing of the engine (no asyncio). The engine computes what a view derives
-(`queue_wait`); a decode never does, so a CLI prints what the daemon said.
-"""
+listing, its attempts and the usage its worker reported. The CLI imports this module, so
+it holds plain Structs and nothing of the engine (no asyncio); the engine computes what
+a view derives (`queue_wait`), a decode never does."""
 
 from __future__ import annotations
 

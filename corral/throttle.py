@@ -1,10 +1,7 @@
-"""A complaint that may repeat a million times is told once per interval, with a count.
-
-A peer that sends garbage (a client flooding the control socket, a worker printing to
-stdout) must not turn each bad line into a log line: the first is reported at once, the
-rest of the interval only counted and summed up when the next one is reported (or when
-the source goes away, by `flush`).
-"""
+"""A complaint that may repeat a million times is told once per interval, with a count:
+a peer that sends garbage must not turn each bad line into a log line. The first is
+reported at once, the rest of the interval counted and summed up with the next one (or
+by `flush`, when the source goes away)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """Waits bounded in time that keep a cancellation.
 
 `asyncio.wait_for` on Python 3.11 returns the result of an awaitable that finished in
-the same turn as its caller was cancelled, and the cancellation is lost: a loop that is
-cancelled at that moment goes on for ever, and whoever awaits it after cancelling it
-hangs (a cluster node's shutdown did, under load: its membership loop's renewal
-answered as it was cancelled). `asyncio.timeout` counts cancellations and has no such
-window, so every bounded wait in corral goes through `within` (ruff bans
-`asyncio.wait_for` in the package). Libraries still use it (redis-py sends every command
-under it when a socket timeout is set): `cancel_all` asks again until a task has ended."""
+the same turn as its caller was cancelled, and the cancellation is lost (a loop cancelled
+then goes on for ever); `asyncio.timeout` has no such window, so every bounded wait in
+corral goes through `within` (ruff bans `asyncio.wait_for` in the package). Libraries
+still use it (redis-py): `cancel_all` asks again until a task has ended."""
 
 from __future__ import annotations
 

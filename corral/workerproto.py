@@ -1,14 +1,8 @@
-"""The worker protocol (DESIGN section 5, docs/protocol.md): every method between corral
-and a worker, who sends it, whether it is answered, and its params as a Struct.
-
-The supervisor decodes every worker method's params with `params_of` before a handler
-sees them, so that a handler reads typed fields and every refusal says the same thing the
-same way: `METHOD: FIELD must be WHAT` (`params must be an object` for params that are
-not one). Unknown keys are ignored, as a newer worker may send more.
-
-Stdlib and msgspec only (no asyncio): the engine and the tests import it. The worker SDK
-(corral/worker, stdlib only) speaks the same protocol without importing it.
-"""
+"""The worker protocol (docs/protocol.md): every method between corral and a worker, who
+sends it, whether it is answered, and its params as a Struct, decoded by `params_of`
+before a handler sees them (every refusal worded alike: `METHOD: FIELD must be WHAT`;
+unknown keys ignored, as a newer worker may send more). Stdlib and msgspec only: the
+worker SDK speaks the same protocol without importing it."""
 
 from __future__ import annotations
 

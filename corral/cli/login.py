@@ -1,10 +1,6 @@
 """`corral mcp login NAME`: the OAuth authorization code flow (with PKCE) for a remote
-server with `auth = "oauth"`, run once by an operator.
-
-It reads the config file (as the daemon does) for the server's URL and the state
-directory, listens on a loopback port for the redirect, prints the authorization URL,
-and writes the tokens where the daemon reads them (`STATE_DIR/oauth/NAME.json`, 0600).
-The daemon picks the new tokens up at its next connection attempt.
+server with `auth = "oauth"`, run once by an operator: the tokens are written where the
+daemon reads them (`STATE_DIR/oauth/NAME.json`, 0600), at its next connection attempt.
 """
 
 from __future__ import annotations

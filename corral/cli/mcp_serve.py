@@ -2,17 +2,8 @@
 
 The MCP side is corral.mcp.gateway's session; what it serves comes from the running daemon
 through the control socket (`gateway.list`, `gateway.call`, `gateway.watch`), so the
-daemon's allowlists, limits, accounting and audit apply exactly as to HTTP clients. A call
-the host cancels is cancelled on the control socket (`request.cancel`) and so upstream.
-
-If the daemon goes away, calls in flight fail with a clear error, and the link is tried
-again for `reconnect` seconds; when it is back, the host is told the lists changed. If it
-does not come back, the reason goes to stderr (which hosts show) and the process exits 1.
-A daemon going away for `corral upgrade` says the last request it read (GOING_AWAY): a
-call sent after that one, or asked while the link is down after such a notice, was never
-made, and is sent to the next image once the link is back (within `reconnect`), as the
-CLI's client does.
-"""
+daemon's allowlists, limits, accounting and audit apply exactly as to HTTP clients.
+Reconnecting, and a call the departed image never read, are said in docs/gateway.md."""
 
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
 """The CLI's flags of a task's options and of the listings' filters, read off the fields
 of their one definition (corral.taskoptions): an option added there is a flag of `corral
-run` and `corral submit` (a filter, of `corral tasks`) with no change here.
-
-A field's flag is its name (`--not-before`), or the one its metadata names (`--tag`); its
-help is its description; a number's bounds are the flag's range; a list's flag may be
-given again, or take items separated by commas. A nested value (the retry policy) gives
-its own fields' flags, and is made whole from them. What the flags give is checked as the
-daemon checks it (msgspec's conversion to the Struct), so a bad value is refused before
-a call with the daemon's words."""
+run` and `corral submit` (a filter, of `corral tasks`) with no change here. What the
+flags give is checked by msgspec's conversion to the Struct, as the daemon checks it, so
+a bad value is refused before a call with the daemon's words."""
 
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
-"""The terminal is the operator's: what the CLI prints holds text that agents and
-tenants wrote (log lines, task outputs and errors, spans, session ids, names), and none
-of it may act on the terminal — an OSC 52 write to the clipboard, a new window title, a
-CR that redraws a line as another agent's. Every text the CLI writes to stdout and
-stderr goes through a `Visible` stream, which escapes control characters as corral's own
-log lines are escaped (text.visible), whether the output is a terminal or a pipe; `--raw`
-(every command takes it) gives the streams back, for whoever wants the bytes.
-
-Escaping at the stream, not at each command, is what holds it for every command: a new
-command, or a field newly shown, cannot forget it."""
+"""The terminal is the operator's: what the CLI prints holds text that agents and tenants
+wrote, and none of it may act on the terminal (an OSC 52 write to the clipboard, a new
+window title, a CR that redraws a line as another agent's). Every text the CLI writes to
+stdout and stderr goes through a `Visible` stream, which escapes control characters as
+corral's log lines are escaped, terminal or pipe; `--raw` gives the streams back. At the
+stream, not at each command, so that a new command cannot forget it."""
 
 from __future__ import annotations
 

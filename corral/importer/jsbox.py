@@ -1,22 +1,7 @@
 """Where a JavaScript ecosystem file is evaluated: node under bubblewrap, with no reach
-beyond printing what the file exports.
-
-The file is the operator's code, but corral import runs as whoever the operator is, root
-often, and a file copied from elsewhere is not always read first. So node runs
-in a sandbox that holds the system's programs and libraries read-only (/usr and its
-links: not /etc, not /run, not /home), node's own installation, and the file's directory
-tree read-only, and nothing else: a link in that tree to a file outside it finds no file.
-Namespaces of its own: user (no capability on the host), pid (it can signal no process
-of the host), network (no route, no abstract socket), ipc, uts, cgroup; a new session
-(no TIOCSTI into the operator's terminal). A seccomp filter refuses socket(2) and
-socketpair(2), so a unix socket inside its tree (corral's control socket, say) cannot be
-connected to either: connect(2) needs no write permission, a read-only mount is no guard.
-Node's own permission model runs inside it too (no child process, no worker, no write,
-reads of the file's tree alone). Bounded: MEMORY_MB of address space and a heap under it,
-TIME_LIMIT seconds, OUTPUT_LIMIT bytes of output.
-
-Where bubblewrap cannot make that sandbox (not installed, user namespaces forbidden), the
-file is not run at all, and the refusal says how to give its JSON instead."""
+beyond printing what the file exports (docs/security.md says what the sandbox holds and
+why). Where bubblewrap cannot make that sandbox, the file is not run at all, and the
+refusal says how to give its JSON instead."""
 
 from __future__ import annotations
 
@@ -45,8 +30,10 @@ DROPPED_ENV = ("NODE_OPTIONS", "NODE_EXTRA_CA_CERTS", "NODE_REPL_EXTERNAL_MODULE
 ASK_JSON = ("give its JSON (`node -p 'JSON.stringify(require(\"./FILE\"))' > "
             "ecosystem.json`)")
 
-# seccomp: (AUDIT_ARCH_*, socket, socketpair) by machine; an x86_64 x32 call (the bit
-# 0x40000000 set) is refused too, as it would pass a filter of x86_64's numbers
+# seccomp refuses socket(2): connect(2) to a unix socket in the file's tree needs no write
+# permission, a read-only mount is no guard. (AUDIT_ARCH_*, socket, socketpair) by machine;
+# an x86_64 x32 call (the bit 0x40000000 set) is refused too, as it would pass a filter of
+# x86_64's numbers
 _ARCHES = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}
 _X32 = 0x40000000
 # what node says when a bound of memory stopped it: V8's heap, its reservations, a

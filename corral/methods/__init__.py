@@ -1,13 +1,9 @@
 # ruff: noqa: F403, F405 - the package's names are its modules' (and corral.results')
 """The control methods, each declared once (declaration.py): name, typed params, typed
 result, scope, how a limited caller sees it, its REST routes, its CLI command, its help
-(the params' docstring).
-
-The daemon implements them (daemon/*handlers.py, through daemon/api.py's one Dispatcher);
-the CLI calls them; both import this package, so a method cannot drift between the two.
-What the engine shows of itself (corral.taskviews, corral.views) is one Struct each, with
-no twin here: this package is imported by every CLI command and must not pull in the
-engine; tests/test_methods.py holds the daemon's answers to these types.
+(the params' docstring). The daemon implements them and the CLI calls them, both
+importing this package (so a method cannot drift between the two), which therefore must
+not pull in the engine; tests/test_methods.py holds the daemon's answers to these types.
 """
 
 from __future__ import annotations

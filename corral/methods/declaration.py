@@ -1,16 +1,9 @@
 """How a control method is declared: once, by one decorator on its Params Struct, with
-everything a front end needs of it (DESIGN section 7; circus's one command per file).
-
-A declaration says the method's name, its typed params (the Struct it decorates) and
-result, the scope a caller must hold, how a caller limited to some agents sees it (the
-name of a rule of daemon/visibility.py; none: it is for callers that see every agent),
-its REST routes (`rest(...)`: an HTTP method and path, where each param comes from), the
-CLI command that is its front, and whether the dashboard calls it. The unix socket's
-dispatcher, the REST routes, the dashboard's calls and the CLI's commands are derived from
-it; nothing else spells the method's name (tests/test_declarations.py holds that).
-
-This module is imported by every CLI command and must not pull in the engine.
-"""
+everything a front end needs of it: its name, params and result, scope, visibility rule
+(daemon/visibility.py), REST routes, CLI command and whether the dashboard calls it.
+Every transport is derived from it; nothing else spells the method's name
+(tests/test_declarations.py holds that). Imported by every CLI command: it must not pull
+in the engine."""
 
 from __future__ import annotations
 

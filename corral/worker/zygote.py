@@ -1,24 +1,13 @@
 """The zygote: a Python process that imports an agent's modules once and forks agents.
 
-corral starts one per (interpreter, preload set, user) as
-`PYTHON - MODULE...`, this file's text on its stdin (a script: the zygote needs no more
-of corral on the agent's sys.path than the agent does, and its user need not read corral's
-installation), with a SOCK_SEQPACKET socket on the fd named
-by CORRAL_ZYGOTE_FD. It imports the modules (and this SDK), refuses to serve if that
-started a thread (a fork copies only the calling thread: a thread started at import would
-be missing in every agent, with whatever lock it held locked forever), says `ready`, and
-then forks one agent per `spawn` request. The request carries the agent's argv, cwd,
-environment, rlimits and process title, and its three stdio pipe ends as SCM_RIGHTS.
-
-In the forked child, before any agent code runs: a new session and process group; the
-pipes on fds 0-2 and every other fd of the zygote closed; signal dispositions as a fresh
-interpreter has them; the agent's rlimits (lowered from the user the zygote already runs
-as, so they cannot be raised back); cwd, environment, sys.argv and sys.path[0] as
-`python script.py` / `python -m module` would have them. Then the script or module runs
-as __main__. The zygote reaps its children and reports each exit status.
-
-Messages are one JSON object per datagram. Stdlib only, like the rest of corral.worker.
-"""
+corral runs this file's text as `PYTHON - MODULE...` (a script on stdin: it needs no
+more of corral on the agent's sys.path than the agent does, and its user need not read
+corral's installation), one per (interpreter, preload set, user), with a SOCK_SEQPACKET
+socket on the fd named by CORRAL_ZYGOTE_FD: one JSON object per datagram, a `spawn`'s
+stdio pipe ends as SCM_RIGHTS. It refuses to serve if an import started a thread (a fork
+copies only the calling thread: one started at import would be missing in every agent,
+with whatever lock it held locked forever). The forked child is set up as a cold start
+before any agent code runs. Stdlib only, like the rest of corral.worker."""
 
 from __future__ import annotations
 
