@@ -448,11 +448,9 @@ async def exposition(services: Services, restarts: Restarts,
     lines: list[list[str]] = [[] for _ in PER_AGENT]
     agents = list(services.agents.items())
     clock = time.perf_counter
-    # a slice of the agents per turn of the loop: what they hold is read as it is
-    # then (a series is one agent's; nothing needs two agents read at one instant).
-    # Within a slice the cyclic collector is off: what a slice makes is acyclic and,
-    # but for its strings, gone by its end; collected, it would only be promoted,
-    # and set off full passes over the fleet's heap
+    # a slice of the agents per turn of the loop (a series is one agent's: nothing needs
+    # two agents read at one instant), the cyclic collector off within it: what a slice
+    # makes is acyclic and gone by its end, and collected would only set off full passes
     i = 0
     while i < len(agents):
         until = clock() + SLICE

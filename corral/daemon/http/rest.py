@@ -134,10 +134,9 @@ class Api:
                                                         f"{MAX_KEY_LENGTH} characters")
             params[KEPT_KEY] = key
         if "traceparent" in fields and "traceparent" not in params:
-            # the W3C headers, as every traced HTTP client sends them; one that is not the
-            # format starts a new trace, as the Recommendation asks (docs/tracing.md); the
-            # tracestate as parsed (cut, and none when it is not printable ASCII: a
-            # header's bytes that are not UTF-8 arrive as text no store can write)
+            # one not of the format starts a new trace, as the W3C Recommendation asks; the
+            # tracestate as parsed (none when not printable ASCII: a header's bytes that
+            # are not UTF-8 arrive as text no store can write)
             traceparent = request.headers.get("traceparent")
             parent = parse_or_none(traceparent, request.headers.get("tracestate"))
             if parent is not None:

@@ -122,11 +122,9 @@ class _Connection(RequestHandler):
         return super().handle_error(request, status, exc, message)
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
-        # With no request in progress the connection's task is idle or reading the rest
-        # of a body its answer was sent without (aiohttp's lingering read, 10 s, so that
-        # a client still sending sees the answer rather than a reset): nothing is served
-        # by waiting, and a daemon stopping after a large body was refused waited the
-        # whole 10 s (its teardown's step deadline) for it
+        # With no request in progress the connection's task is idle or in aiohttp's
+        # lingering read (10 s) of a refused body: a daemon stopping after a large body
+        # was refused waited those whole 10 s (its teardown's step deadline)
         if not self._request_in_progress and self._task_handler is not None:
             self._task_handler.cancel()
         await super().shutdown(timeout)
@@ -230,10 +228,9 @@ class HttpServer:
         assert listen is not None
         tls = self._tls = tls_context(self.ctx.settings)
         self.mount()
-        # a connection that has not sent a whole request within idle_timeout is closed
-        # (aiohttp's keep-alive timer runs from the connection's start). A client that
-        # goes away cancels its handler, as on the control socket: a stream's slot is
-        # free when the kernel says the connection closed, not at the next write to it
+        # the keep-alive timer runs from a connection's start: one that has not sent a
+        # whole request within idle_timeout is closed. A client that goes away cancels
+        # its handler, so a stream's slot is free when the connection closes
         self.runner = _Runner(self.app, Refusals(self.ctx.requests), access_log=None,
                               handler_cancellation=True,
                               keepalive_timeout=self.ctx.settings.idle_timeout,

@@ -282,11 +282,8 @@ class Reader:
         self.request = request
         self.writer = _writer(request)
         self.pattern = None if pattern == "*" else pattern
-        # the tenant whose events it is sent (None: every tenant's), as a follower's
-        self.tenant = tenant
-        # who is limited to an agents glob, sent only its agents' events, as a follower
-        # (None: every agent's)
-        self.viewer = viewer
+        self.tenant = tenant  # whose events it is sent (None: every tenant's)
+        self.viewer = viewer  # limited to an agents glob (None: every agent's)
         self.cursor = cursor
         self.wake = asyncio.Event()  # for its own task: held, or gone
         self.held = False  # its client has not taken what it was sent

@@ -48,10 +48,8 @@ SESSION_TTL = 12 * 3600.0
 MAX_CODES = 32
 MAX_SESSIONS = 64
 
-# the control methods the page calls and the streams it follows (Server-Sent Events with
-# the session's cookie): those declared `dashboard` (corral.methods); each is a REST
-# route's too, so the page can do nothing a token of the same scopes could not, and each
-# stream is served as the REST API serves it (rest.Api.stream: its caps on open streams)
+# the control methods and streams declared `dashboard`: each is a REST route's too, so the
+# page can do nothing a token of the same scopes could not
 STREAMS = tuple(name for name, spec in REGISTRY.items()
                 if spec.dashboard and any(r.stream is not None for r in spec.routes))
 METHODS = tuple(name for name, spec in REGISTRY.items()

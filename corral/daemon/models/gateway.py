@@ -177,10 +177,9 @@ class ModelGateway:
                 return answers.refused(endpoint.format, exc.status, exc.message,
                                        exc.param, exc.code)
             slot = held.pop_all()  # the call's own from here to its end
-        # an admitted call goes on to its end when the agent hangs up (its handler is
-        # cancelled): the upstream answers and bills it whole, so its usage is counted
-        # from what the upstream says, and the agent's slot held, until then; else an
-        # agent that hangs up before a stream's usage (its text had) would spend unseen
+        # an admitted call goes on to its end when the agent hangs up: the upstream bills
+        # it whole, so its usage is counted and the agent's slot held until then (else
+        # an agent that hangs up before a stream's usage would spend unseen)
         return await asyncio.shield(asyncio.ensure_future(self._made(request, call, slot)))
 
     async def _made(self, request: web.Request, call: ModelCall,

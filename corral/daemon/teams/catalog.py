@@ -1,7 +1,6 @@
-"""The teams there are: the config file's, and those added at runtime (`teams add`,
-`POST /api/v1/teams`, `TeamService.add_team`), kept with revisions as every such kind is
-(defcatalog.py). A call keeps the definition it started on (store.py keeps it with the
-call), so a change or a removal is the next calls' (docs/teams.md)."""
+"""The teams there are: the config file's, and those added at runtime, kept with revisions
+as every such kind is (defcatalog.py). A call keeps the definition it started on, so a
+change or a removal is the next calls' (docs/teams.md)."""
 
 from __future__ import annotations
 

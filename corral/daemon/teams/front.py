@@ -1,6 +1,5 @@
 """The task front with teams: a task that names a team is a call of it, answered as a
-task (its id a task id, `corral task ID`, `corral cancel ID`); any other goes on to the
-front the daemon chose (local or cluster) unchanged."""
+task; any other goes on to the front the daemon chose unchanged."""
 
 from __future__ import annotations
 

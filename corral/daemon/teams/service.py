@@ -1,8 +1,6 @@
-"""The teams in the daemon (the config's and those added at runtime: catalog.py): their
-calls kept in the state database (store.py), resumed after a restart where their steps
-say they stopped, and each shown as a task of the team (`corral task ID`). On a cluster
-node the calls are the cluster's (kept in Redis): a call whose node died is taken over by
-this one, and a call another node drives is read from Redis when it is asked for."""
+"""The teams in the daemon (docs/teams.md): their calls kept (store.py; on a cluster node,
+in Redis, a dead node's taken over here), resumed after a restart where their steps say
+they stopped, and each shown as a task of the team (`corral task ID`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Teams' calls in the state database: durable calls of kind "team" in the calls'
-journal (calljournal.py), listed as tasks of their team. Ended calls past
-the newest KEPT are pruned, with their steps, as calls are made or copied here (on a
-cluster node, the calls are saved through the cluster's store, whose copy is this
-table: counted where they are made, not where they are saved)."""
+"""Teams' calls in the state database: durable calls of kind "team" in the calls' journal
+(calljournal.py), listed as tasks of their team; ended calls past the newest KEPT pruned,
+counted where they are made (a cluster node's copies are saved here too)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The workflows there are: the config file's, and those added at runtime (`workflows
-add`, `POST /api/v1/workflows`, `WorkflowService.add_workflow`), kept with revisions as
-every such kind is (defcatalog.py). A run keeps the definition it started on, so a change
-or a removal is the next runs' (docs/workflows.md)."""
+"""The workflows there are: the config file's, and those added at runtime, kept with
+revisions as every such kind is (defcatalog.py). A run keeps the definition it started on,
+so a change or a removal is the next runs' (docs/workflows.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The workflows (the config's and those added at runtime: catalog.py) and their runs: a
-run started (its row committed before it is answered), driven by the Runner until it
-ends, resumed after a restart where its rows say it stopped, cancelled with its steps'
-tasks and nested runs; the runs shown."""
+"""The workflows and their runs: a run started (its row committed before it is answered),
+driven by the Runner until it ends, resumed after a restart where its rows say it stopped,
+cancelled with its steps' tasks and nested runs; the runs shown."""
 
 from __future__ import annotations
 
