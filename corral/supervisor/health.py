@@ -321,10 +321,7 @@ class ReplicaHealth:
         run.turn += 1
         turn = run.turn
         spec = run.spec
-        if spec.command is not None:
-            run.task = asyncio.ensure_future(self._command(run, turn, spec.command))
-            return
-        if spec.tcp is not None or spec.http is not None:
+        if spec.probe:
             run.task = asyncio.ensure_future(self._probe(run, turn))
             return
         peer = self.r.peer
@@ -355,26 +352,22 @@ class ReplicaHealth:
         self._done(run, Verdict(False, f"no answer to health/check within "
                                        f"{run.spec.timeout:g} s"))
 
-    async def _command(self, run: CheckRun, turn: int, argv: list[str]) -> None:
-        r = self.r
-        v = await run_command(argv, r, r.check_environment(),
-                              containment=self.board.containment, timeout=run.spec.timeout)
+    async def _probe(self, run: CheckRun, turn: int) -> None:
+        spec = run.spec
+        if spec.command is not None:
+            v = await run_command(spec.command, self.r, self.r.check_environment(),
+                                  containment=self.board.containment, timeout=spec.timeout)
+        else:
+            if spec.tcp is not None:
+                ok, said = await probe_tcp(spec.tcp, spec.timeout)
+            else:
+                assert spec.http is not None
+                ok, said = await probe_http(spec.http, spec.timeout)
+            v = Verdict(ok, said[:MESSAGE_MAX])
         if self.closed or turn != run.turn:
             return
         run.task = None
         self._done(run, v)
-
-    async def _probe(self, run: CheckRun, turn: int) -> None:
-        spec = run.spec
-        if spec.tcp is not None:
-            ok, said = await probe_tcp(spec.tcp, spec.timeout)
-        else:
-            assert spec.http is not None
-            ok, said = await probe_http(spec.http, spec.timeout)
-        if self.closed or turn != run.turn:
-            return
-        run.task = None
-        self._done(run, Verdict(ok, said[:MESSAGE_MAX]))
 
     def _done(self, run: CheckRun, v: Verdict) -> None:
         flip = run.counter.record(v, time.monotonic())

@@ -1,20 +1,7 @@
-"""The lifecycle of a supervised process: the machine, as pure data and code without I/O.
-
-A table keyed by (state, cause) gives the next state and the actions the replica runs; a
-pair not in the table is a bug in corral and raises. `Machine` holds the state and the
-"extra bits" (stay down, why corral is taking the process down, the escalation, the
-restart decision), so that all of it is unit-tested without processes:
-
-    Initial -spawn-> Starting -ready-> Ready -task-> Busy -done-> Idle -task-> Busy
-    Ready / Busy / Idle -pause-> Paused -resume-> back to where it was (a task that ended
-        meanwhile makes Busy Idle)
-    Paused -stop / hang / cap / unread / unhealthy / error-> (thawed) ShuttingDown
-    any running state -stop / hang / cap / unread / unhealthy / error-> ShuttingDown -exit->
-        Terminated
-    any running or paused state -crash (the process is already gone)-> Terminated
-    Terminated -policy restart-> Backoff -backoff over-> Starting
-    Terminated -spawn retry (corral lacked fds, memory: no restart)-> Backoff
-    Terminated -give up (too many restarts in the window)-> Failed (down until started by hand)
+"""The lifecycle of a supervised process: the machine, as pure data and code without I/O
+(its states in short: docs/architecture.md). A table keyed by (state, cause) gives the next
+state and the actions the replica runs; a pair not in the table is a bug in corral and
+raises. `Machine` holds the state and the extra bits, all unit-tested without processes.
 """
 
 from __future__ import annotations
