@@ -36,7 +36,6 @@ from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.tasks import TERMINAL, Task
 from ..supervisor.tasks.askwaits import CORRAL, AskEnded, AskHeard
 from ..supervisor.tasks.inbox import (
-    DEFAULT_BOUNDS,
     ELICITED,
     MAX_PENDING,
     InboxBounds,
@@ -196,7 +195,7 @@ class ClusterAsks:
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  settings: ClusterSettings, waits: AskWaits,
-                 bounds: InboxBounds = DEFAULT_BOUNDS) -> None:
+                 bounds: InboxBounds) -> None:
         self.redis = redis
         self.bounds = bounds
         self.scripts = scripts

@@ -16,7 +16,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
-from ..supervisor.durable.store import DurableStore, MemoryStore
+from ..supervisor.durable.store import DurableStore
 from ..supervisor.durable.tasks import Durables
 from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
@@ -28,10 +28,9 @@ from ..supervisor.tasks import (
     is_task_id,
 )
 from ..supervisor.tasks.host import AgentLike, TaskHost
-from ..supervisor.tasks.inbox import DEFAULT_BOUNDS, InboxBounds
+from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.teams.call import driven_with
-from ..taskkeys import MAX_KEYS_PER_TENANT
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
 from . import records, redischeck
@@ -69,15 +68,12 @@ def node_name(settings: ClusterSettings) -> str:
 
 class ClusterNode:
     def __init__(self, settings: ClusterSettings, host: TaskHost, parts: Parts,
-                 queue: ClusterQueue, report: Callable[[str], None],
-                 prepare: Callable[[AgentSpec], None] = lambda spec: None,
-                 apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
-                 describe: Describe = lambda old, new: "changed",
-                 key: bytes | None = None, calls: DurableStore | None = None,
-                 asks_bounds: InboxBounds = DEFAULT_BOUNDS,
-                 key_bound: int = MAX_KEYS_PER_TENANT) -> None:
-        """`calls`: this node's journal of the durable calls it drives (None: memory,
-        lost with the process)."""
+                 queue: ClusterQueue, report: Callable[[str], None], *,
+                 prepare: Callable[[AgentSpec], None],
+                 apply: Callable[[str, AgentSpec], Awaitable[None]], describe: Describe,
+                 key: bytes | None, calls: DurableStore, asks_bounds: InboxBounds,
+                 key_bound: int) -> None:
+        """`calls`: this node's journal of the durable calls it drives."""
         self.settings = settings
         self.host = host  # the agents, as the task path sees them
         self.agents = parts.agents
@@ -117,8 +113,7 @@ class ClusterNode:
                                 self.outbox,
                                 SubmitKeys(self.redis, scripts, self.keys, key_bound))
         step_tasks = ClusterStepTasks(self.desk, self.cancel)
-        self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership,
-                                  calls if calls is not None else MemoryStore(),
+        self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership, calls,
                                   (int(settings.tasks_kept_for), settings.tasks_kept),
                                   lambda record: all(a in host.agents
                                                      for a in driven_with(record)),
@@ -136,7 +131,7 @@ class ClusterNode:
         self.declared = Declarations(self.redis, self.keys, self.specs, self.node, describe,
                                      report)
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
-                                   prepare, apply or self._apply, self.declared,
+                                   prepare, apply, self.declared,
                                    settings.beat, report)
         host.stream.subscribe(self.desk.finished, TaskFinished)
         host.stream.subscribe(self._sessions_ending, SessionsEnding)
@@ -148,10 +143,6 @@ class ClusterNode:
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
         self.redis_warnings: list[str] = []  # (redischeck.py, as last read)
         self._beats = 0
-
-    async def _apply(self, name: str, spec: AgentSpec) -> None:
-        await self.agents.remove(name)
-        self.agents.add(spec)
 
     def _on_transition(self, e: Transition) -> None:
         if e.kind == "agent" and began_serving(e.previous, e.state):
