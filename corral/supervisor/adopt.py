@@ -123,10 +123,8 @@ def keep_open(fds: list[int]) -> None:
 
 
 def close_on_exec(fds: list[int]) -> None:
-    """The fds kept open across the exec are closed on any exec again: in the image that
-    took them, a child it spawns holds none (uvloop's spawn ignores close_fds, so a
-    child spawned with asyncio holds every inheritable fd: an MCP server's stdin then
-    never reads its end)."""
+    """The fds kept open across the exec are closed on any exec again: uvloop's spawn
+    ignores close_fds, and a child holding one (an MCP server's stdin) never reads EOF."""
     for fd in fds:
         if fd >= 0:
             with contextlib.suppress(OSError):

@@ -108,10 +108,8 @@ def token_owner(token: str) -> str:
 
 
 def open_verified(pid: int, start_time: int) -> int | None:
-    """A pidfd for `pid` if it is still the process that started at `start_time`.
-
-    The pidfd is opened first and the start time checked after, so the fd cannot name a
-    process that took over a recycled pid."""
+    """A pidfd for `pid` if it is still the process that started at `start_time`: opened
+    first and checked after, so it cannot name a process that took over a recycled pid."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:

@@ -70,10 +70,9 @@ Of = str | tuple[str, ...] | Within | None
 
 
 def agent_of(encoded: bytes) -> Of:
-    """The agent an encoded Delivery is of: the one whose worker published it (source
-    `NAME#N`), or the one(s) corral's own event is about; None for a caller's event,
-    unless a caller limited to an agents glob published it (`Within`). An event relayed
-    from another node of a cluster is judged by its source on that node (`NODE:SOURCE`)."""
+    """The agent an encoded Delivery is of: its publishing worker's (`NAME#N`, or
+    `NODE:NAME#N` relayed), the one(s) corral's own event is about, a limited caller's glob
+    (`Within`); else None (a caller's event)."""
     origin = msgspec.json.decode(encoded, type=_Origin)
     if origin.glob is not None:
         return Within(origin.glob)

@@ -120,10 +120,9 @@ class Monitor(ReplicaParts):
             self.peer.oversized(size, head, tail, self.max_line)
 
     def _unread_too_long(self, now: float, timeout: float) -> bool:
-        """corral has had bytes for the process (more than its stdin pipe holds) and it
-        has read none of them for the heartbeat timeout: it is hung on its stdin,
-        whatever it still writes, and is taken down. One that reads, if slowly, is not
-        (a ping behind that backlog could not be answered sooner either)."""
+        """corral has had bytes for the process past its stdin pipe, none read for the
+        heartbeat timeout: hung on its stdin whatever it writes, and taken down (one that
+        reads, if slowly, is not: a ping behind that backlog could not be answered sooner)."""
         proc = self.process
         left = proc.stdin_backlog if proc is not None else 0
         if not left:

@@ -142,10 +142,9 @@ class Tenancy:
 
     # -- memory and CPU, by sampling -----------------------------------------------------
     def caps(self) -> list[tuple[Replica, str]]:
-        """The replicas to restart, in order (gracefully), for their tenant's memory or
-        CPU quota, judged on the samples the heartbeat takes: the largest (or busiest)
-        live replica of a tenant over `max_memory_mb` (or over `max_cpu_percent` for
-        CPU_ROUNDS rounds), one per tenant at a time, the next judged once it is back."""
+        """The replicas to restart gracefully for their tenant's sampled memory or CPU
+        quota: the largest (busiest, for CPU_ROUNDS rounds) of a tenant over it, one per
+        tenant at a time, the next judged once it is back."""
         out: list[tuple[Replica, str]] = []
         for tenant, spec in self.specs.items():
             memory = spec.max_memory_mb if "memory" not in self.kernel else 0

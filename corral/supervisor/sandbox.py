@@ -134,10 +134,9 @@ def _system_args(root: Path = Path("/")) -> list[str]:
 
 
 def _prefix(program: Path) -> Path | None:
-    """The installation a program belongs to (the parent of its bin directory), or for a
-    program not in a bin directory its own directory (the parent's parent of a script
-    would be whatever holds its directory: every agent's, or a home), unless that is / or
-    under the system's directories, bound already."""
+    """The installation a program belongs to (the parent of its bin directory, else its
+    own directory: a script's grandparent may be a home), None where that is / or under
+    the system's directories, bound already."""
     prefix = program.parent.parent if program.parent.name == "bin" else program.parent
     if len(prefix.parts) < 2 or prefix.parts[1] in SYSTEM:
         return None

@@ -50,9 +50,8 @@ INTERNAL, SERVER, CLIENT = 1, 2, 3
 Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any],
              Sequence[Sequence[Any]], str]
 
-# What the loop buffers is a record, the fewest fields that make the spans: the attribute
-# names, the span names and the queue waits are the exporter's to write (`expand`, in its
-# own process), so the loop pays a tuple of references and its share of one encoding.
+# What the loop buffers is a record, the fewest fields that make the spans (the exporter's
+# `expand` writes the rest, in its own process):
 # TASK: (TASK, trace_hi, trace_lo, span_id, parent_id, agent, task_id, status, error,
 #        priority, tool_calls, created, end, usage, attempts, events, session): a task
 #        and its attempts (trace_hi None: traced from its id, tracecontext.FromId, and
@@ -206,11 +205,8 @@ class Tracer(TaskInterceptor):
 
     # -- the buffer ---------------------------------------------------------------------------
     def put(self, record: Record, spans: int = 1) -> None:
-        """`spans`: how many spans the record makes (counted, when it is dropped).
-
-        The record is encoded here and not kept: a tuple kept until its batch left
-        survived the collector's young passes with the task's attempts it holds, and
-        brought on full passes of a heap of thousands of finished tasks."""
+        """`spans`: how many spans the record makes (counted, when it is dropped). Encoded
+        here, not kept: kept records brought on the collector's full passes (docs/tracing.md)."""
         if self.buffered >= self.capacity:
             self.dropped += spans
             return
