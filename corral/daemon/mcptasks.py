@@ -1,23 +1,7 @@
 """The gateway's tasks: the MCP tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663
-as the conformance suite 0.2.0-alpha.12 reads it) over the pool and over corral's agents.
-
-A client that declares the extension and calls a task-supporting tool gets a handle at
-once while the call runs on; `tasks/get` reads it, `tasks/cancel` cancels it. A call whose
-server asks for input the client can give (corral/mcp/relay.py) waits in
-`input_required` until `tasks/update` has answered every request, at most `[gateway]
-input_wait` seconds; then the call is sent again with the answers. Two kinds of call are
-tasks:
-- a tool of a server behind that says it supports them: the gateway holds the call;
-- an agent's, at `/mcp/corral`: each agent is a tool, and a call is a corral task
-  (durable, retried and budgeted as its agent says) submitted through the Dispatcher as
-  the client; cancelling the handle cancels the task. A plain call that carries a
-  progressToken is sent the task's live output, each chunk a progress notification.
-
-Handles are in the daemon's memory: a restart loses them (an agent's corral task lives
-on). A client holds at most `max_tasks_per_client` not ended; an ended one is kept
-`task_ttl` seconds, within MAX_ENDED_PER_CLIENT and MAX_ENDED_BYTES_PER_CLIENT, and a
-tasks/get of one let go says which bound did (never a silent unknown id). A handle is
-seen by its client, and by a tenant's clients when it is their tenant's.
+as the conformance suite 0.2.0-alpha.12 reads it) over the pool and over corral's agents,
+whose calls are corral tasks (docs/gateway.md#tasks). Handles are in the daemon's memory:
+a restart loses them (an agent's corral task lives on).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The systemd notify protocol, spoken directly over $NOTIFY_SOCKET (no libsystemd).
 
-Datagrams to the notify socket fail with EAGAIN when its queue is full (systemd busy, or
-a reader that reads slowly). A state notification (READY=1, RELOADING=1, STOPPING=1,
-WATCHDOG=1) must not be lost that way, so messages wait in order in a queue and are
-retried on a timer until sent; a STATUS-only message still waiting is replaced by a newer
-one (only the latest status matters). STATUS itself is sent at most every
-STATUS_INTERVAL: the daemon marks it stale on every lifecycle event and it is computed
-once when sent.
+A datagram fails with EAGAIN while the socket's queue is full; a state notification
+(READY=1, RELOADING=1, STOPPING=1, WATCHDOG=1) must not be lost that way, so messages wait
+in order and are retried on a timer, a STATUS-only one replaced by a newer one. STATUS is
+sent at most every STATUS_INTERVAL, computed once when sent.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """A batch of the engine's records as one OTLP request, for the exporter process: a task's
-three spans written from a template kept per shape, every other record through its spans
-(`expand`) and otlp.py's `span`.
-
-A tiny task's spans differ from its agent's last task's only in their ids, their times
-and the task id: the rest of their bytes is the same while the shape is. So a template is
-the three spans' bytes as otlp.py writes them for the first record of a shape, cut where
-the varying fields lie, with a `Struct` that joins the cuts and the next record's fields
-in one call. A template is checked when it is made: filled with its own record's fields
-it must give the bytes otlp.py wrote; when it does not, the shape is written the long way.
+three spans from a template kept per shape (docs/tracing.md), every other record through
+its spans (`expand`) and otlp.py's `span`. A template is otlp.py's bytes for a shape's
+first record, cut where the ids, the times and the task id lie; it is checked when made
+(filled with its own record's fields it must give those bytes), else the shape is written
+the long way.
 """
 
 from __future__ import annotations

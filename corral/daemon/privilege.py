@@ -1,21 +1,7 @@
-"""What a tenant's caller may name in an agent's table.
-
-A tenant's caller adds agents to its tenant and rolls them back; the operator decides who
-they run as and where. Every key that reaches a spawn as a privilege (who runs, what the
-process sees of the host, files the daemon reads or appends to as root, a zygote shared
-by one user's agents, a cluster's placement, a deployed release, a bound on what the
-agent makes the daemon keep) is the tenant's, as its `[tenants.NAME]` table and the
-config file give it, and a table that names one otherwise is refused with the key named:
-never quietly put right, so that the caller knows what runs is not what it asked for.
-
-The rest is the agent's own business inside its user and sandbox: its command, `env`
-(read and bound by the process's own user), `limits` (the caps prologue runs as that
-user, so it can lower its limits only), its health checks (run as the agent). The
-operator is never asked: every key stays theirs.
-
-One rule, here, for every way a tenant's caller makes or restores a table: `agents.add`
-and `agents.rollback`; packages are deployed by callers that see every agent only, and
-MCP servers come from the config file alone.
+"""What a tenant's caller may name in an agent's table (docs/tenants.md): every key that
+reaches a spawn as a privilege is its tenant's, and a table that names one otherwise is
+refused with the key named, never quietly put right. The one rule for every way a tenant's
+caller makes or restores a table: `agents.add` and `agents.rollback`.
 """
 
 from __future__ import annotations

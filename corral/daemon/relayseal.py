@@ -1,22 +1,9 @@
 """The `requestState` the gateway hands its client with a server's relayed request for
-input (SEP-2322, corral/mcp/relay.py): the server's own state wrapped with whose it is.
-
-The gateway keeps nothing of a plain call that asks for input: the client is told the
-server's `inputRequests` and a state that carries the rest, and sends the call again with
-its answers. That state is the client's to hold but not to forge: it is sealed
-(HMAC-SHA256 under a key drawn at start) over the client's name and tenant, the tool, the
-round, its expiry, the server's own state and the input requests relayed with it; a call
-that brings it back is refused unless it is this client's, for this tool, not expired and
-not past MAX_INPUT_ROUNDS. So another client cannot answer a request made for someone
-else, nor replay their state, and a server asking for ever is given up.
-Answers are taken only to the requests the state lists (`answered`): a client cannot hand
-a server input it never asked of it (say roots of its own choosing, to a server whose
-roots are the operator's). But for answers shaped as elicitation results alone, which a
-client that is no agent's may bring with no state: a server's elicitation of such a
-client's call is that client's to answer anyway; an agent's call may be its task's, whose
-elicitation is a person's in the inbox, so an agent's stay refused.
-A client's name is not an identity (a token or an agent may be made again under its name
-for another tenant), so the tenant is sealed too.
+input (SEP-2322, corral/mcp/relay.py): the server's own state, sealed (HMAC-SHA256 under a
+key drawn at start) over the client's name and tenant (a name is no identity: a token or
+an agent may be made again under it for another tenant), the tool, the round, its expiry
+and the requests relayed; answers are taken only to the requests it lists. The threats it
+answers: docs/security.md; the protocol: docs/gateway.md#input-a-server-asks-for.
 """
 
 from __future__ import annotations

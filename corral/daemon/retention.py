@@ -1,19 +1,8 @@
 """What grows with use besides tasks, bounded (docs/operations.md#retention): an agent's
 spec revisions past `revisions_kept` or `revisions_kept_mb`, and what a removed agent left
-(its revisions, state checkpoints, kept `corral scale` and log files) once
-`removed_retention` has passed since its removal.
-
-A removal is heard as it happens (SessionsEnding) and its time written; an agent whose
-revisions are kept but whose removal was never heard (the config file dropped it while
-the daemon was down) is counted as removed from the sweep that first finds it gone. Its
-records go only if it is still no agent of that tenant then: one added again meanwhile
-keeps its past. Its log files go with them unless an agent or a server of the name writes
-there again (they share the file's name).
-
-The sweeps run on the store's writer thread: just after start-up, every SWEEP_EVERY
-seconds, and `removed_retention` after each removal heard. One timer waits for the
-earliest removal due: the sweep it brings finds the next due in the store (a timer a
-removal, kept for a week's retention, grew the daemon with every agent removed).
+once `removed_retention` has passed. A removed agent's records go only if it is still no
+agent of that tenant then. One timer waits for the earliest removal due, not one each: the
+sweep it brings finds the next due in the store.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""Schedules fired (`[schedules.NAME]`): one loop timer per schedule, at its next fire
-time; a fire submits a task of its agent through the task front or starts a run of its
-workflow.
-
-Each schedule's last fire time is kept in a ledger (the state database, or with [cluster]
-Redis behind a fenced lease: corral/cluster/schedules.py), written *before* the task is
-submitted: a fire happens at most once, whatever dies when. A paused schedule resumes
-from the time it is resumed (what it would have fired meanwhile is not caught up).
-
-A schedule naming an agent is of the tenant the file gives that agent: should another
-tenant take the name, the schedule neither fires into the new agent (its input was
-written for the old one) nor is shown to its tenant.
+"""Schedules fired (`[schedules.NAME]`, docs/workflows.md): one loop timer per schedule, at
+its next fire time. Each one's last fire time is written to its ledger (the state database,
+or with [cluster] Redis behind a fenced lease: corral/cluster/schedules.py) *before* the
+task is submitted: a fire happens at most once, whatever dies when.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The step log: with `journal_sync = "normal"` a journaled step is one write()
-(docs/durable.md#cost-and-the-anchors).
-
-"normal" promises that a step survives the daemon's crash, not the machine's. A record
-appended to a file with one write() is in the kernel's page cache once write returns,
-which no kill of the daemon takes back: the step is answered then, and the records go
-into the state database later, in batches (steps.py), each batch one log file removed
-once its rows are committed. At start-up the files left are read back into the database
-first; a record cut short is the last one's, whose write() never returned: it was never
-answered, and is dropped with what follows it.
+(docs/durable.md#storage-bounds): a record in the page cache survives any kill of the
+daemon, so the step is answered then; the records go into the database later in batches
+(steps.py), each batch's log file removed once its rows commit. At start-up, a record cut
+short is the last one's, whose write() never returned: never answered, it is dropped with
+what follows it.
 
 A record: its payload's length and CRC-32 (two little-endian u32), then the step as
 msgpack [task_id, seq, name, attempt, args, body].

@@ -1,21 +1,9 @@
 """The step journal: tasks' steps in the state database (the engine's StepJournal;
-docs/durable.md).
-
-A step's result is stored once by its content hash (`step_results`); one larger than
-REF_ABOVE is a file of its own in the state directory, written before the row that
-names it. The engine awaits `committed()` before it answers the worker: a step it
-answered from is never lost to a crash of the daemon (`journal_sync = "normal"`) or,
-with `"full"`, of the machine. With `"normal"` a step is one write() to the step log
-(steplog.py) and committed then; the log's records reach the database in batches, every
-FLUSH_EVERY seconds or LOG_BATCH steps. A result past LOG_MAX, a drop, and everything
-with `"full"` go through the GroupCommit as they come (the log's pending records handed
-to it first, so that the database sees every write in the order made).
-
-Steps are read by their task's next attempt alone, and no attempt follows an end: the
-task journal's pruning deletes the steps of tasks that ended ENDED_KEPT seconds before,
-those of a pruned task, and the results no step names any more; a diverged attempt's
-obsolete steps go at once (`drop_from`). A task's end is committed before its steps go:
-a task the next daemon would run again never loses them.
+docs/durable.md#storage-bounds). With `"normal"` a step is one write() to the step log
+(steplog.py); a result past LOG_MAX, a drop, and everything with `"full"` go through the
+GroupCommit as they come, the log's pending records handed to it first, so that the
+database sees every write in the order made. A task's end is committed before its steps
+are pruned: a task the next daemon would run again never loses them.
 """
 
 from __future__ import annotations

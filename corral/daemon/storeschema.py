@@ -1,21 +1,12 @@
-"""The state database's schema and opening: an SQLite database (WAL) in the state
-directory, created 0600 in a 0700 directory, and brought to this corral's schema version
-before anything reads it.
+"""The state database's schema and opening (SQLite, WAL, 0600 in a 0700 directory),
+brought to this corral's schema version (`PRAGMA user_version`: the entries of
+`MIGRATIONS` applied, each in its own transaction) before anything reads it.
 
-The schema version is `PRAGMA user_version`: the number of entries of `MIGRATIONS`
-applied. `open_database` applies the missing ones in order, each in its own transaction
-with the new version number, so a crash mid-migration leaves the previous version
-intact. To change the schema, append ONE entry (SQL, or a function of the connection)
-and never edit one that has landed: databases in the field have run it.
-
-A new database is made at once from storefresh.py, the schema the migrations end in (~3
-ms rather than ~13 ms of ALTERs), when that file was made from these very migrations
-(`digest`); after an append, until `scripts/fresh_schema.py` makes it again, a new
-database is migrated as an old one is.
-
-A database written by a newer corral, locked by another process, read-only or corrupt
-stops the daemon with a `StoreError` that names the file and what to do; nothing is ever
-reset silently.
+To change the schema, append ONE entry (SQL, or a function of the connection) and never
+edit one that has landed: databases in the field have run it. Then run
+`scripts/fresh_schema.py`: a new database is made at once from storefresh.py only while its
+`digest` matches these migrations. Nothing is ever reset silently: a newer, locked,
+read-only or corrupt database stops the daemon with a `StoreError` saying what to do.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
-"""The task journal: every accepted task in SQLite, so a daemon crash loses none.
+"""The task journal: every accepted task in SQLite, so a daemon crash loses none
+(docs/tasks.md; not journald.py, which feeds systemd's journal).
 
-(Not journald.py, which sends the daemon's log lines to systemd's journal.) Rows are keyed
-by the task id; `arrival` numbers them in the order accepted, across daemons (what a
-restarted daemon queues them again by, and `corral tasks`'s order): the engine's sequence
-numbers start again in every process, and ids from before UUIDv7 do not sort by time.
-
-`write(task)` snapshots the row on the loop and queues it; a new task's first row waits up
-to YOUNG_FOR while nobody awaits `committed()`, so a task that ends meanwhile is one
-insert. The batching (one transaction a loop turn, on the writer thread or on the loop when
-small), the keeping of a batch that cannot be written and its retries are storewriter.py's
-GroupCommit, shared with StoreWriter. `committed()` resolves once everything written so far
-is durable (`tasks.run` acknowledges only then), and fails while the journal cannot be
-written, so a task that cannot be recorded is refused.
-
-A task's input is kept with its row until the row is pruned: a restarted daemon runs the
-task again with it, and `tasks.get` with `input` shows it. Reads run in a thread on a
-connection of their own, after what was written is committed. Finished tasks, and the
-steps of tasks that ended a while before (steps.py), are pruned by age and count in the
-writer thread, at start-up and every PRUNE_EVERY seconds.
+`arrival` numbers rows in the order accepted, across daemons: the engine's sequence numbers
+start again in every process, and ids from before UUIDv7 do not sort by time. The batching
+and its retries are storewriter.py's GroupCommit; `committed()` fails while the journal
+cannot be written, so a task that cannot be recorded is refused.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The tenants of a running daemon (docs/tenants.md): those of the config file and those
-added or changed at runtime, kept in the state database (`runtime_tenants`), each change a
-revision (under `tenant:NAME`, which no agent name can be).
-
-A config tenant changed at runtime keeps the change across daemon restarts and reloads
-until the file itself changes that tenant (as a kept `corral scale` does): the table the
-file had is stored beside the change.
-
-The engine's `Tenancy` (supervisor/quotas.py) checks the quotas; this module gives it the
-specs, answers the listing and maps socket groups to tenants.
+"""The tenants of a running daemon (docs/tenants.md): the config file's and those added or
+changed at runtime, kept in the state database (`runtime_tenants`), each change a revision
+under `tenant:NAME` (which no agent name can be). A config tenant changed at runtime is
+stored with the file's table beside the change: it holds until the file changes that tenant.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""The SHA-256 of a gateway token, computed once per token rather than once per request.
-
-The gateways know their callers by the digest of the token they carry (only digests are
-kept as the authority), and hashing the token anew on every request was a visible part of
-a model call's CPU. This is a memo of that pure function, so it can never answer for a
-revoked token: the lookup by digest still decides. Only a token that named a client is
-kept (an unknown one is hashed every time, so that a flood of made-up tokens neither
-fills it nor is answered in another time than before), at most MAX_KNOWN of them, the
-oldest dropped first; `forget` drops a token whose client is gone.
-
-Timing: the memo is a dict keyed by the raw token. Python's string hash is keyed per
-process (SipHash), and a key's text is compared only on a full 64-bit hash match, so
-how long a lookup takes tells nothing of a kept token that a guess does not already
-equal."""
+"""The SHA-256 of a gateway token, computed once per token rather than once per request
+(docs/gateway.md): a memo of a pure function, so the lookup by digest still decides. Only
+a token that named a client is kept, at most MAX_KNOWN: a flood of made-up tokens neither
+fills it nor is answered in another time. A lookup keyed by the raw token compares its
+text only on a full match of its hash (SipHash, keyed per process), so its time tells
+nothing of a kept token that a guess does not already equal."""
 
 from __future__ import annotations
 

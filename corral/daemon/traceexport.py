@@ -1,17 +1,14 @@
-"""The exporter process: the spans the daemon sends down a pipe, kept in the local store
-and sent to an OTLP/HTTP collector. A process of its own so that the encoding and the
-writes cost the daemon's event loop nothing: under one GIL they took most of a tiny
-task's time.
+"""The exporter process (docs/tracing.md): the spans the daemon sends down a pipe, kept in
+the local store and sent to an OTLP/HTTP collector, at no cost to the daemon's loop.
 
     python -m corral.daemon.traceexport CONFIG_JSON
 
 In, on stdin, msgpack documents, each after its length (4 bytes, big-endian): an array
-is a batch of the engine's records, stored as it came and made its spans for the
-collector in the sending thread; `{"flush": N}` asks for `{"flushed": N}` once every
+is a batch of the engine's records; `{"flush": N}` asks for `{"flushed": N}` once every
 batch before it is in the store, `{"flush": N, "sent": true}` once it was also exported
-(or failed). Out, on stdout, one JSON object a line: those answers, and the counts since
-this process started, in spans (`done`: stored and then exported or dropped), whenever
-they change. It ends at the end of its input, after the batches taken are sent.
+(or failed). Out, on stdout, one JSON object a line: those answers, and the counts in spans
+since this process started (`done`: stored and then exported or dropped) whenever they
+change. It ends at the end of its input, after the batches taken are sent.
 """
 
 from __future__ import annotations
