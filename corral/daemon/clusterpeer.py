@@ -25,7 +25,6 @@ class ClusterInbox(AskRecords, Protocol):
 
     async def pending(self, tenant: str | None = None) -> list[Ask]:
         """Every pending ask of the cluster's tasks (of one tenant's), oldest first."""
-        ...
 
 
 class ClusterPeer(Protocol):
@@ -37,47 +36,37 @@ class ClusterPeer(Protocol):
     @property
     def slots(self) -> Mapping[str, list[str | None]]:
         """The cluster agents' slots, by agent: `node/incarnation`, or "" unplaced."""
-        ...
 
     @property
     def here(self) -> Mapping[str, list[int]]:
         """The slots this node runs, by cluster agent, in the order of its replicas."""
-        ...
 
     def status(self) -> dict[str, Any] | None:
         """This node's view of itself (stats), None: not a node."""
-        ...
 
     def views(self) -> list[NodeView]:
         """The nodes as this one last saw them."""
-        ...
 
     def joined(self, why: str = "") -> ClusterNode:
         """This daemon's node, for what only a node does; refused (`why` said) if none."""
-        ...
 
     async def node_for(self, name: str) -> ClusterNode | None:
         """This node, when `name` is the cluster's agent (not one of this node's own)."""
-        ...
 
     async def remove_agents(self, names: list[str]) -> list[str]:
         """The cluster agents among `names`, removed."""
-        ...
 
     async def sessions(self, agent: str | None) -> list[SessionView]:
         """The cluster's live sessions (of `agent`), every tenant's; none off a cluster."""
-        ...
 
     async def session(self, tenant: str | None, agent: str, name: str
                       ) -> SessionInfo | None:
         """The cluster's session `name` of `agent`, `tenant`'s (None: none, or no cluster)."""
-        ...
 
     async def end_session(self, tenant: str | None, agent: str, name: str
                           ) -> SessionView | None:
         """End the cluster's session as `session` finds it: its view as it was, None
         when there is none; refused while a turn of it is unfinished."""
-        ...
 
 
 class NoClusterAsks:

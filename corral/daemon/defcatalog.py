@@ -93,12 +93,16 @@ class RuntimeCatalog(Generic[S]):
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
-    def _checked(self, check: Check[S], where: str, name: str, spec: S,
-                 others: Mapping[str, S]) -> str | None:
+    @staticmethod
+    def _owner(check: Check[S], where: str, name: str, spec: S, others: Mapping[str, S],
+               tenant: str | None) -> str | None:
+        """Whose a definition checked whole is: a tenant's caller's own (it sees its own
+        tenant's agents alone), else the tenant `check` answers."""
         try:
-            return check(name, spec, others)
+            checked = check(name, spec, others)
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {exc}") from None
+        return tenant if tenant is not None else checked
 
     def restore(self, report: Callable[[str], None]) -> None:
         """The runtime definitions of an earlier daemon (one no longer valid: reported, left
@@ -228,7 +232,7 @@ class RuntimeCatalog(Generic[S]):
             taken = [n for n in specs if n in there]
             if taken:
                 raise RpcError(jsonrpc.CONFLICT, f"{self.noun} {taken[0]} already exists")
-            owners = {name: self._whose(self._checked(check, where, name, spec, specs), tenant)
+            owners = {name: self._owner(check, where, name, spec, specs, tenant)
                       for name, spec in specs.items()}
             self._room(where, tenant, list(owners.values()))
             made = await self._record([(n, tables[n], owners[n]) for n in specs], who, None,
@@ -236,11 +240,6 @@ class RuntimeCatalog(Generic[S]):
             for name, spec in specs.items():
                 self._put(name, (spec, tables[name], made[name]))
         return sorted(specs)
-
-    @staticmethod
-    def _whose(checked: str | None, tenant: str | None) -> str | None:
-        # a tenant's caller sees its own tenant's agents alone: what it makes is its own
-        return tenant if tenant is not None else checked
 
     def _runtime(self, name: str, doing: str) -> tuple[S, dict[str, Any], DefRevision]:
         if name in self.config:
@@ -263,7 +262,7 @@ class RuntimeCatalog(Generic[S]):
             _, table, _ = self._runtime(name, "change")
             new = merge_patch(table, changes)
             spec = self._parsed(name, new, where)
-            owner = self._whose(self._checked(check, where, name, spec, {}), tenant)
+            owner = self._owner(check, where, name, spec, {}, tenant)
             made = await self._record([(name, new, owner)], who, None,
                                       f"{name} was not changed")
             if name not in made:
@@ -333,7 +332,7 @@ class RuntimeCatalog(Generic[S]):
                                f"{name} removed it: name a revision that defines it")
             where = f"{self.section}.rollback"
             spec = self._parsed(name, rev.spec, where)
-            owner = self._whose(self._checked(check, where, name, spec, {}), tenant)
+            owner = self._owner(check, where, name, spec, {}, tenant)
             if name not in self.runtime:
                 self._room(where, tenant, [owner])
             made = await self._record([(name, rev.spec, owner)], who,

@@ -601,10 +601,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
     """Names added, removed, changed and unchanged between two sets of specs."""
     both = set(old) & set(new)
-    changed = sorted(n for n in both if not _same(old[n], new[n]))
+    changed = sorted(n for n in both if msgspec.json.encode(old[n]) != msgspec.json.encode(new[n]))
     return {"added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
             "changed": changed, "unchanged": sorted(both - set(changed))}
-
-
-def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
-    return msgspec.json.encode(a) == msgspec.json.encode(b)
