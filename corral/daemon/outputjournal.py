@@ -1,11 +1,7 @@
-"""Tasks' live output in the state database (the engine's OutputJournal; docs/streams.md).
-
-A chunk is a row, the chunks of FLUSH_EVERY seconds a transaction. The newest chunks of
-each task being written are kept in memory too (its tail, TAIL_BYTES at most), so that a
-reader keeping up is answered in the turn the chunk came; one further behind reads the
-rows. A restarted daemon learns, for each unfinished task, where its output stopped and
-how much it holds (`load`), so that its next chunks follow on and its bound still counts
-them. The rows go when the task journal prunes their task.
+"""Tasks' live output in the state database (the engine's OutputJournal; docs/streams.md):
+a chunk a row, the chunks of FLUSH_EVERY seconds a transaction, and each running task's
+newest TAIL_BYTES in memory too, for readers that keep up. `load` tells a restarted daemon
+where each unfinished task's output stopped and how much it holds, so its bound counts it.
 """
 
 from __future__ import annotations

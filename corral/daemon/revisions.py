@@ -1,11 +1,7 @@
 """Agents' spec history: every change of an agent's spec is a numbered revision in the
-state database (who, when, what changed, the whole spec), for `corral history` and
-`corral rollback`. Also where `corral scale` is kept, so a scaled agent keeps its replica
-count across daemon restarts and reloads.
-
-A revision is its agent's tenant's: numbered within (agent, tenant), so that an agent a
-tenant adds under a name another tenant's agent had starts at revision 1 and is never
-shown, nor rolled back to, the other's.
+state database, for `corral history` and `corral rollback`; also where `corral scale` is
+kept. Revisions are numbered within (agent, tenant): an agent a tenant adds under a name
+another tenant's agent had starts at revision 1 and is never shown the other's.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Sessions in the state database (the engine's SessionJournal; docs/durable.md#sessions).
-
-A `session/checkpoint` is answered once its state is committed. The tasks of each session
-are kept in the order accepted (the last HISTORY_KEPT), and give each unfinished task its
-session back after a restart. The rows of one life of a session carry its `gen`, so that
-a name ended and begun again in one batch never mixes the two; every row is keyed by the
-session's owner too (its agent's tenant when it began): another tenant's agent of the
-same name addresses rows of its own.
+The rows of one life of a session carry its `gen`, so that a name ended and begun again in
+one batch never mixes the two; every row is keyed by the session's owner too (its agent's
+tenant when it began): another tenant's agent of the same name addresses rows of its own.
 """
 
 from __future__ import annotations

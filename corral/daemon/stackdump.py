@@ -1,9 +1,6 @@
-"""SIGUSR1: what the daemon is waiting on, written to its log: every asyncio task's chain
-of awaits down to the future it waits for, and every thread's stack. A daemon that does
-not stop or does not answer is asked while it runs, without a debugger attached.
-
-Tasks with the same stack (one reader per replica, one per connection) are one line
-with their count; at most STACK_DUMP_LINES lines a dump, the rest counted in its last.
+"""SIGUSR1: what the daemon is waiting on, written to its log (docs/operations.md): every
+asyncio task's chain of awaits down to the future it waits for, and every thread's stack.
+Tasks with the same stack are one line with their count; at most STACK_DUMP_LINES lines.
 """
 
 from __future__ import annotations

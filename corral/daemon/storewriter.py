@@ -113,17 +113,14 @@ class Outage:
 
 class WriterThread:
     """The state database's one writer: a thread with its own connection that runs jobs
-    (functions of the connection) in the order given, so SQLite work never waits on the
-    loop and two writers never contend for the write lock. A job's `done(error)` is
-    called on the loop, with SQLite's message if the job raised (after a rollback). The
-    WAL is checkpointed by a Checkpointer thread beside it, never by its commits.
+    (functions of the connection) in order, so SQLite never holds the loop up and two
+    writers never contend for the write lock; `done(error)` is called on the loop. The WAL
+    is checkpointed by a Checkpointer thread beside it, never by its commits.
 
-    `run_here(job)` runs a job on the loop instead, on the same connection, when that
-    cannot hold the loop up for long or put a job out of order: nothing is queued or
-    running here, a commit is not an fsync (sync "normal"), the last such job was quick,
-    and another process holding the write lock makes it give way at once. A small batch
-    is then committed without the two hand-overs between the loop and this thread, each
-    a wake-up a busy host can delay by a scheduler tick (bench/RESULTS.md)."""
+    `run_here(job)` runs a small job on the loop, on the same connection, only when that
+    cannot hold the loop up or reorder jobs: nothing queued or running, sync "normal", the
+    last such job quick, and a lock held elsewhere makes it give way. It saves the two
+    hand-overs a busy host can each delay by a scheduler tick (bench/RESULTS.md)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
@@ -283,17 +280,13 @@ V = TypeVar("V")
 
 
 class GroupCommit(Generic[V]):
-    """Writes gathered on the loop and committed by the writer thread in one transaction a
-    batch (group commit without a timer): one flush per loop turn hands what waits to the
-    thread, and while it writes, the next batch gathers.
-
-    Writes are keyed: one with the key of a waiting one takes its place, `merge`d with it
-    (a task's newer snapshot, a superseded checkpoint). A batch that cannot be written
-    loses nothing: its writes wait again in front of the newer ones and are tried again
-    every RETRY_EVERY seconds. `settled(batch, error)` is told on the loop after each
-    attempt; what waits on the batch (`committed()`) then resolves, or fails with
-    `error_type` when there is one. (`first_failure` says, while `settled` runs, whether
-    a failure began an outage: it is told once.)"""
+    """Writes gathered on the loop and committed by the writer thread, one transaction a
+    batch (group commit without a timer): one flush per loop turn, the next batch gathering
+    while the last is written. A write with the key of a waiting one takes its place,
+    `merge`d with it. A batch that fails loses nothing: its writes wait again in front of
+    the newer ones, tried every RETRY_EVERY seconds; `settled(batch, error)` is told after
+    each attempt (`first_failure`: whether it began an outage, told once), and what waits
+    in `committed()` resolves, or fails with `error_type`."""
 
     def __init__(self, thread: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None],
@@ -458,16 +451,12 @@ class CaughtUp(NamedTuple):
 
 
 class StoreWriter:
-    """Writes that are many, or must never hold up what caused them: process records,
-    state checkpoints, audit rows, spec revisions the config file made. A thousand agents
-    make a thousand of them in a few turns of the loop, and each synchronous commit was
-    loop time: they are written by a GroupCommit, one transaction a batch, in order.
-
-    When the database cannot be written, nothing is lost and nothing waits on it: the
-    writes are kept and tried again, up to `max_kept` of them; writes past that are
-    dropped and counted by kind. The failure is told once to `on_error`, and the catch-up
-    once to `on_notice`. A write that is wrong rather than unlucky (a constraint, a
-    missing table) is dropped alone and told: it runs in a savepoint of its own."""
+    """Writes that are many, or must never hold up their cause (process records, state
+    checkpoints, audit rows, the config file's revisions): a GroupCommit of them, in order.
+    While the database cannot be written they are kept and retried, up to `max_kept`, then
+    dropped and counted by kind (docs/operations.md#when-the-state-database-cannot-be-written);
+    a write that is wrong rather than unlucky (a constraint, a missing table) is dropped
+    alone and told: each runs in a savepoint of its own."""
 
     def __init__(self, thread: WriterThread,
                  on_error: Callable[[str], None] | None = None,

@@ -1,11 +1,6 @@
 """Each tenant's log directory (docs/tenants.md): `LOG_DIR/tenants/T/`, owned by the
-tenant's user, mode 0700, holding the log files of the tenant's processes that run as
-that user: corral (root) writes them, the tenant's user may list them, no other tenant's
-user may enter it.
-
-A source's place is asked when its file is opened, from its spec and its tenant's as they
-are then; the directory is made (and its owner set) there, so a tenant whose user changes
-has its directory handed over.
+tenant's user, mode 0700. It is made (and its owner set) when a source's file is opened,
+from the specs as they are then, so a tenant whose user changes has it handed over.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Bearer tokens of the HTTP API: random, shown once, kept as a hash.
-
-A fast hash is enough: the secret has 256 bits of entropy, so there is nothing for a slow
-hash to protect against, and every HTTP request checks one. The table is read once into
+"""Bearer tokens of the HTTP API: random, shown once, kept as a hash (a fast one: a secret
+of 256 bits of entropy leaves a slow hash nothing to protect). The table is read once into
 memory; every change is committed before it is answered, so the memory and the database
 never disagree about a revoked token.
 """

@@ -1,9 +1,7 @@
-"""Traces, the daemon's side: the [tracing] settings (with the OTEL_* variables), and the
-engine's spans handed in batches to the exporter process (traceexport.py), which keeps
-them in the local store (tracestore.py) and sends them to an OTLP/HTTP collector.
-
-A collector that is away, or an exporter that is slow or dead, costs spans, never a task:
-each place that drops spans counts them (`corral_trace_spans_dropped_total`).
+"""Traces, the daemon's side (docs/tracing.md): the [tracing] settings (with the OTEL_*
+variables), and the engine's spans handed in batches to the exporter process
+(traceexport.py). A collector or an exporter that is away or slow costs spans, never a
+task: each place that drops spans counts them (`corral_trace_spans_dropped_total`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""What a caller limited to some agents sees of each method (visibility rules).
-
-A token may be limited to agents whose names match a glob (Caller.agents), a tenant's
-caller to its tenant's agents and servers. It cannot see or touch the others: a call naming
-one answers as if the agent did not exist, listings leave them out. Each method's
-declaration (corral.methods) names the rule here that says how it names agents, for every
-transport; a method that names none (`seen=None`) is refused to such a caller, so a new
-method stays closed to it until someone says how it names agents.
+"""What a caller limited to some agents sees of each method (visibility rules): a token
+limited by an agent glob (Caller.agents), a tenant's caller to its tenant's agents and
+servers. Others' agents answer as if they did not exist. Each method's declaration
+(corral.methods) names its rule here; a method that names none (`seen=None`) is refused to
+such a caller, so a new method stays closed to it until someone says how it names agents.
 """
 
 from __future__ import annotations
