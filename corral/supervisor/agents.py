@@ -49,7 +49,11 @@ class Agents(Mapping[str, Agent]):
                  stream: Stream, waits: Waits, tasks: TaskManager, elastic: Elastic,
                  health: HealthBoard, tenancy: Tenancy, tuning: Tuning) -> None:
         self._agents = registry
-        self._new_replica = new_replica
+        # what each Agent asks (agent.AgentOwner), besides the methods below
+        self.new_replica = new_replica
+        self.healthy = waits.healthy
+        self.pump = tasks.pump
+        self.wait_for = waits.wait_for
         self.census = census  # agent replicas by state (core.Supervisor keeps it)
         self.stream = stream
         self.waits = waits
@@ -212,25 +216,12 @@ class Agents(Mapping[str, Agent]):
         return [r for a in self._agents.values() for r in a.replacing]
 
     # -- what each Agent asks (agent.AgentOwner) -----------------------------------------
-    def new_replica(self, spec: AgentSpec, name: str, index: int) -> Replica:
-        return self._new_replica(spec, name, index)
-
     def roster_changed(self, name: str) -> None:
         self.stream.emit(Roster(name))
 
     def forget(self, replicas: Iterable[Replica]) -> None:
         for r in replicas:
             self.census[r.state] -= 1
-
-    async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
-                      ) -> str | None:
-        return await self.waits.healthy(new, spec, deadline)
-
-    def pump(self, name: str) -> None:
-        self.tasks.pump(name)
-
-    async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
-        await self.waits.wait_for(cond, timeout)
 
     def up(self, names: Iterable[str]) -> bool:
         # one not there yet is waited for: a config's agents are added one by one
