@@ -5,6 +5,7 @@ the common options and the completion of agent names."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -55,9 +56,19 @@ def command(declared: type[m.Params], *, more: str = "", **kw: Any
 def command_group(declared: type[m.Params], **kw: Any
                   ) -> Callable[[Callable[..., Any]], click.Group]:
     """`command`'s group: the method's front, and its commands' group (`corral tenants`
-    lists them, `corral tenants add` adds one)."""
+    lists them, `corral tenants add` adds one): the front runs when no command is given."""
     parent, name = _parent(_front(declared))
-    return parent.group(name, help=doc(declared), invoke_without_command=True, **kw)
+    group = parent.group(name, help=doc(declared), invoke_without_command=True, **kw)
+
+    def make(front: Callable[..., Any]) -> click.Group:
+        @functools.wraps(front)
+        def unless_a_command(*args: Any, **kwargs: Any) -> None:
+            if click.get_current_context().invoked_subcommand is None:
+                front(*args, **kwargs)
+
+        return group(unless_a_command)
+
+    return make
 
 
 class Ctx:

@@ -20,10 +20,7 @@ from .render import dumps, print_json, stamp, table
 @command_group(m.ApprovalsList)
 @json_option
 @pass_ctx
-@click.pass_context
-def approvals(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
+def approvals(obj: Ctx, as_json: bool) -> None:
     res: m.AskList | None = obj.call_json(m.ApprovalsList(), as_json)
     if res is not None:
         # an agent's words (a prompt, arguments) one line each: a newline in them never

@@ -13,10 +13,7 @@ from .render import print_json, stamp, table
 @command_group(m.SchedulesList)
 @json_option
 @pass_ctx
-@click.pass_context
-def schedules(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
+def schedules(obj: Ctx, as_json: bool) -> None:
     res: m.ScheduleList | None = obj.call_json(m.SchedulesList(), as_json)
     if res is not None:
         table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",

@@ -142,17 +142,10 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
     else:
         if not (name and command):
             raise click.UsageError("give a FILE, or both --name and --command")
-        table: dict[str, Any] = {"command": command, "cwd": os.path.abspath(cwd or ".")}
-        if replicas is not None:
-            table["replicas"] = replicas
-        if restart_:
-            table["restart"] = restart_
-        if tenant is not None:
-            table["tenant"] = tenant
-        if protocol is not None:
-            table["protocol"] = protocol
-        if ready is not None:
-            table["ready"] = ready
+        given = {"replicas": replicas, "restart": restart_, "tenant": tenant,
+                 "protocol": protocol, "ready": ready}
+        table: dict[str, Any] = {"command": command, "cwd": os.path.abspath(cwd or "."),
+                                 **{k: v for k, v in given.items() if v is not None}}
         if env:
             table["env"] = _env(env)
         agents = {name: table}

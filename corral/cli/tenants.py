@@ -9,15 +9,13 @@ import click
 from .. import methods as m
 from .app import Ctx, command, command_group, json_option, pass_ctx
 from .render import table
+from .runtimedefs import read_tables
 
 
 @command_group(m.TenantsList)
 @json_option
 @pass_ctx
-@click.pass_context
-def tenants(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
+def tenants(obj: Ctx, as_json: bool) -> None:
     res: m.TenantList | None = obj.call_json(m.TenantsList(), as_json)
     if res is None:
         return
@@ -47,17 +45,7 @@ _SHOWN_BESIDE = {"max_agents", "max_replicas", "max_queue", "max_concurrent_task
 @click.argument("file")
 @pass_ctx
 def tenants_add(obj: Ctx, file: str) -> None:
-    import tomllib
-
-    try:
-        with open(file, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.UsageError(f"{file}: {exc}") from None
-    tables = data.get("tenants")
-    if not isinstance(tables, dict) or not tables:
-        raise click.UsageError(f"{file}: no [tenants.NAME] tables")
-    res: m.AddResult = obj.call(m.TenantsAdd(tenants=tables))
+    res: m.AddResult = obj.call(m.TenantsAdd(tenants=read_tables(file, "tenants")))
     click.echo(f"added: {', '.join(res.added)}")
 
 

@@ -19,11 +19,8 @@ from .render import dumps, print_json, table
 @command_group(m.ToolsList)
 @click.option("--agent", default=None, shell_complete=complete_agents)
 @json_option
-@click.pass_context
-def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
-    obj: Ctx = ctx.obj
+@pass_ctx
+def tools(obj: Ctx, agent: str | None, as_json: bool) -> None:
     res: m.ToolList = obj.call(m.ToolsList(agent=agent))
     allow = res.allow if isinstance(res.allow, list) else []
     empty = None if agent is None else (

@@ -199,11 +199,8 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @json_option
 @pass_ctx
-@click.pass_context
-def runs_list(ctx: click.Context, obj: Ctx, workflow: str | None, status: str | None,
-              since: str | None, before: str | None, limit: int, as_json: bool) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
+def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
+              before: str | None, limit: int, as_json: bool) -> None:
     res: m.RunList | None = obj.call_json(m.RunsList(
         workflow=workflow, status=status, limit=limit, since=duration(since),
         before=before), as_json)
