@@ -70,10 +70,7 @@ class ClusterQueue(LocalQueue):
                 - self.claiming.get(agent.name, 0))
 
     def event(self, agent: str) -> asyncio.Event:
-        ev = self._wake.get(agent)
-        if ev is None:
-            ev = self._wake[agent] = asyncio.Event()
-        return ev
+        return self._wake.setdefault(agent, asyncio.Event())
 
     def wake(self, agent: str) -> None:
         """A slot of `agent` may have freed."""

@@ -258,9 +258,7 @@ class McpPool(Generic[Spec, Inst]):
         if allow is not None and not allowed(qualified, allow):
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"{what} {qualified} is not allowed (allowlist: {allow})")
-        entry = self.servers.get(server)
-        if entry is None:
-            raise jsonrpc.not_found("MCP server", server)
+        entry = self.server(server)
         return entry, await self.instance(entry, owner)
 
     # -- tools ----------------------------------------------------------------------------
