@@ -61,17 +61,6 @@ def check_input(size: int) -> None:
                                                f"the {MAX_INPUT_BYTES}-byte limit")
 
 
-def check_timeout(timeout: float | None) -> None:
-    if timeout is not None and timeout <= 0:
-        raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")
-
-
-def rate_limited(agent: AgentLike, bucket: TokenBucket) -> RpcError:
-    return RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
-                                     f"{plural(agent.spec.rate_per_minute, 'task')} a minute",
-                    retry_after(bucket.wait()))
-
-
 def queue_full(agent: AgentLike, depth: int) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has "
                                      f"{plural(depth, 'task')} waiting (max_queue "
@@ -93,11 +82,14 @@ def admit(agent: AgentLike | None, size: int, timeout: float | None, *,
     and its tenant's quotas hold. Raises the refusal; answers the timeout the task runs
     with (None: the agent's own task_timeout, applied where it runs)."""
     check_input(size)
-    check_timeout(timeout)
+    if timeout is not None and timeout <= 0:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")
     if agent is None:
         return timeout  # an agent this node does not run: the node that claims it judges
     if bucket is not None and not bucket.take():
-        raise rate_limited(agent, bucket)
+        raise RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
+                                        f"{plural(agent.spec.rate_per_minute, 'task')} a "
+                                        "minute", retry_after(bucket.wait()))
     if tenancy is None:
         return timeout
     refused = tenancy.task_refusal(agent, depth)

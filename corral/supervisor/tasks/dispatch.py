@@ -79,8 +79,8 @@ class TenantGate(NamedTuple):
 
 class TaskDispatch:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
-                 outcomes: Outcomes, budgets: Budgets | None = None,
-                 sessions: Sessions | None = None, gate: TenantGate | None = None) -> None:
+                 outcomes: Outcomes, budgets: Budgets, sessions: Sessions,
+                 gate: TenantGate | None = None) -> None:
         """`gate`: the tenants' (None: no tenants), consulted only while `gated` (some
         tenant bounds its tasks), so that a host bounding none pays nothing per task."""
         self.sup = sup
@@ -120,7 +120,7 @@ class TaskDispatch:
         agent = self.sup.agents.get(agent_name)
         if agent is None:
             return None
-        if self.budgets is not None and (held := self.budgets.waiting(agent_name)):
+        if held := self.budgets.waiting(agent_name):
             return held
         if not agent.replicas:
             return "the agent is asleep (scaled to zero): a replica is waking for it"
@@ -160,12 +160,11 @@ class TaskDispatch:
             if r is None:
                 # an elastic agent asleep: the task wakes it (unless a budget holds its
                 # tasks: the budget's timer pumps again, and wakes it, when they may go)
-                if not replicas and not (self.budgets is not None
-                                               and self.budgets.holds(agent, now)):
+                if not replicas and not self.budgets.holds(agent, now):
                     self.sup.wake(agent_name)
                 return
             # over a token or cost budget: the tasks wait, and its timer pumps again
-            if self.budgets is not None and self.budgets.holds(agent, now):
+            if self.budgets.holds(agent, now):
                 return
             if self.gated and self.gate is not None:
                 if self.gate.full(agent):
@@ -180,7 +179,7 @@ class TaskDispatch:
                 task = queue.take(agent_name)
                 if task is None:
                     return
-                if task.session is not None and self.sessions is not None:
+                if task.session is not None:
                     # (another replica's count only grows: `r` stays the one found)
                     self._start(task, self.sessions.prefer(task, r, agent), q, now)
                 else:
@@ -215,7 +214,7 @@ class TaskDispatch:
                 params["_meta"] = trace.run_meta(number, task.id)
         if task.checkpoint is not None:  # a retry, given the task's last state (steps.py)
             params["resumed"], params["task_state"] = True, task.checkpoint
-        if task.session is not None and self.sessions is not None:
+        if task.session is not None:
             params["session"] = task.session
             params["session_state"] = task.home.turns.started(task, r)
         run = _Run(self, task, r, attempt)

@@ -113,7 +113,7 @@ class TaskManager:
         # the agents' queue behind the sessions' lines (one task of a session at a time)
         self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
                                  self._session_ttl, self._session_bounds,
-                                 tenant_of=self._session_owner, pump=self.pump)
+                                 self._session_owner, self.pump)
         self.queue: Queue = self.sessions
         self.quotas = QuotaHooks(self)  # the tenants' quotas' admission check and gates
         self.budgets = Budgets(self._kept, self.quotas.reopen, self.queue.depth, _note_first,

@@ -24,10 +24,8 @@ class PinGate(TaskInterceptor):
     def bind(self, path: TaskPath) -> None:
         self._path = path
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
-        return self._gated(call, next)
-
-    async def _gated(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    async def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]
+                                  ) -> Any:
         try:
             answer = next(call)
             return await answer if inspect.isawaitable(answer) else answer

@@ -35,7 +35,7 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import plural
-from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
+from ..config import DEFAULT_SESSION_TTL
 from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
@@ -204,18 +204,16 @@ class Sessions:
     """The engine's sessions, and the Queue in front of the agents' queue (`inner`)."""
 
     def __init__(self, stream: Stream, inner: Queue, ttl_of: Callable[[str], float],
-                 bounds_of: Callable[[str], list[SessionBound]] | None = None,
-                 memory: int = 64 * 1024 * 1024,
-                 tenant_of: Callable[[str], str] | None = None,
-                 pump: Callable[[str], None] | None = None) -> None:
-        """`pump`: the dispatcher's, told when a line moved (a task of it may start)."""
+                 bounds_of: Callable[[str], list[SessionBound]],
+                 tenant_of: Callable[[str], str], pump: Callable[[str], None]) -> None:
+        """`tenant_of`: the tenant of the agent of this name now (a new session's owner);
+        `pump`: the dispatcher's, told when a line moved (a task of it may start)."""
         self.inner = inner
         # the inner queue's own, no call in between: a line feeds that queue, not the take
         self.take: Callable[[str], Task | None] = inner.take
         self._ttl_of = ttl_of
-        self._bounds_of = bounds_of or (lambda agent: [])
-        # the tenant of the agent of this name now (a new session's owner)
-        self._tenant_of = tenant_of or (lambda agent: DEFAULT_TENANT)
+        self._bounds_of = bounds_of
+        self._tenant_of = tenant_of
         self.table: dict[SessionKey, Session] = {}
         self._parked: dict[str, int] = {}  # tasks waiting in the lines, per agent
         # task id -> the life of the session it is a turn of, from its acceptance to its end
@@ -223,7 +221,7 @@ class Sessions:
         # task id -> its session's name, for a restored task whose session was not kept
         self._names: dict[str, str] = {}
         self._journal: SessionJournal | None = None
-        self.hot = HotStates(memory)  # the states in memory
+        self.hot = HotStates(64 * 1024 * 1024)  # (the daemon's: session_memory_mb)
         # live sessions and their states' bytes, per (tenant, agent)
         self._live: dict[tuple[str, str], int] = {}
         self._bytes: dict[tuple[str, str], int] = {}
@@ -521,8 +519,7 @@ class Sessions:
             self.hot.loads += 1
             self.hot.put(s.key, msgspec.Raw(state))
         (self.inner.requeue if s.front else self.inner.put)(task)
-        if self.pump is not None:
-            self.pump(task.agent)
+        self.pump(task.agent)
 
     def remove(self, task: Task) -> bool:
         s = self._turns.get(task.id)
@@ -597,8 +594,7 @@ class Sessions:
             self._parked[task.agent] -= 1
             if self._turn(nxt, front=False):
                 self.inner.put(nxt)
-            if self.pump is not None:
-                self.pump(task.agent)
+            self.pump(task.agent)
 
     # -- dispatch's -----------------------------------------------------------------------
     def prefer(self, task: Task, r: Replica, agent: AgentLike) -> Replica:

@@ -151,12 +151,10 @@ class _Attempt:
 
 
 class TaskSteps:
-    def __init__(self, stream: Stream, active: Callable[[str], Task | None],
-                 interceptors: Interceptors,
-                 asking: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, stream: Stream, interceptors: Interceptors,
+                 asking: Callable[[str], bool]) -> None:
         """`asking`: whether a task has an ask of a person pending."""
         self.stream = stream
-        self._active = active
         self._asking = asking
         # each task's journaled calls in flight, by their (sequence number, attempt)
         self._flights: dict[str, dict[tuple[int, int], _Flight]] = {}
@@ -290,7 +288,7 @@ class TaskSteps:
             return await asyncio.shield(call)
         except asyncio.CancelledError:
             if not call.done():
-                if self._asking is not None and self._asking(task.id):
+                if self._asking(task.id):
                     call.cancel()  # held for a person: the retry waits on the same ask
                 else:
                     self.outlived += 1

@@ -66,9 +66,8 @@ class WorkerMethods:
 
     def __init__(self, stream: Stream, active: Mapping[str, Task], tools: ToolPorts,
                  interceptors: Interceptors,
-                 live: Callable[[str], Task | None] | None = None,
-                 asking: Callable[[str], bool] | None = None,
-                 agent_call: Callable[[ToolCall], Awaitable[Any]] | None = None) -> None:
+                 live: Callable[[str], Task | None], asking: Callable[[str], bool],
+                 agent_call: Callable[[ToolCall], Awaitable[Any]]) -> None:
         """`live`: an unfinished task by its id, made whole if it was held compact;
         `asking`: whether a task has an ask of a person pending; `agent_call`: a task's
         call of an agent as a tool, its spawn."""
@@ -83,15 +82,14 @@ class WorkerMethods:
                                                 tools.listing)
         self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
                                              tools.allowed)
-        self.steps = TaskSteps(stream, active.get, interceptors, asking)
-        self.outputs = TaskOutputs(stream, live or active.get)
+        self.steps = TaskSteps(stream, interceptors, asking)
+        self.outputs = TaskOutputs(stream, live)
 
     def _made(self, call: ToolCall) -> Any:
         """Where a call past the interceptors is made: a task's call of an agent is the
         task's spawn (past the same journal, policy and budget as any); any other, the
         pool's."""
-        if call.task is not None and self.agent_call is not None and \
-                call.name.startswith(AGENT_TOOL):
+        if call.task is not None and call.name.startswith(AGENT_TOOL):
             return self.agent_call(call)
         return self.tools.call(call)
 

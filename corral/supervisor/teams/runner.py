@@ -136,7 +136,9 @@ class TeamRunner:
             if row is None or row.status not in STEP_ENDED:
                 raise  # the store refused its row (another node took the call): stop
             return row  # refused by the engine: the step failed, its row says why
-        return _with_output(self.steps, call, st)
+        if st.output is None:  # it ended before this driver: read back
+            st = replace(st, output=self.steps.output(call, st))
+        return st
 
     def _leading(self, call: TeamCall, work: Work) -> Work:
         async def led(task_id: str) -> StepEnd:
@@ -158,12 +160,6 @@ class _Cancels:
     def cancel_task(self, task_id: str) -> None:
         for kind in self.kinds:
             kind.cancel_task(task_id)
-
-
-def _with_output(steps: StepEngine, call: TeamCall, st: StepRow) -> StepRow:
-    if st.output is None:
-        st = replace(st, output=steps.output(call, st))
-    return st
 
 
 def _outcome(st: StepRow) -> dict[str, Any]:
