@@ -126,9 +126,14 @@ class Supervisor:
         self.tasks = TaskManager(self, tools=tools, journal=journal, kept=tasks_kept,
                                  kept_bytes=tasks_kept_bytes, queue=task_queue, clock=clock,
                                  tenancy=self.tenancy, interceptors=Interceptors(interceptors))
+        # members of the host protocol (replica.AgentHost) that are another part's own
+        self.replica_ready = self.tasks.replica_ready
+        self.replica_down = self.tasks.replica_down
+        self.initial_state = self.states.initial
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         self.elastic = Elastic(registry, self.tasks, self.stream, self.tenancy, self.tuning)
+        self.wake = self.elastic.wake
         self.health_board = HealthBoard(self.stream, self.containment, registry,
                                         self.readiness_changed, self.publish)
         self.agents = Agents(registry, new_replica=functools.partial(make_replica, self),
@@ -341,17 +346,8 @@ class Supervisor:
         self.stats.exits += 1
         self.stream.emit(ReplicaExit(r, reason))
 
-    def replica_ready(self, r: Replica) -> None:
-        self.tasks.replica_ready(r)
-
-    def replica_down(self, r: Replica) -> None:
-        self.tasks.replica_down(r)
-
     def answers_read(self) -> None:
         self.tasks.dispatch.answers_read()
-
-    def wake(self, name: str) -> None:
-        self.elastic.wake(name)
 
     def environment(self, r: ProcessReplica) -> dict[str, str]:
         provide = self._environment
@@ -366,9 +362,6 @@ class Supervisor:
         else:
             env.pop("PYTHONPATH", None)
         return env
-
-    def initial_state(self, replica: Replica) -> Any:
-        return self.states.initial(replica)
 
     def worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
         handler = self.worker_methods.get(method)
