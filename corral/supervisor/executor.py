@@ -1,8 +1,6 @@
-"""A replica's executor: the one place where the actions of a lifecycle step are run.
-
-The machine (lifecycle.py) says what a cause does; `Executor.fire` fires it and runs every
-action of the step it gives, in one order, whoever fired it. What is the replica's own it
-does through the replica's hooks (replicaparts.ReplicaParts).
+"""A replica's executor: the one place where the actions of a lifecycle step are run, in
+one order, whoever fired the cause; what is the replica's own it does through the
+replica's hooks (replicaparts.ReplicaParts).
 """
 
 from __future__ import annotations

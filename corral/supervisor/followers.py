@@ -1,8 +1,6 @@
-"""Live readers of a stream (logs, events) that never slow the stream down.
-
-A follower has a bounded queue; what does not fit is counted, not waited for, and the
-reader is told how much it missed. Sending a follower's items to a client is the
-daemon's business (`corral.daemon.follow`).
+"""Live readers of a stream (logs, events) that never slow the stream down: a bounded
+queue each, what does not fit counted, not waited for, and the reader told how much it
+missed (sending to a client is `corral.daemon.follow`'s).
 """
 
 from __future__ import annotations

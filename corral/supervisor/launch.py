@@ -1,8 +1,6 @@
-"""A life of a process replica, from its spawn to its reap: who the process runs as and
-with what environment, the spawn (cold, or a warm start a kind gives), the handshake that
-makes it Ready, the exit seen and explained (a cap, an OOM kill, its stderr's last
-words), and the end every life goes through, whatever ended it. A part of the process
-replica (process_replica.py); the restart decision after is the executor's.
+"""A life of a process replica, from its spawn to its reap: who the process runs as, its
+environment, the spawn (cold or warm), the handshake that makes it Ready, the exit seen and
+explained, and the end every life goes through; the restart decision is the executor's.
 """
 
 from __future__ import annotations

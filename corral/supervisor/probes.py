@@ -1,8 +1,6 @@
-"""Health checks corral makes itself, from the daemon: a TCP connection and an HTTP GET.
-
-Each probe is bounded by its check's timeout and leaves nothing behind. They connect from
-the daemon's network namespace, so an agent with a network of its own is refused such a
-check at config time (configload.isolation_problem).
+"""Health checks corral makes itself, from the daemon: a TCP connection and an HTTP GET,
+bounded by the check's timeout. They connect from the daemon's network namespace, so an
+agent with a network of its own is refused one (configload.isolation_problem).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""One replica of an agent: a process that speaks the corral worker protocol.
-
-What is an agent's own beside a process replica's (process_replica.py): the `initialize`
-handshake, the `shutdown` request, warm starts from a zygote, its sandbox, the worker's
-requests to the supervisor, and its tasks (Busy / Idle).
+"""One replica of an agent: a process that speaks the corral worker protocol. Its own
+beside a process replica's: the `initialize` handshake, the `shutdown` request, warm
+starts, its sandbox, the worker's requests to the supervisor, and its tasks.
 """
 
 from __future__ import annotations
