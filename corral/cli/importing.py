@@ -7,6 +7,7 @@ import os
 import click
 
 from ..othernames import listing
+from ..text import plural
 from .app import cli, fail
 
 # the mapping, under the help's text (`corral help import`, `corral import --help`)
@@ -87,8 +88,8 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         fail(f"{target}: cannot write: {exc.strerror}")
     n = sum(len(imp.agents) for imp in imports)
     m = sum(len(imp.servers) for imp in imports)
-    written = ([f"{n} agent{'s' if n != 1 else ''}"] if n or not m else []) + \
-        ([f"{m} MCP server{'s' if m != 1 else ''}"] if m else [])
+    written = ([plural(n, "agent")] if n or not m else []) + ([plural(m, "MCP server")]
+                                                               if m else [])
     click.echo(f"{target}: {' and '.join(written)} written", err=True)
 
 

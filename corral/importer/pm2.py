@@ -1,12 +1,8 @@
-"""PM2 ecosystem files: JSON (`{"apps": [...]}` or a list of apps; JSON5's comments,
-trailing commas and unquoted keys too, read as data: a `.json` is never run), and
-JavaScript (`ecosystem.config.js`/`.cjs`/`.mjs`), which only node can read: it is run by
-node in a sandbox with no reach beyond printing its export (jsbox.py), and the file is
-given the environment corral import runs in (less node's own options). Running it is
-still running the operator's code: docs/security.md says what it can and cannot do.
-
-Each app is a plain program (`protocol = "none"`), with PM2's defaults where they differ
-from corral's (autorestart: always; a `.js` script run by node)."""
+"""PM2 ecosystem files: JSON (read as JSON5, as data: a `.json` is never run) and
+JavaScript, which only node can read: run by node in a sandbox (jsbox.py) with no reach
+beyond printing its export. Each app is a plain program (`protocol = "none"`), with PM2's
+defaults where they differ from corral's; docs/migrating.md says how each key is carried.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""supervisord's INI files as supervisord reads them: RawConfigParser with `;` and `#`
-inline comments (after whitespace) and indented continuation lines, `[include] files`
-globbed beside the including file, `%(name)s` expansions (ENV_X, here, program_name,
-process_num, group_name, numprocs, host_node_name) with `%%` for a percent sign.
-
-Each `[program:x]` is a plain program (`protocol = "none"`); `numprocs` its replicas, and
-`%(process_num)d` in its command the replica's number at run time (a `sh -c` reading
-`$CORRAL_REPLICA`); `%(ENV_X)s` in a command is read when the process starts (the
-daemon's environment, as supervisord's is read when it starts), elsewhere now."""
+"""supervisord's INI files as supervisord reads them (RawConfigParser, `[include]`,
+`%(name)s` expansions), each `[program:x]` a plain program (`protocol = "none"`);
+docs/migrating.md says how each key is carried."""
 
 from __future__ import annotations
 
