@@ -45,10 +45,9 @@ DROPPED_KEPT = 4096
 
 
 class OutputRelay(AlwaysWritable):
-    """tasks.stream's channel for a gateway client's call of an agent: each chunk of the
-    task's live output becomes an MCP progress notification (MCP has no partial results
-    of a tool call). Always writable: the gateway's own stream to the client is bounded
-    where it is written (http/mcp.py)."""
+    """tasks.stream's channel for a gateway client's call of an agent: each chunk of live
+    output a progress notification (MCP has no partial results of a tool call). Always
+    writable: the gateway's stream to the client is bounded where written (http/mcp.py)."""
 
     def __init__(self, on_progress: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
@@ -90,16 +89,12 @@ def stamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
-class Follows(NamedTuple):
-    """The corral task a handle follows: its agent and id."""
-
+class Follows(NamedTuple):  # the corral task a handle follows
     agent: str
     task_id: str
 
 
 class GatewayTask:
-    """One handle: whose it is, and where its call is."""
-
     def __init__(self, client: str, tenant: str | None, follows: Follows | None) -> None:
         self.id = secrets.token_urlsafe(12)
         self.client = client

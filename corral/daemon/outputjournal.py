@@ -107,9 +107,7 @@ class OutputsDB:
         tail = self.tails.get(task_id)
         if tail is not None and after >= tail.before:
             return tail.after(after, limit)
-        self._flush()
-        with contextlib.suppress(OutputError):  # what is written still answers
-            await self._store.group.committed()
+        await self.caught_up()
         return await asyncio.to_thread(self._read, task_id, after, limit)
 
     def resumed(self, task_id: str) -> tuple[Position, int]:
@@ -126,7 +124,7 @@ class OutputsDB:
 
     async def caught_up(self) -> None:
         self._flush()
-        with contextlib.suppress(OutputError):
+        with contextlib.suppress(OutputError):  # what is written still answers
             await self._store.group.committed()
 
     # -- at start-up, in a thread ---------------------------------------------------------

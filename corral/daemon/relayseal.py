@@ -22,9 +22,7 @@ from ..jsonrpc import RpcError
 from ..mcp.client import MAX_INPUT_ROUNDS
 
 
-class Holder(NamedTuple):
-    """Whom a state is sealed to: the gateway client's name and its tenant."""
-
+class Holder(NamedTuple):  # whom a state is sealed to: a gateway client
     name: str
     tenant: str | None
 

@@ -58,8 +58,7 @@ class Ledger(Protocol):
         started). False when this node may not: another node holds the schedule's lease,
         or has fired that time."""
 
-    def holds(self, name: str) -> bool:
-        """Whether this node fires the schedule now."""
+    def holds(self, name: str) -> bool: ...
 
 
 class LocalLedger:

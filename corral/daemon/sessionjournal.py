@@ -87,9 +87,8 @@ class SessionsDB:
 
     def state_now(self, row: SessionRow) -> bytes | None:
         with self._store.read_lock, errors_named(self.path):
-            got = self._store.reader.execute(
-                "SELECT state FROM sessions WHERE tenant = ? AND agent = ? AND session = ? "
-                "AND gen = ?", (*row[:3], row.gen)).fetchone()
+            got = self._store.reader.execute(f"SELECT state FROM sessions WHERE {_LIFE}",
+                                             (*row[:3], row.gen)).fetchone()
         return None if got is None or got[0] is None else bytes(got[0])
 
     # -- start-up (in a thread) -------------------------------------------------------------
@@ -125,8 +124,8 @@ class SessionsDB:
                     "state = CASE WHEN gen = excluded.gen THEN state END, gen = excluded.gen",
                     op)
             elif isinstance(op, _State):
-                db.execute("UPDATE sessions SET state = ? WHERE tenant = ? AND agent = ? AND "
-                           "session = ? AND gen = ?", (op.state, *op.row[:3], op.row.gen))
+                db.execute(f"UPDATE sessions SET state = ? WHERE {_LIFE}",
+                           (op.state, *op.row[:3], op.row.gen))
             elif isinstance(op, _Task):
                 r = op.row
                 db.execute("INSERT OR IGNORE INTO session_tasks (task_id, tenant, agent, "

@@ -77,10 +77,8 @@ def what_to_do() -> str:
 
 
 class Outage:
-    """A writer's failure to write, from the first failed attempt until one works.
-    `failed()` says whether this failure is the first (the one to tell); `recovered()`
-    the wall time the outage began, or None when there was none; `schedule()` the next
-    attempt: this loop turn's end, or RETRY_EVERY after the last failure."""
+    """A writer's failure to write, from the first failed attempt until one works: told
+    once (`failed()` is True for the first), retried every RETRY_EVERY seconds."""
 
     __slots__ = ("error", "retry_at", "since")
 
@@ -480,10 +478,9 @@ class StoreWriter:
     def submit(self, write: Write, kind: str = "write",
                then: Callable[[], None] | None = None, key: Hashable | None = None,
                size: int = 0, lazy: bool = False) -> None:
-        """Queue `write(connection)` for the next batch; `kind` names it in the counts
-        told while the database cannot be written; `then` runs on the loop once it is
-        committed. A write with a `key` replaces a waiting one of the same key, so writes
-        that supersede each other do not fill what is kept during an outage. `size`: the
+        """`kind` names the write in the counts told in an outage; `then` runs on the loop
+        once it is committed. A write with a `key` replaces a waiting one of the same key,
+        so writes that supersede each other do not fill what an outage keeps. `size`: the
         bytes it writes (a batch of many is not committed on the loop). `lazy`: nothing
         waits for it (GroupCommit.put)."""
         kept = _QueuedWrite(write, kind, then, key, size)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import grp
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -150,80 +149,73 @@ class TenantRegistry:
     # -- commands -----------------------------------------------------------------------
     async def add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
         async with self._changing:
-            return await self._add(tables, who)
+            if not tables:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "no [tenants.NAME] tables to add")
+            try:
+                specs = parse_tenants({"tenants": tables}, m.TenantsAdd.declared.name)
+            except ConfigError as exc:
+                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+            for name in specs:
+                if self.quotas.known(name):
+                    raise RpcError(jsonrpc.CONFLICT, f"tenant {name} already exists")
+            made = {n: table_of(s) for n, s in specs.items()}
+            await self._commit([w for n, t in made.items()
+                                for w in (_saving(n, t, None), _revising(n, who, None, t))],
+                               "nothing was added")
+            self.runtime.update(made)
+            self._apply({**self.tables, **made})
+            return sorted(made)
 
     async def set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
         async with self._changing:
-            return await self._set(name, changes, who)
+            if name not in self.tables:
+                if name == DEFAULT_TENANT:
+                    # (a conflict with the state: well-formed, and taken once it is declared)
+                    raise RpcError(jsonrpc.CONFLICT, "the default tenant has no quotas "
+                                   "until it is declared: add [tenants.default]")
+                raise jsonrpc.not_found("tenant", name)
+            if not changes:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one key to set")
+            old = self.tables[name]
+            new = {**old}
+            for key, value in changes.items():
+                # None or a number 0 resets the key (false is no number: refused as a type)
+                if value is None or (value == 0 and type(value) in (int, float)):
+                    new.pop(key, None)
+                else:
+                    new[key] = value
+            try:
+                spec = parse_tenants({"tenants": {name: new}},
+                                     m.TenantsSet.declared.name)[name]
+            except ConfigError as exc:
+                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+            table = table_of(spec)
+            await self._commit([_saving(name, table, self.declared.get(name)),
+                                _revising(name, who, old, table)],
+                               f"tenant {name} was not changed")
+            self._apply({**self.tables, name: table})
+            return self.entry(name)
 
     async def remove(self, names: list[str]) -> list[str]:
         async with self._changing:
-            return await self._remove(names)
-
-    async def _add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
-        if not tables:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "no [tenants.NAME] tables to add")
-        try:
-            specs = parse_tenants({"tenants": tables}, m.TenantsAdd.declared.name)
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-        for name in specs:
-            if self.quotas.known(name):
-                raise RpcError(jsonrpc.CONFLICT, f"tenant {name} already exists")
-        made = {n: table_of(s) for n, s in specs.items()}
-        await self._commit([w for n, t in made.items()
-                            for w in (_saving(n, t, None), _revising(n, who, None, t))],
-                           "nothing was added")
-        self.runtime.update(made)
-        self._apply({**self.tables, **made})
-        return sorted(made)
-
-    async def _set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
-        if name not in self.tables:
-            if name == DEFAULT_TENANT:
-                # (a conflict with the state: well-formed, and taken once it is declared)
-                raise RpcError(jsonrpc.CONFLICT, "the default tenant has no quotas "
-                               "until it is declared: add [tenants.default]")
-            raise jsonrpc.not_found("tenant", name)
-        if not changes:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one key to set")
-        old = self.tables[name]
-        new = {**old}
-        for key, value in changes.items():
-            # None or a number 0 resets the key (false is no number: refused as a type)
-            if value is None or (value == 0 and type(value) in (int, float)):
-                new.pop(key, None)
-            else:
-                new[key] = value
-        try:
-            spec = parse_tenants({"tenants": {name: new}}, m.TenantsSet.declared.name)[name]
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-        table = table_of(spec)
-        await self._commit([_saving(name, table, self.declared.get(name)),
-                            _revising(name, who, old, table)], f"tenant {name} was not changed")
-        self._apply({**self.tables, name: table})
-        return self.entry(name)
-
-    async def _remove(self, names: list[str]) -> list[str]:
-        if not names:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one tenant")
-        for name in names:
-            if name not in self.tables:
-                raise jsonrpc.not_found("tenant", name)
-            if name in self.declared:
-                raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is declared in "
-                               f"{self.config_path}: remove it there and reload")
-            users = sorted([a.name for a in self.quotas.members(name)] + [
-                f"MCP server {n}" for n, e in self.tools.servers.items()
-                if e.spec.tenant == name])
-            if users:
-                raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is in use by "
-                                                 f"{', '.join(users)}")
-        await self._commit([_forgetting(n) for n in names], "nothing was removed")
-        self.runtime.difference_update(names)
-        self._apply({n: t for n, t in self.tables.items() if n not in names})
-        return names
+            if not names:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one tenant")
+            for name in names:
+                if name not in self.tables:
+                    raise jsonrpc.not_found("tenant", name)
+                if name in self.declared:
+                    raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is declared in "
+                                   f"{self.config_path}: remove it there and reload")
+                users = sorted([a.name for a in self.quotas.members(name)] + [
+                    f"MCP server {n}" for n, e in self.tools.servers.items()
+                    if e.spec.tenant == name])
+                if users:
+                    raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is in use by "
+                                                     f"{', '.join(users)}")
+            await self._commit([_forgetting(n) for n in names], "nothing was removed")
+            self.runtime.difference_update(names)
+            self._apply({n: t for n, t in self.tables.items() if n not in names})
+            return names
 
     async def _commit(self, writes: list[Write], unchanged: str) -> None:
         try:
@@ -280,14 +272,7 @@ def _forgetting(name: str) -> Write:
 def _revising(name: str, who: str, old: dict[str, Any] | None, new: dict[str, Any]
               ) -> Write:
     key = REVISION_PREFIX + name
-    change = _change(old, new)
-    spec = msgspec.json.encode(new).decode()
-
-    def write(db: sqlite3.Connection) -> None:
-        (last,) = db.execute("SELECT COALESCE(MAX(revision), 0) FROM revisions WHERE "
-                             "agent = ?", (key,)).fetchone()
-        db.execute("INSERT INTO revisions (agent, revision, time, who, change, spec) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", (key, last + 1, time.time(), who, change,
-                                                 spec))
-
-    return write
+    return statement("INSERT INTO revisions (agent, revision, time, who, change, spec) "
+                     "SELECT ?, COALESCE(MAX(revision), 0) + 1, ?, ?, ?, ? FROM revisions "
+                     "WHERE agent = ?", (key, time.time(), who, _change(old, new),
+                                         msgspec.json.encode(new).decode(), key))

@@ -378,7 +378,6 @@ def traces_of(cfg: TracingSettings | None, state_dir: Path,
 
 
 async def start(traces: Traces | None) -> None:
-    """Its store made and its exporter process started."""
     if traces is not None:
         await asyncio.to_thread(tracestore.create, traces.path)
         await traces.start()
