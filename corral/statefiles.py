@@ -1,10 +1,8 @@
-"""The files and directories the daemon makes in its own directories (the state
-directory, the log directory, the packages directory, the socket's lock), opened so that
-something put in a file's place — a symbolic link, a hard link to another file, a FIFO,
-a device — is refused, naming the path and what is there, and nothing outside is
-written, truncated or chmodded. The daemon runs as root: a link in its directory would
-make it write a file of the link's choosing.
-"""
+"""The files and directories the daemon makes in its own directories, opened so that
+something put in a file's place (a symbolic link, a hard link to another file, a FIFO, a
+device) is refused, naming the path and what is there, and nothing outside is written,
+truncated or chmodded: the daemon runs as root, and a link in its directory would make it
+write a file of the link's choosing."""
 
 from __future__ import annotations
 
@@ -22,16 +20,12 @@ def _refused(path: Path | str, what: str) -> OSError:
                                 "(remove it)", str(path))
 
 
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
+    return next((what for test, what in _KINDS if test(mode)), "a device")
 
 
 def _checked(path: Path | str, st: os.stat_result) -> None:

@@ -111,8 +111,6 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                     f"{MAX_TAGS}, each at most {MAX_TAG_LENGTH} letters, digits and "
                     ". _ : = / @ + - (a letter or a digit first).",
         extra=_cli(flag="tag", metavar="TAG"))] = ()
-    # kept with the task in its home (the journal's idempotency_keys, a cluster's key in
-    # Redis, corral/taskkeys.py): a client that lost its answer to a crash sends it again
     idempotency_key: Annotated[str, msgspec.Meta(
         min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
         description="The same key sent again (by the same tenant, within 24 h) gives the "
