@@ -387,10 +387,10 @@ class ControlServer:
         assert self._server is not None
         return cast(asyncio.Server, self._server).sockets[0].fileno(), self._lock_fd
 
-    async def go_away(self, reason: str, wait: float = DRAIN_WAIT) -> int:
+    async def go_away(self, reason: str) -> int:
         """corral upgrade's drain: no connection accepted (they wait in the backlog of the
         socket handed to the next image), no request read; those read are answered (still
-        worked on after `wait`, and streams: UNAVAILABLE), then each client is told the
+        worked on after DRAIN_WAIT, and streams: UNAVAILABLE), then each client is told the
         last request read (GOING_AWAY) and cut. How many connections were told."""
         if self._server is None or self._kept is not None:
             return 0
@@ -402,7 +402,7 @@ class ControlServer:
         for conn in conns:
             conn.stop_reading()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        deadline = loop.time() + DRAIN_WAIT
         while (busy := [c for c in conns if c.working and c.peer is not None]) and \
                 loop.time() < deadline:
             events = [c.peer.ends() for c in busy if c.peer is not None]

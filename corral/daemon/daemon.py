@@ -93,8 +93,7 @@ class Assembly(msgspec.Struct, frozen=True, kw_only=True):
 
 class Daemon:
     def __init__(self, config_path: Path, *, socket: str | None = None,
-                 notifier: Notifier | None = None, freeze_heap: bool = False,
-                 spared: set[int] | None = None,
+                 freeze_heap: bool = False, spared: set[int] | None = None,
                  taken: Takeover | None = None) -> None:
         self.config_path = config_path.resolve()
         # an embedding program's own children, left to it (containment.Containment), and
@@ -104,7 +103,7 @@ class Daemon:
         # for the whole process, so only `corral daemon`'s own (run_daemon) makes it
         self.freeze_heap = freeze_heap
         self.socket_override = socket
-        self.notifier = notifier or Notifier()
+        self.notifier = Notifier()
         self.started_at = time.time()
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         # what an embedding program waits for before it uses `services`

@@ -1,10 +1,9 @@
-"""Definitions changed at runtime, of any kind (a workflow, a team): each change of one
-is a numbered revision of its kind and name — who, when, for which tenant, what changed,
-and the whole definition, or none for a removal — so `history` shows it, `rollback` goes
-back to any of them, and the next daemon restores each name's newest one.
+"""Definitions changed at runtime, of any kind (a workflow, a team): each change of one is
+a numbered revision of its kind and name (who, when, whose, what changed, the whole
+definition or none for a removal), for `history`, `rollback` and the next daemon.
 
-Writes are functions of a connection, run by the store's writer thread, each numbered
-where it is written: two changes queued together never take one number."""
+Writes run on the store's writer thread, each numbered where it is written: two changes
+queued together never take one number."""
 
 from __future__ import annotations
 
@@ -32,10 +31,6 @@ class DefRevision(msgspec.Struct, frozen=True):
     tenant: str | None
     change: str  # "created", "removed", "timeout 60 -> 30, steps changed", ...
     spec: dict[str, Any] | None  # None: this revision removed it
-
-    @property
-    def removed(self) -> bool:
-        return self.spec is None
 
 
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
@@ -91,7 +86,7 @@ class Definitions:
         newest = self._rows(self.store.db, "AND revision = (SELECT MAX(revision) FROM "
                             "definitions d WHERE d.kind = definitions.kind AND d.name = "
                             "definitions.name) ORDER BY time")
-        return {r.name: r for r in newest if not r.removed}
+        return {r.name: r for r in newest if r.spec is not None}
 
     def latest(self, name: str, db: sqlite3.Connection | None = None) -> DefRevision | None:
         rows = self._rows(db or self.store.db, "AND name = ? ORDER BY revision DESC LIMIT 1",
@@ -137,9 +132,9 @@ class Definitions:
 
     def recording(self, name: str, spec: dict[str, Any] | None, who: str,
                   tenant: str | None, why: str | None, out: list[DefRevision],
-                  keep: int | None = None) -> Write:
+                  keep: int) -> Write:
         """The write of a new revision (`spec` None: removed) when it differs from the
-        newest one, made into `out`; `why` is said before the difference."""
+        newest one, made into `out`, the name's newest `keep` kept."""
         encoded = msgspec.json.encode(spec).decode() if spec is not None else None
         when = time.time()
 
@@ -160,9 +155,8 @@ class Definitions:
             db.execute(f"INSERT INTO definitions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
                        (rev.kind, rev.name, rev.revision, rev.time, rev.who, rev.tenant,
                         rev.change, encoded))
-            if keep is not None:
-                db.execute("DELETE FROM definitions WHERE kind = ? AND name = ? AND "
-                           "revision <= ?", (self.kind, name, rev.revision - keep))
+            db.execute("DELETE FROM definitions WHERE kind = ? AND name = ? AND revision <= ?",
+                       (self.kind, name, rev.revision - keep))
             out.append(rev)
 
         return write

@@ -55,10 +55,10 @@ class Watcher:
 class FleetWatch:
     """The numbered changes of the fleet's agents, the newest RING replica rows of them."""
 
-    def __init__(self, agents: Agents, stream: Stream, ring: int = RING) -> None:
+    def __init__(self, agents: Agents, stream: Stream) -> None:
         self.agents = agents
         self.stream = stream
-        self.ring = ring
+        self.ring = RING
         self.epoch = secrets.token_hex(4)
         self.items: deque[Notice] = deque()
         self.weight = 0
@@ -134,11 +134,11 @@ class FleetWatch:
                 w.wake.set()
 
     # -- what a watcher is sent -----------------------------------------------------------
-    def since(self, cursor: int, limit: int = BATCH) -> list[Notice]:
+    def since(self, cursor: int) -> list[Notice]:
         if not self.items or cursor > self.last:
             return []
         start = max(0, cursor - self.items[0].seq)
-        return [self.items[i] for i in range(start, min(len(self.items), start + limit))]
+        return [self.items[i] for i in range(start, min(len(self.items), start + BATCH))]
 
     def resume(self, last_event_id: str | None) -> tuple[int | None, int | None]:
         """Where a watcher that saw `last_event_id` goes on: (the next change's number,

@@ -149,7 +149,6 @@ class GatewayChanged(NamedTuple):
 
 class GatewayService:
     def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
-                 settings: GatewaySettings | None = None,
                  calls: Dispatcher[Any] | None = None,
                  tasks: TaskManager | None = None, tracer: Tracer | None = None,
                  guard: PolicyGuard | None = None) -> None:
@@ -158,7 +157,7 @@ class GatewayService:
         self.stream = stream  # GatewayChanged goes on it
         self.tools = tools
         self.audit = audit
-        self.settings = settings or GatewaySettings()
+        self.settings = GatewaySettings()
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
         # token hash -> its replica (its identity made at each use, with today's servers)
         self.replica_tokens: dict[str, ProcessReplica] = {}

@@ -134,8 +134,8 @@ class _Outage(msgspec.Struct):
 class LogFollower(Follower[Batch]):
     """A live reader of the hub, counted in lines."""
 
-    def __init__(self, names: set[str] | None, maxlen: int = FOLLOWER_QUEUE) -> None:
-        super().__init__(maxlen, weigh=lambda batch: batch.count,
+    def __init__(self, names: set[str] | None) -> None:
+        super().__init__(FOLLOWER_QUEUE, weigh=lambda batch: batch.count,
                          size=lambda batch: len(batch.lines.block), max_bytes=FOLLOWER_BYTES)
         self.names = names
 
