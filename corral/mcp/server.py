@@ -253,15 +253,10 @@ class GatewaySession:
 
     def capabilities(self) -> dict[str, Any]:
         f = self.backend.features
-        caps: dict[str, Any] = {"logging": {}}
-        if "tools" in f:
-            caps["tools"] = {"listChanged": True}
-        if "resources" in f:
-            caps["resources"] = {"listChanged": True}
-            if "subscriptions" in f and self.version is not None:
-                caps["resources"]["subscribe"] = True
-        if "prompts" in f:
-            caps["prompts"] = {"listChanged": True}
+        caps: dict[str, Any] = {"logging": {},
+                                **{k: {"listChanged": True} for k in CHANGED if k in f}}
+        if "resources" in f and "subscriptions" in f and self.version is not None:
+            caps["resources"]["subscribe"] = True
         if "completions" in f:
             caps["completions"] = {}
         return caps
