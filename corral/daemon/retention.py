@@ -65,12 +65,9 @@ def sweep(db: sqlite3.Connection, bounds: RetentionBounds, live: set[tuple[str, 
                    [(a, t, now) for a, t in gone])
     due = [k for k, when in marked.items() if k not in live and when + bounds.removed_after
            <= now]
-    for agent, tenant in due:
-        db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ?", (agent, tenant))
-        db.execute("DELETE FROM agent_state WHERE name = ? AND tenant = ?", (agent, tenant))
-        db.execute("DELETE FROM scaled WHERE agent = ? AND tenant = ?", (agent, tenant))
-        db.execute("DELETE FROM removed_agents WHERE agent = ? AND tenant = ?",
-                   (agent, tenant))
+    for table, agent in (("revisions", "agent"), ("agent_state", "name"),
+                         ("scaled", "agent"), ("removed_agents", "agent")):
+        db.executemany(f"DELETE FROM {table} WHERE {agent} = ? AND tenant = ?", due)
     out.extend(due)
 
 
