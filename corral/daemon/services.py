@@ -93,7 +93,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     packages: Packages  # agent packages: deploy, releases
     dev_watch: FileWatches  # development mode (`watch = [...]`)
     watch: FleetWatch  # the fleet's changes for agents.watch
-    tenants: TenantRegistry  # the tenants: the file's and the runtime's (issue 23)
+    tenants: TenantRegistry  # the tenants: the file's and the runtime's
     workflows: WorkflowService  # [workflows.NAME] and their runs (docs/workflows.md)
     teams: TeamService  # [teams.NAME] and their calls (docs/teams.md)
     schedules: ScheduleService  # [schedules.NAME] fired (docs/workflows.md#schedules)

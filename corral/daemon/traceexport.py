@@ -184,7 +184,7 @@ class Exporter:
                 continue
             self._send(*item)
             self._counts()
-            del item  # (not kept while the thread waits: its batch's records, as 1008)
+            del item  # (not kept while the thread waits: its batch's records)
 
     def _send(self, batch: list[Any], spans: int) -> None:
         """A batch's spans made (in this thread, off the store's) and sent; `batch`:

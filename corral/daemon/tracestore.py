@@ -18,11 +18,9 @@ from ..methods import SpanView
 from ..statefiles import check_database, make_dir, open_file
 from ..supervisor.tracing import bounded, expand
 
-# a row a batch of records, the frame as the pipe brought it, made its spans when read;
-# and a row a key and batch that holds records of tasks of that key: a UUIDv7 task id's
-# key is the millisecond it was made in (any other id is its own key), so that a batch
-# of tasks made together is a few index rows, not a row a task. `spans`: the spans
-# stored up to this batch's, what `keep_spans` bounds.
+# a row a batch (the pipe's frame, made its spans when read), and a row a key (key_of)
+# and batch: tasks made together are a few index rows, not a row a task. `spans`: the
+# spans stored up to this batch's, what `keep_spans` bounds.
 SCHEMA = """
 DROP TABLE IF EXISTS spans;
 DROP TABLE IF EXISTS records;
@@ -125,9 +123,8 @@ def create(path: Path) -> None:
 
 def of_task(path: Path, task_id: str) -> list[SpanView]:
     """A task's spans, oldest first (a blocking read: run it in a thread)."""
-    # a key is a millisecond's ids, any tenant's: its batches are read one at a time and
-    # only those that hold the id's bytes decoded, so that a read costs its own task's
-    # batches, not the memory of every batch of the tasks made in the same millisecond
+    # a key is a millisecond's ids, any tenant's: its batches are read one at a time, and
+    # decoded only when they hold the id's bytes
     needle = task_id.encode()
     records: list[Any] = []
     db = sqlite3.connect(path)

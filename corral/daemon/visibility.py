@@ -44,7 +44,7 @@ class AgentRule(msgspec.Struct, frozen=True):
     # up before the handler runs, it must be the caller's (records.py)
     record: records.Record | None = None
     # what the answer tells of a tenant sums every agent of it (a tenant's use): closed
-    # to a caller limited to an agent glob, which sees some of them only (decision 143)
+    # to a caller limited to an agent glob, which sees some of them only
     whole_tenants: bool = False
 
 
