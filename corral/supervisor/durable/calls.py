@@ -31,8 +31,7 @@ class Planner(Protocol[C_contra]):
     async def abandon(self, call: C_contra) -> None:
         """A call that ended otherwise than by its steps: its running steps ended."""
 
-    def timed_out(self, call: C_contra) -> str:
-        """Why a call past its deadline ended."""
+    def timed_out(self, call: C_contra) -> str: ...
 
     def ended(self, call: C_contra) -> None:
         """The call's end is kept (told to whoever follows it)."""

@@ -2,13 +2,10 @@
 job is named in docs/architecture.md; manager.py's TaskManager composes them."""
 
 from ...taskviews import Attempt, ModelUsage, TaskFailure, TaskInfo, TaskResult, TaskSummary, Usage
-from .admission import MAX_INPUT_BYTES
 from .budget import Budget, Budgets
-from .counters import LATENCY_WINDOW, AgentTasks
-from .dispatch import CANCEL_GRACE, TaskDispatch
 from .durable import TaskJournal, unknown_cursor
 from .ids import is_task_id, new_id
-from .interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
+from .interceptors import Interceptors, TaskInterceptor, ToolCall
 from .manager import TaskManager
 from .model import (
     LOST_IN_RESTART,
@@ -22,21 +19,17 @@ from .model import (
 )
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
-from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES
 from .taskmachine import AT_MOST_ONCE_NOTE, ON_WORKER, TERMINAL, TaskStatus
 from .waitclock import WaitClock
 
 __all__ = [
     "AT_MOST_ONCE_NOTE",
-    "CANCEL_GRACE",
     "FINISHED_KEPT",
     "FINISHED_KEPT_BYTES",
-    "LATENCY_WINDOW",
     "LOST_IN_RESTART",
-    "MAX_INPUT_BYTES",
     "ON_WORKER",
     "TERMINAL",
-    "AgentTasks",
     "Attempt",
     "AttemptEnded",
     "Budget",
@@ -47,9 +40,7 @@ __all__ = [
     "ModelUsage",
     "Output",
     "Queue",
-    "Retention",
     "Task",
-    "TaskDispatch",
     "TaskFailure",
     "TaskFinished",
     "TaskInfo",
@@ -62,7 +53,6 @@ __all__ = [
     "TaskStatus",
     "TaskSummary",
     "ToolCall",
-    "ToolPorts",
     "Unfinished",
     "Usage",
     "WaitClock",

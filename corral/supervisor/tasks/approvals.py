@@ -51,7 +51,6 @@ def policy_of(r: Replica, tenant: str | None) -> ApprovalPolicy | None:
 
 
 def terms_of(r: Replica, patterns: list[str]) -> ApprovalPolicy:
-    """The agent's terms of an approval."""
     spec = r.spec
     timeout = getattr(spec, "approve_timeout", 0.0)
     return ApprovalPolicy(patterns, timeout or None, getattr(spec, "on_deny", "error"),

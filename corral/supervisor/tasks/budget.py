@@ -76,7 +76,6 @@ class SumWindow:
         self.total += amount
 
     def used(self, now: float) -> float:
-        """The sum of what is still in the window at `now`."""
         buckets = self.buckets
         gone = now - self.length - self.step
         while buckets and buckets[0][0] <= gone:

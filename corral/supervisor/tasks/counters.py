@@ -47,7 +47,6 @@ class AgentTasks:
 
 
 def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Agents' stats (AgentTasks.stats) summed."""
     rows = list(per_agent)
     total: dict[str, Any] = {k: sum(s[k] for s in rows)
                              for k in (*COUNTED, "queue_depth", "running")}
@@ -76,7 +75,6 @@ class RetiredCounts:
                 folded[k] += counts[k]
 
     def count(self, name: str, outcome: str) -> None:
-        """A task of a removed agent ended."""
         kept = self.by_name.get(name)
         if kept is not None:
             kept[1][outcome] += 1

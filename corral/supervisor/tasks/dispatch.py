@@ -59,11 +59,9 @@ class Outcomes(Protocol):
         """Its running attempt ended as `end` says (`result`: the output it answered):
         the step the task's machine took (a retry is then told to `retry`)."""
 
-    def retry(self, task: Task) -> None:
-        """The machine retried the task: it waits again, for its backoff."""
+    def retry(self, task: Task) -> None: ...
 
-    def stopped(self, task: Task) -> None:
-        """A suspended task's stopped attempt ended (Suspensions.settle)."""
+    def stopped(self, task: Task) -> None: ...
 
     def again(self, task: Task) -> None:
         """A retry that waited for its timed-out attempt to stop waits for its time."""
@@ -137,7 +135,6 @@ class TaskDispatch:
         return None
 
     def pump(self, agent_name: str) -> None:
-        """Start the agent's waiting tasks on its replicas' free slots."""
         queue = self.queue
         if not queue.depth(agent_name):
             return  # (a task's end pumps too: most often nothing waits)

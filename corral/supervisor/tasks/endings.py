@@ -195,7 +195,6 @@ class Endings:
 
     # -- an agent that will not run again ---------------------------------------------------
     def drain_if_down(self, name: str) -> None:
-        """Tasks waiting for an agent that will not run again end now, with the reason."""
         e = self.engine
         agent = e.sup.agents.get(name)
         if agent is None or refusal(agent) is None or not (e.queue.depth(name)

@@ -111,7 +111,6 @@ def too_many_asks(task_id: str, n: int, bound: int) -> str:
 
 
 def ended_message(ask: Ask) -> str:
-    """What a decision of an ask that has ended is told."""
     return f"ask {ask.id} has ended: {ask.end} by {ask.by} at {iso_time(ask.ended or 0.0)}"
 
 

@@ -93,7 +93,6 @@ class TaskInterceptor:
 
     def intercept_allowed_tools(self, replica: Replica,
                                 next: Callable[[Replica], list[str]]) -> list[str]:
-        """The patterns of the tools the replica's worker may call now."""
         return next(replica)
 
     def intercept_task_start(self, start: TraceStart, next: Callable[[TraceStart], None]
@@ -102,7 +101,6 @@ class TaskInterceptor:
         next(start)
 
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
-        """A task finished, once."""
         next(task)
 
     def intercept_step_replay(self, replay: StepReplay,

@@ -195,7 +195,6 @@ class TaskManager:
         self.steps.journal_to(steps)
 
     def replica_ready(self, r: Replica) -> None:
-        """A replica is ready for tasks: its agent's waiting tasks may start on it."""
         if r.kind == "agent":
             self.dispatch.pump(r.name)
 
@@ -229,7 +228,6 @@ class TaskManager:
         return [t for t in self.active.values() if t.running]
 
     def waiting(self) -> int:
-        """Tasks waiting in this engine's queue, every agent's."""
         return sum(self.queue.depth(name) for name in self.by_agent)
 
     def running(self, agent_name: str) -> int:
@@ -246,7 +244,6 @@ class TaskManager:
 
     # -- a person in the loop (inbox.py, docs/approvals.md) ---------------------------------
     def ask_of(self, ask_id: str) -> Ask | None:
-        """An ask of the inbox by its id, pending or ended; None: no such ask."""
         return self.inbox.get(ask_id)
 
     def _loop(self) -> asyncio.AbstractEventLoop:

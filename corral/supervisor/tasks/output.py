@@ -117,7 +117,6 @@ class TaskOutputs:
     """The running tasks' streams: chunks numbered, bounded and kept; readers woken."""
 
     def __init__(self, stream: Stream, live: Callable[[str], Task | None]) -> None:
-        """`live`: an unfinished task of the engine by its id."""
         self.live_task = live
         # the daemon's journal, where it has one; a task a cluster keeps (its record is
         # not in this node's journal, which would not prune its output) is in memory

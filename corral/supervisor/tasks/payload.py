@@ -27,7 +27,6 @@ _COPY_BELOW = 16384
 
 
 def encode_input(value: Any) -> bytes:
-    """The JSON of a task input given as Python values."""
     try:
         out = orjson.dumps(value, default=_not_native, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is one
@@ -46,7 +45,6 @@ _raw_run_result = msgspec.json.Decoder(_RawRunResult)
 
 
 def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
-    """The output's JSON bytes in a worker's `task/run` result."""
     try:
         out: msgspec.Raw = _raw_run_result.decode(raw_result).output
     except (msgspec.DecodeError, msgspec.ValidationError):

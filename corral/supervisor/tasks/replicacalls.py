@@ -65,7 +65,6 @@ class ReplicaCalls:
         self._withdrawing: set[asyncio.Future[Any]] = set()
 
     def window(self, r: Replica) -> _Window:
-        """The replica's current incarnation's window."""
         spawned = getattr(r, "spawned_at", None)
         w = self.windows.get(r.label)
         if w is None or w.spawned_at != spawned:

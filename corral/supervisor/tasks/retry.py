@@ -37,7 +37,6 @@ def backoff(spec: AgentSpec, retry: int, rand: Callable[[], float] = random.rand
 
 
 def lost_attempts(attempts: Iterable[Attempt]) -> int:
-    """The attempts that ended lost, of every kind."""
     return sum(1 for a in attempts if a.outcome == _LOST)
 
 

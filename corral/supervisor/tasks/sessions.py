@@ -314,7 +314,6 @@ class Sessions:
             self.journal.end(s.row())
 
     def sweep(self, now: float | None = None) -> None:
-        """Drop the sessions idle past their agent's session_ttl."""
         now = time.time() if now is None else now
         self._swept = now
         for s in [s for s in self.table.values() if self._expired(s, now)]:

@@ -234,7 +234,6 @@ class TaskMachine:
 
     @property
     def ended(self) -> bool:
-        """It has its one outcome."""
         return self.status in TERMINAL
 
 

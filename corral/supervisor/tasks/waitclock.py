@@ -61,7 +61,6 @@ class WaitClock:
 
     @property
     def timers(self) -> set[WaitTimer]:
-        """The timers not yet fired or cancelled."""
         return {t for _, _, t in self._heap if t.callback is not None}
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> WaitTimer:

@@ -163,7 +163,6 @@ class _Cancels:
 
 
 def _outcome(st: StepRow) -> dict[str, Any]:
-    """A broadcast member's line of the joined result."""
     out: dict[str, Any] = {"status": st.status, "task_id": st.task_id, "output": st.output}
     if st.error is not None:
         out["error"] = st.error
