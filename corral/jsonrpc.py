@@ -48,30 +48,8 @@ TASK_FAILED = -32030  # the agent's handler raised
 UNSUPPORTED_VERSION = -32040  # protocol version negotiation failed
 MESSAGE_TOO_LARGE = -32041  # the answer was longer than the channel's line limit
 
-ERROR_NAMES = {
-    PARSE_ERROR: "parse error",
-    INVALID_REQUEST: "invalid request",
-    METHOD_NOT_FOUND: "method not found",
-    INVALID_PARAMS: "invalid params",
-    INTERNAL_ERROR: "internal error",
-    SERVER_ERROR: "server error",
-    PEER_CLOSED: "peer closed",
-    REQUEST_TIMEOUT: "request timed out",
-    REQUEST_CANCELLED: "request cancelled",
-    UNAUTHORIZED: "unauthorized",
-    FORBIDDEN: "forbidden",
-    NOT_FOUND: "not found",
-    CONFLICT: "conflict",
-    REFUSED: "refused",
-    UNAVAILABLE: "unavailable",
-    QUOTA_EXCEEDED: "quota exceeded",
-    TOOL_NOT_ALLOWED: "tool not allowed",
-    TOOL_BUDGET_EXCEEDED: "tool budget exceeded",
-    STEP_BUDGET_EXCEEDED: "step budget exceeded",
-    TASK_FAILED: "task failed",
-    UNSUPPORTED_VERSION: "unsupported protocol version",
-    MESSAGE_TOO_LARGE: "message too large",
-}
+# the head of the error that answers a line which is not a message (no other code is named)
+ERROR_NAMES = {PARSE_ERROR: "parse error", INVALID_REQUEST: "invalid request"}
 MAX_KEPT_ID = 256  # a string id longer is not kept as a peer's `last_id`
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024

@@ -1,10 +1,6 @@
-"""`corral shutdown`: ask the daemon to stop, and wait until it is gone.
-
-The daemon's pid is its socket peer's (SO_PEERCRED: as this process's pid namespace sees
-it), and a pidfd is opened on it while the connection holds the daemon alive, so the
-wait is for that process and no other that reuses its pid. The daemon answers once its
-drain is over (`wait`), with what it drained; the pidfd is readable once it has exited.
-"""
+"""`corral shutdown`: ask the daemon to stop, and wait until it is gone: a pidfd opened on
+its socket peer's pid (SO_PEERCRED) while the connection holds it alive, so that the
+wait is for that process and no other that reuses its pid."""
 
 from __future__ import annotations
 
