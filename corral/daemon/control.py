@@ -470,8 +470,7 @@ class ControlServer:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         # we hold the lock, so a socket file here is stale: its daemon is gone
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self.path.unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
         try:
@@ -495,8 +494,7 @@ class ControlServer:
         if self._kept is not None:  # (stopped during an upgrade's drain)
             self._kept.close()
             self._kept = None
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            self.path.unlink(missing_ok=True)
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections):
@@ -504,8 +502,7 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await within(self._server.wait_closed(), 2)
             self._server = None
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            self.path.unlink(missing_ok=True)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

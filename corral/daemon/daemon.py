@@ -522,12 +522,10 @@ def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
 def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) -> int:
     import uvloop
 
-    try:
+    with contextlib.suppress(ImportError):
         from setproctitle import setproctitle
 
         setproctitle("corral: supervisor")
-    except ImportError:  # pragma: no cover
-        pass
     from ..supervisor.caps import disable_own_core_dumps, raise_own_open_files
 
     disable_own_core_dumps()

@@ -73,8 +73,7 @@ def compress(plain: Path) -> None:
         # the directory may be a tenant's user's: what is in these places is theirs to
         # put, so neither is followed (root would gzip the file a link names into the
         # tenant's directory, or write over it)
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+        part.unlink(missing_ok=True)
         with os.fdopen(_own_file(plain, os.O_RDONLY), "rb") as src, \
                 os.fdopen(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                   | os.O_CLOEXEC, 0o640), "wb") as raw, \

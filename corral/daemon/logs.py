@@ -51,17 +51,14 @@ class LogDirError(Exception):
 def _earlier_files(directory: Path) -> dict[str, tuple[Path, int]]:
     """The log files an earlier daemon wrote in `directory`, with their sizes now."""
     found: dict[str, tuple[Path, int]] = {}
-    try:
-        with os.scandir(directory) as entries:
-            for e in entries:
-                source = e.name.removesuffix(".log")
-                if (e.name.endswith(".log") and NAME_RE.fullmatch(source)
-                        and log_file_name(source) == e.name and e.is_file()):
-                    size = e.stat().st_size
-                    if size:
-                        found[source] = (Path(e.path), size)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for e in entries:
+            source = e.name.removesuffix(".log")
+            if (e.name.endswith(".log") and NAME_RE.fullmatch(source)
+                    and log_file_name(source) == e.name and e.is_file()):
+                size = e.stat().st_size
+                if size:
+                    found[source] = (Path(e.path), size)
     return found
 
 
@@ -346,15 +343,14 @@ class LogHub:
         tail = self.tails.get(source)
         if tail is None:
             tail = self.tails[source] = _Tail(self.tail_lines, self.tail_bytes)
-        if self.log_dir is None:
-            pass
-        elif self.raw and stream in ("stderr", "stdout"):  # (stdout: a plain program's)
-            self._write(batch, source, lines.block, b"\n")
-        else:
-            head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
-            # one C pass tags every line: no per-line objects
-            self._write(batch, DAEMON_SOURCE if self.raw else source,
-                        head, lines.block.replace(b"\n", b"\n" + head), b"\n")
+        if self.log_dir is not None:
+            if self.raw and stream in ("stderr", "stdout"):  # (stdout: a plain program's)
+                self._write(batch, source, lines.block, b"\n")
+            else:
+                head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
+                # one C pass tags every line: no per-line objects
+                self._write(batch, DAEMON_SOURCE if self.raw else source,
+                            head, lines.block.replace(b"\n", b"\n" + head), b"\n")
         tail.add(batch)
         self.lines_written += lines.count
         for follower in self.followers:
