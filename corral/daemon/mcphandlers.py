@@ -109,14 +109,11 @@ async def mcp_instances(d: McpServices, p: m.McpSelection, caller: Caller, c: Ch
 
 
 @implements(m.McpAdd)
-async def mcp_add(d: McpServices, p: m.McpAdd, caller: Caller, c: Channel
-                  ) -> m.ReloadResult:
-    return await mcpfile.add(d.config_path, p, lambda: d.reload(caller.who))
-
-
 @implements(m.McpRemove)
-async def mcp_remove(d: McpServices, p: m.McpRemove, caller: Caller, c: Channel
-                     ) -> m.ReloadResult:
+async def mcp_file(d: McpServices, p: m.McpAdd | m.McpRemove, caller: Caller, c: Channel
+                   ) -> m.ReloadResult:
+    if isinstance(p, m.McpAdd):
+        return await mcpfile.add(d.config_path, p, lambda: d.reload(caller.who))
     return await mcpfile.remove(d.config_path, p, lambda: d.reload(caller.who))
 
 
