@@ -1,9 +1,6 @@
-"""The daemon's parts, each set up with its teardown beside it.
-
-A part is a context manager that sets one thing up, yields what it made and tears it
-down; `Daemon._setup` enters them in order on one `AsyncExitStack`, so a start-up that
-fails half-way tears down exactly what it set up, in reverse. What a part makes is handed
-to the next ones as arguments, then collected into the `Services`.
+"""The daemon's parts, each a context manager that sets one thing up, yields what it made
+and tears it down: `Daemon._setup` enters them in order on one `AsyncExitStack`, so a
+start-up that fails half-way tears down exactly what it set up, in reverse.
 """
 
 from __future__ import annotations

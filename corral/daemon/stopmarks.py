@@ -1,8 +1,6 @@
-"""A stop by hand lasts until a start by hand: across a graceful restart of the daemon,
-an upgrade and a crash. `corral stop` commits a mark for each replica it stops (who,
-when) before it stops any; a daemon that starts adds those replicas stopped. A start by
-hand takes the mark away: `corral start` commits that before it starts any, and any
-other start by hand (a restart, a rollout that starts a stopped replica) is told by the
+"""A stop by hand lasts until a start by hand, across restarts, upgrades and crashes
+(docs/operations.md). `corral stop` commits its marks before it stops any replica, and
+`corral start` their removal before it starts any; any other start by hand is told by the
 replica's transition (Cause.SPAWN) and written through the store's writer.
 """
 

@@ -1,7 +1,6 @@
 """The daemon's durable state, read and written through one object (`StateStore`):
 agents added at runtime, agent state checkpoints, the audit log, and the records of every
-process the daemon runs (a daemon that starts after a crash stops what the crashed one
-left running). The schema is `storeschema.py`; the commit path `storewriter.py`.
+process the daemon runs. The schema is `storeschema.py`; the commit path `storewriter.py`.
 """
 
 from __future__ import annotations
