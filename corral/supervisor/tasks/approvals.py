@@ -150,12 +150,10 @@ class Approvals(TaskInterceptor):
 
 async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = None
                ) -> ToolCall | dict[str, Any]:
-    """A replica's call of no task, past its allowlist, under its agent's and tenant's
-    policy (its incarnation tainted as a task is), counted in its incarnation's tool
-    budget, and held until a person decides when `approve` or a rule names it. The call
-    to make (with the arguments approved), or the tool error the caller reads instead;
-    RpcError when the policy says `fail` (no task to fail: the call is refused), or the
-    replica exited first."""
+    """A replica's call of no task under its agent's and tenant's policy, counted in its
+    incarnation's tool budget, held until a person decides when `approve` or a rule names
+    it: the call to make, or the tool error the caller reads instead (RpcError when the
+    policy says `fail`: no task to fail, the call is refused)."""
     r = call.replica
     tenant = getattr(r.spec, "tenant", None)
     why = ""

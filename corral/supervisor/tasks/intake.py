@@ -65,10 +65,8 @@ class Intake:
     def submit(self, agent_name: str, task_input: Any, options: TaskOptions = NO_OPTIONS,
                *, traceparent: str | None = None, tracestate: str | None = None,
                task_id: str | None = None) -> Task:
-        """Accept a task or refuse it at once with the reason. `options`: how it is to
-        run, as its submitter asked (taskoptions.py: its timeout, priority, start time,
-        retry policy, session...); `traceparent`: the caller's trace context; `task_id`:
-        an id made and recorded by the caller before (a workflow's step)."""
+        """Accept a task or refuse it at once with the reason. `task_id`: an id made and
+        recorded by the caller before (a workflow's step)."""
         e = self.engine
         try:  # one clock read, its `created` too: a delay counts from it (decision 1004)
             not_before = options.start_at(now := time.time())
@@ -137,13 +135,10 @@ class Intake:
     def submit_many(self, agent_name: str, inputs: Sequence[Any],
                     options: TaskOptions = NO_OPTIONS, *, decoded: bool = False
                     ) -> list[Task | RpcError]:
-        """`submit` of a map's turn of inputs (lanes.py), each accepted or refused as
-        `submit` would, in order, every one with `options` (a map's tasks start at once,
-        outside any session: options that say otherwise refuse the turn): what is the
-        agent's is looked at once (its refusal, its counters, its queue's free room), the
-        ids are made in one call, and the agent's queue is pumped once at the end, so that
-        a worker is written the turn's tasks in one write. `decoded`: a Python caller
-        takes their outputs as values (Task.decoded), known before they start."""
+        """`submit` of a map's turn of inputs, each accepted or refused as `submit` would:
+        what is the agent's is looked at once, the ids are made in one call, and the
+        agent's queue is pumped once at the end, so a worker is written the turn's tasks
+        in one write. `decoded`: a Python caller takes their outputs as values."""
         e = self.engine
         unmapped = [n for n in options.given() if n in _NOT_MAPPED]
         if unmapped:
@@ -167,7 +162,6 @@ class Intake:
         waiting = depth_of(name) + delayed  # (counted on here: only this loop adds)
         reach = REACH.get() if getattr(spec, "spawns", None) else None
         # a map's tasks have no session: they go to the agents' queue behind the lines
-        # at once (Sessions.put's own answer for them), and a journal hears of each
         trace_begin, active, put = e.trace_begin, e.active, e.sessions.inner.put
         record = e.record if e.journal is not None else None
         next_seq, tenancy, bucket = e.next_seq, e.quotas.admitting, q.bucket
@@ -178,7 +172,6 @@ class Intake:
         retries = options.retry.retries if options.retry is not None else None
         if retries is None:
             retries = spec.retries
-        # (what is the same for every input, read once)
         raw_type, max_queue, tenant = msgspec.Raw, spec.max_queue, spec.tenant
         out: list[Task | RpcError] = []
         for x, task_id in zip(inputs, ids, strict=True):
@@ -223,10 +216,8 @@ class Intake:
     def adopt(self, task: Task, traceparent: str | None = None,
               tracestate: str | None = None) -> None:
         """A task accepted elsewhere (a cluster task this node claimed) waits here for a
-        replica like one submitted here, its admission already done where it was
-        accepted; traced (with [tracing]) as a child of its caller's context, or from its
-        id when it came with none, or with one that does not parse (accepted by another
-        node, or written by whoever writes Redis: never a reason to refuse it here)."""
+        replica, its admission done where it was accepted; traced from its id when its
+        caller's context does not parse (never a reason to refuse it here)."""
         e = self.engine
         agent = e.sup.agent(task.agent)
         if e.trace_begin is not None:

@@ -96,9 +96,7 @@ class TaskManager:
                  interceptors: Interceptors = NO_INTERCEPTORS,
                  clock: WaitClock | None = None) -> None:
         """`tools`: where a worker's tool calls end (the pool's); `interceptors`: the
-        concerns around the task path (tracing, a team's tools, the cluster's steps), in
-        their order (interceptors.py); `clock`: what a person's waits are measured by
-        (default the wall's: waitclock.py)."""
+        concerns around the task path, in their order; `clock`: a person's waits'."""
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         self.journal = journal
@@ -217,8 +215,7 @@ class TaskManager:
         """Take tasks to workers again: every agent's waiting ones may start."""
         self.dispatch.held = None
         for name in list(self.by_agent):
-            if self.queue.depth(name):
-                self.dispatch.pump(name)
+            self.dispatch.pump(name)  # (at once when none waits)
 
     @property
     def held(self) -> str | None:

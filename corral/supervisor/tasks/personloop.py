@@ -37,10 +37,9 @@ class PersonLoop:
         self.engine = engine
 
     async def ask_person(self, req: AskRequest) -> Ask:
-        """A call of the running task `req.task_id` asks a person: the task waits
-        (`waiting`, journaled) until the ask ends, then runs on; the ask as it ended. The
-        ask its task made before for the same call (a retry's) is given back, at once
-        when it has ended. What it asks is bounded (check_subject) wherever it is kept."""
+        """A call of the running task `req.task_id` asks a person: the task waits until
+        the ask ends; the ask as it ended (the one it made before for the same call, a
+        retry's, at once when that has ended)."""
         e = self.engine
         check_subject(req)
         task = e.active.get(req.task_id)
@@ -83,13 +82,12 @@ class PersonLoop:
                 e.suspensions.release(task.id)
 
     def asks_pending(self, task_id: str) -> bool:
-        """Whether the task has an ask of a person pending (attended here, wherever it
-        is kept)."""
+        """Whether the task has an ask of a person pending (wherever it is kept)."""
         return self.engine.inbox.waits.attends(task_id)
 
     def fail_task(self, task: Task, error: TaskFailure) -> None:
-        """The running task's attempt fails from outside its worker (TaskPath.fail_task):
-        ended failed, or retried as its policy says once its worker has stopped it."""
+        """The running task's attempt fails from outside its worker: ended failed, or
+        retried as its policy says once its worker has stopped it."""
         e = self.engine
         if not task.running or task.replica is None:
             return

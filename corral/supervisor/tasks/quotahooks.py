@@ -44,10 +44,9 @@ class QuotaHooks:
             e.dispatch.pump(key)
 
     def changed(self, _: QuotasChanged | None = None) -> None:
-        """The tenants' quotas changed (start-up, `tenants.set`, a reload): the hooks a
-        tenant's quota needs on every task are in place only while some tenant sets that
-        quota, so that a host using none pays nothing for them per task. Every agent's
-        waiting tasks are looked at again: a gate taken away or widened lets them go."""
+        """The tenants' quotas changed: the hooks a tenant's quota needs on every task are
+        in place only while some tenant sets that quota (a host using none pays nothing
+        per task). A gate taken away or widened lets the waiting tasks go."""
         e = self.engine
         tenancy = e.tenancy
         assert tenancy is not None
@@ -62,8 +61,7 @@ class QuotaHooks:
             if spec is None or not spec.tokens_per_minute:
                 e.budgets.forget(key)
         for name in list(e.by_agent):
-            if e.queue.depth(name):
-                e.dispatch.pump(name)
+            e.dispatch.pump(name)  # (at once when none waits)
 
     def tenant_full(self, agent: AgentLike) -> bool:
         e = self.engine

@@ -48,11 +48,9 @@ class Recovery:
         self.engine = engine
 
     def restore(self, records: Iterable[TaskRecord | CompactTask]) -> list[Task]:
-        """Take back a journal's unfinished tasks (in their order): queued ones wait again;
-        one that was running has lost its attempt to the restart and is retried as its
-        retry rule says, else ends `lost`; a suspended one waits on, kept compact
-        (suspension.py). They keep their order before every task accepted after. The
-        Tasks made again (not those kept compact)."""
+        """Take back a journal's unfinished tasks, in their order before every task
+        accepted after: one that was running has lost its attempt to the restart (retried,
+        else `lost`); a suspended one waits on, kept compact. The Tasks made again."""
         e = self.engine
         restored: list[Task] = []
         waiting: list[Task] = []
@@ -109,8 +107,6 @@ class Recovery:
         e.queue.recover(waiting)
         for task in delayed:
             e.delays.add(task)
-        # they wait for their agent's replicas to start (an agent that fails or is stopped
-        # ends them, as for any waiting task; one not started waits until it is)
         for name in {t.agent for t in restored}:
             e.dispatch.pump(name)
         return restored

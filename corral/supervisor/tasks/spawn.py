@@ -125,10 +125,8 @@ class Spawns:
 
     # -- an agent called as a tool ----------------------------------------------------------
     async def as_tool(self, call: ToolCall) -> dict[str, Any]:
-        """A running task's call of an agent as a tool (`corral__AGENT`), once the task's
-        tool path passed it: the task's spawn, under the call's key (a retry's same call
-        is answered with the same child); then its wait, the child's end as a tool
-        result."""
+        """A running task's call of an agent as a tool (`corral__AGENT`): its spawn under
+        the call's key (a retry's same call gets the same child), then its wait."""
         parent = call.task
         assert parent is not None  # (a call of no task is the gateway's to refuse)
         key = call.key if call.key is not None else secrets.token_hex(16)

@@ -86,9 +86,8 @@ class WorkerMethods:
         self.outputs = TaskOutputs(stream, live)
 
     def _made(self, call: ToolCall) -> Any:
-        """Where a call past the interceptors is made: a task's call of an agent is the
-        task's spawn (past the same journal, policy and budget as any); any other, the
-        pool's."""
+        """Where a call past the interceptors is made: a task's call of an agent is its
+        spawn; any other, the pool's."""
         if call.task is not None and call.name.startswith(AGENT_TOOL):
             return self.agent_call(call)
         return self.tools.call(call)
