@@ -14,9 +14,8 @@ from .logs import LogHub
 from .store import StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
-# what a row holds of what a caller chose: each text cut past TEXT_CUT characters, a
-# row's params past PARAMS_CUT bytes shown by their size alone, so that audit_max_rows
-# bounds the table's bytes too (a tool named by 2 MB made rows of 6 MB)
+# texts a caller chose cut past TEXT_CUT characters, params past PARAMS_CUT bytes shown by
+# size alone: audit_max_rows bounds the table's bytes too (a 2 MB tool name made 6 MB rows)
 TEXT_CUT = 1024
 PARAMS_CUT = 64 * 1024
 
@@ -50,8 +49,7 @@ class Audit:
             self._held.append((caller, method, shown, outcome))
 
     def policy(self, d: PolicyVerdict) -> None:
-        """A policy decision that denied or held an agent's call, as the agent's replica's
-        row: its facts by shape, never their values."""
+        """A policy decision that denied or held an agent's call: facts by shape, not value."""
         self(Caller(via="policy", name=f"agent {d.replica}", tenant=d.tenant), "policy",
              {"call": d.kind, "name": d.name, "owner": d.owner, "rule": d.rule,
               "shape": d.shape}, d.effect)

@@ -19,8 +19,7 @@ SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared =
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
-    """Who asked, as the transport authenticated them (a socket peer's credentials or a
-    token's name), the tenant whose objects they see, and the scopes they hold."""
+    """Who asked, as the transport authenticated them, with their tenant and scopes."""
 
     via: str  # the transport: "socket", "http", ...
     uid: int = -1

@@ -25,14 +25,12 @@ from .storeschema import StoreError
 from .storewriter import what_to_do
 
 S = TypeVar("S", bound=msgspec.Struct)
-# definitions of a kind added at runtime, at most: each is a row restored and checked at
-# every start and held in memory; the daemon's share past the tenants' is the operator's
-# alone (a tenant's use never refuses the operator)
+# definitions of a kind added at runtime, at most (each restored, checked and held at
+# every start); the daemon's share past the tenants' is the operator's alone
 MAX_RUNTIME = 2000  # the daemon's
 MAX_TENANTS = 1000  # every tenant's together
 MAX_PER_TENANT = 100  # one tenant's
-# a definition's table, as JSON: it is held whole in memory, kept in every revision and
-# shown whole by describe and history
+# a definition's table as JSON: held whole in memory and in every revision
 MAX_DEFINITION_BYTES = 128 * 1024
 KEEP_REVISIONS = 10
 # a definition checked whole, with the others of its kind being added beside it: raises

@@ -291,8 +291,7 @@ class Fleet:
                                     who, None, made, self.revisions.kept))
             # the replicas that go take their stops by hand with them
             writes.append(StopMarks.forgetting(name, replicas))
-            # the act refuses when another agent's change grew the fleet past
-            # max_replicas while this one recorded (the turn is this agent's alone)
+            # the act refuses when another agent's change grew the fleet past max_replicas
             await self._unit(writes, f"{name} was not scaled",
                              lambda: self.agents.scale(name, replicas),
                              lambda: [*undo, *map(unrecording, made)])

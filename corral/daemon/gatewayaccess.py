@@ -128,8 +128,7 @@ class Identity(msgspec.Struct, kw_only=True):
     # judged at each call: an allowlist made when it started may predate a server
     # another tenant added since
     tenant: str | None = None
-    # the one server it sees as itself (at /mcp/NAME), by its own names; None: every
-    # server's, named SERVER__NAME
+    # the one server it sees as itself (at /mcp/NAME); None: every server's
     server: str | None = None
     # an agent replica's token: the replica, and the attempt its address names, if any
     replica: Any = None
@@ -457,9 +456,8 @@ class GatewayService:
         entry = self.tools.servers.get(server) if server is not None else None
         roots = entry is not None and entry.spec.relay_roots
         if responses:
-            # any call of a replica's, not only one attributed now: its next call may be
-            # its task's, and a task's elicitation is asked of a person, never answered
-            # ahead by the agent
+            # any replica's call, attributed or not: its next may be its task's, whose
+            # elicitation is asked of a person, never answered ahead by the agent
             answered(name, responses, opened, server, roots, unasked=ident.replica is None)
         said = params.get("_meta")
         caps = said.get(META_CAPABILITIES) if isinstance(said, dict) else None
@@ -776,11 +774,9 @@ class GatewayService:
         return tool if known else NO_SUCH_TOOL
 
     def stats(self) -> dict[str, Any]:
-        clients = {}
-        for n in sorted({*self.by_client, *self.limiters}):
-            row = (self.by_client.get(n) or CallCounter()).replica_summary()
-            row["in_flight"] = self.limiters[n].in_flight if n in self.limiters else 0
-            clients[n] = row
+        clients = {n: {**(self.by_client.get(n) or CallCounter()).replica_summary(),
+                       "in_flight": self.limiters[n].in_flight if n in self.limiters else 0}
+                   for n in sorted({*self.by_client, *self.limiters})}
         return {"clients": clients,
                 "tools": {n: s.summary() for n, s in sorted(self.by_tool.items())},
                 "url": self.url, "attributed": self.attributed,

@@ -139,10 +139,9 @@ def compare(old: Path, new: Path, top: int = 25) -> list[str]:
         lines.append(f"{stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8d} blocks "
                      f"(now {stat.size / 1024:.1f} KiB in {stat.count})")
         lines += [f"      {frame}" for frame in stat.traceback.format()[-8:]]
-    counts: list[dict[str, Any]] = []
-    for snap in (old, new):
-        side = snap.with_suffix(".json")
-        counts.append(json.loads(side.read_text()) if side.exists() else {})
+    sides = [snap.with_suffix(".json") for snap in (old, new)]
+    counts: list[dict[str, Any]] = [json.loads(s.read_text()) if s.exists() else {}
+                                    for s in sides]
     if all(counts):
         a, b = counts
         lines.append(f"rss {a['rss'] / 2**20:.1f} -> {b['rss'] / 2**20:.1f} MiB, traced "

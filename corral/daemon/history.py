@@ -88,8 +88,7 @@ def bucket_of(seconds: float) -> int:
 
 
 def quantile(counts: list[int], q: float) -> float | None:
-    """The q-quantile (seconds) of bucketed times, interpolated in its bucket as
-    Prometheus' histogram_quantile does; None without times."""
+    """The q-quantile (seconds) of bucketed times, as Prometheus' histogram_quantile."""
     total = sum(counts)
     if not total:
         return None

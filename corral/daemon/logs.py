@@ -234,8 +234,7 @@ class LogHub:
             f.close()
 
     def rotate(self, sources: Iterable[str]) -> list[Path]:
-        """`corral logs --rotate`: each source's file rotated now; the files rotated. A
-        file that cannot be moved is an OSError naming it, the files before it rotated."""
+        """`corral logs --rotate`: the files rotated (OSError: one that cannot be moved)."""
         done: list[Path] = []
         if self.log_dir is None:
             return done
@@ -374,9 +373,7 @@ class LogHub:
         for s in unread:
             self._read_back(s, min(READ_BACK_BYTES, READ_BACK_TOTAL // len(unread)))
         sources = list(self.tails) if not names else [s for s in names if s in self.tails]
-        merged: list[LogLine] = []
-        for s in sources:
-            merged.extend(self.tails[s].last(n))
+        merged = [ln for s in sources for ln in self.tails[s].last(n)]
         merged.sort(key=lambda ln: ln.time)
         if since is not None:
             merged = [ln for ln in merged if ln.time >= since]
