@@ -190,10 +190,7 @@ def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
                 raise click.BadParameter(f"{key}: {t} is set to a value above",
                                          param_hint="--set")
         at[last] = value
-    if command is not None:
-        patch["command"] = command
-    if replicas is not None:
-        patch["replicas"] = replicas
+    patch |= {k: v for k, v in (("command", command), ("replicas", replicas)) if v is not None}
     if env or unset_env:
         patch.setdefault("env", {}).update({**_env(env), **dict.fromkeys(unset_env)})
     if not patch:
