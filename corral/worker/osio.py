@@ -18,12 +18,9 @@ def _lines(fd: int, before_read: Callable[[int], None] | None = None) -> Any:
     its newline is still a line). `before_read(fd)` is called before each read that may
     block (it may wait for `fd` itself, doing other work meanwhile).
 
-    Each is a view into one buffer, valid until the next is asked for: decoded in place, a
-    large line is never copied (io's readline joined the pieces of a 1 MB line at twice
-    the cost of reading it). Reads go straight into the buffer's free end. A line that
-    does not fit moves to a buffer twice the size (or at once as large as the last long
-    line); that one is kept while long lines keep coming and goes back to STDIN_IDLE after
-    a short one. (Never resized in place: a view handed out may still exist.)
+    Each is a view into one buffer, valid until the next is asked for: a large line is
+    never copied (io's readline joined the pieces of a 1 MB line at twice the cost of
+    reading it). A buffer is never resized in place: a view handed out may still exist.
     """
     buf = bytearray(STDIN_IDLE)
     view = memoryview(buf)
