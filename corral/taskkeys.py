@@ -40,7 +40,6 @@ def other_request(key: str, task_id: str) -> RpcError:
 
 
 def bound_reached(tenant: str, held: int, bound: int) -> RpcError:
-    """A new key past its tenant's bound."""
     return RpcError(jsonrpc.QUOTA_EXCEEDED, (
         f"tenant {tenant} holds {held} idempotency keys of the last "
         f"{KEEP_SECONDS / 3600:g} h ({BOUND_NAME} = {bound}): a new key is refused until "

@@ -88,7 +88,6 @@ def traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
 
 
 def meta(trace_id: int, span_id: int, sampled: bool, tracestate: str | None) -> dict[str, str]:
-    """The `_meta` entries that carry a context."""
     out = {"traceparent": traceparent(trace_id, span_id, sampled)}
     if tracestate:
         out["tracestate"] = tracestate

@@ -98,9 +98,8 @@ def result_type(method: str | Params) -> Any:
 
 
 class Client:
-    """`timeout`: how long a call may wait for its answer (None: for ever). `resume_wait`:
-    how long a call the daemon did not read before it went away for an upgrade waits for
-    the next image to answer before it gives up, the call not made (CORRAL_RESUME_WAIT)."""
+    """`timeout`: how long a call may wait for its answer (None: for ever); `resume_wait`:
+    as `default_resume_wait` says."""
 
     def __init__(self, path: Path | str, timeout: float | None = FROM_ENVIRONMENT,
                  resume_wait: float = FROM_ENVIRONMENT) -> None:

@@ -22,7 +22,6 @@ SHIPPED_CONFIG = "/etc/corral/corral.toml"
 
 
 def shared_dir() -> Path:
-    """Where the unit and examples of this installation are."""
     installed = Path(sys.prefix) / "share" / "corral"
     if (installed / "systemd" / "corral.service").is_file():
         return installed
@@ -34,7 +33,6 @@ def shared_dir() -> Path:
 
 
 def corral_bin() -> Path:
-    """The bin directory of the installation this command runs from."""
     exe = shutil.which("corral", path=str(Path(sys.executable).parent))
     return Path(exe).parent if exe else Path(sys.executable).parent
 

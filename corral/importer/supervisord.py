@@ -276,7 +276,6 @@ def user_of(text: str, ex: dict[str, Any], where: str) -> str:
 
 def _groups(parser: configparser.RawConfigParser, imp: Conversion,
             base: dict[str, Any]) -> dict[str, str]:
-    """Each grouped program's group."""
     out: dict[str, str] = {}
     for section in parser.sections():
         kind, _, group = section.partition(":")
