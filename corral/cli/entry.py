@@ -8,12 +8,10 @@ import sys
 
 
 def main() -> None:
-    # What the CLI's import makes (modules, classes, functions: tens of thousands of
-    # objects) lives as long as the process: the collector's passes among them while
-    # importing find nothing, and frozen they are out of every later pass, the one at
-    # the interpreter's exit too (~0.01 s of a command's ~0.07 s of CPU: bench/RESULTS.md,
-    # "The CLI's start at half its CPU"; the daemon freezes its own start as well,
-    # decision 60). What a command makes after is collected as before.
+    # What the CLI's import makes (tens of thousands of objects) lives as long as the
+    # process: the collector's passes among them while importing find nothing, and frozen
+    # they are out of every later pass, the one at the interpreter's exit too (~0.01 s of
+    # a command's ~0.07 s of CPU). What a command makes after is collected as before.
     gc.disable()
     try:
         from .main import main as cli_main
