@@ -1,10 +1,8 @@
 """Elastic agents and cluster tasks: what waits in an agent's streams is load.
 
-A node pulls a task only into a serving replica with a free slot, so a task in the
-cluster's streams would never wake an agent asleep at `min_replicas = 0`. Once a beat,
-for each elastic agent this node runs, the tasks waiting unread in its streams are
-shared between the live nodes that run it and given to the autoscaler as load; an agent
-asleep with tasks waiting is woken at once.
+A node pulls a task only into a serving replica with a free slot, so without this a task
+in the streams would never wake an agent asleep at `min_replicas = 0`
+(docs/cluster.md#elastic-agents-and-cluster-tasks).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""A cluster node's durable calls' steps as cluster tasks: each step's task submitted to
-the cluster under the id its row holds and waited for from its record, so that the node
-driving the call is not the one its tasks live on. A call taken over from a dead node
-submits each running step again under that id, which the submit takes as the one it has:
-the task the dead node's call submitted is the one waited for, never made a second time.
-
-The step's task that ended is told to the calls' store (`settled`): its ended row rides
-with the call's next write. A new step's running row rides with its task's submit
-(rides.py). A step's task is retried by its agent's policy on the node that runs it.
+"""A cluster node's durable calls' steps as cluster tasks: each step's task submitted under
+the id its row holds and waited for from its record. A call taken over from a dead node
+submits each running step again under that id, which the submit answers with the task it
+has: never made a second time (docs/cluster.md#workflow-runs-on-any-node).
 """
 
 from __future__ import annotations

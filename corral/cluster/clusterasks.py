@@ -1,20 +1,11 @@
-"""A cluster task's asks of a person, in Redis (docs/approvals.md#on-a-cluster): what a
-node's inbox is for its own tasks, for the tasks it claimed from its cluster, so that any
-node lists them, any node decides one, exactly once, and the node that takes the task
-over after the asking node died finds the ask its attempt made and is never asked again.
+"""A cluster task's asks of a person, in Redis (docs/approvals.md#on-a-cluster): any node
+lists them and decides one, exactly once, and the node that takes the task over finds the
+ask its attempt made.
 
-An ask is a hash (Keys.ask): its record (`rec`) and once it ended its end (`end`), each
-with a MAC made with the cluster key: a forged ask is listed nowhere and decided by no
-one, a forged end is never applied.
-
-ASK makes the ask, fenced by the claim's token (a node whose task was taken over cannot
-ask for it), or finds the one its task made before under the same call's key. END ends it
-once; an ask whose task has ended is withdrawn instead. An ask made or ended here is
-told on this node's stream (AskEnded): its feeds and webhook have it, once in the cluster.
-
-The waits and deadlines are the engine's (askwaits.py): an end written on another node is
-learned by a read of the asks heeded here, woken by END's message on the asks' channel,
-and once a beat, which stands in for a message lost.
+An ask's record and its end each carry a MAC made with the cluster key: a forged ask is
+listed nowhere, a forged end never applied. ASK is fenced by the claim's token. An end
+written on another node is learned by END's message on the asks' channel, and once a
+beat, which stands in for a message lost.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
-"""Durable calls on a cluster (a workflow's run, a team's call: supervisor/durable/): kept
-in Redis, each driven by one node incarnation at a time under a lease, and taken over by
-a live node when its holder dies.
+"""Durable calls on a cluster (a workflow's run, a team's call): kept in Redis, each driven
+by one node incarnation at a time under a lease (the call's `holder` and `fence`), taken
+over by a live node when its holder dies (docs/cluster.md#workflow-runs-on-any-node).
 
-The lease is the call's `holder` and `fence` in its hash: TAKE gives it only while no live
-incarnation holds it, with a new fence token. Every write shows the token and is refused
-when the call's fence is another: a node frozen past its TTL and thawed cannot write over
-its successor's steps. The record and each row carry a MAC made with the cluster key: one
-that does not verify is refused by name and never driven.
-
-A step's row that ended with its task (whose record keeps its end) is held here and rides
-with the call's next write, or goes alone after HOLD_FOR: a chain's edge pays one write
-to Redis, not two. A node that dies holding one leaves the row running in Redis, naming
-its task: its taker submits the task again under that id, which the cluster answers with
-the task it has, so nothing runs twice. A step's task this node ran may have ended here
-before its record says so (its outcome held in the outbox): its ended row goes to Redis
-only after that outcome (carried by the ride, or sent first: `outcomes_first`).
-
-Redis is the truth; the node's own journal (`local`) holds a copy of each call it drives,
-which answers the engine's synchronous reads: a call taken over is copied in first.
+Every write shows the fence token and is refused when the call's is another; the record
+and rows carry a MAC made with the cluster key. A step's ended row is held here and rides
+with the call's next write (or goes alone after HOLD_FOR), never before its task's
+outcome (`outcomes_first`). Redis is the truth; `local`, the node's journal, holds a copy
+of each call it drives for the engine's synchronous reads: a call taken over is copied in
+first.
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """Sessions on a cluster (docs/durable.md#sessions-on-a-cluster): Redis keeps a session's
-turns in order (sessionscripts.py), so they run one at a time in submission order on
-whichever nodes take them, each given the session's state as the last turn checkpointed.
+turns in order (sessionscripts.py), each given the state the last turn checkpointed.
 
-The state is written under the claim's fence (a node whose turn was taken over cannot
-write over its successor's), with a MAC made with the cluster key over the session's
-tenant, agent, name and state: one that does not verify is refused, and the turn starts
-without a state. A session is its owner's: its keys and its MAC name the tenant of its
-agent where its turns are submitted, so another tenant's agent of the same name neither
-addresses nor verifies it. Removing an agent ends its sessions in Redis unless another
-live node still runs it.
-
-Sticky: a session's next turn runs on the node incarnation that ran its last one while
-that lives, runs the agent and is not draining, its memory of the conversation the fast
-path: the turn is delivered in the stream's group to that incarnation as its own read
-would, with no polling. Pending with it, the turn is what the cluster already knows how
-to take back (the reaper; the node's own orphan pass when it is busy). The worker is given
-the state at every turn all the same: the protocol has no "you have it" for it to trust.
+The state is written under the claim's fence with a MAC over tenant, agent, name and
+state: one that does not verify is refused and the turn starts without a state. Sticky: a
+session's next turn goes to the incarnation that ran its last while that lives, runs the
+agent and is not draining; the worker is given the state at every turn all the same (the
+protocol has no "you have it" for it to trust).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""A cluster task's spawns (`task/spawn`, `task/wait`), kept in the cluster's Redis: its
-children are cluster tasks, run by whichever node has room, so that a parent whose node
-died and whose attempt another node runs finds them.
+"""A cluster task's spawns (`task/spawn`, `task/wait`) in Redis: its children are cluster
+tasks, so a parent whose attempt another node runs finds them
+(docs/cluster.md#spawn-trees-on-any-node).
 
-A spawn's row (the spawn's key -> the child's id, signed) is written with the child's
-record and stream entry in one script, fenced by the parent's claim. A key that has a row
-answers that row's child, never a second one: the parent's next attempt, on any node,
-gets the same child. `max_children` is the number of the parent's rows, counted by the
-script that would add one; a child's depth and its tree's reach are its place
-(spawntree.Lineage), kept signed in its record. The rows go with the parent's end.
+A spawn's row is written with the child's record and stream entry in one script, fenced by
+the parent's claim: a key that has a row answers that row's child, never a second one.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Cluster tasks handed in and asked about, on any node: the submit (idempotent on the
-task id, acknowledged once Redis has it), `corral task ID` from the record, and the wait
-for an outcome, woken by the outcomes stream every node tails.
-
-Redis away: a submission is refused with the reason (never accepted and lost); a client
-already waiting keeps waiting. An outcome is believed only when its MAC verifies with the
-cluster key (trust.py): a client waiting for a forged one's task waits on for the real.
+task id, acknowledged once Redis has it), `corral task ID`, and the wait for an outcome,
+woken by the outcomes stream. Redis away, a submission is refused with the reason (never
+accepted and lost); an outcome is believed only when its MAC verifies (trust.py).
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
-"""The cluster agents a node's config file declares (`placement = "cluster"`),
-registered in Redis when the daemon starts and at each reload.
+"""The cluster agents a node's config file declares (`placement = "cluster"`), registered
+in Redis at start and at each reload (docs/cluster.md#several-config-files-one-table).
 
-The cluster has one table per agent, in Redis; several nodes' files may declare it. The
-rule: **a change a node's file makes is applied; a file that did not change undoes
-nothing.** Each node remembers in Redis the table its file last declared, so at a start
-or a reload:
-
-- an agent the cluster does not have is added;
-- an agent whose table in this node's file changed since the file last declared it gets
-  that change, key by key, over the cluster's table (a `corral scale` made meanwhile is
-  kept where the file did not change `replicas`), as a new revision;
-- an agent the file declared before and declares no more is removed from the cluster;
-- a file that declares an agent otherwise than the cluster's table, and did not change
-  it, leaves the cluster's standing and says what differs: a node restarted with an old
-  file never undoes a change made elsewhere, and two files that disagree do not fight.
-
-What a file last declared is signed with the cluster key: a declared table that does not
-verify is as none, and so is a cluster table (the file's is written over it, signed).
+The rule: a change a node's file makes is applied; a file that did not change undoes
+nothing. Each node keeps in Redis the table its file last declared (signed with the
+cluster key: one that does not verify is as none), what "changed" is measured against.
 """
 
 from __future__ import annotations

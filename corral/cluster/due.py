@@ -1,9 +1,6 @@
 """Cluster tasks that may not start before a time (a delay, a not_before, a retry's
-backoff), moved from the due set into their streams when due.
-
-Every live node runs the move at each beat, and at the earliest due time it last read
-when that comes sooner: each task moves exactly once whichever nodes run it together. So
-a due time fires across any node's death, as long as one node lives.
+backoff), moved from the due set into their streams when due: every live node runs the
+move at each beat, and each task moves exactly once whichever nodes run it together.
 """
 
 from __future__ import annotations

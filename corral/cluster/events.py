@@ -1,9 +1,6 @@
-"""The event bus across the cluster: one capped stream every node tails.
-
-An event published on a node is delivered to that node's subscribers at once and
-appended to the cluster's events stream, which every other node reads. Not Pub/Sub: a
-node whose connection dropped reads on from where it was, so nothing published meanwhile
-(within the stream's cap) is missed. Delivery stays at most once, as on one node.
+"""The event bus across the cluster: one capped stream every node tails, not Pub/Sub, so a
+node whose connection dropped reads on from where it was. Delivery stays at most once, as
+on one node; a node's own subscribers hear its events at once.
 """
 
 from __future__ import annotations

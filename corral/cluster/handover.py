@@ -1,16 +1,10 @@
-"""A cluster node's part of `corral upgrade` (daemon/upgrade.py): what the new image needs
-to go on as the same node, and the old image's settling of its claims before the exec.
-
-The old image reads nothing more, hands back to the cluster the claims it has not
-started, sends the outcomes it has, and renews its liveness key last; it hands over its
-daemon id, its incarnation and every claim running on a kept worker. The new image goes
-on as that daemon and that incarnation (no join: its beat renews the key, `SET XX`), and
-each claim is re-attached to its kept worker.
-
-A key that lapsed meanwhile (the exec and the adoptions took longer than `node_ttl`) is
-found by the new image's first beat: the membership fences itself, and what the kept
-workers still run of the claims is cancelled here with its outcome never sent, so each
-runs to an outcome once, elsewhere."""
+"""A cluster node's part of `corral upgrade` (daemon/upgrade.py,
+docs/cluster.md#upgrading-a-node-in-place): the old image hands back the claims it has not
+started and sends its outcomes, renewing its liveness key last; the new image goes on as
+the same daemon and incarnation (no join) and re-attaches each claim to its kept worker.
+A key that lapsed meanwhile fences the membership, and what kept workers still run of the
+claims is cancelled with its outcome never sent, so each runs to an outcome once, elsewhere.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""`corral tasks` of a cluster: its tasks on every node, read from two sorted sets the
-task scripts keep (scripts.py), never by scanning the cluster's keys.
-
-Every score is 0, so each set is ordered by member, and task ids (UUIDv7) sort by the
-time they were made: a page is a range by id, newest first, its cursor (`before`) an id,
-and `since` (nearly) the id prefix of a time. Other filters are applied to the records,
-read a batch at a time, until a page is full or the sets are exhausted. A member whose
-record has expired is dropped as it is met.
+"""`corral tasks` of a cluster, read from two sorted sets the task scripts keep (`live`,
+`done`), never by scanning keys. Every score is 0 and task ids (UUIDv7) sort by time: a
+page is a range by id, newest first; other filters are applied to the records, a batch at
+a time. A member whose record has expired is dropped as it is met.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""Membership: a node incarnation is alive exactly while its liveness key exists.
+"""Membership: a node incarnation is alive exactly while its liveness key exists
+(docs/cluster.md#membership).
 
-Joining takes a new incarnation and sets the key with a TTL (`SET NX PX`); every beat
-renews it only while it exists (`SET XX PX`). A key found expired means the cluster may
-already have taken this incarnation's tasks, and a node that could not renew for 2 x TTL
-must assume so too: either way the node fences itself (takes nothing new, cancels what was
-taken from it) and joins again as a new incarnation. Redis being away kills no node.
-
-One daemon per node name: a daemon does not join, nor renew, while another daemon's
-incarnation of its node name is alive.
+A key found expired, or not renewed for 2 x TTL, means the cluster may have taken this
+incarnation's tasks: the node fences itself and joins again as a new one. Redis being away
+kills no node. One daemon per node name: it neither joins nor renews while another
+daemon's incarnation of its name is alive.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Outcomes of the cluster tasks this node ran, on their way to the task records (FINISH,
-fenced). Outcomes wait here in order while Redis is away; a refused one (the task was
-taken over from this node) is counted, logged and dropped.
-
-An outcome told at once to a durable call's step waiting on this node is held here, for
-the call's next write to carry in its own round trip: the step goes on without waiting
-for Redis. One the call does not carry within a beat goes as any other.
+fenced): kept in order while Redis is away; a refused one (the task was taken over) is
+counted, logged and dropped. One told to a durable call's step is held for the call's next
+write to carry (rides.py), or goes alone after a beat.
 """
 
 from __future__ import annotations

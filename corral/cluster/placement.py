@@ -1,17 +1,10 @@
-"""Cluster agents: `placement = "cluster"` specs live in Redis, and their replicas are
-placed on live node incarnations by free room, under a placement epoch.
+"""Cluster agents: `placement = "cluster"` specs in Redis, their replicas placed on live
+node incarnations by free room (docs/cluster.md#cluster-agents).
 
-An agent's placement is a list of slots, one per replica, each naming the incarnation
-that runs it. Every node, every beat, reads the specs and the placements, and where a
-slot's incarnation is no longer alive (or drains), or the count differs from the spec's
-replicas, it writes a new list by compare-and-set on the epoch: of nodes placing at once,
-one wins and the others read the winner's. Each node runs exactly the slots placed on its
-own incarnation. The slots of a dead incarnation are re-placed only once Redis has
-answered for TTL + a beat, so a Redis restart moves nothing.
-
-A table is placed and run only when its MAC verifies with the cluster key. A cluster
-agent's checkpoints go to Redis by slot, fenced by the placement; a replica placed on
-another node starts with the state its slot last checkpointed.
+Every node, every beat, re-places where a slot's incarnation died or drains or the count
+differs, writing by compare-and-set on the epoch: of nodes placing at once, one wins. A
+dead incarnation's slots are re-placed only once Redis has answered for TTL + a beat, so a
+Redis restart moves nothing. A table is run only when its MAC verifies.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Pull: for each agent this node runs, read and claim the agent's streams' entries in
-one script call, only while a replica has a free slot, and hand each task to the local
-engine; having read all there was, wait (a blocking XREAD, which takes nothing) for the
-next entry. A node reads at most what it can start, so the least loaded node takes the
-work. An entry read but not claimed when its reader dies stays pending with a dead
-consumer: the reaper queues it again.
+"""Pull: for each agent this node runs, read and claim its streams' entries in one script
+call, only while a replica has a free slot, so the least loaded node takes the work; then
+wait with a blocking XREAD (which takes nothing). An entry read but not claimed when its
+reader dies stays pending with a dead consumer, for the reaper.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""Takeover: every beat each node looks at what is pending in the task streams and
-gives back to the cluster what a dead node incarnation held (scripts.TAKEOVER).
+"""Takeover: every beat each node gives back to the cluster what a dead node incarnation
+held pending in the task streams (scripts.TAKEOVER).
 
-Never by idle time: Redis counts an entry's idle time from its delivery, not from its
-owner's death, so a healthy node's long task would be stolen again and again. A consumer
-is dead exactly when its liveness key is gone; and after Redis itself was away, a reaper
-waits out a TTL and a beat (`Membership.settled`) so that live nodes have beaten again.
-
-The owner's side: it refreshes its own pending entries every beat (XCLAIM to itself,
-JUSTID), so their idle time tells an operator how long since their owner last beat.
+Never by idle time: Redis counts it from delivery, not from the owner's death, so a long
+task would be stolen again and again. A consumer is dead exactly when its liveness key is
+gone, and after Redis was away a reaper waits out a TTL and a beat (`Membership.settled`).
 """
 
 from __future__ import annotations

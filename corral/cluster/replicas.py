@@ -1,15 +1,9 @@
-"""A write acknowledged once the replicas have it too: where [cluster] `ack_replicas`
-asks for N (1 by default with Sentinels), every write a client or a worker is told was
-kept (a submit, an outcome, a step, a session's checkpoint, a cancel) ends its pipeline
-with WAIT N, and is acknowledged only when N replicas confirm it within `ack_timeout`.
-Replication is asynchronous: without this, a primary killed before its replica had a
-write loses it in the failover that follows, though its client was told it was kept.
-
-WAIT counts the replication offset of the connection's own last write. A batch whose
-scripts all answered "already there" (a submit retried with its id, an outcome sent
-again) wrote nothing, and its WAIT would confirm nothing, so each batch also bumps a
-marker key first: what the batch read was written before the marker in the primary's
-one replication stream, so a replica that has the marker has it too."""
+"""A write acknowledged once the replicas have it too ([cluster] `ack_replicas`,
+docs/cluster.md#redis-that-fails-over): each batch a client or worker is told was kept
+ends with WAIT N. WAIT counts the connection's own last write, and a batch whose scripts
+all answered "already there" wrote nothing, so each batch first bumps a marker key
+(`acks`): a replica that has the marker has what the batch read.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""What a cluster keeps in Redis, bounded once its queues drain.
-
-A task's record stays for `tasks_kept_for` seconds (EXPIRE) and among the newest
-`tasks_kept` finished ones: at each beat a node trims the rest (scripts.TRIM). The
-outcomes and events streams are capped where they are written. What else would grow
-with time is the consumers of dead incarnations in each stream's group (one per node
-start, fence or rejoin): once the reaper has taken over what one held, it is deleted
-here.
+"""What a cluster keeps in Redis, bounded once its queues drain
+(docs/cluster.md#what-redis-keeps): a node trims finished records beyond `tasks_kept` at
+each beat (scripts.TRIM) and deletes the consumers of dead incarnations once the reaper
+has taken over what they held.
 """
 
 from __future__ import annotations

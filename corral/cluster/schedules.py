@@ -1,13 +1,9 @@
-"""Schedules on a cluster (docs/workflows.md#schedules): each schedule's row in Redis (one
-hash: its last fire time, fires, last start, pause) beside a fenced lease, so that
-exactly one node fires each schedule.
+"""Schedules on a cluster (docs/workflows.md#schedules): each schedule's row in Redis
+beside a fenced lease, so that exactly one node fires each.
 
-Every write is one script that holds the lease: it takes it when it is free or has
-expired, renews it when this node incarnation holds it, and refuses when another's lease
-is live. A fire's write also refuses a fire time not later than the stored one: two nodes
-that both see a time come cannot both fire it, even across a lease's expiry. Times are
-Redis's (`TIME`). Every node keeps its schedules' leases warm, a third of `node_ttl`
-apart: the others take over within `node_ttl` of the holder's death.
+Every write is one script that takes, renews or is refused the lease; a fire's write also
+refuses a fire time not later than the stored one, so two nodes cannot both fire a time,
+even across a lease's expiry. Times are Redis's (`TIME`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""A cluster task's steps, in Redis (docs/durable.md, "The cluster"): the StepJournal of
-the tasks a node claimed, so that a retry of the task on another node, after this one's
-kill -9, is answered from what this attempt did.
+"""A cluster task's steps in Redis (docs/durable.md): the StepJournal of the tasks a node
+claimed, so a retry on another node is answered from what this attempt did.
 
-Every write is fenced by the token of the claim: a node whose task was taken over cannot
-write under its successor's claim. A step is a field of the task's hash: "SEQ" a tool
-call, "0:NAME" a named step, "cp" the task's checkpoint. Its value carries a MAC made
-with the cluster key: a step whose MAC does not verify is refused, and its call runs
-live. The writes of one loop turn go to Redis in one pipeline, in the order they were
-put: a divergence's drop is never overtaken by the step after it.
+Every write is fenced by the claim's token and carries a MAC. A step is a field of the
+task's hash: "SEQ" a tool call, "0:NAME" a named step, "cp" the checkpoint. One loop
+turn's writes go in one pipeline, in order: a divergence's drop is never overtaken by the
+step after it.
 """
 
 from __future__ import annotations

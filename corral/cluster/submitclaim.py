@@ -1,11 +1,7 @@
-"""Claim at submission: a node that runs the agent and has a free slot for it submits a
-cluster task and claims it for itself in one script call (scripts.SUBMIT_CLAIM), so the
-task starts here without waiting for any node's read of the stream; if this node dies it
-is taken over as any other.
-
-Fair to the other nodes: of the submissions batched in one turn of the loop, this node
-claims at most its share, one in as many as there are live nodes running the agent, and
-never more than its free slots; the rest go to the streams.
+"""Claim at submission (scripts.SUBMIT_CLAIM): a node that runs the agent with a free slot
+submits a cluster task and claims it in one script call, so it starts here without
+waiting for a read. Fair: of one loop turn's submissions this node claims at most one in
+as many as there are live nodes running the agent, and never more than its free slots.
 """
 
 from __future__ import annotations

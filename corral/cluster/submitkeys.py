@@ -1,13 +1,9 @@
-"""A cluster task's idempotency key (corral/taskkeys.py) in Redis, where every node reads
-it: `corral:{NAME}:idem:TENANT:KEY` holds "TASK_ID DIGEST STATE" for KEEP_SECONDS, and
-the tenant's keys are a sorted set by time (`idems:TENANT`), its bound counted there.
-
-A key is claimed before its task is submitted, with the id the task is submitted under
-(one step, so that two nodes racing one key get one id). `p` (claimed): the claimer may
-have died before its submit was acknowledged, and a retry submits the task under the
-claimed id (one task either way: the submit is idempotent on the id); `a` (accepted): a
-retry submits nothing, even once the task's record has been trimmed. A refused submit
-lets go of its claim, so a retry is a new request.
+"""A cluster task's idempotency key (corral/taskkeys.py) in Redis:
+`corral:{NAME}:idem:TENANT:KEY` holds "TASK_ID DIGEST STATE" for KEEP_SECONDS, the
+tenant's keys a sorted set by time (`idems:TENANT`). A key is claimed with its task's id
+before the submit, so two nodes racing get one id. `p` (claimed): a retry submits under
+the claimed id (the submit is idempotent on it); `a` (accepted): a retry submits nothing,
+even once the task's record has been trimmed. A refused submit lets go of its claim.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""The cluster key: records in Redis that decide what a node runs (cluster agents' tables,
-their revisions, the tables a node's file declared) or what a client is told a task
-answered (outcomes) carry an HMAC-SHA256 made with a key Redis never holds, read from the
-file `[cluster] key_file` names. A node refuses a record whose MAC is missing or wrong,
-says so in its log (once per record) and counts it (`corral stats` -> cluster.trust).
-
-Each MAC covers what the record is (its kind), the cluster's name and the name it is kept
-under (agent, node, task id and fence token), so a record signed for one name does not
-verify under another. Without a key_file every record is taken as it is (the old way):
-anyone who can write to the cluster's Redis then runs commands on every node, as the
-agents' users (root unless they say otherwise); the node says so at start and in
-`corral nodes`.
+"""The cluster key (docs/cluster.md#securing-redis): records in Redis that decide what a
+node runs or what a client is told a task answered carry an HMAC-SHA256 made with a key
+Redis never holds (`[cluster] key_file`). A record whose MAC is missing or wrong is
+refused, logged once and counted (cluster.trust). Each MAC covers the record's kind, the
+cluster's name and the name it is kept under, so it does not verify under another.
+Without a key_file (`insecure = true`) every record is taken as it is.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""A server's requests for input asked of a 2025-11-25 client as its own requests.
-
-A client of a 2025-11-25 session reads no `input_required` result: to it a server asks
-for input by sending it a request in the context of the call. So each of a relayed
-`inputRequests` goes to the client as a request on the call's own channel, and the
-client's responses are the `inputResponses` the call is sent again with.
-
-Bounded: at most MAX_ASKED requests wait for the client's answer on one session, each at
-most `wait` seconds; the session's end cancels them all. A response is matched by its id
-alone on the session that asked (a session of another client is refused at the
-transport).
+"""A server's requests for input asked of a 2025-11-25 client as its own requests: such a
+client reads no `input_required`, so each relayed `inputRequests` goes to it as a request
+on the call's channel, and its responses are the `inputResponses` the call is sent again
+with. At most MAX_ASKED wait on one session, each at most `wait` seconds; a response is
+matched by its id on the session that asked.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
-"""An MCP client (host side) on corral's JSON-RPC layer, over any transport: it speaks
-through a `jsonrpc.Peer` (`make_peer`) whose `send` is the transport's write (a stdio
-server's pipes, supervisor/mcpserver.py, or mcp/http.py).
+"""An MCP client (host side) on corral's JSON-RPC layer, over any transport (a
+`jsonrpc.Peer` whose `send` is the transport's write).
 
-Lifecycle, per revision (the official SDK's rules, `mcp/client/_probe.py`): 2026-07-28
-(stateless) `server/discover` first, then `_meta` on every request and no ping; older
-revisions `initialize`, then `notifications/initialized`. The probe gets a share of the
-start timeout to itself (slow starters take seconds); then `initialize` is sent on the
-same connection while the probe stays pending: a late discover answer still wins, and a
-server that meanwhile locked the connection to 2026-07-28 rejects `initialize` with
--32022, which leads to one re-probe.
-
-Sampling is refused: corral has no model of its own. Elicitation is asked of a person
-(through the inbox) when the call was made for an agent's task, which gives it an
-`Asker`; any other call's is refused (2025-11-25) or declined (2026-07-28).
+Lifecycle, per revision (the official SDK's rules): 2026-07-28 `server/discover`, then
+`_meta` on every request; older ones `initialize`. The probe gets a share of the start
+timeout, then `initialize` is sent on the same connection while the probe stays pending: a
+late discover answer still wins, and a server that locked to 2026-07-28 meanwhile rejects
+`initialize` with -32022, which leads to one re-probe. Sampling is refused; elicitation is
+asked of a person when the call carries an `Asker`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""MCP over HTTP: the Streamable HTTP transport, and the legacy HTTP+SSE transport that
-older servers speak (found by the spec's backwards-compatibility procedure). It sits
-under a `jsonrpc.Peer`: `send` takes each message the Peer writes, and every message from
-the server goes to `feed`.
-
-Streamable HTTP: a 404 for a request with a session id means the session is gone
-(`on_lost`: the owner re-initializes); a response stream that ends before its response
-arrived is resumed with GET and `Last-Event-ID`. Legacy HTTP+SSE (2024-11-05): when the
-`initialize` POST fails with a 4xx, a GET opens an SSE stream whose first `endpoint`
-event names the URL to POST to.
-
-Loaded only when a remote server is configured: a daemon without one loads no aiohttp.
+"""MCP over HTTP under a `jsonrpc.Peer` (`send` takes each message, `feed` gets the
+server's): Streamable HTTP, and the legacy HTTP+SSE of 2024-11-05 servers, found by the
+spec's backwards-compatibility procedure. A 404 for a request with a session id means the
+session is gone (`on_lost`); a response stream that ends early is resumed with GET and
+`Last-Event-ID`. Loaded only when a remote server is configured: a daemon without one
+loads no aiohttp.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""A server's log messages passed on to the client a call was made for.
-
-A gateway client that asked for log messages gets the `notifications/message` a server
-sends during a tools/call it made, on that call's own stream, at its level or above.
-Nothing on the wire ties a log message to a request over a pipe, so the client of the
-server gives one to a call only when no other could have caused it (client.py
-`_log_caller`). Any other message stays in corral's own log alone: a message sent to the
-wrong client would leak what one caller's call did to another.
+"""A server's log messages passed on to the client a call was made for, on that call's
+stream, at its level or above. Over a pipe nothing ties a log message to a request, so one
+goes to a call only when no other could have caused it (client.py `_log_caller`): a
+message sent to the wrong client would leak one caller's call to another.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""OAuth 2.1 for remote MCP servers, as the MCP authorization spec (2025-11-25) describes.
-
-Discovery from the server's 401: the protected-resource metadata (RFC 9728), whose
-`resource` must name this server (RFC 8707), then the authorization server's metadata
-(RFC 8414 / OpenID Discovery) in the spec's order; a server with no protected-resource
-metadata is a 2025-03-26 one, its origin the authorization server.
-
-The client: a configured `oauth_client_id`, else a client id metadata document URL where
-the server supports one, else dynamic client registration (RFC 7591). Tokens: the
-authorization code grant with PKCE (S256), run once by `corral mcp login NAME`, or the
-client credentials grant. A 403 `insufficient_scope` asks once for the union of scopes
-(never in a loop). Tokens are kept in the state directory, mode 0600, and refreshed
-before they expire.
+"""OAuth 2.1 for remote MCP servers, as the MCP authorization spec (2025-11-25) describes
+(docs/mcp.md): discovery from the server's 401 (RFC 9728, whose `resource` must name this
+server, then RFC 8414 / OpenID Discovery), the client id (configured, a metadata document
+URL, or RFC 7591 registration), the code grant with PKCE or client credentials. A 403
+`insufficient_scope` asks once for the union of scopes, never in a loop. Tokens are kept
+in the state directory, mode 0600, and refreshed before they expire.
 """
 
 from __future__ import annotations

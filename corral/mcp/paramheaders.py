@@ -1,10 +1,7 @@
-"""Tool arguments said again as HTTP headers (SEP-2243, revision 2026-07-28).
-
-A tool's `inputSchema` may mark a property with `x-mcp-header: NAME`; a Streamable HTTP
-client then sends that argument's value as the header `Mcp-Param-NAME` with every call of
-the tool, so that a gateway or load balancer can route on it without reading the body.
-A definition that breaks the rules (`designations`) is left out, alone. A null or
-missing argument sends no header.
+"""Tool arguments said again as HTTP headers (SEP-2243, revision 2026-07-28): a property
+marked `x-mcp-header: NAME` is sent as `Mcp-Param-NAME` with every call of the tool. A
+definition that breaks the rules (`designations`) is left out, alone; a null or missing
+argument sends no header.
 """
 
 from __future__ import annotations

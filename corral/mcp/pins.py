@@ -1,10 +1,8 @@
-"""Pins of tool definitions (docs/security.md#tool-pins): the first time corral sees a
-server's tool, its definition is pinned by digest; a later definition that differs ("rug
-pull": a description rewritten after it was trusted) blocks calls of that tool until a
-person approves the change, which pins the new one.
-
-The pins outlive the daemon and the server (a server whose tool changed between two
-starts is the case to catch): one JSON file in the state directory, written whole."""
+"""Pins of tool definitions (docs/security.md#tool-pins): a server's tool is pinned by
+digest when first seen; a later definition that differs blocks calls of that tool until a
+person approves it. One JSON file in the state directory, written whole: the pins outlive
+the daemon and the server.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""The tool-server pool: MCP servers by name, their instances, and tool routing.
-
-Agents see tools as `SERVER__TOOL` and prompts as `SERVER__PROMPT`; resources keep
-their URIs and carry their `server`. A call goes to the instance of the server with the
-fewest requests in flight (`scope = "shared"`), or to the calling replica's own instance
-(`scope = "per-agent"`). The instances are supervised processes made by `factory`, known
-here only by the Protocols below: this module depends on the wire layer and the MCP
+"""The tool-server pool: MCP servers by name, their instances, and tool routing
+(`SERVER__TOOL`). A call goes to the instance with the fewest requests in flight
+(`scope = "shared"`) or to the calling replica's own (`"per-agent"`). The instances are
+known only by the Protocols below: this module depends on the wire layer and the MCP
 client alone.
 """
 

@@ -1,11 +1,7 @@
-"""A server's request for input passed on to the client a call was made for.
-
-A 2026-07-28 server asks its client for input by answering a request with
-`resultType: input_required` (SEP-2322). corral's MCP client answers those itself. A call
-the gateway makes for a client that can answer them carries an `InputRelay`: that
-client's declared capabilities and its answers to the previous round. The server's
-`input_required` then comes back unanswered when the client declared every capability
-the requests need; else corral answers them as it does without a relay.
+"""A server's request for input (`input_required`, SEP-2322) passed on to the client a
+call was made for: a call that carries an `InputRelay` (the client's capabilities and its
+answers to the last round) gets the server's `input_required` back unanswered when the
+client declared every capability it needs; else corral answers it as without a relay.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """The gateway's MCP server session: corral's pool served as one MCP server.
 
-One `GatewaySession` per MCP client, whatever carries its messages (stdio for
-`corral mcp serve`, Streamable HTTP in the daemon). The transport hands each incoming
-message to `receive` with a `reply` that reaches the client in the context of that
-message; unsolicited notifications go to `push`, where the transport has a channel.
-
-Revisions: 2024-11-05 … 2025-11-25 negotiate with `initialize`; to 2026-07-28
-(stateless) `server/discover` answers what corral speaks, each request names its
-version in `_meta` (checked first by the transport calling `screen`, envelope.py) and its
-result carries `resultType`. `subscriptions/listen` opens a stream of the list_changed
-notifications the client asked for, until it cancels it or goes away.
-
-What the session serves comes from a `Backend` (the daemon's pool, directly or through
-the control socket), named `SERVER__NAME`. A cancelled request gets no response, as the
-spec asks.
+One `GatewaySession` per MCP client, whatever the transport: it hands each incoming
+message to `receive` with a `reply` in that message's context; unsolicited notifications
+go to `push`. 2024-11-05 … 2025-11-25 negotiate with `initialize`; 2026-07-28 is stateless
+(`server/discover`, each request's `_meta` checked first by the transport's `screen`).
+What is served comes from a `Backend`. A cancelled request gets no response, as the spec
+asks.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""Tool search (`[gateway] tool_search`): a client's `tools/list` is `search_tools` and
-the tools it pinned, and `search_tools` finds the rest by name and description.
-
-A host that puts every tool's description in every model request pays for hundreds of
-tools it does not use; with tool search it pays for one. What the search looks in is the
-client's own list, handed in by the caller: it sees nothing the client could not list.
-
-Ranking: each word of the query scores a tool where it is a word of the tool's name
-(4), part of its name (2), a word of its description or title (1), or part of one (0.5);
-ties go by name, so an answer is the same each time for the same list.
-
-A query is bounded before it is scored: the scoring runs on the daemon's event loop, and
-its cost is the list's size times the query's words.
+"""Tool search (`[gateway] tool_search`): a client's `tools/list` is `search_tools` and the
+tools it pinned; `search_tools` finds the rest in the client's own list, so it sees nothing
+the client could not list. Ranking per query word: a word of the name 4, part of it 2, a
+word of description or title 1, part of one 0.5; ties by name, so an answer is stable. A
+query is bounded before scoring: it runs on the daemon's loop, at list size x words.
 """
 
 from __future__ import annotations
