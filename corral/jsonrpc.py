@@ -230,8 +230,7 @@ def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
 
 # -- framing --------------------------------------------------------------------------------
 # An idle channel's read buffer: what a thousand agents' stdout hold between messages (4 MiB
-# in all; 256 KiB each made the daemon's RSS 300 MiB at 1000 agents). A line that does not
-# fit makes it grow.
+# in all; 256 KiB each made the daemon's RSS 300 MiB at 1000 agents)
 IDLE_BUFFER = 4 * 1024
 MIN_READ = 1024  # the least room a read is given
 
@@ -686,8 +685,6 @@ class Peer:
         self.closed: RpcError | None = None
         self.garbage_lines = 0
         self._on_handled = on_handled
-        # set after each request ends either way (its answer taken, or its handler done),
-        # made when first asked for (`ends`)
         self._ends: asyncio.Event | None = None
         # Flow control of the other side's requests (`flow`): while `requests_paused` (its
         # answers are not being read), or while `max_handling` of them are worked on, a
@@ -697,8 +694,6 @@ class Peer:
         self.requests_paused = False
         self.max_handling = 0  # 0: no limit
         self.held: list[Envelope] | None = None
-        # requests whose handlers wait for a person (`park`): not counted in max_handling,
-        # since they may wait for days (made at the first)
         self._parked: set[Id] | None = None
         # requests in a row that timed out with not a line from the other side since: a
         # peer that has no ping shows a hang this way (only a line read resets it, so a
