@@ -49,10 +49,9 @@ def bounds_of(sc: SupervisorSettings) -> RetentionBounds:
 
 def sweep(db: sqlite3.Connection, bounds: RetentionBounds, live: set[tuple[str, str]],
           now: float, out: list[tuple[str, str]]) -> None:
-    """One sweep, in the writer's transaction: the revisions past their bounds deleted
-    (a change prunes its agent's; a lower bound since, or revisions from before there was
-    one, are pruned here), and the removed agents' past their retention; (agent, tenant)
-    of those put in `out`."""
+    """One sweep, in the writer's transaction: the revisions past their bounds (a bound
+    lowered since included) and the removed agents' records past their retention deleted;
+    (agent, tenant) of those put in `out`."""
     out.clear()  # (a batch tried again runs its writes again)
     prune(db, bounds.revisions)
     kept = set(db.execute("SELECT DISTINCT agent, tenant FROM revisions"))

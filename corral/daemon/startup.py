@@ -517,9 +517,8 @@ async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
 
 def stop_bound(sup: Supervisor) -> float:
     """Seconds the agents' stop (`running`'s teardown) may take before it is more than a
-    slow stop: the checkpoints, each layer of the stop, the tool servers and
-    containment's last sweep, each as long as the longest replica's stop may be
-    (ProcessReplica.stop), and a step's own deadline on top."""
+    slow stop: the checkpoints, each layer, the tool servers and containment's last sweep,
+    each as long as the longest replica's stop, and a step's own deadline on top."""
     replicas = [*sup.agents.replicas(), *sup.mcp.instances()]
     longest = max((r.spec.stop_timeout for r in replicas), default=0.0)
     steps = len(sup.agents.stop_layers()) + 3

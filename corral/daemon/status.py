@@ -71,8 +71,7 @@ class Status:
 
     def line(self) -> str:
         """From the supervisor's census: O(1), whatever the size of the fleet; a drain
-        under way first (`draining 3 tasks (up to 25 s); ...`), an extra not serving
-        last."""
+        under way first, an extra not serving last."""
         line = self.fleet()
         if self.drain is not None:
             line = f"{self.drain.progress()}; {line}"

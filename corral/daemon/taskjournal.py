@@ -259,9 +259,8 @@ class TaskJournalDB:
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) of the tasks that ended at or after `since`, or
-        have not (`when`: now): the budgets' windows rebuilt at start-up. Summed in SQL
-        per agent and minute (the day window's bucket), and to the second in the last
-        minute (the minute window's)."""
+        have not (`when`: now), for the budgets' windows: summed per agent and minute (the
+        day window's bucket), and to the second in the last minute (the minute window's)."""
         now = time.time()
         with errors_named(self.path):
             rows = self._reader.execute(USAGE_SINCE, {
@@ -407,22 +406,18 @@ class TaskJournalDB:
         db.execute("DELETE FROM idempotency_keys WHERE created < ?",
                    (time.time() - KEEP_SECONDS,))
         delete_ended_calls(db, SPAWN_TREE)
-        if self.max_age > 0:
-            old = time.time() - self.max_age
-            results |= delete_steps(db, "finished IS NOT NULL AND finished < ?", (old,))
-            delete_output(db, "finished IS NOT NULL AND finished < ?", (old,))
-            delete_asks(db, "finished IS NOT NULL AND finished < ?", (old,))
-            delete_replica_asks(db, old, self.max_tasks)
-            db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
-                       (old,))
-        beyond = ("id IN (SELECT id FROM tasks WHERE finished IS NOT NULL ORDER BY finished "
-                  "DESC LIMIT -1 OFFSET ?)")
-        results |= delete_steps(db, beyond, (self.max_tasks,))
-        delete_output(db, beyond, (self.max_tasks,))
-        delete_asks(db, beyond, (self.max_tasks,))
-        if self.max_age <= 0:
-            delete_replica_asks(db, None, self.max_tasks)
-        db.execute(f"DELETE FROM tasks WHERE {beyond}", (self.max_tasks,))
+        old = time.time() - self.max_age if self.max_age > 0 else None
+        delete_replica_asks(db, old, self.max_tasks)
+        bounds: list[tuple[str, tuple[float | int, ...]]] = [(
+            "id IN (SELECT id FROM tasks WHERE finished IS NOT NULL ORDER BY finished DESC "
+            "LIMIT -1 OFFSET ?)", (self.max_tasks,))]
+        if old is not None:
+            bounds.insert(0, ("finished IS NOT NULL AND finished < ?", (old,)))
+        for where, args in bounds:
+            results |= delete_steps(db, where, args)
+            delete_output(db, where, args)
+            delete_asks(db, where, args)
+            db.execute(f"DELETE FROM tasks WHERE {where}", args)
         refs = drop_unused(db, results)
         db.execute("COMMIT")
         remove_refs(results_dir(self.path), refs)
