@@ -60,13 +60,7 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
     # a one-shot that exited cleanly (done) did its work: not down as a failure is
     down = any(a.state not in RUNNING_STATES and not a.done for a in st.agents)
     if as_json:
-        if nodes is None:
-            print_json(st)
-        else:
-            import json
-
-            click.echo(json.dumps({**msgspec.to_builtins(st),
-                                   "nodes": msgspec.to_builtins(nodes.nodes)}, indent=2))
+        print_json(st if nodes is None else {**msgspec.to_builtins(st), "nodes": nodes.nodes})
     else:
         print_status(st, with_mcp=not names)
         if nodes is not None:
