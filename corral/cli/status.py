@@ -12,7 +12,7 @@ from .. import methods as m
 from ..text import iso_time, plural
 from .app import Ctx, command, json_option, names_arg, pass_ctx
 from .durations import SINCE
-from .render import human_bytes, human_time, millis, print_json, stamp, table
+from .render import dumps, human_bytes, human_time, millis, print_json, stamp, table
 
 # (paused: an operator's choice, not a failure)
 RUNNING_STATES = ("starting", "ready", "busy", "idle", "paused")
@@ -76,11 +76,9 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
 
 
 def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
-    import json
-
     def on_note(method: str, params: Any) -> None:
         if as_json:
-            click.echo(json.dumps({"event": method, **params}))
+            click.echo(dumps({"event": method, **params}))
         elif method == "agents.snapshot":
             if params["resync"]:
                 missed = params["missed"]
