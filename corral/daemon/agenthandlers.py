@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -61,20 +61,7 @@ def agent_services(d: Services) -> AgentServices:
                          d.task_engine, d.tools, d.teams, d.watch, d.notices, d.config_path)
 
 
-class Owners(Protocol):
-    """What tells whose an agent or a server is: the daemon's services, an agent's."""
-
-    @property
-    def quotas(self) -> Tenancy: ...
-
-    @property
-    def teams(self) -> TeamService: ...
-
-    @property
-    def tools(self) -> Tools: ...
-
-
-def owner_of(d: Owners, kind: str, name: str) -> str | None:
+def owner_of(d: Services | AgentServices, kind: str, name: str) -> str | None:
     """Whose an agent or an MCP server is: its tenant, SHARED, or None (no such object)."""
     if kind == "agent":  # (a team is called as an agent is: its tenant's)
         return d.quotas.tenant_of(name) or d.teams.tenant_of(name)

@@ -73,15 +73,15 @@ async def gateway_watch(d: GatewayServices, p: m.GatewayWatch, caller: Caller, c
 
     watching = d.gateway.watch(tell)
     try:
-        c.notify("gateway.changed", {"kinds": [], "features": sorted(d.gateway.features())})
+        kinds: list[str] = []
         while True:
+            c.notify("gateway.changed", {"kinds": kinds,
+                                         "features": sorted(d.gateway.features())})
             await wake.wait()
             await c.writable.wait()
             wake.clear()
             kinds = sorted(pending)
             pending.clear()
-            c.notify("gateway.changed", {"kinds": kinds,
-                                         "features": sorted(d.gateway.features())})
     finally:
         d.gateway.unwatch(watching)
 
@@ -90,5 +90,4 @@ async def gateway_watch(d: GatewayServices, p: m.GatewayWatch, caller: Caller, c
 async def gateway_status(d: GatewayServices, p: m.GatewayStatus, caller: Caller, c: Channel
                          ) -> m.GatewayStats:
     # the engine's answer is its wire twin's dict: it encodes alike
-    stats: m.GatewayStats = cast(Any, d.gateway_status())
-    return stats
+    return cast(m.GatewayStats, d.gateway_status())

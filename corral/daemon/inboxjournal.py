@@ -52,10 +52,10 @@ class AsksDB:
 
         await self.store.commit([write])
 
-    def _select(self, where: str, args: tuple[Any, ...]) -> list[Ask]:
+    def _first(self, where: str, args: tuple[Any, ...]) -> Ask | None:
         with errors_named(self.store.path):
             rows = self.store.db.rows(f"SELECT {COLUMNS} FROM asks WHERE {where}", args)
-        return [_ask(r) for r in rows]
+        return _ask(rows[0]) if rows else None
 
     def pending(self) -> Iterator[Ask]:
         # row by row: thousands of asks read back make no heap of rows kept in memory
@@ -67,12 +67,10 @@ class AsksDB:
             self.store.db.execute("PRAGMA shrink_memory")
 
     def find(self, task_id: str, key: str) -> Ask | None:
-        found = self._select("task_id = ? AND key = ?", (task_id, key))
-        return found[0] if found else None
+        return self._first("task_id = ? AND key = ?", (task_id, key))
 
     def get(self, ask_id: str) -> Ask | None:
-        found = self._select("id = ?", (ask_id,))
-        return found[0] if found else None
+        return self._first("id = ?", (ask_id,))
 
     def count(self, task_id: str) -> int:
         with errors_named(self.store.path):
