@@ -24,17 +24,7 @@ from ...jsonrpc import RpcError
 from ...taskoptions import NO_FILTERS, NO_OPTIONS, TaskFilters, TaskOptions, admits
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
-from ...workerproto import (
-    SessionCheckpointParams,
-    StepGetParams,
-    StepPutParams,
-    TaskCheckpointParams,
-    TaskOutputParams,
-    TaskProgressParams,
-    ToolsCallParams,
-    ToolsListParams,
-    UsageReportParams,
-)
+from ...workerproto import SessionCheckpointParams, UsageReportParams
 from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
@@ -130,21 +120,14 @@ class TaskManager:
         self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
         self.person = PersonLoop(self)  # a running task's call asks a person, and waits
         # (a task's call of an agent as a tool is its spawn: `self.spawns`, made below)
-        self.worker = WorkerMethods(self.stream, self.active, tools, interceptors, self.live,
+        self.worker = WorkerMethods(sup, self.active, tools, interceptors, self.live,
                                     self.person.asks_pending,
                                     self._agent_tool)
         # each task's start and end as the interceptors hear them (tracing's), or None
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
-        on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
-        on_notification(sup.worker_notifications, TaskOutputParams, self.worker.on_output)
         self.outputs = self.worker.outputs  # its journal is the daemon's (outputjournal.py)
-        on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
-        on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
         self.steps = self.worker.steps  # its journal is the daemon's (steps.py)
-        on_request(sup.worker_methods, StepGetParams, self.worker.on_step_get)
-        on_request(sup.worker_methods, StepPutParams, self.worker.on_step_put)
-        on_request(sup.worker_methods, TaskCheckpointParams, self.worker.on_task_checkpoint)
         on_request(sup.worker_methods, SessionCheckpointParams, self._on_session_checkpoint)
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)

@@ -1,6 +1,6 @@
-"""What workers ask of the task manager: `task/progress` and `task/output`
-(notifications), `tools/call` (counted against the task's tool budget, within the
-agent's allowlist) and `tools/list`; their params come decoded (workerproto.py, workercalls.py)."""
+"""What workers ask of the task manager about the tasks they run: `task/progress`,
+`task/output`, `tools/call` (counted against the task's tool budget, within the agent's
+allowlist), `tools/list`, the steps and the checkpoint."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ...workerproto import (
     ToolsListParams,
 )
 from ..stream import Stream
+from ..workercalls import on_notification, on_request
 from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .model import Task, TaskProgress
 from .output import TaskOutputs
@@ -30,6 +31,7 @@ from .steps import TaskSteps
 
 if TYPE_CHECKING:
     from ..replica import Replica
+    from .host import TaskHost
 
 def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> None:
     """The task's newest progress, kept and told: to its own watchers (Task.watch), and
@@ -62,16 +64,16 @@ def give_back_tool_call(task: Task) -> None:
 
 
 class WorkerMethods:
-    """The handlers of the three methods, over the tasks in flight (`active`)."""
+    """The handlers of those methods, over the tasks in flight (`active`)."""
 
-    def __init__(self, stream: Stream, active: Mapping[str, Task], tools: ToolPorts,
+    def __init__(self, host: TaskHost, active: Mapping[str, Task], tools: ToolPorts,
                  interceptors: Interceptors,
                  live: Callable[[str], Task | None], asking: Callable[[str], bool],
                  agent_call: Callable[[ToolCall], Awaitable[Any]]) -> None:
         """`live`: an unfinished task by its id, made whole if it was held compact;
         `asking`: whether a task has an ask of a person pending; `agent_call`: a task's
         call of an agent as a tool, its spawn."""
-        self.stream = stream
+        stream = self.stream = host.stream
         self.active = active
         self.tools = tools
         self.agent_call = agent_call
@@ -84,6 +86,14 @@ class WorkerMethods:
                                              tools.allowed)
         self.steps = TaskSteps(stream, interceptors, asking)
         self.outputs = TaskOutputs(stream, live)
+        notes, methods = host.worker_notifications, host.worker_methods
+        on_notification(notes, TaskProgressParams, self.on_progress)
+        on_notification(notes, TaskOutputParams, self.on_output)
+        on_request(methods, ToolsCallParams, self.on_tool_call)
+        on_request(methods, ToolsListParams, self.on_tool_list)
+        on_request(methods, StepGetParams, self.on_step_get)
+        on_request(methods, StepPutParams, self.on_step_put)
+        on_request(methods, TaskCheckpointParams, self.on_task_checkpoint)
 
     def _made(self, call: ToolCall) -> Any:
         """Where a call past the interceptors is made: a task's call of an agent is its
