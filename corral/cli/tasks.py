@@ -154,9 +154,8 @@ def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.Task
 def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
              tracestate: str | None, detach: bool, stream: bool, reconnect: float,
              as_json: bool, **flags: Any) -> None:
-    task_input = _read_input(input_)
     accepted: list[str] = []
-    asked: dict[str, Any] = {"agent": agent, "input": task_input, "local": local,
+    asked: dict[str, Any] = {"agent": agent, "input": _read_input(input_), "local": local,
                              "traceparent": traceparent, "tracestate": tracestate,
                              **given(TaskOptions, flags)}
 
@@ -172,7 +171,6 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
         got: m.TaskAccepted = obj.call(m.TasksSubmit(**asked))
         click.echo(dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
-    params = m.TasksRun(**asked)
     res: m.TaskResult
     if stream:  # its output is read back by position: from its first chunk on
         task_id = obj.call(m.TasksSubmit(**asked)).task_id
@@ -182,7 +180,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
         # sleeping agent, a budget, an unready replica): no client timeout
-        res = obj.call(params, on_notification=on_note, reachable=False,
+        res = obj.call(m.TasksRun(**asked), on_notification=on_note, reachable=False,
                        wait_forever=True)
     except Unreachable as exc:
         if not accepted:  # never acknowledged: it may not exist
