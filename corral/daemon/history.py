@@ -306,14 +306,11 @@ class History:
                 rss += s.rss_bytes
                 serving += r.serving
             q = by_agent.get(name)
-            running = q.running if q is not None else 0
+            running = fin = err = 0
             if q is not None:
                 c = q.counts
-                fin = c["succeeded"] + c["failed"] + c["timed_out"] + c["cancelled"] + c[
-                    "lost"]
                 err = c["failed"] + c["timed_out"] + c["lost"]
-            else:
-                fin = err = 0
+                running, fin = q.running, err + c["succeeded"] + c["cancelled"]
             before = counted.get(name)
             if before is None:  # counted from zero when the agent was added
                 counted[name] = OutcomeCounts(fin, err)
