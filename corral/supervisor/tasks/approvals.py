@@ -81,7 +81,7 @@ class Approvals(TaskInterceptor):
             assert self._path is not None  # bound as the engine was made
             return self._replica_call(self._path.replica_calls, call, next, self._guard)
         # a claim of a cluster's carries no tenant: its agent's here is its (the cluster
-        # routes a task to its tenant's agent, decision 439)
+        # routes a task to its tenant's agent)
         tenant = task.tenant if task.tenant is not None else getattr(
             call.replica.spec, "tenant", None)
         policy = policy_of(call.replica, tenant)

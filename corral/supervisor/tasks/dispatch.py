@@ -205,7 +205,7 @@ class TaskDispatch:
         trace = task.trace
         if trace is not None:  # the attempt's span: the worker's parent (tracing.py)
             if trace.__class__ is FromId and r.trace_from_id and number == 1:
-                # its worker derives the context from the task id (decision 428)
+                # its worker derives the context from the task id
                 params["trace"] = trace.bit
             else:
                 params["_meta"] = trace.run_meta(number, task.id)

@@ -135,12 +135,9 @@ class TaskManager:
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
         self.clock = clock if clock is not None else WaitClock()
         self.inbox = Inbox(self.stream, clock=self.clock)
-        # a task waiting past its agent's suspend_after gives its attempt back
         self.suspensions = Suspensions(self, self.clock)
-        self.questions = Questions(self, self.person.ask_person)  # task/ask (questions.py)
-        # an MCP server's elicitation in a task's call, asked of a person (elicitations.py)
+        self.questions = Questions(self, self.person.ask_person)  # task/ask
         self.elicitations = Elicitations(self, self.person.ask_person)
-        # a replica's calls of no task: their budget window and asks (replicacalls.py)
         self.replica_calls = ReplicaCalls(self.inbox, self.stream)
         interceptors.bind(TaskPath(self.active, self.stream, self.person.ask_person,
                                    self.person.fail_task, self.replica_calls))
