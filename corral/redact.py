@@ -141,31 +141,22 @@ def audited(spec: Any) -> Any:
 def params(method: str, given: Any) -> Any:
     """A call's params as its audit row and log line show them: the tables of a call
     that carries specs through `audited`; any other call's as they are."""
-    sized = SIZED_PARAMS.get(method)
-    if sized is not None and given is not None:
-        return _sized(given, sized)
-    if method in TABLE_PARAMS and given is not None:
-        return table(given if isinstance(given, Mapping) else msgspec.to_builtins(given))
-    spec = SPEC_PARAMS.get(method)
-    if spec is None or given is None:
+    sized, spec = SIZED_PARAMS.get(method), SPEC_PARAMS.get(method)
+    if given is None or (sized is None and spec is None and method not in TABLE_PARAMS):
         return given
-    field, by_name = spec
     if not isinstance(given, Mapping):  # the method's params Struct, as decoded
         given = msgspec.to_builtins(given)
         if not isinstance(given, Mapping):
             return given
+    if sized is not None:
+        return {**given, **{field: f"({len(msgspec.json.encode(given[field]))} bytes)"
+                            for field in sized if given.get(field) is not None}}
+    if spec is None:  # its params are one table
+        return table(given)
+    field, by_name = spec
     tables = given.get(field)
     if not isinstance(tables, Mapping):
         return given
     if not by_name:
         return {**given, field: audited(tables)}
     return {**given, field: {name: audited(t) for name, t in tables.items()}}
-
-
-def _sized(given: Any, fields: tuple[str, ...]) -> Any:
-    if not isinstance(given, Mapping):
-        given = msgspec.to_builtins(given)
-        if not isinstance(given, Mapping):
-            return given
-    return {**given, **{field: f"({len(msgspec.json.encode(given[field]))} bytes)"
-                        for field in fields if given.get(field) is not None}}
