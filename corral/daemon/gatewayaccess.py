@@ -386,9 +386,8 @@ class GatewayService:
 
     def sees_server(self, ident: Identity, server: str) -> bool:
         """Whether the client may see `server` (or /mcp/corral) as itself."""
-        if server == AGENTS_VIEW:
-            return True
-        return server in self.tools.servers and self._tenant_sees(ident, f"{server}__")
+        return server == AGENTS_VIEW or (server in self.tools.servers
+                                         and self._tenant_sees(ident, f"{server}__"))
 
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,

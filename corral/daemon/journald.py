@@ -119,11 +119,9 @@ def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
 
 
 class StderrEcho:
-    """The daemon's own log lines on stderr, at or above `level`: under systemd with a
-    `<N>` priority prefix (sd-daemon(3)), else as `corral: TEXT`. stderr is made
-    non-blocking: a reader that does not read costs lines (counted), never a stalled
-    daemon, and never half a line: the end of a line the pipe took only part of is
-    written before any other."""
+    """The daemon's own log lines on stderr, at or above `level` (under systemd with a
+    `<N>` priority prefix). stderr is non-blocking: a reader that does not read costs
+    lines (counted), never a stalled daemon, nor half a line (its end is written first)."""
 
     def __init__(self, level: str = "info") -> None:
         self.max = LEVELS[level]
