@@ -35,9 +35,8 @@ if TYPE_CHECKING:
 # Each domain's module and the names it defines, in the order the methods are declared
 # (REGISTRY's): a domain's module is imported when one of its names is first asked for
 # (`m.AgentsStatus`), so a CLI command declares the methods it calls, not all ~100 (their
-# Structs were a tenth of its start: bench/RESULTS.md, "The CLI's start at half its
-# CPU"). REGISTRY, asked for, imports every domain. tests/test_imports.py holds the table
-# to what the modules define.
+# Structs were a tenth of its start). REGISTRY, asked for, imports every domain.
+# tests/test_imports.py holds the table to what the modules define.
 DOMAINS: dict[str, tuple[str, ...]] = {
     "access": ("TokenCreated", "TokensCreate", "TokensList", "TokensRevoke", "UiLogin"),
     "agents": ("AgentsAdd", "AgentsDescribe", "AgentsHistory", "AgentsPause", "AgentsRemove",

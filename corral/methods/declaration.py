@@ -68,8 +68,7 @@ def rest(verb: str, path: str, summary: str, **kw: Any) -> Resource:
 
 
 # a Struct, not a dataclass: every CLI command imports this module, and a dataclass is
-# made by generating and compiling its methods (bench/RESULTS.md, "The CLI's start at
-# half its CPU")
+# made by generating and compiling its methods
 class Method(msgspec.Struct, frozen=True):
     name: str
     params: type[Params]
