@@ -77,6 +77,11 @@ def cancel_params(rid: jsonrpc.Id) -> dict[str, Any]:
     return {"requestId": rid, "reason": "timed out or cancelled by corral"}
 
 
+def _unspoken(who: str, versions: list[str]) -> UnsupportedVersion:
+    return UnsupportedVersion(f"{who} supports protocol versions {versions}, none of which "
+                              f"corral speaks ({', '.join(SUPPORTED)})")
+
+
 def _supported_of(exc: RpcError) -> list[str]:
     data = exc.data if isinstance(exc.data, dict) else {}
     found = data.get("supported")
@@ -294,10 +299,8 @@ class McpClient:
                         raise
                     # the connection was locked to a modern revision: re-probe once
                     if STATELESS not in _supported_of(exc) and _supported_of(exc):
-                        raise UnsupportedVersion(
-                            f"MCP server {self.name} supports protocol versions "
-                            f"{_supported_of(exc)}, none of which corral speaks "
-                            f"({', '.join(SUPPORTED)})") from None
+                        raise _unspoken(f"MCP server {self.name}", _supported_of(exc)
+                                        ) from None
                     patience = max(0.0, deadline - time.monotonic())
                     continue
             return await self._adopt(found, deadline)
@@ -325,19 +328,14 @@ class McpClient:
                 return _REPROBE  # refused, yet named as supported: once more
             if exc.code == MCP_UNSUPPORTED_VERSION and _supported_of(exc) \
                     and not any(v in LEGACY for v in _supported_of(exc)):
-                raise UnsupportedVersion(
-                    f"server/discover: the server supports protocol versions "
-                    f"{_supported_of(exc)}, none of which corral speaks "
-                    f"({', '.join(SUPPORTED)})") from None
+                raise _unspoken("server/discover: the server", _supported_of(exc)) from None
             return None  # every other error: a legacy server (the SDK's denylist)
 
     async def _initialize_or_late_probe(self, probe: asyncio.Future[Any],
                                         deadline: float) -> str:
         """`initialize`, while a probe still pending may answer late and win."""
         assert self.peer is not None
-        rid, init = self.peer.request_future("initialize", {
-            "protocolVersion": LEGACY[0], "capabilities": self.client_capabilities(),
-            "clientInfo": CLIENT_INFO})
+        rid, init = self.peer.request_future("initialize", self._init_params(LEGACY[0]))
         waiting = {init} if probe.done() else {init, probe}
         failed: asyncio.Future[Any] | None = None
         try:
@@ -388,19 +386,18 @@ class McpClient:
             return STATELESS
         common = [v for v in LEGACY if v in offered]
         if not common:
-            raise UnsupportedVersion(
-                f"MCP server {self.name} supports protocol versions {offered}, none of "
-                f"which corral speaks ({', '.join(SUPPORTED)})")
+            raise _unspoken(f"MCP server {self.name}", offered)
         return await self._initialize(common[0], deadline)
 
     async def _initialize(self, proposed: str, deadline: float) -> str:
         assert self.peer is not None
-        result = await self.peer.request(
-            "initialize", {"protocolVersion": proposed,
-                           "capabilities": self.client_capabilities(),
-                           "clientInfo": CLIENT_INFO},
-            timeout=max(0.001, deadline - time.monotonic()))
+        result = await self.peer.request("initialize", self._init_params(proposed),
+                                         timeout=max(0.001, deadline - time.monotonic()))
         return await self._initialized(result, deadline)
+
+    def _init_params(self, version: str) -> dict[str, Any]:
+        return {"protocolVersion": version, "capabilities": self.client_capabilities(),
+                "clientInfo": CLIENT_INFO}
 
     async def _initialized(self, result: Any, deadline: float | None = None) -> str:
         assert self.peer is not None
@@ -438,12 +435,16 @@ class McpClient:
         opened: its stream would be one HTTP response held for ever."""
         asked = {field: True for cap, field in LISTENED
                  if (self.capabilities.get(cap) or {}).get("listChanged")}
-        if not asked or self.network != "pipe" or self.peer is None:
-            return
+        if asked and self.network == "pipe" and self.peer is not None:
+            self._open_listen(asked)
+
+    def _open_listen(self, notifications: dict[str, Any]) -> jsonrpc.Id:
+        assert self.peer is not None
         rid, fut = self.peer.request_future(
-            "subscriptions/listen", self._with_meta({"notifications": asked}))
+            "subscriptions/listen", self._with_meta({"notifications": notifications}))
         self.peer.forget(rid)
         fut.add_done_callback(_forget)
+        return rid
 
     def liveness_request(self) -> tuple[str, dict[str, Any]]:
         """`ping`, or for the stateless revision (which has none) `server/discover`."""
@@ -656,13 +657,8 @@ class McpClient:
             raise RpcError(jsonrpc.REFUSED, f"MCP server {self.name}: resource "
                                             "subscriptions of a remote 2026-07-28 server "
                                             "are not offered yet")
-        if uri in self._watching:
-            return
-        rid, fut = self.peer.request_future("subscriptions/listen", self._with_meta(
-            {"notifications": {"resourceSubscriptions": [uri]}}))
-        self.peer.forget(rid)
-        fut.add_done_callback(_forget)
-        self._watching[uri] = rid
+        if uri not in self._watching:
+            self._watching[uri] = self._open_listen({"resourceSubscriptions": [uri]})
 
     async def unsubscribe(self, uri: str, timeout: float) -> None:
         if not self.stateless:

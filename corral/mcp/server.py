@@ -22,7 +22,7 @@ from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
 from . import envelope
 from .askclient import WAIT, PendingAsks
-from .client import LEGACY, META_CAPABILITIES, META_VERSION, SUPPORTED
+from .client import LEGACY, LISTENED, META_CAPABILITIES, META_VERSION, SUPPORTED
 from .envelope import Mirror, Refusal
 from .logrelay import LEVELS, META_LOG_LEVEL, LogRelay, valid_level
 from .relay import NEEDS, asks_input
@@ -35,12 +35,8 @@ LIST_KINDS = {"tools/list": "tools", "resources/list": "resources",
 # requests passed on to the pool, with the capability each needs
 FORWARDED = {"tools/call": "tools", "resources/read": "resources",
              "prompts/get": "prompts", "completion/complete": "completions"}
-CHANGED = {"tools": "notifications/tools/list_changed",
-           "resources": "notifications/resources/list_changed",
-           "prompts": "notifications/prompts/list_changed"}
-# subscriptions/listen's filter field for each kind of list_changed
-FILTERS = {"tools": "toolsListChanged", "resources": "resourcesListChanged",
-           "prompts": "promptsListChanged"}
+CHANGED = {k: f"notifications/{k}/list_changed" for k in ("tools", "resources", "prompts")}
+FILTERS = dict(LISTENED)  # subscriptions/listen's filter field for each kind of list_changed
 SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
 # 2026-07-28 results that carry the caching hints (SEP-2549), besides the lists'
 CACHEABLE = frozenset({"resources/read", "skills/list", "skills/get"})
