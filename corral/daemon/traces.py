@@ -225,7 +225,7 @@ class Traces:
         live, self._live = self._live, Counts()
         lost = max(0, self._sent - live.done)
         self._sent = 0
-        for name in ("done", "exported", "dropped", "failures"):
+        for name in Counts.__slots__:
             setattr(self._ended, name, getattr(self._ended, name) + getattr(live, name))
         self.lost += lost
         for fut in self._flushes.values():
@@ -263,10 +263,8 @@ class Traces:
                 fut.set_result(None)
         elif said.done is not None:
             live = self._live  # counts since it started: each at least what it said last
-            live.done = max(live.done, said.done)
-            live.exported = max(live.exported, said.exported)
-            live.dropped = max(live.dropped, said.dropped)
-            live.failures = max(live.failures, said.failures)
+            for name in Counts.__slots__:
+                setattr(live, name, max(getattr(live, name), getattr(said, name)))
             if said.error:
                 self.last_error = said.error
 
