@@ -103,8 +103,7 @@ class RuntimeCatalog(Generic[S]):
         return tenant if tenant is not None else checked
 
     def restore(self, report: Callable[[str], None]) -> None:
-        """The runtime definitions of an earlier daemon (one no longer valid: reported, left
-        out)."""
+        """The runtime definitions of an earlier daemon (an invalid one reported, left out)."""
         for name, rev in self.revisions.current().items():
             try:
                 self._put(name, (self.parse(name, rev.spec, "state database"),
@@ -269,8 +268,7 @@ class RuntimeCatalog(Generic[S]):
             return made[name]
 
     async def remove(self, names: list[str], who: str, tenant: str | None) -> list[str]:
-        """Runtime definitions removed (a removal is a revision of the removed one's
-        tenant); refused while another uses one."""
+        """Runtime definitions removed (each a revision of its tenant's), unless one is used."""
         async with self._turn:
             owners = {}
             for name in names:

@@ -109,8 +109,7 @@ class Fleet:
 
     @contextlib.asynccontextmanager
     async def changing(self, names: Iterable[str]) -> AsyncIterator[None]:
-        """While a change of these agents records, then acts: a second change of any of
-        them waits its turn."""
+        """While a change of these agents records, then acts: another of any waits its turn."""
         waiting: list[str] = []
         acquired: list[asyncio.Lock] = []
         try:
