@@ -9,7 +9,6 @@ daemon's WaitClock's (`manual_clock`: a test moves them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from ..jsonrpc import RpcError
@@ -19,9 +18,8 @@ from ..supervisor.schedule import Cron
 from ..supervisor.startstop import start_each, stop_all
 from ..supervisor.tasks.waitclock import WaitClock
 from .agentloops import AgentLoops
-from .fleet import Fleet
+from .fleet import Fleet, Report
 
-Report = Callable[..., None]
 REASON = f"{RESTARTED} (restart_cron)"
 
 

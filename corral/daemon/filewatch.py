@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,12 @@ from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
 from ..text import listing
 from .agentloops import AgentLoops
-from .fleet import Fleet
+from .fleet import Fleet, Report
 from .packages.service import Packages
 
 STEP_MS = 300  # quiet after a change before it is acted on
 DEBOUNCE_MS = 1600  # changes within this are one batch, however many
 WHO = "watch"
-
-Report = Callable[..., None]
 
 
 class WatchKey(msgspec.Struct, frozen=True):
