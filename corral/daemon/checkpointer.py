@@ -1,10 +1,9 @@
 """WAL checkpoints off the commit path.
 
-SQLite by default checkpoints inside the commit that takes the WAL past 1000 pages, and
-whatever waits on that commit (a task's acknowledgement) waits for the disk. So the
-writer's connection never checkpoints: this thread, on a connection of its own, makes a
-PASSIVE checkpoint (it neither waits for nor holds up the writer or a reader) after the
-writer has committed, at most every MIN_GAP seconds.
+SQLite checkpoints inside the commit that takes the WAL past 1000 pages, and whatever
+waits on that commit (a task's acknowledgement) waits for the disk. So the writer never
+checkpoints: this thread, on its own connection, makes a PASSIVE checkpoint (it holds up
+no writer or reader) after a commit, at most every MIN_GAP seconds.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""The fleet as it changes (`agents.watch`): one subscriber to the supervisor's event
-stream numbers every agent replica's transition and every change of an agent's list of
-replicas (`Roster`), and keeps the newest in a ring shared by every watcher, each change
-built once whatever the number of watchers. A watcher is a cursor into the ring; one that
-falls behind it is sent a new snapshot marked `resync` (drop and resync, not coalescing:
-a slow client costs the same whatever the fleet's size; docs/http.md). Ids carry this
-daemon life's epoch, so an id of another life is not mistaken for one of this.
+"""The fleet as it changes (`agents.watch`): each agent replica's transition and roster
+change, numbered once into a ring shared by every watcher. A watcher is a cursor into it;
+one that falls behind is sent a new snapshot marked `resync` (drop and resync rather than
+coalesce: a slow client costs the same whatever the fleet's size). Ids carry this daemon
+life's epoch: an id of another life is never taken for one of this.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """A debug hook, off unless its variable is set: where a long-running daemon's memory goes
 (the variables: docs/operations.md, "Troubleshooting").
 
-`python -m corral.daemon.heapdump OLD NEW` says what grew between two dumps: RSS rising
-while the traced total and glibc's bytes in use stay flat is the allocator settling, not
-a leak.
+`python -m corral.daemon.heapdump OLD NEW`: what grew between two dumps (RSS rising while
+the traced total and glibc's bytes in use stay flat is the allocator settling, no leak).
 """
 
 from __future__ import annotations

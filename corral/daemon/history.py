@@ -1,11 +1,9 @@
-"""The metrics history: fleet and per-agent figures sampled every `[http]
-history_interval` seconds into the state database, rolled up per minute and per hour,
-kept within a retention per resolution and a row budget (docs/http.md).
+"""The metrics history: fleet and per-agent figures sampled every `[http] history_interval`
+seconds into the state database, rolled up per minute and per hour (docs/http.md).
 
-A sample reads only what the engine already holds. The rows, roll-ups and pruning are one
-transaction on the store's writer thread, never on the loop. Roll-ups are SQL over what
-is stored, bounded by the sample's own time: a restart or a gap loses nothing sampled,
-and a test drives it all with the times it chooses (`History.tick(now)`).
+Rows, roll-ups and pruning are one transaction on the store's writer thread. Roll-ups are
+SQL over what is stored, bounded by the sample's own time: a restart or a gap loses
+nothing, and a test drives it with the times it chooses (`History.tick(now)`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """Log aggregation: every worker's stderr and the daemon's events, in one place.
 
-Each line is tagged (time, source, replica, pid, stream) and goes to a bounded in-memory
-tail per source, a size-rotated file per source and live followers. The hot path is per
-read, not per line: one read's lines share one tag and timestamp, one write(2), and stay
-raw bytes in a `Batch` until read. Files are written unbuffered (a line that reached
-corral is in its file if corral dies next); one that cannot be written stops nothing
-(docs/operations.md, "Logs").
+Each line is tagged (time, source, replica, pid, stream) and goes to a bounded tail per
+source, a rotated file per source and live followers. The hot path is per read, not per
+line: one read's lines share a tag, a timestamp and a write(2), kept raw in a `Batch`
+until read. Files are unbuffered (a line that reached corral survives its death); one
+that cannot be written stops nothing (docs/operations.md, "Logs").
 """
 
 from __future__ import annotations
