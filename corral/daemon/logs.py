@@ -395,9 +395,6 @@ class LogHub:
         self.followers.add(f)
         return f
 
-    def unfollow(self, f: LogFollower) -> None:
-        self.followers.discard(f)
-
     def close(self) -> None:
         for f in self.files.values():
             f.close()
