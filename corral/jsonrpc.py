@@ -80,10 +80,6 @@ def visible(name: str, limit: int = 80) -> str:
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(name)} characters)"
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> str:
-    return f"JSON is malformed: not UTF-8 ({exc.reason} at byte {exc.start})"
-
-
 def method_not_found(method: str) -> RpcError:
     return RpcError(METHOD_NOT_FOUND, f"method not found: {visible(method)}")
 
@@ -904,7 +900,8 @@ class Peer:
             self._garbage(line, str(exc))
             return
         except UnicodeDecodeError as exc:  # msgspec checks the UTF-8 of what it decodes
-            self._garbage(line, _not_utf8(exc))
+            self._garbage(line, f"JSON is malformed: not UTF-8 ({exc.reason} at byte "
+                                f"{exc.start})")
             return
         except RecursionError:  # msgspec's own depth limit, not a crash of ours
             self._garbage(line, TOO_DEEP)

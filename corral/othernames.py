@@ -69,11 +69,6 @@ def listing() -> list[str]:
     return [f"{key:<18} {', '.join(names)}" for key, names in sorted(by.items())]
 
 
-def corral_key(key: str) -> OtherName | None:
-    """corral's key for another tool's `key`, or None."""
-    return OTHER_NAMES.get(key.lower())
-
-
 def target(key: str) -> str:
     """corral's key for another tool's `key`, which must be in the table (an importer's
     own key names)."""
@@ -85,7 +80,7 @@ def hint(key: str, choices: Iterable[str]) -> str | None:
     name: corral's is `K`)` when the table it was found in (its keys: `choices`) has that
     key, else nothing ("": a spelling guess would name a key that does what `key` does
     not); None when `key` is no other tool's."""
-    other = corral_key(key)
+    other = OTHER_NAMES.get(key.lower())
     if other is None:
         return None
     if other.key.split(".")[0] not in set(choices):

@@ -71,18 +71,13 @@ def make_dir(path: Path, mode: int = 0o700) -> None:
                                    "corral's own: refused (remove it)", str(path))
 
 
-def check_free(path: Path | str) -> None:
-    """Nothing is at `path`, or a regular file of one link (for a name a library opens
-    itself, following links)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    _checked(path, st)
-
-
 def check_database(path: Path) -> None:
     """A SQLite database's file and the files SQLite makes beside it, each nothing yet
-    or a file of the daemon's own."""
+    or a regular file of one link (SQLite opens them itself, following links)."""
     for side in SQLITE_SIDES:
-        check_free(path.with_name(path.name + side))
+        file = path.with_name(path.name + side)
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            continue
+        _checked(file, st)

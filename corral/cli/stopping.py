@@ -4,7 +4,6 @@ wait is for that process and no other that reuses its pid."""
 
 from __future__ import annotations
 
-import _socket
 import contextlib
 import os
 import select
@@ -16,11 +15,6 @@ import click
 
 from .. import methods as m
 from .client import Client, Unreachable
-
-
-def peer_pid(sock: _socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[0])
 
 
 def wait_gone(pid: int, pidfd: int) -> None:
@@ -44,7 +38,9 @@ def wait_gone(pid: int, pidfd: int) -> None:
 
 def shutdown(client: Client, *, now: bool, wait: bool) -> None:
     with client:
-        pid = peer_pid(client.sock)
+        creds = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                       struct.calcsize("3i"))
+        pid = int(struct.unpack("3i", creds)[0])
         pidfd = -1
         if wait:
             with contextlib.suppress(OSError):

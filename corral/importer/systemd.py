@@ -102,10 +102,6 @@ def parse(text: str, where: str, skipped: list[int] | None = None
     return out
 
 
-def _role(f: Path, unit: Path | None) -> str:
-    return "its unit" if f == unit else "its drop-in"
-
-
 def _unit_files(path: Path) -> tuple[Path | None, list[Path]]:
     """The unit and its drop-ins (`NAME.service.d/*.conf`, read after it, by name), as
     systemd reads them: a unit given finds its drop-ins beside it, a drop-in given finds
@@ -127,7 +123,8 @@ def read(path: Path, how: How) -> Conversion:
     masked = [f for f in dropins if f != path and f.is_symlink()
               and os.path.realpath(f) == os.devnull]
     dropins = [f for f in dropins if f not in masked]
-    texts = [config_text(f) if f == path else named_text(f, f"{path}: {_role(f, unit)}")
+    texts = [config_text(f) if f == path else
+             named_text(f, f"{path}: {'its unit' if f == unit else 'its drop-in'}")
              for f in ([unit] if unit else []) + dropins]
     sections = parse("\n".join(texts), str(path), skipped)
     if "Service" not in sections:
