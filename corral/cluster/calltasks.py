@@ -56,8 +56,7 @@ class ClusterStepTasks:
         return self._settled.pop(task_id, 0) is None
 
     def cancel_task(self, task_id: str) -> None:
-        """Cancelled wherever it runs, in the background (the engine's call is not
-        awaited)."""
+        """Cancelled wherever it runs, in the background (the engine's call is not awaited)."""
         async def cancelling() -> None:
             with contextlib.suppress(RpcError):
                 await self._cancel(task_id)
@@ -67,8 +66,7 @@ class ClusterStepTasks:
 
 
 class StepSubmit:
-    """A step's work on a cluster node: its task submitted and waited for; a new step's
-    row kept by that submit."""
+    """A step's work on a cluster node: its task submitted, its new row kept by that submit."""
 
     def __init__(self, tasks: ClusterStepTasks, params: m.TasksSubmit) -> None:
         self.tasks = tasks

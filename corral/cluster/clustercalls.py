@@ -136,8 +136,7 @@ class ForeignRecord(Exception):
 
 
 class ClusterCalls:
-    """A DurableStore (supervisor/durable/store.py) of a cluster node: writes to Redis
-    under this incarnation's lease of each call, then to `local`; reads from `local`."""
+    """A DurableStore of a cluster node: writes to Redis, then to `local`; reads `local`."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
                  membership: Membership, local: DurableStore,
@@ -228,9 +227,7 @@ class ClusterCalls:
                                                 f"Redis did not take it ({why(got)})")
         if got != 1:
             # (a map's writes run at once: another of them may have let the lease go)
-            self.lost[call_id] = self.leases.pop(call_id, lease)
-            self.fenced += 1
-            raise self._not_ours(call_id)
+            raise self.lost_lease(call_id, lease)
 
     def _not_ours(self, call_id: str) -> RpcError:
         lost = self.lost.get(call_id)
@@ -261,8 +258,7 @@ class ClusterCalls:
             self.leases.pop(record.call_id, None)  # the lease ends with the call
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
-        """Kept in Redis when it returns, but for rows that ended with their step's
-        task (`settled`), which are held."""
+        """Kept in Redis when it returns, but for rows that ended with their task: held."""
         fields = self._signed_rows(call_id, rows)
         settled = [r.status in STEP_ENDED and r.task_id is not None
                    and self.settled(r.task_id) for r in rows]
@@ -301,8 +297,8 @@ class ClusterCalls:
                     lease.token, list({**held, **own}.items()), kept, tasks,
                     lambda: self._held_again(call_id, held, tasks, own))
 
-    def lost_lease(self, call_id: str) -> RpcError:
-        lease = self.leases.pop(call_id, None)
+    def lost_lease(self, call_id: str, lease: Lease | None = None) -> RpcError:
+        lease = self.leases.pop(call_id, lease)
         if lease is not None:
             self.lost[call_id] = lease
         self.fenced += 1
@@ -386,8 +382,7 @@ class ClusterCalls:
             await self._held_write(call_id, {})
 
     async def close(self) -> None:
-        """The held rows sent while Redis answers; those it does not take are dropped,
-        as a dead node's are."""
+        """The held rows sent while Redis answers; the rest dropped, as a dead node's are."""
         self.closed = True
         for call_id in list(self.held):
             await self._flush(call_id)
@@ -408,8 +403,7 @@ class ClusterCalls:
 
     # -- read from Redis ------------------------------------------------------------------
     async def fetch(self, call_id: str) -> CallRecord | None:
-        """The call as Redis holds it (ForeignRecord: a record or row whose MAC does not
-        verify)."""
+        """The call as Redis holds it (ForeignRecord: a MAC that does not verify)."""
         def fill(pipe: Any) -> None:
             pipe.hget(self.keys.call(call_id), "rec")
             pipe.hgetall(self.keys.call_steps(call_id))
@@ -475,8 +469,7 @@ class ClusterCalls:
         return taken
 
     def stopped(self, call_id: str) -> None:
-        """Its driver here stopped: the lease is let go here, so the next beat's
-        `orphans` takes the call again."""
+        """Its driver here stopped: the lease let go, so the next beat's `orphans` takes it."""
         self.leases.pop(call_id, None)
         self.held.pop(call_id, None)  # (the call is taken again from what Redis holds)
         self.held_tasks.pop(call_id, None)

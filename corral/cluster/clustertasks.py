@@ -110,16 +110,14 @@ class ClusterTasks:
                                         f"runs agent {agent}")
 
     async def serves(self, agent: str, tenant: str) -> bool:
-        """Whether a task of the tenant's agent of the name would be run (as `_route`
-        finds it, the view read again before a no)."""
+        """Whether a task of the tenant's agent of the name would be run (as `_route` finds it)."""
         local = self.host.agents.get(agent)
         if local is not None and local.spec.tenant == tenant:
             return True
         for fresh in (False, True):
             if fresh:
                 await self.refresh_view()
-            if any(n.alive and agent in n.agents
-                   and n.tenants.get(agent, DEFAULT_TENANT) == tenant for n in self.view):
+            if any(n.runs(tenant, agent) for n in self.view):
                 return True
         return await self._table_tenant(agent) == tenant
 
@@ -436,8 +434,7 @@ class ClusterTasks:
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
                   progress: Progress) -> m.TaskResult:
-        """Submit and wait for the outcome; `progress` hears the task's progress reports
-        from whichever node runs it."""
+        """Submit and wait for the outcome; `progress` hears its reports from any node."""
         claimed = await self._claimed(p) if p.idempotency_key is not None else None
         task_id = claimed[1].task_id if claimed is not None else new_id()
         fut: Waiter | None = self._waiter(task_id) if claimed is None else None

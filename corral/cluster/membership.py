@@ -101,8 +101,7 @@ class NodeJoin(NamedTuple):
 
 
 class NodeFence(NamedTuple):
-    """This node's incarnation `consumer` fenced itself: what was taken from it is the
-    cluster's again."""
+    """This node's incarnation `consumer` fenced itself: what it held is the cluster's."""
 
     consumer: str
 

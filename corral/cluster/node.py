@@ -176,8 +176,6 @@ class ClusterNode:
                                                   for n, a in agents.items()}
 
     def _fenced(self, e: NodeFence) -> None:
-        """What was taken from this incarnation is the cluster's now: its outcomes are
-        not sent, and it stops here."""
         self.outbox.give_up(e.consumer)
         for task in self._held(e.consumer):
             self.tasks.cancel(task.id)
@@ -207,8 +205,7 @@ class ClusterNode:
             self._loops.append(asyncio.ensure_future(self._keep(name, loop)))
 
     async def _keep(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """A loop that fails is reported and started again a beat later: the node must
-        not silently stop taking part."""
+        """A loop that fails is reported and started again a beat later."""
         while True:
             try:
                 await loop()

@@ -103,8 +103,7 @@ class Outbox:
             self._kick.set()
 
     def take(self, task_ids: list[str]) -> list[tuple[ClusterTask, list[Any]]]:
-        """The held outcomes of these tasks, for a call's write to carry; each then
-        `landed`."""
+        """The held outcomes of these tasks, for a call's write to carry (each then `landed`)."""
         return [self.held.pop(t) for t in task_ids if t in self.held]
 
     def waiting(self, task_ids: list[str]) -> bool:

@@ -124,8 +124,7 @@ class Placement:
             await asyncio.sleep(self.beat)
 
     async def step(self) -> None:
-        """One beat: the config's cluster agents registered, then place what needs it,
-        then run here what is placed here."""
+        """One beat: register the config's cluster agents, place, then run what is placed here."""
         if self.declared.pending is not None:
             await self.declared.sync()
         m = self.membership

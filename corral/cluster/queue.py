@@ -44,8 +44,7 @@ class ClusterTask(Task):
 
 
 def free_slots(agent: AgentLike) -> int:
-    """Tasks the agent's serving replicas could start now (those dispatch would give a
-    task)."""
+    """Tasks the agent's serving replicas could start now (what dispatch would give)."""
     limit = agent.spec.max_concurrent_tasks
     return sum(max(0, limit - r.tasks_running) for r in agent.replicas if r.takes_tasks)
 

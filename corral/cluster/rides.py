@@ -1,14 +1,9 @@
 """A durable call's new step row written by its task's submit: one script for the row,
 the call's held ended rows and the submit, under the call's lease, so that the row names
-the task in Redis no later than the task exists. The script writes nothing, and makes no
-task, when the call's fence is not this node's token, or the call has ended: a pipeline
-of SAVE_STEPS then SUBMIT would not do, a refused row with a submit that went on leaving
-a task that no row names, whose step the taker would make again under a new id.
-
-The outcomes of the call's ended steps' tasks held here (outbox.py) go in the same round
-trip, their FINISH calls first; the guard then refuses the ride, writing nothing, unless
-each is in its task's record under this node's claim: an ended row never lands without
-its task's end.
+the task no later than the task exists (a pipeline of SAVE_STEPS then SUBMIT could leave a
+task no row names, whose step the taker would make again under a new id). The held rows'
+tasks' outcomes (outbox.py) go first in the same round trip; the guard refuses the ride,
+writing nothing, unless each is in its task's record under this node's claim.
 
 The guarded scripts are SUBMIT's and SUBMIT_CLAIM's with the guard before them: their
 keys, then the call's and its steps' (KEYS[#KEYS - 1], KEYS[#KEYS]); their arguments,
@@ -66,8 +61,7 @@ class LostLease(Exception):
 
 @dataclass
 class Ride:
-    """A call's rows to write with its step's task's submit, and what to do once Redis
-    has them (`kept`)."""
+    """A call's rows to write with its step's task's submit; `kept` once Redis has them."""
 
     call_id: str
     keys: list[str]  # the call's, its steps'

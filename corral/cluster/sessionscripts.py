@@ -1,14 +1,10 @@
-"""The Lua of sessions on a cluster (docs/durable.md#sessions): a session's turns kept in
-order by Redis itself, with no polling.
+"""The Lua of sessions on a cluster (docs/durable.md#sessions-on-a-cluster).
 
-A session is a hash whose `cur` is the one task of it in the agent's stream, and a line
-of the later ones, which have a record (status queued, entry "0-0") but wait out of the
-stream. Every end of a task (scripts._ended) moves the next one of the line into the
-stream; the last one's end starts the session's session_ttl.
-
-Every key of a session is its owner's: the tenant its agent was of where its first turn
-was submitted (`stenant` of each turn's record). Expired sessions leave the counts when a
-script next counts them. Times are Redis's own (TIME): one clock for every node.
+A session is a hash whose `cur` is its one task in the agent's stream, and a line of the
+later ones (records queued, entry "0-0", out of the stream): each task's end
+(scripts._ended) moves the next of the line in; the last one's starts the session_ttl.
+A session's keys name its owner, the tenant of its first turn's agent (`stenant` of each
+turn's record). Times are Redis's own (TIME): one clock for every node.
 """
 
 from __future__ import annotations

@@ -169,8 +169,7 @@ class ClusterSpecs:
 
     async def rollback(self, name: str, revision: int | None, who: str
                        ) -> tuple[int, int, str]:
-        """Back to a kept revision (default: the one before the current), as a new
-        revision."""
+        """Back to a kept revision (default: the one before the current), as a new one."""
         kept = {e.revision: e for e in await self.history(name)}
         if not kept:
             raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")

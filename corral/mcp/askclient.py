@@ -31,8 +31,7 @@ class PendingAsks:
         self._ids = itertools.count(1)
 
     async def ask(self, requests: Any, send: Callable[[Any], None]) -> dict[str, Any]:
-        """Each of a server's `inputRequests` sent to the client; its answers, by the
-        server's keys."""
+        """Each of a server's `inputRequests` sent to the client; its answers, by their keys."""
         if not isinstance(requests, dict) or not requests:
             raise RpcError(jsonrpc.INVALID_REQUEST,
                            "the server asked for input without inputRequests")

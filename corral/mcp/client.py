@@ -113,8 +113,7 @@ class ServerSession(msgspec.Struct, frozen=True):
 
 
 class ServerNews(NamedTuple):
-    """What a client tells its owner of its server: its log lines, that its lists
-    changed, or that a subscribed resource was updated."""
+    """What a client tells its owner: log lines, list changes, resource updates."""
 
     log: Callable[[str], None]
     tools_changed: Callable[[], None]

@@ -47,8 +47,7 @@ _B64 = ("=?base64?", "?=")  # SEP-2243's form of a value that is not printable A
 
 
 class Mirror(NamedTuple):
-    """What a Streamable HTTP request says of its body in headers, each None when
-    absent."""
+    """What a Streamable HTTP request's headers say of its body (None: absent)."""
 
     version: str | None
     method: str | None
@@ -56,8 +55,7 @@ class Mirror(NamedTuple):
 
 
 class Refusal(NamedTuple):
-    """A request refused for its envelope: the error, and the HTTP status Streamable HTTP
-    answers it with."""
+    """A request refused for its envelope: the error, and its Streamable HTTP status."""
 
     error: RpcError
     status: int

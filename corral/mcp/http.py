@@ -56,8 +56,7 @@ class _Target(msgspec.Struct):
 
 
 class _Head(msgspec.Struct):
-    """What the transport needs to know of a message: is it a request, its id, and what
-    its headers say of it."""
+    """What the transport needs of a message: is it a request, its id, its headers."""
 
     id: jsonrpc.Id | None = None
     method: str | None = None

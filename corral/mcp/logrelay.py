@@ -24,8 +24,7 @@ class LogRelay:
         self.send = send
 
     def __call__(self, params: dict[str, Any]) -> None:
-        """Passed on when at the caller's level or above (one of no level MCP names is
-        not)."""
+        """Passed on at the caller's level or above (a level MCP does not name is not)."""
         level = params.get("level")
         if level in LEVELS and LEVELS.index(level) >= LEVELS.index(self.level):
             self.send(params)

@@ -332,8 +332,7 @@ class McpPool(Generic[Spec, Inst]):
     async def subscribe(self, server: str, uri: str, subscriber: str,
                         on_update: ResourceListener, *, owner: str | None = None,
                         allow: list[str] | None = None) -> None:
-        """`on_update` hears every update of `uri` until `unsubscribe` (by the same
-        `subscriber` name)."""
+        """`on_update` hears each update of `uri` until `unsubscribe` by the same `subscriber`."""
         entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
                                            owner, allow)
         if not (inst.client.capabilities.get("resources") or {}).get("subscribe"):
@@ -381,8 +380,7 @@ class McpPool(Generic[Spec, Inst]):
             self.list_changed(server, kind)
 
     def list_changed(self, server: str, kind: str) -> None:
-        """An instance of `server` said its `kind` list changed, or the server came or
-        went."""
+        """An instance of `server` said its `kind` list changed, or the server came or went."""
         if self.on_change is not None:
             self.on_change(server, kind)
 
@@ -404,8 +402,7 @@ class McpPool(Generic[Spec, Inst]):
     async def complete(self, server: str, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None = None, *, owner: str | None = None,
                        allow: list[str] | None = None) -> Any:
-        """completion/complete for a prompt's (name unqualified) or a resource template's
-        argument."""
+        """completion/complete of a prompt's (name unqualified) or resource template's argument."""
         subject = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
         entry, inst = await self._admitted(server, "completion for",
                                            f"{server}{SEP}{subject}", owner, allow)

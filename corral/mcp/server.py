@@ -483,8 +483,7 @@ def _params(raw: Any) -> dict[str, Any]:
 
 # -- stdio ----------------------------------------------------------------------------------
 class StdioTransport(jsonrpc.LineProtocol):
-    """One session over a pair of pipes (a host started `corral mcp serve`): one JSON-RPC
-    message per line each way, as the MCP stdio transport says."""
+    """One session over a pair of pipes (`corral mcp serve`): a JSON-RPC message per line."""
 
     def __init__(self, session: GatewaySession, write: Callable[[bytes], None],
                  on_eof: Callable[[], None]) -> None:

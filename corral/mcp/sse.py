@@ -22,10 +22,9 @@ class TooLarge(Exception):
 
 
 class Parser:
-    """Incremental: `feed` any chunking of the stream, get the complete events.
-
-    `max_event` bounds the bytes buffered for one event (a stream that never ends an event
-    must not grow memory without bound)."""
+    """Incremental: `feed` any chunking of the stream, get the complete events. `max_event`
+    bounds the bytes buffered for one event (a stream that never ends one must not grow
+    memory without bound)."""
 
     def __init__(self, max_event: int) -> None:
         self.max_event = max_event

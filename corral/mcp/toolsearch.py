@@ -40,8 +40,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def listed(tools: list[dict[str, Any]], pinned: list[str]) -> list[dict[str, Any]]:
-    """The list a searching client gets: `search_tools`, then its tools whose names
-    match a `pinned` glob."""
+    """A searching client's list: `search_tools`, then its tools matching a `pinned` glob."""
     return [DEFINITION, *(t for t in tools
                           if any(fnmatchcase(str(t.get("name")), p) for p in pinned))]
 
