@@ -136,10 +136,9 @@ class Budget:
     def held(self, tokens_per_minute: float, tokens_per_day: float,
              max_cost_usd_per_day: float, now: float, *, reserved: bool = False
              ) -> BudgetHold | None:
-        """The limit that holds new work longest, or None when none is reached (0: no
-        limit). A limit is reached when what is used is at it or over; with `reserved`,
-        what is used and what calls in flight hold (its `until`: when the window alone
-        has room beside them, if it ever will)."""
+        """The limit that holds new work longest, or None (0: no limit); with `reserved`,
+        what calls in flight hold counts too (its `until`: when the window alone has room
+        beside them, if it ever will)."""
         worst: BudgetHold | None = None
         for key, limit, window, held in (
                 ("tokens_per_minute", tokens_per_minute, self.minute_tokens,

@@ -47,8 +47,7 @@ class TaskJournal(Protocol):
                     limit: int, before: str | None = None,
                     sees: Sees | None = None, filters: TaskFilters = NO_FILTERS
                     ) -> list[TaskSummary]:
-        """Tasks created at or after `since` (wall time), oldest first, the newest `limit`;
-        with `before` (a task id), those that arrived before it; with `sees`, the tasks it
-        admits (another reads as absent, the cursor too); those whose options pass
-        `filters`. Raises `unknown_cursor(before)` when it names no task."""
+        """Tasks created at or after `since`, oldest first, the newest `limit`; with
+        `before` (a task id), those that arrived before it; with `sees`, those it admits
+        (another reads as absent, the cursor too). `unknown_cursor` when `before` is."""
 

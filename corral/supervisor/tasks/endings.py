@@ -74,9 +74,8 @@ class Endings:
         self.engine.record(task)
 
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
-        """The task's machine moves it by `end` (`result`: the output answered). An end
-        is its one outcome, kept, counted, journaled and told here; a retry
-        (`step.retried`) is the caller's to follow."""
+        """The task's machine moves it by `end`: an end is kept, counted, journaled and
+        told here; a retry (`step.retried`) is the caller's to follow."""
         e = self.engine
         assert end.cause is not None
         step = task.fire(end.cause, self)

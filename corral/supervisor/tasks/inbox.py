@@ -124,10 +124,9 @@ class AskRecords(Protocol):
 
 async def decide(shelf: AskRecords, decision: Decision) -> Ask:
     """A person's decision of an ask, wherever it is kept: its end written once there.
-    Refused: no such ask (NOT_FOUND); a bad decision (INVALID_PARAMS); an ask that has
-    ended (CONFLICT, naming how and by whom), also the loser of two decisions at once.
-    The same decision by the caller that won is answered with it (its request made
-    twice)."""
+    Refused: no such ask; a bad decision; an ask that has ended (CONFLICT, naming how and
+    by whom), also the loser of two decisions at once. The same decision by the caller
+    that won is answered with it (its request made twice)."""
     ask = await shelf.read(decision.ask_id)
     if ask is None:
         raise RpcError(jsonrpc.NOT_FOUND, f"no such ask: {decision.ask_id}")

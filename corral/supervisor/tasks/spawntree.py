@@ -179,9 +179,8 @@ class SpawnTrees:
 
     # -- ends -----------------------------------------------------------------------------
     def finished(self, task_id: str, status: str, error: str | None) -> None:
-        """A task of a tree ended: its row ended here, kept with the tree's end (a row
-        is one write while its child runs); the tree ended once its root and every child
-        have. Its place is kept until then (a parent waits for a child that has ended)."""
+        """A task of a tree ended: its row ended here, kept with the tree's end; its place
+        kept until then (a parent waits for a child that has ended)."""
         self.fanned.pop(task_id, None)
         self._planting.pop(task_id, None)
         place = self.places.get(task_id)

@@ -135,9 +135,8 @@ class Suspensions:
         self.suspend(task, f"waited {seconds:g} s for a person (suspend_after)")
 
     async def wait(self, task: Task, asked: asyncio.Future[Ask]) -> Ask:
-        """The ask as it ended (`asked`: the caller's future of its end), or
-        REQUEST_CANCELLED once the task was suspended. The suspension cancels `asked`:
-        no task, no `asyncio.wait` and its callbacks per held call."""
+        """The ask as it ended, or REQUEST_CANCELLED once the task was suspended (which
+        cancels `asked`: no task, no `asyncio.wait` and its callbacks per held call)."""
         held = self._held.get(task.id)
         if held is not None:
             if held.gone:

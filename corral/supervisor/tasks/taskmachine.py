@@ -165,9 +165,8 @@ class LostBudget(NamedTuple):
 
 
 class TaskMachine:
-    """A task's status and retries left, and the table applied to them: `fire` moves it
-    and says what follows; what the rest of corral decides from a task's status it asks
-    here (`queued`, `running`, `ended`)."""
+    """A task's status and retries left: `fire` moves it; what the rest of corral decides
+    from a task's status it asks here (`queued`, `running`, `ended`)."""
 
     __slots__ = ("retries_left", "status")
 

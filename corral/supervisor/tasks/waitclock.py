@@ -41,10 +41,8 @@ class WaitTimer:
 
 
 class WaitClock:
-    """Time, and callbacks at a time of it; `manual`: moved only by `advance`.
-
-    Its timers are kept in a heap behind one loop timer, set for the earliest: a loop
-    timer each cost some 600 bytes a waiting task, thousands of which may wait at once."""
+    """Time, and callbacks at a time of it (`manual`: moved only by `advance`), in a heap
+    behind one loop timer: a loop timer each cost 600 bytes a waiting task."""
 
     def __init__(self, manual: bool = False) -> None:
         self.manual = manual

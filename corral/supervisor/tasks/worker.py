@@ -71,8 +71,7 @@ class WorkerMethods:
                  live: Callable[[str], Task | None], asking: Callable[[str], bool],
                  agent_call: Callable[[ToolCall], Awaitable[Any]]) -> None:
         """`live`: an unfinished task by its id, made whole if it was held compact;
-        `asking`: whether a task has an ask of a person pending; `agent_call`: a task's
-        call of an agent as a tool, its spawn."""
+        `agent_call`: a task's call of an agent as a tool, its spawn."""
         stream = self.stream = host.stream
         self.active = active
         self.tools = tools
