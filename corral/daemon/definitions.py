@@ -71,8 +71,6 @@ def _row(row: tuple[Any, ...]) -> DefRevision:
 
 
 class Definitions:
-    """The revisions of one kind of definition."""
-
     def __init__(self, store: StateStore, kind: str) -> None:
         self.store = store
         self.kind = kind
