@@ -65,6 +65,9 @@ E = TypeVar("E")
 OPERATOR = "operator"
 # resources one gateway session may subscribe to at once (each may hold a listen stream)
 MAX_SUBSCRIPTIONS = 64
+# the tasks extension's requests of a task already made (a table, not one made a request)
+_HANDLED = {"tasks/get": TaskHandles.get, "tasks/cancel": TaskHandles.cancel,
+            "tasks/update": TaskHandles.update}
 
 
 def _expands(template: Any, uri: str) -> bool:
@@ -467,10 +470,9 @@ class GatewayService:
 
     async def task(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         """A request of the tasks extension (mcptasks.py)."""
-        handled = {"tasks/get": self.handles.get, "tasks/cancel": self.handles.cancel,
-                   "tasks/update": self.handles.update}.get(method)
+        handled = _HANDLED.get(method)
         if handled is not None:
-            return handled(ident, params)
+            return handled(self.handles, ident, params)
         if ident.server == AGENTS_VIEW:
             return await self._agent_call(ident, method, params, self.handles)
         if ident.server is not None:

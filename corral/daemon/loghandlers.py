@@ -63,8 +63,7 @@ def _log_sources(d: LogServices, p: m.LogsTail
 def _replica_sources(d: LogServices, names: list[str]
                      ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
     """As `_log_sources`, the filter for replicas alone."""
-    sources: list[str] = []
-    replicas: dict[str, set[int] | None] = {}
+    replicas: dict[str, set[int] | None] = {}  # (in the order named: the sources)
     for target in names:
         try:
             n, index = m.parse_target(target)
@@ -72,22 +71,19 @@ def _replica_sources(d: LogServices, names: list[str]
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if n not in d.agents and n != "corral" and n not in d.hub.tails:
             raise NoSuchAgent(n, d.agents)
-        if n not in replicas:
-            sources.append(n)
-            replicas[n] = set()
-        wanted = replicas[n]
+        wanted = replicas.setdefault(n, set())
         if index is None or wanted is None:
             replicas[n] = None
         else:
             wanted.add(index)
     if all(v is None for v in replicas.values()):
-        return sources, None
+        return list(replicas), None
 
     def keep(line: m.LogLine) -> bool:
         wanted = replicas.get(line.source)
         return wanted is None or line.replica in wanted
 
-    return sources, keep
+    return list(replicas), keep
 
 
 @implements(m.LogsRotate)
