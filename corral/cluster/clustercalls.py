@@ -1,13 +1,10 @@
-"""Durable calls on a cluster (a workflow's run, a team's call): kept in Redis, each driven
-by one node incarnation at a time under a lease (the call's `holder` and `fence`), taken
-over by a live node when its holder dies (docs/cluster.md#workflow-runs-on-any-node).
-
-Every write shows the fence token and is refused when the call's is another; the record
-and rows carry a MAC made with the cluster key. A step's ended row is held here and rides
-with the call's next write (or goes alone after HOLD_FOR), never before its task's
-outcome (`outcomes_first`). Redis is the truth; `local`, the node's journal, holds a copy
-of each call it drives for the engine's synchronous reads: a call taken over is copied in
-first.
+"""Durable calls on a cluster (a workflow's run, a team's call), kept in Redis
+(docs/cluster.md#workflow-runs-on-any-node): each driven by one node incarnation at a time
+under a lease (the call's `holder` and `fence`); every write shows the token and is
+refused when the call's is another. A step's ended row is held here and rides with the
+call's next write (or goes alone after HOLD_FOR), never before its task's outcome
+(`outcomes_first`). Redis is the truth; `local`, the node's journal, holds a copy of each
+call it drives for the engine's synchronous reads: a call taken over is copied in first.
 """
 
 from __future__ import annotations

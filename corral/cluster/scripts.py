@@ -26,13 +26,11 @@ def _task_key(kind: str, task: str) -> str:
 
 def _ended(task: str, kept: str, live: int) -> str:
     """A task that ended: its record and attempts (KEYS[1], KEYS[2]) kept `kept` seconds,
-    the task moved from the live tasks (KEYS[live]) to the finished (KEYS[live + 1]),
-    which TRIM keeps to the newest `tasks_kept`. One fragment for every end, so that no
-    end leaves a key without its expiry (TRIM trusts the keys of ids older than
-    tasks_kept_for to have expired). Its steps, spawns' rows and asks by call go at once:
-    no attempt follows an end. A pending ask of it is withdrawn where it is next read;
-    its asks join the tenant's ended ones (Keys.asks_done), kept to the newest ASKS_KEPT
-    so that a tenant's asks are not each kept for tasks_kept_for."""
+    the task moved from the live tasks (KEYS[live]) to the finished (KEYS[live + 1]). One
+    fragment for every end, so that no end leaves a key without its expiry (TRIM trusts
+    the keys of ids older than tasks_kept_for to have expired). Its steps, spawns' rows
+    and asks by call go at once; its asks join the tenant's ended ones (Keys.asks_done),
+    kept to the newest ASKS_KEPT rather than each for tasks_kept_for."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
 local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)

@@ -3,15 +3,8 @@
 The stateless revision has no handshake: every request carries, in `params._meta`, the
 version it speaks and the client's capabilities, and over Streamable HTTP says its
 version, method and target again in headers. A request that breaks this is refused here,
-with its own id and the HTTP status the revision gives each refusal:
-- no `_meta`, or one without the version or the client's capabilities: -32602, 400;
-- a header that does not say what the body says (or a missing `Mcp-Method`, or a missing
-  `Mcp-Name` where the body names a tool, prompt, resource or task): -32020, 400;
-- a version corral does not speak: -32022, 400, with `data.supported` and
-  `data.requested`;
-- a method the revision removed (`initialize`, `ping`, `logging/setLevel`,
-  `resources/subscribe`, `resources/unsubscribe`): -32601, 404 — a 2025-11-25 session
-  still has them.
+with its own id and an HTTP status: docs/gateway.md's table has each refusal (a method
+the revision removed is one a 2025-11-25 session still has).
 
 Which requests are of the revision: over HTTP, one without a session that names a version
 corral's sessions do not speak (in the header or `_meta`), or any request but `initialize`
