@@ -1,8 +1,7 @@
 """Tool search (`[gateway] tool_search`): a client's `tools/list` is `search_tools` and the
 tools it pinned; `search_tools` finds the rest in the client's own list, so it sees nothing
-the client could not list. Ranking per query word: a word of the name 4, part of it 2, a
-word of description or title 1, part of one 0.5; ties by name, so an answer is stable. A
-query is bounded before scoring: it runs on the daemon's loop, at list size x words.
+the client could not list. A query is bounded before it is scored (`score`): scoring runs
+on the daemon's loop, at the list's size times the query's words.
 """
 
 from __future__ import annotations
