@@ -51,26 +51,18 @@ class StepEngine:
         row = call.rows.get(key)
         if row is not None and row.status in STEP_ENDED:
             return row
-        if row is None and isinstance(work, RowCarrier):
-            return await self._carried(call, key, work)
-        row = await self.begin(call, key)
-        assert row.task_id is not None
+        if row is None and isinstance(work, RowCarrier):  # it keeps its row as it starts
+            new = call.rows[key] = StepRow(key[0], key[1], "running", new_id(), time.time())
+            # in the call's rows while its submit is in flight: a call abandoned meanwhile
+            # cancels its task and ends its row as it does those kept
+            running = work.carry(self.store, call.call_id, new,
+                                 lambda: self._noted(call, [new]))
+        else:
+            row = await self.begin(call, key)
+            assert row.task_id is not None
+            running = work(row.task_id)
         try:
-            end = await work(row.task_id)
-        except RpcError as exc:
-            await self.end(call, key, StepEnd("failed", None, exc.message))
-            raise
-        return await self.end(call, key, end)
-
-    async def _carried(self, call: Durable, key: StepKey, work: RowCarrier) -> StepRow:
-        """A new step whose work keeps its row as it starts."""
-        row = StepRow(key[0], key[1], "running", new_id(), time.time())
-        # in the call's rows while its submit is in flight: a call abandoned meanwhile
-        # cancels its task and ends its row as it does those kept
-        call.rows[key] = row
-        try:
-            end = await work.carry(self.store, call.call_id, row,
-                                   lambda: self._noted(call, [row]))
+            end = await running
         except RpcError as exc:
             await self.end(call, key, StepEnd("failed", None, exc.message))
             raise
