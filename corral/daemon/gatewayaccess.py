@@ -30,7 +30,7 @@ from ..mcp.logrelay import LogRelay
 from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
-from ..supervisor.config import DEFAULT_TENANT, GatewaySettings, PositiveInt
+from ..supervisor.config import DEFAULT_TENANT, ConfigError, GatewaySettings, PositiveInt
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
@@ -94,7 +94,6 @@ class TokensFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
     """token hash -> (client name, entry); errors name the file and the key."""
-    from ..supervisor.config import ConfigError
     from ..supervisor.configload import convert
 
     try:
