@@ -113,7 +113,8 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
 
 
 class Autoscale(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """[agents.NAME.autoscale] (docs/elastic.md): `replicas` is then the starting count."""
+    """[agents.NAME.autoscale] (docs/elastic.md): the replica count follows the load;
+    `replicas` is then the starting count."""
 
     min_replicas: NonNegInt = 1  # 0: the agent sleeps after idle_after, a task wakes it
     max_replicas: PositiveInt = 1
@@ -434,7 +435,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class PolicyMatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
                   omit_defaults=True):
-    """A `[[policy]]` rule's calls (globs; absent: any). A rule naming a tool matches no
+    """A `[[policy]]` rule's calls: globs of the tenant, the agent, the tool (SERVER__TOOL)
+    and the model (the model gateway's name); absent: any. A rule naming a tool matches no
     model call, one naming a model no tool call."""
 
     tenant: str | None = None
