@@ -2,11 +2,9 @@
 (`usage/report`), counted per agent, per task and per model, and the gate that holds an
 agent's waiting tasks while it is over a budget.
 
-Windows are sliding, in buckets of `step` seconds (the minute window's 1 s, the day's
-1 min). A gate that shuts arms one timer, for the moment enough of the window has left
-it, which pumps the agent's queue again: there is no polling. Nothing here stops a
-running task from spending: what a task reports is what the next task's start is judged
-by. The `Budget` knows nothing of agents, so a group of agents (a tenant) can share one.
+Windows are sliding, in buckets. A gate that shuts arms one timer, for the moment enough
+of the window has left it: there is no polling. Nothing stops a running task from
+spending: what a task reports is what the next task's start is judged by.
 
 A model call through corral's gateway is judged before it is made (`reserve`): its
 estimate is held against the windows while it is in flight, so calls made at once cross

@@ -3,21 +3,15 @@
 
 The tasks of one session run one at a time, in submission order: its first unfinished
 task (its `current`) waits in the agent's queue, the later ones in the session's line,
-out of the queue, until it has finished (retries and all). `Sessions` is the Queue the
-dispatcher takes from: the agents' own queue behind it, the lines in front. Dispatch
-prefers the replica that ran the session's last task (the worker's memory of the
-conversation is the fast path); the state (`session/checkpoint`, durable before it is
-answered) is given to each task in `task/run`, so any replica carries on after a crash.
+out of the queue. `Sessions` is the Queue the dispatcher takes from: the agents' own
+queue behind it, the lines in front. Dispatch prefers the replica that ran the session's
+last task (the worker's memory is the fast path); the state, durable before
+`session/checkpoint` is answered, is given to each task, so any replica carries on.
 
 A session is its owner's, not its name's (DESIGN 20): kept under the tenant its agent was
-of when it began (`SessionKey`), each task bound to that life of it as it is accepted, so
-a later agent of the same name, another tenant's, can neither be given its state nor
-address it. Removing an agent ends its sessions; one idle for `session_ttl` is dropped.
-
-Memory is bounded: with a journal (the daemon's: corral.daemon.sessionjournal) only the
-recently used states stay in memory (`HotStates`, a byte budget), the others are read
-back before their session's next task starts; live sessions are bounded in number
-(`max_sessions`) and in state bytes (`max_session_bytes`), per agent and per tenant.
+of when it began, so another tenant's later agent of the name can neither be given its
+state nor address it. With a journal only the recently used states stay in memory
+(`HotStates`); live sessions are bounded in number and state bytes.
 """
 
 from __future__ import annotations

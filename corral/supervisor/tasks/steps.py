@@ -4,20 +4,15 @@ attempt is answered from the journal instead of doing the work again (DESIGN sec
 docs/durable.md).
 
 Tool calls are matched by order: the attempt's n-th call is answered with the journal's
-n-th step when it names the same tool with the same arguments (their hash); at the first
-call that does not match, the attempt goes live for the rest of its calls and is marked
-diverged, never failed. Named steps are matched by name. Nothing is journaled for a task
-that has no retry left (no later attempt can read it). What a task journals is bounded by
-`max_step_bytes` (its agent's and its tenant's, the smaller), what a tenant's unfinished
-tasks hold together by `max_step_journal_bytes` (counted in this daemon's life).
+n-th step when it names the same tool with the same arguments; at the first that does
+not match, the attempt goes live and is marked diverged, never failed. Nothing is
+journaled for a task that has no retry left (no later attempt can read it).
 
 A journaled call outlives its caller (DESIGN section 26): it runs in a task of its own
-(a flight), so that when its worker dies the server's or provider's work is not
-cancelled: its answer is journaled, a later attempt's same call waits for it, and the
-server sees the call once. Only a call held for a person is cancelled with its caller
-(its retry waits on the same ask). Every call that may be made again carries an
-idempotency key, the same on every attempt: a call lost with the daemon is made again
-under the same key.
+(a flight), so that when its worker dies the server's work is not cancelled: its answer
+is journaled, a later attempt's same call waits for it, and the server sees the call
+once. Every call that may be made again carries an idempotency key, the same on every
+attempt.
 """
 
 from __future__ import annotations
