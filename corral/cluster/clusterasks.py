@@ -1,11 +1,7 @@
 """A cluster task's asks of a person, in Redis (docs/approvals.md#on-a-cluster): any node
 lists them and decides one, exactly once, and the node that takes the task over finds the
-ask its attempt made.
-
-An ask's record and its end each carry a MAC made with the cluster key: a forged ask is
-listed nowhere, a forged end never applied. ASK is fenced by the claim's token. An end
-written on another node is learned by END's message on the asks' channel, and once a
-beat, which stands in for a message lost.
+ask its attempt made. An ask's record and its end each carry a MAC made with the cluster
+key: a forged ask is listed nowhere, a forged end never applied.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Sessions on a cluster (docs/durable.md#sessions-on-a-cluster): Redis keeps a session's
-turns in order (sessionscripts.py), each given the state the last turn checkpointed.
-
-The state is written under the claim's fence with a MAC over tenant, agent, name and
-state: one that does not verify is refused and the turn starts without a state. Sticky: a
-session's next turn goes to the incarnation that ran its last while that lives, runs the
-agent and is not draining; the worker is given the state at every turn all the same (the
-protocol has no "you have it" for it to trust).
+turns in order (sessionscripts.py), each given the state the last turn checkpointed,
+written under the claim's fence with a MAC over tenant, agent, name and state (one that
+does not verify is refused: the turn starts without a state). The worker is given the
+state at every turn, sticky or not: the protocol has no "you have it" for it to trust.
 """
 
 from __future__ import annotations

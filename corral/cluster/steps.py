@@ -1,10 +1,8 @@
 """A cluster task's steps in Redis (docs/durable.md): the StepJournal of the tasks a node
-claimed, so a retry on another node is answered from what this attempt did.
-
-Every write is fenced by the claim's token and carries a MAC. A step is a field of the
-task's hash: "SEQ" a tool call, "0:NAME" a named step, "cp" the checkpoint. One loop
-turn's writes go in one pipeline, in order: a divergence's drop is never overtaken by the
-step after it.
+claimed. Every write is fenced by the claim's token and carries a MAC. A step is a field
+of the task's hash: "SEQ" a tool call, "0:NAME" a named step, "cp" the checkpoint. One
+loop turn's writes go in one pipeline, in order: a divergence's drop is never overtaken by
+the step after it.
 """
 
 from __future__ import annotations

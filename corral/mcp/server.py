@@ -1,11 +1,8 @@
-"""The gateway's MCP server session: corral's pool served as one MCP server.
-
-One `GatewaySession` per MCP client, whatever the transport: it hands each incoming
-message to `receive` with a `reply` in that message's context; unsolicited notifications
-go to `push`. 2024-11-05 … 2025-11-25 negotiate with `initialize`; 2026-07-28 is stateless
-(`server/discover`, each request's `_meta` checked first by the transport's `screen`).
-What is served comes from a `Backend`. A cancelled request gets no response, as the spec
-asks.
+"""The gateway's MCP server session: corral's pool served as one MCP server, one
+`GatewaySession` per client whatever the transport (which hands each message to `receive`
+with a `reply` in its context; unsolicited notifications go to `push`). A 2026-07-28
+request's `_meta` is checked first, by the transport calling `screen`. A cancelled request
+gets no response, as the spec asks.
 """
 
 from __future__ import annotations
