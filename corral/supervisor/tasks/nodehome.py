@@ -11,42 +11,24 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .chunks import OutputJournal
     from .durable import TaskJournal
+    from .inbox import Inbox
     from .model import AskShelf, SpawnStore, Task, TurnStore
+    from .output import TaskOutputs
+    from .sessions import Sessions
+    from .spawn import Spawns
     from .stepjournal import StepJournal
-
-
-class _Journals(Protocol):
-    journal: StepJournal | None
-
-
-class _Outputs(Protocol):
-    journal: OutputJournal
-
-
-class _Spawns(Protocol):
-    @property
-    def node(self) -> SpawnStore: ...
+    from .steps import TaskSteps
 
 
 class HomeEngine(Protocol):
     """The engine whose journals the home reads (TaskManager)."""
 
     journal: TaskJournal | None
-
-    @property
-    def inbox(self) -> AskShelf: ...
-
-    @property
-    def steps(self) -> _Journals: ...
-
-    @property
-    def outputs(self) -> _Outputs: ...
-
-    @property
-    def sessions(self) -> TurnStore: ...
-
-    @property
-    def spawns(self) -> _Spawns: ...
+    inbox: Inbox
+    steps: TaskSteps
+    outputs: TaskOutputs
+    sessions: Sessions
+    spawns: Spawns
 
 
 class NodeHome:
