@@ -1,9 +1,7 @@
 """A cluster node's part of `corral upgrade` (daemon/upgrade.py,
-docs/cluster.md#upgrading-a-node-in-place): the old image hands back the claims it has not
-started and sends its outcomes, renewing its liveness key last; the new image goes on as
-the same daemon and incarnation (no join) and re-attaches each claim to its kept worker.
-A key that lapsed meanwhile fences the membership, and what kept workers still run of the
-claims is cancelled with its outcome never sent, so each runs to an outcome once, elsewhere.
+docs/cluster.md#upgrading-a-node-in-place): the old image's settling of its claims before
+the exec, and what the new image needs to go on as the same daemon and incarnation (no
+join), each claim re-attached to its kept worker.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Cluster agents: `placement = "cluster"` specs in Redis, their replicas placed on live
-node incarnations by free room (docs/cluster.md#cluster-agents).
-
-Every node, every beat, re-places where a slot's incarnation died or drains or the count
-differs, writing by compare-and-set on the epoch: of nodes placing at once, one wins. A
-dead incarnation's slots are re-placed only once Redis has answered for TTL + a beat, so a
-Redis restart moves nothing. A table is run only when its MAC verifies.
+node incarnations by free room (docs/cluster.md#cluster-agents), every beat, by
+compare-and-set on the placement epoch. A dead incarnation's slots are re-placed only once
+Redis has answered for TTL + a beat, so a Redis restart moves nothing.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The cluster key (docs/cluster.md#securing-redis): records in Redis that decide what a
 node runs or what a client is told a task answered carry an HMAC-SHA256 made with a key
-Redis never holds (`[cluster] key_file`). A record whose MAC is missing or wrong is
-refused, logged once and counted (cluster.trust). Each MAC covers the record's kind, the
-cluster's name and the name it is kept under, so it does not verify under another.
-Without a key_file (`insecure = true`) every record is taken as it is.
+Redis never holds. Each MAC covers the record's kind, the cluster's name and the name it
+is kept under, so it does not verify under another. Without a key_file (`insecure =
+true`) every record is taken as it is.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """OAuth 2.1 for remote MCP servers, as the MCP authorization spec (2025-11-25) describes
-(docs/mcp.md): discovery from the server's 401 (RFC 9728, whose `resource` must name this
-server, then RFC 8414 / OpenID Discovery), the client id (configured, a metadata document
-URL, or RFC 7591 registration), the code grant with PKCE or client credentials. A 403
-`insufficient_scope` asks once for the union of scopes, never in a loop. Tokens are kept
-in the state directory, mode 0600, and refreshed before they expire.
+(docs/mcp.md): discovery from the server's 401, client registration, the code grant with
+PKCE, client credentials or an ID-JAG. A 403 `insufficient_scope` asks once for the union
+of scopes, never in a loop. Tokens are kept in the state directory, mode 0600.
 """
 
 from __future__ import annotations
