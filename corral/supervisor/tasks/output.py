@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ...text import plural
 from ..quotas import NO_QUOTAS
 from ..stream import Stream
-from .chunks import START, OutputChunk, OutputJournal, Position
+from .chunks import START, Discarder, OutputChunk, OutputJournal, Position
 from .model import Task, TaskFinished
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ def paged(chunks: Iterable[OutputChunk], limit: int) -> list[OutputChunk]:
     return page
 
 
-class OutputsInMemory:
+class OutputsInMemory(Discarder):
     """The engine's journal when it has none of a daemon's: the streams of its newest
-    KEPT tasks, in memory."""
+    KEPT tasks, in memory (the rest, a Discarder's)."""
 
     def __init__(self, kept: int = KEPT) -> None:
         self.kept = kept
@@ -80,18 +80,6 @@ class OutputsInMemory:
         chunks = self.streams.get(task_id, [])
         at = bisect.bisect_right(chunks, after, key=lambda c: c.position)
         return paged(itertools.islice(chunks, at, None), limit)
-
-    def resumed(self, task_id: str) -> tuple[Position, int]:
-        return START, 0
-
-    def ended(self, task_id: str) -> None:
-        pass
-
-    def behind(self) -> bool:
-        return False
-
-    async def caught_up(self) -> None:
-        pass
 
 
 class _OpenStream:
