@@ -8,10 +8,6 @@ calls). The output: the results, and the attempt that made them."""
 
 import os
 
-import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-
 
 def calls(task, attempt):
     first = {"i": 10} if task.get("diverge") and attempt > 1 else {"i": 1, "hold": True}
@@ -19,6 +15,12 @@ def calls(task, attempt):
 
 
 async def through_gateway(url: str, calls) -> list[str]:
+    # the SDK imported by a worker that calls through it alone: ~1 s of CPU at each start
+    # of a worker that calls by the link ("sdk"), killed and started again by each test
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
     headers = {"Authorization": f"Bearer {os.environ['CORRAL_MCP_TOKEN']}"}
     http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60))
     results = []
