@@ -308,7 +308,7 @@ class Daemon:
         opened = await enter("the state database", part.state_store(conf, parts, hub))
         store = opened.store
         audit.to(store)
-        gateway.api_tokens = tokens_of(store).authenticate
+        gateway.open_tokens(tokens_of(store).authenticate)
         keep(part.signals(self._signals.put_nowait))
         await enter("the event pump", part.event_pump(sup, heard))
         fleet = Fleet(parts, store, opened.writer, opened.revisions, conf.dir, hub.daemon)

@@ -171,8 +171,8 @@ class GatewayService:
         self.limiters: dict[str, Limiter] = {}
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
-        # the HTTP API's tokens, once the state database that keeps them is open: one
-        # holding `mcp:call` (or `admin`) opens /mcp too
+        # the HTTP API's tokens, once the state database that keeps them is open
+        # (open_tokens): one holding `mcp:call` (or `admin`) opens /mcp too
         self.api_tokens: Callable[[str], Token | None] | None = None
         self.tracer = tracer
         # the tasks extension; an agent as a tool is a task submitted through `calls`
@@ -188,6 +188,9 @@ class GatewayService:
         self.skills = GatewaySkills(tools, self._tenant_sees)
 
     # -- configuration --------------------------------------------------------------------
+    def open_tokens(self, authenticate: Callable[[str], Token | None]) -> None:
+        self.api_tokens = authenticate
+
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
         """Apply [gateway] (at start and on reload: rotating a token is an edit and a
         reload). What changed, in words; raises ConfigError, changing nothing."""
