@@ -455,6 +455,24 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
         assert d.sup.tenancy.specs["acme"].max_replicas == 8
 
 
+async def test_tenants_add_reads_a_json_file_as_json_and_refuses_one_that_is_not(
+        tmp_path: Path) -> None:
+    """`corral tenants add FILE.json` reads JSON, as `workflows add` and `teams add` do
+    (any other file is TOML); a .json that is not JSON is refused naming the file, and
+    nothing is added."""
+    (tmp_path / "beta.json").write_text('{"tenants": {"beta": {"max_agents": 1}}}')
+    (tmp_path / "bad.json").write_text("[tenants.gamma]\nmax_agents = 1\n")
+    async with in_process(tmp_path, hello("a1")) as d:
+        rc, out, err = await cli(d, "tenants", "add", str(tmp_path / "beta.json"))
+        assert (rc, out, err) == (0, "added: beta\n", "")
+        rc, out, err = await cli(d, "tenants", "add", str(tmp_path / "bad.json"))
+        assert (rc, out) == (2, "")
+        assert err.endswith(f"Error: {tmp_path / 'bad.json'}: Expecting value: line 1 "
+                            "column 2 (char 1)\n"), err
+        assert set(d.sup.tenancy.specs) == {"beta"}
+        assert d.sup.tenancy.specs["beta"].max_agents == 1
+
+
 async def test_tenant_changes_at_once_each_hold_as_answered(tmp_path: Path) -> None:
     """Changes made at the same time (two scripts, two operators) are made one after the
     other: each builds on the one before, and of two adds of one name the second is
