@@ -1,13 +1,9 @@
-"""Approvals: a task's tool calls that the policy names wait for a person (DESIGN section
-23, docs/approvals.md), an interceptor of the task path so that every call a task makes
-live passes it; a call answered from the task's step journal ran before, approved, and
-is not asked again.
+"""Approvals: a task's tool calls that the policy (the agent's `approve` and its tenant's,
+which the agent cannot take away) names wait for a person (docs/approvals.md); an
+interceptor of the task path, so every live call passes it.
 
-The policy is the agent's `approve` and its tenant's, which an agent's table cannot take
-away. Each call's ask is keyed by its tool, its arguments' hash and how many such calls
-came before it in the attempt, so that a retried attempt making the same calls finds the
-same asks. A call of no task is its replica's, under the same policy (`gate`): its ask is
-owned by the replica's incarnation (replicacalls.py).
+An ask is keyed by its tool, its arguments' hash and how many such calls came before it in
+the attempt, so that a retried attempt making the same calls finds the same asks.
 """
 
 from __future__ import annotations

@@ -2,15 +2,10 @@
 (`usage/report`), counted per agent, per task and per model, and the gate that holds an
 agent's waiting tasks while it is over a budget.
 
-Windows are sliding, in buckets. A gate that shuts arms one timer, for the moment enough
-of the window has left it: there is no polling. Nothing stops a running task from
-spending: what a task reports is what the next task's start is judged by.
-
-A model call through corral's gateway is judged before it is made (`reserve`): its
-estimate is held against the windows while it is in flight, so calls made at once cross
-a budget by one call's estimate at most, not by every call's in flight. Holds count for
-the gateway's admission alone: the gate of queued tasks judges what was used (a timer
-cannot tell when a call ends).
+Windows are sliding, in buckets; a gate that shuts arms one timer for when enough of the
+window has left it (no polling). A gateway call's estimate is held while in flight
+(`reserve`), for the gateway's admission alone: the gate of queued tasks judges what was
+used (a timer cannot tell when a call ends).
 """
 
 from __future__ import annotations

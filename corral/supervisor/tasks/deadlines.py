@@ -1,9 +1,8 @@
-"""The deadlines of running attempts, behind one timer.
+"""The deadlines of running attempts, behind one timer (a timer per attempt cost more than
+the rest of a tiny task's dispatch).
 
-A timer per attempt cost more than the rest of a tiny task's dispatch. Here the attempts
-of one timeout are kept in the order they started, which is the order of their deadlines
-(`loop.time()` never goes back): an insertion-ordered dict per timeout, an attempt that
-ends taken out in O(1), and one timer set for the earliest deadline of all.
+Attempts of one timeout are kept in start order, which is deadline order (`loop.time()`
+never goes back): an insertion-ordered dict per timeout, one timer for the earliest.
 """
 
 from __future__ import annotations

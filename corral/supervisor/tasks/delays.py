@@ -1,10 +1,8 @@
-"""Tasks that may not start before a time (`not_before`: submitted with a delay, or a
-retry's backoff), behind one timer.
+"""Tasks that may not start before a time (`not_before`: a delay, or a retry's backoff),
+behind one timer, out of the Queue while they wait (no place, no slot).
 
-A delayed task waits here, not in the Queue (no place among its agent's waiting tasks,
-no slot); `due(task)` hands it to the queue when its time comes. Times are wall-clock (a
-journal keeps them across a restart): a task found early when the timer fires waits for
-a timer set again.
+Times are wall-clock (a journal keeps them across a restart): a task found early when the
+timer fires waits for a timer set again.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Dispatch: a waiting task goes to the least-loaded serving replica of its agent with a
-free slot (`max_concurrent_tasks`), taken from the Queue only then; how its attempt ended,
-and whether it runs again, are the task's machine's (taskmachine.py).
-
-Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
-that has not answered within `cancel_grace` is treated as hung and restarted (a paused
-replica's grace counts once it is resumed). A late answer after a timeout or cancel is
-recorded on its attempt, never reported again.
-
-Held (a daemon that drains before it stops), no task goes to a worker: they wait for the
-next daemon, while those running go on. A running task handed over (`hand_over`) is
-asked to stop; unless it succeeds meanwhile, its attempt is lost to the stop.
+free slot, taken from the Queue only then; how its attempt ended, and whether it runs
+again, are the task's machine's (taskmachine.py). Timeouts, `cancel_grace` (a paused
+replica's counts once it is resumed) and the drain's hold: docs/tasks.md.
 """
 
 from __future__ import annotations

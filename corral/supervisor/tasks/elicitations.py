@@ -1,16 +1,9 @@
 """An MCP server's elicitation during a task's tool call, asked of a person
-(docs/approvals.md#questions).
+(docs/approvals.md, "Questions an MCP server asks").
 
-A tool call made for a task carries an Asker (mcp/client.py): a server that elicits
-during it gets a question of the task in the inbox (its message the prompt, its
-`requestedSchema` the schema), the task waiting meanwhile. The answer goes back as
-`accept`; a declined question is `decline`; one that timed out or was withdrawn is
-`cancel`. The question's deadline is the server's `timeout`: the call ends then anyway.
-
-The person's decision is a step of the task before the server has it, and the ask is
-keyed by the call and by how many elicitations of that call came before: a retried
-attempt that makes the same call, and is asked the same, is answered from the journal or
-from its earlier attempt's ask, and a person is never asked twice.
+The decision is a step of the task before the server has it, keyed by the call and by how
+many elicitations of that call came before: a retried attempt asked the same is answered
+from the journal or its earlier attempt's ask, and a person is never asked twice.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Task ids: UUIDv7 (RFC 9562), unique across processes and nodes, and sortable.
 
-48 bits of Unix time in milliseconds, 12 bits that count ids made within one millisecond
-(seeded at random each millisecond), then 62 random bits. Ids made by one process are
-strictly increasing, even when the wall clock steps back, so a task's place in a shared
-queue can be told from its id alone (ids from before UUIDv7, 12 hex characters, stay
-valid).
+48 bits of Unix milliseconds, a 12-bit count within the millisecond (seeded at random),
+62 random bits: one process's ids strictly increase even when the wall clock steps back.
+Ids from before UUIDv7 (12 hex characters) stay valid.
 """
 
 from __future__ import annotations

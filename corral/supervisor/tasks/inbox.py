@@ -1,15 +1,9 @@
-"""The inbox: what tasks ask of a person, and the person's decisions (DESIGN section 23,
-docs/approvals.md).
+"""The inbox: what tasks ask of a person, and the person's decisions (docs/approvals.md).
 
-An ask (an approval of a held call, or a question) belongs to the task that asked, and
-to that task's tenant as it was when the task was accepted (DESIGN section 20). It is
-keyed within its task by the call it holds: a retried attempt that asks again for the
-same call finds the ask it made before, never a second one. An ask ends once: a decision
-after its end is refused naming how and by whom it ended.
-
-`Inbox` is the engine's home for asks (model.AskShelf): pending asks are held in memory
-as well as stored (daemon/inboxjournal.py), bounded per tenant and per daemon. The waits
-on asks, their deadlines and their withdrawal are askwaits.AskWaits' (`Inbox.waits`).
+An ask belongs to its task and to that task's tenant when it was accepted; it is keyed
+within its task by the call it holds (a retried attempt finds its earlier ask) and ends
+once. Pending asks are held in memory as well as stored (daemon/inboxjournal.py); their
+waits and deadlines are askwaits.AskWaits' (`Inbox.waits`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""The task path's interceptors: what tracing, a team's tools and the cluster add to the
-engine's tasks, each a `TaskInterceptor` given to the engine at its construction, in one
-ordered list (daemon/startup.py `engine`). As Temporal's SDK's: a concern overrides the
-`intercept_*` methods it needs, each taking one input value and `next`, the rest of the
-chain, which it calls to go on (or not).
-
-The chain is composed once, when the engine is made: a method no interceptor overrides is
-the engine's own call alone, and a notification no one overrides is None, so an engine
-without tracing pays nothing per task for it. The first interceptor is the outermost.
+"""The task path's interceptors (tracing, a team's tools, the cluster): each a
+`TaskInterceptor` given to the engine at its construction, in one ordered list, the first
+outermost. As Temporal's SDK's: a concern overrides the `intercept_*` methods it needs,
+each given one input value and `next`, the rest of the chain. The chain is composed once:
+a method no one overrides is the engine's own call alone (no cost per task).
 """
 
 from __future__ import annotations

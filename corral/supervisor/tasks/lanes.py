@@ -1,10 +1,8 @@
-"""`tasks.map`'s lanes: at most `concurrency` tasks of a list at once, each lane taking
-the next input when its task ends, the results in input order.
+"""`tasks.map`'s lanes: at most `concurrency` tasks of a list at once, results in input order.
 
-A lane is one object for the whole map, its task's `waiter`: the task's end marks it
-ready, and once per turn of the loop the ready lanes keep their results and submit their
-next inputs as one batch (`submit_many`). Nothing is made per input but its Task (no
-coroutine, no future: those were a fifth of the supervisor's CPU per tiny task).
+A lane is its task's `waiter` for the whole map: once per turn of the loop the ready lanes
+keep their results and submit their next inputs as one batch (`submit_many`). Nothing but
+its Task is made per input (a coroutine and a future were a fifth of the CPU per tiny task).
 """
 
 from __future__ import annotations

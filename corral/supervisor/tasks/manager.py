@@ -1,14 +1,8 @@
-"""Tasks: work given to agents, each ending in exactly one terminal outcome.
+"""Tasks: work given to agents, each ending in exactly one terminal outcome (docs/tasks.md).
 
-A task goes to the least-loaded serving replica with a free slot, else waits in the
-agent's bounded queue (queue.py; dispatch.py starts it). An attempt that ends in an
-outcome its retry policy names (retry.py) runs again after its backoff. Durability is a
-`TaskJournal`'s (durable.py; the daemon's is SQLite): it hears of every accepted task and
-every change, and gives unfinished tasks back after a crash (recovery.py).
-
-The TaskManager composes the parts, each a role of its own made with it: intake.py,
-the Queue, the TaskDispatch, endings.py, personloop.py, recovery.py, Retention and the
-workers' methods (worker.py); it answers the API.
+The TaskManager composes the parts, each a role of its own made with it (intake, the
+Queue, the TaskDispatch, endings, the person loop, recovery, Retention, the workers'
+methods), and answers the API.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""A task's live output (DESIGN 23, docs/streams.md): the chunks of text its worker sends
-(`task/output`), each at a position (attempt, n) and put in the output journal as they
-come, so whoever follows the task reads them back by position. A reader costs its
-position, never a buffer the agent's chunks pile up in: a slow one holds neither the
-agent nor the engine, and one that lost its connection goes on after its last position.
-
-Bounds: `max_stream_bytes` (its agent's and its tenant's, the smaller),
-`max_stream_journal_bytes` over a tenant's unfinished tasks, MAX_CHUNK_BYTES a chunk. The
-chunk past any is not kept: the stream says once per attempt that it is truncated,
-naming the bound. A reader is given a page at a time (BATCH, BATCH_BYTES): what it holds
-while its client does not read is a page, never a task's whole output.
+"""A task's live output (docs/streams.md): the chunks its worker sends (`task/output`),
+each at a position (attempt, n), put in the output journal as they come. A reader costs its
+position, never a buffer: a slow one holds neither the agent nor the engine, and is given
+a page at a time (BATCH, BATCH_BYTES).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""The seconds a call waited for a person, told to whoever times the call.
+"""The seconds a call waited for a person, told to whoever times the call (a timer around
+an approved call would count the person's minutes as the call's).
 
-An approval holds a tool call inside the call, so a timer around the call would count
-the person's wait as the call's (an approved tool's p50 was the minutes someone took to
-click). The gateway times each call with a holder in its context (`timed`); a wait for a
-person made in that context adds its seconds to it (`waiting`); one made in another
-context on the call's behalf (an MCP server's elicitation) adds to the holder the call's
-context had (`held`).
+The gateway times each call with a holder in its context (`timed`); a wait made in that
+context adds to it (`waiting`); one made in another context on the call's behalf (an MCP
+server's elicitation) adds to the holder the call's context had (`held`).
 """
 
 from __future__ import annotations

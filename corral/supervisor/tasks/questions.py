@@ -1,9 +1,6 @@
 """A task's questions for a person (`task/ask`; docs/protocol.md#questions): each an ask
-of the inbox that the task waits on, its answer a step of the task (`corral/ask:KEY`,
-journaled before the worker is given it), so a retried or resumed attempt asking under
-the same key is answered from the journal, and a person is never asked twice. The
-schema is checked when the question is asked; the answer against it where a person
-gives it, so a bad answer is refused to the person and the task goes on waiting."""
+of the inbox the task waits on, its answer a step of the task (`corral/ask:KEY`), so a
+retried or resumed attempt asking under the same key is answered from the journal."""
 
 from __future__ import annotations
 

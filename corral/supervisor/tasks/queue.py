@@ -1,9 +1,6 @@
 """Where accepted tasks wait for a replica: the `Queue` protocol, and `LocalQueue`, the
-priority lines of one process.
-
-Order: higher priority first, then arrival; a retried task goes back to its arrival
-place. The dispatcher takes from the queue only when a replica of the agent has a free
-slot, so a queue never holds a task it could not place.
+priority lines of one process (their order: docs/tasks.md#the-queue). The dispatcher takes
+from a queue only when a replica has a free slot: it never holds a task it cannot place.
 """
 
 from __future__ import annotations

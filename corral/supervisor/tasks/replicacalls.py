@@ -1,10 +1,7 @@
-"""A replica's calls of no task (DESIGN section 27, docs/security.md#calls-of-no-task): a
-`tools/call` naming no task it runs, a gateway call no attempt is found for. Such a call
-is its replica's, under its agent's and tenant's policy in full; what a task gives that
-policy, the replica's current incarnation gives here: its budget window (one
-`max_tool_calls_per_task`, afresh when the replica is started again), and its asks, owned
-by the incarnation (`replica:LABEL:NONCE`) and withdrawn when the replica exits. The
-nonce keeps a later incarnation from ever finding an earlier one's decision by its key.
+"""A replica's calls of no task (docs/security.md#calls-of-no-task): under its agent's and
+tenant's policy in full, the replica's current incarnation standing in for a task (its
+budget window; its asks, owned by `replica:LABEL:NONCE`, so a later incarnation never
+finds an earlier one's decision by its key).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""What a finished task keeps: only what `corral task ID` shows cheaply, within a count
-and a byte budget, with nothing the garbage collector must walk.
-
-Its input is dropped at once; outputs are held up to `kept_bytes` in all, the oldest
-dropped past that (read back from the journal when there is one); at most `kept` finished
-tasks stay in memory. Every payload let go is counted to the Releaser (memory.py).
+"""What a finished task keeps (docs/tasks.md#memory): only what `corral task ID` shows
+cheaply, within a count and a byte budget, with nothing the garbage collector must walk.
+Every payload let go is counted to the Releaser (memory.py).
 """
 
 from __future__ import annotations

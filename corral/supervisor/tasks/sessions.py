@@ -1,17 +1,9 @@
 """Sessions: a conversation's tasks, one at a time, with a state that outlives each
-(DESIGN section 17, docs/durable.md).
+(docs/durable.md#sessions).
 
-The tasks of one session run one at a time, in submission order: its first unfinished
-task (its `current`) waits in the agent's queue, the later ones in the session's line,
-out of the queue. `Sessions` is the Queue the dispatcher takes from: the agents' own
-queue behind it, the lines in front. Dispatch prefers the replica that ran the session's
-last task (the worker's memory is the fast path); the state, durable before
-`session/checkpoint` is answered, is given to each task, so any replica carries on.
-
-A session is its owner's, not its name's (DESIGN 20): kept under the tenant its agent was
-of when it began, so another tenant's later agent of the name can neither be given its
-state nor address it. With a journal only the recently used states stay in memory
-(`HotStates`); live sessions are bounded in number and state bytes.
+`Sessions` is the Queue the dispatcher takes from, in front of the agents' own: a
+session's current task waits in that queue, its later ones in the session's line. A
+session is its owner's, not its name's: kept under the tenant its agent was of when it began.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Sessions' states in memory: the recently used ones, within a byte budget
-(docs/durable.md#storage-bounds, docs/security.md).
-
-A session's state is durable in the daemon's journal before a `session/checkpoint` is
-answered; memory keeps only the hot ones, least recently used first out past `budget`
-(one evicted is read back when a task of its session is about to start). Without a
+"""Sessions' states in memory: the recently used ones within a byte budget, one evicted read
+back from the journal before its session's next task (docs/durable.md#sessions). Without a
 journal nothing is evicted: memory is where states live then.
 """
 

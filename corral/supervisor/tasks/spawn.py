@@ -2,10 +2,7 @@
 and waits for their outcomes (`task/wait`) (docs/workflows.md#spawn).
 
 Written once over the parent's home (`home.spawns`), where each spawn's row is kept with
-its child, so that the parent's next attempt that spawns under the same key is answered
-with that child, never a second one. A child is a task of an agent the parent's agent
-lists in `spawns`, of the same tenant, within the reach of the token that submitted the
-tree's root (REACH), within `max_spawn_depth` and `max_children` per parent.
+its child: the parent's next attempt spawning under the same key is answered that child.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""A task's steps: every tool call it makes through corral, and every step its agent names
-(`step/get`, `step/put`), journaled before the worker has the result, so that a later
-attempt is answered from the journal instead of doing the work again (DESIGN section 17,
-docs/durable.md).
+"""A task's steps: every tool call it makes through corral and every step its agent names
+(`step/get`, `step/put`), journaled before the worker has the result, so a later attempt
+is answered from the journal (docs/durable.md: "Steps", "What is replayed").
 
-Tool calls are matched by order: the attempt's n-th call is answered with the journal's
-n-th step when it names the same tool with the same arguments; at the first that does
-not match, the attempt goes live and is marked diverged, never failed. Nothing is
-journaled for a task that has no retry left (no later attempt can read it).
-
-A journaled call outlives its caller (DESIGN section 26): it runs in a task of its own
-(a flight), so that when its worker dies the server's work is not cancelled: its answer
-is journaled, a later attempt's same call waits for it, and the server sees the call
-once. Every call that may be made again carries an idempotency key, the same on every
-attempt.
+A journaled call runs in a task of its own (a flight): its worker's death does not cancel
+the server's work (docs/durable.md, "A call outlives its worker").
 """
 
 from __future__ import annotations

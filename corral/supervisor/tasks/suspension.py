@@ -1,16 +1,9 @@
 """Waiting without a process (docs/approvals.md#waiting-without-a-process).
 
-A task that has waited for a person for its agent's `suspend_after` gives its attempt
-back and is `suspended`, kept only in memory and the journal. When nothing it asked is
-pending any more it is queued again and its next attempt replays, so nothing runs twice
-and no one is asked twice. Only a task whose calls are journaled is suspended, and none
-waiting on an MCP server's elicitation (its tool call is in flight at the server).
-
 A task is suspended where its asks are kept first (AskShelf.give_back), in one step that
 finds what it asked still pending: the engine's inbox keeps it here; a cluster gives its
-claim back (whichever node claims it resumes it by replay). Only then is its attempt
-stopped; an answer that reaches the attempt meanwhile waits for that step, so a task
-suspended there does not also run on here.
+claim back. Only then is its attempt stopped; an answer that reaches the attempt meanwhile
+waits for that step, so a task suspended there does not also run on here.
 """
 
 from __future__ import annotations

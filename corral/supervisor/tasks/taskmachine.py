@@ -1,13 +1,10 @@
 """A task's lifecycle: the machine, as pure data and code without I/O (docs/tasks.md
 draws it).
 
-A table keyed by (status, cause) gives a task's next status and what follows (an end:
-the outcome kept and told; a retry: one spent, the task waits again); a pair not in the
-table is a bug in corral and raises. `TaskMachine` holds the status and the retries left
-and applies the table to them: every task is one (Task is a TaskMachine), and no other
-module assigns a task's status (tests/test_task_machine.py walks corral for that). The
-cluster's Lua (cluster/scripts.py) keeps the same table for a task's record in Redis,
-held to it by tests/cluster/test_task_machine_lua.py.
+A table keyed by (status, cause) gives the next status and what follows; a pair not in it
+is a bug and raises. No other module assigns a task's status (tests/test_task_machine.py
+walks corral for that); the cluster's Lua (cluster/scripts.py) keeps the same table, held
+to it by tests/cluster/test_task_machine_lua.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""The clock a person's waits are measured by: an ask's deadline, a waiting task's
-`suspend_after` (docs/approvals.md#waiting-without-a-process); and the minutes an agent's
-`restart_cron` matches (daemon/cronrestart.py).
-
-It is the wall's, or, for a test that must show what days of waiting do in seconds, a
-manual one ([supervisor] manual_clock = true) that only `corral clock --advance` moves:
-moving it fires at once every timer it passed, in their order."""
+"""The clock a person's waits (an ask's deadline, `suspend_after`) and `restart_cron` are
+measured by: the wall's, or a manual one (`[supervisor] manual_clock`) that only
+`corral clock --advance` moves, firing at once every timer it passed, in their order."""
 
 from __future__ import annotations
 

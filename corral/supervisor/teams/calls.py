@@ -1,12 +1,6 @@
 """Teams on an engine: the definitions, each call started (saved before it is answered)
-and driven to its one outcome. The daemon's are kept in its state database; the Python
-API's in memory:
-
-    tools = LeaderTools()  # a coordinate team's leader calls its members as tools
-    sup = Supervisor(interceptors=[tools])
-    teams = Teams(sup.tasks, tools=tools)
-    teams.configure({"support": TeamSpec(mode="broadcast", members=["a", "b"])})
-    result = await teams.run("support", {"q": "..."})   # a TaskResult
+and driven to its one outcome; the daemon's kept in its state database, the Python API's
+in memory (docs/teams.md, "The Python API").
 """
 
 from __future__ import annotations

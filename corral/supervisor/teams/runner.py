@@ -1,10 +1,6 @@
 """A team's call planned by its mode on the durable engine: route, broadcast, coordinate;
-each a step, a task of its agent run at most once per call.
-
-On a cluster node the router's and the members' tasks are cluster tasks, while a
-coordinate leader's task is one of the node driving the call, where its members' tools
-are served. A node that takes the call over submits the leader's task again under the
-id its row holds, and the leader's calls of members are answered from their rows."""
+each a step, a task of its agent run at most once per call (on a cluster:
+docs/teams.md#on-a-cluster)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""The reference language of a workflow's inputs and conditions (docs/workflows.md).
-
-A string that is a whole reference is replaced by the value it names, of any type:
-
-    $input                  the run's input
-    $input.topic            a key of it; `[2]` an item of a list
-    $steps.fetch.output     an earlier step's output (a map step's: the list of its items')
-    $item, $index           within a map step: the item and its place in the list
-
-A string with references in braces is a template, each replaced by its text (a string as
-it is, anything else as JSON): "Hello {$input.name}". Any other string is itself. Lists
-and tables are walked. No code, no arithmetic: a path, nothing more.
+"""The reference language of a workflow's inputs and conditions
+(docs/workflows.md#references): a whole reference (`$input.topic`, `$steps.ID.output`,
+`$item`, `$index`) is replaced by its value, a template ("Hello {$input.name}") by text.
+No code, no arithmetic: a path, nothing more.
 """
 
 from __future__ import annotations
