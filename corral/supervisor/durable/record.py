@@ -56,8 +56,7 @@ class CallRecord(msgspec.Struct):
 
 
 class Durable(Protocol):
-    """A call as the engine drives it: its planner's own record, made into a CallRecord
-    to be kept."""
+    """A call as the engine drives it: its planner's own record, made a CallRecord to be kept."""
 
     @property
     def call_id(self) -> str: ...

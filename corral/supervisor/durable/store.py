@@ -38,8 +38,7 @@ class SharedStore(DurableStore, Protocol):
         """This daemon's copies of these calls as the shared store holds them now."""
 
     def stopped(self, call_id: str) -> None:
-        """The call's driver here stopped with the call running (the store failed): it
-        is to be driven again, here or elsewhere."""
+        """The call's driver here stopped with it running (the store failed): to be driven again."""
 
 
 class MemoryStore:

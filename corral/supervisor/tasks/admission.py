@@ -48,8 +48,7 @@ def refusal(agent: AgentLike) -> str | None:
 
 
 def check_takes_tasks(agent: AgentLike) -> None:
-    """A plain program (protocol = "none") takes no task, ever: a conflict, not a refusal
-    for now."""
+    """A plain program (protocol = "none") never takes a task: a conflict, not a refusal."""
     if agent.spec.protocol == "none":
         raise RpcError(jsonrpc.CONFLICT, f"agent {agent.name} runs a plain program "
                                          '(protocol = "none"): it takes no tasks')

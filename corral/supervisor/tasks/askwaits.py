@@ -40,8 +40,7 @@ class AskHeard(NamedTuple):
 
 
 class AskWaits:
-    """The asks attended here: those a call waits on, and every pending ask of the node's
-    inbox, each with its deadline."""
+    """The asks attended here, with their deadlines: those waited on, the inbox's pending ones."""
 
     def __init__(self, stream: Stream, clock: WaitClock) -> None:
         self.stream = stream

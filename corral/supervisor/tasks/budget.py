@@ -204,8 +204,7 @@ def _count(key: str, value: int | float | None) -> int:
 
 
 def parse_report(p: UsageReportParams) -> tuple[str, int, int, float, str]:
-    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report, or
-    BadUsage."""
+    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report, or BadUsage."""
     task_id = p.task_id
     if not task_id:
         raise BadUsage("task_id must be a task's id")

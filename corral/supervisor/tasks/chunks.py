@@ -10,8 +10,7 @@ START: Position = (0, 0)  # before a task's first chunk
 
 
 class OutputChunk(NamedTuple):
-    """A chunk of a task's output; `truncated`: the stream's own word, in place of the
-    chunk that reached a bound."""
+    """A chunk of a task's output; `truncated`: the stream's word for a chunk past a bound."""
 
     task_id: str
     attempt: int
@@ -38,8 +37,7 @@ class OutputJournal(Protocol):
         """The task's chunks after `after`, in order: a page of at most `limit`."""
 
     def resumed(self, task_id: str) -> tuple[Position, int]:
-        """The last position and the bytes kept of a task begun before this engine; START
-        and 0 for any other."""
+        """The last position and bytes kept of a task begun before this engine (START, 0: none)."""
 
     def ended(self, task_id: str) -> None: ...
 

@@ -42,8 +42,7 @@ class Delays:
             self._arm(at)
 
     def remove(self, task: Task) -> bool:
-        """It waits no longer; whether it was waiting. Its heap entry is passed over when
-        it comes up."""
+        """Whether it was waiting; it waits no longer (its heap entry is skipped later)."""
         if self._waiting.pop(task.id, None) is None:
             return False
         n = self._per_agent[task.agent] - 1

@@ -214,8 +214,7 @@ class TaskDispatch:
         self.deadlines.add(task, task.timeout)
 
     def answers_read(self) -> None:
-        """The answers of one read of a worker's stdout are handled: the agents whose
-        slots they freed start their next tasks, one pump each."""
+        """One read of a worker's stdout handled: the agents whose slots it freed pump once each."""
         freed = self.freed
         if freed:
             self.freed = {}

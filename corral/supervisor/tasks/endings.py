@@ -59,8 +59,7 @@ class EndingEngine(Protocol):
 
 
 class Endings:
-    """Its engine's tasks' ends: the Outcomes dispatch tells, and the RetryPolicy a task's
-    machine asks."""
+    """Its engine's tasks' ends: the Outcomes dispatch tells, the RetryPolicy machines ask."""
 
     def __init__(self, engine: EndingEngine) -> None:
         self.engine = engine
@@ -174,8 +173,7 @@ class Endings:
         self.due(task)
 
     def due(self, task: Task) -> None:
-        """A delayed task's time has come: it waits in its agent's queue, at its arrival
-        place."""
+        """A delayed task's time has come: it waits in its agent's queue, at its arrival place."""
         e = self.engine
         task.not_before = None
         e.record(task)

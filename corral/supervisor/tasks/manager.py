@@ -181,8 +181,7 @@ class TaskManager:
 
     # -- holding: a drain (and later an upgrade) takes no new task to a worker ---------
     def hold(self, why: str) -> None:
-        """Take no new task to a worker: what is accepted waits (in the journal) and what
-        runs goes on."""
+        """Take no new task to a worker: what is accepted waits (journaled), what runs goes on."""
         self.dispatch.held = why
 
     def release(self) -> None:
@@ -290,8 +289,7 @@ class TaskManager:
                 yield chunk
 
     async def outcome(self, task: Task, *, decode: bool = False) -> TaskResult:
-        """A finished task's result, its output read back from the journal if it has
-        already been dropped from memory."""
+        """A finished task's result, its output read back from the journal if memory dropped it."""
         if task.output_dropped and self.journal is not None:
             info = await self.journal.load(task.id)
             if info is not None and info.output is not None:

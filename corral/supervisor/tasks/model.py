@@ -42,8 +42,7 @@ LOST_IN_RESTART = "daemon restarted"
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):
-    """An unfinished task as a journal gives it back after a restart (in the order they
-    were accepted)."""
+    """An unfinished task as a journal gives it back after a restart, in acceptance order."""
 
     task_id: str
     agent: str
@@ -373,8 +372,7 @@ def _keeps_none(task: Task) -> RpcError:
 
 
 class TurnStore(Protocol):
-    """Where a session's turns are kept in order: sessions.Sessions, or a cluster's
-    (corral.cluster.clustersessions.ClusterSessions)."""
+    """Where a session's turns are kept in order: sessions.Sessions, or a cluster's."""
 
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
         """The state the task's turn is given as it starts on `replica`."""
@@ -413,8 +411,7 @@ class AskShelf(Protocol):
         pending), or CONFLICT to corral's end (a deadline's) while another is written."""
 
     def withdraw(self, task_id: str) -> Awaitable[list[Ask]]:
-        """The ended task's pending asks, withdrawn and told once awaited; called as the
-        task ends."""
+        """The ended task's pending asks, withdrawn and told once awaited (at the task's end)."""
 
     def heed(self, ask: Ask) -> Ask | None:
         """Its end, wherever it is written, told here from now on (AskEnded, AskHeard);
@@ -435,8 +432,7 @@ class AskShelf(Protocol):
 
 
 class SpawnOrder(NamedTuple):
-    """A child to spawn, its bounds checked but its parent's `max_children` (counted
-    where the spawns are kept, with the spawn itself)."""
+    """A child to spawn, its bounds checked but `max_children` (counted where spawns are kept)."""
 
     agent: str
     tenant: str  # its agent's, the parent's
@@ -497,7 +493,6 @@ class TaskFinished(NamedTuple):
 
 
 class AttemptEnded(NamedTuple):
-    """An attempt on a worker ended, its slot free (a drain counts the tasks still
-    running by it)."""
+    """An attempt on a worker ended, its slot free (a drain counts the tasks still running)."""
 
     task: Task

@@ -76,8 +76,7 @@ class OutputsInMemory(Discarder):
 
 
 class _OpenStream:
-    """A task's stream while it may still be written to: its count, its next position,
-    and the readers' wake-up."""
+    """A task's stream while it may be written to: its count, next position, readers' wake-up."""
 
     __slots__ = ("attempt", "bytes", "changed", "n", "said", "tenant")
 

@@ -135,8 +135,7 @@ _FEW_CONTAINERS = 1024
 
 
 def read_values(line: bytes) -> tuple[int, Output]:
-    """`read_raw` for a Python caller: the output decoded in the one pass that reads the
-    answer."""
+    """`read_raw` for a Python caller: the output decoded in the pass that reads the answer."""
     size = len(line)
     if size < _FEW_CONTAINERS or not gc.isenabled():
         answer = _answer.decode(line)

@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 
 
 class PersonLoopEngine(EndingEngine, Protocol):
-    """What the person in the loop needs of the TaskManager, besides what a task's end
-    does."""
+    """What the person in the loop needs of the TaskManager, besides a task's end's."""
 
     inbox: Inbox
     endings: Endings

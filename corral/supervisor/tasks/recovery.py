@@ -112,8 +112,7 @@ class Recovery:
         return restored
 
     def adopt_running(self, rec: TaskRecord, r: Replica, rid: int) -> Task:
-        """A journaled task running on a worker the previous daemon image handed over
-        (corral upgrade): it runs on, on its attempt, and its answer ends it."""
+        """A journaled task running on a worker `corral upgrade` handed over: its answer ends it."""
         e = self.engine
         task = rebuilt(rec, e.next_seq(), None, e.home)
         task.not_before, task.due = None, time.time()

@@ -460,8 +460,7 @@ class Sessions:
             self.inner.put(task)
 
     def requeue(self, task: Task) -> None:
-        """A retry of the session's current task goes back; a later task (delayed until
-        now) waits its turn."""
+        """A retry of the session's current task goes back; a later (delayed) one waits its turn."""
         if not self._holds(task) or self._turn(task, front=True):
             self.inner.requeue(task)
 
@@ -532,8 +531,7 @@ class Sessions:
         return self.inner.position(task)
 
     def drain(self, agent: str) -> list[Task]:
-        """Every task of the agent waiting in a line, out of it (they end with the
-        queue's)."""
+        """Every task of the agent waiting in a line, out of it (they end with the queue's)."""
         out: list[Task] = []
         for s in self.table.values():
             if s.agent == agent and s.warming is not None:

@@ -51,8 +51,7 @@ class Engine(TreeEngine, Protocol):
 
 
 class Spawns:
-    """The handlers of `task/spawn` and `task/wait`, and the engine's own spawn store
-    (`node`)."""
+    """The handlers of `task/spawn` and `task/wait`, and the engine's own spawn store (`node`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -135,8 +135,7 @@ class SpawnTrees:
     # -- a tree's rows --------------------------------------------------------------------
     def tree(self, task_id: str, agent: str, tenant: str | None,
              lineage: Lineage) -> SpawnTree:
-        """The task's tree; a task in none is the root of a new one, being kept
-        (`planted`)."""
+        """The task's tree; a task in none is the root of a new one, being kept (`planted`)."""
         place = self.places.get(task_id)
         if place is not None:
             return place.tree

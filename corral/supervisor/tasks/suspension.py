@@ -102,8 +102,7 @@ class Suspensions:
         engine.stream.subscribe(self._ask_ended, AskEnded)
 
     def suspendable(self, task: Task) -> bool:
-        """Whether the waiting task's calls are journaled, so that a next attempt is
-        answered them."""
+        """Whether the waiting task's calls are journaled (a next attempt is answered them)."""
         r = task.replica
         if r is None or task.home.steps is None:
             return False

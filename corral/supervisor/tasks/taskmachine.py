@@ -199,8 +199,7 @@ class TaskMachine:
         return step
 
     def restored(self, status: str) -> None:
-        """A journal's unfinished task, made again after a restart, takes its record's
-        status."""
+        """A journal's unfinished task, made again after a restart, takes its record's status."""
         if status not in UNFINISHED:
             raise IllegalTransition(f"a task restored from a journal is unfinished, "
                                     f"not {status}")
@@ -286,8 +285,7 @@ def timed_out(attempt: Attempt, timeout: float) -> AttemptOutcome:
 
 
 def failed_outside(attempt: Attempt, error: TaskFailure) -> AttemptOutcome:
-    """A running attempt failed from outside its worker (a denied call whose policy
-    fails the task)."""
+    """A running attempt failed from outside its worker (a denied call failing the task)."""
     attempt.outcome, attempt.error = S.FAILED, error.message
     return AttemptOutcome(C.FAILED, error)
 

@@ -109,8 +109,7 @@ class WaitClock:
                     {"message": "a clock's timer failed", "exception": exc})
 
     def advance(self, seconds: float) -> float:
-        """Move a manual clock `seconds` ahead: the timers it passes fire now. Its new
-        time."""
+        """Move a manual clock `seconds` ahead, firing the timers it passes now; its new time."""
         if not self.manual:
             raise RpcError(jsonrpc.REFUSED, MANUAL_ONLY)
         if not 0 <= seconds <= 10 * 365 * 86400:

@@ -22,8 +22,7 @@ def key_of(key: str) -> StepKey:
 
 
 def driven_with(record: CallRecord) -> list[str]:
-    """The agents a node must run itself to drive this call (a cluster's node taking it
-    over): a coordinate team's leader."""
+    """The agents a node taking the call over must run itself: a coordinate team's leader."""
     if record.kind != KIND:
         return []
     leader = msgspec.json.decode(record.definition, type=TeamSpec).leader

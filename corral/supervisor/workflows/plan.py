@@ -243,8 +243,7 @@ def step_input(step: PlanStep, scope: Scope) -> Any:
 
 
 def plan_text(wf: Workflow) -> str:
-    """`corral workflows plan NAME`: the steps in order, what each waits for, is sent
-    and runs on."""
+    """`corral workflows plan NAME`: the steps in order, what each waits for, is sent, runs on."""
     lines = [f"workflow {wf.name}: {len(wf.steps)} steps"
              + (f", run timeout {wf.spec.timeout:g}s" if wf.spec.timeout else "")]
     if wf.spec.description:
