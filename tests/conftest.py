@@ -101,8 +101,11 @@ SPARED: set[int] = set()
 def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A test's asyncio subprocesses (a CLI beside an in-process daemon) are the test's:
     its supervisor is given them, or containment's tick could reap one before the test's
-    wait learns the status (the wait then hangs), or kill it as a re-parented orphan."""
+    wait learns the status (the wait then hangs), or kill it as a re-parented orphan.
+    What a wider fixture spared before the test (a server a module's tests share) stays
+    spared after it."""
     real = asyncio.create_subprocess_exec
+    wider = set(SPARED)
 
     async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
         proc = await real(*args, **kwargs)
@@ -112,7 +115,7 @@ def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterat
     monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
     spare_the_fork_server()
     yield
-    SPARED.clear()
+    SPARED.intersection_update(wider)
 
 
 DAEMON_TITLE = "corral: supervisor"  # a daemon's process title (corral/daemon/daemon.py)

@@ -13,7 +13,9 @@ budget and token usage count each once (its max_tool_calls_per_task and tokens_p
 hold each call once, not a replayed one again), and the trace shows each call under its
 attempt. Then again with that 3rd tool call held at the server past the kill (`held`):
 the call outlives its worker, its answer is journaled and given to the retry, and the
-server has every call once, the killed one too (docs/durable.md)."""
+server has every call once, the killed one too (docs/durable.md). A recipe's two tests
+are two tasks of one daemon (its zygote's import of the framework, 1.5-3 s of CPU, made
+once for both), each counting what was called from its own start."""
 
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ import importlib.util
 import os
 import subprocess
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pytest
+import pytest_asyncio
 
 from corral import methods as m
 from corral.daemon.caller import Caller
@@ -82,16 +85,16 @@ def interpreter(framework: str) -> Path:
 def stand_in_model(tmp: Path) -> Iterator[str]:
     """The scripted model server, on a port of its own: its base URL; killed after."""
     port = free_port()
-    proc = subprocess.Popen([PY, str(HERE / "servers" / "scripted_model.py"), str(port),
-                             str(CALLS), str(tmp / "model-count")],
-                            stdout=subprocess.PIPE, text=True)
-    SPARED.add(proc.pid)  # the test's own: the in-process daemon's containment spares it
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "listening\n"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
+    # (its exit waited for and its stdout closed as the block ends)
+    with subprocess.Popen([PY, str(HERE / "servers" / "scripted_model.py"), str(port),
+                           str(CALLS), str(tmp / "model-count")],
+                          stdout=subprocess.PIPE, text=True) as proc:
+        SPARED.add(proc.pid)  # the test's own: the in-process daemon's containment spares it
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "listening\n"
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.kill()
 
 
 def fleet(tmp: Path, framework: str, model_url: str) -> str:
@@ -108,8 +111,9 @@ def fleet(tmp: Path, framework: str, model_url: str) -> str:
         tools = ["counting__*"]
         start_timeout = 120.0
         # budgets each call fits once: a replayed call counted again would be refused
+        # (the day's: the two tasks of the recipe's two tests, by the second one's end)
         max_tool_calls_per_task = {CALLS + 1}
-        tokens_per_day = {15 * (CALLS + 1)}
+        tokens_per_day = {2 * 15 * (CALLS + 1)}
 
         [agents.recipe.env]
         PYTHONPATH = "{ROOT}"
@@ -137,6 +141,27 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+class Recipe(NamedTuple):
+    framework: str
+    d: Any  # the in-process daemon
+    tmp: Path  # its directory: the servers' count files, the kill file
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=sorted(RECIPES))
+async def recipe(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Recipe]:
+    """A recipe's daemon (its stand-in model and counting server), for both of its
+    tests: pytest runs a module's tests by this fixture's framework, one daemon at once."""
+    framework = request.param
+    if not interpreter(framework).exists():
+        pytest.skip(f"{RECIPES[framework][0]} is not installed (scripts/frameworks.sh)")
+    tmp = tmp_path_factory.mktemp(framework)
+    # (the model's pid spared for the tests after the first too: tests/conftest.py)
+    with stand_in_model(tmp) as model_url:
+        async with in_process(tmp, fleet(tmp, framework, model_url)) as d:
+            yield Recipe(framework, d, tmp)
+
+
 async def worker_pid(d: Any) -> int:
     status = msgspec.convert(await d.dispatcher.call(OPERATOR, "agents.status", {}),
                              m.AgentsStatusResult)
@@ -146,70 +171,70 @@ async def worker_pid(d: Any) -> int:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.asyncio(loop_scope="module")  # the loop of its recipe's daemon (`recipe`)
 @pytest.mark.parametrize("held", [False, True], ids=["answered-error", "held"])
-@pytest.mark.parametrize("framework", sorted(RECIPES))
 async def test_a_recipe_retried_after_a_kill_makes_no_tool_call_twice(
-        tmp_path: Path, framework: str, held: bool) -> None:
-    if not interpreter(framework).exists():
-        pytest.skip(f"{RECIPES[framework][0]} is not installed (scripts/frameworks.sh)")
-    with stand_in_model(tmp_path) as model_url:
-        async with in_process(tmp_path, fleet(tmp_path, framework, model_url)) as d:
-            # killed at its 3rd tool call: after its 3rd model call and 2nd tool call;
-            # `held`: that call answered only once the killed attempt has ended
-            kill, gate = f"{await worker_pid(d)} 3", tmp_path / "gate"
-            if held:
-                os.mkfifo(gate)
-                kill += f" {gate}"
-            (tmp_path / "kill").write_text(kill)
-            first_ended = attempt_ended(d, "recipe", 1)
-            running = asyncio.ensure_future(d.sup.tasks.run(
-                "recipe", {"prompt": "bump the counter 4 times"}, TaskOptions(timeout=240)))
-            if held:
-                await asyncio.wait_for(first_ended, 240)
-                await release(gate)
-            res = await running
-            assert res.status == "succeeded", res
-            assert not (tmp_path / "kill").exists()  # the worker was killed once
-            assert f"done {CALLS}" in str(res.output["answer"])
-            # each call made once, whatever the retry asked again
-            assert lines(tmp_path / "server-count") == [str(i) for i in range(1, CALLS + 1)]
-            api = RECIPES[framework][3]
-            assert lines(tmp_path / "model-count") == [f"model {i} {api}"
-                                                       for i in range(CALLS + 1)]
-            first, second = res.attempts
-            assert (first.outcome, second.outcome) == ("lost", "succeeded")
-            # both starts forked from the zygote that imported the framework: none cold
-            assert d.sup.stats.cold_fallbacks == 0
-            info = await d.sup.tasks.info(res.task_id)
-            # each call once, and the one that killed the worker (made: the server was
-            # called, and answered an error) again; held, it was answered: made once
-            assert info.tool_calls == CALLS + (not held)
-            assert info.usage is not None  # the stand-in's 10 in and 5 out, each call once
-            assert (info.usage.input_tokens, info.usage.output_tokens) == (
-                10 * (CALLS + 1), 5 * (CALLS + 1))
-            view = msgspec.convert(await d.dispatcher.call(
-                OPERATOR, "traces.get", {"task_id": res.task_id}), m.TraceView)
-            runs = {s.attributes["corral.attempt"]: s.span_id for s in view.spans
-                    if s.name == "task/run recipe"}
+        recipe: Recipe, tmp_path: Path, held: bool) -> None:
+    framework, d, tmp = recipe.framework, recipe.d, recipe.tmp
+    # what the servers were called before this test's task (the recipe's other test's)
+    counted, modeled = len(lines(tmp / "server-count")), len(lines(tmp / "model-count"))
+    # killed at its 3rd tool call: after its 3rd model call and 2nd tool call;
+    # `held`: that call answered only once the killed attempt has ended
+    kill, gate = f"{await worker_pid(d)} 3", tmp_path / "gate"
+    if held:
+        os.mkfifo(gate)
+        kill += f" {gate}"
+    (tmp / "kill").write_text(kill)
+    first_ended = attempt_ended(d, "recipe", 1)
+    running = asyncio.ensure_future(d.sup.tasks.run(
+        "recipe", {"prompt": "bump the counter 4 times"}, TaskOptions(timeout=240)))
+    if held:
+        await asyncio.wait_for(first_ended, 240)
+        await release(gate)
+    res = await running
+    assert res.status == "succeeded", res
+    assert not (tmp / "kill").exists()  # the worker was killed once
+    assert f"done {CALLS}" in str(res.output["answer"])
+    # each call made once, whatever the retry asked again
+    assert lines(tmp / "server-count")[counted:] == [
+        str(i) for i in range(1, CALLS + 1)]
+    api = RECIPES[framework][3]
+    assert lines(tmp / "model-count")[modeled:] == [f"model {i} {api}"
+                                                    for i in range(CALLS + 1)]
+    first, second = res.attempts
+    assert (first.outcome, second.outcome) == ("lost", "succeeded")
+    # both starts forked from the zygote that imported the framework: none cold
+    assert d.sup.stats.cold_fallbacks == 0
+    info = await d.sup.tasks.info(res.task_id)
+    # each call once, and the one that killed the worker (made: the server was
+    # called, and answered an error) again; held, it was answered: made once
+    assert info.tool_calls == CALLS + (not held)
+    assert info.usage is not None  # the stand-in's 10 in and 5 out, each call once
+    assert (info.usage.input_tokens, info.usage.output_tokens) == (
+        10 * (CALLS + 1), 5 * (CALLS + 1))
+    view = msgspec.convert(await d.dispatcher.call(
+        OPERATOR, "traces.get", {"task_id": res.task_id}), m.TraceView)
+    runs = {s.attributes["corral.attempt"]: s.span_id for s in view.spans
+            if s.name == "task/run recipe"}
 
-            def under_attempts(name: str) -> list[tuple[int, bool]]:
-                return sorted((s.attributes["corral.attempt"],
-                               bool(s.attributes.get("corral.step.replayed")))
-                              for s in view.spans if s.name == name and s.error is None
-                              and s.parent_id == runs[s.attributes["corral.attempt"]])
+    def under_attempts(name: str) -> list[tuple[int, bool]]:
+        return sorted((s.attributes["corral.attempt"],
+                       bool(s.attributes.get("corral.step.replayed")))
+                      for s in view.spans if s.name == name and s.error is None
+                      and s.parent_id == runs[s.attributes["corral.attempt"]])
 
-            # the first attempt's two live tool calls (its third killed it: no answer),
-            # the retry's two from the journal and two live; held, the third answered
-            # after the kill, and the retry's three from the journal and one live
-            assert under_attempts("tools/call bump") == ([
-                (1, False), (1, False), (1, False), (2, False), (2, True), (2, True),
-                (2, True)] if held else [
-                (1, False), (1, False), (2, False), (2, False), (2, True), (2, True)])
-            # the first attempt's three model calls, the retry's three from the journal
-            # and two live
-            assert under_attempts(f"chat {MODELS[RECIPES[framework][2]]}") == [
-                (1, False), (1, False), (1, False), (2, False), (2, False), (2, True),
-                (2, True), (2, True)]
+    # the first attempt's two live tool calls (its third killed it: no answer),
+    # the retry's two from the journal and two live; held, the third answered
+    # after the kill, and the retry's three from the journal and one live
+    assert under_attempts("tools/call bump") == ([
+        (1, False), (1, False), (1, False), (2, False), (2, True), (2, True),
+        (2, True)] if held else [
+        (1, False), (1, False), (2, False), (2, False), (2, True), (2, True)])
+    # the first attempt's three model calls, the retry's three from the journal
+    # and two live
+    assert under_attempts(f"chat {MODELS[RECIPES[framework][2]]}") == [
+        (1, False), (1, False), (1, False), (2, False), (2, False), (2, True),
+        (2, True), (2, True)]
 
 
 @pytest.mark.parametrize(("venv", "package"), [(".venv-frameworks", "pydantic_ai"),
