@@ -63,10 +63,9 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 
 class CompactTask:
-    """A suspended task as a journal gives it back after a restart, kept compact while it
-    waits for a person (thousands are read back): its id, agent, tenant and `seq`; the rest
-    is its journal row's, read back whole when it resumes, ends or is waited on
-    (TaskManager.live). `settled` False: its stopped attempt has yet to be seen ended."""
+    """A suspended task read back after a restart, kept compact while it waits (thousands
+    are): the rest is its journal row's, read back whole when it resumes, ends or is waited
+    on (TaskManager.live). `settled` False: its stopped attempt has yet to be seen ended."""
 
     __slots__ = ("agent", "seq", "settled", "task_id", "tenant")
     status = "suspended"
@@ -133,16 +132,14 @@ class Task(TaskMachine):
         TaskMachine.__init__(self, retries)
         self.id = new_id() if task_id is None else task_id
         self.agent = agent
-        # where everything durable about it is kept, chosen once: the engine's when it
-        # accepts it, its cluster's when a node claims it; until then nowhere
+        # chosen once: the engine's when it accepts it, its cluster's when a node claims it
         self.home: TaskHome = NOWHERE
         self.input = raw_input
         self.priority = priority
         self.timeout = timeout
         self.options = NO_OPTIONS  # as its submitter asked (its retry policy among them)
         self.session: str | None = None  # the session of its agent it is a turn of
-        # the tenant its agent was of when it was accepted: whose record it stays, whoever
-        # holds the agent's name later (DESIGN 20); None: not known (an engine's own)
+        # its agent's tenant when accepted, whoever holds the name later; None: an engine's own
         self.tenant: str | None = None
         # it may not start before this wall time (a delay, a retry's backoff): delays.py
         self.not_before: float | None = None
@@ -246,11 +243,9 @@ class Task(TaskMachine):
                            tenant=self.tenant, options=self.options)
 
 class TaskHome(Protocol):
-    """Where everything durable about a task is kept (DESIGN 25), chosen once: when the
-    task is accepted (the engine's: nodehome.NodeHome, SQLite) or claimed (its cluster's:
-    corral.cluster.home.ClusterHome, Redis); the engine never asks which one it is. A home
-    holds records and answers atomic questions: the waits, deadlines, retry rule and
-    replay above it are the engine's, written once."""
+    """Where everything durable about a task is kept, chosen once (nodehome.NodeHome, or a
+    cluster's ClusterHome) and never asked which it is: records and atomic questions; the
+    waits, deadlines, retry rule and replay above it are the engine's, written once."""
 
     @property
     def steps(self) -> StepJournal | None:
@@ -278,9 +273,8 @@ class TaskHome(Protocol):
 
 
 class Nowhere:
-    """The home of a task made apart from an engine's intake and a cluster's claim: it
-    keeps nothing, its turns are given no state and it spawns no child (one made here
-    would be no other node's to find)."""
+    """The home of a task made apart from an intake and a claim: it keeps nothing, its turns
+    get no state, it spawns no child (one made here would be no other node's to find)."""
 
     __slots__ = ()
 
@@ -390,10 +384,8 @@ class Resumer(enum.Enum):
 
 
 class AskShelf(Protocol):
-    """Where a task's asks of a person are kept: inbox.Inbox, or a cluster's
-    (corral.cluster.clusterasks.ClusterAsks), where any node lists and decides them.
-    Records and atomic questions only: the waits, deadlines and withdrawal at a task's
-    end are the engine's (askwaits.py)."""
+    """Where a task's asks of a person are kept (inbox.Inbox, or a cluster's ClusterAsks):
+    records and atomic questions only; their waits and deadlines are askwaits.py's."""
 
     async def keep(self, task: Task, req: AskRequest) -> Ask:
         """The ask of `req`'s call: the one the task made before under its key (pending
@@ -455,9 +447,8 @@ class SpawnReply(NamedTuple):
 
 
 class SpawnStore(Protocol):
-    """Where a task's spawns are kept, each with its child: nodespawns.NodeSpawns, or a
-    cluster's (corral.cluster.clusterspawns.ClusterSpawns), whose children run on any
-    node. The bounds, the replay of a key and the wait are spawn.py's."""
+    """Where a task's spawns are kept, each with its child (nodespawns.NodeSpawns, or a
+    cluster's ClusterSpawns); the bounds, the replay of a key and the wait are spawn.py's."""
 
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
         """The child the task spawned under `key` (None: none yet), and the place in
