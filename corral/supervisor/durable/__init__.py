@@ -1,8 +1,6 @@
-"""One durable engine: a call with keyed steps (DESIGN 21). A call (a workflow's run, a
-team's call) is kept with its definition pinned and one row per step, keyed by (step,
-item); a step's task id is committed before its task is submitted, so a step succeeds at
-most once whatever the crashes between. The call's planner decides the next steps; the
-engine runs them, keeps them, and drives each call to its end."""
+"""One durable engine: a call with keyed steps (docs/durable.md). A call (a workflow's run,
+a team's call) is kept with its definition pinned and one row per step; its planner decides
+the next steps, the engine runs them, keeps them, and drives each call to its end."""
 
 from .record import CALL_ENDED, STEP_ENDED, WHOLE, CallHandover, CallRecord, StepEnd, StepRow
 

@@ -1,8 +1,6 @@
-"""Durable calls driven to their ends: each started call driven by its planner in the
-background, bounded by its deadline, cancelled with a reason, abandoned when it ends
-otherwise than by its steps, and resumed after a restart from its rows; a call whose
-store failed is told and left running, resumed at the next start. One driver for every
-kind: a planner says what differs."""
+"""Durable calls driven to their ends, one driver for every kind (a planner says what
+differs): bounded by a deadline, cancelled with a reason, resumed after a restart from
+their rows; a call whose store failed is left running, resumed at the next start."""
 
 from __future__ import annotations
 

@@ -55,7 +55,6 @@ class Elicitations:
         self._ask_person = ask_person
         self.asked = 0  # elicitations put to a person
         self.replayed = 0  # answered from the journal or an earlier attempt's ask
-        self.declined = 0  # declined unasked: a cluster's task, a URL or a bad form
         self._calls = CallOrdinals()
         # told of a task's end while a task's calls are counted here
         self._ends = engine.stream.subscribe(self._finished, TaskFinished, listening=False)
@@ -87,7 +86,6 @@ class Elicitations:
         server = split(call.name)[0]
         refused = _unaskable(params)
         if refused is not None:
-            self.declined += 1
             log.warning("task %s: the elicitation of MCP server %s (tool %s) was declined "
                         "unasked: %s", task.id, server, call.name, refused)
             return DECLINE

@@ -1,7 +1,5 @@
-"""A task's end: its one outcome kept, counted, journaled and told (TaskFinished); a
-retry waiting for its backoff, then queued again; and the waiting tasks of an agent that
-will not run again ended with the reason. The task's machine decides each move; this is
-what follows it."""
+"""A task's end: its one outcome kept, counted, journaled and told (TaskFinished), or a
+retry waiting for its backoff. The task's machine decides each move; this is what follows."""
 
 from __future__ import annotations
 

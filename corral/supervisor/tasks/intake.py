@@ -1,7 +1,6 @@
-"""A task's way in: submitted here (one, or a map's turn of them), or accepted elsewhere
-and claimed by this node. Every refusal is at once, with its reason (admission.py),
-before the task is journaled or queued; an accepted task is counted, journaled, queued
-and its agent's queue pumped."""
+"""A task's way in: submitted here (one, or a map's turn of them), or claimed by this node.
+Every refusal is at once, with its reason (admission.py), before the task is journaled or
+queued."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The engine's own home for its tasks (DESIGN 25; the protocol: model.TaskHome): the
-daemon's state database when it has one (the task journal, the step journal, the output
-journal, the sessions' journal, the spawn trees, the inbox's asks), else the engine's
-memory. Given to each task the engine accepts or takes back after a restart; a cluster's
-claimed task has its cluster's (corral.cluster.home)."""
+"""The engine's own home for its tasks (model.TaskHome): the daemon's state database's
+journals when it has one, else the engine's memory; a cluster's task has its cluster's."""
 
 from __future__ import annotations
 

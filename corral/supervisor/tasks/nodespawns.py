@@ -1,8 +1,6 @@
 """The engine's own spawn store (model.SpawnStore): its spawn trees (spawntree.py), each
-spawn's child's id kept *before* the child is submitted, so that a resumed attempt of the
-parent that spawns under the same key is answered with that child, never a second one; a
-child the engine never had (the daemon stopped between the two writes) is submitted then
-under the kept id."""
+spawn's child's id kept *before* the child is submitted, so a resumed parent spawning under
+the same key is answered that child (submitted then under the kept id if it never was)."""
 
 from __future__ import annotations
 

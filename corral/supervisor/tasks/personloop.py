@@ -1,8 +1,6 @@
-"""A person in the loop (inbox.py, docs/approvals.md): a running task's call asks a
-person where its home keeps its asks (`task.home.asks`) and the task waits (`waiting`,
-journaled; suspended past its agent's suspend_after: suspension.py) until the ask ends
-(the engine's waits: askwaits.py); and a running task's attempt failed from outside its
-worker (a denied call whose policy fails the task)."""
+"""A person in the loop (docs/approvals.md): a running task's call asks a person where its
+home keeps its asks and the task waits (`waiting`, journaled; suspended past
+suspend_after) until the ask ends; and an attempt failed from outside its worker."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""The pin gate (DESIGN section 27, docs/security.md#tool-pins): an agent's call of a tool
-whose definition drifted from its pin (mcp/pins.py `ToolDrifted`) waits for a person, who
-is shown both definitions; approved, the new definition is pinned and the call made;
-denied or timed out, the call is refused with the drift named. An interceptor of the
-task path, so that a task's calls and a replica's calls of no task ask alike."""
+"""The pin gate (docs/security.md#tool-pins): an agent's call of a tool whose definition
+drifted from its pin (mcp/pins.py `ToolDrifted`) waits for a person; an interceptor of the
+task path, so a task's calls and a replica's calls of no task ask alike."""
 
 from __future__ import annotations
 

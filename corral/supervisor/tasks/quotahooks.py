@@ -1,7 +1,5 @@
-"""The tenants' quotas on the engine's tasks: the admission check and the dispatch gate a
-tenant's quota needs are in place only while some tenant sets that quota (a host using
-none pays nothing for them per task); a budget with room again, or a task ended under a
-tenant's max_concurrent_tasks, lets the waiting tasks it held go."""
+"""The tenants' quotas on the engine's tasks: their admission check and dispatch gate are
+in place only while some tenant sets that quota (a host using none pays nothing per task)."""
 
 from __future__ import annotations
 

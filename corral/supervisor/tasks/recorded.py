@@ -1,8 +1,7 @@
-"""A task whose id a durable record (a workflow run's step, a team call's step) held before
-the task existed: after a restart it is waited for where the engine has it, and submitted
-under that id only where it never reached the task journal, so that a step has one task
-whatever the crashes between. A record is its tenant's, and so is each task it submits:
-an agent of the name that is now another tenant's is none to the record."""
+"""A task whose id a durable record (a workflow's or a team call's step) held before the
+task existed: after a restart it is waited for where the engine has it, and submitted under
+that id only where it never reached the task journal (one task a step, whatever the crashes).
+A record is its tenant's: an agent of the name now another tenant's is none to it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The retry policy's backoff, as Celery's: the n-th retry waits `retry_backoff *
-2**(n-1)` seconds, at most `retry_backoff_max`; with `retry_jitter` a random time between
-0 and that (full jitter: retries of many tasks that failed together spread out). Whether
-an attempt is retried is the task's machine's rule (taskmachine.py).
+"""The retry policy's backoff, as Celery's (docs/tasks.md#retries), with full jitter: the
+retries of many tasks that failed together spread out. Whether an attempt is retried is the
+task's machine's rule (taskmachine.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""A spawn tree as one durable call: the call's id is its root task's, its input the
-reach the root was submitted under, and each spawn a keyed step of it (the parent's id
-and the spawn's key), its child's id kept before the child is submitted. The planner is
-the agent's own code (`task/spawn`, `task/wait`): this keeps the tree, knows each task's
-place in it (its lineage), and ends the tree once its root and every child have ended."""
+"""A spawn tree as one durable call: its id is its root task's, its input the reach the
+root was submitted under, each spawn a keyed step (the parent's id and the spawn's key),
+its child's id kept before the child is submitted; the planner is the agent's own code."""
 
 from __future__ import annotations
 

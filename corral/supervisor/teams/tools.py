@@ -1,7 +1,6 @@
-"""A coordinate team's members as the leader's tools (`TEAM__MEMBER`): in the tool list
-and the allowlist of a replica only while it runs a task as a team's leader, and a call
-of one a step of the team's call, the member's own task. An interceptor of the engine's
-task path: a tool that is no team's goes on to the pool unchanged."""
+"""A coordinate team's members as the leader's tools (`TEAM__MEMBER`), listed and allowed
+only while a replica runs a team's leader task, a call of one the member's own task (a
+step). An interceptor: a tool that is no team's goes on to the pool unchanged."""
 
 from __future__ import annotations
 
