@@ -76,10 +76,9 @@ def asks_size_only(timeout: float | None, bucket: TokenBucket | None,
 def admit(agent: AgentLike | None, size: int, timeout: float | None, *,
           bucket: TokenBucket | None = None, tenancy: TenantQuotas | None = None,
           depth: Callable[[str], int] = lambda name: 0) -> float | None:
-    """The one admission step every task passes wherever it is to run: its input fits a
-    protocol line, its timeout is positive, and for an agent this node runs, its rate
-    and its tenant's quotas hold. Raises the refusal; answers the timeout the task runs
-    with (None: the agent's own task_timeout, applied where it runs)."""
+    """The one admission step every task passes wherever it is to run: its input's size, its
+    timeout and, for an agent this node runs, its rate and tenant's quotas. Raises the refusal;
+    answers the timeout it runs with (None: the agent's task_timeout, applied where it runs)."""
     check_input(size)
     if timeout is not None and timeout <= 0:
         raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")

@@ -147,9 +147,8 @@ class Approvals(TaskInterceptor):
 async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = None
                ) -> ToolCall | dict[str, Any]:
     """A replica's call of no task under its agent's and tenant's policy, counted in its
-    incarnation's tool budget, held until a person decides when `approve` or a rule names
-    it: the call to make, or the tool error the caller reads instead (RpcError when the
-    policy says `fail`: no task to fail, the call is refused)."""
+    incarnation's tool budget, held for a person when `approve` or a rule names it: the call
+    to make, or the tool error the caller reads (RpcError when the policy says `fail`)."""
     r = call.replica
     tenant = getattr(r.spec, "tenant", None)
     why = ""

@@ -33,8 +33,8 @@ class AskEnded(NamedTuple):
 
 
 class AskHeard(NamedTuple):
-    """An ask's end a home learned of where it is kept (another node wrote it, or its
-    task ended here): told to the waits, not on the feeds (whoever wrote it told them)."""
+    """An ask's end a home learned of where it is kept: told to the waits, not on the feeds
+    (whoever wrote it told them)."""
 
     ask: Ask
 

@@ -266,9 +266,8 @@ class TaskDispatch:
             self.stream.emit(AttemptEnded(task))
 
     def adopt(self, task: Task, r: Replica, rid: jsonrpc.Id) -> None:
-        """A task running on a worker the previous daemon image handed over (corral
-        upgrade): the worker's answer to request `rid` ends it as `_start`'s would. Its
-        deadline counts afresh from now."""
+        """A task running on a worker `corral upgrade` handed over: the worker's answer to request
+        `rid` ends it as `_start`'s would. Its deadline counts afresh from now."""
         assert r.peer is not None
         attempt = task.attempts[-1]
         task.fire(_START)
@@ -336,9 +335,8 @@ def _stopped_in_time(stopping: dict[int, asyncio.TimerHandle], task_id: str, r: 
 
 
 class _Run(msgspec.Struct):
-    """An attempt's `task/run` request as its peer holds it until the answer (one object
-    per attempt, in place of a relay and closures: fewer objects for the collector; a
-    Struct, made without a call of Python's)."""
+    """An attempt's `task/run` request as its peer holds it until the answer: one Struct per
+    attempt, in place of a relay and closures (fewer objects for the collector)."""
 
     dispatch: TaskDispatch
     task: Task

@@ -134,10 +134,9 @@ class Intake:
     def submit_many(self, agent_name: str, inputs: Sequence[Any],
                     options: TaskOptions = NO_OPTIONS, *, decoded: bool = False
                     ) -> list[Task | RpcError]:
-        """`submit` of a map's turn of inputs, each accepted or refused as `submit` would:
-        what is the agent's is looked at once, the ids are made in one call, and the
-        agent's queue is pumped once at the end, so a worker is written the turn's tasks
-        in one write. `decoded`: a Python caller takes their outputs as values."""
+        """`submit` of a map's turn of inputs: the agent looked at once, the ids made in one call,
+        its queue pumped once at the end (a worker is written the turn's tasks in one write).
+        `decoded`: a Python caller takes their outputs as values."""
         e = self.engine
         unmapped = [n for n in options.given() if n in _NOT_MAPPED]
         if unmapped:
@@ -214,9 +213,8 @@ class Intake:
 
     def adopt(self, task: Task, traceparent: str | None = None,
               tracestate: str | None = None) -> None:
-        """A task accepted elsewhere (a cluster task this node claimed) waits here for a
-        replica, its admission done where it was accepted; traced from its id when its
-        caller's context does not parse (never a reason to refuse it here)."""
+        """A task accepted elsewhere (claimed by this node) waits here, its admission done; traced
+        from its id when its caller's context does not parse (never a reason to refuse it)."""
         e = self.engine
         agent = e.sup.agent(task.agent)
         if e.trace_begin is not None:

@@ -359,9 +359,8 @@ class TaskManager:
                     since: float | None = None, limit: int = 100,
                     before: str | None = None, sees: Sees | None = None,
                     filters: TaskFilters = NO_FILTERS) -> list[TaskSummary]:
-        """Tasks created since `since` (wall time), newest last, from the journal when
-        there is one, else from memory; `before`, `sees` and `filters` as
-        TaskJournal.query's."""
+        """Tasks created since `since` (wall time), newest last, from the journal if there is one,
+        else memory; `before`, `sees` and `filters` as TaskJournal.query's."""
         if limit <= 0:
             return []
         if self.journal is not None:

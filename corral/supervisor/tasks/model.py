@@ -184,9 +184,8 @@ class Task(TaskMachine):
 
     def watch(self, watcher: Callable[[TaskProgress | TaskFinished], None]
               ) -> Subscription | None:
-        """`watcher(event)` hears this task's `TaskProgress`, then its `TaskFinished`: a
-        channel of its own, so a caller waiting for one task costs the others nothing.
-        None once the task has finished."""
+        """`watcher(event)` hears this task's `TaskProgress`, then its `TaskFinished` (a channel of
+        its own: a caller waiting for one task costs the others nothing). None once finished."""
         if self.watchers is None:
             return None
         sub = Subscription(watcher, (TaskProgress, TaskFinished))

@@ -63,10 +63,9 @@ class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Output(msgspec.Struct, gc=False):
-    """A succeeded task's output as its JSON bytes: what a finished task keeps is never
-    an object graph for every full pass of the garbage collector to walk. An answer read
-    for a Python caller (`read_values`) comes decoded once: its values wait here for the
-    caller, and the bytes are read from the answer's line only if something asks."""
+    """A succeeded task's output as its JSON bytes, never an object graph for the collector to
+    walk. Read for a Python caller (`read_values`), its values wait here decoded once, and the
+    bytes are read from the answer's line only if something asks."""
 
     held: msgspec.Raw | None  # the output's bytes, once read
     size: int  # bytes held, for `kept_bytes`

@@ -34,9 +34,8 @@ class PersonLoop:
         self.engine = engine
 
     async def ask_person(self, req: AskRequest) -> Ask:
-        """A call of the running task `req.task_id` asks a person: the task waits until
-        the ask ends; the ask as it ended (the one it made before for the same call, a
-        retry's, at once when that has ended)."""
+        """A call of the running task `req.task_id` asks a person; the task waits until the ask
+        ends (at once when the same call's earlier ask has). The ask as it ended."""
         e = self.engine
         check_subject(req)
         task = e.active.get(req.task_id)

@@ -42,9 +42,8 @@ class QuotaHooks:
             e.dispatch.pump(key)
 
     def changed(self, _: QuotasChanged | None = None) -> None:
-        """The tenants' quotas changed: the hooks a tenant's quota needs on every task are
-        in place only while some tenant sets that quota (a host using none pays nothing
-        per task). A gate taken away or widened lets the waiting tasks go."""
+        """The tenants' quotas changed: a quota's hooks stay only while some tenant sets it; a gate
+        taken away or widened lets the waiting tasks go."""
         e = self.engine
         tenancy = e.tenancy
         assert tenancy is not None

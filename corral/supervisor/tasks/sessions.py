@@ -581,8 +581,7 @@ class Sessions:
 
     # -- dispatch's -----------------------------------------------------------------------
     def prefer(self, task: Task, r: Replica, agent: AgentLike) -> Replica:
-        """The replica that holds the session when it is the same process and has a free
-        slot, else `r`."""
+        """The replica holding the session if the same process with a free slot, else `r`."""
         s = self._turns.get(task.id)
         held = s.replica if s is not None else None
         if (held is None or held is r or s is None or held.pid != s.pid

@@ -172,10 +172,9 @@ class TaskMachine:
         self.retries_left = retries
 
     def fire(self: M, cause: TaskCause, policy: RetryPolicy[M] | None = None) -> TaskStep:
-        """Apply the row of (status, cause), and the retry rule where the row asks it: a
-        loss to infrastructure is retried, no retry spent, while the task's lost attempts
-        are within its retry_lost (0: AT_MOST_ONCE); else when a retry is left and
-        `policy` names the outcome. Returns the step taken (RETRY for a retry)."""
+        """Apply the row of (status, cause), and the retry rule where the row asks it (a loss to
+        infrastructure within retry_lost, no retry spent; else a retry left that `policy` names).
+        Returns the step taken (RETRY for a retry)."""
         try:
             step = _ROWS[self.status][cause]
         except KeyError:

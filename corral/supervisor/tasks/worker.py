@@ -95,8 +95,7 @@ class WorkerMethods:
         on_request(methods, TaskCheckpointParams, self.on_task_checkpoint)
 
     def _made(self, call: ToolCall) -> Any:
-        """Where a call past the interceptors is made: a task's call of an agent is its
-        spawn; any other, the pool's."""
+        """Where a call past the interceptors is made: an agent's is its spawn, else the pool's."""
         if call.task is not None and call.name.startswith(AGENT_TOOL):
             return self.agent_call(call)
         return self.tools.call(call)

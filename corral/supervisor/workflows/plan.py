@@ -237,8 +237,7 @@ def items(step: PlanStep, scope: Scope) -> list[Any]:
 
 
 def step_input(step: PlanStep, scope: Scope) -> Any:
-    """What a step (or a map's item, with scope.item) is sent (Missing when a reference
-    is not there)."""
+    """What a step (or a map's item, with scope.item) is sent (Missing: a reference is not)."""
     return build(step.input, scope)
 
 
