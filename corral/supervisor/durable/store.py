@@ -1,6 +1,5 @@
-"""Where durable calls are kept: the one narrow interface the engine writes and reads
-through (the daemon's: daemon/callstore.py), and the memory store an embedded engine
-uses."""
+"""Where durable calls are kept: the one narrow interface the engine writes and reads through
+(the daemon's: daemon/callstore.py), and the memory store an embedded engine uses."""
 
 from __future__ import annotations
 

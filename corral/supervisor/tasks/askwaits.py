@@ -1,6 +1,5 @@
-"""The engine's waits on asks of a person, whichever home keeps them: a call's wait for
-its ask's end, each ask's deadline on the engine's WaitClock, and the withdrawal of a
-task's pending asks when it ends."""
+"""The engine's waits on asks of a person, whichever home keeps them: a call's wait, each
+ask's deadline on the engine's WaitClock, the withdrawal of a task's pending asks at its end."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""What a task is: its statuses, the Task itself, and a journal's record of it. The
-structs that show it (`corral run`, `corral task ID`, `corral tasks`) are corral.taskviews',
-shared with the CLI."""
+"""What a task is: its statuses, the Task itself, and a journal's record of it (the structs
+that show it are corral.taskviews', shared with the CLI)."""
 
 from __future__ import annotations
 

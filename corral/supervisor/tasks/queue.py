@@ -1,7 +1,6 @@
 """Where accepted tasks wait for a replica: the `Queue` protocol, and `LocalQueue`, the
-priority lines of one process (their order: docs/tasks.md#the-queue). The dispatcher takes
-from a queue only when a replica has a free slot: it never holds a task it cannot place.
-"""
+priority lines of one process (docs/tasks.md#the-queue). The dispatcher takes from a queue
+only when a replica has a free slot: it never holds a task it cannot place."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The engine's tasks taken back after a restart (the journal's unfinished ones) or an
-upgrade in place (those running on a worker the previous image handed over): made again
-from their records, in their order, before any task accepted after."""
+"""The engine's tasks taken back after a restart or an upgrade in place (those running on a
+worker handed over): made again from their records, in order, before any accepted after."""
 
 from __future__ import annotations
 

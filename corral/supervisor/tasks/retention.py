@@ -1,7 +1,5 @@
-"""What a finished task keeps (docs/tasks.md#memory): only what `corral task ID` shows
-cheaply, within a count and a byte budget, with nothing the garbage collector must walk.
-Every payload let go is counted to the Releaser (memory.py).
-"""
+"""What a finished task keeps (docs/tasks.md#memory): within a count and a byte budget, with
+nothing the garbage collector must walk; every payload let go counted to memory.py's Releaser."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The retry policy's backoff, as Celery's (docs/tasks.md#retries), with full jitter: the
-retries of many tasks that failed together spread out. Whether an attempt is retried is the
-task's machine's rule (taskmachine.py).
-"""
+"""The retry policy's backoff, as Celery's (docs/tasks.md#retries), with full jitter so the
+retries of tasks that failed together spread out; whether to retry is taskmachine.py's."""
 
 from __future__ import annotations
 

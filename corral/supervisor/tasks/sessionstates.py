@@ -1,7 +1,6 @@
 """Sessions' states in memory: the recently used ones within a byte budget, one evicted read
 back from the journal before its session's next task (docs/durable.md#sessions). Without a
-journal nothing is evicted: memory is where states live then.
-"""
+journal nothing is evicted: memory is where states live then."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """What workers ask of the task manager about the tasks they run: `task/progress`,
-`task/output`, `tools/call` (counted against the task's tool budget, within the agent's
-allowlist), `tools/list`, the steps and the checkpoint."""
+`task/output`, `tools/call` (within the tool budget and allowlist), `tools/list`, steps."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Teams (docs/teams.md): agents called as one, by a rule or a router (`route`), all at
-once (`broadcast`), or by a leader that calls its members as tools (`coordinate`); a
+"""Teams (docs/teams.md): agents called as one (`route`, `broadcast`, `coordinate`), each
 call planned on the durable engine (runner.py)."""
 
 from .check import TOOL_SEP, check_team

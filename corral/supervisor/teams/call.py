@@ -1,6 +1,5 @@
-"""A team's call as it is kept: a durable call of kind "team", its definition pinned, its
-steps (the router's, each member's, the leader's, each tool call of the leader's) each
-naming its task."""
+"""A team's call as it is kept: a durable call of kind "team", its definition pinned, each
+step (the router's, a member's, the leader's, a leader's tool call) naming its task."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Teams on an engine: the definitions, each call started (saved before it is answered)
-and driven to its one outcome; the daemon's kept in its state database, the Python API's
-in memory (docs/teams.md, "The Python API").
-"""
+"""Teams on an engine: the definitions, each call started (saved before it is answered) and
+driven to its one outcome (the Python API's: docs/teams.md, "The Python API")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Workflows as data (docs/workflows.md, DESIGN section 18): a definition's Structs, its
-references, its validation and its evaluation, with no I/O; the daemon runs them
-(daemon/workflows/)."""
+"""Workflows as data (docs/workflows.md): a definition's Structs, its references, its
+validation and its evaluation, with no I/O; the daemon runs them (daemon/workflows/)."""
 
 from .definition import Condition, StepSpec, WorkflowError, WorkflowSpec
 from .plan import PlanStep, Workflow, compile_workflow, plan_text
