@@ -283,8 +283,7 @@ class TaskDispatch:
     def _on_timeout(self, task: Task) -> None:
         if not task.running:
             return
-        # a running task's replica and its last attempt are the ones the deadline is for
-        # (its one attempt at a time; a new one is added only after this one's end)
+        # (one attempt at a time: its last is the one the deadline is for)
         r, attempt = task.replica, task.attempts[-1]
         assert r is not None
         end = timed_out(attempt, task.timeout)

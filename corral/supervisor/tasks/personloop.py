@@ -44,8 +44,7 @@ class PersonLoop:
         shelf = task.home.asks
         ask = await shelf.keep(task, req)
         if task.ended and ask.pending:
-            # ended while its ask was kept, before the ask was attended for its end to
-            # withdraw
+            # ended while its ask was kept, before it was attended for its end to withdraw
             await shelf.withdraw(task.id)
             raise _not_asking(req)
         if not ask.pending:

@@ -24,8 +24,7 @@ class Retention:
         self.kept = kept
         self.kept_bytes = kept_bytes
         self.finished: OrderedDict[str, Task] = OrderedDict()  # in the order they ended
-        # finished tasks still holding an output, in the order they ended (so that the
-        # oldest finished task, when it holds one, is the first here), and their bytes
+        # finished tasks still holding an output, in the order they ended, and their bytes
         self.holding: deque[Task] = deque()
         self.held_bytes = 0
         self.memory = Releaser()

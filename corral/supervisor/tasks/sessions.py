@@ -219,7 +219,7 @@ class Sessions:
         self._swept = 0.0  # when the table was last looked over (wall time)
         self._refusal_swept = 0.0  # when a refusal last did
         self.stream = stream  # SessionsEnding goes on it
-        # told of a task's end while a task is bound to a session here (`_bound`)
+        # told of a task's end while a task is bound to a session here
         self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
     @property
@@ -257,16 +257,13 @@ class Sessions:
             s = self.table.get(key) or self._new(key, time.time())
             self._turns[task.id] = s
             self._names.pop(task.id, None)
-            self._bound()
+            self.stream.listen(self._ends)
         return s
 
     def _holds(self, task: Task) -> bool:
         """Whether the task is a turn of a session of this table (a cluster's turn is kept
         in order by its cluster)."""
         return task.id in self._turns or task.id in self._names
-
-    def _bound(self) -> None:
-        self.stream.listen(self._ends)
 
     def _held(self, s: Session) -> bool:
         """Whether this life of the session is still the table's (not ended since)."""
@@ -345,7 +342,7 @@ class Sessions:
                 self.sweep(now)
             s = self._new(key, now)
         self._turns[task.id] = s
-        self._bound()
+        self.stream.listen(self._ends)
         s.tasks += 1
         s.pending += 1
         self._touch(s)
@@ -396,7 +393,7 @@ class Sessions:
             s.gen, s.last_used, s.tasks, s.holder = row.gen, row.last_used, row.tasks, None
             self._sized(s, size or 0)  # read back when a task of it starts
         for task_id, key in members:
-            self._bound()
+            self.stream.listen(self._ends)
             kept = self.table.get(key)
             if kept is None:  # (its row was not kept: `_of` begins one if it comes back)
                 self._names[task_id] = key.name

@@ -151,8 +151,7 @@ class Spawns:
     async def _wait(self, parent: Task, children: list[str]) -> dict[str, Any]:
         kept = parent.home.spawns
         _named(parent, children, await kept.children(parent))
-        # one after another: all at once, a wait of a thousand children would hold a
-        # thousand reads
+        # one after another: at once, a wait of a thousand children would hold a thousand reads
         return {"results": [await kept.outcome(c) for c in children]}
 
     def stats(self) -> dict[str, int]:

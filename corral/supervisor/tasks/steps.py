@@ -131,8 +131,7 @@ class _Attempt:
         self.diverged = False
         self.bytes = 0  # the task's journaled result bytes (against max_step_bytes)
         self.tenant: str | None = None  # whose max_step_journal_bytes they count in
-        # the named steps given back to it so far: each told (on_replay) once, however
-        # often the worker asks for it again
+        # the named steps given back so far: each told (on_replay) once, however often asked
         self.given: set[str] = set()
 
 

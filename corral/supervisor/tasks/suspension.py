@@ -276,8 +276,7 @@ class Suspensions:
             return
         if not self._compactable(task):
             return
-        # one commit awaited for all those settled meanwhile, not a coroutine each:
-        # thousands are suspended at once
+        # one commit awaited for all settled meanwhile, not a coroutine each (thousands at once)
         self._settled.append(task)
         if self._settling is None:
             self._settling = asyncio.get_running_loop().create_task(self._compacted())
