@@ -69,8 +69,7 @@ class StepEngine:
         return await self.end(call, key, end)
 
     async def begin(self, call: Durable, key: StepKey) -> StepRow:
-        """The step's row as it is, else one made running under a new id and kept: the id
-        is the call's before its work exists."""
+        """The step's row as it is, else one made running under a new id, kept before its work."""
         row = call.rows.get(key)
         if row is None:
             row = StepRow(key[0], key[1], "running", new_id(), time.time())

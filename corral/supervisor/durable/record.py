@@ -76,8 +76,7 @@ class Durable(Protocol):
 
 
 class CallHandover(NamedTuple):
-    """A call whose holder (a cluster node incarnation) died, taken by this node: its
-    kind's planner drives it on from its rows."""
+    """A call whose holder (a node incarnation) died, taken here: its planner drives it on."""
 
     record: CallRecord
     holder: str

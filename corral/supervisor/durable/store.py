@@ -27,8 +27,7 @@ class DurableStore(Protocol):
 
 
 class SharedStore(DurableStore, Protocol):
-    """A store several daemons share (cluster/clustercalls.py): each keeps a copy of the
-    calls it drives and of those it is asked about."""
+    """A store daemons share (cluster/clustercalls.py), each copying the calls it touches."""
 
     async def newest(self, kind: str, n: int) -> list[str]:
         """The ids of the newest `n` calls of `kind`, whoever drives them."""

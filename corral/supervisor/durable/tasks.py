@@ -43,8 +43,7 @@ class StepWork(Cancels, Protocol):
 
 
 class Durables(msgspec.Struct, frozen=True):
-    """Where a daemon's durable calls are kept and how their steps' tasks run, when not
-    the state database's and the engine's (a cluster node's)."""
+    """Where a cluster node's durable calls are kept and how their steps' tasks run."""
 
     store: SharedStore
     tasks: StepWork

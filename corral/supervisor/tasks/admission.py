@@ -68,8 +68,7 @@ def queue_full(agent: AgentLike, depth: int) -> RpcError:
 
 def asks_size_only(timeout: float | None, bucket: TokenBucket | None,
                    tenancy: TenantQuotas | None) -> bool:
-    """Whether `admit` of a task with these would ask nothing of it but its input's size:
-    a batch then checks the size alone."""
+    """Whether `admit` of a task with these asks only its input's size (a batch's check)."""
     return bucket is None and tenancy is None and (timeout is None or timeout > 0)
 
 

@@ -259,8 +259,7 @@ class Budgets:
         self.bad_reports += 1
 
     def on_report(self, r: Replica, params: UsageReportParams) -> Task | None:
-        """`usage/report` from a worker: counted (the task it was for), or counted as bad
-        and noted in the replica's log (None)."""
+        """`usage/report` from a worker: counted, or counted bad and noted in the replica's log."""
         try:
             task_id, inp, out, cost, model = parse_report(params)
             task = self.find(task_id)
@@ -301,8 +300,7 @@ class Budgets:
         return w
 
     def restore(self, agent: str, tokens: int, cost_usd: float, when: float) -> None:
-        """Usage a previous daemon counted (journaled tasks', at their end): into the
-        windows only (the totals are since this daemon started)."""
+        """Usage a previous daemon counted: into the windows only (totals are since this start)."""
         self.window(agent).add(tokens, cost_usd, when,
                                day_only=when < time.time() - MINUTE - 1.0)
 
@@ -333,8 +331,7 @@ class Budgets:
 
     def _holds_group(self, agent: AgentLike, key: str, tokens_per_minute: int,
                      now: float) -> bool:
-        """The agent's group's shared budget, held under the group's key (whose timer
-        reopens every agent of the group)."""
+        """The agent's group's shared budget, held under the group's key (its timer reopens all)."""
         w = self.windows.get(key)
         if w is None:
             return False

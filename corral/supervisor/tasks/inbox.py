@@ -155,8 +155,7 @@ class Decision(NamedTuple):
 
 
 class AskStore(Protocol):
-    """Where asks are kept (daemon/inboxjournal.py): `save` commits an ask's record (new
-    or ended) before it returns, or raises StoreError."""
+    """Where asks are kept (daemon/inboxjournal.py): `save` commits a record, else StoreError."""
 
     async def save(self, ask: Ask) -> None: ...
 

@@ -124,8 +124,7 @@ class Lanes:
             self.results[i] = task.result(decode=True)
 
     def refill(self) -> None:
-        """The lanes whose tasks ended keep their results and take their next inputs, on
-        the loop's next turn after the first of them."""
+        """The lanes whose tasks ended keep their results and take next inputs, next loop turn."""
         ready, self.ready = self.ready, []
         if self.stopped:
             return

@@ -254,8 +254,7 @@ class TaskManager:
         return task_id in self.active or task_id in self.suspensions.compact
 
     def traced_again(self, task: Task) -> None:
-        """A task this process did not accept (after a restart, or an upgrade) traced
-        from its id: its caller's context is not kept across processes."""
+        """A task this process did not accept, traced from its id (no caller's context is kept)."""
         if self.trace_begin is not None and task.trace is None:
             self.trace_begin(TraceStart(task, None, None))
 

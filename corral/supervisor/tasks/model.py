@@ -457,8 +457,7 @@ class SpawnStore(Protocol):
         spawns are kept (else it is no agent to the parent)."""
 
     async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
-        """The child once it is kept, submitted with its row (the row's child, `had`,
-        when the key has one already)."""
+        """The child once kept, submitted with its row (its child, `had`, if the key has one)."""
 
     async def children(self, task: Task) -> Container[str]: ...
 

@@ -48,8 +48,7 @@ def held() -> PersonWait | None:
 
 @contextmanager
 def waiting(into: PersonWait | None = None) -> Iterator[None]:
-    """Around a wait for a person: its seconds added to `into`, else to the context's
-    holder, if any."""
+    """Around a wait for a person: its seconds added to `into`, else to the context's holder."""
     held = into if into is not None else _HELD.get()
     start = time.perf_counter()
     try:

@@ -32,8 +32,7 @@ class QuotaHooks:
         self.admitting: Tenancy | None = None
 
     def reopen(self, key: str) -> None:
-        """A budget has room again: its agent's tasks, or every agent's of a tenant whose
-        shared budget it is."""
+        """A budget has room again: its agent's tasks go, or its tenant's agents' when shared."""
         e = self.engine
         if key.startswith(BUDGET_PREFIX) and e.tenancy is not None:
             for a in e.tenancy.members(key.removeprefix(BUDGET_PREFIX)):

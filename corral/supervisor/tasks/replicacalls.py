@@ -116,8 +116,7 @@ class ReplicaCalls:
                 peer.unpark(parked)
 
     async def withdraw_left(self) -> int:
-        """At a daemon's start: the asks of replicas' calls an earlier daemon left pending
-        end withdrawn; how many owners."""
+        """At start: asks earlier replicas' calls left pending end withdrawn; how many owners."""
         owners = {a.task_id for a in self.inbox.pending() if is_replica_owner(a.task_id)}
         for owner in sorted(owners):
             await self.inbox.withdraw(owner)

@@ -261,8 +261,7 @@ class Sessions:
         return s
 
     def _holds(self, task: Task) -> bool:
-        """Whether the task is a turn of a session of this table (a cluster's turn is kept
-        in order by its cluster)."""
+        """Whether the task is a turn of this table's session (a cluster keeps its turns' order)."""
         return task.id in self._turns or task.id in self._names
 
     def _held(self, s: Session) -> bool:

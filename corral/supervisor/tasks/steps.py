@@ -280,8 +280,7 @@ class TaskSteps:
             raise
 
     def in_flight(self, task_id: str) -> bool:
-        """Whether a call of the task is still in flight here (its answer is a retry's:
-        Endings.again keeps that retry here)."""
+        """Whether a call of the task is in flight here (its answer is a retry's: Endings.again)."""
         return bool(self._flights.get(task_id))
 
     def _landing(self, task_id: str, flight: _Flight) -> None:

@@ -65,8 +65,7 @@ class SuspendingEngine(Protocol):
 
 
 class _Wait:
-    """A waiting task's suspend timer, and the waits of its held calls on their asks:
-    its suspension cancels them (`gone`)."""
+    """A waiting task's suspend timer and its held calls' waits (its suspension cancels them)."""
 
     __slots__ = ("attempt", "calls", "gone", "timer", "writing")
 
@@ -311,8 +310,7 @@ class Suspensions:
                 "unsure": self.unsure}
 
     def keep(self, task: CompactTask) -> bool:
-        """A journal's suspended task after a restart, kept compact while what it asked
-        is pending; False: it is to be made whole."""
+        """A journal's suspended task, kept compact while its asks pend; False: to be made whole."""
         if not task.settled or not self.engine.inbox.asking(task.task_id):
             return False
         self.compact[task.task_id] = task.seq

@@ -150,8 +150,7 @@ class RetryPolicy(Protocol[T]):
         """The outcomes the task's policy retries; None: none (its agent is gone)."""
 
     def lost_budget(self, task: T, /) -> LostBudget | None:
-        """The task's retry_lost and its lost attempts so far (the one just ended among
-        them); None: no retry (its agent is gone)."""
+        """The task's retry_lost and lost attempts (the one just ended too); None: no retry."""
 
 
 class LostBudget(NamedTuple):

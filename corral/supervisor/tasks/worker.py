@@ -33,8 +33,7 @@ if TYPE_CHECKING:
     from .host import TaskHost
 
 def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> None:
-    """The task's newest progress, kept and told: to its own watchers (Task.watch), and
-    on the stream to whoever hears every task's."""
+    """The task's newest progress, kept and told to its watchers and on the stream."""
     task.progress = progress
     watchers = task.watchers
     if watchers or stream.wants(TaskProgress):
@@ -57,8 +56,7 @@ def take_tool_call(task: Task, r: Replica) -> None:
 
 
 def give_back_tool_call(task: Task) -> None:
-    """A call counted that is not made now (held for a person: approvals.py): taken
-    again when it is."""
+    """A call counted that is not made now (held for a person): taken again when it is."""
     task.tool_calls -= 1
 
 

@@ -63,8 +63,7 @@ class Teams:
         return spec
 
     def _checked(self, name: str) -> str:
-        """The team checked against the agents there now (an agent of the name now another
-        tenant's is none to it); its tenant."""
+        """The team checked against the agents now (another tenant's is none to it); its tenant."""
         agents = self.engine.sup.agents
         spec = self.spec(name)
 

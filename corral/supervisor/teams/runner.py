@@ -115,8 +115,7 @@ class TeamRunner:
 
     async def step(self, call: TeamCall, key: str, agent: str, task_input: Any,
                    context: dict[str, str] | None = None) -> StepRow:
-        """A step to its end, its output with it; `context`: its task's parent trace
-        context (else the call's caller's)."""
+        """A step to its end, its output with it; `context`: its task's parent trace context."""
         parent = context if context is not None else {
             "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
         work = (self.leads if key == "leader" else self.tasks).work(AgentTask(
