@@ -36,8 +36,7 @@ def step_end(info: Any) -> StepEnd:
 
 
 class StepWork(Cancels, Protocol):
-    """How a durable call's steps run their tasks: StepTasks, or a cluster's
-    (cluster/calltasks.py)."""
+    """How a durable call's steps run their tasks: StepTasks, or cluster/calltasks.py's."""
 
     def work(self, step: AgentTask) -> Work: ...
 

@@ -221,8 +221,7 @@ class Task(TaskMachine):
         return None if out is None else msgspec.Raw(b"".join((b'{"output":', out, b"}")))
 
     def result(self, *, decode: bool = False) -> TaskResult:
-        """The outcome; `output` stays the worker's JSON bytes unless `decode` asks for
-        Python values (the Python API)."""
+        """The outcome; `output` stays JSON bytes unless `decode` asks for Python values."""
         out = self.out
         output = None if out is None else out.python() if decode else out.raw
         return TaskResult(self.id, self.status, output, self.error, tuple(self.attempts))
@@ -417,8 +416,7 @@ class AskShelf(Protocol):
         attempt takes its tool call up). RpcError: not written."""
 
     async def holds(self, task: Task) -> bool:
-        """Whether this engine still holds the running task where it is kept (a
-        give_back's answer lost)."""
+        """Whether this engine still holds the running task where it is kept (give_back lost)."""
 
 
 class SpawnOrder(NamedTuple):

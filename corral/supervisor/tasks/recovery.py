@@ -47,9 +47,8 @@ class Recovery:
         self.engine = engine
 
     def restore(self, records: Iterable[TaskRecord | CompactTask]) -> list[Task]:
-        """Take back a journal's unfinished tasks, in their order before every task
-        accepted after: one that was running has lost its attempt to the restart (retried,
-        else `lost`); a suspended one waits on, kept compact. The Tasks made again."""
+        """A journal's unfinished tasks taken back, in order, before any accepted after (a running
+        one lost its attempt to the restart; a suspended one waits on, compact): the Tasks made."""
         e = self.engine
         restored: list[Task] = []
         waiting: list[Task] = []

@@ -127,9 +127,8 @@ class SessionJournal(Protocol):
 
 
 class SessionsEnding(NamedTuple):
-    """Agents removed (name -> their tenant): their sessions end. Where turns are kept
-    elsewhere (a cluster node, which hears this on the stream) their ending is added to
-    `endings`, which `Sessions.end_agents` awaits before it returns."""
+    """Agents removed (name -> their tenant): their sessions end; where turns are kept elsewhere (a
+    cluster node hears this) that ending is added to `endings`, awaited by `end_agents`."""
 
     owners: Mapping[str, str]
     endings: list[Awaitable[None]]
@@ -408,8 +407,8 @@ class Sessions:
         return kept.name if kept is not None else self._names.get(task_id)
 
     def claim(self, task: Task) -> None:
-        """A restored task of a session not in the queue (running on a worker handed
-        over, a retry waiting for its backoff) is its session's current one."""
+        """A restored task of a session not in the queue (on a handed-over worker, a retry in its
+        backoff) is its session's current one."""
         if task.session is not None:
             self._of(task).turn_of(task)
 

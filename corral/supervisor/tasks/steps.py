@@ -116,8 +116,7 @@ class _Flight:
 
 
 class _Attempt:
-    """One running attempt's journal history (read once, on a retry), next call's
-    position, and verdict."""
+    """A running attempt's journal history (read once, on a retry), next position, verdict."""
 
     __slots__ = ("attempt", "bytes", "diverged", "given", "loaded", "named", "next_seq",
                  "tenant", "tools")
@@ -347,8 +346,7 @@ class TaskSteps:
                 del self.held[st.tenant]
 
     def _check_budget(self, task: Task, r: Replica, st: _Attempt) -> None:
-        """Refuse the task's next journaled step past max_step_bytes or its tenant's
-        max_step_journal_bytes."""
+        """Refuse the next journaled step past max_step_bytes or max_step_journal_bytes."""
         if st.tenant is None:  # from now on its bytes count in its tenant's
             st.tenant = r.spec.tenant
             self.held[st.tenant] = self.held.get(st.tenant, 0) + st.bytes

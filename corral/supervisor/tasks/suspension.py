@@ -263,9 +263,8 @@ class Suspensions:
         return True
 
     def settle(self, task: Task) -> None:
-        """The suspended task's stopped attempt ended: once its row is committed it is
-        kept compact, when nothing but the engine holds its Task. One its home queues
-        again is let go."""
+        """The suspended task's stopped attempt ended: kept compact once its row is committed and
+        only the engine holds its Task; one its home queues again is let go."""
         # what the attempt held goes back to the system once the wave of them is over
         self.engine.memory.settled(ATTEMPT_BYTES)
         if task.id in self._handed:

@@ -143,8 +143,7 @@ T = TypeVar("T", bound="TaskMachine", contravariant=True)
 
 
 class RetryPolicy(Protocol[T]):
-    """A task's retry policy (its own, else its agent's), asked only when an attempt
-    ended in an outcome a policy may retry."""
+    """A task's retry policy (its own, else its agent's), asked when an outcome may be retried."""
 
     def retried_on(self, task: T, /) -> Collection[str] | None:
         """The outcomes the task's policy retries; None: none (its agent is gone)."""
@@ -231,9 +230,8 @@ class TaskMachine:
 
 
 class AttemptOutcome(NamedTuple):
-    """What moves a task, with the error it ends with should it end. Cause None: the
-    attempt ended late (after a timeout or a cancel had moved the task on); `again`: the
-    task's retry waited for it to stop."""
+    """What moves a task, with the error it ends with should it end. Cause None: the attempt
+    ended late (the task moved on); `again`: the task's retry waited for it to stop."""
 
     cause: TaskCause | None
     error: TaskFailure | None = None
