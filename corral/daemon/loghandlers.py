@@ -129,4 +129,4 @@ async def logs_follow(d: LogServices, p: m.LogsFollow, caller: Caller, c: Channe
             c.notify("logs.lines", {"lines": backlog})
         await drain(c, follower, "logs.missed", send_some)
     finally:
-        d.hub.followers.discard(follower)
+        d.hub.unfollow(follower)

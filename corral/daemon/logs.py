@@ -395,6 +395,9 @@ class LogHub:
         self.followers.add(f)
         return f
 
+    def unfollow(self, f: LogFollower) -> None:
+        self.followers.discard(f)
+
     def close(self) -> None:
         for f in self.files.values():
             f.close()
