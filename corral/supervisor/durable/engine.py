@@ -101,8 +101,7 @@ class StepEngine:
         return self.store.output(call.call_id, row.step, row.item)
 
     async def abandon(self, call: Durable, end: StepEnd) -> None:
-        """A call that ended otherwise than by its steps: every step still running ended
-        so, its task cancelled."""
+        """A call ended otherwise than by its steps: its running steps end so, tasks cancelled."""
         now = time.time()
         ended: list[StepRow] = []
         for r in call.rows.values():

@@ -32,8 +32,7 @@ class AskEnded(NamedTuple):
 
 
 class AskHeard(NamedTuple):
-    """An ask's end a home learned of where it is kept: told to the waits, not on the feeds
-    (whoever wrote it told them)."""
+    """An ask's end its home learned of: told to the waits, not the feeds (its writer told them)."""
 
     ask: Ask
 

@@ -363,8 +363,7 @@ class Budgets:
             self.holding.pop(name, None)
 
     def over(self, agent: AgentLike) -> BudgetHold | None:
-        """The budget the agent is over now, its group's first, or None; unlike `holds`,
-        no timer armed and nothing told."""
+        """The budget the agent is over now, its group's first, or None (unlike `holds`, silent)."""
         now = time.time()
         group = self.groups(agent.name) if self.sharing else None
         shared = self.windows.get(group[0]) if group is not None else None

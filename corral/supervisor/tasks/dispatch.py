@@ -92,9 +92,8 @@ class TaskDispatch:
         # the agents whose slots the answers of the read being handled freed, pumped once
         # at its end (`answers_read`), in the order they were freed
         self.freed: dict[str, None] = {}
-        # each stopped attempt's cancel-grace timer, by the attempt's id() (unique while
-        # the timer holds it): cancelled as the attempt ends, so that the attempt is let
-        # go then, not at its grace (a wave of suspensions stops thousands at once)
+        # each stopped attempt's cancel-grace timer by its id(), cancelled as it ends: the
+        # attempt is let go then, not at its grace (suspensions stop thousands at once)
         self.stopping: dict[int, asyncio.TimerHandle] = {}
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
@@ -160,9 +159,8 @@ class TaskDispatch:
                     return
                 room = 1  # (each start counts against its tenant's bound: asked again)
             else:
-                # the starts that go to `r` while it stays the one found, all at once
-                # (nothing a start does frees a slot, changes a budget or a replica's
-                # taking tasks: what the scan and the checks above say holds for them)
+                # the starts that go to `r` while it stays the one found, all at once (no
+                # start frees a slot, changes a budget or a replica's taking tasks)
                 room = _room(r, replicas, limit)
             for _ in range(room):
                 task = queue.take(agent_name)

@@ -39,9 +39,8 @@ class IdClock:
     def __init__(self) -> None:
         self.last_ms = -1
         self.counter = 0
-        # os.urandom's bytes as hex, taken in batches: a syscall per id cost as much as
-        # the rest of making one; an id's text is cut from the digits (twice as fast as
-        # formatting a 128-bit integer)
+        # os.urandom's hex in batches (a syscall per id cost as much as the rest), an id's
+        # text cut from the digits (twice as fast as formatting a 128-bit integer)
         self._random = ""
         self._used = 0
         self._head = ""  # the text of `last_ms`: the id's first two groups, their dashes

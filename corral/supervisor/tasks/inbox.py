@@ -45,9 +45,8 @@ MAX_ASKS_PER_TASK = 100
 # tool call, which no next attempt takes up where it stopped (its task is not suspended)
 ELICITED = "ask:elicit:"
 
-# a pending ask is held as its record packed (one object, not a dozen: thousands of
-# suspended tasks may wait for days), without its id (its key) nor how it ended (not
-# yet): it then fits a smaller block of the allocator's
+# a pending ask is held as its record packed (one object, not a dozen: thousands may wait
+# for days), without its id (its key) nor its end: it fits a smaller allocator block
 _ENDED = frozenset({"end", "ended", "by", "data"})
 _FIELDS = tuple(f for f in Ask.__struct_fields__ if f != "id" and f not in _ENDED)
 _encode = msgspec.msgpack.Encoder().encode

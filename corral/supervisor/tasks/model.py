@@ -447,8 +447,7 @@ class SpawnStore(Protocol):
     cluster's ClusterSpawns); the bounds, the replay of a key and the wait are spawn.py's."""
 
     async def placed(self, task: Task, key: str) -> tuple[str | None, Lineage]:
-        """The child the task spawned under `key` (None: none yet), and the place in
-        its tree a child of the task has."""
+        """The child spawned under `key` (None: none yet), and a child's place in its tree."""
 
     async def serves(self, agent: str, tenant: str) -> bool:
         """Whether a task of the tenant's agent of the name would be run where the

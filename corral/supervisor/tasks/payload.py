@@ -52,10 +52,9 @@ def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
     return out
 
 
-# The worker's whole answer line, read in one pass (`Peer.request_callback(decode=...)`):
-# the output comes out as its JSON bytes, without a scan for the envelope before. Unknown
-# members make the line take the usual way (an answer with both result and error is the
-# usual way's to judge).
+# The worker's whole answer line, read in one pass (`Peer.request_callback(decode=...)`),
+# its output left as JSON bytes; unknown members (both result and error, say) make the
+# line take the usual way.
 class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
     jsonrpc: str
     id: int

@@ -27,8 +27,7 @@ class RecoveringEngine(AdmittingEngine, Protocol):
 
 
 def rebuilt(rec: TaskRecord, seq: int, session: str | None, home: TaskHome) -> Task:
-    """A journal's task made again, as its record was (its status not yet), kept where
-    it was (`home`: the engine's)."""
+    """A journal's task made again as its record was (not its status), its `home` the engine's."""
     task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left, seq)
     task.home = home
     task.id, task.created, task.started = rec.task_id, rec.created, rec.started

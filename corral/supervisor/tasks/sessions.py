@@ -325,8 +325,7 @@ class Sessions:
             self.journal.put(s.row())
 
     def accept(self, task: Task) -> None:
-        """A task naming a session was accepted: bound to the session (made again when
-        it expired) and in its history."""
+        """A task naming a session accepted: bound to it (made anew if expired), in its history."""
         assert task.session is not None
         key = self.key_of(task.agent, task.session)
         s = self.table.get(key)

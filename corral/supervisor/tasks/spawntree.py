@@ -145,8 +145,7 @@ class SpawnTrees:
         return tree
 
     async def planted(self, tree: SpawnTree) -> None:
-        """The tree's call kept, before any row of it is (a row of a call never kept
-        would be read back by no one)."""
+        """The tree's call kept before any of its rows (a row of an unkept call is read by none)."""
         planting = self._planting.get(tree.call_id)
         if planting is not None:
             await asyncio.shield(planting)

@@ -152,8 +152,7 @@ class WorkerMethods:
 
     def _routed(self, r: Replica, name: str, arguments: dict[str, Any], task: Task | None,
                 meta: dict[str, Any] | None, key: str | None = None) -> Any:
-        """The tool router's call, with the worker's trace context (`_meta`) set while it
-        starts (its span is made then)."""
+        """The tool router's call, the worker's trace context (`_meta`) set as its span starts."""
         if meta is None:
             return self.tool_router(ToolCall(r, name, arguments, task, key))
         said = CALLER.set(meta)
