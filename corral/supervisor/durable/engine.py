@@ -45,9 +45,8 @@ class StepEngine:
         self.observe = observe
 
     async def step(self, call: Durable, key: StepKey, work: Work) -> StepRow:
-        """The step to its end: its row as it ended before, else its work run under the
-        id its row holds (made and kept first). A refusal (RpcError) is the step's
-        failure, ended so and raised on for its planner to say."""
+        """The step to its end: its row as it ended before, else its work run under its row's id
+        (made and kept first). A refusal (RpcError) is the step's failure, ended and raised."""
         row = call.rows.get(key)
         if row is not None and row.status in STEP_ENDED:
             return row

@@ -129,9 +129,8 @@ class Budget:
     def held(self, tokens_per_minute: float, tokens_per_day: float,
              max_cost_usd_per_day: float, now: float, *, reserved: bool = False
              ) -> BudgetHold | None:
-        """The limit that holds new work longest, or None (0: no limit); with `reserved`,
-        what calls in flight hold counts too (its `until`: when the window alone has room
-        beside them, if it ever will)."""
+        """The limit holding new work longest, or None (0: no limit); with `reserved`, calls in
+        flight count too (`until`: when the window alone has room beside them, if ever)."""
         worst: BudgetHold | None = None
         for key, limit, window, held in (
                 ("tokens_per_minute", tokens_per_minute, self.minute_tokens,

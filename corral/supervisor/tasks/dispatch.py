@@ -364,9 +364,8 @@ class _Run(msgspec.Struct):
 
 
 def _room(r: Replica, replicas: list[Replica], limit: int) -> int:
-    """How many tasks `r`, the least loaded replica taking tasks, takes before pump's scan
-    would find another: while it runs fewer than each taker before it, no more than each
-    after it, and under `limit`."""
+    """How many tasks `r`, the least loaded taker, takes before pump's scan would find another:
+    fewer than each taker before it, no more than each after it, and under `limit`."""
     cap, before = limit, True
     for c in replicas:
         if c is r:

@@ -25,9 +25,8 @@ def unknown_cursor(task_id: str) -> RpcError:
 
 
 class TaskJournal(Protocol):
-    """`write` is called on the loop when a task is accepted and whenever it changes; it
-    must not block. The engine may drop a finished task's input and output from memory
-    once `write` has returned."""
+    """`write` is called on the loop at a task's acceptance and each change; it must not block.
+    The engine may drop a finished task's input and output once `write` has returned."""
 
     def write(self, task: Task) -> None: ...
 

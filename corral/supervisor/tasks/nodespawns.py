@@ -78,9 +78,8 @@ class NodeSpawns:
             self._held()
 
     def recover(self) -> None:
-        """Once the task journal's tasks are back: a task of a tree that ended while no
-        daemon ran ended in its tree now; a child no engine ever had ended lost when its
-        parent has ended too (no attempt will ask for it again)."""
+        """Once the journal's tasks are back: a tree's task that ended while no daemon ran ends in
+        its tree; a child no engine had ends lost if its parent has ended (none will ask for it)."""
         self._recovering = asyncio.ensure_future(self._recover())
 
     async def _recover(self) -> None:

@@ -97,9 +97,8 @@ _raw_answer = msgspec.json.Decoder(_RawAnswer)
 
 
 def acyclic(raw: bytes) -> Any:
-    """JSON as Python values, without a pass of the cyclic collector meanwhile: what is
-    decoded has no cycles, and a pass amid a large document would only move the half-built
-    values up a generation."""
+    """JSON as Python values, the cyclic collector off meanwhile: what is decoded has no cycles,
+    and a pass amid a large document would only age the half-built values."""
     if not gc.isenabled():
         return msgspec.json.decode(raw)
     gc.disable()

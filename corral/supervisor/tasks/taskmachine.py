@@ -170,9 +170,8 @@ class TaskMachine:
         self.retries_left = retries
 
     def fire(self: M, cause: TaskCause, policy: RetryPolicy[M] | None = None) -> TaskStep:
-        """Apply the row of (status, cause), and the retry rule where the row asks it (a loss to
-        infrastructure within retry_lost, no retry spent; else a retry left that `policy` names).
-        Returns the step taken (RETRY for a retry)."""
+        """Apply the row of (status, cause) and, where it asks, the retry rule (a loss to
+        infrastructure within retry_lost: no retry spent; else a retry left that `policy` names)."""
         try:
             step = _ROWS[self.status][cause]
         except KeyError:
