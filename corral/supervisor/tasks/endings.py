@@ -156,9 +156,8 @@ class Endings:
             self.again(task)
 
     def again(self, task: Task) -> None:
-        """A task to retry waits for its time, or at once for a replica: here, or where
-        its home queues it again (this engine then lets it go). One with a call still in
-        flight waits here: that call's answer is to answer the retry's same call."""
+        """A task to retry waits for its time, or for a replica: here, or where its home queues it
+        (the engine lets it go). One with a call in flight waits here: its answer is the retry's."""
         e = self.engine
         if not e.steps.in_flight(task.id) and task.home.queue_again(task, task.not_before):
             task.not_before = None

@@ -134,9 +134,8 @@ class Intake:
     def submit_many(self, agent_name: str, inputs: Sequence[Any],
                     options: TaskOptions = NO_OPTIONS, *, decoded: bool = False
                     ) -> list[Task | RpcError]:
-        """`submit` of a map's turn of inputs: the agent looked at once, the ids made in one call,
-        its queue pumped once at the end (a worker is written the turn's tasks in one write).
-        `decoded`: a Python caller takes their outputs as values."""
+        """`submit` of a map's turn of inputs: the agent looked at once, ids made in one call, its
+        queue pumped once (one write to a worker). `decoded`: a Python caller takes values."""
         e = self.engine
         unmapped = [n for n in options.given() if n in _NOT_MAPPED]
         if unmapped:

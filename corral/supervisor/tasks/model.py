@@ -264,9 +264,8 @@ class TaskHome(Protocol):
         """Its row (status, attempts, checkpoint) kept where a restart finds it."""
 
     def queue_again(self, task: Task, at: float | None) -> bool:
-        """A retry of it, due at `at` (None: at once), queued where every engine that may
-        run it finds it: True when this home did (a cluster's: this engine lets the task
-        go); False: it waits in this engine."""
+        """A retry of it, due at `at` (None: at once), queued where every engine that may run it
+        finds it: True if this home did (a cluster's: the engine lets it go); False: waits here."""
 
 
 class Nowhere:

@@ -135,8 +135,6 @@ class SessionsEnding(NamedTuple):
 
 
 class Session:
-    """One live session of an agent."""
-
     __slots__ = ("agent", "created", "current", "first", "front", "gen", "holder", "last_used",
                  "line", "name", "pending", "pid", "replica", "state_bytes", "tasks", "tenant",
                  "warming")

@@ -29,9 +29,8 @@ class Teams:
                  report: Callable[[str], None] | None = None,
                  tools: LeaderTools | None = None, traced: bool = False,
                  durables: Durables | None = None) -> None:
-        """`tools`: the engine's interceptor that gives a coordinate team's leader its
-        members as tools (None: no coordinate team is called); `traced`: the engine
-        traces its tasks; `durables`: a cluster node's, instead of `store` and the engine."""
+        """`tools`: the interceptor giving a coordinate leader its members as tools (None: no
+        coordinate team is called); `traced`: its tasks traced; `durables`: a cluster node's."""
         self.engine = engine
         self.store: DurableStore = (durables.store if durables is not None
                                     else store if store is not None else MemoryStore())
