@@ -69,7 +69,7 @@ from ..supervisor.mcproutes import updates_to
 from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
-from ..supervisor.tasks import CompactTask, TaskRecord, Unfinished
+from ..supervisor.tasks import AttemptEnded, CompactTask, TaskFinished, TaskRecord, Unfinished
 from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import cancel_all, within
@@ -341,7 +341,7 @@ class Upgrades:
                             "go away (the socket stays open: clients wait in its backlog)")
             if node is not None:
                 await handover.settle(node)
-            kept, ended = await self._quiet(deadline)
+            kept, ended = await self._quiet(deadline, held=True)
             # an outcome or a claim of the cluster's that came meanwhile is settled, and
             # the channels looked at again: the exec follows the last look with no await
             while node is not None and (left := handover.unsettled(node)):
@@ -349,7 +349,7 @@ class Upgrades:
                     raise UpgradeRefusal(f"{left} within {QUIESCE_TIMEOUT:g} s")
                 await asyncio.sleep(QUIET_LOOK)
                 await handover.settle(node)
-                kept, ended = await self._quiet(deadline)
+                kept, ended = await self._quiet(deadline, held=True)
             self._exec(target, asked, kept, ended)
         except UpgradeRefusal as exc:
             tasks.release()
@@ -360,30 +360,48 @@ class Upgrades:
             await host.control.come_back()
             await self.listeners.come_back()
 
-    async def _quiet(self, deadline: float) -> tuple[list[HandedProcess],
-                                                     list[ProcessRecord]]:
+    async def _quiet(self, deadline: float, held: bool = False
+                     ) -> tuple[list[HandedProcess], list[ProcessRecord]]:
         """Every worker described whole, once nothing is in flight on its channel but
         requests corral sent (and the journal and the store have written what they
         were given): what to keep, and what the next image ends. Between looks it waits
         to be told: a replica's transition on the stream (a start or stop over), a
         request of a waiting replica's channel ended (`Peer.ends`); QUIET_LOOK at
-        most, for what nothing tells (bytes still in a pipe, either way)."""
+        most, for what nothing tells (bytes still in a pipe, either way).
+
+        `held` (dispatch held: the look the exec follows): a task or an attempt that
+        ended while the writes were waited for has its record still to be written, and
+        the look waits for it too: described without it, the task could run again in
+        the next image, its committed row saying it running on no worker handed over
+        (one of ~100 tasks did, once, beside a busy loop per core)."""
         host = self.host
         sup = host.sup
         woken = asyncio.Event()
+        ended_meanwhile = False
 
         def wake(*_: object) -> None:
             woken.set()
 
-        sub = sup.parts.stream.subscribe(wake, Transition)
+        def heard_end(*_: object) -> None:
+            nonlocal ended_meanwhile
+            ended_meanwhile = True
+
+        stream = sup.parts.stream
+        subs = [stream.subscribe(wake, Transition)]
+        if held:  # (the running tasks' ends, which come as long as dispatch goes on)
+            subs += [stream.subscribe(heard_end, TaskFinished),
+                     stream.subscribe(heard_end, AttemptEnded)]
         try:
             while True:
+                ended_meanwhile = False
                 await sup.parts.tasks.committed()
                 if host.store.writer is not None:
                     await host.store.writer.committed()
                 kept, waiting = self._describe(sup)
-                if not waiting:
+                if not waiting and not ended_meanwhile:
                     break
+                if not waiting:
+                    continue  # (the ends' records are written at the next look's waits)
                 now = time.monotonic()
                 if now >= deadline:
                     labels = ", ".join(r.label for r in waiting[:5])
@@ -401,7 +419,8 @@ class Upgrades:
                 finally:
                     await cancel_all(waits)
         finally:
-            sup.parts.stream.unsubscribe(sub)
+            for sub in subs:
+                stream.unsubscribe(sub)
         tokens = {h.record.token for h in kept}
         ended = [t.record for token, t in sup.parts.containment.live.items() if token not in tokens]
         return kept, ended
