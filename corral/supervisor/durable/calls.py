@@ -47,8 +47,7 @@ class Calls(Generic[C]):
         self.shared = shared
         self.live: dict[str, tuple[C, asyncio.Task[None]]] = {}
         self._why: dict[str, str] = {}  # call id -> why its driver was cancelled
-        # no call's step is submitted before the task journal's tasks are back in the
-        # engine (a call started meanwhile waits): a recorded step's task is found
+        # no step is submitted before the journal's tasks are back (a recorded step's task is found)
         self.recovered = asyncio.Event()
 
     def drive(self, call: C) -> None:

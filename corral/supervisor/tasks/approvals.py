@@ -110,8 +110,7 @@ class Approvals(TaskInterceptor):
 
     def intercept_step_replay(self, replay: StepReplay,
                               next: Callable[[StepReplay], None]) -> None:
-        # an untrusted tool's output given back from the step journal (a retry after a
-        # restart) is read again: it taints as the live call did
+        # an untrusted tool's output replayed from the step journal taints as the live call did
         if replay.kind == "tool" and self._guard is not None:
             self._guard.replayed(replay.task.id, replay.name)
         next(replay)

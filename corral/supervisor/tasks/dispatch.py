@@ -89,8 +89,7 @@ class TaskDispatch:
         # the request id of each running task's task/run (handed over by corral upgrade)
         self.requests: dict[str, jsonrpc.Id] = {}
         self.sessions = sessions
-        # the agents whose slots the answers of the read being handled freed, pumped once
-        # at its end (`answers_read`), in the order they were freed
+        # agents whose slots the answers of the read being handled freed, pumped at its end
         self.freed: dict[str, None] = {}
         # each stopped attempt's cancel-grace timer by its id(), cancelled as it ends: the
         # attempt is let go then, not at its grace (suspensions stop thousands at once)
@@ -186,8 +185,7 @@ class TaskDispatch:
         r.task_started(task.id)
         if self.outcomes.journal is not None:
             self.outcomes.record(task)
-        # a large input goes out as a piece of its own (one writev, never copied into the
-        # message; a small one is copied in, which costs less than the pieces)
+        # (SPLICED_INPUT: a large input is a piece of its own in one writev)
         piece = task.input if len(task.input) >= SPLICED_INPUT else None
         params: dict[str, Any] = {"task_id": task.id, "attempt": number,
                                   "input": task.input if piece is None else jsonrpc.SPLICE,

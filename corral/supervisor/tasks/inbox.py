@@ -34,8 +34,7 @@ MAX_DECISION_BYTES = 64 * 1024
 # what an ask shows a person as JSON: an agent's or an MCP server's to choose, held for
 # as long as it waits, so past this the call is refused by name and nothing is asked
 MAX_SUBJECT_BYTES = 64 * 1024
-# pending asks held at once: the daemon's, and each tenant's (the operator's own tasks,
-# tenant None, count as one tenant)
+# pending asks held at once, the daemon's and each tenant's (tenant None: the operator's)
 MAX_PENDING = 10_000
 MAX_PENDING_PER_TENANT = 1_000
 # asks one task (or one replica's incarnation, for its calls of no task) makes over its

@@ -168,8 +168,7 @@ class Task(TaskMachine):
         self._done: asyncio.Future[None] | None = None
         # the submitter's own: run()'s future, or a lane of map() (lanes.py)
         self.waiter: Waiter | None = None
-        # its own subscribers (Task.watch): () until the first (nothing for the collector
-        # to look into), None once finished
+        # its subscribers (Task.watch): () till the first (nothing for the collector); None: ended
         self.watchers: tuple[Subscription, ...] | None = ()
         self.trace: TaskTrace | FromId | None = None
 

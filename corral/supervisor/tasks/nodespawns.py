@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from ..quotas import Tenancy
     from .host import TaskHost
 
-# a task of a tree that no engine has: kept but never submitted (the process stopped
-# between the two writes), or pruned since
+# a tree's task no engine has (never submitted: the process stopped between the two writes)
 NOT_KEPT = "no task of this id is kept (never submitted, or pruned)"
 
 

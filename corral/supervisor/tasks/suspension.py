@@ -90,8 +90,7 @@ class Suspensions:
         self._settled: list[Task] = []
         self._settling: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()  # suspensions being written
-        # suspended tasks whose home queues them again (a cluster's), let go once their
-        # stopped attempt ended
+        # suspended tasks a cluster's home queues again, let go once their stopped attempt ended
         self._handed: set[str] = set()
         self.suspended = 0  # attempts given back while they waited
         self.resumed = 0  # suspended tasks queued again
@@ -255,8 +254,7 @@ class Suspensions:
         self.resumed += 1
         last = task.attempts[-1] if task.attempts else None
         if last is not None and last.finished is None:
-            # its stopped attempt has yet to end: dispatch queues it then (as a retry
-            # waiting for its timed-out attempt)
+            # its stopped attempt has yet to end: dispatch queues it then (as a timeout's retry)
             self.engine.record(task)
         else:
             self.engine.endings.again(task)

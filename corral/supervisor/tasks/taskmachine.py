@@ -58,8 +58,7 @@ class TaskCause(enum.StrEnum):
     # lost to infrastructure: its worker killed from outside or hung, the daemon stopped
     # or restarted under it, its node died (losses.Loss.INFRA)
     LOST = "lost"
-    # its worker died of its own doing or of a cap, or was stopped by hand: lost, as
-    # the task's retry policy says
+    # its worker died of its own doing or a cap, or was stopped by hand: as its retry policy says
     CRASHED = "crashed"
     CANCEL = "cancel"  # someone cancelled it (or its worker answered that it did)
     DROPPED = "dropped"  # its agent will not run it (failed, down, gone)
