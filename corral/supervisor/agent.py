@@ -18,8 +18,6 @@ from .replica import Replica
 from .startorder import before
 from .startstop import Starter, start_all, stop_all
 
-__all__ = ["Agent", "AgentOwner"]
-
 
 class AgentOwner(Protocol):
     """What an agent needs of the engine around it (agents.Agents implements it)."""

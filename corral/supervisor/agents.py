@@ -40,8 +40,6 @@ from .waits import Waits
 if TYPE_CHECKING:
     from .tasks import TaskManager
 
-__all__ = ["Agents"]
-
 
 class Agents(Mapping[str, Agent]):
     def __init__(self, registry: dict[str, Agent], *,

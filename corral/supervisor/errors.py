@@ -8,8 +8,6 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..text import closest, listing
 
-__all__ = ["NoSuchAgent", "SupervisorError"]
-
 
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
@@ -32,7 +30,6 @@ class NoSuchAgent(SupervisorError):
                         else f"agents: {listing(names)}" if names else "there are no agents")
         super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"
                                             + (f" ({'; '.join(said)})" if said else ""))
-
 
 
 class UnreadyKept(SupervisorError):

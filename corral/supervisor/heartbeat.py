@@ -20,8 +20,6 @@ from .stats import HeartbeatWork
 from .stream import TICK, Stall, Stream
 from .tuning import Tuning
 
-__all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "Heartbeat", "fleet_budget"]
-
 log = logging.getLogger("corral.supervisor")
 
 # the heartbeat's visits per turn of the loop

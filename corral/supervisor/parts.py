@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from .tuning import Tuning
     from .zygote import Zygotes
 
-__all__ = ["Parts"]
-
 
 class Parts(msgspec.Struct, frozen=True, kw_only=True):
     agents: Agents  # add, remove, scale, pause, status; the agents by name

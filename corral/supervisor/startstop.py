@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from .process_replica import ProcessReplica
     from .replica import Replica
 
-__all__ = ["Starter", "start_all", "start_each", "stop_all"]
-
 
 class Starter:
     """The starts of one start_all still waiting for their turn."""

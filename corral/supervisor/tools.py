@@ -25,8 +25,6 @@ from .remote import RemoteMcpServer
 from .stream import ListChanged, Stream
 from .waits import Waits
 
-__all__ = ["Tools"]
-
 
 class Tools(McpPool[McpServerSpec, McpServerReplica]):
     def __init__(self, host: McpHost, waits: Waits, stream: Stream,

@@ -316,11 +316,7 @@ class Tracer(TaskInterceptor):
         """A tool call (`kind` "tool") or a named step ("step") of a retried attempt,
         answered from the task's step journal: a span of no length where the live call's
         would be."""
-        trace = self.full(task)
-        if trace is None:
-            return
-        attempt, now = task.attempt, time.time()
-        attrs: dict[str, Any] = {"corral.task.id": task.id, "corral.attempt": attempt,
+        attrs: dict[str, Any] = {"corral.task.id": task.id, "corral.attempt": task.attempt,
                                  "corral.step.replayed": True}
         if kind == "tool" and name.startswith(MODEL_STEP):
             model = name[len(MODEL_STEP):]
@@ -335,38 +331,34 @@ class Tracer(TaskInterceptor):
         else:
             attrs["corral.step.name"] = name
             span_name, kind_of = f"step {name}", INTERNAL
-        self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
-                           new_span_id(64) or 1, trace.attempt_span(attempt), span_name,
-                           task.id, kind_of, now, now, None, attrs))
+        now = time.time()
+        self._of_attempt(task, span_name, kind_of, now, now, None, attrs)
 
     def policy_decision(self, task: Task, decision: PolicyVerdict) -> None:
         """A policy rule's verdict on a call of the task's attempt (policy.py): a span of
         no length under the attempt, the call's facts by shape only."""
-        trace = self.full(task)
-        if trace is None:
-            return
         now = time.time()
-        attrs: dict[str, Any] = {
+        self._of_attempt(task, f"policy {decision.name}", INTERNAL, now, now, None, {
             "corral.task.id": task.id, "corral.attempt": task.attempt,
             "corral.policy.call": decision.kind, "corral.policy.name": decision.name,
             "corral.policy.effect": decision.effect, "corral.policy.rule": decision.rule,
-            "corral.policy.shape": decision.shape}
-        self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
-                           new_span_id(64) or 1, trace.attempt_span(task.attempt),
-                           f"policy {decision.name}", task.id, INTERNAL, now, now,
-                           None, attrs))
+            "corral.policy.shape": decision.shape})
 
     def model_call(self, task: Task, name: str, start: float, error: str | None,
                    attrs: dict[str, Any]) -> None:
         """A model call a task's attempt made through corral's model gateway: a client
         span named and attributed as the GenAI conventions say (`chat MODEL`)."""
-        trace = self.full(task)
-        if trace is None:
-            return
         attrs.update({"corral.task.id": task.id, "corral.attempt": task.attempt})
-        self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
-                           new_span_id(64) or 1, trace.attempt_span(task.attempt), name,
-                           task.id, CLIENT, start, time.time(), error, attrs))
+        self._of_attempt(task, name, CLIENT, start, time.time(), error, attrs)
+
+    def _of_attempt(self, task: Task, name: str, kind: int, start: float, end: float,
+                    error: str | None, attrs: dict[str, Any]) -> None:
+        """A span made whole now, a child of the task's attempt's."""
+        trace = self.full(task)
+        if trace is not None:
+            self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
+                               new_span_id(64) or 1, trace.attempt_span(task.attempt), name,
+                               task.id, kind, start, end, error, attrs))
 
     async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
                            client: str) -> Any:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Tuning"]
-
 
 class Tuning(msgspec.Struct):
     heartbeat_interval: float = 1.0

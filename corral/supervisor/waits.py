@@ -16,8 +16,6 @@ from .lifecycle import TRANSIENT, State
 from .process_replica import ProcessReplica, Transition
 from .replica import Replica
 
-__all__ = ["Waits"]
-
 
 class Waits:
     def __init__(self, census: Counter[State]) -> None:

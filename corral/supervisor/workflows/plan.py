@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from .definition import MAX_MAP_ITEMS, StepSpec, WorkflowError, WorkflowSpec
-from .refs import NAME, SHAPE, Missing, Ref, Scope, build, parse, refs_in, resolve
+from .refs import NAME, SHAPE, Missing, Scope, build, parse, refs_in, resolve
 
 STEP_NAME = re.compile(NAME)
 
@@ -270,16 +270,3 @@ def plan_text(wf: Workflow) -> str:
         if any(limits):
             lines.append("     " + ", ".join(x for x in limits if x))
     return "\n".join(lines)
-
-
-__all__ = [
-    "PlanStep",
-    "Ref",
-    "Scope",
-    "Workflow",
-    "compile_workflow",
-    "items",
-    "plan_text",
-    "runs",
-    "step_input",
-]
