@@ -78,7 +78,7 @@ async def tools_list(d: McpServices, p: m.ToolsList, caller: Caller, c: Channel)
 @implements(m.ToolsPins)
 async def tools_pins(d: McpServices, p: m.ToolsPins, caller: Caller, c: Channel
                      ) -> m.ToolPins:
-    return m.ToolPins(pins=d.tools.pinned())
+    return m.ToolPins(pins=d.tools.pins.listing())
 
 
 @implements(m.ToolsCall)

@@ -265,17 +265,13 @@ class McpClient:
     def session(self) -> ServerSession | None:
         if self.version is None:
             return None
-        return ServerSession(self.version, self.capabilities, self.server_info, self.instructions,
-                             self.tools, self.rejected_tools, self.log_level, self.calls,
-                             self.errors)
+        return ServerSession(**{f: getattr(self, f) for f in ServerSession.__struct_fields__})
 
     def resume(self, s: ServerSession) -> None:
         """Go on with a session another client negotiated over the same channel."""
         self._negotiated(s.version)
-        self.capabilities, self.server_info = s.capabilities, s.server_info
-        self.instructions, self.tools = s.instructions, s.tools
-        self.rejected_tools, self.log_level = s.rejected_tools, s.log_level
-        self.calls, self.errors = s.calls, s.errors
+        for f in ServerSession.__struct_fields__[1:]:  # (the version: by _negotiated)
+            setattr(self, f, getattr(s, f))
         # whose work goes on in it was not handed over: nobody's, as far as logs go
         self._callers = {None}
 
@@ -602,11 +598,8 @@ class McpClient:
                 or result.get("isError"):
             return result
         name = str(tool.get("name"))
-        problem: str | None
-        if "structuredContent" not in result:
-            problem = "the result has no structuredContent"
-        else:
-            problem = self._schema_problem(name, schema, result["structuredContent"])
+        problem = "the result has no structuredContent" if "structuredContent" not in result \
+            else self._schema_problem(name, schema, result["structuredContent"])
         if problem is None:
             return result
         text = (f"MCP server {self.name}: tool {name} returned structuredContent that does "
@@ -633,12 +626,6 @@ class McpClient:
         return f"at {where}: {error.message}"
 
     # -- resources ------------------------------------------------------------------------
-    async def list_resources(self, timeout: float) -> list[dict[str, Any]]:
-        return await self.list_all("resources/list", "resources", timeout)
-
-    async def list_resource_templates(self, timeout: float) -> list[dict[str, Any]]:
-        return await self.list_all("resources/templates/list", "resourceTemplates", timeout)
-
     async def read_resource(self, uri: str, timeout: float,
                             relay: InputRelay | None = None) -> Any:
         self._callers.add(None)  # a caller's request, whose caller is not named here
@@ -669,9 +656,6 @@ class McpClient:
             self.peer.notify("notifications/cancelled", cancel_params(rid))
 
     # -- prompts and completion -----------------------------------------------------------
-    async def list_prompts(self, timeout: float) -> list[dict[str, Any]]:
-        return await self.list_all("prompts/list", "prompts", timeout)
-
     async def get_prompt(self, name: str, arguments: dict[str, str], timeout: float,
                          relay: InputRelay | None = None) -> Any:
         self._callers.add(None)

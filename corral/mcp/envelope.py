@@ -23,7 +23,7 @@ import msgspec
 from msgspec import UNSET
 
 from .. import jsonrpc
-from ..jsonrpc import Envelope, RpcError
+from ..jsonrpc import Envelope, ErrorResponse, RpcError
 from .client import LEGACY, META_CAPABILITIES, META_VERSION, STATELESS, SUPPORTED
 
 HEADER_MISMATCH = -32020
@@ -37,6 +37,8 @@ NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri",
          # the tasks extension's (SEP-2663: Mcp-Name is the taskId)
          "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
 _B64 = ("=?base64?", "?=")  # SEP-2243's form of a value that is not printable ASCII
+_one = msgspec.json.Decoder(Envelope)
+_batch = msgspec.json.Decoder(list[Envelope])
 
 
 class Mirror(NamedTuple):
@@ -52,6 +54,17 @@ class Refusal(NamedTuple):
 
     error: RpcError
     status: int
+
+
+def parse(body: bytes) -> list[Envelope] | ErrorResponse:
+    """A message's envelopes (a batch's, or its one), or the error that answers it."""
+    try:
+        return _batch.decode(body) if body[:1] == b"[" else [_one.decode(body)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        code = jsonrpc.PARSE_ERROR if isinstance(exc, msgspec.DecodeError) \
+            else jsonrpc.INVALID_REQUEST
+        return ErrorResponse(None, RpcError(code, f"{jsonrpc.ERROR_NAMES[code]}: {exc}"
+                                            ).to_object())
 
 
 def meta_of(env: Envelope) -> dict[str, Any] | None:

@@ -74,6 +74,10 @@ Inst = TypeVar("Inst", bound=ServerInstance)
 Progress = Callable[[dict[str, Any]], None]
 # (server, uri, the notification's params)
 ResourceListener = Callable[[str, str, dict[str, Any]], None]
+# what each list's result calls its items, and the item's field an allowlist reads
+LISTED = {"resources": ("resources", "uri"),
+          "resources/templates": ("resourceTemplates", "uriTemplate"),
+          "prompts": ("prompts", "name")}
 
 
 def split(qualified: str, what: str = "tool") -> tuple[str, str]:
@@ -222,30 +226,25 @@ class McpPool(Generic[Spec, Inst]):
                 if extension in (i.client.capabilities.get("extensions") or {})]
 
     async def _list_each(self, kind: str, owner: str | None, allow: list[str] | None,
-                         server: str | None, unavailable: dict[str, str] | None,
-                         key: Callable[[str, dict[str, Any]], str]) -> list[dict[str, Any]]:
+                         server: str | None, unavailable: dict[str, str] | None
+                         ) -> list[dict[str, Any]]:
         """Each item of `kind` of every server, with its `server`, admitted by `allow`
-        under `key`."""
+        as SERVER__FIELD (LISTED)."""
         capability = kind.split("/")[0]
+        items_key, field = LISTED[kind]
         serving = [(n, i) for n, i in await self._serving(owner, allow, server, unavailable)
                    if capability in i.client.capabilities]
 
         async def one(name: str, inst: Inst) -> list[dict[str, Any]]:
-            client = inst.client
-            timeout = self.servers[name].spec.timeout
             try:
-                if kind == "resources":
-                    items = await client.list_resources(timeout)
-                elif kind == "resources/templates":
-                    items = await client.list_resource_templates(timeout)
-                else:
-                    items = await client.list_prompts(timeout)
+                items = await inst.client.list_all(f"{kind}/list", items_key,
+                                                   self.servers[name].spec.timeout)
             except RpcError as exc:
                 if unavailable is not None:
                     unavailable[name] = f"{kind.replace('/', ' ')}: {exc.message}"
                 return []
             return [{**item, "server": name} for item in items
-                    if allow is None or allowed(key(name, item), allow)]
+                    if allow is None or allowed(f"{name}{SEP}{item.get(field)}", allow)]
 
         lists = await asyncio.gather(*(one(n, i) for n, i in serving))
         return [item for items in lists for item in items]
@@ -273,10 +272,6 @@ class McpPool(Generic[Spec, Inst]):
                 if self.pins.seen(name, tool) is None:
                     out.append({**tool, "name": qualified, "server": name})
         return out
-
-    def pinned(self) -> list[dict[str, Any]]:
-        """Every tool pinned, and which drifted since (`corral tools pins`)."""
-        return self.pins.listing()
 
     async def call(self, qualified: str, arguments: dict[str, Any], *,
                    owner: str | None = None, on_progress: Progress | None = None,
@@ -310,8 +305,7 @@ class McpPool(Generic[Spec, Inst]):
                              allow: list[str] | None = None, server: str | None = None,
                              unavailable: dict[str, str] | None = None
                              ) -> list[dict[str, Any]]:
-        return await self._list_each("resources", owner, allow, server, unavailable,
-                                     lambda s, r: f"{s}{SEP}{r.get('uri')}")
+        return await self._list_each("resources", owner, allow, server, unavailable)
 
     async def list_resource_templates(self, *, owner: str | None = None,
                                       allow: list[str] | None = None,
@@ -319,8 +313,7 @@ class McpPool(Generic[Spec, Inst]):
                                       unavailable: dict[str, str] | None = None
                                       ) -> list[dict[str, Any]]:
         return await self._list_each("resources/templates", owner, allow, server,
-                                     unavailable,
-                                     lambda s, t: f"{s}{SEP}{t.get('uriTemplate')}")
+                                     unavailable)
 
     async def read_resource(self, server: str, uri: str, *, owner: str | None = None,
                             allow: list[str] | None = None,
@@ -388,8 +381,7 @@ class McpPool(Generic[Spec, Inst]):
     async def list_prompts(self, *, owner: str | None = None, allow: list[str] | None = None,
                            server: str | None = None,
                            unavailable: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        prompts = await self._list_each("prompts", owner, allow, server, unavailable,
-                                        lambda s, p: f"{s}{SEP}{p.get('name')}")
+        prompts = await self._list_each("prompts", owner, allow, server, unavailable)
         return [{**p, "name": f"{p['server']}{SEP}{p.get('name')}"} for p in prompts]
 
     async def get_prompt(self, qualified: str, arguments: dict[str, str], *,

@@ -53,8 +53,6 @@ SUBSCRIBING = frozenset({"resources/subscribe", "resources/unsubscribe"})
 ASKING = frozenset({"tools/call", "prompts/get", "resources/read"})
 MISSING_CAPABILITY = -32021  # MissingRequiredClientCapability (SEP-2575)
 
-_one = msgspec.json.Decoder(Envelope)
-_batch = msgspec.json.Decoder(list[Envelope])
 TRACE_KEYS = ("traceparent", "tracestate")
 Progress = Callable[[dict[str, Any]], None]
 Reply = Callable[[Any], None]
@@ -493,13 +491,9 @@ class StdioTransport(jsonrpc.LineProtocol):
         self.write(jsonrpc.encode(msg))
 
     def _line(self, line: bytes) -> None:
-        try:
-            envs = _batch.decode(line) if line[:1] == b"[" else [_one.decode(line)]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            code = jsonrpc.PARSE_ERROR if isinstance(exc, msgspec.DecodeError) \
-                else jsonrpc.INVALID_REQUEST
-            self.send(ErrorResponse(None, RpcError(code, f"{jsonrpc.ERROR_NAMES[code]}: "
-                                                         f"{exc}").to_object()))
+        envs = envelope.parse(line)
+        if isinstance(envs, ErrorResponse):
+            self.send(envs)
             return
         for env in envs:
             refusal = self.session.screen(env, None)

@@ -28,6 +28,7 @@ from ...jsonrpc import Envelope, ErrorResponse, Id, Response, RpcError
 from ...mcp import envelope, sse
 from ...mcp.client import LEGACY, META_VERSION, STATELESS
 from ...mcp.envelope import Mirror
+from ...mcp.http import METHOD_HEADER, NAME_HEADER, SESSION_HEADER, VERSION_HEADER
 from ...mcp.logrelay import META_LOG_LEVEL, LogRelay
 from ...mcp.server import MISSING_CAPABILITY, GatewaySession, Progress
 from ...supervisor.config import ConfigError
@@ -55,15 +56,9 @@ REPLAY_BYTES = 4 << 20
 MAX_PENDING = 1024
 MAX_PENDING_BYTES = 1 << 20  # as the REST API's SSE streams (sse.HIGH_WATER)
 RESUME_GRACE = 10.0
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
-METHOD_HEADER = "Mcp-Method"  # 2026-07-28: the body's method and target, said again
-NAME_HEADER = "Mcp-Name"
 # a 2026-07-28 error's own HTTP status: a method corral does not have (404), a
 # capability the client did not declare, corral's or a server's behind (400, SEP-2575)
 STATELESS_STATUS = {jsonrpc.METHOD_NOT_FOUND: 404, MISSING_CAPABILITY: 400}
-_single = msgspec.json.Decoder(Envelope)
-_batch = msgspec.json.Decoder(list[Envelope])
 
 
 class PoolBackend:
@@ -427,14 +422,10 @@ class HttpGateway:
     async def post(self, request: web.Request) -> web.StreamResponse:
         ident = self._who(request)
         body = await request.read()
-        try:
-            batch = body[:1] == b"["
-            envs = _batch.decode(body) if batch else [_single.decode(body)]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            code = jsonrpc.PARSE_ERROR if isinstance(exc, msgspec.DecodeError) \
-                else jsonrpc.INVALID_REQUEST
-            return _json(ErrorResponse(None, RpcError(code, f"{jsonrpc.ERROR_NAMES[code]}: "
-                                                            f"{exc}").to_object()), 400)
+        envs = envelope.parse(body)
+        if isinstance(envs, ErrorResponse):
+            return _json(envs, 400)
+        batch = body[:1] == b"["
         if not envs:
             return _json(ErrorResponse(None, RpcError(jsonrpc.INVALID_REQUEST,
                                                       "empty batch").to_object()), 400)
@@ -655,14 +646,8 @@ def _give_up(sess: HttpSession, stream: SseStream) -> None:
 def _wants_progress(env: Envelope) -> bool:
     """Whether the request asked to be told things before its answer: its progress, or
     (a 2026-07-28 request) its server's log messages."""
-    if env.params is msgspec.UNSET:
-        return False
-    with contextlib.suppress(msgspec.DecodeError):
-        params = msgspec.json.decode(env.params)
-        meta = params.get("_meta") if isinstance(params, dict) else None
-        return isinstance(meta, dict) and (meta.get("progressToken") is not None
-                                           or meta.get(META_LOG_LEVEL) is not None)
-    return False  # pragma: no cover
+    meta = envelope.meta_of(env) or {}
+    return meta.get("progressToken") is not None or meta.get(META_LOG_LEVEL) is not None
 
 
 def _json(msg: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
