@@ -410,16 +410,27 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
             return got
         return kind()
 
+    def optional(key: str, kind: type[_S]) -> _S | None:
+        if key not in data:
+            return None
+        with errors():
+            got: _S = convert(data[key], kind, where=where, prefix=key)
+            return got
+        return None
+
     sup = table("supervisor", SupervisorSettings)
     gateway = table("gateway", GatewaySettings)
     http = table("http", HttpSettings)
     packages = table("packages", PackagesSettings)
-    cluster = None
-    if "cluster" in data:
+    cluster = optional("cluster", ClusterSettings)
+    if cluster is not None:
         with errors():
-            cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
             cluster.check(where)
-    tracing, approvals = _optional_tables(data, where, errors)
+    tracing = optional("tracing", TracingSettings)
+    approvals = optional("approvals", ApprovalsSettings)
+    if approvals is not None:
+        with errors():
+            approvals.check()
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
     for key in sorted(set(data) - set(tables)):
         problems.append(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
@@ -486,23 +497,6 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
                  models=models, policy=policy)
     check_tenants_named(cfg, where)
     return cfg
-
-
-def _optional_tables(data: dict[str, Any], where: str,
-                     errors: Callable[[], contextlib.AbstractContextManager[None]]
-                     ) -> tuple[TracingSettings | None, ApprovalsSettings | None]:
-    """[tracing] and [approvals], each None when absent (or refused)."""
-    tracing: TracingSettings | None = None
-    approvals: ApprovalsSettings | None = None
-    if "tracing" in data:
-        with errors():
-            tracing = convert(data["tracing"], TracingSettings, where=where, prefix="tracing")
-    if "approvals" in data:
-        with errors():
-            approvals = convert(data["approvals"], ApprovalsSettings, where=where,
-                                prefix="approvals")
-            approvals.check()
-    return tracing, approvals
 
 
 def _resolve_paths(base: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],

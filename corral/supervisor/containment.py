@@ -39,15 +39,11 @@ CgroupMode = Literal["auto", "on", "off"]
 
 
 # -- the subreaper ------------------------------------------------------------------------
-def _prctl(option: int, arg: int) -> None:
+def set_subreaper(on: bool) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1 if on else 0), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def set_subreaper(on: bool) -> None:
-    _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
 
 
 # -- /proc --------------------------------------------------------------------------------
@@ -133,7 +129,7 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # pragma: no cover - as root every group may be signalled
-        return True
+        pass
     return True
 
 
@@ -605,10 +601,8 @@ class Containment:
             token=ticket.token, kind=kind, name=name, replica=index, pid=pid,
             start_time=st.start_time if st else 0, pgid=st.pgid if st else pid,
             sid=st.sid if st else pid, cgroup=ticket.cgroup, stop_timeout=stop_timeout)
-        t = ProcessWatch(rec, oom_kills(ticket.cgroup) if ticket.cgroup else 0)
         self._pending.pop(ticket.token, None)
-        self.live[rec.token] = t
-        self._by_pid[pid] = t
+        self.adopted(rec)
         self.stream.emit(ProcessStarted(rec))
         return rec
 
@@ -799,8 +793,8 @@ class Containment:
             self._orphan_exited(fd)
 
     # -- after a crash --------------------------------------------------------------------
-    async def reclaim(self, records: Iterable[ProcessRecord], owners: Iterable[str],
-                      *, grace: float | None = None) -> ReclaimReport:
+    async def reclaim(self, records: Iterable[ProcessRecord], owners: Iterable[str]
+                      ) -> ReclaimReport:
         """Stop every live process of earlier incarnations `owners`: those in `records`
         (pid and start time must both match), their groups' members, anything carrying
         one of their spawn tokens, everything in their cgroups; SIGTERM, the longest
@@ -810,8 +804,7 @@ class Containment:
         report = ReclaimReport()
         if not owners:
             return report
-        if grace is None:
-            grace = max((r.stop_timeout for r in records), default=10.0)
+        grace = max((r.stop_timeout for r in records), default=10.0)
         groups = {r.pgid: r for r in records} | {r.sid: r for r in records}
         cgroups = {r.cgroup for r in records if r.cgroup}
         if self.tree is not None:

@@ -387,12 +387,11 @@ class ChildProcess(asyncio.Protocol):
         t = self.stdin
         return 0 if t is None else t.get_write_buffer_size()
 
-    def recent_stderr(self, now: float | None = None) -> list[str]:
-        """The tail of stderr if its last line came within STDERR_RECENT of `now` (the
-        exit's time, by default this moment), else nothing: what may explain an exit."""
+    def recent_stderr(self) -> list[str]:
+        """The tail of stderr if its last line came within STDERR_RECENT, else nothing:
+        what may explain an exit."""
         tail = self.stderr_tail
-        if tail is None or (now if now is not None else time.monotonic()) - \
-                self.stderr_at > STDERR_RECENT:
+        if tail is None or time.monotonic() - self.stderr_at > STDERR_RECENT:
             return []
         return [b.decode("utf-8", "replace") for b in tail]
 
