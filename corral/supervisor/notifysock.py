@@ -20,6 +20,8 @@ import struct
 import tempfile
 from collections.abc import Callable
 
+from .containment import read_stat
+
 # a datagram larger than this is cut (systemd reads at most a page or so of text too)
 MAX_DATAGRAM = 4096
 # datagrams read per wakeup at most: a flood from the process does not hold the loop
@@ -39,20 +41,15 @@ def parse(data: bytes) -> dict[str, str]:
     return out
 
 
-def descends_from(pid: int, ancestor: int, depth: int = 64) -> bool:
+def descends_from(pid: int, ancestor: int) -> bool:
     """Whether `pid` is `ancestor` or a process below it (by /proc's parent links)."""
-    for _ in range(depth):
+    for _ in range(64):
         if pid == ancestor:
             return True
-        if pid <= 1:
+        st = read_stat(pid) if pid > 1 else None
+        if st is None:
             return False
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return False
-        # the name may hold spaces and parentheses: the fields follow the last ')'
-        pid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        pid = st.ppid
     return False
 
 

@@ -202,9 +202,7 @@ class Inbox:
         self.stream = stream
         self.clock = clock if clock is not None else WaitClock()
         self.waits = AskWaits(stream, self.clock)
-        self.max_pending = MAX_PENDING
-        self.max_pending_per_tenant = MAX_PENDING_PER_TENANT
-        self.max_asks_per_task = MAX_ASKS_PER_TASK
+        self.max_pending, self.max_pending_per_tenant, self.max_asks_per_task = DEFAULT_BOUNDS
         self._pending: dict[str, bytes] = {}  # ask id -> the ask packed
         self._per_tenant: dict[str | None, int] = {}
         # asks checked against the bounds whose records are being stored: counted as
