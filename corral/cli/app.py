@@ -113,12 +113,12 @@ class Ctx:
             fail(f"the daemon did not answer {method} within {default_timeout():g} s")
 
     def call_json(self, params: m.Params, as_json: bool, **kw: Any) -> Any:
-        """`call`, the result printed as JSON if `as_json` and None answered then: the
-        caller prints nothing more."""
+        """`call`; with `as_json` the result printed as JSON is the command's whole
+        output: it ends there (exit 0)."""
         res = self.call(params, **kw)
         if as_json:
             print_json(res)
-            return None
+            sys.exit(0)
         return res
 
 

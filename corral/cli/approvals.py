@@ -21,15 +21,14 @@ from .render import dumps, print_json, stamp, table
 @json_option
 @pass_ctx
 def approvals(obj: Ctx, as_json: bool) -> None:
-    res: m.AskList | None = obj.call_json(m.ApprovalsList(), as_json)
-    if res is not None:
-        # an agent's words (a prompt, arguments) one line each: a newline in them never
-        # draws a row of its own, nor does a control character act on the terminal
-        table([[a.id, a.kind, one_line(a.task_id), one_line(a.agent), a.tenant or "-",
-                stamp(a.created), stamp(a.deadline) if a.deadline is not None else "-",
-                one_line(what_it_asks(a))]
-               for a in res.asks],
-              ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
+    res: m.AskList = obj.call_json(m.ApprovalsList(), as_json)
+    # an agent's words (a prompt, arguments) one line each: a newline in them never
+    # draws a row of its own, nor does a control character act on the terminal
+    table([[a.id, a.kind, one_line(a.task_id), one_line(a.agent), a.tenant or "-",
+            stamp(a.created), stamp(a.deadline) if a.deadline is not None else "-",
+            one_line(what_it_asks(a))]
+           for a in res.asks],
+          ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
 
 
 def _shown(ask: Ask, as_json: bool) -> None:

@@ -15,9 +15,7 @@ from .render import human_time, table
 @json_option
 @pass_ctx
 def nodes_list(obj: Ctx, as_json: bool) -> None:
-    res: m.NodesResult | None = obj.call_json(m.NodesList(), as_json)
-    if res is not None:
-        print_nodes(res)
+    print_nodes(obj.call_json(m.NodesList(), as_json))
 
 
 def print_nodes(res: m.NodesResult) -> None:

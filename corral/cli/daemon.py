@@ -194,9 +194,7 @@ def version(obj: Ctx) -> None:
 @json_option
 @pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
-    res: m.ReloadResult | None = obj.call_json(m.ConfigReload(), as_json)
-    if res is not None:
-        print_reload(res)
+    print_reload(obj.call_json(m.ConfigReload(), as_json))
 
 
 def print_reload(res: m.ReloadResult) -> None:
@@ -253,9 +251,7 @@ def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
         seconds = duration(advance) or 0.0
     except click.BadParameter as exc:
         raise click.BadParameter(exc.message, param_hint="--advance") from None
-    res: m.ClockTime | None = obj.call_json(m.DaemonClock(advance=seconds), as_json)
-    if res is None:
-        return
+    res: m.ClockTime = obj.call_json(m.DaemonClock(advance=seconds), as_json)
     kind = f"manual, moved {res.ahead:g} s" if res.manual else "the wall's"
     click.echo(f"{iso_time(res.time)} ({kind})")
 
@@ -272,9 +268,7 @@ def info(obj: Ctx, name: str | None, as_json: bool) -> None:
         assert describe is not None
         ctx.invoke(describe, name=name, as_json=as_json)
         return
-    res: m.DaemonInfoResult | None = obj.call_json(m.DaemonInfo(), as_json)
-    if res is None:
-        return
+    res: m.DaemonInfoResult = obj.call_json(m.DaemonInfo(), as_json)
     for k, v in msgspec.to_builtins(res).items():
         if k == "extras":  # one line each: serving, or why not and when it is retried
             click.echo(f"{k}:" + ("" if v else " -"))
@@ -304,9 +298,7 @@ def _plain(value: Any) -> str:
 @json_option
 @pass_ctx
 def ui_login(obj: Ctx, as_json: bool) -> None:
-    res: m.UiLoginResult | None = obj.call_json(m.UiLogin(), as_json)
-    if res is None:
-        return
+    res: m.UiLoginResult = obj.call_json(m.UiLogin(), as_json)
     # the link alone on stdout, so that `xdg-open "$(corral ui)"` works
     click.echo(res.url)
     left = max(0, round(res.expires - time.time()))

@@ -79,9 +79,7 @@ def _pause_command(declared: type[m.AgentsPause | m.AgentsResume]) -> None:
 
     def run(obj: Ctx, target: str, as_json: bool) -> None:
         name, index = _target(target)
-        res: m.PauseResult | None = obj.call_json(declared(name=name, replica=index), as_json)
-        if res is None:
-            return
+        res: m.PauseResult = obj.call_json(declared(name=name, replica=index), as_json)
         for r in res.replicas:
             click.echo(f"{res.agent}#{r.replica}: {r.state}"
                        + (f" (pid {r.pid})" if r.pid else ""))

@@ -16,10 +16,7 @@ from .render import dumps, stamp, table
 @json_option
 @pass_ctx
 def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-    res: m.HistoryResult | None = obj.call_json(m.AgentsHistory(name=name, limit=limit),
-                                                as_json)
-    if res is not None:
-        print_history(res)
+    print_history(obj.call_json(m.AgentsHistory(name=name, limit=limit), as_json))
 
 
 def print_history(res: m.HistoryResult) -> None:
@@ -62,9 +59,7 @@ def rollback(obj: Ctx, name: str, rev: str | None) -> None:
 @json_option
 @pass_ctx
 def audit(obj: Ctx, limit: int, as_json: bool) -> None:
-    res: m.AuditResult | None = obj.call_json(m.AuditList(limit=limit), as_json)
-    if res is None:
-        return
+    res: m.AuditResult = obj.call_json(m.AuditList(limit=limit), as_json)
     # who acted as revisions name it: a token by its name, a socket peer by uid and pid
     rows = [[stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,
              e.outcome, dumps(e.params)[:60]] for e in res.entries]

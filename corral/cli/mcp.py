@@ -23,9 +23,7 @@ def mcp_group() -> None:
 @json_option
 @pass_ctx
 def mcp_status(obj: Ctx, as_json: bool) -> None:
-    res: m.McpStatusResult | None = obj.call_json(m.McpStatus(), as_json)
-    if res is None:
-        return
+    res: m.McpStatusResult = obj.call_json(m.McpStatus(), as_json)
     print_mcp(res.mcp_servers)
     print_gateway(res.gateway)
 
@@ -109,11 +107,10 @@ def mcp_remove(obj: Ctx, name: str, as_json: bool) -> None:
     _reloaded(obj.call_json(m.McpRemove(name=name), as_json))
 
 
-def _reloaded(res: m.ReloadResult | None) -> None:
+def _reloaded(res: m.ReloadResult) -> None:
     from .daemon import print_reload
 
-    if res is not None:  # (printed as JSON)
-        print_reload(res)
+    print_reload(res)
 
 
 @mcp_group.command("login")

@@ -26,10 +26,8 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
     params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
     # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
     # healthy_deadline, and Ctrl-C ends the wait
-    res: m.DeployResult | None = obj.call_json(params, as_json, on_notification=progress,
-                                               wait_forever=True)
-    if res is None:
-        return
+    res: m.DeployResult = obj.call_json(params, as_json, on_notification=progress,
+                                        wait_forever=True)
     version = f" (version {res.version})" if res.version else ""
     if not res.changed:
         click.echo(f"{res.name}: release {res.release}{version} is current already")
@@ -44,9 +42,7 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def releases(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.ReleasesResult | None = obj.call_json(m.PackagesReleases(name=name), as_json)
-    if res is None:
-        return
+    res: m.ReleasesResult = obj.call_json(m.PackagesReleases(name=name), as_json)
     if not res.releases:  # a header over nothing reads as a fault of the command
         click.echo(f"{name}: no releases (an agent deployed from a package has them: "
                    f"corral deploy PATH); its revisions: corral history {name}")

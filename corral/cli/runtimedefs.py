@@ -92,8 +92,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @pass_ctx
     def describe(obj: Ctx, name: str, as_json: bool) -> None:
         res = obj.call_json(verbs.describe(name=name), as_json)
-        if res is None:
-            return
         where = ("the config file" if res.source == "config"
                  else f"added at runtime, revision {res.revision}"
                  + (f", tenant {res.tenant}" if res.tenant else ""))
@@ -107,10 +105,9 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @pass_ctx
     def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
         res = obj.call_json(verbs.history(name=name, limit=limit), as_json)
-        if res is not None:
-            table([[("* " if r.revision == res.current else "  ") + str(r.revision),
-                    stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],
-                  ["  REV", "TIME", "WHO", "TENANT", "CHANGE"])
+        table([[("* " if r.revision == res.current else "  ") + str(r.revision),
+                stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],
+              ["  REV", "TIME", "WHO", "TENANT", "CHANGE"])
 
     @command(verbs.rollback)
     @click.argument("name")

@@ -14,15 +14,14 @@ from .render import print_json, stamp, table
 @json_option
 @pass_ctx
 def schedules(obj: Ctx, as_json: bool) -> None:
-    res: m.ScheduleList | None = obj.call_json(m.SchedulesList(), as_json)
-    if res is not None:
-        table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
-                f"every {s.every}" if s.every else f"cron {s.cron}", s.missed,
-                "paused" if s.paused else "running", str(s.fires),
-                stamp(s.last_fire), stamp(s.next_fire) if s.next_fire is not None else "-",
-                s.last_started or "-"] for s in res.schedules],
-              ["NAME", "STARTS", "WHEN", "MISSED", "STATE", "FIRES", "LAST", "NEXT",
-               "LAST STARTED"])
+    res: m.ScheduleList = obj.call_json(m.SchedulesList(), as_json)
+    table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
+            f"every {s.every}" if s.every else f"cron {s.cron}", s.missed,
+            "paused" if s.paused else "running", str(s.fires),
+            stamp(s.last_fire), stamp(s.next_fire) if s.next_fire is not None else "-",
+            s.last_started or "-"] for s in res.schedules],
+          ["NAME", "STARTS", "WHEN", "MISSED", "STATE", "FIRES", "LAST", "NEXT",
+           "LAST STARTED"])
 
 
 def _show(s: m.ScheduleEntry, as_json: bool) -> None:

@@ -40,18 +40,13 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
             raise click.UsageError(f"usage: corral sessions {words[0]} AGENT SESSION")
         agent, session = words[1], words[2]
         if words[0] == "end":
-            ended: m.SessionView | None = obj.call_json(
+            ended: m.SessionView = obj.call_json(
                 m.SessionsEnd(agent=agent, session=session), as_json)
-            if ended is None:
-                return
             click.echo(f"session {ended.session} of {ended.agent} ended: its state "
                        f"({_state(ended.state_bytes)}) and the history of its "
                        f"{ended.tasks} tasks dropped")
             return
-        info: m.SessionInfo | None = obj.call_json(
-            m.SessionsGet(agent=agent, session=session), as_json)
-        if info is None:
-            return
+        info: m.SessionInfo = obj.call_json(m.SessionsGet(agent=agent, session=session), as_json)
         s = info.session
         click.echo(f"session {s.session} of {s.agent}: {s.tasks} tasks, state "
                    f"{_state(s.state_bytes)}, held by {s.holder or '-'}, last used "
@@ -62,10 +57,8 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
         return
     if len(words) > 1:
         raise click.UsageError(f"usage: corral sessions {USAGE}")
-    res: m.SessionList | None = obj.call_json(
-        m.SessionsList(agent=words[0] if words else None), as_json)
-    if res is not None:
-        # whose each is (the tenant its agent was of when it began)
-        table([[s.tenant, s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
-                _state(s.state_bytes), _now(s)] for s in res.sessions],
-              ["TENANT", "AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])
+    res: m.SessionList = obj.call_json(m.SessionsList(agent=words[0] if words else None), as_json)
+    # whose each is (the tenant its agent was of when it began)
+    table([[s.tenant, s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
+            _state(s.state_bytes), _now(s)] for s in res.sessions],
+          ["TENANT", "AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])

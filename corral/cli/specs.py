@@ -38,9 +38,7 @@ def _spec_value(v: Any) -> str:
 @json_option
 @pass_ctx
 def describe(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.DescribeResult | None = obj.call_json(m.AgentsDescribe(name=name), as_json)
-    if res is None:
-        return
+    res: m.DescribeResult = obj.call_json(m.AgentsDescribe(name=name), as_json)
     spec = res.spec
     click.echo(f"name: {res.name}")
     click.echo(f"origin: {res.origin}")

@@ -179,9 +179,7 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         return
     if agent is not None or resolution is not None:
         raise click.UsageError("--agent and --resolution go with --since")
-    st: m.StatsResult | None = obj.call_json(m.StatsGet(), as_json)
-    if st is None:
-        return
+    st: m.StatsResult = obj.call_json(m.StatsGet(), as_json)
     s = st.supervisor
     # the agents' restarts, as the rows below count them; a removed one's said apart
     restarts = str(sum(a.restarts for a in st.agents.values())) + (
@@ -243,10 +241,8 @@ def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | No
     seconds = float(mt.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
     if seconds <= 0:
         raise click.BadParameter("the duration must be more than 0", param_hint="--since")
-    h: m.MetricsHistoryResult | None = obj.call_json(m.StatsHistory(
+    h: m.MetricsHistoryResult = obj.call_json(m.StatsHistory(
         since=seconds, agent=agent, resolution=resolution), as_json)  # type: ignore[arg-type]
-    if h is None:
-        return
     click.echo(f"{agent or 'fleet'}: {plural(len(h.samples), 'sample')} at the "
                f"{h.resolution} resolution (every {h.interval:g} s)"
                + (", the newest only" if h.truncated else ""))

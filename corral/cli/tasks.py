@@ -229,11 +229,9 @@ def _finish(res: m.TaskResult, shown: Shown) -> None:
 def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
                status: str | None, before: str | None, local: bool, as_json: bool,
                **flags: Any) -> None:
-    res: m.TaskList | None = obj.call_json(m.TasksList(
+    res: m.TaskList = obj.call_json(m.TasksList(
         agent=agent, limit=limit, status=status, since=duration(since), before=before,
         local=local, **given(TaskFilters, flags)), as_json)
-    if res is None:
-        return
     now = time.time()
     rows = [[t.task_id, t.agent, t.status, str(t.priority), str(t.attempts),
              human_time(now - t.created) + " ago"] for t in res.tasks]

@@ -27,13 +27,11 @@ def teams() -> None:
 @json_option
 @pass_ctx
 def teams_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TeamList | None = obj.call_json(m.TeamsList(), as_json)
-    if res is not None:
-        table([[t.name, t.mode, ", ".join(t.members),
-                "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
-                t.description]
-               for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT",
-                                     "DESCRIPTION"])
+    res: m.TeamList = obj.call_json(m.TeamsList(), as_json)
+    table([[t.name, t.mode, ", ".join(t.members),
+            "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
+            t.description]
+           for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT", "DESCRIPTION"])
 
 
 runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsDescribe,
@@ -49,10 +47,8 @@ runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsD
 @json_option
 @pass_ctx
 def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bool) -> None:
-    res: m.TaskAccepted | None = obj.call_json(
+    res: m.TaskAccepted = obj.call_json(
         m.TeamsCall(name=name, input=_read_input(input_), wait=wait), as_json)
-    if res is None:
-        return
     click.echo(f"{res.task_id} {res.status}")
     if res.output is not msgspec.UNSET and res.output is not None:
         click.echo(dumps(res.output))
@@ -70,10 +66,8 @@ def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bo
 @pass_ctx
 def teams_calls(obj: Ctx, name: str, status: str | None, limit: int, before: str | None,
                 as_json: bool) -> None:
-    res: m.TaskList | None = obj.call_json(
+    res: m.TaskList = obj.call_json(
         m.CallsList(name=name, status=status, limit=limit, before=before), as_json)
-    if res is None:
-        return
     table([[t.task_id, t.status, time.strftime("%Y-%m-%d %H:%M:%S",
                                                time.localtime(t.created))]
            for t in res.tasks], ["CALL", "STATUS", "CREATED"])

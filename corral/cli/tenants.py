@@ -16,9 +16,7 @@ from .runtimedefs import read_tables
 @json_option
 @pass_ctx
 def tenants(obj: Ctx, as_json: bool) -> None:
-    res: m.TenantList | None = obj.call_json(m.TenantsList(), as_json)
-    if res is None:
-        return
+    res: m.TenantList = obj.call_json(m.TenantsList(), as_json)
     rows = []
     for t in res.tenants:
         q, u = t.quotas, t.use

@@ -44,11 +44,9 @@ def _when(t: float | None) -> str:
 @pass_ctx
 def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
                  expires: str | None, tenant: str | None, as_json: bool) -> None:
-    res: m.TokenCreated | None = obj.call_json(m.TokensCreate(
+    res: m.TokenCreated = obj.call_json(m.TokensCreate(
         name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires),
         tenant=tenant), as_json)
-    if res is None:
-        return
     click.echo(res.token)
     click.echo(f"corral: token {res.name} ({', '.join(res.scopes)}"
                f"{f'; agents {res.agents}' if res.agents else ''}"
@@ -60,11 +58,10 @@ def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | Non
 @json_option
 @pass_ctx
 def token_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TokenList | None = obj.call_json(m.TokensList(), as_json)
-    if res is not None:
-        table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
-                stamp(t.created), _when(t.expires)] for t in res.tokens],
-              ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
+    res: m.TokenList = obj.call_json(m.TokensList(), as_json)
+    table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
+            stamp(t.created), _when(t.expires)] for t in res.tokens],
+          ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
 
 
 @command(m.TokensRevoke)

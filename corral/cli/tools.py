@@ -167,8 +167,7 @@ def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool
         if len(rest) != 1:
             raise click.UsageError("usage: corral resources [SERVER] read URI")
         res = obj.call_json(m.ResourcesRead(uri=rest[0], server=server), as_json)
-        if res is not None:
-            _print_content(res.get("contents") or [])
+        _print_content(res.get("contents") or [])
         return
     listed: m.ResourceList = obj.call(m.ResourcesList(server=server, agent=agent))
     rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
@@ -208,8 +207,7 @@ def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
         arguments = _json_object(args, "--args")
         name = rest[0] if server is None or "__" in rest[0] else f"{server}__{rest[0]}"
         res = obj.call_json(m.PromptsGet(name=name, arguments=arguments), as_json)
-        if res is not None:
-            _print_content(res.get("messages") or [])
+        _print_content(res.get("messages") or [])
         return
     listed: m.PromptList = obj.call(m.PromptsList(server=server, agent=agent))
     rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")

@@ -64,9 +64,7 @@ def _detail(s: m.SpanView) -> str:
 @json_option
 @pass_ctx
 def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
-    res: m.TraceView | None = obj.call_json(m.TracesGet(task_id=task_id), as_json)
-    if res is None:
-        return
+    res: m.TraceView = obj.call_json(m.TracesGet(task_id=task_id), as_json)
     lines = waterfall(res)
     if not lines:
         fail(f"no trace kept for task {task_id} (not sampled, not finished yet, or pruned "

@@ -29,13 +29,11 @@ def workflows() -> None:
 @json_option
 @pass_ctx
 def workflows_list(obj: Ctx, as_json: bool) -> None:
-    res: m.WorkflowList | None = obj.call_json(m.WorkflowsList(), as_json)
-    if res is not None:
-        table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
-                "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
-                w.description]
-               for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "TENANT",
-                                         "DESCRIPTION"])
+    res: m.WorkflowList = obj.call_json(m.WorkflowsList(), as_json)
+    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
+            "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
+            w.description]
+           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "TENANT", "DESCRIPTION"])
 
 
 @command(m.WorkflowsPlan, more="\n\nWith --file, the plan of a "
@@ -50,9 +48,7 @@ def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None
     if path is not None:
         click.echo(_plan_of_file(path, name))
         return
-    res: m.WorkflowPlan | None = obj.call_json(m.WorkflowsPlan(name=name), as_json)
-    if res is not None:
-        click.echo(res.plan)
+    click.echo(obj.call_json(m.WorkflowsPlan(name=name), as_json).plan)
 
 
 def _plan_of_file(path: str, name: str) -> str:
@@ -89,11 +85,9 @@ def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run:
         plan: m.WorkflowPlan = obj.call(m.WorkflowsPlan(name=name))
         click.echo(plan.plan)
         return
-    res: m.RunView | None = obj.call_json(m.WorkflowsRun(
+    res: m.RunView = obj.call_json(m.WorkflowsRun(
         name=name, input=_read_input(input_), wait=wait, traceparent=traceparent,
         tracestate=tracestate), as_json, wait_forever=wait is not None)
-    if res is None:
-        return
     if wait is None:
         click.echo(res.run_id)
         return
@@ -181,9 +175,7 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     # the tree is drawn from the graph: no rows are read for it
     page = (m.RunsGet(run_id=run_id, wait=wait, step=step, outputs=outputs, offset=offset)
             if as_json else m.RunsGet(run_id=run_id, wait=wait, limit=0, outputs=False))
-    res: m.RunView | None = obj.call_json(page, as_json, wait_forever=wait is not None)
-    if res is not None:
-        _tree(res, obj)
+    _tree(obj.call_json(page, as_json, wait_forever=wait is not None), obj)
 
 
 @command_group(m.RunsList)
@@ -201,11 +193,9 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
 @pass_ctx
 def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
               before: str | None, limit: int, as_json: bool) -> None:
-    res: m.RunList | None = obj.call_json(m.RunsList(
+    res: m.RunList = obj.call_json(m.RunsList(
         workflow=workflow, status=status, limit=limit, since=duration(since),
         before=before), as_json)
-    if res is None:
-        return
     table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), whose(r.tenant),
             r.error or ""]
            for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "TENANT", "ERROR"])
@@ -224,11 +214,10 @@ def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | N
 @pass_ctx
 def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
                 as_json: bool) -> None:
-    res: m.SignalSent | None = obj.call_json(m.RunsSignal(
+    res: m.SignalSent = obj.call_json(m.RunsSignal(
         run_id=run_id, name=name, data=_read_input(data, "--data"), key=key), as_json)
-    if res is not None:
-        click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
-                   + (", sent before under this key" if res.duplicate else ""))
+    click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
+               + (", sent before under this key" if res.duplicate else ""))
 
 
 @command(m.RunsCancel)
