@@ -5,7 +5,6 @@ starts, its sandbox, the worker's requests to the supervisor, and its tasks.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from .sandbox import (
 )
 from .sockfilter import filter_file
 from .tuning import Tuning
-from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
+from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Replica", "ReplicaStatus", "Transition"]
 
@@ -347,27 +346,19 @@ class Replica(ProcessReplica):
     def exit_message(self, reason: str) -> str:
         return f"worker exited: {reason}"
 
-    def _initialize_params(self) -> dict[str, Any]:
-        return {
-            "agent": self.name,
-            "replica": self.index,
-            "protocol_version": PROTOCOL_VERSION,
-            "config": self.spec.config,
-            "state": self.host.initial_state(self),
-        }
-
     async def _handshake(self) -> str:
         assert self.peer is not None
-        said = await self.peer.request(
-            "initialize", self._initialize_params(), timeout=self.spec.start_timeout
-        )
+        said = await self.peer.request("initialize", {
+            "agent": self.name, "replica": self.index, "protocol_version": PROTOCOL_VERSION,
+            "config": self.spec.config, "state": self.host.initial_state(self)},
+            timeout=self.spec.start_timeout)
         self.trace_from_id = isinstance(said, dict) and said.get("trace_from_task_id") is True
         return "initialized"
 
     def _request_exit(self) -> None:
         if self.peer is not None and self.ready_at is not None and self.peer.closed is None:
             _, fut = self.peer.request_future("shutdown", {})
-            fut.add_done_callback(_swallow)
+            fut.add_done_callback(swallow)
 
     def _serving(self) -> None:
         if self.spec.health is not None:
@@ -405,11 +396,6 @@ class Replica(ProcessReplica):
 # the causes every task's start and end give, as names of this module (an enum's member
 # read through its class costs its metaclass's lookup, many times a global's)
 _TASK, _DONE = Cause.TASK, Cause.DONE
-
-
-def _swallow(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _gid_of(uid: int) -> int:

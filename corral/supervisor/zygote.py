@@ -404,7 +404,7 @@ class Zygotes:
         del self.zygotes[z.key]
         if z.key not in self._starting:
             self._starting[z.key] = fut = asyncio.ensure_future(self._start(z.key, z.env))
-            fut.add_done_callback(_swallow)
+            fut.add_done_callback(swallow)
 
     def retire(self, which: Callable[[Key], bool]) -> None:
         """Stop the zygotes whose key `which` names (a release no agent runs any more:
@@ -424,6 +424,7 @@ class Zygotes:
         self.zygotes.clear()
 
 
-def _swallow(fut: asyncio.Future[Any]) -> None:
+def swallow(fut: asyncio.Future[Any]) -> None:
+    """A future's exception retrieved: nobody waits for it, and asyncio would log it."""
     if not fut.cancelled():
         fut.exception()
