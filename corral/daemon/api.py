@@ -156,7 +156,7 @@ class Dispatcher(Generic[Ctx]):
         handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
         caller = self.bind(caller)
         try:
-            spec, typed, rule = self._check(caller, name, params)
+            spec, typed, rule = self.check(caller, name, params)
         except RpcError as exc:
             if caller.tenant is not None and name in REGISTRY:
                 # a tenant's refused calls are audited, reads too: trying another
@@ -167,12 +167,6 @@ class Dispatcher(Generic[Ctx]):
         if rule is not None and rule.channel is not None:
             channel = rule.channel(channel, caller)
         return self._run(spec, typed, caller, channel, rule)
-
-    def check(self, caller: Caller, name: str, params: Any
-              ) -> tuple[Method, Any, AgentRule | None]:
-        """What `dispatch` checks before anything runs, for a transport that serves a
-        call from what it already has (a stream's shared ring): raises RpcError."""
-        return self._check(self.bind(caller), name, params)
 
     def admit(self, caller: Caller, name: str, given: Collection[str] = ()) -> None:
         """What `dispatch` refuses without the params, for a transport that has not read
@@ -191,9 +185,11 @@ class Dispatcher(Generic[Ctx]):
                 self.audit(caller, name, None, f"error: {exc.message}")
             raise
 
-    def _check(self, caller: Caller, name: str, params: Any
-               ) -> tuple[Method, Any, AgentRule | None]:
-        """`check` of a caller already bound."""
+    def check(self, caller: Caller, name: str, params: Any
+              ) -> tuple[Method, Any, AgentRule | None]:
+        """What `dispatch` checks before anything runs, for a transport that serves a
+        call from what it already has (a stream's shared ring): raises RpcError."""
+        caller = self.bind(caller)  # (one bound already is as it is)
         spec = self.method(name)
         _scope_held(caller, spec)
         typed = decode(params, spec.params)

@@ -107,6 +107,23 @@ class Channel(Protocol):
     def notify(self, method: str, params: Any) -> None: ...
 
 
+class GatewayCaller(Protocol):
+    """A gateway client as the gateway's parts read it (gatewayaccess.Identity, whose
+    module imports theirs)."""
+
+    name: str
+    tenant: str | None
+    owner: str | None
+    allow: list[str] | None
+    server: str | None  # the one server it sees as itself
+    agents: str | None
+    scopes: frozenset[str] | None
+    max_concurrent: int
+    rate_per_minute: int
+    operator: bool
+    replica: Any  # an agent replica's token: the replica
+
+
 class AlwaysWritable:
     """A Channel that never holds its stream back (what it sends to is bounded)."""
 

@@ -62,6 +62,17 @@ class AlreadyRunning(Exception):
     pass
 
 
+async def any_set(events: list[asyncio.Event], timeout: float) -> None:
+    """Until one of `events` is set again (each cleared first), `timeout` at most."""
+    for event in events:
+        event.clear()
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_all(waits)
+
+
 class Connection(LineProtocol):
     """One client: its credentials, its Peer, write flow control and its budget."""
 
@@ -116,25 +127,22 @@ class Connection(LineProtocol):
         if refusal is not None:
             log.warning("refused control connection from uid %d pid %d: %s", self.uid,
                         self.pid, refusal.message)
-            self.peer.send_error(None, refusal)
-            self.close()
-            return
-        if not server.authorized(self.uid, self.gid):
+        elif not server.authorized(self.uid, self.gid):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
             server.report(
                 f"refused control connection from uid {self.uid} pid {self.pid}", "audit")
-            self.peer.send_error(None, RpcError(
+            refusal = RpcError(
                 jsonrpc.UNAUTHORIZED,
                 f"unauthorized: uid {self.uid} may not use this socket (allowed: root, uid "
                 f"{os.geteuid()}" + (f", group {server.group}" if server.group
-                                     else "") + ")"))
-            self.close()
-            return
-        if len(server.connections) >= server.max_connections:
+                                     else "") + ")")
+        elif len(server.connections) >= server.max_connections:
             text = (f"refused: too many control connections ({len(server.connections)} "
                     f"open, max_connections = {server.max_connections})")
             server.complaints(f"{self.who}: {text}")
-            self.peer.send_error(None, RpcError(jsonrpc.REFUSED, text))
+            refusal = RpcError(jsonrpc.REFUSED, text)
+        if refusal is not None:
+            self.peer.send_error(None, refusal)
             self.close()
             return
         server.connections.add(self)
@@ -405,15 +413,8 @@ class ControlServer:
         deadline = loop.time() + DRAIN_WAIT
         while (busy := [c for c in conns if c.working and c.peer is not None]) and \
                 loop.time() < deadline:
-            events = [c.peer.ends() for c in busy if c.peer is not None]
-            for event in events:
-                event.clear()
-            waits = [asyncio.ensure_future(event.wait()) for event in events]
-            try:
-                await asyncio.wait(waits, timeout=deadline - loop.time(),
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                await cancel_all(waits)
+            await any_set([c.peer.ends() for c in busy if c.peer is not None],
+                          deadline - loop.time())
         self._leaving = set(self.connections)
         self._left = asyncio.Event()
         for conn in list(self._leaving):

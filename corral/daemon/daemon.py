@@ -383,7 +383,7 @@ class Daemon:
         s, node = up.services, up.cluster
         up.dispatcher.serve(s)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
-        s.tenants.start(up.conf.cfg)  # before the agents, whose quotas they are
+        s.tenants.apply_config(up.conf.cfg)  # before the agents, whose quotas they are
         local, declared = by_placement(up.conf.cfg)
         s.fleet.start(local)
         if node is not None:

@@ -21,8 +21,6 @@ from ..supervisor.configload import convert, validate_name
 from .definitions import Definitions, DefRevision
 from .fleet import merge_patch
 from .store import StateStore, row_limit
-from .storeschema import StoreError
-from .storewriter import what_to_do
 
 S = TypeVar("S", bound=msgspec.Struct)
 # definitions of a kind added at runtime, at most (each restored, checked and held at
@@ -184,15 +182,11 @@ class RuntimeCatalog(Generic[S]):
         # a removed name holds no quota: the histories its owner keeps of such are bounded
         # as its definitions are, in the same transaction
         forgotten = {owner for _, t, owner in writes if t is None}
-        try:
-            await self.revisions.store.commit(
-                [self.revisions.recording(n, t, who, owner, why, made[n], KEEP_REVISIONS)
-                 for n, t, owner in writes]
-                + [self.revisions.forgetting(o, MAX_PER_TENANT if o is not None
-                                             else MAX_RUNTIME) for o in sorted(
-                                                 forgotten, key=lambda o: o or "")])
-        except StoreError as exc:
-            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
+        await self.revisions.store.commit_or_refuse(
+            [self.revisions.recording(n, t, who, owner, why, made[n], KEEP_REVISIONS)
+             for n, t, owner in writes]
+            + [self.revisions.forgetting(o, MAX_PER_TENANT if o is not None else MAX_RUNTIME)
+               for o in sorted(forgotten, key=lambda o: o or "")], unchanged)
         return {n: revs[0] for n, revs in made.items() if revs}
 
     def _room(self, where: str, tenant: str | None, owners: list[str | None]) -> None:

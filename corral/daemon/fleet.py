@@ -54,7 +54,7 @@ from .revisions import (
 from .stopmarks import Place, StopMark, StopMarks
 from .store import StateStore
 from .storeschema import StoreError
-from .storewriter import StoreWriter, what_to_do
+from .storewriter import StoreWriter
 
 Report = Callable[..., None]  # (text, priority=6): a line of the daemon's own log
 
@@ -89,10 +89,7 @@ class Fleet:
         """Commit `writes`, then `act`; when the act fails, commit what `undo()` gives and
         say in the error whether that could be done. A database that cannot be written
         refuses the change, `unchanged` saying so."""
-        try:
-            await self.store.commit(writes)
-        except StoreError as exc:
-            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
+        await self.store.commit_or_refuse(writes, unchanged)
         try:
             await act()
         except UnreadyKept:

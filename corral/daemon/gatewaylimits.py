@@ -4,28 +4,16 @@ and its calls in flight and rate (Limiter), as GatewayService keeps them per cli
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol
+from typing import Any
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
 from ..text import plural
+from .caller import GatewayCaller
 
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
-
-
-class LimitedClient(Protocol):
-    """A client as its limits see it (gatewayaccess.Identity)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def max_concurrent(self) -> int: ...
-
-    @property
-    def rate_per_minute(self) -> int: ...
 
 
 class CallCounter:
@@ -76,7 +64,7 @@ class Limiter:
         self.in_flight = 0
         self.bucket: TokenBucket | None = None
 
-    def admit(self, ident: LimitedClient, rated: bool = True) -> None:
+    def admit(self, ident: GatewayCaller, rated: bool = True) -> None:
         """Take a slot (and, for a call, a token of its rate) or refuse."""
         if self.in_flight >= ident.max_concurrent:
             raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "

@@ -10,11 +10,12 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import SEP, allowed
+from .caller import GatewayCaller
 
 if TYPE_CHECKING:
     from ..supervisor.mcpserver import McpServerReplica
@@ -23,20 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.gateway")
 
 
-class SkillCaller(Protocol):
-    """What the skills read of a gateway client (gatewayaccess.Identity)."""
-
-    @property
-    def owner(self) -> str | None: ...
-
-    @property
-    def allow(self) -> list[str] | None: ...
-
-    @property
-    def server(self) -> str | None: ...
-
-
-Identity = TypeVar("Identity", bound=SkillCaller)
+Identity = TypeVar("Identity", bound=GatewayCaller)
 
 SKILLS = "io.modelcontextprotocol/skills"
 METHODS = frozenset({"skills/list", "skills/get", "resources/directory/read"})

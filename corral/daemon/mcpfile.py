@@ -5,7 +5,6 @@ file is never rewritten (its comments and layout are theirs)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
@@ -104,8 +103,7 @@ def _replace(path: Path, data: bytes, secret: bool) -> None:
     file the operator made private stays so), less what lets others read it when it
     holds a `secret` (an `env`'s values, hidden from the audit)."""
     tmp = path.with_name(f".{path.name}.corral-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # (a link itself, not what it names)
+    tmp.unlink(missing_ok=True)  # (a link itself, not what it names)
     mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o600
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -24,7 +24,7 @@ from ..jsonrpc import ErrorObject, RpcError
 from ..mcp.pool import allowed
 from ..supervisor.config import DEFAULT_TENANT
 from ..text import plural
-from .caller import AlwaysWritable, Caller
+from .caller import AlwaysWritable, Caller, GatewayCaller
 
 if TYPE_CHECKING:
     from ..supervisor.config import GatewaySettings
@@ -58,31 +58,6 @@ class OutputRelay(AlwaysWritable):
         if method == "tasks.output":
             self.sent += 1
             self.on_progress({"progress": self.sent, "message": params.data})
-
-
-class TaskClient(Protocol):
-    """A gateway client, as a handle needs it (gatewayaccess.Identity is one)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def tenant(self) -> str | None: ...
-
-    @property
-    def allow(self) -> list[str] | None: ...
-
-    @property
-    def agents(self) -> str | None: ...
-
-    @property
-    def scopes(self) -> frozenset[str] | None: ...
-
-    @property
-    def operator(self) -> bool: ...
-
-    @property
-    def replica(self) -> Any: ...
 
 
 def stamp(t: float) -> str:
@@ -184,7 +159,7 @@ class TaskHandles:
         # ended handles let go past a client's bounds: id -> (client, why)
         self.dropped: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
-    def open(self, ident: TaskClient, follows: Follows | None,
+    def open(self, ident: GatewayCaller, follows: Follows | None,
              work: Callable[[GatewayTask], Coroutine[Any, Any, Any]]) -> dict[str, Any]:
         """A handle for `work(handle)`, running from now on: its CreateTaskResult."""
         self.room(ident)
@@ -195,7 +170,7 @@ class TaskHandles:
         self.handles[handle.id] = handle
         return {**handle.view(self.settings().task_ttl), "resultType": "task"}
 
-    def room(self, ident: TaskClient) -> None:
+    def room(self, ident: GatewayCaller) -> None:
         self._expire()
         bound = self.settings().max_tasks_per_client
         live = sum(1 for h in self.handles.values()
@@ -206,7 +181,7 @@ class TaskHandles:
                            f"ended, its max_tasks_per_client {bound}: wait for one to end "
                            "or cancel one")
 
-    def find(self, ident: TaskClient, params: dict[str, Any]) -> GatewayTask:
+    def find(self, ident: GatewayCaller, params: dict[str, Any]) -> GatewayTask:
         self._expire()
         tid = params.get("taskId")
         if not isinstance(tid, str):
@@ -222,17 +197,17 @@ class TaskHandles:
                                                    "client", {"taskId": tid})
         return handle
 
-    def get(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
+    def get(self, ident: GatewayCaller, params: dict[str, Any]) -> dict[str, Any]:
         return {**self.find(ident, params).view(self.settings().task_ttl),
                 "resultType": "complete"}
 
-    def cancel(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
+    def cancel(self, ident: GatewayCaller, params: dict[str, Any]) -> dict[str, Any]:
         handle = self.find(ident, params)
         if handle.runner is not None and not handle.runner.done():
             handle.runner.cancel()
         return {"resultType": "complete"}
 
-    def update(self, ident: TaskClient, params: dict[str, Any]) -> dict[str, Any]:
+    def update(self, ident: GatewayCaller, params: dict[str, Any]) -> dict[str, Any]:
         handle = self.find(ident, params)
         responses = params.get("inputResponses")
         if not isinstance(responses, dict):
@@ -274,14 +249,14 @@ class TaskHandles:
             del self.handles[tid]
 
 
-def _sees(ident: TaskClient, handle: GatewayTask) -> bool:
+def _sees(ident: GatewayCaller, handle: GatewayTask) -> bool:
     if handle.client == ident.name:
         return True
     agent = handle.follows.agent if handle.follows is not None else ""
     return ident.tenant is not None and caller_of(ident).sees_record(agent, handle.tenant)
 
 
-def caller_of(ident: TaskClient) -> Caller:
+def caller_of(ident: GatewayCaller) -> Caller:
     """The client as the Dispatcher sees it: its tenant's (a client of no tenant that is
     not the operator's is the default tenant's, never every tenant's), its API token's
     agent glob kept, holding what running and reading tasks needs."""
@@ -304,7 +279,7 @@ def _plain(result: Any) -> Any:
     return result
 
 
-def _admits(ident: TaskClient, agent: str) -> str | None:
+def _admits(ident: GatewayCaller, agent: str) -> str | None:
     """Why the client may not call the agent's tool, None when it may: its allowlist,
     or for an API token its agent glob; and for an agent's replica its agent's `spawns`
     (a task it starts here is one it could spawn)."""
@@ -330,7 +305,7 @@ class AgentTools:
         self.calls = calls  # None: a gateway without the daemon's methods (a test's)
         self.agents = agents
 
-    def listed(self, ident: TaskClient) -> list[dict[str, Any]]:
+    def listed(self, ident: GatewayCaller) -> list[dict[str, Any]]:
         if self.calls is None or ident.name == "anonymous":
             return []
         caller = self.calls.bind(caller_of(ident))
@@ -342,7 +317,7 @@ class AgentTools:
                 for a in self.agents()
                 if caller.sees(a.name) and _admits(ident, a.name) is None]
 
-    def admit(self, ident: TaskClient, agent: str) -> None:
+    def admit(self, ident: GatewayCaller, agent: str) -> None:
         why = "an anonymous client runs no agent" if ident.name == "anonymous" \
             else _admits(ident, agent)
         if self.calls is None or why is not None:
@@ -350,7 +325,7 @@ class AgentTools:
                            f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
                            f"{ident.name} may call ({why})")
 
-    async def submit(self, ident: TaskClient, agent: str, arguments: dict[str, Any]) -> str:
+    async def submit(self, ident: GatewayCaller, agent: str, arguments: dict[str, Any]) -> str:
         """The corral task of a call, accepted (durable) before the handle is given."""
         self.admit(ident, agent)
         assert self.calls is not None  # (admit refuses without the daemon's methods)
@@ -358,7 +333,7 @@ class AgentTools:
             agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments))))
         return str(accepted.task_id)
 
-    async def outcome(self, ident: TaskClient, task_id: str,
+    async def outcome(self, ident: GatewayCaller, task_id: str,
                       on_progress: Callable[[dict[str, Any]], None] | None = None
                       ) -> dict[str, Any]:
         """The task's end as a tool result; cancelled, it cancels the task. With

@@ -305,7 +305,7 @@ async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
     # while the state database opens (its runtime tenants' come with it)
     control.set_tenant_groups(groups_of(conf.cfg.tenants, hub.daemon))
     try:
-        await control.start(taken.control if taken is not None else None)
+        await control.start(taken.handoff.control if taken is not None else None)
     except AlreadyRunning as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:

@@ -156,8 +156,7 @@ class StepsDB:
             finally:
                 db.close()
         for path in files:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            path.unlink(missing_ok=True)
         return len(steps)
 
     # -- on the writer ------------------------------------------------------------------
@@ -169,8 +168,7 @@ class StepsDB:
                 # its records are committed: the file goes before anything later is (read
                 # back after a kill in between, it writes the same rows again)
                 db.execute("COMMIT")
-                with contextlib.suppress(FileNotFoundError):
-                    op.path.unlink()
+                op.path.unlink(missing_ok=True)
                 db.execute("BEGIN")
                 continue
             if isinstance(op, _Drop):
@@ -276,8 +274,7 @@ def drop_unused(db: sqlite3.Connection, hashes: set[bytes]) -> list[str]:
 
 def remove_refs(directory: Path, refs: list[str]) -> None:
     for ref in refs:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / ref).unlink()
+        (directory / ref).unlink(missing_ok=True)
 
 
 def _size(op: _Op) -> int:

@@ -16,13 +16,15 @@ from typing import Any
 
 import msgspec
 
+from .. import jsonrpc
+from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.containment import ProcessRecord
 from ..supervisor.stream import Stream
 from ..text import iso_time, plural
 from .sqlwrites import Write, each, statement
-from .storeschema import errors_named, open_database
-from .storewriter import CaughtUp, StoreWriter, WriterThread, counted
+from .storeschema import StoreError, errors_named, open_database
+from .storewriter import CaughtUp, StoreWriter, WriterThread, counted, what_to_do
 
 log = logging.getLogger("corral.store")
 
@@ -73,6 +75,14 @@ class StateStore:
         if self.writer is not None:
             await self.writer.written()
         await self.thread.commit(writes)
+
+    async def commit_or_refuse(self, writes: Iterable[Write], unchanged: str) -> None:
+        """A command's writes committed, or the command refused (REFUSED), `unchanged`
+        saying what it did not do, with what to do about the database."""
+        try:
+            await self.commit(writes)
+        except StoreError as exc:
+            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
 
     def runtime_agents(self) -> dict[str, dict[str, Any]]:
         with errors_named(self.path):

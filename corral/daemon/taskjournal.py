@@ -269,11 +269,9 @@ class TaskJournalDB:
         return [(agent, when, int(tokens), cost) for agent, when, tokens, cost in rows]
 
     def start_pruning(self) -> None:
-        self._prune_tick()
-
-    def _prune_tick(self) -> None:
+        """A pass now, then every PRUNE_EVERY seconds."""
         self._writer.run(self._prune, self._pruned)
-        self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
+        self._prune_timer = self._loop.call_later(PRUNE_EVERY, self.start_pruning)
 
     def _pruned(self, error: str | None) -> None:
         self._held.clear()  # counted again, without the keys pruned

@@ -25,8 +25,6 @@ from ..supervisor.tasks.budget import BUDGET_PREFIX
 from ..supervisor.tenantcgroups import TenantOomKill, notice
 from .sqlwrites import Write, statement
 from .store import StateStore
-from .storeschema import StoreError
-from .storewriter import what_to_do
 
 Report = Callable[..., None]
 # the keys corral enforces everywhere; the kernel's are in `enforced` where it does
@@ -91,9 +89,6 @@ class TenantRegistry:
         self._changing = asyncio.Lock()
 
     # -- start-up and reload ------------------------------------------------------------
-    def start(self, cfg: Config) -> None:
-        self.apply_config(cfg)
-
     def apply_config(self, cfg: Config) -> None:
         """The file's tenants, with what runtime changes of them still hold, and the
         runtime tenants; then the engine and the socket's groups are told."""
@@ -159,9 +154,10 @@ class TenantRegistry:
                 if self.quotas.known(name):
                     raise RpcError(jsonrpc.CONFLICT, f"tenant {name} already exists")
             made = {n: table_of(s) for n, s in specs.items()}
-            await self._commit([w for n, t in made.items()
-                                for w in (_saving(n, t, None), _revising(n, who, None, t))],
-                               "nothing was added")
+            await self.store.commit_or_refuse(
+                [w for n, t in made.items()
+                 for w in (_saving(n, t, None), _revising(n, who, None, t))],
+                "nothing was added")
             self.runtime.update(made)
             self._apply({**self.tables, **made})
             return sorted(made)
@@ -190,9 +186,9 @@ class TenantRegistry:
             except ConfigError as exc:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             table = table_of(spec)
-            await self._commit([_saving(name, table, self.declared.get(name)),
-                                _revising(name, who, old, table)],
-                               f"tenant {name} was not changed")
+            await self.store.commit_or_refuse(
+                [_saving(name, table, self.declared.get(name)), _revising(name, who, old, table)],
+                f"tenant {name} was not changed")
             self._apply({**self.tables, name: table})
             return self.entry(name)
 
@@ -212,16 +208,11 @@ class TenantRegistry:
                 if users:
                     raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is in use by "
                                                      f"{', '.join(users)}")
-            await self._commit([_forgetting(n) for n in names], "nothing was removed")
+            await self.store.commit_or_refuse([_forgetting(n) for n in names],
+                                              "nothing was removed")
             self.runtime.difference_update(names)
             self._apply({n: t for n, t in self.tables.items() if n not in names})
             return names
-
-    async def _commit(self, writes: list[Write], unchanged: str) -> None:
-        try:
-            await self.store.commit(writes)
-        except StoreError as exc:
-            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
 
     def _on_oom(self, e: TenantOomKill) -> None:
         self.oom_kills[e.tenant] = e.total

@@ -6,7 +6,6 @@ never disagree about a revoked token.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
@@ -21,6 +20,7 @@ from ..supervisor.names import NAME_RE, RULE
 from .api import scopes_of
 from .sqlwrites import statement
 from .store import StateStore
+from .tokendigests import hash_token
 
 PREFIX = "crl_"
 
@@ -35,10 +35,6 @@ class Token(msgspec.Struct, frozen=True):
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class TokenRevoked(NamedTuple):
@@ -71,7 +67,7 @@ class Tokens:
         """The live token whose secret this is, or None."""
         if not secret.startswith(PREFIX):
             return None
-        hashed = digest(secret)
+        hashed = hash_token(secret)
         token = self.by_hash.get(hashed)
         # the dict lookup is not constant-time; comparing the found hash again is
         if token is None or not hmac.compare_digest(hashed, self.hash_of[token.name]):
@@ -98,7 +94,7 @@ class Tokens:
         if name in self.hash_of:
             raise RpcError(jsonrpc.CONFLICT, f"token {name} exists (revoke it first)")
         secret = PREFIX + secrets.token_urlsafe(32)
-        hashed = digest(secret)
+        hashed = hash_token(secret)
         now = time.time()
         token = Token(name, held, agents, now,
                       now + expires_in if expires_in is not None else None, tenant)

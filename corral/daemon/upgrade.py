@@ -72,8 +72,9 @@ from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import AttemptEnded, CompactTask, TaskFinished, TaskRecord, Unfinished
 from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
-from ..timeouts import cancel_all, within
+from ..timeouts import within
 from . import handoff
+from .control import ControlServer, any_set
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ if TYPE_CHECKING:
     from ..supervisor.config import Config
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import ProcessReplica
-    from .control import ControlServer
     from .gatewayaccess import GatewayService
     from .logs import LogHub
     from .notify import Notifier
@@ -409,15 +409,8 @@ class Upgrades:
                                          f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
                                          "of its own still being answered)")
                 # woken by a transition, or by a request of a waiting one's ending
-                events = [woken, *(r.peer.ends() for r in waiting if r.peer is not None)]
-                for event in events:
-                    event.clear()
-                waits = [asyncio.ensure_future(event.wait()) for event in events]
-                try:
-                    await asyncio.wait(waits, timeout=min(QUIET_LOOK, deadline - now),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    await cancel_all(waits)
+                await any_set([woken, *(r.peer.ends() for r in waiting if r.peer is not None)],
+                              min(QUIET_LOOK, deadline - now))
         finally:
             for sub in subs:
                 stream.unsubscribe(sub)
@@ -481,12 +474,13 @@ class Upgrades:
         data = dict(target.env, **{VARIABLE: str(path)})
         fds = handed_fds(h)
         running = sum(len(k.tasks) for k in kept)
+        servers = sum(1 for k in kept if k.record.kind == "mcp")
         try:
             handoff.write(path, h)
         except OSError as exc:
             raise UpgradeRefusal(f"the state file {path} cannot be written: {exc.strerror}"
                                  ) from None
-        host.hub.daemon(f"upgrading: handing {kept_text(kept)} and "
+        host.hub.daemon(f"upgrading: handing {kept_text(len(kept) - servers, servers)} and "
                         f"{plural(running, 'running task')} to corral "
                         f"{self.report.to_version} (exec of {target.python}, pid "
                         f"{os.getpid()})")
@@ -534,10 +528,6 @@ class Takeover:
         # a cluster node's running claims, re-attached by its node (cluster/handover.py)
         self.claims = {c.task_id: c for c in h.cluster.claims} if h.cluster else {}
         self.node: ClusterNode | None = None
-
-    @property
-    def control(self) -> tuple[int, int]:
-        return self.handoff.control
 
     def gateway_address(self, gateway: GatewayService, cfg: Config) -> None:
         """The gateway's address as the old image gave its agents, where the sockets it
@@ -799,11 +789,8 @@ class Takeover:
                        f"({report.kept} processes, {report.tasks} running tasks)",
                        priority=3)
         else:
-            processes = plural(report.kept, "agent process", "agent processes")
-            if report.servers:
-                processes += f", {plural(report.servers, 'MCP server')}"
             hub.daemon(f"upgraded from corral {h.from_version} to {__version__} in "
-                       f"{report.seconds:.3f} s: {processes} and "
+                       f"{report.seconds:.3f} s: {kept_text(report.kept, report.servers)} and "
                        f"{plural(report.tasks, 'running task')} kept, "
                        f"{plural(len(ended), 'process', 'processes')} started again")
         return report
@@ -819,10 +806,9 @@ def firsts_first(replicas: list[ProcessReplica]) -> list[ProcessReplica]:
     return [*firsts.values(), *(r for r in replicas if firsts[(r.kind, r.name)] is not r)]
 
 
-def kept_text(kept: list[HandedProcess]) -> str:
+def kept_text(agents: int, servers: int) -> str:
     """"3 agent processes, 1 MCP server" (the servers only when there are)."""
-    servers = sum(1 for h in kept if h.record.kind == "mcp")
-    text = plural(len(kept) - servers, "agent process", "agent processes")
+    text = plural(agents, "agent process", "agent processes")
     return text + (f", {plural(servers, 'MCP server')}" if servers else "")
 
 
