@@ -62,6 +62,8 @@ NAME = f"^{NAME_RE.pattern}$"
 TARGET = f"^{NAME_RE.pattern}(#[0-9]+)?$"
 # a task's input, as the REST body and the control method take it (tasks/admission.py)
 INPUT = f"any JSON, at most {MAX_INPUT_BYTES} bytes of it"
+# a page's cursor: a task's or a run's id
+BEFORE = {"anyOf": [{"type": "string", "pattern": f"^({ids.ANY.pattern})$"}, {"type": "null"}]}
 # What the command layer checks with messages of its own, beyond the params' types: said
 # in the document too (from the same constants), so a value it shows as valid is one the
 # API accepts. Keyed by (method's params, param); merged into that param's schema.
@@ -69,13 +71,9 @@ RULES: dict[tuple[type[m.Params], str], dict[str, Any]] = {
     (m.LogsTail, "names"): {"items": {"type": "string", "pattern": TARGET}},
     (m.LogsFollow, "names"): {"items": {"type": "string", "pattern": TARGET}},
     (m.TasksList, "status"): {"anyOf": [{"enum": sorted(STATUSES)}, {"type": "null"}]},
-    (m.TasksList, "before"): {"anyOf": [{"type": "string",
-                                          "pattern": f"^({ids.ANY.pattern})$"},
-                                         {"type": "null"}]},
+    (m.TasksList, "before"): BEFORE,
     (m.RunsList, "status"): {"anyOf": [{"enum": sorted(RUN_STATUSES)}, {"type": "null"}]},
-    (m.RunsList, "before"): {"anyOf": [{"type": "string",
-                                         "pattern": f"^({ids.ANY.pattern})$"},
-                                        {"type": "null"}]},
+    (m.RunsList, "before"): BEFORE,
     (m.EventsPublish, "topic"): {"minLength": 1},
     (m.TokensCreate, "name"): {"pattern": NAME},
     (m.TokensCreate, "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},
@@ -124,6 +122,10 @@ EVENT_IDS: dict[type[m.Params], dict[str, Any]] = {
 # Params of which a request gives one at most (a value, not null): said in the body's
 # schema as `not` both.
 ONE_OF_THESE = (("delay", "not_before"),)
+IDEMPOTENCY_HEADER = {"name": "Idempotency-Key", "in": "header", "required": False,
+                      "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                      "description": "Repeat the request with the same key: the first "
+                                     "answer is replayed, nothing is done twice"}
 
 
 def _tables() -> dict[str, Any]:
@@ -279,7 +281,7 @@ def document() -> dict[str, Any]:
                                **({"style": "form", "explode": True}
                                   if schema.get("type") == "array" else {})})
         if res.idempotent:
-            parameters.append(_idempotency_header())
+            parameters.append(IDEMPOTENCY_HEADER)
         if res.stream is not None:
             resume = "Resume after this event id (the `id:` of the last event received)"
             event_id = EVENT_IDS.get(spec.params, {"type": "string"})
@@ -348,13 +350,6 @@ def _body(fields: tuple[str, ...], props: dict[str, Any], required: set[str]
 def _location(path: str | None) -> dict[str, Any]:
     return {"Location": {"schema": {"type": "string"},
                          "description": f"Where it is: {PREFIX}{path}"}} if path else {}
-
-
-def _idempotency_header() -> dict[str, Any]:
-    return {"name": "Idempotency-Key", "in": "header", "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-            "description": "Repeat the request with the same key: the first answer is "
-                           "replayed, nothing is done twice"}
 
 
 def handler() -> Any:

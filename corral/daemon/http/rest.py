@@ -118,10 +118,8 @@ class Api:
         fields = _fields(res.method)
         params = self.query_params(request, res, fields)
         given = bodies.decode(body, bodies.body_type(spec.params, res.body), res.body)
-        for name in given.__struct_fields__:
-            value = getattr(given, name)
-            if value is not msgspec.UNSET:
-                params[name] = value
+        params.update({name: value for name in given.__struct_fields__
+                       if (value := getattr(given, name)) is not msgspec.UNSET})
         for var, name in res.path_params.items():
             value = request.match_info[var]
             params[name] = [value] if name == "names" else value
@@ -221,9 +219,8 @@ class Api:
         known = self.tokens.named(token) if token is not None else None
         if known is not None and known.expires is not None:
             until = known.expires if until is None else min(until, known.expires)
-        timer = None
-        if until is not None:
-            timer = loop.call_later(max(0.0, until - time.time()), _end, request, stop)
+        timer = None if until is None else loop.call_later(
+            max(0.0, until - time.time()), _end, request, stop)
         held = self.held_by.setdefault(token, {}) if token is not None else None
         if held is not None:
             held[id(request)] = (request, stop)

@@ -33,7 +33,6 @@ RING_BYTES = 16 << 20  # and at most this much of them
 KEEPALIVE = 15.0  # seconds of quiet before a comment line, which keeps proxies open
 HIGH_WATER = 1 << 20  # bytes waiting for a client before its follow is held
 RING_CALLER = Caller(via="http", token="corral-sse")
-WRITE_DEADLINE = 60.0  # seconds a write may wait on a client that does not read
 STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
 BATCH = 256  # events written to a stream at once, at most
 BATCH_BYTES = 16 << 10  # and at most about this much of them
@@ -90,7 +89,7 @@ class Unread(ConnectionResetError):
 
 
 async def send(request: web.Request, response: web.StreamResponse, data: bytes,
-               deadline: float = WRITE_DEADLINE) -> None:
+               deadline: float) -> None:
     """Write, and wait for the client to take it while the transport is past its
     high-water mark: Unread when it has not for `deadline` seconds."""
     # (aiohttp's own wait in a write has no bound: `drained`'s has)
@@ -178,17 +177,13 @@ class EventRing:
         self.last = 0  # the number of the newest event
         self.bytes = 0
         self.changed = asyncio.Event()  # set, and replaced, at each new event
-        self._writable = asyncio.Event()
-        self._writable.set()
+        # the follow's Channel: always writable, the ring bounds itself
+        self.writable = asyncio.Event()
+        self.writable.set()
         self.task: asyncio.Task[Any] | None = None
         self.readers: dict[Reader, None] = {}
         self._due = asyncio.Event()
         self._fan_out: asyncio.Task[None] | None = None
-
-    # the ring is the follow's Channel: always writable, the ring bounds itself
-    @property
-    def writable(self) -> asyncio.Event:
-        return self._writable
 
     def notify(self, method: str, params: Any) -> None:
         if method == "events.missed":
@@ -349,15 +344,13 @@ def _last_id(request: web.Request) -> str | None:
 
 
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any,
-                 tenant: str | None, stop: asyncio.Future[None] | None = None,
-                 deadline: float = WRITE_DEADLINE) -> web.StreamResponse:
+                 tenant: str | None, stop: asyncio.Future[None] | None,
+                 deadline: float) -> web.StreamResponse:
     """The stream's own task writes only keepalives: it waits for the fan-out to say its
     client is slow or gone, or for `stop` (its token revoked or expired)."""
     ring.start()
     last = _last_id(request)
-    cursor = ring.last + 1
-    if last is not None and last.isdigit():
-        cursor = int(last) + 1
+    cursor = int(last) + 1 if last is not None and last.isdigit() else ring.last + 1
     response = await open_stream(request)
     # a caller limited to an agent glob is sent no other agent's events (visibility._event_seen)
     reader = Reader(request, params.pattern, cursor, tenant,
@@ -408,22 +401,18 @@ class SseChannel:
     """A follow's Channel onto one SSE response, bounded: past HIGH_WATER bytes not yet
     written it stops being writable, and the follow holds (its own queue is bounded)."""
 
-    def __init__(self, request: web.Request, deadline: float = WRITE_DEADLINE) -> None:
+    def __init__(self, request: web.Request, deadline: float) -> None:
         self.request = request
         self.deadline = deadline  # seconds a write may wait on the client
         self.response: web.StreamResponse | None = None  # opened after the call's checks
         # (the event's id, None for one without; its frame)
         self.frames: deque[tuple[str | None, bytes]] = deque()
         self.pending = 0
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self.writable = asyncio.Event()
+        self.writable.set()
         self.wake = asyncio.Event()
         self.sent: str | None = None  # the id of the last event written that had one
         self.ending = False
-
-    @property
-    def writable(self) -> asyncio.Event:
-        return self._writable
 
     def notify(self, method: str, params: Any) -> None:
         # a notification that carries its `id` (agents.watch's) is an event with that id
@@ -434,7 +423,7 @@ class SseChannel:
         self.frames.append((event_id, data))
         self.pending += len(data)
         if self.pending > HIGH_WATER:
-            self._writable.clear()
+            self.writable.clear()
         self.wake.set()
 
     async def pump(self) -> None:
@@ -457,7 +446,7 @@ class SseChannel:
                 await send(self.request, response, data, self.deadline)
                 self.pending -= len(data)
                 if self.pending <= HIGH_WATER // 2:
-                    self._writable.set()
+                    self.writable.set()
 
     def end(self) -> None:
         """The call ended: the pump writes every frame left (each within the bound),
@@ -509,8 +498,8 @@ def end_connection(request: web.Request, grace: float) -> None:
 
 
 async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Caller,
-                 method: str, params: Any, stop: asyncio.Future[None] | None = None,
-                 deadline: float = WRITE_DEADLINE) -> web.StreamResponse:
+                 method: str, params: Any, stop: asyncio.Future[None] | None,
+                 deadline: float) -> web.StreamResponse:
     """The client's own call, until it ends, the client goes, or `stop`. A call that
     ends (tasks.stream) opens the stream at its first notification: refused before it,
     it answers problem+json."""

@@ -320,10 +320,8 @@ class Pages:
         self.sessions = sessions
         self.guard = Guard(ctx, sessions)
         self.files = _static_files()
-        self.methods = list(METHODS)
         self.calls: dict[str, Route] = {
-            name: route(ctx.dispatcher, name, self.guard.authenticate)
-            for name in self.methods}
+            name: route(ctx.dispatcher, name, self.guard.authenticate) for name in METHODS}
         # each stream's REST row (the one without path variables where there are two),
         # its params and checks; a path's variables (a task's stream:
         # /tasks/{task_id}/stream) come in the query string here
@@ -394,7 +392,7 @@ class Pages:
                                 "that `corral ui` prints)")
         # the methods the session may call: the page asks no other (nodes.list and
         # tenants.list are not a glob's; traces.get not of a daemon without [tracing])
-        offered = [name for name in self.methods if open_to(session.caller, name)
+        offered = [name for name in METHODS if open_to(session.caller, name)
                    and (name != TracesGet.declared.name
                         or self.ctx.services.traces is not None)]
         body = {"csrf": session.csrf, "expires": session.expires, "methods": offered,
@@ -451,7 +449,7 @@ def _query_only(res: Resource) -> Resource:
     if not res.path_params:
         return res
     return msgspec.structs.replace(res, path_params={},
-                   query=(*res.query, *res.path_params.values()))
+                                   query=(*res.query, *res.path_params.values()))
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
