@@ -57,7 +57,7 @@ class Agent:
         self.host = host
         self.spec = spec
         self.name = spec.name
-        self.replicas = [self._new_replica(i) for i in range(spec.replicas)]
+        self.replicas = [host.new_replica(spec, spec.name, i) for i in range(spec.replicas)]
         # processes of a rollout not (or no longer) in `replicas`: the one starting and the
         # one finishing its tasks; the supervisor stops them too when it closes
         self.replacing: set[Replica] = set()
@@ -67,9 +67,6 @@ class Agent:
         self._starter: Starter | None = None  # start_all's starts still due
         # a start waiting for the agents of `after` to be up
         self.waiting: asyncio.Future[None] | None = None
-
-    def _new_replica(self, index: int) -> Replica:
-        return self.host.new_replica(self.spec, self.name, index)
 
     def start(self, held: frozenset[int] = frozenset()) -> None:
         """Start its replicas but those `held` (stopped by hand before a daemon's
@@ -132,13 +129,11 @@ class Agent:
         did not become ready (None: it did, or the replica was not failed)."""
         old = self.replicas[i]
         new = self.host.new_replica(spec, self.name, i)
-        if old.machine.failed:
-            return await self._supplant(i, old, new, spec)
-        if not start_stopped and old.stopped_by_hand:
+        if old.machine.failed or (not start_stopped and old.stopped_by_hand):
             self.replicas[i] = new
             self.host.roster_changed(self.name)
             self.host.forget([old])
-            return None
+            return await self._supplant(i, new, spec) if old.machine.failed else None
         self.replacing.update((old, new))
         try:
             await self._swap(i, old, new, spec)
@@ -146,13 +141,9 @@ class Agent:
             self.replacing -= {old, new}
         return None
 
-    async def _supplant(self, i: int, old: Replica, new: Replica, spec: AgentSpec
-                        ) -> str | None:
-        """A failed replica `old` replaced by `new`, started as by an operator's start: one
-        that does not become ready is left to its restart policy, as such a start is."""
-        self.replicas[i] = new
-        self.host.roster_changed(self.name)
-        self.host.forget([old])
+    async def _supplant(self, i: int, new: Replica, spec: AgentSpec) -> str | None:
+        """A failed replica's `new` one, in its place, started as by an operator's start:
+        one that does not become ready is left to its restart policy, as such a start is."""
         new.start(by_hand=True)
         why = await self.host.healthy([new], spec, spec.start_timeout + spec.stop_timeout
                                       + 5.0 + spec.min_healthy_time)
@@ -240,7 +231,7 @@ class Agent:
                              f"scaling {self.name} to {n}")
         current = len(self.replicas)
         if n > current:
-            new = [self._new_replica(i) for i in range(current, n)]
+            new = [self.host.new_replica(self.spec, self.name, i) for i in range(current, n)]
             self.replicas.extend(new)
             self.host.roster_changed(self.name)
             self._starter = start_all(new)

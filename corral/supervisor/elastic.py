@@ -222,9 +222,8 @@ class Elastic:
         """A task waits for an agent with no replica: start one now, not at the tick."""
         e = self.entries.get(name)
         agent = self.agents.get(name)
-        if e is None or agent is None or e.applying or agent.replicas:
-            return
-        if agent.replacing:  # scaled to 0 by hand, draining: its tick wakes it after
+        # (replacing: scaled to 0 by hand, draining; its tick wakes it after)
+        if e is None or agent is None or e.applying or agent.replicas or agent.replacing:
             return
         load = self._queued(name, agent)
         if not load:
@@ -316,12 +315,9 @@ class Elastic:
         try:
             await r.peer.request("hibernate", {}, timeout=timeout)
         except RpcError as exc:
-            if exc.code == jsonrpc.REQUEST_TIMEOUT:
-                r.note(f"did not answer hibernate within {timeout:g} s: stopped anyway, "
-                       "its state as last checkpointed")
-            else:
-                r.note(f"hibernate failed ({exc.message}): stopped anyway, its state as "
-                       "last checkpointed")
+            why = (f"did not answer hibernate within {timeout:g} s"
+                   if exc.code == jsonrpc.REQUEST_TIMEOUT else f"hibernate failed ({exc.message})")
+            r.note(f"{why}: stopped anyway, its state as last checkpointed")
 
     def _tell(self, s: Scaling) -> None:
         e = self.entries.get(s.agent)

@@ -147,7 +147,8 @@ class Life(ReplicaParts):
                         uid=cold.uid, gid=cold.gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
-                self._spawn_failed_for_want_of(exc)
+                self._spawn_failed("spawn failed for want of corral's own resources: "
+                                   f"{exc}", retry=True)
             else:
                 self._spawn_failed(f"spawn failed: {exc}")
             return
@@ -258,21 +259,13 @@ class Life(ReplicaParts):
         """What requests in flight fail with when the process is gone."""
         return f"{self.kind} {self.label} exited: {reason}"
 
-    def _spawn_failed(self, reason: str) -> None:
+    def _spawn_failed(self, reason: str, *, retry: bool = False) -> None:
         self._life_over()
         self.last_exit = reason
         self.host.stats.spawn_failures += 1
         self.exited_clean = False
-        self._life_ended(clean=False, uptime=0.0, reason=reason)
-
-    def _spawn_failed_for_want_of(self, exc: OSError) -> None:
-        reason = f"spawn failed for want of corral's own resources: {exc}"
-        self._life_over()
-        self.last_exit = reason
-        self.exited_clean = False
-        self.host.stats.spawn_failures += 1
         self.executor.fire(self.machine.exit_cause, reason,
-                           end=LifeEnd(clean=False, uptime=0.0, retry=True))
+                           end=LifeEnd(clean=False, uptime=0.0, retry=retry))
 
     async def _handshake(self) -> str:
         """The protocol's opening exchange; returns the reason for Ready, raises RpcError."""
@@ -368,9 +361,5 @@ class Life(ReplicaParts):
         self.last_exit = reason
         self.exited_clean = clean
         self._life_over()
-        self._life_ended(clean=clean, uptime=uptime, reason=reason, gone=gone)
-
-    def _life_ended(self, *, clean: bool, uptime: float, reason: str,
-                    gone: Cause = Cause.CRASH) -> None:
         self.executor.fire(self.machine.exit_cause, reason,
                            end=LifeEnd(clean=clean, uptime=uptime, gone=gone))

@@ -46,9 +46,7 @@ ALLOWED = RuleEffect("allow", "")
 
 
 def _glob(pattern: str | None) -> Callable[[str], bool]:
-    if pattern is None:
-        return lambda _: True
-    return re.compile(fnmatch.translate(pattern)).match  # type: ignore[return-value]
+    return (lambda _: True) if pattern is None else _any([pattern])
 
 
 def _test(path: str, test: PolicyTest) -> Callable[[dict[str, Any]], bool]:
