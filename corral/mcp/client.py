@@ -412,7 +412,7 @@ class McpClient:
 
     def _negotiated(self, version: str) -> None:
         self.version = version
-        self.param_headers.negotiated(version)  # an HTTP transport's header from now on
+        self.param_headers.protocol_version = version  # an HTTP transport's header from now on
 
     async def _after_connect(self, deadline: float | None) -> None:
         if self.log_level and "logging" in self.capabilities:

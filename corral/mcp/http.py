@@ -207,13 +207,13 @@ class HttpTransport:
         except HttpError as exc:
             self._fail(head, str(exc))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
-            why = f"cannot reach {shown(self._post_url)}: {_describe(exc)}"
-            self._fail(head, why)
+            self._fail(head, f"cannot reach {shown(self._post_url)}: {_describe(exc)}")
             self._lose(f"unreachable: {_describe(exc)}")
         except aiohttp.ClientError as exc:
             self._fail(head, f"HTTP exchange with {shown(self._post_url)} failed: {_describe(exc)}")
-        if head.method == "notifications/initialized" and not self.legacy:
-            self._start_listener()
+        if head.method == "notifications/initialized" and not self.legacy \
+                and self._listener is None and not self._closed:
+            self._listener = asyncio.ensure_future(self._listen())
 
     def _fail(self, head: _Head, message: str) -> None:
         if head.method is None or head.id is None:
@@ -347,10 +347,6 @@ class HttpTransport:
             pass  # the stream broke off: resumable like a closed one
         return False
 
-    def _start_listener(self) -> None:
-        if self._listener is None and not self._closed:
-            self._listener = asyncio.ensure_future(self._listen())
-
     async def _listen(self) -> None:
         """The GET stream: what the server sends outside any request, for the session's
         lifetime, reconnected (with Last-Event-ID) when it ends."""
@@ -406,8 +402,6 @@ class HttpTransport:
                         elif ev.event == "message" and ev.data.strip():
                             self.feed(ev.data)
             raise HttpError(f"{shown(self.url)} closed the SSE stream")
-        except asyncio.CancelledError:
-            raise
         except (aiohttp.ClientError, OSError, TimeoutError, HttpError, sse.TooLarge) as exc:
             why = _describe(exc)
             if not found.done():

@@ -98,9 +98,8 @@ _PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
 def parse_challenge(header: str | None) -> Challenge:
-    values: dict[str, str] = {}
-    for m in _PARAM.finditer(header or ""):
-        values[m.group(1).lower()] = m.group(2) if m.group(2) is not None else m.group(3)
+    values = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _PARAM.finditer(header or "")}
     return Challenge(values.get("resource_metadata"), values.get("scope"),
                      values.get("error"))
 
@@ -361,8 +360,8 @@ class OAuth(Auth):
         secret = reg.get("client_secret")
         return OAuthClient(client_id=str(reg["client_id"]), client_secret=secret,
                            auth_method=str(reg.get("token_endpoint_auth_method")
-                                      or ("client_secret_basic" if secret else "none")),
-                      redirect_uri=s.redirect_uri)
+                                           or ("client_secret_basic" if secret else "none")),
+                           redirect_uri=s.redirect_uri)
 
     async def _authorization_code(self, meta: dict[str, Any], client: OAuthClient,
                                   scopes: list[str], resource: str | None
@@ -407,9 +406,8 @@ def application_type(redirect_uri: str) -> str:
     """OpenID registration's application_type (SEP-837): "native" for a redirect to this
     machine's loopback or to a private scheme, else "web"."""
     parts = urlsplit(redirect_uri)
-    if parts.scheme not in ("http", "https"):
-        return "native"
-    return "native" if parts.hostname in ("localhost", "127.0.0.1", "::1") else "web"
+    return "native" if parts.scheme not in ("http", "https") \
+        or parts.hostname in ("localhost", "127.0.0.1", "::1") else "web"
 
 
 def token_path(state_dir: Path, name: str) -> Path:
@@ -450,13 +448,10 @@ async def _as_metadata(http: aiohttp.ClientSession, issuer: str, *, legacy: bool
     """RFC 8414 and OpenID Discovery, in the order the MCP spec gives."""
     origin = _origin(issuer)
     path = urlsplit(issuer).path.rstrip("/")
+    candidates = [f"{origin}/.well-known/oauth-authorization-server{path}",
+                  f"{origin}/.well-known/openid-configuration{path}"]
     if path:
-        candidates = [f"{origin}/.well-known/oauth-authorization-server{path}",
-                      f"{origin}/.well-known/openid-configuration{path}",
-                      f"{origin}{path}/.well-known/openid-configuration"]
-    else:
-        candidates = [f"{origin}/.well-known/oauth-authorization-server",
-                      f"{origin}/.well-known/openid-configuration"]
+        candidates.append(f"{origin}{path}/.well-known/openid-configuration")
     for url in candidates:
         found = await _get_json(http, url)
         if found is not None and found.get("token_endpoint"):

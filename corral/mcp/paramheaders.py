@@ -71,9 +71,6 @@ class ParamHeaders:
         self._marks: dict[str, dict[str, str]] = {}
         self.protocol_version: str | None = None
 
-    def negotiated(self, version: str) -> None:
-        self.protocol_version = version
-
     def learn(self, marks: dict[str, dict[str, str]]) -> None:
         self._marks = {tool: m for tool, m in marks.items() if m}
 
@@ -87,9 +84,5 @@ class ParamHeaders:
             return {}
         if not isinstance(args, dict):
             return {}
-        out = {}
-        for arg, name in marks.items():
-            text = _text(args.get(arg))
-            if text is not None:
-                out[PREFIX + name] = header_value(text)
-        return out
+        return {PREFIX + name: header_value(text) for arg, name in marks.items()
+                if (text := _text(args.get(arg))) is not None}
