@@ -77,32 +77,29 @@ class Intake:
         q = e.agent_tasks(agent)
         try:
             check_takes_tasks(agent)
+            why = refusal(agent)
+            if why:
+                raise RpcError(jsonrpc.REFUSED, why)
         except RpcError:
             q.counts["refused"] += 1
             raise
-        why = refusal(agent)
-        if why:
-            q.counts["refused"] += 1
-            raise RpcError(jsonrpc.REFUSED, why)
         raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
             encode_input(task_input))
         try:
             timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=e.quotas.admitting,
                             depth=e.queue.depth)
+            # the tasks that wait for their time count against max_queue too
+            depth = e.queue.depth(agent.name) + e.delays.count(agent.name)
+            later = not_before is not None
+            if depth >= agent.spec.max_queue and (later or e.dispatch.free_replica(agent) is None
+                                                  or e.dispatch.held is not None
+                                                  or e.budgets.holds(agent)):
+                raise queue_full(agent, depth)
+            if session is not None and (full := e.sessions.refusal(agent.name, session)):
+                raise full
         except RpcError:
             q.counts["refused"] += 1
             raise
-        # the tasks that wait for their time count against max_queue too
-        depth = e.queue.depth(agent.name) + e.delays.count(agent.name)
-        later = not_before is not None
-        if depth >= agent.spec.max_queue and (later or e.dispatch.free_replica(agent) is None
-                                              or e.dispatch.held is not None
-                                              or e.budgets.holds(agent)):
-            q.counts["refused"] += 1
-            raise queue_full(agent, depth)
-        if session is not None and (full := e.sessions.refusal(agent.name, session)):
-            q.counts["refused"] += 1
-            raise full
         retries = options.retry.retries if options.retry is not None else None
         task = Task(agent.name, raw, options.priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries if retries is None else retries, e.next_seq(), now=now)
