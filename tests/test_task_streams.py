@@ -265,7 +265,8 @@ def rss(pid: int) -> int:
 def test_a_reader_that_never_reads_does_not_grow_the_daemon(tmp_path: Path) -> None:
     """32 MiB of output to a stream whose client never reads: the daemon's RSS grows by
     far less (the chunks are in the state database; the reader is a position), the task
-    is not held, and the whole of it is read back afterwards."""
+    is not held, and the whole of it is read back afterwards. In 4 KiB chunks: the
+    daemon grew the same (9.5 MiB) as by 32,768 of 1 KiB, for a quarter of the CPU."""
     port = free_port()
     d = Daemon(tmp_path, streamer(tmp_path, extra="max_stream_bytes = 0"),
                extra=f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
@@ -278,7 +279,7 @@ def test_a_reader_that_never_reads_does_not_grow_the_daemon(tmp_path: Path) -> N
         assert r.returncode == 0, r.stderr
         before = rss(d.proc.pid)
         task_id = d.cli("submit", "streamer", "--input",
-                        '{"size": 1024, "count": 32768}').stdout.strip()
+                        '{"size": 4096, "count": 8192}').stdout.strip()
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(f"GET /api/v1/tasks/{task_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
