@@ -115,9 +115,6 @@ class Approvals(TaskInterceptor):
             self._guard.replayed(replay.task.id, replay.name)
         next(replay)
 
-    def _key(self, task: Task, call: ToolCall) -> str:
-        return f"tool:{self._calls.key(task, call.name, call.arguments)}"
-
     async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
                     next: Callable[[ToolCall], Any], why: str = "") -> Any:
         assert self._path is not None  # bound as the engine was made
@@ -127,7 +124,8 @@ class Approvals(TaskInterceptor):
         with waiting():  # the person's time, not the call's (personwait.py)
             ask = await self._path.ask_person(AskRequest(
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
-                self._key(task, call), subject(call, why), policy.timeout))
+                f"tool:{self._calls.key(task, call.name, call.arguments)}", subject(call, why),
+                policy.timeout))
         if ask.end is AskEnd.APPROVED:
             take_tool_call(task, call.replica)
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
