@@ -324,9 +324,7 @@ class ClusterCalls:
         round trip. Redis away: the held rows are held again."""
         held = self.held.pop(call_id, {})
         rows = {**held, **fields}
-        args: list[Any] = []
-        for field, value in rows.items():
-            args += [field, value]
+        args: list[Any] = [part for row in rows.items() for part in row]
         calls = [(self._save_steps, [self.keys.call(call_id),
                                      self.keys.call_steps(call_id)], args)] if rows else []
         try:

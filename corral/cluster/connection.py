@@ -50,30 +50,11 @@ class _PackedByHiredis:
         return [hiredis.pack_command(args)]
 
 
-class _Tcp(_PackedByHiredis, Connection):
-    pass
-
-
-class _Tls(_PackedByHiredis, SSLConnection):
-    pass
-
-
-class _Unix(_PackedByHiredis, UnixDomainSocketConnection):
-    pass
-
-
-class _SentinelTcp(_PackedByHiredis, SentinelManagedConnection):
-    pass
-
-
-class _SentinelTls(_PackedByHiredis, SentinelManagedSSLConnection):
-    pass
-
-
-_PACKED: dict[type, type] = {Connection: _Tcp, SSLConnection: _Tls,
-                             UnixDomainSocketConnection: _Unix,
-                             SentinelManagedConnection: _SentinelTcp,
-                             SentinelManagedSSLConnection: _SentinelTls}
+# each kind of connection redis-py makes (tcp, TLS, unix; of a Sentinels' primary), packed
+_PACKED: dict[type, type] = {
+    kind: type(f"Packed{kind.__name__}", (_PackedByHiredis, kind), {})
+    for kind in (Connection, SSLConnection, UnixDomainSocketConnection,
+                 SentinelManagedConnection, SentinelManagedSSLConnection)}
 
 
 # A node's connections to Redis at most: what is in Redis at once beyond them (a wide

@@ -38,18 +38,34 @@ CHECKPOINT_FIELD = "cp"  # a task's checkpoint in its steps' hash (Keys.steps)
 
 
 class Keys:
-    __slots__ = ("prefix",)
-
     def __init__(self, cluster: str) -> None:
-        self.prefix = f"corral:{{{cluster}}}:"
+        prefix = self.prefix = f"corral:{{{cluster}}}:"
+        # the keys of which a cluster has one (the rest, one of each task, ask, call...)
+        self.nodes = f"{prefix}nodes"
+        self.agents = f"{prefix}agents"
+        self.due = f"{prefix}due"
+        self.live = f"{prefix}live"
+        self.done = f"{prefix}done"
+        self.outcomes = f"{prefix}outcomes"
+        self.ask_deadlines = f"{prefix}askdue"
+        self.asks_ended = f"{prefix}askend"
+        self.calls_running = f"{prefix}crun"
+        self.fence = f"{prefix}fence"
+        self.acks = f"{prefix}acks"
+        self.cluster_agents = f"{prefix}cagents"
+        self.agent_macs = f"{prefix}cagents:mac"
+        self.placement = f"{prefix}place"
+        self.draining = f"{prefix}draining"
+        self.events = f"{prefix}events"
+
+    @property
+    def listed(self) -> list[str]:
+        """The live and done sets, as the scripts that end a task take them (KEYS, last)."""
+        return [self.live, self.done]
 
     # -- membership ---------------------------------------------------------------------
     def alive(self, consumer_name: str) -> str:
         return f"{self.prefix}alive:{consumer_name}"
-
-    @property
-    def nodes(self) -> str:
-        return f"{self.prefix}nodes"
 
     def incarnations(self, node: str) -> str:
         return f"{self.prefix}inc:{node}"
@@ -64,14 +80,6 @@ class Keys:
 
     def priorities(self, tenant: str, agent: str) -> str:
         return f"{self.prefix}prio:{tenant}:{agent}"
-
-    @property
-    def agents(self) -> str:
-        return f"{self.prefix}agents"
-
-    @property
-    def due(self) -> str:
-        return f"{self.prefix}due"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
@@ -98,24 +106,12 @@ class Keys:
     def asks_done(self, tenant: str) -> str:
         return f"{self.prefix}askdone:{tenant}"
 
-    @property
-    def ask_deadlines(self) -> str:
-        return f"{self.prefix}askdue"
-
-    @property
-    def asks_ended(self) -> str:
-        return f"{self.prefix}askend"
-
     # -- durable calls (a workflow's run, a team's call: clustercalls.py) --------------
     def call(self, call_id: str) -> str:
         return f"{self.prefix}call:{call_id}"
 
     def call_steps(self, call_id: str) -> str:
         return f"{self.prefix}csteps:{call_id}"
-
-    @property
-    def calls_running(self) -> str:
-        return f"{self.prefix}crun"
 
     def calls(self, kind: str) -> str:
         return f"{self.prefix}calls:{kind}"
@@ -139,44 +135,7 @@ class Keys:
     def sticky(self, tenant: str, agent: str, consumer_name: str) -> str:
         return f"{self.prefix}stk:{tenant}:{agent}:{consumer_name}"
 
-    @property
-    def fence(self) -> str:
-        return f"{self.prefix}fence"
-
-    @property
-    def acks(self) -> str:
-        return f"{self.prefix}acks"
-
-    @property
-    def live(self) -> str:
-        return f"{self.prefix}live"
-
-    @property
-    def done(self) -> str:
-        return f"{self.prefix}done"
-
-    @property
-    def listed(self) -> list[str]:
-        """The two, as the scripts that end a task take them (KEYS, last)."""
-        return [self.live, self.done]
-
-    @property
-    def outcomes(self) -> str:
-        return f"{self.prefix}outcomes"
-
     # -- cluster agents (placement.py) --------------------------------------------------
-    @property
-    def cluster_agents(self) -> str:
-        return f"{self.prefix}cagents"
-
-    @property
-    def agent_macs(self) -> str:
-        return f"{self.prefix}cagents:mac"
-
-    @property
-    def placement(self) -> str:
-        return f"{self.prefix}place"
-
     def history(self, agent: str) -> str:
         return f"{self.prefix}hist:{agent}"
 
@@ -189,10 +148,3 @@ class Keys:
     def state(self, agent: str) -> str:
         return f"{self.prefix}state:{agent}"
 
-    @property
-    def draining(self) -> str:
-        return f"{self.prefix}draining"
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}events"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from typing import Any
 
 from . import records
@@ -41,9 +42,7 @@ class SubmitClaims(Batcher):
         return min(self.queue.wanted(a), math.ceil(submitted / self.puller.claims.serving(a)))
 
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
-        by_agent: dict[str, int] = {}
-        for _, args in calls:
-            by_agent[args[1]] = by_agent.get(args[1], 0) + 1
+        by_agent = Counter(args[1] for _, args in calls)
         shares = {agent: self._share(agent, k) for agent, k in by_agent.items()}
         consumer, node, now = self.membership.consumer, self.membership.node, time.time()
         attempt = records.claimed_attempt(node, now)
