@@ -17,8 +17,6 @@ from ..jsonrpc import RpcError
 if TYPE_CHECKING:
     from ..supervisor.tasks.model import Task
 
-__all__ = ["ATTEMPT_PARAM", "TASK_PARAM", "AttemptMark", "Attribution", "mark_of"]
-
 TASK_PARAM = "task"
 ATTEMPT_PARAM = "attempt"
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from ..supervisor.durable import CallRecord, StepRow
+from .sqlwrites import each, statement
 from .store import StateStore
 
 COLUMNS = ("call_id, kind, name, tenant, definition, input, status, created, ended, "
@@ -69,11 +70,8 @@ class CallJournal:
                   record.ended, record.deadline, _json(record.output), record.error,
                   record.revision, _json(record.agents), record.traceparent,
                   record.tracestate)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
-        await self.store.commit([write])
+        await self.store.commit([statement(f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES "
+                                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)])
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
         """Committed when this returns (or StoreError), with what else was saved meanwhile."""
@@ -85,14 +83,10 @@ class CallJournal:
             if mine.done():  # committed by the saver before us, with its own
                 return mine.result()
             taken, self._waiting, self._next = self._waiting, [], None
-            values = [(cid, r.step, r.item, r.task_id, r.status, r.started, r.ended,
-                       _json(r.output), r.error) for cid, r in taken]
-
-            def write(db: sqlite3.Connection) -> None:
-                db.executemany(
-                    "INSERT OR REPLACE INTO call_steps (call_id, step, item, task_id, "
-                    "status, started, ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)",
-                    values)
+            write = each("INSERT OR REPLACE INTO call_steps (call_id, step, item, task_id, "
+                         "status, started, ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)",
+                         [(cid, r.step, r.item, r.task_id, r.status, r.started, r.ended,
+                           _json(r.output), r.error) for cid, r in taken])
             # the others' rows are in it: a saver cancelled (its call) does not cancel it
             commit = asyncio.ensure_future(self.store.commit([write]))
             commit.add_done_callback(lambda done: _settle(mine, done))

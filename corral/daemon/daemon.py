@@ -157,8 +157,8 @@ class Daemon:
 
     @property
     def http_server(self) -> HttpServer | None:
-        serving: part.Serving | None = self.services.web.server
-        return serving.server if serving is not None else None
+        server: HttpServer | None = self.services.web.server
+        return server
 
     # -- the arbiter ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -373,8 +373,8 @@ class Daemon:
         web.gateway = await enter("the HTTP gateway", part.http_gateway(
             conf, s.gateway, s.hub, extras, listeners, s.models))
         web.logins = part.dashboard_sessions(conf)
-        web.server = await enter("the HTTP server", part.http_server(
-            conf, s, dispatcher, extras, listeners))
+        await enter("the HTTP server", part.http_server(conf, s, dispatcher, extras,
+                                                        listeners))
         # no more attempts at an extra once the stop begins tearing down
         await enter("the extras' retries", part.closed(extras.close))
 

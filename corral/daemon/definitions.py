@@ -15,9 +15,8 @@ from typing import Any
 
 import msgspec
 
+from .sqlwrites import Write, each, statement
 from .store import StateStore
-
-Write = Callable[[sqlite3.Connection], None]
 
 
 class DefRevision(msgspec.Struct, frozen=True):
@@ -109,24 +108,19 @@ class Definitions:
 
     def stamping(self, owners: list[tuple[DefRevision, str | None]]) -> Write:
         """The write of each revision's tenant, told at last."""
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("UPDATE definitions SET tenant = ? WHERE kind = ? AND name = ? "
-                           "AND revision = ?", [(t, r.kind, r.name, r.revision)
-                                                for r, t in owners])
-        return write
+        return each("UPDATE definitions SET tenant = ? WHERE kind = ? AND name = ? AND "
+                    "revision = ?", [(t, r.kind, r.name, r.revision) for r, t in owners])
 
     def forgetting(self, tenant: str | None, keep: int) -> Write:
         """The write that deletes the revisions of a tenant's removed names past its `keep`
         most recently removed: a removed name holds no quota, so this bounds it."""
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "DELETE FROM definitions WHERE kind = ? AND tenant IS ? AND name IN ("
-                " SELECT name FROM definitions AS d WHERE kind = ? AND tenant IS ?"
-                " AND spec IS NULL AND revision = (SELECT MAX(revision) FROM definitions"
-                " WHERE kind = d.kind AND name = d.name)"
-                " ORDER BY time DESC, name LIMIT -1 OFFSET ?)",
-                (self.kind, tenant, self.kind, tenant, keep))
-        return write
+        return statement(
+            "DELETE FROM definitions WHERE kind = ? AND tenant IS ? AND name IN ("
+            " SELECT name FROM definitions AS d WHERE kind = ? AND tenant IS ?"
+            " AND spec IS NULL AND revision = (SELECT MAX(revision) FROM definitions"
+            " WHERE kind = d.kind AND name = d.name)"
+            " ORDER BY time DESC, name LIMIT -1 OFFSET ?)",
+            (self.kind, tenant, self.kind, tenant, keep))
 
     def recording(self, name: str, spec: dict[str, Any] | None, who: str,
                   tenant: str | None, why: str | None, out: list[DefRevision],

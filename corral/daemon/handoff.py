@@ -1,16 +1,10 @@
-"""The state file one daemon image hands the next across `corral upgrade`'s exec.
+"""The state file one daemon image hands the next across `corral upgrade`'s exec: what
+the fds kept open are, what they hold, and how to go back to the image that wrote it.
 
 msgspec JSON in the state directory, mode 0600, written just before the exec (not
 fsynced: the same kernel reads it a moment later, and a crash meanwhile leaves no process
 to hand over) and removed by the image that takes it once its set-up is over; its path
-rides the environment (`CORRAL_HANDOFF`). It lists what the fds kept open
-across the exec are (the control socket, its lock, each kept worker's and MCP server's
-pipes, the HTTP server's and the gateway's listening sockets), the processes kept and
-their running tasks (supervisor/adopt.py), the resource subscriptions agents hold on kept
-MCP servers, the processes the next image ends (zygotes, per-agent MCP servers), what the
-incarnation is (so its process records go on), a cluster node's incarnation and running
-claims (cluster/handover.py), and how to go back to the image that wrote it when the
-next one cannot start (`fallback`)."""
+rides the environment (`CORRAL_HANDOFF`)."""
 
 from __future__ import annotations
 

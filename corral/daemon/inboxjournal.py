@@ -13,6 +13,7 @@ import msgspec
 
 from ..askviews import Ask, AskEnd, AskKind
 from ..supervisor.tasks.replicacalls import OWNER_PREFIX
+from .sqlwrites import statement
 from .store import StateStore
 from .storeschema import errors_named
 
@@ -44,13 +45,8 @@ class AsksDB:
         self.store = store
 
     async def save(self, ask: Ask) -> None:
-        row = _row(ask)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(f"INSERT OR REPLACE INTO asks ({COLUMNS}) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
-
-        await self.store.commit([write])
+        await self.store.commit([statement(f"INSERT OR REPLACE INTO asks ({COLUMNS}) VALUES "
+                                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _row(ask))])
 
     def _first(self, where: str, args: tuple[Any, ...]) -> Ask | None:
         with errors_named(self.store.path):

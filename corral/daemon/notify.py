@@ -38,10 +38,8 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_usec = int(usec) if usec.isdigit() and (
             not pid or pid == str(os.getpid())) else 0
-        # do not let agents think they are the service
-        os.environ.pop("NOTIFY_SOCKET", None)
-        os.environ.pop("WATCHDOG_USEC", None)
-        os.environ.pop("WATCHDOG_PID", None)
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            os.environ.pop(name, None)  # no agent is to take itself for the service
         # (message, is a STATUS-only message) waiting to be sent, oldest first
         self.pending: deque[tuple[bytes, bool]] = deque()
         self.sent = 0

@@ -102,10 +102,6 @@ def span(trace_id: int, span_id: int, parent_id: int, name: str, kind: int, star
     return b"".join(parts)
 
 
-def _scope(name: str, version: str) -> bytes:
-    return _field(0x0A, name.encode()) + _field(0x12, version.encode())
-
-
 def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str = "",
            scope: str = "corral") -> bytes:
     """An ExportTraceServiceRequest of `spans` (Span tuples: the task id last, not sent),
@@ -126,7 +122,7 @@ def encode_spans(spans: list[bytes], service: str, node: str, version: str = "",
     resource = _attributes(b"\x0a", {
         "service.name": service, "service.version": version, "host.name": node,
         "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"})
-    scope_field = _field(0x0A, _scope(scope, version))
+    scope_field = _field(0x0A, _field(0x0A, scope.encode()) + _field(0x12, version.encode()))
     scope_spans = len(scope_field) + sum(map(len, spans))
     head = (b"\x0a" + varint(len(resource)) + resource + b"\x12" + varint(scope_spans)
             + scope_field)

@@ -49,9 +49,7 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     for key in ("sandbox", "network"):
         if getattr(own, key) != getattr(theirs, key):
             return key, _differs(getattr(own, key), tenant, getattr(theirs, key), "")
-    if spec.sandbox_paths:
-        return "sandbox_paths", _differs(spec.sandbox_paths, tenant, None, "none")
-    for key in ("read_paths", "write_paths"):  # root binds them: any of the host's files
+    for key in ("sandbox_paths", "read_paths", "write_paths"):  # root binds them: any host file
         if getattr(spec, key):
             return key, _differs(getattr(spec, key), tenant, None, "none")
     # (its `egress` may be stricter than the tenant's, never looser: config.egress_of; but

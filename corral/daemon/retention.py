@@ -20,6 +20,7 @@ from ..supervisor.tasks.sessions import SessionsEnding
 from .logs import log_file_name
 from .revisions import RevisionBound, kept_of, prune
 from .sqlwrites import Write, each
+from .tenantdirs import TENANTS
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -35,7 +36,6 @@ FIRST_SWEEP = 1.0
 # past a removal's due: libuv counts whole milliseconds, and a timer a little early would
 # find nothing due and wait again for what is due at once
 DUE_SLACK = 0.01
-TENANTS = "tenants"  # tenantdirs.py's: LOG_DIR/tenants/T/ holds a tenant's agents' logs
 
 
 class RetentionBounds(NamedTuple):

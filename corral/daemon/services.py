@@ -61,7 +61,7 @@ class Web(msgspec.Struct):
 
     gateway: Any = None  # the HTTP gateway (http/mcp.py HttpGateway)
     logins: Logins | None = None  # the dashboard's logins, where [http] serves it
-    server: Any = None  # startup.Serving: the [http] server, once it serves
+    server: Any = None  # the [http] server (http/server.py's), once it serves
 
 
 class Services(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,6 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..cluster.queue import ClusterQueue
     from .http.mcp import HttpGateway
-    from .http.server import HttpServer
     from .models.gateway import ModelGateway
 
 
@@ -339,13 +339,8 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
     """The state database, its writer thread and the journals on it; the engine's
     checkpoints, sessions, tasks and budgets as they left them."""
     sc = conf.cfg.supervisor
-
-    def error(text: str) -> None:
-        hub.daemon(text, priority=3)
-
-    def notice(text: str) -> None:
-        hub.daemon(text, priority=5)
-
+    error = partial(hub.daemon, priority=3)
+    notice = partial(hub.daemon, priority=5)
     async with contextlib.AsyncExitStack() as own:
         try:
             # opening (and migrating) the database is a few commits with their fsyncs: in
@@ -374,7 +369,6 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                                         on_notice=notice, writer=store.thread,
                                         max_keys=sc.idempotency_keys_per_tenant)
                 own.push_async_callback(journal.close)
-                assert store.thread is not None  # open_writer made it
                 steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
                                 on_error=error)
                 own.push_async_callback(steps.close)
@@ -655,27 +649,20 @@ async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras:
         await http.close()
 
 
-class Serving:
-    """The [http] server, while an attempt at starting it has succeeded."""
-
-    def __init__(self) -> None:
-        self.server: HttpServer | None = None
-
-
 @contextlib.asynccontextmanager
 async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services],
-                      extras: Extras, listeners: Listeners) -> AsyncIterator[Serving | None]:
+                      extras: Extras, listeners: Listeners) -> AsyncIterator[None]:
     """[http]: the REST API, /metrics and the dashboard, once the services exist
-    (aiohttp imported only then); an extra, retried until it binds."""
+    (aiohttp imported only then); an extra, retried until it binds (`web.server`)."""
     settings = conf.cfg.http
     if not settings.listen:
-        yield None
+        yield
         return
     from .http.context import HttpContext
     from .http.server import HttpServer
 
     ctx = HttpContext(services=services, dispatcher=calls, settings=settings)
-    serving = Serving()
+    web = services.web
 
     async def attempt() -> None:
         server = HttpServer(ctx, listeners)  # an inherited socket (corral upgrade) first
@@ -684,7 +671,7 @@ async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services
         except BaseException:
             await server.close()
             raise
-        serving.server = server
+        web.server = server
         services.hub.daemon(f"HTTP listening on {settings.listen} ({server.url})")
         http = services.http
         if http is not None:
@@ -697,10 +684,10 @@ async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services
 
     try:
         await extra(extras, "HTTP server", settings.listen, attempt)
-        yield serving
+        yield
     finally:
-        if serving.server is not None:
-            await serving.server.close()
+        if web.server is not None:
+            await web.server.close()
 
 
 async def extra(extras: Extras, name: str, listen: str,

@@ -123,7 +123,6 @@ class WriterThread:
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
         self._loop = asyncio.get_running_loop()
-        self._busy_ms = storeschema.BUSY_TIMEOUT_MS  # what connect() gave it
         self._db = connect(path, sync=sync)
         try:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -200,7 +199,7 @@ class WriterThread:
         if self._waits:
             return
         try:
-            db.rows(f"PRAGMA busy_timeout = {self._busy_ms}")
+            db.rows(f"PRAGMA busy_timeout = {storeschema.BUSY_TIMEOUT_MS}")  # connect()'s
             self._waits = True
         except sqlite3.Error as exc:  # the job runs anyway; its wait for a lock is then
             # shorter than it should be, and this is tried again before the next one

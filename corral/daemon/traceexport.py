@@ -37,7 +37,6 @@ from .tracestore import TraceStore
 
 log = logging.getLogger("corral.traces")
 
-SCOPE = "corral"
 PRUNE_EVERY = 60.0  # seconds between the store's prunes
 QUEUED_BATCHES = 64  # batches waiting for the collector; past it, dropped
 _RAWS = msgspec.msgpack.Decoder(list[msgspec.Raw])  # a batch's records, each its bytes

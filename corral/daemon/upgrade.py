@@ -1,34 +1,19 @@
-"""`corral upgrade`: the daemon re-executes itself in place and keeps its agents.
+"""`corral upgrade`: the daemon re-executes itself in place and keeps its agents (what it
+keeps, what a client sees, when it is refused: docs/operations.md, "Upgrades").
 
-nginx's binary upgrade, in one process: the daemon checks the new install in a child
-first (`preflight`: it imports the daemon and reads the config, and says its version and
-whether it takes a handoff of this layout), waits until every worker's channel can be
-handed whole (supervisor/adopt.py), holds dispatch across a last look, writes the state file
-(handoff.py), keeps the fds it lists open across the exec, and execs the new image: the
-same pid, so systemd sees one main process, and every agent process, zygote-forked or
-not, stays its child. The new image takes the control socket and the HTTP server's and
-gateway's listening sockets as they are (connections made meanwhile waited in their
-backlogs), continues the incarnation (process records, spawn tokens), adopts each worker
-and MCP server when its replica starts (no `initialize` again, no restart; a server's
-client goes on with the session its predecessor negotiated, and the agents' resource
-subscriptions on it are listened to again), routes the answers of running tasks to them
-(they finish once, on their attempt), and recovers queued tasks from the journal as after
-any start. A plain program is kept too, with its log pipes, its $NOTIFY_SOCKET and what
-it said on it (plain.py's `PlainHanded`); an idle replica is idle again, not "ready"; the
-task counters of `corral stats` go on. Zygotes are ended and started again on demand. A
-cluster's node goes on as the same daemon and incarnation, its running claims re-attached
-(cluster/handover.py).
+The old image checks the new install in a child (`preflight`), waits until every worker's
+channel can be handed whole (supervisor/adopt.py), holds dispatch across a last look,
+writes the state file (handoff.py), keeps the fds it lists open and execs the new image:
+the same pid, so every agent process stays its child. The new image (`Takeover`) continues
+the incarnation and adopts each handed process when its replica starts.
 
-A new image that cannot start falls back: `BOOT`, the program the old image execs (its
-own text, so a new install that cannot even be imported still runs it), catches any
-failure before the new image commits (boot.py's `committed`: the handoff read, its config
-loaded)
-and execs the old interpreter with the old environment on the same state file, with the
-reason in `CORRAL_UPGRADE_FAILED`; the old image adopts everything back and reports
-"fell_back". What fails after the commit is a daemon that failed to start (the unit's
-restart policy, as for any start). A release whose state needs a full stop (a database
-migration that cannot run under a live handoff) sets boot.py's `FULL_STOP` to say why: its
-preflight says so, and the old image refuses the upgrade with those words.
+A new image that cannot start falls back: `BOOT`, the program the old image execs (its own
+text, so a new install that cannot even be imported still runs it), catches any failure
+before the new image commits (boot.py's `committed`) and execs the old interpreter with the
+old environment on the same state file, the reason in `CORRAL_UPGRADE_FAILED`; the old
+image adopts everything back. What fails after the commit is a failed start, as any. A
+release whose state needs a full stop sets boot.py's `FULL_STOP`: its preflight says why,
+and the old image refuses the upgrade with those words.
 """
 
 from __future__ import annotations
