@@ -28,8 +28,12 @@ def doc(declared: type[m.Params]) -> str:
     return inspect.cleandoc(declared.declared.doc)
 
 
-def _parent(path: str) -> tuple[click.Group, str]:
-    *groups, name = path.split()
+def _parent(declared: type[m.Params]) -> tuple[click.Group, str]:
+    """The group a method's command is in, and its name (its declaration's `cli`)."""
+    spec = declared.declared
+    if spec.cli is None:  # pragma: no cover - a programming error
+        raise RuntimeError(f"{spec.name} declares no CLI command")
+    *groups, name = spec.cli.split()
     parent: click.Group = cli
     for word in groups:
         sub = parent.commands[word]
@@ -38,18 +42,11 @@ def _parent(path: str) -> tuple[click.Group, str]:
     return parent, name
 
 
-def _front(declared: type[m.Params]) -> str:
-    spec = declared.declared
-    if spec.cli is None:  # pragma: no cover - a programming error
-        raise RuntimeError(f"{spec.name} declares no CLI command")
-    return spec.cli
-
-
 def command(declared: type[m.Params], *, more: str = "", **kw: Any
             ) -> Callable[[Callable[..., Any]], click.Command]:
     """The CLI command that is a method's front: named as its declaration says (`cli`:
     "run", or "workflows run" in a group), its help the method's own (and `more`)."""
-    parent, name = _parent(_front(declared))
+    parent, name = _parent(declared)
     return parent.command(name, help=doc(declared) + more, **kw)
 
 
@@ -57,7 +54,7 @@ def command_group(declared: type[m.Params], **kw: Any
                   ) -> Callable[[Callable[..., Any]], click.Group]:
     """`command`'s group: the method's front, and its commands' group (`corral tenants`
     lists them, `corral tenants add` adds one): the front runs when no command is given."""
-    parent, name = _parent(_front(declared))
+    parent, name = _parent(declared)
     group = parent.group(name, help=doc(declared), invoke_without_command=True, **kw)
 
     def make(front: Callable[..., Any]) -> click.Group:

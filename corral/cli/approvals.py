@@ -14,7 +14,7 @@ from .. import methods as m
 from ..askviews import Ask, what_it_asks
 from ..text import one_line, plural
 from .app import Ctx, command, command_group, doc, json_option, pass_ctx
-from .render import dumps, print_json, stamp, table
+from .render import dumps, stamp, table
 
 
 @command_group(m.ApprovalsList)
@@ -31,10 +31,7 @@ def approvals(obj: Ctx, as_json: bool) -> None:
           ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
 
 
-def _shown(ask: Ask, as_json: bool) -> None:
-    if as_json:
-        print_json(ask)
-        return
+def _shown(ask: Ask) -> None:
     click.echo(one_line(f"ask {ask.id}: {ask.kind} of task {ask.task_id} ({ask.agent}): "
                         f"{what_it_asks(ask)}"))
     if ask.end is None:
@@ -49,7 +46,7 @@ def _shown(ask: Ask, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def approvals_show(obj: Ctx, ask_id: str, as_json: bool) -> None:
-    _shown(obj.call(m.ApprovalsGet(id=ask_id)), as_json)
+    _shown(obj.call_json(m.ApprovalsGet(id=ask_id), as_json))
 
 
 def _json(text: str, option: str) -> Any:
@@ -75,8 +72,8 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
     edited = _json(arguments, "--args") if arguments is not None else None
     if edited is not None and not isinstance(edited, dict):
         raise click.UsageError("--args: the arguments are a JSON object")
-    _shown(obj.call(m.ApprovalsResolve(id=ask_id, decision="approved", arguments=edited)),
-           as_json)
+    _shown(obj.call_json(m.ApprovalsResolve(id=ask_id, decision="approved", arguments=edited),
+                         as_json))
 
 
 @approvals.command("deny", help=doc(m.ApprovalsResolve),
@@ -86,7 +83,7 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
 @json_option
 @pass_ctx
 def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> None:
-    _shown(obj.call(m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason)), as_json)
+    _shown(obj.call_json(m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason), as_json))
 
 
 @approvals.command("answer", help=doc(m.ApprovalsResolve),
@@ -97,8 +94,8 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
 @json_option
 @pass_ctx
 def approvals_answer(obj: Ctx, ask_id: str, data: str, as_json: bool) -> None:
-    _shown(obj.call(m.ApprovalsResolve(id=ask_id, decision="answered",
-                                       answer=_json(data, "--data"))), as_json)
+    _shown(obj.call_json(m.ApprovalsResolve(id=ask_id, decision="answered",
+                                            answer=_json(data, "--data")), as_json))
 
 
 @command(m.ApprovalsWatch, more="\n\nOne line each: the ask, then `pending` or how it "

@@ -95,8 +95,10 @@ def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str
     bad = [e for e, (_, eq, _) in zip(env, pairs, strict=True) if not eq]
     if bad:
         raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--env")
-    _reloaded(obj.call_json(m.McpAdd(name=name, command=list(server_command),
-                                     env={k: v for k, _, v in pairs}), as_json))
+    from .daemon import print_reload
+
+    print_reload(obj.call_json(m.McpAdd(name=name, command=list(server_command),
+                                        env={k: v for k, _, v in pairs}), as_json))
 
 
 @command(m.McpRemove, more="\n\nPrints what the reload changed.")
@@ -104,13 +106,9 @@ def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str
 @json_option
 @pass_ctx
 def mcp_remove(obj: Ctx, name: str, as_json: bool) -> None:
-    _reloaded(obj.call_json(m.McpRemove(name=name), as_json))
-
-
-def _reloaded(res: m.ReloadResult) -> None:
     from .daemon import print_reload
 
-    print_reload(res)
+    print_reload(obj.call_json(m.McpRemove(name=name), as_json))
 
 
 @mcp_group.command("login")

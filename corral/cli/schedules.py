@@ -7,7 +7,7 @@ import click
 
 from .. import methods as m
 from .app import Ctx, command, command_group, json_option, pass_ctx
-from .render import print_json, stamp, table
+from .render import stamp, table
 
 
 @command_group(m.SchedulesList)
@@ -24,22 +24,16 @@ def schedules(obj: Ctx, as_json: bool) -> None:
            "LAST STARTED"])
 
 
-def _show(s: m.ScheduleEntry, as_json: bool) -> None:
-    if as_json:
-        print_json(s)
-        return
-    state = "paused" if s.paused else f"running; next fire {stamp(s.next_fire)}" if \
-        s.next_fire is not None else "running"
-    click.echo(f"schedule {s.name}: {state}")
-
-
 def _verb(declared: type[m.SchedulesPause | m.SchedulesResume]) -> None:
     @command(declared)
     @click.argument("name")
     @json_option
     @pass_ctx
     def verb(obj: Ctx, name: str, as_json: bool) -> None:
-        _show(obj.call(declared(name=name)), as_json)
+        s: m.ScheduleEntry = obj.call_json(declared(name=name), as_json)
+        state = "paused" if s.paused else f"running; next fire {stamp(s.next_fire)}" if \
+            s.next_fire is not None else "running"
+        click.echo(f"schedule {s.name}: {state}")
 
 
 for _declared in (m.SchedulesPause, m.SchedulesResume):

@@ -10,7 +10,7 @@ from .app import Ctx, command, fail, json_option, pass_ctx
 BAR = 40  # columns of the time axis
 
 
-def waterfall(view: m.TraceView, width: int = BAR) -> list[str]:
+def waterfall(view: m.TraceView) -> list[str]:
     """One line a span, children under their parent, a bar on the trace's time axis:
     `!` marks a span that failed."""
     spans = view.spans
@@ -34,13 +34,12 @@ def waterfall(view: m.TraceView, width: int = BAR) -> list[str]:
     label_width = max(2 * d + len(s.name) for d, s in rows) + 2
     lines = [f"trace {view.trace_id}  task {view.task_id}  {_ms(total)}"]
     for depth, s in rows:
-        first = int((s.start - t0) / total * width)
-        length = max(1, round((s.end - s.start) / total * width))
-        bar = " " * first + ("!" if s.error else "█") * min(length, width - first or 1)
+        first = int((s.start - t0) / total * BAR)
+        length = max(1, round((s.end - s.start) / total * BAR))
+        bar = " " * first + ("!" if s.error else "█") * min(length, BAR - first or 1)
         label = ("  " * depth + s.name).ljust(label_width)
-        note = f"  {s.error}" if s.error else ""
-        lines.append(f"{label}|{bar.ljust(width)}| {_ms(s.end - s.start):>9}{_detail(s)}"
-                     f"{note}")
+        lines.append(f"{label}|{bar.ljust(BAR)}| {_ms(s.end - s.start):>9}{_detail(s)}"
+                     + (f"  {s.error}" if s.error else ""))
         for t, name, attrs in s.events:
             why = next(iter(attrs.values()), "") if isinstance(attrs, dict) else ""
             lines.append(f"{'  ' * (depth + 1)}· {name} at +{_ms(t - t0)} {why}".rstrip())

@@ -109,9 +109,9 @@ def _shown(value: Any, width: int = 60) -> str:
 
 NESTED_SHOWN = 4  # levels of nested runs drawn under their steps
 
-def _tree(run: m.RunView, obj: Ctx | None = None) -> None:
+def _tree(run: m.RunView, obj: Ctx) -> None:
     """The run, then each step of it (those not started yet `pending`), a nested step's
-    run's steps under it (with `obj` to ask for them)."""
+    run's steps under it."""
     click.echo(f"run {run.run_id}  workflow {run.workflow}  {run.status}  "
                f"{_took(run.created, run.ended)}"
                + (f"  revision {run.revision}" if run.revision is not None else "")
@@ -128,9 +128,9 @@ def _tree(run: m.RunView, obj: Ctx | None = None) -> None:
 ITEMS_SHOWN = 10  # a map's items that did not succeed, listed under it
 
 
-def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
+def _steps(run: m.RunView, prefix: str, obj: Ctx, depth: int) -> None:
     """Each step of the run's graph, where it is (a map's items counted), and a map's
-    items that did not succeed (asked for with `obj`, from its page of rows)."""
+    items that did not succeed (from its page of rows)."""
     for i, g in enumerate(run.graph):
         last = i == len(run.graph) - 1
         bar = prefix + ("   " if last else "│  ")
@@ -144,10 +144,10 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
         click.echo(f"{prefix}{'└─' if last else '├─'} {g.step}  {g.status}  "
                    f"{_took(g.started, g.ended)}{task}{extra}"
                    + (f"  ({g.error})" if g.error else ""))
-        if g.run_id is not None and obj is not None and depth < NESTED_SHOWN:
+        if g.run_id is not None and depth < NESTED_SHOWN:
             child: m.RunView = obj.call(m.RunsGet(run_id=g.run_id, limit=0, outputs=False))
             _steps(child, bar, obj, depth + 1)
-        if obj is None or not any(k != "succeeded" for k in g.items):
+        if not any(k != "succeeded" for k in g.items):
             continue
         rows: m.RunView = obj.call(m.RunsGet(
             run_id=run.run_id, step=g.step, limit=m.MAX_RUN_ROWS, outputs=False))
