@@ -81,17 +81,6 @@ class Tenancy:
     def spec(self, name: str) -> TenantSpec:
         return self.specs.get(name, NO_QUOTAS)
 
-    def bounds_concurrency(self) -> bool:
-        """Whether some tenant sets max_concurrent_tasks (dispatch's gate is needed)."""
-        return any(s.max_concurrent_tasks for s in self.specs.values())
-
-    def bounds_admission(self) -> bool:
-        return any(s.max_queue or s.rate_per_minute or s.max_task_seconds
-                   for s in self.specs.values())
-
-    def shares_budgets(self) -> bool:
-        return any(s.tokens_per_minute for s in self.specs.values())
-
     def tenant_of(self, agent: str) -> str | None:
         a = self.agents.get(agent)
         return a.spec.tenant if a is not None else None

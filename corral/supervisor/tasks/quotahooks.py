@@ -46,10 +46,11 @@ class QuotaHooks:
         e = self.engine
         tenancy = e.tenancy
         assert tenancy is not None
-        concurrent = tenancy.bounds_concurrency()
-        e.dispatch.gated = concurrent
-        self.admitting = tenancy if tenancy.bounds_admission() else None
-        e.budgets.sharing = tenancy.shares_budgets()
+        specs = tenancy.specs.values()
+        e.dispatch.gated = any(s.max_concurrent_tasks for s in specs)
+        admits = any(s.max_queue or s.rate_per_minute or s.max_task_seconds for s in specs)
+        self.admitting = tenancy if admits else None
+        e.budgets.sharing = any(s.tokens_per_minute for s in specs)
         # a tenant's shared window goes with its tokens_per_minute (or the tenant): no
         # longer fed, it would show a use that only fades (`corral tenants`)
         for key in [k for k in e.budgets.windows if k.startswith(BUDGET_PREFIX)]:
