@@ -14,6 +14,7 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..mcp.pins import Pins
 from ..supervisor.agents import Agents
 from ..supervisor.lifecycle import RESTARTED
 from ..supervisor.tools import Tools
@@ -25,6 +26,7 @@ from .services import Services
 
 class McpServices(msgspec.Struct, frozen=True):
     tools: Tools  # the MCP tool-server pool
+    pins: Pins  # its tools' pinned definitions
     agents: Agents  # whose allowlist a listing takes
     gateway_status: Callable[[], dict[str, Any]]  # the gateway's figures, beside the pool's
     config_path: Path  # whose mcp_servers_file `mcp add` and `mcp remove` write
@@ -32,7 +34,8 @@ class McpServices(msgspec.Struct, frozen=True):
 
 
 def mcp_services(d: Services) -> McpServices:
-    return McpServices(d.tools, d.agents, d.gateway_status, d.config_path, d.reload)
+    return McpServices(d.tools, d.tools.pins, d.agents, d.gateway_status, d.config_path,
+                       d.reload)
 
 
 COMMANDS: Commands[Services, McpServices] = Commands(mcp_services)
@@ -78,7 +81,7 @@ async def tools_list(d: McpServices, p: m.ToolsList, caller: Caller, c: Channel)
 @implements(m.ToolsPins)
 async def tools_pins(d: McpServices, p: m.ToolsPins, caller: Caller, c: Channel
                      ) -> m.ToolPins:
-    return m.ToolPins(pins=d.tools.pins.listing())
+    return m.ToolPins(pins=d.pins.listing())
 
 
 @implements(m.ToolsCall)
