@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import platform
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -225,13 +226,8 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     return out
 
 
-def _buckets(counts: list[int]) -> list[tuple[str, float]]:
-    cumulative = 0
-    out: list[tuple[str, float]] = []
-    for le, n in zip(_LE, counts, strict=True):
-        cumulative += n
-        out.append((le, cumulative))
-    return out
+def _buckets(counts: list[int]) -> list[tuple[str, int]]:
+    return list(zip(_LE, itertools.accumulate(counts), strict=True))
 
 
 def build_info() -> Metric:
@@ -474,8 +470,7 @@ async def exposition(services: Services, restarts: Restarts,
                                            f'tenant="{escape(tenant)}"}}', counts))
     parts = [encode(encoder, [build_info()])]
     for head, family in zip(heads, lines, strict=True):
-        parts.append(head)
-        parts.append("".join(family).encode())
+        parts += [head, "".join(family).encode()]
     await asyncio.sleep(0)
     parts.append(encode(encoder, [*fleet_families(fleet), *cluster_families(fleet),
                                   *trace_families(services.traces)]))
@@ -513,9 +508,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         except RpcError as exc:
             if exc.message != NO_TOKEN:  # a token, not a valid one
                 return bearer_refusal(exc)
-        return problem(401, f"unauthorized: /metrics needs a bearer token "
-                                            f"with the {SCOPE} scope", jsonrpc.UNAUTHORIZED,
-                       CHALLENGE)
+        return problem(401, f"unauthorized: /metrics needs a bearer token with the {SCOPE} "
+                            "scope", jsonrpc.UNAUTHORIZED, CHALLENGE)
 
     async def metrics(request: web.Request) -> web.Response:
         if not public:
@@ -523,9 +517,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             if isinstance(caller, web.Response):
                 return caller
             if not caller.may(SCOPE):
-                return problem(403, f"forbidden: /metrics needs the {SCOPE} "
-                                                 f"scope, which {caller.who} does not hold",
-                               jsonrpc.FORBIDDEN)
+                return problem(403, f"forbidden: /metrics needs the {SCOPE} scope, which "
+                                    f"{caller.who} does not hold", jsonrpc.FORBIDDEN)
             if caller.limited:  # the fleet's series: every tenant's and every agent's
                 whose = (f"limited to agents matching {caller.agents}"
                          if caller.agents is not None
@@ -534,10 +527,9 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                                f"{caller.who}, {whose}, reads theirs at /api/v1/stats",
                                jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
-        response = web.Response(body=await exposition(services, restarts, requests,
-                                                           headers.of(encoder), encoder))
-        response.headers["Content-Type"] = content_type
-        return response
+        return web.Response(body=await exposition(services, restarts, requests,
+                                                  headers.of(encoder), encoder),
+                            headers={"Content-Type": content_type})
 
     async def unsubscribe(app: web.Application) -> None:
         services.stream.unsubscribe(subscription)

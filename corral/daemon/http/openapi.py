@@ -235,12 +235,9 @@ def _problem_responses() -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    types: list[Any] = []
-    for res in RESOURCES:
-        spec = REGISTRY[res.method]
-        types.append(spec.params)
-        if spec.result is not None:
-            types.append(spec.result)
+    types: list[Any] = [t for res in RESOURCES for t in (REGISTRY[res.method].params,
+                                                         REGISTRY[res.method].result)
+                        if t is not None]
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     # msgspec.Raw reads as the empty schema (any value); say what it is
     components["TasksSubmit"]["properties"]["input"] = {"description": INPUT}

@@ -181,9 +181,8 @@ class LocalFront:
         if isinstance(task, str):
             first = await self._first(task, None)
             channel.notify("task.accepted", {"task_id": task})
-            if first.finished is not None:
-                return outcome_of(first)
-            return outcome_of(await self.get(task, wait=True))
+            return outcome_of(first if first.finished is not None
+                              else await self.get(task, wait=True))
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
 

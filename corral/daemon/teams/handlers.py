@@ -84,8 +84,7 @@ async def teams_remove(d: TeamServices, p: m.TeamsRemove, caller: Caller, c: Cha
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the teams to remove")
     for name in p.names:
         _there(d, name)
-    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who,
-                                                               caller.tenant))
+    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who, caller.tenant))
 
 
 @implements(m.TeamsHistory)

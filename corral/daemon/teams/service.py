@@ -63,8 +63,7 @@ class TeamService(Teams):
         """Kept and revisioned as `corral teams add` keeps it (checked against every agent
         and MCP server); its revision."""
         table = table_of(definition) if isinstance(definition, TeamSpec) else definition
-        await self.catalog.add({name: table}, who, None,
-                                       self.check(lambda agent: True))
+        await self.catalog.add({name: table}, who, None, self.check(lambda agent: True))
         rev = self.catalog.revision_of(name)
         assert rev is not None
         return rev.revision

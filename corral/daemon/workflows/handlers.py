@@ -174,8 +174,8 @@ def _check(d: WorkflowServices, caller: Caller) -> Check[WorkflowSpec]:
 @implements(m.WorkflowsAdd)
 async def workflows_add(d: WorkflowServices, p: m.WorkflowsAdd, caller: Caller, c: Channel
                         ) -> m.AddResult:
-    return m.AddResult(added=await d.catalog.add(p.workflows, caller.who,
-                                                           caller.tenant, _check(d, caller)))
+    return m.AddResult(added=await d.catalog.add(p.workflows, caller.who, caller.tenant,
+                                                 _check(d, caller)))
 
 
 @implements(m.WorkflowsDescribe)
@@ -206,8 +206,7 @@ async def workflows_remove(d: WorkflowServices, p: m.WorkflowsRemove, caller: Ca
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
     for name in p.names:
         d.workflows.workflow(name)  # an unknown one: not found
-    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who,
-                                                                   caller.tenant))
+    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who, caller.tenant))
 
 
 @implements(m.WorkflowsHistory)

@@ -5,6 +5,8 @@ runs, their pruning)."""
 
 from __future__ import annotations
 
+import itertools
+import operator
 import sqlite3
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -134,13 +136,8 @@ class RunStore:
                    ) -> Generator[bytes | None, None, None]:
         """The outputs of these rows (step, item), as kept, in their order: read as they
         are taken, one query for each step's run of them."""
-        i = 0
-        while i < len(rows):
-            step = rows[i][0]
-            j = i
-            while j < len(rows) and rows[j][0] == step:
-                j += 1
-            items = [item for _, item in rows[i:j]]
+        for step, run in itertools.groupby(rows, key=operator.itemgetter(0)):
+            items = [item for _, item in run]
             kept = self.store.db.execute(
                 "SELECT item, output FROM call_steps WHERE call_id = ? AND step = ? AND item "
                 "BETWEEN ? AND ? ORDER BY item", (run_id, step, min(items), max(items)))
@@ -152,7 +149,6 @@ class RunStore:
                     yield row[1] if row is not None and row[0] == item else None
             finally:
                 kept.close()
-            i = j
 
     def output_bytes(self, run_id: str, step: str, mapped: bool) -> int:
         """How long a step's output is as JSON (a map's: its items' and their list's)."""

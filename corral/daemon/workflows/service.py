@@ -34,12 +34,6 @@ from .signals import RunSignals, Signal, SignalReceipt
 PRUNE_EVERY = 60.0  # seconds between two prunings of ended runs (as the task journal's)
 
 
-def unknown_run_cursor(run_id: str) -> RpcError:
-    return RpcError(jsonrpc.NOT_FOUND, f"no such run: {run_id} (the cursor `before` "
-                                       "names no run kept: pruned, or never started; "
-                                       "list again from the newest)")
-
-
 class WorkflowService:
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
                  report: Callable[[str], None], tracer: Tracer | None = None,
@@ -242,7 +236,9 @@ class WorkflowService:
         page = self.rows.listing(workflow, status, since, limit + 1, before, sees)
         if page is None:
             assert before is not None
-            raise unknown_run_cursor(before)
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such run: {before} (the cursor `before` "
+                                              "names no run kept: pruned, or never started; "
+                                              "list again from the newest)")
         older = page[limit - 1].run_id if len(page) > limit else None
         return [self.live[r.run_id][0] if r.run_id in self.live else r
                 for r in page[:limit]], older
