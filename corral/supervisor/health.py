@@ -25,7 +25,7 @@ import msgspec
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
 from .config import CheckSpec, HealthSpec
-from .lifecycle import Cause, State
+from .lifecycle import Cause
 from .probes import probe_http, probe_tcp
 from .process import ChildProcess, Launch
 from .stream import Stream
@@ -175,7 +175,6 @@ class CheckedReplica(Protocol):
     index: int
     pid: int | None
     peer: Peer | None
-    state: State
 
     @property
     def label(self) -> str: ...
@@ -402,10 +401,6 @@ class HealthBoard:
         self.restarting: dict[str, set[Any]] = {}
         self.exec_runs = 0  # exec recoveries begun (for tests and stats)
         self.checks = 0  # checks ended, in all (bench/bench_health.py)
-
-    def start(self, r: Any, spec: HealthSpec, carried: Sequence[CheckState] = ()
-              ) -> ReplicaHealth:
-        return ReplicaHealth(r, spec, self, carried)
 
     def checked(self, h: ReplicaHealth, run: CheckRun, v: Verdict, flip: Flip | None
                 ) -> None:

@@ -362,8 +362,8 @@ class Replica(ProcessReplica):
 
     def _serving(self) -> None:
         if self.spec.health is not None:
-            self.health = self.host.health_board.start(self, self.spec.health,
-                                                       self.health_carried)
+            self.health = ReplicaHealth(self, self.spec.health, self.host.health_board,
+                                        self.health_carried)
         self.health_carried = []
         self.host.replica_ready(self)
 
