@@ -10,15 +10,13 @@ from ..supervisor.config import ConfigError
 from . import json5, mcpjson, pm2, procfile, supervisord, systemd
 from .model import Conversion, How, config_text, link, unique
 
-Reader = Callable[[Path, How], Conversion]
-READERS: dict[str, Reader] = {
+READERS: dict[str, Callable[[Path, How], Conversion]] = {
     "supervisord": supervisord.read,
     "pm2": pm2.read,
     "procfile": procfile.read,
     "systemd": systemd.read,
     "mcp": mcpjson.read,
 }
-KINDS = tuple(READERS)
 
 
 def kind_of(path: Path) -> str:
@@ -52,13 +50,9 @@ def kind_of(path: Path) -> str:
                       "--from")
 
 
-def read(path: Path, how: How, kind: str | None = None) -> Conversion:
-    return READERS[kind or kind_of(path)](path, how)
-
-
 def read_all(paths: list[Path], how: How, kind: str | None = None) -> list[Conversion]:
     """The files, each read, and the order between them linked (model.link)."""
-    imports = [read(p, how, kind) for p in paths]
+    imports = [READERS[kind or kind_of(p)](p, how) for p in paths]
     unique(imports)
     link(imports)
     return imports

@@ -33,14 +33,11 @@ ONE_LOG = "corral writes a program's stderr with its stdout, to one log"
 NOT_CARRIED = {
     "stderr_logfile": ONE_LOG, "stderr_logfile_maxbytes": ONE_LOG,
     "stderr_logfile_backups": ONE_LOG,
-    "stdout_capture_maxbytes": "corral has no capture mode (supervisor events)",
-    "stderr_capture_maxbytes": "corral has no capture mode (supervisor events)",
-    "stdout_events_enabled": "corral sends no supervisor events",
-    "stderr_events_enabled": "corral sends no supervisor events",
-    "stdout_syslog": "corral sends agents' lines to the systemd journal (log_journal), "
-                     "not syslog",
-    "stderr_syslog": "corral sends agents' lines to the systemd journal (log_journal), "
-                     "not syslog",
+    **{f"{stream}_{key}": why for stream in ("stdout", "stderr") for key, why in (
+        ("capture_maxbytes", "corral has no capture mode (supervisor events)"),
+        ("events_enabled", "corral sends no supervisor events"),
+        ("syslog", "corral sends agents' lines to the systemd journal (log_journal), not "
+                   "syslog"))},
     "umask": "corral sets no umask of its own: the process inherits the daemon's",
     "serverurl": "supervisorctl's; corral's CLI finds the daemon's socket itself",
 }
@@ -66,7 +63,8 @@ _FALSE = {"false", "no", "off", "0"}
 def read(path: Path, how: How) -> Conversion:
     """The programs of a supervisord config file and the files it includes."""
     missing: list[str] = []
-    parser = _parse(path, missing)
+    parser = _parser()
+    _read(parser, path, set(), missing)
     imp = Conversion(str(path), "supervisord")
     for pattern in missing:
         imp.note("[include]", "files", f"{pattern}: no file here matches it: not read "
@@ -153,11 +151,10 @@ _SECTIONS_NOT_CARRIED = {
 }
 
 
-def _parse(path: Path, missing: list[str]) -> configparser.RawConfigParser:
+def _parser() -> configparser.RawConfigParser:
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
                                           strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys as written
-    _read(parser, path, set(), missing)
     return parser
 
 
@@ -172,9 +169,7 @@ def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path],
         return
     seen.add(real)
     text = named_text(path, by) if by is not None else config_text(path)
-    included = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
-                                            strict=False, interpolation=None)
-    included.optionxform = str  # type: ignore[assignment,method-assign]
+    included = _parser()
     try:
         included.read_string(text, str(path))
     except configparser.Error as exc:
