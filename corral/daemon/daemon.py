@@ -31,10 +31,12 @@ from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import Transition
 from ..supervisor.teams.tools import LeaderTools
 from . import startup as part
+from .agenthandlers import owner_of
 from .api import Dispatcher
 from .audit import Audit
 from .caller import Caller
 from .clusterpeer import NotANode
+from .commandtable import HANDLERS
 from .control import ControlServer
 from .cronrestart import ScheduledRestarts
 from .dependents import Dependents
@@ -292,7 +294,7 @@ class Daemon:
         sup, queue = part.engine(conf, self.spared, self.taken,
                                  part.interceptors(tracer, guard, leaders))
         parts = sup.parts
-        dispatcher = part.dispatcher(audit)
+        dispatcher = Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
         gateway = part.gateway_service(conf, parts, audit, dispatcher, traces, guard)
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)

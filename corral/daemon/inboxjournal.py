@@ -6,7 +6,7 @@ replica's ask of a call of no task, by its own age and count."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -83,9 +83,3 @@ def delete_replica_asks(db: sqlite3.Connection, before: float | None, keep: int)
         db.execute(f"DELETE FROM asks WHERE {owned} AND ended < ?", (before,))
     db.execute(f"DELETE FROM asks WHERE id IN (SELECT id FROM asks WHERE {owned} "
                "ORDER BY ended DESC LIMIT -1 OFFSET ?)", (keep,))
-
-
-def delete_asks(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:
-    """Delete the asks of the tasks `where` (SQL on `tasks`) selects."""
-    db.execute(f"DELETE FROM asks WHERE task_id IN (SELECT id FROM tasks WHERE {where})",
-               tuple(args))

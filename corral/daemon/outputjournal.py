@@ -11,7 +11,7 @@ import bisect
 import contextlib
 import itertools
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from ..supervisor.tasks.chunks import START, OutputChunk, Position
@@ -163,17 +163,6 @@ class OutputsDB:
     async def close(self) -> None:
         self._flush()
         await self._store.close()
-
-
-def delete_output(db: sqlite3.Connection, where: str, args: Iterable[object]) -> None:
-    """Delete the output of the tasks `where` (SQL on `tasks`) selects."""
-    db.execute(f"DELETE FROM task_output WHERE task_id IN (SELECT id FROM tasks WHERE "
-               f"{where})", tuple(args))
-
-
-def delete_orphan_output(db: sqlite3.Connection) -> None:
-    """Output of tasks the journal does not hold (their row never committed)."""
-    db.execute("DELETE FROM task_output WHERE task_id NOT IN (SELECT id FROM tasks)")
 
 
 def _size(chunk: OutputChunk) -> int:

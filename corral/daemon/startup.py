@@ -40,12 +40,10 @@ from ..supervisor.teams.tools import LeaderTools
 from ..supervisor.tracing import Tracer
 from ..timeouts import within
 from . import journald
-from .agenthandlers import owner_of
 from .api import Audit, Dispatcher
 from .askwebhook import AskWebhook
 from .background import Background
 from .calljournal import CallJournal
-from .commandtable import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .enginelog import EngineLog
 from .extras import Extras
@@ -272,10 +270,6 @@ def replica_environment(parts: Parts, hub: LogHub, gateway: GatewayService,
                 **(models.environment(mcp) if models is not None else {})}
 
     return environment
-
-
-def dispatcher(audit: Audit) -> Dispatcher[Services]:
-    return Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
 
 
 # a unix socket's path is at most this many bytes (sun_path's 108, its last a NUL)

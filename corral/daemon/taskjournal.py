@@ -44,8 +44,7 @@ from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
 from .calljournal import delete_ended_calls
-from .inboxjournal import delete_asks, delete_replica_asks
-from .outputjournal import delete_orphan_output, delete_output
+from .inboxjournal import delete_replica_asks
 from .sqlfilters import given
 from .steps import (
     ENDED_KEPT,
@@ -393,12 +392,12 @@ class TaskJournalDB:
         self.rows += len(rows)
 
     def _prune(self, db: sqlite3.Connection) -> None:
-        # a pruned task's steps go with it, and the results no other step names
-        # (steps.py); at start-up, the steps of tasks whose row was never committed too
+        # a pruned task's steps, output and asks go with it, and the results no other step
+        # names (steps.py); at start-up, the steps and output of tasks never committed too
         db.execute("BEGIN")
         results = delete_orphans(db) if not self._pruned_once else set()
         if not self._pruned_once:
-            delete_orphan_output(db)
+            db.execute("DELETE FROM task_output WHERE task_id NOT IN (SELECT id FROM tasks)")
         self._pruned_once = True
         results |= delete_ended(db, time.time() - ENDED_KEPT)
         db.execute("DELETE FROM idempotency_keys WHERE created < ?",
@@ -413,8 +412,9 @@ class TaskJournalDB:
             bounds.insert(0, ("finished IS NOT NULL AND finished < ?", (old,)))
         for where, args in bounds:
             results |= delete_steps(db, where, args)
-            delete_output(db, where, args)
-            delete_asks(db, where, args)
+            for table in ("task_output", "asks"):
+                db.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT id FROM tasks "
+                           f"WHERE {where})", args)
             db.execute(f"DELETE FROM tasks WHERE {where}", args)
         refs = drop_unused(db, results)
         db.execute("COMMIT")

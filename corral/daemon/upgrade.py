@@ -438,11 +438,10 @@ class Upgrades:
         """Write the state file and exec; returns (UpgradeRefusal) only if the exec failed."""
         host = self.host
         containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
-        control = host.control.fds()
         h = Handoff(
             attempt=self.report.attempt, from_version=__version__, pid=os.getpid(),
             asked_at=asked, started_at=host.started_at, config=str(host.config_path),
-            socket=host.socket_override, control=control, owner=containment.owner,
+            socket=host.socket_override, control=host.control.fds(), owner=containment.owner,
             issued=containment.issued,
             fallback=Fallback(python=sys.executable, boot=BOOT, env={
                 **environment(host.notifier),
@@ -592,10 +591,8 @@ class Takeover:
                 continue  # (gone from the config)
             q = tasks.by_agent.setdefault(name, AgentTasks(agent.spec.rate_per_minute))
             carry_on(q, carried, again[name])
-        steps = tasks.steps
-        steps.journaled += h.steps.get("journaled", 0)
-        steps.replayed += h.steps.get("replayed", 0)
-        steps.diverged += h.steps.get("diverged", 0)
+        for name in ("journaled", "replayed", "diverged"):
+            setattr(tasks.steps, name, getattr(tasks.steps, name) + h.steps.get(name, 0))
         tasks.sessions.expired += h.sessions_expired
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
