@@ -84,7 +84,6 @@ class AskRequest(AskOrigin):
     def made(self, ask_id: str, now: float, tenant: str | None) -> Ask:
         """The pending ask it makes, made at `now`, of `tenant` (the request's, or the
         one a cluster resolved for it)."""
-        return Ask(id=ask_id, kind=self.kind, tenant=tenant, task_id=self.task_id,
-                   attempt=self.attempt, agent=self.agent, key=self.key,
-                   subject=self.subject, created=now,
+        origin = {name: getattr(self, name) for name in AskOrigin.__struct_fields__}
+        return Ask(**origin | {"tenant": tenant}, id=ask_id, created=now,
                    deadline=None if self.timeout is None else now + self.timeout)
