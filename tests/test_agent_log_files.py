@@ -144,7 +144,7 @@ def test_a_log_file_is_rotated_at_each_period_of_the_clock() -> None:
         for p in [*copies, own / "ticker.log"]:
             stamps = {ln.split(" ", 1)[0][:19] for ln in p.read_text().splitlines()}
             # each file's lines are of one second of the clock, each file another's
-            assert len(stamps) == 1, (p.name, stamps)
+            assert len(stamps) == 1, (p.name, p.read_text())
             seconds += stamps
             numbers += _numbers(p.read_text())
         assert seconds == sorted(set(seconds))
@@ -171,6 +171,22 @@ def test_a_file_last_written_in_an_earlier_period_is_rotated_at_its_first_line(
     f.close()
     assert log.read_text() == "today's\ntoday's again\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "a.log.1"]
+
+
+def test_a_new_file_is_of_its_first_lines_period(tmp_path: Path) -> None:
+    """A line of one second written in the next (a transition written a turn later, on a
+    loaded host) begins a file of its own second, rotated at the next second's line: the
+    file took the clock's second at its opening, and held lines of two (issue 72)."""
+    log = tmp_path / "a.log"
+    f = RotatingFile(LogPlace(log, Rotation(max_bytes=10**6, backups=2, every=1)))
+    now = time.time()
+    f.turn(now - 1)
+    f.write(b"a second ago\n")
+    f.turn(now)
+    f.write(b"now\n")
+    f.close()
+    assert (log.read_text(), (tmp_path / "a.log.1").read_text()) == (
+        "now\n", "a second ago\n")
 
 
 def test_logs_rotate_now_and_a_follower_reads_on() -> None:

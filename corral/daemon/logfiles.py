@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -95,8 +94,8 @@ class RotatingFile:
         self._fd = _open_log(self.path)
         st = os.fstat(self._fd)
         self.size = st.st_size
-        # the period of the last line written (the file's own, read back at open)
-        self._period = self._period_of(st.st_mtime if st.st_size else time.time())
+        # its last line's period, read back at open (-1: empty, its first line's decides)
+        self._period = self._period_of(st.st_mtime) if st.st_size else -1
         self._compressing: threading.Thread | None = None
 
     def _period_of(self, when: float) -> int:
