@@ -7,7 +7,7 @@ exists. Handlers then look a record up for what it is, never for whose.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -22,6 +22,8 @@ from .tasks import TaskFront
 from .teams import TeamService
 from .teams.service import sees_call
 from .workflows import WorkflowService
+
+T = TypeVar("T")
 
 
 class Holders(Protocol):
@@ -199,6 +201,17 @@ def session_named(sessions: Sessions, agents: Agents, tenant: str | None, agent:
     return sessions.get(key)
 
 
+async def elsewhere(missing: RpcError, kept: Callable[[], Awaitable[T | None]]) -> T:
+    """What the cluster has of a session this daemon has none of; `missing` (the local
+    lookup's not-found) when it has none either, or when this daemon is no node."""
+    if missing.code != jsonrpc.NOT_FOUND:
+        raise missing
+    found = await kept()
+    if found is None:
+        raise missing
+    return found
+
+
 async def session(d: Holders, params: Any, caller: Caller) -> None:
     """A session named by its agent and name, this daemon's or (on a node, none here) the
     cluster's: one that is not the caller's record reads as absent."""
@@ -206,11 +219,8 @@ async def session(d: Holders, params: Any, caller: Caller) -> None:
         s = session_named(d.sessions, d.agents, caller.tenant, params.agent, params.session)
         agent, tenant = s.agent, s.tenant
     except RpcError as exc:
-        if exc.code != jsonrpc.NOT_FOUND:
-            raise
-        kept = await d.cluster.session(caller.tenant, params.agent, params.session)
-        if kept is None:
-            raise
+        kept = await elsewhere(exc, lambda: d.cluster.session(caller.tenant, params.agent,
+                                                              params.session))
         agent, tenant = kept.session.agent, kept.session.tenant
     if not caller.sees_record(agent, tenant):
         raise RpcError(jsonrpc.NOT_FOUND, f"no such session: "

@@ -3,12 +3,8 @@ or not, and by whose it is (records.session_named)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import msgspec
 
-from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
@@ -16,7 +12,7 @@ from ..supervisor.tasks.sessions import Session, Sessions
 from .api import Commands
 from .caller import Caller, Channel
 from .clusterpeer import ClusterPeer
-from .records import session_named
+from .records import elsewhere, session_named
 from .services import Services
 
 
@@ -39,7 +35,6 @@ def session_services(d: Services) -> SessionServices:
     return SessionServices(d.sessions, d.agents, d.cluster)
 
 
-T = TypeVar("T")
 COMMANDS: Commands[Services, SessionServices] = Commands(session_services)
 implements = COMMANDS.implements
 
@@ -62,7 +57,7 @@ async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: 
         s = session_named(d.sessions, d.agents, caller.tenant, p.agent, p.session)
     except RpcError as exc:
         # on a node, the cluster's session of the name when this node has none
-        return await _elsewhere(exc, lambda: d.cluster.session(caller.tenant, p.agent,
+        return await elsewhere(exc, lambda: d.cluster.session(caller.tenant, p.agent,
                                                                p.session))
     return m.SessionInfo(session=_session_view(d.sessions, s), history=[
         m.SessionTask(task_id=tid, status=status, created=created)
@@ -75,20 +70,8 @@ async def sessions_end(d: SessionServices, p: m.SessionsEnd, caller: Caller, c: 
     try:
         named = session_named(d.sessions, d.agents, caller.tenant, p.agent, p.session)
     except RpcError as exc:
-        return await _elsewhere(exc, lambda: d.cluster.end_session(caller.tenant, p.agent,
+        return await elsewhere(exc, lambda: d.cluster.end_session(caller.tenant, p.agent,
                                                                    p.session))
     s = d.sessions.end(named.ident)
     await d.sessions.committed()
     return _session_view(d.sessions, s)
-
-
-async def _elsewhere(missing: RpcError, kept: Callable[[], Awaitable[T | None]]) -> T:
-    """What the cluster has of a session this daemon has none of; `missing` (the local
-    lookup's not-found) when it has none either, or when this daemon is no node."""
-    if missing.code != jsonrpc.NOT_FOUND:
-        raise missing
-    found = await kept()
-    if found is None:
-        raise missing
-    return found
-
