@@ -159,8 +159,7 @@ def entries(root: int, rel_dir: str = "") -> Iterator[tuple[str, os.stat_result]
     """(name, lstat) of a directory's entries, sorted, without following anything."""
     dfd = open_dir(root, rel_dir)
     try:
-        names = sorted(os.listdir(dfd))
-        for name in names:
+        for name in sorted(os.listdir(dfd)):
             try:
                 yield name, os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:

@@ -76,9 +76,9 @@ class Releases:
             entries = [e for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")]
         except OSError:
             return []
-        out = [(Path(e.path), self.info(Path(e.path)), self.ready(Path(e.path)))
-               for e in entries]
-        return sorted(out, key=lambda x: (x[1].built_at if x[1] else 0.0, x[0].name))
+        return sorted(((Path(e.path), self.info(Path(e.path)), self.ready(Path(e.path)))
+                       for e in entries), key=lambda x: (x[1].built_at if x[1] else 0.0,
+                                                         x[0].name))
 
     # -- start-up ----------------------------------------------------------------------
     def prepare(self) -> None:
@@ -175,8 +175,7 @@ def make_read_only(path: Path) -> None:
             st = os.lstat(p)
             if stat.S_ISLNK(st.st_mode):
                 continue
-            mode = 0o444 | (0o111 if st.st_mode & stat.S_IXUSR else 0)
-            os.chmod(p, mode)
+            os.chmod(p, 0o444 | (0o111 if st.st_mode & stat.S_IXUSR else 0))
         for n in dirnames:
             p = os.path.join(dirpath, n)
             if not os.path.islink(p):

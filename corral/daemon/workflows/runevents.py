@@ -87,7 +87,5 @@ def publish_runs(stream: Stream, bus: EventBus) -> None:
         # and a map's thousand steps are not sent through Redis to every other node
         bus.publish_here(topic, data, "corral", tenant)
 
-    stream.subscribe(publish, RunStarted)
-    stream.subscribe(publish, RunEnded)
-    stream.subscribe(publish, StepStarted)
-    stream.subscribe(publish, StepEnded)
+    kinds: tuple[type[RunEvent], ...] = (RunStarted, RunEnded, StepStarted, StepEnded)
+    stream.subscribe(publish, *kinds)
