@@ -36,6 +36,7 @@ from ...supervisor.stream import Subscription
 from ..addresses import loopback
 from ..attribution import mark_of
 from ..mcptasks import AGENTS_VIEW
+from ..models import lean
 from .mcpsessions import SessionsFull, SessionTable
 from .server import held_across_upgrade
 
@@ -243,9 +244,10 @@ class HttpGateway:
                 "without TLS: set tls_cert and tls_key, or allow_remote = true")
         app = web.Application(client_max_size=MAX_BODY)
         self.mount(app)
-        # a client that goes away cancels its handler, and so its call upstream
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                     handler_cancellation=True, shutdown_timeout=2.0)
+        # a client that goes away cancels its handler, and so its call upstream; the
+        # model calls of the common shape are served lean (models/lean.py)
+        self._runner = lean.runner(app, self.models, handle_signals=False, access_log=None,
+                                   handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
         try:
             await self._serve(kind, where, port, tls)

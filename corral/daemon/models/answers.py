@@ -7,12 +7,13 @@ agent's connection is cut, so that its client raises as it would talking to the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from aiohttp import web
 
+from ..http.route import body_of
 from .http1 import UpstreamAnswer, UpstreamFailed
 from .keys import hidden, hidden_headers
 from .textdeltas import text_in
@@ -56,19 +57,86 @@ def passed_back(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower().startswith(PASSED_BACK_PREFIXES)}
 
 
-def refused(fmt: Format, status: int, message: str, param: str | None = None,
-            code: str | None = None) -> web.Response:
-    return web.Response(status=status, body=refusal(fmt, status, message, param, code),
-                        content_type="application/json")
+class Exchange(Protocol):
+    """One request to the model gateway and its answer, over whichever server took it:
+    lean.py's own parse of the common shape, or aiohttp's (AiohttpExchange)."""
+
+    headers: Mapping[str, str]  # (looked up by lowercase names)
+    query: Mapping[str, str]
+
+    async def body(self) -> bytes | None: ...  # None: over MAX_BODY
+
+    def gone(self) -> bool: ...  # the agent hung up
+
+    def answer(self, status: int, ctype: str, body: bytes,
+               headers: Mapping[str, str] | None = None) -> None: ...
+
+    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
+        """A stream's head (SSE), sent with its first write."""
+
+    async def write(self, data: bytes) -> None:
+        """`data` of the stream (b"": its head now); ConnectionResetError when gone."""
+
+    async def end(self, data: bytes) -> None: ...
+
+    def cut(self) -> None:
+        """The connection closed mid-stream, without the chunked encoding's end: the
+        agent's client sees the stream fail."""
 
 
-def whole(record: AnswerRecord | Whole, headers: dict[str, str] | None = None
-          ) -> web.Response:
+class AiohttpExchange:
+    """An Exchange over aiohttp's request; `response` is its handler's to return."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.headers: Mapping[str, str] = request.headers
+        self.query: Mapping[str, str] = request.query
+        self.response: web.StreamResponse | None = None
+
+    async def body(self) -> bytes | None:
+        # (body_of, not aiohttp's `read`, which keeps a copy on the request for as long
+        # as the call lasts)
+        raw = await body_of(self.request)
+        return None if isinstance(raw, web.Response) else raw
+
+    def gone(self) -> bool:
+        return self.request.transport is None or self.request.transport.is_closing()
+
+    def answer(self, status: int, ctype: str, body: bytes,
+               headers: Mapping[str, str] | None = None) -> None:
+        self.response = web.Response(status=status, body=body,
+                                     headers={**(headers or {}), "Content-Type": ctype})
+
+    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
+        self.response = _HeadWithEvents(status=status, headers=headers)
+        self.response.content_type = SSE
+        self.response.headers["Cache-Control"] = "no-cache"
+        await self.response.prepare(self.request)
+
+    async def write(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
+
+    async def end(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write_eof(data)
+
+    def cut(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
+def refused(ex: Exchange, fmt: Format, status: int, message: str,
+            param: str | None = None, code: str | None = None) -> None:
+    ex.answer(status, "application/json", refusal(fmt, status, message, param, code))
+
+
+def whole(ex: Exchange, record: AnswerRecord | Whole,
+          headers: Mapping[str, str] | None = None) -> None:
     """An answer given whole (a journaled stream too: its events at once)."""
-    ctype, _, charset = record.type.partition("; charset=")
     body = record.body if isinstance(record, Whole) else record.body.encode()
-    return web.Response(status=record.status, body=body, headers=headers,
-                        content_type=ctype or "application/json", charset=charset or None)
+    ex.answer(record.status, record.type or "application/json", body, headers)
 
 
 class _HeadWithEvents(web.StreamResponse):
@@ -83,20 +151,16 @@ class Relay:
     """One streamed answer passed on as it comes (each read of the upstream's one write of
     its complete events) and recorded; its last event held back until `finish`."""
 
-    def __init__(self, request: web.Request, fmt: Format, answer: UpstreamAnswer,
+    def __init__(self, ex: Exchange, fmt: Format, answer: UpstreamAnswer,
                  usage: CallUsage, on_text: Callable[[str], None] | None = None,
                  key: str | None = None, record: bool = True) -> None:
-        self.request = request
+        self.ex = ex
         self.fmt = fmt
         self.answer = answer
         self.usage = usage
         # the text each event adds, told as it passes (the task's live output)
         self.on_text = on_text
         self.key = key
-        self.response = _HeadWithEvents(status=answer.status, headers=hidden_headers(
-            passed_back(answer.headers), key))
-        self.response.content_type = SSE
-        self.response.headers["Cache-Control"] = "no-cache"
         # the stream as it came, for a task's journal (a call of no task keeps none)
         self.recorded: list[bytes] | None = [] if record else None
         self.held = b""  # the last event, and anything after it
@@ -163,27 +227,20 @@ class Relay:
             return
         try:
             if data is None:
-                await self.response.prepare(self.request)
+                await self.ex.begin(self.answer.status, hidden_headers(
+                    passed_back(self.answer.headers), self.key))
             else:
-                await self.response.write(data)
+                await self.ex.write(data)
         except ConnectionResetError:  # (aiohttp's ClientConnectionResetError is one)
             self.gone = True
 
-    async def finish(self) -> web.StreamResponse:
+    async def finish(self) -> None:
         """The held last event written and the stream ended, in one write."""
         if not self.gone:
             try:
-                await self.response.write_eof(self.held)
+                await self.ex.end(self.held)
             except ConnectionResetError:
                 self.gone = True
-        return self.response
-
-    def cut(self) -> None:
-        """The agent's connection closed mid-stream, without the chunked encoding's end:
-        its client sees the stream fail."""
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
 
 
 def _data_of(event: bytes, data: bytes | None) -> Any:
@@ -198,14 +255,9 @@ def _data_of(event: bytes, data: bytes | None) -> Any:
         return None
 
 
-async def replayed(request: web.Request, record: AnswerRecord) -> web.StreamResponse:
+async def replayed(ex: Exchange, record: AnswerRecord) -> None:
     """A journaled answer given again: a stream as the same events, in one write."""
     if not record.streamed:
-        return whole(record)
-    response = web.StreamResponse(status=record.status)
-    response.content_type = SSE
-    response.headers["Cache-Control"] = "no-cache"
-    await response.prepare(request)
-    await response.write(record.body.encode())
-    await response.write_eof()
-    return response
+        return whole(ex, record)
+    await ex.begin(record.status, {})
+    await ex.end(record.body.encode())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -34,10 +34,10 @@ from ...supervisor.tasks.steps import MODEL_STEP, CallOrdinals
 from ...taskviews import TaskFailure
 from ...text import iso_time
 from ..attribution import Attribution, mark_of
-from ..http.route import MAX_BODY, body_of
+from ..http.route import MAX_BODY
 from . import answers
 from . import request as requests
-from .answers import AnswerRecord, Relay, StreamCut, Whole
+from .answers import AiohttpExchange, AnswerRecord, Exchange, Relay, StreamCut, Whole
 from .holds import model_policy_of, most_cost, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
@@ -163,34 +163,42 @@ class ModelGateway:
             app.router.add_route("POST", endpoint.path, self._handler(endpoint))
 
     def _handler(self, endpoint: Endpoint) -> Callable[[web.Request], Any]:
+        """aiohttp's handler of `endpoint` (lean.py serves the common shape without it)."""
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.serve(request, endpoint)
+            ex = AiohttpExchange(request)
+            made = await self.admit(ex, endpoint)
+            if made is not None:  # (aiohttp cancels a handler whose agent hung up)
+                await asyncio.shield(asyncio.get_running_loop().create_task(made))
+            assert ex.response is not None
+            return ex.response
         return handle
 
     # -- a call ---------------------------------------------------------------------------
-    async def serve(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    async def admit(self, ex: Exchange, endpoint: Endpoint
+                    ) -> Coroutine[Any, Any, None] | None:
+        """The request's call, admitted, to make; None when it was refused (answered).
+        An admitted call goes on to its end when the agent hangs up: the upstream bills it
+        whole, so its usage is counted and the agent's slot held until then (else an
+        agent that hangs up before a stream's usage would spend unseen)."""
         with contextlib.ExitStack() as held:
             try:
-                found = self._client(request, held)
-                call = await self._admit(request, endpoint, found, held)
+                found = self._client(ex, held)
+                call = await self._admit(ex, endpoint, found, held)
             except ModelRefusal as exc:
-                return answers.refused(endpoint.format, exc.status, exc.message,
-                                       exc.param, exc.code)
+                answers.refused(ex, endpoint.format, exc.status, exc.message, exc.param,
+                                exc.code)
+                return None
             slot = held.pop_all()  # the call's own from here to its end
-        # an admitted call goes on to its end when the agent hangs up: the upstream bills
-        # it whole, so its usage is counted and the agent's slot held until then (else
-        # an agent that hangs up before a stream's usage would spend unseen)
-        return await asyncio.shield(asyncio.ensure_future(self._made(request, call, slot)))
+        return self._made(ex, call, slot)
 
-    async def _made(self, request: web.Request, call: ModelCall,
-                    slot: contextlib.ExitStack) -> web.StreamResponse:
+    async def _made(self, ex: Exchange, call: ModelCall, slot: contextlib.ExitStack
+                    ) -> None:
         with slot:
-            return await self._answer(request, call)
+            await self._answer(ex, call)
 
-    def _client(self, request: web.Request, held: contextlib.ExitStack) -> Replica:
+    def _client(self, ex: Exchange, held: contextlib.ExitStack) -> Replica:
         """Whose the request is (its token), one of its client's slots held in `held`."""
-        token = credential(request.headers.get("authorization"),
-                           request.headers.get("x-api-key"))
+        token = credential(ex.headers.get("authorization"), ex.headers.get("x-api-key"))
         client = self.clients.replica_client(token) if token else None
         if client is None or not isinstance(client.replica, Replica):
             self.unknown += 1
@@ -204,14 +212,12 @@ class ModelGateway:
             raise ModelRefusal(429, f"rate limited: {exc.message}") from None
         return client.replica
 
-    async def _admit(self, request: web.Request, endpoint: Endpoint, found: Replica,
+    async def _admit(self, ex: Exchange, endpoint: Endpoint, found: Replica,
                      held: contextlib.ExitStack) -> ModelCall:
         """The request checked: which model, whether the agent of `found` may use it
         now (its estimate then held against its budgets until `held` is left)."""
-        # (read by body_of, not by aiohttp's `read`, which keeps a copy on the request for
-        # as long as the call lasts)
-        raw = await body_of(request)
-        if isinstance(raw, web.Response):
+        raw = await ex.body()
+        if raw is None:
             self.unknown += 1
             raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
                                     "bytes)")
@@ -225,7 +231,7 @@ class ModelGateway:
             self.unknown += 1
             raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
         spec = self._usable(found, read.model, endpoint)
-        task = self._attempt(found, request)
+        task = self._attempt(found, ex)
         self._rate(found, read.model, spec)
         kept = Reservation(read.input_estimate + read.output_estimate, read.cost_estimate(
             spec.input_usd_per_mtok, spec.output_usd_per_mtok))
@@ -295,11 +301,11 @@ class ModelGateway:
                                 f"{kept.budget} is {kept.limit:g}, {kept.used:g} used; "
                                 f"room again at {iso_time(kept.until)}")
 
-    def _attempt(self, replica: Replica, request: web.Request) -> Task | None:
+    def _attempt(self, replica: Replica, ex: Exchange) -> Task | None:
         """The task attempt a call of `replica` is for, as the MCP gateway's are told
         (attribution.py); none is counted."""
         try:
-            task = self.attribution.task_of(replica, mark_of(request.query))
+            task = self.attribution.task_of(replica, mark_of(ex.query))
         except ValueError as exc:
             raise ModelRefusal(400, str(exc)) from None
         except RpcError as exc:
@@ -308,7 +314,7 @@ class ModelGateway:
             self.unattributed += 1
         return task
 
-    async def _answer(self, request: web.Request, call: ModelCall) -> web.StreamResponse:
+    async def _answer(self, ex: Exchange, call: ModelCall) -> None:
         """The call made (or, on a retry, answered from the task's steps) and its answer
         written back; a live call of a traced task is a span of its attempt."""
         counter = self._counter(call.name)
@@ -320,10 +326,10 @@ class ModelGateway:
             # a call waiting for a person holds none of its budgets meanwhile; approved,
             # it is judged again (asked no one, at once: no await between the two)
             call.reservation.release()
-            await self._approved(request, call)
+            await self._approved(ex, call)
             self._reserve(call)
             try:
-                made.append(await self._live(request, call, usage, idempotency))
+                made.append(await self._live(ex, call, usage, idempotency))
                 kept = made[-1]
                 if isinstance(kept, Whole):  # (decoded for a task's journal alone)
                     return kept.record() if call.task is not None else None
@@ -345,33 +351,33 @@ class ModelGateway:
                     call.task, call.replica, MODEL_STEP + call.name, same, live)
                 if not made:  # (its span is the step's replay: tracing.py)
                     counter.replayed += 1
-                    return await answers.replayed(request, _record.decode(kept))
+                    return await answers.replayed(ex, _record.decode(kept))
         except ModelRefusal as exc:
             counter.errors += exc.status == 502
             error = exc.message
-            return answers.refused(call.endpoint.format, exc.status, exc.message,
+            return answers.refused(ex, call.endpoint.format, exc.status, exc.message,
                                    exc.param, exc.code)
         except RpcError as exc:  # the task's step budget (max_step_bytes), said as a 429
             counter.refused += 1
             error = exc.message
-            return answers.refused(call.endpoint.format, _status(exc), exc.message)
+            return answers.refused(ex, call.endpoint.format, _status(exc), exc.message)
         except UpstreamError as exc:
             counter.errors += 1
             error = f"upstream {exc.record.status}"
-            return answers.whole(exc.record, exc.headers)
+            return answers.whole(ex, exc.record, exc.headers)
         except StreamCut as exc:
             counter.cut += 1
             error = str(exc)
-            return self._cut(call, made[-1], error)
+            return self._cut(call, ex, error)
         finally:
             if made or error is not None:
                 self._span(call, start, usage, error)
         result = made[-1]
         if isinstance(result, Relay):
             return await result.finish()
-        return answers.whole(result)
+        return answers.whole(ex, result)
 
-    async def _approved(self, request: web.Request, call: ModelCall) -> None:
+    async def _approved(self, ex: Exchange, call: ModelCall) -> None:
         """A live call the policy holds waits for a person (holds.py); ModelRefusal when
         it was not approved, or cannot be asked (a cluster's)."""
         task = call.task
@@ -409,7 +415,7 @@ class ModelGateway:
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent, key,
                 asked, policy.timeout))
         if ask.end is AskEnd.APPROVED:
-            if request.transport is None or request.transport.is_closing():
+            if ex.gone():
                 raise ModelRefusal(409, f"model call {call.name} was approved after its "
                                         f"agent hung up: not made (ask {ask.id})")
             return
@@ -419,13 +425,10 @@ class ModelGateway:
             self.tasks.person.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))
         raise ModelRefusal(403, words)
 
-    def _cut(self, call: ModelCall, relay: Relay | Whole, why: str
-             ) -> web.StreamResponse:
+    def _cut(self, call: ModelCall, ex: Exchange, why: str) -> None:
         call.replica.note(f"model {call.name}: {why}; the agent's stream was cut too, and "
                           "nothing of it journaled")
-        assert isinstance(relay, Relay)
-        relay.cut()
-        return relay.response
+        ex.cut()
 
     def _span(self, call: ModelCall, start: float, usage: CallUsage,
               error: str | None) -> None:
@@ -441,13 +444,13 @@ class ModelGateway:
             attrs["gen_ai.response.model"] = usage.model
         self.tracer.model_call(call.task, f"chat {call.name}", start, error, attrs)
 
-    async def _live(self, request: web.Request, call: ModelCall, usage: CallUsage,
+    async def _live(self, ex: Exchange, call: ModelCall, usage: CallUsage,
                     idempotency: str | None = None) -> Relay | Whole:
         """A whole answer read (its usage in `usage`), or a stream's relay, not yet run.
         `idempotency`: a task's call's key, the same on every attempt, sent upstream."""
         spec, key = call.spec, self.keys.get(call.name)
         headers = {"content-type": "application/json"}
-        headers.update((h, v) for h in PASSED_ON if (v := request.headers.get(h)) is not None)
+        headers.update((h, v) for h in PASSED_ON if (v := ex.headers.get(h)) is not None)
         if idempotency is not None:
             headers["idempotency-key"] = idempotency
         if key is not None:
@@ -462,7 +465,7 @@ class ModelGateway:
         ctype = answer.headers.get("content-type", "application/json")
         usage.answered = answer.status < 300
         if call.request.stream and usage.answered and ctype.startswith(answers.SSE):
-            return Relay(request, call.endpoint.format, answer, usage, self._output_of(call),
+            return Relay(ex, call.endpoint.format, answer, usage, self._output_of(call),
                          key, record=call.task is not None)
         try:
             body = hidden(await answer.read(), key)

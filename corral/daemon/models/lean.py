@@ -1,0 +1,225 @@
+"""The model gateway's calls served lean on its own site (issue 77). The site's connections
+are aiohttp's, except that a request for a model endpoint in the common shape (HTTP/1.1,
+a Content-Length body of at most LEAN_BODY bytes, nothing asked of the connection) is
+parsed here and answered through a LeanExchange, without aiohttp's request and response
+machinery: most of the CPU a call cost the daemon past its upstream's. The first request
+of another shape hands the connection to aiohttp as it came, for its life (the gateway
+serves it there too: AiohttpExchange).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .wire import ENDPOINTS, Endpoint
+
+if TYPE_CHECKING:
+    from .gateway import ModelGateway
+
+LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
+MAX_FIELD, MAX_HEADERS = 8190, 128  # a head past these is aiohttp's, to refuse
+_PATHS = {e.path.encode(): e for e in ENDPOINTS}
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+log = logging.getLogger("corral.gateway.http")
+
+
+def runner(app: web.Application, models: ModelGateway | None, **kwargs: Any
+           ) -> web.AppRunner:
+    """aiohttp's runner of `app`, whose connections serve `models`' calls lean."""
+    return _LeanRunner(app, models, **kwargs) if models is not None else \
+        web.AppRunner(app, **kwargs)
+
+
+class _LeanRunner(web.AppRunner):
+    def __init__(self, app: web.Application, models: ModelGateway, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.models = models
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _LeanServer  # the application's own server, making _LeanConnections
+        assert isinstance(server, _LeanServer)
+        server.models = self.models
+        return server
+
+
+class _LeanServer(web.Server):
+    models: ModelGateway
+
+    def __call__(self) -> RequestHandler:
+        return _LeanConnection(self, loop=self._loop, **self._kwargs)
+
+
+class _LeanConnection(RequestHandler):
+    """aiohttp's connection, its model calls of the common shape answered here, one at a
+    time (a request pipelined behind one waits in `_held` for its answer)."""
+
+    __slots__ = ("_call", "_held", "_lean", "_models")
+
+    def __init__(self, manager: _LeanServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._models = manager.models
+        self._lean = True  # until a request of another shape: aiohttp's to the end
+        self._held = b""
+        self._call: asyncio.Task[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lean:
+            super().data_received(data)
+        elif not (self._force_close or self._close):
+            self._held += data
+            if not self._request_in_progress:
+                self._next()
+            elif len(self._held) > LEAN_BODY and not self._buffer_paused:
+                self._pause_reading_for_buffer()  # (resumed at the answer's end)
+
+    def _next(self) -> None:
+        held = self._held
+        end = held.find(b"\r\n\r\n")
+        if end < 0:
+            if len(held) > MAX_FIELD * 2:
+                self._hand_over()
+            return
+        parsed = _head(held[:end])
+        if parsed is None:
+            return self._hand_over()
+        endpoint, path, headers, length = parsed
+        start = end + 4
+        if len(held) < start + length:
+            return  # (its body's bytes still to come)
+        self._close = headers.get("connection", "").lower() == "close"  # after its answer
+        self._held = held[start + length:]
+        self._request_in_progress = True
+        assert self.transport is not None
+        query = path.partition("?")[2]  # (a repeated name: its first value, as aiohttp's)
+        ex = LeanExchange(self, self.transport, headers, dict(reversed(parse_qsl(
+            query, keep_blank_values=True))) if query else {}, held[start:start + length])
+        self._call = self._loop.create_task(self._serve(ex, endpoint))
+
+    def _hand_over(self) -> None:
+        self._lean = False
+        held, self._held = self._held, b""
+        super().data_received(held)
+
+    async def _serve(self, ex: LeanExchange, endpoint: Endpoint) -> None:
+        try:
+            made = await self._models.admit(ex, endpoint)
+            if made is not None:
+                await made
+        except Exception:  # a defect: its traceback, and the connection's end
+            log.exception("the model call on %s failed", endpoint.path)
+            self.force_close()
+        finally:
+            self._request_in_progress, self._call = False, None
+            waiter = self._handler_waiter  # (aiohttp's shutdown waits for it)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            if self._close or self._force_close:
+                ex.transport.close()
+            else:
+                if self._buffer_paused:
+                    self._resume_reading_for_buffer()
+                self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+                if self._keepalive_handle is None and self._keepalive_timeout > 0:
+                    self._keepalive_handle = self._loop.call_at(
+                        self._next_keepalive_close_time, self._process_keepalive)
+                if self._held:
+                    self._next()
+
+    def _process_keepalive(self) -> None:
+        if self._lean and self._request_in_progress:  # answering: not idle
+            self._keepalive_handle = None  # (armed again at its answer's end)
+            return
+        super()._process_keepalive()
+
+
+def _head(head: bytes) -> tuple[Endpoint, str, dict[str, str], int] | None:
+    """A model call's request line and headers, or None when not of the common shape."""
+    lines = head.split(b"\r\n")
+    method, _, rest = lines[0].partition(b" ")
+    target, _, version = rest.partition(b" ")
+    endpoint = _PATHS.get(target.partition(b"?")[0])
+    if method != b"POST" or version != b"HTTP/1.1" or endpoint is None \
+            or len(lines) > MAX_HEADERS or len(lines[0]) > MAX_FIELD:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or len(line) > MAX_FIELD:
+            return None
+        key = name.decode("latin-1").lower()
+        if key in headers or key in ("transfer-encoding", "expect", "upgrade") or (
+                key == "connection" and value.strip().lower() not in (b"keep-alive",
+                                                                      b"close")):
+            return None  # (a repeated header, or one asking of the connection: aiohttp's)
+        headers[key] = value.strip().decode("latin-1")
+    length = headers.get("content-length", "")
+    if not length.isdigit() or int(length) > LEAN_BODY:
+        return None
+    return endpoint, target.decode("latin-1"), headers, int(length)
+
+
+class LeanExchange:
+    """A model call's request as _LeanConnection read it, and its answer written to the
+    connection: whole with its Content-Length, streamed in chunks."""
+
+    __slots__ = ("_head", "conn", "headers", "query", "raw", "transport")
+
+    def __init__(self, conn: _LeanConnection, transport: asyncio.Transport,
+                 headers: dict[str, str], query: Mapping[str, str], raw: bytes) -> None:
+        self.conn = conn
+        self.transport = transport
+        self.headers: Mapping[str, str] = headers
+        self.query = query
+        self.raw: bytes | None = raw
+        self._head = b""  # a stream's, until its first write
+
+    async def body(self) -> bytes | None:
+        raw, self.raw = self.raw, None  # (held once: by the call from here)
+        return raw
+
+    def gone(self) -> bool:
+        return self.transport.is_closing()
+
+    def answer(self, status: int, ctype: str, body: bytes,
+               headers: Mapping[str, str] | None = None) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(_status_line(status, headers, (
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n")) + body)
+
+    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
+        self._head = _status_line(status, headers, "Content-Type: text/event-stream\r\n"
+                                  "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n")
+
+    async def write(self, data: bytes) -> None:
+        self._chunk(data)
+        await self.conn._drain_helper()  # (when the agent reads slower than it comes)
+
+    async def end(self, data: bytes) -> None:
+        self._chunk(data, b"0\r\n\r\n")
+
+    def _chunk(self, data: bytes, last: bytes = b"") -> None:
+        """`data` as a chunk, after the head when it is not yet written, before `last`."""
+        if self.transport.is_closing():
+            raise ConnectionResetError("the agent hung up")
+        head, self._head = self._head, b""
+        self.transport.write(head + (b"%x\r\n%b\r\n" % (len(data), data) if data else b"")
+                             + last)
+
+    def cut(self) -> None:
+        self.transport.abort()
+
+
+def _status_line(status: int, headers: Mapping[str, str] | None, fixed: str) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
+    return f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{fixed}{extra}\r\n" \
+        .encode("latin-1")
+

@@ -1,0 +1,157 @@
+"""The model gateway's calls served lean on its own site (corral/daemon/models/lean.py): a
+model call of the common shape is parsed and answered by corral, anything else handed to
+aiohttp with the connection, and the two answer alike.
+
+Real parts: the daemon in this loop, the stand-in provider (tests/servers/
+model_upstream.py), raw HTTP/1.1 written on a socket (the shapes no client library
+sends at will: pipelined, chunked, a repeated Content-Length)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from .conftest import ROOT
+from .daemon_harness import PY, free_port, in_process
+from .servers.model_upstream import StandIn
+from .test_model_gateway import provider_key, upstream  # noqa: F401
+from .test_model_usage import CHAT, HERE, chat, token_of
+
+
+def fleet(provider: str) -> str:
+    return textwrap.dedent(f"""
+        [agents.raw]
+        command = ["{PY}", "{HERE}/raw_model_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+
+        [gateway]
+        listen = "127.0.0.1:{free_port()}"
+
+        [models.m]
+        url = "{provider}/v1"
+        format = "openai"
+        key_env = "CORRAL_TEST_PROVIDER_KEY"
+    """)
+
+
+class Wire:
+    """One connection to the gateway, its answers read as they come."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def answer(self) -> tuple[int, dict[str, str], bytes]:
+        """An answer's status, headers (lowercase names) and body (a chunked one joined)."""
+        head = (await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 60)).decode()
+        lines = head.split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in
+                   (line.partition(":") for line in lines[1:] if line)}
+        if "content-length" in headers:
+            return int(lines[0].split()[1]), headers, await self.reader.readexactly(
+                int(headers["content-length"]))
+        assert headers["transfer-encoding"] == "chunked", head
+        body = b""
+        while size := int((await self.reader.readuntil(b"\r\n"))[:-2], 16):
+            body += (await self.reader.readexactly(size + 2))[:-2]
+        assert await self.reader.readexactly(2) == b"\r\n"
+        return int(lines[0].split()[1]), headers, body
+
+
+def post(path: str, body: Any, token: str, *extra: str, chunked: bool = False) -> bytes:
+    raw = json.dumps(body).encode()
+    framing = ["Transfer-Encoding: chunked"] if chunked else [f"Content-Length: {len(raw)}"]
+    head = "\r\n".join([f"POST {path} HTTP/1.1", "Host: corral", f"Authorization: Bearer "
+                        f"{token}", "Content-Type: application/json", *framing, *extra])
+    return (head + "\r\n\r\n").encode() + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(raw), raw)
+                                             if chunked else raw)
+
+
+async def connected(d: Any) -> Wire:
+    host, _, port = d.services.gateway.url.split("/")[2].rpartition(":")
+    return Wire(*await asyncio.open_connection(host, int(port)))
+
+
+def answered(answer: tuple[int, dict[str, str], bytes], by_aiohttp: bool
+             ) -> tuple[Any, ...]:
+    """What an agent's client reads of an answer: its status, content type, the
+    upstream's request id passed back, and its body (a whole one decoded; a stream's
+    events); asserted written by aiohttp (its head names it) or not (corral's names none)."""
+    status, headers, body = answer
+    assert ("aiohttp" in headers.get("server", "")) == by_aiohttp, headers
+    ctype, request_id = headers["content-type"], headers.get("x-request-id")
+    if ctype.startswith("text/event-stream"):
+        return status, ctype, request_id, body.split(b"\n\n")
+    return status, ctype, request_id, json.loads(body)
+
+
+async def test_lean_and_aiohttp_answer_a_call_alike_and_pipelined_calls_in_order(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
+    """On one connection: calls of the common shape (two pipelined, answered in their
+    order), then the same calls with a chunked body (aiohttp's: the connection
+    handed over), then one of the common shape again (aiohttp's from then on): whole,
+    streamed and refused (a wrong token, an unknown model), each answered as the other
+    path answers it; and one saying `Connection: close`, then closed. Fails with the lean
+    path's answers unlike aiohttp's, or the pipelined call (or a body in two writes)
+    answered out of order or lost."""
+    async with in_process(tmp_path, fleet(upstream.url)) as d:
+        token = await token_of(d)
+        wire = await connected(d)
+        calls = [(CHAT, chat("one"), token), (CHAT, chat("two", stream=True), token),
+                 (CHAT, chat("three"), "not-a-token"), (CHAT, {"model": "nope"}, token)]
+        pipelined = post(*calls[0]) + post(*calls[1])
+        wire.writer.write(pipelined[:-9])  # (the second's body's end: in a later write)
+        await wire.writer.drain()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        wire.writer.write(pipelined[-9:])
+        lean = [answered(await wire.answer(), False), answered(await wire.answer(), False)]
+        for call in calls[2:]:
+            wire.writer.write(post(*call))
+            lean.append(answered(await wire.answer(), False))
+        assert [a[:3] for a in lean] == [
+            (200, "application/json; charset=utf-8", None),
+            (200, "text/event-stream", "req_standin"),
+            (401, "application/json", None), (404, "application/json", None)]
+        assert lean[0][3]["choices"][0]["message"]["content"] == "echo: one"
+        assert lean[1][3][-2:] == [b"data: [DONE]", b""]
+        assert lean[2][3]["error"]["message"].startswith("unauthorized: not a corral model")
+        handed = []
+        for call in calls:
+            wire.writer.write(post(*call, chunked=True))
+            handed.append(answered(await wire.answer(), True))
+        wire.writer.write(post(*calls[0]))
+        handed.append(answered(await wire.answer(), True))
+        assert handed == [*lean, lean[0]]
+        wire.writer.close()
+        # `Connection: close`, its body written after its head: answered, then closed
+        wire = await connected(d)
+        closing = post(*calls[0], "Connection: close")
+        wire.writer.write(closing[:-5])
+        await wire.writer.drain()
+        for _ in range(3):  # (the daemon's loop is this one: it reads the head meanwhile)
+            await asyncio.sleep(0)
+        wire.writer.write(closing[-5:])
+        assert answered(await wire.answer(), False) == lean[0]
+        assert await asyncio.wait_for(wire.reader.read(), 60) == b""
+        wire.writer.close()
+
+
+async def test_a_head_lean_does_not_take_is_aiohttps_to_refuse(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
+    """A repeated Content-Length (a smuggling attempt) and a header line over 8190 bytes:
+    handed to aiohttp, which refuses each with a 400 and reads nothing after it; the
+    gateway made no call. Fails with lean taking either as a call."""
+    async with in_process(tmp_path, fleet(upstream.url)) as d:
+        token = await token_of(d)
+        made = upstream.calls()
+        for extra in ("Content-Length: 3", "X-Pad: " + "x" * 9000):
+            wire = await connected(d)
+            wire.writer.write(post(CHAT, chat("smuggled"), token, extra))
+            status, _, body = await wire.answer()
+            assert status == 400, body
+            assert await asyncio.wait_for(wire.reader.read(), 60) == b""  # (closed)
+            wire.writer.close()
+        assert upstream.calls() == made
