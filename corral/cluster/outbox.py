@@ -67,11 +67,8 @@ class Outbox:
         output = b"" if task.raw_output is None else bytes(task.raw_output)
         inline = task.base == 0 and len(output) <= INLINE_OUTPUT
         status, error = str(task.status), b"" if err is None else records.error_json(err)
-        args = [task.token, task.id, status, output, error, repr(task.finished),
-                task.entry, task.base, self.kept_for, task.retries_left,
-                "1" if inline else "0",
-                self.trust.outcome(task.id, task.token, status, output, error),
-                *(records.attempt_json(a, self.node) for a in task.attempts)]
+        args = self._finish_args(task, status, output, error, repr(task.finished), inline,
+                                 self.trust.outcome(task.id, task.token, status, output, error))
         if hold and inline:
             self.held[task.id] = (task, args)
             asyncio.get_running_loop().call_later(self.beat, self._release, task.id)
@@ -89,12 +86,16 @@ class Outbox:
         # (its end had it been asked to cancel meanwhile: FINISH ends it so instead)
         cancelled = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
                                                    "cancelled while running"))
-        self.pending.append((task, [
-            task.token, task.id, "queued", b"", cancelled, "" if at is None else repr(at),
-            task.entry, task.base, self.kept_for, task.retries_left, "0",
-            self.trust.outcome(task.id, "0", "cancelled", b"", cancelled),
-            *(records.attempt_json(a, self.node) for a in task.attempts)]))
+        self.pending.append((task, self._finish_args(
+            task, "queued", b"", cancelled, "" if at is None else repr(at), False,
+            self.trust.outcome(task.id, "0", "cancelled", b"", cancelled))))
         self._kick.set()
+
+    def _finish_args(self, task: ClusterTask, status: str, output: bytes, error: bytes,
+                     when: str, inline: bool, mac: str) -> list[Any]:
+        return [task.token, task.id, status, output, error, when, task.entry, task.base,
+                self.kept_for, task.retries_left, "1" if inline else "0", mac,
+                *(records.attempt_json(a, self.node) for a in task.attempts)]
 
     def _release(self, task_id: str) -> None:
         held = self.held.pop(task_id, None)

@@ -140,9 +140,8 @@ class ClusterSteps:
                 batch, self._ops = self._ops, {}
                 calls = []
                 for task_id, ops in batch.items():
-                    args: list[Any] = [ops.token, "" if ops.drop is None else ops.drop]
-                    for field, value in ops.fields.items():
-                        args += [field, value]
+                    args: list[Any] = [ops.token, "" if ops.drop is None else ops.drop,
+                                       *(part for row in ops.fields.items() for part in row)]
                     calls.append((self.scripts.step,
                                   [self.keys.task(task_id), self.keys.steps(task_id)], args))
                 try:

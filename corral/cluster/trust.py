@@ -38,13 +38,12 @@ SPAWN = b"spawn"
 # tenant's sight
 TENANT = b"tenant"
 ASK = b"ask"  # an ask of a cluster task (its record and its end), by ask id
-KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
-         OUTCOME: "outcomes", STEP: "steps",
-         SESSION: "sessions", CALL: "calls", SPAWN: "spawns",
-         TENANT: "tenants", ASK: "asks"}  # as `corral stats` counts them
-_SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
-         OUTCOME: "outcome", STEP: "step", SESSION: "session state", CALL: "call",
-         SPAWN: "spawn", TENANT: "tenant", ASK: "ask"}  # as the log says one
+# each kind as `corral stats` counts them, and as the log says one
+KINDS = {AGENT: ("agents", "agent"), REVISION: ("revisions", "revision"),
+         DECLARED: ("declared", "declared table"), OUTCOME: ("outcomes", "outcome"),
+         STEP: ("steps", "step"), SESSION: ("sessions", "session state"),
+         CALL: ("calls", "call"), SPAWN: ("spawns", "spawn"), TENANT: ("tenants", "tenant"),
+         ASK: ("asks", "ask")}
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "
@@ -101,7 +100,7 @@ class Trust:
         self.key = key
         self.cluster = cluster
         self.report = report
-        self.refused = dict.fromkeys(KINDS.values(), 0)
+        self.refused = dict.fromkeys((counted for counted, _ in KINDS.values()), 0)
         self._said: set[tuple[bytes, str, str]] = set()  # records already logged
         self._window = (0.0, 0)  # (its start, lines said in it)
         self._unsaid = 0  # refusals not said since the last line
@@ -161,7 +160,8 @@ class Trust:
                 else mac or "")
         if mark in self._said:
             return
-        self.refused[KINDS[kind]] += 1
+        counted, shown = KINDS[kind]
+        self.refused[counted] += 1
         if len(self._said) > 10_000:  # bounded: a writer making endless records
             self._said.clear()
         self._said.add(mark)
@@ -176,7 +176,7 @@ class Trust:
         self._window = (start, said + 1)
         more = f" ({self._unsaid} more refused records not said)" if self._unsaid else ""
         self._unsaid = 0
-        self.report(f"cluster: refused {_SAID[kind]} {name} from Redis: "
+        self.report(f"cluster: refused {shown} {name} from Redis: "
                     f"{'no MAC' if not mark[2] else 'its MAC does not verify'} with this "
                     f"node's cluster key; {what} (a Redis writer without the key made or "
                     f"changed it, or the nodes' key files differ: see `corral nodes`)"
