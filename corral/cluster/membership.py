@@ -122,6 +122,7 @@ class Membership:
         self.keys = keys
         self.node = node
         self.ttl = settings.node_ttl
+        self.ttl_ms = int(settings.node_ttl * 1000)
         self.sticky = settings.sticky_sessions
         self.beat = settings.beat
         self.offer = offer
@@ -209,10 +210,6 @@ class Membership:
         self.duplicate = text
         return True
 
-    @property
-    def _ttl_ms(self) -> int:
-        return int(self.ttl * 1000)
-
     async def join(self) -> None:
         other = await self.holder()
         if other is not None:  # (checked again by JOIN itself, atomically)
@@ -223,7 +220,7 @@ class Membership:
         name = consumer(self.node, inc)
         self.incarnation, self.consumer = inc, name
         ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), self._ttl_ms,
+                                     args=[self.node, self._beat_json(), self.ttl_ms,
                                            *self._one_daemon()])
         if self._another(ok):
             self.state = "duplicate"
@@ -239,7 +236,7 @@ class Membership:
 
     async def renew(self) -> bool:
         ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), self._ttl_ms,
+                                     args=[self.node, self._beat_json(), self.ttl_ms,
                                            *self._one_daemon()])
         if self._another(ok):
             # two daemons joined as one node (Redis was away when this one started): the
@@ -269,7 +266,10 @@ class Membership:
         if self.state == "left":
             return  # drained: out of the cluster until the daemon starts again
         try:
-            if self.state == "member" and not await within(self.renew(), self.beat):
+            # awaited while its key may live: cut at a beat (a loaded host's late answer), its
+            # connection went, the next paid a new one, and a live node's key lapsed (#72)
+            wait = max(self.renewed + self.ttl - time.monotonic(), self.beat)
+            if self.state == "member" and not await within(self.renew(), wait):
                 self.fence(f"its liveness key expired (no renewal within "
                            f"{self.ttl:g} s)")
             if self.state != "member":
@@ -303,9 +303,10 @@ class Membership:
                 self._joining = None
 
     async def run(self) -> None:
-        while True:
+        while True:  # a beat from one renewal's start to the next's, however slow each
+            began = time.monotonic()
             await self.step()
-            await asyncio.sleep(self.beat)
+            await asyncio.sleep(began + self.beat - time.monotonic())
 
     async def leave(self, *, for_good: bool = False) -> None:
         """A clean stop: the key goes now, not a TTL later. `for_good` (a drain): no

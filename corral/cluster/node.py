@@ -550,8 +550,7 @@ class ClusterNode:
                                f"task {task_id} already finished ({got[6:].decode()})")
             if got == b"asked":  # the node running it cancels it within a beat
                 with contextlib.suppress(TimeoutError):
-                    return await within(self.desk.wait(task_id),
-                                                  2 * self.settings.node_ttl)
+                    return await within(self.desk.wait(task_id), 2 * self.settings.node_ttl)
         return await self.task(task_id)
 
     async def _cancels(self) -> None:

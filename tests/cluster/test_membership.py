@@ -181,6 +181,35 @@ async def test_a_join_whose_answer_comes_late_is_one_incarnation(
         proxy.close()
 
 
+async def test_a_renewal_answered_late_within_the_ttl_keeps_the_node(
+        redis: RedisServer) -> None:
+    """Redis renewed the key and its answer came two beats late (a loaded host): the node
+    waits for it. Cut at a beat, as it was, the call's connection was dropped, the next
+    renewal paid a new one, and under a busy loop per core a live node's key lapsed and
+    its tasks ran twice (issue 72)."""
+    from .proxy import Proxy
+
+    proxy = Proxy(redis.port)
+    said: list[str] = []
+    settings = ClusterSettings(redis=proxy.url, name="t", node="a", node_ttl=8 * BEAT,
+                               beat=BEAT)
+    client = connect(settings, "a")
+    a = Membership(client, Scripts(client), Keys("t"), settings, "a",
+                   lambda: (4, 1, {"greeter": "default"}), said.append)
+    try:
+        await a.join()
+        renewed = a.renewed
+        proxy.hold(2 * BEAT, b"EVALSHA", a.keys.alive("a/1").encode())
+        await a.step()
+        assert (a.state, a.consumer, a.error, a.fences) == ("member", "a/1", None, 0), said
+        assert a.renewed - renewed >= 2 * BEAT  # (its answer was held: the one awaited)
+        assert said == ["cluster: joined as a/1"]
+    finally:
+        await a.leave()
+        await a.redis.aclose()
+        proxy.close()
+
+
 def test_a_forked_process_beats_as_another_daemon() -> None:
     """A daemon forked from a process that had imported membership (a test's fork server
     is one) has an id of its own in its beats, not the one it was forked from."""
