@@ -12,7 +12,7 @@ import contextlib
 import fnmatch
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,7 +53,7 @@ class Streams:
     def __init__(self, total: int, per_caller: int) -> None:
         self.total = total
         self.per_caller = per_caller
-        self.open: dict[str, int] = {}
+        self.open: Counter[str] = Counter()
         self.count = 0
 
     def refusal(self, who: str) -> web.Response | None:
@@ -71,15 +71,13 @@ class Streams:
     @contextlib.contextmanager
     def held(self, who: str) -> Iterator[None]:
         self.count += 1
-        self.open[who] = self.open.get(who, 0) + 1
+        self.open[who] += 1
         try:
             yield
         finally:
             self.count -= 1
-            left = self.open[who] - 1
-            if left:
-                self.open[who] = left
-            else:
+            self.open[who] -= 1
+            if not self.open[who]:
                 del self.open[who]
 
 
