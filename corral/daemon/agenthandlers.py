@@ -122,7 +122,6 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
         servers = [s for s in servers
                    if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
     stats = d.task_engine.stats()["agents"]
-    here = d.cluster.here
     return m.AgentsStatusResult(
         agents=wire([_status(d, r, draining) for a in agents
                      for draining, rs in ((False, a.replicas), (True, a.draining))
@@ -131,7 +130,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
         tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
-        cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
+        cluster_here={n: list(v) for n, v in d.cluster.here.items() if n in slots and v},
         notices=d.notices(),
     )
 

@@ -41,8 +41,7 @@ class Audit:
         the command's answer; redacted: neither table nor log holds a secret."""
         shown, encoded = _bounded(redact.params(method, params))
         outcome = _cut(outcome)
-        text = f"{caller.who}: {method} {encoded.decode()} -> {outcome}"
-        self.hub.daemon(text, "audit")
+        self.hub.daemon(f"{caller.who}: {method} {encoded.decode()} -> {outcome}", "audit")
         if self._store is not None:
             self._row(self._store, caller, method, shown, outcome)
         elif len(self._held) < HELD:

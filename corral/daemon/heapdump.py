@@ -39,8 +39,7 @@ def _mallinfo() -> dict[str, int] | None:
     """glibc's account of its heap (None elsewhere)."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        call = libc.mallinfo2
+        call = ctypes.CDLL(name).mallinfo2
     except (OSError, AttributeError, TypeError):
         return None
     call.restype = _MallInfo2

@@ -28,8 +28,7 @@ async def reclaim(containment: Containment, store: StateStore, hub: LogHub) -> N
         crashed.append(owner)
     if not crashed:
         return
-    records = store.process_records(crashed)
-    report = await containment.reclaim(records, crashed)
+    report = await containment.reclaim(store.process_records(crashed), crashed)
     hub.daemon(
         f"the previous daemon did not shut down cleanly: {report.found} of its processes "
         f"{'was' if report.found == 1 else 'were'} still running ({report.terminated} "

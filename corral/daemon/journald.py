@@ -109,8 +109,7 @@ LEVELS = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "error": 3}
 
 def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
     """True when fd 2 is the journal's stream (systemd sets JOURNAL_STREAM=dev:inode)."""
-    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
-    dev, _, ino = value.partition(":")
+    dev, _, ino = (os.environ if env is None else env).get("JOURNAL_STREAM", "").partition(":")
     try:
         st = os.fstat(2)
         return bool(ino) and (st.st_dev, st.st_ino) == (int(dev), int(ino))

@@ -76,8 +76,7 @@ def _read(path: Path) -> tuple[bytes | None, dict[str, Any]]:
         before = path.read_bytes()
     except FileNotFoundError:
         return None, {"mcpServers": {}}
-    doc = json.loads(before)  # (load_config has just read it: it is an object of servers)
-    return before, doc
+    return before, json.loads(before)  # (load_config just read it: an object of servers)
 
 
 async def _written(path: Path, before: bytes | None, doc: dict[str, Any], reload: Reload,

@@ -140,8 +140,7 @@ class Notifier:
             self.send(WATCHDOG=1)
 
     def reloading(self) -> None:
-        usec = int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6)
-        self.send(RELOADING=1, MONOTONIC_USEC=usec)
+        self.send(RELOADING=1, MONOTONIC_USEC=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6))
 
     def stopping(self, status: str) -> None:
         self.send(STOPPING=1, STATUS=status)

@@ -79,8 +79,7 @@ def removing(agents: dict[str, str], when: float) -> Write:
 def log_files(log_dir: Path, agent: str, tenant: str) -> list[Path]:
     """The log files of an agent of this name and tenant in their places (LOG_DIR, its
     tenant's directory), its rotated copies too: NAME.log, NAME.log.N, NAME.log.N.gz."""
-    name = log_file_name(agent)
-    copies = re.compile(re.escape(name) + r"(\.\d+(\.gz)?)?")
+    copies = re.compile(re.escape(log_file_name(agent)) + r"(\.\d+(\.gz)?)?")
     found: list[Path] = []
     for place in (log_dir, log_dir / TENANTS / tenant):
         with contextlib.suppress(OSError):

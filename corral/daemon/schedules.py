@@ -336,8 +336,7 @@ def starter(tasks: Any, workflows: Any) -> Starter:
                 agent=spec.agent, input=msgspec.Raw(msgspec.json.encode(spec.input)),
                 timeout=spec.timeout), Discard())
             return str(accepted.task_id)
-        run = await workflows.start(spec.workflow, spec.input)
-        return str(run.run_id)
+        return str((await workflows.start(spec.workflow, spec.input)).run_id)
 
     return start
 

@@ -657,10 +657,8 @@ def open_database(path: Path, *, sync: str = "normal") -> StoreConnection:
         raise StoreError(f"state database {path} cannot be created ({exc.strerror}): set "
                          f"[supervisor] state_dir to a directory uid {os.geteuid()} may "
                          "write") from None
-    try:
+    with errors_named(path):
         db = connect(path, sync=sync)
-    except sqlite3.Error as exc:
-        raise _explain(path, exc) from None
     try:
         migrate(db)
     except sqlite3.Error as exc:

@@ -383,13 +383,11 @@ class GroupCommit(Generic[V]):
             self._lingering = None
         if self._inflight_done is not None or not self.pending:
             return
-        items = list(self.pending.items())
+        self.inflight = items = list(self.pending.items())
         self.pending.clear()
-        self.inflight = items
         batch = [v for _, v in items]
-        done = self._pending_done or self._loop.create_future()
+        done = self._inflight_done = self._pending_done or self._loop.create_future()
         self._pending_done = None
-        self._inflight_done = done
         def job(db: sqlite3.Connection) -> None:
             self._job(db, batch)
 

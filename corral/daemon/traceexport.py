@@ -258,16 +258,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     idle()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    cfg = msgspec.json.decode(argv[1], type=ExportConfig)
-    exporter = Exporter(cfg, sys.stdout.buffer)
+    exporter = Exporter(msgspec.json.decode(argv[1], type=ExportConfig), sys.stdout.buffer)
     exporter.say({"ready": True})
     source = sys.stdin.buffer
     while True:
         head = source.read(4)
         if len(head) < 4:
             break
-        frame = source.read(int.from_bytes(head, "big"))
-        exporter.take(frame)
+        exporter.take(source.read(int.from_bytes(head, "big")))
     exporter.close()
     return 0
 
