@@ -366,37 +366,32 @@ class ClusterTasks:
                      ) -> tuple[str, m.TaskResult | None, bool]:
         """The task's id once Redis holds it, with `wait` its outcome if it ends within
         that many seconds, and whether an idempotency key named it, submitted before."""
+        fut: Waiter | None = None
         if p.idempotency_key is not None:
             tenant, claim = await self._claimed(p)
-            replayed = await self._keyed(p, tenant, claim)
+            task_id, replayed = claim.task_id, await self._keyed(p, tenant, claim)
             if wait is None:  # a replay's outcome, when its task has ended
                 ended = None
                 if replayed:
                     with contextlib.suppress(RedisError):
-                        ended = await self._ended_info(claim.task_id)
-                return claim.task_id, (None if ended is None else records.result(ended)
-                                       ), replayed
-            try:  # (its record read first: it may have ended)
-                got = await within(self._ended(claim.task_id, None), wait)
-            except TimeoutError:
-                return claim.task_id, None, replayed
-            return claim.task_id, (records.result(got) if isinstance(got, m.TaskInfo)
-                                   else got), replayed
-        task_id = new_id()
-        if wait is None:
-            await self._put(p, task_id)
-            return task_id, None, False
-        fut = self._waiter(task_id)  # before the submit: no wake-up can come before it
-        try:
-            await self._put(p, task_id)
-        except BaseException:
-            self._unwait(task_id, fut)
-            raise
-        try:
+                        ended = await self._ended_info(task_id)
+                return task_id, None if ended is None else records.result(ended), replayed
+        else:
+            task_id, replayed = new_id(), False
+            if wait is None:
+                await self._put(p, task_id)
+                return task_id, None, False
+            fut = self._waiter(task_id)  # before the submit: no wake-up can come before it
+            try:
+                await self._put(p, task_id)
+            except BaseException:
+                self._unwait(task_id, fut)
+                raise
+        try:  # (a replay's record read first: it may have ended)
             got = await within(self._ended(task_id, fut), wait)
         except TimeoutError:
-            return task_id, None, False
-        return task_id, (records.result(got) if isinstance(got, m.TaskInfo) else got), False
+            return task_id, None, replayed
+        return task_id, (records.result(got) if isinstance(got, m.TaskInfo) else got), replayed
 
     async def step(self, p: m.TaskParams, task_id: str, ride: Ride | None = None
                    ) -> m.TaskResult | m.TaskInfo:
