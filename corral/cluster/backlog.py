@@ -45,8 +45,7 @@ class Backlog:
                 pipe.xlen(s)
                 pipe.xpending(s, GROUP)
             got = await pipe.execute(raise_on_error=False)
-            for i, (n, _) in enumerate(streams):
-                length, pending = got[2 * i], got[2 * i + 1]
+            for (n, _), length, pending in zip(streams, got[::2], got[1::2], strict=True):
                 if isinstance(length, int) and isinstance(pending, dict):
                     waiting[n] += max(0, length - int(pending.get("pending", 0)))
         for n in names:

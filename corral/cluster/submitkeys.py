@@ -9,7 +9,7 @@ even once the task's record has been trimmed. A refused submit lets go of its cl
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..taskkeys import KEEP_SECONDS
 from .keys import Keys
@@ -45,16 +45,15 @@ CLAIMED = "p"
 ACCEPTED = "a"
 
 
-class KeyClaim:
+class KeyClaim(NamedTuple):
     """A key as CLAIM left it: the task id it names, the digest of its request, its
     state; `new`: this call claimed it; `held`: the tenant's count when refused."""
 
-    __slots__ = ("digest", "held", "new", "state", "task_id")
-
-    def __init__(self, task_id: str, digest: str, state: str, new: bool,
-                 held: int | None = None) -> None:
-        self.task_id, self.digest, self.state, self.new = task_id, digest, state, new
-        self.held = held
+    task_id: str
+    digest: str
+    state: str
+    new: bool
+    held: int | None = None
 
 
 class SubmitKeys:
