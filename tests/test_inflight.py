@@ -43,7 +43,7 @@ listen = "127.0.0.1:0"
 LIMIT = 60.0  # seconds a wait may take, however loaded the machine
 
 
-def fleet(tmp: Path, instances: int = 1) -> str:
+def fleet(tmp: Path, instances: int = 1, agent_extra: str = "") -> str:
     """Agent `inflight` whose tools are the slow server's (`instances` processes of it);
     no `retries` written: a kill, the worker's or the daemon's, is retried by default
     (retry_lost)."""
@@ -53,6 +53,7 @@ def fleet(tmp: Path, instances: int = 1) -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         backoff_initial = 0.05
         tools = ["slow__*"]
+        {agent_extra}
 
         [mcp_servers.slow]
         command = ["{PY}", "{HERE}/servers/slow_mcp.py", "{tmp}/server-log",
@@ -127,7 +128,11 @@ async def test_a_call_at_the_server_when_its_worker_is_killed_is_made_once(
     `retry_first`: let go only once the retry's same call waits for it (`stats.get`'s
     tasks.steps.awaited), else at once: the retry finds it journaled."""
     started, gate = fifos(tmp_path)
-    async with in_process(tmp_path, fleet(tmp_path), GATEWAY) as d:
+    # through the gateway both attempts import the MCP SDK's client: once, by a zygote
+    # whose forks they are (decision 963), not ~1 s of CPU at each start
+    sdk = 'preload = ["httpx2", "mcp", "mcp.client.streamable_http"]'
+    async with in_process(tmp_path, fleet(tmp_path, agent_extra=sdk if via == "gateway"
+                                          else ""), GATEWAY) as d:
         first_ended = attempt_ended(d, "inflight", 1)
         task = d.sup.tasks.submit("inflight", {"via": via}, TaskOptions(timeout=LIMIT))
         assert await call_started(started) == "1\n"
