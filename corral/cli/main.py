@@ -9,8 +9,6 @@ from __future__ import annotations
 from .app import cli
 from .terminal import guard
 
-__all__ = ["cli", "main"]
-
 
 def main() -> None:
     guard()

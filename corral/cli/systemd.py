@@ -30,7 +30,7 @@ def systemd_install(unit_dir: str, config: str, force: bool, dry_run: bool) -> N
 
     try:
         done = install(Path(unit_dir), Path(config), force, dry_run)
-    except (OSError, FileExistsError) as exc:
+    except OSError as exc:  # FileExistsError too
         fail(str(exc))
     for line in done:
         click.echo(line)

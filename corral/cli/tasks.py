@@ -171,7 +171,6 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
         got: m.TaskAccepted = obj.call(m.TasksSubmit(**asked))
         click.echo(dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
-    res: m.TaskResult
     if stream:  # its output is read back by position: from its first chunk on
         task_id = obj.call(m.TasksSubmit(**asked)).task_id
         _finish(_streamed(obj, task_id, reconnect, as_json),
@@ -180,8 +179,8 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
         # sleeping agent, a budget, an unready replica): no client timeout
-        res = obj.call(m.TasksRun(**asked), on_notification=on_note, reachable=False,
-                       wait_forever=True)
+        res: m.TaskResult = obj.call(m.TasksRun(**asked), on_notification=on_note,
+                                     reachable=False, wait_forever=True)
     except Unreachable as exc:
         if not accepted:  # never acknowledged: it may not exist
             fail(str(exc), EXIT_UNREACHABLE)
@@ -262,12 +261,11 @@ def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
 @pass_ctx
 def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
              reconnect: float, as_json: bool) -> None:
-    res: m.TaskInfo
     if stream:
         _streamed(obj, task_id, reconnect, as_json)
     try:
-        res = obj.call(m.TasksGet(task_id=task_id, wait=wait, input=with_input),
-                       reachable=not wait, wait_forever=wait)
+        res: m.TaskInfo = obj.call(m.TasksGet(task_id=task_id, wait=wait, input=with_input),
+                                   reachable=not wait, wait_forever=wait)
     except Unreachable:
         res = _wait_again(obj, task_id, reconnect)
     if as_json:
