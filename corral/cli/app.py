@@ -80,14 +80,14 @@ class Ctx:
             path = client_socket(None)
         return Client(path, timeout=None) if wait_forever else Client(path)
 
-    def reachable(self) -> bool:
-        """Whether the daemon answers a ping now."""
+    def info(self) -> m.DaemonInfoResult | None:
+        """The daemon's answer to a ping now (None: it does not answer)."""
         try:
             with self.client() as c:
-                c.ask(m.DaemonInfo())
-            return True
+                info: m.DaemonInfoResult = c.ask(m.DaemonInfo())
+            return info
         except (Unreachable, CallFailed, TimeoutError, OSError):
-            return False
+            return None
 
     def call(self, params: m.Params, *, reachable: bool = True, wait_forever: bool = False,
              **kw: Any) -> Any:

@@ -131,13 +131,9 @@ def _daemons_path(obj: Ctx) -> tuple[str, str] | None:
     one answers), else the installed unit's `Environment=PATH=`, else None."""
     import pathlib
 
-    try:
-        with obj.client() as c:
-            info = c.ask(m.DaemonInfo())
-        if info.path is not None:
-            return info.path, f"the running daemon's (pid {info.pid})"
-    except (Unreachable, CallFailed, TimeoutError, OSError):
-        pass
+    info = obj.info()
+    if info is not None and info.path is not None:
+        return info.path, f"the running daemon's (pid {info.pid})"
     for unit in UNIT_FILES:
         try:
             text = pathlib.Path(unit).read_text(encoding="utf-8")

@@ -138,7 +138,7 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
         # `corral run` waits again for its task
         click.echo("corral: lost the daemon; reconnecting", err=True)
         deadline = time.monotonic() + reconnect
-        while not obj.reachable():
+        while obj.info() is None:
             if time.monotonic() >= deadline:
                 fail(f"the daemon did not come back within {reconnect:g} s", EXIT_UNREACHABLE)
             time.sleep(0.2)
