@@ -176,11 +176,6 @@ class CheckedReplica(Protocol):
     pid: int | None
     peer: Peer | None
 
-    @property
-    def label(self) -> str: ...
-    @property
-    def serving(self) -> bool: ...
-
     def check_environment(self) -> dict[str, str]: ...
 
     def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
