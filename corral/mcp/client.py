@@ -665,10 +665,9 @@ class McpClient:
     async def complete(self, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None, timeout: float) -> Any:
         self._callers.add(None)
-        params: dict[str, Any] = {"ref": ref, "argument": argument}
-        if context:
-            params["context"] = context
-        return await self.request("completion/complete", params, timeout=timeout)
+        return await self.request("completion/complete", {
+            "ref": ref, "argument": argument, **({"context": context} if context else {})},
+            timeout=timeout)
 
     # -- roots and logging ----------------------------------------------------------------
     def set_roots(self, roots: list[str]) -> None:

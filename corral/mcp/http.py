@@ -155,10 +155,6 @@ class HttpTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @property
-    def protocol_version(self) -> str | None:
-        return self.param_headers.protocol_version
-
     async def close(self) -> None:
         """End the session (DELETE, as the spec asks) and every stream."""
         if self._closed:
@@ -192,8 +188,8 @@ class HttpTransport:
         h = {"Accept": accept, **self.static_headers}
         if self.session_id is not None:
             h[SESSION_HEADER] = self.session_id
-        if self.protocol_version is not None:
-            h[VERSION_HEADER] = self.protocol_version
+        if self.param_headers.protocol_version is not None:
+            h[VERSION_HEADER] = self.param_headers.protocol_version
         if self.auth is not None:
             h.update(await self.auth.headers())
         return h

@@ -113,10 +113,8 @@ class GatewaySession:
     def screen(self, env: Envelope, mirror: Mirror | None) -> Refusal | None:
         """The refusal of a 2026-07-28 request for its envelope (envelope.py), or None;
         `mirror`: what its HTTP headers said (None over stdio)."""
-        if self.version is not None and (envelope.meta_of(env) or {}).get(META_VERSION) \
-                is None:
-            return None
-        if not envelope.stateless(env, mirror):
+        if (self.version is not None and (envelope.meta_of(env) or {}).get(META_VERSION)
+                is None) or not envelope.stateless(env, mirror):
             return None
         return envelope.check(env, mirror)
 
@@ -362,9 +360,9 @@ class GatewaySession:
         if method == "resources/unsubscribe":
             self.subscribed.discard(uri)
             await self.backend.unsubscribe(uri)
-            return {}
-        await self.backend.subscribe(uri, self._updated)
-        self.subscribed.add(uri)
+        else:
+            await self.backend.subscribe(uri, self._updated)
+            self.subscribed.add(uri)
         return {}
 
     def _updated(self, uri: str) -> None:
