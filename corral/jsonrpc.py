@@ -9,6 +9,7 @@ them straight into its own typed Struct, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -87,6 +88,15 @@ def method_not_found(method: str) -> RpcError:
 def not_found(what: str, name: str) -> RpcError:
     """`no such agent: NAME` and the like, the name shown `visible`."""
     return RpcError(NOT_FOUND, f"no such {what}: {visible(name)}")
+
+
+@contextlib.contextmanager
+def invalid_params(*errors: type[Exception]) -> Iterator[None]:
+    """What `errors` say of a call's params, as its INVALID_PARAMS (their text as it is)."""
+    try:
+        yield
+    except errors as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
 
 
 def describe(exc: BaseException) -> str:

@@ -83,10 +83,8 @@ def _targets(d: AgentServices, names: list[str], all_: bool) -> list[tuple[Agent
         raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one agent, or all")
     out: list[tuple[Agent, int | None]] = []
     for target in names:
-        try:
+        with jsonrpc.invalid_params(ValueError):
             name, index = m.parse_target(target)
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         agent = d.agents.agent(name)
         if index is not None and index >= len(agent.replicas):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such replica: {target} ({name} has "
@@ -122,6 +120,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
         servers = [s for s in servers
                    if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
     stats = d.task_engine.stats()["agents"]
+    here = d.cluster.here
     return m.AgentsStatusResult(
         agents=wire([_status(d, r, draining) for a in agents
                      for draining, rs in ((False, a.replicas), (True, a.draining))
@@ -130,7 +129,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
         tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
-        cluster_here={n: list(v) for n, v in d.cluster.here.items() if n in slots and v},
+        cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
         notices=d.notices(),
     )
 
@@ -301,7 +300,7 @@ async def add_cluster_agents(d: AgentServices, p: m.AgentsAdd, who: str) -> list
                                                "batch of cluster agents: add it apart")
     if not p.agents:
         raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
-    try:
+    with jsonrpc.invalid_params(ConfigError):
         specs = parse_agents({"agents": p.agents}, m.AgentsAdd.declared.name)
         for name, spec in specs.items():
             why = check_command(spec) if p.check else None
@@ -312,8 +311,6 @@ async def add_cluster_agents(d: AgentServices, p: m.AgentsAdd, who: str) -> list
                                       True)
             if problem:
                 raise ConfigError(f"agents.add: agents.{name}.{problem}")
-    except ConfigError as exc:
-        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
     # (one the cluster placed here is the cluster's: Redis answers for it)
     taken = [n for n in specs if n in d.agents and n not in node.placement.placed]
     if taken:

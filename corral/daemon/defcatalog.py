@@ -84,10 +84,8 @@ class RuntimeCatalog(Generic[S]):
                            f"{size} bytes as JSON, past max_definition_bytes "
                            f"({MAX_DEFINITION_BYTES}): a definition is held whole and "
                            "kept in every revision; send data in a run's input instead")
-        try:
+        with jsonrpc.invalid_params(ConfigError):
             return self.parse(name, table, where)
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
     @staticmethod
     def _owner(check: Check[S], where: str, name: str, spec: S, others: Mapping[str, S],

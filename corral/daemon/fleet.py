@@ -141,7 +141,7 @@ class Fleet:
                check: bool, tenant: str | None) -> dict[str, AgentSpec]:
         """The specs of runtime [agents.NAME] tables: held to a tenant's caller's tenant,
         commands checked, sandboxes possible; INVALID_PARAMS (or FORBIDDEN) otherwise."""
-        try:
+        with jsonrpc.invalid_params(ConfigError):
             for name, t in tables.items():
                 if redact.deeper_than(t, redact.MAX_DEPTH):
                     raise ConfigError(f"{what}: agents.{name}: tables and lists nested more "
@@ -160,8 +160,6 @@ class Fleet:
                     raise ConfigError(f"{what}: agents.{name}.{problem}")
             check_sandboxes(specs, self.tuning.sandbox_program, what,
                             self.tuning.protected_paths, self.quotas.specs)
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         return specs
 
     async def update(self, name: str, changes: dict[str, Any], who: str, *, check: bool,
@@ -347,10 +345,8 @@ class Fleet:
                 raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {name} (its "
                                                   f"revisions kept: {oldest}..{current}; see "
                                                   f"`corral history {name}`)")
-            try:
+            with jsonrpc.invalid_params(ConfigError):
                 spec = parse_agents({"agents": {name: rev.spec}}, f"revision {target}")[name]
-            except ConfigError as exc:
-                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             self.fill_cwd(spec)
             self.held_to(spec, who, tenant, releases={
                 r.spec.get("release") for r in self.revisions.history(name, held, 1 << 62)

@@ -65,10 +65,8 @@ def _replica_sources(d: LogServices, names: list[str]
     """As `_log_sources`, the filter for replicas alone."""
     replicas: dict[str, set[int] | None] = {}  # (in the order named: the sources)
     for target in names:
-        try:
+        with jsonrpc.invalid_params(ValueError):
             n, index = m.parse_target(target)
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if n not in d.agents and n != "corral" and n not in d.hub.tails:
             raise NoSuchAgent(n, d.agents)
         wanted = replicas.setdefault(n, set())

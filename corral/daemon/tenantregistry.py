@@ -146,10 +146,8 @@ class TenantRegistry:
         async with self._changing:
             if not tables:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "no [tenants.NAME] tables to add")
-            try:
+            with jsonrpc.invalid_params(ConfigError):
                 specs = parse_tenants({"tenants": tables}, m.TenantsAdd.declared.name)
-            except ConfigError as exc:
-                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             for name in specs:
                 if self.quotas.known(name):
                     raise RpcError(jsonrpc.CONFLICT, f"tenant {name} already exists")
@@ -180,11 +178,9 @@ class TenantRegistry:
                     new.pop(key, None)
                 else:
                     new[key] = value
-            try:
+            with jsonrpc.invalid_params(ConfigError):
                 spec = parse_tenants({"tenants": {name: new}},
                                      m.TenantsSet.declared.name)[name]
-            except ConfigError as exc:
-                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             table = table_of(spec)
             await self.store.commit_or_refuse(
                 [_saving(name, table, self.declared.get(name)), _revising(name, who, old, table)],

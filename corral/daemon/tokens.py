@@ -83,10 +83,8 @@ class Tokens:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"token name must be {RULE}")
         if not scopes:
             raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one scope")
-        try:
+        with jsonrpc.invalid_params(ValueError):
             held = scopes_of(scopes)
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if agents is not None and not agents:
             raise RpcError(jsonrpc.INVALID_PARAMS, "an agents glob may not be empty")
         if expires_in is not None and expires_in <= 0:
