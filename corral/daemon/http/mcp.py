@@ -294,8 +294,7 @@ class HttpGateway:
         elif inherited is None:
             Path(self.socket_path or "").chmod(0o660)
         if self.listeners is not None:
-            held_across_upgrade(self.listeners, "gateway", self.settings.listen or "",
-                                self._runner, site, tls)
+            held_across_upgrade(self.listeners, "gateway", listen, self._runner, site, tls)
 
     async def _serve_relay(self, path: str, tls: ssl.SSLContext | None) -> None:
         """The TCP site's twin on a unix socket: the relay inside a sandbox passes the

@@ -135,8 +135,8 @@ def _tables() -> dict[str, Any]:
         [AgentSpec, TenantSpec, WorkflowSpec, TeamSpec],
         ref_template=REF.format(name="Config{name}"))
     tables = {f"Config{k}": v for k, v in found.items()}
-    agent, tenant = tables.pop("ConfigAgentSpec"), tables.pop("ConfigTenantSpec")
-    workflow = tables.pop("ConfigWorkflowSpec")
+    agent, tenant, workflow, team = (tables.pop(f"Config{kind}Spec")
+                                     for kind in ("Agent", "Tenant", "Workflow", "Team"))
     agent["properties"].pop("name")  # the table's key is its name
     # what the tables' own checks refuse, beyond their types (config.py)
     agent["properties"]["command"] = {"anyOf": [
@@ -145,9 +145,7 @@ def _tables() -> dict[str, Any]:
     tenant["properties"]["dir"] = {"anyOf": [{"type": "string", "pattern": "^/",
                                               "description": "an absolute path"},
                                              {"type": "null"}], "default": None}
-    tables["AgentTable"], tables["TenantTable"] = agent, tenant
-    team = tables.pop("ConfigTeamSpec")
-    tables["WorkflowTable"], tables["TeamTable"] = workflow, team
+    tables.update(AgentTable=agent, TenantTable=tenant, WorkflowTable=workflow, TeamTable=team)
     # a step's name is a reference's ($steps.NAME.output: workflows/plan.py), one a step
     tables["ConfigStepSpec"]["properties"]["name"] = {
         "type": "string", "pattern": f"^{STEP_NAME.pattern}$",
