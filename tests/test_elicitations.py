@@ -17,11 +17,13 @@ import asyncio
 import os
 import signal
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pytest
+import pytest_asyncio
 
 from corral import jsonrpc
 from corral import methods as m
@@ -59,6 +61,22 @@ def fleet() -> str:
 TENANTS = "\n[tenants.t]\n\n[tenants.u]\n"
 
 
+class Asker(NamedTuple):
+    server: str
+    d: Any  # the in-process daemon
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=list(SERVERS))
+async def asker(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Asker]:
+    """The fleet's daemon for the tests of one server that ask, answer and end their asks:
+    each boot started the server, whose import of the MCP SDK is ~1 s of CPU; pytest runs
+    the module's tests by this fixture's server, one daemon at once, and each test counts
+    from its own start."""
+    async with in_process(tmp_path_factory.mktemp(request.param), fleet(), TENANTS) as d:
+        yield Asker(request.param, d)
+
+
 def ask_name(server: str, greeting: str = "Hi") -> dict[str, Any]:
     return {"do": "tools", "tool": f"{server}__ask_name",
             "arguments": {"greeting": greeting}}
@@ -92,84 +110,86 @@ async def tenant_caller(d: Any, name: str, tenant: str) -> Caller:
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("server", list(SERVERS))
+@pytest.mark.asyncio(loop_scope="module")  # the loop of its server's daemon (`asker`)
 async def test_a_servers_elicitation_is_a_question_answered_through_the_inbox(
-        tmp_path: Path, server: str) -> None:
-    async with in_process(tmp_path, fleet(), TENANTS) as d:
-        made = asks_made(d)
-        task_id = await submit(d, ask_name(server))
-        ask = await asyncio.wait_for(made.get(), 30)
-        listed = (await d.dispatcher.call(OPERATOR, "approvals.list", {})).asks
-        assert [(a.id, a.kind, a.task_id, a.tenant, a.key, a.subject) for a in listed] == [
-            (ask.id, "question", task_id, "t", ask.key, {
-                "prompt": "Hi: what is your name?", "schema": ASK_NAME_SCHEMA,
-                "server": server, "tool": f"{server}__ask_name"})]
-        assert ask.key.startswith(f"ask:elicit:{server}__ask_name:"), ask.key
-        info = await d.dispatcher.call(OPERATOR, "tasks.get", {"task_id": task_id})
-        assert (info.status, [a.id for a in info.asks]) == ("waiting", [ask.id])
+        asker: Asker) -> None:
+    server, d = asker
+    made = asks_made(d)
+    counted = (d.sup.tasks.elicitations.asked, d.sup.tasks.elicitations.replayed)
+    task_id = await submit(d, ask_name(server))
+    ask = await asyncio.wait_for(made.get(), 30)
+    listed = (await d.dispatcher.call(OPERATOR, "approvals.list", {})).asks
+    assert [(a.id, a.kind, a.task_id, a.tenant, a.key, a.subject) for a in listed] == [
+        (ask.id, "question", task_id, "t", ask.key, {
+            "prompt": "Hi: what is your name?", "schema": ASK_NAME_SCHEMA,
+            "server": server, "tool": f"{server}__ask_name"})]
+    assert ask.key.startswith(f"ask:elicit:{server}__ask_name:"), ask.key
+    info = await d.dispatcher.call(OPERATOR, "tasks.get", {"task_id": task_id})
+    assert (info.status, [a.id for a in info.asks]) == ("waiting", [ask.id])
 
-        # another tenant's caller sees nothing of it and cannot answer it
-        u = await tenant_caller(d, "tu", "u")
-        assert (await d.dispatcher.call(u, "approvals.list", {})).asks == []
-        assert await refused(d, u, "approvals.resolve", {
-            "id": ask.id, "decision": "answered", "answer": {"name": "Eve"}}) == (
-            jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
-        # an answer that breaks the server's schema is refused, the ask still pending
-        t = await tenant_caller(d, "tt", "t")
-        assert await refused(d, t, "approvals.resolve", {
-            "id": ask.id, "decision": "answered", "answer": {"name": 3}}) == (
-            jsonrpc.INVALID_PARAMS,
-            f"the answer does not fit ask {ask.id}'s schema: name: 3 is not of type "
-            "'string'")
-        ended = await d.dispatcher.call(t, "approvals.resolve", {
-            "id": ask.id, "decision": "answered", "answer": {"name": "Ann"}})
-        assert (ended.end, ended.data) == ("answered", {"name": "Ann"})
+    # another tenant's caller sees nothing of it and cannot answer it
+    u = await tenant_caller(d, "tu", "u")
+    assert (await d.dispatcher.call(u, "approvals.list", {})).asks == []
+    assert await refused(d, u, "approvals.resolve", {
+        "id": ask.id, "decision": "answered", "answer": {"name": "Eve"}}) == (
+        jsonrpc.NOT_FOUND, f"no such ask: {ask.id}")
+    # an answer that breaks the server's schema is refused, the ask still pending
+    t = await tenant_caller(d, "tt", "t")
+    assert await refused(d, t, "approvals.resolve", {
+        "id": ask.id, "decision": "answered", "answer": {"name": 3}}) == (
+        jsonrpc.INVALID_PARAMS,
+        f"the answer does not fit ask {ask.id}'s schema: name: 3 is not of type "
+        "'string'")
+    ended = await d.dispatcher.call(t, "approvals.resolve", {
+        "id": ask.id, "decision": "answered", "answer": {"name": "Ann"}})
+    assert (ended.end, ended.data) == ("answered", {"name": "Ann"})
 
-        done, output = await finished(d, task_id)
-        assert done.status == "succeeded", done
-        [result] = output
-        assert result["content"][0]["text"] == "Hi, Ann!", result
-        assert (d.sup.tasks.elicitations.asked, d.sup.tasks.elicitations.replayed) == (1, 0)
-        assert made.empty()
-
-
-@pytest.mark.deadline(120)
-@pytest.mark.parametrize("server", list(SERVERS))
-async def test_declined_the_server_sees_decline(tmp_path: Path, server: str) -> None:
-    async with in_process(tmp_path, fleet(), TENANTS) as d:
-        made = asks_made(d)
-        task_id = await submit(d, ask_name(server, "Hello"))
-        ask = await asyncio.wait_for(made.get(), 30)
-        ended = await d.dispatcher.call(OPERATOR, "approvals.resolve", {
-            "id": ask.id, "decision": "denied", "reason": "not telling"})
-        assert (ended.end, ended.data) == ("denied", {"reason": "not telling"})
-        done, output = await finished(d, task_id)
-        assert done.status == "succeeded", done
-        assert output[0]["content"][0]["text"] == "elicitation decline"
+    done, output = await finished(d, task_id)
+    assert done.status == "succeeded", done
+    [result] = output
+    assert result["content"][0]["text"] == "Hi, Ann!", result
+    assert (d.sup.tasks.elicitations.asked - counted[0],
+            d.sup.tasks.elicitations.replayed - counted[1]) == (1, 0)
+    assert made.empty()
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("server", list(SERVERS))
+@pytest.mark.asyncio(loop_scope="module")
+async def test_declined_the_server_sees_decline(asker: Asker) -> None:
+    server, d = asker
+    made = asks_made(d)
+    task_id = await submit(d, ask_name(server, "Hello"))
+    ask = await asyncio.wait_for(made.get(), 30)
+    ended = await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+        "id": ask.id, "decision": "denied", "reason": "not telling"})
+    assert (ended.end, ended.data) == ("denied", {"reason": "not telling"})
+    done, output = await finished(d, task_id)
+    assert done.status == "succeeded", done
+    assert output[0]["content"][0]["text"] == "elicitation decline"
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_retry_after_the_worker_is_killed_waits_on_the_same_ask(
-        tmp_path: Path, server: str) -> None:
-    async with in_process(tmp_path, fleet(), TENANTS) as d:
-        made = asks_made(d)
-        tasks = d.sup.tasks
-        task_id = await submit(d, ask_name(server))
-        ask = await asyncio.wait_for(made.get(), 30)
-        [replica] = d.sup.agents["asker"].replicas
-        os.kill(replica.pid, signal.SIGKILL)
-        # the retry makes the same call, the server asks the same: the same ask, pending
-        await wait_until_async(lambda: (t := tasks.active.get(task_id)) is not None
-                               and t.attempt == 2 and t.status == "waiting", 30)
-        assert [a.id for a in tasks.inbox.waiting_for(task_id)] == [ask.id]
-        await d.dispatcher.call(OPERATOR, "approvals.resolve", {
-            "id": ask.id, "decision": "answered", "answer": {"name": "Bo"}})
-        done, output = await finished(d, task_id)
-        assert done.status == "succeeded", done
-        assert [a.outcome for a in done.attempts] == ["lost", "succeeded"]
-        assert output[0]["content"][0]["text"] == "Hi, Bo!"
-        assert made.empty()  # nobody was asked twice
+        asker: Asker) -> None:
+    server, d = asker
+    made = asks_made(d)
+    tasks = d.sup.tasks
+    task_id = await submit(d, ask_name(server))
+    ask = await asyncio.wait_for(made.get(), 30)
+    [replica] = d.sup.agents["asker"].replicas
+    os.kill(replica.pid, signal.SIGKILL)
+    # the retry makes the same call, the server asks the same: the same ask, pending
+    await wait_until_async(lambda: (t := tasks.active.get(task_id)) is not None
+                           and t.attempt == 2 and t.status == "waiting", 30)
+    assert [a.id for a in tasks.inbox.waiting_for(task_id)] == [ask.id]
+    await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+        "id": ask.id, "decision": "answered", "answer": {"name": "Bo"}})
+    done, output = await finished(d, task_id)
+    assert done.status == "succeeded", done
+    assert [a.outcome for a in done.attempts] == ["lost", "succeeded"]
+    assert output[0]["content"][0]["text"] == "Hi, Bo!"
+    assert made.empty()  # nobody was asked twice
 
 
 @pytest.mark.deadline(120)
