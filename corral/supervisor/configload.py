@@ -410,24 +410,16 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
             return got
         return kind()
 
-    def optional(key: str, kind: type[_S]) -> _S | None:
-        if key not in data:
-            return None
-        with errors():
-            got: _S = convert(data[key], kind, where=where, prefix=key)
-            return got
-        return None
-
     sup = table("supervisor", SupervisorSettings)
     gateway = table("gateway", GatewaySettings)
     http = table("http", HttpSettings)
     packages = table("packages", PackagesSettings)
-    cluster = optional("cluster", ClusterSettings)
+    cluster = _optional(data, "cluster", ClusterSettings, where, problems)
     if cluster is not None:
         with errors():
             cluster.check(where)
-    tracing = optional("tracing", TracingSettings)
-    approvals = optional("approvals", ApprovalsSettings)
+    tracing = _optional(data, "tracing", TracingSettings, where, problems)
+    approvals = _optional(data, "approvals", ApprovalsSettings, where, problems)
     if approvals is not None:
         with errors():
             approvals.check()
@@ -497,6 +489,17 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
                  models=models, policy=policy)
     check_tenants_named(cfg, where)
     return cfg
+
+
+def _optional(data: dict[str, Any], key: str, kind: type[_S], where: str,
+              problems: list[str]) -> _S | None:
+    """The `[KEY]` table as a `kind`; None when absent, or refused (said in `problems`)."""
+    if key not in data:
+        return None
+    with _collected(problems):
+        got: _S = convert(data[key], kind, where=where, prefix=key)
+        return got
+    return None
 
 
 def _resolve_paths(base: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],
