@@ -88,6 +88,15 @@ class StartupError(Exception):
     """The daemon cannot start; the text says why, for stderr."""
 
 
+@contextlib.contextmanager
+def refused(error: type[Exception], said: str = "") -> Iterator[None]:
+    """What `error` says, as why the daemon does not start."""
+    try:
+        yield
+    except error as exc:
+        raise StartupError(f"{said}{exc}") from None
+
+
 class Paths(msgspec.Struct, frozen=True):
     socket: Path
     state_dir: Path
@@ -126,13 +135,11 @@ def read_config(config_path: Path, socket: str | None, loaded: Config | None = N
                 ) -> Conf:
     """The config, checked whole (its sandboxes too) before anything is set up.
     `loaded`: the file's, read a moment ago (by an upgrade's new image)."""
-    try:
+    with refused(ConfigError, "invalid config: "):
         cfg = loaded if loaded is not None else load_config(config_path)
         paths = paths_of(cfg, config_path, socket)
         guarded = protected(cfg, config_path, paths)
         check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded)
-    except ConfigError as exc:
-        raise StartupError(f"invalid config: {exc}") from None
     return Conf(cfg, config_path, paths, guarded)
 
 
@@ -217,10 +224,8 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Se
                              tasks=parts.tasks,
                              tracer=traces.tracer if traces is not None else None,
                              guard=guard)
-    try:
+    with refused(ConfigError, "invalid config: "):
         gateway.configure(conf.cfg.gateway, conf.dir)
-    except ConfigError as exc:
-        raise StartupError(f"invalid config: {exc}") from None
     return gateway
 
 
@@ -236,10 +241,8 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
 
     models = ModelGateway(parts.tasks, parts.agents, gateway, gateway.attribution, tracer,
                           gateway.guard)
-    try:
+    with refused(ConfigError, "invalid config: "):
         models.configure(conf.cfg.models, conf.dir)
-    except ConfigError as exc:
-        raise StartupError(f"invalid config: {exc}") from None
     async with closed(models.close):
         yield models
 
@@ -336,7 +339,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
     error = partial(hub.daemon, priority=3)
     notice = partial(hub.daemon, priority=5)
     async with contextlib.AsyncExitStack() as own:
-        try:
+        with refused(StoreError):
             # opening (and migrating) the database is a few commits with their fsyncs: in
             # a thread, as the control socket already answers
             store = await asyncio.to_thread(StateStore, conf.paths.state_dir / "corral.db",
@@ -389,8 +392,6 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
             if conf.cfg.approvals is not None:  # each ask made and ended, to a chat tool
                 webhook = AskWebhook(conf.cfg.approvals, parts.tasks.stream, error)
                 own.push_async_callback(webhook.close)
-        except StoreError as exc:
-            raise StartupError(str(exc)) from None
         parts.stream.subscribe(lambda c: store.save_state(
             c.agent, c.replica, c.time, c.state,
             parts.quotas.tenant_of(c.agent) or DEFAULT_TENANT), Checkpoint)
@@ -458,10 +459,8 @@ def cluster_key(conf: Conf, hub: LogHub) -> bytes | None:
     if settings.key_file is None:
         hub.daemon(f"WARNING: cluster {settings.name}: {NO_KEY_WARNING}", priority=4)
         return None
-    try:
+    with refused(ConfigError, "invalid config: "):
         return load_key(resolve(conf.dir, settings.key_file) or Path(settings.key_file))
-    except ConfigError as exc:
-        raise StartupError(f"invalid config: {exc}") from None
 
 
 async def one_node(node: ClusterNode, hub: LogHub) -> None:
@@ -608,10 +607,8 @@ async def packages(conf: Conf, parts: Parts, opened: Stores, fleet: Fleet,
     packages = Packages(pkg, Path(pkg.dir) if pkg.dir else conf.paths.state_dir
                         / "packages", parts, opened.store, opened.revisions, fleet,
                         hub.daemon, node.refuse_deploy if node is not None else None)
-    try:
+    with refused(StoreError):
         await packages.start()
-    except StoreError as exc:
-        raise StartupError(str(exc)) from None
     return packages
 
 

@@ -56,10 +56,6 @@ def results_dir(db_path: Path) -> Path:
     return db_path.parent / RESULTS_DIR
 
 
-def _hash(body: bytes) -> bytes:
-    return hashlib.blake2b(body, digest_size=16).digest()
-
-
 class StepsDB:
     def __init__(self, path: Path, writer: WriterThread, *, sync: str = "normal",
                  on_error: Callable[[str], None] | None = None) -> None:
@@ -177,7 +173,7 @@ class StepsDB:
                 continue
             result = None
             if op.body is not None:
-                result = _hash(op.body)
+                result = hashlib.blake2b(op.body, digest_size=16).digest()
                 self._keep(db, result, op.body)
             replaced = None
             if op.seq <= 0:  # a named step or a checkpoint may be written again

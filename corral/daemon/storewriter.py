@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -463,7 +464,7 @@ class StoreWriter:
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_kept = max_kept
         self._group: GroupCommit[_QueuedWrite] = GroupCommit(thread, self._job, self._settle,
-                                                             size=_kept_size)
+                                                             size=attrgetter("size"))
         self.outage = self._group.outage
         self._unkeyed = itertools.count()  # keys for writes that replace nothing
         self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
@@ -580,10 +581,6 @@ class StoreWriter:
 
     def cancel_retry(self) -> None:
         self._group.cancel_retry()
-
-
-def _kept_size(kept: _QueuedWrite) -> int:
-    return kept.size
 
 
 def _kinds(batch: list[_QueuedWrite]) -> dict[str, int]:
