@@ -203,20 +203,16 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
                    replica_calls=(s.gateway.attributed, s.gateway.unattributed))
     out.duration = (list(times.duration.buckets), times.duration.sum)
     out.wait = (list(times.wait.buckets), times.wait.sum)
-    for server, entry in s.tools.servers.items():
-        calls = errors = 0
-        for instance in entry.all():
-            calls += instance.client.calls
-            errors += instance.client.errors
-        out.mcp[server] = (calls, errors)
+    out.mcp = {server: (sum(i.client.calls for i in entry.all()),
+                        sum(i.client.errors for i in entry.all()))
+               for server, entry in s.tools.servers.items()}
     out.decisions = dict(s.elastic.counts)
     out.scaled = [(name, e.desired, len(s.agents[name].replicas))
                   for name, e in s.elastic.entries.items() if name in s.agents]
     out.health_failures = dict(s.health.failures)
-    for name, agent in s.agents.items():
-        if agent.spec.health is not None:
-            out.ready[name] = (sum(1 for r in agent.replicas if r.serving and r.health_ready),
-                               agent.spec.tenant)
+    out.ready = {name: (sum(1 for r in agent.replicas if r.serving and r.health_ready),
+                        agent.spec.tenant)
+                 for name, agent in s.agents.items() if agent.spec.health is not None}
     out.cluster = services.cluster.status()
     out.nodes = services.cluster.views()
     for reporter, used in s.budgets.usage.items():
