@@ -271,6 +271,9 @@ async def test_calls_naming_tools_no_server_has_grow_neither_the_daemon_nor_its_
             with pytest.raises(MCPError) as err:
                 await s.call_tool(f"{long}{i}", {})
             assert str(err.value).startswith("no such tool: many__xxx"), str(err.value)[:200]
+            # the name cut in the answer: echoed whole, twice, it was 4 MB of each answer
+            # and of the daemon's memory until it was sent (the bound below, under load)
+            assert len(str(err.value)) < 1000, str(err.value)[-200:]
     grown = await asyncio.to_thread(rss_kb, d) - before
     assert grown < 25_000, f"the daemon grew {grown} KB"
     stats = d.json("mcp", "status")["gateway"]["tools"]

@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
-from .. import jsonrpc
+from .. import jsonrpc, text
 from ..jsonrpc import Peer, RpcError
 from .client import Asker, McpClient
 from .logrelay import LogRelay
@@ -282,14 +282,15 @@ class McpPool(Generic[Spec, Inst]):
         the rest)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
-        if entry is None:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (no MCP server "
-                                              f"{server})")
+        if entry is None:  # (the names a caller chose, cut: 2 MB of one were 4 MB of this)
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {text.clip(qualified, 200)} "
+                                              f"(no MCP server {text.clip(server, 200)})")
         inst = await self.instance(entry, owner)
         definition = inst.client.tool(tool)
         if definition is None:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (MCP server {server} "
-                                              f"has no tool {tool})")
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {text.clip(qualified, 200)} "
+                                              f"(MCP server {server} has no tool "
+                                              f"{text.clip(tool, 200)})")
         drift = self.pins.seen(server, definition)
         if drift is not None:
             raise ToolDrifted(qualified, drift, self.pins)
