@@ -245,8 +245,7 @@ class WorkflowService:
 
     async def cancel(self, run_id: str) -> Run:
         run = self.get(run_id)
-        live = self.live.get(run_id)
-        if run.status in RUN_ENDED or live is None \
+        if run.status in RUN_ENDED or run_id not in self.live \
                 or not await self.calls.cancel(run_id, "cancelled"):
             raise RpcError(jsonrpc.CONFLICT, f"run {run_id} already ended ({run.status})")
         return run
