@@ -64,8 +64,7 @@ class ClusterSessions:
         local = self.host.agents.get(agent)
         if local is None:
             return [session, 0, 0, tenant]
-        spec = local.spec
-        return [session, spec.session_ttl, spec.max_sessions, tenant]
+        return [session, local.spec.session_ttl, local.spec.max_sessions, tenant]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""
