@@ -40,14 +40,12 @@ class TaskRunParams(WorkerParams):
     input: Any
     attempt: int = 1  # an older corral does not send it
     deadline: float | None = None
-    # W3C trace context of the attempt (`traceparent`, `tracestate`), when corral traces
-    # the task: the worker's spans and its tool calls are its children (docs/tracing.md)
+    # the attempt's W3C trace context, when corral traces the task (docs/tracing.md)
     meta: dict[str, Any] | None = msgspec.field(default=None, name="_meta")
     # a retried attempt of a task that checkpointed (task/checkpoint): its last state
     resumed: bool = False
     task_state: Any = None
-    # a task of a session (docs/durable.md#sessions): its name, and the session's last
-    # state (session/checkpoint; null: a new session, or one expired or ended)
+    # its session's name and last state (null: a new session; docs/durable.md#sessions)
     session: str | None = None
     session_state: Any = None
 
@@ -75,9 +73,13 @@ class HibernateParams(WorkerParams):
     pass
 
 
-class ResourcesUpdatedParams(WorkerParams):
+class ResourcesReadParams(WorkerParams):
     server: str
     uri: str
+
+
+class ResourcesUpdatedParams(ResourcesReadParams):
+    pass
 
 
 # -- worker -> corral ----------------------------------------------------------------------
@@ -97,27 +99,20 @@ class ResourcesListParams(WorkerParams):
     server: str | None = None
 
 
-class ResourceTemplatesListParams(WorkerParams):
-    server: str | None = None
+class ResourceTemplatesListParams(ResourcesListParams):
+    pass
 
 
-class ResourcesReadParams(WorkerParams):
-    server: str
-    uri: str
+class ResourcesSubscribeParams(ResourcesReadParams):
+    pass
 
 
-class ResourcesSubscribeParams(WorkerParams):
-    server: str
-    uri: str
+class ResourcesUnsubscribeParams(ResourcesReadParams):
+    pass
 
 
-class ResourcesUnsubscribeParams(WorkerParams):
-    server: str
-    uri: str
-
-
-class PromptsListParams(WorkerParams):
-    server: str | None = None
+class PromptsListParams(ResourcesListParams):
+    pass
 
 
 class PromptsGetParams(WorkerParams):
@@ -133,16 +128,14 @@ class TaskProgressParams(WorkerParams):
 
 
 class TaskOutputParams(WorkerParams):
-    """A chunk of the running task's output, for whoever follows its stream
-    (supervisor/tasks/output.py)."""
+    """A chunk of the running task's output, for whoever follows its stream (tasks/output.py)."""
 
     task_id: str
     data: str
 
 
 class UsageReportParams(WorkerParams):
-    """Amounts are checked for range where they are counted (tasks/budget.py): a report
-    out of range is counted as ignored, as one of the wrong shape is."""
+    """Amounts out of range (tasks/budget.py) are counted as ignored, as a wrong shape is."""
 
     task_id: str = ""
     input_tokens: Number | None = None
@@ -165,8 +158,7 @@ class StateCheckpointParams(WorkerParams):
 
 
 class StepGetParams(WorkerParams):
-    """A step the agent names (`ctx.step`): its journaled result, if an earlier attempt of
-    the task made it (docs/durable.md)."""
+    """A step the agent names (`ctx.step`): its result, if an earlier attempt journaled it."""
 
     task_id: NonEmpty
     name: NonEmpty
@@ -186,8 +178,7 @@ class TaskCheckpointParams(WorkerParams):
 
 
 class SessionCheckpointParams(WorkerParams):
-    """The state of the running task's session, given to the session's next tasks
-    (`task/run`'s `session_state`)."""
+    """The running task's session's state, for its next tasks (`task/run`'s `session_state`)."""
 
     task_id: NonEmpty
     state: Any = None

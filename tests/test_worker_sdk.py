@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -34,6 +36,10 @@ WORKER = textwrap.dedent('''
             ctx.progress(0, message="sleeping")  # lets the test know the task runs
             t = time.monotonic()
             while time.monotonic() - t < 5:
+                ctx.check_cancelled()
+                time.sleep(0.01)
+        if task == "quiet":  # blocks, sending nothing, until cancelled
+            while True:
                 ctx.check_cancelled()
                 time.sleep(0.01)
         if task == "print":
@@ -288,3 +294,82 @@ def test_the_sdk_reads_lines_whole_however_long_and_however_they_arrive() -> Non
         os.close(r)
     assert got == [b"one", big, b"two", b"three", bigger, bigger, b"", b"four",
                    b"last-without-newline"]
+
+
+class RawWorker:
+    """The WORKER over raw pipes, for what a Peer would hide: how its answers arrive."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        script = tmp_path / "w.py"
+        script.write_text(WORKER)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdin and self.proc.stdout
+        self.fd_in, self.fd_out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self.buf = b""
+        self.send(b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}\n')
+        assert json.loads(self.line(5))["id"] == 0
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd_in, data)
+
+    def line(self, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.fd_out], [], [], left)[0], self.buf
+            self.buf += os.read(self.fd_out, 65536)
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def writes(self) -> int:
+        """The write calls the worker's process has made."""
+        io = Path(f"/proc/{self.proc.pid}/io").read_text()
+        return int(io.split("syscw: ")[1].split()[0])
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def task_run(rid: int, task_input: Any) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "task/run",
+                       "params": {"task_id": f"t{rid}", "input": task_input}}).encode() + b"\n"
+
+
+def test_the_answers_of_a_burst_go_out_a_few_writes_not_one_each(tmp_path: Path) -> None:
+    """64 quick tasks in one read: their answers are written held together (the
+    supervisor reads and starts the next in a few turns), each whole and in its place."""
+    w = RawWorker(tmp_path)
+    try:
+        before = w.writes()
+        w.send(b"".join(task_run(i, i) for i in range(1, 65)))
+        answers = [json.loads(w.line(10)) for _ in range(64)]
+        writes = w.writes() - before
+        assert sorted(a["id"] for a in answers) == list(range(1, 65))
+        assert all(a["result"]["output"]["echo"] == a["id"] for a in answers)
+        assert writes < 32, writes
+    finally:
+        w.close()
+
+
+def test_an_answer_held_for_the_next_is_not_kept_behind_a_task_that_blocks(
+        tmp_path: Path) -> None:
+    """A quick task and two that block, in one read: the quick one's answer, held while
+    tasks waited for a thread, is written by the reader within STALL, though no task
+    ends after it."""
+    w = RawWorker(tmp_path)
+    try:
+        w.send(task_run(1, "quick") + task_run(2, "quiet") + task_run(3, "quiet"))
+        t0 = time.monotonic()
+        answer = json.loads(w.line(3))
+        assert time.monotonic() - t0 < 1
+        assert (answer["id"], answer["result"]["output"]["echo"]) == (1, "quick")
+        w.send(b"".join(b'{"jsonrpc":"2.0","method":"task/cancel","params":{"task_id":"t%d"}}'
+                        b"\n" % i for i in (2, 3)))
+        cancelled = [json.loads(w.line(3)) for _ in range(2)]
+        assert sorted((a["id"], a["error"]["code"]) for a in cancelled) == [
+            (2, jsonrpc.REQUEST_CANCELLED), (3, jsonrpc.REQUEST_CANCELLED)]
+    finally:
+        w.close()

@@ -1,20 +1,6 @@
-"""The worker SDK: write a handler, call `run(handler)`.
-
-    from corral.worker import run
-
-    def handle(task_input, ctx):
-        ctx.progress(1, 2, "thinking")
-        return {"echo": task_input}
-
-    run(handle)
-
-The handler may be a plain function (run in a thread, so pings are answered while it
-works) or a coroutine function (run on an asyncio loop, imported only then). The SDK is
-deliberately stdlib-only and imports little: a worker's start-up is paid at every restart.
-The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
-`shutdown` itself (`health/check`, the `@health_check` functions, on a thread of its own);
-stdout is reserved for the protocol (print() goes to stderr).
-"""
+"""The worker SDK (docs/sdk.md): write a handler, call `run(handler)`. Stdlib-only and
+light to import, as a worker's start-up is paid at every restart; the main thread reads
+stdin and answers the protocol itself, so a ping is answered while a handler works."""
 
 from __future__ import annotations
 
@@ -59,6 +45,7 @@ PROTOCOL_VERSION = "1"
 # once share the threads there are: a thread per task in flight made every task a wake-up
 # of a sleeping thread and a fight for the GIL, most of a tiny task's cost in the worker.
 STALL = 0.002
+HOLD_MAX = 16  # answers held at most: the supervisor starts on a burst's first meanwhile
 
 __all__ = ["Context", "RequestError", "RpcError", "TaskCancelled", "TaskError", "Worker",
            "health_check", "run"]
@@ -148,6 +135,8 @@ class Worker(SupervisorLink):
         for w in list(self._waiters.values()):
             w.resolve(False, RequestError(PEER_CLOSED, "supervisor went away"))
         try:
+            with self._lock:
+                self._flush()  # the answers held
             sys.stderr.flush()
         finally:
             os._exit(status)
@@ -176,17 +165,10 @@ class Worker(SupervisorLink):
         elif method == "health/check":
             self._health.request(rid, params)
         elif method == "event":
-            if self.on_event is not None:
-                try:
-                    self.on_event(params.get("topic", ""), params.get("data"))
-                except Exception:
-                    print_exc()
+            self._hook(self.on_event, params.get("topic", ""), params.get("data"))
         elif method == "resources/updated":
-            if self.on_resource_updated is not None:
-                try:
-                    self.on_resource_updated(params.get("server", ""), params.get("uri", ""))
-                except Exception:
-                    print_exc()
+            self._hook(self.on_resource_updated, params.get("server", ""),
+                       params.get("uri", ""))
         elif rid is not None:
             self._error(rid, METHOD_NOT_FOUND, f"method not found: {method}")
 
@@ -208,12 +190,16 @@ class Worker(SupervisorLink):
         self._reply(rid, {"protocol_version": PROTOCOL_VERSION, "capabilities": capabilities,
                           "trace_from_task_id": True})
 
-    def _shutdown(self, rid: Any) -> None:
-        if self.on_shutdown is not None:
+    def _hook(self, hook: Callable[..., Any] | None, *args: Any) -> None:
+        """The agent's `hook`, if it gave one: what it raises is printed, not answered."""
+        if hook is not None:
             try:
-                self.on_shutdown()
+                hook(*args)
             except Exception:
                 print_exc()
+
+    def _shutdown(self, rid: Any) -> None:
+        self._hook(self.on_shutdown)
         if rid is not None:
             self._reply(rid, {})
         self._exit(0)
@@ -282,13 +268,14 @@ class Worker(SupervisorLink):
         threading.Thread(target=self._pool_thread, daemon=True, name="task").start()
 
     def _before_read(self, fd: int) -> None:
-        """Before the reader waits for more input: while tasks wait that no free thread
-        will take, and no thread has taken one for STALL (every thread is in a handler
-        that blocks), one more thread is started; meanwhile input is waited for with a
-        timeout. With no such task the read waits as long as it must."""
+        """Before the reader waits for input: the answers held are written; while a task
+        waits that no free thread takes, the wait has a timeout, and a thread is started
+        once none has taken a task for STALL (each is in a handler that blocks)."""
         since = time.monotonic()
         while True:
             with self._lock:
+                if self._unflushed:
+                    self._flush()
                 if self._queued <= self._waiting:
                     return
                 now = time.monotonic()
@@ -301,6 +288,11 @@ class Worker(SupervisorLink):
 
             if select.select([fd], [], [], STALL - idle_for)[0]:
                 return
+
+    def _holds(self) -> bool:
+        # a task waits that no free thread takes: the reader waits for input only with a
+        # timeout (_before_read), writing what is held each time, until it is taken
+        return self._queued > self._waiting and self._unflushed < HOLD_MAX
 
     def _pool_thread(self) -> None:
         jobs = self._jobs
@@ -327,7 +319,7 @@ class Worker(SupervisorLink):
         if before_reply is not None:
             before_reply()
         if ok:
-            self._reply(rid, {"output": value})
+            self._write(codec.answer(rid, value), before_reply is not None)
             return
         exc = value
         if isinstance(exc, TaskCancelled) or type(exc).__name__ == "CancelledError":
@@ -345,6 +337,8 @@ class Worker(SupervisorLink):
             # line), and retries it where the agent has retries. Nothing may be imported or
             # opened here (no memory, no fds): one write with what is loaded, and go.
             try:
+                with self._lock:
+                    self._flush()  # the answers held: those tasks ended
                 os.write(2, f"corral worker: fatal: {exc_text(exc)}; exiting\n".encode())
             finally:
                 os._exit(FATAL_EXIT_STATUS)
@@ -412,10 +406,8 @@ def run(
     on_resource_updated: Callable[[str, str], Any] | None = None,
     on_hibernate: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop.
-    `on_hibernate(state)`: called with the state last checkpointed when corral
-    hibernates the idle agent; what it returns (if not None) is checkpointed as the
-    agent's state, given back by `initialize` when a task wakes it."""
+    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop (the
+    hooks: docs/sdk.md)."""
     Worker(
         handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown,
         on_resource_updated=on_resource_updated, on_hibernate=on_hibernate,

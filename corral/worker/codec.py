@@ -41,30 +41,33 @@ try:
             raise ValueError("extra data after the JSON value")
         return value
 
-    def _std_dumps(obj: Any) -> bytes:
-        chunks = _encode(obj, 0)
-        chunks.append("\n")
-        return "".join(chunks).encode("utf-8")
-
 except (ImportError, AttributeError):  # pragma: no cover - an interpreter without _json
     import json
 
     def _std_loads(line: bytes) -> Any:
         return json.loads(line)
 
-    def _std_dumps(obj: Any) -> bytes:
-        return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
-                + "\n").encode("utf-8")
+    def _encode(obj: Any, _: int) -> list[str]:  # type: ignore[misc]
+        return [json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)]
 
 
-# A line this long is worth a fast JSON codec, where the agent's environment has one
-# (msgspec, else orjson): ~10x the stdlib's speed on large documents. It is imported then,
-# never at start-up (msgspec costs ~50 ms to import), and used for every message after:
-# an agent that has seen one large message will likely see more. Set CORRAL_FAST_JSON=0
-# to keep the stdlib codec.
+def _std_dumps(obj: Any) -> bytes:
+    return "".join([*_encode(obj, 0), "\n"]).encode("utf-8")
+
+
+def _std_answer(rid: Any, output: Any) -> bytes:
+    # the envelope as text, the output alone encoded: the encoder's cost is per object
+    head = str(rid) if rid.__class__ is int else "".join(_encode(rid, 0))
+    return "".join(['{"jsonrpc":"2.0","id":', head, ',"result":{"output":',
+                    *_encode(output, 0), "}}\n"]).encode("utf-8")
+
+
+# A line this long is worth a fast codec (~10x the stdlib's speed on large documents,
+# docs/sdk.md): imported then, not at start-up (msgspec: ~50 ms), and used from then on.
 FAST_JSON_AT = 64 * 1024
 loads = _std_loads
 dumps = _std_dumps
+answer = _std_answer  # a task's output as its `task/run`'s answer
 fast_tried = False
 
 
@@ -80,7 +83,7 @@ def try_fast_json() -> None:
     fastest (orjson ~1.2x its time on a 1 MB document), orjson encodes fastest (msgspec
     ~8x its time on a long ASCII string, ~1.3x on text that needs escapes). A value orjson
     refuses (an int past 64 bits, a non-string key) is encoded by the next codec."""
-    global loads, dumps, fast_tried
+    global loads, dumps, answer, fast_tried
     fast_tried = True
     if os.environ.get("CORRAL_FAST_JSON", "1") == "0":
         return
@@ -122,3 +125,6 @@ def try_fast_json() -> None:
         dumps = orjson_dumps
         if msgspec is None:
             loads = orjson_loads
+    if dumps is not _std_dumps:
+        answer = lambda rid, output: dumps(  # noqa: E731
+            {"jsonrpc": "2.0", "id": rid, "result": {"output": output}})

@@ -31,6 +31,15 @@ class _Waiter:
         if self.callback is not None:
             self.callback(ok, value)
 
+    def answer(self, method: str, timeout: float | None = None) -> Any:
+        """The answer, waited for (its error raised)."""
+        if not self.event.wait(timeout):
+            raise RequestError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
+        ok, value = self.value
+        if not ok:
+            raise value
+        return value
+
 
 class SupervisorLink:
     """Sending to corral and matching its answers to the requests made (the Worker's)."""
@@ -39,18 +48,35 @@ class SupervisorLink:
         self._lock = threading.Lock()
         self._next_id = 0
         self._waiters: dict[int, _Waiter] = {}
+        self._unflushed = 0  # lines in `_out`'s buffer, not yet in the pipe
         # stdout is the protocol channel: keep a private handle, send stray prints to stderr
         self._out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
 
     def _send(self, msg: dict[str, Any]) -> None:
-        line = codec.dumps(msg)
+        self._write(codec.dumps(msg))
+
+    def _write(self, line: bytes, held: bool = False) -> None:
+        """`held`: a task's answer, left in the buffer while `_holds` (one write a burst)."""
         with self._lock:
             try:
                 self._out.write(line)
-                self._out.flush()
+                self._unflushed += 1
             except (BrokenPipeError, ValueError):
                 pass  # the supervisor is gone; stdin EOF will end us
+            if not held or not self._holds():
+                self._flush()
+
+    def _holds(self) -> bool:
+        return False
+
+    def _flush(self) -> None:
+        """What `_out` holds, to the pipe (called holding `_lock`)."""
+        try:
+            self._unflushed = 0
+            self._out.flush()
+        except (BrokenPipeError, ValueError):
+            pass
 
     def notify(self, method: str, params: Any = None) -> None:
         self._send({"jsonrpc": "2.0", "method": method, "params": params})
@@ -76,26 +102,12 @@ class SupervisorLink:
 
     def request(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
         """Ask the supervisor something and block this thread for the answer."""
-        waiter = self._new_request(method, params)
-        if not waiter.event.wait(timeout):
-            raise RequestError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
-        ok, value = waiter.value
-        if not ok:
-            raise value
-        return value
+        return self._new_request(method, params).answer(method, timeout)
 
     def request_all(self, method: str, params: list[Any]) -> list[Any]:
         """Ask the supervisor many things at once (all sent before the first answer is
         waited for) and block this thread for every answer, in order."""
-        waiters = [self._new_request(method, p) for p in params]
-        out = []
-        for waiter in waiters:
-            waiter.event.wait()
-            ok, value = waiter.value
-            if not ok:
-                raise value
-            out.append(value)
-        return out
+        return [w.answer(method) for w in [self._new_request(method, p) for p in params]]
 
     def request_async(self, method: str, params: Any = None) -> Any:
         """Ask the supervisor something; an awaitable answer (for coroutine handlers)."""
@@ -105,12 +117,8 @@ class SupervisorLink:
         fut = loop.create_future()
 
         def settle(ok: bool, value: Any) -> None:
-            if fut.done():
-                return
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            if not fut.done():
+                (fut.set_result if ok else fut.set_exception)(value)
 
         def answered(ok: bool, value: Any) -> None:  # on the reader thread
             loop.call_soon_threadsafe(settle, ok, value)
