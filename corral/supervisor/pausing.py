@@ -3,22 +3,15 @@ a command names, and why it is refused."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .. import jsonrpc
 from ..text import plural
 from .lifecycle import Cause
 
 if TYPE_CHECKING:
+    from .agent import Agent
     from .replica import Replica
-
-
-class PausableAgent(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def replicas(self) -> Sequence[Replica]: ...
 
 
 class PauseRefused(jsonrpc.RpcError):
@@ -28,7 +21,7 @@ class PauseRefused(jsonrpc.RpcError):
         super().__init__(jsonrpc.CONFLICT, message)
 
 
-def selected(agent: PausableAgent, index: int | None) -> list[Replica]:
+def selected(agent: Agent, index: int | None) -> list[Replica]:
     """Every replica of `agent`, or replica `index` (NOT_FOUND if it has none such)."""
     if index is None:
         return list(agent.replicas)
@@ -39,7 +32,7 @@ def selected(agent: PausableAgent, index: int | None) -> list[Replica]:
     return [agent.replicas[index]]
 
 
-def to_pause(agent: PausableAgent, index: int | None) -> list[Replica]:
+def to_pause(agent: Agent, index: int | None) -> list[Replica]:
     """The replicas a pause freezes: every one named must be serving or paused already
     (a second pause changes nothing), or none is paused: an agent paused but for a
     replica in backoff would serve again once that one started."""
@@ -53,7 +46,7 @@ def to_pause(agent: PausableAgent, index: int | None) -> list[Replica]:
     return [r for r in reps if r.machine.moves(Cause.PAUSE)]
 
 
-def to_resume(agent: PausableAgent, index: int | None) -> list[Replica]:
+def to_resume(agent: Agent, index: int | None) -> list[Replica]:
     """The paused replicas among those named; refused when there is none."""
     reps = selected(agent, index)
     paused = [r for r in reps if r.machine.moves(Cause.RESUME)]
