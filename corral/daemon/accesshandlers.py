@@ -11,7 +11,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.quotas import Tenancy
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .services import Services, Web
 from .store import StateStore
@@ -25,11 +25,7 @@ class AccessServices(msgspec.Struct, frozen=True):
     extras: Callable[[], list[m.ExtraStatus]]  # whether the HTTP server serves
 
 
-def access_services(d: Services) -> AccessServices:
-    return AccessServices(d.store, d.quotas, d.web, d.extras)
-
-
-COMMANDS: Commands[Services, AccessServices] = Commands(access_services)
+COMMANDS: Commands[Services, AccessServices] = Commands(by_name(AccessServices))
 implements = COMMANDS.implements
 
 

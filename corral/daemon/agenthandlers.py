@@ -26,7 +26,7 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tools import Tools
 from ..text import plural
 from ..views import ReplicaStatus
-from .api import Commands, wire
+from .api import Commands, by_name, wire
 from .caller import SHARED, Caller, Channel
 from .clusterpeer import ClusterPeer
 from .fleet import Fleet
@@ -56,11 +56,6 @@ class AgentServices(msgspec.Struct, frozen=True):
     config_path: Path  # where a file's agent comes from
 
 
-def agent_services(d: Services) -> AgentServices:
-    return AgentServices(d.agents, d.fleet, d.cluster, d.elastic, d.revisions, d.quotas,
-                         d.task_engine, d.tools, d.teams, d.watch, d.notices, d.config_path)
-
-
 def owner_of(d: Services | AgentServices, kind: str, name: str) -> str | None:
     """Whose an agent or an MCP server is: its tenant, SHARED, or None (no such object)."""
     if kind == "agent":  # (a team is called as an agent is: its tenant's)
@@ -71,7 +66,7 @@ def owner_of(d: Services | AgentServices, kind: str, name: str) -> str | None:
     return SHARED if spec.shared else spec.tenant
 
 
-COMMANDS: Commands[Services, AgentServices] = Commands(agent_services)
+COMMANDS: Commands[Services, AgentServices] = Commands(by_name(AgentServices))
 implements = COMMANDS.implements
 
 

@@ -24,6 +24,7 @@ from .visibility import AgentRule, agent_rule
 
 Ctx = TypeVar("Ctx")
 Narrow = TypeVar("Narrow")
+S = TypeVar("S", bound=msgspec.Struct)
 
 Handler = Callable[[Narrow, Any, Caller, Channel], Awaitable[Any]]
 
@@ -46,6 +47,14 @@ class Commands(Generic[Ctx, Narrow]):
             return fn
 
         return register
+
+
+def by_name(narrow: type[S]) -> Callable[[Any], S]:
+    """The narrow services `narrow`, a Struct, made of the daemon's of the same names."""
+    def made(d: Any) -> S:
+        return narrow(**{name: getattr(d, name) for name in narrow.__struct_fields__})
+
+    return made
 
 
 def wire(value: Any) -> Any:

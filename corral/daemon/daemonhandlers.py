@@ -22,7 +22,7 @@ from ..supervisor.events import EventBus
 from ..supervisor.lifecycle import SERVING, State
 from ..supervisor.tasks.manager import TaskManager
 from ..text import plural
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .logs import LogHub
 from .services import Services
@@ -45,16 +45,10 @@ class DaemonServices(msgspec.Struct, frozen=True):
     drained: Callable[[], Awaitable[m.DrainReport]]  # what the stop's drain did
     upgrade: Callable[[m.DaemonUpgrade], Awaitable[m.UpgradeReport]]
     reload: Callable[[str], Awaitable[m.ReloadResult]]  # who asked -> what changed
-    engine: TaskManager  # its clock: what a person's waits are measured by
+    task_engine: TaskManager  # its clock: what a person's waits are measured by
 
 
-def daemon_services(d: Services) -> DaemonServices:
-    return DaemonServices(d.agents, d.hub, d.bus, d.containment, d.store, d.started_at,
-                          d.socket_path, d.config_path, d.status_line, d.extras, d.draining,
-                          d.request_stop, d.drained, d.upgrade, d.reload, d.task_engine)
-
-
-COMMANDS: Commands[Services, DaemonServices] = Commands(daemon_services)
+COMMANDS: Commands[Services, DaemonServices] = Commands(by_name(DaemonServices))
 implements = COMMANDS.implements
 
 
@@ -137,6 +131,6 @@ async def audit_list(d: DaemonServices, p: m.AuditList, caller: Caller, c: Chann
 @implements(m.DaemonClock)
 async def daemon_clock(d: DaemonServices, p: m.DaemonClock, caller: Caller, c: Channel
                        ) -> m.ClockTime:
-    clock = d.engine.clock
+    clock = d.task_engine.clock
     now = clock.advance(p.advance) if p.advance else clock.time()
     return m.ClockTime(time=now, manual=clock.manual, ahead=clock.offset)

@@ -9,7 +9,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..supervisor.events import EventBus
 from ..supervisor.quotas import Tenancy
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .flowcontrol import FOLLOW_BATCH, drain
 from .services import Services
@@ -20,11 +20,7 @@ class EventServices(msgspec.Struct, frozen=True):
     quotas: Tenancy  # the tenants there are: an event names one
 
 
-def event_services(d: Services) -> EventServices:
-    return EventServices(d.bus, d.quotas)
-
-
-COMMANDS: Commands[Services, EventServices] = Commands(event_services)
+COMMANDS: Commands[Services, EventServices] = Commands(by_name(EventServices))
 implements = COMMANDS.implements
 
 

@@ -12,7 +12,7 @@ import msgspec
 
 from .. import methods as m
 from ..mcp.logrelay import LogRelay, valid_level
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .gatewayaccess import GatewayService
 from .services import Services
@@ -26,11 +26,7 @@ class GatewayServices(msgspec.Struct, frozen=True):
     gateway_status: Callable[[], dict[str, Any]]  # its figures, the HTTP gateway's too
 
 
-def gateway_services(d: Services) -> GatewayServices:
-    return GatewayServices(d.gateway, d.gateway_status)
-
-
-COMMANDS: Commands[Services, GatewayServices] = Commands(gateway_services)
+COMMANDS: Commands[Services, GatewayServices] = Commands(by_name(GatewayServices))
 implements = COMMANDS.implements
 
 

@@ -12,7 +12,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
 from ..supervisor.errors import NoSuchAgent
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .flowcontrol import FOLLOW_BATCH, drain
 from .logs import LogHub
@@ -24,11 +24,7 @@ class LogServices(msgspec.Struct, frozen=True):
     agents: Agents  # the agents a log is named by
 
 
-def log_services(d: Services) -> LogServices:
-    return LogServices(d.hub, d.agents)
-
-
-COMMANDS: Commands[Services, LogServices] = Commands(log_services)
+COMMANDS: Commands[Services, LogServices] = Commands(by_name(LogServices))
 implements = COMMANDS.implements
 
 

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from .. import methods as m
 from .api import Commands
 from .caller import Caller, Channel
 from .clusterpeer import ClusterPeer
 from .services import Services
 
-
-def cluster_peer(d: Services) -> ClusterPeer:
-    return d.cluster
-
-
-COMMANDS: Commands[Services, ClusterPeer] = Commands(cluster_peer)
+COMMANDS: Commands[Services, ClusterPeer] = Commands(attrgetter("cluster"))
 implements = COMMANDS.implements
 
 

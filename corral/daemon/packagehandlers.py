@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from .. import methods as m
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .logs import LogHub
 from .packages.service import Packages
@@ -18,11 +18,7 @@ class PackageServices(msgspec.Struct, frozen=True):
     hub: LogHub  # a deploy's progress, said in the daemon's log too
 
 
-def package_services(d: Services) -> PackageServices:
-    return PackageServices(d.packages, d.hub)
-
-
-COMMANDS: Commands[Services, PackageServices] = Commands(package_services)
+COMMANDS: Commands[Services, PackageServices] = Commands(by_name(PackageServices))
 implements = COMMANDS.implements
 
 

@@ -3,18 +3,15 @@ schedules whose agents it all sees (visibility.py, records.py)."""
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from .. import methods as m
 from .api import Commands
 from .caller import Caller, Channel
 from .schedules import ScheduleService
 from .services import Services
 
-
-def schedule_service(d: Services) -> ScheduleService:
-    return d.schedules
-
-
-COMMANDS: Commands[Services, ScheduleService] = Commands(schedule_service)
+COMMANDS: Commands[Services, ScheduleService] = Commands(attrgetter("schedules"))
 implements = COMMANDS.implements
 
 

@@ -9,7 +9,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
 from ..supervisor.tasks.sessions import Session, Sessions
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .clusterpeer import ClusterPeer
 from .records import elsewhere, session_named
@@ -31,11 +31,7 @@ class SessionServices(msgspec.Struct, frozen=True):
     cluster: ClusterPeer  # the cluster's sessions, on a node
 
 
-def session_services(d: Services) -> SessionServices:
-    return SessionServices(d.sessions, d.agents, d.cluster)
-
-
-COMMANDS: Commands[Services, SessionServices] = Commands(session_services)
+COMMANDS: Commands[Services, SessionServices] = Commands(by_name(SessionServices))
 implements = COMMANDS.implements
 
 

@@ -18,7 +18,7 @@ from ..supervisor.events import EventBus
 from ..supervisor.stats import HeartbeatWork, Stats
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.budget import Budgets
-from .api import Commands, wire
+from .api import Commands, by_name, wire
 from .caller import Caller, Channel
 from .clusterpeer import ClusterPeer
 from .history import History, has_rows
@@ -45,13 +45,7 @@ class StatsServices(msgspec.Struct, frozen=True):
     started_at: float
 
 
-def stats_services(d: Services) -> StatsServices:
-    return StatsServices(d.agents, d.budgets, d.elastic, d.bus, d.hub, d.store, d.task_engine,
-                         d.tasks, d.cluster, d.history, d.heartbeat, d.runtime_stats,
-                         d.gateway_status, d.started_at)
-
-
-COMMANDS: Commands[Services, StatsServices] = Commands(stats_services)
+COMMANDS: Commands[Services, StatsServices] = Commands(by_name(StatsServices))
 implements = COMMANDS.implements
 
 

@@ -3,18 +3,15 @@ removed at runtime."""
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from .. import methods as m
 from .api import Commands
 from .caller import Caller, Channel
 from .services import Services
 from .tenantregistry import TenantRegistry
 
-
-def tenant_registry(d: Services) -> TenantRegistry:
-    return d.tenants
-
-
-COMMANDS: Commands[Services, TenantRegistry] = Commands(tenant_registry)
+COMMANDS: Commands[Services, TenantRegistry] = Commands(attrgetter("tenants"))
 implements = COMMANDS.implements
 
 
