@@ -185,8 +185,7 @@ class FleetWatch:
         due = loop.time() + interval if interval else None
         try:
             while True:
-                if not c.writable.is_set():
-                    await c.writable.wait()
+                await c.writable.wait()
                 if self._catch_up(w):
                     await asyncio.sleep(0)  # a batch a turn: the loop serves the others
                     continue

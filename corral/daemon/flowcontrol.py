@@ -27,8 +27,7 @@ async def drain(c: Channel, follower: Follower[T], missed_method: str,
         await follower.wakeup.wait()
         follower.wakeup.clear()
         while follower.queue or follower.missed:
-            if not c.writable.is_set():
-                await c.writable.wait()
+            await c.writable.wait()
             if follower.missed:
                 c.notify(missed_method, {"count": follower.missed})
                 follower.missed = 0

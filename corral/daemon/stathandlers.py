@@ -101,8 +101,7 @@ async def stats_watch(d: StatsServices, p: m.StatsWatch, caller: Caller, c: Chan
     loop = asyncio.get_running_loop()
     due = loop.time()
     while True:
-        if not c.writable.is_set():
-            await c.writable.wait()
+        await c.writable.wait()
         stats = await stats_get(d, m.StatsGet(), caller, c)
         c.notify("stats.sample", m.StatsSample(**msgspec.structs.asdict(stats),
                                                time=time.time()))

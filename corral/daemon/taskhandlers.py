@@ -94,8 +94,7 @@ async def tasks_stream(t: TaskServices, p: m.TasksStream, caller: Caller, c: Cha
     c.notify("tasks.task", await t.tasks.get(p.task_id, wait=False))
     async for chunks in t.outputs.follow(p.task_id, after):
         for chunk in chunks:
-            if not c.writable.is_set():
-                await c.writable.wait()
+            await c.writable.wait()
             c.notify("tasks.output", m.TaskChunk(
                 id=chunk.id, task_id=chunk.task_id, attempt=chunk.attempt, n=chunk.n,
                 data=chunk.data, truncated=chunk.truncated))
