@@ -35,14 +35,11 @@ def body_type(params: type[msgspec.Struct], fields: tuple[str, ...]
     constraints, each UNSET when absent (the method's own defaults and required fields
     apply when the params are made), unknown fields refused."""
     hints = typing.get_type_hints(params, include_extras=True)
-    rows: list[tuple[str, Any, Any]] = []
-    rename: dict[str, str] = {}
-    for info in msgspec.structs.fields(params):
-        if info.encode_name in fields:
-            rows.append((info.name, hints[info.name] | msgspec.UnsetType, msgspec.UNSET))
-            rename[info.name] = info.encode_name
-    return msgspec.defstruct(f"{params.__name__}Body", rows, kw_only=True,
-                             forbid_unknown_fields=True, rename=rename)
+    taken = [f for f in msgspec.structs.fields(params) if f.encode_name in fields]
+    return msgspec.defstruct(
+        f"{params.__name__}Body",
+        [(f.name, hints[f.name] | msgspec.UnsetType, msgspec.UNSET) for f in taken],
+        kw_only=True, forbid_unknown_fields=True, rename={f.name: f.encode_name for f in taken})
 
 
 def field_types(params: type[msgspec.Struct], fields: Iterable[str]) -> list[Any]:
