@@ -52,12 +52,8 @@ async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
         if owner is None or (sees is not None and not sees(
                 owner.decode(), trust.tenant_of(before, owner, tenant, mac))):
             raise unknown_cursor(before)
-    if status in UNFINISHED:
-        sets = [keys.live]
-    elif status in TERMINAL:
-        sets = [keys.done]
-    else:
-        sets = keys.listed
+    sets = [keys.live] if status in UNFINISHED else [keys.done] if status in TERMINAL \
+        else keys.listed
     high = f"({before}" if before is not None else "+"
     low = f"[{id_floor(since - ID_SLACK)}" if since is not None else "-"
     found: list[m.TaskSummary] = []
