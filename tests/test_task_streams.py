@@ -26,11 +26,10 @@ from corral.supervisor import Supervisor
 from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT, agent, all_ready
-from .daemon_harness import Daemon, free_port, in_process, problem, shared_tmpdir
-from .servers.model_upstream import StandIn
+from .daemon_harness import Daemon, free_port, problem, shared_tmpdir
 from .test_gateway_tasks import Gateway, gateway  # noqa: F401 - the fixture
 from .test_http_api import PROBLEM, SOCKET, Api, serving, sse_events
-from .test_model_gateway import fleet, provider_key, upstream  # noqa: F401 - fixtures
+from .test_model_gateway import Shared, shared  # noqa: F401 - the fixture
 from .test_ui import chromium_page, needs_chromium
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
@@ -385,22 +384,23 @@ def test_an_agent_called_as_a_tool_at_the_gateway_sends_its_output_as_progress(
     assert answer["result"]["structuredContent"] == {"emitted": 3}, answer
 
 
+@pytest.mark.asyncio(loop_scope="module")  # the loop of the shared daemon (`shared`)
 @pytest.mark.parametrize(("api", "model"), [("chat", "gpt-small"),
                                             ("responses", "gpt-small"),
                                             ("messages", "claude-small")])
 async def test_a_model_call_streamed_through_the_model_gateway_feeds_the_tasks_output(
-        tmp_path: Path, upstream: StandIn, api: str, model: str,  # noqa: F811
-        provider_key: None) -> None:  # noqa: F811 - test_model_gateway's fixtures
+        shared: Shared, api: str, model: str) -> None:  # noqa: F811 - test_model_gateway's
     """An unmodified agent's streamed model answer (the real openai and anthropic
     clients) is the task's live output by itself: each text delta a chunk, in each
-    format; a call that does not stream adds none."""
-    async with in_process(tmp_path, fleet(tmp_path, upstream.url)) as d:
-        streamed = await d.sup.tasks.run("writer", {"api": api, "model": model, "calls": 2,
-                                                    "stream": True}, TaskOptions(timeout=60))
-        assert streamed.status == "succeeded", streamed
-        chunks = [c.data async for c in d.sup.tasks.output(streamed.task_id)]
-        assert "".join(chunks) == "echo: call 1echo: call 2"
-        assert len(chunks) > 2  # word by word, as the upstream sent them
-        whole = await d.sup.tasks.run("writer", {"api": api, "model": model, "calls": 1,
-                                                 "stream": False}, TaskOptions(timeout=60))
-        assert [c async for c in d.sup.tasks.output(whole.task_id)] == []
+    format; a call that does not stream adds none. One daemon and worker for the three
+    (test_model_gateway's: each client library imported once)."""
+    d = shared.d
+    streamed = await d.sup.tasks.run("writer", {"api": api, "model": model, "calls": 2,
+                                                "stream": True}, TaskOptions(timeout=60))
+    assert streamed.status == "succeeded", streamed
+    chunks = [c.data async for c in d.sup.tasks.output(streamed.task_id)]
+    assert "".join(chunks) == "echo: call 1echo: call 2"
+    assert len(chunks) > 2  # word by word, as the upstream sent them
+    whole = await d.sup.tasks.run("writer", {"api": api, "model": model, "calls": 1,
+                                             "stream": False}, TaskOptions(timeout=60))
+    assert [c async for c in d.sup.tasks.output(whole.task_id)] == []
