@@ -45,9 +45,14 @@ def _parent(declared: type[m.Params]) -> tuple[click.Group, str]:
 def command(declared: type[m.Params], *, more: str = "", **kw: Any
             ) -> Callable[[Callable[..., Any]], click.Command]:
     """The CLI command that is a method's front: named as its declaration says (`cli`:
-    "run", or "workflows run" in a group), its help the method's own (and `more`)."""
+    "run", or "workflows run" in a group), its help the method's own (and `more`); it
+    calls the daemon, so its callback is given the caller first (`pass_ctx`)."""
     parent, name = _parent(declared)
-    return parent.command(name, help=doc(declared) + more, **kw)
+
+    def make(front: Callable[..., Any]) -> click.Command:
+        return parent.command(name, help=doc(declared) + more, **kw)(pass_ctx(front))
+
+    return make
 
 
 def command_group(declared: type[m.Params], **kw: Any
@@ -58,10 +63,12 @@ def command_group(declared: type[m.Params], **kw: Any
     group = parent.group(name, help=doc(declared), invoke_without_command=True, **kw)
 
     def make(front: Callable[..., Any]) -> click.Group:
-        @functools.wraps(front)
+        called = pass_ctx(front)
+
+        @functools.wraps(called)
         def unless_a_command(*args: Any, **kwargs: Any) -> None:
             if click.get_current_context().invoked_subcommand is None:
-                front(*args, **kwargs)
+                called(*args, **kwargs)
 
         return group(unless_a_command)
 

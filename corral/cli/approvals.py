@@ -19,7 +19,6 @@ from .render import dumps, stamp, table
 
 @command_group(m.ApprovalsList)
 @json_option
-@pass_ctx
 def approvals(obj: Ctx, as_json: bool) -> None:
     res: m.AskList = obj.call_json(m.ApprovalsList(), as_json)
     # an agent's words (a prompt, arguments) one line each: a newline in them never
@@ -44,7 +43,6 @@ def _shown(ask: Ask) -> None:
 @command(m.ApprovalsGet)
 @click.argument("ask_id")
 @json_option
-@pass_ctx
 def approvals_show(obj: Ctx, ask_id: str, as_json: bool) -> None:
     _shown(obj.call_json(m.ApprovalsGet(id=ask_id), as_json))
 
@@ -101,7 +99,6 @@ def approvals_answer(obj: Ctx, ask_id: str, data: str, as_json: bool) -> None:
 @command(m.ApprovalsWatch, more="\n\nOne line each: the ask, then `pending` or how it "
          "ended; with --json, each ask as a JSON object.")
 @json_option
-@pass_ctx
 def approvals_watch(obj: Ctx, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "approvals.ask":

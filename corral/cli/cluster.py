@@ -7,13 +7,12 @@ import time
 import click
 
 from .. import methods as m
-from .app import Ctx, command, json_option, pass_ctx
+from .app import Ctx, command, json_option
 from .render import human_time, table
 
 
 @command(m.NodesList)
 @json_option
-@pass_ctx
 def nodes_list(obj: Ctx, as_json: bool) -> None:
     print_nodes(obj.call_json(m.NodesList(), as_json))
 
@@ -51,7 +50,6 @@ def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:
 
 @command(m.NodesDrain)
 @click.argument("node")
-@pass_ctx
 def nodes_drain(obj: Ctx, node: str) -> None:
     res: m.DrainResult = obj.call(m.NodesDrain(node=node))
     click.echo(f"node {res.node} (incarnation {res.incarnation}) drains; `corral nodes` "

@@ -188,7 +188,6 @@ def version(obj: Ctx) -> None:
              "and schedule added, removed or changed, then how many are unchanged; an agent "
              "whose rollout stopped is named on stderr with the reason.")
 @json_option
-@pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
     print_reload(obj.call_json(m.ConfigReload(), as_json))
 
@@ -225,7 +224,6 @@ def print_reload(res: m.ReloadResult) -> None:
 @click.option("--now", is_flag=True,
               help="No drain: stop the agents at once; running tasks are handed to the "
                    "next daemon. During a drain: cut it short.")
-@pass_ctx
 def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
     from .stopping import shutdown as stop
 
@@ -241,7 +239,6 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
 @click.option("--advance", default=None, metavar="DURATION",
               help="Move the manual clock this far ahead: 90s, 10m, 2h, 1d.")
 @json_option
-@pass_ctx
 def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
     try:
         seconds = duration(advance) or 0.0
@@ -256,7 +253,6 @@ def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
              "(`corral describe NAME`, as `pm2 info NAME`).")
 @click.argument("name", required=False, shell_complete=complete_agents)
 @json_option
-@pass_ctx
 def info(obj: Ctx, name: str | None, as_json: bool) -> None:
     if name is not None:
         ctx = click.get_current_context()
@@ -292,7 +288,6 @@ def _plain(value: Any) -> str:
 
 @command(m.UiLogin)
 @json_option
-@pass_ctx
 def ui_login(obj: Ctx, as_json: bool) -> None:
     res: m.UiLoginResult = obj.call_json(m.UiLogin(), as_json)
     # the link alone on stdout, so that `xdg-open "$(corral ui)"` works

@@ -10,7 +10,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, cli, command, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option
 from .render import dumps
 
 
@@ -23,7 +23,6 @@ def events() -> None:
 @click.argument("topic")
 @click.argument("data", required=False, default="null")
 @click.option("--tenant", default=None, help="Only this tenant's workers and followers.")
-@pass_ctx
 def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
     try:
         value = msgspec.json.decode(data.encode())
@@ -41,7 +40,6 @@ def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
 @click.option("--tenant", default=None, help="Only this tenant's events (and every "
               "tenant's).")
 @json_option
-@pass_ctx
 def events_tail(obj: Ctx, pattern: str, tenant: str | None, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "events.event":

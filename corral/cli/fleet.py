@@ -28,7 +28,7 @@ def _selection_command(declared: type[m.Selection], done: str) -> None:
             click.echo(f"asleep, not started (scaled to zero: a task wakes it): "
                        f"{', '.join(asleep)}")
 
-    fn: Any = pass_ctx(run)
+    fn: Any = run
     if declared is m.AgentsRestart:
         fn = click.option(
             "--rolling", is_flag=True,
@@ -59,7 +59,6 @@ for _declared, _done in ((m.AgentsStart, "started"), (m.AgentsStop, "stopped"),
 @command(m.AgentsSignal)
 @click.argument("sig", metavar="SIGNAL")
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
-@pass_ctx
 def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
     all_, targets = _selection(names, False)
     res: m.SignalResult = obj.call(m.AgentsSignal(names=targets, all=all_, signal=sig))
@@ -84,7 +83,7 @@ def _pause_command(declared: type[m.AgentsPause | m.AgentsResume]) -> None:
             click.echo(f"{res.agent}#{r.replica}: {r.state}"
                        + (f" (pid {r.pid})" if r.pid else ""))
 
-    fn: Any = json_option(pass_ctx(run))
+    fn: Any = json_option(run)
     fn = click.argument("target", metavar="NAME[#N]", shell_complete=complete_agents)(fn)
     command(declared, more="\n\nNAME: every replica; NAME#N: one.")(fn)
 
@@ -112,7 +111,6 @@ def pid(obj: Ctx, target: str) -> None:
 
 @command(m.AgentsRemove)
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
-@pass_ctx
 def remove(obj: Ctx, names: tuple[str, ...]) -> None:
     res: m.RemoveResult = obj.call(m.AgentsRemove(names=list(names)))
     click.echo(f"removed: {', '.join(res.removed)}")
@@ -123,7 +121,6 @@ def remove(obj: Ctx, names: tuple[str, ...]) -> None:
 # a plain argument, checked here: as an IntRange, "four" read "'four' is not a valid
 # integer range" and "-1" was taken for an option ("No such option '-1'")
 @click.argument("replicas", metavar="N")
-@pass_ctx
 def scale(obj: Ctx, name: str, replicas: str) -> None:
     if not (replicas.isascii() and replicas.isdigit()):
         raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")

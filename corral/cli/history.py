@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, json_option
 from .render import dumps, stamp, table
 
 
@@ -14,7 +14,6 @@ from .render import dumps, stamp, table
 @click.argument("name", shell_complete=complete_agents)
 @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
 @json_option
-@pass_ctx
 def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
     print_history(obj.call_json(m.AgentsHistory(name=name, limit=limit), as_json))
 
@@ -39,7 +38,6 @@ def print_history(res: m.HistoryResult) -> None:
              "revision that ran it).")
 @click.argument("name", shell_complete=complete_agents)
 @click.argument("rev", required=False)
-@pass_ctx
 def rollback(obj: Ctx, name: str, rev: str | None) -> None:
     revision = release = None
     if rev is not None and rev.isdigit():
@@ -57,7 +55,6 @@ def rollback(obj: Ctx, name: str, rev: str | None) -> None:
 @command(m.AuditList)
 @click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
 @json_option
-@pass_ctx
 def audit(obj: Ctx, limit: int, as_json: bool) -> None:
     res: m.AuditResult = obj.call_json(m.AuditList(limit=limit), as_json)
     # who acted as revisions name it: a token by its name, a socket peer by uid and pid

@@ -37,7 +37,6 @@ def _log_options(fn: Any) -> Any:
                      help="Following: if the daemon goes away (a restart), wait this long "
                           "for it and go on from the last line shown."),
         json_option,
-        pass_ctx,
     )
     for option in reversed(options):
         fn = option(fn)
@@ -71,6 +70,7 @@ def logs(obj: Ctx, names: tuple[str, ...], follow: bool, rotate: bool, lines: in
 
 @cli.command(help="`corral logs -f`: print the last lines, then new ones until Ctrl-C.")
 @_log_options
+@pass_ctx
 def tail(obj: Ctx, names: tuple[str, ...], lines: int, since: str | None, grep: str | None,
          streams: tuple[str, ...], reconnect: float, as_json: bool) -> None:
     _logs(obj, True, _log_query(names, lines, since, grep, streams), reconnect, as_json)

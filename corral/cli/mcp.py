@@ -21,7 +21,6 @@ def mcp_group() -> None:
 
 @command(m.McpStatus)
 @json_option
-@pass_ctx
 def mcp_status(obj: Ctx, as_json: bool) -> None:
     res: m.McpStatusResult = obj.call_json(m.McpStatus(), as_json)
     print_mcp(res.mcp_servers)
@@ -68,7 +67,6 @@ def mcp_serve(obj: Ctx, agent: str | None, token: str | None, reconnect: float) 
 def _mcp_verb(declared: type[m.McpSelection], done: str) -> None:
     @command(declared)
     @click.argument("name")
-    @pass_ctx
     def verb(obj: Ctx, name: str) -> None:
         res: m.McpInstances = obj.call(declared(name=name))
         click.echo(f"{done} {name} ({plural(res.instances, 'instance')})")
@@ -88,7 +86,6 @@ for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),
 @click.option("--env", "env", metavar="KEY=VALUE", multiple=True,
               help="An environment variable of the server (repeat).")
 @json_option
-@pass_ctx
 def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str, ...],
             as_json: bool) -> None:
     pairs = [e.partition("=") for e in env]
@@ -104,7 +101,6 @@ def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str
 @command(m.McpRemove, more="\n\nPrints what the reload changed.")
 @click.argument("name")
 @json_option
-@pass_ctx
 def mcp_remove(obj: Ctx, name: str, as_json: bool) -> None:
     from .daemon import print_reload
 

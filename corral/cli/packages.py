@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, json_option
 from .render import human_bytes, stamp, table
 
 
@@ -17,7 +17,6 @@ from .render import human_bytes, stamp, table
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--name", default=None, help="The agent's name (default: the manifest's).")
 @json_option
-@pass_ctx
 def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
     def progress(method: str, params: Any) -> None:
         if method == "packages.progress" and not as_json:
@@ -40,7 +39,6 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
 @command(m.PackagesReleases)
 @click.argument("name", shell_complete=complete_agents)
 @json_option
-@pass_ctx
 def releases(obj: Ctx, name: str, as_json: bool) -> None:
     res: m.ReleasesResult = obj.call_json(m.PackagesReleases(name=name), as_json)
     if not res.releases:  # a header over nothing reads as a fault of the command

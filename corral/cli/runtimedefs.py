@@ -12,7 +12,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, command, json_option, pass_ctx
+from .app import Ctx, command, json_option
 from .render import dumps, stamp, table
 from .tasks import _read_input
 
@@ -61,7 +61,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @command(verbs.add, more=f"\n\nFILE holds [{section}.NAME] tables (TOML, as the config "
              "file writes them; or JSON, with .json).")
     @click.argument("file", type=click.Path(dir_okay=False))
-    @pass_ctx
     def add(obj: Ctx, file: str) -> None:
         res: m.AddResult = obj.call(verbs.add(**{section: read_tables(file, section)}))
         click.echo(f"added: {', '.join(res.added)}")
@@ -70,7 +69,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @click.argument("name")
     @click.option("--set", "changes", required=True, metavar="JSON",
                   help="A JSON merge patch of its table: JSON, @FILE, or - for stdin.")
-    @pass_ctx
     def update(obj: Ctx, name: str, changes: str) -> None:
         patch = msgspec.json.decode(_read_input(changes))
         if not isinstance(patch, dict):
@@ -81,7 +79,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
 
     @command(verbs.remove)
     @click.argument("names", nargs=-1, required=True)
-    @pass_ctx
     def remove(obj: Ctx, names: tuple[str, ...]) -> None:
         res: m.RemoveResult = obj.call(verbs.remove(names=list(names)))
         click.echo(f"removed: {', '.join(res.removed)}")
@@ -89,7 +86,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @command(verbs.describe)
     @click.argument("name")
     @json_option
-    @pass_ctx
     def describe(obj: Ctx, name: str, as_json: bool) -> None:
         res = obj.call_json(verbs.describe(name=name), as_json)
         where = ("the config file" if res.source == "config"
@@ -102,7 +98,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @click.argument("name")
     @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
     @json_option
-    @pass_ctx
     def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
         res = obj.call_json(verbs.history(name=name, limit=limit), as_json)
         table([[("* " if r.revision == res.current else "  ") + str(r.revision),
@@ -112,7 +107,6 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
     @command(verbs.rollback)
     @click.argument("name")
     @click.argument("revision", required=False, type=click.IntRange(min=1))
-    @pass_ctx
     def rollback(obj: Ctx, name: str, revision: int | None) -> None:
         res: m.RollbackResult = obj.call(verbs.rollback(name=name, revision=revision))
         click.echo(f"{name}: rolled back to revision {res.restored}"

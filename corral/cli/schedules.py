@@ -6,13 +6,12 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option, pass_ctx
+from .app import Ctx, command, command_group, json_option
 from .render import stamp, table
 
 
 @command_group(m.SchedulesList)
 @json_option
-@pass_ctx
 def schedules(obj: Ctx, as_json: bool) -> None:
     res: m.ScheduleList = obj.call_json(m.SchedulesList(), as_json)
     table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
@@ -28,7 +27,6 @@ def _verb(declared: type[m.SchedulesPause | m.SchedulesResume]) -> None:
     @command(declared)
     @click.argument("name")
     @json_option
-    @pass_ctx
     def verb(obj: Ctx, name: str, as_json: bool) -> None:
         s: m.ScheduleEntry = obj.call_json(declared(name=name), as_json)
         state = "paused" if s.paused else f"running; next fire {stamp(s.next_fire)}" if \

@@ -8,7 +8,7 @@ import time
 import click
 
 from .. import methods as m
-from .app import Ctx, command, doc, json_option, pass_ctx
+from .app import Ctx, command, doc, json_option
 from .render import human_bytes, human_time, stamp, table
 
 USAGE = "[AGENT] | show AGENT SESSION | end AGENT SESSION"
@@ -33,7 +33,6 @@ def _now(s: m.SessionView) -> str:
          + doc(m.SessionsEnd))
 @click.argument("words", nargs=-1, metavar=USAGE)
 @json_option
-@pass_ctx
 def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
     if words and words[0] in ("show", "end"):
         if len(words) != 3:

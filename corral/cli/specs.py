@@ -36,7 +36,6 @@ def _spec_value(v: Any) -> str:
 @command(m.AgentsDescribe)
 @click.argument("name", shell_complete=complete_agents)
 @json_option
-@pass_ctx
 def describe(obj: Ctx, name: str, as_json: bool) -> None:
     res: m.DescribeResult = obj.call_json(m.AgentsDescribe(name=name), as_json)
     spec = res.spec
@@ -165,7 +164,6 @@ add.help = doc(m.AgentsAdd) + "\n\nFILE holds [agents.NAME] tables as in the con
                    "value is JSON (a bare word is a string); null takes the key away.")
 @click.option("--no-check", is_flag=True,
               help="Take a command that is not (yet) an executable on PATH or a file.")
-@pass_ctx
 def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
            env: tuple[str, ...], unset_env: tuple[str, ...], set_: tuple[str, ...],
            no_check: bool) -> None:

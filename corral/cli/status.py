@@ -10,7 +10,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, command, json_option, names_arg, pass_ctx
+from .app import Ctx, command, json_option, names_arg
 from .durations import SINCE
 from .render import dumps, human_bytes, human_time, millis, print_json, stamp, table
 
@@ -46,7 +46,6 @@ percent = average
               help="Then the nodes of this daemon's cluster (as `corral nodes`); with "
                    "--json, under \"nodes\".")
 @json_option
-@pass_ctx
 def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
            cluster: bool, as_json: bool) -> None:
     if watch:
@@ -171,7 +170,6 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
 @click.option("--resolution", type=click.Choice(["raw", "minute", "hour"]), default=None,
               help="With --since: the samples' resolution (default: the finest kept).")
 @json_option
-@pass_ctx
 def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None,
           as_json: bool) -> None:
     if since is not None:

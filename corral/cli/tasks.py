@@ -13,7 +13,7 @@ import msgspec
 from .. import methods as m
 from ..askviews import what_it_asks
 from ..taskoptions import TaskFilters, TaskOptions
-from .app import Ctx, command, complete_agents, fail, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, fail, json_option
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .durations import duration
 from .render import dumps, human_time, millis, print_json, stamp, table
@@ -102,7 +102,6 @@ def task_options(fn: Any) -> Any:
 @command(m.TasksSubmit)
 @task_options
 @json_option
-@pass_ctx
 def submit_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
                 tracestate: str | None, as_json: bool, **flags: Any) -> None:
     got: m.TaskAccepted = obj.call(m.TasksSubmit(
@@ -150,7 +149,6 @@ def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.Task
                    "ctx.emit), then its result.")
 @reconnect_option
 @json_option
-@pass_ctx
 def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str | None,
              tracestate: str | None, detach: bool, stream: bool, reconnect: float,
              as_json: bool, **flags: Any) -> None:
@@ -224,7 +222,6 @@ def _finish(res: m.TaskResult, shown: Shown) -> None:
                    "cluster's.")
 @with_flags(TaskFilters)
 @json_option
-@pass_ctx
 def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
                status: str | None, before: str | None, local: bool, as_json: bool,
                **flags: Any) -> None:
@@ -258,7 +255,6 @@ def tasks_list(obj: Ctx, /, agent: str | None, limit: int, since: str | None,
                    "it has ended (as `corral run --stream`); then show it.")
 @reconnect_option
 @json_option
-@pass_ctx
 def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, stream: bool,
              reconnect: float, as_json: bool) -> None:
     if stream:
@@ -344,7 +340,6 @@ def where(a: m.Attempt) -> str:
 
 @command(m.TasksCancel)
 @click.argument("task_id")
-@pass_ctx
 def task_cancel(obj: Ctx, task_id: str) -> None:
     res: m.TaskInfo = obj.call(m.TasksCancel(task_id=task_id))
     click.echo(f"{res.task_id}: {res.status}")

@@ -10,7 +10,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option
 from .render import dumps, table
 from .runtimedefs import RuntimeVerbs, runtime_commands, whose
 from .tasks import _read_input
@@ -25,7 +25,6 @@ def teams() -> None:
 
 @command(m.TeamsList)
 @json_option
-@pass_ctx
 def teams_list(obj: Ctx, as_json: bool) -> None:
     res: m.TeamList = obj.call_json(m.TeamsList(), as_json)
     table([[t.name, t.mode, ", ".join(t.members),
@@ -45,7 +44,6 @@ runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsD
 @click.option("--wait", type=click.FloatRange(0, m.MAX_WAIT), default=None, metavar="S",
               help="Hold the answer up to S seconds for the call's outcome.")
 @json_option
-@pass_ctx
 def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bool) -> None:
     res: m.TaskAccepted = obj.call_json(
         m.TeamsCall(name=name, input=_read_input(input_), wait=wait), as_json)
@@ -63,7 +61,6 @@ def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bo
 @click.option("--before", default=None, metavar="ID",
               help="Only the calls made before this one (the page's cursor).")
 @json_option
-@pass_ctx
 def teams_calls(obj: Ctx, name: str, status: str | None, limit: int, before: str | None,
                 as_json: bool) -> None:
     res: m.TaskList = obj.call_json(

@@ -7,14 +7,13 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option, pass_ctx
+from .app import Ctx, command, command_group, json_option
 from .render import table
 from .runtimedefs import read_tables
 
 
 @command_group(m.TenantsList)
 @json_option
-@pass_ctx
 def tenants(obj: Ctx, as_json: bool) -> None:
     res: m.TenantList = obj.call_json(m.TenantsList(), as_json)
     rows = []
@@ -41,7 +40,6 @@ _SHOWN_BESIDE = {"max_agents", "max_replicas", "max_queue", "max_concurrent_task
 
 @command(m.TenantsAdd, more="\n\nFILE holds [tenants.NAME] tables.")
 @click.argument("file")
-@pass_ctx
 def tenants_add(obj: Ctx, file: str) -> None:
     res: m.AddResult = obj.call(m.TenantsAdd(tenants=read_tables(file, "tenants")))
     click.echo(f"added: {', '.join(res.added)}")
@@ -50,7 +48,6 @@ def tenants_add(obj: Ctx, file: str) -> None:
 @command(m.TenantsSet)
 @click.argument("name")
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
-@pass_ctx
 def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
     import tomllib
 
@@ -70,7 +67,6 @@ def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
 
 @command(m.TenantsRemove)
 @click.argument("names", nargs=-1, required=True)
-@pass_ctx
 def tenants_remove(obj: Ctx, names: tuple[str, ...]) -> None:
     res: m.RemoveResult = obj.call(m.TenantsRemove(names=list(names)))
     click.echo(f"removed: {', '.join(res.removed)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, command, json_option, pass_ctx
+from .app import Ctx, cli, command, json_option
 from .durations import duration
 from .render import stamp, table
 
@@ -41,7 +41,6 @@ def _when(t: float | None) -> str:
 @click.option("--tenant", default=None, metavar="TENANT",
               help="A tenant's token: it sees and acts on that tenant's objects only.")
 @json_option
-@pass_ctx
 def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
                  expires: str | None, tenant: str | None, as_json: bool) -> None:
     res: m.TokenCreated = obj.call_json(m.TokensCreate(
@@ -56,7 +55,6 @@ def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | Non
 
 @command(m.TokensList)
 @json_option
-@pass_ctx
 def token_list(obj: Ctx, as_json: bool) -> None:
     res: m.TokenList = obj.call_json(m.TokensList(), as_json)
     table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
@@ -66,7 +64,6 @@ def token_list(obj: Ctx, as_json: bool) -> None:
 
 @command(m.TokensRevoke)
 @click.argument("name")
-@pass_ctx
 def token_revoke(obj: Ctx, name: str) -> None:
     res: m.TokenInfo = obj.call(m.TokensRevoke(name=name))
     click.echo(f"revoked token {res.name}")

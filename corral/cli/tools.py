@@ -19,7 +19,6 @@ from .render import dumps, print_json, table
 @command_group(m.ToolsList)
 @click.option("--agent", default=None, shell_complete=complete_agents)
 @json_option
-@pass_ctx
 def tools(obj: Ctx, agent: str | None, as_json: bool) -> None:
     res: m.ToolList = obj.call(m.ToolsList(agent=agent))
     allow = res.allow if isinstance(res.allow, list) else []
@@ -36,7 +35,6 @@ def tools(obj: Ctx, agent: str | None, as_json: bool) -> None:
 
 @command(m.ToolsPins)
 @json_option
-@pass_ctx
 def tools_pins(obj: Ctx, as_json: bool) -> None:
     res: m.ToolPins = obj.call(m.ToolsPins())
     if as_json:
@@ -231,7 +229,6 @@ def _json_object(text: str, hint: str) -> dict[str, Any]:
 @click.option("--args", "args", default="{}", metavar="JSON",
               help="The arguments, a JSON object.")
 @json_option
-@pass_ctx
 def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
     arguments = _json_object(args, "--args")
     res = obj.call(m.ToolsCall(name=name, arguments=arguments))

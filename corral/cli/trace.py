@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, fail, json_option, pass_ctx
+from .app import Ctx, command, fail, json_option
 
 BAR = 40  # columns of the time axis
 
@@ -61,7 +61,6 @@ def _detail(s: m.SpanView) -> str:
 @command(m.TracesGet)
 @click.argument("task_id")
 @json_option
-@pass_ctx
 def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
     res: m.TraceView = obj.call_json(m.TracesGet(task_id=task_id), as_json)
     lines = waterfall(res)

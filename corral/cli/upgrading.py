@@ -11,7 +11,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, command, fail, json_option, pass_ctx
+from .app import Ctx, command, fail, json_option
 from .client import EXIT_FAILED, CallFailed, Unreachable
 from .render import print_json
 
@@ -29,7 +29,6 @@ POLL = 0.1
 @click.option("--no-wait", is_flag=True, help="Return once the hand-over has begun.")
 @click.option("--report", is_flag=True, help="Upgrade nothing: how the last one went.")
 @json_option
-@pass_ctx
 def upgrade(obj: Ctx, python: str | None, pythonpath: str | None, no_wait: bool,
             report: bool, as_json: bool) -> None:
     began: m.UpgradeReport = obj.call(m.DaemonUpgrade(

@@ -11,7 +11,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, command_group, fail, json_option, pass_ctx
+from .app import Ctx, cli, command, command_group, fail, json_option
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import dumps, table
@@ -27,7 +27,6 @@ def workflows() -> None:
 
 @command(m.WorkflowsList)
 @json_option
-@pass_ctx
 def workflows_list(obj: Ctx, as_json: bool) -> None:
     res: m.WorkflowList = obj.call_json(m.WorkflowsList(), as_json)
     table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
@@ -43,7 +42,6 @@ def workflows_list(obj: Ctx, as_json: bool) -> None:
 @click.option("--file", "path", type=click.Path(dir_okay=False), default=None,
               help="Read the workflow from this config file instead of the daemon.")
 @json_option
-@pass_ctx
 def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None:
     if path is not None:
         click.echo(_plan_of_file(path, name))
@@ -78,7 +76,6 @@ def _plan_of_file(path: str, name: str) -> str:
               help="The caller's trace context: the run's trace is a child of it.")
 @click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True)
 @json_option
-@pass_ctx
 def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run: bool,
                   traceparent: str | None, tracestate: str | None, as_json: bool) -> None:
     if dry_run:
@@ -169,7 +166,6 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx, depth: int) -> None:
 @click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
               help="With --json: the page of rows from this one (`steps_next`).")
 @json_option
-@pass_ctx
 def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
                outputs: bool, offset: int, as_json: bool) -> None:
     # the tree is drawn from the graph: no rows are read for it
@@ -190,7 +186,6 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
               help="Only runs started before this one: the next page (older runs).")
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @json_option
-@pass_ctx
 def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
               before: str | None, limit: int, as_json: bool) -> None:
     res: m.RunList = obj.call_json(m.RunsList(
@@ -211,7 +206,6 @@ def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | N
 @click.option("--key", default=None,
               help="Names this signal: sent again with it, it is answered as the first.")
 @json_option
-@pass_ctx
 def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
                 as_json: bool) -> None:
     res: m.SignalSent = obj.call_json(m.RunsSignal(
@@ -222,7 +216,6 @@ def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
 
 @command(m.RunsCancel)
 @click.argument("run_id")
-@pass_ctx
 def run_cancel(obj: Ctx, run_id: str) -> None:
     res: m.RunView = obj.call(m.RunsCancel(run_id=run_id))
     click.echo(f"{res.run_id}: {res.status}")
