@@ -266,7 +266,6 @@ class LogHub:
 
     def _write(self, batch: Batch, source: str, *parts: bytes) -> None:
         """Append the batch's tagged lines to the source's file (or drop them, counted)."""
-        assert self.log_dir is not None
         count = batch.count
         broken = self.broken.get(source)
         if broken is not None and time.monotonic() < broken.retry_at:
@@ -305,7 +304,6 @@ class LogHub:
             broken.dropped += count
             broken.retry_at = now + RETRY_EVERY
             return
-        assert self.log_dir is not None
         why = exc.strerror or str(exc)
         self.broken[source] = _Outage(time.time(), why, now + RETRY_EVERY, count)
         # told after the file is marked broken: when it is corral.log, this line is

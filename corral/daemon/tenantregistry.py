@@ -66,7 +66,7 @@ def groups_of(specs: Mapping[str, TenantSpec], report: Report) -> dict[int, str]
 class TenantRegistry:
     def __init__(self, parts: Parts, store: StateStore, config_path: Path,
                  report: Report,
-                 on_groups: Callable[[dict[int, str]], None] | None = None) -> None:
+                 on_groups: Callable[[dict[int, str]], None]) -> None:
         """`on_groups`: told the tenants' unix groups each time they change."""
         self.quotas = parts.quotas
         self.tools = parts.tools
@@ -135,8 +135,7 @@ class TenantRegistry:
                 self.report(f"skipped tenant {name}: {exc}", priority=4)
         self.tables = {n: tables[n] for n in specs}
         self.quotas.replace(specs)
-        if self.on_groups is not None:
-            self.on_groups(self.groups())
+        self.on_groups(self.groups())
 
     def groups(self) -> dict[int, str]:
         return groups_of(self.quotas.specs, self.report)
