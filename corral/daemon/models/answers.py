@@ -7,11 +7,15 @@ agent's connection is cut, so that its client raises as it would talking to the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
 import msgspec
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.web_request import BaseRequest
 
 from ..http.route import body_of
 from .http1 import UpstreamAnswer, UpstreamFailed
@@ -21,6 +25,7 @@ from .usage import CallUsage
 from .wire import PASSED_BACK_PREFIXES, Format, event_fields, is_last, refusal
 
 SSE = "text/event-stream"
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 _decode = msgspec.json.Decoder()
 
 
@@ -57,74 +62,99 @@ def passed_back(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower().startswith(PASSED_BACK_PREFIXES)}
 
 
-class Exchange(Protocol):
-    """One request to the model gateway and its answer, over whichever server took it:
-    lean.py's own parse of the common shape, or aiohttp's (AiohttpExchange)."""
+class Exchange:
+    """One request to the model gateway and its answer, written to its connection as
+    HTTP/1.1 bytes: whole with its Content-Length, a stream in chunks (an HTTP/1.0
+    client's to the connection's end). lean.py's connection makes it with the body it
+    read, the gateway's aiohttp handler with aiohttp's request (its body read as it
+    comes, once the caller is known, by body_of)."""
 
-    headers: Mapping[str, str]  # (looked up by lowercase names)
-    query: Mapping[str, str]
+    __slots__ = ("_head", "chunked", "conn", "headers", "query", "raw", "request",
+                 "status", "transport")
 
-    async def body(self) -> bytes | None: ...  # None: over MAX_BODY
+    def __init__(self, conn: BaseProtocol, transport: asyncio.Transport,
+                 headers: Mapping[str, str], query: Mapping[str, str], raw: bytes,
+                 request: web.Request | None = None) -> None:
+        self.conn = conn  # aiohttp's protocol of the connection: its flow control
+        self.transport = transport
+        self.headers = headers  # (looked up by lowercase names)
+        self.query = query
+        self.raw: bytes | None = raw
+        self.request = request
+        self.chunked = request is None or request.version >= HttpVersion11
+        self._head = b""  # a stream's, until its first write
+        self.status = 0  # the answer's, once it is begun
 
-    def gone(self) -> bool: ...  # the agent hung up
+    async def body(self) -> bytes | None:
+        """The body (None: over MAX_BODY), held once: by the call from here."""
+        if self.request is not None:
+            read = await body_of(self.request)
+            return None if isinstance(read, web.Response) else read
+        raw, self.raw = self.raw, None
+        return raw
+
+    def gone(self) -> bool:
+        return self.transport.is_closing()
 
     def answer(self, status: int, ctype: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> None: ...
+               headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        if not self.transport.is_closing():
+            self.transport.write(_status_line(status, headers, (
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n")) + body)
 
     async def begin(self, status: int, headers: Mapping[str, str]) -> None:
-        """A stream's head (SSE), sent with its first write."""
+        """A stream's head (SSE), written with its first write."""
+        self.status = status
+        self._head = _status_line(status, headers, "Content-Type: text/event-stream\r\n"
+                                  "Cache-Control: no-cache\r\n" + (
+                                      "Transfer-Encoding: chunked\r\n" if self.chunked
+                                      else ""))
 
     async def write(self, data: bytes) -> None:
         """`data` of the stream (b"": its head now); ConnectionResetError when gone."""
+        self._chunk(data)
+        await self.conn._drain_helper()  # (when the agent reads slower than it comes)
 
-    async def end(self, data: bytes) -> None: ...
+    async def end(self, data: bytes) -> None:
+        self._chunk(data, b"0\r\n\r\n" if self.chunked else b"")
+        if not self.chunked:
+            self.transport.close()
+
+    def _chunk(self, data: bytes, last: bytes = b"") -> None:
+        """`data` as a chunk, after the head when it is not yet written, before `last`."""
+        if self.transport.is_closing():
+            raise ConnectionResetError("the agent hung up")
+        head, self._head = self._head, b""
+        if self.chunked and data:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.transport.write(head + data + last)
 
     def cut(self) -> None:
         """The connection closed mid-stream, without the chunked encoding's end: the
         agent's client sees the stream fail."""
+        self.transport.abort()
 
 
-class AiohttpExchange:
-    """An Exchange over aiohttp's request; `response` is its handler's to return."""
+class WrittenResponse(web.StreamResponse):
+    """What aiohttp's handler returns for an answer an Exchange wrote: nothing more
+    (its status for the middlewares, metrics.py's count)."""
 
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.headers: Mapping[str, str] = request.headers
-        self.query: Mapping[str, str] = request.query
-        self.response: web.StreamResponse | None = None
+    def __init__(self, request: web.Request, status: int) -> None:
+        super().__init__(status=status)
+        self._keep_alive = request.keep_alive  # (what aiohttp's prepare would set)
 
-    async def body(self) -> bytes | None:
-        # (body_of, not aiohttp's `read`, which keeps a copy on the request for as long
-        # as the call lasts)
-        raw = await body_of(self.request)
-        return None if isinstance(raw, web.Response) else raw
+    async def prepare(self, request: BaseRequest) -> None:
+        return None
 
-    def gone(self) -> bool:
-        return self.request.transport is None or self.request.transport.is_closing()
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
-    def answer(self, status: int, ctype: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> None:
-        self.response = web.Response(status=status, body=body,
-                                     headers={**(headers or {}), "Content-Type": ctype})
 
-    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
-        self.response = _HeadWithEvents(status=status, headers=headers)
-        self.response.content_type = SSE
-        self.response.headers["Cache-Control"] = "no-cache"
-        await self.response.prepare(self.request)
-
-    async def write(self, data: bytes) -> None:
-        assert self.response is not None
-        await self.response.write(data)
-
-    async def end(self, data: bytes) -> None:
-        assert self.response is not None
-        await self.response.write_eof(data)
-
-    def cut(self) -> None:
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
+def _status_line(status: int, headers: Mapping[str, str] | None, fixed: str) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
+    return f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{fixed}{extra}\r\n" \
+        .encode("latin-1")
 
 
 def refused(ex: Exchange, fmt: Format, status: int, message: str,
@@ -137,14 +167,6 @@ def whole(ex: Exchange, record: AnswerRecord | Whole,
     """An answer given whole (a journaled stream too: its events at once)."""
     body = record.body if isinstance(record, Whole) else record.body.encode()
     ex.answer(record.status, record.type or "application/json", body, headers)
-
-
-class _HeadWithEvents(web.StreamResponse):
-    """A stream whose head is written with its first events, in one write, when they are
-    at hand as it begins (aiohttp's own Response buffers its head so; its StreamResponse
-    writes it at once: a write, and a wake-up of the agent, more a call)."""
-
-    _send_headers_immediately = False
 
 
 class Relay:

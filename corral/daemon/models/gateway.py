@@ -37,7 +37,7 @@ from ..attribution import Attribution, mark_of
 from ..http.route import MAX_BODY
 from . import answers
 from . import request as requests
-from .answers import AiohttpExchange, AnswerRecord, Exchange, Relay, StreamCut, Whole
+from .answers import AnswerRecord, Exchange, Relay, StreamCut, Whole
 from .holds import model_policy_of, most_cost, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
@@ -123,6 +123,7 @@ class ModelGateway:
         self.counters: dict[str, ModelCounter] = {}
         self.unknown = 0  # requests refused before a model was known (token, body)
         self.unattributed = 0  # calls of no task attempt (none running, or several)
+        self.lean = 0  # requests lean.py took (the rest: aiohttp's)
         # a held call's ask key: its place among its attempt's same calls (approvals.py's)
         self._ordinals = CallOrdinals()
         self.stream = tasks.stream
@@ -163,14 +164,18 @@ class ModelGateway:
             app.router.add_route("POST", endpoint.path, self._handler(endpoint))
 
     def _handler(self, endpoint: Endpoint) -> Callable[[web.Request], Any]:
-        """aiohttp's handler of `endpoint` (lean.py serves the common shape without it)."""
+        """aiohttp's handler of `endpoint` (lean.py serves the common shape without it):
+        the answer written as lean.py's are, aiohttp given it WrittenResponse."""
         async def handle(request: web.Request) -> web.StreamResponse:
-            ex = AiohttpExchange(request)
+            transport = request.transport
+            if transport is None:  # the agent is gone already
+                return answers.WrittenResponse(request, 200)
+            ex = Exchange(request.protocol, transport, request.headers, request.query, b"",
+                          request)
             made = await self.admit(ex, endpoint)
             if made is not None:  # (aiohttp cancels a handler whose agent hung up)
                 await asyncio.shield(asyncio.get_running_loop().create_task(made))
-            assert ex.response is not None
-            return ex.response
+            return answers.WrittenResponse(request, ex.status)
         return handle
 
     # -- a call ---------------------------------------------------------------------------
@@ -524,6 +529,7 @@ class ModelGateway:
         return {"models": {n: {k: getattr(c, k) for k in ModelCounter.__slots__}
                            for n, c in sorted(self.counters.items())},
                 "refused_unknown": self.unknown, "unattributed": self.unattributed,
+                "lean": self.lean,
                 "retried": self.upstream.retried}
 
     async def close(self) -> None:

@@ -1,24 +1,23 @@
 """The model gateway's calls served lean on its own site (issue 77). The site's connections
 are aiohttp's, except that a request for a model endpoint in the common shape (HTTP/1.1,
 a Content-Length body of at most LEAN_BODY bytes, nothing asked of the connection) is
-parsed here and answered through a LeanExchange, without aiohttp's request and response
-machinery: most of the CPU a call cost the daemon past its upstream's. The first request
+parsed here and answered through an Exchange (answers.py), without aiohttp's request and
+response machinery: most of the CPU a call cost the daemon past its upstream's. The first request
 of another shape hands the connection to aiohttp as it came, for its life (the gateway
-serves it there too: AiohttpExchange).
+serves it there too, answering through an Exchange all the same).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .answers import Exchange
 from .wire import ENDPOINTS, Endpoint
 
 if TYPE_CHECKING:
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
 MAX_FIELD, MAX_HEADERS = 8190, 128  # a head past these is aiohttp's, to refuse
 _PATHS = {e.path.encode(): e for e in ENDPOINTS}
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 log = logging.getLogger("corral.gateway.http")
 
 
@@ -98,9 +96,10 @@ class _LeanConnection(RequestHandler):
         self._close = headers.get("connection", "").lower() == "close"  # after its answer
         self._held = held[start + length:]
         self._request_in_progress = True
+        self._models.lean += 1
         assert self.transport is not None
         query = path.partition("?")[2]  # (a repeated name: its first value, as aiohttp's)
-        ex = LeanExchange(self, self.transport, headers, dict(reversed(parse_qsl(
+        ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
             query, keep_blank_values=True))) if query else {}, held[start:start + length])
         self._call = self._loop.create_task(self._serve(ex, endpoint))
 
@@ -109,7 +108,7 @@ class _LeanConnection(RequestHandler):
         held, self._held = self._held, b""
         super().data_received(held)
 
-    async def _serve(self, ex: LeanExchange, endpoint: Endpoint) -> None:
+    async def _serve(self, ex: Exchange, endpoint: Endpoint) -> None:
         try:
             made = await self._models.admit(ex, endpoint)
             if made is not None:
@@ -165,61 +164,3 @@ def _head(head: bytes) -> tuple[Endpoint, str, dict[str, str], int] | None:
     if not length.isdigit() or int(length) > LEAN_BODY:
         return None
     return endpoint, target.decode("latin-1"), headers, int(length)
-
-
-class LeanExchange:
-    """A model call's request as _LeanConnection read it, and its answer written to the
-    connection: whole with its Content-Length, streamed in chunks."""
-
-    __slots__ = ("_head", "conn", "headers", "query", "raw", "transport")
-
-    def __init__(self, conn: _LeanConnection, transport: asyncio.Transport,
-                 headers: dict[str, str], query: Mapping[str, str], raw: bytes) -> None:
-        self.conn = conn
-        self.transport = transport
-        self.headers: Mapping[str, str] = headers
-        self.query = query
-        self.raw: bytes | None = raw
-        self._head = b""  # a stream's, until its first write
-
-    async def body(self) -> bytes | None:
-        raw, self.raw = self.raw, None  # (held once: by the call from here)
-        return raw
-
-    def gone(self) -> bool:
-        return self.transport.is_closing()
-
-    def answer(self, status: int, ctype: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(_status_line(status, headers, (
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n")) + body)
-
-    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
-        self._head = _status_line(status, headers, "Content-Type: text/event-stream\r\n"
-                                  "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n")
-
-    async def write(self, data: bytes) -> None:
-        self._chunk(data)
-        await self.conn._drain_helper()  # (when the agent reads slower than it comes)
-
-    async def end(self, data: bytes) -> None:
-        self._chunk(data, b"0\r\n\r\n")
-
-    def _chunk(self, data: bytes, last: bytes = b"") -> None:
-        """`data` as a chunk, after the head when it is not yet written, before `last`."""
-        if self.transport.is_closing():
-            raise ConnectionResetError("the agent hung up")
-        head, self._head = self._head, b""
-        self.transport.write(head + (b"%x\r\n%b\r\n" % (len(data), data) if data else b"")
-                             + last)
-
-    def cut(self) -> None:
-        self.transport.abort()
-
-
-def _status_line(status: int, headers: Mapping[str, str] | None, fixed: str) -> bytes:
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
-    return f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{fixed}{extra}\r\n" \
-        .encode("latin-1")
-
