@@ -50,17 +50,9 @@ def on_tree(kind: type[Target], tree: Path) -> type[Target]:
 
 
 def load(spec: dict[str, Any], pid: int) -> tuple[dict[str, Any], float]:
-    """run.py's load, and the CPU seconds process `pid` spent meanwhile; tried again once
-    when its output does not parse (seen once under a load of 40: the load generator's
-    JSON broken at 64 KiB)."""
-    for last in (False, True):
-        before = cpu_of(pid)
-        try:
-            return load_once(spec), cpu_of(pid) - before
-        except json.JSONDecodeError:
-            if last:
-                raise
-    raise AssertionError("unreachable")
+    """run.py's load, and the CPU seconds process `pid` spent meanwhile."""
+    before = cpu_of(pid)
+    return load_once(spec), cpu_of(pid) - before
 
 
 def cpu_of(pid: int) -> float:

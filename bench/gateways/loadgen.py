@@ -5,11 +5,12 @@ line of the answer) taken. A request counts as answered only when its answer is 
 right one (the echo, or the tool's result); any other is an error, counted and the first
 one quoted.
 
-    loadgen.py JSON    JSON: {"kind": "model" | "mcp", "url", "headers", "n", "c",
+    loadgen.py JSON OUT    JSON: {"kind": "model" | "mcp", "url", "headers", "n", "c",
                               "warmup", "seconds", "stream" (model), "model" (model)}
                         (the warm-up bounded to a tenth of `seconds`)
 
-Prints {"wall_s", "latencies", "first_chunks", "errors", "first_error"} (seconds).
+Writes {"wall_s", "latencies", "first_chunks", "errors", "first_error"} (seconds) to the
+file OUT (its stdout, a pipe, was seen broken at 64 and 128 KiB under load).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -174,4 +176,4 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
 if __name__ == "__main__":
     import uvloop
 
-    print(json.dumps(uvloop.run(main(json.loads(sys.argv[1])))))
+    Path(sys.argv[2]).write_text(json.dumps(uvloop.run(main(json.loads(sys.argv[1])))))

@@ -73,13 +73,16 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def load(spec: dict[str, Any]) -> dict[str, Any]:
-    r = subprocess.run([PY, str(HERE / "loadgen.py"), json.dumps(spec)], env=ENV,
-                       capture_output=True, text=True, timeout=1800)
-    if r.returncode:
-        return {"wall_s": 0.0, "latencies": [], "first_chunks": [], "errors": spec["n"],
-                "first_error": f"the load generator failed: {r.stderr[-400:]}"}
-    out: dict[str, Any] = json.loads(r.stdout)
-    return out
+    """The load generator's figures, written to a file (its stdout, a pipe, was seen
+    broken at 64 and 128 KiB under load)."""
+    with tempfile.NamedTemporaryFile(prefix="corral-loadgen-", suffix=".json") as f:
+        r = subprocess.run([PY, str(HERE / "loadgen.py"), json.dumps(spec), f.name],
+                           env=ENV, capture_output=True, text=True, timeout=1800)
+        if r.returncode:
+            return {"wall_s": 0.0, "latencies": [], "first_chunks": [], "errors": spec["n"],
+                    "first_error": f"the load generator failed: {r.stderr[-400:]}"}
+        out: dict[str, Any] = json.loads(Path(f.name).read_text())
+        return out
 
 
 def start_all(kinds: list[type[Target]], work: Path, upstream: str,
