@@ -42,6 +42,8 @@ WORKER = textwrap.dedent('''
             while True:
                 ctx.check_cancelled()
                 time.sleep(0.01)
+        if task == "codecs":  # the fast JSON codecs loaded so far
+            return [m for m in ("msgspec", "orjson") if m in sys.modules]
         if task == "print":
             print("to stderr, not the channel")
             return "printed"
@@ -371,5 +373,23 @@ def test_an_answer_held_for_the_next_is_not_kept_behind_a_task_that_blocks(
         cancelled = [json.loads(w.line(3)) for _ in range(2)]
         assert sorted((a["id"], a["error"]["code"]) for a in cancelled) == [
             (2, jsonrpc.REQUEST_CANCELLED), (3, jsonrpc.REQUEST_CANCELLED)]
+    finally:
+        w.close()
+
+
+def test_a_read_of_32_messages_or_more_makes_the_worker_load_the_fast_codec(
+        tmp_path: Path) -> None:
+    """A busy worker (a read that brought a burst of tasks) decodes and encodes with
+    msgspec and orjson from then on; a smaller burst leaves the stdlib's codec."""
+    w = RawWorker(tmp_path)
+    try:
+        for first, burst, codecs in ((1, 16, []), (100, 100, ["msgspec", "orjson"])):
+            w.send(b"".join(task_run(i, {"n": i, "s": "é"}) for i in range(first, first + burst)))
+            answers = sorted((json.loads(w.line(10)) for _ in range(burst)),
+                             key=lambda a: a["id"])
+            assert [a["result"]["output"]["echo"] for a in answers] == [
+                {"n": i, "s": "é"} for i in range(first, first + burst)]
+            w.send(task_run(1000, "codecs"))
+            assert json.loads(w.line(10))["result"]["output"] == codecs
     finally:
         w.close()

@@ -88,6 +88,7 @@ class Worker(SupervisorLink):
         self._waiting = 0
         self._queued = 0
         self._last_take = self._last_put = 0.0
+        self._burst = 0
         self._health = HealthAnswers(self._reply, self._ensure_loop)
 
     # -- the read loop --------------------------------------------------------------------
@@ -104,6 +105,7 @@ class Worker(SupervisorLink):
         for line in _lines(sys.stdin.fileno(), self._before_read):
             if self._stopping:
                 break
+            self._burst += 1
             long = len(line) >= codec.FAST_JSON_AT
             if long and not codec.fast_tried:
                 codec.try_fast_json()
@@ -271,6 +273,9 @@ class Worker(SupervisorLink):
         """Before the reader waits for input: the answers held are written; while a task
         waits that no free thread takes, the wait has a timeout, and a thread is started
         once none has taken a task for STALL (each is in a handler that blocks)."""
+        if self._burst >= codec.FAST_JSON_BURST and not codec.fast_tried:
+            codec.try_fast_json()
+        self._burst = 0  # the messages of the last read
         since = time.monotonic()
         while True:
             with self._lock:

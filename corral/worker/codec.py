@@ -62,9 +62,11 @@ def _std_answer(rid: Any, output: Any) -> bytes:
                     *_encode(output, 0), "}}\n"]).encode("utf-8")
 
 
-# A line this long is worth a fast codec (~10x the stdlib's speed on large documents,
-# docs/sdk.md): imported then, not at start-up (msgspec: ~50 ms), and used from then on.
+# A line this long, or this many in one read, is worth a fast codec (~10x the stdlib's
+# speed on a large document, ~3x on a tiny task's; docs/sdk.md): imported then, not at
+# start-up (msgspec: ~50 ms), and used from then on.
 FAST_JSON_AT = 64 * 1024
+FAST_JSON_BURST = 32
 loads = _std_loads
 dumps = _std_dumps
 answer = _std_answer  # a task's output as its `task/run`'s answer
@@ -79,10 +81,8 @@ def _module(name: str) -> Any:
 
 
 def try_fast_json() -> None:
-    """Each direction takes the fastest codec the agent's environment has: msgspec decodes
-    fastest (orjson ~1.2x its time on a 1 MB document), orjson encodes fastest (msgspec
-    ~8x its time on a long ASCII string, ~1.3x on text that needs escapes). A value orjson
-    refuses (an int past 64 bits, a non-string key) is encoded by the next codec."""
+    """The fastest codec there is each way: msgspec decodes (orjson: ~1.2x its time on 1 MB),
+    orjson encodes (msgspec: ~8x on a long ASCII string), what orjson refuses the next."""
     global loads, dumps, answer, fast_tried
     fast_tried = True
     if os.environ.get("CORRAL_FAST_JSON", "1") == "0":

@@ -55,28 +55,24 @@ class Context(Spawning):
     ) -> None:
         self._worker = worker
         self.task_id = task_id
-        # the W3C trace context corral gave the attempt (None when it does not trace):
-        # hand it to your own OpenTelemetry spans; tool calls send it back in `_meta`
+        # the attempt's W3C trace context (None: untraced), for your spans; tool calls send it
         self.traceparent: str | None = None
         self.tracestate: str | None = None
         if trace:
             tp, ts = trace.get("traceparent"), trace.get("tracestate")
             self.traceparent = tp if isinstance(tp, str) else None
             self.tracestate = ts if isinstance(ts, str) else None
-        # 1 on the first run of the task, more on a retry (here or on another node):
-        # (task_id, attempt) names this run for the agent's own side effects
+        # 1, more on a retry (on any node): (task_id, attempt) names this run's side effects
         self.attempt = attempt
         # a retry of a task that checkpointed (checkpoint_task): its last state
         self.resumed = resumed
         self.task_state = task_state
-        # a turn of a session (docs/durable.md#sessions): its name, and the state its
-        # last checkpoint_session kept (None: a new session, or one expired or ended)
+        # its session's name and last checkpoint_session (None: new; docs/durable.md)
         self.session = session
         self.session_state = session_state
         self.deadline = deadline
         self._async = is_async
-        # a flag, not a threading.Event: nothing waits on it, and an Event (a Condition
-        # and its locks, in Python) cost more to make than the rest of a tiny task's start
+        # not a threading.Event: nothing waits on it, and one cost more than a tiny task's start
         self._cancelled = False
         self._asked = 0  # questions asked (`ask`): the next one's default key
         self.agent = worker.agent

@@ -14,8 +14,7 @@ if TYPE_CHECKING:
 
 # `@health_check` functions by name, answered to corral's `health/check` requests
 _HEALTH_CHECKS: dict[str, Callable[[], Any]] = {}
-# health/check requests waiting for the health thread: past this many, answered failed at
-# once (a check that hangs makes the agent unhealthy, not the worker's memory grow)
+# checks waiting past this many are answered failed (a hung check: unhealthy, not memory)
 HEALTH_PENDING_MAX = 8
 
 
