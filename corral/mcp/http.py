@@ -144,8 +144,7 @@ class HttpTransport:
             return
         head = _head.decode(data)
         is_request = head.method is not None and head.id is not None
-        previous = self._order
-        task = asyncio.ensure_future(self._send(data, head, previous))
+        task = asyncio.ensure_future(self._send(data, head, self._order))
         if not is_request:
             # notifications and responses are delivered in order, and before any request
             # sent after them (`notifications/initialized` before the first list call)

@@ -612,8 +612,7 @@ class HttpGateway:
         return await self._pump(request, sess, stream, {})
 
     async def delete(self, request: web.Request) -> web.Response:
-        ident = self._who(request)
-        sess = self._session(request, ident)
+        sess = self._session(request, self._who(request))
         assert sess.id is not None
         self._end(sess.id)
         return web.Response(status=200)

@@ -42,11 +42,10 @@ implements = COMMANDS.implements
 
 @implements(m.TeamsList)
 async def teams_list(d: TeamServices, p: m.TeamsList, caller: Caller, c: Channel) -> m.TeamList:
-    catalog = d.teams.catalog
     return m.TeamList(teams=[
         m.TeamEntry(name=name, mode=spec.mode, members=spec.members, agents=spec.agents,
                     description=spec.description,
-                    revision=rev.revision if (rev := catalog.revision_of(name)) else None,
+                    revision=rev.revision if (rev := d.catalog.revision_of(name)) else None,
                     tenant=d.teams.tenant_of(name))
         for name, spec in sorted(d.catalog.specs().items())])
 
@@ -90,7 +89,7 @@ async def teams_remove(d: TeamServices, p: m.TeamsRemove, caller: Caller, c: Cha
 @implements(m.TeamsHistory)
 async def teams_history(d: TeamServices, p: m.TeamsHistory, caller: Caller, c: Channel
                         ) -> m.DefinitionRevisions:
-    return history_of(d.teams.catalog, p.name, p.limit, caller.tenant)
+    return history_of(d.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.TeamsRollback)

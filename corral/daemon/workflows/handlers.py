@@ -162,12 +162,11 @@ def _check(d: WorkflowServices, caller: Caller) -> Check[WorkflowSpec]:
     def agent(name: str) -> str | None:
         return d.workflows.agent_tenant(name) if caller.sees(name) else None
 
-    catalog = d.workflows.catalog
-    specs = catalog.specs()
+    specs = d.catalog.specs()
     if caller.limited:
         specs = {n: s for n, s in specs.items()
                  if all(caller.sees_record(a, d.workflows.tenant(n))
-                        for a in catalog.workflow(n).agents)}
+                        for a in d.catalog.workflow(n).agents)}
     return against(agent, specs)
 
 
@@ -181,9 +180,8 @@ async def workflows_add(d: WorkflowServices, p: m.WorkflowsAdd, caller: Caller, 
 @implements(m.WorkflowsDescribe)
 async def workflows_describe(d: WorkflowServices, p: m.WorkflowsDescribe, caller: Caller,
                              c: Channel) -> m.DefinitionDescription:
-    catalog = d.workflows.catalog
     wf = d.workflows.workflow(p.name)
-    rev = catalog.revision_of(p.name)
+    rev = d.catalog.revision_of(p.name)
     return m.DefinitionDescription(
         name=wf.name, source="config" if rev is None else "runtime",
         revision=rev.revision if rev is not None else None,
@@ -212,7 +210,7 @@ async def workflows_remove(d: WorkflowServices, p: m.WorkflowsRemove, caller: Ca
 @implements(m.WorkflowsHistory)
 async def workflows_history(d: WorkflowServices, p: m.WorkflowsHistory, caller: Caller,
                             c: Channel) -> m.DefinitionRevisions:
-    return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant)
+    return history_of(d.catalog, p.name, p.limit, caller.tenant)
 
 
 @implements(m.WorkflowsRollback)
