@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 
 from ..results import *  # noqa: F403
-from .declaration import ONE, REPLICA, Params, method, rest
+from .declaration import ONE, Params, method, rest
 
 
 @method("agents.status", result=AgentsStatusResult, scope="agents:read", seen="fleet", cli="status",
@@ -89,7 +89,7 @@ class AgentsSignal(Selection, kw_only=True):
     rest("POST", "/agents/{name}/pause",
          "Pause an agent: freeze its replicas, memory kept"),
     rest("POST", "/agents/{name}/replicas/{replica}/pause",
-         "Pause one replica", path_params=REPLICA),
+         "Pause one replica"),
 ))
 class AgentsPause(Params):
     """Freeze an agent's replicas (or replica N) where they are, memory and process kept:
@@ -104,7 +104,7 @@ class AgentsPause(Params):
         cli="resume", dashboard=True, routes=(
     rest("POST", "/agents/{name}/resume", "Resume an agent's paused replicas"),
     rest("POST", "/agents/{name}/replicas/{replica}/resume",
-         "Resume one paused replica", path_params=REPLICA),
+         "Resume one paused replica"),
 ))
 class AgentsResume(Params):
     """Let paused replicas run on, each as it was (same process, no restart counted);

@@ -32,7 +32,7 @@ class ApprovalsWatch(Params):
 
 @method("approvals.get", result=Ask, scope="approvals", seen="ask", cli="approvals show",
         dashboard=True, routes=(
-    rest("GET", "/approvals/{id}", "One ask, pending or ended", path_params={"id": "id"}),
+    rest("GET", "/approvals/{id}", "One ask, pending or ended"),
 ))
 class ApprovalsGet(Params):
     """One ask, pending or ended (how, by whom, with what)."""
@@ -43,7 +43,7 @@ class ApprovalsGet(Params):
 @method("approvals.resolve", result=Ask, scope="approvals", mutating=True, seen="ask",
         dashboard=True, routes=(
     rest("POST", "/approvals/{id}/resolve", "Decide an ask: approve (with edited "
-         "arguments), deny (with a reason) or answer it", path_params={"id": "id"},
+         "arguments), deny (with a reason) or answer it",
          body=("decision", "arguments", "reason", "answer")),
 ))
 class ApprovalsResolve(Params):

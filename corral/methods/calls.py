@@ -17,7 +17,7 @@ from .tasks import MAX_WAIT
 
 @method("calls.get", result=TaskInfo, scope="tasks:read", seen="call", routes=(
     rest("GET", "/calls/{call_id}", "One call of a team: its status, steps, output",
-         path_params={"call_id": "call_id"}, query=("wait",)),
+         query=("wait",)),
 ))
 class CallsGet(Params):
     """One call of a team, as a task of the team: its status, its steps (each naming its
@@ -66,7 +66,7 @@ class CallsList(Params):
 
 @method("calls.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="call", routes=(
     rest("POST", "/calls/{call_id}/cancel", "Cancel a team's call and its running "
-         "steps' tasks", path_params={"call_id": "call_id"}),
+         "steps' tasks"),
 ))
 class CallsCancel(Params):
     """Cancel a call of a team: its steps' queued and running tasks are cancelled."""

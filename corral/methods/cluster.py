@@ -19,8 +19,7 @@ class NodesList(Params):
 @method("nodes.drain", result=DrainResult, scope="admin", mutating=True, seen=None,
         cli="drain", routes=(
     rest("POST", "/nodes/{node}/drain", "Drain a node of the cluster: no new "
-         "tasks, what it runs finishes, its cluster agents move, then it leaves",
-         path_params={"node": "node"}),
+         "tasks, what it runs finishes, its cluster agents move, then it leaves"),
 ))
 class NodesDrain(Params):
     """Drain a node of the cluster (from any node): it takes no new tasks, finishes

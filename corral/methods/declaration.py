@@ -13,7 +13,7 @@ import msgspec
 
 # REGISTRY is not among them: corral.methods' REGISTRY is this one once every domain's
 # methods are declared (corral/methods/__init__.py)
-__all__ = ["CANCEL", "GOING_AWAY", "ONE", "REPLICA", "SCOPES", "Method", "Params", "Resource",
+__all__ = ["CANCEL", "GOING_AWAY", "ONE", "SCOPES", "Method", "Params", "Resource",
            "method", "named", "rest"]
 
 # what a caller may do (DESIGN section 7); "admin" holds every other
@@ -57,13 +57,12 @@ class Resource(msgspec.Struct, frozen=True):
 
 
 ONE = {"name": "names"}  # an agent named by the path, where the method takes a list
-REPLICA = {"name": "name", "replica": "replica"}  # one replica of an agent
 
 
 def rest(verb: str, path: str, summary: str, **kw: Any) -> Resource:
-    """A REST route; a `{name}` in the path fills the param `name` unless said else."""
-    if "{name}" in path and "path_params" not in kw:
-        kw["path_params"] = {"name": "name"}
+    """A REST route; each `{var}` in the path fills the param `var` unless said else."""
+    kw.setdefault("path_params", {part[1:-1]: part[1:-1] for part in path.split("/")
+                                  if part.startswith("{")})
     return Resource(verb, path, summary, tag=path.split("/")[1], **kw)
 
 

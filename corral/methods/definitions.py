@@ -61,7 +61,6 @@ MAX_RUN_ROWS = 10_000  # a run's step rows in one page of runs.get (a map's item
         dashboard=True, routes=(
     rest("GET", "/runs/{run_id}", "One run, its graph, and a page of its "
          "steps' rows (with `outputs`, each with its output)",
-         path_params={"run_id": "run_id"},
          query=("wait", "step", "outputs", "offset", "limit")),
 ))
 class RunsGet(Params):
@@ -175,8 +174,7 @@ class RunsList(Params):
 
 @method("runs.cancel", result=RunView, scope="tasks:run", mutating=True, seen="run",
         cli="run-cancel", routes=(
-    rest("POST", "/runs/{run_id}/cancel", "Cancel a run and its running steps",
-         path_params={"run_id": "run_id"}),
+    rest("POST", "/runs/{run_id}/cancel", "Cancel a run and its running steps"),
 ))
 class RunsCancel(Params):
     """Cancel a run: its steps' queued and running tasks are cancelled."""
@@ -187,8 +185,7 @@ class RunsCancel(Params):
 @method("runs.signal", result=SignalSent, scope="tasks:run", mutating=True, seen="run",
         cli="runs signal", routes=(
     rest("POST", "/runs/{run_id}/signals/{name}", "Send a run the signal a step of it "
-         "waits for", path_params={"run_id": "run_id", "name": "name"},
-         body=("data", "key")),
+         "waits for", body=("data", "key")),
 ))
 class RunsSignal(Params):
     """Send a run's step that waits for the signal NAME its data (the step's output):

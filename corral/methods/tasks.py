@@ -40,8 +40,7 @@ class TasksRun(TaskParams):
 
 @method("tasks.get", result=TaskInfo, scope="tasks:read", seen="task", cli="task",
         dashboard=True, routes=(
-    rest("GET", "/tasks/{task_id}", "One task (with ?input=true, its input)",
-         path_params={"task_id": "task_id"}, query=("input",)),
+    rest("GET", "/tasks/{task_id}", "One task (with ?input=true, its input)", query=("input",)),
 ))
 class TasksGet(Params):
     """One task: status, progress, output or error, and every attempt; with input, the
@@ -73,8 +72,7 @@ class TasksSubmit(TaskParams):
 @method("tasks.stream", result=TaskInfo, scope="tasks:read", streaming=True, seen="task",
         dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}/stream", "A task's live output (SSE): each chunk as it "
-         "comes, resumable with Last-Event-ID, then the task as `result`",
-         path_params={"task_id": "task_id"}, stream="tasks.output"),
+         "comes, resumable with Last-Event-ID, then the task as `result`", stream="tasks.output"),
 ))
 class TasksStream(Params):
     """A task's live output: the task as it is (`tasks.task`), then each chunk as a
@@ -146,8 +144,7 @@ class SessionsEnd(Params):
 
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True, seen="task",
         cli="cancel", routes=(
-    rest("POST", "/tasks/{task_id}/cancel", "Cancel a task",
-         path_params={"task_id": "task_id"}),
+    rest("POST", "/tasks/{task_id}/cancel", "Cancel a task"),
 ))
 class TasksCancel(Params):
     """Cancel a queued or running task."""
@@ -158,7 +155,7 @@ class TasksCancel(Params):
 @method("traces.get", result=TraceView, scope="tasks:read", seen="task", cli="trace",
         dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}/trace", "A task's trace: its spans from the "
-         "local store (with [tracing])", path_params={"task_id": "task_id"}),
+         "local store (with [tracing])"),
 ))
 class TracesGet(Params):
     """A task's trace from the daemon's local store: the task, its queue waits, its
