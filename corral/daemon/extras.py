@@ -72,15 +72,14 @@ class Extras:
         self._closed = False
 
     async def start(self, name: str, address: str,
-                    attempt: Callable[[], Awaitable[None]]) -> bool:
-        """Try `attempt` now (a failure reported and retried in the background); whether it
-        serves now. A ConfigError is raised: the daemon does not start."""
+                    attempt: Callable[[], Awaitable[None]]) -> None:
+        """Try `attempt` now (a failure reported and retried in the background). A
+        ConfigError is raised: the daemon does not start."""
         extra = Extra(name, address, attempt)
         served = await self._try(extra, first=True)
         self.extras.append(extra)
         if not served:
             extra.retrying = asyncio.ensure_future(self._retry(extra))
-        return served
 
     async def _try(self, extra: Extra, first: bool = False) -> bool:
         try:

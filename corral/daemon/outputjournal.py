@@ -128,8 +128,8 @@ class OutputsDB:
             await self._store.group.committed()
 
     # -- at start-up, in a thread ---------------------------------------------------------
-    def load(self) -> int:
-        """Where each unfinished task's output stopped, and its bytes kept; how many."""
+    def load(self) -> None:
+        """Where each unfinished task's output stopped, and its bytes kept."""
         with self._store.read_lock, errors_named(self.path):
             rows = self._store.reader.execute(
                 "SELECT o.task_id, o.attempt, o.n, length(CAST(o.data AS BLOB)), "
@@ -139,7 +139,6 @@ class OutputsDB:
             last, held = self.unfinished.get(task_id, (START, 0))
             self.unfinished[task_id] = (max(last, (attempt, n)),
                                         held + (0 if truncated else size))
-        return len(self.unfinished)
 
     # -- on the writer --------------------------------------------------------------------
     def _write(self, db: sqlite3.Connection, chunks: list[OutputChunk]) -> None:

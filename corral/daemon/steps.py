@@ -145,12 +145,8 @@ class StepsDB:
         files = leftovers(log_dir(self.path))
         steps = [step for path in files for step in records(path)]
         if steps:
-            db = connect(self.path)
-            try:
-                with errors_named(self.path):
-                    self._write(db, list(steps))
-            finally:
-                db.close()
+            with contextlib.closing(connect(self.path)) as db, errors_named(self.path):
+                self._write(db, list(steps))
         for path in files:
             path.unlink(missing_ok=True)
         return len(steps)
