@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, command, complete_agents, doc, fail, json_option, pass_ctx
+from .app import Ctx, command, complete_agents, fail, json_option
 from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
@@ -100,7 +100,8 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
     return agents
 
 
-@cli.command(short_help="Add agents at runtime from a TOML file or flags.")
+@command(m.AgentsAdd, more="\n\nFILE holds [agents.NAME] tables as in the config file.",
+         short_help="Add agents at runtime from a TOML file or flags.")
 @click.argument("file", required=False)
 @click.option("--name", help="Agent name (with --command instead of FILE).")
 @click.option("--command", "command", help="Command line, split like a shell would.")
@@ -122,7 +123,6 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
 @click.option("--ready", "ready", type=click.Choice(["started", "notify"]), default=None,
               help="With --protocol none: ready once started (default), or once it sends "
                    "READY=1 to $NOTIFY_SOCKET.")
-@pass_ctx
 def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         replicas: int | None, restart_: str | None, env: tuple[str, ...],
         cwd: str | None, tenant: str | None, no_check: bool, cluster: bool,
@@ -148,7 +148,6 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         agents = {name: table}
     res: m.AddResult = obj.call(m.AgentsAdd(agents=agents, check=not no_check, cluster=cluster))
     click.echo(f"added: {', '.join(res.added)}")
-add.help = doc(m.AgentsAdd) + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
 
 @command(m.AgentsUpdate, more="\n\nExample: corral update web --env LEVEL=debug "
