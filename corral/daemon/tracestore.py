@@ -113,12 +113,9 @@ def create(path: Path) -> None:
     for made in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(made, 0o600)
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         _schema(db)
-    finally:
-        db.close()
 
 
 def of_task(path: Path, task_id: str) -> list[SpanView]:
@@ -127,15 +124,12 @@ def of_task(path: Path, task_id: str) -> list[SpanView]:
     # decoded only when they hold the id's bytes
     needle = task_id.encode()
     records: list[Any] = []
-    db = sqlite3.connect(path)
-    try:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         for (frame,) in db.execute("SELECT frame FROM batches WHERE id IN (SELECT batch "
                                    "FROM batch_keys WHERE key = ?) ORDER BY id",
                                    (key_of(task_id),)):
             if needle in frame:
                 records.extend(r for r in msgspec.msgpack.decode(frame) if r[6] == task_id)
-    finally:
-        db.close()
     spans = [s for record in records for s in expand(record)]
     spans.sort(key=lambda s: s[5])  # by start; a record's own order kept
     return [SpanView(trace_id=f"{s[0]:032x}", span_id=f"{s[1]:016x}",
