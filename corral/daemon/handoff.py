@@ -162,16 +162,10 @@ def path_in(state_dir: Path) -> Path:
 
 
 def write(path: Path, h: Handoff) -> None:
-    data = msgspec.json.encode(h)
     # refused if a link is in its place: the daemon (root) would write through it
-    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+    with os.fdopen(open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(msgspec.json.encode(h))
 
 
 def read(path: Path) -> Handoff:

@@ -106,12 +106,9 @@ def _replace(path: Path, data: bytes, secret: bool) -> None:
     mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o600
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
-    try:
+    with os.fdopen(fd, "wb") as out:
         os.fchmod(fd, mode & ~0o077 if secret else mode)
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            out.write(data)
-    finally:
-        os.close(fd)
+        out.write(data)
     os.replace(tmp, path)
 
 
