@@ -261,17 +261,19 @@ class GatewayService:
                         **self._limits())
 
     def replica_client(self, token: str) -> Identity | None:
-        """The agent replica whose token this is, as a client (the model gateway's)."""
-        return self._replica_client(token, self.digests.of(token))
+        """The agent replica whose token this is, as a client of the model gateway (no
+        tools: its allowlist is by_token's to make, at /mcp)."""
+        return self._replica_client(token, self.digests.of(token), tools=False)
 
-    def _replica_client(self, token: str, digest: str) -> Identity | None:
+    def _replica_client(self, token: str, digest: str, tools: bool = True
+                        ) -> Identity | None:
         replica = self.replica_tokens.get(digest)
         if replica is None:
             return None
         self.digests.known(token, digest)
-        return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec),
-                        owner=replica.label, tenant=tenant_of(replica.spec),
-                        replica=replica, **self._limits())
+        return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec)
+                        if tools else [], owner=replica.label,
+                        tenant=tenant_of(replica.spec), replica=replica, **self._limits())
 
     def by_token(self, token: str) -> Identity | None:
         digest = self.digests.of(token)

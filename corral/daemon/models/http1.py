@@ -38,6 +38,8 @@ class _Wire(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # (asyncio.get_running_loop asks the kernel for the pid, each time)
+        self.loop = asyncio.get_running_loop()
         self.buffer = bytearray()
         self.waiter: asyncio.Future[None] | None = None
         self.closed: BaseException | None = None  # why the connection ended, once it has
@@ -80,7 +82,7 @@ class _Wire(asyncio.Protocol):
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         await self.waiter
 
     def take(self, n: int) -> bytes:
@@ -118,6 +120,11 @@ class UpstreamAnswer:
         return bool(self._wire.buffer) or self._framing.length == 0
 
     async def read(self) -> bytes:
+        framing, wire = self._framing, self._wire
+        if 0 <= framing.length <= min(len(wire.buffer), MAX_ANSWER) \
+                and "content-encoding" not in self.headers:  # (come whole: most answers)
+            self._done, self.received = True, framing.length
+            return wire.take(framing.length)
         return b"".join([chunk async for chunk in self.chunks()])
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -301,9 +308,9 @@ class UpstreamClient:
         head = _request((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
                         shown if parts.port is None else f"{shown}:{port}", body, headers)
         message = (head, body)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         wire = self._reused(origin)
+        loop = wire.loop if wire is not None else asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if wire is not None:
             try:
                 return await self._exchange(origin, wire, message, deadline, timeout)
@@ -323,9 +330,8 @@ class UpstreamClient:
     async def _exchange(self, origin: str, wire: _Wire, message: tuple[bytes, bytes],
                         deadline: float, timeout: float) -> UpstreamAnswer:
         assert wire.transport is not None
-        loop = asyncio.get_running_loop()
-        timer = loop.call_at(deadline, wire.expire,
-                             f"the upstream did not answer in {timeout:g} s")
+        timer = wire.loop.call_at(deadline, wire.expire,
+                                  f"the upstream did not answer in {timeout:g} s")
         try:
             wire.transport.writelines(message)
             status = 100
