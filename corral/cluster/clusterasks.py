@@ -460,9 +460,8 @@ class ClusterAsks:
                 with contextlib.suppress(TimeoutError):
                     await within(self._woken.wait(), self.settings.beat)
                 self._woken.clear()
-                heeded = list(self._heeded)
                 try:
-                    rows = await self._rows(heeded)
+                    rows = await self._rows(list(self._heeded))
                 except RedisError as exc:
                     if not self._unread:
                         log.warning("cluster: the asks waited on here were not read "
@@ -486,8 +485,7 @@ class ClusterAsks:
                                                timeout=self.settings.beat)
                 if got is None:
                     continue
-                ended = got["data"].decode(errors="replace")
-                if ended in self._heeded:
+                if got["data"].decode(errors="replace") in self._heeded:
                     self._woken.set()
         except (RedisError, OSError):
             return

@@ -168,8 +168,7 @@ class HttpTransport:
             if self.session_id is not None and not self.legacy:
                 with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     async with asyncio.timeout(2.0):
-                        headers = await self._headers()
-                        async with http.delete(self.url, headers=headers) as resp:
+                        async with http.delete(self.url, headers=await self._headers()) as resp:
                             await resp.read()
             await http.close()
             self._http = None
