@@ -103,12 +103,6 @@ class Outage:
         since, self.since = self.since, None
         return since
 
-    def schedule(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]
-                 ) -> asyncio.Handle:
-        if self.since is None:
-            return loop.call_soon(flush)
-        return loop.call_at(self.retry_at, flush)
-
 
 class WriterThread:
     """The state database's one writer: a thread with its own connection that runs jobs
@@ -350,7 +344,8 @@ class GroupCommit(Generic[V]):
 
     def _schedule(self) -> None:
         self._flush_scheduled = True
-        self._retry = self.outage.schedule(self._loop, self._flush)
+        self._retry = (self._loop.call_at(self.outage.retry_at, self._flush)
+                       if self.outage.failing else self._loop.call_soon(self._flush))
 
     def retry_now(self) -> None:
         if self.outage.failing and self._retry is not None:
