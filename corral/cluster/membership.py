@@ -122,7 +122,6 @@ class Membership:
         self.keys = keys
         self.node = node
         self.ttl = settings.node_ttl
-        self.ttl_ms = int(settings.node_ttl * 1000)
         self.sticky = settings.sticky_sessions
         self.beat = settings.beat
         self.offer = offer
@@ -220,7 +219,7 @@ class Membership:
         name = consumer(self.node, inc)
         self.incarnation, self.consumer = inc, name
         ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), self.ttl_ms,
+                                     args=[self.node, self._beat_json(), int(self.ttl * 1000),
                                            *self._one_daemon()])
         if self._another(ok):
             self.state = "duplicate"
@@ -236,7 +235,7 @@ class Membership:
 
     async def renew(self) -> bool:
         ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), self.ttl_ms,
+                                     args=[self.node, self._beat_json(), int(self.ttl * 1000),
                                            *self._one_daemon()])
         if self._another(ok):
             # two daemons joined as one node (Redis was away when this one started): the
@@ -266,8 +265,7 @@ class Membership:
         if self.state == "left":
             return  # drained: out of the cluster until the daemon starts again
         try:
-            # awaited while its key may live: cut at a beat (a loaded host's late answer), its
-            # connection went, the next paid a new one, and a live node's key lapsed (#72)
+            # awaited while its key lives: cut at a beat, its connection went, the next's too (#72)
             wait = max(self.renewed + self.ttl - time.monotonic(), self.beat)
             if self.state == "member" and not await within(self.renew(), wait):
                 self.fence(f"its liveness key expired (no renewal within "

@@ -307,17 +307,19 @@ class ClusterNode:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await within(self.outbox.flush(), self.settings.node_ttl)
 
-    async def give_back_unknown(self, running: set[str], reason: str) -> None:
-        """What this incarnation holds in the streams it read but does not run (a pull
-        loop ended in its claim's round trip) waits again."""
+    async def give_back_unknown(self, running: set[str], reason: str,
+                                stopping: str | None = None) -> None:
+        """What this incarnation (`stopping`: that one, as it stops) holds in the streams
+        it read but does not run (a pull loop ended in its claim's round trip) waits again."""
         try:
             await within(self.reaper.give_back(self.puller.streams(),
-                                               self.membership.consumer, reason,
+                                               stopping or self.membership.consumer, reason,
                                                frozenset(e.encode() for e in running)),
                          self.settings.node_ttl)
         except (RedisError, OSError, TimeoutError) as exc:
+            then = "over once this node's key expires" if stopping else "back as an orphan"
             self.report(f"cluster: what this node read but did not run was not given back "
-                        f"({why(exc)}): the cluster takes it back as an orphan")
+                        f"({why(exc)}): the cluster takes it {then}")
 
     async def hand_back(self) -> None:
         """A node about to stop (before its agents do): it reads nothing more, sends the
@@ -341,13 +343,7 @@ class ClusterNode:
         # a claim whose answer the closed pull loop never read (cancelled in its round
         # trip) is this incarnation's in Redis and unknown here: it waits again, no retry
         # spent, rather than being taken over as a dead node's once the key is gone
-        try:
-            await within(self.reaper.give_back(self.puller.streams(), consumer, reason),
-                         self.settings.node_ttl)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.report(f"cluster: what this node read but did not run was not given back "
-                        f"({why(exc)}): the cluster takes it over once this node's key "
-                        "expires")
+        await self.give_back_unknown(set(), reason, consumer)
 
     def background(self, work: Awaitable[None]) -> None:
         """A one-off of the node's, ended with its loops (handover.py's give-back)."""

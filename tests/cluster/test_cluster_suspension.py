@@ -12,6 +12,7 @@ Real processes: the nodes (`corral daemon` subprocesses), their redis-server, wo
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -200,8 +201,13 @@ def test_one_of_two_asks_at_once_decided_the_task_suspends_on_the_other(
         tmp: Path, redis: RedisServer) -> None:
     """Two calls of one task held at once (a thread each): the first approved and made,
     the task still waits on the second, so past suspend_after it gives its claim back;
-    the second approved, it resumes by replay, each call made once."""
-    agents = fleet(tmp)
+    the second approved, it resumes by replay, each call made once. The clock passes
+    suspend_after while the first is being made (held at the server): the claim is given
+    back once its answer is kept, not before (then the answer was lost, and the call made
+    again by the resumed attempt: ['7', '7', '8'] under load, issue 72)."""
+    hold, gate = tmp / "hold", tmp / "gate"
+    agents = fleet(tmp).replace(f'"{tmp}/server-count"]', f'"{tmp}/server-count", "{hold}"]')
+    os.mkfifo(gate)
     with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
         both_alive(ns)
         a = ns["a"]
@@ -213,12 +219,16 @@ def test_one_of_two_asks_at_once_decided_the_task_suspends_on_the_other(
         runner = wait_until(lambda: running_task(ns, task_id), 30, "its attempt")
         wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 2,
                    30, "its attempt waiting on both")
+        hold.write_text(f"- 7 {gate}")
         assert a.cli("approvals", "approve", first["id"]).returncode == 0
-        wait_until(lambda: counted(tmp) == ["7"], 30, "the first call made")
+        wait_until(lambda: not hold.exists(), 30, "the first call held at the server")
         wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 1,
                    30, "its attempt waiting on the second")
         moved = runner.cli("clock", "--advance", "10m")
         assert moved.returncode == 0, moved.stderr
+        with open(gate, "w"):  # the first call let go: counted and answered
+            pass
+        wait_until(lambda: counted(tmp) == ["7"], 30, "the first call made")
         wait_until(lambda: record(runner, task_id)["status"] == "suspended", 30,
                    "the task suspended on its second ask")
         assert [x["id"] for x in pending(a)] == [second["id"]]

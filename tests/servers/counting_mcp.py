@@ -10,7 +10,8 @@ process (the file removed) and is neither counted nor answered but with an error
 that a test kills its worker at that call, after the calls before it were answered.
 Holding `PID I GATE`, the call is at the server when its worker dies: after the kill it
 waits until the test opens the FIFO GATE and closes it, then is counted and answered as
-any other (the answer of a call that outlived its worker: docs/durable.md).
+any other (the answer of a call that outlived its worker: docs/durable.md). PID `-`:
+nothing is killed, the call is only held at GATE (a call being made meanwhile).
 """
 
 import json
@@ -42,7 +43,8 @@ for line in sys.stdin:
                 kill = f.read().split()
         if params["name"] == "bump" and kill and str(args.get("i")) == kill[1]:
             os.unlink(kill_file)
-            os.kill(int(kill[0]), signal.SIGKILL)
+            if kill[0] != "-":
+                os.kill(int(kill[0]), signal.SIGKILL)
             if len(kill) < 3:
                 out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
                     "code": -32000, "message": "the worker was killed"}}) + "\n")

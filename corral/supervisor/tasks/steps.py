@@ -278,9 +278,9 @@ class TaskSteps:
                     self.outlived += 1
             raise
 
-    def in_flight(self, task_id: str) -> bool:
-        """Whether a call of the task is in flight here (its answer is a retry's: Endings.again)."""
-        return bool(self._flights.get(task_id))
+    def in_flight(self, task_id: str) -> int:
+        """The task's calls in flight here (their answers are a retry's: Endings.again)."""
+        return len(self._flights.get(task_id, ()))
 
     def _landing(self, task_id: str, flight: _Flight) -> None:
         mine = self._flights.get(task_id)

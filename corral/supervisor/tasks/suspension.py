@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .dispatch import TaskDispatch
     from .durable import TaskJournal
     from .model import Task
+    from .steps import TaskSteps
 
 log = logging.getLogger("corral.tasks")
 REREAD = 1.0  # seconds: a record Redis did not answer for is read again after
@@ -50,6 +51,7 @@ class SuspendingEngine(Protocol):
     active: dict[str, Task]
     inbox: Inbox
     dispatch: TaskDispatch
+    steps: TaskSteps
     stream: Stream
     memory: Releaser
 
@@ -120,6 +122,10 @@ class Suspensions:
         self._held[task.id] = _Wait(task.attempt, timer)
 
     def _waited(self, task: Task, seconds: float) -> None:
+        held = self._held.get(task.id)  # (a call being made lands first: its answer was lost, #72)
+        if held is not None and self.engine.steps.in_flight(task.id) > len(held.calls):
+            asyncio.get_running_loop().call_later(0.1, partial(self._waited, task, seconds))
+            return
         self.suspend(task, f"waited {seconds:g} s for a person (suspend_after)")
 
     async def wait(self, task: Task, asked: asyncio.Future[Ask]) -> Ask:
