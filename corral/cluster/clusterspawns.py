@@ -9,6 +9,7 @@ the parent's claim: a key that has a row answers that row's child, never a secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -119,11 +120,9 @@ class ClusterSpawns:
         # every task's record has its place, signed: one without it had it deleted
         mac, _, body = (field or b"").decode(errors="replace").partition(" ")
         if self.trust.valid(mac, SIGNED_SPAWN, task_id, body):
-            try:
+            with contextlib.suppress(msgspec.DecodeError):
                 depth, reach, by, _parent = _lineage.decode(body)
                 return Lineage(depth, reach, by)
-            except msgspec.DecodeError:
-                pass
         self.trust.refuse(SIGNED_SPAWN, f"place of task {task_id}", mac,
                           "it spawns nothing")
         raise RpcError(jsonrpc.REFUSED, f"task/spawn: the place of task {task_id} in its "

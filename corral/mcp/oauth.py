@@ -184,11 +184,10 @@ class OAuth(Auth):
                     return False  # asking again for the same scopes would loop
                 challenge.scope = " ".join(sorted(wanted)) or None
             elif self.stored.tokens is not None and self.stored.tokens.refresh_token:
-                try:
+                # (a refresh token no good either: authorized anew)
+                with contextlib.suppress(HttpError):
                     await self._refresh(self.stored.tokens)
                     return True
-                except HttpError:
-                    pass  # the refresh token is no good either: authorize anew
             await self.obtain(challenge)
             return True
 
