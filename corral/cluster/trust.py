@@ -114,9 +114,7 @@ class Trust:
         return hmac.new(self.key, _DOMAIN + b"fingerprint", hashlib.sha256).hexdigest()[:16]
 
     def sign(self, kind: bytes, *parts: bytes | str) -> str:
-        if self.key is None:
-            return ""
-        return _mac(self.key, (kind, self.cluster, *parts))
+        return "" if self.key is None else _mac(self.key, (kind, self.cluster, *parts))
 
     def valid(self, mac: bytes | str | None, kind: bytes, *parts: bytes | str) -> bool:
         if self.key is None:

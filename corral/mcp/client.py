@@ -443,9 +443,7 @@ class McpClient:
 
     def liveness_request(self) -> tuple[str, dict[str, Any]]:
         """`ping`, or for the stateless revision (which has none) `server/discover`."""
-        if self.stateless:
-            return "server/discover", {"_meta": self._meta()}
-        return "ping", {}
+        return ("server/discover", {"_meta": self._meta()}) if self.stateless else ("ping", {})
 
     def _note(self, text: str) -> None:
         if self.news is not None:

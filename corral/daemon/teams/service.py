@@ -89,9 +89,7 @@ class TeamService(Teams):
         spec = self.specs.get(name)
         if spec is None:
             return None
-        if spec.tenant is not None:
-            return spec.tenant
-        return self._agent_tenant(spec.members[0])
+        return spec.tenant if spec.tenant is not None else self._agent_tenant(spec.members[0])
 
     def recover(self) -> None:
         """Every call the previous daemon left running, driven on from its steps (once
