@@ -34,10 +34,6 @@ class AgentLoops(Generic[K]):
         if event.kind == "agent":
             self.sync(event.name)
 
-    def sync_all(self) -> None:
-        for name in list(self.agents):
-            self.sync(name)
-
     def sync(self, name: str) -> None:
         """Keep the loop the agent's spec says now (or none)."""
         agent = self.agents.get(name)

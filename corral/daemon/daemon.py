@@ -390,7 +390,8 @@ class Daemon:
         s.fleet.start(local)
         if node is not None:
             node.declared.declare(declared)  # registered by its first beat
-        s.dev_watch.sync_all()
+        for name in list(s.agents):
+            s.dev_watch.sync(name)
         records = unfinished if self.taken is None else self.taken.hold_back(unfinished)
         # no await since the agents were added: no task can be accepted before the
         # journal's are back, numbered after theirs

@@ -53,6 +53,7 @@ implements = COMMANDS.implements
 async def stats_get(d: StatsServices, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
     stats = msgspec.structs.asdict(d.runtime_stats())
     writer = d.store.writer  # the store's writer thread, once the store is open
+    cluster = d.cluster.status()
     per_agent = {a.name: m.AgentStats(
         replicas=len(a.replicas),
         serving=sum(1 for r in a.replicas if r.serving),
@@ -79,7 +80,7 @@ async def stats_get(d: StatsServices, p: m.StatsGet, caller: Caller, c: Channel)
         events=d.bus.stats(),
         heartbeat=msgspec.structs.asdict(d.heartbeat),
         gateway=wire(d.gateway_status()),
-        cluster=_or_unset(d.cluster.status()),
+        cluster=msgspec.UNSET if cluster is None else cluster,
     )
 
 
@@ -109,7 +110,3 @@ async def stats_watch(d: StatsServices, p: m.StatsWatch, caller: Caller, c: Chan
         if due <= loop.time():  # late: the next one a whole interval on
             due = loop.time() + p.interval
         await asyncio.sleep(due - loop.time())
-
-
-def _or_unset(value: Any) -> Any:
-    return msgspec.UNSET if value is None else value
