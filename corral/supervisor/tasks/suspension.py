@@ -71,7 +71,7 @@ class _Wait:
 
     __slots__ = ("attempt", "calls", "gone", "timer", "writing")
 
-    def __init__(self, attempt: int, timer: WaitTimer | None) -> None:
+    def __init__(self, attempt: int, timer: WaitTimer | asyncio.TimerHandle | None) -> None:
         self.attempt = attempt
         self.timer = timer
         self.gone = False  # suspended: its held calls end REQUEST_CANCELLED
@@ -124,7 +124,9 @@ class Suspensions:
     def _waited(self, task: Task, seconds: float) -> None:
         held = self._held.get(task.id)  # (a call being made lands first: its answer was lost, #72)
         if held is not None and self.engine.steps.in_flight(task.id) > len(held.calls):
-            asyncio.get_running_loop().call_later(0.1, partial(self._waited, task, seconds))
+            # its timer: a release stops the looks, or a next hold's wait would end with them
+            held.timer = asyncio.get_running_loop().call_later(
+                0.1, partial(self._waited, task, seconds))
             return
         self.suspend(task, f"waited {seconds:g} s for a person (suspend_after)")
 
