@@ -63,12 +63,11 @@ class Packages:
         self.fleet = fleet
         self.report = report
         self.refuse = refuse
-        cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._sources: dict[str, str | None] = {}
         # the deploys in their plan or build: the daemon's stop ends them and waits for
         # what they leave to be removed (a build's processes killed, its directory gone)
         self._building: set[asyncio.Task[Any]] = set()
-        self._cache = cache
+        self._cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._containment = parts.containment
 
     @functools.cached_property
