@@ -7,7 +7,8 @@ imports them once and, for each start, forks a child that runs the client's main
 the start's argv, environment, cwd and stdio: a real process running the real client,
 only its imports skipped. What the suite starts is `launch`, stdlib only and without
 site (-I -S: ~10 ms): it hands its argv, environment, cwd and stdio to the server over
-a Unix socket, and exits with the child's status.
+a Unix socket (SOCK_SEQPACKET: a request is one message, whole), and exits with the
+child's status.
 
     python conformance_zygote.py serve SOCKET          (says "ready" on stdout)
     python -I -S conformance_zygote.py launch SOCKET ARGS...
@@ -37,7 +38,7 @@ STDIO = 3
 
 def launch(path: str, argv: list[str]) -> int:
     """Run the client as a fork of the server at `path`: its exit status."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.connect(path)
     req = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}
     conn.sendmsg([json.dumps(req).encode()],
@@ -89,7 +90,7 @@ def serve(path: str) -> None:
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGTERM, end)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(64)
     print("ready", flush=True)
