@@ -374,7 +374,10 @@ class Daemon:
         enter, listeners, web = teardown.enter, self.upgrades.listeners, s.web
         web.gateway = await enter("the HTTP gateway", part.http_gateway(
             conf, s.gateway, s.hub, extras, listeners, s.models))
-        web.logins = part.dashboard_sessions(conf)
+        if conf.cfg.http.listen:
+            from .http.ui import LoginSessions  # with aiohttp: only where [http] is configured
+
+            web.logins = LoginSessions()
         await enter("the HTTP server", part.http_server(conf, s, dispatcher, extras,
                                                         listeners))
         # no more attempts at an extra once the stop begins tearing down

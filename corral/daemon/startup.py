@@ -691,14 +691,6 @@ async def extra(extras: Extras, name: str, listen: str,
         raise StartupError(f"cannot start the {name} on {listen}: {exc}") from None
 
 
-def dashboard_sessions(conf: Conf) -> Any:
-    if not conf.cfg.http.listen:
-        return None
-    from .http.ui import LoginSessions  # with aiohttp: only where [http] is configured
-
-    return LoginSessions()
-
-
 def freeze_heap(*, collect: bool = True) -> None:
     """Modules, classes, config and the daemon's own parts live as long as the process:
     out of every full pass of the cyclic collector from here on. `collect`: a pass over
