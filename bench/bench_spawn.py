@@ -46,6 +46,7 @@ AGENTS = textwrap.dedent(f"""
     retries = 1
     spawns = ["echo"]
     max_children = 20000
+    max_tool_calls_per_task = 20000  # (each spawn is one of its task's calls)
     task_timeout = 600
 
     [agents.echo]

@@ -71,7 +71,8 @@ def test_a_map_wider_than_the_redis_pool_spawns_and_waits(tmp: Path, redis: Redi
                                                           ) -> None:
     """150 spawns sent at once (ctx.map) and waited for: more than the node's Redis
     client has connections (100), which a spawn or a wait must not all ask for at once."""
-    with nodes(tmp, redis, {"a": fleet(), "b": fleet()}) as ns:
+    wide = fleet("max_tool_calls_per_task = 150")  # (each spawn is one of its calls)
+    with nodes(tmp, redis, {"a": wide, "b": wide}) as ns:
         count = tmp / "count"
         done = _run(ns["a"], {"children": 150, "map": True, "count": str(count)})
         assert done["status"] == "succeeded", done

@@ -21,7 +21,7 @@ from ..policy import PolicyGuard
 from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall
 from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
-from .steps import CallOrdinals
+from .steps import CallOrdinals, args_hash
 from .worker import give_back_tool_call, take_tool_call
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class Approvals(TaskInterceptor):
         with waiting():  # the person's time, not the call's (personwait.py)
             ask = await self._path.ask_person(AskRequest(
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
+                f"spawn:{call.key}:{args_hash(call.arguments).hex()}" if call.spawn else
                 f"tool:{self._calls.key(task, call.name, call.arguments)}", subject(call, why),
                 policy.timeout))
         if ask.end is AskEnd.APPROVED:

@@ -29,13 +29,15 @@ Out = TypeVar("Out")
 
 class ToolCall(NamedTuple):
     """A worker's tool call on its way to the pool: `task` None when it is of no task;
-    `key` its idempotency key (None: no other attempt makes it)."""
+    `key` its idempotency key (None: no other attempt makes it); `spawn`: a `task/spawn`
+    judged as a call of `corral__AGENT` (spawn.py), `key` the spawn's (its ask's by it)."""
 
     replica: Replica
     name: str
     arguments: dict[str, Any]
     task: Task | None
     key: str | None = None
+    spawn: bool = False
 
 
 class ToolPorts(NamedTuple):

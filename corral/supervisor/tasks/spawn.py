@@ -8,6 +8,7 @@ its child: the parent's next attempt spawning under the same key is answered tha
 from __future__ import annotations
 
 import contextvars
+import inspect
 import secrets
 from collections.abc import Container
 from fnmatch import fnmatchcase
@@ -29,7 +30,7 @@ from .payload import encode_input
 from .queue import Queue
 from .spawntree import Lineage
 from .steps import TaskSteps
-from .worker import WorkerMethods
+from .worker import WorkerMethods, take_tool_call
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -63,7 +64,8 @@ class Spawns:
 
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
-        return self._spawn(self.engine.worker.running_on(r, "task/spawn", p.task_id), r, p)
+        return self._spawn(self.engine.worker.running_on(r, "task/spawn", p.task_id), r, p,
+                           judged=False)
 
     def _replayed(self, parent: Task, p: TaskSpawnParams, child_id: str) -> dict[str, Any]:
         self.replayed += 1
@@ -71,8 +73,10 @@ class Spawns:
             self.engine.steps.count_replay(parent, "step", SPAWN_STEP + p.key)
         return {"child": child_id, "replayed": True}
 
-    async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams) -> dict[str, Any]:
-        """Checked where the parent runs; `max_children` counted where its spawns are."""
+    async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams, judged: bool = True
+                     ) -> dict[str, Any]:
+        """Checked where the parent runs; `max_children` counted where its spawns are.
+        `judged`: as a call of `corral__AGENT` already (`as_tool`'s), else here."""
         kept = parent.home.spawns
         had, child = await kept.placed(parent, p.key)
         if had is not None:
@@ -81,6 +85,8 @@ class Spawns:
         if not await kept.serves(p.agent, spec.tenant):
             raise jsonrpc.not_found("agent", p.agent)
         self._bounds(parent, r, p, child)
+        if not judged:
+            p = await self._judge(parent, r, p)
         raw = encode_input(p.input)  # (the engine's: a small input is kept at its size)
         engine = self.engine
         agent = engine.sup.agents.get(p.agent)
@@ -119,12 +125,26 @@ class Spawns:
                            f"would be at depth {child.depth} (max_spawn_depth {most} of "
                            f"agent {parent.agent})")
 
+    async def _judge(self, parent: Task, r: Replica, p: TaskSpawnParams) -> TaskSpawnParams:
+        """A spawn its tree did not answer, as its task's call of `corral__AGENT` (the tool
+        router's interceptors: policy rules, `approve`, taint; the tool budget): the spawn
+        to make (its input as a person approved it), else refused as that call would be."""
+        take_tool_call(parent, r)
+        got = self.engine.worker.tool_router(ToolCall(
+            r, AGENT_TOOL + p.agent, p.input, parent, p.key, spawn=True))
+        got = await got if inspect.isawaitable(got) else got
+        if got.get("isError"):  # the tool's error its call would read
+            raise RpcError(jsonrpc.REFUSED, f"task/spawn: {got['content'][0]['text']}")
+        return msgspec.structs.replace(p, input=got["input"])
+
     # -- an agent called as a tool ----------------------------------------------------------
     async def as_tool(self, call: ToolCall) -> dict[str, Any]:
         """A running task's call of an agent as a tool (`corral__AGENT`): its spawn under
         the call's key (a retry's same call gets the same child), then its wait."""
         parent = call.task
         assert parent is not None  # (a call of no task is the gateway's to refuse)
+        if call.spawn:  # a spawn's judgement passed (`_judge`): it makes the spawn
+            return {"input": call.arguments}
         key = call.key if call.key is not None else secrets.token_hex(16)
         got = await self._spawn(parent, call.replica, TaskSpawnParams(
             task_id=parent.id, agent=call.name.removeprefix(AGENT_TOOL), key=key,
