@@ -8,13 +8,12 @@ accounting and the audit log. Who the clients are: docs/gateway.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import re
 import secrets
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
@@ -140,6 +139,22 @@ class Identity(msgspec.Struct, kw_only=True):
     agents: str | None = None
     scopes: frozenset[str] | None = None
     operator: bool = False
+
+
+class _Slot:
+    """One of a client's slots, held from its enter to its exit (a class, not a
+    generator's context manager: the model gateway takes one a call)."""
+
+    __slots__ = ("ident", "limiter")
+
+    def __init__(self, limiter: Limiter, ident: Identity) -> None:
+        self.limiter, self.ident = limiter, ident
+
+    def __enter__(self) -> None:
+        self.limiter.admit(self.ident, rated=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.limiter.in_flight -= 1
 
 
 class GatewayChanged(NamedTuple):
@@ -343,16 +358,10 @@ class GatewayService:
     def features(self) -> frozenset[str]:
         return frozenset({"tools", "resources", "prompts", "completions"})
 
-    @contextlib.contextmanager
-    def slot(self, ident: Identity) -> Iterator[None]:
+    def slot(self, ident: Identity) -> _Slot:
         """One of the client's `max_concurrent` slots for a request that is not a tool
         call: nothing a client sends runs unbounded."""
-        limiter = _entry(self.limiters, ident.name, Limiter)
-        limiter.admit(ident, rated=False)
-        try:
-            yield
-        finally:
-            limiter.in_flight -= 1
+        return _Slot(_entry(self.limiters, ident.name, Limiter), ident)
 
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         """Tools and prompts named SERVER__NAME; under tool search, `search_tools` and the

@@ -8,7 +8,6 @@ retry, its usage counted once (usage.py), whichever end it has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
@@ -185,24 +184,29 @@ class ModelGateway:
         An admitted call goes on to its end when the agent hangs up: the upstream bills it
         whole, so its usage is counted and the agent's slot held until then (else an
         agent that hangs up before a stream's usage would spend unseen)."""
-        with contextlib.ExitStack() as held:
+        try:
+            found, slot = self._client(ex)
             try:
-                found = self._client(ex, held)
-                call = await self._admit(ex, endpoint, found, held)
-            except ModelRefusal as exc:
-                answers.refused(ex, endpoint.format, exc.status, exc.message, exc.param,
-                                exc.code)
-                return None
-            slot = held.pop_all()  # the call's own from here to its end
-        return self._made(ex, call, slot)
+                call = await self._admit(ex, endpoint, found)
+            except BaseException:
+                slot.__exit__(None, None, None)
+                raise
+        except ModelRefusal as exc:
+            answers.refused(ex, endpoint.format, exc.status, exc.message, exc.param,
+                            exc.code)
+            return None
+        return self._made(ex, call, slot)  # (the slot the call's own to its end)
 
-    async def _made(self, ex: Exchange, call: ModelCall, slot: contextlib.ExitStack
-                    ) -> None:
-        with slot:
+    async def _made(self, ex: Exchange, call: ModelCall,
+                    slot: AbstractContextManager[None]) -> None:
+        try:
             await self._answer(ex, call)
+        finally:
+            call.reservation.release()  # (a call refused or replayed: never settled)
+            slot.__exit__(None, None, None)  # (entered by _client)
 
-    def _client(self, ex: Exchange, held: contextlib.ExitStack) -> Replica:
-        """Whose the request is (its token), one of its client's slots held in `held`."""
+    def _client(self, ex: Exchange) -> tuple[Replica, AbstractContextManager[None]]:
+        """Whose the request is (its token), and one of its client's slots, entered."""
         token = credential(ex.headers.get("authorization"), ex.headers.get("x-api-key"))
         client = self.clients.replica_client(token) if token else None
         if client is None or not isinstance(client.replica, Replica):
@@ -210,17 +214,17 @@ class ModelGateway:
             raise ModelRefusal(401, "unauthorized: not a corral model token (corral gives "
                                     "each agent replica its own, as OPENAI_API_KEY and "
                                     "ANTHROPIC_API_KEY)")
+        slot = self.clients.slot(client)
         try:
-            held.enter_context(self.clients.slot(client))
+            slot.__enter__()
         except RpcError as exc:
             self.unknown += 1
             raise ModelRefusal(429, f"rate limited: {exc.message}") from None
-        return client.replica
+        return client.replica, slot
 
-    async def _admit(self, ex: Exchange, endpoint: Endpoint, found: Replica,
-                     held: contextlib.ExitStack) -> ModelCall:
+    async def _admit(self, ex: Exchange, endpoint: Endpoint, found: Replica) -> ModelCall:
         """The request checked: which model, whether the agent of `found` may use it
-        now (its estimate then held against its budgets until `held` is left)."""
+        now (its estimate then held against its budgets until the call's end)."""
         raw = await ex.body()
         if raw is None:
             self.unknown += 1
@@ -242,7 +246,6 @@ class ModelGateway:
             spec.input_usd_per_mtok, spec.output_usd_per_mtok))
         call = ModelCall(endpoint, read.model, spec, found, task, read, kept)
         self._reserve(call)
-        held.callback(kept.release)  # (a call refused or replayed: never settled)
         return call
 
     def _upstream_name(self, name: str) -> str | None:
