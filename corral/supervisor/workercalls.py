@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import jsonrpc
-from ..jsonrpc import RpcError
 from ..workerproto import FROM_WORKER, METHOD_OF, METHODS, BadParams, WorkerParams, params_of
 
 if TYPE_CHECKING:
@@ -32,10 +31,8 @@ def on_request(table: dict[str, Callable[[Replica, Any], Any]], cls: type[P],
     method = _method(cls, notification=False)
 
     def handle(r: Replica, params: Any) -> Any:
-        try:
+        with jsonrpc.invalid_params(BadParams):
             p = params_of(method, cls, params)
-        except BadParams as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         return handler(r, p)
 
     table[method] = handle

@@ -69,10 +69,8 @@ class Teams:
         def tenant_of(agent: str) -> str | None:
             there = agents[agent].spec.tenant if agent in agents else None
             return there if spec.tenant is None or there == spec.tenant else None
-        try:
+        with jsonrpc.invalid_params(TeamError):
             return check_team(name, spec, teams=self.specs, tenant_of=tenant_of)
-        except TeamError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
     # -- calls --------------------------------------------------------------------------
     async def start(self, name: str, call_input: Any, traceparent: str | None = None,
