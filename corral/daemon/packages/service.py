@@ -31,7 +31,6 @@ from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
 from ..store import StateStore
 from ..storeschema import StoreError
-from ..storewriter import what_to_do
 from .releases import CACHE, Releases, Rollout, remove_tree
 
 if TYPE_CHECKING:
@@ -133,11 +132,9 @@ class Packages:
         from .build import BuildError
         from .manifest import read_manifest
 
-        try:
+        with jsonrpc.invalid_params(ConfigError):
             # a thread no cancelled deploy or daemon exit waits for (checked.in_thread)
             manifest = await checked.in_thread(lambda _: read_manifest(path, name))
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         name = manifest.name
         if name in self.fleet.from_config:  # before a build: the switch would refuse
             raise _declared(name)
@@ -194,10 +191,8 @@ class Packages:
         running = self.agents.get(name)
         if running is not None:  # the count `corral scale` set is kept
             table["replicas"] = len(running.replicas)
-        try:
+        with jsonrpc.invalid_params(ConfigError):
             spec = parse_agents({"agents": {name: table}}, "deploy")[name]
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         program = spec.argv()[0]
         search = os.pathsep.join([str(release / VENV / "bin"),
                                   spec.env.get("PATH", os.environ.get("PATH", os.defpath))])
@@ -277,11 +272,7 @@ class Packages:
                            f"marker ({exc.strerror}): nothing changed") from None
         keep_marker = False
         try:
-            try:
-                await self.store.commit(writes)
-            except StoreError as exc:
-                raise RpcError(jsonrpc.REFUSED, f"{exc}: nothing was deployed; "
-                               f"{what_to_do()}") from None
+            await self.store.commit_or_refuse(writes, "nothing was deployed")
             n = plural(spec.replicas, "process", "processes")
             say(f"starting {n} of release {plan.release} beside the running ones"
                 if agent is not None else f"starting {n} of release {plan.release}")
