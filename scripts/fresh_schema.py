@@ -1,4 +1,4 @@
-"""Write corral/daemon/storefresh.py: the state database's schema as the migrations of
+"""Write corral/daemon/storefresh.sql: the state database's schema as the migrations of
 corral/daemon/storeschema.py leave it, which a new database is made from at once
 (decision 927). Run it after appending a migration (tests/test_store.py says when):
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from corral.daemon.storeschema import MIGRATIONS, digest, migrate  # noqa: E402
 
-OUT = ROOT / "corral" / "daemon" / "storefresh.py"
+OUT = ROOT / "corral" / "daemon" / "storefresh.sql"
 
 
 def main() -> int:
@@ -24,15 +24,9 @@ def main() -> int:
     migrate(db, MIGRATIONS)  # the list given: step by step, never from this file
     rows = [sql for (sql,) in db.execute(
         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")]
-    lines = ['"""The state database\'s schema at its newest version: what a new database is',
-             "made from at once (storeschema.migrate, decision 927). Made by",
-             "scripts/fresh_schema.py from storeschema.MIGRATIONS; not edited by hand.",
-             '"""', "", f'DIGEST = "{digest(MIGRATIONS)}"', "", "SCHEMA = ("]
-    for sql in rows:  # each as SQLite keeps it (the test compares the texts)
-        parts = [c for line in sql.splitlines(keepends=True)
-                 for c in (line[i:i + 80] for i in range(0, len(line), 80))]
-        lines += [f"    {c!r}" for c in parts[:-1]] + [f"    {parts[-1]!r},"]
-    lines.append(")")
+    # the digest first, each statement as SQLite keeps it (the test compares the texts)
+    lines = [f"-- {digest(MIGRATIONS)}: made by scripts/fresh_schema.py, not by hand"]
+    lines += [f"{sql};\n" for sql in rows]
     OUT.write_text("\n".join(lines) + "\n")
     print(f"{OUT.relative_to(ROOT)}: {len(rows)} statements, version {len(MIGRATIONS)}")
     return 0

@@ -10,12 +10,13 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tomllib
 import weakref
 from pathlib import Path
 
 import pytest
 
-from corral.daemon import storefresh, storeschema
+from corral.daemon import storeschema
 from corral.daemon.store import StateStore
 from corral.daemon.storeschema import SCHEMA_VERSION, StoreError, open_database
 
@@ -91,9 +92,9 @@ def _master(db: sqlite3.Connection) -> list[tuple[str, str, str, str | None]]:
 
 
 def test_a_new_database_is_made_as_the_migrations_leave_one(tmp_path: Path) -> None:
-    """A new database is made at once from storefresh.py (decision 927): the same tables,
+    """A new database is made at once from storefresh.sql (decision 927): the same tables,
     indexes and SQL text, and the same version, as every migration run one by one."""
-    assert storeschema.digest(storeschema.MIGRATIONS) == storefresh.DIGEST, (
+    assert storeschema.fresh_schema(storeschema.MIGRATIONS) is not None, (
         "storeschema.MIGRATIONS changed: run scripts/fresh_schema.py")
     new = open_database(tmp_path / "new.db")
     stepped = storeschema.connect(tmp_path / "stepped.db")
@@ -107,7 +108,7 @@ def test_a_new_database_is_made_as_the_migrations_leave_one(tmp_path: Path) -> N
 
 def test_a_new_database_past_the_fresh_schema_is_migrated_step_by_step(
         tmp_path: Path) -> None:
-    """A migration appended without making storefresh.py again: a new database is still
+    """A migration appended without making storefresh.sql again: a new database is still
     the newest schema (the migrations run), never the fresh schema short of one."""
     storeschema.MIGRATIONS.append("CREATE TABLE extra (x INTEGER);")
     try:
@@ -117,6 +118,14 @@ def test_a_new_database_past_the_fresh_schema_is_migrated_step_by_step(
         db.close()
     finally:
         storeschema.MIGRATIONS.pop()
+
+
+def test_the_fresh_schema_is_package_data() -> None:
+    """An installed corral (not a checkout) makes a new database at once too."""
+    root = Path(storeschema.__file__).parent
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["corral.daemon"]
+    assert root / "storefresh.sql" in {p for g in globs for p in root.glob(g)}
 
 
 def test_a_failing_migration_leaves_the_previous_version_whole(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ brought to this corral's schema version (`PRAGMA user_version`: the entries of
 
 To change the schema, append ONE entry (SQL, or a function of the connection) and never
 edit one that has landed: databases in the field have run it. Then run
-`scripts/fresh_schema.py`: a new database is made at once from storefresh.py only while its
-`digest` matches these migrations. Nothing is ever reset silently: a newer, locked,
+`scripts/fresh_schema.py`: a new database is made at once from storefresh.sql only while the
+`digest` it names matches these migrations. Nothing is ever reset silently: a newer, locked,
 read-only or corrupt database stops the daemon with a `StoreError` saying what to do.
 """
 
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..statefiles import check_database, open_file
-from . import storefresh
 from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 from .spawnmigration import carry_spawn_trees
@@ -685,9 +684,10 @@ def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -
             raise StoreError(
                 f"its schema version {version} is newer than this corral knows "
                 f"({len(steps)}): run the corral that wrote it, or a newer one")
-        if (version == 0 and migrations is None and digest(steps) == storefresh.DIGEST
-                and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None):
-            for statement in storefresh.SCHEMA:
+        if (version == 0 and migrations is None
+                and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
+                and (statements := fresh_schema(steps)) is not None):
+            for statement in statements:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {len(steps)}")
             version = len(steps)
@@ -714,6 +714,21 @@ def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -
                 db.execute("ROLLBACK")
             raise
     return schema_version(db)
+
+
+def fresh_schema(steps: list[Migration]) -> list[str] | None:
+    """The statements of storefresh.sql (scripts/fresh_schema.py writes it, its first line
+    the digest of the migrations it ran), or None when it was made from other migrations."""
+    made, _, body = (Path(__file__).parent / "storefresh.sql").read_text().partition("\n")
+    if made.removeprefix("-- ").partition(":")[0] != digest(steps):
+        return None
+    statements, part = [], ""
+    for line in body.splitlines(keepends=True):
+        part += line
+        if sqlite3.complete_statement(part):
+            statements.append(part.strip().removesuffix(";"))
+            part = ""
+    return statements
 
 
 def digest(steps: list[Migration]) -> str:
