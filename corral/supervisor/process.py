@@ -77,6 +77,11 @@ def as_user(env: dict[str, str], uid: int | None) -> dict[str, str]:
     return env
 
 
+def run_as(uid: int | None, gid: int | None) -> dict[str, Any]:
+    """Popen's keywords for `uid`/`gid` (None: corral's own), not in root's other groups."""
+    return {"user": uid, "group": gid, "extra_groups": None if uid is None else []}
+
+
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
     """(uid, gid) to drop to; refuses when corral is not root and would need to change."""
     if user is None and group is None:
@@ -250,14 +255,7 @@ class ChildProcess(asyncio.Protocol):
         `netns`: made in that network namespace (egressdoors.py); `passed`: a descriptor
         of the caller's the process is given at the same number (an egress sandbox's
         seccomp filter, which bwrap reads)."""
-        kwargs: dict[str, Any] = {}
-        if passed is not None:
-            kwargs["pass_fds"] = (passed,)
-        if uid is not None:
-            kwargs["user"] = uid
-            kwargs["extra_groups"] = []  # do not leak root's supplementary groups
-        if gid is not None:
-            kwargs["group"] = gid
+        kwargs = {**run_as(uid, gid), "pass_fds": () if passed is None else (passed,)}
         ticket = containment.ticket(kind, name, index, limits)
         command = wrap_argv(argv, limits, gate=ticket.cgroup is not None)
         full_env = {**env, TOKEN_VARIABLE: ticket.token}

@@ -26,7 +26,7 @@ from ..timeouts import within
 from .caps import rlimits
 from .config import Limits
 from .containment import TOKEN_VARIABLE, Containment, place
-from .process import STATUS_LOST, ChildProcess, off_loop, set_pipe_sizes
+from .process import STATUS_LOST, ChildProcess, off_loop, run_as, set_pipe_sizes
 
 log = logging.getLogger("corral.zygote")
 PROGRAM = str(Path(__file__).resolve().parent.parent / "worker" / "zygote.py")
@@ -121,12 +121,6 @@ class Zygote:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        kwargs: dict[str, Any] = {}
-        if self.key.uid is not None:
-            kwargs["user"] = self.key.uid
-            kwargs["extra_groups"] = []
-        if self.key.gid is not None:
-            kwargs["group"] = self.key.gid
         env = {**self.env, "CORRAL_ZYGOTE_FD": str(theirs.fileno())}
         argv = [self.key.interpreter, "-", *self.key.preload]
 
@@ -140,7 +134,7 @@ class Zygote:
                 return subprocess.Popen(
                     argv, stdin=program, stdout=subprocess.DEVNULL, env=env,
                     cwd="/", start_new_session=True, close_fds=True,
-                    pass_fds=[theirs.fileno()], **kwargs)
+                    pass_fds=[theirs.fileno()], **run_as(self.key.uid, self.key.gid))
             finally:
                 os.close(program)
 
