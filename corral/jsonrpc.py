@@ -750,20 +750,6 @@ class Peer:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         return self.request_pending(method, params, fut, decode=decode, piece=piece), fut
 
-    def request_callback(
-        self,
-        method: str,
-        params: Any,
-        answered: Answered,
-        *,
-        decode: Callable[[bytes], tuple[int, Any]] | None = None,
-        piece: Raw | None = None,
-    ) -> Id:
-        """`request_future` for a caller that would only add a done callback: `answered`
-        gets `(result, None)` as the answer is read, or `(None, RpcError)` a turn later."""
-        return self.request_pending(method, params, _Relay(answered), decode=decode,
-                                    piece=piece)
-
     def request_pending(
         self,
         method: str,
@@ -773,8 +759,8 @@ class Peer:
         decode: Callable[[bytes], tuple[int, Any]] | None = None,
         piece: Raw | None = None,
     ) -> Id:
-        """`request_callback` for an owner whose own object is settled by the answer: no
-        relay and no closure made per request."""
+        """`request_future` for an owner whose own object is settled by the answer: no
+        future made per request."""
         if self.closed is not None:
             pending.set_exception(self.closed)
             return -1
@@ -1160,7 +1146,7 @@ class Peer:
     def expect(self, rid: Id, answered: Answered, *,
                decode: Callable[[bytes], tuple[int, Any]] | None = None) -> None:
         """The answer to request `rid`, sent by the Peer before this one, goes to
-        `answered` as `request_callback`'s would."""
+        `answered` (a success as it is read, a failure a turn later)."""
         self._pending[rid] = _Relay(answered)
         if decode is not None:
             self._decoders[rid] = decode

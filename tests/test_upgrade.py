@@ -658,7 +658,7 @@ async def test_a_peer_tells_each_request_ended_either_way() -> None:
         return was, peer.handling, peer.in_flight
 
     peer.feed_line(b'{"jsonrpc":"2.0","id":1,"method":"theirs"}')
-    forgotten = peer.request_callback("later", None, lambda result, exc: None)  # our 1
+    forgotten, _ = peer.request_future("later", None)  # our 1
     ours = asyncio.ensure_future(peer.request("ours"))  # our 2
     await asyncio.sleep(0)
     assert ended() == (False, 1, 2)

@@ -52,7 +52,7 @@ def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
     return out
 
 
-# The worker's whole answer line, read in one pass (`Peer.request_callback(decode=...)`),
+# The worker's whole answer line, read in one pass (`Peer.expect(decode=...)`),
 # its output left as JSON bytes; unknown members (both result and error, say) make the
 # line take the usual way.
 class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
