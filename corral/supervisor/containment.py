@@ -153,6 +153,18 @@ def write_knob(path: str, value: str) -> None:
         os.close(fd)
 
 
+def enable(cgroup: str, controllers: set[str]) -> set[str]:
+    """`controllers` enabled for `cgroup`'s children: those the kernel took."""
+    enabled: set[str] = set()
+    for ctl in sorted(controllers):
+        try:
+            write_knob(os.path.join(cgroup, "cgroup.subtree_control"), f"+{ctl}")
+            enabled.add(ctl)
+        except OSError as exc:  # e.g. EBUSY: a process still sits in the cgroup itself
+            log.warning("cgroups: cannot enable %s in %s: %s", ctl, cgroup, exc)
+    return enabled
+
+
 def place(cgroup_dir: str, pid: int) -> None:
     """Move process `pid` into the cgroup: between fork and the agent's first instruction
     (the child waits at the gate of its shell prologue)."""
@@ -367,13 +379,7 @@ class CgroupTree:
                 available = set(f.read().split())
         except OSError:
             available = set()
-        wanted = available & {"memory", "pids", "cpu"}
-        for ctl in sorted(wanted):
-            try:
-                write_knob(os.path.join(self.root, "cgroup.subtree_control"), f"+{ctl}")
-                self.controllers.add(ctl)
-            except OSError as exc:  # e.g. EBUSY: another process still sits in the root
-                log.warning("cgroups: cannot enable %s in %s: %s", ctl, self.root, exc)
+        self.controllers = enable(self.root, available & {"memory", "pids", "cpu"})
 
     def path(self, kind: str, name: str, index: int, parent: str | None = None) -> str:
         return os.path.join(parent or self.root, f"{kind}-{name}-{index}")

@@ -16,6 +16,7 @@ from .containment import (
     CPU_PERIOD_US,
     CgroupTree,
     cgroup_kill,
+    enable,
     oom_kills,
     remove_cgroup,
     write_knob,
@@ -84,14 +85,7 @@ class TenantNodes:
         node = self.node(tenant)
         if tenant not in self.controllers or not os.path.isdir(node):
             os.makedirs(node, exist_ok=True)
-            enabled: set[str] = set()
-            for ctl in sorted(self.tree.controllers):
-                try:
-                    write_knob(os.path.join(node, "cgroup.subtree_control"), f"+{ctl}")
-                    enabled.add(ctl)
-                except OSError as exc:
-                    log.warning("cgroups: cannot enable %s in %s: %s", ctl, node, exc)
-            self.controllers[tenant] = enabled
+            self.controllers[tenant] = enable(node, self.tree.controllers)
             self.written.pop(tenant, None)
             self.oom_seen[tenant] = oom_kills(node)
         self.retune(tenant)
