@@ -14,7 +14,6 @@ import re
 from typing import Any, NamedTuple
 
 from . import jsonrpc
-from .jsonrpc import RpcError
 
 # version 00 as the W3C Recommendation writes it; a later version is read by its first
 # four fields, as the Recommendation asks of a reader that knows only 00
@@ -65,10 +64,8 @@ def parse_or_refuse(traceparent: str, tracestate: str | None = None) -> Parent:
     """A caller's context given with its request (a task's, a run's, a team call's, a
     cluster submit's): RpcError (INVALID_PARAMS) with the reason when it is not the
     format, the request refused before anything is accepted."""
-    try:
+    with jsonrpc.invalid_params(BadTraceparent):
         return parse(traceparent, tracestate)
-    except BadTraceparent as exc:
-        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
 
 def parse_or_none(traceparent: Any, tracestate: Any = None) -> Parent | None:

@@ -112,7 +112,7 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
         # the Python API: as `workflows add`, kept and revisioned
         wf = api.d.services.workflows
         assert await wf.add_workflow("py", step("wa", 7)) == 1
-        assert wf.workflow("py").agents == ["wa"]
+        assert wf.definitions["py"].agents == ["wa"]
         await wf.remove_workflow("py")
         assert "py" not in wf.definitions
         spec = msgspec.convert(step("wa", 8), WorkflowSpec)

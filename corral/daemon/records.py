@@ -152,7 +152,7 @@ def workflow(field: str) -> Record:
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         named = getattr(params, field)
         for name in [named] if isinstance(named, str) else named:
-            wf = d.workflows.workflow(name)  # an unknown one: not found
+            wf = d.workflows.catalog.workflow(name)  # an unknown one: not found
             _mine(caller, wf.agents, d.workflows.tenant(name), "workflow", wf.name)
 
     return check

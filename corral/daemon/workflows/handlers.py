@@ -23,10 +23,10 @@ from ...supervisor.workflows import (
 )
 from ..api import Commands
 from ..caller import Caller, Channel
-from ..defcatalog import Check, history_of, rolled_back, updated
+from ..defcatalog import Check, described, history_of, rolled_back, updated
 from ..services import Services
 from ..tasks.front import page_window
-from .catalog import Catalog, against, table_of
+from .catalog import Catalog, against
 from .runstore import RUN_STATUSES, Run, RunStore
 from .service import WorkflowService
 from .signals import Signal
@@ -180,19 +180,14 @@ async def workflows_add(d: WorkflowServices, p: m.WorkflowsAdd, caller: Caller, 
 @implements(m.WorkflowsDescribe)
 async def workflows_describe(d: WorkflowServices, p: m.WorkflowsDescribe, caller: Caller,
                              c: Channel) -> m.DefinitionDescription:
-    wf = d.workflows.workflow(p.name)
-    rev = d.catalog.revision_of(p.name)
-    return m.DefinitionDescription(
-        name=wf.name, source="config" if rev is None else "runtime",
-        revision=rev.revision if rev is not None else None,
-        tenant=d.workflows.tenant(p.name), agents=wf.agents,
-        definition=rev.spec or {} if rev is not None else table_of(wf.spec))
+    wf = d.catalog.workflow(p.name)
+    return described(d.catalog, p.name, d.workflows.tenant(p.name), wf.agents, wf.spec)
 
 
 @implements(m.WorkflowsUpdate)
 async def workflows_update(d: WorkflowServices, p: m.WorkflowsUpdate, caller: Caller, c: Channel
                            ) -> m.UpdateResult:
-    d.workflows.workflow(p.name)  # an unknown one: not found
+    d.catalog.workflow(p.name)  # an unknown one: not found
     return updated(p.name, await d.catalog.update(
         p.name, p.set, caller.who, caller.tenant, _check(d, caller)))
 
@@ -203,7 +198,7 @@ async def workflows_remove(d: WorkflowServices, p: m.WorkflowsRemove, caller: Ca
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
     for name in p.names:
-        d.workflows.workflow(name)  # an unknown one: not found
+        d.catalog.workflow(name)  # an unknown one: not found
     return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who, caller.tenant))
 
 
@@ -224,7 +219,7 @@ async def workflows_rollback(d: WorkflowServices, p: m.WorkflowsRollback, caller
 @implements(m.WorkflowsPlan)
 async def workflows_plan(d: WorkflowServices, p: m.WorkflowsPlan, caller: Caller, c: Channel
                          ) -> m.WorkflowPlan:
-    wf = d.workflows.workflow(p.name)
+    wf = d.catalog.workflow(p.name)
     checked = compile_workflow(wf.name, wf.spec, d.agents.__contains__,
                                d.catalog.specs())
     return m.WorkflowPlan(name=wf.name, agents=wf.agents, plan=plan_text(checked))
@@ -233,7 +228,7 @@ async def workflows_plan(d: WorkflowServices, p: m.WorkflowsPlan, caller: Caller
 @implements(m.WorkflowsRun)
 async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
-    d.workflows.workflow(p.name)  # an unknown one: not found
+    d.catalog.workflow(p.name)  # an unknown one: not found
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
                                   tracestate=p.tracestate)
     if p.wait is not None:

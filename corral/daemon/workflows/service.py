@@ -67,9 +67,6 @@ class WorkflowService:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
         self.catalog.config = dict(specs)
 
-    def workflow(self, name: str) -> Workflow:
-        return self.catalog.workflow(name)
-
     def agent_tenant(self, name: str) -> str | None:
         agent = self.agents.get(name)
         return agent.spec.tenant if agent is not None else None
@@ -107,13 +104,11 @@ class WorkflowService:
         if spec is None:
             raise jsonrpc.not_found("workflow", name)
         tenant = self.tenant(name)
-        try:
+        with jsonrpc.invalid_params(WorkflowError):
             # a tenant's workflow runs its tenant's agents alone: a name another tenant
             # took since is no agent of it
             wf = compile_workflow(name, spec, lambda a: a in self.agents and (
                 tenant is None or self.agent_tenant(a) == tenant), specs)
-        except WorkflowError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         rev = self.catalog.revision_of(name)
         now = time.time()
         run = Run(run_id or new_id(), name, wf, run_input, "running", now,
