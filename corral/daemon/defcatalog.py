@@ -343,6 +343,15 @@ def rolled_back(name: str, restored: int, made: DefRevision | None) -> m.Rollbac
         if made else "no change")
 
 
+def described(catalog: RuntimeCatalog[Any], name: str, tenant: str | None, agents: list[str],
+              spec: msgspec.Struct) -> m.DefinitionDescription:
+    rev = catalog.revision_of(name)
+    return m.DefinitionDescription(
+        name=name, source="config" if rev is None else "runtime",
+        revision=rev.revision if rev is not None else None, tenant=tenant, agents=agents,
+        definition=rev.spec or {} if rev is not None else table_of(spec))
+
+
 def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str | None
                ) -> m.DefinitionRevisions:
     """`history` answered: the newest `limit` revisions the caller's tenant may see."""

@@ -12,7 +12,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.teams import TeamSpec
 from ..api import Commands
 from ..caller import Caller, Channel
-from ..defcatalog import history_of, rolled_back, table_of, updated
+from ..defcatalog import described, history_of, rolled_back, updated
 from ..services import Services
 from ..tasks import TaskFront
 from .catalog import TeamCatalog
@@ -60,12 +60,7 @@ async def teams_add(d: TeamServices, p: m.TeamsAdd, caller: Caller, c: Channel) 
 async def teams_describe(d: TeamServices, p: m.TeamsDescribe, caller: Caller, c: Channel
                          ) -> m.DefinitionDescription:
     spec = _there(d, p.name)
-    rev = d.catalog.revision_of(p.name)
-    return m.DefinitionDescription(
-        name=p.name, source="config" if rev is None else "runtime",
-        revision=rev.revision if rev is not None else None,
-        tenant=d.teams.tenant_of(p.name), agents=spec.agents,
-        definition=rev.spec or {} if rev is not None else table_of(spec))
+    return described(d.catalog, p.name, d.teams.tenant_of(p.name), spec.agents, spec)
 
 
 @implements(m.TeamsUpdate)
