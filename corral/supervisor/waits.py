@@ -24,30 +24,18 @@ class Waits:
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     def transitioned(self, event: Transition) -> None:
-        if self._waiters:
-            keep = []
-            for pred, fut in self._waiters:
-                if fut.done():
-                    continue
-                if pred(event):
-                    fut.set_result(event)
-                else:
-                    keep.append((pred, fut))
-            self._waiters = keep
+        for pred, fut in self._waiters:
+            if not fut.done() and pred(event):
+                fut.set_result(event)
+        self._waiters = [(pred, fut) for pred, fut in self._waiters if not fut.done()]
         self.look()
 
     def look(self) -> None:
         """Wake the waits whose condition holds now."""
-        if self._conditions:
-            keep = []
-            for cond, fut in self._conditions:
-                if fut.done():
-                    continue
-                if cond():
-                    fut.set_result(None)
-                else:
-                    keep.append((cond, fut))
-            self._conditions = keep
+        for cond, fut in self._conditions:
+            if not fut.done() and cond():
+                fut.set_result(None)
+        self._conditions = [(cond, fut) for cond, fut in self._conditions if not fut.done()]
 
     async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
                       ) -> str | None:
