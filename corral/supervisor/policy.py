@@ -225,24 +225,6 @@ def _any(patterns: list[str]) -> Callable[[str], bool]:
                       ).match  # type: ignore[return-value]
 
 
-class RuleBookInForce:
-    """The policy of the config in force, compiled when it is first judged by: a reload's
-    new config is compiled anew (the config is read through `current`, the daemon's)."""
-
-    def __init__(self, current: Callable[[], Config | None]) -> None:
-        self._current = current
-        self._last: tuple[Config, RuleBook] | None = None
-
-    def __call__(self) -> RuleBook | None:
-        cfg = self._current()
-        if cfg is None:
-            return None
-        last = self._last
-        if last is None or last[0] is not cfg:
-            last = self._last = (cfg, RuleBook(cfg))
-        return last[1]
-
-
 def shape(value: Any) -> Any:
     """Arguments by shape only, for a log or a trace: keys and types, never values."""
     if isinstance(value, dict):
@@ -307,10 +289,21 @@ class PolicyGuard:
     def __init__(self, current: Callable[[], Config | None],
                  tracer: VerdictSink | None = None,
                  audit: Callable[[PolicyVerdict], None] | None = None) -> None:
-        self.rules = RuleBookInForce(current)
+        self._current = current  # the daemon's config in force
+        self._compiled: tuple[Config, RuleBook] | None = None
         self.taints = Taints()
         self._tracer = tracer
         self._audit = audit
+
+    def rules(self) -> RuleBook | None:
+        """The policy of the config in force, compiled when it is first judged by: a
+        reload's new config is compiled anew."""
+        cfg = self._current()
+        if cfg is None:
+            return None
+        if self._compiled is None or self._compiled[0] is not cfg:
+            self._compiled = (cfg, RuleBook(cfg))
+        return self._compiled[1]
 
     def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
               name: str, facts: dict[str, Any], task: Task | None = None) -> RuleEffect:
