@@ -72,12 +72,6 @@ class ClusterSpecs:
         self.describe = describe
         self.trust = trust or Trust(None, "", lambda _: None)
 
-    def table_mac(self, name: str, table: bytes) -> str:
-        return self.trust.sign(AGENT, name, table)
-
-    def revision_mac(self, name: str, table: Table) -> str:
-        return self.trust.sign(REVISION, name, encoded(table))
-
     async def add(self, tables: dict[str, Table], who: str) -> list[str]:
         """Cluster agents from their tables (checked by the caller), all or none."""
         now = time.time()
@@ -86,9 +80,9 @@ class ClusterSpecs:
         for name, table in sorted(tables.items()):
             keys.append(self.keys.history(name))
             raw = encoded(table)
-            args += [name, raw, msgspec.json.encode(
-                Entry(1, now, who, self.describe(None, table), table,
-                      self.revision_mac(name, table))), self.table_mac(name, raw)]
+            entry = Entry(1, now, who, self.describe(None, table), table,
+                          self.trust.sign(REVISION, name, raw))
+            args += [name, raw, msgspec.json.encode(entry), self.trust.sign(AGENT, name, raw)]
         taken = await self.scripts.add_agents(keys=keys, args=args)
         if taken:
             name = taken.decode() if isinstance(taken, bytes) else str(taken)
@@ -143,14 +137,14 @@ class ClusterSpecs:
             change = (self.describe(table, new) if encoded(new) != encoded(table) else
                       "signed anew (the table in Redis was not signed)")
             said = f"{why}: {change}" if why else change
-            tail = msgspec.json.encode(Entry(0, time.time(), who, said, new,
-                                             self.revision_mac(name, new)))
-            tail = tail[tail.index(b",") + 1:]  # after {"revision":0,
             raw = encoded(new)
+            tail = msgspec.json.encode(Entry(0, time.time(), who, said, new,
+                                             self.trust.sign(REVISION, name, raw)))
+            tail = tail[tail.index(b",") + 1:]  # after {"revision":0,
             got = int(await self.scripts.set_agent(
                 keys=[self.keys.cluster_agents, self.keys.placement,
                       self.keys.history(name), self.keys.agent_macs],
-                args=[name, epoch, raw, tail, HISTORY_KEPT, self.table_mac(name, raw)]))
+                args=[name, epoch, raw, tail, HISTORY_KEPT, self.trust.sign(AGENT, name, raw)]))
             if got > 0:
                 return got, change
             if got < 0:
