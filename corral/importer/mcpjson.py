@@ -70,12 +70,6 @@ def read(path: Path, how: How) -> Conversion:
     return imp
 
 
-def server_name(wanted: str, taken: dict[str, Any] | set[str]) -> str:
-    """`wanted` as a valid server name (an agent's, without `__`: it parts a server's
-    name from its tools') not in `taken`."""
-    return agent_name(re.sub(r"_{2,}", "_", wanted), taken)
-
-
 def _server(name: str, entry: dict[str, Any], where: str, imp: Conversion) -> None:
     if entry.get("disabled") is True:
         imp.note(where, "disabled", "true: not imported (the client does not start it)")
@@ -119,7 +113,8 @@ def _server(name: str, entry: dict[str, Any], where: str, imp: Conversion) -> No
         if k not in NOT_CARRIED or why is not None:
             imp.note(where, k, f"{json.dumps(v)}: not carried: {why}")
     _client_variables(table, where, imp)
-    wanted = server_name(name, imp.servers)
+    # a valid agent's name without `__`, which parts a server's name from its tools'
+    wanted = agent_name(re.sub(r"_{2,}", "_", name), imp.servers)
     if wanted != name:
         imp.note(where, "name", f"{name!r} is server {wanted} (corral's server names: "
                                 "1-64 of [A-Za-z0-9_-], starting with a letter or digit, "
