@@ -405,10 +405,8 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     errors = functools.partial(_collected, problems)
 
     def table(key: str, kind: type[_S]) -> _S:
-        with errors():
-            got: _S = convert(data.get(key, {}), kind, where=where, prefix=key)
-            return got
-        return kind()
+        got = _optional(data, key, kind, where, problems)
+        return got if got is not None else kind()
 
     sup = table("supervisor", SupervisorSettings)
     gateway = table("gateway", GatewaySettings)
