@@ -139,6 +139,10 @@ class TaskInfo(_TaskHead):
     # it waits for none
     asks: list[Ask] | UnsetType = UNSET
 
+    def outcome(self) -> TaskResult:
+        return TaskResult(self.task_id, self.status, self.output, self.error,
+                          tuple(self.attempts))
+
 
 def queue_wait(created: float, started: float | None) -> float | None:
     """TaskInfo.queue_wait of a task this node accepted."""

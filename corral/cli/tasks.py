@@ -137,7 +137,7 @@ def _streamed(obj: Ctx, task_id: str, reconnect: float, as_json: bool) -> m.Task
     info = _reconnecting(obj, ask, reconnect)
     if last and not as_json:
         click.echo()  # the output's last line ended, before the result
-    return m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
+    return info.outcome()
 
 
 @command(m.TasksRun, more="\n\nExits 0 only when the task succeeded.")
@@ -183,7 +183,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
         if not accepted:  # never acknowledged: it may not exist
             fail(str(exc), EXIT_UNREACHABLE)
         info = _wait_again(obj, accepted[0], reconnect)
-        res = m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
+        res = info.outcome()
     _finish(res, "json" if as_json else "text")
 
 

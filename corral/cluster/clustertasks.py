@@ -375,7 +375,7 @@ class ClusterTasks:
                 if replayed:
                     with contextlib.suppress(RedisError):
                         ended = await self._ended_info(task_id)
-                return task_id, None if ended is None else records.result(ended), replayed
+                return task_id, None if ended is None else ended.outcome(), replayed
         else:
             task_id, replayed = new_id(), False
             if wait is None:
@@ -391,7 +391,7 @@ class ClusterTasks:
             got = await within(self._ended(task_id, fut), wait)
         except TimeoutError:
             return task_id, None, replayed
-        return task_id, (records.result(got) if isinstance(got, m.TaskInfo) else got), replayed
+        return task_id, (got.outcome() if isinstance(got, m.TaskInfo) else got), replayed
 
     async def step(self, p: m.TaskParams, task_id: str, ride: Ride | None = None
                    ) -> m.TaskResult | m.TaskInfo:
@@ -448,7 +448,7 @@ class ClusterTasks:
             got = await self._ended(task_id, fut)
         finally:
             self._unfollow(task_id, progress)
-        return records.result(got) if isinstance(got, m.TaskInfo) else got
+        return got.outcome() if isinstance(got, m.TaskInfo) else got
 
     def _unfollow(self, task_id: str, progress: Progress) -> None:
         following = self._following.get(task_id)

@@ -131,10 +131,6 @@ def options_in(field: bytes | None) -> TaskOptions:
         return NO_OPTIONS
 
 
-def result(i: m.TaskInfo) -> m.TaskResult:
-    return m.TaskResult(i.task_id, i.status, i.output, i.error, i.attempts)
-
-
 _attempts = msgspec.json.Decoder(list[m.Attempt])
 
 

@@ -75,16 +75,11 @@ def page_window(status: str | None, before: str | None, since: float | None,
     return (time.time() - since if since is not None else None), row_limit(limit)
 
 
-def outcome_of(info: TaskInfo) -> TaskResult:
-    return TaskResult(info.task_id, info.status, info.output, info.error,
-                      tuple(info.attempts))
-
-
 def replayed(info: TaskInfo) -> m.TaskAccepted:
     """tasks.submit's answer with an idempotency key sent before: the first task, with its
     outcome once it has ended."""
     answer = accepted(info.task_id, info.status,
-                      None if info.finished is None else outcome_of(info))
+                      None if info.finished is None else info.outcome())
     answer.replayed = True
     return answer
 

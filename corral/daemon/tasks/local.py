@@ -35,7 +35,7 @@ from ...timeouts import within
 from ..caller import Channel
 from ..flowcontrol import Latest
 from ..taskjournal import TaskJournalDB, TaskJournalError
-from .front import Page, Sees, accepted, listing_window, outcome_of, replayed
+from .front import Page, Sees, accepted, listing_window, replayed
 
 
 class LocalFront:
@@ -181,8 +181,8 @@ class LocalFront:
         if isinstance(task, str):
             first = await self._first(task, None)
             channel.notify("task.accepted", {"task_id": task})
-            return outcome_of(first if first.finished is not None
-                              else await self.get(task, wait=True))
+            ended = first if first.finished is not None else await self.get(task, wait=True)
+            return ended.outcome()
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
 
