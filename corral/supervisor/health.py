@@ -139,11 +139,9 @@ async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *
             tail.append(line.decode("utf-8", "replace").strip())
 
     try:
-        launch = r.beside(argv, env)
         proc = await ChildProcess.spawn(
-            launch.argv, containment=containment, kind=CHECK_KIND, name=r.name,
-            index=r.index, env=launch.env, cwd=launch.cwd, limits=launch.limits,
-            uid=launch.uid, gid=launch.gid, stop_timeout=timeout, on_stdout_line=out,
+            r.beside(argv, env), containment=containment, kind=CHECK_KIND, name=r.name,
+            index=r.index, stop_timeout=timeout, on_stdout_line=out,
             on_stderr_lines=err, on_oversize=lambda *_: None, max_line=64 * 1024)
     except Exception as exc:  # a spawn that failed is a failed check, not corral's error
         return Verdict(False, f"cannot run {argv[0]}: {exc}")

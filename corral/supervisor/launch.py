@@ -141,10 +141,8 @@ class Life(ReplicaParts):
             async with self.host.spawn_slots:  # the pacing of a mass start
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
-                    cold = self._launch(spec.argv(), env, uid, gid)
                     self.process = await ChildProcess.spawn(
-                        cold.argv, env=cold.env, cwd=cold.cwd, limits=cold.limits,
-                        uid=cold.uid, gid=cold.gid, **spawning)
+                        self._launch(spec.argv(), env, uid, gid), **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed("spawn failed for want of corral's own resources: "

@@ -235,17 +235,12 @@ class ChildProcess(asyncio.Protocol):
     @classmethod
     async def spawn(
         cls,
-        argv: list[str],
+        launch: Launch,
         *,
         containment: Containment,
         kind: str,
         name: str,
         index: int,
-        env: dict[str, str],
-        cwd: str | None,
-        limits: Limits,
-        uid: int | None,
-        gid: int | None,
         stop_timeout: float = 10.0,
         netns: int | None = None,
         passed: int | None = None,
@@ -255,6 +250,7 @@ class ChildProcess(asyncio.Protocol):
         `netns`: made in that network namespace (egressdoors.py); `passed`: a descriptor
         of the caller's the process is given at the same number (an egress sandbox's
         seccomp filter, which bwrap reads)."""
+        argv, env, cwd, limits, uid, gid = launch
         kwargs = {**run_as(uid, gid), "pass_fds": () if passed is None else (passed,)}
         ticket = containment.ticket(kind, name, index, limits)
         command = wrap_argv(argv, limits, gate=ticket.cgroup is not None)

@@ -33,7 +33,7 @@ from ...jsonrpc import LineBlock
 from ...statefiles import open_file
 from ...supervisor.config import Limits, PackagesSettings
 from ...supervisor.containment import Containment
-from ...supervisor.process import ChildProcess
+from ...supervisor.process import ChildProcess, Launch
 from ...supervisor.release import READY, SOURCE, VENV
 from ...timeouts import within
 from . import checked
@@ -447,9 +447,9 @@ class Builder:
 
         try:
             child = await ChildProcess.spawn(
-                argv, containment=self.containment, kind=kind, name=name, index=0,
-                env=build_environment(self.cache), cwd=str(cwd) if cwd else None,
-                limits=Limits(), uid=None, gid=None, stop_timeout=5.0,
+                Launch(argv, build_environment(self.cache), str(cwd) if cwd else None,
+                       Limits(), None, None),
+                containment=self.containment, kind=kind, name=name, index=0, stop_timeout=5.0,
                 on_stdout_line=out.append, on_stderr_lines=on_err,
                 on_oversize=lambda *_: None)
         except OSError as exc:
