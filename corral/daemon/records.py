@@ -151,8 +151,9 @@ async def call(d: Holders, params: Any, caller: Caller) -> None:
 def workflow(field: str) -> Record:
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         named = getattr(params, field)
+        catalog = d.workflows.catalog
         for name in [named] if isinstance(named, str) else named:
-            wf = d.workflows.catalog.workflow(name)  # an unknown one: not found
+            wf = catalog.workflow(name)  # an unknown one: not found
             _mine(caller, wf.agents, d.workflows.tenant(name), "workflow", wf.name)
 
     return check
