@@ -31,8 +31,10 @@ def on_request(table: dict[str, Callable[[Replica, Any], Any]], cls: type[P],
     method = _method(cls, notification=False)
 
     def handle(r: Replica, params: Any) -> Any:
-        with jsonrpc.invalid_params(BadParams):
+        try:  # (not jsonrpc.invalid_params: each worker request is here, ~1 us a `with`)
             p = params_of(method, cls, params)
+        except BadParams as exc:
+            raise jsonrpc.RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         return handler(r, p)
 
     table[method] = handle
