@@ -6,6 +6,7 @@ end, from what the Task records; only a tool call is timed as it happens.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections import deque
@@ -175,7 +176,10 @@ class Tracer(TaskInterceptor):
         # the worker's own span, when it sent one of this trace (else the attempt's)
         said = CALLER.get()
         parent = own_span(said.get("traceparent"), trace.trace_id) if said else 0
-        return self._call(next, call, task, trace, parent)
+        return self._timed(functools.partial(next, call), trace.trace_id, trace.sampled,
+                           trace.tracestate, functools.partial(self._keep, trace),
+                           parent or trace.attempt_span(task.attempt), call.name, task.id,
+                           task.attempt)
 
     # -- the context in -----------------------------------------------------------------------
     def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
@@ -276,16 +280,18 @@ class Tracer(TaskInterceptor):
         return out
 
     # -- tool calls ---------------------------------------------------------------------------
-    async def _call(self, next: Callable[[ToolCall], Any], call: ToolCall, task: Task,
-                    trace: TaskTrace, parent: int) -> Any:
+    async def _timed(self, make: Callable[[], Any], trace_id: int, sampled: bool,
+                     tracestate: str | None, keep: Callable[[Record], None] | None,
+                     parent: int, name: str, owner: str, attempt: int) -> Any:
+        """`make()`'s tool call under a client span of its own, whose record `keep` is
+        given at its end (None: not kept)."""
         span_id = new_span_id(64) or 1
-        attempt = task.attempt
-        client = ClientSpan(meta(trace.trace_id, span_id, trace.sampled, trace.tracestate))
+        client = ClientSpan(meta(trace_id, span_id, sampled, tracestate))
         CURRENT.set(client)  # this call's own asyncio task: its context only
         start = time.time()
         error: str | None = None
         try:
-            result = next(call)
+            result = make()
             if inspect.isawaitable(result):
                 result = await result
             if isinstance(result, dict) and result.get("isError"):
@@ -295,10 +301,9 @@ class Tracer(TaskInterceptor):
             error = getattr(exc, "message", None) or type(exc).__name__
             raise
         finally:
-            record = (TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, span_id,
-                      parent or trace.attempt_span(attempt), call.name, task.id, attempt,
-                      client.transport, client.request_id, start, time.time(), error)
-            self._keep(trace, record)
+            if keep is not None:
+                keep((TOOL, trace_id >> 64, trace_id & MASK64, span_id, parent, name, owner,
+                      attempt, client.transport, client.request_id, start, time.time(), error))
 
     def _keep(self, trace: TaskTrace, record: Record) -> None:
         """A span of a task's attempt: buffered when its trace is sampled, else held
@@ -365,24 +370,9 @@ class Tracer(TaskInterceptor):
         """A gateway client's tool call, under a client span that is a child of the
         context the client sent in `_meta` (its decision to sample honoured)."""
         sampled = self.sampling.head(context.trace_id, context.sampled)
-        span_id = new_span_id(64) or 1
-        span = ClientSpan(meta(context.trace_id, span_id, sampled, context.tracestate))
-        CURRENT.set(span)  # the gateway request's own asyncio task
-        start = time.time()
-        error: str | None = None
-        try:
-            result = await call
-            if isinstance(result, dict) and result.get("isError"):
-                error = "tool_error"
-            return result
-        except BaseException as exc:
-            error = getattr(exc, "message", None) or type(exc).__name__
-            raise
-        finally:
-            if sampled:
-                self.put((TOOL, context.trace_id >> 64, context.trace_id & MASK64,
-                          span_id, context.span_id, name, f"gateway:{client}", 0,
-                          span.transport, span.request_id, start, time.time(), error))
+        return await self._timed(functools.partial(_given, call), context.trace_id, sampled,
+                                 context.tracestate, self.put if sampled else None,
+                                 context.span_id, name, f"gateway:{client}", 0)
 
     # -- a worker's exit ----------------------------------------------------------------------
     def _exited(self, e: ReplicaExit) -> None:
@@ -441,6 +431,10 @@ class Tracer(TaskInterceptor):
     def stats(self) -> dict[str, int]:
         return {"recorded": self.recorded, "dropped": self.dropped,
                 "buffered": self.buffered}
+
+
+def _given(call: Awaitable[Any]) -> Awaitable[Any]:
+    return call
 
 
 def own_span(traceparent: Any, trace_id: int) -> int:
