@@ -62,10 +62,6 @@ from .submitkeys import SubmitKeys
 from .trust import Trust
 
 
-def node_name(settings: ClusterSettings) -> str:
-    return settings.node or socket.gethostname()
-
-
 class ClusterNode:
     def __init__(self, settings: ClusterSettings, host: TaskHost, parts: Parts,
                  queue: ClusterQueue, report: Callable[[str], None], *,
@@ -80,7 +76,7 @@ class ClusterNode:
         self.tasks = tasks = parts.tasks
         self.queue = queue
         self.report = report
-        self.node = node_name(settings)
+        self.node = settings.node or socket.gethostname()
         self.redis = connect(settings, self.node)
         self.waits = connect(settings, self.node, WAITS)  # (the pullers' blocking reads)
         self.keys = Keys(settings.name)

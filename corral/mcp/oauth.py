@@ -123,7 +123,7 @@ class OAuth(Auth):
     @classmethod
     def for_server(cls, name: str, url: str, settings: OAuthSettings, state_dir: Path,
                    authorize: Authorize | None = None) -> OAuth:
-        return cls(name, url, settings, token_path(state_dir, name), authorize=authorize)
+        return cls(name, url, settings, state_dir / "oauth" / f"{name}.json", authorize=authorize)
 
     # -- the token file ---------------------------------------------------------------------
     def load(self) -> None:
@@ -407,10 +407,6 @@ def application_type(redirect_uri: str) -> str:
     parts = urlsplit(redirect_uri)
     return "native" if parts.scheme not in ("http", "https") \
         or parts.hostname in ("localhost", "127.0.0.1", "::1") else "web"
-
-
-def token_path(state_dir: Path, name: str) -> Path:
-    return state_dir / "oauth" / f"{name}.json"
 
 
 def _b64(data: bytes) -> str:

@@ -423,8 +423,8 @@ class GatewaySession:
         if params.get("cursor") is not None:
             # every item is in the first page, so no cursor corral gave out exists
             raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: unknown cursor")
-        items = await self.backend.list_items(kind) if _feature(kind) in self.backend.features \
-            else []
+        feature = "resources" if kind == "resourceTemplates" else kind
+        items = await self.backend.list_items(kind) if feature in self.backend.features else []
         result: dict[str, Any] = {kind: items}
         if stateless:
             result.update(CACHE_HINTS, resultType="complete")
@@ -446,10 +446,6 @@ def _asks(result: Any) -> bool:
             return False
         result = msgspec.json.decode(result)
     return asks_input(result)
-
-
-def _feature(kind: str) -> str:
-    return "resources" if kind == "resourceTemplates" else kind
 
 
 def _complete(result: Any, stateless: bool) -> Any:
