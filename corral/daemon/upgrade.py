@@ -49,6 +49,7 @@ from ..supervisor.containment import (
     open_verified,
     signal_fd,
     try_reap,
+    wait_fds,
 )
 from ..supervisor.mcproutes import updates_to
 from ..supervisor.plain import PlainReplica
@@ -805,23 +806,8 @@ async def end_processes(records: list[ProcessRecord]) -> None:
             continue
         signal_fd(fd, signal.SIGTERM)
         fds[fd] = rec
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    left = set(fds)
-
-    def exited(fd: int) -> None:
-        loop.remove_reader(fd)
-        left.discard(fd)
-        if not left and not gone.done():
-            gone.set_result(None)
-
-    for fd in fds:
-        loop.add_reader(fd, exited, fd)
-    if fds:
-        with contextlib.suppress(TimeoutError):
-            await within(asyncio.shield(gone), END_GRACE)
-    for fd in list(left):
-        loop.remove_reader(fd)
+    left = await wait_fds(set(fds), END_GRACE)
+    for fd in left:
         signal_fd(fd, signal.SIGKILL)
     for fd, rec in fds.items():
         os.close(fd)

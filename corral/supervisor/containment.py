@@ -856,14 +856,14 @@ class Containment:
         for fd in fds:
             signal_fd(fd, signal.SIGTERM)
             signal_fd(fd, signal.SIGCONT)
-        left = await _wait_fds(set(fds), grace)
+        left = await wait_fds(set(fds), grace)
         report.terminated = len(fds) - len(left)
         for fd in left:
             signal_fd(fd, signal.SIGKILL)
         report.killed = len(left)
         for cg in cgroups:
             cgroup_kill(cg)
-        await _wait_fds(left, 5.0)
+        await wait_fds(left, 5.0)
         for fd in fds:
             os.close(fd)  # their parent (init, or the service manager) reaps them
         for cg in cgroups:
@@ -874,7 +874,7 @@ class Containment:
         return report
 
 
-async def _wait_fds(fds: set[int], timeout: float) -> set[int]:
+async def wait_fds(fds: set[int], timeout: float) -> set[int]:
     """Wait until every pidfd is readable (its process exited); the ones still open."""
     left = set(fds)
     if not left:
