@@ -44,6 +44,7 @@ class TeamService(Teams):
         self.catalog.restore(report)
         super().__init__(engine, self.rows, report, leaders, traced, durables)
         self.agents = agents
+        self._agent_tenant = agents.tenancy.tenant_of  # None: no such agent
         self._stamping: asyncio.Future[None] | None = None
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
         engine.stream.subscribe(self._handed_over, CallHandover)
@@ -75,10 +76,6 @@ class TeamService(Teams):
         """`seen`: the agents the caller sees."""
         servers = list(self.tools.servers) if self.tools is not None else []
         return against(self._agent_tenant, seen, self.specs, servers)
-
-    def _agent_tenant(self, name: str) -> str | None:
-        agent = self.agents.get(name)
-        return agent.spec.tenant if agent is not None else None
 
     def defined(self, name: str) -> TeamSpec | None:
         return self.specs.get(name)

@@ -41,6 +41,7 @@ class WorkflowService:
         """`durables`: where runs are kept and their steps run when not in `store` and on
         `engine` alone (a cluster node's: Redis and the cluster's tasks)."""
         self.agents = agents
+        self.agent_tenant = agents.tenancy.tenant_of  # None: no such agent
         self.rows = RunStore(store, durables.store if durables is not None else None)
         self.shared = durables.store if durables is not None else None
         self.traces = None if tracer is None else RunTraces(tracer, engine.stream)
@@ -66,10 +67,6 @@ class WorkflowService:
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
         self.catalog.config = dict(specs)
-
-    def agent_tenant(self, name: str) -> str | None:
-        agent = self.agents.get(name)
-        return agent.spec.tenant if agent is not None else None
 
     def tenant(self, name: str) -> str | None:
         """Whose a workflow is: what its runs are stamped with, and what a caller's
