@@ -171,7 +171,7 @@ class Agent:
         deadline and grace, or `within` seconds: a scale-down's stop_timeout), then
         stop."""
         for r in old:
-            if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
+            if r.machine.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
                 try:
                     r.resume(f"{reason}: resumed to finish its tasks and stop")
                 except ResumeFailed as exc:  # stopped frozen: SIGKILL reaches it

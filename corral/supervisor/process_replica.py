@@ -139,9 +139,6 @@ class ProcessReplica(Life, Monitor):
     def stopped_by_hand(self) -> bool:
         return self.machine.stopped_by_hand
 
-    def moves(self, cause: Cause) -> bool:
-        return self.machine.moves(cause)
-
     # -- the hooks the executor runs --------------------------------------------------------
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
         self.host.transitioned(self, Transition(
