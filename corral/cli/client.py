@@ -28,19 +28,13 @@ EXIT_UNREACHABLE = 3
 INTERNAL_ERROR = -32603  # JSON-RPC's (corral.jsonrpc would import asyncio)
 
 
-# Both read at each use, not at import: a process forked after the import (the tests' fork
-# server) has its own environment.
+# The variables are read at each use, not at import: a process forked after the import (the
+# tests' fork server) has its own environment.
 def default_timeout() -> float:
     """How long a call that the daemon answers at once may take before the CLI gives up
     on it (CORRAL_CLIENT_TIMEOUT: seconds; a call that waits for a task's end has no such
     bound)."""
     return float(os.environ.get("CORRAL_CLIENT_TIMEOUT") or 600.0)
-
-
-def default_resume_wait() -> float:
-    """How long a call the daemon did not read before `corral upgrade`'s exec waits for
-    the next image (CORRAL_RESUME_WAIT: seconds)."""
-    return float(os.environ.get("CORRAL_RESUME_WAIT") or 60.0)
 
 
 FROM_ENVIRONMENT = -1.0  # Client's timeout or resume_wait: the variable's, at the call
@@ -99,14 +93,15 @@ def result_type(method: str | Params) -> Any:
 
 class Client:
     """`timeout`: how long a call may wait for its answer (None: for ever); `resume_wait`:
-    as `default_resume_wait` says."""
+    how long a call the daemon did not read before `corral upgrade`'s exec waits for the
+    next image (CORRAL_RESUME_WAIT: seconds)."""
 
     def __init__(self, path: Path | str, timeout: float | None = FROM_ENVIRONMENT,
                  resume_wait: float = FROM_ENVIRONMENT) -> None:
         self.path = path
         self.timeout = default_timeout() if timeout == FROM_ENVIRONMENT else timeout
-        self.resume_wait = (default_resume_wait() if resume_wait == FROM_ENVIRONMENT
-                            else resume_wait)
+        self.resume_wait = (float(os.environ.get("CORRAL_RESUME_WAIT") or 60.0)
+                            if resume_wait == FROM_ENVIRONMENT else resume_wait)
         self.sock = self._connect(self.timeout)
         self._buf = b""
         self._next_id = 0
