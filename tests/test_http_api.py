@@ -188,6 +188,13 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
                                      headers={"Content-Type": "text/plain"})
         assert (got, body["detail"]) == (415, "send the body as application/json, not "
                                               "text/plain")
+        # an expectation other than 100-continue is ignored, not a 417 the API documents
+        # nowhere; 100-continue is answered and the body read
+        for expect in ("X0n%DB;1|~udu", "100-continue"):
+            got, body, r = await api.ask("POST", "/tasks", "admin", raw=b'{"agent": "nobody"}',
+                                         headers={"Expect": expect})
+            assert (got, r.content_type, body["detail"]) == (
+                404, PROBLEM, "no such agent: nobody (agents: web-1)"), expect
         monkeypatch.setattr(route, "MAX_BODY", 1024)
         big = msgspec.json.encode({"agents": {"x": {"command": ["a" * 2000]}}})
         got, body, _ = await api.ask("POST", "/agents", "admin", raw=big)

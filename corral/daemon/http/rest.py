@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
-from aiohttp import web
+from aiohttp import web, web_urldispatcher
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -347,14 +347,21 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     app.on_cleanup.append(close)
     app[sse.STREAMS] = set()
     app.on_shutdown.append(sse.close_streams)
-    app.add_routes([web.route(res.verb, PREFIX + res.path, api.handler(res))
-                    for res in RESOURCES])
+    app.add_routes([web.route(res.verb, PREFIX + res.path, api.handler(res),
+                              expect_handler=_expect) for res in RESOURCES])
     from . import openapi
 
     app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler())])
     from . import index
 
     app.add_routes(index.routes())
+
+
+async def _expect(request: web.Request) -> None:
+    """`Expect: 100-continue` answered as aiohttp does; any other expectation ignored (RFC
+    9110 allows it): aiohttp's 417 in text/plain is a status the API documents nowhere."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await web_urldispatcher._default_expect_handler(request)
 
 
 API_KEY: web.AppKey[Api] = web.AppKey("corral.rest", Api)
