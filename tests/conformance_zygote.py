@@ -38,6 +38,8 @@ STDIO = 3
 
 def launch(path: str, argv: list[str]) -> int:
     """Run the client as a fork of the server at `path`: its exit status."""
+    # a kill before the fork's pid is known waits for it (blocked, then passed on)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.connect(path)
     req = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}
@@ -56,6 +58,7 @@ def launch(path: str, argv: list[str]) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, pass_on)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     while chunk := conn.recv(4096):
         said += chunk
     words = said.split()

@@ -89,18 +89,18 @@ def test_an_output_kept_from_a_journal_or_the_usual_way_is_its_bytes() -> None:
 # A worker that writes the answer its input gives (RID: the request's id), so that the
 # two ways are compared on real lines from a real process.
 RAW_AGENT = """
+import json
+
 from corral.worker import Worker
 
 class Raw(Worker):
-    def _reply(self, rid, result):
+    def _write(self, line, held=False):  # every line the worker sends passes here
+        msg = json.loads(line)
+        result = msg.get("result")
         out = result.get("output") if isinstance(result, dict) else None
         if isinstance(out, dict) and "line" in out:
-            line = out["line"].replace("RID", str(rid)).encode("latin-1")
-            with self._lock:
-                self._out.write(line + b"\\n")
-                self._out.flush()
-            return
-        super()._reply(rid, result)
+            line = out["line"].replace("RID", str(msg["id"])).encode("latin-1") + b"\\n"
+        super()._write(line, held)
 
 Raw(lambda task, ctx: task).run()
 """
