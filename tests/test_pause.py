@@ -516,7 +516,9 @@ def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
                        what="the freeze asked")
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
-            out, err = pause.communicate(timeout=10)
+            # (under a busy loop per core the CLI's own start took seconds: only the 30 s
+            # bound, the wait the death must cut short, is what this tells apart)
+            out, err = pause.communicate(timeout=25)
             took = time.monotonic() - killed
         finally:
             if pause.poll() is None:
@@ -524,7 +526,7 @@ def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
                 pause.wait()
         assert (pause.returncode, err) == (0, "")
         assert out.startswith("w#0: ") and "paused" not in out, out  # as it ended up
-        assert took < 15, took  # the kernel said frozen (empty) at once: not the 30 s wait
+        assert took < 25, took  # the kernel said frozen (empty) at once: not the 30 s wait
         wait_until(lambda: (s := d.status()["w#0"])["state"] == "ready" and s["pid"] != pid,
                    what="a new w#0 ready")
         assert d.status()["w#0"]["restarts"] == 1
