@@ -21,7 +21,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec
 from ..supervisor.configload import parse_tenants
 from ..supervisor.parts import Parts
-from ..supervisor.tasks.budget import BUDGET_PREFIX
+from ..supervisor.quotas import BUDGET_PREFIX
 from ..supervisor.tenantcgroups import TenantOomKill, notice
 from .sqlwrites import Write, statement
 from .store import StateStore

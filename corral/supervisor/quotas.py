@@ -16,8 +16,6 @@ from ..ratelimit import TokenBucket
 from ..views import TenantUse as TenantUse
 from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .stream import Stream
-from .tasks.admission import retry_after
-from .tasks.budget import BUDGET_PREFIX
 
 if TYPE_CHECKING:
     from .config import McpServerSpec
@@ -25,6 +23,8 @@ if TYPE_CHECKING:
     from .tasks.host import AgentLike
 
 NO_QUOTAS = TenantSpec()
+# the key of a group's shared Budget (a tenant's): agent names have no spaces
+BUDGET_PREFIX = "tenant "
 CPU_ROUNDS = 3  # heartbeat rounds a tenant is over max_cpu_percent before a restart
 
 
@@ -34,6 +34,11 @@ class QuotasChanged(NamedTuple):
 
 
 QUOTAS_CHANGED = QuotasChanged()
+
+
+def retry_after(seconds: float) -> dict[str, float]:
+    """A refusal's `data` when waiting helps: how long (HTTP's Retry-After, rounded up)."""
+    return {"retry_after": round(seconds, 3)}
 
 
 class Tenancy:

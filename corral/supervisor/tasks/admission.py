@@ -10,6 +10,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...text import plural
+from ..quotas import retry_after
 
 if TYPE_CHECKING:
     from .host import AgentLike
@@ -24,11 +25,6 @@ class TenantQuotas(Protocol):
     def timeout(self, agent: AgentLike, asked: float) -> float: ...
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
-
-
-def retry_after(seconds: float) -> dict[str, float]:
-    """A refusal's `data` when waiting helps: how long (HTTP's Retry-After, rounded up)."""
-    return {"retry_after": round(seconds, 3)}
 
 
 def refusal(agent: AgentLike) -> str | None:

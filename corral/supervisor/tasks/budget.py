@@ -38,8 +38,6 @@ MAX_COST = 1e12
 # the least a re-armed gate timer waits: a timer that fires a hair before the edge (the
 # loop's clock is not the wall clock) waits again briefly rather than spinning
 MIN_WAIT = 0.005
-# the key of a group's shared Budget (a tenant's): agent names have no spaces
-BUDGET_PREFIX = "tenant "
 
 
 class SumWindow:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from .budget import BUDGET_PREFIX
+from ..quotas import BUDGET_PREFIX
 from .endings import EndingEngine
 
 if TYPE_CHECKING:
