@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_type_hints
 
 import msgspec
 from msgspec.structs import astuple
@@ -76,40 +76,15 @@ return 1
 """
 
 
-class _CallEntry(msgspec.Struct, array_like=True):
-    """A call's record as Redis holds it: CallRecord's fields, in its order, but its rows."""
-
-    call_id: str
-    kind: str
-    name: str
-    definition: bytes
-    input: Any
-    status: str
-    created: float
-    tenant: str | None
-    ended: float | None
-    deadline: float | None
-    output: Any
-    error: str | None
-    revision: int | None
-    agents: list[str] | None
-    traceparent: str | None
-    tracestate: str | None
+def _array_of(struct: type[msgspec.Struct], fields: int) -> msgspec.json.Decoder[Any]:
+    """The first `fields` fields of `struct` as Redis holds them: a JSON array, in order."""
+    hints = get_type_hints(struct)
+    return msgspec.json.Decoder(tuple[tuple(  # type: ignore[misc]
+        hints[f] for f in struct.__struct_fields__[:fields])])
 
 
-class _Row(msgspec.Struct, array_like=True):  # StepRow's fields, in its order
-    step: str
-    item: int
-    status: str
-    task_id: str | None
-    started: float | None
-    ended: float | None
-    output: Any
-    error: str | None
-
-
-_entry = msgspec.json.Decoder(_CallEntry)
-_row = msgspec.json.Decoder(_Row)
+_entry = _array_of(CallRecord, -1)  # a call's record: all but its rows (a field each)
+_row = _array_of(StepRow, len(StepRow.__struct_fields__))
 
 
 def field_of(step: str, item: int) -> str:
@@ -240,7 +215,7 @@ class ClusterCalls:
         if record.call_id not in self.leases and (
                 record.call_id in self.lost or not await self.take(record.call_id, "")):
             raise self._not_ours(record.call_id)
-        payload = msgspec.json.encode(_CallEntry(*astuple(record)[:-1]))
+        payload = msgspec.json.encode(astuple(record)[:-1])
         mac = self.trust.sign(CALL, record.call_id, payload)
         await self._outcomes_first(record.call_id, [])
         # its held rows first: an ended call's rows are all in Redis as it ends
@@ -274,7 +249,7 @@ class ClusterCalls:
         fields: dict[str, bytes] = {}
         for r in rows:
             field = field_of(r.step, r.item)
-            payload = msgspec.json.encode(_Row(*astuple(r)))
+            payload = msgspec.json.encode(astuple(r))
             fields[field] = _signed(self.trust.sign(CALL, call_id, field, payload), payload)
         return fields
 
@@ -406,13 +381,12 @@ class ClusterCalls:
         raw, steps = await read_all(self.redis, fill)
         if raw is None:
             return None
-        k = _entry.decode(self._verified(call_id, "record", raw, (call_id,)))
-        record = CallRecord(*astuple(k))
+        record = CallRecord(*_entry.decode(self._verified(call_id, "record", raw, (call_id,))))
         for f, value in steps.items():
             field = f.decode(errors="replace")
-            r = _row.decode(self._verified(call_id, f"step {field!r}", value,
-                                           (call_id, field)))
-            record.rows[(r.step, r.item)] = StepRow(*astuple(r))
+            r = StepRow(*_row.decode(self._verified(call_id, f"step {field!r}", value,
+                                                    (call_id, field))))
+            record.rows[(r.step, r.item)] = r
         return record
 
     def _verified(self, call_id: str, what: str, value: bytes,
