@@ -40,15 +40,14 @@ class McpServerReplica(ProcessReplica):
     def __init__(self, host: McpHost, spec: McpServerSpec, name: str, index: int,
                  owner: str | None = None) -> None:
         super().__init__(host, spec, name, index)
-        self.mcp_spec = spec
         self.owner = owner  # "agent#replica" for scope = "per-agent"
         self.client = self._new_client()
         self._refresh: asyncio.Task[Any] | None = None
         self._retune: asyncio.Future[Any] | None = None
 
     def _new_client(self) -> McpClient:
-        return McpClient(self.label, roots=self.mcp_spec.roots,
-                         log_level=self.mcp_spec.log_level,
+        return McpClient(self.label, roots=self.spec.roots,
+                         log_level=self.spec.log_level,
                          news=ServerNews(self.note, self._tools_changed, self._list_changed,
                                          self._resource_updated))
 
@@ -58,7 +57,7 @@ class McpServerReplica(ProcessReplica):
 
     @property
     def max_line(self) -> int:
-        return self.mcp_spec.max_message_mb * MIB
+        return self.spec.max_message_mb * MIB
 
     @property
     def silence_excused(self) -> bool:
@@ -75,7 +74,7 @@ class McpServerReplica(ProcessReplica):
     def retune(self, spec: McpServerSpec) -> None:
         """Take a spec that differs only in what a running server can be told (roots,
         log level): roots/list_changed and logging/setLevel instead of a restart."""
-        self.spec = self.mcp_spec = spec
+        self.spec = spec
         self.client.set_roots(spec.roots)
         if spec.log_level and spec.log_level != self.client.log_level \
                 and self.client.version is not None and "logging" in self.client.capabilities:
@@ -83,7 +82,7 @@ class McpServerReplica(ProcessReplica):
 
     async def _set_level(self, level: str) -> None:
         try:
-            await self.client.set_log_level(level, self.mcp_spec.timeout)
+            await self.client.set_log_level(level, self.spec.timeout)
         except RpcError as exc:
             self.note(f"logging/setLevel {level} failed: {exc.message}")
 
@@ -99,7 +98,7 @@ class McpServerReplica(ProcessReplica):
 
     async def _handshake(self) -> str:
         version = await self.client.connect(self.spec.start_timeout)
-        await self.client.list_tools(self.mcp_spec.timeout)
+        await self.client.list_tools(self.spec.timeout)
         return f"initialized (MCP {version}, {plural(len(self.client.tools), 'tool')})"
 
     def _tools_changed(self) -> None:
@@ -108,7 +107,7 @@ class McpServerReplica(ProcessReplica):
 
     async def _refetch(self) -> None:
         try:
-            await self.client.list_tools(self.mcp_spec.timeout)
+            await self.client.list_tools(self.spec.timeout)
         except RpcError as exc:
             self.note(f"tools/list after list_changed failed: {exc.message}")
             return

@@ -30,7 +30,7 @@ class RemoteMcpServer(McpServerReplica):
         self._ended: asyncio.Future[str] | None = None
 
     async def _lifetime(self) -> None:
-        spec = self.mcp_spec
+        spec = self.spec
         assert spec.url is not None
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[str] = loop.create_future()
@@ -55,7 +55,7 @@ class RemoteMcpServer(McpServerReplica):
 
     def _connect(self, url: str, ended: asyncio.Future[str]) -> HttpTransport:
         from ..mcp.http import HttpTransport  # aiohttp: only when a remote server runs
-        spec = self.mcp_spec
+        spec = self.spec
         headers = {}
         for key, value in spec.headers.items():
             try:
@@ -108,7 +108,7 @@ class RemoteMcpServer(McpServerReplica):
         await super()._handshake()
         t = self.transport
         kind = "HTTP+SSE" if t is not None and t.legacy else "Streamable HTTP"
-        where = redact.url(self.mcp_spec.url or "")  # its password is the operator's
+        where = redact.url(self.spec.url or "")  # its password is the operator's
         return (f"connected to {where} ({kind}, MCP {self.client.version}, "
                 f"{plural(len(self.client.tools), 'tool')})")
 
