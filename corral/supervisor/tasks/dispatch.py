@@ -45,8 +45,6 @@ class Outcomes(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def record(self, task: Task) -> None: ...
-
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
         """Its running attempt ended as `end` says (`result`: the output it answered):
         the step the task's machine took (a retry is then told to `retry`)."""
@@ -184,7 +182,7 @@ class TaskDispatch:
         q.running += 1
         r.task_started(task.id)
         if self.outcomes.journal is not None:
-            self.outcomes.record(task)
+            task.home.record(task)
         # (SPLICED_INPUT: a large input is a piece of its own in one writev)
         piece = task.input if len(task.input) >= SPLICED_INPUT else None
         params: dict[str, Any] = {"task_id": task.id, "attempt": number,
@@ -248,7 +246,7 @@ class TaskDispatch:
         else:  # timed out or cancelled before the worker answered
             if end.again:
                 self.outcomes.again(task)  # its retry waited for this attempt to stop
-            self.outcomes.record(task)  # the attempt's end, on a task already moved on
+            task.home.record(task)  # the attempt's end, on a task already moved on
             if task.suspended:
                 self.outcomes.stopped(task)
         if self.gated and self.gate is not None:

@@ -51,8 +51,6 @@ class EndingEngine(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def record(self, task: Task) -> None: ...
-
     def live(self, task_id: str) -> Task | None: ...
 
 
@@ -66,9 +64,6 @@ class Endings:
     @property
     def journal(self) -> TaskJournal | None:
         return self.engine.journal
-
-    def record(self, task: Task) -> None:
-        self.engine.record(task)
 
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
         """The task's machine moves it by `end`: an end is kept, counted, journaled and
@@ -91,7 +86,7 @@ class Endings:
         else:
             e.retired.count(task.agent, task.status)
         if e.journal is not None:
-            e.record(task)
+            task.home.record(task)
         e.active.pop(task.id, None)
         e.retention.keep(task)
         done, task._done = task._done, self._done or self._finished()
@@ -151,7 +146,7 @@ class Endings:
         task.replica = None
         task.not_before = time.time() + delay if delay else None
         if attempt.finished is None:  # timed out: its worker has yet to stop it
-            e.record(task)
+            task.home.record(task)
         else:
             self.again(task)
 
@@ -164,7 +159,7 @@ class Endings:
             e.active.pop(task.id, None)
             return
         if task.not_before is not None and task.not_before > time.time():
-            e.record(task)
+            task.home.record(task)
             e.delays.add(task)
             return
         self.due(task)
@@ -173,7 +168,7 @@ class Endings:
         """A delayed task's time has come: it waits in its agent's queue, at its arrival place."""
         e = self.engine
         task.not_before = None
-        e.record(task)
+        task.home.record(task)
         e.queue.requeue(task)
         e.dispatch.pump(task.agent)
         self.drain_if_down(task.agent)

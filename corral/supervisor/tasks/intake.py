@@ -120,10 +120,10 @@ class Intake:
             e.sessions.accept(task)
         if not_before is not None:
             task.not_before = task.due = not_before
-            e.record(task)
+            task.home.record(task)
             e.delays.add(task)
             return task
-        e.record(task)
+        task.home.record(task)
         e.queue.put(task)
         e.dispatch.pump(agent.name)
         return task
@@ -157,7 +157,7 @@ class Intake:
         reach = REACH.get() if getattr(spec, "spawns", None) else None
         # a map's tasks have no session: they go to the agents' queue behind the lines
         trace_begin, active, put = e.trace_begin, e.active, e.sessions.inner.put
-        record = e.record if e.journal is not None else None
+        record = e.home.record if e.journal is not None else None
         next_seq, tenancy, bucket = e.next_seq, e.quotas.admitting, q.bucket
         ids, now = new_ids(len(inputs)), time.time()
         options = options_of(options)
@@ -221,6 +221,6 @@ class Intake:
         task.seq = e.next_seq()
         e.agent_tasks(agent).counts["accepted"] += 1
         e.active[task.id] = task
-        e.record(task)
+        task.home.record(task)
         e.queue.put(task)
         e.dispatch.pump(agent.name)

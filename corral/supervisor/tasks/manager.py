@@ -223,9 +223,6 @@ class TaskManager:
             loop = self._running = asyncio.get_running_loop()
         return loop
 
-    def record(self, task: Task) -> None:
-        task.home.record(task)
-
     # -- after a restart (recovery.py) ----------------------------------------------------
     def next_seq(self) -> int:
         return next(self._seq)
@@ -432,7 +429,7 @@ class TaskManager:
         task's next change; a report after its end is written at once."""
         task = self.budgets.on_report(r, params)
         if task is not None and task.ended:
-            self.record(task)
+            task.home.record(task)
 
     def report_progress(self, task: Task, progress: dict[str, Any]) -> None:
         report_progress(self.stream, task, progress)

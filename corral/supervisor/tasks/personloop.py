@@ -51,7 +51,7 @@ class PersonLoop:
             return ask
         if task.running:  # (still, after the ask's commit)
             task.fire(TaskCause.WAIT)
-            e.record(task)
+            task.home.record(task)
             e.suspensions.hold(task)
         # parked: not one of its worker's MAX_IN_FLIGHT, whose line is read on meanwhile
         peer = task.replica.peer if task.replica is not None else None
@@ -72,7 +72,7 @@ class PersonLoop:
                 peer.unpark(parked)
             if task.waiting and not waits.attends(task.id):
                 task.fire(TaskCause.RESUME)
-                e.record(task)
+                task.home.record(task)
             if not task.waiting:
                 e.suspensions.release(task.id)
 

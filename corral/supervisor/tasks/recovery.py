@@ -90,9 +90,9 @@ class Recovery:
                                          "exists"))
                 continue
             if task.suspended and not e.suspensions.restored(task):
-                e.record(task)  # it waits on for a person, with no attempt
+                task.home.record(task)  # it waits on for a person, with no attempt
                 continue
-            e.record(task)
+            task.home.record(task)
             if task.not_before is not None and task.not_before > now:
                 delayed.append(task)  # waits for its time, as before the restart
             else:

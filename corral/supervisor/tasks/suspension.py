@@ -58,8 +58,6 @@ class SuspendingEngine(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def record(self, task: Task) -> None: ...
-
     @property
     def endings(self) -> Requeuing: ...
 
@@ -193,7 +191,7 @@ class Suspensions:
         # the request line it came in, its attempts in a tuple (a new one makes a list)
         task.input = msgspec.Raw(bytes(task.input))
         task.attempts = tuple(task.attempts)
-        engine.record(task)
+        task.home.record(task)
         self.suspended += 1
         held.gone = True
         for call in held.calls:
@@ -263,7 +261,7 @@ class Suspensions:
         last = task.attempts[-1] if task.attempts else None
         if last is not None and last.finished is None:
             # its stopped attempt has yet to end: dispatch queues it then (as a timeout's retry)
-            self.engine.record(task)
+            task.home.record(task)
         else:
             self.engine.endings.again(task)
         return True
