@@ -19,8 +19,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import Limits, LogBatch, State, Supervisor
-from corral.supervisor.replica import Transition
+from corral.supervisor import Limits, LogBatch, State, Supervisor, Transition
 from corral.supervisor.stream import Roster
 
 from .conftest import PY, ROOT, agent

@@ -85,7 +85,15 @@ class ProcessReplica(Life, Monitor):
         self.run = None  # who the process started last runs as, its limits
         self.name = name
         self.index = index
-        self.machine = Machine(self._make_policy(spec))
+        self.machine = Machine(RestartPolicy(
+            spec.restart,
+            max_restarts=spec.max_restarts,
+            window=spec.restart_window,
+            backoff_initial=spec.backoff_initial,
+            backoff_max=spec.backoff_max,
+            stable_after=spec.stable_after,
+            start=StartWindow(spec.start_secs, spec.start_retries),
+        ))
         self.executor = Executor(self, self.machine)
         self.last_exit = None
         self.exited_clean = False
@@ -105,18 +113,6 @@ class ProcessReplica(Life, Monitor):
         self._life_init()
         self._monitor_init()
         host.replica_added(self)
-
-    @staticmethod
-    def _make_policy(spec: ProcessSpec) -> RestartPolicy:
-        return RestartPolicy(
-            spec.restart,
-            max_restarts=spec.max_restarts,
-            window=spec.restart_window,
-            backoff_initial=spec.backoff_initial,
-            backoff_max=spec.backoff_max,
-            stable_after=spec.stable_after,
-            start=StartWindow(spec.start_secs, spec.start_retries),
-        )
 
     # -- the machine's, as status shows it ------------------------------------------------
     @property

@@ -20,7 +20,7 @@ from .health import CheckState, HealthBoard, ReplicaHealth, environment_of
 from .isolation import Isolation, isolation
 from .lifecycle import Cause, State
 from .process import ChildProcess
-from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus, Transition
+from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus
 from .release import release_environment
 from .runas import out_of_reach
 from .sandbox import (
@@ -35,8 +35,6 @@ from .sandbox import (
 from .sockfilter import filter_file
 from .tuning import Tuning
 from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv
-
-__all__ = ["PROTOCOL_VERSION", "AgentHost", "Replica", "ReplicaStatus", "Transition"]
 
 PROTOCOL_VERSION = "1"
 # corral's package, which a sandboxed agent's worker SDK is imported from
