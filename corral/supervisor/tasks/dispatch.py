@@ -20,7 +20,6 @@ from ...tracecontext import FromId
 from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
-from .durable import TaskJournal
 from .model import AttemptEnded, Task
 from .payload import Output, output_of, read_raw, read_values
 from .queue import Queue
@@ -41,9 +40,6 @@ SPLICED_INPUT = 4096
 
 class Outcomes(Protocol):
     """What dispatch tells of a task (the task manager)."""
-
-    @property
-    def journal(self) -> TaskJournal | None: ...
 
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
         """Its running attempt ended as `end` says (`result`: the output it answered):
@@ -181,8 +177,7 @@ class TaskDispatch:
         number = task.attempt
         q.running += 1
         r.task_started(task.id)
-        if self.outcomes.journal is not None:
-            task.home.record(task)
+        task.home.record(task)
         # (SPLICED_INPUT: a large input is a piece of its own in one writev)
         piece = task.input if len(task.input) >= SPLICED_INPUT else None
         params: dict[str, Any] = {"task_id": task.id, "attempt": number,

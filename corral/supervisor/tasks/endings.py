@@ -61,10 +61,6 @@ class Endings:
         self.engine = engine
         self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
 
-    @property
-    def journal(self) -> TaskJournal | None:
-        return self.engine.journal
-
     def ended(self, task: Task, end: AttemptOutcome, result: Output | None = None) -> TaskStep:
         """The task's machine moves it by `end`: an end is kept, counted, journaled and
         told here; a retry (`step.retried`) is the caller's to follow."""
