@@ -31,5 +31,5 @@ def test_an_event_past_the_limit_is_refused_not_buffered() -> None:
 
 
 def test_format_event_round_trips_through_the_parser() -> None:
-    wire = format_event(b'{"x":1}\n{"y":2}', event="message", id="5", retry=1000)
-    assert Parser(1024).feed(wire) == [Event(b'{"x":1}\n{"y":2}', "message", "5", 1000)]
+    wire = format_event(b'{"x":1}\n{"y":2}', "5")
+    assert Parser(1024).feed(wire) == [Event(b'{"x":1}\n{"y":2}', "message", "5")]

@@ -92,17 +92,7 @@ class Parser:
         self._retry = None
 
 
-def format_event(data: bytes, *, event: str | None = None, id: str | None = None,
-                 retry: int | None = None) -> bytes:
-    """One event on the wire; multi-line data becomes several `data:` lines."""
-    parts: list[bytes] = []
-    if event is not None:
-        parts.append(b"event: " + event.encode() + b"\n")
-    if id is not None:
-        parts.append(b"id: " + id.encode() + b"\n")
-    if retry is not None:
-        parts.append(b"retry: %d\n" % retry)
-    for line in data.split(b"\n"):
-        parts.append(b"data: " + line + b"\n")
-    parts.append(b"\n")
-    return b"".join(parts)
+def format_event(data: bytes, id: str) -> bytes:
+    """One `message` event on the wire; multi-line data becomes several `data:` lines."""
+    lines = b"".join(b"data: " + line + b"\n" for line in data.split(b"\n"))
+    return b"event: message\nid: " + id.encode() + b"\n" + lines + b"\n"

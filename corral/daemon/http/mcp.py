@@ -139,7 +139,7 @@ class HttpSession:
         self._remember(seq, stream.key, payload)
         if stream.full() and not last:
             return  # a reader that does not read loses progress, not our memory
-        stream.queue(sse.format_event(payload, event="message", id=str(seq)))
+        stream.queue(sse.format_event(payload, str(seq)))
         stream.finished = stream.finished or last
         stream.wake.set()
 
@@ -608,7 +608,7 @@ class HttpGateway:
         stream.pending_bytes = 0
         for s, k, p in sess.history:
             if k == key and s > seq:
-                stream.queue(sse.format_event(p, event="message", id=str(s)))
+                stream.queue(sse.format_event(p, str(s)))
         return await self._pump(request, sess, stream, {})
 
     async def delete(self, request: web.Request) -> web.Response:
