@@ -200,7 +200,7 @@ async def test_revoking_a_token_ends_its_streams_and_its_dashboard_sessions(
             # another token's stream goes on
             assert (await sse_events(others, 1))[0]["data"]["topic"] == "t.after"
             others.close()
-        await wait_until_async(lambda: api_of(d).streams.count == 0 and not api_of(
+        await wait_until_async(lambda: not api_of(d).streams.open and not api_of(
             d).held_by)
 
         # a token that expires ends its streams at its expiry, not when its client goes
@@ -212,7 +212,7 @@ async def test_revoking_a_token_ends_its_streams_and_its_dashboard_sessions(
             assert stream.status == 200
             await ended(stream)
         assert 1.0 < time.monotonic() - t0 < 8.0
-        await wait_until_async(lambda: api_of(d).streams.count == 0)
+        await wait_until_async(lambda: not api_of(d).streams.open)
 
 
 def api_of(d: Any) -> Any:

@@ -440,7 +440,7 @@ async def test_a_held_stream_that_never_drains_is_aborted_at_its_write_deadline(
         await wait_until_async(lambda: reader.held)
         held_at = asyncio.get_running_loop().time()
         # its deadline passes: the connection is aborted, its slot and cursor are free
-        await wait_until_async(lambda: not api.ring.readers and api.streams.count == 0,
+        await wait_until_async(lambda: not api.ring.readers and not api.streams.open,
                                timeout=10)
         assert asyncio.get_running_loop().time() - held_at >= 0.9
         # and the connection, its cut's last words never taken, aborted after CUT_GRACE

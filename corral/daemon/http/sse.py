@@ -54,11 +54,10 @@ class Streams:
         self.total = total
         self.per_caller = per_caller
         self.open: Counter[str] = Counter()
-        self.count = 0
 
     def refusal(self, who: str) -> web.Response | None:
-        if self.count >= self.total:
-            detail = f"{self.count} streams are open, the server's limit (max_streams)"
+        if self.open.total() >= self.total:
+            detail = f"{self.open.total()} streams are open, the server's limit (max_streams)"
         elif self.open.get(who, 0) >= self.per_caller:
             detail = (f"{who} holds {self.open[who]} streams, its limit "
                       "(max_streams_per_token)")
@@ -70,12 +69,10 @@ class Streams:
 
     @contextlib.contextmanager
     def held(self, who: str) -> Iterator[None]:
-        self.count += 1
         self.open[who] += 1
         try:
             yield
         finally:
-            self.count -= 1
             self.open[who] -= 1
             if not self.open[who]:
                 del self.open[who]
