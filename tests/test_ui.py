@@ -24,7 +24,7 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
-from corral.daemon.http.ui import COOKIE, CSP
+from corral.daemon.http.ui import COOKIE, CSP, SESSION_TTL
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
@@ -259,7 +259,7 @@ async def test_an_expired_or_unknown_code_is_refused(tmp_path: Path) -> None:
         # a session past its life is gone: its cookie no longer calls
         await p.login((await login_link(d)).url)
         assert (await p.call("agents.status"))[0] == 200
-        now[0] += sessions.session_ttl
+        now[0] += SESSION_TTL
         status, _, body = await p.call("agents.status")
         assert (status, body["detail"]) == (401, NO_SESSION)
         assert sessions.sessions == {}

@@ -96,8 +96,6 @@ class LoginSessions:
     """The one-time login codes and the sessions they became, in memory: a daemon restart
     logs every page out, which a new `corral ui` link mends."""
 
-    code_ttl: float = CODE_TTL
-    session_ttl: float = SESSION_TTL
     clock: Callable[[], float] = time.time
     codes: dict[str, _Grant] = field(default_factory=dict)
     sessions: dict[str, LoginSession] = field(default_factory=dict)
@@ -118,7 +116,7 @@ class LoginSessions:
         while len(self.codes) >= MAX_CODES:
             del self.codes[next(iter(self.codes))]  # the oldest: dicts keep their order
         code = secrets.token_urlsafe(24)
-        expires = now + self.code_ttl
+        expires = now + CODE_TTL
         # named for whoever asked for the link, so that the audit log and an ask's `by`
         # name the person (the token's holder, the socket's user), not every dashboard
         whose = issuer.token if issuer.token is not None else f"uid {issuer.uid}"
@@ -141,7 +139,7 @@ class LoginSessions:
         while len(self.sessions) >= MAX_SESSIONS:
             del self.sessions[next(iter(self.sessions))]
         session = LoginSession(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
-                               caller=grant.caller, expires=now + self.session_ttl,
+                               caller=grant.caller, expires=now + SESSION_TTL,
                                token=grant.token)
         self.sessions[session.id] = session
         return session
@@ -174,7 +172,7 @@ class LoginSessions:
         for code in [c for c, g in self.codes.items() if g.expires <= now]:
             # an expired code is kept until its link is tried once, to say "expired"
             # rather than "not valid"; past twice its life it is forgotten
-            if now - self.codes[code].expires > self.code_ttl:
+            if now - self.codes[code].expires > CODE_TTL:
                 del self.codes[code]
         for sid in [s for s, v in self.sessions.items() if v.expires <= now]:
             del self.sessions[sid]
@@ -381,7 +379,7 @@ class Pages:
             return problem(401, str(exc))
         response = web.Response(status=303, headers={"Location": f"{PREFIX}/"})
         response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True,
-                            samesite="Strict", max_age=int(self.sessions.session_ttl),
+                            samesite="Strict", max_age=int(SESSION_TTL),
                             secure=self.ctx.url.startswith("https:"))
         return response
 
