@@ -261,7 +261,7 @@ async def _made(rows: RunStore, status: str, ended: float | None, items: int = 2
               time.time(), ended=ended)
     await rows.save_run(run)
     now = time.time()
-    await rows.save_steps(run.run_id, [
+    await rows.calls.save_steps(run.run_id, [
         StepRow("a", WHOLE, "succeeded", new_id(), now, now, list(range(items))),
         *(StepRow("many", i, "succeeded", new_id(), now, now, {"out": "y" * 300})
           for i in range(items)),

@@ -97,7 +97,7 @@ class Outputs(Mapping[str, Any]):
                 raise KeyError(name)
             mapped = self.run.wf.step(name).mapped and row.status == "succeeded"
             self._read[name] = (self.store.items_output(self.run.run_id, name) if mapped
-                                else self.store.output(self.run.run_id, name, WHOLE))
+                                else self.store.journal.output(self.run.run_id, name, WHOLE))
         return self._read[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -118,9 +118,6 @@ class RunStore:
     async def save_run(self, run: Run) -> None:
         await self.calls.save_call(run.record())
 
-    async def save_steps(self, run_id: str, rows: list[StepRow]) -> None:
-        await self.calls.save_steps(run_id, rows)
-
     def outputs(self, run: Run) -> Outputs:
         return Outputs(run, self)
 
@@ -128,9 +125,6 @@ class RunStore:
         row = self.store.db.execute("SELECT output FROM call_steps WHERE call_id = ? AND "
                                     "step = ? AND item = ?", (run_id, step, item)).fetchone()
         return row[0] if row is not None else None
-
-    def output(self, run_id: str, step: str, item: int) -> Any:
-        return self.journal.output(run_id, step, item)
 
     def outputs_of(self, run_id: str, rows: list[tuple[str, int]]
                    ) -> Generator[bytes | None, None, None]:

@@ -198,9 +198,6 @@ class WorkflowService:
         if self.traces is not None:  # made again from its row when it is driven again
             self.traces.forget(run.run_id)
 
-    async def wait(self, run_id: str, timeout: float | None) -> None:
-        await self.calls.wait(run_id, timeout)
-
     async def read(self, run_id: str | None = None, newest: int = 0) -> None:
         """On a cluster: this node's copies of a run or the `newest` runs refreshed from
         Redis, whichever node drives them."""
