@@ -228,8 +228,7 @@ class LocalFront:
                                        filters=p)
         if len(page) <= limit:
             return page, None
-        page = page[1:]
-        return page, page[0].task_id
+        return page[1:], page[1].task_id
 
     async def cancel(self, task_id: str) -> TaskInfo:
         await self.recovered.wait()

@@ -121,8 +121,7 @@ class TeamFront:
         page.reverse()
         if len(page) <= limit:
             return page, None
-        page = page[1:]
-        return page, page[0].task_id
+        return page[1:], page[1].task_id
 
     async def cancel(self, task_id: str) -> TaskInfo:
         await self.teams.read(task_id)
