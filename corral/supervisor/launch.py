@@ -44,10 +44,6 @@ class Life(ReplicaParts):
     handshake: str
     handshake_failed: str
     executor: Executor
-    _living: bool
-    _lives: int  # lives begun: an error's clean-up ends its own life, no later one
-    _life: asyncio.Task[None] | None  # the spawn or the reap under way
-    _over: asyncio.Future[None] | None  # made for those who wait: stopped()
     # (the monitor's, reset at a spawn and at Ready)
     _prev_cpu: tuple[float, float] | None
     _cpu_over: int
@@ -56,10 +52,10 @@ class Life(ReplicaParts):
 
     def _life_init(self) -> None:
         self._living = False
-        self._lives = 0
-        self._life = None
+        self._lives = 0  # lives begun: an error's clean-up ends its own life, no later one
+        self._life: asyncio.Task[None] | None = None  # the spawn or the reap under way
         self._init = None  # the handshake under way
-        self._over = None
+        self._over: asyncio.Future[None] | None = None  # made for those who wait: stopped()
 
     def _begin_life(self) -> None:
         self._living = True

@@ -29,51 +29,33 @@ HUNG_AFTER_TIMEOUTS = 3
 class Monitor(ReplicaParts):
     """The heartbeat's and the channel's members of a process replica."""
 
-    _last_pong: float
-    _ping_out: bool
-    _heard: bool  # a line arrived since the heartbeat last looked
-    # the process's /proc files, open while it lives (procstat.open_proc), and its CPU
-    # ticks when the heartbeat last found it parked on its stdin (-1: not yet)
-    _stat_fd: int
-    _syscall_fd: int
-    _parked_ticks: int
-    # when (listening clock) a look last found it parked, and until when it is not looked
-    # at again (its next turn of the fleet's looks) while it stays undisturbed (nothing
-    # asked of it, nothing heard from it since: `_quiet_sent` is the requests sent then)
-    _parked_at: float | None
-    quiet_until: float
-    _quiet_sent: int
-    # what the last look read of it, and when, not yet sampled
-    _looked: tuple[float, ProcStat] | None
-    _prev_cpu: tuple[float, float] | None
-    _cpu_over: int
-    _oversize: int
-    # since when (listening clock) corral has had bytes for the process that it did not
-    # take, none of them read (past the heartbeat timeout it is hung on its stdin:
-    # Cause.UNREAD), and how many there were when the heartbeat last looked
-    _unread_since: float | None
-    _unread_left: int
-    # the lines read before its channel existed (its spawn not returned yet: on a loaded
-    # host the loop reads what it wrote first before the spawn's coroutine resumes), fed
-    # to the channel once made (`_early_lines`), at most EARLY_MOST bytes of them
-    _early: list[bytes] | None
-    _early_size: int
-
     def _monitor_init(self) -> None:
-        self._early = None
+        # the lines read before its channel existed (its spawn not returned yet: on a loaded
+        # host the loop reads what it wrote first before the spawn's coroutine resumes), fed
+        # to the channel once made (`_early_lines`), at most EARLY_MOST bytes of them
+        self._early: list[bytes] | None = None
         self._early_size = 0
         self._last_pong = 0.0
         self._ping_out = False
-        self._heard = False
+        self._heard = False  # a line arrived since the heartbeat last looked
+        # the process's /proc files, open while it lives (procstat.open_proc), and its CPU
+        # ticks when the heartbeat last found it parked on its stdin (-1: not yet)
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
-        self._parked_at = None
+        # when (listening clock) a look last found it parked, and until when it is not looked
+        # at again (its next turn of the fleet's looks) while it stays undisturbed (nothing
+        # asked of it, nothing heard from it since: `_quiet_sent` is the requests sent then)
+        self._parked_at: float | None = None
         self.quiet_until = 0.0
         self._quiet_sent = 0
-        self._looked = None
-        self._prev_cpu = None
+        # what the last look read of it, and when, not yet sampled
+        self._looked: tuple[float, ProcStat] | None = None
+        self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
-        self._unread_since = None
+        # since when (listening clock) corral has had bytes for the process that it did not
+        # take, none of them read (past the heartbeat timeout it is hung on its stdin:
+        # Cause.UNREAD), and how many there were when the heartbeat last looked
+        self._unread_since: float | None = None
         self._unread_left = 0
 
     def _stdio(self) -> dict[str, Any]:
