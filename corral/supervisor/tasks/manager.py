@@ -84,7 +84,6 @@ class TaskManager:
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         self.journal = journal
-        self.home: TaskHome = NodeHome(self)  # where the tasks it accepts are kept (nodehome.py)
         self.active: dict[str, Task] = {}  # queued and running
         self.retention = Retention(kept, kept_bytes)
         self.finished = self.retention.finished  # in the order they ended
@@ -129,6 +128,8 @@ class TaskManager:
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
         self.clock = clock if clock is not None else WaitClock()
         self.inbox = Inbox(self.stream, clock=self.clock)
+        # where the tasks it accepts are kept (nodehome.py)
+        self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox)
         self.suspensions = Suspensions(self, self.clock)
         self.questions = Questions(self, self.person.ask_person)  # task/ask
         self.elicitations = Elicitations(self, self.person.ask_person)

@@ -8,11 +8,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .chunks import OutputJournal
     from .durable import TaskJournal
-    from .inbox import Inbox
     from .model import AskShelf, SpawnStore, Task, TurnStore
     from .output import TaskOutputs
-    from .sessions import Sessions
-    from .spawn import Spawns
     from .stepjournal import StepJournal
     from .steps import TaskSteps
 
@@ -21,21 +18,22 @@ class HomeEngine(Protocol):
     """The engine whose journals the home reads (TaskManager)."""
 
     journal: TaskJournal | None
-    inbox: Inbox
     steps: TaskSteps
     outputs: TaskOutputs
-    sessions: Sessions
-    spawns: Spawns
 
 
 class NodeHome:
     """Reads the engine's journals as they are now: the daemon attaches them after the
     engine is made (`TaskManager.journal`, `Steps.journal_to`, `TaskOutputs.journal`)."""
 
-    __slots__ = ("engine",)
+    __slots__ = ("asks", "engine", "spawns", "turns")
 
-    def __init__(self, engine: HomeEngine) -> None:
+    def __init__(self, engine: HomeEngine, turns: TurnStore, spawns: SpawnStore,
+                 asks: AskShelf) -> None:
         self.engine = engine
+        self.turns = turns
+        self.spawns = spawns
+        self.asks = asks
 
     @property
     def steps(self) -> StepJournal | None:
@@ -44,18 +42,6 @@ class NodeHome:
     @property
     def outputs(self) -> OutputJournal:
         return self.engine.outputs.journal
-
-    @property
-    def turns(self) -> TurnStore:
-        return self.engine.sessions
-
-    @property
-    def spawns(self) -> SpawnStore:
-        return self.engine.spawns.node
-
-    @property
-    def asks(self) -> AskShelf:
-        return self.engine.inbox
 
     def record(self, task: Task) -> None:
         journal = self.engine.journal
