@@ -5,7 +5,6 @@ the kind's methods' declarations name them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -40,32 +39,21 @@ def read_tables(path: str, section: str) -> dict[str, Any]:
     return tables
 
 
-@dataclass(frozen=True)
-class RuntimeVerbs:
-    """A kind's methods for its definitions changed at runtime, one for each verb (their
-    params Structs' fields are the same for every kind but add's, named as the kind's
-    section)."""
+def runtime_commands(section: str, noun: str) -> None:
+    """The kind's runtime commands (`corral workflows add`...), each the front of the
+    kind's method of its verb (m.WorkflowsAdd, m.TeamsAdd: their params' fields are the
+    same for every kind but add's, named as the kind's section)."""
+    verb = {name: getattr(m, section.title() + name.title()) for name in (
+        "add", "update", "remove", "describe", "history", "rollback")}
 
-    add: type[m.Params]
-    update: type[m.Params]
-    remove: type[m.Params]
-    describe: type[m.Params]
-    history: type[m.Params]
-    rollback: type[m.Params]
-
-
-def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
-    """The kind's runtime commands (`corral workflows add`...), each the front of its
-    method (the declarations name them)."""
-
-    @command(verbs.add, more=f"\n\nFILE holds [{section}.NAME] tables (TOML, as the config "
+    @command(verb["add"], more=f"\n\nFILE holds [{section}.NAME] tables (TOML, as the config "
              "file writes them; or JSON, with .json).")
     @click.argument("file", type=click.Path(dir_okay=False))
     def add(obj: Ctx, file: str) -> None:
-        res: m.AddResult = obj.call(verbs.add(**{section: read_tables(file, section)}))
+        res: m.AddResult = obj.call(verb["add"](**{section: read_tables(file, section)}))
         click.echo(f"added: {', '.join(res.added)}")
 
-    @command(verbs.update)
+    @command(verb["update"])
     @click.argument("name")
     @click.option("--set", "changes", required=True, metavar="JSON",
                   help="A JSON merge patch of its table: JSON, @FILE, or - for stdin.")
@@ -73,42 +61,42 @@ def runtime_commands(verbs: RuntimeVerbs, section: str, noun: str) -> None:
         patch = msgspec.json.decode(_read_input(changes))
         if not isinstance(patch, dict):
             raise click.BadParameter("a JSON object", param_hint="--set")
-        res: m.UpdateResult = obj.call(verbs.update(name=name, set=patch))
+        res: m.UpdateResult = obj.call(verb["update"](name=name, set=patch))
         click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                                   if res.revision is not None else "no change"))
 
-    @command(verbs.remove)
+    @command(verb["remove"])
     @click.argument("names", nargs=-1, required=True)
     def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-        res: m.RemoveResult = obj.call(verbs.remove(names=list(names)))
+        res: m.RemoveResult = obj.call(verb["remove"](names=list(names)))
         click.echo(f"removed: {', '.join(res.removed)}")
 
-    @command(verbs.describe)
+    @command(verb["describe"])
     @click.argument("name")
     @json_option
     def describe(obj: Ctx, name: str, as_json: bool) -> None:
-        res = obj.call_json(verbs.describe(name=name), as_json)
+        res = obj.call_json(verb["describe"](name=name), as_json)
         where = ("the config file" if res.source == "config"
                  else f"added at runtime, revision {res.revision}"
                  + (f", tenant {res.tenant}" if res.tenant else ""))
         click.echo(f"{noun} {res.name} ({where})\nagents: {', '.join(res.agents)}")
         click.echo(dumps(res.definition, indent=2))
 
-    @command(verbs.history)
+    @command(verb["history"])
     @click.argument("name")
     @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
     @json_option
     def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-        res = obj.call_json(verbs.history(name=name, limit=limit), as_json)
+        res = obj.call_json(verb["history"](name=name, limit=limit), as_json)
         table([[("* " if r.revision == res.current else "  ") + str(r.revision),
                 stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],
               ["  REV", "TIME", "WHO", "TENANT", "CHANGE"])
 
-    @command(verbs.rollback)
+    @command(verb["rollback"])
     @click.argument("name")
     @click.argument("revision", required=False, type=click.IntRange(min=1))
     def rollback(obj: Ctx, name: str, revision: int | None) -> None:
-        res: m.RollbackResult = obj.call(verbs.rollback(name=name, revision=revision))
+        res: m.RollbackResult = obj.call(verb["rollback"](name=name, revision=revision))
         click.echo(f"{name}: rolled back to revision {res.restored}"
                    + (f" (now revision {res.revision}): {res.change}"
                       if res.revision is not None else ": no change"))

@@ -12,7 +12,7 @@ import msgspec
 from .. import methods as m
 from .app import Ctx, cli, command, json_option
 from .render import dumps, table
-from .runtimedefs import RuntimeVerbs, runtime_commands, whose
+from .runtimedefs import runtime_commands, whose
 from .tasks import _read_input
 
 
@@ -33,8 +33,7 @@ def teams_list(obj: Ctx, as_json: bool) -> None:
            for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT", "DESCRIPTION"])
 
 
-runtime_commands(RuntimeVerbs(m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsDescribe,
-                              m.TeamsHistory, m.TeamsRollback), "teams", "team")
+runtime_commands("teams", "team")
 
 
 @command(m.TeamsCall)

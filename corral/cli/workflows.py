@@ -15,7 +15,7 @@ from .app import Ctx, cli, command, command_group, fail, json_option
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import dumps, table
-from .runtimedefs import RuntimeVerbs, runtime_commands, whose
+from .runtimedefs import runtime_commands, whose
 from .tasks import _read_input
 
 
@@ -222,6 +222,4 @@ def run_cancel(obj: Ctx, run_id: str) -> None:
 
 
 # -- runtime workflows, with revisions (daemon/workflows/catalog.py) ------------------------
-runtime_commands(RuntimeVerbs(m.WorkflowsAdd, m.WorkflowsUpdate, m.WorkflowsRemove,
-                              m.WorkflowsDescribe, m.WorkflowsHistory, m.WorkflowsRollback),
-                 "workflows", "workflow")
+runtime_commands("workflows", "workflow")
