@@ -722,13 +722,7 @@ def fresh_schema(steps: list[Migration]) -> list[str] | None:
     made, _, body = (Path(__file__).parent / "storefresh.sql").read_text().partition("\n")
     if made.removeprefix("-- ").partition(":")[0] != digest(steps):
         return None
-    statements, part = [], ""
-    for line in body.splitlines(keepends=True):
-        part += line
-        if sqlite3.complete_statement(part):
-            statements.append(part.strip().removesuffix(";"))
-            part = ""
-    return statements
+    return _statements(body)
 
 
 def digest(steps: list[Migration]) -> str:
