@@ -323,7 +323,8 @@ class Daemon:
         await enter("the agents' stop", part.running(sup, conf, opened, hub, environment,
                                                      lambda: self._graceful),
                     lambda: part.stop_bound(sup))
-        await enter("the cluster tasks' hand-back", part.handing_back(node))
+        if node is not None:
+            await enter("the cluster tasks' hand-back", part.closed(node.hand_back))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter("the workflows",
                                 part.workflows(conf, parts, store, hub, traces, node))

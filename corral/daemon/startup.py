@@ -512,15 +512,6 @@ def stop_bound(sup: Supervisor) -> float:
     return steps * (2 * longest + KILL_GRACE) + TEARDOWN_STEP
 
 
-@contextlib.asynccontextmanager
-async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        if node is not None:
-            await node.hand_back()
-
-
 def holders(cfg: Config, runtime: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The tenant each agent's name is held by as the daemon starts (the file wins)."""
     held = {name: tenant_of(table) for name, table in runtime.items()}
