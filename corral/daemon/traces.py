@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -103,15 +104,7 @@ class ExporterLine(msgspec.Struct, frozen=True):
 
 
 _SAID = msgspec.json.Decoder(ExporterLine)
-
-
-class Counts:
-    """What one exporter process said of itself (its last `done` line)."""
-
-    __slots__ = ("done", "dropped", "exported", "failures")
-
-    def __init__(self) -> None:
-        self.done = self.exported = self.dropped = self.failures = 0
+COUNTED = ("done", "dropped", "exported", "failures")  # the counts of its `done` lines
 
 
 class Traces:
@@ -135,8 +128,8 @@ class Traces:
         self.pipe_dropped = 0  # spans of the batches the exporter did not read in time
         self.lost = 0  # spans sent to an exporter that died before it was done with them
         self.last_error: str | None = None
-        self._ended = Counts()  # the processes that ended, added up
-        self._live = Counts()
+        self._ended: Counter[str] = Counter()  # the processes that ended, added up
+        self._live: Counter[str] = Counter()  # the live one's, as its last `done` line said
         self._sent = 0  # spans written to the live process (its `done` counts them too)
         self._encoder = msgspec.msgpack.Encoder()
         self._flushes: dict[int, asyncio.Future[None]] = {}
@@ -154,16 +147,16 @@ class Traces:
     # -- counts -----------------------------------------------------------------------------
     @property
     def exported(self) -> int:
-        return self._ended.exported + self._live.exported
+        return self._ended["exported"] + self._live["exported"]
 
     @property
     def export_failures(self) -> int:
-        return self._ended.failures + self._live.failures
+        return self._ended["failures"] + self._live["failures"]
 
     @property
     def dropped(self) -> int:
-        return (self.tracer.dropped + self.pipe_dropped + self.lost + self._ended.dropped
-                + self._live.dropped)
+        return (self.tracer.dropped + self.pipe_dropped + self.lost + self._ended["dropped"]
+                + self._live["dropped"])
 
     def stats(self) -> dict[str, Any]:
         return {"endpoint": self.settings.endpoint, "recorded": self.tracer.recorded,
@@ -222,11 +215,10 @@ class Traces:
         self.spared.discard(proc.pid)
         self.proc = None
         self.ready.clear()
-        live, self._live = self._live, Counts()
-        lost = max(0, self._sent - live.done)
+        live, self._live = self._live, Counter()
+        lost = max(0, self._sent - live["done"])
         self._sent = 0
-        for name in Counts.__slots__:
-            setattr(self._ended, name, getattr(self._ended, name) + getattr(live, name))
+        self._ended += live
         self.lost += lost
         for fut in self._flushes.values():
             if not fut.done():
@@ -263,8 +255,8 @@ class Traces:
                 fut.set_result(None)
         elif said.done is not None:
             live = self._live  # counts since it started: each at least what it said last
-            for name in Counts.__slots__:
-                setattr(live, name, max(getattr(live, name), getattr(said, name)))
+            for name in COUNTED:
+                live[name] = max(live[name], getattr(said, name))
             if said.error:
                 self.last_error = said.error
 
