@@ -78,7 +78,6 @@ class OutputsDB:
             path, writer, self._write, _WORDS, size=_size, on_error=on_error)
         self.tails: dict[str, _OutputTail] = {}
         self.unfinished: dict[str, tuple[Position, int]] = {}  # load's
-        self.rows = 0
         self._gathered: list[OutputChunk] = []  # for the next batch (FLUSH_EVERY)
         self._gathered_bytes = 0
         self._flush_at: asyncio.TimerHandle | None = None
@@ -146,7 +145,6 @@ class OutputsDB:
         db.executemany("INSERT OR REPLACE INTO task_output (task_id, attempt, n, data, "
                        "truncated) VALUES (?, ?, ?, ?, ?)", chunks)
         db.execute("COMMIT")
-        self.rows += len(chunks)
 
     # -- reads (in a thread) --------------------------------------------------------------
     def _read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:

@@ -71,7 +71,6 @@ class StepsDB:
         self._store: JournalStore[_Op] = JournalStore(path, writer, self._write, words,
                                                       size=_size, on_error=on_error)
         self.rows = 0  # steps written
-        self.bytes = 0  # result bytes stored (each unique result once)
         self._log = StepLog(log_dir(path)) if sync == "normal" else None
         self._logged: list[Step] = []  # in the log, not yet handed to the GroupCommit
         self._flush_at: asyncio.TimerHandle | None = None
@@ -186,9 +185,8 @@ class StepsDB:
 
     def _keep(self, db: sqlite3.Connection, h: bytes, body: bytes) -> None:
         if len(body) <= REF_ABOVE:
-            if db.execute("INSERT OR IGNORE INTO step_results (hash, size, body) VALUES "
-                          "(?, ?, ?)", (h, len(body), body)).rowcount:
-                self.bytes += len(body)
+            db.execute("INSERT OR IGNORE INTO step_results (hash, size, body) VALUES "
+                       "(?, ?, ?)", (h, len(body), body))
             return
         if db.execute("SELECT 1 FROM step_results WHERE hash = ?", (h,)).fetchone():
             return
@@ -202,7 +200,6 @@ class StepsDB:
         os.replace(tmp, self.dir / ref)
         db.execute("INSERT INTO step_results (hash, size, ref) VALUES (?, ?, ?)",
                    (h, len(body), ref))
-        self.bytes += len(body)
 
     # -- reads (in a thread) --------------------------------------------------------------
     def _history(self, task_id: str) -> list[Step]:

@@ -466,7 +466,6 @@ class StoreWriter:
         self.dropped: dict[str, int] = {}  # by kind, since the outage began
         self.lost = 0  # writes dropped since the writer opened (`corral stats`)
         self.batches = 0  # transactions committed
-        self.writes = 0
 
     def submit(self, write: Write, kind: str = "write",
                then: Callable[[], None] | None = None, key: Hashable | None = None,
@@ -527,7 +526,6 @@ class StoreWriter:
         if error is None:
             wrong, self._wrong = self._wrong, []
             self.batches += 1
-            self.writes += len(batch) - len(wrong)
             for text in wrong:
                 self._call("telling of a dropped write", self.on_error,
                            f"state database {self.thread.path}: {text}")
