@@ -135,10 +135,7 @@ class TenantRegistry:
                 self.report(f"skipped tenant {name}: {exc}", priority=4)
         self.tables = {n: tables[n] for n in specs}
         self.quotas.replace(specs)
-        self.on_groups(self.groups())
-
-    def groups(self) -> dict[int, str]:
-        return groups_of(self.quotas.specs, self.report)
+        self.on_groups(groups_of(self.quotas.specs, self.report))
 
     # -- commands -----------------------------------------------------------------------
     async def add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
