@@ -224,7 +224,7 @@ class HttpGateway:
     async def _end_sessions(self, app: web.Application) -> None:
         if self._abandoning:
             return
-        for sid in self.sessions:
+        for sid in list(self.sessions):
             self._end(sid)
 
     async def start(self) -> None:
@@ -316,7 +316,7 @@ class HttpGateway:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        for sid in self.sessions:
+        for sid in list(self.sessions):
             self._end(sid)
         if self._runner is not None:
             await self._runner.cleanup()
@@ -330,7 +330,7 @@ class HttpGateway:
         return {"listen": self.settings.listen, "url": self.url,
                 "socket": self.socket_path, "mounted": self.mounted or None,
                 "sessions": len(self.sessions),
-                "busy": sum(s.busy for _, s in self.sessions.items()),
+                "busy": sum(s.busy for s in self.sessions.values()),
                 "evicted": self.sessions.evictions}
 
     async def _reap(self) -> None:
@@ -343,7 +343,7 @@ class HttpGateway:
                 self._end(sid)
 
     def _end(self, sid: str) -> None:
-        sess = self.sessions.pop(sid)
+        sess = self.sessions.pop(sid, None)
         if sess is not None:
             if sess.watching is not None:
                 self.service.unwatch(sess.watching)
@@ -516,7 +516,7 @@ class HttpGateway:
             self._end(old)
         sid = secrets.token_urlsafe(24)
         sess = HttpSession(sid, ident, PoolBackend(self.service, ident))
-        self.sessions.add(sid, sess)
+        self.sessions[sid] = sess
         sess.watching = self.service.watch(lambda e: sess.mcp.notify_changed(e.kinds))
         return sess
 

@@ -7,8 +7,7 @@ request, for the newest EVICTED_KEPT.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ...text import plural
 
@@ -36,29 +35,11 @@ class SessionsFull(Exception):
 S = TypeVar("S", bound=SessionEntry)
 
 
-class SessionTable(Generic[S]):
+class SessionTable(dict[str, S]):
     def __init__(self) -> None:
-        self._by_id: dict[str, S] = {}
+        super().__init__()
         self._evicted: OrderedDict[str, str] = OrderedDict()  # id -> why
         self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._by_id))
-
-    def get(self, sid: str) -> S | None:
-        return self._by_id.get(sid)
-
-    def items(self) -> list[tuple[str, S]]:
-        return list(self._by_id.items())
-
-    def add(self, sid: str, sess: S) -> None:
-        self._by_id[sid] = sess
-
-    def pop(self, sid: str) -> S | None:
-        return self._by_id.pop(sid, None)
 
     def why_gone(self, sid: str) -> str | None:
         return self._evicted.get(sid)
@@ -70,12 +51,12 @@ class SessionTable(Generic[S]):
         reached makes room under every wider one."""
         scopes: list[tuple[str, str, int, list[tuple[str, S]]]] = [
             (f"gateway client {ident.name}", "max_sessions_per_client", ident.max_sessions,
-             [(sid, s) for sid, s in self._by_id.items() if s.ident.name == ident.name])]
+             [(sid, s) for sid, s in self.items() if s.ident.name == ident.name])]
         if ident.tenant is not None and tenant_most:
             scopes.append((f"tenant {ident.tenant}", "max_gateway_sessions", tenant_most,
-                           [(sid, s) for sid, s in self._by_id.items()
+                           [(sid, s) for sid, s in self.items()
                             if s.ident.tenant == ident.tenant]))
-        scopes.append(("the gateway", "max_sessions", most, list(self._by_id.items())))
+        scopes.append(("the gateway", "max_sessions", most, list(self.items())))
         for who, key, bound, held in scopes:
             if len(held) >= bound:
                 return self._evict(held, who, key, bound)
