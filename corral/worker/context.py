@@ -227,12 +227,7 @@ class Context(Spawning):
             params["schema"] = schema
         if timeout is not None:
             params["timeout"] = timeout
-        if self._async:
-            return self._answer_async(params)
-        return self._worker.request("task/ask", params)["answer"]
-
-    async def _answer_async(self, params: dict[str, Any]) -> Any:
-        return (await self._worker.request_async("task/ask", params))["answer"]
+        return self._call_for("task/ask", params, "answer")
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """`fn()`'s result, journaled under `name` (unique within the task): a retried

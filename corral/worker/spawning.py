@@ -34,6 +34,13 @@ class Spawning:
     def _call(self, method: str, params: Any) -> Any:  # pragma: no cover - Context's
         raise NotImplementedError
 
+    def _call_for(self, method: str, params: Any, key: str) -> Any:
+        """The `key` of `_call`'s answer; awaitable where the answer is."""
+        got = self._call(method, params)
+        if hasattr(got, "__await__"):
+            return _member(got, key)
+        return got[key]
+
     def _spawn_params(self, agent: str, task_input: Any, key: str | None,
                       timeout: float | None, retries: int | None) -> dict[str, Any]:
         self._spawned += 1
@@ -51,19 +58,14 @@ class Spawning:
         """Start a task of `agent` (one this agent's `spawns` lists): its id. Journaled
         before it is answered, under `key` (default: this spawn's place among the task's
         spawns), so a retried attempt gets the same child back."""
-        params = self._spawn_params(agent, task_input, key, timeout, retries)
-        got = self._call("task/spawn", params)
-        if hasattr(got, "__await__"):
-            return _child_of(got)
-        return got["child"]
+        return self._call_for("task/spawn", self._spawn_params(
+            agent, task_input, key, timeout, retries), "child")
 
     def wait(self, children: Iterable[str]) -> Any:
         """The outcomes of these children once all have ended, in their order: each
         {"task_id", "status", "output"[, "error"]}."""
-        got = self._call("task/wait", {"task_id": self.task_id, "children": list(children)})
-        if hasattr(got, "__await__"):
-            return _results_of(got)
-        return got["results"]
+        return self._call_for("task/wait", {"task_id": self.task_id,
+                                            "children": list(children)}, "results")
 
     def map(self, agent: str, inputs: Iterable[Any], *, timeout: float | None = None,
             retries: int | None = None) -> Any:
@@ -83,12 +85,8 @@ class Spawning:
         return _outputs(await self.wait([g["child"] for g in got]))
 
 
-async def _child_of(fut: Any) -> str:
-    return (await fut)["child"]  # type: ignore[no-any-return]
-
-
-async def _results_of(fut: Any) -> list[dict[str, Any]]:
-    return (await fut)["results"]  # type: ignore[no-any-return]
+async def _member(fut: Any, key: str) -> Any:
+    return (await fut)[key]
 
 
 def _outputs(results: list[dict[str, Any]]) -> list[Any]:
