@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -36,9 +37,9 @@ from ...supervisor.stream import Subscription
 from ..addresses import loopback
 from ..attribution import mark_of
 from ..mcptasks import AGENTS_VIEW
-from ..models import lean
+from ..models.lean import LeanConnection
 from .mcpsessions import SessionsFull, SessionTable
-from .server import held_across_upgrade
+from .server import HttpConnection, HttpRunner, Refusals, held_across_upgrade
 
 if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
@@ -197,6 +198,7 @@ class HttpGateway:
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._abandoning = False  # a site that failed to start is being cleaned up
+        self.refused = Refusals({})  # the heads its own site's connections refused
 
     # -- start and stop -------------------------------------------------------------------
     def mount(self, app: web.Application) -> None:
@@ -246,8 +248,10 @@ class HttpGateway:
         self.mount(app)
         # a client that goes away cancels its handler, and so its call upstream; the
         # model calls of the common shape are served lean (models/lean.py)
-        self._runner = lean.runner(app, self.models, handle_signals=False, access_log=None,
-                                   handler_cancellation=True, shutdown_timeout=2.0)
+        self._runner = HttpRunner(app, self.refused, HttpConnection if self.models is None
+                                  else partial(LeanConnection, models=self.models),
+                                  handle_signals=False, access_log=None,
+                                  handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
         try:
             await self._serve(kind, where, port, tls)
@@ -331,7 +335,8 @@ class HttpGateway:
                 "socket": self.socket_path, "mounted": self.mounted or None,
                 "sessions": len(self.sessions),
                 "busy": sum(s.busy for s in self.sessions.values()),
-                "evicted": self.sessions.evictions}
+                "evicted": self.sessions.evictions,
+                "refused": {code: n for (_, code), n in self.refused.counts.items()}}
 
     async def _reap(self) -> None:
         idle = self.settings.session_idle_timeout

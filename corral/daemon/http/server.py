@@ -69,6 +69,7 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
 
 log = logging.getLogger("corral.http")
 REFUSED_EVERY = 10.0  # seconds between two log lines about refused requests, at least
+MAX_FIELD, MAX_HEADERS = 8190, 128  # a request head past these is refused (a 400)
 
 
 class Refusals:
@@ -96,7 +97,7 @@ class Refusals:
         self.untold = 0
 
 
-class _Connection(RequestHandler):
+class HttpConnection(RequestHandler):
     """aiohttp's connection, reading nothing more once a request's head was refused.
 
     aiohttp feeds what follows a malformed head to its failed parser, each chunk one more
@@ -137,21 +138,28 @@ class _Connection(RequestHandler):
 
 class _Server(web.Server):
     refusals: Refusals
+    connection: Callable[..., HttpConnection]
 
     def __call__(self) -> RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        return self.connection(self, loop=self._loop, **self._kwargs)
 
 
-class _Runner(web.AppRunner):
-    def __init__(self, app: web.Application, refusals: Refusals, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.refusals = refusals
+class HttpRunner(web.AppRunner):
+    """aiohttp's runner, its connections made by `connection`: an HttpConnection's kind
+    (the gateway's site's, with a model gateway, serve its calls lean: models/lean.py)."""
+
+    def __init__(self, app: web.Application, refusals: Refusals,
+                 connection: Callable[..., HttpConnection] = HttpConnection, **kwargs: Any
+                 ) -> None:
+        super().__init__(app, max_line_size=MAX_FIELD, max_field_size=MAX_FIELD,
+                         max_headers=MAX_HEADERS, **kwargs)
+        self.refusals, self.connection = refusals, connection
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.__class__ = _Server  # the application's own server, making _Connections
+        server.__class__ = _Server  # the application's own server, making Connections
         assert isinstance(server, _Server)
-        server.refusals = self.refusals
+        server.refusals, server.connection = self.refusals, self.connection
         return server
 
 
@@ -231,10 +239,9 @@ class HttpServer:
         # the keep-alive timer runs from a connection's start: one that has not sent a
         # whole request within idle_timeout is closed. A client that goes away cancels
         # its handler, so a stream's slot is free when the connection closes
-        self.runner = _Runner(self.app, Refusals(self.ctx.requests), access_log=None,
-                              handler_cancellation=True,
-                              keepalive_timeout=self.ctx.settings.idle_timeout,
-                              max_line_size=8190, max_field_size=8190, max_headers=128)
+        self.runner = HttpRunner(self.app, Refusals(self.ctx.requests), access_log=None,
+                                 handler_cancellation=True,
+                                 keepalive_timeout=self.ctx.settings.idle_timeout)
         await self.runner.setup()
         site: Any
         # the socket of the image before `corral upgrade`, if it served this address

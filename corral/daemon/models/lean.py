@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
+from ..http.server import MAX_FIELD, MAX_HEADERS, HttpConnection
 from .answers import Exchange
 from .wire import ENDPOINTS, Endpoint
 
@@ -24,47 +24,20 @@ if TYPE_CHECKING:
     from .gateway import ModelGateway
 
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
-MAX_FIELD, MAX_HEADERS = 8190, 128  # a head past these is aiohttp's, to refuse
 _PATHS = {e.path.encode(): e for e in ENDPOINTS}
 log = logging.getLogger("corral.gateway.http")
 
 
-def runner(app: web.Application, models: ModelGateway | None, **kwargs: Any
-           ) -> web.AppRunner:
-    """aiohttp's runner of `app`, whose connections serve `models`' calls lean."""
-    return _LeanRunner(app, models, **kwargs) if models is not None else \
-        web.AppRunner(app, **kwargs)
-
-
-class _LeanRunner(web.AppRunner):
-    def __init__(self, app: web.Application, models: ModelGateway, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.models = models
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _LeanServer  # the application's own server, making _LeanConnections
-        assert isinstance(server, _LeanServer)
-        server.models = self.models
-        return server
-
-
-class _LeanServer(web.Server):
-    models: ModelGateway
-
-    def __call__(self) -> RequestHandler:
-        return _LeanConnection(self, loop=self._loop, **self._kwargs)
-
-
-class _LeanConnection(RequestHandler):
-    """aiohttp's connection, its model calls of the common shape answered here, one at a
-    time (a request pipelined behind one waits in `_held` for its answer)."""
+class LeanConnection(HttpConnection):
+    """The hardened connection (http/server.py), its model calls of the common shape
+    answered here, one at a time (a request pipelined behind one waits in `_held` for its
+    answer); a head it does not take (past MAX_FIELD or MAX_HEADERS too) is aiohttp's."""
 
     __slots__ = ("_call", "_held", "_lean", "_models")
 
-    def __init__(self, manager: _LeanServer, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, models: ModelGateway, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._models = manager.models
+        self._models = models
         self._lean = True  # until a request of another shape: aiohttp's to the end
         self._held = b""
         self._call: asyncio.Task[None] | None = None

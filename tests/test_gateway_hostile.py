@@ -1,0 +1,170 @@
+"""Hostile HTTP clients against the gateway's own site (`[gateway] listen`), as
+tests/test_http_hostile.py's against the [http] site: oversized and malformed heads, a
+body refused and never finished. The site with the model gateway (its model calls of the
+common shape served lean: corral/daemon/models/lean.py) and without one (aiohttp's
+connections alone); both are the hardened connections of corral/daemon/http/server.py.
+A real daemon process; loopback only; every attack bounded in count and time."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .daemon_harness import free_port, hello, running_daemon
+from .test_daemon_cli import tmp
+from .test_http_adversary import HEADS, stderr_until
+from .test_http_hostile import Http, MiB, Probe, request, settled
+from .test_model_usage import CHAT
+
+__all__ = ["tmp"]
+
+
+@pytest.fixture(params=["lean", "plain"])
+def gateway(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Http]:
+    """A daemon whose gateway has a site of its own: with a model gateway ("lean"; its
+    provider never called, nothing listens there) or without one ("plain")."""
+    port = free_port()
+    fleet = hello("hello") + f'\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
+    if request.param == "lean":
+        (tmp / "provider.key").write_text("sk-provider-never-sent\n")
+        fleet += (f'\n[models.m]\nurl = "http://127.0.0.1:{free_port()}/v1"\n'
+                  f'format = "openai"\nkey_file = "{tmp}/provider.key"\n')
+    with running_daemon(tmp, fleet) as d:
+        yield Http(d, port)
+
+
+def answer_then_closed(s: socket.socket) -> bytes:
+    """What the server sends until it closes the connection, which it must within 10 s."""
+    s.settimeout(10)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:  # closed with the attack's bytes still unread: a reset
+        pass
+    return out
+
+
+def post_head(extra: str = "") -> bytes:
+    """A model call's head as lean.py takes it, up to `extra` (its last header's line)."""
+    return (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n"
+            f"Content-Type: application/json\r\n{extra}").encode()
+
+
+@pytest.mark.deadline(180)
+def test_oversized_heads_on_the_gateways_site_are_refused_closed_and_bounded(
+        gateway: Http) -> None:
+    """Each head is refused (400, 414 or 431) and its connection closed; 8 MiB of one
+    header line on each of 20 connections, in a GET or in a model call (lean.py's shape
+    until the line is too long, then aiohttp's), does not grow the daemon's RSS by 48 MiB
+    (the [http] site's bound): what follows a refused head is not read. Fails with the
+    gateway's connections feeding it to aiohttp's failed parser (about 8 MiB pinned each)."""
+    rss0 = gateway.rss()
+    probe = Probe(gateway.d)
+    attacks = {
+        "a long line": request("t", "/mcp", "X-Big: " + "a" * 100_000 + "\r\n"),
+        "many headers": request("t", "/mcp", "".join(f"X-H{i}: v\r\n" for i in range(500))),
+        "a long path": f"GET /{'a' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        "an endless header": request("t", "/mcp")[:-2] + b"X-Endless: " + b"b" * (8 * MiB),
+        "an endless header in a model call": post_head("Content-Length: 2\r\n")
+        + b"X-Endless: " + b"b" * (8 * MiB),
+    }
+    for name, data in attacks.items():
+        socks = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(20)]
+        for s in socks:
+            with contextlib.suppress(OSError):  # refused and closed before all was sent
+                s.sendall(data)
+        for s in socks:
+            got = answer_then_closed(s)
+            s.close()
+            assert re.match(rb"HTTP/1\.[01] (400|414|431) ", got) or got == b"", \
+                (name, got[:200])
+    # an ordinary request still goes through
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(b"GET /.well-known/oauth-protected-resource HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: close\r\n\r\n")
+        assert answer_then_closed(s).startswith(b"HTTP/1.1 200")
+    settled(gateway, rss0, 48 * MiB, probe)
+
+
+def closed_at(s: socket.socket) -> float:
+    """When the server closed `s` (within 20 s)."""
+    s.settimeout(20)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic()
+
+
+@pytest.mark.deadline(120)
+def test_a_refused_body_on_the_gateways_site_does_not_hold_its_stop(gateway: Http) -> None:
+    """A model call (a wrong token; on the site without a model gateway, no such path)
+    with 16 MiB announced and 1 MiB sent is answered 4xx at once, and aiohttp reads what
+    comes after it for up to 10 s (its lingering read). At the stop that connection is
+    closed with an idle one, not the gateway's shutdown_timeout (2 s) later. Fails with
+    the gateway's connections waiting out their lingering read at the stop."""
+    d = gateway.d
+    assert d.proc is not None
+    idle = socket.create_connection(("127.0.0.1", gateway.port))
+    body = socket.create_connection(("127.0.0.1", gateway.port))
+    try:
+        body.sendall(post_head(f"Content-Length: {16 * MiB}\r\n\r\n") + b"{" * MiB)
+        body.settimeout(10)
+        head = body.recv(4096)
+        assert head.startswith((b"HTTP/1.1 401", b"HTTP/1.1 404")), head
+        body.setblocking(False)
+        with pytest.raises(BlockingIOError):  # still open: aiohttp reads on
+            body.recv(1)
+        d.proc.send_signal(signal.SIGTERM)
+        idle_closed = closed_at(idle)
+        gap = closed_at(body) - idle_closed
+        assert gap < 1.0, f"the refused body's connection was closed {gap:.1f} s after " \
+                          "the idle one"
+        assert d.stop() == 0
+    finally:
+        idle.close()
+        body.close()
+
+
+LEAN_HEADS = [
+    # a repeated Content-Length (a smuggling attempt): handed over by lean.py, refused
+    post_head("Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}"),
+    # past lean.py's bound on a head with no end yet: handed over, a line too long
+    post_head("X-Big: " + "a" * 20_000 + "\r\n\r\n"),
+]
+
+
+@pytest.mark.deadline(120)
+def test_refused_heads_on_the_gateways_site_are_one_counted_log_line(gateway: Http) -> None:
+    """50 heads aiohttp refuses (test_http_adversary's, and two that pass through lean.py
+    first) are told in one or two lines of the daemon's log at most (one every 10 s),
+    never a traceback, and each is counted in `gateway.status`'s `http.refused`."""
+    assert gateway.d.proc is not None and gateway.d.proc.stderr is not None
+    fd = gateway.d.proc.stderr.fileno()
+    gateway.token("before")  # (its audit line is the start marker)
+    stderr_until(fd, '"name":"before"')
+    heads = HEADS + LEAN_HEADS
+    for i in range(50):
+        head = heads[i % len(heads)]
+        with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+            s.sendall(head)
+            s.settimeout(10)
+            assert s.recv(4096).startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), head[:40]
+    gateway.token("after")
+    lines = stderr_until(fd, '"name":"after"')[:-1]
+    told = [ln for ln in lines if "refused a request" in ln]
+    assert 1 <= len(told) <= 2, lines
+    assert re.fullmatch(r"corral: WARNING corral\.http: refused a request from 127\.0\.0\.1: "
+                        r"4\d\d, .+", told[0]), told[0]
+    assert all(ln.startswith("corral: ") for ln in lines), lines
+    refused = gateway.d.ask("gateway.status")["http"]["refused"]
+    assert sum(refused.values()) == 50, refused
