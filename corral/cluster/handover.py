@@ -120,7 +120,7 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
     cancels it at once: the cluster runs it elsewhere."""
     t = ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
                     c.created, token=c.token, base=c.base, entry=c.entry, stream=c.stream,
-                    consumer=c.consumer, home=node.puller.home)
+                    consumer=c.consumer, home=node.home)
     t.started, t.attempts, t.tool_calls = c.started, tuple(c.attempts), c.tool_calls
     t.usage, t.checkpoint = c.usage, c.checkpoint
     t.session, t.session_state = c.session, c.session_state

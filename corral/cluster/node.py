@@ -45,6 +45,7 @@ from .connection import WAITS, connect, place, said, unavailable, why
 from .declared import Declarations
 from .due import DueClock
 from .events import EventRelay
+from .home import ClusterHome
 from .keys import Keys
 from .membership import Membership, NodeFence, NodeView
 from .outbox import Outbox
@@ -95,10 +96,12 @@ class ClusterNode:
                                lambda task_id: self.desk.info(task_id))
         self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings,
                                 tasks.inbox.waits, asks_bounds)
+        self.home = ClusterHome(self.steps, sessions, spawns, self.asks, tasks.outputs.memory,
+                                self._requeue)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
-                             ClaimParts(self.steps, sessions, spawns, self.outbox_watch,
-                                        self._serving_nodes, self.asks, self._requeue),
+                             ClaimParts(self.steps, self.home, self.outbox_watch,
+                                        self._serving_nodes),
                              self.waits)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)

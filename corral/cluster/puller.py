@@ -15,13 +15,10 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from ..supervisor.tasks import Task, TaskManager
+from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
-from .clusterasks import ClusterAsks
-from .clustersessions import ClusterSessions
-from .clusterspawns import ClusterSpawns
 from .connection import why
 from .home import ClusterHome
 from .keys import GROUP, Keys, route
@@ -32,17 +29,13 @@ from .steps import ClusterSteps
 
 
 class ClaimParts(NamedTuple):
-    """What each claim is given: where the node keeps a claimed task's steps, turns,
-    spawns and asks, how its progress is watched, and how many live nodes share an
-    agent's burst."""
+    """What each claim is given: its home, where its last checkpoint is read, how its
+    progress is watched, and how many live nodes share an agent's burst."""
 
     steps: ClusterSteps
-    turns: ClusterSessions
-    spawns: ClusterSpawns
+    home: ClusterHome
     watch: Callable[[ClusterTask], None]
     serving: Callable[[AgentLike], int]
-    asks: ClusterAsks
-    requeue: Callable[[Task, float | None], None]  # a retry to Redis (ClusterHome)
 
 
 class Puller:
@@ -65,8 +58,6 @@ class Puller:
         self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
-        self.home = ClusterHome(claims.steps, claims.turns, claims.spawns, claims.asks,
-                                tasks.outputs.memory, claims.requeue)
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
@@ -198,7 +189,7 @@ class Puller:
         task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                            float(timeout), int(retries), float(created), token=int(token),
                            base=int(base), entry=entry.decode(), stream=stream,
-                           consumer=consumer, home=self.home)
+                           consumer=consumer, home=self.claims.home)
         task.options = records.options_in(claim[13] if len(claim) > 13 else None)
         if checkpoint:
             self.claims.steps.resume(task, checkpoint)
