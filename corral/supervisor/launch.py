@@ -54,7 +54,6 @@ class Life(ReplicaParts):
         self._living = False
         self._lives = 0  # lives begun: an error's clean-up ends its own life, no later one
         self._life: asyncio.Task[None] | None = None  # the spawn or the reap under way
-        self._init = None  # the handshake under way
         self._over: asyncio.Future[None] | None = None  # made for those who wait: stopped()
 
     def _begin_life(self) -> None:

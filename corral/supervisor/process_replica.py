@@ -18,13 +18,12 @@ from .containment import populated, set_frozen, wait_frozen
 from .executor import Executor
 from .launch import MAX_IN_FLIGHT as MAX_IN_FLIGHT
 from .launch import Life
-from .lifecycle import Cause, Machine, State
+from .lifecycle import Cause, State
 from .monitor import Monitor
 from .process import ChildProcess
-from .replicaparts import PartsHost, Sample
+from .replicaparts import PartsHost
 from .replicaparts import ReplicaStatus as ReplicaStatus
 from .replicaparts import Transition as Transition
-from .restart import RestartPolicy, StartWindow
 
 # how long a pause waits for the kernel to say a replica's cgroup is frozen (one in
 # uninterruptible sleep is frozen when its system call returns)
@@ -77,33 +76,10 @@ class ProcessReplica(Life, Monitor):
     handshake = "the handshake"
     handshake_failed = "handshake failed"
     host: ReplicaHost
-    spec: ProcessSpec
 
     def __init__(self, host: ReplicaHost, spec: ProcessSpec, name: str, index: int) -> None:
-        self.host = host
-        self.spec = spec
-        self.run = None  # who the process started last runs as, its limits
-        self.name = name
-        self.index = index
-        self.machine = Machine(RestartPolicy(
-            spec.restart,
-            max_restarts=spec.max_restarts,
-            window=spec.restart_window,
-            backoff_initial=spec.backoff_initial,
-            backoff_max=spec.backoff_max,
-            stable_after=spec.stable_after,
-            start=StartWindow(spec.start_secs, spec.start_retries),
-        ))
+        super().__init__(host, spec, name, index)
         self.executor = Executor(self, self.machine)
-        self.last_exit = None
-        self.exited_clean = False
-        self.process = None
-        self.peer = None
-        self.pid = None
-        self.spawned_at = None
-        self.ready_at = None
-        self.sample = Sample()
-        self.tasks_running = 0
         # its calls held for a person's decision now (an approval, a question: its tasks'
         # and its own): a replica whose every task waits so is waiting, not busy
         self.waiting_for_person = 0

@@ -17,6 +17,7 @@ from .lifecycle import Cause, Machine, State
 from .listening import ListeningClock
 from .losses import Loss
 from .process import ChildProcess
+from .restart import RestartPolicy, StartWindow
 from .runas import RunAs
 from .stats import HeartbeatWork, Stats
 
@@ -40,8 +41,6 @@ class Sample(msgspec.Struct):
     rss_bytes: int = 0
     open_fds: int = 0
     cpu_seconds: float = 0.0
-
-
 
 
 class PartsHost(Protocol):
@@ -68,26 +67,36 @@ class PartsHost(Protocol):
 
 
 class ReplicaParts:
-    """The members of a process replica its parts share (process_replica.py makes them),
-    and the methods one part calls of another or of the replica."""
+    """The members of a process replica its parts share, made here, and the methods one
+    part calls of another or of the replica."""
 
     kind: str
-    name: str
-    index: int
-    host: PartsHost
-    spec: ProcessSpec
-    machine: Machine
-    run: RunAs | None
-    process: ChildProcess | None
-    peer: Peer | None
-    pid: int | None
-    spawned_at: float | None
-    ready_at: float | None
-    sample: Sample
-    tasks_running: int
-    last_exit: str | None
-    exited_clean: bool  # the last life ended in a clean exit
-    _init: asyncio.Task[None] | None
+
+    def __init__(self, host: PartsHost, spec: ProcessSpec, name: str, index: int) -> None:
+        self.host = host
+        self.spec = spec
+        self.name = name
+        self.index = index
+        self.machine = Machine(RestartPolicy(
+            spec.restart,
+            max_restarts=spec.max_restarts,
+            window=spec.restart_window,
+            backoff_initial=spec.backoff_initial,
+            backoff_max=spec.backoff_max,
+            stable_after=spec.stable_after,
+            start=StartWindow(spec.start_secs, spec.start_retries),
+        ))
+        self.run: RunAs | None = None  # who the process started last runs as, its limits
+        self.process: ChildProcess | None = None
+        self.peer: Peer | None = None
+        self.pid: int | None = None
+        self.spawned_at: float | None = None
+        self.ready_at: float | None = None
+        self.sample = Sample()
+        self.tasks_running = 0
+        self.last_exit: str | None = None
+        self.exited_clean = False  # the last life ended in a clean exit
+        self._init: asyncio.Task[None] | None = None  # the handshake under way
 
     @property
     def label(self) -> str:
