@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from .codec import given
 from .errors import TaskCancelled
 from .spawning import Spawning
 
@@ -98,12 +99,8 @@ class Context(Spawning):
 
     def progress(self, progress: float, total: float | None = None, message: str | None = None
                  ) -> None:
-        params: dict[str, Any] = {"task_id": self.task_id, "progress": progress}
-        if total is not None:
-            params["total"] = total
-        if message is not None:
-            params["message"] = message
-        self._worker.notify("task/progress", params)
+        self._worker.notify("task/progress", {"task_id": self.task_id, "progress": progress,
+                                              **given(total=total, message=message)})
 
     def emit(self, data: str) -> None:
         """A chunk of this task's live output (`task/output`): kept by corral for whoever
@@ -117,11 +114,9 @@ class Context(Spawning):
         """Tell corral what this task spent on a model (a `usage/report` notification):
         counted for the task, the agent and the model, against the agent's token and cost
         budgets. Call it after each model call; it does not wait."""
-        params: dict[str, Any] = {"task_id": self.task_id, "input_tokens": input_tokens,
-                                  "output_tokens": output_tokens, "cost_usd": cost_usd}
-        if model is not None:
-            params["model"] = model
-        self._worker.notify("usage/report", params)
+        self._worker.notify("usage/report", {
+            "task_id": self.task_id, "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "cost_usd": cost_usd, **given(model=model)})
 
     def _call(self, method: str, params: Any) -> Any:
         if self._async:
@@ -221,13 +216,10 @@ class Context(Spawning):
         the answer back without asking again. Declined, or past `timeout` seconds:
         RequestError (REFUSED, REQUEST_TIMEOUT). Awaitable in coroutine handlers."""
         self._asked += 1
-        params: dict[str, Any] = {"task_id": self.task_id, "prompt": prompt,
-                                  "key": key if key is not None else str(self._asked)}
-        if schema is not None:
-            params["schema"] = schema
-        if timeout is not None:
-            params["timeout"] = timeout
-        return self._call_for("task/ask", params, "answer")
+        return self._call_for("task/ask", {
+            "task_id": self.task_id, "prompt": prompt,
+            "key": key if key is not None else str(self._asked),
+            **given(schema=schema, timeout=timeout)}, "answer")
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """`fn()`'s result, journaled under `name` (unique within the task): a retried

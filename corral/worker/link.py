@@ -85,10 +85,8 @@ class SupervisorLink:
         self._send({"jsonrpc": "2.0", "id": rid, "result": result})
 
     def _error(self, rid: Any, code: int, message: str, data: Any = None) -> None:
-        err: dict[str, Any] = {"code": code, "message": message}
-        if data is not None:
-            err["data"] = data
-        self._send({"jsonrpc": "2.0", "id": rid, "error": err})
+        self._send({"jsonrpc": "2.0", "id": rid,
+                    "error": {"code": code, "message": message, **codec.given(data=data)}})
 
     def _new_request(self, method: str, params: Any,
                      callback: Callable[[bool, Any], None] | None = None) -> _Waiter:

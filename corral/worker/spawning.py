@@ -8,6 +8,8 @@ new ones (docs/workflows.md#spawn). Stdlib only, as the rest of the SDK.
 
 from __future__ import annotations
 
+from .codec import given
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -44,14 +46,9 @@ class Spawning:
     def _spawn_params(self, agent: str, task_input: Any, key: str | None,
                       timeout: float | None, retries: int | None) -> dict[str, Any]:
         self._spawned += 1
-        params: dict[str, Any] = {"task_id": self.task_id, "agent": agent,
-                                  "key": key if key is not None else str(self._spawned),
-                                  "input": task_input}
-        if timeout is not None:
-            params["timeout"] = timeout
-        if retries is not None:
-            params["retries"] = retries
-        return params
+        return {"task_id": self.task_id, "agent": agent,
+                "key": key if key is not None else str(self._spawned), "input": task_input,
+                **given(timeout=timeout, retries=retries)}
 
     def spawn(self, agent: str, task_input: Any = None, *, key: str | None = None,
               timeout: float | None = None, retries: int | None = None) -> Any:
