@@ -363,28 +363,23 @@ class Upgrades:
         host = self.host
         sup = host.sup
         woken = asyncio.Event()
-        ended_meanwhile = False
+        ends: list[object] = []  # of tasks and attempts, since the last look
 
         def wake(*_: object) -> None:
             woken.set()
 
-        def heard_end(*_: object) -> None:
-            nonlocal ended_meanwhile
-            ended_meanwhile = True
-
         stream = sup.parts.stream
         subs = [stream.subscribe(wake, Transition)]
         if held:  # (the running tasks' ends, which come as long as dispatch goes on)
-            subs += [stream.subscribe(heard_end, TaskFinished),
-                     stream.subscribe(heard_end, AttemptEnded)]
+            subs.append(stream.subscribe(ends.append, TaskFinished, AttemptEnded))
         try:
             while True:
-                ended_meanwhile = False
+                ends.clear()
                 await sup.parts.tasks.committed()
                 if host.store.writer is not None:
                     await host.store.writer.committed()
                 kept, waiting = self._describe(sup)
-                if not waiting and not ended_meanwhile:
+                if not waiting and not ends:
                     break
                 if not waiting:
                     continue  # (the ends' records are written at the next look's waits)
@@ -550,10 +545,8 @@ class Takeover:
         running = {t.task_id for h in self.handoff.processes for t in h.tasks}
         rest: list[Unfinished] = []
         for rec in unfinished:
-            if isinstance(rec, CompactTask):  # suspended: on no worker
-                rest.append(rec)
-                continue
-            if rec.task_id in running and rec.status == "running":
+            if (not isinstance(rec, CompactTask)  # (suspended: on no worker)
+                    and rec.task_id in running and rec.status == "running"):
                 self.held[rec.task_id] = rec
             else:
                 rest.append(rec)
@@ -573,11 +566,8 @@ class Takeover:
 
     def _back(self, task_id: str | None = None) -> None:
         """Task `task_id` is back in the engine (None: all, the adoptions over)."""
-        futs = [self._coming.pop(task_id, None)] if task_id is not None else \
-            list(self._coming.values())
-        if task_id is None:
-            self._coming.clear()
-        for fut in futs:
+        for tid in [task_id] if task_id is not None else list(self._coming):
+            fut = self._coming.pop(tid, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
