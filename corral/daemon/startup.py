@@ -155,14 +155,12 @@ async def closed(close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
 @contextlib.contextmanager
 def log_hub(conf: Conf) -> Iterator[LogHub]:
     sc = conf.cfg.supervisor
-    try:
+    with refused(LogDirError):
         hub = LogHub(conf.paths.log_dir,
                      rotation=Rotation(sc.log_max_bytes, sc.log_backups, sc.log_rotate_every,
                                        sc.log_compress),
                      tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
                      raw=sc.log_format == "raw", echo=StderrEcho(sc.log_level))
-    except LogDirError as exc:
-        raise StartupError(str(exc)) from None
     with contextlib.closing(hub):
         yield hub
 
@@ -302,9 +300,8 @@ async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
     # while the state database opens (its runtime tenants' come with it)
     control.set_tenant_groups(groups_of(conf.cfg.tenants, hub.daemon))
     try:
-        await control.start(taken.handoff.control if taken is not None else None)
-    except AlreadyRunning as exc:
-        raise StartupError(str(exc)) from None
+        with refused(AlreadyRunning):
+            await control.start(taken.handoff.control if taken is not None else None)
     except OSError as exc:
         path = conf.paths.socket
         raise StartupError(f"cannot listen on {path}: {unheard(exc, path)}") from None
