@@ -77,10 +77,13 @@ return 1
 
 
 def _array_of(struct: type[msgspec.Struct], fields: int) -> msgspec.json.Decoder[Any]:
-    """The first `fields` fields of `struct` as Redis holds them: a JSON array, in order."""
+    """The first `fields` fields of `struct` as Redis holds them: a JSON array, in order
+    (an array_like Struct: elements a newer node appended are skipped, as a mixed-version
+    cluster needs)."""
     hints = get_type_hints(struct)
-    return msgspec.json.Decoder(tuple[tuple(  # type: ignore[misc]
-        hints[f] for f in struct.__struct_fields__[:fields])])
+    return msgspec.json.Decoder(msgspec.defstruct(
+        struct.__name__, [(f, hints[f]) for f in struct.__struct_fields__[:fields]],
+        array_like=True))
 
 
 _entry = _array_of(CallRecord, -1)  # a call's record: all but its rows (a field each)
@@ -381,11 +384,12 @@ class ClusterCalls:
         raw, steps = await read_all(self.redis, fill)
         if raw is None:
             return None
-        record = CallRecord(*_entry.decode(self._verified(call_id, "record", raw, (call_id,))))
+        record = CallRecord(*astuple(_entry.decode(self._verified(call_id, "record", raw,
+                                                                  (call_id,)))))
         for f, value in steps.items():
             field = f.decode(errors="replace")
-            r = StepRow(*_row.decode(self._verified(call_id, f"step {field!r}", value,
-                                                    (call_id, field))))
+            row = _row.decode(self._verified(call_id, f"step {field!r}", value, (call_id, field)))
+            r = StepRow(*astuple(row))
             record.rows[(r.step, r.item)] = r
         return record
 
