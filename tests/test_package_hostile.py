@@ -525,7 +525,7 @@ def test_the_checked_reader_refuses_what_is_not_a_regular_file(tmp_path: Path) -
 ])
 def test_a_requirements_file_may_make_uv_read_only_the_package(
         tmp_path: Path, text: str, why: str) -> None:
-    from corral.daemon.packages.requirements import check_file, check_text
+    from corral.daemon.packages.requirements import check_file
 
     (tmp_path / "reqs").mkdir()
     (tmp_path / "reqs" / "r.txt").write_text(text.replace("base.txt", "base-link.txt"))
@@ -541,7 +541,7 @@ def test_a_requirements_file_may_make_uv_read_only_the_package(
         # what uv export makes of a uv.lock is held to the same
         if "base" not in text:
             with pytest.raises(checked.PathRefusal):
-                check_text(root, "reqs/r.txt", text)
+                check_file(root, "reqs/r.txt", text)
     finally:
         os.close(root)
 

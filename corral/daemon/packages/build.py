@@ -48,7 +48,7 @@ from .releases import (
     remove_tree,
     tree_size,
 )
-from .requirements import check_file, check_pylock, check_text
+from .requirements import check_file, check_pylock
 
 FORMAT = b"corral-release-1"  # this recipe: a new one names every release anew
 RELEASE_CHARS = 16  # hex characters of the hash in a release's name
@@ -399,21 +399,19 @@ class Builder:
         lock = manifest.lock
         if lock is not None:
             rel = lock.relative_to(manifest.directory).as_posix()
-            requirements = src / rel
+            exported: Path | None = None
             if manifest.lock_kind == "uv.lock":
                 exported = scratch / "requirements.txt"
                 await step([uv, "export", "--frozen", "--no-dev", "--no-emit-project",
                             "--format", "requirements-txt", "--no-header", "--quiet",
-                            "--project", str(requirements.parent), "-o", str(exported)],
+                            "--project", str((src / rel).parent), "-o", str(exported)],
                            f"reading {lock.name}")
-                requirements = exported
             await checked.in_thread(lambda _: _check_lock(
-                src, rel, manifest.lock_kind, exported if requirements != src / rel
-                else None, manifest.directory))
+                src, rel, manifest.lock_kind, exported, manifest.directory))
             say(f"installing {lock.name} with uv")
             await step([uv, "pip", "install", "--python", python, "--link-mode",
                         settings.link_mode,
-                        "--compile-bytecode", "--quiet", "-r", str(requirements)],
+                        "--compile-bytecode", "--quiet", "-r", str(exported or src / rel)],
                        f"installing {lock.name}", watch=final)
         await step([python, "-I", "-m", "compileall", "-q", str(src)], "compiling the source")
         size = await asyncio.to_thread(tree_size, final)
@@ -509,12 +507,10 @@ def _check_lock(src: Path, rel: str, kind: str | None, exported: Path | None,
     files (requirements.py). On the release's copy, before uv sees it."""
     root = checked.open_root(str(src))
     try:
-        if exported is not None:  # uv export's, from the package's uv.lock
-            check_text(root, rel, exported.read_text())
-        elif kind == "pylock":
+        if kind == "pylock":
             check_pylock(root, rel)
-        else:
-            check_file(root, rel)
+        else:  # the requirements file, or uv export's text of the package's uv.lock
+            check_file(root, rel, exported.read_text() if exported is not None else None)
     except checked.PathRefusal as exc:
         raise BuildError(f"{shown / exc.rel}: {exc.reason}") from None
     finally:

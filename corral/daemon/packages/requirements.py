@@ -23,15 +23,11 @@ FLAGS = ("--no-index", "--pre", "--prefer-binary", "--only-binary", "--no-binary
 PER_LINE = ("--hash",)  # what may follow a requirement on its line
 
 
-def check_file(root: int, rel: str) -> None:
-    """A requirements file of the package (`rel`, inside `root`) and what it includes.
-    checked.PathRefusal when uv would read something outside the package."""
-    _check(root, rel, _read(root, rel), [0])
-
-
-def check_text(root: int, rel: str, text: str) -> None:
-    """`rel`: where the relative paths of uv export's text are from."""
-    _check(root, rel, text, [0])
+def check_file(root: int, rel: str, text: str | None = None) -> None:
+    """A requirements file of the package (`rel`, inside `root`) and what it includes
+    (`text`: uv export's, its relative paths from `rel`). checked.PathRefusal when uv
+    would read something outside the package."""
+    _check(root, rel, _read(root, rel) if text is None else text, [0])
 
 
 def check_pylock(root: int, rel: str) -> None:
