@@ -356,12 +356,10 @@ class Packages:
                      for release, revs in self._by_release(
                          name, agent.spec.tenant if agent else DEFAULT_TENANT).items()}
         entries = [m.ReleaseEntry(
-            release=p.name, version=info.version if info else None,
-            built_at=info.built_at if info else None,
-            size_bytes=info.size_bytes if info else None,
-            python_version=info.python_version if info else None,
-            lock=info.lock if info else None, current=p.name == current,
-            revisions=revisions.get(p.name, [])) for p, info, ok in kept if ok]
+            release=p.name, current=p.name == current, revisions=revisions.get(p.name, []),
+            **{f: getattr(info, f, None) for f in  # (no release.json: None)
+               ("version", "built_at", "size_bytes", "python_version", "lock")})
+            for p, info, ok in kept if ok]
         keep = (agent.spec if agent is not None else AgentSpec(command="-")).keep_releases
         return m.ReleasesResult(name=name, current=current, keep_releases=keep,
                                 releases=entries)
