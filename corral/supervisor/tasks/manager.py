@@ -130,7 +130,7 @@ class TaskManager:
         self.inbox = Inbox(self.stream, clock=self.clock)
         # where the tasks it accepts are kept (nodehome.py)
         self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox)
-        self.suspensions = Suspensions(self, self.clock)
+        self.suspensions = Suspensions(self, self.clock, self.endings.again)
         self.questions = Questions(self, self.person.ask_person)  # task/ask
         self.elicitations = Elicitations(self, self.person.ask_person)
         self.replica_calls = ReplicaCalls(self.inbox, self.stream)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -39,12 +40,6 @@ REREAD = 1.0  # seconds: a record Redis did not answer for is read again after
 ATTEMPT_BYTES = 4096
 
 
-class Requeuing(Protocol):
-    """Where a task whose wait has ended goes (the engine's Endings)."""
-
-    def again(self, task: Task) -> None: ...
-
-
 class SuspendingEngine(Protocol):
     """What suspension needs of the TaskManager."""
 
@@ -57,9 +52,6 @@ class SuspendingEngine(Protocol):
 
     @property
     def journal(self) -> TaskJournal | None: ...
-
-    @property
-    def endings(self) -> Requeuing: ...
 
     def live(self, task_id: str) -> Task | None: ...
 
@@ -79,8 +71,11 @@ class _Wait:
 
 
 class Suspensions:
-    def __init__(self, engine: SuspendingEngine, clock: WaitClock) -> None:
+    def __init__(self, engine: SuspendingEngine, clock: WaitClock,
+                 again: Callable[[Task], None]) -> None:
+        """`again`: where a task whose wait has ended goes (the engine's Endings.again)."""
         self.engine = engine
+        self.again = again
         self.clock = clock
         self._held: dict[str, _Wait] = {}
         # the suspended tasks kept compact: their id -> their `seq` (Task's), no object of
@@ -263,7 +258,7 @@ class Suspensions:
             # its stopped attempt has yet to end: dispatch queues it then (as a timeout's retry)
             task.home.record(task)
         else:
-            self.engine.endings.again(task)
+            self.again(task)
         return True
 
     def settle(self, task: Task) -> None:
