@@ -11,31 +11,25 @@ from .app import Ctx, command, command_group, json_option
 from .render import table
 from .runtimedefs import read_tables
 
+# each use shown beside its quota: (TenantUse's field, the quota's key)
+BESIDE = (("agents", "max_agents"), ("replicas", "max_replicas"), ("queued", "max_queue"),
+          ("running", "max_concurrent_tasks"), ("tokens_last_minute", "tokens_per_minute"))
+
 
 @command_group(m.TenantsList)
 @json_option
 def tenants(obj: Ctx, as_json: bool) -> None:
     res: m.TenantList = obj.call_json(m.TenantsList(), as_json)
-    rows = []
-    for t in res.tenants:
-        q, u = t.quotas, t.use
-
-        def beside(used: float, key: str, q: dict[str, Any] = q) -> str:
-            quota = q.get(key)
-            return f"{used:g}/{quota:g}" if quota else f"{used:g}"
-
-        rows.append([t.name, beside(u.agents, "max_agents"),
-                     beside(u.replicas, "max_replicas"), beside(u.queued, "max_queue"),
-                     beside(u.running, "max_concurrent_tasks"),
-                     beside(u.tokens_last_minute, "tokens_per_minute"),
-                     ", ".join(f"{k}={v}" for k, v in q.items() if k not in _SHOWN_BESIDE)
-                     or "-"])
-    table(rows, ["TENANT", "AGENTS", "REPLICAS", "QUEUED", "RUNNING", "TOKENS/MIN",
-                 "OTHER"])
+    beside = {quota for _, quota in BESIDE}
+    table([[t.name, *(_beside(getattr(t.use, used), t.quotas.get(quota))
+                      for used, quota in BESIDE),
+            ", ".join(f"{k}={v}" for k, v in t.quotas.items() if k not in beside) or "-"]
+           for t in res.tenants],
+          ["TENANT", "AGENTS", "REPLICAS", "QUEUED", "RUNNING", "TOKENS/MIN", "OTHER"])
 
 
-_SHOWN_BESIDE = {"max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
-                 "tokens_per_minute"}
+def _beside(used: float, quota: float | None) -> str:
+    return f"{used:g}/{quota:g}" if quota else f"{used:g}"
 
 
 @command(m.TenantsAdd, more="\n\nFILE holds [tenants.NAME] tables.")
