@@ -132,19 +132,17 @@ def raise_own_open_files() -> int:
     return soft
 
 
+# each cap an exit may be explained by: its key, the Limits field, how a reason names it
+_NAMED = (("memory", "memory_mb", "memory limit (RLIMIT_AS {} MiB)"),
+          ("cpu", "cpu_seconds", "CPU time limit (RLIMIT_CPU {} s)"),
+          ("files", "open_files", "open files limit (RLIMIT_NOFILE {})"),
+          ("processes", "processes", "process limit (RLIMIT_NPROC {})"),
+          ("file_size", "file_size_mb", "file size limit (RLIMIT_FSIZE {} MiB)"))
+
+
 def describe(limits: Limits) -> dict[str, str]:
-    out = {}
-    if limits.memory_mb:
-        out["memory"] = f"memory limit (RLIMIT_AS {limits.memory_mb} MiB)"
-    if limits.cpu_seconds:
-        out["cpu"] = f"CPU time limit (RLIMIT_CPU {limits.cpu_seconds} s)"
-    if limits.open_files:
-        out["files"] = f"open files limit (RLIMIT_NOFILE {limits.open_files})"
-    if limits.processes:
-        out["processes"] = f"process limit (RLIMIT_NPROC {limits.processes})"
-    if limits.file_size_mb:
-        out["file_size"] = f"file size limit (RLIMIT_FSIZE {limits.file_size_mb} MiB)"
-    return out
+    return {cap: text.format(getattr(limits, field)) for cap, field, text in _NAMED
+            if getattr(limits, field)}
 
 
 def oom_reason(limits: Limits) -> str:

@@ -634,7 +634,8 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ConfigError(f"{where}: cluster.redis: {redact.url(self.redis)!r} is not a "
                               "redis://, rediss:// or unix:// URL")
         self._check_sentinels(where)
-        for key, value in (("name", self.name), ("node", self.node)):
+        for key, value in (("name", self.name), ("node", self.node),
+                           ("sentinel_master", self.sentinel_master)):
             if value is not None and CLUSTER_NAME.fullmatch(value) is None:
                 raise ConfigError(f"{where}: cluster.{key}: {value!r} is not 1-64 "
                                   "characters of letters, digits, '_', '-' and '.' starting "
@@ -668,10 +669,6 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.sentinel_master is None:
             raise ConfigError(f"{where}: cluster.sentinel_master: the name the Sentinels "
                               "monitor the cluster's Redis as is needed with sentinels")
-        if CLUSTER_NAME.fullmatch(self.sentinel_master) is None:
-            raise ConfigError(f"{where}: cluster.sentinel_master: {self.sentinel_master!r} "
-                              "is not 1-64 characters of letters, digits, '_', '-' and '.' "
-                              "starting with a letter or digit")
         if self.redis.startswith("unix://"):
             raise ConfigError(f"{where}: cluster.redis: a unix:// URL with sentinels (the "
                               "Sentinels name a primary by host and port): use redis:// "

@@ -174,8 +174,7 @@ class Executor:
         """SIGKILL to the group; if the process is not reaped within KILL_GRACE, it is
         given up on (_unreaped)."""
         proc.kill_group(signal.SIGKILL)
-        if self.escalate is not None:
-            self.escalate.cancel()
+        self.cancel_escalation()
         self.escalate = asyncio.get_running_loop().call_later(
             KILL_GRACE, self._unreaped, proc)
 

@@ -71,14 +71,9 @@ class Scope(msgspec.Struct):
 
 def resolve(ref: Ref, scope: Scope) -> Any:
     """The value `ref` names, or Missing."""
-    if ref.root == "input":
-        value = scope.input
-    elif ref.root == "item":
-        value = scope.item
-    elif ref.root == "index":
-        value = scope.index
+    if ref.step is None:  # $input, $item, $index: the scope's member of that name
+        value = getattr(scope, ref.root)
     else:
-        assert ref.step is not None
         if ref.step not in scope.outputs:
             raise Missing(f"{ref.text}: step {ref.step} has no output")
         value = scope.outputs[ref.step]
@@ -86,11 +81,9 @@ def resolve(ref: Ref, scope: Scope) -> Any:
         if isinstance(part, int):
             if not isinstance(value, list) or part >= len(value):
                 raise Missing(f"{ref.text}: no item [{part}]")
-            value = value[part]
-        else:
-            if not isinstance(value, dict) or part not in value:
-                raise Missing(f"{ref.text}: no key {part}")
-            value = value[part]
+        elif not isinstance(value, dict) or part not in value:
+            raise Missing(f"{ref.text}: no key {part}")
+        value = value[part]
     return value
 
 
