@@ -201,17 +201,13 @@ class McpClient:
         deadline). A 2026-07-28 result that asks for input is answered and the request
         sent again with the server's `requestState`, up to MAX_INPUT_ROUNDS times; one a
         `relay`'s caller can answer is returned unanswered (relay.py)."""
-        params = params or {}
-        if asker is not None and self.stateless and relay is None:
-            meta = dict(params.get("_meta") or {})
-            meta[META_CAPABILITIES] = {**self.client_capabilities(), **ASKER_CAPABILITIES}
-            params = {**params, "_meta": meta}
-        if relay is not None:
-            params = relay.params(params)
-            if self.stateless:
-                # the server is told what the caller can answer, beside corral's own
-                params["_meta"] = {**(params.get("_meta") or {}), META_CAPABILITIES: {
-                    **self.client_capabilities(), **relay.offered()}}
+        params = relay.params(params or {}) if relay is not None else params or {}
+        offered = relay.offered() if relay is not None else \
+            ASKER_CAPABILITIES if asker is not None else None
+        if offered is not None and self.stateless:
+            # the server is told what the caller can answer, beside corral's own
+            params = {**params, "_meta": {**(params.get("_meta") or {}), META_CAPABILITIES: {
+                **self.client_capabilities(), **offered}}}
         for _ in range(MAX_INPUT_ROUNDS + 1):
             result = await self._send(method, params, timeout)
             if not asks_input(result):
