@@ -130,6 +130,7 @@ class Supervisor:
         self.replica_ready = self.tasks.replica_ready
         self.replica_down = self.tasks.replica_down
         self.initial_state = self.states.initial
+        self.answers_read = self.tasks.dispatch.answers_read
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         self.elastic = Elastic(registry, self.tasks, self.stream, self.tenancy, self.tuning)
@@ -345,9 +346,6 @@ class Supervisor:
     def replica_exited(self, r: ProcessReplica, reason: str) -> None:
         self.stats.exits += 1
         self.stream.emit(ReplicaExit(r, reason))
-
-    def answers_read(self) -> None:
-        self.tasks.dispatch.answers_read()
 
     def environment(self, r: ProcessReplica) -> dict[str, str]:
         provide = self._environment
