@@ -19,7 +19,7 @@ from ...taskoptions import NO_FILTERS, NO_OPTIONS, TaskFilters, TaskOptions, adm
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import SessionCheckpointParams, UsageReportParams
-from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
+from ..config import DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
@@ -53,7 +53,7 @@ from .quotahooks import QuotaHooks
 from .recovery import Recovery, rebuilt
 from .replicacalls import ReplicaCalls
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .sessions import SessionBound, Sessions, session_bounds
+from .sessions import Sessions
 from .spawn import Spawns
 from .stepjournal import StepJournal
 from .suspension import Suspensions
@@ -92,9 +92,8 @@ class TaskManager:
         self.by_agent: dict[str, AgentTasks] = {}
         self.retired = RetiredCounts()  # removed agents' counts: totals never go backwards
         # the agents' queue behind the sessions' lines (one task of a session at a time)
-        self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
-                                 self._session_ttl, self._session_bounds,
-                                 self._session_owner, self.pump)
+        self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(), sup,
+                                 tenancy, self.pump)
         self.queue: Queue = self.sessions
         self.quotas = QuotaHooks(self)  # the tenants' quotas' admission check and gates
         self.budgets = Budgets(self._kept, self.quotas.reopen, self.queue.depth, _note_first,
@@ -136,18 +135,6 @@ class TaskManager:
         self.replica_calls = ReplicaCalls(self.inbox, self.stream)
         interceptors.bind(TaskPath(self.active, self.stream, self.person.ask_person,
                                    self.person.fail_task, self.replica_calls))
-
-    def _session_ttl(self, agent_name: str) -> float:
-        agent = self.sup.agents.get(agent_name)
-        # a session of no agent now (gone from the file across a restart) expires too
-        return agent.spec.session_ttl if agent is not None else DEFAULT_SESSION_TTL
-
-    def _session_owner(self, agent_name: str) -> str:
-        agent = self.sup.agents.get(agent_name)
-        return agent.spec.tenant if agent is not None else DEFAULT_TENANT
-
-    def _session_bounds(self, agent_name: str) -> list[SessionBound]:
-        return session_bounds(self.sup.agents.get(agent_name), self.tenancy)
 
     def _on_session_checkpoint(self, r: Replica, p: SessionCheckpointParams) -> Any:
         task = self.worker.running_on(r, "session/checkpoint", p.task_id)

@@ -21,7 +21,7 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import plural
-from ..config import DEFAULT_SESSION_TTL
+from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
@@ -30,7 +30,7 @@ from .sessionstates import HotStates, Key
 if TYPE_CHECKING:
     from ..quotas import Tenancy
     from ..replica import Replica
-    from .host import AgentLike
+    from .host import AgentLike, TaskHost
 
 # unique across restarts of the daemon too (a restored session keeps its own)
 _generations = itertools.count(time.time_ns())
@@ -186,17 +186,15 @@ class Session:
 class Sessions:
     """The engine's sessions, and the Queue in front of the agents' queue (`inner`)."""
 
-    def __init__(self, stream: Stream, inner: Queue, ttl_of: Callable[[str], float],
-                 bounds_of: Callable[[str], list[SessionBound]],
-                 tenant_of: Callable[[str], str], pump: Callable[[str], None]) -> None:
-        """`tenant_of`: the tenant of the agent of this name now (a new session's owner);
-        `pump`: the dispatcher's, told when a line moved (a task of it may start)."""
+    def __init__(self, stream: Stream, inner: Queue, host: TaskHost, tenancy: Tenancy | None,
+                 pump: Callable[[str], None]) -> None:
+        """`host`: its agents now, whose specs bound their sessions; `pump`: the
+        dispatcher's, told when a line moved (a task of it may start)."""
         self.inner = inner
         # the inner queue's own, no call in between: a line feeds that queue, not the take
         self.take: Callable[[str], Task | None] = inner.take
-        self._ttl_of = ttl_of
-        self._bounds_of = bounds_of
-        self._tenant_of = tenant_of
+        self._host = host
+        self._tenancy = tenancy
         self.table: dict[SessionKey, Session] = {}
         self._parked: dict[str, int] = {}  # tasks waiting in the lines, per agent
         # task id -> the life of the session it is a turn of, from its acceptance to its end
@@ -230,8 +228,10 @@ class Sessions:
         self.hot.spills = journal is not None
 
     def key_of(self, agent: str, name: str) -> SessionKey:
-        """Session `name` of the agent of this name now."""
-        return SessionKey(self._tenant_of(agent), agent, name)
+        """Session `name` of the agent of this name now (of no agent: the default tenant's)."""
+        known = self._host.agents.get(agent)
+        return SessionKey(known.spec.tenant if known is not None else DEFAULT_TENANT, agent,
+                          name)
 
     def _new(self, key: SessionKey, now: float) -> Session:
         s = self.table[key] = Session(key, now)
@@ -267,11 +267,12 @@ class Sessions:
 
     # -- the table ------------------------------------------------------------------------
     def _ttl(self, s: Session) -> float:
-        """The session's agent's session_ttl; one whose agent is now another tenant's
-        expires after the default one (its own agent is gone)."""
-        if self._tenant_of(s.agent) != s.tenant:
+        """The session's agent's session_ttl; one whose agent is now another tenant's, or
+        none (gone from the file across a restart), expires after the default one."""
+        agent = self._host.agents.get(s.agent)
+        if agent is None or agent.spec.tenant != s.tenant:
             return DEFAULT_SESSION_TTL
-        return self._ttl_of(s.agent)
+        return agent.spec.session_ttl
 
     def _expired(self, s: Session, now: float) -> bool:
         ttl = self._ttl(s)
@@ -418,7 +419,7 @@ class Sessions:
     # -- the bounds -----------------------------------------------------------------------
     def _over(self, key: SessionKey, more: int, size: int) -> str | None:
         """Why `more` sessions and `size` bytes of state more are past a bound, or None."""
-        for b in self._bounds_of(key.agent):
+        for b in session_bounds(self._host.agents.get(key.agent), self._tenancy):
             live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
             if more and b.max_sessions and live + more > b.max_sessions:
                 return sessions_full(b.who, live, b.max_sessions)
