@@ -98,14 +98,11 @@ class LocalLedger:
 Starter = Callable[[Schedule], Awaitable[str]]
 
 
-class _Live:
-    __slots__ = ("next_fire", "row", "sched", "timer")
-
-    def __init__(self, sched: Schedule, row: Row) -> None:
-        self.sched = sched
-        self.row = row
-        self.timer: asyncio.TimerHandle | None = None
-        self.next_fire: float | None = None
+class _Live(msgspec.Struct):
+    sched: Schedule
+    row: Row
+    timer: asyncio.TimerHandle | None = None
+    next_fire: float | None = None
 
 
 class ScheduleService:
