@@ -51,10 +51,6 @@ class Notifier:
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return self.sock is not None
-
     def send(self, **fields: str | int) -> None:
         """Queue one message and send what the socket takes now; the rest is retried."""
         if self.sock is None:
