@@ -166,8 +166,8 @@ def test_the_per_agent_lines_are_what_prometheus_client_makes_of_the_same_figure
         OUTCOMES,
         PER_AGENT,
         AgentFigures,
-        Headers,
         encode,
+        heads,
         render,
     )
 
@@ -182,10 +182,9 @@ def test_the_per_agent_lines_are_what_prometheus_client_makes_of_the_same_figure
                      'acme"\\x\n'),
     ]
     for accept in ("", "application/openmetrics-text; version=1.0.0; charset=utf-8"):
-        encoder, _ = choose_encoder(accept)
-        heads = Headers().of(encoder)
+        encoder, content_type = choose_encoder(accept)
         ours = [head + "".join(render(a)[i] for a in agents).encode()
-                for i, head in enumerate(heads)]
+                for i, head in enumerate(heads(content_type))]
         families = [f.empty() for f in PER_AGENT]
         replicas, restarts, cpu, rss, tasks, queued = families
         for a in agents:

@@ -8,6 +8,7 @@ figures). Labels are names, never a task, request or session id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import itertools
 import platform
@@ -412,18 +413,13 @@ def process_figures(encoder: Encoder) -> bytes:
 EOF = b"# EOF\n"
 
 
-class Headers:
-    """Each PER_AGENT family's HELP and TYPE lines as prometheus_client writes them for
-    an encoder (they differ between the formats), made once per encoder."""
-
-    def __init__(self) -> None:
-        self.made: dict[Encoder, list[bytes]] = {}
-
-    def of(self, encoder: Encoder) -> list[bytes]:
-        made = self.made.get(encoder)
-        if made is None:
-            made = self.made[encoder] = [encode(encoder, [f.empty()]) for f in PER_AGENT]
-        return made
+@functools.lru_cache(maxsize=8)
+def heads(content_type: str) -> list[bytes]:
+    """Each PER_AGENT family's HELP and TYPE lines as prometheus_client writes them in a
+    format (they differ between the formats), made once per format: by its content type
+    (a few: a client's Accept names a version), as OpenMetrics' encoder is a new partial
+    at each choose_encoder."""
+    return [encode(choose_encoder(content_type)[0], [f.empty()]) for f in PER_AGENT]
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -481,7 +477,6 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     subscription = services.stream.subscribe(restarts.on_event, Transition)
     requests = ctx.requests
     public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
-    headers = Headers()
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -524,7 +519,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                                jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
         return web.Response(body=await exposition(services, restarts, requests,
-                                                  headers.of(encoder), encoder),
+                                                  heads(content_type), encoder),
                             headers={"Content-Type": content_type})
 
     async def unsubscribe(app: web.Application) -> None:
