@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -37,7 +37,6 @@ from .interceptors import (
     Interceptors,
     TaskInterceptor,
     TaskPath,
-    ToolCall,
     ToolPorts,
     TraceStart,
 )
@@ -111,10 +110,9 @@ class TaskManager:
         self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
         self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
         self.person = PersonLoop(self)  # a running task's call asks a person, and waits
-        # (a task's call of an agent as a tool is its spawn: `self.spawns`, made below)
+        self.spawns = Spawns(self)  # task/spawn and task/wait, an agent called as a tool
         self.worker = WorkerMethods(sup, self.active, tools, interceptors, self.live,
-                                    self.person.asks_pending,
-                                    self._agent_tool)
+                                    self.person.asks_pending, self.spawns.as_tool)
         # each task's start and end as the interceptors hear them (tracing's), or None
         self.trace_begin = interceptors.notify(TaskInterceptor.intercept_task_start)
         self.trace_end = interceptors.notify(TaskInterceptor.intercept_task_end)
@@ -123,7 +121,6 @@ class TaskManager:
         on_request(sup.worker_methods, SessionCheckpointParams, self._on_session_checkpoint)
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
-        self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
         # what tasks ask of a person (inbox.py): its store is the daemon's database's
         self.clock = clock if clock is not None else WaitClock()
         self.inbox = Inbox(self.stream, clock=self.clock)
@@ -298,10 +295,6 @@ class TaskManager:
         if task is None:
             raise jsonrpc.not_found("task", task_id)
         return task
-
-    def _agent_tool(self, call: ToolCall) -> Awaitable[dict[str, Any]]:
-        """A task's call of an agent as a tool: its spawn (spawn.py)."""
-        return self.spawns.as_tool(call)
 
     def why_waiting(self, task: Task) -> str:
         """Why a queued task has not started: its time not come, or what holds its
