@@ -18,7 +18,6 @@ from corral.daemon.workflows.runstore import RunStore
 from corral.supervisor.durable import WHOLE
 from corral.supervisor.teams import TeamSpec
 from corral.supervisor.workflows import WorkflowSpec
-from corral.supervisor.workflows.definition import encode_spec
 
 BEFORE = 22  # the schema version before the calls' tables
 
@@ -33,12 +32,12 @@ def _old_database(path: Path, now: float) -> None:
     db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, created, "
                "ended, deadline, error, revision, agents, traceparent, tracestate, tenant) "
                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-               ("r-run", "w", encode_spec(wf), b'{"xs": [1, 2]}', "running", now, None,
+               ("r-run", "w", msgspec.json.encode(wf), b'{"xs": [1, 2]}', "running", now, None,
                 now + 60, None, 3, b'["a1"]', "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
                 "k=v", "acme"))
     db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, created, "
                "ended, error) VALUES (?,?,?,?,?,?,?,?)",
-               ("r-old", "w", encode_spec(wf), b"null", "failed", now - 9, now - 8,
+               ("r-old", "w", msgspec.json.encode(wf), b"null", "failed", now - 9, now - 8,
                 "step s: task t failed"))
     db.executemany("INSERT INTO run_steps VALUES (?,?,?,?,?,?,?,?,?)", [
         ("r-run", "s", WHOLE, "t-s", "succeeded", now, now, b'{"ok": 1}', None),

@@ -272,7 +272,6 @@ async def test_runs_and_revisions_kept_before_are_told_whose_by_the_next_daemon(
 
     from corral.daemon import storeschema
     from corral.supervisor.workflows import WorkflowSpec
-    from corral.supervisor.workflows.definition import encode_spec
 
     from .daemon_harness import hello
 
@@ -286,7 +285,7 @@ async def test_runs_and_revisions_kept_before_are_told_whose_by_the_next_daemon(
     spec = msgspec.convert(table, WorkflowSpec)
     db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, created, "
                "ended, revision, agents) VALUES ('r-old', 'w', ?, ?, 'succeeded', ?, ?, 1, "
-               "'[\"a1\"]')", (encode_spec(spec), b'"acme-secret"', time.time() - 5,
+               "'[\"a1\"]')", (msgspec.json.encode(spec), b'"acme-secret"', time.time() - 5,
                                time.time() - 4))
     db.execute("INSERT INTO definitions (kind, name, revision, time, who, tenant, change, "
                "spec) VALUES ('workflow', 'w', 1, ?, 'uid 0 pid 1', NULL, 'created', ?)",

@@ -17,7 +17,6 @@ import msgspec
 from ...supervisor.durable import CALL_ENDED, WHOLE, CallRecord, StepRow
 from ...supervisor.durable.store import DurableStore
 from ...supervisor.workflows import Workflow, WorkflowSpec, compile_workflow
-from ...supervisor.workflows.definition import decode_spec, encode_spec
 from ..calljournal import COLUMNS, CallJournal, record_of
 from ..definitions import UNSTAMPED, one_tenant
 from ..sqlfilters import given
@@ -62,14 +61,14 @@ class Run(msgspec.Struct):
         return self.run_id
 
     def record(self) -> CallRecord:
-        return CallRecord(self.run_id, KIND, self.workflow, encode_spec(self.wf.spec),
+        return CallRecord(self.run_id, KIND, self.workflow, msgspec.json.encode(self.wf.spec),
                           self.input, self.status, self.created, self.tenant, self.ended,
                           self.deadline, None, self.error, self.revision, self.agents,
                           self.traceparent, self.tracestate)
 
     @classmethod
     def kept(cls, record: CallRecord) -> Run:
-        spec: WorkflowSpec = decode_spec(record.definition)
+        spec = msgspec.json.decode(record.definition, type=WorkflowSpec)
         return cls(record.call_id, record.name, compile_workflow(record.name, spec),
                    record.input, record.status, record.created, record.deadline,
                    record.ended, record.error, record.rows, revision=record.revision,
@@ -114,9 +113,6 @@ class RunStore:
         self.store = store
         self.journal = CallJournal(store)
         self.calls: DurableStore = calls if calls is not None else self.journal
-
-    async def save_run(self, run: Run) -> None:
-        await self.calls.save_call(run.record())
 
     def outputs(self, run: Run) -> Outputs:
         return Outputs(run, self)

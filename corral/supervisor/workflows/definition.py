@@ -50,11 +50,3 @@ class WorkflowSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     steps: Annotated[list[StepSpec], msgspec.Meta(min_length=1, max_length=MAX_STEPS)]
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # the whole run's
     description: str = ""
-
-
-def encode_spec(spec: WorkflowSpec) -> bytes:
-    return msgspec.json.encode(spec)
-
-
-def decode_spec(data: bytes | str) -> WorkflowSpec:
-    return msgspec.json.decode(data, type=WorkflowSpec)
