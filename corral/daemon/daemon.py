@@ -24,7 +24,6 @@ import msgspec
 from ..jsonrpc import RpcError
 from ..methods import ConfigReload, DrainReport, ReloadResult
 from ..supervisor.config import Config, ConfigError, GatewaySettings
-from ..supervisor.configload import check_sandboxes, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
@@ -270,8 +269,9 @@ class Daemon:
         """To add a part: one line here, where what it needs exists and where its
         teardown is to come (the reverse of this order)."""
         keep = stack.enter_context
-        conf = part.read_config(self.config_path, self.socket_override,
-                                self.taken.config if self.taken is not None else None)
+        with part.refused(ConfigError, "invalid config: "):
+            conf = part.read_config(self.config_path, self.socket_override,
+                                    self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
         self.start_config = self.applied = cfg
         self.drain_timeout = cfg.supervisor.drain_timeout
@@ -435,10 +435,8 @@ class Daemon:
         """Apply the config file's difference; on any error nothing changes."""
         self.notifier.reloading()
         try:
-            cfg = load_config(self.config_path)
-            protected = part.protected(cfg, self.config_path, part.paths_of(
-                cfg, self.config_path, self.socket_override))
-            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
+            conf = part.read_config(self.config_path, self.socket_override)
+            cfg = conf.cfg
             # the keys its listener was made with stay as they were (restart_needed says so)
             gateway = (cfg.gateway if self.start_config is None
                        else as_listening(self.start_config.gateway, cfg.gateway))
@@ -453,7 +451,7 @@ class Daemon:
             raise
         s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
         self.sup.parts.tuning.sandbox_program = cfg.supervisor.bwrap
-        self.sup.parts.tuning.protected_paths = protected
+        self.sup.parts.tuning.protected_paths = conf.protected
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = gateway
         s.workflows.configure(cfg.workflows)

@@ -114,32 +114,22 @@ class Conf(msgspec.Struct, frozen=True):
         return self.path.parent
 
 
-def paths_of(cfg: Config, config_path: Path, socket: str | None) -> Paths:
-    base = config_path.parent
-    s = cfg.supervisor
-    sock = Path(socket) if socket else resolve(base, s.socket) or default_socket()
-    state_dir = resolve(base, s.state_dir) or default_state_dir()
-    return Paths(sock, state_dir, resolve(base, s.log_dir) or default_log_dir(state_dir))
-
-
-def protected(cfg: Config, config_path: Path, paths: Paths) -> list[tuple[str, str]]:
-    """What no sandboxed agent may write or reach: corral's config files, its state,
-    logs and control socket (masked if it is there when an agent starts)."""
-    return [*config_files(cfg, config_path),
-            (str(paths.state_dir), "corral's state directory"),
-            (str(paths.log_dir), "corral's log directory"),
-            (str(paths.socket), "corral's control socket")]
-
-
 def read_config(config_path: Path, socket: str | None, loaded: Config | None = None
                 ) -> Conf:
-    """The config, checked whole (its sandboxes too) before anything is set up.
+    """The config, checked whole (its sandboxes too): ConfigError where it is not.
     `loaded`: the file's, read a moment ago (by an upgrade's new image)."""
-    with refused(ConfigError, "invalid config: "):
-        cfg = loaded if loaded is not None else load_config(config_path)
-        paths = paths_of(cfg, config_path, socket)
-        guarded = protected(cfg, config_path, paths)
-        check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded)
+    cfg = loaded if loaded is not None else load_config(config_path)
+    base, s = config_path.parent, cfg.supervisor
+    sock = Path(socket) if socket else resolve(base, s.socket) or default_socket()
+    state_dir = resolve(base, s.state_dir) or default_state_dir()
+    paths = Paths(sock, state_dir, resolve(base, s.log_dir) or default_log_dir(state_dir))
+    # what no sandboxed agent may write or reach: corral's config files, its state, logs
+    # and control socket (masked if it is there when an agent starts)
+    guarded = [*config_files(cfg, config_path),
+               (str(paths.state_dir), "corral's state directory"),
+               (str(paths.log_dir), "corral's log directory"),
+               (str(paths.socket), "corral's control socket")]
+    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded)
     return Conf(cfg, config_path, paths, guarded)
 
 
