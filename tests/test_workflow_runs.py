@@ -259,7 +259,7 @@ async def _made(rows: RunStore, status: str, ended: float | None, items: int = 2
                 child: str | None = None) -> str:
     run = Run(new_id(), "w", compile_workflow("w", SPEC), {"text": "x" * 500}, status,
               time.time(), ended=ended)
-    await rows.save_run(run)
+    await rows.calls.save_call(run.record())
     now = time.time()
     await rows.calls.save_steps(run.run_id, [
         StepRow("a", WHOLE, "succeeded", new_id(), now, now, list(range(items))),
@@ -307,7 +307,7 @@ async def test_ended_runs_are_pruned_and_the_database_shrinks_back(tmp_path: Pat
         run = rows.load(running)
         assert run is not None
         run.status, run.ended = "succeeded", time.time()
-        await rows.save_run(run)
+        await rows.calls.save_call(run.record())
         assert await rows.prune(0, 0) == 2
     finally:
         store.close()

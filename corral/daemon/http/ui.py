@@ -155,9 +155,6 @@ class LoginSessions:
             return None
         return session
 
-    def end(self, sid: str) -> None:
-        self.sessions.pop(sid, None)
-
     def revoked(self, e: TokenRevoked) -> None:
         """A token revoked: the sessions and unused links it asked for end now."""
         token = e.token
@@ -404,7 +401,7 @@ class Pages:
         except RpcError as exc:
             return rpc_problem(exc)
         if caller is not None:
-            self.sessions.end(request.cookies[COOKIE])
+            self.sessions.sessions.pop(request.cookies[COOKIE], None)
         response = web.Response(status=204)
         response.del_cookie(COOKIE, path=PREFIX)
         return response

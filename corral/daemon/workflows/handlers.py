@@ -263,7 +263,6 @@ async def runs_list(d: WorkflowServices, p: m.RunsList, caller: Caller, c: Chann
 @implements(m.RunsCancel)
 async def runs_cancel(d: WorkflowServices, p: m.RunsCancel, caller: Caller, c: Channel
                       ) -> m.RunView:
-    d.workflows.get(p.run_id)  # an unknown one: not found
     return run_view(await d.workflows.cancel(p.run_id), d.workflows.rows,
                     m.RunsGet(run_id=p.run_id))
 

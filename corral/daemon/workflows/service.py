@@ -117,7 +117,7 @@ class WorkflowService:
                 self.traces.caller(run.run_id, traceparent, tracestate)
             self.traces.context(run)  # its parent taken now, as it is made
         try:
-            await self.rows.save_run(run)  # durable before it is answered
+            await self.rows.calls.save_call(run.record())  # durable before it is answered
         except BaseException:
             if self.traces is not None:
                 self.traces.forget(run.run_id)
