@@ -11,8 +11,15 @@ from corral.supervisor.lifecycle import LIVE, RUNNING, SERVING, STOPPED, State
 from corral.supervisor.restart import RestartPolicy
 
 
+def leads(a: State, b: State) -> bool:
+    """Whether a row of the table takes `a` to `b` (a resume: back to the state it was
+    paused in, a serving one)."""
+    return any(step.target == b or (step.back and b in SERVING)
+               for (s, _), step in lifecycle.TABLE.items() if s == a)
+
+
 def test_every_state_has_a_row_and_names_are_fixed() -> None:
-    assert set(lifecycle.TRANSITIONS) == set(State)
+    assert {s for s, _ in lifecycle.TABLE} == set(State)
     assert [s.value for s in State] == [
         "initial", "starting", "ready", "busy", "idle", "paused", "shutting_down",
         "terminated", "backoff", "failed"]
@@ -26,7 +33,7 @@ def test_every_state_has_a_row_and_names_are_fixed() -> None:
     (State.TERMINATED, State.FAILED), (State.FAILED, State.STARTING),
 ])
 def test_documented_edges_are_allowed(a: State, b: State) -> None:
-    lifecycle.check(a, b)
+    assert leads(a, b)
 
 
 @pytest.mark.parametrize(("a", "b"), [
@@ -34,9 +41,8 @@ def test_documented_edges_are_allowed(a: State, b: State) -> None:
     (State.TERMINATED, State.READY), (State.SHUTTING_DOWN, State.READY),
     (State.BACKOFF, State.READY), (State.READY, State.IDLE),
 ])
-def test_other_edges_raise(a: State, b: State) -> None:
-    with pytest.raises(lifecycle.IllegalTransition, match=f"{a.value} -> {b.value}"):
-        lifecycle.check(a, b)
+def test_other_edges_are_in_no_row(a: State, b: State) -> None:
+    assert not leads(a, b)
 
 
 def test_groups() -> None:

@@ -18,7 +18,6 @@ from corral.supervisor.lifecycle import (
     SERVING,
     TABLE,
     TAKE_DOWN,
-    TRANSITIONS,
     UNSETTLED,
     Cause,
     IllegalTransition,
@@ -266,7 +265,10 @@ def test_a_crash_while_paused_is_a_crash_and_thaws() -> None:
 
 def test_paused_is_live_and_settled_and_its_edges_are_the_tables() -> None:
     assert State.PAUSED in LIVE and State.PAUSED not in RUNNING | SERVING
-    assert TRANSITIONS[State.PAUSED] == SERVING | {State.SHUTTING_DOWN, State.TERMINATED}
+    row = {c: step for (s, c), step in TABLE.items() if s == State.PAUSED}
+    assert {st.target for st in row.values()} - {None} == {State.SHUTTING_DOWN,
+                                                           State.TERMINATED}
+    assert row[Cause.RESUME].back  # and back to the serving state it was paused in
     assert {s for (s, c), step in TABLE.items() if c == Cause.PAUSE and step.freeze} == set(
         SERVING)
     assert {(s, c) for (s, c), step in TABLE.items() if step.thaw} == {

@@ -167,22 +167,9 @@ _ROWS: dict[State, dict[Cause, MachineStep]] = {s: {} for s in State}
 for (_s, _c), _step in TABLE.items():
     _ROWS[_s][_c] = _step
 
-# the edges the table allows (a start by hand of any stopped replica among them; a
-# resume goes back to any state a pause comes from)
-TRANSITIONS: dict[State, frozenset[State]] = {
-    s: frozenset(st.target for st in row.values() if st.target is not None)
-    | (SERVING if any(st.back for st in row.values()) else frozenset())
-    for s, row in _ROWS.items()
-}
-
 
 class IllegalTransition(RuntimeError):
     """A pair not in the table: always a bug in corral, never an operator error."""
-
-
-def check(current: State, target: State) -> None:
-    if target not in TRANSITIONS[current]:
-        raise IllegalTransition(f"illegal transition {current.value} -> {target.value}")
 
 
 class ExitDecision(NamedTuple):
