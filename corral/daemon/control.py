@@ -91,7 +91,7 @@ class Connection(LineProtocol):
         self._watch: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
         # streaming requests, which an upgrade's drain does not wait for (they would not end)
-        self._waits = 0
+        self._waits: set[asyncio.Task[Any]] = set()
         self.leaving = False  # corral upgrade's drain: no request read any more
         self._cork = Cork(asyncio.get_running_loop(), self._write)
 
@@ -263,27 +263,21 @@ class Connection(LineProtocol):
         run = self.server.dispatcher.dispatch(self.caller, method, params, self)
         spec = Dispatcher.method(method)
         if spec.endless:
-            return self._stream(run)
+            return self._apart(run, self._streams)
         if spec.streaming:
-            return self._wait(run)
+            return self._apart(run, self._waits)
         return run
 
-    async def _stream(self, run: Any) -> Any:
-        """A stream only ever ends with the client: its half-close cancels it too."""
+    async def _apart(self, run: Any, held: set[asyncio.Task[Any]]) -> Any:
+        """A request the upgrade's drain does not wait for, held in `_streams` (a stream
+        only ever ends with the client: its half-close cancels it too) or `_waits`."""
         task = asyncio.current_task()
         assert task is not None
-        self._streams.add(task)
+        held.add(task)
         try:
             return await run
         finally:
-            self._streams.discard(task)
-
-    async def _wait(self, run: Any) -> Any:
-        self._waits += 1
-        try:
-            return await run
-        finally:
-            self._waits -= 1
+            held.discard(task)
 
     # corral upgrade's drain --------------------------------------------------------------
     def stop_reading(self) -> None:
@@ -295,7 +289,7 @@ class Connection(LineProtocol):
     def working(self) -> bool:
         """A request read is being answered that the drain waits for."""
         return self.peer is not None and \
-            self.peer.handling > len(self._streams) + self._waits
+            self.peer.handling > len(self._streams) + len(self._waits)
 
     def leave(self, reason: str) -> None:
         """Answer what is still being worked on (UNAVAILABLE: ask again), say the last
@@ -438,8 +432,11 @@ class ControlServer:
         if kept is None:
             return
         self._left = None
+        await self._listen(sock=kept)
+
+    async def _listen(self, **where: Any) -> None:
         self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Connection(self), sock=kept, backlog=128)
+            lambda: Connection(self), backlog=128, **where)
 
     async def start(self, inherited: tuple[int, int] | None = None) -> None:
         """Bind the socket, or serve `inherited` (listening fd, locked lock file's fd)."""
@@ -449,8 +446,7 @@ class ControlServer:
             os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
             sock = socket.socket(fileno=listen_fd)
             sock.set_inheritable(False)
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                lambda: Connection(self), sock=sock, backlog=128)
+            await self._listen(sock=sock)
             return
         # a directory of our own (made here, or systemd's RuntimeDirectory) may be opened to
         # the group; a shared one (/tmp) is never touched
@@ -472,12 +468,9 @@ class ControlServer:
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         # we hold the lock, so a socket file here is stale: its daemon is gone
         self.path.unlink(missing_ok=True)
-        loop = asyncio.get_running_loop()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
         try:
-            self._server = await loop.create_unix_server(
-                lambda: Connection(self), path=str(self.path), backlog=128
-            )
+            await self._listen(path=str(self.path))
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o660)
