@@ -102,9 +102,6 @@ class Handlers(Generic[Ctx]):
             self._load(module)
         return self._loaded
 
-    def missing(self) -> list[str]:
-        return sorted(set(REGISTRY) - set(self.table))
-
     def without_domain(self) -> list[str]:
         """The declared methods whose name names no domain (checked without an import)."""
         return sorted(n for n in REGISTRY if n.partition(".")[0] not in self.domains)
