@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
 from ..methods import MetricsHistoryResult, MetricsSample
 
 if TYPE_CHECKING:
@@ -179,11 +177,6 @@ class TaskTimes:
             del self.agents[name]
 
 
-class OutcomeCounts(msgspec.Struct):
-    finished: int
-    errors: int
-
-
 def _row(resolution: int, when: float, agent: str, gauges: tuple[float, ...],
          seconds: float, finished: int, errors: int, times: Times) -> tuple[Any, ...]:
     return (resolution, when, agent, *gauges, seconds, finished, errors, times.sum,
@@ -243,7 +236,7 @@ class History:
                      MINUTE: settings.history_minute_days * 86400,
                      HOUR: settings.history_hour_days * 86400}
         self.times = TaskTimes(tasks.finished)
-        self.counted: dict[str, OutcomeCounts] = {}
+        self.counted: dict[str, tuple[int, int]] = {}  # each agent's (finished, errors)
         self.last_time: float | None = None
         self.samples = 0
         self.skipped = 0  # ticks not written: the database could not be written then
@@ -309,15 +302,12 @@ class History:
                 c = q.counts
                 err = c["failed"] + c["timed_out"] + c["lost"]
                 running, fin = q.running, err + c["succeeded"] + c["cancelled"]
-            before = counted.get(name)
-            if before is None:  # counted from zero when the agent was added
-                counted[name] = OutcomeCounts(fin, err)
-                d_fin, d_err = fin, err
-            else:
-                # a counter below its last value: the agent was removed and added again
-                d_fin = fin - before.finished if fin >= before.finished else fin
-                d_err = err - before.errors if err >= before.errors else err
-                before.finished, before.errors = fin, err
+            # counted from zero when the agent was added; a counter below its last value:
+            # the agent was removed and added again
+            was_fin, was_err = counted.get(name, (0, 0))
+            d_fin = fin - was_fin if fin >= was_fin else fin
+            d_err = err - was_err if err >= was_err else err
+            counted[name] = (fin, err)
             gauges = (1.0 if serving else 0.0, float(len(agent.replicas)), float(serving),
                       cpu, float(rss), float(tasks.queue.depth(name)), float(running))
             for i, g in enumerate(gauges):
