@@ -74,14 +74,11 @@ class Drift(NamedTuple):
 
 class ToolDrifted(RpcError):
     """A call of a drifted tool, refused: what the task path's pin gate (tasks/pingate.py)
-    turns into a person's approval, and approves with `approve`."""
+    turns into a person's approval, and approves with its `pins`."""
 
     def __init__(self, qualified: str, drift: Drift, pins: Pins) -> None:
         super().__init__(jsonrpc.TOOL_NOT_ALLOWED, drift.reason(qualified))
         self.qualified, self.drift, self.pins = qualified, drift, pins
-
-    def approve(self) -> None:
-        self.pins.approve(self.drift)
 
 
 class Pins:

@@ -30,7 +30,7 @@ class PinGate(TaskInterceptor):
         except ToolDrifted as drifted:
             if not await self._approved(call, drifted):
                 raise
-            drifted.approve()
+            drifted.pins.approve(drifted.drift)
         answer = next(call)
         return await answer if inspect.isawaitable(answer) else answer
 
