@@ -95,35 +95,29 @@ class RetentionSweeps:
         self.store = store
         self.hub = hub
         self.bounds = bounds
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._sweep: asyncio.TimerHandle | None = None  # the next periodic one
         # the one timer for the earliest removal due (wall time), and when it is due
         self._removal: tuple[asyncio.TimerHandle, float] | None = None
         self._deleting: set[asyncio.Task[None]] = set()
         stream.subscribe(self._removed, SessionsEnding)
 
-    def start(self) -> None:
-        self._later(FIRST_SWEEP, periodic=True)
+    def start(self, seconds: float = FIRST_SWEEP) -> None:
+        """A sweep in `seconds`, and then every SWEEP_EVERY."""
+        def due() -> None:
+            self.start(SWEEP_EVERY)
+            self.run()
+
+        self._sweep = asyncio.get_running_loop().call_later(seconds, due)
 
     async def close(self) -> None:
-        for t in self._timers:
-            t.cancel()
-        self._timers.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
         if self._removal is not None:
             self._removal[0].cancel()
             self._removal = None
         for job in list(self._deleting):
             with contextlib.suppress(Exception):
                 await job
-
-    def _later(self, seconds: float, periodic: bool = False) -> None:
-        def due() -> None:
-            self._timers.discard(handle)
-            if periodic:
-                self._later(SWEEP_EVERY, periodic=True)
-            self.run()
-
-        handle = asyncio.get_running_loop().call_later(seconds, due)
-        self._timers.add(handle)
 
     def _removed(self, e: SessionsEnding) -> None:
         writer = self.store.writer
