@@ -7,6 +7,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
@@ -108,12 +110,8 @@ class WorkerMethods:
         if task is None:
             r.note(f"ignored task/progress for a task it is not running: {p.task_id!r:.80}")
             return
-        progress: dict[str, Any] = {"progress": p.progress}
-        if p.total is not None:
-            progress["total"] = p.total
-        if p.message is not None:
-            progress["message"] = p.message
-        report_progress(self.stream, task, progress)
+        report_progress(self.stream, task, {k: v for k, v in msgspec.structs.asdict(p).items()
+                                            if v is not None and k != "task_id"})
 
     def on_output(self, r: Replica, p: TaskOutputParams) -> None:
         task = self._task_of(r, p.task_id)
