@@ -47,8 +47,12 @@ async def test_commits_never_checkpoint_and_the_checkpointer_copies_the_wal(
     writer = WriterThread(path)
     try:
         # the writer's connection leaves checkpoints to the thread beside it
-        (auto,) = writer._db.execute("PRAGMA wal_autocheckpoint").fetchone()
-        assert auto == 0
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        auto: list[int] = []
+        writer.run(lambda db: auto.extend(db.execute("PRAGMA wal_autocheckpoint").fetchone()),
+                   done.set_result)
+        assert await done is None
+        assert auto == [0]
         t0 = time.monotonic()
         for k in range(1500):  # past SQLite's own threshold, 1000 pages
             await commit(writer, k)
