@@ -128,8 +128,12 @@ async def test_a_write_lock_held_elsewhere_sends_the_batch_to_the_thread_at_once
         assert (writer.thread.here, writer.thread.handed, errors) == (0, 1, [])
         assert rows(db) == 1
         # the connection's own timeout is back for the thread's next waits
-        (ms,) = writer.thread._db.execute("PRAGMA busy_timeout").fetchone()
-        assert ms == storeschema.BUSY_TIMEOUT_MS
+        ms: list[int] = []
+        read: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        writer.thread.run(lambda db: ms.extend(db.execute("PRAGMA busy_timeout").fetchone()),
+                          read.set_result)
+        assert await read is None
+        assert ms == [storeschema.BUSY_TIMEOUT_MS]
 
 
 async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread_for_a_while(
@@ -194,13 +198,15 @@ async def test_a_batch_on_the_loop_waits_for_the_threads_jobs_given_before_it(
 
 
 async def test_the_task_journal_commits_a_lone_task_on_the_loop(db_path: Path) -> None:
-    journal = TaskJournalDB(db_path)
+    writer = storewriter.WriterThread(db_path)
+    journal = TaskJournalDB(db_path, writer=writer)
     try:
         journal.write(Task("a", msgspec.Raw(b'{"n": 1}'), 0, 30.0, 0, 1))
         await journal.committed()
-        assert (journal.rows, journal._writer.here, journal._writer.handed) == (1, 1, 0)
+        assert (journal.rows, writer.here, writer.handed) == (1, 1, 0)
     finally:
         await journal.close()
+        await writer.close()
     db = open_database(db_path)
     assert db.execute("SELECT agent, status FROM tasks").fetchall() == [("a", "queued")]
     db.close()
@@ -222,9 +228,15 @@ async def test_a_job_that_raises_on_the_loop_is_rolled_back_and_told(
             raise ValueError("a bug in the write")
 
         assert thread.run_here(broken) == (True, "ValueError: a bug in the write")
-        assert not thread._db.in_transaction
         assert rows(db) == 0
-        assert thread.run_here(noting([])) == (True, None)  # the loop's next job runs
+        in_transaction: list[bool] = []
+
+        def after(db: sqlite3.Connection) -> None:  # finds no transaction left open
+            in_transaction.append(db.in_transaction)
+            noting([])(db)
+
+        assert thread.run_here(after) == (True, None)  # the loop's next job runs
+        assert in_transaction == [False]
         assert (thread.here, rows(db)) == (1, 1)
     finally:
         await store.close_writer()

@@ -176,7 +176,7 @@ class StandIn:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = self.runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{bound}"
         return self.url
 
