@@ -73,7 +73,7 @@ def read(path: Path, how: How) -> Conversion:
     base = {f"ENV_{k}": v for k, v in how.env.items()} | {
         "here": here, "host_node_name": platform.node()}
     common = _daemon_section(parser, imp, base)
-    groups = _groups(parser, imp, base)
+    groups = _groups(parser, imp)
     priorities: dict[str, tuple[int, str, list[str]]] = {}
     listeners: list[str] = []
     for section in parser.sections():
@@ -269,8 +269,7 @@ def user_of(text: str, ex: dict[str, Any], where: str) -> str:
     return user
 
 
-def _groups(parser: configparser.RawConfigParser, imp: Conversion,
-            base: dict[str, Any]) -> dict[str, str]:
+def _groups(parser: configparser.RawConfigParser, imp: Conversion) -> dict[str, str]:
     out: dict[str, str] = {}
     for section in parser.sections():
         kind, _, group = section.partition(":")

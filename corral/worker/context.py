@@ -129,11 +129,9 @@ class Context(Spawning):
 
     def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
         """Call `SERVER__TOOL` through the supervisor; awaitable in coroutine handlers."""
-        params: dict[str, Any] = {"name": name, "arguments": arguments or {},
-                                  "task_id": self.task_id}
-        if self.traceparent is not None:
-            params["_meta"] = self.trace_meta()
-        return self._call("tools/call", params)
+        return self._call("tools/call", {"name": name, "arguments": arguments or {},
+                                         "task_id": self.task_id,
+                                         **given(_meta=self.trace_meta() or None)})
 
     @property
     def mcp_url(self) -> str | None:
@@ -157,10 +155,7 @@ class Context(Spawning):
         request of your own to an MCP server or another service."""
         if self.traceparent is None:
             return {}
-        meta = {"traceparent": self.traceparent}
-        if self.tracestate is not None:
-            meta["tracestate"] = self.tracestate
-        return meta
+        return {"traceparent": self.traceparent, **given(tracestate=self.tracestate)}
 
     def list_resources(self, server: str | None = None) -> Any:
         """{"resources": [...]}: the MCP resources this agent may read, each with its
