@@ -18,11 +18,8 @@ EVICTED_KEPT = 1024  # evicted sessions whose id is still told why
 
 
 class SessionEntry(Protocol):
-    @property
-    def ident(self) -> Identity: ...
-
-    @property
-    def last_seen(self) -> float: ...
+    ident: Identity
+    last_seen: float
 
     @property
     def busy(self) -> bool: ...

@@ -246,6 +246,23 @@ class Guard:
                            "`corral ui` prints)")
         return caller
 
+    @web.middleware
+    async def rules(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.host_ok(request.headers.get("Host")):
+            response: web.StreamResponse = problem(
+                421, f"Host {request.headers.get('Host')!r} is not this server's")
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = problem(exc.status, f"{request.method} {request.path}: "
+                                   f"{exc.reason}", reason=exc.reason)
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
     """Every file the page may load, read once: nothing outside this table is served,
@@ -291,24 +308,6 @@ REFUSED_PAGE = """<!doctype html>
 """
 
 
-async def _rules_of(guard: Guard, request: web.Request,
-                    handler: Handler) -> web.StreamResponse:
-    if not guard.host_ok(request.headers.get("Host")):
-        response: web.StreamResponse = problem(
-            421, f"Host {request.headers.get('Host')!r} is not this server's")
-    else:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = problem(exc.status, f"{request.method} {request.path}: {exc.reason}",
-                               reason=exc.reason)
-    response.headers.update(SECURITY_HEADERS)
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
-
-
 class Pages:
     def __init__(self, ctx: HttpContext, sessions: LoginSessions) -> None:
         self.ctx = ctx
@@ -327,13 +326,7 @@ class Pages:
                 self.streams[res.method] = _query_only(res)
 
     def app(self, streams: set[asyncio.Task[Any]]) -> web.Application:
-        guard = self.guard
-
-        @web.middleware
-        async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
-            return await _rules_of(guard, request, handler)
-
-        ui = web.Application(middlewares=[rules])
+        ui = web.Application(middlewares=[self.guard.rules])
         ui[sse.STREAMS] = streams  # the server's one set: all are ended at shutdown
         ui.add_routes([
             web.get("", self.to_index),
