@@ -216,6 +216,20 @@ def in_sandbox_of(home: Path) -> list[int]:
     return out
 
 
+def agents_in_sandbox_of(home: Path) -> list[int]:
+    """The host's pids of the agents (sandbox_agent.py) a bwrap sandboxing `home` runs."""
+    sandbox = set(in_sandbox_of(home))
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                st = read_stat(int(entry))
+                if st is not None and st.ppid in sandbox and b"sandbox_agent.py" in \
+                        Path(f"/proc/{entry}/cmdline").read_bytes():
+                    out.append(int(entry))
+    return out
+
+
 @pytest.mark.deadline(120)
 async def test_caps_and_containment_hold_inside(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -250,8 +264,8 @@ async def test_pause_stops_the_agent_inside(tmp_path: Path) -> None:
         sup = d.sup
         replica = sup.agents["box"].replicas[0]
         await wait_until_async(lambda: replica.sample.rss_bytes > 0)
-        inner = replica._measured_pid(replica.process)
-        assert inner is not None and inner != replica.pid
+        [inner] = agents_in_sandbox_of(tmp_path / "home")  # the agent bwrap runs
+        assert inner != replica.pid
         assert await sup.pause("box", 0) == [replica]
         if sup.containment.tree is None:  # SIGSTOP of the group: the agent inside too
             st = read_stat(inner)
