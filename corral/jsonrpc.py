@@ -737,7 +737,6 @@ class Peer:
         params: Any = None,
         *,
         decode: Callable[[bytes], tuple[int, Any]] | None = None,
-        piece: Raw | None = None,
     ) -> tuple[Id, asyncio.Future[Any]]:
         """Send a request; the future resolves to its raw `result` or fails with RpcError.
 
@@ -745,10 +744,9 @@ class Peer:
         the line starts as `_RESULT_HEAD`) and returns the answer's id and the result, so
         the line is read once. If it raises (an error response, another layout), the
         future has the raw result: the caller must expect either.
-        `piece`: the Raw that the `SPLICE` in `params` stands for (`encode_parts`).
         """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        return self.request_pending(method, params, fut, decode=decode, piece=piece), fut
+        return self.request_pending(method, params, fut, decode=decode), fut
 
     def request_pending(
         self,
@@ -760,7 +758,8 @@ class Peer:
         piece: Raw | None = None,
     ) -> Id:
         """`request_future` for an owner whose own object is settled by the answer: no
-        future made per request."""
+        future made per request. `piece`: the Raw that the `SPLICE` in `params` stands
+        for (`encode_parts`)."""
         if self.closed is not None:
             pending.set_exception(self.closed)
             return -1

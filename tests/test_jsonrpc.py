@@ -446,8 +446,9 @@ async def test_a_request_with_a_piece_writes_it_between_the_messages_parts_uncop
     parts: list[list[Any]] = []
     peer = Peer("p", lambda data: None, send_parts=parts.append)
     big = msgspec.Raw(b'{"doc":"' + b"x" * 100_000 + b'"}')
-    rid, _ = peer.request_future("task/run", {"task_id": "t", "input": jsonrpc.SPLICE,
-                                              "deadline": 1.5}, piece=big)
+    answer = asyncio.get_running_loop().create_future()
+    rid = peer.request_pending("task/run", {"task_id": "t", "input": jsonrpc.SPLICE,
+                                            "deadline": 1.5}, answer, piece=big)
     (head, middle, tail), = parts
     assert isinstance(middle, memoryview) and middle.obj is big
     line = bytes(head) + bytes(middle) + bytes(tail)
@@ -456,5 +457,5 @@ async def test_a_request_with_a_piece_writes_it_between_the_messages_parts_uncop
         "params": {"task_id": "t", "input": {"doc": "x" * 100_000}, "deadline": 1.5}}
     # a peer given no way to write pieces joins them
     joined: list[bytes] = []
-    Peer("q", joined.append).request_future("m", {"input": jsonrpc.SPLICE}, piece=big)
+    Peer("q", joined.append).request_pending("m", {"input": jsonrpc.SPLICE}, answer, piece=big)
     assert msgspec.json.decode(joined[0])["params"]["input"] == {"doc": "x" * 100_000}

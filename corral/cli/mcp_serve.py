@@ -73,8 +73,7 @@ class DaemonLink:
         transport, _ = await loop.create_unix_connection(
             lambda: LineProtocol(line, eof), str(self.path))
         peer = Peer(f"corral daemon at {self.path}", transport.write,  # type: ignore[attr-defined]
-                    on_notification=self._notification, cancel_method=CANCEL,
-                    cancel_params=lambda rid: {"id": rid})
+                    on_notification=self._notification, cancel_method=CANCEL)
         holder.append(peer)
         self.peer = peer
         self._transport = transport
@@ -179,21 +178,20 @@ class DaemonLink:
 async def serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:
     link = DaemonLink(path, agent, token, reconnect)
     try:
-        return await _serve(link, path, agent, token, reconnect)
+        return await _serve(link)
     finally:
         link.close()
 
 
-async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | None,
-                 reconnect: float) -> int:
+async def _serve(link: DaemonLink) -> int:
     loop = asyncio.get_running_loop()
     try:
         await link.connect()
     except (OSError, TimeoutError) as exc:
-        print(f"corral mcp serve: cannot reach the corral daemon at {path}: "
+        print(f"corral mcp serve: cannot reach the corral daemon at {link.path}: "
               f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 3
-    if agent is not None or token is not None:  # refuse an unknown identity at once
+    if any(v is not None for v in link.who.values()):  # refuse an unknown identity at once
         try:
             await link.list_items("tools")
         except RpcError as exc:
@@ -232,20 +230,20 @@ async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | N
         if not lost.done():
             lost.cancel()
             continue
-        if not await _reconnect(link, reconnect, done):
+        if not await _reconnect(link, done):
             if done.done():
                 break
-            print(f"corral mcp serve: lost the corral daemon at {path} and could not "
-                  f"reconnect within {reconnect:g} s", file=sys.stderr)
+            print(f"corral mcp serve: lost the corral daemon at {link.path} and could not "
+                  f"reconnect within {link.reconnect:g} s", file=sys.stderr)
             session.close()
             return 1
         session.notify_changed(["tools", "resources", "prompts"])
     return 0
 
 
-async def _reconnect(link: DaemonLink, within: float, done: asyncio.Future[None]) -> bool:
+async def _reconnect(link: DaemonLink, done: asyncio.Future[None]) -> bool:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = loop.time() + link.reconnect
     while loop.time() < deadline and not done.done():
         try:
             await link.connect(max(0.01, min(10.0, deadline - loop.time())))
