@@ -688,17 +688,6 @@ class McpClient:
             cb = self._progress.get(params.get("progressToken"))
             if cb is not None:
                 cb({k: v for k, v in params.items() if k != "progressToken"})
-        elif method == "notifications/tools/list_changed":
-            if self.news is not None:
-                self.news.tools_changed()
-        elif method in ("notifications/resources/list_changed",
-                        "notifications/prompts/list_changed"):
-            if self.news is not None:
-                self.news.list_changed(method)
-        elif method == "notifications/resources/updated":
-            uri = params.get("uri")
-            if isinstance(uri, str) and self.news is not None:
-                self.news.resource_updated(uri, params)
         elif method == "notifications/message":
             logger = f" [{params['logger']}]" if isinstance(params.get("logger"), str) else ""
             data = params.get("data")
@@ -707,6 +696,15 @@ class McpClient:
             caller = self._log_caller()
             if caller is not None:
                 caller(params)
+        elif self.news is None:
+            return
+        elif method == "notifications/tools/list_changed":
+            self.news.tools_changed()
+        elif method in ("notifications/resources/list_changed",
+                        "notifications/prompts/list_changed"):
+            self.news.list_changed(method)
+        elif method == "notifications/resources/updated" and isinstance(params.get("uri"), str):
+            self.news.resource_updated(params["uri"], params)
 
     def _log_caller(self) -> LogRelay | None:
         """The call a log message of the server's can only be of: the one in flight that
