@@ -131,12 +131,8 @@ class StateStore:
               who: str | None = None, tenant: str | None = None) -> None:
         """An audit row, through the writer: it never holds up, nor fails, what it records.
         `who`: a token's caller ("token NAME"); a socket peer is its uid and pid."""
-        self.audit_row((time.time(), uid, pid, method, msgspec.json.encode(params).decode(),
-                        outcome), who, tenant)
-
-    def audit_row(self, row: tuple[float, int, int, str, str, str],
-                  who: str | None = None, tenant: str | None = None) -> None:
-        full = (*row, who, tenant)
+        said = msgspec.json.encode(params).decode()
+        full = (time.time(), uid, pid, method, said, outcome, who, tenant)
         prune = self._audit_prune_due(tenant)
 
         def write(db: sqlite3.Connection) -> None:
@@ -148,7 +144,7 @@ class StateStore:
                            (tenant, tenant, self.audit_max_rows))
 
         if self.writer is not None:  # (lazy: one transaction for many calls' rows)
-            self.writer.submit(write, "audit row", size=len(row[4]), lazy=True)
+            self.writer.submit(write, "audit row", size=len(said), lazy=True)
             return
         try:  # no writer (before it opens, after it closes): here, and never raised
             with self.db:
@@ -167,13 +163,12 @@ class StateStore:
         return due
 
     def _audit_gap(self, e: CaughtUp) -> None:
-        rows, since, reason = e.dropped.get("audit row", 0), e.since, e.reason
+        rows = e.dropped.get("audit row", 0)
         if rows:
-            self.audit_row((time.time(), os.geteuid(), os.getpid(), "audit.dropped",
-                            msgspec.json.encode({"rows": rows, "since": iso_time(since)}
-                                                ).decode(),
-                            f"error: {plural(rows, 'audit row')} could not be recorded: "
-                            f"the state database could not be written ({reason})"))
+            self.audit(os.geteuid(), os.getpid(), "audit.dropped",
+                       {"rows": rows, "since": iso_time(e.since)},
+                       f"error: {plural(rows, 'audit row')} could not be recorded: the state "
+                       f"database could not be written ({e.reason})")
 
     async def audit_log_now(self, limit: int = 100) -> list[tuple[Any, ...]]:
         """The audit log with every row queued so far in it (a row's write lingers),
