@@ -56,7 +56,6 @@ from .stackdump import on_signal
 from .startup import StartupError
 from .status import Status
 from .store import StateStore
-from .taskjournal import TaskJournalDB
 from .teams import TeamFront
 from .teardown import Teardown
 from .tenantregistry import TenantRegistry
@@ -80,11 +79,8 @@ class Assembly(msgspec.Struct, frozen=True, kw_only=True):
 
     conf: part.Conf  # the config as it was at start-up
     sup: Supervisor
-    hub: LogHub
     control: ControlServer
     dispatcher: Dispatcher[Services]
-    store: StateStore
-    journal: TaskJournalDB | None
     cluster: ClusterNode | None
     status: Status
     extras: Extras
@@ -142,11 +138,11 @@ class Daemon:
 
     @property
     def hub(self) -> LogHub:
-        return self._up().hub
+        return self.services.hub
 
     @property
     def store(self) -> StateStore:
-        return self._up().store
+        return self.services.store
 
     @property
     def control(self) -> ControlServer:
@@ -362,10 +358,9 @@ class Daemon:
         await enter("the metrics history", part.closed(history.close))
         if self.freeze_heap:
             part.freeze_heap(collect=self.taken is None)
-        return Assembly(conf=conf, sup=sup, hub=hub, control=control, dispatcher=dispatcher,
-                        store=store, journal=opened.journal, cluster=node, status=status,
-                        extras=extras, services=services, teardown=teardown
-                        ), opened.unfinished
+        return Assembly(conf=conf, sup=sup, control=control, dispatcher=dispatcher,
+                        cluster=node, status=status, extras=extras, services=services,
+                        teardown=teardown), opened.unfinished
 
     async def _web(self, teardown: Teardown, conf: part.Conf, s: Services,
                    dispatcher: Dispatcher[Services], extras: Extras) -> None:
@@ -399,7 +394,7 @@ class Daemon:
         records = unfinished if self.taken is None else self.taken.hold_back(unfinished)
         # no await since the agents were added: no task can be accepted before the
         # journal's are back, numbered after theirs
-        s.tasks.recover(records if up.journal is not None else [],
+        s.tasks.recover(records if s.journal is not None else [],
                         self.taken.reattached if self.taken is not None else None)
         # the records are the engine's tasks now: start-up's frames, which hold the list
         # for the daemon's life, must not keep thousands of suspended tasks' twice
@@ -408,11 +403,11 @@ class Daemon:
         up.sup.parts.tasks.spawns.node.recover()
         s.teams.recover()
         s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
-        if up.journal is not None:
-            up.journal.start_pruning()
+        if s.journal is not None:
+            s.journal.start_pruning()
         # once the agents are back: a removed agent's records are told from them
         await up.teardown.enter("the retention sweeps", retaining(
-            s.agents, up.store, up.hub, up.conf.cfg.supervisor, up.sup.parts.stream))
+            s.agents, s.store, s.hub, up.conf.cfg.supervisor, up.sup.parts.stream))
         settled = asyncio.Event()
         if node is not None:
             if self.taken is not None:
@@ -425,7 +420,7 @@ class Daemon:
                 await self._web(up.teardown, up.conf, s, up.dispatcher, up.extras)
                 if self.freeze_heap:
                     part.freeze_heap(collect=False)
-                self.upgrades.report = await self.taken.settle(up.hub)
+                self.upgrades.report = await self.taken.settle(s.hub)
             finally:
                 settled.set()
         up.status.check_ready()
