@@ -14,6 +14,8 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from ..methods import ExtraStatus
 from ..supervisor.config import ConfigError
 
@@ -34,17 +36,15 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Extra:
-    def __init__(self, name: str, address: str,
-                 attempt: Callable[[], Awaitable[None]]) -> None:
-        self.name = name
-        self.address = address
-        self.attempt = attempt  # starts it, or raises why not (having cleaned up)
-        self.serving = False
-        self.error: str | None = None
-        self.attempts = 0  # failed, since it last served
-        self.next_at: float | None = None  # loop time of the next attempt
-        self.retrying: asyncio.Task[None] | None = None
+class Extra(msgspec.Struct):
+    name: str
+    address: str
+    attempt: Callable[[], Awaitable[None]]  # starts it, or raises why not (cleaned up)
+    serving: bool = False
+    error: str | None = None
+    attempts: int = 0  # failed, since it last served
+    next_at: float | None = None  # loop time of the next attempt
+    retrying: asyncio.Task[None] | None = None
 
     @property
     def title(self) -> str:

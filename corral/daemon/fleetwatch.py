@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+import msgspec
+
 from .. import methods as m
 from ..supervisor.health import HealthChange
 from ..supervisor.process_replica import Transition
@@ -38,16 +40,13 @@ class Notice(NamedTuple):
     weight: int  # replica rows it holds (at least 1)
 
 
-class Watcher:
+class Watcher(msgspec.Struct, eq=False):
     """One client: its channel, the agents it watches (empty: all) and its cursor."""
 
-    __slots__ = ("c", "cursor", "names", "wake")
-
-    def __init__(self, c: Channel, names: Collection[str], cursor: int) -> None:
-        self.c = c
-        self.names = names
-        self.cursor = cursor
-        self.wake = asyncio.Event()
+    c: Channel
+    names: Collection[str]
+    cursor: int
+    wake: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
 
 
 class FleetWatch:

@@ -141,14 +141,12 @@ class Identity(msgspec.Struct, kw_only=True):
     operator: bool = False
 
 
-class _Slot:
+class _Slot(msgspec.Struct):
     """One of a client's slots, held from its enter to its exit (a class, not a
     generator's context manager: the model gateway takes one a call)."""
 
-    __slots__ = ("ident", "limiter")
-
-    def __init__(self, limiter: Limiter, ident: Identity) -> None:
-        self.limiter, self.ident = limiter, ident
+    limiter: Limiter
+    ident: Identity
 
     def __enter__(self) -> None:
         self.limiter.admit(self.ident, rated=False)
@@ -689,16 +687,14 @@ class GatewayService:
         outcome = "ok"
         with timed() as person:  # the approval's wait, counted apart
             try:
-                call: Awaitable[Any]
                 if task is not None:
-                    call = self._step(ident, task, name, arguments, context)
+                    result = await self._step(ident, task, name, arguments, context)
                 elif ident.replica is not None and self.replica_calls is not None:
-                    call = self._replicas(ident, name, arguments, on_progress, relay, on_log,
-                                          context)
+                    result = await self._replicas(ident, name, arguments, on_progress, relay,
+                                                  on_log, context)
                 else:
-                    call = self._pooled(ident, name, arguments, on_progress, relay, on_log,
-                                        context)
-                result = await call
+                    result = await self._pooled(ident, name, arguments, on_progress, relay,
+                                                on_log, context)
                 if isinstance(result, dict) and result.get("isError"):
                     outcome = "isError"
                 return result

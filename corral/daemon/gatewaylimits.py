@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import msgspec
+
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..percentile import percentile_ms
@@ -16,21 +18,18 @@ from .caller import GatewayCaller
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
 
 
-class CallCounter:
+class CallCounter(msgspec.Struct):
     """Calls, errors and the calls' own latencies; the time they waited for a person
     apart: an approval's minutes in the percentiles would make them a person's."""
 
-    __slots__ = ("attributed", "calls", "errors", "latencies", "unattributed", "waited",
-                 "waited_s")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.errors = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.attributed = 0  # a replica's calls made as a task's step, and as none's
-        self.unattributed = 0
-        self.waited = 0  # calls that waited for a person, and how long in all
-        self.waited_s = 0.0
+    calls: int = 0
+    errors: int = 0
+    latencies: deque[float] = msgspec.field(
+        default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    attributed: int = 0  # a replica's calls made as a task's step, and as none's
+    unattributed: int = 0
+    waited: int = 0  # calls that waited for a person, and how long in all
+    waited_s: float = 0.0
 
     def add(self, seconds: float, error: bool, waited: float = 0.0) -> None:
         self.calls += 1
@@ -55,14 +54,11 @@ class CallCounter:
         return row
 
 
-class Limiter:
+class Limiter(msgspec.Struct):
     """A client's calls in flight and its rate (its bucket made again when that changes)."""
 
-    __slots__ = ("bucket", "in_flight")
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.bucket: TokenBucket | None = None
+    in_flight: int = 0
+    bucket: TokenBucket | None = None
 
     def admit(self, ident: GatewayCaller, rated: bool = True) -> None:
         """Take a slot (and, for a call, a token of its rate) or refuse."""

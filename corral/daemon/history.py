@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from ..methods import MetricsHistoryResult, MetricsSample
 
 if TYPE_CHECKING:
@@ -100,15 +102,12 @@ def quantile(counts: list[int], q: float) -> float | None:
     return BUCKETS[-1]  # pragma: no cover - rank <= total
 
 
-class Times:
+class Times(msgspec.Struct):
     """Bucketed times: counts per bucket, their sum and number."""
 
-    __slots__ = ("buckets", "count", "sum")
-
-    def __init__(self) -> None:
-        self.buckets = [0] * NBUCKETS
-        self.sum = 0.0
-        self.count = 0
+    buckets: list[int] = msgspec.field(default_factory=lambda: [0] * NBUCKETS)
+    sum: float = 0.0
+    count: int = 0
 
     def add(self, seconds: float) -> None:
         self.buckets[bucket_of(seconds)] += 1
@@ -116,15 +115,12 @@ class Times:
         self.count += 1
 
 
-class AgentTimes:
+class AgentTimes(msgspec.Struct):
     """An agent's task times: since first seen (/metrics), and since the last sample."""
 
-    __slots__ = ("duration", "interval", "wait")
-
-    def __init__(self) -> None:
-        self.duration = Times()
-        self.wait = Times()
-        self.interval = Times()
+    duration: Times = msgspec.field(default_factory=Times)
+    wait: Times = msgspec.field(default_factory=Times)
+    interval: Times = msgspec.field(default_factory=Times)
 
 
 class TaskTimes:

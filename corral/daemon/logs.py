@@ -139,18 +139,15 @@ class LogFollower(Follower[Batch]):
         return self.names is None or source in self.names
 
 
-class _Tail:
+class _Tail(msgspec.Struct):
     """The last `limit` lines of one source, kept as batches, and never more than
     `max_bytes` of them (a thousand 16 MiB lines would otherwise be kept)."""
 
-    __slots__ = ("batches", "bytes", "limit", "lines", "max_bytes")
-
-    def __init__(self, limit: int, max_bytes: int) -> None:
-        self.batches: deque[Batch] = deque()
-        self.lines = 0
-        self.bytes = 0
-        self.limit = limit
-        self.max_bytes = max_bytes
+    limit: int
+    max_bytes: int
+    batches: deque[Batch] = msgspec.field(default_factory=deque)
+    lines: int = 0
+    bytes: int = 0
 
     def add(self, batch: Batch) -> None:
         if len(batch.lines.block) > self.max_bytes:
