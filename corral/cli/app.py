@@ -296,13 +296,6 @@ names_arg = click.argument("names", nargs=-1, shell_complete=complete_agents)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-def default_config() -> str:
-    """The config file `corral daemon` reads when given none."""
-    from ..paths import default_config as standard
-
-    return str(standard())
-
-
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:

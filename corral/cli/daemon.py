@@ -13,7 +13,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, cli, command, complete_agents, default_config, fail, json_option, pass_ctx
+from .app import Ctx, cli, command, complete_agents, fail, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
 from .render import human_time, print_json, table
@@ -32,6 +32,7 @@ def daemon(obj: Ctx, config: str | None) -> None:
     from pathlib import Path
 
     from ..daemon.daemon import run_daemon
+    from ..paths import default_config
 
     path = Path(config or default_config())
     if not path.exists():
@@ -54,6 +55,7 @@ def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool)
     import os
     from pathlib import Path
 
+    from ..paths import default_config
     from ..supervisor.config import ConfigError
     from ..supervisor.configload import check_commands, load_config
 
@@ -98,6 +100,7 @@ def doctor(config: str | None, as_json: bool) -> None:
     from pathlib import Path
 
     from ..daemon import doctor as probes
+    from ..paths import default_config
     from ..supervisor.config import ConfigError
     from ..supervisor.configload import load_config
 

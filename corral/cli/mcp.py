@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, default_config, fail, json_option, pass_ctx
+from .app import Ctx, cli, command, fail, json_option, pass_ctx
 from .render import table
 from .terminal import unguarded
 
@@ -118,6 +118,7 @@ def mcp_login(name: str, config: str | None, port: int) -> None:
     import asyncio
     from pathlib import Path
 
+    from ..paths import default_config
     from .login import LoginError, login
 
     try:
