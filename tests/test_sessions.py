@@ -379,13 +379,18 @@ async def test_a_retry_waiting_for_its_backoff_keeps_its_sessions_turn(
 
 async def test_turns_waiting_for_their_session_are_no_load_for_the_autoscaler(
         tmp_path: Path) -> None:
-    async with in_process(tmp_path, chat()) as d:
+    # one replica per task running or queued, at once: each turn counted would be one more
+    elastic = "[agents.chat.autoscale]\nmin_replicas = 1\nmax_replicas = 5\nupscale_delay = 0\n"
+    async with in_process(tmp_path, chat(extra=elastic)) as d:
         tasks = d.sup.tasks
         first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f")},
                              TaskOptions(session="l"))
         later = [tasks.submit("chat", {"turn": n}, TaskOptions(session="l")) for n in range(2, 6)]
         assert (tasks.queue.depth("chat"), tasks.sessions.parked("chat")) == (4, 4)
-        assert d.sup.elastic._queued("chat", d.sup.agents["chat"]) == 0
+        assert tasks.by_agent["chat"].running == 1
+        d.sup.elastic.tick(time.monotonic())
+        entry = d.sup.elastic.status("chat")
+        assert entry is not None and entry.desired == 1
         await release(str(tmp_path / "f"))
         await asyncio.wait_for(asyncio.shield(later[-1].done), 30)
         assert first.status == "succeeded" and later[-1].output["turns"] == [1, 2, 3, 4, 5]
