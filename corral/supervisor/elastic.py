@@ -10,34 +10,22 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..timeouts import cancel_all
 from .autoscale import Decider, Policy, ScaleDecision
 from .config import AgentSpec
-from .tasks.host import AgentLike
 
 if TYPE_CHECKING:
+    from .agent import Agent
     from .quotas import Tenancy
     from .replica import Replica
     from .stream import Stream
     from .tasks import TaskManager
     from .tuning import Tuning
-
-
-class ElasticAgent(AgentLike, Protocol):
-    """What the loop needs of an agent besides what tasks do (core.Agent implements it)."""
-
-    @property
-    def replacing(self) -> set[Replica]: ...
-
-    async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
-                    before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
-                    ) -> int: ...
-
 
 log = logging.getLogger("corral.supervisor")
 
@@ -91,7 +79,7 @@ class ElasticEntry:
 
 
 class Elastic:
-    def __init__(self, agents: Mapping[str, ElasticAgent], tasks: TaskManager, stream: Stream,
+    def __init__(self, agents: Mapping[str, Agent], tasks: TaskManager, stream: Stream,
                  tenancy: Tenancy, tuning: Tuning) -> None:
         self.agents = agents
         self.tasks = tasks
@@ -110,7 +98,7 @@ class Elastic:
         self.backlog: dict[str, int] = {}
 
     # -- agents -----------------------------------------------------------------------------
-    def track(self, agent: ElasticAgent) -> None:
+    def track(self, agent: Agent) -> None:
         """An agent added, or its spec changed (a reload, a rollback): elastic or not."""
         e = self.entries.get(agent.name)
         if not agent.spec.elastic:
@@ -210,7 +198,7 @@ class Elastic:
         for name in gone:
             del self.entries[name]
 
-    def _respec(self, e: ElasticEntry, agent: ElasticAgent) -> None:
+    def _respec(self, e: ElasticEntry, agent: Agent) -> None:
         e.spec = agent.spec
         awake = max(1, len(agent.replicas) or e.decider.policy.awake)
         was = e.decider
@@ -234,7 +222,7 @@ class Elastic:
         e.last_work = now
         self._apply(agent, e, 0, e.decider.decide(now, load, 0, 0.0))
 
-    def _queued(self, name: str, agent: ElasticAgent) -> int:
+    def _queued(self, name: str, agent: Agent) -> int:
         """The agent's tasks waiting (here, and its share of the cluster's), as load: 0
         while a budget holds them, and not those waiting for their session's turn (more
         replicas would not start them)."""
@@ -245,13 +233,13 @@ class Elastic:
             return 0
         return queued
 
-    def _apply(self, agent: ElasticAgent, e: ElasticEntry, current: int, d: ScaleDecision) -> None:
+    def _apply(self, agent: Agent, e: ElasticEntry, current: int, d: ScaleDecision) -> None:
         e.applying = True
         change = asyncio.ensure_future(self._change(agent, e, current, d))
         self._changes.add(change)
         change.add_done_callback(self._changes.discard)
 
-    async def _change(self, agent: ElasticAgent, e: ElasticEntry, current: int,
+    async def _change(self, agent: Agent, e: ElasticEntry, current: int,
                       d: ScaleDecision) -> None:
         up = d.desired > current
         direction = ("wake" if current == 0 else "up") if up else (
@@ -294,7 +282,7 @@ class Elastic:
         if reached == 0 and direction != "held" and self.tasks.queue.depth(agent.name):
             self.wake(agent.name)  # a task came while it went to sleep
 
-    def _bounds(self, agent: ElasticAgent) -> list[tuple[int, str]]:
+    def _bounds(self, agent: Agent) -> list[tuple[int, str]]:
         """The replicas the agent may still add under each bound on the fleet's count,
         and the bound."""
         used = sum(len(a.replicas) for a in self.agents.values())
