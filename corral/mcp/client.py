@@ -492,12 +492,11 @@ class McpClient:
             rejected.append(repr(name))
             self._note(f"left out tool {name!r}: listed {len(at)} times (entries "
                        f"{', '.join(map(str, at))} of its list), each would shadow the other")
-        tools = [t for t in tools if t["name"] not in twice]
-        self.tools = tools
+        self.tools = [t for t in tools if t["name"] not in twice]
         self.rejected_tools = badly_named + rejected
         self.param_headers.learn(marks)
         self._validators.clear()
-        return tools
+        return self.tools
 
     def tool(self, name: str) -> dict[str, Any] | None:
         return next((t for t in self.tools if t.get("name") == name), None)

@@ -14,7 +14,7 @@ import itertools
 import platform
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -176,51 +176,48 @@ def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
 class Snapshot:
     """The fleet-wide figures of a scrape, copied on the loop."""
 
-    mcp: dict[str, tuple[int, int]] = field(default_factory=dict)  # server: calls, errors
+    mcp: dict[str, tuple[int, int]]  # server: calls, errors
     # agent replicas' gateway tool calls: a task attempt's steps, and no task's
-    replica_calls: tuple[int, int] = (0, 0)
-    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    replica_calls: tuple[int, int]
+    requests: dict[tuple[str, str], int]
     # every agent's task times: bucket counts and their sum
-    duration: tuple[list[int], float] = ([], 0.0)
-    wait: tuple[list[int], float] = ([], 0.0)
+    duration: tuple[list[int], float]
+    wait: tuple[list[int], float]
     # the autoscaler's: decisions by (agent, direction); (agent, desired, current)
-    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
-    scaled: list[tuple[str, int, int]] = field(default_factory=list)
+    decisions: dict[tuple[str, str], int]
+    scaled: list[tuple[str, int, int]]
     # agents with [health] only: failed checks by (agent, check), ready replicas by agent
-    health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
-    ready: dict[str, tuple[int, str]] = field(default_factory=dict)  # (count, tenant)
+    health_failures: dict[tuple[str, str], int]
+    ready: dict[str, tuple[int, str]]  # (count, tenant)
     # what agents reported (usage/report): (agent, model, input, output, dollars)
-    usage: list[tuple[str, str, int, int, float]] = field(default_factory=list)
+    usage: list[tuple[str, str, int, int, float]]
     # with [cluster]: this node's figures (ClusterNode.status) and the nodes as its
     # last beat read them (no Redis call in a scrape)
-    cluster: dict[str, Any] | None = None
-    nodes: list[Any] = field(default_factory=list)
+    cluster: dict[str, Any] | None
+    nodes: list[Any]
 
 
-def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
-    s = services
-    times = services.history.times
-    out = Snapshot(requests=dict(requests),
-                   replica_calls=(s.gateway.attributed, s.gateway.unattributed))
-    out.duration = (list(times.duration.buckets), times.duration.sum)
-    out.wait = (list(times.wait.buckets), times.wait.sum)
-    out.mcp = {server: (sum(i.client.calls for i in entry.all()),
-                        sum(i.client.errors for i in entry.all()))
-               for server, entry in s.tools.servers.items()}
-    out.decisions = dict(s.elastic.counts)
-    out.scaled = [(name, e.desired, len(s.agents[name].replicas))
-                  for name, e in s.elastic.entries.items() if name in s.agents]
-    out.health_failures = dict(s.health.failures)
-    out.ready = {name: (sum(1 for r in agent.replicas if r.serving and r.health_ready),
-                        agent.spec.tenant)
-                 for name, agent in s.agents.items() if agent.spec.health is not None}
-    out.cluster = services.cluster.status()
-    out.nodes = services.cluster.views()
-    for reporter, used in s.budgets.usage.items():
-        for model, u in used.models.items():
-            out.usage.append((reporter, model, u.input_tokens, u.output_tokens,
-                              u.cost_usd))
-    return out
+def take(s: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
+    times = s.history.times
+    return Snapshot(
+        mcp={server: (sum(i.client.calls for i in entry.all()),
+                      sum(i.client.errors for i in entry.all()))
+             for server, entry in s.tools.servers.items()},
+        replica_calls=(s.gateway.attributed, s.gateway.unattributed),
+        requests=dict(requests),
+        duration=(list(times.duration.buckets), times.duration.sum),
+        wait=(list(times.wait.buckets), times.wait.sum),
+        decisions=dict(s.elastic.counts),
+        scaled=[(name, e.desired, len(s.agents[name].replicas))
+                for name, e in s.elastic.entries.items() if name in s.agents],
+        health_failures=dict(s.health.failures),
+        ready={name: (sum(1 for r in agent.replicas if r.serving and r.health_ready),
+                      agent.spec.tenant)
+               for name, agent in s.agents.items() if agent.spec.health is not None},
+        usage=[(reporter, model, u.input_tokens, u.output_tokens, u.cost_usd)
+               for reporter, used in s.budgets.usage.items()
+               for model, u in used.models.items()],
+        cluster=s.cluster.status(), nodes=s.cluster.views())
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, int]]:

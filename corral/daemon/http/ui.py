@@ -8,6 +8,7 @@ token are the table in docs/http.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import html
 import ipaddress
@@ -182,7 +183,6 @@ class Guard:
     def __init__(self, ctx: HttpContext, sessions: LoginSessions) -> None:
         self.ctx = ctx
         self.sessions = sessions
-        self._hostnames: set[str] | None = None
 
     def _server(self) -> yarl.URL:
         return yarl.URL(self.ctx.url)
@@ -209,13 +209,12 @@ class Guard:
             literal = None
         if ipaddress.ip_address(listen).is_unspecified:
             # on every address: any address of ours, or this machine's own names
-            return literal is not None or name in self._own_names()
+            return literal is not None or name in self._own_names
         return False
 
+    @functools.cached_property
     def _own_names(self) -> set[str]:
-        if self._hostnames is None:
-            self._hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
-        return self._hostnames
+        return {socket.gethostname().lower(), socket.getfqdn().lower()}
 
     def caller(self, request: web.Request) -> Caller | None:
         """The session's Caller, None without a session cookie; raises RpcError when a
