@@ -223,9 +223,7 @@ def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
     data = b"{}" if raw is UNSET or raw is None or bytes(raw) == b"null" else raw  # type: ignore[arg-type]
     try:
         return msgspec.json.decode(data, type=type)
-    except msgspec.ValidationError as exc:
-        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
-    except msgspec.DecodeError as exc:  # pragma: no cover - Raw is always valid JSON
+    except msgspec.DecodeError as exc:  # a ValidationError (a Raw is valid JSON)
         raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
     except UnicodeDecodeError as exc:  # a string that is not UTF-8 (found by the fuzz test)
         raise RpcError(INVALID_PARAMS, f"invalid params: not UTF-8: {exc.reason} at byte "
