@@ -127,7 +127,7 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
     tasks = node.tasks
     tasks.traced_again(t)
     tasks.active[t.id] = t
-    node.outbox_watch(t)
+    t.watch(node.outbox.progress)
     tasks.dispatch.adopt(t, r, rid)
     m = node.membership
     if not m.member or m.consumer != c.consumer:

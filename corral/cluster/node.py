@@ -98,15 +98,15 @@ class ClusterNode:
                                 tasks.inbox.waits, asks_bounds)
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks, tasks.outputs.memory,
                                 self._requeue)
+        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
+                             report, settings.tasks_kept_for, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
-                             ClaimParts(self.steps, self.home, self.outbox_watch,
+                             ClaimParts(self.steps, self.home, self.outbox.progress,
                                         self._serving_nodes),
                              self.waits)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
-        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report, settings.tasks_kept_for, trust)
         self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
                                 host, report, trust, self.submit_claims, sessions,
                                 self.outbox,
@@ -160,9 +160,6 @@ class ClusterNode:
         e.endings.extend(self.desk.sessions.end_agent(agent, tenant)
                          for agent, tenant in e.owners.items())
 
-    def outbox_watch(self, task: ClusterTask) -> None:
-        task.watch(self.outbox.progress)
-
     def _requeue(self, task: Task, at: float | None) -> None:
         if isinstance(task, ClusterTask):
             self.outbox.requeue(task, at)
@@ -175,7 +172,7 @@ class ClusterNode:
                                                   for n, a in agents.items()}
 
     def _fenced(self, e: NodeFence) -> None:
-        self.outbox.give_up(e.consumer)
+        self.outbox.given_up.add(e.consumer)
         for task in self._held(e.consumer):
             self.tasks.cancel(task.id)
 
@@ -334,7 +331,7 @@ class ClusterNode:
             await within(self._cancels(), self.settings.node_ttl)
         # what is not sent is taken over once this incarnation's key is gone
         await self.flush_outbox()
-        self.outbox.give_up(consumer)
+        self.outbox.given_up.add(consumer)
         reason = f"node {self.node} stopped"
         held = self._held(consumer)
         if held:

@@ -47,7 +47,8 @@ class Outbox:
         self.report = report
         self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
         self.reports: dict[str, tuple[ClusterTask, bytes]] = {}  # newest progress, by task
-        self.given_up: set[str] = set()  # fenced incarnations: their outcomes are not sent
+        # fenced incarnations: their tasks are the cluster's again, none of their outcomes go
+        self.given_up: set[str] = set()
         self.held: dict[str, tuple[ClusterTask, list[Any]]] = {}  # by task (`hold`)
         self.turned: dict[str, None] = {}  # outcomes refused, the newest (`send_held`)
         self.published = 0
@@ -146,10 +147,6 @@ class Outbox:
             return
         self.reports[task.id] = (task, _json(e.progress))
         self._kick.set()
-
-    def give_up(self, consumer: str) -> None:
-        """A fenced incarnation's tasks are the cluster's again: none of its outcomes go."""
-        self.given_up.add(consumer)
 
     async def run(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from ..supervisor.tasks import TaskManager
+from ..supervisor.tasks import TaskFinished, TaskManager, TaskProgress
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..timeouts import cancel_all, within
 from . import records
@@ -34,7 +34,7 @@ class ClaimParts(NamedTuple):
 
     steps: ClusterSteps
     home: ClusterHome
-    watch: Callable[[ClusterTask], None]
+    watch: Callable[[TaskProgress | TaskFinished], None]
     serving: Callable[[AgentLike], int]
 
 
@@ -195,6 +195,6 @@ class Puller:
             self.claims.steps.resume(task, checkpoint)
         if session:  # a turn of a session (sessions.py), with its state
             task.session, task.session_state = session.decode(), state
-        self.claims.watch(task)
+        task.watch(self.claims.watch)
         self.tasks.intake.adopt(task, traceparent, tracestate)
 
