@@ -271,8 +271,7 @@ def _record_seen(caller: Caller, row: Any) -> bool:
     return caller.sees_record(row.agent, row.tenant)
 
 
-def _lines_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, lines=[ln for ln in _get(result, "lines") if caller.sees(ln.source)])
+_lines_filter = _list_filter("lines", lambda caller, line: caller.sees(line.source))
 
 
 def _new_lines(params: Any, caller: Caller) -> Any:
@@ -323,11 +322,7 @@ def _of_agent(params: Any, caller: Caller) -> Any:
 
 
 def _rows_filter(field: str) -> Callable[[Any, Caller], Any]:
-    def seen(params: Any, caller: Caller) -> Any:
-        return _replace(params, replicas=[r for r in params.replicas
-                                          if caller.sees(getattr(r, field))])
-
-    return seen
+    return _list_filter("replicas", lambda caller, r: caller.sees(getattr(r, field)))
 
 
 _AGENT_PARAM = _one("agent")
