@@ -248,7 +248,7 @@ async def ticks_pass(sup: Supervisor, n: int, timeout: float = 10.0) -> None:
     until = sup.elastic.ticks + n
     async with asyncio.timeout(timeout):
         while sup.elastic.ticks < until:
-            await asyncio.sleep(sup.heartbeat_interval / 2)
+            await asyncio.sleep(sup.tuning.heartbeat_interval / 2)
 
 
 async def test_burst_of_500_rises_within_upscale_delay_and_returns_to_one(
@@ -265,7 +265,7 @@ async def test_burst_of_500_rises_within_upscale_delay_and_returns_to_one(
                             for _ in range(500)))
     # up within upscale_delay (and a tick of the loop), the new ones then start
     up = await got.until(lambda s: s.direction == "up", 10.0)
-    assert loop.time() - t0 < 0.3 + 2 * sup.heartbeat_interval + 1.0
+    assert loop.time() - t0 < 0.3 + 2 * sup.tuning.heartbeat_interval + 1.0
     assert up.replicas == 6
     await asyncio.gather(*(sup.wait_state("burst", SERVING, replica=i, timeout=30.0)
                            for i in range(6)))

@@ -152,7 +152,7 @@ async def test_stopping_many_agents_scans_proc_at_most_once_per_tick() -> None:
         before = s.containment.sweeps
         t0 = time.monotonic()
         await s.stop("many")
-        ticks = (time.monotonic() - t0) / s.heartbeat_interval
+        ticks = (time.monotonic() - t0) / s.tuning.heartbeat_interval
         # 8 exits: one sweep at the first exit, one more per tick after (never one per exit)
         assert s.containment.sweeps - before <= 2 + ticks
     finally:

@@ -68,7 +68,7 @@ async def quiet_for(sup: Supervisor, name: str, seconds: float) -> None:
     with pytest.raises(TimeoutError):
         e = await sup.wait_event(lambda e: e.name == name, seconds)
         raise AssertionError(f"unexpected transition: {e}")
-    assert sup.heartbeat_work.rounds >= rounds + int(seconds / sup.heartbeat_interval) // 2
+    assert sup.heartbeat_work.rounds >= rounds + int(seconds / sup.tuning.heartbeat_interval) // 2
 
 
 async def test_pause_keeps_the_process_and_its_memory_and_counts_no_restart(

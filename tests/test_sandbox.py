@@ -421,7 +421,7 @@ async def test_agents_added_at_runtime_are_checked(tmp_path: Path) -> None:
             'agents.add: agents.x.network: network = "gateway" needs [gateway] listen = '
             '"unix:PATH" (its socket is the only one bound into the sandbox\'s empty '
             "network namespace)")
-        sup.sandbox_program = str(tmp_path / "no-bwrap")
+        sup.tuning.sandbox_program = str(tmp_path / "no-bwrap")
         assert await add({"sandbox": "bwrap"}) == (
             f"agents.add: agents.x.sandbox: bubblewrap is not installed ({tmp_path}/no-bwrap "
             f"not found; Debian's package is bubblewrap)")

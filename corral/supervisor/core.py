@@ -112,7 +112,6 @@ class Supervisor:
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
         self.states = ReplicaStates(self.stream)  # agents' state checkpoints, by replica
-        self.checkpoints = self.states.saved
         on_notification(self.worker_notifications, StateCheckpointParams,
                         self.states.on_checkpoint)
         self.waits = Waits(self.census)
@@ -150,7 +149,7 @@ class Supervisor:
                            elastic=self.elastic, bus=self.events, tasks=self.tasks,
                            stream=self.stream, containment=self.containment,
                            health=self.health_board, tuning=self.tuning,
-                           checkpoints=self.checkpoints, zygotes=self.zygotes,
+                           checkpoints=self.states.saved, zygotes=self.zygotes,
                            heartbeat=self.heartbeat_work, runtime_stats=self.runtime_stats)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
@@ -273,19 +272,6 @@ class Supervisor:
         sub = self._event_queues.pop(q, None)
         if sub is not None:
             self.stream.unsubscribe(sub)
-
-    # -- the settings a reload changes (tuning.py) ----------------------------------------
-    @property
-    def heartbeat_interval(self) -> float:
-        return self.tuning.heartbeat_interval
-
-    @property
-    def sandbox_program(self) -> str:
-        return self.tuning.sandbox_program
-
-    @sandbox_program.setter
-    def sandbox_program(self, program: str) -> None:
-        self.tuning.sandbox_program = program
 
     # -- the ReplicaHost protocol (process_replica.py, replica.py, mcpserver.py) ----------
     def replica_added(self, r: ProcessReplica) -> None:
