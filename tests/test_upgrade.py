@@ -848,10 +848,8 @@ async def test_the_collector_is_on_again_once_the_adoptions_are_over(
             raise RuntimeError("the HTTP parts' import failed")
 
         gc.disable()
-        t = taken()
-        t._first.set()  # (nothing handed: the first adoption is not waited for)
-        try:
-            await t.adopt(fails)
+        try:  # (nothing handed: no start, so no first adoption, is waited for)
+            await taken().adopt(fails)
         except RuntimeError as exc:
             assert str(exc) == "the HTTP parts' import failed"
         else:
