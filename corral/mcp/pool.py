@@ -130,8 +130,7 @@ class McpPool(Generic[Spec, Inst]):
     def add(self, spec: Spec) -> ServerEntry[Spec, Inst]:
         if spec.name in self.servers:
             raise RpcError(jsonrpc.CONFLICT, f"MCP server {spec.name} already exists")
-        entry = ServerEntry[Spec, Inst](spec)
-        self.servers[spec.name] = entry
+        entry = self.servers[spec.name] = ServerEntry[Spec, Inst](spec)
         if spec.scope == "shared":
             entry.instances = [self._new(entry, None) for _ in range(spec.instances)]
             if spec.start == "eager":

@@ -117,11 +117,6 @@ class RunStore:
     def outputs(self, run: Run) -> Outputs:
         return Outputs(run, self)
 
-    def _blob(self, run_id: str, step: str, item: int) -> bytes | None:
-        row = self.store.db.execute("SELECT output FROM call_steps WHERE call_id = ? AND "
-                                    "step = ? AND item = ?", (run_id, step, item)).fetchone()
-        return row[0] if row is not None else None
-
     def outputs_of(self, run_id: str, rows: list[tuple[str, int]]
                    ) -> Generator[bytes | None, None, None]:
         """The outputs of these rows (step, item), as kept, in their order: read as they
@@ -143,8 +138,10 @@ class RunStore:
     def output_bytes(self, run_id: str, step: str, mapped: bool) -> int:
         """How long a step's output is as JSON (a map's: its items' and their list's)."""
         if not mapped:
-            blob = self._blob(run_id, step, WHOLE)
-            return len(blob) if blob is not None else 4
+            row = self.store.db.execute(
+                "SELECT COALESCE(LENGTH(output), 4) FROM call_steps WHERE call_id = ? AND "
+                "step = ? AND item = ?", (run_id, step, WHOLE)).fetchone()
+            return int(row[0]) if row is not None else 4
         n, size = self.store.db.execute(
             "SELECT COUNT(*), SUM(COALESCE(LENGTH(output), 4)) FROM call_steps WHERE "
             "call_id = ? AND step = ? AND item >= 0", (run_id, step)).fetchone()
@@ -223,9 +220,8 @@ class RunStore:
                 f"SELECT call_id FROM calls WHERE {kept} ORDER BY ended DESC "
                 "LIMIT -1 OFFSET ?", (max_runs,))]
             gone = len(set(ids))
-            db.executemany("DELETE FROM call_steps WHERE call_id = ?", ((r,) for r in ids))
-            db.executemany("DELETE FROM call_signals WHERE call_id = ?", ((r,) for r in ids))
-            db.executemany("DELETE FROM calls WHERE call_id = ?", ((r,) for r in ids))
+            for table in ("call_steps", "call_signals", "calls"):
+                db.executemany(f"DELETE FROM {table} WHERE call_id = ?", ((r,) for r in ids))
         await self.store.commit([write])
         return gone
 
