@@ -268,5 +268,4 @@ class Client:
         names one."""
         method, params = named(request, params)
         return self.call(method, params, on_notification,
-                         result=result if result is not None else result_type(
-                             request if isinstance(request, Params) else method))
+                         result=result if result is not None else result_type(request))
