@@ -97,7 +97,7 @@ async def test_mcp_is_served_by_the_http_server_beside_the_rest_api(tmp_path: Pa
         gateway = api.d.services.http
         assert gateway.status() == {"listen": None, "url": url, "socket": None,
                                     "mounted": url, "sessions": 0, "busy": 0,
-                                    "evicted": 0}
+                                    "evicted": 0, "refused": {}}
         assert api.d.services.gateway.url == url  # what agents are given
 
         # an MCP client session on the [http] server's port, with a gateway token
@@ -192,7 +192,7 @@ async def test_a_gateway_site_of_its_own_stays_beside_the_http_server(tmp_path: 
         mounted = api.d.http_server.url + "/mcp"
         assert api.d.services.http.status() == {
             "listen": f"127.0.0.1:{port}", "url": own, "socket": None, "mounted": mounted,
-            "sessions": 0, "busy": 0, "evicted": 0}
+            "sessions": 0, "busy": 0, "evicted": 0, "refused": {}}
         assert api.d.services.gateway.url == own  # agents are given the gateway's own
         for url in (own, mounted):
             async with mcp_session(url, GW_TOKEN) as s:
