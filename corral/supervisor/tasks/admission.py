@@ -4,7 +4,7 @@ is journaled or queued."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -13,16 +13,9 @@ from ...text import plural
 from ..quotas import retry_after
 
 if TYPE_CHECKING:
+    from ..quotas import Tenancy
     from .host import AgentLike
 
-
-class TenantQuotas(Protocol):
-    """What admission asks of the tenants (supervisor.quotas.Tenancy)."""
-
-    def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]
-                     ) -> RpcError | None: ...
-
-    def timeout(self, agent: AgentLike, asked: float) -> float: ...
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
 
@@ -63,13 +56,13 @@ def queue_full(agent: AgentLike, depth: int) -> RpcError:
 
 
 def asks_size_only(timeout: float | None, bucket: TokenBucket | None,
-                   tenancy: TenantQuotas | None) -> bool:
+                   tenancy: Tenancy | None) -> bool:
     """Whether `admit` of a task with these asks only its input's size (a batch's check)."""
     return bucket is None and tenancy is None and (timeout is None or timeout > 0)
 
 
 def admit(agent: AgentLike | None, size: int, timeout: float | None, *,
-          bucket: TokenBucket | None = None, tenancy: TenantQuotas | None = None,
+          bucket: TokenBucket | None = None, tenancy: Tenancy | None = None,
           depth: Callable[[str], int] = lambda name: 0) -> float | None:
     """The one admission step every task passes wherever it is to run: its input's size, its
     timeout and, for an agent this node runs, its rate and tenant's quotas. Raises the refusal;
