@@ -663,10 +663,8 @@ async def extra(extras: Extras, name: str, listen: str,
                 attempt: Callable[[], Awaitable[None]]) -> None:
     """Start an extra (retried in the background when it fails), unless its config is
     refused: then the daemon does not start."""
-    try:
+    with refused(ConfigError, f"cannot start the {name} on {listen}: "):
         await extras.start(name, listen, attempt)
-    except ConfigError as exc:
-        raise StartupError(f"cannot start the {name} on {listen}: {exc}") from None
 
 
 def freeze_heap(*, collect: bool = True) -> None:
