@@ -102,10 +102,6 @@ class Handlers(Generic[Ctx]):
             self._load(module)
         return self._loaded
 
-    def without_domain(self) -> list[str]:
-        """The declared methods whose name names no domain (checked without an import)."""
-        return sorted(n for n in REGISTRY if n.partition(".")[0] not in self.domains)
-
 
 Audit = Callable[[Caller, str, Any, str], None]
 
@@ -117,7 +113,8 @@ class Dispatcher(Generic[Ctx]):
     def __init__(self, handlers: Handlers[Ctx], audit: Audit,
                  agents: Callable[[Ctx], Iterable[str]] | None = None,
                  owner: Callable[[Ctx, str, str], str | None] | None = None) -> None:
-        missing = handlers.without_domain()
+        # the declared methods whose name names no domain (checked without an import)
+        missing = sorted(n for n in REGISTRY if n.partition(".")[0] not in handlers.domains)
         if missing:  # pragma: no cover - a programming error, caught by the test suite
             raise RuntimeError(f"control methods without implementation: {missing}")
         self.handlers = handlers

@@ -23,9 +23,8 @@ import msgspec
 
 from ..jsonrpc import RpcError
 from ..methods import ConfigReload, DrainReport, ReloadResult
-from ..supervisor.config import Config, ConfigError, GatewaySettings
+from ..supervisor.config import Config, ConfigError
 from ..supervisor.core import Supervisor
-from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import Transition
 from ..supervisor.teams.tools import LeaderTools
@@ -341,7 +340,12 @@ class Daemon:
         parts.stream.subscribe(dependents.on_transition, Transition)
         await enter("the dependents", part.closed(dependents.close))
         services = Services(
-            **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
+            agents=parts.agents, tools=parts.tools, quotas=parts.quotas, elastic=parts.elastic,
+            bus=parts.bus, task_engine=parts.tasks, budgets=parts.tasks.budgets,
+            sessions=parts.tasks.sessions, containment=parts.containment, health=parts.health,
+            stream=parts.stream, heartbeat=parts.heartbeat, runtime_stats=parts.runtime_stats,
+            cluster=node if node is not None else NotANode(), hub=hub, store=store,
+            revisions=opened.revisions,
             fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
@@ -433,8 +437,9 @@ class Daemon:
             conf = part.read_config(self.config_path, self.socket_override)
             cfg = conf.cfg
             # the keys its listener was made with stay as they were (restart_needed says so)
-            gateway = (cfg.gateway if self.start_config is None
-                       else as_listening(self.start_config.gateway, cfg.gateway))
+            started = cfg if self.start_config is None else self.start_config
+            gateway = msgspec.structs.replace(cfg.gateway, **{
+                k: getattr(started.gateway, k) for k in GATEWAY_AT_START})
             gateway_changes = s.gateway.configure(gateway, self.config_path.parent)
             if s.models is not None:
                 gateway_changes += s.models.configure(cfg.models, self.config_path.parent)
@@ -496,27 +501,11 @@ def read_at_start(started: Config, now: Config) -> list[str]:
     return said
 
 
-def as_listening(started: GatewaySettings, now: GatewaySettings) -> GatewaySettings:
-    """The file's [gateway] with GATEWAY_AT_START's keys as the daemon started with."""
-    return msgspec.structs.replace(now, **{k: getattr(started, k) for k in GATEWAY_AT_START})
-
-
 def import_web(cfg: Config) -> None:
     """The HTTP parts' modules, where the config serves HTTP (Daemon._web's)."""
     if cfg.http.listen or cfg.gateway.listen:
         for name in ("mcp", "ui", "context", "server"):
             importlib.import_module(f"{__package__}.http.{name}")
-
-
-def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
-    """The engine's parts as the services hold them (services.py)."""
-    return {"agents": parts.agents, "tools": parts.tools, "quotas": parts.quotas,
-            "elastic": parts.elastic, "bus": parts.bus, "task_engine": parts.tasks,
-            "budgets": parts.tasks.budgets, "sessions": parts.tasks.sessions,
-            "containment": parts.containment,
-            "health": parts.health, "stream": parts.stream, "heartbeat": parts.heartbeat,
-            "runtime_stats": parts.runtime_stats,
-            "cluster": cluster if cluster is not None else NotANode()}
 
 
 def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) -> int:
