@@ -4,8 +4,12 @@ start is; every way a zygote fails ends in a cold start with the reason in the l
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
+import socket
+import struct
+import termios
 from pathlib import Path
 
 import psutil
@@ -142,6 +146,12 @@ async def test_a_forked_agent_runs_as_its_user_like_a_cold_one(
     assert proc_view(zygote.pid)["uid"] == w["uid"]  # type: ignore[arg-type]
 
 
+def unread(sock: socket.socket | None) -> int:
+    """The bytes sent on `sock` that its peer has not read yet (the kernel's SIOCOUTQ)."""
+    assert sock is not None
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
 async def test_a_zygote_killed_mid_spawn_means_a_cold_start_and_a_new_zygote(
         sup: Supervisor) -> None:
     said = notes(sup)
@@ -153,7 +163,7 @@ async def test_a_zygote_killed_mid_spawn_means_a_cold_start_and_a_new_zygote(
     await sup.wait_state("phoenix", State.BACKOFF)
     os.kill(zygote.pid, signal.SIGSTOP)  # it will take the restart's request, not answer
     await sup.wait_state("phoenix", State.STARTING)
-    while not zygote._spawns:  # the request is in the zygote's socket
+    while not unread(zygote.sock):  # the request is in the zygote's socket
         await asyncio.sleep(0.01)
     os.kill(zygote.pid, signal.SIGKILL)
     await sup.wait_state("phoenix", State.READY, timeout=15)
@@ -214,8 +224,8 @@ async def test_a_zygote_retired_while_it_starts_is_closed_and_never_served(
     (its waiter told why, to start cold), not kept serving an interpreter about to go."""
     key = Key(PY, (), None, None, None)
     waiter = asyncio.ensure_future(sup.zygotes.get(key, lambda: dict(os.environ)))
-    while key not in sup.zygotes._starting:
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter's first step, which begins the zygote's start
+    assert not waiter.done() and sup.zygotes.zygotes == {}
     sup.zygotes.retire(lambda k: k == key)
     with pytest.raises(ZygoteUnavailable, match="zygote retired while it started"):
         await asyncio.wait_for(waiter, 15)
