@@ -115,6 +115,7 @@ async def test_quotas_changed_is_on_the_stream(sup: Supervisor) -> None:
 async def test_a_revoked_token_is_on_the_stream(tmp_path: Path) -> None:
     stream = Stream()
     store = StateStore(tmp_path / "corral.db", stream=stream)
+    store.open_writer()
     try:
         tokens = Tokens(store)
         secret, token = await tokens.create("ci", ["tasks:read"], None, None)
@@ -125,6 +126,7 @@ async def test_a_revoked_token_is_on_the_stream(tmp_path: Path) -> None:
         assert tokens.authenticate(secret) is None  # revoked however its subscribers fared
         assert Tokens(store).authenticate(secret) is None
     finally:
+        await store.close_writer()
         store.close()
 
 

@@ -272,6 +272,7 @@ async def _made(rows: RunStore, status: str, ended: float | None, items: int = 2
 
 async def test_ended_runs_are_pruned_and_the_database_shrinks_back(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "corral.db")
+    store.open_writer()
     try:
         rows = RunStore(store)
         path = tmp_path / "corral.db"
@@ -310,6 +311,7 @@ async def test_ended_runs_are_pruned_and_the_database_shrinks_back(tmp_path: Pat
         await rows.calls.save_call(run.record())
         assert await rows.prune(0, 0) == 2
     finally:
+        await store.close_writer()
         store.close()
 
 

@@ -65,12 +65,7 @@ class StateStore:
         return self.writer
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        if self.thread is None:  # before the writer is open (tests): on this connection
-            with errors_named(self.path), self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                for write in writes:
-                    write(self.db)
-            return
+        assert self.thread is not None, "the writer opens before any command runs"
         writes = list(writes)  # made now: behind what the writer holds, never ahead
         if self.writer is not None:
             await self.writer.written()
