@@ -467,8 +467,7 @@ class HttpGateway:
             return await self._stream_answer(request, sess, first, headers)
         answers: list[Any] = []
         tasks = [t for e in envs if (t := sess.mcp.receive(e, answers.append)) is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         answers = [a for a in answers if isinstance(a, Response | ErrorResponse)]
         if batch:
             return _json(answers, 200, headers)

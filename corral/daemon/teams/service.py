@@ -31,6 +31,8 @@ from .store import TeamCalls
 
 
 class TeamService(Teams):
+    report: Callable[[str], None]  # (Teams' may be None; a service's is always given)
+
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
                  report: Callable[[str], None], leaders: LeaderTools | None = None, *,
                  traced: bool = False, tools: Tools | None = None,
@@ -92,16 +94,15 @@ class TeamService(Teams):
         calls = self.rows.unfinished_calls() if self.shared is None else []
         self.resume(calls)
         self.recovered.set()
-        if calls and self.report is not None:
+        if calls:
             self.report(f"teams: {plural(len(calls), 'unfinished call')} resumed")
         self._stamping = asyncio.ensure_future(self._stamp())
 
     def _handed_over(self, e: CallHandover) -> None:
         if e.record.kind == KIND and e.record.call_id not in self.live:
             self.resume([TeamCall.kept(e.record)])
-            if self.report is not None:
-                self.report(f"teams: call {e.record.call_id} ({e.record.name}) taken over "
-                            f"from {e.holder}")
+            self.report(f"teams: call {e.record.call_id} ({e.record.name}) taken over "
+                        f"from {e.holder}")
 
     async def read(self, call_id: str | None = None, newest: int = 0) -> None:
         """On a cluster: this node's copies of a call or the `newest` calls refreshed from
@@ -128,9 +129,8 @@ class TeamService(Teams):
         try:
             await self.catalog.stamp(owner)
         except StoreError as exc:
-            if self.report is not None:
-                self.report(f"teams: revisions kept before they were their tenant's "
-                            f"could not be told whose: {exc}")
+            self.report(f"teams: revisions kept before they were their tenant's "
+                        f"could not be told whose: {exc}")
 
     async def close(self) -> None:
         if self._stamping is not None:
@@ -150,8 +150,7 @@ class TeamService(Teams):
         try:
             await self.rows.made(n)
         except StoreError as exc:
-            if self.report is not None:
-                self.report(f"teams: ended calls could not be pruned: {exc}")
+            self.report(f"teams: ended calls could not be pruned: {exc}")
 
     async def cancel(self, call: TeamCall) -> None:
         if self.shared is not None and call.status == "running" \
