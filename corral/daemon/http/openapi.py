@@ -82,11 +82,9 @@ RULES: dict[tuple[type[m.Params], str], dict[str, Any]] = {
     # a glob of no characters matches no agent: refused (tokens.py)
     (m.TokensCreate, "agents"): {"anyOf": [{"type": "string", "minLength": 1},
                                             {"type": "null"}]},
-    # a task's own timeout is positive, its input at most MAX_INPUT_BYTES of JSON
-    # (supervisor/tasks/admission.py)
+    # a task's own timeout is positive (supervisor/tasks/admission.py)
     (m.TasksSubmit, "timeout"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                             {"type": "null"}]},
-    (m.TasksSubmit, "input"): {"description": INPUT},
     # (taskoptions.TaskOptions.__post_init__)
     (m.TasksSubmit, "tags"): {"maxItems": MAX_TAGS, "items": {
         "type": "string", "maxLength": MAX_TAG_LENGTH, "pattern": TAG_PATTERN}},
