@@ -305,9 +305,15 @@ async def test_a_process_that_cannot_be_placed_in_its_cgroup_is_a_spawn_failure(
     assert r.last_exit == (
         f"spawn failed: [Errno 2] cannot place the process in cgroup "
         f"{tmp_path}/agent-homeless-0: No such file or directory")
-    # nothing tracked, nothing pending, no plain file written where cgroup.procs would be
-    assert sup.containment.live == {} and not sup.containment._pending
+    # nothing tracked, no plain file written where cgroup.procs would be
+    assert sup.containment.live == {}
     assert not (tmp_path / "agent-homeless-0" / "cgroup.procs").exists()
+    # nothing pending: a start again is given the same cgroup, not one beside a pending one
+    sup.start("homeless")
+    r = await sup.wait_state("homeless", State.TERMINATED)
+    assert r.last_exit == (
+        f"spawn failed: [Errno 2] cannot place the process in cgroup "
+        f"{tmp_path}/agent-homeless-0: No such file or directory")
 
 
 def test_limits_become_the_cgroup_v2_values_of_the_enabled_controllers(tmp_path: Path) -> None:
