@@ -271,27 +271,14 @@ class Nowhere:
     """The home of a task made apart from an intake and a claim: it keeps nothing, its turns
     get no state, it spawns no child (one made here would be no other node's to find)."""
 
-    __slots__ = ()
+    __slots__ = ("asks", "spawns", "turns")
+    steps: StepJournal | None = None
+    outputs: OutputJournal = DROPPED
 
-    @property
-    def steps(self) -> StepJournal | None:
-        return None
-
-    @property
-    def outputs(self) -> OutputJournal:
-        return DROPPED
-
-    @property
-    def turns(self) -> TurnStore:
-        return self
-
-    @property
-    def spawns(self) -> SpawnStore:
-        return self
-
-    @property
-    def asks(self) -> AskShelf:
-        return self
+    def __init__(self) -> None:
+        self.turns: TurnStore = self
+        self.spawns: SpawnStore = self
+        self.asks: AskShelf = self
 
     def record(self, task: Task) -> None:
         return None
