@@ -187,7 +187,7 @@ class Daemon:
             if sig in (signal.SIGUSR2, UPGRADE):
                 if sig == signal.SIGUSR2:
                     s.hub.daemon("received SIGUSR2: upgrading")
-                    self.upgrades.signalled()
+                    self.upgrades.begin()
                 await self.upgrades.hand_over()  # returns only if nothing was handed over
                 continue
             if sig not in (STOP, STOP_NOW):

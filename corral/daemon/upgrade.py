@@ -252,22 +252,20 @@ class Upgrades:
         if self.report.state == "handing_over" or self.target is not None:
             raise RpcError(jsonrpc.CONFLICT, "an upgrade is under way")
         target = Target(p.python, p.pythonpath, self.host.notifier, self.host.spared)
-        attempt = self.report.attempt + 1
-        self.report = UpgradeReport(attempt=attempt, state="handing_over",
-                                    pid=os.getpid(), from_version=__version__)
+        self.begin()
         try:
-            version = await target.check(self.host.config_path)
+            self.report.to_version = await target.check(self.host.config_path)
         except UpgradeRefusal as exc:
             self._refused(str(exc))
             raise RpcError(jsonrpc.REFUSED, f"upgrade refused, nothing changed: {exc}"
                            ) from None
-        self.report.to_version = version
         self.target = target
         self._queue()
         return self.report
 
-    def signalled(self) -> None:
-        """SIGUSR2: an upgrade to the daemon's own interpreter, checked first."""
+    def begin(self) -> None:
+        """An upgrade's report, unless one is under way (SIGUSR2's: to the daemon's own
+        interpreter, checked as it is handed over)."""
         if self.target is None and self.report.state != "handing_over":
             self.report = UpgradeReport(attempt=self.report.attempt + 1,
                                         state="handing_over", pid=os.getpid(),
