@@ -102,9 +102,9 @@ class LoginSessions:
     sessions: dict[str, LoginSession] = field(default_factory=dict)
     # the HTTP server's context, once ui.setup has mounted the dashboard on it
     context: HttpContext | None = None
-    # whether the token a session came from still holds what it held (ui.setup: the
-    # token store); None: no tokens to ask
-    token_holds: Callable[[Caller], bool] | None = None
+    # the token store, asked whether the token a session came from still holds what it
+    # held (set by ui.setup)
+    tokens: Tokens | None = None
 
     @property
     def url(self) -> str:
@@ -150,11 +150,21 @@ class LoginSessions:
             return None
         session = self.sessions.get(sid)
         if session is not None and (session.expires <= self.clock() or (
-                session.token is not None and self.token_holds is not None
-                and not self.token_holds(session.token))):
+                session.token is not None and not self._holds(session.token))):
             del self.sessions[sid]
             return None
         return session
+
+    def _holds(self, caller: Caller) -> bool:
+        """Whether the token a caller came with is still there, unexpired, with the same
+        tenant, agents and scopes (a token revoked and made again under its name with
+        other powers is another token)."""
+        if self.tokens is None:
+            return True  # no tokens to ask
+        token = self.tokens.named(caller.token or "")
+        return (token is not None and not token.expired(time.time())
+                and (token.tenant, token.agents, token.scopes)
+                == (caller.tenant, caller.agents, caller.scopes))
 
     def revoked(self, e: TokenRevoked) -> None:
         """A token revoked: the sessions and unused links it asked for end now."""
@@ -273,19 +283,6 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
         if path.is_file() and kind is not None:
             out[path.relative_to(STATIC).as_posix()] = (path.read_bytes(), kind)
     return out
-
-
-def _token_holds(tokens: Tokens) -> Callable[[Caller], bool]:
-    """Whether the token a caller came with is still there, unexpired, with the same
-    tenant, agents and scopes (a token revoked and made again under its name with other
-    powers is another token)."""
-    def holds(caller: Caller) -> bool:
-        token = tokens.named(caller.token or "")
-        return (token is not None and not token.expired(time.time())
-                and (token.tenant, token.agents, token.scopes)
-                == (caller.tenant, caller.agents, caller.scopes))
-
-    return holds
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -445,7 +442,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         return
     sessions.context = ctx
     tokens = tokens_of(ctx.services.store)
-    sessions.token_holds = _token_holds(tokens)
+    sessions.tokens = tokens
     tokens.stream.subscribe(sessions.revoked, TokenRevoked)
     pages = Pages(ctx, sessions)
     ctx.authenticators.append(pages.guard.caller)
