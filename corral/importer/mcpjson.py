@@ -110,7 +110,7 @@ def _server(name: str, entry: dict[str, Any], where: str, imp: Conversion) -> No
         if k in CARRIED:
             continue
         why = NOT_CARRIED.get(k, "not a key corral import knows of an MCP server")
-        if k not in NOT_CARRIED or why is not None:
+        if why is not None:
             imp.note(where, k, f"{json.dumps(v)}: not carried: {why}")
     _client_variables(table, where, imp)
     # a valid agent's name without `__`, which parts a server's name from its tools'

@@ -215,13 +215,10 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
                            ([watch] if isinstance(watch, str) else watch)])
     _log_file(app, table, where, imp, base)
     _cron(app.get("cron_restart"), table, where, imp)
-    env = app.get("env")
-    if isinstance(env, dict):
-        table["env"] = {str(k): _text(v) for k, v in env.items()}
-    chosen = app.get(f"env_{profile}") if profile else None
-    if isinstance(chosen, dict):  # as `pm2 start --env NAME` sets it over env
-        table["env"] = {**table.get("env", {}), **{str(k): _text(v)
-                                                   for k, v in chosen.items()}}
+    # its env, then the profile's over it, as `pm2 start --env NAME` sets it
+    for env in (app.get("env"), app.get(f"env_{profile}") if profile else None):
+        if isinstance(env, dict):
+            table["env"] = table.get("env", {}) | {str(k): _text(v) for k, v in env.items()}
     _ports(app, table, replicas, where, imp)
     if isinstance(app.get("env_file"), str):
         # PM2 reads it from the app's directory (its cwd, else the file's)
@@ -236,12 +233,9 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
                                    f"{k[4:]}` sets it over env, as `pm2 start --env "
                                    f"{k[4:]}` does)")
             continue
-        if k in NOT_CARRIED:
-            why = NOT_CARRIED[k]
-            if why is not None:
-                imp.note(where, k, f"{json.dumps(app[k])}: not carried: {why}")
-            continue
-        imp.note(where, k, f"{json.dumps(app[k])}: not carried: not a key of a PM2 app")
+        why = NOT_CARRIED.get(k, "not a key of a PM2 app")
+        if why is not None:
+            imp.note(where, k, f"{json.dumps(app[k])}: not carried: {why}")
     imp.add(where, name, table)
 
 

@@ -397,9 +397,8 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     for k in raw:
         if k in PROGRAM_KEYS_CARRIED:
             continue
-        why = NOT_CARRIED.get(k)
-        imp.note(where, k, f"{raw[k]!r}: not carried: {why}" if why else
-                 f"{raw[k]!r}: not carried: not a key of supervisord's [program:x]")
+        why = NOT_CARRIED.get(k, "not a key of supervisord's [program:x]")
+        imp.note(where, k, f"{raw[k]!r}: not carried: {why}")
     priorities[imp.add(where, name, table)] = (prio, where, needs)
 
 
