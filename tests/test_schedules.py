@@ -159,7 +159,7 @@ async def test_a_schedule_starts_a_workflows_run(tmp_path: Path) -> None:
         run_id = fires.seen[0].started
         assert run_id is not None
         workflows = d.up.services.workflows
-        await workflows.calls.wait(run_id, 10)
+        await workflows.wait(run_id, 10)
         run = workflows.get(run_id)
         assert (run.workflow, run.status, workflows.rows.outputs(run)["two"]) == (
             "twice", "succeeded", 20)

@@ -310,7 +310,7 @@ async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
         holder.execute("ROLLBACK")  # the database can be written again
         service.recovered.set()  # (as the daemon's recover(): no journal to wait for)
         run = await service.start("one", {"x": 2}, traceparent=CALLER, tracestate="k=v")
-        await service.calls.wait(run.run_id, 60)
+        await service.wait(run.run_id, 60)
         assert (run.status, run.error, dict(service.rows.outputs(run))) == (
             "succeeded", None, {"echo": {"op": "echo", "x": 2}})
         (listed,), _ = service.list(None, None, None, 10, None)
@@ -355,7 +355,7 @@ async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_cont
         sub = sup.stream.subscribe(lock, StepStarted)
         service.recovered.set()
         outer = await service.start("outer", {"x": 3})
-        await service.calls.wait(outer.run_id, 60)  # its driver stops: the store failed
+        await service.wait(outer.run_id, 60)  # its driver stops: the store failed
         sup.stream.unsubscribe(sub)
         (child_id,) = started
         assert reports == [
@@ -374,7 +374,7 @@ async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_cont
 
         holder.execute("ROLLBACK")  # the database can be written again
         service.recover()  # the parent driven on from its rows, as the next daemon does
-        await service.calls.wait(outer.run_id, 60)
+        await service.wait(outer.run_id, 60)
         resumed = service.get(outer.run_id)
         assert (resumed.status, resumed.error) == ("succeeded", None)
         child = service.get(child_id)
@@ -468,7 +468,7 @@ async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their
         try:
             after.recover()
             await asyncio.to_thread(lambda: gate.open("w").close())  # the task ends
-            await after.calls.wait(outer.run_id, 60)
+            await after.wait(outer.run_id, 60)
             assert (after.get(outer.run_id).status, after.get(child_id).status) == (
                 "succeeded", "succeeded")
             spans = spans_of(runs)

@@ -21,6 +21,9 @@ def whose(tenant: str | None) -> str:
     return tenant if tenant is not None else "-"
 
 
+VERBS = ("add", "update", "remove", "describe", "history", "rollback")
+
+
 def read_tables(path: str, section: str) -> dict[str, Any]:
     """The [section.NAME] tables of a TOML file (or a JSON file's `section` object)."""
     import json
@@ -39,12 +42,11 @@ def read_tables(path: str, section: str) -> dict[str, Any]:
     return tables
 
 
-def runtime_commands(section: str, noun: str) -> None:
+def runtime_commands(section: str, noun: str, methods: tuple[type[m.Params], ...]) -> None:
     """The kind's runtime commands (`corral workflows add`...), each the front of the
-    kind's method of its verb (m.WorkflowsAdd, m.TeamsAdd: their params' fields are the
+    kind's method of its verb, `methods` in VERBS' order (their params' fields are the
     same for every kind but add's, named as the kind's section)."""
-    verb = {name: getattr(m, section.title() + name.title()) for name in (
-        "add", "update", "remove", "describe", "history", "rollback")}
+    verb = dict(zip(VERBS, methods, strict=True))
 
     @command(verb["add"], more=f"\n\nFILE holds [{section}.NAME] tables (TOML, as the config "
              "file writes them; or JSON, with .json).")

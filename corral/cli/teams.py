@@ -33,7 +33,8 @@ def teams_list(obj: Ctx, as_json: bool) -> None:
            for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT", "DESCRIPTION"])
 
 
-runtime_commands("teams", "team")
+runtime_commands("teams", "team", (m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.TeamsDescribe,
+                                   m.TeamsHistory, m.TeamsRollback))
 
 
 @command(m.TeamsCall)

@@ -222,4 +222,6 @@ def run_cancel(obj: Ctx, run_id: str) -> None:
 
 
 # -- runtime workflows, with revisions (daemon/workflows/catalog.py) ------------------------
-runtime_commands("workflows", "workflow")
+runtime_commands("workflows", "workflow", (
+    m.WorkflowsAdd, m.WorkflowsUpdate, m.WorkflowsRemove, m.WorkflowsDescribe,
+    m.WorkflowsHistory, m.WorkflowsRollback))

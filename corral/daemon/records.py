@@ -69,7 +69,7 @@ def team(field: str) -> Record:
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         named = getattr(params, field)
         for name in [named] if isinstance(named, str) else named:
-            spec = d.teams.specs.get(name)
+            spec = d.teams.defined(name)
             if spec is None:
                 raise jsonrpc.not_found("team", name)
             _mine(caller, spec.agents, d.teams.tenant_of(name), "team", name)
@@ -95,7 +95,7 @@ def task_agent(field: str) -> Record:
     only as the team is; an agent's name is the rule's `check`."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         name = getattr(params, field)
-        spec = d.teams.specs.get(name) if name is not None else None
+        spec = d.teams.defined(name) if name is not None else None
         if spec is not None:
             _mine(caller, spec.agents, d.teams.tenant_of(name), "agent", name)
 
@@ -121,7 +121,7 @@ def task(field: str) -> Record:
         if found is not None:
             mine = sees_call(caller, found)
         else:
-            spec = d.teams.specs.get(info.agent)
+            spec = d.teams.defined(info.agent)
             mine = spec is None or caller.owns(spec.agents, d.teams.tenant_of(info.agent))
         if not (mine and sees_task(caller, info)):
             raise jsonrpc.not_found("task", task_id)

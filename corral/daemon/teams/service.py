@@ -79,6 +79,9 @@ class TeamService(Teams):
         servers = list(self.tools.servers) if self.tools is not None else []
         return against(self._agent_tenant, seen, self.specs, servers)
 
+    def defined(self, name: str) -> TeamSpec | None:
+        return self.specs.get(name)
+
     def tenant_of(self, name: str) -> str | None:
         """A team's tenant (its own, else its agents': checked one on load), None when
         there is no such team or its agents are gone."""

@@ -232,14 +232,14 @@ async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, 
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
                                   tracestate=p.tracestate)
     if p.wait is not None:
-        await d.workflows.calls.wait(run.run_id, p.wait)
+        await d.workflows.wait(run.run_id, p.wait)
     return run_view(run, d.workflows.rows, m.RunsGet(run_id=run.run_id))
 
 
 @implements(m.RunsGet)
 async def runs_get(d: WorkflowServices, p: m.RunsGet, caller: Caller, c: Channel) -> m.RunView:
     if p.wait is not None:
-        await d.workflows.calls.wait(p.run_id, p.wait)
+        await d.workflows.wait(p.run_id, p.wait)
     await d.workflows.read(p.run_id)
     run = d.workflows.get(p.run_id)
     if p.step is not None and p.step not in {s.name for s in run.wf.steps}:

@@ -57,7 +57,7 @@ class WorkflowService:
         # no step is submitted before the task journal's tasks are back in the engine
         # (a run started meanwhile waits): a recorded step's task is found, not doubled
         self.recovered = self.calls.recovered
-        # ended runs are kept as the task journal keeps finished tasks (retain)
+        # ended runs are kept as the task journal keeps finished tasks (set at start)
         self.max_age = 0.0
         self.max_runs: int | None = None
         self._pruning: asyncio.Task[None] | None = None
@@ -168,9 +168,6 @@ class WorkflowService:
         if self.max_runs is not None and self._pruning is None:
             self._pruning = asyncio.ensure_future(self._prune_every())
 
-    def retain(self, max_age: float, max_runs: int) -> None:
-        self.max_age, self.max_runs = max_age, max_runs
-
     async def _stamp(self) -> None:
         try:
             told = await self.rows.stamp(self.agent_tenant)
@@ -197,6 +194,9 @@ class WorkflowService:
         self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {why}")
         if self.traces is not None:  # made again from its row when it is driven again
             self.traces.forget(run.run_id)
+
+    async def wait(self, run_id: str, timeout: float | None) -> None:
+        await self.calls.wait(run_id, timeout)
 
     async def read(self, run_id: str | None = None, newest: int = 0) -> None:
         """On a cluster: this node's copies of a run or the `newest` runs refreshed from
