@@ -9,6 +9,7 @@ from corral.supervisor import Supervisor
 from corral.supervisor.memory import TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
 
 from .conftest import agent
+from .test_gateway_stdio import wait_until_async
 
 
 def test_this_machines_malloc_can_be_trimmed() -> None:
@@ -18,19 +19,17 @@ def test_this_machines_malloc_can_be_trimmed() -> None:
 
 async def test_a_trim_comes_once_enough_was_let_go_and_a_delay_later() -> None:
     r = Releaser()
-    r.let_go(TRIM_AFTER - 1)
-    assert r._timer is None and r.trims == 0  # not enough yet
-    r.let_go(1)
-    timer = r._timer
-    assert timer is not None
-    r.let_go(TRIM_AFTER)  # more while one is due: the same one
-    assert r._timer is timer and r.released == 2 * TRIM_AFTER
     loop = asyncio.get_running_loop()
-    assert abs(timer.when() - loop.time() - TRIM_DELAY) < 0.5
-    done = loop.create_future()
-    loop.call_at(timer.when() + 0.05, done.set_result, None)  # just after the trim
-    await done
-    assert r.trims == 1 and r.released == 0 and r._timer is None
+    r.let_go(TRIM_AFTER - 1)
+    # not enough yet: a trim armed here would come TRIM_DELAY after it, too early below
+    await asyncio.sleep(TRIM_DELAY / 4)
+    r.let_go(1)
+    armed = loop.time()
+    r.let_go(TRIM_AFTER)  # more while one is due: the same one (a second would count 2)
+    assert r.trims == 0 and r.released == 2 * TRIM_AFTER
+    await wait_until_async(lambda: r.trims, 10)
+    assert TRIM_DELAY <= loop.time() - armed < TRIM_DELAY + 0.5
+    assert r.trims == 1 and r.released == 0
 
 
 async def test_finished_tasks_payloads_are_let_go_and_trimmed(sup: Supervisor) -> None:
@@ -44,9 +43,6 @@ async def test_finished_tasks_payloads_are_let_go_and_trimmed(sup: Supervisor) -
     memory = sup.tasks.memory
     # each task's input (and any output dropped past tasks_kept_mb) was counted
     assert memory.total >= n * 200_000
-    if memory._timer is not None:  # not yet trimmed (a fast machine): just after it is
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.call_at(memory._timer.when() + 0.05, done.set_result, None)
-        await done
+    # not yet trimmed (a fast machine): a trim is due within TRIM_DELAY
+    await wait_until_async(lambda: memory.trims >= 1, TRIM_DELAY + 10)
     assert memory.trims >= 1 and memory.released < TRIM_AFTER
