@@ -530,7 +530,7 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
     service.configure(conf.cfg.workflows)
     publish_runs(parts.stream, parts.bus)
     sc = conf.cfg.supervisor
-    service.retain(sc.journal_max_age, sc.journal_max_tasks)
+    service.max_age, service.max_runs = sc.journal_max_age, sc.journal_max_tasks
     async with closed(service.close):
         yield service
 
