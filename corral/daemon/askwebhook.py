@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
-from ..askviews import Ask
 from ..supervisor.config import ApprovalsSettings
 from ..supervisor.stream import Stream
 from ..supervisor.tasks.inbox import AskEnded
@@ -31,12 +30,6 @@ RETRY_MAX = 30.0
 class HookDelivery(NamedTuple):
     name: str  # X-Corral-Delivery
     body: bytes
-
-
-def delivery_of(ask: Ask) -> HookDelivery:
-    name = f"{ask.id}:{ask.end or 'pending'}"
-    return HookDelivery(name, msgspec.json.encode({"event": "approvals.ask",
-                                               "delivery": name, "ask": ask}))
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -70,7 +63,9 @@ class AskWebhook:
                             f"{len(self.queue)} wait for {self.settings.webhook}, the bound "
                             f"(webhook_queue {self.settings.webhook_queue})")
             return
-        self.queue.append(delivery_of(e.ask))
+        name = f"{e.ask.id}:{e.ask.end or 'pending'}"
+        self.queue.append(HookDelivery(name, msgspec.json.encode(
+            {"event": "approvals.ask", "delivery": name, "ask": e.ask})))
         self._wakeup.set()
 
     async def _run(self) -> None:
