@@ -225,15 +225,11 @@ class Client:
             try:
                 # (a full backlog makes the connect itself wait)
                 self.sock = self._connect(max(deadline - time.monotonic(), 0.001))
-            except Unreachable:
-                raise GoneAway(f"{lost}: {method} was not made") from None
-            self._next_id += 1
-            probe = self._next_id
-            self._send(msgspec.json.encode({"jsonrpc": "2.0", "id": probe,
-                                            "method": DaemonInfo.declared.name,
-                                            "params": {}}) + b"\n")
-            again = None
-            try:
+                self._next_id += 1
+                probe = self._next_id
+                self._send(msgspec.json.encode({"jsonrpc": "2.0", "id": probe,
+                                                "method": DaemonInfo.declared.name,
+                                                "params": {}}) + b"\n")
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -241,18 +237,15 @@ class Client:
                     self.sock.settimeout(left)
                     msg = _message.decode(self._read_line())
                     if msg.method == GOING_AWAY and msg.id is UNSET:
-                        again = msg  # (the next image went away too: once more)
-                        break
+                        break  # (the next image went away too: once more)
                     if msg.id == probe:
-                        break
+                        self.sock.settimeout(self.timeout)
+                        return
             except TimeoutError:
                 raise GoneAway(f"{lost} within {self.resume_wait:g} s: {method} was not "
                                "made") from None
-            except Disconnection:
+            except Unreachable:  # (the connect's, or a Disconnection)
                 raise GoneAway(f"{lost}: {method} was not made") from None
-            if again is None:
-                self.sock.settimeout(self.timeout)
-                return
 
     def ask(
         self,
