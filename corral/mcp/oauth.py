@@ -474,17 +474,15 @@ async def _token_request(http: aiohttp.ClientSession, endpoint: str, client: OAu
         # RFC 6749 2.3.1: each part form-urlencoded before base64
         pair = f"{quote(client.client_id, safe='')}:{quote(client.client_secret, safe='')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-    elif method == "client_secret_post" and client.client_secret is not None:
-        form["client_id"] = client.client_id
-        form["client_secret"] = client.client_secret
-    elif method == "private_key_jwt" and settings.private_key_pem:
-        form["client_id"] = client.client_id
-        form["client_assertion_type"] = \
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-        # RFC 7523bis: the audience is the authorization server's issuer identifier
-        form["client_assertion"] = _client_assertion(client.client_id, issuer, settings)
     else:
         form["client_id"] = client.client_id
+        if method == "client_secret_post" and client.client_secret is not None:
+            form["client_secret"] = client.client_secret
+        elif method == "private_key_jwt" and settings.private_key_pem:
+            form["client_assertion_type"] = \
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            # RFC 7523bis: the audience is the authorization server's issuer identifier
+            form["client_assertion"] = _client_assertion(client.client_id, issuer, settings)
     data = await _post_form(http, endpoint, form, headers, "token request")
     expires_in = data.get("expires_in")
     return OAuthTokens(access_token=data["access_token"],
