@@ -121,8 +121,7 @@ class ScheduleService:
         self.specs: dict[str, ScheduleSpec] = {}
         self.live: dict[str, _Live] = {}
         self._firing: set[asyncio.Task[None]] = set()
-        self._started = False
-        self._syncing: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Task[None] | None = None  # since `start`
         self._lock = asyncio.Lock()  # one change of the schedules at a time
 
     def configure(self, cfg: Config) -> None:
@@ -132,14 +131,13 @@ class ScheduleService:
         self.owners = {name: {a: cfg.agents[a].tenant for a in self.agents_of(spec)
                               if a in cfg.agents}
                        for name, spec in self.specs.items()}
-        if self._started:
+        if self._syncing is not None:
             self._syncing = self._spawn(self._sync())
 
     def start(self) -> None:
         """Once the tasks are recovered: each schedule's missed fires settled by its
         policy, then its timer set (in the background: a cluster's task front waits for
         the node's start)."""
-        self._started = True
         self._syncing = self._spawn(self._sync())
 
     async def settled(self) -> None:
