@@ -357,7 +357,11 @@ class TaskJournalDB:
                 for row in rows:
                     if len(row) != TASK_ROW:  # a key's, in the table now
                         self._keys.pop((row[0], row[1]), None)
-            self._written(len(rows))
+            since = self._outage.recovered()
+            if since is not None:
+                self.on_notice(f"task journal {self.path} is written again: the changes of "
+                               f"{plural(len(rows), 'task')} kept in memory since "
+                               f"{iso_time(since)} are recorded")
         elif self._group.first_failure:
             self._failed(error)
 
@@ -371,13 +375,6 @@ class TaskJournalDB:
         self.on_error(f"{error}: new tasks are refused until it can be written; the "
                       f"changes of {waiting} wait in memory and are written when it can "
                       f"(tried every {RETRY_EVERY:g} s)")
-
-    def _written(self, rows: int) -> None:
-        since = self._outage.recovered()
-        if since is not None:
-            self.on_notice(f"task journal {self.path} is written again: the changes of "
-                           f"{plural(rows, 'task')} kept in memory since {iso_time(since)} "
-                           "are recorded")
 
     # -- on the writer thread (store.WriterThread) ------------------------------------
     def _write(self, db: sqlite3.Connection, rows: list[Row]) -> None:
