@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral.jsonrpc import IDLE_BUFFER, LineProtocol
+from corral.jsonrpc import IDLE_BUFFER, MIN_READ, LineProtocol
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks import encode_input
 
@@ -121,6 +121,12 @@ def test_corral_run_sends_a_5_mb_input_file_and_prints_the_whole_output() -> Non
         assert r.returncode == 2 and "not JSON" in r.stderr
 
 
+def room(proto: LineProtocol) -> int:
+    """The room the protocol gives its next read: its buffer's, once every line is read."""
+    with proto.get_buffer(-1) as view:
+        return len(view)
+
+
 def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
     got: list[bytes] = []
     proto = LineProtocol(got.append, lambda exc: None, max_line=4 << 20)
@@ -133,15 +139,22 @@ def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
     # each line is bytes of its own: reusing the buffer changes none of them
     assert all(type(x) is bytes for x in got)
     # the large buffer is kept while long lines keep coming ...
-    assert len(proto._rbuf) > len(longer) and proto._long == len(longer)
+    assert room(proto) > len(longer)
+    # (and the last long line's size is kept: a reader of the same stream, its buffer given
+    # back, grows it at once to that size when a line outgrows it)
+    again = LineProtocol(lambda line: None, lambda exc: None, max_line=4 << 20)
+    for piece in [stream[i : i + 50_000] for i in range(0, len(stream), 50_000)] + [
+            b"short\n", b"p" * IDLE_BUFFER]:
+        again.data_received(piece)
+    assert room(again) == len(longer) + MIN_READ - IDLE_BUFFER
     proto.data_received(longer + b"\n")
-    assert got[-1] == longer and len(proto._rbuf) > len(longer)
+    assert got[-1] == longer and room(proto) > len(longer)
     # ... and given back at the next short line
     proto.data_received(b"q" * 70_000)
     proto.data_received(b"\n")
-    assert got[-1] == b"q" * 70_000 and len(proto._rbuf) > IDLE_BUFFER
+    assert got[-1] == b"q" * 70_000 and room(proto) > IDLE_BUFFER
     proto.data_received(b"short\n")
-    assert got[-1] == b"short" and len(proto._rbuf) == IDLE_BUFFER
+    assert got[-1] == b"short" and room(proto) == IDLE_BUFFER
     assert [bytes(x) for x in got[:6]] == [b"a", long, b"b", longer, b"z" * 10, longer]
 
 
