@@ -312,16 +312,13 @@ class TaskJournalDB:
             del young[task_id]
             self._group.put(task_id, _row(task, arrival, task.input))
 
-    def _release_all(self) -> None:
-        young, self._young = self._young, {}
-        for task_id, (_, arrival, task) in young.items():
-            self._group.put(task_id, _row(task, arrival, task.input))
-
     def behind(self) -> bool:
         return self._group.waiting_bytes > BEHIND_BYTES
 
     async def committed(self) -> None:
-        self._release_all()  # someone waits: nothing is young any more
+        young, self._young = self._young, {}  # someone waits: nothing is young any more
+        for task_id, (_, arrival, task) in young.items():
+            self._group.put(task_id, _row(task, arrival, task.input))
         await self._group.committed()
 
     async def load(self, task_id: str) -> TaskInfo | None:
@@ -485,10 +482,9 @@ class TaskJournalDB:
 
     # -- shutdown -------------------------------------------------------------------------
     async def close(self) -> None:
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
-        if self._release_timer is not None:
-            self._release_timer.cancel()
+        for timer in (self._prune_timer, self._release_timer):
+            if timer is not None:
+                timer.cancel()
         with contextlib.suppress(TaskJournalError):
             await self.committed()  # while failing: one more attempt
         self._group.cancel_retry()
