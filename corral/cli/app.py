@@ -304,5 +304,4 @@ def completion(shell: str) -> None:
 
     comp_cls = get_completion_class(shell)
     assert comp_cls is not None
-    comp = comp_cls(cli, {}, "corral", "_CORRAL_COMPLETE")
-    click.echo(comp.source())
+    click.echo(comp_cls(cli, {}, "corral", "_CORRAL_COMPLETE").source())

@@ -67,11 +67,9 @@ async def login(config: Path, name: str, port: int, say: Callable[[str], None]) 
     app.router.add_get("/callback", callback)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        bound = runner.addresses[0][1]
-        redirect = f"http://127.0.0.1:{bound}/callback"
+        redirect = f"http://127.0.0.1:{runner.addresses[0][1]}/callback"
 
         async def authorize(auth_url: str, redirect_uri: str, state: str) -> Redirect:
             say(f"Open this URL in a browser to authorize corral for {name}:\n\n"

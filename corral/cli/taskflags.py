@@ -67,8 +67,7 @@ def _items(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
            ) -> list[str] | None:
     """A list's flag given again, or items separated by commas (none given: None); an
     empty item is kept, for the check to refuse rather than the flag to drop."""
-    items = [item.strip() for v in value for item in v.split(",")]
-    return items or None
+    return [item.strip() for v in value for item in v.split(",")] or None
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None

@@ -182,8 +182,7 @@ def run_task(obj: Ctx, /, agent: str, input_: str, local: bool, traceparent: str
     except Unreachable as exc:
         if not accepted:  # never acknowledged: it may not exist
             fail(str(exc), EXIT_UNREACHABLE)
-        info = _wait_again(obj, accepted[0], reconnect)
-        res = info.outcome()
+        res = _wait_again(obj, accepted[0], reconnect).outcome()
     _finish(res, "json" if as_json else "text")
 
 

@@ -279,8 +279,7 @@ def _ports(app: dict[str, Any], table: dict[str, Any], replicas: int, where: str
 
 
 def _command(app: dict[str, Any], script: str, where: str, imp: Conversion) -> list[str]:
-    args = app.get("args", [])
-    argv = _words(args, where, "args")
+    argv = _words(app.get("args", []), where, "args")
     interpreter = app.get("interpreter") or app.get("exec_interpreter")
     extra = _words(app.get("interpreter_args") or app.get("node_args") or [], where,
                    "interpreter_args")

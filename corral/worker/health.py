@@ -95,8 +95,7 @@ class HealthAnswers:
             if getattr(fn, "__code__", None) and fn.__code__.co_flags & 0x80:
                 import asyncio
 
-                loop = self._loop()
-                value = asyncio.run_coroutine_threadsafe(fn(), loop).result()
+                value = asyncio.run_coroutine_threadsafe(fn(), self._loop()).result()
             else:
                 value = fn()
         except Exception as exc:
