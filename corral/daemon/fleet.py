@@ -104,6 +104,18 @@ class Fleet:
                 exc.message += f"; {text}"
             raise
 
+    async def _revise(self, name: str, spec: AgentSpec, who: str, why: str | None,
+                      writes: list[Write], unchanged: str,
+                      act: Callable[[], Awaitable[None]]) -> list[Revision]:
+        """A change of the agent to `spec` as a `_unit`: its revision recorded with `writes`
+        and taken back with them (its kept scale or runtime table as they are now); told."""
+        made: list[Revision] = []
+        undo = self._as_kept_now(name)
+        await self._unit([*writes, recording(spec, who, why, made, self.revisions.kept)],
+                         unchanged, act, lambda: [*undo, *map(unrecording, made)])
+        self.told(made)
+        return made
+
     @contextlib.asynccontextmanager
     async def changing(self, names: Iterable[str]) -> AsyncIterator[None]:
         """While a change of these agents records, then acts: another of any waits its turn."""
@@ -174,7 +186,6 @@ class Fleet:
         if redact.deeper_than(changes, redact.MAX_DEPTH):  # before the merge recurses
             raise RpcError(jsonrpc.INVALID_PARAMS, f"agents.update: agents.{name}: tables "
                            f"and lists nested more than {redact.MAX_DEPTH} deep")
-        made: list[Revision] = []
         async with self.changing([name]):
             agent = self.agents.agent(name)
             if agent.spec.placement == "cluster":
@@ -193,13 +204,10 @@ class Fleet:
             if spec.replicas != len(agent.replicas) and not spec.elastic:
                 self.agents.check_tenants({name: (spec.tenant, spec.replicas)},
                                        f"updating {name}")
-            undo = self._as_kept_now(name)
-            await self._unit(
-                [StateStore.saving_runtime_agent(name, table),
-                 recording(spec, who, None, made, self.revisions.kept)],
-                f"{name} was not updated", lambda: self.apply_spec(name, spec),
-                lambda: [*undo, *map(unrecording, made)])
-        self.told(made)
+            made = await self._revise(name, spec, who, None,
+                                      [StateStore.saving_runtime_agent(name, table)],
+                                      f"{name} was not updated",
+                                      lambda: self.apply_spec(name, spec))
         return made[0].change if made else "no change"
 
     async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool,
@@ -262,7 +270,6 @@ class Fleet:
         return names
 
     async def scale(self, name: str, replicas: int, who: str) -> None:
-        made: list[Revision] = []
         async with self.changing([name]):
             agent = self.agents.agent(name)
             why = scale_refusal(agent.spec, replicas)
@@ -280,17 +287,13 @@ class Fleet:
                 if table is not None:
                     writes.append(StateStore.saving_runtime_agent(
                         name, {**table, "replicas": replicas}))
-            undo = self._as_kept_now(name)
-            writes.append(recording(msgspec.structs.replace(agent.spec, replicas=replicas),
-                                    who, None, made, self.revisions.kept))
             # the replicas that go take their stops by hand with them
             writes.append(StopMarks.forgetting(name, replicas))
             # the act refuses when another agent's change grew the fleet past max_replicas
-            await self._unit(writes, f"{name} was not scaled",
-                             lambda: self.agents.scale(name, replicas),
-                             lambda: [*undo, *map(unrecording, made)])
+            await self._revise(name, msgspec.structs.replace(agent.spec, replicas=replicas),
+                               who, None, writes, f"{name} was not scaled",
+                               lambda: self.agents.scale(name, replicas))
             self.stops.forgotten(name, replicas)
-        self.told(made)
 
     def stop_mark(self, name: str, index: int) -> StopMark | None:
         return self.stops.of(name, index)
@@ -331,7 +334,6 @@ class Fleet:
         """Back to an earlier spec revision (default: the one before the current; with
         `release`, the newest that ran it); the revision restored, and what that changed.
         `tenant`: as `add`'s; the releases the agent ran before may be restored."""
-        made: list[Revision] = []
         async with self.changing([name]):
             held = self.tenant_of(name)
             latest = self.revisions.latest(name, held)
@@ -363,13 +365,9 @@ class Fleet:
                                          self.declared_replicas.get(name, 1), held)]
             else:
                 writes = [StateStore.saving_runtime_agent(name, rev.spec)]
-            undo = self._as_kept_now(name)
             why = f"rollback to revision {target}"
-            writes.append(recording(spec, who, why, made, self.revisions.kept))
-            await self._unit(writes, f"{name} was not rolled back",
-                             lambda: self.apply_spec(name, spec),
-                             lambda: [*undo, *map(unrecording, made)])
-        self.told(made)
+            made = await self._revise(name, spec, who, why, writes, f"{name} was not rolled back",
+                                      lambda: self.apply_spec(name, spec))
         return target, made[0].change.removeprefix(f"{why}: ") if made else "no change"
 
     # -- the config file --------------------------------------------------------------------
