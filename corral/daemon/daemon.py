@@ -345,7 +345,7 @@ class Daemon:
             sessions=parts.tasks.sessions, containment=parts.containment, health=parts.health,
             stream=parts.stream, heartbeat=parts.heartbeat, runtime_stats=parts.runtime_stats,
             cluster=node if node is not None else NotANode(), hub=hub, store=store,
-            revisions=opened.revisions,
+            revisions=opened.revisions, pins=parts.tools.pins, outputs=parts.tasks.outputs,
             fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,

@@ -19,7 +19,7 @@ from ..supervisor.agents import Agents
 from ..supervisor.lifecycle import RESTARTED
 from ..supervisor.tools import Tools
 from . import mcpfile
-from .api import Commands, wire
+from .api import Commands, by_name, wire
 from .caller import Caller, Channel
 from .services import Services
 
@@ -33,12 +33,7 @@ class McpServices(msgspec.Struct, frozen=True):
     reload: Callable[[str], Awaitable[m.ReloadResult]]  # who asked -> what changed
 
 
-def mcp_services(d: Services) -> McpServices:
-    return McpServices(d.tools, d.tools.pins, d.agents, d.gateway_status, d.config_path,
-                       d.reload)
-
-
-COMMANDS: Commands[Services, McpServices] = Commands(mcp_services)
+COMMANDS: Commands[Services, McpServices] = Commands(by_name(McpServices))
 implements = COMMANDS.implements
 
 CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from ..mcp.pins import Pins
 from ..methods import DaemonUpgrade, DrainReport, ExtraStatus, ReloadResult, UpgradeReport
 from ..supervisor.agents import Agents
 from ..supervisor.containment import Containment
@@ -20,6 +21,7 @@ from ..supervisor.stats import HeartbeatWork, Stats
 from ..supervisor.stream import Stream
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.budget import Budgets
+from ..supervisor.tasks.output import TaskOutputs
 from ..supervisor.tasks.sessions import Sessions
 from ..supervisor.tools import Tools
 from .caller import Caller
@@ -68,12 +70,14 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     # the engine's parts (supervisor/parts.py), each handed over on its own
     agents: Agents  # add, remove, scale, pause, status; the agents by name
     tools: Tools  # the MCP tool-server pool
+    pins: Pins  # its tools' pinned definitions
     quotas: Tenancy  # the tenants' quotas
     elastic: Elastic  # autoscaling: each elastic agent's state and decisions
     bus: EventBus  # the event bus (events.publish, events.follow)
     task_engine: TaskManager  # the engine's tasks: their counts (stats)
     budgets: Budgets  # the agents' token and cost budgets
     sessions: Sessions  # the tasks' sessions (docs/durable.md#sessions)
+    outputs: TaskOutputs  # the tasks' live output
     containment: Containment
     health: HealthBoard  # health checks' failures (/metrics)
     stream: Stream  # every event, to subscribers that cannot break it

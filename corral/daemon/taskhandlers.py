@@ -10,7 +10,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.tasks.chunks import START
 from ..supervisor.tasks.output import TaskOutputs, position_of
-from .api import Commands
+from .api import Commands, by_name
 from .caller import Caller, Channel
 from .services import Services
 from .tasks import TaskFront
@@ -23,11 +23,7 @@ class TaskServices(msgspec.Struct, frozen=True):
     outputs: TaskOutputs  # the engine's tasks' live output
 
 
-def task_services(d: Services) -> TaskServices:
-    return TaskServices(d.tasks, d.traces, d.task_engine.outputs)
-
-
-COMMANDS: Commands[Services, TaskServices] = Commands(task_services)
+COMMANDS: Commands[Services, TaskServices] = Commands(by_name(TaskServices))
 implements = COMMANDS.implements
 
 
