@@ -165,7 +165,7 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
         raise ConfigError(f"{where}: script: is required (a string)")
     name = str(app.get("name") or Path(script).stem)
     where = f"{where} ({name})"
-    table: dict[str, Any] = {"command": _command(app, script, where, imp),
+    table: dict[str, Any] = {"command": _command(app, script, where),
                              "protocol": "none"}
     if isinstance(app.get("cwd"), str):
         table["cwd"] = app["cwd"]
@@ -278,7 +278,7 @@ def _ports(app: dict[str, Any], table: dict[str, Any], replicas: int, where: str
                          f"`sh -c` as it starts ({why})")
 
 
-def _command(app: dict[str, Any], script: str, where: str, imp: Conversion) -> list[str]:
+def _command(app: dict[str, Any], script: str, where: str) -> list[str]:
     argv = _words(app.get("args", []), where, "args")
     interpreter = app.get("interpreter") or app.get("exec_interpreter")
     extra = _words(app.get("interpreter_args") or app.get("node_args") or [], where,

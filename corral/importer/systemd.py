@@ -159,10 +159,9 @@ def read(path: Path, how: How) -> Conversion:
 
 def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Conversion,
              name: str) -> dict[str, Any]:
-    given: dict[str, tuple[str, str, list[str]]] = {}  # lower -> (section, key, values)
-    for sec, keys in sections.items():
-        for key, values in keys.items():
-            given[key.lower()] = (sec, key, values)
+    # lower -> (section, key, values)
+    given = {key.lower(): (sec, key, values) for sec, keys in sections.items()
+             for key, values in keys.items()}
 
     def one(key: str) -> str | None:
         got = given.get(key)
