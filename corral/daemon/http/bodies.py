@@ -117,8 +117,7 @@ def _table_fields(into: type[msgspec.Struct]) -> tuple[str, ...]:
     return tuple(f.name for f in msgspec.structs.fields(into) if f.encode_name in TABLES)
 
 
-def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...] | None = None
-           ) -> Any:
+def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...]) -> Any:
     """`body` (empty: `{}`) decoded into `into`; raises RpcError (400). `known`: the
     fields a route takes, named when another is sent."""
     try:
@@ -128,7 +127,7 @@ def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...] | Non
         said = str(exc)
         if said.startswith("Expected `object`, got `") and " - at " not in said:
             raise RpcError(jsonrpc.INVALID_PARAMS, NOT_OBJECT) from None
-        if known is not None and said.startswith(UNKNOWN) and " - at " not in said:
+        if said.startswith(UNKNOWN) and " - at " not in said:
             key = said.removeprefix(UNKNOWN).removesuffix("`")
             raise RpcError(jsonrpc.INVALID_PARAMS,
                            f"invalid params: unknown field `{key}`"

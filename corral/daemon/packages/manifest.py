@@ -83,12 +83,12 @@ def _read(directory: Path, root: int, names: list[str], name: str | None) -> Man
             tool = data.get("tool", {})
             corral = tool.get("corral", {}) if isinstance(tool, dict) else {}
             found = corral.get("agent") if isinstance(corral, dict) else None
-            key = "tool.corral.agent"
+            prefix = "tool.corral.agent"
         else:
-            found, key = data.get("agent"), "agent"
+            found, prefix = data.get("agent"), "agent"
         if found is not None:
             if not isinstance(found, dict):
-                raise ConfigError(f"{f}: {key}: expected a table")
+                raise ConfigError(f"{f}: {prefix}: expected a table")
             table, where = dict(found), f
             break
     if table is None:
@@ -98,7 +98,6 @@ def _read(directory: Path, root: int, names: list[str], name: str | None) -> Man
     if where.name != PYPROJECT and _present(directory, root, PYPROJECT):
         data = _toml(directory, root, PYPROJECT)
         project = data.get("project", {}) if isinstance(data.get("project"), dict) else {}
-    prefix = "tool.corral.agent" if where.name == PYPROJECT else "agent"
     return _manifest(directory, root, where, prefix, table, project, name)
 
 

@@ -75,9 +75,8 @@ class TeamFront:
         if p.wait is not None and driver is not None:
             with contextlib.suppress(TimeoutError):
                 await within(asyncio.shield(driver), p.wait)
-        if call.status == "running":
-            return accepted(call.call_id, "running")
-        return accepted(call.call_id, call.status, result(call))
+        return accepted(call.call_id, call.status,
+                        None if call.status == "running" else result(call))
 
     async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
         if p.agent not in self.teams:
