@@ -304,9 +304,8 @@ def _command(starts: list[str], where: str, imp: Conversion) -> str | list[str]:
     one before succeeded (or failed, with `-`), as systemd runs them."""
     words = []
     for start in starts:
-        prefixes = re.match(r"^[-@+!:]*", start)
-        cut = prefixes.end() if prefixes else 0
-        words.append((start[cut:], "-" in start[:cut]))
+        command = start.lstrip("-@+!:")
+        words.append((command, "-" in start[:len(start) - len(command)]))
     if len(words) > 1:
         imp.note(where, "ExecStart", f"{len(words)} commands: run in turn by `sh -c`, "
                                      "each once the one before succeeded")
