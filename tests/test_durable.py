@@ -142,6 +142,14 @@ async def test_replay_tools_are_made_again(tmp_path: Path) -> None:
         assert res.attempts[1].replayed is msgspec_unset()
 
 
+async def pruned(d: Any) -> None:
+    """A pass of the task journal's pruning, over (the writer's next job is done), and
+    no error of it (the journal would be refusing)."""
+    d.sup.tasks.journal.start_pruning()
+    await d.store.thread.commit([])
+    assert d.sup.tasks.journal.refusing is None
+
+
 async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None:
     async with in_process(tmp_path, fleet(tmp_path),
                           supervisor="journal_max_tasks = 1") as d:
@@ -157,20 +165,14 @@ async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None
         assert db.execute("SELECT count(*) FROM steps").fetchone() == (6,)
         # results stored once by content: "bumped 1" and "bumped 2"
         assert db.execute("SELECT count(*) FROM step_results").fetchone() == (2,)
-        done: Any = None
-        import asyncio
-        done = asyncio.get_running_loop().create_future()
-        journal._writer.run(journal._prune, done.set_result)
-        assert await done is None
+        await pruned(d)
         assert db.execute("SELECT DISTINCT task_id FROM steps").fetchall() == [(ids[-1],)]
         assert db.execute("SELECT count(*) FROM step_results").fetchone() == (2,)
         # the last task pruned too: nothing of its steps is left
         db.execute("UPDATE tasks SET finished = 1 WHERE id = ?", (ids[-1],))
         db.commit()
-        done = asyncio.get_running_loop().create_future()
         journal.max_age = 60
-        journal._writer.run(journal._prune, done.set_result)
-        assert await done is None
+        await pruned(d)
         assert db.execute("SELECT count(*) FROM steps").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM step_results").fetchone() == (0,)
 
@@ -212,9 +214,9 @@ async def test_a_lone_step_is_committed_at_once_and_one_turns_steps_together(
         await asyncio.sleep(0)
         steps.put(Step("t", 4, "a__b", 1, b"h", b'{"n":4}'))  # a new turn: at once
         assert (steps.rows, writer.here) == (4, 3)
-        await writer.commit([lambda c: c.execute("SELECT 1")])  # a job on the thread
-        (ms,) = writer._db.execute("PRAGMA busy_timeout").fetchone()
-        assert ms == storeschema.BUSY_TIMEOUT_MS
+        ms: list[int] = []  # read by a job on the thread
+        await writer.commit([lambda c: ms.extend(c.execute("PRAGMA busy_timeout").fetchone())])
+        assert ms == [storeschema.BUSY_TIMEOUT_MS]
         assert [s.seq for s in await steps.history("t")] == [1, 2, 3, 4]
     finally:
         await steps.close()
@@ -302,26 +304,43 @@ async def test_a_killed_daemons_step_log_is_read_back_and_a_cut_record_dropped(
     the order written (a named step written again: the last one); a record cut short
     (its write never returned, so it was never answered) is dropped, and what follows."""
     import asyncio
+    import os
+    import signal
 
     from corral.daemon.steplog import log_dir
     from corral.daemon.steps import StepsDB
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
-    from corral.supervisor.tasks.stepjournal import NAMED_SEQ, Step
+    from corral.supervisor.tasks.stepjournal import NAMED_SEQ
+
+    from .conftest import ROOT
 
     db = tmp_path / "corral.db"
     open_database(db).close()
-    writer = WriterThread(db)
-    steps = StepsDB(db, writer)
-    steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
-    steps.put(Step("t", NAMED_SEQ, "model", 1, b"", b'"first"'))
-    steps.put(Step("t", NAMED_SEQ, "model", 1, b"", b'"second"'))
-    steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+    # a process that puts the steps and is killed: nothing flushed, nothing closed
+    killed = textwrap.dedent(f"""
+        import asyncio, os, signal
+        from pathlib import Path
+        from corral.daemon.steps import StepsDB
+        from corral.daemon.storewriter import WriterThread
+        from corral.supervisor.tasks.stepjournal import NAMED_SEQ, Step
+
+        async def main() -> None:
+            db = Path({str(db)!r})
+            steps = StepsDB(db, WriterThread(db))
+            steps.put(Step("t", 1, "a__b", 1, b"h", b'{{"n":1}}'))
+            steps.put(Step("t", NAMED_SEQ, "model", 1, b"", b'"first"'))
+            steps.put(Step("t", NAMED_SEQ, "model", 1, b"", b'"second"'))
+            steps.put(Step("t", 2, "a__b", 1, b"h", b'{{"n":2}}'))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """)
+    proc = await asyncio.create_subprocess_exec(PY, "-c", killed, env={
+        **os.environ, "PYTHONPATH": str(ROOT)})
+    assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
     (log,) = log_dir(db).iterdir()
     log.write_bytes(log.read_bytes()[:-3])  # the last record cut short
-    # killed: nothing flushed, nothing closed (the writer thread stops with the test)
-    steps._flush_at.cancel()  # type: ignore[union-attr]
-    await writer.close()
 
     writer = WriterThread(db)
     again = StepsDB(db, writer)
@@ -336,18 +355,20 @@ async def test_a_killed_daemons_step_log_is_read_back_and_a_cut_record_dropped(
 
 
 async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch the database refuses keeps its log file (read back at the next start, or
     written when the database takes it again); while it fails, a step goes the
     database's way and is refused as it refuses it, so no batch piles up behind."""
     import sqlite3
 
+    from corral.daemon import storewriter
     from corral.daemon.steplog import log_dir
     from corral.daemon.steps import StepsDB, StepsError
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
     from corral.supervisor.tasks.stepjournal import Step
 
+    monkeypatch.setattr(storewriter, "RETRY_EVERY", 0.1)  # (the database's next try, below)
     db = tmp_path / "corral.db"
     open_database(db).close()
     writer = WriterThread(db)
@@ -367,8 +388,7 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
             await steps.committed("t")
         assert len(list(log_dir(db).iterdir())) == 1  # no second file
         other.execute("ALTER TABLE steps_away RENAME TO steps")
-        steps._store.group.retry_now()
-        await steps.stored()
+        await steps.stored()  # at its next try
         assert [s.seq for s in await steps.history("t")] == [1, 2]
         assert list(log_dir(db).iterdir()) == []
     finally:
