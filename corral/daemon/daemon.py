@@ -25,6 +25,7 @@ from ..jsonrpc import RpcError
 from ..methods import ConfigReload, DrainReport, ReloadResult
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.core import Supervisor
+from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import Transition
 from ..supervisor.teams.tools import LeaderTools
@@ -340,12 +341,7 @@ class Daemon:
         parts.stream.subscribe(dependents.on_transition, Transition)
         await enter("the dependents", part.closed(dependents.close))
         services = Services(
-            agents=parts.agents, tools=parts.tools, quotas=parts.quotas, elastic=parts.elastic,
-            bus=parts.bus, task_engine=parts.tasks, budgets=parts.tasks.budgets,
-            sessions=parts.tasks.sessions, containment=parts.containment, health=parts.health,
-            stream=parts.stream, heartbeat=parts.heartbeat, runtime_stats=parts.runtime_stats,
-            cluster=node if node is not None else NotANode(), hub=hub, store=store,
-            revisions=opened.revisions, pins=parts.tools.pins, outputs=parts.tasks.outputs,
+            **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
             fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
@@ -506,6 +502,18 @@ def import_web(cfg: Config) -> None:
     if cfg.http.listen or cfg.gateway.listen:
         for name in ("mcp", "ui", "context", "server"):
             importlib.import_module(f"{__package__}.http.{name}")
+
+
+def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
+    """The engine's parts as the services hold them (services.py)."""
+    return {"agents": parts.agents, "tools": parts.tools, "quotas": parts.quotas,
+            "elastic": parts.elastic, "bus": parts.bus, "task_engine": parts.tasks,
+            "budgets": parts.tasks.budgets, "sessions": parts.tasks.sessions,
+            "containment": parts.containment, "pins": parts.tools.pins,
+            "outputs": parts.tasks.outputs,
+            "health": parts.health, "stream": parts.stream, "heartbeat": parts.heartbeat,
+            "runtime_stats": parts.runtime_stats,
+            "cluster": cluster if cluster is not None else NotANode()}
 
 
 def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) -> int:
