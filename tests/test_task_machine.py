@@ -451,7 +451,7 @@ STATUS_ALLOWED: dict[tuple[str, str], str] = {
     ("daemon/tasks/local.py",
      'retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")'):
         "the recovery's report",
-    ("daemon/upgrade.py", 'if rec.task_id in running and rec.status == "running":'):
+    ("daemon/upgrade.py", 'and rec.task_id in running and rec.status == "running"):'):
         "a journal record kept by a handed-over worker",
     ("cluster/listing.py",
      "node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,"):
