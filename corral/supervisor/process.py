@@ -220,8 +220,7 @@ class ChildProcess(asyncio.Protocol):
         self.stdin_full = False  # the stdin backlog went over STDIN_HIGH, not yet down
         # what lives as long as the process is kept to plain attributes; the rest is made
         # when first needed
-        self._unread_pipes = 2  # stdout and stderr, until each reaches EOF
-        # their fds while they are open (-2 once at EOF: the number may be another's then)
+        # stdout's and stderr's fds while open (-2 at EOF: the number may be another's then)
         self._pipe_fds = [-1, -1]
         self._output_closed: asyncio.Future[None] | None = None
         self.argv0 = ""  # the program asked for (not the caps prologue's shell)
@@ -436,14 +435,13 @@ class ChildProcess(asyncio.Protocol):
         return True
 
     def _pipe_at_eof(self) -> None:
-        self._unread_pipes -= 1
         fut = self._output_closed
-        if self._unread_pipes == 0 and fut is not None and not fut.done():
+        if self.output_done and fut is not None and not fut.done():
             fut.set_result(None)
 
     @property
     def output_done(self) -> bool:
-        return self._unread_pipes <= 0
+        return self._pipe_fds[0] == self._pipe_fds[1] == -2
 
     @property
     def output_closed(self) -> asyncio.Future[None]:
