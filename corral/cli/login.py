@@ -47,8 +47,7 @@ async def login(config: Path, name: str, port: int, say: Callable[[str], None]) 
 
     url, spec, state_dir = server_and_state_dir(config, name)
     assert isinstance(spec, McpServerSpec)
-    loop = asyncio.get_running_loop()
-    redirected: asyncio.Future[tuple[Redirect, str]] = loop.create_future()
+    redirected: asyncio.Future[tuple[Redirect, str]] = asyncio.get_running_loop().create_future()
 
     async def callback(request: web.Request) -> web.Response:
         q = request.query

@@ -230,8 +230,7 @@ def _json_object(text: str, hint: str) -> dict[str, Any]:
               help="The arguments, a JSON object.")
 @json_option
 def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
-    arguments = _json_object(args, "--args")
-    res = obj.call(m.ToolsCall(name=name, arguments=arguments))
+    res = obj.call(m.ToolsCall(name=name, arguments=_json_object(args, "--args")))
     if as_json:
         print_json(res)
     else:
