@@ -237,9 +237,6 @@ class EventRing:
         self.readers[reader] = None
         self._due.set()
 
-    def detach(self, reader: Reader) -> None:
-        self.readers.pop(reader, None)
-
     def due(self) -> None:
         self._due.set()
 
@@ -386,7 +383,7 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
         # only a full pass of the cyclic collector frees, a thousand streams' at once
         pass
     finally:
-        ring.detach(reader)
+        ring.readers.pop(reader, None)
         if stop is not None:
             stop.remove_done_callback(ended)
     return response

@@ -316,7 +316,7 @@ class Builder:
     # -- the build -----------------------------------------------------------------------
     async def build(self, name: str, plan: Plan, who: str, say: Say) -> tuple[Path, bool]:
         """The release's directory, and whether it was built now."""
-        final = self.releases.directory(name, plan.release)
+        final = self.releases.root / name / plan.release
         if self.releases.ready(final):
             self.reused += 1
             return final, False

@@ -57,9 +57,6 @@ class Releases:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def directory(self, name: str, release: str) -> Path:
-        return self.root / name / release
-
     def ready(self, path: Path) -> bool:
         return (path / READY).is_file()
 
