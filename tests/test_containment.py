@@ -323,15 +323,15 @@ def test_limits_become_the_cgroup_v2_values_of_the_enabled_controllers(tmp_path:
     tree.controllers = {"memory", "pids", "cpu"}
     for knob in ("memory.max", "pids.max", "cpu.max"):
         (tmp_path / knob).write_text("")
-    tree.apply_limits(str(tmp_path), Limits(memory_mb=512, processes=64, cpu_percent=150))
+    tree.prepare(str(tmp_path), Limits(memory_mb=512, processes=64, cpu_percent=150))
     assert (tmp_path / "memory.max").read_text() == str(512 * 1024 * 1024)
     assert (tmp_path / "pids.max").read_text() == "64"
     assert (tmp_path / "cpu.max").read_text() == "150000 100000"  # 1.5 CPUs
-    tree.apply_limits(str(tmp_path), Limits())  # no caps: the kernel's "max"
+    tree.prepare(str(tmp_path), Limits())  # no caps: the kernel's "max"
     assert [(tmp_path / k).read_text() for k in ("memory.max", "pids.max", "cpu.max")] == [
         "max", "max", "max 100000"]
     tree.controllers = {"pids"}  # a controller not enabled is not written
-    tree.apply_limits(str(tmp_path), Limits(memory_mb=1, processes=2))
+    tree.prepare(str(tmp_path), Limits(memory_mb=1, processes=2))
     assert (tmp_path / "memory.max").read_text() == "max"
     assert (tmp_path / "pids.max").read_text() == "2"
 

@@ -388,10 +388,6 @@ class CgroupTree:
         """Create the replica's cgroup and write its limits (those of `controllers`, its
         parent's grant)."""
         os.makedirs(path, exist_ok=True)
-        self.apply_limits(path, limits, controllers)
-
-    def apply_limits(self, path: str, limits: Limits,
-                     controllers: set[str] | None = None) -> None:
         values = {
             "memory": ("memory.max", f"{limits.memory_mb * 1024 * 1024}"
                        if limits.memory_mb else "max"),

@@ -176,9 +176,6 @@ class EventBus:
         self.delivered += n
         return n
 
-    def subscribe(self, r: Replica, pattern: str) -> None:
-        self.subscriptions.setdefault(r, set()).add(pattern)
-
     def follow(self, pattern: str, tenant: str | None = None) -> EventFollower:
         f = EventFollower(pattern, tenant)
         self.followers.add(f)
@@ -194,7 +191,7 @@ class EventBus:
         self.publish(p.topic, p.data, r.label, r.spec.tenant)
 
     def _on_subscribe(self, r: Replica, p: EventsSubscribeParams) -> Any:
-        self.subscribe(r, p.topic)
+        self.subscriptions.setdefault(r, set()).add(p.topic)
         return {"subscribed": p.topic}
 
     def stats(self) -> dict[str, Any]:
