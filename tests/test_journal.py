@@ -15,12 +15,12 @@ from pathlib import Path
 import msgspec
 
 from corral.daemon.storeschema import open_database
-from corral.daemon.taskjournal import YOUNG_FOR, TaskJournalDB
+from corral.daemon.taskjournal import YOUNG_FOR, YOUNG_SLACK, TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Output, Task
 
 from .conftest import EXAMPLES, PY, ROOT, agent, all_ready
-from .daemon_harness import Daemon, corral_popen, shared_tmpdir
+from .daemon_harness import Daemon, corral_popen, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 
@@ -202,10 +202,12 @@ async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path)
     assert kept == [r.task_id for r in results[4:7]]
 
 
-async def test_journal_sync_full_sets_synchronous_full(db_path: Path) -> None:
-    journal = TaskJournalDB(db_path, sync="full")
-    assert journal._writer._db.execute("PRAGMA synchronous").fetchone() == (2,)
-    await journal.close()
+async def test_journal_sync_full_sets_synchronous_full(tmp_path: Path) -> None:
+    async with in_process(tmp_path, "", supervisor='journal_sync = "full"') as d:
+        synchronous: list[int] = []  # read by a job on the journal's writer
+        await d.store.thread.commit([
+            lambda db: synchronous.extend(db.execute("PRAGMA synchronous").fetchone())])
+        assert synchronous == [2]
 
 
 async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_carry(
@@ -262,16 +264,17 @@ async def test_a_new_task_nobody_waits_on_is_one_row_and_a_long_one_is_written_r
             r.task_id: ("succeeded", b'{"do":"echo","i":%d}' % i,
                         b'{"output":{"do":"echo","i":%d}}' % i)
             for i, r in enumerate(results)}
+        submitted = time.monotonic()
         long = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
-        assert long.id in journal._young and _rows(db_path, long.id) == {}
-        await wait_until_async(lambda: long.id not in journal._young, YOUNG_FOR + 10)
-        await journal._group.committed()  # the writer's turn, without taking young rows
+        assert _rows(db_path, long.id) == {}
+        # (no committed(), which would take the young rows: the row comes by itself)
+        await wait_until_async(lambda: _rows(db_path, long.id), YOUNG_FOR + 10)
+        assert time.monotonic() - submitted >= YOUNG_FOR - YOUNG_SLACK  # it waited
         assert _rows(db_path, long.id) == {
             long.id: ("running", b'{"do":"sleep","seconds":30}', None)}
         waited = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
-        assert waited.id in journal._young
+        assert _rows(db_path, waited.id) == {}
         await sup.tasks.committed()  # someone waits: written now, young no more
-        assert waited.id not in journal._young
         assert _rows(db_path, waited.id)[waited.id][1] == b'{"do":"sleep","seconds":30}'
         sup.tasks.cancel(long.id)
         sup.tasks.cancel(waited.id)
@@ -291,10 +294,8 @@ async def test_a_first_row_still_waiting_at_close_is_written_and_a_restart_has_i
         await all_ready(sup, "y")
         running = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
         queued = sup.tasks.submit("y", {"do": "echo", "n": 1})
-        assert list(journal._young) == [running.id, queued.id]
-        assert _rows(db_path, running.id, queued.id) == {}
+        assert _rows(db_path, running.id, queued.id) == {}  # their first rows wait
         await journal.close()
-        assert not journal._young
         assert _rows(db_path, running.id, queued.id) == {
             running.id: ("running", b'{"do":"sleep","seconds":30}', None),
             queued.id: ("queued", b'{"do":"echo","n":1}', None)}
