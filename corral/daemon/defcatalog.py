@@ -60,7 +60,7 @@ class RuntimeCatalog(Generic[S]):
     def __init__(self, store: StateStore, noun: str, section: str, struct: type[S]) -> None:
         self.revisions = Definitions(store, noun)
         self.noun, self.section, self.struct = noun, section, struct
-        self._config: dict[str, S] = {}
+        self.config: dict[str, S] = {}  # the config file's (configure)
         # name -> (its spec, its table as given, the revision that made it)
         self.runtime: dict[str, tuple[S, dict[str, Any], DefRevision]] = {}
         self._specs: dict[str, S] | None = None  # both, made again after a change
@@ -130,13 +130,8 @@ class RuntimeCatalog(Generic[S]):
                                          held[1], replace(held[2], tenant=tenant)))
         return len(told)
 
-    @property
-    def config(self) -> dict[str, S]:
-        return self._config
-
-    @config.setter
-    def config(self, specs: Mapping[str, S]) -> None:
-        self._config = dict(specs)
+    def configure(self, specs: Mapping[str, S]) -> None:
+        self.config = dict(specs)
         self._specs = None
 
     def pinned(self, spec: S, tenant: str | None) -> S:
@@ -156,7 +151,7 @@ class RuntimeCatalog(Generic[S]):
         """Every definition (the config file's wins over a runtime one of its name); read
         on every task's way, so made once per change, and not to be changed."""
         if self._specs is None:
-            self._specs = {**{n: s for n, (s, _, _) in self.runtime.items()}, **self._config}
+            self._specs = {**{n: s for n, (s, _, _) in self.runtime.items()}, **self.config}
         return self._specs
 
     def revision_of(self, name: str) -> DefRevision | None:

@@ -58,7 +58,7 @@ class TeamService(Teams):
 
     @specs.setter
     def specs(self, config: dict[str, TeamSpec]) -> None:
-        self.catalog.config = config
+        self.catalog.configure(config)
 
     # -- the Python API (as AgentOS's add_team; docs/teams.md) ----------------------------
     async def add_team(self, name: str, definition: TeamSpec | dict[str, Any], *,

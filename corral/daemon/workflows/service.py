@@ -66,7 +66,7 @@ class WorkflowService:
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
-        self.catalog.config = dict(specs)
+        self.catalog.configure(specs)
 
     def tenant(self, name: str) -> str | None:
         """Whose a workflow is: what its runs are stamped with, and what a caller's
