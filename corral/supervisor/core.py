@@ -112,6 +112,7 @@ class Supervisor:
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
         self.states = ReplicaStates(self.stream)  # agents' state checkpoints, by replica
+        self.checkpoints = self.states.saved
         on_notification(self.worker_notifications, StateCheckpointParams,
                         self.states.on_checkpoint)
         self.waits = Waits(self.census)
@@ -149,7 +150,7 @@ class Supervisor:
                            elastic=self.elastic, bus=self.events, tasks=self.tasks,
                            stream=self.stream, containment=self.containment,
                            health=self.health_board, tuning=self.tuning,
-                           checkpoints=self.states.saved, zygotes=self.zygotes,
+                           checkpoints=self.checkpoints, zygotes=self.zygotes,
                            heartbeat=self.heartbeat_work, runtime_stats=self.runtime_stats)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
