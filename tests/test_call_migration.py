@@ -79,7 +79,7 @@ def test_runs_and_team_calls_are_carried_into_the_calls_tables(tmp_path: Path) -
         assert {k: (r.status, r.task_id) for k, r in run.rows.items()} == {
             ("s", WHOLE): ("succeeded", "t-s"), ("m", WHOLE): ("running", None),
             ("m", 0): ("succeeded", "t-m0"), ("m", 1): ("running", "t-m1")}
-        assert runs.output("r-run", "s", WHOLE) == {"ok": 1}
+        assert runs.journal.output("r-run", "s", WHOLE) == {"ok": 1}
         assert runs.items_output("r-run", "m") == [10, None]
         assert [r.run_id for r in runs.unfinished()] == ["r-run"]
         old = runs.load("r-old")

@@ -117,7 +117,7 @@ async def test_the_engine_refuses_each_workers_bad_params_as_said(sup: Superviso
         else:
             assert res.output == {"error": jsonrpc.INVALID_PARAMS, "message": said}
     assert sup.tasks.budgets.bad_reports == 2  # usage reports of the wrong shape: ignored
-    assert sup.checkpoints == {}
+    assert sup.states.saved == {}
 
 
 def test_the_engine_serves_exactly_the_workers_methods(sup_tables: tuple[set[str], set[str]]
