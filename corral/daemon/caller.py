@@ -128,12 +128,8 @@ class AlwaysWritable:
     """A Channel that never holds its stream back (what it sends to is bounded)."""
 
     def __init__(self) -> None:
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    @property
-    def writable(self) -> asyncio.Event:
-        return self._writable
+        self.writable = asyncio.Event()
+        self.writable.set()
 
 
 class Discard(AlwaysWritable):
