@@ -162,10 +162,18 @@ END = ("local OVER = {" + ", ".join(f"['{s}'] = true" for s in sorted(map(str, T
        + "}\n" + _END)
 
 
+class AskEnding(msgspec.Struct, array_like=True):
+    """An ask's end as its hash keeps it (`end`)."""
+
+    end: AskEnd
+    ended: float
+    by: str
+    data: Any = None
+
+
 _encode = msgspec.json.Encoder().encode
 _ask = msgspec.json.Decoder(Ask)
-# an ask's end as its hash keeps it (`end`): [end, ended, by, data], as Ask has them
-_ending = msgspec.json.Decoder(tuple[AskEnd, float, str, Any])
+_ending = msgspec.json.Decoder(AskEnding)
 
 
 class ClusterAsks:
@@ -399,18 +407,18 @@ class ClusterAsks:
                               "it is not applied: its task goes on waiting")
             return ask
         try:
-            how, ended, by, data = _ending.decode(end)
+            e = _ending.decode(end)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return ask
-        return msgspec.structs.replace(ask, end=how, ended=ended, by=by, data=data)
+        return msgspec.structs.replace(ask, end=e.end, ended=e.ended, by=e.by, data=e.data)
 
     # -- ending ---------------------------------------------------------------------------
     async def _write_end(self, ask: Ask, end: AskEnd, by: str, data: Any, how: str
                          ) -> Ask | None:
         """The ask as END left it (None: not ended: no such ask, or its task runs on)."""
         now = self.clock.time()
-        mine = _encode((end, now, by, data))
-        gone = _encode((AskEnd.WITHDRAWN, now, CORRAL, None))
+        mine = _encode(AskEnding(end, now, by, data))
+        gone = _encode(AskEnding(AskEnd.WITHDRAWN, now, CORRAL, None))
         tenant = ask.tenant if ask.tenant is not None else DEFAULT_TENANT
         keys = [self.keys.ask(ask.id), self.keys.asks_pending(),
                 self.keys.asks_pending(tenant), self.keys.task(ask.task_id)]
