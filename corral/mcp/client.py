@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
@@ -92,8 +93,6 @@ def root_uri(root: str) -> str:
     """A configured root (a path or a URI) as the `file://` URI MCP expects."""
     if "://" in root:
         return root
-    from pathlib import Path
-
     return Path(root).resolve().as_uri()
 
 

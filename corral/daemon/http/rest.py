@@ -26,7 +26,7 @@ from ..api import Dispatcher
 from ..caller import Caller
 from ..eventhandlers import event_tenant
 from ..tokens import TokenRevoked, tokens_of
-from . import bodies, route, sse
+from . import bodies, index, openapi, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
 from .idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKeys, Pending
@@ -349,12 +349,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     app.on_shutdown.append(sse.close_streams)
     app.add_routes([web.route(res.verb, PREFIX + res.path, api.handler(res),
                               expect_handler=_expect) for res in RESOURCES])
-    from . import openapi
-
-    app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler())])
-    from . import index
-
-    app.add_routes(index.routes())
+    app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler()), *index.routes()])
 
 
 async def _expect(request: web.Request) -> None:
