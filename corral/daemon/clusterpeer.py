@@ -87,14 +87,8 @@ class NotANode:
 
     redis_warnings: list[str] = []
     asks: ClusterInbox = NoClusterAsks()
-
-    @property
-    def slots(self) -> Mapping[str, list[str | None]]:
-        return {}
-
-    @property
-    def here(self) -> Mapping[str, list[int]]:
-        return {}
+    slots: Mapping[str, list[str | None]] = {}
+    here: Mapping[str, list[int]] = {}
 
     def status(self) -> dict[str, Any] | None:
         return None
