@@ -95,16 +95,12 @@ class Connection(LineProtocol):
         self.leaving = False  # corral upgrade's drain: no request read any more
         self._cork = Cork(asyncio.get_running_loop(), self._write)
 
-    @property
-    def who(self) -> str:
-        return f"client pid {self.pid} uid {self.uid}"
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
-        self.name = self.who
+        self.name = f"client pid {self.pid} uid {self.uid}"
         refusal: RpcError | None = None
         try:
             tenant = self.server.tenant_of(self.uid, self.gid)
@@ -114,7 +110,7 @@ class Connection(LineProtocol):
                              tenant=tenant)
         transport.set_write_buffer_limits(high=REPLY_HIGH, low=REPLY_LOW)  # type: ignore[attr-defined]
         self.peer = Peer(
-            self.who,
+            self.name,
             self._send,
             dispatch=self._dispatch,
             reply_to_garbage=True,
@@ -139,7 +135,7 @@ class Connection(LineProtocol):
         elif len(server.connections) >= server.max_connections:
             text = (f"refused: too many control connections ({len(server.connections)} "
                     f"open, max_connections = {server.max_connections})")
-            server.complaints(f"{self.who}: {text}")
+            server.complaints(f"{self.name}: {text}")
             refusal = RpcError(jsonrpc.REFUSED, text)
         if refusal is not None:
             self.peer.send_error(None, refusal)
@@ -175,7 +171,7 @@ class Connection(LineProtocol):
 
     def disconnect(self, reason: str) -> None:
         """Close a client that went over its budget, saying why in the daemon's log."""
-        text = f"closed the control connection of {self.who}: {reason}"
+        text = f"closed the control connection of {self.name}: {reason}"
         log.warning("%s", text)
         self.server.report(text, "event")
         if self.transport is not None:  # abort: close() would wait for the unread replies
@@ -251,7 +247,7 @@ class Connection(LineProtocol):
             self.peer.close("client disconnected")
 
     def _garbage(self, line: bytes, why: str) -> None:
-        self.server.complaints(f"{self.who}: answered a line that is not JSON-RPC ({why})")
+        self.server.complaints(f"{self.name}: answered a line that is not JSON-RPC ({why})")
 
     def _oversize(self, size: int, head: bytes, tail: bytes) -> None:
         if self.peer is not None:
@@ -301,7 +297,7 @@ class Connection(LineProtocol):
             "unfinished; what it did stands (a task it submitted runs on: see `corral "
             "tasks`), ask again", {"going_away": True}))
         if ended:
-            log.info("%s: %d requests answered unfinished for the upgrade", self.who, ended)
+            log.info("%s: %d requests answered unfinished for the upgrade", self.name, ended)
         self.peer.notify(GOING_AWAY, {"last_id": self.peer.last_id, "reason": reason})
         self.close()
 
