@@ -31,7 +31,7 @@ class TeamRunner:
         self.engine = engine
         self.leads = StepTasks(engine)  # a leader's task: where its tools are served
         self.tasks: StepWork = durables.tasks if durables is not None else self.leads
-        self.steps = StepEngine(store, _Cancels(self.tasks, self.leads))
+        self.steps = StepEngine(store, self)
         self.report = report
         self.leaders: dict[str, TeamCall] = {}  # a running leader's task id -> its call
 
@@ -64,6 +64,13 @@ class TeamRunner:
 
     def ended(self, call: TeamCall) -> None:
         return None
+
+    def cancel_task(self, task_id: str) -> None:
+        """A step's task cancelled wherever it is (a member's, a leader's): both are asked,
+        each doing nothing for a task it does not hold."""
+        self.tasks.cancel_task(task_id)
+        if self.leads is not self.tasks:
+            self.leads.cancel_task(task_id)
 
     def stopped(self, call: TeamCall, why: str) -> None:
         if self.report is not None:
@@ -143,18 +150,6 @@ class TeamRunner:
             finally:
                 self.leaders.pop(task_id, None)
         return led
-
-
-class _Cancels:
-    """A call's steps' tasks cancelled wherever they are (a member's, a leader's): both
-    are asked, each doing nothing for a task it does not hold."""
-
-    def __init__(self, tasks: StepWork, leads: StepTasks) -> None:
-        self.kinds = (tasks, leads) if tasks is not leads else (leads,)
-
-    def cancel_task(self, task_id: str) -> None:
-        for kind in self.kinds:
-            kind.cancel_task(task_id)
 
 
 def _outcome(st: StepRow) -> dict[str, Any]:
