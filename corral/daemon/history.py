@@ -33,11 +33,8 @@ class Store(Protocol):
     """What the history needs of the StateStore (storeschema.py imports this module for its
     migration, so not the class itself)."""
 
-    @property
-    def path(self) -> Path: ...
-
-    @property
-    def writer(self) -> Any: ...
+    path: Path
+    writer: Any
 
 # upper bounds (seconds) of the task time buckets, shared by /metrics' histograms and the
 # stored rows, so a roll-up merges them exactly; the last bucket is +Inf
