@@ -5,10 +5,13 @@ is written to its stdin goes out."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from typing import Any
 
 from corral.cork import CORK_BYTES
@@ -50,7 +53,8 @@ async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once
     # transport's to close: uvloop's was given a duplicate of it (pipeends.py), the file
     # closed at once
     assert stderr.closed and stdin.closed
-    assert child.stdin is not None and child._stdout is None and child._stderr is None
+    # stdin's transport made, stdout's not (no reader), stderr's not (its file closed here)
+    assert child.stdin is not None and child.reader is None
     taken = child.stdin.get_extra_info("pipe").fileno()
     os.fstat(taken)  # open: the transport's
     child.close()
@@ -125,13 +129,23 @@ async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
         await asyncio.sleep(0)  # transports close their pipes a turn later
 
 
+def in_pipe(transport: Any) -> int:
+    """The bytes written to a pipe that its reader has not read (the kernel's FIONREAD)."""
+    fd = transport.get_extra_info("pipe").fileno()
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
+
+
 async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
     """The first message written in a turn of the loop goes at once (one at a time, none
     waits for a turn); those after it in the same turn are gathered and written once at
     its end (a burst of tasks wakes the worker twice, not once a message); past CORK_BYTES
     what is gathered goes at once, so the transport's buffer, which backlog checks read,
-    never lags far behind."""
-    echo = ("import sys\nfor line in sys.stdin.buffer:\n    sys.stdout.buffer.write(line)\n"
+    never lags far behind. (The process reads its stdin only once told: what is in the
+    pipe, or in the transport's buffer, is what was written to it.)"""
+    echo = ("import signal, sys\nsignal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+            "sys.stdout.buffer.write(b'ready\\n')\nsys.stdout.buffer.flush()\n"
+            "signal.sigwait({signal.SIGUSR1})\n"
+            "for line in sys.stdin.buffer:\n    sys.stdout.buffer.write(line)\n"
             "    sys.stdout.buffer.flush()\n")
     popen, child = _spawn(echo)
     lines: list[bytes] = []
@@ -140,26 +154,35 @@ async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
                            on_stderr_lines=print, on_oversize=print)
         assert child.stdin is not None
         written = child.stdin.get_write_buffer_size
+        await wait_until_async(lambda: lines == [b"ready"], 10)  # SIGUSR1 blocked
+        lines.clear()
+
+        def out() -> int:  # what went to the transport: in the pipe or its buffer
+            return in_pipe(child.stdin) + written()
+
+        def size(messages: list[bytes]) -> int:
+            return sum(len(m) + 1 for m in messages)
+
         sent = [b"first"]
         child.write(b"first\n")
-        assert child._stdin_cork._parts == [] and child._stdin_cork._turn  # out at once
+        assert out() == size(sent)  # out at once
         for i in range(3):
             sent.append(b"message %d" % i)
             child.write(sent[-1] + b"\n")
         child.write_parts([b"in ", memoryview(b"pieces"), b"\n"])
         sent.append(b"in pieces")
-        assert child._stdin_cork._bytes == sum(len(m) + 1 for m in sent[1:])  # held, not written
+        assert out() == size(sent[:1])  # held, not written
         await asyncio.sleep(0)  # the turn ends: all of it in one writev
-        assert child._stdin_cork._parts == [] and child._stdin_cork._bytes == 0 and written() == 0
-        assert not child._stdin_cork._turn
+        assert in_pipe(child.stdin) == size(sent) and written() == 0
         child.write(b"next turn\n")
         sent.append(b"next turn")
-        assert child._stdin_cork._parts == []  # the first of its turn: at once
+        assert out() == size(sent)  # the first of its turn: at once
         big = b"x" * CORK_BYTES
         child.write(b"small\n")
         child.write(big + b"\n")  # over the bound: out now, with what was gathered before
-        assert child._stdin_cork._parts == []
         sent += [b"small", big]
+        assert out() == size(sent)
+        os.kill(popen.pid, signal.SIGUSR1)  # it reads them
         await wait_until_async(lambda: len(lines) >= len(sent), 10)
         assert lines == sent
         child.write(b"last\n")
