@@ -69,18 +69,13 @@ Asker = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ASKER_CAPABILITIES: dict[str, Any] = {"elicitation": {"form": {}}}
 
 
-class UnsupportedVersion(RpcError):
-    def __init__(self, message: str) -> None:
-        super().__init__(jsonrpc.UNSUPPORTED_VERSION, message)
-
-
 def cancel_params(rid: jsonrpc.Id) -> dict[str, Any]:
     return {"requestId": rid, "reason": "timed out or cancelled by corral"}
 
 
-def _unspoken(who: str, versions: list[str]) -> UnsupportedVersion:
-    return UnsupportedVersion(f"{who} supports protocol versions {versions}, none of which "
-                              f"corral speaks ({', '.join(SUPPORTED)})")
+def _unspoken(who: str, versions: list[str]) -> RpcError:
+    return RpcError(jsonrpc.UNSUPPORTED_VERSION, f"{who} supports protocol versions "
+                    f"{versions}, none of which corral speaks ({', '.join(SUPPORTED)})")
 
 
 def _supported_of(exc: RpcError) -> list[str]:
@@ -393,9 +388,9 @@ class McpClient:
         assert self.peer is not None
         answered = result.get("protocolVersion") if isinstance(result, dict) else None
         if answered not in LEGACY:
-            raise UnsupportedVersion(
+            raise RpcError(jsonrpc.UNSUPPORTED_VERSION, (
                 f"MCP server {self.name} answered initialize with protocol version "
-                f"{answered!r}, which corral does not speak ({', '.join(SUPPORTED)})")
+                f"{answered!r}, which corral does not speak ({', '.join(SUPPORTED)})"))
         version: str = answered
         self._negotiated(version)
         self.capabilities = result.get("capabilities") or {}
