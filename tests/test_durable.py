@@ -397,6 +397,45 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
         await writer.close()
 
 
+async def test_a_journal_written_again_ends_its_outage_and_the_next_is_told_anew(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the database takes the steps again their outage is over: a step goes to the
+    step log again (not the database's way), and a second outage is told as the first
+    was, not kept silent as a failure that never ended."""
+    import sqlite3
+
+    from corral.daemon import storewriter
+    from corral.daemon.steplog import log_dir
+    from corral.daemon.steps import StepsDB, StepsError
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.stepjournal import Step
+
+    monkeypatch.setattr(storewriter, "RETRY_EVERY", 0.1)
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    errors: list[str] = []
+    steps = StepsDB(db, writer, on_error=errors.append)
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        for n in (1, 2):  # two outages, each ended by the database taking the steps again
+            other.execute("ALTER TABLE steps RENAME TO steps_away")
+            steps.put(Step("t", n, "a__b", 1, b"h", b'{"n":%d}' % n))
+            await steps.committed("t")  # in the step log, as at the first outage
+            with pytest.raises(StepsError):
+                await steps.stored()
+            assert len(errors) == n and "the step log keeps the others" in errors[-1]
+            other.execute("ALTER TABLE steps_away RENAME TO steps")
+            await steps.stored()
+        assert [s.seq for s in await steps.history("t")] == [1, 2]
+        assert list(log_dir(db).iterdir()) == []
+    finally:
+        other.close()
+        await steps.close()
+        await writer.close()
+
+
 async def test_a_retrys_replayed_calls_and_steps_are_spans_marked_replayed(
         tmp_path: Path) -> None:
     """Issue 41: with [tracing], each call and named step a retry is answered from the

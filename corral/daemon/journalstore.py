@@ -44,7 +44,9 @@ class JournalStore(Generic[V]):
             explain=lambda error: f"{words.what} cannot be written to {path} ({error})")
 
     def _settled(self, batch: list[V], error: str | None) -> None:
-        if error is not None and self.group.first_failure and self._on_error is not None:
+        if error is None:  # written: an outage, if there was one, is over
+            self.group.outage.recovered()
+        elif self.group.first_failure and self._on_error is not None:
             self._on_error(f"{self._words.what} cannot be written to {self.path} "
                            f"({error}): {self._words.waits}")
 
