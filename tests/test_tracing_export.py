@@ -375,15 +375,16 @@ def test_a_batch_that_cannot_be_encoded_is_dropped_and_counted_not_the_sender(
     try:
         _Answers.seen.clear()
         out = io.BytesIO()
+        before = set(threading.enumerate())
         exporter = Exporter(ExportConfig(store=str(tmp_path / "t.db"), endpoint=(
             f"http://127.0.0.1:{server.server_address[1]}/v1/traces")), out)
         bad = task()
         bad.id = "zzzzzzzz-zzzz-7zzz-8zzz-zzzzzzzzzzzz"
         exporter.batch(piped([bad])[0])
         exporter.batch(piped([task(), task()])[0])
-        assert exporter._sender is not None
+        (sender,) = [t for t in set(threading.enumerate()) - before if t.name == "otlp-send"]
         exporter.close()
-        assert not exporter._sender.is_alive()  # ended by close, not by the bad batch
+        assert not sender.is_alive()  # ended by close, not by the bad batch
         # (done: every span it took, dropped or exported, as the daemon counts them)
         assert (exporter.failures, exporter.dropped, exporter.exported, exporter.done) == (
             1, 3, 6, 9)
