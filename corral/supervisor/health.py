@@ -24,7 +24,7 @@ import msgspec
 
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
-from .config import CheckSpec, HealthSpec
+from .config import CheckSpec, HealthSpec, ProcessSpec
 from .lifecycle import Cause
 from .probes import probe_http, probe_tcp
 from .process import ChildProcess, Launch
@@ -174,7 +174,8 @@ class CheckedReplica(Protocol):
     pid: int | None
     peer: Peer | None
 
-    def check_environment(self) -> dict[str, str]: ...
+    @property
+    def spec(self) -> ProcessSpec: ...
 
     def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
         """`argv` prepared as the replica's own process was (user, caps, sandbox)."""
@@ -347,7 +348,7 @@ class ReplicaHealth:
     async def _probe(self, run: CheckRun, turn: int) -> None:
         spec = run.spec
         if spec.command is not None:
-            v = await run_command(spec.command, self.r, self.r.check_environment(),
+            v = await run_command(spec.command, self.r, environment_of(self.r),
                                   containment=self.board.containment, timeout=spec.timeout)
         else:
             if spec.tcp is not None:
@@ -473,7 +474,7 @@ class HealthBoard:
 
     def _exec(self, h: ReplicaHealth, run: CheckRun, argv: list[str]) -> None:
         r = h.r
-        env = r.check_environment()
+        env = environment_of(r)
         env["CORRAL_CHECK"] = run.kind
         env["CORRAL_CHECK_MESSAGE"] = run.counter.message
         self.exec_runs += 1
@@ -529,13 +530,12 @@ class HealthBoard:
             del self.failures[key]
 
 
-def environment_of(base: dict[str, str], agent: str, index: int, pid: int | None
-                   ) -> dict[str, str]:
+def environment_of(r: CheckedReplica) -> dict[str, str]:
     """A check's environment: corral's, the agent's `env`, and who it checks."""
     env = dict(os.environ)
-    env.update(base)
-    env["CORRAL_AGENT"] = agent
-    env["CORRAL_REPLICA"] = str(index)
-    env["CORRAL_PID"] = str(pid or "")
+    env.update(r.spec.env)
+    env["CORRAL_AGENT"] = r.name
+    env["CORRAL_REPLICA"] = str(r.index)
+    env["CORRAL_PID"] = str(r.pid or "")
     return env
 

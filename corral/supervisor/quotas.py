@@ -66,16 +66,13 @@ class Tenancy:
             if name not in self.specs or self.spec(name).rate_per_minute != \
                     old.get(name, NO_QUOTAS).rate_per_minute:
                 del self._buckets[name]
-        self._changed()
-
-    def _changed(self) -> None:
         self.stream.emit(QUOTAS_CHANGED)
 
     def put(self, name: str, spec: TenantSpec) -> None:
         if self.spec(name).rate_per_minute != spec.rate_per_minute:
             self._buckets.pop(name, None)
         self.specs[name] = spec
-        self._changed()
+        self.stream.emit(QUOTAS_CHANGED)
 
     def known(self, name: str) -> bool:
         return name == DEFAULT_TENANT or name in self.specs

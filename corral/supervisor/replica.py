@@ -16,7 +16,7 @@ from ..jsonrpc import Peer
 from .caps import nice_for_weight
 from .config import AgentSpec, Limits
 from .egressdoors import Doors
-from .health import CheckState, HealthBoard, ReplicaHealth, environment_of
+from .health import CheckState, HealthBoard, ReplicaHealth
 from .isolation import Isolation, isolation
 from .lifecycle import Cause, State
 from .process import ChildProcess
@@ -133,9 +133,6 @@ class Replica(ProcessReplica):
         # all (a web server, a script) never answers; say what would run it
         return (super()._start_timed_out(timeout)
                 + ' (not a corral worker? any other program: protocol = "none")')
-
-    def check_environment(self) -> dict[str, str]:
-        return environment_of(self.spec.env, self.name, self.index, self.pid)
 
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
         health = self.health
