@@ -81,8 +81,7 @@ class Endings:
             q.latencies.append(task.finished - task.due)
         else:
             e.retired.count(task.agent, task.status)
-        if e.journal is not None:
-            task.home.record(task)
+        task.home.record(task)
         e.active.pop(task.id, None)
         e.retention.keep(task)
         done, task._done = task._done, self._done or self._finished()

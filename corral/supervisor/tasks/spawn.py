@@ -99,7 +99,10 @@ class Spawns:
             p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan,
             agent.spec.max_queue if agent is not None else 0))
         if got.child is None:
-            raise _fanned_out(parent, got.children, fan)
+            raise RpcError(jsonrpc.REFUSED,
+                           f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
+                           f"{plural(got.children, 'child', 'children')} (max_children "
+                           f"{fan} of agent {parent.agent})")
         if got.had:  # (the key's row came first: another attempt's, or a child kept unsubmitted)
             return self._replayed(parent, p, got.child)
         self.spawned += 1
@@ -176,13 +179,6 @@ class Spawns:
 
     def stats(self) -> dict[str, int]:
         return {"spawned": self.spawned, "replayed": self.replayed}
-
-
-def _fanned_out(parent: Task, had: int, fan: int) -> RpcError:
-    return RpcError(jsonrpc.REFUSED,
-                    f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
-                    f"{plural(had, 'child', 'children')} (max_children {fan} of "
-                    f"agent {parent.agent})")
 
 
 def _named(parent: Task, children: list[str], mine: Container[str]) -> None:
