@@ -17,8 +17,8 @@ from ...supervisor.durable.record import Durable
 from ...supervisor.durable.tasks import AgentTask, StepTasks, StepWork
 from ...supervisor.tasks import TaskManager
 from ...supervisor.workflows import PlanStep, WorkflowError
-from ...supervisor.workflows.plan import items, runs, step_input
-from ...supervisor.workflows.refs import Missing, Scope
+from ...supervisor.workflows.plan import items, runs
+from ...supervisor.workflows.refs import Missing, Scope, build
 from ...taskoptions import step_options
 from .runevents import RunEnded, StepEnded, StepStarted
 from .runstore import Run, RunStore
@@ -144,7 +144,7 @@ class Runner:
         row = run.rows.get(key)
         if row is None or row.status not in STEP_ENDED:
             try:
-                task_input = step_input(st, scope)
+                task_input = build(st.input, scope)
             except Missing as exc:
                 await self.steps.end(run, (st.name, item), StepEnd("failed", None, str(exc)))
                 raise StepFailed(f"step {at}: {exc}") from None

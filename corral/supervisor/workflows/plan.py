@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from .definition import MAX_MAP_ITEMS, StepSpec, WorkflowError, WorkflowSpec
-from .refs import NAME, SHAPE, Missing, Scope, build, parse, refs_in, resolve
+from .refs import NAME, SHAPE, Missing, Scope, parse, refs_in, resolve
 
 STEP_NAME = re.compile(NAME)
 
@@ -234,11 +234,6 @@ def items(step: PlanStep, scope: Scope) -> list[Any]:
         raise WorkflowError(f"map {step.spec.map} has {len(value)} items, more than a map "
                             f"runs ({MAX_MAP_ITEMS})")
     return value
-
-
-def step_input(step: PlanStep, scope: Scope) -> Any:
-    """What a step (or a map's item, with scope.item) is sent (Missing: a reference is not)."""
-    return build(step.input, scope)
 
 
 def plan_text(wf: Workflow) -> str:
