@@ -82,7 +82,16 @@ class Connection(LineProtocol):
         self.server = server
         self.uid = self.pid = self.gid = -1
         self.caller = Caller(via="socket")
-        self.peer: Peer | None = None
+        self.peer = Peer(
+            self.name,  # (named by its credentials at connect)
+            self._send,
+            dispatch=self._dispatch,
+            reply_to_garbage=True,
+            on_garbage=self._garbage,
+            cancel_method=CANCEL,
+            cancel_id_of=_cancel_id,
+            on_handled=self._flow,
+        )
         self.writable = asyncio.Event()
         self.writable.set()
         self.lines = 0  # complete request lines received
@@ -100,7 +109,7 @@ class Connection(LineProtocol):
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
-        self.name = f"client pid {self.pid} uid {self.uid}"
+        self.name = self.peer.name = f"client pid {self.pid} uid {self.uid}"
         refusal: RpcError | None = None
         try:
             tenant = self.server.tenant_of(self.uid, self.gid)
@@ -109,16 +118,6 @@ class Connection(LineProtocol):
         self.caller = Caller(via="socket", uid=self.uid, gid=self.gid, pid=self.pid,
                              tenant=tenant)
         transport.set_write_buffer_limits(high=REPLY_HIGH, low=REPLY_LOW)  # type: ignore[attr-defined]
-        self.peer = Peer(
-            self.name,
-            self._send,
-            dispatch=self._dispatch,
-            reply_to_garbage=True,
-            on_garbage=self._garbage,
-            cancel_method=CANCEL,
-            cancel_id_of=_cancel_id,
-            on_handled=self._flow,
-        )
         server = self.server
         if refusal is not None:
             log.warning("refused control connection from uid %d pid %d: %s", self.uid,
@@ -187,8 +186,8 @@ class Connection(LineProtocol):
             self.disconnect(f"replies not read for {timeout:g} s")
             return
         stuck = self.lines == 0 or self.holding  # never asked anything, or half a line
-        if (self.lines == self._lines_at_check and stuck and self.peer is not None
-                and not self.peer.handling and self.writable.is_set()):
+        if (self.lines == self._lines_at_check and stuck and not self.peer.handling
+                and self.writable.is_set()):
             self.disconnect(f"no complete request within {timeout:g} s")
             return
         self._lines_at_check = self.lines
@@ -207,7 +206,7 @@ class Connection(LineProtocol):
 
     def _flow(self) -> None:
         """Read requests only while the client reads its replies, under MAX_IN_FLIGHT."""
-        busy = self.peer is not None and self.peer.handling >= MAX_IN_FLIGHT
+        busy = self.peer.handling >= MAX_IN_FLIGHT
         if not self.writable.is_set() or busy or self.leaving:
             self.pause()
         elif self.paused:
@@ -225,16 +224,15 @@ class Connection(LineProtocol):
 
     def _maybe_done(self) -> None:
         """After a half-close, hang up once every request read has been answered."""
-        if (self.at_eof and not self.paused and self.peer is not None
-                and not self.peer.handling and self.transport is not None):
+        if (self.at_eof and not self.paused and not self.peer.handling
+                and self.transport is not None):
             self.close()
 
     def _line(self, line: bytes) -> None:
         self.lines += 1
-        if self.peer is not None:
-            self.peer.feed_line(line)
-            if self.peer.handling >= MAX_IN_FLIGHT:
-                self.pause()
+        self.peer.feed_line(line)
+        if self.peer.handling >= MAX_IN_FLIGHT:
+            self.pause()
 
     def _eof(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -243,17 +241,15 @@ class Connection(LineProtocol):
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        if self.peer is not None:
-            self.peer.close("client disconnected")
+        self.peer.close("client disconnected")
 
     def _garbage(self, line: bytes, why: str) -> None:
         self.server.complaints(f"{self.name}: answered a line that is not JSON-RPC ({why})")
 
     def _oversize(self, size: int, head: bytes, tail: bytes) -> None:
-        if self.peer is not None:
-            self.peer.send_error(None, RpcError(
-                jsonrpc.INVALID_REQUEST,
-                f"invalid request: {size} bytes is over the {MAX_REQUEST}-byte limit"))
+        self.peer.send_error(None, RpcError(
+            jsonrpc.INVALID_REQUEST,
+            f"invalid request: {size} bytes is over the {MAX_REQUEST}-byte limit"))
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
         run = self.server.dispatcher.dispatch(self.caller, method, params, self)
@@ -284,13 +280,12 @@ class Connection(LineProtocol):
     @property
     def working(self) -> bool:
         """A request read is being answered that the drain waits for."""
-        return self.peer is not None and \
-            self.peer.handling > len(self._streams) + len(self._waits)
+        return self.peer.handling > len(self._streams) + len(self._waits)
 
     def leave(self, reason: str) -> None:
         """Answer what is still being worked on (UNAVAILABLE: ask again), say the last
         request read (GOING_AWAY), and hang up once that is written."""
-        if self.peer is None or self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing():
             return
         ended = self.peer.answer_unfinished(RpcError(
             jsonrpc.UNAVAILABLE, f"the corral daemon is {reason}: it ended this call "
@@ -302,8 +297,7 @@ class Connection(LineProtocol):
         self.close()
 
     def notify(self, method: str, params: Any) -> None:
-        if self.peer is not None:
-            self.peer.notify(method, params)
+        self.peer.notify(method, params)
 
 
 Report = Callable[[str, str], None]  # (text, stream): into the daemon's log
@@ -401,10 +395,8 @@ class ControlServer:
             conn.stop_reading()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_WAIT
-        while (busy := [c for c in conns if c.working and c.peer is not None]) and \
-                loop.time() < deadline:
-            await any_set([c.peer.ends() for c in busy if c.peer is not None],
-                          deadline - loop.time())
+        while (busy := [c for c in conns if c.working]) and loop.time() < deadline:
+            await any_set([c.peer.ends() for c in busy], deadline - loop.time())
         self._leaving = set(self.connections)
         self._left = asyncio.Event()
         for conn in list(self._leaving):
