@@ -95,10 +95,6 @@ def field_of(step: str, item: int) -> str:
     return f"{item}\n{step}"
 
 
-def _signed(mac: str, payload: bytes) -> bytes:
-    return mac.encode() + b" " + payload
-
-
 class Lease(NamedTuple):
     """A node incarnation's lease of a call: its fence token, and who it was taken as."""
 
@@ -226,7 +222,7 @@ class ClusterCalls:
             self._save_call, [
                 self.keys.call(record.call_id), self.keys.calls_running,
                 self.keys.calls(record.kind), self.keys.call_steps(record.call_id)],
-            [record.call_id, record.status, _signed(mac, payload), self.kept[0],
+            [record.call_id, record.status, mac.encode() + b" " + payload, self.kept[0],
              self.kept[1]])])
         await self.local.save_call(record)
         if record.status != "running":
@@ -253,7 +249,7 @@ class ClusterCalls:
         for r in rows:
             field = field_of(r.step, r.item)
             payload = msgspec.json.encode(astuple(r))
-            fields[field] = _signed(self.trust.sign(CALL, call_id, field, payload), payload)
+            fields[field] = self.trust.sign(CALL, call_id, field, payload).encode() + b" " + payload
         return fields
 
     def ride(self, call_id: str, row: StepRow, noted: Callable[[], None]) -> Ride:

@@ -17,7 +17,7 @@ from ..supervisor.tasks.taskmachine import UNFINISHED
 from ..taskoptions import NO_FILTERS, TaskFilters, admits
 from .connection import read, read_all
 from .keys import Keys
-from .records import options_in
+from .records import options_in, when
 from .trust import Trust
 
 BATCH = 256  # ids read from each set, and records then read, per round trip
@@ -33,10 +33,6 @@ def id_floor(t: float) -> str:
     time in milliseconds)."""
     h = f"{max(0, int(t * 1000)):012x}"
     return f"{h[:8]}-{h[8:12]}"
-
-
-def _f(v: bytes | None) -> float | None:
-    return float(v) if v else None
 
 
 async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
@@ -122,7 +118,7 @@ def _summary(tid: bytes, rec: list[Any], trust: Trust) -> m.TaskSummary | None:
     st = status.decode()
     return m.TaskSummary(
         task_id=tid.decode(), agent=agent.decode(), status=st, priority=int(priority),
-        created=float(created), started=_f(started), finished=_f(finished),
+        created=float(created), started=when(started), finished=when(finished),
         attempts=attempts,
         # the node running it, or that ran it last; none while it waits
         node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,

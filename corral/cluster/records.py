@@ -96,8 +96,8 @@ def _s(rec: dict[bytes, bytes], key: bytes) -> str:
     return rec[key].decode()
 
 
-def _f(rec: dict[bytes, bytes], key: bytes) -> float | None:
-    v = rec.get(key)
+def when(v: bytes | None) -> float | None:
+    """A record's time field (None: unset)."""
     return float(v) if v else None
 
 
@@ -109,12 +109,12 @@ def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
 def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
     err = rec.get(b"error")
     # held out of its stream until then (due.py), as a local delayed task waits
-    not_before = _f(rec, b"not_before") if rec.get(b"status") == b"queued" else None
+    not_before = when(rec.get(b"not_before")) if rec.get(b"status") == b"queued" else None
     tried = [_attempt.decode(a) for a in attempts]
     return m.TaskInfo(
         task_id=task_id, agent=_s(rec, b"agent"), status=_s(rec, b"status"),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
-        started=_f(rec, b"started"), finished=_f(rec, b"finished"), tool_calls=0,
+        started=when(rec.get(b"started")), finished=when(rec.get(b"finished")), tool_calls=0,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
         attempts=tried, options=options_in(rec.get(b"options")),
