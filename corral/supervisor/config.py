@@ -186,12 +186,15 @@ class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     readiness: CheckSpec | None = None
     liveness: CheckSpec | None = None
 
+    def checks(self) -> list[tuple[str, CheckSpec]]:
+        """(kind, check) of each check given, readiness first."""
+        return [(k, c) for k in ("readiness", "liveness") if (c := getattr(self, k)) is not None]
+
     def check(self) -> None:
         if self.readiness is None and self.liveness is None:
             raise ConfigError("health: give readiness, liveness or both")
-        for kind in ("readiness", "liveness"):
-            c: CheckSpec | None = getattr(self, kind)
-            bad = c.problem() if c is not None else None
+        for kind, c in self.checks():
+            bad = c.problem()
             if bad is not None:
                 key = ".".join(k for k in ("health", kind, bad[0]) if k)
                 raise ConfigError(f"{key}: {bad[1]}")

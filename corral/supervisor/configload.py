@@ -27,7 +27,6 @@ from .config import (
     MODEL_NAME,
     AgentSpec,
     ApprovalsSettings,
-    CheckSpec,
     ClusterSettings,
     Config,
     ConfigError,
@@ -266,10 +265,8 @@ def protocol_problem(spec: AgentSpec) -> str | None:
     if spec.placement == "cluster":
         return (f'placement: {PLAIN} runs on this node (a cluster places agents for their '
                 "tasks)")
-    health = spec.health
-    for kind in ("readiness", "liveness"):
-        c: CheckSpec | None = getattr(health, kind) if health is not None else None
-        if c is not None and not c.probe:
+    for kind, c in spec.health.checks() if spec.health is not None else ():
+        if not c.probe:
             return (f"health.{kind}: {PLAIN} answers no health/check: give command, tcp "
                     "or http")
     return None
@@ -547,11 +544,9 @@ def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,
     if iso.sandbox == "none" and iso.network != "host":
         return (f'network: network = "{iso.network}" needs sandbox = "bwrap" (without a '
                 f"sandbox an agent shares the host's network)")
-    health = spec.health
-    for kind in ("readiness", "liveness"):
-        c: CheckSpec | None = getattr(health, kind) if health is not None else None
+    for kind, c in spec.health.checks() if spec.health is not None else ():
         for key in ("tcp", "http"):
-            if c is not None and getattr(c, key) is not None and iso.network != "host":
+            if getattr(c, key) is not None and iso.network != "host":
                 return (f'health.{kind}.{key}: connects from the host, which cannot reach '
                         f'the agent\'s own network (network = "{iso.network}"): use a '
                         "command check")

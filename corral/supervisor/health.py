@@ -247,8 +247,7 @@ class ReplicaHealth:
         self.r = r
         self.board = board
         grace_until = time.monotonic() + spec.start_period if not carried else 0.0
-        self.runs = [CheckRun(kind, c, grace_until) for kind, c in
-                     ((READINESS, spec.readiness), (LIVENESS, spec.liveness)) if c is not None]
+        self.runs = [CheckRun(kind, c, grace_until) for kind, c in spec.checks()]
         for state in carried:
             for run in self.runs:
                 if run.kind == state.kind:
