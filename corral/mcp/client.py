@@ -671,10 +671,7 @@ class McpClient:
 
     # -- from the server ------------------------------------------------------------------
     def on_notification(self, method: str, raw: Any, peer: Peer) -> None:
-        try:
-            params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
-        except msgspec.DecodeError:
-            return
+        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
         if not isinstance(params, dict):
             params = {}
         if method == "notifications/progress":
