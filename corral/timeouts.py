@@ -1,4 +1,4 @@
-"""Waits bounded in time that keep a cancellation.
+"""Waits bounded in time that keep a cancellation, and tasks held until they end.
 
 `asyncio.wait_for` on Python 3.11 returns the result of an awaitable that finished in
 the same turn as its caller was cancelled, and the cancellation is lost (a loop cancelled
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=asyncio.Future[Any])
 
 
 async def within(aw: Awaitable[T], timeout: float | None) -> T:
@@ -41,3 +42,11 @@ async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
         exc = None if t.cancelled() else t.exception()
         if exc is not None:
             raise exc
+
+
+def kept(tasks: set[F], task: F) -> F:
+    """`task`, held in `tasks` until it ends: the loop references a task only weakly, and
+    one nothing holds may be collected before it is done."""
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task

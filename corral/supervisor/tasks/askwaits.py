@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ... import jsonrpc
 from ...askviews import Ask, AskEnd
 from ...jsonrpc import RpcError
+from ...timeouts import kept
 from .model import TaskFinished
 
 if TYPE_CHECKING:
@@ -175,9 +176,7 @@ class AskWaits:
             log.error("the asks of task %s could not be withdrawn (%s)", task_id, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
+        kept(self._work, asyncio.get_running_loop().create_task(work))
 
     def close(self) -> None:
         """Stop the deadlines and the waits (the asks stay pending where kept)."""

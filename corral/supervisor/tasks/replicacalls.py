@@ -14,6 +14,7 @@ from ... import jsonrpc
 from ...askviews import Ask, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...text import plural
+from ...timeouts import kept
 from .inbox import Inbox, check_subject, too_many_asks
 
 if TYPE_CHECKING:
@@ -126,6 +127,4 @@ class ReplicaCalls:
         w = self.windows.pop(e.replica.label, None)
         if w is None or not self.inbox.asking(w.owner):
             return
-        withdrawal = self.inbox.withdraw(w.owner)
-        self._withdrawing.add(withdrawal)
-        withdrawal.add_done_callback(self._withdrawing.discard)
+        kept(self._withdrawing, self.inbox.withdraw(w.owner))

@@ -21,6 +21,7 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import plural
+from ...timeouts import kept
 from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..stream import Stream
 from .model import Task, TaskFinished
@@ -473,9 +474,7 @@ class Sessions:
         return False
 
     def _read_back(self, s: Session, task: Task) -> None:
-        job = asyncio.get_running_loop().create_task(self._load(s, task))
-        self._loading.add(job)
-        job.add_done_callback(self._loading.discard)
+        kept(self._loading, asyncio.get_running_loop().create_task(self._load(s, task)))
 
     def _read_again(self, s: Session, task: Task) -> None:
         if s.warming is task:  # (not cancelled meanwhile)

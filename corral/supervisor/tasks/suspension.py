@@ -20,6 +20,7 @@ import msgspec
 from ... import jsonrpc
 from ...askviews import Ask
 from ...jsonrpc import RpcError
+from ...timeouts import kept
 from .inbox import AskEnded, Inbox
 from .model import CompactTask, Resumer
 from .taskmachine import TaskCause, suspended
@@ -168,9 +169,7 @@ class Suspensions:
             return False
         loop = asyncio.get_running_loop()
         held.writing = loop.create_future()
-        write = loop.create_task(self._write(task, held, why))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
+        kept(self._writes, loop.create_task(self._write(task, held, why)))
         return True
 
     def _give_back(self, task: Task, held: _Wait, why: str) -> None:
