@@ -6,10 +6,12 @@ the local store and shown by `corral trace`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -761,13 +763,15 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
         await asyncio.sleep(0)
         written = traces.stats()["recorded"] - traces.tracer.buffered
         assert traces.tracer.buffered == 0 and written == total
-        unread = total - traces._sent // 5  # (records: each makes 5 spans)
-        assert unread > 0
-        assert traces.pipe_dropped == 5 * unread
-        assert traces.dropped == 5 * unread
+        assert traces.dropped == traces.pipe_dropped > 0
         os.kill(proc.pid, signal.SIGCONT)
         await traces.sync()
-        assert traces._live["done"] == traces._sent  # the rest read and stored
+        # the rest read and stored: the spans in the exporter's store, up to its last batch
+        with contextlib.closing(sqlite3.connect(traces.path)) as db:
+            (stored,) = db.execute("SELECT coalesce(max(spans), 0) FROM batches").fetchone()
+        unread = total - stored // 5  # (records: each makes 5 spans)
+        assert unread > 0
+        assert traces.pipe_dropped == 5 * unread
         assert traces.dropped == 5 * unread
     finally:
         os.kill(proc.pid, signal.SIGCONT)
@@ -821,7 +825,8 @@ async def test_an_exporter_that_dies_with_batches_unread_counts_their_spans_lost
         for _ in range(HANDOVER):
             traces.tracer.put(two_attempts(new_id()), 5)
         await asyncio.sleep(0)  # the hand-over, called soon
-        assert (traces.tracer.buffered, traces._sent) == (0, 5 * HANDOVER)  # in spans
+        # all of it written to the pipe (none dropped there): 5 * HANDOVER spans
+        assert (traces.tracer.buffered, traces.pipe_dropped) == (0, 0)
         proc.kill()
         async with asyncio.timeout(20):
             await traces.until(lambda: traces.started == 2)
@@ -1066,14 +1071,17 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
     assert (pb.trace_id, pb.span_id, pb.parent_span_id, pb.name, pb.status.message) == (
         b"\xff" * 16, b"\xff" * 8, b"", long, long)
     assert attrs(pb) == {"neg": -5, "big": 1 << 62, "text": long, "no": False}
-    # the reused messages are bounded
+    # the reused messages are bounded: one made before KEPT_VALUES others is made again
+    from corral.daemon.otlp import attribute
+    kept = attribute(b"\x42", "bound", 1)
+    assert attribute(b"\x42", "bound", 1) is kept  # (reused)
     many: list[Span] = [(1, i + 1, 0, "x", 1, 0.0, 1.0, None, {"i": i}, [], "t")
                         for i in range(KEPT_VALUES + 10)]
     req = ExportTraceServiceRequest.FromString(encode(many, "svc", "host"))
     assert [attrs(s)["i"] for s in req.resource_spans[0].scope_spans[0].spans] == list(
         range(KEPT_VALUES + 10))
-    from corral.daemon import otlp
-    assert len(otlp._made) <= KEPT_VALUES
+    again = attribute(b"\x42", "bound", 1)
+    assert again == kept and again is not kept
 
 
 # -- an MCP server's own spans in the same trace ------------------------------------------------
