@@ -110,7 +110,6 @@ class Daemon:
         self._graceful = False
         self.failed: str | None = None  # why an agent stopped the daemon (fatal = true)
         self.drain_timeout = 0.0
-        self.start_config: Config | None = None
         self.applied: Config | None = None  # the config the last start or reload applied
         self._drained: asyncio.Future[DrainReport] | None = None
         self.taken = taken  # this image took over from an upgrade's old one
@@ -269,7 +268,7 @@ class Daemon:
             conf = part.read_config(self.config_path, self.socket_override,
                                     self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
-        self.start_config = self.applied = cfg
+        self.applied = cfg
         self.drain_timeout = cfg.supervisor.drain_timeout
         keep(contextlib.closing(self.notifier))
         hub = keep(part.log_hub(conf))
@@ -433,7 +432,7 @@ class Daemon:
             conf = part.read_config(self.config_path, self.socket_override)
             cfg = conf.cfg
             # the keys its listener was made with stay as they were (restart_needed says so)
-            started = cfg if self.start_config is None else self.start_config
+            started = self._up().conf.cfg
             gateway = msgspec.structs.replace(cfg.gateway, **{
                 k: getattr(started.gateway, k) for k in GATEWAY_AT_START})
             gateway_changes = s.gateway.configure(gateway, self.config_path.parent)
@@ -457,8 +456,7 @@ class Daemon:
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes
-        if self.start_config is not None:
-            result.restart_needed = read_at_start(self.start_config, cfg)
+        result.restart_needed = read_at_start(started, cfg)
         if result.restart_needed:
             s.hub.daemon(f"reload: {', '.join(result.restart_needed)} changed in the file: "
                          "read at start, not applied until the daemon restarts", priority=4)
