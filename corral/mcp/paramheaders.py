@@ -76,10 +76,7 @@ class ParamHeaders:
         marks = self._marks.get(tool or "")
         if not marks or not arguments:
             return {}
-        try:
-            args = msgspec.json.decode(arguments)
-        except msgspec.DecodeError:
-            return {}
+        args = msgspec.json.decode(arguments)  # (valid JSON: the request's, as parsed)
         if not isinstance(args, dict):
             return {}
         return {PREFIX + name: header_value(text) for arg, name in marks.items()

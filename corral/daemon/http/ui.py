@@ -441,8 +441,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     if not isinstance(sessions, LoginSessions):  # no [http], or logins of another kind
         return
     sessions.context = ctx
-    tokens = tokens_of(ctx.services.store)
-    sessions.tokens = tokens
+    tokens = sessions.tokens = tokens_of(ctx.services.store)
     tokens.stream.subscribe(sessions.revoked, TokenRevoked)
     pages = Pages(ctx, sessions)
     ctx.authenticators.append(pages.guard.caller)
