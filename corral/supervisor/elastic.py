@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..timeouts import cancel_all
+from ..timeouts import cancel_all, kept
 from .autoscale import Decider, Policy, ScaleDecision
 from .config import AgentSpec
 
@@ -235,9 +235,7 @@ class Elastic:
 
     def _apply(self, agent: Agent, e: ElasticEntry, current: int, d: ScaleDecision) -> None:
         e.applying = True
-        change = asyncio.ensure_future(self._change(agent, e, current, d))
-        self._changes.add(change)
-        change.add_done_callback(self._changes.discard)
+        kept(self._changes, asyncio.ensure_future(self._change(agent, e, current, d)))
 
     async def _change(self, agent: Agent, e: ElasticEntry, current: int,
                       d: ScaleDecision) -> None:

@@ -24,6 +24,7 @@ import msgspec
 
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
+from ..timeouts import kept
 from .config import CheckSpec, HealthSpec, ProcessSpec
 from .lifecycle import Cause
 from .probes import probe_http, probe_tcp
@@ -485,9 +486,7 @@ class HealthBoard:
                    + ("done" if v.ok else "failed") + (f": {v.message}" if v.message
                                                        else ""))
 
-        task = asyncio.ensure_future(go())
-        h.execs.add(task)
-        task.add_done_callback(h.execs.discard)
+        kept(h.execs, asyncio.ensure_future(go()))
 
     def _emit(self, h: ReplicaHealth, run: CheckRun, v: Verdict, action: str,
               text: str) -> None:
