@@ -4,6 +4,7 @@ written as corral renders lines; a raw file has no times to order by."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import datetime
 from pathlib import Path
@@ -30,27 +31,15 @@ def read_back(path: Path, end: int, budget: int) -> list[Written]:
         return []
     if start > 0:  # the first line is cut: it begins before the budget
         data = data.partition(b"\n")[2]
+    lines = (m.groups() for raw in data.split(b"\n") if (m := _LINE.fullmatch(raw)))
     out: list[Written] = []
-    key: tuple[bytes, int, int, str] | None = None
-    texts: list[bytes] = []
-    for raw in data.split(b"\n"):
-        m = _LINE.fullmatch(raw)
-        if m is None:
-            continue
-        stamp, _, replica, pid, stream, text = m.groups()
-        now = (stamp, int(replica or 0), int(pid), stream.decode())
-        if now != key:
-            _close(out, key, texts)
-            key, texts = now, []
-        texts.append(text)
-    _close(out, key, texts)
+    for (stamp, replica, pid, stream), run in itertools.groupby(lines, key=_tag):
+        when = datetime.fromisoformat(stamp.decode()).timestamp()
+        out.append((when, replica, pid, stream, LineBlock.of([text for *_, text in run])))
     return out
 
 
-def _close(out: list[Written], key: tuple[bytes, int, int, str] | None,
-           texts: list[bytes]) -> None:
-    if key is None or not texts:
-        return
-    stamp, replica, pid, stream = key
-    when = datetime.fromisoformat(stamp.decode()).timestamp()
-    out.append((when, replica, pid, stream, LineBlock.of(texts)))
+def _tag(groups: tuple[bytes, ...]) -> tuple[bytes, int, int, str]:
+    """A line's time, replica, pid and stream: lines in a row sharing them were one write."""
+    stamp, _, replica, pid, stream, _ = groups
+    return stamp, int(replica or 0), int(pid), stream.decode()
