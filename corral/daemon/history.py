@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import sqlite3
 import time
 from collections import OrderedDict
@@ -140,14 +141,11 @@ class TaskTimes:
         newest = next(reversed(finished))
         if newest == self.last:
             return
-        new = []
-        for task_id in reversed(finished):
-            if task_id == self.last:
-                break
-            new.append(finished[task_id])
+        since = list(itertools.takewhile(lambda t: t != self.last, reversed(finished)))
         self.last = newest
         agents = self.agents
-        for task in reversed(new):
+        for task_id in reversed(since):
+            task = finished[task_id]
             times = agents.get(task.agent)
             if times is None:
                 times = agents[task.agent] = AgentTimes()
