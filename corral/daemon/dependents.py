@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..supervisor.lifecycle import RESTARTED, State
 from ..supervisor.process_replica import Transition
+from ..timeouts import kept
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -57,9 +58,7 @@ class Dependents:
                 self._stop(agent, f"requires {name}, which was stopped")
 
     def _stop(self, agent: Agent, why: str) -> None:
-        task = asyncio.ensure_future(agent.stop(why))
-        self.stopping.add(task)
-        task.add_done_callback(self.stopping.discard)
+        kept(self.stopping, asyncio.ensure_future(agent.stop(why)))
 
     async def close(self) -> None:
         self.closed = True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..supervisor.tasks.sessions import SessionsEnding
+from ..timeouts import kept
 from .logs import log_file_name
 from .revisions import RevisionBound, kept_of, prune
 from .sqlwrites import Write, each
@@ -174,10 +175,8 @@ class RetentionSweeps:
         names = [(a, t) for a, t in due if a not in self.agents and a not in self.hub.files]
         if log_dir is None or not names:
             return
-        job = asyncio.get_running_loop().create_task(asyncio.to_thread(_delete, log_dir,
-                                                                       names))
-        self._deleting.add(job)
-        job.add_done_callback(self._deleting.discard)
+        kept(self._deleting, asyncio.get_running_loop().create_task(
+            asyncio.to_thread(_delete, log_dir, names)))
 
 
 def _delete(log_dir: Path, names: list[tuple[str, str]]) -> None:

@@ -23,6 +23,7 @@ from ..supervisor.schedule import Schedule, ScheduleSpec, compile_schedule
 from ..supervisor.schedule import ScheduleRow as Row
 from ..supervisor.stream import Stream
 from ..text import plural
+from ..timeouts import kept
 from .caller import Discard
 from .sqlwrites import statement
 from .store import StateStore
@@ -222,10 +223,8 @@ class ScheduleService:
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # in a context of its own: a fire is the config's, never the caller's who paused
         # or reloaded (a limited token's reach, tasks/spawn.py's REACH)
-        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
-        self._firing.add(task)
-        task.add_done_callback(self._firing.discard)
-        return task
+        return kept(self._firing,
+                    asyncio.get_running_loop().create_task(work, context=contextvars.Context()))
 
     async def _tick(self, live: _Live) -> None:
         """The latest fire time due (one, however late the loop woke), then the next

@@ -58,7 +58,7 @@ from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import AttemptEnded, CompactTask, TaskFinished, TaskRecord, Unfinished
 from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
-from ..timeouts import within
+from ..timeouts import kept, within
 from . import handoff
 from .control import ControlServer, any_set
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
@@ -589,9 +589,7 @@ class Takeover:
         if h.record.kind == "agent":
             # its listener made again where the old image held its sandbox's network
             # (egressdoors.py): the coroutine's first step makes it, before dispatch
-            regain = asyncio.ensure_future(r.regain_gateways())
-            self._regains.add(regain)
-            regain.add_done_callback(self._regains.discard)
+            kept(self._regains, asyncio.ensure_future(r.regain_gateways()))
         self._first.set()
         if h.record.kind == "mcp":
             self.kept_servers += 1

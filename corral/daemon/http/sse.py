@@ -24,6 +24,7 @@ from ... import jsonrpc
 from ... import methods as m
 from ...methods import REGISTRY
 from ...supervisor.events import Of, Viewer, agent_of, reaches, seen_by
+from ...timeouts import kept
 from ..api import Dispatcher
 from ..caller import Caller
 from . import route
@@ -154,9 +155,7 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     task = asyncio.current_task()
     if task is not None:
-        streams = request.app[STREAMS]
-        streams.add(task)
-        task.add_done_callback(streams.discard)
+        kept(request.app[STREAMS], task)
     return response
 
 
@@ -177,7 +176,7 @@ class EventRing:
         self.writable.set()
         self.task: asyncio.Task[Any] | None = None
         self.readers: dict[Reader, None] = {}
-        self._due = asyncio.Event()
+        self.due = asyncio.Event()  # set when a reader may have events to be written
         self._fan_out: asyncio.Task[None] | None = None
 
     def notify(self, method: str, params: Any) -> None:
@@ -199,7 +198,7 @@ class EventRing:
                        head.tenant, agent_of(raw))
         self.changed.set()
         self.changed = asyncio.Event()
-        self._due.set()
+        self.due.set()
 
     def _keep(self, topic: str | None, data: bytes, tenant: str | None,
               agent: Of) -> None:
@@ -235,15 +234,12 @@ class EventRing:
 
     def attach(self, reader: Reader) -> None:
         self.readers[reader] = None
-        self._due.set()
-
-    def due(self) -> None:
-        self._due.set()
+        self.due.set()
 
     async def _write_out(self) -> None:
         """A batch per reader behind the ring per pass, yielding to the loop every SLICE
         seconds; a held reader is passed by until its own task has seen it drain."""
-        due = self._due
+        due = self.due
         clock = time.perf_counter
         while True:
             await due.wait()
@@ -375,7 +371,7 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
                     await _cut(request, str(exc), str(reader.cursor - 1))
                     break
                 reader.held = False
-                ring.due()
+                ring.due.set()
     except (ConnectionResetError, asyncio.CancelledError):
         # a client gone (aiohttp cancels the handler) or the server's shutdown: the
         # handler returns as any does. Not re-raised: the exception's traceback would tie
