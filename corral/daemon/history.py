@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -129,7 +129,7 @@ class TaskTimes:
     def __init__(self, finished: OrderedDict[str, Task]) -> None:
         self.finished = finished
         self.last: str | None = None
-        self.agents: dict[str, AgentTimes] = {}
+        self.agents: defaultdict[str, AgentTimes] = defaultdict(AgentTimes)
         # every agent's, agents gone included (/metrics' histograms never go back)
         self.duration = Times()
         self.wait = Times()
@@ -146,9 +146,7 @@ class TaskTimes:
         agents = self.agents
         for task_id in reversed(since):
             task = finished[task_id]
-            times = agents.get(task.agent)
-            if times is None:
-                times = agents[task.agent] = AgentTimes()
+            times = agents[task.agent]
             end = task.finished or 0.0
             started = task.started
             # one that never ran (cancelled or lost while queued) waited until its end
