@@ -28,7 +28,8 @@ async def test_a_trim_comes_once_enough_was_let_go_and_a_delay_later() -> None:
     r.let_go(TRIM_AFTER)  # more while one is due: the same one (a second would count 2)
     assert r.trims == 0 and r.released == 2 * TRIM_AFTER
     await wait_until_async(lambda: r.trims, 10)
-    assert TRIM_DELAY <= loop.time() - armed < TRIM_DELAY + 0.5
+    # (less a millisecond: the loop's clock counts in them)
+    assert TRIM_DELAY - 0.001 <= loop.time() - armed < TRIM_DELAY + 0.5
     assert r.trims == 1 and r.released == 0
 
 
