@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..timeouts import kept
 from .scripts import Call, Scripts
 
 BATCH = 512  # calls in one pipeline at most
@@ -44,10 +45,7 @@ class Batcher:
         self._scheduled = False
         calls, self._calls = self._calls, []
         for i in range(0, len(calls), BATCH):
-            # held until done: a task the loop only references weakly may be collected
-            sending = asyncio.ensure_future(self._send(calls[i:i + BATCH]))
-            self._sending.add(sending)
-            sending.add_done_callback(self._sending.discard)
+            kept(self._sending, asyncio.ensure_future(self._send(calls[i:i + BATCH])))
 
     async def _send(self, calls: list[tuple[list[Any], list[Any], list[Call],
                                             asyncio.Future[Any]]]) -> None:

@@ -18,6 +18,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.durable import StepEnd, StepRow
 from ..supervisor.durable.store import DurableStore
 from ..supervisor.durable.tasks import AgentTask, step_end
+from ..timeouts import kept
 from .clustercalls import ClusterCalls
 from .clustertasks import ClusterTasks
 from .rides import LostLease
@@ -60,9 +61,7 @@ class ClusterStepTasks:
         async def cancelling() -> None:
             with contextlib.suppress(RpcError):
                 await self._cancel(task_id)
-        task = asyncio.ensure_future(cancelling())
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
+        kept(self._cancels, asyncio.ensure_future(cancelling()))
 
 
 class StepSubmit:

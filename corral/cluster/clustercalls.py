@@ -22,7 +22,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.durable import STEP_ENDED, CallHandover, CallRecord, StepRow
 from ..supervisor.durable.store import DurableStore
-from ..timeouts import within
+from ..timeouts import kept, within
 from .connection import read, read_all, why
 from .keys import Keys
 from .membership import Membership
@@ -334,9 +334,7 @@ class ClusterCalls:
         self._timed.discard(call_id)
         if call_id not in self.held:
             return  # (gone with a write since)
-        flush = asyncio.ensure_future(self._flush(call_id))
-        self.flushing.add(flush)
-        flush.add_done_callback(self.flushing.discard)
+        kept(self.flushing, asyncio.ensure_future(self._flush(call_id)))
 
     async def _flush(self, call_id: str) -> None:
         """The call's held rows alone. Refused (the lease was lost): the driver's next

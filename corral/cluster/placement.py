@@ -18,6 +18,7 @@ from ..supervisor.configload import parse_agents
 from ..supervisor.errors import SupervisorError
 from ..supervisor.parts import Parts
 from ..supervisor.stream import Checkpoint
+from ..timeouts import kept
 from .connection import read, read_all, why
 from .declared import Declarations
 from .keys import Keys
@@ -265,10 +266,8 @@ class Placement:
         slots = self.placed.get(event.agent)
         if slots is None or event.replica >= len(slots) or not self.membership.member:
             return
-        task = asyncio.ensure_future(self._write(event, slots[event.replica],
-                                                 self.membership.consumer))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        kept(self._writes, asyncio.ensure_future(
+            self._write(event, slots[event.replica], self.membership.consumer)))
 
     async def _write(self, event: Checkpoint, slot: int, consumer: str) -> None:
         value = msgspec.json.encode([event.time, event.state])

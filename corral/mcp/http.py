@@ -20,6 +20,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..redact import url as _url
+from ..timeouts import kept
 from . import sse
 from .paramheaders import ParamHeaders, header_value
 
@@ -151,8 +152,7 @@ class HttpTransport:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             task.add_done_callback(lambda _t: _resolve(done))
             self._order = done
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        kept(self._tasks, task)
 
     async def close(self) -> None:
         """End the session (DELETE, as the spec asks) and every stream."""
