@@ -13,10 +13,11 @@ import re
 import secrets
 import time
 import tomllib
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import msgspec
 
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from .tokens import Token
 
 
-E = TypeVar("E")
 OPERATOR = "operator"
 # resources one gateway session may subscribe to at once (each may hold a listen stream)
 MAX_SUBSCRIPTIONS = 64
@@ -179,9 +179,9 @@ class GatewayService:
         self.digests = TokenDigests()  # a token's hash, once (not once a request)
         self.url: str | None = None  # the HTTP gateway's, for agents' environment
         self.socket_path: str | None = None
-        self.by_client: dict[str, CallCounter] = {}
-        self.by_tool: dict[str, CallCounter] = {}
-        self.limiters: dict[str, Limiter] = {}
+        self.by_client: defaultdict[str, CallCounter] = defaultdict(CallCounter)
+        self.by_tool: defaultdict[str, CallCounter] = defaultdict(CallCounter)
+        self.limiters: defaultdict[str, Limiter] = defaultdict(Limiter)
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
         # the HTTP API's tokens, once the state database that keeps them is open
@@ -359,7 +359,7 @@ class GatewayService:
     def slot(self, ident: Identity) -> _Slot:
         """One of the client's `max_concurrent` slots for a request that is not a tool
         call: nothing a client sends runs unbounded."""
-        return _Slot(_entry(self.limiters, ident.name, Limiter), ident)
+        return _Slot(self.limiters[ident.name], ident)
 
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         """Tools and prompts named SERVER__NAME; under tool search, `search_tools` and the
@@ -673,7 +673,7 @@ class GatewayService:
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not in the allowlist of gateway client "
                            f"{ident.name} ({_shown_allow(ident.allow)})")
-        limiter = _entry(self.limiters, ident.name, Limiter)
+        limiter = self.limiters[ident.name]
         try:
             task = None if ident.replica is None else \
                 self.attribution.task_of(ident.replica, ident.mark)
@@ -734,7 +734,7 @@ class GatewayService:
 
     def _count(self, ident: Identity, task: Task | None) -> None:
         """An agent replica's call, counted as a task's step or as no task's."""
-        counter = _entry(self.by_client, ident.name, CallCounter)
+        counter = self.by_client[ident.name]
         if task is None:
             counter.unattributed += 1
             self.unattributed += 1
@@ -765,8 +765,8 @@ class GatewayService:
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
                 who: tuple[int, int], task: Task | None = None, waited: float = 0.0) -> None:
         error = outcome != "ok"
-        _entry(self.by_client, ident.name, CallCounter).add(seconds, error, waited)
-        _entry(self.by_tool, self._counted_as(tool), CallCounter).add(seconds, error, waited)
+        self.by_client[ident.name].add(seconds, error, waited)
+        self.by_tool[self._counted_as(tool)].add(seconds, error, waited)
         params = {"client": ident.name, "tool": tool}
         if task is not None:
             params["task"] = task.id
@@ -817,14 +817,6 @@ class GatewayService:
 
 
 NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
-
-
-def _entry(table: dict[str, E], key: str, make: Callable[[], E]) -> E:
-    """The table's entry for `key`, made only when missing (setdefault makes one each call)."""
-    entry = table.get(key)
-    if entry is None:
-        entry = table[key] = make()
-    return entry
 
 
 def _call_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
