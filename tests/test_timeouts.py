@@ -1,4 +1,4 @@
-"""corral.timeouts.within: a bounded wait that never loses its caller's cancellation."""
+"""corral.timeouts: a bounded wait that never loses its caller's cancellation; a task kept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from corral.timeouts import cancel_all, within
+from corral.timeouts import cancel_all, kept, within
 
 RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
     "asyncio": asyncio.run, "uvloop": uvloop.run}
@@ -104,5 +104,33 @@ def test_cancel_all_raises_what_a_task_failed_with() -> None:
         with pytest.raises(ValueError, match="broken"):
             await cancel_all([a, b])
         assert b.cancelled()
+
+    asyncio.run(main())
+
+
+def test_kept_holds_a_task_until_it_ends_however_it_ends() -> None:
+    """The loop holds a task only weakly: a kept one is in its set while it runs and gone
+    from it once it has ended, returned, failed or cancelled."""
+
+    async def main() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        release = asyncio.Event()
+
+        async def waits() -> None:
+            await release.wait()
+
+        async def fails() -> None:
+            await release.wait()
+            raise ValueError("broken")
+
+        made = [asyncio.ensure_future(w()) for w in (waits, fails, waits)]
+        assert [kept(tasks, t) for t in made] == made
+        assert tasks == set(made)
+        made[2].cancel()
+        release.set()
+        await asyncio.wait(made)
+        assert tasks == set()
+        assert (made[0].result(), str(made[1].exception()), made[2].cancelled()) == (
+            None, "broken", True)
 
     asyncio.run(main())
