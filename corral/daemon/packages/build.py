@@ -82,15 +82,6 @@ class Plan(msgspec.Struct, kw_only=True):
     source: str  # the hash of the source
 
 
-def find_uv() -> str | None:
-    """The uv corral[daemon] pins (the uv its builds are tested with), else one on PATH."""
-    with contextlib.suppress(ImportError, FileNotFoundError):
-        from uv import find_uv_bin
-
-        return str(find_uv_bin())
-    return shutil.which("uv")
-
-
 def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None = None
                 ) -> tuple[list[str], int, str]:
     """The package's files and links (relative paths, sorted), their size, and the hash
@@ -302,10 +293,15 @@ class Builder:
 
     @functools.cached_property
     def uv(self) -> str | None:
-        """Looked for at the first build or status that asks, not at the daemon's start:
-        the uv package's import and its search were ~10 ms of every boot's CPU, and
-        most daemons never deploy a package."""
-        return find_uv()
+        """The uv corral[daemon] pins (the uv its builds are tested with), else one on
+        PATH; looked for at the first build or status that asks, not at the daemon's
+        start: the uv package's import and its search were ~10 ms of every boot's CPU,
+        and most daemons never deploy a package."""
+        with contextlib.suppress(ImportError, FileNotFoundError):
+            from uv import find_uv_bin
+
+            return str(find_uv_bin())
+        return shutil.which("uv")
 
     def _uv(self) -> str:
         if self.uv is None:
