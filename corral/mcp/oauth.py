@@ -371,7 +371,8 @@ class OAuth(Auth):
             raise HttpError(f"{self.name}: the authorization server does not support PKCE "
                             "with S256, which OAuth 2.1 requires")
         verifier = secrets.token_urlsafe(64)
-        challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+        challenge = base64.urlsafe_b64encode(
+            hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         state = secrets.token_urlsafe(24)
         redirect = client.redirect_uri or self.settings.redirect_uri
         query = {"response_type": "code", "client_id": client.client_id,
@@ -407,10 +408,6 @@ def application_type(redirect_uri: str) -> str:
     parts = urlsplit(redirect_uri)
     return "native" if parts.scheme not in ("http", "https") \
         or parts.hostname in ("localhost", "127.0.0.1", "::1") else "web"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _origin(url: str) -> str:
