@@ -164,7 +164,7 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         await d.set_up.wait()
         sup = d.sup
         timed = Timed(sup.tasks.steps.journal)
-        sup.tasks.steps.journal = timed
+        sup.tasks.steps.journal_to(timed)
         puts = sup.tasks.steps.put = TimedPut(sup.tasks.steps)
         for name in ("plain", "durable"):
             await sup.wait_state(name, State.READY, timeout=30)

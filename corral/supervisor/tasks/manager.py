@@ -149,7 +149,7 @@ class TaskManager:
         """The daemon's journals, once its state database is open (before any task is
         accepted): tasks and their steps are durable from then on."""
         self.journal = journal
-        self.steps.journal = steps
+        self.steps.journal_to(steps)
 
     def replica_ready(self, r: Replica) -> None:
         if r.kind == "agent":

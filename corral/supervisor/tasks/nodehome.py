@@ -24,7 +24,7 @@ class HomeEngine(Protocol):
 
 class NodeHome:
     """Reads the engine's journals as they are now: the daemon attaches them after the
-    engine is made (`TaskManager.journal`, `TaskSteps.journal`, `TaskOutputs.journal`)."""
+    engine is made (`TaskManager.journal`, `Steps.journal_to`, `TaskOutputs.journal`)."""
 
     __slots__ = ("asks", "engine", "spawns", "turns")
 

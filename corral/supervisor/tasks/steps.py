@@ -145,7 +145,7 @@ class TaskSteps:
         self._ordinals = CallOrdinals()  # the calls' idempotency keys
         self.outlived = 0  # calls that went on after their caller went away
         self.awaited = 0  # calls of a retry that waited for an earlier attempt's same one
-        self.journal: StepJournal | None = None  # the daemon's (TaskManager.journal_to)
+        self.journal: StepJournal | None = None  # the daemon's (`journal_to`)
         self._attempts: dict[str, _Attempt] = {}
         self.replayed = 0  # calls and named steps answered from the journal
         self.diverged = 0  # attempts that went live at a mismatch
@@ -156,6 +156,9 @@ class TaskSteps:
         self.on_replay = interceptors.notify(TaskInterceptor.intercept_step_replay)
         # told of a task's end while an attempt's steps are held here
         self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
+
+    def journal_to(self, journal: StepJournal) -> None:
+        self.journal = journal
 
     def _finished(self, e: TaskFinished) -> None:
         self._ordinals.forget(e.task.id)
