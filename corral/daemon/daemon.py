@@ -109,7 +109,6 @@ class Daemon:
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
         self.failed: str | None = None  # why an agent stopped the daemon (fatal = true)
-        self.drain_timeout = 0.0
         self.applied: Config | None = None  # the config the last start or reload applied
         self._drained: asyncio.Future[DrainReport] | None = None
         self.taken = taken  # this image took over from an upgrade's old one
@@ -201,8 +200,9 @@ class Daemon:
 
     async def _drain(self, s: Services, *, now: bool) -> DrainReport:
         """Before the agents stop: signals are heard meanwhile, a second stop cuts it short."""
-        status = self._up().status
-        drain = status.drain = Drain(s.task_engine, s.agents, self.drain_timeout,
+        status, applied = self._up().status, self.applied
+        assert applied is not None  # (set at start, and by each reload)
+        drain = status.drain = Drain(s.task_engine, s.agents, applied.supervisor.drain_timeout,
                                      s.hub.daemon, self.notifier.status_changed)
         if now:
             s.hub.daemon("stopping at once (no drain): running tasks are handed to the "
@@ -269,7 +269,6 @@ class Daemon:
                                     self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
         self.applied = cfg
-        self.drain_timeout = cfg.supervisor.drain_timeout
         keep(contextlib.closing(self.notifier))
         hub = keep(part.log_hub(conf))
         keep(on_signal(hub.daemon))  # SIGUSR1: every task's stack in the log
@@ -447,7 +446,6 @@ class Daemon:
         s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
         self.sup.parts.tuning.sandbox_program = cfg.supervisor.bwrap
         self.sup.parts.tuning.protected_paths = conf.protected
-        self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = gateway
         s.workflows.configure(cfg.workflows)
         s.teams.configure(cfg.teams)
