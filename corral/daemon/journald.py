@@ -26,8 +26,8 @@ PRIORITY_NOTICE = 5
 STREAM_PRIORITY = {"stderr": PRIORITY_INFO, "stdout": PRIORITY_INFO}
 
 
-def available(path: str = JOURNAL_SOCKET) -> bool:
-    return Path(path).is_socket()
+def available() -> bool:
+    return Path(JOURNAL_SOCKET).is_socket()
 
 
 def encode(fields: Iterable[tuple[str, bytes | str]]) -> bytes:
@@ -50,8 +50,7 @@ def split_priority(line: bytes, default: int) -> tuple[int, bytes]:
 
 
 class JournalSender:
-    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
-        self.path = path
+    def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.setblocking(False)
         self.sent = 0
@@ -60,7 +59,7 @@ class JournalSender:
     def send(self, fields: list[tuple[str, bytes | str]]) -> None:
         data = encode(fields)
         try:
-            self.sock.sendto(data, self.path)
+            self.sock.sendto(data, JOURNAL_SOCKET)
             self.sent += 1
         except OSError as exc:
             if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):
@@ -78,7 +77,7 @@ class JournalSender:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                         | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
             self.sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                    array.array("i", [fd]))], 0, self.path)
+                                    array.array("i", [fd]))], 0, JOURNAL_SOCKET)
             self.sent += 1
         except OSError:
             self.dropped += 1
@@ -107,9 +106,9 @@ class JournalSender:
 LEVELS = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "error": 3}
 
 
-def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
+def stderr_is_journal() -> bool:
     """True when fd 2 is the journal's stream (systemd sets JOURNAL_STREAM=dev:inode)."""
-    dev, _, ino = (os.environ if env is None else env).get("JOURNAL_STREAM", "").partition(":")
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
     try:
         st = os.fstat(2)
         return bool(ino) and (st.st_dev, st.st_ino) == (int(dev), int(ino))
