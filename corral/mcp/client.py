@@ -333,7 +333,8 @@ class McpClient:
                                    f"initialize: no answer from {self.name}")
                 if probe in done and probe.exception() is None:
                     found = msgspec.json.decode(probe.result())
-                    if _offers_stateless(found):  # the late answer wins
+                    offered = found.get("supportedVersions") if isinstance(found, dict) else None
+                    if isinstance(offered, list) and STATELESS in offered:  # the late answer wins
                         return await self._adopt(found, deadline)
                 if init in done:
                     exc = init.exception()
@@ -735,11 +736,6 @@ class McpClient:
                            f"{method}: corral does not offer {what} (it runs unattended; "
                            f"see docs/decisions.md)")
         raise jsonrpc.method_not_found(method)
-
-
-def _offers_stateless(found: Any) -> bool:
-    return isinstance(found, dict) and isinstance(found.get("supportedVersions"), list) \
-        and STATELESS in found["supportedVersions"]
 
 
 def _forget(fut: asyncio.Future[Any]) -> None:

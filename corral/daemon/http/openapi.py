@@ -224,12 +224,6 @@ def _team_rules(team: dict[str, Any], rule: dict[str, Any]) -> None:
                    "properties": {"equals": given, "contains": given}}
 
 
-def _problem_responses() -> dict[str, Any]:
-    return {code: {"description": why, "content": {
-        route.PROBLEM: {"schema": {"$ref": REF.format(name="Problem")}}}}
-        for code, why in ERRORS.items()}
-
-
 def document() -> dict[str, Any]:
     types: list[Any] = [t for res in RESOURCES for t in (REGISTRY[res.method].params,
                                                          REGISTRY[res.method].result)
@@ -243,6 +237,9 @@ def document() -> dict[str, Any]:
     assert not set(tables) & set(components), "a config table's name is a method type's"
     components.update(tables)
     paths: dict[str, dict[str, Any]] = {}
+    problems = {code: {"description": why, "content": {
+        route.PROBLEM: {"schema": {"$ref": REF.format(name="Problem")}}}}
+        for code, why in ERRORS.items()}
 
     for res in RESOURCES:
         spec = REGISTRY[res.method]
@@ -307,7 +304,7 @@ def document() -> dict[str, Any]:
                                    "set to the answer's `next` (there is a next page)"}}
             if res.location is not None:
                 ok["headers"] = _location(res.location)
-        op["responses"] = {"200": ok, **_problem_responses()}
+        op["responses"] = {"200": ok, **problems}
         if res.done_when is not None:
             ok["description"] = f"Done: the answer carries `{res.done_when}`"
             op["responses"]["202"] = {
