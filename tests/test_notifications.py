@@ -155,7 +155,8 @@ async def test_the_writer_catching_up_is_on_the_stream(
 
 async def test_the_gateways_lists_changing_is_on_the_stream(sup: Supervisor) -> None:
     failures = sup.stream.failures
-    gateway = GatewayService(sup.parts.agents, sup.parts.tools, sup.stream, lambda *row: None)
+    gateway = GatewayService(sup.parts.agents, sup.parts.tools, sup.stream, lambda *row: None,
+                             sup.tasks)
     seen, broken = heard(sup.stream, GatewayChanged)
     told: list[list[str]] = []
     watching = gateway.watch(lambda e: told.append(e.kinds))

@@ -756,7 +756,7 @@ async def test_the_gateways_address_goes_on_only_where_its_sockets_are_inherited
              ("", "127.0.0.1:7070", "127.0.0.1:7070", None)]  # none was given
     for carried, inherited, configured, expected in cases:
         gateway = GatewayService(sup.parts.agents, sup.parts.tools, sup.stream,
-                                 lambda *row: None)
+                                 lambda *row: None, sup.tasks)
         taken(carried, inherited).gateway_address(gateway, config(configured))
         assert (gateway.url, gateway.socket_path) == (expected, None), (carried, configured)
 

@@ -163,9 +163,8 @@ class GatewayChanged(NamedTuple):
 
 class GatewayService:
     def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
-                 calls: Dispatcher[Any] | None = None,
-                 tasks: TaskManager | None = None, tracer: Tracer | None = None,
-                 guard: PolicyGuard | None = None) -> None:
+                 tasks: TaskManager, calls: Dispatcher[Any] | None = None,
+                 tracer: Tracer | None = None, guard: PolicyGuard | None = None) -> None:
         self.agents = agents
         self.guard = guard  # what a replica's call of no task passes (approvals.gate)
         self.stream = stream  # GatewayChanged goes on it
@@ -191,10 +190,10 @@ class GatewayService:
         # the tasks extension; an agent as a tool is a task submitted through `calls`
         self.handles = TaskHandles(lambda: self.settings)
         self.agent_tools = AgentTools(calls, lambda: list(agents.values()))
-        # a replica's call of an attempt is its step (with no engine's tasks: none is)
-        self.attribution = Attribution(tasks.active if tasks is not None else {})
-        self.task_call = tasks.worker.task_call if tasks is not None else None
-        self.replica_calls = tasks.replica_calls if tasks is not None else None
+        # a replica's call of an attempt is its step
+        self.attribution = Attribution(tasks.active)
+        self.task_call = tasks.worker.task_call
+        self.replica_calls = tasks.replica_calls
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         self.seal = StateSeal()  # the states of input requests relayed to clients
@@ -549,7 +548,7 @@ class GatewayService:
         name, arguments = _call_params(params)
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
-        if ident.replica is None or self.replica_calls is None:
+        if ident.replica is None:
             task_id = await self.agent_tools.submit(ident, name, arguments)
             if handles is None:
                 return await self.agent_tools.outcome(ident, task_id, on_progress)
@@ -571,9 +570,8 @@ class GatewayService:
         """A replica's call of an agent: its attempt's is the task's spawn; one of no task
         passes its replica's policy as a call of no task at /mcp does."""
         tool = f"{AGENTS_VIEW}__{name}"
-        if task is not None and self.task_call is not None:
+        if task is not None:
             return await self._step(ident, task, tool, arguments, None)
-        assert self.replica_calls is not None
         gated = await gate(self.replica_calls, ToolCall(ident.replica, tool, arguments,
                                                         None), self.guard)
         if isinstance(gated, dict):  # not approved, or denied: the tool's error
@@ -689,7 +687,7 @@ class GatewayService:
             try:
                 if task is not None:
                     result = await self._step(ident, task, name, arguments, context)
-                elif ident.replica is not None and self.replica_calls is not None:
+                elif ident.replica is not None:
                     result = await self._replicas(ident, name, arguments, on_progress, relay,
                                                   on_log, context)
                 else:
@@ -714,7 +712,6 @@ class GatewayService:
                         relay: InputRelay | None, on_log: LogRelay | None,
                         context: Parent | None) -> Any:
         """A replica's call of no attempt: past the policy's gate, then as any client's."""
-        assert self.replica_calls is not None
         gated = await gate(self.replica_calls, ToolCall(ident.replica, name, arguments,
                                                         None), self.guard)
         if isinstance(gated, dict):  # not approved: the tool's error
@@ -745,7 +742,6 @@ class GatewayService:
     async def _step(self, ident: Identity, task: Task, name: str,
                     arguments: dict[str, Any], context: Parent | None) -> Any:
         """A replica's call as its task's step: the worker's `tools/call` for the task."""
-        assert self.task_call is not None  # a task was found: the engine's tasks are here
         said = None if context is None else meta(context.trace_id, context.span_id,
                                                  context.sampled, context.tracestate)
         answer = self.task_call(ident.replica, task, ToolsCallParams(
