@@ -29,7 +29,7 @@ async def test_a_trim_comes_once_enough_was_let_go_and_a_delay_later() -> None:
     assert r.trims == 0 and r.released == 2 * TRIM_AFTER
     await wait_until_async(lambda: r.trims, 10)
     # (less a millisecond: the loop's clock counts in them)
-    assert TRIM_DELAY - 0.001 <= loop.time() - armed < TRIM_DELAY + 0.5
+    assert TRIM_DELAY - 0.001 <= loop.time() - armed < TRIM_DELAY + 5  # (a busy machine)
     assert r.trims == 1 and r.released == 0
 
 
