@@ -336,19 +336,13 @@ class History:
         return write
 
     # -- the reader -------------------------------------------------------------------------
-    def resolution_for(self, since: float) -> str:
-        """The finest resolution whose retention covers the last `since` seconds."""
-        if since <= self.keep[RAW]:
-            return "raw"
-        if since <= self.keep[MINUTE]:
-            return "minute"
-        return "hour"
-
     async def read(self, since: float, agent: str | None, resolution: str | None,
                    now: float | None = None, *, tenant: str | None = None
                    ) -> MetricsHistoryResult:
         """The samples of the last `since` seconds, oldest first, read in a thread."""
-        res = resolution or self.resolution_for(since)
+        # (none given: the finest whose retention covers the last `since` seconds)
+        res = resolution or next((n for n, r in RESOLUTIONS.items() if since <= self.keep[r]),
+                                 "hour")
         now = time.time() if now is None else now
         rows, truncated = await asyncio.to_thread(
             read_rows, self.path, RESOLUTIONS[res], agent or FLEET, now - since, tenant)
