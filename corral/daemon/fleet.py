@@ -565,11 +565,11 @@ class Fleet:
         last = self.revisions.latest(name, agent.spec.tenant) if agent is not None else None
         return last.revision if last is not None else None
 
-    def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
+    def record(self, spec: AgentSpec, who: str) -> None:
         """A new spec revision of the agent, when its spec changed, through the store's
         writer: for a change the config file made, itself what a restart reads."""
         out: list[Revision] = []
-        self.writer.submit(recording(spec, who, change, out, self.revisions.kept),
+        self.writer.submit(recording(spec, who, None, out, self.revisions.kept),
                            "spec revision", lambda: self.told(out))
 
     def told(self, revisions: Iterable[Revision]) -> None:
