@@ -99,10 +99,9 @@ class Listeners:
                 os.close(i.fd)
         self._inherited.clear()
 
-    def serving(self, name: str, listen: str, fd: int, drain: Drain | None = None) -> None:
+    def serving(self, name: str, listen: str, fd: int, drain: Drain) -> None:
         self._serving[name] = Listener(name, listen, fd)
-        if drain is not None:
-            self._drains[name] = drain
+        self._drains[name] = drain
 
     def gone(self, name: str) -> None:
         self._serving.pop(name, None)
