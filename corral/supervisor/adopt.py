@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -306,8 +306,3 @@ def _reap(pid: int) -> int | None:
     except ChildProcessError:  # pragma: no cover - reaped elsewhere
         return -1
     return None if done == 0 else os.waitstatus_to_exitcode(status)
-
-
-def describe(h: HandedProcess) -> dict[str, Any]:
-    return {"agent": h.record.name, "replica": h.record.replica, "pid": h.record.pid,
-            "tasks": [t.task_id for t in h.tasks]}
