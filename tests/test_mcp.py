@@ -16,8 +16,8 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogBatch, McpServerSpec, State, Supervisor
+from corral.supervisor.launch import MAX_IN_FLIGHT
 from corral.supervisor.mcpserver import McpServerReplica
-from corral.supervisor.process_replica import MAX_IN_FLIGHT
 
 from .chaos.procs import PeakRss
 from .conftest import EXAMPLES, ROOT, agent, all_ready

@@ -16,7 +16,6 @@ from ..jsonrpc import LineBlock, RpcError
 from .config import ProcessSpec
 from .containment import populated, set_frozen, wait_frozen
 from .executor import Executor
-from .launch import MAX_IN_FLIGHT as MAX_IN_FLIGHT
 from .launch import Life
 from .lifecycle import Cause, State
 from .monitor import Monitor

@@ -412,17 +412,16 @@ class Tracer(TaskInterceptor):
         # collector stops tracking at its first pass
         text = status._value_
         spans = 1 + (2 * len(attempts) or 1)  # as `spans_of` counts them
+        said = error.message if error is not None and status != SUCCEEDED else None
         if isinstance(trace, FromId):  # its ids are its id's: the exporter's to derive
-            self.put((TASK, None, None, None, 0, task.agent, task.id, text,
-                      error.message if error is not None and status != SUCCEEDED else None,
+            self.put((TASK, None, None, None, 0, task.agent, task.id, text, said,
                       task.priority, task.tool_calls, task.created, end, task.usage,
                       attempts, None, task.session), spans)
             return
         self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
-                  trace.parent_id, task.agent, task.id, text,
-                  error.message if error is not None and status != SUCCEEDED else None,
-                  task.priority, task.tool_calls, task.created, end, task.usage, attempts,
-                  trace.events, task.session), spans)
+                  trace.parent_id, task.agent, task.id, text, said, task.priority,
+                  task.tool_calls, task.created, end, task.usage, attempts, trace.events,
+                  task.session), spans)
         if trace.held:
             for record in trace.held:
                 self.put(record)
