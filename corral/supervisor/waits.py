@@ -110,15 +110,11 @@ class Waits:
         except TimeoutError:
             # a bare TimeoutError leaves the caller guessing; what the replica is doing
             # and why it last exited (e.g. the agent's import error) is the answer
-            raise TimeoutError(self._not_reached(r, values, timeout)) from None
-
-    @staticmethod
-    def _not_reached(r: ProcessReplica, values: set[str], timeout: float) -> str:
-        msg = (f"{r.label} did not reach {' or '.join(sorted(values))} within {timeout:g} s: "
-               f"it is {r.state.value}: {r.reason}")
-        if r.last_exit and r.last_exit not in r.reason:
-            msg += f"; last exit: {r.last_exit}"
-        return msg
+            msg = (f"{r.label} did not reach {' or '.join(sorted(values))} within {timeout:g} "
+                   f"s: it is {r.state.value}: {r.reason}")
+            if r.last_exit and r.last_exit not in r.reason:
+                msg += f"; last exit: {r.last_exit}"
+            raise TimeoutError(msg) from None
 
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
