@@ -457,7 +457,7 @@ STATUS_ALLOWED: dict[tuple[str, str], str] = {
      "node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,"):
         "a Redis record's status, shown",
     ("supervisor/tracing.py",
-     "error.message if error is not None and status != SUCCEEDED else None,"):
+     "said = error.message if error is not None and status != SUCCEEDED else None"):
         "a trace record's error text",
     ("supervisor/tracing.py", "if outcome != TaskStatus.SUCCEEDED:"):
         "an attempt's span's error, from its record",
