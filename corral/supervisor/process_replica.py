@@ -125,13 +125,8 @@ class ProcessReplica(Life, Monitor):
             self.executor.begin_shutdown(graceful=graceful)
 
     def _ask_to_stop(self, proc: ChildProcess) -> int:
-        self._request_exit()
-        proc.close_stdin()
+        proc.close_stdin()  # the request (a protocol's own, where it has one, comes first)
         return self.spec.stop_signum
-
-    def _request_exit(self) -> None:
-        """The protocol's own way of asking the process to exit, before stdin closes
-        (none by default: closing stdin is the request)."""
 
     def _log(self, stream: str, lines: LineBlock) -> None:
         self.host.replica_log(self, stream, lines)

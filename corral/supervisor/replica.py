@@ -350,10 +350,11 @@ class Replica(ProcessReplica):
         self.trace_from_id = isinstance(said, dict) and said.get("trace_from_task_id") is True
         return "initialized"
 
-    def _request_exit(self) -> None:
+    def _ask_to_stop(self, proc: ChildProcess) -> int:
         if self.peer is not None and self.ready_at is not None and self.peer.closed is None:
             _, fut = self.peer.request_future("shutdown", {})
             fut.add_done_callback(swallow)
+        return super()._ask_to_stop(proc)
 
     def _serving(self) -> None:
         if self.spec.health is not None:
