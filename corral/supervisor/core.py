@@ -55,8 +55,7 @@ from .waits import Waits
 from .workercalls import on_notification
 from .zygote import Zygotes
 
-__all__ = ["HEARTBEAT_SLICE", "Agent", "HeartbeatWork", "NoSuchAgent", "Stats", "Supervisor",
-           "SupervisorError", "default_max_replicas"]
+__all__ = ["HEARTBEAT_SLICE", "Agent", "NoSuchAgent", "Supervisor", "SupervisorError"]
 
 # spawns in flight at once (on their way to a running process, not to Ready): the pacing
 # of a mass start; one slow spawn holds one slot
