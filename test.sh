@@ -29,6 +29,10 @@ frameworks=$!
 . scripts/redis.sh
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench scripts
+# pycodestyle's blank lines are ruff's preview rules: selected alone here, so preview changes
+# no other rule's verdict; a block squeezed for a line count fails the run
+.venv/bin/ruff check --preview --select E301,E302,E303,E305,E306 corral tests examples bench \
+    scripts
 # mypy beside the rest, niced: the type check of a fresh clone takes half a minute of one
 # core, which the installs and the tests' collection want (the set-up is short of cores:
 # bench/RESULTS.md); its verdict is read after the tests' and fails the run as before

@@ -71,7 +71,6 @@ rate_per_minute = 0
 """
 
 
-
 def stats(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
     return {"n": len(s), "median_ms": round(statistics.median(s) * 1000, 3),

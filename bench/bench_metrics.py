@@ -44,7 +44,6 @@ def call(sock_path: str, method: str, params: dict[str, Any]) -> Any:
         return json.loads(f.readline())["result"]
 
 
-
 def scrape(url: str, accept: str | None) -> tuple[float, int, int]:
     req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     t0 = time.perf_counter()

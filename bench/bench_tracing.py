@@ -386,8 +386,6 @@ def own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-
-
 def job(i: int) -> dict[str, int]:
     return {"calls": TOOLS} if TOOLS else {"n": i}
 

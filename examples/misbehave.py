@@ -259,6 +259,7 @@ if mode == "stubborn":
     while True:  # stdin closed: stay anyway
         time.sleep(3600)
 
+
 def on_event(topic, data):
     print(f"event {topic} {data!r}", file=sys.stderr, flush=True)
 

@@ -17,6 +17,7 @@ from .test_http_api import SOCKET, Api
 
 SCOPES = ["agents:write", "tasks:run", "tasks:read"]
 
+
 class Ask(Protocol):
     def __call__(self, verb: str, path: str, token: str, body: Any = None
                  ) -> Awaitable[tuple[int, Any]]: ...

@@ -89,6 +89,7 @@ async def test_a_schedule_of_a_removed_agent_is_not_the_next_tenants(
         status, body, _ = await api.ask("DELETE", "/agents/chat", "acme")
         assert status == 200, body
         await add_chat(api, "globex")
+
         async def fires() -> int:
             listed = await d.dispatcher.call(SOCKET, "schedules.list", {})
             return int(listed.schedules[0].fires)

@@ -23,6 +23,7 @@ OPERATOR = Caller(via="socket")
 def said(output: Any) -> Any:
     return msgspec.json.decode(output) if isinstance(output, msgspec.Raw) else output
 
+
 WAITER = '''
 from corral.worker import RequestError, run
 

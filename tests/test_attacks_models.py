@@ -200,7 +200,6 @@ async def test_a_call_past_the_replicas_max_concurrent_is_refused_naming_it(
         await output.aclose()
 
 
-
 async def until(ready: Callable[[], bool], what: str) -> None:
     """Until `ready()` is true (the gateway's counters move on the loop's next turns)."""
     deadline = asyncio.get_running_loop().time() + 30

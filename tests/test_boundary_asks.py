@@ -58,7 +58,6 @@ async def _bounded(opened: Opened) -> None:
     assert [a.key for a in inbox.waiting_for("t-1")] == ["tool:2"]
 
 
-
 async def test_a_replicas_ended_asks_go_by_their_own_age_and_count(db_path: Path) -> None:
     """No task's row takes a replica's asks with it (their owner is an incarnation): the
     journal's prune takes its ended ones past max_age, and past the newest max_tasks;

@@ -29,7 +29,6 @@ SOCKET = Caller(via="socket")
 PROBLEM = "application/problem+json"
 
 
-
 class Api:
     def __init__(self, d: Daemon, http: aiohttp.ClientSession) -> None:
         self.d = d
@@ -67,7 +66,6 @@ async def serving(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[
     async with in_process(tmp_path, agents, f'\n[http]\nlisten = "127.0.0.1:0"\n{http}\n'
                           ) as d, aiohttp.ClientSession() as session:
         yield Api(d, session)
-
 
 
 @pytest.mark.deadline(120)

@@ -90,7 +90,6 @@ class Probe:
         return result
 
 
-
 class Http:
     def __init__(self, d: Daemon, port: int) -> None:
         self.d = d

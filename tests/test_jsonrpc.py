@@ -299,7 +299,6 @@ async def test_a_forgotten_request_answer_is_not_garbage() -> None:
     assert peer.garbage_lines == 1
 
 
-
 def test_chunk_lines_keeps_blank_lines_cuts_long_ones_and_the_crash_tail() -> None:
     blocks: list[Any] = []
     b = ChunkLines(blocks.append, lambda e: None, max_line=8)

@@ -312,7 +312,6 @@ def test_mcp_servers_file(tmp_path: Path) -> None:
                               "local server) or url (a remote one)")
 
 
-
 async def test_legacy_server_that_stops_answering_pings_is_restarted(sup: Supervisor) -> None:
     import os
     import signal

@@ -160,6 +160,7 @@ def test_reload_applies_mcp_server_changes(daemon: Daemon) -> None:
                         "MCP server  lazy   removed\n"
                         "MCP server  notes  changed\n"
                         "unchanged: 1 agent, 2 MCP servers\n")
+
     def servers() -> dict[str, Any]:
         return {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
 

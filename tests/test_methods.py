@@ -57,7 +57,6 @@ def test_every_result_has_a_json_schema() -> None:
     assert "resourceTemplates" in components["ResourceList"]["properties"]
 
 
-
 def test_workflows_and_teams_take_one_shape_of_params_per_verb() -> None:
     """The kinds kept in revisions share their params (methods.Definition*); each keeps
     its own name and description in the schema, its fields as on the wire."""
@@ -83,6 +82,7 @@ def test_workflows_and_teams_take_one_shape_of_params_per_verb() -> None:
     with pytest.raises(msgspec.ValidationError,
                        match=r"^Object contains unknown field `revisions`$"):
         msgspec.convert({"name": "t", "revisions": 1}, m.TeamsRollback)
+
 
 class Raw:
     """The control socket spoken by hand: the answer's JSON as the daemon wrote it."""

@@ -276,7 +276,6 @@ def test_metrics_public_is_for_loopback_addresses_only() -> None:
     assert not local_listen(None)
 
 
-
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus: scripts/prometheus.sh")
 @pytest.mark.deadline(120)
 async def test_a_real_prometheus_scrapes_it(tmp_path: Path) -> None:

@@ -308,6 +308,7 @@ async def test_removals_wait_on_one_timer_and_each_goes_at_its_due(tmp_path: Pat
         for name in ("one", "two"):
             rc, _, err = await cli(d, "remove", name)
             assert rc == 0, err
+
         async def both_gone() -> bool:
             return not rows(d, "SELECT * FROM revisions WHERE agent IN ('one', 'two')") \
                 and not rows(d, "SELECT * FROM removed_agents")

@@ -268,8 +268,6 @@ def test_bad_schedules_are_refused_at_load_with_exact_messages(tmp_path: Path) -
     """) == 'schedules.bad: every "soon" is not a duration (examples: 30s, 5m, 1h, 1d)'
 
 
-
-
 @pytest.mark.deadline(120)
 async def test_schedules_over_http_a_limited_caller_sees_its_own(tmp_path: Path) -> None:
     from .daemon_harness import hello

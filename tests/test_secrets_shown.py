@@ -467,6 +467,7 @@ async def test_an_agents_config_values_are_in_no_audit_row_nor_log_line() -> Non
             status, body, _ = await api.ask("POST", "/agents", "ops",
                                             {"agents": {"chat": spec}})
             assert (status, body) == (200, {"added": ["chat"]}), body
+
             async def cli(*args: str) -> str:
                 # asyncio's: the test's supervisor spares it (conftest.py)
                 proc = await asyncio.create_subprocess_exec(

@@ -549,6 +549,7 @@ async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
             gc.enable()
         assert left == []
         # the wave settled: what its attempts held goes back to the system a moment later
+
         async def trimmed() -> None:
             while tasks.memory.trims == trims:
                 await asyncio.sleep(0.05)

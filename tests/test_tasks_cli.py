@@ -179,7 +179,6 @@ def test_events_publish_and_tail(daemon: Daemon) -> None:
             p.wait()
 
 
-
 def test_checkpoints_survive_a_daemon_restart(daemon: Daemon) -> None:
     r = daemon.cli("run", "other", "--input", '{"do": "checkpoint", "state": [1, 2]}')
     assert r.returncode == 0

@@ -174,6 +174,7 @@ async def test_a_glob_token_sees_only_the_teams_whose_every_agent_it_sees(
         assert status == 200
         status, body, _ = await api.ask("GET", "/teams", "pub")
         assert [t["name"] for t in body["teams"]] == ["open"]
+
         async def ask(verb: str, path: str, token: str, body: Any = None
                       ) -> tuple[int, Any]:
             status, value, _ = await api.ask(verb, path, token, body=body)

@@ -154,6 +154,7 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
     if reason:
         pytest.skip(reason)
     # a Python and an SDK every user may run and read
+
     def probe_agent(name: str, tenant: str, probe: Path, extra: str = "") -> str:
         return tenant_agent(name, tenant, probe, extra, python=NOBODY_PY,
                             sdk=world_readable_tree)

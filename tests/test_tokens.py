@@ -29,7 +29,6 @@ from .test_gateway_stdio import wait_until_async
 SOCKET = Caller(via="socket")
 
 
-
 def running(tmp_path: Path, agents: str) -> contextlib.AbstractAsyncContextManager[Daemon]:
     return in_process(tmp_path, agents)
 

@@ -165,7 +165,6 @@ async def page(d: Daemon) -> AsyncIterator[Page]:
         await p.close()
 
 
-
 NO_SESSION = "unauthorized: no dashboard session (open the link that `corral ui` prints)"
 
 

@@ -458,8 +458,6 @@ async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: P
         assert sorted(d.sup.agents) == ["hello"]
 
 
-
-
 @pytest.mark.deadline(90)
 async def test_a_tasks_input_is_read_over_rest_behind_tasks_read(tmp_path: Path) -> None:
     """`GET /api/v1/tasks/ID?input=true`: the input as sent, after the task finished (the

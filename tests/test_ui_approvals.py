@@ -146,7 +146,6 @@ def test_asks_are_decided_from_the_dashboards_inbox() -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-
 @needs_chromium
 @pytest.mark.timeout(240)
 def test_an_ask_outlives_a_sigkill_and_approved_in_the_dashboard_its_call_runs_once(

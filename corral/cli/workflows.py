@@ -106,6 +106,7 @@ def _shown(value: Any, width: int = 60) -> str:
 
 NESTED_SHOWN = 4  # levels of nested runs drawn under their steps
 
+
 def _tree(run: m.RunView, obj: Ctx) -> None:
     """The run, then each step of it (those not started yet `pending`), a nested step's
     run's steps under it."""

@@ -408,6 +408,7 @@ class ClusterCalls:
         ids = [i for i in ids if i not in self.leases]
         if not ids:
             return []
+
         def fill(pipe: Any) -> None:
             for i in ids:
                 pipe.hget(self.keys.call(i), "holder")

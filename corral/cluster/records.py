@@ -30,6 +30,8 @@ def on_worker(status: str) -> str:
     """Lua: whether a record's status (`status`, an expression) is one of an attempt on a
     worker: running, or waiting for a person (the machine moves both alike)."""
     return "(" + " or ".join(f"{status} == '{s}'" for s in sorted(TASK_ON_WORKER)) + ")"
+
+
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
 _attempt = msgspec.json.Decoder(m.Attempt)

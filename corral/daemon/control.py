@@ -48,6 +48,7 @@ MAX_IN_FLIGHT = 64  # requests of one client being worked on at once; then it wa
 DRAIN_WAIT = 2.0
 LEAVE_WAIT = 1.0
 
+
 def _cancel_id(raw: Any) -> jsonrpc.Id | None:
     """The request a `request.cancel {id}` notification names."""
     try:

@@ -37,6 +37,7 @@ class Store(Protocol):
     path: Path
     writer: Any
 
+
 # upper bounds (seconds) of the task time buckets, shared by /metrics' histograms and the
 # stored rows, so a roll-up merges them exactly; the last bucket is +Inf
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

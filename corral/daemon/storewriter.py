@@ -384,6 +384,7 @@ class GroupCommit(Generic[V]):
         batch = [v for _, v in items]
         done = self._inflight_done = self._pending_done or self._loop.create_future()
         self._pending_done = None
+
         def job(db: sqlite3.Connection) -> None:
             self._job(db, batch)
 

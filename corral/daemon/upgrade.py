@@ -134,6 +134,7 @@ except BaseException as exc:
 sys.exit(rc)
 '''
 
+
 class UpgradeRefusal(Exception):
     """Nothing was handed over; the text says why."""
 

@@ -38,6 +38,7 @@ def from_task_id(task_id: str, bit: int) -> dict[str, str] | None:
         return None
     return {"traceparent": f"00-{digits}-{digits[16:]}-0{bit}"}
 
+
 class Context(Spawning):
     """What a handler gets besides its input (and `spawn`, `wait`, `map`: spawning.py)."""
 

@@ -192,6 +192,7 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
                                     K.stream("acme", "w", 0)],
                               args=["n/1", "n", "2.0", entry,
                                     records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+
     def task(fence: int) -> ClusterTask:
         return ClusterTask(TID, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=fence,
                            base=0, entry=entry.decode(), stream=K.stream("acme", "w", 0),

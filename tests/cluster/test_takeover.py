@@ -248,6 +248,7 @@ def test_a_node_cut_off_from_redis_loses_its_tasks_and_comes_back(
             # b ran it to its end too, cut off: never written, and b fenced itself and
             # says Redis is away (both read in one answer: a loaded machine may lapse b's
             # 1 s TTL before the cut too, a fence with Redis answering, ci26)
+
             def fenced_cut_off() -> bool:
                 st = b.call("stats.get")["cluster"]
                 return bool(st["fences"] >= 1 and st["redis_error"] is not None)

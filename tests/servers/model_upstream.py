@@ -135,7 +135,6 @@ def messages_body(model: str, text: str) -> dict[str, Any]:
             "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT}}
 
 
-
 class Api(NamedTuple):
     """One provider API as the stand-in speaks it."""
 
@@ -253,6 +252,7 @@ class StandIn:
                                       text == "cut", text == "stall")
         return web.json_response(api.body(model, f"echo: {text}"),
                                  headers={"x-request-id": "req_standin"})
+
 
 async def _serve(port: int) -> None:
     stand_in = StandIn()

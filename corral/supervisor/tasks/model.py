@@ -238,6 +238,7 @@ class Task(TaskMachine):
                            self.started, self.finished, len(self.attempts),
                            tenant=self.tenant, options=self.options)
 
+
 class TaskHome(Protocol):
     """Where everything durable about a task is kept, chosen once (nodehome.NodeHome, or a
     cluster's ClusterHome) and never asked which it is: records and atomic questions; the

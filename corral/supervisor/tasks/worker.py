@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..replica import Replica
     from .host import TaskHost
 
+
 def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> None:
     """The task's newest progress, kept and told to its watchers and on the stream."""
     task.progress = progress

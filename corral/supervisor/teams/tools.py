@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 INPUT_SCHEMA = {"type": "object", "properties": {"input": {
     "description": "what the member is sent (any JSON)"}}, "required": ["input"]}
 
+
 def tool_entry(call: TeamCall, member: str) -> dict[str, Any]:
     return {"name": f"{call.team}{TOOL_SEP}{member}",
             "description": f"a task of agent {member}, a member of team {call.team}"
                            + (f": {call.spec.description}" if call.spec.description else ""),
             "inputSchema": INPUT_SCHEMA}
+
 
 def tool_result(output: Any, error: str | None) -> dict[str, Any]:
     """As an MCP tools/call answers: a member that did not succeed is a tool error."""
@@ -36,6 +38,7 @@ def tool_result(output: Any, error: str | None) -> dict[str, Any]:
         return {"content": [{"type": "text", "text": error}], "isError": True}
     return {"content": [{"type": "text", "text": msgspec.json.encode(output).decode()}],
             "structuredContent": {"output": output}, "isError": False}
+
 
 class LeaderTools(TaskInterceptor):
     def __init__(self) -> None:
@@ -113,6 +116,7 @@ class LeaderTools(TaskInterceptor):
             return tool_result(st.output, None)
         return tool_result(None, f"member {member} {st.status} (task {st.task_id})"
                            + (f": {st.error}" if st.error else ""))
+
 
 def _member(call: TeamCall, name: str) -> str | None:
     team, sep, member = name.partition(TOOL_SEP)
