@@ -196,8 +196,11 @@ class McpClient:
         sent again with the server's `requestState`, up to MAX_INPUT_ROUNDS times; one a
         `relay`'s caller can answer is returned unanswered (relay.py)."""
         params = relay.params(params or {}) if relay is not None else params or {}
-        offered = relay.offered() if relay is not None else \
-            ASKER_CAPABILITIES if asker is not None else None
+        offered = None
+        if relay is not None:
+            offered = relay.offered()
+        elif asker is not None:
+            offered = ASKER_CAPABILITIES
         if offered is not None and self.stateless:
             # the server is told what the caller can answer, beside corral's own
             params = {**params, "_meta": {**(params.get("_meta") or {}), META_CAPABILITIES: {

@@ -357,7 +357,7 @@ class Packages:
                          name, agent.spec.tenant if agent else DEFAULT_TENANT).items()}
         entries = [m.ReleaseEntry(
             release=p.name, current=p.name == current, revisions=revisions.get(p.name, []),
-            **{f: getattr(info, f, None) for f in  # (no release.json: None)
+            **{f: getattr(info, f) if info is not None else None for f in  # (no release.json)
                ("version", "built_at", "size_bytes", "python_version", "lock")})
             for p, info, ok in kept if ok]
         keep = (agent.spec if agent is not None else AgentSpec(command="-")).keep_releases
