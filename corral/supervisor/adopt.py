@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..mcp.client import ServerSession
+from ..timeouts import kept
 from .containment import ProcessRecord, read_stat
 from .health import CheckState
 from .launch import MAX_IN_FLIGHT
@@ -192,8 +193,7 @@ class Adoptions:
 
             task.add_done_callback(end)
             asyncio.get_running_loop().call_later(FIRST_ALONE, end)
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        kept(self.pending, task)
         r._life = task
         return True
 
