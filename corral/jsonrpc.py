@@ -218,6 +218,17 @@ def encode_parts(msg: Any, piece: Raw) -> list[bytes | memoryview]:
     return [head, memoryview(piece), tail + b"\n"]
 
 
+def not_utf8(data: bytes) -> str | None:
+    """Why `data` is not UTF-8, or None: msgspec checks only what it decodes, so a message's
+    reader checks its params and result (kept Raw) here, once, for every later decode."""
+    try:
+        if not data.isascii():
+            data.decode()
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: {exc.reason} at byte {exc.start}"
+    return None
+
+
 def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
     """Decode `params` into `type`, raising INVALID_PARAMS with msgspec's path-precise text."""
     data = b"{}" if raw is UNSET or raw is None or bytes(raw) == b"null" else raw  # type: ignore[arg-type]
@@ -892,12 +903,15 @@ class Peer:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._garbage(line, str(exc))
             return
-        except UnicodeDecodeError as exc:  # msgspec checks the UTF-8 of what it decodes
-            self._garbage(line, f"JSON is malformed: not UTF-8 ({exc.reason} at byte "
-                                f"{exc.start})")
+        except UnicodeDecodeError:  # in the envelope's own members
+            self._garbage(line, f"JSON is malformed: {not_utf8(line)}")
             return
         except RecursionError:  # msgspec's own depth limit, not a crash of ours
             self._garbage(line, TOO_DEEP)
+            return
+        if (why := not_utf8(line)) is not None:  # in its params or result, then
+            for env in decoded if isinstance(decoded, list) else (decoded,):
+                self._unsound(env, line, why)
             return
         if not isinstance(decoded, list):
             self._handle(decoded, line)
@@ -943,6 +957,16 @@ class Peer:
             code = PARSE_ERROR if "JSON" in why or "truncated" in why or why == TOO_DEEP \
                 else INVALID_REQUEST
             self.send_error(None, RpcError(code, f"{ERROR_NAMES[code]}: {why}"))
+
+    def _unsound(self, env: Envelope, line: bytes, why: str) -> None:
+        """Its params or result not UTF-8: a request's are invalid, an answer is an error."""
+        if env.method is UNSET:  # (`_handle` reads an error before a result)
+            env.error = ErrorObject(PARSE_ERROR, f"the answer of {self.name} is {why}")
+            self._handle(env, line)
+        elif env.id is not UNSET:
+            self.send_error(env.id, RpcError(INVALID_PARAMS, f"invalid params: {why}"))
+        else:
+            self._garbage(line, f"JSON is malformed: {why}")
 
     def _handle(self, env: Envelope, line: bytes) -> None:
         if env.jsonrpc != "2.0":

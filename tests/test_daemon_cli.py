@@ -377,10 +377,13 @@ def test_malformed_unknown_and_ill_typed_requests(daemon: Daemon) -> None:
 def test_a_cancel_naming_an_id_that_is_not_utf8_names_none(daemon: Daemon) -> None:
     """A request.cancel whose id is a string that is not UTF-8 (the envelope's check does
     not look into params) names no request: decoding it raised, which ended the reading
-    of that client's requests (decision 840)."""
-    replies = raw(daemon, b'{"jsonrpc":"2.0","method":"request.cancel","params":'
-                          b'{"id":"\xff"}}\n{"jsonrpc":"2.0","id":2,"method":"daemon.info"}\n')
-    assert [(r["id"], r["result"]["pid"]) for r in replies] == [(2, daemon.proc.pid)]  # type: ignore[union-attr]
+    of that client's requests (decision 840). The line is malformed JSON (JSON is UTF-8),
+    answered so (tests/test_invalid_utf8.py)."""
+    bad, info = raw(daemon, b'{"jsonrpc":"2.0","method":"request.cancel","params":'
+                            b'{"id":"\xff"}}\n{"jsonrpc":"2.0","id":2,"method":"daemon.info"}\n',
+                    2)
+    assert (bad["id"], bad["error"]["code"]) == (None, -32700), bad
+    assert (info["id"], info["result"]["pid"]) == (2, daemon.proc.pid)  # type: ignore[union-attr]
     assert daemon.stop() == 0
     assert [line for line in daemon.said().splitlines()
             if "handler" in line or "Traceback" in line] == []

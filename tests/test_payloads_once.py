@@ -63,6 +63,7 @@ def test_answers_of_other_layouts_the_usual_way_takes_are_taken_alike(line: byte
     b'{"jsonrpc":"2.0","id":7,"result":{"output":1},"extra":1}',  # an unknown member
     b'{"jsonrpc":"2.0","id":"7","result":{"output":1}}',  # an id that is not a number
     b'{"jsonrpc":"2.0","id":7,"result":{"output":1}',  # truncated
+    b'{"jsonrpc":"2.0","id":7,"result":{"output":"\xff"}}',  # not UTF-8 (kept Raw by one)
 ])
 def test_what_read_raw_refuses_read_values_refuses(line: bytes) -> None:
     # (refused here, the line takes the peer's usual way, which judges it as before)
@@ -71,14 +72,6 @@ def test_what_read_raw_refuses_read_values_refuses(line: bytes) -> None:
         read_raw(line)
     with pytest.raises(errors):
         read_values(line)
-
-
-def test_an_output_not_utf8_is_refused_to_the_caller_as_before() -> None:
-    line = b'{"jsonrpc":"2.0","id":7,"result":{"output":"\xff"}}'
-    with pytest.raises(UnicodeDecodeError):
-        read_values(line)  # -> the usual way: the caller's decode of the bytes says it
-    with pytest.raises(UnicodeDecodeError):
-        read_raw(line)[1].python()
 
 
 def test_an_output_kept_from_a_journal_or_the_usual_way_is_its_bytes() -> None:
@@ -144,7 +137,7 @@ async def test_python_callers_and_socket_callers_get_the_same_outcomes(
                                         TaskOptions(timeout=30), concurrency=4)):
         assert [(outcome(r), ("output", r.output)) for r in results] == [
             u[:2] for u in usual[:-2]]
-    for x in inputs[-2:]:  # (run raises nothing; its output's decode is where UTF-8 fails)
+    for x in inputs[-2:]:  # (two that fail their task: compared on the task itself)
         task = sup.tasks.submit("raw", x, TaskOptions(timeout=30))
         task.decoded = True  # as run and map mark theirs
         await asyncio.shield(task.done)
@@ -153,7 +146,10 @@ async def test_python_callers_and_socket_callers_get_the_same_outcomes(
             if t.decoded and t.status == "succeeded"]
     assert kept and all(t.raw_output is not None for t in kept)  # bytes read when asked
     assert usual[0][0] == ("succeeded", None) and usual[-1][0][0] == "failed"
-    assert usual[-2][1][0] == "UnicodeDecodeError"
+    # an output not UTF-8 fails its task, as the usual way refuses any message not UTF-8
+    assert usual[-2][:2] == (("failed", (-32700, "the answer of agent raw#0 is not UTF-8: "
+                                                 "invalid start byte at byte 45")),
+                             ("output", None))
 
 
 async def test_values_no_caller_takes_are_not_kept_with_the_finished_task(

@@ -59,6 +59,8 @@ class Refusal(NamedTuple):
 def parse(body: bytes) -> list[Envelope] | ErrorResponse:
     """A message's envelopes (a batch's, or its one), or the error that answers it."""
     try:
+        if (why := jsonrpc.not_utf8(body)) is not None:  # (msgspec keeps params Raw)
+            raise msgspec.DecodeError(f"JSON is malformed: {why}")
         return _batch.decode(body) if body[:1] == b"[" else [_one.decode(body)]
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         code = jsonrpc.PARSE_ERROR if isinstance(exc, msgspec.DecodeError) \

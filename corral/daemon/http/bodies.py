@@ -48,25 +48,6 @@ def field_types(params: type[msgspec.Struct], fields: Iterable[str]) -> list[Any
             if info.encode_name in wanted]
 
 
-def malformed(exc: BaseException) -> RpcError:
-    if isinstance(exc, RecursionError):
-        return RpcError(jsonrpc.PARSE_ERROR, "malformed JSON: nested too deeply")
-    if isinstance(exc, UnicodeDecodeError):
-        return RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: not UTF-8: {exc.reason} at "
-                                             f"byte {exc.start}")
-    return RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {exc}")
-
-
-def utf8(body: bytes) -> None:
-    """JSON is UTF-8 (RFC 8259): a value kept undecoded (msgspec.Raw) is checked too.
-    Raises RpcError."""
-    if not body.isascii():
-        try:
-            body.decode()
-        except UnicodeDecodeError as exc:
-            raise malformed(exc) from None
-
-
 def whole(value: Any) -> Any:
     """`value` with every float that is a whole number an int: in JSON (and so in the
     OpenAPI document's JSON Schema) `2.0` is the integer 2, where msgspec and TOML take
@@ -121,7 +102,8 @@ def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...]) -> A
     """`body` (empty: `{}`) decoded into `into`; raises RpcError (400). `known`: the
     fields a route takes, named when another is sent."""
     try:
-        utf8(body)
+        if (why := jsonrpc.not_utf8(body)) is not None:  # (a value kept undecoded too)
+            raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {why}")
         return _typed(body if body.strip() else b"{}", into)
     except msgspec.ValidationError as exc:
         said = str(exc)
@@ -134,5 +116,6 @@ def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...]) -> A
                            + (f" (known: {', '.join(known)})" if known
                               else ": this request takes no body fields")) from None
         raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise malformed(exc) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        said = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {said}") from None

@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from ...jsonrpc import not_utf8
+
 # orjson encodes JSON's own types as msgspec does, ~8x faster on long strings (SIMD escape
 # checks); anything else (a datetime, a dataclass, a subclass, an int past 64 bits, a key
 # that is not a string) goes to msgspec, so an input's JSON is msgspec's in every case.
@@ -109,6 +111,8 @@ def acyclic(raw: bytes) -> Any:
 
 
 def read_raw(line: bytes) -> tuple[int, Output]:
+    if (why := not_utf8(line)) is not None:  # (its output kept Raw: the usual way refuses it)
+        raise msgspec.DecodeError(why)
     answer = _raw_answer.decode(line)
     return answer.id, Output(answer.result.output, len(line))
 

@@ -1,0 +1,153 @@
+"""A message whose params (or result) carry a string that is not UTF-8 (the raw byte 0xff)
+from a less trusted peer: the envelope is decoded with params and result kept undecoded,
+and their UTF-8 was met only when a handler decoded them (a 500 over HTTP, a handler's
+traceback). Each path answers it as it answers malformed JSON, logs no traceback, and
+serves the next message: /mcp on the [http] site and on the gateway's own site (a request,
+a notification, a batch), `corral mcp serve`'s stdio, the control socket, and an MCP
+server's answer read by the pool's client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .test_gateway_stateless import META, STATELESS, serve
+from .test_hostile import connect, log_lines, read_replies
+
+BAD_SERVER = __file__.replace("test_invalid_utf8.py", "bad_utf8_mcp.py")
+CALL = (b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"bu__good",'
+        b'"arguments":{"text":"\xff"},"_meta":' + msgspec.json.encode(META) + b'}}')
+NOT_UTF8 = "parse error: JSON is malformed: not UTF-8: invalid start byte at byte "
+
+
+@pytest.fixture(scope="module")
+def http_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def daemon(http_port: int) -> Iterator[Daemon]:
+    with running_daemon(shared_tmpdir(), f"""
+[mcp_servers.bu]
+command = ["{PY}", "{BAD_SERVER}"]
+start_timeout = 30.0
+timeout = 30.0
+
+[gateway]
+listen = "127.0.0.1:0"
+anonymous_tools = ["*"]
+
+[http]
+listen = "127.0.0.1:{http_port}"
+""") as d:
+        yield d
+
+
+def sites(d: Daemon, http_port: int) -> list[tuple[str, dict[str, str]]]:
+    """/mcp on the gateway's own site (anonymous) and on the [http] site (an API token)."""
+    gateway = str(d.json("mcp", "status")["gateway"]["http"]["url"])
+    token = d.json("token", "create", f"utf8-{free_port()}", "--scope", "mcp:call")["token"]
+    return [(gateway, {}), (f"http://127.0.0.1:{http_port}/mcp",
+                            {"Authorization": f"Bearer {token}"})]
+
+
+def stateless(method: str, name: str | None = None) -> dict[str, str]:
+    h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+         "MCP-Protocol-Version": STATELESS, "Mcp-Method": method}
+    return h | ({"Mcp-Name": name} if name else {})
+
+
+async def post(url: str, body: bytes, h: dict[str, str]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=h) as r:
+        return r.status, msgspec.json.decode(await r.read()) if r.status != 202 else None
+
+
+def no_traceback(d: Daemon) -> None:
+    assert [x for x in log_lines(d, n=2000) if "Traceback" in x or "UnicodeDecodeError" in x] \
+        == []
+
+
+async def test_mcp_over_http_answers_a_parse_error_and_serves_on(daemon: Daemon,
+                                                                 http_port: int) -> None:
+    for url, auth in sites(daemon, http_port):
+        bodies = {  # each the path's answer to malformed JSON: 400, -32700, no id
+            "a request": (CALL, stateless("tools/call", "bu__good")),
+            "a notification": (b'{"jsonrpc":"2.0","method":"notifications/cancelled",'
+                               b'"params":{"requestId":"\xff","_meta":'
+                               + msgspec.json.encode(META) + b'}}',
+                               stateless("notifications/cancelled")),
+            "a batch": (b"[" + CALL + b"]", stateless("tools/call", "bu__good")),
+            "its method": (b'{"jsonrpc":"2.0","id":8,"method":"tools/\xff"}',
+                           stateless("tools/list")),
+        }
+        for what, (body, h) in bodies.items():
+            status, got = await post(url, body, h | auth)
+            assert status == 400, (url, what, got)
+            assert got["id"] is None and got["error"]["code"] == -32700, (url, what, got)
+            assert got["error"]["message"].startswith(NOT_UTF8), (url, what, got)
+        status, got = await post(url, CALL.replace(b"\xff", b"fine"),
+                                 stateless("tools/call", "bu__good") | auth)
+        assert (status, got["id"], got["result"]["content"][0]["text"]) == (200, 7, "ok")
+    no_traceback(daemon)
+
+
+async def test_mcp_serve_over_stdio_answers_a_parse_error_and_serves_on(
+        daemon: Daemon) -> None:
+    async with serve(daemon) as (w, r):
+        for line in (CALL, b"[" + CALL + b"]"):
+            w.write(line + b"\n")
+            got = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
+            assert got["id"] is None and got["error"]["code"] == -32700, got
+            assert got["error"]["message"].startswith(NOT_UTF8), got
+        w.write(CALL.replace(b"\xff", b"fine") + b"\n")
+        got = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
+        assert (got["id"], got["result"]["content"][0]["text"]) == (7, "ok")
+    no_traceback(daemon)
+
+
+def test_the_control_socket_answers_each_request_and_serves_on(daemon: Daemon) -> None:
+    """A request is answered with its own id (-32602, as a handler's decode of its params
+    said before: tests/test_hostile.py), in a batch too; a notification is malformed JSON
+    (-32700 with no id, as the line of a string not UTF-8 in its envelope)."""
+    s = connect(daemon)
+    s.sendall(b'{"jsonrpc":"2.0","method":"events.publish","params":{"topic":"\xff"}}\n'
+              b'[{"jsonrpc":"2.0","id":1,"method":"agents.status","params":{"names":["\xff"]'
+              b'}}]\n{"jsonrpc":"2.0","id":2,"method":"daemon.info"}\n')
+    dropped, first, second = read_replies(s, 3)
+    assert dropped["id"] is None and dropped["error"]["code"] == -32700, dropped
+    assert dropped["error"]["message"].startswith(NOT_UTF8), dropped
+    assert first["id"] == 1 and first["error"]["code"] == -32602, first
+    assert first["error"]["message"].startswith("invalid params: not UTF-8"), first
+    assert second["id"] == 2 and second["result"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    s.close()
+    no_traceback(daemon)
+
+
+async def test_an_mcp_servers_answer_not_utf8_is_a_clear_error_and_it_serves_on(
+        daemon: Daemon, http_port: int) -> None:
+    """Its notification before it, also not UTF-8, is discarded as garbage with a note."""
+    url, _ = sites(daemon, http_port)[0]
+    call = CALL.replace(b"bu__good", b"bu__bad").replace(b"\xff", b"x")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    status, got = await post(url, call, stateless("tools/call", "bu__bad"))
+    assert loop.time() - t0 < 20  # at once, not at the call's timeout (30 s)
+    assert got["id"] == 7 and got["error"]["code"] == -32700, got
+    assert got["error"]["message"].startswith(
+        "the answer of MCP server bu#0 is not UTF-8: invalid start byte at byte "), got
+    notes = log_lines(daemon, "bu")
+    assert any("discarded a stdout line that is not JSON-RPC (JSON is malformed: not UTF-8: "
+               "invalid start byte at byte 83)" in x and "notifications/message" in x
+               for x in notes), notes
+    status, got = await post(url, call.replace(b"bu__bad", b"bu__good"),
+                             stateless("tools/call", "bu__good"))
+    assert (status, got["result"]["content"][0]["text"]) == (200, "ok")
+    [bu] = daemon.json("mcp", "status")["mcp_servers"]
+    assert (bu["name"], bu["state"], bu["restarts"]) == ("bu", "ready", 0), bu
+    no_traceback(daemon)
