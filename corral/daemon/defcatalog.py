@@ -2,13 +2,13 @@
 team): those added by a command, each change a revision in the state database committed
 before it takes effect and restored by the next daemon; the config file's, changed only by
 an edit and a reload. How a definition is checked whole is its kind's (`check`); the
-refusals are said alike for every kind."""
+refusals, and the methods that change and show them, are alike for every kind."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from msgspec.structs import replace
@@ -18,6 +18,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import convert, validate_name
+from .caller import Caller, Channel
 from .definitions import Definitions, DefRevision
 from .fleet import merge_patch
 from .store import StateStore, row_limit
@@ -325,35 +326,65 @@ class RuntimeCatalog(Generic[S]):
             return target, made.get(name)
 
 
-# -- the answers of the changes, alike for every kind ---------------------------------------
-def updated(name: str, rev: DefRevision | None) -> m.UpdateResult:
-    return m.UpdateResult(name=name, revision=rev.revision if rev is not None else None,
+# -- the methods of every kind (teams.update, workflows.update, ...): a kind's handlers
+# module registers these over its narrow services, which say what differs (a `Kind`) ------
+class Kind(Protocol[S]):
+    @property
+    def catalog(self) -> RuntimeCatalog[S]: ...
+
+    def defined(self, name: str) -> tuple[S, list[str]]:
+        """A definition there is and the agents it runs; NOT_FOUND for none."""
+
+    def tenant(self, name: str) -> str | None: ...
+
+    def check(self, caller: Caller) -> Check[S]:
+        """A change checked whole against what `caller` may name."""
+
+
+async def describe(d: Kind[Any], p: m.DefinitionNamed, caller: Caller, c: Channel
+                   ) -> m.DefinitionDescription:
+    spec, agents = d.defined(p.name)
+    rev = d.catalog.revision_of(p.name)
+    return m.DefinitionDescription(
+        name=p.name, source="config" if rev is None else "runtime",
+        revision=rev.revision if rev is not None else None, tenant=d.tenant(p.name),
+        agents=agents, definition=rev.spec or {} if rev is not None else table_of(spec))
+
+
+async def update(d: Kind[Any], p: m.DefinitionUpdate, caller: Caller, c: Channel
+                 ) -> m.UpdateResult:
+    d.defined(p.name)
+    rev = await d.catalog.update(p.name, p.set, caller.who, caller.tenant, d.check(caller))
+    return m.UpdateResult(name=p.name, revision=rev.revision if rev is not None else None,
                           change=rev.change if rev is not None else "no change")
 
 
-def rolled_back(name: str, restored: int, made: DefRevision | None) -> m.RollbackResult:
-    return m.RollbackResult(
-        name=name, restored=restored, revision=made.revision if made else None,
-        change=made.change.removeprefix(f"rollback to revision {restored}: ")
-        if made else "no change")
+async def remove(d: Kind[Any], p: m.DefinitionsRemove, caller: Caller, c: Channel
+                 ) -> m.RemoveResult:
+    if not p.names:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"name the {d.catalog.section} to remove")
+    for name in p.names:
+        d.defined(name)
+    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who, caller.tenant))
 
 
-def described(catalog: RuntimeCatalog[Any], name: str, tenant: str | None, agents: list[str],
-              spec: msgspec.Struct) -> m.DefinitionDescription:
-    rev = catalog.revision_of(name)
-    return m.DefinitionDescription(
-        name=name, source="config" if rev is None else "runtime",
-        revision=rev.revision if rev is not None else None, tenant=tenant, agents=agents,
-        definition=rev.spec or {} if rev is not None else table_of(spec))
-
-
-def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str | None
-               ) -> m.DefinitionRevisions:
-    """`history` answered: the newest `limit` revisions the caller's tenant may see."""
-    revs = catalog.history(name, row_limit(limit), tenant)
-    now = catalog.revision_of(name)
+async def history(d: Kind[Any], p: m.DefinitionHistory, caller: Caller, c: Channel
+                  ) -> m.DefinitionRevisions:
+    """The newest `limit` revisions the caller's tenant may see."""
+    revs = d.catalog.history(p.name, row_limit(p.limit), caller.tenant)
+    now = d.catalog.revision_of(p.name)
     rows = [m.DefinitionRevision(revision=r.revision, time=r.time, who=r.who,
                                  change=r.change, definition=r.spec, tenant=r.tenant)
             for r in revs]
-    return m.DefinitionRevisions(name=name, current=now.revision if now is not None
+    return m.DefinitionRevisions(name=p.name, current=now.revision if now is not None
                                  else None, revisions=rows)
+
+
+async def rollback(d: Kind[Any], p: m.DefinitionRollback, caller: Caller, c: Channel
+                   ) -> m.RollbackResult:
+    restored, made = await d.catalog.rollback(p.name, p.revision, caller.who, caller.tenant,
+                                              d.check(caller))
+    return m.RollbackResult(
+        name=p.name, restored=restored, revision=made.revision if made else None,
+        change=made.change.removeprefix(f"rollback to revision {restored}: ")
+        if made else "no change")

@@ -8,28 +8,35 @@ import msgspec
 
 from ... import jsonrpc
 from ... import methods as m
-from ...jsonrpc import RpcError
 from ...supervisor.teams import TeamSpec
+from .. import defcatalog
 from ..api import Commands
 from ..caller import Caller, Channel
-from ..defcatalog import described, history_of, rolled_back, updated
+from ..defcatalog import Check
 from ..services import Services
 from ..tasks import TaskFront
 from .catalog import TeamCatalog
 from .service import TeamService
 
 
-def _there(d: TeamServices, name: str) -> TeamSpec:
-    spec = d.catalog.specs().get(name)
-    if spec is None:
-        raise jsonrpc.not_found("team", name)
-    return spec
-
-
 class TeamServices(msgspec.Struct, frozen=True):
+    """With what the methods every kind of definition has (defcatalog.Kind) ask of a team."""
+
     teams: TeamService  # [teams.NAME] and their calls
     catalog: TeamCatalog  # the teams added at runtime, with revisions
     tasks: TaskFront  # a team's calls are tasks of its name
+
+    def defined(self, name: str) -> tuple[TeamSpec, list[str]]:
+        spec = self.catalog.specs().get(name)
+        if spec is None:
+            raise jsonrpc.not_found("team", name)
+        return spec, spec.agents
+
+    def tenant(self, name: str) -> str | None:
+        return self.teams.tenant_of(name)
+
+    def check(self, caller: Caller) -> Check[TeamSpec]:
+        return self.teams.check(caller.sees)
 
 
 def team_services(d: Services) -> TeamServices:
@@ -52,47 +59,15 @@ async def teams_list(d: TeamServices, p: m.TeamsList, caller: Caller, c: Channel
 
 @implements(m.TeamsAdd)
 async def teams_add(d: TeamServices, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
-    return m.AddResult(added=await d.catalog.add(
-        p.teams, caller.who, caller.tenant, d.teams.check(caller.sees)))
+    return m.AddResult(added=await d.catalog.add(p.teams, caller.who, caller.tenant,
+                                                 d.check(caller)))
 
 
-@implements(m.TeamsDescribe)
-async def teams_describe(d: TeamServices, p: m.TeamsDescribe, caller: Caller, c: Channel
-                         ) -> m.DefinitionDescription:
-    spec = _there(d, p.name)
-    return described(d.catalog, p.name, d.teams.tenant_of(p.name), spec.agents, spec)
-
-
-@implements(m.TeamsUpdate)
-async def teams_update(d: TeamServices, p: m.TeamsUpdate, caller: Caller, c: Channel
-                       ) -> m.UpdateResult:
-    _there(d, p.name)
-    return updated(p.name, await d.catalog.update(
-        p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
-
-
-@implements(m.TeamsRemove)
-async def teams_remove(d: TeamServices, p: m.TeamsRemove, caller: Caller, c: Channel
-                       ) -> m.RemoveResult:
-    if not p.names:
-        raise RpcError(jsonrpc.INVALID_PARAMS, "name the teams to remove")
-    for name in p.names:
-        _there(d, name)
-    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who, caller.tenant))
-
-
-@implements(m.TeamsHistory)
-async def teams_history(d: TeamServices, p: m.TeamsHistory, caller: Caller, c: Channel
-                        ) -> m.DefinitionRevisions:
-    return history_of(d.catalog, p.name, p.limit, caller.tenant)
-
-
-@implements(m.TeamsRollback)
-async def teams_rollback(d: TeamServices, p: m.TeamsRollback, caller: Caller, c: Channel
-                         ) -> m.RollbackResult:
-    restored, made = await d.catalog.rollback(
-        p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
-    return rolled_back(p.name, restored, made)
+implements(m.TeamsDescribe)(defcatalog.describe)
+implements(m.TeamsUpdate)(defcatalog.update)
+implements(m.TeamsRemove)(defcatalog.remove)
+implements(m.TeamsHistory)(defcatalog.history)
+implements(m.TeamsRollback)(defcatalog.rollback)
 
 
 # -- a team's calls (methods/calls.py): the task front's own path for a team's name
@@ -107,7 +82,7 @@ async def _call(d: TeamServices, call_id: str) -> None:
 @implements(m.TeamsCall)
 async def teams_call(d: TeamServices, p: m.TeamsCall, caller: Caller, c: Channel
                      ) -> m.TaskAccepted:
-    _there(d, p.name)
+    d.defined(p.name)
     return await d.tasks.submit(m.TasksSubmit(
         agent=p.name, input=p.input, wait=p.wait, traceparent=p.traceparent,
         tracestate=p.tracestate), c)
@@ -121,7 +96,7 @@ async def calls_get(d: TeamServices, p: m.CallsGet, caller: Caller, c: Channel) 
 
 @implements(m.CallsList)
 async def calls_list(d: TeamServices, p: m.CallsList, caller: Caller, c: Channel) -> m.TaskList:
-    _there(d, p.name)
+    d.defined(p.name)
     calls, older = await d.tasks.list(m.TasksList(
         agent=p.name, limit=p.limit, status=p.status, since=p.since, before=p.before),
         caller.sees_record if caller.limited else None)

@@ -21,9 +21,10 @@ from ...supervisor.workflows import (
     compile_workflow,
     plan_text,
 )
+from .. import defcatalog
 from ..api import Commands
 from ..caller import Caller, Channel
-from ..defcatalog import Check, described, history_of, rolled_back, updated
+from ..defcatalog import Check
 from ..services import Services
 from ..tasks.front import page_window
 from .catalog import Catalog, against
@@ -136,9 +137,22 @@ def _entry(d: WorkflowServices, wf: Workflow) -> m.WorkflowEntry:
 
 
 class WorkflowServices(msgspec.Struct, frozen=True):
+    """With what the methods every kind of definition has (defcatalog.Kind) ask of a
+    workflow."""
+
     workflows: WorkflowService  # [workflows.NAME] and their runs
     catalog: Catalog  # the workflows added at runtime, with revisions
     agents: Agents  # the agents a plan is checked against
+
+    def defined(self, name: str) -> tuple[WorkflowSpec, list[str]]:
+        wf = self.catalog.workflow(name)
+        return wf.spec, wf.agents
+
+    def tenant(self, name: str) -> str | None:
+        return self.workflows.tenant(name)
+
+    def check(self, caller: Caller) -> Check[WorkflowSpec]:
+        return _check(self, caller)
 
 
 def workflow_services(d: Services) -> WorkflowServices:
@@ -174,46 +188,14 @@ def _check(d: WorkflowServices, caller: Caller) -> Check[WorkflowSpec]:
 async def workflows_add(d: WorkflowServices, p: m.WorkflowsAdd, caller: Caller, c: Channel
                         ) -> m.AddResult:
     return m.AddResult(added=await d.catalog.add(p.workflows, caller.who, caller.tenant,
-                                                 _check(d, caller)))
+                                                 d.check(caller)))
 
 
-@implements(m.WorkflowsDescribe)
-async def workflows_describe(d: WorkflowServices, p: m.WorkflowsDescribe, caller: Caller,
-                             c: Channel) -> m.DefinitionDescription:
-    wf = d.catalog.workflow(p.name)
-    return described(d.catalog, p.name, d.workflows.tenant(p.name), wf.agents, wf.spec)
-
-
-@implements(m.WorkflowsUpdate)
-async def workflows_update(d: WorkflowServices, p: m.WorkflowsUpdate, caller: Caller, c: Channel
-                           ) -> m.UpdateResult:
-    d.catalog.workflow(p.name)  # an unknown one: not found
-    return updated(p.name, await d.catalog.update(
-        p.name, p.set, caller.who, caller.tenant, _check(d, caller)))
-
-
-@implements(m.WorkflowsRemove)
-async def workflows_remove(d: WorkflowServices, p: m.WorkflowsRemove, caller: Caller, c: Channel
-                           ) -> m.RemoveResult:
-    if not p.names:
-        raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
-    for name in p.names:
-        d.catalog.workflow(name)  # an unknown one: not found
-    return m.RemoveResult(removed=await d.catalog.remove(p.names, caller.who, caller.tenant))
-
-
-@implements(m.WorkflowsHistory)
-async def workflows_history(d: WorkflowServices, p: m.WorkflowsHistory, caller: Caller,
-                            c: Channel) -> m.DefinitionRevisions:
-    return history_of(d.catalog, p.name, p.limit, caller.tenant)
-
-
-@implements(m.WorkflowsRollback)
-async def workflows_rollback(d: WorkflowServices, p: m.WorkflowsRollback, caller: Caller,
-                             c: Channel) -> m.RollbackResult:
-    restored, made = await d.catalog.rollback(
-        p.name, p.revision, caller.who, caller.tenant, _check(d, caller))
-    return rolled_back(p.name, restored, made)
+implements(m.WorkflowsDescribe)(defcatalog.describe)
+implements(m.WorkflowsUpdate)(defcatalog.update)
+implements(m.WorkflowsRemove)(defcatalog.remove)
+implements(m.WorkflowsHistory)(defcatalog.history)
+implements(m.WorkflowsRollback)(defcatalog.rollback)
 
 
 @implements(m.WorkflowsPlan)
