@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 export PATH="$PWD/.venv/bin:$PATH"
 # the socket's absolute path, as the README exports it: the hint works from any directory
 echo "corral: control socket $PWD/examples/.corral/corral.sock; in another shell try:"
-echo "  export CORRAL_SOCKET=$PWD/examples/.corral/corral.sock"
+echo "  export CORRAL_SOCKET='$PWD/examples/.corral/corral.sock'"
 echo "  .venv/bin/corral status"
 # the dashboard's address as the config says it (a port changed there is the one shown)
 listen=$(python3 -c 'import tomllib; print(tomllib.load(open("examples/corral.toml", "rb"))["http"]["listen"])')
