@@ -4,11 +4,12 @@ and their UTF-8 was met only when a handler decoded them (a 500 over HTTP, a han
 traceback). Each path answers it as it answers malformed JSON, logs no traceback, and
 serves the next message: /mcp on the [http] site and on the gateway's own site (a request,
 a notification, a batch), `corral mcp serve`'s stdio, the control socket, and an MCP
-server's answer read by the pool's client."""
+server's answer read by the pool's client (over stdio and over HTTP)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from .test_gateway_stateless import META, STATELESS, serve
 from .test_hostile import connect, log_lines, read_replies
 
 BAD_SERVER = __file__.replace("test_invalid_utf8.py", "bad_utf8_mcp.py")
+BAD_HTTP_SERVER = __file__.replace("test_invalid_utf8.py", "bad_utf8_http_mcp.py")
 CALL = (b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"bu__good",'
         b'"arguments":{"text":"\xff"},"_meta":' + msgspec.json.encode(META) + b'}}')
 NOT_UTF8 = "parse error: JSON is malformed: not UTF-8: invalid start byte at byte "
@@ -32,10 +34,27 @@ def http_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def daemon(http_port: int) -> Iterator[Daemon]:
+def remote() -> Iterator[str]:
+    """bad_utf8_http_mcp.py, serving; its URL."""
+    proc = subprocess.Popen([PY, BAD_HTTP_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield f"http://127.0.0.1:{proc.stdout.readline().split()[1]}/mcp"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def daemon(http_port: int, remote: str) -> Iterator[Daemon]:
     with running_daemon(shared_tmpdir(), f"""
 [mcp_servers.bu]
 command = ["{PY}", "{BAD_SERVER}"]
+start_timeout = 30.0
+timeout = 30.0
+
+[mcp_servers.hu]
+url = "{remote}"
 start_timeout = 30.0
 timeout = 30.0
 
@@ -148,6 +167,27 @@ async def test_an_mcp_servers_answer_not_utf8_is_a_clear_error_and_it_serves_on(
     status, got = await post(url, call.replace(b"bu__bad", b"bu__good"),
                              stateless("tools/call", "bu__good"))
     assert (status, got["result"]["content"][0]["text"]) == (200, "ok")
-    [bu] = daemon.json("mcp", "status")["mcp_servers"]
-    assert (bu["name"], bu["state"], bu["restarts"]) == ("bu", "ready", 0), bu
+    bu = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}["bu"]
+    assert (bu["state"], bu["restarts"]) == ("ready", 0), bu
+    no_traceback(daemon)
+
+
+async def test_a_remote_servers_answers_not_utf8_are_clear_errors_and_it_serves_on(
+        daemon: Daemon, http_port: int, remote: str) -> None:
+    """Over HTTP: a result not UTF-8 as from a stdio server; a 400 whose error's id is not
+    UTF-8 is the request's HTTP error (it raised in the transport: the request waited for
+    its timeout)."""
+    url, _ = sites(daemon, http_port)[0]
+    loop = asyncio.get_running_loop()
+    said = {}
+    for tool in ("hu__bad", "hu__refused", "hu__good"):
+        t0 = loop.time()
+        _, got = await post(url, CALL.replace(b"bu__good", tool.encode()).replace(
+            b"\xff", b"x"), stateless("tools/call", tool))
+        assert loop.time() - t0 < 20, tool  # at once, not at the call's timeout (30 s)
+        said[tool] = got.get("error") or got["result"]["content"][0]["text"]
+    assert said["hu__bad"]["code"] == -32700 and said["hu__bad"]["message"].startswith(
+        "the answer of MCP server hu#0 is not UTF-8: invalid start byte at byte "), said
+    assert f"{remote}: HTTP 400 Bad Request: " in said["hu__refused"]["message"], said
+    assert said["hu__good"] == "ok", said
     no_traceback(daemon)

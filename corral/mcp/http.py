@@ -279,7 +279,7 @@ class HttpTransport:
         body = await _read_bounded(resp, self.max_message)
         try:
             answer: _Head | None = _head.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             answer = None
         if answer is not None and answer.method is None and answer.id == head.id:
             self.feed(body)
