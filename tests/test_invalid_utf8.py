@@ -191,3 +191,22 @@ async def test_a_remote_servers_answers_not_utf8_are_clear_errors_and_it_serves_
     assert f"{remote}: HTTP 400 Bad Request: " in said["hu__refused"]["message"], said
     assert said["hu__good"] == "ok", said
     no_traceback(daemon)
+
+
+async def test_params_nested_too_deeply_are_a_parse_error_on_mcp_too(daemon: Daemon,
+                                                                      http_port: int) -> None:
+    """The other way a body's params kept undecoded raised in the envelope's decode
+    (RecursionError: a 500 over HTTP, a line handler's traceback over stdio)."""
+    deep = CALL.replace(b'"\xff"', b"[" * 100_000 + b"]" * 100_000)
+    for url, auth in sites(daemon, http_port):
+        status, got = await post(url, deep, stateless("tools/call", "bu__good") | auth)
+        assert (status, got) == (400, {"jsonrpc": "2.0", "id": None, "error": {
+            "code": -32700, "message": "parse error: JSON nested too deeply"}}), url
+    async with serve(daemon) as (w, r):
+        w.write(deep + b"\n" + CALL.replace(b"\xff", b"fine") + b"\n")
+        got = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
+        assert got == {"jsonrpc": "2.0", "id": None, "error": {
+            "code": -32700, "message": "parse error: JSON nested too deeply"}}
+        got = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
+        assert (got["id"], got["result"]["content"][0]["text"]) == (7, "ok")
+    no_traceback(daemon)

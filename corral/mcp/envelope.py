@@ -62,10 +62,11 @@ def parse(body: bytes) -> list[Envelope] | ErrorResponse:
         if (why := jsonrpc.not_utf8(body)) is not None:  # (msgspec keeps params Raw)
             raise msgspec.DecodeError(f"JSON is malformed: {why}")
         return _batch.decode(body) if body[:1] == b"[" else [_one.decode(body)]
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        code = jsonrpc.PARSE_ERROR if isinstance(exc, msgspec.DecodeError) \
-            else jsonrpc.INVALID_REQUEST
-        return ErrorResponse(None, RpcError(code, f"{jsonrpc.ERROR_NAMES[code]}: {exc}"
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        code = jsonrpc.INVALID_REQUEST if isinstance(exc, msgspec.ValidationError) \
+            else jsonrpc.PARSE_ERROR
+        said = jsonrpc.TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
+        return ErrorResponse(None, RpcError(code, f"{jsonrpc.ERROR_NAMES[code]}: {said}"
                                             ).to_object())
 
 
