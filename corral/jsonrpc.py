@@ -103,6 +103,7 @@ def describe(exc: BaseException) -> str:
     """An exception in words, never empty (str(MemoryError()) is "")."""
     return str(exc) or type(exc).__name__
 
+
 Id = int | str
 
 
