@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import signal
+import sqlite3
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,6 +126,39 @@ def test_an_ask_outlives_a_sigkill_and_approved_its_call_runs_once(daemon: Daemo
                      again.stderr), again.stderr
     assert d.ask("approvals.get", {"id": ask["id"]})["end"] == "approved"
     assert counted(d.dir) == ["1"]
+
+
+@pytest.mark.deadline(120)
+def test_an_ask_whose_tasks_end_was_committed_before_a_kill_is_withdrawn_at_start(
+        daemon: Daemon) -> None:
+    """The task's end committed, its ask's withdrawal not (the asks' table renamed from
+    under the daemon: that write fails, the task's row does not), then a SIGKILL: the
+    next daemon withdraws the ask of a task its journal says ended, and a decision of it
+    is refused naming that end."""
+    d = daemon
+    task_id = d.ask("tasks.submit", {"agent": "writer", "input": bump(7)})["task_id"]
+    [ask] = wait_for(lambda: pending(d), "the call's ask")
+    side = sqlite3.connect(d.state / "corral.db", isolation_level=None)
+    try:
+        side.execute("ALTER TABLE asks RENAME TO asks_away")
+        d.ask("tasks.cancel", {"task_id": task_id})
+        assert d.ask("tasks.get", {"task_id": task_id, "wait": True})["status"] == "cancelled"
+        # read withdrawn from the task's end on; pending again once its write failed
+        wait_for(lambda: pending(d) == [ask], "the withdrawal's write failing")
+        d.stop(signal.SIGKILL)
+        side.execute("ALTER TABLE asks_away RENAME TO asks")
+    finally:
+        side.close()
+    d.start()
+    assert d.ask("tasks.get", {"task_id": task_id})["status"] == "cancelled"
+    assert pending(d) == []
+    gone = d.ask("approvals.get", {"id": ask["id"]})
+    assert (gone["end"], gone["by"]) == ("withdrawn", "corral"), gone
+    approved = d.cli("approvals", "approve", ask["id"])
+    assert approved.returncode != 0
+    assert re.search(rf"ask {ask['id']} has ended: withdrawn by corral at ",
+                     approved.stderr), approved.stderr
+    assert counted(d.dir) == []
 
 
 @pytest.mark.deadline(120)

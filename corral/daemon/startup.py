@@ -374,8 +374,12 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 # a suspended task's id held once, by the engine and its asks
                 {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})
             own.callback(parts.tasks.inbox.close)
-            # a replica's call of no task that waited died with the last daemon: its ask too
-            await parts.tasks.replica_calls.withdraw_left()
+            # asks the last daemon left pending for no unfinished task end withdrawn: a
+            # replica's call of no task died with it; a task's end was committed and a
+            # kill came before its asks' withdrawal was (askwaits.py)
+            live = {r.task_id for r in unfinished}
+            for owner in sorted({a.task_id for a in parts.tasks.inbox.pending()} - live):
+                await parts.tasks.inbox.withdraw(owner)
             if conf.cfg.approvals is not None:  # each ask made and ended, to a chat tool
                 webhook = AskWebhook(conf.cfg.approvals, parts.tasks.stream, error)
                 own.push_async_callback(webhook.close)

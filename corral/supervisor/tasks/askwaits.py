@@ -172,7 +172,7 @@ class AskWaits:
     async def _withdrawn(self, withdrawal: Awaitable[list[Ask]], task_id: str) -> None:
         try:
             await withdrawal
-        except Exception as exc:  # pending where they are kept: withdrawn when next read
+        except Exception as exc:  # pending where kept: withdrawn at the next start
             log.error("the asks of task %s could not be withdrawn (%s)", task_id, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:

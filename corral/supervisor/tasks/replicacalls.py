@@ -116,13 +116,6 @@ class ReplicaCalls:
             if parked is not None and peer is not None:
                 peer.unpark(parked)
 
-    async def withdraw_left(self) -> int:
-        """At start: asks earlier replicas' calls left pending end withdrawn; how many owners."""
-        owners = {a.task_id for a in self.inbox.pending() if is_replica_owner(a.task_id)}
-        for owner in sorted(owners):
-            await self.inbox.withdraw(owner)
-        return len(owners)
-
     def _exited(self, e: ReplicaExit) -> None:
         w = self.windows.pop(e.replica.label, None)
         if w is None or not self.inbox.asking(w.owner):
