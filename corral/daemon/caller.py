@@ -97,6 +97,10 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         return "admin" in self.scopes or scope in self.scopes
 
 
+# the daemon's own follower of the bus, filling the HTTP event stream's ring: no subscriber
+RING_CALLER = Caller(via="http", token="corral-sse")
+
+
 class Channel(Protocol):
     """What a handler streams to its caller: notifications, sent only while `writable` is
     set (the caller reads); a stream that must not grow the daemon waits for it."""

@@ -10,7 +10,7 @@ from .. import methods as m
 from ..supervisor.events import EventBus
 from ..supervisor.quotas import Tenancy
 from .api import Commands, by_name
-from .caller import Caller, Channel
+from .caller import RING_CALLER, Caller, Channel
 from .flowcontrol import FOLLOW_BATCH, drain
 from .services import Services
 
@@ -46,7 +46,8 @@ def event_tenant(quotas: Tenancy, named: str | None, caller: Caller) -> str | No
 async def events_follow(d: EventServices, p: m.EventsFollow, caller: Caller, c: Channel
                         ) -> None:
     bus = d.bus
-    follower = bus.follow(p.pattern, event_tenant(d.quotas, p.tenant, caller))
+    follower = bus.follow(p.pattern, event_tenant(d.quotas, p.tenant, caller),
+                          counted=caller is not RING_CALLER)
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):

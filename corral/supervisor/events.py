@@ -103,10 +103,12 @@ def seen_by(of: Of, viewer: Viewer) -> bool:
 class EventFollower(Follower[msgspec.Raw]):
     """Deliveries encoded once for every follower; bounded in count and in bytes."""
 
-    def __init__(self, pattern: str, tenant: str | None = None) -> None:
+    def __init__(self, pattern: str, tenant: str | None = None, counted: bool = True
+                 ) -> None:
         super().__init__(FOLLOWER_QUEUE, size=len, max_bytes=FOLLOWER_BYTES)
         self.pattern = pattern
         self.tenant = tenant  # None: every tenant's events
+        self.counted = counted  # a subscriber a publish's answer counts (not the daemon's)
 
 
 def reaches(published_in: str | None, tenant: str | None) -> bool:
@@ -170,14 +172,15 @@ class EventBus:
                 if encoded is None:
                     encoded = msgspec.Raw(msgspec.json.encode(d))
                 if f.push(encoded):
-                    n += 1
+                    n += f.counted
                 else:
                     self.dropped += 1
         self.delivered += n
         return n
 
-    def follow(self, pattern: str, tenant: str | None = None) -> EventFollower:
-        f = EventFollower(pattern, tenant)
+    def follow(self, pattern: str, tenant: str | None = None, counted: bool = True
+               ) -> EventFollower:
+        f = EventFollower(pattern, tenant, counted)
         self.followers.add(f)
         return f
 

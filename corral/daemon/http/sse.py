@@ -26,14 +26,13 @@ from ...methods import REGISTRY
 from ...supervisor.events import Of, Viewer, agent_of, reaches, seen_by
 from ...timeouts import kept
 from ..api import Dispatcher
-from ..caller import Caller
+from ..caller import RING_CALLER, Caller
 from . import route
 
 RING = 10_000  # events kept for clients that reconnect
 RING_BYTES = 16 << 20  # and at most this much of them
 KEEPALIVE = 15.0  # seconds of quiet before a comment line, which keeps proxies open
 HIGH_WATER = 1 << 20  # bytes waiting for a client before its follow is held
-RING_CALLER = Caller(via="http", token="corral-sse")
 STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
 BATCH = 256  # events written to a stream at once, at most
 BATCH_BYTES = 16 << 10  # and at most about this much of them
