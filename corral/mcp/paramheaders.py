@@ -35,6 +35,7 @@ def designations(tool: dict[str, Any]) -> dict[str, str]:
     if not isinstance(props, dict):
         return {}
     found: dict[str, str] = {}
+    seen: set[str] = set()
     for arg, prop in props.items():
         if not isinstance(prop, dict) or MARK not in prop:
             continue
@@ -43,11 +44,12 @@ def designations(tool: dict[str, Any]) -> dict[str, str]:
             raise ValueError(f"property {arg!r}: {MARK} is empty")
         if not TOKEN.match(name):
             raise ValueError(f"property {arg!r}: {MARK} {name!r} is not an HTTP token")
-        if name.lower() in (n.lower() for n in found.values()):
+        if name.lower() in seen:
             raise ValueError(f"property {arg!r}: {MARK} {name!r} is used twice")
         if prop.get("type") not in PRIMITIVE:
             raise ValueError(f"property {arg!r}: {MARK} on a {prop.get('type')!r} value "
                              f"(only {', '.join(PRIMITIVE)} may be mirrored)")
+        seen.add(name.lower())
         found[arg] = name
     return found
 
