@@ -675,7 +675,10 @@ class McpClient:
 
     # -- from the server ------------------------------------------------------------------
     def on_notification(self, method: str, raw: Any, peer: Peer) -> None:
-        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
+        try:
+            params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
+        except msgspec.DecodeError:
+            return
         if not isinstance(params, dict):
             params = {}
         if method == "notifications/progress":
