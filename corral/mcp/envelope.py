@@ -73,7 +73,10 @@ def parse(body: bytes) -> list[Envelope] | ErrorResponse:
 def meta_of(env: Envelope) -> dict[str, Any] | None:
     if env.params is UNSET:
         return None
-    params = msgspec.json.decode(env.params)  # (valid JSON: the envelope's, as parsed)
+    try:
+        params = msgspec.json.decode(env.params)
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return None
     meta = params.get("_meta") if isinstance(params, dict) else None
     return meta if isinstance(meta, dict) else None
 
@@ -97,7 +100,10 @@ def stateless(env: Envelope, mirror: Mirror | None) -> bool:
 
 def check(env: Envelope, mirror: Mirror | None) -> Refusal | None:
     assert isinstance(env.method, str)
-    params = msgspec.json.decode(env.params) if env.params is not UNSET else {}
+    try:
+        params = msgspec.json.decode(env.params) if env.params is not UNSET else {}
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return None
     if not isinstance(params, dict):
         return None  # the handler says "must be an object"
     meta = params.get("_meta")

@@ -459,7 +459,10 @@ def _complete(result: Any, stateless: bool) -> Any:
 def _params(raw: Any) -> dict[str, Any]:
     if raw is UNSET or raw is None:
         return {}
-    value = msgspec.json.decode(raw)  # (valid JSON: the envelope's, as parsed)
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:  # pragma: no cover - the envelope was valid JSON
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
