@@ -210,3 +210,30 @@ async def test_params_nested_too_deeply_are_a_parse_error_on_mcp_too(daemon: Dae
         got = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
         assert (got["id"], got["result"]["content"][0]["text"]) == (7, "ok")
     no_traceback(daemon)
+
+
+async def test_a_number_out_of_range_in_params_is_refused_with_its_id_and_it_serves_on(
+        daemon: Daemon, http_port: int) -> None:
+    """Valid JSON that is not Python's (1e999999: msgspec's "Number out of range") in a
+    request's params: kept undecoded by the envelope like a string not UTF-8, met when a
+    handler decodes them. Each is refused with the request's id, as invalid params, not a
+    500 with a traceback; the next request is served."""
+    far = CALL.replace(b'"\xff"', b"1e999999")
+    listing = (b'{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{"x":1e999999,'
+               b'"_meta":' + msgspec.json.encode(META) + b'}}')
+    for url, auth in sites(daemon, http_port):
+        for body, h, rid in ((far, stateless("tools/call", "bu__good"), 7),
+                             (listing, stateless("tools/list"), 9)):
+            status, got = await post(url, body, h | auth)
+            assert (status, got["id"], got["error"]["code"]) == (200, rid, -32602), (url, got)
+            assert "Number out of range" in got["error"]["message"], (url, got)
+        status, got = await post(url, CALL.replace(b"\xff", b"fine"),
+                                 stateless("tools/call", "bu__good") | auth)
+        assert (status, got["id"], got["result"]["content"][0]["text"]) == (200, 7, "ok")
+    async with serve(daemon) as (w, r):
+        w.write(far + b"\n" + CALL.replace(b"\xff", b"fine") + b"\n")
+        refused = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
+        assert refused["id"] == 7 and refused["error"]["code"] == -32602, refused
+        served = msgspec.json.decode(await asyncio.wait_for(r.readline(), 30))
+        assert served["result"]["content"][0]["text"] == "ok", served
+    no_traceback(daemon)

@@ -78,7 +78,10 @@ class ParamHeaders:
         marks = self._marks.get(tool or "")
         if not marks or not arguments:
             return {}
-        args = msgspec.json.decode(arguments)  # (valid JSON: the request's, as parsed)
+        try:
+            args = msgspec.json.decode(arguments)
+        except msgspec.DecodeError:  # valid JSON, but not Python's (a number out of range)
+            return {}
         if not isinstance(args, dict):
             return {}
         return {PREFIX + name: header_value(text) for arg, name in marks.items()

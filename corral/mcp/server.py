@@ -461,7 +461,7 @@ def _params(raw: Any) -> dict[str, Any]:
         return {}
     try:
         value = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:  # pragma: no cover - the envelope was valid JSON
+    except msgspec.DecodeError as exc:  # valid JSON, not Python's (a number out of range)
         raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
     if value is None:
         return {}
