@@ -27,6 +27,7 @@ from corral.taskoptions import TaskOptions
 
 from .conftest import agent, all_ready
 from .intercepted import Engines, engines
+from .test_gateway_stdio import wait_until_async
 
 __all__ = ["engines"]  # the fixture, used by name
 
@@ -459,6 +460,9 @@ async def test_queued_tasks_end_when_their_agent_stops_or_fails(sup: Supervisor)
     sup.add(mb("halt"))
     await sup.wait_state("halt", State.READY)
     running = sup.tasks.submit("halt", {"do": "sleep", "seconds": 30})
+    # (a replica READY takes its first task at once, but a busy machine's may not take
+    # tasks yet: the one stopped must have been running)
+    await wait_until_async(lambda: running.status == TaskStatus.RUNNING)
     queued = sup.tasks.submit("halt", {"do": "echo"})
     await sup.stop("halt")
     assert (running.status, queued.status) == ("lost", "cancelled")

@@ -153,9 +153,10 @@ class ProcessReplica(Life, Monitor):
                           f"read ({exc.strerror})")
                 return True
             proc = self.process
-            if done and proc is not None and not populated(how):
-                # an empty cgroup reads frozen: the process died as it was frozen, and
-                # what the pause answers is that exit, seen first (not "paused")
+            if done and proc is not None and (not populated(how) or self._dead(proc)):
+                # an empty cgroup reads frozen, and so does one whose process died as it
+                # was frozen while a child of it lives on: what the pause answers is that
+                # exit, seen first (not "paused")
                 await proc.exited_within(wait)
         else:
             done = await self._wait_stopped(wait)
@@ -163,6 +164,11 @@ class ProcessReplica(Life, Monitor):
             self.note(f"paused, but not seen {'frozen' if isinstance(how, str) else 'stopped'}"
                       f" within {wait:g} s (in uninterruptible sleep?)")
         return True
+
+    def _dead(self, proc: ChildProcess) -> bool:
+        """Whether /proc says the process has exited (gone, or a zombie not yet reaped)."""
+        st = self._proc_stat(self._measured_pid(proc) or proc.pid)
+        return st is None or st.state in ("Z", "X")
 
     async def _wait_stopped(self, wait: float) -> bool:
         """Until /proc says the process is stopped. The kernel tells a stop to the parent
