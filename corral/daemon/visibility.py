@@ -271,7 +271,11 @@ def _record_seen(caller: Caller, row: Any) -> bool:
     return caller.sees_record(row.agent, row.tenant)
 
 
-_lines_filter = _list_filter("lines", lambda caller, line: caller.sees(line.source))
+def _sees_source(caller: Caller, line: Any) -> bool:
+    return caller.sees(line.source)
+
+
+_lines_filter = _list_filter("lines", _sees_source)
 
 
 def _new_lines(params: Any, caller: Caller) -> Any:

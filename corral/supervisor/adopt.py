@@ -230,11 +230,14 @@ class Adoptions:
             close_all(h.fds)
             self._failed(r, h, f"pid {rec.pid} cannot be watched: {exc}")
             return
-        # a zygote's child: its zygote has gone with the old image's end of its socket, so
-        # the child is ours, the subreaper's, and its status is read by waitpid (process.py)
-        child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
-                             reap=None if h.zygote_child else lambda: _reap(rec.pid),
-                             status=loop.create_future() if h.zygote_child else None)
+        if h.zygote_child:
+            # its zygote has gone with the old image's end of its socket: the child is
+            # ours, the subreaper's, and its status is read by waitpid (process.py)
+            child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
+                                 status=loop.create_future())
+        else:
+            child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
+                                 reap=lambda: _reap(rec.pid))
         child.argv0 = h.argv0
         containment.adopted(rec)
         r.process = child
