@@ -465,8 +465,13 @@ async def test_queued_tasks_end_when_their_agent_stops_or_fails(sup: Supervisor)
     await wait_until_async(lambda: running.status == TaskStatus.RUNNING)
     queued = sup.tasks.submit("halt", {"do": "echo"})
     await sup.stop("halt")
-    assert (running.status, queued.status) == ("lost", "cancelled")
-    assert running.error is not None and running.error.message == "worker exited: stopped"
+    # the worker, told to stop, cancels what it runs and answers so; whether that answer
+    # or its exit is read first is the kernel's order (a busy machine reads the answer)
+    assert running.error is not None
+    assert (running.status, running.error.message) in {
+        ("lost", "worker exited: stopped"),
+        ("cancelled", f"task {running.id} cancelled")}, (running.error, running.attempts)
+    assert queued.status == "cancelled"
     assert queued.error is not None and queued.error.message == "agent halt was stopped"
 
     sup.add(mb("doomed", max_restarts=0, restart="on-failure"))
