@@ -263,13 +263,16 @@ async def test_pause_stops_the_agent_inside(tmp_path: Path) -> None:
     async with in_process(tmp_path, agent("box", tmp_path / "home")) as d:
         sup = d.sup
         replica = sup.agents["box"].replicas[0]
-        await wait_until_async(lambda: replica.sample.rss_bytes > 0)
+        # the interpreter's RSS: bwrap's fork of it, before its exec, is a few pages
+        await wait_until_async(lambda: replica.sample.rss_bytes > 8 << 20)
         [inner] = agents_in_sandbox_of(tmp_path / "home")  # the agent bwrap runs
         assert inner != replica.pid
         assert await sup.pause("box", 0) == [replica]
         if sup.containment.tree is None:  # SIGSTOP of the group: the agent inside too
-            st = read_stat(inner)
-            assert st is not None and st.state == "T"
+            # (a stop takes effect when the process next runs: on a loaded machine, after
+            # the pause's own look has given up)
+            await wait_until_async(lambda: (st := read_stat(inner)) is not None
+                                   and st.state == "T", timeout=30)
         sup.resume("box", 0)
         assert await run(d, "box", {"do": "allocate", "mb": 1}) == {"ok": 1 << 20}
 
