@@ -1,6 +1,6 @@
 """Issue 74 (stores bounded): what an agent's spec revisions hold in the state database
-after 30 changes of a spec carrying 1 MiB of `config`, unbounded (revisions_kept = 0,
-revisions_kept_mb = 0: as before the bound) and with the defaults (50 revisions, 8 MiB).
+after 30 changes of a spec carrying 1 MiB of `config`, unbounded (keep_revisions = 0,
+keep_revisions_mb = 0: as before the bound) and with the defaults (50 revisions, 8 MiB).
 
     .venv/bin/python -m bench.bench_revisions
 
@@ -53,7 +53,7 @@ def one(extra: str) -> dict[str, Any]:
 def main() -> None:
     report("bench_revisions", {
         "changes": CHANGES, "spec_mib_each": 1,
-        "unbounded": one("revisions_kept = 0\nrevisions_kept_mb = 0"),
+        "unbounded": one("keep_revisions = 0\nkeep_revisions_mb = 0"),
         "defaults": one(""),
     })
 

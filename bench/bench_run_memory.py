@@ -9,7 +9,7 @@ page). The daemon is a real `corral daemon` process; its memory is its VmRSS.
 Before decision 444 a run held every item's output in memory while it ran and
 `runs.get` answered them all; since, each output is in the state database alone, read
 back a page at a time. The tasks' own outputs are held as any task's are (the engine's
-`tasks_kept_mb`, 32 MiB by default): the floor under both figures."""
+`keep_tasks_mb`, 32 MiB by default): the floor under both figures."""
 
 from __future__ import annotations
 

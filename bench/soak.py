@@ -90,7 +90,7 @@ class Plan:
     restarts: int
     upgrades: int
     reload_every: float  # seconds between two reloads of the config
-    kept: int  # journal_max_tasks, tasks_kept, log_tail_lines; the trace store: 4 spans each
+    kept: int  # journal_max_tasks, keep_tasks, log_tail_lines; the trace store: 4 spans each
     pause: float  # seconds a tenant waits between two rounds
     bounds: dict[str, float]
     # a command the daemon is run under (a memory profiler's: `heaptrack -o FILE`)
@@ -619,7 +619,7 @@ def supervisor_extra(port: int, kept: int) -> str:
     return textwrap.dedent(f"""
         drain_timeout = 2
         journal_max_tasks = {kept}
-        tasks_kept = {kept}
+        keep_tasks = {kept}
         log_tail_lines = {kept}
         audit_max_rows = {kept * 10}
         # each log file's bound (its size, its copies) reached within the warm-up, as days
@@ -933,7 +933,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     ap.add_argument("--upgrades", type=int, default=1)
     ap.add_argument("--reload-every", type=float, default=120.0)
     ap.add_argument("--kept", type=int, default=300,
-                    help="journal_max_tasks, tasks_kept and log_tail_lines (the trace "
+                    help="journal_max_tasks, keep_tasks and log_tail_lines (the trace "
                     "store keeps 4 spans each)")
     ap.add_argument("--pause", type=float, default=0.25,
                     help="seconds each tenant waits between two rounds")

@@ -59,7 +59,7 @@ OVERSIZE_ENDS = 256  # bytes kept of each end of a discarded line: where its id 
 # whose handling raises is one line per reader this often, counting the rest
 HANDLER_LOG_EVERY = 10.0
 # ids of requests given up on without a cancel, kept so their late answers are not garbage
-FORGOTTEN_KEPT = 64
+KEEP_FORGOTTEN = 64
 # a response's id, at the start of its line (Python SDK order) or at its end (TypeScript's)
 _ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*'
                           rb'(-?\d+|"(?:[^"\\]|\\.)*")')
@@ -860,7 +860,7 @@ class Peer:
         cancelling it, e.g. MCP's server/discover); a late answer is dropped quietly."""
         if self._take(rid) is not None:
             if self._forgotten is None:
-                self._forgotten = deque(maxlen=FORGOTTEN_KEPT)
+                self._forgotten = deque(maxlen=KEEP_FORGOTTEN)
             self._forgotten.append(rid)
 
     def oversized(self, size: int, head: bytes, tail: bytes, limit: int) -> bool:
@@ -1162,7 +1162,7 @@ class Peer:
         unanswered = list(unanswered)
         if unanswered:
             if self._forgotten is None:
-                self._forgotten = deque(maxlen=FORGOTTEN_KEPT)
+                self._forgotten = deque(maxlen=KEEP_FORGOTTEN)
             self._forgotten.extend(unanswered)
 
     def expect(self, rid: Id, answered: Answered, *,

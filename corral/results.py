@@ -161,7 +161,7 @@ class AgentsStatusResult(Result):
     cluster_slots: dict[str, list[str | None]] = {}
     # the slots this node runs, by agent, in the order of its replicas here (replicas are
     # numbered on each node, slots by the cluster: slot 1 may be this node's NAME#0)
-    cluster_here: dict[str, list[int]] = {}
+    cluster_replicas: dict[str, list[int]] = {}
     # what is wrong with the daemon itself (an extra not serving, a drain under way)
     notices: list[str] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 
 
@@ -43,13 +44,11 @@ def listing(names: Iterable[str], most: int = 10) -> str:
 
 def iso_time(t: float, ms: bool = False) -> str:
     """A wall-clock time as corral shows every time: ISO 8601, UTC (`Z`), to the second
-    (`ms`: to the millisecond), the same in log files, the daemon's messages and the CLI."""
-    from datetime import UTC, datetime
-
-    when = datetime.fromtimestamp(t, UTC)
-    if ms:
-        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    (`ms`: to the millisecond), the same in log files, the daemon's messages and the CLI.
+    time's gmtime, not datetime: a third of the cost, at every line a log file gets."""
+    us = round(t * 1e6)  # (to the microsecond, then cut to the millisecond, as datetime)
+    second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us // 1_000_000))
+    return f"{second}.{us // 1000 % 1000:03d}Z" if ms else f"{second}Z"
 
 
 # what a terminal may act on: the C0 controls (ESC begins every escape sequence, BEL

@@ -67,9 +67,9 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
     assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "cluster_slots",
-                       "cluster_here", "notices"}
+                       "cluster_replicas", "notices"}
     assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
-    assert st["cluster_slots"] == st["cluster_here"] == {}  # not a node of a cluster
+    assert st["cluster_slots"] == st["cluster_replicas"] == {}  # not a node of a cluster
     assert st["notices"] == []  # nothing wrong with the daemon itself (no drain, no extra)
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",

@@ -2,7 +2,7 @@
 bounded, each bound refused with its name (issue 52, item 2; decision 445): a
 definition's size, how many one tenant adds, how many all tenants add together (the
 operator's share past it never filled by them), how many the daemon holds; and the
-revisions kept of each name (the newest `keep_revisions`)."""
+revisions kept of each name (the newest 10, a fixed bound)."""
 
 from __future__ import annotations
 

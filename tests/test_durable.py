@@ -249,16 +249,16 @@ async def test_a_loop_commit_slow_with_no_wait_of_its_own_keeps_the_loop_path(
         def sleep(_db: sqlite3.Connection) -> None:
             time.sleep(0.03)
 
-        assert writer.run_here(spin) == (True, None)
+        assert writer.run_on_loop(spin) == (True, None)
         # that commit woke the checkpointer's thread: once it has checkpointed, it rests
         # (checkpointer.MIN_GAP), and no other thread takes the GIL from the next spin
         # (a wait for the GIL is a sleep of the loop's thread, as a disk's would be)
         deadline = time.monotonic() + 10
         while writer.checkpointer.checkpoints < 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
-        assert writer.run_here(spin) == (True, None)  # still on the loop
-        assert writer.run_here(sleep) == (True, None)
-        assert writer.run_here(spin) == (False, None)  # paused: the thread's now
+        assert writer.run_on_loop(spin) == (True, None)  # still on the loop
+        assert writer.run_on_loop(sleep) == (True, None)
+        assert writer.run_on_loop(spin) == (False, None)  # paused: the thread's now
         assert writer.here == 3
     finally:
         await writer.close()

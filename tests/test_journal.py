@@ -138,8 +138,8 @@ def test_a_graceful_restart_keeps_queued_tasks() -> None:
 async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
         db_path: Path) -> None:
     journal = TaskJournalDB(db_path)
-    async with Supervisor(heartbeat_interval=0.2, journal=journal, tasks_kept=5,
-                          tasks_kept_bytes=50_000) as sup:
+    async with Supervisor(heartbeat_interval=0.2, journal=journal, keep_tasks=5,
+                          keep_tasks_bytes=50_000) as sup:
         sup.add(agent("big", "misbehave.py", max_concurrent_tasks=8))
         await all_ready(sup, "big")
         pad = "x" * 20_000
@@ -168,8 +168,8 @@ async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
 
 async def test_without_a_journal_outputs_are_dropped_oldest_first_past_the_byte_bound(
         ) -> None:
-    async with Supervisor(heartbeat_interval=0.2, tasks_kept=30,
-                          tasks_kept_bytes=100_000) as sup:
+    async with Supervisor(heartbeat_interval=0.2, keep_tasks=30,
+                          keep_tasks_bytes=100_000) as sup:
         sup.add(agent("big", "misbehave.py"))
         await all_ready(sup, "big")
         pad = "x" * 20_000

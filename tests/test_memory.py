@@ -42,7 +42,7 @@ async def test_finished_tasks_payloads_are_let_go_and_trimmed(sup: Supervisor) -
         result = await sup.tasks.run("echo", {"name": pad, "i": i})
         assert result.status == "succeeded"
     memory = sup.tasks.memory
-    # each task's input (and any output dropped past tasks_kept_mb) was counted
+    # each task's input (and any output dropped past keep_tasks_mb) was counted
     assert memory.total >= n * 200_000
     # not yet trimmed (a fast machine): a trim is due within TRIM_DELAY
     await wait_until_async(lambda: memory.trims >= 1, TRIM_DELAY + 10)

@@ -138,7 +138,7 @@ async def test_the_writer_catching_up_is_on_the_stream(
     async with lockable_store(tmp_path / "corral.db", errors, notices) as (
             store, writer, holder):
         seen, broken = heard(store.stream, CaughtUp)
-        writer.max_kept = 1
+        writer.max_held = 1
         holder.execute("BEGIN EXCLUSIVE")  # every write of the writer's fails now
         for i in range(3):
             store.audit(0, i, "agents.stop", {"names": ["a"]}, "ok")

@@ -178,6 +178,37 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert "\n-- last 3 log lines --\n" in top
 
 
+def test_a_replicas_label_as_status_prints_it_names_that_replica(tmp: Path) -> None:
+    """`NAME#N`, copied from `corral status`, logs or events: status shows that replica
+    alone; a command that takes an agent says the label is a replica's and names the
+    agent; a watch (of whole agents) says so rather than watch for an agent never there."""
+    with running_daemon(tmp, hello("hello", replicas=2)) as d:
+        wait_until(lambda: all(a["state"] == "ready" for a in d.status().values()),
+                   what="all ready")
+        r = d.cli("status", "hello#1")
+        assert r.returncode == 0, r.stderr
+        assert [ln.split()[0] for ln in r.stdout.splitlines()] == ["AGENT", "hello#1"]
+        assert [a["replica"] for a in d.json("status", "hello#1", "hello#0")["agents"]] \
+            == [0, 1]
+        assert [a["replica"] for a in d.json("status", "hello", "hello#1")["agents"]] \
+            == [0, 1]
+        r = d.cli("status", "hello#7")
+        assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello "
+                                               "has 2 replicas)\n")
+        r = d.cli("status", "hello#x")
+        assert (r.returncode, r.stderr) == (1, "corral: invalid params: hello#x: the "
+                                               "replica after '#' must be a number\n")
+        for args in (["describe", "hello#1"], ["history", "hello#1"],
+                     ["scale", "hello#1", "3"], ["run", "hello#1"]):
+            r = d.cli(*args)
+            assert (r.returncode, r.stderr) == (1, "corral: no such agent: hello#1 (hello#1 "
+                                                   "is a replica of `hello`: name the "
+                                                   "agent)\n"), args
+        r = d.cli("status", "--watch", "hello#1")
+        assert (r.returncode, r.stderr) == (1, "corral: invalid params: hello#1: a watch is "
+                                               "of whole agents: name hello\n")
+        assert len(d.status()) == 2  # nothing was scaled
+
 def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Path) -> None:
     def check(text: str, *flags: str) -> subprocess.CompletedProcess[str]:
         p = tmp / "c.toml"

@@ -1,5 +1,5 @@
 """Stores that grow with use are bounded (issue 74; docs/operations.md#retention): an
-agent's spec revisions past `revisions_kept` (or past `revisions_kept_mb` of specs) are
+agent's spec revisions past `keep_revisions` (or past `keep_revisions_mb` of specs) are
 pruned, the newest kept; a removed agent's revisions and log files go once
 `removed_retention` has passed since its removal, another agent's stay. The real daemon in
 this loop, its agents real processes, the CLI over the control socket."""
@@ -79,14 +79,14 @@ def rows(d: Daemon, sql: str) -> list[Any]:
 @pytest.mark.deadline(180)
 async def test_revisions_past_their_bound_are_pruned_the_newest_kept(
         tmp_path: Path) -> None:
-    unbounded = "revisions_kept = 0\nrevisions_kept_mb = 0"
+    unbounded = "keep_revisions = 0\nkeep_revisions_mb = 0"
     async with in_process(tmp_path, "", supervisor=unbounded) as d:
         await add(d, "chat")
         for n in range(1, 6):
             await change(d, "chat", n)
         assert await revisions(d, "chat") == [1, 2, 3, 4, 5, 6]
     # a lower bound since: the sweep just after start-up prunes to it, the newest kept
-    async with in_process(tmp_path, "", supervisor="revisions_kept = 3") as d:
+    async with in_process(tmp_path, "", supervisor="keep_revisions = 3") as d:
         async def three() -> bool:
             return await revisions(d, "chat") == [4, 5, 6]
         await until("revisions pruned to 3", three)
@@ -105,8 +105,8 @@ async def test_revisions_past_their_bound_are_pruned_the_newest_kept(
     # by bytes: a spec with a 1000-digit N is over 1 KB; 1.5 KiB holds it and a small one,
     # not two of it, but the newest two are kept whatever their size (the one before is
     # what a failed change goes back to, and `corral rollback` too)
-    async with in_process(tmp_path, "", supervisor="revisions_kept = 0\n"
-                                                   "revisions_kept_mb = 0.0015") as d:
+    async with in_process(tmp_path, "", supervisor="keep_revisions = 0\n"
+                                                   "keep_revisions_mb = 0.0015") as d:
         await change(d, "chat", 7, pad=1000)
         assert await revisions(d, "chat") == [7, 8]
         await change(d, "chat", 8, pad=1000)
@@ -171,10 +171,10 @@ async def test_a_finished_task_past_journal_max_age_is_pruned_from_the_journal(
 
 
 async def test_outputs_past_tasks_kept_mb_leave_memory(tmp_path: Path) -> None:
-    """[supervisor] tasks_kept_mb (0.0002: ~200 bytes) with no journal to read them back
+    """[supervisor] keep_tasks_mb (0.0002: ~200 bytes) with no journal to read them back
     from: the older finished task's output is dropped, said so, the newest kept."""
     async with in_process(tmp_path, toml("keep"), supervisor=(
-            "task_journal = false\ntasks_kept_mb = 0.0002")) as d:
+            "task_journal = false\nkeep_tasks_mb = 0.0002")) as d:
         ids = [(await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
             "agent": "keep", "input": {"name": str(i) * 100}}))).task_id for i in range(2)]
         got = [await d.dispatcher.call(SOCKET, "tasks.get", {"task_id": t}) for t in ids]
@@ -182,7 +182,7 @@ async def test_outputs_past_tasks_kept_mb_leave_memory(tmp_path: Path) -> None:
             (True, True), (False, False)]
         rc, out, err = await cli(d, "task", ids[0])
         assert rc == 0, err
-        assert "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)" in out
+        assert "(dropped from memory: the daemon keeps keep_tasks_mb of outputs)" in out
 
 
 @pytest.mark.deadline(180)
@@ -254,10 +254,10 @@ def test_a_removed_agents_records_stay_until_its_retention_has_passed(
 @pytest.mark.deadline(120)
 async def test_a_change_that_fails_goes_back_to_the_revision_before_whatever_the_bound(
         tmp_path: Path) -> None:
-    """revisions_kept = 1 keeps the newest two: a change whose new process does not come
+    """keep_revisions = 1 keeps the newest two: a change whose new process does not come
     up takes its revision back, and the agent's current one is still there (its history
     never empty, its current revision the one it runs)."""
-    async with in_process(tmp_path, "", supervisor="revisions_kept = 1") as d:
+    async with in_process(tmp_path, "", supervisor="keep_revisions = 1") as d:
         await add(d, "chat")
         await change(d, "chat", 1)
         await change(d, "chat", 2)

@@ -397,12 +397,12 @@ async def test_turns_waiting_for_their_session_are_no_load_for_the_autoscaler(
 
 
 async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) -> None:
-    from corral.daemon.sessionjournal import HISTORY_KEPT, PRUNE_EVERY
+    from corral.daemon.sessionjournal import KEEP_HISTORY, PRUNE_EVERY
     from corral.supervisor.tasks.sessions import SessionRow
 
     async with in_process(tmp_path, chat()) as d:
         journal = d.sup.tasks.sessions.journal
-        n = HISTORY_KEPT + 2 * PRUNE_EVERY
+        n = KEEP_HISTORY + 2 * PRUNE_EVERY
         for i in range(1, n + 1):
             row = SessionRow("default", "chat", "long", 0.0, 0.0, i, None, 7)
             journal.put(row)
@@ -411,13 +411,13 @@ async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) 
                 await journal.committed()
         await journal.committed()
         history = await journal.history(row)
-        assert [h[0] for h in history] == [f"t{i}" for i in range(n - HISTORY_KEPT + 1,
+        assert [h[0] for h in history] == [f"t{i}" for i in range(n - KEEP_HISTORY + 1,
                                                                      n + 1)]
         assert all(status is None for _, status, _ in history)  # no such tasks journaled
         db = d.services.store.db
         (kept,) = db.execute("SELECT count(*) FROM session_tasks WHERE session = 'long'"
                              ).fetchone()
-        assert kept == HISTORY_KEPT + n % PRUNE_EVERY  # pruned every PRUNE_EVERY tasks
+        assert kept == KEEP_HISTORY + n % PRUNE_EVERY  # pruned every PRUNE_EVERY tasks
 
 
 async def test_a_delayed_turn_keeps_its_session_from_expiring(tmp_path: Path) -> None:

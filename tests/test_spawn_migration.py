@@ -140,7 +140,7 @@ async def test_a_tree_whose_tasks_ended_unseen_is_ended_by_the_next_daemon(
     (the daemon stopped first), and whose other child was kept but never submitted: the
     next daemon ends the first child's row as its task did, the other `lost` (no attempt
     of its ended parent will ask for it), and the tree with its root's status."""
-    from corral.supervisor.tasks.nodespawns import NOT_KEPT
+    from corral.supervisor.tasks.nodespawns import RECORD_GONE
 
     from .daemon_harness import in_process
 
@@ -166,7 +166,7 @@ async def test_a_tree_whose_tasks_ended_unseen_is_ended_by_the_next_daemon(
         tree = calls.load(root)
         assert tree is not None and tree.status == "succeeded"
         assert {k[0]: (r.status, r.error) for k, r in tree.rows.items()} == {
-            f"{root}/1": ("failed", None), f"{root}/2": ("lost", NOT_KEPT)}
+            f"{root}/1": ("failed", None), f"{root}/2": ("lost", RECORD_GONE)}
 
 
 async def test_a_kept_child_never_submitted_is_submitted_at_its_parents_max_children(

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.steps import ENDED_KEPT
+from corral.daemon.steps import KEEP_ENDED
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
@@ -258,7 +258,7 @@ def rows(d: Daemon, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def test_an_ended_tasks_steps_leave_the_journal_and_an_unfinished_ones_stay() -> None:
     """No attempt follows an end: a task's steps go at the task journal's pruning once it
-    has ended ENDED_KEPT seconds before (they stayed until the task itself was pruned,
+    has ended KEEP_ENDED seconds before (they stayed until the task itself was pruned,
     up to journal_max_tasks of them), while a task the next daemon runs again keeps
     its own."""
     tmp = shared_tmpdir()
@@ -276,11 +276,11 @@ def test_an_ended_tasks_steps_leave_the_journal_and_an_unfinished_ones_stay() ->
         steps = "SELECT task_id, count(*) FROM steps GROUP BY task_id ORDER BY task_id"
         assert rows(d, steps) == sorted([(ended, 2), (held, 2)])
         assert len(list((d.state / "step-results").iterdir())) == 1  # one result, stored once
-        # and the ended task's end is made older than ENDED_KEPT
+        # and the ended task's end is made older than KEEP_ENDED
         db = sqlite3.connect(d.state / "corral.db")
         with db:
             db.execute("UPDATE tasks SET finished = finished - ? WHERE id = ?",
-                       (ENDED_KEPT + 1, ended))
+                       (KEEP_ENDED + 1, ended))
         db.close()
         d.start()
         gate.touch()

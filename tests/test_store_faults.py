@@ -66,7 +66,7 @@ async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
     errors: list[str] = []
     notices: list[str] = []
     async with lockable_store(db, errors, notices) as (store, writer, holder):
-        writer.max_kept = 4
+        writer.max_held = 4
         store.audit(0, 1, "agents.stop", {"names": ["a"]}, "ok")
         await writer.committed()
         holder.execute("BEGIN EXCLUSIVE")  # every write of the writer's fails now

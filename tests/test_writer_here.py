@@ -1,4 +1,4 @@
-"""Where the state database's writes run (store.WriterThread.run_here): a small batch on
+"""Where the state database's writes run (store.WriterThread.run_on_loop): a small batch on
 the loop when that cannot hold it up, anything else on the writer thread; never two at
 once on the connection, never out of order."""
 
@@ -227,7 +227,7 @@ async def test_a_job_that_raises_on_the_loop_is_rolled_back_and_told(
                        "('half', 0, 0, '0')")
             raise ValueError("a bug in the write")
 
-        assert thread.run_here(broken) == (True, "ValueError: a bug in the write")
+        assert thread.run_on_loop(broken) == (True, "ValueError: a bug in the write")
         assert rows(db) == 0
         in_transaction: list[bool] = []
 
@@ -235,14 +235,14 @@ async def test_a_job_that_raises_on_the_loop_is_rolled_back_and_told(
             in_transaction.append(db.in_transaction)
             noting([])(db)
 
-        assert thread.run_here(after) == (True, None)  # the loop's next job runs
+        assert thread.run_on_loop(after) == (True, None)  # the loop's next job runs
         assert in_transaction == [False]
         assert (thread.here, rows(db)) == (1, 1)
     finally:
         await store.close_writer()
         store.close()
     # a closed writer's connection is not touched on the loop: the job is declined
-    assert thread.run_here(noting([])) == (False, None)
+    assert thread.run_on_loop(noting([])) == (False, None)
 
 
 async def test_a_commit_whose_waiter_is_cancelled_is_made_and_its_end_is_no_error(

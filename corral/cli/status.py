@@ -148,7 +148,7 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         click.echo(line + (f"; last: {e.last}" if e.last else ""))
     for name, slots in st.cluster_slots.items():
         # replicas are numbered on each node, slots by the cluster: say which is which
-        here = {slot: i for i, slot in enumerate(st.cluster_here.get(name, []))}
+        here = {slot: i for i, slot in enumerate(st.cluster_replicas.get(name, []))}
         click.echo(f"{name}: cluster agent, {plural(len(slots), 'slot')}"
                    + "".join((f"; slot {i} on {node}" if node else
                               f"; slot {i} waiting for a node with room")

@@ -308,7 +308,7 @@ def _shown(res: m.TaskInfo, key: str) -> Any:
         return (None if res.started is None or res.finished is None
                 else seconds(res.finished - res.started))
     if key == "output" and res.output_dropped:
-        return "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
+        return "(dropped from memory: the daemon keeps keep_tasks_mb of outputs)"
     return msgspec.to_builtins(getattr(res, key))
 
 

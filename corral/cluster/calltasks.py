@@ -23,7 +23,7 @@ from .clustercalls import ClusterCalls
 from .clustertasks import ClusterTasks
 from .rides import LostLease
 
-SETTLED_KEPT = 10_000  # step tasks ended whose rows were not yet saved, at most
+KEEP_SETTLED = 10_000  # step tasks ended whose rows were not yet saved, at most
 
 
 class ClusterStepTasks:
@@ -46,7 +46,7 @@ class ClusterStepTasks:
 
     def ended(self, task_id: str, got: m.TaskResult | m.TaskInfo) -> StepEnd:
         end = step_end(got)
-        if len(self._settled) >= SETTLED_KEPT:
+        if len(self._settled) >= KEEP_SETTLED:
             del self._settled[next(iter(self._settled))]
         self._settled[task_id] = None
         return end

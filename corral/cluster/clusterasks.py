@@ -424,7 +424,7 @@ class ClusterAsks:
                 self.keys.asks_pending(tenant), self.keys.task(ask.task_id)]
         args = [ask.id, mine, self.trust.sign(ASK_KIND, ask.id, "end", mine), gone,
                 self.trust.sign(ASK_KIND, ask.id, "end", gone),
-                int(self.settings.tasks_kept_for), how, self.keys.asks_ended]
+                int(self.settings.keep_tasks_for), how, self.keys.asks_ended]
         got = await self._write(self._end, keys, args,
                                 f"ask {ask.id} was not ended (it is still pending)")
         code = int(got[0])

@@ -33,7 +33,7 @@ from .scripts import Scripts, submit_script
 from .trust import SPAWN as SIGNED_SPAWN
 from .trust import TENANT, Trust
 
-NOT_KEPT = "no task of this id is kept (its record has gone: tasks_kept, tasks_kept_for)"
+RECORD_GONE = "no task of this id is kept (its record has gone: keep_tasks, keep_tasks_for)"
 ROOT = Lineage(0)
 # spawns in Redis at once (a map's spawns come together): the node's pool is not all one
 # map's
@@ -192,7 +192,7 @@ class ClusterSpawns:
                 info = await self._info(child_id)
             if info is None:
                 return {"task_id": child_id, "status": "lost", "output": None,
-                        "error": NOT_KEPT}
+                        "error": RECORD_GONE}
             ended = info if info.status in TERMINAL else await self._ended(child_id)
         except RedisError as exc:
             raise _unavailable(exc, "task/wait") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..supervisor.tasks.sessions import SessionKey
 
 GROUP = "corral"  # the one consumer group of every task stream
-OUTCOMES_KEPT = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
+KEEP_OUTCOMES = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
 CLAIMED = "claimed"  # a route's stream of the tasks claimed at submission (Keys.claimed)
 
 

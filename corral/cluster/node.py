@@ -99,7 +99,7 @@ class ClusterNode:
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks, tasks.outputs.memory,
                                 self._requeue)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report, settings.tasks_kept_for, trust)
+                             report, settings.keep_tasks_for, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
                              ClaimParts(self.steps, self.home, self.outbox.progress,
@@ -113,13 +113,13 @@ class ClusterNode:
                                 SubmitKeys(self.redis, scripts, self.keys, key_bound))
         step_tasks = ClusterStepTasks(self.desk, self.cancel)
         self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership, calls,
-                                  (int(settings.tasks_kept_for), settings.tasks_kept),
+                                  (int(settings.keep_tasks_for), settings.keep_tasks),
                                   lambda record: all(a in host.agents
                                                      for a in driven_with(record)),
                                   step_tasks.settled, self.outbox.send_held)
         self.durables = Durables(self.calls, step_tasks)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
-                             settings.tasks_kept_for, trust)
+                             settings.keep_tasks_for, trust)
         self.due = DueClock(self.redis, self.keys, self.membership, settings.beat, report)
         self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
                                           settings)
@@ -529,7 +529,7 @@ class ClusterNode:
                     self.scripts.cancel,
                     [self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
                      self.keys.outcomes, *self.keys.listed],
-                    [task_id, repr(time.time()), error, int(self.settings.tasks_kept_for),
+                    [task_id, repr(time.time()), error, int(self.settings.keep_tasks_for),
                      self.trust.outcome(task_id, "0", "cancelled", b"", error), waiting,
                      self.trust.outcome(task_id, "0", "cancelled", b"", waiting)])
             except RedisError as exc:

@@ -1,5 +1,5 @@
 """What a cluster keeps in Redis, bounded once its queues drain
-(docs/cluster.md#what-redis-keeps): a node trims finished records beyond `tasks_kept` at
+(docs/cluster.md#what-redis-keeps): a node trims finished records beyond `keep_tasks` at
 each beat (scripts.TRIM) and deletes the consumers of dead incarnations once the reaper
 has taken over what they held.
 """
@@ -24,7 +24,7 @@ class ClusterRetention:
         self.keys = keys
         self.membership = membership
         self.settings = settings
-        self.dropped = 0  # finished records deleted beyond tasks_kept, by this node
+        self.dropped = 0  # finished records deleted beyond keep_tasks, by this node
         self.consumers_removed = 0  # dead incarnations' consumers deleted, by this node
 
     async def step(self, streams: list[str]) -> None:
@@ -33,9 +33,9 @@ class ClusterRetention:
         if not m.member or not m.settled():
             return  # after a Redis restart, a missing key is not yet a dead node
         # an id is made when its task is: one made before the cutoff ended before it too
-        cutoff = id_floor(time.time() - self.settings.tasks_kept_for)
+        cutoff = id_floor(time.time() - self.settings.keep_tasks_for)
         gone = await self.scripts.trim(keys=[self.keys.done],
-                                       args=[self.settings.tasks_kept, cutoff,
+                                       args=[self.settings.keep_tasks, cutoff,
                                              self.keys.prefix])
         self.dropped += len(gone)
         await self._dead_consumers(streams)
@@ -68,6 +68,6 @@ class ClusterRetention:
         self.consumers_removed += sum(1 for r in removed if r == 1)
 
     def status(self) -> dict[str, Any]:
-        return {"tasks_kept": self.settings.tasks_kept,
-                "tasks_kept_for": self.settings.tasks_kept_for,
+        return {"keep_tasks": self.settings.keep_tasks,
+                "keep_tasks_for": self.settings.keep_tasks_for,
                 "dropped": self.dropped, "consumers_removed": self.consumers_removed}

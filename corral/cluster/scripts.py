@@ -9,13 +9,13 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from . import sessionscripts
-from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, OUTCOMES_KEPT
+from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, KEEP_OUTCOMES
 from .records import on_worker
 from .replicas import Acks
 
 # the asks of a tenant's ended tasks whose records a cluster keeps: the newest, as many
 # as the tenant may have pending at once (inbox.MAX_PENDING_PER_TENANT)
-ASKS_KEPT = 1_000
+KEEP_ASKS = 1_000
 
 
 def _task_key(kind: str, task: str) -> str:
@@ -28,9 +28,9 @@ def _ended(task: str, kept: str, live: int) -> str:
     """A task that ended: its record and attempts (KEYS[1], KEYS[2]) kept `kept` seconds,
     the task moved from the live tasks (KEYS[live]) to the finished (KEYS[live + 1]). One
     fragment for every end, so that no end leaves a key without its expiry (TRIM trusts
-    the keys of ids older than tasks_kept_for to have expired). Its steps, spawns' rows
+    the keys of ids older than keep_tasks_for to have expired). Its steps, spawns' rows
     and asks by call go at once; its asks join the tenant's ended ones (Keys.asks_done),
-    kept to the newest ASKS_KEPT rather than each for tasks_kept_for."""
+    kept to the newest KEEP_ASKS rather than each for keep_tasks_for."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
 local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)
@@ -50,7 +50,7 @@ if #asks > 0 then
     end
     redis.call('ZADD', done, now, ask)
   end
-  local over = redis.call('ZCARD', done) - {ASKS_KEPT}
+  local over = redis.call('ZCARD', done) - {KEEP_ASKS}
   if over > 0 then
     local gone = redis.call('ZPOPMIN', done, over)
     for i = 1, #gone, 2 do redis.call('DEL', ask_prefix .. 'ask:' .. gone[i]) end
@@ -366,7 +366,7 @@ _AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
     redis.call('HSET', KEYS[1], 'status', 'cancelled', 'fence', '0', 'finished',
       tonumber(t[1]) + tonumber(t[2]) / 1000000, 'error', ARGV[5], 'mac', ARGV[12],
       'retries_left', ARGV[10])
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[2])
     {_ended('ARGV[2]', 'ARGV[9]', 5)}
     return 1
   end
@@ -414,12 +414,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[11] == '1' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2],
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[2],
     'status', ARGV[3], 'output', ARGV[4], 'error', ARGV[5],
     'attempts', '[' .. table.concat(attempts, ',') .. ']', 'fence', ARGV[1],
     'mac', ARGV[12])
 else
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[2])
 end
 {_ended('ARGV[2]', 'ARGV[9]', 5)}
 return 1
@@ -433,7 +433,7 @@ local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'watched')
 if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 if rec[3] == '1' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[3],
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[3],
     'progress', ARGV[2])
 end
 return 1
@@ -539,7 +539,7 @@ if asked then status, err, mac = 'cancelled', ARGV[9], ARGV[11] or ''
 elseif once and ARGV[13] then err, mac = ARGV[13], ARGV[14] or '' end
 redis.call('HSET', KEYS[1], 'status', status, 'fence', '0', 'finished', ARGV[4],
   'error', err, 'mac', mac)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
 {_ended('ARGV[1]', 'ARGV[6]', 6)}
 return status
 """
@@ -582,7 +582,7 @@ if rec[1] == 'queued' or rec[1] == 'suspended' then
   else  -- (held until due: Keys.due)
     redis.call('ZREM', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[1])
   end
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
   {_ended('ARGV[1]', 'ARGV[4]', 5)}
   return 'cancelled'
 end

@@ -15,7 +15,7 @@ from .records import on_worker
 # Seconds a node's list of the turns given to it (Keys.sticky) outlives its last one: its
 # items are stale once the busy bound has passed (they are checked as they are taken),
 # and a dead incarnation's list must not stay.
-STICKY_KEPT = 3600
+KEEP_STICKY = 3600
 
 # The session's keys named from a task's record key (KEYS[1]) and the session's tenant,
 # agent and name. (A turn submitted before sessions had owners has no tenant: its
@@ -76,7 +76,7 @@ if ok and type(b) == 'table' and type(b['agents']) == 'table' then
           if e[2][j] == 'task' then
             local list = prefix .. 'stk:' .. tenant .. ':' .. agent .. ':' .. holder
             redis.call('RPUSH', list, e[1] .. ' ' .. e[2][j + 1])
-            redis.call('EXPIRE', list, {STICKY_KEPT})
+            redis.call('EXPIRE', list, {KEEP_STICKY})
             break
           end
         end

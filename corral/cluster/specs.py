@@ -19,7 +19,7 @@ from .keys import Keys
 from .scripts import Scripts
 from .trust import AGENT, REVISION, Trust
 
-HISTORY_KEPT = 50  # revisions of a cluster agent kept in Redis
+KEEP_HISTORY = 50  # revisions of a cluster agent kept in Redis
 RACES = 5  # compare-and-sets lost in a row before a change gives up
 
 Table = dict[str, Any]
@@ -144,7 +144,7 @@ class ClusterSpecs:
             got = int(await self.scripts.set_agent(
                 keys=[self.keys.cluster_agents, self.keys.placement,
                       self.keys.history(name), self.keys.agent_macs],
-                args=[name, epoch, raw, tail, HISTORY_KEPT, self.trust.sign(AGENT, name, raw)]))
+                args=[name, epoch, raw, tail, KEEP_HISTORY, self.trust.sign(AGENT, name, raw)]))
             if got > 0:
                 return got, change
             if got < 0:

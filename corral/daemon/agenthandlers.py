@@ -76,16 +76,20 @@ def _targets(d: AgentServices, names: list[str], all_: bool) -> list[tuple[Agent
         return [(a, None) for a in d.agents.values()]
     if not names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one agent, or all")
-    out: list[tuple[Agent, int | None]] = []
-    for target in names:
-        with jsonrpc.invalid_params(ValueError):
-            name, index = m.parse_target(target)
-        agent = d.agents.agent(name)
-        if index is not None and index >= len(agent.replicas):
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such replica: {target} ({name} has "
-                                              f"{plural(len(agent.replicas), 'replica')})")
-        out.append((agent, index))
-    return out
+    return [_target(d, *_parsed(target)) for target in names]
+
+
+def _parsed(target: str) -> tuple[str, int | None]:
+    with jsonrpc.invalid_params(ValueError):
+        return m.parse_target(target)
+
+
+def _target(d: AgentServices, name: str, index: int | None) -> tuple[Agent, int | None]:
+    agent = d.agents.agent(name)
+    if index is not None and index >= len(agent.replicas):
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such replica: {name}#{index} ({name} has "
+                                          f"{plural(len(agent.replicas), 'replica')})")
+    return agent, index
 
 
 def _label(agent: Agent, index: int | None) -> str:
@@ -100,11 +104,15 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
 async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     placed = d.cluster.slots
+    named = [_parsed(target) for target in p.names]  # NAME, or NAME#N: one replica
     # a cluster agent with no slot on this node is named all the same: its slots are elsewhere
-    agents = ([d.agents.agent(n) for n in p.names if n in d.agents or n not in placed]
-              if p.names else list(d.agents.values()))
+    targets = [_target(d, n, i) for n, i in named if n in d.agents or n not in placed]
+    agents = list({a.name: a for a, _ in targets}.values()) if p.names \
+        else list(d.agents.values())
+    whole = {a.name for a, i in targets if i is None}
+    shown = {(a.name, i) for a, i in targets}
     slots = {n: [s.split("/", 1)[0] if s else None for s in placed[n]]
-             for n in (p.names or sorted(placed)) if n in placed}
+             for n in ([n for n, _ in named] or sorted(placed)) if n in placed}
     servers = d.tools.status()
     if p.tenant is not None:
         if not d.quotas.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
@@ -119,12 +127,13 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
     return m.AgentsStatusResult(
         agents=wire([_status(d, r, draining) for a in agents
                      for draining, rs in ((False, a.replicas), (True, a.draining))
-                     for r in rs]),
+                     for r in rs if not p.names or a.name in whole
+                     or (a.name, r.index) in shown]),
         mcp_servers=wire(servers),
         tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
-        cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
+        cluster_replicas={n: list(v) for n, v in here.items() if n in slots and v},
         notices=d.notices(),
     )
 
@@ -387,4 +396,8 @@ async def agents_rollback(d: AgentServices, p: m.AgentsRollback, caller: Caller,
 @implements(m.AgentsWatch)
 async def agents_watch(d: AgentServices, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away."""
+    for name, index in map(_parsed, p.names):
+        if index is not None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {name}#{index}: a watch "
+                                                   f"is of whole agents: name {name}")
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)

@@ -327,7 +327,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._lock_fd = -1
         # the listening socket during the upgrade's drain: connections wait in its backlog
-        self._kept: socket.socket | None = None
+        self._listener_copy: socket.socket | None = None
         self._leaving: set[Connection] = set()
         self._left: asyncio.Event | None = None
 
@@ -375,8 +375,8 @@ class ControlServer:
 
     def fds(self) -> tuple[int, int]:
         """The listening socket's fd and the lock file's, handed over by corral upgrade."""
-        if self._kept is not None:
-            return self._kept.fileno(), self._lock_fd
+        if self._listener_copy is not None:
+            return self._listener_copy.fileno(), self._lock_fd
         assert self._server is not None
         return cast(asyncio.Server, self._server).sockets[0].fileno(), self._lock_fd
 
@@ -385,10 +385,10 @@ class ControlServer:
         socket handed to the next image), no request read; those read are answered (still
         worked on after DRAIN_WAIT, and streams: UNAVAILABLE), then each client is told the
         last request read (GOING_AWAY) and cut. How many connections were told."""
-        if self._server is None or self._kept is not None:
+        if self._server is None or self._listener_copy is not None:
             return 0
         listen = cast(asyncio.Server, self._server).sockets[0]
-        self._kept = socket.socket(fileno=os.dup(listen.fileno()))
+        self._listener_copy = socket.socket(fileno=os.dup(listen.fileno()))
         self._server.close()  # (its fd: the dup keeps the socket and its backlog)
         self._server = None
         conns = list(self.connections)
@@ -417,7 +417,7 @@ class ControlServer:
 
     async def come_back(self) -> None:
         """The upgrade did not happen: accept connections again."""
-        kept, self._kept = self._kept, None
+        kept, self._listener_copy = self._listener_copy, None
         if kept is None:
             return
         self._left = None
@@ -474,9 +474,9 @@ class ControlServer:
 
     async def close(self) -> None:
         self.complaints.flush()
-        if self._kept is not None:  # (stopped during an upgrade's drain)
-            self._kept.close()
-            self._kept = None
+        if self._listener_copy is not None:  # (stopped during an upgrade's drain)
+            self._listener_copy.close()
+            self._listener_copy = None
             self.path.unlink(missing_ok=True)
         if self._server is not None:
             self._server.close()

@@ -772,7 +772,10 @@ class GatewayService:
 
     def _counted_as(self, tool: str) -> str:
         """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names
-        what it likes: 2 MB names, each a counter, grew the daemon without bound)."""
+        what it likes: 2 MB names, each a counter, grew the daemon without bound). A name
+        counted already is kept under it: nothing grows, and no tool is looked up a call."""
+        if tool in self.by_tool:
+            return tool
         server, _, name = tool.partition("__")
         entry = self.tools.servers.get(server)
         known = entry is not None and any(i.client.tool(name) is not None

@@ -26,7 +26,7 @@ ENV_DIR = "CORRAL_HEAP_DUMP"
 ENV_EVERY = "CORRAL_HEAP_DUMP_EVERY"
 ENV_FRAMES = "CORRAL_HEAP_FRAMES"
 ENV_TRIM = "CORRAL_HEAP_TRIM"
-TYPES_KEPT = 150  # the types a dump's json counts, the most numerous first
+KEEP_TYPES = 150  # the types a dump's json counts, the most numerous first
 
 
 class _MallInfo2(ctypes.Structure):
@@ -92,7 +92,7 @@ def write(where: Path, seconds: int, trim: bool = False) -> Path:
         "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory() if tracing else None,
         "malloc": _mallinfo(), "sqlite": _sqlite(), "gc_counts": gc.get_count(),
         "rss_trimmed": _trimmed() if trim else None,
-        "objects": sum(types.values()), "types": dict(types.most_common(TYPES_KEPT))}))
+        "objects": sum(types.values()), "types": dict(types.most_common(KEEP_TYPES))}))
     part.rename(out)
     return out
 

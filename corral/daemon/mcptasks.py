@@ -38,10 +38,10 @@ ENDED = frozenset({"completed", "failed", "cancelled"})
 # error: completed with isError, as SEP-2663 reserves `failed` for protocol errors)
 SUCCEEDED = "succeeded"
 # a client's ended handles kept (each holds its result until task_ttl): past either, the
-# oldest ended is let go, its id remembered (at most DROPPED_KEPT of them) to say so
+# oldest ended is let go, its id remembered (at most KEEP_DROPPED of them) to say so
 MAX_ENDED_PER_CLIENT = 64
 MAX_ENDED_BYTES_PER_CLIENT = 8 * 1024 * 1024
-DROPPED_KEPT = 4096
+KEEP_DROPPED = 4096
 
 
 class OutputRelay(AlwaysWritable):
@@ -239,7 +239,7 @@ class TaskHandles:
             held -= oldest.size
             del self.handles[oldest.id]
             self.dropped[oldest.id] = (client, why)
-            if len(self.dropped) > DROPPED_KEPT:
+            if len(self.dropped) > KEEP_DROPPED:
                 self.dropped.popitem(last=False)
 
     def _expire(self) -> None:

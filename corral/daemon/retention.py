@@ -1,5 +1,5 @@
 """What grows with use besides tasks, bounded (docs/operations.md#retention): an agent's
-spec revisions past `revisions_kept` or `revisions_kept_mb`, and what a removed agent left
+spec revisions past `keep_revisions` or `keep_revisions_mb`, and what a removed agent left
 once `removed_retention` has passed. A removed agent's records go only if it is still no
 agent of that tenant then. One timer waits for the earliest removal due, not one each: the
 sweep it brings finds the next due in the store.

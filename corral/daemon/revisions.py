@@ -157,7 +157,7 @@ class RevisionBound(NamedTuple):
 
 
 def kept_of(sc: SupervisorSettings) -> RevisionBound:
-    return RevisionBound(sc.revisions_kept, int(sc.revisions_kept_mb * 1024 * 1024))
+    return RevisionBound(sc.keep_revisions, int(sc.keep_revisions_mb * 1024 * 1024))
 
 
 def prune(db: sqlite3.Connection, kept: RevisionBound, agent: str | None = None,

@@ -20,8 +20,8 @@ from .storewriter import WriterThread
 
 # one life of a session's rows: its owner, its agent's name and its own, its gen
 _LIFE = "tenant = ? AND agent = ? AND session = ? AND gen = ?"
-HISTORY_KEPT = 1000  # tasks of a session kept in its history (and read back)
-PRUNE_EVERY = 64  # past HISTORY_KEPT, the older ones are deleted every this many tasks
+KEEP_HISTORY = 1000  # tasks of a session kept in its history (and read back)
+PRUNE_EVERY = 64  # past KEEP_HISTORY, the older ones are deleted every this many tasks
 
 
 class _State(NamedTuple):
@@ -72,7 +72,7 @@ class SessionsDB:
     async def committed(self) -> None:
         await self._store.group.committed()
 
-    async def history(self, row: SessionRow, limit: int = HISTORY_KEPT
+    async def history(self, row: SessionRow, limit: int = KEEP_HISTORY
                       ) -> list[tuple[str, str | None, float | None]]:
         """(task id, status, created) of the session's tasks in the order accepted
         (status None: pruned from the task journal)."""
@@ -131,11 +131,11 @@ class SessionsDB:
                 db.execute("INSERT OR IGNORE INTO session_tasks (task_id, tenant, agent, "
                            "session, gen) VALUES (?, ?, ?, ?, ?)",
                            (op.task_id, *r[:3], r.gen))
-                if r.tasks <= HISTORY_KEPT or r.tasks % PRUNE_EVERY:
+                if r.tasks <= KEEP_HISTORY or r.tasks % PRUNE_EVERY:
                     continue
                 db.execute(f"DELETE FROM session_tasks WHERE {_LIFE} AND rowid <= (SELECT "
                            f"rowid FROM session_tasks WHERE {_LIFE} ORDER BY rowid DESC "
-                           f"LIMIT 1 OFFSET {HISTORY_KEPT})", (*r[:3], r.gen) * 2)
+                           f"LIMIT 1 OFFSET {KEEP_HISTORY})", (*r[:3], r.gen) * 2)
             else:
                 r = op.row
                 db.execute(f"DELETE FROM sessions WHERE {_LIFE}", (*r[:3], r.gen))

@@ -185,8 +185,8 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
     sup = Supervisor(heartbeat_interval=sc.heartbeat_interval,
                      heartbeat_timeout=sc.heartbeat_timeout, cgroups=sc.cgroups,
                      max_replicas=sc.max_replicas, state_dir=conf.paths.state_dir,
-                     tasks_kept=sc.tasks_kept,
-                     tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
+                     keep_tasks=sc.keep_tasks,
+                     keep_tasks_bytes=int(sc.keep_tasks_mb * 1024 * 1024),
                      task_queue=queue, spared=spared, interceptors=interceptors,
                      clock=WaitClock(manual=sc.manual_clock))
     if taken is not None:

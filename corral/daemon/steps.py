@@ -31,7 +31,7 @@ FLUSH_EVERY = 0.05  # seconds a step may wait in the log for its batch
 LOG_BATCH = 512  # steps in one log file at most
 # seconds an ended task's steps are kept (a look at them just after the end still finds
 # them); the task journal's next pruning after that deletes them
-ENDED_KEPT = 60.0
+KEEP_ENDED = 60.0
 
 
 class _Drop(NamedTuple):

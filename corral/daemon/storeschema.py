@@ -587,26 +587,26 @@ class StoreConnection(sqlite3.Connection):
     dead references, long-lived objects among the burst's short-lived ones, each able to
     keep a 1 MiB arena of the allocator's from going back (bench/RESULTS.md)."""
 
-    _kept: sqlite3.Cursor | None = None
+    _reusable: sqlite3.Cursor | None = None
 
     def _cursor(self) -> sqlite3.Cursor:
-        cur = self._kept
+        cur = self._reusable
         # 3 references: the attribute, `cur` and getrefcount's argument; one more is a
         # caller's, which may read it yet (a statement's rows, its rowcount)
         if cur is None or sys.getrefcount(cur) > 3:
-            cur = self._kept = self.cursor()
+            cur = self._reusable = self.cursor()
         return cur
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         cur = self._cursor().execute(sql, parameters)
         if cur.description is not None:
-            self._kept = None
+            self._reusable = None
         return cur
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
         cur = self._cursor().executemany(sql, parameters)
         if cur.description is not None:
-            self._kept = None
+            self._reusable = None
         return cur
 
     def rows(self, sql: str, parameters: Any = (), /) -> list[Any]:

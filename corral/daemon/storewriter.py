@@ -32,7 +32,7 @@ from .storeschema import StoreError, connect
 log = logging.getLogger("corral.store")
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
-# WriterThread.run_here: a batch this small may be committed on the loop; a job there that
+# WriterThread.run_on_loop: a batch this small may be committed on the loop; a job there that
 # took longer than HERE_SLOW and waited meanwhile (a slow disk, not a busy host's
 # preemption) sends the next ones to the thread for HERE_PAUSE seconds
 HERE_MAX = 16
@@ -45,7 +45,7 @@ WAL_KEPT_BYTES = 16 * 1024 * 1024
 # a write nobody waits for (an audit row) waits this long for others to join its batch:
 # one transaction for many calls' rows; `committed()` and every other write take it along
 LINGER = 0.05
-MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
+MAX_HELD = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
 # SQLite's primary result codes of a write that may work when tried again: a full disk, an
 # I/O error (EFBIG past a file size limit is one), a read-only file (a remount), a lock
 TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
@@ -110,7 +110,7 @@ class WriterThread:
     writers never contend for the write lock; `done(error)` is called on the loop. The WAL
     is checkpointed by a Checkpointer thread beside it, never by its commits.
 
-    `run_here(job)` runs a small job on the loop, on the same connection, only when that
+    `run_on_loop(job)` runs a small job on the loop, on the same connection, only when that
     cannot hold the loop up or reorder jobs: nothing queued or running, sync "normal", the
     last such job quick, and a lock held elsewhere makes it give way. It saves the two
     hand-overs a busy host can each delay by a scheduler tick (bench/RESULTS.md)."""
@@ -150,7 +150,7 @@ class WriterThread:
         self.handed += 1
         self._jobs.put((job, done))
 
-    def run_here(self, job: Write) -> tuple[bool, str | None]:
+    def run_on_loop(self, job: Write) -> tuple[bool, str | None]:
         """(True, its error or None), or (False, None) when it was not run and should be
         given to `run`."""
         if self.sync != "normal" or self._closing or time.monotonic() < self._here_until:
@@ -390,7 +390,7 @@ class GroupCommit(Generic[V]):
 
         if (len(batch) <= HERE_MAX and not self.outage.failing
                 and (self._size is None or sum(map(self._size, batch)) <= HERE_BYTES)):
-            ran, error = self.thread.run_here(job)
+            ran, error = self.thread.run_on_loop(job)
             if ran:
                 self._batch_done(done, items, batch, error)
                 return
@@ -445,7 +445,7 @@ class CaughtUp(NamedTuple):
 class StoreWriter:
     """Writes that are many, or must never hold up their cause (process records, state
     checkpoints, audit rows, the config file's revisions): a GroupCommit of them, in order.
-    While the database cannot be written they are kept and retried, up to `max_kept`, then
+    While the database cannot be written they are kept and retried, up to `max_held`, then
     dropped and counted by kind (docs/operations.md#when-the-state-database-cannot-be-written);
     a write that is wrong rather than unlucky (a constraint, a missing table) is dropped
     alone and told: each runs in a savepoint of its own."""
@@ -453,12 +453,12 @@ class StoreWriter:
     def __init__(self, thread: WriterThread,
                  on_error: Callable[[str], None] | None = None,
                  on_notice: Callable[[str], None] | None = None,
-                 max_kept: int = MAX_KEPT, stream: Stream | None = None) -> None:
+                 max_held: int = MAX_HELD, stream: Stream | None = None) -> None:
         self.thread = thread
         self.stream = stream if stream is not None else Stream()  # CaughtUp goes on it
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
-        self.max_kept = max_kept
+        self.max_held = max_held
         self._group: GroupCommit[_QueuedWrite] = GroupCommit(thread, self._job, self._settle,
                                                              size=attrgetter("size"))
         self.outage = self._group.outage
@@ -478,7 +478,7 @@ class StoreWriter:
         waits for it (GroupCommit.put)."""
         kept = _QueuedWrite(write, kind, then, key, size)
         slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
-        if (self.outage.failing and len(self._group.pending) >= self.max_kept
+        if (self.outage.failing and len(self._group.pending) >= self.max_held
                 and slot not in self._group.pending):
             self._drop(kind)
             return
@@ -535,16 +535,16 @@ class StoreWriter:
                 if kept.then is not None:
                     self._call(f"what follows the {kept.kind}", kept.then)
             return
-        # past max_kept, the newest are dropped
+        # past max_held, the newest are dropped
         pending = self._group.pending
-        while len(pending) > self.max_kept:
+        while len(pending) > self.max_held:
             self._drop(pending.pop(next(reversed(pending))).kind)
         if self._group.first_failure:
             self._call("telling of the failure", self.on_error,
                 f"state database {self.thread.path} cannot be written ({error}): "
                 f"{counted(_kinds(list(pending.values())))} wait in memory and are "
                 f"written when it can (tried every {RETRY_EVERY:g} s; at most "
-                f"{self.max_kept} are kept, newer ones are dropped and counted): "
+                f"{self.max_held} are kept, newer ones are dropped and counted): "
                 f"{what_to_do()}")
 
     def _drop(self, kind: str) -> None:

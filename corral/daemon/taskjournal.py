@@ -47,7 +47,7 @@ from .calljournal import delete_ended_calls
 from .inboxjournal import delete_replica_asks
 from .sqlfilters import given
 from .steps import (
-    ENDED_KEPT,
+    KEEP_ENDED,
     delete_ended,
     delete_orphans,
     delete_steps,
@@ -393,7 +393,7 @@ class TaskJournalDB:
         if not self._pruned_once:
             db.execute("DELETE FROM task_output WHERE task_id NOT IN (SELECT id FROM tasks)")
         self._pruned_once = True
-        results |= delete_ended(db, time.time() - ENDED_KEPT)
+        results |= delete_ended(db, time.time() - KEEP_ENDED)
         db.execute("DELETE FROM idempotency_keys WHERE created < ?",
                    (time.time() - KEEP_SECONDS,))
         delete_ended_calls(db, SPAWN_TREE)

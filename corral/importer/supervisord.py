@@ -224,7 +224,7 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
     try:
         for k, v in parser["supervisord"].items():
             if k == "environment":
-                env = env_pairs(expand_here(v, base, "[supervisord]", k, imp) or "",
+                env = env_pairs(expand_value(v, base, "[supervisord]", k, imp) or "",
                                 "[supervisord]")
                 dollars(env, "[supervisord]", imp)
             elif k == "user":
@@ -406,12 +406,12 @@ def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Conversion
     def get(k: str, default: str) -> str:
         if k not in raw:
             return default
-        got = expand_here(raw[k], ex, where, k, imp)
+        got = expand_value(raw[k], ex, where, k, imp)
         return default if got is None else got
     return get
 
 
-def expand_here(text: str, ex: dict[str, Any], where: str, key: str, imp: Conversion
+def expand_value(text: str, ex: dict[str, Any], where: str, key: str, imp: Conversion
                 ) -> str | None:
     """A value expanded with the environment corral import runs in. A variable not set
     there (a container's, set where it runs) leaves an environment's value empty, and any

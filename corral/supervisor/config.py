@@ -405,11 +405,11 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
     journal_max_tasks: NonNegInt = 100_000
     audit_max_rows: NonNegInt = 100_000
-    tasks_kept: NonNegInt = 10_000
-    tasks_kept_mb: NonNeg = 32
+    keep_tasks: NonNegInt = 10_000
+    keep_tasks_mb: NonNeg = 32
     session_memory_mb: NonNeg = 64
-    revisions_kept: NonNegInt = 50
-    revisions_kept_mb: NonNeg = 8
+    keep_revisions: NonNegInt = 50
+    keep_revisions_mb: NonNeg = 8
     removed_retention: NonNeg = 7 * 86400  # a removed agent's revisions and log files
     bwrap: str = "bwrap"  # bubblewrap, for agents with sandbox = "bwrap"
 
@@ -615,8 +615,8 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: str | None = None  # default: the host name
     node_ttl: Positive = 3.0  # seconds a node counts as alive after its last beat
     beat: Positive = 1.0  # seconds between beats (renewing the membership key)
-    tasks_kept: PositiveInt = 100_000
-    tasks_kept_for: Positive = 7 * 86400.0
+    keep_tasks: PositiveInt = 100_000
+    keep_tasks_for: Positive = 7 * 86400.0
     key_file: str | None = None
     insecure: bool = False
     sentinels: list[str] = []

@@ -46,7 +46,7 @@ from .replicastates import ReplicaStates
 from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
 from .stream import Stream, Subscription
-from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager, WaitClock
+from .tasks import KEEP_FINISHED, KEEP_FINISHED_BYTES, Queue, TaskJournal, TaskManager, WaitClock
 from .tasks.interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
 from .tenantcgroups import TenantNodes
 from .tools import Tools
@@ -78,8 +78,8 @@ class Supervisor:
         max_replicas: int | None = None,
         state_dir: Path | None = None,
         journal: TaskJournal | None = None,
-        tasks_kept: int = FINISHED_KEPT,
-        tasks_kept_bytes: int = FINISHED_KEPT_BYTES,
+        keep_tasks: int = KEEP_FINISHED,
+        keep_tasks_bytes: int = KEEP_FINISHED_BYTES,
         task_queue: Queue | None = None,
         spared: Container[int] = frozenset(),
         interceptors: Sequence[TaskInterceptor] = (),
@@ -122,8 +122,8 @@ class Supervisor:
         self.tenancy = Tenancy(registry, self.stream)
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
         tools = ToolPorts(self._route_tool, self._list_tools, lambda r: self.mcp.allowlist(r.spec))
-        self.tasks = TaskManager(self, tools=tools, journal=journal, kept=tasks_kept,
-                                 kept_bytes=tasks_kept_bytes, queue=task_queue, clock=clock,
+        self.tasks = TaskManager(self, tools=tools, journal=journal, kept=keep_tasks,
+                                 kept_bytes=keep_tasks_bytes, queue=task_queue, clock=clock,
                                  tenancy=self.tenancy, interceptors=Interceptors(interceptors))
         # members of the host protocol (replica.AgentHost) that are another part's own
         self.replica_ready = self.tasks.replica_ready

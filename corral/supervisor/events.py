@@ -143,7 +143,7 @@ class EventBus:
             self.stream.emit(d)
         return self.deliver(d)
 
-    def publish_here(self, topic: str, data: Any, source: str, tenant: str | None = None
+    def publish_local(self, topic: str, data: Any, source: str, tenant: str | None = None
                      ) -> int:
         """As `publish`, to this node's subscribers only (never relayed to a cluster's
         other nodes: what is of this node alone, a workflow run's steps)."""

@@ -42,7 +42,7 @@ HEALTH_TOPIC = "corral.health"  # the event bus's topic of every check's flip
 # containment's kind of a check's process: placed in its agent's tenant's cgroup
 CHECK_KIND = "health"
 KILL_GRACE = 5.0  # then containment reaps it when it does die
-OUTPUT_KEPT = 5  # the last lines of a command's output, for the failure's message
+KEEP_OUTPUT = 5  # the last lines of a command's output, for the failure's message
 MESSAGE_MAX = 300  # a worker's message beyond this is cut (it goes into reasons, logs)
 
 
@@ -130,13 +130,13 @@ async def run_command(argv: list[str], r: CheckedReplica, env: dict[str, str], *
                       containment: Containment, timeout: float) -> Verdict:
     """Run `argv` as `r`'s own process runs to its end or `timeout`, then kill its process
     group (and cgroup) and reap it: nothing it started is left."""
-    tail: deque[str] = deque(maxlen=OUTPUT_KEPT)
+    tail: deque[str] = deque(maxlen=KEEP_OUTPUT)
 
     def out(line: bytes) -> None:
         tail.append(line.decode("utf-8", "replace").strip())
 
     def err(lines: LineBlock) -> None:
-        for line in lines.last(OUTPUT_KEPT):
+        for line in lines.last(KEEP_OUTPUT):
             tail.append(line.decode("utf-8", "replace").strip())
 
     try:

@@ -28,7 +28,7 @@ from corral import jsonrpc
 from corral.cluster import records
 from corral.cluster.clusterasks import ASK, END
 from corral.cluster.keys import Keys
-from corral.cluster.scripts import ASKS_KEPT, Scripts
+from corral.cluster.scripts import KEEP_ASKS, Scripts
 
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port
@@ -584,8 +584,8 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     assert await client.exists(K.ask("ask-3")) == 0
     assert await ask(token, "tool:x", "ask-3", per_task=2) == [2, b"ask-1"]  # as before
     assert await ask(token, "tool:y", "ask-3") == [1]
-    # the tenant's ended tasks' asks kept: the newest ASKS_KEPT, the oldest records gone
-    old = [f"old-{i:04}" for i in range(ASKS_KEPT - 1)]
+    # the tenant's ended tasks' asks kept: the newest KEEP_ASKS, the oldest records gone
+    old = [f"old-{i:04}" for i in range(KEEP_ASKS - 1)]
     await client.zadd(K.asks_done("acme"), dict.fromkeys(old, 1))
     for o in old[:3]:
         await client.hset(K.ask(o), "rec", b"{}")
@@ -595,8 +595,8 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
                                 "0", ""]) == 1
     assert await client.exists(K.task_asks(TID)) == 0  # its asks by call went with it
     done = await client.zrange(K.asks_done("acme"), 0, -1)
-    assert len(done) == ASKS_KEPT
-    assert done[:ASKS_KEPT - 3] == [o.encode() for o in old[2:]]
+    assert len(done) == KEEP_ASKS
+    assert done[:KEEP_ASKS - 3] == [o.encode() for o in old[2:]]
     assert sorted(done[-3:]) == [b"ask-1", b"ask-3", b"ask-5"]
     assert [await client.exists(K.ask(o)) for o in old[:3]] == [0, 0, 1]
     assert await client.exists(K.ask("ask-1")) == 1

@@ -1,6 +1,6 @@
 """Redis memory goes back to its baseline once the queues drain (issue 22): a task's
-stream entry goes with its outcome, its record stays for `tasks_kept_for` seconds and
-among the newest `tasks_kept`, and the consumers of dead incarnations are deleted. What
+stream entry goes with its outcome, its record stays for `keep_tasks_for` seconds and
+among the newest `keep_tasks`, and the consumers of dead incarnations are deleted. What
 stays by design is capped where it is written (the outcomes and events streams)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .harness import Node, nodes, sleeper
 pytestmark = pytest.mark.timeout(120)
 
 K = Keys("test")
-CAPPED = {K.outcomes, K.events}  # capped by count where written (keys.OUTCOMES_KEPT)
+CAPPED = {K.outcomes, K.events}  # capped by count where written (keys.KEEP_OUTCOMES)
 KEPT, KEPT_FOR = 5, 3.0
 
 
@@ -60,13 +60,13 @@ def burst(ns: list[Node], count: int) -> None:
 def settled(r: Any) -> dict[str, int]:
     """The keys once the records' retention has applied."""
     wait_until(lambda: not records(usage(r)) and not r.exists(K.done),
-               what="every record past tasks_kept_for", timeout=KEPT_FOR + 10)
+               what="every record past keep_tasks_for", timeout=KEPT_FOR + 10)
     return usage(r)
 
 
 def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
         tmp: Path, redis: RedisServer, r: Any) -> None:
-    extra = f"tasks_kept = {KEPT}\ntasks_kept_for = {KEPT_FOR}\n"
+    extra = f"keep_tasks = {KEPT}\nkeep_tasks_for = {KEPT_FOR}\n"
     agent = sleeper("w", concurrency=4)
     with nodes(tmp, redis, {"a": agent, "b": agent}, extra=extra) as ns:
         a, b = ns["a"], ns["b"]
@@ -84,10 +84,10 @@ def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
         for round_ in range(2):
             burst([a, b], 60)
             # drained: no entry waits or is pending; the records kept are the newest
-            # tasks_kept (the others deleted at a beat), each with its attempts
+            # keep_tasks (the others deleted at a beat), each with its attempts
             assert r.xlen(stream) == 0
             assert r.xpending(stream, GROUP)["pending"] == 0
-            wait_until(lambda: r.zcard(K.done) == KEPT, what="tasks_kept records kept")
+            wait_until(lambda: r.zcard(K.done) == KEPT, what="keep_tasks records kept")
             kept = records(usage(r))
             assert len(kept) == 2 * KEPT, kept
             assert {k.rsplit(":", 1)[1] for k in kept} == {
@@ -95,7 +95,7 @@ def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
             dropped = sum(n.call("stats.get")["cluster"]["retention"]["dropped"]
                           for n in (a, b))
             assert dropped == (60 - KEPT) * (round_ + 1)  # the rest expired in time
-            # and after tasks_kept_for, none: every key is back as it was, each of the
+            # and after keep_tasks_for, none: every key is back as it was, each of the
             # same size, but the capped streams, which hold an entry per outcome
             after = settled(r)
             assert set(after) == set(base)

@@ -132,7 +132,7 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
             wait_until(lambda n=n: slots_seen(n) == {  # type: ignore[misc]
                 "keeper": [zero, one.name]}, what="both slots in the status")
             mine = 0 if n.name == zero else 1
-            assert n.json("status", "keeper")["cluster_here"] == {"keeper": [mine]}
+            assert n.json("status", "keeper")["cluster_replicas"] == {"keeper": [mine]}
             said = [f"slot 0 on {zero}", f"slot 1 on {one.name}"]
             said[mine] += " (here: keeper#0)"
             assert f"keeper: cluster agent, 2 slots; {'; '.join(said)}" in n.cli(

@@ -248,7 +248,7 @@ async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longe
         client: Any) -> None:
     """A task that ran, was taken over and waits again has attempts; cancelled then, its
     attempts expire with its record (the beat's trim forgets ids older than
-    tasks_kept_for, trusting their keys to have expired: a list without an expiry would
+    keep_tasks_for, trusting their keys to have expired: a list without an expiry would
     stay in Redis for ever)."""
     s = Scripts(client)
     await submit(s, 1)
@@ -326,7 +326,7 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
     """`corral tasks` reads two sorted sets the scripts keep: a task is live from its
     submit (a retried submit adds nothing) until it ends, by its outcome, a cancel while
     queued or a takeover with no retries left; then it is finished, of which a node's beat
-    keeps the newest tasks_kept."""
+    keeps the newest keep_tasks."""
     s = Scripts(client)
     for i in range(1, 5):
         await submit(s, i)
@@ -350,7 +350,7 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
               b'"node b lost"}', "dead"]) == b"lost"
     assert await client.zrange(K.live, 0, -1) == [ids[3].encode()]
     assert await client.zrange(K.done, 0, -1) == [i.encode() for i in ids[:3]]
-    # bounded: a node's beat takes out the oldest beyond tasks_kept (TRIM, exactly those,
+    # bounded: a node's beat takes out the oldest beyond keep_tasks (TRIM, exactly those,
     # their records deleted in the same step) and the ids made before the cutoff
     older = [f"00000000-{n:04x}-7000-8000-000000000000" for n in range(10)]
     await client.zadd(K.done, dict.fromkeys(older, 0))

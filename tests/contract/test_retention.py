@@ -1,6 +1,6 @@
 """Retention, on each home (DESIGN 20, 25): finished tasks' records are kept up to their
 home's bound, the newest, and the older are pruned — by a node's journal at its start
-and every minute (`journal_max_tasks`), by a cluster's beat (`[cluster] tasks_kept`); a
+and every minute (`journal_max_tasks`), by a cluster's beat (`[cluster] keep_tasks`); a
 pruned task is no task to anyone, the newest are read whole. Both homes keep two here."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from .home import Home, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-SUPERVISOR = "journal_max_tasks = 2\ntasks_kept = 2\n"
-CLUSTER = "tasks_kept = 2\n"
+SUPERVISOR = "journal_max_tasks = 2\nkeep_tasks = 2\n"
+CLUSTER = "keep_tasks = 2\n"
 
 
 def agents(directory: Path) -> str:

@@ -1,7 +1,7 @@
 """The HTTP gateway's sessions and their bounds, per client, per tenant and per gateway
 (docs/gateway.md, docs/config.md `[gateway] max_sessions`): at a bound the least recently
 used idle session under it makes room; an evicted session's id is told why at its next
-request, for the newest EVICTED_KEPT.
+request, for the newest KEEP_EVICTED.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ...text import plural
 if TYPE_CHECKING:
     from ..gatewayaccess import Identity
 
-EVICTED_KEPT = 1024  # evicted sessions whose id is still told why
+KEEP_EVICTED = 1024  # evicted sessions whose id is still told why
 
 
 class SessionEntry(Protocol):
@@ -69,7 +69,7 @@ class SessionTable(dict[str, S]):
         _, sid = min(idle)
         self._evicted[sid] = (f"session evicted: {who} was at {key} {bound} and it was the "
                               "least recently used idle one: initialize again")
-        while len(self._evicted) > EVICTED_KEPT:
+        while len(self._evicted) > KEEP_EVICTED:
             self._evicted.popitem(last=False)
         self.evictions += 1
         return [sid]

@@ -85,7 +85,7 @@ def publish_runs(stream: Stream, bus: EventBus) -> None:
         tenant = e.run.tenant if e.run.tenant is not None else NO_TENANT
         # to this node's followers and workers only: a run is its node's,
         # and a map's thousand steps are not sent through Redis to every other node
-        bus.publish_here(topic, data, "corral", tenant)
+        bus.publish_local(topic, data, "corral", tenant)
 
     kinds: tuple[type[RunEvent], ...] = (RunStarted, RunEnded, StepStarted, StepEnded)
     stream.subscribe(publish, *kinds)

@@ -19,14 +19,14 @@ from .model import (
 )
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
-from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES
+from .retention import KEEP_FINISHED, KEEP_FINISHED_BYTES
 from .taskmachine import AT_MOST_ONCE_NOTE, ON_WORKER, TERMINAL, TaskStatus
 from .waitclock import WaitClock
 
 __all__ = [
     "AT_MOST_ONCE_NOTE",
-    "FINISHED_KEPT",
-    "FINISHED_KEPT_BYTES",
+    "KEEP_FINISHED",
+    "KEEP_FINISHED_BYTES",
     "LOST_IN_RESTART",
     "ON_WORKER",
     "TERMINAL",

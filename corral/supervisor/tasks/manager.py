@@ -51,7 +51,7 @@ from .queue import LocalQueue, Queue
 from .quotahooks import QuotaHooks
 from .recovery import Recovery, rebuilt
 from .replicacalls import ReplicaCalls
-from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .retention import KEEP_FINISHED, KEEP_FINISHED_BYTES, Retention
 from .sessions import Sessions
 from .spawn import Spawns
 from .stepjournal import StepJournal
@@ -74,7 +74,7 @@ def _note_first(agent: AgentLike, text: str) -> None:
 
 class TaskManager:
     def __init__(self, sup: TaskHost, *, tools: ToolPorts, journal: TaskJournal | None = None,
-                 kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES,
+                 kept: int = KEEP_FINISHED, kept_bytes: int = KEEP_FINISHED_BYTES,
                  queue: Queue | None = None, tenancy: Tenancy | None = None,
                  interceptors: Interceptors = NO_INTERCEPTORS,
                  clock: WaitClock | None = None) -> None:
@@ -95,7 +95,7 @@ class TaskManager:
                                  tenancy, self.pump)
         self.queue: Queue = self.sessions
         self.quotas = QuotaHooks(self)  # the tenants' quotas' admission check and gates
-        self.budgets = Budgets(self._kept, self.quotas.reopen, self.queue.depth, _note_first,
+        self.budgets = Budgets(self._task_known, self.quotas.reopen, self.queue.depth, _note_first,
                                tenancy.budget if tenancy is not None else no_group)
         self.endings = Endings(self)  # a task's end, a retry, an agent's waiting tasks ended
         self.dispatch = TaskDispatch(
@@ -402,7 +402,7 @@ class TaskManager:
                               DEFAULT_TENANT, self.by_agent.pop(name))
 
     # -- from workers ---------------------------------------------------------------------
-    def _kept(self, task_id: str) -> Task | None:
+    def _task_known(self, task_id: str) -> Task | None:
         return self.active.get(task_id) or self.finished.get(task_id)
 
     def _on_usage(self, r: Replica, params: UsageReportParams) -> None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .host import TaskHost
 
 # a tree's task no engine has (never submitted: the process stopped between the two writes)
-NOT_KEPT = "no task of this id is kept (never submitted, or pruned)"
+RECORD_GONE = "no task of this id is kept (never submitted, or pruned)"
 
 
 class TreeEngine(Protocol):
@@ -89,7 +89,7 @@ class NodeSpawns:
             info = await self._had(task_id)
             if info is None:
                 if place.step is None or not engine.holds(parent_of(place.step)):
-                    self.trees.finished(task_id, "lost", NOT_KEPT)
+                    self.trees.finished(task_id, "lost", RECORD_GONE)
                 continue
             self.trees.finished(task_id, str(info.status),
                                 info.error.message if info.error is not None else None)

@@ -10,8 +10,8 @@ import msgspec
 from ..memory import Releaser
 from .model import Task
 
-FINISHED_KEPT = 10_000  # finished tasks kept in memory
-FINISHED_KEPT_BYTES = 32 * 1024 * 1024  # their outputs, in bytes
+KEEP_FINISHED = 10_000  # finished tasks kept in memory
+KEEP_FINISHED_BYTES = 32 * 1024 * 1024  # their outputs, in bytes
 
 _NO_INPUT = msgspec.Raw(b"")  # a finished task's input (let go)
 
@@ -19,7 +19,7 @@ _NO_INPUT = msgspec.Raw(b"")  # a finished task's input (let go)
 class Retention:
     __slots__ = ("finished", "held_bytes", "holding", "kept", "kept_bytes", "memory")
 
-    def __init__(self, kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES
+    def __init__(self, kept: int = KEEP_FINISHED, kept_bytes: int = KEEP_FINISHED_BYTES
                  ) -> None:
         self.kept = kept
         self.kept_bytes = kept_bytes

@@ -1362,8 +1362,8 @@ class Run extends Polled {
 
 // -- the inbox ------------------------------------------------------------------------------
 // The asks approvals.watch tells of: those pending that the session sees (an ask with no
-// `end`), and the newest DECIDED_KEPT that ended while the page was open, with how.
-const DECIDED_KEPT = 50;
+// `end`), and the newest KEEP_DECIDED that ended while the page was open, with how.
+const KEEP_DECIDED = 50;
 class InboxModel {
   constructor() {
     this.pending = new Map(); // id -> ask, oldest first as the stream sends them
@@ -1380,7 +1380,7 @@ class InboxModel {
       return;
     }
     this.pending.delete(a.id);
-    this.ended = [a, ...this.ended.filter((x) => x.id !== a.id)].slice(0, DECIDED_KEPT);
+    this.ended = [a, ...this.ended.filter((x) => x.id !== a.id)].slice(0, KEEP_DECIDED);
   }
   // the stream said the page fell behind (approvals.missed): the list read again
   relisted(asks) {
