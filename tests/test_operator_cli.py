@@ -196,8 +196,8 @@ def test_a_replicas_label_as_status_prints_it_names_that_replica(tmp: Path) -> N
         assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello "
                                                "has 2 replicas)\n")
         r = d.cli("status", "hello#x")
-        assert (r.returncode, r.stderr) == (1, "corral: invalid params: hello#x: the "
-                                               "replica after '#' must be a number\n")
+        assert (r.returncode, r.stderr) == (1, "corral: hello#x: the replica after '#' "
+                                               "must be a number\n")
         for args in (["describe", "hello#1"], ["history", "hello#1"],
                      ["scale", "hello#1", "3"], ["run", "hello#1"]):
             r = d.cli(*args)
@@ -205,8 +205,8 @@ def test_a_replicas_label_as_status_prints_it_names_that_replica(tmp: Path) -> N
                                                    "is a replica of `hello`: name the "
                                                    "agent)\n"), args
         r = d.cli("status", "--watch", "hello#1")
-        assert (r.returncode, r.stderr) == (1, "corral: invalid params: hello#1: a watch is "
-                                               "of whole agents: name hello\n")
+        assert (r.returncode, r.stderr) == (1, "corral: hello#1: a watch is of whole "
+                                               "agents: name hello\n")
         assert len(d.status()) == 2  # nothing was scaled
 
 def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Path) -> None:

@@ -33,9 +33,9 @@ def average(v: float) -> str:
 percent = average
 
 
-@command(m.AgentsStatus, more="\n\nExits 3 (as `systemctl status` does) when "
-             "any listed replica is failed or not running, so scripts can check health; a "
-             "one-shot that exited cleanly is `done`, not counted.")
+@command(m.AgentsStatus, more="\n\nNAME#N: one replica. Exits 3 (as `systemctl status` "
+             "does) when any listed replica is failed or not running, so scripts can check "
+             "health; a one-shot that exited cleanly is `done`, not counted.")
 @names_arg
 @click.option("--watch", is_flag=True,
               help="Then a line per replica state change as it happens (agents.watch), "

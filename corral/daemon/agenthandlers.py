@@ -398,6 +398,6 @@ async def agents_watch(d: AgentServices, p: m.AgentsWatch, caller: Caller, c: Ch
     """Streams until the client goes away."""
     for name, index in map(_parsed, p.names):
         if index is not None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {name}#{index}: a watch "
-                                                   f"is of whole agents: name {name}")
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{name}#{index}: a watch is of whole "
+                                                   f"agents: name {name}")
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
