@@ -858,6 +858,9 @@ start_timeout = 30.0
 [tracing]
 endpoint = "{url}"
 export_interval = 0.05
+
+[workflows.w]
+steps = [{{ name = "s", agent = "hello", input = {{ name = "x" }} }}]
 """
     d = Daemon(shared_tmpdir(), hello("hello") + extra)  # (a short socket path)
     try:
@@ -878,10 +881,27 @@ export_interval = 0.05
                                                       "--json")).stdout)
         assert as_json["trace_id"] == CALLER_TRACE
         assert as_json["spans"][0]["parent_id"] == CALLER_SPAN
-        nothing = await asyncio.to_thread(d.cli, "trace", "01NOSUCHTASK")
+        # an id that is no task's (none at all, a session's) is told as `corral task` tells
+        # it, not as a task whose trace was not sampled; a workflow run's is its trace
+        session = await asyncio.to_thread(d.cli, "run", "hello", "--session", "s1")
+        assert session.returncode == 0, session.stderr
+        unsampled = await asyncio.to_thread(  # its caller does not sample: no span kept
+            d.cli, "run", "hello", "--json", "--traceparent",
+            f"00-{CALLER_TRACE}-{CALLER_SPAN}-00")
+        unsampled_id = json.loads(unsampled.stdout)["task_id"]
+        nothing = await asyncio.to_thread(d.cli, "trace", unsampled_id)
         assert (nothing.returncode, nothing.stderr) == (1, (
-            "corral: no trace kept for task 01NOSUCHTASK (not sampled, not finished yet, "
+            f"corral: no trace kept for task {unsampled_id} (not sampled, not finished yet, "
             "or pruned from the local store)\n"))
+        for other in ("01NOSUCHTASK", "s1"):
+            nothing = await asyncio.to_thread(d.cli, "trace", other)
+            assert (nothing.returncode, nothing.stderr) == (1, f"corral: no such task: {other}\n")
+            assert (await asyncio.to_thread(d.cli, "task", other)).stderr == nothing.stderr
+        run = await asyncio.to_thread(d.cli, "workflows", "run", "w", "--wait", "30", "--json")
+        run_id = json.loads(run.stdout)["run_id"]
+        shown = await asyncio.to_thread(d.cli, "trace", run_id)
+        assert shown.stdout.startswith(f"trace {run_id.replace('-', '')}  task {run_id}  "), \
+            shown.stdout
 
         # the gateway: an MCP client's context in params._meta is the call span's parent
         serve = await asyncio.create_subprocess_exec(

@@ -72,7 +72,10 @@ async def traces_get(t: TaskServices, p: m.TracesGet, caller: Caller, c: Channel
         raise RpcError(jsonrpc.CONFLICT, "tracing is off in this daemon: add a [tracing] "
                        "table to the config (docs/tracing.md); it is read at start: restart "
                        "the daemon or `corral upgrade`")
-    return await t.traces.trace(p.task_id)
+    view = await t.traces.trace(p.task_id)
+    if not view.spans:  # an id of no task (a session's, a run's): as `corral task` says it
+        await t.tasks.get(p.task_id, wait=False)
+    return view
 
 
 @implements(m.TasksStream)
