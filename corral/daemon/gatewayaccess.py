@@ -171,6 +171,7 @@ class GatewayService:
         self.tools = tools
         self.audit = audit
         self.settings = GatewaySettings()
+        self._anonymous: tuple[GatewaySettings | None, Identity | None] = (None, None)
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
         # token hash -> its replica (its identity made at each use, with today's servers)
         self.replica_tokens: dict[str, ProcessReplica] = {}
@@ -265,12 +266,14 @@ class GatewayService:
         return self.agents.tenancy.spec(ident.tenant).max_gateway_sessions
 
     def anonymous(self) -> Identity | None:
-        """Who a request without a token is, when [gateway] anonymous_tools allows it."""
-        allow = self.settings.anonymous_tools
-        if allow is None:
-            return None
-        return Identity(name="anonymous", allow=list(allow), owner="gateway:anonymous",
-                        **self._limits())
+        """Who a request without a token is, when [gateway] anonymous_tools allows it
+        (made once per configuration, not a request: nothing changes one)."""
+        s, allow = self.settings, self.settings.anonymous_tools
+        if self._anonymous[0] is not s:
+            self._anonymous = (s, None if allow is None else Identity(
+                name="anonymous", allow=list(allow), owner="gateway:anonymous",
+                **self._limits()))
+        return self._anonymous[1]
 
     def replica_client(self, token: str) -> Identity | None:
         """The agent replica whose token this is, as a client of the model gateway (no

@@ -99,6 +99,9 @@ class GatewaySession:
         # a 2025-11-25 client's, from initialize
         self.extensions: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
+        # a 2025-11-25 session whose client declared a capability a server's input
+        # request needs (NEEDS): asked on the call's channel; once, at initialize
+        self.askable = False
         self.asks = PendingAsks(ask_wait)
         # a 2025-11-25 client's, from logging/setLevel (logrelay.py)
         self.log_level: str | None = None
@@ -186,15 +189,9 @@ class GatewaySession:
         """Whether answering `env` may first mean asking the client (a server's input
         request), or telling it a server's log messages: the transport then keeps a
         channel for it (HTTP: the POST's SSE stream)."""
-        return (env.method in ASKING and self._askable()) or \
+        return (env.method in ASKING and self.askable) or \
             (env.method == "tools/call" and self.version is not None
              and self.log_level is not None)
-
-    def _askable(self) -> bool:
-        """A 2025-11-25 session whose client declared a capability a server's input
-        request needs."""
-        return self.version is not None and \
-            any(c in self.client_capabilities for c in NEEDS.values())
 
     # -- internals ------------------------------------------------------------------------
     def _finish(self, rid: Id, task: asyncio.Task[Any], reply: Reply) -> None:
@@ -348,7 +345,7 @@ class GatewaySession:
             if meta and "traceparent" in meta else {}
         if stateless and meta and isinstance(meta.get(META_CAPABILITIES), dict):
             passed[META_CAPABILITIES] = meta[META_CAPABILITIES]
-        elif not stateless and self._askable():
+        elif not stateless and self.askable:
             passed[META_CAPABILITIES] = self.client_capabilities
         return passed
 
@@ -384,7 +381,7 @@ class GatewaySession:
                        on_log: LogRelay | None) -> Any:
         result = _complete(await self.backend.forward(method, params, on_progress, on_log),
                            stateless)
-        while not stateless and self._askable() and _asks(result):
+        while not stateless and self.askable and _asks(result):
             # a 2025-11-25 client reads no input_required: it is asked each request on
             # the call's channel, and the call goes again with its answers
             asked = msgspec.json.decode(result) if isinstance(result, msgspec.Raw) \
@@ -403,6 +400,7 @@ class GatewaySession:
         self.version = asked if asked in LEGACY else LEGACY[0]
         caps = params.get("capabilities")
         self.client_capabilities = caps if isinstance(caps, dict) else {}
+        self.askable = any(c in self.client_capabilities for c in NEEDS.values())
         extensions = caps.get("extensions") if isinstance(caps, dict) else None
         self.extensions = extensions if isinstance(extensions, dict) else {}
         return {"protocolVersion": self.version,

@@ -69,13 +69,11 @@ class PoolBackend:
         self.service = service
         self.ident = ident
         self.key = f"gateway session {secrets.token_hex(8)}"  # its subscriptions' owner
-
-    @property
-    def features(self) -> frozenset[str]:
         # its handles, and its subscriptions (this session's), are the daemon's
-        # and its servers' skills, which the agents' view (/mcp/corral) has none of
-        skills = {"skills"} if self.ident.server != AGENTS_VIEW else set()
-        return self.service.features() | {"tasks", "subscriptions"} | skills
+        # and its servers' skills, which the agents' view (/mcp/corral) has none of;
+        # made once, not at each of the several looks a request takes
+        skills = {"skills"} if ident.server != AGENTS_VIEW else set()
+        self.features = service.features() | {"tasks", "subscriptions"} | skills
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         return await self.service.list_items(self.ident, kind)
