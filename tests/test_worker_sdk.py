@@ -153,6 +153,27 @@ async def test_ping_is_answered_while_a_task_runs_and_cancel_works(worker: Worke
                                                    "task t1 cancelled")
 
 
+async def test_shutdown_exits_without_answering_the_tasks_it_runs(worker: Worker) -> None:
+    """Told to stop, the worker answers `shutdown` and exits: the tasks it runs end with
+    it, unanswered, every time (an answer of their cancellation raced the exit, and ended
+    a task the supervisor stopped under `cancelled`, never retried)."""
+    runs = [asyncio.ensure_future(worker.peer.request(
+        "task/run", {"task_id": f"s{i}", "input": "sleep"})) for i in range(4)]
+    async with asyncio.timeout(5):
+        while sum(1 for m, _ in worker.notes if m == "task/progress") < 4:
+            worker.noted.clear()
+            await worker.noted.wait()
+    _, said = worker.peer.request_future("shutdown", {})
+    assert worker.proc.stdin is not None
+    worker.proc.stdin.close()  # as corral stops it: the request, then stdin's end
+    assert bytes(await asyncio.wait_for(said, 5)) == b"{}"
+    assert await asyncio.wait_for(worker.proc.wait(), 5) == 0
+    for r in runs:
+        with pytest.raises(RpcError) as err:
+            await asyncio.wait_for(r, 5)
+        assert (err.value.code, err.value.message) == (jsonrpc.PEER_CLOSED, "worker exited")
+
+
 async def test_a_burst_of_blocking_sync_tasks_runs_at_once(tmp_path: Path) -> None:
     """Sync handlers that block each get a thread, even when their tasks come in one
     read: all eight run at once (each says so, then waits to be cancelled)."""

@@ -131,11 +131,10 @@ class Worker(SupervisorLink):
         self._exit(0)
 
     def _exit(self, status: int) -> None:
+        # the tasks still running are not told (cancelled, their calls failed): what they
+        # answered so would race the exit, and end them as a stop never does (cancelled,
+        # failed); unanswered, they end with the process, as corral says why (lost)
         self._stopping = True
-        for ctx in list(self._tasks.values()):
-            ctx._cancelled = True
-        for w in list(self._waiters.values()):
-            w.resolve(False, RequestError(PEER_CLOSED, "supervisor went away"))
         try:
             with self._lock:
                 self._flush()  # the answers held

@@ -1,0 +1,23 @@
+"""A worker that answers its task and dies at once, status 3 (os._exit right after the
+write, no SDK): its answer is read whether the supervisor sees its exit first or not
+(tests/test_tasks.py). {"bytes": N} pads the output to N bytes, more than one read."""
+
+import json
+import os
+import sys
+
+from raw_worker import send
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    method = msg.get("method")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": msg["id"],
+              "result": {"protocol_version": "1", "capabilities": {}}})
+    elif method == "task/run":
+        task = msg["params"]["input"]
+        send({"jsonrpc": "2.0", "id": msg["id"],
+              "result": {"output": {**task, "pad": "x" * task.get("bytes", 0)}}})
+        os._exit(3)
+    elif "id" in msg and "method" in msg:  # a ping
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
