@@ -193,6 +193,33 @@ async def test_a_remote_servers_answers_not_utf8_are_clear_errors_and_it_serves_
     no_traceback(daemon)
 
 
+async def test_a_remote_servers_stream_not_utf8_ends_its_call_with_that_error(
+        daemon: Daemon, http_port: int) -> None:
+    """Over an event stream (a POST's, and the GET that resumes it): a message whose own
+    envelope is not UTF-8 (its method; its "jsonrpc") ends the call at once with the error
+    of an answer not UTF-8 (its id unread: the transport's reader raised and the call
+    waited for its timeout; the answer's id alone was read and the call waited too)."""
+    from .bad_utf8_http_mcp import UNREAD_JSONRPC, UNREAD_METHOD
+
+    url, _ = sites(daemon, http_port)[0]
+    loop = asyncio.get_running_loop()
+    for tool, at in (("hu__streamed", UNREAD_METHOD.index(b"\xff")),
+                     ("hu__resumed", UNREAD_JSONRPC.index(b"\xff"))):
+        t0 = loop.time()
+        _, got = await post(url, CALL.replace(b"bu__good", tool.encode()).replace(
+            b"\xff", b"x"), stateless("tools/call", tool))
+        assert loop.time() - t0 < 20, tool  # at once, not at the call's timeout (30 s)
+        assert (got["id"], got["error"]) == (7, {
+            "code": -32700, "message": "the answer of MCP server hu#0 is not UTF-8: "
+                                       f"invalid start byte at byte {at}"}), (tool, got)
+    _, got = await post(url, CALL.replace(b"bu__good", b"hu__good").replace(b"\xff", b"x"),
+                        stateless("tools/call", "hu__good"))
+    assert got["result"]["content"][0]["text"] == "ok", got
+    hu = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}["hu"]
+    assert (hu["state"], hu["restarts"]) == ("ready", 0), hu
+    no_traceback(daemon)
+
+
 async def test_params_nested_too_deeply_are_a_parse_error_on_mcp_too(daemon: Daemon,
                                                                       http_port: int) -> None:
     """The other way a body's params kept undecoded raised in the envelope's decode

@@ -263,7 +263,7 @@ class HttpTransport:
                 elif ctype == JSON:
                     body = await _read_bounded(resp, self.max_message)
                     if body.strip():
-                        self.feed(body)
+                        self._answered(body, head.id)
                 else:
                     raise HttpError(f"unexpected content type {ctype!r} from {shown(self.url)} "
                                     f"(HTTP {status})")
@@ -332,14 +332,34 @@ class HttpTransport:
                 for ev in parser.feed(chunk):
                     if ev.event != "message" or not ev.data.strip():
                         continue
-                    self.feed(ev.data)
-                    if until is not None and _answers(ev.data, until):
+                    if until is None:
+                        self.feed(ev.data)
+                    elif self._answered(ev.data, until):
                         return True
         except sse.TooLarge as exc:
             raise HttpError(f"{shown(self.url)}: {exc} (limit {self.max_message} bytes)") from None
         except aiohttp.ClientPayloadError:
             pass  # the stream broke off: resumable like a closed one
         return False
+
+    def _answered(self, data: bytes, rid: jsonrpc.Id) -> bool:
+        """Feed a message of `rid`'s answer (its POST's body or stream); True once the
+        answer went by. One not UTF-8 is that answer's error, as a stdio server's is
+        (decision 1086): its envelope may be what is not, and the peer cannot tell whose."""
+        why = jsonrpc.not_utf8(data)
+        if why is not None:
+            self.feed(jsonrpc.encode(jsonrpc.ErrorResponse(rid, jsonrpc.ErrorObject(
+                jsonrpc.PARSE_ERROR, f"the answer of MCP server {self.name} is {why}"))))
+            return True
+        self.feed(data)
+        try:
+            if data.lstrip()[:1] == b"[":
+                return any(h.method is None and h.id == rid
+                           for h in msgspec.json.decode(data, type=list[_Head]))
+            h = _head.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        return h.method is None and h.id == rid
 
     async def _listen(self) -> None:
         """The GET stream: what the server sends outside any request, for the session's
@@ -414,17 +434,6 @@ class HttpTransport:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _answers(data: bytes, rid: jsonrpc.Id) -> bool:
-    try:
-        if data.lstrip()[:1] == b"[":
-            return any(h.method is None and h.id == rid
-                       for h in msgspec.json.decode(data, type=list[_Head]))
-        h = _head.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return False
-    return h.method is None and h.id == rid
 
 
 def shown(url: object) -> str:
