@@ -39,9 +39,10 @@ class Audit:
     def __call__(self, caller: Caller, method: str, params: Any, outcome: str) -> None:
         """Written through the store's writer, so a row that cannot be written never changes
         the command's answer; redacted: neither table nor log holds a secret."""
-        shown, encoded = _bounded(redact.params(method, params))
+        encoded = _bounded(redact.params(method, params))
         outcome = _cut(outcome)
         self.hub.daemon(f"{caller.who}: {method} {encoded.decode()} -> {outcome}", "audit")
+        shown = msgspec.Raw(encoded)  # the row's params as the line's: encoded once
         if self._store is not None:
             self._row(self._store, caller, method, shown, outcome)
         elif len(self._held) < HELD:
@@ -66,9 +67,9 @@ def _cut(text: str) -> str:
     return f"{text[:TEXT_CUT]}… (cut: {len(text)} characters)"
 
 
-def _bounded(shown: Any) -> tuple[Any, bytes]:
-    """`shown` with each text cut (keys too), and past PARAMS_CUT bytes its size alone;
-    and its JSON (encoded once: a row is written at every gateway call)."""
+def _bounded(shown: Any) -> bytes:
+    """`shown`'s JSON, each text in it cut (keys too), and past PARAMS_CUT bytes its size
+    alone (encoded once: a row is written at every gateway call)."""
     def cut(v: Any) -> Any:
         if isinstance(v, str):
             return _cut(v)
@@ -79,10 +80,7 @@ def _bounded(shown: Any) -> tuple[Any, bytes]:
         return v
     raw = msgspec.json.encode(shown)
     if len(raw) <= TEXT_CUT:  # (most rows: nothing in them to cut)
-        return shown, raw
-    out = cut(msgspec.json.decode(raw))
-    raw = msgspec.json.encode(out)
-    if len(raw) > PARAMS_CUT:
-        out = {"cut": f"params of {len(raw)} bytes"}
-        raw = msgspec.json.encode(out)
-    return out, raw
+        return raw
+    raw = msgspec.json.encode(cut(msgspec.json.decode(raw)))
+    return raw if len(raw) <= PARAMS_CUT else \
+        msgspec.json.encode({"cut": f"params of {len(raw)} bytes"})
