@@ -4,7 +4,8 @@ tail` running). Each kind of follower is opened and closed through the public su
 `events tail` ended by SIGINT and one by SIGKILL, a control-socket follow whose
 connection drops, an HTTP event stream its client closed. The stream's ring (docs/http.md,
 "Streams") is the daemon's own follower of the bus, kept for clients that reconnect: it
-is not a subscriber the answer counts (docs/guide.md, the event bus)."""
+is no subscriber itself, its streams' readers the event reaches are, each (docs/guide.md,
+the event bus)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import pytest
 
 from .conftest import ROOT
 from .daemon_harness import corral_popen, hello
+from .test_gateway_stdio import wait_until_async
+from .test_http_adversary import api_of
 from .test_http_api import SOCKET, serving, sse_events
 
 
@@ -71,15 +74,25 @@ async def test_publish_counts_the_live_followers_alone(tmp_path: Path) -> None:
             writer.transport.abort()
             await _followers(d, 1)
 
-            # an HTTP event stream its client closed: the ring stays, for clients that
-            # reconnect with Last-Event-ID, and is counted by no answer
+            # HTTP event streams, one of the topic and one of another: the one it reaches
+            # is counted; once its client closed it, the ring stays (for clients that
+            # reconnect with Last-Event-ID) and is counted by no answer
             auth = {"Authorization": f"Bearer {api.tokens['ops']}"}
             async with api.http.get(api.base + "/events/stream?pattern=orders.*",
-                                    headers=auth) as stream:
+                                    headers=auth) as stream, \
+                    api.http.get(api.base + "/events/stream?pattern=other.*",
+                                 headers=auth) as other:
                 await _followers(d, 2)
-                assert await _published(sock, "orders.new") == "delivered to 1 subscriber\n"
+                # (the client has its headers before its reader is on the ring: as
+                # tests/test_events_glob.py waits for it)
+                ring = api_of(d).ring
+                await wait_until_async(lambda: len(ring.readers) == 2)
+                assert await _published(sock, "orders.new") == "delivered to 2 subscribers\n"
                 assert [e["data"]["topic"] for e in await sse_events(stream, 1)] == [
                     "orders.new"]
+                assert await _published(sock, "other.new") == "delivered to 1 subscriber\n"
+                assert [e["data"]["topic"] for e in await sse_events(other, 1)] == [
+                    "other.new"]
             assert await _published(sock, "orders.new") == "delivered to 1 subscriber\n"
             status, body, _ = await api.ask("POST", "/events", "ops",
                                             {"topic": "orders.new", "data": 2})

@@ -7,10 +7,10 @@ import msgspec
 
 from .. import jsonrpc
 from .. import methods as m
-from ..supervisor.events import EventBus
+from ..supervisor.events import Audience, EventBus
 from ..supervisor.quotas import Tenancy
 from .api import Commands, by_name
-from .caller import RING_CALLER, Caller, Channel
+from .caller import Caller, Channel
 from .flowcontrol import FOLLOW_BATCH, drain
 from .services import Services
 
@@ -47,7 +47,8 @@ async def events_follow(d: EventServices, p: m.EventsFollow, caller: Caller, c: 
                         ) -> None:
     bus = d.bus
     follower = bus.follow(p.pattern, event_tenant(d.quotas, p.tenant, caller),
-                          counted=caller is not RING_CALLER)
+                          caller if caller.agents is not None else None,
+                          c if isinstance(c, Audience) else None)
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):

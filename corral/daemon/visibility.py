@@ -18,7 +18,6 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import REGISTRY, parse_target
 from ..supervisor.core import NoSuchAgent
-from ..supervisor.events import agent_of, seen_by
 from ..supervisor.names import RESERVED
 from ..supervisor.tasks.counters import totals
 from . import records
@@ -311,16 +310,6 @@ def _seen(filters: Mapping[str, Callable[[Any, Caller], Any]]
     return lambda inner, caller: _CallerChannel(inner, caller, filters)
 
 
-def _event_seen(params: Any, caller: Caller) -> Any:
-    """An event of an agent the caller does not see (its worker's, or corral's own about
-    it) is not sent; a caller's event is no agent's."""
-    if caller.agents is None:
-        return params  # a tenant's caller: the bus sends it its tenant's alone
-    of = agent_of(bytes(params) if isinstance(params, msgspec.Raw)
-                  else msgspec.json.encode(params))
-    return params if seen_by(of, caller) else None
-
-
 def _of_agent(params: Any, caller: Caller) -> Any:
     return params if caller.sees(params.agent) else None
 
@@ -378,7 +367,9 @@ RULES: dict[str, AgentRule] = {
     "teams": AgentRule(_nothing, filter=_list_filter("teams", _owned)),
     "sessions": AgentRule(_nothing, filter=_list_filter("sessions", _record_seen)),
     "own_tenant": AgentRule(_own_tenant),
-    "event_stream": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
+    # the bus sends a follower its tenant's events, and a glob's caller its agents' alone
+    # (supervisor.events.seen_by): what an event reached is counted where it is sent
+    "event_stream": AgentRule(_own_tenant),
     "tools": AgentRule(_both(_AGENT_PARAM, _server("server")),
                        filter=_servers_filter("tools")),
     "tool": AgentRule(_tool("tool")),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -100,15 +100,24 @@ def seen_by(of: Of, viewer: Viewer) -> bool:
     return viewer.sees(of) if isinstance(of, str) else all(viewer.sees(a) for a in of)
 
 
+@runtime_checkable
+class Audience(Protocol):
+    """A follower's channel that sends each event on to readers of its own (the HTTP
+    events stream's ring): how many of them `d` reaches, each a subscriber."""
+
+    def reach(self, d: Delivery, encoded: bytes) -> int: ...
+
+
 class EventFollower(Follower[msgspec.Raw]):
     """Deliveries encoded once for every follower; bounded in count and in bytes."""
 
-    def __init__(self, pattern: str, tenant: str | None = None, counted: bool = True
-                 ) -> None:
+    def __init__(self, pattern: str, tenant: str | None = None, viewer: Viewer | None = None,
+                 audience: Audience | None = None) -> None:
         super().__init__(FOLLOWER_QUEUE, size=len, max_bytes=FOLLOWER_BYTES)
         self.pattern = pattern
         self.tenant = tenant  # None: every tenant's events
-        self.counted = counted  # a subscriber a publish's answer counts (not the daemon's)
+        self.viewer = viewer  # a caller limited to an agents glob: its agents' events alone
+        self.audience = audience  # None: the follower is one subscriber
 
 
 def reaches(published_in: str | None, tenant: str | None) -> bool:
@@ -134,7 +143,7 @@ class EventBus:
     def publish(self, topic: str, data: Any, source: str, tenant: str | None = None,
                 glob: str | None = None) -> int:
         """Deliver to every live subscriber of the tenant (None: of every tenant) whose
-        pattern matches; returns how many got it here."""
+        pattern matches; returns how many got it here, over any transport."""
         if not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
         self.published += 1
@@ -171,16 +180,18 @@ class EventBus:
             if reaches(tenant, f.tenant) and fnmatch.fnmatchcase(topic, f.pattern):
                 if encoded is None:
                     encoded = msgspec.Raw(msgspec.json.encode(d))
+                if f.viewer is not None and not seen_by(agent_of(encoded), f.viewer):
+                    continue
                 if f.push(encoded):
-                    n += f.counted
+                    n += 1 if f.audience is None else f.audience.reach(d, encoded)
                 else:
                     self.dropped += 1
         self.delivered += n
         return n
 
-    def follow(self, pattern: str, tenant: str | None = None, counted: bool = True
-               ) -> EventFollower:
-        f = EventFollower(pattern, tenant, counted)
+    def follow(self, pattern: str, tenant: str | None = None, viewer: Viewer | None = None,
+               audience: Audience | None = None) -> EventFollower:
+        f = EventFollower(pattern, tenant, viewer, audience)
         self.followers.add(f)
         return f
 

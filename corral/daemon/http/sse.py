@@ -23,7 +23,7 @@ from aiohttp.http_writer import StreamWriter
 from ... import jsonrpc
 from ... import methods as m
 from ...methods import REGISTRY
-from ...supervisor.events import Of, Viewer, agent_of, reaches, seen_by
+from ...supervisor.events import Delivery, Of, Viewer, agent_of, reaches, seen_by
 from ...timeouts import kept
 from ..api import Dispatcher
 from ..caller import RING_CALLER, Caller
@@ -199,6 +199,12 @@ class EventRing:
         self.changed = asyncio.Event()
         self.due.set()
 
+    def reach(self, d: Delivery, encoded: bytes) -> int:
+        """The live readers `d` will be sent (supervisor.events.Audience): each a
+        subscriber of the bus, counted by its publish's answer."""
+        of = agent_of(encoded)
+        return sum(not r.gone and r.takes(d.topic, d.tenant, of) for r in self.readers)
+
     def _keep(self, topic: str | None, data: bytes, tenant: str | None,
               agent: Of) -> None:
         self.last += 1
@@ -272,6 +278,12 @@ class Reader:
         self.gone = False
         self.quiet = True  # nothing written since the last keepalive
 
+    def takes(self, topic: str, published_in: str | None, agent: Of) -> bool:
+        """Whether it is sent an event: of its pattern, its tenant, its agents glob."""
+        return ((self.pattern is None or fnmatch.fnmatchcase(topic, self.pattern))
+                and reaches(published_in, self.tenant)
+                and (self.viewer is None or seen_by(agent, self.viewer)))
+
     async def write(self, data: bytes) -> None:
         """Write without waiting on the client (aiohttp's writer does not suspend when
         not asked to drain); past STREAM_BUFFER the reader is held."""
@@ -294,17 +306,13 @@ class Reader:
         if cursor < first:
             missed = first - cursor
             cursor = first
-        pattern = self.pattern
-        tenant = self.tenant
-        viewer = self.viewer
         end = min(ring.last, cursor + BATCH - 1)
         while cursor <= end and size < BATCH_BYTES:
             _, topic, data, published_in, agent = ring.at(cursor)
             cursor += 1
             if topic is None:
                 missed += 1
-            elif (pattern is None or fnmatch.fnmatchcase(topic, pattern)) and reaches(
-                    published_in, tenant) and (viewer is None or seen_by(agent, viewer)):
+            elif self.takes(topic, published_in, agent):
                 if missed:
                     parts.append(_missed(missed))
                     missed = 0
@@ -339,7 +347,7 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
     last = _last_id(request)
     cursor = int(last) + 1 if last is not None and last.isdigit() else ring.last + 1
     response = await open_stream(request)
-    # a caller limited to an agent glob is sent no other agent's events (visibility._event_seen)
+    # a caller limited to an agent glob is sent no other agent's events (events.seen_by)
     reader = Reader(request, params.pattern, cursor, tenant,
                     caller if caller.agents is not None else None)
     ring.attach(reader)
