@@ -465,8 +465,7 @@ class HttpGateway:
             # request for input asked of the client) keeps its stream for them
             return await self._stream_answer(request, sess, first, headers)
         answers: list[Any] = []
-        tasks = [t for e in envs if (t := sess.mcp.receive(e, answers.append)) is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _settled([t for e in envs if (t := sess.mcp.receive(e, answers.append))])
         answers = [a for a in answers if isinstance(a, Response | ErrorResponse)]
         if batch:
             return _json(request, answers, 200, headers)
@@ -491,8 +490,7 @@ class HttpGateway:
             return await self._stream_answer(request, sess, env, {})
         answers: list[Any] = []
         task = sess.mcp.receive(env, answers.append)
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+        await _settled([task] if task is not None else [])
         answer = next((a for a in answers if isinstance(a, Response | ErrorResponse)), None)
         if answer is None:  # cancelled meanwhile: nothing to say
             return web.Response(status=202)
@@ -646,6 +644,20 @@ def _give_up(sess: HttpSession, stream: SseStream) -> None:
     if not stream.readers and stream.call is not None and not stream.call.done():
         stream.call.cancel()
     sess.streams.pop(stream.key, None)
+
+
+async def _settled(tasks: list[asyncio.Task[Any]]) -> None:
+    """Until each call is done (each tells its answer, or nothing: cancelled by its
+    client); the handler's own cancellation (its client went) cancels them, as gather
+    would. One call is awaited as it is: no gathering future a call."""
+    if len(tasks) != 1:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return
+    try:
+        await tasks[0]
+    except BaseException:
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
 
 
 def _wants_progress(env: Envelope) -> bool:
