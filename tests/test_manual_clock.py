@@ -10,6 +10,7 @@ MCP server that counts its calls (tests/servers/counting_mcp.py)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 import time
 from collections.abc import Iterator
@@ -107,3 +108,54 @@ def test_a_question_times_out_by_the_manual_clock_not_the_wall(daemon: Daemon) -
     assert done["status"] == "succeeded", done
     assert done["output"] == {"refused": f"task/ask: question {ask['id']} had no answer "
                                          f"within {TIMEOUT}s", "code": jsonrpc.REQUEST_TIMEOUT}
+
+
+@pytest.mark.deadline(120)
+def test_an_ended_tasks_withdrawal_the_store_refused_is_tried_again_a_bounded_while(
+        daemon: Daemon) -> None:
+    """A task cancelled while its question is pending, the asks' table renamed from under
+    the daemon (the withdrawal's write fails): said, the ask pending, and the withdrawal
+    tried again by the manual clock, 1 s later, then 2 s, 4, 8; a fifth failure leaves
+    it pending (until the next start's sweep: test_approvals.py) and says so. Tried again
+    once the store takes it, the ask is withdrawn by corral without a restart."""
+    from .test_http_adversary import stderr_until
+
+    assert daemon.proc is not None and daemon.proc.stderr is not None
+    fd = daemon.proc.stderr.fileno()
+    side = sqlite3.connect(daemon.state / "corral.db", isolation_level=None)
+
+    def refused(task_id: str, then: str) -> None:
+        said = stderr_until(fd, f"the asks of task {task_id} could not be withdrawn (")[-1]
+        assert said.endswith(f"(no such table: asks)); {then}"), said
+
+    def ended(prompt: str) -> tuple[str, dict[str, Any]]:
+        task_id = daemon.ask("tasks.submit", {"agent": "asker",
+                                              "input": {"prompt": prompt}})["task_id"]
+        [ask] = wait_until(lambda: [a for a in daemon.ask("approvals.list")["asks"]
+                                    if a["task_id"] == task_id], 30, "its ask")
+        side.execute("ALTER TABLE asks RENAME TO asks_away")
+        daemon.ask("tasks.cancel", {"task_id": task_id})
+        assert daemon.ask("tasks.get", {"task_id": task_id, "wait": True})["status"] \
+            == "cancelled"
+        refused(task_id, "trying again in 1 s")
+        return task_id, dict(ask)
+
+    try:
+        task_id, ask = ended("Still there?")
+        for waited, then in ((1, "2 s"), (2, "4 s"), (4, "8 s")):
+            assert daemon.cli("clock", "--advance", f"{waited}s").returncode == 0
+            refused(task_id, f"trying again in {then}")
+        assert daemon.cli("clock", "--advance", "8s").returncode == 0
+        refused(task_id, "pending until their deadlines or the next start")
+        side.execute("ALTER TABLE asks_away RENAME TO asks")
+        assert daemon.cli("clock", "--advance", "1h").returncode == 0
+        assert daemon.ask("approvals.get", {"id": ask["id"]})["end"] is None  # (no more)
+
+        task_id, ask = ended("And now?")
+        side.execute("ALTER TABLE asks_away RENAME TO asks")
+        assert daemon.cli("clock", "--advance", "1s").returncode == 0
+        gone = wait_until(lambda: (a := daemon.ask("approvals.get", {"id": ask["id"]}))[
+            "end"] is not None and a, 30, "the ask withdrawn")
+        assert (gone["end"], gone["by"]) == ("withdrawn", "corral"), gone
+    finally:
+        side.close()

@@ -24,6 +24,10 @@ log = logging.getLogger("corral.inbox")
 
 CORRAL = "corral"  # who ends an ask when no person does
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the home refused is tried again after
+# a task's end's withdrawal of its asks the home refused: tried this often in all, EXPIRE_RETRY
+# seconds apart at first, twice as long each time after (then pending until their deadlines
+# or the next start's sweep, decision 1087)
+WITHDRAW_TRIES = 5
 
 
 class AskEnded(NamedTuple):
@@ -49,6 +53,7 @@ class AskWaits:
         # ask id -> the futures of those waiting on its end, one each (none kept for an
         # ask no one waits on: a suspended task's, thousands of which may wait for days)
         self._waiters: dict[str, list[asyncio.Future[Ask]]] = {}
+        # ask id -> its deadline; task id -> its asks' withdrawal, to be tried again
         self._timers: dict[str, WaitTimer] = {}
         self._work: set[asyncio.Task[None]] = set()
         stream.subscribe(self._ended, AskEnded)
@@ -166,14 +171,25 @@ class AskWaits:
         if not self._by_task:
             self.stream.listen(self._ends, False)
         elif e.task.id in self._by_task:
-            # (asked now, with the end: written after)
-            self._spawn(self._withdrawn(e.task.home.asks.withdraw(e.task.id), e.task.id))
+            self._withdraw(e.task.home.asks, e.task.id, 1)
 
-    async def _withdrawn(self, withdrawal: Awaitable[list[Ask]], task_id: str) -> None:
+    def _withdraw(self, shelf: AskShelf, task_id: str, tries: int) -> None:
+        self._timers.pop(task_id, None)
+        # (asked now, with the end: written after)
+        self._spawn(self._withdrawn(shelf, shelf.withdraw(task_id), task_id, tries))
+
+    async def _withdrawn(self, shelf: AskShelf, withdrawal: Awaitable[list[Ask]],
+                         task_id: str, tries: int) -> None:
         try:
             await withdrawal
-        except Exception as exc:  # pending where kept: withdrawn at the next start
-            log.error("the asks of task %s could not be withdrawn (%s)", task_id, exc)
+        except Exception as exc:  # pending where kept meanwhile
+            delay = EXPIRE_RETRY * 2 ** (tries - 1) if tries < WITHDRAW_TRIES else None
+            log.error("the asks of task %s could not be withdrawn (%s); %s", task_id, exc,
+                      "pending until their deadlines or the next start" if delay is None
+                      else f"trying again in {delay:g} s")
+            if delay is not None:
+                self._timers[task_id] = self.clock.call_later(
+                    delay, partial(self._withdraw, shelf, task_id, tries + 1))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         kept(self._work, asyncio.get_running_loop().create_task(work))
