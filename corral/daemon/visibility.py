@@ -200,7 +200,8 @@ def _status_filter(result: Any, caller: Caller) -> Any:
     return _servers_filter("mcp_servers")(_replace(
         result, agents=[a for a in result.agents if caller.sees(a.name)],
         tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller),
-        cluster_slots=_seen_keys(result.cluster_slots, caller)), caller)
+        cluster_slots=_seen_keys(result.cluster_slots, caller),
+        cluster_replicas=_seen_keys(result.cluster_replicas, caller)), caller)
 
 
 def _stats_filter(result: Any, caller: Caller) -> Any:

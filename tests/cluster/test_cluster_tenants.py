@@ -112,12 +112,22 @@ def test_a_limited_callers_stats_name_only_the_cluster_agents_it_sees(
         # (a glob of no tenant names the default tenant's agents alone: issue 74)
         for name, limit in (("ta", ("--tenant", "a")),
                             ("ga", ("--tenant", "a", "--agents", "k[a]"))):
-            r = n.cli("token", "create", name, "--scope", "metrics:read", *limit)
+            r = n.cli("token", "create", name, "--scope", "metrics:read", "--scope",
+                      "agents:read", *limit)
             assert r.returncode == 0, r.stderr
             for stats in http_stats(base, r.stdout.strip()):
                 assert placed(stats) == {"ka"}, (name, stats["cluster"])
                 assert set(stats["agents"]) == {"ka"}, name
+            # and the status's cluster blocks: which of the node's replicas serve whose
+            with urllib.request.urlopen(urllib.request.Request(f"{base}/agents", headers={
+                    "Authorization": f"Bearer {r.stdout.strip()}"}), timeout=30) as got:
+                status = json.loads(got.read())
+            assert set(status["cluster_slots"]) == set(status["cluster_replicas"]) == {"ka"}, (
+                name, status["cluster_slots"], status["cluster_replicas"])
         assert placed(n.call("stats.get")) == {"ka", "kb"}
+        operator = n.call("agents.status")
+        assert set(operator["cluster_slots"]) == set(operator["cluster_replicas"]) == {
+            "ka", "kb"}
 
 
 @pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
