@@ -192,9 +192,11 @@ def test_a_replicas_label_as_status_prints_it_names_that_replica(tmp: Path) -> N
             == [0, 1]
         assert [a["replica"] for a in d.json("status", "hello", "hello#1")["agents"]] \
             == [0, 1]
-        r = d.cli("status", "hello#7")
-        assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello "
-                                               "has 2 replicas)\n")
+        for command in ("status", "pid"):
+            r = d.cli(command, "hello#7")
+            assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello "
+                                                   "has 2 replicas)\n"), command
+        assert d.cli("pid", "hello#1").stdout == f"{d.status()['hello#1']['pid']}\n"
         r = d.cli("status", "hello#x")
         assert (r.returncode, r.stderr) == (1, "corral: hello#x: the replica after '#' "
                                                "must be a number\n")

@@ -97,12 +97,9 @@ for _paused in (m.AgentsPause, m.AgentsResume):
 @click.argument("target", shell_complete=complete_agents)
 @pass_ctx
 def pid(obj: Ctx, target: str) -> None:
-    name, index = _target(target)
-    st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=[name]))
-    reps = [a for a in st.agents if index is None or a.replica == index]
-    if index is not None and not reps:
-        fail(f"no such replica: {target}")
-    pids = [a.pid for a in reps if a.pid]
+    _target(target)  # (a malformed one: a usage error)
+    st: m.AgentsStatusResult = obj.call(m.AgentsStatus(names=[target]))  # (NAME#N: its one)
+    pids = [a.pid for a in st.agents if a.pid]
     for p in pids:
         click.echo(p)
     if not pids:

@@ -76,12 +76,9 @@ def _targets(d: AgentServices, names: list[str], all_: bool) -> list[tuple[Agent
         return [(a, None) for a in d.agents.values()]
     if not names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one agent, or all")
-    return [_target(d, *_parsed(target)) for target in names]
-
-
-def _parsed(target: str) -> tuple[str, int | None]:
     with jsonrpc.invalid_params(ValueError):
-        return m.parse_target(target)
+        named = [m.parse_target(target) for target in names]
+    return [_target(d, n, i) for n, i in named]
 
 
 def _target(d: AgentServices, name: str, index: int | None) -> tuple[Agent, int | None]:
@@ -104,12 +101,12 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
 async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     placed = d.cluster.slots
-    named = [_parsed(target) for target in p.names]  # NAME, or NAME#N: one replica
+    with jsonrpc.invalid_params(ValueError):  # NAME, or NAME#N: one replica
+        named = [m.parse_target(target) for target in p.names]
     # a cluster agent with no slot on this node is named all the same: its slots are elsewhere
     targets = [_target(d, n, i) for n, i in named if n in d.agents or n not in placed]
     agents = list({a.name: a for a, _ in targets}.values()) if p.names \
         else list(d.agents.values())
-    whole = {a.name for a, i in targets if i is None}
     shown = {(a.name, i) for a, i in targets}
     slots = {n: [s.split("/", 1)[0] if s else None for s in placed[n]]
              for n in ([n for n, _ in named] or sorted(placed)) if n in placed}
@@ -127,8 +124,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
     return m.AgentsStatusResult(
         agents=wire([_status(d, r, draining) for a in agents
                      for draining, rs in ((False, a.replicas), (True, a.draining))
-                     for r in rs if not p.names or a.name in whole
-                     or (a.name, r.index) in shown]),
+                     for r in rs if not p.names or shown & {(a.name, None), (a.name, r.index)}]),
         mcp_servers=wire(servers),
         tasks=wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
@@ -396,8 +392,8 @@ async def agents_rollback(d: AgentServices, p: m.AgentsRollback, caller: Caller,
 @implements(m.AgentsWatch)
 async def agents_watch(d: AgentServices, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away."""
-    for name, index in map(_parsed, p.names):
-        if index is not None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"{name}#{index}: a watch is of whole "
-                                                   f"agents: name {name}")
+    with jsonrpc.invalid_params(ValueError):
+        for name, index in map(m.parse_target, p.names):
+            if index is not None:
+                raise ValueError(f"{name}#{index}: a watch is of whole agents: name {name}")
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)

@@ -343,9 +343,8 @@ class HttpTransport:
         return False
 
     def _answered(self, data: bytes, rid: jsonrpc.Id) -> bool:
-        """Feed a message of `rid`'s answer (its POST's body or stream); True once the
-        answer went by. One not UTF-8 is that answer's error, as a stdio server's is
-        (decision 1086): its envelope may be what is not, and the peer cannot tell whose."""
+        """Feed a message of `rid`'s answer (its POST's body or stream); True once it went by.
+        One not UTF-8 is the answer's error (decision 1086): the peer cannot tell whose."""
         why = jsonrpc.not_utf8(data)
         if why is not None:
             self.feed(jsonrpc.encode(jsonrpc.ErrorResponse(rid, jsonrpc.ErrorObject(

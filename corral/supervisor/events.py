@@ -102,8 +102,7 @@ def seen_by(of: Of, viewer: Viewer) -> bool:
 
 @runtime_checkable
 class Audience(Protocol):
-    """A follower's channel that sends each event on to readers of its own (the HTTP
-    events stream's ring): how many of them `d` reaches, each a subscriber."""
+    """A follower's channel with readers of its own (the HTTP stream's ring): those `d` reaches."""
 
     def reach(self, d: Delivery, encoded: bytes) -> int: ...
 

@@ -200,8 +200,7 @@ class EventRing:
         self.due.set()
 
     def reach(self, d: Delivery, encoded: bytes) -> int:
-        """The live readers `d` will be sent (supervisor.events.Audience): each a
-        subscriber of the bus, counted by its publish's answer."""
+        """The live readers `d` will be sent, each a subscriber of the bus (its Audience)."""
         of = agent_of(encoded)
         return sum(not r.gone and r.takes(d.topic, d.tenant, of) for r in self.readers)
 

@@ -24,9 +24,8 @@ log = logging.getLogger("corral.inbox")
 
 CORRAL = "corral"  # who ends an ask when no person does
 EXPIRE_RETRY = 1.0  # seconds: a deadline's end the home refused is tried again after
-# a task's end's withdrawal of its asks the home refused: tried this often in all, EXPIRE_RETRY
-# seconds apart at first, twice as long each time after (then pending until their deadlines
-# or the next start's sweep, decision 1087)
+# tries of a task's end's withdrawal of its asks, EXPIRE_RETRY s apart then twice as long each
+# time; then pending until their deadlines or the next start's sweep (decision 1087)
 WITHDRAW_TRIES = 5
 
 
