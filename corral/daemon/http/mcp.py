@@ -18,11 +18,14 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.hdrs import CONTENT_TYPE
+from multidict import CIMultiDict
+from yarl import URL
 
 from ... import jsonrpc
 from ...jsonrpc import Envelope, ErrorResponse, Id, Response, RpcError
@@ -40,7 +43,7 @@ from ..mcptasks import AGENTS_VIEW
 from ..models.answers import Exchange, WrittenResponse
 from ..models.lean import LeanConnection
 from .mcpsessions import SessionsFull, SessionTable
-from .server import HttpConnection, HttpRunner, Refusals, held_across_upgrade
+from .server import HttpRunner, Refusals, held_across_upgrade
 
 if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
@@ -246,9 +249,9 @@ class HttpGateway:
         app = web.Application(client_max_size=MAX_BODY)
         self.mount(app)
         # a client that goes away cancels its handler, and so its call upstream; the
-        # model calls of the common shape are served lean (models/lean.py)
-        self._runner = HttpRunner(app, self.refused, HttpConnection if self.models is None
-                                  else partial(LeanConnection, models=self.models),
+        # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py)
+        self._runner = HttpRunner(app, self.refused,
+                                  partial(LeanConnection, models=self.models, mcp=self),
                                   handle_signals=False, access_log=None,
                                   handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
@@ -424,6 +427,22 @@ class HttpGateway:
         sess.last_seen = time.monotonic()
         return sess
 
+    async def lean(self, ex: Exchange) -> bool:
+        """A POST of /mcp that models/lean.py read, answered as aiohttp's is (aiohttp's
+        request and response machinery was a fifth of the daemon's CPU a tools/call); False,
+        nothing done, for one answered with a stream: aiohttp's to serve, as it came."""
+        try:
+            resp = await self.post(cast(web.Request, LeanRequest(ex)))
+        except _Streams:
+            return False
+        except web.HTTPException as exc:
+            resp = exc
+        if isinstance(resp, web.Response):  # (an error, or a 202: not written yet)
+            ex.answer(resp.status, resp.headers.get(CONTENT_TYPE, resp.content_type),
+                      resp.body if isinstance(resp.body, bytes) else b"",
+                      {k: v for k, v in resp.headers.items() if k != CONTENT_TYPE})
+        return True
+
     async def post(self, request: web.Request) -> web.StreamResponse:
         ident = self._who(request)
         body = await request.read()
@@ -465,7 +484,8 @@ class HttpGateway:
             # request for input asked of the client) keeps its stream for them
             return await self._stream_answer(request, sess, first, headers)
         answers: list[Any] = []
-        await _settled([t for e in envs if (t := sess.mcp.receive(e, answers.append))])
+        calls = (sess.mcp.receive(e, answers.append) for e in envs)
+        await _settled([t for t in calls if t is not None])
         answers = [a for a in answers if isinstance(a, Response | ErrorResponse)]
         if batch:
             return _json(request, answers, 200, headers)
@@ -490,7 +510,8 @@ class HttpGateway:
             return await self._stream_answer(request, sess, env, {})
         answers: list[Any] = []
         task = sess.mcp.receive(env, answers.append)
-        await _settled([task] if task is not None else [])
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
         answer = next((a for a in answers if isinstance(a, Response | ErrorResponse)), None)
         if answer is None:  # cancelled meanwhile: nothing to say
             return web.Response(status=202)
@@ -502,6 +523,8 @@ class HttpGateway:
                       ) -> web.StreamResponse:
         """subscriptions/listen: an SSE stream held open until the client goes away, held
         as one of the client's sessions (bounded as they are, and busy while open)."""
+        if isinstance(request, LeanRequest):
+            raise _Streams
         sess = self._new_session(ident)
         assert sess.id is not None
         try:
@@ -528,6 +551,9 @@ class HttpGateway:
         """An SSE stream once the call says something before its answer, else its answer
         as JSON: one body, which clients that refuse an SSE event over 1 MiB (the
         official SDK, fastmcp) read whatever its size."""
+        if isinstance(request, LeanRequest):  # (a session initialize made: made again there)
+            self._end(headers.get(SESSION_HEADER, ""))
+            raise _Streams
         stream = SseStream(f"post-{secrets.token_hex(6)}")
         first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -630,6 +656,39 @@ class HttpGateway:
                                   "resource_name": "corral MCP gateway"})
 
 
+class _Streams(Exception):
+    """A POST read lean that is answered with a stream (aiohttp's, as it came)."""
+
+
+class LeanRequest:
+    """What of aiohttp's request the handlers read, of a POST of /mcp models/lean.py read."""
+
+    match_info: dict[str, str] = {}
+    path = ENDPOINT
+    version = HttpVersion11
+    keep_alive = True
+
+    def __init__(self, ex: Exchange) -> None:
+        self.headers = CIMultiDict(ex.headers)
+        self.query = ex.query
+        self.transport = ex.transport
+        self.protocol = ex.conn
+        self.raw = ex.raw or b""
+
+    async def read(self) -> bytes:
+        return self.raw
+
+    @property
+    def url(self) -> URL:
+        """Its origin (a 401's metadata address), as its Host header names it."""
+        tls = self.transport.get_extra_info("sslcontext") is not None
+        try:
+            return URL.build(scheme="https" if tls else "http",
+                             authority=self.headers.get("Host", "localhost"))
+        except ValueError:
+            return URL("http://localhost")
+
+
 def _origin(request: web.Request) -> str:
     """As the client addressed it: the gateway may be served at several addresses."""
     return str(request.url.origin())
@@ -656,6 +715,9 @@ async def _settled(tasks: list[asyncio.Task[Any]]) -> None:
     try:
         await tasks[0]
     except BaseException:
+        # the call's exception holds this frame now, and the task it: let go of the task
+        # (held, the cycle kept a call's params until the collector ran: 2 MB names, 60 MB)
+        tasks.clear()
         if asyncio.current_task().cancelling():  # type: ignore[union-attr]
             raise
 

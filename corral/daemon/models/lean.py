@@ -21,23 +21,29 @@ from .answers import Exchange
 from .wire import ENDPOINTS, Endpoint
 
 if TYPE_CHECKING:
+    from ..http.mcp import HttpGateway
     from .gateway import ModelGateway
 
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
 _PATHS = {e.path.encode(): e for e in ENDPOINTS}
+MCP = b"/mcp"  # the MCP gateway's POST, answered lean unless it streams (http/mcp.py)
 log = logging.getLogger("corral.gateway.http")
 
 
 class LeanConnection(HttpConnection):
-    """The hardened connection (http/server.py), its model calls of the common shape
-    answered here, one at a time (a request pipelined behind one waits in `_held` for its
-    answer); a head it does not take (past MAX_FIELD or MAX_HEADERS too) is aiohttp's."""
+    """The hardened connection (http/server.py), its model calls of the common shape and
+    the MCP gateway's POSTs answered whole (http/mcp.py) answered here, one at a time (a
+    request pipelined behind one waits in `_held` for its answer); a head it does not
+    take (past MAX_FIELD or MAX_HEADERS too) is aiohttp's."""
 
-    __slots__ = ("_call", "_held", "_lean", "_models")
+    __slots__ = ("_call", "_held", "_lean", "_mcp", "_mcp_call", "_models")
 
-    def __init__(self, manager: web.Server, models: ModelGateway, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, models: ModelGateway | None, mcp: HttpGateway,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._models = models
+        self._mcp = mcp
+        self._mcp_call = False  # the call answering is of /mcp: its client's end cancels it
         self._lean = True  # until a request of another shape: aiohttp's to the end
         self._held = b""
         self._call: asyncio.Task[None] | None = None
@@ -66,45 +72,60 @@ class LeanConnection(HttpConnection):
         start = end + 4
         if len(held) < start + length:
             return  # (its body's bytes still to come)
+        if endpoint is not None and self._models is None:
+            return self._hand_over()
         self._close = headers.get("connection", "").lower() == "close"  # after its answer
         self._held = held[start + length:]
-        self._request_in_progress = True
-        self._models.lean += 1
+        self._request_in_progress, self._mcp_call = True, endpoint is None
         assert self.transport is not None
         query = path.partition("?")[2]  # (a repeated name: its first value, as aiohttp's)
         ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
             query, keep_blank_values=True))) if query else {}, held[start:start + length])
-        self._call = self._loop.create_task(self._serve(ex, endpoint))
+        self._call = self._loop.create_task(self._serve(
+            ex, endpoint, held[:start + length] if endpoint is None else b""))
 
     def _hand_over(self) -> None:
         self._lean = False
         held, self._held = self._held, b""
         super().data_received(held)
 
-    async def _serve(self, ex: Exchange, endpoint: Endpoint) -> None:
+    async def _serve(self, ex: Exchange, endpoint: Endpoint | None, raw: bytes) -> None:
+        streams = False  # a POST of /mcp answered with a stream: aiohttp's, as it came
         try:
-            made = await self._models.admit(ex, endpoint)
-            if made is not None:
-                await made
+            if endpoint is None:
+                streams = not await self._mcp.lean(ex)
+            elif self._models is not None:
+                self._models.lean += 1
+                made = await self._models.admit(ex, endpoint)
+                if made is not None:
+                    await made
         except Exception:  # a defect: its traceback, and the connection's end
-            log.exception("the model call on %s failed", endpoint.path)
+            log.exception("the call on %s failed", endpoint.path if endpoint else "/mcp")
             self.force_close()
         finally:
             self._request_in_progress, self._call = False, None
             waiter = self._handler_waiter  # (aiohttp's shutdown waits for it)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-            if self._close or self._force_close:
+            if self._buffer_paused:
+                self._resume_reading_for_buffer()
+            if streams:
+                self._held = raw + self._held
+                self._hand_over()
+            elif self._close or self._force_close:
                 ex.transport.close()
             else:
-                if self._buffer_paused:
-                    self._resume_reading_for_buffer()
                 self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
                 if self._keepalive_handle is None and self._keepalive_timeout > 0:
                     self._keepalive_handle = self._loop.call_at(
                         self._next_keepalive_close_time, self._process_keepalive)
                 if self._held:
                     self._next()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._call is not None and self._mcp_call:  # (as aiohttp's handler would be)
+            self._call.cancel()
 
     def _process_keepalive(self) -> None:
         if self._lean and self._request_in_progress:  # answering: not idle
@@ -113,13 +134,15 @@ class LeanConnection(HttpConnection):
         super()._process_keepalive()
 
 
-def _head(head: bytes) -> tuple[Endpoint, str, dict[str, str], int] | None:
-    """A model call's request line and headers, or None when not of the common shape."""
+def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | None:
+    """A model call's request line and headers (None its endpoint: a POST of /mcp), or
+    None when not of the common shape."""
     lines = head.split(b"\r\n")
     method, _, rest = lines[0].partition(b" ")
     target, _, version = rest.partition(b" ")
-    endpoint = _PATHS.get(target.partition(b"?")[0])
-    if method != b"POST" or version != b"HTTP/1.1" or endpoint is None \
+    path = target.partition(b"?")[0]
+    endpoint = _PATHS.get(path)
+    if method != b"POST" or version != b"HTTP/1.1" or (endpoint is None and path != MCP) \
             or len(lines) > MAX_HEADERS or len(lines[0]) > MAX_FIELD:
         return None
     headers: dict[str, str] = {}
