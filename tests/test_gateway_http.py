@@ -226,6 +226,52 @@ async def test_a_call_that_asked_for_progress_and_got_none_is_answered_as_json(
     assert r.json()["result"]["content"] == [{"type": "text", "text": "x"}]
 
 
+async def test_posts_are_answered_lean_until_one_streams_then_by_aiohttp(
+        daemon: Daemon) -> None:
+    """On the gateway's own site a POST of /mcp is read and answered without aiohttp's
+    request and response (models/lean.py: no Server header of aiohttp's) until one is
+    answered with a stream: that one is handed to aiohttp as it came, and every later one
+    of its connection is aiohttp's. Each is answered alike either way."""
+    sse = {"Accept": "application/json, text/event-stream"}
+    limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx2.AsyncClient(limits=limits, timeout=30) as c:
+        async def post(msg: dict[str, Any], **headers: str) -> Any:
+            return await c.post(url(daemon), json={"jsonrpc": "2.0", **msg},
+                                headers={**sse, **headers})
+
+        init = {"id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}
+        r = await post(init)
+        origin = url(daemon).removesuffix("/mcp")
+        assert (r.status_code, r.text, r.headers["WWW-Authenticate"]) == (
+            401, "no bearer token", f'Bearer resource_metadata="{origin}/.well-known/'
+                                    'oauth-protected-resource/mcp"')
+        assert "Server" not in r.headers, r.headers
+        auth = {"Authorization": f"Bearer {FULL}"}
+        r = await post(init, **auth)
+        assert r.status_code == 200 and "Server" not in r.headers, r.headers
+        assert r.json()["result"]["serverInfo"]["name"] == "corral"
+        auth["Mcp-Session-Id"] = r.headers["Mcp-Session-Id"]
+        r = await post({"method": "notifications/initialized"}, **auth)
+        assert r.status_code == 202 and "Server" not in r.headers, r.headers
+        r = await post({"id": 2, "method": "tools/call", "params": {
+            "name": "sc__progress", "arguments": {"steps": 2},
+            "_meta": {"progressToken": "p"}}}, **auth)
+        assert r.headers["Content-Type"] == "text/event-stream", r.headers
+        assert r.headers["Server"].startswith("Python/"), r.headers
+        events = [json.loads(line[5:]) for line in r.text.splitlines()
+                  if line.startswith("data:")]
+        assert [e.get("params", {}).get("progress") for e in events] == [1, 2, None]
+        assert events[-1]["result"]["content"] == [{"type": "text", "text": "done"}]
+        # (the same connection, aiohttp's now: its 202 is aiohttp's own response)
+        r = await post({"method": "notifications/initialized"}, **auth)
+        assert r.status_code == 202 and r.headers["Server"].startswith("Python/"), r.headers
+        r = await post({"id": 3, "method": "tools/call", "params": {
+            "name": "sc__echo", "arguments": {"text": "after"}}}, **auth)
+        assert r.json()["result"]["content"] == [{"type": "text", "text": "after"}]
+
+
 def in_flight(d: Daemon, name: str) -> int:
     st = {s["name"]: s for s in d.json("mcp", "status")["mcp_servers"]}
     n: int = st[name]["in_flight"]
