@@ -162,3 +162,29 @@ async def test_a_head_lean_does_not_take_is_aiohttps_to_refuse(
             assert await asyncio.wait_for(wire.reader.read(), 60) == b""  # (closed)
             wire.writer.close()
         assert upstream.calls() == made
+
+
+async def test_a_stream_of_no_task_cut_after_its_last_event_counts_the_text_that_passed(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
+    """A call of no task whose stream comes in one write, its last event too but no usage,
+    then its connection closed before the chunked end: the agent has every event but the
+    last, its stream cut; the call is counted `cut`, at its request's estimate in and the
+    text that passed out (a token a delta at least, one for every four bytes: the role's
+    1, "echo: " 2, "endcut" 2, the stop's 1). Fails with that read's text, read for the
+    count only when it is needed, not read."""
+    async with in_process(tmp_path, fleet(upstream.url)) as d:
+        token = await token_of(d)
+        before = d.services.gateway_status()["models"]["models"]["m"]
+        wire = await connected(d)
+        request = post(CHAT, chat("endcut", stream=True), token)
+        wire.writer.write(request)
+        got = await asyncio.wait_for(wire.reader.read(), 60)  # (to the connection's end)
+        wire.writer.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), got
+        assert b"echo: " in body and b"endcut" in body and b'"finish_reason": "stop"' in body
+        assert b"[DONE]" not in body and not body.endswith(b"0\r\n\r\n"), body
+        stats = d.services.gateway_status()["models"]["models"]["m"]
+        sent = len(request.partition(b"\r\n\r\n")[2])
+        assert (stats["cut"] - before["cut"], stats["input_tokens"] - before["input_tokens"],
+                stats["output_tokens"] - before["output_tokens"]) == (1, -(-sent // 4), 6)

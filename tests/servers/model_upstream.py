@@ -6,6 +6,8 @@ sent, the body) so that a test can count the calls that really reached it.
 
 What the last user message says steers it:
 - `cut`: a stream cut after its first events (the connection closed mid-body);
+- `endcut`: a stream's every event but its usage in one write, then its connection closed
+  before the chunked end;
 - `stall`: a stream that stops after its first three events, its connection kept open
   (a caller's timeout ends it);
 - `slow`: no answer at all, its connection kept open (a caller's timeout ends it);
@@ -247,6 +249,14 @@ class StandIn:
             return web.Response(status=503)
         if text == "half":
             return await self._half(request)
+        if body.get("stream") and text == "endcut":  # all but usage in one write, then
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)  # closed before the chunked end
+            await response.write(b"".join(e for e in api.events(model, f"echo: {text}", body)
+                                          if b'"usage"' not in e))
+            assert request.transport is not None
+            request.transport.close()
+            return response
         if body.get("stream"):
             return await self._stream(request, api.events(model, f"echo: {text}", body),
                                       text == "cut", text == "stall")

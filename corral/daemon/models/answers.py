@@ -186,71 +186,89 @@ class Relay:
         # the stream as it came, for a task's journal (a call of no task keeps none)
         self.recorded: list[bytes] | None = [] if record else None
         self.held = b""  # the last event, and anything after it
-        self.gone = False  # the agent hung up: nothing more is written to it
+        # the data of the deltas of the read with the last event: read when needed alone
+        self.unread: list[bytes | None] = []
+        self.gone = False  # nothing more is written to the agent: it hung up, or it ended
 
     async def run(self) -> AnswerRecord | None:
-        """Every event but the last passed on; the whole stream recorded (when it is);
-        StreamCut when it ends without its last event."""
+        """Every event but the last passed on (when not recorded, the last too, with the
+        end); the whole stream recorded (when it is); StreamCut when it has no last event."""
+        answer, out, rest = self.answer, b"", b""
         await self._write(None)
-        if not self.answer.at_hand():  # none of it yet: the head now, as the upstream's came
-            await self._write(b"")
-        rest = b""
         try:
-            async for chunk in self.answer.chunks():
+            chunk = answer.ready()
+            if not chunk:  # none of it yet: the head now, as the upstream's came
+                await self._write(b"")
+            while True:
                 if self.recorded is not None:
                     self.recorded.append(chunk)
-                if self.held:
-                    self.held += chunk  # past the last event: kept with it
-                    continue
                 rest += chunk
-                end = rest.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                events, rest = rest[:end + 2], rest[end + 2:]
-                await self._pass(events)
+                end = rest.rfind(b"\n\n") + 2
+                if end > 1 and not self.held:
+                    out += self._pass(rest[:end])
+                    rest = rest[end:]
+                if answer.ended:
+                    break
+                if out:  # (all that came at once in one write, before a wait)
+                    await self._write(out)
+                    out = b""
+                await answer.more()
+                chunk = answer.ready()
         except UpstreamFailed as exc:
             raise StreamCut(f"the upstream's stream failed: {exc}") from None
+        finally:  # (what passed is counted only when the upstream did not say it)
+            if not (answer.ended and self.usage.said):
+                self._passed()
         if not self.held:
             raise StreamCut("the upstream's stream ended before its last event")
         self.usage.complete = True
         self.held = hidden(self.held + rest, self.key)
-        if self.recorded is None:
+        if self.recorded is None:  # (no journal to wait for)
+            await self._write(out + self.held, end=True)
             return None
+        await self._write(out)
         return AnswerRecord(self.answer.status, SSE, hidden(b"".join(self.recorded),
                                                             self.key).decode(errors="replace"))
 
-    async def _pass(self, events: bytes) -> None:
-        """Complete events: usage read from each, passed on up to the last one (a key
-        quoted is within one event: hidden here whole)."""
+    def _pass(self, events: bytes) -> bytes:
+        """Complete events read for usage and text; what is passed on, up to the last
+        event (held from there: a key quoted is within one event, hidden here whole)."""
         events = hidden(events, self.key)
-        start = 0
-        while start < len(events):
-            end = events.find(b"\n\n", start) + 2
-            event = events[start:end]
+        usage, start = self.usage, 0
+        for event in events.split(b"\n\n")[:-1]:
             kind, data = event_fields(event)
-            body = _data_of(event, data)
-            if body is not None and (b'"usage"' in event or b'"model"' in event):
-                self.usage.read(body)
-            text = text_in(body) if b"delta" in event else None
-            self.usage.passed_event(event, text)  # (what a cut stream is counted by)
+            if b'"usage"' in event or (usage.model is None and b'"model"' in event):
+                usage.read(_data_of(data))
+            if b"delta" in event:  # (an event adding to the answer, in each format)
+                self.unread.append(data)
+            if is_last(self.fmt, kind, data):
+                self.held, events = events[start:], events[:start]
+                break
+            start += len(event) + 2
+        if not self.held or self.on_text is not None:
+            self._passed()
+        return events
+
+    def _passed(self) -> None:
+        """The text of `unread` told and counted (what a cut stream is counted by)."""
+        for data in self.unread:
+            text = text_in(_data_of(data))
+            self.usage.passed_text(text)
             if self.on_text is not None and text is not None:
                 self.on_text(text)
-            if is_last(self.fmt, kind, data):
-                if start:
-                    await self._write(events[:start])
-                self.held = events[start:]
-                return
-            start = end
-        await self._write(events)
+        self.unread.clear()
 
-    async def _write(self, data: bytes | None) -> None:
-        """`data` written to the agent (None: the answer's head), unless it hung up."""
+    async def _write(self, data: bytes | None, end: bool = False) -> None:
+        """`data` written to the agent (None: the answer's head), `end`ing the stream."""
         if self.gone:
             return
         try:
             if data is None:
                 await self.ex.begin(self.answer.status, hidden_headers(
                     passed_back(self.answer.headers), self.key))
+            elif end:
+                self.gone = True
+                await self.ex.end(data)
             else:
                 await self.ex.write(data)
         except ConnectionResetError:  # (aiohttp's ClientConnectionResetError is one)
@@ -258,21 +276,13 @@ class Relay:
 
     async def finish(self) -> None:
         """The held last event written and the stream ended, in one write."""
-        if not self.gone:
-            try:
-                await self.ex.end(self.held)
-            except ConnectionResetError:
-                self.gone = True
+        await self._write(self.held, end=True)
 
 
-def _data_of(event: bytes, data: bytes | None) -> Any:
-    """An event's data decoded, once, when it may say usage or add text (else None, and
-    None when it is not JSON)."""
-    if data is None or data == b"[DONE]" or not (
-            b"delta" in event or b'"usage"' in event or b'"model"' in event):
-        return None
+def _data_of(data: bytes | None) -> Any:
+    """An event's data decoded (None when it is not JSON)."""
     try:
-        return _decode.decode(data)
+        return _decode.decode(data or b"")
     except msgspec.DecodeError:
         return None
 

@@ -270,8 +270,8 @@ class ModelGateway:
         # an agent's name is its tenant's caller's to choose: a glob naming agents (not
         # `*`) names the model's own tenant's, so that a tenant's agent named to fit a
         # shared model's `ops-*` uses it no more than an unnamed one
-        if not any(fnmatchcase(replica.name, glob)
-                   and (glob == "*" or tenant == spec.tenant) for glob in spec.agents):
+        if not any(glob == "*" or (tenant == spec.tenant and fnmatchcase(replica.name, glob))
+                   for glob in spec.agents):
             counter.refused += 1
             raise ModelRefusal(403, f"model {name} is not for agent {replica.name} "
                                     f"(models.{name}.agents: {', '.join(spec.agents)})")
@@ -331,11 +331,7 @@ class ModelGateway:
         usage, start = CallUsage(), time.time()
 
         async def live(idempotency: str | None = None) -> Any:  # (its key: steps.py)
-            # a call waiting for a person holds none of its budgets meanwhile; approved,
-            # it is judged again (asked no one, at once: no await between the two)
-            call.reservation.release()
             await self._approved(ex, call)
-            self._reserve(call)
             try:
                 made.append(await self._live(ex, call, usage, idempotency))
                 kept = made[-1]
@@ -408,6 +404,7 @@ class ModelGateway:
         if why is None:
             return
         asked = subject(call.name, call.endpoint.path, cost, why)
+        call.reservation.release()  # (a call waiting for a person holds none of its budgets)
         ask: Ask
         if task is None:
             # the replica's: its incarnation asks, the call waiting meanwhile
@@ -426,7 +423,7 @@ class ModelGateway:
             if ex.gone():
                 raise ModelRefusal(409, f"model call {call.name} was approved after its "
                                         f"agent hung up: not made (ask {ask.id})")
-            return
+            return self._reserve(call)  # (judged again, at once: no await between)
         words = not_approved(ask, f"model call {call.name}", policy.timeout)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if how == "fail" and ask.end is not AskEnd.WITHDRAWN and task is not None:

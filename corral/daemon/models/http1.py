@@ -11,7 +11,6 @@ import asyncio
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -101,136 +100,131 @@ class _Wire(asyncio.Protocol):
         self._wake()
 
 
+# a chunked body's states, each named by what is read in it (said when the body is cut)
+_SIZE, _CHUNK, _CHUNK_END, _TRAILERS = ("a chunk's size", "a chunk", "a chunk's end",
+                                        "its trailers")
+
+
 class UpstreamAnswer:
     """An answer's status and headers (names lowercased), its body read whole (`read`) or
-    as it comes (`chunks`); `release` gives the connection back, or ends it mid-body."""
+    as it comes (`ready`, then `more`) to where its Content-Length, its chunked encoding
+    or the connection's end says; `release` gives the connection back, or ends it."""
 
     def __init__(self, client: UpstreamClient, origin: str, wire: _Wire, status: int,
                  headers: dict[str, str], timer: asyncio.TimerHandle) -> None:
         self.status = status
         self.headers = headers
         self._client, self._origin, self._wire, self._timer = client, origin, wire, timer
-        self._framing = _Framing(status, headers, wire)
-        self._done = False
+        self._decoder: zlib._Decompress | None = None
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
         self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
-
-    def at_hand(self) -> bool:
-        """Whether some of the body has come already (read without a wait)."""
-        return bool(self._wire.buffer) or self._framing.length == 0
-
-    async def read(self) -> bytes:
-        framing, wire = self._framing, self._wire
-        if 0 <= framing.length <= min(len(wire.buffer), MAX_ANSWER) \
-                and "content-encoding" not in self.headers:  # (come whole: most answers)
-            self._done, self.received = True, framing.length
-            return wire.take(framing.length)
-        return b"".join([chunk async for chunk in self.chunks()])
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's bytes as they arrive, decoded as its Content-Encoding says."""
-        decoder = _decoder(self.headers.get("content-encoding", "identity"))
-        total = 0
-        async for raw in self._framing.parts():
-            chunk = decoder.decompress(raw, MAX_ANSWER + 1 - total) if decoder else raw
-            total += len(chunk)
-            self.received = total
-            if total > MAX_ANSWER:
-                raise UpstreamFailed(f"the upstream's answer is over MAX_ANSWER "
-                                     f"({MAX_ANSWER} bytes)")
-            if chunk:
-                yield chunk
-        self._done = True
-
-    def release(self) -> None:
-        self._timer.cancel()
-        wire = self._wire
-        reusable = self._done and not self._framing.to_close and wire.closed is None
-        if reusable and not wire.buffer:
-            self._client.keep(self._origin, wire)
-        elif wire.transport is not None:
-            wire.transport.abort()
-
-
-class _Framing:
-    """Where an answer's body ends: its Content-Length, its chunked encoding, or the
-    connection's end."""
-
-    def __init__(self, status: int, headers: dict[str, str], wire: _Wire) -> None:
-        self.wire = wire
         self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self.state = _SIZE
         length = headers.get("content-length")
         self.to_close = headers.get("connection", "").lower() == "close"
         if status in (204, 304):
             length = "0"
         if self.chunked or length is None:
-            self.length = -1
+            self.left = -1  # (chunked: the chunk's bytes left, once in one)
             self.to_close = self.to_close or not self.chunked
         elif length.isdigit() and len(length) < 19:
-            self.length = int(length)
+            self.left = int(length)
         else:
             raise UpstreamFailed(f"the upstream's Content-Length {length[:40]!r} is not a "
                                  "number")
+        self.ended = self.left == 0
 
-    async def parts(self) -> AsyncIterator[bytes]:
-        if self.chunked:
-            async for part in self._chunked():
-                yield part
-            return
-        wire, left = self.wire, self.length
-        while left:
-            if not wire.buffer:
-                try:
-                    await wire.more()
-                except UpstreamFailed:
-                    if wire.expired:
-                        raise
-                    if left < 0:  # a body to the connection's end: this is its end
-                        return
-                    raise UpstreamFailed("the upstream's answer ended before its "
-                                         "Content-Length") from None
-            part = wire.take(len(wire.buffer) if left < 0 else left)
-            left -= len(part) if left > 0 else 0
-            yield part
+    async def read(self) -> bytes:
+        wire = self._wire
+        if 0 <= self.left <= min(len(wire.buffer), MAX_ANSWER) and not self.chunked \
+                and "content-encoding" not in self.headers:  # (come whole: most answers)
+            self.ended, self.received = True, self.left
+            return wire.take(self.left)
+        parts = [self.ready()]
+        while not self.ended:
+            await self.more()
+            parts.append(self.ready())
+        return b"".join(parts)
 
-    async def _chunked(self) -> AsyncIterator[bytes]:
-        wire = self.wire
-        while True:
-            line = await _line(wire, "a chunk's size")
+    def ready(self) -> bytes:
+        """The body's bytes at hand (b"": none yet), decoded as its Content-Encoding says;
+        `ended` once its end is read."""
+        chunk = self._framed()
+        if "content-encoding" in self.headers:  # (asked for identity: seldom)
+            self._decoder = self._decoder or _decoder(self.headers["content-encoding"])
+            if self._decoder is not None:
+                chunk = self._decoder.decompress(chunk, MAX_ANSWER + 1 - self.received)
+        self.received += len(chunk)
+        if self.received > MAX_ANSWER:
+            self.to_close = True  # (its end may have been read: not kept all the same)
+            raise UpstreamFailed(f"the upstream's answer is over MAX_ANSWER "
+                                 f"({MAX_ANSWER} bytes)")
+        return chunk
+
+    def _framed(self) -> bytes:
+        wire = self._wire
+        if not self.chunked:  # (to the close: all there is; ended, none)
+            part = wire.take(len(wire.buffer) if self.left < 0 else self.left)
+            if self.left > 0:
+                self.left -= len(part)
+                self.ended = not self.left
+            return part
+        parts = []
+        while wire.buffer and not self.ended:
+            if self.state is _CHUNK:
+                parts.append(wire.take(self.left))
+                self.left -= len(parts[-1])
+                self.state = _CHUNK if self.left else _CHUNK_END
+                continue
+            end = wire.buffer.find(b"\r\n")
+            if end < 0:
+                if len(wire.buffer) > MAX_HEAD:
+                    raise UpstreamFailed(f"the upstream's line in {self.state} is over "
+                                         f"MAX_HEAD ({MAX_HEAD} bytes)")
+                break
+            self._line(wire.take(end + 2)[:-2])
+        return b"".join(parts)
+
+    def _line(self, line: bytes) -> None:
+        if self.state is _SIZE:
             size_text = line.split(b";", 1)[0].strip()
             try:
-                size = int(size_text, 16)
+                self.left = int(size_text, 16)
             except ValueError:
                 raise UpstreamFailed(f"the upstream's chunk size {size_text[:20]!r} is "
                                      "not hexadecimal") from None
-            if size == 0:
-                while await _line(wire, "its trailers"):
-                    pass
-                return
-            while size:
-                while not wire.buffer:
-                    await _more(wire, "a chunk")
-                part = wire.take(min(size, len(wire.buffer)))
-                size -= len(part)
-                yield part
-            if await _line(wire, "a chunk's end"):
+            self.state = _CHUNK if self.left else _TRAILERS
+        elif self.state is _CHUNK_END:
+            if line:
                 raise UpstreamFailed("the upstream's chunk is longer than its size")
+            self.state = _SIZE
+        else:
+            self.ended = not line  # (the empty line after its trailers)
 
+    async def more(self) -> None:
+        """Until bytes arrive: UpstreamFailed naming where the body was cut, unless it is
+        to the connection's end and that was it."""
+        try:
+            await self._wire.more()
+        except UpstreamFailed as exc:
+            if self.chunked:
+                raise UpstreamFailed(f"the upstream's answer was cut in {self.state} "
+                                     f"({exc})") from None
+            if self._wire.expired:
+                raise
+            if self.left >= 0:
+                raise UpstreamFailed("the upstream's answer ended before its "
+                                     "Content-Length") from None
+            self.ended = True
 
-async def _more(wire: _Wire, what: str) -> None:
-    try:
-        await wire.more()
-    except UpstreamFailed as exc:
-        raise UpstreamFailed(f"the upstream's answer was cut in {what} ({exc})") from None
-
-
-async def _line(wire: _Wire, what: str) -> bytes:
-    while (end := wire.buffer.find(b"\r\n")) < 0:
-        if len(wire.buffer) > MAX_HEAD:
-            raise UpstreamFailed(f"the upstream's line in {what} is over MAX_HEAD "
-                                 f"({MAX_HEAD} bytes)")
-        await _more(wire, what)
-    return wire.take(end + 2)[:-2]
+    def release(self) -> None:
+        self._timer.cancel()
+        wire = self._wire
+        reusable = self.ended and not self.to_close and wire.closed is None
+        if reusable and not wire.buffer:
+            self._client.keep(self._origin, wire)
+        elif wire.transport is not None:
+            wire.transport.abort()
 
 
 def _decoder(encoding: str) -> zlib._Decompress | None:

@@ -31,11 +31,10 @@ class CallUsage:
         self.passed = 0
         self.unanswered = 0  # tries the upstream took and did not answer in time
 
-    def passed_event(self, event: bytes, text: str | None) -> None:
-        """A stream's event passed: one that adds to the answer (a delta) counts its
-        text's estimate, at least a token."""
-        if b"delta" in event:
-            self.passed += max(1, -(-len(text.encode()) // BYTES_PER_TOKEN) if text else 1)
+    def passed_text(self, text: str | None) -> None:
+        """A stream's event that adds to the answer (a delta) passed: its text's estimate,
+        at least a token."""
+        self.passed += max(1, -(-len(text.encode()) // BYTES_PER_TOKEN) if text else 1)
 
     def passed_bytes(self, size: int) -> None:
         self.passed = -(-size // BYTES_PER_TOKEN)
