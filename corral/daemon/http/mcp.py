@@ -664,16 +664,11 @@ class LeanRequest:
     """What of aiohttp's request the handlers read, of a POST of /mcp models/lean.py read."""
 
     match_info: dict[str, str] = {}
-    path = ENDPOINT
-    version = HttpVersion11
-    keep_alive = True
+    path, version, keep_alive = ENDPOINT, HttpVersion11, True
 
     def __init__(self, ex: Exchange) -> None:
-        self.headers = CIMultiDict(ex.headers)
-        self.query = ex.query
-        self.transport = ex.transport
-        self.protocol = ex.conn
-        self.raw = ex.raw or b""
+        self.headers, self.query = CIMultiDict(ex.headers), ex.query
+        self.transport, self.protocol, self.raw = ex.transport, ex.conn, ex.raw or b""
 
     async def read(self) -> bytes:
         return self.raw
@@ -682,11 +677,10 @@ class LeanRequest:
     def url(self) -> URL:
         """Its origin (a 401's metadata address), as its Host header names it."""
         tls = self.transport.get_extra_info("sslcontext") is not None
-        try:
+        with contextlib.suppress(ValueError):  # (a Host no URL has: no traceback logged)
             return URL.build(scheme="https" if tls else "http",
-                             authority=self.headers.get("Host", "localhost"))
-        except ValueError:
-            return URL("http://localhost")
+                             authority=self.headers.get("Host", "")).origin()
+        return URL("http://localhost")
 
 
 def _origin(request: web.Request) -> str:
