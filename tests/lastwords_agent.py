@@ -1,6 +1,8 @@
 """A worker that answers its task and dies at once, status 3 (os._exit right after the
 write, no SDK): its answer is read whether the supervisor sees its exit first or not
-(tests/test_tasks.py). {"bytes": N} pads the output to N bytes, more than one read."""
+(tests/test_tasks.py). {"bytes": N} pads the output to N bytes, more than one read;
+{"calls": N, "tool": T} sends N calls of tool T ({"seconds": 60}) first, unanswered: past
+corral's bound of requests worked on, its stdout is read no further until it ends."""
 
 import json
 import os
@@ -16,6 +18,9 @@ for line in sys.stdin:
               "result": {"protocol_version": "1", "capabilities": {}}})
     elif method == "task/run":
         task = msg["params"]["input"]
+        for i in range(task.get("calls", 0)):
+            send({"jsonrpc": "2.0", "id": f"call-{i}", "method": "tools/call",
+                  "params": {"name": task["tool"], "arguments": {"seconds": 60}}})
         send({"jsonrpc": "2.0", "id": msg["id"],
               "result": {"output": {**task, "pad": "x" * task.get("bytes", 0)}}})
         os._exit(3)

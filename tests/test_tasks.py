@@ -15,7 +15,8 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import LogBatch, State, Supervisor
+from corral.supervisor import LogBatch, McpServerSpec, State, Supervisor
+from corral.supervisor.launch import MAX_IN_FLIGHT
 from corral.supervisor.process import PIPE_SIZE
 from corral.supervisor.tasks import (
     TaskFinished,
@@ -498,6 +499,26 @@ async def test_an_answer_written_just_before_a_crash_counts(sup: Supervisor) -> 
     await asyncio.wait_for(task.done, 30)
     assert (task.status, task.error, len(task.attempts)) == ("succeeded", None, 1)
     assert task.output == {"n": 1, "bytes": size, "pad": "x" * size}
+    await wait_until_async(lambda: sup.agent("last").replicas[0].restarts == 1)
+    await sup.wait_state("last", State.READY)
+    st = sup.agent("last").replicas[0].status()
+    assert (st.restarts, st.last_exit) == (1, "exited with status 3"), st
+
+
+async def test_an_answer_behind_held_requests_counts_at_the_exit(sup: Supervisor) -> None:
+    """A worker sends more slow tool calls than corral works on at once (MAX_IN_FLIGHT),
+    then its answer, and exits (status 3): its stdout, no longer read while the calls
+    are worked on, is read to its end at the reap all the same, so its task succeeds
+    (one attempt, not lost and run again), and its exit is a crash restarted by policy."""
+    sup.add_mcp_server(McpServerSpec(name="s", command=[PY, str(HERE / "scripted_mcp.py")],
+                                     args=["v2025-11"], timeout=60.0))
+    sup.add(agent("last", command=[PY, str(HERE / "lastwords_agent.py")],
+                  restart="on-failure", tools=["s__slow"]))
+    await sup.wait_state("last", State.READY)
+    task = sup.tasks.submit("last", {"calls": MAX_IN_FLIGHT + 1, "tool": "s__slow"})
+    await asyncio.wait_for(task.done, 30)
+    assert (task.status, task.error, len(task.attempts)) == ("succeeded", None, 1)
+    assert task.output == {"calls": MAX_IN_FLIGHT + 1, "tool": "s__slow", "pad": ""}
     await wait_until_async(lambda: sup.agent("last").replicas[0].restarts == 1)
     await sup.wait_state("last", State.READY)
     st = sup.agent("last").replicas[0].status()

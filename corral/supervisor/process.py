@@ -369,11 +369,10 @@ class ChildProcess(asyncio.Protocol):
         if full == self.stdin_full:
             return
         self.stdin_full = full
-        peer = self.peer
-        if peer is not None:
-            peer.requests_paused = full
+        if self.peer is not None:
+            self.peer.requests_paused = full
             if not full:
-                peer.release()
+                self.peer.release()
 
     @property
     def stdin_backlog(self) -> int:
@@ -408,13 +407,9 @@ class ChildProcess(asyncio.Protocol):
         self._pipe_at_eof()
 
     def _unread(self) -> int:
-        """Bytes waiting in its stdout and stderr pipes (not counting a stdout whose
-        reading is paused: it waits for its requests in flight, not for the loop)."""
-        total = 0
-        buf = bytearray(4)
-        for i, fd in enumerate(self._pipe_fds):
-            if fd < 0 or (i == 0 and self.reader is not None and self.reader.paused):
-                continue
+        """Bytes waiting in its stdout and stderr pipes."""
+        total, buf = 0, bytearray(4)
+        for fd in (fd for fd in self._pipe_fds if fd >= 0):
             with contextlib.suppress(OSError):
                 fcntl.ioctl(fd, termios.FIONREAD, buf)
                 total += int.from_bytes(buf, "little")
@@ -422,10 +417,15 @@ class ChildProcess(asyncio.Protocol):
 
     async def output_read(self) -> bool:
         """Wait for stdout and stderr to reach EOF after the exit, so that what the
-        process wrote is read: as long as its pipes still hold some (OUTPUT_MOST at most),
-        then OUTPUT_GRACE; False if they did not."""
+        process wrote is read, stdout held back no more (requests past the bound worked
+        on, a flood of task output: answers may follow): as long as its pipes still hold
+        some (OUTPUT_MOST at most), then OUTPUT_GRACE; False if they did not."""
         loop = self.loop
         deadline = loop.time() + OUTPUT_MOST
+        if self.peer is not None:
+            self.peer.reader = None  # (what pauses it: its flow, tasks/output's hold)
+        if self.reader is not None:
+            self.reader.resume()
         fut = self.output_closed
         while not fut.done():
             with contextlib.suppress(TimeoutError):
