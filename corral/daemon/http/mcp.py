@@ -251,7 +251,7 @@ class HttpGateway:
         # a client that goes away cancels its handler, and so its call upstream; the
         # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py)
         self._runner = HttpRunner(app, self.refused,
-                                  partial(LeanConnection, models=self.models, mcp=self),
+                                  partial(LeanConnection, models=self.models, mcp=self.lean),
                                   handle_signals=False, access_log=None,
                                   handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -21,7 +22,6 @@ from .answers import Exchange
 from .wire import ENDPOINTS, Endpoint
 
 if TYPE_CHECKING:
-    from ..http.mcp import HttpGateway
     from .gateway import ModelGateway
 
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
@@ -38,8 +38,8 @@ class LeanConnection(HttpConnection):
 
     __slots__ = ("_call", "_held", "_lean", "_mcp", "_mcp_call", "_models")
 
-    def __init__(self, manager: web.Server, models: ModelGateway | None, mcp: HttpGateway,
-                 **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, models: ModelGateway | None,
+                 mcp: Callable[[Exchange], Awaitable[bool]], **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._models = models
         self._mcp = mcp
@@ -93,7 +93,7 @@ class LeanConnection(HttpConnection):
         streams = False  # a POST of /mcp answered with a stream: aiohttp's, as it came
         try:
             if endpoint is None:
-                streams = not await self._mcp.lean(ex)
+                streams = not await self._mcp(ex)
             elif self._models is not None:
                 self._models.lean += 1
                 made = await self._models.admit(ex, endpoint)
