@@ -279,7 +279,7 @@ async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
     task = ClusterTask(tid, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=int(token),
                        base=0, entry=entry.decode(), stream=keys.stream("acme", "w", 0),
                        consumer="n/1")
-    steps = ClusterSteps(client, s, keys, Trust(os.urandom(32), "b", print),
+    steps = ClusterSteps(s, keys, Trust(os.urandom(32), "b", print),
                          {tid: task}.get)
     body = json.dumps({"content": [{"type": "text", "text": "x" * 200}]}).encode()
     xs, pings = [], []

@@ -36,7 +36,7 @@ from .connection import read, read_all, said
 from .keys import GROUP, Keys
 from .queue import ClusterTask
 from .records import on_worker
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .trust import ASK as ASK_KIND
 from .trust import Trust
 
@@ -176,22 +176,18 @@ _ask = msgspec.json.Decoder(Ask)
 _ending = msgspec.json.Decoder(AskEnding)
 
 
-class ClusterAsks:
+class ClusterAsks(RedisPart):
     """The asks of the cluster's tasks (the AskShelf of a claimed task's home): made,
     listed, read and decided from any node."""
 
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
-                 settings: ClusterSettings, waits: AskWaits,
-                 bounds: InboxBounds) -> None:
-        self.redis = redis
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
+                 waits: AskWaits, bounds: InboxBounds) -> None:
+        super().__init__(scripts, keys, trust)
         self.bounds = bounds
-        self.scripts = scripts
-        self.keys = keys
-        self.trust = trust
         self.settings = settings
-        self._ask = redis.register_script(ASK)
-        self._end = redis.register_script(END)
-        self._suspend = redis.register_script(SUSPEND)
+        self._ask = self.redis.register_script(ASK)
+        self._end = self.redis.register_script(END)
+        self._suspend = self.redis.register_script(SUSPEND)
         self.waits = waits
         self.clock = waits.clock  # (the engine's: a manual one moves the deadlines)
         self.stream = waits.stream

@@ -27,7 +27,7 @@ from .connection import read, read_all, why
 from .keys import Keys
 from .membership import Membership
 from .rides import Ride
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .trust import CALL, Trust
 
 HOLD_FOR = 0.05  # seconds a held ended row waits for its call's next write, at most
@@ -106,10 +106,10 @@ class ForeignRecord(Exception):
     """A call whose record or a row of it is not one this cluster's nodes wrote."""
 
 
-class ClusterCalls:
+class ClusterCalls(RedisPart):
     """A DurableStore of a cluster node: writes to Redis, then to `local`; reads `local`."""
 
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust,
                  membership: Membership, local: DurableStore,
                  kept: tuple[int, int] = (7 * 86400, 100_000),
                  drivable: Callable[[CallRecord], bool] = lambda record: True,
@@ -121,7 +121,7 @@ class ClusterCalls:
         driving node; `settled`: whether a task id is a step's cluster task that ended
         (its row may be held); `outcomes_first`: these tasks' outcomes held here written,
         False when one was refused."""
-        self.redis = redis
+        super().__init__(scripts, keys, trust)
         self.outcomes_first = outcomes_first
         self.drivable = drivable
         self.settled = settled
@@ -133,18 +133,15 @@ class ClusterCalls:
         self.held_again = 0  # held rows a write took and Redis did not answer for
         self.closed = False  # (held rows no longer held again)
         self.kept = kept
-        self.scripts = scripts
-        self.keys = keys
-        self.trust = trust
         self.membership = membership
         self.local = local
         self.leases: dict[str, Lease] = {}  # call id -> this node's lease of it
         # call id -> the lease this node held until another node took the call (its
         # later writes are refused without asking Redis)
         self.lost: dict[str, Lease] = {}
-        self._take = redis.register_script(TAKE)
-        self._save_call = redis.register_script(SAVE_CALL)
-        self._save_steps = redis.register_script(SAVE_STEPS)
+        self._take = self.redis.register_script(TAKE)
+        self._save_call = self.redis.register_script(SAVE_CALL)
+        self._save_steps = self.redis.register_script(SAVE_STEPS)
         self.taken = 0  # calls taken over from a dead incarnation
         self.fenced = 0  # writes refused: the lease was another's
 

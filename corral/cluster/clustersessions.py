@@ -28,7 +28,7 @@ from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
 from .records import ON_WORKER
-from .scripts import Scripts, submit_script
+from .scripts import RedisPart, Scripts, submit_script
 from .trust import SESSION, Trust
 
 if TYPE_CHECKING:
@@ -39,22 +39,18 @@ SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
 _FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
 
 
-class ClusterSessions:
+class ClusterSessions(RedisPart):
     """The cluster's side of sessions: the submit of a turn, its state, its checkpoints."""
 
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
-                 host: TaskHost, membership: Membership,
-                 report: Callable[[str], None]) -> None:
-        self.redis = redis
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, host: TaskHost,
+                 membership: Membership, report: Callable[[str], None]) -> None:
+        super().__init__(scripts, keys, trust)
         self.membership = membership
         self.report = report
-        self.scripts = scripts
-        self.keys = keys
-        self.trust = trust
         self.host = host
-        self.submit = redis.register_script(SUBMIT)
-        self.checkpoint_script = redis.register_script(sessionscripts.CHECKPOINT)
-        self.end_script = redis.register_script(sessionscripts.END)
+        self.submit = self.redis.register_script(SUBMIT)
+        self.checkpoint_script = self.redis.register_script(sessionscripts.CHECKPOINT)
+        self.end_script = self.redis.register_script(sessionscripts.END)
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------

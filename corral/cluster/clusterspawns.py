@@ -29,7 +29,7 @@ from .connection import never_sent, read, read_all
 from .keys import Keys
 from .queue import ClusterTask
 from .records import on_worker
-from .scripts import Scripts, submit_script
+from .scripts import RedisPart, Scripts, submit_script
 from .trust import SPAWN as SIGNED_SPAWN
 from .trust import TENANT, Trust
 
@@ -66,23 +66,20 @@ def lineage_field(trust: Trust, task_id: str, lineage: Lineage, parent: str = ""
     return f"{trust.sign(SIGNED_SPAWN, task_id, body)} {body}"
 
 
-class ClusterSpawns:
+class ClusterSpawns(RedisPart):
     """The SpawnStore of cluster tasks (a claimed task's `home.spawns`)."""
 
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust, node: str,
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str,
                  serves: Callable[[str, str], Awaitable[bool]],
                  ended: Callable[[str], Awaitable[TaskInfo]],
                  info: Callable[[str], Awaitable[TaskInfo | None]]) -> None:
         """`ended`, `info`: a cluster task's record once it ended, and as it is now."""
-        self.redis = redis
-        self.scripts = scripts
-        self.keys = keys
-        self.trust = trust
+        super().__init__(scripts, keys, trust)
         self.node = node
         self._serves = serves
         self._ended = ended
         self._info = info
-        self.script = redis.register_script(SPAWN)
+        self.script = self.redis.register_script(SPAWN)
         # held only around a call to Redis, never across a wait for a child (a child
         # spawning in turn on this node must get one)
         self._calls = asyncio.Semaphore(AT_ONCE)

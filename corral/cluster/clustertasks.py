@@ -37,7 +37,7 @@ from .membership import Membership, NodeView
 from .outbox import Outbox
 from .replicas import UnconfirmedWrite
 from .rides import REFUSED, LostLease, Ride, RideScripts
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .submitkeys import ACCEPTED, KeyClaim, SubmitKeys
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
@@ -47,19 +47,15 @@ Progress = Callable[[dict[str, Any]], None]
 _progress = msgspec.json.Decoder(dict[str, Any])
 
 
-class ClusterTasks:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
-                 membership: Membership, host: TaskHost,
-                 report: Callable[[str], None], trust: Trust, submit_batch: Batcher,
-                 sessions: ClusterSessions, outbox: Outbox, submit_keys: SubmitKeys
-                 ) -> None:
+class ClusterTasks(RedisPart):
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
+                 membership: Membership, host: TaskHost, report: Callable[[str], None],
+                 submit_batch: Batcher, sessions: ClusterSessions, outbox: Outbox,
+                 submit_keys: SubmitKeys) -> None:
         """`submit_batch`: the plain submit's batcher (a node that runs the agent claims
         its share as it submits: submitclaim.py)."""
+        super().__init__(scripts, keys, trust)
         self.submit_keys = submit_keys
-        self.redis = redis
-        self.trust = trust
-        self.scripts = scripts
-        self.keys = keys
         self.settings = settings
         self.membership = membership
         self.host = host
@@ -74,7 +70,7 @@ class ClusterTasks:
         self._stepping: set[str] = set()  # the durable calls' steps' tasks waited for here
         self.sessions = sessions
         self._submit_turn = Batcher(scripts, self.sessions.submit)
-        self.rides = RideScripts(redis)
+        self.rides = RideScripts(self.redis)
 
     # -- submit ---------------------------------------------------------------------------
     async def refresh_view(self) -> None:

@@ -86,20 +86,19 @@ class ClusterNode:
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
                                      self._offer, report, trust.fingerprint, host.stream,
                                      self._places)
-        sessions = ClusterSessions(self.redis, scripts, self.keys, trust, host,
-                                   self.membership, report)
-        self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
+        sessions = ClusterSessions(scripts, self.keys, trust, host, self.membership, report)
+        self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
-        spawns = ClusterSpawns(self.redis, scripts, self.keys, trust, self.node,
+        spawns = ClusterSpawns(scripts, self.keys, trust, self.node,
                                lambda agent, tenant: self.desk.serves(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id))
-        self.asks = ClusterAsks(self.redis, scripts, self.keys, trust, settings,
-                                tasks.inbox.waits, asks_bounds)
+        self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
+                                asks_bounds)
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks, tasks.outputs.memory,
                                 self._requeue)
-        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report, settings.keep_tasks_for, trust)
+        self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,
+                             report, settings.keep_tasks_for)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report,
                              ClaimParts(self.steps, self.home, self.outbox.progress,
@@ -107,26 +106,25 @@ class ClusterNode:
                              self.waits)
         self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
                                           self.keys.prefix)
-        self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
-                                host, report, trust, self.submit_claims, sessions,
-                                self.outbox,
-                                SubmitKeys(self.redis, scripts, self.keys, key_bound))
+        self.desk = ClusterTasks(scripts, self.keys, trust, settings, self.membership, host,
+                                 report, self.submit_claims, sessions, self.outbox,
+                                 SubmitKeys(self.redis, scripts, self.keys, key_bound))
         step_tasks = ClusterStepTasks(self.desk, self.cancel)
-        self.calls = ClusterCalls(self.redis, scripts, self.keys, trust, self.membership, calls,
+        self.calls = ClusterCalls(scripts, self.keys, trust, self.membership, calls,
                                   (int(settings.keep_tasks_for), settings.keep_tasks),
                                   lambda record: all(a in host.agents
                                                      for a in driven_with(record)),
                                   step_tasks.settled, self.outbox.send_held)
         self.durables = Durables(self.calls, step_tasks)
-        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
-                             settings.keep_tasks_for, trust)
+        self.reaper = Reaper(scripts, self.keys, trust, self.membership, report,
+                             settings.keep_tasks_for)
         self.due = DueClock(self.redis, self.keys, self.membership, settings.beat, report)
         self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
                                           settings)
         self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)
         self.events = EventRelay(self.redis, self.keys, self.node, parts.bus,
                                  settings.beat, report)
-        self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe, trust)
+        self.specs = ClusterSpecs(scripts, self.keys, trust, describe)
         self.declared = Declarations(self.redis, self.keys, self.specs, self.node, describe,
                                      report)
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,

@@ -22,7 +22,7 @@ from . import records
 from .connection import why
 from .keys import Keys
 from .queue import ClusterQueue, ClusterTask
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .trust import Trust
 
 BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
@@ -32,14 +32,12 @@ INLINE_OUTPUT = 4096
 _json = msgspec.json.Encoder().encode
 
 
-class Outbox:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, node: str, beat: float,
-                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float,
-                 trust: Trust) -> None:
-        self.redis = redis
-        self.trust = trust  # signs each outcome: a client believes only a signed one
-        self.scripts = scripts
-        self.keys = keys
+class Outbox(RedisPart):
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str, beat: float,
+                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float
+                 ) -> None:
+        # (trust signs each outcome: a client believes only a signed one)
+        super().__init__(scripts, keys, trust)
         self.node = node
         self.beat = beat
         self.kept_for = int(kept_for)  # seconds a finished record stays ([cluster])

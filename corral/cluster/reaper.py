@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -23,7 +22,7 @@ from .connection import why
 from .keys import GROUP, Keys, split_consumer, split_route
 from .membership import Membership
 from .queue import ClusterTask
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .trust import Trust
 
 PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
@@ -32,13 +31,10 @@ PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
 ORPHAN_BEATS = 3
 
 
-class Reaper:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 report: Callable[[str], None], kept_for: float, trust: Trust) -> None:
-        self.redis = redis
-        self.trust = trust  # signs the outcome of a task it ends (lost, cancelled)
-        self.scripts = scripts
-        self.keys = keys
+class Reaper(RedisPart):
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, membership: Membership,
+                 report: Callable[[str], None], kept_for: float) -> None:
+        super().__init__(scripts, keys, trust)  # (trust signs the outcome of a task it ends)
         self.membership = membership
         self.report = report
         self.kept_for = int(kept_for)  # seconds a finished record stays ([cluster])

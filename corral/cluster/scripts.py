@@ -9,9 +9,10 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from . import sessionscripts
-from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, KEEP_OUTCOMES
+from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, KEEP_OUTCOMES, Keys
 from .records import on_worker
 from .replicas import Acks
+from .trust import Trust
 
 # the asks of a tenant's ended tasks whose records a cluster keeps: the newest, as many
 # as the tenant may have pending at once (inbox.MAX_PENDING_PER_TENANT)
@@ -813,3 +814,14 @@ class Scripts:
         if acks is not None:
             acks.ask(pipe)
         return list(await pipe.execute(raise_on_error=False))
+
+
+class RedisPart:
+    """A part of a node that reads and writes the cluster's Redis: the scripts' client,
+    the scripts, the cluster's keys, and the cluster key that signs what it writes."""
+
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust) -> None:
+        self.redis: Any = scripts.redis
+        self.scripts = scripts
+        self.keys = keys
+        self.trust = trust

@@ -16,7 +16,7 @@ from ..supervisor.configload import cluster_problem, parse_agents
 from ..supervisor.core import SupervisorError
 from .connection import read, read_all
 from .keys import Keys
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .trust import AGENT, REVISION, Trust
 
 KEEP_HISTORY = 50  # revisions of a cluster agent kept in Redis
@@ -63,14 +63,11 @@ def unsigned(name: str) -> SupervisorError:
                            "revision, or remove it and add it again")
 
 
-class ClusterSpecs:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, describe: Describe,
-                 trust: Trust | None = None) -> None:
-        self.redis = redis
-        self.scripts = scripts
-        self.keys = keys
+class ClusterSpecs(RedisPart):
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, describe: Describe
+                 ) -> None:
+        super().__init__(scripts, keys, trust)
         self.describe = describe
-        self.trust = trust or Trust(None, "", lambda _: None)
 
     async def add(self, tables: dict[str, Table], who: str) -> list[str]:
         """Cluster agents from their tables (checked by the caller), all or none."""

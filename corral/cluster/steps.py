@@ -21,7 +21,7 @@ from ..supervisor.tasks import Task
 from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ, NAMED_SEQ, Step
 from .keys import CHECKPOINT_FIELD, Keys
 from .queue import ClusterTask
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
 from .trust import STEP, Trust
 
 _Payload = tuple[str, int, str, msgspec.Raw]  # name, attempt, the arguments' hash, result
@@ -46,15 +46,12 @@ class _Ops:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
-class ClusterSteps:
+class ClusterSteps(RedisPart):
     """The StepJournal of cluster tasks; `active` finds a running task by id."""
 
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust,
                  active: Callable[[str], Task | None]) -> None:
-        self.redis = redis
-        self.scripts = scripts
-        self.keys = keys
-        self.trust = trust
+        super().__init__(scripts, keys, trust)
         self._active = active
         self._ops: dict[str, _Ops] = {}  # by task, in the order first put
         self._last: dict[str, asyncio.Future[None]] = {}  # each task's newest writes

@@ -51,7 +51,7 @@ async def pair(redis: RedisServer) -> AsyncIterator[tuple[Node, Node]]:
         await membership.join()
         membership.connected_since = -1e9  # (settled: as after a TTL and a beat of beats)
         local = MemoryStore()
-        calls = ClusterCalls(client, Scripts(client), K, Trust(KEY, "t", said.append),
+        calls = ClusterCalls(Scripts(client), K, Trust(KEY, "t", said.append),
                              membership, local)
         made.append(Node(calls, membership, local, said))
     yield made[0], made[1]
@@ -198,7 +198,7 @@ def joining(redis: RedisServer, name: str, ttl: float) -> Node:
     client = connect(settings, name)
     membership = Membership(client, Scripts(client), K, settings, name,
                             lambda: (1, 0, {}), lambda _: None)
-    return Node(ClusterCalls(client, Scripts(client), K, Trust(KEY, "t", lambda _: None),
+    return Node(ClusterCalls(Scripts(client), K, Trust(KEY, "t", lambda _: None),
                              membership, MemoryStore()), membership, MemoryStore())
 
 

@@ -56,10 +56,10 @@ async def a(redis: RedisServer) -> AsyncIterator[tuple[Node, Outbox]]:
                             said.append)
     await membership.join()
     trust = Trust(KEY, "t", said.append)
-    outbox = Outbox(client, scripts, K, "a", 0.2, Queue(), said.append,  # type: ignore[arg-type]
-                    60, trust)
+    outbox = Outbox(scripts, K, trust, "a", 0.2, Queue(), said.append,  # type: ignore[arg-type]
+                    60)
     local = MemoryStore()
-    calls = ClusterCalls(client, scripts, K, trust, membership, local,
+    calls = ClusterCalls(scripts, K, trust, membership, local,
                          settled={DONE}.__contains__, outcomes_first=outbox.send_held)
     yield Node(calls, membership, local, said), outbox
     await calls.close()

@@ -43,7 +43,7 @@ async def pair(redis: RedisServer) -> AsyncIterator[tuple[Node, Node]]:
         await membership.join()
         membership.connected_since = -1e9  # (settled: as after a TTL and a beat of beats)
         local = MemoryStore()
-        calls = ClusterCalls(client, Scripts(client), K, Trust(KEY, "t", said.append),
+        calls = ClusterCalls(Scripts(client), K, Trust(KEY, "t", said.append),
                              membership, local, settled=SETTLED.__contains__)
         made.append(Node(calls, membership, local, said))
     yield made[0], made[1]

@@ -21,6 +21,7 @@ from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.cluster.specs import ClusterSpecs
+from corral.cluster.trust import Trust
 from corral.daemon.revisions import describe_change
 from corral.supervisor.config import ClusterSettings
 from corral.supervisor.core import SupervisorError
@@ -319,7 +320,7 @@ K = Keys("t")
 @pytest.fixture
 async def specs(redis: RedisServer) -> AsyncIterator[ClusterSpecs]:
     c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
-    yield ClusterSpecs(c, Scripts(c), K, describe_change)
+    yield ClusterSpecs(Scripts(c), K, Trust(None, "", lambda _: None), describe_change)
     await c.aclose()
 
 

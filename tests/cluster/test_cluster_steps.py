@@ -199,7 +199,7 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
                            consumer="n/1")
 
     held = {TID: task(token)}
-    steps = ClusterSteps(client, s, K, Trust(None, "t", print), held.get)
+    steps = ClusterSteps(s, K, Trust(None, "t", print), held.get)
     steps.put(Step(TID, 1, "a__b", 1, b"\x01", b'{"ok":1}'))
     await steps.committed(TID)
     assert [(x.seq, x.name, x.args, x.body) for x in await steps.history(TID)] == [
@@ -215,7 +215,7 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
 
     away = connect(ClusterSettings(redis="redis://127.0.0.1:1", name="t", node="n"), "n")
     try:
-        gone = ClusterSteps(away, Scripts(away), K, Trust(None, "t", print), held.get)
+        gone = ClusterSteps(Scripts(away), K, Trust(None, "t", print), held.get)
         gone.put(Step(TID, 3, "a__b", 1, b"\x03", b'{"ok":3}'))
         with pytest.raises(RpcError) as unreached:
             await gone.committed(TID)
