@@ -3,7 +3,9 @@ that is not UTF-8 (the raw byte 0xff) in its result, and "refused" with a 400 wh
 error has an id that is not UTF-8; "good" answers "ok". Over an event stream: "streamed"
 sends a notification whose method is not UTF-8 before its answer; "resumed" closes its
 stream after an event id, and the GET that resumes it sends an answer whose "jsonrpc" is
-not UTF-8 (both unreadable envelopes). Prints `port N`, then serves."""
+not UTF-8 (both unreadable envelopes); "noisy" sends a log line and a progress notification
+not UTF-8 in their params alone (envelopes readable), then its answer. /sse, a legacy
+HTTP+SSE server's stream, names an endpoint that is not UTF-8. Prints `port N`, then serves."""
 
 import asyncio
 import json
@@ -13,6 +15,10 @@ from aiohttp import web
 BAD = b"\xff"
 UNREAD_METHOD = b'{"jsonrpc":"2.0","method":"notifications/' + BAD + b'"}'
 UNREAD_JSONRPC = b'{"jsonrpc":"' + BAD + b'","id":'  # then the id, then the result
+NOISY = (b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info",'
+         b'"data":"' + BAD + b'"}}',
+         b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,'
+         b'"progress":1,"message":"' + BAD + b'"}}')
 
 
 def events(*data: bytes, last_id: str | None = None) -> web.Response:
@@ -39,7 +45,7 @@ async def post(request: web.Request) -> web.StreamResponse:
     if method == "tools/list":
         return answer(rid, {"tools": [{"name": n, "inputSchema": {"type": "object"}}
                                       for n in ("bad", "refused", "good", "streamed",
-                                                "resumed")]})
+                                                "resumed", "noisy")]})
     name = params.get("name")
     if method == "tools/call" and name == "bad":
         return web.Response(content_type="application/json", body=(
@@ -50,6 +56,9 @@ async def post(request: web.Request) -> web.StreamResponse:
             b'{"jsonrpc":"2.0","id":"' + BAD + b'","error":{"code":-32000,"message":"no"}}'))
     if method == "tools/call" and name == "streamed":
         return events(UNREAD_METHOD, json.dumps({"jsonrpc": "2.0", "id": rid, "result": {
+            "content": [{"type": "text", "text": "ok"}]}}).encode())
+    if method == "tools/call" and name == "noisy":
+        return events(*NOISY, json.dumps({"jsonrpc": "2.0", "id": rid, "result": {
             "content": [{"type": "text", "text": "ok"}]}}).encode())
     if method == "tools/call" and name == "resumed":
         return events(last_id=json.dumps(rid))
@@ -67,10 +76,20 @@ async def get(request: web.Request) -> web.StreamResponse:
     return events(UNREAD_JSONRPC + last.encode() + b',"result":{"content":[]}}')
 
 
+async def sse(request: web.Request) -> web.StreamResponse:
+    """An endpoint event not UTF-8, and the stream held open (a call waits on it no longer)."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"event: endpoint\ndata: /messages?s=" + BAD + b"\n\n")
+    await asyncio.Event().wait()
+    return resp
+
+
 async def main() -> None:
     app = web.Application()
     app.router.add_post("/mcp", post)
     app.router.add_get("/mcp", get)
+    app.router.add_get("/sse", sse)
     app.router.add_route("*", "/mcp", lambda r: web.Response(status=405))
     runner = web.AppRunner(app)
     await runner.setup()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +56,13 @@ timeout = 30.0
 
 [mcp_servers.hu]
 url = "{remote}"
+start_timeout = 30.0
+timeout = 30.0
+
+[mcp_servers.hs]
+url = "{remote.replace('/mcp', '/sse')}"
+transport = "sse"
+restart = "never"
 start_timeout = 30.0
 timeout = 30.0
 
@@ -217,6 +225,45 @@ async def test_a_remote_servers_stream_not_utf8_ends_its_call_with_that_error(
     assert got["result"]["content"][0]["text"] == "ok", got
     hu = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}["hu"]
     assert (hu["state"], hu["restarts"]) == ("ready", 0), hu
+    no_traceback(daemon)
+
+
+def test_a_remote_servers_notification_not_utf8_is_dropped_and_the_call_answered(
+        remote: str) -> None:
+    """On a call's event stream, a log line and a progress notification whose params alone
+    are not UTF-8 (their envelopes read: not the answer) are discarded as a stdio server's
+    are, and the call has its answer (each ended it with "the answer ... is not UTF-8")."""
+    from .bad_utf8_http_mcp import BAD, NOISY
+
+    with running_daemon(shared_tmpdir(), f'[mcp_servers.hu]\nurl = "{remote}"\n') as d:
+        t0 = time.monotonic()
+        r = d.cli("tools", "call", "hu__noisy")
+        assert time.monotonic() - t0 < 20  # at once, not at the call's timeout (30 s)
+        assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+        assert d.stop() == 0
+        said = [x for x in d.said().splitlines() if "discarded" in x]
+    assert said == [f"corral: WARNING corral.jsonrpc: MCP server hu#0: discarded a line that "
+                    f"is not JSON-RPC (JSON is malformed: not UTF-8: invalid start byte at "
+                    f"byte {n.index(BAD)})" for n in NOISY], said
+
+
+async def test_a_legacy_servers_endpoint_not_utf8_fails_the_call_at_once(
+        daemon: Daemon, http_port: int, remote: str) -> None:
+    """An HTTP+SSE server whose endpoint event is not UTF-8 (its stream held open): the
+    stream's reader raised, the endpoint was never known, each call waited for its timeout
+    and the server was never seen lost. Now the stream is lost at once, and said why."""
+    url, _ = sites(daemon, http_port)[0]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    _, got = await post(url, CALL.replace(b"bu__good", b"hs__any").replace(b"\xff", b"x"),
+                        stateless("tools/call", "hs__any"))
+    assert loop.time() - t0 < 20  # at once, not at the start's timeout (30 s)
+    why = (f"SSE stream lost: {remote.replace('/mcp', '/sse')} sent an endpoint that is not "
+           "UTF-8: invalid start byte at byte 12")
+    assert (got["id"], got["error"]) == (7, {
+        "code": -32012, "message": f"MCP server hs#0 is not serving: {why}"}), got
+    hs = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}["hs"]
+    assert (hs["state"], hs["last_exit"]) == ("terminated", why), hs
     no_traceback(daemon)
 
 

@@ -84,6 +84,7 @@ class _Head(msgspec.Struct):
 
 
 _head = msgspec.json.Decoder(_Head)
+_incoming = msgspec.json.Decoder(jsonrpc.Envelope | list[jsonrpc.Envelope])
 
 
 class HttpError(Exception):
@@ -133,7 +134,7 @@ class HttpTransport:
         self._http: aiohttp.ClientSession | None = None
         self._connect_timeout = connect_timeout
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._order: asyncio.Future[None] | None = None  # the last notification's POST
+        self._order: asyncio.Task[None] | None = None  # the last notification's POST
         self._listener: asyncio.Task[None] | None = None
         self._legacy_endpoint: asyncio.Future[str] | None = None
         self._closed = False
@@ -149,9 +150,7 @@ class HttpTransport:
         if not is_request:
             # notifications and responses are delivered in order, and before any request
             # sent after them (`notifications/initialized` before the first list call)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            task.add_done_callback(lambda _t: _resolve(done))
-            self._order = done
+            self._order = task
         kept(self._tasks, task)
 
     async def close(self) -> None:
@@ -192,10 +191,10 @@ class HttpTransport:
             h.update(await self.auth.headers())
         return h
 
-    async def _send(self, data: bytes, head: _Head, previous: asyncio.Future[None] | None
+    async def _send(self, data: bytes, head: _Head, previous: asyncio.Task[None] | None
                     ) -> None:
-        if previous is not None:
-            await previous
+        if previous is not None:  # (waited for, not awaited: this one's cancel is not its)
+            await asyncio.wait((previous,))
         try:
             await self._post(data, head)
         except HttpError as exc:
@@ -343,22 +342,21 @@ class HttpTransport:
         return False
 
     def _answered(self, data: bytes, rid: jsonrpc.Id) -> bool:
-        """Feed a message of `rid`'s answer (its POST's body or stream); True once it went by.
-        One not UTF-8 is the answer's error (decision 1086): the peer cannot tell whose."""
-        why = jsonrpc.not_utf8(data)
-        if why is not None:
+        """Feed a message of `rid`'s POST (its body or stream); True if it answers `rid`.
+        One whose envelope is not UTF-8 is that answer's error (whose it is cannot be read;
+        decision 1086); any other goes to the peer as a stdio server's line does."""
+        try:
+            got = _incoming.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            got = []
+        except UnicodeDecodeError:
             self.feed(jsonrpc.encode(jsonrpc.ErrorResponse(rid, jsonrpc.ErrorObject(
-                jsonrpc.PARSE_ERROR, f"the answer of MCP server {self.name} is {why}"))))
+                jsonrpc.PARSE_ERROR,
+                f"the answer of MCP server {self.name} is {jsonrpc.not_utf8(data)}"))))
             return True
         self.feed(data)
-        try:
-            if data.lstrip()[:1] == b"[":
-                return any(h.method is None and h.id == rid
-                           for h in msgspec.json.decode(data, type=list[_Head]))
-            h = _head.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return False
-        return h.method is None and h.id == rid
+        return any(e.method is msgspec.UNSET and e.id == rid
+                   for e in (got if isinstance(got, list) else (got,)))
 
     async def _listen(self) -> None:
         """The GET stream: what the server sends outside any request, for the session's
@@ -411,6 +409,8 @@ class HttpTransport:
                 async for chunk in resp.content.iter_any():
                     for ev in parser.feed(chunk):
                         if ev.event == "endpoint" and not found.done():
+                            if (why := jsonrpc.not_utf8(ev.data)) is not None:
+                                raise HttpError(f"{shown(self.url)} sent an endpoint that is {why}")
                             found.set_result(urljoin(self.url, ev.data.decode().strip()))
                         elif ev.event == "message" and ev.data.strip():
                             self.feed(ev.data)
@@ -428,11 +428,6 @@ class HttpTransport:
             if resp.status >= 400:
                 raise HttpError(await _http_error(resp))
             await resp.read()  # the answer comes on the SSE stream
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def shown(url: object) -> str:
