@@ -26,7 +26,8 @@ from ..timeouts import within
 from ..views import NodeInfo
 from .connection import read, why
 from .keys import Keys, consumer
-from .scripts import Scripts
+from .scripts import RedisPart, Scripts
+from .trust import Trust
 
 # duplicate: another daemon is this node (its name): this one waits until it is not
 State = Literal["joining", "member", "fenced", "left", "duplicate"]
@@ -106,20 +107,16 @@ class NodeFence(NamedTuple):
     consumer: str
 
 
-class Membership:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
+class Membership(RedisPart):
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
                  node: str, offer: Offer, report: Callable[[str], None],
-                 key: str = "", stream: Stream | None = None,
-                 places: Places | None = None) -> None:
-        self.redis = redis
+                 stream: Stream | None = None, places: Places | None = None) -> None:
+        super().__init__(scripts, keys, trust)  # (its key's fingerprint is in the beat)
         self.stream = stream if stream is not None else Stream()
         self.daemon = this_daemon()
         self.cluster = settings.name
-        self.key = key  # the cluster key's fingerprint, in the beat
         self.duplicate: str | None = None  # why it does not join: another daemon is it
         self._holder: tuple[str, int] | None = None  # that daemon's id and incarnation
-        self.scripts = scripts
-        self.keys = keys
         self.node = node
         self.ttl = settings.node_ttl
         self.sticky = settings.sticky_sessions
@@ -155,7 +152,7 @@ class Membership:
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load,
                                         sorted(agents), time.time(), room, placed,
                                         draining, self.daemon, os.getpid(),
-                                        socket.gethostname(), self.key, agents,
+                                        socket.gethostname(), self.trust.fingerprint, agents,
                                         self.sticky))
 
     def _one_daemon(self) -> list[Any]:

@@ -83,9 +83,8 @@ class ClusterNode:
         self.keys = Keys(settings.name)
         self.scripts = scripts = Scripts(self.redis, acks_of(settings, self.keys.acks))
         self.trust = trust = Trust(key, settings.name, report)
-        self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
-                                     self._offer, report, trust.fingerprint, host.stream,
-                                     self._places)
+        self.membership = Membership(scripts, self.keys, trust, settings, self.node,
+                                     self._offer, report, host.stream, self._places)
         sessions = ClusterSessions(scripts, self.keys, trust, host, self.membership, report)
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
@@ -127,7 +126,7 @@ class ClusterNode:
         self.specs = ClusterSpecs(scripts, self.keys, trust, describe)
         self.declared = Declarations(self.redis, self.keys, self.specs, self.node, describe,
                                      report)
-        self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
+        self.placement = Placement(scripts, self.keys, trust, self.membership, parts,
                                    prepare, apply, self.declared,
                                    settings.beat, report)
         host.stream.subscribe(self.desk.finished, TaskFinished)

@@ -23,8 +23,8 @@ from .connection import read, read_all, why
 from .declared import Declarations
 from .keys import Keys
 from .membership import Membership, NodeView
-from .scripts import Scripts
-from .trust import AGENT
+from .scripts import RedisPart, Scripts
+from .trust import AGENT, Trust
 
 
 class SlotMap(msgspec.Struct):
@@ -73,14 +73,12 @@ def plan(name: str, slots: list[str | None], want: int, nodes: list[NodeView],
     return out
 
 
-class Placement:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
+class Placement(RedisPart):
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, membership: Membership,
                  parts: Parts, prepare: Callable[[AgentSpec], None],
                  apply: Callable[[str, AgentSpec], Awaitable[None]],
                  declared: Declarations, beat: float, report: Callable[[str], None]) -> None:
-        self.redis = redis
-        self.scripts = scripts
-        self.keys = keys
+        super().__init__(scripts, keys, trust)
         self.membership = membership
         self.agents = parts.agents
         self.tuning = parts.tuning  # the fleet's max_replicas
@@ -168,18 +166,17 @@ class Placement:
                   ) -> dict[str, bytes]:
         """The tables whose MAC verifies; for one that does not, the table that last did
         and runs here (its replicas go on unchanged), else none."""
-        trust = self.declared.specs.trust
         out: dict[str, bytes] = {}
         for name, raw in tables.items():
             mac = macs.get(name)
-            if trust.valid(mac, AGENT, name, raw):
+            if self.trust.valid(mac, AGENT, name, raw):
                 out[name] = raw
                 continue
             last = self.tables.get(name)
-            trust.refuse(AGENT, name, mac,
-                         "never placed or run (its replicas here go on with the table "
-                         "that last verified)" if last is not None else
-                         "never placed or run")
+            self.trust.refuse(AGENT, name, mac,
+                              "never placed or run (its replicas here go on with the table "
+                              "that last verified)" if last is not None else
+                              "never placed or run")
             if last is not None:
                 out[name] = last
         return out

@@ -52,7 +52,7 @@ async def a(redis: RedisServer) -> AsyncIterator[tuple[Node, Outbox]]:
     client = connect(settings, "a")
     said: list[str] = []
     scripts = Scripts(client)
-    membership = Membership(client, scripts, K, settings, "a", lambda: (1, 0, {}),
+    membership = Membership(scripts, K, Trust(None, "t", print), settings, "a", lambda: (1, 0, {}),
                             said.append)
     await membership.join()
     trust = Trust(KEY, "t", said.append)

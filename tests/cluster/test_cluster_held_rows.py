@@ -38,7 +38,7 @@ async def pair(redis: RedisServer) -> AsyncIterator[tuple[Node, Node]]:
         settings = ClusterSettings(redis=redis.url, name="t", node=name)
         client = connect(settings, name)
         said: list[str] = []
-        membership = Membership(client, Scripts(client), K, settings, name,
+        membership = Membership(Scripts(client), K, Trust(None, "t", print), settings, name,
                                 lambda: (1, 0, {}), said.append)
         await membership.join()
         membership.connected_since = -1e9  # (settled: as after a TTL and a beat of beats)

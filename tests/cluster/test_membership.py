@@ -14,6 +14,7 @@ from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.membership import Membership, NodeFence, this_daemon
 from corral.cluster.scripts import Scripts
+from corral.cluster.trust import Trust
 from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
@@ -25,7 +26,7 @@ TTL, BEAT = 0.6, 0.15
 def member(redis: RedisServer, node: str, said: list[str]) -> Membership:
     settings = ClusterSettings(redis=redis.url, name="t", node=node, node_ttl=TTL, beat=BEAT)
     client = connect(settings, node)
-    return Membership(client, Scripts(client), Keys("t"), settings, node,
+    return Membership(Scripts(client), Keys("t"), Trust(None, "t", print), settings, node,
                       lambda: (4, 1, {"greeter": "default"}), said.append)
 
 
@@ -158,7 +159,7 @@ async def test_a_join_whose_answer_comes_late_is_one_incarnation(
     settings = ClusterSettings(redis=proxy.url, name="t", node="a", node_ttl=TTL,
                                beat=BEAT)
     client = connect(settings, "a")
-    a = Membership(client, Scripts(client), Keys("t"), settings, "a",
+    a = Membership(Scripts(client), Keys("t"), Trust(None, "t", print), settings, "a",
                    lambda: (4, 1, {"greeter": "default"}), said.append)
     try:
         proxy.hold(3 * BEAT, b"INCR", b"inc:a")
@@ -194,7 +195,7 @@ async def test_a_renewal_answered_late_within_the_ttl_keeps_the_node(
     settings = ClusterSettings(redis=proxy.url, name="t", node="a", node_ttl=8 * BEAT,
                                beat=BEAT)
     client = connect(settings, "a")
-    a = Membership(client, Scripts(client), Keys("t"), settings, "a",
+    a = Membership(Scripts(client), Keys("t"), Trust(None, "t", print), settings, "a",
                    lambda: (4, 1, {"greeter": "default"}), said.append)
     try:
         await a.join()

@@ -93,7 +93,7 @@ async def test_a_claimed_as_submitted_task_of_a_dead_node_waits_in_its_prioritys
     await client.delete(K.alive("b/1"))
     tid, claimed, home = TID.format(1), K.claimed("acme", "w"), K.stream("acme", "w", 5)
     reaper = Reaper(s, K, None, Membership(  # type: ignore[arg-type]
-        client, s, K, ClusterSettings(redis="", name="t", node="r"), "r",
+        s, K, None, ClusterSettings(redis="", name="t", node="r"), "r",
         lambda: (1, 0, {}), print), print, 60)
     assert await reaper.streams() == [K.stream("acme", "w", 5), claimed]
     entry = got[1][1]
