@@ -36,8 +36,9 @@ from .keys import Keys
 from .membership import Membership, NodeView
 from .outbox import Outbox
 from .replicas import UnconfirmedWrite
-from .rides import REFUSED, LostLease, Ride, RideScripts
+from .rides import REFUSED, LostLease, Ride
 from .scripts import RedisPart, Scripts
+from .submitclaim import SubmitClaims
 from .submitkeys import ACCEPTED, KeyClaim, SubmitKeys
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
@@ -50,7 +51,7 @@ _progress = msgspec.json.Decoder(dict[str, Any])
 class ClusterTasks(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
                  membership: Membership, host: TaskHost, report: Callable[[str], None],
-                 submit_batch: Batcher, sessions: ClusterSessions, outbox: Outbox,
+                 submit_batch: SubmitClaims, sessions: ClusterSessions, outbox: Outbox,
                  submit_keys: SubmitKeys) -> None:
         """`submit_batch`: the plain submit's batcher (a node that runs the agent claims
         its share as it submits: submitclaim.py)."""
@@ -70,7 +71,6 @@ class ClusterTasks(RedisPart):
         self._stepping: set[str] = set()  # the durable calls' steps' tasks waited for here
         self.sessions = sessions
         self._submit_turn = Batcher(scripts, self.sessions.submit)
-        self.rides = RideScripts(self.redis)
 
     # -- submit ---------------------------------------------------------------------------
     async def refresh_view(self) -> None:
@@ -164,7 +164,7 @@ class ClusterTasks(RedisPart):
             keys += ride.keys
             args[-4:-4] = ride.args([(self.keys.task(t.id), t.token, a[2])
                                      for t, a in carried])
-            submit = self.rides.submit
+            submit = self.submit_batch.rides.submit
         try:
             if p.session is None:
                 answers, got = await self.submit_batch.after(
