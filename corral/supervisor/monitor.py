@@ -29,6 +29,8 @@ HUNG_AFTER_TIMEOUTS = 3
 class Monitor(ReplicaParts):
     """The heartbeat's and the channel's members of a process replica."""
 
+    garbage_is = "a stdout line"  # what its channel reads a message from
+
     def _monitor_init(self) -> None:
         # the lines read before its channel existed (its spawn not returned yet: on a loaded
         # host the loop reads what it wrote first before the spawn's coroutine resumes), fed
@@ -121,7 +123,7 @@ class Monitor(ReplicaParts):
 
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
-        self.note(f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}")
+        self.note(f"discarded {self.garbage_is} that is not JSON-RPC ({why}): {preview!r}")
 
     @property
     def garbage_lines(self) -> int:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class RemoteMcpServer(McpServerReplica):
     handshake = "the MCP handshake"
+    garbage_is = "a message"
 
     def __init__(self, host: McpHost, spec: McpServerSpec, name: str, index: int,
                  owner: str | None = None) -> None:
@@ -82,7 +83,7 @@ class RemoteMcpServer(McpServerReplica):
                                   max_message=spec.max_message_mb * MIB,
                                   param_headers=client.param_headers)
         self.transport = transport
-        self.peer = client.make_peer(transport.send)
+        self.peer = client.make_peer(transport.send, on_garbage=self._on_garbage)
         client.network = "tcp"
         return transport
 
