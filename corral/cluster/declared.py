@@ -17,8 +17,7 @@ import msgspec
 from .. import jsonrpc
 from ..supervisor.core import SupervisorError
 from .connection import read_all
-from .keys import Keys
-from .specs import ClusterSpecs, Describe, Table, encoded
+from .specs import ClusterSpecs, Table, encoded
 from .trust import DECLARED
 
 
@@ -35,13 +34,9 @@ def merged(cluster: Table, before: Table, now: Table) -> Table:
 
 
 class Declarations:
-    def __init__(self, redis: Any, keys: Keys, specs: ClusterSpecs, node: str,
-                 describe: Describe, report: Callable[[str], None]) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.specs = specs
+    def __init__(self, specs: ClusterSpecs, node: str, report: Callable[[str], None]) -> None:
+        self.specs = specs  # (whose client, keys and cluster key it writes with)
         self.node = node
-        self.describe = describe
         self.report = report
         self.pending: dict[str, Table] | None = None  # to register (a start, a reload)
         self.differs: dict[str, str] = {}  # agent -> how the file differs from the cluster
@@ -64,14 +59,14 @@ class Declarations:
 
     async def _sync(self, tables: dict[str, Table]) -> dict[str, str]:
         who = f"config file of node {self.node}"
-        key, macs = self.keys.declared(self.node), self.keys.declared_macs(self.node)
-        trust = self.specs.trust
+        redis, keys, trust = self.specs.redis, self.specs.keys, self.specs.trust
+        key, macs = keys.declared(self.node), keys.declared_macs(self.node)
 
         def fill(pipe: Any) -> None:
             pipe.hgetall(key)
             pipe.hgetall(macs)
 
-        raw, raw_macs = await read_all(self.redis, fill, transaction=True)
+        raw, raw_macs = await read_all(redis, fill, transaction=True)
         last: dict[str, Table] = {}
         for k, v in raw.items():
             name, mac = k.decode(), raw_macs.get(k)
@@ -89,14 +84,14 @@ class Declarations:
                     if await self.specs.remove([name]):
                         self.report(f"cluster: cluster agent {name} removed ({who} no "
                                     "longer declares it)")
-                    await self.redis.hdel(key, name)
-                    await self.redis.hdel(macs, name)
+                    await redis.hdel(key, name)
+                    await redis.hdel(macs, name)
                     continue
                 why = await self._one(name, table, before, who)
                 if why:
                     differs[name] = why
                 raw_table = encoded(table)
-                pipe = self.redis.pipeline(transaction=True)
+                pipe = redis.pipeline(transaction=True)
                 pipe.hset(key, name, raw_table)
                 pipe.hset(macs, name, trust.sign(DECLARED, self.node, name, raw_table))
                 await pipe.execute()
@@ -137,7 +132,7 @@ class Declarations:
             return None
         if encoded(cluster) == encoded(table):
             return None
-        what = self.describe(cluster, table)
+        what = self.specs.describe(cluster, table)
         current = await self.specs.revision(name)
         self.report(f"cluster: cluster agent {name}: {who} declares it otherwise than the "
                     f"cluster's spec (revision {current}): {what}; the cluster's stands "

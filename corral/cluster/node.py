@@ -124,8 +124,7 @@ class ClusterNode:
         self.events = EventRelay(self.redis, self.keys, self.node, parts.bus,
                                  settings.beat, report)
         self.specs = ClusterSpecs(scripts, self.keys, trust, describe)
-        self.declared = Declarations(self.redis, self.keys, self.specs, self.node, describe,
-                                     report)
+        self.declared = Declarations(self.specs, self.node, report)
         self.placement = Placement(scripts, self.keys, trust, self.membership, parts,
                                    prepare, apply, self.declared,
                                    settings.beat, report)
