@@ -9,6 +9,7 @@ sends at will: pipelined, chunked, a repeated Content-Length)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import textwrap
 from pathlib import Path
@@ -162,6 +163,36 @@ async def test_a_head_lean_does_not_take_is_aiohttps_to_refuse(
             assert await asyncio.wait_for(wire.reader.read(), 60) == b""  # (closed)
             wire.writer.close()
         assert upstream.calls() == made
+
+
+async def test_a_compressed_body_is_aiohttps_to_read(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
+    """A call whose body is gzip'ed (`Content-Encoding: gzip`), to a model endpoint and to
+    the MCP gateway's /mcp: answered as a plain one is, by aiohttp, which inflates it.
+    Fails with lean taking it (it read the compressed bytes as the JSON: a 400 saying
+    the body is not UTF-8)."""
+    async with in_process(tmp_path, fleet(upstream.url)) as d:
+        token = await token_of(d)
+        lean_calls = d.services.gateway_status()["models"]["lean"]
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "gz", "version": "1"}}}
+        for path, body in ((CHAT, chat("packed")), ("/mcp", initialize)):
+            raw = gzip.compress(json.dumps(body).encode())
+            wire = await connected(d)
+            wire.writer.write("\r\n".join([
+                f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {token}",
+                "Content-Type: application/json", "Accept: application/json, text/event-stream",
+                "Content-Encoding: gzip", f"Content-Length: {len(raw)}", "", ""]).encode() + raw)
+            status, headers, got = await wire.answer()
+            assert status == 200, (path, got)
+            if path == CHAT:
+                assert json.loads(got)["choices"][0]["message"]["content"] == "echo: packed"
+            else:
+                assert json.loads(got.split(b"data: ")[-1] if got.startswith(b"event")
+                                  else got)["result"]["serverInfo"]["name"] == "corral"
+            wire.writer.close()
+        assert d.services.gateway_status()["models"]["lean"] == lean_calls
 
 
 async def test_a_stream_of_no_task_cut_after_its_last_event_counts_the_text_that_passed(

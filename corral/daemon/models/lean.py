@@ -151,10 +151,12 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
         if not colon or not name or name != name.strip() or len(line) > MAX_FIELD:
             return None
         key = name.decode("latin-1").lower()
-        if key in headers or key in ("transfer-encoding", "expect", "upgrade") or (
+        if key in headers or key in ("transfer-encoding", "content-encoding", "expect",
+                                     "upgrade") or (
                 key == "connection" and value.strip().lower() not in (b"keep-alive",
                                                                       b"close")):
-            return None  # (a repeated header, or one asking of the connection: aiohttp's)
+            return None  # (a repeated header, a compressed body, or one asking of the
+            # connection: aiohttp's)
         headers[key] = value.strip().decode("latin-1")
     length = headers.get("content-length", "")
     if not length.isdigit() or int(length) > LEAN_BODY:
