@@ -184,7 +184,7 @@ async def test_a_compressed_body_is_aiohttps_to_read(
                 f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {token}",
                 "Content-Type: application/json", "Accept: application/json, text/event-stream",
                 "Content-Encoding: gzip", f"Content-Length: {len(raw)}", "", ""]).encode() + raw)
-            status, headers, got = await wire.answer()
+            status, _, got = await wire.answer()
             assert status == 200, (path, got)
             if path == CHAT:
                 assert json.loads(got)["choices"][0]["message"]["content"] == "echo: packed"
