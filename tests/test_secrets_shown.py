@@ -22,7 +22,6 @@ import pytest
 
 from corral import redact
 from corral.cli.client import CallFailed, Client
-from corral.cluster.connection import shown as shown_redis
 from corral.daemon.revisions import describe_change
 from corral.supervisor.config import McpServerSpec
 
@@ -236,8 +235,8 @@ def test_the_rule_hides_a_servers_env_headers_oauth_secret_and_url_password() ->
     # the spec itself is untouched: the daemon connects with it
     assert spec.oauth_client_secret == CONFIG_SECRET and spec.env == {"K": ENV_SECRET}
     # the cluster's Redis URL, as `corral nodes` and its messages say it: the same rule
-    assert shown_redis(f"redis://:{ENV_SECRET}@h:6379/0") == "redis://:***@h:6379/0"
-    assert shown_redis("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert redact.url(f"redis://:{ENV_SECRET}@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact.url("unix:///run/redis.sock") == "unix:///run/redis.sock"
 
 
 def test_config_keys_that_look_secret_are_hidden_at_any_depth() -> None:

@@ -110,11 +110,7 @@ def place(settings: ClusterSettings) -> str:
     if settings.sentinels:
         return (f"{settings.sentinel_master} (the primary Sentinel "
                 f"{', '.join(settings.sentinels)} names)")
-    return shown(settings.redis)
-
-
-def shown(url: str) -> str:
-    return redact.url(url)
+    return redact.url(settings.redis)
 
 
 def why(exc: BaseException) -> str:
