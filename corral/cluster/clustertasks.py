@@ -164,7 +164,7 @@ class ClusterTasks(RedisPart):
             keys += ride.keys
             args[-4:-4] = ride.args([(self.keys.task(t.id), t.token, a[2])
                                      for t, a in carried])
-            submit = self.submit_batch.rides.submit
+            submit = self.submit_batch.riding
         try:
             if p.session is None:
                 answers, got = await self.submit_batch.after(

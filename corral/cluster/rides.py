@@ -47,14 +47,6 @@ SUBMIT_RIDING = _guarded(SUBMIT, str(REFUSED))
 SUBMIT_CLAIM_RIDING = _guarded(SUBMIT_CLAIM, f"{{{REFUSED}}}")
 
 
-class RideScripts:
-    """The guarded submits, registered with a client (called through scripts.Scripts)."""
-
-    def __init__(self, redis: Any) -> None:
-        self.submit = redis.register_script(SUBMIT_RIDING)
-        self.submit_claim = redis.register_script(SUBMIT_CLAIM_RIDING)
-
-
 class LostLease(Exception):
     """A ride refused: the call's lease is another node's now."""
 

@@ -17,7 +17,7 @@ from .membership import Membership
 from .puller import Puller
 from .queue import ClusterQueue
 from .rides import KEYS as RIDING_KEYS
-from .rides import RideScripts
+from .rides import SUBMIT_CLAIM_RIDING, SUBMIT_RIDING
 from .scripts import Call, Scripts
 
 
@@ -32,7 +32,8 @@ class SubmitClaims(Batcher):
         self.puller = puller
         self.prefix = prefix
         self.claimed = 0  # tasks claimed at their submission
-        self.rides = RideScripts(scripts.redis)
+        self.riding = scripts.redis.register_script(SUBMIT_RIDING)  # (rides.py)
+        self.claim_riding = scripts.redis.register_script(SUBMIT_CLAIM_RIDING)
 
     def _share(self, agent: str, submitted: int) -> int:
         a = self.puller.host.agents.get(agent)
@@ -58,12 +59,12 @@ class SubmitClaims(Batcher):
             left = by_agent[agent]
             by_agent[agent] = left - 1
             if left > shares[agent]:
-                out.append((self.rides.submit if riding else self.script, keys, args))
+                out.append((self.riding if riding else self.script, keys, args))
                 continue
             self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
             spec = self.puller.host.agents[agent].spec
             # (SUBMIT's last four stay last)
-            out.append((self.rides.submit_claim if riding else self.scripts.submit_claim,
+            out.append((self.claim_riding if riding else self.scripts.submit_claim,
                         [*own, self.puller.keys.fence, *last],
                         [*args[:-tail], consumer, node, repr(now), attempt, spec.retries,
                          repr(spec.task_timeout), self.prefix, spec.retry_lost,
@@ -71,7 +72,7 @@ class SubmitClaims(Batcher):
         return out
 
     def _claims(self, script: Any) -> bool:
-        return script is self.scripts.submit_claim or script is self.rides.submit_claim
+        return script is self.scripts.submit_claim or script is self.claim_riding
 
     def sent(self, planned: list[Call]) -> None:
         claiming = self.queue.claiming

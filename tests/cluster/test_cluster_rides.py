@@ -22,7 +22,13 @@ import pytest
 
 from corral import methods as m
 from corral.cluster.calltasks import ClusterStepTasks
-from corral.cluster.rides import REFUSED, LostLease, Ride, RideScripts
+from corral.cluster.rides import (
+    REFUSED,
+    SUBMIT_CLAIM_RIDING,
+    SUBMIT_RIDING,
+    LostLease,
+    Ride,
+)
 from corral.cluster.trust import TENANT
 from corral.jsonrpc import CONFLICT, RpcError
 from corral.supervisor.durable import StepRow
@@ -48,15 +54,15 @@ def _submit(n: Node, ride: Ride, claim: bool, task: str = TASK
             ) -> tuple[Any, list[str], list[Any]]:
     """The riding submit (or submit-and-claim) of `task`, an agent `w` of the default
     tenant, as ClusterTasks and SubmitClaims lay out their keys and arguments."""
-    scripts = RideScripts(n.calls.redis)
     keys = [K.task(task), K.stream("default", "w", 0), K.priorities("default", "w"),
             K.agents, K.live]
     args: list[Any] = [task, "w", b"{}", 0, "", "", "1.0", "a", 0, "0", ""]
     last = [b"", "", "default", n.calls.trust.sign(TENANT, task, "w", "default")]
     if not claim:
-        return scripts.submit, [*keys, *ride.keys], [*args, *ride.args(), *last]
+        return (n.calls.redis.register_script(SUBMIT_RIDING), [*keys, *ride.keys],
+                [*args, *ride.args(), *last])
     claim_args = [n.membership.consumer, "a", "1.0", b"{}", 0, "0", K.prefix]
-    return (scripts.submit_claim, [*keys, K.fence, *ride.keys],
+    return (n.calls.redis.register_script(SUBMIT_CLAIM_RIDING), [*keys, K.fence, *ride.keys],
             [*args, *claim_args, *ride.args(), *last])
 
 
