@@ -48,6 +48,15 @@ Progress = Callable[[dict[str, Any]], None]
 _progress = msgspec.json.Decoder(dict[str, Any])
 
 
+def _let_go(by: dict[str, list[Any]], task_id: str, item: Any) -> None:
+    """A waiter or a follower of the task let go of (its list with the last)."""
+    items = by.get(task_id)
+    if items is not None and item in items:
+        items.remove(item)
+        if not items:
+            del by[task_id]
+
+
 class ClusterTasks(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
                  membership: Membership, host: TaskHost, report: Callable[[str], None],
@@ -280,13 +289,6 @@ class ClusterTasks(RedisPart):
         self._waiting.setdefault(task_id, []).append(fut)
         return fut
 
-    def _unwait(self, task_id: str, fut: Waiter) -> None:
-        waiters = self._waiting.get(task_id)
-        if waiters is not None:
-            waiters.remove(fut)
-            if not waiters:
-                del self._waiting[task_id]
-
     async def _ended(self, task_id: str, fut: Waiter | None) -> m.TaskResult | m.TaskInfo:
         """The task's outcome once it has ended: as the outcomes stream carried it, or
         its record. `fut`: a waiter registered before the task was submitted. The record
@@ -304,7 +306,7 @@ class ClusterTasks(RedisPart):
             finally:
                 # (a wait given up, `tasks.submit`'s, leaves no waiter behind)
                 if fut is not None:
-                    self._unwait(task_id, fut)
+                    _let_go(self._waiting, task_id, fut)
             carried = fut.result() if fut.done() else None
             if carried is not None:
                 return carried
@@ -381,7 +383,7 @@ class ClusterTasks(RedisPart):
             try:
                 await self._put(p, task_id)
             except BaseException:
-                self._unwait(task_id, fut)
+                _let_go(self._waiting, task_id, fut)
                 raise
         try:  # (a replay's record read first: it may have ended)
             got = await within(self._ended(task_id, fut), wait)
@@ -399,11 +401,11 @@ class ClusterTasks(RedisPart):
             try:
                 new = await self._stepped(p, task_id, ride)
             except BaseException:
-                self._unwait(task_id, fut)
+                _let_go(self._waiting, task_id, fut)
                 raise
             if new:
                 return await self._ended(task_id, fut)
-            self._unwait(task_id, fut)
+            _let_go(self._waiting, task_id, fut)
             return await self._ended(task_id, None)
         finally:
             self._stepping.discard(task_id)
@@ -438,20 +440,13 @@ class ClusterTasks(RedisPart):
                     await self._keyed(p, *claimed, watched=True)
             except BaseException:
                 if fut is not None:
-                    self._unwait(task_id, fut)
+                    _let_go(self._waiting, task_id, fut)
                 raise
             notify("task.accepted", {"task_id": task_id})
             got = await self._ended(task_id, fut)
         finally:
-            self._unfollow(task_id, progress)
+            _let_go(self._following, task_id, progress)
         return got.outcome() if isinstance(got, m.TaskInfo) else got
-
-    def _unfollow(self, task_id: str, progress: Progress) -> None:
-        following = self._following.get(task_id)
-        if following is not None and progress in following:
-            following.remove(progress)
-            if not following:
-                del self._following[task_id]
 
     # -- the outcomes of the tasks this node ran -----------------------------------------
     def finished(self, e: TaskFinished) -> None:
