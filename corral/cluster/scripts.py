@@ -244,8 +244,7 @@ for s = 2, #KEYS do
         if f[j] == 'task' then
           local got = claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c)
           if got then
-            out[#out + 1] = {s - 2, e[1], f[j + 1], got[1], got[2], got[3], got[4], got[5],
-              got[6], got[7], got[8], got[9], got[10], got[11], got[12]}
+            out[#out + 1] = {s - 2, e[1], f[j + 1], unpack(got, 1, 12)}
           end
           break
         end
@@ -329,8 +328,7 @@ if direct then
   if mine then return mine end
   -- an attempts list there already: claimed as claim() claims, which counts it
   local got = claim(KEYS[6], direct, added, ARGV[1], prefix, c)
-  return {1, {direct, added, ARGV[1], got[1], got[2], got[3], got[4], got[5], got[6],
-    got[7], got[8], got[9], got[10], got[11], got[12]}}
+  return {1, {direct, added, ARGV[1], unpack(got, 1, 12)}}
 end
 for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   local s = stream_of .. p
@@ -349,9 +347,7 @@ for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
     end
     local claimed = id and claim(KEYS[6], s, e[1], id, prefix, c)
     if claimed then
-      return {1, {s, e[1], id, claimed[1], claimed[2], claimed[3], claimed[4],
-        claimed[5], claimed[6], claimed[7], claimed[8], claimed[9], claimed[10],
-        claimed[11], claimed[12]}}
+      return {1, {s, e[1], id, unpack(claimed, 1, 12)}}
     end
   end
 end
