@@ -146,7 +146,7 @@ class _Server(web.Server):
 
 class HttpRunner(web.AppRunner):
     """aiohttp's runner, its connections made by `connection`: an HttpConnection's kind
-    (the gateway's site's, with a model gateway, serve its calls lean: models/lean.py)."""
+    (the gateway's site's serve its model calls and MCP POSTs lean: models/lean.py)."""
 
     def __init__(self, app: web.Application, refusals: Refusals,
                  connection: Callable[..., HttpConnection] = HttpConnection, **kwargs: Any
