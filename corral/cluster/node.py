@@ -73,7 +73,6 @@ class ClusterNode:
         """`calls`: this node's journal of the durable calls it drives."""
         self.settings = settings
         self.host = host  # the agents, as the task path sees them
-        self.agents = parts.agents
         self.tasks = tasks = parts.tasks
         self.queue = queue
         self.report = report
@@ -103,8 +102,7 @@ class ClusterNode:
                              ClaimParts(self.steps, self.home, self.outbox.progress,
                                         self._serving_nodes),
                              self.waits)
-        self.submit_claims = SubmitClaims(scripts, self.membership, queue, self.puller,
-                                          self.keys.prefix)
+        self.submit_claims = SubmitClaims(self.puller)
         self.desk = ClusterTasks(scripts, self.keys, trust, settings, self.membership, host,
                                  report, self.submit_claims, sessions, self.outbox,
                                  SubmitKeys(self.redis, scripts, self.keys, key_bound))

@@ -13,27 +13,23 @@ from typing import Any
 
 from . import records
 from .batch import Batcher
-from .membership import Membership
 from .puller import Puller
-from .queue import ClusterQueue
 from .rides import KEYS as RIDING_KEYS
 from .rides import SUBMIT_CLAIM_RIDING, SUBMIT_RIDING
-from .scripts import Call, Scripts
+from .scripts import Call
 
 
 class SubmitClaims(Batcher):
     """The submit's batcher (batch.py) that claims this node's share of each batch."""
 
-    def __init__(self, scripts: Scripts, membership: Membership, queue: ClusterQueue,
-                 puller: Puller, prefix: str) -> None:
-        super().__init__(scripts, scripts.submit)
-        self.membership = membership
-        self.queue = queue
+    def __init__(self, puller: Puller) -> None:
+        super().__init__(puller.scripts, puller.scripts.submit)
+        self.membership = puller.membership
+        self.queue = puller.queue
         self.puller = puller
-        self.prefix = prefix
         self.claimed = 0  # tasks claimed at their submission
-        self.riding = scripts.redis.register_script(SUBMIT_RIDING)  # (rides.py)
-        self.claim_riding = scripts.redis.register_script(SUBMIT_CLAIM_RIDING)
+        self.riding = puller.redis.register_script(SUBMIT_RIDING)  # (rides.py)
+        self.claim_riding = puller.redis.register_script(SUBMIT_CLAIM_RIDING)
 
     def _share(self, agent: str, submitted: int) -> int:
         a = self.puller.host.agents.get(agent)
@@ -67,7 +63,7 @@ class SubmitClaims(Batcher):
             out.append((self.claim_riding if riding else self.scripts.submit_claim,
                         [*own, self.puller.keys.fence, *last],
                         [*args[:-tail], consumer, node, repr(now), attempt, spec.retries,
-                         repr(spec.task_timeout), self.prefix, spec.retry_lost,
+                         repr(spec.task_timeout), self.puller.keys.prefix, spec.retry_lost,
                          *args[-tail:]]))
         return out
 
