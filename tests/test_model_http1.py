@@ -177,6 +177,12 @@ async def test_a_connection_cut_before_any_answer_fails_naming_it(raw: RawServer
      "the upstream's answer was cut in a chunk (the upstream closed the connection)"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
      "the upstream's chunk size b'zz' is not hexadecimal"),
+    # what int(x, 16) reads and no HTTP peer means (a negative size looped the daemon)
+    *((b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%b\r\nabcdefghij" % size,
+       f"the upstream's chunk size {size!r} is not hexadecimal")
+      for size in (b"-5", b"+5", b"0x10", b"1_0", b"", b"1" * 17)),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",
+     "the upstream's Content-Length '\xb2' is not a number"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
      "the upstream's Content-Length 'ten' is not a number"),
     (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 1\r\n\r\nx",

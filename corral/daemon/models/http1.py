@@ -101,6 +101,7 @@ class _Wire(asyncio.Protocol):
 
 
 # a chunked body's states, each named by what is read in it (said when the body is cut)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIZE, _CHUNK, _CHUNK_END, _TRAILERS = ("a chunk's size", "a chunk", "a chunk's end",
                                         "its trailers")
 
@@ -127,7 +128,7 @@ class UpstreamAnswer:
         if self.chunked or length is None:
             self.left = -1  # (chunked: the chunk's bytes left, once in one)
             self.to_close = self.to_close or not self.chunked
-        elif length.isdigit() and len(length) < 19:
+        elif length.isascii() and length.isdigit() and len(length) < 19:  # (not "²")
             self.left = int(length)
         else:
             raise UpstreamFailed(f"the upstream's Content-Length {length[:40]!r} is not a "
@@ -188,11 +189,12 @@ class UpstreamAnswer:
     def _line(self, line: bytes) -> None:
         if self.state is _SIZE:
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                self.left = int(size_text, 16)
-            except ValueError:
+            # (int() also reads a sign, "0x" and "_": a negative size looped for ever)
+            if not (0 < len(size_text) <= 16 and size_text.isascii()
+                    and all(c in _HEX for c in size_text)):
                 raise UpstreamFailed(f"the upstream's chunk size {size_text[:20]!r} is "
-                                     "not hexadecimal") from None
+                                     "not hexadecimal")
+            self.left = int(size_text, 16)
             self.state = _CHUNK if self.left else _TRAILERS
         elif self.state is _CHUNK_END:
             if line:
