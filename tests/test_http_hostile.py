@@ -205,6 +205,35 @@ def test_a_flood_of_requests_is_answered_and_the_loop_keeps_turning(http: Http) 
     settled(http, rss0, 64 * MiB, probe)
 
 
+# -- digits int() refuses -------------------------------------------------------------------
+@pytest.mark.deadline(60)
+def test_other_digits_where_a_number_goes_are_no_number_not_an_error(http: Http) -> None:
+    """'²' is a digit to str.isdigit() and not to int(): in a stream's Last-Event-ID it is
+    no id (the stream starts at the newest), in a replica's label a clear refusal. Fails
+    with a 500 (int() raising past the check)."""
+    token = http.token("digits")
+
+    def head(path: str, extra: str = "") -> bytes:
+        with socket.create_connection(("127.0.0.1", http.port), timeout=10) as s:
+            s.sendall(request(token, path, extra))
+            got = b""
+            while b"\r\n\r\n" not in got and (chunk := s.recv(4096)):
+                got += chunk
+            return got + (s.recv(4096) if b"200" not in got.split(b"\r\n")[0] else b"")
+
+    for path in ("/api/v1/events/stream", "/api/v1/replicas/stream"):
+        for last in ("\u00b2", "1-\u00b2"):
+            got = head(path, f"Last-Event-ID: {last}\r\n")
+            assert got.startswith(b"HTTP/1.1 200"), (path, last, got)
+    got = head("/api/v1/agents?names=hello%23%C2%B2")
+    assert got.startswith(b"HTTP/1.1 400"), got
+    assert "hello#\u00b2: the replica after '#' must be a number" in got.decode(), got
+    r = http.d.cli("status", "hello#\u00b2")
+    assert r.returncode != 0 and "hello#\u00b2: the replica after '#' must be a number" in \
+        r.stderr, r.stderr
+    assert http.d.status()["hello#0"]["state"] == "ready"
+
+
 # -- streams that never read ----------------------------------------------------------------
 @pytest.mark.deadline(180)
 def test_a_thousand_streams_that_never_read_are_bounded_and_capped(http: Http) -> None:

@@ -149,15 +149,18 @@ async def test_lean_and_aiohttp_answer_a_call_alike_and_pipelined_calls_in_order
 
 async def test_a_head_lean_does_not_take_is_aiohttps_to_refuse(
         tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
-    """A repeated Content-Length (a smuggling attempt) and a header line over 8190 bytes:
-    handed to aiohttp, which refuses each with a 400 and reads nothing after it; the
-    gateway made no call. Fails with lean taking either as a call."""
+    """A repeated Content-Length (a smuggling attempt), one of digits int() refuses ('²',
+    a digit to str.isdigit()) and a header line over 8190 bytes: handed to aiohttp, which
+    refuses each with a 400 and reads nothing after it; the gateway made no call. Fails
+    with lean taking any as a call (or raising on the '²')."""
     async with in_process(tmp_path, fleet(upstream.url)) as d:
         token = await token_of(d)
         made = upstream.calls()
-        for extra in ("Content-Length: 3", "X-Pad: " + "x" * 9000):
+        for extra in ("Content-Length: 3", "X-Pad: " + "x" * 9000, "²"):
             wire = await connected(d)
-            wire.writer.write(post(CHAT, chat("smuggled"), token, extra))
+            wire.writer.write(post(CHAT, chat("smuggled"), token, extra) if extra != "²" else
+                              post(CHAT, chat("smuggled"), token).replace(
+                                  b"Content-Length: ", b"Content-Length: \xb2", 1))
             status, _, body = await wire.answer()
             assert status == 400, body
             assert await asyncio.wait_for(wire.reader.read(), 60) == b""  # (closed)

@@ -204,7 +204,7 @@ async def agents_restart(d: AgentServices, p: m.AgentsRestart,
 
 
 def _signal_number(name: str) -> int:
-    if name.isdigit():
+    if name.isdecimal():
         return int(name)
     key = name.upper()
     key = key if key.startswith("SIG") else "SIG" + key

@@ -36,7 +36,7 @@ def mark_of(query: Mapping[str, str]) -> AttemptMark | None:
     if not task_id or attempt is None:
         raise ValueError(f"an attempt's address names both {TASK_PARAM} and "
                          f"{ATTEMPT_PARAM} (?{TASK_PARAM}=ID&{ATTEMPT_PARAM}=N)")
-    if not attempt.isdigit() or int(attempt) < 1:
+    if not attempt.isdecimal() or int(attempt) < 1:
         raise ValueError(f"{ATTEMPT_PARAM} {attempt!r:.40} is not an attempt's number "
                          "(1, 2, ...)")
     return AttemptMark(task_id, int(attempt))

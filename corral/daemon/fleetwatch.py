@@ -141,7 +141,7 @@ class FleetWatch:
         """Where a watcher that saw `last_event_id` goes on: (the next change's number,
         None), or (None, how many it missed; None: unknown) for a resync snapshot."""
         epoch, _, number = (last_event_id or "").partition("-")
-        if epoch != self.epoch or not number.isdigit() or int(number) > self.last:
+        if epoch != self.epoch or not number.isdecimal() or int(number) > self.last:
             return None, None
         cursor = int(number) + 1
         if cursor < self.first:

@@ -32,7 +32,7 @@ def parse_target(target: str) -> tuple[str, int | None]:
     name, sep, index = target.partition("#")
     if not sep:
         return name, None
-    if not index.isdigit():
+    if not index.isdecimal():
         raise ValueError(f"{target}: the replica after '#' must be a number")
     return name, int(index)
 

@@ -28,7 +28,7 @@ class NoSuchAgent(SupervisorError):
             near = closest(name, names)
             agent, sep, index = name.partition("#")  # a replica's label, as status prints it
             said.append(f"{name} is a replica of `{agent}`: name the agent"
-                        if sep and index.isdigit() and agent in names else
+                        if sep and index.isdecimal() and agent in names else
                         f"did you mean `{near}`?" if near is not None
                         else f"agents: {listing(names)}" if names else "there are no agents")
         super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"

@@ -67,7 +67,7 @@ async def _get(url: str) -> ProbeResult:
     finally:
         await _close(writer)
     parts = line[:STATUS_LINE_MAX].decode("latin-1").split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdecimal():
         return ProbeResult(False, f"GET {url}: not an HTTP answer: {line[:80]!r}")
     code = int(parts[1])
     said = f"GET {url}: {code}" + (f" {parts[2].strip()}" if len(parts) > 2 else "")

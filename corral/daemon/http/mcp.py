@@ -175,7 +175,7 @@ def parse_listen(listen: str) -> tuple[str, str | None, int]:
     if listen.startswith("unix:"):
         return "unix", listen[5:], 0
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdecimal() or not host:
         raise ConfigError(f"gateway.listen: {listen!r} is neither unix:PATH nor HOST:PORT")
     return "tcp", host.strip("[]"), int(port)
 

@@ -344,7 +344,7 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
     client is slow or gone, or for `stop` (its token revoked or expired)."""
     ring.start()
     last = _last_id(request)
-    cursor = int(last) + 1 if last is not None and last.isdigit() else ring.last + 1
+    cursor = int(last) + 1 if last is not None and last.isdecimal() else ring.last + 1
     response = await open_stream(request)
     # a caller limited to an agent glob is sent no other agent's events (events.seen_by)
     reader = Reader(request, params.pattern, cursor, tenant,

@@ -159,6 +159,6 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
             # connection: aiohttp's)
         headers[key] = value.strip().decode("latin-1")
     length = headers.get("content-length", "")
-    if not length.isdigit() or int(length) > LEAN_BODY:
+    if not length.isdecimal() or int(length) > LEAN_BODY:
         return None
     return endpoint, target.decode("latin-1"), headers, int(length)
