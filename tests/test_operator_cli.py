@@ -211,6 +211,7 @@ def test_a_replicas_label_as_status_prints_it_names_that_replica(tmp: Path) -> N
                                                "agents: name hello\n")
         assert len(d.status()) == 2  # nothing was scaled
 
+
 def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Path) -> None:
     def check(text: str, *flags: str) -> subprocess.CompletedProcess[str]:
         p = tmp / "c.toml"
