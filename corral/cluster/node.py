@@ -97,11 +97,9 @@ class ClusterNode:
                                 self._requeue)
         self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,
                              report, settings.keep_tasks_for)
-        self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
-                             tasks, settings.beat, report,
+        self.puller = Puller(scripts, self.keys, self.membership, queue, host, tasks, report,
                              ClaimParts(self.steps, self.home, self.outbox.progress,
-                                        self._serving_nodes),
-                             self.waits)
+                                        self._serving_nodes), self.waits)
         self.submit_claims = SubmitClaims(self.puller)
         self.desk = ClusterTasks(scripts, self.keys, trust, settings, self.membership, host,
                                  report, self.submit_claims, sessions, self.outbox,
@@ -116,8 +114,7 @@ class ClusterNode:
         self.reaper = Reaper(scripts, self.keys, trust, self.membership, report,
                              settings.keep_tasks_for)
         self.due = DueClock(self.redis, self.keys, self.membership, settings.beat, report)
-        self.retention = ClusterRetention(self.redis, scripts, self.keys, self.membership,
-                                          settings)
+        self.retention = ClusterRetention(scripts, self.keys, self.membership, settings)
         self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)
         self.events = EventRelay(self.redis, self.keys, self.node, parts.bus,
                                  settings.beat, report)
@@ -361,10 +358,9 @@ class ClusterNode:
         await cancel_all(loops)
         await self.placement.close()
         await self.asks.close()
-        with contextlib.suppress(TimeoutError):
-            await within(self.steps.close(), self.settings.beat)
-        with contextlib.suppress(TimeoutError):
-            await within(self.calls.close(), self.settings.beat)
+        for part in (self.steps, self.calls):  # (their last writes, a beat at most)
+            with contextlib.suppress(TimeoutError):
+                await within(part.close(), self.settings.beat)
         # leaving is a courtesy (the node's key lapses at its TTL anyway): a Redis gone
         # away meanwhile may answer with uvloop's RuntimeError of a closed transport
         with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError):
@@ -508,8 +504,7 @@ class ClusterNode:
         # (one being suspended is its cluster's already: cancelled there)
         if isinstance(mine, ClusterTask) and not mine.ended and not mine.suspended:
             self.tasks.cancel(task_id)  # its outcome goes through the fence
-            with contextlib.suppress(RedisError, TimeoutError):
-                await within(self.outbox.flush(), self.settings.node_ttl)
+            await self.flush_outbox()
         elif is_task_id(task_id):
             error = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
                                                    "cancelled while queued"))

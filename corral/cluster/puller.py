@@ -39,10 +39,10 @@ class ClaimParts(NamedTuple):
 
 
 class Puller:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 queue: ClusterQueue, host: TaskHost, tasks: TaskManager, beat: float,
+    def __init__(self, scripts: Scripts, keys: Keys, membership: Membership,
+                 queue: ClusterQueue, host: TaskHost, tasks: TaskManager,
                  report: Callable[[str], None], claims: ClaimParts, waits: Any) -> None:
-        self.redis = redis
+        self.redis = scripts.redis
         self.waits = waits
         self.scripts = scripts
         self.keys = keys
@@ -50,7 +50,7 @@ class Puller:
         self.queue = queue
         self.host = host
         self.tasks = tasks
-        self.beat = beat
+        self.beat = membership.beat
         self.report = report
         self.loops: dict[str, asyncio.Task[None]] = {}
         # the route (keys.route) -> (when, streams)

@@ -17,9 +17,9 @@ from .scripts import Scripts
 
 
 class ClusterRetention:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
+    def __init__(self, scripts: Scripts, keys: Keys, membership: Membership,
                  settings: ClusterSettings) -> None:
-        self.redis = redis
+        self.redis = scripts.redis
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
