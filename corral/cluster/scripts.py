@@ -169,7 +169,7 @@ local function claim(fence, stream, entry, id, prefix, c)
   if base > 0 then
     cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
   end
-  {sessionscripts.claimed()}
+  {sessionscripts.CLAIM_TURN}
   return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state, v[6] or false,
     policy(v[7])}}
 end
@@ -215,7 +215,7 @@ local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[10], ARGV[
 local out = {}
 local want = tonumber(ARGV[7])
 if not alive(prefix, ARGV[1]) then want = 0 end
-""" + sessionscripts.sticky_claims() + """
+""" + sessionscripts.STICKY_CLAIMS + """
 local serving = tonumber(ARGV[9])
 local held = 0
 if want > 0 and serving > 1 then
@@ -769,25 +769,11 @@ class Scripts:
         self.drop_consumer = redis.register_script(DROP_CONSUMER)
         self.alive = redis.register_script(ALIVE)
 
-    async def run(self, calls: list[Call]) -> list[Any]:
-        """Many script calls in one round trip, each answer or its error in order. Not
-        redis-py's piped scripts, which ask SCRIPT EXISTS first (a round trip more): a
-        call answered NOSCRIPT did nothing, and goes again once loaded."""
-        return await self._run(calls, None)
-
-    async def one(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
-        """One `acknowledged` call: its answer, or its error raised."""
-        [got] = await self.acknowledged([(script, keys, args)])
-        if isinstance(got, BaseException):
-            raise got
-        return got
-
-    async def acknowledged(self, calls: list[Call]) -> list[Any]:
-        """`run`, with the replicas' confirmation where [cluster] ack_replicas asks for it
-        (replicas.UnconfirmedWrite when it does not come in time: the calls did run)."""
-        return await self._run(calls, self.acks)
-
-    async def _run(self, calls: list[Call], acks: Acks | None) -> list[Any]:
+    async def run(self, calls: list[Call], acks: Acks | None = None) -> list[Any]:
+        """Many script calls in one round trip, each answer or its error in order (with
+        `acks`, confirmed by them). Not redis-py's piped scripts, which ask SCRIPT EXISTS
+        first (a round trip more): a call answered NOSCRIPT did nothing, and goes again
+        once loaded."""
         answers = await self._pipe(calls, acks)
         results = answers[:len(calls)]
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -801,6 +787,18 @@ class Scripts:
         if acks is not None:
             acks.check(answers)
         return results
+
+    async def one(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """One `acknowledged` call: its answer, or its error raised."""
+        [got] = await self.acknowledged([(script, keys, args)])
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    async def acknowledged(self, calls: list[Call]) -> list[Any]:
+        """`run`, with the replicas' confirmation where [cluster] ack_replicas asks for it
+        (replicas.UnconfirmedWrite when it does not come in time: the calls did run)."""
+        return await self.run(calls, self.acks)
 
     async def _pipe(self, calls: list[Call], acks: Acks | None) -> list[Any]:
         """The calls' answers, then (with `acks`) the confirmation's two, unchecked."""

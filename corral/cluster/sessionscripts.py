@@ -189,12 +189,10 @@ return 1
 """
 
 
-def claimed() -> str:
-    """(A fragment of scripts' claim function.) A task of a session is given its name and
-    its state (`sess`, `state`, else false); the session remembers the claiming
-    incarnation for its next turn (`_stick`), unless it has ended (no hash is made
-    again)."""
-    return """local sess, state = false, false
+# (A fragment of scripts' claim function.) A task of a session is given its name and its
+# state (`sess`, `state`, else false); the session remembers the claiming incarnation for
+# its next turn (`_stick`), unless it has ended (no hash is made again).
+CLAIM_TURN = """local sess, state = false, false
   local agent_name = redis.call('HMGET', task, 'agent', 'session', 'stenant')
   if agent_name[2] then
     sess = agent_name[2]
@@ -205,13 +203,12 @@ def claimed() -> str:
   end"""
 
 
-def sticky_claims() -> str:
-    """(A fragment of scripts.READ_CLAIM.) The turns given to this incarnation (its list,
-    ARGV[11]) claimed first, up to `want`, each only while its record is still queued
-    under the entry given, pending with this consumer, in one of this read's streams:
-    another item (forged, or queued again meanwhile) is dropped, touching nothing.
-    -> `sticky`: how many were claimed."""
-    return f"""local sticky = 0
+# (A fragment of scripts.READ_CLAIM.) The turns given to this incarnation (its list,
+# ARGV[11]) claimed first, up to `want`, each only while its record is still queued under
+# the entry given, pending with this consumer, in one of this read's streams: another item
+# (forged, or queued again meanwhile) is dropped, touching nothing.
+# -> `sticky`: how many were claimed.
+STICKY_CLAIMS = f"""local sticky = 0
 while want > 0 and ARGV[11] do
   local item = redis.call('LPOP', ARGV[11])
   if not item then break end
@@ -231,8 +228,7 @@ while want > 0 and ARGV[11] do
       -- its entry's idle time from now, as a read's claim has it: counted from its
       -- delivery, the orphan pass could take a turn claimed just now for one lost
       redis.call('XCLAIM', home, '{GROUP}', ARGV[1], 0, entry, 'JUSTID')
-      out[#out + 1] = {{at - 2, entry, id, got[1], got[2], got[3], got[4], got[5],
-        got[6], got[7], got[8], got[9], got[10], got[11]}}
+      out[#out + 1] = {{at - 2, entry, id, unpack(got, 1, 11)}}
       want = want - 1
       sticky = sticky + 1
     end
