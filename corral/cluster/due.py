@@ -47,11 +47,10 @@ return {{moved, first[2] or false}}
 class DueClock:
     """A node's part in moving the cluster's due tasks (one per node)."""
 
-    def __init__(self, redis: Any, keys: Keys, membership: Membership, beat: float,
+    def __init__(self, redis: Any, keys: Keys, membership: Membership,
                  report: Callable[[str], None]) -> None:
         self.keys = keys
         self.membership = membership
-        self.beat = beat
         self.report = report
         self.script = redis.register_script(DUE)
         self.moved = 0  # tasks this node moved to their streams
@@ -66,7 +65,7 @@ class DueClock:
 
     async def run(self) -> None:
         while True:
-            wait = self.beat
+            wait = self.membership.beat
             if self.membership.member:
                 try:
                     first = await self.step()

@@ -113,7 +113,7 @@ class ClusterNode:
         self.durables = Durables(self.calls, step_tasks)
         self.reaper = Reaper(scripts, self.keys, trust, self.membership, report,
                              settings.keep_tasks_for)
-        self.due = DueClock(self.redis, self.keys, self.membership, settings.beat, report)
+        self.due = DueClock(self.redis, self.keys, self.membership, report)
         self.retention = ClusterRetention(scripts, self.keys, self.membership, settings)
         self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)
         self.events = EventRelay(self.redis, self.keys, self.node, parts.bus,
@@ -121,8 +121,7 @@ class ClusterNode:
         self.specs = ClusterSpecs(scripts, self.keys, trust, describe)
         self.declared = Declarations(self.specs, self.node, report)
         self.placement = Placement(scripts, self.keys, trust, self.membership, parts,
-                                   prepare, apply, self.declared,
-                                   settings.beat, report)
+                                   prepare, apply, self.declared, report)
         host.stream.subscribe(self.desk.finished, TaskFinished)
         host.stream.subscribe(self._sessions_ending, SessionsEnding)
         host.stream.subscribe(self._fenced, NodeFence)

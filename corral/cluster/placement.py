@@ -77,7 +77,7 @@ class Placement(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, membership: Membership,
                  parts: Parts, prepare: Callable[[AgentSpec], None],
                  apply: Callable[[str, AgentSpec], Awaitable[None]],
-                 declared: Declarations, beat: float, report: Callable[[str], None]) -> None:
+                 declared: Declarations, report: Callable[[str], None]) -> None:
         super().__init__(scripts, keys, trust)
         self.membership = membership
         self.agents = parts.agents
@@ -86,7 +86,6 @@ class Placement(RedisPart):
         self.prepare = prepare  # a spec's node-local defaults (its cwd)
         self.apply = apply  # a running agent brought to a new spec (rolling)
         self.declared = declared  # the config file's cluster agents, to register
-        self.beat = beat
         self.report = report
         self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
         # every cluster agent's slots as last read (None: waiting for a node with room)
@@ -117,7 +116,7 @@ class Placement(RedisPart):
                 await self.step()
             except RedisError as exc:
                 self.report(f"cluster: placing agents: {why(exc)}")
-            await asyncio.sleep(self.beat)
+            await asyncio.sleep(self.membership.beat)
 
     async def step(self) -> None:
         """One beat: register the config's cluster agents, place, then run what is placed here."""

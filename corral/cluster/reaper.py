@@ -41,7 +41,6 @@ class Reaper(RedisPart):
         self.requeued = 0
         self.lost = 0
         self.orphans = 0
-        self.beat = membership.beat
 
     async def streams(self) -> list[str]:
         """Every task stream of the cluster (a priority each, and the claimed stream where
@@ -151,7 +150,7 @@ class Reaper(RedisPart):
         try:
             for stream, entries in by_stream.items():
                 await self.redis.xclaim(stream, GROUP, consumer, 0, entries, justid=True)
-            idle = int(ORPHAN_BEATS * self.beat * 1000)
+            idle = int(ORPHAN_BEATS * self.membership.beat * 1000)
             for stream in streams:
                 held = frozenset(e.encode() for e in by_stream.get(stream, ()))
                 await self._take_over(stream, consumer, idle=idle, held=held)
