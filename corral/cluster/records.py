@@ -94,10 +94,6 @@ def error_json(error: TaskFailure) -> bytes:
     return _encode(error)
 
 
-def _s(rec: dict[bytes, bytes], key: bytes) -> str:
-    return rec[key].decode()
-
-
 def when(v: bytes | None) -> float | None:
     """A record's time field (None: unset)."""
     return float(v) if v else None
@@ -114,7 +110,7 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
     not_before = when(rec.get(b"not_before")) if rec.get(b"status") == b"queued" else None
     tried = [_attempt.decode(a) for a in attempts]
     return m.TaskInfo(
-        task_id=task_id, agent=_s(rec, b"agent"), status=_s(rec, b"status"),
+        task_id=task_id, agent=rec[b"agent"].decode(), status=rec[b"status"].decode(),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
         started=when(rec.get(b"started")), finished=when(rec.get(b"finished")), tool_calls=0,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
