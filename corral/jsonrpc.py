@@ -533,9 +533,7 @@ class LineBlock(msgspec.Struct, gc=False):
         return iter(self.block.split(b"\n"))
 
     def last(self, n: int) -> list[bytes]:
-        if n <= 0:
-            return []
-        return self.block.rsplit(b"\n", n)[-n:]
+        return self.block.rsplit(b"\n", n)[-n:] if n > 0 else []
 
 
 class ChunkLines(asyncio.Protocol):
@@ -579,9 +577,6 @@ class ChunkLines(asyncio.Protocol):
             piece for line in lines
             for piece in ([line] if len(line) <= m else
                           [line[i : i + m] for i in range(0, len(line), m)])]))
-
-    def eof_received(self) -> bool:
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._rest:  # a last line without its newline (a crash mid-write)
@@ -711,6 +706,7 @@ class Peer:
         self.max_handling = 0  # 0: no limit
         self.held: list[Envelope] | None = None
         self._parked: set[Id] | None = None
+        self.dropped: int | None = None  # once it has exited: its requests not run (`exited`)
         # requests in a row that timed out with not a line from the other side since: a
         # peer that has no ping shows a hang this way (only a line read resets it, so a
         # stall of our own loop, which leaves the answers unread, never counts)
@@ -725,6 +721,16 @@ class Peer:
         worked on (or `requests_paused`), the next waits and `reader` stops reading."""
         self.reader, self.max_handling = reader, max_handling
 
+    def exited(self) -> None:
+        """The other side has ended, what it wrote read still (a process's drain) for its
+        answers and notifications: its requests run no more (those worked on cancelled,
+        those held or read from now on counted), nothing sent it, its reader let go."""
+        self.dropped = (self.dropped or 0) + len(self.held or ())
+        self.held = self.reader = None
+        incoming, self._incoming = self._incoming, {}
+        for task in incoming.values():
+            task.cancel()
+
     def ends(self) -> asyncio.Event:
         """Set after each request ends either way: what waits for a quiet channel
         (corral upgrade's hand-over) clears it and is woken, not polling."""
@@ -735,7 +741,7 @@ class Peer:
     # outgoing -----------------------------------------------------------------------------
 
     def send_message(self, msg: Any) -> None:
-        if self.closed is None:
+        if self.dropped is None:  # (neither exited nor closed)
             self._send(encode(msg))
 
     def notify(self, method: str, params: Any = None) -> None:
@@ -1020,14 +1026,16 @@ class Peer:
                 log.exception("%s: notification handler for %s failed", self.name, method)
 
     def _handle_request(self, env: Envelope) -> None:
-        if self.held is not None or self._holding_requests():
+        if self.dropped is not None:
+            self.dropped += 1
+        elif self.held is not None or self._holding_requests():
             if self.held is None:
                 self.held = []
                 if self.reader is not None:
                     self.reader.pause()
             self.held.append(env)
-            return
-        self._take_request(env)
+        else:
+            self._take_request(env)
 
     def _holding_requests(self) -> bool:
         working = len(self._incoming) - (len(self._parked) if self._parked else 0)
@@ -1175,18 +1183,15 @@ class Peer:
 
     # teardown -----------------------------------------------------------------------------
     def close(self, reason: str, data: Any = None) -> None:
-        """Fail every pending request and cancel every running handler; idempotent.
-        `data` rides on each request's error (a worker's: what kind of loss its exit
-        was, tasks/losses.py)."""
+        """Fail every pending request, then as `exited` (every running handler cancelled);
+        idempotent. `data` rides on each request's error (a worker's: what kind of loss
+        its exit was, tasks/losses.py)."""
         if self.closed is not None:
             return
         self.closed = RpcError(PEER_CLOSED, reason, data)
-        self.held = self.reader = None
         pending, self._pending = self._pending, {}
         self._decoders.clear()
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(RpcError(PEER_CLOSED, reason, data))
-        incoming, self._incoming = self._incoming, {}
-        for task in incoming.values():
-            task.cancel()
+        self.exited()

@@ -26,7 +26,8 @@
     flood           tool "flood" {n}: sends the client n pings (distinct ids) as fast as it
                     can, then never reads its stdin again
 
-Tools: echo {text}, slow {seconds} (honours notifications/cancelled), die (exits mid-call),
+Tools: echo {text}, slow {seconds, pid} (honours notifications/cancelled; with a pid,
+its seconds count from that process's end), die (exits mid-call),
 progress {steps} (notifications/progress to the caller's token), grow (adds tool "extra"
 and sends notifications/tools/list_changed), block {seconds} (blocks the reader: no ping is
 answered meanwhile, like a FastMCP 1.x sync tool), big {mb} (a result of that many MiB),
@@ -103,12 +104,15 @@ def call(rid, params):
     if name == "echo":
         reply(rid, {"content": [{"type": "text", "text": args.get("text", "")}],
                     "structuredContent": {"echo": args.get("text", "")}, "isError": False})
-    elif name == "slow":
-        end = time.monotonic() + float(args.get("seconds", 10))
+    elif name == "slow":  # {"pid": P}: its seconds counted from process P's end
+        pid, seconds = args.get("pid"), float(args.get("seconds", 10))
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             if rid in cancelled:
                 print(f"cancelled {rid}", file=sys.stderr, flush=True)
                 return
+            if pid and os.path.exists(f"/proc/{pid}"):
+                end = time.monotonic() + seconds
             time.sleep(0.01)
         reply(rid, {"content": [{"type": "text", "text": "slept"}]})
     elif name == "die":

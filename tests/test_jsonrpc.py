@@ -367,6 +367,40 @@ async def test_held_requests_wait_in_order_while_answers_and_notifications_pass(
     assert sent == []
 
 
+async def test_after_the_other_side_exited_its_requests_are_run_no_more() -> None:
+    """`exited` (a process's drain): its requests worked on are cancelled, their answers
+    not written; those held and those read from then on are counted in `dropped`, never
+    run, not even as the ones worked on end; answers and notifications still pass."""
+    sent: list[bytes] = []
+    noted: list[str] = []
+    ran: list[str] = []
+
+    def dispatch(method: str, params: Any, peer: Peer) -> Any:
+        ran.append(method)
+        return asyncio.sleep(60)
+
+    reader = LineProtocol(lambda line: None, lambda exc: None)
+    peer = Peer("p", sent.append, dispatch=dispatch,
+                on_notification=lambda method, params, p: noted.append(method))
+    peer.flow(reader, 2)
+    _, fut = peer.request_future("ask")
+    sent.clear()
+    for i in range(3):
+        peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"method":"m%d"}' % (i, i))
+    assert (ran, peer.handling, peer.held is not None, reader.paused, peer.dropped) == (
+        ["m0", "m1"], 2, True, True, None)
+    peer.exited()
+    assert (peer.dropped, peer.held, peer.reader) == (1, None, None)
+    peer.feed_line(b'{"jsonrpc":"2.0","id":3,"method":"m3"}')
+    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"result":"answered"}')
+    peer.feed_line(b'{"jsonrpc":"2.0","method":"note"}')
+    async with asyncio.timeout(5):
+        while peer.handling:  # the cancelled requests end
+            await asyncio.sleep(0)
+    assert (ran, peer.dropped, peer.held, sent) == (["m0", "m1"], 2, None, [])
+    assert msgspec.json.decode(fut.result()) == "answered" and noted == ["note"]
+
+
 async def test_at_most_max_handling_requests_are_worked_on_and_the_rest_follow() -> None:
     sent: list[bytes] = []
     gates = [asyncio.get_running_loop().create_future() for _ in range(3)]

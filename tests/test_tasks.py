@@ -505,24 +505,46 @@ async def test_an_answer_written_just_before_a_crash_counts(sup: Supervisor) -> 
     assert (st.restarts, st.last_exit) == (1, "exited with status 3"), st
 
 
-async def test_an_answer_behind_held_requests_counts_at_the_exit(sup: Supervisor) -> None:
-    """A worker sends more slow tool calls than corral works on at once (MAX_IN_FLIGHT),
-    then its answer, and exits (status 3): its stdout, no longer read while the calls
-    are worked on, is read to its end at the reap all the same, so its task succeeds
-    (one attempt, not lost and run again), and its exit is a crash restarted by policy."""
+async def test_an_answer_behind_held_requests_counts_at_the_exit(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """A worker sends more tool calls than corral works on at once (MAX_IN_FLIGHT), then
+    its answer, and exits (status 3): its stdout, no longer read while the calls are
+    worked on, is read to its end at the reap all the same, so its task succeeds (one
+    attempt, not lost and run again), and its exit is a crash restarted by policy. Its
+    requests are a dead worker's from its exit on: those worked on are cancelled, those
+    past the bound, held or read by the drain, are not run (counted in its log), though
+    its calls would end 0.5 s after it and its stdout is held open (as by a process
+    escaped with it) for longer: the tool server is asked MAX_IN_FLIGHT calls, no more."""
+    record, go = tmp_path / "calls.jsonl", tmp_path / "go"
+    logs: list[tuple[str, str]] = []
+    sup.stream.subscribe(lambda e: logs.extend((e.stream, x.decode()) for x in e.lines),
+                         LogBatch)
     sup.add_mcp_server(McpServerSpec(name="s", command=[PY, str(HERE / "scripted_mcp.py")],
-                                     args=["v2025-11"], timeout=60.0))
+                                     args=["v2025-11"], timeout=60.0,
+                                     env={"SCRIPTED_RECORD": str(record)}))
     sup.add(agent("last", command=[PY, str(HERE / "lastwords_agent.py")],
                   restart="on-failure", tools=["s__slow"]))
-    await sup.wait_state("last", State.READY)
-    task = sup.tasks.submit("last", {"calls": MAX_IN_FLIGHT + 1, "tool": "s__slow"})
-    await asyncio.wait_for(task.done, 30)
-    assert (task.status, task.error, len(task.attempts)) == ("succeeded", None, 1)
-    assert task.output == {"calls": MAX_IN_FLIGHT + 1, "tool": "s__slow", "pad": ""}
-    await wait_until_async(lambda: sup.agent("last").replicas[0].restarts == 1)
+    r = await sup.wait_state("last", State.READY)
+    pid, more = r.pid, 3
+    task_input = {"calls": MAX_IN_FLIGHT + more, "tool": "s__slow", "go": str(go),
+                  "args": {"seconds": 0.5, "pid": pid}}
+    with open(f"/proc/{pid}/fd/1", "wb"):  # its stdout: no EOF, the drain lasts its grace
+        task = sup.tasks.submit("last", task_input)
+        await wait_until_async(lambda: record.exists() and
+                               len(record.read_text().splitlines()) == MAX_IN_FLIGHT)
+        go.touch()
+        await asyncio.wait_for(task.done, 30)
+        assert (task.status, task.error, len(task.attempts)) == ("succeeded", None, 1)
+        assert task.output == {**task_input, "pad": ""}
+        await wait_until_async(lambda: sup.agent("last").replicas[0].restarts == 1)
     await sup.wait_state("last", State.READY)
     st = sup.agent("last").replicas[0].status()
     assert (st.restarts, st.last_exit) == (1, "exited with status 3"), st
+    assert len(record.read_text().splitlines()) == MAX_IN_FLIGHT
+    assert ("corral", f"{more} requests held at its exit or read after it not run") in logs
+    # (the tool server's threads print "cancelled ID" each, their lines mixed at times)
+    await wait_until_async(lambda: sum(x.count("cancelled ") for _, x in logs)
+                           == MAX_IN_FLIGHT)
 
 
 async def test_queued_tasks_survive_a_crash_that_is_restarted(sup: Supervisor) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import jsonrpc
 from ..jsonrpc import Peer, RpcError
+from ..text import plural
 from . import losses, procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits
@@ -138,15 +139,10 @@ class Life(ReplicaParts):
                 if self.process is None:
                     self.process = await ChildProcess.spawn(
                         self._launch(spec.argv(), env, uid, gid), **spawning)
-        except OSError as exc:
-            if exc.errno in CORRAL_RESOURCE_ERRORS:
-                self._spawn_failed("spawn failed for want of corral's own resources: "
-                                   f"{exc}", retry=True)
-            else:
-                self._spawn_failed(f"spawn failed: {exc}")
-            return
-        except (ConfigError, ValueError, subprocess.SubprocessError) as exc:
-            self._spawn_failed(f"spawn failed: {exc}")
+        except (OSError, ConfigError, ValueError, subprocess.SubprocessError) as exc:
+            ours = isinstance(exc, OSError) and exc.errno in CORRAL_RESOURCE_ERRORS
+            why = " for want of corral's own resources" if ours else ""
+            self._spawn_failed(f"spawn failed{why}: {exc}", retry=ours)
             return
         self.machine.spawned()
         proc = self.process
@@ -177,8 +173,7 @@ class Life(ReplicaParts):
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
                         spawning: dict[str, Any]) -> ChildProcess | None:
-        """A process started some other way than a cold spawn (an agent's warm start), or
-        None."""
+        """A process started otherwise than by a cold spawn (an agent's warm start), or None."""
         return None
 
     def _launch(self, argv: list[str], env: dict[str, str], uid: int | None,
@@ -239,6 +234,8 @@ class Life(ReplicaParts):
         life = self._lives
         try:
             await proc.output_read()
+            if self.peer is not None and (n := self.peer.dropped):
+                self.note(f"{plural(n, 'request')} held at its exit or read after it not run")
             self._reap(proc, rc, oom)
         except BaseException as exc:
             self._life_failed(life, exc)
@@ -312,8 +309,7 @@ class Life(ReplicaParts):
         gone = Cause.CRASH
         loss = None  # (taken down: the cause it was taken down for says)
         if reason is None:
-            # the caps it ran under: its tenant's user's (runas.py), not only its own
-            limits = self.run.limits if self.run is not None else self.spec.limits
+            limits = self._limits()  # the caps it ran under: its tenant's user's (runas.py)
             reason = oom_reason(limits) if oom else explain_exit(
                 self._exit_status(rc),
                 limits,
@@ -326,8 +322,7 @@ class Life(ReplicaParts):
             loss = losses.of_exit(self._exit_status(rc), gone is Cause.CAP)
         # an exit status of exit_codes (0 alone by default) of its own accord is clean
         clean = rc in self.spec.exit_codes and not self.machine.clean_exit_asked
-        self._end_life(reason, proc, clean=clean,
-                       uptime=self._uptime_now(), gone=gone, loss=loss)
+        self._end_life(reason, proc, clean=clean, uptime=self._uptime_now(), gone=gone, loss=loss)
 
     def _uptime_now(self) -> float:
         return time.monotonic() - (self.spawned_at or time.monotonic())

@@ -417,20 +417,19 @@ class ChildProcess(asyncio.Protocol):
 
     async def output_read(self) -> bool:
         """Wait for stdout and stderr to reach EOF after the exit, so that what the
-        process wrote is read, stdout held back no more (requests past the bound worked
-        on, a flood of task output: answers may follow): as long as its pipes still hold
-        some (OUTPUT_MOST at most), then OUTPUT_GRACE; False if they did not."""
-        loop = self.loop
-        deadline = loop.time() + OUTPUT_MOST
+        process wrote is read, stdout held back no more (its peer `exited`: its requests
+        not run, the answers behind them read): as long as its pipes still hold some
+        (OUTPUT_MOST at most), then OUTPUT_GRACE; False if they did not."""
+        deadline = self.loop.time() + OUTPUT_MOST
         if self.peer is not None:
-            self.peer.reader = None  # (what pauses it: its flow, tasks/output's hold)
+            self.peer.exited()
         if self.reader is not None:
             self.reader.resume()
         fut = self.output_closed
         while not fut.done():
             with contextlib.suppress(TimeoutError):
                 await within(asyncio.shield(fut), OUTPUT_GRACE)
-            if not fut.done() and (self._unread() == 0 or loop.time() >= deadline):
+            if not fut.done() and (self._unread() == 0 or self.loop.time() >= deadline):
                 return False
         return True
 
