@@ -148,7 +148,9 @@ async def test_a_line_over_the_limit_whose_id_is_not_utf8_is_discarded(
     size = len(b'{"jsonrpc":"2.0","id":"\xff","result":""}') + (17 << 20)
     assert [t for t in logs if t.startswith("discarded a")] == [
         f"discarded a {size}-byte line on stdout (limit {16 * 1024 * 1024} bytes)"]
-    assert [rec.getMessage() for rec in caplog.records] == []
+    # (a loaded host's stall of this process's loop is said too, and is not the worker's)
+    assert [rec.getMessage() for rec in caplog.records
+            if not rec.getMessage().startswith("event loop stalled for ")] == []
 
 
 async def test_stopped_worker_is_hung_killed_and_restarted(sup: Supervisor) -> None:

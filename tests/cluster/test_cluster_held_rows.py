@@ -108,14 +108,16 @@ async def test_a_row_whose_end_no_task_keeps_is_written_at_once(
 
 
 async def test_a_holder_taken_over_writes_nothing_it_held(pair: tuple[Node, Node]) -> None:
-    """a holds an ended row and is frozen past its TTL; b takes the call: it finds the
-    step running under its task's id. a, thawed, writes its next row: refused, and what
-    it held with it; b's rows stay as b found them."""
+    """a, frozen past its TTL, holds an ended row (it does not know it is dead); b takes
+    the call: it finds the step running under its task's id. a, thawed, writes its next
+    row: refused, and what it held with it (whether its hold's flush or that row came
+    first); b's rows stay as b found them. (Killed after the hold, a loaded loop's flush
+    could beat the kill: then it was no holder taken over.)"""
     a, b = pair
     await a.calls.save_call(record())
     await a.calls.save_steps(CALL_ID, [row("first", -1, None, "running")])
-    await a.calls.save_steps(CALL_ID, [row("first", -1, "a's")])
     await killed(a)
+    await a.calls.save_steps(CALL_ID, [row("first", -1, "a's")])
     taken = await b.calls.orphans()
     assert [(t.record.rows[("first", -1)].status, t.record.rows[("first", -1)].task_id)
             for t in taken] == [("running", "task-first--1")]
