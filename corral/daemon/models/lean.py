@@ -10,7 +10,9 @@ serves it there too, answering through an Exchange all the same).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
 _PATHS = {e.path.encode(): e for e in ENDPOINTS}
 MCP = b"/mcp"  # the MCP gateway's POST, answered lean unless it streams (http/mcp.py)
+# the heads lean takes; a control byte, a bare CR or LF, a byte past ASCII, a fragment: aiohttp's
+_LINE = re.compile(rb"POST (/[!$%%&-;=?-Z_a-z~]{0,%d}) HTTP/1\.1" % (MAX_FIELD - 14))
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+"
+                    rb"((?:[\t\x20-\x7e]*[\x21-\x7e])?+)[ \t]*+")
 log = logging.getLogger("corral.gateway.http")
 
 
@@ -36,25 +42,25 @@ class LeanConnection(HttpConnection):
     request pipelined behind one waits in `_held` for its answer); a head it does not
     take (past MAX_FIELD or MAX_HEADERS too) is aiohttp's."""
 
-    __slots__ = ("_call", "_held", "_lean", "_mcp", "_mcp_call", "_models")
+    __slots__ = ("_call", "_held", "_lean", "_mcp", "_mcp_call", "_models", "_want")
 
     def __init__(self, manager: web.Server, models: ModelGateway | None,
                  mcp: Callable[[Exchange], Awaitable[bool]], **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._models = models
-        self._mcp = mcp
+        self._models, self._mcp = models, mcp
         self._mcp_call = False  # the call answering is of /mcp: its client's end cancels it
         self._lean = True  # until a request of another shape: aiohttp's to the end
-        self._held = b""
+        self._held, self._want = bytearray(), 0  # (its bytes parsed again once `_want` came)
         self._call: asyncio.Task[None] | None = None
 
     def data_received(self, data: bytes) -> None:
         if not self._lean:
             super().data_received(data)
         elif not (self._force_close or self._close):
-            self._held += data
+            self._held += data  # (in place: a body sent byte by byte is not copied each time)
             if not self._request_in_progress:
-                self._next()
+                if len(self._held) >= self._want:
+                    self._next()
             elif len(self._held) > LEAN_BODY and not self._buffer_paused:
                 self._pause_reading_for_buffer()  # (resumed at the answer's end)
 
@@ -62,31 +68,29 @@ class LeanConnection(HttpConnection):
         held = self._held
         end = held.find(b"\r\n\r\n")
         if end < 0:
-            if len(held) > MAX_FIELD * 2:
-                self._hand_over()
-            return
-        parsed = _head(held[:end])
+            return self._hand_over() if len(held) > MAX_FIELD * 2 else None
+        parsed = _head(bytes(held[:end]))
         if parsed is None:
             return self._hand_over()
         endpoint, path, headers, length = parsed
-        start = end + 4
-        if len(held) < start + length:
+        start, self._want = end + 4, end + 4 + length
+        if len(held) < self._want:
             return  # (its body's bytes still to come)
         if endpoint is not None and self._models is None:
             return self._hand_over()
         self._close = headers.get("connection", "").lower() == "close"  # after its answer
-        self._held = held[start + length:]
-        self._request_in_progress, self._mcp_call = True, endpoint is None
+        self._request_in_progress, self._mcp_call, self._want = True, endpoint is None, 0
         assert self.transport is not None
         query = path.partition("?")[2]  # (a repeated name: its first value, as aiohttp's)
         ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
-            query, keep_blank_values=True))) if query else {}, held[start:start + length])
+            query, keep_blank_values=True))) if query else {}, bytes(held[start:start + length]))
         self._call = self._loop.create_task(self._serve(
-            ex, endpoint, held[:start + length] if endpoint is None else b""))
+            ex, endpoint, bytes(held[:start + length]) if endpoint is None else b""))
+        del held[:start + length]
 
     def _hand_over(self) -> None:
         self._lean = False
-        held, self._held = self._held, b""
+        held, self._held = bytes(self._held), bytearray()
         super().data_received(held)
 
     async def _serve(self, ex: Exchange, endpoint: Endpoint | None, raw: bytes) -> None:
@@ -99,6 +103,8 @@ class LeanConnection(HttpConnection):
                 made = await self._models.admit(ex, endpoint)
                 if made is not None:
                     await made
+            with contextlib.suppress(ConnectionError):  # (gone: its call ended)
+                await self._drain_helper()  # its answer unread: no other read until it is
         except Exception:  # a defect: its traceback, and the connection's end
             log.exception("the call on %s failed", endpoint.path if endpoint else "/mcp")
             self.force_close()
@@ -107,10 +113,8 @@ class LeanConnection(HttpConnection):
             waiter = self._handler_waiter  # (aiohttp's shutdown waits for it)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-            if self._buffer_paused:
-                self._resume_reading_for_buffer()
             if streams:
-                self._held = raw + self._held
+                self._held[:0] = raw
                 self._hand_over()
             elif self._close or self._force_close:
                 ex.transport.close()
@@ -121,6 +125,9 @@ class LeanConnection(HttpConnection):
                         self._next_keepalive_close_time, self._process_keepalive)
                 if self._held:
                     self._next()
+            if self._buffer_paused and (len(self._held) <= LEAN_BODY
+                                        or not self._request_in_progress):
+                self._resume_reading_for_buffer()  # (at each answer, held grew a read each)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
@@ -138,27 +145,20 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
     """A model call's request line and headers (None its endpoint: a POST of /mcp), or
     None when not of the common shape."""
     lines = head.split(b"\r\n")
-    method, _, rest = lines[0].partition(b" ")
-    target, _, version = rest.partition(b" ")
-    path = target.partition(b"?")[0]
-    endpoint = _PATHS.get(path)
-    if method != b"POST" or version != b"HTTP/1.1" or (endpoint is None and path != MCP) \
-            or len(lines) > MAX_HEADERS or len(lines[0]) > MAX_FIELD:
+    line = _LINE.fullmatch(lines[0])
+    endpoint = _PATHS.get(path := line[1].partition(b"?")[0] if line else b"")
+    if line is None or (endpoint is None and path != MCP) or len(lines) > MAX_HEADERS:
         return None
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or len(line) > MAX_FIELD:
+    for field in map(_FIELD.fullmatch, lines[1:]):
+        if field is None or len(field[0]) > MAX_FIELD:
             return None
-        key = name.decode("latin-1").lower()
+        key, value = field[1].decode().lower(), field[2].decode()
         if key in headers or key in ("transfer-encoding", "content-encoding", "expect",
                                      "upgrade") or (
-                key == "connection" and value.strip().lower() not in (b"keep-alive",
-                                                                      b"close")):
-            return None  # (a repeated header, a compressed body, or one asking of the
-            # connection: aiohttp's)
-        headers[key] = value.strip().decode("latin-1")
-    length = headers.get("content-length", "")
-    if not length.isdecimal() or int(length) > LEAN_BODY:
-        return None
-    return endpoint, target.decode("latin-1"), headers, int(length)
+                key == "connection" and value.lower() not in ("keep-alive", "close")):
+            return None  # (repeated, a compressed body, asking of the connection: aiohttp's)
+        headers[key] = value
+    length = headers.get("content-length", "")  # (HTTP/1.1 without a Host: aiohttp's 400)
+    return (endpoint, line[1].decode(), headers, int(length)) if "host" in headers \
+        and length.isdecimal() and int(length) <= LEAN_BODY else None
