@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable
@@ -47,7 +48,7 @@ def iso_time(t: float, ms: bool = False) -> str:
     (`ms`: to the millisecond), the same in log files, the daemon's messages and the CLI.
     time's gmtime, not datetime: a third of the cost, at every line a log file gets."""
     us = round(t * 1e6)  # (to the microsecond, then cut to the millisecond, as datetime)
-    second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us // 1_000_000))
+    second = _second(us // 1_000_000)
     return f"{second}.{us // 1000 % 1000:03d}Z" if ms else f"{second}Z"
 
 
@@ -55,6 +56,8 @@ def iso_time(t: float, ms: bool = False) -> str:
 # ends an OSC, CR redraws a line), DEL, and the C1 controls (CSI and OSC in one character)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+_second = functools.lru_cache(maxsize=4)(  # a second's lines share its strftime (dearest)
+    lambda s: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)))
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
