@@ -101,6 +101,21 @@ async def test_a_requests_envelope_is_refused_with_its_id_and_status(daemon: Dae
     assert (status, body["id"], body["error"]["code"]) == (400, 302, -32020)
 
 
+async def test_an_escaped_meta_key_is_read_as_meta(daemon: Daemon) -> None:
+    """`\\u005fmeta` is `_meta` to JSON (the envelope's look for it skips no such body): a
+    ping carrying it is a 2026-07-28 request (the removed method's 404), not a 2025-11-25
+    one of no session (a 400)."""
+    body = json.dumps(request(310, "ping", {"_meta": META})).replace('"_meta"',
+                                                                     '"\\u005fmeta"')
+    h = {"Accept": "application/json, text/event-stream", "Mcp-Method": "ping",
+         "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http, http.post(url(daemon), data=body,
+                                                          headers=h) as resp:
+        got = resp.status, await resp.json(content_type=None)
+    assert got == (404, {"jsonrpc": "2.0", "id": 310, "error": {
+        "code": -32601, "message": "method not found: ping (not in 2026-07-28)"}})
+
+
 async def test_removed_methods_are_404_to_a_2026_request_and_kept_for_a_session(
         daemon: Daemon) -> None:
     for rid, method in enumerate(["initialize", "ping", "logging/setLevel",

@@ -71,10 +71,11 @@ def parse(body: bytes) -> list[Envelope] | ErrorResponse:
 
 
 def meta_of(env: Envelope) -> dict[str, Any] | None:
-    if env.params is UNSET:
+    raw = b"" if env.params is UNSET else bytes(env.params)
+    if b"_meta" not in raw and b"\\" not in raw:  # (none, not even escaped: not decoded)
         return None
     try:
-        params = msgspec.json.decode(env.params)
+        params = msgspec.json.decode(raw)
     except msgspec.DecodeError:  # valid JSON, not Python's (a number out of range)
         return None
     meta = params.get("_meta") if isinstance(params, dict) else None

@@ -335,6 +335,8 @@ class GatewaySession:
             else self.log_level
         on_log = None if level is None or method != "tools/call" else LogRelay(
             level, lambda p: reply(Notification("notifications/message", p)))
+        if not stateless and not self.askable:  # its result as it comes: no layer of ours
+            return self.backend.forward(method, upstream, on_progress, on_log)
         return self._forward(method, upstream, on_progress, stateless, reply, on_log)
 
     def _passed(self, meta: dict[str, Any] | None, stateless: bool) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -81,10 +81,10 @@ class PoolBackend:
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         return await self.service.list_items(self.ident, kind)
 
-    async def forward(self, method: str, params: dict[str, Any],
-                      on_progress: Progress | None, on_log: LogRelay | None = None) -> Any:
-        return await self.service.forward(self.ident, method, params, on_progress,
-                                          on_log=on_log)
+    def forward(self, method: str, params: dict[str, Any], on_progress: Progress | None,
+                on_log: LogRelay | None = None) -> Coroutine[Any, Any, Any]:
+        # the service's own coroutine: no layer of this one's at every call
+        return self.service.forward(self.ident, method, params, on_progress, on_log=on_log)
 
     async def task(self, method: str, params: dict[str, Any]) -> Any:
         return await self.service.task(self.ident, method, params)
@@ -375,7 +375,7 @@ class HttpGateway:
             raise web.HTTPUnauthorized(
                 text="a valid bearer token is required" if auth else "no bearer token",
                 headers={"WWW-Authenticate": 'Bearer resource_metadata='
-                         f'"{_origin(request)}{METADATA}{request.path}"'})
+                         f'"{request.url.origin()}{METADATA}{request.path}"'})
         ident = self._marked(request, ident)
         server = request.match_info.get("server")
         if server is None:
@@ -509,9 +509,7 @@ class HttpGateway:
         if _wants_progress(env) and "text/event-stream" in request.headers.get("Accept", ""):
             return await self._stream_answer(request, sess, env, {})
         answers: list[Any] = []
-        task = sess.mcp.receive(env, answers.append)
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+        await _settled([t for t in [sess.mcp.receive(env, answers.append)] if t is not None])
         answer = next((a for a in answers if isinstance(a, Response | ErrorResponse)), None)
         if answer is None:  # cancelled meanwhile: nothing to say
             return web.Response(status=202)
@@ -650,7 +648,8 @@ class HttpGateway:
         """RFC 9728 protected-resource metadata: bearer tokens in the header; corral's
         tokens are issued by its operator (tokens_file), so no authorization server."""
         path = request.path.removeprefix(METADATA) or ENDPOINT
-        return web.json_response({"resource": f"{_origin(request)}{path}",
+        # (as the client addressed it: the gateway may be served at several addresses)
+        return web.json_response({"resource": f"{request.url.origin()}{path}",
                                   "authorization_servers": [],
                                   "bearer_methods_supported": ["header"],
                                   "resource_name": "corral MCP gateway"})
@@ -681,11 +680,6 @@ class LeanRequest:
             return URL.build(scheme="https" if tls else "http",
                              authority=self.headers.get("Host", "")).origin()
         return URL("http://localhost")
-
-
-def _origin(request: web.Request) -> str:
-    """As the client addressed it: the gateway may be served at several addresses."""
-    return str(request.url.origin())
 
 
 def _path(server: str | None) -> str:
