@@ -78,9 +78,8 @@ class Exchange:
         self.conn = conn  # aiohttp's protocol of the connection: its flow control
         self.transport = transport
         self.headers = headers  # (looked up by lowercase names)
-        self.query = query
+        self.query, self.request = query, request
         self.raw: bytes | None = raw
-        self.request = request
         self.chunked = request is None or request.version >= HttpVersion11
         self._head = b""  # a stream's, until its first write
         self.status = 0  # the answer's, once it is begun
@@ -145,7 +144,8 @@ class WrittenResponse(web.StreamResponse):
         self._keep_alive = request.keep_alive  # (what aiohttp's prepare would set)
 
     async def prepare(self, request: BaseRequest) -> None:
-        return None
+        if request.protocol.writing_paused:  # its answer unread: the next request waits
+            await asyncio.gather(request.protocol._drain_helper(), return_exceptions=True)
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None
