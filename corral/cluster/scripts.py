@@ -131,6 +131,8 @@ SUBMIT = submit_script()
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created, checkpoint step or false, session or false, its state or false, trace
 #    context or false[, options (JSON) when they carry a retry policy of their own]}
+# `claim_reply`, the one shape of READ_CLAIM's, SUBMIT_CLAIM's and a sticky claim's replies
+# (puller.take): where read, entry, task id, then claim()'s answer whole (it has no hole).
 _CLAIM_FN = f"""
 -- A claim is a live incarnation's: one delayed in Redis past its node's lapse would
 -- otherwise hold a task for a dead consumer, which retention may have let go.
@@ -172,6 +174,9 @@ local function claim(fence, stream, entry, id, prefix, c)
   {sessionscripts.CLAIM_TURN}
   return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state, v[6] or false,
     policy(v[7])}}
+end
+local function claim_reply(place, entry, id, got)
+  return got and {{place, entry, id, unpack(got)}}
 end
 """
 
@@ -242,10 +247,8 @@ for s = 2, #KEYS do
       local f = e[2]
       for j = 1, #f, 2 do
         if f[j] == 'task' then
-          local got = claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c)
-          if got then
-            out[#out + 1] = {s - 2, e[1], f[j + 1], unpack(got, 1, 12)}
-          end
+          out[#out + 1] = claim_reply(s - 2, e[1], f[j + 1],
+            claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c))
           break
         end
       end
@@ -320,15 +323,14 @@ local function fresh(s)
   local lost = own_lost(ARGV[#ARGV - 3]) or c[8]
   if lost and lost ~= '' then redis.call('HSET', KEYS[1], 'retry_lost', lost) end
   redis.call('RPUSH', attempts, c[4])
-  return {1, {s, added, ARGV[1], token, 0, ARGV[3], timeout, retries, ARGV[4], ARGV[7],
-    false, false, false, ARGV[11], policy(ARGV[#ARGV - 3])}}
+  return {1, claim_reply(s, added, ARGV[1], {token, 0, ARGV[3], timeout, retries, ARGV[4],
+    ARGV[7], false, false, false, ARGV[11], policy(ARGV[#ARGV - 3])})}
 end
 if direct then
   local mine = fresh(direct)
   if mine then return mine end
   -- an attempts list there already: claimed as claim() claims, which counts it
-  local got = claim(KEYS[6], direct, added, ARGV[1], prefix, c)
-  return {1, {direct, added, ARGV[1], unpack(got, 1, 12)}}
+  return {1, claim_reply(direct, added, ARGV[1], claim(KEYS[6], direct, added, ARGV[1], prefix, c))}
 end
 for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   local s = stream_of .. p
@@ -345,10 +347,8 @@ for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
     for j = 1, #e[2], 2 do
       if e[2][j] == 'task' then id = e[2][j + 1] break end
     end
-    local claimed = id and claim(KEYS[6], s, e[1], id, prefix, c)
-    if claimed then
-      return {1, {s, e[1], id, unpack(claimed, 1, 12)}}
-    end
+    local claimed = id and claim_reply(s, e[1], id, claim(KEYS[6], s, e[1], id, prefix, c))
+    if claimed then return {1, claimed} end
   end
 end
 return {1}

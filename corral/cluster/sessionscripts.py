@@ -223,12 +223,12 @@ while want > 0 and ARGV[11] do
   -- entry of any other, which a forged item naming a running task's would have it do)
   if at and rec[1] == 'queued' and rec[2] == entry
       and #redis.call('XPENDING', home, '{GROUP}', entry, entry, 1, ARGV[1]) == 1 then
-    local got = claim(KEYS[1], home, entry, id, prefix, c)
+    local got = claim_reply(at - 2, entry, id, claim(KEYS[1], home, entry, id, prefix, c))
     if got then
       -- its entry's idle time from now, as a read's claim has it: counted from its
       -- delivery, the orphan pass could take a turn claimed just now for one lost
       redis.call('XCLAIM', home, '{GROUP}', ARGV[1], 0, entry, 'JUSTID')
-      out[#out + 1] = {{at - 2, entry, id, unpack(got, 1, 11)}}
+      out[#out + 1] = got
       want = want - 1
       sticky = sticky + 1
     end

@@ -32,7 +32,8 @@ from corral.supervisor.tasks.sessions import SessionKey
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes
+from .harness import Node, nodes, sleeper
+from .test_cluster_delays import BACKOFF
 from .test_cluster_session_identity import TENANTS, add, keyed
 from .test_cluster_sessions import done, submit
 from .test_cluster_specs import log
@@ -191,6 +192,34 @@ def test_a_busy_sticky_node_gives_the_turn_up_within_the_bound(
         assert ran(done(busy, submit(busy, 3)))[0] == other.name
 
 
+def test_a_turn_given_to_its_holder_keeps_its_own_retry_policy(
+        tmp: Path, redis: RedisServer) -> None:
+    """The agents retry nothing of their own (retries = 0); a session's next turn,
+    submitted on the other node with a policy that retries a failure once, is given to
+    the holder and claimed from its list: it runs with its own options, as a turn any
+    node reads does (test_cluster_delays.py), its failed first attempt run again after
+    its backoff."""
+    agent = sleeper("chat") + f"retry_backoff = {BACKOFF}\nretry_jitter = false\n"
+    with nodes(tmp, redis, {"a": agent, "b": agent}, **CLUSTER) as ns:
+        alive(ns, 2)
+        first = ns["a"].call("tasks.submit", {"agent": "chat", "session": "s", "wait": 60,
+                                              "input": {"do": "sleep", "seconds": 0}})
+        assert first["status"] == "succeeded", first
+        [held] = {x["node"] for x in first["attempts"]}
+        policy = {"retries": 1, "retry_on": ["failed"]}
+        got = ns["b" if held == "a" else "a"].call("tasks.submit", {
+            "agent": "chat", "session": "s", "input": {"do": "until", "attempt": 2},
+            "retry": policy, "wait": 60})
+        assert (got["status"], got["output"]) == ("succeeded", {"attempt": 2}), got
+        attempts = got["attempts"]
+        assert [(x["outcome"], x["error"]) for x in attempts] == [
+            ("failed", "attempt 1 failed on request"), ("succeeded", None)], attempts
+        assert attempts[0]["node"] == held  # given to the holder: its list's claim
+        assert attempts[1]["started"] - attempts[0]["finished"] >= BACKOFF - 0.002
+        shown = ns[held].call("tasks.get", {"task_id": got["task_id"]})
+        assert shown["options"]["retry"] == policy
+
+
 def test_a_node_with_sticky_sessions_false_says_so_in_its_beat(
         tmp: Path, redis: RedisServer) -> None:
     """`[cluster] sticky_sessions = false`: the node's beat (its liveness key's value,
@@ -269,10 +298,11 @@ def _tid(i: int) -> str:
     return f"0190a5c0-0000-7000-8000-{i:012d}"
 
 
-async def _submit(client: Any, tid: str, session: str | None = "s") -> Any:
+async def _submit(client: Any, tid: str, session: str | None = "s", options: str = ""
+                  ) -> Any:
     keys = [T.task(tid), STREAM, T.priorities("t1", "w"), T.agents, T.live]
     head = [tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", ""]
-    tail = ["", "", "t1", "mac"]
+    tail = [options, "", "t1", "mac"]
     if session is None:
         return await Scripts(client).submit(keys=keys, args=head + tail)
     return await client.register_script(clustersessions.SUBMIT)(
@@ -308,13 +338,15 @@ async def test_a_turn_is_given_to_its_holder_and_claimed_first_from_its_list(
         client: Any) -> None:
     """The holder alive and running the tenant's agent: the next turn, submitted to the
     idle session, is pending with it in the group (read for it) and named in its list;
-    another node's read finds nothing, the holder's claims it from the list; a turn
-    moved in by an end is given the same way."""
+    another node's read finds nothing, the holder's claims it from the list, its reply a
+    read's to the last value (its own retry policy); a turn moved in by an end is given
+    the same way."""
     assert await _held_once(client) == "n/1"
     await client.set(T.alive("n/1"), json.dumps(BEAT))
     await client.set(T.alive("m/1"), json.dumps(BEAT))
     second, third = _tid(2), _tid(3)
-    assert await _submit(client, second) == 1
+    policy = b'{"retry":{"retries":1}}'
+    assert await _submit(client, second, options=policy.decode()) == 1
     entry = await client.hget(T.task(second), "entry")
     assert await client.lrange(GIVEN, 0, -1) == [entry + b" " + second.encode()]
     [pending] = await client.xpending_range(STREAM, "corral", "-", "+", 10)
@@ -323,6 +355,7 @@ async def test_a_turn_is_given_to_its_holder_and_claimed_first_from_its_list(
     assert (await _read_claim(client, "m/1"))[:2] == [0, []]  # not another's
     read, [claim], _, _ = await _read_claim(client)
     assert (read, claim[1], claim[2]) == (1, entry, second.encode())
+    assert (len(claim), claim[-1]) == (15, policy)  # (a read's: place, entry, id, 12)
     assert await client.exists(GIVEN) == 0
     assert await _finish(client, second, claim[3]) == 1  # the end gives it the third
     moved = await client.hget(T.task(third), "entry")
