@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from corral.daemon.http.mcp import METADATA
+
 from .daemon_harness import in_process
 from .servers.model_upstream import StandIn
 from .test_model_gateway import provider_key, upstream  # noqa: F401
@@ -75,8 +77,10 @@ async def test_a_head_aiohttp_refuses_or_reads_otherwise_is_never_lean(
     on lean's connection as on aiohttp's, byte for byte but its date (a 400, the
     connection closed), no call made upstream. Then the shapes both take (a Content-Length
     of leading zeros, tabs around it, an absolute-form target, HTTP/1.0, Transfer-Encoding
-    `Chunked`) answered alike too. Fails with lean taking any head aiohttp refuses (it
-    took 16 of them: a 200 and a call), or answering a shape otherwise."""
+    `Chunked`) answered alike too, and a POST of /mcp with an empty Host (a 401 naming
+    localhost). Fails with lean taking any head aiohttp refuses (it took 16 of them: a
+    200 and a call), or answering a shape otherwise (aiohttp's path answered the empty
+    Host a 500, its traceback logged)."""
     async with in_process(tmp_path, fleet(upstream.url)) as d:
         token = await token_of(d)
         body = json.dumps(chat("attack")).encode()
@@ -131,6 +135,16 @@ async def test_a_head_aiohttp_refuses_or_reads_otherwise_is_never_lean(
             lean.writer.close()
             handed.writer.close()
         assert upstream.calls() == made + len(taken) * 2
+        # /mcp without a token and with an empty Host: a 401 naming localhost's metadata
+        empty = raw("POST /mcp HTTP/1.1", "Host:", "Content-Type: application/json",
+                    f"Content-Length: {len(INIT)}", body=INIT)
+        lean, handed = await connected(d), await aiohttps(d)
+        for wire in (lean, handed):
+            wire.writer.write(empty)
+        status, headers, _ = alike = unvarying(await lean.answer())
+        assert (status, headers["www-authenticate"]) == (401, 'Bearer resource_metadata="'
+                                                         f'http://localhost{METADATA}/mcp"')
+        assert alike == unvarying(await handed.answer())
 
 
 async def test_a_request_pipelined_behind_a_good_one_is_neither_its_body_nor_unchecked(

@@ -375,7 +375,7 @@ class HttpGateway:
             raise web.HTTPUnauthorized(
                 text="a valid bearer token is required" if auth else "no bearer token",
                 headers={"WWW-Authenticate": 'Bearer resource_metadata='
-                         f'"{request.url.origin()}{METADATA}{request.path}"'})
+                         f'"{_origin(request)}{METADATA}{request.path}"'})
         ident = self._marked(request, ident)
         server = request.match_info.get("server")
         if server is None:
@@ -649,7 +649,7 @@ class HttpGateway:
         tokens are issued by its operator (tokens_file), so no authorization server."""
         path = request.path.removeprefix(METADATA) or ENDPOINT
         # (as the client addressed it: the gateway may be served at several addresses)
-        return web.json_response({"resource": f"{request.url.origin()}{path}",
+        return web.json_response({"resource": f"{_origin(request)}{path}",
                                   "authorization_servers": [],
                                   "bearer_methods_supported": ["header"],
                                   "resource_name": "corral MCP gateway"})
@@ -674,12 +674,16 @@ class LeanRequest:
 
     @property
     def url(self) -> URL:
-        """Its origin (a 401's metadata address), as its Host header names it."""
+        """Its address (a 401's metadata's origin), as its Host header names it."""
         tls = self.transport.get_extra_info("sslcontext") is not None
-        with contextlib.suppress(ValueError):  # (a Host no URL has: no traceback logged)
-            return URL.build(scheme="https" if tls else "http",
-                             authority=self.headers.get("Host", "")).origin()
-        return URL("http://localhost")
+        return URL.build(scheme="https" if tls else "http", authority=self.headers.get("Host", ""))
+
+
+def _origin(request: web.Request) -> URL:
+    """As the client addressed it; a Host no URL has (empty too) localhost's, not a 500."""
+    with contextlib.suppress(ValueError):
+        return request.url.origin()
+    return URL("http://localhost")
 
 
 def _path(server: str | None) -> str:

@@ -70,14 +70,12 @@ class LeanConnection(HttpConnection):
         if end < 0:
             return self._hand_over() if len(held) > MAX_FIELD * 2 else None
         parsed = _head(bytes(held[:end]))
-        if parsed is None:
+        if parsed is None or (parsed[0] is not None and self._models is None):
             return self._hand_over()
         endpoint, path, headers, length = parsed
         start, self._want = end + 4, end + 4 + length
         if len(held) < self._want:
             return  # (its body's bytes still to come)
-        if endpoint is not None and self._models is None:
-            return self._hand_over()
         self._close = headers.get("connection", "").lower() == "close"  # after its answer
         self._request_in_progress, self._mcp_call, self._want = True, endpoint is None, 0
         assert self.transport is not None
@@ -88,9 +86,9 @@ class LeanConnection(HttpConnection):
             ex, endpoint, bytes(held[:start + length]) if endpoint is None else b""))
         del held[:start + length]
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, first: bytes = b"") -> None:
         self._lean = False
-        held, self._held = bytes(self._held), bytearray()
+        held, self._held = first + self._held, bytearray()
         super().data_received(held)
 
     async def _serve(self, ex: Exchange, endpoint: Endpoint | None, raw: bytes) -> None:
@@ -114,8 +112,7 @@ class LeanConnection(HttpConnection):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             if streams:
-                self._held[:0] = raw
-                self._hand_over()
+                self._hand_over(raw)
             elif self._close or self._force_close:
                 ex.transport.close()
             else:
@@ -135,10 +132,9 @@ class LeanConnection(HttpConnection):
             self._call.cancel()
 
     def _process_keepalive(self) -> None:
-        if self._lean and self._request_in_progress:  # answering: not idle
-            self._keepalive_handle = None  # (armed again at its answer's end)
-            return
-        super()._process_keepalive()
+        if not (self._lean and self._request_in_progress):  # (answering: not idle)
+            return super()._process_keepalive()
+        self._keepalive_handle = None  # (armed again at its answer's end)
 
 
 def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | None:
