@@ -135,6 +135,55 @@ def test_a_refused_body_on_the_gateways_site_does_not_hold_its_stop(gateway: Htt
         body.close()
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "plain"])
+@pytest.mark.deadline(120)
+def test_slow_and_silent_clients_of_the_gateways_site_are_closed_at_its_idle_timeout(
+        tmp: Path, lean: bool) -> None:
+    """`[gateway] idle_timeout`: 40 connections, half silent, half sending a model call's
+    head a byte every 50 ms (never whole), are each closed within it; a call sent whole,
+    slowly but within it, is answered. Fails with aiohttp's keep-alive default (an hour)
+    holding every one open."""
+    port = free_port()
+    fleet = hello("hello") + f'\n[gateway]\nlisten = "127.0.0.1:{port}"\nidle_timeout = 2\n'
+    if lean:
+        (tmp / "provider.key").write_text("sk-provider-never-sent\n")
+        fleet += (f'\n[models.m]\nurl = "http://127.0.0.1:{free_port()}/v1"\n'
+                  f'format = "openai"\nkey_file = "{tmp}/provider.key"\n')
+    head = post_head("X-Pad: " + "a" * 4000 + "\r\n")
+    with running_daemon(tmp, fleet):
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        for s in clients:
+            s.setblocking(False)
+        open_ = set(range(len(clients)))
+        t0 = time.monotonic()
+        i = 0
+        try:
+            while open_ and time.monotonic() - t0 < 2 + 10:
+                for k in list(open_):
+                    try:
+                        if k % 2:
+                            clients[k].send(head[i:i + 1])
+                        if clients[k].recv(4096) == b"":
+                            open_.discard(k)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        open_.discard(k)
+                i += 1
+                time.sleep(0.05)
+            assert not open_, f"{len(open_)} of {len(clients)} still open after " \
+                              f"{time.monotonic() - t0:.1f} s"
+        finally:
+            for s in clients:
+                s.close()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            for b in post_head("Content-Length: 2\r\n\r\n{}"):
+                s.send(bytes([b]))
+                time.sleep(0.002)
+            s.settimeout(10)
+            assert s.recv(4096).startswith((b"HTTP/1.1 401", b"HTTP/1.1 404"))
+
+
 LEAN_HEADS = [
     # a repeated Content-Length (a smuggling attempt): handed over by lean.py, refused
     post_head("Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}"),

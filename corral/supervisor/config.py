@@ -425,6 +425,7 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_sessions: PositiveInt = 256
     max_sessions_per_client: PositiveInt = 32
     session_idle_timeout: Positive = 600.0  # seconds without a request or an open stream
+    idle_timeout: Positive = 60.0  # a connection's, without a whole request: then closed
     max_concurrent: PositiveInt = 16  # calls in flight per client, unless its entry says
     rate_per_minute: NonNegInt = 0  # calls per client per minute; 0: unlimited
     agent_tokens: bool = True  # agents get CORRAL_MCP_URL and a per-replica token

@@ -249,11 +249,13 @@ class HttpGateway:
         app = web.Application(client_max_size=MAX_BODY)
         self.mount(app)
         # a client that goes away cancels its handler, and so its call upstream; the
-        # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py)
+        # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py);
+        # a connection with no whole request within idle_timeout is closed (as [http]'s)
         self._runner = HttpRunner(app, self.refused,
                                   partial(LeanConnection, models=self.models, mcp=self.lean),
                                   handle_signals=False, access_log=None,
-                                  handler_cancellation=True, shutdown_timeout=2.0)
+                                  handler_cancellation=True, shutdown_timeout=2.0,
+                                  keepalive_timeout=s.idle_timeout)
         await self._runner.setup()
         try:
             await self._serve(kind, where, port, tls)
