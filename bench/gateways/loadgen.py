@@ -40,9 +40,18 @@ class Wrong(Exception):
         self.kind = kind
 
 
-def model_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call:
-    body = json.dumps({"model": spec["model"], "max_tokens": 16, "stream": spec["stream"],
+def model_body(spec: dict[str, Any]) -> bytes:
+    return json.dumps({"model": spec["model"], "max_tokens": 16, "stream": spec["stream"],
                        "messages": [{"role": "user", "content": "hi there"}]}).encode()
+
+
+def tools_call(tool: str, i: int | str, text: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": text}}}
+
+
+def model_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call:
+    body = model_body(spec)
     headers = {"Content-Type": "application/json", **spec["headers"]}
 
     async def call(i: int) -> float | None:
@@ -86,9 +95,10 @@ async def mcp_post(session: aiohttp.ClientSession, url: str, headers: dict[str, 
         raise Wrong(f"{msg['method']}: a stream with no answer")
 
 
-async def mcp_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call:
-    """The session opened (initialize, initialized, tools/list: the tool whose name ends
-    in `echo`, as each gateway prefixes it its own way); then one tools/call a call."""
+async def mcp_session(session: aiohttp.ClientSession, spec: dict[str, Any]
+                      ) -> tuple[dict[str, str], str]:
+    """The MCP session opened (initialize, initialized, tools/list): the headers of its
+    calls and the tool whose name ends in `echo` (each gateway prefixes it its own way)."""
     url = spec["url"]
     headers = {"Content-Type": "application/json", "Accept": MCP_ACCEPT, **spec["headers"]}
     init, r = await mcp_post(session, url, headers, {
@@ -110,12 +120,17 @@ async def mcp_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call
     tool = next((n for n in names if n.endswith("echo")), None)
     if tool is None:
         raise Wrong("no echo tool", str(names))
+    return headers, tool
+
+
+async def mcp_call(session: aiohttp.ClientSession, spec: dict[str, Any]) -> Call:
+    """The session opened; then one tools/call a call."""
+    url = spec["url"]
+    headers, tool = await mcp_session(session, spec)
 
     async def call(i: int) -> float | None:
         text = f"hi {i}"
-        got, _ = await mcp_post(session, url, headers, {
-            "jsonrpc": "2.0", "id": i + 2, "method": "tools/call",
-            "params": {"name": tool, "arguments": {"text": text}}})
+        got, _ = await mcp_post(session, url, headers, tools_call(tool, i + 2, text))
         result = (got or {}).get("result") or {}
         said = (result.get("content") or [{}])[0].get("text")
         if said != text and isinstance(said, str) and said.startswith("hi "):

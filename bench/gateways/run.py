@@ -1,10 +1,12 @@
 """bench/gateways (issue 77): corral's gateways beside their peers, the shape of GoModel's
 published harness, in one command.
 
-    bench/gateways/run.sh [--full] [--only model|mcp] [--skip NAME,...]
+    bench/gateways/run.sh [--full] [--only model|mcp] [--skip NAME,...] [--loadgen c|py]
 
 Model gateways: an instant mock OpenAI provider (mock_provider.py) in a process of its
-own, the load generator (loadgen.py, aiohttp) in another, N Chat Completions requests
+own, the load generator in another (--loadgen c: loadgen.c, one epoll thread costing a few
+us a call; py: loadgen.py, aiohttp, which costs more than a gateway on the same two
+cores), N Chat Completions requests
 per workload: concurrency 10 and 50, whole and streamed, the targets interleaved within
 each workload (their order turned each trial): direct to the mock (the floor), corral's
 model gateway, Portkey's gateway, LiteLLM's proxy.
@@ -44,7 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import peers
+import aiohttp
+
+from . import cload, loadgen, peers
 from .targets import (
     ENV,
     HERE,
@@ -61,6 +65,7 @@ from .targets import (
     free_port,
 )
 
+LOADGENS = {"c": "loadgen.c (C, one epoll thread)", "py": "loadgen.py (aiohttp, uvloop)"}
 MODEL_WORKLOADS = [(10, False), (10, True), (50, False), (50, True)]
 MCP_WORKLOADS = [10, 50]
 NEEDS = {"portkey": "portkey", "litellm": "litellm", "contextforge": "contextforge",
@@ -72,17 +77,26 @@ def percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def load(spec: dict[str, Any]) -> dict[str, Any]:
-    """The load generator's figures, written to a file (its stdout, a pipe, was seen
-    broken at 64 and 128 KiB under load)."""
-    with tempfile.NamedTemporaryFile(prefix="corral-loadgen-", suffix=".json") as f:
-        r = subprocess.run([PY, str(HERE / "loadgen.py"), json.dumps(spec), f.name],
-                           env=ENV, capture_output=True, text=True, timeout=1800)
+def load(spec: dict[str, Any], gen: str = "c") -> dict[str, Any]:
+    """The figures of load generator `gen` (c: loadgen.c, py: loadgen.py), written to a
+    file (its stdout, a pipe, was seen broken at 64 and 128 KiB under load)."""
+    with tempfile.TemporaryDirectory(prefix="corral-loadgen-") as tmp:
+        work = Path(tmp)
+        try:
+            cmd = cload.command(spec, work) if gen == "c" else \
+                [PY, str(HERE / "loadgen.py"), json.dumps(spec), str(work / "out.json")]
+        except (loadgen.Wrong, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return failed(spec["n"], f"its MCP session did not open: {exc}")
+        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1800)
         if r.returncode:
-            return {"wall_s": 0.0, "latencies": [], "first_chunks": [], "errors": spec["n"],
-                    "first_error": f"the load generator failed: {r.stderr[-400:]}"}
-        out: dict[str, Any] = json.loads(Path(f.name).read_text())
+            return failed(spec["n"], f"the load generator failed: {r.stderr[-400:]}")
+        out: dict[str, Any] = json.loads((work / "out.json").read_text())
         return out
+
+
+def failed(n: int, why: str) -> dict[str, Any]:
+    return {"wall_s": 0.0, "latencies": [], "first_chunks": [], "errors": n,
+            "first_error": why}
 
 
 def start_all(kinds: list[type[Target]], work: Path, upstream: str,
@@ -113,7 +127,7 @@ def start_all(kinds: list[type[Target]], work: Path, upstream: str,
 
 
 def measure(targets: list[Target], workloads: list[dict[str, Any]], n: int, warmup: int,
-            trials: int, seconds: float) -> dict[tuple[str, str], dict[str, Any]]:
+            trials: int, seconds: float, gen: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Each workload run on each target in turn, trial after trial (the targets' order
     turned each trial, so that none is always first after another's load)."""
     got: dict[tuple[str, str], dict[str, Any]] = {}
@@ -125,7 +139,7 @@ def measure(targets: list[Target], workloads: list[dict[str, Any]], n: int, warm
                 spec = {**t.spec(), **w["spec"], "n": n, "warmup": warmup,
                         "seconds": seconds}
                 with t.measuring() as rss:
-                    out = load(spec)
+                    out = load(spec, gen)
                 t.peak_rss = max(t.peak_rss, rss.peak)
                 into = got.setdefault((w["name"], t.name), {
                     "wall_s": 0.0, "latencies": [], "first_chunks": [], "errors": 0,
@@ -137,12 +151,13 @@ def measure(targets: list[Target], workloads: list[dict[str, Any]], n: int, warm
                 into["first_error"] = into["first_error"] or out["first_error"]
                 print(f"  trial {trial + 1} {w['name']:<14} {t.name:<24} "
                       f"{len(out['latencies']) / max(out['wall_s'], 1e-9):8.0f} req/s "
-                      f"errors {out['errors']}", file=sys.stderr)
+                      f"errors {out['errors']} reconnects {out.get('reconnects', '-')}",
+                      file=sys.stderr)
     return got
 
 
 def rows(targets: list[Target], got: dict[tuple[str, str], dict[str, Any]],
-         workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+         workloads: list[dict[str, Any]], gen: str) -> list[dict[str, Any]]:
     out = []
     for w in workloads:
         for t in targets:
@@ -158,14 +173,14 @@ def rows(targets: list[Target], got: dict[tuple[str, str], dict[str, Any]],
                 if first else None,
                 "errors": m["errors"], "first_error": m["first_error"],
                 "peak_rss_mb": round(t.peak_rss / 2**20, 1) if t.procs else None,
-                "cold_start_s": round(t.cold_start_s, 2)})
+                "cold_start_s": round(t.cold_start_s, 2), "loadgen": gen})
     return out
 
 
-def table(all_rows: list[dict[str, Any]]) -> str:
+def table(all_rows: list[dict[str, Any]], gen: str) -> str:
     head = ("| workload | target | version | answered | req/s | p50 ms | p99 ms "
             "| first chunk p50 ms | errors | peak RSS MB | cold start s |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [f"load generator: {LOADGENS[gen]}", "", head, "|" + "---|" * 11]
     for r in all_rows:
         first = "" if r["first_chunk_p50_ms"] is None else f"{r['first_chunk_p50_ms']:.2f}"
         rss = "n/a" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
@@ -177,7 +192,7 @@ def table(all_rows: list[dict[str, Any]]) -> str:
 
 
 def model_phase(work: Path, n: int, warmup: int, trials: int, seconds: float,
-                skip: set[str], notes: list[str]) -> list[dict[str, Any]]:
+                skip: set[str], notes: list[str], gen: str) -> list[dict[str, Any]]:
     port = free_port()
     mock = subprocess.Popen([PY, str(HERE / "mock_provider.py"), str(port)], env=ENV,
                             stdout=subprocess.PIPE, start_new_session=True)
@@ -189,8 +204,8 @@ def model_phase(work: Path, n: int, warmup: int, trials: int, seconds: float,
                             notes)
         workloads = [{"name": f"chat c{c} {'stream' if s else 'whole'}",
                       "spec": {"c": c, "stream": s}} for c, s in MODEL_WORKLOADS]
-        got = measure(targets, workloads, n, warmup, trials, seconds)
-        return rows(targets, got, workloads)
+        got = measure(targets, workloads, n, warmup, trials, seconds, gen)
+        return rows(targets, got, workloads, gen)
     finally:
         for t in targets:
             t.stop()
@@ -199,13 +214,13 @@ def model_phase(work: Path, n: int, warmup: int, trials: int, seconds: float,
 
 
 def mcp_phase(work: Path, n: int, warmup: int, trials: int, seconds: float,
-              skip: set[str], notes: list[str]) -> list[dict[str, Any]]:
+              skip: set[str], notes: list[str], gen: str) -> list[dict[str, Any]]:
     targets: list[Target] = []
     try:
         targets = start_all([CorralMcp, ContextForge, Translate], work, "", skip, notes)
         workloads = [{"name": f"mcp c{c}", "spec": {"c": c}} for c in MCP_WORKLOADS]
-        got = measure(targets, workloads, n, warmup, trials, seconds)
-        return rows(targets, got, workloads)
+        got = measure(targets, workloads, n, warmup, trials, seconds, gen)
+        return rows(targets, got, workloads, gen)
     finally:
         for t in targets:
             t.stop()
@@ -217,6 +232,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["model", "mcp"])
     ap.add_argument("--skip", default="", help="targets left out, by name, comma-separated")
     ap.add_argument("-n", type=int, help="requests a workload (overrides the mode's)")
+    ap.add_argument("--loadgen", choices=sorted(LOADGENS), default="c",
+                    help="the load generator: loadgen.c (default) or loadgen.py")
     args = ap.parse_args()
     # a run stopped (timeout, ^C) still ends every process it started: its finally blocks
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -230,13 +247,16 @@ def main() -> None:
     all_rows: list[dict[str, Any]] = []
     try:
         if args.only in (None, "model"):
-            all_rows += model_phase(work, n, warmup, trials, seconds, skip, notes)
+            all_rows += model_phase(work, n, warmup, trials, seconds, skip, notes,
+                                    args.loadgen)
         if args.only in (None, "mcp"):
-            all_rows += mcp_phase(work, n, warmup, trials, seconds, skip, notes)
+            all_rows += mcp_phase(work, n, warmup, trials, seconds, skip, notes,
+                                  args.loadgen)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "command": "bench/gateways/run.sh" + (" --full" if args.full else ""),
+        "command": "bench/gateways/run.sh " + " ".join(sys.argv[1:]),
+        "loadgen": LOADGENS[args.loadgen],
         "requests_per_workload": n, "warmup": warmup, "trials": trials,
         "seconds_per_run_at_most": seconds,
         "machine": f"{os.cpu_count()} cores, {platform.platform()}",
@@ -245,7 +265,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "gateways.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(table(all_rows))
+    print(table(all_rows, args.loadgen))
     for note in notes:
         print(f"- {note}")
 
