@@ -163,3 +163,45 @@ def test_another_calls_tool_result_is_counted_as_such(one_in_ten: str) -> None:
     asked, answered = int(said[1]), int(said[2])
     assert (asked % 10, answered) == (3, asked + 1)
     assert out["reconnects"] == OneInTen.closes == len(range(6, N, 7))
+
+
+class CutsTheSecond(BaseHTTPRequestHandler):
+    """Each connection's second answer cut after its head and ten bytes of its body."""
+
+    protocol_version = "HTTP/1.1"
+    cuts = 0
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.served = getattr(self, "served", 0) + 1  # (one handler a connection)
+        body = b'{"echo": 1, "pad": "' + b"x" * 64 + b'"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.served == 2:
+            CutsTheSecond.cuts += 1
+            self.wfile.write(body[:10])
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+def test_an_answer_cut_mid_body_is_an_error_not_a_call_sent_again() -> None:
+    # (sent again, it was answered on a new connection: the cut counted nowhere)
+    CutsTheSecond.cuts = 0
+    server = Server(("127.0.0.1", 0), CutsTheSecond)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = run.load({**_model(url, False, 10, 0), "c": 1}, "c")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert CutsTheSecond.cuts == 5  # calls 1, 3, 5, 7, 9 (each even one a connection's first)
+    assert (out["errors"], len(out["latencies"])) == (5, 5)
+    assert out["first_error"] == "5x the server closed the connection mid-answer"

@@ -498,8 +498,9 @@ static void on_readable(conn_t *k) {
                 return;
             }
             /* a kept-alive connection the server had closed before the request:
-             * sent again once on a new one, as HTTP clients do */
-            if (k->in.len == 0 && k->served > 0 && !k->retried) {
+             * sent again once on a new one, as HTTP clients do; not once a byte of
+             * the answer came (`in` is emptied as a body is parsed: the stage says) */
+            if (k->stage == HEAD && k->in.len == 0 && k->served > 0 && !k->retried) {
                 drop(k);
                 reconnects++;
                 k->retried = 1;
