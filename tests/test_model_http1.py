@@ -219,6 +219,32 @@ async def test_a_slow_upstream_fails_at_the_calls_timeout(raw: RawServer) -> Non
         client.close()
 
 
+async def test_each_call_on_a_kept_connection_has_its_own_timeout(raw: RawServer) -> None:
+    """One timer a connection, armed again as calls come: a call's shorter timeout
+    still ends it at its own deadline, and an earlier call's deadline passing during a
+    later call's wait ends nothing."""
+    async def slower(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.request(reader)
+        writer.write(OK)  # the first call, at once
+        await raw.request(reader)
+        await asyncio.sleep(0.5)  # past the first call's deadline (0.2 s)
+        writer.write(OK)
+        await raw.request(reader)
+        await reader.read()  # the third never answered
+    raw.script = slower
+    client = UpstreamClient()
+    try:
+        assert await call(client, raw.url, timeout=0.2) == (200, b'{"ok":true}')
+        assert await call(client, raw.url, timeout=30) == (200, b'{"ok":true}')
+        started = asyncio.get_running_loop().time()
+        assert await failure(client, raw.url, timeout=0.3) == \
+            "the upstream did not answer in 0.3 s"
+        assert asyncio.get_running_loop().time() - started < 5  # (not the 30 s call's)
+        assert raw.connections == 1
+    finally:
+        client.close()
+
+
 async def test_a_stream_that_stops_mid_body_fails_at_the_timeout_not_as_its_end(
         raw: RawServer) -> None:
     """A body read to the connection's end: the call's time running out is a failure,

@@ -177,6 +177,9 @@ class GatewayService:
         self.replica_tokens: dict[str, ProcessReplica] = {}
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
         self.digests = TokenDigests()  # a token's hash, once (not once a request)
+        # a replica's model-gateway identity by its token's hash, with the settings and
+        # spec it was made of (made again when either is another)
+        self._model_clients: dict[str, tuple[GatewaySettings, Any, Identity]] = {}
         self.url: str | None = None  # the HTTP gateway's, for agents' environment
         self.socket_path: str | None = None
         self.by_client: defaultdict[str, CallCounter] = defaultdict(CallCounter)
@@ -278,7 +281,15 @@ class GatewayService:
     def replica_client(self, token: str) -> Identity | None:
         """The agent replica whose token this is, as a client of the model gateway (no
         tools: its allowlist is by_token's to make, at /mcp)."""
-        return self._replica_client(token, self.digests.of(token), tools=False)
+        digest = self.digests.of(token)
+        kept = self._model_clients.get(digest)
+        if kept is not None and kept[0] is self.settings and \
+                kept[2].replica.spec is kept[1] and digest in self.replica_tokens:
+            return kept[2]
+        ident = self._replica_client(token, digest, tools=False)
+        if ident is not None:
+            self._model_clients[digest] = (self.settings, ident.replica.spec, ident)
+        return ident
 
     def _replica_client(self, token: str, digest: str, tools: bool = True
                         ) -> Identity | None:
@@ -340,6 +351,7 @@ class GatewayService:
         old = self._replica_hash.pop(replica.label, None)
         if old is not None:
             self.replica_tokens.pop(old, None)
+            self._model_clients.pop(old, None)
             self.digests.forget(old)
         self._replica_hash[replica.label] = digest
         self.replica_tokens[digest] = replica
@@ -352,6 +364,7 @@ class GatewayService:
         digest = self._replica_hash.pop(e.replica.label, None)
         if digest is not None:
             self.replica_tokens.pop(digest, None)
+            self._model_clients.pop(digest, None)
             self.digests.forget(digest)
 
     # -- what a client sees and calls -----------------------------------------------------

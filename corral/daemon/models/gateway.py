@@ -37,7 +37,7 @@ from ..http.route import MAX_BODY
 from . import answers
 from . import request as requests
 from .answers import AnswerRecord, Exchange, Relay, StreamCut, Whole
-from .holds import model_policy_of, most_cost, subject, why_held
+from .holds import ModelPolicy, model_policy_of, most_cost, subject, why_held
 from .http1 import UpstreamFailed
 from .keys import hidden, hidden_headers, read_keys
 from .request import BadBody, ModelRequest
@@ -331,7 +331,9 @@ class ModelGateway:
         usage, start = CallUsage(), time.time()
 
         async def live(idempotency: str | None = None) -> Any:  # (its key: steps.py)
-            await self._approved(ex, call)
+            asking = self._approval(call)
+            if asking is not None:
+                await self._approved(ex, call, *asking)
             try:
                 made.append(await self._live(ex, call, usage, idempotency))
                 kept = made[-1]
@@ -381,9 +383,9 @@ class ModelGateway:
             return await result.finish()
         return answers.whole(ex, result)
 
-    async def _approved(self, ex: Exchange, call: ModelCall) -> None:
-        """A live call the policy holds waits for a person (holds.py); ModelRefusal when
-        it was not approved, or cannot be asked (a cluster's)."""
+    def _approval(self, call: ModelCall) -> tuple[ModelPolicy, str] | None:
+        """Whether a live call waits for a person (holds.py): its policy and why, or None
+        (most calls: judged here, without a coroutine); ModelRefusal when a rule denies it."""
         task = call.task
         tenant = task.tenant if task is not None and task.tenant is not None \
             else getattr(call.replica.spec, "tenant", None)
@@ -398,12 +400,17 @@ class ModelGateway:
             rule = verdict.rule if verdict.effect == "approve" else ""
         policy = model_policy_of(call.replica, tenant, bool(rule))
         if policy is None:
-            return
-        cost = most_cost(call.request, call.spec)
-        why = rule or why_held(policy, call.name, cost)
-        if why is None:
-            return
-        asked = subject(call.name, call.endpoint.path, cost, why)
+            return None
+        why = rule or why_held(policy, call.name, most_cost(call.request, call.spec))
+        return None if why is None else (policy, why)
+
+    async def _approved(self, ex: Exchange, call: ModelCall, policy: ModelPolicy,
+                        why: str) -> None:
+        """A call the policy holds waits for a person; ModelRefusal when it was not
+        approved, or cannot be asked (a cluster's)."""
+        task = call.task
+        asked = subject(call.name, call.endpoint.path, most_cost(call.request, call.spec),
+                        why)
         call.reservation.release()  # (a call waiting for a person holds none of its budgets)
         ask: Ask
         if task is None:

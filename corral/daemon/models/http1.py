@@ -11,13 +11,16 @@ import asyncio
 import ssl
 import time
 import zlib
-from typing import cast
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 MAX_ANSWER = 32 * 1024 * 1024  # bytes of an answer's body, a stream's events in all
 KEEPALIVE = 60.0  # seconds an idle connection is kept for the next call
 _HIGH, _LOW = 256 * 1024, 64 * 1024  # unread bytes that pause and resume reading
+JOINED = 16 * 1024  # a body up to this size is written joined to its head: one buffer
+MAX_TARGETS = 256  # URLs whose parts are kept (the config's models' endpoints)
+_IDLE = float("inf")  # a connection's deadline between calls
 _tls: ssl.SSLContext | None = None
 
 
@@ -46,6 +49,11 @@ class _Wire(asyncio.Protocol):
         self.expired = False  # the call's time ran out (not the body's end)
         self.received = 0  # bytes of this call's answer so far
         self.idle_since = 0.0
+        # the call's deadline, checked by a timer armed once and re-armed when it fires
+        # (a timer made and cancelled a call was a tenth of the client's CPU)
+        self.deadline, self.timeout = _IDLE, 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.fires = _IDLE  # when `timer` fires
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -92,9 +100,32 @@ class _Wire(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    def expire(self, why: str) -> None:
-        """The call's time is up: the connection ends, its reader told why."""
-        self.closed, self.expired = UpstreamFailed(why), True
+    def arm(self, deadline: float, timeout: float) -> None:
+        """The call's time ends at `deadline` (the timer armed only when it would fire
+        after it)."""
+        self.deadline, self.timeout = deadline, timeout
+        if self.fires > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.fires = self.loop.call_at(deadline, self._due), deadline
+
+    def disarm(self, dropped: bool = False) -> None:
+        """The call ended; `dropped`: the connection with it (its timer cancelled, not
+        left holding it)."""
+        self.deadline = _IDLE
+        if dropped and self.timer is not None:
+            self.timer.cancel()
+            self.timer, self.fires = None, _IDLE
+
+    def _due(self) -> None:
+        self.timer, self.fires = None, _IDLE
+        if self.deadline == _IDLE:
+            return  # between calls: armed again by the next
+        if self.loop.time() + 0.001 < self.deadline:  # (a later call's: not yet)
+            self.timer, self.fires = self.loop.call_at(self.deadline, self._due), self.deadline
+            return
+        self.closed, self.expired = UpstreamFailed(
+            f"the upstream did not answer in {self.timeout:g} s"), True
         if self.transport is not None:
             self.transport.abort()
         self._wake()
@@ -112,10 +143,10 @@ class UpstreamAnswer:
     or the connection's end says; `release` gives the connection back, or ends it."""
 
     def __init__(self, client: UpstreamClient, origin: str, wire: _Wire, status: int,
-                 headers: dict[str, str], timer: asyncio.TimerHandle) -> None:
+                 headers: dict[str, str]) -> None:
         self.status = status
         self.headers = headers
-        self._client, self._origin, self._wire, self._timer = client, origin, wire, timer
+        self._client, self._origin, self._wire = client, origin, wire
         self._decoder: zlib._Decompress | None = None
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
         self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
@@ -220,10 +251,11 @@ class UpstreamAnswer:
             self.ended = True
 
     def release(self) -> None:
-        self._timer.cancel()
         wire = self._wire
         reusable = self.ended and not self.to_close and wire.closed is None
-        if reusable and not wire.buffer:
+        kept = reusable and not wire.buffer
+        wire.disarm(dropped=not kept)
+        if kept:
             self._client.keep(self._origin, wire)
         elif wire.transport is not None:
             wire.transport.abort()
@@ -257,17 +289,37 @@ def _head(data: bytes) -> tuple[int, dict[str, str]]:
     return int(code), headers
 
 
-def _request(path: str, host: str, body: bytes, headers: dict[str, str]) -> bytes:
-    """The request's head (its body is written after it, not joined to it: a copy of a
-    16 MiB body for as long as the call waits)."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
-             "Accept-Encoding: identity"]
-    for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0"):
-            raise UpstreamFailed(f"the header {name[:40]!r} for the upstream holds a line "
-                                 "break")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+class _Target(NamedTuple):
+    """A URL's parts as a request to it needs them."""
+
+    origin: str  # scheme, host and port: the connections kept for it
+    tls: bool
+    host: str
+    port: int
+    line: bytes  # the request line and its Host header
+
+
+def _target(url: str) -> _Target:
+    parts = urlsplit(url)
+    tls, host, port = parts.scheme == "https", parts.hostname or "", parts.port
+    port = port or (443 if tls else 80)
+    shown = f"[{host}]" if ":" in host else host
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    line = f"POST {path} HTTP/1.1\r\nHost: {shown if parts.port is None else f'{shown}:{port}'}"
+    return _Target(f"{parts.scheme}://{host}:{port}", tls, host, port, line.encode("latin-1"))
+
+
+def _request(line: bytes, body: bytes, headers: dict[str, str]) -> bytes:
+    """The request's head (a large body is written after it, not joined to it: a copy
+    of a 16 MiB body for as long as the call waits)."""
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if "\0" in fields or fields.count("\n") != len(headers) or \
+            fields.count("\r") != len(headers):
+        name = next(n for n, v in headers.items() if any(c in n + v for c in "\r\n\0"))
+        raise UpstreamFailed(f"the header {name[:40]!r} for the upstream holds a line "
+                             "break")
+    return b"%b\r\nContent-Length: %d\r\nAccept-Encoding: identity\r\n%b\r\n" % (
+        line, len(body), fields.encode("latin-1"))
 
 
 class UpstreamClient:
@@ -275,6 +327,7 @@ class UpstreamClient:
 
     def __init__(self) -> None:
         self.idle: dict[str, list[_Wire]] = {}
+        self.targets: dict[str, _Target] = {}  # a URL -> its parts, parsed once
 
     def keep(self, origin: str, wire: _Wire) -> None:
         wire.idle_since, wire.received = time.monotonic(), 0
@@ -296,14 +349,13 @@ class UpstreamClient:
         """The answer's head read (its body not yet); UpstreamFailed when it cannot be.
         A kept connection that fails before any of the answer came (the upstream closed
         it while idle) is tried once more on a new one."""
-        parts = urlsplit(url)
-        tls, host, port = parts.scheme == "https", parts.hostname or "", parts.port
-        port = port or (443 if tls else 80)
-        origin = f"{parts.scheme}://{host}:{port}"
-        shown = f"[{host}]" if ":" in host else host
-        head = _request((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                        shown if parts.port is None else f"{shown}:{port}", body, headers)
-        message = (head, body)
+        target = self.targets.get(url)
+        if target is None:
+            if len(self.targets) >= MAX_TARGETS:
+                self.targets.clear()
+            target = self.targets[url] = _target(url)
+        origin, head = target.origin, _request(target.line, body, headers)
+        message = (head + body,) if len(body) <= JOINED else (head, body)
         wire = self._reused(origin)
         loop = wire.loop if wire is not None else asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -316,18 +368,17 @@ class UpstreamClient:
         try:
             async with asyncio.timeout_at(deadline):
                 _, wire = await loop.create_connection(
-                    _Wire, host, port, ssl=_context() if tls else None)
+                    _Wire, target.host, target.port, ssl=_context() if target.tls else None)
         except TimeoutError:
             raise UpstreamFailed(f"no connection in {timeout:g} s") from None
         except OSError as exc:
             raise UpstreamFailed(f"no connection: {type(exc).__name__}: {exc}") from None
         return await self._exchange(origin, wire, message, deadline, timeout)
 
-    async def _exchange(self, origin: str, wire: _Wire, message: tuple[bytes, bytes],
+    async def _exchange(self, origin: str, wire: _Wire, message: tuple[bytes, ...],
                         deadline: float, timeout: float) -> UpstreamAnswer:
         assert wire.transport is not None
-        timer = wire.loop.call_at(deadline, wire.expire,
-                                  f"the upstream did not answer in {timeout:g} s")
+        wire.arm(deadline, timeout)
         try:
             wire.transport.writelines(message)
             status = 100
@@ -338,9 +389,9 @@ class UpstreamClient:
                                              f"MAX_HEAD ({MAX_HEAD} bytes)")
                     await wire.more()
                 status, headers = _head(wire.take(end + 4)[:-4])
-            answer = UpstreamAnswer(self, origin, wire, status, headers, timer)
+            answer = UpstreamAnswer(self, origin, wire, status, headers)
         except BaseException as exc:
-            timer.cancel()
+            wire.disarm(dropped=True)
             wire.transport.abort()
             if wire.expired and isinstance(exc, UpstreamFailed):
                 raise UpstreamUnanswered(str(exc)) from None
