@@ -609,3 +609,31 @@ async def test_a_body_past_max_body_is_refused_naming_the_bound(shared: Shared) 
             "type": "invalid_request_error", "param": None,
             "code": "invalid_request_error"}})
     assert upstream.calls() == called
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_replicas_token_is_refused_once_the_replica_is_restarted(
+        shared: Shared) -> None:
+    """A replica's identity at the model gateway is kept with its token (not made a
+    call): the token its restart replaced is refused like an unknown one."""
+    import aiohttp
+
+    d = shared.d
+    env = (await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 0})
+           ).output["env"]
+    body = {"model": "gpt-small", "messages": [{"role": "user", "content": "hi"}]}
+    url, old = env["OPENAI_BASE_URL"] + "/chat/completions", env["OPENAI_API_KEY"]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=body, headers={"authorization": f"Bearer {old}"}
+                             ) as r:
+            assert r.status == 200, await r.text()
+        await d.sup.restart("writer")
+        new = (await run_task(d, {"api": "chat", "model": "gpt-small", "calls": 1})
+               ).output["env"]["OPENAI_API_KEY"]
+        assert new != old
+        async with http.post(url, json=body, headers={"authorization": f"Bearer {old}"}
+                             ) as r:
+            assert (r.status, (await r.json())["error"]["message"]) == (401, UNAUTHORIZED)
+        async with http.post(url, json=body, headers={"authorization": f"Bearer {new}"}
+                             ) as r:
+            assert r.status == 200, await r.text()

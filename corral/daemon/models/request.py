@@ -25,9 +25,23 @@ DEFAULT_OUTPUT = 4096
 MAX_N = 128  # OpenAI's bound on a Chat Completions call's choices
 
 _members = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_decode = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 _CHAT = "/v1/chat/completions"
+
+
+class _Read(msgspec.Struct):
+    """The members corral acts on, decoded in one pass (the rest skipped, not kept)."""
+
+    model: Any = None
+    stream: Any = None
+    n: Any = None
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    max_output_tokens: Any = None
+    stream_options: Any = None
+
+
+_read = msgspec.json.Decoder(_Read)
 
 
 class BadBody(Exception):
@@ -71,32 +85,33 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
     """None when `raw` is no JSON object naming its model (corral's own refusal);
     BadBody when a member corral reads is not of the type the provider takes."""
     try:
-        members = _members.decode(raw)
+        members = _read.decode(raw)
     except msgspec.DecodeError:
         return None
-    model = _value(members, "model")
+    model = members.model
     if not isinstance(model, str):
         return None
     fmt = endpoint.format
-    stream = _typed(members, "stream", bool, fmt)
-    n = _typed(members, "n", int, fmt) if endpoint.path == _CHAT else None
+    stream = _typed(members.stream, "stream", bool, fmt)
+    n = _typed(members.n, "n", int, fmt) if endpoint.path == _CHAT else None
     if n is not None and not 1 <= n <= MAX_N:
         raise BadBody(_range_words("n", n), "n", "integer_below_min_value" if n < 1
                       else "integer_above_max_value")
-    bound = next((b for k in OUTPUT_BOUNDS if (b := _typed(members, k, int, fmt))
-                  is not None), None)
+    bound = next((b for k in OUTPUT_BOUNDS if (b := _typed(getattr(members, k), k, int,
+                                                            fmt)) is not None), None)
     changed: dict[str, Any] = {}
     upstream_model = upstream_name(model)
     if upstream_model is not None and upstream_model != model:
         changed["model"] = upstream_model
     if stream and endpoint.path == _CHAT:
-        options = _value(members, "stream_options")
+        options = members.stream_options
         if not (isinstance(options, dict) and options.get("include_usage")):
             changed["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                          "include_usage": True}
-    if changed:
-        members.update((k, msgspec.Raw(_encode.encode(v))) for k, v in changed.items())
-        sent = _encode.encode(members)
+    if changed:  # (seldom: the members decoded again, as they came, to join them)
+        whole = _members.decode(raw)
+        whole.update((k, msgspec.Raw(_encode.encode(v))) for k, v in changed.items())
+        sent = _encode.encode(whole)
     else:
         sent = raw
     return ModelRequest(model, bool(stream), n or 1, max(bound, 0) if bound is not None
@@ -104,19 +119,13 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
                         len(raw), sent)
 
 
-def _value(members: dict[str, msgspec.Raw], key: str) -> Any:
-    raw = members.get(key)
-    return None if raw is None else _decode.decode(raw)
-
-
 _KINDS = {bool: ("boolean", "a boolean", "a valid boolean"),
           int: ("integer", "an integer", "a valid integer")}
 
 
-def _typed(members: dict[str, msgspec.Raw], key: str, kind: type, fmt: Format) -> Any:
-    """The member `key` when it is of `kind` or null (None, as absent); else BadBody in
-    the provider's words."""
-    value = _value(members, key)
+def _typed(value: Any, key: str, kind: type, fmt: Format) -> Any:
+    """The member `key`'s `value` when it is of `kind` or null (None, as absent); else
+    BadBody in the provider's words."""
     if value is None or (type(value) is kind):
         return value
     _, article, valid = _KINDS[kind]

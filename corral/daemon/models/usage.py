@@ -13,7 +13,19 @@ import msgspec
 
 from .request import BYTES_PER_TOKEN
 
-_decode = msgspec.json.Decoder()
+
+class _Said(msgspec.Struct):
+    """The members of a whole answer that say its usage (the rest skipped, not built:
+    its choices' text can be most of it)."""
+
+    type: Any = None
+    message: Any = None
+    response: Any = None
+    model: Any = None
+    usage: Any = None
+
+
+_said = msgspec.json.Decoder(_Said)
 
 
 class CallUsage:
@@ -78,8 +90,10 @@ class CallUsage:
             self.output = out  # message_delta's count is the running total
 
     def read_body(self, body: bytes) -> None:
-        with contextlib.suppress(msgspec.DecodeError):  # not JSON: no usage said (none)
-            self.read(_decode.decode(body))
+        with contextlib.suppress(msgspec.DecodeError):  # not a JSON object: none said
+            said = _said.decode(body)
+            self.read({"type": said.type, "message": said.message,
+                       "response": said.response, "model": said.model, "usage": said.usage})
 
 
 def _tokens(usage: dict[str, Any], key: str) -> int:
