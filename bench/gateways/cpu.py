@@ -49,15 +49,22 @@ def on_tree(kind: type[Target], tree: Path) -> type[Target]:
     return OnTree
 
 
-def load(spec: dict[str, Any], pid: int) -> tuple[dict[str, Any], float]:
-    """run.py's load, and the CPU seconds process `pid` spent meanwhile."""
+def load(spec: dict[str, Any], pid: int) -> tuple[dict[str, Any], float, float]:
+    """run.py's load, and the CPU seconds process `pid` and its main thread spent
+    meanwhile (only the main thread's share limits the rate: the store's writer thread
+    runs beside it)."""
     before = cpu_of(pid)
-    return load_once(spec), cpu_of(pid) - before
+    out = load_once(spec)
+    after = cpu_of(pid)
+    return out, after[0] - before[0], after[1] - before[1]
 
 
-def cpu_of(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
+def cpu_of(pid: int) -> tuple[float, float]:
+    proc = psutil.Process(pid)
+    t = proc.cpu_times()
+    main = next((th for th in proc.threads() if th.id == pid), None)
+    return (float(t.user + t.system),
+            float(main.user_time + main.system_time) if main else 0.0)
 
 
 def one_run(kind: type[Target], extra: dict[str, Any], tree: Path, work: Path,
@@ -77,9 +84,10 @@ def one_run(kind: type[Target], extra: dict[str, Any], tree: Path, work: Path,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
         load_before = os.getloadavg()[0]
-        out, spent = load({**base, "n": n, "warmup": 0}, daemon)
+        out, spent, main = load({**base, "n": n, "warmup": 0}, daemon)
         answered = len(out["latencies"])
         return {"us_per_call": spent / max(answered, 1) * 1e6, "answered": answered,
+                "main_us_per_call": main / max(answered, 1) * 1e6,
                 "errors": out["errors"], "first_error": out["first_error"],
                 "req_per_s": answered / max(out["wall_s"], 1e-9), "load": load_before}
     finally:
@@ -110,6 +118,7 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     got: dict[tuple[str, int], list[float]] = {}
+    mains: dict[tuple[str, int], list[float]] = {}
     port = free_port()
     mock = subprocess.Popen([PY, str(HERE / "mock_provider.py"), str(port)], env=ENV,
                             stdout=subprocess.PIPE, start_new_session=True)
@@ -125,7 +134,9 @@ def main() -> None:
                         run = one_run(kind, extra, tree, Path(tmp), upstream, args.n,
                                       args.c, args.profile, label)
                         got.setdefault((w, i), []).append(run["us_per_call"])
+                        mains.setdefault((w, i), []).append(run["main_us_per_call"])
                         print(f"{label:<14} {run['us_per_call']:7.1f} us/call "
+                              f"(main thread {run['main_us_per_call']:6.1f}) "
                               f"{run['req_per_s']:7.0f} req/s errors {run['errors']} "
                               f"load {run['load']:.1f}"
                               + (f" ({run['first_error']})" if run["errors"] else ""),
@@ -145,6 +156,9 @@ def main() -> None:
             ratio = f"  B/A {meds[1] / meds[0]:.2f} (paired {paired:.2f})"
         print(f"  {w:<7} " + "  ".join(f"{t.name or t}: {m:.0f} us" for t, m in
                                         zip(trees, meds, strict=True)) + ratio)
+        mm = [statistics.median(mains[(w, i)]) for i in range(len(trees))]
+        print("  main thread " + "  ".join(f"{t.name or t}: {m:.0f} us" for t, m in
+                                           zip(trees, mm, strict=True)))
     print(json.dumps({f"{w}/{i}": v for (w, i), v in got.items()}))
 
 

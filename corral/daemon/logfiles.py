@@ -114,7 +114,7 @@ class RotatingFile:
 
     def write(self, *parts: bytes) -> None:
         """Append the parts with one writev(2): no copy to join them first."""
-        total = sum(len(p) for p in parts)
+        total = sum(map(len, parts))
         n = os.writev(self._fd, parts)
         if n < total:  # a short write (a full disk, a signal): finish it piece by piece
             rest = memoryview(b"".join(parts))[n:]

@@ -198,6 +198,9 @@ class LogHub:
         self.tail_bytes = tail_bytes
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile | StreamFile] = {}
+        # the last line's tag and what it is of (its millisecond, source, replica, pid,
+        # stream): a burst's lines share it, rendered once (a gateway call's audit line each)
+        self._tag: tuple[tuple[int, str, int, int, str], bytes] = ((0, "", 0, 0, ""), b"")
         self.broken: dict[str, _Outage] = {}  # by file source: files that cannot be written
         # one throttle per file: a file that fails again is not told every time
         self.file_errors: dict[str, Throttle] = {}
@@ -338,7 +341,7 @@ class LogHub:
             if self.raw and stream in ("stderr", "stdout"):  # (stdout: a plain program's)
                 self._write(batch, source, lines.block, b"\n")
             else:
-                head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
+                head = self._tag_of(batch)
                 # one C pass tags every line: no per-line objects
                 self._write(batch, DAEMON_SOURCE if self.raw else source,
                             head, lines.block.replace(b"\n", b"\n" + head), b"\n")
@@ -348,13 +351,21 @@ class LogHub:
             if follower.wants(source):
                 follower.push(batch)
 
+    def _tag_of(self, b: Batch) -> bytes:
+        key = (round(b.time * 1e6) // 1000, b.source, b.replica, b.pid, b.stream)  # (as iso_time)
+        if self._tag[0] != key:
+            self._tag = (key, LogLine(b.time, b.source, b.replica, b.pid, b.stream, "")
+                         .render().encode())
+        return self._tag[1]
+
     def place_by(self, locate: Callable[[str], LogPlace | None]) -> None:
         self.locate = locate
 
     def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
         """A line of the daemon's own (syslog `priority`): into corral.log and to `echo`."""
         text = one_line(text)
-        self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, LineBlock.one(text))
+        self.emit(DAEMON_SOURCE, 0, os.getpid(), stream,
+                  LineBlock(text.encode("utf-8", "replace"), 1))  # (one_line's already)
         if self.echo is not None:
             self.echo(text, 5 if stream == "audit" and priority == 6 else priority)
 

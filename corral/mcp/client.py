@@ -129,6 +129,9 @@ class McpClient:
         self.server_info: dict[str, Any] = {}
         self.instructions: str | None = None
         self.tools: list[dict[str, Any]] = []
+        # the tools by name, and the list they index (made again for another: listed
+        # again, or a session resumed): two looks a call, not two walks of a long list
+        self._named: tuple[list[dict[str, Any]], dict[Any, dict[str, Any]]] = ([], {})
         self.rejected_tools: list[str] = []
         self.roots = [root_uri(r) for r in roots or []]
         self.log_level = log_level
@@ -497,7 +500,11 @@ class McpClient:
         return self.tools
 
     def tool(self, name: str) -> dict[str, Any] | None:
-        return next((t for t in self.tools if t.get("name") == name), None)
+        listed, named = self._named
+        if listed is not self.tools:
+            named = {t.get("name"): t for t in reversed(self.tools)}  # (the first of a name)
+            self._named = (self.tools, named)
+        return named.get(name)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float,
                         on_progress: ProgressCallback | None = None,
@@ -527,14 +534,23 @@ class McpClient:
             self._askers[token] = asker
         self.calls += 1
         self.calls_in_flight += 1
+        # the call's deadline: a timer that cancels it, as asyncio.timeout's does, without
+        # that context manager's objects and bookkeeping (a tenth of this method's cost)
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        fired: list[bool] = []
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, task, fired)
         try:
-            async with asyncio.timeout(timeout):
-                if as_task:
-                    result = await self._call_as_task(params, timeout)
-                else:  # (the deadline is the one above: one timer a call)
-                    result = await self.request("tools/call", params, timeout=None,
-                                                relay=relay, asker=asker)
-        except TimeoutError:
+            if as_task:
+                result = await self._call_as_task(params, timeout)
+            else:  # (the deadline is the one above: one timer a call)
+                result = await self.request("tools/call", params, timeout=None,
+                                            relay=relay, asker=asker)
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and (
+                    not fired or task.uncancel() > cancelling):
+                raise  # the caller's cancellation, not the deadline
             self.errors += 1
             if self.peer is not None:  # a hang of a server without ping shows this way
                 self.peer.timed_out()
@@ -545,6 +561,7 @@ class McpClient:
             self.errors += 1
             raise
         finally:
+            timer.cancel()
             self.calls_in_flight -= 1
             self._progress.pop(token, None)
             self._logs.pop(token, None)
@@ -742,6 +759,11 @@ class McpClient:
                            f"{method}: corral does not offer {what} (it runs unattended; "
                            f"see docs/decisions.md)")
         raise jsonrpc.method_not_found(method)
+
+
+def _expire(task: asyncio.Task[Any], fired: list[bool]) -> None:
+    fired.append(True)
+    task.cancel()
 
 
 def _forget(fut: asyncio.Future[Any]) -> None:

@@ -185,6 +185,8 @@ class McpPool(Generic[Spec, Inst]):
         else:
             candidates = entry.instances
         serving = [i for i in candidates if i.machine.takes_work and i.peer is not None]
+        if len(serving) == 1:
+            return serving[0]
         if serving:
             return min(serving, key=lambda i: i.peer.in_flight if i.peer else 0)
         for i in candidates:

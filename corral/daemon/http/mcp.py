@@ -657,6 +657,9 @@ class HttpGateway:
                                   "resource_name": "corral MCP gateway"})
 
 
+_WRITTEN = web.StreamResponse()  # a lean POST's answer, written: nothing more to do
+
+
 class _Streams(Exception):
     """A POST read lean that is answered with a stream (aiohttp's, as it came)."""
 
@@ -668,6 +671,7 @@ class LeanRequest:
     path, version, keep_alive = ENDPOINT, HttpVersion11, True
 
     def __init__(self, ex: Exchange) -> None:
+        self.ex = ex  # its answer's writer (_json)
         self.headers, self.query = CIMultiDict(ex.headers), ex.query
         self.transport, self.protocol, self.raw = ex.transport, ex.conn, ex.raw or b""
 
@@ -728,6 +732,9 @@ def _json(request: web.Request, msg: Any, status: int, headers: dict[str, str] |
     """Written as HTTP/1.1 bytes by models/answers.py's Exchange: aiohttp's response
     machinery was a tenth of the daemon's CPU a tools/call."""
     body = msgspec.json.encode(msg)
+    if isinstance(request, LeanRequest):  # (its writer at hand: lean() returns no response)
+        request.ex.answer(status, "application/json", body, headers)
+        return _WRITTEN
     if request.transport is None:  # the client went: aiohttp's response, for it to drop
         return web.Response(body=body, status=status, headers=headers)
     Exchange(request.protocol, request.transport, {}, {}, b"", request).answer(
