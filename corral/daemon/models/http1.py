@@ -289,7 +289,7 @@ def _head(data: bytes) -> tuple[int, dict[str, str]]:
     return int(code), headers
 
 
-class _Target(NamedTuple):
+class _Address(NamedTuple):
     """A URL's parts as a request to it needs them."""
 
     origin: str  # scheme, host and port: the connections kept for it
@@ -299,14 +299,14 @@ class _Target(NamedTuple):
     line: bytes  # the request line and its Host header
 
 
-def _target(url: str) -> _Target:
+def _address(url: str) -> _Address:
     parts = urlsplit(url)
     tls, host, port = parts.scheme == "https", parts.hostname or "", parts.port
     port = port or (443 if tls else 80)
     shown = f"[{host}]" if ":" in host else host
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     line = f"POST {path} HTTP/1.1\r\nHost: {shown if parts.port is None else f'{shown}:{port}'}"
-    return _Target(f"{parts.scheme}://{host}:{port}", tls, host, port, line.encode("latin-1"))
+    return _Address(f"{parts.scheme}://{host}:{port}", tls, host, port, line.encode("latin-1"))
 
 
 def _request(line: bytes, body: bytes, headers: dict[str, str]) -> bytes:
@@ -327,7 +327,7 @@ class UpstreamClient:
 
     def __init__(self) -> None:
         self.idle: dict[str, list[_Wire]] = {}
-        self.targets: dict[str, _Target] = {}  # a URL -> its parts, parsed once
+        self.targets: dict[str, _Address] = {}  # a URL -> its parts, parsed once
 
     def keep(self, origin: str, wire: _Wire) -> None:
         wire.idle_since, wire.received = time.monotonic(), 0
@@ -353,7 +353,7 @@ class UpstreamClient:
         if target is None:
             if len(self.targets) >= MAX_TARGETS:
                 self.targets.clear()
-            target = self.targets[url] = _target(url)
+            target = self.targets[url] = _address(url)
         origin, head = target.origin, _request(target.line, body, headers)
         message = (head + body,) if len(body) <= JOINED else (head, body)
         wire = self._reused(origin)

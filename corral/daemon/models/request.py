@@ -29,7 +29,7 @@ _encode = msgspec.json.Encoder()
 _CHAT = "/v1/chat/completions"
 
 
-class _Read(msgspec.Struct):
+class _Options(msgspec.Struct):
     """The members corral acts on, decoded in one pass (the rest skipped, not kept)."""
 
     model: Any = None
@@ -41,7 +41,7 @@ class _Read(msgspec.Struct):
     stream_options: Any = None
 
 
-_read = msgspec.json.Decoder(_Read)
+_read = msgspec.json.Decoder(_Options)
 
 
 class BadBody(Exception):

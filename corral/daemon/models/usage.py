@@ -14,7 +14,7 @@ import msgspec
 from .request import BYTES_PER_TOKEN
 
 
-class _Said(msgspec.Struct):
+class _Report(msgspec.Struct):
     """The members of a whole answer that say its usage (the rest skipped, not built:
     its choices' text can be most of it)."""
 
@@ -25,7 +25,7 @@ class _Said(msgspec.Struct):
     usage: Any = None
 
 
-_said = msgspec.json.Decoder(_Said)
+_said = msgspec.json.Decoder(_Report)
 
 
 class CallUsage:
