@@ -5,12 +5,13 @@ daemon process's user+system CPU seconds before and after the N calls, divided b
 The medians of the rounds, per tree and workload, and B/A.
 
     bench/gateways/cpu.sh [--trees A,B] [--rounds 3] [-n 3000] [-c 10]
-                          [--work model,stream,mcp]
+                          [--work model,stream,mcp] [--loadgen c|py]
 
 A tree is a checkout of corral (`git worktree add /tmp/gwA HEAD` for a baseline); its
 daemon runs on this tree's venv with the tree first on PYTHONPATH. Prints one line a
 run, then the table; `--profile DIR` also records each run's daemon with py-spy (PY_SPY,
-default `py-spy` on PATH) into DIR, as speedscope JSON.
+default `py-spy` on PATH) into DIR, as speedscope JSON. The load generator (run.py's,
+--loadgen, default c) is only the daemon's client: its own CPU is in no figure.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from .run import LOADGENS
 from .run import load as load_once
 from .targets import ENV, HERE, PY, ROOT, CorralMcp, CorralModel, Target, free_port
 
@@ -49,12 +51,12 @@ def on_tree(kind: type[Target], tree: Path) -> type[Target]:
     return OnTree
 
 
-def load(spec: dict[str, Any], pid: int) -> tuple[dict[str, Any], float, float]:
+def load(spec: dict[str, Any], pid: int, gen: str) -> tuple[dict[str, Any], float, float]:
     """run.py's load, and the CPU seconds process `pid` and its main thread spent
     meanwhile (only the main thread's share limits the rate: the store's writer thread
     runs beside it)."""
     before = cpu_of(pid)
-    out = load_once(spec)
+    out = load_once(spec, gen)
     after = cpu_of(pid)
     return out, after[0] - before[0], after[1] - before[1]
 
@@ -68,7 +70,7 @@ def cpu_of(pid: int) -> tuple[float, float]:
 
 
 def one_run(kind: type[Target], extra: dict[str, Any], tree: Path, work: Path,
-            upstream: str, n: int, c: int, profile: Path | None, label: str
+            upstream: str, n: int, c: int, profile: Path | None, label: str, gen: str
             ) -> dict[str, Any]:
     target = on_tree(kind, tree)(_fresh(work, label), upstream)
     spy: subprocess.Popen[bytes] | None = None
@@ -76,7 +78,7 @@ def one_run(kind: type[Target], extra: dict[str, Any], tree: Path, work: Path,
         target.start()
         daemon = target.procs[0].pid
         base = {**target.spec(), **extra, "c": c, "seconds": 120.0}
-        load({**base, "n": max(300, n // 5), "warmup": 0}, daemon)  # the warm-up
+        load({**base, "n": max(300, n // 5), "warmup": 0}, daemon, gen)  # the warm-up
         if profile is not None:
             spy = subprocess.Popen(
                 [os.environ.get("PY_SPY", "py-spy"), "record", "-r", "500", "-f",
@@ -84,7 +86,7 @@ def one_run(kind: type[Target], extra: dict[str, Any], tree: Path, work: Path,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
         load_before = os.getloadavg()[0]
-        out, spent, main = load({**base, "n": n, "warmup": 0}, daemon)
+        out, spent, main = load({**base, "n": n, "warmup": 0}, daemon, gen)
         answered = len(out["latencies"])
         return {"us_per_call": spent / max(answered, 1) * 1e6, "answered": answered,
                 "main_us_per_call": main / max(answered, 1) * 1e6,
@@ -111,6 +113,7 @@ def main() -> None:
     ap.add_argument("-c", type=int, default=10)
     ap.add_argument("--work", default="model,stream,mcp")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--loadgen", choices=sorted(LOADGENS), default="c")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     trees = [Path(t).resolve() for t in args.trees.split(",")]
@@ -132,7 +135,7 @@ def main() -> None:
                         kind, extra = WORK[w]
                         label = f"{w}-{'AB'[i] if len(trees) == 2 else i}-r{r}"
                         run = one_run(kind, extra, tree, Path(tmp), upstream, args.n,
-                                      args.c, args.profile, label)
+                                      args.c, args.profile, label, args.loadgen)
                         got.setdefault((w, i), []).append(run["us_per_call"])
                         mains.setdefault((w, i), []).append(run["main_us_per_call"])
                         print(f"{label:<14} {run['us_per_call']:7.1f} us/call "
@@ -144,7 +147,8 @@ def main() -> None:
     finally:
         os.killpg(mock.pid, signal.SIGTERM)
         mock.wait(30)
-    print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}:")
+    print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}, "
+          f"load generator {LOADGENS[args.loadgen]}:")
     for w in works:
         meds = [statistics.median(got[(w, i)]) for i in range(len(trees))]
         # each round's B over its A, the median of those: what drifts between rounds
