@@ -4,12 +4,12 @@ published harness, in one command.
     bench/gateways/run.sh [--full] [--only model|mcp] [--skip NAME,...] [--loadgen c|py]
 
 Model gateways: an instant mock OpenAI provider (mock_provider.py) in a process of its
-own, the load generator in another (--loadgen c: loadgen.c, one epoll thread costing a few
-us a call; py: loadgen.py, aiohttp, which costs more than a gateway on the same two
-cores), N Chat Completions requests
-per workload: concurrency 10 and 50, whole and streamed, the targets interleaved within
-each workload (their order turned each trial): direct to the mock (the floor), corral's
-model gateway, Portkey's gateway, LiteLLM's proxy.
+own, the load generator in another (--loadgen c, the default: loadgen.c, one epoll thread,
+~11-14 us of CPU a call; py: loadgen.py, aiohttp, 125-150 us, more than the gateway it
+measures, on the same two cores), N Chat Completions requests per workload: concurrency
+10 and 50, whole and streamed, the targets interleaved within each workload (their order
+turned each trial): direct to the mock (the floor), corral's model gateway, Portkey's
+gateway, LiteLLM's proxy.
 MCP gateways: tools/call of the echo tool of one stdio server (bench/min_mcp_server.py)
 over Streamable HTTP, concurrency 10 and 50: corral's gateway, ContextForge's (through
 its translate bridge, as it reaches a stdio server), and that bridge alone.
