@@ -205,3 +205,30 @@ def test_an_answer_cut_mid_body_is_an_error_not_a_call_sent_again() -> None:
     assert CutsTheSecond.cuts == 5  # calls 1, 3, 5, 7, 9 (each even one a connection's first)
     assert (out["errors"], len(out["latencies"])) == (5, 5)
     assert out["first_error"] == "5x the server closed the connection mid-answer"
+
+
+class EndsEachAnswer(BaseHTTPRequestHandler):
+    """HTTP/1.0: no Content-Length, each answer's body ended by closing its connection."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"echo": 1}')
+
+
+def test_an_answer_ended_by_its_connection_is_read_whole_and_counted_once() -> None:
+    server = Server(("127.0.0.1", 0), EndsEachAnswer)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = run.load({**_model(url, False, 20, 0), "c": 2}, "c")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert (out["errors"], len(out["latencies"]), out["reconnects"]) == (0, 20, 20)

@@ -495,9 +495,7 @@ static void on_readable(conn_t *k) {
                 reconnects++;
                 return;
             }
-            if (r == 0 && k->stage == BODY_EOF) {
-                drop(k);
-                reconnects++;
+            if (r == 0 && k->stage == BODY_EOF) { /* (`closing`: answered drops it) */
                 answered(k);
                 return;
             }
