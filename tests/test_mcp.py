@@ -135,6 +135,26 @@ async def test_timeout_sends_cancelled(sup: Supervisor) -> None:
     assert inst.client.errors == 1
 
 
+async def test_a_call_cancelled_by_its_caller_is_no_timeout(sup: Supervisor) -> None:
+    """The deadline's timer cancels the call it was set for only, and is told apart from
+    a cancellation by the caller: that one stays a cancellation, counted as no error."""
+    logs: list[str] = []
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogBatch)
+    inst = await up(sup, scripted("tc", "v2025-11", timeout=0.3))
+    assert (await sup.mcp.call("tc__echo", {"text": "a"}))["content"][0]["text"] == "a"
+    call = asyncio.ensure_future(sup.mcp.call("tc__slow", {"seconds": 30}))
+    while not inst.client.calls_in_flight:
+        await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert (inst.client.errors, inst.client.calls_in_flight) == (0, 0)
+    # past both calls' deadlines: neither's timer cancels this task, which made the first
+    await asyncio.sleep(0.5)
+    assert (await sup.mcp.call("tc__echo", {"text": "b"}))["content"][0]["text"] == "b"
+    assert inst.client.errors == 0
+
+
 async def test_progress_passes_through(sup: Supervisor) -> None:
     await up(sup, scripted("pr", "stateless"))
     seen: list[dict[str, Any]] = []

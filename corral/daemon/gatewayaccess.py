@@ -547,7 +547,7 @@ class GatewayService:
         """What the server's `task_tools` say of the pool's tool `name` (None: no task)."""
         server, _, own = name.partition("__")
         entry = self.tools.servers.get(server)
-        if entry is None:
+        if entry is None or not entry.spec.task_tools:
             return None
         return next((how for glob, how in entry.spec.task_tools.items()
                      if fnmatchcase(own, glob)), None)

@@ -248,15 +248,16 @@ class McpClient:
                                f"docs/decisions.md)")
         return answers
 
-    async def _send(self, method: str, params: dict[str, Any], timeout: float | None
-                    ) -> Any:
+    def _send(self, method: str, params: dict[str, Any], timeout: float | None
+              ) -> Awaitable[Any]:
+        # the peer's coroutine as it is: no layer of this one's around every request
         assert self.peer is not None
         span = CURRENT.get()
         if span is not None and method == "tools/call":
             # the id it is about to be sent with (nothing is awaited before it is sent)
             span.request_id = getattr(self.peer, "_next_id", -1) + 1
             span.transport = self.network
-        return await self.peer.request(method, self._with_meta(params), timeout=timeout)
+        return self.peer.request(method, self._with_meta(params), timeout=timeout)
 
     def session(self) -> ServerSession | None:
         if self.version is None:

@@ -111,7 +111,8 @@ class Pins:
             self._pin(server, tool["name"], digest, definition)
             return None
         if pin.digest == digest:
-            self.drifted.pop((server, tool["name"]), None)
+            if self.drifted:  # (most calls: none drifted, no key made to look)
+                self.drifted.pop((server, tool["name"]), None)
             return None
         self.drifted[(server, tool["name"])] = digest
         return Drift(server, tool["name"], pin, definition, digest)
