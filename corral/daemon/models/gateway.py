@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from ..gatewayaccess import Identity
 
 _record = msgspec.json.Decoder(AnswerRecord)
+MAX_ROUTES = 4096  # routes kept (an agent, a model, an endpoint); past it, made again
 
 
 class ModelRefusal(Exception):
@@ -74,6 +75,19 @@ class UpstreamError(Exception):
         self.headers = headers
 
 
+class Route(NamedTuple):
+    """What an agent's calls of a model at an endpoint take that depends on those alone,
+    its use checked (`_usable`): made once, and again when [models] (and its keys) or
+    the agent's spec is another object."""
+
+    models: Mapping[str, ModelSpec]  # the gateway's `models` it was made of
+    agent: object  # the replica's spec it was made of
+    spec: ModelSpec
+    counter: ModelCounter
+    url: str  # the upstream's
+    headers: dict[str, str]  # the upstream's: the content type and the model's key
+
+
 class ModelCall(NamedTuple):
     """One admitted request: whose, of which model, to which endpoint, and its body
     (held once, as it goes upstream: request.py)."""
@@ -85,6 +99,7 @@ class ModelCall(NamedTuple):
     task: Task | None
     request: ModelRequest
     reservation: Reservation  # its estimate, held against its budgets until its end
+    route: Route
 
 
 class ModelClients(Protocol):
@@ -120,6 +135,7 @@ class ModelGateway:
         self.upstream = Upstream()
         self.rates: dict[tuple[str, str], TokenBucket] = {}  # (model, tenant)
         self.counters: dict[str, ModelCounter] = {}
+        self._routes: dict[tuple[str, str, str], Route] = {}  # (agent, model, endpoint)
         self.unknown = 0  # requests refused before a model was known (token, body)
         self.unattributed = 0  # calls of no task attempt (none running, or several)
         self.lean = 0  # requests lean.py took (the rest: aiohttp's)
@@ -239,12 +255,15 @@ class ModelGateway:
         if read is None:
             self.unknown += 1
             raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
-        spec = self._usable(found, read.model, endpoint)
+        route = self._routes.get((found.name, read.model, endpoint.path))
+        if route is None or route.models is not self.models or route.agent is not found.spec:
+            route = self._usable(found, read.model, endpoint)
+        spec = route.spec
         task = self._attempt(found, ex)
         self._rate(found, read.model, spec)
         kept = Reservation(read.input_estimate + read.output_estimate, read.cost_estimate(
             spec.input_usd_per_mtok, spec.output_usd_per_mtok))
-        call = ModelCall(endpoint, read.model, spec, found, task, read, kept)
+        call = ModelCall(endpoint, read.model, spec, found, task, read, kept, route)
         self._reserve(call)
         return call
 
@@ -252,9 +271,10 @@ class ModelGateway:
         spec = self.models.get(name)
         return spec.model if spec is not None else None
 
-    def _usable(self, replica: Replica, name: str, endpoint: Endpoint) -> ModelSpec:
+    def _usable(self, replica: Replica, name: str, endpoint: Endpoint) -> Route:
         """The model the agent of `replica` named, if it is one it may use at this
-        endpoint; another tenant's is not found, as one that does not exist."""
+        endpoint (its route, kept); another tenant's is not found, as one that does not
+        exist."""
         spec = self.models.get(name)
         tenant = replica.spec.tenant
         if spec is None or not (spec.shared or spec.tenant == tenant):
@@ -275,7 +295,16 @@ class ModelGateway:
             counter.refused += 1
             raise ModelRefusal(403, f"model {name} is not for agent {replica.name} "
                                     f"(models.{name}.agents: {', '.join(spec.agents)})")
-        return spec
+        key = self.keys.get(name)
+        headers = {"content-type": "application/json"}
+        if key is not None:
+            headers.update(upstream_auth(spec.format, key))
+        if len(self._routes) >= MAX_ROUTES:
+            self._routes.clear()
+        route = self._routes[(replica.name, name, endpoint.path)] = Route(
+            self.models, replica.spec, spec, counter, spec.url.rstrip("/") + endpoint.upstream,
+            headers)
+        return route
 
     def _rate(self, replica: Replica, name: str, spec: ModelSpec) -> None:
         tenant = replica.spec.tenant
@@ -325,7 +354,7 @@ class ModelGateway:
     async def _answer(self, ex: Exchange, call: ModelCall) -> None:
         """The call made (or, on a retry, answered from the task's steps) and its answer
         written back; a live call of a traced task is a span of its attempt."""
-        counter = self._counter(call.name)
+        counter = call.route.counter
         counter.calls += 1
         made: list[Relay | Whole] = []  # what `live` made, when it ran
         usage, start = CallUsage(), time.time()
@@ -460,16 +489,15 @@ class ModelGateway:
                     idempotency: str | None = None) -> Relay | Whole:
         """A whole answer read (its usage in `usage`), or a stream's relay, not yet run.
         `idempotency`: a task's call's key, the same on every attempt, sent upstream."""
-        spec, key = call.spec, self.keys.get(call.name)
-        headers = {"content-type": "application/json"}
-        headers.update((h, v) for h in PASSED_ON if (v := ex.headers.get(h)) is not None)
+        spec, key, route = call.spec, self.keys.get(call.name), call.route
+        headers = route.headers.copy()
+        for h in PASSED_ON:
+            if (v := ex.headers.get(h)) is not None:
+                headers[h] = v
         if idempotency is not None:
             headers["idempotency-key"] = idempotency
-        if key is not None:
-            headers.update(upstream_auth(spec.format, key))
         try:
-            answer = await self.upstream.send(spec, spec.url.rstrip("/") +
-                                              call.endpoint.upstream, call.request.sent, headers)
+            answer = await self.upstream.send(spec, route.url, call.request.sent, headers)
         except UpstreamDown as exc:
             usage.unanswered = exc.unanswered
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
