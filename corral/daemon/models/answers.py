@@ -113,7 +113,8 @@ class Exchange:
     async def write(self, data: bytes) -> None:
         """`data` of the stream (b"": its head now); ConnectionResetError when gone."""
         self._chunk(data)
-        await self.conn._drain_helper()  # (when the agent reads slower than it comes)
+        if self.conn.writing_paused:  # (the agent reads slower than it comes)
+            await self.conn._drain_helper()
 
     async def end(self, data: bytes) -> None:
         self._chunk(data, b"0\r\n\r\n" if self.chunked else b"")

@@ -271,6 +271,9 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
                          "corral reads (asked for identity)")
 
 
+_SPACE = " \t\n\x0b\x0c\r"  # what bytes.strip() strips (str.strip() strips more)
+
+
 def _head(data: bytes) -> tuple[int, dict[str, str]]:
     lines = data.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
@@ -279,12 +282,12 @@ def _head(data: bytes) -> tuple[int, dict[str, str]]:
         raise UpstreamFailed(f"the upstream's answer is not HTTP/1.1: "
                              f"{lines[0][:60]!r}")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip():
-            raise UpstreamFailed(f"the upstream's header line {line[:60]!r} is malformed")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
+    for line in data.decode("latin-1").split("\r\n")[1:]:  # (each byte one character)
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip(_SPACE):
+            raise UpstreamFailed(f"the upstream's header line "
+                                 f"{line.encode('latin-1')[:60]!r} is malformed")
+        key, text = name.lower(), value.strip(_SPACE)
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return int(code), headers
 

@@ -31,8 +31,11 @@ _PATHS = {e.path.encode(): e for e in ENDPOINTS}
 MCP = b"/mcp"  # the MCP gateway's POST, answered lean unless it streams (http/mcp.py)
 # the heads lean takes; a control byte, a bare CR or LF, a byte past ASCII, a fragment: aiohttp's
 _LINE = re.compile(rb"POST (/[!$%%&-;=?-Z_a-z~]{0,%d}) HTTP/1\.1" % (MAX_FIELD - 14))
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+"
-                    rb"((?:[\t\x20-\x7e]*[\x21-\x7e])?+)[ \t]*+")
+_ASKING = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
+# a head's fields, each a whole line (from a line's start to its CRLF or the end): as
+# many found as there are lines, and every line is one (the rest: aiohttp's)
+_FIELDS = re.compile(r"(?:(?<=\r\n)|\A)([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+"
+                     r"((?:[\t\x20-\x7e]*[\x21-\x7e])?+)[ \t]*+(?:\r\n|\Z)")
 log = logging.getLogger("corral.gateway.http")
 
 
@@ -101,8 +104,9 @@ class LeanConnection(HttpConnection):
                 made = await self._models.admit(ex, endpoint)
                 if made is not None:
                     await made
-            with contextlib.suppress(ConnectionError):  # (gone: its call ended)
-                await self._drain_helper()  # its answer unread: no other read until it is
+            if self.writing_paused:  # its answer unread: no other read until it is
+                with contextlib.suppress(ConnectionError):  # (gone: its call ended)
+                    await self._drain_helper()
         except Exception:  # a defect: its traceback, and the connection's end
             log.exception("the call on %s failed", endpoint.path if endpoint else "/mcp")
             self.force_close()
@@ -143,18 +147,16 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
     lines = head.split(b"\r\n")
     line = _LINE.fullmatch(lines[0])
     endpoint = _PATHS.get(path := line[1].partition(b"?")[0] if line else b"")
-    if line is None or (endpoint is None and path != MCP) or len(lines) > MAX_HEADERS:
+    if line is None or (endpoint is None and path != MCP) or not 1 < len(lines) <= \
+            MAX_HEADERS or max(map(len, lines[1:])) > MAX_FIELD:
         return None
-    headers: dict[str, str] = {}
-    for field in map(_FIELD.fullmatch, lines[1:]):
-        if field is None or len(field[0]) > MAX_FIELD:
-            return None
-        key, value = field[1].decode().lower(), field[2].decode()
-        if key in headers or key in ("transfer-encoding", "content-encoding", "expect",
-                                     "upgrade") or (
-                key == "connection" and value.lower() not in ("keep-alive", "close")):
-            return None  # (repeated, a compressed body, asking of the connection: aiohttp's)
-        headers[key] = value
+    fields = _FIELDS.findall(head[len(lines[0]) + 2:].decode("latin-1"))
+    if len(fields) != len(lines) - 1:
+        return None
+    headers = {name.lower(): value for name, value in fields}
+    if len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
+            headers.get("connection", "close").lower() not in ("keep-alive", "close"):
+        return None  # (repeated, a compressed body, asking of the connection: aiohttp's)
     length = headers.get("content-length", "")  # (HTTP/1.1 without a Host: aiohttp's 400)
     return (endpoint, line[1].decode(), headers, int(length)) if "host" in headers \
         and length.isdecimal() and int(length) <= LEAN_BODY else None

@@ -66,14 +66,8 @@ class ModelRequest(NamedTuple):
     digest: str
     size: int  # bytes of the body as it came
     sent: bytes
-
-    @property
-    def input_estimate(self) -> int:
-        return -(-self.size // BYTES_PER_TOKEN)
-
-    @property
-    def output_estimate(self) -> int:
-        return (DEFAULT_OUTPUT if self.bound is None else self.bound) * self.n
+    input_estimate: int  # tokens: of its size
+    output_estimate: int  # of its bound (DEFAULT_OUTPUT without one), for each choice
 
     def cost_estimate(self, input_usd_per_mtok: float, output_usd_per_mtok: float) -> float:
         return (self.input_estimate * input_usd_per_mtok
@@ -114,9 +108,11 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
         sent = _encode.encode(whole)
     else:
         sent = raw
-    return ModelRequest(model, bool(stream), n or 1, max(bound, 0) if bound is not None
-                        else None, hashlib.blake2b(raw, digest_size=16).hexdigest(),
-                        len(raw), sent)
+    n, bound = n or 1, max(bound, 0) if bound is not None else None
+    return ModelRequest(model, bool(stream), n, bound,
+                        hashlib.blake2b(raw, digest_size=16).hexdigest(), len(raw), sent,
+                        -(-len(raw) // BYTES_PER_TOKEN),
+                        (DEFAULT_OUTPUT if bound is None else bound) * n)
 
 
 _KINDS = {bool: ("boolean", "a boolean", "a valid boolean"),
