@@ -199,6 +199,99 @@ async def test_http_progress_and_cancellation_reach_upstream(daemon: Daemon) -> 
         assert text(await s.call_tool("sc__echo", {"text": "after"})) == "after"
 
 
+async def test_a_post_whose_call_is_cancelled_or_whose_session_ends_is_answered_so(
+        daemon: Daemon) -> None:
+    """A POST's one call runs in the POST's own handler: the client's
+    notifications/cancelled of it answers that POST 202 with nothing (the spec: no
+    response), the session's end (DELETE) answers it "request cancelled"; the server is
+    told both times."""
+    h = {"Authorization": f"Bearer {FULL}", "Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient(headers=h, timeout=30) as c:
+        r = await c.post(url(daemon), json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"}}})
+        hs = {"Mcp-Session-Id": r.headers["Mcp-Session-Id"],
+              "MCP-Protocol-Version": "2025-11-25"}
+        told = daemon.cli("logs", "sc").stdout.count("cancelled")
+
+        async def slow(rid: int) -> Any:
+            call = asyncio.ensure_future(c.post(url(daemon), headers=hs, json={
+                "jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                "params": {"name": "sc__slow", "arguments": {"seconds": 60}}}))
+            await wait_until_async(lambda: in_flight(daemon, "sc") > 0)
+            return call
+
+        call = await slow(7)
+        r = await c.post(url(daemon), headers=hs, json={
+            "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 7}})
+        assert r.status_code == 202
+        got = await call
+        assert (got.status_code, got.content) == (202, b"")
+        await wait_until_async(lambda: in_flight(daemon, "sc") == 0)
+        call = await slow(8)
+        assert (await c.delete(url(daemon), headers=hs)).status_code == 200
+        got = await call
+        assert (got.status_code, got.json()) == (200, {"jsonrpc": "2.0", "id": 8, "error": {
+            "code": -32003, "message": "request cancelled"}})
+        await wait_until_async(
+            lambda: daemon.cli("logs", "sc").stdout.count("cancelled") >= told + 2)
+
+
+async def test_a_calls_trace_context_is_not_the_next_pipelined_requests() -> None:
+    """A POST's call runs in its connection's request handler, which reads the request
+    pipelined behind it: the client span the first was given (its client's traceparent,
+    tracing off) ends with its call, and the second's call, which gave none, has none."""
+    tmp = shared_tmpdir()
+    record = tmp / "meta.jsonl"
+    d = Daemon(tmp, f"""
+[mcp_servers.rec]
+command = ["{PY}", "{SCRIPTED}", "v2025-11"]
+env = {{ SCRIPTED_RECORD = "{record}" }}
+start_timeout = 30.0
+
+[gateway]
+listen = "127.0.0.1:0"
+anonymous_tools = ["*"]
+""")
+    try:
+        await asyncio.to_thread(d.start)
+        where = (await asyncio.to_thread(url, d)).removeprefix("http://")
+        host, port = where.removesuffix("/mcp").split(":")
+        r, w = await asyncio.open_connection(host, int(port))
+
+        def post(body: dict[str, Any], sid: str = "") -> bytes:
+            data = json.dumps(body).encode()
+            return (f"POST /mcp HTTP/1.1\r\nHost: {where}\r\nContent-Type: application/json"
+                    f"\r\nAccept: application/json, text/event-stream\r\n"
+                    f"{f'Mcp-Session-Id: {sid}' + chr(13) + chr(10) if sid else ''}"
+                    f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+        async def answer() -> tuple[dict[str, str], bytes]:
+            head = (await r.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+            fields = {k.lower(): v for k, v in (ln.split(": ", 1) for ln in head[1:] if ln)}
+            return fields, await r.readexactly(int(fields["content-length"]))
+
+        w.write(post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}))
+        sid = (await answer())[0]["mcp-session-id"]
+        given = f"00-{'ab' * 16}-{'12' * 8}-01"
+        w.write(b"".join(post({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
+            "name": "rec__echo", "arguments": {"text": "x"}, **extra}}, sid)
+            for i, extra in ((2, {"_meta": {"traceparent": given}}), (3, {}))))
+        got = [json.loads((await answer())[1]) for _ in range(2)]
+        assert [(a["id"], a["result"]["content"][0]["text"]) for a in got] == [
+            (2, "x"), (3, "x")], got
+        w.close()
+        seen = [json.loads(line) for line in record.read_text().splitlines()]
+        assert [(s["meta"] or {}).get("traceparent") for s in seen] == [given, None]
+        assert await asyncio.to_thread(d.stop) == 0
+    finally:
+        d.close()
+
+
 async def test_a_call_that_asked_for_progress_and_got_none_is_answered_as_json(
         daemon: Daemon) -> None:
     """The official SDK refuses an SSE event over 1 MiB: a 2 MiB result of a call that

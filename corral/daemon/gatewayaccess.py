@@ -770,9 +770,8 @@ class GatewayService:
         client's own context passed on to the server as it came."""
         if self.tracer is not None:
             return self.tracer.gateway_call(call, context, tool, client)
-        CURRENT.set(ClientSpan(meta(context.trace_id, context.span_id, context.sampled,
-                                    context.tracestate)))  # this request's own task
-        return call
+        return _under(call, ClientSpan(meta(context.trace_id, context.span_id,
+                                            context.sampled, context.tracestate)))
 
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
                 who: tuple[int, int], task: Task | None = None, waited: float = 0.0) -> None:
@@ -866,3 +865,13 @@ def _shown_allow(allow: list[str] | None) -> str:
     """An allowlist in a refusal: its patterns, `empty`, or `*` for every tool (a client
     refused by its tenant's servers, not its list)."""
     return "*" if allow is None else ", ".join(allow) or "empty"
+
+
+async def _under(call: Awaitable[Any], span: ClientSpan) -> Any:
+    """`call` with `span` the context's client span, and without it after: the call may
+    run in its HTTP request's own task (GatewaySession.answer), which goes on after it."""
+    token = CURRENT.set(span)
+    try:
+        return await call
+    finally:
+        CURRENT.reset(token)

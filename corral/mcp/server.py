@@ -89,6 +89,21 @@ class Backend(Protocol):
         ...
 
 
+class _Inline:
+    """A call `answer` runs in its caller's task, as the session cancels it: once, and
+    marked so, apart from the caller's own cancellation."""
+
+    __slots__ = ("cancelled", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task, self.cancelled = task, False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.task.cancel()
+
+
 class GatewaySession:
     def __init__(self, backend: Backend, *, push: Reply | None = None,
                  ask_wait: float = WAIT) -> None:
@@ -107,7 +122,7 @@ class GatewaySession:
         self.log_level: str | None = None
         self.subscribed: set[str] = set()  # its resources/subscribe URIs
         self._ending: set[asyncio.Task[Any]] = set()
-        self.inflight: dict[Id, asyncio.Task[Any]] = {}
+        self.inflight: dict[Id, asyncio.Task[Any] | _Inline] = {}
         self._cancelled: set[Id] = set()
         # subscriptions/listen streams by request id: (the kinds asked for, their channel)
         self.listening: dict[Id, tuple[frozenset[str], Reply]] = {}
@@ -124,6 +139,53 @@ class GatewaySession:
     def receive(self, env: Envelope, reply: Reply) -> asyncio.Task[Any] | None:
         """Handle one incoming message; a request's answer goes to `reply`. Returns the
         task answering a request that needs one."""
+        begun = self._begin(env, reply)
+        if begun is None:
+            return None
+        rid, result = begun
+        task = asyncio.ensure_future(result)
+        self.inflight[rid] = task
+        task.add_done_callback(lambda t: self._finish(rid, t, reply))
+        return task
+
+    async def answer(self, env: Envelope, reply: Reply) -> None:
+        """`receive` of a message whose one answer the caller's own task waits for (an
+        HTTP POST's JSON answer), run in that task: no Task a call. A cancellation the
+        session makes (the client's notifications/cancelled, the session's end) is the
+        call's, told as receive's are; any other (the POST's client went) is the
+        caller's, raised."""
+        begun = self._begin(env, reply)
+        if begun is None:
+            return
+        rid, result = begun
+        task = asyncio.current_task()
+        assert task is not None
+        before = task.cancelling()
+        self.inflight[rid] = call = _Inline(task)
+        failed: BaseException | None = None
+        try:
+            value = await result
+        except asyncio.CancelledError as exc:
+            ours = call.cancelled and task.uncancel() <= before
+            # (the exception's frames hold this one: nothing here holds the caller's task)
+            call = task = None  # type: ignore[assignment]
+            if not ours:  # the caller's, alone or beside the session's
+                self._cancelled.discard(rid)
+                raise
+            value, failed = None, exc
+        except Exception as exc:
+            value, failed = None, exc
+        finally:
+            self.inflight.pop(rid, None)
+        if rid in self._cancelled:  # the client cancelled it: no response, per the spec
+            self._cancelled.discard(rid)
+        else:
+            self._tell(rid, reply, failed, value)
+        failed = None  # (its frames hold this one: no cycle keeps the call's params)
+
+    def _begin(self, env: Envelope, reply: Reply) -> tuple[Id, Awaitable[Any]] | None:
+        """A request's id and what answers it, when that is awaited; whatever else the
+        message is, handled here."""
         if env.jsonrpc != "2.0":
             if env.method is not UNSET and env.id is not UNSET and env.id is not None:
                 reply(ErrorResponse(env.id, RpcError(
@@ -152,10 +214,7 @@ class GatewaySession:
         if not isinstance(result, Awaitable):
             reply(Response(rid, result))
             return None
-        task = asyncio.ensure_future(result)
-        self.inflight[rid] = task
-        task.add_done_callback(lambda t: self._finish(rid, t, reply))
-        return task
+        return rid, result
 
     def notify_changed(self, kinds: list[str]) -> None:
         """The pool's lists changed: tell a client that has a channel for it."""
@@ -202,12 +261,19 @@ class GatewaySession:
                 task.exception()  # retrieved, so asyncio does not log it
             return
         if task.cancelled():
-            reply(ErrorResponse(rid, RpcError(jsonrpc.REQUEST_CANCELLED,
-                                              "request cancelled").to_object()))
+            self._tell(rid, reply, asyncio.CancelledError())
             return
         exc = task.exception()
-        if exc is None:
-            reply(Response(rid, task.result()))
+        self._tell(rid, reply, exc, None if exc is not None else task.result())
+
+    @staticmethod
+    def _tell(rid: Id, reply: Reply, exc: BaseException | None, value: Any = None) -> None:
+        """A call's outcome as its answer: its result, or its error."""
+        if isinstance(exc, asyncio.CancelledError):
+            reply(ErrorResponse(rid, RpcError(jsonrpc.REQUEST_CANCELLED,
+                                              "request cancelled").to_object()))
+        elif exc is None:
+            reply(Response(rid, value))
         elif isinstance(exc, RpcError):
             reply(ErrorResponse(rid, exc.to_object()))
         else:

@@ -287,7 +287,8 @@ class Tracer(TaskInterceptor):
         given at its end (None: not kept)."""
         span_id = new_span_id(64) or 1
         client = ClientSpan(meta(trace_id, span_id, sampled, tracestate))
-        CURRENT.set(client)  # this call's own asyncio task: its context only
+        # this call's alone: it may run in its HTTP request's own task, which goes on
+        mine = CURRENT.set(client)
         start = time.time()
         error: str | None = None
         try:
@@ -301,6 +302,7 @@ class Tracer(TaskInterceptor):
             error = getattr(exc, "message", None) or type(exc).__name__
             raise
         finally:
+            CURRENT.reset(mine)
             if keep is not None:
                 keep((TOOL, trace_id >> 64, trace_id & MASK64, span_id, parent, name, owner,
                       attempt, client.transport, client.request_id, start, time.time(), error))

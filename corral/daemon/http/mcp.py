@@ -486,8 +486,12 @@ class HttpGateway:
             # request for input asked of the client) keeps its stream for them
             return await self._stream_answer(request, sess, first, headers)
         answers: list[Any] = []
-        calls = (sess.mcp.receive(e, answers.append) for e in envs)
-        await _settled([t for t in calls if t is not None])
+        if batch:  # until each call is told (its answer, or none: cancelled by its client);
+            # this handler's own cancellation (its client went) cancels them
+            calls = (sess.mcp.receive(e, answers.append) for e in envs)
+            await asyncio.gather(*(t for t in calls if t is not None), return_exceptions=True)
+        else:  # its one call in this handler's own task
+            await sess.mcp.answer(first, answers.append)
         answers = [a for a in answers if isinstance(a, Response | ErrorResponse)]
         if batch:
             return _json(request, answers, 200, headers)
@@ -511,7 +515,7 @@ class HttpGateway:
         if _wants_progress(env) and "text/event-stream" in request.headers.get("Accept", ""):
             return await self._stream_answer(request, sess, env, {})
         answers: list[Any] = []
-        await _settled([t for t in [sess.mcp.receive(env, answers.append)] if t is not None])
+        await sess.mcp.answer(env, answers.append)
         answer = next((a for a in answers if isinstance(a, Response | ErrorResponse)), None)
         if answer is None:  # cancelled meanwhile: nothing to say
             return web.Response(status=202)
@@ -701,23 +705,6 @@ def _give_up(sess: HttpSession, stream: SseStream) -> None:
     if not stream.readers and stream.call is not None and not stream.call.done():
         stream.call.cancel()
     sess.streams.pop(stream.key, None)
-
-
-async def _settled(tasks: list[asyncio.Task[Any]]) -> None:
-    """Until each call is done (each tells its answer, or nothing: cancelled by its
-    client); the handler's own cancellation (its client went) cancels them, as gather
-    would. One call is awaited as it is: no gathering future a call."""
-    if len(tasks) != 1:
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return
-    try:
-        await tasks[0]
-    except BaseException:
-        # the call's exception holds this frame now, and the task it: let go of the task
-        # (held, the cycle kept a call's params until the collector ran: 2 MB names, 60 MB)
-        tasks.clear()
-        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise
 
 
 def _wants_progress(env: Envelope) -> bool:
