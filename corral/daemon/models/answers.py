@@ -239,7 +239,7 @@ class Relay:
         for event in events.split(b"\n\n")[:-1]:
             kind, data = event_fields(event)
             if b'"usage"' in event or (usage.model is None and b'"model"' in event):
-                usage.read(_data_of(data))
+                usage.read_body(data or b"")
             if b"delta" in event:  # (an event adding to the answer, in each format)
                 self.unread.append(data)
             if is_last(self.fmt, kind, data):

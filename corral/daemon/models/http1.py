@@ -93,8 +93,12 @@ class _Wire(asyncio.Protocol):
         await self.waiter
 
     def take(self, n: int) -> bytes:
-        data = bytes(self.buffer[:n])
-        del self.buffer[:n]
+        if n >= len(self.buffer):  # (all of it: most reads) one copy
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        else:
+            data = bytes(self.buffer[:n])
+            del self.buffer[:n]
         if self.paused and len(self.buffer) < _LOW and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()

@@ -102,7 +102,10 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
         if not (isinstance(options, dict) and options.get("include_usage")):
             changed["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                          "include_usage": True}
-    if changed:  # (seldom: the members decoded again, as they came, to join them)
+    if list(changed) == ["stream_options"] and b"stream_options" not in raw and \
+            b"\\u" not in raw:  # (absent, not even escaped: most streams) added at the end
+        sent = raw.rstrip(b" \t\r\n")[:-1] + b',"stream_options":{"include_usage":true}}'
+    elif changed:  # (the members decoded again, as they came, to join them)
         whole = _members.decode(raw)
         whole.update((k, msgspec.Raw(_encode.encode(v))) for k, v in changed.items())
         sent = _encode.encode(whole)
