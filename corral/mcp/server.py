@@ -177,10 +177,7 @@ class GatewaySession:
             value, failed = None, exc
         finally:
             self.inflight.pop(rid, None)
-        if rid in self._cancelled:  # the client cancelled it: no response, per the spec
-            self._cancelled.discard(rid)
-        else:
-            self._tell(rid, reply, failed, value)
+        self._tell(rid, reply, failed, value)
         failed = None  # (its frames hold this one: no cycle keeps the call's params)
 
     def _begin(self, env: Envelope, reply: Reply) -> tuple[Id, Awaitable[Any]] | None:
@@ -255,21 +252,16 @@ class GatewaySession:
     # -- internals ------------------------------------------------------------------------
     def _finish(self, rid: Id, task: asyncio.Task[Any], reply: Reply) -> None:
         self.inflight.pop(rid, None)
-        if rid in self._cancelled:  # the client cancelled it: no response, per the spec
-            self._cancelled.discard(rid)
-            if not task.cancelled():
-                task.exception()  # retrieved, so asyncio does not log it
-            return
-        if task.cancelled():
-            self._tell(rid, reply, asyncio.CancelledError())
-            return
-        exc = task.exception()
+        # (its exception retrieved whatever is told: asyncio logs none)
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
         self._tell(rid, reply, exc, None if exc is not None else task.result())
 
-    @staticmethod
-    def _tell(rid: Id, reply: Reply, exc: BaseException | None, value: Any = None) -> None:
-        """A call's outcome as its answer: its result, or its error."""
-        if isinstance(exc, asyncio.CancelledError):
+    def _tell(self, rid: Id, reply: Reply, exc: BaseException | None, value: Any) -> None:
+        """A call's outcome as its answer: its result, its error, or nothing when its
+        client cancelled it (the spec: no response)."""
+        if rid in self._cancelled:
+            self._cancelled.discard(rid)
+        elif isinstance(exc, asyncio.CancelledError):
             reply(ErrorResponse(rid, RpcError(jsonrpc.REQUEST_CANCELLED,
                                               "request cancelled").to_object()))
         elif exc is None:
