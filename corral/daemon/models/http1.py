@@ -347,6 +347,7 @@ class UpstreamClient:
             wire = kept.pop()
             if wire.closed is None and now - wire.idle_since < KEEPALIVE:
                 return wire
+            wire.disarm(dropped=True)
             if wire.transport is not None:
                 wire.transport.abort()
         return None
@@ -408,6 +409,7 @@ class UpstreamClient:
     def close(self) -> None:
         for kept in self.idle.values():
             for wire in kept:
+                wire.disarm(dropped=True)
                 if wire.transport is not None:
                     wire.transport.abort()
         self.idle.clear()
