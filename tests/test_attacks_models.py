@@ -200,6 +200,42 @@ async def test_a_call_past_the_replicas_max_concurrent_is_refused_naming_it(
         await output.aclose()
 
 
+async def test_a_reload_of_max_concurrent_bounds_a_known_tokens_next_model_calls(
+        tmp_path: Path, hostile: Hostile) -> None:
+    """A replica's identity at the model gateway is kept with its token once it has
+    called: a reload of [gateway] max_concurrent (2 -> 1) bounds that token's next calls
+    at once, a second beside one held refused naming the new bound. Fails with the kept
+    identity's limits those of the configuration it was made under."""
+    from corral.daemon.caller import Caller
+
+    async with in_process(tmp_path, fleet(hostile, "max_concurrent = 2")) as d:
+        task = d.sup.tasks.submit("raw", {"calls": [asked("whole")], "tell": True},
+                                  TaskOptions(timeout=60))
+        output = d.sup.tasks.output(task.id)
+        token = (await anext(output)).data
+        await d.sup.tasks.info(task.id, wait=True)  # its call made: its identity kept
+        assert (await d.sup.tasks.outcome(task, decode=True)).status == "succeeded"
+        config = tmp_path / "corral.toml"
+        text = config.read_text()
+        assert text.count("max_concurrent = 2") == 1
+        config.write_text(text.replace("max_concurrent = 2", "max_concurrent = 1"))
+        await d.dispatcher.call(Caller(via="socket"), "config.reload", {})
+        url = d.services.gateway.url.rpartition("/mcp")[0] + CHAT
+        headers = {"authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as http:
+            first = asyncio.ensure_future(http.post(url, json=asked("hold")["body"],
+                                                    headers=headers))
+            await asyncio.wait_for(hostile.one_held.wait(), 30)
+            second = await http.post(url, json=asked("second")["body"], headers=headers)
+            assert (second.status, (await second.json())["error"]["message"]) == (
+                429, "rate limited: gateway client raw#0 has 1 call in flight, its limit "
+                     "(max_concurrent)")
+            assert hostile.calls == 2  # "whole" and "hold": the second never reached it
+            hostile.release.set()
+            assert (await first).status == 200
+        await output.aclose()
+
+
 async def until(ready: Callable[[], bool], what: str) -> None:
     """Until `ready()` is true (the gateway's counters move on the loop's next turns)."""
     deadline = asyncio.get_running_loop().time() + 30
