@@ -16,7 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -71,12 +71,17 @@ class PoolBackend:
     def __init__(self, service: GatewayService, ident: Identity) -> None:
         self.service = service
         self.ident = ident
-        self.key = f"gateway session {secrets.token_hex(8)}"  # its subscriptions' owner
         # its handles, and its subscriptions (this session's), are the daemon's
         # and its servers' skills, which the agents' view (/mcp/corral) has none of;
         # made once, not at each of the several looks a request takes
         skills = {"skills"} if ident.server != AGENTS_VIEW else set()
         self.features = service.features() | {"tasks", "subscriptions"} | skills
+
+    @cached_property
+    def key(self) -> str:
+        """Its subscriptions' owner: made at its first (a 2026-07-28 request's backend,
+        made a request, subscribes to nothing)."""
+        return f"gateway session {secrets.token_hex(8)}"
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
         return await self.service.list_items(self.ident, kind)
