@@ -198,8 +198,7 @@ class LogHub:
         self.tail_bytes = tail_bytes
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile | StreamFile] = {}
-        # the last line's tag and what it is of (its millisecond, source, replica, pid,
-        # stream): a burst's lines share it, rendered once (a gateway call's audit line each)
+        # the last line's tag, by what it is of: a millisecond's lines share it, made once
         self._tag: tuple[tuple[int, str, int, int, str], bytes] = ((0, "", 0, 0, ""), b"")
         self.broken: dict[str, _Outage] = {}  # by file source: files that cannot be written
         # one throttle per file: a file that fails again is not told every time

@@ -129,8 +129,7 @@ class McpClient:
         self.server_info: dict[str, Any] = {}
         self.instructions: str | None = None
         self.tools: list[dict[str, Any]] = []
-        # the tools by name, and the list they index (made again for another: listed
-        # again, or a session resumed): two looks a call, not two walks of a long list
+        # the tools by name and the list they index (made again when listed or resumed)
         self._named: tuple[list[dict[str, Any]], dict[Any, dict[str, Any]]] = ([], {})
         self.rejected_tools: list[str] = []
         self.roots = [root_uri(r) for r in roots or []]
@@ -545,7 +544,7 @@ class McpClient:
         try:
             if as_task:
                 result = await self._call_as_task(params, timeout)
-            else:  # (the deadline is the one above: one timer a call)
+            else:
                 result = await self.request("tools/call", params, timeout=None,
                                             relay=relay, asker=asker)
         except (asyncio.CancelledError, TimeoutError) as exc:

@@ -149,11 +149,9 @@ class GatewaySession:
         return task
 
     async def answer(self, env: Envelope, reply: Reply) -> None:
-        """`receive` of a message whose one answer the caller's own task waits for (an
-        HTTP POST's JSON answer), run in that task: no Task a call. A cancellation the
-        session makes (the client's notifications/cancelled, the session's end) is the
-        call's, told as receive's are; any other (the POST's client went) is the
-        caller's, raised."""
+        """`receive` run in the caller's own task, which waits for its one answer (an HTTP
+        POST's): no Task a call. A cancellation the session makes (a notifications/cancelled,
+        its end) is the call's, told as receive's; any other (the client went) is raised."""
         begun = self._begin(env, reply)
         if begun is None:
             return
