@@ -8,6 +8,7 @@ body past MAX_ANSWER, fails the call naming the bound.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import zlib
@@ -136,7 +137,7 @@ class _Wire(asyncio.Protocol):
 
 
 # a chunked body's states, each named by what is read in it (said when the body is cut)
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 _SIZE, _CHUNK, _CHUNK_END, _TRAILERS = ("a chunk's size", "a chunk", "a chunk's end",
                                         "its trailers")
 
@@ -225,8 +226,7 @@ class UpstreamAnswer:
         if self.state is _SIZE:
             size_text = line.split(b";", 1)[0].strip()
             # (int() also reads a sign, "0x" and "_": a negative size looped for ever)
-            if not (0 < len(size_text) <= 16 and size_text.isascii()
-                    and all(c in _HEX for c in size_text)):
+            if not _HEX.fullmatch(size_text):
                 raise UpstreamFailed(f"the upstream's chunk size {size_text[:20]!r} is "
                                      "not hexadecimal")
             self.left = int(size_text, 16)

@@ -84,6 +84,8 @@ _LAST_KINDS = {"openai": (b"response.completed", b"response.failed", b"response.
 def event_fields(event: bytes) -> tuple[bytes | None, bytes | None]:
     """The values of an SSE event's first `event:` line and first `data:` line (None
     where it has none), read in one pass."""
+    if event.startswith(b"data:") and b"\n" not in event:  # (one line: most events)
+        return None, event[5:].strip()
     kind = data = None
     for line in event.split(b"\n"):
         if data is None and line.startswith(b"data:"):
