@@ -102,7 +102,7 @@ class Exchange:
             self.transport.write(_status_line(status, headers, (
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n")) + body)
 
-    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
+    def begin(self, status: int, headers: Mapping[str, str]) -> None:
         """A stream's head (SSE), written with its first write."""
         self.status = status
         self._head = _status_line(status, headers, "Content-Type: text/event-stream\r\n"
@@ -116,7 +116,7 @@ class Exchange:
         if self.conn.writing_paused:  # (the agent reads slower than it comes)
             await self.conn._drain_helper()
 
-    async def end(self, data: bytes) -> None:
+    def end(self, data: bytes) -> None:
         self._chunk(data, b"0\r\n\r\n" if self.chunked else b"")
         if not self.chunked:
             self.transport.close()
@@ -265,11 +265,11 @@ class Relay:
             return
         try:
             if data is None:
-                await self.ex.begin(self.answer.status, hidden_headers(
+                self.ex.begin(self.answer.status, hidden_headers(
                     passed_back(self.answer.headers), self.key))
             elif end:
                 self.gone = True
-                await self.ex.end(data)
+                self.ex.end(data)
             else:
                 await self.ex.write(data)
         except ConnectionResetError:  # (aiohttp's ClientConnectionResetError is one)
@@ -292,5 +292,5 @@ async def replayed(ex: Exchange, record: AnswerRecord) -> None:
     """A journaled answer given again: a stream as the same events, in one write."""
     if not record.streamed:
         return whole(ex, record)
-    await ex.begin(record.status, {})
-    await ex.end(record.body.encode())
+    ex.begin(record.status, {})
+    ex.end(record.body.encode())
