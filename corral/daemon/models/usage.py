@@ -26,6 +26,9 @@ class _Report(msgspec.Struct):
 
 
 _said = msgspec.json.Decoder(_Report)
+_INPUT = frozenset({"prompt_tokens", "input_tokens", "cache_creation_input_tokens",
+                    "cache_read_input_tokens"})
+_OUTPUT = frozenset({"completion_tokens", "output_tokens"})
 
 
 class CallUsage:
@@ -80,12 +83,13 @@ class CallUsage:
         if not isinstance(usage, dict):
             return
         self.said = True
-        inp = _tokens(usage, "prompt_tokens") + _tokens(usage, "input_tokens") + \
-            _tokens(usage, "cache_creation_input_tokens") + \
-            _tokens(usage, "cache_read_input_tokens")
+        inp = out = 0
+        for key, value in usage.items():  # (each key once: a dict's)
+            if type(value) is int and 0 <= value <= 10**15:
+                inp += value if key in _INPUT else 0
+                out += value if key in _OUTPUT else 0
         if inp:
             self.input = inp  # a stream's later event restates it, never adds to it
-        out = _tokens(usage, "completion_tokens") + _tokens(usage, "output_tokens")
         if out:
             self.output = out  # message_delta's count is the running total
 
@@ -95,7 +99,3 @@ class CallUsage:
             self.read({"type": said.type, "message": said.message,
                        "response": said.response, "model": said.model, "usage": said.usage})
 
-
-def _tokens(usage: dict[str, Any], key: str) -> int:
-    value = usage.get(key)
-    return value if type(value) is int and 0 <= value <= 10**15 else 0
