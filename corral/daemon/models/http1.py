@@ -206,20 +206,24 @@ class UpstreamAnswer:
                 self.left -= len(part)
                 self.ended = not self.left
             return part
-        parts = []
-        while wire.buffer and not self.ended:
+        data, at, parts = wire.take(len(wire.buffer)), 0, []  # (all at hand, read here)
+        while at < len(data) and not self.ended:
             if self.state is _CHUNK:
-                parts.append(wire.take(self.left))
+                parts.append(data[at:at + self.left])
+                at += len(parts[-1])
                 self.left -= len(parts[-1])
                 self.state = _CHUNK if self.left else _CHUNK_END
                 continue
-            end = wire.buffer.find(b"\r\n")
+            end = data.find(b"\r\n", at)
             if end < 0:
-                if len(wire.buffer) > MAX_HEAD:
+                if len(data) - at > MAX_HEAD:
                     raise UpstreamFailed(f"the upstream's line in {self.state} is over "
                                          f"MAX_HEAD ({MAX_HEAD} bytes)")
                 break
-            self._line(wire.take(end + 2)[:-2])
+            self._line(data[at:end])
+            at = end + 2
+        if at < len(data):  # (a line not yet whole, or bytes past the body's end)
+            wire.buffer[:0] = data[at:]
         return b"".join(parts)
 
     def _line(self, line: bytes) -> None:
