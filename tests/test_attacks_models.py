@@ -52,6 +52,7 @@ class Hostile:
         self.two_held = asyncio.Event()
         self.release = asyncio.Event()
         self.streamed = asyncio.Event()  # the first events of a "wait" sent
+        self.betas: list[str | None] = []  # each call's OpenAI-Beta header, as it came
 
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app, access_log=None)
@@ -63,6 +64,7 @@ class Hostile:
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
+        self.betas.append(request.headers.get("openai-beta"))
         body = await request.json()
         key = request.headers.get("authorization", "").removeprefix("Bearer ")
         if body["messages"][-1]["content"] == "hold":
@@ -233,6 +235,36 @@ async def test_a_reload_of_max_concurrent_bounds_a_known_tokens_next_model_calls
             assert hostile.calls == 2  # "whole" and "hold": the second never reached it
             hostile.release.set()
             assert (await first).status == 200
+        await output.aclose()
+
+
+async def test_a_header_past_ascii_is_passed_on_as_it_came_not_a_500(
+        tmp_path: Path, hostile: Hostile) -> None:
+    """An agent's OpenAI-Beta header holding UTF-8 (aiohttp's to parse: lean takes ASCII
+    heads alone) reaches the upstream as the same bytes and the call is answered, over
+    HTTP/1.1 and 1.0. Failed with aiohttp's bare 500 ("Server got itself in trouble"):
+    the upstream's request was encoded as Latin-1, which has no "€"."""
+    async with in_process(tmp_path, fleet(hostile)) as d:
+        task = d.sup.tasks.submit("raw", {"calls": [asked("whole")], "tell": True},
+                                  TaskOptions(timeout=60))
+        output = d.sup.tasks.output(task.id)
+        token = (await anext(output)).data.encode()
+        await d.sup.tasks.info(task.id, wait=True)  # its own call (no OpenAI-Beta) made
+        host, _, port = d.services.gateway.url.removeprefix("http://").partition("/")[0] \
+            .partition(":")
+        body = json.dumps(asked("whole")["body"]).encode()
+        for version in (b"1.1", b"1.0"):
+            r, w = await asyncio.open_connection(host, int(port))
+            w.write(b"POST %b HTTP/%b\r\nHost: x\r\nConnection: close\r\n"
+                    b"Authorization: Bearer %b\r\n"
+                    b"Content-Type: application/json\r\nOpenAI-Beta: tools=\xe2\x82\xac\r\n"
+                    b"Content-Length: %d\r\n\r\n%b" % (CHAT.encode(), version, token,
+                                                      len(body), body))
+            answer = await asyncio.wait_for(r.read(), 30)
+            w.close()
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
+            assert b"you sent ***" in answer
+        assert hostile.betas == [None, "tools=\u20ac", "tools=\u20ac"]
         await output.aclose()
 
 

@@ -329,8 +329,9 @@ def _request(line: bytes, body: bytes, headers: dict[str, str]) -> bytes:
         name = next(n for n, v in headers.items() if any(c in n + v for c in "\r\n\0"))
         raise UpstreamFailed(f"the header {name[:40]!r} for the upstream holds a line "
                              "break")
+    # (an agent's header aiohttp read is UTF-8 with surrogateescape: its bytes as they came)
     return b"%b\r\nContent-Length: %d\r\nAccept-Encoding: identity\r\n%b\r\n" % (
-        line, len(body), fields.encode("latin-1"))
+        line, len(body), fields.encode("utf-8", "surrogateescape"))
 
 
 class UpstreamClient:
