@@ -268,6 +268,35 @@ async def test_a_header_past_ascii_is_passed_on_as_it_came_not_a_500(
         await output.aclose()
 
 
+async def test_a_bearer_token_that_is_not_utf8_is_refused_at_every_door_not_a_500(
+        tmp_path: Path, hostile: Hostile) -> None:
+    """A token of bytes that are no UTF-8 (aiohttp reads a header's bytes as UTF-8 with
+    surrogateescape) is refused as an unknown token: 401 at the model gateway in its
+    format, at /mcp and at the HTTP API. Failed with aiohttp's bare 500 at the gateway's
+    two (its SHA-256 taken of `token.encode()`, which has no surrogate), anyone's to
+    send, a traceback a request."""
+    api = free_port()
+    async with in_process(tmp_path, fleet(hostile),
+                          toml=f'\n[http]\nlisten = "127.0.0.1:{api}"\n') as d:
+        where = d.services.gateway.url.removeprefix("http://").partition("/")[0]
+        body = json.dumps(asked("whole")["body"]).encode()
+        said: dict[bytes, bytes] = {}
+        for port, path in ((where.partition(":")[2], CHAT.encode()),
+                           (where.partition(":")[2], b"/mcp"), (str(api), b"/api/v1/agents")):
+            r, w = await asyncio.open_connection("127.0.0.1", int(port))
+            w.write(b"POST %b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"Authorization: Bearer \xff\xfe-not-utf8\r\n"
+                    b"Accept: application/json, text/event-stream\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                    % (path, len(body), body))
+            said[path] = await asyncio.wait_for(r.read(), 30)
+            w.close()
+        for path, answer in said.items():
+            assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), (path, answer[:300])
+        assert b'"message":"unauthorized: not a corral model token' in said[CHAT.encode()]
+        assert hostile.calls == 0
+
+
 async def until(ready: Callable[[], bool], what: str) -> None:
     """Until `ready()` is true (the gateway's counters move on the loop's next turns)."""
     deadline = asyncio.get_running_loop().time() + 30

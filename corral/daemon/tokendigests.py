@@ -13,7 +13,8 @@ MAX_KNOWN = 4096  # tokens remembered (one per live replica, and the tokens file
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # (a header's bytes that are no UTF-8 come as surrogates: a digest, matching nothing)
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class TokenDigests:
