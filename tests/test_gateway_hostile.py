@@ -8,6 +8,7 @@ A real daemon process; loopback only; every attack bounded in count and time."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -217,3 +218,26 @@ def test_refused_heads_on_the_gateways_site_are_one_counted_log_line(gateway: Ht
     assert all(ln.startswith("corral: ") for ln in lines), lines
     refused = gateway.d.ask("gateway.status")["http"]["refused"]
     assert sum(refused.values()) == 50, refused
+
+
+def test_a_heads_bytes_that_are_no_utf8_are_refused_in_words_not_a_500(gateway: Http) -> None:
+    """An Origin (judged before any token) and a session's MCP-Protocol-Version holding a
+    byte that is no UTF-8 (aiohttp's to read, with surrogateescape: lean takes ASCII heads
+    alone): 403 and 400, a JSON-RPC error showing the byte escaped. Failed with aiohttp's
+    bare 500 and a traceback, anyone's to send: the error's text held a surrogate, which
+    no JSON encoder takes."""
+    token = gateway.token("hostile").encode()
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+    for extra, status, said in (
+            (b"Origin: http://\xff.example\r\n", 403,
+             "origin http://\\xff.example is not allowed"),
+            (b"Authorization: Bearer %b\r\nMcp-Session-Id: s\r\nMCP-Protocol-Version: \xff\r\n"
+             % token, 400, "unsupported MCP-Protocol-Version: \\xff")):
+        with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+            s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%b"
+                      b"Accept: application/json, text/event-stream\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                      % (extra, len(body), body))
+            head, _, rest = answer_then_closed(s).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status), head
+        assert json.loads(rest)["error"]["message"] == said

@@ -738,6 +738,8 @@ def _http(status: int, text: str, headers: dict[str, str] | None = None,
           rid: Id | None = None) -> web.HTTPException:
     """An HTTP error whose body is a JSON-RPC error, as MCP clients read it (with the
     request's id, when it was read)."""
+    # (a header's byte that is no UTF-8 came as a surrogate, which JSON has not: escaped)
+    text = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
     body = msgspec.json.encode(ErrorResponse(rid, RpcError(
         jsonrpc.INVALID_REQUEST if status < 500 else jsonrpc.SERVER_ERROR, text).to_object()))
     cls: type[web.HTTPException] = _ERRORS[status]
