@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -133,10 +134,10 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 64  # (5: a sixth connect at once waits out a lost SYN, 1 s)
 
 
-@pytest.fixture
-def one_in_ten() -> Iterator[str]:
-    OneInTen.chats = OneInTen.closes = 0
-    server = Server(("127.0.0.1", 0), OneInTen)
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on a free port, its URL; the server shut and its thread joined."""
+    server = Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -145,6 +146,13 @@ def one_in_ten() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def one_in_ten() -> Iterator[str]:
+    OneInTen.chats = OneInTen.closes = 0
+    with serving(OneInTen) as url:
+        yield url
 
 
 def test_a_wrong_chat_answer_is_counted_by_its_kind(one_in_ten: str) -> None:
@@ -192,16 +200,8 @@ class CutsTheSecond(BaseHTTPRequestHandler):
 def test_an_answer_cut_mid_body_is_an_error_not_a_call_sent_again() -> None:
     # (sent again, it was answered on a new connection: the cut counted nowhere)
     CutsTheSecond.cuts = 0
-    server = Server(("127.0.0.1", 0), CutsTheSecond)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(CutsTheSecond) as url:
         out = run.load({**_model(url, False, 10, 0), "c": 1}, "c")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
     assert CutsTheSecond.cuts == 5  # calls 1, 3, 5, 7, 9 (each even one a connection's first)
     assert (out["errors"], len(out["latencies"])) == (5, 5)
     assert out["first_error"] == "5x the server closed the connection mid-answer"
@@ -221,14 +221,6 @@ class EndsEachAnswer(BaseHTTPRequestHandler):
 
 
 def test_an_answer_ended_by_its_connection_is_read_whole_and_counted_once() -> None:
-    server = Server(("127.0.0.1", 0), EndsEachAnswer)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(EndsEachAnswer) as url:
         out = run.load({**_model(url, False, 20, 0), "c": 2}, "c")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
     assert (out["errors"], len(out["latencies"]), out["reconnects"]) == (0, 20, 20)
