@@ -6,7 +6,6 @@ uncounted once let 235k tokens billed pass a 5,000-a-minute budget.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import msgspec
@@ -69,17 +68,21 @@ class CallUsage:
         """Whether the upstream may have billed the call (else nothing is counted)."""
         return self.answered or self.said or self.unanswered > 0
 
-    def read(self, answer: Any) -> None:
-        if not isinstance(answer, dict):
-            return
-        if answer.get("type") == "message_start" and isinstance(answer.get("message"), dict):
-            answer = answer["message"]  # Messages' stream: its first event holds the input
-        elif isinstance(answer.get("response"), dict):
-            answer = answer["response"]  # Responses' stream: response.completed
-        model = answer.get("model")
+    def read_body(self, body: bytes) -> None:
+        """The model and usage a whole answer, or a stream's event, says."""
+        try:
+            said = _said.decode(body)
+        except msgspec.DecodeError:
+            return  # not a JSON object: none said
+        if said.type == "message_start" and isinstance(said.message, dict):
+            # Messages' stream: its first event holds the input
+            model, usage = said.message.get("model"), said.message.get("usage")
+        elif isinstance(said.response, dict):  # Responses' stream: response.completed
+            model, usage = said.response.get("model"), said.response.get("usage")
+        else:
+            model, usage = said.model, said.usage
         if isinstance(model, str):
             self.model = model
-        usage = answer.get("usage")
         if not isinstance(usage, dict):
             return
         self.said = True
@@ -92,10 +95,4 @@ class CallUsage:
             self.input = inp  # a stream's later event restates it, never adds to it
         if out:
             self.output = out  # message_delta's count is the running total
-
-    def read_body(self, body: bytes) -> None:
-        with contextlib.suppress(msgspec.DecodeError):  # not a JSON object: none said
-            said = _said.decode(body)
-            self.read({"type": said.type, "message": said.message,
-                       "response": said.response, "model": said.model, "usage": said.usage})
 
