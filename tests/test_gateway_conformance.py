@@ -397,3 +397,32 @@ anonymous_tools = ["*"]
         for check in SKILL_SCENARIOS[scenario]:
             assert found.get(check) == "SUCCESS", (at, scenario, check, stdout[-3000:])
         assert set(found.values()) <= {"SUCCESS", "INFO"}, (at, scenario, found)
+
+
+@needs_suite2
+@pytest.mark.timeout(240)
+def test_the_skills_scenarios_pass_against_the_operators_own_skills(tmp_path: Path) -> None:
+    """[gateway] skills_dir alone (examples/skills, no MCP server): each check of the three
+    sep-2640-skills-* scenarios passes at /mcp, the skills served as skill://corral/…"""
+    with running_daemon(shared_tmpdir(), f"""
+[gateway]
+listen = "127.0.0.1:0"
+anonymous_tools = ["*"]
+skills_dir = "{ROOT / 'examples' / 'skills'}"
+""") as d:
+        url = d.json("mcp", "status")["gateway"]["http"]["url"]
+        runs = {}
+        for scenario in SKILL_SCENARIOS:
+            out = tmp_path / scenario
+            out.mkdir()
+            runs[(scenario, out)] = subprocess.Popen(
+                [str(NODE22), str(SUITE2), "server", "--url", url, "--scenario", scenario,
+                 "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, cwd=out)
+        said = {key: p.communicate(timeout=180)[0] for key, p in runs.items()}
+    for (scenario, out), stdout in said.items():
+        found = suite_checks(out).get(scenario)
+        assert found, (scenario, stdout[-3000:])
+        for check in SKILL_SCENARIOS[scenario]:
+            assert found.get(check) == "SUCCESS", (scenario, check, stdout[-3000:])
+        assert set(found.values()) <= {"SUCCESS", "INFO"}, (scenario, found)

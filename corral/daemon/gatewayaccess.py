@@ -48,6 +48,7 @@ from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
 from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
+from .ownskills import OwnSkills
 from .relayseal import Holder, SealedState, StateSeal, answered
 from .tokendigests import TokenDigests, hash_token
 
@@ -201,7 +202,8 @@ class GatewayService:
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         self.seal = StateSeal()  # the states of input requests relayed to clients
-        self.skills = GatewaySkills(tools, self._tenant_sees)
+        self.own_skills: OwnSkills | None = None  # [gateway] skills_dir, as last loaded
+        self.skills = GatewaySkills(tools, self._tenant_sees, lambda: self.own_skills)
 
     # -- configuration --------------------------------------------------------------------
     def open_tokens(self, authenticate: Callable[[str], Token | None]) -> None:
@@ -214,6 +216,7 @@ class GatewayService:
         if settings.tokens_file:
             path = Path(settings.tokens_file)
             tokens = load_tokens(path if path.is_absolute() else base / path)
+        own = OwnSkills.load(base / settings.skills_dir) if settings.skills_dir else None
         said = [f"{key} {old!r} -> {new!r}" for key, old, new in (
             (k, getattr(self.settings, k), getattr(settings, k))
             for k in settings.__struct_fields__) if old != new]
@@ -227,6 +230,7 @@ class GatewayService:
             self.digests.forget(gone)
         self.settings = settings
         self.tokens = tokens
+        self.own_skills = own
         return said
 
     # -- identities -----------------------------------------------------------------------
@@ -411,6 +415,7 @@ class GatewayService:
             return [_as_itself(i, kind) for i in items if i.get("server") == ident.server]
         if kind == "resources":  # a skill's file is read at /mcp by the name skills give it
             items = [{**i, "uri": pooled(str(i.get("server")), i.get("uri"))} for i in items]
+            items += self.skills.own_resources(ident)
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
 
     def sees_server(self, ident: Identity, server: str) -> bool:

@@ -1,6 +1,8 @@
 """Skills at the gateway (SEP-2640, the extension `io.modelcontextprotocol/skills`): the
-skills of the servers a client may use, each verified against its digest before it is
-served (what a client sees, and why the URIs carry the server: docs/gateway.md, "Skills").
+skills of the servers a client may use, and at /mcp the operator's own (`[gateway]
+skills_dir`, ownskills.py, as the server `corral`), each verified against its digest
+before it is served (what a client sees, and why the URIs carry the server:
+docs/gateway.md, "Skills").
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import SEP, allowed
 from .caller import GatewayCaller
+from .mcptasks import AGENTS_VIEW
 
 if TYPE_CHECKING:
-    from ..supervisor.mcpserver import McpServerReplica
     from ..supervisor.tools import Tools
+    from .ownskills import OwnSkills
 
 log = logging.getLogger("corral.gateway")
 
@@ -31,6 +34,22 @@ METHODS = frozenset({"skills/list", "skills/get", "resources/directory/read"})
 SCHEME = "skill://"
 SKILL_FILE = "SKILL.md"
 DIRECTORY = "inode/directory"  # a directory's mimeType (SEP-2640's directory read)
+
+
+OWN = AGENTS_VIEW  # the operator's skills' server, a name no server may have
+OWN_TIMEOUT = 10.0  # reading a file of the operator's own
+
+
+class SkillSource(Protocol):
+    """What the gateway asks of a skills server (its client; or the operator's own)."""
+
+    async def list_all(self, method: str, key: str, timeout: float
+                       ) -> list[dict[str, Any]]: ...
+
+    async def request(self, method: str, params: dict[str, Any] | None = None, *,
+                      timeout: float | None) -> Any: ...
+
+    async def read_resource(self, uri: str, timeout: float) -> Any: ...
 
 
 class DigestMismatch(RpcError):
@@ -64,9 +83,11 @@ def of_skill(entry: dict[str, Any], uri: str) -> bool:
 
 
 class GatewaySkills(Generic[Identity]):
-    def __init__(self, tools: Tools, sees: Callable[[Identity, str], bool]) -> None:
+    def __init__(self, tools: Tools, sees: Callable[[Identity, str], bool],
+                 own: Callable[[], OwnSkills | None]) -> None:
         self.tools = tools
         self.sees = sees  # whether the client's tenant sees a tool's server now
+        self.own = own  # the operator's skills as the config last loaded them
 
     async def serve(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         if method == "skills/list":
@@ -77,36 +98,36 @@ class GatewaySkills(Generic[Identity]):
         if not isinstance(uri, str) or not is_skill(uri):
             raise RpcError(jsonrpc.INVALID_PARAMS,
                            f"invalid params: {method} needs a {SCHEME} uri")
-        server, inst, theirs = await self._route(ident, uri)
+        server, src, theirs = await self._route(ident, uri)
         if method == "skills/get":
             self._admit(ident, server, name_of(theirs), uri)
-            got = await inst.client.request("skills/get", {"uri": theirs},
+            got = await src.request("skills/get", {"uri": theirs},
                                             timeout=self._timeout(server))
             skill = got.get("skill") if isinstance(got, dict) else None
             if not isinstance(skill, dict) or skill.get("uri") != theirs:
                 raise RpcError(jsonrpc.SERVER_ERROR, f"skills/get {uri}: MCP server "
                                                      f"{server} answered no entry of it")
-            await self._verify(server, inst, skill, uri)
+            await self._verify(server, src, skill, uri)
             return {"skill": _shown(ident, server, skill)}
         # a file of a skill: checked against the digest its server lists for it
-        entries = await inst.client.list_all("skills/list", "skills", self._timeout(server))
+        entries = await src.list_all("skills/list", "skills", self._timeout(server))
         if method == "resources/directory/read":
-            return await self._directory(ident, server, inst, entries, uri, theirs)
+            return await self._directory(ident, server, src, entries, uri, theirs)
         skill = next((e for e in entries if of_skill(e, theirs)), None)
         if skill is not None:
             self._admit(ident, server, name_of(str(skill.get("uri"))), uri)
         want = _digest_of(skill, theirs) if skill is not None else None
         if want is None:
             raise self._refused(server, uri, "no digest is listed for it to be checked by")
-        contents = await self._read(server, inst, theirs, want, uri)
+        contents = await self._read(server, src, theirs, want, uri)
         return {"contents": [{**c, "uri": uri} if c.get("uri") == theirs else c
                              for c in contents]}
 
     async def listed(self, ident: Identity) -> list[dict[str, Any]]:
         """Every skill the client may see, each verified (one that fails: left out, logged)."""
         out: list[dict[str, Any]] = []
-        for server, inst in await self._servers(ident):
-            entries = await inst.client.list_all("skills/list", "skills",
+        for server, src in await self._servers(ident):
+            entries = await src.list_all("skills/list", "skills",
                                                  self._timeout(server))
             for skill in entries:
                 name = name_of(str(skill.get("uri")))
@@ -114,16 +135,26 @@ class GatewaySkills(Generic[Identity]):
                     continue
                 shown = _shown(ident, server, skill)
                 try:
-                    await self._verify(server, inst, skill, shown["uri"])
+                    await self._verify(server, src, skill, shown["uri"])
                 except DigestMismatch:
                     continue  # logged by _refused
                 out.append(shown)
         return out
 
     # -- internals ------------------------------------------------------------------------
-    async def _servers(self, ident: Identity) -> list[tuple[str, McpServerReplica]]:
+    async def _servers(self, ident: Identity) -> list[tuple[str, SkillSource]]:
         found = await self.tools.extended(SKILLS, ident.owner, ident.allow, ident.server)
-        return [(n, i) for n, i in found if self.sees(ident, f"{n}{SEP}")]
+        own = self.own() if ident.server is None else None
+        return [(n, i.client) for n, i in found if self.sees(ident, f"{n}{SEP}")] + \
+            ([(OWN, own)] if own is not None else [])
+
+    def own_resources(self, ident: Identity) -> list[dict[str, Any]]:
+        """The operator's SKILL.md files the client may see, as /mcp's resources/list
+        shows them."""
+        own = self.own() if ident.server is None else None
+        return [{**r, "uri": pooled(OWN, r["uri"])} for r in
+                (own.resources() if own is not None else [])
+                if self._admits(ident, OWN, str(r["name"]))]
 
     def _admits(self, ident: Identity, server: str, skill: str) -> bool:
         return (ident.allow is None or allowed(f"{server}{SEP}{skill}", ident.allow)) \
@@ -137,7 +168,7 @@ class GatewaySkills(Generic[Identity]):
             raise _unknown(uri)
 
     async def _route(self, ident: Identity, uri: str
-                     ) -> tuple[str, McpServerReplica, str]:
+                     ) -> tuple[str, SkillSource, str]:
         """The server of a skill URI the client gave, its instance, and the server's URI."""
         if ident.server is not None:
             server, theirs = ident.server, uri
@@ -153,7 +184,7 @@ class GatewaySkills(Generic[Identity]):
             raise _unknown(uri)
         return server, found[server], theirs
 
-    async def _directory(self, ident: Identity, server: str, inst: McpServerReplica,
+    async def _directory(self, ident: Identity, server: str, src: SkillSource,
                          entries: list[dict[str, Any]], uri: str, theirs: str
                          ) -> dict[str, Any]:
         """A skill's directory, or one within it, as its entry lists its files: served by
@@ -170,7 +201,7 @@ class GatewaySkills(Generic[Identity]):
             why = "a file, not a directory" if theirs in listed else "no directory of a skill"
             raise RpcError(jsonrpc.INVALID_PARAMS, f"resources/directory/read {uri}: {why}",
                            {"uri": uri})
-        await self._verify(server, inst, skill, uri)
+        await self._verify(server, src, skill, uri)
         shown = _shown(ident, server, {"uri": prefix})["uri"]
         children: dict[str, dict[str, Any]] = {}
         for rest in below:
@@ -179,19 +210,19 @@ class GatewaySkills(Generic[Identity]):
                                        **({"mimeType": DIRECTORY} if sub else {})})
         return {"resources": list(children.values())}
 
-    async def _verify(self, server: str, inst: McpServerReplica, skill: dict[str, Any],
+    async def _verify(self, server: str, src: SkillSource, skill: dict[str, Any],
                       shown: str) -> None:
         uri = str(skill.get("uri"))
         want = _digest_of(skill, uri)
         if want is None:
             raise self._refused(server, shown, "its SKILL.md has no digest listed to be "
                                                "checked by")
-        await self._read(server, inst, uri, want, shown)
+        await self._read(server, src, uri, want, shown)
 
-    async def _read(self, server: str, inst: McpServerReplica, uri: str, want: str,
+    async def _read(self, server: str, src: SkillSource, uri: str, want: str,
                     shown: str) -> list[dict[str, Any]]:
         """The contents of a skill's file, once its bytes match `want` (sha256:HEX)."""
-        got = await inst.client.read_resource(uri, self._timeout(server))
+        got = await src.read_resource(uri, self._timeout(server))
         contents = got.get("contents") if isinstance(got, dict) else None
         if not isinstance(contents, list) or not contents:
             raise self._refused(server, shown, f"resources/read of {uri} gave no contents")
@@ -209,7 +240,7 @@ class GatewaySkills(Generic[Identity]):
         return DigestMismatch(message)
 
     def _timeout(self, server: str) -> float:
-        return float(self.tools.servers[server].spec.timeout)
+        return OWN_TIMEOUT if server == OWN else float(self.tools.servers[server].spec.timeout)
 
 
 def _unknown(uri: str) -> RpcError:

@@ -435,6 +435,7 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     input_wait: Positive = 600.0  # for a client's answer to a relayed input request
     tool_search: bool = False
     tool_search_pinned: list[str] = msgspec.field(default_factory=list)
+    skills_dir: str | None = None  # the operator's own SEP-2640 skills, served at /mcp
 
 
 class PolicyMatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
