@@ -12,6 +12,7 @@ import msgspec
 
 from .. import methods as m
 from ..askviews import what_it_asks
+from ..jsonline import one_line
 from ..taskoptions import TaskFilters, TaskOptions
 from .app import Ctx, command, complete_agents, fail, json_option
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
@@ -35,6 +36,7 @@ def _read_input(value: str, hint: str = "--input") -> msgspec.Raw:
                                      param_hint=hint) from None
     else:
         data = value.encode()
+    data = one_line(data)  # (a pretty-printed file's)
     if len(data) > MAX_INPUT:
         fail(f"input too large: {len(data)} bytes is over the {MAX_INPUT}-byte limit")
     try:

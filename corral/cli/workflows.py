@@ -14,7 +14,7 @@ from .. import methods as m
 from .app import Ctx, cli, command, command_group, fail, json_option
 from .client import EXIT_FAILED
 from .durations import duration
-from .render import dumps, table
+from .render import dumps, print_json, table
 from .runtimedefs import runtime_commands, whose
 from .tasks import _read_input
 
@@ -65,7 +65,11 @@ def _plan_of_file(path: str, name: str) -> str:
     return plan_text(compile_workflow(name, spec, None, cfg.workflows))
 
 
-@command(m.WorkflowsRun)
+_WAITED = ("\n\nWith --wait (and no --json): exits 1 when the run ended other than "
+           "succeeded, 0 when it succeeded or still runs as the wait ends.")
+
+
+@command(m.WorkflowsRun, more=_WAITED)
 @click.argument("name")
 @click.option("--input", "input_", default="null", metavar="JSON",
               help="The run's input: JSON, @FILE, or - for stdin.")
@@ -82,14 +86,23 @@ def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run:
         plan: m.WorkflowPlan = obj.call(m.WorkflowsPlan(name=name))
         click.echo(plan.plan)
         return
-    res: m.RunView = obj.call_json(m.WorkflowsRun(
+    res: m.RunView = obj.call(m.WorkflowsRun(
         name=name, input=_read_input(input_), wait=wait, traceparent=traceparent,
-        tracestate=tracestate), as_json, wait_forever=wait is not None)
-    if wait is None:
+        tracestate=tracestate), wait_forever=wait is not None)
+    if wait is None and not as_json:
         click.echo(res.run_id)
         return
-    _tree(res, obj)
-    if res.status not in ("succeeded", "running"):
+    _shown_run(res, obj, as_json, wait)
+
+
+def _shown_run(run: m.RunView, obj: Ctx, as_json: bool, wait: float | None) -> None:
+    """The run as JSON (its status in it: exit 0), or as its tree; waited for, the tree's
+    command exits 1 unless the run succeeded (or still runs: the wait ran out)."""
+    if as_json:
+        print_json(run)
+        return
+    _tree(run, obj)
+    if wait is not None and run.status not in ("succeeded", "running"):
         raise SystemExit(EXIT_FAILED)
 
 
@@ -156,7 +169,7 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx, depth: int) -> None:
                        + (f"  ({x.error})" if x.error else ""))
 
 
-@command(m.RunsGet)
+@command(m.RunsGet, more=_WAITED)
 @click.argument("run_id")
 @click.option("--wait", type=click.FloatRange(min=0, max=m.MAX_WAIT), default=None,
               metavar="SECONDS", help="Wait this long for the run to end.")
@@ -172,7 +185,7 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     # the tree is drawn from the graph: no rows are read for it
     page = (m.RunsGet(run_id=run_id, wait=wait, step=step, outputs=outputs, offset=offset)
             if as_json else m.RunsGet(run_id=run_id, wait=wait, limit=0, outputs=False))
-    _tree(obj.call_json(page, as_json, wait_forever=wait is not None), obj)
+    _shown_run(obj.call(page, wait_forever=wait is not None), obj, as_json, wait)
 
 
 @command_group(m.RunsList)

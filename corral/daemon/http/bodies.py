@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ... import jsonrpc
+from ...jsonline import one_line
 from ...jsonrpc import RpcError
 
 NOT_OBJECT = "invalid params: the body must be a JSON object"
@@ -104,7 +105,8 @@ def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...]) -> A
     try:
         if (why := jsonrpc.not_utf8(body)) is not None:  # (a value kept undecoded too)
             raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {why}")
-        return _typed(body if body.strip() else b"{}", into)
+        # an input kept as it came is sent on in one line of a worker's link
+        return _typed(one_line(body) if body.strip() else b"{}", into)
     except msgspec.ValidationError as exc:
         said = str(exc)
         if said.startswith("Expected `object`, got `") and " - at " not in said:
