@@ -9,6 +9,8 @@ import msgspec
 
 from .. import redact
 from ..supervisor.policy import PolicyVerdict
+from ..supervisor.refusals import TOPIC as REFUSED_TOPIC
+from ..supervisor.refusals import BoundaryRefused
 from .caller import Caller
 from .logs import LogHub
 from .store import StateStore
@@ -53,6 +55,13 @@ class Audit:
         self(Caller(via="policy", name=f"agent {d.replica}", tenant=d.tenant), "policy",
              {"call": d.kind, "name": d.name, "owner": d.owner, "rule": d.rule,
               "shape": d.shape}, d.effect)
+
+    def refusal(self, e: BoundaryRefused, tenant: str | None) -> None:
+        """The boundary refused agent `e.agent` (of `tenant`) something: a row of the
+        tenant's, so that an agent refused in a loop pushes out its tenant's rows alone."""
+        self(Caller(via="boundary", name=f"agent {e.agent}", tenant=tenant), REFUSED_TOPIC,
+             {"agent": e.agent, "task": e.task, "kind": e.kind, "target": e.target,
+              "unsaid": e.unsaid}, "refused")
 
     @staticmethod
     def _row(store: StateStore, caller: Caller, method: str, shown: Any,

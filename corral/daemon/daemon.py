@@ -28,6 +28,8 @@ from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import Transition
+from ..supervisor.refusals import BoundaryRefusals
+from ..supervisor.stream import Stream
 from ..supervisor.teams.tools import LeaderTools
 from . import startup as part
 from .agenthandlers import owner_of
@@ -283,10 +285,11 @@ class Daemon:
         leaders = LeaderTools()
         tracer = traces.tracer if traces is not None else None
         audit = Audit(hub)
+        refusals = BoundaryRefusals(Stream())  # told by every layer (the chain too)
         # policy rules and taint, on every path (their decisions traced and audited)
         guard = PolicyGuard(lambda: self.applied, tracer, audit.policy)
-        sup, queue = part.engine(conf, self.spared, self.taken,
-                                 part.interceptors(tracer, guard, leaders))
+        sup, queue = part.engine(conf, self.spared, self.taken, part.interceptors(
+            tracer, guard, leaders), refusals, audit.refusal)
         parts = sup.parts
         dispatcher = Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
         gateway = part.gateway_service(conf, parts, audit, dispatcher, traces, guard)
@@ -507,7 +510,8 @@ def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
             "budgets": parts.tasks.budgets, "sessions": parts.tasks.sessions,
             "containment": parts.containment, "pins": parts.tools.pins,
             "outputs": parts.tasks.outputs,
-            "health": parts.health, "stream": parts.stream, "heartbeat": parts.heartbeat,
+            "health": parts.health, "refusals": parts.refusals, "stream": parts.stream,
+            "heartbeat": parts.heartbeat,
             "runtime_stats": parts.runtime_stats,
             "cluster": cluster if cluster is not None else NotANode()}
 

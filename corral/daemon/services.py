@@ -17,6 +17,7 @@ from ..supervisor.elastic import Elastic
 from ..supervisor.events import EventBus
 from ..supervisor.health import HealthBoard
 from ..supervisor.quotas import Tenancy
+from ..supervisor.refusals import BoundaryRefusals
 from ..supervisor.stats import HeartbeatWork, Stats
 from ..supervisor.stream import Stream
 from ..supervisor.tasks import TaskManager
@@ -80,6 +81,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     outputs: TaskOutputs  # the tasks' live output
     containment: Containment
     health: HealthBoard  # health checks' failures (/metrics)
+    refusals: BoundaryRefusals  # the boundary's refusals by agent and kind (/metrics)
     stream: Stream  # every event, to subscribers that cannot break it
     heartbeat: HeartbeatWork
     runtime_stats: Callable[[], Stats]

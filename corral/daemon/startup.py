@@ -27,6 +27,7 @@ from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
+from ..supervisor.refusals import BoundaryRefusals, BoundaryRefused
 from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import CompactTask, Unfinished
 from ..supervisor.tasks.approvals import Approvals
@@ -174,9 +175,12 @@ def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
 
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,
-           interceptors: Sequence[TaskInterceptor]) -> tuple[Supervisor, ClusterQueue | None]:
+           interceptors: Sequence[TaskInterceptor], refusals: BoundaryRefusals | None = None,
+           audited: Callable[[BoundaryRefused, str | None], None] | None = None
+           ) -> tuple[Supervisor, ClusterQueue | None]:
     """The engine, not yet open (`running` opens it), and with [cluster] the queue its
-    tasks wait on (the node that pulls into it is made later)."""
+    tasks wait on (the node that pulls into it is made later); `audited`: writes each
+    refusal of the boundary said (refusals.py), a row of the agent's tenant."""
     sc = conf.cfg.supervisor
     queue = None
     if conf.cfg.cluster is not None:
@@ -188,7 +192,10 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
                      keep_tasks=sc.keep_tasks,
                      keep_tasks_bytes=int(sc.keep_tasks_mb * 1024 * 1024),
                      task_queue=queue, spared=spared, interceptors=interceptors,
-                     clock=WaitClock(manual=sc.manual_clock))
+                     clock=WaitClock(manual=sc.manual_clock), refusals=refusals)
+    if audited is not None:
+        tenant_of = sup.tenancy.tenant_of
+        sup.stream.subscribe(lambda e: audited(e, tenant_of(e.agent)), BoundaryRefused)
     if taken is not None:
         taken.before_start(sup)
     sup.parts.tuning.sandbox_program = sc.bwrap

@@ -41,6 +41,8 @@ from .parts import Parts
 from .plain import make_replica
 from .process_replica import LogBatch, ProcessReplica, ReplicaExit, ReplicaStatus, Transition
 from .quotas import QuotasChanged, Tenancy
+from .refusals import TOPIC as REFUSED_TOPIC
+from .refusals import BoundaryRefusals, BoundaryRefused
 from .replica import Replica
 from .replicastates import ReplicaStates
 from .startstop import stop_all
@@ -84,15 +86,20 @@ class Supervisor:
         spared: Container[int] = frozenset(),
         interceptors: Sequence[TaskInterceptor] = (),
         clock: WaitClock | None = None,
+        refusals: BoundaryRefusals | None = None,
     ) -> None:
         """`journal` makes tasks durable; `task_queue` holds waiting tasks (default: the
         local heap; a cluster node's: corral.cluster.queue); `spared`: the embedding
-        program's own children (containment.Containment)."""
+        program's own children (containment.Containment); `refusals`: the boundary's
+        recorder, made before the engine where what is made before needs it (its stream is
+        the engine's)."""
         self.tuning = Tuning(heartbeat_interval, heartbeat_timeout,
                              max_replicas or default_max_replicas())
         self.max_line = max_line
         self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
-        self.stream = Stream()  # every event goes out on it; its subscribers cannot break it
+        self.refusals = refusals if refusals is not None else BoundaryRefusals(Stream())
+        # every event goes out on it; its subscribers cannot break it
+        self.stream = self.refusals.stream
         self.containment = Containment(cgroups, stream=self.stream, spared=spared)
         self.stats = Stats()
         self.heartbeat_work = HeartbeatWork()
@@ -131,6 +138,7 @@ class Supervisor:
         self.initial_state = self.states.initial
         self.answers_read = self.tasks.dispatch.answers_read
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
+        self.stream.subscribe(self._refused, BoundaryRefused)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         self.elastic = Elastic(registry, self.tasks, self.stream, self.tenancy, self.tuning)
         self.wake = self.elastic.wake
@@ -150,7 +158,8 @@ class Supervisor:
                            stream=self.stream, containment=self.containment,
                            health=self.health_board, tuning=self.tuning,
                            checkpoints=self.checkpoints, zygotes=self.zygotes,
-                           heartbeat=self.heartbeat_work, runtime_stats=self.runtime_stats)
+                           heartbeat=self.heartbeat_work, runtime_stats=self.runtime_stats,
+                           refusals=self.refusals)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -297,6 +306,11 @@ class Supervisor:
         agent = data.get("agent") if isinstance(data, dict) else None
         tenant = self.tenancy.tenant_of(agent) if isinstance(agent, str) else None
         self.events.publish(topic, data, "corral", tenant)
+
+    def _refused(self, e: BoundaryRefused) -> None:
+        # in the agent's tenant's part of the bus, as its other events
+        tenant = e.tenant if e.tenant is not None else self.tenancy.tenant_of(e.agent)
+        self.events.publish(REFUSED_TOPIC, msgspec.structs.asdict(e), "corral", tenant)
 
     def _route_tool(self, call: ToolCall) -> Any:
         def progress(p: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .events import EventBus
     from .health import HealthBoard
     from .quotas import Tenancy
+    from .refusals import BoundaryRefusals
     from .stats import HeartbeatWork, Stats
     from .stream import Stream
     from .tasks import TaskManager
@@ -39,3 +40,4 @@ class Parts(msgspec.Struct, frozen=True, kw_only=True):
     zygotes: Zygotes
     heartbeat: HeartbeatWork  # what the heartbeat loop has done
     runtime_stats: Callable[[], Stats]
+    refusals: BoundaryRefusals  # the boundary's refusals, recorded (events, audit, /metrics)

@@ -188,6 +188,7 @@ class Snapshot:
     scaled: list[tuple[str, int, int]]
     # agents with [health] only: failed checks by (agent, check), ready replicas by agent
     health_failures: dict[tuple[str, str], int]
+    refusals: dict[tuple[str, str], int]
     ready: dict[str, tuple[int, str]]  # (count, tenant)
     # what agents reported (usage/report): (agent, model, input, output, dollars)
     usage: list[tuple[str, str, int, int, float]]
@@ -211,6 +212,7 @@ def take(s: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
         scaled=[(name, e.desired, len(s.agents[name].replicas))
                 for name, e in s.elastic.entries.items() if name in s.agents],
         health_failures=dict(s.health.failures),
+        refusals=s.refusals.counts,
         ready={name: (sum(1 for r in agent.replicas if r.serving and r.health_ready),
                       agent.spec.tenant)
                for name, agent in s.agents.items() if agent.spec.health is not None},
@@ -279,6 +281,9 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     for agent, (n, tenant) in snap.ready.items():
         ready.add_metric([agent, tenant], n)
     yield ready
+    yield counted("corral_boundary_refusals", "What corral's boundary refused an agent "
+                  "(boundary.refused), by agent and kind (connect, send, bind, open, policy, "
+                  "pin, taint).", ("agent", "kind"), snap.refusals)
 
 
 def counted(name: str, documentation: str, labels: tuple[str, str],

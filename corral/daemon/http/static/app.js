@@ -17,6 +17,7 @@ import htm from "./vendor/htm.mjs";
 const html = htm.bind(h);
 const POLL_MS = 1000;
 const LOG_LINES = 500; // of an agent's log, kept in the page
+const REFUSALS_SHOWN = 50; // of an agent's boundary.refused events, kept in the page
 const KEEP_POINTS = 7 * 24 * 3600; // a week of one-second points, at most
 
 const session = { csrf: "", methods: [], streams: [] };
@@ -466,11 +467,21 @@ class Agent extends Component {
         lines: [...(st.lines || []), [Date.now() / 1000, name, "-", 0, "corral", `${p.count} lines missed`]].slice(-LOG_LINES),
       })),
     });
+    // what corral's boundary refused it (boundary.refused), the newest REFUSALS_SHOWN
+    this.setState({ refusals: [] });
+    if (session.streams.includes("events.follow") && session.scopes.includes("events")) {
+      this.unrefused = follow("events.follow", { pattern: "boundary.refused" }, {
+        "events.event": (e) => e.data && e.data.agent === name && this.setState((st) => ({
+          refusals: [...(st.refusals || []), e.data].slice(-REFUSALS_SHOWN),
+        })),
+      });
+    }
   }
   close() {
     this.gen += 1;
     if (this.unfollow) this.unfollow();
-    this.unfollow = null;
+    if (this.unrefused) this.unrefused();
+    this.unfollow = this.unrefused = null;
   }
   async reload() {
     const gen = this.gen;
@@ -580,6 +591,15 @@ class Agent extends Component {
           onInput=${(e) => this.setState({ input: e.target.value })}></textarea></label>
       <div class="controls"><button class="primary" id="run" disabled=${busy} onClick=${() => this.run()}>Run</button>
         <span class="note">Sent as <code>corral run ${name} --input</code> sends it; the task's page shows its output.</span></div>
+    </section>`}
+    ${(this.state.refusals || []).length > 0 && html`<section>
+      <h2>Refused by the boundary</h2>
+      <table id="refusals">
+        <thead><tr><th>Time</th><th>Kind</th><th>Target</th><th>Task</th><th class="num">Unsaid before</th></tr></thead>
+        <tbody>${this.state.refusals.map((r) => html`<tr>
+          <td>${stamp(r.time)}</td><td>${r.kind}</td><td><code>${r.target}</code></td>
+          <td>${r.task ? html`<a href=${`#/task/${r.task}`}>${r.task}</a>` : "–"}</td><td class="num">${r.unsaid}</td></tr>`)}</tbody>
+      </table>
     </section>`}
     <section>
       <h2>Log</h2>

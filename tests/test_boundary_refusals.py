@@ -1,0 +1,74 @@
+"""Every refusal of the boundary recorded (issue 88, DESIGN sections 10 and 27): one
+recorder (`corral.supervisor.refusals.BoundaryRefusals.refused`) every layer tells; each refusal
+is counted (`corral_boundary_refusals_total{agent,kind}`), and within its rate an event
+(`boundary.refused`: agent, task, kind, target) and an audit row; a flood grows nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from corral.supervisor.refusals import MAX_TARGET, TOPIC, BoundaryRefusals, BoundaryRefused
+from corral.supervisor.stream import Stream
+
+from .daemon_harness import hello
+from .test_metrics import running, samples, scrape, value
+
+
+def test_a_flood_is_counted_whole_said_within_its_rate_and_grows_nothing() -> None:
+    now = [0.0]
+    stream = Stream()
+    said: list[BoundaryRefused] = []
+    stream.subscribe(said.append, BoundaryRefused)
+    refusals = BoundaryRefusals(stream, per_minute=60, max_keys=100, clock=lambda: now[0])
+    for i in range(100_000):
+        refusals.refused("web", "connect", f"10.0.0.{i % 250}:443", task="t1")
+    # counted every one, said a minute's burst of them
+    assert refusals.counts == {("web", "connect"): 100_000}
+    assert len(said) == 60 and refusals.unsaid == 100_000 - 60
+    assert (said[0].agent, said[0].task, said[0].kind, said[0].target, said[0].unsaid) == (
+        "web", "t1", "connect", "10.0.0.0:443", 0)
+    # a second on, the next one said carries how many were not
+    now[0] += 1.0
+    assert refusals.refused("web", "connect", "10.0.0.9:443", task="t2")
+    assert (said[-1].task, said[-1].unsaid) == ("t2", 100_000 - 60)
+    # another kind of the same agent has a rate of its own
+    assert refusals.refused("web", "open", "/etc/shadow")
+    # agents beyond number: at most max_keys (agent, kind) kept, the oldest forgotten
+    for i in range(10_000):
+        refusals.refused(f"a{i}", "bind", "0.0.0.0:80")
+    assert len(refusals.counts) == 100 and refusals.forgotten == 10_000 + 2 - 100
+    assert ("a9999", "bind") in refusals.counts and ("web", "connect") not in refusals.counts
+    # a target past its bound is cut, saying its size
+    refusals.refused("long", "open", "/x" * 5000)
+    assert said[-1].target == f"{('/x' * 5000)[:MAX_TARGET]}… (10000 characters)"
+
+
+@pytest.mark.deadline(90)
+async def test_a_refusal_is_an_event_an_audit_row_and_a_counter(tmp_path: Path) -> None:
+    async with running(tmp_path, hello("web")) as d:
+        bus = d.sup.events.follow(TOPIC)
+        refusals = d.sup.parts.refusals
+        assert refusals.refused("web", "connect", "203.0.113.9:443", task="task-1")
+        assert refusals.refused("web", "open", "/etc/shadow")
+        published = [msgspec.json.decode(bus.pop()) for _ in range(len(bus.queue))]
+        d.sup.events.unfollow(bus)
+        # `corral events tail boundary.refused` shows these, in the agent's tenant
+        assert [(p["topic"], p["source"], p["tenant"], p["data"]["agent"], p["data"]["task"],
+                 p["data"]["kind"], p["data"]["target"]) for p in published] == [
+            (TOPIC, "corral", "default", "web", "task-1", "connect", "203.0.113.9:443"),
+            (TOPIC, "corral", "default", "web", None, "open", "/etc/shadow")]
+        rows = [r for r in await d.services.store.audit_log_now() if r[3] == TOPIC]
+        assert [(msgspec.json.decode(r[4]), r[5], r[7]) for r in rows] == [
+            ({"agent": "web", "task": "task-1", "kind": "connect",
+              "target": "203.0.113.9:443", "unsaid": 0}, "refused", "default"),
+            ({"agent": "web", "task": None, "kind": "open", "target": "/etc/shadow",
+              "unsaid": 0}, "refused", "default")]
+        status, _, text = await scrape(d)
+        assert status == 200
+        series = samples(text)
+        assert value(series, "corral_boundary_refusals_total", agent="web",
+                     kind="connect") == 1
+        assert value(series, "corral_boundary_refusals_total", agent="web", kind="open") == 1
