@@ -2,7 +2,8 @@
 beside the agent table's key that does what it does (a nested key as `limits.rss_mb`).
 One table for two readers: check-config names corral's key when a file uses another
 tool's (a spelling guess would propose `autostart` for supervisord's `autorestart`, a key
-that means something else), and `corral import` says which key a setting went to."""
+that means something else), and `corral import` says which key a setting went to; and the
+names corral's own keys had before a rename, for the same hint."""
 
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ for _name, _key, _tools in _TABLE:
         _key, (_had.tools if _had else ()) + _tools, _had.spelling if _had else _name)
 
 
+# corral's own keys that were renamed, by the old name: the new one and the decision
+# (docs/decisions.md) that renamed it; an old key is refused, naming its new one
+RENAMED: dict[str, tuple[str, int]] = {
+    "tasks_kept": ("keep_tasks", 1089), "tasks_kept_for": ("keep_tasks_for", 1089),
+    "tasks_kept_mb": ("keep_tasks_mb", 1089), "revisions_kept": ("keep_revisions", 1089),
+    "revisions_kept_mb": ("keep_revisions_mb", 1089),
+}
+
+
 def listing() -> list[str]:
     """The table as lines for people (`corral import --help`): corral's key, then the
     other tools' names for it."""
@@ -79,7 +89,11 @@ def hint(key: str, choices: Iterable[str]) -> str | None:
     """What to say of an unknown `key` that is another tool's name: ` (`KEY` is TOOL's
     name: corral's is `K`)` when the table it was found in (its keys: `choices`) has that
     key, else nothing ("": a spelling guess would name a key that does what `key` does
-    not); None when `key` is no other tool's."""
+    not); None when `key` is no other tool's. A key corral renamed (RENAMED) is named with
+    its new name, where the table has it."""
+    renamed = RENAMED.get(key)
+    if renamed is not None and renamed[0] in set(choices):
+        return f" (renamed `{renamed[0]}` by decision {renamed[1]})"
     other = OTHER_NAMES.get(key.lower())
     if other is None:
         return None

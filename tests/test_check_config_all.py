@@ -67,3 +67,22 @@ def test_another_supervisors_key_is_named_by_corrals_not_guessed(tmp_path: Path)
         f"{said}agents.a: Object contains unknown field `ExecStart` (`ExecStart` is "
         "systemd's name: corral's is `command`)",
         f"corral: 4 errors in {p}"]
+
+
+def test_a_key_corral_renamed_is_named_by_its_new_name(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    # decision 1089 renamed them; where the table has no such key, no hint is made up
+    p.write_text("[supervisor]\ntasks_kept = 10\nrevisions_kept_mb = 2\n"
+                 "[cluster]\ntasks_kept_for = 60\n[agents.a]\ncommand = 'true'\n"
+                 "tasks_kept = 3\n")
+    r = check(p)
+    said = f"corral: invalid config: {p}: "
+    assert (r.returncode, r.stderr.splitlines()) == (1, [
+        f"{said}supervisor: Object contains unknown field `tasks_kept` (renamed "
+        "`keep_tasks` by decision 1089)",
+        f"{said}supervisor: Object contains unknown field `revisions_kept_mb` (renamed "
+        "`keep_revisions_mb` by decision 1089)",
+        f"{said}cluster: Object contains unknown field `tasks_kept_for` (renamed "
+        "`keep_tasks_for` by decision 1089)",
+        f"{said}agents.a: Object contains unknown field `tasks_kept`",
+        f"corral: 4 errors in {p}"])

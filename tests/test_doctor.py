@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from corral.daemon.doctor import GATEWAYS_HOW
+from corral.paths import default_config
 from corral.supervisor.landlock import abi
 from corral.supervisor.sandbox import host_refusal
 
@@ -122,3 +123,36 @@ def test_without_user_namespaces_it_says_why_and_agents_are_refused(tmp_path: Pa
     assert doctor_json(done.stdout)["agents"]["boxed"] == (
         "gateways", f'none, unenforced (egress_fallback = "warn"): {FORBIDDEN}', True)
     assert without_user_namespaces(["check-config", str(path)]).returncode == 0
+
+
+@pytest.mark.skipif(default_config().exists(), reason="a config at the default place")
+def test_with_no_config_at_the_default_place_it_shows_the_host(tmp_path: Path) -> None:
+    done = corral_run(["doctor", "--json"], timeout=60)
+    assert (done.returncode, done.stderr) == (0, f"corral: no config at {default_config()}: "
+                                                 "no agent judged (give one with --config)\n")
+    seen = json.loads(done.stdout)
+    assert [p["name"] for p in seen["host"]] == [
+        "user namespaces", "landlock", "seccomp", "cgroup delegation", "egress layer"]
+    assert (seen["agents"], seen["config_errors"]) == ([], [])
+    # a config named that is not there is an error, as for check-config
+    done = corral_run(["doctor", "-c", str(tmp_path / "none.toml")], timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith(
+        f"corral: invalid config: {tmp_path / 'none.toml'}: "), done.stderr
+
+
+def test_a_config_check_config_refuses_exits_1_saying_why(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    # the agent's cwd, writable in its sandbox, holds the config file
+    path.write_text(config_text(f'[agents.cut]\ncommand = ["{PY}"]\ncwd = "{tmp_path}"\n'
+                                'egress = "none"\n', tmp_path / "corral.sock",
+                                tmp_path / "state"))
+    said = (f"corral: invalid config: {path}: agents.cut.cwd: {tmp_path} is writable in the "
+            f"sandbox and holds corral's config file ({path}): give the agent a cwd of its "
+            "own\n")
+    assert corral_run(["check-config", str(path)]).stderr == said
+    done = corral_run(["doctor", "-c", str(path)], timeout=60)
+    assert (done.returncode, done.stderr) == (1, said)
+    assert done.stdout.startswith("HOST ")  # what the host offers, all the same
+    done = corral_run(["doctor", "-c", str(path), "--json"], timeout=60)
+    assert (done.returncode, json.loads(done.stdout)["config_errors"]) == (1, [said[
+        len("corral: invalid config: "):-1]])

@@ -21,6 +21,8 @@ from .render import human_time, print_json, table
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ..supervisor.config import Config
+
 
 @cli.command()
 @click.option("--config", "-c", "config", metavar="PATH", default=None,
@@ -52,12 +54,9 @@ def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool)
     """Validate a config file (and its includes) without starting anything: every key, and
     that every agent's and MCP server's command is an executable on the daemon's PATH (the
     running daemon's, else the installed unit's, else yours) or a file."""
-    import os
     from pathlib import Path
 
     from ..paths import default_config
-    from ..supervisor.config import ConfigError
-    from ..supervisor.configload import check_commands, load_config
 
     if path and config and path != config:
         raise click.UsageError("give the config file once: PATH or --config")
@@ -65,7 +64,23 @@ def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool)
     if _is_manifest(where):
         _check_manifest(where)
         return
-    if not no_check:
+    cfg, errors = _judged(obj, where, not no_check)
+    if cfg is None or errors:
+        _say_invalid(where, errors)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
+               f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+
+
+def _judged(obj: Ctx, where: Path, commands: bool) -> tuple[Config | None, list[str]]:
+    """The config at `where` as check-config judges it (None if it cannot be read), and
+    its errors, one a line; with `commands`, each command looked up as the daemon would."""
+    import os
+
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import check_commands, load_config
+
+    if commands:
         theirs = _daemons_path(obj)
         if theirs is not None and theirs[0] != os.environ.get("PATH"):
             # a command is run by the daemon, with its PATH: looked up on the caller's, a
@@ -74,45 +89,52 @@ def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool)
                        f"not yours", err=True)
             os.environ["PATH"] = theirs[0]
     try:
-        cfg = load_config(where, commands=not no_check)
-        if not no_check:
-            check_commands(cfg, str(where))
+        cfg = load_config(where, commands=commands)
     except ConfigError as exc:
-        errors = str(exc).splitlines()
-        for line in errors:  # every error of the file, one a line
-            click.echo(f"corral: invalid config: {line}", err=True)
-        if len(errors) > 1:
-            click.echo(f"corral: {plural(len(errors), 'error')} in {where}", err=True)
-        sys.exit(EXIT_FAILED)
-    click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
-               f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+        return None, str(exc).splitlines()
+    if commands:
+        try:
+            check_commands(cfg, str(where))
+        except ConfigError as exc:
+            return cfg, str(exc).splitlines()
+    return cfg, []
+
+
+def _say_invalid(where: Path, errors: list[str]) -> None:
+    for line in errors:  # every error of the file, one a line
+        click.echo(f"corral: invalid config: {line}", err=True)
+    if len(errors) > 1:
+        click.echo(f"corral: {plural(len(errors), 'error')} in {where}", err=True)
 
 
 @cli.command("doctor")
 @click.option("--config", "-c", "config", metavar="PATH", default=None,
               help="Config file whose agents to judge (default: as for `corral daemon`).")
 @json_option
-def doctor(config: str | None, as_json: bool) -> None:
+@pass_ctx
+def doctor(obj: Ctx, config: str | None, as_json: bool) -> None:
     """What this host offers to enforce an agent's boundary (user namespaces, Landlock,
     seccomp, cgroup delegation), each probed now and saying why where it is missing, and
     which layer each agent of the config runs under (its egress), or why it cannot start.
-    Exits 1 when an agent could not start."""
+    With no config at the default place, the host alone. Exits 1 when an agent could not
+    start or the config is one check-config refuses (its errors said)."""
     from pathlib import Path
 
     from ..daemon import doctor as probes
     from ..paths import default_config
-    from ..supervisor.config import ConfigError
-    from ..supervisor.configload import load_config
+    from ..supervisor.config import SupervisorSettings
 
     where = Path(config or default_config())
-    try:
-        cfg = load_config(where)
-    except ConfigError as exc:
-        fail(f"invalid config: {exc}")
-    found = probes.host(cfg.supervisor.bwrap)
-    agents = probes.agents(cfg)
+    cfg: Config | None = None
+    errors: list[str] = []
+    if config is not None or where.exists():
+        cfg, errors = _judged(obj, where, True)
+    # with no config at the default place, what the host offers is still worth showing
+    found = probes.host((cfg.supervisor if cfg is not None else SupervisorSettings()).bwrap)
+    agents = probes.agents(cfg) if cfg is not None else []
     if as_json:
-        print_json({"host": [p._asdict() for p in found], "agents": agents})
+        print_json({"host": [p._asdict() for p in found], "agents": agents,
+                    "config_errors": errors})
     else:
         table([[p.name, "yes" if p.ok else "no", p.said] for p in found],
               ["HOST", "OK", "WHAT IT SAID"])
@@ -120,7 +142,12 @@ def doctor(config: str | None, as_json: bool) -> None:
             click.echo()
             table([[a["agent"], a["egress"], a["layer"]] for a in agents],
                   ["AGENT", "EGRESS", "LAYER"])
-    if not all(a["runs"] for a in agents):
+    if cfg is None and not errors:
+        click.echo(f"corral: no config at {where}: no agent judged (give one with "
+                   "--config)", err=True)
+    if errors:  # as check-config refuses it: the daemon would not start with it
+        _say_invalid(where, errors)
+    if errors or not all(a["runs"] for a in agents):
         sys.exit(EXIT_FAILED)
 
 
