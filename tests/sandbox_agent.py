@@ -19,6 +19,10 @@ def attempt(task: dict[str, Any]) -> Any:
         with open(task["path"], "w") as f:
             f.write("written from the sandbox")
         return task["path"]
+    if do == "put":  # a file of the task's own text (tests/test_boundary_binds.py)
+        with open(task["path"], "w") as f:
+            f.write(task["text"])
+        return task["path"]
     if do == "read":
         with open(task["path"]) as f:
             return f.read()

@@ -22,6 +22,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import textwrap
 from collections.abc import AsyncIterator, Iterator
@@ -407,10 +408,12 @@ async def test_a_check_and_its_recovery_run_as_the_agent_in_its_sandbox(
         failures = 1
         recovery = "event"
     """)
+    # a tenant's agent imports from its own cwd (and corral's SDK) alone (issue 88)
+    sdk = shutil.copytree(world_readable_tree, tmp / "acme" / "sdk")
     async with acme(tmp, operators) as (d, tenant, _):
         status, body = await tenant("POST", "/agents", {"agents": {"box": {
-            "command": [NOBODY_PY, f"{world_readable_tree}/examples/hello.py"],
-            "env": {"PYTHONPATH": str(world_readable_tree)}, "cwd": str(tmp / "acme"),
+            "command": [NOBODY_PY, f"{sdk}/examples/hello.py"],
+            "env": {"PYTHONPATH": str(sdk)}, "cwd": str(tmp / "acme"),
             # no restart is asked below: on a loaded host a beat late by the harness's 2 s
             # would be one
             "heartbeat_timeout": 30.0,

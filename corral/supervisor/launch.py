@@ -33,6 +33,10 @@ CORRAL_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 # a process's requests worked on at once (tool calls, resource reads); more wait in its
 # stdout pipe, which is not read meanwhile
 MAX_IN_FLIGHT = 256
+# the gateways' addresses and token: set by corral's host alone, never kept from the
+# spec's env or the daemon's (a CORRAL_MCP_SOCKET naming a host directory was bound
+# writable into the sandbox: issue 88)
+GATEWAY_VARIABLES = ("CORRAL_MCP_URL", "CORRAL_MCP_TOKEN", "CORRAL_MCP_SOCKET")
 
 
 class Life(ReplicaParts):
@@ -112,6 +116,8 @@ class Life(ReplicaParts):
         env[self.name_variable] = self.name
         env["CORRAL_REPLICA"] = str(self.index)
         env["CORRAL_PROCTITLE"] = f"{self.title_prefix} {self.label}"
+        for name in GATEWAY_VARIABLES:  # corral's alone: the sandbox binds the socket named
+            env.pop(name, None)
         env.update(self._host_environment())  # e.g. the gateway's URL and token
         if self.spec.cwd is not None and "PWD" not in self.spec.env:
             # as a shell would have it (and the caps prologue's shell does): the same

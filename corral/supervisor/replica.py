@@ -25,6 +25,7 @@ from .release import release_environment
 from .runas import out_of_reach
 from .sandbox import (
     GatewayRelay,
+    agents_own,
     exit_status,
     host_refusal,
     program_paths,
@@ -278,8 +279,13 @@ class Replica(ProcessReplica):
         # the SDK where the agent's user may reach it (bwrap binds as that user; one that
         # cannot would not import it outside a sandbox either: it has its own, or none)
         sdk = [SDK] if uid is None or out_of_reach(SDK, uid, _gid_of(uid)) is None else []
-        read_only = [*program_paths(argv[0]), *sdk, *spec.sandbox_paths, *spec.read_paths]
-        read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        # what the agent may write chooses no bind (issue 88): a link or a pyvenv.cfg
+        # there is not followed, nor a PYTHONPATH entry there bound apart
+        writable = [spec.cwd or os.getcwd(), *spec.write_paths]
+        read_only = [*program_paths(argv[0], writable), *sdk, *spec.sandbox_paths,
+                     *spec.read_paths]
+        read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                      if p and not agents_own(p, writable)]
         if spec.release is not None:
             # only a release imports the SDK's copy (release_environment): a plain agent's
             # sandbox binds none, so its user need not reach [packages] dir

@@ -143,16 +143,20 @@ def _prefix(program: Path) -> Path | None:
     return prefix
 
 
-def program_paths(program: str) -> list[Path]:
+def program_paths(program: str, writable: Iterable[str] = ()) -> list[Path]:
     """What running `program` (an absolute path) needs besides the system: its
     installation, as named and as resolved, and where it is a venv's interpreter, that
-    venv and its base interpreter's installation (pyvenv.cfg's `home`)."""
+    venv and its base interpreter's installation (pyvenv.cfg's `home`). Nothing is read
+    from where the agent may write (`writable`: its cwd and write_paths), which it would
+    choose its next sandbox's binds by: a program there is not followed through its
+    links, nor a pyvenv.cfg there read (issue 88; decision 1129)."""
+    writable = list(writable)
     named = Path(program)
-    real = Path(os.path.realpath(named))
+    real = named if agents_own(str(named), writable) else Path(os.path.realpath(named))
     out = [p for p in (_prefix(named), _prefix(real)) if p is not None]
     cfg = named.parent.parent / "pyvenv.cfg"
     try:
-        lines = cfg.read_text().splitlines()
+        lines = [] if agents_own(str(cfg), writable) else cfg.read_text().splitlines()
     except OSError:
         lines = []
     for line in lines:
@@ -162,6 +166,14 @@ def program_paths(program: str) -> list[Path]:
             if base is not None:
                 out.append(base)
     return out
+
+
+def agents_own(path: str, writable: Iterable[str]) -> bool:
+    """Whether `path`, as named or as its links resolve, is inside one of the `writable`
+    directories: the agent's to change (and reached through their binds already)."""
+    named, real = os.path.abspath(path), os.path.realpath(path)
+    return any(_inside(p, os.path.realpath(w)) or _inside(p, os.path.abspath(w))
+               for w in writable for p in (named, real))
 
 
 def resolve_program(argv0: str, env: dict[str, str], cwd: str | None) -> str:
