@@ -464,6 +464,9 @@ class PolicyTest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
         if len(given) != 1:
             raise ConfigError(f"a when test takes exactly one of under, in, below "
                               f"(given: {', '.join(given) or 'none'})")
+        if self.under is not None and not self.under.startswith("/"):
+            raise ConfigError(f"a when test's under is an absolute path (given: "
+                              f"{self.under!r})")
 
 
 class PolicyRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from .canonical import canonical_host, canonical_path
 from .config import DEFAULT_TENANT, PolicyMatch, PolicyRule, PolicyTest, TenantSpec
 
 if TYPE_CHECKING:
@@ -49,9 +49,11 @@ def _glob(pattern: str | None) -> Callable[[str], bool]:
     return (lambda _: True) if pattern is None else _any([pattern])
 
 
-def _test(path: str, test: PolicyTest) -> Callable[[dict[str, Any]], bool]:
+def _test(path: str, test: PolicyTest, strict: bool) -> Callable[[dict[str, Any]], bool]:
     """One `when` entry as a function of the call's facts (a tool call's
-    {"arguments": ...}, a model call's {"max_tokens": ...})."""
+    {"arguments": ...}, a model call's {"max_tokens": ...}). `strict`: the rule denies
+    or holds, so a path it cannot place (a relative one) is taken to be under its prefix;
+    an `allow` takes it to be outside."""
     keys = path.split(".")
 
     def value(facts: dict[str, Any]) -> Any:
@@ -63,22 +65,24 @@ def _test(path: str, test: PolicyTest) -> Callable[[dict[str, Any]], bool]:
         return v
 
     if test.under is not None:
-        prefix = os.path.normpath(test.under)
+        prefix = canonical_path(test.under) or test.under  # (absolute: PolicyTest.check)
         inside = prefix.rstrip("/") + "/"
 
         def under(arguments: dict[str, Any]) -> bool:
             v = value(arguments)
             if not isinstance(v, str):
                 return False
-            p = os.path.normpath(v)  # a `..` leaves the prefix as the file system would
+            p = canonical_path(v)  # a `..` leaves the prefix as the file system would
+            if p is None:
+                return strict
             return p == prefix or p.startswith(inside)
         return under
     if test.in_ is not None:
-        among = frozenset(x.lower() for x in test.in_)
+        among = frozenset(canonical_host(x) for x in test.in_)
 
         def in_(arguments: dict[str, Any]) -> bool:
             v = value(arguments)
-            return isinstance(v, str) and v.lower() in among
+            return isinstance(v, str) and canonical_host(v) in among
         return in_
     bound = test.below
 
@@ -123,7 +127,7 @@ def _compile(rules: list[PolicyRule], where: str) -> tuple[_Rule, ...]:
         else _glob(r.match.tool),
         _never if r.match.tool is not None and r.match.model is None
         else _glob(r.match.model),
-        tuple(_test(k, t) for k, t in r.when.items()))
+        tuple(_test(k, t, r.effect != "allow") for k, t in r.when.items()))
         for i, r in enumerate(rules))
 
 
