@@ -131,7 +131,7 @@ def attacks_refused(seen: dict[str, Any]) -> None:
     assert seen["udp"] == {"ok": len(b"exfiltrated")}
     assert seen["udp_out"] == {"error": "OSError: [Errno 101] Network is unreachable"}
     assert seen["raw"] == {"error": "PermissionError: [Errno 1] Operation not permitted"}
-    # no family but unix, IPv4 and IPv6 (sockfilter.py)
+    # no family but unix, IPv4 and IPv6 (supervisor/seccomp.py)
     for name in ("netlink", "packet"):
         assert seen[name] == {
             "error": "OSError: [Errno 97] Address family not supported by protocol"}, name

@@ -8,7 +8,6 @@ forbid what the settings allow."""
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -17,7 +16,7 @@ from ..supervisor.containment import is_delegated, own_cgroup
 from ..supervisor.isolation import Isolation, isolation
 from ..supervisor.landlock import abi
 from ..supervisor.sandbox import host_refusal
-from ..supervisor.sockfilter import program
+from ..supervisor.seccomp import missing
 
 NETWORKS = {
     "host": "the host's network",
@@ -44,9 +43,9 @@ def seccomp() -> Probe:
     except OSError as exc:
         return Probe("seccomp", False, f"/proc/self/status unreadable: {exc.strerror}")
     if "Seccomp_filters" in fields:
-        if program() is None:
-            return Probe("seccomp", False, f"filters, but corral has none for "
-                                           f"{platform.machine()} (sockfilter.py)")
+        why = missing()
+        if why is not None:
+            return Probe("seccomp", False, f"filters, but corral builds none: {why}")
         return Probe("seccomp", True, "filters: an egress sandbox's sockets are unix, "
                                       "IPv4 and IPv6 alone")
     if "Seccomp" in fields:

@@ -6,15 +6,14 @@ refusal says how to give its JSON instead."""
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import signal
-import struct
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import IO
 
+from ..supervisor import seccomp
 from ..supervisor.sandbox import find_program, program_paths, userns_forbidden
 
 TIME_LIMIT = 10.0
@@ -30,12 +29,6 @@ DROPPED_ENV = ("NODE_OPTIONS", "NODE_EXTRA_CA_CERTS", "NODE_REPL_EXTERNAL_MODULE
 ASK_JSON = ("give its JSON (`node -p 'JSON.stringify(require(\"./FILE\"))' > "
             "ecosystem.json`)")
 
-# seccomp refuses socket(2): connect(2) to a unix socket in the file's tree needs no write
-# permission, a read-only mount is no guard. (AUDIT_ARCH_*, socket, socketpair) by machine;
-# an x86_64 x32 call (the bit 0x40000000 set) is refused too, as it would pass a filter of
-# x86_64's numbers
-_ARCHES = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}
-_X32 = 0x40000000
 # what node says when a bound of memory stopped it: V8's heap, its reservations, a
 # buffer's allocation (each may come first, by where the file was)
 _OUT_OF_MEMORY = ("out of memory", "Fatal process OOM", "allocation failed")
@@ -53,21 +46,15 @@ class NodeOutput:
         self.status, self.stdout, self.stderr = status, stdout, stderr
 
 
-def seccomp_program(machine: str | None = None) -> bytes:
-    """A classic BPF program: socket(2) and socketpair(2) refused with EACCES, a call of
-    another architecture's numbering killed, anything else allowed."""
-    arch = _ARCHES.get(machine or platform.machine())
-    if arch is None:
-        raise SandboxRefusal(f"no seccomp filter is known for this machine "
-                      f"({platform.machine()}): a JavaScript ecosystem file is not run "
-                      f"here; {ASK_JSON}")
-    audit, sock, pair = arch
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    allow, kill, refuse = 0x7FFF0000, 0x80000000, 0x00050000 | _EACCES
-    ins = [(ld, 0, 0, 4), (jeq, 1, 0, audit), (ret, 0, 0, kill), (ld, 0, 0, 0),
-           (jge, 3, 0, _X32), (jeq, 2, 0, sock), (jeq, 1, 0, pair),
-           (ret, 0, 0, allow), (ret, 0, 0, refuse)]
-    return b"".join(struct.pack("=HBBI", *i) for i in ins)
+def seccomp_program() -> bytes:
+    """The importer's filter (supervisor/seccomp.py: no socket, no io_uring, no call of
+    another ABI), or the refusal that says why there is none."""
+    program = seccomp.program(seccomp.IMPORT)
+    if program is None:
+        raise SandboxRefusal(f"no seccomp filter can be built here "
+                             f"({seccomp.missing()}): a JavaScript ecosystem file is not "
+                             f"run here; {ASK_JSON}")
+    return program
 
 
 def argv(node: str, tree: Path, flag: str, script: str, target: str, filter_fd: int

@@ -33,7 +33,7 @@ from .sandbox import (
     sandboxed,
     sandboxed_pid,
 )
-from .sockfilter import filter_file
+from .seccomp import egress_file
 from .tuning import Tuning
 from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv
 
@@ -210,7 +210,7 @@ class Replica(ProcessReplica):
         if self._filter is not None:
             self._filter.close()
             self._filter = None
-        path = filter_file() if self._iso.egress != "any" and \
+        path = egress_file() if self._iso.egress != "any" and \
             self._iso.sandbox != "none" else None
         if path is not None:
             self._filter = open(path, "rb", buffering=0)  # noqa: SIM115 - kept till next
@@ -308,7 +308,7 @@ class Replica(ProcessReplica):
             return None
         if not beside and self._filter is not None:
             return self._filter.fileno()
-        return filter_file()
+        return egress_file()
 
     def _relay(self, env: dict[str, str]) -> GatewayRelay | None:
         url, path = env.get("CORRAL_MCP_URL"), self.host.tuning.gateway_relay

@@ -213,7 +213,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     `writable` writable. Mounts are made parents first, so a read-only directory inside
     the cwd (a venv) stays read-only; a path both read-only and writable is writable.
     `relay`: run first where the gateways are TCP (egressrelay.py). `seccomp`: a filter
-    (sockfilter.py) as a descriptor, or a file opened by a shell that execs bwrap."""
+    (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
