@@ -37,7 +37,8 @@ As a task, by its input {"do": WHAT, ...}:
   sequence      call each of {"calls": [{"tool": NAME, "arguments": {...}}, ...]} in
                 order, return the results or each one's error; an entry with "attempt": N
                 is called on attempt N only, {"crash": N} exits (status 3) on attempt N,
-                and {"await": PATH} (with "attempt") waits until PATH exists
+                {"await": PATH} (with "attempt") waits until PATH exists, and
+                {"spawn": AGENT, "input": X} spawns a child and waits for its outcome
   publish       publish {"topic": T, "data": D} on the event bus
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
   checkpoint    checkpoint {"state": S}
@@ -202,6 +203,10 @@ def handle(task, ctx):
                 while not os.path.exists(step["await"]):
                     ctx.check_cancelled()
                     time.sleep(0.01)
+            if "spawn" in step:  # a child (ctx.spawn), waited for: its outcome
+                [end] = ctx.wait([ctx.spawn(step["spawn"], step.get("input"))])
+                results.append(end)
+                continue
             if "tool" not in step or step.get("attempt", ctx.attempt) != ctx.attempt:
                 continue
             try:

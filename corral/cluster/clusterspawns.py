@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..supervisor.labels import LabelStore
 from ..supervisor.tasks import Task, new_id
 from ..supervisor.tasks.model import SpawnOrder, SpawnReply
 from ..supervisor.tasks.spawntree import Lineage
@@ -72,9 +73,12 @@ class ClusterSpawns(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str,
                  serves: Callable[[str, str], Awaitable[bool]],
                  ended: Callable[[str], Awaitable[TaskInfo]],
-                 info: Callable[[str], Awaitable[TaskInfo | None]]) -> None:
-        """`ended`, `info`: a cluster task's record once it ended, and as it is now."""
+                 info: Callable[[str], Awaitable[TaskInfo | None]], labels: LabelStore
+                 ) -> None:
+        """`ended`, `info`: a cluster task's record once it ended, and as it is now;
+        `labels`: where a child's handed labels are kept."""
         super().__init__(scripts, keys, trust)
+        self.labels = labels
         self.node = node
         self._serves = serves
         self._ended = ended
@@ -139,6 +143,8 @@ class ClusterSpawns(RedisPart):
                 self.keys.priorities(order.tenant, order.agent), self.keys.agents,
                 self.keys.live, self.keys.task(task.id), self.keys.spawns(task.id)]
         row = f"{self.trust.sign(SIGNED_SPAWN, task.id, order.key, child_id)} {child_id}"
+        if order.labels:  # (kept before the child is: a node that claims it reads them)
+            await self.labels.mark(child_id, order.labels)
         args: list[Any] = [
             child_id, order.agent, order.raw_input, 0,
             "" if order.timeout is None else repr(order.timeout),

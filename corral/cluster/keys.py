@@ -93,6 +93,10 @@ class Keys:
     def spawns(self, task_id: str) -> str:
         return f"{self.prefix}spawn:{task_id}"
 
+    def labels(self, key: str) -> str:
+        """A task's or a session's labels (clusterlabels.py)."""
+        return f"{self.prefix}labels:{key}"
+
     # -- asks of a person (clusterasks.py) -----------------------------------------------
     def ask(self, ask_id: str) -> str:
         return f"{self.prefix}ask:{ask_id}"

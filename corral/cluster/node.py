@@ -38,6 +38,7 @@ from .backlog import Backlog
 from .calltasks import ClusterStepTasks
 from .clusterasks import ClusterAsks
 from .clustercalls import ClusterCalls
+from .clusterlabels import ClusterLabels
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
 from .clustertasks import ClusterTasks
@@ -87,13 +88,15 @@ class ClusterNode:
         sessions = ClusterSessions(scripts, self.keys, trust, host, self.membership, report)
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
+        labels = ClusterLabels(self.redis, self.keys)
         spawns = ClusterSpawns(scripts, self.keys, trust, self.node,
                                lambda agent, tenant: self.desk.serves(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
-                               lambda task_id: self.desk.info(task_id))
+                               lambda task_id: self.desk.info(task_id), labels)
         self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
                                 asks_bounds)
-        self.home = ClusterHome(self.steps, sessions, spawns, self.asks, tasks.outputs.memory,
+        self.home = ClusterHome(self.steps, sessions, spawns, self.asks,
+                                labels, tasks.outputs.memory,
                                 self._requeue)
         self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,
                              report, settings.keep_tasks_for)

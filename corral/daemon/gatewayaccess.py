@@ -31,6 +31,7 @@ from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
 from ..supervisor.config import DEFAULT_TENANT, ConfigError, GatewaySettings, PositiveInt
+from ..supervisor.labels import HANDED
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
@@ -597,7 +598,13 @@ class GatewayService:
                                                         None), self.guard)
         if isinstance(gated, dict):  # not approved, or denied: the tool's error
             return gated
-        task_id = await self.agent_tools.submit(ident, name, gated.arguments)
+        # what the replica read is handed on to the task it starts (labels.py)
+        handed = HANDED.set(self.guard.labels.of(ident.replica, None)
+                            if self.guard is not None else ())
+        try:
+            task_id = await self.agent_tools.submit(ident, name, gated.arguments)
+        finally:
+            HANDED.reset(handed)
         return await self.agent_tools.outcome(ident, task_id, on_progress)
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:

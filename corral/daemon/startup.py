@@ -54,6 +54,7 @@ from .handoff import Listeners
 from .inboxjournal import AsksDB
 from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
+from .labeljournal import LabelsDB
 from .logfiles import Rotation
 from .logs import LogDirError, LogHub
 from .outputjournal import OutputsDB
@@ -377,6 +378,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
+            parts.tasks.labels.keep_in(LabelsDB(store))
             parts.tasks.inbox.load(AsksDB(store), asks_bounds(sc),
                 # a suspended task's id held once, by the engine and its asks
                 {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})

@@ -1,4 +1,4 @@
--- 9eac9e8a715df248a491d7469c4c1ba777d47b90c1ba342cbf1463ac37706986: made by scripts/fresh_schema.py, not by hand
+-- c9c56fa8c6d8bf7e8edecb856d7fac24870f6322c64a3fdb37c9eaa54c7feb9c: made by scripts/fresh_schema.py, not by hand
 CREATE TABLE runtime_agents (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
@@ -281,5 +281,12 @@ CREATE TABLE removed_agents (
         tenant TEXT NOT NULL,
         removed REAL NOT NULL,
         PRIMARY KEY (agent, tenant)
+    ) WITHOUT ROWID;
+
+CREATE TABLE labels (
+        key TEXT NOT NULL,
+        label TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (key, label)
     ) WITHOUT ROWID;
 

@@ -526,6 +526,16 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE scaled ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
     UPDATE scaled SET tenant = {HOLDER.format(agent="scaled.agent")};
     """,
+    # labels (supervisor/labels.py): the untrusted tools whose output a task (`key` its
+    # id) or a session ("session:TENANT:AGENT:NAME") read, `seq` the order first marked
+    """
+    CREATE TABLE labels (
+        key TEXT NOT NULL,
+        label TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (key, label)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .canonical import canonical_host, canonical_path
 from .config import DEFAULT_TENANT, PolicyMatch, PolicyRule, PolicyTest, TenantSpec
+from .labels import Labels
 
 if TYPE_CHECKING:
     from .config import Config
@@ -238,35 +239,6 @@ def shape(value: Any) -> Any:
     return type(value).__name__
 
 
-class Taints:
-    """Which owners (a task's id, a replica incarnation's) an untrusted tool's output
-    reached, and the first such tool; a task's forgotten as it ends, a replica's
-    incarnations the oldest dropped past a bound (an exited one is never asked of)."""
-
-    def __init__(self, bound: int = CACHED) -> None:
-        self._by: dict[str, str] = {}
-        self._replicas = 0
-        self._bound = bound
-
-    def mark(self, owner: str, tool: str) -> None:
-        if owner in self._by:
-            return
-        if owner.startswith("replica:"):  # (a task's is never dropped before its end)
-            if self._replicas >= self._bound:
-                oldest = next(o for o in self._by if o.startswith("replica:"))
-                del self._by[oldest]
-                self._replicas -= 1
-            self._replicas += 1
-        self._by[owner] = tool
-
-    def of(self, owner: str) -> str | None:
-        return self._by.get(owner)
-
-    def forget(self, owner: str) -> None:
-        if self._by.pop(owner, None) is not None and owner.startswith("replica:"):
-            self._replicas -= 1
-
-
 class PolicyVerdict(NamedTuple):
     """A verdict a rule (or taint, or a tenant's default_deny) gave, as the trace and
     the audit log keep it: the call's facts by shape only, never their values."""
@@ -286,16 +258,16 @@ class VerdictSink(Protocol):
 
 
 class PolicyGuard:
-    """The daemon's policy in force and the owners its untrusted tools tainted: one for
-    every path a call comes by, so a tool's output read by one path taints a call made by
-    another. `audit`: where a decision that denies or holds a call is written."""
+    """The daemon's policy in force and the labels its untrusted tools gave (labels.py):
+    one for every path a call comes by, so a tool's output read by one path taints a call
+    made by another. `audit`: where a decision that denies or holds a call is written."""
 
     def __init__(self, current: Callable[[], Config | None],
                  tracer: VerdictSink | None = None,
                  audit: Callable[[PolicyVerdict], None] | None = None) -> None:
         self._current = current  # the daemon's config in force
         self._compiled: tuple[Config, RuleBook] | None = None
-        self.taints = Taints()
+        self.labels = Labels()
         self._tracer = tracer
         self._audit = audit
 
@@ -320,11 +292,11 @@ class PolicyGuard:
         spec = replica.host.tenant_spec(tenant) if tenant is not None else None
         verdict = rules.judge(tenant, spec, replica.name, kind, name, facts)
         if verdict.effect == "allow" and rules.sensitive(kind, name):
-            source = self.taints.of(owner)
-            if source is not None:
-                verdict = RuleEffect("approve", f"taint (after untrusted {source})")
+            read = self.labels.of(replica, task)
+            if read:
+                verdict = RuleEffect("approve", f"taint (after untrusted {read[0]})")
         if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
-            self.taints.mark(owner, name)
+            self.labels.mark(replica, task, (name,))
         # an allow by no rule is no decision, and a traced allow's span needs a tracer
         if verdict.effect != "allow" or (verdict.rule and task is not None
                                          and self._tracer is not None):
@@ -343,9 +315,9 @@ class PolicyGuard:
         if self._audit is not None:
             self._audit(d)
 
-    def replayed(self, owner: str, tool: str) -> None:
+    def replayed(self, task: Task, tool: str) -> None:
         """A tool call's answer given back from a task's step journal (a retry after a
         restart): an untrusted one taints as the live call did."""
         rules = self.rules()
         if rules is not None and rules.untrusted(tool):
-            self.taints.mark(owner, tool)
+            self.labels.mark(task.replica, task, (tool,))

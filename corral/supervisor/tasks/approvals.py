@@ -17,8 +17,9 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
+from ..labels import HANDED
 from ..policy import PolicyGuard
-from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall
+from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
 from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
 from .steps import CallOrdinals, args_hash
@@ -76,22 +77,58 @@ class Approvals(TaskInterceptor):
         if task is None:
             assert self._path is not None  # bound as the engine was made
             return self._replica_call(self._path.replica_calls, call, next, self._guard)
+        guard = self._guard
+        if guard is not None and not guard.labels.loaded(task):
+            return self._loaded(guard, call, task, next)
+        return self._task_call(call, task, next)
+
+    async def _loaded(self, guard: PolicyGuard, call: ToolCall, task: Task,
+                      next: Callable[[ToolCall], Any]) -> Any:
+        """The task's first call here: its labels read from its home first (a retry's,
+        after a restart or on another node; labels.py)."""
+        await guard.labels.load(task, call.replica)
+        answer = self._task_call(call, task, next)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    def _task_call(self, call: ToolCall, task: Task, next: Callable[[ToolCall], Any]) -> Any:
         # a claim of a cluster's carries no tenant: its agent's here is its (the cluster
         # routes a task to its tenant's agent)
         tenant = task.tenant if task.tenant is not None else getattr(
             call.replica.spec, "tenant", None)
         policy = policy_of(call.replica, tenant)
-        if self._guard is not None:
-            verdict = self._guard.judge(task.id, call.replica, tenant, "tool", call.name,
-                                        {"arguments": call.arguments}, task)
+        guard = self._guard
+        if guard is not None:
+            verdict = guard.judge(task.id, call.replica, tenant, "tool", call.name,
+                                  {"arguments": call.arguments}, task)
             if verdict.effect == "deny":
                 return tool_error(verdict.said(f"tool call {call.name}"))
+            guard.labels.mark(call.replica, task, ())  # (what its replica read is its)
+            unkept = guard.labels.unkept(task, call.replica)
+            if unkept:  # kept before the call is made: its answer is the untrusted text
+                return self._kept(task, unkept, lambda: self._made(
+                    call, task, policy, next, verdict.rule if verdict.effect == "approve"
+                    else None))
             if verdict.effect == "approve":
                 return self._held(call, task, policy or terms_of(call.replica, []), next,
                                   verdict.rule)
+        return self._made(call, task, policy, next, None)
+
+    def _made(self, call: ToolCall, task: Task, policy: ApprovalPolicy | None,
+              next: Callable[[ToolCall], Any], why: str | None) -> Any:
+        """`why`: the rule (or taint) holding the call, None when none does."""
+        if why is not None:
+            return self._held(call, task, policy or terms_of(call.replica, []), next, why)
         if policy is None or not allowed(call.name, policy.patterns):
             return next(call)
         return self._held(call, task, policy, next)
+
+    @staticmethod
+    async def _kept(task: Task, unkept: list[tuple[str, tuple[str, ...]]],
+                    then: Callable[[], Any]) -> Any:
+        for key, labels in unkept:
+            await task.home.labels.mark(key, labels)
+        answer = then()
+        return await answer if inspect.isawaitable(answer) else answer
 
     @staticmethod
     async def _replica_call(calls: ReplicaCalls, call: ToolCall,
@@ -105,14 +142,21 @@ class Approvals(TaskInterceptor):
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
         self._calls.forget(task.id)
         if self._guard is not None:
-            self._guard.taints.forget(task.id)
+            self._guard.labels.forget(task)
         next(task)
+
+    def intercept_task_start(self, start: TraceStart, next: Callable[[TraceStart], None]
+                             ) -> None:
+        handed = HANDED.get()
+        if handed and self._guard is not None:  # (a spawn's, an agent call's: labels.py)
+            self._guard.labels.handed(start.task, handed)
+        next(start)
 
     def intercept_step_replay(self, replay: StepReplay,
                               next: Callable[[StepReplay], None]) -> None:
         # an untrusted tool's output replayed from the step journal taints as the live call did
         if replay.kind == "tool" and self._guard is not None:
-            self._guard.replayed(replay.task.id, replay.name)
+            self._guard.replayed(replay.task, replay.name)
         next(replay)
 
     async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,

@@ -20,6 +20,7 @@ from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import SessionCheckpointParams, UsageReportParams
 from ..config import DEFAULT_TENANT
+from ..labels import NodeLabels
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
@@ -125,7 +126,9 @@ class TaskManager:
         self.clock = clock if clock is not None else WaitClock()
         self.inbox = Inbox(self.stream, clock=self.clock)
         # where the tasks it accepts are kept (nodehome.py)
-        self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox)
+        self.labels = NodeLabels()  # its state database's once opened (labeljournal.py)
+        self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox,
+                                       self.labels)
         self.suspensions = Suspensions(self, self.clock, self.endings.again)
         self.questions = Questions(self, self.person.ask_person)  # task/ask
         self.elicitations = Elicitations(self, self.person.ask_person)

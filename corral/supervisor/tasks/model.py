@@ -23,6 +23,7 @@ from ...taskviews import (
     TaskSummary,
     queue_wait,
 )
+from ..labels import NoLabels
 from ..stream import Subscription
 from .chunks import DROPPED, OutputJournal
 from .ids import new_id
@@ -32,6 +33,7 @@ from .taskmachine import TaskMachine
 if TYPE_CHECKING:
     from ...askviews import Ask, AskEnd, AskRequest
     from ...tracecontext import FromId, TaskTrace
+    from ..labels import LabelStore
     from ..replica import Replica
     from .spawntree import Lineage
     from .stepjournal import StepJournal
@@ -260,6 +262,10 @@ class TaskHome(Protocol):
     @property
     def asks(self) -> AskShelf: ...
 
+    @property
+    def labels(self) -> LabelStore:
+        """Its labels and its session's (supervisor/labels.py)."""
+
     def record(self, task: Task) -> None:
         """Its row (status, attempts, checkpoint) kept where a restart finds it."""
 
@@ -275,6 +281,7 @@ class Nowhere:
     __slots__ = ("asks", "spawns", "turns")
     steps: StepJournal | None = None
     outputs: OutputJournal = DROPPED
+    labels: LabelStore = NoLabels()
 
     def __init__(self) -> None:
         self.turns: TurnStore = self
@@ -417,6 +424,7 @@ class SpawnOrder(NamedTuple):
     lineage: Lineage  # its place in the tree
     max_children: int  # of the parent's agent
     max_queue: int  # of its agent, where the parent runs (0: unbounded, or not run there)
+    labels: tuple[str, ...] = ()  # the parent's, handed on (supervisor/labels.py)
 
 
 class SpawnReply(NamedTuple):

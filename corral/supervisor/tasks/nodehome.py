@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ..labels import LabelStore
     from .chunks import OutputJournal
     from .durable import TaskJournal
     from .model import AskShelf, SpawnStore, Task, TurnStore
@@ -26,14 +27,15 @@ class NodeHome:
     """Reads the engine's journals as they are now: the daemon attaches them after the
     engine is made (`TaskManager.journal`, `Steps.journal_to`, `TaskOutputs.journal`)."""
 
-    __slots__ = ("asks", "engine", "spawns", "turns")
+    __slots__ = ("asks", "engine", "labels", "spawns", "turns")
 
     def __init__(self, engine: HomeEngine, turns: TurnStore, spawns: SpawnStore,
-                 asks: AskShelf) -> None:
+                 asks: AskShelf, labels: LabelStore) -> None:
         self.engine = engine
         self.turns = turns
         self.spawns = spawns
         self.asks = asks
+        self.labels = labels
 
     @property
     def steps(self) -> StepJournal | None:

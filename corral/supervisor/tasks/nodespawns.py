@@ -14,6 +14,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskoptions import TaskOptions, step_options
 from ...taskviews import TaskInfo
+from ..labels import HANDED
 from ..stream import Stream
 from .model import SpawnOrder, SpawnReply, Task, TaskFinished
 from .spawntree import Lineage, SpawnTrees, parent_of
@@ -136,8 +137,12 @@ class NodeSpawns:
             self._held()
         assert row.task_id is not None
         engine = self.engine
-        engine.submit(order.agent, msgspec.Raw(order.raw_input),
-                      step_options(order.timeout, order.retries), task_id=row.task_id)
+        handed = HANDED.set(order.labels)  # (the child's from its acceptance)
+        try:
+            engine.submit(order.agent, msgspec.Raw(order.raw_input),
+                          step_options(order.timeout, order.retries), task_id=row.task_id)
+        finally:
+            HANDED.reset(handed)
         await engine.committed()
         return SpawnReply(row.task_id, had=had)
 

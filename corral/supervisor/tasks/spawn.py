@@ -95,9 +95,11 @@ class Spawns:
         timeout = admit(agent, len(raw), p.timeout, tenancy=engine.tenancy,
                         depth=engine.queue.depth)
         fan = getattr(spec, "max_children", 0)
+        # what the parent read, as its call of `corral__AGENT` kept it (approvals.py)
+        labels = await parent.home.labels.read(parent.id)
         got = await kept.spawn(parent, SpawnOrder(
             p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan,
-            agent.spec.max_queue if agent is not None else 0))
+            agent.spec.max_queue if agent is not None else 0, labels))
         if got.child is None:
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
@@ -105,6 +107,8 @@ class Spawns:
                            f"{fan} of agent {parent.agent})")
         if got.had:  # (the key's row came first: another attempt's, or a child kept unsubmitted)
             return self._replayed(parent, p, got.child)
+        if labels:  # handed on, kept in its home before its first call is made
+            await parent.home.labels.mark(got.child, labels)
         self.spawned += 1
         return {"child": got.child, "replayed": False}
 

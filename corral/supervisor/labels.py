@@ -1,0 +1,206 @@
+"""Labels belong to the data (docs/security.md#taint): which untrusted tools' output a
+task, a session's turns and a replica's incarnation read, handed on with what they hand on.
+
+A task's labels are what its replica's process could have read while it ran: its own
+calls', its session's earlier turns', its replica's calls of no task, and the other tasks
+its replica runs with it. They are kept in the task's home (`LabelStore`, a record per
+task id and per session) before the call that reads the untrusted text is made, so they
+hold across retries, restarts and nodes; a child it spawns and a task its agent call
+starts are given them as they are accepted. This module is the logic, written once above
+the homes; the home keeps records and answers one atomic question (a mark).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .replica import Replica
+    from .tasks.model import Task
+
+# the labels a task accepted now is given (set around a spawn, an agent called at
+# /mcp/corral by a replica): Approvals' task start reads it
+HANDED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "corral_handed", default=())
+INCARNATIONS = 4096  # replicas' incarnations whose labels are kept (the oldest dropped)
+
+
+class LabelStore(Protocol):
+    """Where a home keeps labels: a record per key (a task's id, a session's key)."""
+
+    async def mark(self, key: str, labels: Sequence[str]) -> None:
+        """Each of `labels` added to the key's (one it has is not added twice), kept
+        before this returns."""
+
+    async def read(self, key: str) -> tuple[str, ...]:
+        """The key's labels, the first marked first; () when it has none."""
+
+
+class MemoryLabels:
+    """A LabelStore in this process's memory (an engine without a state database)."""
+
+    __slots__ = ("_by",)
+
+    def __init__(self) -> None:
+        self._by: dict[str, tuple[str, ...]] = {}
+
+    async def mark(self, key: str, labels: Sequence[str]) -> None:
+        self._by[key] = _union(self._by.get(key, ()), labels)
+
+    async def read(self, key: str) -> tuple[str, ...]:
+        return self._by.get(key, ())
+
+
+class NodeLabels:
+    """The engine's own LabelStore: the daemon's state database's once it is opened
+    (`keep_in`), else its memory."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self) -> None:
+        self._store: LabelStore = MemoryLabels()
+
+    def keep_in(self, store: LabelStore) -> None:
+        self._store = store
+
+    async def mark(self, key: str, labels: Sequence[str]) -> None:
+        await self._store.mark(key, labels)
+
+    async def read(self, key: str) -> tuple[str, ...]:
+        return await self._store.read(key)
+
+
+class NoLabels:
+    """The LabelStore of a home that keeps nothing (model.Nowhere): the engine's memory
+    holds a task's labels while it runs."""
+
+    async def mark(self, key: str, labels: Sequence[str]) -> None:
+        return None
+
+    async def read(self, key: str) -> tuple[str, ...]:
+        return ()
+
+
+def session_key(task: Task, replica: Replica | None = None) -> str | None:
+    """The record of a session's labels (a claim of a cluster's carries no tenant: its
+    agent's is its)."""
+    if task.session is None:
+        return None
+    tenant = task.tenant if task.tenant is not None else getattr(
+        getattr(replica, "spec", None), "tenant", None)
+    return f"session:{tenant or ''}:{task.agent}:{task.session}"
+
+
+def _union(have: tuple[str, ...], more: Iterable[str]) -> tuple[str, ...]:
+    new = tuple(x for x in dict.fromkeys(more) if x not in have)
+    return have + new if new else have
+
+
+def _incarnation(r: Replica) -> tuple[str, Any]:
+    return (r.label, getattr(r, "spawned_at", None))
+
+
+class Labels:
+    """The labels of the tasks this engine runs, of their sessions and of its replicas'
+    incarnations, as the policy reads them on every call (PolicyGuard); what a task
+    gained and its home has yet to keep is `unkept(task)`."""
+
+    def __init__(self, bound: int = INCARNATIONS) -> None:
+        self._tasks: dict[str, tuple[str, ...]] = {}  # a running task's (and its session's)
+        self._kept: dict[str, tuple[str, ...]] = {}  # of those, what its home has
+        self._sessions: dict[str, tuple[str, ...]] = {}  # a running turn's session's
+        self._replicas: dict[tuple[str, Any], tuple[str, ...]] = {}  # calls of no task'
+        self._on: dict[str, dict[str, None]] = {}  # replica label -> its labelled tasks
+        self._where: dict[str, str] = {}  # a labelled task -> its replica's label
+        self._bound = bound
+
+    # -- reading -------------------------------------------------------------------------
+    def loaded(self, task: Task) -> bool:
+        """Whether the task's labels were read from its home by this engine."""
+        return task.id in self._kept
+
+    async def load(self, task: Task, replica: Replica | None) -> None:
+        """The task's labels and its session's, as its home keeps them (a retry's, after
+        a restart, on another node)."""
+        store = task.home.labels
+        own = await store.read(task.id)
+        key = session_key(task, replica)
+        session = await store.read(key) if key is not None else ()
+        if key is not None:
+            self._sessions[key] = _union(self._sessions.get(key, ()), session)
+        self._kept[task.id] = _union(self._kept.get(task.id, ()), own)
+        self._tasks[task.id] = _union(self._tasks.get(task.id, ()), (*own, *session))
+
+    def of(self, replica: Replica | None, task: Task | None) -> tuple[str, ...]:
+        """What a call could have read: its task's labels, its session's, its replica's
+        incarnation's and its replica's other running tasks'."""
+        got: tuple[str, ...] = ()
+        if task is not None:
+            got = self._tasks.get(task.id, ())
+            key = session_key(task, replica)
+            if key is not None:
+                got = _union(got, self._sessions.get(key, ()))
+        if replica is not None:
+            got = _union(got, self._replicas.get(_incarnation(replica), ()))
+            for other in self._on.get(replica.label, ()):
+                got = _union(got, self._tasks.get(other, ()))
+        return got
+
+    # -- marking -------------------------------------------------------------------------
+    def mark(self, replica: Replica | None, task: Task | None, labels: Sequence[str]
+             ) -> None:
+        """`labels` read by a call: its task's (and its session's), or, of no task, its
+        replica's incarnation's. A task's labels are then all its call could have read."""
+        if task is None:
+            if replica is not None and labels:
+                self._mark_replica(replica, labels)
+            return
+        got = _union(self.of(replica, task), labels)
+        if not got:
+            return
+        self._tasks[task.id] = got
+        key = session_key(task, replica)
+        if key is not None:
+            self._sessions[key] = _union(self._sessions.get(key, ()), got)
+        if replica is not None and self._where.get(task.id) != replica.label:
+            self._on.setdefault(replica.label, {})[task.id] = None
+            self._where[task.id] = replica.label
+
+    def _mark_replica(self, replica: Replica, labels: Sequence[str]) -> None:
+        at = _incarnation(replica)
+        if at not in self._replicas and len(self._replicas) >= self._bound:
+            del self._replicas[next(iter(self._replicas))]  # (an exited one is never asked of)
+        self._replicas[at] = _union(self._replicas.get(at, ()), labels)
+
+    def handed(self, task: Task, labels: Sequence[str]) -> None:
+        """A task accepted with labels handed on (a spawn's, an agent call's): its own
+        from its start, kept by its home as it is handed or at its first call."""
+        self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
+        self._kept.setdefault(task.id, ())
+
+    def unkept(self, task: Task, replica: Replica | None) -> list[tuple[str, tuple[str, ...]]]:
+        """The records its home has yet to keep of the task's labels and its session's:
+        (key, labels) each, taken as kept."""
+        have = self._tasks.get(task.id, ())
+        if have == self._kept.get(task.id, ()):
+            return []
+        self._kept[task.id] = have
+        key = session_key(task, replica)
+        return [(task.id, have)] + ([(key, have)] if key is not None else [])
+
+    def forget(self, task: Task) -> None:
+        """The task ended: its labels are its home's alone now."""
+        self._tasks.pop(task.id, None)
+        self._kept.pop(task.id, None)
+        key = session_key(task, task.replica)
+        if key is not None:
+            self._sessions.pop(key, None)
+        where = self._where.pop(task.id, None)
+        if where is not None:
+            on = self._on.get(where)
+            if on is not None:
+                on.pop(task.id, None)
+                if not on:
+                    del self._on[where]

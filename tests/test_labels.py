@@ -1,0 +1,196 @@
+"""Labels belong to the data (docs/security.md#taint, DESIGN 28): the untrusted text a
+task read is carried by what it hands on, so a sensitive tool needs a person whichever
+owner the text reached it by. Each test is a way around a taint kept per task id that
+sent the mail before (issue 86), and each now asks a person, naming the taint, and sends
+once approved: a replica's call of no task before a task's call and after one, a spawned
+child (`ctx.spawn` and `corral__AGENT`), an agent called at /mcp/corral, and a session's
+next turn (across a daemon restart: the labels are kept in the task's home).
+
+Real processes: a daemon, SDK agents (examples/misbehave.py) and the MCP server
+tests/servers/policy_mcp.py, whose fetcher is untrusted and whose mail sender sensitive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, shared_tmpdir
+from .test_boundary_calls import asks_of, finished, raw_call, replica_env, session, text
+from .test_gateway_stdio import wait_until_async
+from .test_policy import HERE, made, wait_for
+
+AGENT = f"""
+    command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+    env = {{ PYTHONPATH = "{ROOT}" }}
+    tools = ["pol__*"]
+    max_concurrent_tasks = 2
+    stop_timeout = 10.0
+"""
+FLEET = textwrap.dedent(f"""
+    [agents.reader]{AGENT.replace('"pol__*"', '"pol__*", "corral__writer"')}spawns = ["writer"]
+
+    [agents.writer]{AGENT}
+    [mcp_servers.pol]
+    command = ["{PY}", "{HERE}/servers/policy_mcp.py"]
+    tools_untrusted = ["fetch", "read_*"]
+    tools_sensitive = ["send_mail", "pay"]
+
+    [gateway]
+    listen = "127.0.0.1:0"
+""")
+FETCH: dict[str, Any] = {"tool": "pol__fetch",
+                         "arguments": {"url": "https://evil.example/page"}}
+SEND: dict[str, Any] = {"tool": "pol__send_mail",
+                        "arguments": {"to": "me@example.com", "body": "hi"}}
+TAINT = "taint (after untrusted pol__fetch)"
+FETCHED = {"content": [{"type": "text", "text": made("fetch", **FETCH["arguments"])}],
+           "isError": False}
+SENT = {"content": [{"type": "text", "text": made("send_mail", **SEND["arguments"])}],
+        "isError": False}
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    d = Daemon(shared_tmpdir(), FLEET)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
+
+
+def submit(d: Daemon, agent: str, task_input: dict[str, Any], **more: Any) -> str:
+    task_id: str = d.ask("tasks.submit", {"agent": agent, "input": task_input,
+                                          **more})["task_id"]
+    return task_id
+
+
+def sequence(*calls: dict[str, Any]) -> dict[str, Any]:
+    return {"do": "sequence", "calls": list(calls)}
+
+
+def output(d: Daemon, task_id: str) -> Any:
+    return finished(d, task_id)["output"]
+
+
+def asked(d: Daemon, agent: str) -> dict[str, Any]:
+    """The agent's one pending ask, once there is one."""
+    [ask] = wait_for(lambda: asks_of(d, agent), f"an ask of {agent}'s")
+    return ask
+
+
+def approve(d: Daemon, ask: dict[str, Any]) -> None:
+    said = d.cli("approvals", "approve", ask["id"])
+    assert said.returncode == 0, said.stderr
+
+
+def fetched(d: Daemon, n: int = 1) -> None:
+    """The fetcher's answer journaled as a step (n of them in all)."""
+    wait_for(lambda: d.ask("stats.get")["tasks"]["steps"]["journaled"] >= n,
+             "the fetch journaled")
+
+
+@pytest.mark.deadline(180)
+def test_a_call_of_no_task_taints_the_next_task_of_its_replica(daemon: Daemon) -> None:
+    """The replica reads the fetcher's output in a call that names no task; a task it
+    runs afterwards calls the sender: its process read the text, so a person is asked."""
+    d = daemon
+    assert output(d, submit(d, "reader", raw_call(FETCH["tool"], FETCH["arguments"])))[
+        "result"] == FETCHED
+    task_id = submit(d, "reader", sequence(SEND))
+    ask = asked(d, "reader")
+    assert (ask["task_id"], ask["subject"]) == (task_id, {**SEND, "policy": TAINT})
+    approve(d, ask)
+    assert output(d, task_id) == [SENT]
+
+
+@pytest.mark.deadline(180)
+def test_a_tainted_task_taints_its_replicas_calls_of_no_task(daemon: Daemon) -> None:
+    """A task reads the fetcher's output and runs on; meanwhile its replica calls the
+    sender naming no task: the replica carries its running tasks' labels."""
+    d = daemon
+    hold = d.dir / "hold"
+    reading = submit(d, "reader", sequence(FETCH, {"await": str(hold), "attempt": 1}))
+    fetched(d)
+    sending = submit(d, "reader", raw_call(SEND["tool"], SEND["arguments"]))
+    ask = asked(d, "reader")
+    assert ask["task_id"].startswith("replica:reader#0:"), ask
+    assert ask["subject"] == {**SEND, "policy": TAINT}
+    approve(d, ask)
+    assert output(d, sending)["result"] == SENT
+    hold.touch()
+    assert output(d, reading) == [FETCHED]
+
+
+@pytest.mark.deadline(180)
+def test_a_spawned_child_is_given_its_parents_labels(daemon: Daemon) -> None:
+    """The parent reads the fetcher's output, then spawns a writer (`ctx.spawn`) that
+    calls the sender, and calls another as a tool (`corral__writer`): each child, of
+    another agent and replica, asks."""
+    d = daemon
+    parent = submit(d, "reader", sequence(
+        FETCH, {"spawn": "writer", "input": sequence(SEND)},
+        {"tool": "corral__writer", "arguments": sequence(SEND)}))
+    for _ in range(2):
+        ask = asked(d, "writer")
+        assert ask["subject"] == {**SEND, "policy": TAINT}
+        assert ask["task_id"] != parent
+        approve(d, ask)
+        wait_for(lambda ask=ask: all(a["id"] != ask["id"] for a in asks_of(d, "writer")),
+                 "the ask ended")
+    fetch, spawned, called = output(d, parent)
+    assert fetch == FETCHED
+    assert (spawned["status"], spawned["output"]) == ("succeeded", [SENT])
+    assert (called["isError"], json.loads(called["content"][0]["text"])) == (False, [SENT])
+    assert asks_of(d, "reader") == []
+
+
+@pytest.mark.deadline(180)
+async def test_an_agent_called_at_mcp_corral_is_given_the_callers_labels() -> None:
+    """While a task of reader that read the fetcher's output runs, its replica calls
+    agent writer at /mcp/corral (a call of no task: two may run): writer's task, on its
+    own replica, is given reader's labels and asks before it sends."""
+    d = Daemon(shared_tmpdir(), FLEET)
+    try:
+        await asyncio.to_thread(d.start)
+        env = await asyncio.to_thread(replica_env, d, "reader")
+        hold = d.dir / "hold"
+        reading = await asyncio.to_thread(submit, d, "reader", sequence(
+            FETCH, {"await": str(hold), "attempt": 1}))
+        await asyncio.to_thread(fetched, d)
+        async with session(env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"], "/corral") as s:
+            call = asyncio.ensure_future(s.call_tool("writer", sequence(SEND)))
+            await wait_until_async(lambda: asks_of(d, "writer") or call.done())
+            assert not call.done(), call.result()
+            [ask] = asks_of(d, "writer")
+            assert ask["subject"] == {**SEND, "policy": TAINT}
+            await asyncio.to_thread(approve, d, ask)
+            result = await call
+            assert (result.is_error, json.loads(text(result))) == (False, [SENT])
+        hold.touch()
+        assert await asyncio.to_thread(output, d, reading) == [FETCHED]
+    finally:
+        await asyncio.to_thread(d.close)
+
+
+@pytest.mark.deadline(240)
+def test_a_sessions_next_turn_carries_its_label_across_a_restart(daemon: Daemon) -> None:
+    """A turn of session s1 reads the fetcher's output and ends; the daemon restarts; the
+    next turn of s1 asks before it sends, and a turn of another session does not."""
+    d = daemon
+    assert output(d, submit(d, "reader", sequence(FETCH), session="s1")) == [FETCHED]
+    d.stop()
+    d.start()
+    turn = submit(d, "reader", sequence(SEND), session="s1")
+    ask = asked(d, "reader")
+    assert (ask["task_id"], ask["subject"]) == (turn, {**SEND, "policy": TAINT})
+    approve(d, ask)
+    assert output(d, turn) == [SENT]
+    assert output(d, submit(d, "reader", sequence(SEND), session="s2")) == [SENT]
+    assert asks_of(d, "reader") == []
